@@ -1,0 +1,98 @@
+"""Settings, read from the environment with the prefix ``ADAPTER_``.
+
+Built once in ``adapter.__main__`` (or by a test) and passed down; never at import time.
+Every field is documented in README.md (a test checks that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapter.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Where records and image bytes live."""
+
+    database_url: str
+    data_dir: Path
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    host: str
+    port: int
+    max_upload_bytes: int
+
+
+class Settings(BaseSettings):
+    """All settings of the adapter. Environment variable = ``ADAPTER_`` + field name, upper case."""
+
+    model_config = SettingsConfigDict(env_prefix="ADAPTER_", extra="ignore")
+
+    http_host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    http_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP API.")
+    data_dir: Path = Field(Path("./data"), description="Folder for image files, the SQLite file and keys.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the record store; default: SQLite file adapter.db in the data dir. "
+        "postgresql+psycopg://… selects PostgreSQL.")
+    policy: Path = Field(Path("mappings/policy.yaml"), description="The organisation's policy file.")
+    mappings_dir: Path | None = Field(
+        None, description="Folder of the mapping tables; default: the folder holding the policy's sibling tables "
+        "(mappings/ of the project).")
+    base_url: str | None = Field(
+        None, description="Public base URL of the FHIR endpoint used in Location headers and links; "
+        "default: derived from the request.")
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024, gt=0, description="Largest accepted upload (photo or Bundle) in bytes; larger gets 413.")
+    pseudonym_key: str | None = Field(
+        None, description="Secret key for the keyed pseudonyms of the HRESCH view; default: a random key "
+        "generated once and kept in the data dir (pseudonym.key).")
+    environment: str = Field(
+        "development", description="development or production; production refuses unsafe defaults.")
+    log_level: str = Field("INFO", description="Python log level.")
+
+    @field_validator("environment")
+    @classmethod
+    def _known_environment(cls, v: str) -> str:
+        if v not in {"development", "production"}:
+            raise ValueError("must be 'development' or 'production'")
+        return v
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'adapter.db').resolve()}"
+
+    @property
+    def resolved_mappings_dir(self) -> Path:
+        return self.mappings_dir if self.mappings_dir is not None else self.policy.resolve().parent
+
+    @property
+    def store(self) -> StoreOptions:
+        return StoreOptions(database_url=self.resolved_database_url, data_dir=self.data_dir.resolve())
+
+    @property
+    def http(self) -> HttpOptions:
+        return HttpOptions(host=self.http_host, port=self.http_port, max_upload_bytes=self.max_upload_bytes)
+
+    def check_safe(self) -> None:
+        """Refuse unsafe defaults outside development."""
+        if self.environment == "production":
+            if not self.pseudonym_key or len(self.pseudonym_key) < 32:
+                raise ConfigurationError(
+                    "ADAPTER_PSEUDONYM_KEY must be set to a secret of at least 32 characters in production")

@@ -1,0 +1,150 @@
+"""The single exception hierarchy of the adapter.
+
+Each class carries a FHIR IssueType (http://hl7.org/fhir/R4/valueset-issue-type.html) as
+``issue_type``; the HTTP edge (adapter.api.outcome) and the DICOM edge (adapter.dicom.status)
+each map that hierarchy through one table. Diagnostics never carry patient data.
+"""
+
+from __future__ import annotations
+
+
+class AdapterError(Exception):
+    """Base of every error the adapter raises on purpose."""
+
+    issue_type: str = "exception"
+    severity: str = "error"
+
+    def __init__(self, diagnostics: str, *, expression: str | list[str] | None = None,
+                 details_code: str | None = None) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+        if expression is None:
+            self.expression: list[str] = []
+        elif isinstance(expression, str):
+            self.expression = [expression]
+        else:
+            self.expression = list(expression)
+        self.details_code = details_code
+
+
+class InvalidInput(AdapterError):
+    """Structurally or semantically invalid request content (FHIR 'invalid')."""
+
+    issue_type = "invalid"
+
+
+class InvalidResource(InvalidInput):
+    """A FHIR resource or Bundle that does not validate (FHIR 'structure')."""
+
+    issue_type = "structure"
+
+
+class RequiredElementMissing(InvalidInput):
+    """A required element is absent (FHIR 'required')."""
+
+    issue_type = "required"
+
+
+class UnknownCode(InvalidInput):
+    """A code outside the code system or value set we accept (FHIR 'code-invalid')."""
+
+    issue_type = "code-invalid"
+
+
+class BusinessRuleViolation(AdapterError):
+    """Well-formed input refused by a rule of the guidance or the organisation's policy."""
+
+    issue_type = "business-rule"
+
+
+class ConsentRequired(BusinessRuleViolation):
+    """A photo that needs documented consent arrived without it."""
+
+
+class UnsupportedMediaType(AdapterError):
+    """Content that is not a JPEG or PNG (HTTP 415)."""
+
+    issue_type = "not-supported"
+
+
+class NotSupported(AdapterError):
+    """An interaction or parameter the adapter does not support."""
+
+    issue_type = "not-supported"
+
+
+class UndecodableImage(InvalidInput):
+    """Bytes that claim to be an image but do not decode."""
+
+
+class ImageTooLarge(AdapterError):
+    """More pixels than the policy allows: a decompression bomb."""
+
+    issue_type = "too-costly"
+
+
+class PayloadTooLarge(AdapterError):
+    """An upload over the size limit (HTTP 413)."""
+
+    issue_type = "too-long"
+
+
+class Forbidden(AdapterError):
+    """Refused by the consent decision or missing purpose of use. Says little on purpose."""
+
+    issue_type = "forbidden"
+
+
+class PurposeOfUseMissing(Forbidden):
+    """A read that does not state its purpose of use: fail closed."""
+
+    issue_type = "security"
+
+
+class UnknownPurposeOfUse(InvalidInput):
+    """A purpose of use that is not a v3-ActReason code we know."""
+
+    issue_type = "code-invalid"
+
+
+class NotFound(AdapterError):
+    """No such resource."""
+
+    issue_type = "not-found"
+
+
+class Conflict(AdapterError):
+    """A duplicate or a version conflict."""
+
+    issue_type = "conflict"
+
+
+class Transient(AdapterError):
+    """A temporary failure (storage busy, peer unavailable); the client may retry."""
+
+    issue_type = "transient"
+
+
+class StorageError(Transient):
+    """The store failed; nothing was committed."""
+
+
+class PolicyError(AdapterError):
+    """The organisation's policy or a mapping table is invalid: start-up stops."""
+
+    issue_type = "invalid"
+
+
+class ConfigurationError(AdapterError):
+    """A setting is invalid or unsafe."""
+
+    issue_type = "invalid"
+
+
+__all__ = [
+    "AdapterError", "InvalidInput", "InvalidResource", "RequiredElementMissing", "UnknownCode",
+    "BusinessRuleViolation", "ConsentRequired", "UnsupportedMediaType", "NotSupported",
+    "UndecodableImage", "ImageTooLarge", "PayloadTooLarge", "Forbidden", "PurposeOfUseMissing",
+    "UnknownPurposeOfUse", "NotFound", "Conflict", "Transient", "StorageError", "PolicyError",
+    "ConfigurationError",
+]

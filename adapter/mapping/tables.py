@@ -1,0 +1,139 @@
+"""Load and validate the declarative tables in ``mappings/`` and the organisation's policy.
+
+Any problem raises :class:`adapter.errors.PolicyError` naming the file and the element, so an
+invalid policy stops start-up with a clear message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from adapter.errors import PolicyError
+from adapter.model.photo import PhotoKind
+from adapter.model.policy import Policy
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Coding(_Strict):
+    system: str
+    code: str
+    display: str | None = None
+
+    def as_fhir(self) -> dict[str, str]:
+        out = {"system": self.system, "code": self.code}
+        if self.display:
+            out["display"] = self.display
+        return out
+
+
+class PurposeEntry(_Strict):
+    display: str
+    parent: str | None = None
+    view: str = Field(pattern="^(full|deidentified|pseudonymised)$")
+
+
+class PurposeTable(_Strict):
+    system: str
+    oid: str
+    codes: dict[str, PurposeEntry]
+
+    def ancestors(self, code: str) -> list[str]:
+        """The code and its parents up to the root, nearest first."""
+        out: list[str] = []
+        cur: str | None = code
+        while cur is not None and cur not in out:
+            out.append(cur)
+            cur = self.codes[cur].parent if cur in self.codes else None
+        return out
+
+
+class KindEntry(_Strict):
+    resource: str = Field(pattern="^(Media|DocumentReference)$")
+    display: str
+    modality: Coding
+    category: Coding
+    type: Coding | None = None
+    needs_care_consent: bool = Field(alias="needsCareConsent")
+    recognizable: bool
+    warning: str | None = None
+
+
+class LateralityEntry(_Strict):
+    code: str
+    display: str
+    dicom: str
+
+
+class BodySiteTable(_Strict):
+    system: str
+    codes: dict[str, str]
+    laterality: dict[str, LateralityEntry]
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Every mapping table plus the policy, loaded once at start-up and passed down."""
+
+    policy: Policy
+    purposes: PurposeTable
+    kinds: dict[PhotoKind, KindEntry]
+    body_sites: BodySiteTable
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError as exc:
+        raise PolicyError(f"{path}: file not found") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors())
+        raise PolicyError(f"{path}: {problems}", expression=[
+            ".".join(str(p) for p in err["loc"]) for err in exc.errors()]) from exc
+
+
+def load_policy(path: Path, purposes: PurposeTable) -> Policy:
+    policy: Policy = _validate(Policy, _read_yaml(path), path)
+    named = [("consent.explicitPurposes", c) for c in policy.consent.explicit_purposes]
+    named += [("consent.carePurposes", c) for c in policy.consent.care_purposes]
+    named += [("consent.patientImpliedPurposes", c) for c in policy.consent.patient_implied_purposes]
+    named += [("breakGlass.purposes", c) for c in policy.break_glass.purposes]
+    unknown = [f"{where}: {code}" for where, code in named if code not in purposes.codes]
+    if unknown:
+        raise PolicyError(f"{path}: unknown purpose-of-use code(s): {', '.join(unknown)}")
+    overlap = set(policy.consent.explicit_purposes) & set(policy.consent.care_purposes)
+    if overlap:
+        raise PolicyError(f"{path}: purposes both care and explicit-consent: {sorted(overlap)}")
+    return policy
+
+
+def load_tables(mappings_dir: Path, policy_path: Path) -> Tables:
+    purposes: PurposeTable = _validate(PurposeTable, _read_yaml(mappings_dir / "purposes.yaml"),
+                                       mappings_dir / "purposes.yaml")
+    for code, entry in purposes.codes.items():
+        if entry.parent is not None and entry.parent not in purposes.codes:
+            raise PolicyError(f"{mappings_dir / 'purposes.yaml'}: {code}.parent {entry.parent} is unknown")
+    kinds_raw = _read_yaml(mappings_dir / "kinds.yaml")
+    if not isinstance(kinds_raw, dict) or set(kinds_raw) != {k.value for k in PhotoKind}:
+        raise PolicyError(f"{mappings_dir / 'kinds.yaml'}: must map exactly {[k.value for k in PhotoKind]}")
+    kinds = {PhotoKind(k): _validate(KindEntry, v, mappings_dir / "kinds.yaml") for k, v in kinds_raw.items()}
+    body_sites: BodySiteTable = _validate(BodySiteTable, _read_yaml(mappings_dir / "body_sites.yaml"),
+                                          mappings_dir / "body_sites.yaml")
+    policy = load_policy(policy_path, purposes)
+    return Tables(policy=policy, purposes=purposes, kinds=kinds, body_sites=body_sites)

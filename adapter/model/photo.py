@@ -1,0 +1,117 @@
+"""What a capture app or integration engine tells us about a photo (the ``metadata`` part of
+``POST /photos``), validated with pydantic so errors point at the offending element."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class PhotoKind(StrEnum):
+    """What the photo shows. Drives consent rules and the FHIR/DICOM resource chosen."""
+
+    CLINICAL = "clinical"    # part of the patient's body: wound, lesion, tissue
+    DOCUMENT = "document"    # report, result, notes
+    SECONDARY = "secondary"  # photo of an x-ray, ECG, CTG or screen
+
+
+class PhotoSource(StrEnum):
+    CLINICIAN = "clinician"
+    PATIENT = "patient"
+    COLLEAGUE_INTERNAL = "colleague-internal"
+    COLLEAGUE_EXTERNAL = "colleague-external"
+
+
+class DeviceOwnership(StrEnum):
+    ORGANISATION = "organisation"
+    PERSONAL = "personal"
+
+
+class ConsentMethod(StrEnum):
+    VERBAL = "verbal"
+    WRITTEN = "written"
+    IMPLIED = "implied"
+
+
+class Laterality(StrEnum):
+    LEFT = "left"
+    RIGHT = "right"
+    BILATERAL = "bilateral"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Identifier(_Model):
+    """A FHIR Identifier reduced to what matching needs."""
+
+    system: str = Field(min_length=1)
+    value: str = Field(min_length=1)
+
+    def token(self) -> str:
+        return f"{self.system}|{self.value}"
+
+
+class Reference(_Model):
+    """A FHIR Reference: a literal ``reference`` and/or a logical ``identifier``."""
+
+    reference: str | None = None
+    identifier: Identifier | None = None
+    display: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "Reference":
+        if self.reference is None and self.identifier is None:
+            raise ValueError("needs a reference or an identifier")
+        return self
+
+
+class PatientRef(_Model):
+    """The subject. The adapter does not own Patient resources: the identifier is required
+    for matching; ``reference`` (the EHR's Patient) is kept when given."""
+
+    system: str = Field(min_length=1)
+    value: str = Field(min_length=1)
+    reference: str | None = None
+
+    @property
+    def identifier(self) -> Identifier:
+        return Identifier(system=self.system, value=self.value)
+
+
+class ConsentStatement(_Model):
+    """Consent documented with the photo."""
+
+    purposes: list[str] = Field(min_length=1)
+    method: ConsentMethod
+    recorded_by: Reference | None = Field(None, alias="recordedBy")
+    date: datetime | date | None = None
+    form: str | None = Field(None, description="base64 scan/PDF of a written consent form")
+    form_content_type: str | None = Field(None, alias="formContentType")
+
+
+class Colleague(_Model):
+    name: str = Field(min_length=1)
+    organisation: str | None = None
+    discussion_note: str | None = Field(None, alias="discussionNote")
+
+
+class PhotoMetadata(_Model):
+    """The ``metadata`` JSON part of ``POST /photos``."""
+
+    patient: PatientRef
+    kind: PhotoKind
+    source: PhotoSource
+    author: Reference | None = None
+    encounter: Reference | None = None
+    taken_at: datetime | None = Field(None, alias="takenAt")
+    body_site: str | None = Field(None, alias="bodySite", pattern=r"^[0-9]{6,18}$")
+    laterality: Laterality | None = None
+    note: str | None = None
+    device: DeviceOwnership | None = None
+    consent: ConsentStatement | None = None
+    colleague: Colleague | None = None
+    title: str | None = None

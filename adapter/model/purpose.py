@@ -1,0 +1,27 @@
+"""Purpose of use and the request context every read-capable service requires."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+V3_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+
+
+@dataclass(frozen=True)
+class PurposeOfUse:
+    """A v3-ActReason code (http://terminology.hl7.org/CodeSystem/v3-ActReason)."""
+
+    code: str
+    system: str = V3_ACT_REASON
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who asks, why, and through which channel. Built at the edge (HTTP or DICOM)."""
+
+    purpose: PurposeOfUse
+    actor: str = "anonymous"
+    request_id: str = ""
+    client_address: str | None = None
+    channel: str = "http"
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,82 @@
+"""What the store keeps about a record beside its FHIR JSON: the facts the consent decision
+needs, so a search can be filtered without parsing resources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from adapter.model.photo import Identifier, PhotoKind, PhotoSource
+
+
+@dataclass(frozen=True)
+class AccessFacts:
+    """Facts about the photo record that governs a resource.
+
+    For a Media/DocumentReference it is the record itself; a Binary and a Provenance carry the
+    facts of the record they belong to (``governed_by``), so one decision guards all of them.
+    """
+
+    governed_by: str                 # "Media/abc" or "DocumentReference/abc"
+    patient: Identifier
+    kind: PhotoKind
+    source: PhotoSource
+    consent_pending: bool = False
+    consent_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SearchIndex:
+    """Searchable values of a resource (computed by mapping/, stored by store/)."""
+
+    patient: Identifier | None = None
+    patient_reference: str | None = None
+    date: datetime | None = None
+    status: str | None = None
+    tokens: tuple[tuple[str, str | None, str], ...] = ()  # (param, system, code)
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    resource: dict[str, Any]
+    facts: AccessFacts | None = None
+    blob_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One search candidate: no JSON, just what filtering needs."""
+
+    resource_type: str
+    id: str
+    last_updated: datetime
+    facts: AccessFacts | None
+
+
+@dataclass
+class NewResource:
+    """A resource to be written inside an ingest unit."""
+
+    resource_type: str
+    id: str
+    resource: dict[str, Any]
+    index: SearchIndex
+    facts: AccessFacts | None = None
+    blob_sha256: str | None = None
+
+
+@dataclass
+class IngestUnit:
+    """Everything one ingest writes, in one transaction."""
+
+    resources: list[NewResource]
+    receipt: dict[str, Any]
+    idempotency_key: str | None
+    patient: Identifier
+    stored_sha256: str
+    audit_events: list[dict[str, Any]] = field(default_factory=list)

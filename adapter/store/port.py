@@ -1,0 +1,100 @@
+"""The storage port: what services need from a store. Implementations live beside this file
+(``sql.py``: SQLite and PostgreSQL through SQLAlchemy Core; ``blobs.py``: content-addressed
+files). Services depend on these Protocols only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from adapter.model.photo import Identifier
+from adapter.model.record import IndexRow, IngestUnit, NewResource, StoredResource
+
+
+@dataclass(frozen=True)
+class TokenCriterion:
+    """``param=[system|]code``; ``system`` None matches any system."""
+
+    param: str
+    code: str
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class DateCriterion:
+    """A FHIR date search: ``prefix`` in eq, ne, gt, lt, ge, le, sa, eb; the value's precision
+    is the half-open range [start, end)."""
+
+    prefix: str
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class SearchCriteria:
+    """AND of all given criteria; each inner tuple of tokens is an OR (comma-separated values)."""
+
+    ids: tuple[str, ...] | None = None
+    patient: tuple[Identifier, ...] | None = None          # OR
+    patient_reference: tuple[str, ...] | None = None       # OR ("Patient/123")
+    dates: tuple[DateCriterion, ...] = ()
+    status: tuple[str, ...] | None = None                  # OR
+    tokens: tuple[tuple[TokenCriterion, ...], ...] = field(default_factory=tuple)
+
+
+class BlobStore(Protocol):
+    """Content-addressed, durable image bytes."""
+
+    def new_staging_path(self) -> Path:
+        """A fresh path in the staging folder (same file system as the blobs)."""
+
+    def commit(self, staged: Path, sha256: str) -> Path:
+        """fsync ``staged``, move it to its content address, fsync the folder; return the final
+        path. If the blob exists already, ``staged`` is removed. Idempotent."""
+
+    def discard(self, staged: Path) -> None:
+        """Remove a staged file if present."""
+
+    def path(self, sha256: str) -> Path:
+        """Path of a committed blob (raises NotFound if absent)."""
+
+    def exists(self, sha256: str) -> bool: ...
+
+
+class RecordStore(Protocol):
+    """FHIR resources, search index, receipts and audit events."""
+
+    def save_ingest(self, unit: IngestUnit) -> None:
+        """Write every resource, the receipt, the idempotency entries and the audit events in ONE
+        transaction. Raises Conflict if the idempotency key or (patient, stored sha256) is taken."""
+
+    def find_receipt(self, *, idempotency_key: str | None = None, patient: Identifier | None = None,
+                     stored_sha256: str | None = None) -> dict[str, Any] | None: ...
+
+    def get(self, resource_type: str, id: str) -> StoredResource | None: ...
+
+    def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:
+        """Resources in the order of ``ids``; missing ones are left out."""
+
+    def create(self, new: NewResource, audit_events: Sequence[dict[str, Any]] = ()) -> StoredResource:
+        """Insert version 1 (sets meta.versionId and meta.lastUpdated). Conflict if it exists."""
+
+    def update(self, new: NewResource, *, if_match: int | None = None,
+               audit_events: Sequence[dict[str, Any]] = ()) -> StoredResource:
+        """Write the next version, keeping history. Conflict if ``if_match`` is not current;
+        NotFound if absent."""
+
+    def search_index(self, resource_type: str, criteria: SearchCriteria) -> list[IndexRow]:
+        """Candidates ordered by last_updated then id (no JSON loaded)."""
+
+    def consents_for_patient(self, patient: Identifier) -> list[StoredResource]: ...
+
+    def append_audit(self, event: dict[str, Any]) -> None: ...
+
+    def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first."""
+
+    def close(self) -> None: ...
