@@ -1,0 +1,36 @@
+"""Code systems, extension URLs and identifier systems the adapter writes. One place, so the
+ingest mapping, the read views and the tests agree."""
+
+from __future__ import annotations
+
+V3_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+V3_CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+V3_OBSERVATION_VALUE = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+CONSENT_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
+PROVENANCE_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+PROVENANCE_ENTITY_ROLE = "http://hl7.org/fhir/provenance-entity-role"
+AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+URN_IETF_RFC_3986 = "urn:ietf:rfc:3986"
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+
+# Our own canonical base for extensions (no HL7 element carries these facts).
+SD_BASE = "http://clinical-image-adapter.org/fhir/StructureDefinition/"
+EXT_PHOTO_KIND = SD_BASE + "photo-kind"              # valueCode: clinical | document | secondary
+EXT_PHOTO_SOURCE = SD_BASE + "photo-source"          # valueCode: clinician | patient | colleague-*
+EXT_CONSENT_PENDING = SD_BASE + "consent-pending"    # valueBoolean
+EXT_CAPTURE_DEVICE = SD_BASE + "capture-device"      # valueCode: organisation | personal
+EXT_CONSENT_METHOD = SD_BASE + "consent-method"      # valueCode: verbal | written | implied
+EXT_CONSENT_RECORDED_BY = SD_BASE + "consent-recorded-by"  # valueReference
+EXT_QUALITY_WARNING = SD_BASE + "quality-warning"    # valueString
+
+# Identifier systems
+SHA256_SYSTEM = "urn:clinical-image-adapter:sha256"  # value: hex SHA-256 of the stored bytes
+PHOTO_KIND_SYSTEM = "urn:clinical-image-adapter:photo-kind"
