@@ -1,0 +1,21 @@
+"""Pure consent policy: the ingest assessment, the read decision and Consent → grant reading.
+
+No I/O and no clock: callers pass the tables, the patient's Consents as grants, and ``now``.
+"""
+
+from adapter.consent.decision import decide, permitted_purposes
+from adapter.consent.grants import grant_from_consent, grants_from_consent
+from adapter.consent.ingest import IngestAssessment, assess_ingest
+from adapter.consent.rules import ANY_PURPOSE, PurposeClass, classify_purpose
+
+__all__ = [
+    "ANY_PURPOSE",
+    "IngestAssessment",
+    "PurposeClass",
+    "assess_ingest",
+    "classify_purpose",
+    "decide",
+    "grant_from_consent",
+    "grants_from_consent",
+    "permitted_purposes",
+]

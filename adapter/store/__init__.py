@@ -1,0 +1,34 @@
+"""Storage: the port (``port.py``) and its adapters, a SQL record store for SQLite and
+PostgreSQL and a file blob store. ``open_store`` picks the backend from the database URL."""
+
+from __future__ import annotations
+
+from adapter.config import StoreOptions
+from adapter.store.blobs import FileBlobStore
+from adapter.store.port import (
+    BlobStore,
+    DateCriterion,
+    RecordStore,
+    SearchCriteria,
+    TokenCriterion,
+)
+from adapter.store.sql import SqlRecordStore
+
+
+def open_store(options: StoreOptions) -> tuple[SqlRecordStore, FileBlobStore]:
+    """The record store for ``options.database_url`` (``sqlite:///…`` or
+    ``postgresql+psycopg://…``; anything else raises ConfigurationError) and the blob store
+    under ``options.data_dir``."""
+    records = SqlRecordStore(options.database_url)
+    try:
+        blobs = FileBlobStore(options)
+    except BaseException:
+        records.close()
+        raise
+    return records, blobs
+
+
+__all__ = [
+    "BlobStore", "DateCriterion", "FileBlobStore", "RecordStore", "SearchCriteria", "SqlRecordStore",
+    "TokenCriterion", "open_store",
+]

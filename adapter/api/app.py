@@ -1,0 +1,34 @@
+"""The FastAPI application factory: the only place (with routes/) that imports FastAPI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from adapter import __version__
+from adapter.api.outcome import install_error_handlers
+from adapter.api.routes import fhir, photos
+from adapter.services.registry import Services
+
+
+def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        services.close()
+
+    app = FastAPI(title="Clinical image adapter", version=__version__, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(photos.router)
+    app.include_router(fhir.router)
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    return app

@@ -1,0 +1,80 @@
+"""The HTTP edge of the error hierarchy: one handler for AdapterError renders a FHIR
+OperationOutcome, and one table maps the error class to the HTTP status (most specific class
+along the MRO wins). Anything unexpected is a 500 OperationOutcome without internals."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapter import errors as e
+from adapter.mapping.outcome import operation_outcome, outcome_from_error
+
+log = logging.getLogger("adapter.api")
+
+FHIR_JSON = "application/fhir+json"
+
+HTTP_STATUS: dict[type[e.AdapterError], int] = {
+    e.AdapterError: 500,
+    e.InvalidInput: 422,
+    e.InvalidResource: 400,
+    e.RequiredElementMissing: 422,
+    e.UnknownCode: 422,
+    e.UndecodableImage: 422,
+    e.UnknownPurposeOfUse: 400,
+    e.BusinessRuleViolation: 422,
+    e.ConsentRequired: 422,
+    e.UnsupportedMediaType: 415,
+    e.NotSupported: 400,
+    e.ImageTooLarge: 422,
+    e.PayloadTooLarge: 413,
+    e.Forbidden: 403,
+    e.PurposeOfUseMissing: 403,
+    e.NotFound: 404,
+    e.Conflict: 409,
+    e.Transient: 503,
+    e.StorageError: 503,
+    e.PolicyError: 500,
+    e.ConfigurationError: 500,
+}
+
+
+def status_for(err: e.AdapterError) -> int:
+    for cls in type(err).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def fhir_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+                    status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(e.AdapterError)
+    async def _adapter_error(_: Request, exc: e.AdapterError) -> Response:
+        status = status_for(exc)
+        if status >= 500:
+            log.error("request failed: %s", type(exc).__name__)
+        return fhir_response(outcome_from_error(exc), status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        where = [".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()[:10]]
+        return fhir_response(operation_outcome("error", "invalid", "invalid request", expression=where), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        return fhir_response(operation_outcome("error", code, str(exc.detail)[:200]), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unexpected error (%s)", type(exc).__name__)
+        return fhir_response(operation_outcome("fatal", "exception", "internal error"), 500)

@@ -1,0 +1,164 @@
+"""FHIR REST at ``/fhir`` (https://hl7.org/fhir/R4/http.html): capabilities, transaction,
+Consent create/update, read and search under purpose of use. R4 by default; R5 with
+``Accept: application/fhir+json; fhirVersion=5.0``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from adapter import __version__
+from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
+from adapter.api.negotiation import fhir_version, media_type, wants_fhir_json
+from adapter.api.outcome import fhir_response
+from adapter.api.urls import absolute, base
+from adapter.errors import InvalidInput, NotFound, NotSupported, PayloadTooLarge, UnsupportedMediaType
+from adapter.mapping.bundle import searchset
+from adapter.mapping.capability import capability_statement
+from adapter.mapping.outcome import information_outcome
+from adapter.mapping.r5 import to_r5
+from adapter.model.decision import Decision
+from adapter.services.search_params import parse_search
+
+router = APIRouter(prefix="/fhir")
+
+R4_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
+BREAK_GLASS_HEADER = "X-Break-Glass"
+
+
+def _versioned(resource: dict[str, Any], version: str) -> dict[str, Any]:
+    return to_r5(resource) if version == "5" else resource
+
+
+def _out(body: Any, version: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    resp = fhir_response(body, status, headers)
+    resp.headers["content-type"] = media_type(version)
+    return resp
+
+
+def _glass_headers(decision: Decision) -> dict[str, str]:
+    if decision.break_glass:
+        return {BREAK_GLASS_HEADER: "suppressed; v3-ActReason#BTG; break-glass access, audited"}
+    return {}
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("application/fhir+json", "application/json"):
+        raise UnsupportedMediaType("FHIR requests take application/fhir+json")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("the body is not valid JSON") from exc
+    if not isinstance(data, dict) or "resourceType" not in data:
+        raise InvalidInput("the body is not a FHIR resource", expression="resourceType")
+    return data
+
+
+@router.get("/metadata")
+async def metadata(request: Request, services: ServicesDep,
+                   accept: Annotated[str | None, Header()] = None) -> Response:
+    version = fhir_version(accept)
+    body = capability_statement(base_url=absolute(request, services, "fhir"),
+                                fhir_version="5.0.0" if version == "5" else "4.0.1",
+                                software_version=__version__, now=services.now())
+    return _out(body, version)
+
+
+@router.post("")
+async def transaction(request: Request, services: ServicesDep, ctx: WriteContextDep,
+                      idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+    """An ITI-65-shaped transaction Bundle (base64 image in Binary.data, hence the 4/3 limit)."""
+    bundle = await _json_body(request, services.settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
+    if bundle.get("resourceType") != "Bundle":
+        raise InvalidInput("POST /fhir takes a transaction Bundle", expression="Bundle.resourceType")
+    key = idempotency_key[:200] if idempotency_key else None
+    response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx)
+    return _out(response, "4")
+
+
+@router.post("/Consent", status_code=201)
+async def create_consent(request: Request, services: ServicesDep, ctx: WriteContextDep) -> Response:
+    resource = await _json_body(request, 10 * 1024 * 1024)
+    stored = await run_in_threadpool(services.consents.create, resource, ctx)
+    return _out(stored.resource, "4", 201, {
+        "Location": absolute(request, services, f"fhir/Consent/{stored.id}/_history/{stored.version_id}"),
+        "ETag": f'W/"{stored.version_id}"'})
+
+
+@router.put("/Consent/{id}")
+async def update_consent(id: str, request: Request, services: ServicesDep, ctx: WriteContextDep,
+                         if_match: Annotated[str | None, Header()] = None) -> Response:
+    resource = await _json_body(request, 10 * 1024 * 1024)
+    expected = None
+    if if_match:
+        digits = if_match.replace("W/", "").strip('"')
+        if not digits.isdigit():
+            raise InvalidInput("If-Match takes an ETag W/\"<version>\"", expression="If-Match")
+        expected = int(digits)
+    stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)
+    return _out(stored.resource, "4", 200, {"ETag": f'W/"{stored.version_id}"'})
+
+
+@router.get("/{resource_type}/{id}")
+async def read(resource_type: str, id: str, reader: ReaderDep,
+               accept: Annotated[str | None, Header()] = None) -> Response:
+    version = fhir_version(accept)
+    if resource_type == "Binary":
+        content = await run_in_threadpool(reader.read_binary, id)
+        headers = _glass_headers(content.decision)
+        if wants_fhir_json(accept):
+            return _out(content.resource, version, headers=headers)
+        return Response(content=content.data, media_type=content.content_type, headers=headers)
+    if resource_type not in R4_TYPES:
+        raise NotSupported(f"{resource_type[:40]} is not served here")
+    if version == "5" and resource_type == "Media":
+        raise NotFound("R5 has no Media; photos are DocumentReference in R5")
+    try:
+        result = await run_in_threadpool(reader.read, resource_type, id)
+    except NotFound:
+        if version == "5" and resource_type == "DocumentReference":
+            result = await run_in_threadpool(reader.read, "Media", id)
+        else:
+            raise
+    return _out(_versioned(result.resource, version), version, headers=_glass_headers(result.decision))
+
+
+@router.get("/{resource_type}")
+async def search(resource_type: str, request: Request, reader: ReaderDep, services: ServicesDep,
+                 accept: Annotated[str | None, Header()] = None) -> Response:
+    version = fhir_version(accept)
+    if resource_type not in R4_TYPES or resource_type == "Binary":
+        raise NotSupported(f"search on {resource_type[:40]} is not supported")
+    if version == "5" and resource_type == "Media":
+        raise NotFound("R5 has no Media; search DocumentReference")
+    params = list(request.query_params.multi_items())
+    req = parse_search(resource_type, params)
+    types = ["DocumentReference", "Media"] if version == "5" and resource_type == "DocumentReference" \
+        else [resource_type]
+    result = await run_in_threadpool(reader.search, types, req)
+    kept = [(k, v) for k, v in params if k != "_offset"]
+    self_url = f"{absolute(request, services, 'fhir/' + resource_type)}?{urlencode(params)}"
+    next_url = None
+    if req.offset + req.count < result.total:
+        next_url = (f"{absolute(request, services, 'fhir/' + resource_type)}?"
+                    f"{urlencode(kept + [('_offset', str(req.offset + req.count))])}")
+    entries = [_versioned(r, version) for r in result.resources]
+    bundle = searchset(entries, total=result.total, self_url=self_url, next_url=next_url,
+                       base_url=f"{base(request, services)}/fhir", fhir_version=version)
+    if result.break_glass:
+        bundle.setdefault("entry", []).append({
+            "resource": information_outcome("suppressed", "break-glass access: records shown under "
+                                            "emergency access, audited", None),
+            "search": {"mode": "outcome"}})
+    return _out(bundle, version)

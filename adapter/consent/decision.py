@@ -1,0 +1,162 @@
+"""The read decision: may this record be used for this purpose of use, and how is it shown?
+
+Pure and fail-closed: anything the rules do not positively permit is denied. The services call
+:func:`decide` for every read and audit both outcomes (STYLE.md §4).
+
+Consent semantics follow FHIR R4 Consent (https://hl7.org/fhir/R4/consent.html): an ``active``
+Consent whose provision is in its period, scoped to the record (provision.data) and covering
+the purpose (provision.purpose, with v3-ActReason descendants) applies; a ``deny`` provision
+that applies overrides every ``permit`` (deny wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from adapter.consent.rules import (
+    DENY,
+    PERMIT,
+    WITHDRAWN,
+    PurposeClass,
+    classify_purpose,
+    grant_covers,
+    grant_in_force,
+    grant_scope_matches,
+    require_aware,
+)
+from adapter.mapping.tables import Tables
+from adapter.model.consent import ConsentGrant
+from adapter.model.decision import Decision, View
+from adapter.model.purpose import PurposeOfUse
+from adapter.model.record import AccessFacts
+
+#: v3-ActCode obligation codes for the view a permitted purpose gets (standards.md §3.3).
+OBLIGATIONS: dict[View, tuple[str, ...]] = {
+    View.FULL: (),
+    View.DEIDENTIFIED: ("DEID",),
+    View.PSEUDONYMISED: ("PSEUD",),
+}
+
+
+def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[ConsentGrant], tables: Tables,
+           now: datetime) -> Decision:
+    """Decide whether the record described by ``facts`` may be read for ``purpose`` at ``now``.
+
+    In order (the clinical images guidance, issue text):
+
+    1. An unknown purpose (not in mappings/purposes.yaml, or not v3-ActReason) is denied.
+    2. Break-glass purposes (``breakGlass.purposes`` and their descendants) are permitted, in the
+       full view and flagged ``break_glass``, only if ``breakGlass.enabled``; consent is not
+       evaluated, so this is the only way to read a consent-pending record.
+    3. A purpose the policy names neither as care nor as explicit-consent is denied.
+    4. A consent-pending record is denied for every other purpose.
+    5. An applicable ``deny`` grant covering the purpose denies it (deny wins), whatever the kind.
+    6. Care: ``document`` and ``secondary`` photos need no consent; a ``clinical`` photo needs an
+       applicable active permit covering the purpose (a Consent for TREAT covers COC); when
+       there is none but such a Consent was withdrawn (status ``inactive``), the policy's
+       ``careAfterWithdrawal`` decides.
+    7. Explicit-consent purposes (TRAIN, HRESCH, ...) need an applicable active permit that is
+       not an implied consent; the view is the purpose's (mappings/purposes.yaml) and a
+       de-identified or pseudonymised view never stands in for consent.
+
+    ``consents`` may hold every Consent of the patient: each grant is checked for the patient,
+    status, period and data scope here. ``facts.consent_ids`` is not used to grant anything.
+    """
+    require_aware(now)
+    code = purpose.code
+    permitted = permitted_purposes(facts, consents, tables, now)
+
+    def deny(reason: str, used: Sequence[ConsentGrant] = ()) -> Decision:
+        return Decision(permitted=False, reason=reason, purpose=purpose, consent_ids=_ids(used),
+                        permitted_purposes=permitted)
+
+    def permit(reason: str, used: Sequence[ConsentGrant] = ()) -> Decision:
+        view = View(tables.purposes.codes[code].view)
+        return Decision(permitted=True, reason=reason, purpose=purpose, view=view, consent_ids=_ids(used),
+                        permitted_purposes=permitted, obligations=OBLIGATIONS[view])
+
+    klass = (classify_purpose(code, tables) if purpose.system == tables.purposes.system
+             else PurposeClass.UNKNOWN)
+    if klass is PurposeClass.UNKNOWN:
+        return deny("unknown purpose of use")
+    if klass is PurposeClass.BREAK_GLASS:
+        if not tables.policy.break_glass.enabled:
+            return deny(f"break-glass ({code}) is not enabled by policy")
+        return Decision(permitted=True, reason=f"break-glass ({code}): consent not evaluated; access audited",
+                        purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted)
+    if klass is PurposeClass.NOT_PERMITTED:
+        return deny(f"purpose {code} not permitted by policy")
+    if facts.consent_pending:
+        return deny("consent pending; break-glass only")
+
+    in_force = [g for g in consents if grant_in_force(g, facts.patient, facts.governed_by, now)]
+    denials = [g for g in in_force if g.decision == DENY and grant_covers(g, code, tables)]
+    if denials:
+        return deny(f"a Consent denies {code}", denials)
+
+    if klass is PurposeClass.CARE:
+        if not tables.kinds[facts.kind].needs_care_consent:
+            return permit(f"{facts.kind.value} photos need no consent for care")
+        grants = [g for g in in_force if g.decision == PERMIT and grant_covers(g, code, tables)]
+        if grants:
+            return permit(f"active Consent permits {code}", grants)
+        withdrawn = _withdrawn(facts, consents, code, tables, now)
+        if withdrawn and tables.policy.consent.care_after_withdrawal:
+            return permit(f"consent withdrawn; policy keeps clinical photos readable for {code}", withdrawn)
+        return deny(f"no active consent for {code}")
+
+    grants = [g for g in in_force
+              if g.decision == PERMIT and not g.implied and grant_covers(g, code, tables)]
+    if grants:
+        return permit(f"active Consent permits {code}", grants)
+    return deny(f"no active consent permitting {code}")
+
+
+def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tables: Tables,
+                       now: datetime) -> frozenset[str]:
+    """The purposes the record may be read for without break-glass, for its security labels.
+
+    The purposes listed by applicable active permit grants (care purposes of any grant,
+    explicit-consent purposes of non-implied grants only), plus every care purpose of the policy
+    for kinds that need no consent for care, plus the care purposes of a withdrawn Consent when
+    ``careAfterWithdrawal``; minus any purpose an applicable deny grant covers. Codes are listed
+    as granted (a grant for TREAT yields TREAT, which covers its descendants). Empty for a
+    consent-pending record.
+    """
+    if facts.consent_pending:
+        return frozenset()
+    rules = tables.policy.consent
+    codes: set[str] = set()
+    in_force = [g for g in consents if grant_in_force(g, facts.patient, facts.governed_by, now)]
+    for grant in in_force:
+        if grant.decision != PERMIT:
+            continue
+        for code in grant.purposes:
+            klass = classify_purpose(code, tables)
+            if klass is PurposeClass.CARE or (klass is PurposeClass.EXPLICIT and not grant.implied):
+                codes.add(code)
+    if not tables.kinds[facts.kind].needs_care_consent:
+        codes.update(rules.care_purposes)
+    elif rules.care_after_withdrawal:
+        codes.update(c for c in rules.care_purposes if _withdrawn(facts, consents, c, tables, now))
+    denials = [g for g in in_force if g.decision == DENY]
+    return frozenset(c for c in codes if not any(grant_covers(g, c, tables) for g in denials))
+
+
+def _withdrawn(facts: AccessFacts, consents: Sequence[ConsentGrant], code: str, tables: Tables,
+               now: datetime) -> list[ConsentGrant]:
+    """Withdrawn (``inactive``) permits that would otherwise cover ``code`` for this record.
+
+    Only the period start is checked: withdrawing a Consent usually closes its period, so the
+    end says when it was withdrawn, not that it never applied.
+    """
+    return [g for g in consents
+            if g.status == WITHDRAWN and g.decision == PERMIT
+            and grant_scope_matches(g, facts.patient, facts.governed_by)
+            and (g.period_start is None or g.period_start <= now)
+            and grant_covers(g, code, tables)]
+
+
+def _ids(grants: Sequence[ConsentGrant]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(g.id for g in grants))

@@ -1,0 +1,220 @@
+"""Consent rules applied when a photo arrives (the clinical images guidance, issue text).
+
+Pure: the caller passes the photo's metadata, the patient's Consents already on file (as
+:class:`ConsentGrant`) and ``now``; the result says what to record, or an exception says why the
+photo is refused. Nothing here writes a Consent: the ingest service does, from this assessment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from adapter.consent.rules import (
+    DENY,
+    PERMIT,
+    TREAT,
+    PurposeClass,
+    classify_purpose,
+    grant_covers,
+    grant_in_force,
+    purposes_cover,
+    require_aware,
+)
+from adapter.errors import BusinessRuleViolation, ConsentRequired, RequiredElementMissing, UnknownCode
+from adapter.mapping.tables import Tables
+from adapter.model.consent import ConsentGrant
+from adapter.model.photo import (
+    Colleague,
+    ConsentMethod,
+    DeviceOwnership,
+    PhotoKind,
+    PhotoMetadata,
+    PhotoSource,
+)
+from adapter.model.policy import Policy
+
+_COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
+
+PENDING_WARNING = "consent pending: readable only under break-glass"
+PENDING_WARNING_NO_BREAK_GLASS = ("consent pending: not readable until consent for TREAT is recorded "
+                                  "(break-glass is disabled by policy)")
+
+
+@dataclass(frozen=True)
+class IngestAssessment:
+    """What the consent rules require the ingest service to record with the photo."""
+
+    consent_pending: bool
+    """A clinical photo kept without consent for TREAT (``consent.allowPending``): flag the
+    record (``AccessFacts.consent_pending``); it is readable only under break-glass."""
+    implied_purposes: tuple[str, ...]
+    """Purposes to record as a Consent with policyRule v3-ActCode#IMPLIED, scoped by
+    provision.data to the new record: set only for a photo the patient sent without a consent
+    statement. Empty otherwise (a given ``consent`` statement is recorded as given)."""
+    warnings: tuple[str, ...]
+    """For the ingest response (OperationOutcome issues of severity warning)."""
+    notes: tuple[str, ...]
+    """Annotations to put on the record (Media.note / DocumentReference description)."""
+
+
+def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables: Tables,
+                  now: datetime) -> IngestAssessment:
+    """Apply the guidance's ingest rules to one photo.
+
+    * ``clinical`` photos need documented consent for TREAT: a ``consent`` statement listing
+      TREAT, the implied consent of a patient who sent the photo, or an active Consent on file
+      for this patient that permits TREAT now and is not limited to other records
+      (provision.data). Without one the photo is refused unless ``consent.allowPending``.
+    * ``document`` and ``secondary`` photos need no consent for care; a kind's warning
+      (mappings/kinds.yaml) becomes a warning and a note.
+    * A photo from the patient implies consent for ``consent.patientImpliedPurposes`` only.
+    * Colleague sources need ``colleague``; an external colleague also ``discussionNote``.
+    * ``consent.writtenRequired`` refuses verbal consent for clinical photos;
+      ``devices.personalAllowed: false`` refuses ``device: personal``.
+
+    Raises:
+        RequiredElementMissing: ``colleague`` or ``colleague.discussionNote`` is missing.
+        UnknownCode: a purpose in ``consent.purposes`` is not a v3-ActReason code we know.
+        BusinessRuleViolation: a personal device where the policy forbids it.
+        ConsentRequired: consent for TREAT is missing, refused by an active deny Consent, or
+            given in a form the rules do not accept (implied from someone other than the
+            patient, implied for a non-care purpose, verbal where written is required).
+    """
+    require_aware(now)
+    policy = tables.policy
+    _check_colleague(meta)
+    _check_statement_codes(meta, tables)
+    _check_device(meta, policy)
+    _check_statement_method(meta, tables)
+
+    implied: tuple[str, ...] = ()
+    if meta.source is PhotoSource.PATIENT and meta.consent is None:
+        implied = tuple(policy.consent.patient_implied_purposes)
+
+    warnings: list[str] = []
+    notes: list[str] = []
+    if meta.colleague is not None and meta.colleague.discussion_note:
+        notes.append(_discussion_note(meta.colleague))
+    kind_warning = tables.kinds[meta.kind].warning
+    if kind_warning:
+        warnings.append(kind_warning)
+        notes.append(kind_warning)
+
+    pending = False
+    if tables.kinds[meta.kind].needs_care_consent:
+        pending = _needs_pending(meta, implied, existing, tables, now)
+        if pending:
+            warnings.append(PENDING_WARNING if policy.break_glass.enabled else PENDING_WARNING_NO_BREAK_GLASS)
+
+    return IngestAssessment(consent_pending=pending, implied_purposes=implied,
+                            warnings=tuple(warnings), notes=tuple(notes))
+
+
+def _check_colleague(meta: PhotoMetadata) -> None:
+    """The guidance: a colleague's photo is stored with Provenance naming the sender; an
+    external colleague's also with the note of the discussion."""
+    if meta.source not in _COLLEAGUE_SOURCES:
+        return
+    if meta.colleague is None:
+        raise RequiredElementMissing(
+            f"a photo from a {meta.source.value} source needs 'colleague' (who sent it) so its "
+            "Provenance can name the sender", expression="colleague")
+    note = meta.colleague.discussion_note
+    if meta.source is PhotoSource.COLLEAGUE_EXTERNAL and (note is None or not note.strip()):
+        raise RequiredElementMissing(
+            "a photo from an external colleague needs 'colleague.discussionNote': the note of the "
+            "discussion is stored with it", expression="colleague.discussionNote")
+
+
+def _check_statement_codes(meta: PhotoMetadata, tables: Tables) -> None:
+    if meta.consent is None:
+        return
+    for i, code in enumerate(meta.consent.purposes):
+        if code not in tables.purposes.codes:
+            raise UnknownCode(f"consent purpose '{code}' is not a v3-ActReason purpose-of-use code "
+                              f"accepted here ({tables.purposes.system})",
+                              expression=f"consent.purposes[{i}]")
+
+
+def _check_device(meta: PhotoMetadata, policy: Policy) -> None:
+    if meta.device is DeviceOwnership.PERSONAL and not policy.devices.personal_allowed:
+        raise BusinessRuleViolation("the organisation's policy forbids clinical photography on personal "
+                                    "devices", expression="device")
+
+
+def _check_statement_method(meta: PhotoMetadata, tables: Tables) -> None:
+    """Refuse a consent statement whose method the rules do not accept."""
+    statement = meta.consent
+    if statement is None:
+        return
+    if statement.method is ConsentMethod.IMPLIED:
+        if meta.source is not PhotoSource.PATIENT:
+            raise ConsentRequired(
+                f"implied consent only comes from the patient sending the photo; for a photo from a "
+                f"{meta.source.value} source document verbal or written consent",
+                expression="consent.method")
+        for i, code in enumerate(statement.purposes):
+            if classify_purpose(code, tables) is not PurposeClass.CARE:
+                raise ConsentRequired(
+                    f"implied consent covers care only; '{code}' needs explicit (verbal or written) "
+                    "consent", expression=f"consent.purposes[{i}]")
+    if (statement.method is ConsentMethod.VERBAL and meta.kind is PhotoKind.CLINICAL
+            and tables.policy.consent.written_required):
+        raise ConsentRequired("the organisation's policy requires written consent for clinical photos; "
+                              "verbal consent was given", expression="consent.method")
+
+
+def _needs_pending(meta: PhotoMetadata, implied: tuple[str, ...], existing: Sequence[ConsentGrant],
+                   tables: Tables, now: datetime) -> bool:
+    """Find the documented consent for TREAT a clinical photo needs.
+
+    Returns False when there is one, True when there is none and the policy allows keeping the
+    photo as consent pending; raises ConsentRequired otherwise.
+    """
+    rules = tables.policy.consent
+    patient = meta.patient.identifier
+    in_force = [g for g in existing if grant_in_force(g, patient, None, now)]
+
+    # An active Consent that denies TREAT is a refusal, not an absence: deny wins at read time
+    # too, so keeping the photo would store a record nobody may use for care.
+    if any(g.decision == DENY and grant_covers(g, TREAT, tables) for g in in_force):
+        raise ConsentRequired("an active Consent on file denies TREAT for this patient; record the "
+                              "patient's new decision (make that Consent inactive) before sending "
+                              "clinical photos", expression="consent")
+
+    if meta.consent is not None and purposes_cover(meta.consent.purposes, TREAT, tables):
+        return False
+    if implied and purposes_cover(implied, TREAT, tables):
+        return False
+
+    on_file = [g for g in in_force if g.decision == PERMIT and grant_covers(g, TREAT, tables)]
+    acceptable = [g for g in on_file if not rules.written_required or g.method is ConsentMethod.WRITTEN]
+    if acceptable:
+        return False
+    if rules.allow_pending:
+        return True
+
+    if meta.consent is not None:
+        given = ", ".join(meta.consent.purposes)
+        missing = f"the consent given lists {given} but not TREAT"
+        expression = "consent.purposes"
+    elif implied:
+        missing = f"the patient's implied consent covers {', '.join(implied)} but not TREAT"
+        expression = "consent"
+    else:
+        missing = "no consent was given with the photo"
+        expression = "consent"
+    if on_file:
+        on_file_text = ("the Consent on file for TREAT is not documented as written, which the "
+                        "organisation's policy requires")
+    else:
+        on_file_text = "no active Consent permitting TREAT is on file for this patient"
+    raise ConsentRequired(f"a clinical photo needs documented consent for TREAT: {missing}, and "
+                          f"{on_file_text}", expression=expression)
+
+
+def _discussion_note(colleague: Colleague) -> str:
+    who = colleague.name if not colleague.organisation else f"{colleague.name} ({colleague.organisation})"
+    return f"Discussed with {who}: {colleague.discussion_note}"

@@ -1,0 +1,73 @@
+"""Consent lifecycle: create, update (add a purpose, withdraw with status inactive).
+
+A change is committed before the response, and the read path loads consents on every request,
+so it takes effect on the very next request."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from adapter.consent import grants_from_consent
+from adapter.errors import InvalidInput, InvalidResource
+from adapter.mapping.photo import index_resource
+from adapter.model.purpose import RequestContext
+from adapter.model.record import NewResource, StoredResource
+from adapter.services.access import consent_facts
+from adapter.services.audit import Auditor
+from adapter.services.fhir_validation import validate_r4_resource
+from adapter.store.port import RecordStore
+
+
+class ConsentService:
+    def __init__(self, *, store: RecordStore, auditor: Auditor, known_purposes: set[str],
+                 now: Callable[[], datetime]) -> None:
+        self._store = store
+        self._auditor = auditor
+        self._known = known_purposes
+        self._now = now
+
+    def _check(self, resource: dict[str, Any]) -> dict[str, Any]:
+        if resource.get("resourceType") != "Consent":
+            raise InvalidResource("expected a Consent resource", expression="Consent.resourceType")
+        validate_r4_resource(resource)
+        ident = (resource.get("patient") or {}).get("identifier") or {}
+        if not ident.get("system") or not ident.get("value"):
+            raise InvalidResource("Consent.patient must carry an identifier (system and value): the adapter "
+                                  "matches patients by identifier", expression="Consent.patient.identifier")
+        for i, coding in enumerate((resource.get("provision") or {}).get("purpose") or []):
+            if coding.get("code") not in self._known:
+                raise InvalidInput(f"unknown purpose-of-use code in provision.purpose[{i}]",
+                                   expression=f"Consent.provision.purpose[{i}]")
+        try:
+            grants_from_consent(resource)
+        except (ValueError, ValidationError) as exc:
+            raise InvalidResource(f"Consent cannot be interpreted: {exc}", expression="Consent") from exc
+        return resource
+
+    def create(self, resource: dict[str, Any], ctx: RequestContext) -> StoredResource:
+        resource = dict(self._check(resource))
+        resource["id"] = str(uuid.uuid4())
+        resource.pop("meta", None)
+        facts = consent_facts(resource["id"], resource)
+        audit = self._auditor.event(ctx, interaction="create", action="C", permitted=True, reason=None,
+                                    entities=[f"Consent/{resource['id']}"], patient=facts.patient if facts else None)
+        return self._store.create(NewResource("Consent", resource["id"], resource, index_resource(resource)),
+                                  audit_events=[audit])
+
+    def update(self, id: str, resource: dict[str, Any], ctx: RequestContext,
+               if_match: int | None) -> StoredResource:
+        resource = dict(self._check(resource))
+        if resource.get("id") not in (None, id):
+            raise InvalidInput("the resource id must match the URL", expression="Consent.id")
+        resource["id"] = id
+        resource.pop("meta", None)
+        facts = consent_facts(id, resource)
+        audit = self._auditor.event(ctx, interaction="update", action="U", permitted=True, reason=None,
+                                    entities=[f"Consent/{id}"], patient=facts.patient if facts else None)
+        return self._store.update(NewResource("Consent", id, resource, index_resource(resource)),
+                                  if_match=if_match, audit_events=[audit])

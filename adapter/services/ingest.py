@@ -1,0 +1,161 @@
+"""Ingest: a photo with its metadata becomes a durable FHIR record (Media or
+DocumentReference, Binary, Consent, Provenance) in one atomic unit.
+
+Order of work (cheap refusals first, nothing visible until the single commit):
+1. idempotency replay by key;
+2. the guidance and policy rules (adapter.consent.assess_ingest);
+3. metadata stripping by segment copy, decode proof, quality (adapter.imaging.sanitize);
+4. idempotency replay by (patient, stored SHA-256);
+5. blob fsynced to its content address (invisible until referenced);
+6. one database transaction: resources, receipt, idempotency entries, audit event.
+``safeToDeleteFromDevice`` is true only after step 6 returned.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from adapter.consent import assess_ingest, grants_from_consent
+from adapter.errors import Conflict
+from adapter.imaging import sanitize
+from adapter.mapping.photo import build_photo_resources, index_resource
+from adapter.mapping.tables import Tables
+from adapter.model.consent import ConsentGrant
+from adapter.model.image import StoredImage
+from adapter.model.photo import Identifier, PhotoMetadata
+from adapter.model.purpose import RequestContext
+from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
+from adapter.services.audit import Auditor
+from adapter.store.port import BlobStore, RecordStore
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    receipt: dict[str, Any]
+    replayed: bool
+
+    @property
+    def location(self) -> str:
+        return str(self.receipt["record"])
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class IngestService:
+    def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, auditor: Auditor,
+                 now: Callable[[], datetime]) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._tables = tables
+        self._auditor = auditor
+        self._now = now
+
+    def _existing_grants(self, patient: Identifier) -> list[ConsentGrant]:
+        grants: list[ConsentGrant] = []
+        for stored in self._store.consents_for_patient(patient):
+            grants.extend(grants_from_consent(stored.resource))
+        return grants
+
+    def ingest_photo(self, upload: Path, meta: PhotoMetadata, *, idempotency_key: str | None,
+                     ctx: RequestContext) -> IngestResult:
+        """Ingest the received file at ``upload`` (removed afterwards, whatever happens)."""
+        staged: Path | None = None
+        committed = False
+        try:
+            if idempotency_key:
+                previous = self._store.find_receipt(idempotency_key=idempotency_key)
+                if previous is not None:
+                    return IngestResult(receipt=previous, replayed=True)
+            patient = meta.patient.identifier
+            now = self._now()
+            assessment = assess_ingest(meta, self._existing_grants(patient), self._tables, now)
+            staged = self._blobs.new_staging_path()
+            policy = self._tables.policy
+            facts = sanitize(upload, staged, quality=policy.quality, limits=policy.limits)
+            previous = self._store.find_receipt(patient=patient, stored_sha256=facts.stored_sha256)
+            if previous is not None:
+                return IngestResult(receipt=previous, replayed=True)
+            self._blobs.commit(staged, facts.stored_sha256)
+            committed = True
+            device_name = None
+            if policy.metadata.keep_device_model and (facts.device_make or facts.device_model):
+                device_name = " ".join(p for p in (facts.device_make, facts.device_model) if p)
+            image = StoredImage(
+                content_type=facts.content_type, width=facts.width, height=facts.height,
+                size=facts.stored_size, sha256=facts.stored_sha256, received_sha256=facts.received_sha256,
+                removed=facts.removed,
+                capture_time=facts.capture_time if policy.metadata.keep_capture_time else None,
+                device_name=device_name, quality_warnings=facts.quality_warnings)
+            unit = self._unit(meta, image, assessment, idempotency_key, ctx, now)
+            try:
+                self._store.save_ingest(unit)
+            except Conflict:
+                # a concurrent retry of the same upload won the race: answer with its receipt
+                previous = self._store.find_receipt(idempotency_key=idempotency_key) if idempotency_key else None
+                previous = previous or self._store.find_receipt(patient=patient,
+                                                                stored_sha256=facts.stored_sha256)
+                if previous is None:
+                    raise
+                return IngestResult(receipt=previous, replayed=True)
+            return IngestResult(receipt=unit.receipt, replayed=False)
+        finally:
+            upload.unlink(missing_ok=True)
+            if staged is not None and not committed:
+                self._blobs.discard(staged)
+
+    def _unit(self, meta: PhotoMetadata, image: StoredImage, assessment: Any, idempotency_key: str | None,
+              ctx: RequestContext, now: datetime) -> IngestUnit:
+        kind_entry = self._tables.kinds[meta.kind]
+        record_type = kind_entry.resource
+        record_id, binary_id, provenance_id = _new_id(), _new_id(), _new_id()
+        n_consents = (1 if meta.consent is not None else 0) + (1 if assessment.implied_purposes else 0)
+        consent_ids = [_new_id() for _ in range(n_consents)]
+        built = build_photo_resources(
+            meta, image, record_id=record_id, binary_id=binary_id, provenance_id=provenance_id,
+            consent_ids=consent_ids, assessment_notes=assessment.notes,
+            assessment_warnings=assessment.warnings, consent_pending=assessment.consent_pending,
+            implied_purposes=assessment.implied_purposes, tables=self._tables, now=now)
+        record_ref = f"{record_type}/{record_id}"
+        patient = meta.patient.identifier
+        created_consent_ids = tuple(str(c["id"]) for c in built.consents)
+        facts = AccessFacts(governed_by=record_ref, patient=patient, kind=meta.kind, source=meta.source,
+                            consent_pending=assessment.consent_pending, consent_ids=created_consent_ids)
+        patient_index = SearchIndex(patient=patient, patient_reference=meta.patient.reference)
+        provenance_index = index_resource(built.provenance)
+        provenance_index = SearchIndex(patient=patient, patient_reference=meta.patient.reference,
+                                       date=provenance_index.date, status=provenance_index.status,
+                                       tokens=provenance_index.tokens)
+        resources = [
+            NewResource(record_type, record_id, built.record, index_resource(built.record), facts,
+                        blob_sha256=image.sha256),
+            NewResource("Binary", binary_id, built.binary, patient_index, facts, blob_sha256=image.sha256),
+            NewResource("Provenance", provenance_id, built.provenance, provenance_index, facts),
+        ]
+        for consent in built.consents:
+            resources.append(NewResource("Consent", str(consent["id"]), consent, index_resource(consent), None))
+        created = [f"{r.resource_type}/{r.id}" for r in resources]
+        warnings = list(assessment.warnings) + list(image.quality_warnings)
+        receipt: dict[str, Any] = {
+            "record": record_ref,
+            "binary": f"Binary/{binary_id}",
+            "consents": [f"Consent/{c}" for c in created_consent_ids],
+            "provenance": f"Provenance/{provenance_id}",
+            "created": created,
+            "sha256": {"received": image.received_sha256, "stored": image.sha256},
+            "size": {"stored": image.size},
+            "metadataRemoved": list(image.removed),
+            "warnings": warnings,
+            "consentPending": assessment.consent_pending,
+            "safeToDeleteFromDevice": True,
+        }
+        audit = self._auditor.event(ctx, interaction="create", action="C", permitted=True, reason=None,
+                                    entities=created, patient=patient)
+        return IngestUnit(resources=resources, receipt=receipt, idempotency_key=idempotency_key,
+                          patient=patient, stored_sha256=image.sha256, audit_events=[audit])

@@ -1,0 +1,28 @@
+"""Parse the purpose of use a reader states (``X-Purpose-Of-Use``: ``TREAT`` or ``system|code``)."""
+
+from __future__ import annotations
+
+from adapter.errors import PurposeOfUseMissing, UnknownPurposeOfUse
+from adapter.mapping.tables import Tables
+from adapter.model.purpose import V3_ACT_REASON, PurposeOfUse
+
+_ACCEPTED_SYSTEMS = {V3_ACT_REASON, "urn:oid:2.16.840.1.113883.5.8"}
+
+
+def parse_purpose_of_use(value: str | None, tables: Tables) -> PurposeOfUse:
+    """A v3-ActReason code, bare or as ``system|code``. No value fails closed (403); a code we do
+    not know is refused (400)."""
+    if value is None or not value.strip():
+        raise PurposeOfUseMissing(
+            "every read must state its purpose of use (X-Purpose-Of-Use: a v3-ActReason code such as TREAT)")
+    raw = value.strip()
+    system = V3_ACT_REASON
+    code = raw
+    if "|" in raw:
+        system, _, code = raw.partition("|")
+        if system not in _ACCEPTED_SYSTEMS:
+            raise UnknownPurposeOfUse(f"purpose-of-use system must be {V3_ACT_REASON}",
+                                      expression="X-Purpose-Of-Use")
+    if code not in tables.purposes.codes:
+        raise UnknownPurposeOfUse(f"unknown purpose-of-use code '{code[:40]}'", expression="X-Purpose-Of-Use")
+    return PurposeOfUse(code=code, system=V3_ACT_REASON)

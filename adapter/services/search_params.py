@@ -1,0 +1,155 @@
+"""FHIR search parameters (https://hl7.org/fhir/R4/search.html) parsed into store criteria.
+
+Unknown parameters are refused (400) rather than ignored, so a typo never widens a search."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from adapter.errors import InvalidInput, NotSupported
+from adapter.model.photo import Identifier
+from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 200
+_IGNORED = {"_format", "_pretty", "_summary", "_elements", "_total"}
+_DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+_DATE_RE = re.compile(
+    r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.\d+)?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$")
+
+# resource type -> supported search parameters -> kind
+_PARAMS: dict[str, dict[str, str]] = {
+    "Media": {"created": "date", "date": "date", "type": "token", "modality": "token", "category": "token",
+              "status": "status", "identifier": "token", "kind": "token"},
+    "DocumentReference": {"date": "date", "type": "token", "category": "token", "status": "status",
+                          "identifier": "token", "modality": "token", "kind": "token"},
+    "Binary": {},
+    "Consent": {"date": "date", "status": "status", "category": "token", "purpose": "token"},
+    "Provenance": {"recorded": "date", "date": "date"},
+}
+_COMMON = {"_id", "patient", "subject", "_count", "_offset"}
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    criteria: SearchCriteria
+    count: int
+    offset: int
+
+
+def _date_range(raw: str) -> tuple[datetime, datetime]:
+    m = _DATE_RE.match(raw)
+    if not m:
+        raise InvalidInput(f"not a FHIR date: {raw[:40]}")
+    y = int(m["y"])
+    if m["m"] is None:
+        return datetime(y, 1, 1, tzinfo=UTC), datetime(y + 1, 1, 1, tzinfo=UTC)
+    mo = int(m["m"])
+    if m["d"] is None:
+        end = datetime(y + (mo == 12), 1 if mo == 12 else mo + 1, 1, tzinfo=UTC)
+        return datetime(y, mo, 1, tzinfo=UTC), end
+    day = datetime(y, mo, int(m["d"]), tzinfo=UTC)
+    if m["H"] is None:
+        return day, day + timedelta(days=1)
+    tz = UTC if m["tz"] in (None, "Z") else datetime.strptime(m["tz"].replace(":", ""), "%z").tzinfo
+    start = datetime(y, mo, int(m["d"]), int(m["H"]), int(m["M"]), int(m["S"] or 0), tzinfo=tz)
+    step = timedelta(seconds=1) if m["S"] is not None else timedelta(minutes=1)
+    return start.astimezone(UTC), (start + step).astimezone(UTC)
+
+
+def parse_date_param(value: str) -> DateCriterion:
+    prefix = "eq"
+    if value[:2] in _DATE_PREFIXES:
+        prefix, value = value[:2], value[2:]
+    start, end = _date_range(value)
+    return DateCriterion(prefix=prefix, start=start, end=end)
+
+
+def parse_token(value: str, param: str) -> TokenCriterion:
+    if "|" in value:
+        system, _, code = value.partition("|")
+        if not code:
+            raise NotSupported(f"{param}: a token with a system and no code is not supported")
+        return TokenCriterion(param=param, code=code, system=system or None)
+    return TokenCriterion(param=param, code=value)
+
+
+def _patient_refs(value: str) -> list[str]:
+    out = []
+    for v in value.split(","):
+        v = v.strip()
+        if v.startswith("http://") or v.startswith("https://"):
+            v = "/".join(v.rstrip("/").split("/")[-2:])
+        out.append(v if v.startswith("Patient/") else f"Patient/{v}")
+    return out
+
+
+def _identifiers(value: str, param: str) -> list[Identifier]:
+    out = []
+    for v in value.split(","):
+        system, sep, code = v.partition("|")
+        if not sep or not system or not code:
+            raise InvalidInput(f"{param}:identifier takes system|value", expression=param)
+        out.append(Identifier(system=system, value=code))
+    return out
+
+
+def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> SearchRequest:
+    """Turn query parameters into criteria. Repeated parameters AND; comma-separated values OR."""
+    allowed = _PARAMS.get(resource_type)
+    if allowed is None:
+        raise NotSupported(f"search on {resource_type} is not supported")
+    ids: list[str] | None = None
+    patients: list[Identifier] = []
+    refs: list[str] = []
+    dates: list[DateCriterion] = []
+    status: list[str] | None = None
+    tokens: list[tuple[TokenCriterion, ...]] = []
+    count, offset = DEFAULT_COUNT, 0
+    for name, value in params:
+        base, _, modifier = name.partition(":")
+        if base in _IGNORED:
+            continue
+        if base not in _COMMON and base not in allowed:
+            raise InvalidInput(f"unknown or unsupported search parameter '{name[:40]}' for {resource_type}",
+                               expression=name[:40])
+        if base == "_count":
+            count = _int_param(name, value, 0, MAX_COUNT)
+        elif base == "_offset":
+            offset = _int_param(name, value, 0, 10**9)
+        elif base == "_id":
+            ids = [v for v in value.split(",") if v]
+        elif base in ("patient", "subject"):
+            if modifier == "identifier":
+                patients += _identifiers(value, base)
+            elif modifier in ("", "Patient"):
+                refs += _patient_refs(value)
+            else:
+                raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
+        elif allowed[base] == "date":
+            dates.append(parse_date_param(value))
+        elif allowed[base] == "status":
+            status = value.split(",")
+        else:
+            if modifier:
+                raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
+            param = "category" if base == "category" and resource_type == "Media" else base
+            tokens.append(tuple(parse_token(v, param) for v in value.split(",")))
+    criteria = SearchCriteria(
+        ids=tuple(ids) if ids is not None else None,
+        patient=tuple(patients) if patients else None,
+        patient_reference=tuple(refs) if refs else None,
+        dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens))
+    return SearchRequest(criteria=criteria, count=count, offset=offset)
+
+
+def _int_param(name: str, value: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} must be an integer", expression=name) from exc
+    return max(lo, min(hi, n))

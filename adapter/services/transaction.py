@@ -1,0 +1,43 @@
+"""``POST /fhir`` transaction Bundles (IHE MHD ITI-65 shape): a Binary, the Media or
+DocumentReference that references it and optionally a Consent. The same rules, stripping and
+storage as ``POST /photos`` apply; the answer is a transaction-response Bundle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from adapter.mapping.tables import Tables
+from adapter.mapping.transaction import parse_transaction, transaction_response
+from adapter.model.purpose import RequestContext
+from adapter.services.ingest import IngestResult, IngestService
+from adapter.store.port import BlobStore
+
+
+class TransactionService:
+    def __init__(self, *, ingest: IngestService, blobs: BlobStore, tables: Tables,
+                 now: Callable[[], datetime]) -> None:
+        self._ingest = ingest
+        self._blobs = blobs
+        self._tables = tables
+        self._now = now
+
+    def process(self, bundle: dict[str, Any], *, idempotency_key: str | None,
+                ctx: RequestContext) -> tuple[dict[str, Any], IngestResult]:
+        submission = parse_transaction(bundle, self._tables)
+        upload: Path = self._blobs.new_staging_path()
+        with upload.open("wb") as fh:
+            fh.write(submission.image_bytes)
+        result = self._ingest.ingest_photo(upload, submission.meta, idempotency_key=idempotency_key, ctx=ctx)
+        receipt = result.receipt
+        locations: dict[str, str] = {"binary": receipt["binary"], "record": receipt["record"]}
+        explicit_consents = [c for c in receipt["consents"]]
+        if explicit_consents:
+            locations["consent"] = explicit_consents[0]
+        entries = []
+        for role in submission.entry_roles:
+            loc = locations.get(role, receipt["record"])
+            entries.append((f"{loc}/_history/1", "200 OK" if result.replayed else "201 Created"))
+        return transaction_response(entries, self._now()), result

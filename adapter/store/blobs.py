@@ -1,0 +1,142 @@
+"""Image bytes as content-addressed files: ``blobs/<sha[:2]>/<sha[2:4]>/<sha256>``.
+
+An upload is written to ``staging/`` (same file system) and committed by fsync of the file,
+an atomic rename to its address and fsync of the folders whose entries changed, so a
+committed blob survives a crash and a half-written one is never visible under its address.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+
+from adapter.config import StoreOptions
+from adapter.errors import InvalidInput, NotFound, StorageError
+
+_log = logging.getLogger(__name__)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+#: Staged files older than this are left over from a crash or an aborted upload.
+STALE_STAGING_SECONDS = 3600
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the entries of a folder durable (POSIX; a no-op where folders cannot be opened)."""
+    flags = getattr(os, "O_DIRECTORY", None)
+    if flags is None:
+        return
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlobStore:
+    """BlobStore on the local file system under ``options.data_dir``."""
+
+    def __init__(self, options: StoreOptions, *, stale_after_seconds: float = STALE_STAGING_SECONDS) -> None:
+        self._blob_dir = options.blob_dir.resolve()
+        self._staging_dir = options.staging_dir.resolve()
+        try:
+            self._blob_dir.mkdir(parents=True, exist_ok=True)
+            self._staging_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError("cannot create the blob folders") from exc
+        self.remove_stale_staging(stale_after_seconds)
+
+    def remove_stale_staging(self, older_than_seconds: float = STALE_STAGING_SECONDS) -> int:
+        """Delete staged files not modified for ``older_than_seconds``; return how many."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for entry in self._staging_dir.iterdir():
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # another process cleaned it up
+        if removed:
+            _log.info("removed %d stale staged upload(s)", removed)
+        return removed
+
+    def new_staging_path(self) -> Path:
+        """A fresh path in the staging folder (same file system as the blobs)."""
+        return self._staging_dir / f"{uuid.uuid4().hex}.part"
+
+    def _address(self, sha256: str) -> Path:
+        return self._blob_dir / sha256[:2] / sha256[2:4] / sha256
+
+    def _check_staged(self, staged: Path) -> Path:
+        staged = staged.resolve()
+        if staged.parent != self._staging_dir:
+            raise ValueError("not a path in the staging folder")
+        return staged
+
+    def commit(self, staged: Path, sha256: str) -> Path:
+        """fsync ``staged``, move it to its content address, fsync the folders; return the final
+        path. If the blob exists already, ``staged`` is removed. Idempotent.
+
+        The caller vouches that ``sha256`` is the digest of the staged bytes.
+        """
+        if not _SHA256.match(sha256):
+            raise InvalidInput("a blob address is a lower-case hex SHA-256")
+        staged = self._check_staged(staged)
+        target = self._address(sha256)
+        try:
+            if target.is_file():
+                staged.unlink(missing_ok=True)
+                return target
+            _fsync_file(staged)
+            self._make_dirs(target.parent)
+            os.replace(staged, target)
+            _fsync_dir(target.parent)
+            _fsync_dir(self._staging_dir)
+        except FileNotFoundError as exc:
+            if target.is_file():  # a concurrent commit of the same bytes won
+                return target
+            raise StorageError("the staged upload is missing") from exc
+        except OSError as exc:
+            raise StorageError("could not store the image bytes") from exc
+        return target
+
+    def _make_dirs(self, folder: Path) -> None:
+        """Create the shard folders, fsyncing each parent whose entries changed."""
+        missing: list[Path] = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(path.parent)
+
+    def discard(self, staged: Path) -> None:
+        """Remove a staged file if present."""
+        try:
+            self._check_staged(staged).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError("could not remove a staged upload") from exc
+
+    def path(self, sha256: str) -> Path:
+        """Path of a committed blob (raises NotFound if absent)."""
+        if not self.exists(sha256):
+            raise NotFound("no stored image with this digest")
+        return self._address(sha256)
+
+    def exists(self, sha256: str) -> bool:
+        return bool(_SHA256.match(sha256)) and self._address(sha256).is_file()

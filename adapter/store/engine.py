@@ -1,0 +1,99 @@
+"""Engines for the record store: every difference between SQLite and PostgreSQL lives here.
+
+SQLite gets WAL journaling with ``synchronous=FULL`` (a commit is on disk when it returns),
+foreign keys, a 30 s busy timeout and ``BEGIN IMMEDIATE`` for write transactions, so that
+concurrent writers queue on the lock instead of failing with "database is locked" when a
+reader tries to upgrade. PostgreSQL needs nothing beyond an optional schema on the search
+path (used by tests to stay apart).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from adapter.errors import ConfigurationError
+
+#: Execution option marking a connection whose transactions write (SQLite: ``BEGIN IMMEDIATE``).
+WRITE = "adapter_write"
+
+BUSY_TIMEOUT_SECONDS = 30
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Any constant: serialises schema creation between processes starting together.
+_MIGRATION_LOCK = 0x1A6E5701
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def create_store_engine(database_url: str, *, schema: str | None = None, pool_size: int = 5,
+                        max_overflow: int = 10) -> Engine:
+    """An Engine for ``sqlite:///<file>`` or ``postgresql+psycopg://…``.
+
+    ``schema`` (PostgreSQL only) puts the tables in that schema, created if missing.
+    Raises ConfigurationError for any other URL.
+    """
+    try:
+        url = make_url(database_url)
+    except ArgumentError as exc:
+        raise ConfigurationError("the database URL is not a valid SQLAlchemy URL") from exc
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if backend == "sqlite" and driver == "pysqlite":
+        if schema is not None:
+            raise ConfigurationError("a schema can only be chosen on PostgreSQL")
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file:") or url.query.get("mode") == "memory":
+            raise ConfigurationError("the SQLite store needs a file path (sqlite:///path/to/adapter.db)")
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow,
+                               connect_args={"timeout": BUSY_TIMEOUT_SECONDS}, json_serializer=_json_dumps)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    if backend == "postgresql" and driver == "psycopg":
+        connect_args: dict[str, Any] = {}
+        if schema is not None:
+            if not _SCHEMA_NAME.match(schema):
+                raise ConfigurationError("a schema name is lower-case letters, digits and underscores")
+            connect_args["options"] = f"-csearch_path={schema}"
+        return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
+                             connect_args=connect_args, json_serializer=_json_dumps)
+    raise ConfigurationError("the database URL must start with sqlite:/// or postgresql+psycopg://")
+
+
+def prepare_database(conn: Connection, schema: str | None) -> None:
+    """Dialect-specific set-up before the tables are created, inside the schema transaction."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        if schema is not None:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+
+
+def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    # Take transaction control away from the sqlite3 module; _sqlite_on_begin emits BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        mode = cursor.fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise ConfigurationError("the SQLite file system does not support WAL journaling")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    mode = "IMMEDIATE" if conn.get_execution_options().get(WRITE) else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")

@@ -1,0 +1,96 @@
+"""Between model objects (NewResource, StoredResource, IndexRow, AccessFacts) and table rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import RowMapping
+
+from adapter.errors import InvalidResource
+from adapter.model.photo import Identifier, PhotoKind, PhotoSource
+from adapter.model.record import AccessFacts, IndexRow, NewResource, StoredResource
+from adapter.store.dates import format_instant, to_utc
+
+
+def with_meta(new: NewResource, version_id: int, last_updated: datetime) -> dict[str, Any]:
+    """A copy of the resource with meta.versionId and meta.lastUpdated set
+    (https://hl7.org/fhir/R4/resource.html#Meta); the caller's dict is left alone."""
+    resource = new.resource
+    if resource.get("resourceType", new.resource_type) != new.resource_type \
+            or resource.get("id", new.id) != new.id:
+        raise InvalidResource("resourceType or id of the resource does not match where it is stored")
+    document = dict(resource)
+    meta = dict(document.get("meta") or {})
+    meta["versionId"] = str(version_id)
+    meta["lastUpdated"] = format_instant(last_updated)
+    document["meta"] = meta
+    return document
+
+
+def resource_row(new: NewResource, document: dict[str, Any], version_id: int,
+                 last_updated: datetime) -> dict[str, Any]:
+    """The ``resources`` row of a resource version: JSON, search index and access facts."""
+    index, facts = new.index, new.facts
+    return {
+        "resource_type": new.resource_type,
+        "id": new.id,
+        "version_id": version_id,
+        "last_updated": last_updated,
+        "json": document,
+        "patient_system": index.patient.system if index.patient else None,
+        "patient_value": index.patient.value if index.patient else None,
+        "patient_reference": index.patient_reference,
+        "date": to_utc(index.date) if index.date is not None else None,
+        "status": index.status,
+        "governed_by": facts.governed_by if facts else None,
+        "fact_patient_system": facts.patient.system if facts else None,
+        "fact_patient_value": facts.patient.value if facts else None,
+        "kind": facts.kind.value if facts else None,
+        "source": facts.source.value if facts else None,
+        "consent_pending": facts.consent_pending if facts else None,
+        "consent_ids": list(facts.consent_ids) if facts else None,
+        "blob_sha256": new.blob_sha256,
+    }
+
+
+def history_row(new: NewResource, document: dict[str, Any], version_id: int,
+                last_updated: datetime) -> dict[str, Any]:
+    return {"resource_type": new.resource_type, "id": new.id, "version_id": version_id,
+            "last_updated": last_updated, "json": document}
+
+
+def token_rows(new: NewResource) -> list[dict[str, Any]]:
+    """One ``tokens`` row per distinct (param, system, code) of the search index."""
+    return [{"resource_type": new.resource_type, "id": new.id, "param": param, "system": system,
+             "code": code} for param, system, code in dict.fromkeys(new.index.tokens)]
+
+
+def facts_from_row(row: RowMapping) -> AccessFacts | None:
+    if row["governed_by"] is None:
+        return None
+    return AccessFacts(
+        governed_by=row["governed_by"],
+        patient=Identifier(system=row["fact_patient_system"], value=row["fact_patient_value"]),
+        kind=PhotoKind(row["kind"]),
+        source=PhotoSource(row["source"]),
+        consent_pending=bool(row["consent_pending"]),
+        consent_ids=tuple(row["consent_ids"] or ()),
+    )
+
+
+def stored_from_row(row: RowMapping) -> StoredResource:
+    return StoredResource(
+        resource_type=row["resource_type"],
+        id=row["id"],
+        version_id=row["version_id"],
+        last_updated=row["last_updated"],
+        resource=row["json"],
+        facts=facts_from_row(row),
+        blob_sha256=row["blob_sha256"],
+    )
+
+
+def index_row_from(row: RowMapping) -> IndexRow:
+    return IndexRow(resource_type=row["resource_type"], id=row["id"], last_updated=row["last_updated"],
+                    facts=facts_from_row(row))

@@ -1,0 +1,86 @@
+"""SearchCriteria to one SELECT over the ``resources`` index columns (no JSON is read).
+
+Date prefixes follow FHIR search (https://hl7.org/fhir/R4/search.html#prefix) for a stored
+point in time ``d`` against a search value whose precision is the range [start, end).
+Token parameters follow https://hl7.org/fhir/R4/search.html#token: ``system`` None matches any
+system, an empty ``system`` matches only codes without one (``|code``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import ColumnElement, Select, and_, exists, false, or_, select
+
+from adapter.errors import InvalidInput, NotSupported
+from adapter.store.dates import to_utc
+from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
+from adapter.store.schema import resources, tokens
+
+_r = resources.c
+
+#: The columns an IndexRow is built from.
+INDEX_COLUMNS = (_r.resource_type, _r.id, _r.last_updated, _r.governed_by, _r.fact_patient_system,
+                 _r.fact_patient_value, _r.kind, _r.source, _r.consent_pending, _r.consent_ids)
+
+
+def _any(conditions: list[ColumnElement[bool]]) -> ColumnElement[bool]:
+    """OR of ``conditions``; false when there are none (an empty OR matches nothing)."""
+    return or_(false(), *conditions)
+
+
+_DATE_PREFIXES: dict[str, Callable[[DateCriterion], ColumnElement[bool]]] = {
+    "eq": lambda c: and_(_r.date >= to_utc(c.start), _r.date < to_utc(c.end)),
+    "ne": lambda c: or_(_r.date < to_utc(c.start), _r.date >= to_utc(c.end)),
+    "gt": lambda c: _r.date >= to_utc(c.end),
+    "sa": lambda c: _r.date >= to_utc(c.end),
+    "ge": lambda c: _r.date >= to_utc(c.start),
+    "lt": lambda c: _r.date < to_utc(c.start),
+    "eb": lambda c: _r.date < to_utc(c.start),
+    "le": lambda c: _r.date < to_utc(c.end),
+}
+
+
+def date_condition(criterion: DateCriterion) -> ColumnElement[bool]:
+    """The condition for one date criterion; resources without a date never match."""
+    build = _DATE_PREFIXES.get(criterion.prefix)
+    if build is None:
+        if criterion.prefix == "ap":
+            raise NotSupported("the date prefix 'ap' is not supported", expression="date")
+        raise InvalidInput(f"unknown date prefix {criterion.prefix!r}", expression="date")
+    return build(criterion)
+
+
+def _token_match(token: TokenCriterion) -> ColumnElement[bool]:
+    t = tokens.c
+    condition = and_(t.param == token.param, t.code == token.code)
+    if token.system == "":
+        return and_(condition, t.system.is_(None))
+    if token.system is not None:
+        return and_(condition, t.system == token.system)
+    return condition
+
+
+def token_condition(alternatives: tuple[TokenCriterion, ...]) -> ColumnElement[bool]:
+    """EXISTS a token of this resource matching any of ``alternatives``."""
+    t = tokens.c
+    return exists().where(t.resource_type == _r.resource_type, t.id == _r.id,
+                          _any([_token_match(token) for token in alternatives]))
+
+
+def search_statement(resource_type: str, criteria: SearchCriteria) -> Select[tuple[object, ...]]:
+    """The SELECT of INDEX_COLUMNS matching ``criteria``, ordered by last_updated then id."""
+    where: list[ColumnElement[bool]] = [_r.resource_type == resource_type]
+    if criteria.ids is not None:
+        where.append(_r.id.in_(criteria.ids))
+    if criteria.patient is not None:
+        where.append(_any([and_(_r.patient_system == p.system, _r.patient_value == p.value)
+                           for p in criteria.patient]))
+    if criteria.patient_reference is not None:
+        where.append(_r.patient_reference.in_(criteria.patient_reference))
+    where.extend(date_condition(d) for d in criteria.dates)
+    if criteria.status is not None:
+        where.append(_r.status.in_(criteria.status))
+    where.extend(token_condition(group) for group in criteria.tokens)
+    return select(*INDEX_COLUMNS).where(*where).order_by(_r.last_updated, _r.id)
+

@@ -1,0 +1,242 @@
+"""The record store on SQLite or PostgreSQL, through SQLAlchemy Core (one code path for both;
+dialect differences live in ``engine.py`` and ``dates.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from adapter.errors import Conflict, NotFound, StorageError
+from adapter.model.photo import Identifier
+from adapter.model.record import IndexRow, IngestUnit, NewResource, StoredResource
+from adapter.store.dates import now_instant
+from adapter.store.engine import WRITE, create_store_engine, prepare_database
+from adapter.store.port import SearchCriteria
+from adapter.store.rows import (
+    history_row,
+    index_row_from,
+    resource_row,
+    stored_from_row,
+    token_rows,
+    with_meta,
+)
+from adapter.store.schema import audit, create_schema, receipts, resource_history, resources, tokens
+from adapter.store.search import search_statement
+
+_r = resources.c
+_GET_MANY_CHUNK = 500
+
+# Which unique constraint an IntegrityError names: PostgreSQL reports the constraint name,
+# SQLite the columns. Diagnostics say what clashed, never the values (they may identify a patient).
+_CONFLICTS = (
+    (("uq_receipts_idempotency_key", "receipts.idempotency_key"), "the idempotency key was used before"),
+    (("uq_receipts_patient_sha", "receipts.patient_system"), "this photo is stored for the patient already"),
+    (("pk_resources", "resources.resource_type"), "a resource with this type and id exists already"),
+)
+
+
+def _conflict(exc: IntegrityError) -> Conflict:
+    diag = getattr(exc.orig, "diag", None)
+    found = f"{getattr(diag, 'constraint_name', None) or ''} {exc.orig}"
+    for markers, diagnostics in _CONFLICTS:
+        if any(marker in found for marker in markers):
+            return Conflict(diagnostics)
+    return Conflict("the write conflicts with stored data")
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Driver and SQLAlchemy errors as our own: unique violations are Conflict, the rest
+    StorageError (a failed transaction is rolled back, so nothing of it was saved)."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise _conflict(exc) from exc
+    except SQLAlchemyError as exc:
+        raise StorageError("the record store failed; nothing was saved") from exc
+
+
+class SqlRecordStore:
+    """RecordStore on ``sqlite:///<file>`` or ``postgresql+psycopg://…``; safe to share between
+    threads (one pooled connection per operation).
+
+    ``schema`` (PostgreSQL only) keeps the tables in a schema of their own, created if missing.
+    Tables are created on start.
+    """
+
+    def __init__(self, database_url: str, *, schema: str | None = None, pool_size: int = 5,
+                 max_overflow: int = 10) -> None:
+        self._engine = create_store_engine(database_url, schema=schema, pool_size=pool_size,
+                                           max_overflow=max_overflow)
+        self._writer = self._engine.execution_options(**{WRITE: True})
+        try:
+            with self._write() as conn:
+                prepare_database(conn, schema)
+                create_schema(conn)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @property
+    def engine(self) -> Engine:
+        """The underlying engine (for diagnostics and tests; services use the methods)."""
+        return self._engine
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with _translated_errors(), self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with _translated_errors(), self._engine.connect() as conn:
+            yield conn
+
+    @staticmethod
+    def _insert_version(conn: Connection, new: NewResource, document: dict[str, Any], version_id: int,
+                        audit_events: Sequence[dict[str, Any]], now: datetime) -> None:
+        conn.execute(insert(resource_history), history_row(new, document, version_id, now))
+        if rows := token_rows(new):
+            conn.execute(insert(tokens), rows)
+        if audit_events:
+            conn.execute(insert(audit), [{"recorded": now, "json": event} for event in audit_events])
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def save_ingest(self, unit: IngestUnit) -> None:
+        """Write every resource (version 1), the receipt and the audit events in one transaction.
+
+        Raises Conflict if the idempotency key or (patient, stored sha256) is taken, or a
+        resource exists already; then nothing is written. After the commit, each resource dict
+        of ``unit`` carries the stored ``meta`` (versionId, lastUpdated).
+        """
+        now = now_instant()
+        documents = [with_meta(new, 1, now) for new in unit.resources]
+        with self._write() as conn:
+            conn.execute(insert(receipts), {
+                "idempotency_key": unit.idempotency_key, "patient_system": unit.patient.system,
+                "patient_value": unit.patient.value, "stored_sha256": unit.stored_sha256,
+                "recorded": now, "receipt": unit.receipt})
+            if unit.resources:
+                pairs = list(zip(unit.resources, documents, strict=True))
+                conn.execute(insert(resources), [resource_row(n, d, 1, now) for n, d in pairs])
+                conn.execute(insert(resource_history), [history_row(n, d, 1, now) for n, d in pairs])
+                if rows := [row for new in unit.resources for row in token_rows(new)]:
+                    conn.execute(insert(tokens), rows)
+            if unit.audit_events:
+                conn.execute(insert(audit), [{"recorded": now, "json": e} for e in unit.audit_events])
+        for new, document in zip(unit.resources, documents, strict=True):
+            new.resource["meta"] = document["meta"]
+
+    def create(self, new: NewResource, audit_events: Sequence[dict[str, Any]] = ()) -> StoredResource:
+        """Insert version 1 (sets meta.versionId and meta.lastUpdated). Conflict if it exists."""
+        now = now_instant()
+        document = with_meta(new, 1, now)
+        with self._write() as conn:
+            conn.execute(insert(resources), resource_row(new, document, 1, now))
+            self._insert_version(conn, new, document, 1, audit_events, now)
+        return StoredResource(new.resource_type, new.id, 1, now, document, new.facts, new.blob_sha256)
+
+    def update(self, new: NewResource, *, if_match: int | None = None,
+               audit_events: Sequence[dict[str, Any]] = ()) -> StoredResource:
+        """Write the next version; every version stays in ``resource_history``.
+
+        Conflict if ``if_match`` is not the current version (or another writer won the race);
+        NotFound if the resource does not exist.
+        """
+        key = and_(_r.resource_type == new.resource_type, _r.id == new.id)
+        with self._write() as conn:
+            current = conn.execute(select(_r.version_id, _r.last_updated).where(key).with_for_update()).first()
+            if current is None:
+                raise NotFound(f"{new.resource_type}/{new.id} does not exist")
+            if if_match is not None and if_match != current.version_id:
+                raise Conflict(f"version {if_match} is not the current version of "
+                               f"{new.resource_type}/{new.id}")
+            version = current.version_id + 1
+            now = max(now_instant(), current.last_updated)  # lastUpdated never goes back
+            document = with_meta(new, version, now)
+            row = resource_row(new, document, version, now)
+            del row["resource_type"], row["id"]
+            result = conn.execute(update(resources).where(key, _r.version_id == current.version_id).values(row))
+            if result.rowcount != 1:
+                raise Conflict(f"{new.resource_type}/{new.id} was changed concurrently")
+            conn.execute(delete(tokens).where(tokens.c.resource_type == new.resource_type,
+                                              tokens.c.id == new.id))
+            self._insert_version(conn, new, document, version, audit_events, now)
+        return StoredResource(new.resource_type, new.id, version, now, document, new.facts, new.blob_sha256)
+
+    def append_audit(self, event: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(insert(audit), {"recorded": now_instant(), "json": event})
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def find_receipt(self, *, idempotency_key: str | None = None, patient: Identifier | None = None,
+                     stored_sha256: str | None = None) -> dict[str, Any] | None:
+        """The receipt stored under ``idempotency_key``, else under (``patient``, ``stored_sha256``)."""
+        lookups = []
+        if idempotency_key is not None:
+            lookups.append(receipts.c.idempotency_key == idempotency_key)
+        if patient is not None and stored_sha256 is not None:
+            lookups.append(and_(receipts.c.patient_system == patient.system,
+                                receipts.c.patient_value == patient.value,
+                                receipts.c.stored_sha256 == stored_sha256))
+        if not lookups:
+            raise ValueError("find_receipt needs an idempotency key, or a patient and a sha256")
+        with self._read() as conn:
+            for lookup in lookups:
+                found: dict[str, Any] | None = conn.execute(select(receipts.c.receipt).where(lookup)).scalar()
+                if found is not None:
+                    return found
+        return None
+
+    def get(self, resource_type: str, id: str) -> StoredResource | None:
+        with self._read() as conn:
+            row = conn.execute(select(resources).where(_r.resource_type == resource_type, _r.id == id)) \
+                .mappings().first()
+        return stored_from_row(row) if row is not None else None
+
+    def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:
+        """Resources in the order of ``ids``; missing ones are left out."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, StoredResource] = {}
+        with self._read() as conn:
+            for start in range(0, len(wanted), _GET_MANY_CHUNK):
+                chunk = wanted[start:start + _GET_MANY_CHUNK]
+                stmt = select(resources).where(_r.resource_type == resource_type, _r.id.in_(chunk))
+                for row in conn.execute(stmt).mappings():
+                    found[row["id"]] = stored_from_row(row)
+        return [found[i] for i in ids if i in found]
+
+    def search_index(self, resource_type: str, criteria: SearchCriteria) -> list[IndexRow]:
+        """Candidates ordered by last_updated then id (no JSON loaded)."""
+        statement = search_statement(resource_type, criteria)
+        with self._read() as conn:
+            return [index_row_from(row) for row in conn.execute(statement).mappings()]
+
+    def consents_for_patient(self, patient: Identifier) -> list[StoredResource]:
+        """Consent resources whose patient (search index or access facts) is ``patient``."""
+        statement = select(resources).where(
+            _r.resource_type == "Consent",
+            or_(and_(_r.patient_system == patient.system, _r.patient_value == patient.value),
+                and_(_r.fact_patient_system == patient.system, _r.fact_patient_value == patient.value)),
+        ).order_by(_r.last_updated, _r.id)
+        with self._read() as conn:
+            return [stored_from_row(row) for row in conn.execute(statement).mappings()]
+
+    def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first."""
+        if limit <= 0:
+            return []
+        with self._read() as conn:
+            return list(conn.execute(select(audit.c.json).order_by(audit.c.seq.desc()).limit(limit)).scalars())
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()

@@ -1,0 +1,180 @@
+"""Thin helpers around dcmtk's echoscu / storescu / storescp, loopback only.
+
+    echoscu(port, "ORTHANC")                                   # C-ECHO, raises on failure
+    storescu(port, "ORTHANC", [path, ...])                     # C-STORE, proposes JPEG Baseline (-xy)
+    with StoreSCP(tmp_path / "recv", aet="ADAPTER") as scp:    # storescp on a free port, +xa
+        ...; scp.files(); scp.count(); scp.clear()
+
+Every process gets ``TCP_NODELAY=1`` (Debian's DCMTK 3.6.7 keeps Nagle on otherwise: ~45 ms per
+C-STORE). storescp has no bind-address option, so it runs under the loopback bind shim and is
+checked with ``ss`` to listen on loopback only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from .orthanc import (
+    PeerError,
+    PeerUnavailable,
+    assert_loopback_only,
+    free_port,
+    is_loopback_host,
+    peer_env,
+    shim_path,
+    stop_process,
+    tail,
+)
+
+DCMTK_TOOLS = ("echoscu", "storescu", "storescp", "dcmdump")
+
+
+def dcmtk_missing() -> str | None:
+    """Why the dcmtk helpers cannot run here, or None if they can."""
+    for tool in DCMTK_TOOLS:
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (dcmtk; tools/install-peers.sh)"
+    if not shim_path().is_file():
+        return f"{shim_path()} missing (tools/install-peers.sh)"
+    return None
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise PeerUnavailable(f"{name} not installed (dcmtk; tools/install-peers.sh)")
+    return path
+
+
+def _loopback(host: str) -> str:
+    if not is_loopback_host(host):
+        raise ValueError(f"refusing non-loopback DICOM peer host {host!r}")
+    return host
+
+
+def echoscu(port: int, called_aet: str, *, host: str = "127.0.0.1", calling_aet: str = "ECHOSCU",
+            timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """C-ECHO to ``called_aet@host:port``."""
+    cmd = [_tool("echoscu"), "-aet", calling_aet, "-aec", called_aet, "-to", "10", "-ta", "10",
+           _loopback(host), str(port)]
+    env = peer_env()
+    env.pop("LD_PRELOAD")  # an SCU binds nothing; no shim needed
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=check)
+
+
+def storescu(port: int, called_aet: str, files: Iterable[Path | str], *, host: str = "127.0.0.1",
+             calling_aet: str = "STORESCU", jpeg: bool = True, extra: Sequence[str] = (),
+             timeout: float = 600.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """C-STORE ``files`` (one association) to ``called_aet@host:port``.
+
+    ``jpeg=True`` adds ``-xy`` (propose JPEG Baseline; storescu proposes only uncompressed without it).
+    ``-nh``: carry on after a failed store (the exit code still reports it).
+    """
+    paths = [str(f) for f in files]
+    if not paths:
+        raise ValueError("no files to send")
+    cmd = [_tool("storescu"), "-aet", calling_aet, "-aec", called_aet, "-to", "10", "-ta", "30",
+           "-td", "120", "-nh"]
+    if jpeg:
+        cmd.append("-xy")
+    cmd += [*extra, _loopback(host), str(port), *paths]
+    env = peer_env()
+    env.pop("LD_PRELOAD")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=check)
+
+
+class StoreSCP:
+    """dcmtk storescp receiving into ``directory`` on 127.0.0.1 (free port unless given).
+
+    ``+xa`` accepts every supported transfer syntax (JPEG Baseline included); ``ignore=True``
+    receives without writing (network-only measurements); ``fork=True`` forks per association.
+    """
+
+    def __init__(self, directory: Path, *, port: int | None = None, aet: str = "ADAPTER",
+                 pdu: int = 131072, ignore: bool = False, fork: bool = False,
+                 startup_timeout: float = 15.0) -> None:
+        self.directory = Path(directory)
+        self.port = port or 0
+        self._fixed_port = port
+        self.aet = aet
+        self.pdu = pdu
+        self.ignore = ignore
+        self.fork = fork
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.log_path = self.directory.parent / f"storescp-{self.directory.name}.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> StoreSCP:
+        if self.proc is not None:
+            return self
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+                return self
+            except PeerError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+        return self
+
+    def _start_once(self) -> None:
+        self.port = self._fixed_port or free_port()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        cmd = [_tool("storescp"), "-aet", self.aet, "+xa", "-pdu", str(self.pdu), "-dhl",
+               "-od", str(self.directory)]
+        if self.ignore:
+            cmd.append("--ignore")
+        if self.fork:
+            cmd.append("--fork")
+        cmd.append(str(self.port))
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=peer_env())
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise PeerError(f"storescp exited with {self.proc.returncode}:\n{tail(self.log_path)}")
+            if echoscu(self.port, self.aet, check=False, timeout=15).returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise PeerError(f"storescp did not answer C-ECHO in {self.startup_timeout}s:\n"
+                                f"{tail(self.log_path)}")
+            time.sleep(0.1)
+        assert_loopback_only(self.proc.pid, "storescp")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace=5.0)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> StoreSCP:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.directory.rglob("*") if p.is_file())
+
+    def count(self) -> int:
+        return len(self.files())
+
+    def clear(self) -> None:
+        for p in self.files():
+            p.unlink()
