@@ -87,8 +87,8 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
                         purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted)
     if klass is PurposeClass.NOT_PERMITTED:
         return deny(f"purpose {code} not permitted by policy")
-    if facts.consent_pending:
-        return deny("consent pending; break-glass only")
+    # A consent-pending record has no consent of its own: the rules below deny it for care
+    # until a Consent permitting TREAT is recorded for the patient (then it is documented).
 
     in_force = [g for g in consents if grant_in_force(g, facts.patient, facts.governed_by, now)]
     denials = [g for g in in_force if g.decision == DENY and grant_covers(g, code, tables)]
@@ -102,7 +102,7 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
         if grants:
             return permit(f"active Consent permits {code}", grants)
         withdrawn = _withdrawn(facts, consents, code, tables, now)
-        if withdrawn and tables.policy.consent.care_after_withdrawal:
+        if withdrawn and tables.policy.consent.care_after_withdrawal and not facts.consent_pending:
             return permit(f"consent withdrawn; policy keeps clinical photos readable for {code}", withdrawn)
         return deny(f"no active consent for {code}")
 
@@ -121,11 +121,8 @@ def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tab
     explicit-consent purposes of non-implied grants only), plus every care purpose of the policy
     for kinds that need no consent for care, plus the care purposes of a withdrawn Consent when
     ``careAfterWithdrawal``; minus any purpose an applicable deny grant covers. Codes are listed
-    as granted (a grant for TREAT yields TREAT, which covers its descendants). Empty for a
-    consent-pending record.
+    as granted (a grant for TREAT yields TREAT, which covers its descendants).
     """
-    if facts.consent_pending:
-        return frozenset()
     rules = tables.policy.consent
     codes: set[str] = set()
     in_force = [g for g in consents if grant_in_force(g, facts.patient, facts.governed_by, now)]
@@ -138,7 +135,7 @@ def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tab
                 codes.add(code)
     if not tables.kinds[facts.kind].needs_care_consent:
         codes.update(rules.care_purposes)
-    elif rules.care_after_withdrawal:
+    elif rules.care_after_withdrawal and not facts.consent_pending:
         codes.update(c for c in rules.care_purposes if _withdrawn(facts, consents, c, tables, now))
     denials = [g for g in in_force if g.decision == DENY]
     return frozenset(c for c in codes if not any(grant_covers(g, c, tables) for g in denials))

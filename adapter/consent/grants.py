@@ -176,7 +176,7 @@ def _scope(provision: Mapping[str, Any], expr: str, parent: _Scope | None) -> _S
     if provision.get("data") is not None:
         refs: set[str] = set()
         unresolved = False
-        for i, item in enumerate(_array(provision.get("data"), f"{expr}.data")):
+        for item in _array(provision.get("data"), f"{expr}.data"):
             ref = item.get("reference") if isinstance(item, Mapping) else None
             literal = ref.get("reference") if isinstance(ref, Mapping) else None
             if isinstance(literal, str) and literal:

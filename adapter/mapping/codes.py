@@ -34,3 +34,19 @@ EXT_QUALITY_WARNING = SD_BASE + "quality-warning"    # valueString
 # Identifier systems
 SHA256_SYSTEM = "urn:clinical-image-adapter:sha256"  # value: hex SHA-256 of the stored bytes
 PHOTO_KIND_SYSTEM = "urn:clinical-image-adapter:photo-kind"
+
+# Added for the R4 builders (adapter.mapping.photo, consent, provenance, audit, outcome).
+EXT_LATERALITY = SD_BASE + "laterality"              # valueCoding (SNOMED CID 244) on bodySite
+CONSENT_CATEGORY_LOINC = "59284-0"                   # Patient Consent (standards.md 3.4)
+CONSENT_DATA_MEANING = "http://hl7.org/fhir/consent-data-meaning"
+CONSENT_PROVISION_TYPE = "http://hl7.org/fhir/consent-provision-type"
+V3_PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+AUDIT_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+SECURITY_SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+BALP_ENTITY_TYPE = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
+ISSUE_TYPE = "http://hl7.org/fhir/issue-type"
+# IHE FormatCode (https://profiles.ihe.net/fhir/ihe.formatcode.fhir/): the MIME type says it all
+IHE_FORMAT_CODE = "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode"
+FORMAT_MIME_TYPE_SUFFICIENT = "urn:ihe:iti:xds:2017:mimeTypeSufficient"
+ADAPTER_NAME = "clinical-image-adapter"              # display of the adapter as observer / enterer

@@ -9,7 +9,6 @@ path (used by tests to stay apart).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,6 @@ BUSY_TIMEOUT_SECONDS = 30
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Any constant: serialises schema creation between processes starting together.
 _MIGRATION_LOCK = 0x1A6E5701
-
-
-def _json_dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def create_store_engine(database_url: str, *, schema: str | None = None, pool_size: int = 5,
@@ -55,7 +50,7 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
             raise ConfigurationError("the SQLite store needs a file path (sqlite:///path/to/adapter.db)")
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow,
-                               connect_args={"timeout": BUSY_TIMEOUT_SECONDS}, json_serializer=_json_dumps)
+                               connect_args={"timeout": BUSY_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -66,7 +61,7 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
                 raise ConfigurationError("a schema name is lower-case letters, digits and underscores")
             connect_args["options"] = f"-csearch_path={schema}"
         return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
-                             connect_args=connect_args, json_serializer=_json_dumps)
+                             connect_args=connect_args)
     raise ConfigurationError("the database URL must start with sqlite:/// or postgresql+psycopg://")
 
 

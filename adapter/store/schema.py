@@ -1,14 +1,18 @@
 """The tables of the record store (SQLAlchemy Core), shared by SQLite and PostgreSQL.
 
-JSON columns use ``sqlalchemy.JSON``: TEXT on SQLite, ``json`` on PostgreSQL. ``json`` (not
-``jsonb``) keeps the document as written, so a resource comes back with its elements in the
-order the mapping produced them (``resourceType`` first).
+JSON documents are TEXT on both backends, encoded by ``JsonText`` (not by the driver), so both
+behave alike: a document comes back exactly as written, elements in the order the mapping
+produced them (``resourceType`` first; ``jsonb`` would reorder them), and a value that is not
+JSON fails the same way everywhere. Nothing queries inside the documents: searchable values
+have columns of their own.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -25,13 +29,31 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.types import TypeDecorator
 
 from adapter.errors import ConfigurationError
 from adapter.store.dates import UtcDateTime, now_instant
 
 #: Bump when the tables change, and add a migration step that upgrades the previous version.
 SCHEMA_VERSION = 1
+
+
+
+class JsonText(TypeDecorator[Any]):
+    """A JSON value kept as compact UTF-8 TEXT."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -55,7 +77,7 @@ resources = Table(
     Column("id", String(64), nullable=False),
     Column("version_id", Integer, nullable=False),
     Column("last_updated", UtcDateTime, nullable=False),
-    Column("json", JSON, nullable=False),
+    Column("json", JsonText, nullable=False),
     # search index
     Column("patient_system", Text),
     Column("patient_value", Text),
@@ -69,13 +91,17 @@ resources = Table(
     Column("kind", String(32)),
     Column("source", String(32)),
     Column("consent_pending", Boolean),
-    Column("consent_ids", JSON),
+    Column("consent_ids", JsonText),
     Column("blob_sha256", String(64)),
     PrimaryKeyConstraint("resource_type", "id"),
-    Index("ix_resources_patient", "patient_system", "patient_value"),
-    Index("ix_resources_fact_patient", "fact_patient_system", "fact_patient_value"),
+    # Searches are per type and ordered by (last_updated, id): indexes lead with the type and
+    # end with the order, so the planner has no reason to scan a whole type (SQLite keeps no
+    # statistics unless ANALYZE runs).
     Index("ix_resources_type_last_updated", "resource_type", "last_updated", "id"),
-    Index("ix_resources_date", "date"),
+    Index("ix_resources_patient", "resource_type", "patient_system", "patient_value", "last_updated", "id"),
+    Index("ix_resources_patient_reference", "resource_type", "patient_reference"),
+    Index("ix_resources_date", "resource_type", "date"),
+    Index("ix_resources_fact_patient", "fact_patient_system", "fact_patient_value"),
 )
 
 resource_history = Table(
@@ -84,7 +110,7 @@ resource_history = Table(
     Column("id", String(64), nullable=False),
     Column("version_id", Integer, nullable=False),
     Column("last_updated", UtcDateTime, nullable=False),
-    Column("json", JSON, nullable=False),
+    Column("json", JsonText, nullable=False),
     PrimaryKeyConstraint("resource_type", "id", "version_id"),
 )
 
@@ -109,7 +135,7 @@ receipts = Table(
     Column("patient_value", Text, nullable=False),
     Column("stored_sha256", String(64), nullable=False),
     Column("recorded", UtcDateTime, nullable=False),
-    Column("receipt", JSON, nullable=False),
+    Column("receipt", JsonText, nullable=False),
     UniqueConstraint("idempotency_key", name="uq_receipts_idempotency_key"),
     UniqueConstraint("patient_system", "patient_value", "stored_sha256", name="uq_receipts_patient_sha"),
 )
@@ -118,7 +144,7 @@ audit = Table(
     "audit", metadata,
     Column("seq", _Serial, primary_key=True, autoincrement=True),
     Column("recorded", UtcDateTime, nullable=False),
-    Column("json", JSON, nullable=False),
+    Column("json", JsonText, nullable=False),
 )
 
 

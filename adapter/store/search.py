@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import ColumnElement, Select, and_, exists, false, or_, select
+from sqlalchemy import ColumnElement, Select, and_, false, or_, select
 
 from adapter.errors import InvalidInput, NotSupported
 from adapter.store.dates import to_utc
@@ -61,11 +61,17 @@ def _token_match(token: TokenCriterion) -> ColumnElement[bool]:
     return condition
 
 
-def token_condition(alternatives: tuple[TokenCriterion, ...]) -> ColumnElement[bool]:
-    """EXISTS a token of this resource matching any of ``alternatives``."""
+def token_condition(resource_type: str, alternatives: tuple[TokenCriterion, ...]) -> ColumnElement[bool]:
+    """The resource has a token matching any of ``alternatives``.
+
+    An uncorrelated ``id IN (SELECT …)`` rather than a correlated EXISTS: the subquery is
+    evaluated once through the (param, code, system) index, where a correlated one may be run
+    per candidate row (SQLite without statistics does exactly that).
+    """
     t = tokens.c
-    return exists().where(t.resource_type == _r.resource_type, t.id == _r.id,
-                          _any([_token_match(token) for token in alternatives]))
+    matching = select(t.id).where(t.resource_type == resource_type,
+                                  _any([_token_match(token) for token in alternatives]))
+    return _r.id.in_(matching)
 
 
 def search_statement(resource_type: str, criteria: SearchCriteria) -> Select[tuple[object, ...]]:
@@ -81,6 +87,6 @@ def search_statement(resource_type: str, criteria: SearchCriteria) -> Select[tup
     where.extend(date_condition(d) for d in criteria.dates)
     if criteria.status is not None:
         where.append(_r.status.in_(criteria.status))
-    where.extend(token_condition(group) for group in criteria.tokens)
+    where.extend(token_condition(resource_type, group) for group in criteria.tokens)
     return select(*INDEX_COLUMNS).where(*where).order_by(_r.last_updated, _r.id)
 

@@ -41,9 +41,18 @@ _CONFLICTS = (
 )
 
 
-def _conflict(exc: IntegrityError) -> Conflict:
+_PG_UNIQUE_VIOLATION = "23505"
+
+
+def _integrity_error(exc: IntegrityError) -> Conflict | StorageError:
+    """A unique violation is a Conflict; any other constraint (NOT NULL, foreign key) failing
+    means the store was handed something it cannot keep."""
+    message = str(exc.orig)
+    if getattr(exc.orig, "sqlstate", None) != _PG_UNIQUE_VIOLATION \
+            and not message.startswith("UNIQUE constraint failed"):
+        return StorageError("the record store rejected the write; nothing was saved")
     diag = getattr(exc.orig, "diag", None)
-    found = f"{getattr(diag, 'constraint_name', None) or ''} {exc.orig}"
+    found = f"{getattr(diag, 'constraint_name', None) or ''} {message}"
     for markers, diagnostics in _CONFLICTS:
         if any(marker in found for marker in markers):
             return Conflict(diagnostics)
@@ -53,11 +62,12 @@ def _conflict(exc: IntegrityError) -> Conflict:
 @contextmanager
 def _translated_errors() -> Iterator[None]:
     """Driver and SQLAlchemy errors as our own: unique violations are Conflict, the rest
-    StorageError (a failed transaction is rolled back, so nothing of it was saved)."""
+    StorageError (a failed transaction is rolled back, so nothing of it was saved). Values
+    that cannot be encoded (JSON) surface as SQLAlchemy StatementError, hence StorageError."""
     try:
         yield
     except IntegrityError as exc:
-        raise _conflict(exc) from exc
+        raise _integrity_error(exc) from exc
     except SQLAlchemyError as exc:
         raise StorageError("the record store failed; nothing was saved") from exc
 

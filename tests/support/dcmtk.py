@@ -178,3 +178,93 @@ class StoreSCP:
     def clear(self) -> None:
         for p in self.files():
             p.unlink()
+
+
+# --------------------------------------------------------------------------- test material
+
+_KEEP_APP = {
+    0xE0: (b"JFIF\0",),        # APP0 JFIF
+    0xE2: (b"ICC_PROFILE\0",),  # APP2 ICC profile (colour only)
+    0xEE: (b"Adobe",),          # APP14 Adobe: colour-transform flag
+}
+
+
+def strip_jpeg_metadata(jpeg: bytes) -> bytes:
+    """Drop APPn (but JFIF, ICC, Adobe) and COM before the first SOS; cut anything after EOI.
+
+    Byte-level segment copy (standards.md §5.3): the entropy-coded data is untouched.
+    Meant for baseline JPEGs (one scan); the scan data is copied as-is.
+    """
+    if jpeg[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG (no SOI)")
+    out = bytearray(b"\xff\xd8")
+    i = 2
+    while i + 4 <= len(jpeg):
+        if jpeg[i] != 0xFF:
+            raise ValueError(f"JPEG marker expected at byte {i}")
+        marker = jpeg[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        seg_len = int.from_bytes(jpeg[i + 2:i + 4], "big")
+        seg = jpeg[i:i + 2 + seg_len]
+        if marker == 0xDA:  # SOS: scan data follows (no FFD9 inside it); keep it up to EOI, cut the rest
+            eoi = jpeg.find(b"\xff\xd9", i + 2 + seg_len)
+            if eoi < 0:
+                raise ValueError("JPEG without EOI")
+            out += jpeg[i:eoi + 2]
+            return bytes(out)
+        drop = marker == 0xFE or (0xE0 <= marker <= 0xEF and not any(
+            seg[4:].startswith(sig) for sig in _KEEP_APP.get(marker, ())))
+        if not drop:
+            out += seg
+        i += 2 + seg_len
+    raise ValueError("JPEG without SOS")
+
+
+def wrap_jpeg_as_sc(jpeg: bytes, *, patient_id: str = "PEER-1", patient_name: str = "Test^Peer",
+                    study_uid: str | None = None, series_uid: str | None = None,
+                    instance_number: int = 1, strip: bool = True) -> bytes:
+    """A baseline JPEG as-is (no re-encode) in a Secondary Capture Part-10 file (standards.md §4.5):
+    JPEG Baseline transfer syntax, YBR_FULL_422, PlanarConfiguration 0, Rows/Columns from the JPEG,
+    lossy compression flagged. ``strip`` first drops APPn/COM metadata segments."""
+    import io
+
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
+
+    if strip:
+        jpeg = strip_jpeg_metadata(jpeg)
+    with Image.open(io.BytesIO(jpeg)) as im:
+        if im.format != "JPEG" or im.mode != "RGB" or im.info.get("progressive"):
+            raise ValueError(f"need a baseline colour JPEG, got {im.format} {im.mode}")
+        cols, rows = im.size
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "", ""
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "20240101", "120000", "1"
+    ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "OT", 1, instance_number
+    ds.Manufacturer = ""
+    ds.ConversionType = "DI"
+    ds.PatientOrientation = ""
+    ds.ContentDate, ds.ContentTime = "20240101", "120000"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", "ISO_10918_1"
+    ds.BurnedInAnnotation = "NO"
+    ds.PixelData = encapsulate([jpeg])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -1,0 +1,42 @@
+# Clinical image adapter: HTTP API (FHIR R4/R5, POST /photos) on 8080, data in /data.
+# Build: docker build -t clinical-image-adapter .
+# Run:   docker run -p 8080:8080 -v adapter-data:/data -e ADAPTER_PSEUDONYM_KEY=... clinical-image-adapter
+FROM python:3.11-slim-bookworm AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN groupadd --system --gid 10001 adapter \
+ && useradd --system --uid 10001 --gid adapter --home-dir /app --shell /usr/sbin/nologin adapter
+
+WORKDIR /app
+
+# Dependencies first (cached while only code changes): install from the metadata alone.
+COPY pyproject.toml README.md ./
+RUN mkdir -p adapter && echo '__version__ = "0"' > adapter/__init__.py \
+ && pip install '.[postgres]' \
+ && pip uninstall -y clinical-image-adapter \
+ && rm -rf adapter build *.egg-info
+
+# Then the code and the mapping tables.
+COPY adapter ./adapter
+COPY mappings ./mappings
+RUN pip install --no-deps '.[postgres]' && rm -rf build *.egg-info
+
+RUN mkdir -p /data && chown adapter:adapter /data
+VOLUME ["/data"]
+
+ENV ADAPTER_HTTP_HOST=0.0.0.0 \
+    ADAPTER_HTTP_PORT=8080 \
+    ADAPTER_DATA_DIR=/data \
+    ADAPTER_POLICY=/app/mappings/policy.yaml
+
+USER adapter
+EXPOSE 8080
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('ADAPTER_HTTP_PORT','8080'), timeout=4).read()" || exit 1
+
+CMD ["python", "-m", "adapter", "serve"]

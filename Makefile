@@ -1,0 +1,52 @@
+# Quick start: `make run` (serve on the embedded default) and `make test` (the whole suite with its peers).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PEERS_DIR ?= $(CURDIR)/.peers
+export PEERS_DIR
+export FHIRVAL_DIR ?= $(PEERS_DIR)/fhirval
+
+.PHONY: run test venv venv-test peers lint samples bench clean
+
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python venv support missing: installing python3-venv"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; \
+	  else sudo apt-get install -y python3-venv; fi; \
+	  rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
+	@$(BIN)/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@ $(VENV)/.installed
+
+venv: $(VENV)/.installed
+venv-test: $(VENV)/.installed-test
+
+run: venv
+	$(BIN)/python -m adapter serve
+
+peers:
+	bash tools/install-peers.sh
+
+test: venv-test peers
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+samples: venv
+	$(BIN)/python samples/make_samples.py samples
+
+bench: venv-test peers
+	$(BIN)/python benchmarks/ingest.py --start -n 300 -c 8
+
+lint: venv-test
+	$(BIN)/pip install -q ruff mypy types-PyYAML
+	$(BIN)/ruff check adapter tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .peers data .pytest_cache

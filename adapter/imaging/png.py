@@ -1,0 +1,152 @@
+"""Lossless PNG metadata surgery by walking chunks (standards.md §5.3).
+
+PNG Specification (Third Edition, W3C): §5.2 signature; §5.3 chunk layout (4-byte length,
+4-byte type, data, CRC-32 over type and data); §5.4 naming (bit 5 of the first type byte set =
+ancillary, i.e. a lowercase first letter; an unknown *critical* chunk means the image cannot
+be decoded); §5.6 ordering (IHDR first, IEND last). CRCs are per chunk, so dropping chunks
+needs no recomputation; the CRC of every kept chunk is checked.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from adapter.errors import ImageTooLarge, UndecodableImage
+from adapter.imaging.exif import ExifSummary, orientation_only_tiff, parse_exif
+from adapter.imaging.facts import Stripped
+from adapter.imaging.sniff import PNG_SIGNATURE
+
+CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
+# Ancillary chunks kept in the stored photo: colour and rendering data only (§11.3.2-11.3.5).
+# Everything else ancillary is dropped, including chunks we do not know: a private chunk
+# could carry anything, and by §5.4 a decoder may ignore it, so dropping it is lossless.
+KEEP_ANCILLARY = frozenset({b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"cICP", b"mDCV", b"cLLI", b"sBIT",
+                            b"pHYs", b"tRNS", b"bKGD", b"hIST"})
+# For the de-identified view: what changes decoded samples (tRNS) or their meaning in the
+# simplest terms (sRGB, gAMA). iCCP is dropped: it carries a free-text profile name and the
+# profile's own description/copyright tags, and a device profile can fingerprint the camera.
+PIXELS_ONLY_ANCILLARY = frozenset({b"tRNS", b"gAMA", b"sRGB"})
+_MAX_CHUNK = 0x7FFFFFFF  # §5.3: length is at most 2^31-1
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """``data[start:end]`` is the whole chunk (length, type, data, CRC)."""
+
+    type: bytes
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class PngLayout:
+    chunks: tuple[Chunk, ...]
+    width: int
+    height: int
+    trailer: int    # bytes after IEND
+
+
+def walk(data: bytes, *, max_pixels: int | None = None) -> PngLayout:
+    """Walk the chunks from the signature to IEND (§5.3, §5.6).
+
+    Raises :class:`UndecodableImage` for a broken or truncated stream or an unknown critical
+    chunk, and :class:`ImageTooLarge` as soon as IHDR claims more than ``max_pixels``.
+    """
+    n = len(data)
+    if not data.startswith(PNG_SIGNATURE):
+        raise UndecodableImage("PNG signature missing")
+    pos = len(PNG_SIGNATURE)
+    chunks: list[Chunk] = []
+    width = height = 0
+    while True:
+        if pos + 12 > n:
+            raise UndecodableImage("PNG ends before IEND (truncated)")
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if length > _MAX_CHUNK or end > n:
+            raise UndecodableImage("PNG chunk runs past the end of the data (truncated)")
+        if not ctype.isalpha() or not ctype.isascii():
+            raise UndecodableImage("PNG chunk type is not four ASCII letters")
+        if not chunks and ctype != b"IHDR":
+            raise UndecodableImage("PNG does not start with IHDR")
+        chunks.append(Chunk(ctype, pos, end))
+        if ctype == b"IHDR":
+            if len(chunks) != 1 or length != 13:
+                raise UndecodableImage("PNG IHDR is misplaced or malformed")
+            width, height = struct.unpack_from(">II", data, pos + 8)
+            if not 0 < width <= _MAX_CHUNK or not 0 < height <= _MAX_CHUNK:
+                raise UndecodableImage("PNG IHDR has an invalid size")
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {max_pixels}")
+        elif ctype[0] & 0x20 == 0 and ctype not in CRITICAL:
+            raise UndecodableImage(f"PNG has an unknown critical chunk {ctype.decode('ascii')}")
+        pos = end
+        if ctype == b"IEND":
+            break
+    if not any(c.type == b"IDAT" for c in chunks):
+        raise UndecodableImage("PNG has no image data (IDAT)")
+    return PngLayout(tuple(chunks), width, height, trailer=n - pos)
+
+
+def png_pixel_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` from IHDR (§11.2.1)."""
+    if not data.startswith(PNG_SIGNATURE) or len(data) < 24 or data[12:16] != b"IHDR":
+        raise UndecodableImage("PNG does not start with IHDR")
+    width, height = struct.unpack_from(">II", data, 16)
+    return int(width), int(height)
+
+
+def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
+    """Keep critical chunks and colour/rendering ancillary chunks (``KEEP_ANCILLARY``); drop
+    tEXt, zTXt, iTXt (XMP included), eXIf, tIME, APNG animation chunks (acTL/fcTL/fdAT: frames
+    other than the default image could show anything), sPLT (it has a name) and every unknown
+    ancillary chunk; cut anything after IEND. An eXIf Orientation other than 1 comes back as
+    an Orientation-only eXIf right after IHDR, as for JPEG."""
+    layout = walk(data, max_pixels=max_pixels)
+    view = memoryview(data)
+    removed: list[str] = []
+    exif: ExifSummary | None = None
+    kept: list[memoryview | bytes] = [view[:len(PNG_SIGNATURE)]]
+    for chunk in layout.chunks:
+        if chunk.type in CRITICAL or chunk.type in KEEP_ANCILLARY:
+            _check_crc(view, chunk)
+            kept.append(view[chunk.start:chunk.end])
+            continue
+        removed.append(f"PNG {chunk.type.decode('ascii')}")
+        if chunk.type == b"eXIf" and exif is None:
+            exif = parse_exif(bytes(view[chunk.start + 8:chunk.end - 4]))
+            removed.extend(exif.categories)
+    if layout.trailer:
+        removed.append("trailer after IEND")
+    if exif is not None and exif.orientation not in (None, 1):
+        assert exif.orientation is not None
+        # After the signature and IHDR (walk() checked that IHDR comes first).
+        kept.insert(2, _chunk(b"eXIf", orientation_only_tiff(exif.orientation)))
+    stored = b"".join(kept)
+    return Stripped(stored, layout.width, layout.height, tuple(dict.fromkeys(removed)), exif)
+
+
+def strip_png_to_pixels_only(data: bytes) -> bytes:
+    """Critical chunks plus ``PIXELS_ONLY_ANCILLARY`` (tRNS, gAMA, sRGB), nothing else."""
+    layout = walk(data)
+    view = memoryview(data)
+    parts: list[memoryview | bytes] = [view[:len(PNG_SIGNATURE)]]
+    for chunk in layout.chunks:
+        if chunk.type in CRITICAL or chunk.type in PIXELS_ONLY_ANCILLARY:
+            _check_crc(view, chunk)
+            parts.append(view[chunk.start:chunk.end])
+    return b"".join(parts)
+
+
+def _check_crc(view: memoryview, chunk: Chunk) -> None:
+    """§5.5: CRC-32 (ISO 3309) over the type and data fields."""
+    expected = int.from_bytes(view[chunk.end - 4:chunk.end], "big")
+    if zlib.crc32(view[chunk.start + 4:chunk.end - 4]) != expected:
+        raise UndecodableImage(f"PNG {chunk.type.decode('ascii')} chunk fails its CRC check")
+
+
+def _chunk(ctype: bytes, payload: bytes) -> bytes:
+    body = ctype + payload
+    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))

@@ -1,0 +1,81 @@
+"""Search result Bundles (https://hl7.org/fhir/R4/bundle.html, https://hl7.org/fhir/R4/search.html).
+
+The Bundle is labelled with the most confidential label of its entries: "a Bundle is as
+confidential as its most confidential entry" (https://hl7.org/fhir/R4/security-labels.html,
+standards.md §6.5), in the v3-Confidentiality order U < L < M < N < R < V.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from adapter.errors import NotSupported
+from adapter.mapping import codes
+from adapter.mapping.views import confidentiality_coding, confidentiality_rank
+
+JSON = dict[str, Any]
+
+
+def bundle_confidentiality(entries: Sequence[JSON]) -> JSON | None:
+    """The v3-Confidentiality Coding of the most confidential entry (its ``meta.security``),
+    or None when no entry carries one."""
+    best: str | None = None
+    for resource in entries:
+        meta = resource.get("meta")
+        labels = meta.get("security") if isinstance(meta, dict) else None
+        for label in labels if isinstance(labels, list) else []:
+            if not isinstance(label, dict) or label.get("system") != codes.V3_CONFIDENTIALITY:
+                continue
+            code = label.get("code")
+            if isinstance(code, str) and confidentiality_rank(code) >= 0 and (
+                    best is None or confidentiality_rank(code) > confidentiality_rank(best)):
+                best = code
+    return confidentiality_coding(best) if best is not None else None
+
+
+def searchset(entries: Sequence[JSON], *, total: int, self_url: str, next_url: str | None, base_url: str,
+              fhir_version: Literal["4", "5"]) -> JSON:
+    """A ``searchset`` Bundle of ``entries`` (resources already rendered for the reader).
+
+    Each entry gets ``fullUrl`` ``<base_url>/<type>/<id>`` and ``search.mode`` ``match``; an
+    OperationOutcome entry (e.g. a break-the-glass notice) gets ``search.mode`` ``outcome`` and
+    no fullUrl when it has no id (https://hl7.org/fhir/R4/bundle-definitions.html#Bundle.entry.search.mode).
+    Links: ``self`` and, when there is a next page, ``next``. ``fhir_version`` "5" refuses an
+    R4-only resource (Media) - convert entries with :func:`adapter.mapping.r5.to_r5` first.
+    """
+    if fhir_version not in ("4", "5"):
+        raise NotSupported(f"unknown FHIR version {fhir_version!r}")
+    if total < 0:
+        raise ValueError("total must not be negative")
+    base = base_url.rstrip("/")
+    bundle: JSON = {"resourceType": "Bundle"}
+    label = bundle_confidentiality(entries)
+    if label is not None:
+        bundle["meta"] = {"security": [label]}
+    bundle["type"] = "searchset"
+    bundle["total"] = total
+    links = [{"relation": "self", "url": self_url}]
+    if next_url:
+        links.append({"relation": "next", "url": next_url})
+    bundle["link"] = links
+    out_entries: list[JSON] = []
+    for resource in entries:
+        resource_type = resource.get("resourceType")
+        if not isinstance(resource_type, str):
+            raise ValueError("a Bundle entry needs a resourceType")
+        if fhir_version == "5" and resource_type == "Media":
+            raise NotSupported("Media does not exist in FHIR R5; convert it to DocumentReference first")
+        entry: JSON = {}
+        rid = resource.get("id")
+        if isinstance(rid, str) and rid:
+            entry["fullUrl"] = f"{base}/{resource_type}/{rid}"
+        entry["resource"] = resource
+        entry["search"] = {"mode": "outcome" if resource_type == "OperationOutcome" else "match"}
+        out_entries.append(entry)
+    if out_entries:
+        bundle["entry"] = out_entries
+    return bundle
+
+
+__all__ = ["bundle_confidentiality", "searchset"]

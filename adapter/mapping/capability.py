@@ -1,0 +1,127 @@
+"""The server's CapabilityStatement (``GET [base]/metadata``) for FHIR R4 (4.0.1) and R5 (5.0.0).
+
+https://hl7.org/fhir/R4/capabilitystatement.html · https://hl7.org/fhir/R5/capabilitystatement.html ·
+https://hl7.org/fhir/R4/http.html#capabilities. ``kind`` instance describes this running
+server, so ``implementation`` is present (cpb-14).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from adapter.errors import NotSupported
+
+JSON = dict[str, Any]
+
+FHIR_VERSIONS = ("4.0.1", "5.0.0")
+SOFTWARE_NAME = "clinical-image-adapter"
+PURPOSE_OF_USE_HEADER = "X-Purpose-Of-Use"
+
+_SECURITY = (
+    "Every read and search must state its purpose of use in the `" + PURPOSE_OF_USE_HEADER + "` header: "
+    "a code of http://terminology.hl7.org/CodeSystem/v3-ActReason (e.g. `TREAT`, `HRESCH`, `TRAIN`) "
+    "or `system|code`. A request without one is refused. What is returned, and in which view "
+    "(full, pseudonymised for research, de-identified for training), follows the patient's "
+    "consent for that purpose; every returned resource carries its security labels in "
+    "`meta.security` (confidentiality, permitted purposes, obligations, integrity) and a Bundle "
+    "the most confidential label of its entries. Break-the-glass access (`BTG`, `ETREAT`) is "
+    "audited. Binary content is served under the access rules of its `securityContext`."
+)
+
+
+@dataclass(frozen=True)
+class _Param:
+    name: str
+    type: str
+    documentation: str
+
+
+_ID = _Param("_id", "token", "Logical id of the resource.")
+_COUNT = _Param("_count", "number", "Page size (the server may lower it); the `next` link gives the next page.")
+_PATIENT = _Param("patient", "reference",
+                  "The patient. The adapter does not own Patient resources: use the `:identifier` modifier, "
+                  "`patient:identifier=system|value`, or a literal `Patient/<id>` of the EHR.")
+_SUBJECT = _Param("subject", "reference", "As `patient` (`subject:identifier=system|value`).")
+_IDENTIFIER = _Param("identifier", "token", "A record identifier, e.g. `urn:clinical-image-adapter:sha256|<hex>`.")
+_STATUS = _Param("status", "token", "Resource status.")
+_TYPE = _Param("type", "token", "Type code.")
+_CATEGORY = _Param("category", "token", "Category, e.g. `urn:clinical-image-adapter:photo-kind|clinical`.")
+
+#: Search parameters per resource type; R4 and R5 share them except Media (R4 only).
+SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
+    "Media": (_ID, _PATIENT, _SUBJECT, _Param("created", "date", "When the photo was taken."),
+              _TYPE, _STATUS, _IDENTIFIER, _COUNT),
+    "DocumentReference": (_ID, _PATIENT, _SUBJECT, _Param("date", "date", "When the reference was created."),
+                          _TYPE, _CATEGORY, _STATUS, _IDENTIFIER, _COUNT),
+    "Consent": (_ID, _PATIENT, _STATUS, _CATEGORY, _IDENTIFIER, _COUNT),
+    "Provenance": (_ID, _PATIENT, _Param("target", "reference", "The record the provenance is about."), _COUNT),
+}
+_DOCUMENTATION = {
+    "Media": "Clinical and secondary photos (R4). Read and search are filtered by consent and purpose of use.",
+    "DocumentReference": "Photographed documents; in R5 also every photo (R5 has no Media: a photo keeps its "
+                         "Media id as DocumentReference id).",
+    "Binary": "The image bytes, metadata-stripped, under the access rules of the record in `securityContext`.",
+    "Consent": "The patient's consent for clinical photography and its uses.",
+    "Provenance": "Where a photo came from (colleagues, external clinicians, the patient).",
+}
+_INTERACTIONS = {
+    "Media": ("read", "search-type"),
+    "DocumentReference": ("read", "search-type"),
+    "Binary": ("read",),
+    "Consent": ("read", "search-type", "create", "update"),
+    "Provenance": ("read", "search-type"),
+}
+
+
+def _resource(resource_type: str) -> JSON:
+    out: JSON = {
+        "type": resource_type,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
+        "documentation": _DOCUMENTATION[resource_type],
+        "interaction": [{"code": code} for code in _INTERACTIONS[resource_type]],
+        "versioning": "no-version",
+        "readHistory": False,
+    }
+    params = SEARCH_PARAMS.get(resource_type)
+    if params:
+        out["searchParam"] = [{"name": p.name, "type": p.type, "documentation": p.documentation} for p in params]
+    return out
+
+
+def capability_statement(*, base_url: str, fhir_version: str, software_version: str, now: datetime) -> JSON:
+    """The CapabilityStatement of this server for ``fhir_version`` "4.0.1" or "5.0.0".
+
+    Resources: Media (R4 only), DocumentReference, Binary, Consent (also create/update),
+    Provenance; system interaction ``transaction`` (ingest Bundles). ``now`` is the
+    statement's date (timezone-naive values are taken as UTC).
+    """
+    if fhir_version not in FHIR_VERSIONS:
+        raise NotSupported(f"unsupported FHIR version {fhir_version!r}; supported: {', '.join(FHIR_VERSIONS)}")
+    when = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+    types = ["Media"] if fhir_version == "4.0.1" else []
+    types += ["DocumentReference", "Binary", "Consent", "Provenance"]
+    return {
+        "resourceType": "CapabilityStatement",
+        "name": "ClinicalImageAdapter",
+        "title": "Clinical image adapter",
+        "status": "active",
+        "date": when.isoformat(timespec="seconds"),
+        "description": "Clinical photos in, FHIR records out, released only for purposes the patient's consent "
+                       "permits.",
+        "kind": "instance",
+        "software": {"name": SOFTWARE_NAME, "version": software_version},
+        "implementation": {"description": "Clinical image adapter FHIR endpoint", "url": base_url.rstrip("/")},
+        "fhirVersion": fhir_version,
+        "format": ["json"],
+        "rest": [{
+            "mode": "server",
+            "security": {"description": _SECURITY},
+            "resource": [_resource(t) for t in types],
+            "interaction": [{"code": "transaction"}],
+        }],
+    }
+
+
+__all__ = ["FHIR_VERSIONS", "PURPOSE_OF_USE_HEADER", "SEARCH_PARAMS", "capability_statement"]

@@ -1,0 +1,162 @@
+"""Consent documented with a photo → R4 Consent (https://hl7.org/fhir/R4/consent.html).
+
+Shape (standards.md §2.4, §3.4), read back by adapter.consent.grants:
+
+* status ``active``; scope consentscope#patient-privacy; category LOINC 59284-0 Patient Consent;
+* patient and performer = the patient, by identifier (plus the EHR reference when known);
+* organization = our organisation (display and identifier, from the policy);
+* policy.uri = the policy document URI (satisfies ppc-1) and policyRule v3-ActCode ``OPTIN``
+  for verbal or written consent, ``IMPLIED`` for the consent a patient implies by sending a photo;
+* extensions consent-method (valueCode) and consent-recorded-by (valueReference);
+* sourceAttachment = the scanned form of a written consent (base64, content type sniffed when
+  not given);
+* provision: permit, period.start = the consent date, action consentaction#collect and #use,
+  purpose = v3-ActReason codings. An implied consent also gets provision.data (meaning
+  ``instance``) naming the one record it covers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import date, datetime
+
+from adapter.errors import InvalidInput
+from adapter.mapping.codes import (
+    CONSENT_ACTION,
+    CONSENT_CATEGORY_LOINC,
+    CONSENT_SCOPE,
+    EXT_CONSENT_METHOD,
+    EXT_CONSENT_RECORDED_BY,
+    LOINC,
+    V3_ACT_CODE,
+)
+from adapter.mapping.fhir_r4 import (
+    JSON,
+    coding,
+    concept,
+    extension,
+    fhir_datetime,
+    patient_reference,
+    purpose_coding,
+    reference,
+)
+from adapter.mapping.tables import Tables
+from adapter.model.photo import ConsentMethod, ConsentStatement, PatientRef, Reference
+
+#: v3-ActCode ActConsentDirective codes (standards.md §3.4) per consent method.
+POLICY_RULE: dict[ConsentMethod, tuple[str, str]] = {
+    ConsentMethod.VERBAL: ("OPTIN", "opt-in"),
+    ConsentMethod.WRITTEN: ("OPTIN", "opt-in"),
+    ConsentMethod.IMPLIED: ("IMPLIED", "implied consent"),
+}
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF-", "application/pdf"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
+
+
+def _form_attachment(form: str, content_type: str | None, when: str) -> JSON:
+    """Consent.sourceAttachment for a scanned form (R4 Attachment: data is base64)."""
+    try:
+        raw = base64.b64decode(form, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput("consent.form must be base64", expression="consent.form") from exc
+    if not raw:
+        raise InvalidInput("consent.form is empty", expression="consent.form")
+    if content_type is None:
+        content_type = next((ct for magic, ct in _MAGIC if raw.startswith(magic)), "application/octet-stream")
+    return {
+        "contentType": content_type,
+        "data": base64.b64encode(raw).decode("ascii"),
+        "size": len(raw),
+        "title": "Signed consent form",
+        "creation": when,
+    }
+
+
+def build_consent_resource(*, consent_id: str, patient: PatientRef, purposes: Sequence[str],
+                           method: ConsentMethod, tables: Tables, now: datetime,
+                           consent_date: datetime | date | None = None,
+                           recorded_by: Reference | None = None, form: str | None = None,
+                           form_content_type: str | None = None,
+                           data_refs: Sequence[str] = ()) -> JSON:
+    """One active permit Consent for ``purposes`` (v3-ActReason codes of the purposes table).
+
+    ``consent_date`` (default ``now``) gives Consent.dateTime and provision.period.start (a
+    naive datetime or a date gives date precision, see adapter.mapping.fhir_r4). ``data_refs``
+    ("Media/abc") restrict the provision to those records (provision.data, meaning instance);
+    an IMPLIED consent should always be restricted to the photo that implied it.
+
+    Raises:
+        InvalidInput: no purposes, or ``form`` is not base64 (expression ``consent.form``).
+        ValueError: ``now`` is naive.
+    """
+    if not purposes:
+        raise InvalidInput("a Consent needs at least one purpose", expression="consent.purposes")
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    when = fhir_datetime(consent_date if consent_date is not None else now)
+    rule_code, rule_display = POLICY_RULE[method]
+    subject = patient_reference(patient)
+    org = tables.policy.organisation
+
+    extensions: list[JSON] = [extension(EXT_CONSENT_METHOD, "Code", method.value)]
+    if recorded_by is not None:
+        extensions.append(extension(EXT_CONSENT_RECORDED_BY, "Reference", reference(recorded_by)))
+
+    provision: JSON = {
+        "type": "permit",
+        "period": {"start": when},
+        "action": [concept(coding(CONSENT_ACTION, "collect", "Collect")),
+                   concept(coding(CONSENT_ACTION, "use", "Use"))],
+        "purpose": [purpose_coding(p, tables.purposes.codes) for p in dict.fromkeys(purposes)],
+    }
+    if data_refs:
+        provision["data"] = [{"meaning": "instance", "reference": {"reference": ref}} for ref in data_refs]
+
+    resource: JSON = {
+        "resourceType": "Consent",
+        "id": consent_id,
+        "extension": extensions,
+        "status": "active",
+        "scope": concept(coding(CONSENT_SCOPE, "patient-privacy", "Privacy Consent")),
+        "category": [concept(coding(LOINC, CONSENT_CATEGORY_LOINC, "Patient Consent"))],
+        "patient": subject,
+        "dateTime": when,
+        "performer": [dict(subject)],
+        "organization": [{"identifier": {"system": org.identifier.system, "value": org.identifier.value},
+                          "display": org.name}],
+    }
+    if form is not None:
+        resource["sourceAttachment"] = _form_attachment(form, form_content_type, when)
+    resource["policy"] = [{"uri": tables.policy.uri}]
+    resource["policyRule"] = concept(coding(V3_ACT_CODE, rule_code, rule_display))
+    resource["provision"] = provision
+    return resource
+
+
+def consent_from_statement(statement: ConsentStatement, *, consent_id: str, patient: PatientRef,
+                           tables: Tables, now: datetime, recorded_by: Reference | None = None,
+                           record_ref: str | None = None) -> JSON:
+    """The Consent for a ``consent`` statement sent with a photo.
+
+    ``statement.recordedBy`` wins over ``recorded_by`` (the caller's fallback, e.g. the photo's
+    author). An implied statement is restricted to ``record_ref`` ("Media/abc"), the record the
+    submission creates; verbal and written consents are not restricted to one record.
+    """
+    implied = statement.method is ConsentMethod.IMPLIED
+    return build_consent_resource(
+        consent_id=consent_id, patient=patient, purposes=statement.purposes, method=statement.method,
+        tables=tables, now=now, consent_date=statement.date,
+        recorded_by=statement.recorded_by or recorded_by, form=statement.form,
+        form_content_type=statement.form_content_type,
+        data_refs=(record_ref,) if implied and record_ref else ())
+
+
+__all__ = ["POLICY_RULE", "build_consent_resource", "consent_from_statement"]

@@ -1,0 +1,350 @@
+"""FHIR R4 JSON building blocks shared by the builders, and the search index read back from the
+resources they build.
+
+Everything here works on plain JSON dicts in R4 form (https://hl7.org/fhir/R4/datatypes.html),
+the canonical stored form; R5 views are derived elsewhere (adapter.mapping.r5).
+
+Time values, decided once for every builder:
+
+* ``instant`` (Media.issued, Provenance.recorded, AuditEvent.recorded, DocumentReference.date):
+  always UTC with milliseconds (``2024-03-01T09:16:02.120Z``), like the store's
+  meta.lastUpdated. A naive datetime is refused: an instant needs a zone.
+* ``dateTime`` from a timezone-aware datetime keeps its offset and second precision.
+* ``dateTime`` from a *naive* datetime (EXIF without OffsetTimeOriginal, or a takenAt without an
+  offset) is written with **date precision only**. FHIR requires a zone whenever a time is
+  given (https://hl7.org/fhir/R4/datatypes.html#dateTime) and guessing one would invent a
+  precision we do not have; the calendar date is what the camera clock actually tells us.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import Any
+
+from adapter.mapping.codes import (
+    EXT_PHOTO_KIND,
+    EXT_PHOTO_SOURCE,
+    PHOTO_KIND_SYSTEM,
+    V3_ACT_REASON,
+)
+from adapter.model.photo import Identifier, PatientRef, Reference
+from adapter.model.record import SearchIndex
+
+JSON = dict[str, Any]
+
+# ---------------------------------------------------------------------------------------------
+# primitives
+
+
+def fhir_instant(value: datetime) -> str:
+    """An R4 ``instant`` in UTC with millisecond precision.
+
+    Raises:
+        ValueError: ``value`` is naive (https://hl7.org/fhir/R4/datatypes.html#instant needs a zone).
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("an instant needs a timezone-aware datetime")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fhir_datetime(value: datetime | date) -> str:
+    """An R4 ``dateTime``: full precision with offset when aware, the date alone when naive
+    (see the module docstring) or when given a :class:`date`."""
+    if not isinstance(value, datetime):
+        return value.isoformat()
+    if value.tzinfo is None or value.utcoffset() is None:
+        return value.date().isoformat()
+    spec = "milliseconds" if value.microsecond else "seconds"
+    return value.isoformat(timespec=spec)
+
+
+def fhir_date(value: datetime | date) -> str:
+    """An R4 ``date`` (YYYY-MM-DD). An aware datetime gives its UTC date, so a date-only
+    period start is never later than the instant it came from."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None and value.utcoffset() is not None:
+            value = value.astimezone(UTC)
+        return value.date().isoformat()
+    return value.isoformat()
+
+
+def parse_fhir_datetime(value: Any) -> datetime | None:
+    """Read an R4 date, dateTime or instant as a datetime for indexing and parsing.
+
+    A full date gives midnight; year or year-month precision gives None (too coarse to be a
+    point in time). A zone-less value is returned naive; a malformed value gives None.
+    """
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        if len(value) == 10:
+            return datetime.fromisoformat(value)
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _aware_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# datatypes
+
+
+def coding(system: str, code: str, display: str | None = None) -> JSON:
+    """An R4 Coding (https://hl7.org/fhir/R4/datatypes.html#Coding)."""
+    out: JSON = {"system": system, "code": code}
+    if display:
+        out["display"] = display
+    return out
+
+
+def concept(*codings: JSON, text: str | None = None) -> JSON:
+    """An R4 CodeableConcept of the given codings."""
+    out: JSON = {}
+    if codings:
+        out["coding"] = list(codings)
+    if text:
+        out["text"] = text
+    return out
+
+
+def identifier(ident: Identifier) -> JSON:
+    return {"system": ident.system, "value": ident.value}
+
+
+def reference(ref: Reference, type_: str | None = None) -> JSON:
+    """An R4 Reference (https://hl7.org/fhir/R4/references.html) from our model: the literal
+    reference and/or the logical identifier, plus display."""
+    out: JSON = {}
+    if ref.reference:
+        out["reference"] = ref.reference
+    if type_:
+        out["type"] = type_
+    if ref.identifier is not None:
+        out["identifier"] = identifier(ref.identifier)
+    if ref.display:
+        out["display"] = ref.display
+    return out
+
+
+def patient_reference(patient: PatientRef) -> JSON:
+    """Reference(Patient) by identifier, plus the EHR's literal reference when known. The
+    adapter owns no Patient resources, so the identifier is what matching relies on."""
+    out: JSON = {}
+    if patient.reference:
+        out["reference"] = patient.reference
+    out["type"] = "Patient"
+    out["identifier"] = identifier(patient.identifier)
+    return out
+
+
+def display_reference(display: str) -> JSON:
+    """A display-only Reference (allowed by ref-1: no literal reference to check)."""
+    return {"display": display}
+
+
+def extension(url: str, value_type: str, value: Any) -> JSON:
+    """An R4 Extension with ``value[x]`` of the given type, e.g. ``("Code", "clinical")``."""
+    return {"url": url, f"value{value_type}": value}
+
+
+def find_extension(resource: Mapping[str, Any], url: str) -> Mapping[str, Any] | None:
+    """The first extension with ``url`` on an element, or None."""
+    for ext in resource.get("extension") or []:
+        if isinstance(ext, Mapping) and ext.get("url") == url:
+            return ext
+    return None
+
+
+def extension_code(resource: Mapping[str, Any], url: str) -> str | None:
+    ext = find_extension(resource, url)
+    value = ext.get("valueCode") if ext is not None else None
+    return value if isinstance(value, str) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# search index
+
+
+def _patient_of(ref: Any) -> tuple[Identifier | None, str | None]:
+    if not isinstance(ref, Mapping):
+        return None, None
+    ident = ref.get("identifier")
+    patient: Identifier | None = None
+    if isinstance(ident, Mapping) and ident.get("system") and ident.get("value"):
+        patient = Identifier(system=str(ident["system"]), value=str(ident["value"]))
+    literal = ref.get("reference")
+    return patient, literal if isinstance(literal, str) and literal.startswith("Patient/") else None
+
+
+def _concept_tokens(param: str, value: Any) -> list[tuple[str, str | None, str]]:
+    concepts = value if isinstance(value, list) else [value]
+    out: list[tuple[str, str | None, str]] = []
+    for cc in concepts:
+        if not isinstance(cc, Mapping):
+            continue
+        for c in cc.get("coding") or []:
+            if isinstance(c, Mapping) and isinstance(c.get("code"), str):
+                system = c.get("system")
+                out.append((param, system if isinstance(system, str) else None, c["code"]))
+    return out
+
+
+def _identifier_tokens(value: Any) -> list[tuple[str, str | None, str]]:
+    idents = value if isinstance(value, list) else [value]
+    return [("identifier", i.get("system") if isinstance(i.get("system"), str) else None, str(i["value"]))
+            for i in idents if isinstance(i, Mapping) and i.get("value")]
+
+
+def _kind_tokens(resource: Mapping[str, Any]) -> list[tuple[str, str | None, str]]:
+    kind = extension_code(resource, EXT_PHOTO_KIND)
+    source = extension_code(resource, EXT_PHOTO_SOURCE)
+    out: list[tuple[str, str | None, str]] = []
+    if kind:
+        out.append(("kind", None, kind))
+    if source:
+        out.append(("source", None, source))
+    return out
+
+
+def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
+    """The SearchIndex of a Media or DocumentReference we built.
+
+    Media: date = createdDateTime, else issued (https://hl7.org/fhir/R4/media.html#search);
+    tokens type, modality, identifier, site, kind, source and ``category`` (the photo-kind
+    coding: R4 Media has no category element, the kinds table's category is that coding).
+    DocumentReference: date = date; tokens type, category, identifier (and masterIdentifier),
+    kind, source.
+    """
+    rtype = resource.get("resourceType")
+    patient, patient_ref = _patient_of(resource.get("subject"))
+    tokens: list[tuple[str, str | None, str]] = []
+    tokens += _identifier_tokens(resource.get("identifier") or [])
+    tokens += _concept_tokens("type", resource.get("type"))
+    if rtype == "Media":
+        when = parse_fhir_datetime(resource.get("createdDateTime")) or parse_fhir_datetime(resource.get("issued"))
+        tokens += _concept_tokens("modality", resource.get("modality"))
+        tokens += _concept_tokens("site", resource.get("bodySite"))
+        kind = extension_code(resource, EXT_PHOTO_KIND)
+        if kind:
+            tokens.append(("category", PHOTO_KIND_SYSTEM, kind))
+    elif rtype == "DocumentReference":
+        when = parse_fhir_datetime(resource.get("date"))
+        tokens += _concept_tokens("category", resource.get("category") or [])
+        tokens += _identifier_tokens(resource.get("masterIdentifier") or [])
+    else:
+        raise ValueError(f"not a photo record: {rtype}")
+    tokens += _kind_tokens(resource)
+    status = resource.get("status")
+    return SearchIndex(patient=patient, patient_reference=patient_ref, date=_aware_utc(when),
+                       status=status if isinstance(status, str) else None, tokens=tuple(tokens))
+
+
+def consent_to_index(resource: Mapping[str, Any]) -> SearchIndex:
+    """The SearchIndex of an R4 Consent (https://hl7.org/fhir/R4/consent.html#search): patient,
+    date = dateTime, status, tokens category, scope, purpose (provision.purpose at any depth),
+    action and policy-rule."""
+    patient, patient_ref = _patient_of(resource.get("patient"))
+    tokens: list[tuple[str, str | None, str]] = []
+    tokens += _concept_tokens("category", resource.get("category") or [])
+    tokens += _concept_tokens("scope", resource.get("scope"))
+    tokens += _concept_tokens("policy-rule", resource.get("policyRule"))
+
+    def walk(provision: Any) -> None:
+        if not isinstance(provision, Mapping):
+            return
+        for c in provision.get("purpose") or []:
+            if isinstance(c, Mapping) and isinstance(c.get("code"), str):
+                system = c.get("system")
+                tokens.append(("purpose", system if isinstance(system, str) else None, c["code"]))
+        tokens.extend(_concept_tokens("action", provision.get("action") or []))
+        for child in provision.get("provision") or []:
+            walk(child)
+
+    walk(resource.get("provision"))
+    status = resource.get("status")
+    return SearchIndex(patient=patient, patient_reference=patient_ref,
+                       date=_aware_utc(parse_fhir_datetime(resource.get("dateTime"))),
+                       status=status if isinstance(status, str) else None, tokens=tuple(tokens))
+
+
+def provenance_to_index(resource: Mapping[str, Any]) -> SearchIndex:
+    """Provenance: date = recorded; tokens target (literal references) and activity. R4
+    Provenance names no patient: the caller adds the patient of the target record."""
+    tokens: list[tuple[str, str | None, str]] = []
+    for target in resource.get("target") or []:
+        if isinstance(target, Mapping) and isinstance(target.get("reference"), str):
+            tokens.append(("target", None, target["reference"]))
+    tokens += _concept_tokens("activity", resource.get("activity"))
+    return SearchIndex(date=_aware_utc(parse_fhir_datetime(resource.get("recorded"))), tokens=tuple(tokens))
+
+
+def audit_event_to_index(resource: Mapping[str, Any]) -> SearchIndex:
+    """AuditEvent: patient from the patient entity (role object-role#1), date = recorded,
+    tokens type, subtype, action, outcome, entity (literal references)."""
+    patient: Identifier | None = None
+    tokens: list[tuple[str, str | None, str]] = []
+    for entity in resource.get("entity") or []:
+        if not isinstance(entity, Mapping):
+            continue
+        what = entity.get("what")
+        role = entity.get("role")
+        if isinstance(role, Mapping) and role.get("code") == "1":
+            patient, _ = _patient_of(what)
+        if isinstance(what, Mapping) and isinstance(what.get("reference"), str):
+            tokens.append(("entity", None, what["reference"]))
+    for param in ("type", "subtype"):
+        value = resource.get(param)
+        for c in value if isinstance(value, list) else [value]:
+            if isinstance(c, Mapping) and isinstance(c.get("code"), str):
+                system = c.get("system")
+                tokens.append((param, system if isinstance(system, str) else None, c["code"]))
+    for param in ("action", "outcome"):
+        if isinstance(resource.get(param), str):
+            tokens.append((param, None, resource[param]))
+    return SearchIndex(patient=patient, date=_aware_utc(parse_fhir_datetime(resource.get("recorded"))),
+                       tokens=tuple(tokens))
+
+
+def index_resource(resource: Mapping[str, Any]) -> SearchIndex:
+    """The SearchIndex of any resource the adapter stores, dispatching on resourceType.
+
+    Binary has no searchable values of its own (it is governed by its record): an empty index.
+
+    Raises:
+        ValueError: a resource type the adapter does not store.
+    """
+    rtype = resource.get("resourceType")
+    if rtype in ("Media", "DocumentReference"):
+        return record_to_index(resource)
+    if rtype == "Consent":
+        return consent_to_index(resource)
+    if rtype == "Provenance":
+        return provenance_to_index(resource)
+    if rtype == "AuditEvent":
+        return audit_event_to_index(resource)
+    if rtype == "Binary":
+        return SearchIndex()
+    raise ValueError(f"no search index for resourceType {rtype!r}")
+
+
+def purpose_coding(code: str, purposes: Mapping[str, Any] | None = None) -> JSON:
+    """A v3-ActReason Coding, with the display from the purposes table when known."""
+    entry = purposes.get(code) if purposes is not None else None
+    display = getattr(entry, "display", None)
+    return coding(V3_ACT_REASON, code, display if isinstance(display, str) else None)
+
+
+__all__ = [
+    "JSON", "audit_event_to_index", "coding", "concept", "consent_to_index", "display_reference",
+    "extension", "extension_code", "fhir_date", "fhir_datetime", "fhir_instant", "find_extension",
+    "identifier", "index_resource", "parse_fhir_datetime", "patient_reference", "provenance_to_index",
+    "purpose_coding", "record_to_index", "reference",
+]

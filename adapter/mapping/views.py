@@ -1,0 +1,540 @@
+"""Read views: what a reader gets back of a stored R4 resource, given the consent decision.
+
+``render`` never changes its input. It returns a new resource in the decision's view and
+labels it (``meta.security``) with the FHIR security labels of the release
+(https://hl7.org/fhir/R4/security-labels.html, standards.md §3.2, §3.3, §6.5):
+
+- **FULL** (care): the stored content unchanged.
+- **DEIDENTIFIED** (ANONYED; TRAIN, MLTRAINING, HOPERAT, HTEST): built from an allow-list, so
+  an element this module does not know is left out rather than leaked. No subject, no
+  encounter, no names or displays, no notes, narrative, titles, descriptions or device names,
+  no record identifiers (the SHA-256 of the bytes links the copy back to the record), no
+  attachment hash or size, dates cut to the year.
+- **PSEUDONYMISED** (PSEUDED; HRESCH and children, PUBHLTH): the same allow-list, but the
+  subject (and Consent.patient) becomes a keyed pseudonym that is stable across resources and
+  requests, dates are kept, and the SHA-256 record identifier and attachment hash are kept so
+  a finding can be traced back to the stored bytes by the custodian (they reveal nothing about
+  the patient to the recipient).
+
+The output stays valid R4: required elements survive (a required Reference that had to lose
+its target becomes a display-only Reference, e.g. Provenance.agent.who = "author (redacted)";
+Provenance.recorded, a required instant, becomes 1 January 00:00 UTC of its year in the
+de-identified view).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from adapter.errors import Forbidden, NotSupported
+from adapter.mapping import codes
+from adapter.mapping.pseudonym import Pseudonymizer
+from adapter.mapping.tables import Tables
+from adapter.model.decision import Decision, View
+
+JSON = dict[str, Any]
+
+# --- security-label vocabulary (standards.md §3.2, §3.3; displays from HL7 UTG) ------------
+
+#: v3-Confidentiality, least to most confidential (https://hl7.org/fhir/R4/v3/Confidentiality/cs.html)
+CONFIDENTIALITY_ORDER: tuple[str, ...] = ("U", "L", "M", "N", "R", "V")
+CONFIDENTIALITY_DISPLAY: dict[str, str] = {
+    "U": "unrestricted", "L": "low", "M": "moderate", "N": "normal", "R": "restricted",
+    "V": "very restricted",
+}
+#: v3-ActCode obligation policies (SecurityPolicy), displays as in UTG.
+OBLIGATION_DISPLAY: dict[str, str] = {
+    "ANONY": "anonymize", "AOD": "accounting of disclosure", "AUDIT": "audit", "DEID": "deidentify",
+    "DELAU": "delete after use", "ENCRYPT": "encrypt", "MASK": "mask", "MINEC": "minimum necessary",
+    "PSEUD": "pseudonymize", "REDACT": "redact",
+}
+#: v3-ActCode obligation and refrain codes this module may write (and so replaces when present).
+_ACT_CODE_LABELS = frozenset(OBLIGATION_DISPLAY) | {
+    "CPLYCD", "NOREUSE", "NORDSCLCD", "NODSCLCD", "NOAUTH", "NOCOLLECT", "NOINTEGRATE", "NOPERSISTP", "ORCON",
+}
+#: v3-ObservationValue integrity labels for the views.
+INTEGRITY_DISPLAY: dict[str, str] = {"ANONYED": "anonymized", "PSEUDED": "pseudonymized"}
+_INTEGRITY_LABELS = frozenset({"ANONYED", "PSEUDED", "REDACTED", "MASKED", "SUBSETTED"})
+_VIEW_INTEGRITY: dict[View, str] = {View.DEIDENTIFIED: "ANONYED", View.PSEUDONYMISED: "PSEUDED"}
+BREAK_GLASS = "BTG"
+
+# Extensions of ours that carry coded, non-identifying facts; every other extension is left out
+# of the restricted views (consent-recorded-by is a Reference to a person).
+_SAFE_EXTENSIONS = frozenset({
+    codes.EXT_PHOTO_KIND, codes.EXT_PHOTO_SOURCE, codes.EXT_CONSENT_PENDING, codes.EXT_CAPTURE_DEVICE,
+    codes.EXT_CONSENT_METHOD, codes.EXT_QUALITY_WARNING,
+})
+# Identifier.system under which a subject known only by a literal reference is pseudonymised.
+LITERAL_REFERENCE_SYSTEM = "urn:clinical-image-adapter:literal-reference"
+_LITERAL = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?$")
+_YEAR = re.compile(r"^(\d{4})")
+REDACTED = "redacted"
+
+
+def confidentiality_rank(code: str) -> int:
+    """Position of a v3-Confidentiality code in U < L < M < N < R < V (-1 if unknown)."""
+    return CONFIDENTIALITY_ORDER.index(code) if code in CONFIDENTIALITY_ORDER else -1
+
+
+def confidentiality_coding(code: str) -> JSON:
+    """The v3-Confidentiality Coding for ``code``."""
+    out: JSON = {"system": codes.V3_CONFIDENTIALITY, "code": code}
+    if code in CONFIDENTIALITY_DISPLAY:
+        out["display"] = CONFIDENTIALITY_DISPLAY[code]
+    return out
+
+
+def security_labels(decision: Decision, tables: Tables) -> list[JSON]:
+    """The ``meta.security`` Codings of a resource released under ``decision``
+    (https://hl7.org/fhir/R4/security-labels.html, HCS categories):
+
+    1. exactly one confidentiality Coding (v3-Confidentiality, ``policy.labels.confidentiality``);
+    2. purposes of use the record's consent permits (v3-ActReason, sorted by code) - as a label
+       on data a PoU code states its permitted uses. A break-glass release adds ``BTG``: the copy
+       was released for that emergency only and must not be reused for anything else;
+    3. the obligations of the decision (v3-ActCode, e.g. DEID, PSEUD), in the decision's order;
+    4. the integrity label of a restricted view (v3-ObservationValue ANONYED or PSEUDED).
+    """
+    labels: list[JSON] = [confidentiality_coding(tables.policy.labels.confidentiality)]
+    purposes = set(decision.permitted_purposes)
+    if decision.break_glass:
+        purposes.add(BREAK_GLASS)
+    for code in sorted(purposes):
+        coding: JSON = {"system": codes.V3_ACT_REASON, "code": code}
+        entry = tables.purposes.codes.get(code)
+        if entry is not None:
+            coding["display"] = entry.display
+        labels.append(coding)
+    seen: set[str] = set()
+    for code in decision.obligations:
+        if code in seen:
+            continue
+        seen.add(code)
+        coding = {"system": codes.V3_ACT_CODE, "code": code}
+        if code in OBLIGATION_DISPLAY:
+            coding["display"] = OBLIGATION_DISPLAY[code]
+        labels.append(coding)
+    integrity = _VIEW_INTEGRITY.get(decision.view)
+    if integrity is not None:
+        labels.append({"system": codes.V3_OBSERVATION_VALUE, "code": integrity,
+                       "display": INTEGRITY_DISPLAY[integrity]})
+    return labels
+
+
+def _generated(coding: Any) -> bool:
+    """Whether a stored label is one ``security_labels`` owns (and so replaces)."""
+    if not isinstance(coding, dict):
+        return True
+    system, code = coding.get("system"), coding.get("code")
+    return (system in (codes.V3_CONFIDENTIALITY, codes.V3_ACT_REASON)
+            or (system == codes.V3_ACT_CODE and code in _ACT_CODE_LABELS)
+            or (system == codes.V3_OBSERVATION_VALUE and code in _INTEGRITY_LABELS))
+
+
+def _apply_labels(resource: JSON, stored: list[Any], labels: list[JSON]) -> None:
+    """Put ``labels`` in meta.security, keeping stored labels of other vocabularies (e.g.
+    sensitivity codes) after them. A stored confidentiality more restrictive than the policy's
+    wins: a relabelling intermediary must not lower a label (security-labels.html)."""
+    stored_conf = [c.get("code", "") for c in stored
+                   if isinstance(c, dict) and c.get("system") == codes.V3_CONFIDENTIALITY]
+    labels = [dict(c) for c in labels]
+    for code in stored_conf:
+        if confidentiality_rank(code) > confidentiality_rank(labels[0]["code"]):
+            labels[0] = confidentiality_coding(code)
+    kept = [copy.deepcopy(c) for c in stored if not _generated(c)]
+    meta = resource.setdefault("meta", {})
+    meta["security"] = labels + kept
+
+
+# --- building blocks ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Ctx:
+    view: View
+    pseudonymizer: Pseudonymizer
+
+    @property
+    def deid(self) -> bool:
+        return self.view is View.DEIDENTIFIED
+
+
+def _year(value: Any) -> str | None:
+    """The year of a FHIR date/dateTime/instant as written (local time of the value)."""
+    m = _YEAR.match(value) if isinstance(value, str) else None
+    return m.group(1) if m else None
+
+
+def _date_time(value: Any, ctx: _Ctx) -> str | None:
+    """A dateTime in the view: the year only when de-identifying (YYYY is a valid dateTime)."""
+    if not isinstance(value, str):
+        return None
+    return _year(value) if ctx.deid else value
+
+
+def _instant(value: Any, ctx: _Ctx, *, required: bool = False) -> str | None:
+    """An instant in the view. An instant cannot be cut to a year, so an optional one is left
+    out when de-identifying; a required one (Provenance.recorded) becomes YYYY-01-01T00:00:00Z."""
+    if not isinstance(value, str):
+        return None
+    if not ctx.deid:
+        return value
+    year = _year(value)
+    return f"{year}-01-01T00:00:00Z" if required and year else None
+
+
+def _period(value: Any, ctx: _Ctx) -> JSON | None:
+    if not isinstance(value, dict):
+        return None
+    out = {k: v for k in ("start", "end") if (v := _date_time(value.get(k), ctx)) is not None}
+    return out or None
+
+
+def _coding(value: Any) -> JSON | None:
+    if not isinstance(value, dict):
+        return None
+    out = {k: value[k] for k in ("system", "version", "code", "display", "userSelected") if k in value}
+    return out if ("code" in out or "system" in out) else None
+
+
+def _codings(values: Any) -> list[JSON]:
+    return [c for v in values or [] if (c := _coding(v)) is not None] if isinstance(values, list) else []
+
+
+def _concept(value: Any, *, required: bool = False) -> JSON | None:
+    """A CodeableConcept reduced to its Codings: CodeableConcept.text is free text."""
+    if not isinstance(value, dict):
+        return None
+    coding = _codings(value.get("coding"))
+    if coding:
+        return {"coding": coding}
+    return {"text": REDACTED} if required else None
+
+
+def _concepts(values: Any, *, required: bool = False) -> list[JSON]:
+    out = [c for v in values or [] if (c := _concept(v)) is not None] if isinstance(values, list) else []
+    if not out and required:
+        return [{"text": REDACTED}]
+    return out
+
+
+def _literal(value: Any) -> JSON | None:
+    """A Reference reduced to its literal ``Type/id`` (display, identifier and contained
+    references dropped)."""
+    if not isinstance(value, dict):
+        return None
+    ref = value.get("reference")
+    if isinstance(ref, str) and _LITERAL.match(ref):
+        out: JSON = {"reference": ref}
+        if isinstance(value.get("type"), str):
+            out["type"] = value["type"]
+        return out
+    return None
+
+
+def _literal_or_redacted(value: Any, label: str = REDACTED) -> JSON:
+    """For a required Reference: the literal reference, else a display-only Reference (valid
+    R4, https://hl7.org/fhir/R4/references.html#Reference)."""
+    return _literal(value) or {"display": label}
+
+
+def _subject(value: Any, ctx: _Ctx) -> JSON | None:
+    """The record's subject in the view: nothing when de-identifying; a logical Reference to
+    the keyed pseudonym of the identifier otherwise. A subject known only by a literal
+    reference is pseudonymised under LITERAL_REFERENCE_SYSTEM (our records always carry the
+    identifier, so this is a fallback)."""
+    if ctx.deid or not isinstance(value, dict):
+        return None
+    ident = value.get("identifier")
+    if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
+        return ctx.pseudonymizer.patient_reference(ident["system"], ident["value"])
+    ref = value.get("reference")
+    if isinstance(ref, str) and ref:
+        return ctx.pseudonymizer.patient_reference(LITERAL_REFERENCE_SYSTEM, ref)
+    return None
+
+
+def _record_identifiers(values: Any, ctx: _Ctx) -> list[JSON]:
+    """Record identifiers in the view: none when de-identifying; only the SHA-256 of the stored
+    bytes when pseudonymising (research provenance; other identifiers such as DICOM UIDs are
+    keys into other systems)."""
+    if ctx.deid or not isinstance(values, list):
+        return []
+    return [{"system": v["system"], "value": v["value"]} for v in values
+            if isinstance(v, dict) and v.get("system") == codes.SHA256_SYSTEM and isinstance(v.get("value"), str)]
+
+
+def _extensions(values: Any) -> list[JSON]:
+    if not isinstance(values, list):
+        return []
+    out: list[JSON] = []
+    for ext in values:
+        if isinstance(ext, dict) and ext.get("url") in _SAFE_EXTENSIONS:
+            value = {k: v for k, v in ext.items() if k.startswith("value") and isinstance(v, (str, bool, int))}
+            if value:
+                out.append({"url": ext["url"], **value})
+    return out
+
+
+def _attachment(value: Any, ctx: _Ctx) -> JSON:
+    """An Attachment in the view. The title is free text; ``data`` is left out because the
+    bytes are served (metadata-stripped) through Binary; ``hash`` and ``size`` identify the
+    stored bytes and are dropped when de-identifying (the served bytes may differ anyway)."""
+    if not isinstance(value, dict):
+        return {}
+    out: JSON = {k: value[k] for k in ("contentType", "language") if k in value}
+    url = value.get("url")
+    if isinstance(url, str) and _LITERAL.match(url):
+        out["url"] = url
+    if not ctx.deid:
+        out.update({k: value[k] for k in ("size", "hash") if k in value})
+    creation = _date_time(value.get("creation"), ctx)
+    if creation is not None:
+        out["creation"] = creation
+    return out
+
+
+def _meta(value: Any, ctx: _Ctx) -> JSON:
+    """meta without source and tags (free URIs and workflow codes); lastUpdated is an instant
+    and goes when de-identifying. Security labels are set by ``render``."""
+    if not isinstance(value, dict):
+        return {}
+    keys = ("versionId", "profile") if ctx.deid else ("versionId", "lastUpdated", "profile")
+    return {k: value[k] for k in keys if k in value}
+
+
+def _base(resource: JSON, ctx: _Ctx) -> JSON:
+    out: JSON = {"resourceType": resource["resourceType"]}
+    if "id" in resource:
+        out["id"] = resource["id"]
+    meta = _meta(resource.get("meta"), ctx)
+    if meta:
+        out["meta"] = meta
+    if "language" in resource:
+        out["language"] = resource["language"]
+    extension = _extensions(resource.get("extension"))
+    if extension:
+        out["extension"] = extension
+    return out
+
+
+def _put(out: JSON, key: str, value: Any) -> None:
+    """Set ``key`` unless the value is empty (FHIR forbids empty elements, ele-1)."""
+    if value is None or value == [] or value == {}:
+        return
+    out[key] = value
+
+
+def _copy(out: JSON, source: JSON, keys: Iterable[str]) -> None:
+    for key in keys:
+        if key in source:
+            out[key] = source[key]
+
+
+# --- resources ----------------------------------------------------------------------------
+
+def _media(r: JSON, ctx: _Ctx) -> JSON:
+    """Media (https://hl7.org/fhir/R4/media.html): required status and content survive."""
+    out = _base(r, ctx)
+    _put(out, "identifier", _record_identifiers(r.get("identifier"), ctx))
+    _copy(out, r, ("status",))
+    for key in ("type", "modality", "view"):
+        _put(out, key, _concept(r.get(key)))
+    _put(out, "subject", _subject(r.get("subject"), ctx))
+    _put(out, "createdDateTime", _date_time(r.get("createdDateTime"), ctx))
+    _put(out, "createdPeriod", _period(r.get("createdPeriod"), ctx))
+    _put(out, "issued", _instant(r.get("issued"), ctx))
+    _put(out, "reasonCode", _concepts(r.get("reasonCode")))
+    _put(out, "bodySite", _concept(r.get("bodySite")))
+    _copy(out, r, ("height", "width", "frames", "duration"))
+    out["content"] = _attachment(r.get("content"), ctx)
+    return out
+
+
+def _document_reference(r: JSON, ctx: _Ctx) -> JSON:
+    """DocumentReference (https://hl7.org/fhir/R4/documentreference.html). ``date`` is an
+    instant: dropped when de-identifying. context keeps only coded facts and the period."""
+    out = _base(r, ctx)
+    master = _record_identifiers([r.get("masterIdentifier")], ctx)
+    if master:
+        out["masterIdentifier"] = master[0]
+    _put(out, "identifier", _record_identifiers(r.get("identifier"), ctx))
+    _copy(out, r, ("status", "docStatus"))
+    _put(out, "type", _concept(r.get("type")))
+    _put(out, "category", _concepts(r.get("category")))
+    _put(out, "subject", _subject(r.get("subject"), ctx))
+    _put(out, "date", _instant(r.get("date"), ctx))
+    _put(out, "securityLabel", _concepts(r.get("securityLabel")))
+    content: list[JSON] = []
+    for item in r.get("content") or []:
+        entry: JSON = {"attachment": _attachment(item.get("attachment") if isinstance(item, dict) else None, ctx)}
+        if isinstance(item, dict):
+            _put(entry, "format", _coding(item.get("format")))
+        content.append(entry)
+    out["content"] = content
+    src = r.get("context")
+    if isinstance(src, dict):
+        context: JSON = {}
+        _put(context, "event", _concepts(src.get("event")))
+        _put(context, "period", _period(src.get("period"), ctx))
+        _put(context, "facilityType", _concept(src.get("facilityType")))
+        _put(context, "practiceSetting", _concept(src.get("practiceSetting")))
+        _put(out, "context", context)
+    return out
+
+
+def _provision(p: JSON, ctx: _Ctx) -> JSON:
+    """Consent.provision (recursive). Actors keep their role, their Reference becomes
+    "redacted" (dropping the actor would widen the rule); data keeps the literal reference to
+    our record."""
+    out: JSON = {}
+    _copy(out, p, ("type",))
+    _put(out, "period", _period(p.get("period"), ctx))
+    actors = []
+    for actor in p.get("actor") or []:
+        if isinstance(actor, dict):
+            actors.append({"role": _concept(actor.get("role"), required=True),
+                           "reference": {"display": REDACTED}})
+    _put(out, "actor", actors)
+    _put(out, "action", _concepts(p.get("action")))
+    _put(out, "securityLabel", _codings(p.get("securityLabel")))
+    _put(out, "purpose", _codings(p.get("purpose")))
+    _put(out, "class", _codings(p.get("class")))
+    _put(out, "code", _concepts(p.get("code")))
+    _put(out, "dataPeriod", _period(p.get("dataPeriod"), ctx))
+    data = []
+    for item in p.get("data") or []:
+        if isinstance(item, dict) and isinstance(item.get("meaning"), str):
+            data.append({"meaning": item["meaning"], "reference": _literal_or_redacted(item.get("reference"))})
+    _put(out, "data", data)
+    _put(out, "provision", [_provision(n, ctx) for n in p.get("provision") or [] if isinstance(n, dict)])
+    return out
+
+
+def _consent(r: JSON, ctx: _Ctx) -> JSON:
+    """Consent (https://hl7.org/fhir/R4/consent.html): scope, category and policy/policyRule
+    (ppc-1) survive; patient is dropped or pseudonymised; performer, organization, the signed
+    form (sourceAttachment) and other sources are left out."""
+    out = _base(r, ctx)
+    _copy(out, r, ("status",))
+    _put(out, "scope", _concept(r.get("scope"), required=True))
+    _put(out, "category", _concepts(r.get("category"), required=True))
+    _put(out, "patient", _subject(r.get("patient"), ctx))
+    _put(out, "dateTime", _date_time(r.get("dateTime"), ctx))
+    policies = [{k: v for k, v in p.items() if k in ("authority", "uri")}
+                for p in r.get("policy") or [] if isinstance(p, dict)]
+    _put(out, "policy", [p for p in policies if p])
+    _put(out, "policyRule", _concept(r.get("policyRule")))
+    verification = []
+    for v in r.get("verification") or []:
+        if isinstance(v, dict) and "verified" in v:
+            item: JSON = {"verified": v["verified"]}
+            _put(item, "verificationDate", _date_time(v.get("verificationDate"), ctx))
+            verification.append(item)
+    _put(out, "verification", verification)
+    if isinstance(r.get("provision"), dict):
+        _put(out, "provision", _provision(r["provision"], ctx))
+    return out
+
+
+def _agent_label(agent: JSON) -> str:
+    concept = agent.get("type")
+    coding = concept.get("coding") if isinstance(concept, dict) else None
+    code = coding[0].get("code") if isinstance(coding, list) and coding and isinstance(coding[0], dict) else None
+    return f"{code if isinstance(code, str) else 'agent'} ({REDACTED})"
+
+
+def _provenance(r: JSON, ctx: _Ctx) -> JSON:
+    """Provenance (https://hl7.org/fhir/R4/provenance.html). target keeps literal references;
+    every agent.who (required) becomes a display-only Reference naming only its type, e.g.
+    "author (redacted)"; onBehalfOf, location and signatures are left out; entity.what keeps a
+    literal reference or becomes "<role> (redacted)" (the original file's hash and message id
+    are identifiers)."""
+    out = _base(r, ctx)
+    _put(out, "target", [_literal_or_redacted(t) for t in r.get("target") or []])
+    _put(out, "occurredDateTime", _date_time(r.get("occurredDateTime"), ctx))
+    _put(out, "occurredPeriod", _period(r.get("occurredPeriod"), ctx))
+    _put(out, "recorded", _instant(r.get("recorded"), ctx, required=True))
+    _put(out, "policy", [p for p in r.get("policy") or [] if isinstance(p, str)])
+    _put(out, "reason", _concepts(r.get("reason")))
+    _put(out, "activity", _concept(r.get("activity")))
+    agents = []
+    for agent in r.get("agent") or []:
+        if isinstance(agent, dict):
+            item: JSON = {}
+            _put(item, "type", _concept(agent.get("type")))
+            _put(item, "role", _concepts(agent.get("role")))
+            item["who"] = {"display": _agent_label(agent)}
+            agents.append(item)
+    _put(out, "agent", agents)
+    entities = []
+    for entity in r.get("entity") or []:
+        if isinstance(entity, dict) and isinstance(entity.get("role"), str):
+            entities.append({"role": entity["role"],
+                             "what": _literal_or_redacted(entity.get("what"), f"{entity['role']} ({REDACTED})")})
+    _put(out, "entity", entities)
+    return out
+
+
+def _binary(r: JSON, ctx: _Ctx) -> JSON:
+    """Binary (https://hl7.org/fhir/R4/binary.html): contentType and the literal
+    securityContext; ``data`` is passed through - the caller strips the image's metadata."""
+    out = _base(r, ctx)
+    _copy(out, r, ("contentType",))
+    _put(out, "securityContext", _literal(r.get("securityContext")))
+    _copy(out, r, ("data",))
+    return out
+
+
+_VIEWS: dict[str, Callable[[JSON, _Ctx], JSON]] = {
+    "Media": _media,
+    "DocumentReference": _document_reference,
+    "Consent": _consent,
+    "Provenance": _provenance,
+    "Binary": _binary,
+}
+
+
+def _has_modifier_extension(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "modifierExtension" in value or any(_has_modifier_extension(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_modifier_extension(v) for v in value)
+    return False
+
+
+def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer: Pseudonymizer) -> JSON:
+    """Return a new resource: ``resource`` in ``decision.view``, labelled with
+    :func:`security_labels` in ``meta.security``. The input is not changed.
+
+    Raises :class:`~adapter.errors.Forbidden` for a decision that does not permit the read
+    (fail closed), and :class:`~adapter.errors.NotSupported` for a restricted view of a
+    resource type it has no allow-list for, or of a resource carrying a modifierExtension
+    (leaving one out could change the meaning; https://hl7.org/fhir/R4/extensibility.html#modifierExtension).
+    """
+    if not decision.permitted:
+        raise Forbidden("the read is not permitted")
+    resource_type = resource.get("resourceType")
+    if decision.view is View.FULL:
+        out = copy.deepcopy(resource)
+    else:
+        build = _VIEWS.get(resource_type) if isinstance(resource_type, str) else None
+        if build is None:
+            raise NotSupported(f"no {decision.view.value} view of {resource_type}")
+        if _has_modifier_extension(resource):
+            raise NotSupported(f"no {decision.view.value} view of a resource with a modifierExtension")
+        out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer))
+    meta = resource.get("meta")
+    stored = meta.get("security") if isinstance(meta, dict) else None
+    _apply_labels(out, stored if isinstance(stored, list) else [], security_labels(decision, tables))
+    return out
+
+
+__all__ = [
+    "BREAK_GLASS", "CONFIDENTIALITY_DISPLAY", "CONFIDENTIALITY_ORDER", "INTEGRITY_DISPLAY",
+    "LITERAL_REFERENCE_SYSTEM", "OBLIGATION_DISPLAY", "confidentiality_coding", "confidentiality_rank",
+    "render", "security_labels",
+]

@@ -1,0 +1,601 @@
+"""One contract suite for the record store, run against SQLite (a file) and PostgreSQL.
+
+PostgreSQL: TEST_POSTGRES_URL or postgresql+psycopg://postgres@127.0.0.1:5432/test; every
+test gets a schema of its own, dropped afterwards. When it cannot be reached the PostgreSQL
+cases are skipped, except in CI (CI=true), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from adapter.config import StoreOptions
+from adapter.errors import ConfigurationError, Conflict, InvalidInput, NotFound, NotSupported, StorageError
+from adapter.model.photo import Identifier, PhotoKind, PhotoSource
+from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
+from adapter.store import (
+    DateCriterion,
+    FileBlobStore,
+    SearchCriteria,
+    SqlRecordStore,
+    TokenCriterion,
+    open_store,
+)
+
+pytestmark = pytest.mark.integration
+
+PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+PATIENT = Identifier(system="urn:oid:2.16.840.1.113883.2.4.6.3", value="999911120")
+OTHER_PATIENT = Identifier(system="urn:oid:2.16.840.1.113883.2.4.6.3", value="999922230")
+SNOMED = "http://snomed.info/sct"
+
+StoreFactory = Callable[[], SqlRecordStore]
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3}, poolclass=sa.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        message = f"PostgreSQL is not reachable at {engine.url.render_as_string()}: {type(exc).__name__}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    finally:
+        engine.dispose()
+    return PG_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def open_records(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens stores on one fresh database (SQLite file or PostgreSQL schema); closes them after."""
+    opened: list[SqlRecordStore] = []
+    if backend == "sqlite":
+        url, schema = f"sqlite:///{tmp_path / 'db' / 'adapter.db'}", None
+    else:
+        url, schema = request.getfixturevalue("postgres_url"), f"test_store_{uuid.uuid4().hex[:16]}"
+
+    def factory() -> SqlRecordStore:
+        store = SqlRecordStore(url, schema=schema)
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+    if schema is not None:
+        admin = sa.create_engine(url, poolclass=sa.NullPool)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(open_records: StoreFactory) -> SqlRecordStore:
+    return open_records()
+
+
+# -- factories --------------------------------------------------------------------------------
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def make_facts(governed_by: str = "Media/x", patient: Identifier = PATIENT, **kwargs: Any) -> AccessFacts:
+    return AccessFacts(governed_by=governed_by, patient=patient, kind=kwargs.pop("kind", PhotoKind.CLINICAL),
+                       source=kwargs.pop("source", PhotoSource.CLINICIAN), **kwargs)
+
+
+def make_resource(resource_type: str = "Media", id: str | None = None, *, patient: Identifier | None = PATIENT,
+                  reference: str | None = None, date: datetime | None = None, status: str | None = "completed",
+                  tokens: tuple[tuple[str, str | None, str], ...] = (), facts: AccessFacts | None = None,
+                  with_facts: bool = True, blob_sha256: str | None = None, **extra: Any) -> NewResource:
+    id = id or new_id()
+    if facts is None and with_facts and patient is not None:
+        facts = make_facts(f"{resource_type}/{id}", patient)
+    return NewResource(
+        resource_type=resource_type, id=id,
+        resource={"resourceType": resource_type, "id": id, "status": status, **extra},
+        index=SearchIndex(patient=patient, patient_reference=reference, date=date, status=status, tokens=tokens),
+        facts=facts, blob_sha256=blob_sha256)
+
+
+def make_unit(resources: list[NewResource] | None = None, *, key: str | None = "auto",
+              patient: Identifier = PATIENT, sha: str | None = None,
+              audit_events: list[dict[str, Any]] | None = None) -> IngestUnit:
+    sha = sha or uuid.uuid4().hex * 2
+    if resources is None:
+        media = make_resource("Media", blob_sha256=sha, patient=patient, tokens=(("type", SNOMED, "photo"),))
+        governed = make_facts(f"Media/{media.id}", patient)
+        resources = [media, make_resource("Binary", facts=governed, patient=None, status=None),
+                     make_resource("Provenance", facts=governed, patient=patient, status=None),
+                     make_resource("DocumentReference", patient=patient, status="current"),
+                     make_resource("Consent", patient=patient, status="active", with_facts=False)]
+    return IngestUnit(resources=resources, receipt={"resources": [f"{r.resource_type}/{r.id}" for r in resources]},
+                      idempotency_key=new_id() if key == "auto" else key, patient=patient, stored_sha256=sha,
+                      audit_events=audit_events if audit_events is not None else [{"action": "C", "n": 1}])
+
+
+def ids(rows: list[Any]) -> list[str]:
+    return [row.id for row in rows]
+
+
+def assert_nothing_visible(store: SqlRecordStore, unit: IngestUnit) -> None:
+    for new in unit.resources:
+        assert store.get(new.resource_type, new.id) is None
+    if unit.idempotency_key is not None:
+        assert store.find_receipt(idempotency_key=unit.idempotency_key) is None
+    assert store.find_receipt(patient=unit.patient, stored_sha256=unit.stored_sha256) is None
+    assert store.list_audit(1000) == []
+    with store.engine.connect() as conn:
+        for table in ("tokens", "resource_history"):
+            count = conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE id IN :ids")
+                                 .bindparams(sa.bindparam("ids", expanding=True)),
+                                 {"ids": [r.id for r in unit.resources]}).scalar()
+            assert count == 0, table
+
+
+# -- save_ingest and receipts -----------------------------------------------------------------
+
+
+def test_save_ingest_stores_every_resource_with_meta(store: SqlRecordStore) -> None:
+    unit = make_unit()
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    store.save_ingest(unit)
+    for new in unit.resources:
+        stored = store.get(new.resource_type, new.id)
+        assert stored is not None
+        assert stored.version_id == 1
+        assert stored.last_updated.tzinfo is not None and stored.last_updated.utcoffset() == timedelta(0)
+        assert before <= stored.last_updated <= datetime.now(UTC)
+        meta = stored.resource["meta"]
+        assert meta["versionId"] == "1"
+        assert meta["lastUpdated"] == stored.last_updated.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert stored.resource["resourceType"] == new.resource_type and stored.resource["id"] == new.id
+        assert list(stored.resource)[:2] == ["resourceType", "id"]  # document order is kept
+        assert stored.facts == new.facts
+        assert stored.blob_sha256 == new.blob_sha256
+        assert new.resource["meta"] == meta  # the caller's dicts carry the stored meta
+    assert store.find_receipt(idempotency_key=unit.idempotency_key) == unit.receipt
+    assert store.list_audit() == unit.audit_events
+
+
+def test_access_facts_round_trip(store: SqlRecordStore) -> None:
+    facts = make_facts("DocumentReference/d1", OTHER_PATIENT, kind=PhotoKind.SECONDARY,
+                       source=PhotoSource.COLLEAGUE_EXTERNAL, consent_pending=True, consent_ids=("c1", "c2"))
+    new = make_resource("Binary", facts=facts)
+    store.create(new)
+    stored = store.get("Binary", new.id)
+    assert stored is not None and stored.facts == facts
+    [row] = store.search_index("Binary", SearchCriteria(ids=(new.id,)))
+    assert row.facts == facts
+    bare = make_resource("Consent", with_facts=False)
+    store.create(bare)
+    got = store.get("Consent", bare.id)
+    assert got is not None and got.facts is None
+
+
+def test_save_ingest_is_atomic_when_a_resource_id_repeats(store: SqlRecordStore) -> None:
+    unit = make_unit()
+    last = unit.resources[-1]
+    clash = make_resource(unit.resources[0].resource_type, unit.resources[0].id)
+    unit.resources.append(clash)  # fails after the receipt and four resources were inserted
+    with pytest.raises(Conflict):
+        store.save_ingest(unit)
+    assert_nothing_visible(store, unit)
+    assert "meta" not in last.resource  # the caller's dicts are untouched on failure
+
+
+def test_save_ingest_is_atomic_when_the_last_write_fails(store: SqlRecordStore) -> None:
+    unit = make_unit(audit_events=[{"ok": True}, {"not json": object()}])
+    with pytest.raises(StorageError) as info:
+        store.save_ingest(unit)
+    assert info.value.__cause__ is not None
+    assert_nothing_visible(store, unit)
+
+
+def test_save_ingest_is_atomic_when_a_constraint_fails_late(store: SqlRecordStore) -> None:
+    unit = make_unit()
+    unit.resources[-1].index = SearchIndex(tokens=(("type", None, None),))  # type: ignore[arg-type]
+    with pytest.raises(StorageError) as info:
+        store.save_ingest(unit)
+    assert not isinstance(info.value, Conflict)
+    assert_nothing_visible(store, unit)
+
+
+def test_idempotency_key_taken_is_conflict_and_writes_nothing(store: SqlRecordStore) -> None:
+    first = make_unit()
+    store.save_ingest(first)
+    second = make_unit(key=first.idempotency_key)
+    with pytest.raises(Conflict, match="idempotency key"):
+        store.save_ingest(second)
+    assert all(store.get(r.resource_type, r.id) is None for r in second.resources)
+    assert store.find_receipt(idempotency_key=first.idempotency_key) == first.receipt
+    assert store.find_receipt(patient=PATIENT, stored_sha256=second.stored_sha256) is None
+    assert len(store.list_audit()) == 1
+
+
+def test_same_photo_for_same_patient_is_conflict(store: SqlRecordStore) -> None:
+    first = make_unit()
+    store.save_ingest(first)
+    again = make_unit(sha=first.stored_sha256, key=None)
+    with pytest.raises(Conflict, match="stored for the patient"):
+        store.save_ingest(again)
+    assert all(store.get(r.resource_type, r.id) is None for r in again.resources)
+    assert store.find_receipt(patient=PATIENT, stored_sha256=first.stored_sha256) == first.receipt
+    assert len(store.list_audit()) == 1
+    # the same bytes for another patient are a different photo record
+    store.save_ingest(make_unit(sha=first.stored_sha256, patient=OTHER_PATIENT))
+
+
+def test_units_without_idempotency_key_do_not_clash(store: SqlRecordStore) -> None:
+    a, b = make_unit(key=None), make_unit(key=None)
+    store.save_ingest(a)
+    store.save_ingest(b)
+    assert store.find_receipt(patient=PATIENT, stored_sha256=a.stored_sha256) == a.receipt
+    assert store.find_receipt(patient=PATIENT, stored_sha256=b.stored_sha256) == b.receipt
+
+
+def test_find_receipt(store: SqlRecordStore) -> None:
+    unit = make_unit()
+    store.save_ingest(unit)
+    assert store.find_receipt(idempotency_key=unit.idempotency_key) == unit.receipt
+    assert store.find_receipt(patient=PATIENT, stored_sha256=unit.stored_sha256) == unit.receipt
+    assert store.find_receipt(idempotency_key="unknown", patient=PATIENT,
+                              stored_sha256=unit.stored_sha256) == unit.receipt
+    assert store.find_receipt(idempotency_key="unknown") is None
+    assert store.find_receipt(patient=OTHER_PATIENT, stored_sha256=unit.stored_sha256) is None
+    assert store.find_receipt(patient=PATIENT, stored_sha256="0" * 64) is None
+    with pytest.raises(ValueError):
+        store.find_receipt(patient=PATIENT)
+
+
+def test_save_ingest_is_one_commit(store: SqlRecordStore) -> None:
+    commits: list[object] = []
+    sa.event.listen(store.engine, "commit", commits.append)
+    store.save_ingest(make_unit())
+    assert len(commits) == 1
+
+
+# -- create, update, get ----------------------------------------------------------------------
+
+
+def test_create_sets_meta_and_refuses_duplicates(store: SqlRecordStore) -> None:
+    new = make_resource("Consent", tokens=(("category", SNOMED, "123"),))
+    created = store.create(new, audit_events=[{"event": "create"}])
+    assert created.version_id == 1 and created.resource["meta"]["versionId"] == "1"
+    assert "meta" not in new.resource
+    assert store.get("Consent", new.id) == created
+    with pytest.raises(Conflict, match="exists already"):
+        store.create(make_resource("Consent", new.id), audit_events=[{"event": "second"}])
+    assert store.list_audit() == [{"event": "create"}]
+    # the same id under another type is another resource
+    store.create(make_resource("Media", new.id))
+
+
+def history(store: SqlRecordStore, resource_type: str, id: str) -> list[tuple[int, str]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT version_id, json FROM resource_history WHERE resource_type = :t "
+                                    "AND id = :i ORDER BY version_id"), {"t": resource_type, "i": id}).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def test_update_writes_next_version_and_keeps_history(store: SqlRecordStore) -> None:
+    first = store.create(make_resource("Media", "m1", status="preliminary", tokens=(("type", SNOMED, "old"),)))
+    time.sleep(0.002)
+    newer = make_resource("Media", "m1", patient=OTHER_PATIENT, status="completed",
+                          tokens=(("type", SNOMED, "new"),), note="second")
+    updated = store.update(newer, audit_events=[{"event": "update"}])
+    assert updated.version_id == 2
+    assert updated.resource["meta"]["versionId"] == "2"
+    assert updated.last_updated > first.last_updated
+    assert store.get("Media", "m1") == updated
+    assert [v for v, _ in history(store, "Media", "m1")] == [1, 2]
+    # the index follows the current version
+    old_token = SearchCriteria(tokens=((TokenCriterion("type", "old"),),))
+    new_token = SearchCriteria(tokens=((TokenCriterion("type", "new"),),))
+    assert store.search_index("Media", old_token) == []
+    assert ids(store.search_index("Media", new_token)) == ["m1"]
+    assert ids(store.search_index("Media", SearchCriteria(status=("completed",)))) == ["m1"]
+    assert ids(store.search_index("Media", SearchCriteria(patient=(OTHER_PATIENT,)))) == ["m1"]
+    assert store.list_audit() == [{"event": "update"}]
+
+
+def test_update_if_match(store: SqlRecordStore) -> None:
+    store.create(make_resource("Media", "m1"))
+    assert store.update(make_resource("Media", "m1"), if_match=1).version_id == 2
+    with pytest.raises(Conflict):
+        store.update(make_resource("Media", "m1", note="lost"), if_match=1, audit_events=[{"e": 1}])
+    current = store.get("Media", "m1")
+    assert current is not None and current.version_id == 2 and "note" not in current.resource
+    assert store.list_audit() == []
+    assert store.update(make_resource("Media", "m1"), if_match=2).version_id == 3
+
+
+def test_update_missing_is_not_found(store: SqlRecordStore) -> None:
+    with pytest.raises(NotFound):
+        store.update(make_resource("Media", "nope"))
+    assert store.get("Media", "nope") is None
+
+
+def test_get_many_keeps_order_and_leaves_out_missing(store: SqlRecordStore) -> None:
+    for id in ("a", "b", "c"):
+        store.create(make_resource("Media", id))
+    got = store.get_many("Media", ["c", "missing", "a", "b"])
+    assert [s.id for s in got] == ["c", "a", "b"]
+    assert store.get_many("Media", []) == []
+    assert store.get_many("Binary", ["a"]) == []
+
+
+# -- search -----------------------------------------------------------------------------------
+
+
+def test_search_ids_patient_reference_status_and_type(store: SqlRecordStore) -> None:
+    store.create(make_resource("Media", "a", patient=PATIENT, reference="Patient/1", status="completed"))
+    store.create(make_resource("Media", "b", patient=OTHER_PATIENT, reference="Patient/2", status="preliminary"))
+    store.create(make_resource("Media", "c", patient=None, status=None))
+    store.create(make_resource("DocumentReference", "d", patient=PATIENT, reference="Patient/1"))
+
+    def search(**kwargs: Any) -> list[str]:
+        return sorted(ids(store.search_index("Media", SearchCriteria(**kwargs))))
+
+    assert search() == ["a", "b", "c"]
+    assert search(ids=("a", "c", "d")) == ["a", "c"]
+    assert search(ids=()) == []
+    assert search(patient=(PATIENT,)) == ["a"]
+    assert search(patient=(PATIENT, OTHER_PATIENT)) == ["a", "b"]
+    assert search(patient=(Identifier(system="urn:other", value=PATIENT.value),)) == []
+    assert search(patient=()) == []
+    assert search(patient_reference=("Patient/2",)) == ["b"]
+    assert search(patient_reference=("Patient/1", "Patient/2")) == ["a", "b"]
+    assert search(status=("completed", "preliminary")) == ["a", "b"]
+    assert search(status=("preliminary",), patient=(PATIENT,)) == []
+    assert search(ids=("a", "b"), patient=(OTHER_PATIENT,)) == ["b"]
+
+
+def test_search_tokens_or_within_and_across(store: SqlRecordStore) -> None:
+    store.create(make_resource("Media", "a", tokens=(("type", SNOMED, "1"), ("site", SNOMED, "arm"))))
+    store.create(make_resource("Media", "b", tokens=(("type", SNOMED, "2"), ("site", SNOMED, "leg"))))
+    store.create(make_resource("Media", "c", tokens=(("type", "urn:local", "1"), ("site", None, "arm"))))
+    store.create(make_resource("Media", "d"))
+
+    def search(*groups: tuple[TokenCriterion, ...]) -> list[str]:
+        return sorted(ids(store.search_index("Media", SearchCriteria(tokens=groups))))
+
+    t = TokenCriterion
+    assert search((t("type", "1"),)) == ["a", "c"]                          # any system
+    assert search((t("type", "1", SNOMED),)) == ["a"]                       # system|code
+    assert search((t("site", "arm", ""),)) == ["c"]                         # |code: no system
+    assert search((t("type", "1", SNOMED), t("type", "2", SNOMED))) == ["a", "b"]   # OR
+    assert search((t("type", "1"),), (t("site", "arm", SNOMED),)) == ["a"]          # AND
+    assert search((t("type", "1"),), (t("site", "leg"),)) == []
+    assert search((t("site", "1"),)) == []                                  # param matters
+    assert search(()) == []                                                 # an empty OR matches nothing
+
+
+def test_search_orders_by_last_updated_then_id(store: SqlRecordStore) -> None:
+    store.create(make_resource("Media", "z"))
+    time.sleep(0.005)
+    store.save_ingest(make_unit([make_resource("Media", id) for id in ("m", "b", "x")]))
+    time.sleep(0.005)
+    store.create(make_resource("Media", "a"))
+    time.sleep(0.005)
+    store.update(make_resource("Media", "z"))
+    assert ids(store.search_index("Media", SearchCriteria())) == ["b", "m", "x", "a", "z"]
+
+
+# Stored dates, in several offsets; the search day is 2024-01-01 in UTC.
+DATES = {
+    "before": datetime(2023, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    "morning": datetime(2024, 1, 1, 10, 0, tzinfo=UTC),
+    "late": datetime(2024, 1, 2, 0, 0, tzinfo=timezone(timedelta(hours=2))),   # 2024-01-01T22:00Z
+    "boundary": datetime(2024, 1, 2, 1, 0, tzinfo=timezone(timedelta(hours=1))),  # 2024-01-02T00:00Z
+    "after": datetime(2024, 1, 1, 20, 0, tzinfo=timezone(timedelta(hours=-8))),   # 2024-01-02T04:00Z
+}
+DAY = (datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [
+    ("eq", ["late", "morning"]),
+    ("ne", ["after", "before", "boundary"]),
+    ("gt", ["after", "boundary"]),
+    ("sa", ["after", "boundary"]),
+    ("ge", ["after", "boundary", "late", "morning"]),
+    ("lt", ["before"]),
+    ("eb", ["before"]),
+    ("le", ["before", "late", "morning"]),
+])
+def test_search_date_prefixes(store: SqlRecordStore, prefix: str, expected: list[str]) -> None:
+    for id, date in DATES.items():
+        store.create(make_resource("Media", id, date=date))
+    store.create(make_resource("Media", "undated", date=None))
+    found = store.search_index("Media", SearchCriteria(dates=(DateCriterion(prefix, *DAY),)))
+    assert sorted(ids(found)) == expected
+
+
+def test_search_dates_in_other_offsets_and_combined(store: SqlRecordStore) -> None:
+    for id, date in DATES.items():
+        store.create(make_resource("Media", id, date=date))
+    plus2 = timezone(timedelta(hours=2))
+    # 2024-01-01 in +02:00 is [2023-12-31T22:00Z, 2024-01-01T22:00Z)
+    local_day = DateCriterion("eq", datetime(2024, 1, 1, tzinfo=plus2), datetime(2024, 1, 2, tzinfo=plus2))
+    assert sorted(ids(store.search_index("Media", SearchCriteria(dates=(local_day,))))) == ["before", "morning"]
+    window = (DateCriterion("ge", datetime(2024, 1, 1, 12, tzinfo=UTC), datetime(2024, 1, 1, 13, tzinfo=UTC)),
+              DateCriterion("lt", datetime(2024, 1, 2, 3, tzinfo=UTC), datetime(2024, 1, 2, 4, tzinfo=UTC)))
+    assert sorted(ids(store.search_index("Media", SearchCriteria(dates=window)))) == ["boundary", "late"]
+
+
+def test_search_date_prefix_errors(store: SqlRecordStore) -> None:
+    with pytest.raises(NotSupported):
+        store.search_index("Media", SearchCriteria(dates=(DateCriterion("ap", *DAY),)))
+    with pytest.raises(InvalidInput):
+        store.search_index("Media", SearchCriteria(dates=(DateCriterion("xx", *DAY),)))
+
+
+# -- consents and audit -----------------------------------------------------------------------
+
+
+def test_consents_for_patient(store: SqlRecordStore) -> None:
+    mine = store.create(make_resource("Consent", "c1", patient=PATIENT, with_facts=False))
+    store.create(make_resource("Consent", "c2", patient=OTHER_PATIENT, with_facts=False))
+    store.create(make_resource("Media", "m1", patient=PATIENT))
+    by_facts = store.create(make_resource("Consent", "c3", patient=None, facts=make_facts("Consent/c3", PATIENT)))
+    assert store.consents_for_patient(PATIENT) == [mine, by_facts]
+    assert [c.id for c in store.consents_for_patient(OTHER_PATIENT)] == ["c2"]
+    assert store.consents_for_patient(Identifier(system="urn:x", value="1")) == []
+
+
+def test_audit_is_listed_newest_first(store: SqlRecordStore) -> None:
+    store.save_ingest(make_unit(audit_events=[{"n": 1}, {"n": 2}]))
+    for n in range(3, 6):
+        store.append_audit({"n": n, "nested": {"ok": [True, None]}})
+    assert [e["n"] for e in store.list_audit()] == [5, 4, 3, 2, 1]
+    assert [e["n"] for e in store.list_audit(limit=2)] == [5, 4]
+    assert store.list_audit(limit=0) == []
+    assert store.list_audit()[0]["nested"] == {"ok": [True, None]}
+
+
+# -- durability, schema and concurrency -------------------------------------------------------
+
+
+def test_data_survives_reopening(open_records: StoreFactory) -> None:
+    first = open_records()
+    unit = make_unit()
+    first.save_ingest(unit)
+    first.close()
+    again = open_records()
+    assert again.find_receipt(idempotency_key=unit.idempotency_key) == unit.receipt
+    assert all(again.get(r.resource_type, r.id) is not None for r in unit.resources)
+    with again.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalars().all() == [1]
+
+
+def test_newer_schema_is_refused(open_records: StoreFactory) -> None:
+    store = open_records()
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO schema_version (version, applied) VALUES (99, :t)"),
+                     {"t": "2030-01-01T00:00:00.000000+00:00" if conn.dialect.name == "sqlite"
+                      else datetime(2030, 1, 1, tzinfo=UTC)})
+    store.close()
+    with pytest.raises(ConfigurationError, match="schema version 99"):
+        open_records()
+
+
+def test_concurrent_ingests(store: SqlRecordStore) -> None:
+    errors: list[BaseException] = []
+    units = [[make_unit() for _ in range(10)] for _ in range(8)]
+    start = threading.Barrier(8)
+
+    def work(mine: list[IngestUnit]) -> None:
+        try:
+            start.wait()
+            for unit in mine:
+                store.save_ingest(unit)
+                assert store.find_receipt(idempotency_key=unit.idempotency_key) == unit.receipt
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(mine,)) for mine in units]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.search_index("Media", SearchCriteria())) == 80
+    assert len(store.list_audit(1000)) == 80
+
+
+def test_concurrent_updates_with_if_match_let_one_win(store: SqlRecordStore) -> None:
+    store.create(make_resource("Media", "m1"))
+    outcomes: list[str] = []
+    start = threading.Barrier(8)
+
+    def work(n: int) -> None:
+        start.wait()
+        try:
+            store.update(make_resource("Media", "m1", note=str(n)), if_match=1)
+            outcomes.append("ok")
+        except Conflict:
+            outcomes.append("conflict")
+        except BaseException as exc:  # noqa: BLE001
+            outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
+    current = store.get("Media", "m1")
+    assert current is not None and current.version_id == 2
+    assert [v for v, _ in history(store, "Media", "m1")] == [1, 2]
+
+
+# -- SQLite specifics and the factory ---------------------------------------------------------
+
+
+def test_sqlite_is_durable_and_waits_for_locks(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "folder" / "adapter.db"
+    store = SqlRecordStore(f"sqlite:///{path}")
+    try:
+        assert path.is_file()
+        with store.engine.connect() as conn:
+            pragma = {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                      for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")}
+        assert pragma == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 30000}
+        begins: list[str] = []
+        sa.event.listen(store.engine, "before_cursor_execute",
+                        lambda conn, cursor, statement, *args: begins.append(statement)
+                        if statement.startswith("BEGIN") else None)
+        store.save_ingest(make_unit())
+        store.get("Media", "x")
+        assert begins == ["BEGIN IMMEDIATE", "BEGIN DEFERRED"]
+    finally:
+        store.close()
+
+
+def test_open_store_picks_the_backend_from_the_url(tmp_path: Path) -> None:
+    options = StoreOptions(database_url=f"sqlite:///{tmp_path / 'data' / 'adapter.db'}", data_dir=tmp_path / "data")
+    records, blobs = open_store(options)
+    try:
+        assert isinstance(records, SqlRecordStore) and isinstance(blobs, FileBlobStore)
+        assert records.engine.dialect.name == "sqlite"
+        assert options.blob_dir.is_dir() and options.staging_dir.is_dir()
+    finally:
+        records.close()
+
+
+@pytest.mark.parametrize("url", ["mysql+pymysql://u@localhost/db", "sqlite://", "sqlite:///:memory:",
+                                 "postgresql+psycopg2://postgres@127.0.0.1/test", "not a url"])
+def test_open_store_refuses_other_urls(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        open_store(StoreOptions(database_url=url, data_dir=tmp_path))
+
+
+def test_schema_is_postgresql_only(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        SqlRecordStore(f"sqlite:///{tmp_path / 'a.db'}", schema="x")
+    with pytest.raises(ConfigurationError):
+        SqlRecordStore(PG_URL, schema='bad"; DROP')

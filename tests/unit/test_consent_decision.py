@@ -1,0 +1,471 @@
+"""The read decision table (adapter.consent.decision): every branch of decide()."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapter.consent import ANY_PURPOSE, PurposeClass, classify_purpose, decide, permitted_purposes
+from adapter.mapping.tables import Tables, load_tables
+from adapter.model.consent import ConsentGrant
+from adapter.model.decision import Decision, View
+from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoSource
+from adapter.model.purpose import PurposeOfUse
+from adapter.model.record import AccessFacts
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+PATIENT = Identifier(system="urn:example:mrn", value="P-123")
+OTHER_PATIENT = Identifier(system="urn:example:mrn", value="P-999")
+RECORD = "Media/m1"
+
+
+@functools.cache
+def _loaded() -> Tables:
+    return load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
+
+
+def make_tables(*, consent: dict[str, Any] | None = None,
+                break_glass: dict[str, Any] | None = None) -> Tables:
+    """The shipped tables, with policy variants applied to copies of the nested frozen models."""
+    base = _loaded()
+    update: dict[str, Any] = {}
+    if consent:
+        update["consent"] = base.policy.consent.model_copy(update=consent)
+    if break_glass:
+        update["break_glass"] = base.policy.break_glass.model_copy(update=break_glass)
+    return dataclasses.replace(base, policy=base.policy.model_copy(update=update))
+
+
+def make_facts(kind: PhotoKind = PhotoKind.CLINICAL, *, pending: bool = False, governed_by: str = RECORD,
+               patient: Identifier = PATIENT) -> AccessFacts:
+    return AccessFacts(governed_by=governed_by, patient=patient, kind=kind, source=PhotoSource.CLINICIAN,
+                       consent_pending=pending)
+
+
+def make_grant(*purposes: str, id: str = "c1", status: str = "active", decision: str = "permit",
+               start: datetime | None = NOW - timedelta(days=30), end: datetime | None = None,
+               data_refs: tuple[str, ...] = (), implied: bool = False, patient: Identifier = PATIENT,
+               method: ConsentMethod | None = ConsentMethod.WRITTEN) -> ConsentGrant:
+    return ConsentGrant(id=id, patient=patient, status=status, decision=decision,
+                        purposes=frozenset(purposes),
+                        method=method, period_start=start, period_end=end, data_refs=frozenset(data_refs),
+                        implied=implied)
+
+
+def run(code: str, facts: AccessFacts | None = None, grants: tuple[ConsentGrant, ...] = (),
+        tables: Tables | None = None, now: datetime = NOW, system: str | None = None) -> Decision:
+    purpose = PurposeOfUse(code) if system is None else PurposeOfUse(code, system)
+    return decide(purpose, facts or make_facts(), grants, tables or make_tables(), now)
+
+
+# -- clinical photo, care ------------------------------------------------------------------------
+
+def test_clinical_treat_with_active_consent_is_permitted_in_full() -> None:
+    d = run("TREAT", grants=(make_grant("TREAT"),))
+    assert d.permitted and d.view is View.FULL and not d.break_glass
+    assert d.consent_ids == ("c1",) and d.obligations == ()
+    assert d.purpose == PurposeOfUse("TREAT")
+
+
+def test_clinical_treat_without_consent_is_denied() -> None:
+    d = run("TREAT")
+    assert not d.permitted and d.reason == "no active consent for TREAT"
+
+
+def test_consent_of_another_patient_does_not_apply() -> None:
+    assert not run("TREAT", grants=(make_grant("TREAT", patient=OTHER_PATIENT),)).permitted
+
+
+@pytest.mark.parametrize("status", ["draft", "proposed", "rejected", "entered-in-error"])
+def test_only_active_consents_permit(status: str) -> None:
+    assert not run("TREAT", grants=(make_grant("TREAT", status=status),)).permitted
+
+
+def test_coc_is_covered_by_a_consent_for_treat() -> None:
+    d = run("COC", grants=(make_grant("TREAT"),))
+    assert d.permitted and d.consent_ids == ("c1",)
+
+
+def test_consent_for_coc_does_not_cover_treat() -> None:
+    assert not run("TREAT", grants=(make_grant("COC"),)).permitted
+
+
+# -- consent pending and break-glass -------------------------------------------------------------
+
+def test_consent_pending_record_is_denied_for_care() -> None:
+    d = run("TREAT", make_facts(pending=True))
+    assert not d.permitted and d.reason == "no active consent for TREAT"
+
+
+def test_consent_pending_record_opens_for_care_once_consent_is_recorded() -> None:
+    # "pending" means awaiting documented consent: a Consent for TREAT recorded later documents it
+    assert run("TREAT", make_facts(pending=True), grants=(make_grant("TREAT"),)).permitted
+
+
+def test_consent_pending_record_is_denied_for_explicit_purposes() -> None:
+    assert not run("TRAIN", make_facts(pending=True), grants=(make_grant("TREAT"),)).permitted
+
+
+@pytest.mark.parametrize("code", ["BTG", "ETREAT", "ERTREAT"])
+def test_break_glass_enabled_permits_pending_record(code: str) -> None:
+    d = run(code, make_facts(pending=True))
+    assert d.permitted and d.break_glass and d.view is View.FULL
+    assert "break-glass" in d.reason and d.consent_ids == () and d.obligations == ()
+
+
+@pytest.mark.parametrize("code", ["BTG", "ETREAT", "ERTREAT"])
+def test_break_glass_disabled_is_denied(code: str) -> None:
+    d = run(code, make_facts(pending=True), tables=make_tables(break_glass={"enabled": False}))
+    assert not d.permitted and not d.break_glass and "not enabled" in d.reason
+
+
+def test_break_glass_disabled_is_denied_even_with_consent_for_treat() -> None:
+    # ETREAT is a child of TREAT, but never plain care: it is break-glass or nothing.
+    d = run("ETREAT", grants=(make_grant("TREAT"),), tables=make_tables(break_glass={"enabled": False}))
+    assert not d.permitted
+
+
+def test_break_glass_overrides_a_deny() -> None:
+    d = run("BTG", grants=(make_grant("TREAT", decision="deny"),))
+    assert d.permitted and d.break_glass
+
+
+def test_descendant_of_a_break_glass_purpose_is_break_glass() -> None:
+    tables = make_tables(break_glass={"purposes": ["ETREAT"]})
+    assert classify_purpose("BTG", tables) is PurposeClass.BREAK_GLASS
+    assert classify_purpose("ERTREAT", tables) is PurposeClass.BREAK_GLASS
+
+
+def test_code_not_listed_as_break_glass_falls_back_to_its_care_ancestor() -> None:
+    tables = make_tables(break_glass={"purposes": ["BTG"]})
+    assert classify_purpose("ETREAT", tables) is PurposeClass.CARE
+    assert run("ETREAT", grants=(make_grant("TREAT"),), tables=tables).permitted
+    assert not run("ETREAT", tables=tables).permitted
+
+
+# -- document and secondary photos -----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", [PhotoKind.DOCUMENT, PhotoKind.SECONDARY])
+@pytest.mark.parametrize("code", ["TREAT", "COC", "CLINTRL"])
+def test_document_and_secondary_need_no_consent_for_care(kind: PhotoKind, code: str) -> None:
+    d = run(code, make_facts(kind))
+    assert d.permitted and d.view is View.FULL and d.consent_ids == ()
+
+
+@pytest.mark.parametrize("kind", [PhotoKind.DOCUMENT, PhotoKind.SECONDARY])
+def test_document_and_secondary_still_need_consent_for_training(kind: PhotoKind) -> None:
+    assert not run("TRAIN", make_facts(kind)).permitted
+    assert run("TRAIN", make_facts(kind), grants=(make_grant("TRAIN"),)).permitted
+
+
+def test_deny_wins_for_document_photos_too() -> None:
+    d = run("TREAT", make_facts(PhotoKind.DOCUMENT), grants=(make_grant("TREAT", decision="deny"),))
+    assert not d.permitted
+
+
+# -- implied consent (photo sent by the patient) ---------------------------------------------------
+
+def _implied(*purposes: str, data_refs: tuple[str, ...] = (RECORD,)) -> ConsentGrant:
+    return make_grant(*purposes, id="implied-1", implied=True, data_refs=data_refs,
+                      method=ConsentMethod.IMPLIED)
+
+
+def test_implied_consent_covers_treat_for_its_record() -> None:
+    d = run("TREAT", grants=(_implied("TREAT"),))
+    assert d.permitted and d.consent_ids == ("implied-1",)
+    assert run("COC", grants=(_implied("TREAT"),)).permitted
+
+
+def test_implied_consent_does_not_cover_training() -> None:
+    d = run("TRAIN", grants=(_implied("TREAT"),))
+    assert not d.permitted and d.reason == "no active consent permitting TRAIN"
+
+
+def test_implied_consent_never_covers_an_explicit_purpose_even_if_listed() -> None:
+    assert not run("TRAIN", grants=(_implied("TREAT", "TRAIN"),)).permitted
+
+
+def test_implied_consent_does_not_cover_another_record() -> None:
+    assert not run("TREAT", make_facts(governed_by="Media/m2"), grants=(_implied("TREAT"),)).permitted
+
+
+# -- explicit-consent purposes ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("code", "view", "obligations"), [
+    ("TRAIN", View.DEIDENTIFIED, ("DEID",)),
+    ("MLTRAINING", View.DEIDENTIFIED, ("DEID",)),
+    ("HTEST", View.DEIDENTIFIED, ("DEID",)),
+    ("HRESCH", View.PSEUDONYMISED, ("PSEUD",)),
+    ("PUBHLTH", View.PSEUDONYMISED, ("PSEUD",)),
+    ("RECORDMGT", View.FULL, ()),
+    ("PATRQT", View.FULL, ()),
+])
+def test_explicit_purpose_with_active_consent_in_period_gets_its_view(
+        code: str, view: View, obligations: tuple[str, ...]) -> None:
+    d = run(code, grants=(make_grant(code),))
+    assert d.permitted and d.view is view and d.obligations == obligations and d.consent_ids == ("c1",)
+
+
+@pytest.mark.parametrize("code", ["TRAIN", "HRESCH", "MLTRAINING", "HTEST"])
+def test_explicit_purpose_without_consent_is_denied_whatever_its_view(code: str) -> None:
+    # A de-identified or pseudonymised view never substitutes for consent.
+    d = run(code, grants=(make_grant("TREAT"),))
+    assert not d.permitted and d.reason == f"no active consent permitting {code}"
+
+
+def test_training_consent_for_another_patient_is_denied() -> None:
+    assert not run("TRAIN", grants=(make_grant("TRAIN", patient=OTHER_PATIENT),)).permitted
+
+
+@pytest.mark.parametrize("now", [NOW - timedelta(days=31), NOW + timedelta(days=1, seconds=1)])
+def test_consent_outside_its_period_is_denied(now: datetime) -> None:
+    grant = make_grant("TRAIN", start=NOW - timedelta(days=30), end=NOW + timedelta(days=1))
+    assert not run("TRAIN", grants=(grant,), now=now).permitted
+
+
+@pytest.mark.parametrize("now", [NOW - timedelta(days=30), NOW + timedelta(days=1)])
+def test_period_ends_are_inclusive(now: datetime) -> None:
+    grant = make_grant("TRAIN", start=NOW - timedelta(days=30), end=NOW + timedelta(days=1))
+    assert run("TRAIN", grants=(grant,), now=now).permitted
+
+
+def test_open_period_permits() -> None:
+    assert run("HRESCH", grants=(make_grant("HRESCH", start=None, end=None),)).permitted
+
+
+def test_withdrawn_training_consent_is_denied() -> None:
+    assert not run("TRAIN", grants=(make_grant("TRAIN", status="inactive"),)).permitted
+
+
+def test_withdrawn_training_consent_is_denied_even_with_care_after_withdrawal() -> None:
+    tables = make_tables(consent={"care_after_withdrawal": True})
+    assert not run("TRAIN", grants=(make_grant("TRAIN", status="inactive"),), tables=tables).permitted
+
+
+def test_clintrch_is_covered_by_a_consent_for_hresch() -> None:
+    d = run("CLINTRCH", grants=(make_grant("HRESCH"),))
+    assert d.permitted and d.view is View.PSEUDONYMISED and d.obligations == ("PSEUD",)
+    assert run("CLINTRCHNPC", grants=(make_grant("HRESCH"),)).permitted
+
+
+def test_training_consent_does_not_permit_ml_training() -> None:
+    assert not run("MLTRAINING", grants=(make_grant("TRAIN"),)).permitted
+
+
+def test_consent_for_a_child_does_not_permit_its_parent() -> None:
+    assert not run("HRESCH", grants=(make_grant("CLINTRCH"),)).permitted
+
+
+def test_hoperat_consent_permits_training() -> None:
+    assert run("TRAIN", grants=(make_grant("HOPERAT"),)).permitted
+
+
+def test_treat_consent_does_not_permit_research() -> None:
+    assert not run("HRESCH", grants=(make_grant("TREAT"),)).permitted
+
+
+# -- deny provisions -------------------------------------------------------------------------------
+
+def test_deny_wins_over_permit() -> None:
+    grants = (make_grant("TREAT", id="p"), make_grant("TREAT", id="d", decision="deny"))
+    d = run("TREAT", grants=grants)
+    assert not d.permitted and d.consent_ids == ("d",) and d.reason == "a Consent denies TREAT"
+
+
+def test_deny_of_a_parent_covers_its_descendants() -> None:
+    grants = (make_grant("TREAT", id="p"), make_grant("TREAT", id="d", decision="deny"))
+    assert not run("COC", grants=grants).permitted
+
+
+def test_deny_of_a_child_does_not_cover_its_parent() -> None:
+    grants = (make_grant("TREAT", id="p"), make_grant("COC", id="d", decision="deny"))
+    assert run("TREAT", grants=grants).permitted
+    assert not run("COC", grants=grants).permitted
+
+
+def test_deny_of_training_leaves_care_alone() -> None:
+    grants = (make_grant("TREAT", "TRAIN", id="p"), make_grant("TRAIN", id="d", decision="deny"))
+    assert run("TREAT", grants=grants).permitted
+    assert not run("TRAIN", grants=grants).permitted
+
+
+def test_deny_of_any_purpose_denies_everything_but_break_glass() -> None:
+    grants = (make_grant("TREAT", "TRAIN", id="p"), make_grant(ANY_PURPOSE, id="d", decision="deny"))
+    assert not run("TREAT", grants=grants).permitted
+    assert not run("TRAIN", grants=grants).permitted
+    assert run("BTG", grants=grants).permitted
+
+
+def test_any_purpose_never_widens_a_permit() -> None:
+    assert not run("TREAT", grants=(make_grant(ANY_PURPOSE),)).permitted
+
+
+def test_inactive_or_expired_deny_does_not_apply() -> None:
+    permit = make_grant("TREAT", id="p")
+    withdrawn = make_grant("TREAT", id="d", decision="deny", status="inactive")
+    assert run("TREAT", grants=(permit, withdrawn)).permitted
+    expired = make_grant("TREAT", id="d", decision="deny", end=NOW - timedelta(days=1))
+    assert run("TREAT", grants=(permit, expired)).permitted
+
+
+def test_deny_scoped_to_another_record_does_not_apply() -> None:
+    grants = (make_grant("TREAT", id="p"),
+              make_grant("TREAT", id="d", decision="deny", data_refs=("Media/m2",)))
+    assert run("TREAT", grants=grants).permitted
+    assert not run("TREAT", make_facts(governed_by="Media/m2"), grants=grants).permitted
+
+
+# -- data scope ------------------------------------------------------------------------------------
+
+def test_grant_scoped_to_this_record_permits() -> None:
+    assert run("TRAIN", grants=(make_grant("TRAIN", data_refs=(RECORD, "Media/m3")),)).permitted
+
+
+def test_grant_scoped_to_other_records_does_not_permit() -> None:
+    assert not run("TRAIN", grants=(make_grant("TRAIN", data_refs=("Media/m2",)),)).permitted
+    assert not run("TREAT", grants=(make_grant("TREAT", data_refs=("Media/m2",)),)).permitted
+
+
+# -- withdrawal and care ---------------------------------------------------------------------------
+
+def test_withdrawn_care_consent_denies_when_policy_says_so() -> None:
+    tables = make_tables(consent={"care_after_withdrawal": False})
+    withdrawn = make_grant("TREAT", status="inactive", end=NOW - timedelta(days=2))
+    d = run("TREAT", grants=(withdrawn,), tables=tables)
+    assert not d.permitted and d.reason == "no active consent for TREAT"
+
+
+def test_withdrawn_care_consent_permits_care_when_policy_says_so() -> None:
+    tables = make_tables(consent={"care_after_withdrawal": True})
+    withdrawn = make_grant("TREAT", status="inactive", end=NOW - timedelta(days=2))
+    d = run("TREAT", grants=(withdrawn,), tables=tables)
+    assert d.permitted and d.view is View.FULL and d.consent_ids == ("c1",) and "withdrawn" in d.reason
+    assert run("COC", grants=(withdrawn,), tables=tables).permitted
+
+
+def test_care_after_withdrawal_needs_a_withdrawn_consent_that_would_have_applied() -> None:
+    tables = make_tables(consent={"care_after_withdrawal": True})
+    assert not run("TREAT", tables=tables).permitted
+    for grant in (make_grant("TREAT", status="inactive", patient=OTHER_PATIENT),
+                  make_grant("TREAT", status="inactive", data_refs=("Media/m2",)),
+                  make_grant("TRAIN", status="inactive"),
+                  make_grant("TREAT", status="inactive", start=NOW + timedelta(days=1)),
+                  make_grant("TREAT", status="rejected")):
+        assert not run("TREAT", grants=(grant,), tables=tables).permitted, grant
+
+
+def test_care_after_withdrawal_does_not_override_a_deny() -> None:
+    tables = make_tables(consent={"care_after_withdrawal": True})
+    grants = (make_grant("TREAT", id="w", status="inactive"), make_grant("TREAT", id="d", decision="deny"))
+    assert not run("TREAT", grants=grants, tables=tables).permitted
+
+
+def test_care_after_withdrawal_does_not_open_pending_records() -> None:
+    tables = make_tables(consent={"care_after_withdrawal": True})
+    grants = (make_grant("TREAT", status="inactive"),)
+    assert not run("TREAT", make_facts(pending=True), grants=grants, tables=tables).permitted
+
+
+# -- unknown and unlisted purposes -----------------------------------------------------------------
+
+@pytest.mark.parametrize("code", ["EDU", "treat", "", "PurposeOfUse"])
+def test_unknown_purpose_is_denied(code: str) -> None:
+    d = run(code, grants=(make_grant("TREAT"),))
+    assert not d.permitted and d.reason == "unknown purpose of use"
+
+
+def test_purpose_from_another_code_system_is_denied() -> None:
+    assert not run("TREAT", grants=(make_grant("TREAT"),), system="urn:example:local").permitted
+
+
+def test_known_purpose_the_policy_does_not_list_is_denied() -> None:
+    base = make_tables()
+    explicit = [c for c in base.policy.consent.explicit_purposes if c != "PUBHLTH"]
+    tables = make_tables(consent={"explicit_purposes": explicit})
+    assert classify_purpose("PUBHLTH", tables) is PurposeClass.NOT_PERMITTED
+    d = run("PUBHLTH", grants=(make_grant("PUBHLTH"),), tables=tables)
+    assert not d.permitted and d.reason == "purpose PUBHLTH not permitted by policy"
+
+
+def test_nearest_listed_ancestor_classifies() -> None:
+    tables = make_tables(consent={"care_purposes": ["TREAT", "COC", "CLINTRL", "RECORDMGT"],
+                                  "explicit_purposes": ["HOPERAT", "TRAIN", "HRESCH"]})
+    assert classify_purpose("RECORDMGT", tables) is PurposeClass.CARE
+    assert classify_purpose("MLTRAINING", tables) is PurposeClass.EXPLICIT
+
+
+# -- permitted purposes (for security labels) ------------------------------------------------------
+
+def test_permitted_purposes_lists_what_applicable_grants_allow() -> None:
+    grants = (make_grant("TREAT", "TRAIN", id="a"), make_grant("HRESCH", id="b", data_refs=("Media/m2",)),
+              make_grant("PUBHLTH", id="c", status="inactive"), make_grant("CLINTRCH", id="d"))
+    assert run("TREAT", grants=grants).permitted_purposes == frozenset({"TREAT", "TRAIN", "CLINTRCH"})
+
+
+def test_permitted_purposes_drop_denied_and_implied_explicit_purposes() -> None:
+    grants = (make_grant("TREAT", "HRESCH", id="a"), make_grant("HRESCH", id="d", decision="deny"),
+              _implied("COC", "TRAIN"))
+    assert run("TREAT", grants=grants).permitted_purposes == frozenset({"TREAT", "COC"})
+
+
+def test_permitted_purposes_of_documents_include_care_purposes() -> None:
+    d = run("TRAIN", make_facts(PhotoKind.DOCUMENT))
+    assert not d.permitted
+    assert d.permitted_purposes == frozenset(make_tables().policy.consent.care_purposes)
+
+
+def test_permitted_purposes_of_pending_record_are_empty() -> None:
+    d = run("BTG", make_facts(pending=True))
+    assert d.permitted_purposes == frozenset()
+
+
+def test_permitted_purposes_after_withdrawal_follow_the_policy() -> None:
+    withdrawn = (make_grant("TREAT", "TRAIN", status="inactive"),)
+    on = make_tables(consent={"care_after_withdrawal": True})
+    assert permitted_purposes(make_facts(), withdrawn, on, NOW) == frozenset({"TREAT", "COC", "CLINTRL"})
+    assert permitted_purposes(make_facts(), withdrawn, make_tables(), NOW) == frozenset()
+
+
+@pytest.mark.parametrize("kind", list(PhotoKind))
+def test_every_permitted_purpose_is_permitted_by_decide(kind: PhotoKind) -> None:
+    tables = make_tables()
+    grants = (make_grant("TREAT", "HOPERAT", "CLINTRCH", id="a"),
+              make_grant("TRAIN", id="d", decision="deny"),
+              _implied("COC", "PUBHLTH"))
+    facts = make_facts(kind)
+    listed = permitted_purposes(facts, grants, tables, NOW)
+    assert listed
+    for code in tables.purposes.codes:
+        d = decide(PurposeOfUse(code), facts, grants, tables, NOW)
+        if code in listed:
+            assert d.permitted, code
+        if d.permitted and not d.break_glass:
+            assert set(tables.purposes.ancestors(code)) & listed, code
+
+
+# -- hygiene -----------------------------------------------------------------------------------------
+
+def test_reasons_carry_no_patient_data() -> None:
+    grants = (make_grant("TREAT", id="a"), make_grant("TRAIN", id="b", decision="deny"))
+    for code in [*make_tables().purposes.codes, "XYZ"]:
+        for facts in (make_facts(), make_facts(pending=True), make_facts(PhotoKind.SECONDARY)):
+            reason = run(code, facts, grants=grants).reason
+            assert PATIENT.value not in reason and PATIENT.system not in reason and RECORD not in reason
+
+
+def test_consent_ids_are_deduplicated() -> None:
+    grants = (make_grant("TREAT", id="c1"), make_grant("COC", id="c1"))
+    assert run("COC", grants=grants).consent_ids == ("c1",)
+
+
+def test_naive_now_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        run("TREAT", now=datetime(2025, 6, 1, 12, 0))

@@ -1,0 +1,339 @@
+"""Reading R4 Consent JSON into grants (adapter.consent.grants), and deciding with them."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapter.consent import ANY_PURPOSE, decide, grant_from_consent, grants_from_consent
+from adapter.consent.grants import CONSENT_ACTION, CONSENT_METHOD_EXTENSION, V3_ACT_CODE
+from adapter.errors import InvalidResource, NotSupported
+from adapter.mapping.tables import Tables, load_tables
+from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoSource
+from adapter.model.purpose import V3_ACT_REASON, PurposeOfUse
+from adapter.model.record import AccessFacts
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+MRN = "urn:example:mrn"
+PATIENT = Identifier(system=MRN, value="P-123")
+
+
+@functools.cache
+def _tables() -> Tables:
+    return load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
+
+
+def purpose(*codes: str, system: str = V3_ACT_REASON) -> list[dict[str, str]]:
+    return [{"system": system, "code": c} for c in codes]
+
+
+def make_consent(provision: Any = None, **extra: Any) -> dict[str, Any]:
+    """A Consent as the adapter writes it; ``provision`` defaults to permit TREAT from 2025-01-01."""
+    resource: dict[str, Any] = {
+        "resourceType": "Consent",
+        "id": "c1",
+        "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "treatment"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"identifier": {"system": MRN, "value": PATIENT.value}},
+        "policyRule": {"coding": [{"system": V3_ACT_CODE, "code": "OPTIN"}]},
+        "provision": {"type": "permit", "period": {"start": "2025-01-01"}, "purpose": purpose("TREAT")}
+        if provision is None else provision,
+    }
+    resource.update(extra)
+    return resource
+
+
+def facts(kind: PhotoKind = PhotoKind.CLINICAL, governed_by: str = "Media/m1") -> AccessFacts:
+    return AccessFacts(governed_by=governed_by, patient=PATIENT, kind=kind, source=PhotoSource.CLINICIAN)
+
+
+def permitted(resource: dict[str, Any], code: str, now: datetime, governed_by: str = "Media/m1") -> bool:
+    return decide(PurposeOfUse(code), facts(governed_by=governed_by), grants_from_consent(resource),
+                  _tables(), now).permitted
+
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+# -- the top-level provision -------------------------------------------------------------------------
+
+def test_permit_consent_becomes_one_grant() -> None:
+    [g] = grants_from_consent(make_consent())
+    assert g.id == "c1" and g.patient == PATIENT and g.status == "active" and g.decision == "permit"
+    assert g.purposes == frozenset({"TREAT"}) and g.data_refs == frozenset()
+    assert g.period_start == datetime(2025, 1, 1, tzinfo=UTC) and g.period_end is None
+    assert g.method is None and not g.implied
+
+
+def test_grant_from_consent_returns_the_top_level_grant() -> None:
+    assert grant_from_consent(make_consent()) == grants_from_consent(make_consent())[0]
+
+
+def test_method_comes_from_the_extension() -> None:
+    ext = [{"url": CONSENT_METHOD_EXTENSION, "valueCode": "written"}]
+    assert grant_from_consent(make_consent(extension=ext)).method is ConsentMethod.WRITTEN
+
+
+def test_invalid_method_is_refused() -> None:
+    ext = [{"url": "urn:other", "valueString": "x"}, {"url": CONSENT_METHOD_EXTENSION, "valueCode": "nodded"}]
+    with pytest.raises(InvalidResource) as info:
+        grant_from_consent(make_consent(extension=ext))
+    assert info.value.expression == ["Consent.extension[1].valueCode"]
+
+
+def test_implied_policy_rule_marks_an_implied_consent() -> None:
+    rule = {"coding": [{"system": V3_ACT_CODE, "code": "IMPLIED"}]}
+    g = grant_from_consent(make_consent(policyRule=rule))
+    assert g.implied and g.method is ConsentMethod.IMPLIED
+
+
+def test_implied_code_from_another_system_is_not_implied() -> None:
+    g = grant_from_consent(make_consent(policyRule={"coding": [{"system": "urn:x", "code": "IMPLIED"}]}))
+    assert not g.implied
+
+
+def test_implied_consent_as_written_for_a_patient_photo_covers_care_of_that_photo_only() -> None:
+    resource = make_consent(
+        {"type": "permit", "period": {"start": "2025-05-01T08:00:00Z"}, "purpose": purpose("TREAT"),
+         "data": [{"meaning": "instance", "reference": {"reference": "Media/m1"}}]},
+        policyRule={"coding": [{"system": V3_ACT_CODE, "code": "IMPLIED"}]},
+        extension=[{"url": CONSENT_METHOD_EXTENSION, "valueCode": "implied"}])
+    assert permitted(resource, "TREAT", NOW) and permitted(resource, "COC", NOW)
+    assert not permitted(resource, "TRAIN", NOW)
+    assert not permitted(resource, "TREAT", NOW, governed_by="Media/m2")
+
+
+@pytest.mark.parametrize("patient", [
+    None, {"reference": "Patient/1"}, {"identifier": {"system": MRN}}, {"identifier": {"value": "P-1"}},
+    {"identifier": {"system": "", "value": "P-1"}}, "Patient/1",
+])
+def test_patient_identifier_is_required(patient: Any) -> None:
+    resource = make_consent()
+    if patient is None:
+        del resource["patient"]
+    else:
+        resource["patient"] = patient
+    with pytest.raises(InvalidResource) as info:
+        grants_from_consent(resource)
+    assert info.value.expression == ["Consent.patient.identifier"]
+
+
+@pytest.mark.parametrize(("element", "expression"), [("id", "Consent.id"), ("status", "Consent.status")])
+def test_id_and_status_are_required(element: str, expression: str) -> None:
+    resource = make_consent()
+    del resource[element]
+    with pytest.raises(InvalidResource) as info:
+        grants_from_consent(resource)
+    assert info.value.expression == [expression]
+
+
+def test_other_resource_types_are_refused() -> None:
+    with pytest.raises(InvalidResource):
+        grants_from_consent(make_consent(resourceType="Provenance"))
+
+
+def test_missing_provision_grants_nothing() -> None:
+    resource = make_consent()
+    del resource["provision"]
+    [g] = grants_from_consent(resource)
+    assert g.decision == "deny" and g.purposes == frozenset()
+    assert not permitted(resource, "TREAT", NOW)
+    # it neither permits nor denies: a document photo stays readable for care
+    assert decide(PurposeOfUse("TREAT"), facts(PhotoKind.DOCUMENT), [g], _tables(), NOW).permitted
+
+
+def test_provision_without_type_is_a_permit() -> None:
+    g = grant_from_consent(make_consent({"purpose": purpose("TREAT")}))
+    assert g.decision == "permit" and g.purposes == frozenset({"TREAT"})
+
+
+def test_invalid_provision_type_is_refused() -> None:
+    with pytest.raises(InvalidResource) as info:
+        grants_from_consent(make_consent({"type": "maybe"}))
+    assert info.value.expression == ["Consent.provision.type"]
+
+
+def test_permit_without_purpose_permits_nothing() -> None:
+    resource = make_consent({"type": "permit"})
+    assert grant_from_consent(resource).purposes == frozenset()
+    assert not permitted(resource, "TREAT", NOW)
+
+
+def test_purposes_from_other_systems_are_ignored_on_a_permit() -> None:
+    codings = [*purpose("TRAIN"), *purpose("EDU", system="urn:x")]
+    resource = make_consent({"type": "permit", "purpose": codings})
+    assert grant_from_consent(resource).purposes == frozenset({"TRAIN"})
+
+
+def test_deny_without_purpose_denies_every_purpose() -> None:
+    g = grant_from_consent(make_consent({"type": "deny"}))
+    assert g.decision == "deny" and g.purposes == frozenset({ANY_PURPOSE})
+
+
+def test_deny_with_a_foreign_purpose_denies_every_purpose() -> None:
+    g = grant_from_consent(make_consent({"type": "deny", "purpose": purpose("LOCAL", system="urn:x")}))
+    assert g.purposes == frozenset({ANY_PURPOSE})
+
+
+# -- period ------------------------------------------------------------------------------------------
+
+def test_date_only_end_is_inclusive_through_that_day() -> None:
+    resource = make_consent({"type": "permit", "purpose": purpose("TRAIN"),
+                             "period": {"start": "2025-06-01", "end": "2025-06-30"}})
+    g = grant_from_consent(resource)
+    assert g.period_end == datetime(2025, 6, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    assert permitted(resource, "TRAIN", datetime(2025, 6, 30, 23, 59, tzinfo=UTC))
+    assert not permitted(resource, "TRAIN", datetime(2025, 7, 1, tzinfo=UTC))
+    assert permitted(resource, "TRAIN", datetime(2025, 6, 1, tzinfo=UTC))
+    assert not permitted(resource, "TRAIN", datetime(2025, 5, 31, 23, 59, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(("end", "last"), [
+    ("2024-02", datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC)),
+    ("2025", datetime(2025, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    ("2025-03-01T10:00:00+01:00", datetime(2025, 3, 1, 9, 0, tzinfo=UTC)),
+    ("2025-03-01T10:00:00Z", datetime(2025, 3, 1, 10, 0, tzinfo=UTC)),
+    ("2025-03-01T10:00:00", datetime(2025, 3, 1, 10, 0, tzinfo=UTC)),
+])
+def test_period_end_precision_and_time_zones(end: str, last: datetime) -> None:
+    provision = {"type": "permit", "purpose": purpose("TREAT"), "period": {"end": end}}
+    g = grant_from_consent(make_consent(provision))
+    assert g.period_end == last and g.period_end.tzinfo is not None and g.period_start is None
+
+
+def test_offset_is_kept_on_start() -> None:
+    g = grant_from_consent(make_consent({"type": "permit", "period": {"start": "2025-03-01T10:00:00+02:00"}}))
+    assert g.period_start == datetime(2025, 3, 1, 10, tzinfo=timezone(timedelta(hours=2)))
+
+
+@pytest.mark.parametrize("value", ["2025-13-01", "yesterday", 20250101, "2025-02-30"])
+def test_invalid_period_is_refused(value: Any) -> None:
+    with pytest.raises(InvalidResource) as info:
+        grants_from_consent(make_consent({"type": "permit", "period": {"end": value}}))
+    assert info.value.expression == ["Consent.provision.period.end"]
+
+
+# -- data scope --------------------------------------------------------------------------------------
+
+def test_data_references_scope_the_grant() -> None:
+    resource = make_consent({"type": "permit", "purpose": purpose("TRAIN"), "data": [
+        {"meaning": "instance", "reference": {"reference": "Media/m1/_history/2"}},
+        {"meaning": "related", "reference": {"reference": "Media/m3"}}]})
+    assert grant_from_consent(resource).data_refs == frozenset({"Media/m1", "Media/m3"})
+    assert permitted(resource, "TRAIN", NOW)
+    assert not permitted(resource, "TRAIN", NOW, governed_by="Media/m2")
+
+
+def test_permit_scoped_only_to_data_we_cannot_match_permits_nothing() -> None:
+    resource = make_consent({"type": "permit", "purpose": purpose("TRAIN"), "data": [
+        {"meaning": "instance", "reference": {"identifier": {"system": "urn:x", "value": "1"}}}]})
+    assert grant_from_consent(resource).purposes == frozenset()
+
+
+def test_deny_scoped_to_data_we_cannot_match_applies_to_all_data() -> None:
+    resource = make_consent({"type": "deny", "purpose": purpose("TRAIN"), "data": [
+        {"meaning": "instance", "reference": {"reference": "Media/m2"}},
+        {"meaning": "instance", "reference": {"identifier": {"system": "urn:x", "value": "1"}}}]})
+    assert grant_from_consent(resource).data_refs == frozenset()
+
+
+# -- restrictions we cannot evaluate -----------------------------------------------------------------
+
+@pytest.mark.parametrize("restriction", [
+    {"actor": [{"role": {"text": "x"}, "reference": {"reference": "Practitioner/1"}}]},
+    {"class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]},
+    {"securityLabel": [{"system": "urn:x", "code": "R"}]},
+    {"dataPeriod": {"start": "2024-01-01"}},
+    {"action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                             "code": "collect"}]}]},
+])
+def test_unevaluable_restriction_makes_a_permit_permit_nothing_and_a_deny_deny_more(
+        restriction: dict[str, Any]) -> None:
+    permit = grant_from_consent(make_consent({"type": "permit", "purpose": purpose("TREAT"), **restriction}))
+    assert permit.purposes == frozenset()
+    deny = grant_from_consent(make_consent({"type": "deny", "purpose": purpose("TREAT"), **restriction}))
+    assert deny.purposes == frozenset({"TREAT"})
+
+
+def test_access_action_is_evaluable() -> None:
+    action = [{"coding": [{"system": CONSENT_ACTION, "code": "access"}]}]
+    g = grant_from_consent(make_consent({"type": "permit", "purpose": purpose("TREAT"), "action": action}))
+    assert g.purposes == frozenset({"TREAT"})
+
+
+# -- nested provisions -------------------------------------------------------------------------------
+
+def _with_nested(*nested: dict[str, Any], purposes: tuple[str, ...] = ("TREAT", "TRAIN")) -> dict[str, Any]:
+    return make_consent({"type": "permit", "period": {"start": "2025-01-01", "end": "2025-12-31"},
+                         "purpose": purpose(*purposes), "provision": list(nested)})
+
+
+def test_nested_deny_becomes_a_deny_grant_that_wins() -> None:
+    resource = _with_nested({"type": "deny", "purpose": purpose("TRAIN")})
+    top, deny = grants_from_consent(resource)
+    assert top.decision == "permit" and top.purposes == frozenset({"TREAT", "TRAIN"})
+    assert deny.decision == "deny" and deny.purposes == frozenset({"TRAIN"}) and deny.id == "c1"
+    assert permitted(resource, "TREAT", NOW) and not permitted(resource, "TRAIN", NOW)
+
+
+def test_nested_deny_inherits_purposes_and_data_and_is_clipped_to_the_parent_period() -> None:
+    resource = _with_nested({"type": "deny", "period": {"start": "2024-06-01", "end": "2026-06-01"},
+                             "data": [{"meaning": "instance", "reference": {"reference": "Media/m2"}}]})
+    _, deny = grants_from_consent(resource)
+    assert deny.purposes == frozenset({"TREAT", "TRAIN"}) and deny.data_refs == frozenset({"Media/m2"})
+    assert deny.period_start == datetime(2025, 1, 1, tzinfo=UTC)
+    assert deny.period_end == datetime(2025, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert permitted(resource, "TREAT", NOW) and not permitted(resource, "TREAT", NOW, governed_by="Media/m2")
+
+
+def test_nested_provision_without_type_negates_a_permit() -> None:
+    _, deny = grants_from_consent(_with_nested({"purpose": purpose("TRAIN")}))
+    assert deny.decision == "deny" and deny.purposes == frozenset({"TRAIN"})
+
+
+def test_nested_permit_exception_under_a_deny_is_not_honoured() -> None:
+    resource = make_consent({"type": "deny", "provision": [{"type": "permit", "purpose": purpose("TREAT")}]})
+    grants = grants_from_consent(resource)
+    assert [g.decision for g in grants] == ["deny"]
+    assert not permitted(resource, "TREAT", NOW)
+
+
+def test_deeply_nested_deny_is_found() -> None:
+    resource = _with_nested({"type": "permit", "purpose": purpose("TRAIN"),
+                             "provision": [{"type": "deny", "purpose": purpose("TRAIN")}]})
+    assert [g.decision for g in grants_from_consent(resource)] == ["permit", "deny"]
+    assert not permitted(resource, "TRAIN", NOW)
+
+
+def test_grant_from_consent_refuses_to_drop_nested_denials() -> None:
+    with pytest.raises(NotSupported):
+        grant_from_consent(_with_nested({"type": "deny", "purpose": purpose("TRAIN")}))
+
+
+def test_withdrawn_consent_keeps_its_status() -> None:
+    resource = make_consent(status="inactive")
+    assert grant_from_consent(resource).status == "inactive"
+    assert not permitted(resource, "TREAT", NOW)
+    tables = _tables()
+    on = dataclasses.replace(tables, policy=tables.policy.model_copy(
+        update={"consent": tables.policy.consent.model_copy(update={"care_after_withdrawal": True})}))
+    assert decide(PurposeOfUse("TREAT"), facts(), grants_from_consent(resource), on, NOW).permitted
+
+
+@pytest.mark.parametrize(("element", "value", "expression"), [
+    ("provision", [], "Consent.provision"),
+    ("extension", {}, "Consent.extension"),
+])
+def test_malformed_elements_are_refused(element: str, value: Any, expression: str) -> None:
+    with pytest.raises(InvalidResource) as info:
+        grants_from_consent(make_consent(**{element: value}))
+    assert info.value.expression == [expression]

@@ -1,0 +1,389 @@
+"""The ingest rules (adapter.consent.ingest): one test or more per row of the guidance's table."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapter.consent import IngestAssessment, assess_ingest
+from adapter.consent.ingest import PENDING_WARNING, PENDING_WARNING_NO_BREAK_GLASS
+from adapter.errors import (
+    AdapterError,
+    BusinessRuleViolation,
+    ConsentRequired,
+    RequiredElementMissing,
+    UnknownCode,
+)
+from adapter.mapping.tables import Tables, load_tables
+from adapter.model.consent import ConsentGrant
+from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoMetadata
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+MRN = "urn:example:mrn"
+PATIENT = Identifier(system=MRN, value="P-123")
+SECONDARY_WARNING = ("Secondary image: a photograph of an image or trace shown on another platform. "
+                     "Review the original on its platform before diagnosis.")
+
+
+@functools.cache
+def _loaded() -> Tables:
+    return load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
+
+
+def make_tables(*, consent: dict[str, Any] | None = None, break_glass: dict[str, Any] | None = None,
+                devices: dict[str, Any] | None = None) -> Tables:
+    base = _loaded()
+    update: dict[str, Any] = {}
+    if consent:
+        update["consent"] = base.policy.consent.model_copy(update=consent)
+    if break_glass:
+        update["break_glass"] = base.policy.break_glass.model_copy(update=break_glass)
+    if devices:
+        update["devices"] = base.policy.devices.model_copy(update=devices)
+    return dataclasses.replace(base, policy=base.policy.model_copy(update=update))
+
+
+_UNSET: Any = object()
+
+
+def make_meta(*, kind: str = "clinical", source: str = "clinician", consent: Any = _UNSET,
+              **extra: Any) -> PhotoMetadata:
+    """Metadata as a capture app sends it; by default a clinician's clinical photo with written
+    consent for TREAT."""
+    data: dict[str, Any] = {"patient": {"system": MRN, "value": PATIENT.value},
+                            "kind": kind, "source": source}
+    data["consent"] = {"purposes": ["TREAT"], "method": "written"} if consent is _UNSET else consent
+    if data["consent"] is None:
+        del data["consent"]
+    data.update(extra)
+    return PhotoMetadata.model_validate(data)
+
+
+def make_grant(*purposes: str, id: str = "c1", status: str = "active", decision: str = "permit",
+               start: datetime | None = NOW - timedelta(days=30), end: datetime | None = None,
+               data_refs: tuple[str, ...] = (), patient: Identifier = PATIENT,
+               method: ConsentMethod | None = ConsentMethod.WRITTEN, implied: bool = False) -> ConsentGrant:
+    return ConsentGrant(id=id, patient=patient, status=status, decision=decision,
+                        purposes=frozenset(purposes),
+                        method=method, period_start=start, period_end=end, data_refs=frozenset(data_refs),
+                        implied=implied)
+
+
+def assess(meta: PhotoMetadata, existing: tuple[ConsentGrant, ...] = (), tables: Tables | None = None,
+           now: datetime = NOW) -> IngestAssessment:
+    return assess_ingest(meta, existing, tables or make_tables(), now)
+
+
+def refused(meta: PhotoMetadata, existing: tuple[ConsentGrant, ...] = (),
+            tables: Tables | None = None) -> AdapterError:
+    with pytest.raises(AdapterError) as info:
+        assess(meta, existing, tables)
+    err = info.value
+    assert PATIENT.value not in err.diagnostics
+    return err
+
+
+CLEAN = IngestAssessment(consent_pending=False, implied_purposes=(), warnings=(), notes=())
+
+
+# -- clinical photo, TREAT ---------------------------------------------------------------------------
+
+def test_clinical_with_written_consent_for_treat_is_accepted() -> None:
+    assert assess(make_meta()) == CLEAN
+
+
+def test_clinical_with_verbal_consent_is_accepted_by_default() -> None:
+    assert assess(make_meta(consent={"purposes": ["TREAT"], "method": "verbal"})) == CLEAN
+
+
+def test_clinical_without_consent_is_refused() -> None:
+    err = refused(make_meta(consent=None))
+    assert type(err) is ConsentRequired and err.issue_type == "business-rule"
+    assert err.expression == ["consent"]
+    assert "documented consent for TREAT" in err.diagnostics
+    assert "no consent was given" in err.diagnostics and "no active Consent" in err.diagnostics
+
+
+def test_clinical_with_consent_that_lacks_treat_is_refused() -> None:
+    err = refused(make_meta(consent={"purposes": ["TRAIN"], "method": "written"}))
+    assert type(err) is ConsentRequired and err.expression == ["consent.purposes"]
+    assert "lists TRAIN but not TREAT" in err.diagnostics
+
+
+def test_consent_for_a_child_of_treat_is_not_consent_for_treat() -> None:
+    err = refused(make_meta(consent={"purposes": ["COC"], "method": "written"}))
+    assert err.expression == ["consent.purposes"]
+
+
+def test_clinical_without_statement_but_active_consent_on_file_is_accepted() -> None:
+    assert assess(make_meta(consent=None), (make_grant("TREAT"),)) == CLEAN
+
+
+def test_statement_without_treat_is_completed_by_consent_on_file() -> None:
+    meta = make_meta(consent={"purposes": ["TRAIN"], "method": "written"})
+    assert assess(meta, (make_grant("TREAT"),)) == CLEAN
+
+
+@pytest.mark.parametrize("grant", [
+    make_grant("TREAT", patient=Identifier(system=MRN, value="P-999")),
+    make_grant("TREAT", status="inactive"),
+    make_grant("TREAT", status="draft"),
+    make_grant("TREAT", start=NOW + timedelta(days=1)),
+    make_grant("TREAT", end=NOW - timedelta(seconds=1)),
+    make_grant("TREAT", data_refs=("Media/m0",)),
+    make_grant("COC"),
+    make_grant("TRAIN"),
+    make_grant("TREAT", decision="deny"),
+], ids=["other-patient", "withdrawn", "draft", "not-yet", "expired", "other-record", "coc", "train", "deny"])
+def test_consent_on_file_that_does_not_apply_is_no_basis(grant: ConsentGrant) -> None:
+    err = refused(make_meta(consent=None), (grant,))
+    assert type(err) is ConsentRequired and err.expression == ["consent"]
+
+
+def test_active_deny_of_treat_refuses_even_with_a_statement() -> None:
+    err = refused(make_meta(), (make_grant("TREAT", decision="deny"),))
+    assert type(err) is ConsentRequired and "denies TREAT" in err.diagnostics
+
+
+def test_active_deny_of_treat_is_not_bypassed_by_pending() -> None:
+    tables = make_tables(consent={"allow_pending": True})
+    with pytest.raises(ConsentRequired):
+        assess(make_meta(consent=None), (make_grant("TREAT", decision="deny"),), tables)
+
+
+def test_deny_of_another_purpose_does_not_block_ingest() -> None:
+    assert assess(make_meta(), (make_grant("TRAIN", decision="deny"),)) == CLEAN
+
+
+# -- consent pending ---------------------------------------------------------------------------------
+
+def test_clinical_without_consent_is_kept_pending_when_policy_allows() -> None:
+    a = assess(make_meta(consent=None), tables=make_tables(consent={"allow_pending": True}))
+    assert a.consent_pending and a.warnings == (PENDING_WARNING,) and a.implied_purposes == ()
+
+
+def test_pending_warning_says_when_break_glass_is_disabled() -> None:
+    tables = make_tables(consent={"allow_pending": True}, break_glass={"enabled": False})
+    a = assess(make_meta(consent=None), tables=tables)
+    assert a.consent_pending and a.warnings == (PENDING_WARNING_NO_BREAK_GLASS,)
+
+
+def test_pending_is_not_used_when_consent_is_present() -> None:
+    assert assess(make_meta(), tables=make_tables(consent={"allow_pending": True})) == CLEAN
+
+
+# -- document and secondary photos -------------------------------------------------------------------
+
+def test_document_without_consent_is_accepted() -> None:
+    assert assess(make_meta(kind="document", consent=None)) == CLEAN
+
+
+def test_secondary_without_consent_is_accepted_with_warning_and_note() -> None:
+    a = assess(make_meta(kind="secondary", consent=None))
+    assert not a.consent_pending
+    assert a.warnings == (SECONDARY_WARNING,) and a.notes == (SECONDARY_WARNING,)
+    assert make_tables().kinds[PhotoKind.SECONDARY].warning == SECONDARY_WARNING
+
+
+@pytest.mark.parametrize("kind", ["document", "secondary"])
+def test_document_and_secondary_are_never_pending(kind: str) -> None:
+    a = assess(make_meta(kind=kind, consent=None), tables=make_tables(consent={"allow_pending": True}))
+    assert not a.consent_pending
+
+
+# -- source patient: implied consent -----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["clinical", "document", "secondary"])
+def test_patient_sent_photo_implies_consent_for_treat_only(kind: str) -> None:
+    a = assess(make_meta(kind=kind, source="patient", consent=None))
+    assert a.implied_purposes == ("TREAT",) and not a.consent_pending
+
+
+def test_implied_purposes_follow_the_policy() -> None:
+    tables = make_tables(consent={"patient_implied_purposes": ["TREAT", "COC"]})
+    a = assess(make_meta(source="patient", consent=None), tables=tables)
+    assert a.implied_purposes == ("TREAT", "COC")
+
+
+def test_implied_consent_that_does_not_cover_treat_is_no_basis() -> None:
+    tables = make_tables(consent={"patient_implied_purposes": ["COC"]})
+    err = refused(make_meta(source="patient", consent=None), tables=tables)
+    assert type(err) is ConsentRequired and "implied consent covers COC but not TREAT" in err.diagnostics
+
+
+def test_patient_explicit_consent_governs_and_may_include_training() -> None:
+    meta = make_meta(source="patient", consent={"purposes": ["TREAT", "TRAIN"], "method": "written"})
+    assert assess(meta) == CLEAN
+
+
+def test_patient_explicit_consent_without_treat_is_refused_for_clinical() -> None:
+    meta = make_meta(source="patient", consent={"purposes": ["TRAIN"], "method": "written"})
+    assert refused(meta).expression == ["consent.purposes"]
+
+
+def test_patient_statement_of_implied_consent_for_care_is_accepted() -> None:
+    meta = make_meta(source="patient", consent={"purposes": ["TREAT"], "method": "implied"})
+    assert assess(meta) == CLEAN
+
+
+@pytest.mark.parametrize("code", ["TRAIN", "HRESCH", "ETREAT"])
+def test_implied_consent_cannot_cover_non_care_purposes(code: str) -> None:
+    meta = make_meta(source="patient", consent={"purposes": ["TREAT", code], "method": "implied"})
+    err = refused(meta)
+    assert type(err) is ConsentRequired and err.expression == ["consent.purposes[1]"]
+
+
+@pytest.mark.parametrize("source", ["clinician", "colleague-internal", "colleague-external"])
+@pytest.mark.parametrize("kind", ["clinical", "document"])
+def test_implied_consent_only_comes_from_the_patient(source: str, kind: str) -> None:
+    meta = make_meta(kind=kind, source=source, consent={"purposes": ["TREAT"], "method": "implied"},
+                     colleague={"name": "Dr A", "discussionNote": "seen together"})
+    err = refused(meta)
+    assert type(err) is ConsentRequired and err.expression == ["consent.method"]
+
+
+# -- colleague sources -------------------------------------------------------------------------------
+
+def test_internal_colleague_photo_is_accepted_with_consent() -> None:
+    assert assess(make_meta(source="colleague-internal", colleague={"name": "Dr A"})) == CLEAN
+
+
+def test_internal_colleague_discussion_note_goes_on_the_record() -> None:
+    meta = make_meta(source="colleague-internal",
+                     colleague={"name": "Dr A", "discussionNote": "wound check on ward 3"})
+    assert assess(meta).notes == ("Discussed with Dr A: wound check on ward 3",)
+
+
+def test_internal_colleague_still_needs_consent_for_clinical_photos() -> None:
+    err = refused(make_meta(source="colleague-internal", consent=None, colleague={"name": "Dr A"}))
+    assert type(err) is ConsentRequired
+
+
+@pytest.mark.parametrize("source", ["colleague-internal", "colleague-external"])
+def test_colleague_source_needs_colleague(source: str) -> None:
+    err = refused(make_meta(source=source))
+    assert type(err) is RequiredElementMissing and err.expression == ["colleague"]
+    assert err.issue_type == "required"
+
+
+def test_external_colleague_with_discussion_note_is_accepted_with_note() -> None:
+    meta = make_meta(source="colleague-external",
+                     colleague={"name": "Dr B", "organisation": "Clinic C",
+                                "discussionNote": "referred for review"})
+    a = assess(meta)
+    assert a.notes == ("Discussed with Dr B (Clinic C): referred for review",) and a.warnings == ()
+
+
+@pytest.mark.parametrize("note", [None, "", "   "])
+def test_external_colleague_without_discussion_note_is_refused(note: str | None) -> None:
+    colleague: dict[str, Any] = {"name": "Dr B", "organisation": "Clinic C"}
+    if note is not None:
+        colleague["discussionNote"] = note
+    err = refused(make_meta(source="colleague-external", colleague=colleague))
+    assert type(err) is RequiredElementMissing and err.expression == ["colleague.discussionNote"]
+
+
+def test_external_colleague_secondary_image_gets_both_notes() -> None:
+    meta = make_meta(kind="secondary", source="colleague-external", consent=None,
+                     colleague={"name": "Dr B", "discussionNote": "ECG discussed by phone"})
+    a = assess(meta)
+    assert a.notes == ("Discussed with Dr B: ECG discussed by phone", SECONDARY_WARNING)
+
+
+# -- written consent required ------------------------------------------------------------------------
+
+WRITTEN = {"written_required": True}
+
+
+def test_written_required_refuses_verbal_for_clinical() -> None:
+    verbal = make_meta(consent={"purposes": ["TREAT"], "method": "verbal"})
+    err = refused(verbal, tables=make_tables(consent=WRITTEN))
+    assert type(err) is ConsentRequired and err.expression == ["consent.method"]
+    assert "written" in err.diagnostics
+
+
+def test_written_required_refuses_verbal_even_when_pending_is_allowed() -> None:
+    tables = make_tables(consent={"written_required": True, "allow_pending": True})
+    with pytest.raises(ConsentRequired):
+        assess(make_meta(consent={"purposes": ["TREAT"], "method": "verbal"}), tables=tables)
+
+
+def test_written_required_accepts_written_for_clinical() -> None:
+    assert assess(make_meta(), tables=make_tables(consent=WRITTEN)) == CLEAN
+
+
+@pytest.mark.parametrize("kind", ["document", "secondary"])
+def test_written_required_does_not_apply_to_other_kinds(kind: str) -> None:
+    meta = make_meta(kind=kind, consent={"purposes": ["TREAT"], "method": "verbal"})
+    assert not assess(meta, tables=make_tables(consent=WRITTEN)).consent_pending
+
+
+def test_written_required_refuses_verbal_consent_on_file_as_only_basis() -> None:
+    existing = (make_grant("TREAT", method=ConsentMethod.VERBAL),)
+    err = refused(make_meta(consent=None), existing, make_tables(consent=WRITTEN))
+    assert type(err) is ConsentRequired and "not documented as written" in err.diagnostics
+
+
+def test_written_required_refuses_consent_on_file_of_unknown_method() -> None:
+    existing = (make_grant("TREAT", method=None),)
+    with pytest.raises(ConsentRequired):
+        assess(make_meta(consent=None), existing, make_tables(consent=WRITTEN))
+
+
+def test_written_required_accepts_written_consent_on_file() -> None:
+    existing = (make_grant("TREAT", id="v", method=ConsentMethod.VERBAL), make_grant("TREAT", id="w"))
+    assert assess(make_meta(consent=None), existing, make_tables(consent=WRITTEN)) == CLEAN
+
+
+def test_written_required_accepts_patient_implied_consent() -> None:
+    a = assess(make_meta(source="patient", consent=None), tables=make_tables(consent=WRITTEN))
+    assert a.implied_purposes == ("TREAT",)
+
+
+def test_verbal_consent_on_file_is_a_basis_by_default() -> None:
+    existing = (make_grant("TREAT", method=ConsentMethod.VERBAL),)
+    assert assess(make_meta(consent=None), existing) == CLEAN
+
+
+# -- devices -----------------------------------------------------------------------------------------
+
+def test_personal_device_is_refused_when_policy_forbids() -> None:
+    err = refused(make_meta(device="personal"), tables=make_tables(devices={"personal_allowed": False}))
+    assert type(err) is BusinessRuleViolation and err.expression == ["device"]
+
+
+@pytest.mark.parametrize("device", ["organisation", None])
+def test_other_devices_are_accepted_when_personal_is_forbidden(device: str | None) -> None:
+    meta = make_meta(device=device) if device else make_meta()
+    assert assess(meta, tables=make_tables(devices={"personal_allowed": False})) == CLEAN
+
+
+def test_personal_device_is_accepted_by_default() -> None:
+    assert assess(make_meta(device="personal")) == CLEAN
+
+
+# -- codes and hygiene -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code", ["EDU", "treat", "PurposeOfUse"])
+def test_unknown_purpose_code_is_refused_with_its_position(code: str) -> None:
+    err = refused(make_meta(consent={"purposes": ["TREAT", code], "method": "written"}))
+    assert type(err) is UnknownCode and err.expression == ["consent.purposes[1]"]
+    assert err.issue_type == "code-invalid"
+
+
+def test_statement_for_non_care_purposes_is_accepted_alongside_treat() -> None:
+    meta = make_meta(consent={"purposes": ["TREAT", "TRAIN", "HRESCH"], "method": "written"})
+    assert assess(meta) == CLEAN
+
+
+def test_naive_now_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        assess(make_meta(), now=datetime(2025, 6, 1, 12, 0))

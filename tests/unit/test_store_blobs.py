@@ -1,0 +1,143 @@
+"""FileBlobStore: content addresses, durable commits, idempotency, staging hygiene."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from adapter.config import StoreOptions
+from adapter.errors import InvalidInput, NotFound, StorageError
+from adapter.store import blobs as blobs_module
+from adapter.store.blobs import FileBlobStore
+
+pytestmark = pytest.mark.unit
+
+
+def make_store(tmp_path: Path) -> FileBlobStore:
+    return FileBlobStore(StoreOptions(database_url="sqlite:///unused.db", data_dir=tmp_path / "data"))
+
+
+def stage(store: FileBlobStore, content: bytes) -> tuple[Path, str]:
+    path = store.new_staging_path()
+    path.write_bytes(content)
+    return path, hashlib.sha256(content).hexdigest()
+
+
+def test_folders_are_created(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    assert (tmp_path / "data" / "blobs").is_dir()
+    assert (tmp_path / "data" / "staging").is_dir()
+
+
+def test_staging_paths_are_fresh_and_inside_staging(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    a, b = store.new_staging_path(), store.new_staging_path()
+    assert a != b
+    assert a.parent == b.parent == (tmp_path / "data" / "staging").resolve()
+
+
+def test_commit_moves_the_bytes_to_their_content_address(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    staged, sha = stage(store, b"jpeg bytes")
+    final = store.commit(staged, sha)
+    assert final == (tmp_path / "data" / "blobs" / sha[:2] / sha[2:4] / sha).resolve()
+    assert final.read_bytes() == b"jpeg bytes"
+    assert not staged.exists()
+    assert store.exists(sha)
+    assert store.path(sha) == final
+
+
+def test_commit_is_idempotent(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    staged, sha = stage(store, b"same")
+    final = store.commit(staged, sha)
+    again, _ = stage(store, b"same")
+    assert store.commit(again, sha) == final
+    assert not again.exists()
+    assert store.commit(staged, sha) == final  # already moved: still fine
+    assert final.read_bytes() == b"same"
+    assert list((tmp_path / "data" / "staging").iterdir()) == []
+
+
+def test_commit_fsyncs_file_before_rename_and_folders_after(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_store(tmp_path)
+    events: list[tuple[str, Path]] = []
+    real_file, real_dir, real_replace = blobs_module._fsync_file, blobs_module._fsync_dir, os.replace
+
+    def fsync_file(path: Path) -> None:
+        events.append(("fsync", Path(path)))
+        real_file(path)
+
+    def fsync_dir(path: Path) -> None:
+        events.append(("fsync-dir", Path(path)))
+        real_dir(path)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append(("replace", Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(blobs_module, "_fsync_file", fsync_file)
+    monkeypatch.setattr(blobs_module, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(blobs_module.os, "replace", replace)
+    staged, sha = stage(store, b"durable")
+    final = store.commit(staged, sha)
+    blob_root = (tmp_path / "data" / "blobs").resolve()
+    assert events == [
+        ("fsync", staged),
+        ("fsync-dir", blob_root),               # new shard folder sha[:2]
+        ("fsync-dir", blob_root / sha[:2]),     # new shard folder sha[2:4]
+        ("replace", final),
+        ("fsync-dir", final.parent),
+        ("fsync-dir", staged.parent),
+    ]
+
+
+def test_discard(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    staged, _ = stage(store, b"aborted upload")
+    store.discard(staged)
+    assert not staged.exists()
+    store.discard(staged)  # absent: no error
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("keep")
+    with pytest.raises(ValueError):
+        store.discard(outside)
+    assert outside.exists()
+
+
+def test_missing_and_malformed_addresses(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    with pytest.raises(NotFound):
+        store.path("0" * 64)
+    assert not store.exists("0" * 64)
+    for bad in ("../../etc/passwd", "A" * 64, "0" * 63, ""):
+        assert not store.exists(bad)
+        with pytest.raises(NotFound):
+            store.path(bad)
+    staged, _ = stage(store, b"x")
+    with pytest.raises(InvalidInput):
+        store.commit(staged, "../" + "0" * 61)
+    assert staged.exists()
+
+
+def test_commit_of_a_missing_staged_file_fails(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    with pytest.raises(StorageError):
+        store.commit(store.new_staging_path(), "1" * 64)
+    assert not store.exists("1" * 64)
+
+
+def test_stale_staged_files_are_removed_on_start(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    stale, _ = stage(store, b"old")
+    fresh, _ = stage(store, b"new")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    make_store(tmp_path)
+    assert not stale.exists()
+    assert fresh.exists()
