@@ -119,6 +119,10 @@ class Conflict(AdapterError):
     issue_type = "conflict"
 
 
+class PreconditionFailed(Conflict):
+    """If-Match names a version that is not current (HTTP 412)."""
+
+
 class Transient(AdapterError):
     """A temporary failure (storage busy, peer unavailable); the client may retry."""
 
@@ -145,6 +149,6 @@ __all__ = [
     "AdapterError", "InvalidInput", "InvalidResource", "RequiredElementMissing", "UnknownCode",
     "BusinessRuleViolation", "ConsentRequired", "UnsupportedMediaType", "NotSupported",
     "UndecodableImage", "ImageTooLarge", "PayloadTooLarge", "Forbidden", "PurposeOfUseMissing",
-    "UnknownPurposeOfUse", "NotFound", "Conflict", "Transient", "StorageError", "PolicyError",
+    "UnknownPurposeOfUse", "NotFound", "Conflict", "PreconditionFailed", "Transient", "StorageError", "PolicyError",
     "ConfigurationError",
 ]

@@ -38,7 +38,7 @@ COMMENT = "Ward 7 bed 3, photo by Jane Example"
 MAKE, MODEL = "ExampleCam", "EC-12 Pro"
 CAPTURE_TIME = "2024:05:17 10:23:45"
 CAPTURE_OFFSET = "+02:00"
-GPS_LATITUDE = ((51, 1), (30, 1), (2634, 100))     # 51°30'26.34" N
+X
 GPS_LONGITUDE = ((0, 1), (7, 1), (3981, 100))      # 0°7'39.81" W
 TRAILER = b"VENDOR-TRAILER\x00motion-photo placeholder for " + OWNER_NAME.encode()
 PRIVATE_PNG_CHUNK = b"prVt"
@@ -194,7 +194,12 @@ def insert_segments(jpeg: bytes, segments: list[tuple[int, bytes]]) -> bytes:
 
 
 def srgb_icc() -> bytes:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    """LittleCMS's built-in sRGB profile, made reproducible: the header's creation dateTime
+    (ICC.1 §7.2.8, bytes 24-35) is fixed and the profile ID (§7.2.18, bytes 84-99) zeroed."""
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[24:36] = struct.pack(">6H", 2024, 1, 1, 0, 0, 0)
+    icc[84:100] = bytes(16)
+    return bytes(icc)
 
 
 def _jpeg(im: Image.Image, **params: object) -> bytes:
@@ -224,7 +229,7 @@ def loaded_jpeg(im: Image.Image, *, quality: int, orientation: int = 6, mpf: boo
 # --------------------------------------------------------------------------- samples
 
 def make_wound(path: Path) -> None:
-    path.write_bytes(loaded_jpeg(photo((1600, 1200), seed=1, noise=0.06), quality=90))
+    path.write_bytes(loaded_jpeg(photo((1600, 1200), seed=1, noise=0.05), quality=90))
 
 
 def make_lesion(path: Path) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/install-peers.sh - install the project's test peers, idempotently (Debian 12, root).
 #
-#   tools/install-peers.sh            # peers' build output in ${PEERS:-<repo>/.peers}
+#   tools/install-peers.sh            # build output in $PEERS, else $PEERS_DIR, else <repo>/.peers
 #
 # Installs (only what is missing; `apt-get update` runs only when something is installed):
 #   dcmtk            storescu / storescp / echoscu / img2dcm / dcmdump / dcmdjpeg
@@ -20,7 +20,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-PEERS="${PEERS:-$repo/.peers}"
+PEERS="${PEERS:-${PEERS_DIR:-$repo/.peers}}"
 SHIM="$PEERS/lib/bind-localhost.so"
 PLUGIN="/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 

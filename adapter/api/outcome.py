@@ -37,6 +37,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.PurposeOfUseMissing: 403,
     e.NotFound: 404,
     e.Conflict: 409,
+    e.PreconditionFailed: 412,
     e.Transient: 503,
     e.StorageError: 503,
     e.PolicyError: 500,

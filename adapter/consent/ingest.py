@@ -37,7 +37,8 @@ from adapter.model.policy import Policy
 
 _COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
 
-PENDING_WARNING = "consent pending: readable only under break-glass"
+PENDING_WARNING = ("consent pending: readable only under break-glass until a Consent permitting TREAT "
+                   "is recorded")
 PENDING_WARNING_NO_BREAK_GLASS = ("consent pending: not readable until consent for TREAT is recorded "
                                   "(break-glass is disabled by policy)")
 

@@ -13,6 +13,7 @@ trailers) is cut off.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0
 # What decoding needs (T.81 B.2-B.5) for strip_to_pixels_only; APP14 and JFIF handled apart.
 _DECODING_MARKERS = SOF_MARKERS | {DQT, DHT, DAC, DRI, SOS, DNL, ECS}
 
+# FF followed by anything but a stuffed 00 or RSTm: a marker, or the start of a fill-byte run.
+_MARKER_CANDIDATE = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 _JFIF = b"JFIF\x00"
 _JFXX = b"JFXX\x00"
 _EXIF = b"Exif\x00"
@@ -256,26 +259,27 @@ def _scan_end(data: bytes, pos: int) -> int:
     """Offset of the marker that ends the entropy-coded data starting at ``pos`` (B.1.1.5).
 
     ``FF00`` is a stuffed data byte and ``FFD0``-``FFD7`` are restart markers, both part of
-    the data; a run of ``FF`` fill bytes belongs to whatever follows it (as in libjpeg).
-    ``bytes.find`` keeps this at C speed: only the ``FF`` bytes are visited in Python.
+    the data; a run of ``FF`` fill bytes belongs to whatever follows it (as in libjpeg's
+    ``jpeg_fill_bit_buffer``). The regex has a literal first byte, so ``re`` skips to each
+    candidate at C speed; only fill-byte runs are examined in Python.
     """
     n = len(data)
-    find = data.find
+    search = _MARKER_CANDIDATE.search
     while True:
-        i = find(b"\xff", pos)
-        if i < 0 or i + 1 >= n:
+        found = search(data, pos)
+        if found is None:
             raise UndecodableImage("JPEG scan data ends before EOI (truncated)")
-        j = i + 1
-        nxt = data[j]
-        while nxt == 0xFF:
+        i = found.start()
+        if data[i + 1] != 0xFF:
+            return i
+        j = i + 2
+        while j < n and data[j] == 0xFF:
             j += 1
-            if j >= n:
-                raise UndecodableImage("JPEG scan data ends before EOI (truncated)")
-            nxt = data[j]
-        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
-            pos = j + 1
-            continue
-        return i
+        if j >= n:
+            raise UndecodableImage("JPEG scan data ends before EOI (truncated)")
+        if data[j] != 0x00 and not 0xD0 <= data[j] <= 0xD7:
+            return i
+        pos = j + 1
 
 
 def _jfif_without_thumbnail(payload: bytes, removed: list[str]) -> bytes:

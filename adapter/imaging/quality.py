@@ -26,14 +26,18 @@ SHARPNESS_MIN_SIDE = 256
 def estimate_jpeg_quality(tables: Mapping[int, Sequence[int]]) -> int | None:
     """Invert the IJG (libjpeg ``jpeg_quality_scaling``) mapping for table 0.
 
-    IJG scales Table K.1 by ``S = 5000/Q`` (Q < 50) or ``S = 200 - 2Q`` percent. We take
-    ``S = 100 * sum(table) / sum(K.1)`` and invert. Encoders with their own tables (most
+    IJG scales Table K.1 by ``S = 5000/Q`` (Q < 50) or ``S = 200 - 2Q`` per cent and clamps
+    each entry to 1..255 (baseline). We estimate ``S = 100 * sum(q) / sum(K.1)`` over the
+    entries the clamps did not touch, then invert. Encoders with their own tables (most
     phones) land near the IJG quality that gives the same average step size.
     """
     luma = tables.get(0)
     if not luma or len(luma) != 64:
         return None
-    scale = 100.0 * sum(luma) / _K1_SUM
+    pairs = [(q, k) for q, k in zip(luma, _K1_LUMINANCE, strict=True) if 1 < q < 255]
+    if not pairs:
+        return 100 if max(luma) <= 1 else 1
+    scale = 100.0 * sum(q for q, _ in pairs) / sum(k for _, k in pairs)
     quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
     return max(1, min(100, round(quality)))
 

@@ -63,7 +63,7 @@ def searchset(entries: Sequence[JSON], *, total: int, self_url: str, next_url: s
     for resource in entries:
         resource_type = resource.get("resourceType")
         if not isinstance(resource_type, str):
-            raise ValueError("a Bundle entry needs a resourceType")
+            raise TypeError("a Bundle entry needs a resourceType")
         if fhir_version == "5" and resource_type == "Media":
             raise NotSupported("Media does not exist in FHIR R5; convert it to DocumentReference first")
         entry: JSON = {}

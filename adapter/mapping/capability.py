@@ -48,15 +48,22 @@ _IDENTIFIER = _Param("identifier", "token", "A record identifier, e.g. `urn:clin
 _STATUS = _Param("status", "token", "Resource status.")
 _TYPE = _Param("type", "token", "Type code.")
 _CATEGORY = _Param("category", "token", "Category, e.g. `urn:clinical-image-adapter:photo-kind|clinical`.")
+_MODALITY = _Param("modality", "token", "Acquisition modality, e.g. `http://dicom.nema.org/resources/ontology/DCM|XC`.")
+_KIND = _Param("kind", "token", "Photo kind (local parameter): `clinical`, `secondary` or `document`.")
+_COMMON = (_ID, _PATIENT, _SUBJECT)
 
-#: Search parameters per resource type; R4 and R5 share them except Media (R4 only).
+#: Search parameters per resource type, as the search service accepts them
+#: (adapter.services.search_params); unknown parameters are refused with 400.
 SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
-    "Media": (_ID, _PATIENT, _SUBJECT, _Param("created", "date", "When the photo was taken."),
-              _TYPE, _STATUS, _IDENTIFIER, _COUNT),
-    "DocumentReference": (_ID, _PATIENT, _SUBJECT, _Param("date", "date", "When the reference was created."),
-                          _TYPE, _CATEGORY, _STATUS, _IDENTIFIER, _COUNT),
-    "Consent": (_ID, _PATIENT, _STATUS, _CATEGORY, _IDENTIFIER, _COUNT),
-    "Provenance": (_ID, _PATIENT, _Param("target", "reference", "The record the provenance is about."), _COUNT),
+    "Media": (*_COMMON, _Param("created", "date", "When the photo was taken."),
+              _Param("date", "date", "As `created`."), _TYPE, _MODALITY, _CATEGORY, _STATUS, _IDENTIFIER,
+              _KIND, _COUNT),
+    "DocumentReference": (*_COMMON, _Param("date", "date", "When the reference was created."), _TYPE,
+                          _CATEGORY, _STATUS, _IDENTIFIER, _MODALITY, _KIND, _COUNT),
+    "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS, _CATEGORY,
+                _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT),
+    "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
+                   _Param("date", "date", "As `recorded`."), _COUNT),
 }
 _DOCUMENTATION = {
     "Media": "Clinical and secondary photos (R4). Read and search are filtered by consent and purpose of use.",

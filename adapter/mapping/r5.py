@@ -193,7 +193,8 @@ def _document_reference(r: JSON, patient: JSON | None) -> JSON:
     identifiers += list(r.get("identifier") or [])
     _put(out, "identifier", identifiers)
     _copy(out, r, ("status", "docStatus", "type", "category", "subject"))
-    ctx = r.get("context") if isinstance(r.get("context"), dict) else {}
+    raw_context = r.get("context")
+    ctx: JSON = raw_context if isinstance(raw_context, dict) else {}
     _put(out, "context", list(ctx.get("encounter") or []))
     _put(out, "event", [{"concept": e} for e in ctx.get("event") or [] if isinstance(e, dict)])
     _copy(out, ctx, ("facilityType", "practiceSetting", "period"))

@@ -135,7 +135,7 @@ def _generated(coding: Any) -> bool:
             or (system == codes.V3_OBSERVATION_VALUE and code in _INTEGRITY_LABELS))
 
 
-def _apply_labels(resource: JSON, stored: list[Any], labels: list[JSON]) -> None:
+def _apply_labels(resource: JSON, stored: list[Any], labels: list[JSON]) -> JSON:
     """Put ``labels`` in meta.security, keeping stored labels of other vocabularies (e.g.
     sensitivity codes) after them. A stored confidentiality more restrictive than the policy's
     wins: a relabelling intermediary must not lower a label (security-labels.html)."""
@@ -146,8 +146,11 @@ def _apply_labels(resource: JSON, stored: list[Any], labels: list[JSON]) -> None
         if confidentiality_rank(code) > confidentiality_rank(labels[0]["code"]):
             labels[0] = confidentiality_coding(code)
     kept = [copy.deepcopy(c) for c in stored if not _generated(c)]
-    meta = resource.setdefault("meta", {})
+    meta = dict(resource.get("meta") or {})
     meta["security"] = labels + kept
+    # meta goes where FHIR JSON puts it: after resourceType and id
+    head: JSON = {k: resource[k] for k in ("resourceType", "id") if k in resource}
+    return {**head, "meta": meta, **{k: v for k, v in resource.items() if k not in head and k != "meta"}}
 
 
 # --- building blocks ----------------------------------------------------------------------
@@ -529,8 +532,7 @@ def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer:
         out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer))
     meta = resource.get("meta")
     stored = meta.get("security") if isinstance(meta, dict) else None
-    _apply_labels(out, stored if isinstance(stored, list) else [], security_labels(decision, tables))
-    return out
+    return _apply_labels(out, stored if isinstance(stored, list) else [], security_labels(decision, tables))
 
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapter.consent import grants_from_consent
-from adapter.errors import InvalidInput, InvalidResource
+from adapter.errors import InvalidInput, InvalidResource, NotFound, PreconditionFailed
 from adapter.mapping.photo import index_resource
 from adapter.model.purpose import RequestContext
 from adapter.model.record import NewResource, StoredResource
@@ -66,6 +66,11 @@ class ConsentService:
             raise InvalidInput("the resource id must match the URL", expression="Consent.id")
         resource["id"] = id
         resource.pop("meta", None)
+        current = self._store.get("Consent", id)
+        if current is None:
+            raise NotFound(f"Consent/{id} is not known")
+        if if_match is not None and current.version_id != if_match:
+            raise PreconditionFailed(f"If-Match names version {if_match}; the current version differs")
         facts = consent_facts(id, resource)
         audit = self._auditor.event(ctx, interaction="update", action="U", permitted=True, reason=None,
                                     entities=[f"Consent/{id}"], patient=facts.patient if facts else None)

@@ -74,7 +74,7 @@ def parse_token(value: str, param: str) -> TokenCriterion:
         system, _, code = value.partition("|")
         if not code:
             raise NotSupported(f"{param}: a token with a system and no code is not supported")
-        return TokenCriterion(param=param, code=code, system=system or None)
+        return TokenCriterion(param=param, code=code, system=system)  # "" = no system (FHIR |code)
     return TokenCriterion(param=param, code=value)
 
 

@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from pathlib import Path
 
+import pydicom
+from PIL import Image
+from pydicom.encaps import generate_frames
 import pytest
+from pydicom.uid import JPEGBaseline8Bit
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import pydicom  # noqa: E402
-from PIL import Image  # noqa: E402
-from pydicom.encaps import generate_frames  # noqa: E402
-from pydicom.uid import JPEGBaseline8Bit  # noqa: E402
-
-from tests.support.dcmtk import StoreSCP, dcmtk_missing, echoscu, storescu, wrap_jpeg_as_sc  # noqa: E402
-from tests.support.orthanc import OrthancPeer, orthanc_missing  # noqa: E402
+from tests.support.dcmtk import StoreSCP, dcmtk_missing, echoscu, storescu, wrap_jpeg_as_sc
+from tests.support.orthanc import OrthancPeer, orthanc_missing
 
 pytestmark = pytest.mark.integration
 

@@ -347,6 +347,9 @@ def test_get_many_keeps_order_and_leaves_out_missing(store: SqlRecordStore) -> N
     assert [s.id for s in got] == ["c", "a", "b"]
     assert store.get_many("Media", []) == []
     assert store.get_many("Binary", ["a"]) == []
+    many = [f"missing-{n}" for n in range(1100)]
+    many[0], many[600], many[1099] = "b", "c", "a"  # across the 500-id chunks
+    assert [s.id for s in store.get_many("Media", many)] == ["b", "c", "a"]
 
 
 # -- search -----------------------------------------------------------------------------------

@@ -127,6 +127,9 @@ class StoreSCP:
                 self.stop()
                 if attempt == attempts - 1:
                     raise
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _start_once(self) -> None:

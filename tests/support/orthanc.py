@@ -7,8 +7,8 @@
         orthanc.dicom_port, orthanc.aet      # its C-STORE SCP
 
 Debian 12's Orthanc 1.10 has no bind-address option, so it is started with the LD_PRELOAD shim
-built by ``tools/install-peers.sh`` (``$PEERS/lib/bind-localhost.so``, PEERS defaults to
-``<repo>/.peers``), and after start-up ``ss`` must show it listening on loopback only, else it
+built by ``tools/install-peers.sh`` (``$PEERS/lib/bind-localhost.so``; ``$PEERS``, else ``$PEERS_DIR``,
+else ``<repo>/.peers``), and after start-up ``ss`` must show it listening on loopback only, else it
 is stopped and an error raised. ``TCP_NODELAY=1`` is put in its environment: Debian's DCMTK
 inside Orthanc keeps Nagle's algorithm on otherwise and every C-STORE stalls ~45 ms.
 
@@ -48,7 +48,8 @@ class PeerError(RuntimeError):
 
 
 def peers_dir() -> Path:
-    return Path(os.environ.get("PEERS") or REPO_ROOT / ".peers")
+    """Where tools/install-peers.sh put its output: $PEERS, else $PEERS_DIR, else <repo>/.peers."""
+    return Path(os.environ.get("PEERS") or os.environ.get("PEERS_DIR") or REPO_ROOT / ".peers")
 
 
 def shim_path() -> Path:
@@ -286,6 +287,9 @@ class OrthancPeer:
                 self.stop()
                 if attempt == attempts - 1:
                     raise
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _start_once(self) -> None:

@@ -1,0 +1,143 @@
+"""IHE BALP-shaped R4 AuditEvent (https://hl7.org/fhir/R4/auditevent.html,
+https://profiles.ihe.net/ITI/BALP/; standards.md §2.6).
+
+Every read, search and write, permitted or refused, becomes one AuditEvent:
+
+* type audit-event-type#rest, subtype restful-interaction#<interaction>, action R/C/U/D/E;
+* outcome ``0`` (success) or, for a refusal by the consent decision, ``4`` (minor failure) with
+  outcomeDesc = the reason; ``8``/``12`` for serious/major failures;
+* agent[client] and agent[server] with the DICOM role IDs BALP gives: when data flows to the
+  client (read, vread, search) the client is the Destination (DCM 110152) and the server the
+  Source (DCM 110153); when the client sends data (create, update, delete) it is the other way;
+* agent[user]: v3-ParticipationType IRCP (information recipient) for reads and searches, AUT
+  (author) for writes; requestor = true; purposeOfUse = the request's purpose of use;
+* source.observer = the adapter, type security-source-type#4 (application server);
+* entity[data] per resource: audit-entity-type#2 System Object, object-role#4 Domain Resource;
+  entity[patient]: #1 Person / #1 Patient with what.identifier; entity[query] for searches:
+  #2 / object-role#24 Query, ``query`` = the base64 query string; entity[transaction]: BALP
+  BasicAuditEntityType#XrequestId with what.identifier.value = X-Request-Id.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from collections.abc import Sequence
+from datetime import datetime
+
+from adapter.mapping.codes import (
+    ADAPTER_NAME,
+    AUDIT_ENTITY_TYPE,
+    AUDIT_EVENT_TYPE,
+    BALP_ENTITY_TYPE,
+    DCM,
+    OBJECT_ROLE,
+    RESTFUL_INTERACTION,
+    SECURITY_SOURCE_TYPE,
+    V3_PARTICIPATION_TYPE,
+)
+from adapter.mapping.fhir_r4 import JSON, coding, concept, fhir_instant
+from adapter.model.photo import Identifier
+
+INTERACTIONS = frozenset({"read", "vread", "search-type", "create", "update", "delete"})
+ACTIONS = frozenset({"C", "R", "U", "D", "E"})
+OUTCOMES = frozenset({"0", "4", "8", "12"})
+#: Interactions where data flows from the server to the client (BALP Read / Query).
+_TO_CLIENT = frozenset({"read", "vread", "search-type"})
+
+_SOURCE_ROLE = coding(DCM, "110153", "Source Role ID")
+_DESTINATION_ROLE = coding(DCM, "110152", "Destination Role ID")
+
+
+def _network(address: str) -> JSON:
+    """agent.network: type 2 (IP address) for an IP, 1 (machine name) otherwise."""
+    try:
+        ipaddress.ip_address(address)
+        kind = "2"
+    except ValueError:
+        kind = "1"
+    return {"address": address, "type": kind}
+
+
+def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: str | None, recorded: datetime,
+                client_address: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
+                entities: Sequence[str], patient: Identifier | None, query: bytes | None,
+                event_id: str | None = None) -> JSON:
+    """One BALP-shaped AuditEvent (see the module docstring).
+
+    ``purpose`` is (system, code) of the request's purpose of use; ``entities`` are literal
+    references ("Media/abc"); ``query`` the raw query string of a search.
+
+    Raises:
+        ValueError: an unknown interaction, action or outcome code, or a naive ``recorded``.
+    """
+    if interaction not in INTERACTIONS:
+        raise ValueError(f"unknown interaction {interaction!r}")
+    if action not in ACTIONS:
+        raise ValueError(f"unknown AuditEvent.action {action!r}")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown AuditEvent.outcome {outcome!r}")
+    to_client = interaction in _TO_CLIENT
+
+    client: JSON = {
+        "type": concept(_DESTINATION_ROLE if to_client else _SOURCE_ROLE),
+        "who": {"display": client_address or "unknown client"},
+        "requestor": False,
+    }
+    if client_address:
+        client["network"] = _network(client_address)
+    server: JSON = {
+        "type": concept(_SOURCE_ROLE if to_client else _DESTINATION_ROLE),
+        "who": {"display": ADAPTER_NAME},
+        "requestor": False,
+    }
+    user_role = coding(V3_PARTICIPATION_TYPE, "IRCP", "information recipient") if to_client \
+        else coding(V3_PARTICIPATION_TYPE, "AUT", "author (originator)")
+    user: JSON = {"type": concept(user_role), "who": {"display": actor or "anonymous"}, "requestor": True}
+    if purpose is not None:
+        user["purposeOfUse"] = [concept(coding(purpose[0], purpose[1]))]
+
+    entity: list[JSON] = [{
+        "what": {"reference": ref},
+        "type": coding(AUDIT_ENTITY_TYPE, "2", "System Object"),
+        "role": coding(OBJECT_ROLE, "4", "Domain Resource"),
+    } for ref in dict.fromkeys(entities)]
+    if patient is not None:
+        entity.append({
+            "what": {"identifier": {"system": patient.system, "value": patient.value}},
+            "type": coding(AUDIT_ENTITY_TYPE, "1", "Person"),
+            "role": coding(OBJECT_ROLE, "1", "Patient"),
+        })
+    if query is not None:
+        entity.append({
+            "type": coding(AUDIT_ENTITY_TYPE, "2", "System Object"),
+            "role": coding(OBJECT_ROLE, "24", "Query"),
+            "query": base64.b64encode(query).decode("ascii"),
+        })
+    if request_id:
+        entity.append({
+            "what": {"identifier": {"value": request_id}},
+            "type": coding(BALP_ENTITY_TYPE, "XrequestId"),
+        })
+
+    event: JSON = {"resourceType": "AuditEvent"}
+    if event_id:
+        event["id"] = event_id
+    event.update({
+        "type": coding(AUDIT_EVENT_TYPE, "rest", "RESTful Operation"),
+        "subtype": [coding(RESTFUL_INTERACTION, interaction, interaction)],
+        "action": action,
+        "recorded": fhir_instant(recorded),
+        "outcome": outcome,
+    })
+    if outcome_desc:
+        event["outcomeDesc"] = outcome_desc
+    event["agent"] = [client, server, user]
+    event["source"] = {"observer": {"display": ADAPTER_NAME},
+                       "type": [coding(SECURITY_SOURCE_TYPE, "4", "Application Server")]}
+    if entity:
+        event["entity"] = entity
+    return event
+
+
+__all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "audit_event"]

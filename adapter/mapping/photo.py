@@ -1,0 +1,342 @@
+"""Photo + metadata → R4 resources: the record (Media, or DocumentReference for photographed
+documents), its Binary, the Consents documented with it and its Provenance.
+
+Sources: https://hl7.org/fhir/R4/media.html, https://hl7.org/fhir/R4/documentreference.html,
+https://hl7.org/fhir/R4/binary.html, IHE MHD (https://profiles.ihe.net/ITI/MHD/) for the
+DocumentReference shape, standards.md §2 and §4.8.
+
+Decisions (also in the builders' docstrings):
+
+* **No Attachment.hash.** R4 defines it as the SHA-1 of the data; we identify the stored bytes
+  by SHA-256 instead, as ``identifier`` {system urn:clinical-image-adapter:sha256}.
+* **Binary without data.** The bytes live in the blob store; the read path adds ``data``.
+  ``securityContext`` points at the record, so the record's consent governs the Binary.
+* **bodySite** is one SNOMED coding of the site (display from mappings/body_sites.yaml) plus
+  ``text`` ("Forearm, right"); the laterality is an extension (valueCoding, SNOMED CID 244) on
+  the CodeableConcept. Codings in one CodeableConcept are alternatives for the *same* concept
+  (https://hl7.org/fhir/R4/datatypes.html#CodeableConcept), so laterality as a second coding
+  (standards.md §4.8 ⚠) would say "forearm *or* right".
+* **Notes.** Media.note: the sender's note, then the ingest assessment's notes (colleague
+  discussion, secondary-image warning), then assessment warnings not already among the notes,
+  then "Quality warning: …" per quality warning; generated notes carry the ingest time. R4
+  DocumentReference has no note: the same texts go, after the title, into ``description``.
+* **Naive times** become date-only dateTimes (adapter.mapping.fhir_r4).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from adapter.errors import UnknownCode
+from adapter.mapping.codes import (
+    EXT_CAPTURE_DEVICE,
+    EXT_CONSENT_PENDING,
+    EXT_LATERALITY,
+    EXT_PHOTO_KIND,
+    EXT_PHOTO_SOURCE,
+    EXT_QUALITY_WARNING,
+    FORMAT_MIME_TYPE_SUFFICIENT,
+    IHE_FORMAT_CODE,
+    MEDIA_TYPE,
+    SHA256_SYSTEM,
+    URN_IETF_RFC_3986,
+    V3_CONFIDENTIALITY,
+)
+from adapter.mapping.consent import build_consent_resource, consent_from_statement
+from adapter.mapping.fhir_r4 import (
+    JSON,
+    audit_event_to_index,
+    coding,
+    concept,
+    consent_to_index,
+    display_reference,
+    extension,
+    fhir_datetime,
+    fhir_instant,
+    index_resource,
+    patient_reference,
+    provenance_to_index,
+    record_to_index,
+    reference,
+)
+from adapter.mapping.provenance import build_provenance, taken_time
+from adapter.mapping.tables import KindEntry, Tables
+from adapter.model.image import StoredImage
+from adapter.model.photo import ConsentMethod, PhotoMetadata, PhotoSource
+
+CONFIDENTIALITY_DISPLAY = {"U": "unrestricted", "L": "low", "M": "moderate", "N": "normal",
+                           "R": "restricted", "V": "very restricted"}
+QUALITY_WARNING_PREFIX = "Quality warning: "
+_COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
+
+
+@dataclass(frozen=True)
+class PhotoResources:
+    """Everything one photo ingest writes, as R4 JSON."""
+
+    record: JSON
+    binary: JSON
+    consents: list[JSON] = field(default_factory=list)
+    provenance: JSON = field(default_factory=dict)
+
+    @property
+    def record_type(self) -> str:
+        return str(self.record["resourceType"])
+
+    @property
+    def record_ref(self) -> str:
+        return f"{self.record['resourceType']}/{self.record['id']}"
+
+    def all(self) -> list[JSON]:
+        """Record, Binary, Consents, Provenance: the order they are written and referenced in."""
+        return [self.record, self.binary, *self.consents, self.provenance]
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def _extensions(meta: PhotoMetadata, image: StoredImage, consent_pending: bool) -> list[JSON]:
+    out = [extension(EXT_PHOTO_KIND, "Code", meta.kind.value),
+           extension(EXT_PHOTO_SOURCE, "Code", meta.source.value)]
+    if meta.device is not None:
+        out.append(extension(EXT_CAPTURE_DEVICE, "Code", meta.device.value))
+    if consent_pending:
+        out.append(extension(EXT_CONSENT_PENDING, "Boolean", True))
+    out.extend(extension(EXT_QUALITY_WARNING, "String", w) for w in image.quality_warnings)
+    return out
+
+
+def _note_texts(meta: PhotoMetadata, image: StoredImage, assessment_notes: Sequence[str],
+                assessment_warnings: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the sender's notes, generated notes) in the order they are written."""
+    sender = [meta.note] if meta.note and meta.note.strip() else []
+    generated = list(dict.fromkeys(n for n in assessment_notes if n))
+    generated += [w for w in dict.fromkeys(assessment_warnings) if w and w not in generated]
+    generated += [QUALITY_WARNING_PREFIX + w for w in image.quality_warnings]
+    return sender, generated
+
+
+def body_site_concept(code: str, laterality: str | None, tables: Tables) -> JSON:
+    """Media.bodySite: one SNOMED coding, ``text``, laterality as an extension (module docstring).
+
+    Raises:
+        UnknownCode: the code is not in mappings/body_sites.yaml (expression ``bodySite``).
+    """
+    table = tables.body_sites
+    display = table.codes.get(code)
+    if display is None:
+        raise UnknownCode(f"body site {code} is not one of the SNOMED CT codes accepted "
+                          "(mappings/body_sites.yaml)", expression="bodySite")
+    out: JSON = {}
+    text = display
+    if laterality is not None:
+        side = table.laterality[laterality]
+        out["extension"] = [extension(EXT_LATERALITY, "Coding", coding(table.system, side.code, side.display))]
+        text = f"{display}, {side.display.lower()}"
+    out["coding"] = [coding(table.system, code, display)]
+    out["text"] = text
+    return out
+
+
+def _attachment(meta: PhotoMetadata, image: StoredImage, binary_id: str, kind: KindEntry) -> JSON:
+    out: JSON = {
+        "contentType": image.content_type,
+        "url": f"Binary/{binary_id}",
+        "size": image.size,
+        "title": meta.title or kind.display,
+    }
+    taken = taken_time(meta, image)
+    if taken is not None:
+        out["creation"] = fhir_datetime(taken)
+    return out
+
+
+def _sha256_identifier(image: StoredImage) -> list[JSON]:
+    return [{"system": SHA256_SYSTEM, "value": image.sha256}]
+
+
+def _author(meta: PhotoMetadata) -> JSON | None:
+    """Who produced the photo: the colleague for colleague sources (display only), else the
+    metadata's author. None for a patient's photo without an author."""
+    if meta.source in _COLLEAGUE_SOURCES and meta.colleague is not None:
+        return display_reference(meta.colleague.name)
+    if meta.source is PhotoSource.PATIENT:
+        return None
+    return reference(meta.author) if meta.author is not None else None
+
+
+# ---------------------------------------------------------------------------------------------
+# records
+
+
+def photo_to_media(meta: PhotoMetadata, image: StoredImage, *, record_id: str, binary_id: str,
+                   assessment_notes: Sequence[str] = (), assessment_warnings: Sequence[str] = (),
+                   consent_pending: bool = False, tables: Tables, now: datetime) -> JSON:
+    """R4 Media (https://hl7.org/fhir/R4/media.html) for a clinical or secondary photo.
+
+    status completed; type media-type#image; modality from mappings/kinds.yaml; subject the
+    patient by identifier; createdDateTime = takenAt, else the EXIF capture time; issued = now;
+    operator = the author (the colleague for colleague sources, none for the patient's own
+    photos); deviceName = camera make and model; content points at the Binary (no hash: module
+    docstring); identifier = SHA-256 of the stored bytes.
+    """
+    kind = tables.kinds[meta.kind]
+    resource: JSON = {
+        "resourceType": "Media",
+        "id": record_id,
+        "extension": _extensions(meta, image, consent_pending),
+        "identifier": _sha256_identifier(image),
+        "status": "completed",
+        "type": concept(coding(MEDIA_TYPE, "image", "Image")),
+        "modality": concept(kind.modality.as_fhir()),
+        "subject": patient_reference(meta.patient),
+    }
+    if meta.encounter is not None:
+        resource["encounter"] = reference(meta.encounter, "Encounter")
+    taken = taken_time(meta, image)
+    if taken is not None:
+        resource["createdDateTime"] = fhir_datetime(taken)
+    resource["issued"] = fhir_instant(now)
+    operator = _author(meta)
+    if operator is not None:
+        resource["operator"] = operator
+    if meta.body_site is not None:
+        resource["bodySite"] = body_site_concept(
+            meta.body_site, meta.laterality.value if meta.laterality else None, tables)
+    if image.device_name:
+        resource["deviceName"] = image.device_name
+    resource["height"] = image.height
+    resource["width"] = image.width
+    resource["content"] = _attachment(meta, image, binary_id, kind)
+    sender, generated = _note_texts(meta, image, assessment_notes, assessment_warnings)
+    notes = [{"text": t} for t in sender] + [{"time": fhir_instant(now), "text": t} for t in generated]
+    if notes:
+        resource["note"] = notes
+    return resource
+
+
+def photo_to_document_reference(meta: PhotoMetadata, image: StoredImage, *, record_id: str,
+                                binary_id: str, assessment_notes: Sequence[str] = (),
+                                assessment_warnings: Sequence[str] = (), consent_pending: bool = False,
+                                tables: Tables, now: datetime) -> JSON:
+    """R4 DocumentReference (https://hl7.org/fhir/R4/documentreference.html), MHD-like, for a
+    photographed document.
+
+    status current; masterIdentifier urn:uuid of the record id (MHD requires one); identifier
+    SHA-256; type and category from mappings/kinds.yaml; date = now; author = the author (the
+    colleague for colleague sources); description = title, the sender's note and the generated
+    notes (R4 DocumentReference has no note element); securityLabel = the policy's
+    confidentiality; content.format = IHE formatCode mimeTypeSufficient; context.encounter and
+    context.period.start (when the photo was taken). Body site and laterality are not
+    representable in R4 DocumentReference and are left out.
+    """
+    kind = tables.kinds[meta.kind]
+    resource: JSON = {
+        "resourceType": "DocumentReference",
+        "id": record_id,
+        "extension": _extensions(meta, image, consent_pending),
+    }
+    try:
+        resource["masterIdentifier"] = {"system": URN_IETF_RFC_3986, "value": uuid.UUID(record_id).urn}
+    except ValueError:
+        pass  # not a UUID: the SHA-256 identifier still identifies the document
+    resource["identifier"] = _sha256_identifier(image)
+    resource["status"] = "current"
+    if kind.type is not None:
+        resource["type"] = concept(kind.type.as_fhir())
+    resource["category"] = [concept(kind.category.as_fhir())]
+    resource["subject"] = patient_reference(meta.patient)
+    resource["date"] = fhir_instant(now)
+    author = _author(meta)
+    if author is not None:
+        resource["author"] = [author]
+    sender, generated = _note_texts(meta, image, assessment_notes, assessment_warnings)
+    description = [t for t in [meta.title, *sender, *generated] if t]
+    if description:
+        resource["description"] = "\n\n".join(description)
+    label = tables.policy.labels.confidentiality
+    resource["securityLabel"] = [concept(coding(V3_CONFIDENTIALITY, label, CONFIDENTIALITY_DISPLAY.get(label)))]
+    resource["content"] = [{
+        "attachment": _attachment(meta, image, binary_id, kind),
+        "format": coding(IHE_FORMAT_CODE, FORMAT_MIME_TYPE_SUFFICIENT),
+    }]
+    context: JSON = {}
+    if meta.encounter is not None:
+        context["encounter"] = [reference(meta.encounter, "Encounter")]
+    taken = taken_time(meta, image)
+    if taken is not None:
+        context["period"] = {"start": fhir_datetime(taken)}
+    if context:
+        resource["context"] = context
+    return resource
+
+
+def photo_to_binary(image: StoredImage, *, binary_id: str, record_ref: str) -> JSON:
+    """R4 Binary (https://hl7.org/fhir/R4/binary.html) without ``data``: the bytes live in the
+    blob store and the read path adds them. securityContext = the record, whose consent
+    governs the Binary (standards.md §2.3)."""
+    return {
+        "resourceType": "Binary",
+        "id": binary_id,
+        "contentType": image.content_type,
+        "securityContext": {"reference": record_ref},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# everything for one photo
+
+
+def build_photo_resources(meta: PhotoMetadata, image: StoredImage, *, record_id: str, binary_id: str,
+                          provenance_id: str, consent_ids: Sequence[str], assessment_notes: Sequence[str],
+                          assessment_warnings: Sequence[str], consent_pending: bool,
+                          implied_purposes: Sequence[str], tables: Tables, now: datetime) -> PhotoResources:
+    """All R4 resources for one photo.
+
+    The record is a Media or a DocumentReference as mappings/kinds.yaml says for the kind.
+    Consents, in this order, take their ids from ``consent_ids``: the ``consent`` statement sent
+    with the photo (recorded by its ``recordedBy``, else the photo's author), then, when
+    ``implied_purposes`` is not empty, an IMPLIED Consent restricted to this record
+    (provision.data). ``consent_pending`` adds the consent-pending extension.
+
+    Raises:
+        ValueError: fewer ``consent_ids`` than Consents to create, or ``now`` is naive.
+        UnknownCode: ``meta.body_site`` is not in mappings/body_sites.yaml.
+        InvalidInput: the consent form is not base64.
+    """
+    kind = tables.kinds[meta.kind]
+    record_ref = f"{kind.resource}/{record_id}"
+    build = photo_to_media if kind.resource == "Media" else photo_to_document_reference
+    record = build(meta, image, record_id=record_id, binary_id=binary_id, assessment_notes=assessment_notes,
+                   assessment_warnings=assessment_warnings, consent_pending=consent_pending,
+                   tables=tables, now=now)
+    binary = photo_to_binary(image, binary_id=binary_id, record_ref=record_ref)
+
+    needed = (1 if meta.consent is not None else 0) + (1 if implied_purposes else 0)
+    if len(consent_ids) < needed:
+        raise ValueError(f"{needed} consent id(s) needed, {len(consent_ids)} given")
+    ids = iter(consent_ids)
+    consents: list[JSON] = []
+    if meta.consent is not None:
+        consents.append(consent_from_statement(meta.consent, consent_id=next(ids), patient=meta.patient,
+                                               tables=tables, now=now, recorded_by=meta.author,
+                                               record_ref=record_ref))
+    if implied_purposes:
+        consents.append(build_consent_resource(
+            consent_id=next(ids), patient=meta.patient, purposes=implied_purposes, method=ConsentMethod.IMPLIED,
+            tables=tables, now=now, data_refs=(record_ref,)))
+
+    provenance = build_provenance(meta, image, provenance_id=provenance_id, record_ref=record_ref,
+                                  binary_ref=f"Binary/{binary_id}", tables=tables, now=now)
+    return PhotoResources(record=record, binary=binary, consents=consents, provenance=provenance)
+
+
+__all__ = [
+    "PhotoResources", "audit_event_to_index", "body_site_concept", "build_photo_resources",
+    "consent_to_index", "index_resource", "photo_to_binary", "photo_to_document_reference",
+    "photo_to_media", "provenance_to_index", "record_to_index",
+]

@@ -1,0 +1,522 @@
+"""Transaction Bundle (IHE MHD ITI-65 shape, https://profiles.ihe.net/ITI/MHD/ITI-65.html) →
+one photo submission, and the transaction-response Bundle
+(https://hl7.org/fhir/R4/http.html#transaction-response).
+
+Accepted: ``Bundle.type`` transaction with exactly one Binary (the image, base64 in ``data``),
+exactly one Media or DocumentReference whose attachment url references that Binary (its
+fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``) and at most one Consent; every entry has
+``request.method`` POST or PUT. Any other resource type (a SubmissionSet List, a Patient, a
+Provenance) is refused as not supported: the adapter writes its own Provenance and owns no
+Patient. Ids the client chose are not kept; the response's locations name the stored ones.
+
+Validation: the Bundle and each entry resource with their fhir.resources R4B models (R4B reads
+R4, standards.md §1) — errors carry FHIRPath-like expressions such as
+``Bundle.entry[1].resource.status`` — plus what those models do not check: required bindings
+of the status codes, ``request.method``, base64 of ``Binary.data``.
+
+How metadata is read (``PhotoMetadata`` of ``POST /photos``):
+
+======================  ==================================================================
+patient                 subject.identifier (required) and subject.reference
+kind                    extension photo-kind; else DocumentReference → document; Media
+                        with modality DCM#XC or none → clinical; other modality → secondary
+source                  extension photo-source; else clinician
+author                  Media.operator / DocumentReference.author[0]; for colleague sources
+                        its display is the colleague's name (required)
+encounter               Media.encounter / DocumentReference.context.encounter[0]
+takenAt                 Media.createdDateTime / attachment.creation / context.period.start
+                        (a date-only value becomes midnight, naive, and is written back as
+                        a date)
+bodySite, laterality    the SNOMED coding of bodySite that mappings/body_sites.yaml knows;
+                        laterality from our laterality extension or a laterality coding
+note                    note[].text (our "Quality warning: " notes are skipped: they are
+                        recomputed); DocumentReference: description after the title. For an
+                        external colleague the notes are the discussion note
+device                  extension capture-device
+title                   attachment.title
+consent                 the Consent: purposes = provision.purpose (v3-ActReason); method =
+                        extension consent-method, else ``written`` when sourceAttachment is
+                        present, else ``implied`` for policyRule v3-ActCode#IMPLIED, else
+                        ``verbal`` (OPTIN alone does not say whether it was written);
+                        date = dateTime; recordedBy = extension consent-recorded-by; form =
+                        sourceAttachment.data. It must be active, a permit, and for the
+                        subject's patient.
+======================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from adapter.errors import (
+    InvalidInput,
+    InvalidResource,
+    NotSupported,
+    RequiredElementMissing,
+    UnknownCode,
+)
+from adapter.mapping.codes import (
+    DCM,
+    EXT_CAPTURE_DEVICE,
+    EXT_CONSENT_METHOD,
+    EXT_CONSENT_RECORDED_BY,
+    EXT_LATERALITY,
+    EXT_PHOTO_KIND,
+    EXT_PHOTO_SOURCE,
+    V3_ACT_CODE,
+    V3_ACT_REASON,
+)
+from adapter.mapping.fhir_r4 import JSON, fhir_instant, find_extension, parse_fhir_datetime
+from adapter.mapping.photo import QUALITY_WARNING_PREFIX
+from adapter.mapping.tables import Tables
+from adapter.model.photo import (
+    ConsentMethod,
+    DeviceOwnership,
+    PhotoKind,
+    PhotoMetadata,
+    PhotoSource,
+)
+
+ROLE_BINARY = "binary"
+ROLE_RECORD = "record"
+ROLE_CONSENT = "consent"
+_ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD, "Consent": ROLE_CONSENT}
+_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference", "Consent": "consent"}
+_METHODS = frozenset({"POST", "PUT"})
+_HTTP_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
+_BUNDLE_TYPES = frozenset({"document", "message", "transaction", "transaction-response", "batch",
+                           "batch-response", "history", "searchset", "collection"})
+#: Required bindings of ``status`` (R4 EventStatus, DocumentReferenceStatus, ConsentState).
+_STATUS = {
+    "Media": frozenset({"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed",
+                        "entered-in-error", "unknown"}),
+    "DocumentReference": frozenset({"current", "superseded", "entered-in-error"}),
+    "Consent": frozenset({"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"}),
+}
+_COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
+_HISTORY = re.compile(r"/_history/([^/]+)$")
+
+
+@dataclass(frozen=True)
+class TransactionSubmission:
+    """A transaction Bundle read as one photo submission.
+
+    ``entry_roles`` has one role per Bundle entry, in request order ("binary", "record",
+    "consent"), so the response can answer entry by entry; ``entry_full_urls`` maps each role
+    to its entry's fullUrl (roles whose entry has none are absent).
+    """
+
+    meta: PhotoMetadata
+    image_bytes: bytes
+    content_type: str
+    entry_roles: tuple[str, ...]
+    entry_full_urls: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    index: int
+    resource: Mapping[str, Any]
+    full_url: str | None
+    request: Mapping[str, Any]
+
+    @property
+    def path(self) -> str:
+        return f"Bundle.entry[{self.index}].resource"
+
+
+# ---------------------------------------------------------------------------------------------
+# structural validation
+
+
+def _expression(prefix: str, loc: Sequence[int | str]) -> str:
+    """A FHIRPath-like expression from a pydantic error location."""
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part and not any(c in part for c in "[]()"):
+            out += f".{part}"
+    return out
+
+
+def _validate_model(resource_type: str, data: Mapping[str, Any], prefix: str) -> None:
+    """Validate with the fhir.resources R4B model; errors become InvalidResource."""
+    model = getattr(importlib.import_module(f"fhir.resources.R4B.{_MODULES.get(resource_type, 'bundle')}"),
+                    resource_type)
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        where = [_expression(prefix, e["loc"]) for e in errors[:10]]
+        text = "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, errors[:10], strict=False))
+        raise InvalidResource(f"invalid {resource_type}: {text}", expression=where) from exc
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
+        # fhir.resources raises these (not ValidationError) for some wrong JSON types
+        raise InvalidResource(f"invalid {resource_type}: element of the wrong type ({type(exc).__name__})",
+                              expression=prefix) from exc
+
+
+def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
+    raw = bundle.get("entry")
+    if not isinstance(raw, list) or not raw:
+        raise RequiredElementMissing("a transaction Bundle needs entries (a Binary and a Media or "
+                                     "DocumentReference)", expression="Bundle.entry")
+    entries: list[_Entry] = []
+    shell_entries: list[Any] = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, Mapping):
+            raise InvalidResource("a Bundle entry must be an object", expression=f"Bundle.entry[{i}]")
+        resource = entry.get("resource")
+        if not isinstance(resource, Mapping):
+            raise RequiredElementMissing("every entry of the transaction needs a resource",
+                                         expression=f"Bundle.entry[{i}].resource")
+        rtype = resource.get("resourceType")
+        if rtype not in _ROLES:
+            raise NotSupported(f"a {str(rtype)[:40]} entry is not supported: send a Binary, a Media or "
+                               "DocumentReference and optionally a Consent",
+                               expression=f"Bundle.entry[{i}].resource.resourceType")
+        _validate_model(str(rtype), resource, f"Bundle.entry[{i}].resource")
+        shell_entries.append({k: v for k, v in entry.items() if k != "resource"})
+        request = entry.get("request")
+        full_url = entry.get("fullUrl")
+        entries.append(_Entry(i, resource, full_url if isinstance(full_url, str) else None,
+                              request if isinstance(request, Mapping) else {}))
+    # the Bundle itself, without the resources already validated (Bundle.entry.resource is 0..1)
+    _validate_model("Bundle", {**bundle, "entry": shell_entries}, "Bundle")
+    for e in entries:
+        method = e.request.get("method")
+        if not e.request:
+            raise RequiredElementMissing("a transaction entry needs request",
+                                         expression=f"Bundle.entry[{e.index}].request")
+        if method not in _HTTP_VERBS:
+            raise UnknownCode(f"request.method {str(method)[:20]!r} is not an HTTP verb of FHIR",
+                              expression=f"Bundle.entry[{e.index}].request.method")
+        if method not in _METHODS:
+            raise NotSupported(f"request.method {method} is not supported: POST or PUT",
+                               expression=f"Bundle.entry[{e.index}].request.method")
+        rtype = str(e.resource["resourceType"])
+        status = e.resource.get("status")
+        if rtype in _STATUS and status not in _STATUS[rtype]:
+            raise UnknownCode(f"{rtype}.status {str(status)[:40]!r} is not in the required value set "
+                              f"({', '.join(sorted(_STATUS[rtype]))})", expression=f"{e.path}.status")
+    return entries
+
+
+def _one(entries: Sequence[_Entry], role: str, what: str, required: bool) -> _Entry | None:
+    found = [e for e in entries if _ROLES[str(e.resource["resourceType"])] == role]
+    if len(found) > 1:
+        raise NotSupported(f"one photo per transaction: more than one {what}",
+                           expression=f"Bundle.entry[{found[1].index}]")
+    if not found and required:
+        raise RequiredElementMissing(f"the transaction has no {what}", expression="Bundle.entry")
+    return found[0] if found else None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading values
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _reference(value: Any) -> dict[str, Any] | None:
+    """Our Reference model's fields from an R4 Reference, or None if it names nothing."""
+    if not isinstance(value, Mapping):
+        return None
+    out: dict[str, Any] = {}
+    if _str(value.get("reference")):
+        out["reference"] = value["reference"]
+    ident = value.get("identifier")
+    if isinstance(ident, Mapping) and _str(ident.get("system")) and _str(ident.get("value")):
+        out["identifier"] = {"system": ident["system"], "value": ident["value"]}
+    if not out:
+        return None
+    if _str(value.get("display")):
+        out["display"] = value["display"]
+    return out
+
+
+def _ext_code(resource: Mapping[str, Any], url: str, allowed: Sequence[str], path: str) -> str | None:
+    ext = find_extension(resource, url)
+    if ext is None:
+        return None
+    value = ext.get("valueCode")
+    if value not in allowed:
+        index = list(resource.get("extension") or []).index(ext)
+        raise UnknownCode(f"{url.rsplit('/', 1)[-1]} must be one of {list(allowed)}",
+                          expression=f"{path}.extension[{index}].valueCode")
+    return str(value)
+
+
+def _kind(record: _Entry) -> PhotoKind:
+    r = record.resource
+    code = _ext_code(r, EXT_PHOTO_KIND, [k.value for k in PhotoKind], record.path)
+    if code is not None:
+        return PhotoKind(code)
+    if r["resourceType"] == "DocumentReference":
+        return PhotoKind.DOCUMENT
+    modality = r.get("modality")
+    codings = modality.get("coding") if isinstance(modality, Mapping) else None
+    codes = [c.get("code") for c in codings or [] if isinstance(c, Mapping) and c.get("system") == DCM]
+    return PhotoKind.CLINICAL if not codes or "XC" in codes else PhotoKind.SECONDARY
+
+
+def _attachment(record: _Entry) -> tuple[Mapping[str, Any], str]:
+    r = record.resource
+    if r["resourceType"] == "Media":
+        return r["content"], f"{record.path}.content"
+    content = r.get("content") or []
+    if len(content) != 1:
+        raise NotSupported("a DocumentReference with more than one content is not supported",
+                           expression=f"{record.path}.content")
+    return content[0]["attachment"], f"{record.path}.content[0].attachment"
+
+
+def _body_site(record: _Entry, tables: Tables) -> tuple[str | None, str | None]:
+    site = record.resource.get("bodySite")
+    if not isinstance(site, Mapping):
+        return None, None
+    table = tables.body_sites
+    by_code = {v.code: k for k, v in table.laterality.items()}
+    codings = [c for c in site.get("coding") or [] if isinstance(c, Mapping) and c.get("system") == table.system]
+    code = next((c["code"] for c in codings if c.get("code") in table.codes), None)
+    if code is None:
+        raise UnknownCode("bodySite has no SNOMED CT code accepted here (mappings/body_sites.yaml)",
+                          expression=f"{record.path}.bodySite")
+    laterality = next((by_code[c["code"]] for c in codings if c.get("code") in by_code), None)
+    ext = find_extension(site, EXT_LATERALITY)
+    if ext is not None:
+        value = ext.get("valueCoding")
+        lat = value.get("code") if isinstance(value, Mapping) else None
+        if lat not in by_code:
+            raise UnknownCode("laterality must be a SNOMED CT laterality code (mappings/body_sites.yaml)",
+                              expression=f"{record.path}.bodySite.extension")
+        laterality = by_code[lat]
+    return code, laterality
+
+
+def _notes(record: _Entry, title: str | None) -> str | None:
+    r = record.resource
+    if r["resourceType"] == "Media":
+        texts = [n["text"] for n in r.get("note") or []
+                 if isinstance(n, Mapping) and _str(n.get("text")) and not n["text"].startswith(QUALITY_WARNING_PREFIX)]
+    else:
+        paragraphs = [p for p in str(r.get("description") or "").split("\n\n") if p.strip()]
+        if paragraphs and title is not None and paragraphs[0] == title:
+            paragraphs = paragraphs[1:]
+        texts = [p for p in paragraphs if not p.startswith(QUALITY_WARNING_PREFIX)]
+    return "\n\n".join(texts) or None
+
+
+def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[str, Any]:
+    r = entry.resource
+    path = entry.path
+    if r.get("status") != "active":
+        raise NotSupported("a Consent sent with a photo must be active", expression=f"{path}.status")
+    ident = (r.get("patient") or {}).get("identifier")
+    if isinstance(ident, Mapping) and (ident.get("system"), ident.get("value")) != (patient["system"],
+                                                                                    patient["value"]):
+        raise InvalidInput("the Consent is for another patient than the photo",
+                           expression=f"{path}.patient.identifier")
+    provision = r.get("provision")
+    if not isinstance(provision, Mapping):
+        raise RequiredElementMissing("the Consent needs a provision with the purposes it permits",
+                                     expression=f"{path}.provision")
+    if provision.get("type", "permit") != "permit":
+        raise NotSupported("a Consent sent with a photo must permit (provision.type permit)",
+                           expression=f"{path}.provision.type")
+    purposes: list[str] = []
+    for k, c in enumerate(provision.get("purpose") or []):
+        if not isinstance(c, Mapping) or c.get("system") != V3_ACT_REASON or c.get("code") not in tables.purposes.codes:
+            raise UnknownCode(f"provision.purpose must be v3-ActReason purpose-of-use codes accepted here "
+                              f"({V3_ACT_REASON})", expression=f"{path}.provision.purpose[{k}]")
+        purposes.append(str(c["code"]))
+    if not purposes:
+        raise RequiredElementMissing("the Consent must name the purposes it permits",
+                                     expression=f"{path}.provision.purpose")
+    attachment = r.get("sourceAttachment")
+    method = _ext_code(r, EXT_CONSENT_METHOD, [m.value for m in ConsentMethod], path)
+    if method is None:
+        rule = r.get("policyRule")
+        codings = rule.get("coding") if isinstance(rule, Mapping) else None
+        implied = any(isinstance(c, Mapping) and c.get("system") == V3_ACT_CODE and c.get("code") == "IMPLIED"
+                      for c in codings or [])
+        method = (ConsentMethod.WRITTEN if isinstance(attachment, Mapping)
+                  else ConsentMethod.IMPLIED if implied else ConsentMethod.VERBAL).value
+    out: dict[str, Any] = {"purposes": purposes, "method": method}
+    when = parse_fhir_datetime(r.get("dateTime"))
+    if when is not None:
+        out["date"] = when
+    recorded = find_extension(r, EXT_CONSENT_RECORDED_BY)
+    recorded_by = _reference(recorded.get("valueReference")) if recorded is not None else None
+    if recorded_by is not None:
+        out["recordedBy"] = recorded_by
+    if isinstance(attachment, Mapping) and _str(attachment.get("data")):
+        out["form"] = attachment["data"]
+        if _str(attachment.get("contentType")):
+            out["formContentType"] = attachment["contentType"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# public
+
+
+def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionSubmission:
+    """Read an ITI-65-shaped transaction Bundle as one photo submission (module docstring).
+
+    Raises:
+        InvalidResource: not a Bundle, or an element fails its R4 model (expression names it).
+        InvalidInput: ``Bundle.type`` is not transaction; the record does not reference the
+            Binary; the Binary data is not base64; content types disagree; the Consent is for
+            another patient.
+        RequiredElementMissing: no Binary, no record, no Binary.data, no subject.identifier, no
+            colleague name, no consent purposes.
+        UnknownCode: an invalid status, method, extension code, body site or purpose.
+        NotSupported: another resource type, more than one photo or Consent, a method other
+            than POST/PUT, a Consent that is not an active permit.
+    """
+    if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
+        raise InvalidResource("expected a Bundle", expression="resourceType")
+    btype = bundle.get("type")
+    if btype != "transaction":
+        if btype not in _BUNDLE_TYPES:
+            raise UnknownCode(f"Bundle.type {str(btype)[:40]!r} is not a Bundle type",
+                              expression="Bundle.type")
+        raise InvalidInput(f"Bundle.type must be 'transaction', not {btype!r}", expression="Bundle.type")
+    entries = _entries(bundle)
+    binary = _one(entries, ROLE_BINARY, "Binary", required=True)
+    record = _one(entries, ROLE_RECORD, "Media or DocumentReference", required=True)
+    consent = _one(entries, ROLE_CONSENT, "Consent", required=False)
+    assert binary is not None and record is not None
+
+    # the image
+    data = binary.resource.get("data")
+    if not _str(data):
+        raise RequiredElementMissing("the Binary must carry the image in data (base64)",
+                                     expression=f"{binary.path}.data")
+    try:
+        image_bytes = base64.b64decode(str(data), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput("Binary.data is not base64", expression=f"{binary.path}.data") from exc
+    content_type = str(binary.resource["contentType"])
+
+    # the record references the Binary
+    attachment, att_path = _attachment(record)
+    url = attachment.get("url")
+    aliases = {binary.full_url} if binary.full_url else set()
+    if _str(binary.resource.get("id")):
+        aliases.add(f"Binary/{binary.resource['id']}")
+    if binary.request.get("method") == "PUT" and _str(binary.request.get("url")):
+        aliases.add(str(binary.request["url"]))
+    if not _str(url):
+        raise RequiredElementMissing("the attachment must reference the Binary (url)", expression=f"{att_path}.url")
+    if url not in aliases:
+        raise InvalidInput(f"{url!s:.80} does not reference the Binary of this Bundle", expression=f"{att_path}.url")
+    declared = attachment.get("contentType")
+    if _str(declared) and declared != content_type:
+        raise InvalidInput(f"attachment.contentType {declared} differs from Binary.contentType {content_type}",
+                           expression=f"{att_path}.contentType")
+
+    # metadata
+    r = record.resource
+    is_media = r["resourceType"] == "Media"
+    subject = r.get("subject") or {}
+    ident = subject.get("identifier") if isinstance(subject, Mapping) else None
+    if not isinstance(ident, Mapping) or not _str(ident.get("system")) or not _str(ident.get("value")):
+        raise RequiredElementMissing("the subject must carry the patient's identifier (system and value): the "
+                                     "adapter matches patients by identifier",
+                                     expression=f"{record.path}.subject.identifier")
+    patient: dict[str, str] = {"system": ident["system"], "value": ident["value"]}
+    if _str(subject.get("reference")):
+        patient["reference"] = subject["reference"]
+
+    source = PhotoSource(_ext_code(r, EXT_PHOTO_SOURCE, [s.value for s in PhotoSource], record.path)
+                         or PhotoSource.CLINICIAN.value)
+    meta: dict[str, Any] = {"patient": patient, "kind": _kind(record).value, "source": source.value}
+    author_raw = r.get("operator") if is_media else next(iter(r.get("author") or []), None)
+    author_path = f"{record.path}.operator" if is_media else f"{record.path}.author[0]"
+    title = _str(attachment.get("title"))
+    note = _notes(record, title)
+    if source in _COLLEAGUE_SOURCES:
+        name = _str(author_raw.get("display")) if isinstance(author_raw, Mapping) else None
+        if name is None:
+            raise RequiredElementMissing(f"a photo from a {source.value} source needs the colleague's name in "
+                                         "the display of its author", expression=f"{author_path}.display")
+        colleague: dict[str, Any] = {"name": name}
+        if source is PhotoSource.COLLEAGUE_EXTERNAL and note:
+            colleague["discussionNote"] = note
+            note = None
+        meta["colleague"] = colleague
+    else:
+        author = _reference(author_raw)
+        if author is not None:
+            meta["author"] = author
+    encounter_raw = r.get("encounter") if is_media else next(
+        iter((r.get("context") or {}).get("encounter") or []), None)
+    encounter = _reference(encounter_raw)
+    if encounter is not None:
+        meta["encounter"] = encounter
+    taken: datetime | None = parse_fhir_datetime(r.get("createdDateTime")) if is_media else None
+    taken = taken or parse_fhir_datetime(attachment.get("creation"))
+    if taken is None and not is_media:
+        taken = parse_fhir_datetime(((r.get("context") or {}).get("period") or {}).get("start"))
+    if taken is not None:
+        meta["takenAt"] = taken
+    if is_media:
+        site, laterality = _body_site(record, tables)
+        if site is not None:
+            meta["bodySite"] = site
+        if laterality is not None:
+            meta["laterality"] = laterality
+    if note:
+        meta["note"] = note
+    device = _ext_code(r, EXT_CAPTURE_DEVICE, [d.value for d in DeviceOwnership], record.path)
+    if device is not None:
+        meta["device"] = device
+    if title is not None:
+        meta["title"] = title
+    if consent is not None:
+        meta["consent"] = _consent(consent, patient, tables)
+
+    try:
+        photo_meta = PhotoMetadata.model_validate(meta)
+    except ValidationError as exc:
+        text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidInput(f"the Bundle does not give valid photo metadata: {text}",
+                           expression=record.path) from exc
+
+    roles = tuple(_ROLES[str(e.resource["resourceType"])] for e in entries)
+    full_urls = {_ROLES[str(e.resource["resourceType"])]: e.full_url for e in entries if e.full_url}
+    return TransactionSubmission(meta=photo_meta, image_bytes=image_bytes, content_type=content_type,
+                                 entry_roles=roles, entry_full_urls=full_urls)
+
+
+def transaction_response(entries: Sequence[tuple[str, str]], now: datetime) -> JSON:
+    """The transaction-response Bundle: one entry per request entry, in request order, each
+    with response.status (e.g. "201 Created"), location ("Media/abc/_history/1"), etag
+    (W/"<version>", the version taken from the location's _history, else 1) and
+    lastModified = ``now`` (https://hl7.org/fhir/R4/bundle.html, Bundle.entry.response)."""
+    modified = fhir_instant(now)
+    out: list[JSON] = []
+    for location, status in entries:
+        match = _HISTORY.search(location)
+        version = match.group(1) if match else "1"
+        out.append({"response": {"status": status, "location": location, "etag": f'W/"{version}"',
+                                 "lastModified": modified}})
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
+
+
+__all__ = ["ROLE_BINARY", "ROLE_CONSENT", "ROLE_RECORD", "TransactionSubmission", "parse_transaction",
+           "transaction_response"]

@@ -1,0 +1,501 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: the adapter's ``POST /photos`` beside Orthanc's ``POST /instances``.
+
+    python benchmarks/ingest.py --start [-n 300] [-c 8]
+    python benchmarks/ingest.py --url http://127.0.0.1:8080 [--server-pid PID] [-n 300] [-c 8]
+
+Posts N distinct ~3 MB 12 MP photos from C concurrent clients to the adapter and prints photos/s,
+p50/p99 latency and the server's peak RSS; then, in the same run and with the same client, posts
+the same photos wrapped as DICOM Secondary Capture (JPEG Baseline, no re-encode) to an Orthanc
+(Debian's, started here on loopback by tests/support/orthanc.py) through ``POST /instances``.
+
+Targets (this 2-core machine): the adapter at least 1.5x Orthanc's rate at C=8, and its peak RSS
+under 300 MB. The result is informational: the exit code is 0 whatever the numbers; 2 when a side
+could not be measured at all (the adapter does not start or answer, Orthanc is not installed), after
+printing whatever was measured.
+
+The client: one httpx.Client shared by C worker threads (keep-alive connections, one per worker),
+each request body prebuilt in memory; the timed window runs from the first request after the
+warm-up to the last answer. Loopback only; bounded by N and --max-seconds; every process it
+started is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import os
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import httpx  # noqa: E402
+
+from tests.support.dcmtk import wrap_jpeg_as_sc  # noqa: E402
+from tests.support.orthanc import (  # noqa: E402
+    OrthancPeer,
+    PeerError,
+    PeerUnavailable,
+    free_port,
+    is_loopback_host,
+    listening_sockets,
+    stop_process,
+    tail,
+)
+
+TARGET_RATIO = 1.5
+TARGET_RSS_MB = 300.0
+MAX_N = 5000
+CACHE_DIR = Path(tempfile.gettempdir()) / "clinical-image-adapter-bench"
+PATIENT_SYSTEM = "urn:oid:2.999.1.1"
+
+
+# --------------------------------------------------------------------------- photos
+
+
+def _pillow_base_photo(megapixels: float, target_bytes: int) -> bytes:
+    """A 4:3 photo-like image (smooth colour blobs + fine grain), quality tuned to ~target_bytes."""
+    from PIL import Image
+
+    width = int((megapixels * 1e6 * 4 / 3) ** 0.5) // 16 * 16
+    height = width * 3 // 4
+    channels = []
+    for sigma in (40, 50, 60):
+        blobs = Image.effect_noise((width // 16, height // 16), sigma).resize((width, height), Image.Resampling.BICUBIC)
+        grain = Image.effect_noise((width, height), 12)
+        channels.append(Image.blend(blobs, grain, 0.5))
+    img = Image.merge("RGB", channels)
+    best: bytes = b""
+    lo, hi = 50, 98
+    while lo <= hi:  # the largest quality whose file stays near the target
+        q = (lo + hi) // 2
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=q)
+        data = buf.getvalue()
+        if not best or abs(len(data) - target_bytes) < abs(len(best) - target_bytes):
+            best = data
+        if len(data) < target_bytes:
+            lo = q + 1
+        else:
+            hi = q - 1
+    return best
+
+
+def base_photo(megapixels: float = 12, target_bytes: int = 3_000_000) -> tuple[bytes, str]:
+    """One large JPEG, cached in the temp dir; from samples/make_samples.py when it has
+    make_large_photo, else made here with Pillow."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    maker = REPO_ROOT / "samples" / "make_samples.py"
+    make_large_photo = None
+    if maker.is_file():
+        spec = importlib.util.spec_from_file_location("_bench_make_samples", maker)
+        if spec and spec.loader:
+            mod = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(mod)
+                make_large_photo = getattr(mod, "make_large_photo", None)
+            except Exception as exc:  # noqa: BLE001 - fall back to our own photo
+                print(f"note: samples/make_samples.py did not load ({exc}); using a Pillow photo", file=sys.stderr)
+    source = "samples" if make_large_photo else "pillow"
+    cached = CACHE_DIR / f"base-{megapixels:g}mp-{target_bytes}-{source}.jpg"
+    if not cached.is_file():
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        if make_large_photo is not None:
+            make_large_photo(tmp, megapixels=megapixels, target_bytes=target_bytes)
+        else:
+            tmp.write_bytes(_pillow_base_photo(megapixels, target_bytes))
+        tmp.replace(cached)
+    return cached.read_bytes(), f"{source} ({cached})"
+
+
+def _dqt_entry_offsets(jpeg: bytes) -> list[int]:
+    """Offsets of the last two (highest-frequency) entries of the first 8-bit quantisation table."""
+    i = 2
+    while i + 4 <= len(jpeg) and jpeg[i] == 0xFF:
+        marker = jpeg[i + 1]
+        seg_len = int.from_bytes(jpeg[i + 2:i + 4], "big")
+        if marker == 0xDB and jpeg[i + 4] >> 4 == 0:  # DQT, Pq=0 (8-bit entries)
+            table = i + 5
+            return [table + 62, table + 63]
+        if marker == 0xDA:
+            break
+        i += 2 + seg_len
+    return []
+
+
+def photo_variants(base: bytes, count: int) -> Iterator[bytes]:
+    """``count`` distinct, valid JPEGs from ``base``: two high-frequency entries of the luma
+    quantisation table are set per variant (the image changes invisibly; every variant has its own
+    pixels and SHA-256, so no upload is a duplicate even after metadata stripping). Falls back to
+    a unique COM segment if the JPEG has no 8-bit DQT."""
+    offsets = _dqt_entry_offsets(base)
+    for i in range(count):
+        if offsets:
+            b = bytearray(base)
+            b[offsets[0]] = 1 + (i // 255) % 255
+            b[offsets[1]] = 1 + i % 255
+            yield bytes(b)
+        else:
+            text = f"bench variant {i} {uuid.uuid4()}".encode()
+            yield base[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + base[2:]
+
+
+def multipart_body(jpeg: bytes, index: int) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    metadata = {
+        "patient": {"system": PATIENT_SYSTEM, "value": f"MRN-{index}"},
+        "kind": "clinical",
+        "source": "clinician",
+        "consent": {"purposes": ["TREAT"], "method": "verbal"},
+    }
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="metadata"\r\n'
+        "Content-Type: application/json\r\n\r\n"
+        f"{json.dumps(metadata)}\r\n"
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    tail_ = f"\r\n--{boundary}--\r\n".encode()
+    return head + jpeg + tail_, f"multipart/form-data; boundary={boundary}"
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Request:
+    path: str
+    body: bytes
+    content_type: str
+
+
+@dataclass
+class Result:
+    target: str
+    n: int
+    c: int
+    ok: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    first_error: str = ""
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+    def pct(self, p: int) -> float | None:
+        lat = sorted(self.latencies_ms)
+        if not lat:
+            return None
+        if len(lat) == 1:
+            return lat[0]
+        return statistics.quantiles(lat, n=100, method="inclusive")[p - 1]
+
+
+def run_load(client: httpx.Client, requests: list[Request], concurrency: int, expect: int,
+             max_seconds: float, result: Result, extra_headers: dict[str, str]) -> None:
+    """C worker threads take requests from one queue; records latency of every expected answer."""
+    todo: queue.Queue[Request] = queue.Queue()
+    for r in requests:
+        todo.put(r)
+    lock = threading.Lock()
+    deadline = time.monotonic() + max_seconds
+
+    def worker() -> None:
+        while time.monotonic() < deadline:
+            try:
+                req = todo.get_nowait()
+            except queue.Empty:
+                return
+            t0 = time.perf_counter()
+            status, text = 0, ""
+            try:
+                resp = client.post(req.path, content=req.body,
+                                   headers={"Content-Type": req.content_type, **extra_headers})
+                status, text = resp.status_code, resp.text[:300] if resp.status_code != expect else ""
+            except httpx.HTTPError as exc:
+                text = f"{type(exc).__name__}: {exc}"
+            ms = (time.perf_counter() - t0) * 1000
+            with lock:
+                if status == expect:
+                    result.ok += 1
+                    result.latencies_ms.append(ms)
+                else:
+                    result.errors += 1
+                    if not result.first_error:
+                        result.first_error = f"HTTP {status} {text}"
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    t_start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result.seconds = time.perf_counter() - t_start
+    left = todo.qsize()
+    if left:
+        result.note = f"stopped at --max-seconds with {left} not sent"
+
+
+def measure(target: str, base_url: str, build: Callable[[int], Request], n: int, c: int, warmup: int,
+            expect: int, max_seconds: float, pid_for_rss: Callable[[], int | None],
+            extra_headers: dict[str, str] | None = None) -> Result:
+    result = Result(target, n, c)
+    print(f"[{target}] building {n + warmup} request bodies ...", flush=True)
+    warm = [build(n + i) for i in range(warmup)]
+    timed = [build(i) for i in range(n)]
+    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+    with httpx.Client(base_url=base_url, limits=limits, timeout=httpx.Timeout(120.0, connect=10.0),
+                      trust_env=False) as client:
+        if warm:
+            w = Result(target, warmup, c)
+            run_load(client, warm, c, expect, max_seconds, w, extra_headers or {})
+            if w.errors:
+                print(f"[{target}] warm-up: {w.errors} error(s), first: {w.first_error}", file=sys.stderr)
+        print(f"[{target}] posting {n} from {c} clients ...", flush=True)
+        run_load(client, timed, c, expect, max_seconds, result, extra_headers or {})
+    pid = pid_for_rss()
+    result.peak_rss_mb = peak_rss_mb(pid) if pid else None
+    return result
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM of ``pid`` plus that of all its live descendants, in MB (1e6 bytes)."""
+    total_kb, seen, stack = 0, set(), [pid]
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            if p == pid:
+                return None
+            continue
+        stack += _children(p)
+    return total_kb * 1024 / 1e6
+
+
+def pid_listening_on(port: int) -> int | None:
+    try:
+        for pid_line in subprocess.run(["ss", "-H", "-ltnp", f"sport = :{port}"], capture_output=True,
+                                       text=True, timeout=10).stdout.splitlines():
+            if "pid=" in pid_line:
+                return int(pid_line.split("pid=", 1)[1].split(",", 1)[0])
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+def wait_adapter(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
+                 log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the adapter exited with {proc.returncode}:\n{tail(log) if log else ''}")
+            try:
+                r = client.get(f"{url}/fhir/metadata", headers={"X-Purpose-Of-Use": "TREAT"})
+                if r.status_code == 200:
+                    return
+                last = f"HTTP {r.status_code} {r.text[:200]}"
+            except httpx.TransportError as exc:
+                last = str(exc)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the adapter at {url} did not answer GET /fhir/metadata in {timeout:.0f}s "
+                                   f"({last})" + (f":\n{tail(log)}" if log else ""))
+            time.sleep(0.2)
+
+
+@contextmanager
+def started_adapter(workdir: Path, timeout: float) -> Iterator[tuple[str, int]]:
+    """``python -m adapter serve`` on a free loopback port with a fresh data dir."""
+    venv_python = REPO_ROOT / ".venv" / "bin" / "python"
+    python = str(venv_python) if venv_python.exists() else sys.executable
+    port = free_port()
+    data = workdir / "adapter-data"
+    data.mkdir(parents=True)
+    log = workdir / "adapter.log"
+    env = dict(os.environ, ADAPTER_DATA_DIR=str(data), ADAPTER_HTTP_PORT=str(port), ADAPTER_HTTP_HOST="127.0.0.1")
+    with open(log, "ab") as log_f:
+        proc = subprocess.Popen([python, "-m", "adapter", "serve"], cwd=REPO_ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_adapter(url, timeout, proc, log)
+            bad = [a for a in listening_sockets(proc.pid) if not is_loopback_host(a.rsplit(":", 1)[0])]
+            if bad:
+                raise RuntimeError(f"the adapter listens on non-loopback {bad}")
+            yield url, proc.pid
+        finally:
+            stop_process(proc, grace=15.0)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(v: float | None, spec: str = ".1f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def report(results: list[Result]) -> None:
+    print()
+    print(f"{'target':<8} {'n':>5} {'c':>3} {'photos/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>12} {'errors':>7}")
+    for r in results:
+        print(f"{r.target:<8} {r.n:>5} {r.c:>3} {r.rate:>9.1f} {fmt(r.pct(50)):>8} {fmt(r.pct(99)):>8} "
+              f"{fmt(r.peak_rss_mb):>12} {r.errors:>7}")
+    for r in results:
+        if r.first_error:
+            print(f"  {r.target}: first error: {r.first_error}")
+        if r.note:
+            print(f"  {r.target}: {r.note}")
+    by = {r.target: r for r in results}
+    a, o = by.get("adapter"), by.get("orthanc")
+    ratio = a.rate / o.rate if a and o and o.rate > 0 else None
+    print()
+    if a is not None and ratio is not None:
+        verdict = "PASS" if ratio >= TARGET_RATIO and not a.errors else "MISS"
+        print(f"ratio adapter/orthanc: {ratio:.2f}x  (target >= {TARGET_RATIO}x at c=8)  {verdict}")
+    else:
+        print("ratio adapter/orthanc: n/a (one side not measured)")
+    if a is not None:
+        rss = a.peak_rss_mb
+        verdict = "n/a (no server pid: use --start or --server-pid)" if rss is None else (
+            "PASS" if rss < TARGET_RSS_MB else "MISS")
+        print(f"adapter peak RSS: {fmt(rss)} MB  (target < {TARGET_RSS_MB:.0f} MB)  {verdict}")
+    parts = []
+    for r in results:
+        parts += [f"{r.target}_rate={r.rate:.2f}", f"{r.target}_p50_ms={fmt(r.pct(50), '.1f')}",
+                  f"{r.target}_p99_ms={fmt(r.pct(99), '.1f')}", f"{r.target}_peak_rss_mb={fmt(r.peak_rss_mb)}",
+                  f"{r.target}_errors={r.errors}"]
+    print("RESULT " + " ".join(parts) + f" ratio={fmt(ratio, '.2f')}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--url", default=None, help="a running adapter (loopback), default http://127.0.0.1:8080")
+    where.add_argument("--start", action="store_true", help="start the adapter here (python -m adapter serve)")
+    ap.add_argument("-n", type=int, default=300, help="photos per target (default 300)")
+    ap.add_argument("-c", type=int, default=8, help="concurrent clients (default 8)")
+    ap.add_argument("--server-pid", type=int, default=None,
+                    help="the adapter's pid for peak RSS with --url (default: the process listening on the port)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed requests first (default: c)")
+    ap.add_argument("--max-seconds", type=float, default=300.0, help="time bound per target (default 300)")
+    ap.add_argument("--startup-timeout", type=float, default=60.0)
+    ap.add_argument("--megapixels", type=float, default=12.0)
+    ap.add_argument("--photo-bytes", type=int, default=3_000_000)
+    ap.add_argument("--skip-adapter", action="store_true", help="measure Orthanc only")
+    ap.add_argument("--skip-orthanc", action="store_true", help="measure the adapter only")
+    ap.add_argument("--work-dir", type=Path, default=None, help="where servers keep their data (default: a temp dir)")
+    args = ap.parse_args(argv)
+    if not 1 <= args.n <= MAX_N:
+        ap.error(f"-n must be 1..{MAX_N}")
+    if not 1 <= args.c <= 64:
+        ap.error("-c must be 1..64")
+    warmup = args.c if args.warmup is None else max(0, args.warmup)
+    url = (args.url or "http://127.0.0.1:8080").rstrip("/")
+    host = urllib.parse.urlparse(url).hostname or ""
+    if not args.start and not is_loopback_host(host):
+        ap.error(f"--url must be a loopback address, not {host!r}")
+
+    base, source = base_photo(args.megapixels, args.photo_bytes)
+    print(f"photo: {len(base) / 1e6:.2f} MB from {source}; {args.n} timed + {warmup} warm-up variants; "
+          f"c={args.c}", flush=True)
+    photos = list(photo_variants(base, args.n + warmup))
+
+    results: list[Result] = []
+    failed: list[str] = []
+    workdir = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.work_dir))
+    try:
+        if not args.skip_adapter:
+            def adapter_request(i: int) -> Request:
+                body, ctype = multipart_body(photos[i], i)
+                return Request("/photos", body, ctype)
+
+            try:
+                if args.start:
+                    with started_adapter(workdir, args.startup_timeout) as (a_url, a_pid):
+                        print(f"[adapter] started pid {a_pid} at {a_url}", flush=True)
+                        results.append(measure("adapter", a_url, adapter_request, args.n, args.c, warmup, 201,
+                                               args.max_seconds, lambda: a_pid, {"X-Purpose-Of-Use": "TREAT"}))
+                else:
+                    wait_adapter(url, 5.0)
+                    port = urllib.parse.urlparse(url).port or 80
+                    a_pid = args.server_pid or pid_listening_on(port)
+                    print(f"[adapter] {url}, pid {a_pid or 'unknown'}", flush=True)
+                    results.append(measure("adapter", url, adapter_request, args.n, args.c, warmup, 201,
+                                           args.max_seconds, lambda: a_pid, {"X-Purpose-Of-Use": "TREAT"}))
+            except RuntimeError as exc:
+                print(f"[adapter] cannot run: {exc}", file=sys.stderr)
+                failed.append("adapter")
+
+        if not args.skip_orthanc:
+            def orthanc_request(i: int) -> Request:
+                return Request("/instances", wrap_jpeg_as_sc(photos[i], patient_id=f"MRN-{i}", instance_number=i + 1),
+                               "application/dicom")
+
+            try:
+                with OrthancPeer(workdir / "orthanc") as orthanc:
+                    print(f"[orthanc] started pid {orthanc.pid} at {orthanc.url}", flush=True)
+                    results.append(measure("orthanc", orthanc.url, orthanc_request, args.n, args.c, warmup, 200,
+                                           args.max_seconds, lambda: orthanc.pid))
+            except (PeerUnavailable, PeerError) as exc:
+                print(f"[orthanc] cannot run: {exc}", file=sys.stderr)
+                failed.append("orthanc")
+    finally:
+        photos.clear()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    report(results)
+    if failed:
+        print(f"not measured: {', '.join(failed)} (see above)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

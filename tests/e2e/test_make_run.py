@@ -1,0 +1,115 @@
+"""End to end: the server `make run` starts, as its own process, driven over HTTP the way a
+person with curl would: post a photo, read it for TREAT, be refused for TRAIN until a Consent
+permits it, and refused again after the Consent is withdrawn."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, record_emitted
+from tests.support.app import PATIENT, consent_resource, metadata
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "ADAPTER_HTTP_PORT": str(port), "ADAPTER_DATA_DIR": str(tmp_path / "data")}
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"make run exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("make run did not answer within 60 s")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        # the access log carries no patient data
+        logged = (tmp_path / "server.log").read_text()
+        assert PATIENT["value"] not in logged
+
+
+def _json(r: httpx.Response) -> dict:
+    body = r.json()
+    if "fhir+json" in r.headers.get("content-type", ""):
+        record_emitted(body)
+    return body
+
+
+def test_the_demo_over_http(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=30) as http:
+        wound = ROOT / "samples" / "wound.jpg"
+        meta = json.loads((ROOT / "samples" / "metadata-wound.json").read_text())
+        r = http.post("/photos", files={"file": ("wound.jpg", wound.read_bytes(), "image/jpeg"),
+                                        "metadata": (None, json.dumps(meta), "application/json")})
+        assert r.status_code == 201, r.text
+        receipt = r.json()
+        assert receipt["safeToDeleteFromDevice"] is True
+        media = r.headers["location"]
+        assert _json(http.get(media, headers={"X-Purpose-Of-Use": "TREAT"}))["resourceType"] == "Media"
+        img = http.get(f"/fhir/{receipt['binary']}", headers={"X-Purpose-Of-Use": "TREAT", "Accept": "image/*"})
+        assert img.status_code == 200 and img.content[:2] == b"\xff\xd8"
+        assert http.get(media, headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 403
+        consent = json.loads((ROOT / "samples" / "consent-train.json").read_text())
+        created = http.post("/fhir/Consent", json=consent, headers={"Content-Type": "application/fhir+json"})
+        assert created.status_code == 201, created.text
+        stored = _json(created)
+        train = http.get(media, headers={"X-Purpose-Of-Use": "TRAIN"})
+        assert train.status_code == 200 and meta["patient"]["value"] not in train.text
+        stored["status"] = "inactive"
+        assert http.put(f"/fhir/Consent/{stored['id']}", json=stored,
+                        headers={"Content-Type": "application/fhir+json"}).status_code == 200
+        assert http.get(media, headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 403
+        assert http.get(media).status_code == 403
+        cap = _json(http.get("/fhir/metadata"))
+        assert cap["resourceType"] == "CapabilityStatement" and cap["fhirVersion"] == "4.0.1"
+
+
+def test_consent_lifecycle_over_http(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=30) as http:
+        c = _json(http.post("/fhir/Consent", json=consent_resource(["HRESCH"]),
+                            headers={"Content-Type": "application/fhir+json"}))
+        read = http.get(f"/fhir/Consent/{c['id']}", headers={"X-Purpose-Of-Use": "TREAT"})
+        assert read.status_code == 200 and _json(read)["meta"]["versionId"] == "1"
+        c["status"] = "inactive"
+        stale = http.put(f"/fhir/Consent/{c['id']}", json=c,
+                         headers={"Content-Type": "application/fhir+json", "If-Match": 'W/"7"'})
+        assert stale.status_code == 412
+        ok = http.put(f"/fhir/Consent/{c['id']}", json=c,
+                      headers={"Content-Type": "application/fhir+json", "If-Match": 'W/"1"'})
+        assert ok.status_code == 200 and ok.headers["etag"] == 'W/"2"'
+        found = _json(http.get("/fhir/Consent", params={
+            "patient:identifier": f"{PATIENT['system']}|{PATIENT['value']}", "status": "inactive"},
+            headers={"X-Purpose-Of-Use": "TREAT"}))
+        assert found["total"] == 1
+        assert metadata()  # the factory stays importable for the e2e tier

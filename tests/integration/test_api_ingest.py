@@ -1,0 +1,277 @@
+"""POST /photos and POST /fhir over the real app and a real SQLite store: every row of the rules
+table, the failure cases (with nothing stored), idempotency and the transaction Bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import ROOT
+from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+
+SAMPLES = ROOT / "samples"
+WOUND = SAMPLES / "wound.jpg"
+
+
+def _counts(services) -> tuple[int, int]:
+    """(resources in the database, committed blob files)."""
+    with services.store.engine.connect() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(text("SELECT COUNT(*) FROM resources")).scalar_one()
+    blobs = [p for p in (services.settings.data_dir / "blobs").rglob("*") if p.is_file()]
+    return int(rows), len(blobs)
+
+
+def _staging_empty(services) -> bool:
+    staging = services.settings.data_dir / "staging"
+    return not staging.exists() or not any(staging.iterdir())
+
+
+def _outcome(r, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome"
+    return body
+
+
+def test_receipt_lists_everything_and_is_only_then_safe(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        r = post_photo(client, WOUND, metadata())
+        assert r.status_code == 201, r.text
+        receipt = r.json()
+        assert r.headers["location"].endswith(f"/fhir/{receipt['record']}")
+        assert receipt["record"].startswith("Media/") and receipt["binary"].startswith("Binary/")
+        assert receipt["provenance"].startswith("Provenance/") and len(receipt["consents"]) == 1
+        assert set(receipt["created"]) >= {receipt["record"], receipt["binary"], receipt["provenance"]}
+        assert len(receipt["sha256"]["received"]) == 64 and len(receipt["sha256"]["stored"]) == 64
+        removed = " ".join(receipt["metadataRemoved"])
+        assert "GPS" in removed and "XMP" in removed
+        assert receipt["safeToDeleteFromDevice"] is True
+        assert _counts(services)[0] == 4 and _counts(services)[1] == 1 and _staging_empty(services)
+        stored = next((services.settings.data_dir / "blobs").rglob(receipt["sha256"]["stored"]))
+        data = stored.read_bytes()
+        for needle in (b"Jane Example", b"GPS", b"http://ns.adobe.com/xap/1.0/", b"Photoshop 3.0"):
+            assert needle not in data
+
+
+# -- the rules table ---------------------------------------------------------------------------
+
+def test_clinical_without_consent_is_refused_and_says_what_is_missing(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        body = _outcome(post_photo(client, WOUND, metadata(consent=None)), 422)
+        assert "consent" in body["issue"][0]["diagnostics"].lower()
+        assert body["issue"][0]["code"] == "business-rule"
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
+def test_clinical_with_consent_already_on_file_is_accepted(tmp_path: Path) -> None:
+    from tests.support.app import consent_resource
+    with adapter_client(tmp_path) as (client, _):
+        assert client.post("/fhir/Consent", json=consent_resource(["TREAT"])).status_code == 201
+        assert post_photo(client, WOUND, metadata(consent=None)).status_code == 201
+
+
+def test_consent_pending_when_policy_allows(tmp_path: Path) -> None:
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, _):
+        r = post_photo(client, WOUND, metadata(consent=None))
+        assert r.status_code == 201 and r.json()["consentPending"] is True
+        media = client.get(f"/fhir/{r.json()['record']}", headers=as_purpose("BTG")).json()
+        assert any(e["url"].endswith("consent-pending") for e in media.get("extension", []))
+
+
+@pytest.mark.parametrize("kind,sample", [("document", "document.jpg"), ("secondary", "tiny.jpg")])
+def test_document_and_secondary_need_no_consent_for_care(tmp_path: Path, kind: str, sample: str) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        r = post_photo(client, SAMPLES / sample, metadata(kind=kind, consent=None))
+        assert r.status_code == 201, r.text
+        record = r.json()["record"]
+        assert record.startswith("DocumentReference/" if kind == "document" else "Media/")
+        assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).status_code == 200
+        assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 403
+
+
+def test_patient_sent_photo_carries_implied_consent_for_treat_only(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        r = post_photo(client, WOUND, metadata(source="patient", consent=None))
+        assert r.status_code == 201, r.text
+        receipt = r.json()
+        consent = client.get(f"/fhir/{receipt['consents'][0]}", headers=as_purpose("TREAT")).json()
+        assert consent["policyRule"]["coding"][0]["code"] == "IMPLIED"
+        assert [p["code"] for p in consent["provision"]["purpose"]] == ["TREAT"]
+        assert consent["provision"]["data"][0]["reference"]["reference"] == receipt["record"]
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN")).status_code == 403
+
+
+def test_colleague_internal_provenance_names_the_sender(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        r = post_photo(client, WOUND, metadata(
+            source="colleague-internal", colleague={"name": "Dr Sender", "organisation": "Dermatology"}))
+        assert r.status_code == 201, r.text
+        prov = client.get(f"/fhir/{r.json()['provenance']}", headers=as_purpose("TREAT")).json()
+        text_ = json.dumps(prov)
+        assert "Dr Sender" in text_ and "Dermatology" in text_
+        assert any("onBehalfOf" in a for a in prov["agent"])
+
+
+def test_colleague_external_needs_the_discussion_note(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        _outcome(post_photo(client, WOUND, metadata(
+            source="colleague-external", colleague={"name": "Dr Out", "organisation": "Other Trust"})), 422)
+        assert _counts(services) == (0, 0)
+        r = post_photo(client, WOUND, metadata(source="colleague-external", colleague={
+            "name": "Dr Out", "organisation": "Other Trust", "discussionNote": "phoned about healing"}))
+        assert r.status_code == 201, r.text
+        media = client.get(f"/fhir/{r.json()['record']}", headers=as_purpose("TREAT")).json()
+        assert any("phoned about healing" in n["text"] for n in media["note"])
+
+
+def test_secondary_photo_gets_the_review_the_original_warning(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        r = post_photo(client, SAMPLES / "document.jpg", metadata(kind="secondary", consent=None))
+        receipt = r.json()
+        assert any("original" in w.lower() for w in receipt["warnings"])
+        media = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).json()
+        assert any("original" in n["text"].lower() for n in media["note"])
+
+
+def test_low_quality_photo_is_accepted_with_a_quality_warning(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        r = post_photo(client, SAMPLES / "tiny.jpg", metadata())
+        assert r.status_code == 201
+        receipt = r.json()
+        assert any("640" in w or "blur" in w.lower() or "quality" in w.lower() for w in receipt["warnings"])
+        media = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).json()
+        assert any("quality" in json.dumps(x).lower() for x in media.get("note", []) + media.get("extension", []))
+        clean = post_photo(client, WOUND, metadata()).json()
+        assert clean["warnings"] == []
+
+
+def test_written_consent_policy_refuses_verbal_for_clinical(tmp_path: Path) -> None:
+    with adapter_client(tmp_path, policy={"consent": {"writtenRequired": True}}) as (client, services):
+        _outcome(post_photo(client, WOUND, metadata()), 422)
+        assert _counts(services) == (0, 0)
+        ok = post_photo(client, WOUND, metadata(consent={"purposes": ["TREAT"], "method": "written"}))
+        assert ok.status_code == 201
+        doc = post_photo(client, SAMPLES / "document.jpg", metadata(kind="document", consent=None))
+        assert doc.status_code == 201
+
+
+def test_personal_device_refused_when_policy_forbids(tmp_path: Path) -> None:
+    with adapter_client(tmp_path, policy={"devices": {"personalAllowed": False}}) as (client, services):
+        body = _outcome(post_photo(client, WOUND, metadata(device="personal")), 422)
+        assert "device" in body["issue"][0].get("expression", [""])[0]
+        assert _counts(services) == (0, 0)
+        assert post_photo(client, WOUND, metadata(device="organisation")).status_code == 201
+
+
+# -- failure cases: clear error, nothing stored --------------------------------------------------
+
+def test_not_an_image_is_415(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        _outcome(post_photo(client, SAMPLES / "not-an-image.txt", metadata(), content_type="text/plain"), 415)
+        _outcome(post_photo(client, SAMPLES / "not-an-image.txt", metadata()), 415)
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
+def test_truncated_jpeg_is_422(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        _outcome(post_photo(client, SAMPLES / "truncated.jpg", metadata()), 422)
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
+def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
+    with adapter_client(tmp_path, policy={"limits": {"maxPixels": 100_000}}) as (client, services):
+        body = _outcome(post_photo(client, WOUND, metadata()), 422)
+        assert body["issue"][0]["code"] == "too-costly"
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
+def test_oversize_upload_is_413(tmp_path: Path) -> None:
+    with adapter_client(tmp_path, max_upload_bytes=50_000) as (client, services):
+        _outcome(post_photo(client, WOUND, metadata()), 413)
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
+@pytest.mark.parametrize("meta,where", [
+    ({"kind": "clinical", "source": "clinician"}, "patient"),
+    ({"patient": PATIENT, "kind": "selfie", "source": "clinician"}, "kind"),
+    ({"patient": PATIENT, "kind": "clinical"}, "source"),
+    ({"patient": PATIENT, "kind": "clinical", "source": "clinician",
+      "consent": {"purposes": ["EDU"], "method": "verbal"}}, "consent.purposes"),
+])
+def test_invalid_metadata_points_at_the_element(tmp_path: Path, meta: dict, where: str) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        body = _outcome(post_photo(client, WOUND, meta), 422)
+        assert any(e.startswith(where) for e in body["issue"][0]["expression"]), body
+        assert _counts(services) == (0, 0)
+
+
+def test_missing_parts_and_wrong_content_type(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        _outcome(client.post("/photos", files={"file": ("w.jpg", WOUND.read_bytes(), "image/jpeg")}), 422)
+        _outcome(client.post("/photos", files={"metadata": (None, json.dumps(metadata()), "application/json")}),
+                 422)
+        _outcome(client.post("/photos", content=b"{}", headers={"Content-Type": "application/json"}), 415)
+        _outcome(client.post("/photos", files={"file": ("w.jpg", WOUND.read_bytes(), "image/jpeg"),
+                                               "metadata": (None, "{not json", "application/json")}), 422)
+
+
+# -- idempotency --------------------------------------------------------------------------------
+
+def test_same_idempotency_key_returns_the_original_receipt(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        first = post_photo(client, WOUND, metadata(), headers={"Idempotency-Key": "abc-1"})
+        counts = _counts(services)
+        again = post_photo(client, WOUND, metadata(), headers={"Idempotency-Key": "abc-1"})
+        assert again.status_code == 201 and again.json() == first.json()
+        assert again.headers["idempotent-replayed"] == "true"
+        assert _counts(services) == counts
+
+
+def test_same_patient_and_content_returns_the_original_receipt(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        first = post_photo(client, WOUND, metadata()).json()
+        counts = _counts(services)
+        assert post_photo(client, WOUND, metadata()).json() == first
+        assert _counts(services) == counts
+        other = post_photo(client, WOUND, metadata(patient={"system": PATIENT["system"], "value": "MRN-0002"}))
+        assert other.status_code == 201 and other.json()["record"] != first["record"]
+
+
+# -- transaction Bundle ------------------------------------------------------------------------
+
+def test_transaction_bundle_is_stored_like_a_photo(tmp_path: Path) -> None:
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text
+        resp = r.json()
+        assert resp["type"] == "transaction-response"
+        assert len(resp["entry"]) == len(bundle["entry"])
+        assert all(e["response"]["status"].startswith("201") for e in resp["entry"])
+        locations = [e["response"]["location"] for e in resp["entry"]]
+        record = next(loc for loc in locations if loc.startswith(("Media/", "DocumentReference/")))
+        rid = "/".join(record.split("/")[:2])
+        assert client.get(f"/fhir/{rid}", headers=as_purpose("TREAT")).status_code == 200
+        again = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+        assert again.status_code == 200 and _counts(services)[1] == 1
+
+
+def test_invalid_transaction_gets_an_outcome_pointing_at_the_element(tmp_path: Path) -> None:
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    with adapter_client(tmp_path) as (client, services):
+        bad_type = dict(bundle, type="batch")
+        body = _outcome(client.post("/fhir", json=bad_type), 422)
+        assert "Bundle.type" in body["issue"][0]["expression"][0]
+        broken = json.loads(json.dumps(bundle))
+        for entry in broken["entry"]:
+            if entry["resource"]["resourceType"] in ("Media", "DocumentReference"):
+                entry["resource"]["status"] = 42
+        r = client.post("/fhir", json=broken)
+        assert r.status_code in (400, 422)
+        assert any("status" in e for e in r.json()["issue"][0]["expression"])
+        _outcome(client.post("/fhir", content=b"not json", headers={"Content-Type": "application/fhir+json"}), 422)
+        assert _counts(services) == (0, 0)

@@ -1,0 +1,253 @@
+"""Read-back under purpose of use, over the real HTTP app on a real SQLite store: the demo
+path (TREAT, refused for TRAIN until a Consent permits it, refused again after withdrawal),
+every purpose's view, fail-closed edges, search filtering and R5."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
+
+SAMPLES = ROOT / "samples"
+WOUND = SAMPLES / "wound.jpg"
+
+
+def _ingest(client, path=WOUND, **meta):
+    r = post_photo(client, path, metadata(**meta))
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_demo_treat_then_train_refused_until_consent_then_withdrawn(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        media = receipt["record"]
+        assert client.get(f"/fhir/{media}", headers=as_purpose("TREAT")).status_code == 200
+        refused = client.get(f"/fhir/{media}", headers=as_purpose("TRAIN"))
+        assert refused.status_code == 403
+        assert refused.json()["resourceType"] == "OperationOutcome"
+        assert PATIENT["value"] not in refused.text
+        created = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
+                              headers={"Content-Type": "application/fhir+json"})
+        assert created.status_code == 201, created.text
+        consent = created.json()
+        assert client.get(f"/fhir/{media}", headers=as_purpose("TRAIN")).status_code == 200
+        consent["status"] = "inactive"
+        withdrawn = client.put(f"/fhir/Consent/{consent['id']}", json=consent,
+                               headers={"Content-Type": "application/fhir+json"})
+        assert withdrawn.status_code == 200, withdrawn.text
+        assert withdrawn.json()["meta"]["versionId"] == "2"
+        assert client.get(f"/fhir/{media}", headers=as_purpose("TRAIN")).status_code == 403
+        # TREAT is not affected by withdrawing the TRAIN consent
+        assert client.get(f"/fhir/{media}", headers=as_purpose("TREAT")).status_code == 200
+
+
+def test_treat_view_is_the_record_with_labels(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client, note="after debridement")
+        body = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).json()
+        assert body["resourceType"] == "Media"
+        assert body["subject"]["identifier"] == PATIENT
+        labels = {(c["system"], c["code"]) for c in body["meta"]["security"]}
+        assert ("http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "R") in labels
+        assert ("http://terminology.hl7.org/CodeSystem/v3-ActReason", "TREAT") in labels
+        assert any("after debridement" in n["text"] for n in body["note"])
+
+
+def test_binary_bytes_for_treat_are_the_clean_stored_bytes(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        r = client.get(f"/fhir/{receipt['binary']}", headers=as_purpose("TREAT", Accept="image/jpeg"))
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "image/jpeg"
+        assert hashlib.sha256(r.content).hexdigest() == receipt["sha256"]["stored"]
+        assert receipt["sha256"]["stored"] != receipt["sha256"]["received"]
+        assert b"Jane Example" not in r.content and b"GPS" not in r.content
+        j = client.get(f"/fhir/{receipt['binary']}", headers=as_purpose("TREAT", Accept="application/fhir+json"))
+        assert j.status_code == 200
+        binary = j.json()
+        assert binary["resourceType"] == "Binary"
+        assert base64.b64decode(binary["data"]) == r.content
+        assert binary["securityContext"]["reference"] == receipt["record"]
+
+
+def test_train_view_is_deidentified_with_metadata_free_bytes(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client, note="Mrs Example's wound", takenAt="2026-03-04T10:11:12+00:00")
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN"]))
+        r = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN"))
+        assert r.status_code == 200
+        text = r.text
+        assert PATIENT["value"] not in text and "Mrs Example" not in text
+        assert "2026-03-04" not in text
+        body = r.json()
+        codes = {c["code"] for c in body["meta"]["security"]}
+        assert "ANONYED" in codes
+        img = client.get(f"/fhir/{receipt['binary']}", headers=as_purpose("TRAIN", Accept="image/jpeg"))
+        assert img.status_code == 200
+        data = img.content
+        # no APPn segment but JFIF/Adobe, no COM: "no metadata at all"
+        i = 2
+        while data[i] == 0xFF and data[i + 1] != 0xDA:
+            marker = data[i + 1]
+            assert not (0xE1 <= marker <= 0xEF) and marker != 0xFE, hex(marker)
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+
+
+def test_hresch_view_is_pseudonymised_and_stable(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        first = _ingest(client)
+        second = _ingest(client, path=SAMPLES / "document.jpg", kind="document")
+        assert client.get(f"/fhir/{first['record']}", headers=as_purpose("HRESCH")).status_code == 403
+        client.post("/fhir/Consent", json=consent_resource(["HRESCH"]))
+        a = client.get(f"/fhir/{first['record']}", headers=as_purpose("HRESCH")).json()
+        b = client.get(f"/fhir/{second['record']}", headers=as_purpose("HRESCH")).json()
+        assert PATIENT["value"] not in json.dumps(a)
+        assert a["subject"]["identifier"]["value"] == b["subject"]["identifier"]["value"]
+        assert a["subject"]["identifier"]["system"] != PATIENT["system"]
+        assert "PSEUDED" in {c["code"] for c in a["meta"]["security"]}
+
+
+def test_no_purpose_is_403_and_unknown_purpose_is_400(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        for path in (f"/fhir/{receipt['record']}", f"/fhir/{receipt['binary']}", "/fhir/Media"):
+            none = client.get(path)
+            assert none.status_code == 403
+            assert none.json()["resourceType"] == "OperationOutcome"
+            assert client.get(path, headers=as_purpose("EDU")).status_code == 400
+            assert client.get(path, headers=as_purpose("http://example.org|TREAT")).status_code == 400
+        sys_code = "http://terminology.hl7.org/CodeSystem/v3-ActReason|TREAT"
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose(sys_code)).status_code == 200
+
+
+def test_search_leaves_out_what_the_purpose_may_not_see(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        _ingest(client)                                                     # clinical: needs TRAIN consent
+        doc = _ingest(client, path=SAMPLES / "document.jpg", kind="document", consent=None)
+        q = f"/fhir/DocumentReference?patient:identifier={PATIENT['system']}|{PATIENT['value']}"
+        treat = client.get(q, headers=as_purpose("TREAT")).json()
+        assert treat["total"] == 1 and treat["entry"][0]["resource"]["id"] == doc["record"].split("/")[1]
+        media_q = f"/fhir/Media?patient:identifier={PATIENT['system']}|{PATIENT['value']}"
+        assert client.get(media_q, headers=as_purpose("TREAT")).json()["total"] == 1
+        train = client.get(media_q, headers=as_purpose("TRAIN")).json()
+        assert train["total"] == 0 and not train.get("entry")
+
+
+def test_search_parameters_and_paging(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        ids = [_ingest(client, path=p, kind=k)["record"].split("/")[1]
+               for p, k in ((WOUND, "clinical"), (SAMPLES / "lesion.png", "clinical"),
+                            (SAMPLES / "tiny.jpg", "secondary"))]
+        h = as_purpose("TREAT")
+        ident = f"{PATIENT['system']}|{PATIENT['value']}"
+        page1 = client.get(f"/fhir/Media?subject:identifier={ident}&_count=2", headers=h).json()
+        assert page1["total"] == 3 and len(page1["entry"]) == 2
+        nxt = [link["url"] for link in page1["link"] if link["relation"] == "next"][0]
+        page2 = client.get(nxt, headers=h).json()
+        assert len(page2["entry"]) == 1
+        seen = {e["resource"]["id"] for e in page1["entry"] + page2["entry"]}
+        assert seen == set(ids)
+        assert client.get(f"/fhir/Media?_id={ids[1]}", headers=h).json()["total"] == 1
+        assert client.get("/fhir/Media?modality=http://dicom.nema.org/resources/ontology/DCM|OT",
+                          headers=h).json()["total"] == 1
+        assert client.get("/fhir/Media?status=completed", headers=h).json()["total"] == 3
+        assert client.get("/fhir/Media?created=ge2000-01-01", headers=h).json()["total"] >= 0
+        assert client.get("/fhir/Media?patient:identifier=urn:oid:2.999.1.1|OTHER", headers=h).json()["total"] == 0
+        bad = client.get("/fhir/Media?colour=red", headers=h)
+        assert bad.status_code == 422 and bad.json()["resourceType"] == "OperationOutcome"
+
+
+def test_r5_answers_with_document_reference_for_photos(tmp_path: Path) -> None:
+    from fhir.resources.bundle import Bundle
+    from fhir.resources.documentreference import DocumentReference
+
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        r5 = {"X-Purpose-Of-Use": "TREAT", "Accept": "application/fhir+json; fhirVersion=5.0"}
+        ident = f"{PATIENT['system']}|{PATIENT['value']}"
+        r = client.get(f"/fhir/DocumentReference?patient:identifier={ident}", headers=r5)
+        assert r.status_code == 200 and "fhirVersion=5.0" in r.headers["content-type"]
+        bundle = r.json()
+        Bundle.model_validate(bundle)
+        assert bundle["total"] == 1
+        doc = bundle["entry"][0]["resource"]
+        assert doc["resourceType"] == "DocumentReference"
+        DocumentReference.model_validate(doc)
+        media_id = receipt["record"].split("/")[1]
+        one = client.get(f"/fhir/DocumentReference/{media_id}", headers=r5)
+        assert one.status_code == 200
+        DocumentReference.model_validate(one.json())
+        # R4 stays the default
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).json()["resourceType"] == "Media"
+
+
+def test_break_glass_reads_a_consent_pending_record_and_says_so(tmp_path: Path) -> None:
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, services):
+        receipt = _ingest(client, consent=None)
+        assert receipt["consentPending"] is True and receipt["warnings"]
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 403
+        r = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("BTG"))
+        assert r.status_code == 200 and "BTG" in r.headers["x-break-glass"]
+        s = client.get("/fhir/Media", headers=as_purpose("ETREAT")).json()
+        outcomes = [e for e in s["entry"] if e["search"]["mode"] == "outcome"]
+        assert outcomes and outcomes[0]["resource"]["issue"][0]["code"] == "suppressed"
+        audit = services.store.list_audit(50)
+        assert any(e.get("outcome") == "0" for e in audit) and any(e.get("outcome") == "4" for e in audit)
+
+
+def test_break_glass_disabled_is_refused(tmp_path: Path) -> None:
+    with adapter_client(tmp_path, policy={"breakGlass": {"enabled": False}}) as (client, _):
+        receipt = _ingest(client)
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("BTG")).status_code == 403
+
+
+def test_provenance_and_consent_follow_the_same_decision(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        prov = receipt["provenance"]
+        assert client.get(f"/fhir/{prov}", headers=as_purpose("TREAT")).status_code == 200
+        assert client.get(f"/fhir/{prov}", headers=as_purpose("TRAIN")).status_code == 403
+        consent = receipt["consents"][0]
+        assert client.get(f"/fhir/{consent}", headers=as_purpose("TREAT")).status_code == 200
+        assert client.get(f"/fhir/{consent}", headers=as_purpose("TRAIN")).status_code == 403
+        found = client.get(f"/fhir/Consent?patient:identifier={PATIENT['system']}|{PATIENT['value']}",
+                           headers=as_purpose("TREAT")).json()
+        assert found["total"] == 1
+
+
+def test_every_decision_is_audited(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        before = len(services.store.list_audit(1000))
+        client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT"))
+        client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN"))
+        events = services.store.list_audit(1000)
+        assert len(events) == before + 2
+        denied, allowed = events[0], events[1]
+        assert denied["outcome"] == "4" and allowed["outcome"] == "0"
+        assert PATIENT["value"] not in json.dumps(denied.get("outcomeDesc", ""))
+
+
+@pytest.mark.parametrize("purpose", ["TREAT", "TRAIN", "HRESCH", "BTG", "COC", "MLTRAINING"])
+def test_every_read_path_under_every_purpose(tmp_path: Path, purpose: str) -> None:
+    """Media, Binary (bytes and JSON), Provenance, Consent, search: permitted or refused, never leaking."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"]))
+        expect = purpose != "MLTRAINING"   # a TRAIN consent does not permit MLTRAINING
+        for path, accept in ((receipt["record"], None), (receipt["binary"], "image/jpeg"),
+                             (receipt["binary"], "application/fhir+json"), (receipt["provenance"], None)):
+            headers = as_purpose(purpose, **({"Accept": accept} if accept else {}))
+            r = client.get(f"/fhir/{path}", headers=headers)
+            assert r.status_code == (200 if expect else 403), (path, r.status_code)
+            if purpose in ("TRAIN", "HRESCH") and accept != "image/jpeg":
+                assert PATIENT["value"] not in r.text
+        total = client.get("/fhir/Media", headers=as_purpose(purpose)).json()["total"]
+        assert total == (1 if expect else 0)

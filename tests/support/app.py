@@ -1,0 +1,93 @@
+"""Build the real application on a real store in a temporary folder, for integration tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from fastapi.testclient import TestClient
+
+from adapter.api.app import create_app
+from adapter.config import Settings
+from adapter.services.registry import Services, build_services
+from tests.conftest import ROOT, record_emitted
+
+PATIENT = {"system": "urn:oid:2.999.1.1", "value": "MRN-0001"}
+
+
+def write_policy(folder: Path, **overrides: Any) -> Path:
+    """The project's policy with nested overrides, e.g. consent={"allowPending": True}."""
+    policy = yaml.safe_load((ROOT / "mappings" / "policy.yaml").read_text())
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(policy.get(key), dict):
+            policy[key] = {**policy[key], **value}
+        else:
+            policy[key] = value
+    path = folder / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    return path
+
+
+class FhirClient(TestClient):
+    """A TestClient that hands every FHIR R4 response body to the session-wide validation."""
+
+    def request(self, *args: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+        response = super().request(*args, **kwargs)
+        ctype = response.headers.get("content-type", "")
+        if "fhir+json" in ctype and "fhirVersion=5" not in ctype:
+            record_emitted(response.json())
+        return response
+
+
+@contextmanager
+def adapter_client(tmp_path: Path, *, database_url: str | None = None, policy: dict[str, Any] | None = None,
+                   **settings: Any) -> Iterator[tuple[FhirClient, Services]]:
+    policy_path = write_policy(tmp_path, **(policy or {}))
+    s = Settings(data_dir=tmp_path / "data", policy=policy_path, mappings_dir=ROOT / "mappings",
+                 database_url=database_url, **settings)
+    services = build_services(s)
+    app = create_app(services)
+    with FhirClient(app, raise_server_exceptions=False) as client:
+        yield client, services
+
+
+def metadata(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"patient": dict(PATIENT), "kind": "clinical", "source": "clinician",
+                            "consent": {"purposes": ["TREAT"], "method": "verbal"}}
+    base.update(fields)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def post_photo(client: TestClient, path: Path, meta: dict[str, Any], *, content_type: str = "image/jpeg",
+               headers: dict[str, str] | None = None) -> httpx.Response:
+    return client.post("/photos", files={
+        "file": (path.name, path.read_bytes(), content_type),
+        "metadata": (None, json.dumps(meta), "application/json")}, headers=headers or {})
+
+
+def consent_resource(purposes: list[str], *, status: str = "active", patient: dict[str, str] | None = None,
+                     start: str = "2020-01-01", end: str | None = None) -> dict[str, Any]:
+    period: dict[str, str] = {"start": start}
+    if end:
+        period["end"] = end
+    return {
+        "resourceType": "Consent", "status": status,
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"identifier": dict(patient or PATIENT)},
+        "dateTime": "2026-11-26T10:00:00Z",
+        "policy": [{"uri": "urn:clinical-image-adapter:policy:clinical-photography:v1"}],
+        "provision": {"type": "permit", "period": period,
+                      "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p}
+                                  for p in purposes]},
+    }
+
+
+def as_purpose(code: str, **extra: str) -> dict[str, str]:
+    return {"X-Purpose-Of-Use": code, **extra}

@@ -1,0 +1,120 @@
+"""Drive tools/validate-fhir.mjs (the npm FHIR R4 validators) from the tests.
+
+``validate_r4(resources)`` writes the resources to a temporary folder and validates them all in
+ONE node process (loading the R4 definitions takes about a second); it returns one line per
+error. A missing node or missing validator modules raise RuntimeError: CI must fail, not skip.
+Install the validators with ``tools/install-fhir-validators.sh`` (into ``.peers/fhirval``, or
+``$FHIRVAL_DIR``).
+
+``FhirValidationCollector`` gathers every resource emitted during a test session and validates
+them together at the end (a conftest fixture calls ``check()``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = ROOT / "tools" / "validate-fhir.mjs"
+INSTALLER = ROOT / "tools" / "install-fhir-validators.sh"
+
+
+def fhirval_dir() -> Path:
+    """Where the npm validators are installed ($FHIRVAL_DIR, default .peers/fhirval)."""
+    return Path(os.environ.get("FHIRVAL_DIR") or ROOT / ".peers" / "fhirval")
+
+
+def _label(resource: dict[str, Any], index: int) -> str:
+    rtype = str(resource.get("resourceType", "?"))
+    rid = resource.get("id")
+    return f"#{index} {rtype}/{rid}" if rid else f"#{index} {rtype}"
+
+
+def validate_r4(resources: Sequence[dict[str, Any]], *, timeout: float = 600.0) -> list[str]:
+    """Validate FHIR R4 resources (or Bundles) with the npm validators; return the error lines
+    (empty when all are valid), each prefixed with the resource's position and type/id.
+
+    Raises:
+        RuntimeError: node, the driver or the validator modules are missing, or the driver
+            failed without a report.
+    """
+    if not resources:
+        return []
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node is not on PATH: install Node.js >= 18, then tools/install-fhir-validators.sh")
+    modules = fhirval_dir() / "node_modules"
+    if not (modules / "@medplum" / "core").is_dir() or not (modules / "fhir").is_dir():
+        raise RuntimeError(f"FHIR validators are not installed in {fhirval_dir()}: run {INSTALLER}")
+    if not DRIVER.is_file():
+        raise RuntimeError(f"missing {DRIVER}")
+
+    with tempfile.TemporaryDirectory(prefix="fhirval-") as tmp:
+        labels: dict[str, str] = {}
+        for i, resource in enumerate(resources):
+            name = f"{i:05d}-{resource.get('resourceType', 'unknown')}.json"
+            (Path(tmp) / name).write_text(json.dumps(resource), encoding="utf-8")
+            labels[str(Path(tmp) / name)] = _label(resource, i)
+        env = {**os.environ, "FHIRVAL_DIR": str(fhirval_dir())}
+        proc = subprocess.run([node, str(DRIVER), "--json", tmp], capture_output=True, text=True,
+                              timeout=timeout, env=env, check=False)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"validate-fhir.mjs failed (exit {proc.returncode}): {proc.stderr.strip()[:2000]}")
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"validate-fhir.mjs gave no JSON report: {proc.stdout[:500]!r} "
+                           f"{proc.stderr[:500]!r}") from exc
+    errors: list[str] = []
+    for file_report in report["files"]:
+        label = labels.get(file_report["file"], file_report["file"])
+        for err in file_report["errors"]:
+            errors.append(f"{label}: [{err['by']}] {err['where']}: {err['msg']}")
+    if proc.returncode == 1 and not errors:
+        raise RuntimeError(f"validate-fhir.mjs reported failure without errors: {proc.stdout[:500]}")
+    return errors
+
+
+class FhirValidationCollector:
+    """Collects FHIR R4 resources during a test session; ``check()`` validates them at once.
+
+    Identical resources are validated once. Resources are deep-copied when added, so later
+    mutation by a test does not change what is validated.
+    """
+
+    def __init__(self) -> None:
+        self._resources: dict[str, dict[str, Any]] = {}
+
+    def add(self, resource: dict[str, Any] | Iterable[dict[str, Any]]) -> None:
+        """Add one resource (or several); anything without a resourceType is ignored."""
+        items = [resource] if isinstance(resource, dict) else list(resource)
+        for item in items:
+            if isinstance(item, dict) and "resourceType" in item:
+                key = json.dumps(item, sort_keys=True)
+                self._resources.setdefault(key, copy.deepcopy(item))
+
+    def __len__(self) -> int:
+        return len(self._resources)
+
+    @property
+    def resources(self) -> list[dict[str, Any]]:
+        return list(self._resources.values())
+
+    def check(self) -> list[str]:
+        """Validate everything collected; return the error lines (see :func:`validate_r4`)."""
+        return validate_r4(self.resources)
+
+    def assert_valid(self) -> None:
+        """Raise AssertionError listing the errors (up to 50) if any resource is invalid."""
+        errors = self.check()
+        if errors:
+            shown = "\n".join(errors[:50])
+            raise AssertionError(f"{len(errors)} FHIR validation error(s) in {len(self)} resources:\n{shown}")

@@ -1,0 +1,403 @@
+"""JPEG metadata surgery: identical pixels, nothing identifying left, refusals (standards.md §5.3)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import struct
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from PIL import ExifTags, Image, ImageFilter
+
+from adapter.errors import ImageTooLarge, UndecodableImage, UnsupportedMediaType
+from adapter.imaging import ImageFacts, jpeg_pixel_size, orientation_only_tiff, sanitize, strip_to_pixels_only
+from adapter.imaging.jpeg import app_segments, walk
+from adapter.model.policy import Limits, Quality
+
+pytestmark = pytest.mark.unit
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+JPEG_SAMPLES = ["wound.jpg", "document.jpg", "tiny.jpg"]
+
+
+def _load_samples_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_samples", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+ms = _load_samples_module()
+
+
+def run(tmp_path: Path, data: bytes, *, quality: Quality | None = None,
+        limits: Limits | None = None) -> tuple[ImageFacts, bytes]:
+    src, dst = tmp_path / "upload", tmp_path / "stored"
+    src.write_bytes(data)
+    facts = sanitize(src, dst, quality=quality or Quality(), limits=limits or Limits())
+    return facts, dst.read_bytes()
+
+
+def refuse(tmp_path: Path, data: bytes, error: type[Exception], *, limits: Limits | None = None) -> Exception:
+    src, dst = tmp_path / "upload", tmp_path / "stored"
+    src.write_bytes(data)
+    with pytest.raises(error) as caught:
+        sanitize(src, dst, quality=Quality(), limits=limits or Limits())
+    assert not dst.exists()
+    return caught.value
+
+
+def pixels(data: bytes) -> np.ndarray:
+    """Full-resolution decode of the first image."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return np.asarray(im).copy()
+
+
+def header(data: bytes) -> bytes:
+    """Everything before the first scan's entropy-coded data (where metadata can live)."""
+    first_scan = next(s for s in walk(data).segments if s.marker == 0xDA)
+    return data[:first_scan.end]
+
+
+def jpeg(im: Image.Image, **params: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **params)
+    return buf.getvalue()
+
+
+def segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
+
+
+IDENTIFYING = [
+    ms.OWNER_NAME, ms.BODY_SERIAL, ms.LENS_SERIAL, ms.ARTIST, ms.XMP_PERSON, ms.IPTC_BYLINE, ms.IPTC_CITY,
+    ms.COMMENT, ms.MAKE, ms.MODEL, ms.CAPTURE_TIME, "ns.adobe.com", "Photoshop 3.0", "8BIM",
+]
+
+
+@pytest.fixture(scope="module")
+def wound() -> bytes:
+    return (SAMPLES / "wound.jpg").read_bytes()
+
+
+# --------------------------------------------------------------------------- lossless
+
+@pytest.mark.parametrize("name", JPEG_SAMPLES)
+def test_stored_pixels_are_bit_identical(tmp_path: Path, name: str) -> None:
+    received = (SAMPLES / name).read_bytes()
+    _, stored = run(tmp_path, received)
+    assert stored != received
+    before, after = pixels(received), pixels(stored)
+    assert before.shape == after.shape
+    assert np.array_equal(before, after)
+
+
+@pytest.mark.parametrize("name", ["wound.jpg", "document.jpg"])
+def test_no_identifying_value_survives(tmp_path: Path, name: str) -> None:
+    received = (SAMPLES / name).read_bytes()
+    _, stored = run(tmp_path, received)
+    needles = [v.encode() for v in IDENTIFYING] + [ms.gps_rational_bytes(ms.GPS_LATITUDE),
+                                                   ms.gps_rational_bytes(ms.GPS_LONGITUDE)]
+    present = [n for n in needles if n in received]
+    assert ms.OWNER_NAME.encode() in present and ms.gps_rational_bytes(ms.GPS_LATITUDE) in present
+    for needle in present:
+        assert needle not in stored, needle
+    # The GPS IFD pointer tag (0x8825, either byte order) is nowhere in the metadata area.
+    assert b"\x88\x25" not in header(stored) and b"\x25\x88" not in header(stored)
+
+
+def test_orientation_kept_as_orientation_only_exif(tmp_path: Path, wound: bytes) -> None:
+    facts, stored = run(tmp_path, wound)
+    assert facts.orientation == 6
+    exif_payloads = [p for m, p in app_segments(stored) if m == 0xE1]
+    assert exif_payloads == [b"Exif\x00\x00" + orientation_only_tiff(6)]
+    with Image.open(io.BytesIO(stored)) as im:
+        exif = im.getexif()
+        assert dict(exif) == {ExifTags.Base.Orientation: 6}
+        assert exif.get_ifd(ExifTags.IFD.GPSInfo) == {}
+        assert exif.get_ifd(ExifTags.IFD.Exif) == {}
+        assert exif.get_ifd(ExifTags.IFD.IFD1) == {}
+    # JFIF first, then the Orientation EXIF, then the ICC profile: nothing else.
+    assert [m for m, _ in app_segments(stored)] == [0xE0, 0xE1, 0xE2]
+
+
+def test_orientation_1_leaves_no_exif_at_all(tmp_path: Path) -> None:
+    facts, stored = run(tmp_path, (SAMPLES / "document.jpg").read_bytes())
+    assert facts.orientation == 1
+    assert b"Exif" not in header(stored)
+
+
+def test_icc_profile_kept(tmp_path: Path, wound: bytes) -> None:
+    _, stored = run(tmp_path, wound)
+    with Image.open(io.BytesIO(wound)) as before, Image.open(io.BytesIO(stored)) as after:
+        assert before.info["icc_profile"] == ms.srgb_icc()
+        assert after.info["icc_profile"] == before.info["icc_profile"]
+
+
+def test_trailer_and_mpf_image_removed(tmp_path: Path, wound: bytes) -> None:
+    facts, stored = run(tmp_path, wound)
+    assert wound.endswith(ms.TRAILER)
+    assert ms.TRAILER not in stored
+    assert stored.endswith(b"\xff\xd9")
+    assert walk(stored).trailer == 0
+    with Image.open(io.BytesIO(wound)) as before, Image.open(io.BytesIO(stored)) as after:
+        assert getattr(before, "n_frames", 1) == 2
+        assert getattr(after, "n_frames", 1) == 1 and after.format == "JPEG"
+    assert "MPF" in facts.removed and "trailer after EOI" in facts.removed
+
+
+def test_exif_thumbnail_removed(tmp_path: Path, wound: bytes) -> None:
+    with Image.open(io.BytesIO(wound)) as im:
+        ifd1 = im.getexif().get_ifd(ExifTags.IFD.IFD1)
+    tiff = wound.index(b"Exif\x00\x00") + 6
+    thumbnail = wound[tiff + ifd1[0x0201]:tiff + ifd1[0x0201] + ifd1[0x0202]]
+    assert thumbnail.startswith(b"\xff\xd8") and thumbnail.endswith(b"\xff\xd9")
+    facts, stored = run(tmp_path, wound)
+    assert thumbnail not in stored
+    assert stored.count(b"\xff\xd8") == 1
+    assert "EXIF thumbnail" in facts.removed
+
+
+def test_facts(tmp_path: Path, wound: bytes) -> None:
+    facts, stored = run(tmp_path, wound)
+    assert (facts.content_type, facts.width, facts.height) == ("image/jpeg", 1600, 1200)
+    assert facts.capture_time == datetime(2024, 5, 17, 10, 23, 45, tzinfo=timezone(timedelta(hours=2)))
+    assert (facts.device_make, facts.device_model) == (ms.MAKE, ms.MODEL)
+    assert facts.received_sha256 == hashlib.sha256(wound).hexdigest()
+    assert facts.stored_sha256 == hashlib.sha256(stored).hexdigest()
+    assert facts.stored_size == len(stored)
+    assert set(facts.removed) >= {"EXIF", "EXIF GPS", "EXIF thumbnail", "EXIF serial numbers",
+                                  "EXIF owner name", "EXIF capture time", "XMP", "IPTC", "COM", "MPF",
+                                  "trailer after EOI"}
+    names = " ".join(facts.removed)
+    assert not any(value in names for value in IDENTIFYING)
+
+
+def test_little_endian_exif(tmp_path: Path) -> None:
+    exif = ms.exif_payload(orientation=3, little_endian=True)
+    assert exif[6:8] == b"II"
+    received = jpeg(ms.photo((640, 480), seed=7), quality=90, exif=exif)
+    facts, stored = run(tmp_path, received)
+    assert facts.orientation == 3 and facts.device_make == ms.MAKE
+    assert {"EXIF GPS", "EXIF serial numbers", "EXIF owner name"} <= set(facts.removed)
+    assert ms.gps_rational_bytes(ms.GPS_LATITUDE, "<") in received
+    assert ms.gps_rational_bytes(ms.GPS_LATITUDE, "<") not in stored
+    assert [p for m, p in app_segments(stored) if m == 0xE1] == [b"Exif\x00\x00" + orientation_only_tiff(3)]
+
+
+# --------------------------------------------------------------------------- marker syntax
+
+def test_progressive_with_segments_between_scans(tmp_path: Path) -> None:
+    base = ms.loaded_jpeg(ms.photo((640, 480), seed=8), quality=85, mpf=False, progressive=True)
+    layout = walk(base)
+    scans = [s for s in layout.segments if s.marker == 0xDA]
+    assert len(scans) > 2
+    sneaky = (segment(0xFE, b"between scans: " + ms.OWNER_NAME.encode())
+              + segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x>" + ms.XMP_PERSON.encode() + b"</x>")
+              + segment(0xEB, b"APP11 private " + ms.BODY_SERIAL.encode()))
+    at = scans[1].start
+    received = base[:at] + sneaky + base[at:]
+    original = pixels(received)  # libjpeg accepts APPn/COM between scans
+    assert np.array_equal(original, pixels(base))
+    facts, stored = run(tmp_path, received)
+    assert np.array_equal(pixels(stored), original)
+    for needle in (ms.OWNER_NAME, ms.XMP_PERSON, ms.BODY_SERIAL):
+        assert needle.encode() not in stored
+    assert [m for m, _ in app_segments(stored)] == [0xE0, 0xE1, 0xE2]
+    assert "APP11" in facts.removed
+    assert len([s for s in walk(stored).segments if s.marker == 0xDA]) == len(scans)
+
+
+def test_restart_markers_and_fill_bytes(tmp_path: Path) -> None:
+    base = jpeg(ms.photo((320, 240), seed=9), quality=80, restart_marker_blocks=1,
+                exif=ms.exif_payload(orientation=1))
+    assert b"\xff\xd0" in base and b"\xff\xd7" in base
+    # Fill bytes before the first marker, before DQT and before EOI (T.81 B.1.1.2).
+    dqt = base.index(b"\xff\xdb")
+    received = base[:2] + b"\xff\xff" + base[2:dqt] + b"\xff\xff\xff" + base[dqt:-2] + b"\xff\xff" + base[-2:]
+    assert np.array_equal(pixels(received), pixels(base))
+    _, stored = run(tmp_path, received)
+    assert np.array_equal(pixels(stored), pixels(base))
+    assert stored.count(b"\xff\xd0") == base.count(b"\xff\xd0")
+    assert not stored.endswith(b"\xff\xff\xd9")  # fill bytes are not copied
+
+
+def test_jfif_thumbnail_and_jfxx_removed(tmp_path: Path) -> None:
+    base = jpeg(ms.photo((320, 240), seed=10), quality=85)
+    assert base[6:11] == b"JFIF\x00"
+    app0_end = 4 + struct.unpack_from(">H", base, 4)[0]
+    thumbnail = bytes(range(2 * 2 * 3))
+    jfif = base[6:6 + 12] + b"\x02\x02" + thumbnail
+    jfxx = b"JFXX\x00\x13" + bytes((1, 1)) + b"\xaa\xbb\xcc"
+    received = base[:2] + segment(0xE0, jfif) + segment(0xE0, jfxx) + base[app0_end:]
+    facts, stored = run(tmp_path, received)
+    app0 = [p for m, p in app_segments(stored) if m == 0xE0]
+    assert app0 == [base[6:6 + 12] + b"\x00\x00"]
+    assert {"JFIF thumbnail", "JFXX thumbnail"} <= set(facts.removed)
+    assert np.array_equal(pixels(stored), pixels(base))
+
+
+def test_cmyk_adobe_app14_kept(tmp_path: Path) -> None:
+    received = jpeg(ms.photo((320, 240), seed=11).convert("CMYK"), quality=90)
+    assert any(m == 0xEE for m, _ in app_segments(received))
+    _, stored = run(tmp_path, received)
+    assert [p[:5] for m, p in app_segments(stored) if m == 0xEE] == [b"Adobe"]
+    assert np.array_equal(pixels(stored), pixels(received))
+    trained = strip_to_pixels_only(stored, "image/jpeg")
+    assert [m for m, _ in app_segments(trained)] == [0xEE]
+    assert np.array_equal(pixels(trained), pixels(received))
+
+
+def test_extraneous_bytes_between_segments_are_dropped(tmp_path: Path) -> None:
+    base = jpeg(ms.photo((160, 120), seed=13), quality=85)
+    dqt = base.index(b"\xff\xdb")
+    received = base[:dqt] + b"JUNK" + base[dqt:]
+    facts, stored = run(tmp_path, received)
+    assert b"JUNK" not in stored
+    assert "extraneous bytes between segments" in facts.removed
+    assert np.array_equal(pixels(stored), pixels(base))
+
+
+# --------------------------------------------------------------------------- refusals
+
+def test_not_an_image_is_unsupported(tmp_path: Path) -> None:
+    refuse(tmp_path, (SAMPLES / "not-an-image.txt").read_bytes(), UnsupportedMediaType)
+    refuse(tmp_path, b"GIF89a" + bytes(40), UnsupportedMediaType)
+    refuse(tmp_path, b"", UnsupportedMediaType)
+
+
+def test_truncated_jpeg_is_undecodable(tmp_path: Path) -> None:
+    truncated = (SAMPLES / "truncated.jpg").read_bytes()
+    refuse(tmp_path, truncated, UndecodableImage)
+    with pytest.raises(OSError):  # Pillow agrees it does not decode
+        pixels(truncated)
+
+
+@pytest.mark.parametrize("cut", [3, 10, 21, 200])
+def test_jpeg_cut_inside_the_header_is_undecodable(tmp_path: Path, wound: bytes, cut: int) -> None:
+    refuse(tmp_path, wound[:cut], UndecodableImage)
+
+
+def test_segment_length_past_the_end_is_undecodable(tmp_path: Path) -> None:
+    base = jpeg(ms.photo((64, 48), seed=14), quality=85)
+    refuse(tmp_path, base[:2] + b"\xff\xe1\xff\xff" + b"Exif\x00\x00", UndecodableImage)
+
+
+def test_decoder_error_is_wrapped(tmp_path: Path) -> None:
+    base = jpeg(ms.photo((64, 48), seed=15), quality=85)
+    sof = base.index(b"\xff\xc0")
+    # The first component now uses quantization table 3, which no DQT defines.
+    received = bytearray(base)
+    received[sof + 12] = 3
+    error = refuse(tmp_path, bytes(received), UndecodableImage)
+    assert isinstance(error.__cause__, OSError)
+
+
+def bomb_header(width: int, height: int) -> bytes:
+    """A syntactically complete JPEG whose frame header claims width x height."""
+    base = jpeg(Image.new("L", (8, 8), 128), quality=90)
+    sof = base.index(b"\xff\xc0")
+    return base[:sof + 5] + struct.pack(">HH", height, width) + base[sof + 9:]
+
+
+def test_bomb_refused_from_the_header(tmp_path: Path) -> None:
+    data = bomb_header(65_535, 65_535)
+    assert jpeg_pixel_size(data) == (65_535, 65_535)
+    refuse(tmp_path, data, ImageTooLarge)
+    # Even a bare header (no scan at all) is refused as too large, before structure checks.
+    refuse(tmp_path, data[:data.index(b"\xff\xda")], ImageTooLarge)
+    refuse(tmp_path, bomb_header(2000, 2000), ImageTooLarge, limits=Limits(max_pixels=3_999_999))
+
+
+def test_pillow_bomb_check_is_wrapped(tmp_path: Path) -> None:
+    error = refuse(tmp_path, bomb_header(65_535, 65_535), ImageTooLarge, limits=Limits(max_pixels=10**12))
+    assert isinstance(error.__cause__, Image.DecompressionBombError)
+
+
+# --------------------------------------------------------------------------- quality
+
+def test_no_warnings_on_a_good_photo(tmp_path: Path, wound: bytes) -> None:
+    facts, _ = run(tmp_path, wound)
+    assert facts.quality_warnings == ()
+
+
+def test_tiny_heavily_compressed_photo_warns(tmp_path: Path) -> None:
+    facts, _ = run(tmp_path, (SAMPLES / "tiny.jpg").read_bytes())
+    assert "image is 120x90 pixels, below the policy minimum of 640x480" in facts.quality_warnings
+    assert any(w.startswith("JPEG quality estimated at") and w.endswith("below 40")
+               for w in facts.quality_warnings)
+
+
+def test_blurred_photo_warns(tmp_path: Path) -> None:
+    sharp = ms.photo((1600, 1200), seed=16, noise=0.05)
+    facts, _ = run(tmp_path, jpeg(sharp, quality=90))
+    assert facts.quality_warnings == ()
+    facts, _ = run(tmp_path, jpeg(sharp.filter(ImageFilter.GaussianBlur(10)), quality=90))
+    assert len(facts.quality_warnings) == 1
+    assert facts.quality_warnings[0].startswith("image looks blurred (sharpness ")
+
+
+def test_portrait_photo_meets_a_landscape_minimum(tmp_path: Path) -> None:
+    facts, _ = run(tmp_path, jpeg(ms.photo((480, 640), seed=17), quality=90))
+    assert not any("pixels" in w for w in facts.quality_warnings)
+
+
+@pytest.mark.parametrize("q", [5, 25, 40, 60, 75, 90, 98])
+def test_jpeg_quality_estimate(tmp_path: Path, q: int) -> None:
+    facts, _ = run(tmp_path, jpeg(ms.photo((640, 480), seed=18), quality=q), quality=Quality(min_jpeg_quality=100))
+    warning = next(w for w in facts.quality_warnings if w.startswith("JPEG quality"))
+    estimated = int(warning.split()[4].rstrip(","))
+    assert abs(estimated - q) <= 1
+
+
+# --------------------------------------------------------------------------- de-identified view
+
+@pytest.mark.parametrize("name", JPEG_SAMPLES)
+def test_strip_to_pixels_only(tmp_path: Path, name: str) -> None:
+    received = (SAMPLES / name).read_bytes()
+    _, stored = run(tmp_path, received)
+    for source in (received, stored):
+        trained = strip_to_pixels_only(source, "image/jpeg")
+        assert [m for m, _ in app_segments(trained)] == [0xE0]
+        assert [p for m, p in app_segments(trained)] == [b"JFIF\x00\x01\x02\x00\x00\x01\x00\x01\x00\x00"]
+        assert np.array_equal(pixels(trained), pixels(received))
+        assert ms.TRAILER not in trained and b"ICC_PROFILE" not in trained
+
+
+def test_strip_to_pixels_only_checks_the_declared_type(wound: bytes) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        strip_to_pixels_only(wound, "image/png")
+    with pytest.raises(UnsupportedMediaType):
+        strip_to_pixels_only(b"not an image", "image/jpeg")
+
+
+def test_jpeg_pixel_size(wound: bytes) -> None:
+    assert jpeg_pixel_size(wound) == (1600, 1200)
+    with pytest.raises(UndecodableImage):
+        jpeg_pixel_size(b"\xff\xd8\xff\xd9")
+
+
+# --------------------------------------------------------------------------- full size
+
+@pytest.fixture(scope="module")
+def large_photo(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = ms.make_large_photo(tmp_path_factory.mktemp("large") / "large.jpg")
+    return path.read_bytes()
+
+
+def test_large_photo(tmp_path: Path, large_photo: bytes) -> None:
+    assert 2_700_000 <= len(large_photo) <= 3_300_000
+    facts, stored = run(tmp_path, large_photo)
+    assert (facts.width, facts.height) == (4000, 3000)
+    assert facts.quality_warnings == ()
+    assert ms.OWNER_NAME.encode() not in stored
+    assert np.array_equal(pixels(stored), pixels(large_photo))

@@ -1,0 +1,69 @@
+"""The CapabilityStatement (adapter.mapping.capability) for R4 4.0.1 and R5 5.0.0."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from fhir.resources.capabilitystatement import CapabilityStatement as CapabilityStatementR5
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement as CapabilityStatementR4
+
+from adapter.errors import NotSupported
+from adapter.mapping.capability import PURPOSE_OF_USE_HEADER, SEARCH_PARAMS, capability_statement
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+MODELS = {"4.0.1": CapabilityStatementR4, "5.0.0": CapabilityStatementR5}
+
+
+@pytest.mark.parametrize("version", ["4.0.1", "5.0.0"])
+def test_valid_and_complete(version: str) -> None:
+    cs = capability_statement(base_url="https://images.example.org/fhir/", fhir_version=version,
+                              software_version="0.1.0", now=NOW)
+    MODELS[version].model_validate(cs)
+    assert cs["status"] == "active" and cs["kind"] == "instance" and cs["fhirVersion"] == version
+    assert cs["format"] == ["json"]
+    assert cs["date"] == "2024-03-01T09:00:00+00:00"
+    assert cs["implementation"]["url"] == "https://images.example.org/fhir"  # cpb-14
+    assert cs["software"] == {"name": "clinical-image-adapter", "version": "0.1.0"}
+    [rest] = cs["rest"]
+    assert rest["mode"] == "server"
+    assert PURPOSE_OF_USE_HEADER in rest["security"]["description"]
+    assert rest["interaction"] == [{"code": "transaction"}]
+    resources = {r["type"]: r for r in rest["resource"]}
+    expected = {"DocumentReference", "Binary", "Consent", "Provenance"} | ({"Media"} if version == "4.0.1" else set())
+    assert set(resources) == expected
+    assert len(rest["resource"]) == len(resources)  # cpb-9: each type once
+    for r in resources.values():
+        names = [p["name"] for p in r.get("searchParam", [])]
+        assert len(names) == len(set(names))  # cpb-12
+        interactions = {i["code"] for i in r["interaction"]}
+        assert "read" in interactions
+    assert {i["code"] for i in resources["Consent"]["interaction"]} == {"read", "search-type", "create", "update"}
+    doc_params = {p["name"]: p["type"] for p in resources["DocumentReference"]["searchParam"]}
+    assert doc_params == {"_id": "token", "patient": "reference", "subject": "reference", "date": "date",
+                          "type": "token", "category": "token", "status": "token", "identifier": "token",
+                          "modality": "token", "kind": "token", "_count": "number"}
+    assert "patient:identifier" not in doc_params  # a modifier, documented on 'patient'
+    patient = next(p for p in resources["DocumentReference"]["searchParam"] if p["name"] == "patient")
+    assert ":identifier" in patient["documentation"]
+    if version == "4.0.1":
+        assert {p["name"] for p in resources["Media"]["searchParam"]} >= {"created", "patient", "_id", "_count"}
+
+
+def test_unknown_version_and_naive_now() -> None:
+    with pytest.raises(NotSupported):
+        capability_statement(base_url="x", fhir_version="4.3.0", software_version="1", now=NOW)
+    cs = capability_statement(base_url="http://h/fhir", fhir_version="4.0.1", software_version="1",
+                              now=datetime(2024, 3, 1, 9, 0))
+    assert cs["date"] == "2024-03-01T09:00:00+00:00"
+
+
+def test_declared_search_parameters_are_the_ones_the_search_service_accepts() -> None:
+    search_params = pytest.importorskip("adapter.services.search_params")
+    accepted: dict[str, dict[str, str]] = search_params._PARAMS
+    common: set[str] = search_params._COMMON
+    for resource_type, params in SEARCH_PARAMS.items():
+        declared = {p.name for p in params}
+        assert declared == (set(accepted[resource_type]) | common) - {"_offset"}, resource_type

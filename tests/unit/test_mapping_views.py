@@ -1,0 +1,542 @@
+"""Read views (adapter.mapping.views) and keyed pseudonyms (adapter.mapping.pseudonym).
+
+Inputs are small R4 literals shaped like our stored resources (after the shared fhir-good
+fixtures), seeded with identifying content that the restricted views must remove.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.binary import Binary
+from fhir.resources.R4B.consent import Consent
+from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.media import Media
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.provenance import Provenance
+
+from adapter.errors import ConfigurationError, Forbidden, NotSupported
+from adapter.mapping import codes
+from adapter.mapping.pseudonym import Pseudonymizer
+from adapter.mapping.tables import Tables, load_tables
+from adapter.mapping.views import render, security_labels
+from adapter.model.decision import Decision, View
+from adapter.model.purpose import PurposeOfUse
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+JSON = dict[str, Any]
+
+PATIENT_SYSTEM = "urn:oid:2.999.1.1"
+PATIENT_VALUE = "MRN-4711-XYZ"
+STORED_SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+ORIGINAL_SHA = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"
+POLICY_URI = "urn:clinical-image-adapter:policy:clinical-photography:v1"
+KEY = b"k" * 32
+PSEUDONYM_SYSTEM = "urn:clinical-image-adapter:pseudonym"
+
+#: Strings that identify the patient, the staff, the visit or the record.
+IDENTIFYING = [
+    PATIENT_VALUE, "pat-123", "Jane", "Roe", "Alice", "prac-1", "Bob", "ext-9", "enc-998877", "Ward 3",
+    "Clinic", "org-1", "dressing", "urn:oid:1.2.826", "sr-1", "consent-form-1", ORIGINAL_SHA,
+]
+
+
+# --- factories: fresh dicts every call ---------------------------------------------------------
+
+def subject() -> JSON:
+    return {"reference": "Patient/pat-123", "type": "Patient",
+            "identifier": {"system": PATIENT_SYSTEM, "value": PATIENT_VALUE}, "display": "Jane Roe"}
+
+
+def media() -> JSON:
+    return {
+        "resourceType": "Media",
+        "id": "wound-photo-1",
+        "meta": {"versionId": "1", "lastUpdated": "2024-03-01T09:16:02.120Z", "source": "urn:ward-3-app",
+                 "security": [{"system": codes.V3_CONFIDENTIALITY, "code": "N"}]},
+        "text": {"status": "generated",
+                 "div": '<div xmlns="http://www.w3.org/1999/xhtml"><p>Wound photo of Jane Roe</p></div>'},
+        "extension": [
+            {"url": codes.EXT_PHOTO_KIND, "valueCode": "clinical"},
+            {"url": codes.EXT_PHOTO_SOURCE, "valueCode": "clinician"},
+            {"url": codes.EXT_CAPTURE_DEVICE, "valueCode": "personal"},
+            {"url": codes.EXT_CONSENT_RECORDED_BY, "valueReference": {"display": "Nurse Bob"}},
+        ],
+        "identifier": [{"system": codes.SHA256_SYSTEM, "value": STORED_SHA},
+                       {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.826.0.1.3680043.8.498.1"}],
+        "status": "completed",
+        "type": {"coding": [{"system": codes.MEDIA_TYPE, "code": "image", "display": "Image"}]},
+        "modality": {"coding": [{"system": codes.DCM, "code": "XC", "display": "External-camera Photography"}]},
+        "view": {"coding": [{"system": codes.SNOMED, "code": "399067008", "display": "Lateral projection"}]},
+        "subject": subject(),
+        "encounter": {"reference": "Encounter/enc-998877", "display": "Ward 3 visit"},
+        "createdDateTime": "2024-03-01T10:15:00+01:00",
+        "issued": "2024-03-01T09:16:02.120Z",
+        "operator": {"reference": "Practitioner/prac-1", "display": "Dr. Alice Example"},
+        "reasonCode": [{"coding": [{"system": codes.SNOMED, "code": "225552003", "display": "Wound care"}],
+                        "text": "Jane's wound check"}],
+        "bodySite": {"coding": [{"system": codes.SNOMED, "code": "14975008", "display": "Forearm"}],
+                     "text": "left forearm of Jane"},
+        "deviceName": "Ward 3 clinical camera",
+        "height": 3000,
+        "width": 4000,
+        "content": {"contentType": "image/jpeg", "url": "Binary/wound-photo-1-bin", "size": 2519841,
+                    "hash": "2jmj7l5rSw0yVb/vlWAYkK/YBwk=", "title": "Jane Roe wound",
+                    "creation": "2024-03-01T10:15:00+01:00"},
+        "note": [{"authorString": "Dr. Alice Example", "text": "Taken after dressing removal for Jane Roe"}],
+    }
+
+
+def document_reference() -> JSON:
+    return {
+        "resourceType": "DocumentReference",
+        "id": "doc-photo-1",
+        "meta": {"lastUpdated": "2024-03-01T09:16:02.120Z"},
+        "extension": [{"url": codes.EXT_PHOTO_KIND, "valueCode": "document"}],
+        "masterIdentifier": {"system": codes.SHA256_SYSTEM, "value": STORED_SHA},
+        "identifier": [{"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.826.0.1.3680043.8.498.2"}],
+        "status": "current",
+        "docStatus": "final",
+        "type": {"coding": [{"system": codes.PHOTO_KIND_SYSTEM, "code": "document",
+                             "display": "Photographed document"}], "text": "Letter for Jane"},
+        "category": [{"coding": [{"system": codes.PHOTO_KIND_SYSTEM, "code": "document"}]}],
+        "subject": subject(),
+        "date": "2024-03-01T09:16:02.120Z",
+        "author": [{"reference": "Practitioner/prac-1", "display": "Dr. Alice Example"}],
+        "authenticator": {"reference": "Practitioner/prac-1", "display": "Dr. Alice Example"},
+        "custodian": {"reference": "Organization/org-1", "display": "St. Example Clinic"},
+        "relatesTo": [{"code": "appends", "target": {"reference": "DocumentReference/doc-old-1"}}],
+        "description": "Discharge letter of Jane Roe",
+        "securityLabel": [{"coding": [{"system": codes.V3_CONFIDENTIALITY, "code": "R"}]}],
+        "content": [{
+            "attachment": {"contentType": "image/jpeg", "url": "Binary/doc-photo-1-bin", "size": 1234,
+                           "hash": "2jmj7l5rSw0yVb/vlWAYkK/YBwk=", "title": "Jane Roe letter.jpg",
+                           "creation": "2024-03-01T10:15:00+01:00"},
+            "format": {"system": "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode",
+                       "code": "urn:ihe:iti:xds-sd:pdf:2008"},
+        }],
+        "context": {
+            "encounter": [{"reference": "Encounter/enc-998877", "display": "Ward 3 visit"}],
+            "event": [{"coding": [{"system": codes.SNOMED, "code": "225552003"}], "text": "Jane visit"}],
+            "period": {"start": "2024-03-01T10:00:00+01:00", "end": "2024-03-01T11:00:00+01:00"},
+            "facilityType": {"coding": [{"system": codes.SNOMED, "code": "225746001", "display": "Ward"}]},
+            "practiceSetting": {"coding": [{"system": codes.SNOMED, "code": "394582007",
+                                            "display": "Dermatology"}]},
+            "sourcePatientInfo": {"reference": "Patient/pat-123", "display": "Jane Roe"},
+            "related": [{"reference": "ServiceRequest/sr-1"}],
+        },
+    }
+
+
+def consent() -> JSON:
+    return {
+        "resourceType": "Consent",
+        "id": "photo-consent-1",
+        "extension": [
+            {"url": codes.EXT_CONSENT_METHOD, "valueCode": "written"},
+            {"url": codes.EXT_CONSENT_RECORDED_BY,
+             "valueReference": {"reference": "Practitioner/prac-1", "display": "Dr. Alice Example"}},
+        ],
+        "status": "active",
+        "scope": {"coding": [{"system": codes.CONSENT_SCOPE, "code": "patient-privacy",
+                              "display": "Privacy Consent"}]},
+        "category": [{"coding": [{"system": codes.LOINC, "code": "59284-0", "display": "Patient Consent"}]}],
+        "patient": subject(),
+        "dateTime": "2024-03-01T09:58:00+01:00",
+        "performer": [{"reference": "Patient/pat-123", "display": "Jane Roe"}],
+        "organization": [{"reference": "Organization/org-1", "display": "St. Example Clinic"}],
+        "sourceAttachment": {"contentType": "application/pdf", "title": "Signed form, Jane Roe",
+                             "url": "Binary/consent-form-1"},
+        "policy": [{"uri": POLICY_URI}],
+        "policyRule": {"coding": [{"system": codes.V3_ACT_CODE, "code": "OPTIN", "display": "opt-in"}]},
+        "verification": [{"verified": True, "verifiedWith": {"reference": "Patient/pat-123"},
+                          "verificationDate": "2024-03-01T10:00:00+01:00"}],
+        "provision": {
+            "type": "permit",
+            "period": {"start": "2024-03-01", "end": "2025-03-01"},
+            "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                            "code": "IRCP"}]},
+                       "reference": {"reference": "Practitioner/prac-1", "display": "Dr. Alice Example"}}],
+            "action": [{"coding": [{"system": codes.CONSENT_ACTION, "code": "use"}]}],
+            "purpose": [{"system": codes.V3_ACT_REASON, "code": "TREAT", "display": "treatment"},
+                        {"system": codes.V3_ACT_REASON, "code": "HRESCH", "display": "healthcare research"}],
+            "class": [{"system": "urn:ietf:bcp:13", "code": "image/jpeg"},
+                      {"system": "http://hl7.org/fhir/resource-types", "code": "Media"}],
+            "data": [{"meaning": "instance", "reference": {"reference": "Media/wound-photo-1",
+                                                           "display": "Jane Roe wound"}}],
+            "provision": [{"type": "deny",
+                           "purpose": [{"system": codes.V3_ACT_REASON, "code": "MLTRAINING"}]}],
+        },
+    }
+
+
+def provenance() -> JSON:
+    return {
+        "resourceType": "Provenance",
+        "id": "photo-prov-1",
+        "target": [{"reference": "Media/wound-photo-1", "display": "Jane Roe wound"},
+                   {"reference": "Binary/wound-photo-1-bin"}],
+        "occurredDateTime": "2024-03-01T10:15:00+01:00",
+        "recorded": "2024-03-01T09:16:02.120Z",
+        "location": {"reference": "Location/ward-3", "display": "Ward 3"},
+        "reason": [{"coding": [{"system": codes.V3_ACT_REASON, "code": "TREAT"}], "text": "Jane's care"}],
+        "activity": {"coding": [{"system": codes.V3_DATA_OPERATION, "code": "CREATE", "display": "create"}]},
+        "agent": [
+            {"type": {"coding": [{"system": codes.PROVENANCE_PARTICIPANT_TYPE, "code": "author"}]},
+             "who": {"reference": "Practitioner/ext-9", "display": "Bob Colleague"},
+             "onBehalfOf": {"reference": "Organization/org-1", "display": "St. Example Clinic"}},
+            {"type": {"coding": [{"system": codes.PROVENANCE_PARTICIPANT_TYPE, "code": "assembler"}]},
+             "who": {"reference": "Device/adapter"}},
+        ],
+        "entity": [
+            {"role": "source", "what": {"identifier": {"system": codes.SHA256_SYSTEM, "value": ORIGINAL_SHA},
+                                        "display": "JPEG from Bob, Ward 3"}},
+            {"role": "derivation", "what": {"reference": "Binary/wound-photo-1-bin"}},
+        ],
+    }
+
+
+def binary() -> JSON:
+    return {
+        "resourceType": "Binary",
+        "id": "wound-photo-1-bin",
+        "contentType": "image/jpeg",
+        "securityContext": {"reference": "Media/wound-photo-1", "display": "Jane Roe wound"},
+        "data": "/9j/4AAQSkZJRgABAQAAAQABAAD/2Q==",
+    }
+
+
+FACTORIES: dict[str, Callable[[], JSON]] = {
+    "Media": media, "DocumentReference": document_reference, "Consent": consent,
+    "Provenance": provenance, "Binary": binary,
+}
+MODELS: dict[str, Any] = {
+    "Media": Media, "DocumentReference": DocumentReference, "Consent": Consent, "Provenance": Provenance,
+    "Binary": Binary, "OperationOutcome": OperationOutcome,
+}
+PURPOSE = {View.FULL: "TREAT", View.DEIDENTIFIED: "TRAIN", View.PSEUDONYMISED: "HRESCH"}
+OBLIGATION = {View.FULL: (), View.DEIDENTIFIED: ("DEID",), View.PSEUDONYMISED: ("PSEUD",)}
+
+
+def decision(view: View, *, purposes: frozenset[str] = frozenset({"TREAT", "HRESCH", "TRAIN"}),
+             break_glass: bool = False, obligations: tuple[str, ...] | None = None) -> Decision:
+    return Decision(permitted=True, reason="test", purpose=PurposeOfUse(PURPOSE[view]), view=view,
+                    break_glass=break_glass, permitted_purposes=purposes,
+                    obligations=OBLIGATION[view] if obligations is None else obligations)
+
+
+@pytest.fixture(scope="module")
+def tables() -> Tables:
+    return load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
+
+
+@pytest.fixture()
+def pseudonymizer() -> Pseudonymizer:
+    return Pseudonymizer(KEY, PSEUDONYM_SYSTEM)
+
+
+def validate_r4(resource: JSON) -> None:
+    MODELS[resource["resourceType"]].model_validate(resource)
+
+
+def text_of(resource: JSON) -> str:
+    return json.dumps(resource, ensure_ascii=False)
+
+
+def without_security(resource: JSON) -> JSON:
+    out = copy.deepcopy(resource)
+    out.get("meta", {}).pop("security", None)
+    if out.get("meta") == {}:
+        del out["meta"]
+    return out
+
+
+ALL = [(rt, view) for rt in FACTORIES for view in View]
+
+
+# --- every resource type x view ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("resource_type", "view"), ALL)
+def test_output_is_valid_r4_and_input_untouched(resource_type: str, view: View, tables: Tables,
+                                                pseudonymizer: Pseudonymizer) -> None:
+    source = FACTORIES[resource_type]()
+    before = copy.deepcopy(source)
+    out = render(source, decision(view), tables=tables, pseudonymizer=pseudonymizer)
+    assert source == before
+    assert out is not source
+    validate_r4(out)
+    assert out["resourceType"] == resource_type and out["id"] == source["id"]
+    # the result shares no mutable structure with the input
+    out.setdefault("meta", {})["versionId"] = "changed"
+    assert source == before
+
+
+@pytest.mark.parametrize(("resource_type", "view"), ALL)
+def test_labels_exact(resource_type: str, view: View, tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    out = render(FACTORIES[resource_type](), decision(view), tables=tables, pseudonymizer=pseudonymizer)
+    expected = [
+        {"system": codes.V3_CONFIDENTIALITY, "code": "R", "display": "restricted"},
+        {"system": codes.V3_ACT_REASON, "code": "HRESCH", "display": "healthcare research"},
+        {"system": codes.V3_ACT_REASON, "code": "TRAIN", "display": "training"},
+        {"system": codes.V3_ACT_REASON, "code": "TREAT", "display": "treatment"},
+    ]
+    if view is View.DEIDENTIFIED:
+        expected += [{"system": codes.V3_ACT_CODE, "code": "DEID", "display": "deidentify"},
+                     {"system": codes.V3_OBSERVATION_VALUE, "code": "ANONYED", "display": "anonymized"}]
+    if view is View.PSEUDONYMISED:
+        expected += [{"system": codes.V3_ACT_CODE, "code": "PSEUD", "display": "pseudonymize"},
+                     {"system": codes.V3_OBSERVATION_VALUE, "code": "PSEUDED", "display": "pseudonymized"}]
+    assert out["meta"]["security"] == expected
+    assert expected == security_labels(decision(view), tables)
+    confidentiality = [c for c in out["meta"]["security"] if c["system"] == codes.V3_CONFIDENTIALITY]
+    assert len(confidentiality) == 1
+
+
+@pytest.mark.parametrize("resource_type", list(FACTORIES))
+def test_full_view_is_unchanged_content(resource_type: str, tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    source = FACTORIES[resource_type]()
+    out = render(source, decision(View.FULL), tables=tables, pseudonymizer=pseudonymizer)
+    assert without_security(out) == without_security(source)
+
+
+@pytest.mark.parametrize("resource_type", [rt for rt in FACTORIES if rt != "Binary"])
+def test_deidentified_leaves_nothing_identifying(resource_type: str, tables: Tables,
+                                                 pseudonymizer: Pseudonymizer) -> None:
+    out = render(FACTORIES[resource_type](), decision(View.DEIDENTIFIED), tables=tables,
+                 pseudonymizer=pseudonymizer)
+    text = text_of(out)
+    for needle in IDENTIFYING + [STORED_SHA, "2jmj7l5rSw0yVb", PSEUDONYM_SYSTEM]:
+        assert needle not in text, needle
+    for key in ("subject", "patient", "encounter", "identifier", "masterIdentifier", "note", "text",
+                "operator", "author", "performer", "organization", "sourceAttachment", "description",
+                "deviceName", "custodian", "authenticator", "location", "issued", "date", "contained"):
+        assert key not in out, key
+    assert "lastUpdated" not in out.get("meta", {})
+    # dates: the year only; the one required instant (Provenance.recorded) is 1 January UTC
+    if resource_type == "Provenance":
+        assert out["recorded"] == "2024-01-01T00:00:00Z"
+        text = text_of({k: v for k, v in out.items() if k != "recorded"})
+    assert re.search(r"\d{4}-\d{2}", text) is None, text
+
+
+@pytest.mark.parametrize("resource_type", [rt for rt in FACTORIES if rt != "Binary"])
+def test_pseudonymised_leaves_no_names_and_pseudonymises_the_patient(
+        resource_type: str, tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    out = render(FACTORIES[resource_type](), decision(View.PSEUDONYMISED), tables=tables,
+                 pseudonymizer=pseudonymizer)
+    text = text_of(out)
+    for needle in IDENTIFYING:
+        assert needle not in text, needle
+    for key in ("encounter", "note", "text", "operator", "author", "performer", "organization",
+                "sourceAttachment", "description", "deviceName", "custodian", "contained"):
+        assert key not in out, key
+    expected = {"type": "Patient", "identifier": {"system": PSEUDONYM_SYSTEM,
+                                                  "value": pseudonymizer.pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)}}
+    if resource_type in ("Media", "DocumentReference"):
+        assert out["subject"] == expected
+    if resource_type == "Consent":
+        assert out["patient"] == expected
+
+
+def test_pseudonym_is_the_same_across_resources(tables: Tables) -> None:
+    subjects = []
+    for factory, key in ((media, "subject"), (document_reference, "subject"), (consent, "patient")):
+        # a new Pseudonymizer per request: stability rests on the key alone
+        out = render(factory(), decision(View.PSEUDONYMISED), tables=tables,
+                     pseudonymizer=Pseudonymizer(KEY, PSEUDONYM_SYSTEM))
+        subjects.append(out[key])
+    assert subjects[0] == subjects[1] == subjects[2]
+    assert re.fullmatch(r"[a-z2-7]{26}", subjects[0]["identifier"]["value"])
+
+
+def test_pseudonymised_keeps_dates_and_the_sha256(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    out = render(media(), decision(View.PSEUDONYMISED), tables=tables, pseudonymizer=pseudonymizer)
+    assert out["identifier"] == [{"system": codes.SHA256_SYSTEM, "value": STORED_SHA}]
+    assert out["createdDateTime"] == "2024-03-01T10:15:00+01:00"
+    assert out["issued"] == "2024-03-01T09:16:02.120Z"
+    assert out["meta"]["lastUpdated"] == "2024-03-01T09:16:02.120Z"
+    assert out["content"] == {"contentType": "image/jpeg", "url": "Binary/wound-photo-1-bin", "size": 2519841,
+                              "hash": "2jmj7l5rSw0yVb/vlWAYkK/YBwk=", "creation": "2024-03-01T10:15:00+01:00"}
+    doc = render(document_reference(), decision(View.PSEUDONYMISED), tables=tables, pseudonymizer=pseudonymizer)
+    assert doc["masterIdentifier"] == {"system": codes.SHA256_SYSTEM, "value": STORED_SHA}
+    assert "identifier" not in doc
+    assert doc["date"] == "2024-03-01T09:16:02.120Z"
+    assert doc["context"]["period"] == {"start": "2024-03-01T10:00:00+01:00", "end": "2024-03-01T11:00:00+01:00"}
+
+
+def test_subject_known_only_by_reference_is_pseudonymised(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    source = media()
+    source["subject"] = {"reference": "Patient/pat-123"}
+    out = render(source, decision(View.PSEUDONYMISED), tables=tables, pseudonymizer=pseudonymizer)
+    assert "pat-123" not in text_of(out)
+    assert out["subject"]["identifier"]["system"] == PSEUDONYM_SYSTEM
+
+
+def test_deidentified_media_keeps_clinical_codes(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    out = render(media(), decision(View.DEIDENTIFIED), tables=tables, pseudonymizer=pseudonymizer)
+    assert out["status"] == "completed"
+    assert out["bodySite"] == {"coding": [{"system": codes.SNOMED, "code": "14975008", "display": "Forearm"}]}
+    assert out["modality"]["coding"][0]["code"] == "XC"
+    assert out["createdDateTime"] == "2024"
+    assert out["content"] == {"contentType": "image/jpeg", "url": "Binary/wound-photo-1-bin", "creation": "2024"}
+    assert out["extension"] == [{"url": codes.EXT_PHOTO_KIND, "valueCode": "clinical"},
+                                {"url": codes.EXT_PHOTO_SOURCE, "valueCode": "clinician"},
+                                {"url": codes.EXT_CAPTURE_DEVICE, "valueCode": "personal"}]
+    assert out["meta"] == {"versionId": "1", "security": out["meta"]["security"]}
+
+
+def test_deidentified_consent_keeps_its_rules(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    out = render(consent(), decision(View.DEIDENTIFIED), tables=tables, pseudonymizer=pseudonymizer)
+    assert out["policy"] == [{"uri": POLICY_URI}]  # ppc-1
+    assert out["dateTime"] == "2024"
+    assert out["extension"] == [{"url": codes.EXT_CONSENT_METHOD, "valueCode": "written"}]
+    assert out["verification"] == [{"verified": True, "verificationDate": "2024"}]
+    provision = out["provision"]
+    assert provision["type"] == "permit"
+    assert provision["period"] == {"start": "2024", "end": "2025"}
+    assert provision["actor"] == [{"role": consent()["provision"]["actor"][0]["role"],
+                                   "reference": {"display": "redacted"}}]
+    assert provision["data"] == [{"meaning": "instance", "reference": {"reference": "Media/wound-photo-1"}}]
+    assert provision["provision"] == [{"type": "deny",
+                                       "purpose": [{"system": codes.V3_ACT_REASON, "code": "MLTRAINING"}]}]
+
+
+def test_deidentified_provenance(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    out = render(provenance(), decision(View.DEIDENTIFIED), tables=tables, pseudonymizer=pseudonymizer)
+    assert out["target"] == [{"reference": "Media/wound-photo-1"}, {"reference": "Binary/wound-photo-1-bin"}]
+    assert out["occurredDateTime"] == "2024"
+    assert [a["who"] for a in out["agent"]] == [{"display": "author (redacted)"},
+                                                {"display": "assembler (redacted)"}]
+    assert all("onBehalfOf" not in a for a in out["agent"])
+    assert out["entity"] == [{"role": "source", "what": {"display": "source (redacted)"}},
+                             {"role": "derivation", "what": {"reference": "Binary/wound-photo-1-bin"}}]
+    assert out["reason"] == [{"coding": [{"system": codes.V3_ACT_REASON, "code": "TREAT"}]}]
+
+
+@pytest.mark.parametrize("view", [View.DEIDENTIFIED, View.PSEUDONYMISED])
+def test_binary_keeps_content_and_a_literal_security_context(view: View, tables: Tables,
+                                                            pseudonymizer: Pseudonymizer) -> None:
+    out = render(binary(), decision(view), tables=tables, pseudonymizer=pseudonymizer)
+    assert without_security(out) == {"resourceType": "Binary", "id": "wound-photo-1-bin",
+                                     "contentType": "image/jpeg",
+                                     "securityContext": {"reference": "Media/wound-photo-1"},
+                                     "data": "/9j/4AAQSkZJRgABAQAAAQABAAD/2Q=="}
+
+
+# --- labels -----------------------------------------------------------------------------------
+
+def test_break_glass_adds_btg(tables: Tables) -> None:
+    labels = security_labels(decision(View.FULL, purposes=frozenset(), break_glass=True), tables)
+    assert labels == [{"system": codes.V3_CONFIDENTIALITY, "code": "R", "display": "restricted"},
+                      {"system": codes.V3_ACT_REASON, "code": "BTG", "display": "break the glass"}]
+
+
+def test_obligations_in_order_once_and_unknown_without_display(tables: Tables) -> None:
+    labels = security_labels(decision(View.FULL, purposes=frozenset(), obligations=("AUDIT", "DEID", "AUDIT",
+                                                                                    "NOREUSE")), tables)
+    assert labels[1:] == [{"system": codes.V3_ACT_CODE, "code": "AUDIT", "display": "audit"},
+                          {"system": codes.V3_ACT_CODE, "code": "DEID", "display": "deidentify"},
+                          {"system": codes.V3_ACT_CODE, "code": "NOREUSE"}]
+
+
+def test_stored_labels_replaced_but_foreign_ones_kept(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    source = media()
+    sensitivity = {"system": codes.V3_ACT_CODE, "code": "PSY"}
+    source["meta"]["security"] = [
+        {"system": codes.V3_ACT_REASON, "code": "HMARKT"},
+        {"system": codes.V3_OBSERVATION_VALUE, "code": "PSEUDED"},
+        {"system": codes.V3_ACT_CODE, "code": "DEID"},
+        sensitivity,
+    ]
+    for view in View:
+        out = render(source, decision(view, purposes=frozenset({"TREAT"})), tables=tables,
+                     pseudonymizer=pseudonymizer)
+        labels = out["meta"]["security"]
+        assert labels[-1] == sensitivity
+        assert labels[:-1] == security_labels(decision(view, purposes=frozenset({"TREAT"})), tables)
+
+
+def test_a_more_restrictive_stored_confidentiality_is_never_lowered(tables: Tables,
+                                                                    pseudonymizer: Pseudonymizer) -> None:
+    source = media()
+    source["meta"]["security"] = [{"system": codes.V3_CONFIDENTIALITY, "code": "V"}]
+    out = render(source, decision(View.FULL), tables=tables, pseudonymizer=pseudonymizer)
+    conf = [c for c in out["meta"]["security"] if c["system"] == codes.V3_CONFIDENTIALITY]
+    assert conf == [{"system": codes.V3_CONFIDENTIALITY, "code": "V", "display": "very restricted"}]
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+def test_a_denied_decision_is_refused(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    denied = Decision(permitted=False, reason="no", purpose=PurposeOfUse("TRAIN"))
+    with pytest.raises(Forbidden):
+        render(media(), denied, tables=tables, pseudonymizer=pseudonymizer)
+
+
+def test_restricted_view_of_an_unknown_type_is_refused(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    patient = {"resourceType": "Patient", "id": "p", "name": [{"family": "Roe"}]}
+    with pytest.raises(NotSupported):
+        render(patient, decision(View.DEIDENTIFIED), tables=tables, pseudonymizer=pseudonymizer)
+    outcome = {"resourceType": "OperationOutcome",
+               "issue": [{"severity": "information", "code": "suppressed"}]}
+    out = render(outcome, decision(View.FULL), tables=tables, pseudonymizer=pseudonymizer)
+    validate_r4(out)
+
+
+def test_modifier_extension_is_refused_in_restricted_views(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    source = media()
+    source["modifierExtension"] = [{"url": "http://example.org/x", "valueBoolean": True}]
+    with pytest.raises(NotSupported):
+        render(source, decision(View.DEIDENTIFIED), tables=tables, pseudonymizer=pseudonymizer)
+
+
+# --- pseudonyms -------------------------------------------------------------------------------
+
+def test_pseudonym_is_stable_and_key_dependent() -> None:
+    a = Pseudonymizer(KEY, PSEUDONYM_SYSTEM).pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
+    assert a == Pseudonymizer(KEY, PSEUDONYM_SYSTEM).pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
+    assert re.fullmatch(r"[a-z2-7]{26}", a)
+    assert a != Pseudonymizer(b"x" * 32, PSEUDONYM_SYSTEM).pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
+    assert a != Pseudonymizer(KEY, "urn:other").pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
+    assert a != Pseudonymizer(KEY, PSEUDONYM_SYSTEM).pseudonym("urn:oid:2.999.1.2", PATIENT_VALUE)
+    assert a != Pseudonymizer(KEY, PSEUDONYM_SYSTEM).pseudonym(PATIENT_SYSTEM, PATIENT_VALUE + "0")
+    assert PATIENT_VALUE.lower() not in a
+
+
+def test_pseudonym_encoding_is_unambiguous() -> None:
+    p = Pseudonymizer(KEY, PSEUDONYM_SYSTEM)
+    assert p.pseudonym("a|b", "c") != p.pseudonym("a", "b|c")
+    assert p.pseudonym("ab", "c") != p.pseudonym("a", "bc")
+
+
+def test_pseudonymizer_refuses_an_empty_key_and_hides_it() -> None:
+    with pytest.raises(ConfigurationError):
+        Pseudonymizer(b"", PSEUDONYM_SYSTEM)
+    assert "k" * 8 not in repr(Pseudonymizer(KEY, PSEUDONYM_SYSTEM))
+
+
+# --- independent validation -------------------------------------------------------------------
+
+def test_outputs_pass_the_npm_validators(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    try:
+        from tests.support.fhir_validator import validate_r4 as npm_validate_r4
+    except ImportError:
+        pytest.skip("tests/support/fhir_validator.py is not available")
+    from tests.conftest import require_or_skip
+
+    outputs = [render(FACTORIES[rt](), decision(view), tables=tables, pseudonymizer=pseudonymizer)
+               for rt, view in ALL]
+    try:
+        errors = npm_validate_r4(outputs)
+    except RuntimeError as exc:
+        require_or_skip(False, f"FHIR validators unavailable: {exc}")
+        return
+    assert errors == []
