@@ -46,10 +46,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import httpx  # noqa: E402
+import httpx
 
-from tests.support.dcmtk import wrap_jpeg_as_sc  # noqa: E402
-from tests.support.orthanc import (  # noqa: E402
+from tests.support.dcmtk import wrap_jpeg_as_sc
+from tests.support.orthanc import (
     OrthancPeer,
     PeerError,
     PeerUnavailable,
@@ -313,8 +313,8 @@ def peak_rss_mb(pid: int) -> float | None:
 
 def pid_listening_on(port: int) -> int | None:
     try:
-        for pid_line in subprocess.run(["ss", "-H", "-ltnp", f"sport = :{port}"], capture_output=True,
-                                       text=True, timeout=10).stdout.splitlines():
+        for pid_line in subprocess.run(["ss", "-H", "-ltnp", f"sport = :{port}"], check=False,
+                                       capture_output=True, text=True, timeout=10).stdout.splitlines():
             if "pid=" in pid_line:
                 return int(pid_line.split("pid=", 1)[1].split(",", 1)[0])
     except (OSError, ValueError, subprocess.SubprocessError):

@@ -38,7 +38,8 @@ COMMENT = "Ward 7 bed 3, photo by Jane Example"
 MAKE, MODEL = "ExampleCam", "EC-12 Pro"
 CAPTURE_TIME = "2024:05:17 10:23:45"
 CAPTURE_OFFSET = "+02:00"
-X
+# In lowest terms: Pillow reduces IFDRational fractions when writing.
+GPS_LATITUDE = ((51, 1), (30, 1), (2633, 100))     # 51°30'26.33" N
 GPS_LONGITUDE = ((0, 1), (7, 1), (3981, 100))      # 0°7'39.81" W
 TRAILER = b"VENDOR-TRAILER\x00motion-photo placeholder for " + OWNER_NAME.encode()
 PRIVATE_PNG_CHUNK = b"prVt"

@@ -68,6 +68,8 @@ _SAFE_EXTENSIONS = frozenset({
     codes.EXT_PHOTO_KIND, codes.EXT_PHOTO_SOURCE, codes.EXT_CONSENT_PENDING, codes.EXT_CAPTURE_DEVICE,
     codes.EXT_CONSENT_METHOD, codes.EXT_QUALITY_WARNING,
 })
+# Coded extensions on a CodeableConcept that are kept (valueCoding only).
+_SAFE_CONCEPT_EXTENSIONS = frozenset({codes.EXT_LATERALITY})
 # Identifier.system under which a subject known only by a literal reference is pseudonymised.
 LITERAL_REFERENCE_SYSTEM = "urn:clinical-image-adapter:literal-reference"
 _LITERAL = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?$")
@@ -208,13 +210,21 @@ def _codings(values: Any) -> list[JSON]:
 
 
 def _concept(value: Any, *, required: bool = False) -> JSON | None:
-    """A CodeableConcept reduced to its Codings: CodeableConcept.text is free text."""
+    """A CodeableConcept reduced to its Codings (CodeableConcept.text is free text) and our
+    coded element extensions (the laterality on bodySite)."""
     if not isinstance(value, dict):
         return None
     coding = _codings(value.get("coding"))
-    if coding:
-        return {"coding": coding}
-    return {"text": REDACTED} if required else None
+    if not coding:
+        return {"text": REDACTED} if required else None
+    out: JSON = {}
+    extensions = [{"url": ext["url"], "valueCoding": c} for ext in value.get("extension") or []
+                  if isinstance(ext, dict) and ext.get("url") in _SAFE_CONCEPT_EXTENSIONS
+                  and (c := _coding(ext.get("valueCoding"))) is not None]
+    if extensions:
+        out["extension"] = extensions
+    out["coding"] = coding
+    return out
 
 
 def _concepts(values: Any, *, required: bool = False) -> list[JSON]:

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 import pydicom
+import pytest
 from PIL import Image
 from pydicom.encaps import generate_frames
-import pytest
 from pydicom.uid import JPEGBaseline8Bit
 
 from tests.support.dcmtk import StoreSCP, dcmtk_missing, echoscu, storescu, wrap_jpeg_as_sc

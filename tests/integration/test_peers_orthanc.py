@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from PIL import Image
 from pydicom.encaps import generate_frames
-import pytest
 from pydicom.uid import JPEGBaseline8Bit
 
 from tests.support.dcmtk import wrap_jpeg_as_sc

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 from .orthanc import (
     PeerError,
@@ -115,7 +115,7 @@ class StoreSCP:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def start(self) -> StoreSCP:
+    def start(self) -> Self:
         if self.proc is not None:
             return self
         attempts = 1 if self._fixed_port else 3
@@ -142,7 +142,7 @@ class StoreSCP:
         if self.fork:
             cmd.append("--fork")
         cmd.append(str(self.port))
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the peer runs; closed by stop()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=peer_env())
         deadline = time.monotonic() + self.startup_timeout
@@ -165,7 +165,7 @@ class StoreSCP:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> StoreSCP:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

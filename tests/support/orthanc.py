@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import httpx
 
@@ -272,7 +272,7 @@ class OrthancPeer:
             },
         }
 
-    def start(self) -> OrthancPeer:
+    def start(self) -> Self:
         if self.proc is not None:
             return self
         missing = orthanc_missing()
@@ -299,7 +299,7 @@ class OrthancPeer:
         self.dicom_port = fixed_dicom or ports[1]
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config(), indent=2))
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the peer runs; closed by stop()
         binary = orthanc_binary()
         assert binary is not None
         self.proc = subprocess.Popen(
@@ -339,7 +339,7 @@ class OrthancPeer:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> OrthancPeer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -221,13 +221,19 @@ def test_restart_markers_and_fill_bytes(tmp_path: Path) -> None:
     base = jpeg(ms.photo((320, 240), seed=9), quality=80, restart_marker_blocks=1,
                 exif=ms.exif_payload(orientation=1))
     assert b"\xff\xd0" in base and b"\xff\xd7" in base
-    # Fill bytes before the first marker, before DQT and before EOI (T.81 B.1.1.2).
+    # Fill bytes (T.81 B.1.1.2) before the first marker, before DQT, before EOI, and inside the
+    # scan: before a restart marker and before a stuffed 00 (libjpeg skips them there too).
     dqt = base.index(b"\xff\xdb")
-    received = base[:2] + b"\xff\xff" + base[2:dqt] + b"\xff\xff\xff" + base[dqt:-2] + b"\xff\xff" + base[-2:]
+    scan = walk(base).segments[-1].start
+    rst = base.index(b"\xff\xd0", scan)
+    stuffed = base.index(b"\xff\x00", rst)
+    received = (base[:2] + b"\xff\xff" + base[2:dqt] + b"\xff\xff\xff" + base[dqt:rst] + b"\xff\xff"
+                + base[rst:stuffed] + b"\xff\xff" + base[stuffed:-2] + b"\xff\xff" + base[-2:])
     assert np.array_equal(pixels(received), pixels(base))
     _, stored = run(tmp_path, received)
     assert np.array_equal(pixels(stored), pixels(base))
     assert stored.count(b"\xff\xd0") == base.count(b"\xff\xd0")
+    assert b"\xff\xff\xd0" in stored and b"\xff\xff\x00" in stored  # scan data copied verbatim
     assert not stored.endswith(b"\xff\xff\xd9")  # fill bytes are not copied
 
 

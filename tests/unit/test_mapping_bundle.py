@@ -99,3 +99,21 @@ def test_entries_are_not_changed() -> None:
     before = [dict(e) for e in entries]
     searchset(entries, total=1, self_url=BASE, next_url=None, base_url=BASE, fhir_version="4")
     assert entries == before
+
+
+def test_r4_bundle_passes_the_npm_validators() -> None:
+    try:
+        from tests.support.fhir_validator import validate_r4
+    except ImportError:
+        pytest.skip("tests/support/fhir_validator.py is not available")
+    from tests.conftest import require_or_skip
+
+    entries = [labelled("Media", "m1", "R"), labelled("Binary", "b1", "V")]
+    bundle = searchset(entries, total=3, self_url=BASE + "Media?_count=2", next_url=BASE + "Media?_offset=2",
+                       base_url=BASE, fhir_version="4")
+    try:
+        errors = validate_r4([bundle])
+    except RuntimeError as exc:
+        require_or_skip(False, f"FHIR validators unavailable: {exc}")
+        return
+    assert errors == []

@@ -40,6 +40,7 @@ STORED_SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 ORIGINAL_SHA = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"
 POLICY_URI = "urn:clinical-image-adapter:policy:clinical-photography:v1"
 KEY = b"k" * 32
+LEFT = {"system": codes.SNOMED, "code": "7771000", "display": "Left"}
 PSEUDONYM_SYSTEM = "urn:clinical-image-adapter:pseudonym"
 
 #: Strings that identify the patient, the staff, the visit or the record.
@@ -83,7 +84,8 @@ def media() -> JSON:
         "operator": {"reference": "Practitioner/prac-1", "display": "Dr. Alice Example"},
         "reasonCode": [{"coding": [{"system": codes.SNOMED, "code": "225552003", "display": "Wound care"}],
                         "text": "Jane's wound check"}],
-        "bodySite": {"coding": [{"system": codes.SNOMED, "code": "14975008", "display": "Forearm"}],
+        "bodySite": {"extension": [{"url": codes.EXT_LATERALITY, "valueCoding": LEFT}],
+                     "coding": [{"system": codes.SNOMED, "code": "14975008", "display": "Forearm"}],
                      "text": "left forearm of Jane"},
         "deviceName": "Ward 3 clinical camera",
         "height": 3000,
@@ -383,7 +385,8 @@ def test_subject_known_only_by_reference_is_pseudonymised(tables: Tables, pseudo
 def test_deidentified_media_keeps_clinical_codes(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
     out = render(media(), decision(View.DEIDENTIFIED), tables=tables, pseudonymizer=pseudonymizer)
     assert out["status"] == "completed"
-    assert out["bodySite"] == {"coding": [{"system": codes.SNOMED, "code": "14975008", "display": "Forearm"}]}
+    assert out["bodySite"] == {"extension": [{"url": codes.EXT_LATERALITY, "valueCoding": LEFT}],
+                               "coding": [{"system": codes.SNOMED, "code": "14975008", "display": "Forearm"}]}
     assert out["modality"]["coding"][0]["code"] == "XC"
     assert out["createdDateTime"] == "2024"
     assert out["content"] == {"contentType": "image/jpeg", "url": "Binary/wound-photo-1-bin", "creation": "2024"}

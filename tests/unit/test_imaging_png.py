@@ -1,0 +1,273 @@
+"""PNG chunk surgery: identical pixels and critical chunks, no text/eXIf/tIME left, refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import struct
+import sys
+import zlib
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from PIL import ExifTags, Image, PngImagePlugin
+
+from adapter.errors import ImageTooLarge, UndecodableImage, UnsupportedMediaType
+from adapter.imaging import ImageFacts, orientation_only_tiff, png_pixel_size, sanitize, strip_to_pixels_only
+from adapter.model.policy import Limits, Quality
+
+pytestmark = pytest.mark.unit
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _load_samples_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_samples", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+ms = _load_samples_module()
+
+
+def run(tmp_path: Path, data: bytes, *, limits: Limits | None = None) -> tuple[ImageFacts, bytes]:
+    src, dst = tmp_path / "upload", tmp_path / "stored"
+    src.write_bytes(data)
+    facts = sanitize(src, dst, quality=Quality(), limits=limits or Limits())
+    return facts, dst.read_bytes()
+
+
+def refuse(tmp_path: Path, data: bytes, error: type[Exception], *, limits: Limits | None = None) -> Exception:
+    src, dst = tmp_path / "upload", tmp_path / "stored"
+    src.write_bytes(data)
+    with pytest.raises(error) as caught:
+        sanitize(src, dst, quality=Quality(), limits=limits or Limits())
+    assert not dst.exists()
+    return caught.value
+
+
+def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, whole chunk bytes) in file order, up to IEND; written independently of the adapter."""
+    assert data.startswith(SIGNATURE)
+    out, pos = [], 8
+    while pos < len(data):
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        out.append((ctype, data[pos:pos + 12 + length]))
+        pos += 12 + length
+        if ctype == b"IEND":
+            break
+    return out
+
+
+def chunk(ctype: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
+
+
+def png(im: Image.Image, **params: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **params)
+    return buf.getvalue()
+
+
+def pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return np.asarray(im).copy()
+
+
+@pytest.fixture(scope="module")
+def lesion() -> bytes:
+    return (SAMPLES / "lesion.png").read_bytes()
+
+
+# --------------------------------------------------------------------------- lossless
+
+def test_pixels_identical(tmp_path: Path, lesion: bytes) -> None:
+    _, stored = run(tmp_path, lesion)
+    assert np.array_equal(pixels(stored), pixels(lesion))
+
+
+def test_critical_and_colour_chunks_identical(tmp_path: Path, lesion: bytes) -> None:
+    _, stored = run(tmp_path, lesion)
+    keep = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"pHYs"}
+    assert [c for c in chunks(lesion) if c[0] in keep] == [c for c in chunks(stored) if c[0] in keep]
+    assert b"iCCP" in [t for t, _ in chunks(stored)]
+
+
+def test_metadata_chunks_removed(tmp_path: Path, lesion: bytes) -> None:
+    before = [t for t, _ in chunks(lesion)]
+    assert {b"tEXt", b"zTXt", b"iTXt", b"tIME", b"eXIf", ms.PRIVATE_PNG_CHUNK} <= set(before)
+    facts, stored = run(tmp_path, lesion)
+    after = [t for t, _ in chunks(stored)]
+    assert after[0] == b"IHDR" and after[-1] == b"IEND"
+    assert not {b"tEXt", b"zTXt", b"iTXt", b"tIME", ms.PRIVATE_PNG_CHUNK} & set(after)
+    assert {"PNG tEXt", "PNG zTXt", "PNG iTXt", "PNG tIME", "PNG eXIf", "PNG prVt", "EXIF GPS",
+            "trailer after IEND"} <= set(facts.removed)
+
+
+def test_no_identifying_value_survives(tmp_path: Path, lesion: bytes) -> None:
+    _, stored = run(tmp_path, lesion)
+    needles = [v.encode() for v in (ms.OWNER_NAME, ms.XMP_PERSON, ms.BODY_SERIAL, ms.MAKE, ms.CAPTURE_TIME,
+                                    "XML:com.adobe.xmp", "Comment")]
+    needles += [ms.gps_rational_bytes(ms.GPS_LATITUDE), ms.gps_rational_bytes(ms.GPS_LONGITUDE), ms.TRAILER]
+    for needle in needles:
+        assert needle in lesion, needle
+        assert needle not in stored, needle
+    with Image.open(io.BytesIO(stored)) as im:
+        assert not getattr(im, "text", {})
+        assert im.getexif().get_ifd(ExifTags.IFD.GPSInfo) == {}
+
+
+def test_orientation_kept_as_orientation_only_exif(tmp_path: Path, lesion: bytes) -> None:
+    facts, stored = run(tmp_path, lesion)
+    assert facts.orientation == 8
+    exif = [c for t, c in chunks(stored) if t == b"eXIf"]
+    assert exif == [chunk(b"eXIf", orientation_only_tiff(8))]
+    assert [t for t, _ in chunks(stored)][:2] == [b"IHDR", b"eXIf"]
+    with Image.open(io.BytesIO(stored)) as im:
+        assert dict(im.getexif()) == {ExifTags.Base.Orientation: 8}
+
+
+def test_facts(tmp_path: Path, lesion: bytes) -> None:
+    facts, stored = run(tmp_path, lesion)
+    assert (facts.content_type, facts.width, facts.height) == ("image/png", 800, 600)
+    assert facts.capture_time == datetime(2024, 5, 17, 10, 23, 45, tzinfo=timezone(timedelta(hours=2)))
+    assert (facts.device_make, facts.device_model) == (ms.MAKE, ms.MODEL)
+    assert facts.stored_size == len(stored)
+    assert facts.quality_warnings == ()
+
+
+def test_without_orientation_no_exif_is_written(tmp_path: Path) -> None:
+    received = png(ms.photo((64, 48), seed=20), exif=ms.exif_payload(orientation=1))
+    facts, stored = run(tmp_path, received)
+    assert facts.orientation == 1
+    assert b"eXIf" not in stored and b"eXIf" in received
+
+
+def test_animation_chunks_dropped(tmp_path: Path) -> None:
+    first, second = ms.photo((64, 48), seed=21), ms.photo((64, 48), seed=22)
+    buf = io.BytesIO()
+    first.save(buf, "PNG", save_all=True, append_images=[second])
+    received = buf.getvalue()
+    assert {b"acTL", b"fcTL", b"fdAT"} <= {t for t, _ in chunks(received)}
+    facts, stored = run(tmp_path, received)
+    assert not {b"acTL", b"fcTL", b"fdAT"} & {t for t, _ in chunks(stored)}
+    assert "PNG fdAT" in facts.removed
+    assert np.array_equal(pixels(stored), np.asarray(first))
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "I;16", "P", "1"])
+def test_modes_round_trip(tmp_path: Path, mode: str) -> None:
+    im = ms.photo((96, 64), seed=23)
+    im = im.convert("I").point(lambda v: v * 200).convert("I;16") if mode == "I;16" else im.convert(mode)
+    received = png(im, pnginfo=_text_info())
+    _, stored = run(tmp_path, received)
+    assert b"tEXt" not in stored
+    assert np.array_equal(pixels(stored), pixels(received))
+
+
+def _text_info() -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", ms.OWNER_NAME)
+    return info
+
+
+# --------------------------------------------------------------------------- refusals
+
+def test_truncated_png_is_undecodable(tmp_path: Path, lesion: bytes) -> None:
+    refuse(tmp_path, lesion[:len(lesion) // 2], UndecodableImage)
+    refuse(tmp_path, lesion[:20], UndecodableImage)
+
+
+def test_bad_crc_in_a_kept_chunk_is_undecodable(tmp_path: Path, lesion: bytes) -> None:
+    ihdr_crc = 8 + 8 + 13
+    broken = bytearray(lesion)
+    broken[ihdr_crc] ^= 0xFF
+    error = refuse(tmp_path, bytes(broken), UndecodableImage)
+    assert "CRC" in str(error)
+    # A flipped bit in the image data: our CRC check catches it before any decoding.
+    idat = lesion.index(b"IDAT")
+    broken = bytearray(lesion)
+    broken[idat + 100] ^= 0x01
+    error = refuse(tmp_path, bytes(broken), UndecodableImage)
+    assert "IDAT chunk fails its CRC check" in str(error)
+
+
+def test_bad_crc_in_a_dropped_chunk_does_not_matter(tmp_path: Path) -> None:
+    base = png(ms.photo((64, 48), seed=24))
+    bad = chunk(b"tEXt", b"Author\x00" + ms.OWNER_NAME.encode())[:-4] + b"\x00\x00\x00\x00"
+    received = base[:33] + bad + base[33:]
+    _, stored = run(tmp_path, received)
+    assert stored == base
+
+
+def test_unknown_critical_chunk_is_undecodable(tmp_path: Path) -> None:
+    base = png(ms.photo((64, 48), seed=25))
+    refuse(tmp_path, base[:33] + chunk(b"CRIT", b"must understand") + base[33:], UndecodableImage)
+
+
+def test_corrupt_image_data_is_undecodable(tmp_path: Path) -> None:
+    base = png(ms.photo((64, 48), seed=26))
+    idat = next(c for t, c in chunks(base) if t == b"IDAT")
+    garbage = chunk(b"IDAT", b"\x78\x9c" + bytes(range(256)) * 4)  # valid CRC, broken deflate stream
+    error = refuse(tmp_path, base.replace(idat, garbage), UndecodableImage)
+    assert error.__cause__ is not None
+
+
+def test_not_a_png_is_unsupported(tmp_path: Path) -> None:
+    refuse(tmp_path, b"\x89PNG\r\n\x1a" + b"x" * 40, UnsupportedMediaType)
+
+
+def bomb(width: int, height: int) -> bytes:
+    """A structurally complete PNG whose IHDR claims width x height (and a 1-row IDAT)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def test_bomb_refused_from_the_header(tmp_path: Path) -> None:
+    data = bomb(100_000, 100_000)
+    assert png_pixel_size(data) == (100_000, 100_000)
+    refuse(tmp_path, data, ImageTooLarge)
+    refuse(tmp_path, data[:33], ImageTooLarge)  # IHDR alone is enough to refuse
+
+
+def test_pillow_bomb_check_is_wrapped(tmp_path: Path) -> None:
+    error = refuse(tmp_path, bomb(100_000, 100_000), ImageTooLarge, limits=Limits(max_pixels=10**12))
+    assert isinstance(error.__cause__, Image.DecompressionBombError)
+
+
+# --------------------------------------------------------------------------- de-identified view
+
+def test_strip_to_pixels_only(tmp_path: Path, lesion: bytes) -> None:
+    _, stored = run(tmp_path, lesion)
+    for source in (lesion, stored):
+        trained = strip_to_pixels_only(source, "image/png")
+        assert [t for t, _ in chunks(trained)] == [t for t, _ in chunks(lesion) if t in (b"IHDR", b"IDAT", b"IEND")]
+        assert trained.endswith(chunk(b"IEND", b""))
+        assert np.array_equal(pixels(trained), pixels(lesion))
+
+
+def test_strip_to_pixels_only_keeps_transparency(tmp_path: Path) -> None:
+    im = ms.photo((64, 48), seed=27).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    received = png(im, transparency=3, dpi=(300, 300), icc_profile=ms.srgb_icc(), pnginfo=_text_info())
+    types = [t for t, _ in chunks(received)]
+    assert {b"tRNS", b"pHYs", b"iCCP", b"PLTE"} <= set(types)
+    trained = strip_to_pixels_only(received, "image/png")
+    assert [t for t, _ in chunks(trained)] == [t for t in types if t in (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")]
+    with Image.open(io.BytesIO(received)) as a, Image.open(io.BytesIO(trained)) as b:
+        assert np.array_equal(np.asarray(a.convert("RGBA")), np.asarray(b.convert("RGBA")))
+        assert a.getpalette() == b.getpalette()
+
+
+def test_strip_to_pixels_only_checks_the_declared_type(lesion: bytes) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        strip_to_pixels_only(lesion, "image/jpeg")
+    with pytest.raises(UnsupportedMediaType):
+        strip_to_pixels_only(lesion, "image/gif")

@@ -1,0 +1,399 @@
+"""Photo + metadata → R4 Media / DocumentReference, Binary, Consent, Provenance; and the search
+index read back from them. Every combination of kind and source is validated with the
+fhir.resources R4B models and with the npm validators (0 errors)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta, timezone
+from itertools import product
+from typing import Any
+
+import pytest
+from fhir.resources.R4B import get_fhir_model_class
+
+from adapter.consent import grants_from_consent
+from adapter.errors import InvalidInput, UnknownCode
+from adapter.mapping import codes
+from adapter.mapping.consent import build_consent_resource
+from adapter.mapping.fhir_r4 import fhir_date, fhir_datetime, fhir_instant
+from adapter.mapping.photo import PhotoResources, build_photo_resources, index_resource
+from adapter.model.image import StoredImage
+from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoMetadata, PhotoSource
+from tests.support.fhir_factories import NOW, PATIENT_SYSTEM, PATIENT_VALUE, metadata, stored_image, tables
+from tests.support.fhir_validator import validate_r4
+
+pytestmark = pytest.mark.unit
+
+COMBINATIONS = list(product(PhotoKind, PhotoSource))
+RECORD_ID = "0b9c7a51-6d35-4c0e-9a4f-2f1e5c3d7a10"
+
+
+def build(meta: PhotoMetadata, image: StoredImage | None = None, *, pending: bool = False,
+          notes: tuple[str, ...] | None = None, warnings: tuple[str, ...] = ()) -> PhotoResources:
+    """Build as the ingest service does: the kind's warning and the colleague discussion as
+    notes, implied TREAT for a patient's photo without a consent statement."""
+    t = tables()
+    if notes is None:
+        kind_warning = t.kinds[meta.kind].warning
+        notes = tuple(n for n in (kind_warning, meta.colleague and meta.colleague.discussion_note
+                                  and f"Discussed with {meta.colleague.name}: {meta.colleague.discussion_note}") if n)
+    implied = ("TREAT",) if meta.source is PhotoSource.PATIENT and meta.consent is None else ()
+    return build_photo_resources(
+        meta, image or stored_image(quality_warnings=("image is blurred",)), record_id=RECORD_ID,
+        binary_id="bin-1", provenance_id="prov-1", consent_ids=["consent-1", "consent-2"], assessment_notes=notes,
+        assessment_warnings=warnings, consent_pending=pending, implied_purposes=implied, tables=t, now=NOW)
+
+
+def r4b_validate(resource: dict[str, Any]) -> None:
+    get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+
+
+def ext(resource: dict[str, Any], url: str) -> list[Any]:
+    return [e for e in resource.get("extension", []) if e["url"] == url]
+
+
+# ---------------------------------------------------------------------------------------------
+# every combination
+
+
+@pytest.mark.parametrize(("kind", "source"), COMBINATIONS, ids=[f"{k.value}-{s.value}" for k, s in COMBINATIONS])
+def test_every_kind_and_source_validates_with_r4b_models(kind: PhotoKind, source: PhotoSource) -> None:
+    built = build(metadata(kind, source), pending=kind is PhotoKind.CLINICAL and source is PhotoSource.CLINICIAN)
+    expected = tables().kinds[kind].resource
+    assert built.record["resourceType"] == expected
+    assert built.record_ref == f"{expected}/{RECORD_ID}"
+    for resource in built.all():
+        r4b_validate(resource)
+        assert index_resource(resource) is not None
+
+
+def test_every_kind_and_source_validates_with_npm_validators() -> None:
+    resources: list[dict[str, Any]] = []
+    for kind, source in COMBINATIONS:
+        resources += build(metadata(kind, source), pending=True).all()
+        # the sparse end: no author, encounter, time, site, note, device or title
+        sparse = metadata(kind, source, author=None, encounter=None, takenAt=None, bodySite=None,
+                          laterality=None, note=None, device=None, title=None)
+        resources += build(sparse, stored_image(capture_time=None, device_name=None)).all()
+    assert validate_r4(resources) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the record
+
+
+def test_media_for_clinical_photo() -> None:
+    built = build(metadata("clinical", "clinician"), pending=True)
+    media = built.record
+    assert media["status"] == "completed"
+    assert media["type"]["coding"][0] == {"system": codes.MEDIA_TYPE, "code": "image", "display": "Image"}
+    assert media["modality"]["coding"][0]["code"] == "XC"
+    assert media["subject"] == {"reference": "Patient/p-1", "type": "Patient",
+                                "identifier": {"system": PATIENT_SYSTEM, "value": PATIENT_VALUE}}
+    assert media["identifier"] == [{"system": codes.SHA256_SYSTEM, "value": "a" * 64}]
+    assert media["createdDateTime"] == "2024-03-01T10:15:00+01:00"
+    assert media["issued"] == "2024-03-01T09:16:02.120Z"
+    assert media["operator"] == {"reference": "Practitioner/dr-a", "display": "Dr A"}
+    assert media["encounter"] == {"reference": "Encounter/e-1", "type": "Encounter"}
+    assert media["deviceName"] == "Acme Camera X1"
+    assert (media["width"], media["height"]) == (700, 500)
+    assert media["content"] == {"contentType": "image/jpeg", "url": "Binary/bin-1", "size": 23456,
+                                "title": "Wound, right forearm", "creation": "2024-03-01T10:15:00+01:00"}
+    assert "hash" not in media["content"]  # R4 hash is SHA-1; the SHA-256 is the identifier
+    assert [e["valueCode"] for e in ext(media, codes.EXT_PHOTO_KIND)] == ["clinical"]
+    assert [e["valueCode"] for e in ext(media, codes.EXT_PHOTO_SOURCE)] == ["clinician"]
+    assert [e["valueCode"] for e in ext(media, codes.EXT_CAPTURE_DEVICE)] == ["organisation"]
+    assert [e["valueBoolean"] for e in ext(media, codes.EXT_CONSENT_PENDING)] == [True]
+    assert [e["valueString"] for e in ext(media, codes.EXT_QUALITY_WARNING)] == ["image is blurred"]
+    texts = [n["text"] for n in media["note"]]
+    assert texts == ["Taken after dressing removal", "Quality warning: image is blurred"]
+
+
+def test_body_site_is_one_coding_with_text_and_laterality_extension() -> None:
+    site = build(metadata("clinical", "clinician")).record["bodySite"]
+    assert site["coding"] == [{"system": codes.SNOMED, "code": "14975008", "display": "Forearm"}]
+    assert site["text"] == "Forearm, right"
+    assert site["extension"] == [{"url": codes.EXT_LATERALITY,
+                                  "valueCoding": {"system": codes.SNOMED, "code": "24028007", "display": "Right"}}]
+    without = build(metadata("clinical", "clinician", laterality=None)).record["bodySite"]
+    assert "extension" not in without and without["text"] == "Forearm"
+
+
+def test_unknown_body_site_is_refused() -> None:
+    with pytest.raises(UnknownCode) as err:
+        build(metadata("clinical", "clinician", bodySite="123456789"))
+    assert err.value.expression == ["bodySite"]
+
+
+def test_consent_pending_extension_only_when_pending() -> None:
+    assert ext(build(metadata("clinical", "clinician")).record, codes.EXT_CONSENT_PENDING) == []
+
+
+def test_secondary_photo_carries_the_warning_note() -> None:
+    warning = tables().kinds[PhotoKind.SECONDARY].warning
+    assert warning
+    media = build(metadata("secondary", "clinician")).record
+    assert media["modality"]["coding"][0]["code"] == "OT"
+    assert warning in [n["text"] for n in media["note"]]
+
+
+def test_external_colleague_note_and_operator() -> None:
+    media = build(metadata("clinical", "colleague-external")).record
+    assert "Discussed with Dr B: Discussed by phone: refer to plastics" in [n["text"] for n in media["note"]]
+    assert media["operator"] == {"display": "Dr B"}
+
+
+def test_patient_photo_has_no_operator() -> None:
+    assert "operator" not in build(metadata("clinical", "patient")).record
+
+
+def test_assessment_warnings_are_noted_once() -> None:
+    media = build(metadata("clinical", "clinician"), notes=("shared text",),
+                  warnings=("shared text", "consent pending: readable only under break-glass")).record
+    texts = [n["text"] for n in media["note"]]
+    assert texts.count("shared text") == 1
+    assert "consent pending: readable only under break-glass" in texts
+    assert all("time" in n for n in media["note"][1:])
+
+
+def test_document_reference_for_document_kind() -> None:
+    built = build(metadata("document", "clinician", note="Lab result, paper copy"), pending=True)
+    doc = built.record
+    t = tables()
+    assert doc["resourceType"] == "DocumentReference"
+    assert doc["status"] == "current"
+    assert doc["masterIdentifier"] == {"system": codes.URN_IETF_RFC_3986, "value": f"urn:uuid:{RECORD_ID}"}
+    assert doc["identifier"] == [{"system": codes.SHA256_SYSTEM, "value": "a" * 64}]
+    assert doc["type"]["coding"] == [t.kinds[PhotoKind.DOCUMENT].type.as_fhir()]  # type: ignore[union-attr]
+    assert doc["category"] == [{"coding": [t.kinds[PhotoKind.DOCUMENT].category.as_fhir()]}]
+    assert doc["date"] == "2024-03-01T09:16:02.120Z"
+    assert doc["author"] == [{"reference": "Practitioner/dr-a", "display": "Dr A"}]
+    assert doc["description"].split("\n\n")[:2] == ["Wound, right forearm", "Lab result, paper copy"]
+    assert doc["securityLabel"] == [{"coding": [{"system": codes.V3_CONFIDENTIALITY, "code": "R",
+                                                 "display": "restricted"}]}]
+    content = doc["content"][0]
+    assert content["attachment"]["url"] == "Binary/bin-1" and "hash" not in content["attachment"]
+    assert content["format"] == {"system": codes.IHE_FORMAT_CODE, "code": codes.FORMAT_MIME_TYPE_SUFFICIENT}
+    assert doc["context"] == {"encounter": [{"reference": "Encounter/e-1", "type": "Encounter"}],
+                              "period": {"start": "2024-03-01T10:15:00+01:00"}}
+    assert [e["valueBoolean"] for e in ext(doc, codes.EXT_CONSENT_PENDING)] == [True]
+    assert "bodySite" not in doc
+
+
+def test_document_reference_without_uuid_id_has_no_master_identifier() -> None:
+    t = tables()
+    built = build_photo_resources(
+        metadata("document", "clinician"), stored_image(), record_id="doc-1", binary_id="b", provenance_id="p",
+        consent_ids=["c"], assessment_notes=(), assessment_warnings=(), consent_pending=False,
+        implied_purposes=(), tables=t, now=NOW)
+    assert "masterIdentifier" not in built.record
+
+
+def test_binary_has_security_context_and_no_data() -> None:
+    for kind in PhotoKind:
+        built = build(metadata(kind, "clinician"))
+        assert built.binary == {"resourceType": "Binary", "id": "bin-1", "contentType": "image/jpeg",
+                                "securityContext": {"reference": built.record_ref}}
+
+
+def test_no_gps_or_serial_anywhere() -> None:
+    image = stored_image(removed=("EXIF GPSInfo", "EXIF BodySerialNumber", "XMP"), quality_warnings=())
+    for kind, source in COMBINATIONS:
+        text = json.dumps(build(metadata(kind, source), image).all()).lower()
+        assert "gps" not in text and "serial" not in text and "exif" not in text and "xmp" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# times
+
+
+def test_naive_capture_time_gives_a_date_only_datetime() -> None:
+    media = build(metadata("clinical", "clinician", takenAt=None)).record
+    assert media["createdDateTime"] == "2024-03-01"
+    assert media["content"]["creation"] == "2024-03-01"
+
+
+def test_time_helpers() -> None:
+    aware = datetime(2024, 3, 1, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
+    assert fhir_datetime(aware) == "2024-03-01T23:30:00-05:00"
+    assert fhir_datetime(datetime(2024, 3, 1, 23, 30)) == "2024-03-01"
+    assert fhir_datetime(date(2024, 3, 1)) == "2024-03-01"
+    assert fhir_date(aware) == "2024-03-02"  # the UTC date: never later than the instant
+    assert fhir_instant(aware) == "2024-03-02T04:30:00.000Z"
+    with pytest.raises(ValueError):
+        fhir_instant(datetime(2024, 3, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# consents
+
+
+def test_explicit_consent() -> None:
+    meta = metadata("clinical", "clinician", consent={
+        "purposes": ["TREAT", "TRAIN"], "method": "written", "date": "2024-02-28",
+        "form": "JVBERi0xLjQKJSVFT0YK", "recordedBy": {"reference": "Practitioner/nurse-1"}})
+    (consent,) = build(meta).consents
+    assert consent["id"] == "consent-1"
+    assert consent["status"] == "active"
+    assert consent["scope"]["coding"][0]["code"] == "patient-privacy"
+    assert consent["category"][0]["coding"][0] == {"system": codes.LOINC, "code": "59284-0",
+                                                   "display": "Patient Consent"}
+    assert consent["patient"]["identifier"] == {"system": PATIENT_SYSTEM, "value": PATIENT_VALUE}
+    assert consent["performer"] == [consent["patient"]]
+    assert consent["organization"] == [{"identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:2.999.1"},
+                                        "display": "Example Hospital"}]
+    assert consent["policy"] == [{"uri": tables().policy.uri}]
+    assert consent["policyRule"]["coding"][0]["code"] == "OPTIN"
+    assert consent["dateTime"] == "2024-02-28"
+    assert consent["sourceAttachment"]["contentType"] == "application/pdf"
+    assert consent["sourceAttachment"]["size"] == len(b"%PDF-1.4\n%%EOF\n")
+    assert [e["valueCode"] for e in ext(consent, codes.EXT_CONSENT_METHOD)] == ["written"]
+    assert [e["valueReference"] for e in ext(consent, codes.EXT_CONSENT_RECORDED_BY)] == [
+        {"reference": "Practitioner/nurse-1"}]
+    provision = consent["provision"]
+    assert provision["type"] == "permit" and provision["period"] == {"start": "2024-02-28"}
+    assert [a["coding"][0]["code"] for a in provision["action"]] == ["collect", "use"]
+    assert provision["purpose"] == [
+        {"system": codes.V3_ACT_REASON, "code": "TREAT", "display": "treatment"},
+        {"system": codes.V3_ACT_REASON, "code": "TRAIN", "display": "training"}]
+    assert "data" not in provision
+
+
+def test_verbal_consent_is_recorded_by_the_author_and_dated_now() -> None:
+    (consent,) = build(metadata("clinical", "clinician")).consents
+    assert consent["dateTime"] == "2024-03-01T09:16:02.120+00:00"
+    assert consent["provision"]["period"]["start"] == consent["dateTime"]
+    assert [e["valueReference"] for e in ext(consent, codes.EXT_CONSENT_RECORDED_BY)] == [
+        {"reference": "Practitioner/dr-a", "display": "Dr A"}]
+    assert "sourceAttachment" not in consent
+
+
+def test_implied_consent_covers_only_this_photo() -> None:
+    built = build(metadata("clinical", "patient"))
+    (consent,) = built.consents
+    assert consent["policyRule"]["coding"][0]["code"] == "IMPLIED"
+    assert [e["valueCode"] for e in ext(consent, codes.EXT_CONSENT_METHOD)] == ["implied"]
+    assert consent["provision"]["data"] == [{"meaning": "instance", "reference": {"reference": built.record_ref}}]
+    assert [p["code"] for p in consent["provision"]["purpose"]] == ["TREAT"]
+
+
+def test_patient_with_statement_and_implied_purposes_gets_two_consents() -> None:
+    t = tables()
+    meta = metadata("clinical", "patient", consent={"purposes": ["TRAIN"], "method": "written"})
+    built = build_photo_resources(
+        meta, stored_image(), record_id=RECORD_ID, binary_id="b", provenance_id="p", consent_ids=["c1", "c2"],
+        assessment_notes=(), assessment_warnings=(), consent_pending=False, implied_purposes=("TREAT",),
+        tables=t, now=NOW)
+    assert [c["id"] for c in built.consents] == ["c1", "c2"]
+    assert [c["policyRule"]["coding"][0]["code"] for c in built.consents] == ["OPTIN", "IMPLIED"]
+    with pytest.raises(ValueError):
+        build_photo_resources(
+            meta, stored_image(), record_id=RECORD_ID, binary_id="b", provenance_id="p", consent_ids=["c1"],
+            assessment_notes=(), assessment_warnings=(), consent_pending=False, implied_purposes=("TREAT",),
+            tables=t, now=NOW)
+
+
+def test_consents_read_back_as_grants() -> None:
+    """The consent reader (adapter.consent.grants) understands what we write."""
+    built = build(metadata("clinical", "patient"))
+    (grant,) = grants_from_consent(built.consents[0])
+    assert grant.implied and grant.method is ConsentMethod.IMPLIED
+    assert grant.data_refs == frozenset({built.record_ref})
+    assert grant.purposes == frozenset({"TREAT"})
+    assert grant.period_start is not None and grant.period_start <= NOW
+    (explicit,) = grants_from_consent(build(metadata("clinical", "clinician")).consents[0])
+    assert not explicit.implied and explicit.method is ConsentMethod.VERBAL
+    assert explicit.decision == "permit" and explicit.data_refs == frozenset()
+
+
+def test_build_consent_resource_alone() -> None:
+    t = tables()
+    consent = build_consent_resource(
+        consent_id="c-train", patient=metadata().patient, purposes=["TRAIN", "TRAIN"],
+        method=ConsentMethod.WRITTEN, tables=t, now=NOW, consent_date=date(2024, 2, 1),
+        form="iVBORw0KGgoAAAANSUhEUg==")
+    assert [p["code"] for p in consent["provision"]["purpose"]] == ["TRAIN"]
+    assert consent["sourceAttachment"]["contentType"] == "image/png"
+    r4b_validate(consent)
+    with pytest.raises(InvalidInput) as err:
+        build_consent_resource(consent_id="x", patient=metadata().patient, purposes=["TREAT"],
+                               method=ConsentMethod.WRITTEN, tables=t, now=NOW, form="not base64!")
+    assert err.value.expression == ["consent.form"]
+    with pytest.raises(InvalidInput):
+        build_consent_resource(consent_id="x", patient=metadata().patient, purposes=[],
+                               method=ConsentMethod.VERBAL, tables=t, now=NOW)
+
+
+# ---------------------------------------------------------------------------------------------
+# provenance
+
+
+def agents(provenance: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(a["type"]["coding"][0]["code"], a["who"]) for a in provenance["agent"]]
+
+
+def test_provenance_common_shape() -> None:
+    built = build(metadata("clinical", "clinician"))
+    prov = built.provenance
+    assert prov["id"] == "prov-1"
+    assert prov["target"] == [{"reference": built.record_ref}, {"reference": "Binary/bin-1"}]
+    assert prov["occurredDateTime"] == "2024-03-01T10:15:00+01:00"
+    assert prov["recorded"] == "2024-03-01T09:16:02.120Z"
+    assert prov["activity"]["coding"] == [{"system": codes.V3_DATA_OPERATION, "code": "CREATE"}]
+    assert prov["reason"][0]["coding"][0]["code"] == "TREAT"
+    assert prov["policy"] == [tables().policy.uri]
+    assert prov["entity"] == [{"role": "source", "what": {
+        "identifier": {"system": codes.SHA256_SYSTEM, "value": "b" * 64}, "display": "received file"}}]
+    assert agents(prov) == [("author", {"reference": "Practitioner/dr-a", "display": "Dr A"}),
+                            ("enterer", {"display": "clinical-image-adapter"})]
+
+
+def test_provenance_of_colleague_photo() -> None:
+    prov = build(metadata("clinical", "colleague-external")).provenance
+    author = prov["agent"][0]
+    assert author["who"] == {"display": "Dr B"} and author["onBehalfOf"] == {"display": "Other Hospital"}
+    assert agents(prov)[1] == ("performer", {"reference": "Practitioner/dr-a", "display": "Dr A"})
+
+
+def test_provenance_of_patient_photo() -> None:
+    prov = build(metadata("clinical", "patient", author=None)).provenance
+    assert agents(prov) == [("informant", {"reference": "Patient/p-1", "type": "Patient", "identifier": {
+        "system": PATIENT_SYSTEM, "value": PATIENT_VALUE}}), ("enterer", {"display": "clinical-image-adapter"})]
+
+
+# ---------------------------------------------------------------------------------------------
+# search index
+
+
+def test_index_of_media() -> None:
+    built = build(metadata("clinical", "clinician"))
+    index = index_resource(built.record)
+    assert index.patient == Identifier(system=PATIENT_SYSTEM, value=PATIENT_VALUE)
+    assert index.patient_reference == "Patient/p-1"
+    assert index.date == datetime(2024, 3, 1, 9, 15, tzinfo=UTC)
+    assert index.status == "completed"
+    assert ("identifier", codes.SHA256_SYSTEM, "a" * 64) in index.tokens
+    assert ("type", codes.MEDIA_TYPE, "image") in index.tokens
+    assert ("modality", codes.DCM, "XC") in index.tokens
+    assert ("kind", None, "clinical") in index.tokens
+    assert ("category", codes.PHOTO_KIND_SYSTEM, "clinical") in index.tokens
+    assert ("site", codes.SNOMED, "14975008") in index.tokens
+
+
+def test_index_of_document_reference_consent_provenance_binary() -> None:
+    built = build(metadata("document", "patient"))
+    doc = index_resource(built.record)
+    assert doc.date == NOW.replace(microsecond=120000) and doc.status == "current"
+    assert ("category", codes.PHOTO_KIND_SYSTEM, "document") in doc.tokens
+    consent = index_resource(built.consents[0])
+    assert consent.patient == Identifier(system=PATIENT_SYSTEM, value=PATIENT_VALUE)
+    assert consent.status == "active" and consent.date is not None
+    assert ("purpose", codes.V3_ACT_REASON, "TREAT") in consent.tokens
+    assert ("category", codes.LOINC, "59284-0") in consent.tokens
+    prov = index_resource(built.provenance)
+    assert prov.date == datetime(2024, 3, 1, 9, 16, 2, 120000, tzinfo=UTC)
+    assert ("target", None, built.record_ref) in prov.tokens
+    assert index_resource(built.binary).tokens == ()
+    with pytest.raises(ValueError):
+        index_resource({"resourceType": "Patient"})
