@@ -78,7 +78,9 @@ def _pillow_base_photo(megapixels: float, target_bytes: int) -> bytes:
     height = width * 3 // 4
     channels = []
     for sigma in (40, 50, 60):
-        blobs = Image.effect_noise((width // 16, height // 16), sigma).resize((width, height), Image.Resampling.BICUBIC)
+        blobs = Image.effect_noise((width // 16, height // 16), sigma).resize(
+            (width, height), Image.Resampling.BICUBIC
+        )
         grain = Image.effect_noise((width, height), 12)
         channels.append(Image.blend(blobs, grain, 0.5))
     img = Image.merge("RGB", channels)
@@ -112,7 +114,10 @@ def base_photo(megapixels: float = 12, target_bytes: int = 3_000_000) -> tuple[b
                 spec.loader.exec_module(mod)
                 make_large_photo = getattr(mod, "make_large_photo", None)
             except Exception as exc:  # noqa: BLE001 - fall back to our own photo
-                print(f"note: samples/make_samples.py did not load ({exc}); using a Pillow photo", file=sys.stderr)
+                print(
+                    f"note: samples/make_samples.py did not load ({exc}); using a Pillow photo",
+                    file=sys.stderr,
+                )
     source = "samples" if make_large_photo else "pillow"
     cached = CACHE_DIR / f"base-{megapixels:g}mp-{target_bytes}-{source}.jpg"
     if not cached.is_file():
@@ -130,7 +135,7 @@ def _dqt_entry_offsets(jpeg: bytes) -> list[int]:
     i = 2
     while i + 4 <= len(jpeg) and jpeg[i] == 0xFF:
         marker = jpeg[i + 1]
-        seg_len = int.from_bytes(jpeg[i + 2:i + 4], "big")
+        seg_len = int.from_bytes(jpeg[i + 2 : i + 4], "big")
         if marker == 0xDB and jpeg[i + 4] >> 4 == 0:  # DQT, Pq=0 (8-bit entries)
             table = i + 5
             return [table + 62, table + 63]
@@ -214,8 +219,15 @@ class Result:
         return statistics.quantiles(lat, n=100, method="inclusive")[p - 1]
 
 
-def run_load(client: httpx.Client, requests: list[Request], concurrency: int, expect: int,
-             max_seconds: float, result: Result, extra_headers: dict[str, str]) -> None:
+def run_load(
+    client: httpx.Client,
+    requests: list[Request],
+    concurrency: int,
+    expect: int,
+    max_seconds: float,
+    result: Result,
+    extra_headers: dict[str, str],
+) -> None:
     """C worker threads take requests from one queue; records latency of every expected answer."""
     todo: queue.Queue[Request] = queue.Queue()
     for r in requests:
@@ -232,8 +244,9 @@ def run_load(client: httpx.Client, requests: list[Request], concurrency: int, ex
             t0 = time.perf_counter()
             status, text = 0, ""
             try:
-                resp = client.post(req.path, content=req.body,
-                                   headers={"Content-Type": req.content_type, **extra_headers})
+                resp = client.post(
+                    req.path, content=req.body, headers={"Content-Type": req.content_type, **extra_headers}
+                )
                 status, text = resp.status_code, resp.text[:300] if resp.status_code != expect else ""
             except httpx.HTTPError as exc:
                 text = f"{type(exc).__name__}: {exc}"
@@ -259,16 +272,26 @@ def run_load(client: httpx.Client, requests: list[Request], concurrency: int, ex
         result.note = f"stopped at --max-seconds with {left} not sent"
 
 
-def measure(target: str, base_url: str, build: Callable[[int], Request], n: int, c: int, warmup: int,
-            expect: int, max_seconds: float, pid_for_rss: Callable[[], int | None],
-            extra_headers: dict[str, str] | None = None) -> Result:
+def measure(
+    target: str,
+    base_url: str,
+    build: Callable[[int], Request],
+    n: int,
+    c: int,
+    warmup: int,
+    expect: int,
+    max_seconds: float,
+    pid_for_rss: Callable[[], int | None],
+    extra_headers: dict[str, str] | None = None,
+) -> Result:
     result = Result(target, n, c)
     print(f"[{target}] building {n + warmup} request bodies ...", flush=True)
     warm = [build(n + i) for i in range(warmup)]
     timed = [build(i) for i in range(n)]
     limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
-    with httpx.Client(base_url=base_url, limits=limits, timeout=httpx.Timeout(120.0, connect=10.0),
-                      trust_env=False) as client:
+    with httpx.Client(
+        base_url=base_url, limits=limits, timeout=httpx.Timeout(120.0, connect=10.0), trust_env=False
+    ) as client:
         if warm:
             w = Result(target, warmup, c)
             run_load(client, warm, c, expect, max_seconds, w, extra_headers or {})
@@ -313,8 +336,9 @@ def peak_rss_mb(pid: int) -> float | None:
 
 def pid_listening_on(port: int) -> int | None:
     try:
-        for pid_line in subprocess.run(["ss", "-H", "-ltnp", f"sport = :{port}"], check=False,
-                                       capture_output=True, text=True, timeout=10).stdout.splitlines():
+        for pid_line in subprocess.run(
+            ["ss", "-H", "-ltnp", f"sport = :{port}"], check=False, capture_output=True, text=True, timeout=10
+        ).stdout.splitlines():
             if "pid=" in pid_line:
                 return int(pid_line.split("pid=", 1)[1].split(",", 1)[0])
     except (OSError, ValueError, subprocess.SubprocessError):
@@ -325,8 +349,9 @@ def pid_listening_on(port: int) -> int | None:
 # --------------------------------------------------------------------------- the adapter
 
 
-def wait_adapter(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
-                 log: Path | None = None) -> None:
+def wait_adapter(
+    url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     with httpx.Client(trust_env=False, timeout=5.0) as client:
@@ -341,8 +366,10 @@ def wait_adapter(url: str, timeout: float, proc: subprocess.Popen[bytes] | None 
             except httpx.TransportError as exc:
                 last = str(exc)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the adapter at {url} did not answer GET /fhir/metadata in {timeout:.0f}s "
-                                   f"({last})" + (f":\n{tail(log)}" if log else ""))
+                raise RuntimeError(
+                    f"the adapter at {url} did not answer GET /fhir/metadata in {timeout:.0f}s "
+                    f"({last})" + (f":\n{tail(log)}" if log else "")
+                )
             time.sleep(0.2)
 
 
@@ -355,10 +382,18 @@ def started_adapter(workdir: Path, timeout: float) -> Iterator[tuple[str, int]]:
     data = workdir / "adapter-data"
     data.mkdir(parents=True)
     log = workdir / "adapter.log"
-    env = dict(os.environ, ADAPTER_DATA_DIR=str(data), ADAPTER_HTTP_PORT=str(port), ADAPTER_HTTP_HOST="127.0.0.1")
+    env = dict(
+        os.environ, ADAPTER_DATA_DIR=str(data), ADAPTER_HTTP_PORT=str(port), ADAPTER_HTTP_HOST="127.0.0.1"
+    )
     with open(log, "ab") as log_f:
-        proc = subprocess.Popen([python, "-m", "adapter", "serve"], cwd=REPO_ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [python, "-m", "adapter", "serve"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_f,
+            stderr=subprocess.STDOUT,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             wait_adapter(url, timeout, proc, log)
@@ -379,10 +414,14 @@ def fmt(v: float | None, spec: str = ".1f") -> str:
 
 def report(results: list[Result]) -> None:
     print()
-    print(f"{'target':<8} {'n':>5} {'c':>3} {'photos/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>12} {'errors':>7}")
+    head = ("target", "n", "c", "photos/s", "p50 ms", "p99 ms", "peak RSS MB", "errors")
+    widths = (-8, 5, 3, 9, 8, 8, 12, 7)
+    print(" ".join(f"{h:<{-w}}" if w < 0 else f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
     for r in results:
-        print(f"{r.target:<8} {r.n:>5} {r.c:>3} {r.rate:>9.1f} {fmt(r.pct(50)):>8} {fmt(r.pct(99)):>8} "
-              f"{fmt(r.peak_rss_mb):>12} {r.errors:>7}")
+        print(
+            f"{r.target:<8} {r.n:>5} {r.c:>3} {r.rate:>9.1f} {fmt(r.pct(50)):>8} {fmt(r.pct(99)):>8} "
+            f"{fmt(r.peak_rss_mb):>12} {r.errors:>7}"
+        )
     for r in results:
         if r.first_error:
             print(f"  {r.target}: first error: {r.first_error}")
@@ -399,14 +438,21 @@ def report(results: list[Result]) -> None:
         print("ratio adapter/orthanc: n/a (one side not measured)")
     if a is not None:
         rss = a.peak_rss_mb
-        verdict = "n/a (no server pid: use --start or --server-pid)" if rss is None else (
-            "PASS" if rss < TARGET_RSS_MB else "MISS")
+        verdict = (
+            "n/a (no server pid: use --start or --server-pid)"
+            if rss is None
+            else ("PASS" if rss < TARGET_RSS_MB else "MISS")
+        )
         print(f"adapter peak RSS: {fmt(rss)} MB  (target < {TARGET_RSS_MB:.0f} MB)  {verdict}")
     parts = []
     for r in results:
-        parts += [f"{r.target}_rate={r.rate:.2f}", f"{r.target}_p50_ms={fmt(r.pct(50), '.1f')}",
-                  f"{r.target}_p99_ms={fmt(r.pct(99), '.1f')}", f"{r.target}_peak_rss_mb={fmt(r.peak_rss_mb)}",
-                  f"{r.target}_errors={r.errors}"]
+        parts += [
+            f"{r.target}_rate={r.rate:.2f}",
+            f"{r.target}_p50_ms={fmt(r.pct(50), '.1f')}",
+            f"{r.target}_p99_ms={fmt(r.pct(99), '.1f')}",
+            f"{r.target}_peak_rss_mb={fmt(r.peak_rss_mb)}",
+            f"{r.target}_errors={r.errors}",
+        ]
     print("RESULT " + " ".join(parts) + f" ratio={fmt(ratio, '.2f')}")
 
 
@@ -414,15 +460,24 @@ def report(results: list[Result]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     where = ap.add_mutually_exclusive_group()
-    where.add_argument("--url", default=None, help="a running adapter (loopback), default http://127.0.0.1:8080")
-    where.add_argument("--start", action="store_true", help="start the adapter here (python -m adapter serve)")
+    where.add_argument(
+        "--url", default=None, help="a running adapter (loopback), default http://127.0.0.1:8080"
+    )
+    where.add_argument(
+        "--start", action="store_true", help="start the adapter here (python -m adapter serve)"
+    )
     ap.add_argument("-n", type=int, default=300, help="photos per target (default 300)")
     ap.add_argument("-c", type=int, default=8, help="concurrent clients (default 8)")
-    ap.add_argument("--server-pid", type=int, default=None,
-                    help="the adapter's pid for peak RSS with --url (default: the process listening on the port)")
+    ap.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="the adapter's pid for peak RSS with --url (default: the process listening on the port)",
+    )
     ap.add_argument("--warmup", type=int, default=None, help="untimed requests first (default: c)")
     ap.add_argument("--max-seconds", type=float, default=300.0, help="time bound per target (default 300)")
     ap.add_argument("--startup-timeout", type=float, default=60.0)
@@ -430,7 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photo-bytes", type=int, default=3_000_000)
     ap.add_argument("--skip-adapter", action="store_true", help="measure Orthanc only")
     ap.add_argument("--skip-orthanc", action="store_true", help="measure the adapter only")
-    ap.add_argument("--work-dir", type=Path, default=None, help="where servers keep their data (default: a temp dir)")
+    ap.add_argument(
+        "--work-dir", type=Path, default=None, help="where servers keep their data (default: a temp dir)"
+    )
     args = ap.parse_args(argv)
     if not 1 <= args.n <= MAX_N:
         ap.error(f"-n must be 1..{MAX_N}")
@@ -443,8 +500,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--url must be a loopback address, not {host!r}")
 
     base, source = base_photo(args.megapixels, args.photo_bytes)
-    print(f"photo: {len(base) / 1e6:.2f} MB from {source}; {args.n} timed + {warmup} warm-up variants; "
-          f"c={args.c}", flush=True)
+    print(
+        f"photo: {len(base) / 1e6:.2f} MB from {source}; {args.n} timed + {warmup} warm-up variants; "
+        f"c={args.c}",
+        flush=True,
+    )
     photos = list(photo_variants(base, args.n + warmup))
 
     results: list[Result] = []
@@ -452,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.work_dir))
     try:
         if not args.skip_adapter:
+
             def adapter_request(i: int) -> Request:
                 body, ctype = multipart_body(photos[i], i)
                 return Request("/photos", body, ctype)
@@ -460,29 +521,68 @@ def main(argv: list[str] | None = None) -> int:
                 if args.start:
                     with started_adapter(workdir, args.startup_timeout) as (a_url, a_pid):
                         print(f"[adapter] started pid {a_pid} at {a_url}", flush=True)
-                        results.append(measure("adapter", a_url, adapter_request, args.n, args.c, warmup, 201,
-                                               args.max_seconds, lambda: a_pid, {"X-Purpose-Of-Use": "TREAT"}))
+                        results.append(
+                            measure(
+                                "adapter",
+                                a_url,
+                                adapter_request,
+                                args.n,
+                                args.c,
+                                warmup,
+                                201,
+                                args.max_seconds,
+                                lambda: a_pid,
+                                {"X-Purpose-Of-Use": "TREAT"},
+                            )
+                        )
                 else:
                     wait_adapter(url, 5.0)
                     port = urllib.parse.urlparse(url).port or 80
                     a_pid = args.server_pid or pid_listening_on(port)
                     print(f"[adapter] {url}, pid {a_pid or 'unknown'}", flush=True)
-                    results.append(measure("adapter", url, adapter_request, args.n, args.c, warmup, 201,
-                                           args.max_seconds, lambda: a_pid, {"X-Purpose-Of-Use": "TREAT"}))
+                    results.append(
+                        measure(
+                            "adapter",
+                            url,
+                            adapter_request,
+                            args.n,
+                            args.c,
+                            warmup,
+                            201,
+                            args.max_seconds,
+                            lambda: a_pid,
+                            {"X-Purpose-Of-Use": "TREAT"},
+                        )
+                    )
             except RuntimeError as exc:
                 print(f"[adapter] cannot run: {exc}", file=sys.stderr)
                 failed.append("adapter")
 
         if not args.skip_orthanc:
+
             def orthanc_request(i: int) -> Request:
-                return Request("/instances", wrap_jpeg_as_sc(photos[i], patient_id=f"MRN-{i}", instance_number=i + 1),
-                               "application/dicom")
+                return Request(
+                    "/instances",
+                    wrap_jpeg_as_sc(photos[i], patient_id=f"MRN-{i}", instance_number=i + 1),
+                    "application/dicom",
+                )
 
             try:
                 with OrthancPeer(workdir / "orthanc") as orthanc:
                     print(f"[orthanc] started pid {orthanc.pid} at {orthanc.url}", flush=True)
-                    results.append(measure("orthanc", orthanc.url, orthanc_request, args.n, args.c, warmup, 200,
-                                           args.max_seconds, lambda: orthanc.pid))
+                    results.append(
+                        measure(
+                            "orthanc",
+                            orthanc.url,
+                            orthanc_request,
+                            args.n,
+                            args.c,
+                            warmup,
+                            200,
+                            args.max_seconds,
+                            lambda: orthanc.pid,
+                        )
+                    )
             except (PeerUnavailable, PeerError) as exc:
                 print(f"[orthanc] cannot run: {exc}", file=sys.stderr)
                 failed.append("orthanc")

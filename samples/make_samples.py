@@ -59,7 +59,7 @@ def photo(size: tuple[int, int], seed: int, *, noise: float = 0.12) -> Image.Ima
     red = Image.linear_gradient("L").resize(size)
     green = Image.radial_gradient("L").resize(size)
     blobs = Image.frombytes("L", (max(2, w // 48), max(2, h // 48)),
-                            rng.randbytes(max(2, w // 48) * max(2, h // 48))).resize(size, Image.BICUBIC)
+                            rng.randbytes(max(2, w // 48) * max(2, h // 48))).resize(size, Image.Resampling.BICUBIC)
     im = Image.merge("RGB", (Image.blend(red, blobs, 0.5), Image.blend(green, blobs, 0.3), blobs))
     draw = ImageDraw.Draw(im)
     for _ in range(40):  # sharp-edged shapes: a wound bed, sutures, a ruler

@@ -29,7 +29,7 @@
 //             - codes in small closed HL7 code systems (consentaction, object-role, ...)
 //               must exist there (taken from FHIR.js's R4 expansions), display mismatches warn.
 //   [bundle]  our own Bundle rules: unique fullUrl, transaction entries have request (and
-//             responses have response), urn:uuid references resolve to an entry.
+//             responses have response), urn:uuid references and urls resolve to an entry.
 //   [fhirjs]  the `fhir` package (FHIR.js) Fhir.validate(): required bindings (error) and
 //             extensible/preferred bindings (warning), reference target types. It cannot walk
 //             into Resource-typed elements, so nested resources are cut out and validated alone.
@@ -308,15 +308,14 @@ function walkIssues(doc) {
 // ---------------------------------------------------------------------------------------------
 // [bundle]
 
-function collectReferences(value, path, out) {
-  if (Array.isArray(value)) value.forEach((v, i) => collectReferences(v, `${path}[${i}]`, out));
+// Links a transaction must resolve: Reference.reference and url-typed elements such as
+// Attachment.url (https://hl7.org/fhir/R4/http.html#trules rewrites urn:uuid in both).
+function collectLinks(value, path, out) {
+  if (Array.isArray(value)) value.forEach((v, i) => collectLinks(v, `${path}[${i}]`, out));
   else if (value && typeof value === 'object') {
-    if (value.resourceType && path.endsWith('.resource')) {
-      // a nested entry resource is collected by the caller
-    }
     for (const [k, v] of Object.entries(value)) {
-      if (k === 'reference' && typeof v === 'string') out.push({ where: `${path}.reference`, reference: v });
-      else collectReferences(v, `${path}.${k}`, out);
+      if ((k === 'reference' || k === 'url') && typeof v === 'string') out.push({ where: `${path}.${k}`, reference: v });
+      else collectLinks(v, `${path}.${k}`, out);
     }
   }
   return out;
@@ -341,8 +340,8 @@ function bundleIssues(doc) {
     if ((doc.type === 'transaction' || doc.type === 'batch') && !e?.request) add('error', where, `a ${doc.type} entry needs request`);
     if ((doc.type === 'transaction-response' || doc.type === 'batch-response') && !e?.response) add('error', where, `a ${doc.type} entry needs response`);
   });
-  collectReferences(doc.entry, 'Bundle.entry', []).forEach(({ where, reference }) => {
-    if (reference.startsWith('urn:uuid:') && !fullUrls.has(reference)) add('error', where, `reference ${reference} does not resolve to an entry of the Bundle`);
+  collectLinks(doc.entry, 'Bundle.entry', []).forEach(({ where, reference }) => {
+    if (reference.startsWith('urn:uuid:') && !fullUrls.has(reference)) add('error', where, `${reference} does not resolve to an entry of the Bundle`);
   });
   return issues;
 }

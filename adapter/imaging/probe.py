@@ -52,7 +52,10 @@ def decode_reduced(data: bytes, content_type: str) -> Decoded:
                 im.draft("L", (width // scale, height // scale))
             im.load()
             sharpness = _sharpness(im if im.mode == "L" else _to_grey(im))
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # The warning is only raised when warnings are errors (as under pytest); it fires for
+        # pixel counts between Pillow's MAX_IMAGE_PIXELS and twice that, which only a policy
+        # with Limits.max_pixels above Pillow's limit lets through our own header check.
         raise ImageTooLarge("image has more pixels than the decoder allows") from exc
     except _DECODE_ERRORS as exc:
         raise UndecodableImage(f"the {fmt} image does not decode") from exc
@@ -60,7 +63,12 @@ def decode_reduced(data: bytes, content_type: str) -> Decoded:
 
 
 def _to_grey(im: Image.Image) -> Image.Image | None:
+    """8-bit greyscale for the measurement. 16-bit samples (PNG greyscale opens as ``I;16``)
+    are scaled by 1/256 first: a plain ``convert("L")`` clips them to 255, which would read
+    as a perfectly flat, "blurred" image."""
     try:
+        if im.mode.startswith("I;16") or im.mode == "I":
+            return im.convert("I").point(lambda v: v / 256).convert("L")
         return im.convert("L")
     except ValueError:  # exotic modes (e.g. LAB): no measurement rather than a refusal
         return None

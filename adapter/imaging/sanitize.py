@@ -26,7 +26,8 @@ def sanitize(src: Path, dst: Path, *, quality: Quality, limits: Limits) -> Image
 
     Raises :class:`UnsupportedMediaType` (not JPEG/PNG), :class:`UndecodableImage`,
     :class:`ImageTooLarge` (over ``limits.max_pixels``) or :class:`StorageError` (``src``
-    unreadable or ``dst`` unwritable). On any refusal ``dst`` is left absent.
+    unreadable or ``dst`` unwritable). ``dst`` is opened only once every check has passed, so
+    a refusal never creates or touches it; a failed write removes it.
     """
     try:
         received = src.read_bytes()

@@ -50,8 +50,10 @@ def test_storescu_to_orthanc_and_orthanc_to_storescp(tmp_path: Path) -> None:
     require_peers()
     files = [tmp_path / "a.dcm", tmp_path / "b.dcm"]
     sent = [sc_file(files[0], 10), sc_file(files[1], 200)]
-    with StoreSCP(tmp_path / "recv", aet="ADAPTER") as scp, \
-            OrthancPeer(tmp_path / "orthanc", modalities={"recv": ("ADAPTER", "127.0.0.1", scp.port)}) as orthanc:
+    with (
+        StoreSCP(tmp_path / "recv", aet="ADAPTER") as scp,
+        OrthancPeer(tmp_path / "orthanc", modalities={"recv": ("ADAPTER", "127.0.0.1", scp.port)}) as orthanc,
+    ):
         echoscu(orthanc.dicom_port, orthanc.aet)
         echoscu(scp.port, scp.aet)
 

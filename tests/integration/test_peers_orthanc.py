@@ -34,7 +34,9 @@ def require_orthanc() -> None:
 
 def small_jpeg(width: int = 64, height: int = 48) -> bytes:
     img = Image.new("RGB", (width, height))
-    img.putdata([((x * 4) % 256, (y * 5) % 256, ((x + y) * 3) % 256) for y in range(height) for x in range(width)])
+    img.putdata(
+        [((x * 4) % 256, (y * 5) % 256, ((x + y) * 3) % 256) for y in range(height) for x in range(width)]
+    )
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90, subsampling=1, comment=b"dropped when wrapped")  # 4:2:2 baseline
     return buf.getvalue()
@@ -65,7 +67,9 @@ def test_orthanc_rest_roundtrip(tmp_path: Path) -> None:
         assert b"dropped when wrapped" in jpeg and b"dropped when wrapped" not in frames[0]
         assert frames[0].rstrip(b"\0").endswith(b"\xff\xd9")
         assert (back.pixel_array == sent.pixel_array).all()
-        with Image.open(io.BytesIO(jpeg)) as im:  # and decodes to the photo (pydicom's YBR->RGB may round off by 1)
+        with Image.open(
+            io.BytesIO(jpeg)
+        ) as im:  # and decodes to the photo (pydicom's YBR->RGB may round off by 1)
             diff = back.pixel_array.astype(np.int16) - np.asarray(im.convert("RGB"), dtype=np.int16)
             assert back.pixel_array.shape == (48, 64, 3) and np.abs(diff).max() <= 1
 

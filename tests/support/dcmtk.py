@@ -58,19 +58,46 @@ def _loopback(host: str) -> str:
     return host
 
 
-def echoscu(port: int, called_aet: str, *, host: str = "127.0.0.1", calling_aet: str = "ECHOSCU",
-            timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+def echoscu(
+    port: int,
+    called_aet: str,
+    *,
+    host: str = "127.0.0.1",
+    calling_aet: str = "ECHOSCU",
+    timeout: float = 30.0,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     """C-ECHO to ``called_aet@host:port``."""
-    cmd = [_tool("echoscu"), "-aet", calling_aet, "-aec", called_aet, "-to", "10", "-ta", "10",
-           _loopback(host), str(port)]
+    cmd = [
+        _tool("echoscu"),
+        "-aet",
+        calling_aet,
+        "-aec",
+        called_aet,
+        "-to",
+        "10",
+        "-ta",
+        "10",
+        _loopback(host),
+        str(port),
+    ]
     env = peer_env()
     env.pop("LD_PRELOAD")  # an SCU binds nothing; no shim needed
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=check)
 
 
-def storescu(port: int, called_aet: str, files: Iterable[Path | str], *, host: str = "127.0.0.1",
-             calling_aet: str = "STORESCU", jpeg: bool = True, extra: Sequence[str] = (),
-             timeout: float = 600.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int,
+    called_aet: str,
+    files: Iterable[Path | str],
+    *,
+    host: str = "127.0.0.1",
+    calling_aet: str = "STORESCU",
+    jpeg: bool = True,
+    extra: Sequence[str] = (),
+    timeout: float = 600.0,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     """C-STORE ``files`` (one association) to ``called_aet@host:port``.
 
     ``jpeg=True`` adds ``-xy`` (propose JPEG Baseline; storescu proposes only uncompressed without it).
@@ -79,8 +106,20 @@ def storescu(port: int, called_aet: str, files: Iterable[Path | str], *, host: s
     paths = [str(f) for f in files]
     if not paths:
         raise ValueError("no files to send")
-    cmd = [_tool("storescu"), "-aet", calling_aet, "-aec", called_aet, "-to", "10", "-ta", "30",
-           "-td", "120", "-nh"]
+    cmd = [
+        _tool("storescu"),
+        "-aet",
+        calling_aet,
+        "-aec",
+        called_aet,
+        "-to",
+        "10",
+        "-ta",
+        "30",
+        "-td",
+        "120",
+        "-nh",
+    ]
     if jpeg:
         cmd.append("-xy")
     cmd += [*extra, _loopback(host), str(port), *paths]
@@ -96,9 +135,17 @@ class StoreSCP:
     receives without writing (network-only measurements); ``fork=True`` forks per association.
     """
 
-    def __init__(self, directory: Path, *, port: int | None = None, aet: str = "ADAPTER",
-                 pdu: int = 131072, ignore: bool = False, fork: bool = False,
-                 startup_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        aet: str = "ADAPTER",
+        pdu: int = 131072,
+        ignore: bool = False,
+        fork: bool = False,
+        startup_timeout: float = 15.0,
+    ) -> None:
         self.directory = Path(directory)
         self.port = port or 0
         self._fixed_port = port
@@ -135,16 +182,26 @@ class StoreSCP:
     def _start_once(self) -> None:
         self.port = self._fixed_port or free_port()
         self.directory.mkdir(parents=True, exist_ok=True)
-        cmd = [_tool("storescp"), "-aet", self.aet, "+xa", "-pdu", str(self.pdu), "-dhl",
-               "-od", str(self.directory)]
+        cmd = [
+            _tool("storescp"),
+            "-aet",
+            self.aet,
+            "+xa",
+            "-pdu",
+            str(self.pdu),
+            "-dhl",
+            "-od",
+            str(self.directory),
+        ]
         if self.ignore:
             cmd.append("--ignore")
         if self.fork:
             cmd.append("--fork")
         cmd.append(str(self.port))
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the peer runs; closed by stop()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=peer_env())
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=peer_env()
+        )
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.proc.poll() is not None:
@@ -152,8 +209,9 @@ class StoreSCP:
             if echoscu(self.port, self.aet, check=False, timeout=15).returncode == 0:
                 break
             if time.monotonic() > deadline:
-                raise PeerError(f"storescp did not answer C-ECHO in {self.startup_timeout}s:\n"
-                                f"{tail(self.log_path)}")
+                raise PeerError(
+                    f"storescp did not answer C-ECHO in {self.startup_timeout}s:\n{tail(self.log_path)}"
+                )
             time.sleep(0.1)
         assert_loopback_only(self.proc.pid, "storescp")
 
@@ -168,8 +226,9 @@ class StoreSCP:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def files(self) -> list[Path]:
@@ -186,9 +245,9 @@ class StoreSCP:
 # --------------------------------------------------------------------------- test material
 
 _KEEP_APP = {
-    0xE0: (b"JFIF\0",),        # APP0 JFIF
+    0xE0: (b"JFIF\0",),  # APP0 JFIF
     0xE2: (b"ICC_PROFILE\0",),  # APP2 ICC profile (colour only)
-    0xEE: (b"Adobe",),          # APP14 Adobe: colour-transform flag
+    0xEE: (b"Adobe",),  # APP14 Adobe: colour-transform flag
 }
 
 
@@ -209,25 +268,33 @@ def strip_jpeg_metadata(jpeg: bytes) -> bytes:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
-        seg_len = int.from_bytes(jpeg[i + 2:i + 4], "big")
-        seg = jpeg[i:i + 2 + seg_len]
+        seg_len = int.from_bytes(jpeg[i + 2 : i + 4], "big")
+        seg = jpeg[i : i + 2 + seg_len]
         if marker == 0xDA:  # SOS: scan data follows (no FFD9 inside it); keep it up to EOI, cut the rest
             eoi = jpeg.find(b"\xff\xd9", i + 2 + seg_len)
             if eoi < 0:
                 raise ValueError("JPEG without EOI")
-            out += jpeg[i:eoi + 2]
+            out += jpeg[i : eoi + 2]
             return bytes(out)
-        drop = marker == 0xFE or (0xE0 <= marker <= 0xEF and not any(
-            seg[4:].startswith(sig) for sig in _KEEP_APP.get(marker, ())))
+        drop = marker == 0xFE or (
+            0xE0 <= marker <= 0xEF and not any(seg[4:].startswith(sig) for sig in _KEEP_APP.get(marker, ()))
+        )
         if not drop:
             out += seg
         i += 2 + seg_len
     raise ValueError("JPEG without SOS")
 
 
-def wrap_jpeg_as_sc(jpeg: bytes, *, patient_id: str = "PEER-1", patient_name: str = "Test^Peer",
-                    study_uid: str | None = None, series_uid: str | None = None,
-                    instance_number: int = 1, strip: bool = True) -> bytes:
+def wrap_jpeg_as_sc(
+    jpeg: bytes,
+    *,
+    patient_id: str = "PEER-1",
+    patient_name: str = "Test^Peer",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    instance_number: int = 1,
+    strip: bool = True,
+) -> bytes:
     """A baseline JPEG as-is (no re-encode) in a Secondary Capture Part-10 file (standards.md §4.5):
     JPEG Baseline transfer syntax, YBR_FULL_422, PlanarConfiguration 0, Rows/Columns from the JPEG,
     lossy compression flagged. ``strip`` first drops APPn/COM metadata segments."""

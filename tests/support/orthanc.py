@@ -59,8 +59,10 @@ def shim_path() -> Path:
 def require_shim() -> Path:
     shim = shim_path()
     if not shim.is_file():
-        raise PeerUnavailable(f"missing {shim} (run tools/install-peers.sh); refusing to start a peer "
-                              "that would listen on all interfaces")
+        raise PeerUnavailable(
+            f"missing {shim} (run tools/install-peers.sh); refusing to start a peer "
+            "that would listen on all interfaces"
+        )
     return shim
 
 
@@ -111,8 +113,9 @@ def listening_sockets(pid: int) -> list[str]:
     ss = shutil.which("ss")
     if ss is None:
         raise PeerUnavailable("ss not found (apt-get install iproute2; tools/install-peers.sh)")
-    out = subprocess.run([ss, "-H", "-l", "-t", "-u", "-n", "-p"], capture_output=True, text=True,
-                         check=True, timeout=10).stdout
+    out = subprocess.run(
+        [ss, "-H", "-l", "-t", "-u", "-n", "-p"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
     addrs = []
     for line in out.splitlines():
         if f"pid={pid}," not in line:
@@ -304,10 +307,15 @@ class OrthancPeer:
         assert binary is not None
         self.proc = subprocess.Popen(
             [binary, str(self.config_path)],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=peer_env(), cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=peer_env(),
+            cwd=self.workdir,
         )
-        self._client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(120.0, connect=5.0))
+        self._client = httpx.Client(
+            base_url=self.url, timeout=httpx.Timeout(120.0, connect=5.0), trust_env=False
+        )
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.proc.poll() is not None:
@@ -318,8 +326,9 @@ class OrthancPeer:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise PeerError(f"Orthanc did not answer /system in {self.startup_timeout}s:\n"
-                                f"{tail(self.log_path)}")
+                raise PeerError(
+                    f"Orthanc did not answer /system in {self.startup_timeout}s:\n{tail(self.log_path)}"
+                )
             time.sleep(0.1)
         # /system answers once HTTP is up; the DICOM SCP listens by then too (it starts first)
         addrs = assert_loopback_only(self.proc.pid, "Orthanc")
@@ -342,15 +351,17 @@ class OrthancPeer:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # ---- REST
     def _check(self, r: httpx.Response) -> httpx.Response:
         if r.status_code >= 400:
-            raise PeerError(f"Orthanc {r.request.method} {r.request.url.path}: HTTP {r.status_code} "
-                            f"{r.text[:500]}")
+            raise PeerError(
+                f"Orthanc {r.request.method} {r.request.url.path}: HTTP {r.status_code} {r.text[:500]}"
+            )
         return r
 
     def get_json(self, path: str) -> Any:
@@ -358,8 +369,9 @@ class OrthancPeer:
 
     def upload(self, dicom_bytes: bytes) -> dict[str, Any]:
         """POST /instances; returns Orthanc's answer (ID, ParentStudy, Status, ...)."""
-        r = self._check(self.client.post("/instances", content=dicom_bytes,
-                                         headers={"Content-Type": "application/dicom"}))
+        r = self._check(
+            self.client.post("/instances", content=dicom_bytes, headers={"Content-Type": "application/dicom"})
+        )
         result: dict[str, Any] = r.json()
         return result
 
@@ -387,8 +399,11 @@ class OrthancPeer:
 
     def store_to(self, modality: str, resources: list[str]) -> dict[str, Any]:
         """Have Orthanc C-STORE ``resources`` (instance/series/study ids) to ``modality``, synchronously."""
-        r = self._check(self.client.post(f"/modalities/{modality}/store",
-                                         json={"Resources": resources, "Synchronous": True}))
+        r = self._check(
+            self.client.post(
+                f"/modalities/{modality}/store", json={"Resources": resources, "Synchronous": True}
+            )
+        )
         result: dict[str, Any] = r.json()
         return result
 

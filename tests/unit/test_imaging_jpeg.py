@@ -359,7 +359,8 @@ def test_portrait_photo_meets_a_landscape_minimum(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("q", [5, 25, 40, 60, 75, 90, 98])
 def test_jpeg_quality_estimate(tmp_path: Path, q: int) -> None:
-    facts, _ = run(tmp_path, jpeg(ms.photo((640, 480), seed=18), quality=q), quality=Quality(min_jpeg_quality=100))
+    received = jpeg(ms.photo((640, 480), seed=18), quality=q)
+    facts, _ = run(tmp_path, received, quality=Quality(min_jpeg_quality=100))
     warning = next(w for w in facts.quality_warnings if w.startswith("JPEG quality"))
     estimated = int(warning.split()[4].rstrip(","))
     assert abs(estimated - q) <= 1
@@ -396,7 +397,7 @@ def test_jpeg_pixel_size(wound: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def large_photo(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = ms.make_large_photo(tmp_path_factory.mktemp("large") / "large.jpg")
+    path: Path = ms.make_large_photo(tmp_path_factory.mktemp("large") / "large.jpg")
     return path.read_bytes()
 
 

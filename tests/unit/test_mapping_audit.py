@@ -1,0 +1,127 @@
+"""IHE BALP-shaped R4 AuditEvents (standards.md §2.6)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+
+from adapter.mapping import codes
+from adapter.mapping.audit import audit_event
+from adapter.mapping.photo import index_resource
+from adapter.model.photo import Identifier
+from tests.support.fhir_validator import validate_r4
+
+pytestmark = pytest.mark.unit
+
+RECORDED = datetime(2024, 3, 1, 9, 16, 2, 120000, tzinfo=UTC)
+PATIENT = Identifier(system="urn:oid:2.999.1.1", value="MRN-0001")
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "interaction": "read", "action": "R", "outcome": "0", "outcome_desc": None, "recorded": RECORDED,
+        "client_address": "127.0.0.1", "actor": "dr-a", "purpose": (codes.V3_ACT_REASON, "TREAT"),
+        "request_id": "req-42", "entities": ["Media/m-1"], "patient": PATIENT, "query": None,
+    }
+    args.update(overrides)
+    return audit_event(**args)
+
+
+def agent_role(ev: dict[str, Any], i: int) -> str:
+    return str(ev["agent"][i]["type"]["coding"][0]["code"])
+
+
+def entity(ev: dict[str, Any], type_code: str) -> list[dict[str, Any]]:
+    return [e for e in ev["entity"] if e["type"]["code"] == type_code]
+
+
+CASES = {
+    "read": event(),
+    "vread": event(interaction="vread"),
+    "search": event(interaction="search-type", action="E", entities=["Media/m-1", "Media/m-2"],
+                    query=b"patient:identifier=urn:oid:2.999.1.1|MRN-0001&_count=20"),
+    "create": event(interaction="create", action="C", entities=["Media/m-1", "Binary/b-1", "Provenance/p-1"]),
+    "update": event(interaction="update", action="U", entities=["Consent/c-1"]),
+    "deny": event(outcome="4", outcome_desc="no active consent for TRAIN", purpose=(codes.V3_ACT_REASON, "TRAIN")),
+    "sparse": event(client_address=None, purpose=None, request_id="", entities=[], patient=None, actor=""),
+    "hostname": event(client_address="ward-3-tablet.local", event_id="ae-1"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_validates_with_r4b_model(name: str) -> None:
+    AuditEvent.model_validate(CASES[name])
+
+
+def test_validates_with_npm_validators() -> None:
+    assert validate_r4(list(CASES.values())) == []
+
+
+def test_read_shape() -> None:
+    ev = CASES["read"]
+    assert ev["type"] == {"system": codes.AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}
+    assert ev["subtype"] == [{"system": codes.RESTFUL_INTERACTION, "code": "read", "display": "read"}]
+    assert (ev["action"], ev["outcome"], ev["recorded"]) == ("R", "0", "2024-03-01T09:16:02.120Z")
+    assert "outcomeDesc" not in ev
+    # BALP Read: the client is the Destination, the server the Source
+    assert [agent_role(ev, i) for i in range(3)] == ["110152", "110153", "IRCP"]
+    client, server, user = ev["agent"]
+    assert client["network"] == {"address": "127.0.0.1", "type": "2"} and client["requestor"] is False
+    assert server["who"] == {"display": "clinical-image-adapter"} and server["requestor"] is False
+    assert user["requestor"] is True and user["who"] == {"display": "dr-a"}
+    assert user["purposeOfUse"] == [{"coding": [{"system": codes.V3_ACT_REASON, "code": "TREAT"}]}]
+    assert ev["source"]["observer"] == {"display": "clinical-image-adapter"}
+    (data,) = entity(ev, "2")
+    assert data == {"what": {"reference": "Media/m-1"},
+                    "type": {"system": codes.AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
+                    "role": {"system": codes.OBJECT_ROLE, "code": "4", "display": "Domain Resource"}}
+    (patient,) = entity(ev, "1")
+    assert patient["what"] == {"identifier": {"system": PATIENT.system, "value": PATIENT.value}}
+    assert patient["role"]["code"] == "1"
+    (transaction,) = entity(ev, "XrequestId")
+    assert transaction["type"]["system"] == codes.BALP_ENTITY_TYPE
+    assert transaction["what"] == {"identifier": {"value": "req-42"}}
+
+
+def test_create_swaps_client_and_server_roles() -> None:
+    ev = CASES["create"]
+    assert [agent_role(ev, i) for i in range(3)] == ["110153", "110152", "AUT"]
+    assert [e["what"]["reference"] for e in entity(ev, "2")] == ["Media/m-1", "Binary/b-1", "Provenance/p-1"]
+
+
+def test_search_records_the_query() -> None:
+    ev = CASES["search"]
+    assert ev["subtype"][0]["code"] == "search-type" and ev["action"] == "E"
+    (query,) = [e for e in ev["entity"] if e.get("role", {}).get("code") == "24"]
+    assert base64.b64decode(query["query"]).startswith(b"patient:identifier=")
+
+
+def test_deny_is_a_minor_failure_with_the_reason() -> None:
+    ev = CASES["deny"]
+    assert (ev["outcome"], ev["outcomeDesc"]) == ("4", "no active consent for TRAIN")
+
+
+def test_sparse_event() -> None:
+    ev = CASES["sparse"]
+    assert "entity" not in ev and "network" not in ev["agent"][0]
+    assert "purposeOfUse" not in ev["agent"][2]
+    assert CASES["hostname"]["agent"][0]["network"]["type"] == "1"
+    assert CASES["hostname"]["id"] == "ae-1"
+
+
+def test_refuses_unknown_codes() -> None:
+    for bad in ({"interaction": "patch"}, {"action": "X"}, {"outcome": "1"}):
+        with pytest.raises(ValueError):
+            event(**bad)
+    with pytest.raises(ValueError):
+        event(recorded=datetime(2024, 3, 1))
+
+
+def test_index() -> None:
+    index = index_resource(CASES["read"])
+    assert index.patient == PATIENT and index.date == RECORDED
+    assert ("entity", None, "Media/m-1") in index.tokens and ("action", None, "R") in index.tokens

@@ -1,0 +1,373 @@
+"""Transaction Bundle (ITI-65 shape) → photo submission, its errors, the transaction-response
+Bundle, and the samples/ FHIR files."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.consent import Consent
+from PIL import Image
+
+from adapter.errors import (
+    AdapterError,
+    InvalidInput,
+    InvalidResource,
+    NotSupported,
+    RequiredElementMissing,
+    UnknownCode,
+)
+from adapter.mapping import codes
+from adapter.mapping.photo import build_photo_resources
+from adapter.mapping.transaction import parse_transaction, transaction_response
+from adapter.model.photo import ConsentMethod, Laterality, PhotoKind, PhotoMetadata, PhotoSource
+from tests.support.fhir_factories import (
+    NOW,
+    PATIENT_SYSTEM,
+    PATIENT_VALUE,
+    ROOT,
+    jpeg_bytes,
+    stored_image,
+    tables,
+    transaction_bundle,
+)
+from tests.support.fhir_validator import validate_r4
+
+pytestmark = pytest.mark.unit
+
+SAMPLES = ROOT / "samples"
+
+
+@pytest.fixture(scope="module")
+def jpeg() -> bytes:
+    return jpeg_bytes(700, 500)
+
+
+def parse(bundle: dict[str, Any]) -> Any:
+    return parse_transaction(bundle, tables())
+
+
+def refused(bundle: dict[str, Any], error: type[AdapterError]) -> AdapterError:
+    with pytest.raises(error) as info:
+        parse(bundle)
+    assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
+    return info.value
+
+
+# ---------------------------------------------------------------------------------------------
+# happy paths
+
+
+def test_media_bundle_with_consent(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    Bundle.model_validate(bundle)
+    assert validate_r4([bundle]) == []
+    sub = parse(bundle)
+    assert sub.image_bytes == jpeg
+    assert sub.content_type == "image/jpeg"
+    assert sub.entry_roles == ("binary", "record", "consent")
+    assert sub.entry_full_urls == {"binary": bundle["entry"][0]["fullUrl"], "record": bundle["entry"][1]["fullUrl"],
+                                   "consent": bundle["entry"][2]["fullUrl"]}
+    meta: PhotoMetadata = sub.meta
+    assert meta.patient.identifier.token() == f"{PATIENT_SYSTEM}|{PATIENT_VALUE}"
+    assert meta.patient.reference == "Patient/p-1"
+    assert meta.kind is PhotoKind.CLINICAL and meta.source is PhotoSource.CLINICIAN
+    assert meta.author is not None and meta.author.reference == "Practitioner/dr-a"
+    assert meta.encounter is not None and meta.encounter.reference == "Encounter/e-1"
+    assert meta.taken_at == datetime.fromisoformat("2024-03-01T10:15:00+01:00")
+    assert meta.body_site == "14975008" and meta.laterality is Laterality.RIGHT
+    assert meta.note == "Taken after dressing removal"
+    assert meta.title == "Wound, right forearm"
+    assert meta.device is not None and meta.device.value == "organisation"
+    assert meta.consent is not None
+    assert meta.consent.purposes == ["TREAT"] and meta.consent.method is ConsentMethod.VERBAL
+
+
+def test_round_trip_rebuilds_the_same_record(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    sub = parse(bundle)
+    rebuilt = build_photo_resources(
+        sub.meta, stored_image(size=len(jpeg), capture_time=None, device_name=None), record_id="r",
+        binary_id="bin", provenance_id="p", consent_ids=["c"], assessment_notes=(), assessment_warnings=(),
+        consent_pending=False, implied_purposes=(), tables=tables(), now=NOW)
+    sent = bundle["entry"][1]["resource"]
+    for key in ("subject", "encounter", "createdDateTime", "operator", "bodySite", "note", "modality", "extension"):
+        assert rebuilt.record[key] == sent[key], key
+
+
+def test_document_reference_bundle(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg, kind="document", consent_purposes=None, bodySite=None, laterality=None)
+    assert [e["resource"]["resourceType"] for e in bundle["entry"]] == ["Binary", "DocumentReference"]
+    assert validate_r4([bundle]) == []
+    sub = parse(bundle)
+    assert sub.meta.kind is PhotoKind.DOCUMENT
+    assert sub.meta.title == "Wound, right forearm"
+    assert sub.meta.note == "Taken after dressing removal"
+    assert sub.meta.taken_at == datetime.fromisoformat("2024-03-01T10:15:00+01:00")
+    assert sub.meta.consent is None
+    assert sub.entry_roles == ("binary", "record")
+
+
+def test_kind_inferred_without_extension(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    media = bundle["entry"][1]["resource"]
+    media["extension"] = [e for e in media["extension"] if e["url"] not in (codes.EXT_PHOTO_KIND,
+                                                                            codes.EXT_PHOTO_SOURCE)]
+    assert parse(bundle).meta.kind is PhotoKind.CLINICAL
+    media["modality"]["coding"][0]["code"] = "OT"
+    assert parse(bundle).meta.kind is PhotoKind.SECONDARY
+    del media["modality"]
+    sub = parse(bundle)
+    assert sub.meta.kind is PhotoKind.CLINICAL and sub.meta.source is PhotoSource.CLINICIAN
+
+
+def test_binary_referenced_by_id_and_put(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][0]["resource"]["id"] = "img-1"
+    bundle["entry"][0]["request"] = {"method": "PUT", "url": "Binary/img-1"}
+    bundle["entry"][1]["resource"]["content"]["url"] = "Binary/img-1"
+    assert parse(bundle).image_bytes == jpeg
+
+
+def test_consent_method_without_extension(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    consent = bundle["entry"][2]["resource"]
+    consent["extension"] = [e for e in consent["extension"] if e["url"] != codes.EXT_CONSENT_METHOD]
+    meta = parse(bundle).meta
+    assert meta.consent is not None and meta.consent.method is ConsentMethod.VERBAL
+    consent["sourceAttachment"] = {"contentType": "application/pdf", "data": "JVBERi0xLjQK", "title": "form"}
+    meta = parse(bundle).meta
+    assert meta.consent is not None and meta.consent.method is ConsentMethod.WRITTEN
+    assert meta.consent.form == "JVBERi0xLjQK" and meta.consent.form_content_type == "application/pdf"
+
+
+def test_external_colleague_bundle(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    media = bundle["entry"][1]["resource"]
+    media["extension"] = [{"url": codes.EXT_PHOTO_SOURCE, "valueCode": "colleague-external"}]
+    media["operator"] = {"display": "Dr B"}
+    media["note"] = [{"text": "Discussed by phone"}]
+    meta = parse(bundle).meta
+    assert meta.colleague is not None
+    assert (meta.colleague.name, meta.colleague.discussion_note) == ("Dr B", "Discussed by phone")
+    assert meta.note is None and meta.author is None
+    del media["operator"]
+    err = refused(bundle, RequiredElementMissing)
+    assert err.expression == ["Bundle.entry[1].resource.operator.display"]
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals
+
+
+def test_wrong_bundle_type(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["type"] = "batch"
+    assert refused(bundle, InvalidInput).expression == ["Bundle.type"]
+    bundle["type"] = "nonsense"
+    assert refused(bundle, UnknownCode).expression == ["Bundle.type"]
+
+
+def test_not_a_bundle() -> None:
+    assert refused({"resourceType": "Media"}, InvalidResource).expression == ["resourceType"]
+
+
+def test_missing_binary(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    del bundle["entry"][0]
+    assert refused(bundle, RequiredElementMissing).expression == ["Bundle.entry"]
+
+
+def test_missing_record(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    del bundle["entry"][1]
+    assert refused(bundle, RequiredElementMissing).expression == ["Bundle.entry"]
+
+
+def test_two_photos(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"].append(copy.deepcopy(bundle["entry"][0]))
+    assert refused(bundle, NotSupported).expression == ["Bundle.entry[3]"]
+
+
+def test_dangling_reference(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["content"]["url"] = "urn:uuid:00000000-0000-4000-8000-000000000000"
+    err = refused(bundle, InvalidInput)
+    assert err.expression == ["Bundle.entry[1].resource.content.url"]
+    del bundle["entry"][1]["resource"]["content"]["url"]
+    assert refused(bundle, RequiredElementMissing).expression == ["Bundle.entry[1].resource.content.url"]
+
+
+def test_invalid_status_points_at_the_element(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["status"] = "finished"
+    assert refused(bundle, UnknownCode).expression == ["Bundle.entry[1].resource.status"]
+    del bundle["entry"][1]["resource"]["status"]
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[1].resource.status"]
+
+
+def test_unknown_element_points_at_the_element(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["note"][0]["txt"] = "typo"
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[1].resource.note[0].txt"]
+
+
+def test_wrong_json_type_is_an_invalid_resource(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["content"]["url"] = 3
+    assert refused(bundle, InvalidResource).expression
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][0]["request"]["method"] = ["POST"]
+    refused(bundle, InvalidResource)
+
+
+def test_bundle_level_error_points_at_the_bundle(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][0]["fulUrl"] = "typo"
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[0].fulUrl"]
+
+
+def test_unsupported_resource_type(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"].append({"fullUrl": "urn:uuid:9d1c2b8e-4f3a-4c1e-9b6d-0a1b2c3d4e09",
+                            "resource": {"resourceType": "List", "status": "current", "mode": "working"},
+                            "request": {"method": "POST", "url": "List"}})
+    assert refused(bundle, NotSupported).expression == ["Bundle.entry[3].resource.resourceType"]
+
+
+def test_unsupported_method(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][0]["request"]["method"] = "DELETE"
+    assert refused(bundle, NotSupported).expression == ["Bundle.entry[0].request.method"]
+    bundle["entry"][0]["request"]["method"] = "FETCH"
+    assert refused(bundle, UnknownCode).expression == ["Bundle.entry[0].request.method"]
+    del bundle["entry"][0]["request"]
+    assert refused(bundle, RequiredElementMissing).expression == ["Bundle.entry[0].request"]
+
+
+def test_binary_without_data_or_bad_base64(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    del bundle["entry"][0]["resource"]["data"]
+    assert refused(bundle, RequiredElementMissing).expression == ["Bundle.entry[0].resource.data"]
+    bundle["entry"][0]["resource"]["data"] = "!!!!"
+    assert refused(bundle, InvalidInput).expression == ["Bundle.entry[0].resource.data"]
+
+
+def test_content_type_mismatch(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["content"]["contentType"] = "image/png"
+    assert refused(bundle, InvalidInput).expression == ["Bundle.entry[1].resource.content.contentType"]
+
+
+def test_subject_identifier_required(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["subject"] = {"reference": "Patient/p-1"}
+    err = refused(bundle, RequiredElementMissing)
+    assert err.expression == ["Bundle.entry[1].resource.subject.identifier"]
+
+
+def test_unknown_codes(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["extension"][0]["valueCode"] = "selfie"
+    assert refused(bundle, UnknownCode).expression == ["Bundle.entry[1].resource.extension[0].valueCode"]
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["bodySite"]["coding"][0]["code"] = "368209003"
+    assert refused(bundle, UnknownCode).expression == ["Bundle.entry[1].resource.bodySite"]
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][2]["resource"]["provision"]["purpose"][0]["code"] = "EDU"
+    assert refused(bundle, UnknownCode).expression == ["Bundle.entry[2].resource.provision.purpose[0]"]
+
+
+def test_consent_rules(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][2]["resource"]["status"] = "inactive"
+    assert refused(bundle, NotSupported).expression == ["Bundle.entry[2].resource.status"]
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][2]["resource"]["provision"]["type"] = "deny"
+    assert refused(bundle, NotSupported).expression == ["Bundle.entry[2].resource.provision.type"]
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][2]["resource"]["patient"]["identifier"]["value"] = "MRN-9999"
+    assert refused(bundle, InvalidInput).expression == ["Bundle.entry[2].resource.patient.identifier"]
+    bundle = transaction_bundle(jpeg)
+    del bundle["entry"][2]["resource"]["provision"]["purpose"]
+    assert refused(bundle, RequiredElementMissing).expression == ["Bundle.entry[2].resource.provision.purpose"]
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"].append(copy.deepcopy(bundle["entry"][2]))
+    refused(bundle, NotSupported)
+
+
+def test_empty_bundle() -> None:
+    err = refused({"resourceType": "Bundle", "type": "transaction"}, RequiredElementMissing)
+    assert err.expression == ["Bundle.entry"]
+    err = refused({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {
+        "method": "POST", "url": "Binary"}}]}, RequiredElementMissing)
+    assert err.expression == ["Bundle.entry[0].resource"]
+
+
+# ---------------------------------------------------------------------------------------------
+# response
+
+
+def test_transaction_response() -> None:
+    now = datetime(2024, 3, 1, 9, 16, 3, tzinfo=UTC)
+    response = transaction_response([("Binary/b/_history/1", "201 Created"), ("Media/m/_history/2", "200 OK"),
+                                     ("Consent/c", "201 Created")], now)
+    assert response["type"] == "transaction-response"
+    assert [e["response"] for e in response["entry"]] == [
+        {"status": "201 Created", "location": "Binary/b/_history/1", "etag": 'W/"1"',
+         "lastModified": "2024-03-01T09:16:03.000Z"},
+        {"status": "200 OK", "location": "Media/m/_history/2", "etag": 'W/"2"',
+         "lastModified": "2024-03-01T09:16:03.000Z"},
+        {"status": "201 Created", "location": "Consent/c", "etag": 'W/"1"',
+         "lastModified": "2024-03-01T09:16:03.000Z"}]
+    Bundle.model_validate(response)
+    assert validate_r4([response]) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# samples/
+
+
+def load(name: str) -> Any:
+    return json.loads((SAMPLES / name).read_text(encoding="utf-8"))
+
+
+def test_sample_bundle() -> None:
+    bundle = load("bundle-transaction.json")
+    Bundle.model_validate(bundle)
+    sub = parse(bundle)
+    assert sub.image_bytes[:3] == b"\xff\xd8\xff"
+    with Image.open(io.BytesIO(sub.image_bytes)) as img:
+        assert img.format == "JPEG" and img.size == (700, 500)
+        assert not img.getexif()
+    assert sub.meta.patient.identifier.token() == f"{PATIENT_SYSTEM}|{PATIENT_VALUE}"
+    assert sub.meta.consent is not None and sub.meta.consent.purposes == ["TREAT"]
+    binary_data = bundle["entry"][0]["resource"]["data"]
+    assert base64.b64decode(binary_data) == sub.image_bytes
+
+
+def test_sample_consent_train() -> None:
+    consent = load("consent-train.json")
+    Consent.model_validate(consent)
+    assert consent["patient"]["identifier"] == {"system": "urn:oid:2.999.1.1", "value": "MRN-0001"}
+    assert [p["code"] for p in consent["provision"]["purpose"]] == ["TRAIN"]
+    assert consent["provision"]["type"] == "permit" and consent["status"] == "active"
+
+
+def test_sample_metadata_wound() -> None:
+    meta = PhotoMetadata.model_validate(load("metadata-wound.json"))
+    assert meta.kind is PhotoKind.CLINICAL and meta.source is PhotoSource.CLINICIAN
+    assert meta.patient.identifier.token() == "urn:oid:2.999.1.1|MRN-0001"
+    assert meta.consent is not None
+    assert (meta.consent.purposes, meta.consent.method) == (["TREAT"], ConsentMethod.VERBAL)
+
+
+def test_samples_validate_with_npm_validators() -> None:
+    assert validate_r4([load("bundle-transaction.json"), load("consent-train.json")]) == []

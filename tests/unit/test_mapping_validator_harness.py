@@ -1,0 +1,101 @@
+"""The FHIR validator harness is not vacuous: known-bad resources fail, known-good pass."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.fhir_validator import DRIVER, FhirValidationCollector, fhirval_dir, validate_r4
+
+pytestmark = pytest.mark.unit
+
+GOOD_MEDIA: dict[str, Any] = {
+    "resourceType": "Media", "id": "m", "status": "completed",
+    "content": {"contentType": "image/jpeg", "url": "Binary/b"},
+    "createdDateTime": "2024-03-01T10:15:00+01:00",
+}
+
+BAD: dict[str, tuple[dict[str, Any], str]] = {
+    "status not in the required value set": ({**GOOD_MEDIA, "status": "finished"}, "status"),
+    "unknown element": ({**GOOD_MEDIA, "colour": "red"}, "colour"),
+    "missing required element": ({k: v for k, v in GOOD_MEDIA.items() if k != "content"}, "content"),
+    "dateTime with a time and no zone": ({**GOOD_MEDIA, "createdDateTime": "2024-03-01T10:15:00"}, "created"),
+    "Attachment.hash that is not SHA-1": (
+        {**GOOD_MEDIA, "content": {**GOOD_MEDIA["content"], "hash": "q" * 44}}, "hash"),
+    "relative extension url": ({**GOOD_MEDIA, "extension": [{"url": "photo-kind", "valueCode": "x"}]}, "url"),
+    "code outside a closed HL7 code system": (
+        {**GOOD_MEDIA, "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/media-type",
+                                            "code": "photo"}]}}, "code"),
+    "invariant inside a Bundle (Consent ppc-1)": ({
+        "resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "urn:uuid:1f0c7a5e-2d1e-4b7a-9a55-6a1f3c2b8e01",
+            "resource": {"resourceType": "Consent", "status": "active",
+                         "scope": {"text": "privacy"}, "category": [{"text": "consent"}]}}]}, "ppc-1"),
+    "datatype invariant (Period per-1)": (
+        {"resourceType": "Consent", "status": "active", "scope": {"text": "s"}, "category": [{"text": "c"}],
+         "policyRule": {"text": "r"}, "provision": {"period": {"start": "2024-03-02", "end": "2024-03-01"}}},
+        "per-1"),
+    "dangling urn:uuid attachment url in a transaction": ({
+        "resourceType": "Bundle", "type": "transaction", "entry": [{
+            "fullUrl": "urn:uuid:2f0c7a5e-2d1e-4b7a-9a55-6a1f3c2b8e01",
+            "resource": {**GOOD_MEDIA, "content": {"url": "urn:uuid:3f0c7a5e-2d1e-4b7a-9a55-6a1f3c2b8e01"}},
+            "request": {"method": "POST", "url": "Media"}}]}, "does not resolve"),
+}
+
+
+def test_good_resource_passes() -> None:
+    assert validate_r4([GOOD_MEDIA]) == []
+    assert validate_r4([]) == []
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_resource_fails(case: str) -> None:
+    resource, needle = BAD[case]
+    errors = validate_r4([resource])
+    assert errors, case
+    assert any(needle in e for e in errors), errors
+
+
+def test_one_batch_labels_each_resource() -> None:
+    errors = validate_r4([GOOD_MEDIA, BAD["unknown element"][0]])
+    assert errors and all(e.startswith("#1 Media/m:") for e in errors)
+
+
+def test_collector_deduplicates_and_copies() -> None:
+    collector = FhirValidationCollector()
+    media = dict(GOOD_MEDIA)
+    collector.add(media)
+    collector.add([dict(GOOD_MEDIA), {"not": "a resource"}])
+    media["status"] = "finished"  # mutated after adding: not what gets validated
+    assert len(collector) == 1
+    assert collector.check() == []
+    collector.assert_valid()
+    collector.add(BAD["unknown element"][0])
+    with pytest.raises(AssertionError, match="colour"):
+        collector.assert_valid()
+
+
+def test_missing_validators_raise(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FHIRVAL_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(RuntimeError, match="install-fhir-validators"):
+        validate_r4([GOOD_MEDIA])
+
+
+def test_driver_cli_text_output_and_exit_codes(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    assert node, "node is required"
+    (tmp_path / "good.json").write_text(json.dumps(GOOD_MEDIA))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "bad.json").write_text(json.dumps(BAD["unknown element"][0]))
+    env = {"FHIRVAL_DIR": str(fhirval_dir()), "PATH": str(Path(node).parent)}
+    ok = subprocess.run([node, str(DRIVER), str(tmp_path / "good.json")], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK ")
+    both = subprocess.run([node, str(DRIVER), str(tmp_path)], capture_output=True, text=True, env=env)
+    assert both.returncode == 1
+    assert "FAIL " in both.stdout and "colour" in both.stdout and both.stdout.count("OK ") == 1
+    usage = subprocess.run([node, str(DRIVER)], capture_output=True, text=True, env=env)
+    assert usage.returncode == 2
