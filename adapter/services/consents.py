@@ -31,9 +31,14 @@ class ConsentService:
         self._known = known_purposes
         self._now = now
 
-    def _check(self, resource: dict[str, Any]) -> dict[str, Any]:
+    def _check(self, resource: dict[str, Any], id: str) -> dict[str, Any]:
+        """Validate a Consent and return a copy carrying ``id`` and no client-supplied meta."""
         if resource.get("resourceType") != "Consent":
             raise InvalidResource("expected a Consent resource", expression="Consent.resourceType")
+        if resource.get("id") not in (None, id):
+            raise InvalidInput("the resource id must match the URL", expression="Consent.id")
+        resource = {**resource, "id": id}
+        resource.pop("meta", None)
         validate_r4_resource(resource)
         ident = (resource.get("patient") or {}).get("identifier") or {}
         if not ident.get("system") or not ident.get("value"):
@@ -50,9 +55,7 @@ class ConsentService:
         return resource
 
     def create(self, resource: dict[str, Any], ctx: RequestContext) -> StoredResource:
-        resource = dict(self._check(resource))
-        resource["id"] = str(uuid.uuid4())
-        resource.pop("meta", None)
+        resource = self._check({k: v for k, v in resource.items() if k != "id"}, str(uuid.uuid4()))
         facts = consent_facts(resource["id"], resource)
         audit = self._auditor.event(ctx, interaction="create", action="C", permitted=True, reason=None,
                                     entities=[f"Consent/{resource['id']}"], patient=facts.patient if facts else None)
@@ -61,11 +64,7 @@ class ConsentService:
 
     def update(self, id: str, resource: dict[str, Any], ctx: RequestContext,
                if_match: int | None) -> StoredResource:
-        resource = dict(self._check(resource))
-        if resource.get("id") not in (None, id):
-            raise InvalidInput("the resource id must match the URL", expression="Consent.id")
-        resource["id"] = id
-        resource.pop("meta", None)
+        resource = self._check(resource, id)
         current = self._store.get("Consent", id)
         if current is None:
             raise NotFound(f"Consent/{id} is not known")

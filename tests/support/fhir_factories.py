@@ -7,6 +7,7 @@ import base64
 import io
 import uuid
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ PATIENT_VALUE = "MRN-0001"
 NOW = datetime(2024, 3, 1, 9, 16, 2, 120000, tzinfo=UTC)
 
 
+@cache
 def tables() -> Tables:
-    """The project's mapping tables and policy (mappings/)."""
+    """The project's mapping tables and policy (mappings/), loaded once (they are immutable)."""
     return load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
 
 
