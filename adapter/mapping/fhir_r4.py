@@ -80,7 +80,7 @@ def parse_fhir_datetime(value: Any) -> datetime | None:
     try:
         if len(value) == 10:
             return datetime.fromisoformat(value)
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return datetime.fromisoformat(value)
     except ValueError:
         return None
 

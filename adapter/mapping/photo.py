@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from adapter.errors import UnknownCode
@@ -79,8 +79,8 @@ class PhotoResources:
 
     record: JSON
     binary: JSON
-    consents: list[JSON] = field(default_factory=list)
-    provenance: JSON = field(default_factory=dict)
+    consents: list[JSON]
+    provenance: JSON
 
     @property
     def record_type(self) -> str:

@@ -27,7 +27,7 @@ ERROR_CLASSES = [getattr(errors, name) for name in errors.__all__]
 
 
 def subclasses(cls: type) -> set[type]:
-    out = set(cls.__subclasses__())
+    out: set[type] = set(cls.__subclasses__())
     for sub in list(out):
         out |= subclasses(sub)
     return out

@@ -98,10 +98,13 @@ def test_driver_cli_text_output_and_exit_codes(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "bad.json").write_text(json.dumps(BAD["unknown element"][0]))
     env = {"FHIRVAL_DIR": str(fhirval_dir()), "PATH": str(Path(node).parent)}
-    ok = subprocess.run([node, str(DRIVER), str(tmp_path / "good.json")], capture_output=True, text=True, env=env)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([node, str(DRIVER), *args], capture_output=True, text=True, env=env, check=False)
+
+    ok = run(str(tmp_path / "good.json"))
     assert ok.returncode == 0 and ok.stdout.startswith("OK ")
-    both = subprocess.run([node, str(DRIVER), str(tmp_path)], capture_output=True, text=True, env=env)
+    both = run(str(tmp_path))
     assert both.returncode == 1
     assert "FAIL " in both.stdout and "colour" in both.stdout and both.stdout.count("OK ") == 1
-    usage = subprocess.run([node, str(DRIVER)], capture_output=True, text=True, env=env)
-    assert usage.returncode == 2
+    assert run().returncode == 2
