@@ -229,7 +229,8 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     tokens += _identifier_tokens(resource.get("identifier") or [])
     tokens += _concept_tokens("type", resource.get("type"))
     if rtype == "Media":
-        when = parse_fhir_datetime(resource.get("createdDateTime")) or parse_fhir_datetime(resource.get("issued"))
+        when = (parse_fhir_datetime(resource.get("createdDateTime"))
+                or parse_fhir_datetime(resource.get("issued")))
         tokens += _concept_tokens("modality", resource.get("modality"))
         tokens += _concept_tokens("site", resource.get("bodySite"))
         kind = extension_code(resource, EXT_PHOTO_KIND)

@@ -33,7 +33,8 @@ def issue(severity: str, code: str, diagnostics: str | None = None,
         raise ValueError(f"not an R4 IssueSeverity: {severity!r}")
     out: JSON = {"severity": severity, "code": code}
     if details is not None:
-        out["details"] = dict(details) if ("coding" in details or "text" in details) else concept(dict(details))
+        is_concept = "coding" in details or "text" in details
+        out["details"] = dict(details) if is_concept else concept(dict(details))
     if diagnostics:
         out["diagnostics"] = diagnostics
     if expression:
@@ -82,7 +83,10 @@ def information_outcome(code: str, diagnostics: str | None = None,
     return operation_outcome("information", code, diagnostics, None, details_coding)
 
 
-def break_glass_hint(diagnostics: str = "some content was withheld; break-the-glass (BTG) may give access") -> JSON:
+BREAK_GLASS_DIAGNOSTICS = "some content was withheld; break-the-glass (BTG) may give access"
+
+
+def break_glass_hint(diagnostics: str = BREAK_GLASS_DIAGNOSTICS) -> JSON:
     """The FHIR core break-the-glass hint: information / suppressed / v3-ActReason#BTG."""
     return information_outcome("suppressed", diagnostics, coding(V3_ACT_REASON, "BTG", "break the glass"))
 
@@ -96,6 +100,6 @@ def warnings_outcome(warnings: Sequence[str], code: str = "informational") -> JS
 
 
 __all__ = [
-    "SEVERITIES", "break_glass_hint", "coding_for_details", "information_outcome", "issue", "operation_outcome",
-    "outcome", "outcome_from_error", "warnings_outcome",
+    "BREAK_GLASS_DIAGNOSTICS", "SEVERITIES", "break_glass_hint", "coding_for_details", "information_outcome",
+    "issue", "operation_outcome", "outcome", "outcome_from_error", "warnings_outcome",
 ]

@@ -135,7 +135,8 @@ def body_site_concept(code: str, laterality: str | None, tables: Tables) -> JSON
     text = display
     if laterality is not None:
         side = table.laterality[laterality]
-        out["extension"] = [extension(EXT_LATERALITY, "Coding", coding(table.system, side.code, side.display))]
+        side_coding = coding(table.system, side.code, side.display)
+        out["extension"] = [extension(EXT_LATERALITY, "Coding", side_coding)]
         text = f"{display}, {side.display.lower()}"
     out["coding"] = [coding(table.system, code, display)]
     out["text"] = text
@@ -259,7 +260,8 @@ def photo_to_document_reference(meta: PhotoMetadata, image: StoredImage, *, reco
     if description:
         resource["description"] = "\n\n".join(description)
     label = tables.policy.labels.confidentiality
-    resource["securityLabel"] = [concept(coding(V3_CONFIDENTIALITY, label, CONFIDENTIALITY_DISPLAY.get(label)))]
+    label_coding = coding(V3_CONFIDENTIALITY, label, CONFIDENTIALITY_DISPLAY.get(label))
+    resource["securityLabel"] = [concept(label_coding)]
     resource["content"] = [{
         "attachment": _attachment(meta, image, binary_id, kind),
         "format": coding(IHE_FORMAT_CODE, FORMAT_MIME_TYPE_SUFFICIENT),
@@ -327,8 +329,8 @@ def build_photo_resources(meta: PhotoMetadata, image: StoredImage, *, record_id:
                                                record_ref=record_ref))
     if implied_purposes:
         consents.append(build_consent_resource(
-            consent_id=next(ids), patient=meta.patient, purposes=implied_purposes, method=ConsentMethod.IMPLIED,
-            tables=tables, now=now, data_refs=(record_ref,)))
+            consent_id=next(ids), patient=meta.patient, purposes=implied_purposes,
+            method=ConsentMethod.IMPLIED, tables=tables, now=now, data_refs=(record_ref,)))
 
     provenance = build_provenance(meta, image, provenance_id=provenance_id, record_ref=record_ref,
                                   binary_ref=f"Binary/{binary_id}", tables=tables, now=now)

@@ -47,7 +47,8 @@ from adapter.mapping.tables import Tables
 from adapter.model.image import StoredImage
 from adapter.model.photo import PhotoMetadata, PhotoSource
 
-_AGENT_DISPLAY = {"author": "Author", "performer": "Performer", "informant": "Informant", "enterer": "Enterer"}
+_AGENT_DISPLAY = {"author": "Author", "performer": "Performer", "informant": "Informant",
+                  "enterer": "Enterer"}
 _COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
 
 

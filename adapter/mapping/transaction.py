@@ -89,8 +89,10 @@ from adapter.model.photo import (
 ROLE_BINARY = "binary"
 ROLE_RECORD = "record"
 ROLE_CONSENT = "consent"
-_ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD, "Consent": ROLE_CONSENT}
-_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference", "Consent": "consent"}
+_ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD,
+          "Consent": ROLE_CONSENT}
+_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
+            "Consent": "consent"}
 _METHODS = frozenset({"POST", "PUT"})
 _HTTP_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
 _BUNDLE_TYPES = frozenset({"document", "message", "transaction", "transaction-response", "batch",
@@ -289,7 +291,8 @@ def _body_site(record: _Entry, tables: Tables) -> tuple[str | None, str | None]:
         return None, None
     table = tables.body_sites
     by_code = {v.code: k for k, v in table.laterality.items()}
-    codings = [c for c in site.get("coding") or [] if isinstance(c, Mapping) and c.get("system") == table.system]
+    codings = [c for c in site.get("coding") or []
+               if isinstance(c, Mapping) and c.get("system") == table.system]
     code = next((c["code"] for c in codings if c.get("code") in table.codes), None)
     if code is None:
         raise UnknownCode("bodySite has no SNOMED CT code accepted here (mappings/body_sites.yaml)",
@@ -309,8 +312,8 @@ def _body_site(record: _Entry, tables: Tables) -> tuple[str | None, str | None]:
 def _notes(record: _Entry, title: str | None) -> str | None:
     r = record.resource
     if r["resourceType"] == "Media":
-        texts = [n["text"] for n in r.get("note") or []
-                 if isinstance(n, Mapping) and _str(n.get("text")) and not n["text"].startswith(QUALITY_WARNING_PREFIX)]
+        texts = [n["text"] for n in r.get("note") or [] if isinstance(n, Mapping) and _str(n.get("text"))
+                 and not n["text"].startswith(QUALITY_WARNING_PREFIX)]
     else:
         paragraphs = [p for p in str(r.get("description") or "").split("\n\n") if p.strip()]
         if paragraphs and title is not None and paragraphs[0] == title:
@@ -338,7 +341,8 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[
                            expression=f"{path}.provision.type")
     purposes: list[str] = []
     for k, c in enumerate(provision.get("purpose") or []):
-        if not isinstance(c, Mapping) or c.get("system") != V3_ACT_REASON or c.get("code") not in tables.purposes.codes:
+        if not (isinstance(c, Mapping) and c.get("system") == V3_ACT_REASON
+                and c.get("code") in tables.purposes.codes):
             raise UnknownCode(f"provision.purpose must be v3-ActReason purpose-of-use codes accepted here "
                               f"({V3_ACT_REASON})", expression=f"{path}.provision.purpose[{k}]")
         purposes.append(str(c["code"]))
@@ -421,13 +425,15 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     if binary.request.get("method") == "PUT" and _str(binary.request.get("url")):
         aliases.add(str(binary.request["url"]))
     if not _str(url):
-        raise RequiredElementMissing("the attachment must reference the Binary (url)", expression=f"{att_path}.url")
+        raise RequiredElementMissing("the attachment must reference the Binary (url)",
+                                     expression=f"{att_path}.url")
     if url not in aliases:
-        raise InvalidInput(f"{url!s:.80} does not reference the Binary of this Bundle", expression=f"{att_path}.url")
+        raise InvalidInput(f"{url!s:.80} does not reference the Binary of this Bundle",
+                           expression=f"{att_path}.url")
     declared = attachment.get("contentType")
     if _str(declared) and declared != content_type:
-        raise InvalidInput(f"attachment.contentType {declared} differs from Binary.contentType {content_type}",
-                           expression=f"{att_path}.contentType")
+        raise InvalidInput(f"attachment.contentType {declared} differs from Binary.contentType "
+                           f"{content_type}", expression=f"{att_path}.contentType")
 
     # metadata
     r = record.resource
@@ -435,8 +441,8 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     subject = r.get("subject") or {}
     ident = subject.get("identifier") if isinstance(subject, Mapping) else None
     if not isinstance(ident, Mapping) or not _str(ident.get("system")) or not _str(ident.get("value")):
-        raise RequiredElementMissing("the subject must carry the patient's identifier (system and value): the "
-                                     "adapter matches patients by identifier",
+        raise RequiredElementMissing("the subject must carry the patient's identifier (system and value): "
+                                     "the adapter matches patients by identifier",
                                      expression=f"{record.path}.subject.identifier")
     patient: dict[str, str] = {"system": ident["system"], "value": ident["value"]}
     if _str(subject.get("reference")):
@@ -452,8 +458,8 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     if source in _COLLEAGUE_SOURCES:
         name = _str(author_raw.get("display")) if isinstance(author_raw, Mapping) else None
         if name is None:
-            raise RequiredElementMissing(f"a photo from a {source.value} source needs the colleague's name in "
-                                         "the display of its author", expression=f"{author_path}.display")
+            raise RequiredElementMissing(f"a photo from a {source.value} source needs the colleague's name "
+                                         "in the display of its author", expression=f"{author_path}.display")
         colleague: dict[str, Any] = {"name": name}
         if source is PhotoSource.COLLEAGUE_EXTERNAL and note:
             colleague["discussionNote"] = note

@@ -86,7 +86,8 @@ def metadata(kind: PhotoKind | str = PhotoKind.CLINICAL, source: PhotoSource | s
 
 
 def transaction_bundle(jpeg: bytes, *, kind: PhotoKind | str = PhotoKind.CLINICAL,
-                       consent_purposes: tuple[str, ...] | None = ("TREAT",), **meta_overrides: Any) -> dict[str, Any]:
+                       consent_purposes: tuple[str, ...] | None = ("TREAT",),
+                       **meta_overrides: Any) -> dict[str, Any]:
     """An ITI-65-shaped transaction Bundle (Binary with data, record, optional Consent) built
     from the adapter's own builders, with urn:uuid fullUrls and POST requests."""
     t = tables()
@@ -95,8 +96,9 @@ def transaction_bundle(jpeg: bytes, *, kind: PhotoKind | str = PhotoKind.CLINICA
     meta = metadata(kind, PhotoSource.CLINICIAN, consent=consent, **meta_overrides)
     image = stored_image(size=len(jpeg), capture_time=None, device_name=None)
     built = build_photo_resources(
-        meta, image, record_id=str(uuid.uuid4()), binary_id="bin", provenance_id="prov", consent_ids=["consent"],
-        assessment_notes=(), assessment_warnings=(), consent_pending=False, implied_purposes=(), tables=t, now=NOW)
+        meta, image, record_id=str(uuid.uuid4()), binary_id="bin", provenance_id="prov",
+        consent_ids=["consent"], assessment_notes=(), assessment_warnings=(), consent_pending=False,
+        implied_purposes=(), tables=t, now=NOW)
     urls = {name: uuid.uuid4().urn for name in ("binary", "record", "consent")}
     record = {k: v for k, v in built.record.items() if k != "id"}
     if record["resourceType"] == "Media":
@@ -105,7 +107,8 @@ def transaction_bundle(jpeg: bytes, *, kind: PhotoKind | str = PhotoKind.CLINICA
         record.pop("masterIdentifier", None)
         record["content"] = [{**record["content"][0],
                               "attachment": {**record["content"][0]["attachment"], "url": urls["binary"]}}]
-    binary = {"resourceType": "Binary", "contentType": "image/jpeg", "securityContext": {"reference": urls["record"]},
+    binary = {"resourceType": "Binary", "contentType": "image/jpeg",
+              "securityContext": {"reference": urls["record"]},
               "data": base64.b64encode(jpeg).decode("ascii")}
     entries = [
         {"fullUrl": urls["binary"], "resource": binary, "request": {"method": "POST", "url": "Binary"}},

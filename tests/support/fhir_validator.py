@@ -50,7 +50,8 @@ def validate_r4(resources: Sequence[dict[str, Any]], *, timeout: float = 600.0) 
         return []
     node = shutil.which("node")
     if node is None:
-        raise RuntimeError("node is not on PATH: install Node.js >= 18, then tools/install-fhir-validators.sh")
+        raise RuntimeError("node is not on PATH: install Node.js >= 18, then run "
+                           "tools/install-fhir-validators.sh")
     modules = fhirval_dir() / "node_modules"
     if not (modules / "@medplum" / "core").is_dir() or not (modules / "fhir").is_dir():
         raise RuntimeError(f"FHIR validators are not installed in {fhirval_dir()}: run {INSTALLER}")

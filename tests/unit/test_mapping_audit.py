@@ -46,7 +46,8 @@ CASES = {
                     query=b"patient:identifier=urn:oid:2.999.1.1|MRN-0001&_count=20"),
     "create": event(interaction="create", action="C", entities=["Media/m-1", "Binary/b-1", "Provenance/p-1"]),
     "update": event(interaction="update", action="U", entities=["Consent/c-1"]),
-    "deny": event(outcome="4", outcome_desc="no active consent for TRAIN", purpose=(codes.V3_ACT_REASON, "TRAIN")),
+    "deny": event(outcome="4", outcome_desc="no active consent for TRAIN",
+                  purpose=(codes.V3_ACT_REASON, "TRAIN")),
     "sparse": event(client_address=None, purpose=None, request_id="", entities=[], patient=None, actor=""),
     "hostname": event(client_address="ward-3-tablet.local", event_id="ae-1"),
 }

@@ -66,7 +66,8 @@ def test_break_glass_hint_is_the_core_example_shape() -> None:
     (hint,) = break_glass_hint()["issue"]
     assert (hint["severity"], hint["code"]) == ("information", "suppressed")
     assert hint["details"]["coding"][0]["code"] == "BTG"
-    same = information_outcome("suppressed", hint["diagnostics"], coding(codes.V3_ACT_REASON, "BTG", "break the glass"))
+    btg = coding(codes.V3_ACT_REASON, "BTG", "break the glass")
+    same = information_outcome("suppressed", hint["diagnostics"], btg)
     assert same == break_glass_hint()
 
 

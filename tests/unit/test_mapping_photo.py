@@ -35,14 +35,16 @@ def build(meta: PhotoMetadata, image: StoredImage | None = None, *, pending: boo
     notes, implied TREAT for a patient's photo without a consent statement."""
     t = tables()
     if notes is None:
-        kind_warning = t.kinds[meta.kind].warning
-        notes = tuple(n for n in (kind_warning, meta.colleague and meta.colleague.discussion_note
-                                  and f"Discussed with {meta.colleague.name}: {meta.colleague.discussion_note}") if n)
+        colleague = meta.colleague
+        discussion = (f"Discussed with {colleague.name}: {colleague.discussion_note}"
+                      if colleague is not None and colleague.discussion_note else None)
+        notes = tuple(n for n in (t.kinds[meta.kind].warning, discussion) if n)
     implied = ("TREAT",) if meta.source is PhotoSource.PATIENT and meta.consent is None else ()
     return build_photo_resources(
         meta, image or stored_image(quality_warnings=("image is blurred",)), record_id=RECORD_ID,
-        binary_id="bin-1", provenance_id="prov-1", consent_ids=["consent-1", "consent-2"], assessment_notes=notes,
-        assessment_warnings=warnings, consent_pending=pending, implied_purposes=implied, tables=t, now=NOW)
+        binary_id="bin-1", provenance_id="prov-1", consent_ids=["consent-1", "consent-2"],
+        assessment_notes=notes, assessment_warnings=warnings, consent_pending=pending,
+        implied_purposes=implied, tables=t, now=NOW)
 
 
 def r4b_validate(resource: dict[str, Any]) -> None:
@@ -57,9 +59,13 @@ def ext(resource: dict[str, Any], url: str) -> list[Any]:
 # every combination
 
 
-@pytest.mark.parametrize(("kind", "source"), COMBINATIONS, ids=[f"{k.value}-{s.value}" for k, s in COMBINATIONS])
+COMBINATION_IDS = [f"{k.value}-{s.value}" for k, s in COMBINATIONS]
+
+
+@pytest.mark.parametrize(("kind", "source"), COMBINATIONS, ids=COMBINATION_IDS)
 def test_every_kind_and_source_validates_with_r4b_models(kind: PhotoKind, source: PhotoSource) -> None:
-    built = build(metadata(kind, source), pending=kind is PhotoKind.CLINICAL and source is PhotoSource.CLINICIAN)
+    pending = kind is PhotoKind.CLINICAL and source is PhotoSource.CLINICIAN
+    built = build(metadata(kind, source), pending=pending)
     expected = tables().kinds[kind].resource
     assert built.record["resourceType"] == expected
     assert built.record_ref == f"{expected}/{RECORD_ID}"
@@ -114,8 +120,8 @@ def test_body_site_is_one_coding_with_text_and_laterality_extension() -> None:
     site = build(metadata("clinical", "clinician")).record["bodySite"]
     assert site["coding"] == [{"system": codes.SNOMED, "code": "14975008", "display": "Forearm"}]
     assert site["text"] == "Forearm, right"
-    assert site["extension"] == [{"url": codes.EXT_LATERALITY,
-                                  "valueCoding": {"system": codes.SNOMED, "code": "24028007", "display": "Right"}}]
+    right = {"system": codes.SNOMED, "code": "24028007", "display": "Right"}
+    assert site["extension"] == [{"url": codes.EXT_LATERALITY, "valueCoding": right}]
     without = build(metadata("clinical", "clinician", laterality=None)).record["bodySite"]
     assert "extension" not in without and without["text"] == "Forearm"
 
@@ -184,9 +190,9 @@ def test_document_reference_for_document_kind() -> None:
 def test_document_reference_without_uuid_id_has_no_master_identifier() -> None:
     t = tables()
     built = build_photo_resources(
-        metadata("document", "clinician"), stored_image(), record_id="doc-1", binary_id="b", provenance_id="p",
-        consent_ids=["c"], assessment_notes=(), assessment_warnings=(), consent_pending=False,
-        implied_purposes=(), tables=t, now=NOW)
+        metadata("document", "clinician"), stored_image(), record_id="doc-1", binary_id="b",
+        provenance_id="p", consent_ids=["c"], assessment_notes=(), assessment_warnings=(),
+        consent_pending=False, implied_purposes=(), tables=t, now=NOW)
     assert "masterIdentifier" not in built.record
 
 
@@ -241,8 +247,8 @@ def test_explicit_consent() -> None:
                                                    "display": "Patient Consent"}
     assert consent["patient"]["identifier"] == {"system": PATIENT_SYSTEM, "value": PATIENT_VALUE}
     assert consent["performer"] == [consent["patient"]]
-    assert consent["organization"] == [{"identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:2.999.1"},
-                                        "display": "Example Hospital"}]
+    org_id = {"system": "urn:ietf:rfc:3986", "value": "urn:oid:2.999.1"}
+    assert consent["organization"] == [{"identifier": org_id, "display": "Example Hospital"}]
     assert consent["policy"] == [{"uri": tables().policy.uri}]
     assert consent["policyRule"]["coding"][0]["code"] == "OPTIN"
     assert consent["dateTime"] == "2024-02-28"
@@ -274,7 +280,8 @@ def test_implied_consent_covers_only_this_photo() -> None:
     (consent,) = built.consents
     assert consent["policyRule"]["coding"][0]["code"] == "IMPLIED"
     assert [e["valueCode"] for e in ext(consent, codes.EXT_CONSENT_METHOD)] == ["implied"]
-    assert consent["provision"]["data"] == [{"meaning": "instance", "reference": {"reference": built.record_ref}}]
+    assert consent["provision"]["data"] == [
+        {"meaning": "instance", "reference": {"reference": built.record_ref}}]
     assert [p["code"] for p in consent["provision"]["purpose"]] == ["TREAT"]
 
 
@@ -358,8 +365,9 @@ def test_provenance_of_colleague_photo() -> None:
 
 def test_provenance_of_patient_photo() -> None:
     prov = build(metadata("clinical", "patient", author=None)).provenance
-    assert agents(prov) == [("informant", {"reference": "Patient/p-1", "type": "Patient", "identifier": {
-        "system": PATIENT_SYSTEM, "value": PATIENT_VALUE}}), ("enterer", {"display": "clinical-image-adapter"})]
+    patient = {"reference": "Patient/p-1", "type": "Patient",
+               "identifier": {"system": PATIENT_SYSTEM, "value": PATIENT_VALUE}}
+    assert agents(prov) == [("informant", patient), ("enterer", {"display": "clinical-image-adapter"})]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,8 +72,8 @@ def test_media_bundle_with_consent(jpeg: bytes) -> None:
     assert sub.image_bytes == jpeg
     assert sub.content_type == "image/jpeg"
     assert sub.entry_roles == ("binary", "record", "consent")
-    assert sub.entry_full_urls == {"binary": bundle["entry"][0]["fullUrl"], "record": bundle["entry"][1]["fullUrl"],
-                                   "consent": bundle["entry"][2]["fullUrl"]}
+    urls = [e["fullUrl"] for e in bundle["entry"]]
+    assert sub.entry_full_urls == {"binary": urls[0], "record": urls[1], "consent": urls[2]}
     meta: PhotoMetadata = sub.meta
     assert meta.patient.identifier.token() == f"{PATIENT_SYSTEM}|{PATIENT_VALUE}"
     assert meta.patient.reference == "Patient/p-1"
@@ -97,7 +97,8 @@ def test_round_trip_rebuilds_the_same_record(jpeg: bytes) -> None:
         binary_id="bin", provenance_id="p", consent_ids=["c"], assessment_notes=(), assessment_warnings=(),
         consent_pending=False, implied_purposes=(), tables=tables(), now=NOW)
     sent = bundle["entry"][1]["resource"]
-    for key in ("subject", "encounter", "createdDateTime", "operator", "bodySite", "note", "modality", "extension"):
+    for key in ("subject", "encounter", "createdDateTime", "operator", "bodySite", "note", "modality",
+                "extension"):
         assert rebuilt.record[key] == sent[key], key
 
 
@@ -297,7 +298,8 @@ def test_consent_rules(jpeg: bytes) -> None:
     assert refused(bundle, InvalidInput).expression == ["Bundle.entry[2].resource.patient.identifier"]
     bundle = transaction_bundle(jpeg)
     del bundle["entry"][2]["resource"]["provision"]["purpose"]
-    assert refused(bundle, RequiredElementMissing).expression == ["Bundle.entry[2].resource.provision.purpose"]
+    err = refused(bundle, RequiredElementMissing)
+    assert err.expression == ["Bundle.entry[2].resource.provision.purpose"]
     bundle = transaction_bundle(jpeg)
     bundle["entry"].append(copy.deepcopy(bundle["entry"][2]))
     refused(bundle, NotSupported)

@@ -32,7 +32,8 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
         {**GOOD_MEDIA, "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/media-type",
                                             "code": "photo"}]}}, "code"),
     "invariant inside a Bundle (Consent ppc-1)": ({
-        "resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "urn:uuid:1f0c7a5e-2d1e-4b7a-9a55-6a1f3c2b8e01",
+        "resourceType": "Bundle", "type": "collection", "entry": [{
+            "fullUrl": "urn:uuid:1f0c7a5e-2d1e-4b7a-9a55-6a1f3c2b8e01",
             "resource": {"resourceType": "Consent", "status": "active",
                          "scope": {"text": "privacy"}, "category": [{"text": "consent"}]}}]}, "ppc-1"),
     "datatype invariant (Period per-1)": (
@@ -100,7 +101,8 @@ def test_driver_cli_text_output_and_exit_codes(tmp_path: Path) -> None:
     env = {"FHIRVAL_DIR": str(fhirval_dir()), "PATH": str(Path(node).parent)}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([node, str(DRIVER), *args], capture_output=True, text=True, env=env, check=False)
+        return subprocess.run([node, str(DRIVER), *args], capture_output=True, text=True, env=env,
+                              check=False)
 
     ok = run(str(tmp_path / "good.json"))
     assert ok.returncode == 0 and ok.stdout.startswith("OK ")
