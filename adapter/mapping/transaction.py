@@ -89,10 +89,13 @@ from adapter.model.photo import (
 ROLE_BINARY = "binary"
 ROLE_RECORD = "record"
 ROLE_CONSENT = "consent"
+# IHE MHD ITI-65 always sends a SubmissionSet List: it is validated and acknowledged, not stored
+# (the adapter keeps no document registry of its own).
+ROLE_SUBMISSION_SET = "submission-set"
 _ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD,
-          "Consent": ROLE_CONSENT}
+          "Consent": ROLE_CONSENT, "List": ROLE_SUBMISSION_SET}
 _MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
-            "Consent": "consent"}
+            "Consent": "consent", "List": "list"}
 _METHODS = frozenset({"POST", "PUT"})
 _HTTP_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
 _BUNDLE_TYPES = frozenset({"document", "message", "transaction", "transaction-response", "batch",
@@ -517,6 +520,9 @@ def transaction_response(entries: Sequence[tuple[str, str]], now: datetime) -> J
     modified = fhir_instant(now)
     out: list[JSON] = []
     for location, status in entries:
+        if not location:  # acknowledged, not stored (the MHD SubmissionSet)
+            out.append({"response": {"status": status}})
+            continue
         match = _HISTORY.search(location)
         version = match.group(1) if match else "1"
         out.append({"response": {"status": status, "location": location, "etag": f'W/"{version}"',
@@ -524,5 +530,5 @@ def transaction_response(entries: Sequence[tuple[str, str]], now: datetime) -> J
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
 
 
-__all__ = ["ROLE_BINARY", "ROLE_CONSENT", "ROLE_RECORD", "TransactionSubmission", "parse_transaction",
+__all__ = ["ROLE_BINARY", "ROLE_CONSENT", "ROLE_RECORD", "ROLE_SUBMISSION_SET", "TransactionSubmission", "parse_transaction",
            "transaction_response"]

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapter.consent import grants_from_consent
-from adapter.errors import InvalidInput, InvalidResource, NotFound, PreconditionFailed
+from adapter.errors import InvalidInput, InvalidResource, NotFound, PreconditionFailed, UnknownCode
 from adapter.mapping.photo import index_resource
 from adapter.model.purpose import RequestContext
 from adapter.model.record import NewResource, StoredResource
@@ -21,6 +21,9 @@ from adapter.services.access import consent_facts
 from adapter.services.audit import Auditor
 from adapter.services.fhir_validation import validate_r4_resource
 from adapter.store.port import RecordStore
+
+
+CONSENT_STATUS = frozenset({"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"})
 
 
 class ConsentService:
@@ -40,6 +43,13 @@ class ConsentService:
         resource = {**resource, "id": id}
         resource.pop("meta", None)
         validate_r4_resource(resource)
+        # required bindings fhir.resources does not check (https://hl7.org/fhir/R4/consent.html)
+        if resource.get("status") not in CONSENT_STATUS:
+            raise UnknownCode(f"Consent.status must be one of {', '.join(sorted(CONSENT_STATUS))}",
+                              expression="Consent.status")
+        provision_type = (resource.get("provision") or {}).get("type")
+        if provision_type not in (None, "permit", "deny"):
+            raise UnknownCode("Consent.provision.type must be permit or deny", expression="Consent.provision.type")
         ident = (resource.get("patient") or {}).get("identifier") or {}
         if not ident.get("system") or not ident.get("value"):
             raise InvalidResource("Consent.patient must carry an identifier (system and value): the adapter "

@@ -28,3 +28,7 @@ def validate_r4_resource(resource: dict[str, Any]) -> None:
                  for e in errors[:10]]
         text = "; ".join(f"{p}: {e['msg']}" for p, e in zip(paths, errors[:10], strict=False))
         raise InvalidResource(f"invalid {rtype}: {text}", expression=paths) from exc
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
+        # fhir.resources raises these (not ValidationError) for some wrong JSON types
+        raise InvalidResource(f"invalid {rtype}: an element has the wrong type ({type(exc).__name__})",
+                              expression=str(rtype)) from exc

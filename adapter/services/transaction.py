@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from adapter.mapping.tables import Tables
-from adapter.mapping.transaction import parse_transaction, transaction_response
+from adapter.mapping.transaction import (ROLE_BINARY, ROLE_CONSENT, ROLE_RECORD, ROLE_SUBMISSION_SET,
+                                         parse_transaction, transaction_response)
 from adapter.model.purpose import RequestContext
 from adapter.services.ingest import IngestResult, IngestService
 from adapter.store.port import BlobStore
@@ -32,12 +33,14 @@ class TransactionService:
             fh.write(submission.image_bytes)
         result = self._ingest.ingest_photo(upload, submission.meta, idempotency_key=idempotency_key, ctx=ctx)
         receipt = result.receipt
-        locations: dict[str, str] = {"binary": receipt["binary"], "record": receipt["record"]}
-        explicit_consents = [c for c in receipt["consents"]]
-        if explicit_consents:
-            locations["consent"] = explicit_consents[0]
+        locations: dict[str, str] = {ROLE_BINARY: receipt["binary"], ROLE_RECORD: receipt["record"]}
+        if receipt["consents"]:
+            locations[ROLE_CONSENT] = receipt["consents"][0]
+        status = "200 OK" if result.replayed else "201 Created"
         entries = []
         for role in submission.entry_roles:
-            loc = locations.get(role, receipt["record"])
-            entries.append((f"{loc}/_history/1", "200 OK" if result.replayed else "201 Created"))
+            if role == ROLE_SUBMISSION_SET:
+                entries.append(("", "200 OK"))
+            else:
+                entries.append((f"{locations[role]}/_history/1", status))
         return transaction_response(entries, self._now()), result

@@ -275,3 +275,32 @@ def test_invalid_transaction_gets_an_outcome_pointing_at_the_element(tmp_path: P
         assert any("status" in e for e in r.json()["issue"][0]["expression"])
         _outcome(client.post("/fhir", content=b"not json", headers={"Content-Type": "application/fhir+json"}), 422)
         assert _counts(services) == (0, 0)
+
+
+def test_mhd_submission_set_list_is_acknowledged(tmp_path: Path) -> None:
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    submission_set = {
+        "fullUrl": "urn:uuid:5a0b6e2c-0000-4000-8000-00000000005e",
+        "resource": {"resourceType": "List", "status": "current", "mode": "working",
+                     "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
+                                          "code": "submissionset"}]},
+                     "entry": [{"item": {"reference": e["fullUrl"]}} for e in bundle["entry"]
+                               if e["resource"]["resourceType"] in ("Media", "DocumentReference")]},
+        "request": {"method": "POST", "url": "List"}}
+    bundle["entry"].insert(0, submission_set)
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text
+        entries = r.json()["entry"]
+        assert entries[0]["response"] == {"status": "200 OK"}
+        assert all(e["response"]["status"].startswith("201") for e in entries[1:])
+
+
+@pytest.mark.parametrize("patch", [{"patient": 3}, {"provision": "x"}, {"status": "bogus"}, {"scope": None}])
+def test_invalid_consent_is_400_not_500(tmp_path: Path, patch: dict) -> None:
+    from tests.support.app import consent_resource
+    with adapter_client(tmp_path) as (client, _):
+        bad = {k: v for k, v in {**consent_resource(["TRAIN"]), **patch}.items() if v is not None}
+        r = client.post("/fhir/Consent", json=bad)
+        assert r.status_code in (400, 422), r.text
+        assert r.json()["resourceType"] == "OperationOutcome"
