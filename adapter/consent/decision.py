@@ -27,6 +27,7 @@ from adapter.consent.rules import (
 )
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
+from adapter.model.photo import PhotoSource
 from adapter.model.decision import Decision, View
 from adapter.model.purpose import PurposeOfUse
 from adapter.model.record import AccessFacts
@@ -98,6 +99,8 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     if klass is PurposeClass.CARE:
         if not tables.kinds[facts.kind].needs_care_consent:
             return permit(f"{facts.kind.value} photos need no consent for care")
+        if facts.source is PhotoSource.COLLEAGUE_INTERNAL and not facts.consent_pending:
+            return permit("sent by a colleague inside the organisation, who is responsible for consent")
         grants = [g for g in in_force if g.decision == PERMIT and grant_covers(g, code, tables)]
         if grants:
             return permit(f"active Consent permits {code}", grants)
@@ -133,7 +136,7 @@ def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tab
             klass = classify_purpose(code, tables)
             if klass is PurposeClass.CARE or (klass is PurposeClass.EXPLICIT and not grant.implied):
                 codes.add(code)
-    if not tables.kinds[facts.kind].needs_care_consent:
+    if not tables.kinds[facts.kind].needs_care_consent or facts.source is PhotoSource.COLLEAGUE_INTERNAL:
         codes.update(rules.care_purposes)
     elif rules.care_after_withdrawal and not facts.consent_pending:
         codes.update(c for c in rules.care_purposes if _withdrawn(facts, consents, c, tables, now))

@@ -64,6 +64,10 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
                   now: datetime) -> IngestAssessment:
     """Apply the guidance's ingest rules to one photo.
 
+    * A photo from a colleague inside the organisation (``colleague-internal``, which includes a
+      PACS of the organisation): the sender is responsible for consent, so no documented consent
+      is required here (an active Consent denying TREAT still refuses it); non-care purposes
+      still need the patient's explicit Consent at read time.
     * ``clinical`` photos need documented consent for TREAT: a ``consent`` statement listing
       TREAT, the implied consent of a patient who sent the photo, or an active Consent on file
       for this patient that permits TREAT now and is not limited to other records
@@ -105,7 +109,8 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
 
     pending = False
     if tables.kinds[meta.kind].needs_care_consent:
-        pending = _needs_pending(meta, implied, existing, tables, now)
+        pending = _needs_pending(meta, implied, existing, tables, now,
+                                 sender_responsible=meta.source is PhotoSource.COLLEAGUE_INTERNAL)
         if pending:
             warnings.append(PENDING_WARNING if policy.break_glass.enabled else PENDING_WARNING_NO_BREAK_GLASS)
 
@@ -168,7 +173,7 @@ def _check_statement_method(meta: PhotoMetadata, tables: Tables) -> None:
 
 
 def _needs_pending(meta: PhotoMetadata, implied: tuple[str, ...], existing: Sequence[ConsentGrant],
-                   tables: Tables, now: datetime) -> bool:
+                   tables: Tables, now: datetime, *, sender_responsible: bool = False) -> bool:
     """Find the documented consent for TREAT a clinical photo needs.
 
     Returns False when there is one, True when there is none and the policy allows keeping the
@@ -185,6 +190,8 @@ def _needs_pending(meta: PhotoMetadata, implied: tuple[str, ...], existing: Sequ
                               "patient's new decision (make that Consent inactive) before sending "
                               "clinical photos", expression="consent")
 
+    if sender_responsible:
+        return False
     if meta.consent is not None and purposes_cover(meta.consent.purposes, TREAT, tables):
         return False
     if implied and purposes_cover(implied, TREAT, tables):

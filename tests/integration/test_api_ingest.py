@@ -304,3 +304,13 @@ def test_invalid_consent_is_400_not_500(tmp_path: Path, patch: dict) -> None:
         r = client.post("/fhir/Consent", json=bad)
         assert r.status_code in (400, 422), r.text
         assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_colleague_internal_needs_no_consent_from_us_but_training_still_does(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        r = post_photo(client, WOUND, metadata(source="colleague-internal", consent=None,
+                                              colleague={"name": "Dr Sender", "organisation": "Dermatology"}))
+        assert r.status_code == 201, r.text
+        record = r.json()["record"]
+        assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).status_code == 200
+        assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 403

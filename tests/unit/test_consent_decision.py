@@ -45,8 +45,8 @@ def make_tables(*, consent: dict[str, Any] | None = None,
 
 
 def make_facts(kind: PhotoKind = PhotoKind.CLINICAL, *, pending: bool = False, governed_by: str = RECORD,
-               patient: Identifier = PATIENT) -> AccessFacts:
-    return AccessFacts(governed_by=governed_by, patient=patient, kind=kind, source=PhotoSource.CLINICIAN,
+               patient: Identifier = PATIENT, source: PhotoSource = PhotoSource.CLINICIAN) -> AccessFacts:
+    return AccessFacts(governed_by=governed_by, patient=patient, kind=kind, source=source,
                        consent_pending=pending)
 
 
@@ -469,3 +469,23 @@ def test_consent_ids_are_deduplicated() -> None:
 def test_naive_now_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         run("TREAT", now=datetime(2025, 6, 1, 12, 0))
+
+
+# -- colleague inside the organisation (incl. the organisation's PACS) -------------------------
+
+def test_internal_colleague_photo_is_readable_for_care_without_a_consent() -> None:
+    facts = make_facts(source=PhotoSource.COLLEAGUE_INTERNAL)
+    d = run("TREAT", facts)
+    assert d.permitted and "colleague" in d.reason
+    assert "TREAT" in d.permitted_purposes
+
+
+def test_internal_colleague_photo_still_needs_explicit_consent_for_training() -> None:
+    facts = make_facts(source=PhotoSource.COLLEAGUE_INTERNAL)
+    assert not run("TRAIN", facts).permitted
+    assert run("TRAIN", facts, grants=(make_grant("TRAIN"),)).permitted
+
+
+def test_internal_colleague_photo_is_denied_for_care_when_a_consent_denies_treat() -> None:
+    facts = make_facts(source=PhotoSource.COLLEAGUE_INTERNAL)
+    assert not run("TREAT", facts, grants=(make_grant("TREAT", decision="deny"),)).permitted

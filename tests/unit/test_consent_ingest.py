@@ -262,8 +262,15 @@ def test_internal_colleague_discussion_note_goes_on_the_record() -> None:
     assert assess(meta).notes == ("Discussed with Dr A: wound check on ward 3",)
 
 
-def test_internal_colleague_still_needs_consent_for_clinical_photos() -> None:
-    err = refused(make_meta(source="colleague-internal", consent=None, colleague={"name": "Dr A"}))
+def test_internal_colleague_is_responsible_for_consent() -> None:
+    # "the sender is responsible for consent": no documented consent is required from us
+    result = assess(make_meta(source="colleague-internal", consent=None, colleague={"name": "Dr A"}))
+    assert not result.consent_pending and result.implied_purposes == ()
+
+
+def test_internal_colleague_photo_is_still_refused_when_a_consent_denies_treat() -> None:
+    deny = (make_grant("TREAT", decision="deny"),)
+    err = refused(make_meta(source="colleague-internal", consent=None, colleague={"name": "Dr A"}), deny)
     assert type(err) is ConsentRequired
 
 
