@@ -65,6 +65,38 @@ class Settings(BaseSettings):
         "development", description="development or production; production refuses unsafe defaults.")
     log_level: str = Field("INFO", description="Python log level.")
 
+    # -- DICOM bridge ------------------------------------------------------------------------
+    dicom_enabled: bool = Field(True, description="Run the DICOM SCP (C-ECHO, C-STORE) beside the HTTP API.")
+    dicom_host: str = Field("127.0.0.1", description="Address the DICOM SCP listens on.")
+    dicom_port: int = Field(11112, ge=0, le=65535, description="Port of the DICOM SCP.")
+    ae_title: str = Field("ADAPTER", min_length=1, max_length=16, description="AE title of the adapter.")
+    dicom_allowed_ae_titles: str = Field(
+        "", description="Comma-separated calling AE titles allowed to associate (with the policy's "
+        "allowedAETitles); empty in both: every caller is refused.")
+    dicom_max_pdu: int = Field(4 * 1024 * 1024, ge=0, description="Maximum PDU size received (bytes; 0 = no limit).")
+    uid_root: str = Field("2.25", description="Org root for the DICOM UIDs the adapter creates "
+                          "(2.25 = UUID-derived, PS3.5 B.2, when the organisation has no root of its own).")
+    forward_to: str = Field("", description="Comma-separated C-STORE destinations AE@host:port; every new "
+                            "photo is forwarded to each (the policy's forwardKinds can narrow that).")
+    forward_retry_max: int = Field(10, ge=1, description="Attempts before an outbox item is marked failed.")
+
+    @property
+    def allowed_ae_titles(self) -> list[str]:
+        return [t.strip() for t in self.dicom_allowed_ae_titles.split(",") if t.strip()]
+
+    @property
+    def destinations(self) -> list[str]:
+        out = []
+        for item in (d.strip() for d in self.forward_to.split(",")):
+            if not item:
+                continue
+            ae, sep, addr = item.partition("@")
+            host, colon, port = addr.rpartition(":")
+            if not sep or not ae or not colon or not host or not port.isdigit() or len(ae) > 16:
+                raise ConfigurationError(f"ADAPTER_FORWARD_TO: '{item[:60]}' is not AE@host:port")
+            out.append(item)
+        return out
+
     @field_validator("environment")
     @classmethod
     def _known_environment(cls, v: str) -> str:

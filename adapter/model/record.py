@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from adapter.model.dicom import DicomInstance, NewOutboxItem
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 
 
@@ -80,3 +81,5 @@ class IngestUnit:
     patient: Identifier
     stored_sha256: str
     audit_events: list[dict[str, Any]] = field(default_factory=list)
+    dicom_instance: DicomInstance | None = None       # the SOP instance of this record, if any
+    outbox: list[NewOutboxItem] = field(default_factory=list)  # forwarding, committed with the record

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from adapter.model.dicom import DicomInstance, OutboxItem
 from adapter.model.photo import Identifier
 from adapter.model.record import IndexRow, IngestUnit, NewResource, StoredResource
 
@@ -96,5 +97,29 @@ class RecordStore(Protocol):
 
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first."""
+
+    # -- DICOM -------------------------------------------------------------------------------
+    # save_ingest also writes unit.dicom_instance (unique SOP Instance UID: Conflict when taken)
+    # and unit.outbox (status pending, next_attempt_at = now) in the same transaction.
+
+    def find_dicom_instance(self, sop_instance_uid: str) -> DicomInstance | None: ...
+
+    def search_dicom_instances(self, *, study: str | None = None, series: str | None = None,
+                               sop_instance: str | None = None, patient: Identifier | None = None,
+                               modality: str | None = None) -> list[DicomInstance]:
+        """Ordered by study, series, created."""
+
+    def claim_outbox(self, now: datetime, limit: int) -> list[OutboxItem]:
+        """Pending items due at ``now`` (next_attempt_at <= now), oldest first. Claiming pushes
+        their next_attempt_at a lease ahead, so a second forwarder (another worker process)
+        does not pick them up at the same time."""
+
+    def mark_outbox_sent(self, item_id: int, now: datetime) -> None: ...
+
+    def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,
+                          give_up: bool = False) -> None:
+        """Count an attempt; ``give_up`` sets status failed."""
+
+    def list_outbox(self, *, status: str | None = None, limit: int = 100) -> list[OutboxItem]: ...
 
     def close(self) -> None: ...

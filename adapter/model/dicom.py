@@ -1,0 +1,50 @@
+"""DICOM objects the adapter knows about (received from a PACS or generated from a photo) and
+the durable outbox of objects to forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from adapter.model.photo import Identifier
+
+
+@dataclass(frozen=True)
+class DicomInstance:
+    """One SOP instance and the FHIR record it belongs to.
+
+    ``blob_sha256`` is the DICOM file as received (Part 10); None for an object generated from a
+    photo, which is regenerated on demand with the same UIDs."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    record_type: str            # "Media" | "DocumentReference"
+    record_id: str
+    patient: Identifier
+    blob_sha256: str | None = None
+    study_date: str | None = None   # DICOM DA (YYYYMMDD) for QIDO
+    created: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One object to C-STORE to one destination (``AE@host:port``)."""
+
+    id: int
+    sop_instance_uid: str
+    destination: str
+    status: str                  # pending | sent | failed
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None = None
+    created: datetime | None = None
+    updated: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NewOutboxItem:
+    sop_instance_uid: str
+    destination: str
