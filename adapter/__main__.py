@@ -1,13 +1,18 @@
-"""``python -m adapter serve``: build settings, services, then run the HTTP API."""
+"""``python -m adapter serve``: build settings, services, then run the HTTP API and the DICOM SCP."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from adapter.config import Settings
 from adapter.errors import AdapterError
+
+if TYPE_CHECKING:
+    from adapter.dicom import StoreSCP
+    from adapter.services.registry import Services
 
 
 def _configure_logging(level: str) -> None:
@@ -15,29 +20,75 @@ def _configure_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def serve(settings: Settings) -> int:
-    import uvicorn
-
-    from adapter.api.app import create_app
-    from adapter.api.logging import AccessLogMiddleware
+def _start_dicom(settings: Settings) -> tuple[StoreSCP, Services] | None:
+    """The DICOM SCP in background threads of this process (never in HTTP worker processes:
+    one listener per port), on services of its own; None when ADAPTER_DICOM_ENABLED is false.
+    Raises AdapterError when it cannot start."""
+    if not settings.dicom_enabled:
+        return None
+    from adapter.dicom import AeOptions, StoreSCP
     from adapter.services.registry import build_services
 
-    log = logging.getLogger("adapter")
+    services = build_services(settings)
     try:
-        services = build_services(settings)
+        scp = StoreSCP(AeOptions.from_settings(settings, services.tables.policy), services.dicom_ingest)
+        scp.start()
+    except BaseException:
+        services.close()
+        raise
+    return scp, services  # StoreSCP.start logged its address
+
+
+def serve(settings: Settings) -> int:
+    """The HTTP API in this thread and, when enabled, the DICOM SCP beside it; the SCP stops
+    when the HTTP server does."""
+    try:
+        dicom = _start_dicom(settings)
     except AdapterError as exc:
-        log.error("cannot start: %s", exc.diagnostics)
+        logging.getLogger("adapter").error("cannot start the DICOM SCP: %s", exc.diagnostics)
         return 2
-    app = create_app(services)
-    app.add_middleware(AccessLogMiddleware)
-    log.info("HTTP on http://%s:%d, store %s, data dir %s", settings.http_host, settings.http_port,
+    try:
+        return _serve_http(settings)
+    finally:
+        if dicom is not None:
+            scp, services = dicom
+            scp.stop()
+            services.close()
+
+
+def _serve_http(settings: Settings) -> int:
+    import uvicorn
+
+    from adapter.api.asgi import STARTUP_FAILURE, build_app, settings_environment
+
+    log = logging.getLogger("adapter")
+    log.info("HTTP on http://%s:%d (%d worker process%s), store %s, data dir %s", settings.http_host,
+             settings.http_port, settings.http_workers, "es" if settings.http_workers > 1 else "",
              "SQLite" if settings.resolved_database_url.startswith("sqlite") else "PostgreSQL",
              settings.data_dir)
     # uvicorn's access log prints query strings (patient identifiers): ours prints paths only.
-    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, access_log=False,
-                            log_level=settings.log_level.lower(), timeout_keep_alive=30)
-    uvicorn.Server(config).run()
-    return 0
+    options = {"host": settings.http_host, "port": settings.http_port, "access_log": False,
+               "log_level": settings.log_level.lower(), "timeout_keep_alive": 30}
+    if settings.http_workers == 1:
+        try:
+            app = build_app(settings)
+        except AdapterError as exc:
+            log.error("cannot start: %s", exc.diagnostics)
+            return 2
+        uvicorn.Server(uvicorn.Config(app, **options)).run()
+        return 0
+    # Worker processes are spawned (not forked) and each builds its services from the
+    # environment, where these settings are put first; this supervisor stays small.
+    import os
+
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ.update(settings_environment(settings))
+    config = uvicorn.Config("adapter.api.asgi:create_app_from_env", factory=True,
+                            workers=settings.http_workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return 2 if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

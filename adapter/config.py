@@ -45,6 +45,10 @@ class Settings(BaseSettings):
 
     http_host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP API.")
+    http_workers: int = Field(
+        1, ge=1, le=32, description="HTTP worker processes sharing the port. Python runs one thread at a time per "
+        "process, so a busy adapter wants about one per CPU core (each costs ~100 MB of memory); 1 keeps a single "
+        "process, as `make run` and the tests expect.")
     data_dir: Path = Field(Path("./data"), description="Folder for image files, the SQLite file and keys.")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the record store; default: SQLite file adapter.db in the data dir. "

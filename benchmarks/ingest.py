@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Ingest benchmark: the adapter's ``POST /photos`` beside Orthanc's ``POST /instances``.
 
-    python benchmarks/ingest.py --start [-n 300] [-c 8]
+    python benchmarks/ingest.py --start [-n 300] [-c 8] [--workers 2]
     python benchmarks/ingest.py --url http://127.0.0.1:8080 [--server-pid PID] [-n 300] [-c 8]
 
 Posts N distinct ~3 MB 12 MP photos from C concurrent clients to the adapter and prints photos/s,
-p50/p99 latency and the server's peak RSS; then, in the same run and with the same client, posts
+p50/p99 latency and the server's peak RSS (summed over its processes: the uvicorn supervisor, its
+worker processes and any other child); then, in the same run and with the same client, posts
 the same photos wrapped as DICOM Secondary Capture (JPEG Baseline, no re-encode) to an Orthanc
 (Debian's, started here on loopback by tests/support/orthanc.py) through ``POST /instances``.
 
@@ -29,6 +30,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -203,6 +205,7 @@ class Result:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     peak_rss_mb: float | None = None
+    rss_processes: int = 0
     first_error: str = ""
     note: str = ""
 
@@ -300,7 +303,9 @@ def measure(
         print(f"[{target}] posting {n} from {c} clients ...", flush=True)
         run_load(client, timed, c, expect, max_seconds, result, extra_headers or {})
     pid = pid_for_rss()
-    result.peak_rss_mb = peak_rss_mb(pid) if pid else None
+    if pid:
+        result.rss_processes = len(process_tree(pid))
+        result.peak_rss_mb = peak_rss_mb(pid)
     return result
 
 
@@ -314,14 +319,25 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM of ``pid`` plus that of all its live descendants, in MB (1e6 bytes)."""
-    total_kb, seen, stack = 0, set(), [pid]
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (uvicorn's supervisor: its workers, its resource tracker)."""
+    seen: list[int] = []
+    stack = [pid]
     while stack:
         p = stack.pop()
-        if p in seen:
+        if p in seen or not Path(f"/proc/{p}").exists():
             continue
-        seen.add(p)
+        seen.append(p)
+        stack += _children(p)
+    return seen
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM of ``pid`` plus that of all its live descendants, in MB (1e6 bytes). Each process's
+    own high-water mark is summed: an upper bound of the tree's peak, as the peaks need not
+    coincide."""
+    total_kb = 0
+    for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -330,8 +346,7 @@ def peak_rss_mb(pid: int) -> float | None:
             if p == pid:
                 return None
             continue
-        stack += _children(p)
-    return total_kb * 1024 / 1e6
+    return total_kb * 1024 / 1e6 if total_kb else None
 
 
 def pid_listening_on(port: int) -> int | None:
@@ -374,8 +389,9 @@ def wait_adapter(
 
 
 @contextmanager
-def started_adapter(workdir: Path, timeout: float) -> Iterator[tuple[str, int]]:
-    """``python -m adapter serve`` on a free loopback port with a fresh data dir."""
+def started_adapter(workdir: Path, timeout: float, workers: int = 2) -> Iterator[tuple[str, int]]:
+    """``python -m adapter serve`` on a free loopback port with a fresh data dir and
+    ``ADAPTER_HTTP_WORKERS=workers``, in its own process group (stopped as a whole)."""
     venv_python = REPO_ROOT / ".venv" / "bin" / "python"
     python = str(venv_python) if venv_python.exists() else sys.executable
     port = free_port()
@@ -383,7 +399,11 @@ def started_adapter(workdir: Path, timeout: float) -> Iterator[tuple[str, int]]:
     data.mkdir(parents=True)
     log = workdir / "adapter.log"
     env = dict(
-        os.environ, ADAPTER_DATA_DIR=str(data), ADAPTER_HTTP_PORT=str(port), ADAPTER_HTTP_HOST="127.0.0.1"
+        os.environ,
+        ADAPTER_DATA_DIR=str(data),
+        ADAPTER_HTTP_PORT=str(port),
+        ADAPTER_HTTP_HOST="127.0.0.1",
+        ADAPTER_HTTP_WORKERS=str(workers),
     )
     with open(log, "ab") as log_f:
         proc = subprocess.Popen(
@@ -393,6 +413,7 @@ def started_adapter(workdir: Path, timeout: float) -> Iterator[tuple[str, int]]:
             stdin=subprocess.DEVNULL,
             stdout=log_f,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             url = f"http://127.0.0.1:{port}"
@@ -403,6 +424,10 @@ def started_adapter(workdir: Path, timeout: float) -> Iterator[tuple[str, int]]:
             yield url, proc.pid
         finally:
             stop_process(proc, grace=15.0)
+            try:  # workers the supervisor did not take down with it (it was killed)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------- report
@@ -414,13 +439,13 @@ def fmt(v: float | None, spec: str = ".1f") -> str:
 
 def report(results: list[Result]) -> None:
     print()
-    head = ("target", "n", "c", "photos/s", "p50 ms", "p99 ms", "peak RSS MB", "errors")
-    widths = (-8, 5, 3, 9, 8, 8, 12, 7)
+    head = ("target", "n", "c", "photos/s", "p50 ms", "p99 ms", "peak RSS MB", "procs", "errors")
+    widths = (-8, 5, 3, 9, 8, 8, 12, 5, 7)
     print(" ".join(f"{h:<{-w}}" if w < 0 else f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
     for r in results:
         print(
             f"{r.target:<8} {r.n:>5} {r.c:>3} {r.rate:>9.1f} {fmt(r.pct(50)):>8} {fmt(r.pct(99)):>8} "
-            f"{fmt(r.peak_rss_mb):>12} {r.errors:>7}"
+            f"{fmt(r.peak_rss_mb):>12} {r.rss_processes:>5} {r.errors:>7}"
         )
     for r in results:
         if r.first_error:
@@ -473,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=300, help="photos per target (default 300)")
     ap.add_argument("-c", type=int, default=8, help="concurrent clients (default 8)")
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="with --start: ADAPTER_HTTP_WORKERS, the adapter's worker processes (default 2, one per core here)",
+    )
+    ap.add_argument(
         "--server-pid",
         type=int,
         default=None,
@@ -493,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"-n must be 1..{MAX_N}")
     if not 1 <= args.c <= 64:
         ap.error("-c must be 1..64")
+    if not 1 <= args.workers <= 32:
+        ap.error("--workers must be 1..32")
     warmup = args.c if args.warmup is None else max(0, args.warmup)
     url = (args.url or "http://127.0.0.1:8080").rstrip("/")
     host = urllib.parse.urlparse(url).hostname or ""
@@ -519,8 +552,11 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 if args.start:
-                    with started_adapter(workdir, args.startup_timeout) as (a_url, a_pid):
-                        print(f"[adapter] started pid {a_pid} at {a_url}", flush=True)
+                    with started_adapter(workdir, args.startup_timeout, args.workers) as (a_url, a_pid):
+                        print(
+                            f"[adapter] started pid {a_pid} at {a_url} with {args.workers} worker process(es)",
+                            flush=True,
+                        )
                         results.append(
                             measure(
                                 "adapter",

@@ -9,6 +9,16 @@ entropy-coded data a data byte ``FF`` is stuffed as ``FF00`` and RSTm markers (`
 (SOFn) gives the dimensions. APPn and COM may also appear between progressive scans (B.6);
 they are filtered there too. Anything after EOI (MPF images, motion-photo video, vendor
 trailers) is cut off.
+
+With ``check_decoding`` the walk also refuses, with a message, what libjpeg (the decoder Pillow
+bundles) refuses fatally in the marker segments: unsupported processes (hierarchical, lossless
+arithmetic), sample precision other than 8 bits and component counts other than 1, 3, 4 (Pillow),
+bad sampling factors, duplicate component ids, malformed DQT/DHT/DRI, a scan naming a component
+the frame lacks or a table not yet defined (T.81 B.2.4, B.2.3), progression parameters out of range
+(G.1.1.1.1), more than 10 blocks per MCU (B.2.3), reserved markers, a second scan after a
+sequential scan of every component. Entropy-coded data is never examined: libjpeg treats every
+error in it as a warning. :func:`decode_stream` builds, from a walked stream, the stream the decode
+proof feeds to libjpeg (see ``adapter.imaging.probe``).
 """
 
 from __future__ import annotations
@@ -28,6 +38,16 @@ APP0, APP1, APP2, APP13, APP14 = 0xE0, 0xE1, 0xE2, 0xED, 0xEE
 ECS = 0x100  # pseudo-marker: an entropy-coded data segment (follows its SOS)
 # Table B.1: SOF0-3, 5-7, 9-11, 13-15; C4 is DHT, C8 is reserved (JPG), CC is DAC.
 SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+# Processes libjpeg-turbo (as bundled with Pillow) decodes: SOF0/1 sequential, SOF2 progressive,
+# SOF3 lossless (Huffman), SOF9/10 arithmetic sequential/progressive. The others (differential =
+# hierarchical, lossless arithmetic) end in "Unsupported JPEG process" (JERR_SOF_UNSUPPORTED).
+SUPPORTED_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC9, 0xCA})
+PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+ARITHMETIC_SOF = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_SOF_NAMES = {0xC5: "differential sequential", 0xC6: "differential progressive", 0xC7: "differential lossless",
+              0xCB: "lossless arithmetic", 0xCD: "differential sequential arithmetic",
+              0xCE: "differential progressive arithmetic", 0xCF: "differential lossless arithmetic"}
 # What decoding needs (T.81 B.2-B.5) for strip_to_pixels_only; APP14 and JFIF handled apart.
 _DECODING_MARKERS = SOF_MARKERS | {DQT, DHT, DAC, DRI, SOS, DNL, ECS}
 
@@ -56,8 +76,61 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class FrameComponent:
+    """One component of the frame header (B.2.2): identifier, sampling factors, DQT slot."""
+
+    id: int
+    h: int
+    v: int
+    tq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """The frame header (B.2.2) and its process (the SOFn code, Table B.1)."""
+
+    marker: int
+    precision: int
+    width: int
+    height: int
+    components: tuple[FrameComponent, ...]
+
+    @property
+    def progressive(self) -> bool:
+        return self.marker in PROGRESSIVE_SOF
+
+    @property
+    def lossless(self) -> bool:
+        return self.marker in LOSSLESS_SOF
+
+    @property
+    def arithmetic(self) -> bool:
+        return self.marker in ARITHMETIC_SOF
+
+    @property
+    def mcu_rows(self) -> int:
+        """Image rows covered by one row of interleaved MCUs (at least those of any scan)."""
+        return 8 * max(c.v for c in self.components)
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """A scan header (B.2.3): component ids with their (DC, AC) table slots, Ss, Se, Ah, Al."""
+
+    components: tuple[int, ...]
+    tables: tuple[tuple[int, int], ...]
+    ss: int
+    se: int
+    ah: int
+    al: int
+
+
+@dataclass(frozen=True, slots=True)
 class JpegLayout:
-    """The marker structure of one JPEG interchange-format stream (T.81 B.2.1)."""
+    """The marker structure of one JPEG interchange-format stream (T.81 B.2.1).
+
+    ``frame`` and ``scans`` are parsed when the walk ran with ``check_decoding``; the i-th
+    ``Scan`` belongs to the i-th SOS segment."""
 
     segments: tuple[Segment, ...]
     width: int
@@ -65,14 +138,17 @@ class JpegLayout:
     eoi: int                 # offset of the EOI marker's FF
     trailer: int             # bytes after EOI
     extraneous: bool         # non-marker bytes between segments (skipped by decoders too)
+    frame: Frame | None = None
+    scans: tuple[Scan, ...] = ()
 
 
-def walk(data: bytes, *, max_pixels: int | None = None) -> JpegLayout:
+def walk(data: bytes, *, max_pixels: int | None = None, check_decoding: bool = False) -> JpegLayout:
     """Walk the markers of ``data`` from SOI to EOI (T.81 B.1.1, B.2.1).
 
     Raises :class:`UndecodableImage` for a stream that is structurally broken or truncated,
     and :class:`ImageTooLarge` as soon as the frame header claims more than ``max_pixels``,
-    before any decoding.
+    before any decoding. With ``check_decoding``, also for marker segments libjpeg would refuse
+    (module docstring); the layout then carries the parsed frame and scan headers.
     """
     n = len(data)
     if n < 4 or data[0] != 0xFF or data[1] != SOI:
@@ -81,6 +157,7 @@ def walk(data: bytes, *, max_pixels: int | None = None) -> JpegLayout:
     width = height = 0
     pos = 2
     extraneous = False
+    checker = _DecodingChecker(data) if check_decoding else None
     while True:
         if pos >= n:
             raise UndecodableImage("JPEG ends before EOI (truncated)")
@@ -115,6 +192,8 @@ def walk(data: bytes, *, max_pixels: int | None = None) -> JpegLayout:
             width, height = _frame_size(data, code, end)
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {max_pixels}")
+        if checker is not None:
+            checker.segment(marker, code, end)
         if marker == SOS:
             if not width:
                 raise UndecodableImage("JPEG scan before the frame header")
@@ -126,7 +205,8 @@ def walk(data: bytes, *, max_pixels: int | None = None) -> JpegLayout:
     if not width or not any(s.marker == SOS for s in segments):
         raise UndecodableImage("JPEG has no frame header or no scan")
     return JpegLayout(tuple(segments), width, height, eoi=start, trailer=n - code - 1,
-                      extraneous=extraneous)
+                      extraneous=extraneous, frame=checker.frame if checker else None,
+                      scans=tuple(checker.scans) if checker else ())
 
 
 def jpeg_pixel_size(data: bytes) -> tuple[int, int]:
@@ -158,7 +238,7 @@ def jpeg_pixel_size(data: bytes) -> tuple[int, int]:
     raise UndecodableImage("JPEG has no frame header")
 
 
-def strip_jpeg(data: bytes, *, max_pixels: int | None = None) -> Stripped:
+def strip_jpeg(data: bytes, *, max_pixels: int | None = None, check_decoding: bool = False) -> Stripped:
     """Keep what decoding and colour need, drop every metadata segment (standards.md §5.3).
 
     Kept: JFIF APP0 (its thumbnail zeroed), APP2 ICC_PROFILE, APP14 Adobe and every
@@ -166,13 +246,16 @@ def strip_jpeg(data: bytes, *, max_pixels: int | None = None) -> Stripped:
     APP13 Photoshop/IPTC, any other APPn, COM, reserved JPGn, fill and extraneous bytes, and
     anything after EOI. An EXIF Orientation other than 1 comes back as a minimal APP1 Exif
     holding only 0x0112, right after JFIF (or SOI).
+
+    ``check_decoding`` is passed to :func:`walk`; the result's ``layout`` is the layout of the
+    stored bytes (offsets into ``Stripped.data``), so they need not be walked again.
     """
-    layout = walk(data, max_pixels=max_pixels)
+    layout = walk(data, max_pixels=max_pixels, check_decoding=check_decoding)
     view = memoryview(data)
     removed: list[str] = []
     exif: ExifSummary | None = None
     jfif: bytes | None = None
-    kept: list[memoryview | bytes] = []
+    kept: list[tuple[int, memoryview | bytes]] = []
     adobe_seen = False
     for seg in layout.segments:
         payload = view[seg.start + 4:seg.end]
@@ -185,27 +268,34 @@ def strip_jpeg(data: bytes, *, max_pixels: int | None = None) -> Stripped:
                 exif = parse_exif(bytes(payload[6:]))
                 removed.extend(exif.categories)
         elif marker == APP2 and payload[:12] == _ICC:
-            kept.append(view[seg.start:seg.end])
+            kept.append((marker, view[seg.start:seg.end]))
         elif marker == APP14 and payload[:5] == _ADOBE and not adobe_seen:
             adobe_seen = True
-            kept.append(view[seg.start:seg.end])
+            kept.append((marker, view[seg.start:seg.end]))
         elif 0xE0 <= marker <= 0xEF or marker == COM or 0xF0 <= marker <= 0xFD:
             removed.append(_segment_name(marker, payload))
         else:
-            kept.append(view[seg.start:seg.end])
+            kept.append((marker, view[seg.start:seg.end]))
     if layout.extraneous:
         removed.append("extraneous bytes between segments")
     if layout.trailer:
         removed.append("trailer after EOI")
 
-    head: list[memoryview | bytes] = [b"\xff\xd8"]
     if jfif is not None:
-        head.append(_segment(APP0, jfif))
+        kept.insert(0, (APP0, _segment(APP0, jfif)))
     if exif is not None and exif.orientation not in (None, 1):
         assert exif.orientation is not None
-        head.append(_segment(APP1, b"Exif\x00\x00" + orientation_only_tiff(exif.orientation)))
-    stored = b"".join([*head, *kept, b"\xff\xd9"])
-    return Stripped(stored, layout.width, layout.height, tuple(dict.fromkeys(removed)), exif)
+        kept.insert(1 if jfif is not None else 0,
+                    (APP1, _segment(APP1, b"Exif\x00\x00" + orientation_only_tiff(exif.orientation))))
+    segments: list[Segment] = []
+    offset = 2
+    for marker, part in kept:
+        segments.append(Segment(marker, offset, offset + len(part)))
+        offset += len(part)
+    stored = b"".join([b"\xff\xd8", *(part for _, part in kept), b"\xff\xd9"])
+    stored_layout = JpegLayout(tuple(segments), layout.width, layout.height, eoi=offset, trailer=0,
+                               extraneous=False, frame=layout.frame, scans=layout.scans)
+    return Stripped(stored, layout.width, layout.height, tuple(dict.fromkeys(removed)), exif, stored_layout)
 
 
 def strip_jpeg_to_pixels_only(data: bytes) -> bytes:
@@ -232,12 +322,210 @@ def strip_jpeg_to_pixels_only(data: bytes) -> bytes:
     return b"".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeStream:
+    """What a prefix decode proof hands to libjpeg (see :func:`decode_stream`).
+
+    ``complete``: no entropy-coded byte was left out (``data`` is the stream itself).
+    ``dc_preview``: a progressive stream with its DC scans whole and its AC scans empty; decoded
+    at 1/8 scale (DC coefficients only) it gives exactly the pixels of a full decode.
+    """
+
+    data: bytes
+    complete: bool
+    dc_preview: bool
+
+
+def decode_stream(data: bytes, layout: JpegLayout, *, budget: int, dc_preview: bool = False) -> DecodeStream:
+    """The stream ``data`` (walked as ``layout``, with ``check_decoding``) with every marker
+    segment kept in order and its entropy-coded data cut short, for a cheap decode proof.
+
+    libjpeg then parses every table, frame and scan header (so it refuses exactly what a full
+    decode refuses: errors in entropy-coded data are warnings for it), and meets each cut as a
+    marker that ends the segment early: it fills the rest of that scan with zero coefficients
+    (for Huffman coding: a flat fill; arithmetic decoding produces noise there).
+
+    When all entropy-coded data fits ``budget`` bytes, ``data`` itself is returned. Otherwise,
+    with ``dc_preview`` and a progressive stream, the DC scans are kept whole and the AC scans
+    emptied; else the scans receive the ``budget`` bytes in stream order, so a sequential scan
+    decodes from the top down to where its bytes end. Cuts never split ``FF`` from what follows.
+    """
+    frame = layout.frame
+    ecs = [s for s in layout.segments if s.marker == ECS]
+    if frame is None or len(layout.scans) != len(ecs) or sum(s.end - s.start for s in ecs) <= budget:
+        return DecodeStream(data, complete=True, dc_preview=False)
+    dc_only = dc_preview and frame.progressive
+    view = memoryview(data)
+    parts: list[memoryview | bytes] = [b"\xff\xd8"]
+    left, scan = budget, -1
+    for seg in layout.segments:
+        if seg.marker != ECS:
+            if seg.marker == SOS:
+                scan += 1
+            parts.append(view[seg.start:seg.end])
+            continue
+        length = seg.end - seg.start
+        if dc_only:
+            keep = length if layout.scans[scan].ss == 0 else 0
+        else:
+            keep = min(length, left)
+            left -= keep
+        cut = seg.start + keep
+        while keep < length and cut > seg.start and data[cut - 1] == 0xFF:
+            cut -= 1
+        parts.append(view[seg.start:cut])
+    parts.append(b"\xff\xd9")
+    return DecodeStream(b"".join(parts), complete=False, dc_preview=dc_only)
+
+
 def app_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
     """``(marker, payload)`` of every APPn and COM segment; a helper for checks and tests."""
     layout = walk(data)
     for seg in layout.segments:
         if 0xE0 <= seg.marker <= 0xEF or seg.marker == COM:
             yield seg.marker, data[seg.start + 4:seg.end]
+
+
+class _DecodingChecker:
+    """What libjpeg-turbo (and Pillow's header parser) refuse fatally in marker segments, checked
+    as the walk meets them, so a refusal names its reason and the decode proof may skip the
+    entropy-coded data. Each check cites the libjpeg error it mirrors; nothing is refused that
+    libjpeg decodes (e.g. a sequential scan using Huffman slot 0 or 1 without a DHT: libjpeg-turbo
+    then uses the Annex K tables, as for Motion-JPEG frames)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.frame: Frame | None = None
+        self.scans: list[Scan] = []
+        self.quant: set[int] = set()
+        self.huffman: set[tuple[int, int]] = set()   # (class 0 = DC / 1 = AC, slot)
+        self.all_components_scanned = False
+
+    def segment(self, marker: int, code: int, end: int) -> None:
+        if marker in SOF_MARKERS:
+            self._frame(marker, code, end)
+        elif marker == DQT:
+            self._dqt(code + 3, end)
+        elif marker == DHT:
+            self._dht(code + 3, end)
+        elif marker == DRI:
+            if end - code - 1 != 4:                                   # JERR_BAD_LENGTH
+                raise UndecodableImage("JPEG DRI segment has the wrong length")
+        elif marker == SOS:
+            self._sos(code + 3, end)
+        elif marker < 0xC0 or marker == 0xC8:                         # JERR_UNKNOWN_MARKER
+            raise UndecodableImage(f"JPEG has a reserved marker 0xFF{marker:02X}")
+
+    def _frame(self, marker: int, code: int, end: int) -> None:
+        data = self.data
+        if marker not in SUPPORTED_SOF:                               # JERR_SOF_UNSUPPORTED
+            raise UndecodableImage(f"JPEG process SOF{marker - 0xC0} ({_SOF_NAMES[marker]}) is not supported")
+        precision, height, width, count = struct.unpack_from(">BHHB", data, code + 3)
+        if precision != 8:                                            # Pillow: "cannot handle n-bit layers"
+            raise UndecodableImage(f"JPEG sample precision of {precision} bits is not supported (8 only)")
+        if count not in (1, 3, 4):                                    # Pillow: "cannot handle n-layer images"
+            raise UndecodableImage(f"JPEG with {count} components is not supported (1, 3 or 4)")
+        components = []
+        for i in range(count):
+            cid, hv, tq = data[code + 9 + 3 * i:code + 12 + 3 * i]
+            h, v = hv >> 4, hv & 15
+            if not (1 <= h <= 4 and 1 <= v <= 4):                     # JERR_BAD_SAMPLING
+                raise UndecodableImage(f"JPEG component {cid} has invalid sampling factors {h}x{v}")
+            if any(c.id == cid for c in components):                  # JERR_DUPLICATE_COMPONENT
+                raise UndecodableImage(f"JPEG frame header names component {cid} twice")
+            components.append(FrameComponent(cid, h, v, tq))
+        self.frame = Frame(marker, precision, width, height, tuple(components))
+
+    def _dqt(self, pos: int, end: int) -> None:
+        data = self.data
+        # Pillow parses the DQTs before the first scan and wants whole tables; libjpeg (which
+        # alone sees later ones) accepts a short last table, so only the index is checked there.
+        whole_tables = not self.scans
+        while pos < end:
+            pq, tq = data[pos] >> 4, data[pos] & 15
+            if tq > 3:                                                # JERR_DQT_INDEX
+                raise UndecodableImage(f"JPEG DQT defines table {tq} (0..3 exist)")
+            size = 1 + 64 * (2 if pq else 1)
+            if whole_tables and pos + size > end:                     # Pillow: "bad quantization table marker"
+                raise UndecodableImage("JPEG DQT segment is shorter than its tables")
+            self.quant.add(tq)
+            pos += size
+
+    def _dht(self, pos: int, end: int) -> None:
+        data = self.data
+        while end - pos > 16:
+            index = data[pos]
+            if index not in (0x00, 0x01, 0x02, 0x03, 0x10, 0x11, 0x12, 0x13):   # JERR_DHT_INDEX
+                raise UndecodableImage(f"JPEG DHT defines an invalid table 0x{index:02X}")
+            count = sum(data[pos + 1:pos + 17])
+            if count > 256 or count > end - pos - 17:                # JERR_BAD_HUFF_TABLE
+                raise UndecodableImage("JPEG DHT table has more codes than it may or than it holds")
+            self.huffman.add((index >> 4, index & 15))
+            pos += 17 + count
+        if pos != end:                                                # JERR_BAD_LENGTH
+            raise UndecodableImage("JPEG DHT segment has the wrong length")
+
+    def _sos(self, pos: int, end: int) -> None:
+        data, frame = self.data, self.frame
+        if frame is None:                                             # JERR_SOS_NO_SOF
+            raise UndecodableImage("JPEG scan before the frame header")
+        count = data[pos]
+        if not 1 <= count <= 4 or end - pos != 4 + 2 * count:         # JERR_BAD_LENGTH
+            raise UndecodableImage("JPEG scan header has the wrong length for its component count")
+        ids: list[int] = []
+        tables: list[tuple[int, int]] = []
+        for i in range(count):
+            cid, tdta = data[pos + 1 + 2 * i], data[pos + 2 + 2 * i]
+            if cid in ids or not any(c.id == cid for c in frame.components):   # JERR_BAD_COMPONENT_ID
+                raise UndecodableImage(f"JPEG scan names component {cid}, which the frame header lacks "
+                                       "or the scan names twice")
+            ids.append(cid)
+            tables.append((tdta >> 4, tdta & 15))
+        ss, se, ahal = data[pos + 1 + 2 * count:pos + 4 + 2 * count]
+        scan = Scan(tuple(ids), tuple(tables), ss, se, ahal >> 4, ahal & 15)
+        if self.all_components_scanned and not frame.progressive:    # JERR_EOI_EXPECTED
+            raise UndecodableImage("JPEG has another scan after a sequential scan of every component")
+        components = [c for c in frame.components if c.id in ids]
+        if count > 1 and sum(c.h * c.v for c in components) > 10:    # JERR_BAD_MCU_SIZE
+            raise UndecodableImage("JPEG scan has more than 10 blocks per MCU")
+        if frame.progressive:
+            self._progression(scan)
+        if not frame.lossless:
+            for c in components:                                      # JERR_NO_QUANT_TABLE
+                if c.tq not in self.quant:
+                    raise UndecodableImage(f"JPEG component {c.id} uses quantization table {c.tq}, "
+                                           "which no DQT before its scan defines")
+        if not frame.arithmetic and not frame.lossless:
+            self._huffman_tables(scan, frame)
+        if not self.scans and count == len(frame.components):
+            self.all_components_scanned = True
+        self.scans.append(scan)
+
+    @staticmethod
+    def _progression(scan: Scan) -> None:
+        """G.1.1.1.1 as libjpeg checks it (JERR_BAD_PROGRESSION)."""
+        bad = (scan.se != 0) if scan.ss == 0 else (scan.ss > scan.se or scan.se > 63 or len(scan.components) != 1)
+        if bad or (scan.ah != 0 and scan.al != scan.ah - 1) or scan.al > 13:
+            raise UndecodableImage(f"JPEG progressive scan has invalid parameters Ss={scan.ss} Se={scan.se} "
+                                   f"Ah={scan.ah} Al={scan.al}")
+
+    def _huffman_tables(self, scan: Scan, frame: Frame) -> None:
+        """Every Huffman table the scan decodes with must be defined (JERR_NO_HUFF_TABLE). A
+        sequential scan may use slot 0 or 1 undefined: libjpeg-turbo loads the Annex K tables
+        there. A progressive DC scan needs its DC tables only on the first pass (Ah = 0); an AC
+        scan always needs its AC table."""
+        sequential = not frame.progressive
+        for td, ta in scan.tables:
+            needed = []
+            if sequential or (scan.ss == 0 and scan.ah == 0):
+                needed.append((0, td))
+            if sequential or scan.ss > 0:
+                needed.append((1, ta))
+            for cls, slot in needed:
+                if slot > 3 or ((cls, slot) not in self.huffman and not (sequential and slot <= 1)):
+                    kind = "DC" if cls == 0 else "AC"
+                    raise UndecodableImage(f"JPEG scan uses {kind} Huffman table {slot}, which no DHT before "
+                                           "it defines")
 
 
 def _frame_size(data: bytes, code: int, end: int) -> tuple[int, int]:

@@ -21,8 +21,11 @@ def sanitize(src: Path, dst: Path, *, quality: Quality, limits: Limits) -> Image
 
     Follows standards.md §5.3: the type is sniffed from the magic bytes; JPEG segments and PNG
     chunks are removed by surgery, never by re-encoding, so decoded pixels are bit-identical.
-    The pixel count is checked from the header before anything is decoded, then the stripped
-    bytes are decoded at reduced scale to prove they decode and to measure quality.
+    The pixel count is checked from the header before anything is decoded; the JPEG walk also
+    refuses marker segments libjpeg would refuse. Then the stripped bytes are decoded at reduced
+    scale to prove they decode and to measure quality: all of them, or for a JPEG under
+    ``quality.decodeProof: prefix`` every header with the first part of the scan data
+    (``adapter.imaging.probe``).
 
     Raises :class:`UnsupportedMediaType` (not JPEG/PNG), :class:`UndecodableImage`,
     :class:`ImageTooLarge` (over ``limits.max_pixels``) or :class:`StorageError` (``src``
@@ -38,10 +41,11 @@ def sanitize(src: Path, dst: Path, *, quality: Quality, limits: Limits) -> Image
     content_type = sniff_content_type(received)
     stripped: Stripped
     if content_type == JPEG:
-        stripped = strip_jpeg(received, max_pixels=limits.max_pixels)
+        stripped = strip_jpeg(received, max_pixels=limits.max_pixels, check_decoding=True)
     else:
         stripped = strip_png(received, max_pixels=limits.max_pixels)
-    decoded = decode_reduced(stripped.data, content_type)
+    del received  # the stripped copy is all that is needed from here on
+    decoded = decode_reduced(stripped.data, content_type, proof=quality.decode_proof, layout=stripped.layout)
     if (decoded.width, decoded.height) != (stripped.width, stripped.height):
         raise UndecodableImage("the decoder disagrees with the image header about its size")
 

@@ -3,6 +3,8 @@ stops start-up with a message naming the element."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapter.model.photo import Identifier, PhotoKind
@@ -47,6 +49,11 @@ class Quality(_Strict):
                                  description="mean edge strength of a reduced-scale decode; below = blurred")
     min_jpeg_quality: int = Field(40, alias="minJpegQuality", ge=1, le=100,
                                   description="estimated JPEG quality below which the photo is degraded")
+    decode_proof: Literal["full", "prefix"] = Field(
+        "prefix", alias="decodeProof",
+        description="how much of a JPEG's entropy-coded data the decode proof decodes: full = all of it; "
+        "prefix = every header plus the first part of the scan data (same refusals, a fraction of the cost; "
+        "sharpness of a large sequential JPEG is then measured on its top rows only, or not at all)")
 
 
 class Limits(_Strict):

@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from adapter.config import Settings
+from adapter.mapping.dicom_tables import load_dicom_tables
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables, load_tables
 from adapter.model.purpose import RequestContext
 from adapter.services.access import ScopedReader
 from adapter.services.audit import Auditor
 from adapter.services.consents import ConsentService
+from adapter.services.dicom_ingest import DicomIngestService
+from adapter.services.forwarding import ForwardOptions, Forwarder, OutboxService, StoreSender
 from adapter.services.ingest import IngestService
 from adapter.services.transaction import TransactionService
 from adapter.store import open_store
@@ -28,17 +31,35 @@ def utc_now() -> datetime:
 
 def _pseudonym_key(settings: Settings) -> bytes:
     """The configured key, or one generated once and kept (0600) in the data dir, so
-    pseudonyms stay stable across restarts."""
+    pseudonyms stay stable across restarts.
+
+    Several processes (HTTP workers) may start at once: each writes a candidate to a private
+    temporary file and publishes it with ``link``, which fails if the key exists; so the key
+    appears complete or not at all, and a loser reads the winner's."""
     if settings.pseudonym_key:
         return settings.pseudonym_key.encode("utf-8")
     path: Path = settings.data_dir / "pseudonym.key"
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-            fh.flush()
-            os.fsync(fh.fileno())
+        candidate = path.with_name(f".pseudonym.key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(candidate, path)
+            except FileExistsError:
+                pass  # another process published its key first: use that one
+            else:
+                dir_fd = os.open(settings.data_dir, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        finally:
+            candidate.unlink(missing_ok=True)
     return path.read_text().strip().encode("utf-8")
 
 
@@ -54,19 +75,42 @@ class Services:
     transactions: TransactionService
     consents: ConsentService
     now: Callable[[], datetime]
+    dicom_ingest: DicomIngestService  # objects received by the C-STORE SCP (adapter.dicom.scp)
+    forwarder: Forwarder | None = field(default=None, init=False)
 
     def reader(self, ctx: RequestContext) -> ScopedReader:
         """A reader scoped to one request context: the only way to read records."""
         return ScopedReader(ctx, store=self.store, blobs=self.blobs, tables=self.tables,
                             pseudonymizer=self.pseudonymizer, auditor=self.auditor, now=self.now)
 
+    @property
+    def outbox(self) -> OutboxService:
+        return OutboxService(self.store)
+
+    def start_forwarding(self, sender: StoreSender, options: ForwardOptions | None = None) -> Forwarder:
+        """Start the outbox worker with a C-STORE sender from the DICOM edge
+        (``adapter.dicom.scu.StoreSCU``); :meth:`close` stops it."""
+        if self.forwarder is None:
+            from adapter.mapping.dicom_tables import load_dicom_tables
+            dicom_tables = load_dicom_tables(self.settings.resolved_mappings_dir / "dicom.yaml")
+            self.forwarder = Forwarder(
+                store=self.store, blobs=self.blobs, tables=self.tables, dicom_tables=dicom_tables,
+                sender=sender, auditor=self.auditor, reader=self.reader,
+                options=options or ForwardOptions.from_settings(self.settings), now=self.now)
+            self.forwarder.start()
+        return self.forwarder
+
     def close(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.stop()
+            self.forwarder = None
         self.store.close()
 
 
 def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) -> Services:
     settings.check_safe()
     tables = load_tables(settings.resolved_mappings_dir, settings.policy)
+    dicom_tables = load_dicom_tables(settings.resolved_mappings_dir / "dicom.yaml")
     store, blobs = open_store(settings.store)
     auditor = Auditor(store, now)
     pseudonymizer = Pseudonymizer(_pseudonym_key(settings), tables.policy.pseudonyms.system)
@@ -76,4 +120,6 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
         auditor=auditor, ingest=ingest,
         transactions=TransactionService(ingest=ingest, blobs=blobs, tables=tables, now=now),
         consents=ConsentService(store=store, auditor=auditor, known_purposes=set(tables.purposes.codes), now=now),
-        now=now)
+        now=now,
+        dicom_ingest=DicomIngestService(store=store, blobs=blobs, tables=tables, dicom_tables=dicom_tables,
+                                        auditor=auditor, now=now))

@@ -100,7 +100,9 @@ class RecordStore(Protocol):
 
     # -- DICOM -------------------------------------------------------------------------------
     # save_ingest also writes unit.dicom_instance (unique SOP Instance UID: Conflict when taken)
-    # and unit.outbox (status pending, next_attempt_at = now) in the same transaction.
+    # and unit.outbox (status pending, attempts 0, next_attempt_at = now) in the same transaction.
+    # An outbox item names a stored SOP instance (this unit's or an earlier one): the store
+    # refuses one that names none (StorageError), and one (object, destination) is queued once.
 
     def find_dicom_instance(self, sop_instance_uid: str) -> DicomInstance | None: ...
 
@@ -114,11 +116,12 @@ class RecordStore(Protocol):
         their next_attempt_at a lease ahead, so a second forwarder (another worker process)
         does not pick them up at the same time."""
 
-    def mark_outbox_sent(self, item_id: int, now: datetime) -> None: ...
+    def mark_outbox_sent(self, item_id: int, now: datetime) -> None:
+        """Status sent; counts the attempt. NotFound for an unknown id."""
 
     def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,
                           give_up: bool = False) -> None:
-        """Count an attempt; ``give_up`` sets status failed."""
+        """Count an attempt; ``give_up`` sets status failed. NotFound for an unknown id."""
 
     def list_outbox(self, *, status: str | None = None, limit: int = 100) -> list[OutboxItem]: ...
 

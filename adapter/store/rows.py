@@ -1,4 +1,5 @@
-"""Between model objects (NewResource, StoredResource, IndexRow, AccessFacts) and table rows."""
+"""Between model objects (NewResource, StoredResource, IndexRow, AccessFacts, DicomInstance,
+OutboxItem) and table rows."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from typing import Any
 from sqlalchemy.engine import RowMapping
 
 from adapter.errors import InvalidResource
+from adapter.model.dicom import DicomInstance, NewOutboxItem, OutboxItem
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.record import AccessFacts, IndexRow, NewResource, StoredResource
 from adapter.store.dates import format_instant, to_utc
+
+#: Outbox item states (``OutboxItem.status``).
+OUTBOX_PENDING, OUTBOX_SENT, OUTBOX_FAILED = "pending", "sent", "failed"
 
 
 def with_meta(new: NewResource, version_id: int, last_updated: datetime) -> dict[str, Any]:
@@ -94,3 +99,51 @@ def stored_from_row(row: RowMapping) -> StoredResource:
 def index_row_from(row: RowMapping) -> IndexRow:
     return IndexRow(resource_type=row["resource_type"], id=row["id"], last_updated=row["last_updated"],
                     facts=facts_from_row(row))
+
+
+def dicom_instance_row(instance: DicomInstance, created: datetime) -> dict[str, Any]:
+    """The ``dicom_instances`` row; ``created`` is used when the instance carries none."""
+    return {
+        "sop_instance_uid": instance.sop_instance_uid,
+        "study_instance_uid": instance.study_instance_uid,
+        "series_instance_uid": instance.series_instance_uid,
+        "sop_class_uid": instance.sop_class_uid,
+        "modality": instance.modality,
+        "record_type": instance.record_type,
+        "record_id": instance.record_id,
+        "patient_system": instance.patient.system,
+        "patient_value": instance.patient.value,
+        "blob_sha256": instance.blob_sha256,
+        "study_date": instance.study_date,
+        "created": to_utc(instance.created) if instance.created is not None else created,
+    }
+
+
+def dicom_instance_from(row: RowMapping) -> DicomInstance:
+    return DicomInstance(
+        sop_instance_uid=row["sop_instance_uid"],
+        study_instance_uid=row["study_instance_uid"],
+        series_instance_uid=row["series_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        modality=row["modality"],
+        record_type=row["record_type"],
+        record_id=row["record_id"],
+        patient=Identifier(system=row["patient_system"], value=row["patient_value"]),
+        blob_sha256=row["blob_sha256"],
+        study_date=row["study_date"],
+        created=row["created"],
+    )
+
+
+def outbox_row(item: NewOutboxItem, now: datetime) -> dict[str, Any]:
+    """A new ``outbox`` row: pending, due now, no attempt yet."""
+    return {"sop_instance_uid": item.sop_instance_uid, "destination": item.destination,
+            "status": OUTBOX_PENDING, "attempts": 0, "next_attempt_at": now, "last_error": None,
+            "created": now, "updated": now}
+
+
+def outbox_item_from(row: RowMapping) -> OutboxItem:
+    return OutboxItem(
+        id=row["id"], sop_instance_uid=row["sop_instance_uid"], destination=row["destination"],
+        status=row["status"], attempts=row["attempts"], next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"], created=row["created"], updated=row["updated"])

@@ -36,8 +36,8 @@ from adapter.errors import ConfigurationError
 from adapter.store.dates import UtcDateTime, now_instant
 
 #: Bump when the tables change, and add a migration step that upgrades the previous version.
-SCHEMA_VERSION = 1
-
+#: 1: resources, history, tokens, receipts, audit. 2: dicom_instances and outbox (DICOM bridge).
+SCHEMA_VERSION = 2
 
 
 class JsonText(TypeDecorator[Any]):
@@ -148,11 +148,65 @@ audit = Table(
 )
 
 
+# One SOP instance the adapter holds (received from a PACS, or generated from a photo with
+# blob_sha256 NULL) and the FHIR record it belongs to. The primary key makes a SOP Instance UID
+# arrive once: a second save of the same UID is a Conflict and writes nothing.
+dicom_instances = Table(
+    "dicom_instances", metadata,
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("modality", String(16), nullable=False),
+    Column("record_type", String(64), nullable=False),
+    Column("record_id", String(64), nullable=False),
+    Column("patient_system", Text, nullable=False),
+    Column("patient_value", Text, nullable=False),
+    Column("blob_sha256", String(64)),
+    Column("study_date", String(8)),
+    Column("created", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("sop_instance_uid", name="pk_dicom_instances"),
+    Index("ix_dicom_instances_study", "study_instance_uid", "series_instance_uid", "created"),
+    Index("ix_dicom_instances_series", "series_instance_uid"),
+    Index("ix_dicom_instances_patient", "patient_system", "patient_value"),
+    Index("ix_dicom_instances_record", "record_type", "record_id"),
+)
+
+# The durable outbox: one row per (object, destination), written in the transaction that stores
+# the object, so a forward is never lost nor queued twice.
+outbox = Table(
+    "outbox", metadata,
+    Column("id", _Serial, primary_key=True, autoincrement=True),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("destination", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("last_error", Text),
+    Column("created", UtcDateTime, nullable=False),
+    Column("updated", UtcDateTime, nullable=False),
+    ForeignKeyConstraint(["sop_instance_uid"], [dicom_instances.c.sop_instance_uid]),
+    UniqueConstraint("sop_instance_uid", "destination", name="uq_outbox_sop_instance_uid_destination"),
+    Index("ix_outbox_due", "status", "next_attempt_at", "id"),
+)
+
+
+def _migrate(conn: Connection, found: int) -> None:
+    """Upgrade a database of schema version ``found`` to SCHEMA_VERSION.
+
+    1 → 2 adds only tables (dicom_instances, outbox), which ``create_all`` has made already;
+    a later version that alters tables adds its steps here.
+    """
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        conn.execute(insert(schema_version).values(version=version, applied=now_instant()))
+
+
 def create_schema(conn: Connection) -> None:
     """Create missing tables and record the schema version, inside the caller's transaction.
 
-    Raises ConfigurationError when the database was written by a newer schema than this code
-    knows: running old code against it could lose data.
+    An older database is upgraded (``_migrate``). Raises ConfigurationError when the database
+    was written by a newer schema than this code knows: running old code against it could lose
+    data.
     """
     metadata.create_all(conn)
     found = conn.execute(select(func.max(schema_version.c.version))).scalar()
@@ -161,3 +215,5 @@ def create_schema(conn: Connection) -> None:
     elif found > SCHEMA_VERSION:
         raise ConfigurationError(
             f"the database has schema version {found}; this adapter supports up to {SCHEMA_VERSION}")
+    elif found < SCHEMA_VERSION:
+        _migrate(conn, found)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
@@ -13,24 +13,47 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from adapter.errors import Conflict, NotFound, StorageError
+from adapter.model.dicom import DicomInstance, OutboxItem
 from adapter.model.photo import Identifier
 from adapter.model.record import IndexRow, IngestUnit, NewResource, StoredResource
-from adapter.store.dates import now_instant
+from adapter.store.dates import now_instant, to_utc
 from adapter.store.engine import WRITE, create_store_engine, prepare_database
 from adapter.store.port import SearchCriteria
 from adapter.store.rows import (
+    OUTBOX_FAILED,
+    OUTBOX_PENDING,
+    OUTBOX_SENT,
+    dicom_instance_from,
+    dicom_instance_row,
     history_row,
     index_row_from,
+    outbox_item_from,
+    outbox_row,
     resource_row,
     stored_from_row,
     token_rows,
     with_meta,
 )
-from adapter.store.schema import audit, create_schema, receipts, resource_history, resources, tokens
+from adapter.store.schema import (
+    audit,
+    create_schema,
+    dicom_instances,
+    outbox,
+    receipts,
+    resource_history,
+    resources,
+    tokens,
+)
 from adapter.store.search import search_statement
 
 _r = resources.c
+_d = dicom_instances.c
+_o = outbox.c
 _GET_MANY_CHUNK = 500
+_LAST_ERROR_MAX = 1000
+
+#: How long a claimed outbox item stays invisible to other forwarders (claim_outbox).
+OUTBOX_LEASE = timedelta(seconds=60)
 
 # Which unique constraint an IntegrityError names: PostgreSQL reports the constraint name,
 # SQLite the columns. Diagnostics say what clashed, never the values (they may identify a patient).
@@ -38,6 +61,10 @@ _CONFLICTS = (
     (("uq_receipts_idempotency_key", "receipts.idempotency_key"), "the idempotency key was used before"),
     (("uq_receipts_patient_sha", "receipts.patient_system"), "this photo is stored for the patient already"),
     (("pk_resources", "resources.resource_type"), "a resource with this type and id exists already"),
+    (("pk_dicom_instances", "dicom_instances.sop_instance_uid"),
+     "an object with this SOP Instance UID is stored already"),
+    (("uq_outbox_sop_instance_uid_destination", "outbox.sop_instance_uid"),
+     "this object is queued for this destination already"),
 )
 
 
@@ -77,11 +104,12 @@ class SqlRecordStore:
     threads (one pooled connection per operation).
 
     ``schema`` (PostgreSQL only) keeps the tables in a schema of their own, created if missing.
-    Tables are created on start.
+    Tables are created on start. ``outbox_lease`` is how long claim_outbox hides a claimed item.
     """
 
     def __init__(self, database_url: str, *, schema: str | None = None, pool_size: int = 5,
-                 max_overflow: int = 10) -> None:
+                 max_overflow: int = 10, outbox_lease: timedelta = OUTBOX_LEASE) -> None:
+        self._outbox_lease = outbox_lease
         self._engine = create_store_engine(database_url, schema=schema, pool_size=pool_size,
                                            max_overflow=max_overflow)
         self._writer = self._engine.execution_options(**{WRITE: True})
@@ -120,15 +148,19 @@ class SqlRecordStore:
     # -- writes ---------------------------------------------------------------------------
 
     def save_ingest(self, unit: IngestUnit) -> None:
-        """Write every resource (version 1), the receipt and the audit events in one transaction.
+        """Write every resource (version 1), the receipt, the audit events, the DICOM instance
+        and the outbox items in one transaction.
 
-        Raises Conflict if the idempotency key or (patient, stored sha256) is taken, or a
-        resource exists already; then nothing is written. After the commit, each resource dict
-        of ``unit`` carries the stored ``meta`` (versionId, lastUpdated).
+        Raises Conflict if the SOP Instance UID, the idempotency key or (patient, stored sha256)
+        is taken, or a resource exists already; then nothing is written. Outbox items start
+        pending and due now. After the commit, each resource dict of ``unit`` carries the stored
+        ``meta`` (versionId, lastUpdated).
         """
         now = now_instant()
         documents = [with_meta(new, 1, now) for new in unit.resources]
         with self._write() as conn:
+            if unit.dicom_instance is not None:  # first: a repeated SOP instance fails cheapest
+                conn.execute(insert(dicom_instances), dicom_instance_row(unit.dicom_instance, now))
             conn.execute(insert(receipts), {
                 "idempotency_key": unit.idempotency_key, "patient_system": unit.patient.system,
                 "patient_value": unit.patient.value, "stored_sha256": unit.stored_sha256,
@@ -141,6 +173,8 @@ class SqlRecordStore:
                     conn.execute(insert(tokens), rows)
             if unit.audit_events:
                 conn.execute(insert(audit), [{"recorded": now, "json": e} for e in unit.audit_events])
+            if unit.outbox:
+                conn.execute(insert(outbox), [outbox_row(item, now) for item in unit.outbox])
         for new, document in zip(unit.resources, documents, strict=True):
             new.resource["meta"] = document["meta"]
 
@@ -246,6 +280,87 @@ class SqlRecordStore:
             return []
         with self._read() as conn:
             return list(conn.execute(select(audit.c.json).order_by(audit.c.seq.desc()).limit(limit)).scalars())
+
+    # -- DICOM instances and the outbox --------------------------------------------------
+
+    def find_dicom_instance(self, sop_instance_uid: str) -> DicomInstance | None:
+        with self._read() as conn:
+            row = conn.execute(select(dicom_instances).where(_d.sop_instance_uid == sop_instance_uid)) \
+                .mappings().first()
+        return dicom_instance_from(row) if row is not None else None
+
+    def search_dicom_instances(self, *, study: str | None = None, series: str | None = None,
+                               sop_instance: str | None = None, patient: Identifier | None = None,
+                               modality: str | None = None) -> list[DicomInstance]:
+        """AND of the given criteria (exact matches); ordered by study, series, created."""
+        where = []
+        if study is not None:
+            where.append(_d.study_instance_uid == study)
+        if series is not None:
+            where.append(_d.series_instance_uid == series)
+        if sop_instance is not None:
+            where.append(_d.sop_instance_uid == sop_instance)
+        if patient is not None:
+            where.append(and_(_d.patient_system == patient.system, _d.patient_value == patient.value))
+        if modality is not None:
+            where.append(_d.modality == modality)
+        statement = select(dicom_instances).where(*where).order_by(
+            _d.study_instance_uid, _d.series_instance_uid, _d.created, _d.sop_instance_uid)
+        with self._read() as conn:
+            return [dicom_instance_from(row) for row in conn.execute(statement).mappings()]
+
+    def claim_outbox(self, now: datetime, limit: int) -> list[OutboxItem]:
+        """Pending items due at ``now``, oldest due first, leased: their next_attempt_at moves
+        ``outbox_lease`` ahead in the same transaction, so another forwarder (thread or process)
+        does not claim them until the lease runs out. A forwarder that dies mid-send leaves its
+        items to be claimed again after the lease. The returned items carry the lease end.
+
+        PostgreSQL locks the chosen rows with SKIP LOCKED (concurrent claimers take different
+        items); SQLite serialises writers (BEGIN IMMEDIATE).
+        """
+        if limit <= 0:
+            return []
+        now = to_utc(now)
+        lease_end = now + self._outbox_lease
+        due = select(_o.id).where(_o.status == OUTBOX_PENDING, _o.next_attempt_at <= now) \
+            .order_by(_o.next_attempt_at, _o.id).limit(limit).with_for_update(skip_locked=True)
+        with self._write() as conn:
+            claimed = list(conn.execute(due).scalars())
+            if not claimed:
+                return []
+            conn.execute(update(outbox).where(_o.id.in_(claimed)).values(next_attempt_at=lease_end))
+            rows = {row["id"]: outbox_item_from(row)
+                    for row in conn.execute(select(outbox).where(_o.id.in_(claimed))).mappings()}
+        return [rows[i] for i in claimed]
+
+    def _finish_attempt(self, item_id: int, values: dict[str, Any]) -> None:
+        with self._write() as conn:
+            result = conn.execute(update(outbox).where(_o.id == item_id)
+                                  .values(attempts=_o.attempts + 1, **values))
+            if result.rowcount != 1:
+                raise NotFound("no outbox item with this id")
+
+    def mark_outbox_sent(self, item_id: int, now: datetime) -> None:
+        """The item was stored by its destination: status sent; the attempt is counted."""
+        self._finish_attempt(item_id, {"status": OUTBOX_SENT, "last_error": None, "updated": to_utc(now)})
+
+    def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,
+                          give_up: bool = False) -> None:
+        """Count a failed attempt and keep ``error`` (cut to 1000 characters; callers keep patient
+        data out of it); due again at ``next_attempt_at``, or status failed when ``give_up``."""
+        self._finish_attempt(item_id, {
+            "status": OUTBOX_FAILED if give_up else OUTBOX_PENDING, "next_attempt_at": to_utc(next_attempt_at),
+            "last_error": error[:_LAST_ERROR_MAX], "updated": to_utc(now)})
+
+    def list_outbox(self, *, status: str | None = None, limit: int = 100) -> list[OutboxItem]:
+        """Oldest first (by id)."""
+        if limit <= 0:
+            return []
+        statement = select(outbox).order_by(_o.id).limit(limit)
+        if status is not None:
+            statement = statement.where(_o.status == status)
+        with self._read() as conn:
+            return [outbox_item_from(row) for row in conn.execute(statement).mappings()]
 
     def close(self) -> None:
         """Close every pooled connection."""

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from adapter.config import StoreOptions
 from adapter.errors import ConfigurationError, Conflict, InvalidInput, NotFound, NotSupported, StorageError
+from adapter.model.dicom import DicomInstance, NewOutboxItem
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.store import (
@@ -31,6 +32,7 @@ from adapter.store import (
     TokenCriterion,
     open_store,
 )
+from adapter.store.schema import SCHEMA_VERSION
 
 pytestmark = pytest.mark.integration
 
@@ -492,7 +494,7 @@ def test_data_survives_reopening(open_records: StoreFactory) -> None:
     assert again.find_receipt(idempotency_key=unit.idempotency_key) == unit.receipt
     assert all(again.get(r.resource_type, r.id) is not None for r in unit.resources)
     with again.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalars().all() == [1]
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalars().all() == [SCHEMA_VERSION]
 
 
 def test_newer_schema_is_refused(open_records: StoreFactory) -> None:
@@ -554,6 +556,237 @@ def test_concurrent_updates_with_if_match_let_one_win(store: SqlRecordStore) -> 
     current = store.get("Media", "m1")
     assert current is not None and current.version_id == 2
     assert [v for v, _ in history(store, "Media", "m1")] == [1, 2]
+
+
+# -- DICOM instances and the outbox -----------------------------------------------------------
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+PACS = "PACS@127.0.0.1:11112"
+ARCHIVE = "ARCHIVE@127.0.0.1:11113"
+
+
+def make_instance(*, study: str = "1.2.3", series: str = "1.2.3.4", uid: str | None = None,
+                  patient: Identifier = PATIENT, modality: str = "OT", record_id: str | None = None,
+                  blob_sha256: str | None = "a" * 64, study_date: str | None = "20240101",
+                  created: datetime | None = None) -> DicomInstance:
+    return DicomInstance(sop_instance_uid=uid or f"2.25.{uuid.uuid4().int}", study_instance_uid=study,
+                         series_instance_uid=series, sop_class_uid=SC, modality=modality,
+                         record_type="Media", record_id=record_id or new_id(), patient=patient,
+                         blob_sha256=blob_sha256, study_date=study_date, created=created)
+
+
+def make_dicom_unit(instance: DicomInstance | None = None, *, destinations: tuple[str, ...] = (),
+                    **kwargs: Any) -> IngestUnit:
+    unit = make_unit(key=None, **kwargs)
+    instance = instance or make_instance(patient=unit.patient, record_id=unit.resources[0].id)
+    unit.dicom_instance = instance
+    unit.outbox = [NewOutboxItem(instance.sop_instance_uid, d) for d in destinations]
+    return unit
+
+
+def test_save_ingest_writes_the_dicom_instance(store: SqlRecordStore) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    unit = make_dicom_unit()
+    store.save_ingest(unit)
+    assert unit.dicom_instance is not None
+    found = store.find_dicom_instance(unit.dicom_instance.sop_instance_uid)
+    assert found is not None and found.created is not None
+    assert found.created.utcoffset() == timedelta(0) and before <= found.created <= datetime.now(UTC)
+    assert found == DicomInstance(**{**unit.dicom_instance.__dict__, "created": found.created})
+    assert store.find_dicom_instance("9.9.9") is None
+    # an instance generated from a photo has no received file; a given created is kept
+    created = datetime(2024, 5, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    generated = make_dicom_unit(make_instance(blob_sha256=None, study_date=None, created=created))
+    store.save_ingest(generated)
+    assert generated.dicom_instance is not None
+    again = store.find_dicom_instance(generated.dicom_instance.sop_instance_uid)
+    assert again is not None and again.blob_sha256 is None and again.study_date is None
+    assert again.created == created
+
+
+def test_same_sop_instance_uid_is_conflict_and_writes_nothing(store: SqlRecordStore) -> None:
+    first = make_dicom_unit(destinations=(PACS,))
+    store.save_ingest(first)
+    assert first.dicom_instance is not None
+    again = make_dicom_unit(make_instance(uid=first.dicom_instance.sop_instance_uid), destinations=(ARCHIVE,))
+    with pytest.raises(Conflict, match="SOP Instance UID"):
+        store.save_ingest(again)
+    assert_nothing_visible_except(store, again, audit_count=1)
+    assert [i.destination for i in store.list_outbox()] == [PACS]
+    assert store.find_dicom_instance(first.dicom_instance.sop_instance_uid) is not None
+
+
+def assert_nothing_visible_except(store: SqlRecordStore, unit: IngestUnit, *, audit_count: int) -> None:
+    for new in unit.resources:
+        assert store.get(new.resource_type, new.id) is None
+    assert store.find_receipt(patient=unit.patient, stored_sha256=unit.stored_sha256) is None
+    assert len(store.list_audit(1000)) == audit_count
+
+
+def test_dicom_unit_is_atomic_when_a_later_write_fails(store: SqlRecordStore) -> None:
+    unit = make_dicom_unit(destinations=(PACS, PACS))  # the same destination twice: unique violation last
+    with pytest.raises(Conflict, match="queued for this destination"):
+        store.save_ingest(unit)
+    assert unit.dicom_instance is not None
+    assert store.find_dicom_instance(unit.dicom_instance.sop_instance_uid) is None
+    assert store.list_outbox() == []
+    assert_nothing_visible(store, unit)
+    # and the other way round: a failing resource leaves no instance nor outbox item behind
+    clash = make_dicom_unit(destinations=(PACS,))
+    clash.resources.append(make_resource(clash.resources[0].resource_type, clash.resources[0].id))
+    with pytest.raises(Conflict):
+        store.save_ingest(clash)
+    assert clash.dicom_instance is not None
+    assert store.find_dicom_instance(clash.dicom_instance.sop_instance_uid) is None
+    assert store.list_outbox() == []
+
+
+def test_outbox_item_needs_a_stored_instance(store: SqlRecordStore) -> None:
+    unit = make_unit(key=None)
+    unit.outbox = [NewOutboxItem("1.2.3.999", PACS)]
+    with pytest.raises(StorageError):
+        store.save_ingest(unit)
+    assert_nothing_visible(store, unit)
+    # an earlier instance may be queued again to another destination by a later unit
+    first = make_dicom_unit(destinations=(PACS,))
+    store.save_ingest(first)
+    assert first.dicom_instance is not None
+    later = make_unit(key=None)
+    later.outbox = [NewOutboxItem(first.dicom_instance.sop_instance_uid, ARCHIVE)]
+    store.save_ingest(later)
+    assert sorted(i.destination for i in store.list_outbox()) == [ARCHIVE, PACS]
+
+
+def test_search_dicom_instances(store: SqlRecordStore) -> None:
+    t0 = datetime(2024, 1, 1, 10, tzinfo=UTC)
+    made = {
+        "a2": make_instance(study="1.1", series="1.1.2", modality="OT", created=t0 + timedelta(seconds=2)),
+        "a1": make_instance(study="1.1", series="1.1.1", modality="XC", created=t0 + timedelta(seconds=5)),
+        "a0": make_instance(study="1.1", series="1.1.1", modality="XC", created=t0 + timedelta(seconds=1)),
+        "b": make_instance(study="1.2", series="1.2.1", modality="OT", patient=OTHER_PATIENT, created=t0),
+    }
+    for instance in made.values():
+        store.save_ingest(make_dicom_unit(instance, patient=instance.patient))
+    name = {i.sop_instance_uid: n for n, i in made.items()}
+
+    def search(**kwargs: Any) -> list[str]:
+        return [name[i.sop_instance_uid] for i in store.search_dicom_instances(**kwargs)]
+
+    assert search() == ["a0", "a1", "a2", "b"]          # study, series, created
+    assert search(study="1.1") == ["a0", "a1", "a2"]
+    assert search(series="1.1.1") == ["a0", "a1"]
+    assert search(study="1.1", modality="OT") == ["a2"]
+    assert search(patient=OTHER_PATIENT) == ["b"]
+    assert search(patient=Identifier(system="urn:other", value=OTHER_PATIENT.value)) == []
+    assert search(sop_instance=made["a1"].sop_instance_uid) == ["a1"]
+    assert search(study="1.2", series="1.1.1") == []
+    [found] = store.search_dicom_instances(sop_instance=made["b"].sop_instance_uid)
+    assert found == made["b"]
+
+
+def test_outbox_lifecycle(store: SqlRecordStore) -> None:
+    unit = make_dicom_unit(destinations=(PACS, ARCHIVE))
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    store.save_ingest(unit)
+    items = store.list_outbox()
+    assert [(i.destination, i.status, i.attempts, i.last_error) for i in items] == \
+        [(PACS, "pending", 0, None), (ARCHIVE, "pending", 0, None)]
+    assert all(before <= i.next_attempt_at <= datetime.now(UTC) for i in items)
+    assert all(i.created == i.updated == i.next_attempt_at for i in items)
+    assert store.claim_outbox(before, 10) == []            # not due yet at an earlier time
+
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    claimed = store.claim_outbox(now, 1)
+    assert [i.destination for i in claimed] == [PACS]        # oldest first, limit kept
+    assert claimed[0].next_attempt_at == now + timedelta(seconds=60)  # the lease
+    rest = store.claim_outbox(now, 10)
+    assert [i.destination for i in rest] == [ARCHIVE]        # leased items are not claimed twice
+    assert store.claim_outbox(now, 10) == []
+    assert store.claim_outbox(now, 0) == []
+
+    store.mark_outbox_sent(claimed[0].id, now)
+    retry_at = now + timedelta(minutes=5)
+    store.mark_outbox_retry(rest[0].id, next_attempt_at=retry_at, error="association rejected " + "x" * 2000,
+                            now=now)
+    sent, pending = store.list_outbox()
+    assert (sent.status, sent.attempts, sent.updated) == ("sent", 1, now)
+    assert (pending.status, pending.attempts, pending.next_attempt_at) == ("pending", 1, retry_at)
+    assert pending.last_error is not None and pending.last_error.startswith("association rejected")
+    assert len(pending.last_error) == 1000
+    assert store.list_outbox(status="sent") == [sent]
+    assert store.list_outbox(status="pending") == [pending]
+    assert store.list_outbox(limit=1) == [sent]
+    assert store.list_outbox(limit=0) == []
+    assert store.claim_outbox(retry_at - timedelta(seconds=1), 10) == []
+    assert [i.id for i in store.claim_outbox(retry_at, 10)] == [pending.id]  # sent items never again
+
+    store.mark_outbox_retry(pending.id, next_attempt_at=retry_at, error="gave up", now=now, give_up=True)
+    failed = store.list_outbox(status="failed")
+    assert [(i.id, i.attempts, i.last_error) for i in failed] == [(pending.id, 2, "gave up")]
+    assert store.claim_outbox(retry_at + timedelta(days=1), 10) == []
+    with pytest.raises(NotFound):
+        store.mark_outbox_sent(999_999, now)
+    with pytest.raises(NotFound):
+        store.mark_outbox_retry(999_999, next_attempt_at=now, error="x", now=now)
+
+
+def test_outbox_lease_runs_out(open_records: StoreFactory) -> None:
+    store = open_records()
+    store.save_ingest(make_dicom_unit(destinations=(PACS,)))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    [first] = store.claim_outbox(now, 10)
+    assert store.claim_outbox(now + timedelta(seconds=59), 10) == []
+    [again] = store.claim_outbox(now + timedelta(seconds=60), 10)  # the claimer died: claimed again
+    assert again.id == first.id and again.attempts == 0
+
+
+def test_concurrent_claims_do_not_double_send(open_records: StoreFactory) -> None:
+    writer = open_records()
+    for _ in range(10):
+        writer.save_ingest(make_dicom_unit(destinations=(PACS, ARCHIVE)))
+    stores = [open_records() for _ in range(4)]  # like four forwarder processes
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    claimed: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work(store: SqlRecordStore) -> None:
+        try:
+            start.wait()
+            while batch := store.claim_outbox(now, 3):
+                claimed.extend(i.id for i in batch)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(stores[n % 4],)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(claimed) == sorted(i.id for i in writer.list_outbox()) and len(claimed) == 20
+
+
+def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
+    store = open_records()
+    with store.engine.begin() as conn:  # back to version 1: no DICOM tables
+        conn.execute(sa.text("DROP TABLE outbox"))
+        conn.execute(sa.text("DROP TABLE dicom_instances"))
+        conn.execute(sa.text("DELETE FROM schema_version"))
+        conn.execute(sa.text("INSERT INTO schema_version (version, applied) VALUES (1, :t)"),
+                     {"t": "2026-01-01T00:00:00.000000+00:00" if conn.dialect.name == "sqlite"
+                      else datetime(2026, 1, 1, tzinfo=UTC)})
+    unit = make_unit()
+    store.save_ingest(unit)
+    store.close()
+    upgraded = open_records()
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM schema_version ORDER BY version")).scalars().all() \
+            == list(range(1, SCHEMA_VERSION + 1))
+    assert upgraded.find_receipt(idempotency_key=unit.idempotency_key) == unit.receipt
+    dicom = make_dicom_unit(destinations=(PACS,))
+    upgraded.save_ingest(dicom)
+    assert len(upgraded.list_outbox()) == 1
 
 
 # -- SQLite specifics and the factory ---------------------------------------------------------

@@ -46,13 +46,20 @@ def run(tmp_path: Path, data: bytes, *, quality: Quality | None = None,
     return facts, dst.read_bytes()
 
 
-def refuse(tmp_path: Path, data: bytes, error: type[Exception], *, limits: Limits | None = None) -> Exception:
+def refuse(tmp_path: Path, data: bytes, error: type[Exception], *, limits: Limits | None = None,
+           quality: Quality | None = None) -> Exception:
     src, dst = tmp_path / "upload", tmp_path / "stored"
     src.write_bytes(data)
     with pytest.raises(error) as caught:
-        sanitize(src, dst, quality=Quality(), limits=limits or Limits())
+        sanitize(src, dst, quality=quality or Quality(), limits=limits or Limits())
     assert not dst.exists()
     return caught.value
+
+
+def assert_libjpeg_refuses(data: bytes) -> None:
+    """A full decode with Pillow fails too: the walk refused nothing libjpeg would decode."""
+    with pytest.raises((OSError, SyntaxError)), Image.open(io.BytesIO(data)) as im:
+        im.load()
 
 
 def pixels(data: bytes) -> np.ndarray:
@@ -300,12 +307,26 @@ def test_segment_length_past_the_end_is_undecodable(tmp_path: Path) -> None:
 
 def test_decoder_error_is_wrapped(tmp_path: Path) -> None:
     base = jpeg(ms.photo((64, 48), seed=15), quality=85)
+    dht = base.index(b"\xff\xc4")
+    # The first DC Huffman table now holds the symbol 16 (DC symbols are 0..15): the walk does
+    # not look inside Huffman tables, libjpeg refuses the table when a scan uses it.
+    received = bytearray(base)
+    assert received[dht + 4] == 0x00  # class DC, slot 0
+    received[dht + 5 + 16] = 16
+    for proof in ("full", "prefix"):
+        error = refuse(tmp_path, bytes(received), UndecodableImage, quality=Quality(decodeProof=proof))
+        assert isinstance(error.__cause__, OSError)
+
+
+def test_undefined_quantization_table_is_named(tmp_path: Path) -> None:
+    base = jpeg(ms.photo((64, 48), seed=15), quality=85)
     sof = base.index(b"\xff\xc0")
     # The first component now uses quantization table 3, which no DQT defines.
     received = bytearray(base)
     received[sof + 12] = 3
     error = refuse(tmp_path, bytes(received), UndecodableImage)
-    assert isinstance(error.__cause__, OSError)
+    assert "quantization table 3" in str(error)
+    assert_libjpeg_refuses(bytes(received))
 
 
 def bomb_header(width: int, height: int) -> bytes:

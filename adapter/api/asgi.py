@@ -1,0 +1,57 @@
+"""The HTTP application wired from Settings: services, the FastAPI app, the access log.
+
+``build_app`` is used by ``python -m adapter serve`` in a single process; with
+``ADAPTER_HTTP_WORKERS`` > 1 uvicorn starts worker processes that each import
+``adapter.api.asgi:create_app_from_env`` (a factory) and build their own services, store
+connections included, from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+from adapter.config import Settings
+from adapter.errors import AdapterError
+
+if TYPE_CHECKING:  # the supervisor process imports this module without loading FastAPI
+    from fastapi import FastAPI
+
+#: uvicorn's exit code for a worker that failed before serving: the supervisor then stops
+#: instead of restarting it (uvicorn.config.STARTUP_FAILURE).
+STARTUP_FAILURE = 3
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """Services from ``settings``, the app over them, our access log (uvicorn's prints query
+    strings, which can hold patient identifiers; ours prints paths only). Raises AdapterError
+    when the settings, policy, tables or store are not usable."""
+    from adapter.api.app import create_app
+    from adapter.api.logging import AccessLogMiddleware
+    from adapter.services.registry import build_services
+
+    app = create_app(build_services(settings))
+    app.add_middleware(AccessLogMiddleware)
+    return app
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``ADAPTER_*`` variables from which another process rebuilds exactly ``settings``."""
+    return {f"ADAPTER_{name.upper()}": str(value) for name, value in settings.model_dump().items()
+            if value is not None}
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: Settings from the environment (the parent put its
+    own there), logging as ``python -m adapter`` sets it up, then :func:`build_app`. A failure
+    exits with STARTUP_FAILURE, which stops uvicorn's supervisor rather than restarting the worker."""
+    from adapter.__main__ import _configure_logging
+
+    settings = Settings()
+    _configure_logging(settings.log_level)
+    try:
+        return build_app(settings)
+    except AdapterError as exc:
+        logging.getLogger("adapter").error("cannot start: %s", exc.diagnostics)
+        sys.exit(STARTUP_FAILURE)

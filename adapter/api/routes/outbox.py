@@ -1,0 +1,47 @@
+"""``GET /outbox``: the forwarding outbox, for operations. Operational data only: the SOP
+Instance UID, the destination, the status and the record's logical id, never a patient
+identifier or a name."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from adapter.api.deps import ServicesDep
+from adapter.errors import InvalidInput
+from adapter.services.forwarding import OUTBOX_STATUSES, OutboxEntry
+
+router = APIRouter()
+
+
+def _instant(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _entry_json(entry: OutboxEntry) -> dict[str, Any]:
+    item = entry.item
+    return {
+        "id": item.id,
+        "sopInstanceUid": item.sop_instance_uid,
+        "destination": item.destination,
+        "status": item.status,
+        "attempts": item.attempts,
+        "nextAttemptAt": _instant(item.next_attempt_at) if item.status == "pending" else None,
+        "lastError": item.last_error,
+        "record": {"reference": entry.record} if entry.record else None,
+        "created": _instant(item.created),
+        "updated": _instant(item.updated),
+    }
+
+
+@router.get("/outbox")
+async def list_outbox(services: ServicesDep, status: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
+    """Outbox items, oldest first; ``status`` one of pending, sent, failed."""
+    if status is not None and status not in OUTBOX_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(OUTBOX_STATUSES)}", expression="status")
+    entries = await run_in_threadpool(services.outbox.list_entries, status=status, limit=limit)
+    return JSONResponse([_entry_json(e) for e in entries])

@@ -1,0 +1,60 @@
+"""The SCP's AE options: one small value object built from Settings and the policy (STYLE §5),
+so the SCP never reads the environment and tests build it directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapter.config import Settings
+from adapter.errors import ConfigurationError
+from adapter.model.policy import Policy
+
+#: PS3.5 6.2: an AE title is 1..16 characters of the default repertoire, no backslash or control
+#: characters; leading and trailing spaces are not significant.
+_AE_MAX = 16
+
+
+def _check_ae_title(title: str, what: str) -> str:
+    title = title.strip()
+    if not title or len(title) > _AE_MAX or any(ch == "\\" or not " " <= ch <= "~" for ch in title):
+        raise ConfigurationError(f"{what}: '{title[:20]}' is not an AE title (1-16 characters, no backslash)")
+    return title
+
+
+@dataclass(frozen=True)
+class AeOptions:
+    """Where and as whom the SCP listens, and whom it lets in.
+
+    ``allowed_ae_titles`` are the calling AE titles accepted at association; empty means every
+    caller is refused (fail closed). Timeouts are in seconds; ``max_pdu`` 0 means no limit.
+    """
+
+    ae_title: str = "ADAPTER"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_ae_titles: tuple[str, ...] = ()
+    max_pdu: int = 4 * 1024 * 1024
+    acse_timeout: float = 30.0       # waiting for A-ASSOCIATE-RQ / A-RELEASE-RP
+    dimse_timeout: float = 60.0      # waiting for the rest of a DIMSE message
+    network_timeout: float = 60.0    # an idle association is aborted after this
+    maximum_associations: int = 32   # concurrent associations (each has its own thread)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ae_title", _check_ae_title(self.ae_title, "ADAPTER_AE_TITLE"))
+        titles = tuple(dict.fromkeys(_check_ae_title(t, "allowed AE titles") for t in self.allowed_ae_titles))
+        object.__setattr__(self, "allowed_ae_titles", titles)
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError("ADAPTER_DICOM_PORT must be 0..65535")
+        if self.max_pdu < 0:
+            raise ConfigurationError("ADAPTER_DICOM_MAX_PDU must not be negative")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, policy: Policy) -> AeOptions:
+        """The options of ``settings``; the allowed callers are ADAPTER_DICOM_ALLOWED_AE_TITLES
+        together with the policy's ``allowedAETitles``."""
+        return cls(ae_title=settings.ae_title, host=settings.dicom_host, port=settings.dicom_port,
+                   allowed_ae_titles=(*settings.allowed_ae_titles, *policy.allowed_ae_titles),
+                   max_pdu=settings.dicom_max_pdu)
+
+
+__all__ = ["AeOptions"]

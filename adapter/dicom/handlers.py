@@ -1,0 +1,116 @@
+"""pynetdicom event handlers of the SCP: C-ECHO, C-STORE, and the connection hooks.
+
+Each association runs in its own thread (pynetdicom's acceptor thread), and ``handle_store``
+does the durable ingest in that thread before answering: a Success status means the object
+and its FHIR record are committed (files fsynced, one database commit), as on the HTTP path.
+
+Logs name the calling AE, the peer address, SOP Class/Instance UIDs and statuses; never the
+PatientID, names or any other dataset value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+
+from adapter.dicom.status import BUG_STATUS, SUCCESS, dimse_status_for, error_comment
+from adapter.errors import AdapterError
+from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+log = logging.getLogger("adapter.dicom")
+
+
+def handle_echo(event: Event) -> int:
+    """C-ECHO (Verification, PS3.4 Annex A): always Success once associated."""
+    return SUCCESS
+
+
+def _received_store(event: Event) -> ReceivedStore:
+    request = event.request
+    requestor = event.assoc.requestor
+    return ReceivedStore(
+        path=event.dataset_path,
+        calling_ae=str(requestor.ae_title).strip(),
+        peer_address=str(requestor.address),
+        context_sop_class=str(event.context.abstract_syntax),
+        transfer_syntax=str(event.context.transfer_syntax),
+        affected_sop_class=str(request.AffectedSOPClassUID or ""),
+        affected_sop_instance=str(request.AffectedSOPInstanceUID or ""),
+    )
+
+
+def handle_store(event: Event, ingest: DicomIngestService) -> int | Dataset:
+    """C-STORE (Storage Service Class, PS3.4 Annex B): ingest the received object durably, then
+    answer. Refusals go through the one status table (adapter.dicom.status) with an Error
+    Comment; anything outside the error hierarchy is a bug and answered with BUG_STATUS."""
+    received = _received_store(event)
+    where = f"{received.calling_ae}@{received.peer_address}"
+    try:
+        result = ingest.ingest_received(received)
+    except AdapterError as exc:
+        status = dimse_status_for(exc)
+        log.warning("C-STORE from %s refused (0x%04X %s): SOP Instance %s, %s", where, status,
+                    type(exc).__name__, received.affected_sop_instance, exc.diagnostics)
+        answer = Dataset()
+        answer.Status = status
+        answer.ErrorComment = error_comment(exc)
+        return answer
+    except Exception:
+        log.exception("C-STORE from %s failed with an unexpected error (a bug): SOP Instance %s", where,
+                      received.affected_sop_instance)
+        return BUG_STATUS
+    log.info("C-STORE from %s: SOP Instance %s %s %s", where, received.affected_sop_instance,
+             "already stored as" if result.replayed else "stored as", result.record)
+    return SUCCESS
+
+
+def handle_conn_open(event: Event) -> None:
+    """Turn Nagle's algorithm off on the accepted socket: with it, each small C-STORE response
+    waits for the peer's delayed ACK (~40 ms per object)."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _discard_spooled(message: Any) -> None:
+    """Close and remove the temporary file pynetdicom spools a C-STORE dataset into
+    (``_config.STORE_RECV_CHUNKED_DATASET``), when the message never reached the handler."""
+    for name in ("_data_set_file", "_dataset_file"):
+        spool = getattr(message, name, None)
+        if spool is None:
+            continue
+        with contextlib.suppress(OSError):
+            spool.close()
+        with contextlib.suppress(OSError):
+            os.unlink(spool.name)
+
+
+def handle_conn_close(event: Event) -> None:
+    """The connection is closed (released, aborted or lost). A C-STORE whose dataset was still
+    arriving, or that arrived but was never served, left a spool file that pynetdicom does not
+    remove: remove it, so an aborted transfer leaves nothing behind. Runs in the association's
+    DUL thread, the one that writes the spool, after it stopped reading."""
+    dimse = getattr(event.assoc, "dimse", None)
+    if dimse is None:
+        return
+    partial = getattr(dimse, "message", None)
+    if partial is not None:
+        _discard_spooled(partial)
+    queue = getattr(dimse, "msg_queue", None)
+    if queue is not None:
+        with queue.mutex:
+            pending = list(queue.queue)
+        for _context_id, primitive in pending:
+            _discard_spooled(primitive)
+
+
+__all__ = ["handle_conn_close", "handle_conn_open", "handle_echo", "handle_store"]

@@ -1,0 +1,306 @@
+"""C-STORE SCU: sends DICOM objects to a PACS (PS3.4 Annex B, Storage Service Class).
+
+One :class:`StoreSCU` serves every destination (``AE@host:port``), with one pynetdicom AE per
+destination. A batch goes over ONE association; the association is kept open for the next batch
+to the same destination when it already has the presentation contexts that batch needs, until
+:meth:`StoreSCU.release`. The forwarder sends a claim in small batches (bounded memory) and
+releases when the outbox is drained, so a backlog of N photos costs one association.
+
+Presentation contexts (PS3.8 §7.1.1.13) are proposed for the SOP Class × Transfer Syntax pairs
+actually in the batch, each context with exactly one transfer syntax: a JPEG Baseline object is
+proposed with JPEG Baseline (1.2.840.10008.1.2.4.50) only, a native one with its own (Explicit VR
+Little Endian for what the adapter generates). An object is sent only over a context accepted with
+its own transfer syntax, so pynetdicom never re-encodes it (no lossy recompression, no implicit-VR
+conversion); when the PACS accepts none, that object fails permanently.
+
+Results (PS3.7 Annex C, PS3.4 B.2.3): Success and every Warning (0xB000 coercion, 0xB006 element
+discarded, 0xB007 data set does not match SOP class, ...) mean the PACS stored the object:
+acknowledged. Failures are split into retryable (out of resources 0xA7xx, processing failure,
+timeouts, lost connections, transient association rejection) and permanent (cannot understand
+0xCxxx, data set does not match SOP class 0xA9xx, SOP class not supported, not authorised,
+permanent association rejection, no acceptable presentation context).
+
+Sockets get TCP_NODELAY (Nagle's algorithm plus delayed ACKs stalls each C-STORE ~40 ms).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+from pynetdicom import AE, Association, build_context, evt
+from pynetdicom.presentation import PresentationContext
+
+from adapter.config import Settings
+from adapter.errors import ConfigurationError
+from adapter.services.forwarding import SendOutcome, SendResult
+
+log = logging.getLogger(__name__)
+
+#: PS3.8 §9.3.2.2: at most 128 presentation contexts in one A-ASSOCIATE-RQ (odd IDs 1..255).
+MAX_CONTEXTS = 128
+
+#: Failure statuses worth retrying (PS3.7 C.5, PS3.4 B.2.3): the SCP may manage later.
+_RETRYABLE_FAILURES = frozenset({0x0110, 0x0213, 0xFE00})  # processing failure, resource limitation, cancel
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A C-STORE SCP: ``AE@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        ae, sep, addr = text.strip().partition("@")
+        host, colon, port = addr.rpartition(":")
+        if not sep or not ae or not colon or not host or not port.isdigit() or len(ae) > 16:
+            raise ConfigurationError(f"'{text[:60]}' is not AE@host:port")
+        return cls(ae_title=ae, host=host.strip("[]"), port=int(port))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ScuOptions:
+    """The SCU's AE title and timeouts (seconds)."""
+
+    ae_title: str = "ADAPTER"
+    connection_timeout: float = 10.0   # TCP connect
+    acse_timeout: float = 30.0         # waiting for A-ASSOCIATE-AC/RJ and A-RELEASE-RP
+    dimse_timeout: float = 120.0       # waiting for a C-STORE response (the PACS may write slowly)
+    network_timeout: float = 120.0     # an idle connection is closed after this
+    max_pdu: int = 4 * 1024 * 1024     # largest PDU we receive (we receive only small responses)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScuOptions:
+        return cls(ae_title=settings.ae_title, max_pdu=settings.dicom_max_pdu)
+
+
+def _nodelay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN: switch Nagle's algorithm off before the A-ASSOCIATE-RQ goes out."""
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _pair(ds: Dataset) -> tuple[UID, UID] | None:
+    """(SOP Class UID, Transfer Syntax UID) of a dataset, None if it lacks either."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    sop_class = ds.get("SOPClassUID")
+    if not ts or not sop_class or not ds.get("SOPInstanceUID"):
+        return None
+    return UID(str(sop_class)), UID(str(ts))
+
+
+def _load(obj: Dataset | Path) -> tuple[Dataset, SendResult | None]:
+    """A dataset to send; a Part 10 file is read as stored (its transfer syntax is kept)."""
+    if isinstance(obj, Dataset):
+        return obj, None
+    try:
+        return dcmread(obj), None
+    except (OSError, InvalidDicomError, ValueError) as exc:
+        return Dataset(), SendResult("", SendOutcome.PERMANENT, None, f"unreadable DICOM file: {type(exc).__name__}")
+
+
+def classify_status(sop_instance_uid: str, status: Dataset) -> SendResult:
+    """Map a C-STORE response's status to a :class:`SendResult` (see the module docstring)."""
+    code = status.get("Status")
+    if code is None:  # pynetdicom: no (valid) response, i.e. DIMSE timeout or the connection was lost
+        return SendResult(sop_instance_uid, SendOutcome.RETRY, None, "no C-STORE response (timeout or aborted)")
+    code = int(code)
+    if code == 0x0000:
+        return SendResult(sop_instance_uid, SendOutcome.ACKNOWLEDGED, code)
+    if code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF:
+        return SendResult(sop_instance_uid, SendOutcome.ACKNOWLEDGED, code, f"stored with warning 0x{code:04X}")
+    if 0xA700 <= code <= 0xA7FF or code in _RETRYABLE_FAILURES:
+        return SendResult(sop_instance_uid, SendOutcome.RETRY, code, f"C-STORE failed 0x{code:04X}")
+    return SendResult(sop_instance_uid, SendOutcome.PERMANENT, code, f"C-STORE refused 0x{code:04X}")
+
+
+class StoreSCU:
+    """C-STORE SCU for every forwarding destination (satisfies ``services.forwarding.StoreSender``).
+
+    Not for concurrent use by several threads at once (a lock serialises calls): the forwarder is
+    its only user. ``associations_opened`` counts established associations (operations, tests).
+    """
+
+    def __init__(self, options: ScuOptions | None = None) -> None:
+        self.options = options or ScuOptions()
+        self._aes: dict[Destination, AE] = {}
+        self._held: dict[Destination, Association] = {}
+        self._known: dict[Destination, list[tuple[UID, UID]]] = {}
+        self._lock = threading.Lock()
+        self.associations_opened = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StoreSCU:
+        return cls(ScuOptions.from_settings(settings))
+
+    # -- public ------------------------------------------------------------------------------
+    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path]) -> list[SendResult]:
+        """C-STORE ``datasets`` (a Path: a Part 10 file, sent as stored) to ``destination``
+        over one association; one result per dataset, in order. The association stays open for
+        the next batch (see :meth:`release`)."""
+        dest = Destination.parse(destination)
+        items: list[Dataset] = []
+        results: list[SendResult | None] = []
+        for obj in datasets:
+            ds, failed = _load(obj)
+            items.append(ds)
+            results.append(failed)
+        pairs: list[tuple[UID, UID]] = []
+        for i, ds in enumerate(items):
+            pair = _pair(ds)
+            if results[i] is not None:
+                continue
+            if pair is None:
+                results[i] = SendResult(str(ds.get("SOPInstanceUID", "")), SendOutcome.PERMANENT, None,
+                                        "not sendable: SOP Class/Instance UID or Transfer Syntax missing")
+            elif pair not in pairs:
+                pairs.append(pair)
+        with self._lock:
+            # more distinct pairs than one association can carry: one association per group
+            for start in range(0, len(pairs), MAX_CONTEXTS):
+                group = pairs[start:start + MAX_CONTEXTS]
+                todo = [i for i, ds in enumerate(items) if results[i] is None and _pair(ds) in group]
+                self._send_group(dest, group, [(i, items[i]) for i in todo], results)
+        return [r if r is not None else SendResult(str(ds.get("SOPInstanceUID", "")), SendOutcome.RETRY, None,
+                                                   "not attempted")
+                for r, ds in zip(results, items, strict=True)]
+
+    def release(self) -> None:
+        """Release (A-RELEASE) every association held open between batches."""
+        with self._lock:
+            for dest in list(self._held):
+                self._drop(dest)
+
+    close = release
+
+    # -- internals ---------------------------------------------------------------------------
+    def _ae(self, dest: Destination) -> AE:
+        ae = self._aes.get(dest)
+        if ae is None:
+            o = self.options
+            ae = AE(ae_title=o.ae_title)
+            ae.connection_timeout = o.connection_timeout
+            ae.acse_timeout = o.acse_timeout
+            ae.dimse_timeout = o.dimse_timeout
+            ae.network_timeout = o.network_timeout
+            ae.maximum_pdu_size = o.max_pdu
+            self._aes[dest] = ae
+        return ae
+
+    def _drop(self, dest: Destination) -> None:
+        assoc = self._held.pop(dest, None)
+        if assoc is None:
+            return
+        try:
+            if assoc.is_established:
+                assoc.release()
+            else:
+                assoc.abort()
+        except Exception:  # noqa: BLE001 - a failing release must not lose the batch's results
+            log.warning("releasing the association with %s failed", dest, exc_info=True)
+
+    @staticmethod
+    def _accepted(assoc: Association) -> dict[tuple[UID, UID], PresentationContext]:
+        out: dict[tuple[UID, UID], PresentationContext] = {}
+        for cx in assoc.accepted_contexts:
+            if cx.as_scu and cx.abstract_syntax and cx.transfer_syntax:
+                out[(UID(cx.abstract_syntax), UID(cx.transfer_syntax[0]))] = cx
+        return out
+
+    def _association(self, dest: Destination, group: Sequence[tuple[UID, UID]]) -> Association | SendResult:
+        """The held association when it carries every pair of ``group``, else a new one proposing
+        ``group`` (plus pairs sent to this destination before, so the next batch can reuse it).
+        A SendResult template (uid left empty) when no association could be established."""
+        held = self._held.get(dest)
+        if held is not None:
+            if held.is_established and all(p in self._accepted(held) for p in group):
+                return held
+            self._drop(dest)
+        known = self._known.setdefault(dest, [])
+        proposal = list(group) + [p for p in known if p not in group]
+        proposal = proposal[:MAX_CONTEXTS]
+        for p in group:
+            if p not in known:
+                known.append(p)
+        contexts = [build_context(sop_class, [ts]) for sop_class, ts in proposal]
+        try:
+            assoc = self._ae(dest).associate(dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title,
+                                             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+        except (OSError, RuntimeError, ValueError) as exc:
+            return SendResult("", SendOutcome.RETRY, None, f"association with {dest} failed: {type(exc).__name__}")
+        if assoc.is_established:
+            self.associations_opened += 1
+            self._held[dest] = assoc
+            return assoc
+        return self._why_not(dest, assoc)
+
+    @staticmethod
+    def _why_not(dest: Destination, assoc: Association) -> SendResult:
+        if assoc.is_rejected:
+            rsp: Any = assoc.acceptor.primitive
+            result = getattr(rsp, "result", None)
+            reason = f"{getattr(rsp, 'result_str', '?')}, {getattr(rsp, 'source_str', '?')}: " \
+                     f"{getattr(rsp, 'reason_str', '?')}"
+            outcome = SendOutcome.PERMANENT if result == 0x01 else SendOutcome.RETRY
+            return SendResult("", outcome, None, f"association rejected by {dest} ({reason})")
+        if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
+            return SendResult("", SendOutcome.PERMANENT, None,
+                              f"{dest} accepted none of the presentation contexts proposed")
+        if assoc.is_aborted:
+            return SendResult("", SendOutcome.RETRY, None, f"no association with {dest} (refused or aborted)")
+        return SendResult("", SendOutcome.RETRY, None, f"could not connect to {dest}")
+
+    def _send_group(self, dest: Destination, group: Sequence[tuple[UID, UID]],
+                    todo: Sequence[tuple[int, Dataset]], results: list[SendResult | None]) -> None:
+        if not todo:
+            return
+        got = self._association(dest, group)
+        if isinstance(got, SendResult):
+            for i, ds in todo:
+                results[i] = SendResult(str(ds.SOPInstanceUID), got.outcome, None, got.error)
+            return
+        assoc = got
+        accepted = self._accepted(assoc)
+        lost: str | None = None
+        for n, (i, ds) in enumerate(todo):
+            uid = str(ds.SOPInstanceUID)
+            pair = _pair(ds)
+            if lost is not None:
+                results[i] = SendResult(uid, SendOutcome.RETRY, None, lost)
+                continue
+            cx = accepted.get(pair) if pair else None
+            if cx is None:
+                results[i] = SendResult(
+                    uid, SendOutcome.PERMANENT, None,
+                    f"{dest} did not accept {pair[0].name if pair else '?'} in "
+                    f"{pair[1].name if pair else '?'} (not re-encoded)")
+                continue
+            try:
+                status = assoc.send_c_store(ds, msg_id=(n % 65535) + 1)
+            except ValueError as exc:  # pynetdicom could not encode it: retrying will not help
+                results[i] = SendResult(uid, SendOutcome.PERMANENT, None, f"cannot encode: {exc}"[:200])
+                continue
+            except (OSError, RuntimeError) as exc:
+                lost = f"association with {dest} lost: {type(exc).__name__}"
+                results[i] = SendResult(uid, SendOutcome.RETRY, None, lost)
+                continue
+            results[i] = classify_status(uid, status)
+            if not assoc.is_established:
+                lost = f"association with {dest} ended during the batch"
+        if lost is not None or not assoc.is_established:
+            self._drop(dest)

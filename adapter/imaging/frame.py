@@ -1,0 +1,165 @@
+"""What the DICOM bridge needs to know about a stored JPEG or PNG before wrapping it, read from
+the bytes alone (no decoding): the JPEG frame header and colour model, the EXIF Orientation the
+stored photo carries, and the JPEG stream without any EXIF for encapsulation.
+
+Sources: ITU-T T.81 B.2.2 (frame header: P, Y, X, Nf, then Ci/Hi/Vi/Tqi per component) and
+Table B.1 (SOFn processes); libjpeg ``jdapimin.c`` ``default_decompress_parms`` for the
+colour-space rules a decoder applies (JFIF → YCbCr; Adobe APP14 transform 0 → RGB/CMYK, 1 → YCbCr,
+2 → YCCK; else component ids ``R``,``G``,``B`` → RGB); PNG (Third Edition) §11.2.1 IHDR and
+§11.3.4.2 (eXIf); standards.md §4.5 and §5.3.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from adapter.errors import UndecodableImage
+from adapter.imaging.exif import parse_exif
+from adapter.imaging.jpeg import APP0, APP1, APP14, SOF_MARKERS, strip_jpeg, walk
+from adapter.imaging.png import walk as walk_png
+from adapter.imaging.sniff import JPEG, PNG, check_declared
+
+SOF0 = 0xC0       # baseline DCT, Huffman: the only process the JPEG Baseline TS (…4.50) allows
+_EXIF = b"Exif\x00"
+_JFIF = b"JFIF\x00"
+_ADOBE = b"Adobe"
+
+
+@dataclass(frozen=True, slots=True)
+class JpegFrameInfo:
+    """The frame header of a JPEG stream and how a decoder will interpret its components.
+
+    ``colour`` is ``GREY`` (1 component), ``YBR`` (YCbCr), ``RGB`` (no colour transform),
+    ``CMYK`` or ``YCCK`` (4 components), or ``OTHER``. ``sampling`` holds (H, V) per component.
+    """
+
+    sof: int
+    precision: int
+    width: int
+    height: int
+    components: int
+    component_ids: tuple[int, ...]
+    sampling: tuple[tuple[int, int], ...]
+    jfif: bool
+    adobe_transform: int | None
+    colour: str
+
+    @property
+    def baseline(self) -> bool:
+        """True when the stream may go into the JPEG Baseline (Process 1) transfer syntax
+        as-is: SOF0, 8-bit samples (T.81 Table B.1), 1 or 3 components (PS3.5 8.2.1)."""
+        return self.sof == SOF0 and self.precision == 8 and self.colour in ("GREY", "YBR", "RGB")
+
+    @property
+    def progressive(self) -> bool:
+        return self.sof in (0xC2, 0xC6, 0xCA, 0xCE)
+
+
+def jpeg_frame_info(data: bytes) -> JpegFrameInfo:
+    """Read the frame header and colour signalling of a JPEG (no decoding).
+
+    Raises:
+        UndecodableImage: the stream is broken (see :func:`adapter.imaging.jpeg.walk`).
+    """
+    layout = walk(data)
+    jfif = False
+    adobe: int | None = None
+    sof: tuple[int, int, int] | None = None
+    for seg in layout.segments:
+        payload = data[seg.start + 4:seg.end]
+        if seg.marker == APP0 and payload[:5] == _JFIF:
+            jfif = True
+        elif seg.marker == APP14 and payload[:5] == _ADOBE and len(payload) >= 12 and adobe is None:
+            adobe = payload[11]
+        elif seg.marker in SOF_MARKERS and sof is None:
+            sof = (seg.marker, seg.start, seg.end)
+    if sof is None:  # walk() refuses a stream without a frame header; kept for the type checker
+        raise UndecodableImage("JPEG has no frame header")
+    marker, start, _end = sof
+    precision, height, width, count = struct.unpack_from(">BHHB", data, start + 4)
+    ids: list[int] = []
+    sampling: list[tuple[int, int]] = []
+    for i in range(count):
+        cid, hv = data[start + 10 + 3 * i], data[start + 11 + 3 * i]
+        ids.append(cid)
+        sampling.append((hv >> 4, hv & 0x0F))
+    return JpegFrameInfo(sof=marker, precision=precision, width=width, height=height, components=count,
+                         component_ids=tuple(ids), sampling=tuple(sampling), jfif=jfif,
+                         adobe_transform=adobe, colour=_colour(count, tuple(ids), jfif, adobe))
+
+
+def _colour(count: int, ids: tuple[int, ...], jfif: bool, adobe: int | None) -> str:
+    """libjpeg's default colour space for the stream (jdapimin.c default_decompress_parms)."""
+    if count == 1:
+        return "GREY"
+    if count == 3:
+        if jfif:
+            return "YBR"
+        if adobe is not None:
+            return "RGB" if adobe == 0 else "YBR"
+        if ids == (0x52, 0x47, 0x42):  # 'R', 'G', 'B'
+            return "RGB"
+        return "YBR"
+    if count == 4:
+        return "YCCK" if adobe == 2 else "CMYK"
+    return "OTHER"
+
+
+def read_orientation(data: bytes, content_type: str) -> int | None:
+    """The EXIF Orientation (1..8) a stored JPEG (APP1 Exif) or PNG (eXIf) carries, or None.
+
+    Ingest keeps an Orientation-only EXIF when the upload's Orientation was not 1
+    (:func:`adapter.imaging.sanitize`), so this is how the stored bytes say how to display them.
+    """
+    kind = check_declared(data, content_type)
+    if kind == JPEG:
+        layout = walk(data)
+        for seg in layout.segments:
+            payload = data[seg.start + 4:seg.end]
+            if seg.marker == APP1 and payload[:5] == _EXIF:
+                return parse_exif(payload[6:]).orientation
+        return None
+    assert kind == PNG
+    for chunk in walk_png(data).chunks:
+        if chunk.type == b"eXIf":
+            return parse_exif(data[chunk.start + 8:chunk.end - 4]).orientation
+    return None
+
+
+def jpeg_for_encapsulation(data: bytes) -> bytes:
+    """The JPEG stream to put into DICOM pixel data: :func:`strip_jpeg`'s result (JFIF without
+    thumbnail, ICC profile, Adobe APP14 and the decoding segments; every other APPn, COM and
+    anything after EOI dropped) **without** the Orientation-only EXIF either. DICOM has no
+    EXIF (standards.md §5.3): orientation is applied before wrapping, and a stray Orientation
+    inside a frame would make JPEG-aware viewers rotate it a second time.
+
+    For an ingest-stored JPEG whose Orientation was 1 this returns the stored bytes unchanged;
+    the entropy-coded data is never touched.
+    """
+    stripped = strip_jpeg(data).data
+    layout = walk(stripped)
+    view = memoryview(stripped)
+    parts: list[bytes | memoryview] = [b"\xff\xd8"]
+    changed = False
+    for seg in layout.segments:
+        payload = view[seg.start + 4:seg.end]
+        if seg.marker == APP1 and payload[:5] == _EXIF:
+            changed = True
+            continue
+        parts.append(view[seg.start:seg.end])
+    if not changed:
+        return stripped
+    parts.append(b"\xff\xd9")
+    return b"".join(parts)
+
+
+def png_bit_depth(data: bytes) -> tuple[int, int]:
+    """``(bit depth, colour type)`` from IHDR (PNG §11.2.1)."""
+    layout = walk_png(data)
+    ihdr = layout.chunks[0]
+    depth, colour_type = struct.unpack_from(">BB", data, ihdr.start + 16)
+    return int(depth), int(colour_type)
+
+
+__all__ = ["JpegFrameInfo", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]

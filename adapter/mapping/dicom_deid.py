@@ -1,0 +1,316 @@
+"""De-identified (TRAIN) and pseudonymised (HRESCH) copies of a DICOM dataset, following the
+PS3.15 Annex E Basic Application Level Confidentiality Profile (Table E.1-1) and its options.
+
+Both functions return a new dataset and never change their input.
+
+What is done (the attribute lists are below; actions as in Table E.1-1):
+
+* **Z** (emptied, kept because the IODs need them as Type 2): PatientName, PatientID,
+  PatientBirthDate, PatientSex, ReferringPhysicianName, AccessionNumber, StudyID, and, unless
+  dates are retained, StudyDate/Time and ContentDate (ContentTime is removed: it is Type 1C in
+  VL Image, so present means non-empty). AcquisitionContextSequence (Type 2
+  in VL Photographic) is emptied rather than removed.
+* **X** (removed): every attribute of :data:`BASIC_PROFILE_REMOVE` (other patient IDs/names,
+  issuer of patient ID, patient demographics, physicians, operators, institution and
+  department, station, device serials and IDs, software versions, request/order/visit
+  attributes, descriptions, comments, DerivationDescription, content creator, SR participants,
+  clinical trial identifiers, digital signatures, original/modified attribute sequences…);
+  every other **PN** element (a name is identifying wherever it appears); every **LT/ST/UT**
+  element (free text); overlays (60xx) and curves (50xx); all **private** elements; the file
+  meta's AE titles. Unless dates are retained, every other DA/TM/DT element and
+  TimezoneOffsetFromUTC (kept with the dates: it gives them their zone).
+* **U** (replaced consistently): every UI value that is not a well-known DICOM UID (SOP
+  classes, transfer syntaxes, coding schemes stay) — Study, Series, SOP Instance, Frame of
+  Reference, referenced instances, InstanceCreatorUID… — through
+  :func:`adapter.mapping.dicom_uids.keyed_uid`: HMAC-SHA256 under the caller's key, so one input
+  UID always gives one output UID (study/series structure and references survive across
+  objects) and nobody without the key can recompute it. TRAIN and HRESCH use different
+  contexts, so their copies cannot be linked to each other by UID.
+* **Pixel data** is never changed and never cleaned. Encapsulated JPEG frames lose every APPn
+  segment but JFIF/ICC/Adobe and every COM (lossless segment surgery; e.g. EXIF/GPS that
+  ``img2dcm -ka`` copies into frames).
+* Then PatientIdentityRemoved YES, DeidentificationMethod (text),
+  DeidentificationMethodCodeSequence (CID 7050), LongitudinalTemporalInformationModified.
+
+Decisions:
+
+* **BurnedInAnnotation must be NO** (fail closed): when it is YES *or absent* the pixels may show
+  a name or an ID that no attribute rule can remove, so claiming "identity removed" would be
+  false. :class:`~adapter.errors.BusinessRuleViolation` is raised. Photographed documents and
+  secondary images (films, screens) are written with YES and so are never released this way.
+  An Encapsulated Document (PDF) is refused the same way: its content cannot be cleaned.
+* **RecognizableVisualFeatures** is kept as it is (YES for clinical photos): the Clean
+  Recognizable Visual Features option (113102) is not claimed; releasing a recognisable photo
+  for TRAIN/HRESCH rests on the patient's explicit consent, checked before this is called.
+* **TRAIN** (:func:`deidentify`): Basic Profile only (113100); dates removed
+  (LongitudinalTemporalInformationModified REMOVED), like the FHIR de-identified view, which
+  keeps only the year (a DICOM DA cannot hold only a year).
+* **HRESCH** (:func:`pseudonymise`): Basic Profile + Retain Longitudinal Temporal Information
+  Full Dates (113100, 113106), like the FHIR pseudonymised view, which keeps dates;
+  PatientID = the keyed pseudonym the FHIR view uses, IssuerOfPatientID = the pseudonym
+  system, PatientName = ``<pseudonym>^`` (so a PACS shows something that is not a name).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+from adapter.errors import BusinessRuleViolation, InvalidInput
+from adapter.imaging import jpeg_for_encapsulation
+from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
+
+TRAIN_CONTEXT = "deidentified"
+HRESCH_CONTEXT = "pseudonymised"
+
+#: Table E.1-1 attributes emptied (Type 2 in the IODs we write or commonly receive).
+BASIC_PROFILE_ZERO = frozenset({
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
+    "AccessionNumber", "StudyID", "AcquisitionContextSequence",
+})
+#: Dates emptied (Type 2 / 2C) unless dates are retained (113106).
+DATES_ZERO = frozenset({"StudyDate", "StudyTime", "ContentDate"})
+#: Table E.1-1 attributes removed (the ones the adapter's objects, typical VL/SC objects from a
+#: PACS, and their sequences can carry). Generic rules add PN, LT/ST/UT, dates, private tags.
+BASIC_PROFILE_REMOVE = frozenset({
+    # patient
+    "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "PatientBirthName",
+    "PatientBirthTime", "PatientAge", "PatientSize", "PatientWeight", "PatientAddress",
+    "PatientMotherBirthName", "MilitaryRank", "BranchOfService", "MedicalRecordLocator",
+    "MedicalAlerts", "Allergies", "CountryOfResidence", "RegionOfResidence", "PatientTelephoneNumbers",
+    "PatientTelecomInformation", "EthnicGroup", "Occupation", "SmokingStatus",
+    "AdditionalPatientHistory", "PregnancyStatus", "LastMenstrualDate", "PatientReligiousPreference",
+    "PatientComments", "ResponsiblePerson", "ResponsiblePersonRole", "ResponsibleOrganization",
+    "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "PatientInsurancePlanCodeSequence",
+    "PatientPrimaryLanguageCodeSequence", "PatientState", "PatientInstitutionResidence",
+    "CurrentPatientLocation", "ReferencedPatientSequence", "ReferencedPatientPhotoSequence",
+    "PersonTelephoneNumbers", "PersonAddress", "PatientSexNeutered",
+    # study, visit, request, procedure
+    "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
+    "ReferringPhysicianIdentificationSequence", "PhysiciansOfRecord",
+    "PhysiciansOfRecordIdentificationSequence", "NameOfPhysiciansReadingStudy",
+    "PhysiciansReadingStudyIdentificationSequence", "RequestingPhysician", "RequestingService",
+    "ReferencedStudySequence", "StudyDescription", "AdmittingDiagnosesDescription",
+    "AdmittingDiagnosesCodeSequence", "AdmissionID", "IssuerOfAdmissionIDSequence", "ServiceEpisodeID",
+    "ServiceEpisodeDescription", "IssuerOfServiceEpisodeIDSequence", "VisitComments",
+    "DischargeDiagnosisDescription", "RequestAttributesSequence", "RequestedProcedureID",
+    "RequestedProcedureDescription", "ReasonForStudy", "ReasonForTheRequestedProcedure",
+    "RequestedProcedureComments", "ImagingServiceRequestComments",
+    "ReferencedPerformedProcedureStepSequence", "PerformedProcedureStepID",
+    "PerformedProcedureStepDescription", "ScheduledPerformingPhysicianName", "OrderEnteredBy",
+    "OrderEntererLocation", "OrderCallbackPhoneNumber", "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest", "ConsultingPhysicianName",
+    "ConsultingPhysicianIdentificationSequence", "IssuerOfAccessionNumberSequence",
+    "ScheduledProcedureStepDescription", "ScheduledStationName", "ScheduledStationAETitle",
+    "ScheduledProcedureStepLocation", "ScheduledProcedureStepID", "PatientTransportArrangements",
+    "StudyIDIssuer", "InterpretationIDIssuer", "ResultsIDIssuer", "DistributionName",
+    "DistributionAddress", "PhysicianApprovingInterpretation", "InterpretationRecorder",
+    "InterpretationTranscriber", "InterpretationAuthor",
+    # series, equipment
+    "SeriesDescription", "OperatorsName", "OperatorIdentificationSequence", "PerformingPhysicianName",
+    "PerformingPhysicianIdentificationSequence", "ProtocolName", "PerformedLocation",
+    "PerformedStationName", "PerformedStationAETitle", "StationAETitle", "InstitutionName",
+    "InstitutionAddress", "InstitutionalDepartmentName", "InstitutionCodeSequence",
+    "InstitutionalDepartmentTypeCodeSequence", "StationName", "DeviceSerialNumber", "DetectorID",
+    "PlateID", "CassetteID", "GantryID", "GeneratorID", "SecondaryCaptureDeviceID", "SoftwareVersions",
+    "ContributingEquipmentSequence",
+    # image, content, SR, trial, integrity
+    "ImageComments", "DerivationDescription", "IconImageSequence", "FrameComments",
+    "AcquisitionComments", "TextComments", "DigitalSignaturesSequence", "MACParametersSequence",
+    "OriginalAttributesSequence", "ModifiedAttributesSequence", "ContentCreatorName",
+    "ContentCreatorIdentificationCodeSequence", "AuthorObserverSequence", "ParticipantSequence",
+    "VerifyingObserverSequence", "VerifyingObserverName", "VerifyingOrganization", "ContentSequence",
+    "DocumentTitle", "ReviewerName", "HumanPerformerName", "HumanPerformerOrganization", "EvaluatorName",
+    "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialSiteID", "ClinicalTrialSiteName",
+    "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID", "ClinicalTrialTimePointID",
+    "ClinicalTrialCoordinatingCenterName", "ConsentForClinicalTrialUseSequence", "DataSetTrailingPadding",
+})
+#: Removed with the dates unless they are retained (it is what gives DA/TM values a zone).
+DATES_REMOVE = frozenset({"TimezoneOffsetFromUTC"})
+#: UI attributes that name a *kind* of thing (class, syntax, scheme), never an instance: kept.
+KEEP_UIDS = frozenset({
+    "SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID",
+    "ImplementationClassUID", "CodingSchemeUID", "ContextGroupExtensionCreatorUID", "ContextUID",
+    "MappingResourceUID", "RelatedGeneralSOPClassUID", "OriginalSpecializedSOPClassUID",
+    "ReferencedSOPClassUIDInFile", "ReferencedTransferSyntaxUIDInFile", "AffectedSOPClassUID",
+    "RequestedSOPClassUID", "SOPClassesInStudy", "PrivateInformationCreatorUID",
+})
+#: File meta elements removed (they name the sending/receiving application entities).
+_META_REMOVE = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
+                "ReceivingApplicationEntityTitle", "PrivateInformationCreatorUID", "PrivateInformation")
+_FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+_DATE_VRS = frozenset({"DA", "TM", "DT"})
+_JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                            "1.2.840.10008.1.2.4.70"})
+_PSEUDONYM_OK = re.compile(r"^[^\\\x00-\x1f]{1,64}$")
+
+# CID 7050 De-identification Method (DCM), meanings as in PS3.16.
+DCM_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
+DCM_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Full Dates Option")
+
+
+def deidentify(ds: Dataset, *, uid_root: str, key: bytes) -> Dataset:
+    """The TRAIN copy: PS3.15 Basic Profile, dates removed, UIDs replaced consistently
+    (module docstring).
+
+    Raises:
+        BusinessRuleViolation: BurnedInAnnotation is not NO, or the object is an
+            Encapsulated Document.
+        ConfigurationError: ``uid_root`` is not a usable root or ``key`` is empty.
+    """
+    out = _basic(ds, uid_root=uid_root, key=key, context=TRAIN_CONTEXT, keep_dates=False)
+    out.PatientIdentityRemoved = "YES"
+    out.LongitudinalTemporalInformationModified = "REMOVED"
+    _method(out, [DCM_BASIC_PROFILE])
+    return out
+
+
+def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root: str, key: bytes) -> Dataset:
+    """The HRESCH copy: Basic Profile with full dates retained, PatientID = ``pseudonym``
+    (the keyed pseudonym the FHIR pseudonymised view shows), IssuerOfPatientID =
+    ``pseudonym_issuer`` (the pseudonym identifier system), PatientName = ``pseudonym``.
+
+    Raises:
+        BusinessRuleViolation: as :func:`deidentify`.
+        InvalidInput: ``pseudonym`` or ``pseudonym_issuer`` cannot be a LO value.
+        ConfigurationError: as :func:`deidentify`.
+    """
+    for name, value in (("pseudonym", pseudonym), ("pseudonym_issuer", pseudonym_issuer)):
+        if not _PSEUDONYM_OK.match(value):
+            raise InvalidInput(f"{name} cannot be a DICOM LO value (1..64 characters, no backslash)")
+    out = _basic(ds, uid_root=uid_root, key=key, context=HRESCH_CONTEXT, keep_dates=True)
+    out.PatientID = pseudonym
+    out.IssuerOfPatientID = pseudonym_issuer
+    # family name = the pseudonym; the "^" keeps dciodvfy from reading a one-component name as
+    # the retired (pre-1993) PN form
+    out.PatientName = f"{pseudonym}^"
+    out.PatientIdentityRemoved = "YES"
+    out.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    _method(out, [DCM_BASIC_PROFILE, DCM_RETAIN_FULL_DATES])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _refuse_uncleanable(ds: Dataset) -> None:
+    if "EncapsulatedDocument" in ds:
+        raise BusinessRuleViolation("an encapsulated document cannot be de-identified: its content "
+                                    "is not cleaned", expression="(0042,0011) EncapsulatedDocument")
+    burned = ds.get("BurnedInAnnotation")
+    if burned != "NO":
+        raise BusinessRuleViolation(
+            "the image may show identifying text in its pixels (BurnedInAnnotation is "
+            f"{'absent' if burned is None else repr(str(burned))}); it is not released de-identified",
+            expression="(0028,0301) BurnedInAnnotation")
+
+
+def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: bool) -> Dataset:
+    check_uid_root(uid_root)
+    _refuse_uncleanable(ds)
+    out = copy.deepcopy(ds)
+    mapper = _UidMapper(uid_root, key, context)
+    out.remove_private_tags()
+    _clean(out, mapper, keep_dates=keep_dates)
+    _clean_frames(out)
+    meta = getattr(out, "file_meta", None)
+    if meta is not None:
+        for keyword in _META_REMOVE:
+            if keyword in meta:
+                delattr(meta, keyword)
+        if "SOPInstanceUID" in out:
+            meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    return out
+
+
+class _UidMapper:
+    __slots__ = ("_cache", "_context", "_key", "_root")
+
+    def __init__(self, root: str, key: bytes, context: str) -> None:
+        self._root, self._key, self._context = root, key, context
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, uid: str) -> str:
+        uid = str(uid).strip("\x00 ")
+        if not uid or UID(uid).type:  # a well-known UID (SOP class, transfer syntax, scheme…)
+            return uid
+        if uid not in self._cache:
+            self._cache[uid] = keyed_uid(self._root, self._key, uid, context=self._context)
+        return self._cache[uid]
+
+
+def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool) -> None:
+    """Apply the rules to ``ds`` and, recursively, to every sequence item."""
+    for tag in list(ds.keys()):
+        elem = ds[tag]
+        keyword = elem.keyword
+        group = BaseTag(tag).group
+        if 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and group % 2 == 0):
+            del ds[tag]  # curves and overlays (Table E.1-1: X)
+        elif keyword in BASIC_PROFILE_ZERO or (not keep_dates and keyword in DATES_ZERO):
+            _empty(ds, elem)
+        elif _removed(elem, keep_dates=keep_dates):
+            del ds[tag]
+        elif elem.VR == "UI" and keyword not in KEEP_UIDS and elem.value:
+            if elem.VM > 1:
+                elem.value = [UID(mapper(v)) for v in elem.value]
+            else:
+                elem.value = UID(mapper(elem.value))
+        elif elem.VR == "SQ":
+            for item in elem.value:
+                _clean(item, mapper, keep_dates=keep_dates)
+
+
+def _removed(elem: DataElement, *, keep_dates: bool) -> bool:
+    """X: listed, or a name, free text, or (dates not retained) a date/time or the zone."""
+    keyword = elem.keyword
+    if keyword in BASIC_PROFILE_REMOVE or elem.VR == "PN" or elem.VR in _FREE_TEXT_VRS:
+        return True
+    return not keep_dates and (keyword in DATES_REMOVE or elem.VR in _DATE_VRS)
+
+
+def _empty(ds: Dataset, elem: DataElement) -> None:
+    if elem.VR == "SQ":
+        ds[elem.tag].value = Sequence()
+    else:
+        ds[elem.tag].value = ""
+
+
+def _clean_frames(ds: Dataset) -> None:
+    """Lossless APPn/COM removal from encapsulated JPEG frames (module docstring)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "")) if meta is not None else ""
+    if syntax not in _JPEG_SYNTAXES or "PixelData" not in ds:
+        return
+    frames = int(ds.get("NumberOfFrames") or 1)
+    originals = [bytes(f) for f in generate_frames(ds.PixelData, number_of_frames=frames)]
+    cleaned = [jpeg_for_encapsulation(f) for f in originals]
+    if all(c == o[:len(c)] and not o[len(c):].strip(b"\x00") for c, o in zip(cleaned, originals, strict=True)):
+        return  # nothing to cut (only trailing padding differs): keep the pixel data as it was
+    ds.PixelData = encapsulate(cleaned)
+    ds["PixelData"].VR = "OB"
+
+
+def _method(ds: Dataset, codes: list[tuple[str, str]]) -> None:
+    ds.DeidentificationMethod = [meaning[:64] for _, meaning in codes]
+    items = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+
+
+__all__ = [
+    "BASIC_PROFILE_REMOVE", "BASIC_PROFILE_ZERO", "DATES_REMOVE", "DATES_ZERO", "HRESCH_CONTEXT", "KEEP_UIDS", "TRAIN_CONTEXT",
+    "deidentify", "pseudonymise",
+]

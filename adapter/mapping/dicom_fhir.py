@@ -1,0 +1,434 @@
+"""A received DICOM object → what the adapter knows about it (:class:`ReceivedObject`), the
+image for its Binary (:func:`extract_image`) and its R4 resources (:func:`received_to_fhir`).
+
+Mapping (standards.md §4.8): PatientID + IssuerOfPatientID → subject identifier through
+mappings/dicom.yaml; SOP Instance, Study and Series UIDs → identifiers ``urn:dicom:uid`` /
+``urn:oid:<uid>``; Modality → Media.modality (DCM); AnatomicRegionSequence (SCT) and
+ImageLaterality → bodySite; acquisition time → createdDateTime; Manufacturer + model →
+deviceName; Rows/Columns → height/width; the calling AE and InstitutionName → Provenance.
+
+Decisions:
+
+* **Kind** from the SOP class, then (SC) ConversionType and Modality (mappings/dicom.yaml
+  ``receive``). A SOP class not listed is refused (NotSupported).
+* **Time.** createdDateTime = AcquisitionDateTime, else ContentDate+ContentTime, else
+  AcquisitionDate+AcquisitionTime, else ContentDate alone. The zone is the DT value's own
+  offset, else TimezoneOffsetFromUTC; without one the datetime stays naive, which the R4
+  builders write with date precision (adapter.mapping.fhir_r4: a zone is never guessed).
+* **Binary.** JPEG Baseline: the first frame's JPEG stream as received (no re-encoding); only
+  APPn/COM metadata segments are cut out (lossless segment surgery, as for uploads: EXIF/XMP
+  copied into a frame must not reach FHIR). Native (uncompressed) pixel data: a lossless PNG of
+  frame 1. Encapsulated PDF: the PDF bytes (``application/pdf``). Other transfer syntaxes
+  (JPEG 2000, JPEG-LS, RLE, lossless JPEG…) are refused (NotSupported): the SCP should not
+  accept them for these SOP classes. A multi-frame object gives frame 1 as the Binary and a
+  note saying so; keeping the whole object is the store's decision (as the record's original).
+* **Provenance.** The record built by adapter.mapping.photo (enterer = the adapter), plus a
+  transmitter agent ``AE <calling AE>`` on behalf of InstitutionName, an ``author`` agent per
+  OperatorsName (display only, on behalf of InstitutionName), and a ``source`` entity naming the
+  SOP Instance UID; the SHA-256 source entity identifies the object as received. The
+  transmitter's type is DCM 110153 "Source Role ID" (text "Transmitter"), as IHE BALP types the
+  sender of a transfer: provenance-participant-type#transmitter is not in the R4 4.0.1 code
+  system and the R4 validators reject it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, NamedTuple
+
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+)
+from pydicom.valuerep import DA, DT, TM
+
+from adapter.errors import InvalidInput, NotSupported, RequiredElementMissing, UndecodableImage
+from adapter.imaging import JPEG, PNG, Pixels, encode_png, jpeg_for_encapsulation
+from adapter.mapping.codes import DCM, DICOM_UID_SYSTEM, EXT_LATERALITY, PROVENANCE_PARTICIPANT_TYPE, SNOMED
+from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_uids import is_valid_uid
+from adapter.mapping.fhir_r4 import JSON, coding, concept, display_reference, extension
+from adapter.mapping.photo import PhotoResources, build_photo_resources
+from adapter.mapping.tables import Tables
+from adapter.model.image import StoredImage
+from adapter.model.photo import Identifier, Laterality, PatientRef, PhotoKind, PhotoMetadata
+
+PDF = "application/pdf"
+_NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
+_DICOM_LATERALITY = {"R": Laterality.RIGHT, "L": Laterality.LEFT, "B": Laterality.BILATERAL}
+# The sending AE's agent type. provenance-participant-type#transmitter (standards.md §2.5) is not
+# in the R4 4.0.1 code system (the validators reject it; adapter.mapping.provenance avoids it too);
+# DICOM's "Source Role ID" is what IHE BALP uses for the sender of a transfer.
+DCM_SOURCE_ROLE = ("110153", "Source Role ID")
+_IDENTIFIER_TYPES = (("sop_instance_uid", "SOP Instance UID"), ("study_uid", "Study Instance UID"),
+                     ("series_uid", "Series Instance UID"))
+
+
+@dataclass(frozen=True)
+class ReceivedObject:
+    """What a received DICOM object tells the adapter (no pixel data)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    kind: PhotoKind
+    patient: Identifier
+    calling_ae: str
+    modality: str | None
+    body_site: str | None              # SNOMED CT code (AnatomicRegionSequence, scheme SCT)
+    body_site_meaning: str | None
+    laterality: Laterality | None
+    created: datetime | None           # aware when the object gives a zone, else naive
+    manufacturer: str | None
+    model: str | None
+    institution: str | None
+    operators: tuple[str, ...]
+    number_of_frames: int
+    rows: int | None
+    columns: int | None
+    transfer_syntax: str | None
+    photometric: str | None
+    title: str | None                  # DocumentTitle of an encapsulated document
+
+    @property
+    def device_name(self) -> str | None:
+        """Manufacturer and model, as Media.deviceName."""
+        name = " ".join(p for p in (self.manufacturer, self.model) if p)
+        return name or None
+
+
+class ExtractedImage(NamedTuple):
+    """The Binary's bytes and content type (a 2-tuple: ``data, content_type = ...``)."""
+
+    data: bytes
+    content_type: str
+
+
+# ---------------------------------------------------------------------------------------------
+# read
+
+
+def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, tables: Tables) -> ReceivedObject:
+    """Read a received dataset (module docstring).
+
+    Raises:
+        NotSupported: the SOP class is not accepted (mappings/dicom.yaml ``receive``).
+        RequiredElementMissing: no SOP Instance, Study or Series UID, or no PatientID.
+        InvalidInput: a UID that breaks the UID grammar.
+        UnknownCode: the IssuerOfPatientID is missing or unknown and the table refuses it.
+    """
+    sop_class = _text(ds.get("SOPClassUID"))
+    if sop_class is None or sop_class not in dicom_tables.receive.sop_classes:
+        raise NotSupported(f"SOP class {sop_class or '(none)'} is not accepted", expression="(0008,0016) SOPClassUID")
+    uids = {name: _uid(ds, keyword, tag) for name, keyword, tag in (
+        ("sop", "SOPInstanceUID", "(0008,0018)"), ("study", "StudyInstanceUID", "(0020,000D)"),
+        ("series", "SeriesInstanceUID", "(0020,000E)"))}
+    patient = dicom_tables.patient_identifiers.to_fhir(_text(ds.get("PatientID")), _text(ds.get("IssuerOfPatientID")))
+    modality = _text(ds.get("Modality"))
+    kind = dicom_tables.receive.kind_of(sop_class, conversion_type=_text(ds.get("ConversionType")),
+                                        modality=modality)
+    code, meaning, modifier = _anatomy(ds)
+    sc = "SecondaryCaptureDeviceManufacturer" in ds or "SecondaryCaptureDeviceManufacturerModelName" in ds
+    manufacturer = _text(ds.get("SecondaryCaptureDeviceManufacturer" if sc else "Manufacturer"))
+    model = _text(ds.get("SecondaryCaptureDeviceManufacturerModelName" if sc else "ManufacturerModelName"))
+    meta = getattr(ds, "file_meta", None)
+    syntax = _text(meta.get("TransferSyntaxUID")) if meta is not None else None
+    operators = tuple(_person(v) for v in _values(ds.get("OperatorsName")) if _person(v))
+    return ReceivedObject(
+        sop_class_uid=sop_class, sop_instance_uid=uids["sop"], study_uid=uids["study"], series_uid=uids["series"],
+        kind=kind, patient=patient, calling_ae=calling_ae.strip(), modality=modality,
+        body_site=code, body_site_meaning=meaning, laterality=_laterality(ds, modifier),
+        created=_created(ds), manufacturer=manufacturer, model=model,
+        institution=_text(ds.get("InstitutionName")), operators=operators,
+        number_of_frames=_int(ds.get("NumberOfFrames")) or 1, rows=_int(ds.get("Rows")),
+        columns=_int(ds.get("Columns")), transfer_syntax=syntax,
+        photometric=_text(ds.get("PhotometricInterpretation")), title=_text(ds.get("DocumentTitle")))
+
+
+def _element_value(value: Any) -> Any:
+    return value.value if hasattr(value, "value") and hasattr(value, "tag") else value
+
+
+def _text(value: Any) -> str | None:
+    value = _element_value(value)
+    if value is None:
+        return None
+    text = str(value).strip().strip("\x00").strip()
+    return text or None
+
+
+def _values(value: Any) -> list[Any]:
+    value = _element_value(value)
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+
+
+def _int(value: Any) -> int | None:
+    value = _element_value(value)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _uid(ds: Dataset, keyword: str, tag: str) -> str:
+    value = _text(ds.get(keyword))
+    if value is None:
+        raise RequiredElementMissing(f"the object has no {keyword}", expression=f"{tag} {keyword}")
+    if not is_valid_uid(value):
+        raise InvalidInput(f"{keyword} is not a valid UID", expression=f"{tag} {keyword}")
+    return value
+
+
+def _person(value: Any) -> str:
+    """A DICOM PN (PS3.5 6.2: ``Family^Given^Middle^Prefix^Suffix``; the first, alphabetic
+    component group) as display text: ``Prefix Given Middle Family Suffix``."""
+    parts = (str(value).split("=", 1)[0].split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = (p.strip() for p in parts)
+    return " ".join(p for p in (prefix, given, middle, family, suffix) if p)
+
+
+def _anatomy(ds: Dataset) -> tuple[str | None, str | None, str | None]:
+    """(SNOMED code, CodeMeaning, laterality modifier code) of the first AnatomicRegionSequence
+    item coded in SCT (legacy SNOMED-RT "SRT"/"SNM3" codes are ignored)."""
+    for item in ds.get("AnatomicRegionSequence") or []:
+        if _text(item.get("CodingSchemeDesignator")) == "SCT" and _text(item.get("CodeValue")):
+            modifier = None
+            for mod in item.get("AnatomicRegionModifierSequence") or []:
+                if _text(mod.get("CodingSchemeDesignator")) == "SCT":
+                    modifier = _text(mod.get("CodeValue"))
+            return _text(item.get("CodeValue")), _text(item.get("CodeMeaning")), modifier
+    return None, None, None
+
+
+def _laterality(ds: Dataset, modifier: str | None) -> Laterality | None:
+    for keyword in ("ImageLaterality", "Laterality"):
+        side = _text(ds.get(keyword))
+        if side in _DICOM_LATERALITY:
+            return _DICOM_LATERALITY[side]
+    return {"24028007": Laterality.RIGHT, "7771000": Laterality.LEFT,
+            "51440002": Laterality.BILATERAL}.get(modifier or "")
+
+
+def _zone(ds: Dataset) -> timezone | None:
+    offset = _text(ds.get("TimezoneOffsetFromUTC"))
+    if offset is None or len(offset) != 5 or offset[0] not in "+-" or not offset[1:].isdigit():
+        return None
+    delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+    if delta >= timedelta(hours=24):
+        return None
+    return timezone(-delta if offset[0] == "-" else delta)
+
+
+def _created(ds: Dataset) -> datetime | None:
+    """When the image was acquired (module docstring)."""
+    zone = _zone(ds)
+
+    def zoned(moment: datetime) -> datetime:
+        return moment if moment.tzinfo is not None or zone is None else moment.replace(tzinfo=zone)
+
+    try:
+        acquired = _text(ds.get("AcquisitionDateTime"))
+        if acquired and len(acquired) >= 12:
+            return zoned(datetime.fromisoformat(DT(acquired).isoformat()))
+        for date_kw, time_kw in (("ContentDate", "ContentTime"), ("AcquisitionDate", "AcquisitionTime")):
+            day, time = _text(ds.get(date_kw)), _text(ds.get(time_kw))
+            if day and time:
+                d, t = DA(day), TM(time)
+                return zoned(datetime.combine(d, t))
+        day = _text(ds.get("ContentDate"))
+        if day:
+            d = DA(day)
+            return datetime(d.year, d.month, d.day)  # date only: naive on purpose
+    except (ValueError, TypeError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# image
+
+
+def extract_image(ds: Dataset) -> ExtractedImage:
+    """The bytes for the Binary of a received object (module docstring).
+
+    Raises:
+        NotSupported: a transfer syntax or pixel layout without a lossless rendering here.
+        UndecodableImage: pixel data missing, truncated or not a JPEG stream; a PDF that is not one.
+    """
+    if "EncapsulatedDocument" in ds:
+        return _pdf(ds)
+    if "PixelData" not in ds:
+        raise UndecodableImage("the object has no pixel data")
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    frames = _int(ds.get("NumberOfFrames")) or 1
+    if syntax == JPEGBaseline8Bit:
+        try:
+            first = next(generate_frames(ds.PixelData, number_of_frames=frames))
+        except (StopIteration, ValueError) as exc:
+            raise UndecodableImage("the encapsulated pixel data holds no frame") from exc
+        return ExtractedImage(jpeg_for_encapsulation(bytes(first)), JPEG)
+    if syntax in _NATIVE:
+        return ExtractedImage(encode_png(_native_frame(ds)), PNG)
+    raise NotSupported(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",
+                       expression="(0002,0010) TransferSyntaxUID")
+
+
+def _native_frame(ds: Dataset) -> Pixels:
+    rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
+    samples = _int(ds.get("SamplesPerPixel")) or 1
+    bits = _int(ds.get("BitsAllocated")) or 0
+    stored = _int(ds.get("BitsStored")) or bits
+    photometric = _text(ds.get("PhotometricInterpretation")) or ""
+    if (_int(ds.get("PixelRepresentation")) or 0) != 0:
+        raise NotSupported("signed pixel data has no lossless PNG rendering here", expression="(0028,0103)")
+    if bits not in (8, 16) or not 0 < stored <= bits or rows <= 0 or cols <= 0:
+        raise NotSupported(f"{bits}-bit pixel data has no lossless PNG rendering here", expression="(0028,0100)")
+    if not ((samples == 3 and photometric == "RGB" and bits == 8)
+            or (samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"))):
+        raise NotSupported(f"{samples}-sample {photometric} pixel data has no lossless PNG rendering here",
+                           expression="(0028,0004)")
+    size = rows * cols * samples * (bits // 8)
+    raw = bytes(ds.PixelData)
+    if len(raw) < size:
+        raise UndecodableImage("the pixel data is shorter than Rows x Columns x Samples")
+    frame = raw[:size]
+    if samples == 3 and (_int(ds.get("PlanarConfiguration")) or 0) == 1:
+        frame = _interleave(frame, rows * cols)
+    return Pixels(rows=rows, columns=cols, samples=samples, photometric=photometric, bits=bits, data=frame,
+                  bits_stored=stored)
+
+
+def _interleave(planes: bytes, count: int) -> bytes:
+    """Colour-by-plane (RRR…GGG…BBB…) to colour-by-pixel (RGBRGB…), PS3.3 C.7.6.3.1.3."""
+    out = bytearray(len(planes))
+    for i in range(3):
+        out[i::3] = planes[i * count:(i + 1) * count]
+    return bytes(out)
+
+
+def _pdf(ds: Dataset) -> ExtractedImage:
+    """The document of an Encapsulated PDF (PS3.3 C.24.2): EncapsulatedDocumentLength gives the
+    real length when present; otherwise one trailing NUL pad byte is dropped."""
+    mime = _text(ds.get("MIMETypeOfEncapsulatedDocument"))
+    data = bytes(ds.EncapsulatedDocument)
+    length = _int(ds.get("EncapsulatedDocumentLength"))
+    if length is not None and 0 < length <= len(data):
+        data = data[:length]
+    elif data.endswith(b"\x00"):
+        data = data[:-1]
+    if mime != PDF or not data.startswith(b"%PDF-"):
+        raise UndecodableImage("the encapsulated document is not a PDF", expression="(0042,0012)")
+    return ExtractedImage(data, PDF)
+
+
+# ---------------------------------------------------------------------------------------------
+# FHIR
+
+
+def received_to_fhir(received: ReceivedObject, image: ExtractedImage | tuple[bytes, str], *, record_id: str,
+                     binary_id: str, provenance_id: str, received_sha256: str, tables: Tables,
+                     dicom_tables: DicomTables, now: datetime, consent_pending: bool = False) -> PhotoResources:
+    """R4 record (Media, or DocumentReference for documents), Binary and Provenance of a
+    received object, built with adapter.mapping.photo's builders and completed with the DICOM
+    identifiers, modality, body site and the sending AE (module docstring).
+
+    ``received_sha256`` is the SHA-256 of the object as received (the Part 10 bytes).
+    No Consent is created: consent for a received object is the ingest service's decision.
+    """
+    data, content_type = image
+    kind_entry = tables.kinds[received.kind]
+    in_table = received.body_site is not None and received.body_site in tables.body_sites.codes
+    notes: list[str] = []
+    if kind_entry.warning:
+        notes.append(kind_entry.warning)
+    if received.number_of_frames > 1:
+        notes.append(f"Frame 1 of {received.number_of_frames} of the DICOM object "
+                     f"{received.sop_instance_uid} is shown.")
+    title = received.title if received.title else ("PDF document" if content_type == PDF else None)
+    meta = PhotoMetadata(
+        patient=PatientRef(system=received.patient.system, value=received.patient.value),
+        kind=received.kind, source=dicom_tables.receive.source, taken_at=received.created,
+        body_site=received.body_site if in_table else None,
+        laterality=received.laterality if in_table else None, title=title)
+    stored = StoredImage(
+        content_type=content_type, width=received.columns or 0, height=received.rows or 0, size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(), received_sha256=received_sha256,
+        device_name=received.device_name)
+    resources = build_photo_resources(
+        meta, stored, record_id=record_id, binary_id=binary_id, provenance_id=provenance_id, consent_ids=(),
+        assessment_notes=notes, assessment_warnings=(), consent_pending=consent_pending, implied_purposes=(),
+        tables=tables, now=now)
+    record = resources.record
+    record["identifier"] = [*record.get("identifier", []), *dicom_identifiers(received)]
+    if record["resourceType"] == "Media":
+        _media_dicom(record, received, dicom_tables, in_table)
+    _provenance_dicom(resources.provenance, received)
+    return resources
+
+
+def dicom_identifiers(received: ReceivedObject) -> list[JSON]:
+    """The SOP Instance, Study and Series UIDs as identifiers (system ``urn:dicom:uid``,
+    value ``urn:oid:<uid>``, standards.md §4.8), told apart by ``type.text``."""
+    return [{"type": {"text": label}, "system": DICOM_UID_SYSTEM, "value": f"urn:oid:{getattr(received, attr)}"}
+            for attr, label in _IDENTIFIER_TYPES]
+
+
+def _media_dicom(record: JSON, received: ReceivedObject, dicom_tables: DicomTables, in_table: bool) -> None:
+    if received.modality:
+        record["modality"] = concept(coding(DCM, received.modality, dicom_tables.modalities.get(received.modality)))
+    if received.body_site and not in_table:
+        # a SNOMED CT site outside mappings/body_sites.yaml: kept as DICOM coded it
+        site: JSON = {}
+        if received.laterality is not None:
+            side = _laterality_coding(received.laterality)
+            site["extension"] = [extension(EXT_LATERALITY, "Coding", side)]
+        site["coding"] = [coding(SNOMED, received.body_site, received.body_site_meaning)]
+        if received.body_site_meaning:
+            site["text"] = received.body_site_meaning
+        record["bodySite"] = site
+
+
+def _laterality_coding(side: Laterality) -> JSON:
+    codes = {Laterality.RIGHT: ("24028007", "Right"), Laterality.LEFT: ("7771000", "Left"),
+             Laterality.BILATERAL: ("51440002", "Bilateral")}
+    code, display = codes[side]
+    return coding(SNOMED, code, display)
+
+
+def _provenance_dicom(provenance: JSON, received: ReceivedObject) -> None:
+    institution = display_reference(received.institution) if received.institution else None
+    agents: list[JSON] = []
+    for name in received.operators:
+        agents.append(_agent(coding(PROVENANCE_PARTICIPANT_TYPE, "author", "Author"), display_reference(name),
+                             institution))
+    agents.append(_agent(coding(DCM, *DCM_SOURCE_ROLE), display_reference(f"AE {received.calling_ae}"),
+                         institution, text="Transmitter"))
+    provenance["agent"] = [*agents, *provenance.get("agent", [])]
+    provenance["entity"] = [*provenance.get("entity", []), {
+        "role": "source",
+        "what": {"identifier": {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{received.sop_instance_uid}"},
+                 "display": "DICOM SOP instance"},
+    }]
+
+
+def _agent(type_coding: JSON, who: JSON, on_behalf_of: JSON | None, *, text: str | None = None) -> JSON:
+    agent: JSON = {"type": concept(type_coding, text=text), "who": who}
+    if on_behalf_of is not None:
+        agent["onBehalfOf"] = on_behalf_of
+    return agent
+
+
+__all__ = [
+    "PDF", "ExtractedImage", "ReceivedObject", "dicom_identifiers", "extract_image", "read_received",
+    "received_to_fhir",
+]

@@ -1,0 +1,428 @@
+"""A stored photo record (R4 Media / DocumentReference) + its stored bytes → a DICOM Part 10
+dataset: VL Photographic Image for ``clinical`` photos (Modality XC), Secondary Capture for
+``document`` and ``secondary`` photos (mappings/dicom.yaml; standards.md §4.2-4.5).
+
+Modules written (PS3.3 A.33.4 VL Photographic, A.8.1 SC; standards.md §4.3, types §4.4):
+Patient, General Study, General Series, General Equipment (+ SC Equipment), General
+Acquisition, General Image, Image Pixel, VL Image + Acquisition Context or SC Image, SOP Common.
+
+Decisions:
+
+* **Pixels.** A JPEG that the JPEG Baseline transfer syntax can carry (SOF0, 8-bit, 1 or 3
+  components) and that needs no rotation is encapsulated as stored, byte for byte except any
+  EXIF (standards.md §4.5; :func:`adapter.imaging.jpeg_for_encapsulation`): YBR_FULL_422 (or
+  MONOCHROME2 for 1 component, RGB for an Adobe no-transform stream), PlanarConfiguration 0,
+  LossyImageCompression 01, method ISO_10918_1. Everything else is decoded and stored as
+  native, uncompressed Explicit VR Little Endian 8-bit RGB or MONOCHROME2 samples: PNG
+  (lossless), a progressive or otherwise non-baseline JPEG (no DICOM transfer syntax carries a
+  progressive stream, and transcoding one without decoding is impossible), a CMYK JPEG, and any
+  photo whose EXIF Orientation is not 1.
+* **Orientation** (DICOM has no EXIF): applied with an exact transpose of the decoded pixels
+  before wrapping. There is no lossless JPEG rotation here (that needs jpegtran, outside Pillow,
+  and only works on whole MCUs), so a rotated JPEG is stored uncompressed: ImageType DERIVED,
+  DerivationDescription says what happened, LossyImageCompression stays 01 (PS3.3 C.7.6.1.1.5:
+  once lossy, never reset). The frame is ~3 bytes per pixel (a 12 MP photo: 36 MB).
+* **Alpha** is dropped; 16-bit samples are reduced to 8 bits (VL Photographic allows only 8);
+  both are named in DerivationDescription and make the image DERIVED when they change what is
+  shown.
+* **Patient module**: PatientID and IssuerOfPatientID from the record's subject identifier
+  through mappings/dicom.yaml (reverse lookup; an unknown system is refused). PatientName,
+  PatientBirthDate and PatientSex are Type 2 and empty: the adapter owns no demographics.
+* **Study module**: StudyDate/Time = when the photo was taken (createdDateTime, or for a
+  DocumentReference context.period.start / attachment.creation), else when it was filed
+  (issued / date). AccessionNumber, ReferringPhysicianName and StudyID are empty (Type 2).
+* **Times.** DICOM DA/TM have no zone; TimezoneOffsetFromUTC (0008,0201) gives one for the
+  whole dataset. Every date and time is written in the taken time's offset, or UTC when that is
+  unknown or date-only. A date-only taken time (a naive EXIF time, see adapter.mapping.fhir_r4)
+  gives StudyDate/ContentDate with empty StudyTime and no ContentTime. Without any taken time
+  there is no ContentDate/Time and no AcquisitionDateTime (Type 2C/3: not temporally related).
+* **Anatomy**: bodySite's SNOMED coding → AnatomicRegionSequence (SCT, CodeMeaning from
+  mappings/body_sites.yaml), the laterality extension → ImageLaterality (R/L/B), series
+  Laterality R/L (empty for bilateral or unknown: Type 2C, and dciodvfy asks for it when the
+  body part is paired or absent) and an AnatomicRegionModifierSequence item.
+* **Privacy**: RecognizableVisualFeatures from kinds.yaml ``recognizable``; BurnedInAnnotation
+  from mappings/dicom.yaml (documents and screens carry text). Nothing from EXIF except the
+  Orientation is used, so no GPS, serials, owner or capture software can reach the object.
+  OperatorsName and DeviceSerialNumber are never written; no free text from the record is.
+* **Equipment**: :class:`Equipment` (make/model from the camera's structured data) or the
+  record's deviceName as ManufacturerModelName; Manufacturer is Type 2 and empty when unknown.
+  For SC the camera is the secondary-capture device (SC Equipment); General Equipment
+  describes the original (unknown: film, screen or paper). InstitutionName = the policy's
+  organisation unless ``institution`` is given.
+* **Character set**: SpecificCharacterSet ``ISO_IR 192`` (UTF-8) only when a value is not ASCII.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
+
+from adapter.errors import InvalidInput
+from adapter.imaging import (
+    JPEG,
+    Pixels,
+    decode_pixels,
+    jpeg_for_encapsulation,
+    jpeg_frame_info,
+    read_orientation,
+)
+from adapter.imaging.sniff import check_declared
+from adapter.mapping.codes import EXT_LATERALITY, SNOMED
+from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_uids import PhotoUids
+from adapter.mapping.tables import Tables
+from adapter.model.photo import Identifier, PhotoKind
+
+_PHOTOMETRIC_OF_JPEG = {"GREY": "MONOCHROME2", "YBR": "YBR_FULL_422", "RGB": "RGB"}
+_LO_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Equipment:
+    """The capture device as structured data (e.g. EXIF Make and Model kept by the policy)."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Moment:
+    """A FHIR date/dateTime/instant read for DICOM: the calendar date and, when known, the
+    local time of day in ``offset`` (None for a zone-less value)."""
+
+    value: datetime
+    has_time: bool
+    offset: timedelta | None
+
+
+def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *, kind: PhotoKind,
+                   patient: Identifier, uids: PhotoUids, tables: Tables, dicom_tables: DicomTables,
+                   orientation: int | None = None, institution: str | None = None,
+                   equipment: Equipment | None = None, now: datetime) -> Dataset:
+    """The DICOM dataset (with file meta) of a stored photo; see the module docstring.
+
+    ``record`` is the stored R4 Media or DocumentReference; ``image`` its stored bytes (as
+    ingest wrote them); ``orientation`` the EXIF Orientation to apply (default: read from the
+    stored bytes); ``now`` the instance creation time (aware).
+
+    Raises:
+        UnknownCode: the patient identifier system has no IssuerOfPatientID.
+        InvalidInput: the identifier value cannot be a PatientID; ``record`` is not a photo record.
+        UnsupportedMediaType / UndecodableImage: ``image`` is not the JPEG/PNG it claims to be.
+        ValueError: ``now`` is naive.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    rtype = record.get("resourceType")
+    if rtype not in ("Media", "DocumentReference"):
+        raise InvalidInput(f"not a photo record: {rtype!r}", expression="resourceType")
+    iod = dicom_tables.kinds[kind]
+    patient_id, issuer = dicom_tables.patient_identifiers.to_dicom(patient)
+    kind_format = check_declared(image, content_type)
+    if orientation is None:
+        orientation = read_orientation(image, kind_format) or 1
+
+    ds = Dataset()
+    # --- SOP Common (C.12.1)
+    ds.SOPClassUID = UID(iod.sop_class)
+    ds.SOPInstanceUID = UID(uids.sop_instance)
+    # --- Patient (C.7.1.1)
+    ds.PatientName = ""
+    ds.PatientID = patient_id
+    ds.IssuerOfPatientID = issuer
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    # --- General Study (C.7.2.1)
+    ds.StudyInstanceUID = UID(uids.study)
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    # --- General Series (C.7.3.1)
+    ds.Modality = iod.modality
+    ds.SeriesInstanceUID = UID(uids.series)
+    ds.SeriesNumber = iod.series_number
+    # --- General Equipment (C.7.5.1) / SC Equipment (C.8.6.1)
+    model = _lo(equipment.model if equipment and equipment.model else record.get("deviceName"))
+    make = _lo(equipment.manufacturer if equipment else None)
+    org = _lo(institution if institution is not None else tables.policy.organisation.name)
+    if iod.is_secondary_capture:
+        ds.Manufacturer = ""
+        ds.ConversionType = iod.conversion_type
+        if make:
+            ds.SecondaryCaptureDeviceManufacturer = make
+        if model:
+            ds.SecondaryCaptureDeviceManufacturerModelName = model
+    else:
+        ds.Manufacturer = make or ""
+        if model:
+            ds.ManufacturerModelName = model
+    if org:
+        ds.InstitutionName = org
+    # --- General Image (C.7.6.1)
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ""
+    ds.BurnedInAnnotation = iod.burned_in_annotation
+    ds.RecognizableVisualFeatures = "YES" if tables.kinds[kind].recognizable else "NO"
+
+    _set_times(ds, record, now, secondary_capture=iod.is_secondary_capture)
+    _set_anatomy(ds, record, tables)
+    derived, encapsulated = _set_pixels(ds, image, kind_format, orientation)
+
+    if iod.is_secondary_capture:
+        ds.ImageType = ["DERIVED" if derived else "ORIGINAL", "SECONDARY"]
+    else:  # VL Image (C.8.12.1) and Acquisition Context (C.7.6.14)
+        ds.ImageType = ["DERIVED" if derived else "ORIGINAL", "PRIMARY"]
+        ds.AcquisitionContextSequence = Sequence()
+    if _has_non_ascii(ds):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = JPEGBaseline8Bit if encapsulated else ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def encode_dataset(ds: Dataset) -> bytes:
+    """The Part 10 file bytes of ``ds`` (preamble, DICM, file meta, dataset)."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def encounter_key(record: Mapping[str, Any]) -> str | None:
+    """The record's encounter as a string for :func:`adapter.mapping.dicom_uids.photo_uids`:
+    the literal reference, else ``system|value`` of the logical reference."""
+    ref: Any = record.get("encounter")
+    if ref is None and isinstance(record.get("context"), Mapping):
+        encounters = record["context"].get("encounter") or []
+        ref = encounters[0] if encounters else None
+    if not isinstance(ref, Mapping):
+        return None
+    if isinstance(ref.get("reference"), str) and ref["reference"]:
+        return str(ref["reference"])
+    ident = ref.get("identifier")
+    if isinstance(ident, Mapping) and ident.get("value"):
+        return f"{ident.get('system', '')}|{ident['value']}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# pixels
+
+
+def _set_pixels(ds: Dataset, image: bytes, content_type: str, orientation: int) -> tuple[bool, bool]:
+    """Image Pixel module (C.7.6.3) and the lossy-compression attributes.
+
+    Returns (derived, encapsulated)."""
+    jpeg = content_type == JPEG
+    if jpeg:
+        info = jpeg_frame_info(image)
+        if info.baseline and orientation == 1:
+            frame = jpeg_for_encapsulation(image)
+            ds.SamplesPerPixel = 1 if info.colour == "GREY" else 3
+            ds.PhotometricInterpretation = _PHOTOMETRIC_OF_JPEG[info.colour]
+            if ds.SamplesPerPixel == 3:
+                ds.PlanarConfiguration = 0  # CP-1843: JPEG is colour-by-pixel
+            ds.Rows, ds.Columns = info.height, info.width
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+            ds.LossyImageCompression = "01"
+            ds.LossyImageCompressionRatio = _ratio(info.width * info.height * ds.SamplesPerPixel, len(frame))
+            ds.LossyImageCompressionMethod = "ISO_10918_1"
+            ds.PixelData = encapsulate([frame])
+            ds["PixelData"].VR = "OB"
+            return False, True
+    pixels = decode_pixels(image, content_type, orientation=orientation)
+    _set_native(ds, pixels)
+    if jpeg:
+        ds.LossyImageCompression = "01"
+        info = jpeg_frame_info(image)
+        ds.LossyImageCompressionRatio = _ratio(info.width * info.height * pixels.samples, len(image))
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+    else:
+        ds.LossyImageCompression = "00"
+    if pixels.changes:
+        source = "JPEG (ISO 10918-1)" if jpeg else "PNG"
+        ds.DerivationDescription = (f"Decoded from the stored {source}; " + "; ".join(pixels.changes)
+                                    + "; stored uncompressed")[:1024]
+        return True, False
+    return False, False
+
+
+def _set_native(ds: Dataset, pixels: Pixels) -> None:
+    ds.SamplesPerPixel = pixels.samples
+    ds.PhotometricInterpretation = pixels.photometric
+    if pixels.samples == 3:
+        ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = pixels.rows, pixels.columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    data = pixels.data if len(pixels.data) % 2 == 0 else pixels.data + b"\x00"  # PS3.5 8.1.1: even length
+    ds.PixelData = data
+    ds["PixelData"].VR = "OB"
+
+
+def _ratio(uncompressed: int, compressed: int) -> str:
+    """LossyImageCompressionRatio (DS, ≤ 16 characters)."""
+    return f"{uncompressed / max(compressed, 1):.2f}"[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# times
+
+
+def _parse_moment(value: Any) -> _Moment | None:
+    """A FHIR date (full), dateTime or instant; year or year-month precision gives None."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        if len(value) == 10:
+            return _Moment(datetime.fromisoformat(value), False, None)
+        moment = datetime.fromisoformat(value)  # Python 3.11 reads "Z"
+    except ValueError:
+        return None
+    return _Moment(moment, True, moment.utcoffset())
+
+
+def _taken(record: Mapping[str, Any]) -> _Moment | None:
+    if record.get("resourceType") == "Media":
+        return _parse_moment(record.get("createdDateTime"))
+    context = record.get("context")
+    if isinstance(context, Mapping) and isinstance(context.get("period"), Mapping):
+        found = _parse_moment(context["period"].get("start"))
+        if found is not None:
+            return found
+    for content in record.get("content") or []:
+        if isinstance(content, Mapping) and isinstance(content.get("attachment"), Mapping):
+            found = _parse_moment(content["attachment"].get("creation"))
+            if found is not None:
+                return found
+    return None
+
+
+def _filed(record: Mapping[str, Any]) -> _Moment | None:
+    return _parse_moment(record.get("issued" if record.get("resourceType") == "Media" else "date"))
+
+
+def _zone_offset(offset: timedelta) -> str:
+    """TimezoneOffsetFromUTC (SH ``&ZZXX``)."""
+    minutes = int(offset.total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    return f"{sign}{minutes // 60:02d}{minutes % 60:02d}"
+
+
+def _da(moment: datetime) -> str:
+    return moment.strftime("%Y%m%d")
+
+
+def _tm(moment: datetime) -> str:
+    return moment.strftime("%H%M%S") + (f".{moment.microsecond:06d}" if moment.microsecond else "")
+
+
+def _set_times(ds: Dataset, record: Mapping[str, Any], now: datetime, *, secondary_capture: bool) -> None:
+    taken = _taken(record)
+    filed = _filed(record)
+    offset = taken.offset if taken is not None and taken.offset is not None else timedelta(0)
+    zone = timezone(offset)
+
+    def local(m: _Moment) -> datetime:
+        return m.value.astimezone(zone) if m.offset is not None else m.value
+
+    study = taken if taken is not None else filed
+    if study is not None:
+        ds.StudyDate = _da(local(study))
+        ds.StudyTime = _tm(local(study)) if study.has_time and study.offset is not None else ""
+    else:
+        ds.StudyDate, ds.StudyTime = "", ""
+    if taken is not None:
+        ds.ContentDate = _da(local(taken))
+        if taken.has_time and taken.offset is not None:
+            ds.ContentTime = _tm(local(taken))
+            ds.AcquisitionDateTime = _da(local(taken)) + _tm(local(taken)) + _zone_offset(offset)
+    created = now.astimezone(zone)
+    ds.InstanceCreationDate = _da(created)
+    ds.InstanceCreationTime = _tm(created)
+    if secondary_capture:
+        ds.DateOfSecondaryCapture = _da(created)
+        ds.TimeOfSecondaryCapture = _tm(created)
+    ds.TimezoneOffsetFromUTC = _zone_offset(offset)
+
+
+# ---------------------------------------------------------------------------------------------
+# anatomy
+
+
+def _set_anatomy(ds: Dataset, record: Mapping[str, Any], tables: Tables) -> None:
+    site = record.get("bodySite")
+    code: str | None = None
+    meaning: str | None = None
+    side: str | None = None
+    side_code: tuple[str, str] | None = None
+    if isinstance(site, Mapping):
+        for c in site.get("coding") or []:
+            if isinstance(c, Mapping) and c.get("system") == SNOMED and isinstance(c.get("code"), str):
+                code = c["code"]
+                meaning = tables.body_sites.codes.get(code) or c.get("display") or code
+                break
+        for ext in site.get("extension") or []:
+            if isinstance(ext, Mapping) and ext.get("url") == EXT_LATERALITY:
+                lat = ext.get("valueCoding") or {}
+                for entry in tables.body_sites.laterality.values():
+                    if lat.get("code") == entry.code:
+                        side, side_code = entry.dicom, (entry.code, entry.display)
+    if code is not None:
+        item = Dataset()
+        item.CodeValue = code
+        item.CodingSchemeDesignator = "SCT"
+        item.CodeMeaning = _lo(meaning) or code
+        if side_code is not None:
+            modifier = Dataset()
+            modifier.CodeValue = side_code[0]
+            modifier.CodingSchemeDesignator = "SCT"
+            modifier.CodeMeaning = side_code[1]
+            item.AnatomicRegionModifierSequence = Sequence([modifier])
+        ds.AnatomicRegionSequence = Sequence([item])
+    if side is not None:
+        ds.ImageLaterality = side  # series Laterality must then be absent (C.7.3.1 2C condition)
+    else:
+        # Type 2C, empty = unknown: whether the part is paired is not known (dciodvfy wants the
+        # attribute when the body part is paired or absent, and warns about the empty value).
+        ds.Laterality = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# text
+
+
+def _lo(value: Any) -> str:
+    """A value for a LO element: one line, no backslash (the VM separator), ≤ 64 characters."""
+    if not isinstance(value, str):
+        return ""
+    text = "".join(" " if ch in "\\\r\n\t" or ord(ch) < 0x20 else ch for ch in value).strip()
+    return text[:_LO_MAX].rstrip()
+
+
+def _walk_text(ds: Dataset) -> Iterator[str]:
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                yield from _walk_text(item)
+        elif elem.VR in ("LO", "SH", "ST", "LT", "UT", "PN", "UC") and elem.value is not None:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            yield from (str(v) for v in values)
+
+
+def _has_non_ascii(ds: Dataset) -> bool:
+    return any(not text.isascii() for text in _walk_text(ds))
+
+
+__all__ = ["Equipment", "encode_dataset", "encounter_key", "photo_to_dicom"]

@@ -1,0 +1,206 @@
+"""Load and apply mappings/dicom.yaml: patient identifiers (PatientID + IssuerOfPatientID ↔
+FHIR Patient.identifier), photo kind → IOD, and the SOP classes the SCP accepts.
+
+Every problem in the file raises :class:`adapter.errors.PolicyError` naming the element, so a
+bad table stops start-up (as adapter.mapping.tables does for the other tables).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, unquote
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adapter.errors import InvalidInput, PolicyError, RequiredElementMissing, UnknownCode
+from adapter.mapping.tables import _read_yaml, _validate
+from adapter.model.photo import Identifier, PhotoKind, PhotoSource
+
+# PS3.5 9.1: UID components are digits with no leading zero (except "0" itself); ≤ 64 chars.
+UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
+# Conversion Type (0008,0064) defined terms (PS3.3 C.8.6.1, standards.md §4.2).
+CONVERSION_TYPES = frozenset({"DV", "DI", "DF", "WSD", "SD", "SI", "DRW", "SYN"})
+_LO_FORBIDDEN = re.compile(r"[\\\x00-\x1f]")
+
+SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
+MF_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
+VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+_WRITABLE_SOP_CLASSES = frozenset({SC_IMAGE, VL_PHOTOGRAPHIC})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class IssuerEntry(_Strict):
+    issuer: str = Field(min_length=1, max_length=64)
+    system: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _lo(self) -> IssuerEntry:
+        if _LO_FORBIDDEN.search(self.issuer):
+            raise ValueError("issuer must not contain a backslash or control characters (VR LO)")
+        return self
+
+
+class PatientIdentifierTable(_Strict):
+    issuers: list[IssuerEntry] = Field(min_length=1)
+    unknown_issuer: Literal["refuse", "prefix"] = Field("refuse", alias="unknownIssuer")
+    unknown_issuer_prefix: str = Field("urn:dicom:issuer:", alias="unknownIssuerPrefix", min_length=1)
+    missing_issuer: str | None = Field(None, alias="missingIssuer")
+
+    @model_validator(mode="after")
+    def _unique(self) -> PatientIdentifierTable:
+        issuers = [e.issuer for e in self.issuers]
+        systems = [e.system for e in self.issuers]
+        if len(set(issuers)) != len(issuers) or len(set(systems)) != len(systems):
+            raise ValueError("each issuer and each system may appear only once")
+        if self.missing_issuer is not None and self.missing_issuer not in issuers:
+            raise ValueError(f"missingIssuer {self.missing_issuer!r} is not one of the issuers")
+        if self.unknown_issuer == "prefix" and any(s.startswith(self.unknown_issuer_prefix) for s in systems):
+            raise ValueError("a listed system starts with unknownIssuerPrefix: the mapping would be ambiguous")
+        return self
+
+    def to_fhir(self, patient_id: str | None, issuer: str | None) -> Identifier:
+        """Patient.identifier for a received PatientID + IssuerOfPatientID.
+
+        Raises:
+            RequiredElementMissing: no PatientID (expression ``(0010,0020)``).
+            UnknownCode: the issuer is missing or unknown and the table says refuse
+                (expression ``(0010,0021)``).
+        """
+        value = (patient_id or "").strip()
+        if not value:
+            raise RequiredElementMissing("the object has no PatientID: it cannot be matched to a patient",
+                                         expression="(0010,0020) PatientID")
+        name = (issuer or "").strip()
+        if not name:
+            if self.missing_issuer is None:
+                raise UnknownCode("the object has no IssuerOfPatientID and mappings/dicom.yaml assumes none",
+                                  expression="(0010,0021) IssuerOfPatientID")
+            name = self.missing_issuer
+        for entry in self.issuers:
+            if entry.issuer == name:
+                return Identifier(system=entry.system, value=value)
+        if self.unknown_issuer == "prefix":
+            return Identifier(system=self.unknown_issuer_prefix + quote(name, safe=""), value=value)
+        raise UnknownCode(f"IssuerOfPatientID {name!r} is not in mappings/dicom.yaml",
+                          expression="(0010,0021) IssuerOfPatientID")
+
+    def to_dicom(self, patient: Identifier) -> tuple[str, str]:
+        """(PatientID, IssuerOfPatientID) for a FHIR Patient.identifier.
+
+        Raises:
+            UnknownCode: the system has no issuer (expression ``subject.identifier.system``).
+            InvalidInput: the value cannot be a PatientID (VR LO: ≤ 64 characters, no
+                backslash or control characters).
+        """
+        if len(patient.value) > 64 or _LO_FORBIDDEN.search(patient.value):
+            raise InvalidInput("the patient identifier value cannot be a DICOM PatientID "
+                               "(at most 64 characters, no backslash or control characters)",
+                               expression="subject.identifier.value")
+        for entry in self.issuers:
+            if entry.system == patient.system:
+                return patient.value, entry.issuer
+        if self.unknown_issuer == "prefix" and patient.system.startswith(self.unknown_issuer_prefix):
+            issuer = unquote(patient.system[len(self.unknown_issuer_prefix):])
+            if issuer and len(issuer) <= 64 and not _LO_FORBIDDEN.search(issuer):
+                return patient.value, issuer
+        raise UnknownCode("the patient identifier system has no IssuerOfPatientID in mappings/dicom.yaml",
+                          expression="subject.identifier.system")
+
+
+class KindIod(_Strict):
+    sop_class: str = Field(alias="sopClass", pattern=UID_PATTERN)
+    modality: str = Field(pattern=r"^[A-Z0-9]{1,16}$")
+    conversion_type: str | None = Field(None, alias="conversionType")
+    burned_in_annotation: Literal["YES", "NO"] = Field(alias="burnedInAnnotation")
+    series_number: int = Field(1, alias="seriesNumber", ge=1, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _iod(self) -> KindIod:
+        if self.sop_class not in _WRITABLE_SOP_CLASSES:
+            raise ValueError(f"the adapter writes only SC ({SC_IMAGE}) and VL Photographic ({VL_PHOTOGRAPHIC})")
+        if self.sop_class == SC_IMAGE and self.conversion_type not in CONVERSION_TYPES:
+            raise ValueError(f"Secondary Capture needs conversionType, one of {sorted(CONVERSION_TYPES)}")
+        if self.sop_class == VL_PHOTOGRAPHIC and self.conversion_type is not None:
+            raise ValueError("conversionType belongs to Secondary Capture only")
+        return self
+
+    @property
+    def is_secondary_capture(self) -> bool:
+        return self.sop_class == SC_IMAGE
+
+
+class ReceiveClass(_Strict):
+    name: str
+    kind: PhotoKind
+    by_conversion_type: dict[str, PhotoKind] = Field({}, alias="byConversionType")
+    by_modality: dict[str, PhotoKind] = Field({}, alias="byModality")
+
+
+class ReceiveTable(_Strict):
+    source: PhotoSource = PhotoSource.CLINICIAN
+    sop_classes: dict[str, ReceiveClass] = Field(alias="sopClasses", min_length=1)
+
+    @model_validator(mode="after")
+    def _uids(self) -> ReceiveTable:
+        bad = [uid for uid in self.sop_classes if not re.match(UID_PATTERN, uid) or len(uid) > 64]
+        if bad:
+            raise ValueError(f"not valid UIDs: {bad}")
+        return self
+
+    def kind_of(self, sop_class: str, *, conversion_type: str | None, modality: str | None) -> PhotoKind:
+        entry = self.sop_classes[sop_class]
+        if conversion_type and conversion_type in entry.by_conversion_type:
+            return entry.by_conversion_type[conversion_type]
+        if modality and modality in entry.by_modality:
+            return entry.by_modality[modality]
+        return entry.kind
+
+
+class _DicomFile(_Strict):
+    version: int = Field(1, ge=1)
+    patient_identifiers: PatientIdentifierTable = Field(alias="patientIdentifiers")
+    kinds: dict[PhotoKind, KindIod]
+    receive: ReceiveTable
+    modalities: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _all_kinds(self) -> _DicomFile:
+        if set(self.kinds) != set(PhotoKind):
+            raise ValueError(f"kinds must map exactly {[k.value for k in PhotoKind]}")
+        return self
+
+
+@dataclass(frozen=True)
+class DicomTables:
+    """mappings/dicom.yaml, validated; loaded once at start-up and passed down."""
+
+    patient_identifiers: PatientIdentifierTable
+    kinds: dict[PhotoKind, KindIod]
+    receive: ReceiveTable
+    modalities: dict[str, str]
+
+
+def load_dicom_tables(path: Path) -> DicomTables:
+    """Read and validate mappings/dicom.yaml.
+
+    Raises:
+        PolicyError: the file is missing, not YAML, or does not validate.
+    """
+    data: _DicomFile = _validate(_DicomFile, _read_yaml(path), path)
+    if not isinstance(data, _DicomFile):  # pragma: no cover - _validate returns the model
+        raise PolicyError(f"{path}: not a DICOM table")
+    return DicomTables(patient_identifiers=data.patient_identifiers, kinds=dict(data.kinds),
+                       receive=data.receive, modalities=dict(data.modalities))
+
+
+__all__ = [
+    "CONVERSION_TYPES", "ENCAPSULATED_PDF", "MF_TRUE_COLOR_SC", "SC_IMAGE", "VL_PHOTOGRAPHIC", "DicomTables",
+    "IssuerEntry", "KindIod", "PatientIdentifierTable", "ReceiveClass", "ReceiveTable", "load_dicom_tables",
+]

@@ -1,0 +1,400 @@
+"""Forwarding photos to PACS: the durable outbox worker and the sender interface it needs.
+
+Ingest writes one outbox item per destination (``ADAPTER_FORWARD_TO``) for every new photo whose
+kind the policy forwards (:func:`outbox_items_for`), in the same transaction as the record. The
+:class:`Forwarder` thread claims due items, regenerates each photo's DICOM object (same UIDs every
+time: they were fixed at ingest in the record's DicomInstance), C-STOREs a destination's items over
+one association and marks each item sent right after the PACS acknowledged it, or schedules a retry
+with exponential back-off and jitter, or gives up (status ``failed``) after
+``ADAPTER_FORWARD_RETRY_MAX`` attempts or on a permanent refusal.
+
+Delivery is *at least once* with a very narrow window: an item is marked sent in the database
+immediately after its C-STORE response, so only a crash between the acknowledgement and that commit
+can resend it. A resend carries the same SOP Instance UID (PS3.3 C.12.1.1.1; the UIDs never change
+for a record), so the PACS treats it as the same instance (Orthanc overwrites it; others answer a
+duplicate warning), never as a second image.
+
+Services never import pynetdicom (STYLE §1): the C-STORE SCU lives in ``adapter.dicom.scu`` and
+satisfies :class:`StoreSender`; ``__main__`` injects it with :meth:`Services.start_forwarding`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from adapter.errors import AdapterError
+from adapter.mapping.dicom_photo import photo_to_dicom
+from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_uids import PhotoUids
+from adapter.mapping.tables import Tables
+from adapter.model.decision import Decision
+from adapter.model.dicom import DicomInstance, NewOutboxItem, OutboxItem
+from adapter.model.photo import PhotoKind
+from adapter.model.purpose import PurposeOfUse, RequestContext
+from adapter.services.audit import Auditor
+from adapter.store.port import BlobStore, RecordStore
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from adapter.config import Settings
+    from adapter.model.policy import Policy
+    from adapter.model.record import AccessFacts
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- sender interface
+
+
+class SendOutcome(StrEnum):
+    """What became of one object sent to one destination."""
+
+    ACKNOWLEDGED = "acknowledged"  # C-STORE status Success or Warning: the PACS has it
+    RETRY = "retry"                # transient: network, timeout, out of resources, transient rejection
+    PERMANENT = "permanent"        # will not succeed by retrying: permanent rejection, refused SOP class
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The result of one C-STORE (or of the attempt to get as far as one)."""
+
+    sop_instance_uid: str
+    outcome: SendOutcome
+    status: int | None = None      # the DIMSE status, when the PACS answered
+    error: str | None = None       # for the outbox's lastError: no patient data
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.outcome is SendOutcome.ACKNOWLEDGED
+
+
+class StoreSender(Protocol):
+    """A C-STORE SCU (``adapter.dicom.scu.StoreSCU``) as the forwarder sees it."""
+
+    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path]) -> list[SendResult]:
+        """C-STORE ``datasets`` to ``destination`` (``AE@host:port``) in order, one result per
+        dataset in the same order; a Path is a Part 10 file sent as stored. May keep the
+        association open for the next batch to the same destination; :meth:`release` ends it."""
+
+    def release(self) -> None:
+        """Release every association kept open between batches."""
+
+
+# --------------------------------------------------------------------------- ingest helper
+
+
+def outbox_items_for(kind: PhotoKind, sop_instance_uid: str, settings: Settings,
+                     policy: Policy) -> list[NewOutboxItem]:
+    """The outbox items ingest writes with a new photo: one per configured destination, when the
+    policy forwards photos of this ``kind`` (``forwardKinds``); none otherwise."""
+    if kind not in policy.forward_kinds:
+        return []
+    return [NewOutboxItem(sop_instance_uid=sop_instance_uid, destination=d) for d in settings.destinations]
+
+
+# --------------------------------------------------------------------------- the outbox, read
+
+
+OUTBOX_STATUSES = ("pending", "sent", "failed")
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """An outbox item and the record its object was made from (``Media/<id>``), if known."""
+
+    item: OutboxItem
+    record: str | None
+
+
+class OutboxService:
+    """The outbox for operations (``GET /outbox``): items with their record reference, no
+    patient data."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self._store = store
+
+    def list_entries(self, *, status: str | None = None, limit: int = 100) -> list[OutboxEntry]:
+        """Oldest first; ``status`` one of :data:`OUTBOX_STATUSES` or None for all."""
+        items = self._store.list_outbox(status=status, limit=limit)
+        records: dict[str, str | None] = {}
+        for item in items:
+            if item.sop_instance_uid not in records:
+                instance = self._store.find_dicom_instance(item.sop_instance_uid)
+                records[item.sop_instance_uid] = \
+                    f"{instance.record_type}/{instance.record_id}" if instance is not None else None
+        return [OutboxEntry(item=i, record=records[i.sop_instance_uid]) for i in items]
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How the forwarder paces itself (seconds unless said otherwise)."""
+
+    retry_max: int = 10            # attempts before an item is failed (ADAPTER_FORWARD_RETRY_MAX)
+    backoff_base: float = 2.0      # delay after the first failed attempt; doubles per attempt
+    backoff_cap: float = 300.0     # longest delay between attempts
+    jitter: float = 0.2            # ± this fraction of the delay, so retries of many items spread out
+    poll_interval: float = 5.0     # look for due items at least this often (ingest also wakes it)
+    claim_limit: int = 100         # items claimed at once (each claim is leased by the store)
+    batch_size: int = 16           # objects regenerated and held in memory at once
+    stop_timeout: float = 30.0     # how long stop() waits for the current batch
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ForwardOptions:
+        return cls(**{"retry_max": settings.forward_retry_max, **overrides})
+
+
+def backoff_delay(attempts: int, options: ForwardOptions, rng: random.Random) -> timedelta:
+    """Delay before the next attempt after ``attempts`` failed ones: ``base · 2^(attempts-1)``,
+    ± ``jitter``, at most ``cap``."""
+    exponent = min(max(attempts - 1, 0), 32)
+    delay = min(options.backoff_cap, options.backoff_base * (2 ** exponent))
+    delay *= 1.0 + options.jitter * (2.0 * rng.random() - 1.0)
+    return timedelta(seconds=max(0.0, min(options.backoff_cap, delay)))
+
+
+class _Skip(Exception):
+    """An item that cannot be sent: ``permanent`` ones fail at once, others are retried."""
+
+    def __init__(self, reason: str, *, permanent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class _Reader(Protocol):
+    def decide(self, facts: AccessFacts | None) -> Decision: ...
+
+
+class Forwarder:
+    """The outbox worker: a background thread (:meth:`start`/:meth:`stop`), woken by
+    :meth:`wake` when ingest commits a photo with outbox items, and polling every
+    ``poll_interval`` seconds for retries that fell due. :meth:`run_once` is one pass (tests
+    call it directly).
+
+    Each forwarded record passes the consent decision for treatment (purpose TREAT, the PACS
+    being part of the care record) when it is sent, and every disclosure to a PACS is audited:
+    a photo whose patient withdrew consent before it went out is not sent.
+    """
+
+    def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, dicom_tables: DicomTables,
+                 sender: StoreSender, auditor: Auditor, reader: Callable[[RequestContext], _Reader],
+                 options: ForwardOptions, now: Callable[[], datetime], rng: random.Random | None = None) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._tables = tables
+        self._dicom_tables = dicom_tables
+        self._sender = sender
+        self._auditor = auditor
+        self._reader = reader
+        self.options = options
+        self._now = now
+        self._rng = rng or random.Random()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="outbox-forwarder", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look for due items now (ingest calls this after committing outbox items)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the batch in flight, release the associations and end the thread. Items
+        claimed but not yet sent stay leased and are claimed again after the lease."""
+        self._stopping.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(self.options.stop_timeout)
+            if thread.is_alive():  # stuck in a send (DIMSE timeout): leave the sender to it
+                log.warning("the forwarder did not stop within %.0f s", self.options.stop_timeout)
+                return
+        self._release()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                claimed = self.run_once()
+            except Exception:  # noqa: BLE001 - the worker must survive a failing pass (DB down, a bug)
+                log.exception("forwarding pass failed")
+                claimed = 0
+            if claimed >= self.options.claim_limit and not self._stopping.is_set():
+                continue  # a backlog: keep the association, claim the next items
+            self._release()
+            self._wake.wait(self.options.poll_interval)
+
+    def _release(self) -> None:
+        try:
+            self._sender.release()
+        except Exception:  # noqa: BLE001 - releasing is best effort
+            log.warning("releasing DICOM associations failed", exc_info=True)
+
+    # -- one pass ----------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Claim the due items and send them, each destination's over one association; the
+        number of items claimed."""
+        items = self._store.claim_outbox(self._now(), self.options.claim_limit)
+        by_destination: dict[str, list[OutboxItem]] = {}
+        for item in items:
+            by_destination.setdefault(item.destination, []).append(item)
+        for destination, group in by_destination.items():
+            for start in range(0, len(group), self.options.batch_size):
+                if self._stopping.is_set():
+                    return len(items)  # the rest stays leased: claimed again after the lease
+                self._send(destination, group[start:start + self.options.batch_size])
+        return len(items)
+
+    def _send(self, destination: str, items: list[OutboxItem]) -> None:
+        ready: list[tuple[OutboxItem, Dataset | Path, _Disclosure]] = []
+        for item in items:
+            try:
+                obj, disclosure = self._object_for(item)
+            except _Skip as skip:
+                self._settle(item, SendResult(item.sop_instance_uid,
+                                              SendOutcome.PERMANENT if skip.permanent else SendOutcome.RETRY,
+                                              None, skip.reason))
+                continue
+            except Exception as exc:  # noqa: BLE001 - e.g. the blob unreadable right now: retry later
+                log.exception("preparing outbox item %d failed", item.id)
+                self._settle(item, SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
+                                              f"could not prepare the object: {type(exc).__name__}"))
+                continue
+            ready.append((item, obj, disclosure))
+        if not ready:
+            return
+        try:
+            results = self._sender.send_batch(destination, [obj for _, obj, _ in ready])
+        except Exception as exc:  # noqa: BLE001 - a sender bug must not lose items: retry them
+            log.exception("sending to %s failed", destination)
+            results = [SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
+                                  f"sending failed: {type(exc).__name__}") for item, _, _ in ready]
+        if len(results) != len(ready):  # the sender broke its promise: nothing is known to be sent
+            log.error("the sender returned %d results for %d objects", len(results), len(ready))
+            results = [SendResult(item.sop_instance_uid, SendOutcome.RETRY, None, "the sender returned no result")
+                       for item, _, _ in ready]
+        for (item, _, disclosure), result in zip(ready, results, strict=True):
+            self._settle(item, result)
+            if result.acknowledged:
+                self._audit(disclosure, destination, permitted=True)
+
+    def _settle(self, item: OutboxItem, result: SendResult) -> None:
+        """Record the attempt at once: an acknowledged object is marked sent before anything
+        else happens, so it is not sent again (see the module docstring)."""
+        now = self._now()
+        if result.acknowledged:
+            self._store.mark_outbox_sent(item.id, now)
+            return
+        attempts = item.attempts + 1
+        error = result.error or "failed"
+        if result.outcome is SendOutcome.PERMANENT or attempts >= self.options.retry_max:
+            self._store.mark_outbox_retry(item.id, next_attempt_at=now, error=error, now=now, give_up=True)
+            log.warning("outbox item %d to %s failed for good after %d attempt(s): %s",
+                        item.id, item.destination, attempts, error)
+        else:
+            self._store.mark_outbox_retry(
+                item.id, next_attempt_at=now + backoff_delay(attempts, self.options, self._rng),
+                error=error, now=now)
+            log.info("outbox item %d to %s: attempt %d failed (%s), retrying", item.id, item.destination,
+                     attempts, error)
+
+    # -- the object --------------------------------------------------------------------------
+    def _object_for(self, item: OutboxItem) -> tuple[Dataset | Path, _Disclosure]:
+        """The DICOM object of an item: a received object's stored Part 10 file, or the photo's
+        object regenerated from the record and its stored bytes with the UIDs fixed at ingest."""
+        instance = self._store.find_dicom_instance(item.sop_instance_uid)
+        if instance is None:
+            raise _Skip("no DICOM instance with this SOP Instance UID", permanent=True)
+        stored = self._store.get(instance.record_type, instance.record_id)
+        if stored is None:
+            raise _Skip(f"the record {instance.record_type}/{instance.record_id} is gone", permanent=True)
+        disclosure = _Disclosure(item, instance, stored.facts)
+        decision = self._reader(disclosure.context()).decide(stored.facts)
+        disclosure.decision = decision
+        if not decision.permitted:
+            self._audit(disclosure, item.destination, permitted=False)
+            raise _Skip("not forwarded: the consent decision for treatment does not permit it", permanent=True)
+        if instance.blob_sha256 is not None:
+            return self._blob_path(instance.blob_sha256), disclosure
+        if stored.blob_sha256 is None or stored.facts is None:
+            raise _Skip("the record has no stored photo", permanent=True)
+        image = self._blobs.path(stored.blob_sha256).read_bytes()
+        try:
+            ds = photo_to_dicom(
+                stored.resource, image, _content_type(stored.resource), kind=stored.facts.kind,
+                patient=instance.patient, uids=PhotoUids(study=instance.study_instance_uid,
+                                                         series=instance.series_instance_uid,
+                                                         sop_instance=instance.sop_instance_uid),
+                tables=self._tables, dicom_tables=self._dicom_tables,
+                # the creation time fixed at ingest: a resend is the identical object
+                now=instance.created or stored.last_updated)
+        except AdapterError as exc:
+            raise _Skip(f"cannot make the DICOM object: {exc.diagnostics}"[:300], permanent=True) from exc
+        return ds, disclosure
+
+    def _blob_path(self, sha256: str) -> Path:
+        try:
+            return self._blobs.path(sha256)
+        except AdapterError as exc:
+            raise _Skip("the received DICOM file is missing", permanent=True) from exc
+
+    def _audit(self, disclosure: _Disclosure, destination: str, *, permitted: bool) -> None:
+        """One AuditEvent per disclosure to a PACS (or refusal to make one)."""
+        try:
+            self._auditor.record(disclosure.context(), interaction="read", action="R",
+                                 decision=disclosure.decision,
+                                 entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
+                                 patient=disclosure.instance.patient,
+                                 reason=None if permitted else "not forwarded to PACS")
+        except Exception:  # noqa: BLE001 - the item is already settled; a lost audit is logged
+            log.exception("auditing the disclosure of outbox item %d failed", disclosure.item.id)
+
+
+class _Disclosure:
+    """One outbox item on its way out: what the audit and the consent decision need."""
+
+    def __init__(self, item: OutboxItem, instance: DicomInstance, facts: AccessFacts | None) -> None:
+        self.item = item
+        self.instance = instance
+        self.facts = facts
+        self.decision: Decision | None = None
+
+    def context(self) -> RequestContext:
+        ae, _, address = self.item.destination.partition("@")
+        host = address.rpartition(":")[0].strip("[]") or None
+        return RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"PACS {ae} (C-STORE)",
+                              request_id=f"outbox-{self.item.id}", client_address=host, channel="dicom")
+
+
+def _content_type(record: Mapping[str, Any]) -> str:
+    """The stored photo's media type: Media.content or DocumentReference.content[0].attachment."""
+    content: Any = record.get("content")
+    if isinstance(content, list):
+        content = (content[0] or {}).get("attachment") if content else None
+    value = content.get("contentType") if isinstance(content, Mapping) else None
+    if not isinstance(value, str) or not value:
+        raise _Skip("the record names no content type", permanent=True)
+    return value

@@ -1,0 +1,146 @@
+"""Every DICOM object the adapter writes passes David Clunie's dciodvfy with 0 errors, decodes
+with dcmtk, and carries no EXIF/XMP segment: each kind × sample (JPEG and PNG) × orientation
+(as stored, forced 1, forced 6), their de-identified and pseudonymised copies, and the edge
+cases (greyscale, progressive, CMYK, alpha, 16-bit, UTF-8 text, partial times, laterality).
+
+Warnings are allowed; the distinct ones are listed at the end of the module's run. dciodvfy
+and dcmtk are required in CI (tests.conftest.require_or_skip); tools/install-peers.sh installs
+them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+
+from adapter.mapping.dicom_deid import deidentify, pseudonymise
+from adapter.mapping.dicom_photo import encode_dataset
+from adapter.mapping.pseudonym import Pseudonymizer
+from adapter.model.photo import PhotoKind
+from tests.conftest import require_or_skip
+from tests.support.dciodvfy import (
+    UID_KEY,
+    dciodvfy,
+    dciodvfy_missing,
+    decode_check,
+    decode_missing,
+    jpeg_of,
+    photo_object,
+    photo_record,
+    png_of,
+    reread,
+    stored_bytes,
+    stored_sample,
+)
+from tests.support.fhir_factories import PATIENT_SYSTEM, PATIENT_VALUE
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = ["wound.jpg", "document.jpg", "tiny.jpg", "lesion.png"]
+ORIENTATIONS: list[int | None] = [None, 1, 6]
+OUT_ROOT = "1.2.826.0.1.3680043.8.498"  # pydicom's prefix, open to its users
+PSEUDONYMS = Pseudonymizer(b"p" * 32, "urn:clinical-image-adapter:pseudonym")
+# what ../shared/peers/validate-dicom.sh --no-exif looks for anywhere in the file
+APP1_METADATA = re.compile(rb"\xff\xe1..(Exif\x00|http://ns\.adobe\.com/xap/1\.0/\x00)", re.DOTALL)
+
+WARNINGS: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tools(request: pytest.FixtureRequest) -> Iterator[None]:
+    missing = dciodvfy_missing() or decode_missing()
+    require_or_skip(missing is None, missing or "")
+    yield
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if WARNINGS and capture is not None:
+        with capture.global_and_fixture_disabled():
+            print(f"\ndciodvfy warnings on adapter objects ({sum(WARNINGS.values())} in all, 0 errors):")
+            for line, count in WARNINGS.most_common():
+                print(f"  {count:4d} x {line}")
+
+
+def check(ds: Dataset, label: str) -> None:
+    """0 dciodvfy errors, decodes with dcmtk, no EXIF/XMP APP1 anywhere."""
+    data = encode_dataset(ds)
+    report = dciodvfy(ds)
+    for warning in report.warnings:
+        WARNINGS[re.sub(r"\[[^]]*\]|<[^>]*>", "…", warning)] += 1
+    print(f"{label}: {report.iod}, {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    for warning in report.warnings:
+        print(f"  {warning}")
+    assert report.errors == [], f"{label}:\n" + "\n".join(report.errors)
+    assert decode_check(ds) == [], label
+    assert APP1_METADATA.search(data) is None, label
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+@pytest.mark.parametrize("kind", list(PhotoKind))
+@pytest.mark.parametrize("name", SAMPLES)
+def test_every_kind_sample_and_orientation(name: str, kind: PhotoKind, orientation: int | None) -> None:
+    ds = photo_object(kind, stored_sample(name), orientation=orientation)
+    check(ds, f"{name} {kind.value} orientation={orientation}")
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+@pytest.mark.parametrize("name", SAMPLES)
+def test_deidentified_and_pseudonymised_copies(name: str, orientation: int | None) -> None:
+    ds = reread(photo_object(PhotoKind.CLINICAL, stored_sample(name), orientation=orientation))
+    check(deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY), f"{name} TRAIN orientation={orientation}")
+    pseudonym = PSEUDONYMS.pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
+    check(pseudonymise(ds, pseudonym=pseudonym, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                       key=UID_KEY), f"{name} HRESCH orientation={orientation}")
+
+
+def _record_change(kind: PhotoKind, name: str, change: Callable[[dict[str, Any]], None],
+                   **meta: Any) -> Dataset:
+    sample = stored_sample(name)
+    record = photo_record(kind, sample, **meta)
+    change(record)
+    return photo_object(kind, sample, record=record)
+
+
+EDGE_CASES: dict[str, Callable[[], Dataset]] = {
+    "greyscale JPEG": lambda: photo_object(PhotoKind.DOCUMENT, stored_bytes(jpeg_of("L"), "image/jpeg")),
+    "greyscale JPEG clinical": lambda: photo_object(PhotoKind.CLINICAL, stored_bytes(jpeg_of("L"), "image/jpeg")),
+    "4:4:4 JPEG": lambda: photo_object(PhotoKind.CLINICAL, stored_bytes(jpeg_of(subsampling=0), "image/jpeg")),
+    "4:2:2 JPEG": lambda: photo_object(PhotoKind.CLINICAL, stored_bytes(jpeg_of(subsampling=1), "image/jpeg")),
+    "progressive JPEG": lambda: photo_object(PhotoKind.CLINICAL,
+                                             stored_bytes(jpeg_of(progressive=True), "image/jpeg")),
+    "CMYK JPEG": lambda: photo_object(PhotoKind.SECONDARY, stored_bytes(jpeg_of("CMYK"), "image/jpeg")),
+    "greyscale JPEG rotated": lambda: photo_object(PhotoKind.SECONDARY, stored_bytes(jpeg_of("L"), "image/jpeg"),
+                                                   orientation=8),
+    "RGBA PNG with transparency": lambda: photo_object(PhotoKind.CLINICAL,
+                                                       stored_bytes(png_of("RGBA", transparent=True), "image/png")),
+    "greyscale PNG": lambda: photo_object(PhotoKind.CLINICAL, stored_bytes(png_of("L"), "image/png")),
+    "palette PNG": lambda: photo_object(PhotoKind.DOCUMENT, stored_bytes(png_of("P"), "image/png")),
+    "16-bit PNG": lambda: photo_object(PhotoKind.CLINICAL, stored_bytes(png_of("I;16"), "image/png")),
+    "odd-sized PNG": lambda: photo_object(PhotoKind.SECONDARY,
+                                          stored_bytes(png_of("L", size=(7, 5)), "image/png")),
+    "UTF-8 institution": lambda: photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"),
+                                              institution="Hôpital Saint-Éloi"),
+    "date-only taken time": lambda: _record_change(PhotoKind.CLINICAL, "tiny.jpg",
+                                                   lambda r: r.update(createdDateTime="2024-02-28")),
+    "no taken time": lambda: _record_change(PhotoKind.CLINICAL, "tiny.jpg", lambda r: r.pop("createdDateTime")),
+    "no body site": lambda: _record_change(PhotoKind.CLINICAL, "tiny.jpg", lambda r: r.pop("bodySite")),
+    "left": lambda: _record_change(PhotoKind.CLINICAL, "tiny.jpg", lambda r: None, laterality="left"),
+    "bilateral": lambda: _record_change(PhotoKind.CLINICAL, "tiny.jpg", lambda r: None, laterality="bilateral"),
+    "no laterality": lambda: _record_change(PhotoKind.CLINICAL, "tiny.jpg", lambda r: None, laterality=None),
+    "document without encounter or time": lambda: _record_change(
+        PhotoKind.DOCUMENT, "document.jpg", lambda r: r.pop("context"), encounter=None),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_edge_cases(case: str) -> None:
+    ds = EDGE_CASES[case]()
+    check(ds, case)
+    if ds.BurnedInAnnotation == "NO":
+        check(deidentify(reread(ds), uid_root=OUT_ROOT, key=UID_KEY), f"{case} TRAIN")

@@ -1,0 +1,592 @@
+"""The C-STORE SCP in process, on an ephemeral port, over a real SQLite store: dcmtk's echoscu and
+storescu as well-behaved peers, pynetdicom SCUs and a socket-level abort as misbehaving ones.
+Every record a test reads back over HTTP goes to the session-wide FHIR validation (FhirClient);
+one test also validates directly."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from adapter.dicom import AeOptions, StoreSCP
+from adapter.dicom.status import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    NOT_AUTHORISED,
+    SUCCESS,
+)
+from adapter.services.registry import Services
+from tests.conftest import require_or_skip
+from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
+from tests.support.dcmtk import dcmtk_missing, echoscu, storescu, wrap_jpeg_as_sc
+from tests.support.fhir_validator import validate_r4
+
+pytestmark = pytest.mark.integration
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+MF_SC = "1.2.840.10008.5.1.4.1.1.7.4"
+VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
+PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
+TREAT = {"X-Purpose-Of-Use": "TREAT"}
+TRAIN = {"X-Purpose-Of-Use": "TRAIN"}
+ALLOWED = ("STORESCU", "ECHOSCU", "PYNETSCU")
+
+
+# -- factories --------------------------------------------------------------------------------
+
+
+def jpeg(width: int = 64, height: int = 48, shade: int = 30, *, noise: bool = False) -> bytes:
+    """A baseline JPEG; ``noise`` makes it large (random pixels do not compress)."""
+    buf = io.BytesIO()
+    image = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)) if noise \
+        else Image.new("RGB", (width, height), (shade, 255 - shade, 128))
+    image.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _finish(ds: Dataset, path: Path, **attrs: Any) -> Dataset:
+    for keyword, value in attrs.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def sc_file(path: Path, *, frame: bytes | None = None, **attrs: Any) -> Dataset:
+    """A JPEG Baseline Secondary Capture for patient MRN-0001 (issuer HOSP); ``attrs`` override
+    (None removes)."""
+    ds = pydicom.dcmread(io.BytesIO(wrap_jpeg_as_sc(frame or jpeg(), patient_id=PATIENT["value"])))
+    base: dict[str, Any] = {"IssuerOfPatientID": "HOSP", "InstitutionName": "Example Hospital Radiology"}
+    return _finish(ds, path, **{**base, **attrs})
+
+
+def vl_photo_file(path: Path, **attrs: Any) -> Dataset:
+    return sc_file(path, SOPClassUID=VL_PHOTO, Modality="XC", ConversionType=None, **attrs)
+
+
+def multiframe_file(path: Path, frames: int = 3) -> Dataset:
+    ds = sc_file(path, SOPClassUID=MF_SC)
+    ds.PixelData = encapsulate([jpeg(shade=20 * n) for n in range(frames)])
+    ds["PixelData"].VR = "OB"
+    return _finish(ds, path, NumberOfFrames=frames)
+
+
+def native_sc_file(path: Path, pixels: bytes, rows: int, columns: int) -> Dataset:
+    ds = sc_file(path)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PixelData = pixels
+    ds["PixelData"].VR = "OB"
+    ds.PhotometricInterpretation = "RGB"
+    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return _finish(ds, path, Rows=rows, Columns=columns, SamplesPerPixel=3, BitsAllocated=8, BitsStored=8,
+                   HighBit=7, PixelRepresentation=0, PlanarConfiguration=0)
+
+
+PDF_BYTES = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj 2 0 obj<</Type/Pages/Kids[]/Count 0>>"
+             b"endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+
+
+def pdf_file(path: Path) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = PDF_CLASS, generate_uid()
+    ds.PatientName, ds.PatientID, ds.IssuerOfPatientID = "", PATIENT["value"], "HOSP"
+    ds.PatientBirthDate, ds.PatientSex = "", ""
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = \
+        "20240101", "120000", "1", "", ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.ConversionType = "DOC", 1, 1, "SD"
+    ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = "20240101", "120000", "20240101120000"
+    ds.BurnedInAnnotation, ds.DocumentTitle = "YES", "Discharge letter"
+    ds.ConceptNameCodeSequence = []
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = PDF_BYTES + (b"\0" if len(PDF_BYTES) % 2 else b"")
+    ds.EncapsulatedDocumentLength = len(PDF_BYTES)
+    return _finish(ds, path)
+
+
+def frame_of(path: Path) -> bytes:
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
+    return frame[:-1] if frame.endswith(b"\xff\xd9\x00") else frame  # the even-length pad is not JPEG
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def pynetdicom_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """pynetdicom's process-wide switches and spool folder are restored after each test."""
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", _config.STORE_SEND_CHUNKED_DATASET)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    return spool
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Iterator[tuple[FhirClient, Services]]:
+    with adapter_client(tmp_path) as pair:
+        yield pair
+
+
+def start_scp(services: Services, **options: Any) -> StoreSCP:
+    scp = StoreSCP(AeOptions(**{"port": 0, "allowed_ae_titles": ALLOWED, **options}), services.dicom_ingest)
+    scp.start()
+    return scp
+
+
+@pytest.fixture
+def scp(adapter: tuple[FhirClient, Services]) -> Iterator[StoreSCP]:
+    server = start_scp(adapter[1])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(adapter: tuple[FhirClient, Services]) -> FhirClient:
+    return adapter[0]
+
+
+@pytest.fixture
+def services(adapter: tuple[FhirClient, Services]) -> Services:
+    return adapter[1]
+
+
+def need_dcmtk() -> None:
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+
+
+def find(client: FhirClient, resource_type: str, sop_uid: str, headers: dict[str, str] = TREAT) -> list[dict]:
+    r = client.get(f"/fhir/{resource_type}", params={"identifier": f"urn:dicom:uid|urn:oid:{sop_uid}"},
+                   headers=headers)
+    assert r.status_code == 200, r.text
+    return [e["resource"] for e in r.json().get("entry", [])]
+
+
+def pynet_store(port: int, path: Path, *, ae_title: str = "PYNETSCU", chunked: bool = False,
+                sop_class: str | None = None, transfer_syntax: str | None = None) -> Dataset:
+    """C-STORE ``path`` with a pynetdicom SCU; ``chunked`` sends the file's dataset bytes as they
+    are (no decoding, so a malformed dataset goes out malformed)."""
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(sop_class or meta.MediaStorageSOPClassUID,
+                             transfer_syntax or meta.TransferSyntaxUID)
+    _config.STORE_SEND_CHUNKED_DATASET = chunked
+    assoc = ae.associate("127.0.0.1", port, ae_title="ADAPTER")
+    try:
+        assert assoc.is_established
+        return assoc.send_c_store(path if chunked else pydicom.dcmread(path))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+def stored_nothing(services: Services, sop_uid: str, data_dir: Path) -> None:
+    assert services.store.find_dicom_instance(sop_uid) is None
+    assert services.store.search_dicom_instances() == [] or all(
+        i.sop_instance_uid != sop_uid for i in services.store.search_dicom_instances())
+    assert list((data_dir / "staging").iterdir()) == []
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+# -- well-behaved peers (dcmtk) ---------------------------------------------------------------
+
+
+def test_echoscu_gets_an_answer(scp: StoreSCP) -> None:
+    need_dcmtk()
+    assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
+    assert scp.host == "127.0.0.1"
+
+
+def test_storescu_secondary_capture_becomes_a_media_record(scp: StoreSCP, client: FhirClient, services: Services,
+                                                           tmp_path: Path) -> None:
+    need_dcmtk()
+    path = tmp_path / "sc.dcm"
+    sent = sc_file(path, frame=jpeg(640, 480))
+    done = storescu(scp.port, "ADAPTER", [path], extra=["-v"])
+    assert "Received Store Response (Success)" in done.stderr + done.stdout, done.stderr
+
+    [media] = find(client, "Media", sent.SOPInstanceUID)
+    assert media["subject"]["identifier"] == PATIENT
+    idents = {i["type"]["text"]: i["value"] for i in media["identifier"] if "type" in i}
+    assert idents == {"SOP Instance UID": f"urn:oid:{sent.SOPInstanceUID}",
+                      "Study Instance UID": f"urn:oid:{sent.StudyInstanceUID}",
+                      "Series Instance UID": f"urn:oid:{sent.SeriesInstanceUID}"}
+    assert media["modality"]["coding"][0]["code"] == "OT"
+    assert (media["width"], media["height"]) == (640, 480)
+    assert media["createdDateTime"].startswith("2024-01-01")
+    source = [e["valueCode"] for e in media["extension"] if e["url"].endswith("/photo-source")]
+    assert source == ["colleague-internal"]
+    # the Binary is the JPEG frame as sent, not re-encoded
+    binary = client.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "image/*"})
+    assert binary.status_code == 200 and binary.headers["content-type"] == "image/jpeg"
+    assert binary.content == frame_of(path)
+    # the object itself is kept as received, indexed by its UIDs
+    instance = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    assert instance is not None and instance.blob_sha256 is not None
+    assert (instance.study_instance_uid, instance.series_instance_uid, instance.sop_class_uid,
+            instance.modality, instance.study_date) == (sent.StudyInstanceUID, sent.SeriesInstanceUID, SC, "OT",
+                                                        "20240101")
+    assert f"{instance.record_type}/{instance.record_id}" == f"Media/{media['id']}"
+    kept = services.blobs.path(instance.blob_sha256).read_bytes()
+    assert hashlib.sha256(kept).hexdigest() == instance.blob_sha256
+    as_kept = pydicom.dcmread(io.BytesIO(kept))
+    assert as_kept.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert as_kept.PixelData == sent.PixelData and as_kept.SOPInstanceUID == sent.SOPInstanceUID
+    # Provenance names the sending AE and its institution
+    receipt = services.store.find_receipt(patient=instance.patient, stored_sha256=instance.blob_sha256)
+    assert receipt is not None
+    provenance = client.get(f"/fhir/{receipt['provenance']}", headers=TREAT).json()
+    transmitter = [a for a in provenance["agent"] if a["who"].get("display") == "AE STORESCU"]
+    assert transmitter and transmitter[0]["onBehalfOf"]["display"] == "Example Hospital Radiology"
+    # the record, its Binary and Provenance validate
+    binary_json = client.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "application/fhir+json"})
+    errors = validate_r4([media, provenance, binary_json.json()])
+    assert errors == []
+    # readable for care, not for training without the patient's Consent
+    assert client.get(f"/fhir/Media/{media['id']}", headers=TRAIN).status_code == 403
+    assert find(client, "Media", sent.SOPInstanceUID, TRAIN) == []
+    creates = [e for e in services.store.list_audit(100) if e.get("action") == "C"]
+    assert len(creates) == 1
+    assert any(a.get("who", {}).get("display", "").startswith("AE STORESCU") for a in creates[0]["agent"])
+
+
+def test_vl_photographic_is_a_clinical_record_readable_for_care_only(scp: StoreSCP, client: FhirClient,
+                                                                     tmp_path: Path) -> None:
+    need_dcmtk()
+    path = tmp_path / "vl.dcm"
+    sent = vl_photo_file(path, AnatomicRegionSequence=None)
+    assert storescu(scp.port, "ADAPTER", [path]).returncode == 0
+    [media] = find(client, "Media", sent.SOPInstanceUID)
+    kind = [e["valueCode"] for e in media["extension"] if e["url"].endswith("/photo-kind")]
+    assert kind == ["clinical"] and media["modality"]["coding"][0]["code"] == "XC"
+    assert client.get(f"/fhir/Media/{media['id']}", headers=TREAT).status_code == 200
+    assert client.get(f"/fhir/Media/{media['id']}", headers=TRAIN).status_code == 403
+    # an explicit Consent for TRAIN opens it for training
+    created = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
+                          headers={"Content-Type": "application/fhir+json"})
+    assert created.status_code == 201, created.text
+    assert client.get(f"/fhir/Media/{media['id']}", headers=TRAIN).status_code == 200
+
+
+def test_pdf_becomes_a_document_reference(scp: StoreSCP, client: FhirClient, tmp_path: Path) -> None:
+    need_dcmtk()
+    path = tmp_path / "letter.dcm"
+    sent = pdf_file(path)
+    assert storescu(scp.port, "ADAPTER", [path], jpeg=False).returncode == 0
+    assert find(client, "Media", sent.SOPInstanceUID) == []
+    [doc] = find(client, "DocumentReference", sent.SOPInstanceUID)
+    attachment = doc["content"][0]["attachment"]
+    assert attachment["contentType"] == "application/pdf"
+    body = client.get(f"/fhir/{attachment['url']}", headers={**TREAT, "Accept": "application/pdf"})
+    assert body.status_code == 200 and body.content == PDF_BYTES
+
+
+def test_secondary_capture_of_a_document_becomes_a_document_reference(scp: StoreSCP, client: FhirClient,
+                                                                      tmp_path: Path) -> None:
+    need_dcmtk()
+    path = tmp_path / "scan.dcm"
+    sent = sc_file(path, ConversionType="SD", Modality="DOC")
+    assert storescu(scp.port, "ADAPTER", [path]).returncode == 0
+    [doc] = find(client, "DocumentReference", sent.SOPInstanceUID)
+    assert doc["content"][0]["attachment"]["contentType"] == "image/jpeg"
+    assert find(client, "Media", sent.SOPInstanceUID) == []
+
+
+def test_multiframe_true_colour_secondary_capture_is_accepted(scp: StoreSCP, client: FhirClient,
+                                                              tmp_path: Path) -> None:
+    need_dcmtk()
+    path = tmp_path / "mf.dcm"
+    sent = multiframe_file(path, frames=3)
+    assert storescu(scp.port, "ADAPTER", [path]).returncode == 0
+    [media] = find(client, "Media", sent.SOPInstanceUID)
+    assert any("Frame 1 of 3" in n["text"] for n in media["note"])
+    binary = client.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "image/*"})
+    assert binary.content == frame_of(path)
+
+
+def test_native_pixels_become_a_lossless_png(scp: StoreSCP, client: FhirClient, tmp_path: Path) -> None:
+    path = tmp_path / "native.dcm"
+    pixels = bytes((x * 7 + y * 3 + c * 50) % 256 for y in range(20) for x in range(30) for c in range(3))
+    sent = native_sc_file(path, pixels, rows=20, columns=30)
+    assert pynet_store(scp.port, path).Status == SUCCESS
+    [media] = find(client, "Media", sent.SOPInstanceUID)
+    binary = client.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "image/*"})
+    assert binary.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(binary.content)) as im:
+        assert im.mode == "RGB" and im.size == (30, 20) and im.tobytes() == pixels
+
+
+def test_the_same_sop_instance_twice_creates_one_record(scp: StoreSCP, client: FhirClient, services: Services,
+                                                        tmp_path: Path) -> None:
+    need_dcmtk()
+    path = tmp_path / "twice.dcm"
+    sent = sc_file(path)
+    for _ in range(2):
+        done = storescu(scp.port, "ADAPTER", [path], extra=["-v"])
+        assert "Received Store Response (Success)" in done.stderr + done.stdout
+    assert pynet_store(scp.port, path).Status == SUCCESS
+    assert len(find(client, "Media", sent.SOPInstanceUID)) == 1
+    assert len(services.store.search_dicom_instances(sop_instance=sent.SOPInstanceUID)) == 1
+    assert len(services.store.list_audit(100)) == 1 + 1  # one create, one search
+
+
+# -- misbehaving peers ------------------------------------------------------------------------
+
+
+def test_unknown_calling_ae_is_rejected_at_association(scp: StoreSCP) -> None:
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(Verification)
+    try:
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+        assert assoc.is_rejected
+        rj = assoc.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)  # permanent, calling AE
+    finally:
+        ae.shutdown()
+    if dcmtk_missing() is None:
+        assert echoscu(scp.port, "ADAPTER", calling_aet="INTRUDER", check=False).returncode != 0
+        assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
+
+
+def test_no_allowed_ae_title_refuses_every_caller(services: Services) -> None:
+    closed = start_scp(services, allowed_ae_titles=())
+    try:
+        for title in (*ALLOWED, "ANY"):
+            ae = AE(ae_title=title)
+            ae.add_requested_context(Verification)
+            try:
+                assert ae.associate("127.0.0.1", closed.port, ae_title="ADAPTER").is_rejected
+            finally:
+                ae.shutdown()
+    finally:
+        closed.stop()
+
+
+def test_policy_allowed_ae_titles_are_let_in(tmp_path: Path) -> None:
+    with adapter_client(tmp_path, policy={"allowedAETitles": ["PACS1"]}) as (_, services):
+        options = AeOptions.from_settings(services.settings, services.tables.policy)
+        assert options.allowed_ae_titles == ("PACS1",)
+        scp = StoreSCP(AeOptions(port=0, allowed_ae_titles=options.allowed_ae_titles), services.dicom_ingest)
+        with scp:
+            ae = AE(ae_title="PACS1")
+            ae.add_requested_context(Verification)
+            try:
+                assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+                assert assoc.is_established and assoc.send_c_echo().Status == SUCCESS
+                assoc.release()
+            finally:
+                ae.shutdown()
+
+
+def test_unsupported_sop_class_is_refused_at_negotiation(scp: StoreSCP, tmp_path: Path) -> None:
+    ae = AE(ae_title="PYNETSCU")
+    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(Verification)
+    try:
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+        assert assoc.is_established
+        assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [Verification]
+        [refused] = assoc.rejected_contexts
+        assert refused.abstract_syntax == CTImageStorage and refused.result == 0x03  # abstract syntax not supported
+        ct = sc_file(tmp_path / "ct.dcm", SOPClassUID=CTImageStorage)
+        with pytest.raises(ValueError, match="No presentation context"):
+            assoc.send_c_store(ct)
+        assoc.release()
+    finally:
+        ae.shutdown()
+    if dcmtk_missing() is None:
+        done = storescu(scp.port, "ADAPTER", [tmp_path / "ct.dcm"], check=False, extra=["-v"])
+        assert "Success" not in done.stderr + done.stdout
+
+
+def test_compressed_syntaxes_without_a_rendering_are_not_accepted(scp: StoreSCP) -> None:
+    ae = AE(ae_title="PYNETSCU")
+    ae.add_requested_context(SC, ["1.2.840.10008.1.2.4.90"])  # JPEG 2000 lossless
+    ae.add_requested_context(SC, [JPEGBaseline8Bit])
+    try:
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+        assert [cx.transfer_syntax[0] for cx in assoc.accepted_contexts] == [JPEGBaseline8Bit]
+        assoc.release()
+    finally:
+        ae.shutdown()
+
+
+def test_truncated_dataset_is_refused_and_nothing_is_stored(scp: StoreSCP, services: Services,
+                                                            tmp_path: Path, pynetdicom_config: Path) -> None:
+    path = tmp_path / "whole.dcm"
+    sent = sc_file(path, frame=jpeg(320, 240))
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[:-500])
+    status = pynet_store(scp.port, cut, chunked=True)
+    assert status.Status == CANNOT_UNDERSTAND
+    assert "truncated" in status.ErrorComment
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    assert services.store.list_audit() == []
+    assert not any((tmp_path / "data" / "blobs").rglob("*.*")) and not [
+        p for p in (tmp_path / "data" / "blobs").rglob("*") if p.is_file()]
+    assert list(pynetdicom_config.iterdir()) == []
+    # the whole object is stored afterwards (the refusal left nothing in the way)
+    assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) is not None
+
+
+@pytest.mark.parametrize(("change", "status"), [
+    ({"PatientID": None}, DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    ({"IssuerOfPatientID": "ELSEWHERE"}, CANNOT_UNDERSTAND),
+    ({"StudyInstanceUID": None}, DATASET_DOES_NOT_MATCH_SOP_CLASS),
+])
+def test_malformed_dataset_gets_a_failure_status_and_nothing_is_stored(
+        scp: StoreSCP, services: Services, tmp_path: Path, change: dict[str, Any], status: int) -> None:
+    path = tmp_path / "bad.dcm"
+    sent = sc_file(path, **change)
+    answer = pynet_store(scp.port, path)
+    assert answer.Status == status, hex(answer.Status)
+    assert PATIENT["value"] not in answer.get("ErrorComment", "")
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    assert services.store.list_audit() == []
+
+
+def test_dataset_that_is_not_the_requested_instance_is_refused(scp: StoreSCP, services: Services,
+                                                               tmp_path: Path) -> None:
+    path = tmp_path / "mismatch.dcm"
+    sent = sc_file(path)
+    # the file meta (hence the C-STORE request) names another class than the dataset
+    ds = pydicom.dcmread(path)
+    ds.file_meta.MediaStorageSOPClassUID = VL_PHOTO
+    ds.save_as(path)
+    assert pynet_store(scp.port, path, chunked=True).Status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    ds.file_meta.MediaStorageSOPClassUID = SC
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(path)
+    assert pynet_store(scp.port, path, chunked=True).Status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def test_clinical_photo_refused_by_a_consent_denying_treatment(scp: StoreSCP, client: FhirClient,
+                                                               services: Services, tmp_path: Path) -> None:
+    deny = consent_resource(["TREAT"])
+    deny["provision"]["type"] = "deny"
+    assert client.post("/fhir/Consent", json=deny, headers={"Content-Type": "application/fhir+json"}).status_code == 201
+    path = tmp_path / "vl.dcm"
+    sent = vl_photo_file(path)
+    assert pynet_store(scp.port, path).Status == NOT_AUTHORISED
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+@pytest.mark.parametrize("how", ["a-abort", "connection lost"])
+def test_association_aborted_mid_transfer_leaves_nothing(adapter: tuple[FhirClient, Services], tmp_path: Path,
+                                                         pynetdicom_config: Path, how: str) -> None:
+    _, services = adapter
+    scp = start_scp(services, max_pdu=16 * 1024)  # the object arrives in many P-DATA-TF PDUs
+    try:
+        path = tmp_path / "big.dcm"
+        sent = sc_file(path, frame=jpeg(400, 300, noise=True))
+        assert len(sent.PixelData) > 64 * 1024
+        pdata_sent = []
+
+        def cut_off(event: Any) -> None:
+            if event.data[:1] != b"\x04":  # P-DATA-TF
+                return
+            pdata_sent.append(len(event.data))
+            if len(pdata_sent) == 3:  # the command set and two fragments of the dataset are out
+                sock = event.assoc.dul.socket.socket
+                if how == "a-abort":
+                    sock.sendall(bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-ABORT, service-user
+                sock.shutdown(socket.SHUT_RDWR)
+
+        ae = AE(ae_title="PYNETSCU")
+        ae.add_requested_context(SC, JPEGBaseline8Bit)
+        try:
+            assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER",
+                                 evt_handlers=[(evt.EVT_DATA_SENT, cut_off)])
+            assert assoc.is_established
+            answer = assoc.send_c_store(sent)
+            assert "Status" not in answer  # no response: the association is gone
+        finally:
+            ae.shutdown()
+        assert len(pdata_sent) == 3
+        wait_until(lambda: not scp._ae.active_associations)  # type: ignore[union-attr]
+        wait_until(lambda: list(pynetdicom_config.iterdir()) == [])  # no spool file left
+        stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+        # the SCP keeps serving
+        assert pynet_store(scp.port, path).Status == SUCCESS
+        if dcmtk_missing() is None:
+            assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
+    finally:
+        scp.stop()
+
+
+def test_accepted_sockets_have_nagle_off(scp: StoreSCP) -> None:
+    ae = AE(ae_title="PYNETSCU")
+    ae.add_requested_context(Verification)
+    try:
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+        assert assoc.is_established
+        [server_side] = scp._ae.active_associations  # type: ignore[union-attr]
+        sock = server_side.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert server_side.acceptor.maximum_length == scp.options.max_pdu
+        assoc.release()
+    finally:
+        ae.shutdown()
+
+
+def test_concurrent_associations_store_everything(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    import threading
+
+    paths = []
+    for n in range(12):
+        path = tmp_path / f"c{n}.dcm"
+        sc_file(path, frame=jpeg(shade=n * 10))
+        paths.append(path)
+    statuses: list[int] = []
+
+    def send(mine: list[Path]) -> None:
+        for p in mine:
+            statuses.append(int(pynet_store(scp.port, p).Status))
+
+    threads = [threading.Thread(target=send, args=(paths[n::4],)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [SUCCESS] * 12
+    assert len(services.store.search_dicom_instances()) == 12
+

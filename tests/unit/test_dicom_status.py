@@ -1,0 +1,58 @@
+"""The DICOM edge of the error hierarchy: every error class has a DIMSE status, and the statuses
+senders rely on are the ones PS3.4 B.2.3 names."""
+
+from __future__ import annotations
+
+import inspect
+
+from adapter import errors
+from adapter.dicom.status import (
+    BUG_STATUS,
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    DIMSE_STATUS,
+    NOT_AUTHORISED,
+    OUT_OF_RESOURCES,
+    SOP_CLASS_NOT_SUPPORTED,
+    dimse_status_for,
+    error_comment,
+)
+
+ALL = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.AdapterError)]
+
+
+def test_every_error_class_is_in_the_dimse_table() -> None:
+    assert set(ALL) <= set(DIMSE_STATUS), set(ALL) - set(DIMSE_STATUS)
+
+
+def test_every_status_is_a_failure_of_the_storage_service() -> None:
+    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
+
+    for cls in ALL:
+        status = dimse_status_for(cls("x"))
+        assert STORAGE_SERVICE_CLASS_STATUS[status][0] == "Failure", (cls, hex(status))
+        assert status != BUG_STATUS
+
+
+def test_statuses_that_senders_rely_on() -> None:
+    assert dimse_status_for(errors.StorageError("x")) == OUT_OF_RESOURCES
+    assert dimse_status_for(errors.ImageTooLarge("x")) == OUT_OF_RESOURCES
+    assert dimse_status_for(errors.RequiredElementMissing("x")) == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert dimse_status_for(errors.InvalidResource("x")) == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert dimse_status_for(errors.InvalidInput("x")) == CANNOT_UNDERSTAND
+    assert dimse_status_for(errors.UndecodableImage("x")) == CANNOT_UNDERSTAND
+    assert dimse_status_for(errors.UnknownCode("x")) == CANNOT_UNDERSTAND
+    assert dimse_status_for(errors.NotSupported("x")) == SOP_CLASS_NOT_SUPPORTED
+    assert dimse_status_for(errors.ConsentRequired("x")) == NOT_AUTHORISED
+    assert dimse_status_for(errors.Forbidden("x")) == NOT_AUTHORISED
+
+    class Unlisted(errors.Transient):
+        pass
+
+    assert dimse_status_for(Unlisted("x")) == OUT_OF_RESOURCES  # along the MRO
+
+
+def test_error_comment_is_a_short_ascii_lo() -> None:
+    assert error_comment(errors.InvalidInput("short")) == "short"
+    long = error_comment(errors.InvalidInput("é\\x" + "y" * 100))
+    assert len(long) <= 64 and long.isascii() and "\\" not in long and long.endswith("...")

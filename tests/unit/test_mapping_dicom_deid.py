@@ -1,0 +1,236 @@
+"""De-identified (TRAIN) and pseudonymised (HRESCH) copies: nothing identifying left, UIDs mapped
+consistently, burned-in annotation refused, the input untouched (PS3.15 Annex E)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.sequence import Sequence
+from pydicom.uid import JPEGBaseline8Bit
+
+from adapter.errors import BusinessRuleViolation, ConfigurationError, InvalidInput
+from adapter.mapping.dicom_deid import (
+    BASIC_PROFILE_REMOVE,
+    deidentify,
+    pseudonymise,
+)
+from adapter.mapping.dicom_photo import encode_dataset
+from adapter.mapping.dicom_tables import SC_IMAGE
+from adapter.mapping.dicom_uids import is_valid_uid
+from adapter.mapping.pseudonym import Pseudonymizer
+from adapter.model.photo import PhotoKind
+from tests.support.dciodvfy import SAMPLES, UID_KEY, photo_object, reread, stored_sample
+from tests.support.dcmtk import wrap_jpeg_as_sc
+from tests.support.fhir_factories import PATIENT_SYSTEM, PATIENT_VALUE
+
+pytestmark = pytest.mark.unit
+
+OUT_ROOT = "1.2.826.0.1.3680043.8.498"  # pydicom's prefix, open to its users
+PSEUDONYMS = Pseudonymizer(b"p" * 32, "urn:clinical-image-adapter:pseudonym")
+PSEUDONYM = PSEUDONYMS.pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
+IDENTIFYING_TEXT = ("MRN-0001", "HOSP", "Example Hospital", "Doe^Jane", "Smith^Operator", "ACC-77", "STUDY-9",
+                    "SN-12345", "Ward 7", "STATION-1", "private secret", "Other^Name", "OTHER-ID-1", "Comment text")
+
+
+def clinical() -> Dataset:
+    return reread(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg")))
+
+
+def loaded() -> Dataset:
+    """A clinical object carrying every kind of identifying attribute a PACS object may carry."""
+    ds = clinical()
+    ds.PatientName = "Doe^Jane"
+    ds.PatientBirthDate = "19700102"
+    ds.PatientSex = "F"
+    ds.OtherPatientIDs = "OTHER-ID-1"
+    ds.OtherPatientNames = "Other^Name"
+    ds.PatientAddress = "Ward 7, Example Street"
+    ds.AccessionNumber = "ACC-77"
+    ds.StudyID = "STUDY-9"
+    ds.OperatorsName = "Smith^Operator"
+    ds.PerformingPhysicianName = "Dr^Who"
+    ds.DeviceSerialNumber = "SN-12345"
+    ds.StationName = "STATION-1"
+    ds.InstitutionalDepartmentName = "Ward 7"
+    ds.ImageComments = "Comment text"
+    ds.StudyDescription = "Wound of Doe^Jane"
+    ds.SeriesDate, ds.SeriesTime = "20240301", "101500"
+    ds.FrameOfReferenceUID = "2.999.5.5.5"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = SC_IMAGE
+    ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    ds.ReferencedImageSequence = Sequence([ref])
+    request = Dataset()
+    request.RequestedProcedureID = "RP-1"
+    request.ScheduledProcedureStepID = "SPS-1"
+    ds.RequestAttributesSequence = Sequence([request])
+    nested = Dataset()
+    nested.PersonName = "Nested^Person"
+    nested.CodeValue, nested.CodingSchemeDesignator, nested.CodeMeaning = "121000", "DCM", "x"
+    ds.AnatomicRegionSequence[0].AnatomicRegionModifierSequence.append(nested)
+    ds.add_new(0x00091010, "LO", "private secret")
+    ds.add_new(0x00090010, "LO", "ACME")
+    ds.add_new(0x60000010, "US", 8)
+    ds.add_new(0x60003000, "OW", b"\x00" * 16)
+    ds.file_meta.SourceApplicationEntityTitle = "MODALITY1"
+    return ds
+
+
+def walk(ds: Dataset) -> Iterator[tuple[Dataset, object]]:
+    for elem in ds:
+        yield ds, elem
+        if elem.VR == "SQ":
+            for item in elem.value:
+                yield from walk(item)
+
+
+def assert_nothing_identifying(out: Dataset, *, dates: bool, allowed: frozenset[str] = frozenset()) -> None:
+    data = encode_dataset(out)
+    for text in IDENTIFYING_TEXT:
+        assert text.encode() not in data, text
+    for _, elem in walk(out):
+        keyword = elem.keyword  # type: ignore[attr-defined]
+        assert keyword not in BASIC_PROFILE_REMOVE - allowed, keyword
+        assert not elem.tag.is_private, elem  # type: ignore[attr-defined]
+        assert not 0x6000 <= elem.tag.group <= 0x60FF, elem  # type: ignore[attr-defined]
+        if elem.VR == "PN" and keyword != "PatientName" and elem.value:  # type: ignore[attr-defined]
+            raise AssertionError(f"name left: {elem}")
+        if not dates and elem.VR in ("DA", "TM", "DT"):  # type: ignore[attr-defined]
+            assert elem.value in ("", None), elem  # type: ignore[attr-defined]
+    assert "SourceApplicationEntityTitle" not in out.file_meta
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_deidentified_copy_has_nothing_identifying() -> None:
+    source = loaded()
+    out = deidentify(source, uid_root=OUT_ROOT, key=UID_KEY)
+    assert_nothing_identifying(out, dates=False)
+    assert out.PatientIdentityRemoved == "YES"
+    assert (out.PatientName, out.PatientID, out.PatientBirthDate, out.PatientSex) == ("", "", "", "")
+    assert "IssuerOfPatientID" not in out
+    assert (out.StudyDate, out.StudyTime, out.ContentDate, out.AccessionNumber, out.StudyID) == ("",) * 5
+    assert "ContentTime" not in out and "TimezoneOffsetFromUTC" not in out
+    assert out.LongitudinalTemporalInformationModified == "REMOVED"
+    assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile"] or \
+        out.DeidentificationMethod == "Basic Application Confidentiality Profile"
+    (code,) = out.DeidentificationMethodCodeSequence
+    assert (code.CodeValue, code.CodingSchemeDesignator) == ("113100", "DCM")
+    # kept: what the image is and what it shows
+    assert out.SOPClassUID == source.SOPClassUID and out.Modality == "XC"
+    assert out.AnatomicRegionSequence[0].CodeValue == "14975008" and out.ImageLaterality == "R"
+    assert out.RecognizableVisualFeatures == "YES" and out.BurnedInAnnotation == "NO"
+    assert out.AcquisitionContextSequence == []
+    assert out.PixelData == source.PixelData
+
+
+def test_uids_are_replaced_consistently_and_references_follow() -> None:
+    source = loaded()
+    out = deidentify(source, uid_root=OUT_ROOT, key=UID_KEY)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+        assert out[keyword].value != source[keyword].value
+        assert out[keyword].value.startswith(OUT_ROOT + ".") and is_valid_uid(out[keyword].value)
+    assert out.ReferencedImageSequence[0].ReferencedSOPInstanceUID == out.SOPInstanceUID
+    assert out.ReferencedImageSequence[0].ReferencedSOPClassUID == SC_IMAGE
+    assert out.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+
+
+def test_two_objects_of_one_study_stay_one_study() -> None:
+    a = reread(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"), record_id="rec-a"))
+    b = reread(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"), record_id="rec-b"))
+    assert a.StudyInstanceUID == b.StudyInstanceUID
+    da, db = (deidentify(x, uid_root=OUT_ROOT, key=UID_KEY) for x in (a, b))
+    assert da.StudyInstanceUID == db.StudyInstanceUID != a.StudyInstanceUID
+    assert da.SeriesInstanceUID != db.SeriesInstanceUID and da.SOPInstanceUID != db.SOPInstanceUID
+    # again: the same answer
+    assert deidentify(a, uid_root=OUT_ROOT, key=UID_KEY).SOPInstanceUID == da.SOPInstanceUID
+    # another key or the other release: unlinkable
+    assert deidentify(a, uid_root=OUT_ROOT, key=b"another key").StudyInstanceUID != da.StudyInstanceUID
+    pa = pseudonymise(a, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT, key=UID_KEY)
+    assert pa.StudyInstanceUID != da.StudyInstanceUID
+
+
+def test_the_input_is_not_changed() -> None:
+    source = loaded()
+    before = encode_dataset(source)
+    meta_before = copy.deepcopy(source.file_meta)
+    deidentify(source, uid_root=OUT_ROOT, key=UID_KEY)
+    pseudonymise(source, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT, key=UID_KEY)
+    assert encode_dataset(source) == before
+    assert source.file_meta == meta_before
+
+
+def test_pseudonymised_copy_carries_the_pseudonym_and_keeps_dates() -> None:
+    source = loaded()
+    out = pseudonymise(source, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                       key=UID_KEY)
+    assert_nothing_identifying(out, dates=True, allowed=frozenset({"IssuerOfPatientID"}))
+    assert (out.PatientID, out.IssuerOfPatientID, str(out.PatientName)) == (
+        PSEUDONYM, "urn:clinical-image-adapter:pseudonym", f"{PSEUDONYM}^")
+    assert out.PatientID == PSEUDONYMS.identifier(PATIENT_SYSTEM, PATIENT_VALUE)["value"]  # as the FHIR view
+    assert out.PatientBirthDate == ""
+    assert (out.StudyDate, out.ContentDate, out.ContentTime) == (source.StudyDate, source.ContentDate,
+                                                                  source.ContentTime)
+    assert out.TimezoneOffsetFromUTC == source.TimezoneOffsetFromUTC
+    assert out.LongitudinalTemporalInformationModified == "UNMODIFIED"
+    assert out.PatientIdentityRemoved == "YES"
+    assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100", "113106"]
+
+
+@pytest.mark.parametrize("pseudonym", ["", "a\\b", "x" * 65])
+def test_a_pseudonym_that_is_not_a_lo_value_is_refused(pseudonym: str) -> None:
+    with pytest.raises(InvalidInput):
+        pseudonymise(clinical(), pseudonym=pseudonym, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY)
+
+
+@pytest.mark.parametrize("kind", [PhotoKind.DOCUMENT, PhotoKind.SECONDARY])
+def test_burned_in_annotation_is_refused(kind: PhotoKind) -> None:
+    ds = photo_object(kind, stored_sample("document.jpg"))
+    assert ds.BurnedInAnnotation == "YES"
+    with pytest.raises(BusinessRuleViolation, match="BurnedInAnnotation"):
+        deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY)
+    with pytest.raises(BusinessRuleViolation):
+        pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY)
+
+
+def test_absent_burned_in_annotation_is_refused_and_pdf_too() -> None:
+    ds = clinical()
+    del ds.BurnedInAnnotation
+    with pytest.raises(BusinessRuleViolation, match="absent"):
+        deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY)
+    pdf = clinical()
+    pdf.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
+    with pytest.raises(BusinessRuleViolation, match="encapsulated document"):
+        deidentify(pdf, uid_root=OUT_ROOT, key=UID_KEY)
+
+
+def test_configuration_is_checked() -> None:
+    with pytest.raises(ConfigurationError):
+        deidentify(clinical(), uid_root="01.2", key=UID_KEY)
+    with pytest.raises(ConfigurationError):
+        deidentify(clinical(), uid_root=OUT_ROOT, key=b"")
+
+
+def test_exif_inside_a_received_jpeg_frame_is_cut_out() -> None:
+    """A peer's SC whose frame still carries the camera's APP1 EXIF (with GPS): the copy's frame
+    has none, and the entropy-coded data is unchanged."""
+    import io
+
+    from pydicom import dcmread
+
+    raw = (SAMPLES / "document.jpg").read_bytes()
+    ds = dcmread(io.BytesIO(wrap_jpeg_as_sc(raw, strip=False)))
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    assert b"Exif\x00\x00" in frame
+    out = deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY)
+    (clean,) = generate_frames(out.PixelData, number_of_frames=1)
+    assert b"Exif\x00" not in clean
+    scan = frame.index(b"\xff\xda")
+    assert clean[clean.index(b"\xff\xda"):].rstrip(b"\x00") == frame[scan:frame.index(b"\xff\xd9", scan) + 2]
+    assert out.PatientName == "" and b"Test^Peer" not in encode_dataset(out)

@@ -1,0 +1,403 @@
+"""Stored photo record → DICOM: IOD per kind, attribute types, JPEG wrapped as-is, PNG and
+rotated photos as lossless native pixels, times, anatomy, privacy (no EXIF/GPS ever)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+
+from adapter.errors import InvalidInput, UnknownCode
+from adapter.mapping.dicom_photo import Equipment, encode_dataset, encounter_key
+from adapter.mapping.dicom_tables import SC_IMAGE, VL_PHOTOGRAPHIC
+from adapter.mapping.dicom_uids import photo_uids
+from adapter.model.photo import Identifier, PhotoKind
+from tests.support.dciodvfy import (
+    SAMPLES,
+    UID_ROOT,
+    jpeg_of,
+    photo_object,
+    photo_record,
+    png_of,
+    reread,
+    stored_bytes,
+    stored_sample,
+)
+from tests.support.fhir_factories import NOW, PATIENT_SYSTEM, PATIENT_VALUE
+
+pytestmark = pytest.mark.unit
+
+JPEGS = ["document.jpg", "tiny.jpg"]           # stored with Orientation 1: wrapped as-is
+ROTATED = ["wound.jpg", "lesion.png"]          # stored with Orientation 6 and 8
+
+
+def _samples_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_samples", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+ms = _samples_module()
+
+
+def decoded(data: bytes, orientation: int | None = None) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if orientation not in (None, 1):
+            im.getexif()[0x0112] = orientation
+            im = ImageOps.exif_transpose(im)
+        return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
+
+
+def close(a: np.ndarray, b: np.ndarray) -> bool:
+    """pydicom decodes YBR_FULL_422 JPEG and converts to RGB itself: ±1-2 against Pillow's
+    libjpeg conversion. (Byte identity of the frame is what proves nothing was re-encoded.)"""
+    return a.shape == b.shape and int(np.abs(a.astype(int) - b.astype(int)).max()) <= 2
+
+
+def frames(ds: Dataset) -> list[bytes]:
+    """The encapsulated frames without the one NUL byte that pads an odd-length JPEG to an even
+    item length (PS3.5 A.4: padding after EOI)."""
+    out = []
+    for frame in generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)):
+        out.append(frame[:-1] if frame.endswith(b"\xff\xd9\x00") else frame)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# IOD per kind
+
+
+@pytest.mark.parametrize("kind", list(PhotoKind))
+@pytest.mark.parametrize("name", [*JPEGS, *ROTATED])
+def test_every_kind_has_its_iod_and_the_required_attributes(kind: PhotoKind, name: str) -> None:
+    ds = reread(photo_object(kind, stored_sample(name)))
+    sc = kind is not PhotoKind.CLINICAL
+    assert ds.SOPClassUID == (SC_IMAGE if sc else VL_PHOTOGRAPHIC)
+    assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert ds.Modality == {PhotoKind.CLINICAL: "XC", PhotoKind.DOCUMENT: "DOC", PhotoKind.SECONDARY: "OT"}[kind]
+    # Type 1
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SamplesPerPixel",
+                    "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+                    "ImageType", "PixelData"):
+        assert keyword in ds and ds[keyword].value not in (None, ""), keyword
+    assert ds.PixelRepresentation == 0
+    # Type 2: present, possibly empty
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "AccessionNumber", "ReferringPhysicianName", "StudyID", "SeriesNumber", "Manufacturer",
+                    "InstanceNumber", "PatientOrientation"):
+        assert keyword in ds, keyword
+    assert (ds.PatientID, ds.IssuerOfPatientID) == (PATIENT_VALUE, "HOSP")
+    assert ds.PatientName == "" and ds.PatientBirthDate == "" and ds.PatientSex == ""
+    if sc:
+        assert ds.ConversionType == ("SD" if kind is PhotoKind.DOCUMENT else "SI")
+        assert "AcquisitionContextSequence" not in ds
+        assert ds.ImageType[1] == "SECONDARY"
+        assert "DateOfSecondaryCapture" in ds
+    else:
+        assert "ConversionType" not in ds
+        assert ds.AcquisitionContextSequence == []
+        assert ds.ImageType[1] == "PRIMARY"
+        assert "LossyImageCompression" in ds  # Type 2 in VL Image
+    assert ds.BurnedInAnnotation == ("YES" if sc else "NO")
+    assert ds.RecognizableVisualFeatures == ("YES" if kind is PhotoKind.CLINICAL else "NO")
+    for never in ("OperatorsName", "DeviceSerialNumber", "PatientAddress", "OtherPatientIDs",
+                  "PatientIdentityRemoved", "StationName"):
+        assert never not in ds, never
+
+
+def test_uids_are_the_records_and_regenerating_is_identical() -> None:
+    sample = stored_sample("document.jpg")
+    record = photo_record(PhotoKind.CLINICAL, sample)
+    patient = Identifier(system=PATIENT_SYSTEM, value=PATIENT_VALUE)
+    uids = photo_uids(UID_ROOT, record_id=record["id"], encounter=encounter_key(record), patient=patient)
+    first = photo_object(PhotoKind.CLINICAL, sample, record=record)
+    assert (first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID) == (
+        uids.study, uids.series, uids.sop_instance)
+    assert encode_dataset(photo_object(PhotoKind.CLINICAL, sample, record=record)) == encode_dataset(first)
+    assert encounter_key(record) == "Encounter/e-1"
+
+
+# ---------------------------------------------------------------------------------------------
+# pixels
+
+
+@pytest.mark.parametrize("name", JPEGS)
+def test_a_jpeg_is_wrapped_as_stored_without_re_encoding(name: str) -> None:
+    sample = stored_sample(name)
+    assert sample.orientation in (None, 1)
+    ds = reread(photo_object(PhotoKind.CLINICAL, sample))
+    assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert frames(ds) == [sample.data]  # byte for byte: the stored JPEG is the frame
+    assert (ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration) == (3, "YBR_FULL_422", 0)
+    assert (ds.Columns, ds.Rows) == (sample.width, sample.height)
+    assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (8, 8, 7)
+    assert ds.LossyImageCompression == "01" and ds.LossyImageCompressionMethod == "ISO_10918_1"
+    assert float(ds.LossyImageCompressionRatio) > 1
+    assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY"] and "DerivationDescription" not in ds
+    assert close(ds.pixel_array, decoded(sample.data))
+
+
+def test_rotated_jpeg_becomes_lossless_native_pixels_marked_derived() -> None:
+    sample = stored_sample("wound.jpg")
+    assert sample.orientation == 6
+    ds = reread(photo_object(PhotoKind.CLINICAL, sample))
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (ds.Columns, ds.Rows) == (sample.height, sample.width)  # 90° turned
+    assert (ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration) == ("RGB", 3, 0)
+    assert list(ds.ImageType) == ["DERIVED", "PRIMARY"]
+    assert "rotated 90 degrees clockwise (EXIF Orientation 6)" in ds.DerivationDescription
+    assert ds.LossyImageCompression == "01"  # once lossy, never reset (PS3.3 C.7.6.1.1.5)
+    assert ds.LossyImageCompressionMethod == "ISO_10918_1"
+    assert np.array_equal(ds.pixel_array, decoded(sample.data, 6))
+    assert "SpecificCharacterSet" not in ds  # everything written is ASCII
+
+
+def test_rotated_png_is_lossless_and_derived() -> None:
+    sample = stored_sample("lesion.png")
+    assert sample.orientation == 8
+    ds = reread(photo_object(PhotoKind.CLINICAL, sample))
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert ds.LossyImageCompression == "00" and "LossyImageCompressionMethod" not in ds
+    assert list(ds.ImageType) == ["DERIVED", "PRIMARY"]
+    assert np.array_equal(ds.pixel_array, decoded(sample.data, 8))
+
+
+def test_png_without_rotation_is_original_and_pixel_identical() -> None:
+    sample = stored_sample("lesion.png")
+    ds = reread(photo_object(PhotoKind.SECONDARY, sample, orientation=1))
+    assert list(ds.ImageType) == ["ORIGINAL", "SECONDARY"] and "DerivationDescription" not in ds
+    assert (ds.Columns, ds.Rows) == (sample.width, sample.height)
+    assert np.array_equal(ds.pixel_array, decoded(sample.data))
+
+
+def test_orientation_argument_overrides_the_stored_exif() -> None:
+    sample = stored_sample("document.jpg")
+    ds = reread(photo_object(PhotoKind.DOCUMENT, sample, orientation=3))
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert "rotated 180 degrees" in ds.DerivationDescription
+    assert np.array_equal(ds.pixel_array, decoded(sample.data, 3))
+    wound = stored_sample("wound.jpg")
+    as_is = reread(photo_object(PhotoKind.CLINICAL, wound, orientation=1))
+    assert as_is.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    (frame,) = frames(as_is)
+    assert b"Exif\x00\x00" not in frame  # the stored Orientation-only EXIF is not carried
+    assert close(as_is.pixel_array, decoded(wound.data))
+
+
+def test_greyscale_jpeg_is_monochrome2_as_is() -> None:
+    sample = stored_bytes(jpeg_of("L"), "image/jpeg")
+    ds = reread(photo_object(PhotoKind.DOCUMENT, sample))
+    assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert (ds.SamplesPerPixel, ds.PhotometricInterpretation) == (1, "MONOCHROME2")
+    assert "PlanarConfiguration" not in ds
+    assert frames(ds) == [sample.data]
+    assert np.array_equal(ds.pixel_array, decoded(sample.data))
+
+
+def test_progressive_jpeg_is_decoded_to_native_pixels() -> None:
+    sample = stored_bytes(jpeg_of(progressive=True), "image/jpeg")
+    ds = reread(photo_object(PhotoKind.CLINICAL, sample))
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY"]  # decoded, not changed
+    assert ds.LossyImageCompression == "01"
+    assert np.array_equal(ds.pixel_array, decoded(sample.data))
+
+
+def test_cmyk_jpeg_is_converted_and_derived() -> None:
+    sample = stored_bytes(jpeg_of("CMYK"), "image/jpeg")
+    ds = reread(photo_object(PhotoKind.DOCUMENT, sample))
+    assert ds.PhotometricInterpretation == "RGB"
+    assert "CMYK converted to RGB" in ds.DerivationDescription
+
+
+@pytest.mark.parametrize(("mode", "transparent", "derived", "photometric"), [
+    ("RGBA", False, False, "RGB"),
+    ("RGBA", True, True, "RGB"),
+    ("L", False, False, "MONOCHROME2"),
+    ("LA", False, False, "MONOCHROME2"),
+    ("P", False, False, "RGB"),
+    ("I;16", False, True, "MONOCHROME2"),
+])
+def test_png_modes(mode: str, transparent: bool, derived: bool, photometric: str) -> None:
+    sample = stored_bytes(png_of(mode, transparent=transparent), "image/png")
+    ds = reread(photo_object(PhotoKind.SECONDARY, sample))
+    assert ds.PhotometricInterpretation == photometric
+    assert ds.BitsAllocated == 8
+    assert (ds.ImageType[0] == "DERIVED") is derived
+    if not derived and mode != "LA":
+        with Image.open(io.BytesIO(sample.data)) as im:
+            expected = np.asarray(im.convert("L" if photometric == "MONOCHROME2" else "RGB"))
+        assert np.array_equal(ds.pixel_array, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# privacy
+
+
+@pytest.mark.parametrize("kind", list(PhotoKind))
+@pytest.mark.parametrize("name", ["wound.jpg", "document.jpg", "tiny.jpg", "lesion.png"])
+def test_no_exif_gps_or_planted_metadata_ever_reaches_the_object(kind: PhotoKind, name: str) -> None:
+    for orientation in (None, 1):
+        data = encode_dataset(photo_object(kind, stored_sample(name), orientation=orientation))
+        assert b"Exif\x00" not in data
+        assert b"http://ns.adobe.com/xap/1.0/" not in data
+        assert b"Photoshop 3.0" not in data and b"MPF\x00" not in data
+        for planted in (ms.OWNER_NAME, ms.BODY_SERIAL, ms.LENS_SERIAL, ms.ARTIST, ms.XMP_PERSON, ms.IPTC_BYLINE,
+                        ms.IPTC_CITY, ms.COMMENT, ms.MAKE, ms.MODEL, ms.CAPTURE_TIME):
+            assert planted.encode() not in data, planted
+        assert ms.gps_rational_bytes(ms.GPS_LATITUDE) not in data
+        assert ms.gps_rational_bytes(ms.GPS_LATITUDE, "<") not in data
+
+
+def test_the_record_is_not_changed() -> None:
+    sample = stored_sample("document.jpg")
+    record = photo_record(PhotoKind.CLINICAL, sample)
+    before = copy.deepcopy(record)
+    photo_object(PhotoKind.CLINICAL, sample, record=record)
+    assert record == before
+
+
+def test_unknown_patient_system_and_bad_values_are_refused() -> None:
+    from adapter.mapping.dicom_photo import photo_to_dicom
+    from tests.support.dciodvfy import dicom_tables
+    from tests.support.fhir_factories import tables
+
+    sample = stored_sample("tiny.jpg")
+    record = photo_record(PhotoKind.CLINICAL, sample)
+    uids = photo_uids(UID_ROOT, record_id="r", encounter=None,
+                      patient=Identifier(system="x", value="y"))
+    for patient, error in ((Identifier(system="urn:other", value="1"), UnknownCode),
+                           (Identifier(system=PATIENT_SYSTEM, value="a\\b"), InvalidInput)):
+        with pytest.raises(error):
+            photo_to_dicom(record, sample.data, sample.content_type, kind=PhotoKind.CLINICAL, patient=patient,
+                           uids=uids, tables=tables(), dicom_tables=dicom_tables(), now=NOW)
+    with pytest.raises(InvalidInput):
+        photo_to_dicom({"resourceType": "Consent"}, sample.data, sample.content_type, kind=PhotoKind.CLINICAL,
+                       patient=Identifier(system=PATIENT_SYSTEM, value="1"), uids=uids, tables=tables(),
+                       dicom_tables=dicom_tables(), now=NOW)
+
+
+# ---------------------------------------------------------------------------------------------
+# times
+
+
+def _media(**changes: Any) -> dict[str, Any]:
+    record = photo_record(PhotoKind.CLINICAL, stored_sample("tiny.jpg"))
+    for key, value in changes.items():
+        if value is None:
+            record.pop(key, None)
+        else:
+            record[key] = value
+    return record
+
+
+def test_times_are_written_in_the_taken_times_offset() -> None:
+    ds = photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"),
+                      record=_media(createdDateTime="2024-03-01T10:15:00+01:00"))
+    assert (ds.StudyDate, ds.StudyTime) == ("20240301", "101500")
+    assert (ds.ContentDate, ds.ContentTime) == ("20240301", "101500")
+    assert ds.AcquisitionDateTime == "20240301101500+0100"
+    assert ds.TimezoneOffsetFromUTC == "+0100"
+    # NOW is 09:16:02.12 UTC = 10:16:02.12 at +01:00
+    assert (ds.InstanceCreationDate, ds.InstanceCreationTime) == ("20240301", "101602.120000")
+
+
+def test_a_date_only_taken_time_gives_dates_without_times() -> None:
+    ds = photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"), record=_media(createdDateTime="2024-02-28"))
+    assert (ds.StudyDate, ds.StudyTime, ds.ContentDate) == ("20240228", "", "20240228")
+    assert "ContentTime" not in ds and "AcquisitionDateTime" not in ds
+    assert ds.TimezoneOffsetFromUTC == "+0000"
+
+
+def test_without_a_taken_time_the_study_is_dated_when_filed() -> None:
+    ds = photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"), record=_media(createdDateTime=None))
+    assert (ds.StudyDate, ds.StudyTime) == ("20240301", "091602.120000")
+    assert "ContentDate" not in ds and "ContentTime" not in ds
+
+
+def test_document_reference_times_come_from_the_context_period() -> None:
+    sample = stored_sample("document.jpg")
+    record = photo_record(PhotoKind.DOCUMENT, sample)
+    assert record["resourceType"] == "DocumentReference"
+    record["context"]["period"]["start"] = "2024-01-02T03:04:05-05:00"
+    ds = photo_object(PhotoKind.DOCUMENT, sample, record=record)
+    assert (ds.ContentDate, ds.ContentTime, ds.TimezoneOffsetFromUTC) == ("20240102", "030405", "-0500")
+    assert encounter_key(record) == "Encounter/e-1"
+
+
+# ---------------------------------------------------------------------------------------------
+# anatomy, equipment, text
+
+
+def test_body_site_and_laterality() -> None:
+    ds = photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"))
+    (region,) = ds.AnatomicRegionSequence
+    assert (region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning) == ("14975008", "SCT", "Forearm")
+    (modifier,) = region.AnatomicRegionModifierSequence
+    assert (modifier.CodeValue, modifier.CodeMeaning) == ("24028007", "Right")
+    assert ds.ImageLaterality == "R" and "Laterality" not in ds
+
+
+@pytest.mark.parametrize(("laterality", "image", "series"), [
+    ("left", "L", None), ("bilateral", "B", None), (None, None, ""),
+])
+def test_laterality_variants(laterality: str | None, image: str | None, series: str | None) -> None:
+    sample = stored_sample("tiny.jpg")
+    record = photo_record(PhotoKind.CLINICAL, sample, laterality=laterality)
+    ds = photo_object(PhotoKind.CLINICAL, sample, record=record)
+    assert ds.get("ImageLaterality") == image
+    assert ds.get("Laterality") == series
+
+
+def test_no_body_site_gives_an_empty_series_laterality() -> None:
+    ds = photo_object(PhotoKind.DOCUMENT, stored_sample("document.jpg"))
+    assert "AnatomicRegionSequence" not in ds and "ImageLaterality" not in ds
+    assert ds.Laterality == ""
+
+
+def test_equipment_vl_and_sc() -> None:
+    sample = stored_sample("tiny.jpg")
+    vl = photo_object(PhotoKind.CLINICAL, sample)
+    assert (vl.Manufacturer, vl.ManufacturerModelName, vl.InstitutionName) == ("", "Acme Camera X1",
+                                                                               "Example Hospital")
+    vl = photo_object(PhotoKind.CLINICAL, sample, equipment=Equipment("Acme", "X1"))
+    assert (vl.Manufacturer, vl.ManufacturerModelName) == ("Acme", "X1")
+    sc = photo_object(PhotoKind.SECONDARY, sample, equipment=Equipment("Acme", "X1"))
+    assert sc.Manufacturer == "" and "ManufacturerModelName" not in sc
+    assert (sc.SecondaryCaptureDeviceManufacturer, sc.SecondaryCaptureDeviceManufacturerModelName) == ("Acme", "X1")
+
+
+def test_non_ascii_text_selects_utf8() -> None:
+    ds = reread(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"), institution="Hôpital Saint-Éloi"))
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert ds.InstitutionName == "Hôpital Saint-Éloi"
+
+
+def test_long_or_multi_valued_text_is_made_a_single_lo() -> None:
+    sample = stored_sample("tiny.jpg")
+    record = photo_record(PhotoKind.CLINICAL, sample)
+    record["deviceName"] = "Maker\\Model\n" + "x" * 80
+    ds = reread(photo_object(PhotoKind.CLINICAL, sample, record=record))
+    assert ds["ManufacturerModelName"].VM == 1
+    assert len(ds.ManufacturerModelName) <= 64
+
+
+def test_file_is_part_10(tmp_path: Path) -> None:
+    data = encode_dataset(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg")))
+    assert data[128:132] == b"DICM"

@@ -1,0 +1,129 @@
+"""mappings/dicom.yaml: patient identifier table both ways, kind → IOD, receive rules, and the
+start-up refusal of a bad table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from adapter.errors import InvalidInput, PolicyError, RequiredElementMissing, UnknownCode
+from adapter.mapping.dicom_tables import (
+    ENCAPSULATED_PDF,
+    MF_TRUE_COLOR_SC,
+    SC_IMAGE,
+    VL_PHOTOGRAPHIC,
+    PatientIdentifierTable,
+    load_dicom_tables,
+)
+from adapter.model.photo import Identifier, PhotoKind, PhotoSource
+from tests.support.dciodvfy import ROOT, dicom_tables
+
+pytestmark = pytest.mark.unit
+
+YAML = ROOT / "mappings" / "dicom.yaml"
+
+
+def raw() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(YAML.read_text(encoding="utf-8"))
+    return data
+
+
+def write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "dicom.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_the_project_table_loads_with_the_decided_iods() -> None:
+    t = dicom_tables()
+    clinical, document, secondary = (t.kinds[k] for k in (PhotoKind.CLINICAL, PhotoKind.DOCUMENT,
+                                                          PhotoKind.SECONDARY))
+    assert (clinical.sop_class, clinical.modality, clinical.conversion_type) == (VL_PHOTOGRAPHIC, "XC", None)
+    assert (document.sop_class, document.modality, document.conversion_type) == (SC_IMAGE, "DOC", "SD")
+    assert (secondary.sop_class, secondary.modality, secondary.conversion_type) == (SC_IMAGE, "OT", "SI")
+    assert clinical.burned_in_annotation == "NO"
+    assert document.burned_in_annotation == secondary.burned_in_annotation == "YES"
+    assert set(t.receive.sop_classes) == {VL_PHOTOGRAPHIC, SC_IMAGE, MF_TRUE_COLOR_SC, ENCAPSULATED_PDF}
+    assert t.receive.source is PhotoSource.CLINICIAN
+
+
+def test_patient_identifier_both_ways() -> None:
+    table = dicom_tables().patient_identifiers
+    ident = table.to_fhir("MRN-0001", "HOSP")
+    assert ident == Identifier(system="urn:oid:2.999.1.1", value="MRN-0001")
+    assert table.to_dicom(ident) == ("MRN-0001", "HOSP")
+    assert table.to_fhir(" MRN-0001 ", "HOSP ").value == "MRN-0001"
+
+
+def test_unknown_and_missing_issuers_are_refused_by_default() -> None:
+    table = dicom_tables().patient_identifiers
+    with pytest.raises(UnknownCode) as unknown:
+        table.to_fhir("MRN-0001", "OTHER")
+    assert unknown.value.expression == ["(0010,0021) IssuerOfPatientID"]
+    with pytest.raises(UnknownCode):
+        table.to_fhir("MRN-0001", None)
+    with pytest.raises(RequiredElementMissing) as missing:
+        table.to_fhir("", "HOSP")
+    assert missing.value.expression == ["(0010,0020) PatientID"]
+    with pytest.raises(UnknownCode) as egress:
+        table.to_dicom(Identifier(system="urn:other", value="1"))
+    assert egress.value.expression == ["subject.identifier.system"]
+
+
+@pytest.mark.parametrize("value", ["a\\b", "x" * 65, "line\nbreak"])
+def test_a_value_that_cannot_be_a_patient_id_is_refused(value: str) -> None:
+    with pytest.raises(InvalidInput):
+        dicom_tables().patient_identifiers.to_dicom(Identifier(system="urn:oid:2.999.1.1", value=value))
+
+
+def test_prefix_mode_and_default_issuer() -> None:
+    table = PatientIdentifierTable.model_validate({
+        "issuers": [{"issuer": "HOSP", "system": "urn:oid:2.999.1.1"}],
+        "unknownIssuer": "prefix", "missingIssuer": "HOSP"})
+    other = table.to_fhir("42", "Other Clinic/2")
+    assert other == Identifier(system="urn:dicom:issuer:Other%20Clinic%2F2", value="42")
+    assert table.to_dicom(other) == ("42", "Other Clinic/2")
+    assert table.to_fhir("42", None).system == "urn:oid:2.999.1.1"
+
+
+def test_receive_rules_pick_the_kind() -> None:
+    receive = dicom_tables().receive
+    assert receive.kind_of(VL_PHOTOGRAPHIC, conversion_type=None, modality="XC") is PhotoKind.CLINICAL
+    assert receive.kind_of(SC_IMAGE, conversion_type="SD", modality="OT") is PhotoKind.DOCUMENT
+    assert receive.kind_of(SC_IMAGE, conversion_type="SI", modality="DOC") is PhotoKind.DOCUMENT
+    assert receive.kind_of(SC_IMAGE, conversion_type="DF", modality="OT") is PhotoKind.SECONDARY
+    assert receive.kind_of(MF_TRUE_COLOR_SC, conversion_type="WSD", modality="OT") is PhotoKind.SECONDARY
+    assert receive.kind_of(ENCAPSULATED_PDF, conversion_type=None, modality="DOC") is PhotoKind.DOCUMENT
+
+
+def test_the_table_loads_from_a_copy(tmp_path: Path) -> None:
+    assert load_dicom_tables(write(tmp_path, raw())).kinds == dicom_tables().kinds
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d["kinds"].pop("secondary"),
+    lambda d: d["kinds"]["document"].pop("conversionType"),
+    lambda d: d["kinds"]["document"].update(conversionType="XX"),
+    lambda d: d["kinds"]["clinical"].update(conversionType="SD"),
+    lambda d: d["kinds"]["clinical"].update(sopClass="1.2.840.10008.5.1.4.1.1.2"),
+    lambda d: d["kinds"]["clinical"].update(burnedInAnnotation="MAYBE"),
+    lambda d: d["receive"]["sopClasses"].update({"1.02.3": {"name": "x", "kind": "clinical"}}),
+    lambda d: d["receive"]["sopClasses"][SC_IMAGE].update(kind="other"),
+    lambda d: d["patientIdentifiers"]["issuers"].append({"issuer": "B", "system": "urn:oid:2.999.1.1"}),
+    lambda d: d["patientIdentifiers"].update(missingIssuer="NOPE"),
+    lambda d: d["patientIdentifiers"]["issuers"][0].update(issuer="A\\B"),
+    lambda d: d.update(unexpected=True),
+])
+def test_a_bad_table_stops_start_up(tmp_path: Path, change: Any) -> None:
+    data = raw()
+    change(data)
+    with pytest.raises(PolicyError, match="dicom.yaml"):
+        load_dicom_tables(write(tmp_path, data))
+
+
+def test_a_missing_file_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="not found"):
+        load_dicom_tables(tmp_path / "absent.yaml")
