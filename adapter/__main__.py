@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from adapter.config import Settings
@@ -39,21 +42,45 @@ def _start_dicom(settings: Settings) -> tuple[StoreSCP, Services] | None:
     return scp, services  # StoreSCP.start logged its address
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the SCP is stopped before the process exits."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
 def serve(settings: Settings) -> int:
     """The HTTP API in this thread and, when enabled, the DICOM SCP beside it; the SCP stops
-    when the HTTP server does."""
+    (associations finish their ingest first) when the HTTP server does.
+
+    uvicorn handles SIGTERM itself, then restores the previous handler and raises the signal
+    again: the handler installed here turns that into an exception, so the SCP and its store
+    are closed, and the signal is raised once more at the end (exit status as without the SCP).
+    """
     try:
         dicom = _start_dicom(settings)
     except AdapterError as exc:
         logging.getLogger("adapter").error("cannot start the DICOM SCP: %s", exc.diagnostics)
         return 2
+    if dicom is None:
+        return _serve_http(settings)
+    scp, services = dicom
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    terminated = False
     try:
         return _serve_http(settings)
+    except _Terminated:
+        terminated = True
+        return 0
     finally:
-        if dicom is not None:
-            scp, services = dicom
-            scp.stop()
-            services.close()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        scp.stop()
+        services.close()
+        if terminated:
+            signal.raise_signal(signal.SIGTERM)
 
 
 def _serve_http(settings: Settings) -> int:

@@ -206,6 +206,11 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     peak_rss_mb: float | None = None
     rss_processes: int = 0
+    server_cpu_ms: float | None = None  # CPU seconds (user + system) of the server's processes in the window
+    client_cpu_ms: float = 0.0  # CPU of this benchmark process in the timed window
+
+    def per_photo(self, cpu_ms: float | None) -> float | None:
+        return cpu_ms / self.ok if cpu_ms is not None and self.ok else None
     first_error: str = ""
     note: str = ""
 
@@ -301,8 +306,14 @@ def measure(
             if w.errors:
                 print(f"[{target}] warm-up: {w.errors} error(s), first: {w.first_error}", file=sys.stderr)
         print(f"[{target}] posting {n} from {c} clients ...", flush=True)
+        pid = pid_for_rss()
+        cpu_before = tree_cpu_seconds(pid) if pid else None
+        client_before = time.process_time()
         run_load(client, timed, c, expect, max_seconds, result, extra_headers or {})
-    pid = pid_for_rss()
+        result.client_cpu_ms = (time.process_time() - client_before) * 1000
+        cpu_after = tree_cpu_seconds(pid) if pid else None
+        if cpu_before is not None and cpu_after is not None:
+            result.server_cpu_ms = (cpu_after - cpu_before) * 1000
     if pid:
         result.rss_processes = len(process_tree(pid))
         result.peak_rss_mb = peak_rss_mb(pid)
@@ -317,6 +328,19 @@ def _children(pid: int) -> list[int]:
         except OSError:
             pass
     return kids
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """user + system CPU seconds consumed so far by ``pid`` and its live descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / ticks if total else None
 
 
 def process_tree(pid: int) -> list[int]:
@@ -448,6 +472,13 @@ def report(results: list[Result]) -> None:
             f"{fmt(r.peak_rss_mb):>12} {r.rss_processes:>5} {r.errors:>7}"
         )
     for r in results:
+        server, client = r.per_photo(r.server_cpu_ms), r.per_photo(r.client_cpu_ms)
+        print(
+            f"  {r.target}: CPU per accepted request: server {fmt(server)} ms, this client {fmt(client)} ms "
+            f"({os.cpu_count()} cores; the window's budget at the measured rate: "
+            f"{fmt(1000 * (os.cpu_count() or 1) / r.rate if r.rate else None)} ms)"
+        )
+    for r in results:
         if r.first_error:
             print(f"  {r.target}: first error: {r.first_error}")
         if r.note:
@@ -477,6 +508,8 @@ def report(results: list[Result]) -> None:
             f"{r.target}_p99_ms={fmt(r.pct(99), '.1f')}",
             f"{r.target}_peak_rss_mb={fmt(r.peak_rss_mb)}",
             f"{r.target}_errors={r.errors}",
+            f"{r.target}_server_cpu_ms={fmt(r.per_photo(r.server_cpu_ms), '.2f')}",
+            f"{r.target}_client_cpu_ms={fmt(r.per_photo(r.client_cpu_ms), '.2f')}",
         ]
     print("RESULT " + " ".join(parts) + f" ratio={fmt(ratio, '.2f')}")
 

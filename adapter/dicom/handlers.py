@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
 
@@ -23,6 +23,7 @@ from adapter.errors import AdapterError
 from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
 
 if TYPE_CHECKING:
+    from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.events import Event
 
 log = logging.getLogger("adapter.dicom")
@@ -34,7 +35,7 @@ def handle_echo(event: Event) -> int:
 
 
 def _received_store(event: Event) -> ReceivedStore:
-    request = event.request
+    request = cast("C_STORE", event.request)
     requestor = event.assoc.requestor
     return ReceivedStore(
         path=event.dataset_path,

@@ -36,7 +36,6 @@ from typing import Any, Self
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from adapter.dicom.ae import AeOptions
 from adapter.dicom.handlers import handle_conn_close, handle_conn_open, handle_echo, handle_store
@@ -45,6 +44,8 @@ from adapter.services.dicom_ingest import DicomIngestService
 
 log = logging.getLogger("adapter.dicom")
 
+#: Verification SOP Class (C-ECHO, PS3.4 Annex A).
+VERIFICATION = "1.2.840.10008.1.1"
 #: Encapsulated PDF Storage: a document, no pixel data.
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
@@ -63,7 +64,7 @@ class _ApplicationEntity(AE):
         super().__init__(ae_title=ae_title)
         self._allowed = list(allowed)
 
-    @property  # type: ignore[override]
+    @property
     def require_calling_aet(self) -> list[str]:
         return self._allowed or [_NOBODY]
 
@@ -105,7 +106,7 @@ class StoreSCP:
         ae.network_timeout = o.network_timeout
         ae.maximum_associations = o.maximum_associations
         ae.require_called_aet = False  # a PACS may call us by another configured title
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION)
         for sop_class in self._sop_classes:
             ae.add_supported_context(sop_class, list(syntaxes_for(sop_class)))
         return ae
@@ -119,7 +120,7 @@ class StoreSCP:
             # A process-wide pynetdicom switch; it changes nothing for SCU associations.
             _config.STORE_RECV_CHUNKED_DATASET = True
             ae = self._build_ae()
-            handlers = [
+            handlers: list[Any] = [
                 (evt.EVT_CONN_OPEN, handle_conn_open),
                 (evt.EVT_CONN_CLOSE, handle_conn_close),
                 (evt.EVT_C_ECHO, handle_echo),

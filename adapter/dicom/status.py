@@ -68,7 +68,7 @@ def dimse_status_for(err: e.AdapterError) -> int:
     """The DIMSE status answering ``err`` (its most specific class in :data:`DIMSE_STATUS`)."""
     for cls in type(err).__mro__:
         if cls in DIMSE_STATUS:
-            return DIMSE_STATUS[cls]  # type: ignore[index]
+            return DIMSE_STATUS[cls]
     return PROCESSING_FAILURE
 
 

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from adapter.imaging.exif import ExifSummary
-
-if TYPE_CHECKING:
-    from adapter.imaging.jpeg import JpegLayout
 
 
 @dataclass(frozen=True)
@@ -40,12 +36,10 @@ class ImageFacts:
 
 @dataclass(frozen=True)
 class Stripped:
-    """Result of a format module's metadata surgery (internal). ``layout``: for JPEG, the
-    marker layout of ``data`` (so the decode proof need not walk it again)."""
+    """Result of a format module's metadata surgery (internal)."""
 
     data: bytes
     width: int
     height: int
     removed: tuple[str, ...]
     exif: ExifSummary | None
-    layout: JpegLayout | None = None

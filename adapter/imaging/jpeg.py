@@ -107,11 +107,6 @@ class Frame:
     def arithmetic(self) -> bool:
         return self.marker in ARITHMETIC_SOF
 
-    @property
-    def mcu_rows(self) -> int:
-        """Image rows covered by one row of interleaved MCUs (at least those of any scan)."""
-        return 8 * max(c.v for c in self.components)
-
 
 @dataclass(frozen=True, slots=True)
 class Scan:
@@ -238,6 +233,33 @@ def jpeg_pixel_size(data: bytes) -> tuple[int, int]:
     raise UndecodableImage("JPEG has no frame header")
 
 
+@dataclass(frozen=True, slots=True)
+class StrippedJpeg:
+    """The outcome of :func:`strip_jpeg_segments`: the stored stream as its kept marker
+    segments, in order, without SOI and EOI (``(marker, bytes)``; entropy-coded data as
+    ``ECS``), so it can be hashed and written without being assembled in memory. ``frame`` and
+    ``scans`` are set when the walk ran with ``check_decoding``."""
+
+    segments: tuple[tuple[int, bytes | memoryview], ...]
+    width: int
+    height: int
+    removed: tuple[str, ...]
+    exif: ExifSummary | None
+    frame: Frame | None
+    scans: tuple[Scan, ...]
+
+    def parts(self) -> list[bytes | memoryview]:
+        """The stored stream in pieces: SOI, every segment, EOI."""
+        return [b"\xff\xd8", *(part for _, part in self.segments), b"\xff\xd9"]
+
+    @property
+    def size(self) -> int:
+        return 4 + sum(len(part) for _, part in self.segments)
+
+    def join(self) -> bytes:
+        return b"".join(self.parts())
+
+
 def strip_jpeg(data: bytes, *, max_pixels: int | None = None, check_decoding: bool = False) -> Stripped:
     """Keep what decoding and colour need, drop every metadata segment (standards.md §5.3).
 
@@ -246,16 +268,22 @@ def strip_jpeg(data: bytes, *, max_pixels: int | None = None, check_decoding: bo
     APP13 Photoshop/IPTC, any other APPn, COM, reserved JPGn, fill and extraneous bytes, and
     anything after EOI. An EXIF Orientation other than 1 comes back as a minimal APP1 Exif
     holding only 0x0112, right after JFIF (or SOI).
-
-    ``check_decoding`` is passed to :func:`walk`; the result's ``layout`` is the layout of the
-    stored bytes (offsets into ``Stripped.data``), so they need not be walked again.
     """
+    stripped = strip_jpeg_segments(data, max_pixels=max_pixels, check_decoding=check_decoding)
+    return Stripped(stripped.join(), stripped.width, stripped.height, stripped.removed, stripped.exif)
+
+
+def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
+                        check_decoding: bool = False) -> StrippedJpeg:
+    """:func:`strip_jpeg` without assembling the result: its segments are views into ``data``
+    (which must stay unchanged while they are used). ``check_decoding`` is passed to
+    :func:`walk`."""
     layout = walk(data, max_pixels=max_pixels, check_decoding=check_decoding)
     view = memoryview(data)
     removed: list[str] = []
     exif: ExifSummary | None = None
     jfif: bytes | None = None
-    kept: list[tuple[int, memoryview | bytes]] = []
+    kept: list[tuple[int, bytes | memoryview]] = []
     adobe_seen = False
     for seg in layout.segments:
         payload = view[seg.start + 4:seg.end]
@@ -281,21 +309,14 @@ def strip_jpeg(data: bytes, *, max_pixels: int | None = None, check_decoding: bo
     if layout.trailer:
         removed.append("trailer after EOI")
 
+    head: list[tuple[int, bytes | memoryview]] = []
     if jfif is not None:
-        kept.insert(0, (APP0, _segment(APP0, jfif)))
+        head.append((APP0, _segment(APP0, jfif)))
     if exif is not None and exif.orientation not in (None, 1):
         assert exif.orientation is not None
-        kept.insert(1 if jfif is not None else 0,
-                    (APP1, _segment(APP1, b"Exif\x00\x00" + orientation_only_tiff(exif.orientation))))
-    segments: list[Segment] = []
-    offset = 2
-    for marker, part in kept:
-        segments.append(Segment(marker, offset, offset + len(part)))
-        offset += len(part)
-    stored = b"".join([b"\xff\xd8", *(part for _, part in kept), b"\xff\xd9"])
-    stored_layout = JpegLayout(tuple(segments), layout.width, layout.height, eoi=offset, trailer=0,
-                               extraneous=False, frame=layout.frame, scans=layout.scans)
-    return Stripped(stored, layout.width, layout.height, tuple(dict.fromkeys(removed)), exif, stored_layout)
+        head.append((APP1, _segment(APP1, b"Exif\x00\x00" + orientation_only_tiff(exif.orientation))))
+    return StrippedJpeg(tuple(head + kept), layout.width, layout.height, tuple(dict.fromkeys(removed)), exif,
+                        layout.frame, layout.scans)
 
 
 def strip_jpeg_to_pixels_only(data: bytes) -> bytes:
@@ -326,9 +347,9 @@ def strip_jpeg_to_pixels_only(data: bytes) -> bytes:
 class DecodeStream:
     """What a prefix decode proof hands to libjpeg (see :func:`decode_stream`).
 
-    ``complete``: no entropy-coded byte was left out (``data`` is the stream itself).
-    ``dc_preview``: a progressive stream with its DC scans whole and its AC scans empty; decoded
-    at 1/8 scale (DC coefficients only) it gives exactly the pixels of a full decode.
+    ``complete``: no entropy-coded byte was left out. ``dc_preview``: a progressive stream with
+    its DC scans whole and its AC scans empty; decoded at 1/8 scale (DC coefficients only) it
+    gives exactly the pixels of a full decode.
     """
 
     data: bytes
@@ -336,44 +357,46 @@ class DecodeStream:
     dc_preview: bool
 
 
-def decode_stream(data: bytes, layout: JpegLayout, *, budget: int, dc_preview: bool = False) -> DecodeStream:
-    """The stream ``data`` (walked as ``layout``, with ``check_decoding``) with every marker
-    segment kept in order and its entropy-coded data cut short, for a cheap decode proof.
+def decode_stream(stripped: StrippedJpeg, *, budget: int, whole_up_to: int = 0,
+                  dc_preview: bool = False) -> DecodeStream:
+    """The stream of ``stripped`` (walked with ``check_decoding``) for a cheap decode proof:
+    every marker segment kept in order, the entropy-coded data cut short.
 
-    libjpeg then parses every table, frame and scan header (so it refuses exactly what a full
-    decode refuses: errors in entropy-coded data are warnings for it), and meets each cut as a
-    marker that ends the segment early: it fills the rest of that scan with zero coefficients
-    (for Huffman coding: a flat fill; arithmetic decoding produces noise there).
+    libjpeg then parses every table, frame and scan header (so it refuses what a full decode
+    refuses: errors in entropy-coded data are only warnings for it) and meets each cut as a
+    marker ending the segment early: it gives the rest of that scan zero coefficients (for
+    Huffman coding a flat fill; arithmetic decoding makes noise of it).
 
-    When all entropy-coded data fits ``budget`` bytes, ``data`` itself is returned. Otherwise,
-    with ``dc_preview`` and a progressive stream, the DC scans are kept whole and the AC scans
-    emptied; else the scans receive the ``budget`` bytes in stream order, so a sequential scan
-    decodes from the top down to where its bytes end. Cuts never split ``FF`` from what follows.
+    In this order: a progressive stream with ``dc_preview`` keeps its DC scans whole and its AC
+    scans empty; a stream whose entropy-coded data is at most ``max(budget, whole_up_to)`` bytes
+    is returned whole; otherwise the scans receive ``budget`` bytes in stream order, so a
+    sequential scan decodes from the top down to where its bytes end. Cuts never split ``FF``
+    from what follows.
     """
-    frame = layout.frame
-    ecs = [s for s in layout.segments if s.marker == ECS]
-    if frame is None or len(layout.scans) != len(ecs) or sum(s.end - s.start for s in ecs) <= budget:
-        return DecodeStream(data, complete=True, dc_preview=False)
-    dc_only = dc_preview and frame.progressive
-    view = memoryview(data)
-    parts: list[memoryview | bytes] = [b"\xff\xd8"]
+    frame, scans = stripped.frame, stripped.scans
+    n_ecs = sum(1 for marker, _ in stripped.segments if marker == ECS)
+    ecs_bytes = sum(len(part) for marker, part in stripped.segments if marker == ECS)
+    dc_only = dc_preview and frame is not None and frame.progressive
+    if frame is None or len(scans) != n_ecs or (ecs_bytes <= max(budget, whole_up_to) and not dc_only):
+        return DecodeStream(stripped.join(), complete=True, dc_preview=False)
+    parts: list[bytes | memoryview] = [b"\xff\xd8"]
     left, scan = budget, -1
-    for seg in layout.segments:
-        if seg.marker != ECS:
-            if seg.marker == SOS:
+    for marker, part in stripped.segments:
+        if marker != ECS:
+            if marker == SOS:
                 scan += 1
-            parts.append(view[seg.start:seg.end])
+            parts.append(part)
             continue
-        length = seg.end - seg.start
+        length = len(part)
         if dc_only:
-            keep = length if layout.scans[scan].ss == 0 else 0
+            keep = length if scans[scan].ss == 0 else 0
         else:
             keep = min(length, left)
             left -= keep
-        cut = seg.start + keep
-        while keep < length and cut > seg.start and data[cut - 1] == 0xFF:
-            cut -= 1
-        parts.append(view[seg.start:cut])
+        if keep < length:
+            while keep and part[keep - 1] == 0xFF:
+                keep -= 1
+        parts.append(part[:keep])
     parts.append(b"\xff\xd9")
     return DecodeStream(b"".join(parts), complete=False, dc_preview=dc_only)
 

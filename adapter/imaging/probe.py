@@ -12,13 +12,14 @@ every scan. ``policy.quality.decodeProof`` chooses how much of the stream the pr
     scan header exactly as in a full decode, and treats errors in entropy-coded data as warnings
     anyway, so both refuse the same streams; the walk (``check_decoding``) has also checked the
     headers and the stream's structure up to EOI. It costs a fraction of a full decode for a large
-    photo. Sharpness: when the entropy-coded data fits :data:`PREFIX_SCAN_BYTES` the stream is
-    decoded whole (same as ``full``); a progressive JPEG at 1/8 scale is decoded from its DC scans,
-    which give exactly the pixels of a full decode at that scale; a sequential (baseline) JPEG is
-    decoded down to where its first :data:`PREFIX_SCAN_BYTES` bytes end and measured over those
-    whole MCU rows if they are at least :data:`PREFIX_MIN_ROWS` of the height, otherwise not
-    measured at all (no blur warning rather than a false one); arithmetic-coded or lossless
-    streams cut short are not measured.
+    photo. Sharpness is either measured exactly as under ``full`` or not at all (no blur warning
+    rather than a different one): a progressive JPEG at 1/8 scale is decoded from its DC scans,
+    which alone make the 1/8-scale image (libjpeg's 1/8 IDCT reads only the DC coefficient); a
+    sequential (baseline) JPEG whose entropy-coded data is small for its size (at most
+    :data:`WHOLE_SCAN_BYTES_PER_PIXEL` bytes per pixel, or :data:`PREFIX_SCAN_BYTES`) is decoded
+    whole. Few bytes per pixel mean few edges, which is where blur is likely; a larger sequential
+    JPEG (or a progressive one below 1/8 scale) gets only :data:`PREFIX_SCAN_BYTES` of its scan
+    data decoded and its sharpness is not measured.
 
 PNG has no reduced decode under either proof: the whole image is inflated and unfiltered (PNG
 uploads are rare and usually small; a 12 MP PNG costs a few hundred ms and its full-size pixels in
@@ -33,23 +34,24 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from PIL import Image, ImageChops, ImageFilter, ImageStat, JpegImagePlugin
+from PIL import Image, ImageFilter, ImageStat, JpegImagePlugin
 
 from adapter.errors import ImageTooLarge, UndecodableImage
-from adapter.imaging.jpeg import JpegLayout, decode_stream, walk
+from adapter.imaging.jpeg import StrippedJpeg, decode_stream, strip_jpeg_segments
 from adapter.imaging.quality import box_factor, dct_scale, estimate_jpeg_quality
 from adapter.imaging.sniff import JPEG, PNG
 
 # Errors Pillow and its C decoders raise on bad data (UnidentifiedImageError is an OSError).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 
-#: Entropy-coded bytes a ``prefix`` proof decodes from a sequential JPEG (about 2.5 ms of libjpeg
-#: time here); a photo whose scans fit is decoded whole. A blurred 12 MP photo is typically
-#: 0.4-0.9 MB (few edges to code), a sharp one 3 MB or more.
-PREFIX_SCAN_BYTES = 384 * 1024
-#: Under ``prefix``, a sequential JPEG cut short is measured only if the decoded whole MCU rows
-#: are at least this share of its height.
-PREFIX_MIN_ROWS = 0.5
+#: Entropy-coded bytes a ``prefix`` proof decodes from a large sequential JPEG (about 1.5 ms of
+#: libjpeg time here; a 3 MB photo takes 25 ms whole).
+PREFIX_SCAN_BYTES = 128 * 1024
+#: ... unless its entropy-coded data is at most this many bytes per pixel: then it is decoded
+#: whole (it costs ~8 ms per MB). Few bytes per pixel mean few edges: that is where blur is likely
+#: and worth measuring exactly. Measured here for 12 MP: sharp photos 0.25-0.5 bytes per pixel
+#: (q85-q95), Gaussian-blurred ones 0.03-0.09.
+WHOLE_SCAN_BYTES_PER_PIXEL = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,24 +64,18 @@ class Decoded:
     jpeg_quality: int | None
 
 
-def decode_reduced(data: bytes, content_type: str, *, proof: str = "full",
-                   layout: JpegLayout | None = None) -> Decoded:
+def decode_reduced(data: bytes, content_type: str, *, proof: str = "full") -> Decoded:
     """Prove that ``data`` decodes, measuring sharpness on a reduced greyscale image and, for
     JPEG, estimating the encoder quality from the quantization tables.
 
-    ``proof`` is ``policy.quality.decodeProof`` (``full`` or ``prefix``, module docstring); for
-    ``prefix``, ``layout`` is the walk of ``data`` with ``check_decoding`` (walked here if not
-    given). Raises :class:`UndecodableImage`, or :class:`ImageTooLarge` for Pillow's own
-    decompression-bomb check (a second line behind the header check of ``Limits``).
+    ``proof`` is ``policy.quality.decodeProof`` (``full`` or ``prefix``, module docstring; PNG
+    is always decoded whole). Raises :class:`UndecodableImage`, or :class:`ImageTooLarge` for
+    Pillow's own decompression-bomb check (a second line behind the header check of ``Limits``).
     """
+    if content_type == JPEG and proof == "prefix":
+        return decode_jpeg_prefix(strip_jpeg_segments(data, check_decoding=True))
     fmt = {JPEG: "JPEG", PNG: "PNG"}[content_type]
-    prefix = content_type == JPEG and proof == "prefix"
-    if prefix and (layout is None or layout.frame is None):
-        layout = walk(data, check_decoding=True)
     try:
-        if prefix:
-            assert layout is not None
-            return _decode_jpeg_prefix(data, layout)
         with Image.open(io.BytesIO(data), formats=[fmt]) as im:
             width, height = im.size
             jpeg_quality = None
@@ -99,47 +95,30 @@ def decode_reduced(data: bytes, content_type: str, *, proof: str = "full",
     return Decoded(width, height, sharpness, jpeg_quality)
 
 
-def _decode_jpeg_prefix(data: bytes, layout: JpegLayout) -> Decoded:
-    frame = layout.frame
-    assert frame is not None
-    scale = dct_scale(layout.width, layout.height)
-    stream = decode_stream(data, layout, budget=PREFIX_SCAN_BYTES, dc_preview=scale == 8)
-    with Image.open(io.BytesIO(stream.data), formats=["JPEG"]) as im:
-        assert isinstance(im, JpegImagePlugin.JpegImageFile)
-        width, height = im.size
-        jpeg_quality = estimate_jpeg_quality(im.quantization)
-        im.draft("L", (width // scale, height // scale))
-        im.load()
-        grey = im if im.mode == "L" else _to_grey(im)
-        if stream.complete or stream.dc_preview:
-            sharpness = _sharpness(grey)
-        elif grey is None or frame.progressive or frame.arithmetic or frame.lossless:
-            sharpness = None  # no flat fill to find the decoded part by, or partial AC only
-        else:
-            rows = _decoded_rows(im, -(-frame.mcu_rows // scale))
-            factor = box_factor(*im.size)
-            rows -= rows % factor
-            if rows >= PREFIX_MIN_ROWS * im.height and rows > 2 * factor:
-                sharpness = _sharpness(grey.crop((0, 0, im.width, rows)), factor)
-            else:
-                sharpness = None
-    return Decoded(width, height, sharpness, jpeg_quality)
-
-
-def _decoded_rows(im: Image.Image, mcu_rows: int) -> int:
-    """Rows of ``im`` (a sequential JPEG decoded from a cut stream) made of whole MCU rows that
-    libjpeg decoded from data. Past the cut every block has zero coefficients, so the rest of the
-    image is one flat colour, that of the last pixel; the last MCU row holding anything else is
-    where the data ran out mid-row, and is left out with everything below it."""
+def decode_jpeg_prefix(stripped: StrippedJpeg) -> Decoded:
+    """The ``prefix`` decode proof of a stripped JPEG walked with ``check_decoding`` (module
+    docstring); raises as :func:`decode_reduced`."""
+    frame = stripped.frame
+    if frame is None:
+        raise ValueError("the JPEG was not walked with check_decoding")
+    scale = dct_scale(stripped.width, stripped.height)
+    stream = decode_stream(stripped, budget=PREFIX_SCAN_BYTES, dc_preview=scale == 8,
+                           whole_up_to=int(WHOLE_SCAN_BYTES_PER_PIXEL * stripped.width * stripped.height))
     try:
-        fill = Image.new(im.mode, im.size, im.getpixel((im.width - 1, im.height - 1)))
-        box = ImageChops.difference(im, fill).getbbox()
-    except ValueError:  # a mode ImageChops cannot compare
-        return 0
-    if box is None:
-        return 0
-    bottom = box[3]
-    return max(0, (bottom // mcu_rows - 1) * mcu_rows)
+        with Image.open(io.BytesIO(stream.data), formats=["JPEG"]) as im:
+            assert isinstance(im, JpegImagePlugin.JpegImageFile)
+            width, height = im.size
+            jpeg_quality = estimate_jpeg_quality(im.quantization)
+            im.draft("L", (width // scale, height // scale))
+            im.load()
+            sharpness = None
+            if stream.complete or stream.dc_preview:
+                sharpness = _sharpness(im if im.mode == "L" else _to_grey(im))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge("image has more pixels than the decoder allows") from exc
+    except _DECODE_ERRORS as exc:
+        raise UndecodableImage("the JPEG image does not decode") from exc
+    return Decoded(width, height, sharpness, jpeg_quality)
 
 
 def _to_grey(im: Image.Image) -> Image.Image | None:
@@ -154,13 +133,11 @@ def _to_grey(im: Image.Image) -> Image.Image | None:
         return None
 
 
-def _sharpness(grey: Image.Image | None, factor: int | None = None) -> float | None:
-    """Mean response of Pillow's FIND_EDGES (3x3 Laplacian) on the reduced greyscale image,
-    box-reduced by ``factor`` (default: from its size, :func:`box_factor`)."""
+def _sharpness(grey: Image.Image | None) -> float | None:
+    """Mean response of Pillow's FIND_EDGES (3x3 Laplacian) on the reduced greyscale image."""
     if grey is None:
         return None
-    if factor is None:
-        factor = box_factor(*grey.size)
+    factor = box_factor(*grey.size)
     if factor > 1:
         grey = grey.reduce(factor)
     edges = grey.filter(ImageFilter.FIND_EDGES)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from adapter.errors import StorageError, UndecodableImage
 from adapter.imaging.facts import ImageFacts, Stripped
-from adapter.imaging.jpeg import strip_jpeg, strip_jpeg_to_pixels_only
+from adapter.imaging.jpeg import StrippedJpeg, strip_jpeg_segments, strip_jpeg_to_pixels_only
 from adapter.imaging.png import strip_png, strip_png_to_pixels_only
-from adapter.imaging.probe import decode_reduced
+from adapter.imaging.probe import decode_jpeg_prefix, decode_reduced
 from adapter.imaging.quality import quality_warnings
 from adapter.imaging.sniff import JPEG, check_declared, sniff_content_type
 from adapter.model.policy import Limits, Quality
@@ -39,19 +39,27 @@ def sanitize(src: Path, dst: Path, *, quality: Quality, limits: Limits) -> Image
     received_sha256 = hashlib.sha256(received).hexdigest()
 
     content_type = sniff_content_type(received)
-    stripped: Stripped
+    stripped: Stripped | StrippedJpeg
     if content_type == JPEG:
-        stripped = strip_jpeg(received, max_pixels=limits.max_pixels, check_decoding=True)
+        # The stored stream stays in pieces (views into ``received``): hashed and written
+        # piece by piece, assembled only for a full decode.
+        stripped = strip_jpeg_segments(received, max_pixels=limits.max_pixels, check_decoding=True)
+        parts = stripped.parts()
+        if quality.decode_proof == "prefix":
+            decoded = decode_jpeg_prefix(stripped)
+        else:
+            decoded = decode_reduced(stripped.join(), JPEG)
     else:
         stripped = strip_png(received, max_pixels=limits.max_pixels)
-    del received  # the stripped copy is all that is needed from here on
-    decoded = decode_reduced(stripped.data, content_type, proof=quality.decode_proof, layout=stripped.layout)
+        parts = [stripped.data]
+        decoded = decode_reduced(stripped.data, content_type)
     if (decoded.width, decoded.height) != (stripped.width, stripped.height):
         raise UndecodableImage("the decoder disagrees with the image header about its size")
 
-    stored = stripped.data
-    stored_sha256 = hashlib.sha256(stored).hexdigest()
-    _write(dst, stored)
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    _write(dst, parts)
 
     exif = stripped.exif
     return ImageFacts(
@@ -67,8 +75,8 @@ def sanitize(src: Path, dst: Path, *, quality: Quality, limits: Limits) -> Image
                                           sharpness=decoded.sharpness,
                                           jpeg_quality=decoded.jpeg_quality, quality=quality),
         received_sha256=received_sha256,
-        stored_sha256=stored_sha256,
-        stored_size=len(stored),
+        stored_sha256=digest.hexdigest(),
+        stored_size=sum(len(part) for part in parts),
     )
 
 
@@ -86,10 +94,10 @@ def strip_to_pixels_only(data: bytes, content_type: str) -> bytes:
     return strip_png_to_pixels_only(data)
 
 
-def _write(dst: Path, data: bytes) -> None:
+def _write(dst: Path, parts: list[bytes | memoryview]) -> None:
     try:
         with dst.open("wb") as out:
-            out.write(data)
+            out.writelines(parts)
             out.flush()
     except OSError as exc:
         dst.unlink(missing_ok=True)

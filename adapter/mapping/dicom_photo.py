@@ -14,17 +14,18 @@ Decisions:
   MONOCHROME2 for 1 component, RGB for an Adobe no-transform stream), PlanarConfiguration 0,
   LossyImageCompression 01, method ISO_10918_1. Everything else is decoded and stored as
   native, uncompressed Explicit VR Little Endian 8-bit RGB or MONOCHROME2 samples: PNG
-  (lossless), a progressive or otherwise non-baseline JPEG (no DICOM transfer syntax carries a
-  progressive stream, and transcoding one without decoding is impossible), a CMYK JPEG, and any
+  (lossless), a progressive or otherwise non-baseline JPEG (the progressive transfer syntaxes are
+  retired, and a lossless transcode to baseline does not exist), a CMYK JPEG, and any
   photo whose EXIF Orientation is not 1.
 * **Orientation** (DICOM has no EXIF): applied with an exact transpose of the decoded pixels
   before wrapping. There is no lossless JPEG rotation here (that needs jpegtran, outside Pillow,
   and only works on whole MCUs), so a rotated JPEG is stored uncompressed: ImageType DERIVED,
   DerivationDescription says what happened, LossyImageCompression stays 01 (PS3.3 C.7.6.1.1.5:
   once lossy, never reset). The frame is ~3 bytes per pixel (a 12 MP photo: 36 MB).
-* **Alpha** is dropped; 16-bit samples are reduced to 8 bits (VL Photographic allows only 8);
-  both are named in DerivationDescription and make the image DERIVED when they change what is
-  shown.
+* **Alpha** is dropped and 16-bit samples are reduced to 8 bits (one 8-bit pixel path for
+  every IOD, as photo viewers show them); both are named in DerivationDescription and make the
+  image DERIVED when they change what is shown. An ICC profile inside a stored JPEG stays in
+  the encapsulated frame; decoded pixels carry none (no ICC Profile module is written).
 * **Patient module**: PatientID and IssuerOfPatientID from the record's subject identifier
   through mappings/dicom.yaml (reverse lookup; an unknown system is refused). PatientName,
   PatientBirthDate and PatientSex are Type 2 and empty: the adapter owns no demographics.
@@ -37,9 +38,11 @@ Decisions:
   gives StudyDate/ContentDate with empty StudyTime and no ContentTime. Without any taken time
   there is no ContentDate/Time and no AcquisitionDateTime (Type 2C/3: not temporally related).
 * **Anatomy**: bodySite's SNOMED coding → AnatomicRegionSequence (SCT, CodeMeaning from
-  mappings/body_sites.yaml), the laterality extension → ImageLaterality (R/L/B), series
-  Laterality R/L (empty for bilateral or unknown: Type 2C, and dciodvfy asks for it when the
-  body part is paired or absent) and an AnatomicRegionModifierSequence item.
+  mappings/body_sites.yaml); the laterality extension → ImageLaterality (R/L/B) and an
+  AnatomicRegionModifierSequence item (SCT 24028007/7771000/51440002). Series Laterality
+  (General Series, Type 2C) is then absent, as its condition requires (dciodvfy errors
+  otherwise); without a known laterality, or without a body site, it is present and empty
+  ("unknown": dciodvfy requires it when the body part is paired or absent, and warns).
 * **Privacy**: RecognizableVisualFeatures from kinds.yaml ``recognizable``; BurnedInAnnotation
   from mappings/dicom.yaml (documents and screens carry text). Nothing from EXIF except the
   Orientation is used, so no GPS, serials, owner or capture software can reach the object.

@@ -45,7 +45,13 @@ from pydicom.errors import InvalidDicomError
 
 from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
 from adapter.errors import AdapterError, Conflict, InvalidInput, InvalidResource, StorageError
-from adapter.mapping.dicom_fhir import ExtractedImage, ReceivedObject, extract_image, read_received, received_to_fhir
+from adapter.mapping.dicom_fhir import (
+    ExtractedImage,
+    ReceivedObject,
+    extract_image,
+    read_received,
+    received_to_fhir,
+)
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.fhir_r4 import index_resource
 from adapter.mapping.tables import Tables

@@ -27,6 +27,7 @@ from tests.support.dciodvfy import (
     UID_KEY,
     dciodvfy,
     dciodvfy_missing,
+    dciodvfy_report,
     decode_check,
     decode_missing,
     jpeg_of,
@@ -67,7 +68,7 @@ def tools(request: pytest.FixtureRequest) -> Iterator[None]:
 def check(ds: Dataset, label: str) -> None:
     """0 dciodvfy errors, decodes with dcmtk, no EXIF/XMP APP1 anywhere."""
     data = encode_dataset(ds)
-    report = dciodvfy(ds)
+    report = dciodvfy_report(ds)
     for warning in report.warnings:
         WARNINGS[re.sub(r"\[[^]]*\]|<[^>]*>", "…", warning)] += 1
     print(f"{label}: {report.iod}, {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
@@ -79,6 +80,17 @@ def check(ds: Dataset, label: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def test_the_harness_sees_errors() -> None:
+    """A broken object is reported: the checks below would catch a regression."""
+    ds = photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"))
+    del ds.ImageType                       # Type 1 in VL Image
+    ds.ImageLaterality = "R"
+    ds.Laterality = "R"                    # 2C: must be absent when ImageLaterality is present
+    errors = dciodvfy(ds)
+    assert any("ImageType" in e for e in errors), errors
+    assert any("Laterality" in e for e in errors), errors
 
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)

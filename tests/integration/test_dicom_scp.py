@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,122 +18,36 @@ from typing import Any
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from adapter.dicom import AeOptions, StoreSCP
-from adapter.dicom.status import (
-    CANNOT_UNDERSTAND,
-    DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    NOT_AUTHORISED,
-    SUCCESS,
-)
+from adapter.dicom.status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, NOT_AUTHORISED, SUCCESS
 from adapter.services.registry import Services
 from tests.conftest import require_or_skip
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
-from tests.support.dcmtk import dcmtk_missing, echoscu, storescu, wrap_jpeg_as_sc
+from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
+from tests.support.dicom_files import (
+    PDF_BYTES,
+    SC,
+    VL_PHOTO,
+    frame_of,
+    jpeg,
+    multiframe_file,
+    native_sc_file,
+    pdf_file,
+    pynet_store,
+    sc_file,
+    vl_photo_file,
+)
 from tests.support.fhir_validator import validate_r4
 
 pytestmark = pytest.mark.integration
 
-SC = "1.2.840.10008.5.1.4.1.1.7"
-MF_SC = "1.2.840.10008.5.1.4.1.1.7.4"
-VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
-PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
 TREAT = {"X-Purpose-Of-Use": "TREAT"}
 TRAIN = {"X-Purpose-Of-Use": "TRAIN"}
 ALLOWED = ("STORESCU", "ECHOSCU", "PYNETSCU")
-
-
-# -- factories --------------------------------------------------------------------------------
-
-
-def jpeg(width: int = 64, height: int = 48, shade: int = 30, *, noise: bool = False) -> bytes:
-    """A baseline JPEG; ``noise`` makes it large (random pixels do not compress)."""
-    buf = io.BytesIO()
-    image = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)) if noise \
-        else Image.new("RGB", (width, height), (shade, 255 - shade, 128))
-    image.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _finish(ds: Dataset, path: Path, **attrs: Any) -> Dataset:
-    for keyword, value in attrs.items():
-        if value is None:
-            if keyword in ds:
-                delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.save_as(path, enforce_file_format=True)
-    return ds
-
-
-def sc_file(path: Path, *, frame: bytes | None = None, **attrs: Any) -> Dataset:
-    """A JPEG Baseline Secondary Capture for patient MRN-0001 (issuer HOSP); ``attrs`` override
-    (None removes)."""
-    ds = pydicom.dcmread(io.BytesIO(wrap_jpeg_as_sc(frame or jpeg(), patient_id=PATIENT["value"])))
-    base: dict[str, Any] = {"IssuerOfPatientID": "HOSP", "InstitutionName": "Example Hospital Radiology"}
-    return _finish(ds, path, **{**base, **attrs})
-
-
-def vl_photo_file(path: Path, **attrs: Any) -> Dataset:
-    return sc_file(path, SOPClassUID=VL_PHOTO, Modality="XC", ConversionType=None, **attrs)
-
-
-def multiframe_file(path: Path, frames: int = 3) -> Dataset:
-    ds = sc_file(path, SOPClassUID=MF_SC)
-    ds.PixelData = encapsulate([jpeg(shade=20 * n) for n in range(frames)])
-    ds["PixelData"].VR = "OB"
-    return _finish(ds, path, NumberOfFrames=frames)
-
-
-def native_sc_file(path: Path, pixels: bytes, rows: int, columns: int) -> Dataset:
-    ds = sc_file(path)
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.PixelData = pixels
-    ds["PixelData"].VR = "OB"
-    ds.PhotometricInterpretation = "RGB"
-    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    return _finish(ds, path, Rows=rows, Columns=columns, SamplesPerPixel=3, BitsAllocated=8, BitsStored=8,
-                   HighBit=7, PixelRepresentation=0, PlanarConfiguration=0)
-
-
-PDF_BYTES = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj 2 0 obj<</Type/Pages/Kids[]/Count 0>>"
-             b"endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
-
-
-def pdf_file(path: Path) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = PDF_CLASS, generate_uid()
-    ds.PatientName, ds.PatientID, ds.IssuerOfPatientID = "", PATIENT["value"], "HOSP"
-    ds.PatientBirthDate, ds.PatientSex = "", ""
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = \
-        "20240101", "120000", "1", "", ""
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.ConversionType = "DOC", 1, 1, "SD"
-    ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = "20240101", "120000", "20240101120000"
-    ds.BurnedInAnnotation, ds.DocumentTitle = "YES", "Discharge letter"
-    ds.ConceptNameCodeSequence = []
-    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
-    ds.EncapsulatedDocument = PDF_BYTES + (b"\0" if len(PDF_BYTES) % 2 else b"")
-    ds.EncapsulatedDocumentLength = len(PDF_BYTES)
-    return _finish(ds, path)
-
-
-def frame_of(path: Path) -> bytes:
-    ds = pydicom.dcmread(path)
-    assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
-    frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
-    return frame[:-1] if frame.endswith(b"\xff\xd9\x00") else frame  # the even-length pad is not JPEG
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -189,25 +103,6 @@ def find(client: FhirClient, resource_type: str, sop_uid: str, headers: dict[str
                    headers=headers)
     assert r.status_code == 200, r.text
     return [e["resource"] for e in r.json().get("entry", [])]
-
-
-def pynet_store(port: int, path: Path, *, ae_title: str = "PYNETSCU", chunked: bool = False,
-                sop_class: str | None = None, transfer_syntax: str | None = None) -> Dataset:
-    """C-STORE ``path`` with a pynetdicom SCU; ``chunked`` sends the file's dataset bytes as they
-    are (no decoding, so a malformed dataset goes out malformed)."""
-    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
-    ae = AE(ae_title=ae_title)
-    ae.add_requested_context(sop_class or meta.MediaStorageSOPClassUID,
-                             transfer_syntax or meta.TransferSyntaxUID)
-    _config.STORE_SEND_CHUNKED_DATASET = chunked
-    assoc = ae.associate("127.0.0.1", port, ae_title="ADAPTER")
-    try:
-        assert assoc.is_established
-        return assoc.send_c_store(path if chunked else pydicom.dcmread(path))
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        ae.shutdown()
 
 
 def stored_nothing(services: Services, sop_uid: str, data_dir: Path) -> None:
@@ -448,12 +343,22 @@ def test_compressed_syntaxes_without_a_rendering_are_not_accepted(scp: StoreSCP)
         ae.shutdown()
 
 
-def test_truncated_dataset_is_refused_and_nothing_is_stored(scp: StoreSCP, services: Services,
-                                                            tmp_path: Path, pynetdicom_config: Path) -> None:
+@pytest.mark.parametrize(("encoding", "cut_bytes"), [
+    ("jpeg", 500),     # inside the last JPEG fragment
+    ("jpeg", 1),       # inside the sequence delimiter
+    ("native", 100),   # inside a value of defined length: pydicom would read it short, silently
+    ("native", 3000),
+])
+def test_truncated_dataset_is_refused_and_nothing_is_stored(scp: StoreSCP, services: Services, tmp_path: Path,
+                                                            pynetdicom_config: Path, encoding: str,
+                                                            cut_bytes: int) -> None:
     path = tmp_path / "whole.dcm"
-    sent = sc_file(path, frame=jpeg(320, 240))
+    if encoding == "jpeg":
+        sent = sc_file(path, frame=jpeg(320, 240))
+    else:
+        sent = native_sc_file(path, bytes(range(256)) * 30, rows=40, columns=64)
     cut = tmp_path / "cut.dcm"
-    cut.write_bytes(path.read_bytes()[:-500])
+    cut.write_bytes(path.read_bytes()[:-cut_bytes])
     status = pynet_store(scp.port, cut, chunked=True)
     assert status.Status == CANNOT_UNDERSTAND
     assert "truncated" in status.ErrorComment
@@ -569,8 +474,6 @@ def test_accepted_sockets_have_nagle_off(scp: StoreSCP) -> None:
 
 
 def test_concurrent_associations_store_everything(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
-    import threading
-
     paths = []
     for n in range(12):
         path = tmp_path / f"c{n}.dcm"

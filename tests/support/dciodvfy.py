@@ -1,8 +1,8 @@
 """Drive David Clunie's ``dciodvfy`` (Debian ``dicom3tools``) and dcmtk's ``dcmdjpeg`` from the
 tests (tools/install-peers.sh installs both).
 
-    report = dciodvfy(path_or_dataset)      # DciodvfyReport(errors, warnings, iod, output)
-    errors = dciodvfy_errors(path_or_dataset)  # just the "Error"/"Abort" lines
+    errors = dciodvfy(path_or_dataset)         # the "Error"/"Abort" lines ([] = valid)
+    report = dciodvfy_report(path_or_dataset)  # DciodvfyReport(iod, errors, warnings, output)
     problems = decode_check(path)           # dcmdjpeg / dcmdump: pixel data really decodes
 
 The second half holds the DICOM test material the unit and integration tests share: the
@@ -57,7 +57,7 @@ def _as_file(source: Path | str | Dataset, tmp: Path) -> Path:
     return Path(source)
 
 
-def dciodvfy(source: Path | str | Dataset, *, timeout: float = 120.0) -> DciodvfyReport:
+def dciodvfy_report(source: Path | str | Dataset, *, timeout: float = 120.0) -> DciodvfyReport:
     """Run dciodvfy on a file or a dataset (written to a temporary Part 10 file).
 
     Error lines are those starting ``Error`` or ``Abort`` (as ../shared/peers/validate-dicom.sh
@@ -83,9 +83,13 @@ def dciodvfy(source: Path | str | Dataset, *, timeout: float = 120.0) -> Dciodvf
     return DciodvfyReport(iod=iod, errors=errors, warnings=warnings, output=output, returncode=proc.returncode)
 
 
-def dciodvfy_errors(source: Path | str | Dataset) -> list[str]:
-    """The Error/Abort lines of :func:`dciodvfy` (empty = the object is valid)."""
-    return dciodvfy(source).errors
+def dciodvfy(source: Path | str | Dataset) -> list[str]:
+    """The Error/Abort lines of :func:`dciodvfy_report` (empty = the object is valid).
+
+    Raises:
+        RuntimeError: dciodvfy is not installed.
+    """
+    return dciodvfy_report(source).errors
 
 
 def decode_missing() -> str | None:
