@@ -6,7 +6,7 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 1. idempotency by SOP Instance UID: an object stored before is answered with its record, and
    nothing new is written;
 2. the file is checked to be complete (every element's length within the file, every undefined
-   length closed by its delimiter) and hashed, in one pass;
+   length closed by its delimiter); its SHA-256 is computed in a helper thread meanwhile;
 3. the attributes are read with pydicom, pixel data deferred: the dataset's SOP Class and SOP
    Instance UIDs must be those of the C-STORE request and its presentation context;
 4. mapping (adapter.mapping.dicom_fhir): patient through mappings/dicom.yaml, kind, identifiers;
@@ -31,6 +31,7 @@ import mmap
 import os
 import shutil
 import struct
+import threading
 import uuid
 import warnings
 from collections.abc import Callable
@@ -184,8 +185,9 @@ def _body_offset(buf: memoryview) -> int:
     return pos
 
 
-def check_complete_and_hash(path: Path, transfer_syntax: str) -> str:
-    """Check that the Part 10 file at ``path`` is structurally complete and return its SHA-256.
+def check_complete(path: Path, transfer_syntax: str) -> None:
+    """Check that the Part 10 file at ``path`` is structurally complete: every element's length
+    within the file, every undefined length closed by its delimiter.
 
     pydicom reads a truncated file without complaint (a cut value comes back short, a missing
     delimiter is a warning), so completeness is checked here from the encoding alone.
@@ -195,13 +197,11 @@ def check_complete_and_hash(path: Path, transfer_syntax: str) -> str:
     """
     try:
         with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
+            if os.fstat(fh.fileno()).st_size == 0:
                 raise InvalidInput("the received dataset is empty")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 buf = memoryview(mapped)
                 try:
-                    digest = hashlib.sha256(buf).hexdigest()
                     _walk_dataset(buf, _body_offset(buf), transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN, 0,
                                   in_item=False)
                 finally:
@@ -211,7 +211,30 @@ def check_complete_and_hash(path: Path, transfer_syntax: str) -> str:
             from None
     except (OSError, ValueError) as exc:
         raise StorageError("the received dataset could not be read") from exc
-    return digest
+
+
+class _FileDigest(threading.Thread):
+    """SHA-256 of a file in a helper thread (hashlib releases the GIL on large buffers, so it
+    runs beside the parsing and mapping in the ingesting thread)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="dicom-ingest-sha256", daemon=True)
+        self._path = path
+        self._digest: str | None = None
+        self._error: OSError | None = None
+
+    def run(self) -> None:
+        try:
+            with open(self._path, "rb") as fh:
+                self._digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        except OSError as exc:
+            self._error = exc
+
+    def result(self) -> str:
+        self.join()
+        if self._digest is None:
+            raise StorageError("the received dataset could not be read") from self._error
+        return self._digest
 
 
 def read_dataset(path: Path) -> Dataset:
@@ -285,10 +308,12 @@ class DicomIngestService:
         previous = self._replay(received.affected_sop_instance)
         if previous is not None:
             return previous
-        original_sha256 = check_complete_and_hash(received.path, received.transfer_syntax)
-        ds = read_dataset(received.path)
-        self._check_identity(ds, received)
+        check_complete(received.path, received.transfer_syntax)
+        digest = _FileDigest(received.path)
+        digest.start()
         try:
+            ds = read_dataset(received.path)
+            self._check_identity(ds, received)
             obj = read_received(ds, calling_ae=received.calling_ae, dicom_tables=self._dicom_tables,
                                 tables=self._tables)
             now = self._now()
@@ -299,6 +324,8 @@ class DicomIngestService:
             raise
         except Exception as exc:  # pydicom raises whatever its parsers meet on a malformed value
             raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
+        finally:
+            original_sha256 = digest.result()
         return self._store_object(received, obj, image, assessment, original_sha256, study_date, now)
 
     @staticmethod
@@ -350,30 +377,52 @@ class DicomIngestService:
             raise StorageError("could not stage the image bytes") from exc
         return staged
 
+    def _commit_original(self, path: Path, sha256: str) -> None:
+        staged = self._stage_original(path)
+        try:
+            self._blobs.commit(staged, sha256)
+        finally:
+            self._blobs.discard(staged)  # gone after a commit; removed after a failure
+
     def _store_object(self, received: ReceivedStore, obj: ReceivedObject, image: ExtractedImage,
                       assessment: IngestAssessment, original_sha256: str, study_date: str | None,
                       now: datetime) -> DicomIngestResult:
-        staged: list[Path] = []
+        """Both blobs, then the one transaction. Every refusal has happened by now. The original
+        is committed in a helper thread while this one stages the Binary's bytes and builds the
+        resources: each fsync waits on the disk, not on the other (hashing and fsync release the
+        GIL)."""
+        original_error: list[BaseException] = []
+
+        def commit_original() -> None:
+            try:
+                self._commit_original(received.path, original_sha256)
+            except BaseException as exc:  # noqa: BLE001 - handed to the ingesting thread below
+                original_error.append(exc)
+
+        helper = threading.Thread(target=commit_original, name="dicom-ingest-blob", daemon=True)
+        helper.start()
+        staged: Path | None = None
         try:
             image_sha256 = hashlib.sha256(image.data).hexdigest()
-            staged.append(self._stage_original(received.path))
-            staged.append(self._stage_bytes(image.data))
-            self._blobs.commit(staged[0], original_sha256)
-            self._blobs.commit(staged[1], image_sha256)
-            staged.clear()
+            staged = self._stage_bytes(image.data)
+            self._blobs.commit(staged, image_sha256)
+            staged = None
             unit = self._unit(received, obj, image, image_sha256, assessment, original_sha256, study_date, now)
-            try:
-                self._store.save_ingest(unit)
-            except Conflict:
-                # the same object over another association won the race: answer with its record
-                previous = self._replay(obj.sop_instance_uid)
-                if previous is None:
-                    raise
-                return previous
-            return DicomIngestResult(receipt=unit.receipt, replayed=False)
         finally:
-            for path in staged:
-                self._blobs.discard(path)
+            helper.join()
+            if staged is not None:
+                self._blobs.discard(staged)
+        if original_error:
+            raise original_error[0]
+        try:
+            self._store.save_ingest(unit)
+        except Conflict:
+            # the same object over another association won the race: answer with its record
+            previous = self._replay(obj.sop_instance_uid)
+            if previous is None:
+                raise
+            return previous
+        return DicomIngestResult(receipt=unit.receipt, replayed=False)
 
     def _unit(self, received: ReceivedStore, obj: ReceivedObject, image: ExtractedImage, image_sha256: str,
               assessment: IngestAssessment, original_sha256: str, study_date: str | None,
@@ -429,4 +478,4 @@ def _study_date(ds: Dataset) -> str | None:
     return value if len(value) == 8 and value.isdigit() else None
 
 
-__all__ = ["DicomIngestResult", "DicomIngestService", "ReceivedStore", "check_complete_and_hash", "read_dataset"]
+__all__ = ["DicomIngestResult", "DicomIngestService", "ReceivedStore", "check_complete", "read_dataset"]

@@ -14,7 +14,7 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,8 +23,12 @@ from typing import Any
 from adapter.consent import assess_ingest, grants_from_consent
 from adapter.errors import Conflict
 from adapter.imaging import sanitize
+from adapter.mapping.codes import DICOM_UID_SYSTEM
+from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_uids import photo_uids
 from adapter.mapping.photo import build_photo_resources, index_resource
 from adapter.mapping.tables import Tables
+from adapter.model.dicom import DicomInstance, NewOutboxItem
 from adapter.model.consent import ConsentGrant
 from adapter.model.image import StoredImage
 from adapter.model.photo import Identifier, PhotoMetadata
@@ -50,12 +54,17 @@ def _new_id() -> str:
 
 class IngestService:
     def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, auditor: Auditor,
-                 now: Callable[[], datetime]) -> None:
+                 now: Callable[[], datetime], dicom_tables: DicomTables, uid_root: str,
+                 destinations: Sequence[str] = ()) -> None:
         self._store = store
         self._blobs = blobs
         self._tables = tables
         self._auditor = auditor
         self._now = now
+        self._dicom_tables = dicom_tables
+        self._uid_root = uid_root
+        self._destinations = tuple(destinations)
+        self.on_commit: Callable[[], None] | None = None  # wakes the forwarder
 
     def _existing_grants(self, patient: Identifier) -> list[ConsentGrant]:
         grants: list[ConsentGrant] = []
@@ -104,6 +113,8 @@ class IngestService:
                 if previous is None:
                     raise
                 return IngestResult(receipt=previous, replayed=True)
+            if unit.outbox and self.on_commit is not None:
+                self.on_commit()
             return IngestResult(receipt=unit.receipt, replayed=False)
         finally:
             upload.unlink(missing_ok=True)
@@ -124,6 +135,20 @@ class IngestService:
             implied_purposes=assessment.implied_purposes, tables=self._tables, now=now)
         record_ref = f"{record_type}/{record_id}"
         patient = meta.patient.identifier
+        # The photo's DICOM identity is fixed now, so the record names it and every regeneration
+        # of the object (forwarding, WADO-RS) carries the same UIDs.
+        uids = photo_uids(self._uid_root, record_id=record_id,
+                          encounter=meta.encounter.reference if meta.encounter else None, patient=patient)
+        built.record.setdefault("identifier", []).append(
+            {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{uids.sop_instance}"})
+        iod = self._dicom_tables.kinds[meta.kind]
+        dicom_instance = DicomInstance(
+            sop_instance_uid=uids.sop_instance, study_instance_uid=uids.study,
+            series_instance_uid=uids.series, sop_class_uid=iod.sop_class, modality=iod.modality,
+            record_type=record_type, record_id=record_id, patient=patient, blob_sha256=None,
+            study_date=(meta.taken_at or now).strftime("%Y%m%d"), created=now)
+        outbox = [NewOutboxItem(sop_instance_uid=uids.sop_instance, destination=d) for d in self._destinations
+                  if meta.kind in self._tables.policy.forward_kinds]
         created_consent_ids = tuple(str(c["id"]) for c in built.consents)
         facts = AccessFacts(governed_by=record_ref, patient=patient, kind=meta.kind, source=meta.source,
                             consent_pending=assessment.consent_pending, consent_ids=created_consent_ids)
@@ -157,5 +182,9 @@ class IngestService:
         }
         audit = self._auditor.event(ctx, interaction="create", action="C", permitted=True, reason=None,
                                     entities=created, patient=patient)
+        receipt["dicom"] = {"studyInstanceUid": uids.study, "seriesInstanceUid": uids.series,
+                            "sopInstanceUid": uids.sop_instance,
+                            "forwardTo": [item.destination for item in outbox]}
         return IngestUnit(resources=resources, receipt=receipt, idempotency_key=idempotency_key,
-                          patient=patient, stored_sha256=image.sha256, audit_events=[audit])
+                          patient=patient, stored_sha256=image.sha256, audit_events=[audit],
+                          dicom_instance=dicom_instance, outbox=outbox)

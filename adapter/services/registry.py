@@ -11,6 +11,7 @@ from pathlib import Path
 
 from adapter.config import Settings
 from adapter.mapping.dicom_tables import load_dicom_tables
+from adapter.mapping.dicom_uids import check_uid_root
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables, load_tables
 from adapter.model.purpose import RequestContext
@@ -98,6 +99,7 @@ class Services:
                 sender=sender, auditor=self.auditor, reader=self.reader,
                 options=options or ForwardOptions.from_settings(self.settings), now=self.now)
             self.forwarder.start()
+            self.ingest.on_commit = self.forwarder.wake
         return self.forwarder
 
     def close(self) -> None:
@@ -114,7 +116,9 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     store, blobs = open_store(settings.store)
     auditor = Auditor(store, now)
     pseudonymizer = Pseudonymizer(_pseudonym_key(settings), tables.policy.pseudonyms.system)
-    ingest = IngestService(store=store, blobs=blobs, tables=tables, auditor=auditor, now=now)
+    ingest = IngestService(store=store, blobs=blobs, tables=tables, auditor=auditor, now=now,
+                           dicom_tables=dicom_tables, uid_root=check_uid_root(settings.uid_root),
+                           destinations=settings.destinations)
     return Services(
         settings=settings, tables=tables, store=store, blobs=blobs, pseudonymizer=pseudonymizer,
         auditor=auditor, ingest=ingest,

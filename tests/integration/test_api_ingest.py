@@ -314,3 +314,19 @@ def test_colleague_internal_needs_no_consent_from_us_but_training_still_does(tmp
         record = r.json()["record"]
         assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).status_code == 200
         assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 403
+
+
+def test_photo_record_names_its_stable_dicom_uids(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        receipt = post_photo(client, WOUND, metadata(encounter={"reference": "Encounter/77"})).json()
+        sop = receipt["dicom"]["sopInstanceUid"]
+        found = client.get(f"/fhir/Media?identifier=urn:dicom:uid|urn:oid:{sop}", headers=as_purpose("TREAT"))
+        assert found.json()["total"] == 1
+        assert found.json()["entry"][0]["resource"]["id"] == receipt["record"].split("/")[1]
+        instance = services.store.find_dicom_instance(sop)
+        assert instance is not None and instance.study_instance_uid == receipt["dicom"]["studyInstanceUid"]
+        second = post_photo(client, SAMPLES / "lesion.png", metadata(encounter={"reference": "Encounter/77"}),
+                            content_type="image/png").json()
+        assert second["dicom"]["studyInstanceUid"] == receipt["dicom"]["studyInstanceUid"]
+        assert second["dicom"]["sopInstanceUid"] != sop
+        assert receipt["dicom"]["forwardTo"] == []

@@ -238,9 +238,18 @@ def test_bundle_level_error_points_at_the_bundle(jpeg: bytes) -> None:
 def test_unsupported_resource_type(jpeg: bytes) -> None:
     bundle = transaction_bundle(jpeg)
     bundle["entry"].append({"fullUrl": "urn:uuid:9d1c2b8e-4f3a-4c1e-9b6d-0a1b2c3d4e09",
+                            "resource": {"resourceType": "Observation", "status": "final",
+                                         "code": {"text": "x"}},
+                            "request": {"method": "POST", "url": "Observation"}})
+    assert refused(bundle, NotSupported).expression == ["Bundle.entry[3].resource.resourceType"]
+
+
+def test_mhd_submission_set_list_is_accepted(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"].append({"fullUrl": "urn:uuid:9d1c2b8e-4f3a-4c1e-9b6d-0a1b2c3d4e09",
                             "resource": {"resourceType": "List", "status": "current", "mode": "working"},
                             "request": {"method": "POST", "url": "List"}})
-    assert refused(bundle, NotSupported).expression == ["Bundle.entry[3].resource.resourceType"]
+    assert parse_transaction(bundle, tables()).entry_roles[-1] == "submission-set"
 
 
 def test_unsupported_method(jpeg: bytes) -> None:
