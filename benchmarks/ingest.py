@@ -429,6 +429,9 @@ def started_adapter(workdir: Path, timeout: float, workers: int = 2) -> Iterator
         ADAPTER_HTTP_HOST="127.0.0.1",
         ADAPTER_HTTP_WORKERS=str(workers),
     )
+    # its DICOM SCP (when enabled) on a free loopback port too, beside any other adapter
+    env.setdefault("ADAPTER_DICOM_PORT", str(free_port()))
+    env.setdefault("ADAPTER_DICOM_HOST", "127.0.0.1")
     with open(log, "ab") as log_f:
         proc = subprocess.Popen(
             [python, "-m", "adapter", "serve"],

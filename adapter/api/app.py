@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from adapter import __version__
 from adapter.api.outcome import install_error_handlers
-from adapter.api.routes import fhir, outbox, photos
+from adapter.api.routes import dicomweb, fhir, outbox, photos
 from adapter.services.registry import Services
 
 
@@ -27,6 +27,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(photos.router)
     app.include_router(fhir.router)
     app.include_router(outbox.router)
+    app.include_router(dicomweb.router)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> JSONResponse:

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
+from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, _config, evt
 
@@ -119,6 +120,9 @@ class StoreSCP:
             # Spool C-STORE datasets to disk as they arrive instead of holding them in memory.
             # A process-wide pynetdicom switch; it changes nothing for SCU associations.
             _config.STORE_RECV_CHUNKED_DATASET = True
+            # Read received values as sent, without validating them against their VR: pydicom's
+            # validation warnings quote the value (a name, an ID) into the logs. Process-wide too.
+            pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
             ae = self._build_ae()
             handlers: list[Any] = [
                 (evt.EVT_CONN_OPEN, handle_conn_open),

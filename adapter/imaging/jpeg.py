@@ -448,7 +448,7 @@ class _DecodingChecker:
             raise UndecodableImage(f"JPEG sample precision of {precision} bits is not supported (8 only)")
         if count not in (1, 3, 4):                                    # Pillow: "cannot handle n-layer images"
             raise UndecodableImage(f"JPEG with {count} components is not supported (1, 3 or 4)")
-        components = []
+        components: list[FrameComponent] = []
         for i in range(count):
             cid, hv, tq = data[code + 9 + 3 * i:code + 12 + 3 * i]
             h, v = hv >> 4, hv & 15

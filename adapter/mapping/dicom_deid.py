@@ -34,11 +34,18 @@ What is done (the attribute lists are below; actions as in Table E.1-1):
 
 Decisions:
 
-* **BurnedInAnnotation must be NO** (fail closed): when it is YES *or absent* the pixels may show
-  a name or an ID that no attribute rule can remove, so claiming "identity removed" would be
-  false. :class:`~adapter.errors.BusinessRuleViolation` is raised. Photographed documents and
-  secondary images (films, screens) are written with YES and so are never released this way.
-  An Encapsulated Document (PDF) is refused the same way: its content cannot be cleaned.
+* **Burned-in annotation and encapsulated documents are released, not refused.** Release for
+  TRAIN/HRESCH rests on the patient's explicit consent for that purpose (checked before this is
+  called; de-identification never substitutes for consent), exactly as the FHIR de-identified
+  view releases the same pixels. What is done to the attributes cannot reach text burned into
+  the pixels, nor the content of an Encapsulated Document (PDF), so nothing claims it did:
+  BurnedInAnnotation is kept as it is (YES for documents and screens), Clean Pixel Data
+  (113101) is never put in DeidentificationMethodCodeSequence, and DeidentificationMethod says
+  in words that the pixel data (or the document) was not cleaned whenever BurnedInAnnotation is
+  not NO (absent counts as "may be present") or the object is an Encapsulated Document.
+  Type 2 attributes of the Encapsulated Document module that the rules remove (DocumentTitle,
+  and ContentTime/AcquisitionDateTime when dates are removed) are kept empty instead, so the
+  copy stays a valid Encapsulated PDF.
 * **RecognizableVisualFeatures** is kept as it is (YES for clinical photos): the Clean
   Recognizable Visual Features option (113102) is not claimed; releasing a recognisable photo
   for TRAIN/HRESCH rests on the patient's explicit consent, checked before this is called.
@@ -63,7 +70,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from adapter.errors import BusinessRuleViolation, InvalidInput
+from adapter.errors import InvalidInput
 from adapter.imaging import jpeg_for_encapsulation
 from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
 
@@ -154,6 +161,11 @@ _PSEUDONYM_OK = re.compile(r"^[^\\\x00-\x1f]{1,64}$")
 # CID 7050 De-identification Method (DCM), meanings as in PS3.16.
 DCM_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
 DCM_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Full Dates Option")
+#: DeidentificationMethod (LO) values for what is released without being cleaned.
+NOT_CLEANED_PIXELS = "Pixel data not cleaned: burned-in text may identify"
+NOT_CLEANED_DOCUMENT = "Encapsulated document not cleaned: its content may identify"
+#: Type 2 attributes of the Encapsulated Document module (PS3.3 C.24.2) that the rules would remove.
+_DOCUMENT_TYPE2 = ("DocumentTitle", "ContentTime", "AcquisitionDateTime")
 
 
 def deidentify(ds: Dataset, *, uid_root: str, key: bytes) -> Dataset:
@@ -161,14 +173,12 @@ def deidentify(ds: Dataset, *, uid_root: str, key: bytes) -> Dataset:
     (module docstring).
 
     Raises:
-        BusinessRuleViolation: BurnedInAnnotation is not NO, or the object is an
-            Encapsulated Document.
         ConfigurationError: ``uid_root`` is not a usable root or ``key`` is empty.
     """
     out = _basic(ds, uid_root=uid_root, key=key, context=TRAIN_CONTEXT, keep_dates=False)
     out.PatientIdentityRemoved = "YES"
     out.LongitudinalTemporalInformationModified = "REMOVED"
-    _method(out, [DCM_BASIC_PROFILE])
+    _method(out, [DCM_BASIC_PROFILE], _not_cleaned(ds))
     return out
 
 
@@ -178,7 +188,6 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
     ``pseudonym_issuer`` (the pseudonym identifier system), PatientName = ``pseudonym``.
 
     Raises:
-        BusinessRuleViolation: as :func:`deidentify`.
         InvalidInput: ``pseudonym`` or ``pseudonym_issuer`` cannot be a LO value.
         ConfigurationError: as :func:`deidentify`.
     """
@@ -193,32 +202,33 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
     out.PatientName = f"{pseudonym}^"
     out.PatientIdentityRemoved = "YES"
     out.LongitudinalTemporalInformationModified = "UNMODIFIED"
-    _method(out, [DCM_BASIC_PROFILE, DCM_RETAIN_FULL_DATES])
+    _method(out, [DCM_BASIC_PROFILE, DCM_RETAIN_FULL_DATES], _not_cleaned(ds))
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def _refuse_uncleanable(ds: Dataset) -> None:
+def _not_cleaned(ds: Dataset) -> list[str]:
+    """DeidentificationMethod values saying what was released without being cleaned (module
+    docstring): the document, or pixels that may show burned-in text."""
     if "EncapsulatedDocument" in ds:
-        raise BusinessRuleViolation("an encapsulated document cannot be de-identified: its content "
-                                    "is not cleaned", expression="(0042,0011) EncapsulatedDocument")
-    burned = ds.get("BurnedInAnnotation")
-    if burned != "NO":
-        raise BusinessRuleViolation(
-            "the image may show identifying text in its pixels (BurnedInAnnotation is "
-            f"{'absent' if burned is None else repr(str(burned))}); it is not released de-identified",
-            expression="(0028,0301) BurnedInAnnotation")
+        return [NOT_CLEANED_DOCUMENT]
+    if ds.get("BurnedInAnnotation") != "NO":
+        return [NOT_CLEANED_PIXELS]
+    return []
 
 
 def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: bool) -> Dataset:
     check_uid_root(uid_root)
-    _refuse_uncleanable(ds)
     out = copy.deepcopy(ds)
     mapper = _UidMapper(uid_root, key, context)
     out.remove_private_tags()
     _clean(out, mapper, keep_dates=keep_dates)
+    if "EncapsulatedDocument" in out:
+        for keyword in _DOCUMENT_TYPE2:
+            if keyword in ds and keyword not in out:
+                setattr(out, keyword, "")
     _clean_frames(out)
     meta = getattr(out, "file_meta", None)
     if meta is not None:
@@ -298,8 +308,8 @@ def _clean_frames(ds: Dataset) -> None:
     ds["PixelData"].VR = "OB"
 
 
-def _method(ds: Dataset, codes: list[tuple[str, str]]) -> None:
-    ds.DeidentificationMethod = [meaning[:64] for _, meaning in codes]
+def _method(ds: Dataset, codes: list[tuple[str, str]], notes: list[str]) -> None:
+    ds.DeidentificationMethod = [meaning[:64] for _, meaning in codes] + [note[:64] for note in notes]
     items = []
     for value, meaning in codes:
         item = Dataset()
@@ -311,6 +321,6 @@ def _method(ds: Dataset, codes: list[tuple[str, str]]) -> None:
 
 
 __all__ = [
-    "BASIC_PROFILE_REMOVE", "BASIC_PROFILE_ZERO", "DATES_REMOVE", "DATES_ZERO", "HRESCH_CONTEXT", "KEEP_UIDS", "TRAIN_CONTEXT",
-    "deidentify", "pseudonymise",
+    "BASIC_PROFILE_REMOVE", "BASIC_PROFILE_ZERO", "DATES_REMOVE", "DATES_ZERO", "HRESCH_CONTEXT", "KEEP_UIDS",
+    "NOT_CLEANED_DOCUMENT", "NOT_CLEANED_PIXELS", "TRAIN_CONTEXT", "deidentify", "pseudonymise",
 ]

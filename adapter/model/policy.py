@@ -52,8 +52,9 @@ class Quality(_Strict):
     decode_proof: Literal["full", "prefix"] = Field(
         "prefix", alias="decodeProof",
         description="how much of a JPEG's entropy-coded data the decode proof decodes: full = all of it; "
-        "prefix = every header plus the first part of the scan data (same refusals, a fraction of the cost; "
-        "sharpness of a large sequential JPEG is then measured on its top rows only, or not at all)")
+        "prefix = every header plus the first 16 KB of scan data (same refusals, a fraction of the cost; "
+        "sharpness is the same number as under full, or not measured for a large sequential JPEG with many "
+        "bytes per pixel)")
 
 
 class Limits(_Strict):

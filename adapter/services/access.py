@@ -9,6 +9,7 @@ audited. Routes and DICOM handlers never read the store directly.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,15 +18,26 @@ from typing import Any
 from adapter.consent import decide, grants_from_consent
 from adapter.errors import Forbidden, NotFound, NotSupported
 from adapter.imaging import strip_to_pixels_only
+from adapter.mapping.codes import DICOM_UID_SYSTEM
+from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_uids import UUID_ROOT
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables
 from adapter.mapping.views import render
 from adapter.model.consent import ConsentGrant
 from adapter.model.decision import Decision, View
+from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.purpose import RequestContext
 from adapter.model.record import AccessFacts, IndexRow, StoredResource
 from adapter.services.audit import Auditor
+from adapter.services.dicom_objects import (
+    DicomEntry,
+    DicomQuery,
+    DicomRelease,
+    dicom_object_for,
+    match_level,
+)
 from adapter.services.search_params import SearchRequest
 from adapter.store.port import BlobStore, RecordStore
 
@@ -54,6 +66,31 @@ class SearchResult:
     break_glass: bool
 
 
+@dataclass(frozen=True)
+class DicomContent:
+    """A DICOM object (Part 10 bytes) in the view its decision requires; the UIDs are the
+    released ones (mapped in the restricted views)."""
+
+    data: bytes
+    decision: Decision
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+class DicomRetrieval:
+    """One permitted instance of a study or series retrieve (WADO-RS), decided and audited;
+    :meth:`load` makes its released object (one at a time, so a large study streams)."""
+
+    def __init__(self, entry: DicomEntry, decision: Decision, load: Callable[[], DicomContent]) -> None:
+        self.entry = entry
+        self.decision = decision
+        self._load = load
+
+    def load(self) -> DicomContent:
+        return self._load()
+
+
 def consent_facts(resource_id: str, resource: dict[str, Any]) -> AccessFacts | None:
     """A Consent is patient record data too: it is guarded like a document (care needs no
     further consent, any other purpose needs the patient's consent for it)."""
@@ -69,7 +106,9 @@ class ScopedReader:
     """All reads for one request context."""
 
     def __init__(self, ctx: RequestContext, *, store: RecordStore, blobs: BlobStore, tables: Tables,
-                 pseudonymizer: Pseudonymizer, auditor: Auditor, now: Callable[[], datetime]) -> None:
+                 pseudonymizer: Pseudonymizer, auditor: Auditor, now: Callable[[], datetime],
+                 dicom_tables: DicomTables | None = None, uid_root: str = UUID_ROOT,
+                 dicom_uid_key: bytes = b"") -> None:
         self.ctx = ctx
         self._store = store
         self._blobs = blobs
@@ -78,6 +117,11 @@ class ScopedReader:
         self._auditor = auditor
         self._now = now
         self._grants: dict[Identifier, list[ConsentGrant]] = {}
+        # DICOM egress (WADO-RS, QIDO-RS, Binary as application/dicom); dicom_uid_key maps the
+        # UIDs of the restricted views (adapter.services.dicom_objects.DicomRelease)
+        self._dicom_tables = dicom_tables
+        self._uid_root = uid_root
+        self._dicom_uid_key = dicom_uid_key
 
     # -- the decision -------------------------------------------------------------------
     def _grants_for(self, patient: Identifier) -> list[ConsentGrant]:
@@ -185,3 +229,138 @@ class ScopedReader:
             reason=f"{len(permitted)} permitted, {denied} withheld")
         return SearchResult(resources=resources, total=len(permitted),
                             break_glass=any(d.break_glass for _, d in page))
+
+    # -- DICOM: WADO-RS, QIDO-RS, Binary as application/dicom ----------------------------
+    # The same decision as the FHIR reads, made on the facts of the record an instance belongs
+    # to; the object and its attributes are released in the decision's view. UIDs the caller
+    # gives are in the released space of its purpose's view (mapped UIDs for TRAIN, HRESCH…).
+
+    def _release(self, view: View) -> DicomRelease:
+        if self._dicom_tables is None:
+            raise NotSupported("DICOM is not served here")
+        return DicomRelease(view, uid_root=self._uid_root, uid_key=self._dicom_uid_key,
+                            pseudonymizer=self._pseudonymizer, dicom_tables=self._dicom_tables)
+
+    def _purpose_release(self) -> DicomRelease:
+        """The release of the view this purpose is permitted in (its UID space)."""
+        entry = self._tables.purposes.codes.get(self.ctx.purpose.code)
+        return self._release(View(entry.view) if entry is not None else View.FULL)
+
+    def _dicom_candidates(self, release: DicomRelease, *, study: str | None = None, series: str | None = None,
+                          sop_instance: str | None = None) -> list[DicomInstance]:
+        """Instances whose released UIDs are the given ones (all when none is given). The
+        mapped UIDs cannot be reversed: in a restricted view they are computed and compared."""
+        if release.view is View.FULL:
+            return self._store.search_dicom_instances(study=study, series=series, sop_instance=sop_instance)
+        wanted = [(uid, attr) for uid, attr in ((study, "study_instance_uid"), (series, "series_instance_uid"),
+                                                (sop_instance, "sop_instance_uid")) if uid is not None]
+        return [i for i in self._store.search_dicom_instances()
+                if all(release.uid(getattr(i, attr)) == uid for uid, attr in wanted)]
+
+    def _dicom_decided(self, instances: Sequence[DicomInstance]) -> list[tuple[DicomInstance, StoredResource,
+                                                                                Decision]]:
+        by_type: dict[str, list[str]] = {}
+        for instance in instances:
+            by_type.setdefault(instance.record_type, []).append(instance.record_id)
+        records: dict[tuple[str, str], StoredResource] = {}
+        for rt, ids in by_type.items():
+            for loaded in self._store.get_many(rt, list(dict.fromkeys(ids))):
+                records[(rt, loaded.id)] = loaded
+        out = []
+        for instance in instances:
+            stored = records.get((instance.record_type, instance.record_id))
+            if stored is not None:  # a record gone since: nothing to release
+                out.append((instance, stored, self.decide(stored.facts)))
+        return out
+
+    def _dicom_content(self, instance: DicomInstance, stored: StoredResource, decision: Decision) -> DicomContent:
+        if self._dicom_tables is None:
+            raise NotSupported("DICOM is not served here")
+        obj = dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables)
+        released = self._release(decision.view).release(obj, instance.patient)
+        return DicomContent(data=released.data, decision=decision, transfer_syntax=released.transfer_syntax,
+                            sop_class_uid=released.sop_class_uid, sop_instance_uid=released.sop_instance_uid)
+
+    def _audit_dicom(self, instance: DicomInstance, decision: Decision) -> None:
+        self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
+                             entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient)
+
+    def read_dicom_instance(self, sop_instance_uid: str, *, study: str | None = None,
+                            series: str | None = None) -> DicomContent:
+        """One DICOM object (WADO-RS instance retrieve), UIDs in the purpose's released space;
+        404 when no instance has them, 403 (saying little) when the purpose is not permitted."""
+        release = self._purpose_release()
+        candidates = self._dicom_candidates(release, study=study, series=series, sop_instance=sop_instance_uid)
+        decided = self._dicom_decided(candidates[:1])
+        if not decided:
+            raise NotFound("no such DICOM instance")
+        instance, stored, decision = decided[0]
+        self._audit_dicom(instance, decision)
+        if not decision.permitted or decision.view is not release.view:
+            raise Forbidden(_DENIED)
+        return self._dicom_content(instance, stored, decision)
+
+    def read_dicom(self, study: str, series: str | None = None) -> list[DicomRetrieval]:
+        """The permitted instances of a study or series (WADO-RS study/series retrieve), each
+        decided and audited; instances not permitted are left out. 404 when none has the UIDs,
+        403 when none of them is permitted."""
+        release = self._purpose_release()
+        candidates = self._dicom_candidates(release, study=study, series=series)
+        decided = self._dicom_decided(candidates)
+        if not decided:
+            raise NotFound("no such DICOM study or series")
+        out: list[DicomRetrieval] = []
+        for instance, stored, decision in decided:
+            self._audit_dicom(instance, decision)
+            if decision.permitted and decision.view is release.view:
+                out.append(DicomRetrieval(release.entry(instance), decision,
+                                          functools.partial(self._dicom_content, instance, stored, decision)))
+        if not out:
+            raise Forbidden(_DENIED)
+        return out
+
+    def read_binary_dicom(self, id: str) -> DicomContent:
+        """The DICOM object of a Binary's record (Binary.securityContext), under that record's
+        decision, as for the image bytes (:meth:`read_binary`)."""
+        stored = self._load("Binary", id)
+        decision = self.decide(stored.facts)
+        self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
+                             entities=[f"Binary/{id}"], patient=stored.facts.patient if stored.facts else None)
+        if not decision.permitted or stored.facts is None:
+            raise Forbidden(_DENIED)
+        record_type, _, record_id = stored.facts.governed_by.partition("/")
+        record = self._store.get(record_type, record_id)
+        for ident in (record.resource.get("identifier") or []) if record is not None else []:
+            value = ident.get("value") if isinstance(ident, dict) else None
+            if ident.get("system") != DICOM_UID_SYSTEM or not isinstance(value, str):
+                continue
+            instance = self._store.find_dicom_instance(value.removeprefix("urn:oid:"))
+            if record is not None and instance is not None and \
+                    (instance.record_type, instance.record_id) == (record_type, record_id):
+                return self._dicom_content(instance, record, decision)
+        raise NotFound(f"Binary/{id} has no DICOM object")
+
+    def search_dicom(self, level: str, query: DicomQuery) -> list[DicomEntry]:
+        """QIDO-RS: the permitted instances making up the matching studies, series or instances
+        (adapter.services.dicom_objects.match_level), as the purpose's view shows them; the
+        others are left out and not counted. One audit event for the search."""
+        release = self._purpose_release()
+        candidates = self._dicom_candidates(
+            release, study=query.study_uids[0] if len(query.study_uids) == 1 else None,
+            series=query.series_uids[0] if len(query.series_uids) == 1 else None)
+        entries = {id(i): release.entry(i) for i in candidates}
+        matched_ids = {id(e) for e in match_level(level, query, entries.values())}
+        matched = [i for i in candidates if id(entries[id(i)]) in matched_ids]
+        permitted: list[DicomEntry] = []
+        withheld = 0
+        for instance, _, decision in self._dicom_decided(matched):
+            if decision.permitted and decision.view is release.view:
+                permitted.append(entries[id(instance)])
+            else:
+                withheld += 1
+        result = match_level(level, query, permitted)  # again: a withheld instance may have made the match
+        self._auditor.record(
+            self.ctx, interaction="search-type", action="E", decision=None,
+            entities=sorted({e.record for e in result}), patient=None,
+            reason=f"{len(result)} instances permitted, {withheld} withheld")
+        return result

@@ -33,7 +33,6 @@ import shutil
 import struct
 import threading
 import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,7 +44,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
-from adapter.errors import AdapterError, Conflict, InvalidInput, InvalidResource, StorageError
+from adapter.errors import Conflict, InvalidInput, InvalidResource, StorageError
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
     ReceivedObject,
@@ -237,19 +236,25 @@ class _FileDigest(threading.Thread):
         return self._digest
 
 
+#: What pydicom raises on a malformed value when it is first used (it parses lazily); anything
+#: else escaping the mapping is a bug and answered as one.
+_MALFORMED = (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OverflowError,
+              NotImplementedError, struct.error)
+
+
 def read_dataset(path: Path) -> Dataset:
     """The dataset at ``path`` with values over 64 KiB (pixel data) left in the file until used.
+    Call :func:`check_complete` first: pydicom does not notice a truncated file.
 
     Raises:
-        InvalidInput: pydicom cannot parse it, or warns about its encoding.
+        InvalidInput: pydicom cannot parse it.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            ds = dcmread(path, defer_size=_DEFER)
-            ds.get("SOPInstanceUID")  # the first access parses the elements
-    except (InvalidDicomError, OSError, ValueError, TypeError, KeyError, EOFError, struct.error,
-            UserWarning) as exc:
+        ds = dcmread(path, defer_size=_DEFER)
+        ds.get("SOPInstanceUID")  # the first access parses the elements
+    except OSError as exc:
+        raise StorageError("the received dataset could not be read") from exc
+    except _MALFORMED as exc:
         raise InvalidInput(f"the dataset does not parse ({type(exc).__name__})") from exc
     return ds
 
@@ -320,22 +325,18 @@ class DicomIngestService:
             assessment = self._assess(obj, now)
             image = extract_image(ds)
             study_date = _study_date(ds)
-        except AdapterError:
-            raise
-        except Exception as exc:  # pydicom raises whatever its parsers meet on a malformed value
+        except _MALFORMED as exc:
             raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
         finally:
-            original_sha256 = digest.result()
+            digest.join()
+        original_sha256 = digest.result()
         return self._store_object(received, obj, image, assessment, original_sha256, study_date, now)
 
     @staticmethod
     def _check_identity(ds: Dataset, received: ReceivedStore) -> None:
         """PS3.4 B.2.1.2: the dataset is the instance the request names, of the request's class."""
-        try:
-            sop_class = str(ds.get("SOPClassUID") or "").strip()
-            sop_instance = str(ds.get("SOPInstanceUID") or "").strip()
-        except Exception as exc:  # a malformed value in the first elements
-            raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
+        sop_class = str(ds.get("SOPClassUID") or "").strip()
+        sop_instance = str(ds.get("SOPInstanceUID") or "").strip()
         if sop_class != received.affected_sop_class:
             raise InvalidResource("the dataset's SOP Class UID is not the one of the C-STORE request",
                                   expression="(0008,0016) SOPClassUID")

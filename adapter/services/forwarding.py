@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -31,15 +31,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adapter.errors import AdapterError
-from adapter.mapping.dicom_photo import photo_to_dicom
 from adapter.mapping.dicom_tables import DicomTables
-from adapter.mapping.dicom_uids import PhotoUids
 from adapter.mapping.tables import Tables
 from adapter.model.decision import Decision
 from adapter.model.dicom import DicomInstance, NewOutboxItem, OutboxItem
 from adapter.model.photo import PhotoKind
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.services.audit import Auditor
+from adapter.services.dicom_objects import dicom_object_for
 from adapter.store.port import BlobStore, RecordStore
 
 if TYPE_CHECKING:
@@ -337,29 +336,10 @@ class Forwarder:
         if not decision.permitted:
             self._audit(disclosure, item.destination, permitted=False)
             raise _Skip("not forwarded: the consent decision for treatment does not permit it", permanent=True)
-        if instance.blob_sha256 is not None:
-            return self._blob_path(instance.blob_sha256), disclosure
-        if stored.blob_sha256 is None or stored.facts is None:
-            raise _Skip("the record has no stored photo", permanent=True)
-        image = self._blobs.path(stored.blob_sha256).read_bytes()
         try:
-            ds = photo_to_dicom(
-                stored.resource, image, _content_type(stored.resource), kind=stored.facts.kind,
-                patient=instance.patient, uids=PhotoUids(study=instance.study_instance_uid,
-                                                         series=instance.series_instance_uid,
-                                                         sop_instance=instance.sop_instance_uid),
-                tables=self._tables, dicom_tables=self._dicom_tables,
-                # the creation time fixed at ingest: a resend is the identical object
-                now=instance.created or stored.last_updated)
+            return dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables), disclosure
         except AdapterError as exc:
             raise _Skip(f"cannot make the DICOM object: {exc.diagnostics}"[:300], permanent=True) from exc
-        return ds, disclosure
-
-    def _blob_path(self, sha256: str) -> Path:
-        try:
-            return self._blobs.path(sha256)
-        except AdapterError as exc:
-            raise _Skip("the received DICOM file is missing", permanent=True) from exc
 
     def _audit(self, disclosure: _Disclosure, destination: str, *, permitted: bool) -> None:
         """One AuditEvent per disclosure to a PACS (or refusal to make one)."""
@@ -387,14 +367,3 @@ class _Disclosure:
         host = address.rpartition(":")[0].strip("[]") or None
         return RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"PACS {ae} (C-STORE)",
                               request_id=f"outbox-{self.item.id}", client_address=host, channel="dicom")
-
-
-def _content_type(record: Mapping[str, Any]) -> str:
-    """The stored photo's media type: Media.content or DocumentReference.content[0].attachment."""
-    content: Any = record.get("content")
-    if isinstance(content, list):
-        content = (content[0] or {}).get("attachment") if content else None
-    value = content.get("contentType") if isinstance(content, Mapping) else None
-    if not isinstance(value, str) or not value:
-        raise _Skip("the record names no content type", permanent=True)
-    return value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from collections.abc import Callable
@@ -64,6 +66,13 @@ def _pseudonym_key(settings: Settings) -> bytes:
     return path.read_text().strip().encode("utf-8")
 
 
+def _dicom_uid_key(pseudonym_key: bytes) -> bytes:
+    """The key of the UID mapping in de-identified and pseudonymised DICOM objects, derived from
+    the pseudonym key (HMAC-SHA256, domain-separated): stable as long as the pseudonyms are, and
+    never the pseudonym key itself."""
+    return hmac.new(pseudonym_key, b"clinical-image-adapter/dicom-uid-key/v1", hashlib.sha256).digest()
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -77,12 +86,15 @@ class Services:
     consents: ConsentService
     now: Callable[[], datetime]
     dicom_ingest: DicomIngestService  # objects received by the C-STORE SCP (adapter.dicom.scp)
+    dicom_uid_key: bytes = field(default=b"", repr=False)  # UIDs of the restricted DICOM views
     forwarder: Forwarder | None = field(default=None, init=False)
 
     def reader(self, ctx: RequestContext) -> ScopedReader:
         """A reader scoped to one request context: the only way to read records."""
         return ScopedReader(ctx, store=self.store, blobs=self.blobs, tables=self.tables,
-                            pseudonymizer=self.pseudonymizer, auditor=self.auditor, now=self.now)
+                            pseudonymizer=self.pseudonymizer, auditor=self.auditor, now=self.now,
+                            dicom_tables=self.dicom_ingest.dicom_tables, uid_root=self.settings.uid_root,
+                            dicom_uid_key=self.dicom_uid_key)
 
     @property
     def outbox(self) -> OutboxService:
@@ -115,7 +127,8 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     dicom_tables = load_dicom_tables(settings.resolved_mappings_dir / "dicom.yaml")
     store, blobs = open_store(settings.store)
     auditor = Auditor(store, now)
-    pseudonymizer = Pseudonymizer(_pseudonym_key(settings), tables.policy.pseudonyms.system)
+    pseudonym_key = _pseudonym_key(settings)
+    pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)
     ingest = IngestService(store=store, blobs=blobs, tables=tables, auditor=auditor, now=now,
                            dicom_tables=dicom_tables, uid_root=check_uid_root(settings.uid_root),
                            destinations=settings.destinations)
@@ -126,4 +139,5 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
         consents=ConsentService(store=store, auditor=auditor, known_purposes=set(tables.purposes.codes), now=now),
         now=now,
         dicom_ingest=DicomIngestService(store=store, blobs=blobs, tables=tables, dicom_tables=dicom_tables,
-                                        auditor=auditor, now=now))
+                                        auditor=auditor, now=now),
+        dicom_uid_key=_dicom_uid_key(pseudonym_key))

@@ -58,6 +58,8 @@ def pynetdicom_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """pynetdicom's process-wide switches and spool folder are restored after each test."""
     monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", _config.STORE_SEND_CHUNKED_DATASET)
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
+                        pydicom.config.settings.reading_validation_mode)
     spool = tmp_path / "spool"
     spool.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool))
@@ -260,6 +262,25 @@ def test_the_same_sop_instance_twice_creates_one_record(scp: StoreSCP, client: F
     assert len(find(client, "Media", sent.SOPInstanceUID)) == 1
     assert len(services.store.search_dicom_instances(sop_instance=sent.SOPInstanceUID)) == 1
     assert len(services.store.list_audit(100)) == 1 + 1  # one create, one search
+
+
+def test_invalid_values_are_stored_and_never_logged(scp: StoreSCP, client: FhirClient, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "odd.dcm"
+    settings = pydicom.config.settings
+    previous = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        # values pydicom would warn about, quoting them: a PN component over 64 characters, a bad DA
+        sent = sc_file(path, PatientName="Secretname^" + "X" * 70, StudyDate="SECRETDAY",
+                       OperatorsName="Secretop^" + "Y" * 70)
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = previous
+    with caplog.at_level("DEBUG"):
+        assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS  # warnings are errors under pytest
+    assert find(client, "Media", sent.SOPInstanceUID)
+    logged = caplog.text
+    assert "Secret" not in logged and "SECRETDAY" not in logged and PATIENT["value"] not in logged
 
 
 # -- misbehaving peers ------------------------------------------------------------------------

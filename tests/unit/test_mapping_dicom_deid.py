@@ -1,5 +1,6 @@
 """De-identified (TRAIN) and pseudonymised (HRESCH) copies: nothing identifying left, UIDs mapped
-consistently, burned-in annotation refused, the input untouched (PS3.15 Annex E)."""
+consistently, burned-in annotation and documents released but never claimed clean, the input
+untouched (PS3.15 Annex E)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import copy
 from collections.abc import Iterator
 
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from adapter.errors import BusinessRuleViolation, ConfigurationError, InvalidInput
+from adapter.errors import ConfigurationError, InvalidInput
 from adapter.mapping.dicom_deid import (
     BASIC_PROFILE_REMOVE,
+    NOT_CLEANED_DOCUMENT,
+    NOT_CLEANED_PIXELS,
     deidentify,
     pseudonymise,
 )
@@ -190,24 +193,65 @@ def test_a_pseudonym_that_is_not_a_lo_value_is_refused(pseudonym: str) -> None:
 
 
 @pytest.mark.parametrize("kind", [PhotoKind.DOCUMENT, PhotoKind.SECONDARY])
-def test_burned_in_annotation_is_refused(kind: PhotoKind) -> None:
-    ds = photo_object(kind, stored_sample("document.jpg"))
+def test_burned_in_annotation_is_released_and_says_the_pixels_are_not_cleaned(kind: PhotoKind) -> None:
+    """The consent decision permits the release; de-identification does not claim to clean the
+    pixels: BurnedInAnnotation stays YES, no 113101 Clean Pixel Data, and the method says so."""
+    ds = reread(photo_object(kind, stored_sample("document.jpg")))
     assert ds.BurnedInAnnotation == "YES"
-    with pytest.raises(BusinessRuleViolation, match="BurnedInAnnotation"):
-        deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY)
-    with pytest.raises(BusinessRuleViolation):
-        pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY)
+    for out, codes in (
+            (deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY), ["113100"]),
+            (pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY),
+             ["113100", "113106"])):
+        assert out.BurnedInAnnotation == "YES" and out.PatientIdentityRemoved == "YES"
+        assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == codes
+        assert "113101" not in [c.CodeValue for c in out.DeidentificationMethodCodeSequence]
+        assert NOT_CLEANED_PIXELS in list(out.DeidentificationMethod)
+        assert out.PixelData == ds.PixelData
+        assert_nothing_identifying(out, dates=len(codes) > 1, allowed=frozenset({"IssuerOfPatientID"}))
 
 
-def test_absent_burned_in_annotation_is_refused_and_pdf_too() -> None:
+def test_clean_pixels_are_not_flagged() -> None:
+    out = deidentify(clinical(), uid_root=OUT_ROOT, key=UID_KEY)
+    assert out.BurnedInAnnotation == "NO"
+    assert NOT_CLEANED_PIXELS not in list(out.DeidentificationMethod)
+
+
+def test_absent_burned_in_annotation_counts_as_may_be_present() -> None:
     ds = clinical()
     del ds.BurnedInAnnotation
-    with pytest.raises(BusinessRuleViolation, match="absent"):
-        deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY)
-    pdf = clinical()
-    pdf.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
-    with pytest.raises(BusinessRuleViolation, match="encapsulated document"):
-        deidentify(pdf, uid_root=OUT_ROOT, key=UID_KEY)
+    out = deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY)
+    assert "BurnedInAnnotation" not in out
+    assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile", NOT_CLEANED_PIXELS]
+
+
+def pdf() -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.104.1", "2.25.1234"
+    ds.PatientName, ds.PatientID, ds.IssuerOfPatientID = "Doe^Jane", "MRN-0001", "HOSP"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "2.25.5678", "2.25.9012"
+    ds.StudyDate, ds.StudyTime = "20240101", "120000"
+    ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = "20240101", "120000", "20240101120000"
+    ds.BurnedInAnnotation, ds.DocumentTitle = "YES", "Letter about Doe^Jane"
+    ds.ConceptNameCodeSequence = Sequence()
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
+    return ds
+
+
+def test_an_encapsulated_pdf_is_released_and_says_the_document_is_not_cleaned() -> None:
+    source = pdf()
+    out = deidentify(source, uid_root=OUT_ROOT, key=UID_KEY)
+    assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile", NOT_CLEANED_DOCUMENT]
+    assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100"]
+    assert out.EncapsulatedDocument == source.EncapsulatedDocument
+    # Type 2 in the Encapsulated Document module: emptied, not removed
+    assert (out.DocumentTitle, out.ContentDate, out.ContentTime, out.AcquisitionDateTime) == ("", "", "", "")
+    assert (out.PatientName, out.PatientID) == ("", "")
+    pseudo = pseudonymise(source, pseudonym=PSEUDONYM, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY)
+    assert pseudo.DocumentTitle == "" and pseudo.ContentTime == "120000"
+    assert NOT_CLEANED_DOCUMENT in list(pseudo.DeidentificationMethod)
 
 
 def test_configuration_is_checked() -> None:

@@ -115,6 +115,11 @@ async def read(resource_type: str, id: str, reader: ReaderDep,
                accept: Annotated[str | None, Header()] = None) -> Response:
     version = fhir_version(accept)
     if resource_type == "Binary":
+        if accept and any(r.split(";")[0].strip().lower() == "application/dicom" for r in accept.split(",")):
+            # the record's DICOM object, one application/dicom body, under the same decision
+            dicom = await run_in_threadpool(reader.read_binary_dicom, id)
+            return Response(content=dicom.data, media_type="application/dicom",
+                            headers=_glass_headers(dicom.decision))
         content = await run_in_threadpool(reader.read_binary, id)
         headers = _glass_headers(content.decision)
         if wants_fhir_json(accept):

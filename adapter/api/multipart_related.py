@@ -1,0 +1,163 @@
+"""Streaming ``multipart/related`` (RFC 2387) for STOW-RS (PS3.18 10.5, 8.6.1.2): each
+``application/dicom`` part goes straight to a staging file of its own as it arrives (never held
+whole in memory). Limits stop an over-size request early with 413: bytes per part, bytes in all,
+and the number of parts.
+
+A part of another media type is not written anywhere: it is recorded (``path`` None) so the
+caller can answer for it (STOW-RS lists it as failed) without storing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+DICOM = "application/dicom"
+
+
+@dataclass
+class RelatedPart:
+    """One body part: ``path`` holds its bytes when it is ``application/dicom``."""
+
+    content_type: str
+    path: Path | None
+    size: int = 0
+
+
+@dataclass
+class ParsedRelated:
+    parts: list[RelatedPart] = field(default_factory=list)
+
+    def paths(self) -> list[Path]:
+        return [p.path for p in self.parts if p.path is not None]
+
+
+def related_type(content_type: str | None) -> str:
+    """The ``type`` parameter of a ``multipart/related`` Content-Type (``application/dicom``
+    when absent, as STOW-RS clients mean it).
+
+    Raises:
+        UnsupportedMediaType: not multipart/related, or a root type other than application/dicom.
+    """
+    ctype, params = parse_options_header(content_type or "")
+    if ctype != b"multipart/related":
+        raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom"')
+    root = params.get(b"type", DICOM.encode()).decode("latin-1").strip().lower()
+    if root != DICOM:
+        raise UnsupportedMediaType(f'STOW-RS here takes type="{DICOM}" only (not {root[:60]!r})')
+    return root
+
+
+class _Collector:
+    def __init__(self, new_path: Callable[[], Path], max_part_bytes: int, max_parts: int) -> None:
+        self.result = ParsedRelated()
+        self._new_path = new_path
+        self._max_part_bytes = max_part_bytes
+        self._max_parts = max_parts
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._part: RelatedPart | None = None
+        self._sink: BinaryIO | None = None
+
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._part = None
+        self._sink = None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.strip().lower()] = self._header_value.strip()
+        self._header_field = b""
+        self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        if len(self.result.parts) >= self._max_parts:
+            raise PayloadTooLarge(f"more than {self._max_parts} parts in one request")
+        ctype, _ = parse_options_header(self._headers.get(b"content-type", b""))
+        media_type = ctype.decode("latin-1").lower() or DICOM  # RFC 2387: the root type by default
+        path = self._new_path() if media_type == DICOM else None
+        self._part = RelatedPart(content_type=media_type, path=path)
+        self.result.parts.append(self._part)
+        if path is not None:
+            self._sink = path.open("wb")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._part is None:
+            return
+        self._part.size += end - start
+        if self._part.size > self._max_part_bytes:
+            raise PayloadTooLarge(f"a part is larger than {self._max_part_bytes} bytes")
+        if self._sink is not None:
+            self._sink.write(data[start:end])
+
+    def on_part_end(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+
+async def parse_multipart_related(content_type: str | None, stream: AsyncIterator[bytes],
+                                  new_path: Callable[[], Path], *, max_part_bytes: int, max_total_bytes: int,
+                                  max_parts: int) -> ParsedRelated:
+    """Parse a ``multipart/related; type="application/dicom"`` body: each application/dicom
+    part is written to its own file from ``new_path()``.
+
+    On any error every part file is removed and the error raised (nothing half-received is
+    left); on success the caller owns (and removes) the files.
+
+    Raises:
+        UnsupportedMediaType: see :func:`related_type`.
+        InvalidInput: no boundary, or a malformed body.
+        PayloadTooLarge: a limit was passed.
+    """
+    related_type(content_type)
+    _, params = parse_options_header(content_type or "")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InvalidInput("multipart/related without a boundary")
+    collector = _Collector(new_path, max_part_bytes, max_parts)
+    callbacks = {name: getattr(collector, name) for name in (
+        "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
+        "on_part_data", "on_part_end")}
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    total = 0
+    try:
+        async for chunk in stream:
+            total += len(chunk)
+            if total > max_total_bytes:
+                raise PayloadTooLarge(f"the request is larger than {max_total_bytes} bytes")
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        _discard(collector)
+        raise InvalidInput(f"malformed multipart body: {exc}") from exc
+    except BaseException:
+        _discard(collector)
+        raise
+    collector.close()
+    return collector.result
+
+
+def _discard(collector: _Collector) -> None:
+    collector.close()
+    for path in collector.result.paths():
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["DICOM", "ParsedRelated", "RelatedPart", "parse_multipart_related", "related_type"]

@@ -1,0 +1,396 @@
+"""DICOMweb at ``/dicomweb`` (PS3.18): STOW-RS in, WADO-RS and QIDO-RS out, under purpose of use.
+
+* **STOW-RS** (PS3.18 10.5) ``POST /dicomweb/studies[/{study}]``, ``multipart/related;
+  type="application/dicom"``: every part is spooled to a staging file and goes through the C-STORE
+  SCP's ingest (adapter.services.dicom_objects.stow_instance), sender ``DICOMWEB`` from the
+  client's address, a colleague inside the organisation. The answer (application/dicom+json) lists
+  ReferencedSOPSequence (0008,1199) and FailedSOPSequence (0008,1198) with FailureReason
+  (0008,1197) = the SCP's status for the same refusal; 200 all stored, 202 some failed, 409 all
+  failed; 415 for another media type; a part whose StudyInstanceUID is not the URL's fails (0xA900).
+* **WADO-RS** (PS3.18 10.4) ``GET /dicomweb/studies/{study}[/series/{series}[/instances/{instance}]]``:
+  ``multipart/related; type="application/dicom"``, one part per object, each the Part 10 object in
+  the view the consent decision gives (FULL as stored, TRAIN de-identified, HRESCH pseudonymised),
+  in the transfer syntax it is stored in (no transcoding: a request naming a specific
+  ``transfer-syntax`` is answered 406, ``*`` or none is served). A study or series retrieve
+  returns the permitted instances and silently leaves the others out (as a FHIR search does);
+  404 when nothing has the UIDs, 403 when nothing of it is permitted, as for a FHIR read.
+* **QIDO-RS** (PS3.18 10.6) ``GET /dicomweb/studies``, ``/studies/{study}/series``, ``/series``,
+  ``/studies/{study}/series/{series}/instances``, ``/studies/{study}/instances``, ``/instances``:
+  application/dicom+json (PS3.18 F.2). Match keys (keyword or tag): PatientID (wildcards ``*``,
+  ``?``), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
+  (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy, StudyDate (``YYYYMMDD``,
+  ``A-B``, ``A-``, ``-B``); ``limit``, ``offset``; ``includefield`` and ``fuzzymatching`` are
+  accepted and ignored (the attributes returned are fixed per level). Keys are matched against
+  what the view shows: under TRAIN/HRESCH the UIDs are the mapped ones (exact match on mapped
+  UIDs only), HRESCH's PatientID is the pseudonym; TRAIN shows no PatientID and no dates, so keys
+  on them match nothing. Instances not permitted are left out and not counted. No match is
+  200 with ``[]``.
+
+Every read needs ``X-Purpose-Of-Use`` (403 without, 400 unknown), as on ``/fhir``; errors are the
+API's one OperationOutcome rendering (adapter.api.outcome).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from adapter.api.deps import ReaderDep, ServicesDep
+from adapter.api.multipart_related import parse_multipart_related
+from adapter.api.outcome import fhir_response
+from adapter.api.urls import absolute
+from adapter.errors import InvalidInput, InvalidResource, NotSupported, PayloadTooLarge
+from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
+from adapter.mapping.outcome import operation_outcome
+from adapter.services.access import DicomContent, DicomRetrieval
+from adapter.services.dicom_objects import (
+    INSTANCE,
+    LEVEL_KEYS,
+    SERIES,
+    STUDY,
+    DateRange,
+    DicomEntry,
+    DicomQuery,
+    StowOutcome,
+    stow_instance,
+)
+from adapter.services.registry import Services
+
+router = APIRouter(prefix="/dicomweb")
+
+DICOM_JSON = "application/dicom+json"
+BREAK_GLASS_HEADER = "X-Break-Glass"
+STOW_MAX_PARTS = 1000
+STOW_TOTAL_FACTOR = 10           # a STOW request may carry up to 10 maximum uploads in all
+QIDO_MAX_LIMIT = 1000
+
+# -- DICOM JSON model (PS3.18 F.2) --------------------------------------------------------------
+
+_TAGS: dict[str, tuple[str, str]] = {  # keyword: (tag, VR)
+    "SOPClassUID": ("00080016", "UI"), "SOPInstanceUID": ("00080018", "UI"), "StudyDate": ("00080020", "DA"),
+    "Modality": ("00080060", "CS"), "ModalitiesInStudy": ("00080061", "CS"), "RetrieveURL": ("00081190", "UR"),
+    "ReferencedSOPClassUID": ("00081150", "UI"), "ReferencedSOPInstanceUID": ("00081155", "UI"),
+    "FailureReason": ("00081197", "US"), "FailedSOPSequence": ("00081198", "SQ"),
+    "ReferencedSOPSequence": ("00081199", "SQ"), "PatientID": ("00100020", "LO"),
+    "IssuerOfPatientID": ("00100021", "LO"), "StudyInstanceUID": ("0020000D", "UI"),
+    "SeriesInstanceUID": ("0020000E", "UI"), "NumberOfStudyRelatedSeries": ("00201206", "IS"),
+    "NumberOfStudyRelatedInstances": ("00201208", "IS"), "NumberOfSeriesRelatedInstances": ("00201209", "IS"),
+}
+_KEYWORD_OF_TAG = {tag: keyword for keyword, (tag, _) in _TAGS.items()}
+
+
+def _dataset(**attributes: Any) -> dict[str, Any]:
+    """A DICOM JSON object: keyword=value (None leaves the attribute out, a list is multi-valued,
+    a list of dicts a sequence), ordered by tag."""
+    out: dict[str, Any] = {}
+    for keyword, value in attributes.items():
+        if value is None:
+            continue
+        tag, vr = _TAGS[keyword]
+        values = value if isinstance(value, list) else [value]
+        out[tag] = {"vr": vr, "Value": values} if values else {"vr": vr}
+    return dict(sorted(out.items()))
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(content=json.dumps(body, separators=(",", ":")), status_code=status, media_type=DICOM_JSON)
+
+
+def _not_acceptable(message: str) -> Response:
+    """406: content negotiation, not a domain failure; rendered as the API's OperationOutcome."""
+    return fhir_response(operation_outcome("error", "not-supported", message), 406)
+
+
+def _media_ranges(accept: str | None) -> list[tuple[str, dict[str, str]]]:
+    ranges = []
+    for item in (accept or "*/*").split(","):
+        media, *params = item.split(";")
+        parsed = {}
+        for param in params:
+            name, _, value = param.partition("=")
+            parsed[name.strip().lower()] = value.strip().strip('"')
+        if media.strip():
+            ranges.append((media.strip().lower(), parsed))
+    return ranges
+
+
+def _study_url(request: Request, services: Services, study: str) -> str:
+    return absolute(request, services, f"dicomweb/studies/{study}")
+
+
+def _series_url(request: Request, services: Services, study: str, series: str) -> str:
+    return absolute(request, services, f"dicomweb/studies/{study}/series/{series}")
+
+
+def _instance_url(request: Request, services: Services, study: str, series: str, instance: str) -> str:
+    return absolute(request, services, f"dicomweb/studies/{study}/series/{series}/instances/{instance}")
+
+
+# -- STOW-RS ------------------------------------------------------------------------------------
+
+
+@router.post("/studies")
+async def stow_studies(request: Request, services: ServicesDep) -> Response:
+    """Store instances of any studies (PS3.18 10.5)."""
+    return await _stow(request, services, None)
+
+
+@router.post("/studies/{study}")
+async def stow_study(study: str, request: Request, services: ServicesDep) -> Response:
+    """Store instances of one study: an instance of another study fails (0xA900)."""
+    return await _stow(request, services, study)
+
+
+async def _stow(request: Request, services: Services, study: str | None) -> Response:
+    limit = services.settings.max_upload_bytes
+    total = limit * STOW_TOTAL_FACTOR
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > total:
+        raise PayloadTooLarge(f"the request is larger than {total} bytes")
+    parsed = await parse_multipart_related(request.headers.get("content-type"), request.stream(),
+                                           services.blobs.new_staging_path, max_part_bytes=limit,
+                                           max_total_bytes=total, max_parts=STOW_MAX_PARTS)
+    peer = request.client.host if request.client else ""
+    outcomes: list[StowOutcome] = []
+    try:
+        if not parsed.parts:
+            raise InvalidResource("the request has no application/dicom part")
+        for part in parsed.parts:
+            if part.path is None:  # another media type in a type="application/dicom" request
+                outcomes.append(StowOutcome(None, None, None, None, failure_reason=CANNOT_UNDERSTAND,
+                                            diagnostics=f"a part of type {part.content_type[:60]}"))
+                continue
+            outcomes.append(await run_in_threadpool(stow_instance, services.dicom_ingest, part.path,
+                                                    peer_address=peer, study_instance_uid=study))
+    finally:
+        for path in parsed.paths():
+            path.unlink(missing_ok=True)
+    stored = [o for o in outcomes if o.stored]
+    failed = [o for o in outcomes if not o.stored]
+    body = _dataset(
+        RetrieveURL=_study_url(request, services, study) if study else None,
+        FailedSOPSequence=[_dataset(ReferencedSOPClassUID=o.sop_class_uid or [],
+                                    ReferencedSOPInstanceUID=o.sop_instance_uid or [],
+                                    FailureReason=o.failure_reason) for o in failed] or None,
+        ReferencedSOPSequence=[_dataset(
+            ReferencedSOPClassUID=o.sop_class_uid, ReferencedSOPInstanceUID=o.sop_instance_uid,
+            RetrieveURL=_instance_url(request, services, o.study_instance_uid or "", o.series_instance_uid or "",
+                                      o.sop_instance_uid or "")) for o in stored] or None)
+    return _json(body, 200 if not failed else 202 if stored else 409)
+
+
+# -- WADO-RS ------------------------------------------------------------------------------------
+
+
+def _dicom_accept(accept: str | None) -> str | None:
+    """None when the client takes ``multipart/related; type="application/dicom"`` (the only
+    representation served), else the reason for a 406."""
+    for media, params in _media_ranges(accept):
+        if media in ("*/*", "multipart/*", "multipart/related") and \
+                params.get("type", "application/dicom").lower() == "application/dicom":
+            syntax = params.get("transfer-syntax", "*")
+            if syntax == "*":
+                return None
+            return (f"objects are served in the transfer syntax they are stored in: ask with "
+                    f"transfer-syntax=* (not {syntax[:64]})")
+    return 'WADO-RS here serves multipart/related; type="application/dicom" only'
+
+
+def _part(boundary: str, content: DicomContent) -> bytes:
+    head = (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={content.transfer_syntax}\r\n"
+            f"Content-Length: {len(content.data)}\r\n\r\n")
+    return head.encode("ascii") + content.data + b"\r\n"
+
+
+def _multipart_headers(boundary: str, break_glass: bool) -> dict[str, str]:
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    if break_glass:
+        headers[BREAK_GLASS_HEADER] = "suppressed; v3-ActReason#BTG; break-glass access, audited"
+    return headers
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}")
+async def retrieve_instance(study: str, series: str, instance: str, reader: ReaderDep,
+                            accept: Annotated[str | None, Header()] = None) -> Response:
+    refusal = _dicom_accept(accept)
+    if refusal:
+        return _not_acceptable(refusal)
+    content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
+    boundary = uuid.uuid4().hex
+    headers = _multipart_headers(boundary, content.decision.break_glass)
+    return Response(content=_part(boundary, content) + f"--{boundary}--\r\n".encode("ascii"),
+                    headers=headers, media_type=None)
+
+
+@router.get("/studies/{study}/series/{series}")
+async def retrieve_series(study: str, series: str, reader: ReaderDep,
+                          accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _retrieve(reader, accept, study, series)
+
+
+@router.get("/studies/{study}")
+async def retrieve_study(study: str, reader: ReaderDep, accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _retrieve(reader, accept, study, None)
+
+
+async def _retrieve(reader: Any, accept: str | None, study: str, series: str | None) -> Response:
+    refusal = _dicom_accept(accept)
+    if refusal:
+        return _not_acceptable(refusal)
+    retrievals: list[DicomRetrieval] = await run_in_threadpool(reader.read_dicom, study, series)
+    # the first object is made before the response starts, so its failure is a proper error
+    first = await run_in_threadpool(retrievals[0].load)
+    boundary = uuid.uuid4().hex
+
+    def body() -> Iterator[bytes]:  # runs in the threadpool (StreamingResponse iterates it there)
+        yield _part(boundary, first)
+        for retrieval in retrievals[1:]:
+            yield _part(boundary, retrieval.load())
+        yield f"--{boundary}--\r\n".encode("ascii")
+
+    return StreamingResponse(body(), headers=_multipart_headers(boundary, any(r.decision.break_glass
+                                                                             for r in retrievals)))
+
+
+# -- QIDO-RS ------------------------------------------------------------------------------------
+
+_IGNORED_PARAMS = frozenset({"includefield", "fuzzymatching"})
+
+
+def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> tuple[DicomQuery, int, int]:
+    """The match keys, limit and offset of a QIDO-RS request (module docstring)."""
+    keys: dict[str, str] = {}
+    limit, offset = QIDO_MAX_LIMIT, 0
+    for name, value in params:
+        lowered = name.lower()
+        if lowered in _IGNORED_PARAMS:
+            continue
+        if lowered in ("limit", "offset"):
+            if not value.isdigit():
+                raise InvalidInput(f"{lowered} takes a non-negative integer", expression=lowered)
+            if lowered == "limit":
+                limit = min(int(value), QIDO_MAX_LIMIT)
+            else:
+                offset = int(value)
+            continue
+        keyword = _KEYWORD_OF_TAG.get(name.upper(), name)
+        if level == STUDY and keyword == "Modality":
+            keyword = "ModalitiesInStudy"
+        if keyword not in LEVEL_KEYS[level]:
+            raise NotSupported(f"matching on {name[:40]} is not supported at {level} level", expression=name[:40])
+        if keyword in keys:
+            raise InvalidInput(f"{keyword} is given more than once", expression=keyword)
+        if keyword in fixed and value.strip() not in ("", fixed[keyword]):
+            raise InvalidInput(f"{keyword} differs from the one in the path", expression=keyword)
+        if value.strip():  # an empty value asks for the attribute (universal matching)
+            keys[keyword] = value.strip()
+    keys.update(fixed)
+
+    def uids(keyword: str) -> tuple[str, ...]:
+        raw = keys.get(keyword, "")
+        return tuple(u.strip() for u in raw.replace("\\", ",").split(",") if u.strip())
+
+    query = DicomQuery(
+        study_uids=uids("StudyInstanceUID"), series_uids=uids("SeriesInstanceUID"),
+        sop_instance_uids=uids("SOPInstanceUID"), sop_class_uids=uids("SOPClassUID"),
+        patient_id=keys.get("PatientID"), issuer_of_patient_id=keys.get("IssuerOfPatientID"),
+        modality=keys.get("Modality") or keys.get("ModalitiesInStudy"),
+        study_date=DateRange.parse(keys["StudyDate"]) if "StudyDate" in keys else None)
+    return query, limit, offset
+
+
+def _qido_accept(accept: str | None) -> str | None:
+    for media, _ in _media_ranges(accept):
+        if media in ("*/*", "application/*", DICOM_JSON, "application/json"):
+            return None
+    return f"QIDO-RS here answers {DICOM_JSON} only"
+
+
+def _studies(request: Request, services: Services, entries: list[DicomEntry]) -> list[dict[str, Any]]:
+    groups: dict[str, list[DicomEntry]] = {}
+    for e in entries:
+        groups.setdefault(e.study_instance_uid, []).append(e)
+    out = []
+    for study, members in groups.items():
+        first = members[0]
+        out.append(_dataset(
+            StudyDate=next((m.study_date for m in members if m.study_date), None),
+            ModalitiesInStudy=sorted({m.modality for m in members if m.modality}),
+            RetrieveURL=_study_url(request, services, study),
+            PatientID=first.patient_id, IssuerOfPatientID=first.issuer_of_patient_id, StudyInstanceUID=study,
+            NumberOfStudyRelatedSeries=len({m.series_instance_uid for m in members}),
+            NumberOfStudyRelatedInstances=len(members)))
+    return out
+
+
+def _series(request: Request, services: Services, entries: list[DicomEntry]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[DicomEntry]] = {}
+    for e in entries:
+        groups.setdefault((e.study_instance_uid, e.series_instance_uid), []).append(e)
+    return [_dataset(
+        Modality=members[0].modality or None, RetrieveURL=_series_url(request, services, study, series),
+        StudyInstanceUID=study, SeriesInstanceUID=series, NumberOfSeriesRelatedInstances=len(members))
+        for (study, series), members in groups.items()]
+
+
+def _instances(request: Request, services: Services, entries: list[DicomEntry]) -> list[dict[str, Any]]:
+    return [_dataset(
+        SOPClassUID=e.sop_class_uid, SOPInstanceUID=e.sop_instance_uid, Modality=e.modality or None,
+        RetrieveURL=_instance_url(request, services, e.study_instance_uid, e.series_instance_uid,
+                                  e.sop_instance_uid),
+        StudyInstanceUID=e.study_instance_uid, SeriesInstanceUID=e.series_instance_uid) for e in entries]
+
+
+async def _search(request: Request, reader: Any, services: Services, accept: str | None, level: str,
+                  **fixed: str) -> Response:
+    refusal = _qido_accept(accept)
+    if refusal:
+        return _not_acceptable(refusal)
+    query, limit, offset = _query(level, list(request.query_params.multi_items()), **fixed)
+    entries = await run_in_threadpool(reader.search_dicom, level, query)
+    render = {STUDY: _studies, SERIES: _series, INSTANCE: _instances}[level]
+    results = render(request, services, entries)
+    return _json(results[offset:offset + limit])
+
+
+@router.get("/studies")
+async def search_studies(request: Request, reader: ReaderDep, services: ServicesDep,
+                         accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _search(request, reader, services, accept, STUDY)
+
+
+@router.get("/series")
+async def search_all_series(request: Request, reader: ReaderDep, services: ServicesDep,
+                            accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _search(request, reader, services, accept, SERIES)
+
+
+@router.get("/studies/{study}/series")
+async def search_series(study: str, request: Request, reader: ReaderDep, services: ServicesDep,
+                        accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _search(request, reader, services, accept, SERIES, StudyInstanceUID=study)
+
+
+@router.get("/instances")
+async def search_all_instances(request: Request, reader: ReaderDep, services: ServicesDep,
+                               accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _search(request, reader, services, accept, INSTANCE)
+
+
+@router.get("/studies/{study}/instances")
+async def search_study_instances(study: str, request: Request, reader: ReaderDep, services: ServicesDep,
+                                 accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _search(request, reader, services, accept, INSTANCE, StudyInstanceUID=study)
+
+
+@router.get("/studies/{study}/series/{series}/instances")
+async def search_instances(study: str, series: str, request: Request, reader: ReaderDep, services: ServicesDep,
+                           accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _search(request, reader, services, accept, INSTANCE, StudyInstanceUID=study,
+                         SeriesInstanceUID=series)

@@ -1,0 +1,90 @@
+"""The error hierarchy as DICOM storage statuses: ONE table from an AdapterError class to the
+DIMSE status a C-STORE SCP answers with (most specific class along the MRO wins, as at the HTTP
+edge in adapter.api.outcome). The same codes are STOW-RS FailureReason (0008,1197) values
+(PS3.18 10.5.3), so the table is pure data here in ``mapping/``, shared by the DICOM edge
+(``adapter.dicom.status`` re-exports it) and the DICOMweb STOW-RS path, which must not import
+pynetdicom (STYLE §1).
+
+Statuses (PS3.4 B.2.3 Storage Service Class; PS3.7 Annex C general statuses):
+
+* ``0xA700`` Refused: Out of Resources: the store is busy or failed (nothing was kept; the
+  sender may retry), or the object is too costly to take (too many pixels, too large).
+* ``0xA900`` Error: Data Set does not match SOP Class: the dataset is not what its SOP class
+  requires (a Type 1 attribute missing, a structure the IOD forbids, a SOP Class or SOP Instance
+  UID in the dataset that differs from the C-STORE request's).
+* ``0xC000`` Error: Cannot understand: the dataset does not parse (truncated, malformed), its
+  pixel data cannot be read, or a coded value has no mapping (unknown IssuerOfPatientID).
+* ``0x0122`` Refused: SOP Class not supported: normally already refused at association
+  negotiation (no presentation context); kept for the same refusal after negotiation.
+* ``0x0124`` Refused: Not authorised: the consent or policy rules refuse the object.
+* ``0x0110`` Processing failure: an error that names no cause of the sender's (a bad setting, a
+  conflict the store could not resolve).
+
+pynetdicom's "exception in the handler" status (``0xC211`` for C-STORE) is reserved for real
+bugs: :data:`BUG_STATUS` is answered only for exceptions outside the hierarchy.
+"""
+
+from __future__ import annotations
+
+from adapter import errors as e
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+NOT_AUTHORISED = 0x0124
+PROCESSING_FAILURE = 0x0110
+#: pynetdicom's status for an exception escaping the C-STORE handler: a bug, never a refusal.
+BUG_STATUS = 0xC211
+
+DIMSE_STATUS: dict[type[e.AdapterError], int] = {
+    e.AdapterError: PROCESSING_FAILURE,
+    e.InvalidInput: CANNOT_UNDERSTAND,
+    e.InvalidResource: DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    e.RequiredElementMissing: DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    e.UnknownCode: CANNOT_UNDERSTAND,
+    e.UndecodableImage: CANNOT_UNDERSTAND,
+    e.UnknownPurposeOfUse: CANNOT_UNDERSTAND,
+    e.BusinessRuleViolation: NOT_AUTHORISED,
+    e.ConsentRequired: NOT_AUTHORISED,
+    e.UnsupportedMediaType: CANNOT_UNDERSTAND,
+    e.NotSupported: SOP_CLASS_NOT_SUPPORTED,
+    e.ImageTooLarge: OUT_OF_RESOURCES,
+    e.PayloadTooLarge: OUT_OF_RESOURCES,
+    e.Forbidden: NOT_AUTHORISED,
+    e.PurposeOfUseMissing: NOT_AUTHORISED,
+    e.NotFound: PROCESSING_FAILURE,
+    e.Conflict: PROCESSING_FAILURE,
+    e.PreconditionFailed: PROCESSING_FAILURE,
+    e.Transient: OUT_OF_RESOURCES,
+    e.StorageError: OUT_OF_RESOURCES,
+    e.PolicyError: PROCESSING_FAILURE,
+    e.ConfigurationError: PROCESSING_FAILURE,
+}
+
+#: Error Comment (0000,0902) is LO: at most 64 characters, no backslash or control characters.
+_COMMENT_MAX = 64
+
+
+def dimse_status_for(err: e.AdapterError) -> int:
+    """The DIMSE status answering ``err`` (its most specific class in :data:`DIMSE_STATUS`)."""
+    for cls in type(err).__mro__:
+        if cls in DIMSE_STATUS:
+            return DIMSE_STATUS[cls]
+    return PROCESSING_FAILURE
+
+
+def error_comment(err: e.AdapterError) -> str:
+    """The diagnostics as an Error Comment (0000,0902): LO in the default repertoire (the
+    command set has no Specific Character Set), ≤ 64 characters. Diagnostics never carry
+    patient data (adapter.errors)."""
+    text = "".join(ch if " " <= ch <= "~" and ch != "\\" else " " for ch in err.diagnostics).strip()
+    return text if len(text) <= _COMMENT_MAX else text[:_COMMENT_MAX - 3].rstrip() + "..."
+
+
+__all__ = [
+    "BUG_STATUS", "CANNOT_UNDERSTAND", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "DIMSE_STATUS", "NOT_AUTHORISED",
+    "OUT_OF_RESOURCES", "PROCESSING_FAILURE", "SOP_CLASS_NOT_SUPPORTED", "SUCCESS", "dimse_status_for",
+    "error_comment",
+]

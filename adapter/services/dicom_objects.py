@@ -1,0 +1,381 @@
+"""DICOM objects in and out: the one way a record's DICOM object is (re)made, how it is released
+in each read view, the QIDO-RS match model, and STOW-RS into the C-STORE SCP's ingest path.
+
+* :func:`dicom_object_for`: a received instance is its stored Part 10 file, as received; a
+  photo's object is regenerated from the record and its stored bytes with the UIDs fixed at
+  ingest (PS3.3 C.12.1.1.1: the same SOP Instance UID every time). The forwarder (C-STORE to
+  PACS) and the scoped reader (WADO-RS, Binary as application/dicom) both use it.
+* :class:`DicomRelease`: the object and its attributes in the view the consent decision gave
+  (adapter.model.decision.View). FULL: as stored. DEIDENTIFIED (TRAIN…): PS3.15 Basic Profile
+  (adapter.mapping.dicom_deid.deidentify). PSEUDONYMISED (HRESCH…): PatientID = the keyed
+  pseudonym the FHIR view shows (adapter.mapping.pseudonym). In both restricted views every
+  instance UID is replaced by :func:`adapter.mapping.dicom_uids.keyed_uid` under the DICOM UID key
+  (derived from the pseudonym key), so the QIDO answers, the WADO URLs and the objects' own UIDs
+  are one consistent, stable UID space per view, which nobody without the key can map back.
+* :class:`DicomQuery` / :func:`match_level`: QIDO-RS matching (PS3.18 10.6.1, PS3.4 C.2.2.2) on
+  the values a release shows, so in a restricted view the client's keys are in the released
+  space: mapped UIDs, the pseudonym as PatientID; TRAIN shows no PatientID and no dates, so
+  keys on them match nothing there.
+* :func:`stow_instance`: one STOW-RS part (PS3.18 10.5) through the same ingest as a C-STORE
+  (adapter.services.dicom_ingest), refusals mapped to the same status codes
+  (adapter.mapping.dimse_status) as FailureReason (0008,1197).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
+
+from adapter.errors import AdapterError, InvalidInput, InvalidResource, NotFound, NotSupported, StorageError
+from adapter.mapping.dicom_deid import HRESCH_CONTEXT, TRAIN_CONTEXT, deidentify, pseudonymise
+from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom
+from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_uids import PhotoUids, keyed_uid
+from adapter.mapping.dimse_status import dimse_status_for
+from adapter.mapping.pseudonym import Pseudonymizer
+from adapter.mapping.tables import Tables
+from adapter.model.decision import View
+from adapter.model.dicom import DicomInstance
+from adapter.model.photo import Identifier
+from adapter.model.record import StoredResource
+from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
+from adapter.store.port import BlobStore
+
+log = logging.getLogger(__name__)
+
+#: The "calling AE" a STOW-RS sender is recorded as (Provenance, audit): DICOMweb has no AE title.
+STOW_SENDER = "DICOMWEB"
+
+
+# --------------------------------------------------------------------------- the object
+
+
+def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: BlobStore, tables: Tables,
+                     dicom_tables: DicomTables) -> Dataset | Path:
+    """The DICOM object of ``instance`` (whose record is ``stored``): a received object's
+    stored Part 10 file, or the photo's object regenerated from the record and its stored bytes
+    with the UIDs fixed at ingest and the creation time fixed at ingest, so every regeneration is
+    the identical object.
+
+    Raises:
+        NotFound: the received file or the record's photo is missing.
+        InvalidInput: the record names no content type.
+        AdapterError: the object cannot be made (photo_to_dicom's errors, e.g. UnknownCode for a
+            patient identifier system without an IssuerOfPatientID).
+    """
+    if instance.blob_sha256 is not None:
+        try:
+            return blobs.path(instance.blob_sha256)
+        except AdapterError as exc:
+            raise NotFound("the received DICOM file is missing") from exc
+    if stored.blob_sha256 is None or stored.facts is None:
+        raise NotFound("the record has no stored photo")
+    image = blobs.path(stored.blob_sha256).read_bytes()
+    return photo_to_dicom(
+        stored.resource, image, _content_type(stored.resource), kind=stored.facts.kind,
+        patient=instance.patient, uids=PhotoUids(study=instance.study_instance_uid,
+                                                 series=instance.series_instance_uid,
+                                                 sop_instance=instance.sop_instance_uid),
+        tables=tables, dicom_tables=dicom_tables,
+        # the creation time fixed at ingest: a resend is the identical object
+        now=instance.created or stored.last_updated)
+
+
+def _content_type(record: Mapping[str, Any]) -> str:
+    """The stored photo's media type: Media.content or DocumentReference.content[0].attachment."""
+    content: Any = record.get("content")
+    if isinstance(content, list):
+        content = (content[0] or {}).get("attachment") if content else None
+    value = content.get("contentType") if isinstance(content, Mapping) else None
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("the record names no content type", expression="content.contentType")
+    return value
+
+
+# --------------------------------------------------------------------------- releases
+
+
+@functools.lru_cache(maxsize=65536)
+def _mapped_uid(root: str, key: bytes, uid: str, context: str) -> str:
+    return keyed_uid(root, key, uid, context=context)
+
+
+@dataclass(frozen=True)
+class DicomEntry:
+    """One instance as a view shows it (QIDO-RS): UIDs, patient and date in the released space."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    study_date: str | None
+    patient_id: str | None
+    issuer_of_patient_id: str | None
+    record: str                       # "Media/<id>": for the audit, never shown
+
+
+@dataclass(frozen=True)
+class ReleasedObject:
+    """A released Part 10 object."""
+
+    data: bytes
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str             # in the released space
+
+
+class DicomRelease:
+    """DICOM objects and their attributes in one read view (module docstring)."""
+
+    def __init__(self, view: View, *, uid_root: str, uid_key: bytes, pseudonymizer: Pseudonymizer,
+                 dicom_tables: DicomTables) -> None:
+        if view is not View.FULL and not uid_key:
+            raise StorageError("no DICOM UID key is configured")
+        self.view = view
+        self._root = uid_root
+        self._key = uid_key
+        self._pseudonymizer = pseudonymizer
+        self._dicom_tables = dicom_tables
+        self._context = {View.DEIDENTIFIED: TRAIN_CONTEXT, View.PSEUDONYMISED: HRESCH_CONTEXT}.get(view)
+
+    def uid(self, original: str) -> str:
+        """``original`` in this view's UID space (the value the released object carries)."""
+        if self._context is None:
+            return original
+        return _mapped_uid(self._root, self._key, original, self._context)
+
+    def patient(self, patient: Identifier) -> tuple[str | None, str | None]:
+        """(PatientID, IssuerOfPatientID) as the released object carries them."""
+        if self.view is View.DEIDENTIFIED:
+            return None, None
+        if self.view is View.PSEUDONYMISED:
+            return self._pseudonymizer.pseudonym(patient.system, patient.value), self._pseudonymizer.system
+        try:
+            return self._dicom_tables.patient_identifiers.to_dicom(patient)
+        except AdapterError:  # no issuer for this system: the value alone
+            return patient.value, None
+
+    def entry(self, instance: DicomInstance) -> DicomEntry:
+        patient_id, issuer = self.patient(instance.patient)
+        return DicomEntry(
+            study_instance_uid=self.uid(instance.study_instance_uid),
+            series_instance_uid=self.uid(instance.series_instance_uid),
+            sop_instance_uid=self.uid(instance.sop_instance_uid), sop_class_uid=instance.sop_class_uid,
+            modality=instance.modality, study_date=None if self.view is View.DEIDENTIFIED else instance.study_date,
+            patient_id=patient_id, issuer_of_patient_id=issuer,
+            record=f"{instance.record_type}/{instance.record_id}")
+
+    def release(self, obj: Dataset | Path, patient: Identifier) -> ReleasedObject:
+        """The Part 10 bytes of ``obj`` in this view, in the transfer syntax it is stored in
+        (no transcoding; de-identification only cuts metadata segments out of JPEG frames)."""
+        if self.view is View.FULL and isinstance(obj, Path):
+            try:
+                meta = read_file_meta_info(obj)
+                data = obj.read_bytes()
+            except Exception as exc:  # our own stored file: unreadable is a storage fault
+                raise StorageError("the stored DICOM object cannot be read") from exc
+            return ReleasedObject(data=data, transfer_syntax=str(meta.TransferSyntaxUID),
+                                  sop_class_uid=str(meta.MediaStorageSOPClassUID),
+                                  sop_instance_uid=str(meta.MediaStorageSOPInstanceUID))
+        ds = _read(obj) if isinstance(obj, Path) else obj
+        if self.view is View.DEIDENTIFIED:
+            ds = deidentify(ds, uid_root=self._root, key=self._key)
+        elif self.view is View.PSEUDONYMISED:
+            ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
+                              pseudonym_issuer=self._pseudonymizer.system, uid_root=self._root, key=self._key)
+        return ReleasedObject(data=encode_dataset(ds), transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+                              sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID))
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        return dcmread(path)
+    except Exception as exc:  # validated at ingest: unreadable now is a storage fault
+        raise StorageError("the stored DICOM object cannot be read") from exc
+
+
+# --------------------------------------------------------------------------- QIDO-RS matching
+
+
+STUDY, SERIES, INSTANCE = "study", "series", "instance"
+LEVELS = (STUDY, SERIES, INSTANCE)
+#: The match keys each level supports (a key of a lower level is refused, not ignored).
+LEVEL_KEYS: dict[str, frozenset[str]] = {
+    STUDY: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "ModalitiesInStudy"}),
+    SERIES: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "SeriesInstanceUID",
+                       "Modality"}),
+    INSTANCE: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "SeriesInstanceUID",
+                         "Modality", "SOPInstanceUID", "SOPClassUID"}),
+}
+_DATE = re.compile(r"^\d{8}$")
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """A DA match (PS3.4 C.2.2.2.5): one date, or a range open at either end; inclusive."""
+
+    start: str | None
+    end: str | None
+
+    @classmethod
+    def parse(cls, value: str) -> DateRange:
+        text = value.strip()
+        start, sep, end = text.partition("-")
+        if not sep:
+            end = start
+        for part in (start, end):
+            if part and not _DATE.match(part):
+                raise InvalidInput("StudyDate takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression="StudyDate")
+        if not start and not end:
+            raise InvalidInput("StudyDate takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression="StudyDate")
+        return cls(start or None, end or None)
+
+    def matches(self, date: str | None) -> bool:
+        if not date:
+            return False
+        return (self.start is None or date >= self.start) and (self.end is None or date <= self.end)
+
+
+@dataclass(frozen=True)
+class DicomQuery:
+    """QIDO-RS match keys, in the released space of the reader's view (module docstring).
+    UIDs: list matching (any of); PatientID: single value, ``*``/``?`` wildcards; the rest exact."""
+
+    study_uids: tuple[str, ...] = ()
+    series_uids: tuple[str, ...] = ()
+    sop_instance_uids: tuple[str, ...] = ()
+    sop_class_uids: tuple[str, ...] = ()
+    patient_id: str | None = None
+    issuer_of_patient_id: str | None = None
+    modality: str | None = None            # Modality (series, instance) or ModalitiesInStudy (study)
+    study_date: DateRange | None = None
+
+    def matches(self, entry: DicomEntry) -> bool:
+        """Every key but Modality, which :func:`match_level` applies per level."""
+        if self.study_uids and entry.study_instance_uid not in self.study_uids:
+            return False
+        if self.series_uids and entry.series_instance_uid not in self.series_uids:
+            return False
+        if self.sop_instance_uids and entry.sop_instance_uid not in self.sop_instance_uids:
+            return False
+        if self.sop_class_uids and entry.sop_class_uid not in self.sop_class_uids:
+            return False
+        if self.patient_id is not None and not _wildcard(self.patient_id, entry.patient_id):
+            return False
+        if self.issuer_of_patient_id is not None and entry.issuer_of_patient_id != self.issuer_of_patient_id:
+            return False
+        return self.study_date is None or self.study_date.matches(entry.study_date)
+
+
+def _wildcard(pattern: str, value: str | None) -> bool:
+    """PS3.4 C.2.2.2.4 wildcard matching: ``*`` any run of characters, ``?`` any one."""
+    if not value:
+        return False
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.DOTALL) is not None
+
+
+def match_level(level: str, query: DicomQuery, entries: Iterable[DicomEntry]) -> list[DicomEntry]:
+    """The entries (instances) that make up the matching studies, series or instances: at study
+    level every instance of a matching study (so the counts cover the study); Modality at study
+    level is ModalitiesInStudy (a study with any instance of the modality matches)."""
+    candidates = [e for e in entries if query.matches(e)]
+    if query.modality is None:
+        return candidates
+    if level == STUDY:
+        studies = {e.study_instance_uid for e in candidates if e.modality == query.modality}
+        return [e for e in candidates if e.study_instance_uid in studies]
+    return [e for e in candidates if e.modality == query.modality]
+
+
+# --------------------------------------------------------------------------- STOW-RS
+
+
+@dataclass(frozen=True)
+class StowOutcome:
+    """What became of one STOW-RS part: stored (``failure_reason`` None) or failed."""
+
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    failure_reason: int | None = None
+    diagnostics: str | None = None
+    record: str | None = None
+    replayed: bool = False
+
+    @property
+    def stored(self) -> bool:
+        return self.failure_reason is None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed value: treated as absent here, ingest refuses it
+        return None
+    text = str(value or "").strip("\x00 ")
+    return text or None
+
+
+def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
+                  study_instance_uid: str | None = None) -> StowOutcome:
+    """Store one STOW-RS part (a Part 10 file at ``path``, left in place) through the C-STORE
+    SCP's ingest (same checks, same record, same idempotency by SOP Instance UID), sent by
+    :data:`STOW_SENDER` from ``peer_address``, as a colleague inside the organisation.
+
+    The file meta stands in for the C-STORE request: MediaStorageSOPClassUID is the negotiated
+    and requested SOP class, MediaStorageSOPInstanceUID the requested instance, so a dataset
+    that contradicts its own file meta fails as it would over DIMSE (0xA900). A SOP class the
+    SCP would not negotiate fails with 0x0122; a StudyInstanceUID other than the one of the
+    request URL (``study_instance_uid``, PS3.18 10.5.1) with 0xA900; anything that does not
+    parse with 0xC000. Refusals never raise: they are the outcome's ``failure_reason``.
+    """
+    sop_class = sop_instance = study = series = None
+    try:
+        try:
+            head = dcmread(path, stop_before_pixels=True)
+            meta = head.file_meta
+            requested_class = str(meta.MediaStorageSOPClassUID).strip("\x00 ")
+            requested_instance = str(meta.MediaStorageSOPInstanceUID).strip("\x00 ")
+            transfer_syntax = str(meta.TransferSyntaxUID).strip("\x00 ")
+        except Exception as exc:  # pydicom raises many kinds on a non-DICOM part
+            raise InvalidInput("the part is not a DICOM Part 10 object") from exc
+        sop_class = _text(head, "SOPClassUID") or requested_class
+        sop_instance = _text(head, "SOPInstanceUID") or requested_instance
+        study, series = _text(head, "StudyInstanceUID"), _text(head, "SeriesInstanceUID")
+        if requested_class not in ingest.accepted_sop_classes:
+            raise NotSupported(f"SOP class {requested_class[:64]} is not accepted",
+                               expression="(0002,0002) MediaStorageSOPClassUID")
+        if study_instance_uid is not None and study != study_instance_uid:
+            raise InvalidResource("the instance's Study Instance UID is not the one of the request URL",
+                                  expression="(0020,000D) StudyInstanceUID")
+        result = ingest.ingest_received(ReceivedStore(
+            path=path, calling_ae=STOW_SENDER, peer_address=peer_address, context_sop_class=requested_class,
+            transfer_syntax=transfer_syntax, affected_sop_class=requested_class,
+            affected_sop_instance=requested_instance))
+    except AdapterError as exc:
+        status = dimse_status_for(exc)
+        log.warning("STOW-RS from %s refused (0x%04X %s): SOP Instance %s, %s", peer_address, status,
+                    type(exc).__name__, sop_instance, exc.diagnostics)
+        return StowOutcome(sop_class, sop_instance, study, series, failure_reason=status,
+                           diagnostics=exc.diagnostics)
+    log.info("STOW-RS from %s: SOP Instance %s %s %s", peer_address, sop_instance,
+             "already stored as" if result.replayed else "stored as", result.record)
+    return StowOutcome(sop_class, sop_instance, study, series, record=result.record, replayed=result.replayed)
+
+
+__all__ = [
+    "INSTANCE", "LEVELS", "LEVEL_KEYS", "SERIES", "STOW_SENDER", "STUDY", "DateRange", "DicomEntry", "DicomQuery",
+    "DicomRelease", "ReleasedObject", "StowOutcome", "dicom_object_for", "match_level", "stow_instance",
+]

@@ -1,0 +1,527 @@
+"""DICOMweb over the real app on a real SQLite store: STOW-RS through the SCP's ingest path,
+WADO-RS / Binary as application/dicom / QIDO-RS under purpose of use (the FHIR read's decision,
+audited), TRAIN de-identified and HRESCH pseudonymised objects with consistently mapped UIDs, and
+every object WADO returns checked with dciodvfy (0 errors)."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from adapter.mapping.dicom_deid import NOT_CLEANED_DOCUMENT, NOT_CLEANED_PIXELS
+from adapter.mapping.dicom_photo import encode_dataset
+from adapter.mapping.dimse_status import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    SOP_CLASS_NOT_SUPPORTED,
+)
+from adapter.model.photo import PhotoKind
+from adapter.services.registry import Services
+from tests.conftest import ROOT, require_or_skip
+from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
+from tests.support.dciodvfy import dciodvfy_missing, dciodvfy_report, photo_object, stored_sample
+
+pytestmark = pytest.mark.integration
+
+WOUND = ROOT / "samples" / "wound.jpg"
+TREAT = {"X-Purpose-Of-Use": "TREAT"}
+TRAIN = {"X-Purpose-Of-Use": "TRAIN"}
+HRESCH = {"X-Purpose-Of-Use": "HRESCH"}
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
+CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+PATIENT_NAME = "Doe^Jane"
+
+
+# -- factories ------------------------------------------------------------------------------------
+
+
+def received(kind: PhotoKind = PhotoKind.CLINICAL, record_id: str = "rec-a", **attrs: Any) -> Dataset:
+    """A valid object as a PACS would send it: the adapter's own VL Photographic / SC mapping of a
+    sample (dciodvfy-clean), for patient MRN-0001 (issuer HOSP), with a patient name added."""
+    ds = photo_object(kind, stored_sample("tiny.jpg" if kind is PhotoKind.CLINICAL else "document.jpg"),
+                      record_id=record_id)
+    ds.PatientName = PATIENT_NAME
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def pdf_object() -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = PDF_CLASS, generate_uid(prefix="2.25.")
+    ds.PatientName, ds.PatientID, ds.IssuerOfPatientID = PATIENT_NAME, PATIENT["value"], "HOSP"
+    ds.PatientBirthDate, ds.PatientSex = "", ""
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(prefix="2.25."), generate_uid(prefix="2.25.")
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = \
+        "20240101", "120000", "1", "", ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.ConversionType, ds.Manufacturer = "DOC", 1, 1, "SD", ""
+    ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = "20240101", "120000", "20240101120000"
+    ds.BurnedInAnnotation, ds.DocumentTitle = "YES", "Discharge letter"
+    ds.ConceptNameCodeSequence = Sequence()
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    pdf = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+    ds.EncapsulatedDocument = pdf + b"\0" * (len(pdf) % 2)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def ct_object() -> Dataset:
+    ds = received(record_id="rec-ct")
+    ds.SOPClassUID = CT_CLASS
+    ds.file_meta.MediaStorageSOPClassUID = CT_CLASS
+    return ds
+
+
+def related(*parts: tuple[str, bytes], boundary: str = "b0undary-1234") -> tuple[bytes, str]:
+    body = b"".join(f"--{boundary}\r\nContent-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n"
+                    for ctype, data in parts) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def stow(client: FhirClient, *objects: Dataset | bytes, study: str | None = None) -> httpx.Response:
+    body, ctype = related(*[("application/dicom", o if isinstance(o, bytes) else encode_dataset(o))
+                            for o in objects])
+    url = "/dicomweb/studies" + (f"/{study}" if study else "")
+    return client.post(url, content=body, headers={"Content-Type": ctype})
+
+
+def parts_of(response: httpx.Response) -> list[bytes]:
+    """The application/dicom parts of a multipart/related WADO-RS answer."""
+    ctype = response.headers["content-type"]
+    assert ctype.startswith("multipart/related") and 'type="application/dicom"' in ctype, ctype
+    boundary = re.search(r"boundary=([^;\s]+)", ctype).group(1).strip('"')  # type: ignore[union-attr]
+    body, out, pos = response.content, [], 0
+    delimiter = f"--{boundary}".encode()
+    while True:
+        start = body.index(delimiter, pos) + len(delimiter)
+        if body[start:start + 2] == b"--":
+            return out
+        head_end = body.index(b"\r\n\r\n", start)
+        headers = body[start:head_end].decode().strip().splitlines()
+        assert any(h.lower().startswith("content-type: application/dicom; transfer-syntax=") for h in headers)
+        length = int(next(h.split(":")[1] for h in headers if h.lower().startswith("content-length")))
+        out.append(body[head_end + 4:head_end + 4 + length])
+        pos = head_end + 4 + length
+
+
+def read(data: bytes) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def value(item: dict[str, Any], tag: str) -> Any:
+    values = item.get(tag, {}).get("Value")
+    return values[0] if values else None
+
+
+def find(client: FhirClient, resource_type: str, sop_uid: str, headers: dict[str, str] = TREAT) -> list[dict]:
+    r = client.get(f"/fhir/{resource_type}", params={"identifier": f"urn:dicom:uid|urn:oid:{sop_uid}"},
+                   headers=headers)
+    assert r.status_code == 200, r.text
+    return [e["resource"] for e in r.json().get("entry", [])]
+
+
+def add_consent(client: FhirClient, purposes: list[str]) -> dict[str, Any]:
+    r = client.post("/fhir/Consent", json=consent_resource(purposes), headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def withdraw(client: FhirClient, consent: dict[str, Any]) -> None:
+    r = client.put(f"/fhir/Consent/{consent['id']}", json={**consent, "status": "inactive"}, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+
+
+def wado(client: FhirClient, study: str, series: str | None = None, instance: str | None = None, *,
+         headers: dict[str, str] = TREAT) -> httpx.Response:
+    url = f"/dicomweb/studies/{study}" + (f"/series/{series}" if series else "") + \
+        (f"/instances/{instance}" if instance else "")
+    return client.get(url, headers=headers)
+
+
+def qido(client: FhirClient, path: str, headers: dict[str, str] = TREAT, **params: str) -> list[dict[str, Any]]:
+    r = client.get(f"/dicomweb/{path}", params=params, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/dicom+json")
+    return list(r.json())
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+class Checked:
+    """Every object WADO (or Binary) returned in a test: dciodvfy runs on each at teardown."""
+
+    def __init__(self) -> None:
+        self.objects: list[tuple[str, bytes]] = []
+
+    def __call__(self, label: str, data: bytes) -> Dataset:
+        self.objects.append((label, data))
+        return read(data)
+
+
+@pytest.fixture
+def checked(tmp_path: Path) -> Iterator[Checked]:
+    seen = Checked()
+    yield seen
+    if not seen.objects:
+        return
+    missing = dciodvfy_missing()
+    require_or_skip(missing is None, missing or "")
+    failures = []
+    for n, (label, data) in enumerate(seen.objects):
+        path = tmp_path / f"wado-{n}.dcm"
+        path.write_bytes(data)
+        report = dciodvfy_report(path)
+        print(f"dciodvfy {label}: {report.iod}, {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+        if report.errors:
+            failures.append(f"{label}: {report.errors}")
+    assert failures == []
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Iterator[tuple[FhirClient, Services]]:
+    with adapter_client(tmp_path) as pair:
+        yield pair
+
+
+# -- STOW-RS --------------------------------------------------------------------------------------
+
+
+def test_stow_stores_through_the_scp_path_and_answers_referenced_sops(adapter: tuple[FhirClient, Services]) -> None:
+    client, services = adapter
+    vl, sc = received(), received(PhotoKind.DOCUMENT, record_id="rec-doc")
+    r = stow(client, vl, sc)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/dicom+json")
+    body = r.json()
+    assert "00081198" not in body
+    refs = body["00081199"]["Value"]
+    assert [(value(i, "00081150"), value(i, "00081155")) for i in refs] == [
+        (vl.SOPClassUID, vl.SOPInstanceUID), (sc.SOPClassUID, sc.SOPInstanceUID)]
+    assert value(refs[0], "00081190").endswith(
+        f"/dicomweb/studies/{vl.StudyInstanceUID}/series/{vl.SeriesInstanceUID}/instances/{vl.SOPInstanceUID}")
+    # the FHIR records, as the SCP makes them
+    [media] = find(client, "Media", vl.SOPInstanceUID)
+    assert media["subject"]["identifier"] == PATIENT
+    [doc] = find(client, "DocumentReference", sc.SOPInstanceUID)
+    assert doc["subject"]["identifier"] == PATIENT
+    instance = services.store.find_dicom_instance(vl.SOPInstanceUID)
+    assert instance is not None and instance.blob_sha256 is not None
+    # the same instance again: no new record
+    again = stow(client, vl)
+    assert again.status_code == 200
+    assert value(again.json()["00081199"]["Value"][0], "00081155") == vl.SOPInstanceUID
+    assert len(find(client, "Media", vl.SOPInstanceUID)) == 1
+    assert len(services.store.search_dicom_instances()) == 2
+    assert list((services.settings.data_dir / "staging").iterdir()) == []
+
+
+def test_stow_failures_are_listed_and_nothing_is_stored(adapter: tuple[FhirClient, Services]) -> None:
+    client, services = adapter
+    good = received()
+    ct = ct_object()
+    other_study = received(record_id="rec-other", StudyInstanceUID=generate_uid(prefix="2.25."))
+    mismatch = received(record_id="rec-mismatch")
+    # the file meta names another instance than the dataset (as a C-STORE request could)
+    uid = mismatch.SOPInstanceUID.encode()
+    other = uid[:-1] + (b"1" if uid[-1:] != b"1" else b"2")
+    mismatched = encode_dataset(mismatch).replace(uid, other, 1)
+    assert read(mismatched).file_meta.MediaStorageSOPInstanceUID == other.decode()
+    r = stow(client, good, b"this is not DICOM at all", ct, other_study, mismatched, study=good.StudyInstanceUID)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert [value(i, "00081155") for i in body["00081199"]["Value"]] == [good.SOPInstanceUID]
+    assert value(body, "00081190").endswith(f"/dicomweb/studies/{good.StudyInstanceUID}")
+    failed = {value(i, "00081155"): value(i, "00081197") for i in body["00081198"]["Value"]}
+    assert failed == {None: CANNOT_UNDERSTAND, ct.SOPInstanceUID: SOP_CLASS_NOT_SUPPORTED,
+                      other_study.SOPInstanceUID: DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                      mismatch.SOPInstanceUID: DATASET_DOES_NOT_MATCH_SOP_CLASS}
+    not_dicom = next(i for i in body["00081198"]["Value"] if value(i, "00081155") is None)
+    assert not_dicom["00081155"] == {"vr": "UI"}
+    for uid in (ct.SOPInstanceUID, other_study.SOPInstanceUID, mismatch.SOPInstanceUID):
+        assert services.store.find_dicom_instance(uid) is None
+        assert find(client, "Media", uid) == []
+    assert [i.sop_instance_uid for i in services.store.search_dicom_instances()] == [good.SOPInstanceUID]
+    assert list((services.settings.data_dir / "staging").iterdir()) == []
+    # every part failing: 409
+    all_failed = stow(client, ct)
+    assert all_failed.status_code == 409
+    assert "00081199" not in all_failed.json()
+
+
+def test_stow_refuses_other_media_types(adapter: tuple[FhirClient, Services]) -> None:
+    client, _ = adapter
+    data = encode_dataset(received())
+    r = client.post("/dicomweb/studies", content=data, headers={"Content-Type": "application/dicom"})
+    assert r.status_code == 415 and r.json()["resourceType"] == "OperationOutcome"
+    body, _ = related(("application/dicom", data))
+    r = client.post("/dicomweb/studies", content=body,
+                    headers={"Content-Type": 'multipart/related; type="application/dicom+json"; boundary=b0undary-1234'})
+    assert r.status_code == 415
+    # a part of another type in a DICOM request fails on its own
+    body, ctype = related(("application/dicom", data), ("image/jpeg", b"\xff\xd8\xff\xd9"))
+    r = client.post("/dicomweb/studies", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 202
+    assert value(r.json()["00081198"]["Value"][0], "00081197") == CANNOT_UNDERSTAND
+
+
+def test_stow_size_limits_answer_413_and_leave_nothing(tmp_path: Path) -> None:
+    data = encode_dataset(received())
+    with adapter_client(tmp_path, max_upload_bytes=len(data) - 1) as (client, services):
+        r = stow(client, data)  # one part over the limit
+        assert r.status_code == 413, r.text
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert services.store.search_dicom_instances() == []
+        assert list((services.settings.data_dir / "staging").iterdir()) == []
+
+
+# -- WADO-RS and Binary ---------------------------------------------------------------------------
+
+
+def test_wado_for_treat_returns_the_received_bytes(adapter: tuple[FhirClient, Services], checked: Checked) -> None:
+    client, _ = adapter
+    vl = received()
+    sent = encode_dataset(vl)
+    assert stow(client, sent).status_code == 200
+    r = wado(client, vl.StudyInstanceUID, vl.SeriesInstanceUID, vl.SOPInstanceUID)
+    assert r.status_code == 200, r.text
+    [part] = parts_of(r)
+    assert part == sent
+    checked("received, TREAT", part)
+    # study and series retrieve: the same single object
+    assert parts_of(wado(client, vl.StudyInstanceUID)) == [sent]
+    assert parts_of(wado(client, vl.StudyInstanceUID, vl.SeriesInstanceUID)) == [sent]
+    # wrong series for the instance, unknown instance
+    assert wado(client, vl.StudyInstanceUID, "2.25.1", vl.SOPInstanceUID).status_code == 404
+    assert wado(client, "2.25.1").status_code == 404
+
+
+def test_wado_of_a_photo_is_regenerated_with_its_fixed_uids(adapter: tuple[FhirClient, Services],
+                                                            checked: Checked) -> None:
+    client, _ = adapter
+    receipt = post_photo(client, WOUND, metadata()).json()
+    uids = receipt["dicom"]
+    first = wado(client, uids["studyInstanceUid"], uids["seriesInstanceUid"], uids["sopInstanceUid"])
+    second = wado(client, uids["studyInstanceUid"], uids["seriesInstanceUid"], uids["sopInstanceUid"])
+    assert first.status_code == 200, first.text
+    [a], [b] = parts_of(first), parts_of(second)
+    assert a == b  # the identical object every time
+    ds = checked("photo, TREAT", a)
+    assert ds.SOPInstanceUID == uids["sopInstanceUid"] and ds.PatientID == PATIENT["value"]
+    # Binary as application/dicom: the same object, one body
+    binary = client.get(f"/fhir/{receipt['binary']}", headers={**TREAT, "Accept": "application/dicom"})
+    assert binary.status_code == 200
+    assert binary.headers["content-type"] == "application/dicom"
+    assert binary.content == a
+
+
+def test_purpose_header_and_accept_are_checked(adapter: tuple[FhirClient, Services]) -> None:
+    client, _ = adapter
+    vl = received()
+    stow(client, vl)
+    url = f"/dicomweb/studies/{vl.StudyInstanceUID}/series/{vl.SeriesInstanceUID}/instances/{vl.SOPInstanceUID}"
+    assert client.get(url).status_code == 403
+    assert client.get(url, headers={"X-Purpose-Of-Use": "NOPE"}).status_code == 400
+    assert client.get("/dicomweb/studies").status_code == 403
+    assert client.get("/dicomweb/studies", headers={"X-Purpose-Of-Use": "NOPE"}).status_code == 400
+    refused = client.get(url, headers={**TREAT, "Accept": "application/dicom"})
+    assert refused.status_code == 406 and refused.json()["resourceType"] == "OperationOutcome"
+    assert client.get(url, headers={**TREAT, "Accept": 'multipart/related; type="image/jpeg"'}).status_code == 406
+    assert client.get(url, headers={
+        **TREAT, "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'
+    }).status_code == 406
+    ok = client.get(url, headers={**TREAT, "Accept": 'multipart/related; type="application/dicom"; '
+                                                     'transfer-syntax=*'})
+    assert ok.status_code == 200
+    assert client.get("/dicomweb/studies", headers={**TREAT, "Accept": "application/dicom+xml"}).status_code == 406
+    bad = client.get("/dicomweb/studies", params={"PatientName": "Doe*"}, headers=TREAT)
+    assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+
+
+def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[FhirClient, Services],
+                                                            checked: Checked) -> None:
+    client, services = adapter
+    a, b = received(record_id="rec-a"), received(record_id="rec-b")
+    assert a.StudyInstanceUID == b.StudyInstanceUID
+    assert stow(client, a, b).status_code == 200
+    # no TRAIN consent: refused, saying little, and audited
+    refused = wado(client, a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID, headers=TRAIN)
+    assert refused.status_code in (403, 404)  # the original UIDs are not even in TRAIN's UID space
+    assert qido(client, "studies", TRAIN) == []
+    add_consent(client, ["TRAIN"])
+    [study] = qido(client, "studies", TRAIN)
+    mapped_study = value(study, "0020000D")
+    assert mapped_study != a.StudyInstanceUID
+    assert "00100020" not in study and "00080020" not in study  # no PatientID, no dates under TRAIN
+    assert value(study, "00201208") == 2 and value(study, "00201206") == 2
+    instances = qido(client, f"studies/{mapped_study}/instances", TRAIN)
+    assert len(instances) == 2
+    released = []
+    for item in instances:
+        retrieved = client.get(value(item, "00081190").split("testserver")[-1], headers=TRAIN)
+        assert retrieved.status_code == 200, retrieved.text
+        [data] = parts_of(retrieved)
+        assert PATIENT["value"].encode() not in data and PATIENT_NAME.encode() not in data
+        ds = checked("received, TRAIN", data)
+        assert ds.PatientIdentityRemoved == "YES"
+        assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100"]
+        assert ds.PatientID == "" and ds.PatientName == ""
+        # the UIDs of the object are the ones QIDO shows
+        assert (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID) == (
+            mapped_study, value(item, "0020000E"), value(item, "00080018"), value(item, "00080016"))
+        released.append(ds)
+    assert released[0].StudyInstanceUID == released[1].StudyInstanceUID
+    assert {d.SOPInstanceUID for d in released}.isdisjoint({a.SOPInstanceUID, b.SOPInstanceUID})
+    # the original UIDs are not accepted under TRAIN: the client works in the mapped space
+    assert wado(client, a.StudyInstanceUID, headers=TRAIN).status_code == 404
+    # study retrieve: both, the same bytes as the instance retrieves
+    both = parts_of(wado(client, mapped_study, headers=TRAIN))
+    assert sorted(read(d).SOPInstanceUID for d in both) == sorted(d.SOPInstanceUID for d in released)
+    # every decision was audited
+    events = services.store.list_audit(200)
+    outcomes = {e["outcome"] for e in events if e.get("purposeOfEvent")
+                and e["purposeOfEvent"][0]["coding"][0]["code"] == "TRAIN"}
+    assert outcomes >= {"0", "4"}
+
+
+def test_hresch_gets_the_pseudonym_the_fhir_view_shows(adapter: tuple[FhirClient, Services],
+                                                       checked: Checked) -> None:
+    client, _ = adapter
+    vl = received()
+    stow(client, vl)
+    [media] = find(client, "Media", vl.SOPInstanceUID)
+    assert wado(client, vl.StudyInstanceUID, headers=HRESCH).status_code in (403, 404)
+    add_consent(client, ["HRESCH"])
+    fhir_view = client.get(f"/fhir/Media/{media['id']}", headers=HRESCH).json()
+    pseudonym = fhir_view["subject"]["identifier"]
+    assert pseudonym["value"] != PATIENT["value"]
+    [study] = qido(client, "studies", HRESCH)
+    assert (value(study, "00100020"), value(study, "00100021")) == (pseudonym["value"], pseudonym["system"])
+    assert value(study, "00080020") == vl.StudyDate  # HRESCH keeps dates
+    # the client matches on the pseudonym, not on the real PatientID
+    assert len(qido(client, "studies", HRESCH, PatientID=pseudonym["value"])) == 1
+    assert qido(client, "studies", HRESCH, PatientID=PATIENT["value"]) == []
+    [instance] = qido(client, "instances", HRESCH)
+    retrieved = client.get(value(instance, "00081190").split("testserver")[-1], headers=HRESCH)
+    [data] = parts_of(retrieved)
+    ds = checked("received, HRESCH", data)
+    assert ds.PatientID == pseudonym["value"] and ds.IssuerOfPatientID == pseudonym["system"]
+    assert ds.PatientIdentityRemoved == "YES"
+    assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100", "113106"]
+    assert PATIENT_NAME.encode() not in data and f"{PATIENT['value']}".encode() not in data
+    # TRAIN and HRESCH UID spaces cannot be linked
+    add_consent(client, ["TRAIN"])
+    [train_study] = qido(client, "studies", TRAIN)
+    assert value(train_study, "0020000D") not in (value(study, "0020000D"), vl.StudyInstanceUID)
+
+
+def test_binary_as_dicom_follows_the_record_decision(adapter: tuple[FhirClient, Services],
+                                                     checked: Checked) -> None:
+    client, _ = adapter
+    receipt = post_photo(client, WOUND, metadata()).json()
+    dicom = {"Accept": "application/dicom"}
+    assert client.get(f"/fhir/{receipt['binary']}", headers={**TRAIN, **dicom}).status_code == 403
+    add_consent(client, ["TRAIN"])
+    r = client.get(f"/fhir/{receipt['binary']}", headers={**TRAIN, **dicom})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+    ds = checked("photo Binary, TRAIN", r.content)
+    assert ds.PatientIdentityRemoved == "YES" and PATIENT["value"].encode() not in r.content
+    [instance] = qido(client, "instances", TRAIN)
+    assert ds.SOPInstanceUID == value(instance, "00080018") != receipt["dicom"]["sopInstanceUid"]
+    wado_train = client.get(value(instance, "00081190").split("testserver")[-1], headers=TRAIN)
+    assert parts_of(wado_train) == [r.content]
+    # the Binary's image bytes are still served as before
+    image = client.get(f"/fhir/{receipt['binary']}", headers={**TREAT, "Accept": "image/jpeg"})
+    assert image.headers["content-type"] == "image/jpeg"
+
+
+def test_documents_and_pdfs_are_released_under_consent_without_a_clean_pixels_claim(
+        adapter: tuple[FhirClient, Services], checked: Checked) -> None:
+    client, _ = adapter
+    doc, pdf = received(PhotoKind.DOCUMENT, record_id="rec-doc"), pdf_object()
+    assert stow(client, doc, pdf).status_code == 200
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for headers in (TRAIN, HRESCH):
+        for item in qido(client, "instances", headers):
+            [data] = parts_of(client.get(value(item, "00081190").split("testserver")[-1], headers=headers))
+            ds = checked(f"{value(item, '00080016')} {headers['X-Purpose-Of-Use']}", data)
+            assert ds.BurnedInAnnotation == "YES"
+            assert "113101" not in [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]
+            note = NOT_CLEANED_DOCUMENT if ds.SOPClassUID == PDF_CLASS else NOT_CLEANED_PIXELS
+            assert note in list(ds.DeidentificationMethod)
+            assert PATIENT_NAME.encode() not in data and b"Discharge letter" not in data
+
+
+# -- QIDO-RS --------------------------------------------------------------------------------------
+
+
+def test_qido_levels_keys_and_counts_follow_the_decision(adapter: tuple[FhirClient, Services]) -> None:
+    client, _ = adapter
+    a, b = received(record_id="rec-a"), received(record_id="rec-b")
+    doc = received(PhotoKind.DOCUMENT, record_id="rec-doc", StudyInstanceUID=generate_uid(prefix="2.25."))
+    stow(client, a, b, doc)
+    studies = qido(client, "studies", TREAT)
+    assert {value(s, "0020000D") for s in studies} == {a.StudyInstanceUID, doc.StudyInstanceUID}
+    study = next(s for s in studies if value(s, "0020000D") == a.StudyInstanceUID)
+    assert (value(study, "00100020"), value(study, "00100021")) == (PATIENT["value"], "HOSP")
+    assert study["00080061"]["Value"] == ["XC"] and value(study, "00201208") == 2
+    assert value(study, "00080020") == a.StudyDate
+    assert study["00201206"] == {"vr": "IS", "Value": [2]}
+    # keys: patient, modality, dates, UIDs, wildcards; by tag too
+    assert len(qido(client, "studies", PatientID=PATIENT["value"], IssuerOfPatientID="HOSP")) == 2
+    assert len(qido(client, "studies", **{"00100020": "MRN-*"})) == 2
+    assert qido(client, "studies", PatientID="MRN-0002") == []
+    assert [value(s, "0020000D") for s in qido(client, "studies", ModalitiesInStudy="DOC")] == [doc.StudyInstanceUID]
+    assert len(qido(client, "studies", StudyDate=f"{a.StudyDate}-")) >= 1
+    assert qido(client, "studies", StudyDate="19000101-19001231") == []
+    assert len(qido(client, "studies", StudyInstanceUID=f"{a.StudyInstanceUID},{doc.StudyInstanceUID}")) == 2
+    series = qido(client, f"studies/{a.StudyInstanceUID}/series")
+    assert {value(s, "0020000E") for s in series} == {a.SeriesInstanceUID, b.SeriesInstanceUID}
+    assert all(value(s, "00201209") == 1 and value(s, "00080060") == "XC" for s in series)
+    assert len(qido(client, "series", Modality="DOC")) == 1
+    instances = qido(client, f"studies/{a.StudyInstanceUID}/series/{a.SeriesInstanceUID}/instances")
+    assert [(value(i, "00080018"), value(i, "00080016")) for i in instances] == [(a.SOPInstanceUID, a.SOPClassUID)]
+    assert len(qido(client, "instances")) == 3
+    assert len(qido(client, "instances", limit="2")) == 2 and len(qido(client, "instances", offset="2")) == 1
+    assert len(qido(client, "instances", SOPInstanceUID=b.SOPInstanceUID, includefield="all")) == 1
+    # filtered by the decision: counts change when a consent is added and withdrawn
+    assert qido(client, "instances", TRAIN) == []
+    consent = add_consent(client, ["TRAIN"])
+    assert len(qido(client, "instances", TRAIN)) == 3
+    [train_study] = qido(client, "studies", TRAIN, ModalitiesInStudy="XC")
+    assert value(train_study, "00201208") == 2
+    # under TRAIN the keys are in the mapped space: the original UIDs match nothing
+    assert qido(client, "studies", TRAIN, StudyInstanceUID=a.StudyInstanceUID) == []
+    assert len(qido(client, "studies", TRAIN, StudyInstanceUID=value(train_study, "0020000D"))) == 1
+    assert qido(client, "studies", TRAIN, PatientID=PATIENT["value"]) == []
+    withdraw(client, consent)
+    assert qido(client, "instances", TRAIN) == []
+    assert len(qido(client, "instances", TREAT)) == 3
+
+
+def test_a_study_retrieve_leaves_out_what_is_not_permitted(adapter: tuple[FhirClient, Services]) -> None:
+    """Two patients' objects in one study UID: TRAIN consent for one patient only returns that one."""
+    client, _ = adapter
+    mine = received(record_id="rec-a")
+    theirs = received(record_id="rec-b", PatientID="MRN-0002", PatientName="Roe^Rick")
+    stow(client, mine, theirs)
+    add_consent(client, ["TRAIN"])  # for MRN-0001 only
+    [study] = qido(client, "studies", TRAIN)
+    assert value(study, "00201208") == 1
+    data = parts_of(wado(client, value(study, "0020000D"), headers=TRAIN))
+    assert len(data) == 1 and b"MRN-0002" not in data[0] and b"Roe^Rick" not in data[0]
+    assert len(parts_of(wado(client, mine.StudyInstanceUID))) == 2  # TREAT: both
