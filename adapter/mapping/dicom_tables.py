@@ -144,7 +144,7 @@ class ReceiveClass(_Strict):
 
 
 class ReceiveTable(_Strict):
-    source: PhotoSource = PhotoSource.CLINICIAN
+    source: PhotoSource = PhotoSource.COLLEAGUE_INTERNAL
     sop_classes: dict[str, ReceiveClass] = Field(alias="sopClasses", min_length=1)
 
     @model_validator(mode="after")

@@ -29,7 +29,8 @@ def _free_port() -> int:
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[str]:
     port = _free_port()
-    env = {**os.environ, "ADAPTER_HTTP_PORT": str(port), "ADAPTER_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, "ADAPTER_HTTP_PORT": str(port), "ADAPTER_DATA_DIR": str(tmp_path / "data"),
+           "ADAPTER_DICOM_PORT": str(_free_port())}
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)

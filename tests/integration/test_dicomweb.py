@@ -391,11 +391,20 @@ def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[Fhir
     # study retrieve: both, the same bytes as the instance retrieves
     both = parts_of(wado(client, mapped_study, headers=TRAIN))
     assert sorted(read(d).SOPInstanceUID for d in both) == sorted(d.SOPInstanceUID for d in released)
-    # every decision was audited
-    events = services.store.list_audit(200)
-    outcomes = {e["outcome"] for e in events if e.get("purposeOfEvent")
-                and e["purposeOfEvent"][0]["coding"][0]["code"] == "TRAIN"}
-    assert outcomes >= {"0", "4"}
+    # after withdrawal the mapped UIDs are refused (403, saying little); allow and deny are audited
+    consent = next(c["resource"] for c in client.get("/fhir/Consent", headers=TREAT).json()["entry"]
+                   if c["resource"]["provision"]["purpose"][0]["code"] == "TRAIN")
+    withdraw(client, consent)
+    first = value(instances[0], "00081190").split("testserver")[-1]
+    denied = client.get(first, headers=TRAIN)
+    assert denied.status_code == 403 and PATIENT["value"] not in denied.text
+    [media] = find(client, "Media", a.SOPInstanceUID)
+    train_reads = [e for e in services.store.list_audit(500)
+                   if e["agent"][2].get("purposeOfUse", [{}])[0].get("coding", [{}])[0].get("code") == "TRAIN"
+                   and e["subtype"][0]["code"] == "read"]
+    assert {e["outcome"] for e in train_reads} == {"0", "4"}
+    assert all(any(x.get("what", {}).get("reference", "").startswith(("Media/", "DocumentReference/"))
+                   for x in e["entity"]) for e in train_reads)
 
 
 def test_hresch_gets_the_pseudonym_the_fhir_view_shows(adapter: tuple[FhirClient, Services],

@@ -47,7 +47,7 @@ def test_the_project_table_loads_with_the_decided_iods() -> None:
     assert clinical.burned_in_annotation == "NO"
     assert document.burned_in_annotation == secondary.burned_in_annotation == "YES"
     assert set(t.receive.sop_classes) == {VL_PHOTOGRAPHIC, SC_IMAGE, MF_TRUE_COLOR_SC, ENCAPSULATED_PDF}
-    assert t.receive.source is PhotoSource.CLINICIAN
+    assert t.receive.source is PhotoSource.COLLEAGUE_INTERNAL
 
 
 def test_patient_identifier_both_ways() -> None:
