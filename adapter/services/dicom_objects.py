@@ -322,7 +322,7 @@ class StowOutcome:
 def _text(ds: Dataset, keyword: str) -> str | None:
     try:
         value = ds.get(keyword)
-    except Exception:  # a malformed value: treated as absent here, ingest refuses it
+    except Exception:  # noqa: BLE001 - a malformed value: treated as absent here, ingest refuses it
         return None
     text = str(value or "").strip("\x00 ")
     return text or None

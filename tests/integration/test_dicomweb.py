@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from adapter.mapping.codes import EXT_PHOTO_SOURCE
 from adapter.mapping.dicom_deid import NOT_CLEANED_DOCUMENT, NOT_CLEANED_PIXELS
 from adapter.mapping.dicom_photo import encode_dataset
 from adapter.mapping.dimse_status import (
@@ -217,6 +218,7 @@ def test_stow_stores_through_the_scp_path_and_answers_referenced_sops(adapter: t
     # the FHIR records, as the SCP makes them
     [media] = find(client, "Media", vl.SOPInstanceUID)
     assert media["subject"]["identifier"] == PATIENT
+    assert {"url": EXT_PHOTO_SOURCE, "valueCode": "colleague-internal"} in media["extension"]
     [doc] = find(client, "DocumentReference", sc.SOPInstanceUID)
     assert doc["subject"]["identifier"] == PATIENT
     instance = services.store.find_dicom_instance(vl.SOPInstanceUID)
@@ -350,6 +352,12 @@ def test_purpose_header_and_accept_are_checked(adapter: tuple[FhirClient, Servic
     assert client.get("/dicomweb/studies", headers={**TREAT, "Accept": "application/dicom+xml"}).status_code == 406
     bad = client.get("/dicomweb/studies", params={"PatientName": "Doe*"}, headers=TREAT)
     assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+    assert client.get("/dicomweb/studies", params={"SOPInstanceUID": "1.2"}, headers=TREAT).status_code == 400
+    for params in ({"StudyDate": "2024"}, {"StudyDate": "-"}, {"limit": "x"}):
+        assert client.get("/dicomweb/studies", params=params, headers=TREAT).status_code == 422, params
+    # break-glass: permitted, flagged, audited
+    glass = client.get(url, headers={"X-Purpose-Of-Use": "BTG"})
+    assert glass.status_code == 200 and "X-Break-Glass" in glass.headers
 
 
 def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[FhirClient, Services],
@@ -398,7 +406,6 @@ def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[Fhir
     first = value(instances[0], "00081190").split("testserver")[-1]
     denied = client.get(first, headers=TRAIN)
     assert denied.status_code == 403 and PATIENT["value"] not in denied.text
-    [media] = find(client, "Media", a.SOPInstanceUID)
     train_reads = [e for e in services.store.list_audit(500)
                    if e["agent"][2].get("purposeOfUse", [{}])[0].get("coding", [{}])[0].get("code") == "TRAIN"
                    and e["subtype"][0]["code"] == "read"]
@@ -424,18 +431,25 @@ def test_hresch_gets_the_pseudonym_the_fhir_view_shows(adapter: tuple[FhirClient
     # the client matches on the pseudonym, not on the real PatientID
     assert len(qido(client, "studies", HRESCH, PatientID=pseudonym["value"])) == 1
     assert qido(client, "studies", HRESCH, PatientID=PATIENT["value"]) == []
-    [instance] = qido(client, "instances", HRESCH)
-    retrieved = client.get(value(instance, "00081190").split("testserver")[-1], headers=HRESCH)
-    [data] = parts_of(retrieved)
-    ds = checked("received, HRESCH", data)
-    assert ds.PatientID == pseudonym["value"] and ds.IssuerOfPatientID == pseudonym["system"]
-    assert ds.PatientIdentityRemoved == "YES"
-    assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100", "113106"]
-    assert PATIENT_NAME.encode() not in data and f"{PATIENT['value']}".encode() not in data
+    # a received object and a photo posted over HTTP: both carry the FHIR view's pseudonym
+    assert post_photo(client, WOUND, metadata()).status_code == 201
+    instances = qido(client, "instances", HRESCH)
+    assert len(instances) == 2
+    for instance in instances:
+        retrieved = client.get(value(instance, "00081190").split("testserver")[-1], headers=HRESCH)
+        [data] = parts_of(retrieved)
+        ds = checked("HRESCH", data)
+        assert ds.PatientID == pseudonym["value"] and ds.IssuerOfPatientID == pseudonym["system"]
+        assert ds.SOPInstanceUID == value(instance, "00080018")
+        assert ds.PatientIdentityRemoved == "YES"
+        assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100", "113106"]
+        assert PATIENT_NAME.encode() not in data and f"{PATIENT['value']}".encode() not in data
     # TRAIN and HRESCH UID spaces cannot be linked
     add_consent(client, ["TRAIN"])
-    [train_study] = qido(client, "studies", TRAIN)
-    assert value(train_study, "0020000D") not in (value(study, "0020000D"), vl.StudyInstanceUID)
+    hresch_uids = {value(s, "0020000D") for s in qido(client, "studies", HRESCH)}
+    train_uids = {value(s, "0020000D") for s in qido(client, "studies", TRAIN)}
+    assert len(train_uids) == len(hresch_uids) == 2
+    assert train_uids.isdisjoint(hresch_uids | {vl.StudyInstanceUID})
 
 
 def test_binary_as_dicom_follows_the_record_decision(adapter: tuple[FhirClient, Services],
