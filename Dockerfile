@@ -1,4 +1,5 @@
-# Clinical image adapter: HTTP API (FHIR R4/R5, POST /photos) on 8080, data in /data.
+# Clinical image adapter: HTTP API (FHIR R4/R5, POST /photos, DICOMweb) on 8080, DICOM SCP on 11112,
+# data in /data.
 # Build: docker build -t clinical-image-adapter .
 # Run:   docker run -p 8080:8080 -v adapter-data:/data -e ADAPTER_PSEUDONYM_KEY=... clinical-image-adapter
 FROM python:3.11-slim-bookworm AS base
@@ -30,11 +31,13 @@ VOLUME ["/data"]
 
 ENV ADAPTER_HTTP_HOST=0.0.0.0 \
     ADAPTER_HTTP_PORT=8080 \
+    ADAPTER_DICOM_HOST=0.0.0.0 \
+    ADAPTER_DICOM_PORT=11112 \
     ADAPTER_DATA_DIR=/data \
     ADAPTER_POLICY=/app/mappings/policy.yaml
 
 USER adapter
-EXPOSE 8080
+EXPOSE 8080 11112
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('ADAPTER_HTTP_PORT','8080'), timeout=4).read()" || exit 1

@@ -23,20 +23,30 @@ def _configure_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _start_dicom(settings: Settings) -> tuple[StoreSCP, Services] | None:
-    """The DICOM SCP in background threads of this process (never in HTTP worker processes:
-    one listener per port), on services of its own; None when ADAPTER_DICOM_ENABLED is false.
-    Raises AdapterError when it cannot start."""
-    if not settings.dicom_enabled:
+def _start_dicom(settings: Settings) -> tuple[StoreSCP | None, Services] | None:
+    """The DICOM SCP and the outbox forwarder (C-STORE SCU, when ADAPTER_FORWARD_TO is set) in
+    background threads of this process (never in HTTP worker processes: one listener per port,
+    one forwarder), on services of their own; None when neither is configured.
+    Raises AdapterError when they cannot start."""
+    destinations = settings.destinations
+    if not settings.dicom_enabled and not destinations:
         return None
     from adapter.dicom import AeOptions, StoreSCP
+    from adapter.dicom.scu import StoreSCU
     from adapter.services.registry import build_services
 
     services = build_services(settings)
+    scp: StoreSCP | None = None
     try:
-        scp = StoreSCP(AeOptions.from_settings(settings, services.tables.policy), services.dicom_ingest)
-        scp.start()
+        if settings.dicom_enabled:
+            scp = StoreSCP(AeOptions.from_settings(settings, services.tables.policy), services.dicom_ingest)
+            scp.start()
+        if destinations:  # services.close() stops it
+            services.start_forwarding(StoreSCU.from_settings(settings))
+            logging.getLogger("adapter").info("forwarding new photos to %s", ", ".join(destinations))
     except BaseException:
+        if scp is not None:
+            scp.stop()
         services.close()
         raise
     return scp, services  # StoreSCP.start logged its address
@@ -61,7 +71,7 @@ def serve(settings: Settings) -> int:
     try:
         dicom = _start_dicom(settings)
     except AdapterError as exc:
-        logging.getLogger("adapter").error("cannot start the DICOM SCP: %s", exc.diagnostics)
+        logging.getLogger("adapter").error("cannot start the DICOM SCP or the forwarder: %s", exc.diagnostics)
         return 2
     if dicom is None:
         return _serve_http(settings)
@@ -77,7 +87,8 @@ def serve(settings: Settings) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-        scp.stop()
+        if scp is not None:
+            scp.stop()
         services.close()
         if terminated:
             signal.raise_signal(signal.SIGTERM)

@@ -36,7 +36,8 @@ from typing import Any
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
-from pynetdicom import AE, Association, build_context, evt
+from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from adapter.config import Settings
@@ -114,6 +115,16 @@ def _load(obj: Dataset | Path) -> tuple[Dataset, SendResult | None]:
         return Dataset(), SendResult("", SendOutcome.PERMANENT, None, f"unreadable DICOM file: {type(exc).__name__}")
 
 
+def _undefined_length_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
+    """Encapsulated Pixel Data must be written with undefined length (PS3.5 A.4). A dataset built
+    in memory with ``pydicom.encaps.encapsulate`` has a defined-length element (``save_as`` fixes
+    that for files, the network encoder does not): the SCP cannot parse it and aborts."""
+    if transfer_syntax.is_encapsulated and "PixelData" in ds:
+        elem = ds["PixelData"]
+        if not elem.is_undefined_length:
+            elem.is_undefined_length = True
+
+
 def classify_status(sop_instance_uid: str, status: Dataset) -> SendResult:
     """Map a C-STORE response's status to a :class:`SendResult` (see the module docstring)."""
     code = status.get("Status")
@@ -141,6 +152,7 @@ class StoreSCU:
         self._aes: dict[Destination, AE] = {}
         self._held: dict[Destination, Association] = {}
         self._known: dict[Destination, list[tuple[UID, UID]]] = {}
+        self._message_id: dict[Destination, int] = {}  # last Message ID used on the held association
         self._lock = threading.Lock()
         self.associations_opened = 0
 
@@ -211,7 +223,7 @@ class StoreSCU:
                 assoc.release()
             else:
                 assoc.abort()
-        except Exception:  # noqa: BLE001 - a failing release must not lose the batch's results
+        except Exception:
             log.warning("releasing the association with %s failed", dest, exc_info=True)
 
     @staticmethod
@@ -246,6 +258,7 @@ class StoreSCU:
         if assoc.is_established:
             self.associations_opened += 1
             self._held[dest] = assoc
+            self._message_id[dest] = 0
             return assoc
         return self._why_not(dest, assoc)
 
@@ -277,21 +290,22 @@ class StoreSCU:
         assoc = got
         accepted = self._accepted(assoc)
         lost: str | None = None
-        for n, (i, ds) in enumerate(todo):
+        for i, ds in todo:
             uid = str(ds.SOPInstanceUID)
             pair = _pair(ds)
             if lost is not None:
                 results[i] = SendResult(uid, SendOutcome.RETRY, None, lost)
                 continue
-            cx = accepted.get(pair) if pair else None
-            if cx is None:
+            if pair is None or pair not in accepted:
                 results[i] = SendResult(
                     uid, SendOutcome.PERMANENT, None,
                     f"{dest} did not accept {pair[0].name if pair else '?'} in "
                     f"{pair[1].name if pair else '?'} (not re-encoded)")
                 continue
+            _undefined_length_pixel_data(ds, pair[1])
+            message_id = self._message_id[dest] = self._message_id.get(dest, 0) % 65535 + 1
             try:
-                status = assoc.send_c_store(ds, msg_id=(n % 65535) + 1)
+                status = assoc.send_c_store(ds, msg_id=message_id)
             except ValueError as exc:  # pynetdicom could not encode it: retrying will not help
                 results[i] = SendResult(uid, SendOutcome.PERMANENT, None, f"cannot encode: {exc}"[:200])
                 continue
@@ -300,7 +314,9 @@ class StoreSCU:
                 results[i] = SendResult(uid, SendOutcome.RETRY, None, lost)
                 continue
             results[i] = classify_status(uid, status)
-            if not assoc.is_established:
+            # No response means pynetdicom saw an abort or the DIMSE timeout, even when the
+            # association does not say so yet: sending more would wait a DIMSE timeout each.
+            if "Status" not in status or not assoc.is_established:
                 lost = f"association with {dest} ended during the batch"
         if lost is not None or not assoc.is_established:
             self._drop(dest)

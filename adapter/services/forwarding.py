@@ -1,7 +1,7 @@
 """Forwarding photos to PACS: the durable outbox worker and the sender interface it needs.
 
 Ingest writes one outbox item per destination (``ADAPTER_FORWARD_TO``) for every new photo whose
-kind the policy forwards (:func:`outbox_items_for`), in the same transaction as the record. The
+kind the policy forwards (``forwardKinds``), in the same transaction (adapter.services.ingest) as the record. The
 :class:`Forwarder` thread claims due items, regenerates each photo's DICOM object (same UIDs every
 time: they were fixed at ingest in the record's DicomInstance), C-STOREs a destination's items over
 one association and marks each item sent right after the PACS acknowledged it, or schedules a retry
@@ -34,8 +34,7 @@ from adapter.errors import AdapterError
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.tables import Tables
 from adapter.model.decision import Decision
-from adapter.model.dicom import DicomInstance, NewOutboxItem, OutboxItem
-from adapter.model.photo import PhotoKind
+from adapter.model.dicom import DicomInstance, OutboxItem
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.services.audit import Auditor
 from adapter.services.dicom_objects import dicom_object_for
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
     from adapter.config import Settings
-    from adapter.model.policy import Policy
     from adapter.model.record import AccessFacts
 
 log = logging.getLogger(__name__)
@@ -86,18 +84,6 @@ class StoreSender(Protocol):
 
     def release(self) -> None:
         """Release every association kept open between batches."""
-
-
-# --------------------------------------------------------------------------- ingest helper
-
-
-def outbox_items_for(kind: PhotoKind, sop_instance_uid: str, settings: Settings,
-                     policy: Policy) -> list[NewOutboxItem]:
-    """The outbox items ingest writes with a new photo: one per configured destination, when the
-    policy forwards photos of this ``kind`` (``forwardKinds``); none otherwise."""
-    if kind not in policy.forward_kinds:
-        return []
-    return [NewOutboxItem(sop_instance_uid=sop_instance_uid, destination=d) for d in settings.destinations]
 
 
 # --------------------------------------------------------------------------- the outbox, read
@@ -144,7 +130,7 @@ class ForwardOptions:
     backoff_base: float = 2.0      # delay after the first failed attempt; doubles per attempt
     backoff_cap: float = 300.0     # longest delay between attempts
     jitter: float = 0.2            # ± this fraction of the delay, so retries of many items spread out
-    poll_interval: float = 5.0     # look for due items at least this often (ingest also wakes it)
+    poll_interval: float = 2.0     # look for due items at least this often (ingest also wakes it)
     claim_limit: int = 100         # items claimed at once (each claim is leased by the store)
     batch_size: int = 16           # objects regenerated and held in memory at once
     stop_timeout: float = 30.0     # how long stop() waits for the current batch
@@ -238,7 +224,7 @@ class Forwarder:
             self._wake.clear()
             try:
                 claimed = self.run_once()
-            except Exception:  # noqa: BLE001 - the worker must survive a failing pass (DB down, a bug)
+            except Exception:
                 log.exception("forwarding pass failed")
                 claimed = 0
             if claimed >= self.options.claim_limit and not self._stopping.is_set():
@@ -249,7 +235,7 @@ class Forwarder:
     def _release(self) -> None:
         try:
             self._sender.release()
-        except Exception:  # noqa: BLE001 - releasing is best effort
+        except Exception:
             log.warning("releasing DICOM associations failed", exc_info=True)
 
     # -- one pass ----------------------------------------------------------------------------
@@ -277,7 +263,7 @@ class Forwarder:
                                               SendOutcome.PERMANENT if skip.permanent else SendOutcome.RETRY,
                                               None, skip.reason))
                 continue
-            except Exception as exc:  # noqa: BLE001 - e.g. the blob unreadable right now: retry later
+            except Exception as exc:
                 log.exception("preparing outbox item %d failed", item.id)
                 self._settle(item, SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
                                               f"could not prepare the object: {type(exc).__name__}"))
@@ -287,7 +273,7 @@ class Forwarder:
             return
         try:
             results = self._sender.send_batch(destination, [obj for _, obj, _ in ready])
-        except Exception as exc:  # noqa: BLE001 - a sender bug must not lose items: retry them
+        except Exception as exc:
             log.exception("sending to %s failed", destination)
             results = [SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
                                   f"sending failed: {type(exc).__name__}") for item, _, _ in ready]
@@ -349,7 +335,7 @@ class Forwarder:
                                  entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
                                  patient=disclosure.instance.patient,
                                  reason=None if permitted else "not forwarded to PACS")
-        except Exception:  # noqa: BLE001 - the item is already settled; a lost audit is logged
+        except Exception:
             log.exception("auditing the disclosure of outbox item %d failed", disclosure.item.id)
 
 

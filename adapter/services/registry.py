@@ -21,7 +21,7 @@ from adapter.services.access import ScopedReader
 from adapter.services.audit import Auditor
 from adapter.services.consents import ConsentService
 from adapter.services.dicom_ingest import DicomIngestService
-from adapter.services.forwarding import ForwardOptions, Forwarder, OutboxService, StoreSender
+from adapter.services.forwarding import Forwarder, ForwardOptions, OutboxService, StoreSender
 from adapter.services.ingest import IngestService
 from adapter.services.transaction import TransactionService
 from adapter.store import open_store
@@ -104,10 +104,9 @@ class Services:
         """Start the outbox worker with a C-STORE sender from the DICOM edge
         (``adapter.dicom.scu.StoreSCU``); :meth:`close` stops it."""
         if self.forwarder is None:
-            from adapter.mapping.dicom_tables import load_dicom_tables
-            dicom_tables = load_dicom_tables(self.settings.resolved_mappings_dir / "dicom.yaml")
             self.forwarder = Forwarder(
-                store=self.store, blobs=self.blobs, tables=self.tables, dicom_tables=dicom_tables,
+                store=self.store, blobs=self.blobs, tables=self.tables,
+                dicom_tables=self.dicom_ingest.dicom_tables,
                 sender=sender, auditor=self.auditor, reader=self.reader,
                 options=options or ForwardOptions.from_settings(self.settings), now=self.now)
             self.forwarder.start()

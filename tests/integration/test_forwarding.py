@@ -1,0 +1,455 @@
+"""Forwarding to PACS: photos posted over HTTP are C-STOREd by the adapter's SCU to a real Orthanc,
+which returns them over its REST API with the same pixel data; the durable outbox survives an
+outage and a restart, never sends an acknowledged object twice, reuses one association for a
+backlog, and negotiates exactly the transfer syntaxes it sends.
+
+One Orthanc (fixed ports, so it can be stopped and started again) serves the whole module: it
+takes ~3.4 s to stop. Status handling and rejections are checked against in-process pynetdicom
+SCPs on ephemeral loopback ports, shut down in teardown.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import SecondaryCaptureImageStorage, VLPhotographicImageStorage
+
+from adapter.dicom.scu import Destination, ScuOptions, StoreSCU, classify_status
+from adapter.mapping.codes import DICOM_UID_SYSTEM
+from adapter.services.forwarding import ForwardOptions, SendOutcome, SendResult, backoff_delay
+from tests.conftest import ROOT, require_or_skip
+from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+from tests.support.orthanc import OrthancPeer, free_port, free_ports, orthanc_missing
+
+#: Fast pacing for tests: the worker polls often and retries within a second.
+FAST = ForwardOptions(poll_interval=0.05, backoff_base=0.2, backoff_cap=1.0, jitter=0.2)
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
+    missing = orthanc_missing()
+    require_or_skip(missing is None, missing or "")
+    http_port, dicom_port = free_ports(2)
+    with OrthancPeer(tmp_path_factory.mktemp("orthanc"), http_port=http_port, dicom_port=dicom_port) as peer:
+        yield peer
+
+
+@pytest.fixture
+def pacs(orthanc: OrthancPeer) -> Iterator[OrthancPeer]:
+    if orthanc.proc is None:  # a test stopped it and failed before starting it again
+        orthanc.start()
+    orthanc.reset()
+    yield orthanc
+
+
+def destination(peer: OrthancPeer) -> str:
+    return f"{peer.aet}@127.0.0.1:{peer.dicom_port}"
+
+
+class CountingSCU(StoreSCU):
+    """The real SCU, remembering every SOP Instance UID it was asked to send."""
+
+    def __init__(self, options: ScuOptions | None = None) -> None:
+        super().__init__(options)
+        self.sent: list[str] = []
+
+    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path]) -> list[Any]:
+        items = list(datasets)
+        self.sent += [str(ds.SOPInstanceUID) for ds in items if isinstance(ds, Dataset)]
+        return super().send_batch(destination, items)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def photo_jpeg(folder: Path, seed: int, size: tuple[int, int] = (800, 600)) -> Path:
+    """A baseline JPEG photo (EXIF Orientation 1: it is encapsulated as stored) sharp enough for
+    the quality rules."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], -1)
+    arr = np.clip(base + rng.integers(-40, 40, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    path = folder / f"photo-{seed}.jpg"
+    Image.fromarray(arr).save(path, "JPEG", quality=90)
+    return path
+
+
+def photo_png(folder: Path, seed: int, size: tuple[int, int] = (700, 500)) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    path = folder / f"photo-{seed}.png"
+    Image.fromarray(arr).save(path, "PNG")
+    return path
+
+
+def meta_for(n: int, **fields: Any) -> dict[str, Any]:
+    """Metadata of a photo of patient MRN-<n> (ingest deduplicates per patient and content)."""
+    return metadata(patient={"system": PATIENT["system"], "value": f"MRN-{n:04d}"}, **fields)
+
+
+@contextmanager
+def forwarding(folder: Path, peer: OrthancPeer, *, start: bool = True, options: ForwardOptions = FAST,
+               **settings: Any) -> Iterator[tuple[Any, Any, CountingSCU]]:
+    """The HTTP app on a real SQLite store in ``folder`` forwarding to ``peer``; the forwarder
+    thread runs when ``start`` (else the test starts it); everything stops on exit."""
+    scu = CountingSCU()
+    with adapter_client(folder, forward_to=destination(peer), **settings) as (client, services):
+        if start:
+            services.start_forwarding(scu, options)
+        yield client, services, scu
+
+
+def outbox(client: Any, **params: Any) -> list[dict[str, Any]]:
+    r = client.get("/outbox", params=params)
+    assert r.status_code == 200, r.text
+    body: list[dict[str, Any]] = r.json()
+    return body
+
+
+def all_sent(client: Any, n: int) -> Callable[[], bool]:
+    return lambda: len(outbox(client, status="sent")) == n
+
+
+def orthanc_instance(peer: OrthancPeer, sop_instance_uid: str) -> str:
+    found = peer._check(peer.client.post("/tools/lookup", content=sop_instance_uid)).json()
+    ids = [f["ID"] for f in found if f["Type"] == "Instance"]
+    assert len(ids) == 1, found
+    return str(ids[0])
+
+
+def orthanc_transfer_syntax(peer: OrthancPeer, instance_id: str) -> str:
+    return peer._check(peer.client.get(f"/instances/{instance_id}/metadata/TransferSyntax")).text
+
+
+# --------------------------------------------------------------------------- the photo arrives
+
+
+def test_posted_photo_arrives_in_orthanc_with_the_same_pixels(tmp_path: Path, pacs: OrthancPeer) -> None:
+    jpeg = photo_jpeg(tmp_path, 1)
+    with forwarding(tmp_path, pacs) as (client, services, scu):
+        r = post_photo(client, jpeg, meta_for(1))
+        assert r.status_code == 201, r.text
+        receipt = r.json()
+        sop_uid = receipt["dicom"]["sopInstanceUid"]
+        assert receipt["dicom"]["forwardTo"] == [destination(pacs)]
+        wait_for(all_sent(client, 1), what="the photo to be forwarded")
+
+        back = pydicom.dcmread(io.BytesIO(pacs.instance_file(orthanc_instance(pacs, sop_uid))))
+        assert back.SOPInstanceUID == sop_uid
+        assert back.StudyInstanceUID == receipt["dicom"]["studyInstanceUid"]
+        assert back.SeriesInstanceUID == receipt["dicom"]["seriesInstanceUid"]
+        assert back.SOPClassUID == VLPhotographicImageStorage and back.Modality == "XC"
+        assert (back.PatientID, back.IssuerOfPatientID) == ("MRN-0001", "HOSP")
+        assert back.file_meta.TransferSyntaxUID == JPEGBaseline8Bit  # sent as is, not re-encoded
+
+        # the encapsulated frame is the stored JPEG, byte for byte (plus the even-length pad)...
+        stored = services.blobs.path(receipt["sha256"]["stored"]).read_bytes()
+        frame = next(generate_frames(back.PixelData, number_of_frames=1))
+        assert frame[:len(stored)] == stored and len(frame) - len(stored) <= 1
+        # ... and both decode to the same pixels (pydicom's YBR->RGB may round off by 1)
+        with Image.open(io.BytesIO(stored)) as im:
+            photo = np.asarray(im.convert("RGB"), dtype=np.int16)
+        assert back.pixel_array.shape == photo.shape == (600, 800, 3)
+        assert np.abs(back.pixel_array.astype(np.int16) - photo).max() <= 1
+
+        # the record names the object, the outbox shows it sent, without patient data
+        media = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).json()
+        assert {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{sop_uid}"} in media["identifier"]
+        r = client.get("/outbox")
+        assert "MRN-0001" not in r.text and PATIENT["system"] not in r.text
+        [item] = r.json()
+        assert item["sopInstanceUid"] == sop_uid and item["status"] == "sent" and item["attempts"] == 1
+        assert item["record"] == {"reference": receipt["record"]} and item["lastError"] is None
+        assert item["destination"] == destination(pacs) and item["nextAttemptAt"] is None
+        assert outbox(client, status="pending") == [] and outbox(client, status="failed") == []
+        # the disclosure to the PACS is audited
+        assert any(receipt["record"] in str(e) and "PACS ORTHANC" in str(e) for e in services.store.list_audit(20))
+    assert scu.sent == [sop_uid]
+
+
+def test_png_photo_is_sent_native_with_identical_pixels(tmp_path: Path, pacs: OrthancPeer) -> None:
+    png = photo_png(tmp_path, 2)
+    with forwarding(tmp_path, pacs) as (client, _, _):
+        r = post_photo(client, png, meta_for(2), content_type="image/png")
+        assert r.status_code == 201, r.text
+        wait_for(all_sent(client, 1), what="the PNG to be forwarded")
+        instance = orthanc_instance(pacs, r.json()["dicom"]["sopInstanceUid"])
+        assert orthanc_transfer_syntax(pacs, instance) == ExplicitVRLittleEndian
+        back = pydicom.dcmread(io.BytesIO(pacs.instance_file(instance)))
+        with Image.open(png) as im:
+            assert np.array_equal(back.pixel_array, np.asarray(im.convert("RGB")))  # lossless
+
+
+def test_outbox_endpoint_refuses_an_unknown_status(tmp_path: Path, pacs: OrthancPeer) -> None:
+    with forwarding(tmp_path, pacs, start=False) as (client, _, _):
+        r = client.get("/outbox", params={"status": "lost"})
+        assert r.status_code == 422 and r.json()["resourceType"] == "OperationOutcome"
+        assert client.get("/outbox", params={"limit": 0}).status_code in (400, 422)
+        assert outbox(client) == []
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def test_outage_retries_with_back_off_and_a_restart_sends_what_is_pending_once(
+        tmp_path: Path, pacs: OrthancPeer) -> None:
+    photos = [photo_jpeg(tmp_path, 10 + i) for i in range(3)]
+    pacs.stop()
+    try:
+        with forwarding(tmp_path, pacs) as (client, _, scu):
+            uids = []
+            for i, path in enumerate(photos):
+                r = post_photo(client, path, meta_for(10 + i))
+                assert r.status_code == 201, r.text
+                uids.append(r.json()["dicom"]["sopInstanceUid"])
+            wait_for(lambda: all(i["attempts"] >= 3 for i in outbox(client)), timeout=30,
+                     what="three failed attempts per item")
+            items = outbox(client)
+            assert {i["status"] for i in items} == {"pending"}  # nothing lost, nothing given up
+            assert all("association" in (i["lastError"] or "") for i in items)
+            assert all(i["nextAttemptAt"] is not None for i in items)
+            assert set(scu.sent) == set(uids) and scu.associations_opened == 0
+        # the adapter is down (services closed); the PACS comes back; the adapter restarts
+    finally:
+        pacs.start()
+    with forwarding(tmp_path, pacs) as (client, _, scu):
+        wait_for(all_sent(client, 3), timeout=30, what="pending items to be sent after the restart")
+        assert sorted(scu.sent) == sorted(uids) and scu.associations_opened == 1
+        for uid in uids:
+            orthanc_instance(pacs, uid)
+        attempts = {i["sopInstanceUid"]: i["attempts"] for i in outbox(client)}
+    # and once more: acknowledged items are never sent again
+    with forwarding(tmp_path, pacs) as (client, services, scu):
+        assert services.forwarder is not None
+        services.forwarder.wake()
+        time.sleep(0.5)  # ten polls
+        assert scu.sent == [] and scu.associations_opened == 0
+        assert {i["sopInstanceUid"]: i["attempts"] for i in outbox(client)} == attempts
+    assert len(pacs.instances()) == 3
+
+
+def test_items_fail_after_the_retry_limit(tmp_path: Path) -> None:
+    closed = f"NOBODY@127.0.0.1:{free_port()}"
+    with adapter_client(tmp_path, forward_to=closed, forward_retry_max=2) as (client, services):
+        r = post_photo(client, photo_jpeg(tmp_path, 20), meta_for(20))
+        assert r.status_code == 201, r.text
+        services.start_forwarding(StoreSCU(ScuOptions(connection_timeout=2)),
+                                  ForwardOptions.from_settings(services.settings, poll_interval=0.05,
+                                                               backoff_base=0.1, backoff_cap=0.2))
+        wait_for(lambda: len(outbox(client, status="failed")) == 1, what="the item to fail")
+        [item] = outbox(client, status="failed")
+        assert item["attempts"] == 2 and item["nextAttemptAt"] is None and item["lastError"]
+
+
+# --------------------------------------------------------------------------- associations, contexts
+
+
+def test_a_backlog_of_100_photos_goes_over_one_association(tmp_path: Path, pacs: OrthancPeer) -> None:
+    n = 100
+    path = photo_jpeg(tmp_path, 30, size=(640, 480))
+    with forwarding(tmp_path, pacs, start=False) as (client, services, scu):
+        for i in range(n):  # the same photo of 100 patients: 100 objects
+            assert post_photo(client, path, meta_for(100 + i)).status_code == 201
+        assert len(outbox(client, status="pending", limit=1000)) == n
+        started = time.perf_counter()
+        services.start_forwarding(scu, FAST)
+        wait_for(all_sent(client, n), timeout=120, what="the backlog to be sent")
+        elapsed = time.perf_counter() - started
+        print(f"\nforwarded {n} photos ({path.stat().st_size // 1024} KB) in {elapsed:.2f} s: "
+              f"{n / elapsed:.0f}/s over {scu.associations_opened} association(s)")
+        assert scu.associations_opened == 1 and len(scu.sent) == n
+    assert len(pacs.instances()) == n
+
+
+def test_contexts_are_negotiated_for_what_is_sent_and_nothing_is_re_encoded(
+        tmp_path: Path, pacs: OrthancPeer) -> None:
+    proposed: list[set[tuple[str, str]]] = []
+
+    class Recording(CountingSCU):
+        def _association(self, dest: Destination, group: Any) -> Any:
+            got = super()._association(dest, group)
+            if not isinstance(got, SendResult):
+                proposed.append({(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                                 for cx in got.requestor.requested_contexts})
+            return got
+
+    with adapter_client(tmp_path, forward_to=destination(pacs)) as (client, services):
+        jpeg = post_photo(client, photo_jpeg(tmp_path, 40), meta_for(40)).json()["dicom"]["sopInstanceUid"]
+        png = post_photo(client, photo_png(tmp_path, 41), meta_for(41),
+                         content_type="image/png").json()["dicom"]["sopInstanceUid"]
+        doc = post_photo(client, photo_jpeg(tmp_path, 42), meta_for(42, kind="document", consent=None)) \
+            .json()["dicom"]["sopInstanceUid"]
+        scu = Recording()
+        services.start_forwarding(scu, FAST)
+        wait_for(all_sent(client, 3), what="three objects to be sent")
+    assert proposed == [{(VLPhotographicImageStorage, JPEGBaseline8Bit),
+                         (VLPhotographicImageStorage, ExplicitVRLittleEndian),
+                         (SecondaryCaptureImageStorage, JPEGBaseline8Bit)}]
+    assert orthanc_transfer_syntax(pacs, orthanc_instance(pacs, jpeg)) == JPEGBaseline8Bit
+    assert orthanc_transfer_syntax(pacs, orthanc_instance(pacs, doc)) == JPEGBaseline8Bit
+    assert orthanc_transfer_syntax(pacs, orthanc_instance(pacs, png)) == ExplicitVRLittleEndian
+
+
+def test_policy_forward_kinds_narrow_what_is_forwarded(tmp_path: Path, pacs: OrthancPeer) -> None:
+    with forwarding(tmp_path, pacs, policy={"forwardKinds": ["clinical"]}) as (client, _, _):
+        clinical = post_photo(client, photo_jpeg(tmp_path, 50), meta_for(50)).json()
+        document = post_photo(client, photo_jpeg(tmp_path, 51), meta_for(51, kind="document", consent=None)).json()
+        assert clinical["dicom"]["forwardTo"] == [destination(pacs)]
+        assert document["dicom"]["forwardTo"] == []
+        wait_for(all_sent(client, 1), what="the clinical photo to be sent")
+        assert [i["sopInstanceUid"] for i in outbox(client)] == [clinical["dicom"]["sopInstanceUid"]]
+    assert len(pacs.instances()) == 1
+
+
+def test_a_photo_whose_consent_was_withdrawn_is_not_forwarded(tmp_path: Path, pacs: OrthancPeer) -> None:
+    with forwarding(tmp_path, pacs, start=False) as (client, services, scu):
+        receipt = post_photo(client, photo_jpeg(tmp_path, 60), meta_for(60)).json()
+        consent_ref = receipt["consents"][0]
+        consent = client.get(f"/fhir/{consent_ref}", headers=as_purpose("TREAT")).json()
+        consent["status"] = "inactive"
+        consent.pop("meta", None)
+        r = client.put(f"/fhir/{consent_ref}", json=consent, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text
+        services.start_forwarding(scu, FAST)
+        wait_for(lambda: len(outbox(client, status="failed")) == 1, what="the item to be refused")
+        [item] = outbox(client, status="failed")
+        assert "consent" in item["lastError"] and item["attempts"] == 1
+        assert scu.sent == []
+    assert pacs.instances() == []
+
+
+# --------------------------------------------------------------------------- statuses and refusals
+
+
+@contextmanager
+def scp(*, status: int = 0x0000, transfer_syntaxes: list[str] | None = None,
+        require_called_aet: bool = False) -> Iterator[tuple[str, list[Dataset]]]:
+    """A pynetdicom C-STORE SCP on a free loopback port answering every C-STORE with ``status``."""
+    received: list[Dataset] = []
+
+    def handle_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return status
+
+    ae = AE(ae_title="PEER")
+    ae.require_called_aet = require_called_aet
+    for sop_class in (VLPhotographicImageStorage, SecondaryCaptureImageStorage):
+        ae.add_supported_context(sop_class, transfer_syntaxes or [JPEGBaseline8Bit, ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+    try:
+        yield f"PEER@127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        ae.shutdown()
+
+
+def small_photo_dataset(uid: str = "1.2.3.4.5") -> Dataset:
+    """A JPEG Baseline VL Photographic object as photo_to_dicom makes it (in memory)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 10, 10)).save(buf, "JPEG")
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = VLPhotographicImageStorage, uid
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 8, 16, 3, "YBR_FULL_422"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.PlanarConfiguration = 8, 8, 7, 0, 0
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    return ds
+
+
+@pytest.mark.parametrize(("status", "outcome"), [
+    (0x0000, SendOutcome.ACKNOWLEDGED), (0xB000, SendOutcome.ACKNOWLEDGED), (0xB007, SendOutcome.ACKNOWLEDGED),
+    (0xB006, SendOutcome.ACKNOWLEDGED), (0xA700, SendOutcome.RETRY), (0xA900, SendOutcome.PERMANENT),
+    (0xC000, SendOutcome.PERMANENT), (0x0122, SendOutcome.PERMANENT)])
+def test_c_store_statuses_map_to_acknowledged_retry_or_permanent(status: int, outcome: SendOutcome) -> None:
+    with scp(status=status) as (dest, received):
+        scu = StoreSCU()
+        try:
+            [result] = scu.send_batch(dest, [small_photo_dataset()])
+        finally:
+            scu.release()
+    assert (result.outcome, result.status) == (outcome, status)
+    assert len(received) == 1 and received[0].SOPInstanceUID == "1.2.3.4.5"
+
+
+def test_a_permanent_association_rejection_is_permanent_and_a_closed_port_is_retried() -> None:
+    with scp(require_called_aet=True) as (dest, received):
+        wrong = "NOTPEER@" + dest.split("@", 1)[1]
+        [rejected] = StoreSCU().send_batch(wrong, [small_photo_dataset()])
+    assert rejected.outcome is SendOutcome.PERMANENT and "rejected" in (rejected.error or "")
+    assert received == []
+    [refused] = StoreSCU().send_batch(f"PEER@127.0.0.1:{free_port()}", [small_photo_dataset()])
+    assert refused.outcome is SendOutcome.RETRY
+
+
+def test_an_object_is_never_re_encoded_to_fit_the_peer() -> None:
+    with scp(transfer_syntaxes=[ImplicitVRLittleEndian]) as (dest, received):
+        [result] = StoreSCU().send_batch(dest, [small_photo_dataset()])
+    assert result.outcome is SendOutcome.PERMANENT and "not re-encoded" in (result.error or "")
+    assert received == []
+
+
+def test_one_association_serves_consecutive_batches_until_released() -> None:
+    with scp() as (dest, received):
+        scu = StoreSCU()
+        try:
+            for n in range(3):
+                results = scu.send_batch(dest, [small_photo_dataset(f"1.2.3.{n}.{k}") for k in range(4)])
+                assert all(r.acknowledged for r in results)
+            assert scu.associations_opened == 1
+            scu.release()
+            scu.send_batch(dest, [small_photo_dataset("1.2.3.9")])
+            assert scu.associations_opened == 2
+        finally:
+            scu.release()
+    assert len(received) == 13
+
+
+def test_a_missing_status_is_retried() -> None:
+    assert classify_status("1.2", Dataset()).outcome is SendOutcome.RETRY
+
+
+def test_back_off_doubles_with_jitter_up_to_the_cap() -> None:
+    options = ForwardOptions(backoff_base=2.0, backoff_cap=300.0, jitter=0.2)
+    rng = random.Random(7)
+    delays = [backoff_delay(n, options, rng).total_seconds() for n in range(1, 12)]
+    for n, delay in enumerate(delays[:7], start=1):
+        nominal = 2.0 * 2 ** (n - 1)
+        assert 0.8 * nominal <= delay <= 1.2 * nominal
+    assert all(d <= 300.0 for d in delays) and delays[-1] >= 240.0
+    assert Destination.parse("PACS@10.0.0.1:104") == Destination("PACS", "10.0.0.1", 104)
+
+
+def test_services_and_the_http_app_run_without_pynetdicom() -> None:
+    """STYLE §1: the SCU is injected; nothing below the DICOM edge imports pynetdicom."""
+    code = "import sys, adapter.services.registry, adapter.api.app; sys.exit('pynetdicom' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
