@@ -89,6 +89,23 @@ class ScuOptions:
         return cls(ae_title=settings.ae_title, max_pdu=settings.dicom_max_pdu)
 
 
+class _RequestorAE(AE):
+    """pynetdicom's AE, keeping each requestor socket so that it can be closed when connecting
+    fails: pynetdicom 3.0 drops a refused socket without closing it (a ResourceWarning and a
+    leaked descriptor per failed attempt, i.e. per retry during a PACS outage)."""
+
+    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> Any:
+        sock = super()._create_socket(assoc, address, tls_args)
+        assoc.adapter_raw_socket = sock.socket  # type: ignore[attr-defined]
+        return sock
+
+
+def _close_raw_socket(assoc: Association) -> None:
+    raw = getattr(assoc, "adapter_raw_socket", None)
+    if isinstance(raw, socket.socket):
+        raw.close()
+
+
 def _nodelay(event: evt.Event) -> None:
     """EVT_CONN_OPEN: switch Nagle's algorithm off before the A-ASSOCIATE-RQ goes out."""
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket is not None else None
@@ -205,7 +222,7 @@ class StoreSCU:
         ae = self._aes.get(dest)
         if ae is None:
             o = self.options
-            ae = AE(ae_title=o.ae_title)
+            ae = _RequestorAE(ae_title=o.ae_title)
             ae.connection_timeout = o.connection_timeout
             ae.acse_timeout = o.acse_timeout
             ae.dimse_timeout = o.dimse_timeout
@@ -260,6 +277,7 @@ class StoreSCU:
             self._held[dest] = assoc
             self._message_id[dest] = 0
             return assoc
+        _close_raw_socket(assoc)
         return self._why_not(dest, assoc)
 
     @staticmethod

@@ -132,7 +132,8 @@ class ForwardOptions:
     jitter: float = 0.2            # ± this fraction of the delay, so retries of many items spread out
     poll_interval: float = 2.0     # look for due items at least this often (ingest also wakes it)
     claim_limit: int = 100         # items claimed at once (each claim is leased by the store)
-    batch_size: int = 16           # objects regenerated and held in memory at once
+    batch_size: int = 4            # objects regenerated and held in memory at once (a native 12 MP
+                                   # photo is 36 MB; the association outlives the batch anyway)
     stop_timeout: float = 30.0     # how long stop() waits for the current batch
 
     @classmethod
