@@ -80,7 +80,9 @@ def serve(settings: Settings) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     terminated = False
     try:
-        return _serve_http(settings)
+        # one HTTP process: it shares the SCP's and forwarder's services, so an ingest wakes the
+        # forwarder at once (workers in other processes rely on its poll)
+        return _serve_http(settings, services if settings.http_workers == 1 else None)
     except _Terminated:
         terminated = True
         return 0
@@ -94,7 +96,7 @@ def serve(settings: Settings) -> int:
             signal.raise_signal(signal.SIGTERM)
 
 
-def _serve_http(settings: Settings) -> int:
+def _serve_http(settings: Settings, services: Services | None = None) -> int:
     from typing import Any
 
     import uvicorn
@@ -111,7 +113,7 @@ def _serve_http(settings: Settings) -> int:
                                "log_level": settings.log_level.lower(), "timeout_keep_alive": 30}
     if settings.http_workers == 1:
         try:
-            app = build_app(settings)
+            app = build_app(settings, services)
         except AdapterError as exc:
             log.error("cannot start: %s", exc.diagnostics)
             return 2

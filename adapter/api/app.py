@@ -14,11 +14,13 @@ from adapter.api.routes import dicomweb, fhir, outbox, photos
 from adapter.services.registry import Services
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
+    """The FastAPI app over ``services``; it closes them at shutdown when it owns them."""
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        services.close()
+        if owns_services:
+            services.close()
 
     app = FastAPI(title="Clinical image adapter", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)

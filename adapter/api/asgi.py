@@ -18,20 +18,25 @@ from adapter.errors import AdapterError
 if TYPE_CHECKING:  # the supervisor process imports this module without loading FastAPI
     from fastapi import FastAPI
 
+    from adapter.services.registry import Services
+
 #: uvicorn's exit code for a worker that failed before serving: the supervisor then stops
 #: instead of restarting it (uvicorn.config.STARTUP_FAILURE).
 STARTUP_FAILURE = 3
 
 
-def build_app(settings: Settings) -> FastAPI:
-    """Services from ``settings``, the app over them, our access log (uvicorn's prints query
-    strings, which can hold patient identifiers; ours prints paths only). Raises AdapterError
-    when the settings, policy, tables or store are not usable."""
+def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The app over ``services`` (built from ``settings`` when not given) with our access log
+    (uvicorn's prints query strings, which can hold patient identifiers; ours prints paths only).
+    Raises AdapterError when the settings, policy, tables or store are not usable."""
     from adapter.api.app import create_app
     from adapter.api.logging import AccessLogMiddleware
     from adapter.services.registry import build_services
 
-    app = create_app(build_services(settings))
+    if services is None:
+        app = create_app(build_services(settings))
+    else:  # shared with the SCP and the forwarder: whoever built them closes them
+        app = create_app(services, owns_services=False)
     app.add_middleware(AccessLogMiddleware)
     return app
 

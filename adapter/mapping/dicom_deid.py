@@ -306,6 +306,7 @@ def _clean_frames(ds: Dataset) -> None:
         return  # nothing to cut (only trailing padding differs): keep the pixel data as it was
     ds.PixelData = encapsulate(cleaned)
     ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True  # PS3.5 A.4: encapsulated is undefined length
 
 
 def _method(ds: Dataset, codes: list[tuple[str, str]], notes: list[str]) -> None:

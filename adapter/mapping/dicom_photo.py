@@ -243,6 +243,7 @@ def _set_pixels(ds: Dataset, image: bytes, content_type: str, orientation: int) 
             ds.LossyImageCompressionMethod = "ISO_10918_1"
             ds.PixelData = encapsulate([frame])
             ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = True  # PS3.5 A.4: encapsulated is undefined length
             return False, True
     pixels = decode_pixels(image, content_type, orientation=orientation)
     _set_native(ds, pixels)
