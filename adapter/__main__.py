@@ -10,6 +10,8 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from adapter.config import Settings
 from adapter.errors import AdapterError
 
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic ValidationError: say which setting
+    except (ValidationError, AdapterError) as exc:  # say which setting
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level)

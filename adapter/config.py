@@ -128,7 +128,6 @@ class Settings(BaseSettings):
 
     def check_safe(self) -> None:
         """Refuse unsafe defaults outside development."""
-        if self.environment == "production":
-            if not self.pseudonym_key or len(self.pseudonym_key) < 32:
-                raise ConfigurationError(
-                    "ADAPTER_PSEUDONYM_KEY must be set to a secret of at least 32 characters in production")
+        if self.environment == "production" and (not self.pseudonym_key or len(self.pseudonym_key) < 32):
+            raise ConfigurationError(
+                "ADAPTER_PSEUDONYM_KEY must be set to a secret of at least 32 characters in production")

@@ -4,10 +4,12 @@ answers in R5."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from adapter.errors import NotSupported
 
 
-def fhir_version(accept: str | None) -> str:
+def fhir_version(accept: str | None) -> Literal["4", "5"]:
     """'4' or '5'."""
     if not accept:
         return "4"

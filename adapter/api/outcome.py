@@ -48,7 +48,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
 def status_for(err: e.AdapterError) -> int:
     for cls in type(err).__mro__:
         if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]  # type: ignore[index]
+            return HTTP_STATUS[cls]
     return 500
 
 

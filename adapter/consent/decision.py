@@ -27,8 +27,8 @@ from adapter.consent.rules import (
 )
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
-from adapter.model.photo import PhotoSource
 from adapter.model.decision import Decision, View
+from adapter.model.photo import PhotoSource
 from adapter.model.purpose import PurposeOfUse
 from adapter.model.record import AccessFacts
 

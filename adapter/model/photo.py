@@ -63,7 +63,7 @@ class Reference(_Model):
     display: str | None = None
 
     @model_validator(mode="after")
-    def _one_of(self) -> "Reference":
+    def _one_of(self) -> Reference:
         if self.reference is None and self.identifier is None:
             raise ValueError("needs a reference or an identifier")
         return self

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from adapter.consent import decide, grants_from_consent
-from adapter.errors import Forbidden, NotFound, NotSupported
+from adapter.consent import ANY_PURPOSE, decide, grants_from_consent
+from adapter.errors import AdapterError, Forbidden, NotFound, NotSupported
 from adapter.imaging import strip_to_pixels_only
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_tables import DicomTables
@@ -40,6 +41,8 @@ from adapter.services.dicom_objects import (
 )
 from adapter.services.search_params import SearchRequest
 from adapter.store.port import BlobStore, RecordStore
+
+log = logging.getLogger("adapter.access")
 
 READABLE_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
 _DENIED = "access denied for this purpose of use"
@@ -130,8 +133,12 @@ class ScopedReader:
             for stored in self._store.consents_for_patient(patient):
                 try:
                     grants.extend(grants_from_consent(stored.resource))
-                except Exception:  # noqa: BLE001 - an unreadable consent grants nothing (fail closed)
-                    continue
+                except AdapterError:
+                    # A Consent we cannot interpret might have denied something: fail closed by
+                    # reading it as a denial of every purpose for this patient.
+                    log.warning("Consent/%s cannot be interpreted; read as a denial", stored.id)
+                    grants.append(ConsentGrant(id=stored.id, patient=patient, status="active", decision="deny",
+                                               purposes=frozenset({ANY_PURPOSE})))
             self._grants[patient] = grants
         return self._grants[patient]
 

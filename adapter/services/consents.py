@@ -22,7 +22,6 @@ from adapter.services.audit import Auditor
 from adapter.services.fhir_validation import validate_r4_resource
 from adapter.store.port import RecordStore
 
-
 CONSENT_STATUS = frozenset({"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"})
 
 

@@ -82,7 +82,7 @@ def _patient_refs(value: str) -> list[str]:
     out = []
     for v in value.split(","):
         v = v.strip()
-        if v.startswith("http://") or v.startswith("https://"):
+        if v.startswith(("http://", "https://")):
             v = "/".join(v.rstrip("/").split("/")[-2:])
         out.append(v if v.startswith("Patient/") else f"Patient/{v}")
     return out

@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from adapter.mapping.tables import Tables
-from adapter.mapping.transaction import (ROLE_BINARY, ROLE_CONSENT, ROLE_RECORD, ROLE_SUBMISSION_SET,
-                                         parse_transaction, transaction_response)
+from adapter.mapping.transaction import (
+    ROLE_BINARY,
+    ROLE_CONSENT,
+    ROLE_RECORD,
+    ROLE_SUBMISSION_SET,
+    parse_transaction,
+    transaction_response,
+)
 from adapter.model.purpose import RequestContext
 from adapter.services.ingest import IngestResult, IngestService
 from adapter.store.port import BlobStore

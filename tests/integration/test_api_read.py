@@ -25,7 +25,7 @@ def _ingest(client, path=WOUND, **meta):
 
 
 def test_demo_treat_then_train_refused_until_consent_then_withdrawn(tmp_path: Path) -> None:
-    with adapter_client(tmp_path) as (client, services):
+    with adapter_client(tmp_path) as (client, _):
         receipt = _ingest(client)
         media = receipt["record"]
         assert client.get(f"/fhir/{media}", headers=as_purpose("TREAT")).status_code == 200
@@ -149,7 +149,7 @@ def test_search_parameters_and_paging(tmp_path: Path) -> None:
         ident = f"{PATIENT['system']}|{PATIENT['value']}"
         page1 = client.get(f"/fhir/Media?subject:identifier={ident}&_count=2", headers=h).json()
         assert page1["total"] == 3 and len(page1["entry"]) == 2
-        nxt = [link["url"] for link in page1["link"] if link["relation"] == "next"][0]
+        nxt = next(link["url"] for link in page1["link"] if link["relation"] == "next")
         page2 = client.get(nxt, headers=h).json()
         assert len(page2["entry"]) == 1
         seen = {e["resource"]["id"] for e in page1["entry"] + page2["entry"]}
@@ -251,3 +251,20 @@ def test_every_read_path_under_every_purpose(tmp_path: Path, purpose: str) -> No
                 assert PATIENT["value"] not in r.text
         total = client.get("/fhir/Media", headers=as_purpose(purpose)).json()["total"]
         assert total == (1 if expect else 0)
+
+
+def test_a_consent_that_cannot_be_interpreted_fails_closed(tmp_path: Path) -> None:
+    """A stored Consent the decision cannot read might have denied something: it is read as a
+    denial of every purpose for that patient (break-glass aside)."""
+    from adapter.model.photo import Identifier
+    from adapter.model.record import NewResource, SearchIndex
+
+    with adapter_client(tmp_path) as (client, services):
+        doc = _ingest(client, path=SAMPLES / "document.jpg", kind="document", consent=None)
+        assert client.get(f"/fhir/{doc['record']}", headers=as_purpose("TREAT")).status_code == 200
+        unreadable = {"resourceType": "Consent", "id": "odd", "status": "active",
+                      "patient": {"reference": "Patient/1"}}  # no patient identifier: not interpretable
+        services.store.create(NewResource("Consent", "odd", unreadable,
+                                          SearchIndex(patient=Identifier(**PATIENT))))
+        assert client.get(f"/fhir/{doc['record']}", headers=as_purpose("TREAT")).status_code == 403
+        assert client.get(f"/fhir/{doc['record']}", headers=as_purpose("BTG")).status_code == 200
