@@ -207,6 +207,7 @@ class Result:
     peak_rss_mb: float | None = None
     rss_processes: int = 0
     server_cpu_ms: float | None = None  # CPU seconds (user + system) of the server's processes in the window
+    process_cpu_ms: dict[int, float] = field(default_factory=dict)  # the same, per server process
     client_cpu_ms: float = 0.0  # CPU of this benchmark process in the timed window
 
     def per_photo(self, cpu_ms: float | None) -> float | None:
@@ -308,10 +309,13 @@ def measure(
         print(f"[{target}] posting {n} from {c} clients ...", flush=True)
         pid = pid_for_rss()
         cpu_before = tree_cpu_seconds(pid) if pid else None
+        per_before = process_cpu_seconds(pid) if pid else {}
         client_before = time.process_time()
         run_load(client, timed, c, expect, max_seconds, result, extra_headers or {})
         result.client_cpu_ms = (time.process_time() - client_before) * 1000
         cpu_after = tree_cpu_seconds(pid) if pid else None
+        per_after = process_cpu_seconds(pid) if pid else {}
+        result.process_cpu_ms = {p: (t - per_before.get(p, 0.0)) * 1000 for p, t in per_after.items()}
         if cpu_before is not None and cpu_after is not None:
             result.server_cpu_ms = (cpu_after - cpu_before) * 1000
     if pid:
@@ -330,17 +334,23 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def tree_cpu_seconds(pid: int) -> float | None:
-    """user + system CPU seconds consumed so far by ``pid`` and its live descendants."""
+def process_cpu_seconds(pid: int) -> dict[int, float]:
+    """user + system CPU seconds consumed so far by ``pid`` and each of its live descendants."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out: dict[int, float] = {}
     for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
-    return total / ticks if total else None
+        out[p] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """user + system CPU seconds consumed so far by ``pid`` and its live descendants."""
+    total = sum(process_cpu_seconds(pid).values())
+    return total if total else None
 
 
 def process_tree(pid: int) -> list[int]:
@@ -481,6 +491,9 @@ def report(results: list[Result]) -> None:
             f"({os.cpu_count()} cores; the window's budget at the measured rate: "
             f"{fmt(1000 * (os.cpu_count() or 1) / r.rate if r.rate else None)} ms)"
         )
+        if len(r.process_cpu_ms) > 1 and r.seconds > 0:  # is the load spread over the worker processes?
+            split = ", ".join(f"pid {p} {ms / 1000 / r.seconds:.0%}" for p, ms in sorted(r.process_cpu_ms.items()))
+            print(f"    {r.target}: busy share of a core per process: {split}")
     for r in results:
         if r.first_error:
             print(f"  {r.target}: first error: {r.first_error}")

@@ -114,3 +114,16 @@ def test_consent_lifecycle_over_http(server: str) -> None:
             headers={"X-Purpose-Of-Use": "TREAT"}))
         assert found["total"] == 1
         assert metadata()  # the factory stays importable for the e2e tier
+
+
+def test_an_invalid_policy_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text((ROOT / "mappings" / "policy.yaml").read_text().replace("confidentiality: R", "confidentiality: Q"))
+    env = {**os.environ, "ADAPTER_POLICY": str(bad), "ADAPTER_MAPPINGS_DIR": str(ROOT / "mappings"),
+           "ADAPTER_DATA_DIR": str(tmp_path / "data"), "ADAPTER_HTTP_PORT": str(_free_port()),
+           "ADAPTER_DICOM_PORT": str(_free_port())}
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "labels.confidentiality" in proc.stderr

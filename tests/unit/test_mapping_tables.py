@@ -1,0 +1,56 @@
+"""The policy and mapping tables: an invalid policy stops start-up with a message naming the
+element."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adapter.errors import PolicyError
+from adapter.mapping.tables import load_tables
+from tests.conftest import ROOT
+
+MAPPINGS = ROOT / "mappings"
+
+
+def _policy(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
+    data = yaml.safe_load((MAPPINGS / "policy.yaml").read_text())
+    mutate(data)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_shipped_policy_and_tables_load() -> None:
+    tables = load_tables(MAPPINGS, MAPPINGS / "policy.yaml")
+    assert "TREAT" in tables.policy.consent.care_purposes
+    assert tables.purposes.ancestors("BTG") == ["BTG", "ETREAT", "TREAT"]
+
+
+@pytest.mark.parametrize("mutate,where", [
+    (lambda p: p.update(unknownKey=1), "unknownKey"),
+    (lambda p: p["consent"].update(writtenRequired="sometimes"), "consent.writtenRequired"),
+    (lambda p: p["consent"].update(explicitPurposes=["TRAIN", "EDU"]), "EDU"),
+    (lambda p: p["consent"].update(carePurposes=["TREAT", "TRAIN"]), "TRAIN"),
+    (lambda p: p["labels"].update(confidentiality="X"), "labels.confidentiality"),
+    (lambda p: p["limits"].update(maxPixels=0), "limits.maxPixels"),
+    (lambda p: p.pop("organisation"), "organisation"),
+])
+def test_an_invalid_policy_is_refused_naming_the_element(tmp_path: Path, mutate, where: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PolicyError) as info:
+        load_tables(MAPPINGS, _policy(tmp_path, mutate))
+    assert where in info.value.diagnostics
+
+
+def test_a_policy_that_is_not_yaml_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("consent: [unclosed")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_tables(MAPPINGS, bad)
+
+
+def test_a_missing_policy_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="not found"):
+        load_tables(MAPPINGS, tmp_path / "nope.yaml")
