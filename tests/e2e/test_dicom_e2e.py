@@ -6,13 +6,7 @@ and the SCP keeps serving."""
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,60 +14,26 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.conftest import ROOT, record_emitted, require_or_skip
+from tests.conftest import record_emitted, require_or_skip
 from tests.support.app import PATIENT
 from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
 from tests.support.dicom_files import PDF_BYTES, frame_of, jpeg, pdf_file, pynet_store, sc_file
-from tests.support.orthanc import assert_loopback_only, free_ports
+from tests.support.orthanc import assert_loopback_only
+from tests.support.server import RunningAdapter, running_adapter
 
 TREAT = {"X-Purpose-Of-Use": "TREAT"}
 
 
-@dataclass
-class Server:
-    url: str
-    dicom_port: int
-    pid: int
-    log: Path
-
-
 @pytest.fixture()
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path) -> Iterator[RunningAdapter]:
     missing = dcmtk_missing()
     require_or_skip(missing is None, missing or "")
-    http_port, dicom_port = free_ports(2)
-    env = {**os.environ, "ADAPTER_HTTP_PORT": str(http_port), "ADAPTER_DICOM_PORT": str(dicom_port),
-           "ADAPTER_DATA_DIR": str(tmp_path / "data"), "ADAPTER_DICOM_ALLOWED_AE_TITLES": "STORESCU, ECHOSCU",
-           "ADAPTER_AE_TITLE": "ADAPTER", "ADAPTER_LOG_LEVEL": "INFO"}
-    log_path = tmp_path / "server.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"the adapter exited: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200 \
-                        and echoscu(dicom_port, "ADAPTER", calling_aet="ECHOSCU", check=False).returncode == 0:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the adapter did not answer within 60 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield Server(url=url, dicom_port=dicom_port, pid=proc.pid, log=log_path)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
-    logged = log_path.read_text()
+    with running_adapter(
+            tmp_path, ready=lambda s: echoscu(s.dicom_port, "ADAPTER", calling_aet="ECHOSCU",
+                                              check=False).returncode == 0,
+            ADAPTER_DICOM_ALLOWED_AE_TITLES="STORESCU, ECHOSCU", ADAPTER_AE_TITLE="ADAPTER") as server:
+        yield server
+    logged = server.log.read_text()
     assert PATIENT["value"] not in logged  # logs carry no patient data
     assert "DICOM SCP stopped" in logged
 
@@ -87,7 +47,7 @@ def _find(http: httpx.Client, resource_type: str, uid: str, purpose: str = "TREA
     return [e["resource"] for e in body.get("entry", [])]
 
 
-def test_storescu_to_the_running_adapter(server: Server, tmp_path: Path) -> None:
+def test_storescu_to_the_running_adapter(server: RunningAdapter, tmp_path: Path) -> None:
     assert {int(a.rsplit(":", 1)[1]) for a in assert_loopback_only(server.pid, "the adapter")} >= {server.dicom_port}
     assert f"on 127.0.0.1:{server.dicom_port}" in server.log.read_text()  # the SCP logged its address
     sc, pdf = tmp_path / "sc.dcm", tmp_path / "letter.dcm"
@@ -115,7 +75,7 @@ def test_storescu_to_the_running_adapter(server: Server, tmp_path: Path) -> None
         assert len(_find(http, "Media", sent_sc.SOPInstanceUID)) == 1
 
 
-def test_misbehaving_peers_do_not_stop_the_scp(server: Server, tmp_path: Path) -> None:
+def test_misbehaving_peers_do_not_stop_the_scp(server: RunningAdapter, tmp_path: Path) -> None:
     # an AE title nobody allowed: rejected at association
     refused = echoscu(server.dicom_port, "ADAPTER", calling_aet="INTRUDER", check=False)
     assert refused.returncode != 0

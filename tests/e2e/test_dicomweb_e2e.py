@@ -5,11 +5,6 @@ retrieves the de-identified copy under the mapped UIDs."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,47 +14,19 @@ import pytest
 
 from adapter.mapping.dicom_photo import encode_dataset
 from adapter.model.photo import PhotoKind
-from tests.conftest import ROOT, record_emitted, require_or_skip
+from tests.conftest import record_emitted, require_or_skip
 from tests.support.app import PATIENT, consent_resource
 from tests.support.dciodvfy import photo_object, stored_sample
-from tests.support.orthanc import OrthancPeer, free_ports, orthanc_missing
+from tests.support.orthanc import OrthancPeer, orthanc_missing
+from tests.support.server import running_adapter
 
 TREAT = {"X-Purpose-Of-Use": "TREAT"}
 
 
 @pytest.fixture()
 def adapter_url(tmp_path: Path) -> Iterator[str]:
-    (http_port,) = free_ports(1)
-    env = {**os.environ, "ADAPTER_HTTP_PORT": str(http_port), "ADAPTER_DATA_DIR": str(tmp_path / "data"),
-           "ADAPTER_DICOM_ENABLED": "false", "ADAPTER_LOG_LEVEL": "INFO"}
-    log_path = tmp_path / "server.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"the adapter exited: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the adapter did not answer within 60 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
-    assert PATIENT["value"] not in log_path.read_text()  # logs carry no patient data
+    with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false") as server:
+        yield server.url
 
 
 class _Orthanc(OrthancPeer):

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,46 +16,16 @@ import pytest
 
 from tests.conftest import ROOT, record_emitted
 from tests.support.app import PATIENT, consent_resource, metadata
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.orthanc import free_ports
+from tests.support.server import running_adapter
 
 
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "ADAPTER_HTTP_PORT": str(port), "ADAPTER_DATA_DIR": str(tmp_path / "data"),
-           "ADAPTER_DICOM_PORT": str(_free_port())}
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"make run exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("make run did not answer within 60 s")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-        # the access log carries no patient data
-        logged = (tmp_path / "server.log").read_text()
-        assert PATIENT["value"] not in logged
+    with running_adapter(tmp_path, command=["make", "--no-print-directory", "run"]) as running:
+        yield running.url
+    # the access log carries no patient data
+    assert PATIENT["value"] not in running.log.read_text()
 
 
 def _json(r: httpx.Response) -> dict:
@@ -119,11 +87,11 @@ def test_consent_lifecycle_over_http(server: str) -> None:
 def test_an_invalid_policy_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
     bad = tmp_path / "policy.yaml"
     bad.write_text((ROOT / "mappings" / "policy.yaml").read_text().replace("confidentiality: R", "confidentiality: Q"))
+    http_port, dicom_port = free_ports(2)
     env = {**os.environ, "ADAPTER_POLICY": str(bad), "ADAPTER_MAPPINGS_DIR": str(ROOT / "mappings"),
-           "ADAPTER_DATA_DIR": str(tmp_path / "data"), "ADAPTER_HTTP_PORT": str(_free_port()),
-           "ADAPTER_DICOM_PORT": str(_free_port())}
-    import sys
+           "ADAPTER_DATA_DIR": str(tmp_path / "data"), "ADAPTER_HTTP_PORT": str(http_port),
+           "ADAPTER_DICOM_PORT": str(dicom_port)}
     proc = subprocess.run([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "labels.confidentiality" in proc.stderr

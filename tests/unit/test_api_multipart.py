@@ -1,0 +1,249 @@
+"""The streaming multipart/form-data parser of POST /photos: delimiters split across chunks at
+every offset, CRLF edge cases, preamble and epilogue, limits, spilling large files to disk, and
+agreement with python-multipart on random bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+from python_multipart.multipart import MultipartParser as ReferenceParser
+
+from adapter.api.multipart import HEADER_LIMIT, SMALL_PART_LIMIT, ParsedUpload, parse_multipart
+from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+pytestmark = pytest.mark.unit
+
+B = "b0undary-42"
+CTYPE = f"multipart/form-data; boundary={B}"
+META = b'{"patient": {"system": "urn:x", "value": "1"}}'
+
+
+def body(file: bytes | None = b"\xff\xd8photo\xff\xd9", metadata: bytes | None = META, *, boundary: str = B,
+         preamble: bytes = b"", epilogue: bytes = b"", first_crlf: bool = False) -> bytes:
+    d = b"--" + boundary.encode()
+    out = preamble + (b"\r\n" if first_crlf else b"")
+    parts = []
+    if metadata is not None:
+        parts.append(b'Content-Disposition: form-data; name="metadata"\r\nContent-Type: application/json\r\n\r\n'
+                     + metadata)
+    if file is not None:
+        parts.append(b'Content-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+                     b"Content-Type: image/jpeg\r\n\r\n" + file)
+    for part in parts:
+        out += d + b"\r\n" + part + b"\r\n"
+    return out + d + b"--" + epilogue
+
+
+async def _stream(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def parse(chunks: Iterable[bytes], tmp_path: Path, *, max_bytes: int = 10_000_000, memory_bytes: int = 8 << 20,
+          content_type: str = CTYPE) -> ParsedUpload:
+    spill = tmp_path / "spill.part"
+    return asyncio.run(parse_multipart(content_type, _stream(chunks), spill, max_bytes,
+                                       memory_bytes=memory_bytes))
+
+
+def file_bytes(parsed: ParsedUpload) -> bytes | None:
+    if parsed.file_path is not None:
+        return parsed.file_path.read_bytes()
+    return parsed.file_data
+
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+# -- what comes out ----------------------------------------------------------------------------
+
+def test_file_and_metadata(tmp_path: Path) -> None:
+    parsed = parse([body()], tmp_path)
+    assert parsed.file_data == b"\xff\xd8photo\xff\xd9" and parsed.file_path is None
+    assert parsed.file_size == len(parsed.file_data) and parsed.file_content_type == "image/jpeg"
+    assert parsed.fields == {"metadata": META}
+    assert parsed.upload == parsed.file_data and parsed.has_file
+
+
+# Data that looks like the start of a delimiter: CRs and LFs, dashes, boundary prefixes, the
+# boundary without its CRLF, and a CR as the last byte.
+TRICKY = (b"\r\r\n\r\n-\r\n--\r\n--b0und\r\n--b0undary-4\r\n-" + f"-{B}".encode()[:-1] + b"x"
+          + f"--{B}".encode() + b"\n--" + B.encode() + b"\r--" + B.encode() + os.urandom(300) + b"\r")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 16, 17, 64, 1000, 1 << 16])
+def test_any_chunking_gives_the_same_parts(tmp_path: Path, size: int) -> None:
+    data = body(TRICKY, META + b"\r\n", preamble=b"ignored\r\n", first_crlf=True, epilogue=b"\r\nignored too")
+    parsed = parse(pieces(data, size), tmp_path)
+    assert parsed.file_data == TRICKY and parsed.fields == {"metadata": META + b"\r\n"}
+
+
+def test_every_split_into_two_and_three_chunks(tmp_path: Path) -> None:
+    data = body(TRICKY[:80], b"{}")
+    for i in range(len(data) + 1):
+        parsed = parse([data[:i], data[i:]], tmp_path)
+        assert parsed.file_data == TRICKY[:80] and parsed.fields == {"metadata": b"{}"}, i
+    for i in range(0, len(data), 3):
+        for j in range(i, len(data), 5):
+            parsed = parse([data[:i], data[i:j], data[j:]], tmp_path)
+            assert parsed.file_data == TRICKY[:80], (i, j)
+
+
+def test_body_may_open_with_the_delimiter_or_a_preamble(tmp_path: Path) -> None:
+    for preamble, crlf in ((b"", False), (b"", True), (b"This is a preamble.", True), (b"--" + B.encode()[:-1], True)):
+        assert parse([body(preamble=preamble, first_crlf=crlf)], tmp_path).fields == {"metadata": META}
+
+
+def test_epilogue_and_padding_after_delimiters(tmp_path: Path) -> None:
+    d = f"--{B}".encode()
+    data = (d + b" \t \r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc\r\n" + d
+            + b"--  \r\nepilogue with\r\n--" + B.encode() + b"\r\n inside")
+    parsed = parse([data], tmp_path)
+    assert parsed.file_data == b"abc" and parsed.file_content_type is None
+
+
+def test_empty_parts_and_parts_without_headers_or_name(tmp_path: Path) -> None:
+    d = f"--{B}".encode()
+    data = (d + b"\r\n\r\nno headers\r\n" + d + b"\r\nContent-Disposition: form-data\r\n\r\nno name\r\n"
+            + d + b'\r\nContent-Disposition: form-data; name="file"\r\n\r\n\r\n' + d + b"--")
+    parsed = parse(pieces(data, 4), tmp_path)
+    assert parsed.file_data == b"" and parsed.has_file and parsed.fields == {}
+
+
+def test_header_names_are_case_insensitive_and_quoted_boundary(tmp_path: Path) -> None:
+    d = b"--a b"
+    data = d + b'\r\ncontent-disposition:form-data; name="file"\r\nCONTENT-TYPE:  image/png \r\n\r\nx\r\n' + d + b"--"
+    parsed = parse([data], tmp_path, content_type='multipart/form-data; boundary="a b"')
+    assert parsed.file_data == b"x" and parsed.file_content_type == "image/png"
+
+
+def test_no_file_part(tmp_path: Path) -> None:
+    parsed = parse([body(file=None)], tmp_path)
+    assert not parsed.has_file and parsed.upload is None and parsed.fields == {"metadata": META}
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data", [
+    body()[:-2],                                   # no close delimiter
+    body()[:-len(B) - 4],                          # ends inside the last delimiter
+    body(file=b"x" * 100)[:60],                    # truncated inside a part
+    b"no delimiter at all",
+    b"",
+    f"--{B}X\r\n\r\nx\r\n--{B}--".encode(),       # a delimiter followed by something else
+    f"--{B}\r\nno colon here\r\n\r\nx\r\n--{B}--".encode(),
+])
+def test_malformed_bodies_are_invalid_input(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(InvalidInput, match="malformed multipart body"):
+        parse(pieces(data, 7) if data else [], tmp_path)
+
+
+def test_headers_over_the_limit(tmp_path: Path) -> None:
+    data = f"--{B}\r\nX-Long: ".encode() + b"a" * HEADER_LIMIT + b"\r\n\r\nx\r\n" + f"--{B}--".encode()
+    with pytest.raises(InvalidInput, match="headers longer"):
+        parse(pieces(data, 1000), tmp_path)
+
+
+def test_wrong_content_type_or_boundary(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        parse([body()], tmp_path, content_type="application/json")
+    with pytest.raises(InvalidInput, match="boundary"):
+        parse([body()], tmp_path, content_type="multipart/form-data")
+    with pytest.raises(InvalidInput, match="boundary"):
+        parse([body()], tmp_path, content_type="multipart/form-data; boundary=" + "x" * 71)
+
+
+def test_two_file_parts(tmp_path: Path) -> None:
+    d = f"--{B}".encode()
+    part = b'\r\nContent-Disposition: form-data; name="file"\r\n\r\nx\r\n'
+    with pytest.raises(InvalidInput, match="more than one"):
+        parse([d + part + d + part + d + b"--"], tmp_path)
+
+
+def test_limits(tmp_path: Path) -> None:
+    with pytest.raises(PayloadTooLarge, match="photo is larger"):
+        parse(pieces(body(file=b"x" * 1001), 100), tmp_path, max_bytes=1000)
+    assert parse([body(file=b"x" * 1000)], tmp_path, max_bytes=1000).file_size == 1000
+    with pytest.raises(PayloadTooLarge, match="metadata"):
+        parse(pieces(body(metadata=b"x" * (SMALL_PART_LIMIT + 1)), 1 << 16), tmp_path)
+    with pytest.raises(PayloadTooLarge, match="upload is larger"):
+        parse(pieces(b"p" * (SMALL_PART_LIMIT + 2000) + body(), 1 << 16), tmp_path, max_bytes=1000)
+
+
+# -- spilling to disk --------------------------------------------------------------------------
+
+def test_a_file_over_the_memory_limit_is_spilled_whole(tmp_path: Path) -> None:
+    photo = os.urandom(3_000_000)
+    parsed = parse(pieces(body(photo), 65_536), tmp_path, memory_bytes=1_000_000)
+    assert parsed.file_data is None and parsed.file_path == tmp_path / "spill.part"
+    assert parsed.file_path.read_bytes() == photo and parsed.upload == parsed.file_path
+    assert parsed.file_size == len(photo) and parsed.fields == {"metadata": META}
+    small = parse(pieces(body(photo[:999_999]), 65_536), tmp_path, memory_bytes=1_000_000)
+    assert small.file_data == photo[:999_999] and small.file_path is None
+
+
+def test_a_failed_spilled_upload_leaves_no_file(tmp_path: Path) -> None:
+    photo = os.urandom(3_000_000)
+    with pytest.raises(InvalidInput):
+        parse(pieces(body(photo)[:-10], 65_536), tmp_path, memory_bytes=1_000_000)
+    with pytest.raises(PayloadTooLarge):
+        parse(pieces(body(photo), 65_536), tmp_path, memory_bytes=1_000_000, max_bytes=2_000_000)
+    assert not (tmp_path / "spill.part").exists()
+
+
+# -- agreement with python-multipart -----------------------------------------------------------
+
+def _reference(data: bytes, boundary: bytes, chunk: int) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    state: dict[str, bytes] = {"field": b"", "value": b"", "data": b"", "name": b""}
+    headers: dict[bytes, bytes] = {}
+
+    def on_header_field(d: bytes, s: int, e: int) -> None:
+        state["field"] += d[s:e]
+
+    def on_header_value(d: bytes, s: int, e: int) -> None:
+        state["value"] += d[s:e]
+
+    def on_header_end() -> None:
+        headers[state["field"].lower()] = state["value"]
+        state["field"] = state["value"] = b""
+
+    def on_part_begin() -> None:
+        headers.clear()
+        state["data"] = b""
+
+    def on_part_data(d: bytes, s: int, e: int) -> None:
+        state["data"] += d[s:e]
+
+    def on_part_end() -> None:
+        name = headers[b"content-disposition"].split(b'name="')[1].split(b'"')[0].decode()
+        out[name] = state["data"]
+
+    parser = ReferenceParser(boundary, {"on_header_field": on_header_field, "on_header_value": on_header_value,
+                                        "on_header_end": on_header_end, "on_part_begin": on_part_begin,
+                                        "on_part_data": on_part_data, "on_part_end": on_part_end})
+    for piece in pieces(data, chunk):
+        parser.write(piece)
+    parser.finalize()
+    return out
+
+
+def test_agrees_with_python_multipart_on_random_bodies(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    alphabet = [b"\r", b"\n", b"-", b"--", b"\r\n--", b"\r\n--" + B.encode()[:5], b"x", b"\xff", b"\x00"]
+    for _ in range(300):
+        photo = b"".join(rng.choice(alphabet) if rng.random() < 0.5 else bytes([rng.randrange(256)])
+                         for _ in range(rng.randrange(0, 200)))
+        meta = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 50)))
+        data = body(photo, meta)
+        chunk = rng.choice([1, 2, 3, 11, 29, 64, 4096])
+        parsed = parse(pieces(data, chunk), tmp_path)
+        reference = _reference(data, B.encode(), chunk)
+        assert file_bytes(parsed) == reference["file"] == photo
+        assert parsed.fields["metadata"] == reference["metadata"] == meta
