@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ingest benchmark: the adapter's ``POST /photos`` beside Orthanc's ``POST /instances``.
 
-    python benchmarks/ingest.py --start [-n 300] [-c 8] [--workers 2]
+    python benchmarks/ingest.py --start [-n 300] [-c 8] [--workers 1]
     python benchmarks/ingest.py --url http://127.0.0.1:8080 [--server-pid PID] [-n 300] [-c 8]
 
 Posts N distinct ~3 MB 12 MP photos from C concurrent clients to the adapter and prints photos/s,
@@ -14,6 +14,17 @@ Targets (this 2-core machine): the adapter at least 1.5x Orthanc's rate at C=8, 
 under 300 MB. The result is informational: the exit code is 0 whatever the numbers; 2 when a side
 could not be measured at all (the adapter does not start or answer, Orthanc is not installed), after
 printing whatever was measured.
+
+Workers: the default is one process (ADAPTER_HTTP_WORKERS=1, the adapter's own default): ~150 MB.
+``--workers 2`` gave ~15-25% more photos/s here when the 8 keep-alive connections happened to split
+evenly between the workers (uvicorn's workers share one listening socket: whichever wakes first
+accepts, so a split of 6/2 or 8/0 is possible and the busier worker caps the rate), at ~350 MB:
+the supervisor (which runs the DICOM SCP and the forwarder) ~90 MB, multiprocessing's resource
+tracker ~13 MB, each worker ~120 MB (~85 MB of it imports, pydicom and numpy ~33 MB of those).
+
+Besides photos/s and latency it prints the server's CPU per photo (user + kernel, and the kernel
+part; steadier than the rate on a shared machine), the busy share of a core and the peak RSS of
+each server process.
 
 The client: one httpx.Client shared by C worker threads (keep-alive connections, one per worker),
 each request body prebuilt in memory; the timed window runs from the first request after the
@@ -208,6 +219,8 @@ class Result:
     rss_processes: int = 0
     server_cpu_ms: float | None = None  # CPU seconds (user + system) of the server's processes in the window
     process_cpu_ms: dict[int, float] = field(default_factory=dict)  # the same, per server process
+    server_sys_ms: float | None = None  # of server_cpu_ms, the part spent in the kernel (system time)
+    process_peak_rss_mb: dict[int, float] = field(default_factory=dict)  # VmHWM per server process
     client_cpu_ms: float = 0.0  # CPU of this benchmark process in the timed window
 
     def per_photo(self, cpu_ms: float | None) -> float | None:
@@ -315,12 +328,15 @@ def measure(
         result.client_cpu_ms = (time.process_time() - client_before) * 1000
         cpu_after = tree_cpu_seconds(pid) if pid else None
         per_after = process_cpu_seconds(pid) if pid else {}
-        result.process_cpu_ms = {p: (t - per_before.get(p, 0.0)) * 1000 for p, t in per_after.items()}
+        result.process_cpu_ms = {p: (t - per_before.get(p, (0.0, 0.0))[0]) * 1000 for p, (t, _) in per_after.items()}
+        if pid:
+            result.server_sys_ms = 1000 * sum(s - per_before.get(p, (0.0, 0.0))[1] for p, (_, s) in per_after.items())
         if cpu_before is not None and cpu_after is not None:
             result.server_cpu_ms = (cpu_after - cpu_before) * 1000
     if pid:
         result.rss_processes = len(process_tree(pid))
         result.peak_rss_mb = peak_rss_mb(pid)
+        result.process_peak_rss_mb = process_peak_rss_mb(pid)
     return result
 
 
@@ -334,22 +350,24 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def process_cpu_seconds(pid: int) -> dict[int, float]:
-    """user + system CPU seconds consumed so far by ``pid`` and each of its live descendants."""
+def process_cpu_seconds(pid: int) -> dict[int, tuple[float, float]]:
+    """(user + system, system) CPU seconds consumed so far by ``pid`` and each of its live
+    descendants."""
     ticks = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
+    out: dict[int, tuple[float, float]] = {}
     for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        out[p] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
+        utime, stime = int(fields[11]), int(fields[12])  # fields 14, 15 of stat
+        out[p] = ((utime + stime) / ticks, stime / ticks)
     return out
 
 
 def tree_cpu_seconds(pid: int) -> float | None:
     """user + system CPU seconds consumed so far by ``pid`` and its live descendants."""
-    total = sum(process_cpu_seconds(pid).values())
+    total = sum(t for t, _ in process_cpu_seconds(pid).values())
     return total if total else None
 
 
@@ -366,21 +384,27 @@ def process_tree(pid: int) -> list[int]:
     return seen
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM of ``pid`` plus that of all its live descendants, in MB (1e6 bytes). Each process's
-    own high-water mark is summed: an upper bound of the tree's peak, as the peaks need not
-    coincide."""
-    total_kb = 0
+def process_peak_rss_mb(pid: int) -> dict[int, float]:
+    """VmHWM of ``pid`` and of each of its live descendants, in MB (1e6 bytes)."""
+    out: dict[int, float] = {}
     for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    total_kb += int(line.split()[1])
+                    out[p] = int(line.split()[1]) * 1024 / 1e6
         except OSError:
-            if p == pid:
-                return None
             continue
-    return total_kb * 1024 / 1e6 if total_kb else None
+    return out
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM of ``pid`` plus that of all its live descendants, in MB (1e6 bytes). Each process's
+    own high-water mark is summed: an upper bound of the tree's peak, as the peaks need not
+    coincide."""
+    per_process = process_peak_rss_mb(pid)
+    if pid not in per_process:
+        return None
+    return sum(per_process.values()) or None
 
 
 def pid_listening_on(port: int) -> int | None:
@@ -423,7 +447,7 @@ def wait_adapter(
 
 
 @contextmanager
-def started_adapter(workdir: Path, timeout: float, workers: int = 2) -> Iterator[tuple[str, int]]:
+def started_adapter(workdir: Path, timeout: float, workers: int = 1) -> Iterator[tuple[str, int]]:
     """``python -m adapter serve`` on a free loopback port with a fresh data dir and
     ``ADAPTER_HTTP_WORKERS=workers``, in its own process group (stopped as a whole)."""
     venv_python = REPO_ROOT / ".venv" / "bin" / "python"
@@ -486,14 +510,18 @@ def report(results: list[Result]) -> None:
         )
     for r in results:
         server, client = r.per_photo(r.server_cpu_ms), r.per_photo(r.client_cpu_ms)
+        kernel = r.per_photo(r.server_sys_ms)
         print(
-            f"  {r.target}: CPU per accepted request: server {fmt(server)} ms, this client {fmt(client)} ms "
+            f"  {r.target}: CPU per accepted request: server {fmt(server)} ms (kernel {fmt(kernel)}), "
+            f"this client {fmt(client)} ms "
             f"({os.cpu_count()} cores; the window's budget at the measured rate: "
             f"{fmt(1000 * (os.cpu_count() or 1) / r.rate if r.rate else None)} ms)"
         )
         if len(r.process_cpu_ms) > 1 and r.seconds > 0:  # is the load spread over the worker processes?
             split = ", ".join(f"pid {p} {ms / 1000 / r.seconds:.0%}" for p, ms in sorted(r.process_cpu_ms.items()))
             print(f"    {r.target}: busy share of a core per process: {split}")
+            rss = ", ".join(f"pid {p} {mb:.0f}" for p, mb in sorted(r.process_peak_rss_mb.items()))
+            print(f"    {r.target}: peak RSS MB per process: {rss}")
     for r in results:
         if r.first_error:
             print(f"  {r.target}: first error: {r.first_error}")
@@ -549,8 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--workers",
         type=int,
-        default=2,
-        help="with --start: ADAPTER_HTTP_WORKERS, the adapter's worker processes (default 2, one per core here)",
+        default=1,
+        help="with --start: ADAPTER_HTTP_WORKERS, the adapter's worker processes (default 1; see the module doc)",
     )
     ap.add_argument(
         "--server-pid",

@@ -1,91 +1,170 @@
-"""Streaming ``multipart/form-data`` for ``POST /photos``: the ``file`` part goes straight to
-a staging file on disk as it arrives (never held whole in memory); small parts (``metadata``)
-are kept in memory up to a limit. Over-size uploads stop early with 413."""
+"""Streaming ``multipart/form-data`` (RFC 7578 on RFC 2046 §5.1.1) for ``POST /photos``.
+
+The ``file`` part is hashed (SHA-256, for the receipt) and collected as it arrives, without
+being copied: up to ``memory_bytes`` it is
+kept in memory (a list of views of the received chunks, joined once at the end), so a photo
+goes from the socket to the imaging code without a round trip through the disk; a larger one is
+spilled to a staging file as it streams in, written in blocks of ``SPILL_BLOCK`` bytes from a
+worker thread (never held whole in memory, never written from the event loop). Other parts
+(``metadata``) are kept in memory up to ``SMALL_PART_LIMIT``. Over-size uploads stop early
+with 413.
+
+The parser looks for the delimiter (CRLF ``--boundary``) with ``bytes.find`` in each received
+chunk (plus the few bytes kept back from the chunk before, which may hold the start of a
+delimiter split across two chunks), so the cost is one C-speed scan of the body. Accepted as
+RFC 2046 has it: a preamble before the first delimiter (which may open the body without the
+CRLF) and an epilogue after the close delimiter (both ignored), transport padding (spaces,
+tabs) after a delimiter, parts without headers. Refused as malformed (400): a body that ends
+before the close delimiter, a delimiter followed by anything but ``--``, padding and CRLF, a
+header line without a colon, part headers over ``HEADER_LIMIT`` bytes.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
+from starlette.concurrency import run_in_threadpool
 
 from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 SMALL_PART_LIMIT = 1024 * 1024  # metadata JSON, with room for a base64 consent form
+#: A ``file`` part up to this size is kept in memory; a larger one is spilled to disk.
+MEMORY_LIMIT = 8 * 1024 * 1024
+#: Spilled bytes are written in blocks of at least this size.
+SPILL_BLOCK = 1024 * 1024
+#: The headers of one part (Content-Disposition, Content-Type) fit in far less.
+HEADER_LIMIT = 16 * 1024
+#: Transport padding after a delimiter (RFC 2046 LWSP) longer than this is refused.
+PADDING_LIMIT = 1024
+_MAX_BOUNDARY = 70  # RFC 2046 §5.1.1
+
+_PREAMBLE, _AFTER_DELIMITER, _HEADERS, _BODY, _EPILOGUE = range(5)
 
 
 @dataclass
 class ParsedUpload:
+    """The outcome: the ``file`` part in memory (``file_data``) or spilled to ``file_path``
+    (at most one of them set), and the other named parts as bytes."""
+
+    file_data: bytes | None = None
     file_path: Path | None = None
     file_size: int = 0
     file_content_type: str | None = None
+    file_sha256: str | None = None  # of the file part's bytes, hashed as they arrived
     fields: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def has_file(self) -> bool:
+        return self.file_data is not None or self.file_path is not None
+
+    @property
+    def upload(self) -> bytes | Path | None:
+        """What the ingest takes: the bytes, or the path of the spilled file."""
+        return self.file_data if self.file_data is not None else self.file_path
+
+
+def _malformed(reason: str) -> InvalidInput:
+    return InvalidInput(f"malformed multipart body: {reason}")
+
+
+def _part_headers(block: bytes) -> dict[bytes, bytes]:
+    headers: dict[bytes, bytes] = {}
+    for line in block.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon or not name.strip():
+            raise _malformed("a part header line has no name and colon")
+        headers[name.strip().lower()] = value.strip(b" \t")
+    return headers
 
 
 class _Collector:
-    def __init__(self, file_path: Path, max_bytes: int) -> None:
+    """Where part bytes go; decides memory or disk for the ``file`` part."""
+
+    def __init__(self, spill_path: Path, max_bytes: int, memory_bytes: int) -> None:
         self.result = ParsedUpload()
-        self._file_path = file_path
+        self._spill_path = spill_path
         self._max_bytes = max_bytes
-        self._header_field = b""
-        self._header_value = b""
-        self._headers: dict[bytes, bytes] = {}
+        self._memory_bytes = memory_bytes
         self._name: str | None = None
+        self._is_file = False
+        self._pieces: list[bytes | memoryview] = []  # file bytes not yet joined or written
+        self._pending = 0  # bytes in _pieces
+        self._small: bytearray | None = None
         self._sink: BinaryIO | None = None
-        self._buffer: bytearray | None = None
+        self._file_done = False
+        self._digest = hashlib.sha256()
 
-    def on_part_begin(self) -> None:
-        self._headers = {}
-        self._name = None
-        self._sink = None
-        self._buffer = None
+    # -- events from the parser --------------------------------------------------------------
 
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_field += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-
-    def on_header_end(self) -> None:
-        self._headers[self._header_field.lower()] = self._header_value
-        self._header_field = b""
-        self._header_value = b""
-
-    def on_headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+    def part_begin(self, headers: dict[bytes, bytes]) -> None:
+        _, params = parse_options_header(headers.get(b"content-disposition", b""))
         raw_name = params.get(b"name")
         self._name = raw_name.decode("utf-8", "replace") if raw_name else None
-        if self._name == "file":
-            if self.result.file_path is not None:
+        self._is_file = self._name == "file"
+        if self._is_file:
+            if self._file_done or self._pieces or self._sink is not None:
                 raise InvalidInput("more than one 'file' part", expression="file")
-            ctype, _ = parse_options_header(self._headers.get(b"content-type", b""))
+            ctype, _ = parse_options_header(headers.get(b"content-type", b""))
             self.result.file_content_type = ctype.decode("latin-1") or None
-            self.result.file_path = self._file_path
-            self._sink = self._file_path.open("wb")
+            self.result.file_size = 0
         else:
-            self._buffer = bytearray()
+            self._small = bytearray()
 
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
-        if self._sink is not None:
-            self.result.file_size += len(chunk)
-            if self.result.file_size > self._max_bytes:
+    def part_data(self, data: bytes | memoryview) -> None:
+        if self._is_file:
+            size = self.result.file_size + len(data)
+            if size > self._max_bytes:
                 raise PayloadTooLarge(f"the photo is larger than {self._max_bytes} bytes")
-            self._sink.write(chunk)
-        elif self._buffer is not None:
-            self._buffer += chunk
-            if len(self._buffer) > SMALL_PART_LIMIT:
+            self.result.file_size = size
+            self._digest.update(data)  # releases the GIL (for more than 2 KiB)
+            self._pieces.append(data)
+            self._pending += len(data)
+        elif self._small is not None:
+            self._small += data
+            if len(self._small) > SMALL_PART_LIMIT:
                 raise PayloadTooLarge(f"part '{self._name}' is larger than {SMALL_PART_LIMIT} bytes")
 
-    def on_part_end(self) -> None:
+    def part_end(self) -> None:
+        if self._is_file:
+            self._is_file = False
+            self._file_done = True
+            self.result.file_sha256 = self._digest.hexdigest()
+            if self._sink is None:
+                self.result.file_data = b"".join(self._pieces)
+                self._pieces, self._pending = [], 0
+        elif self._small is not None and self._name:
+            self.result.fields[self._name] = bytes(self._small)
+        self._small = None
+
+    # -- spilling ---------------------------------------------------------------------------
+
+    def spill_due(self) -> bool:
+        """Are there file bytes to write now (the part is over the memory limit, and a block is
+        ready or the part has ended)?"""
+        if not self._pieces:
+            return False
+        if self._sink is None:
+            return self.result.file_size > self._memory_bytes
+        return self._pending >= SPILL_BLOCK or self._file_done
+
+    def spill(self) -> None:
+        """Write the collected file bytes to the staging file (run in a worker thread)."""
+        pieces, self._pieces, self._pending = self._pieces, [], 0
+        if self._sink is None:
+            self._sink = self._spill_path.open("wb")
+            self.result.file_path = self._spill_path
+        self._sink.writelines(pieces)
+
+    def finish(self) -> None:
+        """After the close delimiter: the staging file complete and closed."""
         if self._sink is not None:
             self._sink.close()
             self._sink = None
-        elif self._buffer is not None and self._name:
-            self.result.fields[self._name] = bytes(self._buffer)
-            self._buffer = None
 
     def close(self) -> None:
         if self._sink is not None:
@@ -93,9 +172,119 @@ class _Collector:
             self._sink = None
 
 
-async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes], file_path: Path,
-                          max_bytes: int) -> ParsedUpload:
-    """Parse a multipart/form-data body; the ``file`` part is written to ``file_path``.
+class MultipartParser:
+    """Incremental parser of one multipart body: :meth:`feed` each received chunk, then
+    :meth:`end`. Events go to ``collector`` (part_begin, part_data, part_end)."""
+
+    def __init__(self, boundary: bytes, collector: _Collector) -> None:
+        self._delimiter = b"\r\n--" + boundary
+        self._keep = len(self._delimiter) - 1  # the longest delimiter prefix a chunk can end with
+        self._collector = collector
+        self._state = _PREAMBLE
+        # The first delimiter may open the body, without the CRLF that precedes later ones.
+        self._buffer = b"\r\n"
+
+    @property
+    def complete(self) -> bool:
+        return self._state == _EPILOGUE
+
+    def feed(self, chunk: bytes) -> None:
+        if self._state == _EPILOGUE or not chunk:
+            return
+        buffer = self._buffer
+        if not buffer:
+            data = chunk
+        elif self._state == _BODY and len(chunk) >= self._keep:
+            # Kept-back bytes of a body: a delimiter starting in them ends within the first
+            # _keep bytes of the chunk. If there is none, they are data: the chunk is scanned
+            # alone (not copied behind them).
+            if (buffer + chunk[:self._keep]).find(self._delimiter) < 0:
+                self._collector.part_data(buffer)
+                data = chunk
+            else:
+                data = buffer + chunk
+        else:
+            data = buffer + chunk
+        self._buffer = b""
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        delimiter, n, pos = self._delimiter, len(data), 0
+        collector = self._collector
+        while True:
+            state = self._state
+            if state == _BODY:
+                found = data.find(delimiter, pos)
+                if found < 0:
+                    # keep back what may be the start of a delimiter (it starts with CR)
+                    cr = data.find(b"\r", max(pos, n - self._keep))
+                    keep = n if cr < 0 else cr
+                    if keep > pos:
+                        collector.part_data(memoryview(data)[pos:keep] if pos or keep < n else data)
+                    self._buffer = data[keep:]
+                    return
+                if found > pos:
+                    collector.part_data(memoryview(data)[pos:found])
+                collector.part_end()
+                pos = found + len(delimiter)
+                self._state = _AFTER_DELIMITER
+            elif state == _PREAMBLE:
+                found = data.find(delimiter, pos)
+                if found < 0:  # the preamble is ignored; keep a possible delimiter start
+                    self._buffer = data[max(pos, n - self._keep):]
+                    return
+                pos = found + len(delimiter)
+                self._state = _AFTER_DELIMITER
+            elif state == _AFTER_DELIMITER:
+                if n - pos < 2:
+                    self._buffer = data[pos:]
+                    return
+                if data[pos] == 0x2D and data[pos + 1] == 0x2D:  # "--": the close delimiter
+                    self._state = _EPILOGUE
+                    return
+                start = pos
+                while pos < n and data[pos] in (0x20, 0x09):  # transport padding
+                    pos += 1
+                if pos - start > PADDING_LIMIT:
+                    raise _malformed("too much padding after a boundary")
+                if n - pos < 2:
+                    self._buffer = data[start:]
+                    return
+                if data[pos] != 0x0D or data[pos + 1] != 0x0A:
+                    raise _malformed("a boundary is followed by something other than CRLF or '--'")
+                pos += 2
+                self._state = _HEADERS
+            elif state == _HEADERS:
+                if n - pos < 2:
+                    self._buffer = data[pos:]
+                    return
+                if data[pos] == 0x0D and data[pos + 1] == 0x0A:  # a part without headers
+                    headers: dict[bytes, bytes] = {}
+                    pos += 2
+                else:
+                    end = data.find(b"\r\n\r\n", pos)
+                    if end < 0 or end - pos > HEADER_LIMIT:
+                        if end >= 0 or n - pos > HEADER_LIMIT:
+                            raise _malformed(f"part headers longer than {HEADER_LIMIT} bytes")
+                        self._buffer = data[pos:]
+                        return
+                    headers = _part_headers(data[pos:end])
+                    pos = end + 4
+                collector.part_begin(headers)
+                self._state = _BODY
+            else:  # _EPILOGUE: ignored
+                return
+
+    def end(self) -> None:
+        """The body has ended: raises InvalidInput unless the close delimiter was seen."""
+        if self._state != _EPILOGUE:
+            raise _malformed("the body ends before the closing boundary")
+
+
+async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes], spill_path: Path,
+                          max_bytes: int, *, memory_bytes: int | None = None) -> ParsedUpload:
+    """Parse a multipart/form-data body. The ``file`` part comes back in memory when it has at
+    most ``memory_bytes`` (default MEMORY_LIMIT), else in the file ``spill_path``.
 
     On any error the partial file is removed and the error raised (nothing half-stored)."""
     ctype, params = parse_options_header(content_type or "")
@@ -104,26 +293,25 @@ async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes]
     boundary = params.get(b"boundary")
     if not boundary:
         raise InvalidInput("multipart/form-data without a boundary")
-    collector = _Collector(file_path, max_bytes)
-    callbacks = {name: getattr(collector, name) for name in (
-        "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
-        "on_part_data", "on_part_end")}
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    if len(boundary) > _MAX_BOUNDARY:
+        raise InvalidInput(f"the multipart boundary is longer than {_MAX_BOUNDARY} characters")
+    collector = _Collector(spill_path, max_bytes, MEMORY_LIMIT if memory_bytes is None else memory_bytes)
+    parser = MultipartParser(boundary, collector)
     total = 0
     try:
         async for chunk in stream:
             total += len(chunk)
             if total > max_bytes + SMALL_PART_LIMIT:
                 raise PayloadTooLarge(f"the upload is larger than {max_bytes} bytes")
-            parser.write(chunk)
-        parser.finalize()
-    except MultipartParseError as exc:
-        collector.close()
-        file_path.unlink(missing_ok=True)
-        raise InvalidInput(f"malformed multipart body: {exc}") from exc
+            parser.feed(chunk)
+            if collector.spill_due():
+                await run_in_threadpool(collector.spill)
+        parser.end()
+        if collector.spill_due():
+            await run_in_threadpool(collector.spill)
+        collector.finish()
     except BaseException:
         collector.close()
-        file_path.unlink(missing_ok=True)
+        spill_path.unlink(missing_ok=True)
         raise
-    collector.close()
     return collector.result

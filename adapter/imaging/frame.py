@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from adapter.errors import UndecodableImage
 from adapter.imaging.exif import parse_exif
-from adapter.imaging.jpeg import APP0, APP1, APP14, SOF_MARKERS, strip_jpeg, walk
+from adapter.imaging.jpeg import APP0, APP1, APP14, SOF_MARKERS, strip_jpeg_segments, walk
 from adapter.imaging.png import walk as walk_png
 from adapter.imaging.sniff import JPEG, PNG, check_declared
 
@@ -127,6 +127,50 @@ def read_orientation(data: bytes, content_type: str) -> int | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class EncapsulatedJpeg:
+    """The stream :func:`jpeg_for_encapsulation` makes of ``data``, in pieces (views into
+    ``data`` where a segment is kept as it is), without assembling it.
+
+    ``prefix`` is True when the stream is exactly ``data[:size]``: every byte up to and
+    including EOI kept in place, nothing inserted (only bytes after EOI, such as the pad byte
+    of an odd-length DICOM fragment, left out). The stream is then a byte range of whatever
+    holds ``data``, and need not be copied to be known.
+    """
+
+    parts: tuple[bytes | memoryview, ...]
+    size: int
+    prefix: bool
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def encapsulated_jpeg(data: bytes) -> EncapsulatedJpeg:
+    """:func:`jpeg_for_encapsulation` in one walk of ``data``, as pieces (see
+    :class:`EncapsulatedJpeg`). ``data`` must stay unchanged while the pieces are used.
+
+    Raises:
+        UndecodableImage: the stream is broken (see :func:`adapter.imaging.jpeg.walk`).
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        data = bytes(data)
+    stripped = strip_jpeg_segments(data)
+    # strip_jpeg keeps no APP1 of the input; the only one it writes is the Orientation-only EXIF,
+    # which DICOM must not carry either (jpeg_for_encapsulation)
+    parts: list[bytes | memoryview] = [b"\xff\xd8"]
+    parts.extend(part for marker, part in stripped.segments if marker != APP1)
+    parts.append(b"\xff\xd9")
+    pos = 0
+    prefix = True
+    for part in parts:
+        if not data.startswith(part, pos):  # a memcmp, also for the entropy-coded data
+            prefix = False
+            break
+        pos += len(part)
+    return EncapsulatedJpeg(tuple(parts), sum(len(part) for part in parts), prefix)
+
+
 def jpeg_for_encapsulation(data: bytes) -> bytes:
     """The JPEG stream to put into DICOM pixel data: :func:`strip_jpeg`'s result (JFIF without
     thumbnail, ICC profile, Adobe APP14 and the decoding segments; every other APPn, COM and
@@ -135,23 +179,9 @@ def jpeg_for_encapsulation(data: bytes) -> bytes:
     inside a frame would make JPEG-aware viewers rotate it a second time.
 
     For an ingest-stored JPEG whose Orientation was 1 this returns the stored bytes unchanged;
-    the entropy-coded data is never touched.
+    the entropy-coded data is never touched. One walk of the stream (:func:`encapsulated_jpeg`).
     """
-    stripped = strip_jpeg(data).data
-    layout = walk(stripped)
-    view = memoryview(stripped)
-    parts: list[bytes | memoryview] = [b"\xff\xd8"]
-    changed = False
-    for seg in layout.segments:
-        payload = view[seg.start + 4:seg.end]
-        if seg.marker == APP1 and payload[:5] == _EXIF:
-            changed = True
-            continue
-        parts.append(view[seg.start:seg.end])
-    if not changed:
-        return stripped
-    parts.append(b"\xff\xd9")
-    return b"".join(parts)
+    return encapsulated_jpeg(data).join()
 
 
 def png_bit_depth(data: bytes) -> tuple[int, int]:
@@ -162,4 +192,4 @@ def png_bit_depth(data: bytes) -> tuple[int, int]:
     return int(depth), int(colour_type)
 
 
-__all__ = ["JpegFrameInfo", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]
+__all__ = ["EncapsulatedJpeg", "JpegFrameInfo", "encapsulated_jpeg", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]

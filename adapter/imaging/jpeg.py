@@ -28,6 +28,11 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+try:  # optional (pydicom loads it when installed): finds markers in scan data faster, off the GIL
+    import numpy as _np
+except ImportError:  # pragma: no cover - exercised by forcing the regex path in the tests
+    _np = None  # type: ignore[assignment]
+
 from adapter.errors import ImageTooLarge, UndecodableImage
 from adapter.imaging.exif import ExifSummary, orientation_only_tiff, parse_exif
 from adapter.imaging.facts import Stripped
@@ -53,6 +58,10 @@ _DECODING_MARKERS = SOF_MARKERS | {DQT, DHT, DAC, DRI, SOS, DNL, ECS}
 
 # FF followed by anything but a stuffed 00 or RSTm: a marker, or the start of a fill-byte run.
 _MARKER_CANDIDATE = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+#: Scan data is searched for marker candidates with numpy (when installed) in blocks of this
+#: many bytes (cache-sized: the block's temporaries stay in L2), from this much data on.
+_NP_BLOCK = 64 * 1024
+_NP_MIN = 16 * 1024
 _JFIF = b"JFIF\x00"
 _JFXX = b"JFXX\x00"
 _EXIF = b"Exif\x00"
@@ -575,12 +584,10 @@ def _scan_end(data: bytes, pos: int) -> int:
     candidate at C speed; only fill-byte runs are examined in Python.
     """
     n = len(data)
-    search = _MARKER_CANDIDATE.search
     while True:
-        found = search(data, pos)
-        if found is None:
+        i = _marker_candidate(data, pos)
+        if i < 0:
             raise UndecodableImage("JPEG scan data ends before EOI (truncated)")
-        i = found.start()
         if data[i + 1] != 0xFF:
             return i
         j = i + 2
@@ -591,6 +598,39 @@ def _scan_end(data: bytes, pos: int) -> int:
         if data[j] != 0x00 and not 0xD0 <= data[j] <= 0xD7:
             return i
         pos = j + 1
+
+
+def _marker_candidate(data: bytes, pos: int) -> int:
+    """Offset of the first ``FF`` at or after ``pos`` followed by a byte other than ``00`` and
+    ``D0``-``D7`` (``_MARKER_CANDIDATE``), or -1.
+
+    The regex engine looks at every byte in a loop that holds the GIL (~1 ms for 3 MB of scan
+    data); numpy compares whole blocks with vector instructions and releases the GIL while it
+    does (~0.4 ms). Both give the same answer (tests compare them)."""
+    if _np is None or len(data) - pos < _NP_MIN:
+        found = _MARKER_CANDIDATE.search(data, pos)
+        return -1 if found is None else found.start()
+    return _marker_candidate_np(data, pos, _NP_BLOCK)
+
+
+def _marker_candidate_np(data: bytes, pos: int, block: int) -> int:
+    np = _np
+    arr = np.frombuffer(data, dtype=np.uint8)
+    n = len(arr)
+    ff, zero, rst0, seven = np.uint8(0xFF), np.uint8(0), np.uint8(0xD0), np.uint8(7)
+    start = pos
+    while start < n - 1:
+        stop = min(n, start + block + 1)  # one byte of overlap: a pair may straddle two blocks
+        window = arr[start:stop]
+        second = window[1:]
+        hit = window[:-1] == ff
+        hit &= second != zero
+        hit &= (second - rst0) > seven  # uint8 arithmetic wraps: D0-D7 become 0-7
+        i = int(hit.argmax())
+        if hit[i]:
+            return start + i
+        start = stop - 1
+    return -1
 
 
 def _jfif_without_thumbnail(payload: bytes, removed: list[str]) -> bytes:

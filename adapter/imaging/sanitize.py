@@ -15,9 +15,12 @@ from adapter.imaging.sniff import JPEG, check_declared, sniff_content_type
 from adapter.model.policy import Limits, Quality
 
 
-def sanitize(src: Path, dst: Path, *, quality: Quality, limits: Limits) -> ImageFacts:
-    """Strip identifying metadata from the upload at ``src`` losslessly and write the result
-    to ``dst`` (written, flushed and closed; the caller fsyncs and moves it).
+def sanitize(src: Path | bytes, dst: Path, *, quality: Quality, limits: Limits,
+             received_sha256: str | None = None) -> ImageFacts:
+    """Strip identifying metadata from the upload (``src``: its bytes, or the file holding them)
+    losslessly and write the result to ``dst`` (written, flushed and closed; the caller fsyncs
+    and moves it). ``received_sha256``: the upload's SHA-256 when the caller hashed it already
+    (as it streamed in); the caller vouches for it. Otherwise it is computed here.
 
     Follows standards.md §5.3: the type is sniffed from the magic bytes; JPEG segments and PNG
     chunks are removed by surgery, never by re-encoding, so decoded pixels are bit-identical.
@@ -32,11 +35,15 @@ def sanitize(src: Path, dst: Path, *, quality: Quality, limits: Limits) -> Image
     unreadable or ``dst`` unwritable). ``dst`` is opened only once every check has passed, so
     a refusal never creates or touches it; a failed write removes it.
     """
-    try:
-        received = src.read_bytes()
-    except OSError as exc:
-        raise StorageError("the received upload could not be read") from exc
-    received_sha256 = hashlib.sha256(received).hexdigest()
+    if isinstance(src, bytes):
+        received = src
+    else:
+        try:
+            received = src.read_bytes()
+        except OSError as exc:
+            raise StorageError("the received upload could not be read") from exc
+    if received_sha256 is None:
+        received_sha256 = hashlib.sha256(received).hexdigest()
 
     content_type = sniff_content_type(received)
     stripped: Stripped | StrippedJpeg

@@ -49,7 +49,8 @@ from pydicom.uid import (
 from pydicom.valuerep import DA, DT, TM
 
 from adapter.errors import InvalidInput, NotSupported, RequiredElementMissing, UndecodableImage
-from adapter.imaging import JPEG, PNG, Pixels, encode_png, jpeg_for_encapsulation
+from adapter.imaging import JPEG, PNG, Pixels, encode_png
+from adapter.imaging.frame import EncapsulatedJpeg, encapsulated_jpeg
 from adapter.mapping.codes import DCM, DICOM_UID_SYSTEM, EXT_LATERALITY, PROVENANCE_PARTICIPANT_TYPE, SNOMED
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import is_valid_uid
@@ -107,7 +108,7 @@ class ReceivedObject:
 class ExtractedImage(NamedTuple):
     """The Binary's bytes and content type (a 2-tuple: ``data, content_type = ...``)."""
 
-    data: bytes
+    data: bytes | memoryview
     content_type: str
 
 
@@ -276,11 +277,23 @@ def extract_image(ds: Dataset) -> ExtractedImage:
             first = next(generate_frames(ds.PixelData, number_of_frames=frames))
         except (StopIteration, ValueError) as exc:
             raise UndecodableImage("the encapsulated pixel data holds no frame") from exc
-        return ExtractedImage(jpeg_for_encapsulation(bytes(first)), JPEG)
+        return ExtractedImage(jpeg_binary(bytes(first)).join(), JPEG)
     if syntax in _NATIVE:
         return ExtractedImage(encode_png(_native_frame(ds)), PNG)
     raise NotSupported(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",
                        expression="(0002,0010) TransferSyntaxUID")
+
+
+def jpeg_binary(frame: bytes) -> EncapsulatedJpeg:
+    """The Binary of a JPEG Baseline object, from its first frame as received: the JPEG stream
+    with APPn/COM metadata cut out (module docstring), in pieces. When nothing had to be cut
+    (``prefix``), the Binary is the frame's first ``size`` bytes, i.e. a byte range of the
+    received object: :func:`extract_image` gives the same bytes.
+
+    Raises:
+        UndecodableImage: the frame is not a JPEG stream (or a broken one).
+    """
+    return encapsulated_jpeg(frame)
 
 
 def _native_frame(ds: Dataset) -> Pixels:
@@ -337,12 +350,14 @@ def _pdf(ds: Dataset) -> ExtractedImage:
 
 def received_to_fhir(received: ReceivedObject, image: ExtractedImage | tuple[bytes, str], *, record_id: str,
                      binary_id: str, provenance_id: str, received_sha256: str, tables: Tables,
-                     dicom_tables: DicomTables, now: datetime, consent_pending: bool = False) -> PhotoResources:
+                     dicom_tables: DicomTables, now: datetime, consent_pending: bool = False,
+                     image_sha256: str | None = None) -> PhotoResources:
     """R4 record (Media, or DocumentReference for documents), Binary and Provenance of a
     received object, built with adapter.mapping.photo's builders and completed with the DICOM
     identifiers, modality, body site and the sending AE (module docstring).
 
-    ``received_sha256`` is the SHA-256 of the object as received (the Part 10 bytes).
+    ``received_sha256`` is the SHA-256 of the object as received (the Part 10 bytes);
+    ``image_sha256`` that of the image's bytes when the caller has it already (else computed).
     No Consent is created: consent for a received object is the ingest service's decision.
     """
     data, content_type = image
@@ -362,7 +377,7 @@ def received_to_fhir(received: ReceivedObject, image: ExtractedImage | tuple[byt
         laterality=received.laterality if in_table else None, title=title)
     stored = StoredImage(
         content_type=content_type, width=received.columns or 0, height=received.rows or 0, size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(), received_sha256=received_sha256,
+        sha256=image_sha256 or hashlib.sha256(data).hexdigest(), received_sha256=received_sha256,
         device_name=received.device_name)
     resources = build_photo_resources(
         meta, stored, record_id=record_id, binary_id=binary_id, provenance_id=provenance_id, consent_ids=(),
@@ -429,6 +444,6 @@ def _agent(type_coding: JSON, who: JSON, on_behalf_of: JSON | None, *, text: str
 
 
 __all__ = [
-    "PDF", "ExtractedImage", "ReceivedObject", "dicom_identifiers", "extract_image", "read_received",
+    "PDF", "ExtractedImage", "ReceivedObject", "dicom_identifiers", "extract_image", "jpeg_binary", "read_received",
     "received_to_fhir",
 ]

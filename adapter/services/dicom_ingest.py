@@ -6,9 +6,9 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 1. idempotency by SOP Instance UID: an object stored before is answered with its record, and
    nothing new is written;
 2. the file is checked to be complete (every element's length within the file, every undefined
-   length closed by its delimiter); its SHA-256 is computed in a helper thread meanwhile;
-3. the attributes are read with pydicom, pixel data deferred: the dataset's SOP Class and SOP
-   Instance UIDs must be those of the C-STORE request and its presentation context;
+   length closed by its delimiter), which also tells where its pixel data sits;
+3. the attributes are read with pydicom (pixel data not read, or deferred): the dataset's SOP
+   Class and SOP Instance UIDs must be those of the C-STORE request and its presentation context;
 4. mapping (adapter.mapping.dicom_fhir): patient through mappings/dicom.yaml, kind, identifiers;
 5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation;
 6. the Binary's bytes: the JPEG frame as received (no re-encoding), a lossless PNG of native
@@ -16,6 +16,15 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 7. blobs fsynced to their content addresses (invisible until referenced): the object as received
    (Part 10) and the Binary's bytes;
 8. one database transaction: resources, DICOM instance, receipt, audit event.
+
+Speed without shortcuts: the work that waits on the disk or hashes (SHA-256 of the object and of
+the Binary, staging both in the staging folder and fsyncing them) runs in helper threads beside
+steps 3-6, as soon as the object is known to be complete; steps 7 and 8 then only rename and
+commit. A JPEG Baseline object whose pixel data is one fragment (the usual case) is handled
+without pydicom touching its pixel data: the frame is read from its place in the file, walked
+once (adapter.imaging.frame.encapsulated_jpeg) and, when nothing has to be cut from it, the
+Binary's bytes are copied from the received file in the kernel (copy_file_range). A frame
+that does not walk is refused at step 6 as before, even though it is looked at earlier.
 
 A failure at any step leaves nothing: staged files are removed, committed blobs are only
 content-addressed bytes nobody references. The received file itself belongs to the SCP.
@@ -26,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import io
 import logging
 import mmap
 import os
@@ -34,21 +44,25 @@ import struct
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import JPEGBaseline8Bit
 
 from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
-from adapter.errors import Conflict, InvalidInput, InvalidResource, StorageError
+from adapter.errors import AdapterError, Conflict, InvalidInput, InvalidResource, StorageError
+from adapter.imaging import JPEG
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
     ReceivedObject,
     extract_image,
+    jpeg_binary,
     read_received,
     received_to_fhir,
 )
@@ -68,6 +82,8 @@ log = logging.getLogger(__name__)
 #: The issue's rule: a PACS inside the organisation (an allowed calling AE) is a colleague
 #: inside the organisation, responsible for the consent of what it sends for care.
 RECEIVED_SOURCE = PhotoSource.COLLEAGUE_INTERNAL
+
+_T = TypeVar("_T")
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _DEFER = 64 * 1024  # values larger than this are read from the file only when accessed
@@ -139,8 +155,10 @@ def _skip(buf: memoryview, pos: int, length: int) -> int:
     return end
 
 
-def _walk_items(buf: memoryview, pos: int, implicit: bool, depth: int, *, fragments: bool) -> int:
-    """Items up to and including the sequence delimiter; returns the position after it."""
+def _walk_items(buf: memoryview, pos: int, implicit: bool, depth: int, *, fragments: bool,
+                items: list[tuple[int, int]] | None = None) -> int:
+    """Items up to and including the sequence delimiter; returns the position after it.
+    ``items`` collects (value offset, length) of each item of defined length."""
     while True:
         tag, _vr, length, pos = _header(buf, pos, True)
         if tag == _SEQUENCE_END:
@@ -152,20 +170,51 @@ def _walk_items(buf: memoryview, pos: int, implicit: bool, depth: int, *, fragme
                 raise InvalidInput("an encapsulated pixel data fragment has no length")
             pos = _walk_dataset(buf, pos, implicit, depth + 1, in_item=True)
         else:
+            if items is not None:
+                items.append((pos, length))
             pos = _skip(buf, pos, length)
 
 
-def _walk_dataset(buf: memoryview, pos: int, implicit: bool, depth: int, *, in_item: bool) -> int:
+@dataclass(frozen=True)
+class PixelDataLayout:
+    """Where the top-level Pixel Data (7FE0,0010) sits in a received file.
+
+    Encapsulated: ``items`` holds (offset, length) of every item value, the Basic Offset Table
+    first, then the fragments. Native: ``items`` is the one value."""
+
+    encapsulated: bool
+    items: tuple[tuple[int, int], ...]
+    element: int  # offset of the element's tag: where the dataset before it ends
+
+    def single_fragment(self, data: bytes | mmap.mmap | memoryview) -> tuple[int, int] | None:
+        """(offset, length) of the only fragment when there is exactly one and the Basic Offset
+        Table is empty or says the one frame starts at 0: then it is frame 1, whole."""
+        if not self.encapsulated or len(self.items) != 2:
+            return None
+        (bot_at, bot_length), fragment = self.items
+        if bot_length not in (0, 4) or (bot_length == 4 and bytes(data[bot_at:bot_at + 4]) != b"\0\0\0\0"):
+            return None
+        return fragment
+
+
+def _walk_dataset(buf: memoryview, pos: int, implicit: bool, depth: int, *, in_item: bool,
+                  pixels: list[PixelDataLayout] | None = None) -> int:
     if depth > _MAX_DEPTH:
         raise InvalidInput("sequences are nested too deeply")
     while pos < len(buf):
         tag, vr, length, value = _header(buf, pos, implicit)
         if tag == _ITEM_END and in_item:
             return value
+        top_pixels = pixels is not None and tag == 0x7FE00010
         if length != _UNDEFINED:
-            pos = _skip(buf, value, length)
+            element, pos = pos, _skip(buf, value, length)
+            if top_pixels:
+                pixels.append(PixelDataLayout(False, ((value, length),), element))  # type: ignore[union-attr]
         elif tag == 0x7FE00010 and vr in (b"OB", b"OW"):
-            pos = _walk_items(buf, value, implicit, depth, fragments=True)
+            items: list[tuple[int, int]] | None = [] if top_pixels else None
+            element, pos = pos, _walk_items(buf, value, implicit, depth, fragments=True, items=items)
+            if items is not None:
+                pixels.append(PixelDataLayout(True, tuple(items), element))  # type: ignore[union-attr]
         else:  # SQ, or UN / implicit VR of undefined length: a sequence (PS3.5 6.2.2, 7.5.1)
             pos = _walk_items(buf, value, implicit or vr == b"UN", depth, fragments=False)
     if in_item:
@@ -184,9 +233,20 @@ def _body_offset(buf: memoryview) -> int:
     return pos
 
 
-def check_complete(path: Path, transfer_syntax: str) -> None:
+@dataclass(frozen=True)
+class FileLayout:
+    """What :func:`check_complete` learnt about a received file besides its completeness."""
+
+    size: int
+    pixel_data: PixelDataLayout | None
+    first_fragment: tuple[int, int] | None  # PixelDataLayout.single_fragment
+    head: bytes | None  # the file up to its top-level pixel data element, when it has one
+
+
+def check_complete(path: Path, transfer_syntax: str) -> FileLayout:
     """Check that the Part 10 file at ``path`` is structurally complete: every element's length
-    within the file, every undefined length closed by its delimiter.
+    within the file, every undefined length closed by its delimiter. Returns where its pixel
+    data sits.
 
     pydicom reads a truncated file without complaint (a cut value comes back short, a missing
     delimiter is a warning), so completeness is checked here from the encoding alone.
@@ -194,15 +254,20 @@ def check_complete(path: Path, transfer_syntax: str) -> None:
     Raises:
         InvalidInput: the file is truncated or malformed (the SCP answers Cannot Understand).
     """
+    pixels: list[PixelDataLayout] = []
     try:
         with open(path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
                 raise InvalidInput("the received dataset is empty")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 buf = memoryview(mapped)
                 try:
                     _walk_dataset(buf, _body_offset(buf), transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN, 0,
-                                  in_item=False)
+                                  in_item=False, pixels=pixels)
+                    layout = pixels[0] if pixels else None
+                    first = layout.single_fragment(mapped) if layout is not None else None
+                    head = bytes(buf[:layout.element]) if layout is not None else None
                 finally:
                     buf.release()
     except _Truncated as exc:
@@ -210,30 +275,253 @@ def check_complete(path: Path, transfer_syntax: str) -> None:
             from None
     except (OSError, ValueError) as exc:
         raise StorageError("the received dataset could not be read") from exc
+    return FileLayout(size, layout, first, head)
 
 
-class _FileDigest(threading.Thread):
-    """SHA-256 of a file in a helper thread (hashlib releases the GIL on large buffers, so it
-    runs beside the parsing and mapping in the ingesting thread)."""
+# ---------------------------------------------------------------------------------------------
+# Helper work beside the ingesting thread: hashing (hashlib releases the GIL on large buffers),
+# copying and fsync wait on the CPU's other core or on the disk, not on the parsing and mapping.
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(name="dicom-ingest-sha256", daemon=True)
-        self._path = path
-        self._digest: str | None = None
-        self._error: OSError | None = None
+_WRITE_CHUNK = 1 << 20  # one write() of several MB is several times slower than 1 MiB ones here
+_COPY_FALLBACK = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM,
+                            errno.EBADF, errno.ETXTBSY})
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
-    def run(self) -> None:
+
+def _helpers() -> ThreadPoolExecutor:
+    """The process's helper threads for ingest work (shared by all associations; bounded)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dicom-ingest")
+        return _pool
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise StorageError("the received dataset could not be read") from exc
+
+
+def _parts_sha256(parts: tuple[bytes | memoryview, ...]) -> str | None:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> None:
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), _WRITE_CHUNK):
+            chunk = view[start:start + _WRITE_CHUNK]
+            while chunk:
+                chunk = chunk[os.write(fd, chunk):]
+
+
+def _copy_range(src: int, offset: int, length: int, fd: int) -> None:
+    """``length`` bytes of ``src`` from ``offset`` appended to ``fd``: in the kernel where it can
+    (copy_file_range), else read and written in chunks."""
+    done = 0
+    copy = getattr(os, "copy_file_range", None)
+    while copy is not None and done < length:
         try:
-            with open(self._path, "rb") as fh:
-                self._digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            n = copy(src, fd, length - done, offset + done)
         except OSError as exc:
-            self._error = exc
+            if exc.errno not in _COPY_FALLBACK:
+                raise
+            break
+        if n == 0:
+            raise StorageError("the received object is shorter than its pixel data")
+        done += n
+    while done < length:
+        data = os.pread(src, min(_WRITE_CHUNK, length - done), offset + done)
+        if not data:
+            raise StorageError("the received object is shorter than its pixel data")
+        _write_all(fd, (data,))
+        done += len(data)
 
-    def result(self) -> str:
-        self.join()
-        if self._digest is None:
-            raise StorageError("the received dataset could not be read") from self._error
-        return self._digest
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_or_copy(source: Path, staged: Path) -> None:
+    """``source`` under the staging path ``staged``, fsynced: a hard link when on the same file
+    system (no copy), else a copy."""
+    try:
+        try:
+            os.link(source, staged)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copyfile(source, staged)
+        _fsync(staged)
+    except OSError as exc:
+        raise StorageError("could not stage the received object") from exc
+
+
+def _stage_parts(staged: Path, parts: tuple[bytes | memoryview, ...]) -> None:
+    try:
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, parts)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError("could not stage the image bytes") from exc
+
+
+def _stage_range(staged: Path, source: Path, offset: int, length: int) -> None:
+    try:
+        with open(source, "rb") as src:
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _copy_range(src.fileno(), offset, length, fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise StorageError("could not stage the image bytes") from exc
+
+
+class _Work:
+    """The staged files and helper tasks of one ingest. :meth:`close` waits for every task and
+    removes every staged file not committed, so a refusal or failure leaves nothing behind."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self._blobs = blobs
+        self._tasks: list[Future[Any]] = []
+        self._staged: list[Path] = []
+        self._promises: list[Future[Any]] = []
+
+    def promise(self) -> Future[Any]:
+        """A value this (ingesting) thread will give helpers later; helpers wait only for these,
+        never for each other, and :meth:`close` gives None for any not given."""
+        promise: Future[Any] = Future()
+        self._promises.append(promise)
+        return promise
+
+    def submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
+        task = _helpers().submit(fn, *args)
+        self._tasks.append(task)
+        return task
+
+    def staging_path(self) -> Path:
+        path = self._blobs.new_staging_path()
+        self._staged.append(path)
+        return path
+
+    def commit(self, staged: Path, ready: Future[None], sha256: str) -> Future[None]:
+        """Commit a staged file (in a helper thread) once its task, writing and fsync, is done."""
+        ready.result()  # not waited for in the helper: a helper never waits for another task
+
+        def commit() -> None:
+            self._blobs.commit(staged, sha256)
+            self._staged.remove(staged)
+
+        return self.submit(commit)
+
+    def close(self) -> None:
+        for promise in self._promises:
+            if not promise.done():
+                promise.set_result(None)
+        for task in self._tasks:
+            wait_for = task.exception  # waits; its error (if any) was raised where it mattered
+            wait_for()
+        for staged in self._staged:
+            try:
+                self._blobs.discard(staged)
+            except (AdapterError, OSError):
+                log.warning("could not remove the staged file %s", staged.name)
+        self._staged.clear()
+
+
+@dataclass(frozen=True)
+class _Binary:
+    """The Binary's bytes (``image``), where they are being staged and their digest."""
+
+    image: ExtractedImage
+    staged: Path
+    ready: Future[None]
+    sha256: Future[str | None]  # None only for a fragment that turned out to need a cut
+
+
+def _binary_of_bytes(work: _Work, image: ExtractedImage) -> _Binary:
+    staged = work.staging_path()
+    parts = (image.data,)
+    return _Binary(image, staged, work.submit(_stage_parts, staged, parts), work.submit(_parts_sha256, parts))
+
+
+def _stage_fragment(staged: Path, source: Path, offset: int, length: int, size: Future[int | None]) -> None:
+    """Copy a whole fragment to ``staged`` and fsync it, then cut it to ``size`` (once known)."""
+    _stage_range(staged, source, offset, length)
+    cut = size.result()
+    if cut is not None and cut != length:
+        try:
+            fd = os.open(staged, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, cut)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError("could not stage the image bytes") from exc
+
+
+def _fragment_sha256(frame: bytes, ahead: int, size: Future[int | None]) -> str | None:
+    """SHA-256 of ``frame[:size]``, hashing its first ``ahead`` bytes before ``size`` is known."""
+    digest = hashlib.sha256(memoryview(frame)[:ahead])
+    cut = size.result()
+    if cut is None:
+        return None
+    if cut < ahead:
+        return hashlib.sha256(memoryview(frame)[:cut]).hexdigest()
+    digest.update(memoryview(frame)[ahead:cut])
+    return digest.hexdigest()
+
+
+#: The Binary of a frame that needs no cut is the frame up to its EOI: the whole fragment, or
+#: the fragment without its pad byte; its copy and digest start before the walk says which.
+_FRAGMENT_TAIL = 2
+
+
+def _binary_of_first_fragment(work: _Work, path: Path, fragment: tuple[int, int]) -> _Binary:
+    """The Binary of a JPEG Baseline object whose pixel data is one fragment (frame 1), read
+    from the file and walked once. When it needs no cut (the usual case) the Binary is the
+    fragment up to EOI, a byte range of the received file: copied in the kernel and hashed by
+    helpers that start before the walk and are told its end afterwards. Else the cut stream is
+    written as any other Binary."""
+    offset, length = fragment
+    size: Future[int | None] = work.promise()
+    staged = work.staging_path()
+    ready = work.submit(_stage_fragment, staged, path, offset, length, size)
+    try:
+        with open(path, "rb") as fh:
+            frame = os.pread(fh.fileno(), length, offset)
+    except OSError as exc:
+        raise StorageError("the received dataset could not be read") from exc
+    if len(frame) != length:
+        raise StorageError("the received dataset could not be read")
+    sha256 = work.submit(_fragment_sha256, frame, max(0, length - _FRAGMENT_TAIL), size)
+    try:
+        plan = jpeg_binary(frame)
+    except BaseException:
+        size.set_result(None)
+        raise
+    if not plan.prefix:
+        size.set_result(None)
+        return _binary_of_bytes(work, ExtractedImage(plan.join(), JPEG))
+    size.set_result(plan.size)
+    return _Binary(ExtractedImage(memoryview(frame)[:plan.size], JPEG), staged, ready, sha256)
 
 
 #: What pydicom raises on a malformed value when it is first used (it parses lazily); anything
@@ -254,6 +542,31 @@ def read_dataset(path: Path) -> Dataset:
         ds.get("SOPInstanceUID")  # the first access parses the elements
     except OSError as exc:
         raise StorageError("the received dataset could not be read") from exc
+    except _MALFORMED as exc:
+        raise InvalidInput(f"the dataset does not parse ({type(exc).__name__})") from exc
+    return ds
+
+
+@dataclass(frozen=True)
+class _Head:
+    """Steps 3-5 (module docstring): what needs only the dataset before its pixel data."""
+
+    ds: Dataset
+    obj: ReceivedObject
+    assessment: IngestAssessment
+    now: datetime
+
+
+def read_header(head: bytes) -> Dataset:
+    """The dataset of a Part 10 file from ``head``, the file's bytes up to its pixel data
+    element (:attr:`FileLayout.head`): parsed in memory, pixel data not read at all.
+
+    Raises:
+        InvalidInput: pydicom cannot parse it.
+    """
+    try:
+        ds = dcmread(io.BytesIO(head), stop_before_pixels=True)
+        ds.get("SOPInstanceUID")  # the first access parses the elements
     except _MALFORMED as exc:
         raise InvalidInput(f"the dataset does not parse ({type(exc).__name__})") from exc
     return ds
@@ -307,30 +620,64 @@ class DicomIngestService:
     def ingest_received(self, received: ReceivedStore) -> DicomIngestResult:
         """Ingest one received object (module docstring); the object at ``received.path`` is
         left in place. Raises an AdapterError for every refusal; then nothing was stored."""
-        if received.affected_sop_class != received.context_sop_class:
-            raise InvalidResource("the request's SOP Class UID is not its presentation context's",
-                                  expression="(0000,0002) AffectedSOPClassUID")
+        self._check_request(received)
         previous = self._replay(received.affected_sop_instance)
         if previous is not None:
             return previous
-        check_complete(received.path, received.transfer_syntax)
-        digest = _FileDigest(received.path)
-        digest.start()
+        layout = check_complete(received.path, received.transfer_syntax)
+        work = _Work(self._blobs)
         try:
-            ds = read_dataset(received.path)
+            # the object as received: hashed, and staged (a hard link) and fsynced, beside the rest
+            original_sha256 = work.submit(_file_sha256, received.path)
+            original = work.staging_path()
+            original_ready = work.submit(_link_or_copy, received.path, original)
+            fast = (received.transfer_syntax == JPEGBaseline8Bit and layout.first_fragment is not None
+                    and layout.head is not None)
+            binary: _Binary | None = None
+            frame_error: AdapterError | None = None
+            if fast:
+                assert layout.first_fragment is not None
+                try:  # early, so that its copy and digest run beside the parsing; refused in turn below
+                    binary = _binary_of_first_fragment(work, received.path, layout.first_fragment)
+                except AdapterError as exc:
+                    frame_error = exc
+            if fast and layout.head is not None:
+                head = self._read_head(read_header(layout.head), received)
+            else:
+                head = self._read_head(read_dataset(received.path), received)
+            try:
+                if fast and "EncapsulatedDocument" in head.ds:  # not an image after all: the general way
+                    fast = False
+                if not fast:
+                    ds = head.ds if "PixelData" in head.ds or layout.pixel_data is None else read_dataset(received.path)
+                    binary = _binary_of_bytes(work, extract_image(ds))
+                elif frame_error is not None:
+                    raise frame_error
+                study_date = _study_date(head.ds)
+            except _MALFORMED as exc:
+                raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
+            assert binary is not None
+            return self._store_object(received, head.obj, binary, head.assessment, work, original, original_ready,
+                                      original_sha256.result(), study_date, head.now)
+        finally:
+            work.close()
+
+    @staticmethod
+    def _check_request(received: ReceivedStore) -> None:
+        if received.affected_sop_class != received.context_sop_class:
+            raise InvalidResource("the request's SOP Class UID is not its presentation context's",
+                                  expression="(0000,0002) AffectedSOPClassUID")
+
+    def _read_head(self, ds: Dataset, received: ReceivedStore) -> _Head:
+        """Steps 3-5 on a parsed dataset (its pixel data not needed)."""
+        try:
             self._check_identity(ds, received)
             obj = read_received(ds, calling_ae=received.calling_ae, dicom_tables=self._dicom_tables,
                                 tables=self._tables)
             now = self._now()
-            assessment = self._assess(obj, now)
-            image = extract_image(ds)
-            study_date = _study_date(ds)
+            return _Head(ds, obj, self._assess(obj, now), now)
         except _MALFORMED as exc:
             raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
-        finally:
-            digest.join()
-        original_sha256 = digest.result()
-        return self._store_object(received, obj, image, assessment, original_sha256, study_date, now)
 
     @staticmethod
     def _check_identity(ds: Dataset, received: ReceivedStore) -> None:
@@ -352,69 +699,19 @@ class DicomIngestService:
             source=RECEIVED_SOURCE, colleague=Colleague(name=f"AE {obj.calling_ae}", organisation=obj.institution))
         return assess_ingest(meta, self._existing_grants(obj.patient), self._tables, now)
 
-    def _stage_original(self, path: Path) -> Path:
-        """The received file in the staging folder: a hard link when it is on the same file
-        system (no copy), else a copy."""
-        staged = self._blobs.new_staging_path()
-        try:
-            os.link(path, staged)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                raise StorageError("could not stage the received object") from exc
-            try:
-                shutil.copyfile(path, staged)
-            except OSError as copy_exc:
-                staged.unlink(missing_ok=True)
-                raise StorageError("could not stage the received object") from copy_exc
-        return staged
-
-    def _stage_bytes(self, data: bytes) -> Path:
-        staged = self._blobs.new_staging_path()
-        try:
-            with open(staged, "wb") as fh:
-                fh.write(data)
-        except OSError as exc:
-            staged.unlink(missing_ok=True)
-            raise StorageError("could not stage the image bytes") from exc
-        return staged
-
-    def _commit_original(self, path: Path, sha256: str) -> None:
-        staged = self._stage_original(path)
-        try:
-            self._blobs.commit(staged, sha256)
-        finally:
-            self._blobs.discard(staged)  # gone after a commit; removed after a failure
-
-    def _store_object(self, received: ReceivedStore, obj: ReceivedObject, image: ExtractedImage,
-                      assessment: IngestAssessment, original_sha256: str, study_date: str | None,
-                      now: datetime) -> DicomIngestResult:
-        """Both blobs, then the one transaction. Every refusal has happened by now. The original
-        is committed in a helper thread while this one stages the Binary's bytes and builds the
-        resources: each fsync waits on the disk, not on the other (hashing and fsync release the
-        GIL)."""
-        original_error: list[BaseException] = []
-
-        def commit_original() -> None:
-            try:
-                self._commit_original(received.path, original_sha256)
-            except BaseException as exc:  # noqa: BLE001 - handed to the ingesting thread below
-                original_error.append(exc)
-
-        helper = threading.Thread(target=commit_original, name="dicom-ingest-blob", daemon=True)
-        helper.start()
-        staged: Path | None = None
-        try:
-            image_sha256 = hashlib.sha256(image.data).hexdigest()
-            staged = self._stage_bytes(image.data)
-            self._blobs.commit(staged, image_sha256)
-            staged = None
-            unit = self._unit(received, obj, image, image_sha256, assessment, original_sha256, study_date, now)
-        finally:
-            helper.join()
-            if staged is not None:
-                self._blobs.discard(staged)
-        if original_error:
-            raise original_error[0]
+    def _store_object(self, received: ReceivedStore, obj: ReceivedObject, binary: _Binary,
+                      assessment: IngestAssessment, work: _Work, original: Path, original_ready: Future[None],
+                      original_sha256: str, study_date: str | None, now: datetime) -> DicomIngestResult:
+        """Both blobs, then the one transaction. Every refusal has happened by now; both files
+        were staged and fsynced by helper threads meanwhile, so committing them is a rename
+        (done by helpers while this thread builds the resources)."""
+        image_sha256 = binary.sha256.result()
+        assert image_sha256 is not None
+        committed = (work.commit(original, original_ready, original_sha256),
+                     work.commit(binary.staged, binary.ready, image_sha256))
+        unit = self._unit(received, obj, binary.image, image_sha256, assessment, original_sha256, study_date, now)
+        for blob in committed:
+            blob.result()
         try:
             self._store.save_ingest(unit)
         except Conflict:
@@ -432,7 +729,7 @@ class DicomIngestService:
         built = received_to_fhir(obj, image, record_id=record_id, binary_id=binary_id, provenance_id=provenance_id,
                                  received_sha256=original_sha256, tables=self._tables,
                                  dicom_tables=self._record_tables, now=now,
-                                 consent_pending=assessment.consent_pending)
+                                 consent_pending=assessment.consent_pending, image_sha256=image_sha256)
         record_type = built.record_type
         record_ref = built.record_ref
         patient = obj.patient
@@ -479,4 +776,5 @@ def _study_date(ds: Dataset) -> str | None:
     return value if len(value) == 8 and value.isdigit() else None
 
 
-__all__ = ["DicomIngestResult", "DicomIngestService", "ReceivedStore", "check_complete", "read_dataset"]
+__all__ = ["DicomIngestResult", "DicomIngestService", "FileLayout", "PixelDataLayout", "ReceivedStore", "check_complete",
+           "read_dataset", "read_header"]

@@ -93,6 +93,10 @@ class RecordStore(Protocol):
 
     def consents_for_patient(self, patient: Identifier) -> list[StoredResource]: ...
 
+    def consent_versions_for_patient(self, patient: Identifier) -> list[tuple[str, int]]:
+        """``(id, version_id)`` of the Consents :meth:`consents_for_patient` returns, in the same
+        order, without loading them (callers keep what they read of a version: it never changes)."""
+
     def append_audit(self, event: dict[str, Any]) -> None: ...
 
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:

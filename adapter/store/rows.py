@@ -13,6 +13,7 @@ from adapter.model.dicom import DicomInstance, NewOutboxItem, OutboxItem
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.record import AccessFacts, IndexRow, NewResource, StoredResource
 from adapter.store.dates import format_instant, to_utc
+from adapter.store.schema import EncodedJson
 
 #: Outbox item states (``OutboxItem.status``).
 OUTBOX_PENDING, OUTBOX_SENT, OUTBOX_FAILED = "pending", "sent", "failed"
@@ -33,7 +34,7 @@ def with_meta(new: NewResource, version_id: int, last_updated: datetime) -> dict
     return document
 
 
-def resource_row(new: NewResource, document: dict[str, Any], version_id: int,
+def resource_row(new: NewResource, document: dict[str, Any] | EncodedJson, version_id: int,
                  last_updated: datetime) -> dict[str, Any]:
     """The ``resources`` row of a resource version: JSON, search index and access facts."""
     index, facts = new.index, new.facts
@@ -59,7 +60,7 @@ def resource_row(new: NewResource, document: dict[str, Any], version_id: int,
     }
 
 
-def history_row(new: NewResource, document: dict[str, Any], version_id: int,
+def history_row(new: NewResource, document: dict[str, Any] | EncodedJson, version_id: int,
                 last_updated: datetime) -> dict[str, Any]:
     return {"resource_type": new.resource_type, "id": new.id, "version_id": version_id,
             "last_updated": last_updated, "json": document}

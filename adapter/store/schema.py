@@ -40,8 +40,19 @@ from adapter.store.dates import UtcDateTime, now_instant
 SCHEMA_VERSION = 2
 
 
+class EncodedJson(str):
+    """A JSON value encoded already (:meth:`of`), so a document written to two tables (a
+    resource and its history row) is encoded once; JsonText stores it as it is."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, value: Any) -> EncodedJson:
+        return cls(json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
+
+
 class JsonText(TypeDecorator[Any]):
-    """A JSON value kept as compact UTF-8 TEXT."""
+    """A JSON value kept as compact UTF-8 TEXT (an :class:`EncodedJson` is kept as it is)."""
 
     impl = Text
     cache_ok = True
@@ -49,6 +60,8 @@ class JsonText(TypeDecorator[Any]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
+        if type(value) is EncodedJson:
+            return str.__str__(value)  # a plain str for the driver
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> Any:

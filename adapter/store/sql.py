@@ -35,6 +35,7 @@ from adapter.store.rows import (
     with_meta,
 )
 from adapter.store.schema import (
+    EncodedJson,
     audit,
     create_schema,
     dicom_instances,
@@ -166,9 +167,10 @@ class SqlRecordStore:
                 "patient_value": unit.patient.value, "stored_sha256": unit.stored_sha256,
                 "recorded": now, "receipt": unit.receipt})
             if unit.resources:
-                pairs = list(zip(unit.resources, documents, strict=True))
-                conn.execute(insert(resources), [resource_row(n, d, 1, now) for n, d in pairs])
-                conn.execute(insert(resource_history), [history_row(n, d, 1, now) for n, d in pairs])
+                # each document encoded once, for its resource row and its history row
+                pairs = [(n, EncodedJson.of(d)) for n, d in zip(unit.resources, documents, strict=True)]
+                conn.execute(insert(resources), [resource_row(n, e, 1, now) for n, e in pairs])
+                conn.execute(insert(resource_history), [history_row(n, e, 1, now) for n, e in pairs])
                 if rows := [row for new in unit.resources for row in token_rows(new)]:
                     conn.execute(insert(tokens), rows)
             if unit.audit_events:
@@ -264,15 +266,25 @@ class SqlRecordStore:
         with self._read() as conn:
             return [index_row_from(row) for row in conn.execute(statement).mappings()]
 
-    def consents_for_patient(self, patient: Identifier) -> list[StoredResource]:
-        """Consent resources whose patient (search index or access facts) is ``patient``."""
-        statement = select(resources).where(
+    @staticmethod
+    def _patient_consents(patient: Identifier) -> Any:
+        return and_(
             _r.resource_type == "Consent",
             or_(and_(_r.patient_system == patient.system, _r.patient_value == patient.value),
-                and_(_r.fact_patient_system == patient.system, _r.fact_patient_value == patient.value)),
-        ).order_by(_r.last_updated, _r.id)
+                and_(_r.fact_patient_system == patient.system, _r.fact_patient_value == patient.value)))
+
+    def consents_for_patient(self, patient: Identifier) -> list[StoredResource]:
+        """Consent resources whose patient (search index or access facts) is ``patient``."""
+        statement = select(resources).where(self._patient_consents(patient)).order_by(_r.last_updated, _r.id)
         with self._read() as conn:
             return [stored_from_row(row) for row in conn.execute(statement).mappings()]
+
+    def consent_versions_for_patient(self, patient: Identifier) -> list[tuple[str, int]]:
+        """``(id, version_id)`` of :meth:`consents_for_patient`, in its order, no JSON loaded."""
+        statement = select(_r.id, _r.version_id).where(self._patient_consents(patient)) \
+            .order_by(_r.last_updated, _r.id)
+        with self._read() as conn:
+            return [(row[0], row[1]) for row in conn.execute(statement)]
 
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first."""

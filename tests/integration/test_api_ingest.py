@@ -3,6 +3,7 @@ table, the failure cases (with nothing stored), idempotency and the transaction 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -45,15 +46,32 @@ def test_receipt_lists_everything_and_is_only_then_safe(tmp_path: Path) -> None:
         assert receipt["record"].startswith("Media/") and receipt["binary"].startswith("Binary/")
         assert receipt["provenance"].startswith("Provenance/") and len(receipt["consents"]) == 1
         assert set(receipt["created"]) >= {receipt["record"], receipt["binary"], receipt["provenance"]}
-        assert len(receipt["sha256"]["received"]) == 64 and len(receipt["sha256"]["stored"]) == 64
+        assert receipt["sha256"]["received"] == hashlib.sha256(WOUND.read_bytes()).hexdigest()
+        assert len(receipt["sha256"]["stored"]) == 64
         removed = " ".join(receipt["metadataRemoved"])
         assert "GPS" in removed and "XMP" in removed
         assert receipt["safeToDeleteFromDevice"] is True
         assert _counts(services)[0] == 4 and _counts(services)[1] == 1 and _staging_empty(services)
         stored = next((services.settings.data_dir / "blobs").rglob(receipt["sha256"]["stored"]))
         data = stored.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == receipt["sha256"]["stored"]
+        assert receipt["size"]["stored"] == len(data)
         for needle in (b"Jane Example", b"GPS", b"http://ns.adobe.com/xap/1.0/", b"Photoshop 3.0"):
             assert needle not in data
+
+
+def test_a_photo_over_the_memory_limit_streams_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapter.api import multipart
+    monkeypatch.setattr(multipart, "MEMORY_LIMIT", 10_000)
+    with adapter_client(tmp_path) as (client, services):
+        r = post_photo(client, WOUND, metadata())
+        assert r.status_code == 201, r.text
+        assert r.json()["sha256"]["received"] == hashlib.sha256(WOUND.read_bytes()).hexdigest()
+        assert _counts(services) == (4, 1) and _staging_empty(services)
+        not_an_image = tmp_path / "big.txt"
+        not_an_image.write_bytes(b"not a photo\n" * 2000)
+        _outcome(post_photo(client, not_an_image, metadata()), 415)
+        assert _counts(services) == (4, 1) and _staging_empty(services)
 
 
 # -- the rules table ---------------------------------------------------------------------------
@@ -71,6 +89,34 @@ def test_clinical_with_consent_already_on_file_is_accepted(tmp_path: Path) -> No
     with adapter_client(tmp_path) as (client, _):
         assert client.post("/fhir/Consent", json=consent_resource(["TREAT"])).status_code == 201
         assert post_photo(client, WOUND, metadata(consent=None)).status_code == 201
+
+
+def test_a_changed_consent_on_file_counts_at_once(tmp_path: Path) -> None:
+    """The ingest keeps what each Consent version grants: a new version is read afresh."""
+    from tests.support.app import consent_resource
+    with adapter_client(tmp_path) as (client, _):
+        created = client.post("/fhir/Consent", json=consent_resource(["TREAT"]))
+        assert created.status_code == 201
+        consent_id = created.json()["id"]
+        assert post_photo(client, WOUND, metadata(consent=None)).status_code == 201
+        inactive = {**consent_resource(["TREAT"], status="inactive"), "id": consent_id}
+        assert client.put(f"/fhir/Consent/{consent_id}", json=inactive).status_code == 200
+        _outcome(post_photo(client, SAMPLES / "document.jpg", metadata(consent=None)), 422)
+        active = {**consent_resource(["TREAT"]), "id": consent_id}
+        assert client.put(f"/fhir/Consent/{consent_id}", json=active).status_code == 200
+        assert post_photo(client, SAMPLES / "document.jpg", metadata(consent=None)).status_code == 201
+
+
+def test_a_consent_version_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.app import consent_resource
+    with adapter_client(tmp_path) as (client, services):
+        assert client.post("/fhir/Consent", json=consent_resource(["TREAT"])).status_code == 201
+        loaded: list[list[str]] = []
+        get_many = services.store.get_many
+        monkeypatch.setattr(services.store, "get_many", lambda t, ids: loaded.append(list(ids)) or get_many(t, ids))
+        for photo in ("wound.jpg", "document.jpg", "tiny.jpg"):
+            assert post_photo(client, SAMPLES / photo, metadata(consent=None)).status_code == 201
+        assert len(loaded) == 1 and len(loaded[0]) == 1
 
 
 def test_consent_pending_when_policy_allows(tmp_path: Path) -> None:

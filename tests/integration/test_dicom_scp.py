@@ -18,12 +18,22 @@ from typing import Any
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from adapter.dicom import AeOptions, StoreSCP
-from adapter.dicom.status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, NOT_AUTHORISED, SUCCESS
+from adapter.dicom.status import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    NOT_AUTHORISED,
+    SUCCESS,
+    dimse_status_for,
+)
+from adapter.errors import AdapterError
+from adapter.mapping.dicom_fhir import extract_image
+from adapter.services.dicom_ingest import ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
 from tests.conftest import require_or_skip
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
@@ -514,3 +524,154 @@ def test_concurrent_associations_store_everything(scp: StoreSCP, services: Servi
     assert statuses == [SUCCESS] * 12
     assert len(services.store.search_dicom_instances()) == 12
 
+
+
+# -- the faster receive path and ingest (adapter.dicom.scp "Speed", dicom_ingest) --------------
+
+
+def received_store(path: Path, sent: pydicom.Dataset, *, calling_ae: str = "STORESCU") -> ReceivedStore:
+    """The request the SCP would hand to the ingest for ``path`` (as pynet_store sends it)."""
+    sop_class = str(sent.SOPClassUID)
+    return ReceivedStore(path=path, calling_ae=calling_ae, peer_address="127.0.0.1", context_sop_class=sop_class,
+                         transfer_syntax=str(sent.file_meta.TransferSyntaxUID), affected_sop_class=sop_class,
+                         affected_sop_instance=str(sent.SOPInstanceUID))
+
+
+def stored_binary(services: Services, sop_uid: str) -> bytes:
+    instance = services.store.find_dicom_instance(sop_uid)
+    assert instance is not None
+    record = services.store.get(instance.record_type, instance.record_id)
+    assert record is not None and record.blob_sha256 is not None
+    data = services.blobs.path(record.blob_sha256).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == record.blob_sha256
+    return data
+
+
+def with_frame(path: Path, frames: list[bytes], **attrs: Any) -> pydicom.Dataset:
+    """A JPEG Baseline SC whose pixel data is ``frames`` as fragments (of one frame), as given."""
+    ds = sc_file(path, **attrs)
+    ds.PixelData = encapsulate(frames, fragments_per_frame=1) if len(frames) == 1 else \
+        b"".join([encapsulate([frames[0]])[:12], *(item(f) for f in frames), b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def item(fragment: bytes) -> bytes:
+    return b"\xfe\xff\x00\xe0" + len(fragment).to_bytes(4, "little") + fragment
+
+
+def test_accepted_associations_get_the_faster_receive_path(scp: StoreSCP) -> None:
+    ae = AE(ae_title="PYNETSCU")
+    ae.add_requested_context(Verification)
+    try:
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+        assert assoc.is_established
+        [server_side] = scp._ae.active_associations  # type: ignore[union-attr]
+        assert type(server_side).__name__ == "_Association"
+        assert type(server_side.dul).__name__ == "_StreamingDUL"
+        assert type(server_side.dul.socket).__name__ == "_AssociationSocket"
+        assoc.release()
+        assert assoc.is_released
+    finally:
+        ae.shutdown()
+
+
+def test_a_large_object_over_small_pdus_is_stored_as_sent(adapter: tuple[FhirClient, Services],
+                                                          tmp_path: Path, pynetdicom_config: Path) -> None:
+    need_dcmtk()
+    _, services = adapter
+    scp = start_scp(services, max_pdu=16 * 1024)  # many PDUs, each streamed to the spool file
+    try:
+        paths, sent = [], []
+        for n in range(3):
+            path = tmp_path / f"big{n}.dcm"
+            sent.append(sc_file(path, frame=jpeg(300 + n, 200, noise=True)))
+            paths.append(path)
+        assert storescu(scp.port, "ADAPTER", paths).returncode == 0
+        for path, ds in zip(paths, sent, strict=True):
+            instance = services.store.find_dicom_instance(ds.SOPInstanceUID)
+            assert instance is not None and instance.blob_sha256 is not None
+            kept = pydicom.dcmread(services.blobs.path(instance.blob_sha256))
+            assert kept.PixelData == ds.PixelData and kept.SOPInstanceUID == ds.SOPInstanceUID
+            assert stored_binary(services, ds.SOPInstanceUID) == frame_of(path)
+        assert list(pynetdicom_config.iterdir()) == []
+        assert list((tmp_path / "data" / "staging").iterdir()) == []
+    finally:
+        scp.stop()
+
+
+def jpeg_of_length(parity: int) -> bytes:
+    """A small baseline JPEG (JFIF only: nothing to cut) whose length is even (0) or odd (1)."""
+    for quality in range(90, 50, -1):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), (30, 225, 128)).save(buf, "JPEG", quality=quality)
+        if len(buf.getvalue()) % 2 == parity:
+            return buf.getvalue()
+    raise AssertionError("no JPEG of that parity")
+
+
+@pytest.mark.parametrize(("shape", "one_fragment"), [
+    ("even", True), ("odd (pad byte)", True), ("trailer after EOI", True), ("metadata to cut", True),
+    ("two fragments", False)])
+def test_the_binary_is_the_frame_as_extract_image_gives_it(services: Services, tmp_path: Path, shape: str,
+                                                            one_fragment: bool) -> None:
+    even, odd = jpeg_of_length(0), jpeg_of_length(1)
+    frames = {
+        "even": [even],
+        "odd (pad byte)": [odd],
+        "trailer after EOI": [even + b"TRAILER!"],  # the Binary ends 8 bytes before the fragment
+        "metadata to cut": [even[:2] + b"\xff\xe1\x00\x08Exif\x00\x00" + even[2:]],
+        "two fragments": [even[:100], even[100:]],
+    }[shape]
+    path = tmp_path / "frame.dcm"
+    sent = with_frame(path, frames)
+    assert (check_complete(path, JPEGBaseline8Bit).first_fragment is not None) is one_fragment
+    expected = extract_image(pydicom.dcmread(path))
+    result = services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert not result.replayed
+    binary = stored_binary(services, sent.SOPInstanceUID)
+    assert binary == expected.data
+    assert binary == (even if shape != "odd (pad byte)" else odd)
+    assert result.receipt["sha256"]["stored"] == hashlib.sha256(expected.data).hexdigest()
+    assert result.receipt["size"]["stored"] == len(expected.data)
+    assert list((tmp_path / "data" / "staging").iterdir()) == []
+
+
+def test_a_frame_that_does_not_walk_is_refused_and_nothing_is_stored(services: Services, tmp_path: Path) -> None:
+    path = tmp_path / "broken.dcm"
+    good = jpeg(64, 48)
+    sent = with_frame(path, [good[:len(good) // 2] + b"\x00" * (len(good) % 2)])
+    with pytest.raises(AdapterError) as refused:
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert dimse_status_for(refused.value) != SUCCESS
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def test_the_layout_says_where_the_frame_and_the_head_are(tmp_path: Path) -> None:
+    path = tmp_path / "layout.dcm"
+    sc_file(path, frame=jpeg_of_length(1))  # odd: the fragment has a pad byte
+    whole = path.read_bytes()
+    layout = check_complete(path, JPEGBaseline8Bit)
+    assert layout.size == len(whole) and layout.pixel_data is not None and layout.pixel_data.encapsulated
+    assert layout.head == whole[:layout.pixel_data.element]
+    assert whole[layout.pixel_data.element:layout.pixel_data.element + 4] == b"\xe0\x7f\x10\x00"
+    assert layout.first_fragment is not None
+    offset, length = layout.first_fragment
+    assert whole[offset:offset + length] == frame_of(path) + b"\x00"
+    assert read_header(layout.head).SOPInstanceUID == pydicom.dcmread(path).SOPInstanceUID
+
+
+def test_an_idle_association_is_aborted_after_the_network_timeout(services: Services) -> None:
+    scp = start_scp(services, network_timeout=0.5)
+    ae = AE(ae_title="PYNETSCU")
+    ae.add_requested_context(Verification)
+    try:
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+        assert assoc.is_established
+        wait_until(lambda: not scp._ae.active_associations, timeout=10)  # type: ignore[union-attr]
+        wait_until(lambda: not assoc.is_established, timeout=10)
+        assert assoc.is_aborted
+    finally:
+        ae.shutdown()
+        scp.stop()

@@ -472,6 +472,17 @@ def test_consents_for_patient(store: SqlRecordStore) -> None:
     assert store.consents_for_patient(Identifier(system="urn:x", value="1")) == []
 
 
+def test_consent_versions_for_patient(store: SqlRecordStore) -> None:
+    store.create(make_resource("Consent", "c1", patient=PATIENT, with_facts=False))
+    store.create(make_resource("Consent", "c2", patient=OTHER_PATIENT, with_facts=False))
+    store.create(make_resource("Consent", "c3", patient=None, facts=make_facts("Consent/c3", PATIENT)))
+    store.update(make_resource("Consent", "c1", patient=PATIENT, with_facts=False))
+    versions = store.consent_versions_for_patient(PATIENT)
+    assert versions == [(c.id, c.version_id) for c in store.consents_for_patient(PATIENT)]
+    assert sorted(versions) == [("c1", 2), ("c3", 1)]
+    assert store.consent_versions_for_patient(Identifier(system="urn:x", value="1")) == []
+
+
 def test_audit_is_listed_newest_first(store: SqlRecordStore) -> None:
     store.save_ingest(make_unit(audit_events=[{"n": 1}, {"n": 2}]))
     for n in range(3, 6):

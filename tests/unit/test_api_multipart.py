@@ -5,6 +5,7 @@ agreement with python-multipart on random bodies."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 from collections.abc import AsyncIterator, Iterable
@@ -66,6 +67,7 @@ def pieces(data: bytes, size: int) -> list[bytes]:
 def test_file_and_metadata(tmp_path: Path) -> None:
     parsed = parse([body()], tmp_path)
     assert parsed.file_data == b"\xff\xd8photo\xff\xd9" and parsed.file_path is None
+    assert parsed.file_sha256 == hashlib.sha256(parsed.file_data).hexdigest()
     assert parsed.file_size == len(parsed.file_data) and parsed.file_content_type == "image/jpeg"
     assert parsed.fields == {"metadata": META}
     assert parsed.upload == parsed.file_data and parsed.has_file
@@ -82,6 +84,7 @@ def test_any_chunking_gives_the_same_parts(tmp_path: Path, size: int) -> None:
     data = body(TRICKY, META + b"\r\n", preamble=b"ignored\r\n", first_crlf=True, epilogue=b"\r\nignored too")
     parsed = parse(pieces(data, size), tmp_path)
     assert parsed.file_data == TRICKY and parsed.fields == {"metadata": META + b"\r\n"}
+    assert parsed.file_sha256 == hashlib.sha256(TRICKY).hexdigest()
 
 
 def test_every_split_into_two_and_three_chunks(tmp_path: Path) -> None:
@@ -183,6 +186,7 @@ def test_a_file_over_the_memory_limit_is_spilled_whole(tmp_path: Path) -> None:
     parsed = parse(pieces(body(photo), 65_536), tmp_path, memory_bytes=1_000_000)
     assert parsed.file_data is None and parsed.file_path == tmp_path / "spill.part"
     assert parsed.file_path.read_bytes() == photo and parsed.upload == parsed.file_path
+    assert parsed.file_sha256 == hashlib.sha256(photo).hexdigest()
     assert parsed.file_size == len(photo) and parsed.fields == {"metadata": META}
     small = parse(pieces(body(photo[:999_999]), 65_536), tmp_path, memory_bytes=1_000_000)
     assert small.file_data == photo[:999_999] and small.file_path is None

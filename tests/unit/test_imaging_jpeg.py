@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import random
 import struct
 import sys
 from datetime import datetime, timedelta, timezone
@@ -17,6 +18,7 @@ from PIL import ExifTags, Image, ImageFilter
 
 from adapter.errors import ImageTooLarge, UndecodableImage, UnsupportedMediaType
 from adapter.imaging import ImageFacts, jpeg_pixel_size, orientation_only_tiff, sanitize, strip_to_pixels_only
+from adapter.imaging import jpeg as jpeg_module
 from adapter.imaging.jpeg import app_segments, walk
 from adapter.model.policy import Limits, Quality
 
@@ -242,6 +244,31 @@ def test_restart_markers_and_fill_bytes(tmp_path: Path) -> None:
     assert stored.count(b"\xff\xd0") == base.count(b"\xff\xd0")
     assert b"\xff\xff\xd0" in stored and b"\xff\xff\x00" in stored  # scan data copied verbatim
     assert not stored.endswith(b"\xff\xff\xd9")  # fill bytes are not copied
+
+
+def test_marker_search_with_numpy_agrees_with_the_regex() -> None:
+    """The block-wise numpy search finds the same first marker candidate as the regex, also
+    when the FF and the byte after it fall in two blocks."""
+    rng = random.Random(11)
+    alphabet = [0xFF, 0xFF, 0x00, 0xD0, 0xD7, 0xD8, 0xD9, 0xCF, 0x12]
+    for _ in range(2000):
+        data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 200)))
+        pos = rng.randrange(0, len(data) + 1)
+        found = jpeg_module._MARKER_CANDIDATE.search(data, pos)
+        expected = found.start() if found else -1
+        for block in (1, 2, 3, 7, 64, 1 << 16):
+            assert jpeg_module._marker_candidate_np(data, pos, block) == expected, (data, pos, block)
+
+
+def test_walk_is_the_same_without_numpy(monkeypatch: pytest.MonkeyPatch, large_photo: bytes) -> None:
+    base = jpeg(ms.photo((640, 480), seed=9), quality=95, restart_marker_blocks=1)
+    scan = walk(base).segments[-1].start
+    stuffed = base.index(b"\xff\x00", scan + 40_000)
+    received = base[:stuffed] + b"\xff\xff" + base[stuffed:]  # fill bytes deep in the scan data
+    layouts = [walk(received), walk(large_photo)]
+    assert layouts[0].segments[-1].end - layouts[0].segments[-1].start > jpeg_module._NP_MIN
+    monkeypatch.setattr(jpeg_module, "_np", None)
+    assert [walk(received), walk(large_photo)] == layouts
 
 
 def test_jfif_thumbnail_and_jfxx_removed(tmp_path: Path) -> None:

@@ -16,11 +16,18 @@ from fhir.resources.R4B import get_fhir_model_class
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from adapter.errors import InvalidInput, NotSupported, RequiredElementMissing, UndecodableImage, UnknownCode
 from adapter.mapping.codes import DICOM_UID_SYSTEM
-from adapter.mapping.dicom_fhir import ExtractedImage, extract_image, read_received, received_to_fhir
+from adapter.mapping.dicom_fhir import (
+    ExtractedImage,
+    extract_image,
+    jpeg_binary,
+    read_received,
+    received_to_fhir,
+)
 from adapter.mapping.dicom_photo import encode_dataset
 from adapter.mapping.dicom_tables import ENCAPSULATED_PDF, MF_TRUE_COLOR_SC, PatientIdentifierTable
 from adapter.model.photo import Identifier, Laterality, PhotoKind
@@ -291,3 +298,19 @@ def test_unsupported_pixel_data_is_refused() -> None:
         extract_image(palette)
     with pytest.raises(UndecodableImage):
         extract_image(base("1.2.840.10008.5.1.4.1.1.7"))
+
+
+def test_a_given_image_digest_is_the_one_computed_otherwise() -> None:
+    ds = reread(photo_object(PhotoKind.SECONDARY, stored_sample("document.jpg")))
+    _, image, computed = to_fhir(ds)
+    _, _, given = to_fhir(ds, image_sha256=hashlib.sha256(image.data).hexdigest())
+    assert given.all() == computed.all()
+
+
+def test_jpeg_binary_is_extract_image_in_pieces() -> None:
+    ds = reread(photo_object(PhotoKind.SECONDARY, stored_sample("document.jpg")))
+    image = extract_image(ds)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    plan = jpeg_binary(bytes(frame))
+    assert plan.join() == image.data and plan.size == len(image.data)
+    assert plan.prefix  # the adapter's own objects carry a stream that needs no cut

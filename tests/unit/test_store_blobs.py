@@ -89,10 +89,10 @@ def test_commit_fsyncs_file_before_rename_and_folders_after(tmp_path: Path,
     blob_root = (tmp_path / "data" / "blobs").resolve()
     assert events == [
         ("fsync", staged),
-        ("fsync-dir", blob_root),               # new shard folder sha[:2]
-        ("fsync-dir", blob_root / sha[:2]),     # new shard folder sha[2:4]
         ("replace", final),
         ("fsync-dir", final.parent),
+        ("fsync-dir", blob_root / sha[:2]),     # new shard folder sha[2:4]
+        ("fsync-dir", blob_root),               # new shard folder sha[:2]
         ("fsync-dir", staged.parent),
     ]
 
