@@ -1,8 +1,8 @@
 """Streaming ``multipart/form-data`` (RFC 7578 on RFC 2046 §5.1.1) for ``POST /photos``.
 
 The ``file`` part is hashed (SHA-256, for the receipt) and collected as it arrives, without
-being copied: up to ``memory_bytes`` it is
-kept in memory (a list of views of the received chunks, joined once at the end), so a photo
+being copied: up to ``memory_bytes`` it is, while the process-wide ``MEMORY_BUDGET`` (all
+uploads in flight together) allows, kept in memory (a list of views of the received chunks, joined once at the end), so a photo
 goes from the socket to the imaging code without a round trip through the disk; a larger one is
 spilled to a staging file as it streams in, written in blocks of ``SPILL_BLOCK`` bytes from a
 worker thread (never held whole in memory, never written from the event loop). Other parts
@@ -22,6 +22,7 @@ header line without a colon, part headers over ``HEADER_LIMIT`` bytes.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 SMALL_PART_LIMIT = 1024 * 1024  # metadata JSON, with room for a base64 consent form
 #: A ``file`` part up to this size is kept in memory; a larger one is spilled to disk.
 MEMORY_LIMIT = 8 * 1024 * 1024
+#: All uploads in flight together keep at most this many bytes in memory; beyond it an upload
+#: streams to disk, so memory stays bounded however many clients post at once.
+MEMORY_BUDGET_BYTES = 64 * 1024 * 1024
 #: Spilled bytes are written in blocks of at least this size.
 SPILL_BLOCK = 1024 * 1024
 #: The headers of one part (Content-Disposition, Content-Type) fit in far less.
@@ -44,6 +48,29 @@ PADDING_LIMIT = 1024
 _MAX_BOUNDARY = 70  # RFC 2046 §5.1.1
 
 _PREAMBLE, _AFTER_DELIMITER, _HEADERS, _BODY, _EPILOGUE = range(5)
+
+
+class MemoryBudget:
+    """Bytes of upload held in memory by this process, across concurrent requests."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give_back(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+MEMORY_BUDGET = MemoryBudget(MEMORY_BUDGET_BYTES)
 
 
 @dataclass
@@ -57,6 +84,15 @@ class ParsedUpload:
     file_content_type: str | None = None
     file_sha256: str | None = None  # of the file part's bytes, hashed as they arrived
     fields: dict[str, bytes] = field(default_factory=dict)
+    held: int = 0  # bytes of MEMORY_BUDGET this upload holds until release()
+    budget: MemoryBudget | None = None
+
+    def release(self) -> None:
+        """Give the in-memory bytes back to the budget (after the ingest used them)."""
+        if self.budget is not None and self.held:
+            self.budget.give_back(self.held)
+        self.held = 0
+        self.file_data = None
 
     @property
     def has_file(self) -> bool:
@@ -85,8 +121,10 @@ def _part_headers(block: bytes) -> dict[bytes, bytes]:
 class _Collector:
     """Where part bytes go; decides memory or disk for the ``file`` part."""
 
-    def __init__(self, spill_path: Path, max_bytes: int, memory_bytes: int) -> None:
-        self.result = ParsedUpload()
+    def __init__(self, spill_path: Path, max_bytes: int, memory_bytes: int, budget: MemoryBudget) -> None:
+        self.result = ParsedUpload(budget=budget)
+        self._budget = budget
+        self._over_budget = False
         self._spill_path = spill_path
         self._max_bytes = max_bytes
         self._memory_bytes = memory_bytes
@@ -122,6 +160,11 @@ class _Collector:
                 raise PayloadTooLarge(f"the photo is larger than {self._max_bytes} bytes")
             self.result.file_size = size
             self._digest.update(data)  # releases the GIL (for more than 2 KiB)
+            if self._sink is None and not self._over_budget:
+                if self._budget.take(len(data)):
+                    self.result.held += len(data)
+                else:
+                    self._over_budget = True  # spill what is held, stream the rest to disk
             self._pieces.append(data)
             self._pending += len(data)
         elif self._small is not None:
@@ -149,7 +192,7 @@ class _Collector:
         if not self._pieces:
             return False
         if self._sink is None:
-            return self.result.file_size > self._memory_bytes
+            return self._over_budget or self.result.file_size > self._memory_bytes
         return self._pending >= SPILL_BLOCK or self._file_done
 
     def spill(self) -> None:
@@ -159,6 +202,7 @@ class _Collector:
             self._sink = self._spill_path.open("wb")
             self.result.file_path = self._spill_path
         self._sink.writelines(pieces)
+        self.result.release()  # on disk now: the memory is the budget's again
 
     def finish(self) -> None:
         """After the close delimiter: the staging file complete and closed."""
@@ -170,6 +214,7 @@ class _Collector:
         if self._sink is not None:
             self._sink.close()
             self._sink = None
+        self.result.release()
 
 
 class MultipartParser:
@@ -282,9 +327,11 @@ class MultipartParser:
 
 
 async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes], spill_path: Path,
-                          max_bytes: int, *, memory_bytes: int | None = None) -> ParsedUpload:
+                          max_bytes: int, *, memory_bytes: int | None = None,
+                          budget: MemoryBudget = MEMORY_BUDGET) -> ParsedUpload:
     """Parse a multipart/form-data body. The ``file`` part comes back in memory when it has at
-    most ``memory_bytes`` (default MEMORY_LIMIT), else in the file ``spill_path``.
+    most ``memory_bytes`` (default MEMORY_LIMIT) and ``budget`` has room, else in the file
+    ``spill_path``. The caller calls ``release()`` on the result when done with it.
 
     On any error the partial file is removed and the error raised (nothing half-stored)."""
     ctype, params = parse_options_header(content_type or "")
@@ -295,7 +342,7 @@ async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes]
         raise InvalidInput("multipart/form-data without a boundary")
     if len(boundary) > _MAX_BOUNDARY:
         raise InvalidInput(f"the multipart boundary is longer than {_MAX_BOUNDARY} characters")
-    collector = _Collector(spill_path, max_bytes, MEMORY_LIMIT if memory_bytes is None else memory_bytes)
+    collector = _Collector(spill_path, max_bytes, MEMORY_LIMIT if memory_bytes is None else memory_bytes, budget)
     parser = MultipartParser(boundary, collector)
     total = 0
     try:

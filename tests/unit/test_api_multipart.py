@@ -251,3 +251,29 @@ def test_agrees_with_python_multipart_on_random_bodies(tmp_path: Path) -> None:
         reference = _reference(data, B.encode(), chunk)
         assert file_bytes(parsed) == reference["file"] == photo
         assert parsed.fields["metadata"] == reference["metadata"] == meta
+
+
+def test_the_process_wide_memory_budget_sends_uploads_to_disk(tmp_path: Path) -> None:
+    """However many clients post at once, in-memory uploads stay under the budget: past it an
+    upload streams to its staging file; release() gives the bytes back."""
+    from adapter.api.multipart import MemoryBudget
+
+    budget = MemoryBudget(100_000)
+    photo = os.urandom(60_000)
+    chunks = pieces(body(photo), 8192)
+    content_type = f"multipart/form-data; boundary={B}"
+    first = asyncio.run(parse_multipart(content_type, _stream(chunks), tmp_path / "a", 10_000_000,
+                                         budget=budget))
+    assert first.file_data == photo and first.file_path is None and budget.used == 60_000
+    second = asyncio.run(parse_multipart(content_type, _stream(chunks), tmp_path / "b", 10_000_000,
+                                          budget=budget))
+    assert second.file_data is None and second.file_path == tmp_path / "b"
+    assert (tmp_path / "b").read_bytes() == photo and budget.used == 60_000
+    assert second.file_sha256 == hashlib.sha256(photo).hexdigest()
+    first.release()
+    assert budget.used == 0
+    third = asyncio.run(parse_multipart(content_type, _stream(chunks), tmp_path / "c", 10_000_000,
+                                         budget=budget))
+    assert third.file_data == photo
+    third.release()
+    assert budget.used == 0

@@ -64,8 +64,9 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 1024 * 1024:
         raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
-    # A photo of up to MEMORY_LIMIT bytes stays in memory from the socket to the imaging code;
-    # a larger one is spilled to this staging file as it streams in (adapter.api.multipart).
+    # A photo of up to MEMORY_LIMIT bytes stays in memory from the socket to the imaging code
+    # while the process-wide MEMORY_BUDGET allows; otherwise it streams to this staging file
+    # (adapter.api.multipart), so memory stays bounded whatever the number of clients.
     spill = services.blobs.new_staging_path()
     parsed = await parse_multipart(request.headers.get("content-type"), request.stream(), spill, limit)
     try:
@@ -79,6 +80,7 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
                     received_sha256=parsed.file_sha256),
             limiter=_ingest_limiter(request))
     finally:
+        parsed.release()
         if parsed.file_path is not None:
             parsed.file_path.unlink(missing_ok=True)
     headers = {"Location": absolute(request, services, f"fhir/{result.location}")}
