@@ -171,7 +171,8 @@ def send(target: str, port: int, called_aet: str, files: list[Path], mb: float, 
     """One storescu association carrying every file; timed from its start to its exit."""
     result = Result(target, len(files), mb=mb)
     print(f"[{target}] storescu -xy: {len(files)} files to {called_aet}@127.0.0.1:{port} ...", flush=True)
-    cpu_before = tree_cpu_seconds(pid) if pid else None
+    # tree_cpu_seconds says None for a process that has not used a clock tick yet
+    cpu_before = (tree_cpu_seconds(pid) or 0.0) if pid else None
     scu_before = _children_cpu_seconds()
     t0 = time.perf_counter()
     try:
@@ -183,7 +184,7 @@ def send(target: str, port: int, called_aet: str, files: list[Path], mb: float, 
         return result
     result.seconds = time.perf_counter() - t0
     result.scu_cpu_ms = (_children_cpu_seconds() - scu_before) * 1000
-    cpu_after = tree_cpu_seconds(pid) if pid else None
+    cpu_after = (tree_cpu_seconds(pid) or 0.0) if pid else None
     if cpu_before is not None and cpu_after is not None:
         result.cpu_ms = (cpu_after - cpu_before) * 1000
     result.exit_code = done.returncode

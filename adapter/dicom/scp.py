@@ -182,29 +182,6 @@ class _AssociationSocket(AssociationSocket):
         return sock in readable
 
 
-def _load_writeback() -> Any:
-    """Linux ``sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)``: start writing a
-    range to disk without waiting, so that the fsync before the answer finds less to do."""
-    if os.environ.get("ADAPTER_EXPERIMENT_NO_WRITEBACK"):
-        return None
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        call = libc.sync_file_range
-        call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-        call.restype = ctypes.c_int
-    except (OSError, AttributeError):
-        return None
-    return call
-
-
-_writeback = _load_writeback()
-_SYNC_FILE_RANGE_WRITE = 2
-_WRITEBACK_EVERY = 1 << 20
-
-
 class _StreamingDUL(DULServiceProvider):
     """pynetdicom's DUL, except that the data set fragments of a C-STORE request being spooled
     go from the socket straight to the spool file, and that queuing a primitive for sending
@@ -264,8 +241,6 @@ class _StreamingDUL(DULServiceProvider):
         if self._chunk is None:
             self._chunk = bytearray(_SPOOL_CHUNK)
         kept = bytearray()
-        fd = spool.fileno() if _writeback is not None else -1
-        written = 0
         with memoryview(self._chunk) as chunk:
             while length > 0:
                 item = bytes(sock.recv(6))
@@ -289,10 +264,6 @@ class _StreamingDUL(DULServiceProvider):
                         raise EOFError
                     spool.write(piece)
                     left -= len(piece)
-                    written += len(piece)
-                    if fd >= 0 and written >= _WRITEBACK_EVERY:
-                        _writeback(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # what is dirty so far
-                        written = 0
         return bytes(kept)
 
 
@@ -310,6 +281,11 @@ class _Association(Association):
         finally:
             if isinstance(sock, _AssociationSocket) and not self.dul.is_alive():
                 sock.close_wakeup()  # else the DUL thread closes it with the socket
+
+    def kill(self) -> None:
+        # pynetdicom waits for the DUL to stop in a loop sleeping its loop delay: not 0 (a spin)
+        self.dul._run_loop_delay = _POLL_DELAY
+        super().kill()
 
     def _serve(self) -> None:
         self._is_paused = False

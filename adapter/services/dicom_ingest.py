@@ -43,12 +43,12 @@ import shutil
 import struct
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -110,6 +110,34 @@ class DicomIngestResult:
     @property
     def record(self) -> str:
         return str(self.receipt["record"])
+
+
+class _Lazy(Sequence[_T]):
+    """A sequence loaded on first use."""
+
+    def __init__(self, load: Callable[[], list[_T]]) -> None:
+        self._load = load
+        self._items: list[_T] | None = None
+
+    def _loaded(self) -> list[_T]:
+        if self._items is None:
+            self._items = self._load()
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> _T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
+
+    def __getitem__(self, index: int | slice) -> _T | list[_T]:
+        return self._loaded()[index]
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __iter__(self) -> Iterator[_T]:
+        return iter(self._loaded())
 
 
 def _new_id() -> str:
@@ -283,8 +311,8 @@ def check_complete(path: Path, transfer_syntax: str) -> FileLayout:
 # copying and fsync wait on the CPU's other core or on the disk, not on the parsing and mapping.
 
 _WRITE_CHUNK = 1 << 20  # one write() of several MB is several times slower than 1 MiB ones here
-_COPY_FALLBACK = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM,
-                            errno.EBADF, errno.ETXTBSY})
+# copy_file_range is not possible here (old kernel, file systems, a sandbox): read and write
+_COPY_FALLBACK = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM})
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -299,14 +327,20 @@ def _helpers() -> ThreadPoolExecutor:
 
 
 def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file, in one call over its mapping: the GIL is released once for the whole
+    file (hashlib.file_digest takes it back after every 256 KiB, and then waits for whichever
+    thread holds it)."""
     try:
         with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except OSError as exc:
+            if os.fstat(fh.fileno()).st_size == 0:
+                return hashlib.sha256().hexdigest()
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return hashlib.sha256(mapped).hexdigest()
+    except (OSError, ValueError) as exc:
         raise StorageError("the received dataset could not be read") from exc
 
 
-def _parts_sha256(parts: tuple[bytes | memoryview, ...]) -> str | None:
+def _parts_sha256(parts: tuple[bytes | memoryview, ...]) -> str | None:  # the type of _fragment_sha256
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part)
@@ -380,19 +414,6 @@ def _stage_parts(staged: Path, parts: tuple[bytes | memoryview, ...]) -> None:
         raise StorageError("could not stage the image bytes") from exc
 
 
-def _stage_range(staged: Path, source: Path, offset: int, length: int) -> None:
-    try:
-        with open(source, "rb") as src:
-            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                _copy_range(src.fileno(), offset, length, fd)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except OSError as exc:
-        raise StorageError("could not stage the image bytes") from exc
-
-
 class _Work:
     """The staged files and helper tasks of one ingest. :meth:`close` waits for every task and
     removes every staged file not committed, so a refusal or failure leaves nothing behind."""
@@ -462,19 +483,23 @@ def _binary_of_bytes(work: _Work, image: ExtractedImage) -> _Binary:
 
 
 def _stage_fragment(staged: Path, source: Path, offset: int, length: int, size: Future[int | None]) -> None:
-    """Copy a whole fragment to ``staged`` and fsync it, then cut it to ``size`` (once known)."""
-    _stage_range(staged, source, offset, length)
-    cut = size.result()
-    if cut is not None and cut != length:
-        try:
-            fd = os.open(staged, os.O_WRONLY)
+    """Copy a whole fragment of ``source`` to ``staged``, cut it to ``size`` once that is known
+    (None: the copy is not wanted) and fsync it."""
+    try:
+        with open(source, "rb") as src:
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                os.ftruncate(fd, cut)
+                _copy_range(src.fileno(), offset, length, fd)
+                cut = size.result()
+                if cut is None:
+                    return
+                if cut != length:
+                    os.ftruncate(fd, cut)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except OSError as exc:
-            raise StorageError("could not stage the image bytes") from exc
+    except OSError as exc:
+        raise StorageError("could not stage the image bytes") from exc
 
 
 def _fragment_sha256(frame: bytes, ahead: int, size: Future[int | None]) -> str | None:
@@ -693,11 +718,13 @@ class DicomIngestService:
 
     def _assess(self, obj: ReceivedObject, now: datetime) -> IngestAssessment:
         """The ingest consent rules for the object, sent by a colleague inside the organisation
-        (the sending AE on behalf of its institution)."""
+        (the sending AE on behalf of its institution). The patient's Consents are read from
+        the store only if the rules look at them (they do for kinds that need consent for
+        care, not for documents and secondary captures)."""
         meta = PhotoMetadata(
             patient=PatientRef(system=obj.patient.system, value=obj.patient.value), kind=obj.kind,
             source=RECEIVED_SOURCE, colleague=Colleague(name=f"AE {obj.calling_ae}", organisation=obj.institution))
-        return assess_ingest(meta, self._existing_grants(obj.patient), self._tables, now)
+        return assess_ingest(meta, _Lazy(lambda: self._existing_grants(obj.patient)), self._tables, now)
 
     def _store_object(self, received: ReceivedStore, obj: ReceivedObject, binary: _Binary,
                       assessment: IngestAssessment, work: _Work, original: Path, original_ready: Future[None],

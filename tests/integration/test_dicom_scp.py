@@ -577,11 +577,12 @@ def test_accepted_associations_get_the_faster_receive_path(scp: StoreSCP) -> Non
         ae.shutdown()
 
 
-def test_a_large_object_over_small_pdus_is_stored_as_sent(adapter: tuple[FhirClient, Services],
-                                                          tmp_path: Path, pynetdicom_config: Path) -> None:
+@pytest.mark.parametrize("max_pdu", [16 * 1024, 4 * 1024 * 1024])
+def test_a_large_object_is_stored_as_sent(adapter: tuple[FhirClient, Services], tmp_path: Path,
+                                          pynetdicom_config: Path, max_pdu: int) -> None:
     need_dcmtk()
     _, services = adapter
-    scp = start_scp(services, max_pdu=16 * 1024)  # many PDUs, each streamed to the spool file
+    scp = start_scp(services, max_pdu=max_pdu)  # 16 KiB: many PDUs, each streamed to the spool file
     try:
         paths, sent = [], []
         for n in range(3):
@@ -592,8 +593,10 @@ def test_a_large_object_over_small_pdus_is_stored_as_sent(adapter: tuple[FhirCli
         for path, ds in zip(paths, sent, strict=True):
             instance = services.store.find_dicom_instance(ds.SOPInstanceUID)
             assert instance is not None and instance.blob_sha256 is not None
-            kept = pydicom.dcmread(services.blobs.path(instance.blob_sha256))
-            assert kept.PixelData == ds.PixelData and kept.SOPInstanceUID == ds.SOPInstanceUID
+            kept = services.blobs.path(instance.blob_sha256).read_bytes()
+            assert hashlib.sha256(kept).hexdigest() == instance.blob_sha256
+            as_kept = pydicom.dcmread(io.BytesIO(kept))
+            assert as_kept.PixelData == ds.PixelData and as_kept.SOPInstanceUID == ds.SOPInstanceUID
             assert stored_binary(services, ds.SOPInstanceUID) == frame_of(path)
         assert list(pynetdicom_config.iterdir()) == []
         assert list((tmp_path / "data" / "staging").iterdir()) == []
