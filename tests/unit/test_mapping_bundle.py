@@ -102,11 +102,8 @@ def test_entries_are_not_changed() -> None:
 
 
 def test_r4_bundle_passes_the_npm_validators() -> None:
-    try:
-        from tests.support.fhir_validator import validate_r4
-    except ImportError:
-        pytest.skip("tests/support/fhir_validator.py is not available")
     from tests.conftest import require_or_skip
+    from tests.support.fhir_validator import validate_r4
 
     entries = [labelled("Media", "m1", "R"), labelled("Binary", "b1", "V")]
     bundle = searchset(entries, total=3, self_url=BASE + "Media?_count=2", next_url=BASE + "Media?_offset=2",

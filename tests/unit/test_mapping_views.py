@@ -529,11 +529,8 @@ def test_pseudonymizer_refuses_an_empty_key_and_hides_it() -> None:
 # --- independent validation -------------------------------------------------------------------
 
 def test_outputs_pass_the_npm_validators(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
-    try:
-        from tests.support.fhir_validator import validate_r4 as npm_validate_r4
-    except ImportError:
-        pytest.skip("tests/support/fhir_validator.py is not available")
     from tests.conftest import require_or_skip
+    from tests.support.fhir_validator import validate_r4 as npm_validate_r4
 
     outputs = [render(FACTORIES[rt](), decision(view), tables=tables, pseudonymizer=pseudonymizer)
                for rt, view in ALL]
