@@ -134,7 +134,7 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     return Services(
         settings=settings, tables=tables, store=store, blobs=blobs, pseudonymizer=pseudonymizer,
         auditor=auditor, ingest=ingest,
-        transactions=TransactionService(ingest=ingest, blobs=blobs, tables=tables, now=now),
+        transactions=TransactionService(ingest=ingest, tables=tables, now=now),
         consents=ConsentService(store=store, auditor=auditor, known_purposes=set(tables.purposes.codes), now=now),
         now=now,
         dicom_ingest=DicomIngestService(store=store, blobs=blobs, tables=tables, dicom_tables=dicom_tables,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from adapter.mapping.tables import Tables
@@ -20,24 +19,20 @@ from adapter.mapping.transaction import (
 )
 from adapter.model.purpose import RequestContext
 from adapter.services.ingest import IngestResult, IngestService
-from adapter.store.port import BlobStore
 
 
 class TransactionService:
-    def __init__(self, *, ingest: IngestService, blobs: BlobStore, tables: Tables,
-                 now: Callable[[], datetime]) -> None:
+    def __init__(self, *, ingest: IngestService, tables: Tables, now: Callable[[], datetime]) -> None:
         self._ingest = ingest
-        self._blobs = blobs
         self._tables = tables
         self._now = now
 
     def process(self, bundle: dict[str, Any], *, idempotency_key: str | None,
                 ctx: RequestContext) -> tuple[dict[str, Any], IngestResult]:
         submission = parse_transaction(bundle, self._tables)
-        upload: Path = self._blobs.new_staging_path()
-        with upload.open("wb") as fh:
-            fh.write(submission.image_bytes)
-        result = self._ingest.ingest_photo(upload, submission.meta, idempotency_key=idempotency_key, ctx=ctx)
+        # the decoded Binary.data is already in memory: hand it over as bytes (no staging file)
+        result = self._ingest.ingest_photo(submission.image_bytes, submission.meta,
+                                           idempotency_key=idempotency_key, ctx=ctx)
         receipt = result.receipt
         locations: dict[str, str] = {ROLE_BINARY: receipt["binary"], ROLE_RECORD: receipt["record"]}
         if receipt["consents"]:
