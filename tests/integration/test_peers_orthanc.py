@@ -8,7 +8,6 @@ over REST and reads it back unchanged. Without Orthanc installed the test is ski
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.uid import JPEGBaseline8Bit
 
+from tests.conftest import require_or_skip
 from tests.support.dcmtk import wrap_jpeg_as_sc
 from tests.support.orthanc import OrthancPeer, assert_loopback_only, orthanc_missing
 
@@ -26,10 +26,7 @@ pytestmark = pytest.mark.integration
 
 def require_orthanc() -> None:
     missing = orthanc_missing()
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI: {missing}")
-        pytest.skip(missing)
+    require_or_skip(missing is None, missing or "")
 
 
 def small_jpeg(width: int = 64, height: int = 48) -> bytes:

@@ -33,6 +33,7 @@ from adapter.store import (
     open_store,
 )
 from adapter.store.schema import SCHEMA_VERSION
+from tests.conftest import require_or_skip
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +56,8 @@ def postgres_url() -> str:
         with engine.connect():
             pass
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        message = f"PostgreSQL is not reachable at {engine.url.render_as_string()}: {type(exc).__name__}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        require_or_skip(False, f"PostgreSQL is not reachable at {engine.url.render_as_string()}: "
+                               f"{type(exc).__name__}")
     finally:
         engine.dispose()
     return PG_URL

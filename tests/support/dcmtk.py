@@ -28,6 +28,7 @@ from .orthanc import (
     is_loopback_host,
     peer_env,
     shim_path,
+    start_with_retries,
     stop_process,
     tail,
 )
@@ -165,18 +166,7 @@ class StoreSCP:
     def start(self) -> Self:
         if self.proc is not None:
             return self
-        attempts = 1 if self._fixed_port else 3
-        for attempt in range(attempts):
-            try:
-                self._start_once()
-                return self
-            except PeerError:
-                self.stop()
-                if attempt == attempts - 1:
-                    raise
-            except BaseException:
-                self.stop()
-                raise
+        start_with_retries(self._start_once, self.stop, attempts=1 if self._fixed_port else 3)
         return self
 
     def _start_once(self) -> None:

@@ -25,7 +25,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -73,6 +73,22 @@ def peer_env(**extra: str) -> dict[str, str]:
     env["TCP_NODELAY"] = "1"
     env.update(extra)
     return env
+
+
+def start_with_retries(start_once: Callable[[], None], stop: Callable[[], None], *, attempts: int) -> None:
+    """Start a peer on a free port; a PeerError (e.g. the port was taken before the peer bound
+    it) is retried up to ``attempts`` times, anything else stops the peer and propagates."""
+    for attempt in range(attempts):
+        try:
+            start_once()
+            return
+        except PeerError:
+            stop()
+            if attempt == attempts - 1:
+                raise
+        except BaseException:
+            stop()
+            raise
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -281,18 +297,8 @@ class OrthancPeer:
         missing = orthanc_missing()
         if missing:
             raise PeerUnavailable(missing)
-        attempts = 1 if all(self._fixed_ports) else 3  # a free port may be taken before Orthanc binds it
-        for attempt in range(attempts):
-            try:
-                self._start_once()
-                return self
-            except PeerError:
-                self.stop()
-                if attempt == attempts - 1:
-                    raise
-            except BaseException:
-                self.stop()
-                raise
+        # a free port may be taken before Orthanc binds it
+        start_with_retries(self._start_once, self.stop, attempts=1 if all(self._fixed_ports) else 3)
         return self
 
     def _start_once(self) -> None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import random
 import struct
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -28,16 +25,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 JPEG_SAMPLES = ["wound.jpg", "document.jpg", "tiny.jpg"]
 
 
-def _load_samples_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_samples", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-ms = _load_samples_module()
+from samples import make_samples as ms
 
 
 def run(tmp_path: Path, data: bytes, *, quality: Quality | None = None,

@@ -4,11 +4,8 @@ rotated photos as lossless native pixels, times, anatomy, privacy (no EXIF/GPS e
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -24,7 +21,6 @@ from adapter.mapping.dicom_tables import SC_IMAGE, VL_PHOTOGRAPHIC
 from adapter.mapping.dicom_uids import photo_uids
 from adapter.model.photo import Identifier, PhotoKind
 from tests.support.dciodvfy import (
-    SAMPLES,
     UID_ROOT,
     jpeg_of,
     photo_object,
@@ -42,16 +38,7 @@ JPEGS = ["document.jpg", "tiny.jpg"]           # stored with Orientation 1: wrap
 ROTATED = ["wound.jpg", "lesion.png"]          # stored with Orientation 6 and 8
 
 
-def _samples_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_samples", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-ms = _samples_module()
+from samples import make_samples as ms
 
 
 def decoded(data: bytes, orientation: int | None = None) -> np.ndarray:
