@@ -47,6 +47,7 @@ class StoredResource:
     resource: dict[str, Any]
     facts: AccessFacts | None = None
     blob_sha256: str | None = None
+    blob_range: tuple[int, int] | None = None  # NewResource.blob_range
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,11 @@ class NewResource:
     resource: dict[str, Any]
     index: SearchIndex
     facts: AccessFacts | None = None
+    #: The blob holding the resource's bytes, and where in it: ``blob_range`` (offset, length)
+    #: when they are a byte range of a larger blob (a received DICOM object's JPEG frame, kept
+    #: once inside the object as received), None when they are the whole blob.
     blob_sha256: str | None = None
+    blob_range: tuple[int, int] | None = None
 
 
 @dataclass

@@ -190,7 +190,7 @@ class ScopedReader:
         if stored.blob_sha256 is None:
             raise NotFound(f"Binary/{id} has no content")
         content_type = str(stored.resource.get("contentType", "application/octet-stream"))
-        data = self._blobs.path(stored.blob_sha256).read_bytes()
+        data = self._blobs.read(stored.blob_sha256, stored.blob_range)
         if decision.view is View.DEIDENTIFIED:
             data = strip_to_pixels_only(data, content_type)
         resource = self._render(stored, decision)

@@ -14,7 +14,7 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 6. the Binary's bytes: the JPEG frame as received (no re-encoding), a lossless PNG of native
    pixel data, or the PDF;
 7. blobs fsynced to their content addresses (invisible until referenced): the object as received
-   (Part 10) and the Binary's bytes;
+   (Part 10) and, unless they are a byte range of it, the Binary's bytes;
 8. one database transaction: resources, DICOM instance, receipt, audit event.
 
 Speed without shortcuts: the work that waits on the disk or hashes (SHA-256 of the object and of
@@ -23,8 +23,9 @@ steps 3-6, as soon as the object is known to be complete; steps 7 and 8 then onl
 commit. A JPEG Baseline object whose pixel data is one fragment (the usual case) is handled
 without pydicom touching its pixel data: the frame is read from its place in the file, walked
 once (adapter.imaging.frame.encapsulated_jpeg) and, when nothing has to be cut from it, the
-Binary's bytes are copied from the received file in the kernel (copy_file_range). A frame
-that does not walk is refused at step 6 as before, even though it is looked at earlier.
+Binary is that byte range of the object as received (NewResource.blob_range): stored once,
+not copied. A frame that does not walk is refused at step 6 as before, even though it is
+looked at earlier.
 
 A failure at any step leaves nothing: staged files are removed, committed blobs are only
 content-addressed bytes nobody references. The received file itself belongs to the SCP.
@@ -311,8 +312,6 @@ def check_complete(path: Path, transfer_syntax: str) -> FileLayout:
 # copying and fsync wait on the CPU's other core or on the disk, not on the parsing and mapping.
 
 _WRITE_CHUNK = 1 << 20  # one write() of several MB is several times slower than 1 MiB ones here
-# copy_file_range is not possible here (old kernel, file systems, a sandbox): read and write
-_COPY_FALLBACK = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM})
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -354,29 +353,6 @@ def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> None:
             chunk = view[start:start + _WRITE_CHUNK]
             while chunk:
                 chunk = chunk[os.write(fd, chunk):]
-
-
-def _copy_range(src: int, offset: int, length: int, fd: int) -> None:
-    """``length`` bytes of ``src`` from ``offset`` appended to ``fd``: in the kernel where it can
-    (copy_file_range), else read and written in chunks."""
-    done = 0
-    copy = getattr(os, "copy_file_range", None)
-    while copy is not None and done < length:
-        try:
-            n = copy(src, fd, length - done, offset + done)
-        except OSError as exc:
-            if exc.errno not in _COPY_FALLBACK:
-                raise
-            break
-        if n == 0:
-            raise StorageError("the received object is shorter than its pixel data")
-        done += n
-    while done < length:
-        data = os.pread(src, min(_WRITE_CHUNK, length - done), offset + done)
-        if not data:
-            raise StorageError("the received object is shorter than its pixel data")
-        _write_all(fd, (data,))
-        done += len(data)
 
 
 def _fsync(path: Path) -> None:
@@ -468,38 +444,20 @@ class _Work:
 
 @dataclass(frozen=True)
 class _Binary:
-    """The Binary's bytes (``image``), where they are being staged and their digest."""
+    """The Binary's bytes (``image``) and their digest; where they are being staged or, for a
+    frame kept in place, their ``offset`` in the received object (then nothing is staged)."""
 
     image: ExtractedImage
-    staged: Path
-    ready: Future[None]
     sha256: Future[str | None]  # None only for a fragment that turned out to need a cut
+    staged: Path | None = None
+    ready: Future[None] | None = None
+    offset: int | None = None
 
 
 def _binary_of_bytes(work: _Work, image: ExtractedImage) -> _Binary:
     staged = work.staging_path()
     parts = (image.data,)
-    return _Binary(image, staged, work.submit(_stage_parts, staged, parts), work.submit(_parts_sha256, parts))
-
-
-def _stage_fragment(staged: Path, source: Path, offset: int, length: int, size: Future[int | None]) -> None:
-    """Copy a whole fragment of ``source`` to ``staged``, cut it to ``size`` once that is known
-    (None: the copy is not wanted) and fsync it."""
-    try:
-        with open(source, "rb") as src:
-            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                _copy_range(src.fileno(), offset, length, fd)
-                cut = size.result()
-                if cut is None:
-                    return
-                if cut != length:
-                    os.ftruncate(fd, cut)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except OSError as exc:
-        raise StorageError("could not stage the image bytes") from exc
+    return _Binary(image, work.submit(_parts_sha256, parts), staged, work.submit(_stage_parts, staged, parts))
 
 
 def _fragment_sha256(frame: bytes, ahead: int, size: Future[int | None]) -> str | None:
@@ -515,20 +473,18 @@ def _fragment_sha256(frame: bytes, ahead: int, size: Future[int | None]) -> str 
 
 
 #: The Binary of a frame that needs no cut is the frame up to its EOI: the whole fragment, or
-#: the fragment without its pad byte; its copy and digest start before the walk says which.
+#: the fragment without its pad byte; its digest starts before the walk says which.
 _FRAGMENT_TAIL = 2
 
 
 def _binary_of_first_fragment(work: _Work, path: Path, fragment: tuple[int, int]) -> _Binary:
     """The Binary of a JPEG Baseline object whose pixel data is one fragment (frame 1), read
     from the file and walked once. When it needs no cut (the usual case) the Binary is the
-    fragment up to EOI, a byte range of the received file: copied in the kernel and hashed by
-    helpers that start before the walk and are told its end afterwards. Else the cut stream is
-    written as any other Binary."""
+    fragment up to EOI: a byte range of the received object, which is stored anyway, so it is
+    not written a second time; its digest is computed by a helper that starts before the walk
+    and is told the frame's end afterwards. Else the cut stream is written as any other Binary."""
     offset, length = fragment
     size: Future[int | None] = work.promise()
-    staged = work.staging_path()
-    ready = work.submit(_stage_fragment, staged, path, offset, length, size)
     try:
         with open(path, "rb") as fh:
             frame = os.pread(fh.fileno(), length, offset)
@@ -546,7 +502,7 @@ def _binary_of_first_fragment(work: _Work, path: Path, fragment: tuple[int, int]
         size.set_result(None)
         return _binary_of_bytes(work, ExtractedImage(plan.join(), JPEG))
     size.set_result(plan.size)
-    return _Binary(ExtractedImage(memoryview(frame)[:plan.size], JPEG), staged, ready, sha256)
+    return _Binary(ExtractedImage(memoryview(frame)[:plan.size], JPEG), sha256, offset=offset)
 
 
 #: What pydicom raises on a malformed value when it is first used (it parses lazily); anything
@@ -734,9 +690,16 @@ class DicomIngestService:
         (done by helpers while this thread builds the resources)."""
         image_sha256 = binary.sha256.result()
         assert image_sha256 is not None
-        committed = (work.commit(original, original_ready, original_sha256),
-                     work.commit(binary.staged, binary.ready, image_sha256))
-        unit = self._unit(received, obj, binary.image, image_sha256, assessment, original_sha256, study_date, now)
+        committed = [work.commit(original, original_ready, original_sha256)]
+        if binary.staged is not None:
+            assert binary.ready is not None
+            committed.append(work.commit(binary.staged, binary.ready, image_sha256))
+            image_blob: tuple[str, tuple[int, int] | None] = (image_sha256, None)
+        else:  # a range of the received object
+            assert binary.offset is not None
+            image_blob = (original_sha256, (binary.offset, len(binary.image.data)))
+        unit = self._unit(received, obj, binary.image, image_sha256, image_blob, assessment, original_sha256,
+                          study_date, now)
         for blob in committed:
             blob.result()
         try:
@@ -750,8 +713,10 @@ class DicomIngestService:
         return DicomIngestResult(receipt=unit.receipt, replayed=False)
 
     def _unit(self, received: ReceivedStore, obj: ReceivedObject, image: ExtractedImage, image_sha256: str,
-              assessment: IngestAssessment, original_sha256: str, study_date: str | None,
-              now: datetime) -> IngestUnit:
+              image_blob: tuple[str, tuple[int, int] | None], assessment: IngestAssessment,
+              original_sha256: str, study_date: str | None, now: datetime) -> IngestUnit:
+        """The ingest unit; ``image_blob`` is where the Binary's bytes are: a blob, and the
+        (offset, length) range of it when they are part of the received object."""
         record_id, binary_id, provenance_id = _new_id(), _new_id(), _new_id()
         built = received_to_fhir(obj, image, record_id=record_id, binary_id=binary_id, provenance_id=provenance_id,
                                  received_sha256=original_sha256, tables=self._tables,
@@ -765,9 +730,9 @@ class DicomIngestService:
         provenance_index = index_resource(built.provenance)
         resources = [
             NewResource(record_type, record_id, built.record, index_resource(built.record), facts,
-                        blob_sha256=image_sha256),
+                        blob_sha256=image_blob[0], blob_range=image_blob[1]),
             NewResource("Binary", binary_id, built.binary, SearchIndex(patient=patient), facts,
-                        blob_sha256=image_sha256),
+                        blob_sha256=image_blob[0], blob_range=image_blob[1]),
             NewResource("Provenance", provenance_id, built.provenance,
                         dataclasses.replace(provenance_index, patient=patient), facts),
         ]

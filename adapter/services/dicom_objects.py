@@ -79,7 +79,7 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
             raise NotFound("the received DICOM file is missing") from exc
     if stored.blob_sha256 is None or stored.facts is None:
         raise NotFound("the record has no stored photo")
-    image = blobs.path(stored.blob_sha256).read_bytes()
+    image = blobs.read(stored.blob_sha256, stored.blob_range)
     return photo_to_dicom(
         stored.resource, image, _content_type(stored.resource), kind=stored.facts.kind,
         patient=instance.patient, uids=PhotoUids(study=instance.study_instance_uid,

@@ -158,5 +158,21 @@ class FileBlobStore:
             raise NotFound("no stored image with this digest")
         return self._address(sha256)
 
+    def read(self, sha256: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """The bytes of a committed blob, or the (offset, length) range of them (raises
+        NotFound if absent, StorageError if the blob is shorter than the range)."""
+        path = self.path(sha256)
+        try:
+            if byte_range is None:
+                return path.read_bytes()
+            offset, length = byte_range
+            with open(path, "rb") as fh:
+                data = os.pread(fh.fileno(), length, offset)
+        except OSError as exc:
+            raise StorageError("could not read the stored image bytes") from exc
+        if len(data) != length:
+            raise StorageError("the stored blob is shorter than the range recorded for it")
+        return data
+
     def exists(self, sha256: str) -> bool:
         return bool(_SHA256.match(sha256)) and self._address(sha256).is_file()

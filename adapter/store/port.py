@@ -62,6 +62,9 @@ class BlobStore(Protocol):
     def path(self, sha256: str) -> Path:
         """Path of a committed blob (raises NotFound if absent)."""
 
+    def read(self, sha256: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """The bytes of a committed blob, or its (offset, length) range (NotFound if absent)."""
+
     def exists(self, sha256: str) -> bool: ...
 
 

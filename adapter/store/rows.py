@@ -57,6 +57,8 @@ def resource_row(new: NewResource, document: dict[str, Any] | EncodedJson, versi
         "consent_pending": facts.consent_pending if facts else None,
         "consent_ids": list(facts.consent_ids) if facts else None,
         "blob_sha256": new.blob_sha256,
+        "blob_offset": new.blob_range[0] if new.blob_range else None,
+        "blob_length": new.blob_range[1] if new.blob_range else None,
     }
 
 
@@ -94,6 +96,7 @@ def stored_from_row(row: RowMapping) -> StoredResource:
         resource=row["json"],
         facts=facts_from_row(row),
         blob_sha256=row["blob_sha256"],
+        blob_range=(row["blob_offset"], row["blob_length"]) if row["blob_offset"] is not None else None,
     )
 
 

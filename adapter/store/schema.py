@@ -27,7 +27,9 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
@@ -37,7 +39,8 @@ from adapter.store.dates import UtcDateTime, now_instant
 
 #: Bump when the tables change, and add a migration step that upgrades the previous version.
 #: 1: resources, history, tokens, receipts, audit. 2: dicom_instances and outbox (DICOM bridge).
-SCHEMA_VERSION = 2
+#: 3: resources.blob_offset and blob_length (a Binary that is a byte range of a received object).
+SCHEMA_VERSION = 3
 
 
 class EncodedJson(str):
@@ -106,6 +109,8 @@ resources = Table(
     Column("consent_pending", Boolean),
     Column("consent_ids", JsonText),
     Column("blob_sha256", String(64)),
+    Column("blob_offset", BigInteger),  # with blob_length: the bytes are this range of the blob
+    Column("blob_length", BigInteger),
     PrimaryKeyConstraint("resource_type", "id"),
     # Searches are per type and ordered by (last_updated, id): indexes lead with the type and
     # end with the order, so the planner has no reason to scan a whole type (SQLite keeps no
@@ -208,10 +213,20 @@ def _migrate(conn: Connection, found: int) -> None:
     """Upgrade a database of schema version ``found`` to SCHEMA_VERSION.
 
     1 → 2 adds only tables (dicom_instances, outbox), which ``create_all`` has made already;
-    a later version that alters tables adds its steps here.
+    2 → 3 adds two nullable columns to ``resources`` (existing rows: whole blobs).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
+        for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
+            if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl_type}"))
         conn.execute(insert(schema_version).values(version=version, applied=now_instant()))
+
+
+#: The columns each version adds to an existing table (table, column, type, the same DDL on
+#: SQLite and PostgreSQL); ``create_all`` makes new tables whole but never alters one.
+_ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str], ...]] = {
+    3: (("resources", "blob_offset", "BIGINT"), ("resources", "blob_length", "BIGINT")),
+}
 
 
 def create_schema(conn: Connection) -> None:

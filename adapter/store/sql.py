@@ -187,7 +187,8 @@ class SqlRecordStore:
         with self._write() as conn:
             conn.execute(insert(resources), resource_row(new, document, 1, now))
             self._insert_version(conn, new, document, 1, audit_events, now)
-        return StoredResource(new.resource_type, new.id, 1, now, document, new.facts, new.blob_sha256)
+        return StoredResource(new.resource_type, new.id, 1, now, document, new.facts, new.blob_sha256,
+                              new.blob_range)
 
     def update(self, new: NewResource, *, if_match: int | None = None,
                audit_events: Sequence[dict[str, Any]] = ()) -> StoredResource:
@@ -215,7 +216,8 @@ class SqlRecordStore:
             conn.execute(delete(tokens).where(tokens.c.resource_type == new.resource_type,
                                               tokens.c.id == new.id))
             self._insert_version(conn, new, document, version, audit_events, now)
-        return StoredResource(new.resource_type, new.id, version, now, document, new.facts, new.blob_sha256)
+        return StoredResource(new.resource_type, new.id, version, now, document, new.facts, new.blob_sha256,
+                              new.blob_range)
 
     def append_audit(self, event: dict[str, Any]) -> None:
         with self._write() as conn:

@@ -542,8 +542,13 @@ def stored_binary(services: Services, sop_uid: str) -> bytes:
     assert instance is not None
     record = services.store.get(instance.record_type, instance.record_id)
     assert record is not None and record.blob_sha256 is not None
-    data = services.blobs.path(record.blob_sha256).read_bytes()
-    assert hashlib.sha256(data).hexdigest() == record.blob_sha256
+    data = services.blobs.read(record.blob_sha256, record.blob_range)
+    receipt = services.store.find_receipt(patient=instance.patient, stored_sha256=instance.blob_sha256)
+    assert receipt is not None and hashlib.sha256(data).hexdigest() == receipt["sha256"]["stored"]
+    if record.blob_range is None:  # a Binary of its own
+        assert record.blob_sha256 == receipt["sha256"]["stored"]
+    else:  # the frame where it lies in the object as received
+        assert record.blob_sha256 == instance.blob_sha256 == receipt["sha256"]["received"]
     return data
 
 

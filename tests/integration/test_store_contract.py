@@ -112,7 +112,8 @@ def make_facts(governed_by: str = "Media/x", patient: Identifier = PATIENT, **kw
 def make_resource(resource_type: str = "Media", id: str | None = None, *, patient: Identifier | None = PATIENT,
                   reference: str | None = None, date: datetime | None = None, status: str | None = "completed",
                   tokens: tuple[tuple[str, str | None, str], ...] = (), facts: AccessFacts | None = None,
-                  with_facts: bool = True, blob_sha256: str | None = None, **extra: Any) -> NewResource:
+                  with_facts: bool = True, blob_sha256: str | None = None,
+                  blob_range: tuple[int, int] | None = None, **extra: Any) -> NewResource:
     id = id or new_id()
     if facts is None and with_facts and patient is not None:
         facts = make_facts(f"{resource_type}/{id}", patient)
@@ -120,7 +121,7 @@ def make_resource(resource_type: str = "Media", id: str | None = None, *, patien
         resource_type=resource_type, id=id,
         resource={"resourceType": resource_type, "id": id, "status": status, **extra},
         index=SearchIndex(patient=patient, patient_reference=reference, date=date, status=status, tokens=tokens),
-        facts=facts, blob_sha256=blob_sha256)
+        facts=facts, blob_sha256=blob_sha256, blob_range=blob_range)
 
 
 def make_unit(resources: list[NewResource] | None = None, *, key: str | None = "auto",
@@ -130,7 +131,8 @@ def make_unit(resources: list[NewResource] | None = None, *, key: str | None = "
     if resources is None:
         media = make_resource("Media", blob_sha256=sha, patient=patient, tokens=(("type", SNOMED, "photo"),))
         governed = make_facts(f"Media/{media.id}", patient)
-        resources = [media, make_resource("Binary", facts=governed, patient=None, status=None),
+        resources = [media, make_resource("Binary", facts=governed, patient=None, status=None, blob_sha256=sha,
+                                          blob_range=(132, 2048)),
                      make_resource("Provenance", facts=governed, patient=patient, status=None),
                      make_resource("DocumentReference", patient=patient, status="current"),
                      make_resource("Consent", patient=patient, status="active", with_facts=False)]
@@ -177,7 +179,7 @@ def test_save_ingest_stores_every_resource_with_meta(store: SqlRecordStore) -> N
         assert stored.resource["resourceType"] == new.resource_type and stored.resource["id"] == new.id
         assert list(stored.resource)[:2] == ["resourceType", "id"]  # document order is kept
         assert stored.facts == new.facts
-        assert stored.blob_sha256 == new.blob_sha256
+        assert stored.blob_sha256 == new.blob_sha256 and stored.blob_range == new.blob_range
         assert new.resource["meta"] == meta  # the caller's dicts carry the stored meta
     assert store.find_receipt(idempotency_key=unit.idempotency_key) == unit.receipt
     assert store.list_audit() == unit.audit_events
@@ -779,15 +781,17 @@ def test_concurrent_claims_do_not_double_send(open_records: StoreFactory) -> Non
 
 def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
     store = open_records()
-    with store.engine.begin() as conn:  # back to version 1: no DICOM tables
+    unit = make_unit()
+    store.save_ingest(unit)
+    with store.engine.begin() as conn:  # back to version 1: no DICOM tables, no blob ranges
         conn.execute(sa.text("DROP TABLE outbox"))
         conn.execute(sa.text("DROP TABLE dicom_instances"))
+        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_offset"))
+        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_length"))
         conn.execute(sa.text("DELETE FROM schema_version"))
         conn.execute(sa.text("INSERT INTO schema_version (version, applied) VALUES (1, :t)"),
                      {"t": "2026-01-01T00:00:00.000000+00:00" if conn.dialect.name == "sqlite"
                       else datetime(2026, 1, 1, tzinfo=UTC)})
-    unit = make_unit()
-    store.save_ingest(unit)
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
@@ -797,6 +801,10 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
     dicom = make_dicom_unit(destinations=(PACS,))
     upgraded.save_ingest(dicom)
     assert len(upgraded.list_outbox()) == 1
+    ranged = make_resource("Binary", blob_sha256="b" * 64, blob_range=(132, 4096))
+    upgraded.create(ranged)
+    again = upgraded.get("Binary", ranged.id)
+    assert again is not None and again.blob_range == (132, 4096)
 
 
 # -- SQLite specifics and the factory ---------------------------------------------------------

@@ -51,6 +51,18 @@ def test_commit_moves_the_bytes_to_their_content_address(tmp_path: Path) -> None
     assert store.path(sha) == final
 
 
+def test_read_gives_the_blob_or_a_range_of_it(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    staged, sha = stage(store, b"DICM header|frame bytes|tail")
+    store.commit(staged, sha)
+    assert store.read(sha) == b"DICM header|frame bytes|tail"
+    assert store.read(sha, (12, 11)) == b"frame bytes"
+    with pytest.raises(StorageError):  # a range past the end: the record and the blob disagree
+        store.read(sha, (12, 100))
+    with pytest.raises(NotFound):
+        store.read("0" * 64)
+
+
 def test_commit_is_idempotent(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     staged, sha = stage(store, b"same")
