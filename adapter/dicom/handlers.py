@@ -11,7 +11,6 @@ PatientID, names or any other dataset value.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
 
-from adapter.dicom.spool import digest_of
 from adapter.dicom.status import BUG_STATUS, SUCCESS, dimse_status_for, error_comment
 from adapter.errors import AdapterError
 from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
@@ -39,11 +37,8 @@ def handle_echo(event: Event) -> int:
 def _received_store(event: Event) -> ReceivedStore:
     request = cast("C_STORE", event.request)
     requestor = event.assoc.requestor
-    path = event.dataset_path
-    digest = digest_of(getattr(request, "_dataset_file", None))
     return ReceivedStore(
-        path=path,
-        known_sha256=functools.partial(digest.result, path) if digest is not None else None,
+        path=event.dataset_path,
         calling_ae=str(requestor.ae_title).strip(),
         peer_address=str(requestor.address),
         context_sop_class=str(event.context.abstract_syntax),

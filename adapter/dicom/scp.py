@@ -28,10 +28,9 @@ Wiring decisions:
   accepted association is therefore given three small subclasses (:func:`_accelerate`): a
   socket wrapper reading with ``recv_into`` that blocks in ``select`` on the socket and a wake-up
   pipe instead of sleeping; a DUL that writes the data set fragments of a C-STORE request
-  from the socket to the spool file in 256 KiB pieces, hashed by a thread of the association
-  and written out by the kernel while the rest arrives (adapter.dicom.spool; pynetdicom still
-  sees every PDV, its state machine, events and message assembly unchanged, only without the
-  bytes it would have copied into that file anyway); and an association loop that waits on the message queue
+  from the socket to the spool file in 256 KiB pieces (pynetdicom still sees every PDV, its
+  state machine, events and message assembly unchanged, only without the bytes it would have
+  copied into that file anyway); and an association loop that waits on the message queue
   instead of sleeping. They rely on pynetdicom 3 internals and are only installed when those
   are as expected (plain TCP, the stock classes); otherwise the association runs as before.
 * **Durability.** The C-STORE handler commits the object before it answers Success (see
@@ -61,7 +60,6 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from adapter.dicom.ae import AeOptions
 from adapter.dicom.handlers import handle_conn_close, handle_conn_open, handle_echo, handle_store
-from adapter.dicom.spool import SpoolWriter
 from adapter.errors import ConfigurationError
 from adapter.services.dicom_ingest import DicomIngestService
 
@@ -85,6 +83,7 @@ pynetdicom_log = logging.getLogger("pynetdicom")
 # A faster receive path for accepted associations (module docstring, "Speed")
 
 _P_DATA_TF = 0x04
+_SPOOL_CHUNK = 256 * 1024     # socket -> spool file in pieces of this size (one multi-MB write is slow)
 _DUL_WAIT = 0.02              # the DUL blocks in select this long at most (timers are checked between)
 _REACTOR_WAIT = 0.005         # the association loop waits this long for a message at most
 _POLL_DELAY = 0.001           # pynetdicom's DUL loop delay
@@ -188,7 +187,7 @@ class _StreamingDUL(DULServiceProvider):
     go from the socket straight to the spool file, and that queuing a primitive for sending
     wakes the reactor (:class:`_AssociationSocket`)."""
 
-    _writer: SpoolWriter | None = None
+    _chunk: bytearray | None = None
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -196,13 +195,11 @@ class _StreamingDUL(DULServiceProvider):
         if isinstance(sock, _AssociationSocket):
             sock.wake()
 
-    def _spool(self) -> tuple[Any, Any] | None:
-        """The current C-STORE request's spool file, when one is open: pynetdicom's temporary
-        file object and the file object under it that is written to."""
+    def _spool(self) -> Any:
+        """The file the current C-STORE request's data set is written to, when one is open."""
         message = getattr(getattr(self.assoc, "dimse", None), "message", None)
         spool = getattr(message, "_data_set_file", None)
-        file = getattr(spool, "file", None)
-        return (spool, file) if file is not None else None
+        return getattr(spool, "file", None)
 
     def _read_pdu_data(self) -> None:
         sock = self.socket
@@ -218,7 +215,7 @@ class _StreamingDUL(DULServiceProvider):
             sock._pushback = header + sock._pushback  # not for us: pynetdicom reads it
             return super()._read_pdu_data()
         try:
-            kept, deliver = self._stream_pdvs(sock, spool, struct.unpack_from(">L", header, 2)[0])
+            kept = self._stream_pdvs(sock, spool, struct.unpack_from(">L", header, 2)[0])
         except (OSError, TimeoutError, EOFError):
             pynetdicom_log.error("Connection closed before the entire PDU was received")
             self.event_queue.put("Evt17")
@@ -226,11 +223,6 @@ class _StreamingDUL(DULServiceProvider):
         except ValueError:
             pynetdicom_log.error("Unable to decode the received PDU data")
             self.event_queue.put("Evt19")
-            return None
-        if not deliver:
-            # Only data set fragments, none the last: their bytes are in the spool file and what
-            # pynetdicom would get (empty fragments) changes nothing, so its PDU decoding, state
-            # machine and message assembly are spared the PDU. The last one goes to them.
             return None
         try:
             pdu, event = self._decode_pdu(bytearray(header[:2] + struct.pack(">L", len(kept)) + kept))
@@ -242,38 +234,37 @@ class _StreamingDUL(DULServiceProvider):
         self._recv_pdu.put(pdu)
         return None
 
-    def _stream_pdvs(self, sock: _AssociationSocket, spool: tuple[Any, Any], length: int) -> tuple[bytes, bool]:
+    def _stream_pdvs(self, sock: _AssociationSocket, spool: Any, length: int) -> bytes:
         """Read the PDV items of a P-DATA-TF PDU of ``length`` bytes: data set fragments are
-        written to the spool file (adapter.dicom.spool: hashed and written out as they come)
-        and kept as empty PDVs (context and control header only), command fragments are kept
-        whole. Returns the PDU's items as pynetdicom will decode them, and whether pynetdicom
-        needs them: False when they are only data set fragments, none of them the last."""
-        if self._writer is None:
-            self._writer = SpoolWriter(self.is_alive)
-        key, file = spool
+        written to ``spool`` and kept as empty PDVs (context and control header only), command
+        fragments are kept whole. Returns the PDU's items as pynetdicom will decode them."""
+        if self._chunk is None:
+            self._chunk = bytearray(_SPOOL_CHUNK)
         kept = bytearray()
-        deliver = False
-        while length > 0:
-            item = bytes(sock.recv(6))
-            if len(item) != 6:
-                raise EOFError
-            (item_length,) = struct.unpack_from(">L", item, 0)
-            length -= 4 + item_length
-            if item_length < 2 or length < 0:
-                raise ValueError("a PDV item runs past its PDU")
-            left = item_length - 2
-            if item[5] & 0x01:  # a command fragment: small, pynetdicom decodes it
-                data = bytes(sock.recv(left))
-                if len(data) != left:
+        with memoryview(self._chunk) as chunk:
+            while length > 0:
+                item = bytes(sock.recv(6))
+                if len(item) != 6:
                     raise EOFError
-                kept += item + data
-                deliver = True
-                continue
-            kept += struct.pack(">L", 2) + item[4:6]
-            last = bool(item[5] & 0x02)
-            deliver = deliver or last
-            self._writer.write_from(key, file, sock.recv_into, left, last=last)
-        return bytes(kept), deliver
+                (item_length,) = struct.unpack_from(">L", item, 0)
+                length -= 4 + item_length
+                if item_length < 2 or length < 0:
+                    raise ValueError("a PDV item runs past its PDU")
+                left = item_length - 2
+                if item[5] & 0x01:  # a command fragment: small, pynetdicom decodes it
+                    data = bytes(sock.recv(left))
+                    if len(data) != left:
+                        raise EOFError
+                    kept += item + data
+                    continue
+                kept += struct.pack(">L", 2) + item[4:6]
+                while left:
+                    piece = chunk[:min(left, _SPOOL_CHUNK)]
+                    if sock.recv_into(piece) != len(piece):
+                        raise EOFError
+                    spool.write(piece)
+                    left -= len(piece)
+        return bytes(kept)
 
 
 class _Association(Association):

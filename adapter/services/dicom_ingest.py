@@ -101,9 +101,6 @@ class ReceivedStore:
     transfer_syntax: str         # the presentation context's transfer syntax
     affected_sop_class: str      # (0000,0002) of the request
     affected_sop_instance: str   # (0000,1000) of the request
-    #: The SHA-256 of the file at ``path`` when the receiver computed it as the file was
-    #: written (adapter.dicom.spool), else None; the ingest then hashes the file.
-    known_sha256: Callable[[], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -340,12 +337,6 @@ def _file_sha256(path: Path) -> str:
                 return hashlib.sha256(mapped).hexdigest()
     except (OSError, ValueError) as exc:
         raise StorageError("the received dataset could not be read") from exc
-
-
-def _completed(value: _T) -> Future[_T]:
-    done: Future[_T] = Future()
-    done.set_result(value)
-    return done
 
 
 def _parts_sha256(parts: tuple[bytes | memoryview, ...]) -> str | None:  # the type of _fragment_sha256
@@ -617,10 +608,8 @@ class DicomIngestService:
         layout = check_complete(received.path, received.transfer_syntax)
         work = _Work(self._blobs)
         try:
-            # the object as received: hashed (unless it was as it arrived), and staged (a hard
-            # link) and fsynced, beside the rest
-            known = received.known_sha256() if received.known_sha256 is not None else None
-            original_sha256 = _completed(known) if known is not None else work.submit(_file_sha256, received.path)
+            # the object as received: hashed, and staged (a hard link) and fsynced, beside the rest
+            original_sha256 = work.submit(_file_sha256, received.path)
             original = work.staging_path()
             original_ready = work.submit(_link_or_copy, received.path, original)
             fast = (received.transfer_syntax == JPEGBaseline8Bit and layout.first_fragment is not None

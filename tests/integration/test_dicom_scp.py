@@ -33,7 +33,6 @@ from adapter.dicom.status import (
 )
 from adapter.errors import AdapterError
 from adapter.mapping.dicom_fhir import extract_image
-from adapter.services import dicom_ingest
 from adapter.services.dicom_ingest import ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
 from tests.conftest import require_or_skip
@@ -606,31 +605,6 @@ def test_a_large_object_is_stored_as_sent(adapter: tuple[FhirClient, Services], 
             assert stored_binary(services, ds.SOPInstanceUID) == frame_of(path)
         assert list(pynetdicom_config.iterdir()) == []
         assert list((tmp_path / "data" / "staging").iterdir()) == []
-    finally:
-        scp.stop()
-
-
-def test_the_object_is_hashed_as_it_arrives(adapter: tuple[FhirClient, Services], tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SHA-256 of the object as received comes from the receive path (adapter.dicom.spool),
-    not from reading the file again; and it is the file's."""
-    need_dcmtk()
-    _, services = adapter
-
-    def not_again(path: Path) -> str:
-        raise AssertionError("the received file was hashed again")
-
-    monkeypatch.setattr(dicom_ingest, "_file_sha256", not_again)
-    scp = start_scp(services, max_pdu=16 * 1024)
-    try:
-        path = tmp_path / "hashed.dcm"
-        sent = sc_file(path, frame=jpeg(640, 480, noise=True))
-        assert storescu(scp.port, "ADAPTER", [path]).returncode == 0
-        instance = services.store.find_dicom_instance(sent.SOPInstanceUID)
-        assert instance is not None and instance.blob_sha256 is not None
-        kept = services.blobs.read(instance.blob_sha256)
-        assert hashlib.sha256(kept).hexdigest() == instance.blob_sha256
-        assert pydicom.dcmread(io.BytesIO(kept)).PixelData == sent.PixelData
     finally:
         scp.stop()
 
