@@ -82,7 +82,9 @@ class Settings(BaseSettings):
                           "(2.25 = UUID-derived, PS3.5 B.2, when the organisation has no root of its own).")
     forward_to: str = Field("", description="Comma-separated C-STORE destinations AE@host:port; every new "
                             "photo is forwarded to each (the policy's forwardKinds can narrow that).")
-    forward_retry_max: int = Field(10, ge=1, description="Attempts before an outbox item is marked failed.")
+    forward_retry_max: int = Field(300, ge=1, description="Attempts before an outbox item is marked failed "
+                                   "(300: about a day, at one attempt every 5 minutes once backed off); "
+                                   "POST /outbox/requeue puts failed items back.")
 
     @property
     def allowed_ae_titles(self) -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -101,11 +101,24 @@ class OutboxEntry:
 
 
 class OutboxService:
-    """The outbox for operations (``GET /outbox``): items with their record reference, no
-    patient data."""
+    """The outbox for operations (``GET /outbox``, ``POST /outbox/requeue``): items with their
+    record reference, no patient data."""
 
-    def __init__(self, store: RecordStore) -> None:
+    def __init__(self, store: RecordStore, *, now: Callable[[], datetime],
+                 wake: Callable[[], None] | None = None) -> None:
         self._store = store
+        self._now = now
+        self._wake = wake
+
+    def requeue(self, *, ids: Sequence[int] | None = None, destination: str | None = None) -> int:
+        """Failed items (all, those of ``ids``, or those for ``destination``) back to pending,
+        due now, with their attempts counted afresh: after an outage longer than the retries
+        lasted, or once a refusal was put right at the PACS. Returns how many; wakes the
+        forwarder of this process (another process's finds them at its next poll)."""
+        count = self._store.requeue_outbox(now=self._now(), ids=ids, destination=destination)
+        if count and self._wake is not None:
+            self._wake()
+        return count
 
     def list_entries(self, *, status: str | None = None, limit: int = 100) -> list[OutboxEntry]:
         """Oldest first; ``status`` one of :data:`OUTBOX_STATUSES` or None for all."""
@@ -126,7 +139,7 @@ class OutboxService:
 class ForwardOptions:
     """How the forwarder paces itself (seconds unless said otherwise)."""
 
-    retry_max: int = 10            # attempts before an item is failed (ADAPTER_FORWARD_RETRY_MAX)
+    retry_max: int = 300           # attempts before an item is failed (ADAPTER_FORWARD_RETRY_MAX)
     backoff_base: float = 2.0      # delay after the first failed attempt; doubles per attempt
     backoff_cap: float = 300.0     # longest delay between attempts
     jitter: float = 0.2            # ± this fraction of the delay, so retries of many items spread out

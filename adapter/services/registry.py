@@ -98,7 +98,11 @@ class Services:
 
     @property
     def outbox(self) -> OutboxService:
-        return OutboxService(self.store)
+        return OutboxService(self.store, now=self.now, wake=self._wake_forwarder)
+
+    def _wake_forwarder(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.wake()
 
     def start_forwarding(self, sender: StoreSender, options: ForwardOptions | None = None) -> Forwarder:
         """Start the outbox worker with a C-STORE sender from the DICOM edge

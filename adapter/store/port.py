@@ -130,6 +130,11 @@ class RecordStore(Protocol):
                           give_up: bool = False) -> None:
         """Count an attempt; ``give_up`` sets status failed. NotFound for an unknown id."""
 
+    def requeue_outbox(self, *, now: datetime, ids: Sequence[int] | None = None,
+                       destination: str | None = None) -> int:
+        """Failed items (all, those of ``ids``, or those for ``destination``) pending again and
+        due now, attempts counted afresh; returns how many."""
+
     def list_outbox(self, *, status: str | None = None, limit: int = 100) -> list[OutboxItem]: ...
 
     def close(self) -> None: ...

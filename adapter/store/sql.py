@@ -366,6 +366,23 @@ class SqlRecordStore:
             "status": OUTBOX_FAILED if give_up else OUTBOX_PENDING, "next_attempt_at": to_utc(next_attempt_at),
             "last_error": error[:_LAST_ERROR_MAX], "updated": to_utc(now)})
 
+    def requeue_outbox(self, *, now: datetime, ids: Sequence[int] | None = None,
+                       destination: str | None = None) -> int:
+        """Failed items (all, those of ``ids``, or those for ``destination``) pending again, due
+        ``now``, with a fresh count of attempts; their last error stays. Returns how many."""
+        if ids is not None and not ids:
+            return 0
+        statement = update(outbox).where(_o.status == OUTBOX_FAILED)
+        if ids is not None:
+            statement = statement.where(_o.id.in_(list(ids)))
+        if destination is not None:
+            statement = statement.where(_o.destination == destination)
+        now = to_utc(now)
+        with self._write() as conn:
+            result = conn.execute(statement.values(status=OUTBOX_PENDING, attempts=0, next_attempt_at=now,
+                                                   updated=now))
+        return int(result.rowcount)
+
     def list_outbox(self, *, status: str | None = None, limit: int = 100) -> list[OutboxItem]:
         """Oldest first (by id)."""
         if limit <= 0:

@@ -35,6 +35,7 @@ from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.services.forwarding import ForwardOptions, SendOutcome, SendResult, backoff_delay
 from tests.conftest import ROOT, require_or_skip
 from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+from tests.support.dcmtk import StoreSCP, dcmtk_missing
 from tests.support.orthanc import OrthancPeer, free_port, free_ports, orthanc_missing
 
 #: Fast pacing for tests: the worker polls often and retries within a second.
@@ -264,6 +265,37 @@ def test_items_fail_after_the_retry_limit(tmp_path: Path) -> None:
         wait_for(lambda: len(outbox(client, status="failed")) == 1, what="the item to fail")
         [item] = outbox(client, status="failed")
         assert item["attempts"] == 2 and item["nextAttemptAt"] is None and item["lastError"]
+
+
+def test_failed_items_are_requeued_and_sent_once_the_pacs_is_back(tmp_path: Path) -> None:
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+    port = free_port()
+    with adapter_client(tmp_path, forward_to=f"ADAPTER@127.0.0.1:{port}", forward_retry_max=1) as (client, services):
+        posted = post_photo(client, photo_jpeg(tmp_path, 21), meta_for(21))
+        assert posted.status_code == 201, posted.text
+        services.start_forwarding(StoreSCU(ScuOptions(connection_timeout=2)),
+                                  ForwardOptions.from_settings(services.settings, poll_interval=0.05))
+        wait_for(lambda: len(outbox(client, status="failed")) == 1, what="the item to fail")
+        [failed] = outbox(client, status="failed")
+        received = tmp_path / "received"
+        received.mkdir()
+        with StoreSCP(received, port=port):  # the PACS is back
+            bad = client.post("/outbox/requeue", json={"ids": ["x"]})
+            assert bad.status_code == 422 and bad.json()["resourceType"] == "OperationOutcome"
+            assert client.post("/outbox/requeue", json={"destination": "OTHER@127.0.0.1:1"}).json() == \
+                {"requeued": 0}
+            assert outbox(client, status="failed") == [failed]
+            r = client.post("/outbox/requeue", json={"ids": [failed["id"]]})
+            assert r.status_code == 200 and r.json() == {"requeued": 1}
+            wait_for(all_sent(client, 1), what="the requeued item to be sent")
+            [sent] = outbox(client, status="sent")
+            assert sent["id"] == failed["id"] and sent["attempts"] == 1
+            sop_uid = posted.json()["dicom"]["sopInstanceUid"]
+            assert sent["sopInstanceUid"] == sop_uid
+            [stored] = list(received.iterdir())
+            assert pydicom.dcmread(stored, stop_before_pixels=True).SOPInstanceUID == sop_uid
+        assert client.post("/outbox/requeue").json() == {"requeued": 0}  # nothing failed any more
 
 
 # --------------------------------------------------------------------------- associations, contexts

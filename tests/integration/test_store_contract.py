@@ -742,6 +742,34 @@ def test_outbox_lifecycle(store: SqlRecordStore) -> None:
         store.mark_outbox_retry(999_999, next_attempt_at=now, error="x", now=now)
 
 
+def test_failed_outbox_items_are_requeued(store: SqlRecordStore) -> None:
+    for _ in range(2):
+        store.save_ingest(make_dicom_unit(destinations=(PACS, ARCHIVE)))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    items = store.claim_outbox(now, 10)
+    assert len(items) == 4
+    pacs_1, archive_1, pacs_2, archive_2 = sorted(items, key=lambda i: i.id)
+    store.mark_outbox_sent(pacs_1.id, now)
+    for item in (archive_1, pacs_2, archive_2):
+        store.mark_outbox_retry(item.id, next_attempt_at=now, error="PACS down", now=now, give_up=True)
+    assert store.requeue_outbox(now=now, ids=[]) == 0
+    assert store.requeue_outbox(now=now, ids=[pacs_1.id]) == 0          # sent: never requeued
+
+    later = now + timedelta(hours=1)
+    assert store.requeue_outbox(now=later, destination=ARCHIVE) == 2
+    by_id = {i.id: i for i in store.list_outbox()}
+    for item in (archive_1, archive_2):
+        again = by_id[item.id]
+        assert (again.status, again.attempts, again.next_attempt_at, again.updated, again.last_error) == \
+            ("pending", 0, later, later, "PACS down")                     # the last error stays
+    assert by_id[pacs_2.id].status == "failed" and by_id[pacs_1.id].status == "sent"
+    assert sorted(i.id for i in store.claim_outbox(later, 10)) == [archive_1.id, archive_2.id]
+
+    assert store.requeue_outbox(now=later, ids=[pacs_2.id, 999_999]) == 1
+    assert store.list_outbox(status="failed") == []
+    assert store.requeue_outbox(now=later) == 0
+
+
 def test_outbox_lease_runs_out(open_records: StoreFactory) -> None:
     store = open_records()
     store.save_ingest(make_dicom_unit(destinations=(PACS,)))

@@ -1,6 +1,6 @@
-"""``GET /outbox``: the forwarding outbox, for operations. Operational data only: the SOP
-Instance UID, the destination, the status and the record's logical id, never a patient
-identifier or a name."""
+"""``GET /outbox`` and ``POST /outbox/requeue``: the forwarding outbox, for operations.
+Operational data only: the SOP Instance UID, the destination, the status and the record's
+logical id, never a patient identifier or a name."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from adapter.api.deps import ServicesDep
@@ -45,3 +46,21 @@ async def list_outbox(services: ServicesDep, status: str | None = None,
         raise InvalidInput(f"status must be one of {', '.join(OUTBOX_STATUSES)}", expression="status")
     entries = await run_in_threadpool(services.outbox.list_entries, status=status, limit=limit)
     return JSONResponse([_entry_json(e) for e in entries])
+
+
+class RequeueRequest(BaseModel):
+    """Which failed items to put back; none named: all of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] | None = Field(None, max_length=10_000, description="outbox item ids")
+    destination: str | None = Field(None, max_length=200, description="AE@host:port as in ADAPTER_FORWARD_TO")
+
+
+@router.post("/outbox/requeue")
+async def requeue_outbox(services: ServicesDep, body: RequeueRequest | None = None) -> JSONResponse:
+    """Failed items back to pending, due at once, attempts counted afresh (adapter.services.
+    forwarding.OutboxService.requeue)."""
+    wanted = body or RequeueRequest()
+    count = await run_in_threadpool(services.outbox.requeue, ids=wanted.ids, destination=wanted.destination)
+    return JSONResponse({"requeued": count})
