@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import heapq
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -198,26 +199,30 @@ class ScopedReader:
         return BinaryContent(content_type=content_type, data=data, resource=resource, decision=decision)
 
     def search(self, resource_types: Sequence[str], request: SearchRequest) -> SearchResult:
-        """Search; records not permitted for the purpose are left out and not counted."""
-        rows: list[IndexRow] = []
+        """Search; records not permitted for the purpose are left out and not counted.
+
+        One pass over the candidates of every type, merged in (last_updated, id) order and read
+        a batch at a time: each is decided, counted, and kept only when it falls on the page
+        asked for, so memory is bounded by the page whatever the number of matches."""
         for rt in resource_types:
             if rt not in READABLE_TYPES:
                 raise NotSupported(f"{rt} is not served here")
-            rows.extend(self._store.search_index(rt, request.criteria))
-        rows.sort(key=lambda r: (r.last_updated, r.id))
-        permitted: list[tuple[IndexRow, Decision]] = []
-        denied = 0
-        for row in rows:
+        candidates = heapq.merge(*(self._store.iter_search_index(rt, request.criteria) for rt in resource_types),
+                                 key=lambda r: (r.last_updated, r.id))
+        page: list[tuple[IndexRow, Decision]] = []
+        permitted = denied = 0
+        for row in candidates:
             facts = row.facts
             if facts is None and row.resource_type == "Consent":
                 stored = self._store.get("Consent", row.id)
                 facts = consent_facts(row.id, stored.resource) if stored else None
             decision = self.decide(facts)
-            if decision.permitted:
-                permitted.append((row, decision))
-            else:
+            if not decision.permitted:
                 denied += 1
-        page = permitted[request.offset:request.offset + request.count]
+                continue
+            if request.offset <= permitted < request.offset + request.count:
+                page.append((row, decision))
+            permitted += 1
         resources: list[dict[str, Any]] = []
         by_type: dict[str, list[tuple[IndexRow, Decision]]] = {}
         for row, decision in page:
@@ -233,8 +238,8 @@ class ScopedReader:
         self._auditor.record(
             self.ctx, interaction="search-type", action="E", decision=None,
             entities=[f"{r['resourceType']}/{r['id']}" for r in resources], patient=None,
-            reason=f"{len(permitted)} permitted, {denied} withheld")
-        return SearchResult(resources=resources, total=len(permitted),
+            reason=f"{permitted} permitted, {denied} withheld")
+        return SearchResult(resources=resources, total=permitted,
                             break_glass=any(d.break_glass for _, d in page))
 
     # -- DICOM: WADO-RS, QIDO-RS, Binary as application/dicom ----------------------------

@@ -4,7 +4,7 @@ files). Services depend on these Protocols only."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -93,6 +93,9 @@ class RecordStore(Protocol):
 
     def search_index(self, resource_type: str, criteria: SearchCriteria) -> list[IndexRow]:
         """Candidates ordered by last_updated then id (no JSON loaded)."""
+
+    def iter_search_index(self, resource_type: str, criteria: SearchCriteria) -> Iterator[IndexRow]:
+        """The same candidates in the same order, read a batch at a time (bounded memory)."""
 
     def consents_for_patient(self, patient: Identifier) -> list[StoredResource]: ...
 

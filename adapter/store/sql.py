@@ -100,6 +100,10 @@ def _translated_errors() -> Iterator[None]:
         raise StorageError("the record store failed; nothing was saved") from exc
 
 
+#: Rows of a search read at a time (SqlRecordStore.iter_search_index).
+SEARCH_BATCH = 1000
+
+
 class SqlRecordStore:
     """RecordStore on ``sqlite:///<file>`` or ``postgresql+psycopg://…``; safe to share between
     threads (one pooled connection per operation).
@@ -264,9 +268,24 @@ class SqlRecordStore:
 
     def search_index(self, resource_type: str, criteria: SearchCriteria) -> list[IndexRow]:
         """Candidates ordered by last_updated then id (no JSON loaded)."""
+        return list(self.iter_search_index(resource_type, criteria))
+
+    def iter_search_index(self, resource_type: str, criteria: SearchCriteria, *,
+                          batch: int = SEARCH_BATCH) -> Iterator[IndexRow]:
+        """:meth:`search_index` read ``batch`` rows at a time (keyset pages on (last_updated,
+        id), each its own short read): memory stays bounded whatever the number of matches,
+        and no connection is held between batches."""
         statement = search_statement(resource_type, criteria)
-        with self._read() as conn:
-            return [index_row_from(row) for row in conn.execute(statement).mappings()]
+        after: tuple[datetime, str] | None = None
+        while True:
+            page = statement if after is None else statement.where(
+                or_(_r.last_updated > after[0], and_(_r.last_updated == after[0], _r.id > after[1])))
+            with self._read() as conn:
+                rows = [index_row_from(row) for row in conn.execute(page.limit(batch)).mappings()]
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = (rows[-1].last_updated, rows[-1].id)
 
     @staticmethod
     def _patient_consents(patient: Identifier) -> Any:

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,7 @@ def make_unit(resources: list[NewResource] | None = None, *, key: str | None = "
                       audit_events=audit_events if audit_events is not None else [{"action": "C", "n": 1}])
 
 
-def ids(rows: list[Any]) -> list[str]:
+def ids(rows: Iterable[Any]) -> list[str]:
     return [row.id for row in rows]
 
 
@@ -410,6 +410,21 @@ def test_search_orders_by_last_updated_then_id(store: SqlRecordStore) -> None:
     time.sleep(0.005)
     store.update(make_resource("Media", "z"))
     assert ids(store.search_index("Media", SearchCriteria())) == ["b", "m", "x", "a", "z"]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 6, 1000])
+def test_search_reads_in_batches_in_the_same_order(store: SqlRecordStore, batch: int) -> None:
+    store.create(make_resource("Media", "z"))
+    time.sleep(0.005)
+    # three rows with the same last_updated: a batch may end between them
+    store.save_ingest(make_unit([make_resource("Media", id) for id in ("m", "b", "x")]))
+    time.sleep(0.005)
+    store.create(make_resource("Media", "a"))
+    store.create(make_resource("DocumentReference", "d"))
+    expected = ["z", "b", "m", "x", "a"]
+    assert ids(store.iter_search_index("Media", SearchCriteria(), batch=batch)) == expected
+    assert ids(store.iter_search_index("Media", SearchCriteria(ids=("x", "z")), batch=batch)) == ["z", "x"]
+    assert ids(store.iter_search_index("Media", SearchCriteria(ids=("none",)), batch=batch)) == []
 
 
 # Stored dates, in several offsets; the search day is 2024-01-01 in UTC.
