@@ -61,7 +61,8 @@ def test_unknown_version_and_naive_now() -> None:
 
 
 def test_declared_search_parameters_are_the_ones_the_search_service_accepts() -> None:
-    search_params = pytest.importorskip("adapter.services.search_params")
+    from adapter.services import search_params
+
     accepted: dict[str, dict[str, str]] = search_params._PARAMS
     common: set[str] = search_params._COMMON
     for resource_type, params in SEARCH_PARAMS.items():
