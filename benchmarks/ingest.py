@@ -627,6 +627,10 @@ def main(argv: list[str] | None = None) -> int:
                 body, ctype = multipart_body(photos[i], i)
                 return Request("/photos", body, ctype)
 
+            def measure_adapter(a_url: str, a_pid: int | None) -> Result:
+                return measure("adapter", a_url, adapter_request, args.n, args.c, warmup, 201,
+                               args.max_seconds, lambda: a_pid, {"X-Purpose-Of-Use": "TREAT"})
+
             try:
                 if args.start:
                     with started_adapter(workdir, args.startup_timeout, args.workers) as (a_url, a_pid):
@@ -634,39 +638,13 @@ def main(argv: list[str] | None = None) -> int:
                             f"[adapter] started pid {a_pid} at {a_url} with {args.workers} worker process(es)",
                             flush=True,
                         )
-                        results.append(
-                            measure(
-                                "adapter",
-                                a_url,
-                                adapter_request,
-                                args.n,
-                                args.c,
-                                warmup,
-                                201,
-                                args.max_seconds,
-                                lambda: a_pid,
-                                {"X-Purpose-Of-Use": "TREAT"},
-                            )
-                        )
+                        results.append(measure_adapter(a_url, a_pid))
                 else:
                     wait_adapter(url, 5.0)
                     port = urllib.parse.urlparse(url).port or 80
                     a_pid = args.server_pid or pid_listening_on(port)
                     print(f"[adapter] {url}, pid {a_pid or 'unknown'}", flush=True)
-                    results.append(
-                        measure(
-                            "adapter",
-                            url,
-                            adapter_request,
-                            args.n,
-                            args.c,
-                            warmup,
-                            201,
-                            args.max_seconds,
-                            lambda: a_pid,
-                            {"X-Purpose-Of-Use": "TREAT"},
-                        )
-                    )
+                    results.append(measure_adapter(url, a_pid))
             except RuntimeError as exc:
                 print(f"[adapter] cannot run: {exc}", file=sys.stderr)
                 failed.append("adapter")
