@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from adapter.dicom import AeOptions, StoreSCP
@@ -296,16 +298,24 @@ def test_invalid_values_are_stored_and_never_logged(scp: StoreSCP, client: FhirC
 # -- misbehaving peers ------------------------------------------------------------------------
 
 
-def test_unknown_calling_ae_is_rejected_at_association(scp: StoreSCP) -> None:
-    ae = AE(ae_title="INTRUDER")
-    ae.add_requested_context(Verification)
+@contextmanager
+def associated(port: int, calling_ae: str = "PYNETSCU", *contexts: str) -> Iterator[Association]:
+    """A pynetdicom association from ``calling_ae`` to the SCP at ``port`` (called ADAPTER),
+    proposing ``contexts`` and Verification; its AE is shut down afterwards."""
+    ae = AE(ae_title=calling_ae)
+    for context in (*contexts, Verification):
+        ae.add_requested_context(context)
     try:
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+        yield ae.associate("127.0.0.1", port, ae_title="ADAPTER")
+    finally:
+        ae.shutdown()
+
+
+def test_unknown_calling_ae_is_rejected_at_association(scp: StoreSCP) -> None:
+    with associated(scp.port, "INTRUDER") as assoc:
         assert assoc.is_rejected
         rj = assoc.acceptor.primitive
         assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)  # permanent, calling AE
-    finally:
-        ae.shutdown()
     if dcmtk_missing() is None:
         assert echoscu(scp.port, "ADAPTER", calling_aet="INTRUDER", check=False).returncode != 0
         assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
@@ -315,12 +325,8 @@ def test_no_allowed_ae_title_refuses_every_caller(services: Services) -> None:
     closed = start_scp(services, allowed_ae_titles=())
     try:
         for title in (*ALLOWED, "ANY"):
-            ae = AE(ae_title=title)
-            ae.add_requested_context(Verification)
-            try:
-                assert ae.associate("127.0.0.1", closed.port, ae_title="ADAPTER").is_rejected
-            finally:
-                ae.shutdown()
+            with associated(closed.port, title) as assoc:
+                assert assoc.is_rejected
     finally:
         closed.stop()
 
@@ -330,23 +336,13 @@ def test_policy_allowed_ae_titles_are_let_in(tmp_path: Path) -> None:
         options = AeOptions.from_settings(services.settings, services.tables.policy)
         assert options.allowed_ae_titles == ("PACS1",)
         scp = StoreSCP(AeOptions(port=0, allowed_ae_titles=options.allowed_ae_titles), services.dicom_ingest)
-        with scp:
-            ae = AE(ae_title="PACS1")
-            ae.add_requested_context(Verification)
-            try:
-                assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
-                assert assoc.is_established and assoc.send_c_echo().Status == SUCCESS
-                assoc.release()
-            finally:
-                ae.shutdown()
+        with scp, associated(scp.port, "PACS1") as assoc:
+            assert assoc.is_established and assoc.send_c_echo().Status == SUCCESS
+            assoc.release()
 
 
 def test_unsupported_sop_class_is_refused_at_negotiation(scp: StoreSCP, tmp_path: Path) -> None:
-    ae = AE(ae_title="PYNETSCU")
-    ae.add_requested_context(CTImageStorage)
-    ae.add_requested_context(Verification)
-    try:
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+    with associated(scp.port, "PYNETSCU", CTImageStorage) as assoc:
         assert assoc.is_established
         assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [Verification]
         [refused] = assoc.rejected_contexts
@@ -355,8 +351,6 @@ def test_unsupported_sop_class_is_refused_at_negotiation(scp: StoreSCP, tmp_path
         with pytest.raises(ValueError, match="No presentation context"):
             assoc.send_c_store(ct)
         assoc.release()
-    finally:
-        ae.shutdown()
     if dcmtk_missing() is None:
         done = storescu(scp.port, "ADAPTER", [tmp_path / "ct.dcm"], check=False, extra=["-v"])
         assert "Success" not in done.stderr + done.stdout
@@ -490,18 +484,13 @@ def test_association_aborted_mid_transfer_leaves_nothing(adapter: tuple[FhirClie
 
 
 def test_accepted_sockets_have_nagle_off(scp: StoreSCP) -> None:
-    ae = AE(ae_title="PYNETSCU")
-    ae.add_requested_context(Verification)
-    try:
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+    with associated(scp.port) as assoc:
         assert assoc.is_established
         [server_side] = scp._ae.active_associations  # type: ignore[union-attr]
         sock = server_side.dul.socket.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         assert server_side.acceptor.maximum_length == scp.options.max_pdu
         assoc.release()
-    finally:
-        ae.shutdown()
 
 
 def test_concurrent_associations_store_everything(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
@@ -567,10 +556,7 @@ def item(fragment: bytes) -> bytes:
 
 
 def test_accepted_associations_get_the_faster_receive_path(scp: StoreSCP) -> None:
-    ae = AE(ae_title="PYNETSCU")
-    ae.add_requested_context(Verification)
-    try:
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+    with associated(scp.port) as assoc:
         assert assoc.is_established
         [server_side] = scp._ae.active_associations  # type: ignore[union-attr]
         assert type(server_side).__name__ == "_Association"
@@ -578,8 +564,6 @@ def test_accepted_associations_get_the_faster_receive_path(scp: StoreSCP) -> Non
         assert type(server_side.dul.socket).__name__ == "_AssociationSocket"
         assoc.release()
         assert assoc.is_released
-    finally:
-        ae.shutdown()
 
 
 @pytest.mark.parametrize("max_pdu", [16 * 1024, 4 * 1024 * 1024])
@@ -672,14 +656,11 @@ def test_the_layout_says_where_the_frame_and_the_head_are(tmp_path: Path) -> Non
 
 def test_an_idle_association_is_aborted_after_the_network_timeout(services: Services) -> None:
     scp = start_scp(services, network_timeout=0.5)
-    ae = AE(ae_title="PYNETSCU")
-    ae.add_requested_context(Verification)
     try:
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
-        assert assoc.is_established
-        wait_until(lambda: not scp._ae.active_associations, timeout=10)  # type: ignore[union-attr]
-        wait_until(lambda: not assoc.is_established, timeout=10)
-        assert assoc.is_aborted
+        with associated(scp.port) as assoc:
+            assert assoc.is_established
+            wait_until(lambda: not scp._ae.active_associations, timeout=10)  # type: ignore[union-attr]
+            wait_until(lambda: not assoc.is_established, timeout=10)
+            assert assoc.is_aborted
     finally:
-        ae.shutdown()
         scp.stop()
