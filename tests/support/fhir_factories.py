@@ -4,6 +4,7 @@ metadata and transaction Bundles built with the adapter's own builders."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import uuid
 from datetime import UTC, datetime
@@ -26,6 +27,20 @@ NOW = datetime(2024, 3, 1, 9, 16, 2, 120000, tzinfo=UTC)
 def tables() -> Tables:
     """The project's mapping tables and policy (mappings/), loaded once (they are immutable)."""
     return load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
+
+
+def policy_variant(*, consent: dict[str, Any] | None = None, break_glass: dict[str, Any] | None = None,
+                   devices: dict[str, Any] | None = None) -> Tables:
+    """The shipped tables with policy variants applied to copies of the nested frozen models."""
+    base = tables()
+    update: dict[str, Any] = {}
+    if consent:
+        update["consent"] = base.policy.consent.model_copy(update=consent)
+    if break_glass:
+        update["break_glass"] = base.policy.break_glass.model_copy(update=break_glass)
+    if devices:
+        update["devices"] = base.policy.devices.model_copy(update=devices)
+    return dataclasses.replace(base, policy=base.policy.model_copy(update=update))
 
 
 def jpeg_bytes(width: int = 700, height: int = 500, quality: int = 80) -> bytes:

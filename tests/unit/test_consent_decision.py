@@ -2,46 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from adapter.consent import ANY_PURPOSE, PurposeClass, classify_purpose, decide, permitted_purposes
-from adapter.mapping.tables import Tables, load_tables
+from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
 from adapter.model.decision import Decision, View
 from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoSource
 from adapter.model.purpose import PurposeOfUse
 from adapter.model.record import AccessFacts
+from tests.support.fhir_factories import policy_variant
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 PATIENT = Identifier(system="urn:example:mrn", value="P-123")
 OTHER_PATIENT = Identifier(system="urn:example:mrn", value="P-999")
 RECORD = "Media/m1"
-
-
-@functools.cache
-def _loaded() -> Tables:
-    return load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
-
-
-def make_tables(*, consent: dict[str, Any] | None = None,
-                break_glass: dict[str, Any] | None = None) -> Tables:
-    """The shipped tables, with policy variants applied to copies of the nested frozen models."""
-    base = _loaded()
-    update: dict[str, Any] = {}
-    if consent:
-        update["consent"] = base.policy.consent.model_copy(update=consent)
-    if break_glass:
-        update["break_glass"] = base.policy.break_glass.model_copy(update=break_glass)
-    return dataclasses.replace(base, policy=base.policy.model_copy(update=update))
 
 
 def make_facts(kind: PhotoKind = PhotoKind.CLINICAL, *, pending: bool = False, governed_by: str = RECORD,
@@ -63,7 +42,7 @@ def make_grant(*purposes: str, id: str = "c1", status: str = "active", decision:
 def run(code: str, facts: AccessFacts | None = None, grants: tuple[ConsentGrant, ...] = (),
         tables: Tables | None = None, now: datetime = NOW, system: str | None = None) -> Decision:
     purpose = PurposeOfUse(code) if system is None else PurposeOfUse(code, system)
-    return decide(purpose, facts or make_facts(), grants, tables or make_tables(), now)
+    return decide(purpose, facts or make_facts(), grants, tables or policy_variant(), now)
 
 
 # -- clinical photo, care ------------------------------------------------------------------------
@@ -123,13 +102,13 @@ def test_break_glass_enabled_permits_pending_record(code: str) -> None:
 
 @pytest.mark.parametrize("code", ["BTG", "ETREAT", "ERTREAT"])
 def test_break_glass_disabled_is_denied(code: str) -> None:
-    d = run(code, make_facts(pending=True), tables=make_tables(break_glass={"enabled": False}))
+    d = run(code, make_facts(pending=True), tables=policy_variant(break_glass={"enabled": False}))
     assert not d.permitted and not d.break_glass and "not enabled" in d.reason
 
 
 def test_break_glass_disabled_is_denied_even_with_consent_for_treat() -> None:
     # ETREAT is a child of TREAT, but never plain care: it is break-glass or nothing.
-    d = run("ETREAT", grants=(make_grant("TREAT"),), tables=make_tables(break_glass={"enabled": False}))
+    d = run("ETREAT", grants=(make_grant("TREAT"),), tables=policy_variant(break_glass={"enabled": False}))
     assert not d.permitted
 
 
@@ -139,13 +118,13 @@ def test_break_glass_overrides_a_deny() -> None:
 
 
 def test_descendant_of_a_break_glass_purpose_is_break_glass() -> None:
-    tables = make_tables(break_glass={"purposes": ["ETREAT"]})
+    tables = policy_variant(break_glass={"purposes": ["ETREAT"]})
     assert classify_purpose("BTG", tables) is PurposeClass.BREAK_GLASS
     assert classify_purpose("ERTREAT", tables) is PurposeClass.BREAK_GLASS
 
 
 def test_code_not_listed_as_break_glass_falls_back_to_its_care_ancestor() -> None:
-    tables = make_tables(break_glass={"purposes": ["BTG"]})
+    tables = policy_variant(break_glass={"purposes": ["BTG"]})
     assert classify_purpose("ETREAT", tables) is PurposeClass.CARE
     assert run("ETREAT", grants=(make_grant("TREAT"),), tables=tables).permitted
     assert not run("ETREAT", tables=tables).permitted
@@ -246,7 +225,7 @@ def test_withdrawn_training_consent_is_denied() -> None:
 
 
 def test_withdrawn_training_consent_is_denied_even_with_care_after_withdrawal() -> None:
-    tables = make_tables(consent={"care_after_withdrawal": True})
+    tables = policy_variant(consent={"care_after_withdrawal": True})
     assert not run("TRAIN", grants=(make_grant("TRAIN", status="inactive"),), tables=tables).permitted
 
 
@@ -337,14 +316,14 @@ def test_grant_scoped_to_other_records_does_not_permit() -> None:
 # -- withdrawal and care ---------------------------------------------------------------------------
 
 def test_withdrawn_care_consent_denies_when_policy_says_so() -> None:
-    tables = make_tables(consent={"care_after_withdrawal": False})
+    tables = policy_variant(consent={"care_after_withdrawal": False})
     withdrawn = make_grant("TREAT", status="inactive", end=NOW - timedelta(days=2))
     d = run("TREAT", grants=(withdrawn,), tables=tables)
     assert not d.permitted and d.reason == "no active consent for TREAT"
 
 
 def test_withdrawn_care_consent_permits_care_when_policy_says_so() -> None:
-    tables = make_tables(consent={"care_after_withdrawal": True})
+    tables = policy_variant(consent={"care_after_withdrawal": True})
     withdrawn = make_grant("TREAT", status="inactive", end=NOW - timedelta(days=2))
     d = run("TREAT", grants=(withdrawn,), tables=tables)
     assert d.permitted and d.view is View.FULL and d.consent_ids == ("c1",) and "withdrawn" in d.reason
@@ -352,7 +331,7 @@ def test_withdrawn_care_consent_permits_care_when_policy_says_so() -> None:
 
 
 def test_care_after_withdrawal_needs_a_withdrawn_consent_that_would_have_applied() -> None:
-    tables = make_tables(consent={"care_after_withdrawal": True})
+    tables = policy_variant(consent={"care_after_withdrawal": True})
     assert not run("TREAT", tables=tables).permitted
     for grant in (make_grant("TREAT", status="inactive", patient=OTHER_PATIENT),
                   make_grant("TREAT", status="inactive", data_refs=("Media/m2",)),
@@ -363,13 +342,13 @@ def test_care_after_withdrawal_needs_a_withdrawn_consent_that_would_have_applied
 
 
 def test_care_after_withdrawal_does_not_override_a_deny() -> None:
-    tables = make_tables(consent={"care_after_withdrawal": True})
+    tables = policy_variant(consent={"care_after_withdrawal": True})
     grants = (make_grant("TREAT", id="w", status="inactive"), make_grant("TREAT", id="d", decision="deny"))
     assert not run("TREAT", grants=grants, tables=tables).permitted
 
 
 def test_care_after_withdrawal_does_not_open_pending_records() -> None:
-    tables = make_tables(consent={"care_after_withdrawal": True})
+    tables = policy_variant(consent={"care_after_withdrawal": True})
     grants = (make_grant("TREAT", status="inactive"),)
     assert not run("TREAT", make_facts(pending=True), grants=grants, tables=tables).permitted
 
@@ -387,16 +366,16 @@ def test_purpose_from_another_code_system_is_denied() -> None:
 
 
 def test_known_purpose_the_policy_does_not_list_is_denied() -> None:
-    base = make_tables()
+    base = policy_variant()
     explicit = [c for c in base.policy.consent.explicit_purposes if c != "PUBHLTH"]
-    tables = make_tables(consent={"explicit_purposes": explicit})
+    tables = policy_variant(consent={"explicit_purposes": explicit})
     assert classify_purpose("PUBHLTH", tables) is PurposeClass.NOT_PERMITTED
     d = run("PUBHLTH", grants=(make_grant("PUBHLTH"),), tables=tables)
     assert not d.permitted and d.reason == "purpose PUBHLTH not permitted by policy"
 
 
 def test_nearest_listed_ancestor_classifies() -> None:
-    tables = make_tables(consent={"care_purposes": ["TREAT", "COC", "CLINTRL", "RECORDMGT"],
+    tables = policy_variant(consent={"care_purposes": ["TREAT", "COC", "CLINTRL", "RECORDMGT"],
                                   "explicit_purposes": ["HOPERAT", "TRAIN", "HRESCH"]})
     assert classify_purpose("RECORDMGT", tables) is PurposeClass.CARE
     assert classify_purpose("MLTRAINING", tables) is PurposeClass.EXPLICIT
@@ -419,7 +398,7 @@ def test_permitted_purposes_drop_denied_and_implied_explicit_purposes() -> None:
 def test_permitted_purposes_of_documents_include_care_purposes() -> None:
     d = run("TRAIN", make_facts(PhotoKind.DOCUMENT))
     assert not d.permitted
-    assert d.permitted_purposes == frozenset(make_tables().policy.consent.care_purposes)
+    assert d.permitted_purposes == frozenset(policy_variant().policy.consent.care_purposes)
 
 
 def test_permitted_purposes_of_pending_record_are_empty() -> None:
@@ -429,14 +408,14 @@ def test_permitted_purposes_of_pending_record_are_empty() -> None:
 
 def test_permitted_purposes_after_withdrawal_follow_the_policy() -> None:
     withdrawn = (make_grant("TREAT", "TRAIN", status="inactive"),)
-    on = make_tables(consent={"care_after_withdrawal": True})
+    on = policy_variant(consent={"care_after_withdrawal": True})
     assert permitted_purposes(make_facts(), withdrawn, on, NOW) == frozenset({"TREAT", "COC", "CLINTRL"})
-    assert permitted_purposes(make_facts(), withdrawn, make_tables(), NOW) == frozenset()
+    assert permitted_purposes(make_facts(), withdrawn, policy_variant(), NOW) == frozenset()
 
 
 @pytest.mark.parametrize("kind", list(PhotoKind))
 def test_every_permitted_purpose_is_permitted_by_decide(kind: PhotoKind) -> None:
-    tables = make_tables()
+    tables = policy_variant()
     grants = (make_grant("TREAT", "HOPERAT", "CLINTRCH", id="a"),
               make_grant("TRAIN", id="d", decision="deny"),
               _implied("COC", "PUBHLTH"))
@@ -455,7 +434,7 @@ def test_every_permitted_purpose_is_permitted_by_decide(kind: PhotoKind) -> None
 
 def test_reasons_carry_no_patient_data() -> None:
     grants = (make_grant("TREAT", id="a"), make_grant("TRAIN", id="b", decision="deny"))
-    for code in [*make_tables().purposes.codes, "XYZ"]:
+    for code in [*policy_variant().purposes.codes, "XYZ"]:
         for facts in (make_facts(), make_facts(pending=True), make_facts(PhotoKind.SECONDARY)):
             reason = run(code, facts, grants=grants).reason
             assert PATIENT.value not in reason and PATIENT.system not in reason and RECORD not in reason

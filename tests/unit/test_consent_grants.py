@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,21 +10,17 @@ import pytest
 from adapter.consent import ANY_PURPOSE, decide, grant_from_consent, grants_from_consent
 from adapter.consent.grants import CONSENT_ACTION, CONSENT_METHOD_EXTENSION, V3_ACT_CODE
 from adapter.errors import InvalidResource, NotSupported
-from adapter.mapping.tables import Tables, load_tables
 from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoSource
 from adapter.model.purpose import V3_ACT_REASON, PurposeOfUse
 from adapter.model.record import AccessFacts
+from tests.support.fhir_factories import policy_variant, tables
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
 MRN = "urn:example:mrn"
 PATIENT = Identifier(system=MRN, value="P-123")
 
 
-@functools.cache
-def _tables() -> Tables:
-    return load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
 
 
 def purpose(*codes: str, system: str = V3_ACT_REASON) -> list[dict[str, str]]:
@@ -58,7 +51,7 @@ def facts(kind: PhotoKind = PhotoKind.CLINICAL, governed_by: str = "Media/m1") -
 
 def permitted(resource: dict[str, Any], code: str, now: datetime, governed_by: str = "Media/m1") -> bool:
     return decide(PurposeOfUse(code), facts(governed_by=governed_by), grants_from_consent(resource),
-                  _tables(), now).permitted
+                  tables(), now).permitted
 
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -148,7 +141,7 @@ def test_missing_provision_grants_nothing() -> None:
     assert g.decision == "deny" and g.purposes == frozenset()
     assert not permitted(resource, "TREAT", NOW)
     # it neither permits nor denies: a document photo stays readable for care
-    assert decide(PurposeOfUse("TREAT"), facts(PhotoKind.DOCUMENT), [g], _tables(), NOW).permitted
+    assert decide(PurposeOfUse("TREAT"), facts(PhotoKind.DOCUMENT), [g], tables(), NOW).permitted
 
 
 def test_provision_without_type_is_a_permit() -> None:
@@ -323,9 +316,7 @@ def test_withdrawn_consent_keeps_its_status() -> None:
     resource = make_consent(status="inactive")
     assert grant_from_consent(resource).status == "inactive"
     assert not permitted(resource, "TREAT", NOW)
-    tables = _tables()
-    on = dataclasses.replace(tables, policy=tables.policy.model_copy(
-        update={"consent": tables.policy.consent.model_copy(update={"care_after_withdrawal": True})}))
+    on = policy_variant(consent={"care_after_withdrawal": True})
     assert decide(PurposeOfUse("TREAT"), facts(), grants_from_consent(resource), on, NOW).permitted
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,36 +16,18 @@ from adapter.errors import (
     RequiredElementMissing,
     UnknownCode,
 )
-from adapter.mapping.tables import Tables, load_tables
+from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
 from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoMetadata
+from tests.support.fhir_factories import policy_variant
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 MRN = "urn:example:mrn"
 PATIENT = Identifier(system=MRN, value="P-123")
 SECONDARY_WARNING = ("Secondary image: a photograph of an image or trace shown on another platform. "
                      "Review the original on its platform before diagnosis.")
-
-
-@functools.cache
-def _loaded() -> Tables:
-    return load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
-
-
-def make_tables(*, consent: dict[str, Any] | None = None, break_glass: dict[str, Any] | None = None,
-                devices: dict[str, Any] | None = None) -> Tables:
-    base = _loaded()
-    update: dict[str, Any] = {}
-    if consent:
-        update["consent"] = base.policy.consent.model_copy(update=consent)
-    if break_glass:
-        update["break_glass"] = base.policy.break_glass.model_copy(update=break_glass)
-    if devices:
-        update["devices"] = base.policy.devices.model_copy(update=devices)
-    return dataclasses.replace(base, policy=base.policy.model_copy(update=update))
 
 
 _UNSET: Any = object()
@@ -79,7 +58,7 @@ def make_grant(*purposes: str, id: str = "c1", status: str = "active", decision:
 
 def assess(meta: PhotoMetadata, existing: tuple[ConsentGrant, ...] = (), tables: Tables | None = None,
            now: datetime = NOW) -> IngestAssessment:
-    return assess_ingest(meta, existing, tables or make_tables(), now)
+    return assess_ingest(meta, existing, tables or policy_variant(), now)
 
 
 def refused(meta: PhotoMetadata, existing: tuple[ConsentGrant, ...] = (),
@@ -154,7 +133,7 @@ def test_active_deny_of_treat_refuses_even_with_a_statement() -> None:
 
 
 def test_active_deny_of_treat_is_not_bypassed_by_pending() -> None:
-    tables = make_tables(consent={"allow_pending": True})
+    tables = policy_variant(consent={"allow_pending": True})
     with pytest.raises(ConsentRequired):
         assess(make_meta(consent=None), (make_grant("TREAT", decision="deny"),), tables)
 
@@ -166,18 +145,18 @@ def test_deny_of_another_purpose_does_not_block_ingest() -> None:
 # -- consent pending ---------------------------------------------------------------------------------
 
 def test_clinical_without_consent_is_kept_pending_when_policy_allows() -> None:
-    a = assess(make_meta(consent=None), tables=make_tables(consent={"allow_pending": True}))
+    a = assess(make_meta(consent=None), tables=policy_variant(consent={"allow_pending": True}))
     assert a.consent_pending and a.warnings == (PENDING_WARNING,) and a.implied_purposes == ()
 
 
 def test_pending_warning_says_when_break_glass_is_disabled() -> None:
-    tables = make_tables(consent={"allow_pending": True}, break_glass={"enabled": False})
+    tables = policy_variant(consent={"allow_pending": True}, break_glass={"enabled": False})
     a = assess(make_meta(consent=None), tables=tables)
     assert a.consent_pending and a.warnings == (PENDING_WARNING_NO_BREAK_GLASS,)
 
 
 def test_pending_is_not_used_when_consent_is_present() -> None:
-    assert assess(make_meta(), tables=make_tables(consent={"allow_pending": True})) == CLEAN
+    assert assess(make_meta(), tables=policy_variant(consent={"allow_pending": True})) == CLEAN
 
 
 # -- document and secondary photos -------------------------------------------------------------------
@@ -190,12 +169,12 @@ def test_secondary_without_consent_is_accepted_with_warning_and_note() -> None:
     a = assess(make_meta(kind="secondary", consent=None))
     assert not a.consent_pending
     assert a.warnings == (SECONDARY_WARNING,) and a.notes == (SECONDARY_WARNING,)
-    assert make_tables().kinds[PhotoKind.SECONDARY].warning == SECONDARY_WARNING
+    assert policy_variant().kinds[PhotoKind.SECONDARY].warning == SECONDARY_WARNING
 
 
 @pytest.mark.parametrize("kind", ["document", "secondary"])
 def test_document_and_secondary_are_never_pending(kind: str) -> None:
-    a = assess(make_meta(kind=kind, consent=None), tables=make_tables(consent={"allow_pending": True}))
+    a = assess(make_meta(kind=kind, consent=None), tables=policy_variant(consent={"allow_pending": True}))
     assert not a.consent_pending
 
 
@@ -208,13 +187,13 @@ def test_patient_sent_photo_implies_consent_for_treat_only(kind: str) -> None:
 
 
 def test_implied_purposes_follow_the_policy() -> None:
-    tables = make_tables(consent={"patient_implied_purposes": ["TREAT", "COC"]})
+    tables = policy_variant(consent={"patient_implied_purposes": ["TREAT", "COC"]})
     a = assess(make_meta(source="patient", consent=None), tables=tables)
     assert a.implied_purposes == ("TREAT", "COC")
 
 
 def test_implied_consent_that_does_not_cover_treat_is_no_basis() -> None:
-    tables = make_tables(consent={"patient_implied_purposes": ["COC"]})
+    tables = policy_variant(consent={"patient_implied_purposes": ["COC"]})
     err = refused(make_meta(source="patient", consent=None), tables=tables)
     assert type(err) is ConsentRequired and "implied consent covers COC but not TREAT" in err.diagnostics
 
@@ -312,46 +291,46 @@ WRITTEN = {"written_required": True}
 
 def test_written_required_refuses_verbal_for_clinical() -> None:
     verbal = make_meta(consent={"purposes": ["TREAT"], "method": "verbal"})
-    err = refused(verbal, tables=make_tables(consent=WRITTEN))
+    err = refused(verbal, tables=policy_variant(consent=WRITTEN))
     assert type(err) is ConsentRequired and err.expression == ["consent.method"]
     assert "written" in err.diagnostics
 
 
 def test_written_required_refuses_verbal_even_when_pending_is_allowed() -> None:
-    tables = make_tables(consent={"written_required": True, "allow_pending": True})
+    tables = policy_variant(consent={"written_required": True, "allow_pending": True})
     with pytest.raises(ConsentRequired):
         assess(make_meta(consent={"purposes": ["TREAT"], "method": "verbal"}), tables=tables)
 
 
 def test_written_required_accepts_written_for_clinical() -> None:
-    assert assess(make_meta(), tables=make_tables(consent=WRITTEN)) == CLEAN
+    assert assess(make_meta(), tables=policy_variant(consent=WRITTEN)) == CLEAN
 
 
 @pytest.mark.parametrize("kind", ["document", "secondary"])
 def test_written_required_does_not_apply_to_other_kinds(kind: str) -> None:
     meta = make_meta(kind=kind, consent={"purposes": ["TREAT"], "method": "verbal"})
-    assert not assess(meta, tables=make_tables(consent=WRITTEN)).consent_pending
+    assert not assess(meta, tables=policy_variant(consent=WRITTEN)).consent_pending
 
 
 def test_written_required_refuses_verbal_consent_on_file_as_only_basis() -> None:
     existing = (make_grant("TREAT", method=ConsentMethod.VERBAL),)
-    err = refused(make_meta(consent=None), existing, make_tables(consent=WRITTEN))
+    err = refused(make_meta(consent=None), existing, policy_variant(consent=WRITTEN))
     assert type(err) is ConsentRequired and "not documented as written" in err.diagnostics
 
 
 def test_written_required_refuses_consent_on_file_of_unknown_method() -> None:
     existing = (make_grant("TREAT", method=None),)
     with pytest.raises(ConsentRequired):
-        assess(make_meta(consent=None), existing, make_tables(consent=WRITTEN))
+        assess(make_meta(consent=None), existing, policy_variant(consent=WRITTEN))
 
 
 def test_written_required_accepts_written_consent_on_file() -> None:
     existing = (make_grant("TREAT", id="v", method=ConsentMethod.VERBAL), make_grant("TREAT", id="w"))
-    assert assess(make_meta(consent=None), existing, make_tables(consent=WRITTEN)) == CLEAN
+    assert assess(make_meta(consent=None), existing, policy_variant(consent=WRITTEN)) == CLEAN
 
 
 def test_written_required_accepts_patient_implied_consent() -> None:
-    a = assess(make_meta(source="patient", consent=None), tables=make_tables(consent=WRITTEN))
+    a = assess(make_meta(source="patient", consent=None), tables=policy_variant(consent=WRITTEN))
     assert a.implied_purposes == ("TREAT",)
 
 
@@ -363,14 +342,14 @@ def test_verbal_consent_on_file_is_a_basis_by_default() -> None:
 # -- devices -----------------------------------------------------------------------------------------
 
 def test_personal_device_is_refused_when_policy_forbids() -> None:
-    err = refused(make_meta(device="personal"), tables=make_tables(devices={"personal_allowed": False}))
+    err = refused(make_meta(device="personal"), tables=policy_variant(devices={"personal_allowed": False}))
     assert type(err) is BusinessRuleViolation and err.expression == ["device"]
 
 
 @pytest.mark.parametrize("device", ["organisation", None])
 def test_other_devices_are_accepted_when_personal_is_forbidden(device: str | None) -> None:
     meta = make_meta(device=device) if device else make_meta()
-    assert assess(meta, tables=make_tables(devices={"personal_allowed": False})) == CLEAN
+    assert assess(meta, tables=policy_variant(devices={"personal_allowed": False})) == CLEAN
 
 
 def test_personal_device_is_accepted_by_default() -> None:

@@ -4,7 +4,6 @@ models, and the moved elements land where the R5 spec puts them."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +17,9 @@ from adapter.errors import NotSupported
 from adapter.mapping import codes
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.r5 import XVER_R4, to_r5
-from adapter.mapping.tables import load_tables
 from adapter.mapping.views import render
 from adapter.model.decision import View
+from tests.support.fhir_factories import tables
 from tests.unit.test_mapping_views import (
     FACTORIES,
     KEY,
@@ -36,7 +35,6 @@ from tests.unit.test_mapping_views import (
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
 JSON = dict[str, Any]
 R5_MODELS: dict[str, Any] = {
     "DocumentReference": DocumentReference, "Consent": Consent, "Provenance": Provenance, "Binary": Binary,
@@ -65,8 +63,7 @@ def test_every_resource_converts_to_valid_r5_without_touching_the_input(resource
 @pytest.mark.parametrize("view", list(View))
 @pytest.mark.parametrize("resource_type", list(FACTORIES))
 def test_rendered_views_convert_to_valid_r5(resource_type: str, view: View) -> None:
-    tables = load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
-    rendered = render(FACTORIES[resource_type](), decision(view), tables=tables,
+    rendered = render(FACTORIES[resource_type](), decision(view), tables=tables(),
                       pseudonymizer=Pseudonymizer(KEY, PSEUDONYM_SYSTEM))
     out = to_r5(rendered)
     validate_r5(out)

@@ -10,7 +10,6 @@ import copy
 import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,14 +23,14 @@ from fhir.resources.R4B.provenance import Provenance
 from adapter.errors import ConfigurationError, Forbidden, NotSupported
 from adapter.mapping import codes
 from adapter.mapping.pseudonym import Pseudonymizer
-from adapter.mapping.tables import Tables, load_tables
+from adapter.mapping.tables import Tables
 from adapter.mapping.views import render, security_labels
 from adapter.model.decision import Decision, View
 from adapter.model.purpose import PurposeOfUse
+from tests.support.fhir_factories import tables as shipped_tables
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
 JSON = dict[str, Any]
 
 PATIENT_SYSTEM = "urn:oid:2.999.1.1"
@@ -237,7 +236,7 @@ def decision(view: View, *, purposes: frozenset[str] = frozenset({"TREAT", "HRES
 
 @pytest.fixture(scope="module")
 def tables() -> Tables:
-    return load_tables(ROOT / "mappings", ROOT / "mappings" / "policy.yaml")
+    return shipped_tables()
 
 
 @pytest.fixture()
