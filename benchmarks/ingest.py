@@ -35,8 +35,6 @@ started is stopped on exit.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import io
 import json
 import os
 import queue
@@ -83,64 +81,17 @@ PATIENT_SYSTEM = "urn:oid:2.999.1.1"
 # --------------------------------------------------------------------------- photos
 
 
-def _pillow_base_photo(megapixels: float, target_bytes: int) -> bytes:
-    """A 4:3 photo-like image (smooth colour blobs + fine grain), quality tuned to ~target_bytes."""
-    from PIL import Image
-
-    width = int((megapixels * 1e6 * 4 / 3) ** 0.5) // 16 * 16
-    height = width * 3 // 4
-    channels = []
-    for sigma in (40, 50, 60):
-        blobs = Image.effect_noise((width // 16, height // 16), sigma).resize(
-            (width, height), Image.Resampling.BICUBIC
-        )
-        grain = Image.effect_noise((width, height), 12)
-        channels.append(Image.blend(blobs, grain, 0.5))
-    img = Image.merge("RGB", channels)
-    best: bytes = b""
-    lo, hi = 50, 98
-    while lo <= hi:  # the largest quality whose file stays near the target
-        q = (lo + hi) // 2
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=q)
-        data = buf.getvalue()
-        if not best or abs(len(data) - target_bytes) < abs(len(best) - target_bytes):
-            best = data
-        if len(data) < target_bytes:
-            lo = q + 1
-        else:
-            hi = q - 1
-    return best
-
-
 def base_photo(megapixels: float = 12, target_bytes: int = 3_000_000) -> tuple[bytes, str]:
-    """One large JPEG, cached in the temp dir; from samples/make_samples.py when it has
-    make_large_photo, else made here with Pillow."""
+    """One large JPEG from samples/make_samples.py (``make_large_photo``), cached in the temp dir."""
+    from samples.make_samples import make_large_photo
+
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    maker = REPO_ROOT / "samples" / "make_samples.py"
-    make_large_photo = None
-    if maker.is_file():
-        spec = importlib.util.spec_from_file_location("_bench_make_samples", maker)
-        if spec and spec.loader:
-            mod = importlib.util.module_from_spec(spec)
-            try:
-                spec.loader.exec_module(mod)
-                make_large_photo = getattr(mod, "make_large_photo", None)
-            except Exception as exc:  # noqa: BLE001 - fall back to our own photo
-                print(
-                    f"note: samples/make_samples.py did not load ({exc}); using a Pillow photo",
-                    file=sys.stderr,
-                )
-    source = "samples" if make_large_photo else "pillow"
-    cached = CACHE_DIR / f"base-{megapixels:g}mp-{target_bytes}-{source}.jpg"
+    cached = CACHE_DIR / f"base-{megapixels:g}mp-{target_bytes}-samples.jpg"
     if not cached.is_file():
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        if make_large_photo is not None:
-            make_large_photo(tmp, megapixels=megapixels, target_bytes=target_bytes)
-        else:
-            tmp.write_bytes(_pillow_base_photo(megapixels, target_bytes))
+        make_large_photo(tmp, megapixels=megapixels, target_bytes=target_bytes)
         tmp.replace(cached)
-    return cached.read_bytes(), f"{source} ({cached})"
+    return cached.read_bytes(), f"samples ({cached})"
 
 
 def _dqt_entry_offsets(jpeg: bytes) -> list[int]:
