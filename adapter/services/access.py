@@ -207,7 +207,7 @@ class ScopedReader:
         for rt in resource_types:
             if rt not in READABLE_TYPES:
                 raise NotSupported(f"{rt} is not served here")
-        candidates = heapq.merge(*(self._store.iter_search_index(rt, request.criteria) for rt in resource_types),
+        candidates = heapq.merge(*(self._store.search_index(rt, request.criteria) for rt in resource_types),
                                  key=lambda r: (r.last_updated, r.id))
         page: list[tuple[IndexRow, Decision]] = []
         permitted = denied = 0

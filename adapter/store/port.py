@@ -91,11 +91,9 @@ class RecordStore(Protocol):
         """Write the next version, keeping history. Conflict if ``if_match`` is not current;
         NotFound if absent."""
 
-    def search_index(self, resource_type: str, criteria: SearchCriteria) -> list[IndexRow]:
-        """Candidates ordered by last_updated then id (no JSON loaded)."""
-
-    def iter_search_index(self, resource_type: str, criteria: SearchCriteria) -> Iterator[IndexRow]:
-        """The same candidates in the same order, read a batch at a time (bounded memory)."""
+    def search_index(self, resource_type: str, criteria: SearchCriteria) -> Iterator[IndexRow]:
+        """Candidates ordered by last_updated then id (no JSON loaded), read a batch at a time
+        (bounded memory)."""
 
     def consents_for_patient(self, patient: Identifier) -> list[StoredResource]: ...
 

@@ -100,7 +100,7 @@ def _translated_errors() -> Iterator[None]:
         raise StorageError("the record store failed; nothing was saved") from exc
 
 
-#: Rows of a search read at a time (SqlRecordStore.iter_search_index).
+#: Rows of a search read at a time (SqlRecordStore.search_index).
 SEARCH_BATCH = 1000
 
 
@@ -266,15 +266,11 @@ class SqlRecordStore:
                     found[row["id"]] = stored_from_row(row)
         return [found[i] for i in ids if i in found]
 
-    def search_index(self, resource_type: str, criteria: SearchCriteria) -> list[IndexRow]:
-        """Candidates ordered by last_updated then id (no JSON loaded)."""
-        return list(self.iter_search_index(resource_type, criteria))
-
-    def iter_search_index(self, resource_type: str, criteria: SearchCriteria, *,
-                          batch: int = SEARCH_BATCH) -> Iterator[IndexRow]:
-        """:meth:`search_index` read ``batch`` rows at a time (keyset pages on (last_updated,
-        id), each its own short read): memory stays bounded whatever the number of matches,
-        and no connection is held between batches."""
+    def search_index(self, resource_type: str, criteria: SearchCriteria, *,
+                     batch: int = SEARCH_BATCH) -> Iterator[IndexRow]:
+        """Candidates ordered by last_updated then id (no JSON loaded), read ``batch`` rows at a
+        time (keyset pages on (last_updated, id), each its own short read): memory stays
+        bounded whatever the number of matches, and no connection is held between batches."""
         statement = search_statement(resource_type, criteria)
         after: tuple[datetime, str] | None = None
         while True:

@@ -192,7 +192,7 @@ def test_access_facts_round_trip(store: SqlRecordStore) -> None:
     store.create(new)
     stored = store.get("Binary", new.id)
     assert stored is not None and stored.facts == facts
-    [row] = store.search_index("Binary", SearchCriteria(ids=(new.id,)))
+    [row] = list(store.search_index("Binary", SearchCriteria(ids=(new.id,))))
     assert row.facts == facts
     bare = make_resource("Consent", with_facts=False)
     store.create(bare)
@@ -319,7 +319,7 @@ def test_update_writes_next_version_and_keeps_history(store: SqlRecordStore) -> 
     # the index follows the current version
     old_token = SearchCriteria(tokens=((TokenCriterion("type", "old"),),))
     new_token = SearchCriteria(tokens=((TokenCriterion("type", "new"),),))
-    assert store.search_index("Media", old_token) == []
+    assert list(store.search_index("Media", old_token)) == []
     assert ids(store.search_index("Media", new_token)) == ["m1"]
     assert ids(store.search_index("Media", SearchCriteria(status=("completed",)))) == ["m1"]
     assert ids(store.search_index("Media", SearchCriteria(patient=(OTHER_PATIENT,)))) == ["m1"]
@@ -422,9 +422,9 @@ def test_search_reads_in_batches_in_the_same_order(store: SqlRecordStore, batch:
     store.create(make_resource("Media", "a"))
     store.create(make_resource("DocumentReference", "d"))
     expected = ["z", "b", "m", "x", "a"]
-    assert ids(store.iter_search_index("Media", SearchCriteria(), batch=batch)) == expected
-    assert ids(store.iter_search_index("Media", SearchCriteria(ids=("x", "z")), batch=batch)) == ["z", "x"]
-    assert ids(store.iter_search_index("Media", SearchCriteria(ids=("none",)), batch=batch)) == []
+    assert ids(store.search_index("Media", SearchCriteria(), batch=batch)) == expected
+    assert ids(store.search_index("Media", SearchCriteria(ids=("x", "z")), batch=batch)) == ["z", "x"]
+    assert ids(store.search_index("Media", SearchCriteria(ids=("none",)), batch=batch)) == []
 
 
 # Stored dates, in several offsets; the search day is 2024-01-01 in UTC.
@@ -452,7 +452,7 @@ def test_search_date_prefixes(store: SqlRecordStore, prefix: str, expected: list
     for id, date in DATES.items():
         store.create(make_resource("Media", id, date=date))
     store.create(make_resource("Media", "undated", date=None))
-    found = store.search_index("Media", SearchCriteria(dates=(DateCriterion(prefix, *DAY),)))
+    found = list(store.search_index("Media", SearchCriteria(dates=(DateCriterion(prefix, *DAY),))))
     assert sorted(ids(found)) == expected
 
 
@@ -470,9 +470,9 @@ def test_search_dates_in_other_offsets_and_combined(store: SqlRecordStore) -> No
 
 def test_search_date_prefix_errors(store: SqlRecordStore) -> None:
     with pytest.raises(NotSupported):
-        store.search_index("Media", SearchCriteria(dates=(DateCriterion("ap", *DAY),)))
+        list(store.search_index("Media", SearchCriteria(dates=(DateCriterion("ap", *DAY),))))
     with pytest.raises(InvalidInput):
-        store.search_index("Media", SearchCriteria(dates=(DateCriterion("xx", *DAY),)))
+        list(store.search_index("Media", SearchCriteria(dates=(DateCriterion("xx", *DAY),))))
 
 
 # -- consents and audit -----------------------------------------------------------------------
@@ -555,7 +555,7 @@ def test_concurrent_ingests(store: SqlRecordStore) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert len(store.search_index("Media", SearchCriteria())) == 80
+    assert len(list(store.search_index("Media", SearchCriteria()))) == 80
     assert len(store.list_audit(1000)) == 80
 
 
