@@ -18,6 +18,7 @@ from adapter.model.photo import Identifier
 from adapter.model.record import IndexRow, IngestUnit, NewResource, StoredResource
 from adapter.store.dates import now_instant, to_utc
 from adapter.store.engine import WRITE, create_store_engine, prepare_database
+from adapter.store.inserts import CompiledInserts
 from adapter.store.port import SearchCriteria
 from adapter.store.rows import (
     OUTBOX_FAILED,
@@ -118,6 +119,7 @@ class SqlRecordStore:
         self._engine = create_store_engine(database_url, schema=schema, pool_size=pool_size,
                                            max_overflow=max_overflow)
         self._writer = self._engine.execution_options(**{WRITE: True})
+        self._inserts = CompiledInserts(self._engine.dialect)
         try:
             with self._write() as conn:
                 prepare_database(conn, schema)
@@ -163,24 +165,25 @@ class SqlRecordStore:
         """
         now = now_instant()
         documents = [with_meta(new, 1, now) for new in unit.resources]
+        run = self._inserts.execute
         with self._write() as conn:
             if unit.dicom_instance is not None:  # first: a repeated SOP instance fails cheapest
-                conn.execute(insert(dicom_instances), dicom_instance_row(unit.dicom_instance, now))
-            conn.execute(insert(receipts), {
+                run(conn, dicom_instances, dicom_instance_row(unit.dicom_instance, now))
+            run(conn, receipts, {
                 "idempotency_key": unit.idempotency_key, "patient_system": unit.patient.system,
                 "patient_value": unit.patient.value, "stored_sha256": unit.stored_sha256,
                 "recorded": now, "receipt": unit.receipt})
             if unit.resources:
                 # each document encoded once, for its resource row and its history row
                 pairs = [(n, EncodedJson.of(d)) for n, d in zip(unit.resources, documents, strict=True)]
-                conn.execute(insert(resources), [resource_row(n, e, 1, now) for n, e in pairs])
-                conn.execute(insert(resource_history), [history_row(n, e, 1, now) for n, e in pairs])
+                run(conn, resources, [resource_row(n, e, 1, now) for n, e in pairs])
+                run(conn, resource_history, [history_row(n, e, 1, now) for n, e in pairs])
                 if rows := [row for new in unit.resources for row in token_rows(new)]:
-                    conn.execute(insert(tokens), rows)
+                    run(conn, tokens, rows)
             if unit.audit_events:
-                conn.execute(insert(audit), [{"recorded": now, "json": e} for e in unit.audit_events])
+                run(conn, audit, [{"recorded": now, "json": e} for e in unit.audit_events])
             if unit.outbox:
-                conn.execute(insert(outbox), [outbox_row(item, now) for item in unit.outbox])
+                run(conn, outbox, [outbox_row(item, now) for item in unit.outbox])
         for new, document in zip(unit.resources, documents, strict=True):
             new.resource["meta"] = document["meta"]
 

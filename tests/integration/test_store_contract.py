@@ -275,6 +275,38 @@ def test_find_receipt(store: SqlRecordStore) -> None:
         store.find_receipt(patient=PATIENT)
 
 
+def test_compiled_inserts_store_what_execute_stores(store: SqlRecordStore) -> None:
+    """The ingest's precompiled INSERTs (adapter.store.inserts) hand the driver the same values
+    as SQLAlchemy's execute(): the same date text on SQLite, booleans, JSON, NULLs, several rows."""
+    from adapter.store.inserts import CompiledInserts
+    from adapter.store.schema import EncodedJson, resources
+
+    when = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=timezone(timedelta(hours=2)))
+
+    def row(rid: str) -> dict[str, Any]:
+        return {"resource_type": "Media", "id": rid, "version_id": 1, "last_updated": when,
+                "json": EncodedJson.of({"resourceType": "Media", "note": "ü"}), "patient_system": "urn:x",
+                "patient_value": None, "date": when, "consent_pending": True, "consent_ids": ["a", "b"],
+                "blob_offset": 2**40, "blob_length": 7}
+
+    raw = sa.select(*[c for c in resources.c if c.name not in ("resource_type", "id")])
+    inserts = CompiledInserts(store.engine.dialect)
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(resources), [row("by-execute")])
+        inserts.execute(conn, resources, [row("compiled-1"), row("compiled-2")])
+        inserts.execute(conn, resources, row("compiled-3"))
+        values = {rid: tuple(conn.execute(raw.where(resources.c.id == rid)).one())
+                  for rid in ("by-execute", "compiled-1", "compiled-2", "compiled-3")}
+        as_stored = conn.exec_driver_sql("SELECT id, last_updated FROM resources ORDER BY id").all() \
+            if store.engine.dialect.name == "sqlite" else None
+    assert values["compiled-1"] == values["compiled-2"] == values["compiled-3"] == values["by-execute"]
+    if as_stored is not None:
+        assert {text for _, text in as_stored} == {"2024-05-06T05:08:09.123000+00:00"}
+    # a value the bind processing refuses is a StatementError, as from execute()
+    with pytest.raises(sa.exc.StatementError, match="expected a datetime"), store.engine.begin() as conn:
+        inserts.execute(conn, resources, {**row("bad"), "last_updated": "not a datetime"})
+
+
 def test_save_ingest_is_one_commit(store: SqlRecordStore) -> None:
     commits: list[object] = []
     sa.event.listen(store.engine, "commit", commits.append)
