@@ -20,7 +20,11 @@ Wiring decisions:
   in memory, a deflate bomb away from exhausting it.
 * **Speed.** Datasets are spooled straight to a file while they arrive
   (``_config.STORE_RECV_CHUNKED_DATASET``), so no object is held in memory nor decoded by
-  pynetdicom; the handler reads the attributes it needs and leaves pixel data alone.
+  pynetdicom; the handler reads the attributes it needs and leaves pixel data alone. The spool
+  file is made in the blobs' staging folder (:func:`_spool_file`), not the system's temporary
+  folder: on the blobs' file system the object as received is hard-linked into its blob rather
+  than copied (in a container, /tmp and the /data volume are two file systems), and a file
+  left by a crash holds patient data that the staging sweep removes at the next start.
   TCP_NODELAY is set on every accepted socket; the maximum PDU is ADAPTER_DICOM_MAX_PDU.
   pynetdicom's own receive path costs more than the ingest that follows it (it reads sockets
   4 KiB at a time, copies each PDU five times before writing it in one multi-MB write, and
@@ -46,14 +50,16 @@ import queue
 import select
 import ssl
 import struct
+import tempfile
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
@@ -358,13 +364,33 @@ class _RequestHandler(RequestHandler):
         return assoc
 
 
+def _spool_file(*args: Any, **kwargs: Any) -> Any:
+    """pynetdicom's ``NamedTemporaryFile`` for the data set of a C-STORE request it spools: in
+    the ``spool_dir`` of the adapter's AE whose association receives it (pynetdicom opens the
+    file in that association's DUL thread), else where pynetdicom would have made it."""
+    ae = getattr(getattr(threading.current_thread(), "assoc", None), "ae", None)
+    spool_dir = getattr(ae, "spool_dir", None) if isinstance(ae, _ApplicationEntity) else None
+    if spool_dir is not None:
+        kwargs.setdefault("dir", spool_dir)
+    return tempfile.NamedTemporaryFile(*args, **kwargs)
+
+
+def _spool_in_staging() -> None:
+    """Install :func:`_spool_file` in pynetdicom (once; process-wide, and a no-op for AEs that
+    are not the adapter's)."""
+    if getattr(dimse_messages, "NamedTemporaryFile", None) is tempfile.NamedTemporaryFile:
+        setattr(dimse_messages, "NamedTemporaryFile", _spool_file)  # noqa: B010 - mypy: a module attribute
+
+
 class _ApplicationEntity(AE):
     """pynetdicom's AE, except that an empty list of required calling AE titles refuses every
-    caller instead of accepting all (pynetdicom's meaning of an empty list)."""
+    caller instead of accepting all (pynetdicom's meaning of an empty list), and that received
+    data sets are spooled in ``spool_dir`` (:func:`_spool_file`)."""
 
-    def __init__(self, ae_title: str, allowed: tuple[str, ...]) -> None:
+    def __init__(self, ae_title: str, allowed: tuple[str, ...], spool_dir: Path | None = None) -> None:
         super().__init__(ae_title=ae_title)
         self._allowed = list(allowed)
+        self.spool_dir = spool_dir
 
     @property
     def require_calling_aet(self) -> list[str]:
@@ -406,7 +432,7 @@ class StoreSCP:
 
     def _build_ae(self) -> _ApplicationEntity:
         o = self.options
-        ae = _ApplicationEntity(o.ae_title, o.allowed_ae_titles)
+        ae = _ApplicationEntity(o.ae_title, o.allowed_ae_titles, self._ingest.spool_dir)
         ae.maximum_pdu_size = o.max_pdu
         ae.acse_timeout = o.acse_timeout
         ae.dimse_timeout = o.dimse_timeout
@@ -426,6 +452,7 @@ class StoreSCP:
             # Spool C-STORE datasets to disk as they arrive instead of holding them in memory.
             # A process-wide pynetdicom switch; it changes nothing for SCU associations.
             _config.STORE_RECV_CHUNKED_DATASET = True
+            _spool_in_staging()
             # Read received values as sent, without validating them against their VR: pydicom's
             # validation warnings quote the value (a name, an ID) into the logs. Process-wide too.
             pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE

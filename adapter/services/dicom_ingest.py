@@ -573,6 +573,13 @@ class DicomIngestService:
         self._now = now
 
     @property
+    def spool_dir(self) -> Path:
+        """Where the SCP spools received data sets: the blobs' staging folder, so the object
+        as received is hard-linked into its blob (not copied), and one left by a crash is swept
+        with the other staged files (never left in the system's temporary folder)."""
+        return self._blobs.staging_dir
+
+    @property
     def dicom_tables(self) -> DicomTables:
         return self._dicom_tables
 

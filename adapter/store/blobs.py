@@ -85,6 +85,10 @@ class FileBlobStore:
             _log.info("removed %d stale staged upload(s)", removed)
         return removed
 
+    @property
+    def staging_dir(self) -> Path:
+        return self._staging_dir
+
     def new_staging_path(self) -> Path:
         """A fresh path in the staging folder (same file system as the blobs)."""
         return self._staging_dir / f"{uuid.uuid4().hex}.part"

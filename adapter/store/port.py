@@ -49,6 +49,10 @@ class SearchCriteria:
 class BlobStore(Protocol):
     """Content-addressed, durable image bytes."""
 
+    @property
+    def staging_dir(self) -> Path:
+        """The staging folder: on the blobs' file system; files left in it are swept."""
+
     def new_staging_path(self) -> Path:
         """A fresh path in the staging folder (same file system as the blobs)."""
 

@@ -473,7 +473,8 @@ def test_association_aborted_mid_transfer_leaves_nothing(adapter: tuple[FhirClie
             ae.shutdown()
         assert len(pdata_sent) == 3
         wait_until(lambda: not scp._ae.active_associations)  # type: ignore[union-attr]
-        wait_until(lambda: list(pynetdicom_config.iterdir()) == [])  # no spool file left
+        wait_until(lambda: list((tmp_path / "data" / "staging").iterdir()) == [])  # no spool file left
+        assert list(pynetdicom_config.iterdir()) == []
         stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
         # the SCP keeps serving
         assert pynet_store(scp.port, path).Status == SUCCESS
@@ -481,6 +482,33 @@ def test_association_aborted_mid_transfer_leaves_nothing(adapter: tuple[FhirClie
             assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
     finally:
         scp.stop()
+
+
+def test_received_data_set_is_spooled_in_staging_and_linked_into_its_blob(
+        scp: StoreSCP, services: Services, tmp_path: Path, pynetdicom_config: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spool file is made in the blobs' staging folder, not the system's temporary folder:
+    the object as received becomes its blob by a hard link (the same inode), and nothing is
+    left in either folder."""
+    seen: list[tuple[Path, int]] = []
+    ingest = services.dicom_ingest.ingest_received
+
+    def spy(received: ReceivedStore) -> Any:
+        seen.append((received.path, received.path.stat().st_ino))
+        return ingest(received)
+
+    monkeypatch.setattr(services.dicom_ingest, "ingest_received", spy)
+    path = tmp_path / "sc.dcm"
+    sent = sc_file(path, frame=jpeg(64, 48))
+    assert pynet_store(scp.port, path).Status == SUCCESS
+    [(spooled, inode)] = seen
+    staging = (tmp_path / "data" / "staging").resolve()
+    assert spooled.resolve().parent == staging
+    instance = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    assert instance is not None and instance.blob_sha256 is not None
+    assert services.blobs.path(instance.blob_sha256).stat().st_ino == inode
+    wait_until(lambda: list(staging.iterdir()) == [])
+    assert list(pynetdicom_config.iterdir()) == []
 
 
 def test_accepted_sockets_have_nagle_off(scp: StoreSCP) -> None:
