@@ -53,7 +53,7 @@ from typing import Any, TypeVar, overload
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import JPEGBaseline8Bit
 
 from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
@@ -506,9 +506,11 @@ def _binary_of_first_fragment(work: _Work, path: Path, fragment: tuple[int, int]
 
 
 #: What pydicom raises on a malformed value when it is first used (it parses lazily); anything
-#: else escaping the mapping is a bug and answered as one.
-_MALFORMED = (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OverflowError,
-              NotImplementedError, struct.error)
+#: else escaping the mapping is a bug and answered as one. BytesLengthException (not a
+#: ValueError) is a binary value whose length is not a multiple of its VR's size (an odd-length
+#: UL, say), found by fuzzing the ingest.
+_MALFORMED = (InvalidDicomError, BytesLengthException, ValueError, TypeError, KeyError, IndexError, EOFError,
+              OverflowError, NotImplementedError, struct.error)
 
 
 def read_dataset(path: Path) -> Dataset:

@@ -33,7 +33,7 @@ from adapter.dicom.status import (
     SUCCESS,
     dimse_status_for,
 )
-from adapter.errors import AdapterError
+from adapter.errors import AdapterError, InvalidInput
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.services.dicom_ingest import ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
@@ -411,6 +411,29 @@ def test_malformed_dataset_gets_a_failure_status_and_nothing_is_stored(
     assert PATIENT["value"] not in answer.get("ErrorComment", "")
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
     assert services.store.list_audit() == []
+
+
+@pytest.mark.parametrize("element", [
+    b"\x02\x00\x00\x00UL",  # (0002,0000) File Meta Information Group Length, read with the file meta
+    b"\x28\x00\x10\x00US",  # (0028,0010) Rows, read when the image is mapped
+])
+def test_binary_value_of_the_wrong_length_is_cannot_understand(scp: StoreSCP, services: Services, tmp_path: Path,
+                                                               element: bytes) -> None:
+    """A UL or US value whose length is not a multiple of 4 or 2 (pydicom's BytesLengthException,
+    not a ValueError) is malformed input, 0xC000, not a bug (found by fuzzing the ingest)."""
+    path = tmp_path / "odd.dcm"
+    sent = sc_file(path)
+    data = path.read_bytes()
+    at = data.index(element, 128)
+    length = int.from_bytes(data[at + 6:at + 8], "little")
+    path.write_bytes(data[:at + 6] + (length + 1).to_bytes(2, "little") + data[at + 8:at + 8 + length] + b"\x00"
+                     + data[at + 8 + length:])
+    with pytest.raises(InvalidInput) as refused:
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert dimse_status_for(refused.value) == CANNOT_UNDERSTAND
+    if element.endswith(b"US"):  # and over the wire (pynetdicom's SCU cannot read the other file)
+        assert pynet_store(scp.port, path, chunked=True).Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
 def test_dataset_that_is_not_the_requested_instance_is_refused(scp: StoreSCP, services: Services,
