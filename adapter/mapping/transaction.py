@@ -186,7 +186,7 @@ def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
             raise RequiredElementMissing("every entry of the transaction needs a resource",
                                          expression=f"Bundle.entry[{i}].resource")
         rtype = resource.get("resourceType")
-        if rtype not in _ROLES:
+        if not isinstance(rtype, str) or rtype not in _ROLES:
             raise NotSupported(f"a {str(rtype)[:40]} entry is not supported: send a Binary, a Media or "
                                "DocumentReference and optionally a Consent",
                                expression=f"Bundle.entry[{i}].resource.resourceType")
@@ -398,7 +398,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
         raise InvalidResource("expected a Bundle", expression="resourceType")
     btype = bundle.get("type")
     if btype != "transaction":
-        if btype not in _BUNDLE_TYPES:
+        if not isinstance(btype, str) or btype not in _BUNDLE_TYPES:
             raise UnknownCode(f"Bundle.type {str(btype)[:40]!r} is not a Bundle type",
                               expression="Bundle.type")
         raise InvalidInput(f"Bundle.type must be 'transaction', not {btype!r}", expression="Bundle.type")

@@ -42,9 +42,18 @@ class SearchRequest:
 
 
 def _date_range(raw: str) -> tuple[datetime, datetime]:
+    """The instants a FHIR date, dateTime or instant covers. InvalidInput when it does not
+    match the format or names no real time (month 13, 30 February, offset +25:00)."""
     m = _DATE_RE.match(raw)
     if not m:
         raise InvalidInput(f"not a FHIR date: {raw[:40]}")
+    try:
+        return _covered(m)
+    except (ValueError, OverflowError) as exc:  # datetime refuses a date or offset that does not exist
+        raise InvalidInput(f"not a FHIR date: {raw[:40]} ({exc})") from exc
+
+
+def _covered(m: re.Match[str]) -> tuple[datetime, datetime]:
     y = int(m["y"])
     if m["m"] is None:
         return datetime(y, 1, 1, tzinfo=UTC), datetime(y + 1, 1, 1, tzinfo=UTC)

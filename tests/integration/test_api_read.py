@@ -162,6 +162,10 @@ def test_search_parameters_and_paging(tmp_path: Path) -> None:
         assert client.get("/fhir/Media?patient:identifier=urn:oid:2.999.1.1|OTHER", headers=h).json()["total"] == 0
         bad = client.get("/fhir/Media?colour=red", headers=h)
         assert bad.status_code == 422 and bad.json()["resourceType"] == "OperationOutcome"
+        # well-formed but not a real time (found by fuzzing: these were 500s)
+        for when in ("2024-13", "2024-02-30", "eq2024-01-01T10:00:00+99:00", "0000", "2024-01-01T24:00:00Z"):
+            bad = client.get("/fhir/Media", params={"created": when}, headers=h)
+            assert bad.status_code == 422 and bad.json()["resourceType"] == "OperationOutcome", (when, bad.text)
 
 
 def test_r5_answers_with_document_reference_for_photos(tmp_path: Path) -> None:

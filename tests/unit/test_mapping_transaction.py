@@ -175,6 +175,18 @@ def test_wrong_bundle_type(jpeg: bytes) -> None:
     assert refused(bundle, UnknownCode).expression == ["Bundle.type"]
 
 
+def test_bundle_type_and_resource_type_that_are_not_strings(jpeg: bytes) -> None:
+    """Found by fuzzing: a list or object where a code belongs is refused with the element
+    named, not a 500 (they were looked up in a set of codes, which raised TypeError)."""
+    for value in (["transaction"], {"code": "transaction"}, 3, None):
+        bundle = transaction_bundle(jpeg)
+        bundle["type"] = value
+        assert refused(bundle, UnknownCode).expression == ["Bundle.type"]
+        bundle = transaction_bundle(jpeg)
+        bundle["entry"][1]["resource"]["resourceType"] = value
+        assert refused(bundle, NotSupported).expression == ["Bundle.entry[1].resource.resourceType"]
+
+
 def test_not_a_bundle() -> None:
     assert refused({"resourceType": "Media"}, InvalidResource).expression == ["resourceType"]
 
