@@ -272,9 +272,12 @@ def extract_image(ds: Dataset) -> ExtractedImage:
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     frames = _int(ds.get("NumberOfFrames")) or 1
+    pixel_data = ds.PixelData
+    if not isinstance(pixel_data, bytes | bytearray) or not pixel_data:  # an empty (0000-length) element
+        raise UndecodableImage("the object's pixel data is empty")
     if syntax == JPEGBaseline8Bit:
         try:
-            first = next(generate_frames(ds.PixelData, number_of_frames=frames))
+            first = next(generate_frames(pixel_data, number_of_frames=frames))
         except (StopIteration, ValueError) as exc:
             raise UndecodableImage("the encapsulated pixel data holds no frame") from exc
         return ExtractedImage(jpeg_binary(bytes(first)).join(), JPEG)

@@ -33,7 +33,7 @@ from adapter.dicom.status import (
     SUCCESS,
     dimse_status_for,
 )
-from adapter.errors import AdapterError, InvalidInput
+from adapter.errors import AdapterError, InvalidInput, UndecodableImage
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.services.dicom_ingest import ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
@@ -433,6 +433,20 @@ def test_binary_value_of_the_wrong_length_is_cannot_understand(scp: StoreSCP, se
     assert dimse_status_for(refused.value) == CANNOT_UNDERSTAND
     if element.endswith(b"US"):  # and over the wire (pynetdicom's SCU cannot read the other file)
         assert pynet_store(scp.port, path, chunked=True).Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def test_empty_pixel_data_is_cannot_understand(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    """A zero-length Pixel Data element (pydicom reads its value as None) is refused as
+    undecodable, not answered as a bug (found by fuzzing the ingest)."""
+    path = tmp_path / "empty.dcm"
+    sent = sc_file(path)
+    data = path.read_bytes()
+    at = data.index(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff")  # (7FE0,0010) OB, undefined length
+    path.write_bytes(data[:at] + b"\xe0\x7f\x10\x00OB\x00\x00\x00\x00\x00\x00")  # ... and now empty, last
+    with pytest.raises(UndecodableImage):
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert pynet_store(scp.port, path, chunked=True).Status == CANNOT_UNDERSTAND
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
