@@ -273,7 +273,7 @@ def extract_image(ds: Dataset) -> ExtractedImage:
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     frames = _int(ds.get("NumberOfFrames")) or 1
     pixel_data = ds.PixelData
-    if not isinstance(pixel_data, bytes | bytearray) or not pixel_data:  # an empty (0000-length) element
+    if not isinstance(pixel_data, bytes) or not pixel_data:  # an empty (zero-length) element reads as None
         raise UndecodableImage("the object's pixel data is empty")
     if syntax == JPEGBaseline8Bit:
         try:
