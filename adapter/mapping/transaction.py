@@ -278,14 +278,23 @@ def _kind(record: _Entry) -> PhotoKind:
 
 
 def _attachment(record: _Entry) -> tuple[Mapping[str, Any], str]:
+    """The record's Attachment and its path; RequiredElementMissing when it has none (a JSON
+    null passes the model as absent)."""
     r = record.resource
     if r["resourceType"] == "Media":
-        return r["content"], f"{record.path}.content"
-    content = r.get("content") or []
-    if len(content) != 1:
-        raise NotSupported("a DocumentReference with more than one content is not supported",
-                           expression=f"{record.path}.content")
-    return content[0]["attachment"], f"{record.path}.content[0].attachment"
+        attachment, where = r.get("content"), f"{record.path}.content"
+    else:
+        content = r.get("content") or []
+        if not isinstance(content, list) or len(content) > 1:
+            raise NotSupported("a DocumentReference with more than one content is not supported",
+                               expression=f"{record.path}.content")
+        first = content[0] if content else None
+        attachment = first.get("attachment") if isinstance(first, Mapping) else None
+        where = f"{record.path}.content[0].attachment"
+    if not isinstance(attachment, Mapping):
+        raise RequiredElementMissing("the record needs its attachment, which references the Binary",
+                                     expression=where)
+    return attachment, where
 
 
 def _body_site(record: _Entry, tables: Tables) -> tuple[str | None, str | None]:

@@ -187,6 +187,22 @@ def test_bundle_type_and_resource_type_that_are_not_strings(jpeg: bytes) -> None
         assert refused(bundle, NotSupported).expression == ["Bundle.entry[1].resource.resourceType"]
 
 
+def test_record_without_its_attachment(jpeg: bytes) -> None:
+    """Found by fuzzing: a JSON null passes the model as an absent element; the missing
+    attachment is then named, not a 500."""
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["content"] = None
+    assert refused(bundle, RequiredElementMissing).expression == ["Bundle.entry[1].resource.content"]
+    for content, error, where in (
+            (None, InvalidResource, "content"),  # DocumentReference.content is 1..*: the model says so
+            ([None], InvalidResource, "content"),
+            ([{"attachment": None}], RequiredElementMissing, "content[0].attachment"),
+            ([], RequiredElementMissing, "content[0].attachment")):
+        bundle = transaction_bundle(jpeg, kind="document", consent_purposes=None, bodySite=None, laterality=None)
+        bundle["entry"][1]["resource"]["content"] = content
+        assert refused(bundle, error).expression == [f"Bundle.entry[1].resource.{where}"], content
+
+
 def test_not_a_bundle() -> None:
     assert refused({"resourceType": "Media"}, InvalidResource).expression == ["resourceType"]
 
