@@ -7,8 +7,10 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    nothing new is written;
 2. the file is checked to be complete (every element's length within the file, every undefined
    length closed by its delimiter), which also tells where its pixel data sits;
-3. the attributes are read with pydicom (pixel data not read, or deferred): the dataset's SOP
-   Class and SOP Instance UIDs must be those of the C-STORE request and its presentation context;
+3. the attributes are read with pydicom (pixel data not read, or deferred): every element must
+   be readable (:func:`check_elements`: the object is stored to be released again, which reads
+   them all), and the dataset's SOP Class and SOP Instance UIDs must be those of the C-STORE
+   request and its presentation context;
 4. mapping (adapter.mapping.dicom_fhir): patient through mappings/dicom.yaml, kind, identifiers;
 5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation;
 6. the Binary's bytes: the JPEG frame as received (no re-encoding), a lossless PNG of native
@@ -530,6 +532,51 @@ def read_dataset(path: Path) -> Dataset:
     return ds
 
 
+#: Pixel data elements: read (or deliberately not read) by the image extraction, never here.
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+
+
+def check_elements(ds: Dataset, transfer_syntax: str) -> None:
+    """Every element of ``ds`` and of its file meta, items of sequences included and pixel
+    data aside, has a value pydicom can read; the dataset holds no command (0000,eeee) or file
+    meta (0002,eeee) element; the file meta names the transfer syntax the object came in.
+
+    The ingest reads only the attributes it maps, but an object is stored to be released
+    again: re-encoded, de-identified or pseudonymised (WADO-RS, TRAIN and HRESCH), which reads
+    every element. One it could not read whole could not be cleaned of what it may hold, so it
+    is refused now, as malformed input, rather than failing each reader later.
+
+    Raises:
+        InvalidInput: naming the element (its tag only, never its value).
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        _check_dataset(meta, file_meta=True)
+        named = str(meta.get("TransferSyntaxUID", "")).strip("\x00 ")
+        if named and named != transfer_syntax:
+            raise InvalidInput("the file meta names another transfer syntax than the one the object came in",
+                               expression="(0002,0010) TransferSyntaxUID")
+    _check_dataset(ds, file_meta=False)
+
+
+def _check_dataset(ds: Dataset, *, file_meta: bool) -> None:
+    for tag in list(ds.keys()):
+        where = f"({tag.group:04X},{tag.element:04X})"
+        if not file_meta and tag.group in (0x0000, 0x0002):
+            raise InvalidInput(f"the dataset holds a {'command' if tag.group == 0 else 'file meta'} "
+                               f"element {where}", expression=where)
+        if tag in _PIXEL_TAGS:
+            continue
+        try:
+            element = ds[tag]
+            items = element.value if element.VR == "SQ" else ()
+        except _MALFORMED as exc:
+            raise InvalidInput(f"the element {where} cannot be read ({type(exc).__name__})",
+                               expression=where) from exc
+        for item in items or ():
+            _check_dataset(item, file_meta=False)
+
+
 @dataclass(frozen=True)
 class _Head:
     """Steps 3-5 (module docstring): what needs only the dataset before its pixel data."""
@@ -661,6 +708,7 @@ class DicomIngestService:
     def _read_head(self, ds: Dataset, received: ReceivedStore) -> _Head:
         """Steps 3-5 on a parsed dataset (its pixel data not needed)."""
         try:
+            check_elements(ds, received.transfer_syntax)
             self._check_identity(ds, received)
             obj = read_received(ds, calling_ae=received.calling_ae, dicom_tables=self._dicom_tables,
                                 tables=self._tables)

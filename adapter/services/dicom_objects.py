@@ -181,20 +181,37 @@ class DicomRelease:
         if self.view is View.FULL and isinstance(obj, Path):
             try:
                 meta = read_file_meta_info(obj)
-                data = obj.read_bytes()
+                return _released(obj.read_bytes(), meta.TransferSyntaxUID, meta.MediaStorageSOPClassUID,
+                                 meta.MediaStorageSOPInstanceUID)
             except Exception as exc:  # our own stored file: unreadable is a storage fault
                 raise StorageError("the stored DICOM object cannot be read") from exc
-            return ReleasedObject(data=data, transfer_syntax=str(meta.TransferSyntaxUID),
-                                  sop_class_uid=str(meta.MediaStorageSOPClassUID),
-                                  sop_instance_uid=str(meta.MediaStorageSOPInstanceUID))
         ds = _read(obj) if isinstance(obj, Path) else obj
-        if self.view is View.DEIDENTIFIED:
-            ds = deidentify(ds, uid_root=self._root, key=self._key)
-        elif self.view is View.PSEUDONYMISED:
-            ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
-                              pseudonym_issuer=self._pseudonymizer.system, uid_root=self._root, key=self._key)
-        return ReleasedObject(data=encode_dataset(ds), transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-                              sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID))
+        try:
+            if self.view is View.DEIDENTIFIED:
+                ds = deidentify(ds, uid_root=self._root, key=self._key)
+            elif self.view is View.PSEUDONYMISED:
+                ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
+                                  pseudonym_issuer=self._pseudonymizer.system, uid_root=self._root, key=self._key)
+            return _released(encode_dataset(ds), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID, ds.SOPInstanceUID)
+        except AdapterError:
+            raise
+        except Exception as exc:
+            # The ingest refuses what it could not read whole (dicom_ingest.check_elements); an
+            # object stored before that check may still hold such an element. It is not released
+            # (it could not be cleaned): a storage fault, logged as such, never a partial object.
+            raise StorageError("the stored DICOM object cannot be released in this view") from exc
+
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def _released(data: bytes, transfer_syntax: Any, sop_class: Any, sop_instance: Any) -> ReleasedObject:
+    """The released object; its UIDs go into HTTP headers and DICOM JSON, so they must be UIDs."""
+    uids = [str(uid).strip("\x00 ") for uid in (transfer_syntax, sop_class, sop_instance)]
+    if not all(_UID.fullmatch(uid) for uid in uids):
+        raise StorageError("the stored DICOM object has an invalid UID in its file meta or SOP Common module")
+    return ReleasedObject(data=data, transfer_syntax=uids[0], sop_class_uid=uids[1], sop_instance_uid=uids[2])
+
 
 
 def _read(path: Path) -> Dataset:

@@ -11,6 +11,7 @@ import socket
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -450,6 +451,30 @@ def test_empty_pixel_data_is_cannot_understand(scp: StoreSCP, services: Services
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
+@pytest.mark.parametrize(("find", "replace", "where"), [
+    (b"\x20\x00\x13\x00IS", b"\x20\x00\x13\x00I\x00", "(0020,0013)"),  # InstanceNumber with no known VR
+    (b"\x08\x00\x16\x00UI", b"\x00\x00\x16\x00UI", "(0000,0016)"),  # a command element in the dataset
+])
+def test_an_element_the_adapter_could_not_release_is_refused(scp: StoreSCP, services: Services, tmp_path: Path,
+                                                             find: bytes, replace: bytes, where: str) -> None:
+    """An object is stored to be released again (re-encoded, de-identified), which reads every
+    element: one that cannot be read, or that does not belong in a dataset, is refused at
+    ingest (0xC000, the element named) instead of failing every TRAIN or HRESCH reader later
+    (found by fuzzing the ingest and the WADO-RS read-back)."""
+    path = tmp_path / "odd.dcm"
+    sent = sc_file(path)
+    data = path.read_bytes()
+    at = data.index(find, 132 + 12)  # in the dataset, after the file meta
+    path.write_bytes(data[:at] + replace + data[at + len(replace):])
+    with pytest.raises(InvalidInput) as refused, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of a group 0000 element read as explicit VR
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert refused.value.expression == [where]
+    if not where.startswith("(0000"):  # (that warning is an error under pytest, in the SCP's thread too)
+        assert pynet_store(scp.port, path, chunked=True).Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
 def test_dataset_that_is_not_the_requested_instance_is_refused(scp: StoreSCP, services: Services,
                                                                tmp_path: Path) -> None:
     path = tmp_path / "mismatch.dcm"
@@ -610,7 +635,7 @@ def with_frame(path: Path, frames: list[bytes], **attrs: Any) -> pydicom.Dataset
     """A JPEG Baseline SC whose pixel data is ``frames`` as fragments (of one frame), as given."""
     ds = sc_file(path, **attrs)
     ds.PixelData = encapsulate(frames, fragments_per_frame=1) if len(frames) == 1 else \
-        b"".join([encapsulate([frames[0]])[:12], *(item(f) for f in frames), b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"])
+        b"".join([encapsulate([frames[0]])[:12], *(item(f) for f in frames)])  # pydicom writes the delimiter
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return ds

@@ -414,6 +414,29 @@ def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[Fhir
                    for x in e["entity"]) for e in train_reads)
 
 
+def test_a_stored_object_that_cannot_be_cleaned_is_not_released(adapter: tuple[FhirClient, Services]) -> None:
+    """Defence behind the ingest's check (dicom_ingest.check_elements): an object stored before
+    it, holding an element that cannot be read, is not released de-identified (it could not be
+    cleaned): 503 with an OperationOutcome, not a 500 or a partial object; TREAT still gets the
+    object as stored."""
+    client, services = adapter
+    a = received(record_id="rec-a")
+    assert stow(client, a).status_code == 200
+    instance = services.store.find_dicom_instance(a.SOPInstanceUID)
+    assert instance is not None and instance.blob_sha256 is not None
+    blob = services.blobs.path(instance.blob_sha256)
+    data = blob.read_bytes()
+    at = data.index(b"\x20\x00\x13\x00IS", 132)  # InstanceNumber, as a store written before the check may hold it
+    blob.chmod(0o644)
+    blob.write_bytes(data[:at + 4] + b"I\x00" + data[at + 6:])
+    add_consent(client, ["TRAIN"])
+    [item] = qido(client, "instances", TRAIN)
+    refused = client.get(value(item, "00081190").split("testserver")[-1], headers=TRAIN)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["resourceType"] == "OperationOutcome" and PATIENT["value"] not in refused.text
+    assert wado(client, a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID).status_code == 200
+
+
 def test_hresch_gets_the_pseudonym_the_fhir_view_shows(adapter: tuple[FhirClient, Services],
                                                        checked: Checked) -> None:
     client, _ = adapter
