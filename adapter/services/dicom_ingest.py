@@ -728,6 +728,14 @@ class DicomIngestService:
         if sop_instance != received.affected_sop_instance:
             raise InvalidResource("the dataset's SOP Instance UID is not the one of the C-STORE request",
                                   expression="(0008,0018) SOPInstanceUID")
+        # The file meta is kept with the object and answers WADO-RS as it is: it must say the same
+        # (pynetdicom writes it from the request; a STOW-RS part brings its own).
+        meta = getattr(ds, "file_meta", None)
+        for keyword, tag, expected in (("MediaStorageSOPClassUID", "(0002,0002)", received.affected_sop_class),
+                                       ("MediaStorageSOPInstanceUID", "(0002,0003)", received.affected_sop_instance)):
+            if meta is not None and str(meta.get(keyword) or "").strip("\x00 ") != expected:
+                raise InvalidResource(f"the file meta's {keyword} is not the one of the request",
+                                      expression=f"{tag} {keyword}")
 
     def _assess(self, obj: ReceivedObject, now: datetime) -> IngestAssessment:
         """The ingest consent rules for the object, sent by a colleague inside the organisation

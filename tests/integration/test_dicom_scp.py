@@ -34,7 +34,7 @@ from adapter.dicom.status import (
     SUCCESS,
     dimse_status_for,
 )
-from adapter.errors import AdapterError, InvalidInput, UndecodableImage
+from adapter.errors import AdapterError, InvalidInput, InvalidResource, UndecodableImage
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.services.dicom_ingest import ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
@@ -488,6 +488,22 @@ def test_dataset_that_is_not_the_requested_instance_is_refused(scp: StoreSCP, se
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.save_as(path)
     assert pynet_store(scp.port, path, chunked=True).Status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def test_file_meta_that_names_another_instance_is_refused(services: Services, tmp_path: Path) -> None:
+    """The file meta is kept with the object and served as it is by WADO-RS: it must name the
+    requested instance and class (found by fuzzing: one that did not was stored, then every
+    retrieve of it failed)."""
+    path = tmp_path / "meta.dcm"
+    sent = sc_file(path)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(path)
+    with pytest.raises(InvalidResource) as refused:
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert refused.value.expression == ["(0002,0003) MediaStorageSOPInstanceUID"]
+    assert dimse_status_for(refused.value) == DATASET_DOES_NOT_MATCH_SOP_CLASS
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
