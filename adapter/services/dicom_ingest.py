@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import JPEGBaseline8Bit
@@ -154,6 +155,11 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _MAX_DEPTH = 32
+#: The VRs of PS3.5 6.2. Another two bytes where an explicit VR belongs is refused: pydicom reads
+#: such an element as implicit VR (a 4-byte length) where this walk would read a 2-byte one, so the
+#: two would disagree on where the element ends.
+_VRS = _LONG_VRS | frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
+                              b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
 
 
 class _Truncated(Exception):
@@ -170,6 +176,9 @@ def _header(buf: memoryview, pos: int, implicit: bool) -> tuple[int, bytes | Non
         (length,) = struct.unpack_from("<I", buf, pos + 4)
         return tag, None, length, pos + 8
     vr = bytes(buf[pos + 4:pos + 6])
+    if vr not in _VRS:
+        raise InvalidInput(f"the element ({group:04X},{element:04X}) has no known VR",
+                           expression=f"({group:04X},{element:04X})")
     if vr in _LONG_VRS:
         if pos + 12 > len(buf):
             raise _Truncated(pos)
@@ -552,8 +561,8 @@ def check_elements(ds: Dataset, transfer_syntax: str) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         _check_dataset(meta, file_meta=True)
-        named = str(meta.get("TransferSyntaxUID", "")).strip("\x00 ")
-        if named and named != transfer_syntax:
+        named = str(meta.get("TransferSyntaxUID") or "").strip("\x00 ")
+        if named != transfer_syntax:
             raise InvalidInput("the file meta names another transfer syntax than the one the object came in",
                                expression="(0002,0010) TransferSyntaxUID")
     _check_dataset(ds, file_meta=False)
@@ -573,6 +582,11 @@ def _check_dataset(ds: Dataset, *, file_meta: bool) -> None:
         except _MALFORMED as exc:
             raise InvalidInput(f"the element {where} cannot be read ({type(exc).__name__})",
                                expression=where) from exc
+        # File meta elements are rewritten on every release (pydicom sets the group length):
+        # one under another VR than its own cannot be.
+        if file_meta and dictionary_has_tag(tag) and element.VR != dictionary_VR(tag):
+            raise InvalidInput(f"the file meta element {where} has the VR {element.VR}, not "
+                               f"{dictionary_VR(tag)}", expression=where)
         for item in items or ():
             _check_dataset(item, file_meta=False)
 

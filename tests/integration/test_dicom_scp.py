@@ -475,6 +475,22 @@ def test_an_element_the_adapter_could_not_release_is_refused(scp: StoreSCP, serv
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
+def test_file_meta_element_under_another_vr_is_refused(services: Services, tmp_path: Path) -> None:
+    """A file meta element is rewritten on every release (pydicom sets the group length): one
+    kept under another VR than its own (here the group length as UI) would fail every release,
+    so it is refused at ingest (found by fuzzing; a STOW-RS part brings its own file meta)."""
+    path = tmp_path / "meta-vr.dcm"
+    sent = sc_file(path)
+    data = path.read_bytes()
+    assert data[132:138] == b"\x02\x00\x00\x00UL"
+    path.write_bytes(data[:136] + b"UI" + data[138:])
+    with pytest.raises(InvalidInput) as refused, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's "invalid value for VR UI" (the SCP sets IGNORE)
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert refused.value.expression == ["(0002,0000)"]
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
 def test_dataset_that_is_not_the_requested_instance_is_refused(scp: StoreSCP, services: Services,
                                                                tmp_path: Path) -> None:
     path = tmp_path / "mismatch.dcm"
