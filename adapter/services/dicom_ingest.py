@@ -548,7 +548,8 @@ _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 def check_elements(ds: Dataset, transfer_syntax: str) -> None:
     """Every element of ``ds`` and of its file meta, items of sequences included and pixel
     data aside, has a value pydicom can read; the dataset holds no command (0000,eeee) or file
-    meta (0002,eeee) element; the file meta names the transfer syntax the object came in.
+    meta (0002,eeee) element; the file meta names the transfer syntax the object came in and
+    keeps its elements under their own VRs.
 
     The ingest reads only the attributes it maps, but an object is stored to be released
     again: re-encoded, de-identified or pseudonymised (WADO-RS, TRAIN and HRESCH), which reads
@@ -570,25 +571,28 @@ def check_elements(ds: Dataset, transfer_syntax: str) -> None:
 
 def _check_dataset(ds: Dataset, *, file_meta: bool) -> None:
     for tag in list(ds.keys()):
-        where = f"({tag.group:04X},{tag.element:04X})"
         if not file_meta and tag.group in (0x0000, 0x0002):
             raise InvalidInput(f"the dataset holds a {'command' if tag.group == 0 else 'file meta'} "
-                               f"element {where}", expression=where)
+                               f"element {_where(tag)}", expression=_where(tag))
         if tag in _PIXEL_TAGS:
             continue
         try:
             element = ds[tag]
             items = element.value if element.VR == "SQ" else ()
         except _MALFORMED as exc:
-            raise InvalidInput(f"the element {where} cannot be read ({type(exc).__name__})",
-                               expression=where) from exc
+            raise InvalidInput(f"the element {_where(tag)} cannot be read ({type(exc).__name__})",
+                               expression=_where(tag)) from exc
         # File meta elements are rewritten on every release (pydicom sets the group length):
         # one under another VR than its own cannot be.
         if file_meta and dictionary_has_tag(tag) and element.VR != dictionary_VR(tag):
-            raise InvalidInput(f"the file meta element {where} has the VR {element.VR}, not "
-                               f"{dictionary_VR(tag)}", expression=where)
+            raise InvalidInput(f"the file meta element {_where(tag)} has the VR {element.VR}, not "
+                               f"{dictionary_VR(tag)}", expression=_where(tag))
         for item in items or ():
             _check_dataset(item, file_meta=False)
+
+
+def _where(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 @dataclass(frozen=True)
