@@ -213,7 +213,6 @@ def _released(data: bytes, transfer_syntax: Any, sop_class: Any, sop_instance: A
     return ReleasedObject(data=data, transfer_syntax=uids[0], sop_class_uid=uids[1], sop_instance_uid=uids[2])
 
 
-
 def _read(path: Path) -> Dataset:
     try:
         return dcmread(path)
