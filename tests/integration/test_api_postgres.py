@@ -1,9 +1,11 @@
 """The same service on PostgreSQL: ingest, read under purpose, consent lifecycle and search,
-through the HTTP app, with the store chosen by ADAPTER_DATABASE_URL."""
+through the HTTP app, with the store chosen by ADAPTER_DATABASE_URL; and the concurrent retry
+of one upload, on PostgreSQL and SQLite alike."""
 
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from adapter.model.photo import PhotoMetadata
+from adapter.model.purpose import PurposeOfUse, RequestContext
 from tests.conftest import ROOT, require_or_skip
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
 
@@ -52,3 +56,39 @@ def test_ingest_and_purpose_checked_reads_on_postgresql(tmp_path: Path, pg_url: 
         assert again.json() == receipt
         with services.store.engine.connect() as conn:  # type: ignore[attr-defined]
             assert conn.execute(text("SELECT COUNT(*) FROM resources")).scalar_one() == 5
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_same_upload_posted_eight_times_at_once_is_stored_once(tmp_path: Path, backend: str,
+                                                                    request: pytest.FixtureRequest) -> None:
+    """A capture app retrying on a flaky network can send the same photo with the same
+    Idempotency-Key several times at once: every request gets the one receipt (the race lost
+    in the database answers with the winner's receipt), and one record is stored."""
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    photo = (ROOT / "samples" / "wound.jpg").read_bytes()
+    with adapter_client(tmp_path, database_url=url) as (client, services):
+        meta = PhotoMetadata.model_validate(metadata())
+        ctx = RequestContext(purpose=PurposeOfUse("TREAT"))
+        start = threading.Barrier(8)
+        receipts: list[dict] = []
+        errors: list[BaseException] = []
+
+        def post() -> None:
+            try:
+                start.wait()
+                result = services.ingest.ingest_photo(photo, meta, idempotency_key="retry-1", ctx=ctx)
+                receipts.append(result.receipt)
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=post) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(receipts) == 8 and all(r == receipts[0] for r in receipts)
+        ident = f"{PATIENT['system']}|{PATIENT['value']}"
+        found = client.get(f"/fhir/Media?patient:identifier={ident}", headers=as_purpose("TREAT")).json()
+        assert found["total"] == 1 and found["entry"][0]["resource"]["id"] == receipts[0]["record"].split("/")[1]
+        assert list((tmp_path / "data" / "staging").iterdir()) == []
