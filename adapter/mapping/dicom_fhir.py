@@ -122,9 +122,13 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
     Raises:
         NotSupported: the SOP class is not accepted (mappings/dicom.yaml ``receive``).
         RequiredElementMissing: no SOP Instance, Study or Series UID, or no PatientID.
-        InvalidInput: a UID that breaks the UID grammar.
+        InvalidInput: a UID that breaks the UID grammar; a NumberOfFrames that is not a positive
+            integer (the frames are split by it, here and whenever the object is released).
         UnknownCode: the IssuerOfPatientID is missing or unknown and the table refuses it.
     """
+    frames = _element_value(ds.get("NumberOfFrames"))
+    if frames not in (None, "") and (_int(frames) or 0) < 1:
+        raise InvalidInput("NumberOfFrames is not a positive integer", expression="(0028,0008) NumberOfFrames")
     sop_class = _text(ds.get("SOPClassUID"))
     if sop_class is None or sop_class not in dicom_tables.receive.sop_classes:
         raise NotSupported(f"SOP class {sop_class or '(none)'} is not accepted", expression="(0008,0016) SOPClassUID")
