@@ -579,7 +579,11 @@ def _check_dataset(ds: Dataset, *, file_meta: bool) -> None:
         try:
             element = ds[tag]
             items = element.value if element.VR == "SQ" else ()
-        except _MALFORMED as exc:
+        except (*_MALFORMED, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:  # the file, not its content
+                raise StorageError("the received dataset could not be read") from exc
+            # pydicom raises a bare OSError ("No tag to read at file position ...") for a sequence
+            # whose items do not parse
             raise InvalidInput(f"the element {_where(tag)} cannot be read ({type(exc).__name__})",
                                expression=_where(tag)) from exc
         # File meta elements are rewritten on every release (pydicom sets the group length):

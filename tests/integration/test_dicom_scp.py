@@ -477,6 +477,27 @@ def test_an_element_the_adapter_could_not_release_is_refused(scp: StoreSCP, serv
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
+def test_sequence_cut_off_inside_a_defined_length_item_is_refused(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    """A defined-length sequence whose item holds an undefined-length sequence cut off before
+    its delimiter: the completeness walk steps over the defined-length sequence, and pydicom
+    raises a bare OSError when it reads it. That is malformed input (0xC000), not a bug (found
+    by fuzzing the ingest)."""
+    path = tmp_path / "seq.dcm"
+    sent = sc_file(path)
+    data = path.read_bytes()
+    at = data.index(b"\x10\x00\x10\x00PN", 132 + 12)  # before PatientName (0010,0010)
+    nested = (b"\x40\x00\x70\xa1SQ\x00\x00\xff\xff\xff\xff"  # PurposeOfReferenceCodeSequence, undefined
+              b"\xfe\xff\x00\xe0\x00\x00\x00\x00")  # one empty item, and no sequence delimiter
+    item = b"\xfe\xff\x00\xe0" + len(nested).to_bytes(4, "little") + nested
+    sequence = b"\x08\x00\x40\x11SQ\x00\x00" + len(item).to_bytes(4, "little") + item  # ReferencedImageSequence
+    path.write_bytes(data[:at] + sequence + data[at:])
+    with pytest.raises(InvalidInput) as refused:
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert refused.value.expression == ["(0008,1140)"]
+    assert pynet_store(scp.port, path, chunked=True).Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
 def test_file_meta_element_under_another_vr_is_refused(services: Services, tmp_path: Path) -> None:
     """A file meta element is rewritten on every release (pydicom sets the group length): one
     kept under another VR than its own (here the group length as UI) would fail every release,
