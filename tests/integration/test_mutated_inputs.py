@@ -1,0 +1,141 @@
+"""Seeded mutations of valid inputs: whatever is refused is refused as an AdapterError (an
+OperationOutcome over HTTP, a DIMSE failure status), and whatever is accepted can be read back
+in every view without a server error.
+
+A small, fixed-seed version of the fuzzing that found the ingest bugs fixed with tests in
+test_dicom_scp.py, test_mapping_transaction.py and test_api_read.py: deterministic, so it can
+fail, and bounded (a few hundred inputs) so it stays a few seconds of the suite.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import config as pydicom_config
+
+from adapter.errors import AdapterError
+from adapter.imaging.sanitize import sanitize
+from adapter.services.dicom_ingest import ReceivedStore
+from adapter.services.registry import Services
+from tests.conftest import ROOT
+from tests.support.app import FhirClient, adapter_client, consent_resource
+from tests.support.dicom_files import jpeg, multiframe_file, native_sc_file, pdf_file, sc_file, vl_photo_file
+from tests.support.fhir_factories import tables
+
+PURPOSES = ("TREAT", "TRAIN", "HRESCH")
+
+
+def mutations(data: bytes, rnd: random.Random, *, start: int, head: int) -> bytes:
+    """1-6 byte flips, cuts, deletions or 32-bit overwrites, mostly within ``head`` bytes
+    after ``start`` (where the headers are)."""
+    out = bytearray(data)
+    for _ in range(rnd.randint(1, 6)):
+        if len(out) < start + 16:
+            out += bytes(16)
+        op = rnd.random()
+        if op < 0.5:
+            at = rnd.randrange(start, min(len(out), start + head) if rnd.random() < 0.7 else len(out))
+            out[at] = rnd.randrange(256)
+        elif op < 0.65:
+            out = out[:rnd.randrange(start, len(out))]
+        elif op < 0.8:
+            at = rnd.randrange(start, len(out))
+            del out[at:at + rnd.randrange(1, 40)]
+        else:
+            at = rnd.randrange(start, len(out) - 4)
+            out[at:at + 4] = struct.pack("<I", rnd.choice([0xFFFFFFFF, 0, 1, 3, 0x7FFFFFFF, rnd.randrange(2**32)]))
+    return bytes(out)
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+
+def test_mutated_photos_are_sanitized_or_refused(tmp_path: Path) -> None:
+    policy = tables().policy
+    seeds = [(ROOT / "samples" / name).read_bytes() for name in ("wound.jpg", "lesion.png", "tiny.jpg")]
+    rnd = random.Random(20261126)
+    out = tmp_path / "out"
+    accepted = 0
+    for _ in range(300):
+        data = mutations(rnd.choice(seeds), rnd, start=2, head=4096)
+        try:
+            sanitize(data, out, quality=policy.quality, limits=policy.limits)
+            accepted += 1
+        except AdapterError:
+            assert not out.exists()  # a refusal never creates the destination
+        out.unlink(missing_ok=True)
+    assert 0 < accepted < 300  # both ways were taken
+
+
+# -- DICOM ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FhirClient, Services]]:
+    # as the SCP sets it: received values are read as sent, never validated into the logs
+    monkeypatch.setattr(pydicom_config.settings, "reading_validation_mode", pydicom_config.IGNORE)
+    with adapter_client(tmp_path) as (client, services):
+        for purposes in (["TRAIN"], ["HRESCH"]):
+            assert client.post("/fhir/Consent", json=consent_resource(purposes)).status_code == 201
+        yield client, services
+
+
+SEEDS: dict[str, Callable[[Path], pydicom.Dataset]] = {
+    "sc": lambda p: sc_file(p, frame=jpeg(64, 48)),
+    "vl": vl_photo_file,
+    "multiframe": multiframe_file,
+    "native": lambda p: native_sc_file(p, bytes(range(256)) * 36, 48, 64),
+    "pdf": pdf_file,
+}
+
+
+def test_mutated_dicom_objects_are_refused_or_released_in_every_view(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    client, services = adapter
+    seeds = []
+    for name, make in SEEDS.items():
+        path = tmp_path / f"seed-{name}.dcm"
+        make(path)
+        seeds.append((path.read_bytes(), pydicom.dcmread(path)))
+    rnd = random.Random(1126)
+    stored = refused = 0
+    for i in range(250):
+        raw, ds = rnd.choice(seeds)
+        uid = str(ds.SOPInstanceUID)
+        fresh = uid[:-12] + str(rnd.randrange(10**11, 10**12))  # same length: the lengths stay valid
+        data = mutations(raw.replace(uid.encode(), fresh.encode()), rnd, start=132, head=1200)
+        path = tmp_path / f"in-{i}.dcm"
+        path.write_bytes(data)
+        sop_class = str(ds.SOPClassUID)
+        received = ReceivedStore(path=path, calling_ae="STORESCU", peer_address="127.0.0.1",
+                                 context_sop_class=sop_class, transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+                                 affected_sop_class=sop_class, affected_sop_instance=fresh)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom's warnings on mangled values
+                result = services.dicom_ingest.ingest_received(received)
+        except AdapterError:
+            refused += 1
+            continue
+        if result.replayed:
+            continue
+        stored += 1
+        instance = services.store.find_dicom_instance(fresh)
+        assert instance is not None
+        for purpose in PURPOSES:
+            headers = {"X-Purpose-Of-Use": purpose}
+            wado = client.get(f"/dicomweb/studies/{instance.study_instance_uid}/series/"
+                              f"{instance.series_instance_uid}/instances/{fresh}", headers=headers)
+            assert wado.status_code in (200, 403, 404), (i, purpose, wado.text[:200])
+            record = client.get(f"/fhir/{result.record}", headers=headers)
+            assert record.status_code in (200, 403), (i, purpose, record.text[:200])
+            binary = client.get(f"/fhir/{result.receipt['binary']}",
+                                headers={**headers, "Accept": "application/dicom"})
+            assert binary.status_code in (200, 403), (i, purpose, binary.text[:200])
+    assert stored and refused  # both ways were taken
