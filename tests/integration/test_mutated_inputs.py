@@ -9,11 +9,14 @@ fail, and bounded (a few hundred inputs) so it stays a few seconds of the suite.
 
 from __future__ import annotations
 
+import copy
+import json
 import random
 import struct
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -139,3 +142,63 @@ def test_mutated_dicom_objects_are_refused_or_released_in_every_view(
                                 headers={**headers, "Accept": "application/dicom"})
             assert binary.status_code in (200, 403), (i, purpose, binary.text[:200])
     assert stored and refused  # both ways were taken
+
+
+# -- FHIR JSON ------------------------------------------------------------------------------------
+
+ODD_VALUES = [None, True, 0, -1, 1.5, "", "x", "2024-02-30", "a" * 300, [], {}, [None], {"a": 1},
+              "urn:uuid:7d1c2b8e-4f3a-4c1e-9b6d-0a1b2c3d4e02", "Binary/x", "TREAT"]
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _paths(value, (*prefix, index))
+
+
+def mutated_json(document: dict[str, Any], rnd: random.Random) -> dict[str, Any]:
+    """1-4 elements replaced by odd values (wrong JSON types, nulls, bad codes) or removed."""
+    out = copy.deepcopy(document)
+    for _ in range(rnd.randint(1, 4)):
+        where = rnd.choice([p for p in _paths(out) if p])
+        parent = out
+        for key in where[:-1]:
+            parent = parent[key]
+        if rnd.random() < 0.75:
+            parent[where[-1]] = copy.deepcopy(rnd.choice(ODD_VALUES))
+        elif isinstance(parent, dict):
+            del parent[where[-1]]
+        else:
+            parent.pop(where[-1])
+    return out
+
+
+def test_mutated_bundles_consents_and_metadata_never_answer_a_server_error(
+        adapter: tuple[FhirClient, Services]) -> None:
+    client, _ = adapter
+    bundle = json.loads((ROOT / "samples" / "bundle-transaction.json").read_text())
+    consent = json.loads((ROOT / "samples" / "consent-train.json").read_text())
+    metadata = json.loads((ROOT / "samples" / "metadata-wound.json").read_text())
+    photo = (ROOT / "samples" / "tiny.jpg").read_bytes()
+    fhir_json = {"Content-Type": "application/fhir+json"}
+    rnd = random.Random(2611)
+    answers: dict[int, int] = {}
+    for i in range(300):
+        which = i % 3
+        if which == 0:
+            r = client.post("/fhir", content=json.dumps(mutated_json(bundle, rnd)), headers=fhir_json)
+        elif which == 1:
+            r = client.post("/fhir/Consent", content=json.dumps(mutated_json(consent, rnd)), headers=fhir_json)
+        else:
+            r = client.post("/photos", files={"file": ("x.jpg", photo, "image/jpeg"),
+                                              "metadata": (None, json.dumps(mutated_json(metadata, rnd)),
+                                                           "application/json")})
+        answers[r.status_code] = answers.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (i, r.text[:300])
+        if r.status_code >= 400:
+            assert r.json()["resourceType"] == "OperationOutcome"
+    assert len(answers) > 1  # refusals and acceptances both
