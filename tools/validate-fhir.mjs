@@ -441,4 +441,5 @@ if (opts.json) {
     else if (r.warnings.length) console.log(`  (${r.warnings.length} warning(s); -w shows them)`);
   }
 }
-process.exit(report.some((r) => r.errors.length) ? 1 : 0);
+// exitCode, not process.exit(): exit() can cut a large report short while stdout (a pipe) drains
+process.exitCode = report.some((r) => r.errors.length) ? 1 : 0;
