@@ -122,13 +122,15 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
     Raises:
         NotSupported: the SOP class is not accepted (mappings/dicom.yaml ``receive``).
         RequiredElementMissing: no SOP Instance, Study or Series UID, or no PatientID.
-        InvalidInput: a UID that breaks the UID grammar; a NumberOfFrames that is not a positive
-            integer (the frames are split by it, here and whenever the object is released).
+        InvalidInput: a UID that breaks the UID grammar; a NumberOfFrames, Rows or Columns that
+            is not a positive integer (frames are split by the first whenever the object is
+            released; the others become Media.height and width, positiveInt in FHIR).
         UnknownCode: the IssuerOfPatientID is missing or unknown and the table refuses it.
     """
-    frames = _element_value(ds.get("NumberOfFrames"))
-    if frames not in (None, "") and (_int(frames) or 0) < 1:
-        raise InvalidInput("NumberOfFrames is not a positive integer", expression="(0028,0008) NumberOfFrames")
+    for keyword, tag in (("NumberOfFrames", "(0028,0008)"), ("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")):
+        value = _element_value(ds.get(keyword))
+        if value not in (None, "") and (_int(value) or 0) < 1:
+            raise InvalidInput(f"{keyword} is not a positive integer", expression=f"{tag} {keyword}")
     sop_class = _text(ds.get("SOPClassUID"))
     if sop_class is None or sop_class not in dicom_tables.receive.sop_classes:
         raise NotSupported(f"SOP class {sop_class or '(none)'} is not accepted", expression="(0008,0016) SOPClassUID")

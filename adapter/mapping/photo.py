@@ -210,8 +210,9 @@ def photo_to_media(meta: PhotoMetadata, image: StoredImage, *, record_id: str, b
             meta.body_site, meta.laterality.value if meta.laterality else None, tables)
     if image.device_name:
         resource["deviceName"] = image.device_name
-    resource["height"] = image.height
-    resource["width"] = image.width
+    if image.height > 0 and image.width > 0:  # positiveInt; 0 is unknown (a DICOM object without Rows/Columns)
+        resource["height"] = image.height
+        resource["width"] = image.width
     resource["content"] = _attachment(meta, image, binary_id, kind)
     sender, generated = _note_texts(meta, image, assessment_notes, assessment_warnings)
     notes = [{"text": t} for t in sender] + [{"time": fhir_instant(now), "text": t} for t in generated]

@@ -6,7 +6,7 @@ so it takes effect on the very next request."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from adapter.consent import grants_from_consent
 from adapter.errors import InvalidInput, InvalidResource, NotFound, PreconditionFailed, UnknownCode
+from adapter.mapping.codes import CONSENT_ACTION
 from adapter.mapping.photo import index_resource
 from adapter.model.purpose import RequestContext
 from adapter.model.record import NewResource, StoredResource
@@ -53,6 +54,9 @@ class ConsentService:
         if not ident.get("system") or not ident.get("value"):
             raise InvalidResource("Consent.patient must carry an identifier (system and value): the adapter "
                                   "matches patients by identifier", expression="Consent.patient.identifier")
+        for where, coding in _action_codings(resource.get("provision"), "Consent.provision"):
+            if coding.get("code") not in CONSENT_ACTIONS:
+                raise UnknownCode(f"{where}.code is not a code of {CONSENT_ACTION}", expression=f"{where}.code")
         for i, coding in enumerate((resource.get("provision") or {}).get("purpose") or []):
             if coding.get("code") not in self._known:
                 raise InvalidInput(f"unknown purpose-of-use code in provision.purpose[{i}]",
@@ -84,3 +88,21 @@ class ConsentService:
                                     entities=[f"Consent/{id}"], patient=facts.patient if facts else None)
         return self._store.update(NewResource("Consent", id, resource, index_resource(resource)),
                                   if_match=if_match, audit_events=[audit])
+
+
+#: http://terminology.hl7.org/CodeSystem/consentaction (R4), bound required to provision.action
+CONSENT_ACTIONS = frozenset({"collect", "access", "use", "disclose", "correct"})
+
+
+def _action_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, coding) of every consentaction coding in ``provision`` and its nested provisions
+    (the model has checked the shapes; anything else is skipped)."""
+    if not isinstance(provision, dict):
+        return
+    for i, action in enumerate(provision.get("action") or []):
+        codings = action.get("coding") if isinstance(action, dict) else None
+        for j, coding in enumerate(codings if isinstance(codings, list) else []):
+            if isinstance(coding, dict) and coding.get("system") == CONSENT_ACTION:
+                yield f"{path}.action[{i}].coding[{j}]", coding
+    for k, nested in enumerate(provision.get("provision") or []):
+        yield from _action_codings(nested, f"{path}.provision[{k}]")

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapter.errors import InvalidResource
+from adapter.mapping.fhir_json import check_json_representation
 
 _MODULES = {"Consent": "consent", "Media": "media", "DocumentReference": "documentreference",
             "Binary": "binary", "Bundle": "bundle", "Provenance": "provenance"}
@@ -20,6 +21,7 @@ def validate_r4_resource(resource: dict[str, Any]) -> None:
     if module is None:
         raise InvalidResource(f"unsupported resourceType {str(rtype)[:40]}", expression="resourceType")
     model = getattr(importlib.import_module(f"fhir.resources.R4B.{module}"), str(rtype))
+    check_json_representation(resource, str(rtype))
     try:
         model.model_validate(resource)
     except ValidationError as exc:

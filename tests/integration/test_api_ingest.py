@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -350,6 +351,30 @@ def test_invalid_consent_is_400_not_500(tmp_path: Path, patch: dict) -> None:
         r = client.post("/fhir/Consent", json=bad)
         assert r.status_code in (400, 422), r.text
         assert r.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize(("change", "where"), [
+    (lambda c: c["category"].__setitem__(0, {}), "Consent.category[0]"),
+    (lambda c: c["performer"].__setitem__(0, {}), "Consent.performer[0]"),
+    (lambda c: c["provision"]["action"].append({}), "Consent.provision.action[2]"),
+    (lambda c: c.__setitem__("extension", [{"url": "", "valueCode": "written"}]), "Consent.extension[0].url"),
+    (lambda c: c.__setitem__("policy", []), "Consent.policy"),
+    (lambda c: c["provision"]["action"][0]["coding"][0].__setitem__("code", "x"),
+     "Consent.provision.action[0].coding[0].code"),
+])
+def test_consent_that_is_not_valid_fhir_is_refused_naming_the_element(tmp_path: Path, change: Any,
+                                                                        where: str) -> None:
+    """Found by the npm validators on what the mutation tests got stored: empty objects, arrays
+    and strings (FHIR's JSON rules) and a consentaction code outside its required binding passed
+    the models and were stored and emitted. They are refused, the element named."""
+    consent = json.loads((SAMPLES / "consent-train.json").read_text())
+    change(consent)
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir/Consent", json=consent, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code in (400, 422), r.text
+        outcome = r.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert outcome["issue"][0]["expression"] == [where]
 
 
 def test_colleague_internal_needs_no_consent_from_us_but_training_still_does(tmp_path: Path) -> None:

@@ -178,26 +178,30 @@ def test_wrong_bundle_type(jpeg: bytes) -> None:
 def test_bundle_type_and_resource_type_that_are_not_strings(jpeg: bytes) -> None:
     """Found by fuzzing: a list or object where a code belongs is refused with the element
     named, not a 500 (they were looked up in a set of codes, which raised TypeError)."""
-    for value in (["transaction"], {"code": "transaction"}, 3, None):
+    for value in (["transaction"], {"code": "transaction"}, 3):
         bundle = transaction_bundle(jpeg)
         bundle["type"] = value
         assert refused(bundle, UnknownCode).expression == ["Bundle.type"]
         bundle = transaction_bundle(jpeg)
         bundle["entry"][1]["resource"]["resourceType"] = value
         assert refused(bundle, NotSupported).expression == ["Bundle.entry[1].resource.resourceType"]
+    bundle = transaction_bundle(jpeg)
+    bundle["type"] = None  # JSON null is not a FHIR value at all (adapter.mapping.fhir_json)
+    assert refused(bundle, InvalidResource).expression == ["Bundle.type"]
 
 
 def test_record_without_its_attachment(jpeg: bytes) -> None:
-    """Found by fuzzing: a JSON null passes the model as an absent element; the missing
-    attachment is then named, not a 500."""
+    """Found by fuzzing: a JSON null passed the model as an absent element and the parser then
+    failed (500). Nulls and empty arrays are now refused by the JSON rules, and a content
+    without its attachment is named."""
     bundle = transaction_bundle(jpeg)
-    bundle["entry"][1]["resource"]["content"] = None
-    assert refused(bundle, RequiredElementMissing).expression == ["Bundle.entry[1].resource.content"]
+    bundle["entry"][1]["resource"]["content"] = None  # null is no FHIR value at all
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[1].resource.content"]
     for content, error, where in (
-            (None, InvalidResource, "content"),  # DocumentReference.content is 1..*: the model says so
-            ([None], InvalidResource, "content"),
-            ([{"attachment": None}], RequiredElementMissing, "content[0].attachment"),
-            ([], RequiredElementMissing, "content[0].attachment")):
+            ([None], InvalidResource, "content[0]"),
+            ([{"attachment": None}], InvalidResource, "content[0].attachment"),
+            ([], InvalidResource, "content"),  # an empty array is no FHIR value either
+            ([{"format": {"code": "x"}}], InvalidResource, "content[0].attachment")):  # the model: required
         bundle = transaction_bundle(jpeg, kind="document", consent_purposes=None, bodySite=None, laterality=None)
         bundle["entry"][1]["resource"]["content"] = content
         assert refused(bundle, error).expression == [f"Bundle.entry[1].resource.{where}"], content
