@@ -61,6 +61,7 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
 from adapter.errors import AdapterError, Conflict, InvalidInput, InvalidResource, StorageError
+from adapter.files import read_range
 from adapter.imaging import JPEG
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
@@ -497,12 +498,9 @@ def _binary_of_first_fragment(work: _Work, path: Path, fragment: tuple[int, int]
     offset, length = fragment
     size: Future[int | None] = work.promise()
     try:
-        with open(path, "rb") as fh:
-            frame = os.pread(fh.fileno(), length, offset)
-    except OSError as exc:
+        frame = read_range(path, offset, length)
+    except (OSError, EOFError) as exc:
         raise StorageError("the received dataset could not be read") from exc
-    if len(frame) != length:
-        raise StorageError("the received dataset could not be read")
     sha256 = work.submit(_fragment_sha256, frame, max(0, length - _FRAGMENT_TAIL), size)
     try:
         plan = jpeg_binary(frame)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from adapter.config import StoreOptions
 from adapter.errors import InvalidInput, NotFound, StorageError
+from adapter.files import read_range
 
 _log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -167,16 +168,11 @@ class FileBlobStore:
         NotFound if absent, StorageError if the blob is shorter than the range)."""
         path = self.path(sha256)
         try:
-            if byte_range is None:
-                return path.read_bytes()
-            offset, length = byte_range
-            with open(path, "rb") as fh:
-                data = os.pread(fh.fileno(), length, offset)
+            return path.read_bytes() if byte_range is None else read_range(path, *byte_range)
+        except EOFError as exc:
+            raise StorageError("the stored blob is shorter than the range recorded for it") from exc
         except OSError as exc:
             raise StorageError("could not read the stored image bytes") from exc
-        if len(data) != length:
-            raise StorageError("the stored blob is shorter than the range recorded for it")
-        return data
 
     def exists(self, sha256: str) -> bool:
         return bool(_SHA256.match(sha256)) and self._address(sha256).is_file()
