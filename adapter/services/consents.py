@@ -24,6 +24,8 @@ from adapter.services.fhir_validation import validate_r4_resource
 from adapter.store.port import RecordStore
 
 CONSENT_STATUS = frozenset({"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"})
+#: http://terminology.hl7.org/CodeSystem/consentaction (R4), bound required to provision.action
+CONSENT_ACTIONS = frozenset({"collect", "access", "use", "disclose", "correct"})
 
 
 class ConsentService:
@@ -88,10 +90,6 @@ class ConsentService:
                                     entities=[f"Consent/{id}"], patient=facts.patient if facts else None)
         return self._store.update(NewResource("Consent", id, resource, index_resource(resource)),
                                   if_match=if_match, audit_events=[audit])
-
-
-#: http://terminology.hl7.org/CodeSystem/consentaction (R4), bound required to provision.action
-CONSENT_ACTIONS = frozenset({"collect", "access", "use", "disclose", "correct"})
 
 
 def _action_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
