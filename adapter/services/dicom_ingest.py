@@ -178,8 +178,7 @@ def _header(buf: memoryview, pos: int, implicit: bool) -> tuple[int, bytes | Non
         return tag, None, length, pos + 8
     vr = bytes(buf[pos + 4:pos + 6])
     if vr not in _VRS:
-        raise InvalidInput(f"the element ({group:04X},{element:04X}) has no known VR",
-                           expression=f"({group:04X},{element:04X})")
+        raise InvalidInput(f"the element {_where(tag)} has no known VR", expression=_where(tag))
     if vr in _LONG_VRS:
         if pos + 12 > len(buf):
             raise _Truncated(pos)
