@@ -1,16 +1,18 @@
-"""The INSERTs of the ingest transaction, compiled once per (table, columns) for the dialect.
+"""The record store's INSERTs, compiled once per (table, columns) for the dialect.
 
 ``Connection.execute(insert(table), rows)`` takes its compiled form from SQLAlchemy's cache, but
 on every call it still builds the statement's cache key, looks it up, and runs its parameter
 processing row by row. An ingest is a hot path (issues 2 and 3: photos and DICOM objects per
 second) with six to eight INSERTs in its transaction, so they are compiled here once (measured in
 the SCP over 300 objects: save_ingest 1.42-1.48 ms of wall time per object against 1.63-1.64 ms
-with execute; most of the rest is the commit's fsync). Each call converts the rows
-with the columns' own bind processors (the same ``UtcDateTime``, ``JsonText`` and ``Boolean``
-conversions as ``execute``) and hands them to the driver with ``exec_driver_sql``, which keeps
-SQLAlchemy's transaction, connection pool and error translation (an ``IntegrityError`` is still
-one). The SQL is the dialect's own rendering of ``insert(table)``, so SQLite and PostgreSQL
-get exactly what ``execute`` would send them for one row.
+with execute; most of the rest is the commit's fsync). The store's other INSERTs (create,
+update's history, audit) go the same way, so every row is bound by one mechanism. Each call
+converts the rows with the columns' own bind processors (the same ``UtcDateTime``, ``JsonText``
+and ``Boolean`` conversions as ``execute``) and hands them to the driver with
+``exec_driver_sql``, which keeps SQLAlchemy's transaction, connection pool and error translation
+(an ``IntegrityError`` is still one). The SQL is the dialect's own rendering of
+``insert(table)``, so SQLite and PostgreSQL get exactly what ``execute`` would send them for
+one row.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -143,14 +143,14 @@ class SqlRecordStore:
         with _translated_errors(), self._engine.connect() as conn:
             yield conn
 
-    @staticmethod
-    def _insert_version(conn: Connection, new: NewResource, document: dict[str, Any], version_id: int,
+    def _insert_version(self, conn: Connection, new: NewResource, document: dict[str, Any], version_id: int,
                         audit_events: Sequence[dict[str, Any]], now: datetime) -> None:
-        conn.execute(insert(resource_history), history_row(new, document, version_id, now))
+        run = self._inserts.execute
+        run(conn, resource_history, history_row(new, document, version_id, now))
         if rows := token_rows(new):
-            conn.execute(insert(tokens), rows)
+            run(conn, tokens, rows)
         if audit_events:
-            conn.execute(insert(audit), [{"recorded": now, "json": event} for event in audit_events])
+            run(conn, audit, [{"recorded": now, "json": event} for event in audit_events])
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class SqlRecordStore:
         now = now_instant()
         document = with_meta(new, 1, now)
         with self._write() as conn:
-            conn.execute(insert(resources), resource_row(new, document, 1, now))
+            self._inserts.execute(conn, resources, resource_row(new, document, 1, now))
             self._insert_version(conn, new, document, 1, audit_events, now)
         return StoredResource(new.resource_type, new.id, 1, now, document, new.facts, new.blob_sha256,
                               new.blob_range)
@@ -228,7 +228,7 @@ class SqlRecordStore:
 
     def append_audit(self, event: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(insert(audit), {"recorded": now_instant(), "json": event})
+            self._inserts.execute(conn, audit, {"recorded": now_instant(), "json": event})
 
     # -- reads ----------------------------------------------------------------------------
 
