@@ -30,6 +30,18 @@ class DicomInstance:
 
 
 @dataclass(frozen=True)
+class ReleasedUids:
+    """An instance's UIDs as a restricted view releases them (keyed, irreversible: see
+    adapter.services.released_uids), indexed so that a reader naming them finds the instance."""
+
+    view: str                      # adapter.model.decision.View value
+    sop_instance_uid: str          # the instance, as stored
+    study_instance_uid: str        # the rest as released
+    series_instance_uid: str
+    released_sop_instance_uid: str
+
+
+@dataclass(frozen=True)
 class OutboxItem:
     """One object to C-STORE to one destination (``AE@host:port``)."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from adapter.model.dicom import DicomInstance, NewOutboxItem
+from adapter.model.dicom import DicomInstance, NewOutboxItem, ReleasedUids
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 
 
@@ -87,4 +87,5 @@ class IngestUnit:
     stored_sha256: str
     audit_events: list[dict[str, Any]] = field(default_factory=list)
     dicom_instance: DicomInstance | None = None       # the SOP instance of this record, if any
+    released_uids: list[ReleasedUids] = field(default_factory=list)  # its UIDs in the restricted views
     outbox: list[NewOutboxItem] = field(default_factory=list)  # forwarding, committed with the record

@@ -261,13 +261,15 @@ class ScopedReader:
     def _dicom_candidates(self, release: DicomRelease, *, study: str | None = None, series: str | None = None,
                           sop_instance: str | None = None) -> list[DicomInstance]:
         """Instances whose released UIDs are the given ones (all when none is given). The
-        mapped UIDs cannot be reversed: in a restricted view they are computed and compared."""
-        if release.view is View.FULL:
+        mapped UIDs of a restricted view cannot be reversed: they are looked up in their index
+        (adapter.services.released_uids), and what it finds is checked against the key."""
+        if release.view is View.FULL or (study is None and series is None and sop_instance is None):
             return self._store.search_dicom_instances(study=study, series=series, sop_instance=sop_instance)
         wanted = [(uid, attr) for uid, attr in ((study, "study_instance_uid"), (series, "series_instance_uid"),
                                                 (sop_instance, "sop_instance_uid")) if uid is not None]
-        return [i for i in self._store.search_dicom_instances()
-                if all(release.uid(getattr(i, attr)) == uid for uid, attr in wanted)]
+        found = self._store.search_released_dicom_instances(release.view.value, study=study, series=series,
+                                                             sop_instance=sop_instance)
+        return [i for i in found if all(release.uid(getattr(i, attr)) == uid for uid, attr in wanted)]
 
     def _dicom_decided(self, instances: Sequence[DicomInstance]) -> list[tuple[DicomInstance, StoredResource,
                                                                                 Decision]]:

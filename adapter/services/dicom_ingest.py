@@ -17,7 +17,8 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    pixel data, or the PDF;
 7. blobs fsynced to their content addresses (invisible until referenced): the object as received
    (Part 10) and, unless they are a byte range of it, the Binary's bytes;
-8. one database transaction: resources, DICOM instance, receipt, audit event.
+8. one database transaction: resources, DICOM instance and its UIDs as the restricted views
+   release them (adapter.services.released_uids), receipt, audit event.
 
 Speed without shortcuts: the work that waits on the disk or hashes (SHA-256 of the object and of
 the Binary, staging both in the staging folder and fsyncing them) runs in helper threads beside
@@ -80,6 +81,7 @@ from adapter.model.photo import Colleague, Identifier, PatientRef, PhotoMetadata
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.services.audit import Auditor
+from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
 
 log = logging.getLogger(__name__)
@@ -629,8 +631,9 @@ class DicomIngestService:
     association of the SCP calls :meth:`ingest_received` from its own thread."""
 
     def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, dicom_tables: DicomTables,
-                 auditor: Auditor, now: Callable[[], datetime]) -> None:
+                 auditor: Auditor, now: Callable[[], datetime], released_uids: ReleasedUidSpaces) -> None:
         self._store = store
+        self._released_uids = released_uids
         self._blobs = blobs
         self._tables = tables
         self._dicom_tables = dicom_tables
@@ -843,7 +846,8 @@ class DicomIngestService:
             record_type=record_type, record_id=record_id, patient=patient, blob_sha256=original_sha256,
             study_date=study_date, created=None)
         return IngestUnit(resources=resources, receipt=receipt, idempotency_key=None, patient=patient,
-                          stored_sha256=original_sha256, audit_events=[audit], dicom_instance=instance)
+                          stored_sha256=original_sha256, audit_events=[audit], dicom_instance=instance,
+                          released_uids=self._released_uids.rows(instance))
 
 
 def _study_date(ds: Dataset) -> str | None:

@@ -23,7 +23,6 @@ in each read view, the QIDO-RS match model, and STOW-RS into the C-STORE SCP's i
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -36,10 +35,10 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 
 from adapter.errors import AdapterError, InvalidInput, InvalidResource, NotFound, NotSupported, StorageError
-from adapter.mapping.dicom_deid import HRESCH_CONTEXT, TRAIN_CONTEXT, deidentify, pseudonymise
+from adapter.mapping.dicom_deid import deidentify, pseudonymise
 from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom
 from adapter.mapping.dicom_tables import DicomTables
-from adapter.mapping.dicom_uids import PhotoUids, keyed_uid
+from adapter.mapping.dicom_uids import PhotoUids
 from adapter.mapping.dimse_status import dimse_status_for
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables
@@ -48,6 +47,7 @@ from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Identifier
 from adapter.model.record import StoredResource
 from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
+from adapter.services.released_uids import RELEASED_VIEWS, mapped_uid
 from adapter.store.port import BlobStore
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,6 @@ def _content_type(record: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- releases
 
 
-@functools.lru_cache(maxsize=65536)
-def _mapped_uid(root: str, key: bytes, uid: str, context: str) -> str:
-    return keyed_uid(root, key, uid, context=context)
-
-
 @dataclass(frozen=True)
 class DicomEntry:
     """One instance as a view shows it (QIDO-RS): UIDs, patient and date in the released space."""
@@ -146,13 +141,13 @@ class DicomRelease:
         self._key = uid_key
         self._pseudonymizer = pseudonymizer
         self._dicom_tables = dicom_tables
-        self._context = {View.DEIDENTIFIED: TRAIN_CONTEXT, View.PSEUDONYMISED: HRESCH_CONTEXT}.get(view)
+        self._context = RELEASED_VIEWS.get(view)
 
     def uid(self, original: str) -> str:
         """``original`` in this view's UID space (the value the released object carries)."""
         if self._context is None:
             return original
-        return _mapped_uid(self._root, self._key, original, self._context)
+        return mapped_uid(self._root, self._key, original, self._context)
 
     def patient(self, patient: Identifier) -> tuple[str | None, str | None]:
         """(PatientID, IssuerOfPatientID) as the released object carries them."""

@@ -7,7 +7,8 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 3. metadata stripping by segment copy, decode proof, quality (adapter.imaging.sanitize);
 4. blob fsynced to its content address (invisible until referenced; a photo stored before has
    the same address, so nothing new is written for it);
-5. one database transaction: resources, receipt, idempotency entries, audit event. A photo
+5. one database transaction: resources, receipt, idempotency entries, audit event, the DICOM
+   instance the photo becomes and its UIDs as the restricted views release them. A photo
    stored for the patient before (same stored SHA-256) fails the receipts' unique constraint,
    so nothing of the transaction is kept, and the stored receipt is the answer (a replay). No
    lookup before the transaction: the constraint decides, also between concurrent uploads, and
@@ -40,6 +41,7 @@ from adapter.model.photo import Identifier, PhotoMetadata
 from adapter.model.purpose import RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.services.audit import Auditor
+from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
 
 
@@ -64,8 +66,9 @@ def _new_id() -> str:
 class IngestService:
     def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, auditor: Auditor,
                  now: Callable[[], datetime], dicom_tables: DicomTables, uid_root: str,
-                 destinations: Sequence[str] = ()) -> None:
+                 released_uids: ReleasedUidSpaces, destinations: Sequence[str] = ()) -> None:
         self._store = store
+        self._released_uids = released_uids
         self._blobs = blobs
         self._tables = tables
         self._auditor = auditor
@@ -227,4 +230,5 @@ class IngestService:
                             "forwardTo": [item.destination for item in outbox]}
         return IngestUnit(resources=resources, receipt=receipt, idempotency_key=idempotency_key,
                           patient=patient, stored_sha256=image.sha256, audit_events=[audit],
-                          dicom_instance=dicom_instance, outbox=outbox)
+                          dicom_instance=dicom_instance, released_uids=self._released_uids.rows(dicom_instance),
+                          outbox=outbox)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from collections.abc import Callable
@@ -23,9 +24,12 @@ from adapter.services.consents import ConsentService
 from adapter.services.dicom_ingest import DicomIngestService
 from adapter.services.forwarding import Forwarder, ForwardOptions, OutboxService, StoreSender
 from adapter.services.ingest import IngestService
+from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.services.transaction import TransactionService
 from adapter.store import open_store
 from adapter.store.port import BlobStore, RecordStore
+
+_log = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -132,8 +136,14 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     auditor = Auditor(store, now)
     pseudonym_key = _pseudonym_key(settings)
     pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)
+    uid_root = check_uid_root(settings.uid_root)
+    dicom_uid_key = _dicom_uid_key(pseudonym_key)
+    released_uids = ReleasedUidSpaces(uid_root, dicom_uid_key)
+    indexed = store.index_released_uids(released_uids.fingerprint, released_uids.rows)
+    if indexed:
+        _log.info("indexed the released UIDs of %d DICOM instance(s) under the current key", indexed)
     ingest = IngestService(store=store, blobs=blobs, tables=tables, auditor=auditor, now=now,
-                           dicom_tables=dicom_tables, uid_root=check_uid_root(settings.uid_root),
+                           dicom_tables=dicom_tables, uid_root=uid_root, released_uids=released_uids,
                            destinations=settings.destinations)
     return Services(
         settings=settings, tables=tables, store=store, blobs=blobs, pseudonymizer=pseudonymizer,
@@ -142,5 +152,5 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
         consents=ConsentService(store=store, auditor=auditor, known_purposes=set(tables.purposes.codes), now=now),
         now=now,
         dicom_ingest=DicomIngestService(store=store, blobs=blobs, tables=tables, dicom_tables=dicom_tables,
-                                        auditor=auditor, now=now),
-        dicom_uid_key=_dicom_uid_key(pseudonym_key))
+                                        auditor=auditor, now=now, released_uids=released_uids),
+        dicom_uid_key=dicom_uid_key)

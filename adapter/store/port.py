@@ -4,13 +4,13 @@ files). Services depend on these Protocols only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from adapter.model.dicom import DicomInstance, OutboxItem
+from adapter.model.dicom import DicomInstance, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import IndexRow, IngestUnit, NewResource, StoredResource
 
@@ -112,7 +112,8 @@ class RecordStore(Protocol):
 
     # -- DICOM -------------------------------------------------------------------------------
     # save_ingest also writes unit.dicom_instance (unique SOP Instance UID: Conflict when taken)
-    # and unit.outbox (status pending, attempts 0, next_attempt_at = now) in the same transaction.
+    # and unit.released_uids, and unit.outbox (status pending, attempts 0, next_attempt_at = now)
+    # in the same transaction.
     # An outbox item names a stored SOP instance (this unit's or an earlier one): the store
     # refuses one that names none (StorageError), and one (object, destination) is queued once.
 
@@ -122,6 +123,19 @@ class RecordStore(Protocol):
                                sop_instance: str | None = None, patient: Identifier | None = None,
                                modality: str | None = None) -> list[DicomInstance]:
         """Ordered by study, series, created."""
+
+    def search_released_dicom_instances(self, view: str, *, study: str | None = None,
+                                        series: str | None = None,
+                                        sop_instance: str | None = None) -> list[DicomInstance]:
+        """Instances whose UIDs, as ``view`` releases them, are the given ones (at least one
+        given); ordered as search_dicom_instances."""
+
+    def index_released_uids(self, fingerprint: str,
+                            rows_of: Callable[[DicomInstance], Sequence[ReleasedUids]]) -> int:
+        """Make the released UIDs of every instance those of the key with ``fingerprint``: when
+        the stored fingerprint differs (or there is none), replace every row with
+        ``rows_of(instance)`` and store ``fingerprint``, in one transaction. Returns how many
+        instances were indexed (0 when the index was current)."""
 
     def claim_outbox(self, now: datetime, limit: int) -> list[OutboxItem]:
         """Pending items due at ``now`` (next_attempt_at <= now), oldest first. Claiming pushes

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.engine import RowMapping
 
 from adapter.errors import InvalidResource
-from adapter.model.dicom import DicomInstance, NewOutboxItem, OutboxItem
+from adapter.model.dicom import DicomInstance, NewOutboxItem, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.record import AccessFacts, IndexRow, NewResource, StoredResource
 from adapter.store.dates import format_instant, to_utc
@@ -120,6 +120,16 @@ def dicom_instance_row(instance: DicomInstance, created: datetime) -> dict[str, 
         "blob_sha256": instance.blob_sha256,
         "study_date": instance.study_date,
         "created": to_utc(instance.created) if instance.created is not None else created,
+    }
+
+
+def released_uids_row(released: ReleasedUids) -> dict[str, Any]:
+    return {
+        "view": released.view,
+        "sop_instance_uid": released.sop_instance_uid,
+        "study_instance_uid": released.study_instance_uid,
+        "series_instance_uid": released.series_instance_uid,
+        "released_sop_instance_uid": released.released_sop_instance_uid,
     }
 
 

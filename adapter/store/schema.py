@@ -40,7 +40,8 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: Bump when the tables change, and add a migration step that upgrades the previous version.
 #: 1: resources, history, tokens, receipts, audit. 2: dicom_instances and outbox (DICOM bridge).
 #: 3: resources.blob_offset and blob_length (a Binary that is a byte range of a received object).
-SCHEMA_VERSION = 3
+#: 4: dicom_released_uids and dicom_uid_spaces (the UIDs of the restricted views, indexed).
+SCHEMA_VERSION = 4
 
 
 class EncodedJson(str):
@@ -190,6 +191,34 @@ dicom_instances = Table(
     Index("ix_dicom_instances_record", "record_type", "record_id"),
 )
 
+# An instance's UIDs as each restricted view releases them (keyed hashes of the originals, which
+# cannot be reversed), so that a reader naming released UIDs (WADO-RS, QIDO-RS under TRAIN or
+# HRESCH) is answered by an index lookup, not by hashing every instance. Written in the
+# transaction that stores the instance; rebuilt whole when the key that made them changes
+# (dicom_uid_spaces holds its fingerprint).
+dicom_released_uids = Table(
+    "dicom_released_uids", metadata,
+    Column("view", String(16), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False),
+    Column("released_sop_instance_uid", String(64), nullable=False),
+    PrimaryKeyConstraint("view", "sop_instance_uid", name="pk_dicom_released_uids"),
+    ForeignKeyConstraint(["sop_instance_uid"], [dicom_instances.c.sop_instance_uid]),
+    Index("ix_dicom_released_uids_study", "view", "study_instance_uid"),
+    Index("ix_dicom_released_uids_series", "view", "series_instance_uid"),
+    Index("ix_dicom_released_uids_sop", "view", "released_sop_instance_uid"),
+)
+
+# The fingerprint of the key (and UID root) dicom_released_uids was computed with: one row.
+dicom_uid_spaces = Table(
+    "dicom_uid_spaces", metadata,
+    Column("name", String(16), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("updated", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("name", name="pk_dicom_uid_spaces"),
+)
+
 # The durable outbox: one row per (object, destination), written in the transaction that stores
 # the object, so a forward is never lost nor queued twice.
 outbox = Table(
@@ -213,7 +242,9 @@ def _migrate(conn: Connection, found: int) -> None:
     """Upgrade a database of schema version ``found`` to SCHEMA_VERSION.
 
     1 → 2 adds only tables (dicom_instances, outbox), which ``create_all`` has made already;
-    2 → 3 adds two nullable columns to ``resources`` (existing rows: whole blobs).
+    2 → 3 adds two nullable columns to ``resources`` (existing rows: whole blobs);
+    3 → 4 adds only tables (dicom_released_uids, dicom_uid_spaces): the index is built at start
+    (SqlRecordStore.index_released_uids finds no fingerprint).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):

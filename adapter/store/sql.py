@@ -3,17 +3,17 @@ dialect differences live in ``engine.py`` and ``dates.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from adapter.errors import Conflict, NotFound, StorageError
-from adapter.model.dicom import DicomInstance, OutboxItem
+from adapter.model.dicom import DicomInstance, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import IndexRow, IngestUnit, NewResource, StoredResource
 from adapter.store.dates import now_instant, to_utc
@@ -30,6 +30,7 @@ from adapter.store.rows import (
     index_row_from,
     outbox_item_from,
     outbox_row,
+    released_uids_row,
     resource_row,
     stored_from_row,
     token_rows,
@@ -40,6 +41,8 @@ from adapter.store.schema import (
     audit,
     create_schema,
     dicom_instances,
+    dicom_released_uids,
+    dicom_uid_spaces,
     outbox,
     receipts,
     resource_history,
@@ -50,9 +53,14 @@ from adapter.store.search import search_statement
 
 _r = resources.c
 _d = dicom_instances.c
+_u = dicom_released_uids.c
 _o = outbox.c
 _GET_MANY_CHUNK = 500
 _LAST_ERROR_MAX = 1000
+
+#: dicom_uid_spaces' row for dicom_released_uids, and the advisory lock of its rebuild (PostgreSQL).
+_RELEASED_UIDS = "released"
+_RELEASED_UIDS_LOCK = 0x1A6E5702
 
 #: How long a claimed outbox item stays invisible to other forwarders (claim_outbox).
 OUTBOX_LEASE = timedelta(seconds=60)
@@ -169,6 +177,8 @@ class SqlRecordStore:
         with self._write() as conn:
             if unit.dicom_instance is not None:  # first: a repeated SOP instance fails cheapest
                 run(conn, dicom_instances, dicom_instance_row(unit.dicom_instance, now))
+                if unit.released_uids:
+                    run(conn, dicom_released_uids, [released_uids_row(r) for r in unit.released_uids])
             run(conn, receipts, {
                 "idempotency_key": unit.idempotency_key, "patient_system": unit.patient.system,
                 "patient_value": unit.patient.value, "stored_sha256": unit.stored_sha256,
@@ -340,6 +350,52 @@ class SqlRecordStore:
             _d.study_instance_uid, _d.series_instance_uid, _d.created, _d.sop_instance_uid)
         with self._read() as conn:
             return [dicom_instance_from(row) for row in conn.execute(statement).mappings()]
+
+    def search_released_dicom_instances(self, view: str, *, study: str | None = None,
+                                        series: str | None = None,
+                                        sop_instance: str | None = None) -> list[DicomInstance]:
+        """Instances whose UIDs as ``view`` releases them are the given ones (index lookup)."""
+        where = [_u.view == view]
+        if study is not None:
+            where.append(_u.study_instance_uid == study)
+        if series is not None:
+            where.append(_u.series_instance_uid == series)
+        if sop_instance is not None:
+            where.append(_u.released_sop_instance_uid == sop_instance)
+        if len(where) == 1:
+            raise ValueError("name at least one released UID")
+        statement = select(dicom_instances).join(dicom_released_uids, _u.sop_instance_uid == _d.sop_instance_uid) \
+            .where(*where).order_by(_d.study_instance_uid, _d.series_instance_uid, _d.created, _d.sop_instance_uid)
+        with self._read() as conn:
+            return [dicom_instance_from(row) for row in conn.execute(statement).mappings()]
+
+    def index_released_uids(self, fingerprint: str,
+                            rows_of: Callable[[DicomInstance], Sequence[ReleasedUids]]) -> int:
+        """See RecordStore.index_released_uids. One transaction (SQLite: BEGIN IMMEDIATE;
+        PostgreSQL: under an advisory lock), so processes starting together index once."""
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _RELEASED_UIDS_LOCK})
+            stored = conn.execute(select(dicom_uid_spaces.c.fingerprint)
+                                  .where(dicom_uid_spaces.c.name == _RELEASED_UIDS)).scalar()
+            if stored == fingerprint:
+                return 0
+            conn.execute(delete(dicom_released_uids))
+            indexed, after = 0, ""
+            while True:  # in chunks, by key: memory stays bounded whatever the number of instances
+                chunk = conn.execute(select(dicom_instances).where(_d.sop_instance_uid > after)
+                                     .order_by(_d.sop_instance_uid).limit(_GET_MANY_CHUNK)).mappings().all()
+                if not chunk:
+                    break
+                instances = [dicom_instance_from(row) for row in chunk]
+                if rows := [released_uids_row(r) for i in instances for r in rows_of(i)]:
+                    self._inserts.execute(conn, dicom_released_uids, rows)
+                indexed += len(instances)
+                after = instances[-1].sop_instance_uid
+            conn.execute(delete(dicom_uid_spaces).where(dicom_uid_spaces.c.name == _RELEASED_UIDS))
+            self._inserts.execute(conn, dicom_uid_spaces, {"name": _RELEASED_UIDS, "fingerprint": fingerprint,
+                                                           "updated": now_instant()})
+        return indexed
 
     def claim_outbox(self, now: datetime, limit: int) -> list[OutboxItem]:
         """Pending items due at ``now``, oldest due first, leased: their next_attempt_at moves

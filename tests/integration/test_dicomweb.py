@@ -28,6 +28,7 @@ from adapter.mapping.dimse_status import (
 )
 from adapter.model.photo import PhotoKind
 from adapter.services.registry import Services
+from adapter.services.released_uids import ReleasedUidSpaces
 from tests.conftest import ROOT, require_or_skip
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
 from tests.support.dciodvfy import dciodvfy_missing, dciodvfy_report, photo_object, stored_sample
@@ -473,6 +474,44 @@ def test_hresch_gets_the_pseudonym_the_fhir_view_shows(adapter: tuple[FhirClient
     train_uids = {value(s, "0020000D") for s in qido(client, "studies", TRAIN)}
     assert len(train_uids) == len(hresch_uids) == 2
     assert train_uids.isdisjoint(hresch_uids | {vl.StudyInstanceUID})
+
+
+def test_released_uids_follow_the_key_across_restarts(tmp_path: Path) -> None:
+    """The mapped UIDs are found through their index (adapter.services.released_uids): written at
+    ingest for received objects and photos, and rebuilt at start when the key changes, so the
+    old mapped UIDs then find nothing and the new ones find every instance."""
+    obj = received()
+
+    def mapped(client: FhirClient) -> list[tuple[str, str, str]]:
+        return sorted((value(i, "0020000D"), value(i, "0020000E"), value(i, "00080018"))
+                      for i in qido(client, "instances", TRAIN))
+
+    with adapter_client(tmp_path, pseudonym_key="k" * 32) as (client, _):
+        assert stow(client, obj).status_code == 200
+        assert post_photo(client, WOUND, metadata()).status_code == 201
+        add_consent(client, ["TRAIN", "HRESCH"])
+        before = mapped(client)
+        for study, series, instance in before:
+            assert wado(client, study, series, instance, headers=TRAIN).status_code == 200
+    with adapter_client(tmp_path, pseudonym_key="k" * 32) as (client, services):  # same key: kept
+        assert services.store.index_released_uids(
+            ReleasedUidSpaces(services.settings.uid_root, services.dicom_uid_key).fingerprint,
+            lambda _: pytest.fail("the index is current")) == 0
+        assert mapped(client) == before
+    with adapter_client(tmp_path, pseudonym_key="n" * 32) as (client, _):
+        after = mapped(client)
+        assert len(after) == 2 and {u for t in after for u in t}.isdisjoint({u for t in before for u in t})
+        for (study, series, instance), (old_study, _, old_instance) in zip(after, before, strict=True):
+            assert wado(client, study, series, instance, headers=TRAIN).status_code == 200
+            assert len(parts_of(wado(client, study, headers=TRAIN))) == 1
+            assert wado(client, old_study, headers=TRAIN).status_code == 404
+            assert qido(client, "instances", TRAIN, SOPInstanceUID=old_instance) == []
+            assert len(qido(client, "instances", TRAIN, SOPInstanceUID=instance)) == 1
+        # HRESCH has its own space, rebuilt too
+        hresch = qido(client, "instances", HRESCH)
+        assert len(hresch) == 2
+        for item in hresch:
+            assert client.get(value(item, "00081190").split("testserver")[-1], headers=HRESCH).status_code == 200
 
 
 def test_binary_as_dicom_follows_the_record_decision(adapter: tuple[FhirClient, Services],

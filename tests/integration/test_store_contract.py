@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from adapter.config import StoreOptions
 from adapter.errors import ConfigurationError, Conflict, InvalidInput, NotFound, NotSupported, StorageError
-from adapter.model.dicom import DicomInstance, NewOutboxItem
+from adapter.model.dicom import DicomInstance, NewOutboxItem, ReleasedUids
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.store import (
@@ -33,6 +33,7 @@ from adapter.store import (
     open_store,
 )
 from adapter.store.schema import SCHEMA_VERSION
+from adapter.store.schema import dicom_instances as dicom_instances_table
 from tests.conftest import require_or_skip
 
 pytestmark = pytest.mark.integration
@@ -743,6 +744,102 @@ def test_search_dicom_instances(store: SqlRecordStore) -> None:
     assert found == made["b"]
 
 
+def released(uid: str, key: str = "k1") -> str:
+    """A stand-in for a keyed UID mapping (the store only keeps what it is given)."""
+    return f"2.25.{int.from_bytes(uuid.uuid5(uuid.NAMESPACE_OID, key + uid).bytes, 'big')}"
+
+
+def released_rows(instance: DicomInstance, key: str = "k1") -> list[ReleasedUids]:
+    return [ReleasedUids(view, instance.sop_instance_uid, released(view + instance.study_instance_uid, key),
+                         released(view + instance.series_instance_uid, key),
+                         released(view + instance.sop_instance_uid, key))
+            for view in ("deidentified", "pseudonymised")]
+
+
+def test_released_uids_are_saved_with_the_instance_and_found(store: SqlRecordStore) -> None:
+    made = [make_instance(study="1.1", series="1.1.1"), make_instance(study="1.1", series="1.1.1"),
+            make_instance(study="1.1", series="1.1.2"), make_instance(study="1.2", series="1.2.1")]
+    for instance in made:
+        unit = make_dicom_unit(instance)
+        unit.released_uids = released_rows(instance)
+        store.save_ingest(unit)
+    stored = [store.find_dicom_instance(i.sop_instance_uid) for i in made]
+
+    def find(view: str = "deidentified", **kwargs: str) -> list[DicomInstance]:
+        return store.search_released_dicom_instances(view, **kwargs)
+
+    assert find(study=released("deidentified1.1")) == sorted(stored[:3], key=lambda i: (
+        i.series_instance_uid, i.created, i.sop_instance_uid))
+    assert find(series=released("deidentified1.1.1")) == sorted(stored[:2], key=lambda i: (i.created,
+                                                                                            i.sop_instance_uid))
+    assert find(sop_instance=released("deidentified" + made[3].sop_instance_uid)) == [stored[3]]
+    assert find(study=released("deidentified1.2"), sop_instance=released("deidentified" + made[3].sop_instance_uid)) \
+        == [stored[3]]
+    # the original UIDs, another view's, and a mismatched pair find nothing
+    assert find(study="1.1") == [] and find(sop_instance=made[0].sop_instance_uid) == []
+    assert find("pseudonymised", study=released("deidentified1.1")) == []
+    assert len(find("pseudonymised", study=released("pseudonymised1.1"))) == 3
+    assert find(study=released("deidentified1.2"), series=released("deidentified1.1.1")) == []
+    with pytest.raises(ValueError):
+        find()
+    # a unit whose instance is refused (same SOP Instance UID) writes none of its rows
+    again = make_dicom_unit(made[0])
+    again.released_uids = released_rows(made[0], key="other")
+    with pytest.raises(Conflict):
+        store.save_ingest(again)
+    assert find(sop_instance=released("deidentified" + made[0].sop_instance_uid, key="other")) == []
+
+
+def test_released_uids_are_rebuilt_when_the_key_changes(store: SqlRecordStore) -> None:
+    made = [make_instance() for _ in range(3)]
+    for instance in made:
+        store.save_ingest(make_dicom_unit(instance))    # no rows: as written before the index
+    first = made[0].sop_instance_uid
+    assert store.search_released_dicom_instances("deidentified", sop_instance=released("deidentified" + first)) == []
+    assert store.index_released_uids("fingerprint-1", released_rows) == 3
+    [found] = store.search_released_dicom_instances("deidentified", sop_instance=released("deidentified" + first))
+    assert found.sop_instance_uid == first
+    calls: list[str] = []
+
+    def counting(instance: DicomInstance) -> list[ReleasedUids]:
+        calls.append(instance.sop_instance_uid)
+        return released_rows(instance, key="k2")
+
+    assert store.index_released_uids("fingerprint-1", counting) == 0 and calls == []  # current: untouched
+    assert store.index_released_uids("fingerprint-2", counting) == 3 and sorted(calls) == sorted(
+        i.sop_instance_uid for i in made)
+    assert store.search_released_dicom_instances("deidentified", sop_instance=released("deidentified" + first)) == []
+    [found] = store.search_released_dicom_instances("deidentified",
+                                                    sop_instance=released("deidentified" + first, key="k2"))
+    assert found.sop_instance_uid == first
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM dicom_released_uids")).scalar() == 6
+        assert conn.execute(sa.text("SELECT fingerprint FROM dicom_uid_spaces")).scalars().all() == ["fingerprint-2"]
+
+
+def test_released_uids_index_in_chunks(store: SqlRecordStore) -> None:
+    made = [make_instance() for _ in range(1203)]
+    for start in range(0, len(made), 300):
+        with store.engine.begin() as conn:  # quicker than 1203 ingests; the rows save_ingest writes
+            conn.execute(sa.insert(dicom_instances_table), [
+                {"sop_instance_uid": i.sop_instance_uid, "study_instance_uid": i.study_instance_uid,
+                 "series_instance_uid": i.series_instance_uid, "sop_class_uid": SC, "modality": "OT",
+                 "record_type": "Media", "record_id": i.record_id, "patient_system": PATIENT.system,
+                 "patient_value": PATIENT.value, "blob_sha256": None, "study_date": None,
+                 "created": datetime.now(UTC)} for i in made[start:start + 300]])
+    seen: list[str] = []
+
+    def rows_of(instance: DicomInstance) -> list[ReleasedUids]:
+        seen.append(instance.sop_instance_uid)
+        return released_rows(instance)
+
+    assert store.index_released_uids("fp", rows_of) == 1203
+    assert sorted(seen) == sorted(i.sop_instance_uid for i in made) and len(set(seen)) == 1203
+    last = made[-1].sop_instance_uid
+    assert [i.sop_instance_uid for i in store.search_released_dicom_instances(
+        "pseudonymised", sop_instance=released("pseudonymised" + last))] == [last]
+
+
 def test_outbox_lifecycle(store: SqlRecordStore) -> None:
     unit = make_dicom_unit(destinations=(PACS, ARCHIVE))
     before = datetime.now(UTC) - timedelta(seconds=1)
@@ -860,6 +957,8 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
     store.save_ingest(unit)
     with store.engine.begin() as conn:  # back to version 1: no DICOM tables, no blob ranges
         conn.execute(sa.text("DROP TABLE outbox"))
+        conn.execute(sa.text("DROP TABLE dicom_released_uids"))
+        conn.execute(sa.text("DROP TABLE dicom_uid_spaces"))
         conn.execute(sa.text("DROP TABLE dicom_instances"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_offset"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_length"))
@@ -880,6 +979,12 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
     upgraded.create(ranged)
     again = upgraded.get("Binary", ranged.id)
     assert again is not None and again.blob_range == (132, 4096)
+    # version 4: the released UIDs of the instances stored before the index are indexed at start
+    assert dicom.dicom_instance is not None
+    assert upgraded.index_released_uids("fp", released_rows) == 1
+    assert upgraded.search_released_dicom_instances(
+        "deidentified", sop_instance=released("deidentified" + dicom.dicom_instance.sop_instance_uid)) == \
+        [upgraded.find_dicom_instance(dicom.dicom_instance.sop_instance_uid)]
 
 
 # -- SQLite specifics and the factory ---------------------------------------------------------
