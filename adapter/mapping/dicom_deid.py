@@ -29,6 +29,9 @@ What is done (the attribute lists are below; actions as in Table E.1-1):
 * **Pixel data** is never changed and never cleaned. Encapsulated JPEG frames lose every APPn
   segment but JFIF/ICC/Adobe and every COM (lossless segment surgery; e.g. EXIF/GPS that
   ``img2dcm -ka`` copies into frames).
+* An element under a VR its tag does not allow (adapter.mapping.dicom_vr) stops the copy
+  (NonConformingVR): the rules go by VR, so a StudyInstanceUID sent as LO would otherwise keep
+  its value. The ingest refuses such objects; this guards any stored before it did.
 * Then PatientIdentityRemoved YES, DeidentificationMethod (text),
   DeidentificationMethodCodeSequence (CID 7050), LongitudinalTemporalInformationModified.
 
@@ -73,6 +76,7 @@ from pydicom.uid import UID
 from adapter.errors import InvalidInput
 from adapter.imaging import jpeg_for_encapsulation
 from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
+from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed
 
 TRAIN_CONTEXT = "deidentified"
 HRESCH_CONTEXT = "pseudonymised"
@@ -260,6 +264,9 @@ def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool) -> None:
     """Apply the rules to ``ds`` and, recursively, to every sequence item."""
     for tag in list(ds.keys()):
         elem = ds[tag]
+        if not vr_allowed(tag, elem.VR):
+            # the rules go by VR: a UID as LO, a name or a date as LO would pass unchanged
+            raise NonConformingVR(tag, elem.VR)
         keyword = elem.keyword
         group = BaseTag(tag).group
         if 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and group % 2 == 0):

@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from pydicom import dcmread
-from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import JPEGBaseline8Bit
@@ -73,6 +72,7 @@ from adapter.mapping.dicom_fhir import (
     received_to_fhir,
 )
 from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed
 from adapter.mapping.fhir_r4 import index_resource
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
@@ -585,11 +585,12 @@ def _check_dataset(ds: Dataset, *, file_meta: bool) -> None:
             # whose items do not parse
             raise InvalidInput(f"the element {_where(tag)} cannot be read ({type(exc).__name__})",
                                expression=_where(tag)) from exc
-        # File meta elements are rewritten on every release (pydicom sets the group length):
-        # one under another VR than its own cannot be.
-        if file_meta and dictionary_has_tag(tag) and element.VR != dictionary_VR(tag):
-            raise InvalidInput(f"the file meta element {_where(tag)} has the VR {element.VR}, not "
-                               f"{dictionary_VR(tag)}", expression=_where(tag))
+        # Under a VR its tag does not allow, an element could not be rewritten (the file meta, on
+        # every release) nor cleaned (the releases go by VR: adapter.mapping.dicom_vr).
+        if not vr_allowed(tag, element.VR):
+            error = NonConformingVR(tag, element.VR)
+            raise InvalidInput(f"the {'file meta ' if file_meta else ''}element {error}",
+                               expression=_where(tag)) from error
         for item in items or ():
             _check_dataset(item, file_meta=False)
 

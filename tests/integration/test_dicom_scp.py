@@ -20,6 +20,8 @@ from typing import Any
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE, _config, evt
@@ -512,6 +514,55 @@ def test_file_meta_element_under_another_vr_is_refused(services: Services, tmp_p
         services.dicom_ingest.ingest_received(received_store(path, sent))
     assert refused.value.expression == ["(0002,0000)"]
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+@pytest.mark.parametrize(("keyword", "vr", "nested"), [
+    ("StudyInstanceUID", "LO", False),   # de-identification maps UI values: as LO it kept its value
+    ("StudyDate", "LO", False),          # ... removes DA values
+    ("PatientName", "LO", False),        # ... empties and removes PN values
+    ("ReferringPhysicianName", "UT", False),
+    ("InstanceNumber", "US", False),     # binary where the dictionary says IS
+    ("PatientName", "LO", True),         # a name inside a sequence item
+    ("ReferencedSOPInstanceUID", "SH", True),
+])
+def test_element_under_a_vr_its_tag_does_not_allow_is_refused(scp: StoreSCP, services: Services, tmp_path: Path,
+                                                              keyword: str, vr: str, nested: bool) -> None:
+    """PS3.5 7.1.2: an explicit VR is the dictionary's. The releases go by VR (every UI mapped,
+    every PN and date removed), so a StudyInstanceUID sent as LO passed through a TRAIN release
+    with its original value (found by sending VR-mismatched elements): such objects are refused
+    as malformed (0xC000), naming the tag; a UN element is read under its dictionary VR and kept."""
+    path = tmp_path / "vr.dcm"
+    sent = sc_file(path)
+    ds = pydicom.dcmread(path)
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    assert tag is not None
+    value: Any = 7 if vr == "US" else ("1.2.3.4" if keyword.endswith("UID") else "Doe^Jane" if "Name" in keyword
+                                       else "20240101")
+    target = ds
+    if nested:
+        item = Dataset()
+        item.ReferencedSOPClassUID = SC
+        item.ReferencedSOPInstanceUID = generate_uid()
+        ds.ReferencedImageSequence = [item]
+        target = item
+    target[tag] = DataElement(tag, vr, value)
+    ds.save_as(path)
+    where = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    with pytest.raises(InvalidInput) as refused:
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert refused.value.expression == [where]
+    assert f"has the VR {vr}, not" in str(refused.value) and "Doe" not in str(refused.value)
+    assert pynet_store(scp.port, path, chunked=True).Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def test_element_sent_as_un_is_read_under_its_dictionary_vr(services: Services, tmp_path: Path) -> None:
+    path = tmp_path / "un.dcm"
+    sent = sc_file(path)
+    ds = pydicom.dcmread(path)
+    ds[0x00100010] = DataElement(0x00100010, "UN", b"Doe^Jane")
+    ds.save_as(path)
+    assert services.dicom_ingest.ingest_received(received_store(path, sent)).replayed is False
 
 
 def test_dataset_that_is_not_the_requested_instance_is_refused(scp: StoreSCP, services: Services,

@@ -438,6 +438,29 @@ def test_a_stored_object_that_cannot_be_cleaned_is_not_released(adapter: tuple[F
     assert wado(client, a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID).status_code == 200
 
 
+def test_a_stored_object_with_a_uid_under_another_vr_is_not_released(adapter: tuple[FhirClient, Services]) -> None:
+    """Defence behind the ingest's VR check: a StudyInstanceUID stored as LO (by an adapter
+    before the check) would keep its original value through the de-identification, which maps
+    UI values; the release refuses it (503) under TRAIN and HRESCH instead of leaking it."""
+    client, services = adapter
+    a = received(record_id="rec-a")
+    assert stow(client, a).status_code == 200
+    instance = services.store.find_dicom_instance(a.SOPInstanceUID)
+    assert instance is not None and instance.blob_sha256 is not None
+    blob = services.blobs.path(instance.blob_sha256)
+    data = blob.read_bytes()
+    at = data.index(b"\x20\x00\x0d\x00UI", 132)  # StudyInstanceUID
+    blob.chmod(0o644)
+    blob.write_bytes(data[:at + 4] + b"LO" + data[at + 6:])
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for headers in (TRAIN, HRESCH):
+        [item] = qido(client, "instances", headers)
+        refused = client.get(value(item, "00081190").split("testserver")[-1], headers=headers)
+        assert refused.status_code == 503, refused.text
+        assert a.StudyInstanceUID not in refused.text and refused.json()["resourceType"] == "OperationOutcome"
+    assert wado(client, a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID).status_code == 200
+
+
 def test_hresch_gets_the_pseudonym_the_fhir_view_shows(adapter: tuple[FhirClient, Services],
                                                        checked: Checked) -> None:
     client, _ = adapter

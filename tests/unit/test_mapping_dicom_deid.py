@@ -8,9 +8,11 @@ import copy
 from collections.abc import Iterator
 
 import pytest
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from adapter.errors import ConfigurationError, InvalidInput
@@ -24,6 +26,7 @@ from adapter.mapping.dicom_deid import (
 from adapter.mapping.dicom_photo import encode_dataset
 from adapter.mapping.dicom_tables import SC_IMAGE
 from adapter.mapping.dicom_uids import is_valid_uid
+from adapter.mapping.dicom_vr import NonConformingVR
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.model.photo import PhotoKind
 from tests.support.dciodvfy import SAMPLES, UID_KEY, photo_object, reread, stored_sample
@@ -142,6 +145,33 @@ def test_uids_are_replaced_consistently_and_references_follow() -> None:
     assert out.ReferencedImageSequence[0].ReferencedSOPInstanceUID == out.SOPInstanceUID
     assert out.ReferencedImageSequence[0].ReferencedSOPClassUID == SC_IMAGE
     assert out.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+
+
+@pytest.mark.parametrize(("keyword", "vr", "value", "nested"), [
+    ("StudyInstanceUID", "LO", "1.2.3.4", False),
+    ("PatientName", "LO", "Doe^Jane", False),
+    ("StudyDate", "SH", "20240101", False),
+    ("ReferencedSOPInstanceUID", "LO", "1.2.3.4.5", True),
+])
+def test_an_element_under_a_vr_its_tag_does_not_allow_stops_the_copy(keyword: str, vr: str, value: str,
+                                                                      nested: bool) -> None:
+    """The rules go by VR: a UID as LO would keep its value, a name or a date as LO too. Such a
+    dataset is not copied at all (the ingest refuses them; this guards older stored objects)."""
+    source = loaded()
+    target = source.ReferencedImageSequence[0] if nested else source
+    tag = Tag(keyword)
+    target[tag] = DataElement(tag, vr, value)
+    for release in (lambda: deidentify(source, uid_root=OUT_ROOT, key=UID_KEY),
+                    lambda: pseudonymise(source, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system,
+                                         uid_root=OUT_ROOT, key=UID_KEY)):
+        with pytest.raises(NonConformingVR) as refused:
+            release()
+        assert refused.value.tag == tag and value not in str(refused.value)
+    # private elements have no dictionary VR: allowed here, and removed by the copy
+    fine = loaded()
+    fine.add_new(0x00091010, "LO", "x")
+    fine.add_new(0x00090010, "LO", "ACME")
+    assert 0x00091010 not in deidentify(fine, uid_root=OUT_ROOT, key=UID_KEY)
 
 
 def test_two_objects_of_one_study_stay_one_study() -> None:
