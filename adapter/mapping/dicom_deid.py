@@ -16,7 +16,9 @@ What is done (the attribute lists are below; actions as in Table E.1-1):
   attributes, descriptions, comments, DerivationDescription, content creator, SR participants,
   clinical trial identifiers, digital signatures, original/modified attribute sequences…);
   every other **PN** element (a name is identifying wherever it appears); every **LT/ST/UT**
-  element (free text); overlays (60xx) and curves (50xx); all **private** elements; the file
+  element (free text); overlays (60xx) and curves (50xx); all **private** elements; every
+  public element the data dictionary does not know (a newer standard's attribute, read as UN:
+  what it holds cannot be judged) and group lengths; the file
   meta's AE titles. Unless dates are retained, every other DA/TM/DT element and
   TimezoneOffsetFromUTC (kept with the dates: it gives them their zone).
 * **U** (replaced consistently): every UI value that is not a well-known DICOM UID (SOP
@@ -76,7 +78,7 @@ from pydicom.uid import UID
 from adapter.errors import InvalidInput
 from adapter.imaging import jpeg_for_encapsulation
 from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
-from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed
+from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs, vr_allowed
 
 TRAIN_CONTEXT = "deidentified"
 HRESCH_CONTEXT = "pseudonymised"
@@ -271,6 +273,8 @@ def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool) -> None:
         group = BaseTag(tag).group
         if 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and group % 2 == 0):
             del ds[tag]  # curves and overlays (Table E.1-1: X)
+        elif allowed_vrs(tag) is None:
+            del ds[tag]  # a public tag the dictionary does not know (or a group length): unjudged
         elif keyword in BASIC_PROFILE_ZERO or (not keep_dates and keyword in DATES_ZERO):
             _empty(ds, elem)
         elif _removed(elem, keep_dates=keep_dates):

@@ -174,6 +174,22 @@ def test_an_element_under_a_vr_its_tag_does_not_allow_stops_the_copy(keyword: st
     assert 0x00091010 not in deidentify(fine, uid_root=OUT_ROOT, key=UID_KEY)
 
 
+def test_public_elements_the_dictionary_does_not_know_are_removed() -> None:
+    """A newer standard's attribute arrives as UN (its VR unknown here): nothing says what it
+    holds (a name, an ID), so the copies leave it out, at any depth; group lengths go too."""
+    source = loaded()
+    source.add_new(0x00109999, "UN", b"Doe^Jane")
+    source.ReferencedImageSequence[0].add_new(0x00204444, "UN", b"MRN-0001")
+    source.add_new(0x00080000, "UL", 1234)
+    for out in (deidentify(source, uid_root=OUT_ROOT, key=UID_KEY),
+                pseudonymise(source, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                             key=UID_KEY)):
+        assert 0x00109999 not in out and 0x00080000 not in out
+        assert 0x00204444 not in out.ReferencedImageSequence[0]
+        assert b"Doe^Jane" not in encode_dataset(out) and b"MRN-0001" not in encode_dataset(out)
+    assert 0x00109999 in source  # the input is not changed
+
+
 def test_two_objects_of_one_study_stay_one_study() -> None:
     a = reread(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"), record_id="rec-a"))
     b = reread(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"), record_id="rec-b"))
