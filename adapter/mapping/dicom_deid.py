@@ -5,8 +5,12 @@ Both functions return a new dataset and never change their input.
 
 What is done (the attribute lists are below; actions as in Table E.1-1):
 
+The lists below follow a full reading of Table E.1-1 (every attribute whose Basic Profile action
+is X, Z or D is acted on, by name or by its VR's rule).
+
 * **Z** (emptied, kept because the IODs need them as Type 2): PatientName, PatientID,
-  PatientBirthDate, PatientSex, ReferringPhysicianName, AccessionNumber, StudyID, and, unless
+  PatientBirthDate, PatientSex, ReferringPhysicianName, AccessionNumber, StudyID, the Z
+  attributes of the specimen, trial and device modules, and, unless
   dates are retained, StudyDate/Time and ContentDate (ContentTime is removed: it is Type 1C in
   VL Image, so present means non-empty). AcquisitionContextSequence (Type 2
   in VL Photographic) is emptied rather than removed.
@@ -14,13 +18,16 @@ What is done (the attribute lists are below; actions as in Table E.1-1):
   issuer of patient ID, patient demographics, physicians, operators, institution and
   department, station, device serials and IDs, software versions, request/order/visit
   attributes, descriptions, comments, DerivationDescription, content creator, SR participants,
-  clinical trial identifiers, digital signatures, original/modified attribute sequences…);
+  clinical trial identifiers, digital signatures, original/modified attribute sequences, every
+  GPS attribute of the photography module and the camera's MakerNote…);
   every other **PN** element (a name is identifying wherever it appears); every **LT/ST/UT**
   element (free text); overlays (60xx) and curves (50xx); all **private** elements; every
   public element the data dictionary does not know (a newer standard's attribute, read as UN:
   what it holds cannot be judged) and group lengths; the file
   meta's AE titles. Unless dates are retained, every other DA/TM/DT element and
   TimezoneOffsetFromUTC (kept with the dates: it gives them their zone).
+* **D** (a dummy value): the labels and identifiers Table E.1-1 marks D (Type 1 where they
+  occur: ContainerIdentifier, SpecimenIdentifier, DeviceLabel…) become ``DEIDENTIFIED``.
 * **U** (replaced consistently): every UI value that is not a well-known DICOM UID (SOP
   classes, transfer syntaxes, coding schemes stay) — Study, Series, SOP Instance, Frame of
   Reference, referenced instances, InstanceCreatorUID… — through
@@ -87,6 +94,10 @@ HRESCH_CONTEXT = "pseudonymised"
 BASIC_PROFILE_ZERO = frozenset({
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
     "AccessionNumber", "StudyID", "AcquisitionContextSequence",
+    "ClinicalTrialProtocolName", "ContrastBolusAgent", "DeviceAlternateIdentifier",
+    "IssuerOfTheContainerIdentifierSequence", "IssuerOfTheSpecimenIdentifierSequence", "PrescriptionNotesSequence",
+    "RTAccessoryDeviceSlotID", "RTAccessoryHolderSlotID", "SpecimenPreparationSequence",
+    "VerifyingObserverIdentificationCodeSequence",
 })
 #: Dates emptied (Type 2 / 2C) unless dates are retained (113106).
 DATES_ZERO = frozenset({"StudyDate", "StudyTime", "ContentDate"})
@@ -144,7 +155,51 @@ BASIC_PROFILE_REMOVE = frozenset({
     "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialSiteID", "ClinicalTrialSiteName",
     "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID", "ClinicalTrialTimePointID",
     "ClinicalTrialCoordinatingCenterName", "ConsentForClinicalTrialUseSequence", "DataSetTrailingPadding",
+    # photography (VL Photographic, from EXIF): where the photo was taken and the camera's own
+    # notes; GPSDateStamp/GPSTimeStamp go even when dates are retained (GPS never survives)
+    "GPSVersionID", "GPSLatitudeRef", "GPSLatitude", "GPSLongitudeRef", "GPSLongitude", "GPSAltitudeRef",
+    "GPSAltitude", "GPSTimeStamp", "GPSSatellites", "GPSStatus", "GPSMeasureMode", "GPSDOP", "GPSSpeedRef",
+    "GPSSpeed", "GPSTrackRef", "GPSTrack", "GPSImgDirectionRef", "GPSImgDirection", "GPSMapDatum",
+    "GPSDestLatitudeRef", "GPSDestLatitude", "GPSDestLongitudeRef", "GPSDestLongitude", "GPSDestBearingRef",
+    "GPSDestBearing", "GPSDestDistanceRef", "GPSDestDistance", "GPSProcessingMethod", "GPSAreaInformation",
+    "GPSDateStamp", "GPSDifferential", "MakerNote", "LensSpecification",
+    # devices, equipment and sources
+    "AcquisitionDeviceProcessingDescription", "DeviceDescription", "DeviceSettingDescription", "UDISequence",
+    "ModifyingDeviceID", "SourceManufacturer", "SourceSerialNumber", "TreatmentMachineName",
+    "SourceIdentifier", "FlowIdentifier", "FlowIdentifierSequence", "FrameOriginTimestamp",
+    # people, places and organisations
+    "ActualHumanPerformersSequence", "ScheduledHumanPerformersSequence", "CustodialOrganizationSequence",
+    "IntendedRecipientsOfResultsIdentificationSequence", "InterpretationApproverSequence",
+    "PersonIdentificationCodeSequence", "ScheduledPerformingPhysicianIdentificationSequence",
+    "PerformedStationGeographicLocationCodeSequence", "PerformedStationNameCodeSequence",
+    "ScheduledStationGeographicLocationCodeSequence", "ScheduledStationNameCodeSequence", "ScheduledStudyLocation",
+    "ScheduledStudyLocationAETitle", "ScheduledPatientInstitutionResidence", "RequestedProcedureLocation",
+    "ResultsDistributionListSequence", "TelephoneNumberTrial", "VerbalSourceIdentifierCodeSequenceTrial",
+    "TopicAuthor", "TopicKeywords", "TopicTitle", "EntityName",
+    # patient, visit and request
+    "InsurancePlanIdentification", "IssuerOfAdmissionID", "IssuerOfServiceEpisodeID", "SpecialNeeds",
+    "PatientPrimaryLanguageModifierCodeSequence", "ReferencedPatientAliasSequence", "PreMedication",
+    "ConfidentialityConstraintOnPatientDataDescription", "ReasonForTheImagingServiceRequest",
+    "ReasonForRequestedProcedureCodeSequence", "ReasonForVisitCodeSequence", "RequestedContrastAgent",
+    # specimens, trials, treatment and content
+    "ContainerComponentID", "ContainerDescription", "SlideIdentifier", "SpecimenAccessionNumber",
+    "SpecimenShortDescription", "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
+    "ClinicalTrialSeriesDescription", "ClinicalTrialSeriesID", "DoseReferenceDescription",
+    "FractionGroupDescription", "RTPlanName", "RTTreatmentApproachLabel", "ReasonForOmissionDescription",
+    "ModifiedImageDescription", "InstanceOriginStatus", "TextString", "GraphicAnnotationSequence",
+    # integrity (they would not verify any more) and the request's own UID
+    "MAC", "ReferencedDigitalSignatureSequence", "ReferencedSOPInstanceMACSequence", "AffectedSOPInstanceUID",
 })
+#: Table E.1-1 "D" attributes (Type 1 where they occur): a dummy value of their VR.
+BASIC_PROFILE_DUMMY = frozenset({
+    "ContainerIdentifier", "SpecimenIdentifier", "DeviceLabel", "EntityLabel", "EntityLongLabel",
+    "ClinicalTrialProtocolEthicsCommitteeName", "RadiationDoseIdentificationLabel",
+    "RadiationDoseInVivoMeasurementLabel", "RadiationGenerationModeLabel", "RTPlanLabel", "RTPrescriptionLabel",
+    "RTToleranceSetLabel", "TreatmentPositionGroupLabel", "TreatmentSite", "UserContentLabel",
+    "UserContentLongLabel", "XRayDetectorID", "XRaySourceID",
+})
+#: The dummy value (fits every string VR of BASIC_PROFILE_DUMMY: SH holds 16 characters).
+DUMMY_VALUE = "DEIDENTIFIED"
 #: Removed with the dates unless they are retained (it is what gives DA/TM values a zone).
 DATES_REMOVE = frozenset({"TimezoneOffsetFromUTC"})
 #: UI attributes that name a *kind* of thing (class, syntax, scheme), never an instance: kept.
@@ -277,6 +332,8 @@ def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool) -> None:
             del ds[tag]  # a public tag the dictionary does not know (or a group length): unjudged
         elif keyword in BASIC_PROFILE_ZERO or (not keep_dates and keyword in DATES_ZERO):
             _empty(ds, elem)
+        elif keyword in BASIC_PROFILE_DUMMY:
+            elem.value = DUMMY_VALUE
         elif _removed(elem, keep_dates=keep_dates):
             del ds[tag]
         elif elem.VR == "UI" and keyword not in KEEP_UIDS and elem.value:

@@ -461,6 +461,42 @@ def test_a_stored_object_with_a_uid_under_another_vr_is_not_released(adapter: tu
     assert wado(client, a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID).status_code == 200
 
 
+def test_gps_camera_notes_and_specimen_ids_do_not_survive_a_release(adapter: tuple[FhirClient, Services],
+                                                                      checked: Checked) -> None:
+    """A VL Photographic object from a DICOM camera app carries where the photo was taken (the
+    photography module's GPS attributes, from EXIF), the camera's MakerNote and serial, a UDI,
+    and a specimen's identifiers. Table E.1-1 removes or replaces each; TRAIN and HRESCH copies
+    hold none of their values and still validate; TREAT gets the object as stored."""
+    client, _ = adapter
+    specimen = Dataset()
+    specimen.SpecimenIdentifier = "SPEC-MRN-0001-A"
+    specimen.SpecimenUID = generate_uid()
+    specimen.IssuerOfTheSpecimenIdentifierSequence = []
+    specimen.SpecimenPreparationSequence = []
+    udi = Dataset()
+    udi.UniqueDeviceIdentifier = "UDI-CAMERA-77"
+    obj = received(GPSLatitudeRef="N", GPSLatitude="51.5072", GPSLongitudeRef="W", GPSLongitude="0.1276",
+                   GPSProcessingMethod=b"GPS-FIX-HOME", MakerNote=b"SERIAL-CAMERA-77", DeviceSerialNumber="SN-42",
+                   UDISequence=[udi], ContainerIdentifier="CONT-MRN-0001", IssuerOfTheContainerIdentifierSequence=[],
+                   ContainerTypeCodeSequence=[], SpecimenDescriptionSequence=[specimen])
+    assert stow(client, obj).status_code == 200
+    [stored] = parts_of(wado(client, obj.StudyInstanceUID, obj.SeriesInstanceUID, obj.SOPInstanceUID))
+    assert b"51.5072" in stored and b"SERIAL-CAMERA-77" in stored  # TREAT: as received
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for headers in (TRAIN, HRESCH):
+        [item] = qido(client, "instances", headers)
+        [data] = parts_of(client.get(value(item, "00081190").split("testserver")[-1], headers=headers))
+        ds = checked(f"VL photo with GPS, {headers['X-Purpose-Of-Use']}", data)
+        for needle in (b"51.5072", b"0.1276", b"SERIAL-CAMERA-77", b"GPS-FIX-HOME", b"SN-42", b"UDI-CAMERA-77",
+                       b"SPEC-MRN-0001-A", b"CONT-MRN-0001"):
+            assert needle not in data, (headers, needle)
+        assert not any(keyword.startswith("GPS") for keyword in ds.dir()) and "MakerNote" not in ds
+        assert "UDISequence" not in ds and "DeviceSerialNumber" not in ds
+        assert ds.ContainerIdentifier == "DEIDENTIFIED"
+        assert ds.SpecimenDescriptionSequence[0].SpecimenIdentifier == "DEIDENTIFIED"
+        assert ds.SpecimenDescriptionSequence[0].SpecimenUID != specimen.SpecimenUID
+
+
 def test_hresch_gets_the_pseudonym_the_fhir_view_shows(adapter: tuple[FhirClient, Services],
                                                        checked: Checked) -> None:
     client, _ = adapter

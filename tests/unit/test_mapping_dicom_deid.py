@@ -8,6 +8,7 @@ import copy
 from collections.abc import Iterator
 
 import pytest
+from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
@@ -17,7 +18,13 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from adapter.errors import ConfigurationError, InvalidInput
 from adapter.mapping.dicom_deid import (
+    BASIC_PROFILE_DUMMY,
     BASIC_PROFILE_REMOVE,
+    BASIC_PROFILE_ZERO,
+    DATES_REMOVE,
+    DATES_ZERO,
+    DUMMY_VALUE,
+    KEEP_UIDS,
     NOT_CLEANED_DOCUMENT,
     NOT_CLEANED_PIXELS,
     deidentify,
@@ -324,3 +331,18 @@ def test_exif_inside_a_received_jpeg_frame_is_cut_out() -> None:
     scan = frame.index(b"\xff\xda")
     assert clean[clean.index(b"\xff\xda"):].rstrip(b"\x00") == frame[scan:frame.index(b"\xff\xd9", scan) + 2]
     assert out.PatientName == "" and b"Test^Peer" not in encode_dataset(out)
+
+
+def test_every_listed_attribute_is_a_dictionary_keyword() -> None:
+    """A misspelt keyword would match nothing and leave its attribute in every copy."""
+    lists = {"zero": BASIC_PROFILE_ZERO, "remove": BASIC_PROFILE_REMOVE, "dummy": BASIC_PROFILE_DUMMY,
+             "dates": DATES_ZERO | DATES_REMOVE, "keep": KEEP_UIDS}
+    unknown = {name: sorted(k for k in keywords if k not in keyword_dict) for name, keywords in lists.items()}
+    assert unknown == {name: [] for name in lists}
+    assert not BASIC_PROFILE_ZERO & BASIC_PROFILE_REMOVE and not BASIC_PROFILE_DUMMY & (
+        BASIC_PROFILE_ZERO | BASIC_PROFILE_REMOVE)
+    # the dummy value fits the VR of each attribute it replaces
+    longest = {"SH": 16, "LO": 64, "UC": 2**32 - 2}
+    vrs = {k: dictionary_VR(tag_for_keyword(k)) for k in BASIC_PROFILE_DUMMY}
+    assert all(vr in longest and len(DUMMY_VALUE) <= longest[vr] for vr in vrs.values()), vrs
+
