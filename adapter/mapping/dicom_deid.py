@@ -46,7 +46,9 @@ is X, Z or D is acted on, by name or by its VR's rule).
 
 Decisions:
 
-* **Burned-in annotation and encapsulated documents are released, not refused.** Release for
+* **Burned-in annotation and encapsulated documents are released, not refused** (Table E.1-1
+  would replace an EncapsulatedDocument with a dummy: a copy that keeps it does not claim the
+  Basic Profile in DeidentificationMethodCodeSequence, only in words beside the note below). Release for
   TRAIN/HRESCH rests on the patient's explicit consent for that purpose (checked before this is
   called; de-identification never substitutes for consent), exactly as the FHIR de-identified
   view releases the same pixels. What is done to the attributes cannot reach text burned into
@@ -97,7 +99,7 @@ BASIC_PROFILE_ZERO = frozenset({
     "ClinicalTrialProtocolName", "ContrastBolusAgent", "DeviceAlternateIdentifier",
     "IssuerOfTheContainerIdentifierSequence", "IssuerOfTheSpecimenIdentifierSequence", "PrescriptionNotesSequence",
     "RTAccessoryDeviceSlotID", "RTAccessoryHolderSlotID", "SpecimenPreparationSequence",
-    "VerifyingObserverIdentificationCodeSequence",
+    "VerifyingObserverIdentificationCodeSequence", "ROIName", "SourceOfPreviousValues",
 })
 #: Dates emptied (Type 2 / 2C) unless dates are retained (113106).
 DATES_ZERO = frozenset({"StudyDate", "StudyTime", "ContentDate"})
@@ -189,6 +191,18 @@ BASIC_PROFILE_REMOVE = frozenset({
     "ModifiedImageDescription", "InstanceOriginStatus", "TextString", "GraphicAnnotationSequence",
     # integrity (they would not verify any more) and the request's own UID
     "MAC", "ReferencedDigitalSignatureSequence", "ReferencedSOPInstanceMACSequence", "AffectedSOPInstanceUID",
+    "CertifiedTimestamp", "CertificateOfSigner", "NonconformingDataElementValue",
+    "NonconformingModifiedAttributesSequence", "ReasonForTheAttributeModification",
+    # (the 2024b edition's additions) application entities, trials, RT structures, results
+    "NetworkID", "Originator", "ReceivingAE", "RequestingAE", "RetrieveAETitle", "InterpretationID",
+    "ResultsID", "IssuerOfClinicalTrialProtocolID", "IssuerOfClinicalTrialSeriesID", "IssuerOfClinicalTrialSiteID",
+    "IssuerOfClinicalTrialSubjectID", "IssuerOfClinicalTrialSubjectReadingID", "IssuerOfClinicalTrialTimePointID",
+    "OtherClinicalTrialProtocolIDsSequence", "DisplacementReferenceLabel", "PositionAcquisitionTemplateName",
+    "PyramidDescription", "PyramidLabel", "ROICreatorSequence", "ROIGenerationDescription", "ROIInterpreterSequence",
+    "ROIObservationLabel", "RequestedSeriesDescription", "StructureSetName", "TransducerIdentificationSequence",
+    "TreatmentSites",
+    # D attributes whose VR holds no dummy (binary, ages, URLs): removed
+    "SelectorASValue", "SelectorOBValue", "SelectorUNValue", "SelectorURValue",
 })
 #: Table E.1-1 "D" attributes (Type 1 where they occur): a dummy value of their VR.
 BASIC_PROFILE_DUMMY = frozenset({
@@ -196,9 +210,11 @@ BASIC_PROFILE_DUMMY = frozenset({
     "ClinicalTrialProtocolEthicsCommitteeName", "RadiationDoseIdentificationLabel",
     "RadiationDoseInVivoMeasurementLabel", "RadiationGenerationModeLabel", "RTPlanLabel", "RTPrescriptionLabel",
     "RTToleranceSetLabel", "TreatmentPositionGroupLabel", "TreatmentSite", "UserContentLabel",
-    "UserContentLongLabel", "XRayDetectorID", "XRaySourceID",
+    "UserContentLongLabel", "XRayDetectorID", "XRaySourceID", "AcquisitionFieldOfViewLabel",
+    "AnnotationGroupLabel", "ModifyingSystem", "StructureSetLabel", "DestinationAE", "SelectorAEValue",
+    "SelectorLOValue", "SelectorSHValue",
 })
-#: The dummy value (fits every string VR of BASIC_PROFILE_DUMMY: SH holds 16 characters).
+#: The dummy value (fits every string VR of BASIC_PROFILE_DUMMY: SH and AE hold 16 characters).
 DUMMY_VALUE = "DEIDENTIFIED"
 #: Removed with the dates unless they are retained (it is what gives DA/TM values a zone).
 DATES_REMOVE = frozenset({"TimezoneOffsetFromUTC"})
@@ -379,6 +395,13 @@ def _clean_frames(ds: Dataset) -> None:
 
 def _method(ds: Dataset, codes: list[tuple[str, str]], notes: list[str]) -> None:
     ds.DeidentificationMethod = [meaning[:64] for _, meaning in codes] + [note[:64] for note in notes]
+    if "EncapsulatedDocument" in ds:
+        # Table E.1-1 gives EncapsulatedDocument a D (a dummy document); it is released as it is
+        # (module docstring), so the profile is not claimed in codes: the text says what was
+        # done and what was not (DeidentificationMethodCodeSequence is Type 1C: the text is enough).
+        if "DeidentificationMethodCodeSequence" in ds:
+            del ds.DeidentificationMethodCodeSequence
+        return
     items = []
     for value, meaning in codes:
         item = Dataset()

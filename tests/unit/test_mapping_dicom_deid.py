@@ -297,7 +297,8 @@ def test_an_encapsulated_pdf_is_released_and_says_the_document_is_not_cleaned() 
     source = pdf()
     out = deidentify(source, uid_root=OUT_ROOT, key=UID_KEY)
     assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile", NOT_CLEANED_DOCUMENT]
-    assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100"]
+    # Table E.1-1 would replace the document (D): kept, so the profile is not claimed in codes
+    assert "DeidentificationMethodCodeSequence" not in out
     assert out.EncapsulatedDocument == source.EncapsulatedDocument
     # Type 2 in the Encapsulated Document module: emptied, not removed
     assert (out.DocumentTitle, out.ContentDate, out.ContentTime, out.AcquisitionDateTime) == ("", "", "", "")
@@ -342,7 +343,7 @@ def test_every_listed_attribute_is_a_dictionary_keyword() -> None:
     assert not BASIC_PROFILE_ZERO & BASIC_PROFILE_REMOVE and not BASIC_PROFILE_DUMMY & (
         BASIC_PROFILE_ZERO | BASIC_PROFILE_REMOVE)
     # the dummy value fits the VR of each attribute it replaces
-    longest = {"SH": 16, "LO": 64, "UC": 2**32 - 2}
+    longest = {"SH": 16, "AE": 16, "LO": 64, "UC": 2**32 - 2}
     vrs = {k: dictionary_VR(tag_for_keyword(k)) for k in BASIC_PROFILE_DUMMY}
     assert all(vr in longest and len(DUMMY_VALUE) <= longest[vr] for vr in vrs.values()), vrs
 
