@@ -259,12 +259,18 @@ class ScopedReader:
         return self._release(View(entry.view) if entry is not None else View.FULL)
 
     def _dicom_candidates(self, release: DicomRelease, *, study: str | None = None, series: str | None = None,
-                          sop_instance: str | None = None) -> list[DicomInstance]:
+                          sop_instance: str | None = None, patient_id: str | None = None) -> list[DicomInstance]:
         """Instances whose released UIDs are the given ones (all when none is given). The
         mapped UIDs of a restricted view cannot be reversed: they are looked up in their index
-        (adapter.services.released_uids), and what it finds is checked against the key."""
-        if release.view is View.FULL or (study is None and series is None and sop_instance is None):
-            return self._store.search_dicom_instances(study=study, series=series, sop_instance=sop_instance)
+        (adapter.services.released_uids), and what it finds is checked against the key.
+        ``patient_id``: an exact PatientID, which narrows the full view (there PatientID is the
+        identifier's value, adapter.services.dicom_objects.DicomRelease.patient); the
+        restricted views show none or a pseudonym, so it is matched afterwards there."""
+        if release.view is View.FULL:
+            return self._store.search_dicom_instances(study=study, series=series, sop_instance=sop_instance,
+                                                      patient_value=patient_id)
+        if study is None and series is None and sop_instance is None:
+            return self._store.search_dicom_instances()
         wanted = [(uid, attr) for uid, attr in ((study, "study_instance_uid"), (series, "series_instance_uid"),
                                                 (sop_instance, "sop_instance_uid")) if uid is not None]
         found = self._store.search_released_dicom_instances(release.view.value, study=study, series=series,
@@ -359,9 +365,11 @@ class ScopedReader:
         (adapter.services.dicom_objects.match_level), as the purpose's view shows them; the
         others are left out and not counted. One audit event for the search."""
         release = self._purpose_release()
+        exact_patient = query.patient_id if query.patient_id and not any(c in query.patient_id for c in "*?") \
+            else None
         candidates = self._dicom_candidates(
             release, study=query.study_uids[0] if len(query.study_uids) == 1 else None,
-            series=query.series_uids[0] if len(query.series_uids) == 1 else None)
+            series=query.series_uids[0] if len(query.series_uids) == 1 else None, patient_id=exact_patient)
         entries = {id(i): release.entry(i) for i in candidates}
         matched_ids = {id(e) for e in match_level(level, query, entries.values())}
         matched = [i for i in candidates if id(entries[id(i)]) in matched_ids]

@@ -41,7 +41,8 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 1: resources, history, tokens, receipts, audit. 2: dicom_instances and outbox (DICOM bridge).
 #: 3: resources.blob_offset and blob_length (a Binary that is a byte range of a received object).
 #: 4: dicom_released_uids and dicom_uid_spaces (the UIDs of the restricted views, indexed).
-SCHEMA_VERSION = 4
+#: 5: an index of dicom_instances by patient identifier value (QIDO-RS by PatientID).
+SCHEMA_VERSION = 5
 
 
 class EncodedJson(str):
@@ -188,6 +189,7 @@ dicom_instances = Table(
     Index("ix_dicom_instances_study", "study_instance_uid", "series_instance_uid", "created"),
     Index("ix_dicom_instances_series", "series_instance_uid"),
     Index("ix_dicom_instances_patient", "patient_system", "patient_value"),
+    Index("ix_dicom_instances_patient_value", "patient_value"),
     Index("ix_dicom_instances_record", "record_type", "record_id"),
 )
 
@@ -244,12 +246,15 @@ def _migrate(conn: Connection, found: int) -> None:
     1 → 2 adds only tables (dicom_instances, outbox), which ``create_all`` has made already;
     2 → 3 adds two nullable columns to ``resources`` (existing rows: whole blobs);
     3 → 4 adds only tables (dicom_released_uids, dicom_uid_spaces): the index is built at start
-    (SqlRecordStore.index_released_uids finds no fingerprint).
+    (SqlRecordStore.index_released_uids finds no fingerprint);
+    4 → 5 adds an index to an existing table (``create_all`` creates indexes only with new tables).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
             if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl_type}"))
+        for index in _ADDED_INDEXES.get(version, ()):
+            index.create(conn, checkfirst=True)
         conn.execute(insert(schema_version).values(version=version, applied=now_instant()))
 
 
@@ -257,6 +262,12 @@ def _migrate(conn: Connection, found: int) -> None:
 #: SQLite and PostgreSQL); ``create_all`` makes new tables whole but never alters one.
 _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str], ...]] = {
     3: (("resources", "blob_offset", "BIGINT"), ("resources", "blob_length", "BIGINT")),
+}
+
+
+#: The indexes each version adds to an existing table.
+_ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
+    5: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_patient_value"),
 }
 
 

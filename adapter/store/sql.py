@@ -333,9 +333,12 @@ class SqlRecordStore:
 
     def search_dicom_instances(self, *, study: str | None = None, series: str | None = None,
                                sop_instance: str | None = None, patient: Identifier | None = None,
-                               modality: str | None = None) -> list[DicomInstance]:
-        """AND of the given criteria (exact matches); ordered by study, series, created."""
+                               patient_value: str | None = None, modality: str | None = None) -> list[DicomInstance]:
+        """AND of the given criteria (exact matches; ``patient_value``: the identifier's value in
+        any system); ordered by study, series, created."""
         where = []
+        if patient_value is not None:
+            where.append(_d.patient_value == patient_value)
         if study is not None:
             where.append(_d.study_instance_uid == study)
         if series is not None:

@@ -672,3 +672,8 @@ def test_a_study_retrieve_leaves_out_what_is_not_permitted(adapter: tuple[FhirCl
     data = parts_of(wado(client, value(study, "0020000D"), headers=TRAIN))
     assert len(data) == 1 and b"MRN-0002" not in data[0] and b"Roe^Rick" not in data[0]
     assert len(parts_of(wado(client, mine.StudyInstanceUID))) == 2  # TREAT: both
+    # QIDO by PatientID (looked up by the identifier's value): each patient's part of the study
+    for patient_id in ("MRN-0001", "MRN-0002"):
+        [found] = qido(client, "studies", PatientID=patient_id)
+        assert value(found, "00100020") == patient_id and value(found, "00201208") == 1
+    assert len(qido(client, "instances", PatientID="MRN-000?")) == 2

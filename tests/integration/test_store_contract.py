@@ -738,6 +738,8 @@ def test_search_dicom_instances(store: SqlRecordStore) -> None:
     assert search(study="1.1", modality="OT") == ["a2"]
     assert search(patient=OTHER_PATIENT) == ["b"]
     assert search(patient=Identifier(system="urn:other", value=OTHER_PATIENT.value)) == []
+    assert search(patient_value=OTHER_PATIENT.value) == ["b"] and search(patient_value="nobody") == []
+    assert search(patient_value=PATIENT.value, series="1.1.1") == ["a0", "a1"]
     assert search(sop_instance=made["a1"].sop_instance_uid) == ["a1"]
     assert search(study="1.2", series="1.1.1") == []
     [found] = store.search_dicom_instances(sop_instance=made["b"].sop_instance_uid)
@@ -985,6 +987,19 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
     assert upgraded.search_released_dicom_instances(
         "deidentified", sop_instance=released("deidentified" + dicom.dicom_instance.sop_instance_uid)) == \
         [upgraded.find_dicom_instance(dicom.dicom_instance.sop_instance_uid)]
+
+
+def test_version_4_gains_the_patient_value_index(open_records: StoreFactory) -> None:
+    store = open_records()
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_dicom_instances_patient_value"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 4"))  # as a version 4 database says
+    store.close()
+    upgraded = open_records()
+    with upgraded.engine.connect() as conn:
+        names = {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 5
+    assert "ix_dicom_instances_patient_value" in names
 
 
 # -- SQLite specifics and the factory ---------------------------------------------------------
