@@ -54,6 +54,13 @@ class Pseudonymizer:
         """The Identifier.system of the pseudonyms this instance makes."""
         return self._system
 
+    @property
+    def fingerprint(self) -> str:
+        """Names the key and system (not revealing the key): what the store's pseudonym index
+        was computed with (SqlRecordStore.index_pseudonyms)."""
+        message = _CONTEXT + b"/fingerprint" + _field(self._system)
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
     def __repr__(self) -> str:  # never show the key
         return f"Pseudonymizer(system={self._system!r})"
 
@@ -67,6 +74,10 @@ class Pseudonymizer:
         message = _CONTEXT + _field(self._system) + _field(identifier_system) + _field(value)
         digest = hmac.new(self._key, message, hashlib.sha256).digest()[:_DIGEST_BYTES]
         return base64.b32encode(digest).decode("ascii").rstrip("=").lower()
+
+    def of(self, patient: Any) -> str:
+        """The pseudonym of a patient Identifier (anything with ``system`` and ``value``)."""
+        return self.pseudonym(patient.system, patient.value)
 
     def identifier(self, identifier_system: str, value: str) -> dict[str, str]:
         """The FHIR Identifier carrying the pseudonym of ``identifier_system|value``."""

@@ -41,6 +41,7 @@ from adapter.services.dicom_objects import (
     match_level,
 )
 from adapter.services.search_params import SearchRequest
+from adapter.services.view_search import criteria_in_view
 from adapter.store.port import BlobStore, RecordStore
 
 log = logging.getLogger("adapter.access")
@@ -207,8 +208,11 @@ class ScopedReader:
         for rt in resource_types:
             if rt not in READABLE_TYPES:
                 raise NotSupported(f"{rt} is not served here")
-        candidates = heapq.merge(*(self._store.search_index(rt, request.criteria) for rt in resource_types),
-                                 key=lambda r: (r.last_updated, r.id))
+        # in the view's own terms: no search on what the view hides (adapter.services.view_search)
+        criteria = criteria_in_view(request.criteria, self._purpose_view(),
+                                    pseudonym_system=self._pseudonymizer.system, resolve=self.pseudonymised)
+        candidates = heapq.merge(*(self._store.search_index(rt, criteria) for rt in resource_types),
+                                 key=lambda r: (r.last_updated, r.id)) if criteria is not None else iter(())
         page: list[tuple[IndexRow, Decision]] = []
         permitted = denied = 0
         for row in candidates:
@@ -253,10 +257,24 @@ class ScopedReader:
         return DicomRelease(view, uid_root=self._uid_root, uid_key=self._dicom_uid_key,
                             pseudonymizer=self._pseudonymizer, dicom_tables=self._dicom_tables)
 
+    def _purpose_view(self) -> View:
+        """The view this purpose is permitted in (what a permitted record is shown as)."""
+        entry = self._tables.purposes.codes.get(self.ctx.purpose.code)
+        return View(entry.view) if entry is not None else View.FULL
+
     def _purpose_release(self) -> DicomRelease:
         """The release of the view this purpose is permitted in (its UID space)."""
-        entry = self._tables.purposes.codes.get(self.ctx.purpose.code)
-        return self._release(View(entry.view) if entry is not None else View.FULL)
+        return self._release(self._purpose_view())
+
+    def pseudonymised(self, pseudonyms: Sequence[str]) -> list[Identifier]:
+        """The patients of these pseudonyms, through the store's pseudonym index; a pseudonym
+        not found there may be a patient stored since the index was last brought up to date, so
+        it is brought up to date (only patients it lacks are added) and asked again."""
+        found = self._store.find_pseudonymised(pseudonyms)
+        if len(found) < len(set(pseudonyms)):
+            self._store.index_pseudonyms(self._pseudonymizer.fingerprint, self._pseudonymizer.of)
+            found = self._store.find_pseudonymised(pseudonyms)
+        return found
 
     def _dicom_candidates(self, release: DicomRelease, *, study: str | None = None, series: str | None = None,
                           sop_instance: str | None = None, patient_id: str | None = None) -> list[DicomInstance]:
@@ -367,9 +385,14 @@ class ScopedReader:
         release = self._purpose_release()
         exact_patient = query.patient_id if query.patient_id and not any(c in query.patient_id for c in "*?") \
             else None
-        candidates = self._dicom_candidates(
-            release, study=query.study_uids[0] if len(query.study_uids) == 1 else None,
-            series=query.series_uids[0] if len(query.series_uids) == 1 else None, patient_id=exact_patient)
+        if release.view is View.PSEUDONYMISED and exact_patient is not None:
+            # the pseudonym the view shows as PatientID: looked up, not computed for every instance
+            candidates = [i for p in self.pseudonymised([exact_patient])
+                          for i in self._store.search_dicom_instances(patient=p)]
+        else:
+            candidates = self._dicom_candidates(
+                release, study=query.study_uids[0] if len(query.study_uids) == 1 else None,
+                series=query.series_uids[0] if len(query.series_uids) == 1 else None, patient_id=exact_patient)
         entries = {id(i): release.entry(i) for i in candidates}
         matched_ids = {id(e) for e in match_level(level, query, entries.values())}
         matched = [i for i in candidates if id(entries[id(i)]) in matched_ids]

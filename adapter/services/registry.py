@@ -136,6 +136,9 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     auditor = Auditor(store, now)
     pseudonym_key = _pseudonym_key(settings)
     pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)
+    indexed = store.index_pseudonyms(pseudonymizer.fingerprint, pseudonymizer.of)
+    if indexed:
+        _log.info("indexed the pseudonyms of %d patient(s) under the current key", indexed)
     uid_root = check_uid_root(settings.uid_root)
     dicom_uid_key = _dicom_uid_key(pseudonym_key)
     released_uids = ReleasedUidSpaces(uid_root, dicom_uid_key)

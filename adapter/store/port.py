@@ -130,6 +130,15 @@ class RecordStore(Protocol):
         """Instances whose UIDs, as ``view`` releases them, are the given ones (at least one
         given); ordered as search_dicom_instances."""
 
+    def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
+        """Keep the pseudonym index current: when the stored fingerprint differs (or there is
+        none), empty it and store ``fingerprint``; then add ``pseudonym_of(patient)`` for every
+        patient the resources name that the index lacks, in one transaction. Returns how many
+        patients were added."""
+
+    def find_pseudonymised(self, pseudonyms: Sequence[str]) -> list[Identifier]:
+        """The patients whose indexed pseudonyms are among ``pseudonyms``."""
+
     def index_released_uids(self, fingerprint: str,
                             rows_of: Callable[[DicomInstance], Sequence[ReleasedUids]]) -> int:
         """Make the released UIDs of every instance those of the key with ``fingerprint``: when

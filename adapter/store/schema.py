@@ -42,7 +42,8 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 3: resources.blob_offset and blob_length (a Binary that is a byte range of a received object).
 #: 4: dicom_released_uids and dicom_uid_spaces (the UIDs of the restricted views, indexed).
 #: 5: an index of dicom_instances by patient identifier value (QIDO-RS by PatientID).
-SCHEMA_VERSION = 5
+#: 6: patient_pseudonyms; key_fingerprints replaces dicom_uid_spaces (for both derived indexes).
+SCHEMA_VERSION = 6
 
 
 class EncodedJson(str):
@@ -197,7 +198,7 @@ dicom_instances = Table(
 # cannot be reversed), so that a reader naming released UIDs (WADO-RS, QIDO-RS under TRAIN or
 # HRESCH) is answered by an index lookup, not by hashing every instance. Written in the
 # transaction that stores the instance; rebuilt whole when the key that made them changes
-# (dicom_uid_spaces holds its fingerprint).
+# (key_fingerprints holds its fingerprint).
 dicom_released_uids = Table(
     "dicom_released_uids", metadata,
     Column("view", String(16), nullable=False),
@@ -212,13 +213,26 @@ dicom_released_uids = Table(
     Index("ix_dicom_released_uids_sop", "view", "released_sop_instance_uid"),
 )
 
-# The fingerprint of the key (and UID root) dicom_released_uids was computed with: one row.
-dicom_uid_spaces = Table(
-    "dicom_uid_spaces", metadata,
+# The patients' keyed pseudonyms (the HRESCH view's subject), so that a reader in that view can
+# search by the pseudonym it was shown: it cannot be reversed, only looked up. Filled from the
+# patients the store holds (SqlRecordStore.index_pseudonyms); rebuilt when the key changes.
+patient_pseudonyms = Table(
+    "patient_pseudonyms", metadata,
+    Column("pseudonym", String(64), nullable=False),
+    Column("patient_system", Text, nullable=False),
+    Column("patient_value", Text, nullable=False),
+    PrimaryKeyConstraint("pseudonym", name="pk_patient_pseudonyms"),
+    Index("ix_patient_pseudonyms_patient", "patient_system", "patient_value"),
+)
+
+# The fingerprint of the key each derived index (dicom_released_uids, patient_pseudonyms) was
+# computed with, one row per index, so a new key makes the adapter rebuild it at start.
+key_fingerprints = Table(
+    "key_fingerprints", metadata,
     Column("name", String(16), nullable=False),
     Column("fingerprint", String(64), nullable=False),
     Column("updated", UtcDateTime, nullable=False),
-    PrimaryKeyConstraint("name", name="pk_dicom_uid_spaces"),
+    PrimaryKeyConstraint("name", name="pk_key_fingerprints"),
 )
 
 # The durable outbox: one row per (object, destination), written in the transaction that stores
@@ -247,7 +261,9 @@ def _migrate(conn: Connection, found: int) -> None:
     2 → 3 adds two nullable columns to ``resources`` (existing rows: whole blobs);
     3 → 4 adds only tables (dicom_released_uids, dicom_uid_spaces): the index is built at start
     (SqlRecordStore.index_released_uids finds no fingerprint);
-    4 → 5 adds an index to an existing table (``create_all`` creates indexes only with new tables).
+    4 → 5 adds an index to an existing table (``create_all`` creates indexes only with new tables);
+    5 → 6 adds tables (patient_pseudonyms, key_fingerprints) and drops dicom_uid_spaces, whose
+    fingerprint moved to key_fingerprints (the released-UID index is rebuilt once at start).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -255,6 +271,9 @@ def _migrate(conn: Connection, found: int) -> None:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl_type}"))
         for index in _ADDED_INDEXES.get(version, ()):
             index.create(conn, checkfirst=True)
+        for table in _DROPPED_TABLES.get(version, ()):
+            if inspect(conn).has_table(table):
+                conn.execute(text(f"DROP TABLE {table}"))
         conn.execute(insert(schema_version).values(version=version, applied=now_instant()))
 
 
@@ -269,6 +288,10 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str], ...]] = {
 _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
     5: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_patient_value"),
 }
+
+
+#: The tables each version drops (their content moved or is rebuilt).
+_DROPPED_TABLES: dict[int, tuple[str, ...]] = {6: ("dicom_uid_spaces",)}
 
 
 def create_schema(conn: Connection) -> None:

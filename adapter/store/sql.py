@@ -42,8 +42,9 @@ from adapter.store.schema import (
     create_schema,
     dicom_instances,
     dicom_released_uids,
-    dicom_uid_spaces,
+    key_fingerprints,
     outbox,
+    patient_pseudonyms,
     receipts,
     resource_history,
     resources,
@@ -58,9 +59,14 @@ _o = outbox.c
 _GET_MANY_CHUNK = 500
 _LAST_ERROR_MAX = 1000
 
-#: dicom_uid_spaces' row for dicom_released_uids, and the advisory lock of its rebuild (PostgreSQL).
+#: key_fingerprints' rows for the derived indexes, and the advisory locks of their rebuilds
+#: (PostgreSQL; SQLite serialises writers).
 _RELEASED_UIDS = "released"
 _RELEASED_UIDS_LOCK = 0x1A6E5702
+_PSEUDONYMS = "pseudonyms"
+_PSEUDONYMS_LOCK = 0x1A6E5703
+_p = patient_pseudonyms.c
+_k = key_fingerprints.c
 
 #: How long a claimed outbox item stays invisible to other forwarders (claim_outbox).
 OUTBOX_LEASE = timedelta(seconds=60)
@@ -111,6 +117,15 @@ def _translated_errors() -> Iterator[None]:
 
 #: Rows of a search read at a time (SqlRecordStore.search_index).
 SEARCH_BATCH = 1000
+
+
+def _fingerprint_locked(conn: Connection, name: str, lock: int) -> str | None:
+    """The stored fingerprint of the derived index ``name``, read under its rebuild lock
+    (PostgreSQL; on SQLite the write transaction is the lock)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock})
+    stored: str | None = conn.execute(select(_k.fingerprint).where(_k.name == name)).scalar()
+    return stored
 
 
 class SqlRecordStore:
@@ -377,11 +392,7 @@ class SqlRecordStore:
         """See RecordStore.index_released_uids. One transaction (SQLite: BEGIN IMMEDIATE;
         PostgreSQL: under an advisory lock), so processes starting together index once."""
         with self._write() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _RELEASED_UIDS_LOCK})
-            stored = conn.execute(select(dicom_uid_spaces.c.fingerprint)
-                                  .where(dicom_uid_spaces.c.name == _RELEASED_UIDS)).scalar()
-            if stored == fingerprint:
+            if _fingerprint_locked(conn, _RELEASED_UIDS, _RELEASED_UIDS_LOCK) == fingerprint:
                 return 0
             conn.execute(delete(dicom_released_uids))
             indexed, after = 0, ""
@@ -395,10 +406,40 @@ class SqlRecordStore:
                     self._inserts.execute(conn, dicom_released_uids, rows)
                 indexed += len(instances)
                 after = instances[-1].sop_instance_uid
-            conn.execute(delete(dicom_uid_spaces).where(dicom_uid_spaces.c.name == _RELEASED_UIDS))
-            self._inserts.execute(conn, dicom_uid_spaces, {"name": _RELEASED_UIDS, "fingerprint": fingerprint,
-                                                           "updated": now_instant()})
+            self._set_fingerprint(conn, _RELEASED_UIDS, fingerprint)
         return indexed
+
+    def _set_fingerprint(self, conn: Connection, name: str, fingerprint: str) -> None:
+        conn.execute(delete(key_fingerprints).where(_k.name == name))
+        self._inserts.execute(conn, key_fingerprints, {"name": name, "fingerprint": fingerprint,
+                                                       "updated": now_instant()})
+
+    def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
+        """See RecordStore.index_pseudonyms."""
+        with self._write() as conn:
+            if _fingerprint_locked(conn, _PSEUDONYMS, _PSEUDONYMS_LOCK) != fingerprint:
+                conn.execute(delete(patient_pseudonyms))
+                self._set_fingerprint(conn, _PSEUDONYMS, fingerprint)
+            missing = select(_r.patient_system, _r.patient_value).distinct().select_from(
+                resources.outerjoin(patient_pseudonyms, and_(_p.patient_system == _r.patient_system,
+                                                             _p.patient_value == _r.patient_value))
+            ).where(_r.patient_system.is_not(None), _r.patient_value.is_not(None), _p.pseudonym.is_(None))
+            patients = [Identifier(system=s, value=v) for s, v in conn.execute(missing)]
+            for start in range(0, len(patients), _GET_MANY_CHUNK):
+                self._inserts.execute(conn, patient_pseudonyms, [
+                    {"pseudonym": pseudonym_of(p), "patient_system": p.system, "patient_value": p.value}
+                    for p in patients[start:start + _GET_MANY_CHUNK]])
+        return len(patients)
+
+    def find_pseudonymised(self, pseudonyms: Sequence[str]) -> list[Identifier]:
+        """See RecordStore.find_pseudonymised."""
+        if not pseudonyms:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(select(_p.patient_system, _p.patient_value)
+                                .where(_p.pseudonym.in_(list(dict.fromkeys(pseudonyms))))
+                                .order_by(_p.patient_system, _p.patient_value))
+            return [Identifier(system=s, value=v) for s, v in rows]
 
     def claim_outbox(self, now: datetime, limit: int) -> list[OutboxItem]:
         """Pending items due at ``now``, oldest due first, leased: their next_attempt_at moves

@@ -61,7 +61,10 @@ def test_storescu_to_the_running_adapter(server: RunningAdapter, tmp_path: Path)
         assert media["subject"]["identifier"] == PATIENT
         image = http.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "image/*"})
         assert image.status_code == 200 and image.content == frame_of(sc)
-        assert _find(http, "Media", sent_sc.SOPInstanceUID, "TRAIN") == []
+        # TRAIN shows no record identifiers, so it cannot search by one (that would link the copy back)
+        refused = http.get("/fhir/Media", params={"identifier": f"urn:dicom:uid|urn:oid:{sent_sc.SOPInstanceUID}"},
+                           headers={"X-Purpose-Of-Use": "TRAIN"})
+        assert refused.status_code == 400 and refused.json()["issue"][0]["code"] == "not-supported"
         assert http.get(f"/fhir/Media/{media['id']}", headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 403
 
         [doc] = _find(http, "DocumentReference", sent_pdf.SOPInstanceUID)

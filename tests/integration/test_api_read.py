@@ -136,8 +136,11 @@ def test_search_leaves_out_what_the_purpose_may_not_see(tmp_path: Path) -> None:
         assert treat["total"] == 1 and treat["entry"][0]["resource"]["id"] == doc["record"].split("/")[1]
         media_q = f"/fhir/Media?patient:identifier={PATIENT['system']}|{PATIENT['value']}"
         assert client.get(media_q, headers=as_purpose("TREAT")).json()["total"] == 1
-        train = client.get(media_q, headers=as_purpose("TRAIN")).json()
+        train = client.get("/fhir/Media", headers=as_purpose("TRAIN")).json()
         assert train["total"] == 0 and not train.get("entry")
+        # and TRAIN cannot name the patient at all: its view has no subject
+        refused = client.get(media_q, headers=as_purpose("TRAIN"))
+        assert refused.status_code == 400 and refused.json()["issue"][0]["code"] == "not-supported"
 
 
 def test_search_parameters_and_paging(tmp_path: Path) -> None:
@@ -272,3 +275,69 @@ def test_a_consent_that_cannot_be_interpreted_fails_closed(tmp_path: Path) -> No
                                           SearchIndex(patient=Identifier(**PATIENT))))
         assert client.get(f"/fhir/{doc['record']}", headers=as_purpose("TREAT")).status_code == 403
         assert client.get(f"/fhir/{doc['record']}", headers=as_purpose("BTG")).status_code == 200
+
+
+def test_restricted_views_are_searched_in_their_own_terms(tmp_path: Path) -> None:
+    """TRAIN has no subject, no record identifiers and dates to the year: it cannot search by
+    them (a search by MRN would link every de-identified copy returned to the patient; a search
+    by day would read the dates that were cut). HRESCH searches by the pseudonym it shows, never
+    by the real identifier; so do its Consents and its R5 view."""
+    real = f"{PATIENT['system']}|{PATIENT['value']}"
+    fhir_json = {"Content-Type": "application/fhir+json"}
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        consent = client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"]), headers=fhir_json)
+        assert consent.status_code == 201
+        train, hresch = as_purpose("TRAIN"), as_purpose("HRESCH")
+        for query in (f"patient:identifier={real}", "patient=Patient/123", f"identifier={receipt['sha256']['stored']}",
+                      "created=2024-03-05", "created=ge2024-03"):
+            refused = client.get(f"/fhir/Media?{query}", headers=train)
+            assert refused.status_code == 400 and refused.json()["issue"][0]["code"] == "not-supported", query
+            assert PATIENT["value"] not in refused.text
+        year = client.get("/fhir/Media", headers=train).json()["entry"][0]["resource"]["createdDateTime"]
+        assert len(year) == 4 and client.get(f"/fhir/Media?created={year}", headers=train).json()["total"] == 1
+        # HRESCH: the pseudonym it shows finds the record, its Consent and its R5 DocumentReference
+        [entry] = client.get("/fhir/Media", headers=hresch).json()["entry"]
+        pseudonym = entry["resource"]["subject"]["identifier"]
+        shown = f"{pseudonym['system']}|{pseudonym['value']}"
+        found = client.get(f"/fhir/Media?patient:identifier={shown}", headers=hresch).json()
+        assert found["total"] == 1 and found["entry"][0]["resource"]["subject"]["identifier"] == pseudonym
+        consents = client.get(f"/fhir/Consent?patient:identifier={shown}", headers=hresch).json()
+        assert consents["total"] == 2 and all(e["resource"]["patient"]["identifier"] == pseudonym
+                                              for e in consents["entry"])
+        r5 = client.get(f"/fhir/DocumentReference?subject:identifier={shown}",
+                        headers={**hresch, "Accept": "application/fhir+json; fhirVersion=5.0"})
+        assert r5.status_code == 200 and r5.json()["total"] == 1
+        for query in (f"patient:identifier={real}", "patient=Patient/123", "identifier=urn:dicom:uid|x"):
+            assert client.get(f"/fhir/Media?{query}", headers=hresch).status_code == 400, query
+        assert client.get(f"/fhir/Media?patient:identifier={pseudonym['system']}|nobody",
+                          headers=hresch).json()["total"] == 0
+        # a patient stored after the index was last brought up to date is found too
+        other = {"system": PATIENT["system"], "value": "MRN-0002"}
+        _ingest(client, patient=other)
+        client.post("/fhir/Consent", json=consent_resource(["HRESCH"], patient=other), headers=fhir_json)
+        theirs = [e["resource"]["subject"]["identifier"] for e in client.get("/fhir/Media", headers=hresch).json()["entry"]]
+        [new] = [p for p in theirs if p != pseudonym]
+        assert client.get(f"/fhir/Media?patient:identifier={new['system']}|{new['value']}",
+                          headers=hresch).json()["total"] == 1
+        # care searches by the real identifier, as before
+        assert client.get(f"/fhir/Media?patient:identifier={real}", headers=as_purpose("TREAT")).json()["total"] == 1
+
+
+def test_a_new_pseudonym_key_gives_new_pseudonyms_to_search_by(tmp_path: Path) -> None:
+    def shown_pseudonym(client) -> str:
+        [entry] = client.get("/fhir/Media", headers=as_purpose("HRESCH")).json()["entry"]
+        ident = entry["resource"]["subject"]["identifier"]
+        return f"{ident['system']}|{ident['value']}"
+
+    with adapter_client(tmp_path, pseudonym_key="a" * 32) as (client, _):
+        _ingest(client)
+        client.post("/fhir/Consent", json=consent_resource(["HRESCH"]),
+                    headers={"Content-Type": "application/fhir+json"})
+        old = shown_pseudonym(client)
+    with adapter_client(tmp_path, pseudonym_key="b" * 32) as (client, _):
+        new = shown_pseudonym(client)
+        assert new != old
+        hresch = as_purpose("HRESCH")
+        assert client.get(f"/fhir/Media?patient:identifier={new}", headers=hresch).json()["total"] == 1
+        assert client.get(f"/fhir/Media?patient:identifier={old}", headers=hresch).json()["total"] == 0

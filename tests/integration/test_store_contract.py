@@ -816,7 +816,7 @@ def test_released_uids_are_rebuilt_when_the_key_changes(store: SqlRecordStore) -
     assert found.sop_instance_uid == first
     with store.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM dicom_released_uids")).scalar() == 6
-        assert conn.execute(sa.text("SELECT fingerprint FROM dicom_uid_spaces")).scalars().all() == ["fingerprint-2"]
+        assert conn.execute(sa.text("SELECT fingerprint FROM key_fingerprints")).scalars().all() == ["fingerprint-2"]
 
 
 def test_released_uids_index_in_chunks(store: SqlRecordStore) -> None:
@@ -840,6 +840,28 @@ def test_released_uids_index_in_chunks(store: SqlRecordStore) -> None:
     last = made[-1].sop_instance_uid
     assert [i.sop_instance_uid for i in store.search_released_dicom_instances(
         "pseudonymised", sop_instance=released("pseudonymised" + last))] == [last]
+
+
+def test_pseudonym_index_follows_the_patients_and_the_key(store: SqlRecordStore) -> None:
+    def of(key: str) -> Callable[[Identifier], str]:
+        return lambda p: f"{key}-{p.system}-{p.value}"
+
+    assert store.index_pseudonyms("k1", of("k1")) == 0 and store.find_pseudonymised(["k1-x"]) == []
+    store.save_ingest(make_unit())                                     # PATIENT's Media, Binary…
+    store.create(make_resource("Consent", patient=OTHER_PATIENT, with_facts=False))
+    store.create(make_resource("Media", patient=None, reference="Patient/7"))  # no identifier: not indexed
+    assert store.find_pseudonymised([of("k1")(PATIENT)]) == []       # not indexed yet
+    assert store.index_pseudonyms("k1", of("k1")) == 2               # each patient once
+    assert store.index_pseudonyms("k1", of("k1")) == 0               # current: nothing to add
+    assert store.find_pseudonymised([of("k1")(PATIENT), of("k1")(OTHER_PATIENT), "unknown"]) == sorted(
+        [PATIENT, OTHER_PATIENT], key=lambda p: (p.system, p.value))
+    assert store.find_pseudonymised([of("k1")(PATIENT)] * 3) == [PATIENT]
+    store.save_ingest(make_unit(patient=Identifier(system="urn:x", value="new")))
+    assert store.index_pseudonyms("k1", of("k1")) == 1               # only the new patient
+    # a new key: the index is rebuilt, the old pseudonyms find nothing
+    assert store.index_pseudonyms("k2", of("k2")) == 3
+    assert store.find_pseudonymised([of("k1")(PATIENT)]) == []
+    assert store.find_pseudonymised([of("k2")(PATIENT)]) == [PATIENT]
 
 
 def test_outbox_lifecycle(store: SqlRecordStore) -> None:
@@ -960,7 +982,8 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
     with store.engine.begin() as conn:  # back to version 1: no DICOM tables, no blob ranges
         conn.execute(sa.text("DROP TABLE outbox"))
         conn.execute(sa.text("DROP TABLE dicom_released_uids"))
-        conn.execute(sa.text("DROP TABLE dicom_uid_spaces"))
+        conn.execute(sa.text("DROP TABLE key_fingerprints"))
+        conn.execute(sa.text("DROP TABLE patient_pseudonyms"))
         conn.execute(sa.text("DROP TABLE dicom_instances"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_offset"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_length"))
@@ -989,17 +1012,33 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
         [upgraded.find_dicom_instance(dicom.dicom_instance.sop_instance_uid)]
 
 
-def test_version_4_gains_the_patient_value_index(open_records: StoreFactory) -> None:
+def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
+    """4 → 5 adds an index to a table that exists; 5 → 6 adds the pseudonym and fingerprint
+    tables and drops dicom_uid_spaces (the released-UID index is then rebuilt once)."""
     store = open_records()
+    instance = make_instance()
+    unit = make_dicom_unit(instance)
+    unit.released_uids = released_rows(instance)
+    store.save_ingest(unit)
     with store.engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_patient_value"))
+        conn.execute(sa.text("DROP TABLE key_fingerprints"))
+        conn.execute(sa.text("DROP TABLE patient_pseudonyms"))
+        conn.execute(sa.text("CREATE TABLE dicom_uid_spaces (name VARCHAR(16) PRIMARY KEY, fingerprint VARCHAR(64))"))
+        conn.execute(sa.text("INSERT INTO dicom_uid_spaces VALUES ('released', 'fp')"))
         conn.execute(sa.text("UPDATE schema_version SET version = 4"))  # as a version 4 database says
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        names = {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 5
+        inspector = sa.inspect(conn)
+        names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
+        tables = set(inspector.get_table_names())
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 6
     assert "ix_dicom_instances_patient_value" in names
+    assert {"key_fingerprints", "patient_pseudonyms"} <= tables and "dicom_uid_spaces" not in tables
+    assert upgraded.index_released_uids("fp", released_rows) == 1  # the fingerprint went with the old table
+    assert upgraded.index_pseudonyms("pk", lambda p: f"ps-{p.value}") == 1
+    assert upgraded.find_pseudonymised([f"ps-{PATIENT.value}"]) == [PATIENT]
 
 
 # -- SQLite specifics and the factory ---------------------------------------------------------

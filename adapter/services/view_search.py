@@ -1,0 +1,78 @@
+"""What a reader may search on in a restricted view, and in which terms.
+
+A restricted view (adapter.mapping.views) hides the subject (DEIDENTIFIED: TRAIN and its kin) or
+replaces it by a keyed pseudonym (PSEUDONYMISED: HRESCH and its kin), shows no record identifiers
+but the SHA-256 of the stored bytes (and that only when pseudonymising), and cuts dates to the
+year when de-identifying. Search parameters on what the view hides would undo it: "the
+de-identified photos of MRN-0001" links every copy returned to the patient, and "created on
+2024-03-05?" asked day by day reads the dates that were cut. So a search is taken in the view's
+own terms:
+
+- **DEIDENTIFIED**: ``patient`` and ``subject`` (by reference or identifier) and ``identifier``
+  are not supported (400 not-supported, saying why); dates to the year only.
+- **PSEUDONYMISED**: ``patient``/``subject`` by identifier in the pseudonym system only (the
+  pseudonym the view shows), looked up in the pseudonym index; ``identifier`` in the SHA-256
+  system only; dates as in the full view.
+- **FULL**: as given.
+
+A refusal is the same whatever the store holds, so it tells the reader nothing. DICOM QIDO-RS
+applies the same rule on its own keys (adapter.services.access: PatientID is matched in the
+released space).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from adapter.errors import NotSupported
+from adapter.mapping.codes import SHA256_SYSTEM
+from adapter.model.decision import View
+from adapter.model.photo import Identifier
+from adapter.store.port import DateCriterion, SearchCriteria
+
+
+def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: str,
+                     resolve: Callable[[Sequence[str]], Sequence[Identifier]]) -> SearchCriteria | None:
+    """``criteria`` in stored terms for a reader in ``view``; None when nothing can match (no
+    pseudonym given is known). ``resolve``: the patients of the given pseudonyms.
+
+    Raises:
+        NotSupported: a parameter on what the view hides (module docstring).
+    """
+    if view is View.FULL:
+        return criteria
+    deid = view is View.DEIDENTIFIED
+    name = "de-identified" if deid else "pseudonymised"
+    if criteria.patient_reference:
+        raise NotSupported(f"in the {name} view records cannot be searched by a patient reference"
+                           + ("" if deid else f": use patient:identifier={pseudonym_system}|<pseudonym>"))
+    for group in criteria.tokens:
+        for token in group:
+            if token.param == "identifier" and (deid or token.system != SHA256_SYSTEM):
+                raise NotSupported(f"in the {name} view records cannot be searched by identifier"
+                                   + ("" if deid else f" (only {SHA256_SYSTEM}|<sha256>)"))
+    if deid:
+        if criteria.patient:
+            raise NotSupported("in the de-identified view records cannot be searched by patient: "
+                               "the view has no subject")
+        for date in criteria.dates:
+            if not _whole_year(date):
+                raise NotSupported("in the de-identified view dates are shown to the year only: "
+                                   "search by year (e.g. date=2024 or date=ge2023)")
+        return criteria
+    if not criteria.patient:
+        return criteria
+    if any(p.system != pseudonym_system for p in criteria.patient):
+        raise NotSupported(f"in the pseudonymised view the subject is a pseudonym: search by "
+                           f"patient:identifier={pseudonym_system}|<pseudonym>")
+    patients = tuple(resolve([p.value for p in criteria.patient]))
+    if not patients:
+        return None
+    return dataclasses.replace(criteria, patient=patients)
+
+
+def _whole_year(date: DateCriterion) -> bool:
+    start, end = date.start, date.end
+    return (start.month, start.day, start.hour, start.minute, start.second, start.microsecond) == (1, 1, 0, 0, 0, 0) \
+        and end == start.replace(year=start.year + 1)
