@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -415,20 +417,32 @@ class SqlRecordStore:
                                                        "updated": now_instant()})
 
     def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
-        """See RecordStore.index_pseudonyms."""
-        with self._write() as conn:
-            if _fingerprint_locked(conn, _PSEUDONYMS, _PSEUDONYMS_LOCK) != fingerprint:
-                conn.execute(delete(patient_pseudonyms))
-                self._set_fingerprint(conn, _PSEUDONYMS, fingerprint)
-            missing = select(_r.patient_system, _r.patient_value).distinct().select_from(
-                resources.outerjoin(patient_pseudonyms, and_(_p.patient_system == _r.patient_system,
-                                                             _p.patient_value == _r.patient_value))
-            ).where(_r.patient_system.is_not(None), _r.patient_value.is_not(None), _p.pseudonym.is_(None))
+        """See RecordStore.index_pseudonyms. Only a new key takes the write lock for long (to
+        empty the index); finding the patients the index lacks is a read, and adding them an
+        insert that skips rows another process added meanwhile, so a reader's lookup never holds
+        up ingests while it scans."""
+        with self._read() as conn:
+            current = conn.execute(select(_k.fingerprint).where(_k.name == _PSEUDONYMS)).scalar() == fingerprint
+        if not current:
+            with self._write() as conn:
+                if _fingerprint_locked(conn, _PSEUDONYMS, _PSEUDONYMS_LOCK) != fingerprint:
+                    conn.execute(delete(patient_pseudonyms))
+                    self._set_fingerprint(conn, _PSEUDONYMS, fingerprint)
+        missing = select(_r.patient_system, _r.patient_value).distinct().select_from(
+            resources.outerjoin(patient_pseudonyms, and_(_p.patient_system == _r.patient_system,
+                                                         _p.patient_value == _r.patient_value))
+        ).where(_r.patient_system.is_not(None), _r.patient_value.is_not(None), _p.pseudonym.is_(None))
+        with self._read() as conn:
             patients = [Identifier(system=s, value=v) for s, v in conn.execute(missing)]
-            for start in range(0, len(patients), _GET_MANY_CHUNK):
-                self._inserts.execute(conn, patient_pseudonyms, [
-                    {"pseudonym": pseudonym_of(p), "patient_system": p.system, "patient_value": p.value}
-                    for p in patients[start:start + _GET_MANY_CHUNK]])
+        if not patients:
+            return 0
+        insert_new = (sqlite_insert if self._engine.dialect.name == "sqlite" else postgresql_insert)(
+            patient_pseudonyms).on_conflict_do_nothing()
+        rows = [{"pseudonym": pseudonym_of(p), "patient_system": p.system, "patient_value": p.value}
+                for p in patients]  # computed before the write lock is taken
+        with self._write() as conn:
+            for start in range(0, len(rows), _GET_MANY_CHUNK):
+                conn.execute(insert_new, rows[start:start + _GET_MANY_CHUNK])
         return len(patients)
 
     def find_pseudonymised(self, pseudonyms: Sequence[str]) -> list[Identifier]:

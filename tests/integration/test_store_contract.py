@@ -858,8 +858,20 @@ def test_pseudonym_index_follows_the_patients_and_the_key(store: SqlRecordStore)
     assert store.find_pseudonymised([of("k1")(PATIENT)] * 3) == [PATIENT]
     store.save_ingest(make_unit(patient=Identifier(system="urn:x", value="new")))
     assert store.index_pseudonyms("k1", of("k1")) == 1               # only the new patient
+    # another process adding the same patient meanwhile (between the scan and the insert): skipped
+    late = Identifier(system="urn:x", value="late")
+    store.save_ingest(make_unit(patient=late))
+
+    def racing(p: Identifier) -> str:
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO patient_pseudonyms (pseudonym, patient_system, patient_value) "
+                                 "VALUES (:ps, :s, :v)"), {"ps": of("k1")(p), "s": p.system, "v": p.value})
+        return of("k1")(p)
+
+    assert store.index_pseudonyms("k1", racing) == 1
+    assert store.find_pseudonymised([of("k1")(late)]) == [late]
     # a new key: the index is rebuilt, the old pseudonyms find nothing
-    assert store.index_pseudonyms("k2", of("k2")) == 3
+    assert store.index_pseudonyms("k2", of("k2")) == 4
     assert store.find_pseudonymised([of("k1")(PATIENT)]) == []
     assert store.find_pseudonymised([of("k2")(PATIENT)]) == [PATIENT]
 
