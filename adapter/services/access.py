@@ -210,7 +210,7 @@ class ScopedReader:
                 raise NotSupported(f"{rt} is not served here")
         # in the view's own terms: no search on what the view hides (adapter.services.view_search)
         criteria = criteria_in_view(request.criteria, self._purpose_view(),
-                                    pseudonym_system=self._pseudonymizer.system, resolve=self.pseudonymised)
+                                    pseudonym_system=self._pseudonymizer.system, resolve=self._pseudonymised)
         candidates = heapq.merge(*(self._store.search_index(rt, criteria) for rt in resource_types),
                                  key=lambda r: (r.last_updated, r.id)) if criteria is not None else iter(())
         page: list[tuple[IndexRow, Decision]] = []
@@ -266,7 +266,7 @@ class ScopedReader:
         """The release of the view this purpose is permitted in (its UID space)."""
         return self._release(self._purpose_view())
 
-    def pseudonymised(self, pseudonyms: Sequence[str]) -> list[Identifier]:
+    def _pseudonymised(self, pseudonyms: Sequence[str]) -> list[Identifier]:
         """The patients of these pseudonyms, through the store's pseudonym index; a pseudonym
         not found there may be a patient stored since the index was last brought up to date, so
         it is brought up to date (only patients it lacks are added) and asked again."""
@@ -385,9 +385,11 @@ class ScopedReader:
         release = self._purpose_release()
         exact_patient = query.patient_id if query.patient_id and not any(c in query.patient_id for c in "*?") \
             else None
-        if release.view is View.PSEUDONYMISED and exact_patient is not None:
+        if release.view is View.DEIDENTIFIED and (query.patient_id is not None or query.study_date is not None):
+            candidates = []  # the view shows no PatientID and no dates: nothing can match, nothing to load
+        elif release.view is View.PSEUDONYMISED and exact_patient is not None:
             # the pseudonym the view shows as PatientID: looked up, not computed for every instance
-            candidates = [i for p in self.pseudonymised([exact_patient])
+            candidates = [i for p in self._pseudonymised([exact_patient])
                           for i in self._store.search_dicom_instances(patient=p)]
         else:
             candidates = self._dicom_candidates(
