@@ -1,10 +1,58 @@
-"""FHIR's JSON representation rules that the fhir.resources models do not enforce."""
+"""Incoming FHIR R4 JSON checked: with the fhir.resources R4B models (they read R4:
+standards.md §1), and against FHIR's JSON representation rules that the models do not enforce;
+errors point at the element."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from adapter.errors import InvalidResource
+
+#: The resource types the adapter takes in, and their fhir.resources.R4B modules.
+R4B_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
+               "Consent": "consent", "Provenance": "provenance", "List": "list", "Bundle": "bundle"}
+
+
+def validate_model(resource_type: str, data: Mapping[str, Any], prefix: str) -> None:
+    """Validate ``data`` with the R4B model of ``resource_type`` (one of R4B_MODULES); errors
+    become InvalidResource with FHIRPath-like expressions under ``prefix``."""
+    model = getattr(importlib.import_module(f"fhir.resources.R4B.{R4B_MODULES[resource_type]}"), resource_type)
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        where = [expression(prefix, e["loc"]) for e in errors[:10]]
+        text = "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, errors[:10], strict=False))
+        raise InvalidResource(f"invalid {resource_type}: {text}", expression=where) from exc
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
+        # fhir.resources raises these (not ValidationError) for some wrong JSON types
+        raise InvalidResource(f"invalid {resource_type}: an element has the wrong type ({type(exc).__name__})",
+                              expression=prefix) from exc
+
+
+def validate_r4_resource(resource: Mapping[str, Any]) -> None:
+    """One resource received on its own (a Consent POST or PUT): its JSON representation, then
+    its model; InvalidResource names the element."""
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or rtype not in R4B_MODULES:
+        raise InvalidResource(f"unsupported resourceType {str(rtype)[:40]}", expression="resourceType")
+    check_json_representation(resource, rtype)
+    validate_model(rtype, resource, rtype)
+
+
+def expression(prefix: str, loc: Sequence[int | str]) -> str:
+    """A FHIRPath-like expression from a pydantic error location."""
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part and not any(c in part for c in "[]()"):
+            out += f".{part}"
+    return out
 
 
 def check_json_representation(value: Any, path: str) -> None:

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,7 +74,7 @@ from adapter.mapping.codes import (
     V3_ACT_CODE,
     V3_ACT_REASON,
 )
-from adapter.mapping.fhir_json import check_json_representation
+from adapter.mapping.fhir_json import check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, fhir_instant, find_extension, parse_fhir_datetime
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
@@ -95,8 +94,6 @@ ROLE_CONSENT = "consent"
 ROLE_SUBMISSION_SET = "submission-set"
 _ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD,
           "Consent": ROLE_CONSENT, "List": ROLE_SUBMISSION_SET}
-_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
-            "Consent": "consent", "List": "list"}
 _METHODS = frozenset({"POST", "PUT"})
 _HTTP_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
 _BUNDLE_TYPES = frozenset({"document", "message", "transaction", "transaction-response", "batch",
@@ -144,34 +141,6 @@ class _Entry:
 # structural validation
 
 
-def _expression(prefix: str, loc: Sequence[int | str]) -> str:
-    """A FHIRPath-like expression from a pydantic error location."""
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part and not any(c in part for c in "[]()"):
-            out += f".{part}"
-    return out
-
-
-def _validate_model(resource_type: str, data: Mapping[str, Any], prefix: str) -> None:
-    """Validate with the fhir.resources R4B model; errors become InvalidResource."""
-    model = getattr(importlib.import_module(f"fhir.resources.R4B.{_MODULES.get(resource_type, 'bundle')}"),
-                    resource_type)
-    try:
-        model.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        where = [_expression(prefix, e["loc"]) for e in errors[:10]]
-        text = "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, errors[:10], strict=False))
-        raise InvalidResource(f"invalid {resource_type}: {text}", expression=where) from exc
-    except (KeyError, AttributeError, TypeError, ValueError) as exc:
-        # fhir.resources raises these (not ValidationError) for some wrong JSON types
-        raise InvalidResource(f"invalid {resource_type}: element of the wrong type ({type(exc).__name__})",
-                              expression=prefix) from exc
-
-
 def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
     raw = bundle.get("entry")
     if not isinstance(raw, list) or not raw:
@@ -191,14 +160,14 @@ def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
             raise NotSupported(f"a {str(rtype)[:40]} entry is not supported: send a Binary, a Media or "
                                "DocumentReference and optionally a Consent",
                                expression=f"Bundle.entry[{i}].resource.resourceType")
-        _validate_model(str(rtype), resource, f"Bundle.entry[{i}].resource")
+        validate_model(str(rtype), resource, f"Bundle.entry[{i}].resource")
         shell_entries.append({k: v for k, v in entry.items() if k != "resource"})
         request = entry.get("request")
         full_url = entry.get("fullUrl")
         entries.append(_Entry(i, resource, full_url if isinstance(full_url, str) else None,
                               request if isinstance(request, Mapping) else {}))
     # the Bundle itself, without the resources already validated (Bundle.entry.resource is 0..1)
-    _validate_model("Bundle", {**bundle, "entry": shell_entries}, "Bundle")
+    validate_model("Bundle", {**bundle, "entry": shell_entries}, "Bundle")
     for e in entries:
         method = e.request.get("method")
         if not e.request:

@@ -15,12 +15,12 @@ from pydantic import ValidationError
 from adapter.consent import grants_from_consent
 from adapter.errors import InvalidInput, InvalidResource, NotFound, PreconditionFailed, UnknownCode
 from adapter.mapping.codes import CONSENT_ACTION
+from adapter.mapping.fhir_json import validate_r4_resource
 from adapter.mapping.photo import index_resource
 from adapter.model.purpose import RequestContext
 from adapter.model.record import NewResource, StoredResource
 from adapter.services.access import consent_facts
 from adapter.services.audit import Auditor
-from adapter.services.fhir_validation import validate_r4_resource
 from adapter.store.port import RecordStore
 
 CONSENT_STATUS = frozenset({"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"})
