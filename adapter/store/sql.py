@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, text, update
+from sqlalchemy import Select, and_, delete, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -366,10 +366,13 @@ class SqlRecordStore:
             where.append(and_(_d.patient_system == patient.system, _d.patient_value == patient.value))
         if modality is not None:
             where.append(_d.modality == modality)
-        statement = select(dicom_instances).where(*where).order_by(
-            _d.study_instance_uid, _d.series_instance_uid, _d.created, _d.sop_instance_uid)
+        return self._dicom_instances(select(dicom_instances).where(*where))
+
+    def _dicom_instances(self, statement: Select[Any]) -> list[DicomInstance]:
+        """The instances ``statement`` selects, ordered by study, series, created."""
+        ordered = statement.order_by(_d.study_instance_uid, _d.series_instance_uid, _d.created, _d.sop_instance_uid)
         with self._read() as conn:
-            return [dicom_instance_from(row) for row in conn.execute(statement).mappings()]
+            return [dicom_instance_from(row) for row in conn.execute(ordered).mappings()]
 
     def search_released_dicom_instances(self, view: str, *, study: str | None = None,
                                         series: str | None = None,
@@ -384,10 +387,8 @@ class SqlRecordStore:
             where.append(_u.released_sop_instance_uid == sop_instance)
         if len(where) == 1:
             raise ValueError("name at least one released UID")
-        statement = select(dicom_instances).join(dicom_released_uids, _u.sop_instance_uid == _d.sop_instance_uid) \
-            .where(*where).order_by(_d.study_instance_uid, _d.series_instance_uid, _d.created, _d.sop_instance_uid)
-        with self._read() as conn:
-            return [dicom_instance_from(row) for row in conn.execute(statement).mappings()]
+        return self._dicom_instances(select(dicom_instances).join(
+            dicom_released_uids, _u.sop_instance_uid == _d.sop_instance_uid).where(*where))
 
     def index_released_uids(self, fingerprint: str,
                             rows_of: Callable[[DicomInstance], Sequence[ReleasedUids]]) -> int:

@@ -415,6 +415,18 @@ def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[Fhir
                    for x in e["entity"]) for e in train_reads)
 
 
+def rewrite_stored(services: Services, sop_uid: str, header: bytes, vr: bytes) -> None:
+    """Give the element whose tag and VR are ``header`` the VR ``vr`` in the stored object, as
+    a store written by an older adapter may hold it."""
+    instance = services.store.find_dicom_instance(sop_uid)
+    assert instance is not None and instance.blob_sha256 is not None
+    blob = services.blobs.path(instance.blob_sha256)
+    data = blob.read_bytes()
+    at = data.index(header, 132)
+    blob.chmod(0o644)
+    blob.write_bytes(data[:at + 4] + vr + data[at + 6:])
+
+
 def test_a_stored_object_that_cannot_be_cleaned_is_not_released(adapter: tuple[FhirClient, Services]) -> None:
     """Defence behind the ingest's check (dicom_ingest.check_elements): an object stored before
     it, holding an element that cannot be read, is not released de-identified (it could not be
@@ -423,13 +435,8 @@ def test_a_stored_object_that_cannot_be_cleaned_is_not_released(adapter: tuple[F
     client, services = adapter
     a = received(record_id="rec-a")
     assert stow(client, a).status_code == 200
-    instance = services.store.find_dicom_instance(a.SOPInstanceUID)
-    assert instance is not None and instance.blob_sha256 is not None
-    blob = services.blobs.path(instance.blob_sha256)
-    data = blob.read_bytes()
-    at = data.index(b"\x20\x00\x13\x00IS", 132)  # InstanceNumber, as a store written before the check may hold it
-    blob.chmod(0o644)
-    blob.write_bytes(data[:at + 4] + b"I\x00" + data[at + 6:])
+    # InstanceNumber under an unknown VR, as a store written before the check may hold it
+    rewrite_stored(services, a.SOPInstanceUID, b"\x20\x00\x13\x00IS", b"I\x00")
     add_consent(client, ["TRAIN"])
     [item] = qido(client, "instances", TRAIN)
     refused = client.get(value(item, "00081190").split("testserver")[-1], headers=TRAIN)
@@ -445,13 +452,7 @@ def test_a_stored_object_with_a_uid_under_another_vr_is_not_released(adapter: tu
     client, services = adapter
     a = received(record_id="rec-a")
     assert stow(client, a).status_code == 200
-    instance = services.store.find_dicom_instance(a.SOPInstanceUID)
-    assert instance is not None and instance.blob_sha256 is not None
-    blob = services.blobs.path(instance.blob_sha256)
-    data = blob.read_bytes()
-    at = data.index(b"\x20\x00\x0d\x00UI", 132)  # StudyInstanceUID
-    blob.chmod(0o644)
-    blob.write_bytes(data[:at + 4] + b"LO" + data[at + 6:])
+    rewrite_stored(services, a.SOPInstanceUID, b"\x20\x00\x0d\x00UI", b"LO")  # StudyInstanceUID as LO
     add_consent(client, ["TRAIN", "HRESCH"])
     for headers in (TRAIN, HRESCH):
         [item] = qido(client, "instances", headers)
