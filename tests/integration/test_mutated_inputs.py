@@ -202,3 +202,46 @@ def test_mutated_bundles_consents_and_metadata_never_answer_a_server_error(
         if r.status_code >= 400:
             assert r.json()["resourceType"] == "OperationOutcome"
     assert len(answers) > 1  # refusals and acceptances both
+
+
+# -- searches -------------------------------------------------------------------------------------
+
+SEARCH_PARAMS = ["patient", "subject", "patient:identifier", "subject:identifier", "identifier", "created", "date",
+                 "_id", "type", "category", "status", "kind", "purpose", "recorded", "_count", "_offset",
+                 "patient:Patient", "subject:other"]
+SEARCH_VALUES = ["", "x", "|", "a|", "|b", "urn:oid:2.999.1.1|MRN-0001", "urn:clinical-image-adapter:pseudonym|x",
+                 "urn:clinical-image-adapter:sha256|ab", "2024", "2024-03-05", "ge2024", "lt2024-02-30", "Patient/1",
+                 "http://h/Patient/1", "1,2", ",", "9" * 300, "sa2024-01-01T00:00:00+99:00", "\u00e9"]
+QIDO_KEYS = ["PatientID", "IssuerOfPatientID", "StudyDate", "StudyInstanceUID", "SeriesInstanceUID",
+             "SOPInstanceUID", "Modality", "limit", "offset", "00100020"]
+
+
+def test_mutated_searches_never_answer_a_server_error(adapter: tuple[FhirClient, Services]) -> None:
+    """FHIR searches and QIDO-RS queries with odd parameters, under a care, a de-identified and
+    a pseudonymised purpose (adapter.services.view_search takes each in its view's terms), in
+    R4 and R5: refused with an OperationOutcome or answered, never a server error."""
+    client, services = adapter
+    assert client.post("/photos", files={
+        "file": ("w.jpg", (ROOT / "samples" / "tiny.jpg").read_bytes(), "image/jpeg"),
+        "metadata": (None, (ROOT / "samples" / "metadata-wound.json").read_text(), "application/json")}
+    ).status_code == 201
+    rnd = random.Random(2612)
+    answers: dict[int, int] = {}
+    for i in range(400):
+        purpose = {"X-Purpose-Of-Use": rnd.choice(PURPOSES)}
+        if i % 2:
+            resource_type = rnd.choice(["Media", "DocumentReference", "Consent", "Provenance"])
+            query = [(rnd.choice(SEARCH_PARAMS), rnd.choice(SEARCH_VALUES)) for _ in range(rnd.randint(0, 3))]
+            if rnd.random() < 0.3:
+                purpose["Accept"] = "application/fhir+json; fhirVersion=5.0"
+            r = client.get(f"/fhir/{resource_type}", params=query, headers=purpose)
+        else:
+            query = [(rnd.choice(QIDO_KEYS), rnd.choice([*SEARCH_VALUES, "MRN-*", "?", "20240101-"]))
+                     for _ in range(rnd.randint(0, 3))]
+            r = client.get(f"/dicomweb/{rnd.choice(['studies', 'series', 'instances'])}", params=query,
+                           headers={**purpose, "Accept": "application/dicom+json"})
+        answers[r.status_code] = answers.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (i, query, purpose, r.text[:300])
+        if r.status_code >= 400:
+            assert r.json()["resourceType"] == "OperationOutcome"
+    assert answers.get(200) and len(answers) > 1
