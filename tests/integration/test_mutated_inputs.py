@@ -220,7 +220,7 @@ def test_mutated_searches_never_answer_a_server_error(adapter: tuple[FhirClient,
     """FHIR searches and QIDO-RS queries with odd parameters, under a care, a de-identified and
     a pseudonymised purpose (adapter.services.view_search takes each in its view's terms), in
     R4 and R5: refused with an OperationOutcome or answered, never a server error."""
-    client, services = adapter
+    client, _ = adapter
     assert client.post("/photos", files={
         "file": ("w.jpg", (ROOT / "samples" / "tiny.jpg").read_bytes(), "image/jpeg"),
         "metadata": (None, (ROOT / "samples" / "metadata-wound.json").read_text(), "application/json")}
