@@ -208,9 +208,15 @@ class ScopedReader:
         for rt in resource_types:
             if rt not in READABLE_TYPES:
                 raise NotSupported(f"{rt} is not served here")
-        # in the view's own terms: no search on what the view hides (adapter.services.view_search)
-        criteria = criteria_in_view(request.criteria, self._purpose_view(),
-                                    pseudonym_system=self._pseudonymizer.system, resolve=self._pseudonymised)
+        # in the view's own terms: no search on what the view hides (adapter.services.view_search);
+        # a refusal is audited: it may be an attempt to link a copy back to the patient
+        try:
+            criteria = criteria_in_view(request.criteria, self._purpose_view(),
+                                        pseudonym_system=self._pseudonymizer.system, resolve=self._pseudonymised)
+        except NotSupported as exc:
+            self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None, entities=[],
+                                 patient=None, reason=str(exc), refused=True)
+            raise
         candidates = heapq.merge(*(self._store.search_index(rt, criteria) for rt in resource_types),
                                  key=lambda r: (r.last_updated, r.id)) if criteria is not None else iter(())
         page: list[tuple[IndexRow, Decision]] = []

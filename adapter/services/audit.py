@@ -28,8 +28,11 @@ class Auditor:
             entities=entities, patient=patient, query=None)
 
     def record(self, ctx: RequestContext, *, interaction: str, action: str, decision: Decision | None,
-               entities: Sequence[str], patient: Identifier | None, reason: str | None = None) -> None:
-        permitted = decision.permitted if decision is not None else True
+               entities: Sequence[str], patient: Identifier | None, reason: str | None = None,
+               refused: bool = False) -> None:
+        """Store an AuditEvent of a read: its outcome is the decision's, or a refusal (``refused``:
+        a request turned down before any record was decided, e.g. a search on what its view hides)."""
+        permitted = (decision.permitted if decision is not None else True) and not refused
         why = reason if reason is not None else (decision.reason if decision is not None else None)
         self._store.append_audit(self.event(ctx, interaction=interaction, action=action, permitted=permitted,
                                             reason=why, entities=entities, patient=patient))

@@ -284,7 +284,7 @@ def test_restricted_views_are_searched_in_their_own_terms(tmp_path: Path) -> Non
     by the real identifier; so do its Consents and its R5 view."""
     real = f"{PATIENT['system']}|{PATIENT['value']}"
     fhir_json = {"Content-Type": "application/fhir+json"}
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         receipt = _ingest(client)
         consent = client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"]), headers=fhir_json)
         assert consent.status_code == 201
@@ -294,6 +294,11 @@ def test_restricted_views_are_searched_in_their_own_terms(tmp_path: Path) -> Non
             refused = client.get(f"/fhir/Media?{query}", headers=train)
             assert refused.status_code == 400 and refused.json()["issue"][0]["code"] == "not-supported", query
             assert PATIENT["value"] not in refused.text
+        # each refusal is audited (outcome 4), without the identifier asked for
+        refusals = [e for e in services.store.list_audit(100) if e.get("outcome") == "4"
+                    and "in the de-identified view" in e.get("outcomeDesc", "")]
+        assert len(refusals) == 5 and all(PATIENT["value"] not in json.dumps(e) for e in refusals)
+        assert all('"code": "TRAIN"' in json.dumps(e) for e in refusals)  # the purpose asked under
         year = client.get("/fhir/Media", headers=train).json()["entry"][0]["resource"]["createdDateTime"]
         assert len(year) == 4 and client.get(f"/fhir/Media?created={year}", headers=train).json()["total"] == 1
         # HRESCH: the pseudonym it shows finds the record, its Consent and its R5 DocumentReference
