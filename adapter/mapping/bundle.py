@@ -34,7 +34,7 @@ def bundle_confidentiality(entries: Sequence[JSON]) -> JSON | None:
     return confidentiality_coding(best) if best is not None else None
 
 
-def searchset(entries: Sequence[JSON], *, total: int, self_url: str, next_url: str | None, base_url: str,
+def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next_url: str | None, base_url: str,
               fhir_version: Literal["4", "5"]) -> JSON:
     """A ``searchset`` Bundle of ``entries`` (resources already rendered for the reader).
 
@@ -46,7 +46,7 @@ def searchset(entries: Sequence[JSON], *, total: int, self_url: str, next_url: s
     """
     if fhir_version not in ("4", "5"):
         raise NotSupported(f"unknown FHIR version {fhir_version!r}")
-    if total < 0:
+    if total is not None and total < 0:
         raise ValueError("total must not be negative")
     base = base_url.rstrip("/")
     bundle: JSON = {"resourceType": "Bundle"}
@@ -54,7 +54,8 @@ def searchset(entries: Sequence[JSON], *, total: int, self_url: str, next_url: s
     if label is not None:
         bundle["meta"] = {"security": [label]}
     bundle["type"] = "searchset"
-    bundle["total"] = total
+    if total is not None:  # absent when not counted (_total=none)
+        bundle["total"] = total
     links = [{"relation": "self", "url": self_url}]
     if next_url:
         links.append({"relation": "next", "url": next_url})

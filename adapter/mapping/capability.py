@@ -40,11 +40,16 @@ class _Param:
 
 _ID = _Param("_id", "token", "Logical id of the resource.")
 _COUNT = _Param("_count", "number", "Page size (the server may lower it); the `next` link gives the next page.")
+_TOTAL = _Param("_total", "token", "`none` leaves Bundle.total out, so a page costs what it shows; `estimate` "
+                "and `accurate` (the default) count every permitted match.")
 _PATIENT = _Param("patient", "reference",
                   "The patient. The adapter does not own Patient resources: use the `:identifier` modifier, "
-                  "`patient:identifier=system|value`, or a literal `Patient/<id>` of the EHR.")
+                  "`patient:identifier=system|value`, or a literal `Patient/<id>` of the EHR. Not in the "
+                  "de-identified view (TRAIN); in the pseudonymised view (HRESCH) only the pseudonym it shows, "
+                  "`patient:identifier=<pseudonym system>|<pseudonym>`.")
 _SUBJECT = _Param("subject", "reference", "As `patient` (`subject:identifier=system|value`).")
-_IDENTIFIER = _Param("identifier", "token", "A record identifier, e.g. `urn:clinical-image-adapter:sha256|<hex>`.")
+_IDENTIFIER = _Param("identifier", "token", "A record identifier, e.g. `urn:clinical-image-adapter:sha256|<hex>` "
+                     "(not in the de-identified view; only that system in the pseudonymised view).")
 _STATUS = _Param("status", "token", "Resource status.")
 _TYPE = _Param("type", "token", "Type code.")
 _CATEGORY = _Param("category", "token", "Category, e.g. `urn:clinical-image-adapter:photo-kind|clinical`.")
@@ -57,13 +62,13 @@ _COMMON = (_ID, _PATIENT, _SUBJECT)
 SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
     "Media": (*_COMMON, _Param("created", "date", "When the photo was taken."),
               _Param("date", "date", "As `created`."), _TYPE, _MODALITY, _CATEGORY, _STATUS, _IDENTIFIER,
-              _KIND, _COUNT),
+              _KIND, _COUNT, _TOTAL),
     "DocumentReference": (*_COMMON, _Param("date", "date", "When the reference was created."), _TYPE,
-                          _CATEGORY, _STATUS, _IDENTIFIER, _MODALITY, _KIND, _COUNT),
+                          _CATEGORY, _STATUS, _IDENTIFIER, _MODALITY, _KIND, _COUNT, _TOTAL),
     "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS, _CATEGORY,
-                _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT),
+                _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT, _TOTAL),
     "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
-                   _Param("date", "date", "As `recorded`."), _COUNT),
+                   _Param("date", "date", "As `recorded`."), _COUNT, _TOTAL),
 }
 _DOCUMENTATION = {
     "Media": "Clinical and secondary photos (R4). Read and search are filtered by consent and purpose of use.",

@@ -67,8 +67,9 @@ class BinaryContent:
 @dataclass(frozen=True)
 class SearchResult:
     resources: list[dict[str, Any]]
-    total: int
+    total: int | None  # None when the request did not ask for it (_total=none)
     break_glass: bool
+    more: bool = False  # permitted matches beyond this page
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,10 @@ class ScopedReader:
                                  key=lambda r: (r.last_updated, r.id)) if criteria is not None else iter(())
         page: list[tuple[IndexRow, Decision]] = []
         permitted = denied = 0
+        end = request.offset + request.count
         for row in candidates:
+            if not request.total and permitted > end:
+                break  # _total=none: one match past the page says there is a next one
             facts = row.facts
             if facts is None and row.resource_type == "Consent":
                 stored = self._store.get("Consent", row.id)
@@ -249,8 +253,8 @@ class ScopedReader:
             self.ctx, interaction="search-type", action="E", decision=None,
             entities=[f"{r['resourceType']}/{r['id']}" for r in resources], patient=None,
             reason=f"{permitted} permitted, {denied} withheld")
-        return SearchResult(resources=resources, total=permitted,
-                            break_glass=any(d.break_glass for _, d in page))
+        return SearchResult(resources=resources, total=permitted if request.total else None,
+                            break_glass=any(d.break_glass for _, d in page), more=permitted > end)
 
     # -- DICOM: WADO-RS, QIDO-RS, Binary as application/dicom ----------------------------
     # The same decision as the FHIR reads, made on the facts of the record an instance belongs

@@ -15,7 +15,10 @@ from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 200
-_IGNORED = {"_format", "_pretty", "_summary", "_elements", "_total"}
+_IGNORED = {"_format", "_pretty", "_summary", "_elements"}
+#: ``_total`` (https://hl7.org/fhir/R4/search.html#total): "none" skips the count, so a page costs
+#: what it shows, not what matches; "estimate" is answered accurately.
+TOTAL_MODES = ("none", "estimate", "accurate")
 _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.\d+)?)?"
@@ -31,7 +34,7 @@ _PARAMS: dict[str, dict[str, str]] = {
     "Consent": {"date": "date", "status": "status", "category": "token", "purpose": "token"},
     "Provenance": {"recorded": "date", "date": "date"},
 }
-_COMMON = {"_id", "patient", "subject", "_count", "_offset"}
+_COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class SearchRequest:
     criteria: SearchCriteria
     count: int
     offset: int
+    total: bool = True  # count every match (Bundle.total); False for _total=none
 
 
 def _date_range(raw: str) -> tuple[datetime, datetime]:
@@ -118,7 +122,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
     dates: list[DateCriterion] = []
     status: list[str] | None = None
     tokens: list[tuple[TokenCriterion, ...]] = []
-    count, offset = DEFAULT_COUNT, 0
+    count, offset, total = DEFAULT_COUNT, 0, True
     for name, value in params:
         base, _, modifier = name.partition(":")
         if base in _IGNORED:
@@ -126,7 +130,11 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
         if base not in _COMMON and base not in allowed:
             raise InvalidInput(f"unknown or unsupported search parameter '{name[:40]}' for {resource_type}",
                                expression=name[:40])
-        if base == "_count":
+        if base == "_total":
+            if value not in TOTAL_MODES:
+                raise InvalidInput(f"_total takes {', '.join(TOTAL_MODES)}", expression="_total")
+            total = value != "none"
+        elif base == "_count":
             count = _int_param(name, value, 0, MAX_COUNT)
         elif base == "_offset":
             offset = _int_param(name, value, 0, 10**9)
@@ -153,7 +161,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
         patient=tuple(patients) if patients else None,
         patient_reference=tuple(refs) if refs else None,
         dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens))
-    return SearchRequest(criteria=criteria, count=count, offset=offset)
+    return SearchRequest(criteria=criteria, count=count, offset=offset, total=total)
 
 
 def _int_param(name: str, value: str, lo: int, hi: int) -> int:

@@ -157,6 +157,20 @@ def test_search_parameters_and_paging(tmp_path: Path) -> None:
         assert len(page2["entry"]) == 1
         seen = {e["resource"]["id"] for e in page1["entry"] + page2["entry"]}
         assert seen == set(ids)
+        # _total=none: no count (a page costs what it shows), still a next link while more match
+        counted_pages: list[str] = []
+        url: str | None = f"/fhir/Media?subject:identifier={ident}&_count=2&_total=none"
+        while url:
+            page = client.get(url, headers=h).json()
+            assert "total" not in page
+            counted_pages += [e["resource"]["id"] for e in page["entry"]]
+            url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        assert sorted(counted_pages) == sorted(ids) and len(counted_pages) == 3
+        exact = client.get("/fhir/Media?_count=3&_total=none", headers=h).json()
+        assert len(exact["entry"]) == 3 and not [link for link in exact["link"] if link["relation"] == "next"]
+        assert client.get("/fhir/Media?_total=estimate", headers=h).json()["total"] == 3
+        assert client.get("/fhir/Media?_total=accurate", headers=h).json()["total"] == 3
+        assert client.get("/fhir/Media?_total=some", headers=h).status_code == 422
         assert client.get(f"/fhir/Media?_id={ids[1]}", headers=h).json()["total"] == 1
         assert client.get("/fhir/Media?modality=http://dicom.nema.org/resources/ontology/DCM|OT",
                           headers=h).json()["total"] == 1

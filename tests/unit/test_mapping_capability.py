@@ -44,7 +44,7 @@ def test_valid_and_complete(version: str) -> None:
     doc_params = {p["name"]: p["type"] for p in resources["DocumentReference"]["searchParam"]}
     assert doc_params == {"_id": "token", "patient": "reference", "subject": "reference", "date": "date",
                           "type": "token", "category": "token", "status": "token", "identifier": "token",
-                          "modality": "token", "kind": "token", "_count": "number"}
+                          "modality": "token", "kind": "token", "_count": "number", "_total": "token"}
     assert "patient:identifier" not in doc_params  # a modifier, documented on 'patient'
     patient = next(p for p in resources["DocumentReference"]["searchParam"] if p["name"] == "patient")
     assert ":identifier" in patient["documentation"]

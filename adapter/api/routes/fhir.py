@@ -155,7 +155,7 @@ async def search(resource_type: str, request: Request, reader: ReaderDep, servic
     kept = [(k, v) for k, v in params if k != "_offset"]
     self_url = f"{absolute(request, services, 'fhir/' + resource_type)}?{urlencode(params)}"
     next_url = None
-    if req.offset + req.count < result.total:
+    if result.more:
         next_url = (f"{absolute(request, services, 'fhir/' + resource_type)}?"
                     f"{urlencode(kept + [('_offset', str(req.offset + req.count))])}")
     entries = [_versioned(r, version) for r in result.resources]
