@@ -61,7 +61,7 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
 from adapter.errors import AdapterError, Conflict, InvalidInput, InvalidResource, StorageError
-from adapter.files import read_range
+from adapter.files import file_sha256, read_range
 from adapter.imaging import JPEG
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
@@ -339,15 +339,8 @@ def _helpers() -> ThreadPoolExecutor:
 
 
 def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file, in one call over its mapping: the GIL is released once for the whole
-    file (hashlib.file_digest takes it back after every 256 KiB, and then waits for whichever
-    thread holds it)."""
     try:
-        with open(path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
-                return hashlib.sha256().hexdigest()
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                return hashlib.sha256(mapped).hexdigest()
+        return file_sha256(path)
     except (OSError, ValueError) as exc:
         raise StorageError("the received dataset could not be read") from exc
 

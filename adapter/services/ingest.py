@@ -18,6 +18,7 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from adapter.consent import assess_ingest, grants_from_consent
-from adapter.errors import Conflict
+from adapter.errors import BusinessRuleViolation, Conflict
+from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_tables import DicomTables
@@ -122,9 +124,9 @@ class IngestService:
         committed = False
         try:
             if idempotency_key:
-                previous = self._store.find_receipt(idempotency_key=idempotency_key)
-                if previous is not None:
-                    return IngestResult(receipt=previous, replayed=True)
+                keyed = self._store.find_keyed_receipt(idempotency_key)
+                if keyed is not None:
+                    return self._replay(keyed, meta, upload, received_sha256)
             patient = meta.patient.identifier
             now = self._now()
             assessment = assess_ingest(meta, self._existing_grants(patient), self._tables, now)
@@ -149,9 +151,10 @@ class IngestService:
             except Conflict:
                 # stored before (a retry without the key, or a concurrent retry that won the
                 # race): answer with its receipt
-                previous = self._store.find_receipt(idempotency_key=idempotency_key) if idempotency_key else None
-                previous = previous or self._store.find_receipt(patient=patient,
-                                                                stored_sha256=facts.stored_sha256)
+                keyed = self._store.find_keyed_receipt(idempotency_key) if idempotency_key else None
+                if keyed is not None:
+                    return self._replay(keyed, meta, upload, facts.received_sha256)
+                previous = self._store.find_receipt(patient=patient, stored_sha256=facts.stored_sha256)
                 if previous is None:
                     raise
                 return IngestResult(receipt=previous, replayed=True)
@@ -163,6 +166,23 @@ class IngestService:
                 upload.unlink(missing_ok=True)
             if staged is not None and not committed:
                 self._blobs.discard(staged)
+
+    @staticmethod
+    def _replay(keyed: tuple[dict[str, Any], Identifier], meta: PhotoMetadata, upload: Path | bytes,
+                received_sha256: str | None) -> IngestResult:
+        """The receipt stored under the request's Idempotency-Key, if the request is the one it
+        was stored for: the same patient and the same bytes. A key reused for another photo or
+        patient is refused (422): answering with the first receipt would tell the capture app
+        that this photo is stored, and safe to delete from the device, when it is not."""
+        receipt, patient = keyed
+        if received_sha256 is None:
+            received_sha256 = file_sha256(upload) if isinstance(upload, Path) else hashlib.sha256(upload).hexdigest()
+        stored_for = receipt.get("sha256", {}).get("received") if isinstance(receipt.get("sha256"), dict) else None
+        if patient != meta.patient.identifier or stored_for != received_sha256:
+            raise BusinessRuleViolation(
+                "this Idempotency-Key was used for another photo or patient: nothing was stored; send this "
+                "photo with a new key", expression="Idempotency-Key")
+        return IngestResult(receipt=receipt, replayed=True)
 
     def _unit(self, meta: PhotoMetadata, image: StoredImage, assessment: Any, idempotency_key: str | None,
               ctx: RequestContext, now: datetime) -> IngestUnit:

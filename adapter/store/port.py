@@ -82,6 +82,9 @@ class RecordStore(Protocol):
     def find_receipt(self, *, idempotency_key: str | None = None, patient: Identifier | None = None,
                      stored_sha256: str | None = None) -> dict[str, Any] | None: ...
 
+    def find_keyed_receipt(self, idempotency_key: str) -> tuple[dict[str, Any], Identifier] | None:
+        """The receipt stored under ``idempotency_key`` and the patient it was stored for."""
+
     def get(self, resource_type: str, id: str) -> StoredResource | None: ...
 
     def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:

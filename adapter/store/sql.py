@@ -278,6 +278,15 @@ class SqlRecordStore:
                     return found
         return None
 
+    def find_keyed_receipt(self, idempotency_key: str) -> tuple[dict[str, Any], Identifier] | None:
+        """See RecordStore.find_keyed_receipt."""
+        with self._read() as conn:
+            row = conn.execute(select(receipts.c.receipt, receipts.c.patient_system, receipts.c.patient_value)
+                               .where(receipts.c.idempotency_key == idempotency_key)).first()
+        if row is None:
+            return None
+        return row[0], Identifier(system=row[1], value=row[2])
+
     def get(self, resource_type: str, id: str) -> StoredResource | None:
         with self._read() as conn:
             row = conn.execute(select(resources).where(_r.resource_type == resource_type, _r.id == id)) \

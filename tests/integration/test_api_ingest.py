@@ -3,6 +3,7 @@ table, the failure cases (with nothing stored), idempotency and the transaction 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -276,6 +277,36 @@ def test_same_idempotency_key_returns_the_original_receipt(tmp_path: Path) -> No
         assert again.status_code == 201 and again.json() == first.json()
         assert again.headers["idempotent-replayed"] == "true"
         assert _counts(services) == counts
+
+
+def test_an_idempotency_key_reused_for_another_photo_or_patient_is_refused(tmp_path: Path) -> None:
+    """Answering a reused key with the first receipt would tell the capture app that this photo
+    is stored and safe to delete from the phone, when nothing of it was stored: 422, nothing
+    stored, and the photo goes in with a new key. Over POST /fhir too."""
+    with adapter_client(tmp_path) as (client, services):
+        first = post_photo(client, WOUND, metadata(), headers={"Idempotency-Key": "abc-2"})
+        assert first.status_code == 201
+        counts = _counts(services)
+        for path, meta in ((SAMPLES / "lesion.png", metadata()),
+                           (WOUND, metadata(patient={"system": PATIENT["system"], "value": "MRN-0002"}))):
+            reused = post_photo(client, path, meta, content_type="image/png" if path.suffix == ".png" else "image/jpeg",
+                                headers={"Idempotency-Key": "abc-2"})
+            body = _outcome(reused, 422)
+            assert body["issue"][0]["expression"] == ["Idempotency-Key"]
+            assert "safeToDeleteFromDevice" not in reused.text and first.json()["record"] not in reused.text
+            assert _counts(services) == counts
+        assert list((tmp_path / "data" / "staging").iterdir()) == []
+        fresh = post_photo(client, SAMPLES / "lesion.png", metadata(), content_type="image/png",
+                           headers={"Idempotency-Key": "abc-3"})
+        assert fresh.status_code == 201 and fresh.json()["record"] != first.json()["record"]
+        # the transaction path: the same key, another Binary
+        bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+        headers = {"Content-Type": "application/fhir+json", "Idempotency-Key": "tx-1"}
+        assert client.post("/fhir", json=bundle, headers=headers).status_code == 200
+        assert client.post("/fhir", json=bundle, headers=headers).status_code == 200  # the same: replayed
+        binary = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary")
+        binary["data"] = base64.b64encode((SAMPLES / "tiny.jpg").read_bytes()).decode()
+        _outcome(client.post("/fhir", json=bundle, headers=headers), 422)
 
 
 def test_same_patient_and_content_returns_the_original_receipt(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from adapter.errors import BusinessRuleViolation
 from adapter.model.photo import PhotoMetadata
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from tests.conftest import ROOT, require_or_skip
@@ -92,3 +93,41 @@ def test_the_same_upload_posted_eight_times_at_once_is_stored_once(tmp_path: Pat
         found = client.get(f"/fhir/Media?patient:identifier={ident}", headers=as_purpose("TREAT")).json()
         assert found["total"] == 1 and found["entry"][0]["resource"]["id"] == receipts[0]["record"].split("/")[1]
         assert list((tmp_path / "data" / "staging").iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_one_key_for_two_photos_at_once_stores_one_and_refuses_the_other(tmp_path: Path, backend: str,
+                                                                         request: pytest.FixtureRequest) -> None:
+    """The race on a reused Idempotency-Key: whichever photo wins is stored and its retries get
+    its receipt; the other photo is refused (BusinessRuleViolation, 422), never answered with
+    the winner's receipt."""
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    photos = [(ROOT / "samples" / "wound.jpg").read_bytes(), (ROOT / "samples" / "tiny.jpg").read_bytes()]
+    with adapter_client(tmp_path, database_url=url) as (client, services):
+        meta = PhotoMetadata.model_validate(metadata())
+        ctx = RequestContext(purpose=PurposeOfUse("TREAT"))
+        start = threading.Barrier(8)
+        outcomes: list[tuple[int, object]] = []
+
+        def post(which: int) -> None:
+            start.wait()
+            try:
+                result = services.ingest.ingest_photo(photos[which], meta, idempotency_key="shared-1", ctx=ctx)
+                outcomes.append((which, result.receipt))
+            except BusinessRuleViolation as exc:
+                outcomes.append((which, exc))
+
+        threads = [threading.Thread(target=post, args=(n % 2,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stored = {which for which, outcome in outcomes if isinstance(outcome, dict)}
+        assert len(outcomes) == 8 and len(stored) == 1
+        [winner] = stored
+        assert all(isinstance(outcome, BusinessRuleViolation) for which, outcome in outcomes if which != winner)
+        assert len({str(o) for w, o in outcomes if w == winner}) == 1
+        ident = f"{PATIENT['system']}|{PATIENT['value']}"
+        assert client.get(f"/fhir/Media?patient:identifier={ident}", headers=as_purpose("TREAT")).json()["total"] == 1
+        assert list((tmp_path / "data" / "staging").iterdir()) == []
+
