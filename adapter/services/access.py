@@ -277,14 +277,10 @@ class ScopedReader:
         return self._release(self._purpose_view())
 
     def _pseudonymised(self, pseudonyms: Sequence[str]) -> list[Identifier]:
-        """The patients of these pseudonyms, through the store's pseudonym index; a pseudonym
-        not found there may be a patient stored since the index was last brought up to date, so
-        it is brought up to date (only patients it lacks are added) and asked again."""
-        found = self._store.find_pseudonymised(pseudonyms)
-        if len(found) < len(set(pseudonyms)):
-            self._store.index_pseudonyms(self._pseudonymizer.fingerprint, self._pseudonymizer.of)
-            found = self._store.find_pseudonymised(pseudonyms)
-        return found
+        """The patients of these pseudonyms, through the store's pseudonym index (brought up to
+        date at start, then kept so by every write: RecordStore.index_pseudonyms); a pseudonym
+        not there is nobody's, and costs one lookup."""
+        return self._store.find_pseudonymised(pseudonyms)
 
     def _dicom_candidates(self, release: DicomRelease, *, study: str | None = None, series: str | None = None,
                           sop_instance: str | None = None, patient_id: str | None = None) -> list[DicomInstance]:

@@ -136,8 +136,9 @@ class RecordStore(Protocol):
     def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
         """Keep the pseudonym index current: when the stored fingerprint differs (or there is
         none), empty it and store ``fingerprint``; then add ``pseudonym_of(patient)`` for every
-        patient the resources name that the index lacks, in one transaction. Returns how many
-        patients were added."""
+        patient the resources name that the index lacks. From then on every write (save_ingest,
+        create, update) adds the pseudonyms of the patients it names in its own transaction.
+        Returns how many patients were added now."""
 
     def find_pseudonymised(self, pseudonyms: Sequence[str]) -> list[Identifier]:
         """The patients whose indexed pseudonyms are among ``pseudonyms``."""

@@ -145,6 +145,10 @@ class SqlRecordStore:
                                            max_overflow=max_overflow)
         self._writer = self._engine.execution_options(**{WRITE: True})
         self._inserts = CompiledInserts(self._engine.dialect)
+        # set by index_pseudonyms: from then on every write indexes the pseudonyms of its patients
+        self._pseudonym_of: Callable[[Identifier], str] | None = None
+        self._insert_pseudonyms = (sqlite_insert if self._engine.dialect.name == "sqlite" else postgresql_insert)(
+            patient_pseudonyms).on_conflict_do_nothing()
         try:
             with self._write() as conn:
                 prepare_database(conn, schema)
@@ -168,9 +172,21 @@ class SqlRecordStore:
         with _translated_errors(), self._engine.connect() as conn:
             yield conn
 
+    def _index_pseudonyms(self, conn: Connection, resources_written: Sequence[NewResource]) -> None:
+        """The pseudonyms of the patients these resources name, in the writing transaction (see
+        index_pseudonyms); a patient indexed already is skipped."""
+        if self._pseudonym_of is None:
+            return
+        patients = {r.index.patient for r in resources_written if r.index.patient is not None}
+        if patients:
+            conn.execute(self._insert_pseudonyms, [
+                {"pseudonym": self._pseudonym_of(p), "patient_system": p.system, "patient_value": p.value}
+                for p in patients])
+
     def _insert_version(self, conn: Connection, new: NewResource, document: dict[str, Any], version_id: int,
                         audit_events: Sequence[dict[str, Any]], now: datetime) -> None:
         run = self._inserts.execute
+        self._index_pseudonyms(conn, [new])
         run(conn, resource_history, history_row(new, document, version_id, now))
         if rows := token_rows(new):
             run(conn, tokens, rows)
@@ -211,6 +227,7 @@ class SqlRecordStore:
                 run(conn, audit, [{"recorded": now, "json": e} for e in unit.audit_events])
             if unit.outbox:
                 run(conn, outbox, [outbox_row(item, now) for item in unit.outbox])
+            self._index_pseudonyms(conn, unit.resources)
         for new, document in zip(unit.resources, documents, strict=True):
             new.resource["meta"] = document["meta"]
 
@@ -429,8 +446,9 @@ class SqlRecordStore:
     def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
         """See RecordStore.index_pseudonyms. Only a new key takes the write lock for long (to
         empty the index); finding the patients the index lacks is a read, and adding them an
-        insert that skips rows another process added meanwhile, so a reader's lookup never holds
-        up ingests while it scans."""
+        insert that skips rows another process added meanwhile. From then on every write of this
+        store adds the pseudonyms of the patients it names, in its own transaction."""
+        self._pseudonym_of = pseudonym_of
         with self._read() as conn:
             current = conn.execute(select(_k.fingerprint).where(_k.name == _PSEUDONYMS)).scalar() == fingerprint
         if not current:
@@ -446,13 +464,11 @@ class SqlRecordStore:
             patients = [Identifier(system=s, value=v) for s, v in conn.execute(missing)]
         if not patients:
             return 0
-        insert_new = (sqlite_insert if self._engine.dialect.name == "sqlite" else postgresql_insert)(
-            patient_pseudonyms).on_conflict_do_nothing()
         rows = [{"pseudonym": pseudonym_of(p), "patient_system": p.system, "patient_value": p.value}
                 for p in patients]  # computed before the write lock is taken
         with self._write() as conn:
             for start in range(0, len(rows), _GET_MANY_CHUNK):
-                conn.execute(insert_new, rows[start:start + _GET_MANY_CHUNK])
+                conn.execute(self._insert_pseudonyms, rows[start:start + _GET_MANY_CHUNK])
         return len(patients)
 
     def find_pseudonymised(self, pseudonyms: Sequence[str]) -> list[Identifier]:

@@ -842,25 +842,38 @@ def test_released_uids_index_in_chunks(store: SqlRecordStore) -> None:
         "pseudonymised", sop_instance=released("pseudonymised" + last))] == [last]
 
 
-def test_pseudonym_index_follows_the_patients_and_the_key(store: SqlRecordStore) -> None:
+def test_pseudonym_index_follows_the_patients_and_the_key(open_records: StoreFactory) -> None:
     def of(key: str) -> Callable[[Identifier], str]:
         return lambda p: f"{key}-{p.system}-{p.value}"
 
-    assert store.index_pseudonyms("k1", of("k1")) == 0 and store.find_pseudonymised(["k1-x"]) == []
-    store.save_ingest(make_unit())                                     # PATIENT's Media, Binary…
-    store.create(make_resource("Consent", patient=OTHER_PATIENT, with_facts=False))
-    store.create(make_resource("Media", patient=None, reference="Patient/7"))  # no identifier: not indexed
-    assert store.find_pseudonymised([of("k1")(PATIENT)]) == []       # not indexed yet
-    assert store.index_pseudonyms("k1", of("k1")) == 2               # each patient once
-    assert store.index_pseudonyms("k1", of("k1")) == 0               # current: nothing to add
+    # written before the index is kept (an older adapter, or before start-up's call): caught up
+    before = open_records()
+    before.save_ingest(make_unit())                                    # PATIENT's Media, Binary…
+    before.create(make_resource("Consent", patient=OTHER_PATIENT, with_facts=False))
+    before.create(make_resource("Media", patient=None, reference="Patient/7"))  # no identifier: not indexed
+    store = open_records()
+    assert store.find_pseudonymised([of("k1")(PATIENT)]) == []
+    assert store.index_pseudonyms("k1", of("k1")) == 2                 # each patient once
+    assert store.index_pseudonyms("k1", of("k1")) == 0                 # current: nothing to add
     assert store.find_pseudonymised([of("k1")(PATIENT), of("k1")(OTHER_PATIENT), "unknown"]) == sorted(
         [PATIENT, OTHER_PATIENT], key=lambda p: (p.system, p.value))
     assert store.find_pseudonymised([of("k1")(PATIENT)] * 3) == [PATIENT]
-    store.save_ingest(make_unit(patient=Identifier(system="urn:x", value="new")))
-    assert store.index_pseudonyms("k1", of("k1")) == 1               # only the new patient
-    # another process adding the same patient meanwhile (between the scan and the insert): skipped
+    # from then on every write indexes its patients in its own transaction: no scan needed
+    new, consented, updated = (Identifier(system="urn:x", value=v) for v in ("new", "consented", "updated"))
+    store.save_ingest(make_unit(patient=new))
+    store.save_ingest(make_unit(patient=new))                          # indexed already: skipped
+    store.create(make_resource("Consent", "c1", patient=consented, with_facts=False))
+    store.update(make_resource("Consent", "c1", patient=updated, with_facts=False))
+    assert store.find_pseudonymised([of("k1")(p) for p in (new, consented, updated)]) == [consented, new, updated]
+    assert store.index_pseudonyms("k1", of("k1")) == 0
+    # a refused write indexes nothing
+    with pytest.raises(Conflict):
+        store.create(make_resource("Consent", "c1", patient=Identifier(system="urn:x", value="refused"),
+                                   with_facts=False))
+    assert store.find_pseudonymised([of("k1")(Identifier(system="urn:x", value="refused"))]) == []
+    # another process adding the same patient between the scan and the insert: skipped
     late = Identifier(system="urn:x", value="late")
-    store.save_ingest(make_unit(patient=late))
+    before.save_ingest(make_unit(patient=late))                        # a store that does not keep the index
 
     def racing(p: Identifier) -> str:
         with store.engine.begin() as conn:
@@ -871,7 +884,7 @@ def test_pseudonym_index_follows_the_patients_and_the_key(store: SqlRecordStore)
     assert store.index_pseudonyms("k1", racing) == 1
     assert store.find_pseudonymised([of("k1")(late)]) == [late]
     # a new key: the index is rebuilt, the old pseudonyms find nothing
-    assert store.index_pseudonyms("k2", of("k2")) == 4
+    assert store.index_pseudonyms("k2", of("k2")) == 5  # the patients the resources name now ("consented" was updated away)
     assert store.find_pseudonymised([of("k1")(PATIENT)]) == []
     assert store.find_pseudonymised([of("k2")(PATIENT)]) == [PATIENT]
 
