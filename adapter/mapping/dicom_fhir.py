@@ -48,8 +48,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DA, DT, TM
 
-from adapter.errors import InvalidInput, NotSupported, RequiredElementMissing, UndecodableImage
-from adapter.imaging import JPEG, PNG, Pixels, encode_png
+from adapter.errors import AdapterError, InvalidInput, NotSupported, RequiredElementMissing, UndecodableImage
+from adapter.imaging import JPEG, PNG, Pixels, encode_png, jpeg_for_encapsulation
 from adapter.imaging.frame import EncapsulatedJpeg, encapsulated_jpeg
 from adapter.mapping.codes import DCM, DICOM_UID_SYSTEM, EXT_LATERALITY, PROVENANCE_PARTICIPANT_TYPE, SNOMED
 from adapter.mapping.dicom_tables import DicomTables
@@ -283,10 +283,19 @@ def extract_image(ds: Dataset) -> ExtractedImage:
         raise UndecodableImage("the object's pixel data is empty")
     if syntax == JPEGBaseline8Bit:
         try:
-            first = next(generate_frames(pixel_data, number_of_frames=frames))
+            every = [bytes(f) for f in generate_frames(pixel_data, number_of_frames=frames)]
         except (StopIteration, ValueError) as exc:
             raise UndecodableImage("the encapsulated pixel data holds no frame") from exc
-        return ExtractedImage(jpeg_binary(bytes(first)).join(), JPEG)
+        if not every:
+            raise UndecodableImage("the encapsulated pixel data holds no frame")
+        # the other frames are not the Binary, but a release walks each of them (de-identification
+        # cuts their metadata segments): one that does not walk is refused now, not at every release
+        for n, frame in enumerate(every[1:], start=2):
+            try:
+                jpeg_for_encapsulation(frame)
+            except AdapterError as exc:
+                raise UndecodableImage(f"frame {n} is not a JPEG stream that can be read ({exc})") from exc
+        return ExtractedImage(jpeg_binary(every[0]).join(), JPEG)
     if syntax in _NATIVE:
         return ExtractedImage(encode_png(_native_frame(ds)), PNG)
     raise NotSupported(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",

@@ -183,7 +183,9 @@ class ScopedReader:
 
     def read_binary(self, id: str) -> BinaryContent:
         """The image bytes of a Binary, under the decision of the record it belongs to
-        (Binary.securityContext). The de-identified view gets bytes with no metadata at all."""
+        (Binary.securityContext). The de-identified view gets image bytes with no metadata at
+        all; a document (PDF) is released as stored, as the DICOM release does
+        (adapter.mapping.dicom_deid: released on the patient's consent, its content not cleaned)."""
         stored = self._load("Binary", id)
         decision = self.decide(stored.facts)
         self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
@@ -194,7 +196,7 @@ class ScopedReader:
             raise NotFound(f"Binary/{id} has no content")
         content_type = str(stored.resource.get("contentType", "application/octet-stream"))
         data = self._blobs.read(stored.blob_sha256, stored.blob_range)
-        if decision.view is View.DEIDENTIFIED:
+        if decision.view is View.DEIDENTIFIED and content_type.startswith("image/"):
             data = strip_to_pixels_only(data, content_type)
         resource = self._render(stored, decision)
         resource["data"] = base64.b64encode(data).decode("ascii")

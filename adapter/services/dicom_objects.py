@@ -34,7 +34,15 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 
-from adapter.errors import AdapterError, InvalidInput, InvalidResource, NotFound, NotSupported, StorageError
+from adapter.errors import (
+    AdapterError,
+    ConfigurationError,
+    InvalidInput,
+    InvalidResource,
+    NotFound,
+    NotSupported,
+    StorageError,
+)
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
 from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom
 from adapter.mapping.dicom_tables import DicomTables
@@ -188,9 +196,9 @@ class DicomRelease:
                 ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
                                   pseudonym_issuer=self._pseudonymizer.system, uid_root=self._root, key=self._key)
             return _released(encode_dataset(ds), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID, ds.SOPInstanceUID)
-        except AdapterError:
+        except (StorageError, ConfigurationError):
             raise
-        except Exception as exc:
+        except Exception as exc:  # an AdapterError too: the object is ours, not the reader's request
             # The ingest refuses what it could not read whole (dicom_ingest.check_elements); an
             # object stored before that check may still hold such an element. It is not released
             # (it could not be cleaned): a storage fault, logged as such, never a partial object.

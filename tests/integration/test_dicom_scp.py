@@ -253,6 +253,43 @@ def test_multiframe_true_colour_secondary_capture_is_accepted(scp: StoreSCP, cli
     assert binary.content == frame_of(path)
 
 
+def test_a_multiframe_object_with_a_frame_that_does_not_walk_is_refused(scp: StoreSCP, services: Services,
+                                                                         tmp_path: Path) -> None:
+    """Frame 1 becomes the Binary and was always walked; a later frame was not, yet every
+    TRAIN or HRESCH release walks each frame to cut its metadata segments. One that does not
+    walk (here an APP0 whose length runs past the frame) is refused at ingest (0xC000), not
+    stored to fail each release (found by fuzzing)."""
+    path = tmp_path / "mf-bad.dcm"
+    sent = multiframe_file(path, frames=3)
+    data = path.read_bytes()
+    second = data.index(b"\xff\xd8\xff\xe0\x00\x10", data.index(b"\xff\xd8\xff\xe0\x00\x10") + 1)
+    path.write_bytes(data[:second + 4] + b"\x7f\xff" + data[second + 6:])
+    with pytest.raises(UndecodableImage) as refused:
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert "frame 2" in str(refused.value)
+    assert pynet_store(scp.port, path).Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def test_a_pdf_is_released_as_stored_for_a_consented_purpose(client: FhirClient, services: Services,
+                                                             tmp_path: Path) -> None:
+    """The de-identified view strips image bytes to their pixels; a PDF cannot be, and is
+    released as stored on the patient's consent, as the DICOM release does (it answered 415,
+    an upload's status, to a read)."""
+    path = tmp_path / "letter.dcm"
+    sent = pdf_file(path)
+    result = services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
+                       headers={"Content-Type": "application/fhir+json"}).status_code == 201
+    care = client.get(f"/fhir/{result.receipt['binary']}", headers={**TREAT, "Accept": "application/pdf"})
+    for accept in ("application/pdf", "*/*"):
+        train = client.get(f"/fhir/{result.receipt['binary']}", headers={**TRAIN, "Accept": accept})
+        assert train.status_code == 200 and train.headers["content-type"] == "application/pdf"
+        assert train.content == care.content
+    as_json = client.get(f"/fhir/{result.receipt['binary']}", headers={**TRAIN, "Accept": "application/fhir+json"})
+    assert as_json.status_code == 200 and as_json.json()["contentType"] == "application/pdf"
+
+
 def test_native_pixels_become_a_lossless_png(scp: StoreSCP, client: FhirClient, tmp_path: Path) -> None:
     path = tmp_path / "native.dcm"
     pixels = bytes((x * 7 + y * 3 + c * 50) % 256 for y in range(20) for x in range(30) for c in range(3))

@@ -32,6 +32,7 @@ from adapter.services.released_uids import ReleasedUidSpaces
 from tests.conftest import ROOT, require_or_skip
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
 from tests.support.dciodvfy import dciodvfy_missing, dciodvfy_report, photo_object, stored_sample
+from tests.support.dicom_files import multiframe_file
 
 pytestmark = pytest.mark.integration
 
@@ -443,6 +444,29 @@ def test_a_stored_object_that_cannot_be_cleaned_is_not_released(adapter: tuple[F
     assert refused.status_code == 503, refused.text
     assert refused.json()["resourceType"] == "OperationOutcome" and PATIENT["value"] not in refused.text
     assert wado(client, a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID).status_code == 200
+
+
+def test_a_stored_frame_that_cannot_be_cleaned_is_a_storage_fault_not_the_readers(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """A multi-frame object stored before the ingest walked every frame, one of them no longer
+    walkable: the TRAIN release cannot cut its segments. That is 503 (the stored object), not
+    the 422 the reader's request got before (found by fuzzing)."""
+    client, services = adapter
+    path = tmp_path / "mf.dcm"
+    sent = multiframe_file(path, frames=3)
+    assert stow(client, path.read_bytes()).status_code == 200
+    instance = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    assert instance is not None and instance.blob_sha256 is not None
+    blob = services.blobs.path(instance.blob_sha256)
+    data = blob.read_bytes()
+    second = data.index(b"\xff\xd8\xff\xe0\x00\x10", data.index(b"\xff\xd8\xff\xe0\x00\x10") + 1)
+    blob.chmod(0o644)
+    blob.write_bytes(data[:second + 4] + b"\x7f\xff" + data[second + 6:])
+    add_consent(client, ["TRAIN"])
+    [item] = qido(client, "instances", TRAIN)
+    refused = client.get(value(item, "00081190").split("testserver")[-1], headers=TRAIN)
+    assert refused.status_code == 503, refused.text
+    assert wado(client, sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID).status_code == 200
 
 
 def test_a_stored_object_with_a_uid_under_another_vr_is_not_released(adapter: tuple[FhirClient, Services]) -> None:
