@@ -282,20 +282,22 @@ def extract_image(ds: Dataset) -> ExtractedImage:
     if not isinstance(pixel_data, bytes) or not pixel_data:  # an empty (zero-length) element reads as None
         raise UndecodableImage("the object's pixel data is empty")
     if syntax == JPEGBaseline8Bit:
+        every = generate_frames(pixel_data, number_of_frames=frames)
         try:
-            every = [bytes(f) for f in generate_frames(pixel_data, number_of_frames=frames)]
+            first = bytes(next(every))
         except (StopIteration, ValueError) as exc:
             raise UndecodableImage("the encapsulated pixel data holds no frame") from exc
-        if not every:
-            raise UndecodableImage("the encapsulated pixel data holds no frame")
+        image = ExtractedImage(jpeg_binary(first).join(), JPEG)
         # the other frames are not the Binary, but a release walks each of them (de-identification
-        # cuts their metadata segments): one that does not walk is refused now, not at every release
-        for n, frame in enumerate(every[1:], start=2):
-            try:
-                jpeg_for_encapsulation(frame)
-            except AdapterError as exc:
-                raise UndecodableImage(f"frame {n} is not a JPEG stream that can be read ({exc})") from exc
-        return ExtractedImage(jpeg_binary(every[0]).join(), JPEG)
+        # cuts their metadata segments): one that does not walk is refused now, not at every
+        # release. One frame at a time: a long multi-frame object is not copied whole.
+        n = 1
+        try:
+            for n, frame in enumerate(every, start=2):  # n names the frame that failed
+                jpeg_for_encapsulation(bytes(frame))
+        except (AdapterError, ValueError) as exc:
+            raise UndecodableImage(f"frame {n} is not a JPEG stream that can be read ({exc})") from exc
+        return image
     if syntax in _NATIVE:
         return ExtractedImage(encode_png(_native_frame(ds)), PNG)
     raise NotSupported(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",
