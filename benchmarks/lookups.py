@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Restricted-view and PatientID lookups at scale: the indexes vs. the scans they replaced.
+
+    python benchmarks/lookups.py [-n 20000] [--database-url postgresql+psycopg://...]
+
+Fills a fresh store (a SQLite file in a temp dir by default) with N DICOM instances of N patients,
+then times, on that store:
+
+- the start-up rebuild of the released-UID index (``index_released_uids``, once per key) and of
+  the pseudonym index (``index_pseudonyms``);
+- a WADO-RS lookup by a mapped SOP Instance UID under TRAIN through the index
+  (``search_released_dicom_instances``) and the way it was done before the index: load every
+  instance and compute each one's mapped UID;
+- a QIDO-RS lookup by PatientID through ``search_dicom_instances(patient_value=...)`` and by
+  loading every instance;
+- an HRESCH lookup by pseudonym through the pseudonym index (``find_pseudonymised``).
+
+Informational: prints milliseconds, exit code 0. The store is removed on exit (a PostgreSQL run
+uses a schema of its own and drops it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import sqlalchemy as sa
+
+from adapter.mapping.pseudonym import Pseudonymizer
+from adapter.model.decision import View
+from adapter.model.photo import Identifier
+from adapter.services.released_uids import ReleasedUidSpaces, mapped_uid
+from adapter.store.schema import dicom_instances, resources
+from adapter.store.sql import SqlRecordStore
+
+SYSTEM = "urn:oid:2.999.1.1"
+
+
+def timed(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Milliseconds per call (best of ``repeat``)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def fill(store: SqlRecordStore, n: int) -> list[dict[str, object]]:
+    now = datetime.now(UTC)
+    rows = [{"sop_instance_uid": f"2.25.{uuid.uuid4().int}", "study_instance_uid": f"2.25.{uuid.uuid4().int}",
+             "series_instance_uid": f"2.25.{uuid.uuid4().int}", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.7",
+             "modality": "OT", "record_type": "Media", "record_id": str(uuid.uuid4()), "patient_system": SYSTEM,
+             "patient_value": f"MRN-{i}", "blob_sha256": None, "study_date": None, "created": now}
+            for i in range(n)]
+    records = [{"resource_type": "Media", "id": r["record_id"], "version_id": 1, "last_updated": now,
+                "patient_system": SYSTEM, "patient_value": r["patient_value"], "json": {"resourceType": "Media"}}
+               for r in rows]
+    with store.engine.begin() as conn:
+        for start in range(0, n, 5000):
+            conn.execute(sa.insert(dicom_instances), rows[start:start + 5000])
+            conn.execute(sa.insert(resources), records[start:start + 5000])
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=20000, help="instances (and patients)")
+    parser.add_argument("--database-url", help="a PostgreSQL URL (default: a SQLite file in a temp dir)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        schema = f"bench_{uuid.uuid4().hex[:12]}" if args.database_url else None
+        store = SqlRecordStore(args.database_url or f"sqlite:///{tmp}/adapter.db", schema=schema)
+        try:
+            return run(store, args.n)
+        finally:
+            if schema is not None:
+                with store.engine.begin() as conn:
+                    conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            store.close()
+
+
+def run(store: SqlRecordStore, n: int) -> int:
+    print(f"filling {store.engine.dialect.name} with {n} instances and patients ...", flush=True)
+    rows = fill(store, n)
+    spaces = ReleasedUidSpaces("2.25", b"k" * 32)
+    pseudonyms = Pseudonymizer(b"p" * 32, "urn:example:pseudonym")
+    rebuild = timed(lambda: store.index_released_uids(spaces.fingerprint, spaces.rows))
+    catch_up = timed(lambda: store.index_pseudonyms(pseudonyms.fingerprint, pseudonyms.of))
+    target = rows[n // 2]
+    wanted = spaces.uid(View.DEIDENTIFIED, str(target["sop_instance_uid"]))
+    by_index = timed(lambda: store.search_released_dicom_instances("deidentified", sop_instance=wanted), repeat=20)
+
+    def scan() -> None:
+        mapped_uid.cache_clear()
+        found = [i for i in store.search_dicom_instances()
+                 if spaces.uid(View.DEIDENTIFIED, i.sop_instance_uid) == wanted]
+        assert [i.sop_instance_uid for i in found] == [target["sop_instance_uid"]]
+
+    by_scan = timed(scan, repeat=3)
+    patient = str(target["patient_value"])
+    qido_index = timed(lambda: store.search_dicom_instances(patient_value=patient), repeat=20)
+    qido_scan = timed(lambda: [i for i in store.search_dicom_instances() if i.patient.value == patient], repeat=3)
+    pseudonym = pseudonyms.of(Identifier(system=SYSTEM, value=patient))
+    assert store.find_pseudonymised([pseudonym]) == [Identifier(system=SYSTEM, value=patient)]
+    hresch = timed(lambda: store.find_pseudonymised([pseudonym]), repeat=20)
+    print(f"\n{'what':52} {'ms':>10}")
+    for what, ms in (("released-UID index rebuild (once per key)", rebuild),
+                     ("pseudonym index catch-up (start-up)", catch_up),
+                     ("TRAIN lookup by mapped SOP UID: index", by_index),
+                     ("TRAIN lookup by mapped SOP UID: load all + hash each", by_scan),
+                     ("QIDO by PatientID: index", qido_index),
+                     ("QIDO by PatientID: load all", qido_scan),
+                     ("HRESCH lookup by pseudonym: index", hresch)):
+        print(f"{what:52} {ms:10.2f}")
+    print(f"RESULT n={n} rebuild_ms={rebuild:.1f} index_ms={by_index:.2f} scan_ms={by_scan:.1f} "
+          f"qido_index_ms={qido_index:.2f} qido_scan_ms={qido_scan:.1f} pseudonym_ms={hresch:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
