@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -56,7 +57,7 @@ def timed(fn: Callable[[], object], repeat: int = 1) -> float:
     return best * 1000
 
 
-def fill(store: SqlRecordStore, n: int) -> list[dict[str, object]]:
+def fill(store: SqlRecordStore, n: int) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
     rows = [{"sop_instance_uid": f"2.25.{uuid.uuid4().int}", "study_instance_uid": f"2.25.{uuid.uuid4().int}",
              "series_instance_uid": f"2.25.{uuid.uuid4().int}", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.7",
