@@ -22,7 +22,6 @@ from adapter.errors import AdapterError, Forbidden, NotFound, NotSupported
 from adapter.imaging import strip_to_pixels_only
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_tables import DicomTables
-from adapter.mapping.dicom_uids import UUID_ROOT
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables
 from adapter.mapping.views import render
@@ -40,6 +39,7 @@ from adapter.services.dicom_objects import (
     dicom_object_for,
     match_level,
 )
+from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.services.search_params import SearchRequest
 from adapter.services.view_search import criteria_in_view
 from adapter.store.port import BlobStore, RecordStore
@@ -113,8 +113,7 @@ class ScopedReader:
 
     def __init__(self, ctx: RequestContext, *, store: RecordStore, blobs: BlobStore, tables: Tables,
                  pseudonymizer: Pseudonymizer, auditor: Auditor, now: Callable[[], datetime],
-                 dicom_tables: DicomTables | None = None, uid_root: str = UUID_ROOT,
-                 dicom_uid_key: bytes = b"") -> None:
+                 dicom_tables: DicomTables | None = None, released_uids: ReleasedUidSpaces | None = None) -> None:
         self.ctx = ctx
         self._store = store
         self._blobs = blobs
@@ -123,11 +122,10 @@ class ScopedReader:
         self._auditor = auditor
         self._now = now
         self._grants: dict[Identifier, list[ConsentGrant]] = {}
-        # DICOM egress (WADO-RS, QIDO-RS, Binary as application/dicom); dicom_uid_key maps the
+        # DICOM egress (WADO-RS, QIDO-RS, Binary as application/dicom); released_uids maps the
         # UIDs of the restricted views (adapter.services.dicom_objects.DicomRelease)
         self._dicom_tables = dicom_tables
-        self._uid_root = uid_root
-        self._dicom_uid_key = dicom_uid_key
+        self._released_uids = released_uids
 
     # -- the decision -------------------------------------------------------------------
     def _grants_for(self, patient: Identifier) -> list[ConsentGrant]:
@@ -266,8 +264,8 @@ class ScopedReader:
     def _release(self, view: View) -> DicomRelease:
         if self._dicom_tables is None:
             raise NotSupported("DICOM is not served here")
-        return DicomRelease(view, uid_root=self._uid_root, uid_key=self._dicom_uid_key,
-                            pseudonymizer=self._pseudonymizer, dicom_tables=self._dicom_tables)
+        return DicomRelease(view, uids=self._released_uids, pseudonymizer=self._pseudonymizer,
+                            dicom_tables=self._dicom_tables)
 
     def _purpose_view(self) -> View:
         """The view this purpose is permitted in (what a permitted record is shown as)."""

@@ -46,7 +46,7 @@ from adapter.errors import (
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
 from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom
 from adapter.mapping.dicom_tables import DicomTables
-from adapter.mapping.dicom_uids import PhotoUids
+from adapter.mapping.dicom_uids import PhotoUids, is_valid_uid
 from adapter.mapping.dimse_status import dimse_status_for
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables
@@ -55,7 +55,7 @@ from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Identifier
 from adapter.model.record import StoredResource
 from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
-from adapter.services.released_uids import RELEASED_VIEWS, mapped_uid
+from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore
 
 log = logging.getLogger(__name__)
@@ -140,22 +140,18 @@ class ReleasedObject:
 class DicomRelease:
     """DICOM objects and their attributes in one read view (module docstring)."""
 
-    def __init__(self, view: View, *, uid_root: str, uid_key: bytes, pseudonymizer: Pseudonymizer,
+    def __init__(self, view: View, *, uids: ReleasedUidSpaces | None, pseudonymizer: Pseudonymizer,
                  dicom_tables: DicomTables) -> None:
-        if view is not View.FULL and not uid_key:
+        if view is not View.FULL and uids is None:
             raise StorageError("no DICOM UID key is configured")
         self.view = view
-        self._root = uid_root
-        self._key = uid_key
+        self._uids = uids
         self._pseudonymizer = pseudonymizer
         self._dicom_tables = dicom_tables
-        self._context = RELEASED_VIEWS.get(view)
 
     def uid(self, original: str) -> str:
         """``original`` in this view's UID space (the value the released object carries)."""
-        if self._context is None:
-            return original
-        return mapped_uid(self._root, self._key, original, self._context)
+        return original if self._uids is None else self._uids.uid(self.view, original)
 
     def patient(self, patient: Identifier) -> tuple[str | None, str | None]:
         """(PatientID, IssuerOfPatientID) as the released object carries them."""
@@ -189,12 +185,13 @@ class DicomRelease:
             except Exception as exc:  # our own stored file: unreadable is a storage fault
                 raise StorageError("the stored DICOM object cannot be read") from exc
         ds = _read(obj) if isinstance(obj, Path) else obj
+        uids = self._uids
         try:
-            if self.view is View.DEIDENTIFIED:
-                ds = deidentify(ds, uid_root=self._root, key=self._key)
-            elif self.view is View.PSEUDONYMISED:
+            if self.view is View.DEIDENTIFIED and uids is not None:
+                ds = deidentify(ds, uid_root=uids.root, key=uids.key)
+            elif self.view is View.PSEUDONYMISED and uids is not None:
                 ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
-                                  pseudonym_issuer=self._pseudonymizer.system, uid_root=self._root, key=self._key)
+                                  pseudonym_issuer=self._pseudonymizer.system, uid_root=uids.root, key=uids.key)
             return _released(encode_dataset(ds), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID, ds.SOPInstanceUID)
         except (StorageError, ConfigurationError):
             raise
@@ -205,13 +202,10 @@ class DicomRelease:
             raise StorageError("the stored DICOM object cannot be released in this view") from exc
 
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-
-
 def _released(data: bytes, transfer_syntax: Any, sop_class: Any, sop_instance: Any) -> ReleasedObject:
     """The released object; its UIDs go into HTTP headers and DICOM JSON, so they must be UIDs."""
     uids = [str(uid).strip("\x00 ") for uid in (transfer_syntax, sop_class, sop_instance)]
-    if not all(_UID.fullmatch(uid) for uid in uids):
+    if not all(is_valid_uid(uid) for uid in uids):
         raise StorageError("the stored DICOM object has an invalid UID in its file meta or SOP Common module")
     return ReleasedObject(data=data, transfer_syntax=uids[0], sop_class_uid=uids[1], sop_instance_uid=uids[2])
 

@@ -90,15 +90,14 @@ class Services:
     consents: ConsentService
     now: Callable[[], datetime]
     dicom_ingest: DicomIngestService  # objects received by the C-STORE SCP (adapter.dicom.scp)
-    dicom_uid_key: bytes = field(default=b"", repr=False)  # UIDs of the restricted DICOM views
+    released_uids: ReleasedUidSpaces | None = None  # UIDs of the restricted DICOM views
     forwarder: Forwarder | None = field(default=None, init=False)
 
     def reader(self, ctx: RequestContext) -> ScopedReader:
         """A reader scoped to one request context: the only way to read records."""
         return ScopedReader(ctx, store=self.store, blobs=self.blobs, tables=self.tables,
                             pseudonymizer=self.pseudonymizer, auditor=self.auditor, now=self.now,
-                            dicom_tables=self.dicom_ingest.dicom_tables, uid_root=self.settings.uid_root,
-                            dicom_uid_key=self.dicom_uid_key)
+                            dicom_tables=self.dicom_ingest.dicom_tables, released_uids=self.released_uids)
 
     @property
     def outbox(self) -> OutboxService:
@@ -140,8 +139,7 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     if indexed:
         _log.info("indexed the pseudonyms of %d patient(s) under the current key", indexed)
     uid_root = check_uid_root(settings.uid_root)
-    dicom_uid_key = _dicom_uid_key(pseudonym_key)
-    released_uids = ReleasedUidSpaces(uid_root, dicom_uid_key)
+    released_uids = ReleasedUidSpaces(uid_root, _dicom_uid_key(pseudonym_key))
     indexed = store.index_released_uids(released_uids.fingerprint, released_uids.rows)
     if indexed:
         _log.info("indexed the released UIDs of %d DICOM instance(s) under the current key", indexed)
@@ -156,4 +154,4 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
         now=now,
         dicom_ingest=DicomIngestService(store=store, blobs=blobs, tables=tables, dicom_tables=dicom_tables,
                                         auditor=auditor, now=now, released_uids=released_uids),
-        dicom_uid_key=dicom_uid_key)
+        released_uids=released_uids)

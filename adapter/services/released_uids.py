@@ -41,15 +41,18 @@ class ReleasedUidSpaces:
     def __init__(self, root: str, key: bytes) -> None:
         if not key:
             raise ConfigurationError("the UID mapping key must not be empty")
-        self._root = root
-        self._key = key
+        self.root = root
+        self.key = key  # de-identification maps every other UI value of a released object with it
         spaces = "|".join(f"{view.value}={context}" for view, context in sorted(RELEASED_VIEWS.items()))
         self.fingerprint = hmac.new(key, f"released-uids|{root}|{spaces}".encode(), hashlib.sha256).hexdigest()
+
+    def __repr__(self) -> str:  # never show the key
+        return f"ReleasedUidSpaces(root={self.root!r})"
 
     def uid(self, view: View, original: str) -> str:
         """``original`` as ``view`` releases it (unchanged in a view that maps no UIDs)."""
         context = RELEASED_VIEWS.get(view)
-        return original if context is None else mapped_uid(self._root, self._key, original, context)
+        return original if context is None else mapped_uid(self.root, self.key, original, context)
 
     def rows(self, instance: DicomInstance) -> list[ReleasedUids]:
         """The index rows of ``instance``: one per restricted view."""

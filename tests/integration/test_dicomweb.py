@@ -578,8 +578,9 @@ def test_released_uids_follow_the_key_across_restarts(tmp_path: Path) -> None:
         for study, series, instance in before:
             assert wado(client, study, series, instance, headers=TRAIN).status_code == 200
     with adapter_client(tmp_path, pseudonym_key="k" * 32) as (client, services):  # same key: kept
+        assert services.released_uids is not None
         assert services.store.index_released_uids(
-            ReleasedUidSpaces(services.settings.uid_root, services.dicom_uid_key).fingerprint,
+            ReleasedUidSpaces(services.settings.uid_root, services.released_uids.key).fingerprint,
             lambda _: pytest.fail("the index is current")) == 0
         assert mapped(client) == before
     with adapter_client(tmp_path, pseudonym_key="n" * 32) as (client, _):
