@@ -87,7 +87,7 @@ from pydicom.uid import UID
 from adapter.errors import InvalidInput
 from adapter.imaging import jpeg_for_encapsulation
 from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
-from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs, vr_allowed
+from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs
 
 TRAIN_CONTEXT = "deidentified"
 HRESCH_CONTEXT = "pseudonymised"
@@ -337,14 +337,15 @@ def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool) -> None:
     """Apply the rules to ``ds`` and, recursively, to every sequence item."""
     for tag in list(ds.keys()):
         elem = ds[tag]
-        if not vr_allowed(tag, elem.VR):
+        allowed = allowed_vrs(tag)
+        if allowed is not None and elem.VR not in allowed:
             # the rules go by VR: a UID as LO, a name or a date as LO would pass unchanged
             raise NonConformingVR(tag, elem.VR)
         keyword = elem.keyword
         group = BaseTag(tag).group
         if 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and group % 2 == 0):
             del ds[tag]  # curves and overlays (Table E.1-1: X)
-        elif allowed_vrs(tag) is None:
+        elif allowed is None:
             del ds[tag]  # a public tag the dictionary does not know (or a group length): unjudged
         elif keyword in BASIC_PROFILE_ZERO or (not keep_dates and keyword in DATES_ZERO):
             _empty(ds, elem)

@@ -177,7 +177,8 @@ class IngestService:
         receipt, patient = keyed
         if received_sha256 is None:
             received_sha256 = file_sha256(upload) if isinstance(upload, Path) else hashlib.sha256(upload).hexdigest()
-        stored_for = receipt.get("sha256", {}).get("received") if isinstance(receipt.get("sha256"), dict) else None
+        hashes = receipt.get("sha256")
+        stored_for = hashes.get("received") if isinstance(hashes, dict) else None
         if patient != meta.patient.identifier or stored_for != received_sha256:
             raise BusinessRuleViolation(
                 "this Idempotency-Key was used for another photo or patient: nothing was stored; send this "

@@ -121,6 +121,11 @@ def _translated_errors() -> Iterator[None]:
 SEARCH_BATCH = 1000
 
 
+def _equal(*pairs: tuple[Any, str | None]) -> list[Any]:
+    """``column == value`` for each pair whose value is given (an AND of exact matches)."""
+    return [column == value for column, value in pairs if value is not None]
+
+
 def _fingerprint_locked(conn: Connection, name: str, lock: int) -> str | None:
     """The stored fingerprint of the derived index ``name``, read under its rebuild lock
     (PostgreSQL; on SQLite the write transaction is the lock)."""
@@ -379,19 +384,11 @@ class SqlRecordStore:
                                patient_value: str | None = None, modality: str | None = None) -> list[DicomInstance]:
         """AND of the given criteria (exact matches; ``patient_value``: the identifier's value in
         any system); ordered by study, series, created."""
-        where = []
-        if patient_value is not None:
-            where.append(_d.patient_value == patient_value)
-        if study is not None:
-            where.append(_d.study_instance_uid == study)
-        if series is not None:
-            where.append(_d.series_instance_uid == series)
-        if sop_instance is not None:
-            where.append(_d.sop_instance_uid == sop_instance)
+        where = _equal((_d.patient_value, patient_value), (_d.study_instance_uid, study),
+                       (_d.series_instance_uid, series), (_d.sop_instance_uid, sop_instance),
+                       (_d.modality, modality))
         if patient is not None:
             where.append(and_(_d.patient_system == patient.system, _d.patient_value == patient.value))
-        if modality is not None:
-            where.append(_d.modality == modality)
         return self._dicom_instances(select(dicom_instances).where(*where))
 
     def _dicom_instances(self, statement: Select[Any]) -> list[DicomInstance]:
@@ -404,17 +401,12 @@ class SqlRecordStore:
                                         series: str | None = None,
                                         sop_instance: str | None = None) -> list[DicomInstance]:
         """Instances whose UIDs as ``view`` releases them are the given ones (index lookup)."""
-        where = [_u.view == view]
-        if study is not None:
-            where.append(_u.study_instance_uid == study)
-        if series is not None:
-            where.append(_u.series_instance_uid == series)
-        if sop_instance is not None:
-            where.append(_u.released_sop_instance_uid == sop_instance)
-        if len(where) == 1:
+        where = _equal((_u.study_instance_uid, study), (_u.series_instance_uid, series),
+                       (_u.released_sop_instance_uid, sop_instance))
+        if not where:
             raise ValueError("name at least one released UID")
         return self._dicom_instances(select(dicom_instances).join(
-            dicom_released_uids, _u.sop_instance_uid == _d.sop_instance_uid).where(*where))
+            dicom_released_uids, _u.sop_instance_uid == _d.sop_instance_uid).where(_u.view == view, *where))
 
     def index_released_uids(self, fingerprint: str,
                             rows_of: Callable[[DicomInstance], Sequence[ReleasedUids]]) -> int:
