@@ -40,7 +40,10 @@ is X, Z or D is acted on, by name or by its VR's rule).
   ``img2dcm -ka`` copies into frames).
 * An element under a VR its tag does not allow (adapter.mapping.dicom_vr) stops the copy
   (NonConformingVR): the rules go by VR, so a StudyInstanceUID sent as LO would otherwise keep
-  its value. The ingest refuses such objects; this guards any stored before it did.
+  its value. The ingest refuses such objects; this guards any stored before it did. Tolerated
+  are the mismatches no rule tells apart (``vr_tolerated``: a CS or SH sent as LO, a US as SS):
+  such an element is cleaned as under its own VR, and one given a new value (emptied, a dummy,
+  the pseudonym) is written under its dictionary VR.
 * Then PatientIdentityRemoved YES, DeidentificationMethod (text),
   DeidentificationMethodCodeSequence (CID 7050), LongitudinalTemporalInformationModified.
 
@@ -87,7 +90,7 @@ from pydicom.uid import UID
 from adapter.errors import InvalidInput
 from adapter.imaging import jpeg_for_encapsulation
 from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
-from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs
+from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs, dictionary_vr, vr_tolerated
 
 TRAIN_CONTEXT = "deidentified"
 HRESCH_CONTEXT = "pseudonymised"
@@ -339,8 +342,11 @@ def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool) -> None:
         elem = ds[tag]
         allowed = allowed_vrs(tag)
         if allowed is not None and elem.VR not in allowed:
-            # the rules go by VR: a UID as LO, a name or a date as LO would pass unchanged
-            raise NonConformingVR(tag, elem.VR)
+            if not vr_tolerated(tag, elem.VR):
+                # the rules go by VR: a UID as LO, a name or a date as LO would pass unchanged
+                raise NonConformingVR(tag, elem.VR)
+            if _writes_value(elem.keyword, keep_dates=keep_dates):
+                elem.VR = dictionary_vr(tag) or elem.VR  # a value of ours, under the tag's own VR
         keyword = elem.keyword
         group = BaseTag(tag).group
         if 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and group % 2 == 0):
@@ -361,6 +367,17 @@ def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool) -> None:
         elif elem.VR == "SQ":
             for item in elem.value:
                 _clean(item, mapper, keep_dates=keep_dates)
+
+
+#: Attributes a release gives a value of its own (beside the emptied and dummy ones).
+_WRITTEN = frozenset({"PatientID", "IssuerOfPatientID", "PatientName", "PatientIdentityRemoved",
+                      "LongitudinalTemporalInformationModified", "DeidentificationMethod"})
+
+
+def _writes_value(keyword: str, *, keep_dates: bool) -> bool:
+    """Does a release give the attribute a value of its own (empty, a dummy, the pseudonym…)?"""
+    return (keyword in BASIC_PROFILE_ZERO or keyword in BASIC_PROFILE_DUMMY or keyword in _WRITTEN
+            or (not keep_dates and keyword in DATES_ZERO))
 
 
 def _removed(elem: DataElement, *, keep_dates: bool) -> bool:

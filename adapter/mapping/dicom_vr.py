@@ -10,6 +10,13 @@ to clean one stored before it did.
 
 Private and unknown tags have no dictionary VR: whatever they carry is allowed here (the
 releases remove every private element).
+
+Some mismatches are common in what modalities and PACS send and change nothing the rules do: a
+CS sent as LO, an SH as LO, a DS as IS, a US as SS. Both VRs then belong to one class of
+:data:`INTERCHANGEABLE` VRs, none of which any rule goes by (no PN, free text, date, UI or SQ),
+so the element is cleaned exactly as under its own VR: :func:`vr_tolerated` accepts it, and a
+release that writes a value into it (an emptied or dummy attribute, a pseudonym) writes it
+under the dictionary's VR (:func:`dictionary_vr`).
 """
 
 from __future__ import annotations
@@ -33,9 +40,40 @@ def allowed_vrs(tag: int) -> frozenset[str] | None:
     return frozenset({vr, *vr.split(" or ")})
 
 
+#: Classes of VRs no de-identification rule tells apart (module docstring): short strings,
+#: binary integers, binary floats, and the two bulk binaries.
+INTERCHANGEABLE: tuple[frozenset[str], ...] = (
+    frozenset({"AE", "AS", "CS", "DS", "IS", "LO", "SH"}),
+    frozenset({"SL", "SS", "SV", "UL", "US", "UV"}),
+    frozenset({"FD", "FL"}),
+    frozenset({"OB", "OW"}),
+)
+
+
 def vr_allowed(tag: int, vr: str | None) -> bool:
+    """``vr`` is one the dictionary gives ``tag`` (or the tag has no dictionary entry)."""
     allowed = allowed_vrs(int(tag))
     return allowed is None or vr in allowed
+
+
+def _interchangeable(allowed: frozenset[str], vr: str | None) -> bool:
+    plain = {v for v in allowed if " " not in v}
+    return any(vr in group and plain <= group for group in INTERCHANGEABLE)
+
+
+def vr_tolerated(tag: int, vr: str | None) -> bool:
+    """:func:`vr_allowed`, or ``vr`` and every VR the dictionary gives ``tag`` are of one class
+    of :data:`INTERCHANGEABLE` VRs (module docstring)."""
+    allowed = allowed_vrs(int(tag))
+    return allowed is None or vr in allowed or _interchangeable(allowed, vr)
+
+
+def dictionary_vr(tag: int) -> str | None:
+    """The VR to write a new value of a public ``tag`` under: the dictionary's (the first of
+    ``US or SS`` alternatives); None for a private or unknown tag."""
+    if allowed_vrs(int(tag)) is None:
+        return None
+    return str(dictionary_VR(int(tag))).split(" or ")[0]
 
 
 class NonConformingVR(ValueError):

@@ -72,7 +72,7 @@ from adapter.mapping.dicom_fhir import (
     received_to_fhir,
 )
 from adapter.mapping.dicom_tables import DicomTables
-from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed
+from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed, vr_tolerated
 from adapter.mapping.fhir_r4 import index_resource
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
@@ -579,8 +579,9 @@ def _check_dataset(ds: Dataset, *, file_meta: bool) -> None:
             raise InvalidInput(f"the element {_where(tag)} cannot be read ({type(exc).__name__})",
                                expression=_where(tag)) from exc
         # Under a VR its tag does not allow, an element could not be rewritten (the file meta, on
-        # every release) nor cleaned (the releases go by VR: adapter.mapping.dicom_vr).
-        if not vr_allowed(tag, element.VR):
+        # every release) nor cleaned (the releases go by VR: adapter.mapping.dicom_vr), unless
+        # the two VRs are ones no rule tells apart (a CS sent as LO, say).
+        if not (vr_allowed(tag, element.VR) if file_meta else vr_tolerated(tag, element.VR)):
             error = NonConformingVR(tag, element.VR)
             raise InvalidInput(f"the {'file meta ' if file_meta else ''}element {error}",
                                expression=_where(tag)) from error

@@ -602,6 +602,29 @@ def test_element_sent_as_un_is_read_under_its_dictionary_vr(services: Services, 
     assert services.dicom_ingest.ingest_received(received_store(path, sent)).replayed is False
 
 
+@pytest.mark.parametrize(("keyword", "vr", "value"), [
+    ("Modality", "LO", "OT"),            # CS as LO
+    ("PatientID", "SH", "MRN-0001"),     # LO as SH
+    ("Rows", "SS", None),                # US as SS
+    ("SliceThickness", "IS", "2"),       # DS as IS
+])
+def test_vr_mismatches_no_rule_tells_apart_are_stored(scp: StoreSCP, services: Services, tmp_path: Path,
+                                                      keyword: str, vr: str, value: Any) -> None:
+    """The VR slips modalities make between VRs no de-identification rule tells apart are not
+    refused (adapter.mapping.dicom_vr.vr_tolerated): the object is stored, Success."""
+    path = tmp_path / "tolerated.dcm"
+    sent = sc_file(path)
+    ds = pydicom.dcmread(path)
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    assert tag is not None
+    ds[tag] = DataElement(tag, vr, ds[tag].value if value is None else value)
+    ds.save_as(path)
+    assert pydicom.dcmread(path)[tag].VR == vr
+    assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
+    instance = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    assert instance is not None and instance.record_id
+
+
 def test_dataset_that_is_not_the_requested_instance_is_refused(scp: StoreSCP, services: Services,
                                                                tmp_path: Path) -> None:
     path = tmp_path / "mismatch.dcm"

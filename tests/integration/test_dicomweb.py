@@ -486,6 +486,36 @@ def test_a_stored_object_with_a_uid_under_another_vr_is_not_released(adapter: tu
     assert wado(client, a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID).status_code == 200
 
 
+def test_vr_mismatches_no_rule_tells_apart_are_stored_and_cleaned(adapter: tuple[FhirClient, Services],
+                                                                   checked: Checked) -> None:
+    """A PACS object with the VR slips modalities make (PatientID as SH, StationName as LO, the
+    serial as SH) is stored, found by PatientID, returned as sent for TREAT, and cleaned as under
+    the dictionary VRs for TRAIN and HRESCH: the values are gone, the pseudonym goes under LO, and
+    the copies validate."""
+    client, _ = adapter
+    obj = received(StationName="STATION-7", DeviceSerialNumber="SN-77")
+    obj["PatientID"].VR = "SH"
+    obj["StationName"].VR = "LO"
+    obj["DeviceSerialNumber"].VR = "SH"
+    stowed = stow(client, obj)
+    assert stowed.status_code == 200, stowed.text
+    assert len(qido(client, "instances", TREAT, PatientID=PATIENT["value"])) == 1
+    [as_sent] = parts_of(wado(client, obj.StudyInstanceUID, obj.SeriesInstanceUID, obj.SOPInstanceUID))
+    assert read(as_sent)["PatientID"].VR == "SH" and b"STATION-7" in as_sent
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for headers in (TRAIN, HRESCH):
+        [item] = qido(client, "instances", headers)
+        [data] = parts_of(client.get(value(item, "00081190").split("testserver")[-1], headers=headers))
+        ds = checked(f"VR mismatches, {headers['X-Purpose-Of-Use']}", data)
+        for needle in (b"STATION-7", b"SN-77", PATIENT["value"].encode(), PATIENT_NAME.encode()):
+            assert needle not in data, (headers, needle)
+        assert ds["PatientID"].VR == "LO"
+        if headers is TRAIN:
+            assert ds.PatientID == ""
+        else:
+            assert len(ds.PatientID) > 16 and ds.PatientID != PATIENT["value"]  # the pseudonym, longer than SH allows
+
+
 def test_gps_camera_notes_and_specimen_ids_do_not_survive_a_release(adapter: tuple[FhirClient, Services],
                                                                       checked: Checked) -> None:
     """A VL Photographic object from a DICOM camera app carries where the photo was taken (the

@@ -33,7 +33,7 @@ from adapter.mapping.dicom_deid import (
 from adapter.mapping.dicom_photo import encode_dataset
 from adapter.mapping.dicom_tables import SC_IMAGE
 from adapter.mapping.dicom_uids import is_valid_uid
-from adapter.mapping.dicom_vr import NonConformingVR
+from adapter.mapping.dicom_vr import NonConformingVR, dictionary_vr, vr_tolerated
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.model.photo import PhotoKind
 from tests.support.dciodvfy import SAMPLES, UID_KEY, photo_object, reread, stored_sample
@@ -179,6 +179,54 @@ def test_an_element_under_a_vr_its_tag_does_not_allow_stops_the_copy(keyword: st
     fine.add_new(0x00091010, "LO", "x")
     fine.add_new(0x00090010, "LO", "ACME")
     assert 0x00091010 not in deidentify(fine, uid_root=OUT_ROOT, key=UID_KEY)
+
+
+@pytest.mark.parametrize(("keyword", "vr", "tolerated"), [
+    ("Modality", "LO", True), ("StationName", "LO", True), ("PatientAge", "LO", True), ("SliceThickness", "IS", True),
+    ("Rows", "SS", True), ("Rows", "UL", True), ("PixelData", "OW", True), ("ExposureTime", "IS", True),
+    ("StudyInstanceUID", "LO", False), ("PatientName", "LO", False), ("StudyDate", "LO", False),
+    ("ImageComments", "LO", False), ("InstanceNumber", "US", False), ("Rows", "IS", False),
+    ("ReferencedImageSequence", "UN", False), ("PatientID", "UT", False), ("ExposureTime", "FL", False),
+])
+def test_which_vr_mismatches_are_tolerated(keyword: str, vr: str, tolerated: bool) -> None:
+    """Only within one class of VRs no rule goes by: never a UI, PN, date, free text or SQ on
+    either side, never a string for a binary number."""
+    assert vr_tolerated(Tag(keyword), vr) is tolerated
+    assert vr_tolerated(0x00091010, "UT") and dictionary_vr(0x00091010) is None  # private: no dictionary VR
+    assert dictionary_vr(Tag("PixelData")) == "OB" and dictionary_vr(Tag("SmallestImagePixelValue")) == "US"
+
+
+def test_mismatches_no_rule_tells_apart_are_cleaned_as_under_their_own_vr() -> None:
+    """Modalities send a CS as LO, an SH as LO, a DS as IS, a US as SS: no rule goes by those VRs,
+    so such elements are cleaned exactly as under their own (removed, emptied, kept), and a value
+    the release writes (empty, a dummy, the pseudonym) goes under the dictionary's VR."""
+    source = loaded()
+    source["PatientID"].VR = "SH"                      # LO: emptied, then the pseudonym (HRESCH)
+    source["StationName"].VR = "LO"                    # SH: removed
+    source["DeviceSerialNumber"].VR = "SH"             # LO: removed
+    source.add_new(Tag("DeviceLabel"), "SH", "LABEL-1")  # LO, dummy
+    source.add_new(Tag("BodyPartExamined"), "LO", "ARM")  # CS: kept as sent
+    source.add_new(Tag("SliceThickness"), "IS", "2")   # DS: kept as sent
+    source.add_new(Tag("PatientAge"), "LO", "054Y")    # AS: removed
+    source["Rows"].VR = "SS"                           # US: kept
+    before = copy.deepcopy(source)
+    train = deidentify(source, uid_root=OUT_ROOT, key=UID_KEY)
+    hresch = pseudonymise(source, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                          key=UID_KEY)
+    assert source == before
+    for copy_ in (train, hresch):
+        for keyword in ("StationName", "DeviceSerialNumber", "PatientAge"):
+            assert keyword not in copy_
+        assert copy_["DeviceLabel"].VR == "LO" and copy_.DeviceLabel == DUMMY_VALUE
+        assert copy_["BodyPartExamined"].VR == "LO" and copy_.BodyPartExamined == "ARM"
+        assert copy_["SliceThickness"].VR == "IS" and copy_["Rows"].VR == "SS" and copy_.Rows == source.Rows
+        assert copy_["PatientID"].VR == "LO"
+    assert train.PatientID == ""
+    assert hresch.PatientID == PSEUDONYM
+    assert reread(hresch).PatientID == PSEUDONYM  # written and read back under LO, whole
+    text = str(train) + str(hresch)
+    for value in IDENTIFYING_TEXT:
+        assert value not in text
 
 
 def test_public_elements_the_dictionary_does_not_know_are_removed() -> None:
