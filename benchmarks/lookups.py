@@ -13,7 +13,10 @@ then times, on that store:
   instance and compute each one's mapped UID;
 - a QIDO-RS lookup by PatientID through ``search_dicom_instances(patient_value=...)`` and by
   loading every instance;
-- an HRESCH lookup by pseudonym through the pseudonym index (``find_pseudonymised``).
+- an HRESCH lookup by pseudonym through the pseudonym index (``find_pseudonymised``);
+- the lookup every ingest makes of the patient's Consents (``consent_versions_for_patient``;
+  the store holds a Consent per patient) and the OR with the access-facts columns it replaced,
+  which SQLite answered by walking every Consent.
 
 Informational: prints milliseconds, exit code 0. The store is removed on exit (a PostgreSQL run
 uses a schema of its own and drops it).
@@ -67,9 +70,13 @@ def fill(store: SqlRecordStore, n: int) -> list[dict[str, Any]]:
     records = [{"resource_type": "Media", "id": r["record_id"], "version_id": 1, "last_updated": now,
                 "patient_system": SYSTEM, "patient_value": r["patient_value"], "json": {"resourceType": "Media"}}
                for r in rows]
+    records += [{"resource_type": "Consent", "id": str(uuid.uuid4()), "version_id": 1, "last_updated": now,
+                 "patient_system": SYSTEM, "patient_value": r["patient_value"], "json": {"resourceType": "Consent"}}
+                for r in rows]
     with store.engine.begin() as conn:
         for start in range(0, n, 5000):
             conn.execute(sa.insert(dicom_instances), rows[start:start + 5000])
+        for start in range(0, len(records), 5000):
             conn.execute(sa.insert(resources), records[start:start + 5000])
     return rows
 
@@ -116,6 +123,21 @@ def run(store: SqlRecordStore, n: int) -> int:
     pseudonym = pseudonyms.of(Identifier(system=SYSTEM, value=patient))
     assert store.find_pseudonymised([pseudonym]) == [Identifier(system=SYSTEM, value=patient)]
     hresch = timed(lambda: store.find_pseudonymised([pseudonym]), repeat=20)
+    who = Identifier(system=SYSTEM, value=patient)
+    assert len(store.consent_versions_for_patient(who)) == 1
+    consents = timed(lambda: store.consent_versions_for_patient(who), repeat=20)
+    _r = resources.c
+    before = sa.select(_r.id, _r.version_id).where(
+        _r.resource_type == "Consent",
+        sa.or_(sa.and_(_r.patient_system == SYSTEM, _r.patient_value == patient),
+               sa.and_(_r.fact_patient_system == SYSTEM, _r.fact_patient_value == patient))) \
+        .order_by(_r.last_updated, _r.id)
+
+    def consents_or() -> None:
+        with store.engine.connect() as conn:
+            assert len(conn.execute(before).all()) == 1
+
+    consents_before = timed(consents_or, repeat=3)
     print(f"\n{'what':52} {'ms':>10}")
     for what, ms in (("released-UID index rebuild (once per key)", rebuild),
                      ("pseudonym index catch-up (first start-up)", catch_up),
@@ -124,10 +146,13 @@ def run(store: SqlRecordStore, n: int) -> int:
                      ("TRAIN lookup by mapped SOP UID: load all + hash each", by_scan),
                      ("QIDO by PatientID: index", qido_index),
                      ("QIDO by PatientID: load all", qido_scan),
-                     ("HRESCH lookup by pseudonym: index", hresch)):
+                     ("HRESCH lookup by pseudonym: index", hresch),
+                     ("ingest's Consents of the patient: index", consents),
+                     ("ingest's Consents of the patient: OR, as before", consents_before)):
         print(f"{what:52} {ms:10.2f}")
     print(f"RESULT n={n} rebuild_ms={rebuild:.1f} index_ms={by_index:.2f} scan_ms={by_scan:.1f} "
-          f"qido_index_ms={qido_index:.2f} qido_scan_ms={qido_scan:.1f} pseudonym_ms={hresch:.2f}")
+          f"qido_index_ms={qido_index:.2f} qido_scan_ms={qido_scan:.1f} pseudonym_ms={hresch:.2f} "
+          f"consents_ms={consents:.2f} consents_or_ms={consents_before:.1f}")
     return 0
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, or_, select, text, update
+from sqlalchemy import Select, and_, delete, or_, select, text, union, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -133,6 +133,24 @@ def _fingerprint_locked(conn: Connection, name: str, lock: int) -> str | None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock})
     stored: str | None = conn.execute(select(_k.fingerprint).where(_k.name == name)).scalar()
     return stored
+
+
+def patient_consents(patient: Identifier, *columns: Any) -> Select[Any]:
+    """The SELECT of ``columns`` of the patient's Consents (by their search index's patient, or
+    by their access facts'), oldest first.
+
+    Each of the two is one range of its own index (ix_resources_patient, ix_resources_fact_patient)
+    and the rows are then read by primary key: a single WHERE with an OR of the two made SQLite
+    walk every Consent of the store in (last_updated, id) order on each ingest, 33 ms at 20,000
+    Consents (benchmarks/lookups.py)."""
+    keys = union(
+        select(_r.id, _r.last_updated).where(_r.resource_type == "Consent", _r.patient_system == patient.system,
+                                             _r.patient_value == patient.value),
+        select(_r.id, _r.last_updated).where(_r.fact_patient_system == patient.system,
+                                             _r.fact_patient_value == patient.value, _r.resource_type == "Consent"),
+    ).subquery()
+    return select(*columns).select_from(keys.join(resources, and_(_r.resource_type == "Consent", _r.id == keys.c.id))) \
+        .order_by(keys.c.last_updated, keys.c.id)
 
 
 class SqlRecordStore:
@@ -344,25 +362,15 @@ class SqlRecordStore:
                 return
             after = (rows[-1].last_updated, rows[-1].id)
 
-    @staticmethod
-    def _patient_consents(patient: Identifier) -> Any:
-        return and_(
-            _r.resource_type == "Consent",
-            or_(and_(_r.patient_system == patient.system, _r.patient_value == patient.value),
-                and_(_r.fact_patient_system == patient.system, _r.fact_patient_value == patient.value)))
-
     def consents_for_patient(self, patient: Identifier) -> list[StoredResource]:
-        """Consent resources whose patient (search index or access facts) is ``patient``."""
-        statement = select(resources).where(self._patient_consents(patient)).order_by(_r.last_updated, _r.id)
+        """Consent resources whose patient is ``patient``, oldest first."""
         with self._read() as conn:
-            return [stored_from_row(row) for row in conn.execute(statement).mappings()]
+            return [stored_from_row(row) for row in conn.execute(patient_consents(patient, resources)).mappings()]
 
     def consent_versions_for_patient(self, patient: Identifier) -> list[tuple[str, int]]:
         """``(id, version_id)`` of :meth:`consents_for_patient`, in its order, no JSON loaded."""
-        statement = select(_r.id, _r.version_id).where(self._patient_consents(patient)) \
-            .order_by(_r.last_updated, _r.id)
         with self._read() as conn:
-            return [(row[0], row[1]) for row in conn.execute(statement)]
+            return [(row[0], row[1]) for row in conn.execute(patient_consents(patient, _r.id, _r.version_id))]
 
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first."""
