@@ -16,7 +16,10 @@ then times, on that store:
 - an HRESCH lookup by pseudonym through the pseudonym index (``find_pseudonymised``);
 - the lookup every ingest makes of the patient's Consents (``consent_versions_for_patient``;
   the store holds a Consent per patient) and the OR with the access-facts columns it replaced,
-  which SQLite answered by walking every Consent.
+  which SQLite answered by walking every Consent;
+- FHIR searches that select a few records, by the EHR's Patient reference and by identifier (the
+  photo's DICOM UID): through their indexes, and as SQLite planned them before (walking every
+  Media in result order).
 
 Informational: prints milliseconds, exit code 0. The store is removed on exit (a PostgreSQL run
 uses a schema of its own and drops it).
@@ -44,7 +47,9 @@ from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.model.decision import View
 from adapter.model.photo import Identifier
 from adapter.services.released_uids import ReleasedUidSpaces, mapped_uid
-from adapter.store.schema import dicom_instances, resources
+from adapter.store.port import SearchCriteria, TokenCriterion
+from adapter.store.schema import dicom_instances, resources, tokens
+from adapter.store.search import search_statement
 from adapter.store.sql import SqlRecordStore
 
 SYSTEM = "urn:oid:2.999.1.1"
@@ -68,8 +73,11 @@ def fill(store: SqlRecordStore, n: int) -> list[dict[str, Any]]:
              "patient_value": f"MRN-{i}", "blob_sha256": None, "study_date": None, "created": now}
             for i in range(n)]
     records = [{"resource_type": "Media", "id": r["record_id"], "version_id": 1, "last_updated": now,
-                "patient_system": SYSTEM, "patient_value": r["patient_value"], "json": {"resourceType": "Media"}}
-               for r in rows]
+                "patient_system": SYSTEM, "patient_value": r["patient_value"], "json": {"resourceType": "Media"},
+                "patient_reference": f"Patient/{i}"}
+               for i, r in enumerate(rows)]
+    identifiers = [{"resource_type": "Media", "id": r["record_id"], "param": "identifier",
+                    "system": "urn:ietf:rfc:3986", "code": f"urn:oid:{r['sop_instance_uid']}"} for r in rows]
     records += [{"resource_type": "Consent", "id": str(uuid.uuid4()), "version_id": 1, "last_updated": now,
                  "patient_system": SYSTEM, "patient_value": r["patient_value"], "json": {"resourceType": "Consent"}}
                 for r in rows]
@@ -78,6 +86,8 @@ def fill(store: SqlRecordStore, n: int) -> list[dict[str, Any]]:
             conn.execute(sa.insert(dicom_instances), rows[start:start + 5000])
         for start in range(0, len(records), 5000):
             conn.execute(sa.insert(resources), records[start:start + 5000])
+        for start in range(0, n, 5000):
+            conn.execute(sa.insert(tokens), identifiers[start:start + 5000])
     return rows
 
 
@@ -138,7 +148,25 @@ def run(store: SqlRecordStore, n: int) -> int:
             assert len(conn.execute(before).all()) == 1
 
     consents_before = timed(consents_or, repeat=3)
-    print(f"\n{'what':52} {'ms':>10}")
+    by_reference = SearchCriteria(patient_reference=(f"Patient/{n // 2}",))
+    by_identifier = SearchCriteria(tokens=((TokenCriterion("identifier", f"urn:oid:{target['sop_instance_uid']}",
+                                                           "urn:ietf:rfc:3986"),),))
+
+    def search(criteria: SearchCriteria, *, as_before: bool = False) -> Callable[[], None]:
+        statement = search_statement("Media", criteria)
+        if as_before:
+            statement = statement.order_by(None).order_by(_r.last_updated, _r.id)
+
+        def run() -> None:
+            with store.engine.connect() as conn:
+                assert len(conn.execute(statement.limit(100)).all()) == 1
+        return run
+
+    reference_ms = timed(search(by_reference), repeat=20)
+    reference_before = timed(search(by_reference, as_before=True), repeat=3)
+    identifier_ms = timed(search(by_identifier), repeat=20)
+    identifier_before = timed(search(by_identifier, as_before=True), repeat=3)
+    print(f"\n{'what':60} {'ms':>10}")
     for what, ms in (("released-UID index rebuild (once per key)", rebuild),
                      ("pseudonym index catch-up (first start-up)", catch_up),
                      ("pseudonym index check (every later start-up)", current),
@@ -148,11 +176,17 @@ def run(store: SqlRecordStore, n: int) -> int:
                      ("QIDO by PatientID: load all", qido_scan),
                      ("HRESCH lookup by pseudonym: index", hresch),
                      ("ingest's Consents of the patient: index", consents),
-                     ("ingest's Consents of the patient: OR, as before", consents_before)):
-        print(f"{what:52} {ms:10.2f}")
+                     ("ingest's Consents of the patient: OR, as before", consents_before),
+                     ("Media?patient=Patient/n: index", reference_ms),
+                     ("Media?patient=Patient/n: walking every Media, as before", reference_before),
+                     ("Media?identifier=<SOP UID>: index", identifier_ms),
+                     ("Media?identifier=<SOP UID>: walking every Media, as before", identifier_before)):
+        print(f"{what:60} {ms:10.2f}")
     print(f"RESULT n={n} rebuild_ms={rebuild:.1f} index_ms={by_index:.2f} scan_ms={by_scan:.1f} "
           f"qido_index_ms={qido_index:.2f} qido_scan_ms={qido_scan:.1f} pseudonym_ms={hresch:.2f} "
-          f"consents_ms={consents:.2f} consents_or_ms={consents_before:.1f}")
+          f"consents_ms={consents:.2f} consents_or_ms={consents_before:.1f} reference_ms={reference_ms:.2f} "
+          f"reference_before_ms={reference_before:.1f} identifier_ms={identifier_ms:.2f} "
+          f"identifier_before_ms={identifier_before:.1f}")
     return 0
 
 

@@ -4,13 +4,25 @@ Date prefixes follow FHIR search (https://hl7.org/fhir/R4/search.html#prefix) fo
 point in time ``d`` against a search value whose precision is the range [start, end).
 Token parameters follow https://hl7.org/fhir/R4/search.html#token: ``system`` None matches any
 system, an empty ``system`` matches only codes without one (``|code``).
+
+Plans. Results come in (last_updated, id) order, which ix_resources_type_last_updated gives
+without sorting; SQLite, without statistics, takes that index whenever it can, and then walks
+every resource of the type, testing each, to find the few an ``_id``, a patient reference, several
+patients or an identifier select (the whole store for a patient's ten photos). When a criterion
+selects few rows (:func:`selective`), the statement orders by :class:`SortKey` terms, which
+SQLite cannot read from an index (``ORDER BY +last_updated``): it then looks the rows up through
+the criterion's index and sorts them. Elsewhere (a type's page of everything, a category, a
+status), the order index stays the right plan. Other databases get the plain columns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, false, or_, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from adapter.errors import InvalidInput, NotSupported
 from adapter.store.dates import to_utc
@@ -74,19 +86,57 @@ def token_condition(resource_type: str, alternatives: tuple[TokenCriterion, ...]
     return _r.id.in_(matching)
 
 
+class SortKey(FunctionElement[Any]):
+    """A column to order by that SQLite cannot take from an index (module docstring): ``+col``
+    there, ``col`` elsewhere. Ordering is unchanged (unary + leaves a value as it is)."""
+
+    inherit_cache = True
+    name = "sort_key"
+
+
+@compiles(SortKey)
+def _sort_key(element: SortKey, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(SortKey, "sqlite")
+def _sort_key_sqlite(element: SortKey, compiler: Any, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.clauses, **kw))
+
+
+#: Token parameters whose codes name one thing (an identifier, a target record), not a kind.
+SELECTIVE_TOKEN_PARAMS = frozenset({"identifier", "target", "entity"})
+
+
+def selective(criteria: SearchCriteria) -> bool:
+    """Does ``criteria`` select few resources, through an index of its own (module docstring)?
+    One patient is not counted: ix_resources_patient gives that patient's rows in order."""
+    return (criteria.ids is not None or criteria.patient_reference is not None
+            or (criteria.patient is not None and len(criteria.patient) != 1)
+            or any(t.param in SELECTIVE_TOKEN_PARAMS for group in criteria.tokens for t in group))
+
+
 def search_statement(resource_type: str, criteria: SearchCriteria) -> Select[tuple[object, ...]]:
     """The SELECT of INDEX_COLUMNS matching ``criteria``, ordered by last_updated then id."""
     where: list[ColumnElement[bool]] = [_r.resource_type == resource_type]
     if criteria.ids is not None:
         where.append(_r.id.in_(criteria.ids))
     if criteria.patient is not None:
-        where.append(_any([and_(_r.patient_system == p.system, _r.patient_value == p.value)
-                           for p in criteria.patient]))
+        # one IN per system, which ix_resources_patient answers value by value (an OR of
+        # (system, value) pairs used only its system column: every patient of the system)
+        values_by_system: dict[str, list[str]] = {}
+        for p in criteria.patient:
+            values_by_system.setdefault(p.system, []).append(p.value)
+        where.append(_any([and_(_r.patient_system == system, _r.patient_value.in_(values))
+                           if len(values) > 1 else and_(_r.patient_system == system, _r.patient_value == values[0])
+                           for system, values in values_by_system.items()]))
     if criteria.patient_reference is not None:
         where.append(_r.patient_reference.in_(criteria.patient_reference))
     where.extend(date_condition(d) for d in criteria.dates)
     if criteria.status is not None:
         where.append(_r.status.in_(criteria.status))
     where.extend(token_condition(resource_type, group) for group in criteria.tokens)
+    if selective(criteria):
+        return select(*INDEX_COLUMNS).where(*where).order_by(SortKey(_r.last_updated), SortKey(_r.id))
     return select(*INDEX_COLUMNS).where(*where).order_by(_r.last_updated, _r.id)
 

@@ -551,6 +551,32 @@ def test_the_patients_consents_are_found_through_indexes_not_by_walking_every_co
         store.close()
 
 
+@pytest.mark.parametrize(("criteria", "index"), [
+    (SearchCriteria(ids=("a", "b")), "sqlite_autoindex_resources_1 (resource_type=? AND id=?)"),
+    (SearchCriteria(patient_reference=("Patient/1",)), "ix_resources_patient_reference (resource_type=? AND patient_reference=?)"),
+    (SearchCriteria(patient=(PATIENT, Identifier(system=PATIENT.system, value="other"))),
+     "ix_resources_patient (resource_type=? AND patient_system=? AND patient_value=?)"),
+    (SearchCriteria(patient=(PATIENT,)), "ix_resources_patient (resource_type=? AND patient_system=? AND patient_value=?)"),
+    (SearchCriteria(tokens=((TokenCriterion("identifier", "urn:oid:2.25.1", "urn:ietf:rfc:3986"),),)),
+     "sqlite_autoindex_resources_1 (resource_type=? AND id=?)"),
+])
+def test_selective_searches_go_through_their_index_not_the_whole_type(tmp_path: Path, criteria: SearchCriteria,
+                                                                      index: str) -> None:
+    """An _id, a patient reference, several patients or an identifier select a few rows; SQLite,
+    without statistics, walked every resource of the type in result order to find them (the
+    order index). The plan on the embedded store: the criterion's index, then a sort."""
+    from adapter.store.search import search_statement
+
+    store = SqlRecordStore(f"sqlite:///{tmp_path / 'plan.db'}")
+    try:
+        sql = str(search_statement("Media", criteria).compile(store.engine, compile_kwargs={"literal_binds": True}))
+        with store.engine.connect() as conn:
+            plan = " | ".join(str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+        assert index in plan and "ix_resources_type_last_updated" not in plan, plan
+    finally:
+        store.close()
+
+
 def test_audit_is_listed_newest_first(store: SqlRecordStore) -> None:
     store.save_ingest(make_unit(audit_events=[{"n": 1}, {"n": 2}]))
     for n in range(3, 6):
