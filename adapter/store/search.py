@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, or_, select
+from sqlalchemy import ColumnElement, Select, and_, false, or_, select, union
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -81,8 +81,14 @@ def token_condition(resource_type: str, alternatives: tuple[TokenCriterion, ...]
     per candidate row (SQLite without statistics does exactly that).
     """
     t = tokens.c
-    matching = select(t.id).where(t.resource_type == resource_type,
-                                  _any([_token_match(token) for token in alternatives]))
+    if len(alternatives) > 1:
+        # one SELECT per alternative, each a range of (param, code, system): an OR of them used
+        # only the resource_type column, reading every token of the type
+        matching: Any = union(*(select(t.id).where(t.resource_type == resource_type, _token_match(token))
+                                for token in alternatives))
+    else:
+        matching = select(t.id).where(t.resource_type == resource_type,
+                                      _any([_token_match(token) for token in alternatives]))
     return _r.id.in_(matching)
 
 

@@ -559,6 +559,10 @@ def test_the_patients_consents_are_found_through_indexes_not_by_walking_every_co
     (SearchCriteria(patient=(PATIENT,)), "ix_resources_patient (resource_type=? AND patient_system=? AND patient_value=?)"),
     (SearchCriteria(tokens=((TokenCriterion("identifier", "urn:oid:2.25.1", "urn:ietf:rfc:3986"),),)),
      "sqlite_autoindex_resources_1 (resource_type=? AND id=?)"),
+    # several identifiers: each its own range of the token index, not every token of the type
+    (SearchCriteria(tokens=((TokenCriterion("identifier", "urn:oid:2.25.1", "urn:ietf:rfc:3986"),
+                             TokenCriterion("identifier", "urn:oid:2.25.2", None)),)),
+     "ix_tokens_param_code_system (param=? AND code=?)"),
 ])
 def test_selective_searches_go_through_their_index_not_the_whole_type(tmp_path: Path, criteria: SearchCriteria,
                                                                       index: str) -> None:
@@ -573,6 +577,7 @@ def test_selective_searches_go_through_their_index_not_the_whole_type(tmp_path: 
         with store.engine.connect() as conn:
             plan = " | ".join(str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
         assert index in plan and "ix_resources_type_last_updated" not in plan, plan
+        assert "ix_tokens_resource" not in plan, plan
     finally:
         store.close()
 
