@@ -12,7 +12,7 @@ then times, on that store:
   (``search_released_dicom_instances``) and the way it was done before the index: load every
   instance and compute each one's mapped UID;
 - a QIDO-RS lookup by PatientID through ``search_dicom_instances(patient_value=...)`` and by
-  loading every instance;
+  loading every instance; the same for one StudyDate (``study_dates``: a day's instances);
 - an HRESCH lookup by pseudonym through the pseudonym index (``find_pseudonymised``);
 - the lookup every ingest makes of the patient's Consents (``consent_versions_for_patient``;
   the store holds a Consent per patient) and the OR with the access-facts columns it replaced,
@@ -70,7 +70,8 @@ def fill(store: SqlRecordStore, n: int) -> list[dict[str, Any]]:
     rows = [{"sop_instance_uid": f"2.25.{uuid.uuid4().int}", "study_instance_uid": f"2.25.{uuid.uuid4().int}",
              "series_instance_uid": f"2.25.{uuid.uuid4().int}", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.7",
              "modality": "OT", "record_type": "Media", "record_id": str(uuid.uuid4()), "patient_system": SYSTEM,
-             "patient_value": f"MRN-{i}", "blob_sha256": None, "study_date": None, "created": now}
+             "patient_value": f"MRN-{i}", "blob_sha256": None,
+             "study_date": f"2024{1 + i % 12:02d}{1 + i % 28:02d}", "created": now}
             for i in range(n)]
     records = [{"resource_type": "Media", "id": r["record_id"], "version_id": 1, "last_updated": now,
                 "patient_system": SYSTEM, "patient_value": r["patient_value"], "json": {"resourceType": "Media"},
@@ -130,6 +131,9 @@ def run(store: SqlRecordStore, n: int) -> int:
     patient = str(target["patient_value"])
     qido_index = timed(lambda: store.search_dicom_instances(patient_value=patient), repeat=20)
     qido_scan = timed(lambda: [i for i in store.search_dicom_instances() if i.patient.value == patient], repeat=3)
+    day = str(target["study_date"])
+    qido_date = timed(lambda: store.search_dicom_instances(study_dates=(day, day)), repeat=20)
+    qido_date_scan = timed(lambda: [i for i in store.search_dicom_instances() if i.study_date == day], repeat=3)
     pseudonym = pseudonyms.of(Identifier(system=SYSTEM, value=patient))
     assert store.find_pseudonymised([pseudonym]) == [Identifier(system=SYSTEM, value=patient)]
     hresch = timed(lambda: store.find_pseudonymised([pseudonym]), repeat=20)
@@ -174,9 +178,11 @@ def run(store: SqlRecordStore, n: int) -> int:
                      ("TRAIN lookup by mapped SOP UID: load all + hash each", by_scan),
                      ("QIDO by PatientID: index", qido_index),
                      ("QIDO by PatientID: load all", qido_scan),
+                     ("QIDO by StudyDate (one day): index", qido_date),
+                     ("QIDO by StudyDate (one day): load all", qido_date_scan),
                      ("HRESCH lookup by pseudonym: index", hresch),
-                     ("ingest's Consents of the patient: index", consents),
-                     ("ingest's Consents of the patient: OR, as before", consents_before),
+                     ("ingest's Consents of the patient: as the store reads them", consents),
+                     ("ingest's Consents: one OR (PostgreSQL's plan; SQLite's before)", consents_before),
                      ("Media?patient=Patient/n: index", reference_ms),
                      ("Media?patient=Patient/n: walking every Media, as before", reference_before),
                      ("Media?identifier=<SOP UID>: index", identifier_ms),
@@ -184,7 +190,7 @@ def run(store: SqlRecordStore, n: int) -> int:
         print(f"{what:60} {ms:10.2f}")
     print(f"RESULT n={n} rebuild_ms={rebuild:.1f} index_ms={by_index:.2f} scan_ms={by_scan:.1f} "
           f"qido_index_ms={qido_index:.2f} qido_scan_ms={qido_scan:.1f} pseudonym_ms={hresch:.2f} "
-          f"consents_ms={consents:.2f} consents_or_ms={consents_before:.1f} reference_ms={reference_ms:.2f} "
+          f"qido_date_ms={qido_date:.2f} qido_date_scan_ms={qido_date_scan:.1f} consents_ms={consents:.2f} consents_or_ms={consents_before:.1f} reference_ms={reference_ms:.2f} "
           f"reference_before_ms={reference_before:.1f} identifier_ms={identifier_ms:.2f} "
           f"identifier_before_ms={identifier_before:.1f}")
     return 0

@@ -283,18 +283,23 @@ class ScopedReader:
         return self._store.find_pseudonymised(pseudonyms)
 
     def _dicom_candidates(self, release: DicomRelease, *, study: str | None = None, series: str | None = None,
-                          sop_instance: str | None = None, patient_id: str | None = None) -> list[DicomInstance]:
+                          sop_instance: str | None = None, patient_id: str | None = None,
+                          study_dates: tuple[str | None, str | None] | None = None) -> list[DicomInstance]:
         """Instances whose released UIDs are the given ones (all when none is given). The
         mapped UIDs of a restricted view cannot be reversed: they are looked up in their index
         (adapter.services.released_uids), and what it finds is checked against the key.
         ``patient_id``: an exact PatientID, which narrows the full view (there PatientID is the
         identifier's value, adapter.services.dicom_objects.DicomRelease.patient); the
-        restricted views show none or a pseudonym, so it is matched afterwards there."""
+        restricted views show none or a pseudonym, so it is matched afterwards there.
+        ``study_dates``: a StudyDate range, for the views that show the stored dates (not
+        DEIDENTIFIED, which shows none); in the others it is matched afterwards too."""
+        if release.view is View.DEIDENTIFIED:
+            study_dates = None
         if release.view is View.FULL:
             return self._store.search_dicom_instances(study=study, series=series, sop_instance=sop_instance,
-                                                      patient_value=patient_id)
+                                                      patient_value=patient_id, study_dates=study_dates)
         if study is None and series is None and sop_instance is None:
-            return self._store.search_dicom_instances()
+            return self._store.search_dicom_instances(study_dates=study_dates)
         wanted = [(uid, attr) for uid, attr in ((study, "study_instance_uid"), (series, "series_instance_uid"),
                                                 (sop_instance, "sop_instance_uid")) if uid is not None]
         found = self._store.search_released_dicom_instances(release.view.value, study=study, series=series,
@@ -391,16 +396,20 @@ class ScopedReader:
         release = self._purpose_release()
         exact_patient = query.patient_id if query.patient_id and not any(c in query.patient_id for c in "*?") \
             else None
+        # StudyDate is the stored one in the views that show dates: matched by the store's index
+        # (match_level below checks it again, as every key)
+        dates = (query.study_date.start, query.study_date.end) if query.study_date is not None else None
         if release.view is View.DEIDENTIFIED and (query.patient_id is not None or query.study_date is not None):
             candidates = []  # the view shows no PatientID and no dates: nothing can match, nothing to load
         elif release.view is View.PSEUDONYMISED and exact_patient is not None:
             # the pseudonym the view shows as PatientID: looked up, not computed for every instance
             candidates = [i for p in self._pseudonymised([exact_patient])
-                          for i in self._store.search_dicom_instances(patient=p)]
+                          for i in self._store.search_dicom_instances(patient=p, study_dates=dates)]
         else:
             candidates = self._dicom_candidates(
                 release, study=query.study_uids[0] if len(query.study_uids) == 1 else None,
-                series=query.series_uids[0] if len(query.series_uids) == 1 else None, patient_id=exact_patient)
+                series=query.series_uids[0] if len(query.series_uids) == 1 else None, patient_id=exact_patient,
+                study_dates=dates)
         entries = {id(i): release.entry(i) for i in candidates}
         matched_ids = {id(e) for e in match_level(level, query, entries.values())}
         matched = [i for i in candidates if id(entries[id(i)]) in matched_ids]

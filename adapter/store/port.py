@@ -124,8 +124,11 @@ class RecordStore(Protocol):
 
     def search_dicom_instances(self, *, study: str | None = None, series: str | None = None,
                                sop_instance: str | None = None, patient: Identifier | None = None,
-                               patient_value: str | None = None, modality: str | None = None) -> list[DicomInstance]:
-        """AND of the criteria (``patient_value``: in any system); ordered by study, series, created."""
+                               patient_value: str | None = None, modality: str | None = None,
+                               study_dates: tuple[str | None, str | None] | None = None) -> list[DicomInstance]:
+        """AND of the criteria (``patient_value``: in any system; ``study_dates``: an inclusive
+        YYYYMMDD range, open where None, never matching an instance without a StudyDate);
+        ordered by study, series, created."""
 
     def search_released_dicom_instances(self, view: str, *, study: str | None = None,
                                         series: str | None = None,

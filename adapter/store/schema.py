@@ -43,7 +43,8 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 4: dicom_released_uids and dicom_uid_spaces (the UIDs of the restricted views, indexed).
 #: 5: an index of dicom_instances by patient identifier value (QIDO-RS by PatientID).
 #: 6: patient_pseudonyms; key_fingerprints replaces dicom_uid_spaces (for both derived indexes).
-SCHEMA_VERSION = 6
+#: 7: an index of dicom_instances by StudyDate (QIDO-RS by date or date range).
+SCHEMA_VERSION = 7
 
 
 class EncodedJson(str):
@@ -191,6 +192,7 @@ dicom_instances = Table(
     Index("ix_dicom_instances_series", "series_instance_uid"),
     Index("ix_dicom_instances_patient", "patient_system", "patient_value"),
     Index("ix_dicom_instances_patient_value", "patient_value"),
+    Index("ix_dicom_instances_study_date", "study_date"),
     Index("ix_dicom_instances_record", "record_type", "record_id"),
 )
 
@@ -263,7 +265,8 @@ def _migrate(conn: Connection, found: int) -> None:
     (SqlRecordStore.index_released_uids finds no fingerprint);
     4 → 5 adds an index to an existing table (``create_all`` creates indexes only with new tables);
     5 → 6 adds tables (patient_pseudonyms, key_fingerprints) and drops dicom_uid_spaces, whose
-    fingerprint moved to key_fingerprints (the released-UID index is rebuilt once at start).
+    fingerprint moved to key_fingerprints (the released-UID index is rebuilt once at start);
+    6 → 7 adds an index to an existing table.
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -287,6 +290,7 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str], ...]] = {
 #: The indexes each version adds to an existing table.
 _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
     5: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_patient_value"),
+    7: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_study_date"),
 }
 
 

@@ -569,6 +569,10 @@ def test_hresch_gets_the_pseudonym_the_fhir_view_shows(adapter: tuple[FhirClient
     # the client matches on the pseudonym, not on the real PatientID
     assert len(qido(client, "studies", HRESCH, PatientID=pseudonym["value"])) == 1
     assert qido(client, "studies", HRESCH, PatientID=PATIENT["value"]) == []
+    # HRESCH keeps dates: StudyDate matches through the store's date index, as under TREAT
+    assert len(qido(client, "studies", HRESCH, StudyDate=vl.StudyDate)) == 1
+    assert len(qido(client, "studies", HRESCH, StudyDate=f"-{vl.StudyDate}", PatientID=pseudonym["value"])) == 1
+    assert qido(client, "studies", HRESCH, StudyDate="19000101-19001231") == []
     # a received object and a photo posted over HTTP: both carry the FHIR view's pseudonym
     assert post_photo(client, WOUND, metadata()).status_code == 201
     instances = qido(client, "instances", HRESCH)

@@ -796,6 +796,37 @@ def test_search_dicom_instances(store: SqlRecordStore) -> None:
     assert found == made["b"]
 
 
+def test_search_dicom_instances_by_study_date(store: SqlRecordStore) -> None:
+    """QIDO-RS StudyDate (PS3.4 C.2.2.2.5): one date, or a range open at either end, inclusive; an
+    instance without a StudyDate never matches. Through ix_dicom_instances_study_date."""
+    made = {name: make_instance(study_date=date) for name, date in
+            (("jan", "20240105"), ("feb", "20240201"), ("mar", "20240331"), ("none", None))}
+    for instance in made.values():
+        store.save_ingest(make_dicom_unit(instance))
+    name = {i.sop_instance_uid: n for n, i in made.items()}
+
+    def search(start: str | None, end: str | None) -> list[str]:
+        return sorted(name[i.sop_instance_uid] for i in store.search_dicom_instances(study_dates=(start, end)))
+
+    assert search("20240201", "20240201") == ["feb"]
+    assert search("20240105", "20240331") == ["feb", "jan", "mar"]
+    assert search("20240106", None) == ["feb", "mar"]
+    assert search(None, "20240201") == ["feb", "jan"]
+    assert search(None, None) == ["feb", "jan", "mar"]
+    assert search("20250101", None) == []
+    assert sorted(name[i.sop_instance_uid] for i in store.search_dicom_instances()) == ["feb", "jan", "mar", "none"]
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *rest: statements.append(statement))
+    store.search_dicom_instances(study_dates=("20240101", "20240131"))
+    [query] = [s for s in statements if "dicom_instances" in s]
+    if store.engine.dialect.name == "sqlite":
+        with store.engine.connect() as conn:
+            plan = " | ".join(str(row[3]) for row in conn.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {query}", ("20240101", "20240131")))
+        assert "ix_dicom_instances_study_date (study_date>? AND study_date<?)" in plan, plan
+
+
 def released(uid: str, key: str = "k1") -> str:
     """A stand-in for a keyed UID mapping (the store only keeps what it is given)."""
     return f"2.25.{int.from_bytes(uuid.uuid5(uuid.NAMESPACE_OID, key + uid).bytes, 'big')}"
@@ -1089,7 +1120,8 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
 
 def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
     """4 → 5 adds an index to a table that exists; 5 → 6 adds the pseudonym and fingerprint
-    tables and drops dicom_uid_spaces (the released-UID index is then rebuilt once)."""
+    tables and drops dicom_uid_spaces (the released-UID index is then rebuilt once); 6 → 7 adds
+    another index."""
     store = open_records()
     instance = make_instance()
     unit = make_dicom_unit(instance)
@@ -1097,6 +1129,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
     store.save_ingest(unit)
     with store.engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_patient_value"))
+        conn.execute(sa.text("DROP INDEX ix_dicom_instances_study_date"))
         conn.execute(sa.text("DROP TABLE key_fingerprints"))
         conn.execute(sa.text("DROP TABLE patient_pseudonyms"))
         conn.execute(sa.text("CREATE TABLE dicom_uid_spaces (name VARCHAR(16) PRIMARY KEY, fingerprint VARCHAR(64))"))
@@ -1108,8 +1141,8 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 6
-    assert "ix_dicom_instances_patient_value" in names
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 7
+    assert {"ix_dicom_instances_patient_value", "ix_dicom_instances_study_date"} <= names
     assert {"key_fingerprints", "patient_pseudonyms"} <= tables and "dicom_uid_spaces" not in tables
     assert upgraded.index_released_uids("fp", released_rows) == 1  # the fingerprint went with the old table
     assert upgraded.index_pseudonyms("pk", lambda p: f"ps-{p.value}") == 1
