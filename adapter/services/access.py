@@ -12,7 +12,7 @@ import base64
 import functools
 import heapq
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,6 +33,9 @@ from adapter.model.purpose import RequestContext
 from adapter.model.record import AccessFacts, IndexRow, StoredResource
 from adapter.services.audit import Auditor
 from adapter.services.dicom_objects import (
+    INSTANCE,
+    SERIES,
+    STUDY,
     DicomEntry,
     DicomQuery,
     DicomRelease,
@@ -106,6 +109,34 @@ def consent_facts(resource_id: str, resource: dict[str, Any]) -> AccessFacts | N
     return AccessFacts(governed_by=f"Consent/{resource_id}",
                        patient=Identifier(system=ident["system"], value=ident["value"]),
                        kind=PhotoKind.DOCUMENT, source=PhotoSource.CLINICIAN)
+
+
+#: What one QIDO-RS result is, per level: a study, a series, an instance.
+_RESULT_KEYS: dict[str, Callable[[DicomEntry], Any]] = {
+    STUDY: lambda e: e.study_instance_uid,
+    SERIES: lambda e: (e.study_instance_uid, e.series_instance_uid),
+    INSTANCE: lambda e: e.sop_instance_uid,
+}
+
+
+def _whole_studies(batches: Iterable[list[DicomInstance]]) -> Iterator[list[DicomInstance]]:
+    """The instances of ``batches`` (ordered by study) regrouped so that no study is split
+    between two lists: a batch's last study waits for the next batch (a study is matched and
+    counted whole: ModalitiesInStudy, NumberOfStudyRelatedInstances)."""
+    held: list[DicomInstance] = []
+    for batch in batches:
+        chunk = held + batch
+        if not chunk:
+            continue
+        last = chunk[-1].study_instance_uid
+        cut = len(chunk)
+        while cut > 0 and chunk[cut - 1].study_instance_uid == last:
+            cut -= 1
+        held = chunk[cut:]
+        if cut:
+            yield chunk[:cut]
+    if held:
+        yield held
 
 
 class ScopedReader:
@@ -389,27 +420,69 @@ class ScopedReader:
                 return self._dicom_content(instance, record, decision)
         raise NotFound(f"Binary/{id} has no DICOM object")
 
-    def search_dicom(self, level: str, query: DicomQuery) -> list[DicomEntry]:
+    def search_dicom(self, level: str, query: DicomQuery, *, offset: int = 0,
+                     limit: int | None = None) -> list[DicomEntry]:
         """QIDO-RS: the permitted instances making up the matching studies, series or instances
         (adapter.services.dicom_objects.match_level), as the purpose's view shows them; the
-        others are left out and not counted. One audit event for the search."""
+        others are left out and not counted. ``offset``/``limit`` count results at ``level``
+        (studies, series or instances): the instances of results ``offset`` to ``offset +
+        limit`` come back. One audit event for the search, naming what is returned.
+
+        The candidates are read a batch of whole studies at a time, matched and decided, until
+        the page is complete: a page of a large store costs the studies up to it, not the store
+        (every instance, every record loaded and decided, as before)."""
         release = self._purpose_release()
         exact_patient = query.patient_id if query.patient_id and not any(c in query.patient_id for c in "*?") \
             else None
         # StudyDate is the stored one in the views that show dates: matched by the store's index
         # (match_level below checks it again, as every key)
         dates = (query.study_date.start, query.study_date.end) if query.study_date is not None else None
+        batches: Iterable[list[DicomInstance]]
         if release.view is View.DEIDENTIFIED and (query.patient_id is not None or query.study_date is not None):
-            candidates = []  # the view shows no PatientID and no dates: nothing can match, nothing to load
+            batches = ()  # the view shows no PatientID and no dates: nothing can match, nothing to load
         elif release.view is View.PSEUDONYMISED and exact_patient is not None:
             # the pseudonym the view shows as PatientID: looked up, not computed for every instance
-            candidates = [i for p in self._pseudonymised([exact_patient])
-                          for i in self._store.search_dicom_instances(patient=p, study_dates=dates)]
+            batches = [[i for p in self._pseudonymised([exact_patient])
+                        for i in self._store.search_dicom_instances(patient=p, study_dates=dates)]]
+        elif len(query.study_uids) != 1 and len(query.series_uids) != 1:
+            # no one study or series to look up: every instance (of the PatientID, of the dates
+            # where the view shows them), streamed
+            batches = self._store.iter_dicom_instances(
+                study_dates=None if release.view is View.DEIDENTIFIED else dates,
+                patient_value=exact_patient if release.view is View.FULL else None)
         else:
-            candidates = self._dicom_candidates(
+            batches = [self._dicom_candidates(
                 release, study=query.study_uids[0] if len(query.study_uids) == 1 else None,
                 series=query.series_uids[0] if len(query.series_uids) == 1 else None, patient_id=exact_patient,
-                study_dates=dates)
+                study_dates=dates)]
+        key = _RESULT_KEYS[level]
+        results: dict[Any, list[DicomEntry]] = {}  # result key -> its instances, in order
+        wanted = None if limit is None else offset + limit
+        withheld = 0
+        try:
+            for studies in _whole_studies(batches):
+                permitted, held = self._qido_permitted(release, level, query, studies)
+                withheld += held
+                for entry in permitted:
+                    results.setdefault(key(entry), []).append(entry)
+                if wanted is not None and len(results) >= wanted:
+                    break  # whole studies so far: every result up to here is complete
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # a streamed read stopped early ends here
+        page = list(results.values())[offset:None if limit is None else offset + limit]
+        result = [entry for members in page for entry in members]
+        self._auditor.record(
+            self.ctx, interaction="search-type", action="E", decision=None,
+            entities=sorted({e.record for e in result}), patient=None,
+            reason=f"{len(result)} instances permitted, {withheld} withheld")
+        return result
+
+    def _qido_permitted(self, release: DicomRelease, level: str, query: DicomQuery,
+                        candidates: Sequence[DicomInstance]) -> tuple[list[DicomEntry], int]:
+        """The permitted entries making up matching results among ``candidates`` (whole
+        studies), and how many matching instances were withheld."""
         entries = {id(i): release.entry(i) for i in candidates}
         matched_ids = {id(e) for e in match_level(level, query, entries.values())}
         matched = [i for i in candidates if id(entries[id(i)]) in matched_ids]
@@ -420,9 +493,5 @@ class ScopedReader:
                 permitted.append(entries[id(instance)])
             else:
                 withheld += 1
-        result = match_level(level, query, permitted)  # again: a withheld instance may have made the match
-        self._auditor.record(
-            self.ctx, interaction="search-type", action="E", decision=None,
-            entities=sorted({e.record for e in result}), patient=None,
-            reason=f"{len(result)} instances permitted, {withheld} withheld")
-        return result
+        # again: a withheld instance may have made the match
+        return match_level(level, query, permitted), withheld

@@ -130,6 +130,12 @@ class RecordStore(Protocol):
         YYYYMMDD range, open where None, never matching an instance without a StudyDate);
         ordered by study, series, created."""
 
+    def iter_dicom_instances(self, *, batch: int = 500, patient_value: str | None = None,
+                             modality: str | None = None, study_dates: tuple[str | None, str | None] | None = None,
+                             ) -> Iterator[list[DicomInstance]]:
+        """search_dicom_instances in lists of at most ``batch``, streamed (bounded memory; a
+        reader may stop early and close the generator)."""
+
     def search_released_dicom_instances(self, view: str, *, study: str | None = None,
                                         series: str | None = None,
                                         sop_instance: str | None = None) -> list[DicomInstance]:

@@ -155,6 +155,29 @@ def patient_consents(patient: Identifier, *columns: Any, dialect: str = "sqlite"
         .order_by(keys.c.last_updated, keys.c.id)
 
 
+def _dicom_search(*, study: str | None = None, series: str | None = None, sop_instance: str | None = None,
+                  patient: Identifier | None = None, patient_value: str | None = None, modality: str | None = None,
+                  study_dates: tuple[str | None, str | None] | None = None) -> Select[Any]:
+    """The instances matching the criteria of SqlRecordStore.search_dicom_instances."""
+    where = _equal((_d.patient_value, patient_value), (_d.study_instance_uid, study),
+                   (_d.series_instance_uid, series), (_d.sop_instance_uid, sop_instance), (_d.modality, modality))
+    if patient is not None:
+        where.append(and_(_d.patient_system == patient.system, _d.patient_value == patient.value))
+    if study_dates is not None:
+        start, end = study_dates
+        where.append(_d.study_date.is_not(None))
+        if start is not None:
+            where.append(_d.study_date >= start)
+        if end is not None:
+            where.append(_d.study_date <= end)
+    return select(dicom_instances).where(*where)
+
+
+def _dicom_ordered(statement: Select[Any]) -> Select[Any]:
+    """By study, series, created (then SOP Instance UID): a study's instances together."""
+    return statement.order_by(_d.study_instance_uid, _d.series_instance_uid, _d.created, _d.sop_instance_uid)
+
+
 class SqlRecordStore:
     """RecordStore on ``sqlite:///<file>`` or ``postgresql+psycopg://…``; safe to share between
     threads (one pooled connection per operation).
@@ -399,25 +422,27 @@ class SqlRecordStore:
         """AND of the given criteria (exact matches; ``patient_value``: the identifier's value in
         any system; ``study_dates``: an inclusive YYYYMMDD range, open where None, which an
         instance without a StudyDate never matches); ordered by study, series, created."""
-        where = _equal((_d.patient_value, patient_value), (_d.study_instance_uid, study),
-                       (_d.series_instance_uid, series), (_d.sop_instance_uid, sop_instance),
-                       (_d.modality, modality))
-        if patient is not None:
-            where.append(and_(_d.patient_system == patient.system, _d.patient_value == patient.value))
-        if study_dates is not None:
-            start, end = study_dates
-            where.append(_d.study_date.is_not(None))
-            if start is not None:
-                where.append(_d.study_date >= start)
-            if end is not None:
-                where.append(_d.study_date <= end)
-        return self._dicom_instances(select(dicom_instances).where(*where))
+        return self._dicom_instances(_dicom_search(study=study, series=series, sop_instance=sop_instance,
+                                                   patient=patient, patient_value=patient_value, modality=modality,
+                                                   study_dates=study_dates))
+
+    def iter_dicom_instances(self, *, batch: int = _GET_MANY_CHUNK, patient_value: str | None = None,
+                             modality: str | None = None, study_dates: tuple[str | None, str | None] | None = None,
+                             ) -> Iterator[list[DicomInstance]]:
+        """:meth:`search_dicom_instances`, in lists of at most ``batch`` instances, read from one
+        streamed result: memory stays bounded whatever the number of instances, and a reader that
+        has what it needs stops early (closing the generator ends the read)."""
+        statement = _dicom_ordered(_dicom_search(patient_value=patient_value, modality=modality,
+                                                 study_dates=study_dates))
+        with self._read() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(statement)
+            for rows in result.mappings().partitions(batch):
+                yield [dicom_instance_from(row) for row in rows]
 
     def _dicom_instances(self, statement: Select[Any]) -> list[DicomInstance]:
         """The instances ``statement`` selects, ordered by study, series, created."""
-        ordered = statement.order_by(_d.study_instance_uid, _d.series_instance_uid, _d.created, _d.sop_instance_uid)
         with self._read() as conn:
-            return [dicom_instance_from(row) for row in conn.execute(ordered).mappings()]
+            return [dicom_instance_from(row) for row in conn.execute(_dicom_ordered(statement)).mappings()]
 
     def search_released_dicom_instances(self, view: str, *, study: str | None = None,
                                         series: str | None = None,

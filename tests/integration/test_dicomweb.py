@@ -720,6 +720,53 @@ def test_qido_levels_keys_and_counts_follow_the_decision(adapter: tuple[FhirClie
     assert len(qido(client, "instances", TREAT)) == 3
 
 
+def test_qido_pages_count_results_at_their_level_and_read_only_what_they_need(
+        adapter: tuple[FhirClient, Services], monkeypatch: pytest.MonkeyPatch) -> None:
+    """limit/offset count studies, series or instances as the level asks, after the decision
+    (a withheld study takes no place on a page), and a page reads the store's instances only up
+    to its last study: a batch at a time, stopping there (not every instance and record)."""
+    client, services = adapter
+    objects = []
+    for n in range(5):
+        study = generate_uid(prefix="2.25.")
+        objects += [received(record_id=f"rec-{n}-{k}", StudyInstanceUID=study) for k in range(2)]
+    theirs = received(record_id="rec-theirs", StudyInstanceUID=generate_uid(prefix="2.25."), PatientID="MRN-0002",
+                      PatientName="Roe^Rick")
+    assert stow(client, *objects[:6], theirs, *objects[6:]).status_code == 200
+    every_study = [value(s, "0020000D") for s in qido(client, "studies")]
+    assert len(every_study) == 6
+    paged = [s for start in (0, 2, 4) for s in qido(client, "studies", limit="2", offset=str(start))]
+    assert [value(s, "0020000D") for s in paged] == every_study
+    assert all(value(s, "00201208") == (1 if value(s, "0020000D") == theirs.StudyInstanceUID else 2) for s in paged)
+    every_series = [value(s, "0020000E") for s in qido(client, "series")]
+    assert len(every_series) == 11
+    assert [value(s, "0020000E") for s in qido(client, "series", limit="3", offset="4")] == every_series[4:7]
+    every_instance = [value(i, "00080018") for i in qido(client, "instances")]
+    assert [value(i, "00080018") for i in qido(client, "instances", limit="3", offset="5")] == every_instance[5:8]
+    assert qido(client, "studies", offset="6") == []
+    # under TRAIN (consent for MRN-0001 only) the other patient's study is left out, not counted
+    add_consent(client, ["TRAIN"])
+    train = [value(s, "0020000D") for s in qido(client, "studies", TRAIN)]
+    assert len(train) == 5
+    assert [value(s, "0020000D") for s in qido(client, "studies", TRAIN, limit="2", offset="2")] == train[2:4]
+    # a page stops reading at its last study (batches of 2 instances here)
+    store = services.store
+    original = store.iter_dicom_instances
+    read: list[int] = []
+
+    def counted(**kwargs: Any) -> Iterator[list[Any]]:
+        for batch in original(**{**kwargs, "batch": 2}):
+            read.append(len(batch))
+            yield batch
+
+    monkeypatch.setattr(store, "iter_dicom_instances", counted)
+    [first] = qido(client, "studies", limit="1")
+    assert value(first, "0020000D") == every_study[0] and value(first, "00201208") == 2
+    assert 0 < sum(read) <= 4  # the first study, and the batch that showed it was whole (of 11 instances)
+    events = services.store.list_audit(1)
+    assert len([e for e in events[0]["entity"] if e["what"].get("reference", "").startswith("Media/")]) == 2
+
+
 def test_a_study_retrieve_leaves_out_what_is_not_permitted(adapter: tuple[FhirClient, Services]) -> None:
     """Two patients' objects in one study UID: TRAIN consent for one patient only returns that one."""
     client, _ = adapter

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -353,10 +354,9 @@ async def _search(request: Request, reader: Any, services: Services, accept: str
     if refusal:
         return _not_acceptable(refusal)
     query, limit, offset = _query(level, list(request.query_params.multi_items()), **fixed)
-    entries = await run_in_threadpool(reader.search_dicom, level, query)
+    entries = await run_in_threadpool(partial(reader.search_dicom, level, query, offset=offset, limit=limit))
     render = {STUDY: _studies, SERIES: _series, INSTANCE: _instances}[level]
-    results = render(request, services, entries)
-    return _json(results[offset:offset + limit])
+    return _json(render(request, services, entries))
 
 
 @router.get("/studies")
