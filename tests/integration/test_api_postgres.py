@@ -57,6 +57,19 @@ def test_ingest_and_purpose_checked_reads_on_postgresql(tmp_path: Path, pg_url: 
         assert again.json() == receipt
         with services.store.engine.connect() as conn:  # type: ignore[attr-defined]
             assert conn.execute(text("SELECT COUNT(*) FROM resources")).scalar_one() == 5
+        # QIDO-RS streams the instances from PostgreSQL (a server-side cursor) and pages them
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata(patient={"system": PATIENT["system"],
+                                                                             "value": "MRN-0002"}))
+        for path in ("studies", "series", "instances"):
+            every = client.get(f"/dicomweb/{path}", headers=as_purpose("TREAT")).json()
+            assert len(every) == 2
+            page = client.get(f"/dicomweb/{path}?limit=1&offset=1", headers=as_purpose("TREAT")).json()
+            assert page == every[1:]
+        studies = client.get("/dicomweb/studies", headers=as_purpose("TREAT")).json()
+        day = studies[0]["00080020"]["Value"][0]
+        on_day = client.get(f"/dicomweb/studies?StudyDate={day}", headers=as_purpose("TREAT")).json()
+        assert [s["0020000D"] for s in on_day] == [s["0020000D"] for s in studies if s["00080020"]["Value"][0] == day]
+        assert client.get("/dicomweb/studies?StudyDate=19000101", headers=as_purpose("TREAT")).json() == []
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
