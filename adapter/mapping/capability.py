@@ -79,12 +79,15 @@ _DOCUMENTATION = {
     "Provenance": "Where a photo came from (colleagues, external clinicians, the patient).",
 }
 _INTERACTIONS = {
-    "Media": ("read", "search-type"),
-    "DocumentReference": ("read", "search-type"),
-    "Binary": ("read",),
-    "Consent": ("read", "search-type", "create", "update"),
-    "Provenance": ("read", "search-type"),
+    "Media": ("read", "vread", "search-type"),
+    "DocumentReference": ("read", "vread", "search-type"),
+    "Binary": ("read", "vread"),
+    "Consent": ("read", "vread", "search-type", "create", "update"),
+    "Provenance": ("read", "vread", "search-type"),
 }
+#: Every resource carries meta.versionId and an ETag; a Consent update honours If-Match, and its
+#: past versions are served by vread (the others are never updated: one version each).
+_VERSIONING = {"Consent": "versioned-update"}
 
 
 def _resource(resource_type: str) -> JSON:
@@ -93,8 +96,8 @@ def _resource(resource_type: str) -> JSON:
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
         "documentation": _DOCUMENTATION[resource_type],
         "interaction": [{"code": code} for code in _INTERACTIONS[resource_type]],
-        "versioning": "no-version",
-        "readHistory": False,
+        "versioning": _VERSIONING.get(resource_type, "versioned"),
+        "readHistory": resource_type in _VERSIONING,
     }
     params = SEARCH_PARAMS.get(resource_type)
     if params:

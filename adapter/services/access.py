@@ -210,6 +210,34 @@ class ScopedReader:
             raise Forbidden(_DENIED)
         return ReadResult(resource=self._render(stored, decision), decision=decision)
 
+    def current_version(self, resource_type: str, id: str) -> int:
+        """The current versionId (404 when unknown, as a read): no content, nothing decided."""
+        return self._load(resource_type, id).version_id
+
+    def read_version(self, resource_type: str, id: str, version_id: int) -> ReadResult:
+        """vread: one version of a resource, under the decision a read of it gets now. A past
+        version is rendered through the same view; a past Consent version naming another patient
+        must be permitted for that patient too (fail closed). Unknown version: 404."""
+        stored = self._load(resource_type, id)
+        facts = self._facts(resource_type, id, stored.facts, stored.resource)
+        document = stored.resource if version_id == stored.version_id else \
+            self._store.get_version(resource_type, id, version_id)
+        decision = self.decide(facts)
+        if document is not None and document is not stored.resource:
+            then = self._facts(resource_type, id, stored.facts, document)
+            if then != facts:
+                earlier = self.decide(then)
+                if not earlier.permitted:
+                    decision = earlier
+        self._auditor.record(self.ctx, interaction="vread", action="R", decision=decision,
+                             entities=[f"{resource_type}/{id}"], patient=facts.patient if facts else None)
+        if not decision.permitted:
+            raise Forbidden(_DENIED)
+        if document is None:
+            raise NotFound(f"{resource_type}/{id} has no version {version_id}")
+        return ReadResult(resource=render(document, decision, tables=self._tables, pseudonymizer=self._pseudonymizer),
+                          decision=decision)
+
     def read_binary(self, id: str) -> BinaryContent:
         """The image bytes of a Binary, under the decision of the record it belongs to
         (Binary.securityContext). The de-identified view gets image bytes with no metadata at

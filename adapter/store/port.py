@@ -87,6 +87,9 @@ class RecordStore(Protocol):
 
     def get(self, resource_type: str, id: str) -> StoredResource | None: ...
 
+    def get_version(self, resource_type: str, id: str, version_id: int) -> dict[str, Any] | None:
+        """The document of one version (current or past) as it was stored; None if there is none."""
+
     def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:
         """Resources in the order of ``ids``; missing ones are left out."""
 

@@ -359,6 +359,14 @@ class SqlRecordStore:
                 .mappings().first()
         return stored_from_row(row) if row is not None else None
 
+    def get_version(self, resource_type: str, id: str, version_id: int) -> dict[str, Any] | None:
+        """The document of one version (current or past) as it was stored; None if there is none."""
+        with self._read() as conn:
+            found = conn.execute(select(resource_history.c.json).where(
+                resource_history.c.resource_type == resource_type, resource_history.c.id == id,
+                resource_history.c.version_id == version_id)).scalar()
+        return found if isinstance(found, dict) else None
+
     def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:
         """Resources in the order of ``ids``; missing ones are left out."""
         wanted = list(dict.fromkeys(ids))

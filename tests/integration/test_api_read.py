@@ -360,3 +360,55 @@ def test_a_new_pseudonym_key_gives_new_pseudonyms_to_search_by(tmp_path: Path) -
         hresch = as_purpose("HRESCH")
         assert client.get(f"/fhir/Media?patient:identifier={new}", headers=hresch).json()["total"] == 1
         assert client.get(f"/fhir/Media?patient:identifier={old}", headers=hresch).json()["total"] == 0
+
+
+def test_vread_serves_every_version_specific_location(tmp_path: Path) -> None:
+    """Location headers and transaction-response locations name ``Type/id/_history/n``: a client
+    that follows them gets that version, under the same decision a read gets (FHIR vread), with
+    its ETag; a past Consent version comes from the history; an unknown version is 404."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        created = client.post("/fhir/Consent", json=consent_resource(["TREAT"]),
+                              headers={"Content-Type": "application/fhir+json"})
+        assert created.status_code == 201, created.text
+        location = created.headers["location"]
+        assert location.endswith(f"/fhir/Consent/{created.json()['id']}/_history/1")
+        first = client.get(location.split("testserver")[-1], headers=as_purpose("TREAT"))
+        assert first.status_code == 200, first.text
+        assert first.headers["etag"] == 'W/"1"' and first.json()["meta"]["versionId"] == "1"
+        consent = first.json()
+        consent["provision"]["purpose"].append(
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TRAIN"})
+        updated = client.put(f"/fhir/Consent/{consent['id']}", json=consent, headers={"If-Match": 'W/"1"'})
+        assert updated.status_code == 200, updated.text
+        base = f"/fhir/Consent/{consent['id']}/_history"
+        past = client.get(f"{base}/1", headers=as_purpose("TREAT")).json()
+        assert [p["code"] for p in past["provision"]["purpose"]] == ["TREAT"] and past["meta"]["versionId"] == "1"
+        now = client.get(f"{base}/2", headers=as_purpose("TREAT"))
+        assert now.headers["etag"] == 'W/"2"'
+        assert [p["code"] for p in now.json()["provision"]["purpose"]] == ["TREAT", "TRAIN"]
+        assert client.get(f"/fhir/Consent/{consent['id']}", headers=as_purpose("TREAT")).headers["etag"] == 'W/"2"'
+        for missing in ("3", "0", "x", "99999999999"):
+            r = client.get(f"{base}/{missing}", headers=as_purpose("TREAT"))
+            assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome", (missing, r.text)
+        # the records: their one version, under the purpose's decision, and 403 where a read is
+        record = receipt["record"]
+        assert client.get(f"/fhir/{record}/_history/1", headers=as_purpose("TREAT")).json()["id"] == record.split("/")[1]
+        assert client.get(f"/fhir/{record}/_history/2", headers=as_purpose("TREAT")).status_code == 404
+        refused = client.get(f"/fhir/{receipt['provenance']}/_history/1", headers=as_purpose("HRESCH"))
+        assert refused.status_code == 403 and PATIENT["value"] not in refused.text
+        assert client.get(f"/fhir/{record}/_history/1").status_code == 403  # no purpose: fail closed
+        image = client.get(f"/fhir/{receipt['binary']}/_history/1", headers={**as_purpose("TREAT"), "Accept": "image/jpeg"})
+        assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+        assert client.get(f"/fhir/{receipt['binary']}/_history/2", headers=as_purpose("TREAT")).status_code == 404
+        # the transaction response's locations are readable the same way
+        bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+        response = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+        assert response.status_code == 200, response.text
+        locations = [e["response"]["location"] for e in response.json()["entry"]]
+        assert locations and all("/_history/1" in loc for loc in locations)
+        for loc in locations:
+            r = client.get(f"/fhir/{loc}", headers={**as_purpose("TREAT"), "Accept": "application/fhir+json"})
+            assert r.status_code == 200 and r.headers["etag"] == 'W/"1"', (loc, r.text)
+        events = services.store.list_audit(20)
+        assert any(e["subtype"][0]["code"] == "vread" for e in events if e.get("subtype"))

@@ -113,15 +113,33 @@ async def update_consent(id: str, request: Request, services: ServicesDep, ctx: 
 @router.get("/{resource_type}/{id}")
 async def read(resource_type: str, id: str, reader: ReaderDep,
                accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _read(resource_type, id, reader, accept)
+
+
+@router.get("/{resource_type}/{id}/_history/{vid}")
+async def vread(resource_type: str, id: str, vid: str, reader: ReaderDep,
+                accept: Annotated[str | None, Header()] = None) -> Response:
+    """vread: the version-specific URL every Location and transaction-response location names.
+    Binary and the records are never updated (their one version is the current one); a Consent's
+    past versions are served from its history, under the decision a read gets now."""
+    if not vid.isdigit() or len(vid) > 9:
+        raise NotFound(f"{resource_type[:40]}/{id[:64]} has no version {vid[:20]}")
+    return await _read(resource_type, id, reader, accept, int(vid))
+
+
+async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
+                version_id: int | None = None) -> Response:
     version = fhir_version(accept)
     if resource_type == "Binary":
+        if version_id is not None and version_id != await run_in_threadpool(reader.current_version, "Binary", id):
+            raise NotFound(f"Binary/{id} has no version {version_id}")
         if accept and any(r.split(";")[0].strip().lower() == "application/dicom" for r in accept.split(",")):
             # the record's DICOM object, one application/dicom body, under the same decision
             dicom = await run_in_threadpool(reader.read_binary_dicom, id)
             return Response(content=dicom.data, media_type="application/dicom",
                             headers=_glass_headers(dicom.decision))
         content = await run_in_threadpool(reader.read_binary, id)
-        headers = _glass_headers(content.decision)
+        headers = {**_glass_headers(content.decision), **_etag(content.resource)}
         if wants_fhir_json(accept):
             return _out(content.resource, version, headers=headers)
         return Response(content=content.data, media_type=content.content_type, headers=headers)
@@ -129,14 +147,25 @@ async def read(resource_type: str, id: str, reader: ReaderDep,
         raise NotSupported(f"{resource_type[:40]} is not served here")
     if version == "5" and resource_type == "Media":
         raise NotFound("R5 has no Media; photos are DocumentReference in R5")
+
+    def read_one(rt: str) -> Any:
+        return reader.read(rt, id) if version_id is None else reader.read_version(rt, id, version_id)
+
     try:
-        result = await run_in_threadpool(reader.read, resource_type, id)
+        result = await run_in_threadpool(read_one, resource_type)
     except NotFound:
         if version == "5" and resource_type == "DocumentReference":
-            result = await run_in_threadpool(reader.read, "Media", id)
+            result = await run_in_threadpool(read_one, "Media")
         else:
             raise
-    return _out(_versioned(result.resource, version), version, headers=_glass_headers(result.decision))
+    headers = {**_glass_headers(result.decision), **_etag(result.resource)}
+    return _out(_versioned(result.resource, version), version, headers=headers)
+
+
+def _etag(resource: dict[str, Any]) -> dict[str, str]:
+    """The ETag of a read (FHIR http.html#versioning): W/"<meta.versionId>"."""
+    version_id = (resource.get("meta") or {}).get("versionId")
+    return {"ETag": f'W/"{version_id}"'} if version_id else {}
 
 
 @router.get("/{resource_type}")
