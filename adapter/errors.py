@@ -73,6 +73,11 @@ class NotSupported(AdapterError):
     issue_type = "not-supported"
 
 
+class NotAcceptable(NotSupported):
+    """A representation the adapter does not produce was asked for (HTTP 406): FHIR XML or
+    Turtle, say; it answers in FHIR JSON."""
+
+
 class UndecodableImage(InvalidInput):
     """Bytes that claim to be an image but do not decode."""
 
@@ -155,6 +160,7 @@ __all__ = [
     "ImageTooLarge",
     "InvalidInput",
     "InvalidResource",
+    "NotAcceptable",
     "NotFound",
     "NotSupported",
     "PayloadTooLarge",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from adapter.errors import NotSupported
+from adapter.errors import NotAcceptable, NotSupported
 
 
 def fhir_version(accept: str | None) -> Literal["4", "5"]:
@@ -36,3 +36,40 @@ def wants_fhir_json(accept: str | None) -> bool:
         return False
     a = accept.lower()
     return "fhir+json" in a or "application/json" in a
+
+
+#: What a FHIR JSON answer satisfies in an Accept header (http.html#mime-type).
+_JSON_RANGES = frozenset({"*/*", "application/*", "application/fhir+json", "application/json", "json"})
+#: FHIR's other representations, which this server does not produce.
+_OTHER_FHIR = ("xml", "turtle", "ttl", "rdf")
+
+
+def check_acceptable(accept: str | None, format_param: str | None = None, *, binary: bool = False) -> None:
+    """Raise NotAcceptable (406) when the client asks only for what this server does not produce.
+
+    ``_format`` (http.html#mime-type) overrides Accept: ``json`` or a JSON media type is fine,
+    ``xml``/``ttl`` and their media types are not. Accept: some listed range (q above 0) must be
+    FHIR JSON or a wildcard; for a Binary, whose read also answers with its own content (an image,
+    application/dicom), only a list of nothing but FHIR XML or Turtle is refused."""
+    if format_param is not None and format_param.strip():
+        # an unencoded "+" in a query string arrives as a space (application/fhir json)
+        wanted = format_param.split(";")[0].strip().lower().replace(" ", "+")
+        if wanted not in _JSON_RANGES:
+            raise NotAcceptable(f"_format {format_param[:40]!r}: this server answers in FHIR JSON only")
+    if not accept or not accept.strip():
+        return
+    ranges = []
+    for item in accept.split(","):
+        media, *params = item.split(";")
+        quality = next((p.split("=", 1)[1].strip() for p in params if p.strip().lower().startswith("q=")), "1")
+        if quality.rstrip("0").rstrip(".") in ("0", ""):
+            continue
+        ranges.append(media.strip().lower())
+    if not ranges:
+        return
+    if binary:
+        if all(any(word in media for word in _OTHER_FHIR) for media in ranges):
+            raise NotAcceptable("this server answers in FHIR JSON or the Binary's own content, not FHIR XML or Turtle")
+        return
+    if not any(media in _JSON_RANGES for media in ranges):
+        raise NotAcceptable(f"this server answers in application/fhir+json only, not {accept[:80]}")

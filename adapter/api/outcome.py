@@ -31,6 +31,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.ConsentRequired: 422,
     e.UnsupportedMediaType: 415,
     e.NotSupported: 400,
+    e.NotAcceptable: 406,
     e.ImageTooLarge: 422,
     e.PayloadTooLarge: 413,
     e.Forbidden: 403,

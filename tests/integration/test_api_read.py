@@ -412,3 +412,62 @@ def test_vread_serves_every_version_specific_location(tmp_path: Path) -> None:
             assert r.status_code == 200 and r.headers["etag"] == 'W/"1"', (loc, r.text)
         events = services.store.list_audit(20)
         assert any(e["subtype"][0]["code"] == "vread" for e in events if e.get("subtype"))
+
+
+def test_search_by_post_keeps_the_identifier_out_of_the_url(tmp_path: Path) -> None:
+    """FHIR search by POST (Type/_search, parameters form-encoded in the body, combined with any
+    in the URL): the same answer as the GET, under the same decision, without the patient's
+    identifier in the request line that proxies and servers log."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        _ingest(client, patient={"system": PATIENT["system"], "value": "MRN-0002"})
+        ident = f"{PATIENT['system']}|{PATIENT['value']}"
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        got = client.get(f"/fhir/Media?patient:identifier={ident}", headers=as_purpose("TREAT")).json()
+        posted = client.post("/fhir/Media/_search", content=f"patient:identifier={ident}".replace("|", "%7C"),
+                             headers={**as_purpose("TREAT"), **form})
+        assert posted.status_code == 200, posted.text
+        assert [e["resource"]["id"] for e in posted.json()["entry"]] == [e["resource"]["id"] for e in got["entry"]] \
+            == [receipt["record"].split("/")[1]]
+        combined = client.post("/fhir/Media/_search?_count=1", content="", headers={**as_purpose("TREAT"), **form})
+        assert combined.status_code == 200 and len(combined.json()["entry"]) == 1 and combined.json()["total"] == 2
+        # the same decision: TRAIN without consent finds nothing; no purpose is refused
+        train = client.post("/fhir/Media/_search", content="_count=10", headers={**as_purpose("TRAIN"), **form})
+        assert train.status_code == 200 and train.json()["total"] == 0
+        assert client.post("/fhir/Media/_search", content="_count=10", headers=form).status_code == 403
+        # refused: another body type, a malformed or oversized body, an unknown parameter
+        assert client.post("/fhir/Media/_search", json={"patient": "x"}, headers=as_purpose("TREAT")).status_code == 415
+        assert client.post("/fhir/Media/_search", content=b"\xff\xfe", headers={**as_purpose("TREAT"), **form}) \
+            .status_code == 422
+        assert client.post("/fhir/Media/_search", content="a=" + "x" * 70_000,
+                           headers={**as_purpose("TREAT"), **form}).status_code == 413
+        assert client.post("/fhir/Media/_search", content="nonsense=1",
+                           headers={**as_purpose("TREAT"), **form}).status_code == 422
+
+
+def test_only_fhir_json_is_produced_and_other_formats_get_406(tmp_path: Path) -> None:
+    """http.html#mime-type: the server answers in FHIR JSON; a client asking only for FHIR XML or
+    Turtle (Accept or _format, which overrides it) gets 406 with an OperationOutcome, not JSON it
+    did not ask for. JSON, wildcards and a browser's Accept are served; a Binary also answers
+    with its own content."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        record, binary = f"/fhir/{receipt['record']}", f"/fhir/{receipt['binary']}"
+        treat = as_purpose("TREAT")
+        browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        for url, accept in ((record, "application/fhir+json"), (record, "application/json"), (record, browser),
+                            (record, "application/fhir+xml;q=0.5, application/fhir+json"), ("/fhir/Media", "*/*"),
+                            (f"{record}?_format=json", None), (f"{record}?_format=application/fhir%2Bjson", None),
+                            (f"{binary}", "image/jpeg"), (f"{binary}", "application/fhir+json"),
+                            ("/fhir/metadata", "application/fhir+json")):
+            r = client.get(url, headers={**treat, **({"Accept": accept} if accept else {})})
+            assert r.status_code == 200, (url, accept, r.text[:200])
+        for url, accept in ((record, "application/fhir+xml"), (record, "application/xml"), (record, "text/turtle"),
+                            (record, "image/jpeg"), (f"{record}?_format=xml", None),
+                            (f"{record}?_format=ttl", "application/fhir+json"), ("/fhir/Media?_format=xml", None),
+                            ("/fhir/Media", "application/fhir+xml, application/json;q=0"),
+                            (binary, "application/fhir+xml"), ("/fhir/metadata?_format=xml", None),
+                            (f"{record}/_history/1", "application/fhir+xml")):
+            r = client.get(url, headers={**treat, **({"Accept": accept} if accept else {})})
+            assert r.status_code == 406, (url, accept, r.text[:200])
+            assert r.json()["resourceType"] == "OperationOutcome"

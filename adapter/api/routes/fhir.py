@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
 from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
-from adapter.api.negotiation import fhir_version, media_type, wants_fhir_json
+from adapter.api.negotiation import check_acceptable, fhir_version, media_type, wants_fhir_json
 from adapter.api.outcome import fhir_response
 from adapter.api.urls import absolute, base
 from adapter.errors import InvalidInput, NotFound, NotSupported, PayloadTooLarge, UnsupportedMediaType
@@ -68,6 +68,7 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
 @router.get("/metadata")
 async def metadata(request: Request, services: ServicesDep,
                    accept: Annotated[str | None, Header()] = None) -> Response:
+    check_acceptable(accept, request.query_params.get("_format"))
     version = fhir_version(accept)
     body = capability_statement(base_url=absolute(request, services, "fhir"),
                                 fhir_version="5.0.0" if version == "5" else "4.0.1",
@@ -112,23 +113,26 @@ async def update_consent(id: str, request: Request, services: ServicesDep, ctx: 
 
 @router.get("/{resource_type}/{id}")
 async def read(resource_type: str, id: str, reader: ReaderDep,
-               accept: Annotated[str | None, Header()] = None) -> Response:
-    return await _read(resource_type, id, reader, accept)
+               accept: Annotated[str | None, Header()] = None,
+               format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
+    return await _read(resource_type, id, reader, accept, format_=format_)
 
 
 @router.get("/{resource_type}/{id}/_history/{vid}")
 async def vread(resource_type: str, id: str, vid: str, reader: ReaderDep,
-                accept: Annotated[str | None, Header()] = None) -> Response:
+                accept: Annotated[str | None, Header()] = None,
+                format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
     """vread: the version-specific URL every Location and transaction-response location names.
     Binary and the records are never updated (their one version is the current one); a Consent's
     past versions are served from its history, under the decision a read gets now."""
     if not vid.isdigit() or len(vid) > 9:
         raise NotFound(f"{resource_type[:40]}/{id[:64]} has no version {vid[:20]}")
-    return await _read(resource_type, id, reader, accept, int(vid))
+    return await _read(resource_type, id, reader, accept, int(vid), format_=format_)
 
 
 async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
-                version_id: int | None = None) -> Response:
+                version_id: int | None = None, *, format_: str | None = None) -> Response:
+    check_acceptable(accept, format_, binary=resource_type == "Binary")
     version = fhir_version(accept)
     if resource_type == "Binary":
         if version_id is not None and version_id != await run_in_threadpool(reader.current_version, "Binary", id):
@@ -168,15 +172,47 @@ def _etag(resource: dict[str, Any]) -> dict[str, str]:
     return {"ETag": f'W/"{version_id}"'} if version_id else {}
 
 
+#: A form-encoded search body (POST _search) holds parameters, not documents.
+SEARCH_BODY_LIMIT = 64 * 1024
+
+
 @router.get("/{resource_type}")
 async def search(resource_type: str, request: Request, reader: ReaderDep, services: ServicesDep,
                  accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _search(resource_type, request, reader, services, accept, list(request.query_params.multi_items()))
+
+
+@router.post("/{resource_type}/_search")
+async def search_by_post(resource_type: str, request: Request, reader: ReaderDep, services: ServicesDep,
+                         accept: Annotated[str | None, Header()] = None) -> Response:
+    """Search with the parameters in an application/x-www-form-urlencoded body (and any in the
+    URL, combined), as FHIR's search by POST: a patient identifier then stays out of the URLs
+    that proxies and servers log. The links of the answer are GET URLs, as any search's."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType("a search by POST takes application/x-www-form-urlencoded parameters")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > SEARCH_BODY_LIMIT:
+            raise PayloadTooLarge(f"the search parameters are longer than {SEARCH_BODY_LIMIT} bytes")
+    try:
+        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
+                         max_num_fields=1000)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput("the body is not application/x-www-form-urlencoded search parameters") from exc
+    params = list(request.query_params.multi_items()) + form
+    return await _search(resource_type, request, reader, services, accept, params)
+
+
+async def _search(resource_type: str, request: Request, reader: Any, services: Any, accept: str | None,
+                  params: list[tuple[str, str]]) -> Response:
+    check_acceptable(accept, next((v for k, v in params if k == "_format"), None))
     version = fhir_version(accept)
     if resource_type not in R4_TYPES or resource_type == "Binary":
         raise NotSupported(f"search on {resource_type[:40]} is not supported")
     if version == "5" and resource_type == "Media":
         raise NotFound("R5 has no Media; search DocumentReference")
-    params = list(request.query_params.multi_items())
     req = parse_search(resource_type, params)
     types = ["DocumentReference", "Media"] if version == "5" and resource_type == "DocumentReference" \
         else [resource_type]
