@@ -55,7 +55,10 @@ _TYPE = _Param("type", "token", "Type code.")
 _CATEGORY = _Param("category", "token", "Category, e.g. `urn:clinical-image-adapter:photo-kind|clinical`.")
 _MODALITY = _Param("modality", "token", "Acquisition modality, e.g. `http://dicom.nema.org/resources/ontology/DCM|XC`.")
 _KIND = _Param("kind", "token", "Photo kind (local parameter): `clinical`, `secondary` or `document`.")
-_COMMON = (_ID, _PATIENT, _SUBJECT)
+_LAST_UPDATED = _Param("_lastUpdated", "date", "When the resource was stored or last changed (meta.lastUpdated), "
+                       "e.g. `_lastUpdated=gt2026-11-26T10:00:00Z` for what arrived since a sync. Not in the "
+                       "de-identified view (TRAIN), which shows no lastUpdated.")
+_COMMON = (_ID, _PATIENT, _SUBJECT, _LAST_UPDATED)
 
 #: Search parameters per resource type, as the search service accepts them
 #: (adapter.services.search_params); unknown parameters are refused with 400.

@@ -21,7 +21,7 @@ _IGNORED = {"_format", "_pretty", "_summary", "_elements"}
 TOTAL_MODES = ("none", "estimate", "accurate")
 _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 _DATE_RE = re.compile(
-    r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.\d+)?)?"
+    r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.(?P<f>\d+))?)?"
     r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 # resource type -> supported search parameters -> kind
@@ -34,7 +34,7 @@ _PARAMS: dict[str, dict[str, str]] = {
     "Consent": {"date": "date", "status": "status", "category": "token", "purpose": "token"},
     "Provenance": {"recorded": "date", "date": "date"},
 }
-_COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total"}
+_COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total", "_lastUpdated"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,12 @@ def _covered(m: re.Match[str]) -> tuple[datetime, datetime]:
     tz = UTC if m["tz"] in (None, "Z") else datetime.strptime(m["tz"].replace(":", ""), "%z").tzinfo
     start = datetime(y, mo, int(m["d"]), int(m["H"]), int(m["M"]), int(m["S"] or 0), tzinfo=tz)
     step = timedelta(seconds=1) if m["S"] is not None else timedelta(minutes=1)
+    if m["f"]:
+        # an instant to the millisecond (meta.lastUpdated) covers that millisecond: a sync asking
+        # for gt<the last instant it saw> must get what was stored later in the same second
+        digits = m["f"][:6]
+        start = start.replace(microsecond=int(digits.ljust(6, "0")))
+        step = timedelta(microseconds=10 ** (6 - len(digits)))
     return start.astimezone(UTC), (start + step).astimezone(UTC)
 
 
@@ -120,6 +126,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
     patients: list[Identifier] = []
     refs: list[str] = []
     dates: list[DateCriterion] = []
+    last_updated: list[DateCriterion] = []
     status: list[str] | None = None
     tokens: list[tuple[TokenCriterion, ...]] = []
     count, offset, total = DEFAULT_COUNT, 0, True
@@ -138,6 +145,10 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
             count = _int_param(name, value, 0, MAX_COUNT)
         elif base == "_offset":
             offset = _int_param(name, value, 0, 10**9)
+        elif base == "_lastUpdated":
+            if modifier:
+                raise NotSupported(f"modifier :{modifier[:20]} on _lastUpdated is not supported")
+            last_updated.append(parse_date_param(value))
         elif base == "_id":
             ids = [v for v in value.split(",") if v]
         elif base in ("patient", "subject"):
@@ -160,7 +171,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
         ids=tuple(ids) if ids is not None else None,
         patient=tuple(patients) if patients else None,
         patient_reference=tuple(refs) if refs else None,
-        dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens))
+        dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens),
+        last_updated=tuple(last_updated))
     return SearchRequest(criteria=criteria, count=count, offset=offset, total=total)
 
 

@@ -56,6 +56,9 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
         if criteria.patient:
             raise NotSupported("in the de-identified view records cannot be searched by patient: "
                                "the view has no subject")
+        if criteria.last_updated:
+            raise NotSupported("in the de-identified view records show no lastUpdated: search by the "
+                               "year of their date instead (e.g. date=2024)")
         for date in criteria.dates:
             if not _whole_year(date):
                 raise NotSupported("in the de-identified view dates are shown to the year only: "

@@ -44,6 +44,7 @@ class SearchCriteria:
     dates: tuple[DateCriterion, ...] = ()
     status: tuple[str, ...] | None = None                  # OR
     tokens: tuple[tuple[TokenCriterion, ...], ...] = field(default_factory=tuple)
+    last_updated: tuple[DateCriterion, ...] = ()            # on meta.lastUpdated (_lastUpdated)
 
 
 class BlobStore(Protocol):

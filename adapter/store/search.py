@@ -41,26 +41,27 @@ def _any(conditions: list[ColumnElement[bool]]) -> ColumnElement[bool]:
     return or_(false(), *conditions)
 
 
-_DATE_PREFIXES: dict[str, Callable[[DateCriterion], ColumnElement[bool]]] = {
-    "eq": lambda c: and_(_r.date >= to_utc(c.start), _r.date < to_utc(c.end)),
-    "ne": lambda c: or_(_r.date < to_utc(c.start), _r.date >= to_utc(c.end)),
-    "gt": lambda c: _r.date >= to_utc(c.end),
-    "sa": lambda c: _r.date >= to_utc(c.end),
-    "ge": lambda c: _r.date >= to_utc(c.start),
-    "lt": lambda c: _r.date < to_utc(c.start),
-    "eb": lambda c: _r.date < to_utc(c.start),
-    "le": lambda c: _r.date < to_utc(c.end),
+_DATE_PREFIXES: dict[str, Callable[[Any, DateCriterion], ColumnElement[bool]]] = {
+    "eq": lambda col, c: and_(col >= to_utc(c.start), col < to_utc(c.end)),
+    "ne": lambda col, c: or_(col < to_utc(c.start), col >= to_utc(c.end)),
+    "gt": lambda col, c: col >= to_utc(c.end),
+    "sa": lambda col, c: col >= to_utc(c.end),
+    "ge": lambda col, c: col >= to_utc(c.start),
+    "lt": lambda col, c: col < to_utc(c.start),
+    "eb": lambda col, c: col < to_utc(c.start),
+    "le": lambda col, c: col < to_utc(c.end),
 }
 
 
-def date_condition(criterion: DateCriterion) -> ColumnElement[bool]:
-    """The condition for one date criterion; resources without a date never match."""
+def date_condition(criterion: DateCriterion, column: Any = _r.date) -> ColumnElement[bool]:
+    """The condition for one date criterion on ``column`` (the resource's search date, or
+    ``last_updated`` for _lastUpdated); resources without a date never match."""
     build = _DATE_PREFIXES.get(criterion.prefix)
     if build is None:
         if criterion.prefix == "ap":
             raise NotSupported("the date prefix 'ap' is not supported", expression="date")
         raise InvalidInput(f"unknown date prefix {criterion.prefix!r}", expression="date")
-    return build(criterion)
+    return build(column, criterion)
 
 
 def _token_match(token: TokenCriterion) -> ColumnElement[bool]:
@@ -139,6 +140,7 @@ def search_statement(resource_type: str, criteria: SearchCriteria) -> Select[tup
     if criteria.patient_reference is not None:
         where.append(_r.patient_reference.in_(criteria.patient_reference))
     where.extend(date_condition(d) for d in criteria.dates)
+    where.extend(date_condition(d, _r.last_updated) for d in criteria.last_updated)
     if criteria.status is not None:
         where.append(_r.status.in_(criteria.status))
     where.extend(token_condition(resource_type, group) for group in criteria.tokens)

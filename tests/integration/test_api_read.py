@@ -471,3 +471,35 @@ def test_only_fhir_json_is_produced_and_other_formats_get_406(tmp_path: Path) ->
             r = client.get(url, headers={**treat, **({"Accept": accept} if accept else {})})
             assert r.status_code == 406, (url, accept, r.text[:200])
             assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_last_updated_finds_what_arrived_since_a_sync(tmp_path: Path) -> None:
+    """_lastUpdated (meta.lastUpdated, FHIR's common search parameter): what an integration engine
+    polls with for the records stored since its last sync. Not in the de-identified view, which
+    shows no lastUpdated (a search on it would read back what the view hides)."""
+    with adapter_client(tmp_path) as (client, _):
+        first = _ingest(client)
+        second = _ingest(client, path=SAMPLES / "lesion.png")
+        treat = as_purpose("TREAT")
+        stamp = client.get(f"/fhir/{first['record']}", headers=treat).json()["meta"]["lastUpdated"]
+        later = client.get(f"/fhir/{second['record']}", headers=treat).json()["meta"]["lastUpdated"]
+        assert later > stamp
+
+        def ids(query: str, headers: dict[str, str] = treat) -> list[str]:
+            r = client.get(f"/fhir/Media?{query}", headers=headers)
+            assert r.status_code == 200, r.text
+            return [e["resource"]["id"] for e in r.json().get("entry", [])]
+
+        record_ids = [first["record"].split("/")[1], second["record"].split("/")[1]]
+        assert ids(f"_lastUpdated=gt{stamp.replace('+', '%2B')}") == record_ids[1:]
+        assert ids(f"_lastUpdated=ge{stamp.replace('+', '%2B')}") == record_ids
+        assert ids("_lastUpdated=lt2000-01-01") == []
+        assert ids("_lastUpdated=ge2000&_lastUpdated=lt2999") == record_ids
+        form = {**treat, "Content-Type": "application/x-www-form-urlencoded"}
+        posted = client.post("/fhir/Media/_search", content=f"_lastUpdated=gt{stamp.replace('+', '%2B')}", headers=form)
+        assert [e["resource"]["id"] for e in posted.json()["entry"]] == record_ids[1:]
+        assert client.get("/fhir/Media?_lastUpdated=2024-13", headers=treat).status_code == 422
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"]))
+        refused = client.get("/fhir/Media?_lastUpdated=ge2000", headers=as_purpose("TRAIN"))
+        assert refused.status_code == 400 and refused.json()["issue"][0]["code"] == "not-supported"
+        assert len(ids("_lastUpdated=ge2000", as_purpose("HRESCH"))) == 2

@@ -45,7 +45,8 @@ def test_valid_and_complete(version: str) -> None:
     assert {i["code"] for i in resources["Consent"]["interaction"]} == {"read", "vread", "search-type", "create",
                                                                         "update"}
     doc_params = {p["name"]: p["type"] for p in resources["DocumentReference"]["searchParam"]}
-    assert doc_params == {"_id": "token", "patient": "reference", "subject": "reference", "date": "date",
+    assert doc_params == {"_id": "token", "patient": "reference", "subject": "reference", "_lastUpdated": "date",
+                          "date": "date",
                           "type": "token", "category": "token", "status": "token", "identifier": "token",
                           "modality": "token", "kind": "token", "_count": "number", "_total": "token"}
     assert "patient:identifier" not in doc_params  # a modifier, documented on 'patient'

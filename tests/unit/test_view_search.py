@@ -71,3 +71,17 @@ def test_the_pseudonymised_view_refuses_the_real_identity(query: str) -> None:
 def test_the_full_view_searches_as_given() -> None:
     query = f"patient:identifier={MRN.system}|{MRN.value}&identifier=x&created=2024-03-05"
     assert in_view(View.FULL, "Media", query) == criteria("Media", query)
+
+
+@pytest.mark.parametrize(("value", "start", "end"), [
+    ("2026-11-26T16:13:38.407Z", "2026-11-26T16:13:38.407000+00:00", "2026-11-26T16:13:38.408000+00:00"),
+    ("2026-11-26T16:13:38.4Z", "2026-11-26T16:13:38.400000+00:00", "2026-11-26T16:13:38.500000+00:00"),
+    ("2026-11-26T16:13:38.1234567+01:00", "2026-11-26T15:13:38.123456+00:00", "2026-11-26T15:13:38.123457+00:00"),
+    ("2026-11-26T16:13:38Z", "2026-11-26T16:13:38+00:00", "2026-11-26T16:13:39+00:00"),
+])
+def test_an_instant_with_a_fraction_covers_its_own_precision(value: str, start: str, end: str) -> None:
+    """A search value is a range as precise as it is written (search.html#date): an instant to the
+    millisecond (as meta.lastUpdated shows) covers that millisecond, not its whole second, or a
+    sync asking for _lastUpdated=gt<the last instant it saw> misses what was stored later in it."""
+    [when] = criteria("Media", f"_lastUpdated=gt{value}").last_updated
+    assert (when.prefix, when.start.isoformat(), when.end.isoformat()) == ("gt", start, end)
