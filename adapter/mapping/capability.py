@@ -40,6 +40,8 @@ class _Param:
 
 _ID = _Param("_id", "token", "Logical id of the resource.")
 _COUNT = _Param("_count", "number", "Page size (the server may lower it); the `next` link gives the next page.")
+_SORT = _Param("_sort", "special", "Result order: `_lastUpdated` (oldest first, the default) or `-_lastUpdated` "
+               "(newest first); other keys are refused.")
 _TOTAL = _Param("_total", "token", "`none` leaves Bundle.total out, so a page costs what it shows; `estimate` "
                 "and `accurate` (the default) count every permitted match.")
 _PATIENT = _Param("patient", "reference",
@@ -65,13 +67,13 @@ _COMMON = (_ID, _PATIENT, _SUBJECT, _LAST_UPDATED)
 SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
     "Media": (*_COMMON, _Param("created", "date", "When the photo was taken."),
               _Param("date", "date", "As `created`."), _TYPE, _MODALITY, _CATEGORY, _STATUS, _IDENTIFIER,
-              _KIND, _COUNT, _TOTAL),
+              _KIND, _COUNT, _SORT, _TOTAL),
     "DocumentReference": (*_COMMON, _Param("date", "date", "When the reference was created."), _TYPE,
-                          _CATEGORY, _STATUS, _IDENTIFIER, _MODALITY, _KIND, _COUNT, _TOTAL),
+                          _CATEGORY, _STATUS, _IDENTIFIER, _MODALITY, _KIND, _COUNT, _SORT, _TOTAL),
     "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS, _CATEGORY,
-                _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT, _TOTAL),
+                _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT, _SORT, _TOTAL),
     "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
-                   _Param("date", "date", "As `recorded`."), _COUNT, _TOTAL),
+                   _Param("date", "date", "As `recorded`."), _COUNT, _SORT, _TOTAL),
 }
 _DOCUMENTATION = {
     "Media": "Clinical and secondary photos (R4). Read and search are filtered by consent and purpose of use.",

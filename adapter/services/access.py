@@ -262,7 +262,8 @@ class ScopedReader:
     def search(self, resource_types: Sequence[str], request: SearchRequest) -> SearchResult:
         """Search; records not permitted for the purpose are left out and not counted.
 
-        One pass over the candidates of every type, merged in (last_updated, id) order and read
+        One pass over the candidates of every type, merged in (last_updated, id) order (reversed
+        for _sort=-_lastUpdated) and read
         a batch at a time: each is decided, counted, and kept only when it falls on the page
         asked for, so memory is bounded by the page whatever the number of matches."""
         for rt in resource_types:
@@ -277,8 +278,11 @@ class ScopedReader:
             self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None, entities=[],
                                  patient=None, reason=str(exc), refused=True)
             raise
-        candidates = heapq.merge(*(self._store.search_index(rt, criteria) for rt in resource_types),
-                                 key=lambda r: (r.last_updated, r.id)) if criteria is not None else iter(())
+        descending = request.descending
+        candidates = heapq.merge(*(self._store.search_index(rt, criteria, descending=descending)
+                                   for rt in resource_types),
+                                 key=lambda r: (r.last_updated, r.id), reverse=descending) \
+            if criteria is not None else iter(())
         page: list[tuple[IndexRow, Decision]] = []
         permitted = denied = 0
         end = request.offset + request.count

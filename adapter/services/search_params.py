@@ -34,7 +34,10 @@ _PARAMS: dict[str, dict[str, str]] = {
     "Consent": {"date": "date", "status": "status", "category": "token", "purpose": "token"},
     "Provenance": {"recorded": "date", "date": "date"},
 }
-_COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total", "_lastUpdated"}
+_COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total", "_lastUpdated", "_sort"}
+#: ``_sort`` (search.html#sort): results come in meta.lastUpdated order (then id), oldest first,
+#: the order of the store's index; newest first on request. Other keys are not supported.
+SORTS = {"_lastUpdated": False, "-_lastUpdated": True}
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class SearchRequest:
     count: int
     offset: int
     total: bool = True  # count every match (Bundle.total); False for _total=none
+    descending: bool = False  # _sort=-_lastUpdated: newest first
 
 
 def _date_range(raw: str) -> tuple[datetime, datetime]:
@@ -129,7 +133,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
     last_updated: list[DateCriterion] = []
     status: list[str] | None = None
     tokens: list[tuple[TokenCriterion, ...]] = []
-    count, offset, total = DEFAULT_COUNT, 0, True
+    count, offset, total, descending = DEFAULT_COUNT, 0, True, False
     for name, value in params:
         base, _, modifier = name.partition(":")
         if base in _IGNORED:
@@ -145,6 +149,11 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
             count = _int_param(name, value, 0, MAX_COUNT)
         elif base == "_offset":
             offset = _int_param(name, value, 0, 10**9)
+        elif base == "_sort":
+            if value not in SORTS:
+                raise NotSupported(f"_sort={value[:40]} is not supported: results are sorted by _lastUpdated "
+                                   "(oldest first) or -_lastUpdated (newest first)", expression="_sort")
+            descending = SORTS[value]
         elif base == "_lastUpdated":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on _lastUpdated is not supported")
@@ -173,7 +182,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
         patient_reference=tuple(refs) if refs else None,
         dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens),
         last_updated=tuple(last_updated))
-    return SearchRequest(criteria=criteria, count=count, offset=offset, total=total)
+    return SearchRequest(criteria=criteria, count=count, offset=offset, total=total, descending=descending)
 
 
 def _int_param(name: str, value: str, lo: int, hi: int) -> int:

@@ -102,9 +102,10 @@ class RecordStore(Protocol):
         """Write the next version, keeping history. Conflict if ``if_match`` is not current;
         NotFound if absent."""
 
-    def search_index(self, resource_type: str, criteria: SearchCriteria) -> Iterator[IndexRow]:
-        """Candidates ordered by last_updated then id (no JSON loaded), read a batch at a time
-        (bounded memory)."""
+    def search_index(self, resource_type: str, criteria: SearchCriteria, *,
+                     descending: bool = False) -> Iterator[IndexRow]:
+        """Candidates ordered by last_updated then id, newest first when ``descending`` (no JSON
+        loaded), read a batch at a time (bounded memory)."""
 
     def consents_for_patient(self, patient: Identifier) -> list[StoredResource]: ...
 

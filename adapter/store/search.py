@@ -123,8 +123,10 @@ def selective(criteria: SearchCriteria) -> bool:
             or any(t.param in SELECTIVE_TOKEN_PARAMS for group in criteria.tokens for t in group))
 
 
-def search_statement(resource_type: str, criteria: SearchCriteria) -> Select[tuple[object, ...]]:
-    """The SELECT of INDEX_COLUMNS matching ``criteria``, ordered by last_updated then id."""
+def search_statement(resource_type: str, criteria: SearchCriteria, *,
+                     descending: bool = False) -> Select[tuple[object, ...]]:
+    """The SELECT of INDEX_COLUMNS matching ``criteria``, ordered by last_updated then id
+    (newest first when ``descending``)."""
     where: list[ColumnElement[bool]] = [_r.resource_type == resource_type]
     if criteria.ids is not None:
         where.append(_r.id.in_(criteria.ids))
@@ -144,7 +146,9 @@ def search_statement(resource_type: str, criteria: SearchCriteria) -> Select[tup
     if criteria.status is not None:
         where.append(_r.status.in_(criteria.status))
     where.extend(token_condition(resource_type, group) for group in criteria.tokens)
-    if selective(criteria):
-        return select(*INDEX_COLUMNS).where(*where).order_by(SortKey(_r.last_updated), SortKey(_r.id))
-    return select(*INDEX_COLUMNS).where(*where).order_by(_r.last_updated, _r.id)
+    keys: tuple[Any, Any] = (SortKey(_r.last_updated), SortKey(_r.id)) if selective(criteria) \
+        else (_r.last_updated, _r.id)
+    if descending:
+        keys = (keys[0].desc(), keys[1].desc())
+    return select(*INDEX_COLUMNS).where(*where).order_by(*keys)
 

@@ -379,16 +379,23 @@ class SqlRecordStore:
                     found[row["id"]] = stored_from_row(row)
         return [found[i] for i in ids if i in found]
 
-    def search_index(self, resource_type: str, criteria: SearchCriteria, *,
+    def search_index(self, resource_type: str, criteria: SearchCriteria, *, descending: bool = False,
                      batch: int = SEARCH_BATCH) -> Iterator[IndexRow]:
-        """Candidates ordered by last_updated then id (no JSON loaded), read ``batch`` rows at a
-        time (keyset pages on (last_updated, id), each its own short read): memory stays
-        bounded whatever the number of matches, and no connection is held between batches."""
-        statement = search_statement(resource_type, criteria)
+        """Candidates ordered by last_updated then id (newest first when ``descending``; no JSON
+        loaded), read ``batch`` rows at a time (keyset pages on (last_updated, id), each its own
+        short read): memory stays bounded whatever the number of matches, and no connection is
+        held between batches."""
+        statement = search_statement(resource_type, criteria, descending=descending)
         after: tuple[datetime, str] | None = None
         while True:
-            page = statement if after is None else statement.where(
-                or_(_r.last_updated > after[0], and_(_r.last_updated == after[0], _r.id > after[1])))
+            if after is None:
+                page = statement
+            elif descending:
+                page = statement.where(
+                    or_(_r.last_updated < after[0], and_(_r.last_updated == after[0], _r.id < after[1])))
+            else:
+                page = statement.where(
+                    or_(_r.last_updated > after[0], and_(_r.last_updated == after[0], _r.id > after[1])))
             with self._read() as conn:
                 rows = [index_row_from(row) for row in conn.execute(page.limit(batch)).mappings()]
             yield from rows

@@ -503,3 +503,24 @@ def test_last_updated_finds_what_arrived_since_a_sync(tmp_path: Path) -> None:
         refused = client.get("/fhir/Media?_lastUpdated=ge2000", headers=as_purpose("TRAIN"))
         assert refused.status_code == 400 and refused.json()["issue"][0]["code"] == "not-supported"
         assert len(ids("_lastUpdated=ge2000", as_purpose("HRESCH"))) == 2
+
+
+def test_sort_newest_first_pages_through_every_record_once(tmp_path: Path) -> None:
+    """_sort=-_lastUpdated: the newest photos first (an EHR's gallery); the next links keep the
+    order, so the pages hold every permitted record once. Other sort keys are refused (400)."""
+    with adapter_client(tmp_path) as (client, _):
+        made = [_ingest(client, path=path)["record"].split("/")[1]
+                for path in (WOUND, SAMPLES / "lesion.png", SAMPLES / "tiny.jpg")]
+        treat = as_purpose("TREAT")
+        oldest_first = client.get("/fhir/Media?_sort=_lastUpdated", headers=treat).json()
+        assert [e["resource"]["id"] for e in oldest_first["entry"]] == made
+        seen: list[str] = []
+        url: str | None = "/fhir/Media?_sort=-_lastUpdated&_count=2"
+        while url:
+            page = client.get(url.split("testserver")[-1], headers=treat).json()
+            seen += [e["resource"]["id"] for e in page.get("entry", [])]
+            url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        assert seen == made[::-1]
+        for unsupported in ("date", "-date", "_id", "-_lastUpdated,_id"):
+            r = client.get(f"/fhir/Media?_sort={unsupported}", headers=treat)
+            assert r.status_code == 400 and r.json()["issue"][0]["code"] == "not-supported", unsupported

@@ -458,6 +458,9 @@ def test_search_reads_in_batches_in_the_same_order(store: SqlRecordStore, batch:
     assert ids(store.search_index("Media", SearchCriteria(), batch=batch)) == expected
     assert ids(store.search_index("Media", SearchCriteria(ids=("x", "z")), batch=batch)) == ["z", "x"]
     assert ids(store.search_index("Media", SearchCriteria(ids=("none",)), batch=batch)) == []
+    # newest first (_sort=-_lastUpdated): the same rows reversed, ties on last_updated too
+    assert ids(store.search_index("Media", SearchCriteria(), descending=True, batch=batch)) == expected[::-1]
+    assert ids(store.search_index("Media", SearchCriteria(ids=("x", "z")), descending=True, batch=batch)) == ["x", "z"]
 
 
 # Stored dates, in several offsets; the search day is 2024-01-01 in UTC.
