@@ -15,7 +15,9 @@ from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 200
-_IGNORED = {"_format", "_pretty", "_summary", "_elements"}
+#: Accepted and not acted on (the answer is the whole resource, in JSON): _summary other than
+#: count, and _elements, ask for less, which a server need not honour (search.html#summary).
+_IGNORED = {"_format", "_pretty", "_elements"}
 #: ``_total`` (https://hl7.org/fhir/R4/search.html#total): "none" skips the count, so a page costs
 #: what it shows, not what matches; "estimate" is answered accurately.
 TOTAL_MODES = ("none", "estimate", "accurate")
@@ -134,9 +136,13 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
     status: list[str] | None = None
     tokens: list[tuple[TokenCriterion, ...]] = []
     count, offset, total, descending = DEFAULT_COUNT, 0, True, False
+    summary_count = False
     for name, value in params:
         base, _, modifier = name.partition(":")
         if base in _IGNORED:
+            continue
+        if base == "_summary":
+            summary_count = summary_count or value == "count"
             continue
         if base not in _COMMON and base not in allowed:
             raise InvalidInput(f"unknown or unsupported search parameter '{name[:40]}' for {resource_type}",
@@ -176,6 +182,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
             param = "category" if base == "category" and resource_type == "Media" else base
             tokens.append(tuple(parse_token(v, param) for v in value.split(",")))
+    if summary_count:  # _summary=count: the total only, no entries
+        count, total = 0, True
     criteria = SearchCriteria(
         ids=tuple(ids) if ids is not None else None,
         patient=tuple(patients) if patients else None,

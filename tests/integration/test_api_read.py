@@ -524,3 +524,21 @@ def test_sort_newest_first_pages_through_every_record_once(tmp_path: Path) -> No
         for unsupported in ("date", "-date", "_id", "-_lastUpdated,_id"):
             r = client.get(f"/fhir/Media?_sort={unsupported}", headers=treat)
             assert r.status_code == 400 and r.json()["issue"][0]["code"] == "not-supported", unsupported
+
+
+def test_summary_count_answers_the_total_only(tmp_path: Path) -> None:
+    """_summary=count (search.html#summary): Bundle.total and no entries, counted after the
+    decision as any total; other _summary values and _elements are accepted and the whole
+    resources returned (a server need not cut them)."""
+    with adapter_client(tmp_path) as (client, _):
+        _ingest(client)
+        _ingest(client, path=SAMPLES / "lesion.png")
+        counted = client.get("/fhir/Media?_summary=count&_count=5", headers=as_purpose("TREAT")).json()
+        assert counted["total"] == 2 and "entry" not in counted
+        assert [link["relation"] for link in counted["link"]] == ["self"]  # no next page of nothing, forever
+        zero = client.get("/fhir/Media?_count=0", headers=as_purpose("TREAT")).json()
+        assert zero["total"] == 2 and [link["relation"] for link in zero["link"]] == ["self"]
+        assert client.get("/fhir/Media?_summary=count&_total=none", headers=as_purpose("TREAT")).json()["total"] == 2
+        assert client.get("/fhir/Media?_summary=count", headers=as_purpose("TRAIN")).json()["total"] == 0
+        whole = client.get("/fhir/Media?_summary=true&_elements=id", headers=as_purpose("TREAT")).json()
+        assert whole["total"] == 2 and all("content" in e["resource"] for e in whole["entry"])

@@ -220,7 +220,7 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     kept = [(k, v) for k, v in params if k != "_offset"]
     self_url = f"{absolute(request, services, 'fhir/' + resource_type)}?{urlencode(params)}"
     next_url = None
-    if result.more:
+    if result.more and req.count > 0:  # _count=0 asks for the total only: no page follows
         next_url = (f"{absolute(request, services, 'fhir/' + resource_type)}?"
                     f"{urlencode(kept + [('_offset', str(req.offset + req.count))])}")
     entries = [_versioned(r, version) for r in result.resources]
