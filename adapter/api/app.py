@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from adapter import __version__
 from adapter.api.outcome import install_error_handlers
-from adapter.api.routes import dicomweb, fhir, outbox, photos
+from adapter.api.routes import dicomweb, fhir, outbox, photos, wado_bulk
 from adapter.services.registry import Services
 
 
@@ -30,6 +30,7 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     app.include_router(fhir.router)
     app.include_router(outbox.router)
     app.include_router(dicomweb.router)
+    app.include_router(wado_bulk.router)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> JSONResponse:

@@ -1,0 +1,168 @@
+"""WADO-RS Retrieve Metadata, Frames and Bulkdata (PS3.18 10.4, 8.7.3), what a DICOMweb
+viewer asks for after a QIDO-RS search:
+
+``GET /dicomweb/studies/{s}[/series/{se}[/instances/{i}]]/metadata``
+    application/dicom+json: one DICOM JSON object per permitted instance
+    (adapter.mapping.dicom_json.metadata), bulk data by URI.
+``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/frames/{1,2,…}``
+    multipart/related: the frames as stored. A JPEG frame goes as ``image/jpeg`` or, asked with
+    ``type="application/octet-stream"; transfer-syntax=*``, as octet-stream labelled with its
+    transfer syntax; a native frame as ``application/octet-stream``. Nothing is transcoded:
+    octet-stream without ``transfer-syntax=*`` for a compressed frame is 406.
+``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/bulk/{tag}``
+    multipart/related; type="application/octet-stream": one bulk data value the metadata named.
+
+Every answer is made from the object the purpose's release produced (the same decision, audit
+and de-identification as WADO-RS retrieve; UIDs in the released space), never from the stored
+object directly.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from adapter.api.deps import ReaderDep, ServicesDep
+from adapter.api.routes.dicomweb import (
+    DICOM_JSON,
+    _instance_url,
+    _media_ranges,
+    _not_acceptable,
+    _qido_accept,
+)
+from adapter.mapping.dicom_json import (
+    bulk_value,
+    frames,
+    is_encapsulated,
+    metadata,
+    parse_frame_list,
+    read_released,
+    transfer_syntax,
+)
+from adapter.services.access import DicomContent
+from adapter.services.registry import Services
+
+router = APIRouter(prefix="/dicomweb")
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+OCTET = "application/octet-stream"
+
+
+def _metadata_of(request: Request, services: Services, content: DicomContent, study: str,
+                 series: str) -> dict[str, Any]:
+    ds = read_released(content.data)
+    return metadata(ds, _instance_url(request, services, study, series, content.sop_instance_uid))
+
+
+@router.get("/studies/{study}/metadata")
+async def study_metadata(study: str, request: Request, reader: ReaderDep, services: ServicesDep,
+                         accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _series_metadata(request, reader, services, accept, study, None)
+
+
+@router.get("/studies/{study}/series/{series}/metadata")
+async def series_metadata(study: str, series: str, request: Request, reader: ReaderDep, services: ServicesDep,
+                          accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _series_metadata(request, reader, services, accept, study, series)
+
+
+async def _series_metadata(request: Request, reader: Any, services: Services, accept: str | None, study: str,
+                           series: str | None) -> Response:
+    refusal = _qido_accept(accept)
+    if refusal:
+        return _not_acceptable(refusal.replace("QIDO-RS", "WADO-RS metadata"))
+
+    def build() -> list[dict[str, Any]]:
+        out = []
+        for retrieval in reader.read_dicom(study, series):  # decided and audited, permitted ones only
+            entry = retrieval.entry
+            out.append(_metadata_of(request, services, retrieval.load(), entry.study_instance_uid,
+                                    entry.series_instance_uid))
+        return out
+
+    return _json(await run_in_threadpool(build))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
+async def instance_metadata(study: str, series: str, instance: str, request: Request, reader: ReaderDep,
+                            services: ServicesDep, accept: Annotated[str | None, Header()] = None) -> Response:
+    refusal = _qido_accept(accept)
+    if refusal:
+        return _not_acceptable(refusal.replace("QIDO-RS", "WADO-RS metadata"))
+
+    def build() -> list[dict[str, Any]]:
+        content = reader.read_dicom_instance(instance, study=study, series=series)
+        return [_metadata_of(request, services, content, study, series)]
+
+    return _json(await run_in_threadpool(build))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}")
+async def retrieve_frames(study: str, series: str, instance: str, frame_list: str, reader: ReaderDep,
+                          accept: Annotated[str | None, Header()] = None) -> Response:
+    wanted = parse_frame_list(frame_list)
+    content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
+    ds = await run_in_threadpool(read_released, content.data)
+    syntax = transfer_syntax(ds)
+    chosen = _frame_media_type(accept, syntax, compressed=is_encapsulated(ds))
+    if chosen is None:
+        return _not_acceptable(
+            f"the frames are stored in {syntax}, served as they are (no transcoding): ask for "
+            f'multipart/related; type="image/jpeg" or type="{OCTET}"; transfer-syntax=*'
+            if is_encapsulated(ds) else f'the frames are served as multipart/related; type="{OCTET}"')
+    data = await run_in_threadpool(frames, ds, wanted)
+    part_type = f"{chosen}; transfer-syntax={syntax}"
+    return _multipart(chosen, [(part_type, frame) for frame in data])
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}")
+async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, reader: ReaderDep,
+                            accept: Annotated[str | None, Header()] = None) -> Response:
+    if not any(media in ("*/*", "multipart/*", "multipart/related", OCTET)
+               and params.get("type", OCTET).lower() in (OCTET, "*/*") for media, params in _media_ranges(accept)):
+        return _not_acceptable(f'bulk data is served as multipart/related; type="{OCTET}"')
+    content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
+    ds = await run_in_threadpool(read_released, content.data)
+    return _multipart(OCTET, [(OCTET, bulk_value(ds, tag))])
+
+
+def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool) -> str | None:
+    """The media type to send the frames as, or None when nothing the client accepts fits."""
+    for media, params in _media_ranges(accept):
+        if media not in ("*/*", "multipart/*", "multipart/related"):
+            continue
+        asked = params.get("type")
+        wanted_syntax = params.get("transfer-syntax")
+        if asked is None:  # a bare multipart or */*: the default for what is stored
+            if syntax == JPEG_BASELINE:
+                return "image/jpeg"
+            if not compressed:
+                return OCTET
+            continue
+        asked = asked.lower()
+        if asked == "image/jpeg" and syntax == JPEG_BASELINE and wanted_syntax in (None, "*", syntax):
+            return "image/jpeg"
+        if asked == OCTET and (not compressed or wanted_syntax in ("*", syntax)):
+            return OCTET
+    return None
+
+
+def _multipart(type_: str, parts: list[tuple[str, bytes]]) -> Response:
+    boundary = uuid.uuid4().hex
+    body = bytearray()
+    for content_type, data in parts:
+        body += (f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n\r\n"
+                 .encode("ascii"))
+        body += data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode("ascii")
+    return Response(content=bytes(body), media_type=None,
+                    headers={"Content-Type": f'multipart/related; type="{type_}"; boundary={boundary}'})
+
+
+def _json(body: Any) -> Response:
+    return Response(content=json.dumps(body, separators=(",", ":")), media_type=DICOM_JSON)

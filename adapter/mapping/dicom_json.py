@@ -1,0 +1,127 @@
+"""A released DICOM object as WADO-RS metadata and frames (PS3.18 10.4 and 8.7, PS3.18 F).
+
+Both take the Part 10 bytes a release made (adapter.services.access: decided, audited, cleaned
+for the purpose's view), never the stored object, so they show exactly what the object shows.
+
+* :func:`metadata`: the DICOM JSON Model of every attribute, with bulk data replaced by
+  BulkDataURIs (PS3.18 10.4.1.2): Pixel Data by the frames resource of the instance, other
+  binary values over :data:`INLINE_LIMIT` bytes (an Encapsulated Document, an ICC profile) by
+  the instance's bulkdata resource for their tag; smaller ones inline (InlineBinary).
+* :func:`frames`: the frames an instance's Pixel Data holds, each as stored: the bitstream of an
+  encapsulated frame (JPEG Baseline, say), or the bytes of a native frame.
+* :func:`bulk_value`: the bytes of one bulk data element the metadata pointed to.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.tag import Tag
+
+from adapter.errors import InvalidInput, NotFound, StorageError
+
+#: Binary values up to this many bytes are given inline (InlineBinary), larger ones by BulkDataURI.
+INLINE_LIMIT = 1024
+PIXEL_DATA = 0x7FE00010
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_ENCAPSULATED_SYNTAXES_PREFIX = "1.2.840.10008.1.2.4."
+_RLE = "1.2.840.10008.1.2.5"
+
+
+def read_released(data: bytes) -> Dataset:
+    """The dataset of a released object (Part 10 bytes the adapter made)."""
+    try:
+        return dcmread(io.BytesIO(data))
+    except Exception as exc:  # pydicom's read errors share no base class: any is a fault of ours
+        raise StorageError("the released DICOM object cannot be read back") from exc
+
+
+def is_encapsulated(ds: Dataset) -> bool:
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    return syntax.startswith(_ENCAPSULATED_SYNTAXES_PREFIX) or syntax == _RLE
+
+
+def transfer_syntax(ds: Dataset) -> str:
+    return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+
+
+def number_of_frames(ds: Dataset) -> int:
+    try:
+        n = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        n = 1
+    return max(n, 1)
+
+
+def metadata(ds: Dataset, instance_url: str) -> dict[str, Any]:
+    """The DICOM JSON of ``ds`` (module docstring); ``instance_url`` is the instance's WADO-RS URL.
+    Bulk data of the top-level dataset goes by URI; inside sequences every value is inline (the
+    bulkdata resource serves top-level elements)."""
+    bulk: dict[str, dict[str, str]] = {}
+    rest = Dataset()
+    for element in ds:
+        if element.tag == PIXEL_DATA:
+            count = number_of_frames(ds)
+            bulk[f"{element.tag:08X}"] = {"vr": element.VR, "BulkDataURI": f"{instance_url}/frames/"
+                                          + ",".join(str(n) for n in range(1, count + 1))}
+        elif element.VR in _BULK_VRS and isinstance(element.value, bytes | bytearray) \
+                and len(element.value) > INLINE_LIMIT:
+            bulk[f"{element.tag:08X}"] = {"vr": element.VR, "BulkDataURI": f"{instance_url}/bulk/{element.tag:08X}"}
+        else:
+            rest.add(element)
+    body: dict[str, Any] = rest.to_json_dict(bulk_data_threshold=2**62)
+    body.update(bulk)
+    return dict(sorted(body.items()))
+
+
+def frames(ds: Dataset, wanted: Sequence[int]) -> list[bytes]:
+    """The ``wanted`` frames (1-based) of ``ds``'s Pixel Data, as stored. NotFound for a frame
+    number the object does not have (or an object without pixel data)."""
+    if PIXEL_DATA not in ds:
+        raise NotFound("the instance has no pixel data")
+    count = number_of_frames(ds)
+    for n in wanted:
+        if not 1 <= n <= count:
+            raise NotFound(f"the instance has {count} frame(s), not frame {n}")
+    if is_encapsulated(ds):
+        stored = [bytes(f) for f in generate_frames(ds.PixelData, number_of_frames=count)]
+        return [stored[n - 1] for n in wanted]
+    data = bytes(ds.PixelData)
+    size = len(data) // count
+    return [data[(n - 1) * size:n * size] for n in wanted]
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """A frame list as PS3.18 has it: comma-separated positive integers."""
+    numbers = []
+    for raw in text.split(","):
+        part = raw.strip()
+        if not part.isdigit() or int(part) < 1 or len(part) > 9:
+            raise InvalidInput("frames takes a comma-separated list of frame numbers from 1", expression="frames")
+        numbers.append(int(part))
+    if not numbers or len(numbers) > 10_000:
+        raise InvalidInput("frames takes a comma-separated list of frame numbers from 1", expression="frames")
+    return numbers
+
+
+def bulk_value(ds: Dataset, tag_hex: str) -> bytes:
+    """The bytes of the top-level bulk data element ``tag_hex`` (8 hex digits), as the metadata
+    pointed to it. NotFound when the object has no such binary element."""
+    if len(tag_hex) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag_hex):
+        raise NotFound("no such bulk data")
+    tag = Tag(int(tag_hex, 16))
+    if tag == PIXEL_DATA or tag not in ds:
+        raise NotFound("no such bulk data")
+    element = ds[tag]
+    if element.VR not in _BULK_VRS or not isinstance(element.value, bytes | bytearray):
+        raise NotFound("no such bulk data")
+    return bytes(element.value)
+
+
+__all__ = ["INLINE_LIMIT", "bulk_value", "frames", "is_encapsulated", "metadata", "number_of_frames",
+           "parse_frame_list", "read_released", "transfer_syntax"]
