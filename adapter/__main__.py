@@ -62,6 +62,21 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
 
 
+def _multiprocess_metrics(settings: Settings) -> None:
+    """Several HTTP worker processes (and this one, with the SCP): their metrics are summed by
+    prometheus_client's multiprocess mode, in a folder emptied at start (adapter.metrics). Set
+    before anything imports prometheus_client."""
+    import os
+    import shutil
+
+    from adapter.metrics import MULTIPROCESS_ENV
+
+    folder = settings.data_dir / "prometheus"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROCESS_ENV] = str(folder)
+
+
 def serve(settings: Settings) -> int:
     """The HTTP API in this thread and, when enabled, the DICOM SCP beside it; the SCP stops
     (associations finish their ingest first) when the HTTP server does.
@@ -70,6 +85,8 @@ def serve(settings: Settings) -> int:
     again: the handler installed here turns that into an exception, so the SCP and its store
     are closed, and the signal is raised once more at the end (exit status as without the SCP).
     """
+    if settings.http_workers > 1:
+        _multiprocess_metrics(settings)
     try:
         dicom = _start_dicom(settings)
     except AdapterError as exc:

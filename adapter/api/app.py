@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
 from adapter.api.outcome import install_error_handlers
 from adapter.api.routes import dicomweb, fhir, outbox, photos, wado_bulk
+from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services
 
 
@@ -35,5 +37,12 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     @app.get("/health", include_in_schema=False)
     async def health() -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus metrics (adapter.metrics): counts by route, purpose, outcome and status,
+        and the outbox by status; nothing about a patient."""
+        body = await run_in_threadpool(exposition, services.store.outbox_counts)
+        return Response(content=body, media_type=CONTENT_TYPE)
 
     return app

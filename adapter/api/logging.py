@@ -9,6 +9,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from adapter.metrics import HTTP_RESPONSES, HTTP_SECONDS
+
 log = logging.getLogger("adapter.access")
 
 
@@ -31,5 +33,10 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, _send)
         finally:
-            log.info("%s %s %d %.1fms", scope.get("method"), scope.get("path"), status["code"],
-                     (time.perf_counter() - start) * 1000)
+            elapsed = time.perf_counter() - start
+            log.info("%s %s %d %.1fms", scope.get("method"), scope.get("path"), status["code"], elapsed * 1000)
+            # by route template, never the path (it holds ids): bounded labels, nothing about a patient
+            route = str(getattr(scope.get("route"), "path", "") or "unmatched")
+            method = str(scope.get("method") or "")
+            HTTP_RESPONSES.labels(method, route, str(status["code"])).inc()
+            HTTP_SECONDS.labels(method, route).observe(elapsed)

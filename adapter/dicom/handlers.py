@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from adapter.dicom.status import BUG_STATUS, SUCCESS, dimse_status_for, error_comment
 from adapter.errors import AdapterError
+from adapter.metrics import ASSOCIATIONS, C_STORES, INGESTS
 from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
 
 if TYPE_CHECKING:
@@ -63,19 +64,24 @@ def handle_store(event: Event, ingest: DicomIngestService) -> int | Dataset:
         answer = Dataset()
         answer.Status = status
         answer.ErrorComment = error_comment(exc)
+        C_STORES.labels(f"0x{status:04X}").inc()
         return answer
     except Exception:
         log.exception("C-STORE from %s failed with an unexpected error (a bug): SOP Instance %s", where,
                       received.affected_sop_instance)
+        C_STORES.labels(f"0x{BUG_STATUS:04X}").inc()
         return BUG_STATUS
     log.info("C-STORE from %s: SOP Instance %s %s %s", where, received.affected_sop_instance,
              "already stored as" if result.replayed else "stored as", result.record)
+    C_STORES.labels(f"0x{SUCCESS:04X}").inc()
+    INGESTS.labels("dicom", "replayed" if result.replayed else "stored").inc()
     return SUCCESS
 
 
 def handle_conn_open(event: Event) -> None:
     """Turn Nagle's algorithm off on the accepted socket: with it, each small C-STORE response
     waits for the peer's delayed ACK (~40 ms per object)."""
+    ASSOCIATIONS.inc()
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         with contextlib.suppress(OSError):

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from adapter.mapping.audit import audit_event
+from adapter.metrics import DECISIONS
 from adapter.model.decision import Decision
 from adapter.model.photo import Identifier
 from adapter.model.purpose import RequestContext
@@ -34,5 +35,6 @@ class Auditor:
         a request turned down before any record was decided, e.g. a search on what its view hides)."""
         permitted = (decision.permitted if decision is not None else True) and not refused
         why = reason if reason is not None else (decision.reason if decision is not None else None)
+        DECISIONS.labels(interaction, ctx.purpose.code, "refused" if refused else "permit" if permitted else "deny").inc()
         self._store.append_audit(self.event(ctx, interaction=interaction, action=action, permitted=permitted,
                                             reason=why, entities=entities, patient=patient))

@@ -36,6 +36,7 @@ from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import photo_uids
 from adapter.mapping.photo import build_photo_resources, index_resource
 from adapter.mapping.tables import Tables
+from adapter.metrics import INGESTS
 from adapter.model.consent import ConsentGrant
 from adapter.model.dicom import DicomInstance, NewOutboxItem
 from adapter.model.image import StoredImage
@@ -120,6 +121,13 @@ class IngestService:
         """Ingest the received photo: its bytes, or the file holding them (removed afterwards,
         whatever happens). ``received_sha256``: their SHA-256 if the caller hashed them as they
         arrived (it vouches for it); else they are hashed here."""
+        result = self._ingest_photo(upload, meta, idempotency_key=idempotency_key, ctx=ctx,
+                                    received_sha256=received_sha256)
+        INGESTS.labels(ctx.channel, "replayed" if result.replayed else "stored").inc()
+        return result
+
+    def _ingest_photo(self, upload: Path | bytes, meta: PhotoMetadata, *, idempotency_key: str | None,
+                      ctx: RequestContext, received_sha256: str | None) -> IngestResult:
         staged: Path | None = None
         committed = False
         try:

@@ -183,4 +183,7 @@ class RecordStore(Protocol):
 
     def list_outbox(self, *, status: str | None = None, limit: int = 100) -> list[OutboxItem]: ...
 
+    def outbox_counts(self) -> dict[str, int]:
+        """How many outbox items are in each status (the statuses with none left out)."""
+
     def close(self) -> None: ...

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, or_, select, text, union, update
+from sqlalchemy import Select, and_, delete, func, or_, select, text, union, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -594,6 +594,12 @@ class SqlRecordStore:
             result = conn.execute(statement.values(status=OUTBOX_PENDING, attempts=0, next_attempt_at=now,
                                                    updated=now))
         return int(result.rowcount)
+
+    def outbox_counts(self) -> dict[str, int]:
+        """How many outbox items are in each status (the statuses with none left out)."""
+        with self._read() as conn:
+            rows = conn.execute(select(_o.status, func.count()).group_by(_o.status)).all()
+        return {str(status): int(count) for status, count in rows}
 
     def list_outbox(self, *, status: str | None = None, limit: int = 100) -> list[OutboxItem]:
         """Oldest first (by id)."""

@@ -20,6 +20,7 @@ from typing import Any
 import pydicom
 import pytest
 from PIL import Image
+from prometheus_client import REGISTRY
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -294,7 +295,12 @@ def test_native_pixels_become_a_lossless_png(scp: StoreSCP, client: FhirClient, 
     path = tmp_path / "native.dcm"
     pixels = bytes((x * 7 + y * 3 + c * 50) % 256 for y in range(20) for x in range(30) for c in range(3))
     sent = native_sc_file(path, pixels, rows=20, columns=30)
+    counted = ("adapter_dicom_c_store_total", {"status": "0x0000"}), \
+        ("adapter_ingests_total", {"channel": "dicom", "result": "stored"}), ("adapter_dicom_associations_total", {})
+    before = [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in counted]
     assert pynet_store(scp.port, path).Status == SUCCESS
+    after = [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in counted]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]  # GET /metrics counts them
     [media] = find(client, "Media", sent.SOPInstanceUID)
     binary = client.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "image/*"})
     assert binary.headers["content-type"] == "image/png"

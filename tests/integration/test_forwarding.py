@@ -265,6 +265,8 @@ def test_items_fail_after_the_retry_limit(tmp_path: Path) -> None:
         wait_for(lambda: len(outbox(client, status="failed")) == 1, what="the item to fail")
         [item] = outbox(client, status="failed")
         assert item["attempts"] == 2 and item["nextAttemptAt"] is None and item["lastError"]
+        # what operations alert on: GET /metrics counts the outbox by status
+        assert 'adapter_outbox_items{status="failed"} 1.0' in client.get("/metrics").text
 
 
 def test_failed_items_are_requeued_and_sent_once_the_pacs_is_back(tmp_path: Path) -> None:

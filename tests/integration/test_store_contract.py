@@ -768,6 +768,7 @@ def test_outbox_item_needs_a_stored_instance(store: SqlRecordStore) -> None:
     later.outbox = [NewOutboxItem(first.dicom_instance.sop_instance_uid, ARCHIVE)]
     store.save_ingest(later)
     assert sorted(i.destination for i in store.list_outbox()) == [ARCHIVE, PACS]
+    assert store.outbox_counts() == {"pending": 2}
 
 
 def test_search_dicom_instances(store: SqlRecordStore) -> None:

@@ -1,0 +1,82 @@
+"""Prometheus metrics for operations (``GET /metrics``, text exposition format).
+
+What the integration team watches, never anything about a patient: labels are route templates
+(``/fhir/{resource_type}/{id}``, not the path), purpose codes, outcomes, DIMSE statuses and
+outbox states.
+
+* ``adapter_http_responses_total{method,route,status}`` and
+  ``adapter_http_request_duration_seconds{method,route}``;
+* ``adapter_ingests_total{channel,result}``: photos and DICOM objects stored or replayed;
+* ``adapter_access_decisions_total{interaction,purpose,outcome}``: every audited read, search
+  and refusal, permitted or denied (the consent decision at work);
+* ``adapter_dicom_c_store_total{status}`` and ``adapter_dicom_associations_total``;
+* ``adapter_outbox_items{status}``: the forwarding outbox, counted in the store at each scrape
+  (a growing ``failed`` or ``pending`` is a PACS that does not take what is sent to it).
+
+With several HTTP worker processes the counters of every process are summed (prometheus_client's
+multiprocess mode, in a folder of the data dir that ``serve`` empties at start).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+HTTP_RESPONSES = Counter("adapter_http_responses_total", "HTTP responses, by route template and status",
+                         ["method", "route", "status"])
+HTTP_SECONDS = Histogram("adapter_http_request_duration_seconds", "HTTP request duration, by route template",
+                         ["method", "route"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+INGESTS = Counter("adapter_ingests_total", "Photos and DICOM objects stored (or a retry answered: replayed)",
+                  ["channel", "result"])
+DECISIONS = Counter("adapter_access_decisions_total",
+                    "Audited reads, searches and refusals, by purpose of use and outcome",
+                    ["interaction", "purpose", "outcome"])
+C_STORES = Counter("adapter_dicom_c_store_total", "C-STORE requests answered, by DIMSE status", ["status"])
+ASSOCIATIONS = Counter("adapter_dicom_associations_total", "DICOM associations accepted")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class _Outbox(Collector):
+    """The outbox's items by status, read from the store when scraped."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("adapter_outbox_items", "Forwarding outbox items, by status", labels=["status"])
+        for status, count in sorted(self._counts().items()):
+            family.add_metric([status], count)
+        yield family
+
+
+def exposition(outbox_counts: Callable[[], Mapping[str, int]]) -> bytes:
+    """The metrics of this process (or, in multiprocess mode, of every process), then the outbox."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        counters = generate_latest(registry)
+    else:
+        counters = generate_latest(REGISTRY)
+    outbox = CollectorRegistry()
+    outbox.register(_Outbox(outbox_counts))
+    return counters + generate_latest(outbox)
+
+
+__all__ = ["ASSOCIATIONS", "CONTENT_TYPE", "C_STORES", "DECISIONS", "HTTP_RESPONSES", "HTTP_SECONDS", "INGESTS",
+           "MULTIPROCESS_ENV", "exposition"]

@@ -1,0 +1,74 @@
+"""GET /metrics: what operations watch (adapter.metrics), counted where it happens, never
+anything about a patient; with several worker processes, the counts of every process."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+from prometheus_client import REGISTRY
+
+from tests.conftest import ROOT
+from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+from tests.support.server import running_adapter
+
+WOUND = ROOT / "samples" / "wound.jpg"
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_metrics_count_ingests_decisions_and_responses_by_template(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        before = {
+            "stored": sample("adapter_ingests_total", channel="http", result="stored"),
+            "replayed": sample("adapter_ingests_total", channel="http", result="replayed"),
+            "permit": sample("adapter_access_decisions_total", interaction="read", purpose="TREAT", outcome="permit"),
+            "deny": sample("adapter_access_decisions_total", interaction="read", purpose="TRAIN", outcome="deny"),
+        }
+        receipt = post_photo(client, WOUND, metadata()).json()
+        assert post_photo(client, WOUND, metadata()).json() == receipt  # a retry: replayed
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN")).status_code == 403
+        scraped = client.get("/metrics")
+        assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+        text = scraped.text
+        after = {
+            "stored": sample("adapter_ingests_total", channel="http", result="stored"),
+            "replayed": sample("adapter_ingests_total", channel="http", result="replayed"),
+            "permit": sample("adapter_access_decisions_total", interaction="read", purpose="TREAT", outcome="permit"),
+            "deny": sample("adapter_access_decisions_total", interaction="read", purpose="TRAIN", outcome="deny"),
+        }
+        assert {k: after[k] - before[k] for k in before} == {"stored": 1, "replayed": 1, "permit": 1, "deny": 1}
+        assert "# TYPE adapter_outbox_items gauge" in text
+        # labels are templates and codes: no identifier, no record id, no path
+        record_id = receipt["record"].split("/")[1]
+        for secret in (PATIENT["value"], record_id, receipt["sha256"]["stored"]):
+            assert secret not in text
+
+
+def test_metrics_of_every_worker_process_are_summed(tmp_path: Path) -> None:
+    """The served app (its access log counts responses by route template), with two HTTP worker
+    processes: whichever answers the scrape, it reports every process's counts
+    (prometheus_client's multiprocess mode in the data dir)."""
+    with running_adapter(tmp_path, ADAPTER_HTTP_WORKERS="2") as server:
+        for n in range(8):
+            meta = metadata(patient={"system": PATIENT["system"], "value": f"MRN-9{n:03d}"})
+            with httpx.Client(base_url=server.url, timeout=30) as http:  # a connection each: both workers serve
+                r = http.post("/photos", files={"file": ("wound.jpg", WOUND.read_bytes(), "image/jpeg"),
+                                                "metadata": (None, json.dumps(meta),
+                                                             "application/json")})
+                assert r.status_code == 201, r.text
+        for _ in range(6):
+            text = httpx.get(f"{server.url}/metrics", timeout=30).text
+            stored = re.search(r'^adapter_ingests_total\{channel="http",result="stored"\} (\S+)$', text, re.MULTILINE)
+            assert stored is not None and float(stored.group(1)) == 8.0, text[:2000]
+            created = re.search(r'^adapter_http_responses_total\{method="POST",route="/photos",status="201"\} (\S+)$',
+                                text, re.MULTILINE)
+            assert created is not None and float(created.group(1)) == 8.0
+            assert 'adapter_http_request_duration_seconds_bucket{le="+Inf",method="POST",route="/photos"}' in text
+            assert PATIENT["value"] not in text and "MRN-9" not in text
+        assert (tmp_path / "data" / "prometheus").is_dir()
