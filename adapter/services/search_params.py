@@ -49,6 +49,7 @@ class SearchRequest:
     offset: int
     total: bool = True  # count every match (Bundle.total); False for _total=none
     descending: bool = False  # _sort=-_lastUpdated: newest first
+    ignored: tuple[str, ...] = ()  # unknown parameters left out (Prefer: handling=lenient)
 
 
 def _date_range(raw: str) -> tuple[datetime, datetime]:
@@ -123,8 +124,13 @@ def _identifiers(value: str, param: str) -> list[Identifier]:
     return out
 
 
-def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> SearchRequest:
-    """Turn query parameters into criteria. Repeated parameters AND; comma-separated values OR."""
+def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenient: bool = False) -> SearchRequest:
+    """Turn query parameters into criteria. Repeated parameters AND; comma-separated values OR.
+
+    An unknown parameter is refused (422): leaving it out could widen the search past what the
+    client meant (a misspelt ``patient`` would match every patient). ``lenient``
+    (``Prefer: handling=lenient``, search.html#errors): the client accepts that, and unknown
+    parameters are left out and named in ``ignored``."""
     allowed = _PARAMS.get(resource_type)
     if allowed is None:
         raise NotSupported(f"search on {resource_type} is not supported")
@@ -137,12 +143,16 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
     tokens: list[tuple[TokenCriterion, ...]] = []
     count, offset, total, descending = DEFAULT_COUNT, 0, True, False
     summary_count = False
+    ignored: list[str] = []
     for name, value in params:
         base, _, modifier = name.partition(":")
         if base in _IGNORED:
             continue
         if base == "_summary":
             summary_count = summary_count or value == "count"
+            continue
+        if base not in _COMMON and base not in allowed and lenient:
+            ignored.append(name[:40])
             continue
         if base not in _COMMON and base not in allowed:
             raise InvalidInput(f"unknown or unsupported search parameter '{name[:40]}' for {resource_type}",
@@ -190,7 +200,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]]) -> Searc
         patient_reference=tuple(refs) if refs else None,
         dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens),
         last_updated=tuple(last_updated))
-    return SearchRequest(criteria=criteria, count=count, offset=offset, total=total, descending=descending)
+    return SearchRequest(criteria=criteria, count=count, offset=offset, total=total, descending=descending,
+                         ignored=tuple(dict.fromkeys(ignored)))
 
 
 def _int_param(name: str, value: str, lo: int, hi: int) -> int:

@@ -542,3 +542,27 @@ def test_summary_count_answers_the_total_only(tmp_path: Path) -> None:
         assert client.get("/fhir/Media?_summary=count", headers=as_purpose("TRAIN")).json()["total"] == 0
         whole = client.get("/fhir/Media?_summary=true&_elements=id", headers=as_purpose("TREAT")).json()
         assert whole["total"] == 2 and all("content" in e["resource"] for e in whole["entry"])
+
+
+def test_unknown_parameters_are_refused_unless_the_client_prefers_lenient_handling(tmp_path: Path) -> None:
+    """An unknown parameter is refused (422): left out, a misspelt patient filter would widen the
+    search to every patient. With Prefer: handling=lenient the client accepts that: it is left
+    out, the links name only what was used, and an OperationOutcome says what was ignored."""
+    with adapter_client(tmp_path) as (client, _):
+        _ingest(client)
+        _ingest(client, patient={"system": PATIENT["system"], "value": "MRN-0002"})
+        ident = f"{PATIENT['system']}|{PATIENT['value']}"
+        strict = client.get(f"/fhir/Media?patien:identifier={ident}", headers=as_purpose("TREAT"))
+        assert strict.status_code == 422 and "patien" in strict.json()["issue"][0]["diagnostics"]
+        lenient = client.get(f"/fhir/Media?patient:identifier={ident}&_include=Media:subject&foo=1",
+                             headers={**as_purpose("TREAT"), "Prefer": "return=representation; handling=lenient"})
+        assert lenient.status_code == 200, lenient.text
+        bundle = lenient.json()
+        matches = [e for e in bundle["entry"] if e["search"]["mode"] == "match"]
+        [outcome] = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+        assert len(matches) == 1 and bundle["total"] == 1
+        assert outcome["issue"][0]["severity"] == "warning" and "_include, foo" in outcome["issue"][0]["diagnostics"]
+        [self_link] = [link["url"] for link in bundle["link"] if link["relation"] == "self"]
+        assert "patient%3Aidentifier" in self_link and "_include" not in self_link and "foo" not in self_link
+        assert client.get("/fhir/Media?foo=1", headers={**as_purpose("TREAT"), "Prefer": "handling=strict"}) \
+            .status_code == 422

@@ -20,7 +20,7 @@ from adapter.api.urls import absolute, base
 from adapter.errors import InvalidInput, NotFound, NotSupported, PayloadTooLarge, UnsupportedMediaType
 from adapter.mapping.bundle import searchset
 from adapter.mapping.capability import capability_statement
-from adapter.mapping.outcome import information_outcome
+from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
 from adapter.model.decision import Decision
 from adapter.services.search_params import parse_search
@@ -205,6 +205,12 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
     return await _search(resource_type, request, reader, services, accept, params)
 
 
+def _lenient(prefer: str | None) -> bool:
+    """Prefer: handling=lenient (RFC 7240; FHIR search.html#errors)."""
+    preferences = (p.strip().lower().replace(" ", "") for item in (prefer or "").split(",") for p in item.split(";"))
+    return "handling=lenient" in preferences
+
+
 async def _search(resource_type: str, request: Request, reader: Any, services: Any, accept: str | None,
                   params: list[tuple[str, str]]) -> Response:
     check_acceptable(accept, next((v for k, v in params if k == "_format"), None))
@@ -213,7 +219,9 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
         raise NotSupported(f"search on {resource_type[:40]} is not supported")
     if version == "5" and resource_type == "Media":
         raise NotFound("R5 has no Media; search DocumentReference")
-    req = parse_search(resource_type, params)
+    req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")))
+    if req.ignored:  # the links name only the parameters the search used (search.html#errors)
+        params = [(k, v) for k, v in params if k[:40] not in req.ignored]
     types = ["DocumentReference", "Media"] if version == "5" and resource_type == "DocumentReference" \
         else [resource_type]
     result = await run_in_threadpool(reader.search, types, req)
@@ -226,6 +234,12 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     entries = [_versioned(r, version) for r in result.resources]
     bundle = searchset(entries, total=result.total, self_url=self_url, next_url=next_url,
                        base_url=f"{base(request, services)}/fhir", fhir_version=version)
+    if req.ignored:
+        bundle.setdefault("entry", []).append({
+            "resource": operation_outcome("warning", "not-supported",
+                                          f"parameters not supported, left out (Prefer: handling=lenient): "
+                                          f"{', '.join(req.ignored)}"),
+            "search": {"mode": "outcome"}})
     if result.break_glass:
         bundle.setdefault("entry", []).append({
             "resource": information_outcome("suppressed", "break-glass access: records shown under "
