@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
+from adapter.api.headers import NoStoreMiddleware
 from adapter.api.outcome import install_error_handlers
 from adapter.api.routes import dicomweb, fhir, outbox, photos, wado_bulk
 from adapter.metrics import CONTENT_TYPE, exposition
@@ -28,6 +29,7 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
                   docs_url="/docs", redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(NoStoreMiddleware)
     app.include_router(photos.router)
     app.include_router(fhir.router)
     app.include_router(outbox.router)

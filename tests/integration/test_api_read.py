@@ -566,3 +566,27 @@ def test_unknown_parameters_are_refused_unless_the_client_prefers_lenient_handli
         assert "patient%3Aidentifier" in self_link and "_include" not in self_link and "foo" not in self_link
         assert client.get("/fhir/Media?foo=1", headers={**as_purpose("TREAT"), "Prefer": "handling=strict"}) \
             .status_code == 422
+
+
+def test_no_answer_may_be_cached_or_sniffed(tmp_path: Path) -> None:
+    """Records, image bytes, DICOM objects and refusals all concern a patient: every answer says
+    Cache-Control: no-store (no proxy or browser keeps it) and X-Content-Type-Options: nosniff
+    (an image or PDF is never re-read as something a browser runs)."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        treat = as_purpose("TREAT")
+        answers = [
+            post_photo(client, WOUND, metadata()),
+            client.get(f"/fhir/{receipt['record']}", headers=treat),
+            client.get(f"/fhir/{receipt['binary']}", headers={**treat, "Accept": "image/jpeg"}),
+            client.get(f"/fhir/{receipt['binary']}", headers={**treat, "Accept": "application/dicom"}),
+            client.get("/fhir/Media", headers=treat),
+            client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN")),  # a refusal
+            client.get("/fhir/Media/nope", headers=treat),
+            client.get("/dicomweb/studies", headers=treat),
+            client.get("/fhir/metadata"),
+        ]
+        for r in answers:
+            assert r.headers["cache-control"] == "no-store", (r.request.url, r.status_code)
+            assert r.headers["x-content-type-options"] == "nosniff", r.request.url
+        assert {r.status_code for r in answers} >= {200, 201, 403, 404}
