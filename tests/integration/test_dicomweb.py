@@ -33,7 +33,7 @@ from adapter.services.released_uids import ReleasedUidSpaces
 from tests.conftest import ROOT, require_or_skip
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
 from tests.support.dciodvfy import dciodvfy_missing, dciodvfy_report, photo_object, stored_sample
-from tests.support.dicom_files import multiframe_file
+from tests.support.dicom_files import multiframe_file, native_sc_file
 
 pytestmark = pytest.mark.integration
 
@@ -749,6 +749,24 @@ def test_wado_metadata_frames_and_bulk_data_follow_the_decision(adapter: tuple[F
     [(_, train_frame)] = multipart_parts(client.get(train_uri, headers=TRAIN))
     assert train_frame[:2] == b"\xff\xd8"
     assert client.get(f"{train_base}/metadata", headers={**TRAIN, "Accept": "application/dicom"}).status_code == 406
+
+
+def test_native_frames_are_served_as_octet_stream(adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """A native (uncompressed) frame is its pixel bytes, application/octet-stream by default;
+    image/jpeg cannot be made from it without transcoding (406)."""
+    client, _ = adapter
+    path = tmp_path / "native.dcm"
+    pixels = bytes((x * 7 + y * 3 + c * 50) % 256 for y in range(20) for x in range(30) for c in range(3))
+    sent = native_sc_file(path, pixels, rows=20, columns=30)
+    assert stow(client, path.read_bytes()).status_code == 200
+    base = f"/dicomweb/studies/{sent.StudyInstanceUID}/series/{sent.SeriesInstanceUID}/instances/{sent.SOPInstanceUID}"
+    [meta] = client.get(f"{base}/metadata", headers=TREAT).json()
+    assert meta["7FE00010"]["BulkDataURI"].endswith(f"{base}/frames/1") and meta["00280010"]["Value"] == [20]
+    for accept in (None, 'multipart/related; type="application/octet-stream"'):
+        r = client.get(f"{base}/frames/1", headers={**TREAT, **({"Accept": accept} if accept else {})})
+        assert multipart_parts(r) == [("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", pixels)]
+    assert client.get(f"{base}/frames/1", headers={**TREAT, "Accept": 'multipart/related; type="image/jpeg"'}) \
+        .status_code == 406
 
 
 # -- QIDO-RS --------------------------------------------------------------------------------------
