@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pydicom
 import pytest
@@ -24,6 +25,7 @@ from pydicom import config as pydicom_config
 
 from adapter.errors import AdapterError
 from adapter.imaging.sanitize import sanitize
+from adapter.model.decision import View
 from adapter.services.dicom_ingest import ReceivedStore
 from adapter.services.registry import Services
 from tests.conftest import ROOT
@@ -32,6 +34,7 @@ from tests.support.dicom_files import jpeg, multiframe_file, native_sc_file, pdf
 from tests.support.fhir_factories import tables
 
 PURPOSES = ("TREAT", "TRAIN", "HRESCH")
+VIEWS = {"TREAT": View.FULL, "TRAIN": View.DEIDENTIFIED, "HRESCH": View.PSEUDONYMISED}
 
 
 def mutations(data: bytes, rnd: random.Random, *, start: int, head: int) -> bytes:
@@ -136,6 +139,21 @@ def test_mutated_dicom_objects_are_refused_or_released_in_every_view(
             wado = client.get(f"/dicomweb/studies/{instance.study_instance_uid}/series/"
                               f"{instance.series_instance_uid}/instances/{fresh}", headers=headers)
             assert wado.status_code in (200, 403, 404), (i, purpose, wado.text[:200])
+            # what a viewer asks next, in the purpose's released space: metadata, frames, bulk data
+            view = VIEWS[purpose]
+            released = "/".join(services.released_uids.uid(view, u) for u in (
+                instance.study_instance_uid, instance.series_instance_uid, fresh))
+            study, series, sop = released.split("/")
+            base = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+            for url, accept in ((f"{base}/metadata", "application/dicom+json"),
+                                (f"/dicomweb/studies/{study}/metadata", "*/*"), (f"{base}/frames/1", "*/*"),
+                                (f"{base}/frames/1", 'multipart/related; type="application/octet-stream"; '
+                                                     "transfer-syntax=*"),
+                                (f"{base}/bulk/00420011", "*/*")):
+                answer = client.get(url, headers={**headers, "Accept": accept})
+                assert answer.status_code in (200, 403, 404, 406), (i, purpose, url, answer.text[:300])
+                if answer.status_code >= 400:
+                    assert answer.json()["resourceType"] == "OperationOutcome"
             record = client.get(f"/fhir/{result.record}", headers=headers)
             assert record.status_code in (200, 403), (i, purpose, record.text[:200])
             for accept in ("application/dicom", "*/*", "application/fhir+json"):  # the object, the bytes, JSON
@@ -208,10 +226,13 @@ def test_mutated_bundles_consents_and_metadata_never_answer_a_server_error(
 
 SEARCH_PARAMS = ["patient", "subject", "patient:identifier", "subject:identifier", "identifier", "created", "date",
                  "_id", "type", "category", "status", "kind", "purpose", "recorded", "_count", "_offset",
-                 "patient:Patient", "subject:other"]
+                 "patient:Patient", "subject:other", "_lastUpdated", "_lastUpdated:missing", "_sort", "_summary",
+                 "_format", "_elements", "unknown"]
 SEARCH_VALUES = ["", "x", "|", "a|", "|b", "urn:oid:2.999.1.1|MRN-0001", "urn:clinical-image-adapter:pseudonym|x",
                  "urn:clinical-image-adapter:sha256|ab", "2024", "2024-03-05", "ge2024", "lt2024-02-30", "Patient/1",
-                 "http://h/Patient/1", "1,2", ",", "9" * 300, "sa2024-01-01T00:00:00+99:00", "\u00e9"]
+                 "http://h/Patient/1", "1,2", ",", "9" * 300, "sa2024-01-01T00:00:00+99:00", "\u00e9",
+                 "-_lastUpdated", "_lastUpdated", "count", "json", "xml", "gt2026-11-26T10:00:00.123456789Z",
+                 "ge2026-11-26T10:00:00.1+01:00", "0"]
 QIDO_KEYS = ["PatientID", "IssuerOfPatientID", "StudyDate", "StudyInstanceUID", "SeriesInstanceUID",
              "SOPInstanceUID", "Modality", "limit", "offset", "00100020"]
 
@@ -233,8 +254,18 @@ def test_mutated_searches_never_answer_a_server_error(adapter: tuple[FhirClient,
             resource_type = rnd.choice(["Media", "DocumentReference", "Consent", "Provenance"])
             query = [(rnd.choice(SEARCH_PARAMS), rnd.choice(SEARCH_VALUES)) for _ in range(rnd.randint(0, 3))]
             if rnd.random() < 0.3:
-                purpose["Accept"] = "application/fhir+json; fhirVersion=5.0"
-            r = client.get(f"/fhir/{resource_type}", params=query, headers=purpose)
+                purpose["Accept"] = rnd.choice(["application/fhir+json; fhirVersion=5.0", "application/fhir+xml",
+                                                "*/*;q=0", "text/html,*/*;q=0.8"])
+            if rnd.random() < 0.2:
+                purpose["Prefer"] = "handling=lenient"
+            if rnd.random() < 0.3:  # the same search by POST, its parameters in the body
+                body = "&".join(f"{quote(k)}={quote(v)}" for k, v in query)
+                if rnd.random() < 0.1:
+                    body = rnd.choice(["%", "a=%zz", "\udcff", "=", "&&&", "a" * 70_000])
+                r = client.post(f"/fhir/{resource_type}/_search", content=body.encode("utf-8", "surrogateescape"),
+                                headers={**purpose, "Content-Type": "application/x-www-form-urlencoded"})
+            else:
+                r = client.get(f"/fhir/{resource_type}", params=query, headers=purpose)
         else:
             query = [(rnd.choice(QIDO_KEYS), rnd.choice([*SEARCH_VALUES, "MRN-*", "?", "20240101-"]))
                      for _ in range(rnd.randint(0, 3))]
