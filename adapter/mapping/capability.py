@@ -46,7 +46,8 @@ _TOTAL = _Param("_total", "token", "`none` leaves Bundle.total out, so a page co
                 "and `accurate` (the default) count every permitted match.")
 _PATIENT = _Param("patient", "reference",
                   "The patient. The adapter does not own Patient resources: use the `:identifier` modifier, "
-                  "`patient:identifier=system|value`, or a literal `Patient/<id>` of the EHR. Not in the "
+                  "`patient:identifier=system|value` (or `patient.identifier=system|value`, as IHE MHD ITI-67 "
+                  "writes it), or a literal `Patient/<id>` of the EHR. Not in the "
                   "de-identified view (TRAIN); in the pseudonymised view (HRESCH) only the pseudonym it shows, "
                   "`patient:identifier=<pseudonym system>|<pseudonym>`.")
 _SUBJECT = _Param("subject", "reference", "As `patient` (`subject:identifier=system|value`).")

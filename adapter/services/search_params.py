@@ -37,6 +37,10 @@ _PARAMS: dict[str, dict[str, str]] = {
     "Provenance": {"recorded": "date", "date": "date"},
 }
 _COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total", "_lastUpdated", "_sort"}
+#: The chained forms IHE MHD's Find Document References [ITI-67] uses for the patient's identifier
+#: (``patient.identifier=system|value``): the same search as the ``:identifier`` modifier, since
+#: the adapter holds no Patient resources to chain through.
+_CHAINS = {"patient.identifier": "patient:identifier", "subject.identifier": "subject:identifier"}
 #: ``_sort`` (search.html#sort): results come in meta.lastUpdated order (then id), oldest first,
 #: the order of the store's index; newest first on request. Other keys are not supported.
 SORTS = {"_lastUpdated": False, "-_lastUpdated": True}
@@ -145,7 +149,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     summary_count = False
     ignored: list[str] = []
     for name, value in params:
-        base, _, modifier = name.partition(":")
+        base, _, modifier = _CHAINS.get(name, name).partition(":")
         if base in _IGNORED:
             continue
         if base == "_summary":

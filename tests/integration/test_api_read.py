@@ -590,3 +590,23 @@ def test_no_answer_may_be_cached_or_sniffed(tmp_path: Path) -> None:
             assert r.headers["cache-control"] == "no-store", (r.request.url, r.status_code)
             assert r.headers["x-content-type-options"] == "nosniff", r.request.url
         assert {r.status_code for r in answers} >= {200, 201, 403, 404}
+
+
+def test_mhd_find_document_references_by_the_chained_patient_identifier(tmp_path: Path) -> None:
+    """IHE MHD Find Document References [ITI-67] searches ``patient.identifier=system|value``:
+    the same answer as ``patient:identifier``, and refused where that is (the de-identified view)."""
+    with adapter_client(tmp_path) as (client, _):
+        doc = _ingest(client, path=SAMPLES / "document.jpg", kind="document")
+        _ingest(client, path=SAMPLES / "document.jpg", kind="document",
+                patient={"system": PATIENT["system"], "value": "MRN-0002"})
+        ident = f"{PATIENT['system']}|{PATIENT['value']}"
+        treat = as_purpose("TREAT")
+        chained = client.get(f"/fhir/DocumentReference?patient.identifier={ident}&status=current", headers=treat)
+        modifier = client.get(f"/fhir/DocumentReference?patient:identifier={ident}&status=current", headers=treat)
+        assert chained.status_code == 200, chained.text
+        ids = [e["resource"]["id"] for e in chained.json()["entry"]]
+        assert ids == [e["resource"]["id"] for e in modifier.json()["entry"]] == [doc["record"].split("/")[1]]
+        assert client.get(f"/fhir/DocumentReference?subject.identifier={ident}", headers=treat).json()["total"] == 1
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN"]))
+        refused = client.get(f"/fhir/DocumentReference?patient.identifier={ident}", headers=as_purpose("TRAIN"))
+        assert refused.status_code == 400
