@@ -21,6 +21,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
+from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import Tag
 
 from adapter.errors import InvalidInput, NotFound, StorageError
@@ -61,7 +62,10 @@ def number_of_frames(ds: Dataset) -> int:
 def metadata(ds: Dataset, instance_url: str) -> dict[str, Any]:
     """The DICOM JSON of ``ds`` (module docstring); ``instance_url`` is the instance's WADO-RS URL.
     Bulk data of the top-level dataset goes by URI; inside sequences every value is inline (the
-    bulkdata resource serves top-level elements)."""
+    bulkdata resource serves top-level elements). Ambiguous VRs of ``ds`` are resolved in place."""
+    # an element read in Implicit VR (or made without one) may carry "OB or OW", "US or SS":
+    # DICOM JSON names one VR, the one the dataset's own attributes decide (PS3.5 A.1)
+    _resolve_ambiguous_vrs(ds)
     bulk: dict[str, dict[str, str]] = {}
     rest = Dataset()
     for element in ds:
@@ -77,6 +81,23 @@ def metadata(ds: Dataset, instance_url: str) -> dict[str, Any]:
     body: dict[str, Any] = rest.to_json_dict(bulk_data_threshold=2**62)
     body.update(bulk)
     return dict(sorted(body.items()))
+
+
+def _resolve_ambiguous_vrs(ds: Dataset) -> None:
+    """Each ambiguous element takes the VR its dataset's attributes decide (pydicom's rules), or,
+    where they are missing (an item without BitsAllocated, say), the first its dictionary entry
+    names; sequence items likewise, each by its own attributes."""
+    for element in ds:
+        if " or " in element.VR:
+            try:
+                correct_ambiguous_vr_element(element, ds, True)
+            except (AttributeError, ValueError, KeyError, TypeError):
+                pass
+            if " or " in element.VR:
+                element.VR = element.VR.split(" or ")[0]
+        if element.VR == "SQ":
+            for item in element.value or ():
+                _resolve_ambiguous_vrs(item)
 
 
 def frames(ds: Dataset, wanted: Sequence[int]) -> list[bytes]:

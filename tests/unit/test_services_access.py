@@ -1,5 +1,5 @@
-"""QIDO-RS pages read the store a batch at a time, but match, count and decide whole studies:
-the regrouping of streamed batches (adapter.services.access._whole_studies)."""
+"""adapter.services.access: QIDO-RS pages read the store a batch at a time, but match, count
+and decide whole studies (the regrouping of streamed batches, ``_whole_studies``)."""
 
 from __future__ import annotations
 
