@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from adapter.mapping.codes import EXT_PHOTO_SOURCE
 from adapter.mapping.dicom_deid import NOT_CLEANED_DOCUMENT, NOT_CLEANED_PIXELS
@@ -767,6 +767,18 @@ def test_native_frames_are_served_as_octet_stream(adapter: tuple[FhirClient, Ser
         assert multipart_parts(r) == [("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", pixels)]
     assert client.get(f"{base}/frames/1", headers={**TREAT, "Accept": 'multipart/related; type="image/jpeg"'}) \
         .status_code == 406
+    # the same object in Implicit VR: its Pixel Data is read as "OB or OW"; DICOM JSON names one VR
+    implicit = tmp_path / "implicit.dcm"
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix="2.25.")
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(implicit, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    assert stow(client, implicit.read_bytes()).status_code == 200
+    base = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    meta_text = client.get(f"{base}/metadata", headers=TREAT).text
+    assert " or " not in meta_text and '"7FE00010":{"vr":"OW","BulkDataURI"' in meta_text
+    [(_, frame)] = multipart_parts(client.get(f"{base}/frames/1", headers=TREAT))
+    assert frame == pixels
 
 
 # -- QIDO-RS --------------------------------------------------------------------------------------
