@@ -27,6 +27,12 @@ class DicomInstance:
     blob_sha256: str | None = None
     study_date: str | None = None   # DICOM DA (YYYYMMDD) for QIDO
     created: datetime | None = None
+    # what a received object says of its study, for a viewer's study list (QIDO-RS, care only);
+    # None for a photo (its object has none) and for instances stored before schema 8
+    patient_name: str | None = None      # PN, as sent (Alphabetic^group)
+    study_description: str | None = None
+    accession_number: str | None = None
+    study_time: str | None = None        # TM
 
 
 @dataclass(frozen=True)

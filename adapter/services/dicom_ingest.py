@@ -707,12 +707,12 @@ class DicomIngestService:
                     binary = _binary_of_bytes(work, extract_image(ds))
                 elif frame_error is not None:
                     raise frame_error
-                study_date = _study_date(head.ds)
+                study = _study_attributes(head.ds)
             except _MALFORMED as exc:
                 raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
             assert binary is not None
             return self._store_object(received, head.obj, binary, head.assessment, work, original, original_ready,
-                                      original_sha256.result(), study_date, head.now)
+                                      original_sha256.result(), study, head.now)
         finally:
             work.close()
 
@@ -766,7 +766,7 @@ class DicomIngestService:
 
     def _store_object(self, received: ReceivedStore, obj: ReceivedObject, binary: _Binary,
                       assessment: IngestAssessment, work: _Work, original: Path, original_ready: Future[None],
-                      original_sha256: str, study_date: str | None, now: datetime) -> DicomIngestResult:
+                      original_sha256: str, study: _Study, now: datetime) -> DicomIngestResult:
         """Both blobs, then the one transaction. Every refusal has happened by now; both files
         were staged and fsynced by helper threads meanwhile, so committing them is a rename
         (done by helpers while this thread builds the resources)."""
@@ -781,7 +781,7 @@ class DicomIngestService:
             assert binary.offset is not None
             image_blob = (original_sha256, (binary.offset, len(binary.image.data)))
         unit = self._unit(received, obj, binary.image, image_sha256, image_blob, assessment, original_sha256,
-                          study_date, now)
+                          study, now)
         for blob in committed:
             blob.result()
         try:
@@ -796,7 +796,7 @@ class DicomIngestService:
 
     def _unit(self, received: ReceivedStore, obj: ReceivedObject, image: ExtractedImage, image_sha256: str,
               image_blob: tuple[str, tuple[int, int] | None], assessment: IngestAssessment,
-              original_sha256: str, study_date: str | None, now: datetime) -> IngestUnit:
+              original_sha256: str, study: _Study, now: datetime) -> IngestUnit:
         """The ingest unit; ``image_blob`` is where the Binary's bytes are: a blob, and the
         (offset, length) range of it when they are part of the received object."""
         record_id, binary_id, provenance_id = _new_id(), _new_id(), _new_id()
@@ -839,16 +839,41 @@ class DicomIngestService:
             sop_instance_uid=obj.sop_instance_uid, study_instance_uid=obj.study_uid,
             series_instance_uid=obj.series_uid, sop_class_uid=obj.sop_class_uid, modality=obj.modality or "",
             record_type=record_type, record_id=record_id, patient=patient, blob_sha256=original_sha256,
-            study_date=study_date, created=None)
+            study_date=study.date, created=None, patient_name=study.patient_name,
+            study_description=study.description, accession_number=study.accession_number, study_time=study.time)
         return IngestUnit(resources=resources, receipt=receipt, idempotency_key=None, patient=patient,
                           stored_sha256=original_sha256, audit_events=[audit], dicom_instance=instance,
                           released_uids=self._released_uids.rows(instance))
 
 
-def _study_date(ds: Dataset) -> str | None:
-    """StudyDate (DA, YYYYMMDD) when it is one, for QIDO; anything else is not kept."""
-    value = str(ds.get("StudyDate") or "").strip()
-    return value if len(value) == 8 and value.isdigit() else None
+@dataclass(frozen=True)
+class _Study:
+    """What a received object says of its study, kept for QIDO-RS (a viewer's study list)."""
+
+    date: str | None
+    patient_name: str | None
+    description: str | None
+    accession_number: str | None
+    time: str | None
+
+
+#: Longest value kept of each (PN: 5 components of 64 characters, 3 groups; the others their VR's).
+_STUDY_LIMITS = {"PatientName": 1000, "StudyDescription": 64, "AccessionNumber": 16, "StudyTime": 16}
+
+
+def _study_attributes(ds: Dataset) -> _Study:
+    """StudyDate (DA, YYYYMMDD) when it is one; PatientName, StudyDescription, AccessionNumber
+    and StudyTime as sent, when present and within their VR's length (anything else is not kept:
+    the object keeps it, and every release reads it from there)."""
+
+    def text(keyword: str) -> str | None:
+        value = str(ds.get(keyword) or "").strip(" \x00")
+        return value if value and len(value) <= _STUDY_LIMITS[keyword] else None
+
+    date = str(ds.get("StudyDate") or "").strip()
+    return _Study(date=date if len(date) == 8 and date.isdigit() else None, patient_name=text("PatientName"),
+                  description=text("StudyDescription"), accession_number=text("AccessionNumber"),
+                  time=text("StudyTime"))
 
 
 __all__ = ["DicomIngestResult", "DicomIngestService", "FileLayout", "PixelDataLayout", "ReceivedStore", "check_complete",

@@ -125,6 +125,12 @@ class DicomEntry:
     patient_id: str | None
     issuer_of_patient_id: str | None
     record: str                       # "Media/<id>": for the audit, never shown
+    # what the released object says of its study (a viewer's study list): as received for care;
+    # the pseudonym as PatientName and nothing else for HRESCH; nothing for TRAIN (PS3.15 E.1-1)
+    patient_name: str | None = None
+    study_description: str | None = None
+    accession_number: str | None = None
+    study_time: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,13 +172,23 @@ class DicomRelease:
 
     def entry(self, instance: DicomInstance) -> DicomEntry:
         patient_id, issuer = self.patient(instance.patient)
+        full = self.view is View.FULL
+        if full:
+            patient_name = instance.patient_name
+        elif self.view is View.PSEUDONYMISED:  # as the pseudonymised object names the patient
+            patient_name = f"{patient_id}^"
+        else:
+            patient_name = None
         return DicomEntry(
             study_instance_uid=self.uid(instance.study_instance_uid),
             series_instance_uid=self.uid(instance.series_instance_uid),
             sop_instance_uid=self.uid(instance.sop_instance_uid), sop_class_uid=instance.sop_class_uid,
             modality=instance.modality, study_date=None if self.view is View.DEIDENTIFIED else instance.study_date,
             patient_id=patient_id, issuer_of_patient_id=issuer,
-            record=f"{instance.record_type}/{instance.record_id}")
+            record=f"{instance.record_type}/{instance.record_id}", patient_name=patient_name,
+            study_description=instance.study_description if full else None,
+            accession_number=instance.accession_number if full else None,
+            study_time=instance.study_time if self.view is not View.DEIDENTIFIED else None)
 
     def release(self, obj: Dataset | Path, patient: Identifier) -> ReleasedObject:
         """The Part 10 bytes of ``obj`` in this view, in the transfer syntax it is stored in

@@ -120,6 +120,10 @@ def dicom_instance_row(instance: DicomInstance, created: datetime) -> dict[str, 
         "blob_sha256": instance.blob_sha256,
         "study_date": instance.study_date,
         "created": to_utc(instance.created) if instance.created is not None else created,
+        "patient_name": instance.patient_name,
+        "study_description": instance.study_description,
+        "accession_number": instance.accession_number,
+        "study_time": instance.study_time,
     }
 
 
@@ -146,6 +150,10 @@ def dicom_instance_from(row: RowMapping) -> DicomInstance:
         blob_sha256=row["blob_sha256"],
         study_date=row["study_date"],
         created=row["created"],
+        patient_name=row.get("patient_name"),
+        study_description=row.get("study_description"),
+        accession_number=row.get("accession_number"),
+        study_time=row.get("study_time"),
     )
 
 

@@ -44,7 +44,8 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 5: an index of dicom_instances by patient identifier value (QIDO-RS by PatientID).
 #: 6: patient_pseudonyms; key_fingerprints replaces dicom_uid_spaces (for both derived indexes).
 #: 7: an index of dicom_instances by StudyDate (QIDO-RS by date or date range).
-SCHEMA_VERSION = 7
+#: 8: dicom_instances.patient_name, study_description, accession_number, study_time (QIDO-RS).
+SCHEMA_VERSION = 8
 
 
 class EncodedJson(str):
@@ -187,6 +188,10 @@ dicom_instances = Table(
     Column("blob_sha256", String(64)),
     Column("study_date", String(8)),
     Column("created", UtcDateTime, nullable=False),
+    Column("patient_name", Text),
+    Column("study_description", Text),
+    Column("accession_number", Text),
+    Column("study_time", String(32)),
     PrimaryKeyConstraint("sop_instance_uid", name="pk_dicom_instances"),
     Index("ix_dicom_instances_study", "study_instance_uid", "series_instance_uid", "created"),
     Index("ix_dicom_instances_series", "series_instance_uid"),
@@ -266,7 +271,8 @@ def _migrate(conn: Connection, found: int) -> None:
     4 → 5 adds an index to an existing table (``create_all`` creates indexes only with new tables);
     5 → 6 adds tables (patient_pseudonyms, key_fingerprints) and drops dicom_uid_spaces, whose
     fingerprint moved to key_fingerprints (the released-UID index is rebuilt once at start);
-    6 → 7 adds an index to an existing table.
+    6 → 7 adds an index to an existing table;
+    7 → 8 adds four nullable columns to ``dicom_instances`` (instances stored before have none).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -284,6 +290,8 @@ def _migrate(conn: Connection, found: int) -> None:
 #: SQLite and PostgreSQL); ``create_all`` makes new tables whole but never alters one.
 _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str], ...]] = {
     3: (("resources", "blob_offset", "BIGINT"), ("resources", "blob_length", "BIGINT")),
+    8: (("dicom_instances", "patient_name", "TEXT"), ("dicom_instances", "study_description", "TEXT"),
+        ("dicom_instances", "accession_number", "TEXT"), ("dicom_instances", "study_time", "VARCHAR(32)")),
 }
 
 

@@ -877,6 +877,37 @@ def test_qido_pages_count_results_at_their_level_and_read_only_what_they_need(
         == value(first, "00201208")  # the audit names what the page returned
 
 
+def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allows(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """A viewer's study list: the patient's name, the study's description, accession number and
+    time, as the object carries them, for care; for HRESCH the pseudonym as the name (as its
+    copy says) and the time, nothing else; for TRAIN none of them (PS3.15 Table E.1-1). A photo
+    posted over HTTP has none."""
+    client, _ = adapter
+    obj = received(record_id="rec-a", StudyDescription="Wound care, left heel", AccessionNumber="ACC-77",
+                   StudyTime="101500")
+    assert stow(client, obj).status_code == 200
+    assert post_photo(client, WOUND, metadata()).status_code == 201
+    studies = {value(s, "0020000D"): s for s in qido(client, "studies", TREAT)}
+    treat = studies[obj.StudyInstanceUID]
+    assert treat["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": PATIENT_NAME}]}
+    assert (value(treat, "00081030"), value(treat, "00080050"), value(treat, "00080030")) == \
+        ("Wound care, left heel", "ACC-77", "101500")
+    [photo] = [s for uid, s in studies.items() if uid != obj.StudyInstanceUID]
+    assert not {"00100010", "00081030", "00080050"} & set(photo)
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for study in qido(client, "studies", TRAIN):
+        assert not {"00100010", "00081030", "00080050", "00080030"} & set(study)
+        assert PATIENT_NAME not in json.dumps(study) and "ACC-77" not in json.dumps(study)
+    pseudonymised = [s for s in qido(client, "studies", HRESCH) if "00080030" in s]
+    [hresch] = pseudonymised
+    assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]
+    assert "00081030" not in hresch and "00080050" not in hresch and PATIENT_NAME not in json.dumps(hresch)
+    # what the study list says is what the released copy says
+    [data] = parts_of(client.get(value(hresch, "00081190").split("testserver")[-1], headers=HRESCH))
+    assert str(read(data).PatientName) == f"{value(hresch, '00100020')}^"
+
+
 def test_a_study_retrieve_leaves_out_what_is_not_permitted(adapter: tuple[FhirClient, Services]) -> None:
     """Two patients' objects in one study UID: TRAIN consent for one patient only returns that one."""
     client, _ = adapter

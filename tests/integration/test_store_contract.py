@@ -800,6 +800,18 @@ def test_search_dicom_instances(store: SqlRecordStore) -> None:
     assert found == made["b"]
 
 
+def test_what_a_received_object_says_of_its_study_round_trips(store: SqlRecordStore) -> None:
+    import dataclasses
+
+    instance = dataclasses.replace(make_instance(), patient_name="Doe^Jane=\u5c71\u7530^\u82b1\u5b50",
+                                   study_description="Wound care", accession_number="ACC-1", study_time="101500")
+    store.save_ingest(make_dicom_unit(instance))
+    kept = store.find_dicom_instance(instance.sop_instance_uid)
+    assert kept is not None and dataclasses.replace(kept, created=None) == instance
+    [found] = store.search_dicom_instances(sop_instance=instance.sop_instance_uid)
+    assert (found.patient_name, found.study_description) == ("Doe^Jane=\u5c71\u7530^\u82b1\u5b50", "Wound care")
+
+
 def test_search_dicom_instances_by_study_date(store: SqlRecordStore) -> None:
     """QIDO-RS StudyDate (PS3.4 C.2.2.2.5): one date, or a range open at either end, inclusive; an
     instance without a StudyDate never matches. Through ix_dicom_instances_study_date."""
@@ -1125,7 +1137,7 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
 def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
     """4 → 5 adds an index to a table that exists; 5 → 6 adds the pseudonym and fingerprint
     tables and drops dicom_uid_spaces (the released-UID index is then rebuilt once); 6 → 7 adds
-    another index."""
+    another index; 7 → 8 four nullable columns (the instances stored before have none)."""
     store = open_records()
     instance = make_instance()
     unit = make_dicom_unit(instance)
@@ -1134,6 +1146,8 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
     with store.engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_patient_value"))
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_study_date"))
+        for column in ("patient_name", "study_description", "accession_number", "study_time"):  # added by 8
+            conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
         conn.execute(sa.text("DROP TABLE key_fingerprints"))
         conn.execute(sa.text("DROP TABLE patient_pseudonyms"))
         conn.execute(sa.text("CREATE TABLE dicom_uid_spaces (name VARCHAR(16) PRIMARY KEY, fingerprint VARCHAR(64))"))
@@ -1145,8 +1159,12 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 7
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 8
+        columns = {c["name"] for c in inspector.get_columns("dicom_instances")}
     assert {"ix_dicom_instances_patient_value", "ix_dicom_instances_study_date"} <= names
+    assert {"patient_name", "study_description", "accession_number", "study_time"} <= columns
+    kept = upgraded.find_dicom_instance(instance.sop_instance_uid)
+    assert kept is not None and kept.patient_name is None and kept.study_date == instance.study_date
     assert {"key_fingerprints", "patient_pseudonyms"} <= tables and "dicom_uid_spaces" not in tables
     assert upgraded.index_released_uids("fp", released_rows) == 1  # the fingerprint went with the old table
     assert upgraded.index_pseudonyms("pk", lambda p: f"ps-{p.value}") == 1

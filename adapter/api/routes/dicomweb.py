@@ -82,6 +82,8 @@ _TAGS: dict[str, tuple[str, str]] = {  # keyword: (tag, VR)
     "IssuerOfPatientID": ("00100021", "LO"), "StudyInstanceUID": ("0020000D", "UI"),
     "SeriesInstanceUID": ("0020000E", "UI"), "NumberOfStudyRelatedSeries": ("00201206", "IS"),
     "NumberOfStudyRelatedInstances": ("00201208", "IS"), "NumberOfSeriesRelatedInstances": ("00201209", "IS"),
+    "PatientName": ("00100010", "PN"), "StudyDescription": ("00081030", "LO"), "AccessionNumber": ("00080050", "SH"),
+    "StudyTime": ("00080030", "TM"),
 }
 _KEYWORD_OF_TAG = {tag: keyword for keyword, (tag, _) in _TAGS.items()}
 
@@ -97,6 +99,14 @@ def _dataset(**attributes: Any) -> dict[str, Any]:
         values = value if isinstance(value, list) else [value]
         out[tag] = {"vr": vr, "Value": values} if values else {"vr": vr}
     return dict(sorted(out.items()))
+
+
+def _person_name(value: str | None) -> dict[str, str] | None:
+    """A PN value in the DICOM JSON Model (PS3.18 F.2.2): its component groups by name."""
+    if not value:
+        return None
+    groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), value.split("="), strict=False))
+    return {name: group for name, group in groups.items() if group} or None
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -321,6 +331,10 @@ def _studies(request: Request, services: Services, entries: list[DicomEntry]) ->
     for study, members in groups.items():
         first = members[0]
         out.append(_dataset(
+            PatientName=_person_name(next((m.patient_name for m in members if m.patient_name), None)),
+            StudyDescription=next((m.study_description for m in members if m.study_description), None),
+            AccessionNumber=next((m.accession_number for m in members if m.accession_number), None),
+            StudyTime=next((m.study_time for m in members if m.study_time), None),
             StudyDate=next((m.study_date for m in members if m.study_date), None),
             ModalitiesInStudy=sorted({m.modality for m in members if m.modality}),
             RetrieveURL=_study_url(request, services, study),
