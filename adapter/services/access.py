@@ -347,7 +347,8 @@ class ScopedReader:
 
     def _dicom_candidates(self, release: DicomRelease, *, study: str | None = None, series: str | None = None,
                           sop_instance: str | None = None, patient_id: str | None = None,
-                          study_dates: tuple[str | None, str | None] | None = None) -> list[DicomInstance]:
+                          study_dates: tuple[str | None, str | None] | None = None,
+                          accession_number: str | None = None) -> list[DicomInstance]:
         """Instances whose released UIDs are the given ones (all when none is given). The
         mapped UIDs of a restricted view cannot be reversed: they are looked up in their index
         (adapter.services.released_uids), and what it finds is checked against the key.
@@ -360,7 +361,8 @@ class ScopedReader:
             study_dates = None
         if release.view is View.FULL:
             return self._store.search_dicom_instances(study=study, series=series, sop_instance=sop_instance,
-                                                      patient_value=patient_id, study_dates=study_dates)
+                                                      patient_value=patient_id, study_dates=study_dates,
+                                                      accession_number=accession_number)
         if study is None and series is None and sop_instance is None:
             return self._store.search_dicom_instances(study_dates=study_dates)
         wanted = [(uid, attr) for uid, attr in ((study, "study_instance_uid"), (series, "series_instance_uid"),
@@ -472,6 +474,8 @@ class ScopedReader:
         batches: Iterable[list[DicomInstance]]
         if release.view is View.DEIDENTIFIED and (query.patient_id is not None or query.study_date is not None):
             batches = ()  # the view shows no PatientID and no dates: nothing can match, nothing to load
+        elif release.view is not View.FULL and query.accession_number is not None:
+            batches = ()  # only care's view shows an AccessionNumber (TRAIN and HRESCH copies remove it)
         elif release.view is View.PSEUDONYMISED and exact_patient is not None:
             # the pseudonym the view shows as PatientID: looked up, not computed for every instance
             batches = [[i for p in self._pseudonymised([exact_patient])
@@ -481,12 +485,13 @@ class ScopedReader:
             # where the view shows them), streamed
             batches = self._store.iter_dicom_instances(
                 study_dates=None if release.view is View.DEIDENTIFIED else dates,
-                patient_value=exact_patient if release.view is View.FULL else None)
+                patient_value=exact_patient if release.view is View.FULL else None,
+                accession_number=query.accession_number)
         else:
             batches = [self._dicom_candidates(
                 release, study=query.study_uids[0] if len(query.study_uids) == 1 else None,
                 series=query.series_uids[0] if len(query.series_uids) == 1 else None, patient_id=exact_patient,
-                study_dates=dates)]
+                study_dates=dates, accession_number=query.accession_number)]
         key = _RESULT_KEYS[level]
         results: dict[Any, list[DicomEntry]] = {}  # result key -> its instances, in order
         wanted = None if limit is None else offset + limit

@@ -240,11 +240,12 @@ STUDY, SERIES, INSTANCE = "study", "series", "instance"
 LEVELS = (STUDY, SERIES, INSTANCE)
 #: The match keys each level supports (a key of a lower level is refused, not ignored).
 LEVEL_KEYS: dict[str, frozenset[str]] = {
-    STUDY: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "ModalitiesInStudy"}),
+    STUDY: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "ModalitiesInStudy",
+                       "AccessionNumber"}),
     SERIES: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "SeriesInstanceUID",
-                       "Modality"}),
+                       "Modality", "AccessionNumber"}),
     INSTANCE: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "SeriesInstanceUID",
-                         "Modality", "SOPInstanceUID", "SOPClassUID"}),
+                         "Modality", "SOPInstanceUID", "SOPClassUID", "AccessionNumber"}),
 }
 _DATE = re.compile(r"^\d{8}$")
 
@@ -288,6 +289,7 @@ class DicomQuery:
     issuer_of_patient_id: str | None = None
     modality: str | None = None            # Modality (series, instance) or ModalitiesInStudy (study)
     study_date: DateRange | None = None
+    accession_number: str | None = None    # exact (a RIS's key); only care's view shows one
 
     def matches(self, entry: DicomEntry) -> bool:
         """Every key but Modality, which :func:`match_level` applies per level."""
@@ -302,6 +304,8 @@ class DicomQuery:
         if self.patient_id is not None and not _wildcard(self.patient_id, entry.patient_id):
             return False
         if self.issuer_of_patient_id is not None and entry.issuer_of_patient_id != self.issuer_of_patient_id:
+            return False
+        if self.accession_number is not None and entry.accession_number != self.accession_number:
             return False
         return self.study_date is None or self.study_date.matches(entry.study_date)
 

@@ -130,14 +130,15 @@ class RecordStore(Protocol):
     def search_dicom_instances(self, *, study: str | None = None, series: str | None = None,
                                sop_instance: str | None = None, patient: Identifier | None = None,
                                patient_value: str | None = None, modality: str | None = None,
-                               study_dates: tuple[str | None, str | None] | None = None) -> list[DicomInstance]:
+                               study_dates: tuple[str | None, str | None] | None = None,
+                               accession_number: str | None = None) -> list[DicomInstance]:
         """AND of the criteria (``patient_value``: in any system; ``study_dates``: an inclusive
         YYYYMMDD range, open where None, never matching an instance without a StudyDate);
         ordered by study, series, created."""
 
     def iter_dicom_instances(self, *, batch: int = 500, patient_value: str | None = None,
                              modality: str | None = None, study_dates: tuple[str | None, str | None] | None = None,
-                             ) -> Iterator[list[DicomInstance]]:
+                             accession_number: str | None = None) -> Iterator[list[DicomInstance]]:
         """search_dicom_instances in lists of at most ``batch``, streamed (bounded memory; a
         reader may stop early and close the generator)."""
 

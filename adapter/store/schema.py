@@ -44,7 +44,7 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 5: an index of dicom_instances by patient identifier value (QIDO-RS by PatientID).
 #: 6: patient_pseudonyms; key_fingerprints replaces dicom_uid_spaces (for both derived indexes).
 #: 7: an index of dicom_instances by StudyDate (QIDO-RS by date or date range).
-#: 8: dicom_instances.patient_name, study_description, accession_number, study_time (QIDO-RS).
+#: 8: dicom_instances.patient_name, study_description, accession_number (indexed), study_time (QIDO-RS).
 SCHEMA_VERSION = 8
 
 
@@ -198,6 +198,7 @@ dicom_instances = Table(
     Index("ix_dicom_instances_patient", "patient_system", "patient_value"),
     Index("ix_dicom_instances_patient_value", "patient_value"),
     Index("ix_dicom_instances_study_date", "study_date"),
+    Index("ix_dicom_instances_accession_number", "accession_number"),
     Index("ix_dicom_instances_record", "record_type", "record_id"),
 )
 
@@ -272,7 +273,8 @@ def _migrate(conn: Connection, found: int) -> None:
     5 → 6 adds tables (patient_pseudonyms, key_fingerprints) and drops dicom_uid_spaces, whose
     fingerprint moved to key_fingerprints (the released-UID index is rebuilt once at start);
     6 → 7 adds an index to an existing table;
-    7 → 8 adds four nullable columns to ``dicom_instances`` (instances stored before have none).
+    7 → 8 adds four nullable columns to ``dicom_instances`` (instances stored before have none)
+    and an index on one of them.
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -299,6 +301,7 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str], ...]] = {
 _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
     5: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_patient_value"),
     7: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_study_date"),
+    8: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_accession_number"),
 }
 
 

@@ -157,10 +157,12 @@ def patient_consents(patient: Identifier, *columns: Any, dialect: str = "sqlite"
 
 def _dicom_search(*, study: str | None = None, series: str | None = None, sop_instance: str | None = None,
                   patient: Identifier | None = None, patient_value: str | None = None, modality: str | None = None,
-                  study_dates: tuple[str | None, str | None] | None = None) -> Select[Any]:
+                  study_dates: tuple[str | None, str | None] | None = None,
+                  accession_number: str | None = None) -> Select[Any]:
     """The instances matching the criteria of SqlRecordStore.search_dicom_instances."""
     where = _equal((_d.patient_value, patient_value), (_d.study_instance_uid, study),
-                   (_d.series_instance_uid, series), (_d.sop_instance_uid, sop_instance), (_d.modality, modality))
+                   (_d.series_instance_uid, series), (_d.sop_instance_uid, sop_instance), (_d.modality, modality),
+                   (_d.accession_number, accession_number))
     if patient is not None:
         where.append(and_(_d.patient_system == patient.system, _d.patient_value == patient.value))
     if study_dates is not None:
@@ -433,22 +435,23 @@ class SqlRecordStore:
     def search_dicom_instances(self, *, study: str | None = None, series: str | None = None,
                                sop_instance: str | None = None, patient: Identifier | None = None,
                                patient_value: str | None = None, modality: str | None = None,
-                               study_dates: tuple[str | None, str | None] | None = None) -> list[DicomInstance]:
+                               study_dates: tuple[str | None, str | None] | None = None,
+                               accession_number: str | None = None) -> list[DicomInstance]:
         """AND of the given criteria (exact matches; ``patient_value``: the identifier's value in
         any system; ``study_dates``: an inclusive YYYYMMDD range, open where None, which an
         instance without a StudyDate never matches); ordered by study, series, created."""
         return self._dicom_instances(_dicom_search(study=study, series=series, sop_instance=sop_instance,
                                                    patient=patient, patient_value=patient_value, modality=modality,
-                                                   study_dates=study_dates))
+                                                   study_dates=study_dates, accession_number=accession_number))
 
     def iter_dicom_instances(self, *, batch: int = _GET_MANY_CHUNK, patient_value: str | None = None,
                              modality: str | None = None, study_dates: tuple[str | None, str | None] | None = None,
-                             ) -> Iterator[list[DicomInstance]]:
+                             accession_number: str | None = None) -> Iterator[list[DicomInstance]]:
         """:meth:`search_dicom_instances`, in lists of at most ``batch`` instances, read from one
         streamed result: memory stays bounded whatever the number of instances, and a reader that
         has what it needs stops early (closing the generator ends the read)."""
         statement = _dicom_ordered(_dicom_search(patient_value=patient_value, modality=modality,
-                                                 study_dates=study_dates))
+                                                 study_dates=study_dates, accession_number=accession_number))
         with self._read() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(statement)
             for rows in result.mappings().partitions(batch):

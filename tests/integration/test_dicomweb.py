@@ -893,12 +893,18 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
     assert treat["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": PATIENT_NAME}]}
     assert (value(treat, "00081030"), value(treat, "00080050"), value(treat, "00080030")) == \
         ("Wound care, left heel", "ACC-77", "101500")
+    # a RIS's key: the AccessionNumber, exact, through the store's index; only care's view has one
+    assert [value(s, "0020000D") for s in qido(client, "studies", AccessionNumber="ACC-77")] == [obj.StudyInstanceUID]
+    assert len(qido(client, "instances", TREAT, AccessionNumber="ACC-77")) == 1
+    assert qido(client, "studies", AccessionNumber="ACC-7") == []
     [photo] = [s for uid, s in studies.items() if uid != obj.StudyInstanceUID]
     assert not {"00100010", "00081030", "00080050"} & set(photo)
     add_consent(client, ["TRAIN", "HRESCH"])
     for study in qido(client, "studies", TRAIN):
         assert not {"00100010", "00081030", "00080050", "00080030"} & set(study)
         assert PATIENT_NAME not in json.dumps(study) and "ACC-77" not in json.dumps(study)
+    assert qido(client, "studies", TRAIN, AccessionNumber="ACC-77") == []
+    assert qido(client, "studies", HRESCH, AccessionNumber="ACC-77") == []
     pseudonymised = [s for s in qido(client, "studies", HRESCH) if "00080030" in s]
     [hresch] = pseudonymised
     assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]

@@ -810,6 +810,9 @@ def test_what_a_received_object_says_of_its_study_round_trips(store: SqlRecordSt
     assert kept is not None and dataclasses.replace(kept, created=None) == instance
     [found] = store.search_dicom_instances(sop_instance=instance.sop_instance_uid)
     assert (found.patient_name, found.study_description) == ("Doe^Jane=\u5c71\u7530^\u82b1\u5b50", "Wound care")
+    assert store.search_dicom_instances(accession_number="ACC-1") == [found]
+    assert store.search_dicom_instances(accession_number="ACC-2") == []
+    assert [i for batch in store.iter_dicom_instances(accession_number="ACC-1") for i in batch] == [found]
 
 
 def test_search_dicom_instances_by_study_date(store: SqlRecordStore) -> None:
@@ -1146,6 +1149,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
     with store.engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_patient_value"))
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_study_date"))
+        conn.execute(sa.text("DROP INDEX ix_dicom_instances_accession_number"))
         for column in ("patient_name", "study_description", "accession_number", "study_time"):  # added by 8
             conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
         conn.execute(sa.text("DROP TABLE key_fingerprints"))
@@ -1161,7 +1165,8 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         tables = set(inspector.get_table_names())
         assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 8
         columns = {c["name"] for c in inspector.get_columns("dicom_instances")}
-    assert {"ix_dicom_instances_patient_value", "ix_dicom_instances_study_date"} <= names
+    assert {"ix_dicom_instances_patient_value", "ix_dicom_instances_study_date",
+            "ix_dicom_instances_accession_number"} <= names
     assert {"patient_name", "study_description", "accession_number", "study_time"} <= columns
     kept = upgraded.find_dicom_instance(instance.sop_instance_uid)
     assert kept is not None and kept.patient_name is None and kept.study_date == instance.study_date

@@ -312,7 +312,8 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> tuple[Dic
         sop_instance_uids=uids("SOPInstanceUID"), sop_class_uids=uids("SOPClassUID"),
         patient_id=keys.get("PatientID"), issuer_of_patient_id=keys.get("IssuerOfPatientID"),
         modality=keys.get("Modality") or keys.get("ModalitiesInStudy"),
-        study_date=DateRange.parse(keys["StudyDate"]) if "StudyDate" in keys else None)
+        study_date=DateRange.parse(keys["StudyDate"]) if "StudyDate" in keys else None,
+        accession_number=keys.get("AccessionNumber"))
     return query, limit, offset
 
 
