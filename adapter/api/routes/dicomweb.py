@@ -19,12 +19,14 @@
   application/dicom+json (PS3.18 F.2). Match keys (keyword or tag): PatientID (wildcards ``*``,
   ``?``), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
   (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy, StudyDate (``YYYYMMDD``,
-  ``A-B``, ``A-``, ``-B``); ``limit``, ``offset``; ``includefield`` and ``fuzzymatching`` are
-  accepted and ignored (the attributes returned are fixed per level). Keys are matched against
-  what the view shows: under TRAIN/HRESCH the UIDs are the mapped ones (exact match on mapped
-  UIDs only), HRESCH's PatientID is the pseudonym; TRAIN shows no PatientID and no dates, so keys
-  on them match nothing. Instances not permitted are left out and not counted. No match is
-  200 with ``[]``.
+  ``A-B``, ``A-``, ``-B``), AccessionNumber (exact); ``limit``, ``offset`` (results at the level,
+  after the decision); ``includefield`` and ``fuzzymatching`` are accepted and ignored (the
+  attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
+  AccessionNumber and StudyTime where the view does). Keys are matched against what the view
+  shows: under TRAIN/HRESCH the UIDs are the mapped ones (exact match on mapped UIDs only),
+  HRESCH's PatientID is the pseudonym; TRAIN shows no PatientID and no dates, and neither shows an
+  AccessionNumber, so keys on them match nothing. Instances not permitted are left out and not
+  counted. No match is 200 with ``[]``. Metadata, frames and bulk data: adapter.api.routes.wado_bulk.
 
 Every read needs ``X-Purpose-Of-Use`` (403 without, 400 unknown), as on ``/fhir``; errors are the
 API's one OperationOutcome rendering (adapter.api.outcome).
