@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapter.metrics import HTTP_RESPONSES, HTTP_SECONDS
 
 log = logging.getLogger("adapter.access")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class AccessLogMiddleware:
@@ -38,5 +39,7 @@ class AccessLogMiddleware:
             # by route template, never the path (it holds ids): bounded labels, nothing about a patient
             route = str(getattr(scope.get("route"), "path", "") or "unmatched")
             method = str(scope.get("method") or "")
+            if method not in _METHODS:  # any token is a method to the parser: labels stay bounded
+                method = "other"
             HTTP_RESPONSES.labels(method, route, str(status["code"])).inc()
             HTTP_SECONDS.labels(method, route).observe(elapsed)

@@ -72,3 +72,10 @@ def test_metrics_of_every_worker_process_are_summed(tmp_path: Path) -> None:
             assert 'adapter_http_request_duration_seconds_bucket{le="+Inf",method="POST",route="/photos"}' in text
             assert PATIENT["value"] not in text and "MRN-9" not in text
         assert (tmp_path / "data" / "prometheus").is_dir()
+        # labels stay bounded whatever a client sends: a method outside HTTP's usual ones (the
+        # parser takes WebDAV's too), an unknown path
+        for method in ("PROPFIND", "MKCOL"):
+            httpx.request(method, f"{server.url}/fhir/Media/x-{method}", timeout=30)
+        text = httpx.get(f"{server.url}/metrics", timeout=30).text
+        assert 'method="PROPFIND"' not in text and "x-PROPFIND" not in text
+        assert 'method="other"' in text
