@@ -21,6 +21,8 @@ from adapter.consent import ANY_PURPOSE, decide, grants_from_consent
 from adapter.errors import AdapterError, Forbidden, NotFound, NotSupported
 from adapter.imaging import strip_to_pixels_only
 from adapter.mapping.codes import DICOM_UID_SYSTEM
+from adapter.mapping.dicom_fhir import extract_image
+from adapter.mapping.dicom_json import read_released
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables
@@ -413,6 +415,18 @@ class ScopedReader:
         if not decision.permitted or decision.view is not release.view:
             raise Forbidden(_DENIED)
         return self._dicom_content(instance, stored, decision)
+
+    def read_dicom_rendered(self, sop_instance_uid: str, *, study: str | None = None,
+                            series: str | None = None) -> tuple[bytes, str]:
+        """WADO-RS rendered: the released instance as its Binary's bytes and media type (the
+        first JPEG frame, native pixels as PNG, a PDF), under :meth:`read_dicom_instance`'s
+        decision; in the de-identified view image bytes with no metadata at all, as there."""
+        content = self.read_dicom_instance(sop_instance_uid, study=study, series=series)
+        image = extract_image(read_released(content.data))
+        data = bytes(image.data)
+        if content.decision.view is View.DEIDENTIFIED and image.content_type.startswith("image/"):
+            data = strip_to_pixels_only(data, image.content_type)
+        return data, image.content_type
 
     def read_dicom(self, study: str, series: str | None = None) -> list[DicomRetrieval]:
         """The permitted instances of a study or series (WADO-RS study/series retrieve), each

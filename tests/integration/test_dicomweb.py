@@ -781,6 +781,42 @@ def test_native_frames_are_served_as_octet_stream(adapter: tuple[FhirClient, Ser
     assert frame == pixels
 
 
+def test_rendered_is_the_binary_an_ehr_shows_in_the_purposes_view(adapter: tuple[FhirClient, Services],
+                                                                  tmp_path: Path) -> None:
+    """WADO-RS rendered: the same bytes as the instance's FHIR Binary in the same view (the JPEG
+    frame as it is, native pixels as PNG, a PDF); under TRAIN the metadata-free bytes the
+    de-identified Binary has; nothing before consent; 406 for a type it is not rendered as."""
+    client, _ = adapter
+    photo = received(record_id="rec-a")
+    pdf = pdf_object()
+    path = tmp_path / "native.dcm"
+    native = native_sc_file(path, bytes(range(256)) * 18, rows=24, columns=64)
+    assert stow(client, photo, pdf, path.read_bytes()).status_code == 200
+    for obj, media in ((photo, "image/jpeg"), (pdf, "application/pdf"), (native, "image/png")):
+        url = f"/dicomweb/studies/{obj.StudyInstanceUID}/series/{obj.SeriesInstanceUID}/instances/" \
+              f"{obj.SOPInstanceUID}/rendered"
+        rendered = client.get(url, headers=TREAT)
+        assert rendered.status_code == 200 and rendered.headers["content-type"] == media, rendered.text[:200]
+        [record] = find(client, "Media" if media != "application/pdf" else "DocumentReference", obj.SOPInstanceUID)
+        content = record["content"]  # Media.content, or DocumentReference.content[].attachment
+        binary_url = content["url"] if isinstance(content, dict) else content[0]["attachment"]["url"]
+        binary = client.get(f"/fhir/{binary_url}", headers={**TREAT, "Accept": media})
+        assert rendered.content == binary.content
+    url = f"/dicomweb/studies/{photo.StudyInstanceUID}/series/{photo.SeriesInstanceUID}/instances/" \
+          f"{photo.SOPInstanceUID}/rendered"
+    assert client.get(url, headers={**TREAT, "Accept": "image/png"}).status_code == 406
+    assert client.get(url, headers={**TREAT, "Accept": "image/*"}).status_code == 200
+    assert client.get(url, headers=TRAIN).status_code in (403, 404)
+    add_consent(client, ["TRAIN"])
+    [item] = qido(client, "instances", TRAIN, Modality="XC")
+    train = client.get(value(item, "00081190").split("testserver")[-1] + "/rendered", headers=TRAIN)
+    assert train.status_code == 200 and train.content[:2] == b"\xff\xd8"
+    [media_train] = client.get("/fhir/Media", headers=TRAIN).json()["entry"][:1]
+    train_binary = client.get(f"/fhir/{media_train['resource']['content']['url']}",
+                              headers={**TRAIN, "Accept": "image/jpeg"})
+    assert train.content == train_binary.content  # the de-identified Binary's bytes: no metadata at all
+
+
 # -- QIDO-RS --------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,12 @@ viewer asks for after a QIDO-RS search:
     octet-stream without ``transfer-syntax=*`` for a compressed frame is 406.
 ``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/bulk/{tag}``
     multipart/related; type="application/octet-stream": one bulk data value the metadata named.
+``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/rendered``
+    the instance as a picture an EHR can show (PS3.18 8.3.5, 10.4.1.1.3): the same bytes as its
+    FHIR Binary (adapter.mapping.dicom_fhir.extract_image): the first JPEG frame as it is
+    (``image/jpeg``), native pixels as a lossless PNG (``image/png``), a document as its PDF; in
+    the de-identified view with no metadata at all, as the Binary there. 406 when the client
+    accepts none of that type.
 
 Every answer is made from the object the purpose's release produced (the same decision, audit
 and de-identification as WADO-RS retrieve; UIDs in the released space), never from the stored
@@ -129,6 +135,26 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
     content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
     ds = await run_in_threadpool(read_released, content.data)
     return _multipart(OCTET, [(OCTET, bulk_value(ds, tag))])
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
+async def retrieve_rendered(study: str, series: str, instance: str, reader: ReaderDep,
+                            accept: Annotated[str | None, Header()] = None) -> Response:
+    data, content_type = await run_in_threadpool(reader.read_dicom_rendered, instance, study=study, series=series)
+    if not _accepts(accept, content_type):
+        return _not_acceptable(f"this instance is rendered as {content_type} (no transcoding)")
+    return Response(content=data, media_type=content_type)
+
+
+def _accepts(accept: str | None, media_type: str) -> bool:
+    """Does the Accept header take ``media_type`` (wildcards included; q=0 refuses)?"""
+    major = media_type.split("/")[0]
+    for media, params in _media_ranges(accept):
+        if params.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+            continue
+        if media in ("*/*", f"{major}/*", media_type):
+            return True
+    return False
 
 
 def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool) -> str | None:
