@@ -684,6 +684,7 @@ def test_association_aborted_mid_transfer_leaves_nothing(adapter: tuple[FhirClie
         sent = sc_file(path, frame=jpeg(400, 300, noise=True))
         assert len(sent.PixelData) > 64 * 1024
         pdata_sent = []
+        cut: list[socket.socket] = []
 
         def cut_off(event: Any) -> None:
             if event.data[:1] != b"\x04":  # P-DATA-TF
@@ -694,6 +695,7 @@ def test_association_aborted_mid_transfer_leaves_nothing(adapter: tuple[FhirClie
                 if how == "a-abort":
                     sock.sendall(bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-ABORT, service-user
                 sock.shutdown(socket.SHUT_RDWR)
+                cut.append(sock)
 
         ae = AE(ae_title="PYNETSCU")
         ae.add_requested_context(SC, JPEGBaseline8Bit)
@@ -705,6 +707,8 @@ def test_association_aborted_mid_transfer_leaves_nothing(adapter: tuple[FhirClie
             assert "Status" not in answer  # no response: the association is gone
         finally:
             ae.shutdown()
+            for sock in cut:  # the SCU side's socket, shut down by hand: pynetdicom leaves it open
+                sock.close()
         assert len(pdata_sent) == 3
         wait_until(lambda: not scp._ae.active_associations)  # type: ignore[union-attr]
         wait_until(lambda: list((tmp_path / "data" / "staging").iterdir()) == [])  # no spool file left
