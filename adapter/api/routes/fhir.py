@@ -47,15 +47,25 @@ def _glass_headers(decision: Decision) -> dict[str, str]:
     return {}
 
 
-async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+async def _body(request: Request, media_types: tuple[str, ...], refusal: str, limit: int,
+                too_large: str) -> bytes:
+    """The request body, if its media type is one of ``media_types`` (else 415 with ``refusal``)
+    and it has at most ``limit`` bytes (else 413 with ``too_large``, read no further)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype not in ("application/fhir+json", "application/json"):
-        raise UnsupportedMediaType("FHIR requests take application/fhir+json")
+    if ctype not in media_types:
+        raise UnsupportedMediaType(refusal)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+            raise PayloadTooLarge(too_large)
+    return bytes(body)
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    body = await _body(request, ("application/fhir+json", "application/json"),
+                       "FHIR requests take application/fhir+json", limit,
+                       f"the request body is larger than {limit} bytes")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -188,14 +198,9 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
     """Search with the parameters in an application/x-www-form-urlencoded body (and any in the
     URL, combined), as FHIR's search by POST: a patient identifier then stays out of the URLs
     that proxies and servers log. The links of the answer are GET URLs, as any search's."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/x-www-form-urlencoded":
-        raise UnsupportedMediaType("a search by POST takes application/x-www-form-urlencoded parameters")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > SEARCH_BODY_LIMIT:
-            raise PayloadTooLarge(f"the search parameters are longer than {SEARCH_BODY_LIMIT} bytes")
+    body = await _body(request, ("application/x-www-form-urlencoded",),
+                       "a search by POST takes application/x-www-form-urlencoded parameters", SEARCH_BODY_LIMIT,
+                       f"the search parameters are longer than {SEARCH_BODY_LIMIT} bytes")
     try:
         form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
                          max_num_fields=1000)
