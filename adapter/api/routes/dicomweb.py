@@ -215,10 +215,14 @@ def _dicom_accept(accept: str | None) -> str | None:
     return 'WADO-RS here serves multipart/related; type="application/dicom" only'
 
 
+def _body_part(boundary: str, content_type: str, data: bytes) -> bytes:
+    """One part of a multipart/related body (RFC 2387), its delimiter first."""
+    head = f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n\r\n"
+    return head.encode("ascii") + data + b"\r\n"
+
+
 def _part(boundary: str, content: DicomContent) -> bytes:
-    head = (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={content.transfer_syntax}\r\n"
-            f"Content-Length: {len(content.data)}\r\n\r\n")
-    return head.encode("ascii") + content.data + b"\r\n"
+    return _body_part(boundary, f"application/dicom; transfer-syntax={content.transfer_syntax}", content.data)
 
 
 def _multipart_headers(boundary: str, break_glass: bool) -> dict[str, str]:

@@ -25,7 +25,6 @@ object directly.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Annotated, Any
 
@@ -35,8 +34,9 @@ from starlette.concurrency import run_in_threadpool
 
 from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.routes.dicomweb import (
-    DICOM_JSON,
+    _body_part,
     _instance_url,
+    _json,
     _media_ranges,
     _not_acceptable,
     _qido_accept,
@@ -180,15 +180,8 @@ def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool) -> s
 
 def _multipart(type_: str, parts: list[tuple[str, bytes]]) -> Response:
     boundary = uuid.uuid4().hex
-    body = bytearray()
-    for content_type, data in parts:
-        body += (f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n\r\n"
-                 .encode("ascii"))
-        body += data + b"\r\n"
+    body = b"".join(_body_part(boundary, content_type, data) for content_type, data in parts)
     body += f"--{boundary}--\r\n".encode("ascii")
-    return Response(content=bytes(body), media_type=None,
+    return Response(content=body, media_type=None,
                     headers={"Content-Type": f'multipart/related; type="{type_}"; boundary={boundary}'})
 
-
-def _json(body: Any) -> Response:
-    return Response(content=json.dumps(body, separators=(",", ":")), media_type=DICOM_JSON)
