@@ -113,6 +113,14 @@ def consent_facts(resource_id: str, resource: dict[str, Any]) -> AccessFacts | N
                        kind=PhotoKind.DOCUMENT, source=PhotoSource.CLINICIAN)
 
 
+def _image_in_view(data: bytes, content_type: str, view: View) -> bytes:
+    """A Binary's bytes as ``view`` releases them: the de-identified view gets image bytes with no
+    metadata at all; anything else (and a document) goes as it is."""
+    if view is View.DEIDENTIFIED and content_type.startswith("image/"):
+        return strip_to_pixels_only(data, content_type)
+    return data
+
+
 #: What one QIDO-RS result is, per level: a study, a series, an instance.
 _RESULT_KEYS: dict[str, Callable[[DicomEntry], Any]] = {
     STUDY: lambda e: e.study_instance_uid,
@@ -254,9 +262,7 @@ class ScopedReader:
         if stored.blob_sha256 is None:
             raise NotFound(f"Binary/{id} has no content")
         content_type = str(stored.resource.get("contentType", "application/octet-stream"))
-        data = self._blobs.read(stored.blob_sha256, stored.blob_range)
-        if decision.view is View.DEIDENTIFIED and content_type.startswith("image/"):
-            data = strip_to_pixels_only(data, content_type)
+        data = _image_in_view(self._blobs.read(stored.blob_sha256, stored.blob_range), content_type, decision.view)
         resource = self._render(stored, decision)
         resource["data"] = base64.b64encode(data).decode("ascii")
         return BinaryContent(content_type=content_type, data=data, resource=resource, decision=decision)
@@ -423,10 +429,7 @@ class ScopedReader:
         decision; in the de-identified view image bytes with no metadata at all, as there."""
         content = self.read_dicom_instance(sop_instance_uid, study=study, series=series)
         image = extract_image(read_released(content.data))
-        data = bytes(image.data)
-        if content.decision.view is View.DEIDENTIFIED and image.content_type.startswith("image/"):
-            data = strip_to_pixels_only(data, image.content_type)
-        return data, image.content_type
+        return _image_in_view(bytes(image.data), image.content_type, content.decision.view), image.content_type
 
     def read_dicom(self, study: str, series: str | None = None) -> list[DicomRetrieval]:
         """The permitted instances of a study or series (WADO-RS study/series retrieve), each
