@@ -35,8 +35,9 @@ def bundle_confidentiality(entries: Sequence[JSON]) -> JSON | None:
 
 
 def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next_url: str | None, base_url: str,
-              fhir_version: Literal["4", "5"]) -> JSON:
-    """A ``searchset`` Bundle of ``entries`` (resources already rendered for the reader).
+              fhir_version: Literal["4", "5"], included: Sequence[JSON] = ()) -> JSON:
+    """A ``searchset`` Bundle of ``entries`` (resources already rendered for the reader), then
+    the ``included`` ones (``_include``/``_revinclude``, ``search.mode`` ``include``).
 
     Each entry gets ``fullUrl`` ``<base_url>/<type>/<id>`` and ``search.mode`` ``match``; an
     OperationOutcome entry (e.g. a break-the-glass notice) gets ``search.mode`` ``outcome`` and
@@ -50,7 +51,7 @@ def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next
         raise ValueError("total must not be negative")
     base = base_url.rstrip("/")
     bundle: JSON = {"resourceType": "Bundle"}
-    label = bundle_confidentiality(entries)
+    label = bundle_confidentiality([*entries, *included])
     if label is not None:
         bundle["meta"] = {"security": [label]}
     bundle["type"] = "searchset"
@@ -61,7 +62,7 @@ def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next
         links.append({"relation": "next", "url": next_url})
     bundle["link"] = links
     out_entries: list[JSON] = []
-    for resource in entries:
+    for resource, mode in [*((e, "match") for e in entries), *((e, "include") for e in included)]:
         resource_type = resource.get("resourceType")
         if not isinstance(resource_type, str):
             raise TypeError("a Bundle entry needs a resourceType")
@@ -72,7 +73,7 @@ def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next
         if isinstance(rid, str) and rid:
             entry["fullUrl"] = f"{base}/{resource_type}/{rid}"
         entry["resource"] = resource
-        entry["search"] = {"mode": "outcome" if resource_type == "OperationOutcome" else "match"}
+        entry["search"] = {"mode": "outcome" if resource_type == "OperationOutcome" else mode}
         out_entries.append(entry)
     if out_entries:
         bundle["entry"] = out_entries

@@ -74,8 +74,17 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
     "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS, _CATEGORY,
                 _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT, _SORT, _TOTAL),
     "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
-                   _Param("date", "date", "As `recorded`."), _COUNT, _SORT, _TOTAL),
+                   _Param("date", "date", "As `recorded`."),
+                   _Param("target", "reference", "The record the provenance is about: `Media/<id>`, "
+                          "`DocumentReference/<id>` or `Consent/<id>` (also `target:Media=<id>`)."),
+                   _COUNT, _SORT, _TOTAL),
 }
+#: _include / _revinclude (adapter.services.search_params): the records' Provenance, and a
+#: Provenance's records, each included resource decided on its own.
+_REVINCLUDE = {"Media": ("Provenance:target",), "DocumentReference": ("Provenance:target",),
+               "Consent": ("Provenance:target",)}
+_INCLUDE = {"Provenance": ("Provenance:target", "Provenance:target:Media", "Provenance:target:DocumentReference",
+                           "Provenance:target:Consent")}
 _DOCUMENTATION = {
     "Media": "Clinical and secondary photos (R4). Read and search are filtered by consent and purpose of use.",
     "DocumentReference": "Photographed documents; in R5 also every photo (R5 has no Media: a photo keeps its "
@@ -96,7 +105,7 @@ _INTERACTIONS = {
 _VERSIONING = {"Consent": "versioned-update"}
 
 
-def _resource(resource_type: str) -> JSON:
+def _resource(resource_type: str, fhir_version: str) -> JSON:
     out: JSON = {
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
@@ -108,6 +117,10 @@ def _resource(resource_type: str) -> JSON:
     params = SEARCH_PARAMS.get(resource_type)
     if params:
         out["searchParam"] = [{"name": p.name, "type": p.type, "documentation": p.documentation} for p in params]
+    if resource_type in _INCLUDE:  # R5 has no Media
+        out["searchInclude"] = [i for i in _INCLUDE[resource_type] if fhir_version == "4.0.1" or not i.endswith(":Media")]
+    if resource_type in _REVINCLUDE:
+        out["searchRevInclude"] = list(_REVINCLUDE[resource_type])
     return out
 
 
@@ -139,7 +152,7 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
         "rest": [{
             "mode": "server",
             "security": {"description": _SECURITY},
-            "resource": [_resource(t) for t in types],
+            "resource": [_resource(t, fhir_version) for t in types],
             "interaction": [{"code": "transaction"}],
         }],
     }

@@ -295,12 +295,21 @@ def _entity(e: JSON) -> JSON:
     return out
 
 
+def _r5_reference(value: Any) -> Any:
+    """A Reference to one of our Media as R5 has it: ``DocumentReference/<the same id>``."""
+    if isinstance(value, dict) and isinstance(value.get("reference"), str) and value["reference"].startswith("Media/"):
+        return {**value, "reference": "DocumentReference/" + value["reference"][len("Media/"):]}
+    return value
+
+
 def _provenance(r: JSON, patient: JSON | None) -> JSON:
     """R4 Provenance → R5 (standards.md §2.5): reason → authorization[].concept; entity role
     derivation → source (R5 dropped derivation ⚠); ``patient`` (R5 only) is set when the
-    caller knows it, the R4 resource does not say."""
+    caller knows it, the R4 resource does not say; a target Media is the DocumentReference of
+    the same id."""
     out = _resource_base(r, "Provenance")
-    _copy(out, r, ("target", "occurredPeriod", "occurredDateTime", "recorded", "policy", "location"))
+    _put(out, "target", [_r5_reference(t) for t in r.get("target") or []])
+    _copy(out, r, ("occurredPeriod", "occurredDateTime", "recorded", "policy", "location"))
     _put(out, "authorization", [{"concept": c} for c in r.get("reason") or [] if isinstance(c, dict)])
     _copy(out, r, ("activity",))
     _put(out, "patient", patient)
@@ -311,8 +320,17 @@ def _provenance(r: JSON, patient: JSON | None) -> JSON:
 
 
 def _unchanged(r: JSON, patient: JSON | None) -> JSON:
-    """Binary and OperationOutcome have the same shape in R4 and R5."""
+    """OperationOutcome has the same shape in R4 and R5."""
     return copy.deepcopy(r)
+
+
+def _binary(r: JSON, patient: JSON | None) -> JSON:
+    """Binary has the same shape in R4 and R5; a securityContext naming a Media names the
+    DocumentReference of the same id."""
+    out = copy.deepcopy(r)
+    if "securityContext" in out:
+        out["securityContext"] = _r5_reference(out["securityContext"])
+    return out
 
 
 _CONVERTERS: dict[str, Callable[[JSON, JSON | None], JSON]] = {
@@ -320,7 +338,7 @@ _CONVERTERS: dict[str, Callable[[JSON, JSON | None], JSON]] = {
     "DocumentReference": _document_reference,
     "Consent": _consent,
     "Provenance": _provenance,
-    "Binary": _unchanged,
+    "Binary": _binary,
     "OperationOutcome": _unchanged,
 }
 

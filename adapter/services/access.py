@@ -13,7 +13,7 @@ import functools
 import heapq
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -47,11 +47,13 @@ from adapter.services.dicom_objects import (
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.services.search_params import SearchRequest
 from adapter.services.view_search import criteria_in_view
-from adapter.store.port import BlobStore, RecordStore
+from adapter.store.port import BlobStore, RecordStore, SearchCriteria, TokenCriterion
 
 log = logging.getLogger("adapter.access")
 
 READABLE_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
+#: At most this many resources are included (_include/_revinclude) in one page of a search.
+MAX_INCLUDED = 1000
 _DENIED = "access denied for this purpose of use"
 
 
@@ -75,6 +77,7 @@ class SearchResult:
     total: int | None  # None when the request did not ask for it (_total=none)
     break_glass: bool
     more: bool = False  # permitted matches beyond this page
+    included: list[dict[str, Any]] = field(default_factory=list)  # _include/_revinclude, each decided
 
 
 @dataclass(frozen=True)
@@ -320,12 +323,59 @@ class ScopedReader:
             stored = loaded.get((row.resource_type, row.id))
             if stored is not None:
                 resources.append(self._render(stored, decision))
+        included, included_glass = self._included(
+            request, [loaded[k] for k in ((r.resource_type, r.id) for r, _ in page) if k in loaded])
+        reason = f"{permitted} permitted, {denied} withheld" + (f", {len(included)} included" if included else "")
         self._auditor.record(
             self.ctx, interaction="search-type", action="E", decision=None,
-            entities=[f"{r['resourceType']}/{r['id']}" for r in resources], patient=None,
-            reason=f"{permitted} permitted, {denied} withheld")
+            entities=[f"{r['resourceType']}/{r['id']}" for r in resources + included], patient=None, reason=reason)
         return SearchResult(resources=resources, total=permitted if request.total else None,
-                            break_glass=any(d.break_glass for _, d in page), more=permitted > end)
+                            break_glass=any(d.break_glass for _, d in page) or included_glass,
+                            more=permitted > end, included=included)
+
+    def _included(self, request: SearchRequest, matches: Sequence[StoredResource]
+                  ) -> tuple[list[dict[str, Any]], bool]:
+        """The resources ``_revinclude=Provenance:target`` and ``_include=Provenance:target``
+        add to a page (search.html#include, Bundle.entry.search.mode ``include``): each is
+        decided for the purpose on its own facts, as a read of it would be, and left out,
+        without a trace, when not permitted; none is a match of the page already; at most
+        MAX_INCLUDED. Returns them rendered, and whether any was released under break-glass."""
+        if not matches or not (request.include_targets or request.revinclude_provenance):
+            return [], False
+        seen = {(m.resource_type, m.id) for m in matches}
+        candidates: list[tuple[str, str]] = []
+        if request.revinclude_provenance:
+            targets = tuple(TokenCriterion(param="target", code=f"{m.resource_type}/{m.id}") for m in matches)
+            for row in self._store.search_index("Provenance", SearchCriteria(tokens=(targets,))):
+                if len(candidates) >= MAX_INCLUDED:
+                    break
+                if ("Provenance", row.id) not in seen:
+                    seen.add(("Provenance", row.id))
+                    candidates.append(("Provenance", row.id))
+        for m in matches if request.include_targets else ():  # a Provenance's targets
+            for target in m.resource.get("target") or []:
+                ref = target.get("reference") if isinstance(target, dict) else None
+                rtype, _, rid = ref.partition("/") if isinstance(ref, str) else ("", "", "")
+                if rtype in request.include_targets and rid and "/" not in rid \
+                        and (rtype, rid) not in seen and len(candidates) < MAX_INCLUDED:
+                    seen.add((rtype, rid))
+                    candidates.append((rtype, rid))
+        out: list[dict[str, Any]] = []
+        glass = False
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in candidates:
+            by_type.setdefault(rtype, []).append(rid)
+        stored_by_key = {(s.resource_type, s.id): s for rtype, ids in by_type.items()
+                         for s in self._store.get_many(rtype, ids)}
+        for rtype, rid in candidates:
+            stored = stored_by_key.get((rtype, rid))
+            if stored is None:
+                continue
+            decision = self.decide(self._facts(rtype, rid, stored.facts, stored.resource))
+            if decision.permitted:
+                glass = glass or decision.break_glass
+                out.append(self._render(stored, decision))
+        return out, glass
 
     # -- DICOM: WADO-RS, QIDO-RS, Binary as application/dicom ----------------------------
     # The same decision as the FHIR reads, made on the facts of the record an instance belongs

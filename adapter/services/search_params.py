@@ -15,8 +15,8 @@ from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 200
-#: Accepted and not acted on (the answer is the whole resource, in JSON): _summary other than
-#: count, and _elements, ask for less, which a server need not honour (search.html#summary).
+#: Read by the route, not a criterion: the answer's format and shape (_summary other than count,
+#: _elements: adapter.mapping.subsetting).
 _IGNORED = {"_format", "_pretty", "_elements"}
 #: ``_total`` (https://hl7.org/fhir/R4/search.html#total): "none" skips the count, so a page costs
 #: what it shows, not what matches; "estimate" is answered accurately.
@@ -34,8 +34,16 @@ _PARAMS: dict[str, dict[str, str]] = {
                           "identifier": "token", "modality": "token", "kind": "token"},
     "Binary": {},
     "Consent": {"date": "date", "status": "status", "category": "token", "purpose": "token"},
-    "Provenance": {"recorded": "date", "date": "date"},
+    "Provenance": {"recorded": "date", "date": "date", "target": "reference"},
 }
+#: The types a Provenance ``target`` may name (the records and Consents the adapter holds).
+TARGET_TYPES = ("Media", "DocumentReference", "Consent")
+#: ``_include`` / ``_revinclude`` (search.html#include): the Provenance of the records found
+#: (``Media?patient=...&_revinclude=Provenance:target``) and the records a Provenance search
+#: found the Provenance of (``Provenance?...&_include=Provenance:target``); each included
+#: resource gets its own decision. Nothing else, and no ``:iterate``.
+REVINCLUDES = ("Provenance:target",)
+INCLUDES = {"Provenance": ("Provenance:target",)}
 _COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total", "_lastUpdated", "_sort"}
 #: The chained forms IHE MHD's Find Document References [ITI-67] uses for the patient's identifier
 #: (``patient.identifier=system|value``): the same search as the ``:identifier`` modifier, since
@@ -54,6 +62,8 @@ class SearchRequest:
     total: bool = True  # count every match (Bundle.total); False for _total=none
     descending: bool = False  # _sort=-_lastUpdated: newest first
     ignored: tuple[str, ...] = ()  # unknown parameters left out (Prefer: handling=lenient)
+    include_targets: tuple[str, ...] = ()  # _include=Provenance:target[:Type]: the target types to include
+    revinclude_provenance: bool = False  # _revinclude=Provenance:target
 
 
 def _date_range(raw: str) -> tuple[datetime, datetime]:
@@ -108,6 +118,57 @@ def parse_token(value: str, param: str) -> TokenCriterion:
     return TokenCriterion(param=param, code=value)
 
 
+def _r5_types(types: Sequence[str], r5: bool) -> tuple[str, ...]:
+    """The types a reader names: R5 has no Media (a photo is the DocumentReference of its id)."""
+    return tuple(t for t in types if t != "Media") if r5 else tuple(types)
+
+
+def _stored_types(rtype: str, r5: bool) -> list[str]:
+    """The stored types an R4 or R5 reader's type stands for."""
+    return ["DocumentReference", "Media"] if r5 and rtype == "DocumentReference" else [rtype]
+
+
+def _references(value: str, param: str, modifier: str, types: Sequence[str], r5: bool) -> list[TokenCriterion]:
+    """A reference search (search.html#reference) on a literal reference as the index keeps it
+    (``Type/id``): ``Type/id``, an absolute URL ending in it, a version-specific one
+    (``.../_history/n``, the version left out), ``param:Type=id``, or a bare id, which may be
+    any of ``types``. For an R5 reader a DocumentReference is also the Media of that id."""
+    types = _r5_types(types, r5)
+    if modifier and modifier not in types:
+        raise NotSupported(f"modifier :{modifier[:20]} on {param} is not supported (one of {', '.join(types)})",
+                           expression=param)
+    out: list[TokenCriterion] = []
+    for v in value.split(","):
+        parts = [p for p in v.strip().split("/") if p]
+        if len(parts) >= 4 and parts[-2] == "_history":
+            parts = parts[:-2]
+        if not parts:
+            raise InvalidInput(f"{param} takes a reference Type/id", expression=param)
+        if len(parts) == 1:
+            rid, candidates = parts[0], [modifier] if modifier else list(types)
+        else:
+            rtype, rid = parts[-2], parts[-1]
+            if rtype not in types or (modifier and rtype != modifier):
+                raise InvalidInput(f"{param} names {', '.join(types)} resources", expression=param)
+            candidates = [rtype]
+        out += [TokenCriterion(param=param, code=f"{s}/{rid}") for t in candidates for s in _stored_types(t, r5)]
+    return out
+
+
+def _include(name: str, value: str, resource_type: str, r5: bool) -> tuple[str, ...] | None:
+    """What an ``_include``/``_revinclude`` value asks for, if supported here (else None): for
+    ``_include=Provenance:target[:Type]`` the stored target types to include."""
+    if name == "_revinclude":
+        return () if value in REVINCLUDES else None
+    allowed = INCLUDES.get(resource_type, ())
+    source, _, rest = value.partition(":")
+    param, _, target = rest.partition(":")
+    types = _r5_types(TARGET_TYPES, r5)
+    if f"{source}:{param}" not in allowed or (target and target not in types):
+        return None
+    return tuple(s for t in ([target] if target else types) for s in _stored_types(t, r5))
+
+
 def _patient_refs(value: str) -> list[str]:
     out = []
     for v in value.split(","):
@@ -128,13 +189,15 @@ def _identifiers(value: str, param: str) -> list[Identifier]:
     return out
 
 
-def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenient: bool = False) -> SearchRequest:
+def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenient: bool = False,
+                 r5: bool = False) -> SearchRequest:
     """Turn query parameters into criteria. Repeated parameters AND; comma-separated values OR.
 
     An unknown parameter is refused (422): leaving it out could widen the search past what the
     client meant (a misspelt ``patient`` would match every patient). ``lenient``
     (``Prefer: handling=lenient``, search.html#errors): the client accepts that, and unknown
-    parameters are left out and named in ``ignored``."""
+    parameters are left out and named in ``ignored``. ``r5``: the reader speaks R5, where a photo
+    is a DocumentReference (a reference to one also finds the Media of its id)."""
     allowed = _PARAMS.get(resource_type)
     if allowed is None:
         raise NotSupported(f"search on {resource_type} is not supported")
@@ -148,12 +211,28 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     count, offset, total, descending = DEFAULT_COUNT, 0, True, False
     summary_count = False
     ignored: list[str] = []
+    include_targets: list[str] = []
+    revinclude = False
     for name, value in params:
         base, _, modifier = _CHAINS.get(name, name).partition(":")
         if base in _IGNORED:
             continue
         if base == "_summary":
             summary_count = summary_count or value == "count"
+            continue
+        if base in ("_include", "_revinclude"):
+            wanted = _include(base, value, resource_type, r5) if not modifier else None
+            if wanted is None and lenient:
+                ignored.append(f"{name[:40]}={value[:60]}")
+            elif wanted is None:
+                supported = REVINCLUDES if base == "_revinclude" else INCLUDES.get(resource_type, ())
+                raise NotSupported(f"{name[:40]}={value[:60]} is not supported on {resource_type}"
+                                   + (f" (supported: {', '.join(supported)})" if supported else ""),
+                                   expression=name[:40])
+            elif base == "_revinclude":
+                revinclude = True
+            else:
+                include_targets += [t for t in wanted if t not in include_targets]
             continue
         if base not in _COMMON and base not in allowed and lenient:
             ignored.append(name[:40])
@@ -187,6 +266,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
                 refs += _patient_refs(value)
             else:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
+        elif allowed[base] == "reference":
+            tokens.append(tuple(_references(value, base, modifier, TARGET_TYPES, r5)))
         elif allowed[base] == "date":
             dates.append(parse_date_param(value))
         elif allowed[base] == "status":
@@ -205,7 +286,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens),
         last_updated=tuple(last_updated))
     return SearchRequest(criteria=criteria, count=count, offset=offset, total=total, descending=descending,
-                         ignored=tuple(dict.fromkeys(ignored)))
+                         ignored=tuple(dict.fromkeys(ignored)), include_targets=tuple(include_targets),
+                         revinclude_provenance=revinclude)
 
 
 def _int_param(name: str, value: str, lo: int, hi: int) -> int:

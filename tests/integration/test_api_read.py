@@ -561,7 +561,7 @@ def test_unknown_parameters_are_refused_unless_the_client_prefers_lenient_handli
         matches = [e for e in bundle["entry"] if e["search"]["mode"] == "match"]
         [outcome] = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
         assert len(matches) == 1 and bundle["total"] == 1
-        assert outcome["issue"][0]["severity"] == "warning" and "_include, foo" in outcome["issue"][0]["diagnostics"]
+        assert outcome["issue"][0]["severity"] == "warning" and "_include=Media:subject, foo" in outcome["issue"][0]["diagnostics"]
         [self_link] = [link["url"] for link in bundle["link"] if link["relation"] == "self"]
         assert "patient%3Aidentifier" in self_link and "_include" not in self_link and "foo" not in self_link
         assert client.get("/fhir/Media?foo=1", headers={**as_purpose("TREAT"), "Prefer": "handling=strict"}) \
@@ -610,3 +610,87 @@ def test_mhd_find_document_references_by_the_chained_patient_identifier(tmp_path
         client.post("/fhir/Consent", json=consent_resource(["TRAIN"]))
         refused = client.get(f"/fhir/DocumentReference?patient.identifier={ident}", headers=as_purpose("TRAIN"))
         assert refused.status_code == 400
+
+
+def test_provenance_is_found_by_its_target_and_included_with_the_records(tmp_path: Path) -> None:
+    """Provenance?target= finds the provenance of a record; _revinclude=Provenance:target adds it
+    to a record search and _include=Provenance:target adds the records to a Provenance search
+    (search.mode include, not counted in total). Each included resource is decided on its own:
+    what the purpose may not see is left out as a search leaves it out."""
+    with adapter_client(tmp_path) as (client, _):
+        first = _ingest(client, source="colleague-external",
+                        colleague={"name": "Dr Out", "organisation": "Elsewhere", "discussionNote": "called"})
+        second = _ingest(client, path=SAMPLES / "lesion.png")
+        media_id = first["record"].split("/")[1]
+        treat = as_purpose("TREAT")
+        for query in (f"target={first['record']}", f"target:Media={media_id}", f"target={media_id}",
+                      f"target=http://elsewhere.example/fhir/{first['record']}/_history/1"):
+            found = client.get(f"/fhir/Provenance?{query}", headers=treat).json()
+            assert [e["resource"]["id"] for e in found["entry"]] == [first["provenance"].split("/")[1]], query
+        assert client.get("/fhir/Provenance?target=Patient/1", headers=treat).status_code == 422
+        assert client.get("/fhir/Provenance?target:Binary=1", headers=treat).status_code == 400
+
+        bundle = client.get("/fhir/Media?_revinclude=Provenance:target&_sort=_lastUpdated", headers=treat).json()
+        assert bundle["total"] == 2
+        modes = [(e["search"]["mode"], e["resource"]["resourceType"]) for e in bundle["entry"]]
+        assert modes == [("match", "Media"), ("match", "Media"), ("include", "Provenance"), ("include", "Provenance")]
+        included = {e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "include"}
+        assert included == {first["provenance"].split("/")[1], second["provenance"].split("/")[1]}
+        assert all(e["fullUrl"].endswith(f"/{e['resource']['resourceType']}/{e['resource']['id']}")
+                   for e in bundle["entry"])
+        assert "_revinclude=Provenance%3Atarget" in bundle["link"][0]["url"]
+
+        back = client.get(f"/fhir/Provenance?target={first['record']}&_include=Provenance:target", headers=treat).json()
+        assert [(e["search"]["mode"], e["resource"]["resourceType"]) for e in back["entry"]] == \
+            [("match", "Provenance"), ("include", "Media")]
+        assert back["total"] == 1
+        only_docs = client.get(f"/fhir/Provenance?target={first['record']}&_include=Provenance:target:DocumentReference",
+                               headers=treat).json()
+        assert [e["search"]["mode"] for e in only_docs["entry"]] == ["match"]
+
+        # TRAIN: nothing is permitted without a consent for it, the included Provenance neither
+        assert "entry" not in client.get("/fhir/Media?_revinclude=Provenance:target", headers=as_purpose("TRAIN")).json()
+        # a TRAIN consent for the patient: both photos and their Provenance, de-identified
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
+                           headers={"Content-Type": "application/fhir+json"}).status_code == 201
+        train = client.get("/fhir/Media?_revinclude=Provenance:target", headers=as_purpose("TRAIN")).json()
+        kinds = [e["resource"]["resourceType"] for e in train["entry"]]
+        assert kinds == ["Media", "Media", "Provenance", "Provenance"]
+        assert PATIENT["value"] not in json.dumps(train)
+        assert "Dr Out" not in json.dumps(train)
+
+
+def test_only_provenance_can_be_included_and_nothing_iterates(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        _ingest(client)
+        treat = as_purpose("TREAT")
+        for query in ("Media?_include=Media:subject", "Media?_revinclude=AuditEvent:entity", "Media?_include=*",
+                      "Media?_revinclude:iterate=Provenance:target", "Provenance?_include=Provenance:agent",
+                      "Provenance?_include=Provenance:target:Binary", "Consent?_include=Provenance:target"):
+            r = client.get(f"/fhir/{query}", headers=treat)
+            assert r.status_code == 400 and r.json()["issue"][0]["code"] == "not-supported", query
+        supported = client.get("/fhir/metadata").json()["rest"][0]["resource"]
+        by_type = {r["type"]: r for r in supported}
+        assert by_type["Media"]["searchRevInclude"] == ["Provenance:target"]
+        assert "Provenance:target" in by_type["Provenance"]["searchInclude"]
+
+
+def test_r5_readers_find_and_include_provenance_in_their_own_terms(tmp_path: Path) -> None:
+    """R5 has no Media: its readers name a photo DocumentReference/<id>, in a target search and
+    in _include=Provenance:target:DocumentReference, and get its Provenance pointing there."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        media_id = receipt["record"].split("/")[1]
+        r5 = as_purpose("TREAT", Accept="application/fhir+json; fhirVersion=5.0")
+        found = client.get(f"/fhir/Provenance?target=DocumentReference/{media_id}&_include=Provenance:target"
+                           ":DocumentReference", headers=r5).json()
+        assert [(e["search"]["mode"], e["resource"]["resourceType"]) for e in found["entry"]] == \
+            [("match", "Provenance"), ("include", "DocumentReference")]
+        assert found["entry"][0]["resource"]["target"][0]["reference"] == f"DocumentReference/{media_id}"
+        assert found["entry"][1]["resource"]["id"] == media_id
+        assert client.get(f"/fhir/Provenance?target=Media/{media_id}", headers=r5).status_code == 422
+        assert client.get("/fhir/Provenance?_include=Provenance:target:Media", headers=r5).status_code == 400
+        binary = client.get(f"/fhir/{receipt['binary']}", headers=r5).json()
+        assert binary["securityContext"]["reference"] == f"DocumentReference/{media_id}"
+        revinclude = client.get("/fhir/DocumentReference?_revinclude=Provenance:target", headers=r5).json()
+        assert [e["search"]["mode"] for e in revinclude["entry"]] == ["match", "include"]

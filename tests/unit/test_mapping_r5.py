@@ -201,14 +201,21 @@ def test_provenance_r4_to_r5() -> None:
     assert "reason" not in out
     assert out["patient"] == patient
     assert [e["role"] for e in out["entity"]] == ["source", "source"]
-    for key in ("target", "occurredDateTime", "recorded", "activity", "agent", "location"):
+    for key in ("occurredDateTime", "recorded", "activity", "agent", "location"):
         assert out[key] == source[key]
+    # R5 has no Media: the photo is the DocumentReference of the same id
+    assert out["target"][0] == {**source["target"][0], "reference": "DocumentReference/wound-photo-1"}
+    assert out["target"][1:] == source["target"][1:]
     validate_r5(out)
     assert "patient" not in to_r5(source)
 
 
 def test_binary_and_operation_outcome_unchanged_and_others_refused() -> None:
-    assert to_r5(binary()) == binary()
+    r5_binary = to_r5(binary())
+    assert r5_binary["securityContext"]["reference"] == "DocumentReference/wound-photo-1"
+    assert {**r5_binary, "securityContext": binary()["securityContext"]} == binary()
+    document_binary = {**binary(), "securityContext": {"reference": "DocumentReference/scan-1"}}
+    assert to_r5(document_binary) == document_binary
     outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "suppressed"}]}
     assert to_r5(outcome) == outcome
     with pytest.raises(NotSupported):

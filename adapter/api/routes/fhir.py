@@ -155,7 +155,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         content = await run_in_threadpool(reader.read_binary, id)
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
         if wants_fhir_json(accept):
-            return _out(content.resource, version, headers=headers)
+            return _out(_versioned(content.resource, version), version, headers=headers)
         return Response(content=content.data, media_type=content.content_type, headers=headers)
     if resource_type not in R4_TYPES:
         raise NotSupported(f"{resource_type[:40]} is not served here")
@@ -224,9 +224,9 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
         raise NotSupported(f"search on {resource_type[:40]} is not supported")
     if version == "5" and resource_type == "Media":
         raise NotFound("R5 has no Media; search DocumentReference")
-    req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")))
+    req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")), r5=version == "5")
     if req.ignored:  # the links name only the parameters the search used (search.html#errors)
-        params = [(k, v) for k, v in params if k[:40] not in req.ignored]
+        params = [(k, v) for k, v in params if k[:40] not in req.ignored and f"{k[:40]}={v[:60]}" not in req.ignored]
     types = ["DocumentReference", "Media"] if version == "5" and resource_type == "DocumentReference" \
         else [resource_type]
     result = await run_in_threadpool(reader.search, types, req)
@@ -238,7 +238,8 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
                     f"{urlencode(kept + [('_offset', str(req.offset + req.count))])}")
     entries = [_versioned(r, version) for r in result.resources]
     bundle = searchset(entries, total=result.total, self_url=self_url, next_url=next_url,
-                       base_url=f"{base(request, services)}/fhir", fhir_version=version)
+                       base_url=f"{base(request, services)}/fhir", fhir_version=version,
+                       included=[_versioned(r, version) for r in result.included])
     if req.ignored:
         bundle.setdefault("entry", []).append({
             "resource": operation_outcome("warning", "not-supported",
