@@ -528,8 +528,7 @@ def test_sort_newest_first_pages_through_every_record_once(tmp_path: Path) -> No
 
 def test_summary_count_answers_the_total_only(tmp_path: Path) -> None:
     """_summary=count (search.html#summary): Bundle.total and no entries, counted after the
-    decision as any total; other _summary values and _elements are accepted and the whole
-    resources returned (a server need not cut them)."""
+    decision as any total."""
     with adapter_client(tmp_path) as (client, _):
         _ingest(client)
         _ingest(client, path=SAMPLES / "lesion.png")
@@ -540,8 +539,49 @@ def test_summary_count_answers_the_total_only(tmp_path: Path) -> None:
         assert zero["total"] == 2 and [link["relation"] for link in zero["link"]] == ["self"]
         assert client.get("/fhir/Media?_summary=count&_total=none", headers=as_purpose("TREAT")).json()["total"] == 2
         assert client.get("/fhir/Media?_summary=count", headers=as_purpose("TRAIN")).json()["total"] == 0
-        whole = client.get("/fhir/Media?_summary=true&_elements=id", headers=as_purpose("TREAT")).json()
-        assert whole["total"] == 2 and all("content" in e["resource"] for e in whole["entry"])
+
+
+def test_summary_and_elements_cut_what_the_view_shows_and_say_so(tmp_path: Path) -> None:
+    """_summary=true|text|data and _elements on search, read and vread: the resource in the
+    purpose's view, cut to what was asked, tagged SUBSETTED, its security labels kept; the
+    image bytes of a Binary are never cut; a bad value or the two together: 422."""
+    subsetted = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
+                 "display": "subsetted"}
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client, note="after debridement")
+        treat = as_purpose("TREAT")
+        whole = client.get(f"/fhir/{receipt['record']}", headers=treat).json()
+        summary = client.get(f"/fhir/{receipt['record']}?_summary=true", headers=treat).json()
+        assert subsetted in summary["meta"]["tag"] and "note" not in summary and "text" not in summary
+        assert summary["meta"]["security"] == whole["meta"]["security"]
+        assert summary["subject"] == whole["subject"] and summary["content"] == whole["content"]
+        versioned = client.get(f"/fhir/{receipt['record']}/_history/1?_elements=note", headers=treat).json()
+        assert set(versioned) == {"resourceType", "id", "meta", "note", "status", "content"}
+        found = client.get("/fhir/Media?_elements=subject&_revinclude=Provenance:target", headers=treat).json()
+        assert found["total"] == 1 and "_elements=subject" in found["link"][0]["url"]
+        media, provenance = (e["resource"] for e in found["entry"])
+        assert set(media) == {"resourceType", "id", "meta", "subject", "status", "content"}
+        assert set(provenance) == {"resourceType", "id", "meta", "target", "recorded", "agent"}
+        assert all(subsetted in e["resource"]["meta"]["tag"] for e in found["entry"])
+        text = client.get("/fhir/Media?_summary=text", headers=treat).json()["entry"][0]["resource"]
+        assert set(text) == {"resourceType", "id", "meta", "status", "content"} | ({"text"} & set(whole))
+        data = client.get("/fhir/Media?_summary=data", headers=treat).json()["entry"][0]["resource"]
+        assert set(data) == set(whole) - {"text"}
+        assert "tag" not in client.get("/fhir/Media?_summary=false", headers=treat).json()["entry"][0]["resource"]["meta"]
+        binary = client.get(f"/fhir/{receipt['binary']}?_summary=true",
+                            headers={**treat, "Accept": "application/fhir+json"}).json()
+        assert "data" not in binary and binary["contentType"] == "image/jpeg"
+        image = client.get(f"/fhir/{receipt['binary']}?_summary=true", headers={**treat, "Accept": "image/*"})
+        assert image.content == client.get(f"/fhir/{receipt['binary']}", headers={**treat, "Accept": "image/*"}).content
+        assert hashlib.sha256(image.content).hexdigest() == receipt["sha256"]["stored"]
+        # the de-identified view is cut after it is made: nothing it hid comes back
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers={"Content-Type": "application/fhir+json"})
+        train = client.get(f"/fhir/{receipt['record']}?_elements=subject,note", headers=as_purpose("TRAIN")).json()
+        assert "subject" not in train and "after debridement" not in json.dumps(train)
+        for bad in ("_summary=yes", "_elements=", "_summary=true&_elements=id", "_elements=a.b"):
+            r = client.get(f"/fhir/Media?{bad}", headers=treat)
+            assert r.status_code == 422 and r.json()["resourceType"] == "OperationOutcome", bad
+            assert client.get(f"/fhir/{receipt['record']}?{bad}", headers=treat).status_code == 422, bad
 
 
 def test_unknown_parameters_are_refused_unless_the_client_prefers_lenient_handling(tmp_path: Path) -> None:

@@ -227,12 +227,13 @@ def test_mutated_bundles_consents_and_metadata_never_answer_a_server_error(
 SEARCH_PARAMS = ["patient", "subject", "patient:identifier", "subject:identifier", "identifier", "created", "date",
                  "_id", "type", "category", "status", "kind", "purpose", "recorded", "_count", "_offset",
                  "patient:Patient", "subject:other", "_lastUpdated", "_lastUpdated:missing", "_sort", "_summary",
-                 "_format", "_elements", "unknown"]
+                 "_format", "_elements", "unknown", "target", "target:Media", "_include", "_revinclude"]
 SEARCH_VALUES = ["", "x", "|", "a|", "|b", "urn:oid:2.999.1.1|MRN-0001", "urn:clinical-image-adapter:pseudonym|x",
                  "urn:clinical-image-adapter:sha256|ab", "2024", "2024-03-05", "ge2024", "lt2024-02-30", "Patient/1",
                  "http://h/Patient/1", "1,2", ",", "9" * 300, "sa2024-01-01T00:00:00+99:00", "\u00e9",
                  "-_lastUpdated", "_lastUpdated", "count", "json", "xml", "gt2026-11-26T10:00:00.123456789Z",
-                 "ge2026-11-26T10:00:00.1+01:00", "0"]
+                 "ge2026-11-26T10:00:00.1+01:00", "0", "Provenance:target", "Provenance:target:Media", "Media/1",
+                 "http://h/fhir/Media/1/_history/2", "true", "text", "data", "false", "status,note", "created"]
 QIDO_KEYS = ["PatientID", "IssuerOfPatientID", "StudyDate", "StudyInstanceUID", "SeriesInstanceUID",
              "SOPInstanceUID", "Modality", "limit", "offset", "00100020"]
 
@@ -242,10 +243,11 @@ def test_mutated_searches_never_answer_a_server_error(adapter: tuple[FhirClient,
     a pseudonymised purpose (adapter.services.view_search takes each in its view's terms), in
     R4 and R5: refused with an OperationOutcome or answered, never a server error."""
     client, _ = adapter
-    assert client.post("/photos", files={
+    posted = client.post("/photos", files={
         "file": ("w.jpg", (ROOT / "samples" / "tiny.jpg").read_bytes(), "image/jpeg"),
-        "metadata": (None, (ROOT / "samples" / "metadata-wound.json").read_text(), "application/json")}
-    ).status_code == 201
+        "metadata": (None, (ROOT / "samples" / "metadata-wound.json").read_text(), "application/json")})
+    assert posted.status_code == 201
+    receipt = posted.json()
     rnd = random.Random(2612)
     answers: dict[int, int] = {}
     for i in range(400):
@@ -264,6 +266,10 @@ def test_mutated_searches_never_answer_a_server_error(adapter: tuple[FhirClient,
                     body = rnd.choice(["%", "a=%zz", "\udcff", "=", "&&&", "a" * 70_000])
                 r = client.post(f"/fhir/{resource_type}/_search", content=body.encode("utf-8", "surrogateescape"),
                                 headers={**purpose, "Content-Type": "application/x-www-form-urlencoded"})
+            elif rnd.random() < 0.2:  # a read, with what a search takes (_summary, _elements...)
+                target = rnd.choice([receipt["record"], receipt["binary"], receipt["provenance"],
+                                     f"{receipt['record']}/_history/1"])
+                r = client.get(f"/fhir/{target}", params=query, headers=purpose)
             else:
                 r = client.get(f"/fhir/{resource_type}", params=query, headers=purpose)
         else:

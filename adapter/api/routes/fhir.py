@@ -22,6 +22,7 @@ from adapter.mapping.bundle import searchset
 from adapter.mapping.capability import capability_statement
 from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
+from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
 from adapter.model.decision import Decision
 from adapter.services.search_params import parse_search
 
@@ -29,6 +30,7 @@ router = APIRouter(prefix="/fhir")
 
 R4_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
 BREAK_GLASS_HEADER = "X-Break-Glass"
+WHOLE = Subsetting()  # no _summary, no _elements
 
 
 def _versioned(resource: dict[str, Any], version: str) -> dict[str, Any]:
@@ -122,14 +124,15 @@ async def update_consent(id: str, request: Request, services: ServicesDep, ctx: 
 
 
 @router.get("/{resource_type}/{id}")
-async def read(resource_type: str, id: str, reader: ReaderDep,
+async def read(resource_type: str, id: str, request: Request, reader: ReaderDep,
                accept: Annotated[str | None, Header()] = None,
                format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
-    return await _read(resource_type, id, reader, accept, format_=format_)
+    return await _read(resource_type, id, reader, accept, format_=format_,
+                       how=parse_subsetting(list(request.query_params.multi_items())))
 
 
 @router.get("/{resource_type}/{id}/_history/{vid}")
-async def vread(resource_type: str, id: str, vid: str, reader: ReaderDep,
+async def vread(resource_type: str, id: str, vid: str, request: Request, reader: ReaderDep,
                 accept: Annotated[str | None, Header()] = None,
                 format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
     """vread: the version-specific URL every Location and transaction-response location names.
@@ -137,11 +140,15 @@ async def vread(resource_type: str, id: str, vid: str, reader: ReaderDep,
     past versions are served from its history, under the decision a read gets now."""
     if not vid.isdigit() or len(vid) > 9:
         raise NotFound(f"{resource_type[:40]}/{id[:64]} has no version {vid[:20]}")
-    return await _read(resource_type, id, reader, accept, int(vid), format_=format_)
+    return await _read(resource_type, id, reader, accept, int(vid), format_=format_,
+                       how=parse_subsetting(list(request.query_params.multi_items())))
 
 
 async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
-                version_id: int | None = None, *, format_: str | None = None) -> Response:
+                version_id: int | None = None, *, format_: str | None = None,
+                how: Subsetting = WHOLE) -> Response:
+    """A read or vread; ``how``: the _summary/_elements cut of a FHIR JSON answer (the image
+    bytes of a Binary are never cut)."""
     check_acceptable(accept, format_, binary=resource_type == "Binary")
     version = fhir_version(accept)
     if resource_type == "Binary":
@@ -155,7 +162,8 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         content = await run_in_threadpool(reader.read_binary, id)
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
         if wants_fhir_json(accept):
-            return _out(_versioned(content.resource, version), version, headers=headers)
+            return _out(subset(_versioned(content.resource, version), how, fhir_version=version), version,
+                        headers=headers)
         return Response(content=content.data, media_type=content.content_type, headers=headers)
     if resource_type not in R4_TYPES:
         raise NotSupported(f"{resource_type[:40]} is not served here")
@@ -173,7 +181,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         else:
             raise
     headers = {**_glass_headers(result.decision), **_etag(result.resource)}
-    return _out(_versioned(result.resource, version), version, headers=headers)
+    return _out(subset(_versioned(result.resource, version), how, fhir_version=version), version, headers=headers)
 
 
 def _etag(resource: dict[str, Any]) -> dict[str, str]:
@@ -225,6 +233,7 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     if version == "5" and resource_type == "Media":
         raise NotFound("R5 has no Media; search DocumentReference")
     req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")), r5=version == "5")
+    how = parse_subsetting(params)
     if req.ignored:  # the links name only the parameters the search used (search.html#errors)
         params = [(k, v) for k, v in params if k[:40] not in req.ignored and f"{k[:40]}={v[:60]}" not in req.ignored]
     types = ["DocumentReference", "Media"] if version == "5" and resource_type == "DocumentReference" \
@@ -236,10 +245,10 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     if result.more and req.count > 0:  # _count=0 asks for the total only: no page follows
         next_url = (f"{absolute(request, services, 'fhir/' + resource_type)}?"
                     f"{urlencode(kept + [('_offset', str(req.offset + req.count))])}")
-    entries = [_versioned(r, version) for r in result.resources]
+    entries = [subset(_versioned(r, version), how, fhir_version=version) for r in result.resources]
     bundle = searchset(entries, total=result.total, self_url=self_url, next_url=next_url,
                        base_url=f"{base(request, services)}/fhir", fhir_version=version,
-                       included=[_versioned(r, version) for r in result.included])
+                       included=[subset(_versioned(r, version), how, fhir_version=version) for r in result.included])
     if req.ignored:
         bundle.setdefault("entry", []).append({
             "resource": operation_outcome("warning", "not-supported",
