@@ -39,11 +39,11 @@ from adapter.mapping.codes import (
 from adapter.mapping.fhir_r4 import JSON, coding, concept, fhir_instant
 from adapter.model.photo import Identifier
 
-INTERACTIONS = frozenset({"read", "vread", "search-type", "create", "update", "delete"})
+INTERACTIONS = frozenset({"read", "vread", "history-instance", "search-type", "create", "update", "delete"})
 ACTIONS = frozenset({"C", "R", "U", "D", "E"})
 OUTCOMES = frozenset({"0", "4", "8", "12"})
 #: Interactions where data flows from the server to the client (BALP Read / Query).
-_TO_CLIENT = frozenset({"read", "vread", "search-type"})
+_TO_CLIENT = frozenset({"read", "vread", "history-instance", "search-type"})
 
 _SOURCE_ROLE = coding(DCM, "110153", "Source Role ID")
 _DESTINATION_ROLE = coding(DCM, "110152", "Destination Role ID")

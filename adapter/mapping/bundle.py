@@ -80,4 +80,41 @@ def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next
     return bundle
 
 
-__all__ = ["bundle_confidentiality", "searchset"]
+def history(resources: Sequence[JSON], *, total: int, self_url: str, next_url: str | None, base_url: str) -> JSON:
+    """A ``history`` Bundle (https://hl7.org/fhir/R4/http.html#history) of the versions of one
+    resource, newest first, already rendered for the reader. Each entry says how the version
+    came about, as the history interaction does: ``request`` POST for version 1 (the create),
+    PUT for later ones; ``response`` with the status, the version's ETag and, where the view
+    shows it, its lastUpdated."""
+    base = base_url.rstrip("/")
+    bundle: JSON = {"resourceType": "Bundle"}
+    label = bundle_confidentiality(resources)
+    if label is not None:
+        bundle["meta"] = {"security": [label]}
+    bundle["type"] = "history"
+    bundle["total"] = total
+    links = [{"relation": "self", "url": self_url}]
+    if next_url:
+        links.append({"relation": "next", "url": next_url})
+    bundle["link"] = links
+    entries: list[JSON] = []
+    for resource in resources:
+        rtype, rid = resource["resourceType"], resource["id"]
+        meta = resource.get("meta") or {}
+        version = str(meta.get("versionId", ""))
+        created = version == "1"
+        response: JSON = {"status": "201 Created" if created else "200 OK"}
+        if version:
+            response["etag"] = f'W/"{version}"'
+        if meta.get("lastUpdated"):
+            response["lastUpdated"] = meta["lastUpdated"]
+        entries.append({"fullUrl": f"{base}/{rtype}/{rid}", "resource": resource,
+                        "request": {"method": "POST" if created else "PUT",
+                                    "url": rtype if created else f"{rtype}/{rid}"},
+                        "response": response})
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+__all__ = ["bundle_confidentiality", "history", "searchset"]

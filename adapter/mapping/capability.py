@@ -94,11 +94,11 @@ _DOCUMENTATION = {
     "Provenance": "Where a photo came from (colleagues, external clinicians, the patient).",
 }
 _INTERACTIONS = {
-    "Media": ("read", "vread", "search-type"),
-    "DocumentReference": ("read", "vread", "search-type"),
-    "Binary": ("read", "vread"),
-    "Consent": ("read", "vread", "search-type", "create", "update"),
-    "Provenance": ("read", "vread", "search-type"),
+    "Media": ("read", "vread", "history-instance", "search-type"),
+    "DocumentReference": ("read", "vread", "history-instance", "search-type"),
+    "Binary": ("read", "vread", "history-instance"),
+    "Consent": ("read", "vread", "history-instance", "search-type", "create", "update"),
+    "Provenance": ("read", "vread", "history-instance", "search-type"),
 }
 #: Every resource carries meta.versionId and an ETag; a Consent update honours If-Match, and its
 #: past versions are served by vread (the others are never updated: one version each).

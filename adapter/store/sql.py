@@ -369,6 +369,15 @@ class SqlRecordStore:
                 resource_history.c.version_id == version_id)).scalar()
         return found if isinstance(found, dict) else None
 
+    def history(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """The documents of the resource's versions as they were stored, newest first (the
+        primary key's range, read backwards)."""
+        h = resource_history.c
+        with self._read() as conn:
+            found = conn.execute(select(h.json).where(h.resource_type == resource_type, h.id == id)
+                                 .order_by(h.version_id.desc()).offset(offset).limit(limit)).scalars().all()
+        return [doc for doc in found if isinstance(doc, dict)]
+
     def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:
         """Resources in the order of ``ids``; missing ones are left out."""
         wanted = list(dict.fromkeys(ids))

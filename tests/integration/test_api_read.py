@@ -734,3 +734,101 @@ def test_r5_readers_find_and_include_provenance_in_their_own_terms(tmp_path: Pat
         assert binary["securityContext"]["reference"] == f"DocumentReference/{media_id}"
         revinclude = client.get("/fhir/DocumentReference?_revinclude=Provenance:target", headers=r5).json()
         assert [e["search"]["mode"] for e in revinclude["entry"]] == ["match", "include"]
+
+
+def test_history_shows_how_a_consent_changed_under_the_decision_a_read_gets(tmp_path: Path) -> None:
+    """history-instance: a Consent's versions newest first (TRAIN added, then withdrawn), each with
+    how it came about (POST, then PUT) and its ETag, paged by _count; the records' one version;
+    refused as a read is (no purpose, a purpose the consent does not permit); a version that
+    named another patient must be permitted for that patient too; audited."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        json_type = {"Content-Type": "application/fhir+json"}
+        consent = client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=json_type).json()
+        consent["provision"]["purpose"].append(
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TRAIN"})
+        consent = client.put(f"/fhir/Consent/{consent['id']}", json=consent, headers=json_type).json()
+        consent["status"] = "inactive"
+        assert client.put(f"/fhir/Consent/{consent['id']}", json=consent, headers=json_type).status_code == 200
+        url = f"/fhir/Consent/{consent['id']}/_history"
+        bundle = client.get(url, headers=as_purpose("TREAT")).json()
+        assert bundle["type"] == "history" and bundle["total"] == 3
+        versions = [e["resource"]["meta"]["versionId"] for e in bundle["entry"]]
+        assert versions == ["3", "2", "1"]
+        assert [e["resource"]["status"] for e in bundle["entry"]] == ["inactive", "active", "active"]
+        assert [e["request"]["method"] for e in bundle["entry"]] == ["PUT", "PUT", "POST"]
+        assert bundle["entry"][2]["request"]["url"] == "Consent"
+        assert bundle["entry"][0]["response"]["etag"] == 'W/"3"' and bundle["entry"][2]["response"]["status"] == "201 Created"
+        assert bundle["meta"]["security"][0]["code"] == "R"
+        page = client.get(f"{url}?_count=2", headers=as_purpose("TREAT")).json()
+        assert [e["resource"]["meta"]["versionId"] for e in page["entry"]] == ["3", "2"]
+        [next_url] = [link["url"] for link in page["link"] if link["relation"] == "next"]
+        rest = client.get(next_url.split("testserver")[-1], headers=as_purpose("TREAT")).json()
+        assert [e["resource"]["meta"]["versionId"] for e in rest["entry"]] == ["1"]
+        assert not [link for link in rest["link"] if link["relation"] == "next"]
+        summary = client.get(f"{url}?_summary=true", headers=as_purpose("TREAT")).json()
+        assert all(e["resource"]["meta"]["tag"][0]["code"] == "SUBSETTED" for e in summary["entry"])
+        r5 = client.get(url, headers=as_purpose("TREAT", Accept="application/fhir+json; fhirVersion=5.0"))
+        assert r5.status_code == 200 and r5.json()["entry"][0]["resource"]["status"] == "inactive"
+
+        record = client.get(f"/fhir/{receipt['record']}/_history", headers=as_purpose("TREAT")).json()
+        assert record["total"] == 1 and record["entry"][0]["request"]["method"] == "POST"
+        assert client.get(f"/fhir/{receipt['record']}/_history").status_code == 403  # no purpose
+        refused = client.get(f"/fhir/{receipt['record']}/_history", headers=as_purpose("HRESCH"))
+        assert refused.status_code == 403 and PATIENT["value"] not in refused.text
+        assert client.get("/fhir/Media/nothing/_history", headers=as_purpose("TREAT")).status_code == 404
+        assert client.get(f"{url}?since=2024", headers=as_purpose("TREAT")).status_code == 400
+        assert client.get(f"{url}?_count=x", headers=as_purpose("TREAT")).status_code == 422
+
+        # a Consent moved to another patient: its history shows the first patient's data too,
+        # so it needs a purpose permitted for both
+        moved = client.post("/fhir/Consent", json=consent_resource(["TREAT", "HRESCH"]), headers=json_type).json()
+        moved["patient"] = {"identifier": {"system": PATIENT["system"], "value": "MRN-0002"}}
+        assert client.put(f"/fhir/Consent/{moved['id']}", json=moved, headers=json_type).status_code == 200
+        assert client.post("/fhir/Consent", json=consent_resource(
+            ["HRESCH"], patient={"system": PATIENT["system"], "value": "MRN-0002"}), headers=json_type).status_code == 201
+        assert client.get(f"/fhir/Consent/{moved['id']}", headers=as_purpose("HRESCH")).status_code == 200
+        # version 1 names MRN-0001, who (the HRESCH consent moved away) permits no research now
+        assert client.get(f"/fhir/Consent/{moved['id']}/_history", headers=as_purpose("HRESCH")).status_code == 403
+        newest = client.get(f"/fhir/Consent/{moved['id']}/_history?_count=1", headers=as_purpose("HRESCH"))
+        assert newest.status_code == 200 and newest.json()["total"] == 2
+        assert client.post("/fhir/Consent", json=consent_resource(["HRESCH"]), headers=json_type).status_code == 201
+        both = client.get(f"/fhir/Consent/{moved['id']}/_history", headers=as_purpose("HRESCH")).json()
+        assert [e["resource"]["meta"]["versionId"] for e in both["entry"]] == ["2", "1"]
+        assert PATIENT["value"] not in json.dumps(both)  # pseudonymised
+        events = services.store.list_audit(50)
+        assert any(e["subtype"][0]["code"] == "history-instance" and e["outcome"] == "4"
+                   for e in events if e.get("subtype"))
+
+
+def test_conditional_read_and_what_a_consent_write_answers(tmp_path: Path) -> None:
+    """If-None-Match naming the current version: 304 (after the decision, as a read; still 403
+    when refused); Prefer: return=minimal|OperationOutcome on a Consent create and update."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        treat = as_purpose("TREAT")
+        first = client.get(f"/fhir/{receipt['record']}", headers=treat)
+        etag = first.headers["etag"]
+        same = client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-None-Match": etag})
+        assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == etag
+        assert client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-None-Match": 'W/"7"'}).status_code == 200
+        assert client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-None-Match": "*"}).status_code == 304
+        image = client.get(f"/fhir/{receipt['binary']}", headers={**treat, "Accept": "image/*", "If-None-Match": etag})
+        assert image.status_code == 304 and image.content == b""
+        refused = client.get(f"/fhir/{receipt['record']}", headers={**as_purpose("TRAIN"), "If-None-Match": etag})
+        assert refused.status_code == 403
+
+        json_type = {"Content-Type": "application/fhir+json"}
+        minimal = client.post("/fhir/Consent", json=consent_resource(["TREAT"]),
+                              headers={**json_type, "Prefer": "return=minimal"})
+        assert minimal.status_code == 201 and minimal.content == b""
+        assert minimal.headers["etag"] == 'W/"1"' and "/_history/1" in minimal.headers["location"]
+        assert minimal.headers["last-modified"].endswith(" GMT")
+        consent = client.get(minimal.headers["location"].split("testserver")[-1], headers=treat).json()
+        consent["status"] = "inactive"
+        outcome = client.put(f"/fhir/Consent/{consent['id']}", json=consent,
+                             headers={**json_type, "Prefer": "return=OperationOutcome"})
+        assert outcome.status_code == 200 and outcome.json()["resourceType"] == "OperationOutcome"
+        assert outcome.headers["etag"] == 'W/"2"'
+        whole = client.put(f"/fhir/Consent/{consent['id']}", json=consent, headers={**json_type, "Prefer": "return=representation"})
+        assert whole.json()["meta"]["versionId"] == "3"

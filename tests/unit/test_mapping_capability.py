@@ -39,11 +39,11 @@ def test_valid_and_complete(version: str) -> None:
         names = [p["name"] for p in r.get("searchParam", [])]
         assert len(names) == len(set(names))  # cpb-12
         interactions = {i["code"] for i in r["interaction"]}
-        assert {"read", "vread"} <= interactions  # every Location names Type/id/_history/n
+        assert {"read", "vread", "history-instance"} <= interactions  # every Location names Type/id/_history/n
         assert r["versioning"] == ("versioned-update" if r["type"] == "Consent" else "versioned")
         assert r["readHistory"] is (r["type"] == "Consent")
-    assert {i["code"] for i in resources["Consent"]["interaction"]} == {"read", "vread", "search-type", "create",
-                                                                        "update"}
+    assert {i["code"] for i in resources["Consent"]["interaction"]} == {"read", "vread", "history-instance",
+                                                                        "search-type", "create", "update"}
     doc_params = {p["name"]: p["type"] for p in resources["DocumentReference"]["searchParam"]}
     assert doc_params == {"_id": "token", "patient": "reference", "subject": "reference", "_lastUpdated": "date",
                           "date": "date",

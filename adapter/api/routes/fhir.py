@@ -5,6 +5,8 @@ Consent create/update, read and search under purpose of use. R4 by default; R5 w
 from __future__ import annotations
 
 import json
+from datetime import UTC
+from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -18,13 +20,14 @@ from adapter.api.negotiation import check_acceptable, fhir_version, media_type, 
 from adapter.api.outcome import fhir_response
 from adapter.api.urls import absolute, base
 from adapter.errors import InvalidInput, NotFound, NotSupported, PayloadTooLarge, UnsupportedMediaType
+from adapter.mapping.bundle import history as history_bundle
 from adapter.mapping.bundle import searchset
 from adapter.mapping.capability import capability_statement
 from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
 from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
 from adapter.model.decision import Decision
-from adapter.services.search_params import parse_search
+from adapter.services.search_params import DEFAULT_COUNT, MAX_COUNT, parse_search
 
 router = APIRouter(prefix="/fhir")
 
@@ -100,11 +103,26 @@ async def transaction(request: Request, services: ServicesDep, ctx: WriteContext
     return _out(response, "4")
 
 
+def _written(request: Request, stored: Any, status: int, headers: dict[str, str]) -> Response:
+    """The answer to a create or update, as ``Prefer: return=`` asks (http.html#ops): the
+    resource (``representation``, the default), nothing (``minimal``) or an OperationOutcome."""
+    preferences = {p.strip().lower().replace(" ", "") for item in (request.headers.get("prefer") or "").split(",")
+                   for p in item.split(";")}
+    headers = {**headers, "Last-Modified": format_datetime(stored.last_updated.astimezone(UTC), usegmt=True)}
+    if "return=minimal" in preferences:
+        return Response(status_code=status, headers=headers)
+    if "return=operationoutcome" in preferences:
+        done = "created" if status == 201 else "updated"
+        return _out(information_outcome("informational", f"Consent/{stored.id} {done} (version {stored.version_id})",
+                                        None), "4", status, headers)
+    return _out(stored.resource, "4", status, headers)
+
+
 @router.post("/Consent", status_code=201)
 async def create_consent(request: Request, services: ServicesDep, ctx: WriteContextDep) -> Response:
     resource = await _json_body(request, 10 * 1024 * 1024)
     stored = await run_in_threadpool(services.consents.create, resource, ctx)
-    return _out(stored.resource, "4", 201, {
+    return _written(request, stored, 201, {
         "Location": absolute(request, services, f"fhir/Consent/{stored.id}/_history/{stored.version_id}"),
         "ETag": f'W/"{stored.version_id}"'})
 
@@ -120,7 +138,9 @@ async def update_consent(id: str, request: Request, services: ServicesDep, ctx: 
             raise InvalidInput("If-Match takes an ETag W/\"<version>\"", expression="If-Match")
         expected = int(digits)
     stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)
-    return _out(stored.resource, "4", 200, {"ETag": f'W/"{stored.version_id}"'})
+    return _written(request, stored, 200, {
+        "Location": absolute(request, services, f"fhir/Consent/{stored.id}/_history/{stored.version_id}"),
+        "ETag": f'W/"{stored.version_id}"'})
 
 
 @router.get("/{resource_type}/{id}")
@@ -128,7 +148,8 @@ async def read(resource_type: str, id: str, request: Request, reader: ReaderDep,
                accept: Annotated[str | None, Header()] = None,
                format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
     return await _read(resource_type, id, reader, accept, format_=format_,
-                       how=parse_subsetting(list(request.query_params.multi_items())))
+                       how=parse_subsetting(list(request.query_params.multi_items())),
+                       if_none_match=request.headers.get("if-none-match"))
 
 
 @router.get("/{resource_type}/{id}/_history/{vid}")
@@ -144,11 +165,61 @@ async def vread(resource_type: str, id: str, vid: str, request: Request, reader:
                        how=parse_subsetting(list(request.query_params.multi_items())))
 
 
+@router.get("/{resource_type}/{id}/_history")
+async def history_instance(resource_type: str, id: str, request: Request, reader: ReaderDep, services: ServicesDep,
+                           accept: Annotated[str | None, Header()] = None,
+                           format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
+    """history-instance: every version of a resource, newest first (a Consent's purposes added
+    and withdrawn; a record's one version), under the decision a read gets now; ``_count``
+    and the ``next`` link page through a long history."""
+    check_acceptable(accept, format_)
+    version = fhir_version(accept)
+    if resource_type not in R4_TYPES:
+        raise NotSupported(f"{resource_type[:40]} is not served here")
+    if version == "5" and resource_type == "Media":
+        raise NotFound("R5 has no Media; photos are DocumentReference in R5")
+    params = list(request.query_params.multi_items())
+    how = parse_subsetting(params)
+    count, offset = DEFAULT_COUNT, 0
+    for name, value in params:
+        if name == "_count":
+            count = _page_param(name, value, MAX_COUNT)
+        elif name == "_offset":
+            offset = _page_param(name, value, 10**9)
+        elif name not in ("_format", "_pretty", "_summary", "_elements"):
+            raise NotSupported(f"history takes _count, _summary and _elements; not {name[:40]}", expression=name[:40])
+
+    def load(rt: str) -> Any:
+        return reader.history(rt, id, offset=offset, count=count)
+
+    try:
+        result = await run_in_threadpool(load, resource_type)
+    except NotFound:
+        if version == "5" and resource_type == "DocumentReference":
+            result = await run_in_threadpool(load, "Media")
+        else:
+            raise
+    url = absolute(request, services, f"fhir/{resource_type}/{id}/_history")
+    kept = [(k, v) for k, v in params if k != "_offset"]
+    next_url = f"{url}?{urlencode(kept + [('_offset', str(offset + count))])}" if result.more else None
+    bundle = history_bundle([subset(_versioned(r, version), how, fhir_version=version) for r in result.resources],
+                            total=result.total, self_url=f"{url}?{urlencode(params)}" if params else url,
+                            next_url=next_url, base_url=f"{base(request, services)}/fhir")
+    return _out(bundle, version, headers=_glass_headers(result.decision))
+
+
+def _page_param(name: str, value: str, high: int) -> int:
+    if not value.isdigit():
+        raise InvalidInput(f"{name} takes a whole number", expression=name)
+    return min(int(value[:12]), high)
+
+
 async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
                 version_id: int | None = None, *, format_: str | None = None,
-                how: Subsetting = WHOLE) -> Response:
+                how: Subsetting = WHOLE, if_none_match: str | None = None) -> Response:
     """A read or vread; ``how``: the _summary/_elements cut of a FHIR JSON answer (the image
-    bytes of a Binary are never cut)."""
+    bytes of a Binary are never cut); ``if_none_match``: a conditional read (http.html#cread),
+    answered 304 when it names the current version, after the decision as any read."""
     check_acceptable(accept, format_, binary=resource_type == "Binary")
     version = fhir_version(accept)
     if resource_type == "Binary":
@@ -161,6 +232,8 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
                             headers=_glass_headers(dicom.decision))
         content = await run_in_threadpool(reader.read_binary, id)
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
+        if _not_modified(if_none_match, headers):
+            return Response(status_code=304, headers=headers)
         if wants_fhir_json(accept):
             return _out(subset(_versioned(content.resource, version), how, fhir_version=version), version,
                         headers=headers)
@@ -181,7 +254,18 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         else:
             raise
     headers = {**_glass_headers(result.decision), **_etag(result.resource)}
+    if _not_modified(if_none_match, headers):
+        return Response(status_code=304, headers=headers)
     return _out(subset(_versioned(result.resource, version), how, fhir_version=version), version, headers=headers)
+
+
+def _not_modified(if_none_match: str | None, headers: dict[str, str]) -> bool:
+    """If-None-Match (RFC 9110 §13.1.2, weak comparison) names the ETag the answer has."""
+    etag = headers.get("ETag")
+    if not if_none_match or not etag:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 def _etag(resource: dict[str, Any]) -> dict[str, str]:
