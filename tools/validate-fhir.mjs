@@ -328,17 +328,27 @@ function bundleIssues(doc) {
   if (doc.resourceType !== 'Bundle' || !Array.isArray(doc.entry)) return issues;
   const add = (severity, where, msg) => issues.push({ severity, by: 'bundle', where, msg });
   const fullUrls = new Map();
+  const versioned = new Map();
   doc.entry.forEach((e, i) => {
     const where = `Bundle.entry[${i}]`;
     if (typeof e?.fullUrl === 'string') {
-      if (fullUrls.has(e.fullUrl)) add('error', `${where}.fullUrl`, `fullUrl ${e.fullUrl} repeats entry[${fullUrls.get(e.fullUrl)}]`);
-      else fullUrls.set(e.fullUrl, i);
+      // bdl-7: fullUrl (with meta.versionId) unique, except in a history Bundle
+      const key = `${e.fullUrl}|${e?.resource?.meta?.versionId ?? ''}`;
+      if (doc.type !== 'history' && versioned.has(key)) add('error', `${where}.fullUrl`, `fullUrl ${e.fullUrl} repeats entry[${versioned.get(key)}]`);
+      else versioned.set(key, i);
+      if (!fullUrls.has(e.fullUrl)) fullUrls.set(e.fullUrl, i);
       if (e.fullUrl.startsWith('urn:uuid:') && !/^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(e.fullUrl)) {
         add('error', `${where}.fullUrl`, `malformed urn:uuid ${e.fullUrl}`);
       }
     }
-    if ((doc.type === 'transaction' || doc.type === 'batch') && !e?.request) add('error', where, `a ${doc.type} entry needs request`);
-    if ((doc.type === 'transaction-response' || doc.type === 'batch-response') && !e?.response) add('error', where, `a ${doc.type} entry needs response`);
+    // bdl-3 / bdl-4: request for batch, transaction and history entries, response for their
+    // responses and history entries; prohibited otherwise
+    const wantsRequest = ['transaction', 'batch', 'history'].includes(doc.type);
+    const wantsResponse = ['transaction-response', 'batch-response', 'history'].includes(doc.type);
+    if (wantsRequest && !e?.request) add('error', where, `a ${doc.type} entry needs request`);
+    if (!wantsRequest && e?.request) add('error', `${where}.request`, `a ${doc.type} entry has no request`);
+    if (wantsResponse && !e?.response) add('error', where, `a ${doc.type} entry needs response`);
+    if (!wantsResponse && e?.response) add('error', `${where}.response`, `a ${doc.type} entry has no response`);
   });
   collectLinks(doc.entry, 'Bundle.entry', []).forEach(({ where, reference }) => {
     if (reference.startsWith('urn:uuid:') && !fullUrls.has(reference)) add('error', where, `${reference} does not resolve to an entry of the Bundle`);

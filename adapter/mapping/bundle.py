@@ -85,7 +85,7 @@ def history(resources: Sequence[JSON], *, total: int, self_url: str, next_url: s
     resource, newest first, already rendered for the reader. Each entry says how the version
     came about, as the history interaction does: ``request`` POST for version 1 (the create),
     PUT for later ones; ``response`` with the status, the version's ETag and, where the view
-    shows it, its lastUpdated."""
+    shows it, its lastUpdated as ``lastModified``."""
     base = base_url.rstrip("/")
     bundle: JSON = {"resourceType": "Bundle"}
     label = bundle_confidentiality(resources)
@@ -107,7 +107,7 @@ def history(resources: Sequence[JSON], *, total: int, self_url: str, next_url: s
         if version:
             response["etag"] = f'W/"{version}"'
         if meta.get("lastUpdated"):
-            response["lastUpdated"] = meta["lastUpdated"]
+            response["lastModified"] = meta["lastUpdated"]
         entries.append({"fullUrl": f"{base}/{rtype}/{rid}", "resource": resource,
                         "request": {"method": "POST" if created else "PUT",
                                     "url": rtype if created else f"{rtype}/{rid}"},

@@ -39,6 +39,10 @@ SUBSETTED = {"system": codes.V3_OBSERVATION_VALUE, "code": "SUBSETTED", "display
 SUMMARY_MODES = ("true", "text", "data", "false")
 #: Kept in every subset (besides each type's required elements).
 _ALWAYS = frozenset({"resourceType", "id", "meta", "implicitRules", "modifierExtension"})
+#: Invariants that need one of a few optional elements: when a cut keeps none of them, the
+#: first the resource has is kept, so the cut resource stays valid. Consent ppc-1: "Either a
+#: Policy or PolicyRule" (policy is not a summary element in R4).
+_ONE_OF = {"Consent": ("policyRule", "policy")}
 
 _MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
             "Consent": "consent", "Provenance": "provenance", "OperationOutcome": "operationoutcome"}
@@ -135,6 +139,10 @@ def subset(resource: JSON, how: Subsetting, *, fhir_version: str) -> JSON:
     if not how.cuts or resource_type not in _MODULES or resource_type == "OperationOutcome":
         return resource
     kept = _kept(str(resource_type), fhir_version, how)
+    one_of = _ONE_OF.get(str(resource_type), ())
+    present = [k for k in one_of if k in resource]
+    if kept is not None and present and not kept & set(present):
+        kept = kept | {present[0]}
     out: JSON = {}
     for key, value in resource.items():
         name = key.removeprefix("_")  # a primitive's extensions follow it

@@ -102,3 +102,19 @@ def test_parameters() -> None:
                 [("_elements", "a.b")], [("_elements", "id"), ("_summary", "true")]):
         with pytest.raises(InvalidInput):
             parse_subsetting(bad)
+
+
+def test_a_consent_keeps_its_policy_when_the_cut_would_leave_neither_policy_nor_rule() -> None:
+    """Consent ppc-1 (either a policy or a policyRule): policy is no summary element in R4."""
+    from tests.unit.test_mapping_views import consent
+
+    source = consent()
+    source.pop("policyRule", None)
+    source["policy"] = [{"uri": "https://hospital.example/policies/photography"}]
+    for how in (Subsetting(summary="true"), Subsetting(summary="text"), Subsetting(elements=("status",))):
+        out = subset(source, how, fhir_version="4")
+        assert out["policy"] == source["policy"], how
+        MODELS["Consent"].model_validate(out)
+    with_rule = consent()
+    assert "policyRule" in with_rule
+    assert "policy" not in subset({**with_rule, "policy": source["policy"]}, Subsetting(summary="true"), fhir_version="4")
