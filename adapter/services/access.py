@@ -259,7 +259,7 @@ class ScopedReader:
         return ReadResult(resource=render(document, decision, tables=self._tables, pseudonymizer=self._pseudonymizer),
                           decision=decision)
 
-    def history(self, resource_type: str, id: str, *, offset: int, count: int) -> HistoryResult:
+    def read_history(self, resource_type: str, id: str, *, offset: int, count: int) -> HistoryResult:
         """history-instance: the versions of a resource, newest first, a page at a time, under
         the decision a read gets now. As for vread, a version naming another patient must be
         permitted for that patient too; if one on the page is not, nothing is shown (fail
@@ -267,7 +267,7 @@ class ScopedReader:
         stored = self._load(resource_type, id)
         facts = self._facts(resource_type, id, stored.facts, stored.resource)
         decision = self.decide(facts)
-        documents = self._store.history(resource_type, id, offset=offset, limit=count + 1) if decision.permitted \
+        documents = self._store.list_versions(resource_type, id, offset=offset, limit=count + 1) if decision.permitted \
             and count > 0 else []
         more, documents = len(documents) > count, documents[:count]
         for document in documents:

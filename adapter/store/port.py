@@ -91,7 +91,7 @@ class RecordStore(Protocol):
     def get_version(self, resource_type: str, id: str, version_id: int) -> dict[str, Any] | None:
         """The document of one version (current or past) as it was stored; None if there is none."""
 
-    def history(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def list_versions(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """The documents of the resource's versions as they were stored, newest first, from the
         ``offset``-th; at most ``limit``. Empty when the resource is unknown."""
 

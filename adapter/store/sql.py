@@ -369,7 +369,7 @@ class SqlRecordStore:
                 resource_history.c.version_id == version_id)).scalar()
         return found if isinstance(found, dict) else None
 
-    def history(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def list_versions(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """The documents of the resource's versions as they were stored, newest first (the
         primary key's range, read backwards)."""
         h = resource_history.c

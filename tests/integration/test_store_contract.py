@@ -349,11 +349,11 @@ def test_update_writes_next_version_and_keeps_history(store: SqlRecordStore) -> 
     assert updated.last_updated > first.last_updated
     assert store.get("Media", "m1") == updated
     assert [v for v, _ in history(store, "Media", "m1")] == [1, 2]
-    assert [d["meta"]["versionId"] for d in store.history("Media", "m1")] == ["2", "1"]
-    assert store.history("Media", "m1")[0] == updated.resource
-    assert [d["meta"]["versionId"] for d in store.history("Media", "m1", offset=1, limit=5)] == ["1"]
-    assert [d["meta"]["versionId"] for d in store.history("Media", "m1", limit=1)] == ["2"]
-    assert store.history("Media", "nothing") == [] and store.history("Consent", "m1") == []
+    assert [d["meta"]["versionId"] for d in store.list_versions("Media", "m1")] == ["2", "1"]
+    assert store.list_versions("Media", "m1")[0] == updated.resource
+    assert [d["meta"]["versionId"] for d in store.list_versions("Media", "m1", offset=1, limit=5)] == ["1"]
+    assert [d["meta"]["versionId"] for d in store.list_versions("Media", "m1", limit=1)] == ["2"]
+    assert store.list_versions("Media", "nothing") == [] and store.list_versions("Consent", "m1") == []
     # the index follows the current version
     old_token = SearchCriteria(tokens=((TokenCriterion("type", "old"),),))
     new_token = SearchCriteria(tokens=((TokenCriterion("type", "new"),),))

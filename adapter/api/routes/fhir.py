@@ -190,7 +190,7 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
             raise NotSupported(f"history takes _count, _summary and _elements; not {name[:40]}", expression=name[:40])
 
     def load(rt: str) -> Any:
-        return reader.history(rt, id, offset=offset, count=count)
+        return reader.read_history(rt, id, offset=offset, count=count)
 
     try:
         result = await run_in_threadpool(load, resource_type)
