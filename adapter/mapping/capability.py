@@ -96,7 +96,7 @@ _DOCUMENTATION = {
 _INTERACTIONS = {
     "Media": ("read", "vread", "history-instance", "search-type"),
     "DocumentReference": ("read", "vread", "history-instance", "search-type"),
-    "Binary": ("read", "vread", "history-instance"),
+    "Binary": ("read", "vread"),
     "Consent": ("read", "vread", "history-instance", "search-type", "create", "update"),
     "Provenance": ("read", "vread", "history-instance", "search-type"),
 }

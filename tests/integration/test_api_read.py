@@ -777,6 +777,7 @@ def test_history_shows_how_a_consent_changed_under_the_decision_a_read_gets(tmp_
         refused = client.get(f"/fhir/{receipt['record']}/_history", headers=as_purpose("HRESCH"))
         assert refused.status_code == 403 and PATIENT["value"] not in refused.text
         assert client.get("/fhir/Media/nothing/_history", headers=as_purpose("TREAT")).status_code == 404
+        assert client.get(f"/fhir/{receipt['binary']}/_history", headers=as_purpose("TREAT")).status_code == 400
         assert client.get(f"{url}?since=2024", headers=as_purpose("TREAT")).status_code == 400
         assert client.get(f"{url}?_count=x", headers=as_purpose("TREAT")).status_code == 422
 

@@ -39,7 +39,8 @@ def test_valid_and_complete(version: str) -> None:
         names = [p["name"] for p in r.get("searchParam", [])]
         assert len(names) == len(set(names))  # cpb-12
         interactions = {i["code"] for i in r["interaction"]}
-        assert {"read", "vread", "history-instance"} <= interactions  # every Location names Type/id/_history/n
+        assert {"read", "vread"} <= interactions  # every Location names Type/id/_history/n
+        assert ("history-instance" in interactions) is (r["type"] != "Binary")
         assert r["versioning"] == ("versioned-update" if r["type"] == "Consent" else "versioned")
         assert r["readHistory"] is (r["type"] == "Consent")
     assert {i["code"] for i in resources["Consent"]["interaction"]} == {"read", "vread", "history-instance",

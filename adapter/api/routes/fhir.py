@@ -174,8 +174,8 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     and the ``next`` link page through a long history."""
     check_acceptable(accept, format_)
     version = fhir_version(accept)
-    if resource_type not in R4_TYPES:
-        raise NotSupported(f"{resource_type[:40]} is not served here")
+    if resource_type not in R4_TYPES or resource_type == "Binary":  # bytes, never updated: read or vread it
+        raise NotSupported(f"history of {resource_type[:40]} is not served here")
     if version == "5" and resource_type == "Media":
         raise NotFound("R5 has no Media; photos are DocumentReference in R5")
     params = list(request.query_params.multi_items())
