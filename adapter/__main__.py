@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import datetime
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -162,6 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP API (and, when configured, the DICOM SCP)")
     sub.add_parser("check", help="load settings, policy and mapping tables, then exit")
+    audit = sub.add_parser("audit", help="write the stored AuditEvents as NDJSON (FHIR R4) to standard output, "
+                                         "oldest first; the export is itself audited")
+    audit.add_argument("--after", type=int, default=0, metavar="SEQ",
+                       help="only events stored after this sequence number (the id of the last one a previous "
+                            "export wrote)")
+    audit.add_argument("--since", type=_instant, metavar="INSTANT", help="recorded at or after, e.g. 2026-11-26T00:00:00Z")
+    audit.add_argument("--until", type=_instant, metavar="INSTANT", help="recorded before")
+    audit.add_argument("--limit", type=int, metavar="N", help="at most N events")
+    audit.add_argument("--purpose", default="HOPERAT",
+                       help="the purpose of use of the export, a v3-ActReason code (default HOPERAT)")
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -179,7 +190,54 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print("settings, policy and mapping tables are valid")
         return 0
+    if args.command == "audit":
+        return _export_audit(settings, args)
     return serve(settings)
+
+
+def _instant(value: str) -> datetime:
+    """An ISO 8601 instant with its offset (``Z`` or ``+01:00``); argparse's type."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {value}") from exc
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the instant's offset (Z or +hh:mm): {value}")
+    return parsed
+
+
+def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
+    """``python -m adapter audit``: NDJSON on standard output, a summary on standard error."""
+    import json
+    import os
+
+    from adapter.model.purpose import RequestContext
+    from adapter.services.audit import export_audit
+    from adapter.services.purpose import parse_purpose_of_use
+    from adapter.services.registry import build_services
+
+    try:
+        services = build_services(settings)
+    except AdapterError as exc:
+        print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
+        return 2
+    try:
+        purpose = parse_purpose_of_use(args.purpose, services.tables)
+        ctx = RequestContext(purpose=purpose, actor=f"operator {os.environ.get('USER', 'unknown')} (python -m adapter "
+                                                    "audit)", client_address="localhost", channel="cli")
+        count, last = 0, args.after
+        for seq, event in export_audit(services.store, services.auditor, ctx, after=args.after, since=args.since,
+                                       until=args.until, limit=args.limit):
+            sys.stdout.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
+            count, last = count + 1, seq
+        sys.stdout.flush()
+    except AdapterError as exc:
+        print(f"audit export failed: {exc.diagnostics}", file=sys.stderr)
+        return 2
+    finally:
+        services.close()
+    print(f"{count} AuditEvent(s); last sequence number {last} (continue with --after {last})", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

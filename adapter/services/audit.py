@@ -1,8 +1,9 @@
-"""Every decision, allow or deny, becomes an IHE BALP-shaped AuditEvent in the store."""
+"""Every decision, allow or deny, becomes an IHE BALP-shaped AuditEvent in the store; the
+audit trail leaves the adapter only through :func:`export_audit`, itself audited."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -38,3 +39,22 @@ class Auditor:
         DECISIONS.labels(interaction, ctx.purpose.code, "refused" if refused else "permit" if permitted else "deny").inc()
         self._store.append_audit(self.event(ctx, interaction=interaction, action=action, permitted=permitted,
                                             reason=why, entities=entities, patient=patient))
+
+
+def export_audit(store: RecordStore, auditor: Auditor, ctx: RequestContext, *, after: int = 0,
+                 since: datetime | None = None, until: datetime | None = None,
+                 limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The stored AuditEvents (sequence number, event with ``id`` the sequence number), in the
+    order they were stored, after sequence number ``after``, recorded in [``since``, ``until``),
+    at most ``limit``: for a security officer or a SIEM, which continues later from the last
+    sequence number it got. The trail names patients, so taking it out is itself audited, before
+    the first event leaves (an AuditEvent of AuditEvents, purpose ``ctx.purpose``)."""
+    window = ", ".join(f"{k} {v}" for k, v in (("after", after or None), ("since", since), ("until", until),
+                                                ("limit", limit)) if v is not None)
+    auditor.record(ctx, interaction="search-type", action="E", decision=None, entities=[], patient=None,
+                   reason=f"audit trail export{': ' + window if window else ''}")
+    for count, (seq, event) in enumerate(store.iter_audit(after=after, since=since, until=until)):
+        if limit is not None and count >= limit:
+            return
+        yield seq, {"resourceType": event.get("resourceType", "AuditEvent"), "id": str(seq),
+                    **{k: v for k, v in event.items() if k not in ("resourceType", "id")}}

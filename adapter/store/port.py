@@ -122,6 +122,12 @@ class RecordStore(Protocol):
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first."""
 
+    def iter_audit(self, *, after: int = 0, since: datetime | None = None, until: datetime | None = None,
+                   batch: int = 500) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(sequence number, AuditEvent) of the events stored after sequence number ``after``,
+        recorded at ``since`` or later and before ``until``, in the order they were stored, read
+        a batch at a time."""
+
     # -- DICOM -------------------------------------------------------------------------------
     # save_ingest also writes unit.dicom_instance (unique SOP Instance UID: Conflict when taken)
     # and unit.released_uids, and unit.outbox (status pending, attempts 0, next_attempt_at = now)

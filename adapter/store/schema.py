@@ -45,7 +45,7 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 6: patient_pseudonyms; key_fingerprints replaces dicom_uid_spaces (for both derived indexes).
 #: 7: an index of dicom_instances by StudyDate (QIDO-RS by date or date range).
 #: 8: dicom_instances.patient_name, study_description, accession_number (indexed), study_time (QIDO-RS).
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 class EncodedJson(str):
@@ -168,6 +168,7 @@ audit = Table(
     Column("seq", _Serial, primary_key=True, autoincrement=True),
     Column("recorded", UtcDateTime, nullable=False),
     Column("json", JsonText, nullable=False),
+    Index("ix_audit_recorded", "recorded"),  # the audit export from an instant (iter_audit)
 )
 
 
@@ -274,7 +275,8 @@ def _migrate(conn: Connection, found: int) -> None:
     fingerprint moved to key_fingerprints (the released-UID index is rebuilt once at start);
     6 → 7 adds an index to an existing table;
     7 → 8 adds four nullable columns to ``dicom_instances`` (instances stored before have none)
-    and an index on one of them.
+    and an index on one of them;
+    8 → 9 adds an index to ``audit``.
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -302,6 +304,7 @@ _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
     5: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_patient_value"),
     7: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_study_date"),
     8: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_accession_number"),
+    9: tuple(audit.indexes),
 }
 
 

@@ -72,6 +72,8 @@ _k = key_fingerprints.c
 
 #: How long a claimed outbox item stays invisible to other forwarders (claim_outbox).
 OUTBOX_LEASE = timedelta(seconds=60)
+#: How far apart in time two audit events may be stored out of order (concurrent writers).
+AUDIT_SLACK = timedelta(seconds=60)
 
 # Which unique constraint an IntegrityError names: PostgreSQL reports the constraint name,
 # SQLite the columns. Diagnostics say what clashed, never the values (they may identify a patient).
@@ -432,6 +434,39 @@ class SqlRecordStore:
             return []
         with self._read() as conn:
             return list(conn.execute(select(audit.c.json).order_by(audit.c.seq.desc()).limit(limit)).scalars())
+
+    def iter_audit(self, *, after: int = 0, since: datetime | None = None, until: datetime | None = None,
+                   batch: int = 500) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(sequence number, AuditEvent) in the order they were stored, a batch at a time, each
+        batch in its own short read (no read transaction held while the caller writes).
+
+        ``since``/``until`` are on ``recorded``, which follows the sequence number except where
+        concurrent writers committed a moment apart: the walk starts at the first event recorded
+        AUDIT_SLACK before ``since`` (found with the recorded index) and stops at the first one
+        recorded AUDIT_SLACK after ``until``; in between each event is kept or not on its own
+        ``recorded``."""
+        a = audit.c
+        last = max(0, after)
+        if since is not None:
+            with self._read() as conn:
+                first = conn.execute(select(a.seq).where(a.recorded >= to_utc(since) - AUDIT_SLACK)
+                                     .order_by(a.recorded).limit(1)).scalar()
+            if first is None:
+                return
+            last = max(last, int(first) - 1)
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(select(a.seq, a.recorded, a.json).where(a.seq > last)
+                                    .order_by(a.seq).limit(max(1, batch))).all()
+            for seq, recorded, event in rows:
+                recorded = to_utc(recorded)
+                if until is not None and recorded >= to_utc(until) + AUDIT_SLACK:
+                    return
+                if (since is None or recorded >= to_utc(since)) and (until is None or recorded < to_utc(until)):
+                    yield int(seq), event
+                last = int(seq)
+            if len(rows) < max(1, batch):
+                return
 
     # -- DICOM instances and the outbox --------------------------------------------------
 

@@ -33,6 +33,7 @@ from adapter.store import (
     open_store,
 )
 from adapter.store.schema import SCHEMA_VERSION
+from adapter.store.schema import audit as audit_table
 from adapter.store.schema import dicom_instances as dicom_instances_table
 from tests.conftest import require_or_skip
 
@@ -600,6 +601,31 @@ def test_audit_is_listed_newest_first(store: SqlRecordStore) -> None:
     assert store.list_audit()[0]["nested"] == {"ok": [True, None]}
 
 
+def test_audit_is_exported_in_the_order_stored_by_sequence_number_and_time(store: SqlRecordStore) -> None:
+    """iter_audit: after a sequence number (a SIEM continues from the last it got), from and
+    until an instant (the recorded index finds the start), a batch at a time."""
+    store.save_ingest(make_unit(audit_events=[{"n": 1}, {"n": 2}]))
+    for n in range(3, 8):
+        store.append_audit({"n": n})
+    everything = list(store.iter_audit(batch=2))
+    assert [e["n"] for _, e in everything] == [1, 2, 3, 4, 5, 6, 7]
+    seqs = [seq for seq, _ in everything]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 7
+    assert [e["n"] for _, e in store.iter_audit(after=seqs[4], batch=1)] == [6, 7]
+    assert list(store.iter_audit(after=seqs[-1])) == []
+    with store.engine.begin() as conn:  # the events' recorded instants, a minute apart
+        for i, seq in enumerate(seqs):
+            conn.execute(sa.update(audit_table).where(audit_table.c.seq == seq)
+                         .values(recorded=datetime(2026, 1, 1, 10, i, tzinfo=UTC)))
+    since = datetime(2026, 1, 1, 11, 2, tzinfo=timezone(timedelta(hours=1)))  # 10:02Z
+    until = datetime(2026, 1, 1, 10, 5, tzinfo=UTC)
+    assert [e["n"] for _, e in store.iter_audit(since=since, batch=2)] == [3, 4, 5, 6, 7]
+    assert [e["n"] for _, e in store.iter_audit(since=since, until=until, batch=2)] == [3, 4, 5]
+    assert [e["n"] for _, e in store.iter_audit(until=until)] == [1, 2, 3, 4, 5]
+    assert [e["n"] for _, e in store.iter_audit(after=seqs[3], since=since)] == [5, 6, 7]
+    assert list(store.iter_audit(since=datetime(2027, 1, 1, tzinfo=UTC))) == []
+
+
 # -- durability, schema and concurrency -------------------------------------------------------
 
 
@@ -1145,7 +1171,8 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
 def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
     """4 → 5 adds an index to a table that exists; 5 → 6 adds the pseudonym and fingerprint
     tables and drops dicom_uid_spaces (the released-UID index is then rebuilt once); 6 → 7 adds
-    another index; 7 → 8 four nullable columns (the instances stored before have none)."""
+    another index; 7 → 8 four nullable columns (the instances stored before have none); 8 → 9 an
+    index on the audit table."""
     store = open_records()
     instance = make_instance()
     unit = make_dicom_unit(instance)
@@ -1155,6 +1182,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_patient_value"))
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_study_date"))
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_accession_number"))
+        conn.execute(sa.text("DROP INDEX ix_audit_recorded"))
         for column in ("patient_name", "study_description", "accession_number", "study_time"):  # added by 8
             conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
         conn.execute(sa.text("DROP TABLE key_fingerprints"))
@@ -1168,8 +1196,9 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 8
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 9
         columns = {c["name"] for c in inspector.get_columns("dicom_instances")}
+        assert {i["name"] for i in inspector.get_indexes("audit")} == {"ix_audit_recorded"}
     assert {"ix_dicom_instances_patient_value", "ix_dicom_instances_study_date",
             "ix_dicom_instances_accession_number"} <= names
     assert {"patient_name", "study_description", "accession_number", "study_time"} <= columns

@@ -1,0 +1,71 @@
+"""End to end: ``python -m adapter audit`` as its own process exports the audit trail of what a
+client did (NDJSON, FHIR R4 AuditEvents, oldest first), continues from where an earlier export
+stopped, and leaves an AuditEvent of the export itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ROOT, record_emitted
+from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+
+
+def _export(tmp_path: Path, *args: str) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_POLICY=str(tmp_path / "policy.yaml"),
+               ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
+    done = subprocess.run([sys.executable, "-m", "adapter", "audit", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    return events, done
+
+
+def test_the_audit_trail_is_exported_and_the_export_audited(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        receipt = post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).json()
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN")).status_code == 403
+
+    events, done = _export(tmp_path)
+    assert done.returncode == 0, done.stderr
+    # the client's create and reads, then the export itself, recorded before the first event left
+    assert [(e["subtype"][0]["code"], e["outcome"]) for e in events] == \
+        [("create", "0"), ("read", "0"), ("read", "4"), ("search-type", "0")]
+    assert "audit trail export" in events[-1]["outcomeDesc"]
+    assert all(e["resourceType"] == "AuditEvent" for e in events)
+    ids = [int(e["id"]) for e in events]
+    assert ids == sorted(ids)
+    assert f"continue with --after {ids[-1]}" in done.stderr
+    assert any(ent.get("what", {}).get("identifier") == PATIENT for ent in events[0]["entity"])
+    record_emitted(events)
+
+    [user] = [a for a in events[-1]["agent"] if a.get("requestor")]
+    assert "python -m adapter audit" in user["who"]["display"]
+    assert user["purposeOfUse"][0]["coding"][0]["code"] == "HOPERAT"
+
+    # a SIEM continues where it stopped: only what came after, here the second export itself
+    later, done = _export(tmp_path, "--after", str(ids[-1]), "--purpose", "RECORDMGT")
+    assert done.returncode == 0, done.stderr
+    [export] = later
+    assert export["subtype"][0]["code"] == "search-type" and int(export["id"]) > ids[-1]
+    assert f"after {ids[-1]}" in export["outcomeDesc"]
+    [user] = [a for a in export["agent"] if a.get("requestor")]
+    assert user["purposeOfUse"][0]["coding"][0]["code"] == "RECORDMGT"
+    record_emitted(later)
+
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert _export(tmp_path, "--since", soon)[0] == []
+    limited, _ = _export(tmp_path, "--limit", "1")
+    assert len(limited) == 1 and limited[0]["id"] == str(ids[0])
+    bad = _export(tmp_path, "--since", "yesterday")[1]
+    assert bad.returncode == 2 and "ISO 8601" in bad.stderr
+    naive = _export(tmp_path, "--since", "2026-01-01T00:00:00")[1]
+    assert naive.returncode == 2 and "offset" in naive.stderr
+    unknown = _export(tmp_path, "--purpose", "NOPE")[1]
+    assert unknown.returncode == 2 and "purpose" in unknown.stderr
