@@ -7,7 +7,8 @@ measured; ``strip_to_pixels_only`` gives the bytes for the de-identified view.
 
 For the DICOM bridge: ``jpeg_frame_info``, ``read_orientation`` and ``jpeg_for_encapsulation``
 read the stored bytes without decoding (``frame``); ``decode_pixels`` and ``encode_png`` (in
-``render``, the second module that imports Pillow) go between stored photos and raw samples.
+``render``, the second module that imports Pillow) go between stored photos and raw samples;
+``thumbnail_jpeg`` (``thumbnail``, the third) makes a viewer's small picture.
 """
 
 from adapter.imaging.exif import ExifSummary, orientation_only_tiff, parse_exif
@@ -19,10 +20,11 @@ from adapter.imaging.quality import estimate_jpeg_quality
 from adapter.imaging.render import Pixels, decode_pixels, encode_png
 from adapter.imaging.sanitize import sanitize, strip_to_pixels_only
 from adapter.imaging.sniff import JPEG, PNG, sniff_content_type
+from adapter.imaging.thumbnail import thumbnail_jpeg
 
 __all__ = [
     "JPEG", "PNG", "ExifSummary", "ImageFacts", "JpegFrameInfo", "Pixels", "decode_pixels", "encode_png",
     "estimate_jpeg_quality", "jpeg_for_encapsulation", "jpeg_frame_info", "jpeg_pixel_size",
     "orientation_only_tiff", "parse_exif", "png_pixel_size", "read_orientation", "sanitize",
-    "sniff_content_type", "strip_to_pixels_only",
+    "sniff_content_type", "strip_to_pixels_only", "thumbnail_jpeg",
 ]

@@ -18,8 +18,16 @@ from datetime import datetime
 from typing import Any
 
 from adapter.consent import ANY_PURPOSE, decide, grants_from_consent
-from adapter.errors import AdapterError, Forbidden, NotFound, NotSupported
-from adapter.imaging import strip_to_pixels_only
+from adapter.errors import (
+    AdapterError,
+    Forbidden,
+    ImageTooLarge,
+    NotAcceptable,
+    NotFound,
+    NotSupported,
+    UndecodableImage,
+)
+from adapter.imaging import strip_to_pixels_only, thumbnail_jpeg
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.mapping.dicom_json import read_released
@@ -512,6 +520,38 @@ class ScopedReader:
         content = self.read_dicom_instance(sop_instance_uid, study=study, series=series)
         image = extract_image(read_released(content.data))
         return _image_in_view(bytes(image.data), image.content_type, content.decision.view), image.content_type
+
+    def read_dicom_thumbnail(self, study: str, *, series: str | None = None, instance: str | None = None,
+                             rows: int, columns: int) -> bytes:
+        """WADO-RS thumbnail (PS3.18 8.3.5.1.2): a small JPEG, with no metadata, of the instance
+        (or of the first permitted image of the series or study), made from what
+        :meth:`read_dicom_rendered` releases for the purpose, under the same decisions and
+        audit. A document has no picture: 406."""
+        limit = self._tables.policy.limits.max_pixels
+
+        def picture(data: bytes, content_type: str) -> bytes | None:
+            """The thumbnail, or None for a document or pixels that do not decode (the object
+            is stored as received; only what is shown of it needs decoding)."""
+            if not content_type.startswith("image/"):
+                return None
+            try:
+                return thumbnail_jpeg(data, content_type, rows=rows, columns=columns, max_pixels=limit)
+            except (UndecodableImage, ImageTooLarge):
+                return None
+
+        if instance is not None:
+            made = picture(*self.read_dicom_rendered(instance, study=study, series=series))
+            if made is None:
+                raise NotAcceptable("this instance has no thumbnail (a document, or pixels that do not decode)")
+            return made
+        for retrieval in self.read_dicom(study, series):  # decided and audited, permitted ones only
+            content = retrieval.load()
+            image = extract_image(read_released(content.data))
+            made = picture(_image_in_view(bytes(image.data), image.content_type, content.decision.view),
+                           image.content_type)
+            if made is not None:
+                return made
+        raise NotAcceptable("this study or series has no image to show as a thumbnail")
 
     def read_dicom(self, study: str, series: str | None = None) -> list[DicomRetrieval]:
         """The permitted instances of a study or series (WADO-RS study/series retrieve), each

@@ -817,6 +817,50 @@ def test_rendered_is_the_binary_an_ehr_shows_in_the_purposes_view(adapter: tuple
     assert train.content == train_binary.content  # the de-identified Binary's bytes: no metadata at all
 
 
+def test_thumbnails_are_small_metadata_free_jpegs_under_the_same_decision(adapter: tuple[FhirClient, Services],
+                                                                           tmp_path: Path) -> None:
+    """WADO-RS thumbnail (instance, series, study): an image/jpeg no larger than the viewport
+    (128 x 128 by default), aspect kept, upright, no EXIF/ICC/comment whatever the source; a PNG
+    source (native pixels) too; a document has none (406); refused as the instance is."""
+    from PIL import Image
+
+    client, _ = adapter
+    photo = received(record_id="rec-a")
+    pdf = pdf_object()
+    path = tmp_path / "native.dcm"
+    native = native_sc_file(path, bytes(range(256)) * 18, rows=24, columns=64)
+    assert stow(client, photo, pdf, path.read_bytes()).status_code == 200
+
+    def base(obj: Any) -> str:
+        return f"/dicomweb/studies/{obj.StudyInstanceUID}/series/{obj.SeriesInstanceUID}/instances/{obj.SOPInstanceUID}"
+
+    def size(obj: Any) -> tuple[int, int]:
+        return Image.open(io.BytesIO(client.get(base(obj) + "/rendered", headers=TREAT).content)).size
+
+    for obj, query, (width, height) in ((photo, "", (128, 128)), (photo, "?viewport=64,200", (64, 200)),
+                                        (photo, "?viewport=40,20", (40, 20)), (native, "?viewport=32,32", (32, 32))):
+        r = client.get(base(obj) + "/thumbnail" + query, headers=TREAT)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", r.text[:200]
+        source_w, source_h = size(obj)
+        scale = min(1.0, width / source_w, height / source_h)  # aspect kept, never enlarged
+        with Image.open(io.BytesIO(r.content)) as im:
+            assert im.format == "JPEG"
+            assert abs(im.width - source_w * scale) <= 1 and abs(im.height - source_h * scale) <= 1, (query, im.size)
+            assert "exif" not in im.info and "icc_profile" not in im.info and "comment" not in im.info
+    big = client.get(base(photo) + "/thumbnail?viewport=5000,5000", headers=TREAT)
+    assert big.status_code == 200 and Image.open(io.BytesIO(big.content)).width <= 1024
+    study = client.get(f"/dicomweb/studies/{photo.StudyInstanceUID}/thumbnail", headers=TREAT)
+    series = client.get(f"/dicomweb/studies/{photo.StudyInstanceUID}/series/{photo.SeriesInstanceUID}/thumbnail",
+                        headers=TREAT)
+    assert study.status_code == series.status_code == 200 and study.content[:2] == b"\xff\xd8"
+    assert client.get(base(pdf) + "/thumbnail", headers=TREAT).status_code == 406
+    assert client.get(base(photo) + "/thumbnail", headers={**TREAT, "Accept": "image/png"}).status_code == 406
+    for bad in ("0,10", "10", "a,b", "10,10,10"):
+        assert client.get(base(photo) + f"/thumbnail?viewport={bad}", headers=TREAT).status_code == 422, bad
+    assert client.get(base(photo) + "/thumbnail", headers=TRAIN).status_code in (403, 404)
+    assert client.get(base(photo) + "/thumbnail").status_code == 403  # no purpose: fail closed
+
+
 # -- QIDO-RS --------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,9 @@ viewer asks for after a QIDO-RS search:
     (``image/jpeg``), native pixels as a lossless PNG (``image/png``), a document as its PDF; in
     the de-identified view with no metadata at all, as the Binary there. 406 when the client
     accepts none of that type.
+``GET /dicomweb/studies/{s}[/series/{se}[/instances/{i}]]/thumbnail``
+    a small image/jpeg (PS3.18 8.3.5.1.2) of the instance, or of the first permitted image of
+    the series or study, re-encoded from decoded pixels: no metadata, whatever the view.
 
 Every answer is made from the object the purpose's release produced (the same decision, audit
 and de-identification as WADO-RS retrieve; UIDs in the released space), never from the stored
@@ -26,6 +29,7 @@ object directly.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -41,6 +45,7 @@ from adapter.api.routes.dicomweb import (
     _not_acceptable,
     _qido_accept,
 )
+from adapter.errors import InvalidInput
 from adapter.mapping.dicom_json import (
     bulk_value,
     frames,
@@ -144,6 +149,47 @@ async def retrieve_rendered(study: str, series: str, instance: str, reader: Read
     if not _accepts(accept, content_type):
         return _not_acceptable(f"this instance is rendered as {content_type} (no transcoding)")
     return Response(content=data, media_type=content_type)
+
+
+#: A thumbnail's default and largest sides (PS3.18 leaves its size to the origin server).
+THUMBNAIL_SIDE = 128
+THUMBNAIL_MAX_SIDE = 1024
+
+
+@router.get("/studies/{study}/thumbnail")
+async def study_thumbnail(study: str, request: Request, reader: ReaderDep,
+                          accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _thumbnail(reader, request, accept, study)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail")
+async def series_thumbnail(study: str, series: str, request: Request, reader: ReaderDep,
+                           accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _thumbnail(reader, request, accept, study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
+async def instance_thumbnail(study: str, series: str, instance: str, request: Request, reader: ReaderDep,
+                             accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _thumbnail(reader, request, accept, study, series, instance)
+
+
+async def _thumbnail(reader: Any, request: Request, accept: str | None, study: str, series: str | None = None,
+                     instance: str | None = None) -> Response:
+    """Thumbnail resources (PS3.18 8.3.5.1.2): a small image/jpeg; ``viewport=<columns>,<rows>``
+    bounds it (default 128 x 128, at most 1024 a side)."""
+    if not _accepts(accept, "image/jpeg"):
+        return _not_acceptable("thumbnails are image/jpeg")
+    columns = rows = THUMBNAIL_SIDE
+    viewport = request.query_params.get("viewport")
+    if viewport is not None:
+        parts = viewport.split(",")
+        if len(parts) != 2 or not all(p.strip().isdigit() and 0 < int(p.strip()[:6]) for p in parts):
+            raise InvalidInput("viewport takes <columns>,<rows> in pixels", expression="viewport")
+        columns, rows = (min(int(p.strip()[:6]), THUMBNAIL_MAX_SIDE) for p in parts)
+    data = await run_in_threadpool(partial(reader.read_dicom_thumbnail, study, series=series, instance=instance,
+                                           rows=rows, columns=columns))
+    return Response(content=data, media_type="image/jpeg")
 
 
 def _accepts(accept: str | None, media_type: str) -> bool:

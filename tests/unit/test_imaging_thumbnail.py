@@ -1,0 +1,75 @@
+"""thumbnail_jpeg: small, upright, aspect kept, never enlarged, no metadata at all."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image, ImageCms
+
+from adapter.errors import ImageTooLarge, UndecodableImage, UnsupportedMediaType
+from adapter.imaging import thumbnail_jpeg
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+
+def _jpeg(width: int, height: int, **save: object) -> bytes:
+    im = Image.new("RGB", (width, height), (200, 30, 30))
+    im.paste((20, 20, 220), (0, 0, width // 2, height // 4))  # a blue block in the top-left corner
+    out = io.BytesIO()
+    im.save(out, format="JPEG", quality=90, **save)
+    return out.getvalue()
+
+
+def _open(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "JPEG"
+    return im
+
+
+def test_a_large_photo_becomes_a_small_upright_picture_without_metadata() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 clockwise to display
+    exif[0x010F] = "Camera maker"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    source = _jpeg(4000, 3000, exif=exif.tobytes(), icc_profile=icc, comment=b"Jane Roe, ward 3")
+    out = thumbnail_jpeg(source, "image/jpeg", rows=128, columns=128, max_pixels=80_000_000)
+    im = _open(out)
+    assert im.size == (96, 128)  # upright: the 4000 x 3000 photo shows 3000 wide, 4000 high
+    assert not {"exif", "icc_profile", "comment"} & set(im.info)
+    assert b"Jane Roe" not in out and b"Camera maker" not in out
+    # the blue block was top-left of the stored pixels: after the 90 degree turn it is top-right
+    r, _g, b = im.convert("RGB").getpixel((im.width - 5, 5))
+    assert b > 150 and r < 100
+
+
+@pytest.mark.parametrize(("rows", "columns", "expected"), [(128, 128, (128, 64)), (10, 200, (20, 10)),
+                                                           (1000, 1000, (400, 200))])
+def test_the_viewport_bounds_both_sides_and_nothing_is_enlarged(rows: int, columns: int,
+                                                               expected: tuple[int, int]) -> None:
+    out = thumbnail_jpeg(_jpeg(400, 200), "image/jpeg", rows=rows, columns=columns, max_pixels=10**8)
+    assert _open(out).size == expected
+
+
+def test_png_sources_grey_sixteen_bit_by_their_high_bits() -> None:
+    im = Image.new("I;16", (300, 100))
+    im.paste(65535, (0, 0, 150, 100))  # left half white, right half black
+    buffer = io.BytesIO()
+    im.save(buffer, format="PNG")
+    out = _open(thumbnail_jpeg(buffer.getvalue(), "image/png", rows=50, columns=150, max_pixels=10**8))
+    assert out.size == (150, 50) and out.mode == "L"
+    assert out.getpixel((10, 25)) > 240 and out.getpixel((140, 25)) < 15
+    lesion = (ROOT / "samples" / "lesion.png").read_bytes()
+    assert _open(thumbnail_jpeg(lesion, "image/png", rows=64, columns=64, max_pixels=10**8)).width <= 64
+
+
+def test_refusals() -> None:
+    with pytest.raises(ImageTooLarge):
+        thumbnail_jpeg(_jpeg(400, 200), "image/jpeg", rows=10, columns=10, max_pixels=1000)
+    with pytest.raises(UndecodableImage):
+        thumbnail_jpeg(_jpeg(400, 200)[:600], "image/jpeg", rows=10, columns=10, max_pixels=10**8)
+    with pytest.raises(UnsupportedMediaType):
+        thumbnail_jpeg(_jpeg(40, 20), "image/png", rows=10, columns=10, max_pixels=10**8)
+    with pytest.raises(ValueError):
+        thumbnail_jpeg(_jpeg(40, 20), "image/jpeg", rows=0, columns=10, max_pixels=10**8)
