@@ -86,6 +86,24 @@ class Settings(BaseSettings):
                                    "(300: about a day, at one attempt every 5 minutes once backed off); "
                                    "POST /outbox/requeue puts failed items back.")
 
+    cors_origins: str = Field(
+        "", description="Comma-separated web origins (scheme://host[:port]) whose pages may call the API from a "
+        "browser (CORS), e.g. a DICOMweb viewer; empty: none. '*' is refused.")
+
+    @property
+    def allowed_cors_origins(self) -> list[str]:
+        """The CORS origins, each ``scheme://host[:port]``; ConfigurationError for anything else
+        (a wildcard would let every web page a user opens read records through the browser)."""
+        out = []
+        for item in (o.strip().rstrip("/") for o in self.cors_origins.split(",")):
+            if not item:
+                continue
+            scheme, sep, rest = item.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest or any(c in rest for c in "/?#*@ "):
+                raise ConfigurationError(f"ADAPTER_CORS_ORIGINS: '{item[:60]}' is not an origin scheme://host[:port]")
+            out.append(item)
+        return out
+
     @property
     def allowed_ae_titles(self) -> list[str]:
         return [t.strip() for t in self.dicom_allowed_ae_titles.split(",") if t.strip()]
@@ -129,7 +147,8 @@ class Settings(BaseSettings):
         return HttpOptions(host=self.http_host, port=self.http_port, max_upload_bytes=self.max_upload_bytes)
 
     def check_safe(self) -> None:
-        """Refuse unsafe defaults outside development."""
+        """Refuse unsafe defaults outside development, and malformed lists at any time."""
+        self.allowed_cors_origins  # noqa: B018 - raises ConfigurationError for a bad origin
         if self.environment == "production" and (not self.pseudonym_key or len(self.pseudonym_key) < 32):
             raise ConfigurationError(
                 "ADAPTER_PSEUDONYM_KEY must be set to a secret of at least 32 characters in production")

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -15,6 +16,14 @@ from adapter.api.outcome import install_error_handlers
 from adapter.api.routes import dicomweb, fhir, outbox, photos, wado_bulk
 from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services
+
+#: What a browser page may send (CORS) besides the safelisted headers: the purpose of use and
+#: the FHIR/HTTP conditionals and preferences the API reads.
+CORS_REQUEST_HEADERS = ("X-Purpose-Of-Use", "Authorization", "Content-Type", "Accept", "Prefer", "If-Match",
+                        "If-None-Match", "Idempotency-Key", "X-Request-Id")
+#: What it may read of an answer besides the safelisted ones.
+CORS_EXPOSED_HEADERS = ("Location", "ETag", "Last-Modified", "X-Break-Glass", "Idempotent-Replayed", "X-Request-Id",
+                        "Content-Location", "Warning")
 
 
 def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
@@ -30,6 +39,11 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(NoStoreMiddleware)
+    origins = services.settings.allowed_cors_origins
+    if origins:  # outermost: preflights are answered here, and refusals carry the headers too
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT"], allow_headers=list(CORS_REQUEST_HEADERS),
+                           expose_headers=list(CORS_EXPOSED_HEADERS), max_age=600)
     app.include_router(photos.router)
     app.include_router(fhir.router)
     app.include_router(outbox.router)

@@ -833,3 +833,35 @@ def test_conditional_read_and_what_a_consent_write_answers(tmp_path: Path) -> No
         assert outcome.headers["etag"] == 'W/"2"'
         whole = client.put(f"/fhir/Consent/{consent['id']}", json=consent, headers={**json_type, "Prefer": "return=representation"})
         assert whole.json()["meta"]["versionId"] == "3"
+
+
+def test_a_browser_page_of_a_configured_origin_may_call_the_api_and_no_other(tmp_path: Path) -> None:
+    """CORS (ADAPTER_CORS_ORIGINS): a viewer's preflight for X-Purpose-Of-Use is answered, its
+    requests get Access-Control-Allow-Origin and may read ETag/Location; another origin gets
+    nothing of that; without the setting no CORS header at all."""
+    viewer = "https://viewer.example.org"
+    (tmp_path / "a").mkdir()
+    with adapter_client(tmp_path / "a", cors_origins=viewer) as (client, _):
+        receipt = _ingest(client)
+        preflight = client.options(f"/fhir/{receipt['record']}", headers={
+            "Origin": viewer, "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-purpose-of-use, accept"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == viewer
+        assert "x-purpose-of-use" in preflight.headers["access-control-allow-headers"].lower()
+        assert "access-control-allow-credentials" not in preflight.headers
+        read = client.get(f"/fhir/{receipt['record']}", headers={**as_purpose("TREAT"), "Origin": viewer})
+        assert read.status_code == 200 and read.headers["access-control-allow-origin"] == viewer
+        assert "etag" in read.headers["access-control-expose-headers"].lower()
+        refused = client.get(f"/fhir/{receipt['record']}", headers={"Origin": viewer})  # no purpose: still 403
+        assert refused.status_code == 403 and refused.headers["access-control-allow-origin"] == viewer
+        other = client.options(f"/fhir/{receipt['record']}", headers={
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-purpose-of-use"})
+        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+        assert "access-control-allow-origin" not in client.get(
+            f"/fhir/{receipt['record']}", headers={**as_purpose("TREAT"), "Origin": "https://evil.example"}).headers
+    (tmp_path / "b").mkdir()
+    with adapter_client(tmp_path / "b") as (client, _):
+        plain = client.get("/fhir/metadata", headers={"Origin": viewer})
+        assert "access-control-allow-origin" not in plain.headers

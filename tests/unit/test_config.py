@@ -34,3 +34,13 @@ def test_production_refuses_a_missing_pseudonym_key() -> None:
     with pytest.raises(ConfigurationError):
         Settings(environment="production").check_safe()
     Settings(environment="production", pseudonym_key="x" * 40).check_safe()
+
+
+def test_cors_origins_are_origins_and_never_a_wildcard() -> None:
+    s = Settings(cors_origins=" https://viewer.example.org , http://127.0.0.1:3000/ ")
+    assert s.allowed_cors_origins == ["https://viewer.example.org", "http://127.0.0.1:3000"]
+    assert Settings().allowed_cors_origins == []
+    for bad in ("*", "https://*.example.org", "viewer.example.org", "https://viewer.example.org/app",
+                "ftp://viewer.example.org", "https://user@viewer.example.org", "https://"):
+        with pytest.raises(ConfigurationError):
+            Settings(cors_origins=bad).check_safe()
