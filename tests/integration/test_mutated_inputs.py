@@ -269,7 +269,8 @@ def test_mutated_searches_never_answer_a_server_error(adapter: tuple[FhirClient,
                                 headers={**purpose, "Content-Type": "application/x-www-form-urlencoded"})
             elif rnd.random() < 0.2:  # a read, with what a search takes (_summary, _elements...)
                 target = rnd.choice([receipt["record"], receipt["binary"], receipt["provenance"],
-                                     f"{receipt['record']}/_history/1"])
+                                     f"{receipt['record']}/_history/1", f"{receipt['record']}/_history",
+                                     f"{receipt['consents'][0]}/_history"])
                 r = client.get(f"/fhir/{target}", params=query, headers=purpose)
             else:
                 r = client.get(f"/fhir/{resource_type}", params=query, headers=purpose)
