@@ -267,16 +267,25 @@ class ScopedReader:
         return ReadResult(resource=render(document, decision, tables=self._tables, pseudonymizer=self._pseudonymizer),
                           decision=decision)
 
-    def read_history(self, resource_type: str, id: str, *, offset: int, count: int) -> HistoryResult:
+    def read_history(self, resource_type: str, id: str, *, offset: int, count: int,
+                     since: datetime | None = None) -> HistoryResult:
         """history-instance: the versions of a resource, newest first, a page at a time, under
         the decision a read gets now. As for vread, a version naming another patient must be
         permitted for that patient too; if one on the page is not, nothing is shown (fail
-        closed: leaving it out would hide that the resource changed hands). Unknown: 404."""
+        closed: leaving it out would hide that the resource changed hands). ``since`` (_since):
+        only the versions stored at that instant or later; not in the de-identified view, which
+        shows no lastUpdated (asked instant by instant, it would tell when each change was made,
+        as _lastUpdated would: adapter.services.view_search). Unknown: 404."""
+        if since is not None and self._purpose_view() is View.DEIDENTIFIED:
+            reason = "in the de-identified view versions show no lastUpdated: _since is not supported"
+            self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=None,
+                                 entities=[f"{resource_type}/{id}"], patient=None, reason=reason, refused=True)
+            raise NotSupported(reason, expression="_since")
         stored = self._load(resource_type, id)
         facts = self._facts(resource_type, id, stored.facts, stored.resource)
         decision = self.decide(facts)
-        documents = self._store.list_versions(resource_type, id, offset=offset, limit=count + 1) if decision.permitted \
-            and count > 0 else []
+        documents = self._store.list_versions(resource_type, id, offset=offset, limit=count + 1, since=since) \
+            if decision.permitted and count > 0 else []
         more, documents = len(documents) > count, documents[:count]
         for document in documents:
             then = self._facts(resource_type, id, stored.facts, document)
@@ -289,7 +298,9 @@ class ScopedReader:
         if not decision.permitted:
             raise Forbidden(_DENIED)
         rendered = [render(d, decision, tables=self._tables, pseudonymizer=self._pseudonymizer) for d in documents]
-        return HistoryResult(resources=rendered, total=stored.version_id, decision=decision, more=more)
+        total = stored.version_id if since is None else \
+            len(self._store.list_versions(resource_type, id, limit=stored.version_id, since=since))
+        return HistoryResult(resources=rendered, total=total, decision=decision, more=more)
 
     def read_binary(self, id: str) -> BinaryContent:
         """The image bytes of a Binary, under the decision of the record it belongs to

@@ -91,9 +91,11 @@ class RecordStore(Protocol):
     def get_version(self, resource_type: str, id: str, version_id: int) -> dict[str, Any] | None:
         """The document of one version (current or past) as it was stored; None if there is none."""
 
-    def list_versions(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def list_versions(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100,
+                      since: datetime | None = None) -> list[dict[str, Any]]:
         """The documents of the resource's versions as they were stored, newest first, from the
-        ``offset``-th; at most ``limit``. Empty when the resource is unknown."""
+        ``offset``-th; at most ``limit``; only those stored at ``since`` or later when given.
+        Empty when the resource is unknown."""
 
     def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:
         """Resources in the order of ``ids``; missing ones are left out."""

@@ -371,13 +371,16 @@ class SqlRecordStore:
                 resource_history.c.version_id == version_id)).scalar()
         return found if isinstance(found, dict) else None
 
-    def list_versions(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def list_versions(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100,
+                      since: datetime | None = None) -> list[dict[str, Any]]:
         """The documents of the resource's versions as they were stored, newest first (the
         primary key's range, read backwards)."""
         h = resource_history.c
+        query = select(h.json).where(h.resource_type == resource_type, h.id == id)
+        if since is not None:
+            query = query.where(h.last_updated >= to_utc(since))
         with self._read() as conn:
-            found = conn.execute(select(h.json).where(h.resource_type == resource_type, h.id == id)
-                                 .order_by(h.version_id.desc()).offset(offset).limit(limit)).scalars().all()
+            found = conn.execute(query.order_by(h.version_id.desc()).offset(offset).limit(limit)).scalars().all()
         return [doc for doc in found if isinstance(doc, dict)]
 
     def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:

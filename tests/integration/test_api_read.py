@@ -766,6 +766,14 @@ def test_history_shows_how_a_consent_changed_under_the_decision_a_read_gets(tmp_
         rest = client.get(next_url.split("testserver")[-1], headers=as_purpose("TREAT")).json()
         assert [e["resource"]["meta"]["versionId"] for e in rest["entry"]] == ["1"]
         assert not [link for link in rest["link"] if link["relation"] == "next"]
+        second = bundle["entry"][1]["resource"]["meta"]["lastUpdated"]
+        since = client.get(f"{url}", params={"_since": second}, headers=as_purpose("TREAT")).json()
+        assert [e["resource"]["meta"]["versionId"] for e in since["entry"]] == ["3", "2"] and since["total"] == 2
+        assert client.get(f"{url}?_since=2999-01-01T00:00:00Z", headers=as_purpose("TREAT")).json()["total"] == 0
+        assert client.get(f"{url}?_since=ge2024", headers=as_purpose("TREAT")).status_code == 422
+        # the de-identified view shows no instants: _since would read them out
+        hidden = client.get(f"{url}?_since=2024-01-01T00:00:00Z", headers=as_purpose("TRAIN"))
+        assert hidden.status_code == 400 and hidden.json()["issue"][0]["code"] == "not-supported"
         summary = client.get(f"{url}?_summary=true", headers=as_purpose("TREAT")).json()
         assert all(e["resource"]["meta"]["tag"][0]["code"] == "SUBSETTED" for e in summary["entry"])
         r5 = client.get(url, headers=as_purpose("TREAT", Accept="application/fhir+json; fhirVersion=5.0"))

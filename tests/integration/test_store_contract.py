@@ -354,6 +354,8 @@ def test_update_writes_next_version_and_keeps_history(store: SqlRecordStore) -> 
     assert store.list_versions("Media", "m1")[0] == updated.resource
     assert [d["meta"]["versionId"] for d in store.list_versions("Media", "m1", offset=1, limit=5)] == ["1"]
     assert [d["meta"]["versionId"] for d in store.list_versions("Media", "m1", limit=1)] == ["2"]
+    assert [d["meta"]["versionId"] for d in store.list_versions("Media", "m1", since=updated.last_updated)] == ["2"]
+    assert store.list_versions("Media", "m1", since=updated.last_updated + timedelta(seconds=1)) == []
     assert store.list_versions("Media", "nothing") == [] and store.list_versions("Consent", "m1") == []
     # the index follows the current version
     old_token = SearchCriteria(tokens=((TokenCriterion("type", "old"),),))

@@ -27,7 +27,7 @@ from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
 from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
 from adapter.model.decision import Decision
-from adapter.services.search_params import DEFAULT_COUNT, MAX_COUNT, parse_search
+from adapter.services.search_params import DEFAULT_COUNT, MAX_COUNT, parse_date_param, parse_search
 
 router = APIRouter(prefix="/fhir")
 
@@ -180,17 +180,22 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
         raise NotFound("R5 has no Media; photos are DocumentReference in R5")
     params = list(request.query_params.multi_items())
     how = parse_subsetting(params)
-    count, offset = DEFAULT_COUNT, 0
+    count, offset, since = DEFAULT_COUNT, 0, None
     for name, value in params:
         if name == "_count":
             count = _page_param(name, value, MAX_COUNT)
         elif name == "_offset":
             offset = _page_param(name, value, 10**9)
+        elif name == "_since":  # an instant; a coarser date counts from its start
+            if value[:2].isalpha():
+                raise InvalidInput("_since takes an instant, e.g. 2026-11-26T10:00:00Z", expression="_since")
+            since = parse_date_param(value).start
         elif name not in ("_format", "_pretty", "_summary", "_elements"):
-            raise NotSupported(f"history takes _count, _summary and _elements; not {name[:40]}", expression=name[:40])
+            raise NotSupported(f"history takes _since, _count, _summary and _elements; not {name[:40]}",
+                               expression=name[:40])
 
     def load(rt: str) -> Any:
-        return reader.read_history(rt, id, offset=offset, count=count)
+        return reader.read_history(rt, id, offset=offset, count=count, since=since)
 
     try:
         result = await run_in_threadpool(load, resource_type)
