@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from adapter import __version__
 from adapter.api.headers import NoStoreMiddleware
 from adapter.api.outcome import install_error_handlers
-from adapter.api.routes import dicomweb, fhir, outbox, photos, wado_bulk
+from adapter.api.routes import dicomweb, fhir, outbox, photos, wado_bulk, wado_uri
 from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services
 
@@ -49,6 +49,7 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     app.include_router(outbox.router)
     app.include_router(dicomweb.router)
     app.include_router(wado_bulk.router)
+    app.include_router(wado_uri.router)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> JSONResponse:

@@ -439,6 +439,11 @@ class ScopedReader:
         return DicomRelease(view, uids=self._released_uids, pseudonymizer=self._pseudonymizer,
                             dicom_tables=self._dicom_tables)
 
+    @property
+    def purpose_view(self) -> View:
+        """The view this reader's purpose shows a permitted record in (nothing decided)."""
+        return self._purpose_view()
+
     def _purpose_view(self) -> View:
         """The view this purpose is permitted in (what a permitted record is shown as)."""
         entry = self._tables.purposes.codes.get(self.ctx.purpose.code)

@@ -861,6 +861,64 @@ def test_thumbnails_are_small_metadata_free_jpegs_under_the_same_decision(adapte
     assert client.get(base(photo) + "/thumbnail").status_code == 403  # no purpose: fail closed
 
 
+def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: tuple[FhirClient, Services],
+                                                                       tmp_path: Path) -> None:
+    """WADO-URI (PS3.18 §9): the object (application/dicom, one body), the rendered instance
+    (the Binary's bytes, no transcoding), a scaled JPEG for rows/columns; contentType in order of
+    preference; anonymize=yes only in a de-identified view; refused as the instance is."""
+    from PIL import Image
+
+    client, _ = adapter
+    photo = received(record_id="rec-a")
+    pdf = pdf_object()
+    path = tmp_path / "native.dcm"
+    native = native_sc_file(path, bytes(range(256)) * 18, rows=24, columns=64)
+    assert stow(client, photo, pdf, path.read_bytes()).status_code == 200
+
+    def wado(obj: Any, headers: dict[str, str] = TREAT, **extra: str) -> httpx.Response:
+        params = {"requestType": "WADO", "studyUID": obj.StudyInstanceUID, "seriesUID": obj.SeriesInstanceUID,
+                  "objectUID": obj.SOPInstanceUID, **extra}
+        return client.get("/wado", params=params, headers=headers)
+
+    def rendered(obj: Any) -> bytes:
+        return client.get(f"/dicomweb/studies/{obj.StudyInstanceUID}/series/{obj.SeriesInstanceUID}/instances/"
+                          f"{obj.SOPInstanceUID}/rendered", headers=TREAT).content
+
+    as_is = wado(photo)
+    assert as_is.status_code == 200 and as_is.headers["content-type"] == "image/jpeg"
+    assert as_is.content == rendered(photo)
+    assert wado(photo, contentType="image/jpeg").content == rendered(photo)
+    dicom = wado(photo, contentType="application/dicom")
+    assert dicom.status_code == 200 and dicom.headers["content-type"] == "application/dicom"
+    assert pydicom.dcmread(io.BytesIO(dicom.content)).SOPInstanceUID == photo.SOPInstanceUID
+    png = wado(native, contentType="image/jpeg,image/png")  # the first type it renders as
+    assert png.headers["content-type"] == "image/png" and png.content == rendered(native)
+    assert wado(pdf).headers["content-type"] == "application/pdf"
+    assert wado(pdf, contentType="image/jpeg").status_code == 406
+    assert wado(pdf, contentType="image/jpeg", rows="64").status_code == 406
+    assert wado(pdf, contentType="image/jpeg,application/dicom", rows="64").headers["content-type"] == "application/dicom"
+    scaled = wado(photo, contentType="image/jpeg", rows="40", columns="40")
+    with Image.open(io.BytesIO(scaled.content)) as im:
+        assert im.format == "JPEG" and max(im.size) == 40 and "exif" not in im.info
+    # what is not supported or malformed, and the decision
+    assert wado(photo, requestType="WADO2").status_code == 422
+    assert client.get("/wado", params={"requestType": "WADO", "objectUID": photo.SOPInstanceUID},
+                      headers=TREAT).status_code == 422
+    for extra in ({"frameNumber": "2"}, {"windowCenter": "40"}, {"region": "0,0,1,1"}, {"anonymize": "yes"}):
+        r = wado(photo, **extra)
+        assert r.status_code == 400 and r.json()["issue"][0]["code"] == "not-supported", extra
+    assert wado(photo, rows="0").status_code == 422
+    assert wado(photo, headers={}).status_code == 403
+    assert wado(photo, headers=TRAIN).status_code in (403, 404)
+    add_consent(client, ["TRAIN"])
+    [item] = qido(client, "instances", TRAIN, Modality="XC")
+    study, series, sop = (value(item, tag) for tag in ("0020000D", "0020000E", "00080018"))
+    train = client.get("/wado", params={"requestType": "WADO", "studyUID": study, "seriesUID": series,
+                                        "objectUID": sop, "contentType": "application/dicom", "anonymize": "yes"},
+                       headers=TRAIN)
+    assert train.status_code == 200 and pydicom.dcmread(io.BytesIO(train.content)).PatientIdentityRemoved == "YES"
+
+
 # -- QIDO-RS --------------------------------------------------------------------------------------
 
 

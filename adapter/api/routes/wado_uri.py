@@ -1,0 +1,101 @@
+"""WADO-URI (PS3.18 §9, the URI service): ``GET /wado?requestType=WADO&studyUID=…&seriesUID=…
+&objectUID=…[&contentType=…]``, the single-object link many EHRs and older viewers keep.
+
+The same decision, audit and release as WADO-RS (adapter.api.routes.dicomweb, wado_bulk): the
+purpose of use comes in ``X-Purpose-Of-Use``, UIDs are in the purpose's released space, and
+what is answered is made from the object the purpose's release produced:
+
+- ``contentType=application/dicom``: the object (one body, not multipart);
+- ``image/jpeg``, ``image/png``, ``application/pdf``: the instance rendered, as WADO-RS rendered
+  and the FHIR Binary give it (the JPEG frame as it is, native pixels as PNG, a PDF); no
+  transcoding, so a type the instance is not rendered as is 406;
+- ``rows``/``columns`` with ``image/jpeg``: a JPEG scaled to fit them (adapter.imaging.thumbnail),
+  re-encoded, with no metadata.
+
+``contentType`` may list several types, in order of preference; without it the instance is
+answered as it renders. ``frameNumber`` 1 only. ``anonymize=yes`` is refused unless the
+purpose's view is de-identified: the adapter de-identifies for a purpose the patient consented
+to, never on a request's say-so (de-identification does not replace consent). ``region``,
+windowing, presentation states and ``annotation`` are not supported (400).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from adapter.api.deps import ReaderDep
+from adapter.api.routes.dicomweb import BREAK_GLASS_HEADER
+from adapter.errors import InvalidInput, NotAcceptable, NotSupported, RequiredElementMissing
+from adapter.model.decision import View
+
+router = APIRouter()
+
+DICOM = "application/dicom"
+RENDERED = ("image/jpeg", "image/png", "application/pdf")
+_UNSUPPORTED = ("region", "windowCenter", "windowWidth", "presentationUID", "presentationSeriesUID", "annotation",
+                "transferSyntax", "imageQuality", "charset")
+_MAX_SIDE = 4096
+
+
+def _side(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or not 0 < int(value[:6]):
+        raise InvalidInput(f"{name} takes a positive whole number of pixels", expression=name)
+    return min(int(value[:6]), _MAX_SIDE)
+
+
+@router.get("/wado")
+async def wado_uri(request: Request, reader: ReaderDep) -> Response:
+    q = request.query_params
+    if q.get("requestType") != "WADO":
+        raise InvalidInput("requestType must be WADO", expression="requestType")
+    study, series, instance = q.get("studyUID"), q.get("seriesUID"), q.get("objectUID")
+    missing = [name for name, v in (("studyUID", study), ("seriesUID", series), ("objectUID", instance)) if not v]
+    if missing:
+        raise RequiredElementMissing(f"WADO-URI needs {', '.join(missing)}", expression=missing)
+    assert study is not None and series is not None and instance is not None
+    for name in _UNSUPPORTED:
+        if name in q:
+            raise NotSupported(f"{name} is not supported here", expression=name)
+    if q.get("frameNumber") not in (None, "1"):
+        raise NotSupported("only frameNumber 1 is served (the frame a record shows)", expression="frameNumber")
+    if q.get("anonymize") not in (None, "yes"):
+        raise InvalidInput("anonymize takes yes", expression="anonymize")
+    if q.get("anonymize") == "yes" and reader.purpose_view is not View.DEIDENTIFIED:
+        raise NotSupported("anonymize=yes: de-identified objects are released for a purpose the patient consented "
+                           "to (e.g. X-Purpose-Of-Use: TRAIN), not on request", expression="anonymize")
+    rows, columns = _side(q.get("rows"), "rows"), _side(q.get("columns"), "columns")
+    wanted = [t.split(";")[0].strip().lower() for t in (q.get("contentType") or "").split(",") if t.strip()]
+    rendered: tuple[bytes, str] | None = None
+    preference: list[str | None] = list(wanted) or [None]
+    for media in preference:  # in the client's order of preference; none: as it renders
+        if media == DICOM:
+            content = await run_in_threadpool(lambda: reader.read_dicom_instance(instance, study=study, series=series))
+            return Response(content=content.data, media_type=DICOM, headers=_glass(content.decision))
+        if media is not None and media not in RENDERED:
+            continue
+        if media == "image/jpeg" and (rows or columns):
+            try:
+                data = await run_in_threadpool(lambda: reader.read_dicom_thumbnail(
+                    study, series=series, instance=instance, rows=rows or _MAX_SIDE, columns=columns or _MAX_SIDE))
+            except NotAcceptable:  # a document, or pixels that do not decode: a later type may do
+                continue
+            return Response(content=data, media_type="image/jpeg")
+        if rendered is None:
+            rendered = await run_in_threadpool(lambda: reader.read_dicom_rendered(instance, study=study, series=series))
+        if media is None or rendered[1] == media:
+            return Response(content=rendered[0], media_type=rendered[1])
+    served = f"rendered as {rendered[1]} (no transcoding)" if rendered is not None else \
+        f"served as {', '.join((DICOM, *RENDERED))}"
+    raise NotAcceptable(f"contentType: this instance is {served}", expression="contentType")
+
+
+def _glass(decision: Any) -> dict[str, str]:
+    if getattr(decision, "break_glass", False):
+        return {BREAK_GLASS_HEADER: "suppressed; v3-ActReason#BTG; break-glass access, audited"}
+    return {}
