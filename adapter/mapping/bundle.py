@@ -34,6 +34,24 @@ def bundle_confidentiality(entries: Sequence[JSON]) -> JSON | None:
     return confidentiality_coding(best) if best is not None else None
 
 
+def _bundle(bundle_type: str, resources: Sequence[JSON], *, total: int | None, self_url: str,
+            next_url: str | None) -> JSON:
+    """A Bundle's head: the label of its most confidential resource, type, total (left out when
+    None: not counted) and the self and next links."""
+    bundle: JSON = {"resourceType": "Bundle"}
+    label = bundle_confidentiality(resources)
+    if label is not None:
+        bundle["meta"] = {"security": [label]}
+    bundle["type"] = bundle_type
+    if total is not None:
+        bundle["total"] = total
+    links = [{"relation": "self", "url": self_url}]
+    if next_url:
+        links.append({"relation": "next", "url": next_url})
+    bundle["link"] = links
+    return bundle
+
+
 def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next_url: str | None, base_url: str,
               fhir_version: Literal["4", "5"], included: Sequence[JSON] = ()) -> JSON:
     """A ``searchset`` Bundle of ``entries`` (resources already rendered for the reader), then
@@ -50,17 +68,7 @@ def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next
     if total is not None and total < 0:
         raise ValueError("total must not be negative")
     base = base_url.rstrip("/")
-    bundle: JSON = {"resourceType": "Bundle"}
-    label = bundle_confidentiality([*entries, *included])
-    if label is not None:
-        bundle["meta"] = {"security": [label]}
-    bundle["type"] = "searchset"
-    if total is not None:  # absent when not counted (_total=none)
-        bundle["total"] = total
-    links = [{"relation": "self", "url": self_url}]
-    if next_url:
-        links.append({"relation": "next", "url": next_url})
-    bundle["link"] = links
+    bundle = _bundle("searchset", [*entries, *included], total=total, self_url=self_url, next_url=next_url)
     out_entries: list[JSON] = []
     for resource, mode in [*((e, "match") for e in entries), *((e, "include") for e in included)]:
         resource_type = resource.get("resourceType")
@@ -87,16 +95,7 @@ def history(resources: Sequence[JSON], *, total: int, self_url: str, next_url: s
     PUT for later ones; ``response`` with the status, the version's ETag and, where the view
     shows it, its lastUpdated as ``lastModified``."""
     base = base_url.rstrip("/")
-    bundle: JSON = {"resourceType": "Bundle"}
-    label = bundle_confidentiality(resources)
-    if label is not None:
-        bundle["meta"] = {"security": [label]}
-    bundle["type"] = "history"
-    bundle["total"] = total
-    links = [{"relation": "self", "url": self_url}]
-    if next_url:
-        links.append({"relation": "next", "url": next_url})
-    bundle["link"] = links
+    bundle = _bundle("history", resources, total=total, self_url=self_url, next_url=next_url)
     entries: list[JSON] = []
     for resource in resources:
         rtype, rid = resource["resourceType"], resource["id"]

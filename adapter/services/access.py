@@ -251,13 +251,8 @@ class ScopedReader:
         facts = self._facts(resource_type, id, stored.facts, stored.resource)
         document = stored.resource if version_id == stored.version_id else \
             self._store.get_version(resource_type, id, version_id)
-        decision = self.decide(facts)
-        if document is not None and document is not stored.resource:
-            then = self._facts(resource_type, id, stored.facts, document)
-            if then != facts:
-                earlier = self.decide(then)
-                if not earlier.permitted:
-                    decision = earlier
+        decision = self._stricter_for_versions(self.decide(facts), stored, facts,
+                                               [document] if document is not None else [])
         self._auditor.record(self.ctx, interaction="vread", action="R", decision=decision,
                              entities=[f"{resource_type}/{id}"], patient=facts.patient if facts else None)
         if not decision.permitted:
@@ -266,6 +261,23 @@ class ScopedReader:
             raise NotFound(f"{resource_type}/{id} has no version {version_id}")
         return ReadResult(resource=render(document, decision, tables=self._tables, pseudonymizer=self._pseudonymizer),
                           decision=decision)
+
+    def _stricter_for_versions(self, decision: Decision, stored: StoredResource, facts: AccessFacts | None,
+                               documents: Sequence[dict[str, Any]]) -> Decision:
+        """``decision`` (the one a read of ``stored`` gets now), unless a version in
+        ``documents`` names other facts (a Consent moved to another patient) that are not
+        permitted: then that refusal. Fail closed: a past version shows whom it named."""
+        for document in documents:
+            if not decision.permitted:
+                break
+            if document is stored.resource:
+                continue
+            then = self._facts(stored.resource_type, stored.id, stored.facts, document)
+            if then != facts:
+                earlier = self.decide(then)
+                if not earlier.permitted:
+                    decision = earlier
+        return decision
 
     def read_history(self, resource_type: str, id: str, *, offset: int, count: int,
                      since: datetime | None = None) -> HistoryResult:
@@ -287,12 +299,7 @@ class ScopedReader:
         documents = self._store.list_versions(resource_type, id, offset=offset, limit=count + 1, since=since) \
             if decision.permitted and count > 0 else []
         more, documents = len(documents) > count, documents[:count]
-        for document in documents:
-            then = self._facts(resource_type, id, stored.facts, document)
-            if then != facts and decision.permitted:
-                earlier = self.decide(then)
-                if not earlier.permitted:
-                    decision = earlier
+        decision = self._stricter_for_versions(decision, stored, facts, documents)
         self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=decision,
                              entities=[f"{resource_type}/{id}"], patient=facts.patient if facts else None)
         if not decision.permitted:

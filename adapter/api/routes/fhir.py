@@ -5,6 +5,7 @@ Consent create/update, read and search under purpose of use. R4 by default; R5 w
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC
 from email.utils import format_datetime
 from typing import Annotated, Any
@@ -194,16 +195,8 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
             raise NotSupported(f"history takes _since, _count, _summary and _elements; not {name[:40]}",
                                expression=name[:40])
 
-    def load(rt: str) -> Any:
-        return reader.read_history(rt, id, offset=offset, count=count, since=since)
-
-    try:
-        result = await run_in_threadpool(load, resource_type)
-    except NotFound:
-        if version == "5" and resource_type == "DocumentReference":
-            result = await run_in_threadpool(load, "Media")
-        else:
-            raise
+    result = await _as_r5_photo_too(
+        lambda rt: reader.read_history(rt, id, offset=offset, count=count, since=since), resource_type, version)
     url = absolute(request, services, f"fhir/{resource_type}/{id}/_history")
     kept = [(k, v) for k, v in params if k != "_offset"]
     next_url = f"{url}?{urlencode(kept + [('_offset', str(offset + count))])}" if result.more else None
@@ -248,20 +241,24 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
     if version == "5" and resource_type == "Media":
         raise NotFound("R5 has no Media; photos are DocumentReference in R5")
 
-    def read_one(rt: str) -> Any:
-        return reader.read(rt, id) if version_id is None else reader.read_version(rt, id, version_id)
-
-    try:
-        result = await run_in_threadpool(read_one, resource_type)
-    except NotFound:
-        if version == "5" and resource_type == "DocumentReference":
-            result = await run_in_threadpool(read_one, "Media")
-        else:
-            raise
+    result = await _as_r5_photo_too(
+        lambda rt: reader.read(rt, id) if version_id is None else reader.read_version(rt, id, version_id),
+        resource_type, version)
     headers = {**_glass_headers(result.decision), **_etag(result.resource)}
     if _not_modified(if_none_match, headers):
         return Response(status_code=304, headers=headers)
     return _out(subset(_versioned(result.resource, version), how, fhir_version=version), version, headers=headers)
+
+
+async def _as_r5_photo_too(load: Callable[[str], Any], resource_type: str, version: str) -> Any:
+    """``load(resource_type)`` in the thread pool; for an R5 reader a DocumentReference that is
+    not one may be a photo, which R5 knows as the DocumentReference of its Media's id."""
+    try:
+        return await run_in_threadpool(load, resource_type)
+    except NotFound:
+        if version == "5" and resource_type == "DocumentReference":
+            return await run_in_threadpool(load, "Media")
+        raise
 
 
 def _not_modified(if_none_match: str | None, headers: dict[str, str]) -> bool:
