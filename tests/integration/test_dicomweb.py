@@ -781,17 +781,24 @@ def test_native_frames_are_served_as_octet_stream(adapter: tuple[FhirClient, Ser
     assert frame == pixels
 
 
+def _photo_pdf_and_native(client: FhirClient, tmp_path: Path) -> tuple[Any, Any, Any]:
+    """Three objects stored by STOW-RS: a JPEG photo, an Encapsulated PDF and a native Secondary
+    Capture (rendered as JPEG, PDF and PNG)."""
+    photo = received(record_id="rec-a")
+    pdf = pdf_object()
+    path = tmp_path / "native.dcm"
+    native = native_sc_file(path, bytes(range(256)) * 18, rows=24, columns=64)
+    assert stow(client, photo, pdf, path.read_bytes()).status_code == 200
+    return photo, pdf, native
+
+
 def test_rendered_is_the_binary_an_ehr_shows_in_the_purposes_view(adapter: tuple[FhirClient, Services],
                                                                   tmp_path: Path) -> None:
     """WADO-RS rendered: the same bytes as the instance's FHIR Binary in the same view (the JPEG
     frame as it is, native pixels as PNG, a PDF); under TRAIN the metadata-free bytes the
     de-identified Binary has; nothing before consent; 406 for a type it is not rendered as."""
     client, _ = adapter
-    photo = received(record_id="rec-a")
-    pdf = pdf_object()
-    path = tmp_path / "native.dcm"
-    native = native_sc_file(path, bytes(range(256)) * 18, rows=24, columns=64)
-    assert stow(client, photo, pdf, path.read_bytes()).status_code == 200
+    photo, pdf, native = _photo_pdf_and_native(client, tmp_path)
     for obj, media in ((photo, "image/jpeg"), (pdf, "application/pdf"), (native, "image/png")):
         url = f"/dicomweb/studies/{obj.StudyInstanceUID}/series/{obj.SeriesInstanceUID}/instances/" \
               f"{obj.SOPInstanceUID}/rendered"
@@ -825,11 +832,7 @@ def test_thumbnails_are_small_metadata_free_jpegs_under_the_same_decision(adapte
     from PIL import Image
 
     client, _ = adapter
-    photo = received(record_id="rec-a")
-    pdf = pdf_object()
-    path = tmp_path / "native.dcm"
-    native = native_sc_file(path, bytes(range(256)) * 18, rows=24, columns=64)
-    assert stow(client, photo, pdf, path.read_bytes()).status_code == 200
+    photo, pdf, native = _photo_pdf_and_native(client, tmp_path)
 
     def base(obj: Any) -> str:
         return f"/dicomweb/studies/{obj.StudyInstanceUID}/series/{obj.SeriesInstanceUID}/instances/{obj.SOPInstanceUID}"
@@ -869,11 +872,7 @@ def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: 
     from PIL import Image
 
     client, _ = adapter
-    photo = received(record_id="rec-a")
-    pdf = pdf_object()
-    path = tmp_path / "native.dcm"
-    native = native_sc_file(path, bytes(range(256)) * 18, rows=24, columns=64)
-    assert stow(client, photo, pdf, path.read_bytes()).status_code == 200
+    photo, pdf, native = _photo_pdf_and_native(client, tmp_path)
 
     def wado(obj: Any, headers: dict[str, str] = TREAT, **extra: str) -> httpx.Response:
         params = {"requestType": "WADO", "studyUID": obj.StudyInstanceUID, "seriesUID": obj.SeriesInstanceUID,
