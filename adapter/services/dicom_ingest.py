@@ -12,7 +12,8 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    them all), and the dataset's SOP Class and SOP Instance UIDs must be those of the C-STORE
    request and its presentation context;
 4. mapping (adapter.mapping.dicom_fhir): patient through mappings/dicom.yaml, kind, identifiers;
-5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation;
+5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation; a
+   refusal by them is a decision, audited (outcome 4; nothing else is stored);
 6. the Binary's bytes: the JPEG frame as received (no re-encoding), a lossless PNG of native
    pixel data, or the PDF;
 7. blobs fsynced to their content addresses (invisible until referenced): the object as received
@@ -60,7 +61,14 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import JPEGBaseline8Bit
 
 from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
-from adapter.errors import AdapterError, Conflict, InvalidInput, InvalidResource, StorageError
+from adapter.errors import (
+    AdapterError,
+    BusinessRuleViolation,
+    Conflict,
+    InvalidInput,
+    InvalidResource,
+    StorageError,
+)
 from adapter.files import file_sha256, read_range
 from adapter.imaging import JPEG
 from adapter.mapping.dicom_fhir import (
@@ -730,7 +738,13 @@ class DicomIngestService:
             obj = read_received(ds, calling_ae=received.calling_ae, dicom_tables=self._dicom_tables,
                                 tables=self._tables)
             now = self._now()
-            return _Head(ds, obj, self._assess(obj, now), now)
+            try:
+                assessment = self._assess(obj, now)
+            except BusinessRuleViolation as exc:  # a decision (consent, policy): audited, as reads are
+                self._auditor.record(_sender_context(received, obj), interaction="create", action="C", decision=None,
+                                     entities=[], patient=obj.patient, reason=exc.diagnostics, refused=True)
+                raise
+            return _Head(ds, obj, assessment, now)
         except _MALFORMED as exc:
             raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
 
@@ -830,10 +844,7 @@ class DicomIngestService:
             "warnings": list(assessment.warnings),
             "consentPending": assessment.consent_pending,
         }
-        host = received.peer_address
-        ctx = RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"AE {obj.calling_ae} (C-STORE)",
-                             client_address=host or None, channel="dicom")
-        audit = self._auditor.event(ctx, interaction="create", action="C", permitted=True, reason=None,
+        audit = self._auditor.event(_sender_context(received, obj), interaction="create", action="C", permitted=True, reason=None,
                                     entities=created, patient=patient)
         instance = DicomInstance(
             sop_instance_uid=obj.sop_instance_uid, study_instance_uid=obj.study_uid,
@@ -844,6 +855,12 @@ class DicomIngestService:
         return IngestUnit(resources=resources, receipt=receipt, idempotency_key=None, patient=patient,
                           stored_sha256=original_sha256, audit_events=[audit], dicom_instance=instance,
                           released_uids=self._released_uids.rows(instance))
+
+
+def _sender_context(received: ReceivedStore, obj: ReceivedObject) -> RequestContext:
+    """Who stores a received object, for its audit: the sending AE, for care (TREAT)."""
+    return RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"AE {obj.calling_ae} (C-STORE)",
+                          client_address=received.peer_address or None, channel="dicom")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ DocumentReference, Binary, Consent, Provenance) in one atomic unit.
 
 Order of work (cheap refusals first, nothing visible until the single commit):
 1. idempotency replay by key;
-2. the guidance and policy rules (adapter.consent.assess_ingest);
+2. the guidance and policy rules (adapter.consent.assess_ingest); a refusal by them is a
+   decision, audited (an AuditEvent with outcome 4; nothing else is stored);
 3. metadata stripping by segment copy, decode proof, quality (adapter.imaging.sanitize);
 4. blob fsynced to its content address (invisible until referenced; a photo stored before has
    the same address, so nothing new is written for it);
@@ -137,7 +138,12 @@ class IngestService:
                     return self._replay(keyed, meta, upload, received_sha256)
             patient = meta.patient.identifier
             now = self._now()
-            assessment = assess_ingest(meta, self._existing_grants(patient), self._tables, now)
+            try:
+                assessment = assess_ingest(meta, self._existing_grants(patient), self._tables, now)
+            except BusinessRuleViolation as exc:  # a decision (consent, policy): audited, as reads are
+                self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
+                                     patient=patient, reason=exc.diagnostics, refused=True)
+                raise
             staged = self._blobs.new_staging_path()
             policy = self._tables.policy
             facts = sanitize(upload, staged, quality=policy.quality, limits=policy.limits,

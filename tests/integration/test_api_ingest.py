@@ -84,6 +84,14 @@ def test_clinical_without_consent_is_refused_and_says_what_is_missing(tmp_path: 
         assert "consent" in body["issue"][0]["diagnostics"].lower()
         assert body["issue"][0]["code"] == "business-rule"
         assert _counts(services) == (0, 0) and _staging_empty(services)
+        # the refusal is a decision: audited (outcome 4, the patient, why), and only that is stored
+        [refusal] = services.store.list_audit(10)
+        assert refusal["subtype"][0]["code"] == "create" and refusal["outcome"] == "4"
+        assert "consent" in refusal["outcomeDesc"].lower()
+        assert any(ent.get("what", {}).get("identifier") == metadata()["patient"] for ent in refusal["entity"])
+        # a malformed upload is no decision: not audited
+        _outcome(post_photo(client, SAMPLES / "truncated.jpg", metadata()), 422)
+        assert len(services.store.list_audit(10)) == 1
 
 
 def test_clinical_with_consent_already_on_file_is_accepted(tmp_path: Path) -> None:

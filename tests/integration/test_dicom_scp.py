@@ -672,6 +672,12 @@ def test_clinical_photo_refused_by_a_consent_denying_treatment(scp: StoreSCP, cl
     sent = vl_photo_file(path)
     assert pynet_store(scp.port, path).Status == NOT_AUTHORISED
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    # the refusal is a decision: audited, naming the sender and the patient, nothing else stored
+    [refusal] = [e for e in services.store.list_audit(20) if e["subtype"][0]["code"] == "create" and e["outcome"] != "0"]
+    assert refusal["outcome"] == "4" and "denies TREAT" in refusal["outcomeDesc"]
+    assert any("C-STORE" in a["who"]["display"] for a in refusal["agent"] if a.get("requestor"))
+    assert any(ent.get("what", {}).get("identifier", {}).get("value") == sent.PatientID
+               for ent in refusal.get("entity", []))
 
 
 @pytest.mark.parametrize("how", ["a-abort", "connection lost"])
