@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from adapter import __version__
 from adapter.api.headers import NoStoreMiddleware
 from adapter.api.outcome import install_error_handlers
+from adapter.api.request_id import RequestIdMiddleware
 from adapter.api.routes import dicomweb, fhir, outbox, photos, wado_bulk, wado_uri
 from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services
@@ -39,6 +40,7 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(NoStoreMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     origins = services.settings.allowed_cors_origins
     if origins:  # outermost: preflights are answered here, and refusals carry the headers too
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from adapter.api.request_id import request_id_of
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.services.access import ScopedReader
 from adapter.services.purpose import parse_purpose_of_use
@@ -22,8 +22,8 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def _request_id(request: Request) -> str:
-    rid = request.headers.get("x-request-id", "")
-    return rid[:64] if rid else str(uuid.uuid4())
+    """The id RequestIdMiddleware gave the request (the caller's X-Request-Id when a plain token)."""
+    return request_id_of(request.scope)
 
 
 def _actor(request: Request) -> str:

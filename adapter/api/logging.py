@@ -1,4 +1,5 @@
-"""Access log without patient data: method, path (no query string), status, duration.
+"""Access log without patient data: method, path (no query string), status, duration, and the
+request id (adapter.api.request_id).
 A plain ASGI middleware, so request bodies stream through untouched."""
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ class AccessLogMiddleware:
             await self.app(scope, receive, _send)
         finally:
             elapsed = time.perf_counter() - start
-            log.info("%s %s %d %.1fms", scope.get("method"), scope.get("path"), status["code"], elapsed * 1000)
+            state = scope.get("state")
+            rid = state.get("request_id", "-") if isinstance(state, dict) else "-"
+            log.info("%s %s %d %.1fms %s", scope.get("method"), scope.get("path"), status["code"], elapsed * 1000, rid)
             # by route template, never the path (it holds ids): bounded labels, nothing about a patient
             route = str(getattr(scope.get("route"), "path", "") or "unmatched")
             method = str(scope.get("method") or "")

@@ -873,3 +873,23 @@ def test_a_browser_page_of_a_configured_origin_may_call_the_api_and_no_other(tmp
     with adapter_client(tmp_path / "b") as (client, _):
         plain = client.get("/fhir/metadata", headers={"Origin": viewer})
         assert "access-control-allow-origin" not in plain.headers
+
+
+def test_every_answer_names_its_request_and_the_audit_records_it(tmp_path: Path) -> None:
+    """X-Request-Id: the caller's, when a plain token, echoed on every answer (refusals too) and
+    recorded in the AuditEvent (BALP XrequestId); otherwise a new one."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        read = client.get(f"/fhir/{receipt['record']}", headers={**as_purpose("TREAT"), "X-Request-Id": "eng-42.a:b_c"})
+        assert read.headers["x-request-id"] == "eng-42.a:b_c"
+        [event] = services.store.list_audit(1)
+        assert {"what": {"identifier": {"value": "eng-42.a:b_c"}},
+                "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",
+                         "code": "XrequestId"}} in event["entity"]
+        refused = client.get(f"/fhir/{receipt['record']}", headers={"X-Request-Id": "r-1"})
+        assert refused.status_code == 403 and refused.headers["x-request-id"] == "r-1"
+        for bad in (b"two words", b"x" * 65, "a\u00e9".encode(), b"a\tb"):
+            generated = client.get("/fhir/metadata", headers={"X-Request-Id": bad})
+            rid = generated.headers["x-request-id"]
+            assert rid.encode() != bad and len(rid) == 32 and rid.isalnum()
+        assert len(client.get("/health").headers["x-request-id"]) == 32

@@ -1,0 +1,49 @@
+"""``X-Request-Id``: every answer names the request it answers, so an integration engine can tie
+its own log, the adapter's access log and the AuditEvents of the request together (IHE BALP
+records it as the ``XrequestId`` entity).
+
+The caller's ``X-Request-Id`` is kept when it is a plain token (letters, digits, ``.``, ``_``,
+``:``, ``-``; at most 64); anything else, or none, is replaced by a new UUID: the value goes
+into logs and AuditEvents, so it can never carry a line break or a patient's name of any
+length. A plain ASGI middleware (bodies stream through untouched); the id is in
+``scope["state"]["request_id"]`` for the routes and the access log.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = b"x-request-id"
+_TOKEN = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id (RequestIdMiddleware), or a new one when it did not run."""
+    state = scope.get("state")
+    rid = state.get("request_id") if isinstance(state, dict) else None
+    return rid if isinstance(rid, str) else uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((value for name, value in scope.get("headers", []) if name.lower() == HEADER), b"")
+        rid = given.decode("ascii") if _TOKEN.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        raw = rid.encode("ascii")
+
+        async def _send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*(h for h in message.get("headers", []) if h[0].lower() != HEADER),
+                                      (HEADER, raw)]
+            await send(message)
+
+        await self.app(scope, receive, _send)
