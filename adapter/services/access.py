@@ -548,8 +548,9 @@ class ScopedReader:
                              rows: int, columns: int) -> bytes:
         """WADO-RS thumbnail (PS3.18 8.3.5.1.2): a small JPEG, with no metadata, of the instance
         (or of the first permitted image of the series or study), made from what
-        :meth:`read_dicom_rendered` releases for the purpose, under the same decisions and
-        audit. A document has no picture: 406."""
+        :meth:`read_dicom_rendered` releases for the purpose, under the same decisions; the
+        audit names the instances looked at (refused ones, and the one shown), not the rest of
+        the study. A document has no picture: 406."""
         limit = self._tables.policy.limits.max_pixels
 
         def picture(data: bytes, content_type: str) -> bytes | None:
@@ -567,13 +568,24 @@ class ScopedReader:
             if made is None:
                 raise NotAcceptable("this instance has no thumbnail (a document, or pixels that do not decode)")
             return made
-        for retrieval in self.read_dicom(study, series):  # decided and audited, permitted ones only
-            content = retrieval.load()
+        # the instances in order, each decision audited as it is acted on, up to the one shown
+        release = self._purpose_release()
+        decided = self._dicom_decided(self._dicom_candidates(release, study=study, series=series))
+        if not decided:
+            raise NotFound("no such DICOM study or series")
+        permitted = False
+        for candidate, stored, decision in decided:
+            self._audit_dicom(candidate, decision)
+            if not decision.permitted or decision.view is not release.view:
+                continue
+            permitted = True
+            content = self._dicom_content(candidate, stored, decision)
             image = extract_image(read_released(content.data))
-            made = picture(_image_in_view(bytes(image.data), image.content_type, content.decision.view),
-                           image.content_type)
+            made = picture(_image_in_view(bytes(image.data), image.content_type, decision.view), image.content_type)
             if made is not None:
                 return made
+        if not permitted:
+            raise Forbidden(_DENIED)
         raise NotAcceptable("this study or series has no image to show as a thumbnail")
 
     def read_dicom(self, study: str, series: str | None = None) -> list[DicomRetrieval]:

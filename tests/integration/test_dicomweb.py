@@ -831,7 +831,7 @@ def test_thumbnails_are_small_metadata_free_jpegs_under_the_same_decision(adapte
     source (native pixels) too; a document has none (406); refused as the instance is."""
     from PIL import Image
 
-    client, _ = adapter
+    client, services = adapter
     photo, pdf, native = _photo_pdf_and_native(client, tmp_path)
 
     def base(obj: Any) -> str:
@@ -862,6 +862,14 @@ def test_thumbnails_are_small_metadata_free_jpegs_under_the_same_decision(adapte
         assert client.get(base(photo) + f"/thumbnail?viewport={bad}", headers=TREAT).status_code == 422, bad
     assert client.get(base(photo) + "/thumbnail", headers=TRAIN).status_code in (403, 404)
     assert client.get(base(photo) + "/thumbnail").status_code == 403  # no purpose: fail closed
+    # a study of three photos: its thumbnail reads (and the audit names) the first only
+    second = received(record_id="rec-b", StudyInstanceUID=photo.StudyInstanceUID, SOPInstanceUID=generate_uid())
+    third = received(record_id="rec-c", StudyInstanceUID=photo.StudyInstanceUID, SOPInstanceUID=generate_uid())
+    assert stow(client, second, third).status_code == 200
+    before = len(services.store.list_audit(1000))
+    assert client.get(f"/dicomweb/studies/{photo.StudyInstanceUID}/thumbnail", headers=TREAT).status_code == 200
+    events = services.store.list_audit(1000)[: len(services.store.list_audit(1000)) - before]
+    assert [(e["subtype"][0]["code"], e["outcome"]) for e in events] == [("read", "0")]
 
 
 def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: tuple[FhirClient, Services],
