@@ -603,6 +603,9 @@ class ScopedReader:
             if decision.permitted and decision.view is release.view:
                 out.append(DicomRetrieval(release.entry(instance), decision,
                                           functools.partial(self._dicom_content, instance, stored, decision)))
+                # the objects are made one by one while the answer streams: a missing blob found
+                # then could only cut the answer short, so it is looked for now (NotFound)
+                self._blobs.path(instance.blob_sha256 or stored.blob_sha256 or "")
         if not out:
             raise Forbidden(_DENIED)
         return out

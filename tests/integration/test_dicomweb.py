@@ -781,6 +781,23 @@ def test_native_frames_are_served_as_octet_stream(adapter: tuple[FhirClient, Ser
     assert frame == pixels
 
 
+def test_a_study_with_a_lost_object_is_refused_before_the_answer_starts(adapter: tuple[FhirClient, Services]) -> None:
+    """WADO-RS study retrieve makes the objects one by one while it streams; a blob gone from the
+    disk is looked for first, so the client gets a 404 OperationOutcome, not a multipart answer
+    cut short after the first part."""
+    client, services = adapter
+    first = received(record_id="rec-a")
+    second = received(record_id="rec-b", StudyInstanceUID=first.StudyInstanceUID, SOPInstanceUID=generate_uid())
+    assert stow(client, first, second).status_code == 200
+    url = f"/dicomweb/studies/{first.StudyInstanceUID}"
+    assert len(parts_of(client.get(url, headers=TREAT))) == 2
+    lost = services.store.find_dicom_instance(second.SOPInstanceUID)
+    assert lost is not None and lost.blob_sha256 is not None
+    services.blobs.path(lost.blob_sha256).unlink()
+    gone = client.get(url, headers=TREAT)
+    assert gone.status_code == 404 and gone.json()["resourceType"] == "OperationOutcome"
+
+
 def _photo_pdf_and_native(client: FhirClient, tmp_path: Path) -> tuple[Any, Any, Any]:
     """Three objects stored by STOW-RS: a JPEG photo, an Encapsulated PDF and a native Secondary
     Capture (rendered as JPEG, PDF and PNG)."""
