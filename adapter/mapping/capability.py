@@ -153,7 +153,7 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
             "mode": "server",
             "security": {"description": _SECURITY},
             "resource": [_resource(t, fhir_version) for t in types],
-            "interaction": [{"code": "transaction"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
         }],
     }
 

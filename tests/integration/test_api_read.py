@@ -893,3 +893,56 @@ def test_every_answer_names_its_request_and_the_audit_records_it(tmp_path: Path)
             rid = generated.headers["x-request-id"]
             assert rid.encode() != bad and len(rid) == 32 and rid.isalnum()
         assert len(client.get("/health").headers["x-request-id"]) == 32
+
+
+def test_a_batch_of_reads_answers_each_as_if_sent_alone(tmp_path: Path) -> None:
+    """POST /fhir with a batch Bundle of GETs: a batch-response, one entry per request in order,
+    each decided, viewed and audited as the same GET alone (the caller's address, the batch's
+    purpose); a refusal or a miss stays in its entry; writes and foreign URLs are refused in
+    their entry; a Binary comes as JSON; ifNoneMatch is honoured."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        etag = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).headers["etag"]
+        ident = f"{PATIENT['system']}|{PATIENT['value']}"
+        requests = [{"method": "GET", "url": receipt["record"]},
+                    {"method": "GET", "url": f"Media?patient:identifier={ident}&_revinclude=Provenance:target"},
+                    {"method": "GET", "url": receipt["binary"]},
+                    {"method": "GET", "url": "Media/nothing-here"},
+                    {"method": "GET", "url": receipt["record"], "ifNoneMatch": etag},
+                    {"method": "POST", "url": "Consent"},
+                    {"method": "GET", "url": "http://elsewhere.example/fhir/Media/1"},
+                    {"method": "GET", "url": "../outbox"},
+                    {"method": "GET", "url": "metadata"}]
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": r} for r in requests]}
+        json_type = {"Content-Type": "application/fhir+json"}
+        r = client.post("/fhir", json=batch, headers={**json_type, **as_purpose("TREAT"), "X-Request-Id": "b-7"})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["type"] == "batch-response" and len(answer["entry"]) == len(requests)
+        statuses = [e["response"]["status"].split()[0] for e in answer["entry"]]
+        assert statuses == ["200", "200", "200", "404", "304", "400", "400", "400", "200"]
+        media, search, binary, missing = (e for e in answer["entry"][:4])
+        assert media["resource"]["id"] == receipt["record"].split("/")[1] and media["response"]["etag"] == etag
+        assert media["response"]["lastModified"] == media["resource"]["meta"]["lastUpdated"]
+        assert [e["search"]["mode"] for e in search["resource"]["entry"]] == ["match", "include"]
+        assert binary["resource"]["resourceType"] == "Binary" and "data" in binary["resource"]
+        assert missing["response"]["outcome"]["resourceType"] == "OperationOutcome" and "resource" not in missing
+        assert answer["entry"][5]["response"]["outcome"]["issue"][0]["code"] == "not-supported"
+        read_events = [e for e in services.store.list_audit(30) if e["subtype"][0]["code"] == "read"]
+        assert any({"what": {"identifier": {"value": "b-7.0"}},
+                    "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",
+                             "code": "XrequestId"}} in e["entity"] for e in read_events)
+        assert all(a["who"]["display"] == "testclient" for e in read_events for a in e["agent"]
+                   if a.get("network")), "the audit names the real caller, not the in-process hop"
+
+        # no purpose: every read entry is refused in its entry (fail closed), the batch answers
+        blind = client.post("/fhir", json=batch, headers=json_type).json()
+        assert [e["response"]["status"].split()[0] for e in blind["entry"]][:3] == ["403", "403", "403"]
+        assert blind["entry"][-1]["response"]["status"].startswith("200")  # metadata needs no purpose
+        train = client.post("/fhir", json=batch, headers={**json_type, **as_purpose("TRAIN")}).json()
+        assert train["entry"][0]["response"]["status"].startswith("403")
+        assert PATIENT["value"] not in json.dumps(train["entry"][0])
+
+        too_many = {**batch, "entry": [{"request": requests[0]}] * 101}
+        assert client.post("/fhir", json=too_many, headers={**json_type, **as_purpose("TREAT")}).status_code == 422
+        assert client.post("/fhir", json={**batch, "entry": []}, headers=json_type).status_code == 422

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pydicom
 import pytest
@@ -269,6 +269,13 @@ def test_mutated_searches_never_answer_a_server_error(adapter: tuple[FhirClient,
                     body = rnd.choice(["%", "a=%zz", "\udcff", "=", "&&&", "a" * 70_000])
                 r = client.post(f"/fhir/{resource_type}/_search", content=body.encode("utf-8", "surrogateescape"),
                                 headers={**purpose, "Content-Type": "application/x-www-form-urlencoded"})
+            elif rnd.random() < 0.1:  # the same search and a read in a batch, and a malformed entry
+                entries = [{"request": {"method": "GET", "url": f"{resource_type}?{urlencode(query)}"}},
+                           {"request": {"method": rnd.choice(["GET", "PUT", None]),
+                                        "url": rnd.choice([receipt["record"], "", "/x", 7, "Media?_count=x"])}},
+                           rnd.choice([{}, {"request": "GET"}, None])]
+                r = client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries},
+                                headers={**purpose, "Content-Type": "application/fhir+json"})
             elif rnd.random() < 0.2:  # a read, with what a search takes (_summary, _elements...)
                 target = rnd.choice([receipt["record"], receipt["binary"], receipt["provenance"],
                                      f"{receipt['record']}/_history/1", f"{receipt['record']}/_history",

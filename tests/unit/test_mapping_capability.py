@@ -30,7 +30,7 @@ def test_valid_and_complete(version: str) -> None:
     [rest] = cs["rest"]
     assert rest["mode"] == "server"
     assert PURPOSE_OF_USE_HEADER in rest["security"]["description"]
-    assert rest["interaction"] == [{"code": "transaction"}]
+    assert rest["interaction"] == [{"code": "transaction"}, {"code": "batch"}]
     resources = {r["type"]: r for r in rest["resource"]}
     expected = {"DocumentReference", "Binary", "Consent", "Provenance"} | ({"Media"} if version == "4.0.1" else set())
     assert set(resources) == expected

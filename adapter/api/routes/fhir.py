@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
+from adapter.api.batch import process_batch
 from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
 from adapter.api.negotiation import check_acceptable, fhir_version, media_type, wants_fhir_json
 from adapter.api.outcome import fhir_response
@@ -95,10 +96,15 @@ async def metadata(request: Request, services: ServicesDep,
 @router.post("")
 async def transaction(request: Request, services: ServicesDep, ctx: WriteContextDep,
                       idempotency_key: Annotated[str | None, Header()] = None) -> Response:
-    """An ITI-65-shaped transaction Bundle (base64 image in Binary.data, hence the 4/3 limit)."""
+    """An ITI-65-shaped transaction Bundle (base64 image in Binary.data, hence the 4/3 limit), or
+    a batch of reads."""
     bundle = await _json_body(request, services.settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
     if bundle.get("resourceType") != "Bundle":
-        raise InvalidInput("POST /fhir takes a transaction Bundle", expression="Bundle.resourceType")
+        raise InvalidInput("POST /fhir takes a transaction or batch Bundle", expression="Bundle.resourceType")
+    if bundle.get("type") == "batch":  # reads, each under the batch's purpose of use (adapter.api.batch)
+        answer, glass = await process_batch(request, bundle, R4_TYPES)
+        return _out(answer, "4", headers={BREAK_GLASS_HEADER: "suppressed; v3-ActReason#BTG; break-glass access, "
+                                                              "audited"} if glass else None)
     key = idempotency_key[:200] if idempotency_key else None
     response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx)
     return _out(response, "4")

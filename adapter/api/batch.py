@@ -1,0 +1,105 @@
+"""FHIR ``batch`` of reads (https://hl7.org/fhir/R4/http.html#transaction): ``POST /fhir`` with a
+Bundle of type ``batch`` whose entries are GET requests (reads, vreads, histories, searches);
+answered with a ``batch-response`` Bundle, one entry per request, in order.
+
+Each entry is served as the same request sent on its own would be, by this very application
+(an in-process ASGI call through httpx, so routing, the decision, the views, the audit and the
+metrics are the ones every GET gets): with the batch's ``X-Purpose-Of-Use`` and
+``X-Break-Glass``, the entry's ``ifNoneMatch``, FHIR JSON (a batch answers resources, never
+image bytes: a Binary comes as its JSON), the caller's address (the audit names the real
+client), and an ``X-Request-Id`` of the batch's id and the entry's index. Entries are
+independent: one refused (403) or not found (404) carries its OperationOutcome in
+``response.outcome`` and the others are answered. Anything but a relative GET on a FHIR type
+of this server (a write, an absolute URL, another path) is refused in its own entry (400):
+ingest goes in a ``transaction``.
+"""
+
+from __future__ import annotations
+
+import http
+from typing import Any
+
+import httpx
+from fastapi import Request
+
+from adapter.api.request_id import request_id_of
+from adapter.errors import InvalidInput
+from adapter.mapping.outcome import operation_outcome
+
+#: At most this many entries in one batch (each is a full request).
+MAX_BATCH_ENTRIES = 100
+#: Request headers of the batch that every entry is sent with.
+_FORWARDED = ("x-purpose-of-use", "x-break-glass")
+_RESPONSE_HEADERS = {"etag": "etag", "location": "location"}
+_BREAK_GLASS = "x-break-glass"
+
+
+def _refused(index: int, why: str) -> dict[str, Any]:
+    return {"response": {"status": "400 Bad Request",
+                         "outcome": operation_outcome("error", "not-supported", why,
+                                                      [f"Bundle.entry[{index}].request"])}}
+
+
+def _target(entry: Any, types: tuple[str, ...]) -> str | None:
+    """The relative URL an entry GETs, or None when it is not a read this server serves."""
+    request = entry.get("request") if isinstance(entry, dict) else None
+    if not isinstance(request, dict) or request.get("method") != "GET":
+        return None
+    url = request.get("url")
+    if not isinstance(url, str) or not url or url.startswith("/") or "://" in url or ".." in url:
+        return None
+    first = url.split("?", 1)[0].split("/", 1)[0]
+    return url if first in (*types, "metadata") else None
+
+
+async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
+    """The batch-response Bundle, and whether any entry was answered under break-glass."""
+    entries = bundle.get("entry")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidInput("a batch needs entries", expression="Bundle.entry")
+    if len(entries) > MAX_BATCH_ENTRIES:
+        raise InvalidInput(f"a batch takes at most {MAX_BATCH_ENTRIES} entries", expression="Bundle.entry")
+    forwarded = {name: value for name in _FORWARDED if (value := request.headers.get(name))}
+    batch_id = request_id_of(request.scope)[:48]
+    client = (request.client.host, request.client.port) if request.client else ("127.0.0.1", 0)
+    out: list[dict[str, Any]] = []
+    glass = False
+    transport = httpx.ASGITransport(app=request.app, client=client)
+    async with httpx.AsyncClient(transport=transport, base_url="http://batch.internal") as inner:
+        for index, entry in enumerate(entries):
+            url = _target(entry, types)
+            if url is None:
+                out.append(_refused(index, "a batch here takes GET requests with a URL relative to the FHIR base "
+                                           "(Type/id, Type?params); post photos in a transaction"))
+                continue
+            headers = {**forwarded, "accept": "application/fhir+json", "x-request-id": f"{batch_id}.{index}"}
+            if_none_match = entry["request"].get("ifNoneMatch")
+            if isinstance(if_none_match, str):
+                headers["if-none-match"] = if_none_match
+            answer = await inner.get(f"/fhir/{url}", headers=headers)
+            glass = glass or _BREAK_GLASS in answer.headers
+            out.append(_entry(answer))
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": out}, glass
+
+
+def _entry(answer: httpx.Response) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": f"{answer.status_code} {http.HTTPStatus(answer.status_code).phrase}"}
+    for header, element in _RESPONSE_HEADERS.items():
+        if header in answer.headers:
+            response[element] = answer.headers[header]
+    body: Any = None
+    if "json" in answer.headers.get("content-type", ""):
+        body = answer.json()
+    entry: dict[str, Any] = {}
+    if answer.status_code < 300 and isinstance(body, dict) and "resourceType" in body:
+        entry["resource"] = body
+        last_updated = (body.get("meta") or {}).get("lastUpdated") if isinstance(body.get("meta"), dict) else None
+        if isinstance(last_updated, str):
+            response["lastModified"] = last_updated
+    elif isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        response["outcome"] = body
+    entry["response"] = response
+    return entry
+
+
+__all__ = ["MAX_BATCH_ENTRIES", "process_batch"]
