@@ -349,9 +349,14 @@ def test_transaction_bundle_is_stored_like_a_photo(tmp_path: Path) -> None:
 def test_invalid_transaction_gets_an_outcome_pointing_at_the_element(tmp_path: Path) -> None:
     bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
     with adapter_client(tmp_path) as (client, services):
-        bad_type = dict(bundle, type="batch")
+        bad_type = dict(bundle, type="collection")
         body = _outcome(client.post("/fhir", json=bad_type), 422)
         assert "Bundle.type" in body["issue"][0]["expression"][0]
+        # the photo sent as a batch (which here takes reads only): each entry is refused, nothing stored
+        as_batch = client.post("/fhir", json=dict(bundle, type="batch"))
+        assert as_batch.status_code == 200 and as_batch.json()["type"] == "batch-response"
+        assert {e["response"]["status"] for e in as_batch.json()["entry"]} == {"400 Bad Request"}
+        assert "transaction" in as_batch.json()["entry"][0]["response"]["outcome"]["issue"][0]["diagnostics"]
         broken = json.loads(json.dumps(bundle))
         for entry in broken["entry"]:
             if entry["resource"]["resourceType"] in ("Media", "DocumentReference"):
