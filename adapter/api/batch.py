@@ -4,8 +4,8 @@ answered with a ``batch-response`` Bundle, one entry per request, in order.
 
 Each entry is served as the same request sent on its own would be, by this very application
 (an in-process ASGI call through httpx, so routing, the decision, the views, the audit and the
-metrics are the ones every GET gets): with the batch's ``X-Purpose-Of-Use`` and
-``X-Break-Glass``, the entry's ``ifNoneMatch``, FHIR JSON (a batch answers resources, never
+metrics are the ones every GET gets): with the batch's ``X-Purpose-Of-Use``, the entry's
+``ifNoneMatch``, FHIR JSON (a batch answers resources, never
 image bytes: a Binary comes as its JSON), the caller's address (the audit names the real
 client), and an ``X-Request-Id`` of the batch's id and the entry's index. Entries are
 independent: one refused (403) or not found (404) carries its OperationOutcome in
@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from fastapi import Request
 
+from adapter.api.headers import BREAK_GLASS_HEADER
 from adapter.api.request_id import request_id_of
 from adapter.errors import InvalidInput
 from adapter.mapping.outcome import operation_outcome
@@ -29,9 +30,8 @@ from adapter.mapping.outcome import operation_outcome
 #: At most this many entries in one batch (each is a full request).
 MAX_BATCH_ENTRIES = 100
 #: Request headers of the batch that every entry is sent with.
-_FORWARDED = ("x-purpose-of-use", "x-break-glass")
+_FORWARDED = ("x-purpose-of-use",)
 _RESPONSE_HEADERS = {"etag": "etag", "location": "location"}
-_BREAK_GLASS = "x-break-glass"
 
 
 def _refused(index: int, why: str) -> dict[str, Any]:
@@ -77,7 +77,7 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
             if isinstance(if_none_match, str):
                 headers["if-none-match"] = if_none_match
             answer = await inner.get(f"/fhir/{url}", headers=headers)
-            glass = glass or _BREAK_GLASS in answer.headers
+            glass = glass or BREAK_GLASS_HEADER in answer.headers
             out.append(_entry(answer))
     return {"resourceType": "Bundle", "type": "batch-response", "entry": out}, glass
 

@@ -12,9 +12,36 @@ A plain ASGI middleware, so request and response bodies stream through untouched
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
+#: Said on an answer released under break-the-glass (FHIR: information / suppressed / BTG).
+BREAK_GLASS_HEADER = "X-Break-Glass"
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def break_glass_headers(break_glass: bool) -> dict[str, str]:
+    """The header an answer released under break-the-glass carries; none otherwise."""
+    return {BREAK_GLASS_HEADER: "suppressed; v3-ActReason#BTG; break-glass access, audited"} if break_glass else {}
+
+
+def editing_response_headers(send: Send, edit: Callable[[RawHeaders], RawHeaders]) -> Send:
+    """``send`` with the headers of the response start passed through ``edit`` (the shape of
+    the plain ASGI middlewares that add headers: bodies stream through untouched)."""
+    async def _send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = edit(list(message.get("headers", [])))
+        await send(message)
+
+    return _send
+
+
+def _no_store(headers: RawHeaders) -> RawHeaders:
+    present = {name.lower() for name, _ in headers}
+    return [*headers, *((name, value) for name, value in HEADERS if name not in present)]
 
 
 class NoStoreMiddleware:
@@ -25,12 +52,4 @@ class NoStoreMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-
-        async def _send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []),
-                                      *((name, value) for name, value in HEADERS if name not in present)]
-            await send(message)
-
-        await self.app(scope, receive, _send)
+        await self.app(scope, receive, editing_response_headers(send, _no_store))

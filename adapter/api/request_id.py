@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 import uuid
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from adapter.api.headers import editing_response_headers
 
 HEADER = b"x-request-id"
 _TOKEN = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
@@ -39,11 +41,5 @@ class RequestIdMiddleware:
         rid = given.decode("ascii") if _TOKEN.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         raw = rid.encode("ascii")
-
-        async def _send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*(h for h in message.get("headers", []) if h[0].lower() != HEADER),
-                                      (HEADER, raw)]
-            await send(message)
-
-        await self.app(scope, receive, _send)
+        await self.app(scope, receive, editing_response_headers(
+            send, lambda headers: [*(h for h in headers if h[0].lower() != HEADER), (HEADER, raw)]))

@@ -45,6 +45,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from adapter.api.deps import ReaderDep, ServicesDep
+from adapter.api.headers import break_glass_headers
 from adapter.api.multipart_related import parse_multipart_related
 from adapter.api.outcome import fhir_response
 from adapter.api.urls import absolute
@@ -68,7 +69,6 @@ from adapter.services.registry import Services
 router = APIRouter(prefix="/dicomweb")
 
 DICOM_JSON = "application/dicom+json"
-BREAK_GLASS_HEADER = "X-Break-Glass"
 STOW_MAX_PARTS = 1000
 STOW_TOTAL_FACTOR = 10           # a STOW request may carry up to 10 maximum uploads in all
 QIDO_MAX_LIMIT = 1000
@@ -226,10 +226,8 @@ def _part(boundary: str, content: DicomContent) -> bytes:
 
 
 def _multipart_headers(boundary: str, break_glass: bool) -> dict[str, str]:
-    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
-    if break_glass:
-        headers[BREAK_GLASS_HEADER] = "suppressed; v3-ActReason#BTG; break-glass access, audited"
-    return headers
+    return {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            **break_glass_headers(break_glass)}
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}")

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from adapter import __version__
 from adapter.api.batch import process_batch
 from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
+from adapter.api.headers import break_glass_headers
 from adapter.api.negotiation import check_acceptable, fhir_version, media_type, wants_fhir_json
 from adapter.api.outcome import fhir_response
 from adapter.api.urls import absolute, base
@@ -34,7 +35,6 @@ from adapter.services.search_params import DEFAULT_COUNT, MAX_COUNT, parse_date_
 router = APIRouter(prefix="/fhir")
 
 R4_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
-BREAK_GLASS_HEADER = "X-Break-Glass"
 WHOLE = Subsetting()  # no _summary, no _elements
 
 
@@ -49,9 +49,7 @@ def _out(body: Any, version: str, status: int = 200, headers: dict[str, str] | N
 
 
 def _glass_headers(decision: Decision) -> dict[str, str]:
-    if decision.break_glass:
-        return {BREAK_GLASS_HEADER: "suppressed; v3-ActReason#BTG; break-glass access, audited"}
-    return {}
+    return break_glass_headers(decision.break_glass)
 
 
 async def _body(request: Request, media_types: tuple[str, ...], refusal: str, limit: int,
@@ -103,8 +101,7 @@ async def transaction(request: Request, services: ServicesDep, ctx: WriteContext
         raise InvalidInput("POST /fhir takes a transaction or batch Bundle", expression="Bundle.resourceType")
     if bundle.get("type") == "batch":  # reads, each under the batch's purpose of use (adapter.api.batch)
         answer, glass = await process_batch(request, bundle, R4_TYPES)
-        return _out(answer, "4", headers={BREAK_GLASS_HEADER: "suppressed; v3-ActReason#BTG; break-glass access, "
-                                                              "audited"} if glass else None)
+        return _out(answer, "4", headers=break_glass_headers(glass))
     key = idempotency_key[:200] if idempotency_key else None
     response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx)
     return _out(response, "4")

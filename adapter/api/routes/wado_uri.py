@@ -21,14 +21,12 @@ windowing, presentation states and ``annotation`` are not supported (400).
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter.api.deps import ReaderDep
-from adapter.api.routes.dicomweb import BREAK_GLASS_HEADER
+from adapter.api.headers import break_glass_headers
 from adapter.errors import InvalidInput, NotAcceptable, NotSupported, RequiredElementMissing
 from adapter.model.decision import View
 
@@ -76,7 +74,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     for media in preference:  # in the client's order of preference; none: as it renders
         if media == DICOM:
             content = await run_in_threadpool(lambda: reader.read_dicom_instance(instance, study=study, series=series))
-            return Response(content=content.data, media_type=DICOM, headers=_glass(content.decision))
+            return Response(content=content.data, media_type=DICOM, headers=break_glass_headers(content.decision.break_glass))
         if media is not None and media not in RENDERED:
             continue
         if media == "image/jpeg" and (rows or columns):
@@ -94,8 +92,3 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
         f"served as {', '.join((DICOM, *RENDERED))}"
     raise NotAcceptable(f"contentType: this instance is {served}", expression="contentType")
 
-
-def _glass(decision: Any) -> dict[str, str]:
-    if getattr(decision, "break_glass", False):
-        return {BREAK_GLASS_HEADER: "suppressed; v3-ActReason#BTG; break-glass access, audited"}
-    return {}
