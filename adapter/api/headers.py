@@ -39,12 +39,10 @@ def editing_response_headers(send: Send, edit: Callable[[RawHeaders], RawHeaders
     return _send
 
 
-def _no_store(headers: RawHeaders) -> RawHeaders:
-    present = {name.lower() for name, _ in headers}
-    return [*headers, *((name, value) for name, value in HEADERS if name not in present)]
+class HttpMiddleware:
+    """A plain ASGI middleware acting on HTTP requests (:meth:`handle`); lifespan and anything
+    else pass through untouched."""
 
-
-class NoStoreMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -52,4 +50,17 @@ class NoStoreMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+def _no_store(headers: RawHeaders) -> RawHeaders:
+    present = {name.lower() for name, _ in headers}
+    return [*headers, *((name, value) for name, value in HEADERS if name not in present)]
+
+
+class NoStoreMiddleware(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, editing_response_headers(send, _no_store))

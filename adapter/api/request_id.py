@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 import uuid
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from adapter.api.headers import editing_response_headers
+from adapter.api.headers import HttpMiddleware, editing_response_headers
 
 HEADER = b"x-request-id"
 _TOKEN = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
@@ -29,14 +29,8 @@ def request_id_of(scope: Scope) -> str:
     return rid if isinstance(rid, str) else uuid.uuid4().hex
 
 
-class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class RequestIdMiddleware(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = next((value for name, value in scope.get("headers", []) if name.lower() == HEADER), b"")
         rid = given.decode("ascii") if _TOKEN.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
