@@ -42,7 +42,7 @@ from adapter.imaging.quality import box_factor, dct_scale, estimate_jpeg_quality
 from adapter.imaging.sniff import JPEG, PNG
 
 # Errors Pillow and its C decoders raise on bad data (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 
 #: Entropy-coded bytes a ``prefix`` proof decodes from a large sequential JPEG. Errors in them
 #: could only be warnings, so they prove nothing the headers do not; a few keep libjpeg's Huffman
@@ -91,7 +91,7 @@ def decode_reduced(data: bytes, content_type: str, *, proof: str = "full") -> De
         # pixel counts between Pillow's MAX_IMAGE_PIXELS and twice that, which only a policy
         # with Limits.max_pixels above Pillow's limit lets through our own header check.
         raise ImageTooLarge("image has more pixels than the decoder allows") from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise UndecodableImage(f"the {fmt} image does not decode") from exc
     return Decoded(width, height, sharpness, jpeg_quality)
 
@@ -117,7 +117,7 @@ def decode_jpeg_prefix(stripped: StrippedJpeg) -> Decoded:
                 sharpness = _sharpness(im if im.mode == "L" else _to_grey(im))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge("image has more pixels than the decoder allows") from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise UndecodableImage("the JPEG image does not decode") from exc
     return Decoded(width, height, sharpness, jpeg_quality)
 

@@ -10,9 +10,7 @@ Explicit VR Little Endian stores them.
 from __future__ import annotations
 
 import io
-import struct
 import sys
-import zlib
 from array import array
 from dataclasses import dataclass
 
@@ -20,9 +18,8 @@ from PIL import Image
 
 from adapter.errors import ImageTooLarge, NotSupported, UndecodableImage
 from adapter.imaging.frame import png_bit_depth
+from adapter.imaging.probe import DECODE_ERRORS
 from adapter.imaging.sniff import JPEG, PNG, check_declared
-
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 
 # EXIF Orientation (CIPA DC-008 §4.6.4 A, tag 0x0112) → the transpose that displays the image
 # upright (the same table as PIL.ImageOps.exif_transpose) and the words for DerivationDescription.
@@ -102,7 +99,7 @@ def decode_pixels(data: bytes, content_type: str, *, orientation: int | None = N
             out = _to_8bit(im, changes)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge("image has more pixels than the decoder allows") from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise UndecodableImage(f"the {fmt} image does not decode") from exc
     if orientation not in (None, 1):
         assert orientation is not None

@@ -12,18 +12,16 @@ upright as a viewer shows the full image.
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 from PIL import Image, ImageOps
 
 from adapter.errors import ImageTooLarge, UndecodableImage
+from adapter.imaging.probe import DECODE_ERRORS
 from adapter.imaging.render import decode_pixels
 from adapter.imaging.sniff import JPEG, check_declared
 
 #: JPEG quality of thumbnails: small files that still show a wound's edges.
 THUMBNAIL_QUALITY = 80
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 
 
 def thumbnail_jpeg(data: bytes, content_type: str, *, rows: int, columns: int, max_pixels: int) -> bytes:
@@ -55,7 +53,7 @@ def thumbnail_jpeg(data: bytes, content_type: str, *, rows: int, columns: int, m
             picture.thumbnail((columns, rows), Image.Resampling.LANCZOS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge("image has more pixels than the decoder allows") from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise UndecodableImage("the JPEG image does not decode") from exc
     return _jpeg(picture)
 
