@@ -305,8 +305,7 @@ class ScopedReader:
         if not decision.permitted:
             raise Forbidden(_DENIED)
         rendered = [render(d, decision, tables=self._tables, pseudonymizer=self._pseudonymizer) for d in documents]
-        total = stored.version_id if since is None else \
-            len(self._store.list_versions(resource_type, id, limit=stored.version_id, since=since))
+        total = stored.version_id if since is None else self._store.count_versions(resource_type, id, since=since)
         return HistoryResult(resources=rendered, total=total, decision=decision, more=more)
 
     def read_binary(self, id: str) -> BinaryContent:

@@ -97,6 +97,9 @@ class RecordStore(Protocol):
         ``offset``-th; at most ``limit``; only those stored at ``since`` or later when given.
         Empty when the resource is unknown."""
 
+    def count_versions(self, resource_type: str, id: str, *, since: datetime | None = None) -> int:
+        """How many versions the resource has (stored at ``since`` or later when given)."""
+
     def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:
         """Resources in the order of ``ids``; missing ones are left out."""
 

@@ -123,6 +123,15 @@ def _translated_errors() -> Iterator[None]:
 SEARCH_BATCH = 1000
 
 
+def _versions_of(resource_type: str, id: str, since: datetime | None) -> list[Any]:
+    """The history rows of one resource, stored at ``since`` or later when given."""
+    h = resource_history.c
+    where = [h.resource_type == resource_type, h.id == id]
+    if since is not None:
+        where.append(h.last_updated >= to_utc(since))
+    return where
+
+
 def _equal(*pairs: tuple[Any, str | None]) -> list[Any]:
     """``column == value`` for each pair whose value is given (an AND of exact matches)."""
     return [column == value for column, value in pairs if value is not None]
@@ -375,13 +384,16 @@ class SqlRecordStore:
                       since: datetime | None = None) -> list[dict[str, Any]]:
         """The documents of the resource's versions as they were stored, newest first (the
         primary key's range, read backwards)."""
-        h = resource_history.c
-        query = select(h.json).where(h.resource_type == resource_type, h.id == id)
-        if since is not None:
-            query = query.where(h.last_updated >= to_utc(since))
+        query = select(resource_history.c.json).where(*_versions_of(resource_type, id, since))
         with self._read() as conn:
-            found = conn.execute(query.order_by(h.version_id.desc()).offset(offset).limit(limit)).scalars().all()
+            found = conn.execute(query.order_by(resource_history.c.version_id.desc()).offset(offset).limit(limit)) \
+                .scalars().all()
         return [doc for doc in found if isinstance(doc, dict)]
+
+    def count_versions(self, resource_type: str, id: str, *, since: datetime | None = None) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(resource_history)
+                                    .where(*_versions_of(resource_type, id, since))).scalar_one())
 
     def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:
         """Resources in the order of ``ids``; missing ones are left out."""
@@ -449,10 +461,12 @@ class SqlRecordStore:
         recorded AUDIT_SLACK after ``until``; in between each event is kept or not on its own
         ``recorded``."""
         a = audit.c
-        last = max(0, after)
-        if since is not None:
+        last, batch = max(0, after), max(1, batch)
+        start = to_utc(since) if since is not None else None
+        end = to_utc(until) if until is not None else None
+        if start is not None:
             with self._read() as conn:
-                first = conn.execute(select(a.seq).where(a.recorded >= to_utc(since) - AUDIT_SLACK)
+                first = conn.execute(select(a.seq).where(a.recorded >= start - AUDIT_SLACK)
                                      .order_by(a.recorded).limit(1)).scalar()
             if first is None:
                 return
@@ -460,15 +474,15 @@ class SqlRecordStore:
         while True:
             with self._read() as conn:
                 rows = conn.execute(select(a.seq, a.recorded, a.json).where(a.seq > last)
-                                    .order_by(a.seq).limit(max(1, batch))).all()
+                                    .order_by(a.seq).limit(batch)).all()
             for seq, recorded, event in rows:
                 recorded = to_utc(recorded)
-                if until is not None and recorded >= to_utc(until) + AUDIT_SLACK:
+                if end is not None and recorded >= end + AUDIT_SLACK:
                     return
-                if (since is None or recorded >= to_utc(since)) and (until is None or recorded < to_utc(until)):
+                if (start is None or recorded >= start) and (end is None or recorded < end):
                     yield int(seq), event
                 last = int(seq)
-            if len(rows) < max(1, batch):
+            if len(rows) < batch:
                 return
 
     # -- DICOM instances and the outbox --------------------------------------------------

@@ -356,6 +356,8 @@ def test_update_writes_next_version_and_keeps_history(store: SqlRecordStore) -> 
     assert [d["meta"]["versionId"] for d in store.list_versions("Media", "m1", limit=1)] == ["2"]
     assert [d["meta"]["versionId"] for d in store.list_versions("Media", "m1", since=updated.last_updated)] == ["2"]
     assert store.list_versions("Media", "m1", since=updated.last_updated + timedelta(seconds=1)) == []
+    assert store.count_versions("Media", "m1") == 2 and store.count_versions("Media", "nothing") == 0
+    assert store.count_versions("Media", "m1", since=updated.last_updated) == 1
     assert store.list_versions("Media", "nothing") == [] and store.list_versions("Consent", "m1") == []
     # the index follows the current version
     old_token = SearchCriteria(tokens=((TokenCriterion("type", "old"),),))
