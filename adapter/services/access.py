@@ -148,6 +148,12 @@ _RESULT_KEYS: dict[str, Callable[[DicomEntry], Any]] = {
 }
 
 
+def _rendered(content: DicomContent) -> tuple[bytes, str]:
+    """A released DICOM object as its Binary's bytes and media type, in the decision's view."""
+    image = extract_image(read_released(content.data))
+    return _image_in_view(bytes(image.data), image.content_type, content.decision.view), image.content_type
+
+
 def _whole_studies(batches: Iterable[list[DicomInstance]]) -> Iterator[list[DicomInstance]]:
     """The instances of ``batches`` (ordered by study) regrouped so that no study is split
     between two lists: a batch's last study waits for the next batch (a study is matched and
@@ -539,9 +545,7 @@ class ScopedReader:
         """WADO-RS rendered: the released instance as its Binary's bytes and media type (the
         first JPEG frame, native pixels as PNG, a PDF), under :meth:`read_dicom_instance`'s
         decision; in the de-identified view image bytes with no metadata at all, as there."""
-        content = self.read_dicom_instance(sop_instance_uid, study=study, series=series)
-        image = extract_image(read_released(content.data))
-        return _image_in_view(bytes(image.data), image.content_type, content.decision.view), image.content_type
+        return _rendered(self.read_dicom_instance(sop_instance_uid, study=study, series=series))
 
     def read_dicom_thumbnail(self, study: str, *, series: str | None = None, instance: str | None = None,
                              rows: int, columns: int) -> bytes:
@@ -578,9 +582,7 @@ class ScopedReader:
             if not decision.permitted or decision.view is not release.view:
                 continue
             permitted = True
-            content = self._dicom_content(candidate, stored, decision)
-            image = extract_image(read_released(content.data))
-            made = picture(_image_in_view(bytes(image.data), image.content_type, decision.view), image.content_type)
+            made = picture(*_rendered(self._dicom_content(candidate, stored, decision)))
             if made is not None:
                 return made
         if not permitted:
