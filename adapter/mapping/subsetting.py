@@ -44,8 +44,9 @@ _ALWAYS = frozenset({"resourceType", "id", "meta", "implicitRules", "modifierExt
 #: Policy or PolicyRule" (policy is not a summary element in R4).
 _ONE_OF = {"Consent": ("policyRule", "policy")}
 
-_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
-            "Consent": "consent", "Provenance": "provenance", "OperationOutcome": "operationoutcome"}
+#: The types cut (their fhir.resources module is the type's name in lower case); anything else,
+#: such as an OperationOutcome entry of a search, is left whole.
+_CUT_TYPES = frozenset({"Binary", "Media", "DocumentReference", "Consent", "Provenance"})
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class _Definition:
 @functools.cache
 def _definition(resource_type: str, fhir_version: str) -> _Definition:
     package = "fhir.resources.R4B" if fhir_version == "4" else "fhir.resources"
-    model = getattr(importlib.import_module(f"{package}.{_MODULES[resource_type]}"), resource_type)
+    model = getattr(importlib.import_module(f"{package}.{resource_type.lower()}"), resource_type)
     summary: set[str] = set()
     required: set[str] = set()
     choices: dict[str, set[str]] = {}
@@ -136,7 +137,7 @@ def subset(resource: JSON, how: Subsetting, *, fhir_version: str) -> JSON:
     cut (``_summary=false``, none given) or its type is not one the adapter serves (an
     OperationOutcome entry of a search)."""
     resource_type = resource.get("resourceType")
-    if not how.cuts or resource_type not in _MODULES or resource_type == "OperationOutcome":
+    if not how.cuts or resource_type not in _CUT_TYPES:
         return resource
     kept = _kept(str(resource_type), fhir_version, how)
     one_of = _ONE_OF.get(str(resource_type), ())
