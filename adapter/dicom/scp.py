@@ -52,6 +52,7 @@ import ssl
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -93,6 +94,7 @@ _SPOOL_CHUNK = 256 * 1024     # socket -> spool file in pieces of this size (one
 _DUL_WAIT = 0.02              # the DUL blocks in select this long at most (timers are checked between)
 _REACTOR_WAIT = 0.005         # the association loop waits this long for a message at most
 _POLL_DELAY = 0.001           # pynetdicom's DUL loop delay
+_STOPPED_WAIT = 0.05          # how often a wait for a primitive looks whether the DUL has stopped
 
 
 class _AssociationSocket(AssociationSocket):
@@ -194,6 +196,28 @@ class _StreamingDUL(DULServiceProvider):
     wakes the reactor (:class:`_AssociationSocket`)."""
 
     _chunk: bytearray | None = None
+
+    def receive_pdu(self, wait: bool = False, timeout: float | None = None) -> Any:
+        """pynetdicom's, except that a wait ends as soon as this DUL has stopped with nothing
+        queued: nothing can come any more. pynetdicom waits out the whole timeout, so a peer
+        that closes its connection before its A-ASSOCIATE-RQ (a TCP health probe, a port scan;
+        AA-5 stops the DUL) held two threads and the SCP's stop for the ACSE timeout (30 s)."""
+        if wait and not self._primitive_queued(timeout):
+            return None
+        return super().receive_pdu(wait=False)
+
+    def _primitive_queued(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = self.to_user_queue
+        with pending.not_empty:  # the Queue's own condition, notified when a primitive is put
+            while not pending.queue:
+                if not self.is_alive():
+                    return False
+                left = _STOPPED_WAIT if deadline is None else min(_STOPPED_WAIT, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                pending.not_empty.wait(left)
+        return True
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -349,6 +373,7 @@ def _accelerate(assoc: Association) -> None:
     dimse = getattr(assoc, "dimse", None)
     needed = (hasattr(dimse, "message") and hasattr(dimse, "msg_queue") and hasattr(dul, "_recv_pdu")
               and hasattr(dul, "_run_loop_delay") and hasattr(assoc, "_reactor_checkpoint")
+              and hasattr(getattr(dul, "to_user_queue", None), "not_empty")
               and callable(getattr(dul, "_decode_pdu", None)) and callable(getattr(assoc, "_serve_request", None)))
     if not needed:
         return

@@ -367,6 +367,26 @@ def test_unknown_calling_ae_is_rejected_at_association(scp: StoreSCP) -> None:
         assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
 
 
+def test_a_connection_closed_before_its_association_request_ends_at_once(services: Services) -> None:
+    """A TCP health probe or a port scan connects and closes without an A-ASSOCIATE-RQ: its
+    association ends with the connection (pynetdicom alone waits out the 30 s ACSE timeout, and
+    the SCP's stop with it), and the SCP goes on serving."""
+    server = start_scp(services)
+    try:
+        before = {t.ident for t in threading.enumerate()}
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port)):
+                pass
+        wait_until(lambda: {t.ident for t in threading.enumerate()} <= before, timeout=5.0)
+        with associated(server.port, "PYNETSCU") as assoc:
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == SUCCESS
+    finally:
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 5.0
+
+
 def test_no_allowed_ae_title_refuses_every_caller(services: Services) -> None:
     closed = start_scp(services, allowed_ae_titles=())
     try:
