@@ -2,6 +2,8 @@
 # data in /data.
 # Build: docker build -t clinical-image-adapter .
 # Run:   docker run -p 8080:8080 -v adapter-data:/data -e ADAPTER_PSEUDONYM_KEY=... clinical-image-adapter
+# Health: the HEALTHCHECK asks /health/ready (database, data volume, DICOM SCP; 503 when one fails);
+#         an orchestrator's liveness probe wants /health (the process answers) instead.
 FROM python:3.11-slim-bookworm AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -40,6 +42,6 @@ USER adapter
 EXPOSE 8080 11112
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('ADAPTER_HTTP_PORT','8080'), timeout=4).read()" || exit 1
+  CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('ADAPTER_HTTP_PORT','8080'), timeout=4).read()" || exit 1
 
 CMD ["python", "-m", "adapter", "serve"]

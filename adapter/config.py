@@ -21,6 +21,9 @@ class StoreOptions:
 
     database_url: str
     data_dir: Path
+    #: Free space the data folder keeps for the database and the audit trail: below it, new
+    #: images are refused (0: no reserve).
+    min_free_bytes: int = 0
 
     @property
     def blob_dir(self) -> Path:
@@ -62,6 +65,10 @@ class Settings(BaseSettings):
         "default: derived from the request.")
     max_upload_bytes: int = Field(
         50 * 1024 * 1024, gt=0, description="Largest accepted upload (photo or Bundle) in bytes; larger gets 413.")
+    min_free_mb: int = Field(
+        128, ge=0, description="Free space (MiB) the data folder keeps for the database and the audit trail: "
+        "an image that would leave less is refused (HTTP 507, DIMSE 0xA700), while reads, consent changes and "
+        "their audit events go on; 0: no reserve.")
     pseudonym_key: str | None = Field(
         None, description="Secret key for the keyed pseudonyms of the HRESCH view; default: a random key "
         "generated once and kept in the data dir (pseudonym.key).")
@@ -140,7 +147,8 @@ class Settings(BaseSettings):
 
     @property
     def store(self) -> StoreOptions:
-        return StoreOptions(database_url=self.resolved_database_url, data_dir=self.data_dir.resolve())
+        return StoreOptions(database_url=self.resolved_database_url, data_dir=self.data_dir.resolve(),
+                            min_free_bytes=self.min_free_mb * 1024 * 1024)
 
     @property
     def http(self) -> HttpOptions:

@@ -138,6 +138,14 @@ class StorageError(Transient):
     """The store failed; nothing was committed."""
 
 
+class InsufficientStorage(StorageError):
+    """The data folder's free space is below the reserve kept for the database and the audit
+    trail (ADAPTER_MIN_FREE_MB): new images are refused, nothing was stored (HTTP 507, DIMSE
+    0xA700). Reads, consent changes and their audit events go on in the reserve."""
+
+    issue_type = "no-store"
+
+
 class PolicyError(AdapterError):
     """The organisation's policy or a mapping table is invalid: start-up stops."""
 
@@ -158,6 +166,7 @@ __all__ = [
     "ConsentRequired",
     "Forbidden",
     "ImageTooLarge",
+    "InsufficientStorage",
     "InvalidInput",
     "InvalidResource",
     "NotAcceptable",

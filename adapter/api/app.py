@@ -7,14 +7,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
 from adapter.api.headers import NoStoreMiddleware
 from adapter.api.outcome import install_error_handlers
 from adapter.api.request_id import RequestIdMiddleware
-from adapter.api.routes import dicomweb, fhir, outbox, photos, wado_bulk, wado_uri
+from adapter.api.routes import dicomweb, fhir, health, outbox, photos, wado_bulk, wado_uri
 from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services
 
@@ -52,10 +52,7 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     app.include_router(dicomweb.router)
     app.include_router(wado_bulk.router)
     app.include_router(wado_uri.router)
-
-    @app.get("/health", include_in_schema=False)
-    async def health() -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+    app.include_router(health.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -41,6 +41,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.PreconditionFailed: 412,
     e.Transient: 503,
     e.StorageError: 503,
+    e.InsufficientStorage: 507,
     e.PolicyError: 500,
     e.ConfigurationError: 500,
 }

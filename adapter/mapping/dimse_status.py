@@ -8,7 +8,8 @@ pynetdicom (STYLE §1).
 Statuses (PS3.4 B.2.3 Storage Service Class; PS3.7 Annex C general statuses):
 
 * ``0xA700`` Refused: Out of Resources: the store is busy or failed (nothing was kept; the
-  sender may retry), or the object is too costly to take (too many pixels, too large).
+  sender may retry), the data folder is down to its free-space reserve, or the object is too
+  costly to take (too many pixels, too large).
 * ``0xA900`` Error: Data Set does not match SOP Class: the dataset is not what its SOP class
   requires (a Type 1 attribute missing, a structure the IOD forbids, a SOP Class or SOP Instance
   UID in the dataset that differs from the C-STORE request's).
@@ -60,6 +61,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.PreconditionFailed: PROCESSING_FAILURE,
     e.Transient: OUT_OF_RESOURCES,
     e.StorageError: OUT_OF_RESOURCES,
+    e.InsufficientStorage: OUT_OF_RESOURCES,
     e.PolicyError: PROCESSING_FAILURE,
     e.ConfigurationError: PROCESSING_FAILURE,
 }

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from adapter.config import StoreOptions
-from adapter.errors import InvalidInput, NotFound, StorageError
+from adapter.errors import InsufficientStorage, InvalidInput, NotFound, StorageError
 from adapter.files import read_range
 
 _log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class FileBlobStore:
     def __init__(self, options: StoreOptions, *, stale_after_seconds: float = STALE_STAGING_SECONDS) -> None:
         self._blob_dir = options.blob_dir.resolve()
         self._staging_dir = options.staging_dir.resolve()
+        self._reserve = max(0, options.min_free_bytes)
         try:
             self._blob_dir.mkdir(parents=True, exist_ok=True)
             self._staging_dir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,33 @@ class FileBlobStore:
     @property
     def staging_dir(self) -> Path:
         return self._staging_dir
+
+    @property
+    def reserve_bytes(self) -> int:
+        """The free space kept for the database and the audit trail (0: none)."""
+        return self._reserve
+
+    def free_bytes(self) -> int:
+        """Bytes free for the adapter on the blobs' file system (not counting the part only
+        root may use). Raises OSError when the file system cannot be asked."""
+        st = os.statvfs(self._blob_dir)
+        return st.f_bavail * st.f_frsize
+
+    def ensure_room(self, incoming: int = 0) -> None:
+        """Refuse (InsufficientStorage) a new image of ``incoming`` bytes, not yet written, when
+        it would leave less free than the reserve, or when the reserve is already reached. The
+        reserve keeps the database and the audit trail writable on a filling disk: reads, and
+        the consent changes a patient asks for, must never wait for photos to be moved away."""
+        if self._reserve <= 0:
+            return
+        try:
+            free = self.free_bytes()
+        except OSError as exc:
+            raise StorageError("cannot read the free space of the data folder") from exc
+        if free - max(0, incoming) < self._reserve:
+            raise InsufficientStorage(
+                "the data folder is down to the free space it keeps for the database and the audit trail "
+                "(ADAPTER_MIN_FREE_MB): no new image is stored; reads and consent changes go on")
 
     def new_staging_path(self) -> Path:
         """A fresh path in the staging folder (same file system as the blobs)."""
@@ -117,6 +145,10 @@ class FileBlobStore:
             if target.is_file():
                 staged.unlink(missing_ok=True)
                 return target
+            # New bytes, on the disk already: refused once the reserve is reached (the caller
+            # discards them, and nothing of the record is written). Bytes stored before are not
+            # (above), so a retry is still answered with its receipt.
+            self.ensure_room()
             _fsync_file(staged)
             created_in = self._make_dirs(target.parent)
             os.replace(staged, target)

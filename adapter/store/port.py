@@ -57,6 +57,17 @@ class BlobStore(Protocol):
     def new_staging_path(self) -> Path:
         """A fresh path in the staging folder (same file system as the blobs)."""
 
+    @property
+    def reserve_bytes(self) -> int:
+        """The free space kept for the database and the audit trail (0: none)."""
+
+    def free_bytes(self) -> int:
+        """Bytes free on the blobs' file system (OSError when it cannot be asked)."""
+
+    def ensure_room(self, incoming: int = 0) -> None:
+        """Raise InsufficientStorage when ``incoming`` more bytes would leave less free than
+        the reserve (commit checks it too)."""
+
     def commit(self, staged: Path, sha256: str) -> Path:
         """fsync ``staged``, move it to its content address, fsync the folder; return the final
         path. If the blob exists already, ``staged`` is removed. Idempotent."""
@@ -201,5 +212,8 @@ class RecordStore(Protocol):
 
     def outbox_counts(self) -> dict[str, int]:
         """How many outbox items are in each status (the statuses with none left out)."""
+
+    def ping(self) -> int:
+        """The schema version, read from the database: it answers (readiness)."""
 
     def close(self) -> None: ...

@@ -50,6 +50,7 @@ from adapter.store.schema import (
     receipts,
     resource_history,
     resources,
+    schema_version,
     tokens,
 )
 from adapter.store.search import search_statement
@@ -674,6 +675,11 @@ class SqlRecordStore:
             statement = statement.where(_o.status == status)
         with self._read() as conn:
             return [outbox_item_from(row) for row in conn.execute(statement).mappings()]
+
+    def ping(self) -> int:
+        """The schema version, read through a pooled connection: the store answers (readiness)."""
+        with self._read() as conn:
+            return int(conn.execute(select(func.max(schema_version.c.version))).scalar() or 0)
 
     def close(self) -> None:
         """Close every pooled connection."""

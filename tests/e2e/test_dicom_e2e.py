@@ -57,6 +57,14 @@ def test_storescu_to_the_running_adapter(server: RunningAdapter, tmp_path: Path)
     assert storescu(server.dicom_port, "ADAPTER", [pdf], jpeg=False).returncode == 0
 
     with httpx.Client(base_url=server.url, timeout=30) as http:
+        # readiness sees the store, the data folder and the SCP of this process
+        ready = http.get("/health/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.headers["content-type"].startswith("application/health+json")
+        assert ready.json()["status"] == "pass"
+        assert {name: c[0]["status"] for name, c in ready.json()["checks"].items()} == {
+            "database:responseTime": "pass", "storage:freeSpace": "pass", "dicom:listener": "pass"}
+
         [media] = _find(http, "Media", sent_sc.SOPInstanceUID)
         assert media["subject"]["identifier"] == PATIENT
         image = http.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "image/*"})

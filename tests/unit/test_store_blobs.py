@@ -10,15 +10,21 @@ from pathlib import Path
 import pytest
 
 from adapter.config import StoreOptions
-from adapter.errors import InvalidInput, NotFound, StorageError
+from adapter.errors import InsufficientStorage, InvalidInput, NotFound, StorageError
 from adapter.store import blobs as blobs_module
 from adapter.store.blobs import FileBlobStore
 
 pytestmark = pytest.mark.unit
 
 
-def make_store(tmp_path: Path) -> FileBlobStore:
-    return FileBlobStore(StoreOptions(database_url="sqlite:///unused.db", data_dir=tmp_path / "data"))
+def make_store(tmp_path: Path, *, min_free_bytes: int = 0) -> FileBlobStore:
+    return FileBlobStore(StoreOptions(database_url="sqlite:///unused.db", data_dir=tmp_path / "data",
+                                      min_free_bytes=min_free_bytes))
+
+
+def free_here(tmp_path: Path) -> int:
+    st = os.statvfs(tmp_path)
+    return st.f_bavail * st.f_frsize
 
 
 def stage(store: FileBlobStore, content: bytes) -> tuple[Path, str]:
@@ -153,3 +159,47 @@ def test_stale_staged_files_are_removed_on_start(tmp_path: Path) -> None:
     make_store(tmp_path)
     assert not stale.exists()
     assert fresh.exists()
+
+
+MIB = 1024 * 1024
+
+
+def test_free_space_is_what_statvfs_says_is_available(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    assert abs(store.free_bytes() - free_here(tmp_path)) < 64 * MIB  # the rest of the machine writes too
+    assert store.reserve_bytes == 0
+    store.ensure_room(10**18)  # no reserve: never refused here (the write itself may fail)
+
+
+def test_ensure_room_counts_the_incoming_bytes_against_the_reserve(tmp_path: Path) -> None:
+    reserve = max(MIB, free_here(tmp_path) - 512 * MIB)  # ~512 MiB above the reserve now
+    store = make_store(tmp_path, min_free_bytes=reserve)
+    assert store.reserve_bytes == reserve
+    store.ensure_room(0)
+    store.ensure_room(MIB)
+    with pytest.raises(InsufficientStorage) as refused:
+        store.ensure_room(2048 * MIB)
+    assert refused.value.issue_type == "no-store"
+    assert "ADAPTER_MIN_FREE_MB" in refused.value.diagnostics
+
+
+def test_commit_of_new_bytes_below_the_reserve_is_refused_and_leaves_them_staged(tmp_path: Path) -> None:
+    """The caller discards what it staged (every ingest does); the bytes never reach an address."""
+    store = make_store(tmp_path, min_free_bytes=free_here(tmp_path) + 1024 * MIB)
+    staged, sha = stage(store, b"new photo bytes")
+    with pytest.raises(InsufficientStorage):
+        store.commit(staged, sha)
+    assert not store.exists(sha)
+    assert staged.exists()
+    store.discard(staged)
+
+
+def test_bytes_stored_before_are_committed_below_the_reserve(tmp_path: Path) -> None:
+    """A retry of a stored photo takes no new space, and gets its receipt rather than a refusal."""
+    roomy = make_store(tmp_path)
+    staged, sha = stage(roomy, b"stored while there was room")
+    roomy.commit(staged, sha)
+    full = make_store(tmp_path, min_free_bytes=free_here(tmp_path) + 1024 * MIB)
+    again, _ = stage(full, b"stored while there was room")
+    assert full.commit(again, sha) == roomy.path(sha)
+    assert not again.exists()

@@ -1,0 +1,62 @@
+"""``GET /health`` (liveness: the process answers) and ``GET /health/ready`` (readiness: the
+database, the data folder and the DICOM SCP can take work; adapter.services.readiness), for
+orchestrators and load balancers. Neither says anything about a patient."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import partial
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from adapter import __version__
+from adapter.api.deps import get_services
+from adapter.services.readiness import (
+    FAIL,
+    Check,
+    check_database,
+    check_dicom_listener,
+    check_storage,
+    health_document,
+)
+
+router = APIRouter()
+
+#: application/health+json (draft-inadarei-api-health-check)
+HEALTH_JSON = "application/health+json"
+#: How long one check may take before it counts as failed (a database that does not answer
+#: within it is not ready; its thread is left to finish on its own).
+CHECK_TIMEOUT_SECONDS = 3.0
+
+
+@router.get("/health", include_in_schema=False)
+async def health() -> JSONResponse:
+    """Liveness: the process serves HTTP. Nothing else is looked at (a database outage must
+    not get a healthy process restarted)."""
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+async def _run(check: Callable[[], Check], name: str, component_type: str) -> Check:
+    with anyio.move_on_after(CHECK_TIMEOUT_SECONDS):
+        return await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
+    return Check(name, FAIL, component_type, output=f"no answer within {CHECK_TIMEOUT_SECONDS:g} s")
+
+
+@router.get("/health/ready", include_in_schema=False)
+async def ready(request: Request) -> Response:
+    """Readiness: 200 when every check passes or only warns (the data folder is down to its
+    reserve: reads go on, new images are refused), 503 when one fails; the checks in the body."""
+    services = get_services(request)
+    settings = services.settings
+    checks = [
+        await _run(partial(check_database, services.store), "database:responseTime", "datastore"),
+        await _run(partial(check_storage, services.blobs), "storage:freeSpace", "system"),
+    ]
+    if settings.dicom_enabled:
+        checks.append(await _run(partial(check_dicom_listener, settings.dicom_host, settings.dicom_port),
+                                 "dicom:listener", "component"))
+    body = health_document(checks, version=__version__, now=services.now)
+    return Response(json.dumps(body), status_code=503 if body["status"] == FAIL else 200, media_type=HEALTH_JSON)

@@ -1,0 +1,110 @@
+"""Readiness: can this process take work now? What an orchestrator (a Kubernetes readinessProbe,
+Docker's HEALTHCHECK, a load balancer) asks of ``GET /health/ready``, answered in the shape of
+the IETF draft "Health Check Response Format for HTTP APIs" (draft-inadarei-api-health-check:
+``status`` pass | warn | fail, ``checks`` by ``component:measurement``).
+
+- ``database:responseTime``: the record store answers a read of its schema version;
+- ``storage:freeSpace``: the data folder's staging folder is writable, and its free space is
+  above the reserve (ADAPTER_MIN_FREE_MB); below it is a warning, not a failure: reads, consent
+  changes and their audit go on, only new images are refused (HTTP 507, DIMSE 0xA700);
+- ``dicom:listener``: the DICOM SCP accepts a TCP connection on its port (when it is enabled;
+  it may run in another process than the HTTP worker asking).
+
+Any ``fail`` makes the whole ``fail`` (HTTP 503); else any ``warn`` a ``warn``; both answer with
+the checks, and nothing about a patient.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from adapter.errors import AdapterError
+from adapter.store.port import BlobStore, RecordStore
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+_ORDER = {PASS: 0, WARN: 1, FAIL: 2}
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Check:
+    """One measurement of one component (the draft's "check object")."""
+
+    name: str  # component:measurement
+    status: str
+    component_type: str
+    observed_value: float | int | None = None
+    observed_unit: str | None = None
+    output: str | None = None  # why it is not ``pass``; never patient data
+
+
+def _elapsed_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 1)
+
+
+def check_database(store: RecordStore) -> Check:
+    start = time.perf_counter()
+    try:
+        store.ping()
+    except AdapterError as exc:
+        return Check("database:responseTime", FAIL, "datastore", _elapsed_ms(start), "ms", exc.diagnostics)
+    except Exception as exc:  # noqa: BLE001 - a check reports, it does not raise
+        return Check("database:responseTime", FAIL, "datastore", _elapsed_ms(start), "ms", type(exc).__name__)
+    return Check("database:responseTime", PASS, "datastore", _elapsed_ms(start), "ms")
+
+
+def check_storage(blobs: BlobStore) -> Check:
+    name = "storage:freeSpace"
+    if not os.access(blobs.staging_dir, os.W_OK | os.X_OK):
+        return Check(name, FAIL, "system", output="the staging folder is not writable")
+    try:
+        free = blobs.free_bytes()
+    except OSError:
+        return Check(name, FAIL, "system", output="the free space of the data folder cannot be read")
+    free_mib = free // _MIB
+    if free < blobs.reserve_bytes:
+        return Check(name, WARN, "system", free_mib, "MiB",
+                     f"below the reserve of {blobs.reserve_bytes // _MIB} MiB: new images are refused")
+    return Check(name, PASS, "system", free_mib, "MiB")
+
+
+def _connect_address(host: str) -> str:
+    """Where to reach a listener bound to ``host``: a wildcard address is reached on loopback."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def check_dicom_listener(host: str, port: int, timeout: float = 2.0) -> Check:
+    """A TCP connection to the SCP, closed at once (pynetdicom drops it quietly, no association)."""
+    start = time.perf_counter()
+    try:
+        with socket.create_connection((_connect_address(host), port), timeout=timeout):
+            pass
+    except OSError:
+        return Check("dicom:listener", FAIL, "component", _elapsed_ms(start), "ms",
+                     "the DICOM SCP does not accept connections")
+    return Check("dicom:listener", PASS, "component", _elapsed_ms(start), "ms")
+
+
+def overall(checks: Sequence[Check]) -> str:
+    return max((c.status for c in checks), key=_ORDER.__getitem__, default=PASS)
+
+
+def health_document(checks: Sequence[Check], *, version: str, now: Callable[[], datetime]) -> dict[str, Any]:
+    """The application/health+json body."""
+    at = now().isoformat().replace("+00:00", "Z")
+    body: dict[str, Any] = {"status": overall(checks), "version": version, "checks": {}}
+    for check in checks:
+        item: dict[str, Any] = {"componentType": check.component_type, "status": check.status, "time": at}
+        if check.observed_value is not None:
+            item["observedValue"] = check.observed_value
+            item["observedUnit"] = check.observed_unit
+        if check.output:
+            item["output"] = check.output
+        body["checks"].setdefault(check.name, []).append(item)
+    return body
