@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 import socket
+from datetime import UTC, datetime
 
 import pytest
 
