@@ -1,4 +1,6 @@
-"""``python -m adapter serve``: build settings, services, then run the HTTP API and the DICOM SCP."""
+"""``python -m adapter serve``: build settings, services, then run the HTTP API and the DICOM SCP.
+``check`` validates the settings, policy and tables; ``audit`` exports the audit trail; ``verify``
+checks that every image the records refer to is stored, whole."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import signal
 import sys
 import threading
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -173,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--limit", type=int, metavar="N", help="at most N events")
     audit.add_argument("--purpose", default="HOPERAT",
                        help="the purpose of use of the export, a v3-ActReason code (default HOPERAT)")
+    verify = sub.add_parser("verify", help="check that every image the records refer to is stored, whole; exit 1 "
+                                           "if not (after restoring a backup, say)")
+    verify.add_argument("--digests", action="store_true",
+                        help="also re-hash every image and compare it with the SHA-256 it is stored under (reads "
+                             "every image once)")
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -192,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "audit":
         return _export_audit(settings, args)
+    if args.command == "verify":
+        return _verify(settings, digests=args.digests)
     return serve(settings)
 
 
@@ -238,6 +248,40 @@ def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
         services.close()
     print(f"{count} AuditEvent(s); last sequence number {last} (continue with --after {last})", file=sys.stderr)
     return 0
+
+
+def _verify(settings: Settings, *, digests: bool) -> int:
+    """``python -m adapter verify``: the findings (logical ids only) and a summary on standard
+    output; exit 0 when every referenced image is there (and intact), 1 when not, 2 when the
+    store cannot be opened."""
+    from adapter.services.verify import verify_store
+    from adapter.store import open_store
+
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        # opening it would create an empty store, and verify it: a restore to the wrong place
+        # must not pass as a clean one
+        print(f"no database at {url.removeprefix('sqlite:///')} (ADAPTER_DATA_DIR, ADAPTER_DATABASE_URL)",
+              file=sys.stderr)
+        return 2
+    try:
+        store, blobs = open_store(settings.store)
+    except AdapterError as exc:
+        print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
+        return 2
+    try:
+        report = verify_store(store, blobs, digests=digests)
+    except AdapterError as exc:
+        print(f"verify failed: {exc.diagnostics}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    for finding in report.findings:
+        print(f"{finding.owner}: image {finding.sha256[:16]}… {finding.problem}")
+    checked = f", {report.digests_checked} re-hashed" if digests else " (sizes only; --digests re-hashes them)"
+    print(f"{report.references} reference(s) to {report.blobs} stored image(s){checked}; "
+          f"{len(report.findings)} problem(s); {report.unreferenced} image(s) no record refers to")
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

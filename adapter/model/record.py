@@ -89,3 +89,14 @@ class IngestUnit:
     dicom_instance: DicomInstance | None = None       # the SOP instance of this record, if any
     released_uids: list[ReleasedUids] = field(default_factory=list)  # its UIDs in the restricted views
     outbox: list[NewOutboxItem] = field(default_factory=list)  # forwarding, committed with the record
+
+
+@dataclass(frozen=True)
+class BlobReference:
+    """Where the store says image bytes are: the resource (or the DICOM object as received, of
+    a record) naming blob ``sha256``, whole or the range ``offset``/``length`` of it."""
+
+    owner: str  # "Binary/<id>", "Media/<id>", or "DICOM object of Media/<id>": logical ids only
+    sha256: str
+    offset: int | None = None
+    length: int | None = None

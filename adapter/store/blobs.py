@@ -12,11 +12,12 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from adapter.config import StoreOptions
 from adapter.errors import InsufficientStorage, InvalidInput, NotFound, StorageError
-from adapter.files import read_range
+from adapter.files import file_sha256, read_range
 
 _log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -208,3 +209,32 @@ class FileBlobStore:
 
     def exists(self, sha256: str) -> bool:
         return bool(_SHA256.match(sha256)) and self._address(sha256).is_file()
+
+    def size(self, sha256: str) -> int | None:
+        """The size of a committed blob in bytes; None if there is none at that address."""
+        if not _SHA256.match(sha256):
+            return None
+        try:
+            return self._address(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError("could not read the stored image bytes") from exc
+
+    def digest(self, sha256: str) -> str:
+        """The SHA-256 of the bytes at address ``sha256``, computed afresh (equal to it unless
+        the file was damaged). NotFound if absent."""
+        path = self.path(sha256)
+        try:
+            return file_sha256(path)
+        except OSError as exc:
+            raise StorageError("could not read the stored image bytes") from exc
+
+    def iter_addresses(self) -> Iterator[str]:
+        """The address of every blob file stored, in no particular order."""
+        for shard in self._blob_dir.iterdir():
+            if not shard.is_dir():
+                continue
+            for sub in shard.iterdir():
+                if sub.is_dir():
+                    yield from (f.name for f in sub.iterdir() if f.is_file() and _SHA256.match(f.name))

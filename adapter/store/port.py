@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from adapter.model.dicom import DicomInstance, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
-from adapter.model.record import IndexRow, IngestUnit, NewResource, StoredResource
+from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, StoredResource
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,15 @@ class BlobStore(Protocol):
         """The bytes of a committed blob, or its (offset, length) range (NotFound if absent)."""
 
     def exists(self, sha256: str) -> bool: ...
+
+    def size(self, sha256: str) -> int | None:
+        """The size of a committed blob; None if absent."""
+
+    def digest(self, sha256: str) -> str:
+        """The SHA-256 of a committed blob's bytes, computed afresh (NotFound if absent)."""
+
+    def iter_addresses(self) -> Iterator[str]:
+        """The address of every blob stored."""
 
 
 class RecordStore(Protocol):
@@ -215,5 +224,8 @@ class RecordStore(Protocol):
 
     def ping(self) -> int:
         """The schema version, read from the database: it answers (readiness)."""
+
+    def iter_blob_references(self, batch: int = 1000) -> Iterator[BlobReference]:
+        """Every blob the store refers to (python -m adapter verify)."""
 
     def close(self) -> None: ...

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from adapter.errors import Conflict, NotFound, StorageError
 from adapter.model.dicom import DicomInstance, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
-from adapter.model.record import IndexRow, IngestUnit, NewResource, StoredResource
+from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, StoredResource
 from adapter.store.dates import now_instant, to_utc
 from adapter.store.engine import WRITE, create_store_engine, prepare_database
 from adapter.store.inserts import CompiledInserts
@@ -675,6 +675,35 @@ class SqlRecordStore:
             statement = statement.where(_o.status == status)
         with self._read() as conn:
             return [outbox_item_from(row) for row in conn.execute(statement).mappings()]
+
+    def iter_blob_references(self, batch: int = 1000) -> Iterator[BlobReference]:
+        """Every blob the store refers to: current resources with bytes, then the DICOM objects
+        as received; a batch at a time, each batch in its own short read."""
+        after: tuple[str, str] = ("", "")
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(
+                    select(_r.resource_type, _r.id, _r.blob_sha256, _r.blob_offset, _r.blob_length)
+                    .where(_r.blob_sha256.is_not(None),
+                           or_(_r.resource_type > after[0], and_(_r.resource_type == after[0], _r.id > after[1])))
+                    .order_by(_r.resource_type, _r.id).limit(batch)).all()
+            for rtype, rid, sha, offset, length in rows:
+                yield BlobReference(f"{rtype}/{rid}", sha, offset, length)
+            if len(rows) < batch:
+                break
+            after = (rows[-1][0], rows[-1][1])
+        last = ""
+        while True:
+            with self._read() as conn:
+                objects = conn.execute(
+                    select(_d.sop_instance_uid, _d.record_type, _d.record_id, _d.blob_sha256)
+                    .where(_d.blob_sha256.is_not(None), _d.sop_instance_uid > last)
+                    .order_by(_d.sop_instance_uid).limit(batch)).all()
+            for _uid, rtype, rid, sha in objects:
+                yield BlobReference(f"DICOM object of {rtype}/{rid}", sha)
+            if len(objects) < batch:
+                break
+            last = objects[-1][0]
 
     def ping(self) -> int:
         """The schema version, read through a pooled connection: the store answers (readiness)."""

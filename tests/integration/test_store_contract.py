@@ -23,7 +23,7 @@ from adapter.config import StoreOptions
 from adapter.errors import ConfigurationError, Conflict, InvalidInput, NotFound, NotSupported, StorageError
 from adapter.model.dicom import DicomInstance, NewOutboxItem, ReleasedUids
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
-from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
+from adapter.model.record import AccessFacts, BlobReference, IngestUnit, NewResource, SearchIndex
 from adapter.store import (
     DateCriterion,
     FileBlobStore,
@@ -1260,3 +1260,24 @@ def test_schema_is_postgresql_only(tmp_path: Path) -> None:
         SqlRecordStore(f"sqlite:///{tmp_path / 'a.db'}", schema="x")
     with pytest.raises(ConfigurationError):
         SqlRecordStore(PG_URL, schema='bad"; DROP')
+
+
+def test_iter_blob_references_walks_every_resource_and_received_object_in_batches(store: SqlRecordStore) -> None:
+    units = [make_dicom_unit() for _ in range(3)]
+    units.append(make_unit())  # a photo: no received object
+    for unit in units:
+        store.save_ingest(unit)
+    expected = set()
+    for unit in units:
+        for r in unit.resources:
+            if r.blob_sha256:
+                offset, length = r.blob_range if r.blob_range else (None, None)
+                expected.add(BlobReference(f"{r.resource_type}/{r.id}", r.blob_sha256, offset, length))
+        if unit.dicom_instance is not None and unit.dicom_instance.blob_sha256:
+            expected.add(BlobReference(f"DICOM object of Media/{unit.dicom_instance.record_id}",
+                                       unit.dicom_instance.blob_sha256))
+    assert len(expected) == 4 * 2 + 3
+    for batch in (1, 2, 1000):  # keyset pages of every size end where they should
+        found = list(store.iter_blob_references(batch=batch))
+        assert len(found) == len(expected) and set(found) == expected
+    assert store.ping() >= 9

@@ -1,0 +1,100 @@
+"""End to end: ``python -m adapter verify`` as its own process, on a store holding a photo and a
+DICOM object received by the SCP, finds an image file removed and one damaged (as after a bad
+restore or a disk incident), names the records by logical id only, and exits 1; on a sound store
+it exits 0; pointed at a folder with no store it refuses rather than verify an empty new one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from adapter.dicom import AeOptions, StoreSCP
+from adapter.dicom.status import SUCCESS
+from adapter.services.verify import DAMAGED, MISSING, verify_store
+from tests.conftest import ROOT
+from tests.support.app import PATIENT, adapter_client, metadata, post_photo
+from tests.support.dicom_files import pynet_store, sc_file
+
+
+def _verify(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_POLICY=str(tmp_path / "policy.yaml"),
+               ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
+    return subprocess.run([sys.executable, "-m", "adapter", "verify", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def _blob(data: Path, sha256: str) -> Path:
+    return data / "blobs" / sha256[:2] / sha256[2:4] / sha256
+
+
+def test_verify_finds_missing_and_damaged_images(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with adapter_client(tmp_path) as (client, services):
+        wound = post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).json()
+        lesion = post_photo(client, ROOT / "samples" / "lesion.png", metadata(), content_type="image/png").json()
+        scp = StoreSCP(AeOptions(port=0, allowed_ae_titles=("PYNETSCU",)), services.dicom_ingest)
+        scp.start()
+        try:
+            sent = sc_file(tmp_path / "sc.dcm")
+            assert pynet_store(scp.port, tmp_path / "sc.dcm", chunked=True).Status == SUCCESS
+        finally:
+            scp.stop()
+        instance = services.store.find_dicom_instance(sent.SOPInstanceUID)
+        assert instance is not None and instance.blob_sha256
+        sound = verify_store(services.store, services.blobs, digests=True)
+        # each photo: its record and Binary; the DICOM object: itself, its record and the Binary that
+        # is a byte range of it
+        assert sound.ok and sound.references == 7 and sound.blobs == 3 and sound.digests_checked == 3
+
+    done = _verify(tmp_path, "--digests")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "7 reference(s) to 3 stored image(s), 3 re-hashed; 0 problem(s)" in done.stdout
+
+    # the wound photo's file is lost, one byte of the received DICOM object is flipped
+    _blob(data, wound["sha256"]["stored"]).unlink()
+    damaged = _blob(data, instance.blob_sha256)
+    raw = bytearray(damaged.read_bytes())
+    raw[200] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+
+    quick = _verify(tmp_path)  # sizes only: the missing file, not the flipped byte
+    assert quick.returncode == 1, quick.stdout + quick.stderr
+    assert f"{wound['binary']}: image {wound['sha256']['stored'][:16]}… {MISSING}" in quick.stdout
+    assert f"{wound['record']}: image" in quick.stdout
+    assert DAMAGED not in quick.stdout
+
+    full = _verify(tmp_path, "--digests")
+    assert full.returncode == 1
+    lines = full.stdout.splitlines()
+    assert sum(MISSING in line for line in lines) == 2  # the record and its Binary
+    broken = sorted(line.split(": image")[0] for line in lines if DAMAGED in line)
+    assert broken[0].startswith("Binary/") and broken[1:] == [
+        f"DICOM object of Media/{instance.record_id}", f"Media/{instance.record_id}"]
+    assert lesion["binary"] not in full.stdout  # intact
+    assert "7 reference(s) to 3 stored image(s), 2 re-hashed; 5 problem(s)" in full.stdout
+    assert PATIENT["value"] not in full.stdout + full.stderr
+
+
+def test_verify_counts_images_no_record_refers_to(tmp_path: Path) -> None:
+    """A crash between a blob's commit and the database's leaves an image nobody refers to:
+    counted, not a problem."""
+    with adapter_client(tmp_path) as (client, services):
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+        staged = services.blobs.new_staging_path()
+        staged.write_bytes(b"committed, then the process died before the database commit")
+        services.blobs.commit(staged, hashlib.sha256(staged.read_bytes()).hexdigest())
+    done = _verify(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 problem(s); 1 image(s) no record refers to" in done.stdout
+
+
+def test_verify_refuses_a_folder_with_no_store(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text((ROOT / "mappings" / "policy.yaml").read_text())
+    done = _verify(tmp_path)
+    assert done.returncode == 2
+    assert "no database at" in done.stderr
+    assert not (tmp_path / "data" / "adapter.db").exists()
