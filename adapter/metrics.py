@@ -65,17 +65,42 @@ class _Outbox(Collector):
         yield family
 
 
-def exposition(outbox_counts: Callable[[], Mapping[str, int]]) -> bytes:
-    """The metrics of this process (or, in multiprocess mode, of every process), then the outbox."""
+class _DataFolder(Collector):
+    """The data folder's free space and the reserve below which new images are refused
+    (ADAPTER_MIN_FREE_MB), read when scraped: alert before ingest stops, not when it has."""
+
+    def __init__(self, free_bytes: Callable[[], int], reserve_bytes: int) -> None:
+        self._free_bytes = free_bytes
+        self._reserve_bytes = reserve_bytes
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            free = self._free_bytes()
+        except OSError:
+            free = None
+        if free is not None:
+            yield GaugeMetricFamily("adapter_data_free_bytes", "Bytes free on the data folder's file system",
+                                    value=free)
+        yield GaugeMetricFamily("adapter_data_reserve_bytes",
+                                "Free space kept for the database and the audit trail: below it new images are "
+                                "refused", value=self._reserve_bytes)
+
+
+def exposition(outbox_counts: Callable[[], Mapping[str, int]], free_bytes: Callable[[], int] | None = None,
+               reserve_bytes: int = 0) -> bytes:
+    """The metrics of this process (or, in multiprocess mode, of every process), then the
+    outbox and the data folder's free space."""
     if os.environ.get(MULTIPROCESS_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         counters = generate_latest(registry)
     else:
         counters = generate_latest(REGISTRY)
-    outbox = CollectorRegistry()
-    outbox.register(_Outbox(outbox_counts))
-    return counters + generate_latest(outbox)
+    scraped = CollectorRegistry()
+    scraped.register(_Outbox(outbox_counts))
+    if free_bytes is not None:
+        scraped.register(_DataFolder(free_bytes, reserve_bytes))
+    return counters + generate_latest(scraped)
 
 
 __all__ = ["ASSOCIATIONS", "CONTENT_TYPE", "C_STORES", "DECISIONS", "HTTP_RESPONSES", "HTTP_SECONDS", "INGESTS",

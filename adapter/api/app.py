@@ -57,8 +57,9 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         """Prometheus metrics (adapter.metrics): counts by route, purpose, outcome and status,
-        and the outbox by status; nothing about a patient."""
-        body = await run_in_threadpool(exposition, services.store.outbox_counts)
+        the outbox by status and the data folder's free space; nothing about a patient."""
+        body = await run_in_threadpool(exposition, services.store.outbox_counts, services.blobs.free_bytes,
+                                       services.blobs.reserve_bytes)
         return Response(content=body, media_type=CONTENT_TYPE)
 
     return app

@@ -44,6 +44,11 @@ def test_metrics_count_ingests_decisions_and_responses_by_template(tmp_path: Pat
         }
         assert {k: after[k] - before[k] for k in before} == {"stored": 1, "replayed": 1, "permit": 1, "deny": 1}
         assert "# TYPE adapter_outbox_items gauge" in text
+        # the data folder's free space beside the reserve (128 MiB by default): alert before ingest stops
+        values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                  if line.startswith(("adapter_data_free_bytes ", "adapter_data_reserve_bytes "))}
+        assert values["adapter_data_reserve_bytes"] == 128 * 1024 * 1024
+        assert values["adapter_data_free_bytes"] > 0
         # labels are templates and codes: no identifier, no record id, no path
         record_id = receipt["record"].split("/")[1]
         for secret in (PATIENT["value"], record_id, receipt["sha256"]["stored"]):
