@@ -74,3 +74,23 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if key.startswith("ADAPTER_"):
             monkeypatch.delenv(key, raising=False)
     yield
+
+
+@pytest.fixture
+def pynetdicom_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """For a test that starts the adapter's SCP in this process: the process-wide switches it
+    sets (pynetdicom's chunked receive and send, pydicom's reading validation) and the spool
+    folder are restored after the test, so no later test runs under them."""
+    import tempfile
+
+    import pydicom
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", _config.STORE_SEND_CHUNKED_DATASET)
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
+                        pydicom.config.settings.reading_validation_mode)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    return spool

@@ -36,6 +36,7 @@ class _Param:
     name: str
     type: str
     documentation: str
+    definition: str | None = None  # the SearchParameter's canonical URL, when not the base spec's
 
 
 _ID = _Param("_id", "token", "Logical id of the resource.")
@@ -70,7 +71,19 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
               _Param("date", "date", "As `created`."), _TYPE, _MODALITY, _CATEGORY, _STATUS, _IDENTIFIER,
               _KIND, _COUNT, _SORT, _TOTAL),
     "DocumentReference": (*_COMMON, _Param("date", "date", "When the reference was created."), _TYPE,
-                          _CATEGORY, _STATUS, _IDENTIFIER, _MODALITY, _KIND, _COUNT, _SORT, _TOTAL),
+                          _CATEGORY, _STATUS, _IDENTIFIER, _MODALITY, _KIND,
+                          _Param("creation", "date", "When the document was photographed "
+                                 "(content.attachment.creation; IHE MHD ITI-67).",
+                                 "https://profiles.ihe.net/ITI/MHD/SearchParameter/DocumentReference-Creation"),
+                          _Param("security-label", "token", "Security label, e.g. the policy's confidentiality "
+                                 "`http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R`."),
+                          _Param("format", "token", "Format (content.format), e.g. "
+                                 "`http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode|urn:ihe:iti:xds:2017:"
+                                 "mimeTypeSufficient`."),
+                          _Param("setting", "token", "Practice setting (context.practiceSetting)."),
+                          _Param("facility", "token", "Facility type (context.facilityType)."),
+                          _Param("event", "token", "Main clinical act (context.event)."),
+                          _COUNT, _SORT, _TOTAL),
     "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS, _CATEGORY,
                 _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT, _SORT, _TOTAL),
     "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
@@ -116,7 +129,8 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
     }
     params = SEARCH_PARAMS.get(resource_type)
     if params:
-        out["searchParam"] = [{"name": p.name, "type": p.type, "documentation": p.documentation} for p in params]
+        out["searchParam"] = [{"name": p.name, **({"definition": p.definition} if p.definition else {}),
+                               "type": p.type, "documentation": p.documentation} for p in params]
     if resource_type in _INCLUDE:  # R5 has no Media
         out["searchInclude"] = [i for i in _INCLUDE[resource_type] if fhir_version == "4.0.1" or not i.endswith(":Media")]
     if resource_type in _REVINCLUDE:

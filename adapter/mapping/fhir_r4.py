@@ -214,14 +214,53 @@ def _kind_tokens(resource: Mapping[str, Any]) -> list[tuple[str, str | None, str
     return out
 
 
+#: The version of what record_to_index derives: a store holding records indexed by another
+#: version re-indexes them at start (RecordStore.reindex_records). Bump it with any change here.
+#: 2: creation, and the IHE MHD ITI-67 tokens security-label, format, setting, facility, event.
+RECORD_INDEX_VERSION = "records:2"
+
+
+def _coding_tokens(param: str, value: Any) -> list[tuple[str, str | None, str]]:
+    if isinstance(value, Mapping) and isinstance(value.get("code"), str):
+        system = value.get("system")
+        return [(param, system if isinstance(system, str) else None, value["code"])]
+    return []
+
+
+def _document_tokens(resource: Mapping[str, Any]) -> list[tuple[str, str | None, str]]:
+    """The IHE MHD ITI-67 tokens of a DocumentReference: security-label (securityLabel), format
+    (content.format), setting (context.practiceSetting), facility (context.facilityType), event
+    (context.event)."""
+    tokens = _concept_tokens("security-label", resource.get("securityLabel") or [])
+    for content in resource.get("content") or []:
+        if isinstance(content, Mapping):
+            tokens += _coding_tokens("format", content.get("format"))
+    context = resource.get("context")
+    if isinstance(context, Mapping):
+        tokens += _concept_tokens("setting", context.get("practiceSetting"))
+        tokens += _concept_tokens("facility", context.get("facilityType"))
+        tokens += _concept_tokens("event", context.get("event") or [])
+    return tokens
+
+
+def _attachment_creation(resource: Mapping[str, Any]) -> datetime | None:
+    for content in resource.get("content") or []:
+        attachment = content.get("attachment") if isinstance(content, Mapping) else None
+        if isinstance(attachment, Mapping) and isinstance(attachment.get("creation"), str):
+            return parse_fhir_datetime(attachment["creation"])
+    return None
+
+
 def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     """The SearchIndex of a Media or DocumentReference we built.
 
     Media: date = createdDateTime, else issued (https://hl7.org/fhir/R4/media.html#search);
+    creation = createdDateTime (its attachment's creation once it is an R5 DocumentReference);
     tokens type, modality, identifier, site, kind, source and ``category`` (the photo-kind
     coding: R4 Media has no category element, the kinds table's category is that coding).
-    DocumentReference: date = date; tokens type, category, identifier (and masterIdentifier),
-    kind, source.
+    DocumentReference: date = date; creation = content.attachment.creation (IHE MHD); tokens
+    type, category, identifier (and masterIdentifier), kind, source and the ITI-67 ones
+    (:func:`_document_tokens`).
     """
     rtype = resource.get("resourceType")
     patient, patient_ref = _patient_of(resource.get("subject"))
@@ -229,8 +268,8 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     tokens += _identifier_tokens(resource.get("identifier") or [])
     tokens += _concept_tokens("type", resource.get("type"))
     if rtype == "Media":
-        when = (parse_fhir_datetime(resource.get("createdDateTime"))
-                or parse_fhir_datetime(resource.get("issued")))
+        created = parse_fhir_datetime(resource.get("createdDateTime"))
+        when = created or parse_fhir_datetime(resource.get("issued"))
         tokens += _concept_tokens("modality", resource.get("modality"))
         tokens += _concept_tokens("site", resource.get("bodySite"))
         kind = extension_code(resource, EXT_PHOTO_KIND)
@@ -238,14 +277,17 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
             tokens.append(("category", PHOTO_KIND_SYSTEM, kind))
     elif rtype == "DocumentReference":
         when = parse_fhir_datetime(resource.get("date"))
+        created = _attachment_creation(resource)
         tokens += _concept_tokens("category", resource.get("category") or [])
         tokens += _identifier_tokens(resource.get("masterIdentifier") or [])
+        tokens += _document_tokens(resource)
     else:
         raise ValueError(f"not a photo record: {rtype}")
     tokens += _kind_tokens(resource)
     status = resource.get("status")
     return SearchIndex(patient=patient, patient_reference=patient_ref, date=_aware_utc(when),
-                       status=status if isinstance(status, str) else None, tokens=tuple(tokens))
+                       status=status if isinstance(status, str) else None, tokens=tuple(tokens),
+                       creation=_aware_utc(created))
 
 
 def consent_to_index(resource: Mapping[str, Any]) -> SearchIndex:
@@ -344,7 +386,7 @@ def purpose_coding(code: str, purposes: Mapping[str, Any] | None = None) -> JSON
 
 
 __all__ = [
-    "JSON", "audit_event_to_index", "coding", "concept", "consent_to_index", "display_reference",
+    "JSON", "RECORD_INDEX_VERSION", "audit_event_to_index", "coding", "concept", "consent_to_index", "display_reference",
     "extension", "extension_code", "fhir_date", "fhir_datetime", "fhir_instant", "find_extension",
     "identifier", "index_resource", "parse_fhir_datetime", "patient_reference", "provenance_to_index",
     "purpose_coding", "record_to_index", "reference",

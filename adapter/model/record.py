@@ -36,6 +36,7 @@ class SearchIndex:
     date: datetime | None = None
     status: str | None = None
     tokens: tuple[tuple[str, str | None, str], ...] = ()  # (param, system, code)
+    creation: datetime | None = None  # the attachment's creation (IHE MHD ``creation``)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from adapter.config import Settings
 from adapter.mapping.dicom_tables import load_dicom_tables
 from adapter.mapping.dicom_uids import check_uid_root
+from adapter.mapping.fhir_r4 import RECORD_INDEX_VERSION, index_resource
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables, load_tables
 from adapter.model.purpose import RequestContext
@@ -132,6 +133,9 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     tables = load_tables(settings.resolved_mappings_dir, settings.policy)
     dicom_tables = load_dicom_tables(settings.resolved_mappings_dir / "dicom.yaml")
     store, blobs = open_store(settings.store)
+    reindexed = store.reindex_records(RECORD_INDEX_VERSION, index_resource)
+    if reindexed:
+        _log.info("re-indexed the search values of %d record(s) (%s)", reindexed, RECORD_INDEX_VERSION)
     auditor = Auditor(store, now)
     pseudonym_key = _pseudonym_key(settings)
     pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)

@@ -4,6 +4,7 @@ Unknown parameters are refused (400) rather than ignored, so a typo never widens
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,10 +32,28 @@ _PARAMS: dict[str, dict[str, str]] = {
     "Media": {"created": "date", "date": "date", "type": "token", "modality": "token", "category": "token",
               "status": "status", "identifier": "token", "kind": "token"},
     "DocumentReference": {"date": "date", "type": "token", "category": "token", "status": "status",
-                          "identifier": "token", "modality": "token", "kind": "token"},
+                          "identifier": "token", "modality": "token", "kind": "token",
+                          # IHE MHD Find Document References [ITI-67]
+                          "creation": "date", "security-label": "token", "format": "token", "setting": "token",
+                          "facility": "token", "event": "token"},
     "Binary": {},
     "Consent": {"date": "date", "status": "status", "category": "token", "purpose": "token"},
     "Provenance": {"recorded": "date", "date": "date", "target": "reference"},
+}
+#: The indexed date each date parameter searches (DateCriterion.param): MHD's ``creation`` is the
+#: attachment's creation; every other date parameter is the resource's search date.
+_DATE_PARAMS = {"creation": "creation"}
+#: ITI-67 parameters the adapter cannot honour, and why: refused (400), since leaving one out would
+#: widen the search (with ``Prefer: handling=lenient`` they are left out, and named).
+_NOT_SUPPORTED = {
+    "DocumentReference": {
+        "author.given": "the adapter holds no Practitioner resources to chain an author's name through; "
+                        "search by patient, type, category or date",
+        "author.family": "the adapter holds no Practitioner resources to chain an author's name through; "
+                         "search by patient, type, category or date",
+        "period": "search by creation (when the photo was taken) instead",
+        "related": "the adapter keeps no related references",
+    },
 }
 #: The types a Provenance ``target`` may name (the records and Consents the adapter holds).
 TARGET_TYPES = ("Media", "DocumentReference", "Consent")
@@ -237,6 +256,9 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         if base not in _COMMON and base not in allowed and lenient:
             ignored.append(name[:40])
             continue
+        why = _NOT_SUPPORTED.get(resource_type, {}).get(base)
+        if why is not None:
+            raise NotSupported(f"search parameter '{base}' is not supported: {why}", expression=base)
         if base not in _COMMON and base not in allowed:
             raise InvalidInput(f"unknown or unsupported search parameter '{name[:40]}' for {resource_type}",
                                expression=name[:40])
@@ -269,7 +291,9 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         elif allowed[base] == "reference":
             tokens.append(tuple(_references(value, base, modifier, TARGET_TYPES, r5)))
         elif allowed[base] == "date":
-            dates.append(parse_date_param(value))
+            if modifier:
+                raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
+            dates.append(dataclasses.replace(parse_date_param(value), param=_DATE_PARAMS.get(base, "date")))
         elif allowed[base] == "status":
             status = value.split(",")
         else:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from adapter.model.dicom import DicomInstance, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
-from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, StoredResource
+from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class DateCriterion:
     prefix: str
     start: datetime
     end: datetime
+    param: str = "date"  # the indexed date it is on: "date", or "creation" (IHE MHD)
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,13 @@ class RecordStore(Protocol):
                                         sop_instance: str | None = None) -> list[DicomInstance]:
         """Instances whose UIDs, as ``view`` releases them, are the given ones (at least one
         given); ordered as search_dicom_instances."""
+
+    def reindex_records(self, version: str, index_of: Callable[[dict[str, Any]], SearchIndex],
+                        batch: int = 500) -> int:
+        """Keep the records' (Media, DocumentReference) search index that of ``version``: when
+        the stored version differs (or there is none: a store made before versions were kept),
+        derive each record's date, creation, status and tokens afresh with ``index_of`` from its
+        JSON, then store ``version``. Returns how many records were re-indexed now."""
 
     def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
         """Keep the pseudonym index current: when the stored fingerprint differs (or there is

@@ -48,6 +48,7 @@ def resource_row(new: NewResource, document: dict[str, Any] | EncodedJson, versi
         "patient_value": index.patient.value if index.patient else None,
         "patient_reference": index.patient_reference,
         "date": to_utc(index.date) if index.date is not None else None,
+        "creation": to_utc(index.creation) if index.creation is not None else None,
         "status": index.status,
         "governed_by": facts.governed_by if facts else None,
         "fact_patient_system": facts.patient.system if facts else None,

@@ -45,7 +45,9 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 6: patient_pseudonyms; key_fingerprints replaces dicom_uid_spaces (for both derived indexes).
 #: 7: an index of dicom_instances by StudyDate (QIDO-RS by date or date range).
 #: 8: dicom_instances.patient_name, study_description, accession_number (indexed), study_time (QIDO-RS).
-SCHEMA_VERSION = 9
+#: 9: an index of audit by recorded (the audit export from an instant).
+#: 10: resources.creation (IHE MHD ``creation``); records are re-indexed at start (reindex_records).
+SCHEMA_VERSION = 10
 
 
 class EncodedJson(str):
@@ -105,6 +107,7 @@ resources = Table(
     Column("patient_reference", Text),
     Column("date", UtcDateTime),
     Column("status", String(64)),
+    Column("creation", UtcDateTime),  # content.attachment.creation (IHE MHD ITI-67 ``creation``)
     # access facts (AccessFacts); governed_by NULL means the resource has none
     Column("governed_by", String(140)),
     Column("fact_patient_system", Text),
@@ -276,12 +279,16 @@ def _migrate(conn: Connection, found: int) -> None:
     6 → 7 adds an index to an existing table;
     7 → 8 adds four nullable columns to ``dicom_instances`` (instances stored before have none)
     and an index on one of them;
-    8 → 9 adds an index to ``audit``.
+    8 → 9 adds an index to ``audit``;
+    9 → 10 adds a nullable column to ``resources``, filled for the records stored before when the
+    store re-indexes them at start (SqlRecordStore.reindex_records finds an older index version).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
             if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl_type}"))
+                ddl = ddl_type if isinstance(ddl_type, str) else \
+                    ddl_type.load_dialect_impl(conn.dialect).compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
         for index in _ADDED_INDEXES.get(version, ()):
             index.create(conn, checkfirst=True)
         for table in _DROPPED_TABLES.get(version, ()):
@@ -290,12 +297,14 @@ def _migrate(conn: Connection, found: int) -> None:
         conn.execute(insert(schema_version).values(version=version, applied=now_instant()))
 
 
-#: The columns each version adds to an existing table (table, column, type, the same DDL on
-#: SQLite and PostgreSQL); ``create_all`` makes new tables whole but never alters one.
-_ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str], ...]] = {
+#: The columns each version adds to an existing table (table, column, type: the same DDL on
+#: SQLite and PostgreSQL, or a column type compiled for the database); ``create_all`` makes new
+#: tables whole but never alters one.
+_ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | UtcDateTime], ...]] = {
     3: (("resources", "blob_offset", "BIGINT"), ("resources", "blob_length", "BIGINT")),
     8: (("dicom_instances", "patient_name", "TEXT"), ("dicom_instances", "study_description", "TEXT"),
         ("dicom_instances", "accession_number", "TEXT"), ("dicom_instances", "study_time", "VARCHAR(32)")),
+    10: (("resources", "creation", UtcDateTime()),),
 }
 
 

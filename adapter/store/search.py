@@ -53,6 +53,10 @@ _DATE_PREFIXES: dict[str, Callable[[Any, DateCriterion], ColumnElement[bool]]] =
 }
 
 
+#: The indexed dates a DateCriterion.param names.
+_DATE_COLUMNS = {"date": _r.date, "creation": _r.creation}
+
+
 def date_condition(criterion: DateCriterion, column: Any = _r.date) -> ColumnElement[bool]:
     """The condition for one date criterion on ``column`` (the resource's search date, or
     ``last_updated`` for _lastUpdated); resources without a date never match."""
@@ -141,7 +145,7 @@ def search_statement(resource_type: str, criteria: SearchCriteria, *,
                            for system, values in values_by_system.items()]))
     if criteria.patient_reference is not None:
         where.append(_r.patient_reference.in_(criteria.patient_reference))
-    where.extend(date_condition(d) for d in criteria.dates)
+    where.extend(date_condition(d, _DATE_COLUMNS[d.param]) for d in criteria.dates)
     where.extend(date_condition(d, _r.last_updated) for d in criteria.last_updated)
     if criteria.status is not None:
         where.append(_r.status.in_(criteria.status))

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from adapter.errors import Conflict, NotFound, StorageError
 from adapter.model.dicom import DicomInstance, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
-from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, StoredResource
+from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
 from adapter.store.dates import now_instant, to_utc
 from adapter.store.engine import WRITE, create_store_engine, prepare_database
 from adapter.store.inserts import CompiledInserts
@@ -68,6 +68,10 @@ _RELEASED_UIDS = "released"
 _RELEASED_UIDS_LOCK = 0x1A6E5702
 _PSEUDONYMS = "pseudonyms"
 _PSEUDONYMS_LOCK = 0x1A6E5703
+_SEARCH_INDEX = "search-index"  # the version of the records' search index (reindex_records)
+_SEARCH_INDEX_LOCK = 0x1A6E5704
+#: The resources reindex_records re-derives the search index of.
+_RECORD_TYPES = ("Media", "DocumentReference")
 _p = patient_pseudonyms.c
 _k = key_fingerprints.c
 
@@ -561,6 +565,42 @@ class SqlRecordStore:
         conn.execute(delete(key_fingerprints).where(_k.name == name))
         self._inserts.execute(conn, key_fingerprints, {"name": name, "fingerprint": fingerprint,
                                                        "updated": now_instant()})
+
+    def reindex_records(self, version: str, index_of: Callable[[dict[str, Any]], SearchIndex],
+                        batch: int = 500) -> int:
+        """See RecordStore.reindex_records. One write transaction (the rebuild lock: another
+        process starting at the same time finds the new version and does nothing); the rows are
+        read in keyset batches inside it."""
+        with self._read() as conn:
+            if conn.execute(select(_k.fingerprint).where(_k.name == _SEARCH_INDEX)).scalar() == version:
+                return 0
+        count = 0
+        t = tokens.c
+        with self._write() as conn:
+            if _fingerprint_locked(conn, _SEARCH_INDEX, _SEARCH_INDEX_LOCK) == version:
+                return 0
+            after = ("", "")
+            while True:
+                rows = conn.execute(
+                    select(_r.resource_type, _r.id, _r.json)
+                    .where(_r.resource_type.in_(_RECORD_TYPES),
+                           or_(_r.resource_type > after[0], and_(_r.resource_type == after[0], _r.id > after[1])))
+                    .order_by(_r.resource_type, _r.id).limit(batch)).all()
+                for rtype, rid, document in rows:
+                    index = index_of(document)
+                    conn.execute(update(resources).where(_r.resource_type == rtype, _r.id == rid).values(
+                        date=index.date, creation=index.creation, status=index.status))
+                    conn.execute(delete(tokens).where(t.resource_type == rtype, t.id == rid))
+                    rows_of_tokens = [{"resource_type": rtype, "id": rid, "param": p, "system": s, "code": c}
+                                      for p, s, c in dict.fromkeys(index.tokens)]
+                    if rows_of_tokens:
+                        conn.execute(tokens.insert(), rows_of_tokens)
+                    count += 1
+                if len(rows) < batch:
+                    break
+                after = (rows[-1][0], rows[-1][1])
+            self._set_fingerprint(conn, _SEARCH_INDEX, version)
+        return count
 
     def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
         """See RecordStore.index_pseudonyms. Only a new key takes the write lock for long (to

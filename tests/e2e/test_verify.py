@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import SUCCESS
 from adapter.services.verify import DAMAGED, MISSING, verify_store
@@ -31,6 +33,7 @@ def _blob(data: Path, sha256: str) -> Path:
     return data / "blobs" / sha256[:2] / sha256[2:4] / sha256
 
 
+@pytest.mark.usefixtures("pynetdicom_config")
 def test_verify_finds_missing_and_damaged_images(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with adapter_client(tmp_path) as (client, services):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import socket
-import tempfile
 import threading
 import time
 import warnings
@@ -25,7 +24,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
@@ -59,7 +58,7 @@ from tests.support.dicom_files import (
 )
 from tests.support.fhir_validator import validate_r4
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("pynetdicom_config")]
 
 TREAT = {"X-Purpose-Of-Use": "TREAT"}
 TRAIN = {"X-Purpose-Of-Use": "TRAIN"}
@@ -67,19 +66,6 @@ ALLOWED = ("STORESCU", "ECHOSCU", "PYNETSCU")
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def pynetdicom_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """pynetdicom's process-wide switches and spool folder are restored after each test."""
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", _config.STORE_SEND_CHUNKED_DATASET)
-    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
-                        pydicom.config.settings.reading_validation_mode)
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spool))
-    return spool
 
 
 @pytest.fixture

@@ -98,6 +98,7 @@ def _documents(client: Any) -> list[dict[str, Any]]:
     return list(r.json().get("entry", []))
 
 
+@pytest.mark.usefixtures("pynetdicom_config")
 def test_a_c_store_is_refused_with_out_of_resources_and_nothing_is_stored(tmp_path: Path) -> None:
     with adapter_client(tmp_path, min_free_mb=over_free_mb(tmp_path)) as (_, services):
         scp = StoreSCP(AeOptions(port=0, allowed_ae_titles=("PYNETSCU",)), services.dicom_ingest)
@@ -162,6 +163,7 @@ def test_down_to_the_reserve_is_a_warning_not_a_failure(tmp_path: Path) -> None:
         assert storage["status"] == "warn" and "new images are refused" in storage["output"]
 
 
+@pytest.mark.usefixtures("pynetdicom_config")
 def test_a_dicom_scp_that_does_not_listen_fails_readiness(tmp_path: Path) -> None:
     port = free_port()
     with adapter_client(tmp_path, dicom_port=port) as (client, services):

@@ -1147,6 +1147,7 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
         conn.execute(sa.text("DROP TABLE dicom_instances"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_offset"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_length"))
+        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation"))
         conn.execute(sa.text("DELETE FROM schema_version"))
         conn.execute(sa.text("INSERT INTO schema_version (version, applied) VALUES (1, :t)"),
                      {"t": "2026-01-01T00:00:00.000000+00:00" if conn.dialect.name == "sqlite"
@@ -1176,7 +1177,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
     """4 → 5 adds an index to a table that exists; 5 → 6 adds the pseudonym and fingerprint
     tables and drops dicom_uid_spaces (the released-UID index is then rebuilt once); 6 → 7 adds
     another index; 7 → 8 four nullable columns (the instances stored before have none); 8 → 9 an
-    index on the audit table."""
+    index on the audit table; 9 → 10 a nullable column of the records' search index."""
     store = open_records()
     instance = make_instance()
     unit = make_dicom_unit(instance)
@@ -1189,6 +1190,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         conn.execute(sa.text("DROP INDEX ix_audit_recorded"))
         for column in ("patient_name", "study_description", "accession_number", "study_time"):  # added by 8
             conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
+        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation"))  # added by 10
         conn.execute(sa.text("DROP TABLE key_fingerprints"))
         conn.execute(sa.text("DROP TABLE patient_pseudonyms"))
         conn.execute(sa.text("CREATE TABLE dicom_uid_spaces (name VARCHAR(16) PRIMARY KEY, fingerprint VARCHAR(64))"))
@@ -1200,7 +1202,8 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 9
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 10
+        assert "creation" in {c["name"] for c in inspector.get_columns("resources")}
         columns = {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert {i["name"] for i in inspector.get_indexes("audit")} == {"ix_audit_recorded"}
     assert {"ix_dicom_instances_patient_value", "ix_dicom_instances_study_date",
@@ -1281,3 +1284,34 @@ def test_iter_blob_references_walks_every_resource_and_received_object_in_batche
         found = list(store.iter_blob_references(batch=batch))
         assert len(found) == len(expected) and set(found) == expected
     assert store.ping() >= 9
+
+
+def test_reindex_records_derives_the_index_afresh_once_per_version(store: SqlRecordStore) -> None:
+    """Records indexed before (here: with no creation and no tokens) get the index of the new
+    version from their JSON, on both databases; the same version again does nothing."""
+    doc = make_resource("DocumentReference", "doc", status="current",
+                        securityLabel=[{"coding": [{"system": "urn:conf", "code": "R"}]}],
+                        content=[{"attachment": {"creation": "2026-03-05T10:00:00+01:00"}}])
+    media = make_resource("Media", "photo", status="completed", createdDateTime="2025-01-01T00:00:00Z")
+    consent = make_resource("Consent", "c1", status="active", with_facts=False)
+    for resource in (doc, media, consent):
+        store.create(resource)
+
+    def index_of(resource: dict[str, Any]) -> SearchIndex:
+        creation = resource.get("content", [{}])[0].get("attachment", {}).get("creation") \
+            or resource.get("createdDateTime")
+        labels = [("security-label", c["system"], c["code"]) for s in resource.get("securityLabel", [])
+                  for c in s["coding"]]
+        return SearchIndex(patient=PATIENT, status="indexed", tokens=tuple(labels),
+                           creation=datetime.fromisoformat(creation) if creation else None)
+
+    assert store.reindex_records("v-test", index_of) == 2  # the records, not the Consent
+    march = DateCriterion("eq", datetime(2026, 3, 5, 9, tzinfo=UTC), datetime(2026, 3, 5, 9, 0, 1, tzinfo=UTC),
+                          param="creation")
+    assert ids(store.search_index("DocumentReference", SearchCriteria(dates=(march,)))) == ["doc"]
+    assert ids(store.search_index("DocumentReference", SearchCriteria(
+        tokens=((TokenCriterion("security-label", "R", "urn:conf"),),)))) == ["doc"]
+    assert ids(store.search_index("Media", SearchCriteria(status=("indexed",)))) == ["photo"]
+    assert ids(store.search_index("Consent", SearchCriteria(status=("indexed",)))) == []
+    assert store.reindex_records("v-test", lambda _: pytest.fail("indexed again")) == 0
+    assert store.reindex_records("v-next", index_of, batch=1) == 2  # a new version: again, in batches of one

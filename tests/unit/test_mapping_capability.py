@@ -50,7 +50,10 @@ def test_valid_and_complete(version: str) -> None:
                           "date": "date",
                           "type": "token", "category": "token", "status": "token", "identifier": "token",
                           "modality": "token", "kind": "token", "_count": "number", "_sort": "special",
-                          "_total": "token"}
+                          "_total": "token", "creation": "date", "security-label": "token", "format": "token",
+                          "setting": "token", "facility": "token", "event": "token"}
+    creation = next(p for p in resources["DocumentReference"]["searchParam"] if p["name"] == "creation")
+    assert creation["definition"] == "https://profiles.ihe.net/ITI/MHD/SearchParameter/DocumentReference-Creation"
     assert "patient:identifier" not in doc_params  # a modifier, documented on 'patient'
     patient = next(p for p in resources["DocumentReference"]["searchParam"] if p["name"] == "patient")
     assert ":identifier" in patient["documentation"]

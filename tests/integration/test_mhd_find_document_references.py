@@ -1,0 +1,114 @@
+"""IHE MHD Find Document References [ITI-67]: the search parameters a Document Consumer sends
+beside the patient and status (creation, security-label, format, setting, facility, event), those
+the adapter cannot honour refused with the reason, the de-identified view's year-only rule on
+creation, R5 (where photos are DocumentReference too), and a store indexed before these existed
+being re-indexed at start."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
+
+pytestmark = pytest.mark.integration
+
+DOCUMENT = ROOT / "samples" / "document.jpg"
+WOUND = ROOT / "samples" / "wound.jpg"
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+FORMAT = "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode|urn:ihe:iti:xds:2017:mimeTypeSufficient"
+PATIENT_ID = f"{PATIENT['system']}|{PATIENT['value']}"
+R5 = {"Accept": "application/fhir+json; fhirVersion=5.0"}
+
+
+def _document(client: Any, taken: str, path: Path = DOCUMENT) -> dict[str, Any]:
+    r = post_photo(client, path, metadata(kind="document", consent=None, takenAt=taken))
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def _found(client: Any, query: str, headers: dict[str, str] | None = None) -> list[str]:
+    r = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&status=current&{query}",
+                   headers=headers or as_purpose("TREAT"))
+    assert r.status_code == 200, r.text
+    return sorted(f"DocumentReference/{e['resource']['id']}" for e in r.json().get("entry", [])
+                  if e["search"]["mode"] == "match")
+
+
+def test_iti_67_parameters(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        march = _document(client, "2026-03-05T10:00:00Z")["record"]
+        older = _document(client, "2025-01-01T09:00:00Z", ROOT / "samples" / "tiny.jpg")["record"]
+        assert _found(client, "creation=ge2026-01-01") == [march]
+        assert _found(client, "creation=2026-03-05") == [march]
+        assert _found(client, "creation=lt2026&creation=ge2025") == [older]
+        assert _found(client, f"security-label={CONFIDENTIALITY}|R") == sorted([march, older])
+        assert _found(client, f"security-label={CONFIDENTIALITY}|N") == []
+        assert _found(client, f"format={FORMAT}") == sorted([march, older])
+        assert _found(client, "format=urn:ihe:iti:xds:2017:mimeTypeSufficient") == sorted([march, older])
+        # the adapter records no practice setting, facility type or event: nothing matches them
+        for param in ("setting", "facility", "event"):
+            assert _found(client, f"{param}=http://snomed.info/sct|394802001") == []
+
+
+@pytest.mark.parametrize("param", ["author.given=Jane", "author.family=Doe", "period=ge2026", "related=x"])
+def test_what_cannot_be_honoured_is_refused_with_the_reason(tmp_path: Path, param: str) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        _document(client, "2026-03-05T10:00:00Z")
+        url = f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&{param}"
+        strict = client.get(url, headers=as_purpose("TREAT"))
+        assert strict.status_code == 400, strict.text
+        issue = strict.json()["issue"][0]
+        assert issue["code"] == "not-supported" and param.split("=")[0] in issue["diagnostics"]
+        lenient = client.get(url, headers={**as_purpose("TREAT"), "Prefer": "handling=lenient"})
+        assert lenient.status_code == 200
+        [outcome] = [e["resource"] for e in lenient.json()["entry"] if e["search"]["mode"] == "outcome"]
+        assert param.split("=")[0] in outcome["issue"][0]["diagnostics"]
+
+
+def test_creation_is_searched_to_the_year_in_the_de_identified_view(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        doc = _document(client, "2026-03-05T10:00:00Z")
+        consent = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
+                              headers={"Content-Type": "application/fhir+json"})
+        assert consent.status_code == 201, consent.text
+        train = as_purpose("TRAIN")
+        day = client.get("/fhir/DocumentReference?creation=2026-03-05", headers=train)
+        assert day.status_code == 400 and "year" in day.json()["issue"][0]["diagnostics"]
+        year = client.get("/fhir/DocumentReference?creation=2026", headers=train)
+        assert year.status_code == 200, year.text
+        assert [e["resource"]["id"] for e in year.json()["entry"]] == [doc["record"].split("/")[1]]
+        assert client.get("/fhir/DocumentReference?creation=2025", headers=train).json()["total"] == 0
+
+
+def test_in_r5_creation_finds_photos_too(tmp_path: Path) -> None:
+    """R5 has no Media: a photo is a DocumentReference whose attachment's creation is when it was taken."""
+    with adapter_client(tmp_path) as (client, _):
+        photo = post_photo(client, WOUND, metadata(takenAt="2026-03-05T08:00:00Z")).json()["record"]
+        doc = _document(client, "2026-03-05T10:00:00Z")["record"]
+        r = client.get("/fhir/DocumentReference?creation=2026-03-05", headers={**as_purpose("TREAT"), **R5})
+        assert r.status_code == 200, r.text
+        assert sorted(e["resource"]["id"] for e in r.json()["entry"]) == sorted(
+            [photo.split("/")[1], doc.split("/")[1]])
+        # in R4 a photo is Media, not a DocumentReference
+        assert _found(client, "creation=2026-03-05") == [doc]
+
+
+def test_records_stored_before_the_parameters_existed_are_re_indexed_at_start(tmp_path: Path) -> None:
+    """A store of schema 9 has no creation column, no ITI-67 tokens and no index version: the
+    upgrade adds the column and the start re-derives every record's index from its JSON."""
+    with adapter_client(tmp_path) as (client, _):
+        march = _document(client, "2026-03-05T10:00:00Z")["record"]
+    with sqlite3.connect(tmp_path / "data" / "adapter.db") as db:  # back to what schema 9 held
+        db.execute("ALTER TABLE resources DROP COLUMN creation")
+        db.execute("DELETE FROM tokens WHERE param IN ('security-label', 'format')")
+        db.execute("DELETE FROM key_fingerprints WHERE name = 'search-index'")
+        db.execute("UPDATE schema_version SET version = 9")  # as a version 9 database says
+    with adapter_client(tmp_path) as (client, services):
+        assert _found(client, "creation=2026-03-05") == [march]
+        assert _found(client, f"security-label={CONFIDENTIALITY}|R&format={FORMAT}") == [march]
+        assert services.store.reindex_records("records:2", lambda _: pytest.fail("indexed again")) == 0
