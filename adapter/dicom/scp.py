@@ -312,6 +312,19 @@ class _Association(Association):
             if isinstance(sock, _AssociationSocket) and not self.dul.is_alive():
                 sock.close_wakeup()  # else the DUL thread closes it with the socket
 
+    def _abort_blocking(self, block: bool = True) -> None:
+        """pynetdicom's abort (``abort`` is bound to this, or to a non-blocking call of it),
+        except before an A-ASSOCIATE-RQ has arrived (Sta1, Sta2): there is no association to
+        abort, and an A-ABORT request is no event of those states (pynetdicom's DUL thread dies
+        on it with InvalidEventError when the SCP stops while a peer is connected but silent: a
+        TCP probe, a scan). The DUL is stopped instead; the association then ends as when no
+        request comes (receive_pdu finds the DUL stopped) and closes the connection."""
+        dul = self.dul
+        if self.is_acceptor and not self.is_established and dul.state_machine.current_state in ("Sta1", "Sta2"):
+            dul.kill_dul()
+            return
+        super()._abort_blocking(block)
+
     def kill(self) -> None:
         # pynetdicom waits for the DUL to stop in a loop sleeping its loop delay: not 0 (a spin)
         self.dul._run_loop_delay = _POLL_DELAY
