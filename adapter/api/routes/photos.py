@@ -20,12 +20,14 @@ from adapter.model.photo import PhotoMetadata
 router = APIRouter()
 
 #: Photos one process ingests at once (in worker threads); more requests wait their turn with
-#: their bytes received. Two keep both cores of a small host busy (hashing, decoding, file and
-#: database I/O release the GIL) without the GIL hand-offs, context switches and cache misses of
-#: eight threads competing for it (without this limit, 8 concurrent uploads cost ~4 ms more CPU
-#: per photo than 2; 3, 4 or 6 threads measured no faster), and bound the memory of photos
-#: being worked on.
-INGEST_THREADS = 2
+#: their bytes received. Each ingest spends much of its time waiting on the disk (the photo's
+#: fsync, the folder's, the database commit's), so more than one per core overlap those waits:
+#: on a host whose fsync of 3 MB took ~6.5 ms, 4 threads took 7-21% more photos/s than 2 in
+#: three alternating pairs (benchmarks/ingest.py, 39-43 against 44-48), and 6 no more than 4,
+#: at ~2 ms more CPU per photo (GIL hand-offs; without any limit, 8 concurrent uploads cost ~4 ms
+#: more than 2). The limit also bounds the memory of photos being worked on (peak RSS ~160 MB
+#: either way).
+INGEST_THREADS = 4
 
 
 def _ingest_limiter(request: Request) -> anyio.CapacityLimiter:
