@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, func, or_, select, text, union, update
+from sqlalchemy import Select, and_, bindparam, delete, func, or_, select, text, union, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -586,16 +586,22 @@ class SqlRecordStore:
                     .where(_r.resource_type.in_(_RECORD_TYPES),
                            or_(_r.resource_type > after[0], and_(_r.resource_type == after[0], _r.id > after[1])))
                     .order_by(_r.resource_type, _r.id).limit(batch)).all()
+                # a batch at a time: one executemany of updates, one delete and one insert of tokens
+                values, token_values = [], []
                 for rtype, rid, document in rows:
                     index = index_of(document)
-                    conn.execute(update(resources).where(_r.resource_type == rtype, _r.id == rid).values(
-                        date=index.date, creation=index.creation, status=index.status))
-                    conn.execute(delete(tokens).where(t.resource_type == rtype, t.id == rid))
-                    rows_of_tokens = [{"resource_type": rtype, "id": rid, "param": p, "system": s, "code": c}
-                                      for p, s, c in dict.fromkeys(index.tokens)]
-                    if rows_of_tokens:
-                        conn.execute(tokens.insert(), rows_of_tokens)
-                    count += 1
+                    values.append({"rt": rtype, "rid": rid, "d": index.date, "c": index.creation, "s": index.status})
+                    token_values += [{"resource_type": rtype, "id": rid, "param": p, "system": s, "code": c}
+                                     for p, s, c in dict.fromkeys(index.tokens)]
+                if values:
+                    conn.execute(update(resources).where(_r.resource_type == bindparam("rt"), _r.id == bindparam("rid"))
+                                 .values(date=bindparam("d"), creation=bindparam("c"), status=bindparam("s")), values)
+                for rtype in {v["rt"] for v in values}:
+                    conn.execute(delete(tokens).where(t.resource_type == rtype,
+                                                      t.id.in_([v["rid"] for v in values if v["rt"] == rtype])))
+                if token_values:
+                    conn.execute(tokens.insert(), token_values)
+                count += len(rows)
                 if len(rows) < batch:
                     break
                 after = (rows[-1][0], rows[-1][1])
