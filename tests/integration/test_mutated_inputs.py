@@ -230,7 +230,9 @@ def test_mutated_bundles_consents_and_metadata_never_answer_a_server_error(
 SEARCH_PARAMS = ["patient", "subject", "patient:identifier", "subject:identifier", "identifier", "created", "date",
                  "_id", "type", "category", "status", "kind", "purpose", "recorded", "_count", "_offset",
                  "patient:Patient", "subject:other", "_lastUpdated", "_lastUpdated:missing", "_sort", "_summary",
-                 "_format", "_elements", "unknown", "target", "target:Media", "_include", "_revinclude"]
+                 "_format", "_elements", "unknown", "target", "target:Media", "_include", "_revinclude",
+                 "creation", "creation:missing", "security-label", "format", "setting", "event", "author.given",
+                 "period", "patient.identifier"]
 SEARCH_VALUES = ["", "x", "|", "a|", "|b", "urn:oid:2.999.1.1|MRN-0001", "urn:clinical-image-adapter:pseudonym|x",
                  "urn:clinical-image-adapter:sha256|ab", "2024", "2024-03-05", "ge2024", "lt2024-02-30", "Patient/1",
                  "http://h/Patient/1", "1,2", ",", "9" * 300, "sa2024-01-01T00:00:00+99:00", "\u00e9",
