@@ -84,3 +84,8 @@ def test_metrics_of_every_worker_process_are_summed(tmp_path: Path) -> None:
         text = httpx.get(f"{server.url}/metrics", timeout=30).text
         assert 'method="PROPFIND"' not in text and "x-PROPFIND" not in text
         assert 'method="other"' in text
+        # a worker answers readiness for the SCP, which runs in the supervisor process
+        for _ in range(4):
+            ready = httpx.get(f"{server.url}/health/ready", timeout=30)
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"]["dicom:listener"][0]["status"] == "pass"
