@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
+from adapter.api.head import HeadMiddleware
 from adapter.api.headers import NoStoreMiddleware
 from adapter.api.outcome import install_error_handlers
 from adapter.api.request_id import RequestIdMiddleware
@@ -39,6 +40,7 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
                   docs_url="/docs", redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(HeadMiddleware)  # innermost: the other middlewares see HEAD
     app.add_middleware(NoStoreMiddleware)
     app.add_middleware(RequestIdMiddleware)
     origins = services.settings.allowed_cors_origins

@@ -946,3 +946,28 @@ def test_a_batch_of_reads_answers_each_as_if_sent_alone(tmp_path: Path) -> None:
         too_many = {**batch, "entry": [{"request": requests[0]}] * 101}
         assert client.post("/fhir", json=too_many, headers={**json_type, **as_purpose("TREAT")}).status_code == 422
         assert client.post("/fhir", json={**batch, "entry": []}, headers=json_type).status_code == 422
+
+
+def test_head_answers_what_get_would_without_the_body_under_the_same_decision(tmp_path: Path) -> None:
+    """RFC 9110 §9.3.2: whatever answers GET answers HEAD (load balancers and integration engines
+    probe with it): the same status and headers, no body. A read by HEAD is the read it is:
+    decided under the purpose of use, and audited."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        for path, headers in (("/health", {}), ("/fhir/metadata", {}),
+                              (f"/fhir/{receipt['record']}", as_purpose("TREAT")),
+                              (f"/fhir/{receipt['binary']}", {**as_purpose("TREAT"), "Accept": "image/jpeg"})):
+            got, head = client.get(path, headers=headers), client.head(path, headers=headers)
+            assert got.status_code == head.status_code == 200, (path, head.status_code)
+            assert head.content == b""
+            for name in ("content-type", "content-length", "etag", "cache-control"):
+                assert head.headers.get(name) == got.headers.get(name), (path, name)
+        assert int(client.head(f"/fhir/{receipt['binary']}", headers={**as_purpose("TREAT"), "Accept": "image/jpeg"})
+                   .headers["content-length"]) == receipt["size"]["stored"]
+        audited = len(services.store.list_audit(1000))
+        refused = client.head(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN"))
+        assert refused.status_code == 403 and refused.content == b""
+        events = services.store.list_audit(1000)
+        assert len(events) == audited + 1 and events[0]["outcome"] == "4"  # newest first
+        assert client.head(f"/fhir/{receipt['record']}").status_code == 403  # no purpose: fail closed, as GET
+        assert client.head("/photos").status_code == 405  # no GET, no HEAD

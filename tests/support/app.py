@@ -39,7 +39,7 @@ class FhirClient(TestClient):
     def request(self, *args: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
         response = super().request(*args, **kwargs)
         ctype = response.headers.get("content-type", "")
-        if "fhir+json" in ctype and "fhirVersion=5" not in ctype:
+        if "fhir+json" in ctype and "fhirVersion=5" not in ctype and response.content:  # HEAD: none
             record_emitted(response.json())
         return response
 
