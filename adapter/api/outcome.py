@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from adapter import errors as e
 from adapter.mapping.outcome import operation_outcome, outcome_from_error
@@ -73,11 +74,30 @@ def install_error_handlers(app: FastAPI) -> None:
         return fhir_response(operation_outcome("error", "invalid", "invalid request", expression=where), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-        return fhir_response(operation_outcome("error", code, str(exc.detail)[:200]), exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return fhir_response(operation_outcome("error", code, str(exc.detail)[:200]), exc.status_code,
+                             headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error (%s)", type(exc).__name__)
         return fhir_response(operation_outcome("fatal", "exception", "internal error"), 500)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """What a 405 must list in ``Allow`` (RFC 9110 §15.5.6): each method some route takes on
+    this path (Starlette lists only the first matching route's), found by asking the routes with
+    the request's path under each method; HEAD wherever GET is (adapter.api.head answers it)."""
+    routes = request.app.router.routes
+    allowed = [method for method in _METHODS
+               if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)]
+    if "GET" in allowed:
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
+    return allowed
+
+
+_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")

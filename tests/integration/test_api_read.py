@@ -970,4 +970,9 @@ def test_head_answers_what_get_would_without_the_body_under_the_same_decision(tm
         events = services.store.list_audit(1000)
         assert len(events) == audited + 1 and events[0]["outcome"] == "4"  # newest first
         assert client.head(f"/fhir/{receipt['record']}").status_code == 403  # no purpose: fail closed, as GET
-        assert client.head("/photos").status_code == 405  # no GET, no HEAD
+        not_allowed = client.head("/photos")  # no GET, no HEAD
+        assert not_allowed.status_code == 405 and not_allowed.headers["allow"] == "POST"
+        # a 405 says what the path takes (RFC 9110 §15.5.6), from every route on it
+        patch = client.request("PATCH", f"/fhir/{receipt['consents'][0]}")
+        assert patch.status_code == 405 and patch.headers["allow"] == "GET, HEAD, PUT"
+        assert client.delete(f"/fhir/{receipt['record']}").headers["allow"] == "GET, HEAD"
