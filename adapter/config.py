@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapter.errors import ConfigurationError
+from adapter.text import is_digits
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class Settings(BaseSettings):
                 continue
             ae, sep, addr = item.partition("@")
             host, colon, port = addr.rpartition(":")
-            if not sep or not ae or not colon or not host or not port.isdigit() or len(ae) > 16:
+            if not sep or not ae or not colon or not host or not is_digits(port) or len(ae) > 16:
                 raise ConfigurationError(f"ADAPTER_FORWARD_TO: '{item[:60]}' is not AE@host:port")
             out.append(item)
         return out

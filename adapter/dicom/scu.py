@@ -43,6 +43,7 @@ from pynetdicom.presentation import PresentationContext
 from adapter.config import Settings
 from adapter.errors import ConfigurationError
 from adapter.services.forwarding import SendOutcome, SendResult
+from adapter.text import is_digits
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Destination:
     def parse(cls, text: str) -> Destination:
         ae, sep, addr = text.strip().partition("@")
         host, colon, port = addr.rpartition(":")
-        if not sep or not ae or not colon or not host or not port.isdigit() or len(ae) > 16:
+        if not sep or not ae or not colon or not host or not is_digits(port) or len(ae) > 16:
             raise ConfigurationError(f"'{text[:60]}' is not AE@host:port")
         return cls(ae_title=ae, host=host.strip("[]"), port=int(port))
 

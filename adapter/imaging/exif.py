@@ -15,6 +15,8 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from adapter.text import is_digits
+
 # Tag numbers: CIPA DC-008 §4.6.4-4.6.6 and TIFF 6.0 Appendix A.
 ORIENTATION = 0x0112
 _MAKE, _MODEL, _SOFTWARE = 0x010F, 0x0110, 0x0131
@@ -174,11 +176,11 @@ def _capture_time(values: dict[int, bytes]) -> datetime | None:
     except ValueError:
         return None
     subsec = _text(values.get(_SUBSEC_TIME_ORIGINAL))
-    if subsec and subsec.isdigit():
+    if subsec and is_digits(subsec):
         moment = moment.replace(microsecond=int(subsec[:6].ljust(6, "0")))
     offset = _text(values.get(_OFFSET_TIME_ORIGINAL))
     if offset and len(offset) == 6 and offset[0] in "+-" and offset[3] == ":" \
-            and offset[1:3].isdigit() and offset[4:6].isdigit():
+            and is_digits(offset[1:3]) and is_digits(offset[4:6]):
         delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
         if delta < timedelta(hours=24):
             moment = moment.replace(tzinfo=timezone(-delta if offset[0] == "-" else delta))

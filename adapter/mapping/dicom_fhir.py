@@ -59,6 +59,7 @@ from adapter.mapping.photo import PhotoResources, build_photo_resources
 from adapter.mapping.tables import Tables
 from adapter.model.image import StoredImage
 from adapter.model.photo import Identifier, Laterality, PatientRef, PhotoKind, PhotoMetadata
+from adapter.text import is_digits
 
 PDF = "application/pdf"
 _NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
@@ -227,7 +228,7 @@ def _laterality(ds: Dataset, modifier: str | None) -> Laterality | None:
 
 def _zone(ds: Dataset) -> timezone | None:
     offset = _text(ds.get("TimezoneOffsetFromUTC"))
-    if offset is None or len(offset) != 5 or offset[0] not in "+-" or not offset[1:].isdigit():
+    if offset is None or len(offset) != 5 or offset[0] not in "+-" or not is_digits(offset[1:]):
         return None
     delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
     if delta >= timedelta(hours=24):

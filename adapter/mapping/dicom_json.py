@@ -25,6 +25,7 @@ from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import Tag
 
 from adapter.errors import InvalidInput, NotFound, StorageError
+from adapter.text import is_digits
 
 #: Binary values up to this many bytes are given inline (InlineBinary), larger ones by BulkDataURI.
 INLINE_LIMIT = 1024
@@ -122,7 +123,7 @@ def parse_frame_list(text: str) -> list[int]:
     numbers = []
     for raw in text.split(","):
         part = raw.strip()
-        if not part.isdigit() or int(part) < 1 or len(part) > 9:
+        if not is_digits(part) or int(part) < 1 or len(part) > 9:
             raise InvalidInput("frames takes a comma-separated list of frame numbers from 1", expression="frames")
         numbers.append(int(part))
     if not numbers or len(numbers) > 10_000:

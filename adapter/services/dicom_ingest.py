@@ -91,6 +91,7 @@ from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchInd
 from adapter.services.audit import Auditor
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
+from adapter.text import is_digits
 
 log = logging.getLogger(__name__)
 
@@ -888,7 +889,7 @@ def _study_attributes(ds: Dataset) -> _Study:
         return value if value and len(value) <= _STUDY_LIMITS[keyword] else None
 
     date = str(ds.get("StudyDate") or "").strip()
-    return _Study(date=date if len(date) == 8 and date.isdigit() else None, patient_name=text("PatientName"),
+    return _Study(date=date if len(date) == 8 and is_digits(date) else None, patient_name=text("PatientName"),
                   description=text("StudyDescription"), accession_number=text("AccessionNumber"),
                   time=text("StudyTime"))
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from adapter.errors import InvalidInput, NotSupported
 from adapter.model.photo import Identifier
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
+from adapter.text import is_digits
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 200
@@ -267,9 +268,9 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
                 raise InvalidInput(f"_total takes {', '.join(TOTAL_MODES)}", expression="_total")
             total = value != "none"
         elif base == "_count":
-            count = _int_param(name, value, 0, MAX_COUNT)
+            count = page_param(name, value, MAX_COUNT)
         elif base == "_offset":
-            offset = _int_param(name, value, 0, 10**9)
+            offset = page_param(name, value, 10**9)
         elif base == "_sort":
             if value not in SORTS:
                 raise NotSupported(f"_sort={value[:40]} is not supported: results are sorted by _lastUpdated "
@@ -314,9 +315,9 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
                          revinclude_provenance=revinclude)
 
 
-def _int_param(name: str, value: str, lo: int, hi: int) -> int:
-    try:
-        n = int(value)
-    except ValueError as exc:
-        raise InvalidInput(f"{name} must be an integer", expression=name) from exc
-    return max(lo, min(hi, n))
+def page_param(name: str, value: str, high: int) -> int:
+    """A paging parameter (``_count``, ``_offset``): a whole number, at most ``high``; anything
+    else, a negative number included, is refused (422) rather than read as something else."""
+    if not is_digits(value):
+        raise InvalidInput(f"{name} takes a whole number", expression=name)
+    return min(int(value[:12]), high)

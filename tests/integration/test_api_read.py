@@ -976,3 +976,24 @@ def test_head_answers_what_get_would_without_the_body_under_the_same_decision(tm
         patch = client.request("PATCH", f"/fhir/{receipt['consents'][0]}")
         assert patch.status_code == 405 and patch.headers["allow"] == "GET, HEAD, PUT"
         assert client.delete(f"/fhir/{receipt['record']}").headers["allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize("query", [
+    "/fhir/Consent/{consent}/_history?_count=²", "/fhir/Consent/{consent}/_history?_offset=①",
+    "/fhir/Media?_count=²", "/fhir/Media?_count=-1", "/fhir/Media?_offset=٣", "/fhir/{record}/_history/²",
+    "/dicomweb/studies?limit=²", "/dicomweb/studies?offset=①",
+    "/wado?requestType=WADO&studyUID=1.2&seriesUID=1.3&objectUID=1.4&contentType=image/jpeg&rows=²",
+    "/dicomweb/studies/1.2/thumbnail?viewport=²,²",
+    "/dicomweb/studies/1.2/series/1.3/instances/1.4/frames/²",
+])
+def test_numbers_written_with_other_digits_are_refused_not_a_server_error(tmp_path: Path, query: str) -> None:
+    """str.isdigit takes ², ① and Arabic-Indic digits; int() refuses the first two (it was a 500
+    wherever a paging, size or frame number was checked with isdigit) and reads the others. A
+    number here is ASCII digits, or a 4xx OperationOutcome says so; a negative _count is
+    refused rather than read as 0."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        r = client.get(query.format(consent=receipt["consents"][0], record=receipt["record"]),
+                       headers=as_purpose("TREAT"))
+        assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+        assert r.json()["resourceType"] == "OperationOutcome"

@@ -238,7 +238,8 @@ SEARCH_VALUES = ["", "x", "|", "a|", "|b", "urn:oid:2.999.1.1|MRN-0001", "urn:cl
                  "http://h/Patient/1", "1,2", ",", "9" * 300, "sa2024-01-01T00:00:00+99:00", "\u00e9",
                  "-_lastUpdated", "_lastUpdated", "count", "json", "xml", "gt2026-11-26T10:00:00.123456789Z",
                  "ge2026-11-26T10:00:00.1+01:00", "0", "Provenance:target", "Provenance:target:Media", "Media/1",
-                 "http://h/fhir/Media/1/_history/2", "true", "text", "data", "false", "status,note", "created"]
+                 "http://h/fhir/Media/1/_history/2", "true", "text", "data", "false", "status,note", "created",
+                 "²", "①", "٣", "-1", "2024-0²"]
 QIDO_KEYS = ["PatientID", "IssuerOfPatientID", "StudyDate", "StudyInstanceUID", "SeriesInstanceUID",
              "SOPInstanceUID", "Modality", "limit", "offset", "00100020"]
 

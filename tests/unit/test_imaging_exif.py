@@ -67,6 +67,24 @@ def test_capture_time_naive_aware_and_subseconds() -> None:
     assert blank.capture_time is None and blank.categories == ("EXIF capture time",)
 
 
+@pytest.mark.parametrize(("subsec", "offset"), [("²", "+01:00"), ("25", "+0²:00"), ("①", "-0٣:00"), ("25", "+01:00")])
+def test_digits_of_other_kinds_are_not_read_as_numbers(subsec: str, offset: str) -> None:
+    """SubsecTimeOriginal and OffsetTimeOriginal with ², ① or Arabic-Indic digits, which
+    str.isdigit takes and int() refuses (or reads): ignored, never a ValueError (a server error
+    on ingest)."""
+    # as UTF-8 bytes: Pillow writes a str tag as ASCII, with "?" for anything else
+    summary = parse_exif(exif(exif_ifd={ExifTags.Base.DateTimeOriginal: "2023:12:31 23:59:58",
+                                        ExifTags.Base.OffsetTimeOriginal: offset.encode(),
+                                        ExifTags.Base.SubsecTimeOriginal: subsec.encode()}))
+    assert summary.capture_time is not None
+    assert summary.capture_time.replace(microsecond=0, tzinfo=None) == datetime(2023, 12, 31, 23, 59, 58)
+    assert summary.capture_time.microsecond == (250000 if subsec == "25" else 0)
+    if offset == "+01:00":
+        assert summary.capture_time.utcoffset() == timedelta(hours=1)  # bytes are read as the strings were
+    else:
+        assert summary.capture_time.tzinfo is None
+
+
 def test_make_and_model() -> None:
     summary = parse_exif(exif({ExifTags.Base.Make: "Maker", ExifTags.Base.Model: "Model 7"}))
     assert (summary.make, summary.model) == ("Maker", "Model 7")

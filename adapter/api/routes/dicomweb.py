@@ -65,6 +65,7 @@ from adapter.services.dicom_objects import (
     stow_instance,
 )
 from adapter.services.registry import Services
+from adapter.text import is_digits
 
 router = APIRouter(prefix="/dicomweb")
 
@@ -164,7 +165,7 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
     limit = services.settings.max_upload_bytes
     total = limit * STOW_TOTAL_FACTOR
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > total:
+    if declared and is_digits(declared) and int(declared) > total:
         raise PayloadTooLarge(f"the request is larger than {total} bytes")
     parsed = await parse_multipart_related(request.headers.get("content-type"), request.stream(),
                                            services.blobs.new_staging_path, max_part_bytes=limit,
@@ -287,7 +288,7 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> tuple[Dic
         if lowered in _IGNORED_PARAMS:
             continue
         if lowered in ("limit", "offset"):
-            if not value.isdigit():
+            if not is_digits(value):
                 raise InvalidInput(f"{lowered} takes a non-negative integer", expression=lowered)
             if lowered == "limit":
                 limit = min(int(value), QIDO_MAX_LIMIT)

@@ -30,7 +30,14 @@ from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
 from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
 from adapter.model.decision import Decision
-from adapter.services.search_params import DEFAULT_COUNT, MAX_COUNT, parse_date_param, parse_search
+from adapter.services.search_params import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    page_param,
+    parse_date_param,
+    parse_search,
+)
+from adapter.text import is_digits
 
 router = APIRouter(prefix="/fhir")
 
@@ -138,7 +145,7 @@ async def update_consent(id: str, request: Request, services: ServicesDep, ctx: 
     expected = None
     if if_match:
         digits = if_match.replace("W/", "").strip('"')
-        if not digits.isdigit():
+        if not is_digits(digits):
             raise InvalidInput("If-Match takes an ETag W/\"<version>\"", expression="If-Match")
         expected = int(digits)
     stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)
@@ -163,7 +170,7 @@ async def vread(resource_type: str, id: str, vid: str, request: Request, reader:
     """vread: the version-specific URL every Location and transaction-response location names.
     Binary and the records are never updated (their one version is the current one); a Consent's
     past versions are served from its history, under the decision a read gets now."""
-    if not vid.isdigit() or len(vid) > 9:
+    if not is_digits(vid) or len(vid) > 9:
         raise NotFound(f"{resource_type[:40]}/{id[:64]} has no version {vid[:20]}")
     return await _read(resource_type, id, reader, accept, int(vid), format_=format_,
                        how=parse_subsetting(list(request.query_params.multi_items())))
@@ -187,9 +194,9 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     count, offset, since = DEFAULT_COUNT, 0, None
     for name, value in params:
         if name == "_count":
-            count = _page_param(name, value, MAX_COUNT)
+            count = page_param(name, value, MAX_COUNT)
         elif name == "_offset":
-            offset = _page_param(name, value, 10**9)
+            offset = page_param(name, value, 10**9)
         elif name == "_since":  # an instant; a coarser date counts from its start
             if value[:2].isalpha():
                 raise InvalidInput("_since takes an instant, e.g. 2026-11-26T10:00:00Z", expression="_since")
@@ -207,12 +214,6 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
                             total=result.total, self_url=f"{url}?{urlencode(params)}" if params else url,
                             next_url=next_url, base_url=f"{base(request, services)}/fhir")
     return _out(bundle, version, headers=_glass_headers(result.decision))
-
-
-def _page_param(name: str, value: str, high: int) -> int:
-    if not value.isdigit():
-        raise InvalidInput(f"{name} takes a whole number", expression=name)
-    return min(int(value[:12]), high)
 
 
 async def _read(resource_type: str, id: str, reader: Any, accept: str | None,

@@ -16,6 +16,7 @@ from adapter.api.multipart import parse_multipart
 from adapter.api.urls import absolute
 from adapter.errors import InvalidInput, PayloadTooLarge, RequiredElementMissing
 from adapter.model.photo import PhotoMetadata
+from adapter.text import is_digits
 
 router = APIRouter()
 
@@ -64,7 +65,7 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
     ctx = get_write_context(request)
     limit = services.settings.max_upload_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 1024 * 1024:
+    if declared and is_digits(declared) and int(declared) > limit + 1024 * 1024:
         raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
     # A photo of up to MEMORY_LIMIT bytes stays in memory from the socket to the imaging code
     # while the process-wide MEMORY_BUDGET allows; otherwise it streams to this staging file

@@ -57,6 +57,7 @@ from adapter.mapping.dicom_json import (
 )
 from adapter.services.access import DicomContent
 from adapter.services.registry import Services
+from adapter.text import is_digits
 
 router = APIRouter(prefix="/dicomweb")
 
@@ -184,7 +185,7 @@ async def _thumbnail(reader: Any, request: Request, accept: str | None, study: s
     viewport = request.query_params.get("viewport")
     if viewport is not None:
         parts = viewport.split(",")
-        if len(parts) != 2 or not all(p.strip().isdigit() and 0 < int(p.strip()[:6]) for p in parts):
+        if len(parts) != 2 or not all(is_digits(p.strip()) and 0 < int(p.strip()[:6]) for p in parts):
             raise InvalidInput("viewport takes <columns>,<rows> in pixels", expression="viewport")
         columns, rows = (min(int(p.strip()[:6]), THUMBNAIL_MAX_SIDE) for p in parts)
     data = await run_in_threadpool(partial(reader.read_dicom_thumbnail, study, series=series, instance=instance,
