@@ -520,9 +520,11 @@ def _binary_of_first_fragment(work: _Work, path: Path, fragment: tuple[int, int]
 #: What pydicom raises on a malformed value when it is first used (it parses lazily); anything
 #: else escaping the mapping is a bug and answered as one. BytesLengthException (not a
 #: ValueError) is a binary value whose length is not a multiple of its VR's size (an odd-length
-#: UL, say), found by fuzzing the ingest.
+#: UL, say), found by fuzzing the ingest. RecursionError: sequences nested hundreds deep (pydicom
+#: reads each level with a few more frames); the completeness walk bounds the nesting of
+#: undefined-length sequences only, since a defined-length one is skipped whole.
 _MALFORMED = (InvalidDicomError, BytesLengthException, ValueError, TypeError, KeyError, IndexError, EOFError,
-              OverflowError, NotImplementedError, struct.error)
+              OverflowError, NotImplementedError, struct.error, RecursionError)
 
 
 def read_dataset(path: Path) -> Dataset:

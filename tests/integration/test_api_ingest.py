@@ -445,3 +445,23 @@ def test_photo_record_names_its_stable_dicom_uids(tmp_path: Path) -> None:
         assert second["dicom"]["studyInstanceUid"] == receipt["dicom"]["studyInstanceUid"]
         assert second["dicom"]["sopInstanceUid"] != sop
         assert receipt["dicom"]["forwardTo"] == []
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 100_000 + "]" * 100_000,  # Python's parser: RecursionError
+    '{"resourceType": "Consent", "x": ' + "[" * 500 + "]" * 500 + "}",  # parses; deeper than any resource
+])
+def test_json_nested_deeper_than_any_resource_is_refused_not_a_server_error(tmp_path: Path, body: str) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        fhir_json = {"Content-Type": "application/fhir+json"}
+        answers = [client.post("/fhir", content=body, headers=fhir_json),
+                   client.post("/fhir/Consent", content=body, headers=fhir_json),
+                   client.put("/fhir/Consent/c1", content=body, headers=fhir_json),
+                   client.post("/photos", files={"file": ("w.jpg", (ROOT / "samples" / "tiny.jpg").read_bytes(),
+                                                          "image/jpeg"),
+                                                 "metadata": (None, body, "application/json")})]
+        for r in answers:
+            assert r.status_code == 422, r.text[:200]
+            assert "nests deeper than 64 levels" in r.json()["issue"][0]["diagnostics"]
+        assert services.store.list_audit() == []
+        assert client.get("/fhir/Consent", headers=as_purpose("TREAT")).json()["total"] == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import socket
+import struct
 import threading
 import time
 import warnings
@@ -467,6 +468,47 @@ def test_truncated_dataset_is_refused_and_nothing_is_stored(scp: StoreSCP, servi
     # the whole object is stored afterwards (the refusal left nothing in the way)
     assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
     assert services.store.find_dicom_instance(sent.SOPInstanceUID) is not None
+
+
+def nested_sequences_file(path: Path, levels: int) -> Dataset:
+    """A Secondary Capture holding ContentSequence (0040,A730) items nested ``levels`` deep,
+    every sequence and item of defined length (the completeness walk skips those whole), the
+    innermost item a CodeValue. Written byte by byte: pydicom takes minutes to write thousands
+    of levels."""
+    sent = sc_file(path)
+    raw = path.read_bytes()
+    pixel_data = raw.index(b"\xe0\x7f\x10\x00OB")
+    assert max(int(e.tag) for e in pydicom.dcmread(path, stop_before_pixels=True)) < 0x0040A730
+    element = b"\x08\x00\x00\x01SH" + struct.pack("<H", 2) + b"x "
+    for _ in range(levels):
+        item = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(element)) + element
+        element = b"\x40\x00\x30\xa7SQ\x00\x00" + struct.pack("<I", len(item)) + item
+    path.write_bytes(raw[:pixel_data] + element + raw[pixel_data:])
+    return sent
+
+
+def test_sequences_nested_thousands_deep_are_refused_not_a_crash(scp: StoreSCP, services: Services,
+                                                                  client: FhirClient, tmp_path: Path) -> None:
+    """pydicom reads nested sequences recursively: 3,000 levels raised RecursionError, answered as
+    a bug (0xC211 over DIMSE, 500 over STOW-RS). Now they are malformed input: Cannot
+    understand, and nothing is stored. 20 levels are stored as any object."""
+    path = tmp_path / "deep.dcm"
+    sent = nested_sequences_file(path, 3000)
+    answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == CANNOT_UNDERSTAND, hex(answer.Status)
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    stowed = client.post("/dicomweb/studies", content=_related(path.read_bytes()),
+                         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'})
+    assert stowed.status_code == 409, stowed.text
+    assert stowed.json()["00081198"]["Value"][0]["00081197"]["Value"] == [CANNOT_UNDERSTAND]
+    shallow = nested_sequences_file(tmp_path / "shallow.dcm", 20)
+    assert pynet_store(scp.port, tmp_path / "shallow.dcm", chunked=True).Status == SUCCESS
+    assert services.store.find_dicom_instance(shallow.SOPInstanceUID) is not None
+
+
+def _related(part: bytes, boundary: str = "b0undary") -> bytes:
+    return (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part
+            + f"\r\n--{boundary}--\r\n".encode())
 
 
 @pytest.mark.parametrize(("change", "status"), [

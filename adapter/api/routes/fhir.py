@@ -4,7 +4,6 @@ Consent create/update, read and search under purpose of use. R4 by default; R5 w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC
 from email.utils import format_datetime
@@ -19,6 +18,7 @@ from adapter import __version__
 from adapter.api.batch import process_batch
 from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
 from adapter.api.headers import break_glass_headers
+from adapter.api.json_input import load_json
 from adapter.api.negotiation import check_acceptable, fhir_version, media_type, wants_fhir_json
 from adapter.api.outcome import fhir_response
 from adapter.api.urls import absolute, base
@@ -78,10 +78,7 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     body = await _body(request, ("application/fhir+json", "application/json"),
                        "FHIR requests take application/fhir+json", limit,
                        f"the request body is larger than {limit} bytes")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("the body is not valid JSON") from exc
+    data = load_json(body, what="the body")
     if not isinstance(data, dict) or "resourceType" not in data:
         raise InvalidInput("the body is not a FHIR resource", expression="resourceType")
     return data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from adapter.api.deps import get_services, get_write_context
+from adapter.api.json_input import load_json
 from adapter.api.multipart import parse_multipart
 from adapter.api.urls import absolute
 from adapter.errors import InvalidInput, PayloadTooLarge, RequiredElementMissing
@@ -42,10 +42,7 @@ def _ingest_limiter(request: Request) -> anyio.CapacityLimiter:
 def _metadata(raw: bytes | None) -> PhotoMetadata:
     if raw is None:
         raise RequiredElementMissing("the 'metadata' part (JSON) is required", expression="metadata")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("the 'metadata' part is not valid JSON", expression="metadata") from exc
+    data = load_json(raw, what="the 'metadata' part", expression="metadata")
     try:
         return PhotoMetadata.model_validate(data)
     except ValidationError as exc:
