@@ -88,6 +88,13 @@ class ImageTooLarge(AdapterError):
     issue_type = "too-costly"
 
 
+class TooCostly(AdapterError):
+    """A request that would cost far more than any client needs: a search of hundreds of
+    criteria, say (the database would refuse it, or take its time over it)."""
+
+    issue_type = "too-costly"
+
+
 class PayloadTooLarge(AdapterError):
     """An upload over the size limit (HTTP 413)."""
 
@@ -178,6 +185,7 @@ __all__ = [
     "PurposeOfUseMissing",
     "RequiredElementMissing",
     "StorageError",
+    "TooCostly",
     "Transient",
     "UndecodableImage",
     "UnknownCode",

@@ -34,6 +34,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.NotSupported: 400,
     e.NotAcceptable: 406,
     e.ImageTooLarge: 422,
+    e.TooCostly: 422,
     e.PayloadTooLarge: 413,
     e.Forbidden: 403,
     e.PurposeOfUseMissing: 403,

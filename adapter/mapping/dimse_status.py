@@ -53,6 +53,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.NotSupported: SOP_CLASS_NOT_SUPPORTED,
     e.NotAcceptable: PROCESSING_FAILURE,  # HTTP content negotiation: never raised over DIMSE
     e.ImageTooLarge: OUT_OF_RESOURCES,
+    e.TooCostly: OUT_OF_RESOURCES,
     e.PayloadTooLarge: OUT_OF_RESOURCES,
     e.Forbidden: NOT_AUTHORISED,
     e.PurposeOfUseMissing: NOT_AUTHORISED,

@@ -10,13 +10,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from adapter.errors import InvalidInput, NotSupported
+from adapter.errors import InvalidInput, NotSupported, TooCostly
 from adapter.model.photo import Identifier
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 from adapter.text import is_digits
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 200
+#: Search criteria (parameters that filter, each AND-ed with the others) one search may have.
+#: Far more than any client asks; at about 1,000 SQLite refuses the statement ("Expression tree
+#: is too large"), which surfaced as a 503 the client would retry in vain.
+MAX_CRITERIA = 100
 #: Read by the route, not a criterion: the answer's format and shape (_summary other than count,
 #: _elements: adapter.mapping.subsetting).
 _IGNORED = {"_format", "_pretty", "_elements"}
@@ -65,6 +69,9 @@ TARGET_TYPES = ("Media", "DocumentReference", "Consent")
 REVINCLUDES = ("Provenance:target",)
 INCLUDES = {"Provenance": ("Provenance:target",)}
 _COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total", "_lastUpdated", "_sort"}
+#: Parameters that shape the answer rather than filter it (not counted against MAX_CRITERIA).
+_CONTROL = {"_count", "_offset", "_total", "_sort", "_summary", "_elements", "_format", "_pretty", "_include",
+            "_revinclude"}
 #: The chained forms IHE MHD's Find Document References [ITI-67] uses for the patient's identifier
 #: (``patient.identifier=system|value``): the same search as the ``:identifier`` modifier, since
 #: the adapter holds no Patient resources to chain through.
@@ -233,6 +240,10 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     ignored: list[str] = []
     include_targets: list[str] = []
     revinclude = False
+    filters = [name for name, _ in params if name.partition(":")[0] not in _CONTROL]
+    if len(filters) > MAX_CRITERIA:
+        raise TooCostly(f"a search takes at most {MAX_CRITERIA} criteria ({len(filters)} given); "
+                        "combine values of one parameter with commas (OR)")
     for name, value in params:
         base, _, modifier = _CHAINS.get(name, name).partition(":")
         if base in _IGNORED:
