@@ -34,6 +34,9 @@ from starlette.concurrency import run_in_threadpool
 from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 SMALL_PART_LIMIT = 1024 * 1024  # metadata JSON, with room for a base64 consent form
+#: Parts one upload may have: a photo and its metadata, with room to spare. Parsing runs on the
+#: event loop; 50 MB of empty parts (over a million) would hold it for tens of seconds.
+MAX_PARTS = 16
 #: A ``file`` part up to this size is kept in memory; a larger one is spilled to disk.
 MEMORY_LIMIT = 8 * 1024 * 1024
 #: All uploads in flight together keep at most this many bytes in memory; beyond it an upload
@@ -136,10 +139,14 @@ class _Collector:
         self._sink: BinaryIO | None = None
         self._file_done = False
         self._digest = hashlib.sha256()
+        self._parts = 0
 
     # -- events from the parser --------------------------------------------------------------
 
     def part_begin(self, headers: dict[bytes, bytes]) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise _malformed(f"more than {MAX_PARTS} parts (a photo upload has two: file and metadata)")
         _, params = parse_options_header(headers.get(b"content-disposition", b""))
         raw_name = params.get(b"name")
         self._name = raw_name.decode("utf-8", "replace") if raw_name else None

@@ -277,3 +277,23 @@ def test_the_process_wide_memory_budget_sends_uploads_to_disk(tmp_path: Path) ->
     assert third.file_data == photo
     third.release()
     assert budget.used == 0
+
+
+def test_more_parts_than_an_upload_has_are_refused_at_once(tmp_path: Path) -> None:
+    """Parsing runs on the event loop: a body of a million empty parts held it for tens of
+    seconds. Sixteen parts are taken (unknown ones are ignored); the seventeenth is refused
+    when it begins, whatever follows, and nothing is left in the spill file's place."""
+    d = b"--" + B.encode()
+
+    def extra(n: int) -> bytes:
+        return b"".join(d + b'\r\nContent-Disposition: form-data; name="x%d"\r\n\r\nv\r\n' % i for i in range(n))
+
+    whole = body()
+    ok = parse([extra(14) + whole], tmp_path)
+    assert file_bytes(ok) == b"\xff\xd8photo\xff\xd9"
+    ok.release()
+    with pytest.raises(InvalidInput, match="more than 16 parts"):
+        parse([extra(15) + whole], tmp_path)
+    with pytest.raises(InvalidInput, match="more than 16 parts"):
+        parse([extra(100_000) + whole], tmp_path)
+    assert not (tmp_path / "spill.part").exists()
