@@ -58,6 +58,12 @@ _DECODING_MARKERS = SOF_MARKERS | {DQT, DHT, DAC, DRI, SOS, DNL, ECS}
 
 # FF followed by anything but a stuffed 00 or RSTm: a marker, or the start of a fill-byte run.
 _MARKER_CANDIDATE = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+#: Where a run of fill bytes (0xFF) ends.
+_NOT_FILL = re.compile(rb"[^\xff]")
+#: Markers (segments, scans, stray stand-alone ones) one JPEG may have outside its entropy-coded
+#: data. A camera's JPEG has a few dozen, a progressive one a few more; every one is walked
+#: here, in Python, holding the GIL: 50 MB of empty COM segments took about a minute.
+MAX_MARKERS = 4096
 #: Scan data is searched for marker candidates with numpy (when installed) in blocks of this
 #: many bytes (cache-sized: the block's temporaries stay in L2), from this much data on.
 _NP_BLOCK = 64 * 1024
@@ -162,18 +168,21 @@ def walk(data: bytes, *, max_pixels: int | None = None, check_decoding: bool = F
     pos = 2
     extraneous = False
     checker = _DecodingChecker(data) if check_decoding else None
+    markers = 0
     while True:
         if pos >= n:
             raise UndecodableImage("JPEG ends before EOI (truncated)")
+        markers += 1
+        if markers > MAX_MARKERS:
+            raise UndecodableImage(f"JPEG has more than {MAX_MARKERS} markers outside its scans")
         if data[pos] != 0xFF:
             nxt = data.find(b"\xff", pos)
             if nxt < 0:
                 raise UndecodableImage("JPEG ends before EOI (truncated)")
             extraneous, pos = True, nxt
             continue
-        code = pos + 1
-        while code < n and data[code] == 0xFF:  # fill bytes (B.1.1.2)
-            code += 1
+        fill_end = _NOT_FILL.search(data, pos + 1)  # fill bytes (B.1.1.2), however many, at C speed
+        code = fill_end.start() if fill_end is not None else n
         if code >= n:
             raise UndecodableImage("JPEG ends before EOI (truncated)")
         marker, start = data[code], code - 1

@@ -29,6 +29,12 @@ KEEP_ANCILLARY = frozenset({b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"cICP", b"mDCV"
 # profile's own description/copyright tags, and a device profile can fingerprint the camera.
 PIXELS_ONLY_ANCILLARY = frozenset({b"tRNS", b"gAMA", b"sRGB"})
 _MAX_CHUNK = 0x7FFFFFFF  # §5.3: length is at most 2^31-1
+#: Chunks one PNG may have, and of those ancillary ones (text, time, colour...). Each is walked
+#: in Python holding the GIL: a million empty tEXt chunks took ~4 s. An encoder may split the
+#: image data into many IDAT chunks (a 50 MB image in 1 KiB chunks: ~50,000); nothing needs
+#: thousands of ancillary ones.
+MAX_CHUNKS = 100_000
+MAX_ANCILLARY_CHUNKS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +66,12 @@ def walk(data: bytes, *, max_pixels: int | None = None) -> PngLayout:
     pos = len(PNG_SIGNATURE)
     chunks: list[Chunk] = []
     width = height = 0
+    ancillary = 0
     while True:
         if pos + 12 > n:
             raise UndecodableImage("PNG ends before IEND (truncated)")
+        if len(chunks) >= MAX_CHUNKS:
+            raise UndecodableImage(f"PNG has more than {MAX_CHUNKS} chunks")
         length, ctype = struct.unpack_from(">I4s", data, pos)
         end = pos + 12 + length
         if length > _MAX_CHUNK or end > n:
@@ -82,6 +91,10 @@ def walk(data: bytes, *, max_pixels: int | None = None) -> PngLayout:
                 raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {max_pixels}")
         elif ctype[0] & 0x20 == 0 and ctype not in CRITICAL:
             raise UndecodableImage(f"PNG has an unknown critical chunk {ctype.decode('ascii')}")
+        elif ctype[0] & 0x20:
+            ancillary += 1
+            if ancillary > MAX_ANCILLARY_CHUNKS:
+                raise UndecodableImage(f"PNG has more than {MAX_ANCILLARY_CHUNKS} ancillary chunks")
         pos = end
         if ctype == b"IEND":
             break

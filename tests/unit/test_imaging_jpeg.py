@@ -444,3 +444,18 @@ def test_large_photo(tmp_path: Path, large_photo: bytes) -> None:
     assert facts.quality_warnings == ()
     assert ms.OWNER_NAME.encode() not in stored
     assert np.array_equal(pixels(stored), pixels(large_photo))
+
+
+def test_marker_floods_are_refused_quickly_and_fill_bytes_skipped_at_c_speed() -> None:
+    """Each marker segment is walked in Python holding the GIL: 50 MB of empty COM segments
+    held the whole server for about a minute. More than MAX_MARKERS markers outside the scans
+    are refused (no camera writes a fraction of that); any run of fill bytes is skipped in one
+    regex search."""
+    base = jpeg(Image.new("RGB", (32, 32), (200, 10, 10)))
+    few = base[:2] + b"\xff\xfe\x00\x02" * 100 + base[2:]
+    assert walk(few).width == 32
+    flood = base[:2] + b"\xff\xfe\x00\x02" * (jpeg_module.MAX_MARKERS + 1) + base[2:]
+    with pytest.raises(UndecodableImage, match="more than 4096 markers"):
+        walk(flood)
+    filled = base[:2] + b"\xff" * 5_000_000 + base[2:]  # fill bytes before a marker (T.81 B.1.1.2)
+    assert walk(filled).width == 32

@@ -14,6 +14,7 @@ from PIL import ExifTags, Image, PngImagePlugin
 
 from adapter.errors import ImageTooLarge, UndecodableImage, UnsupportedMediaType
 from adapter.imaging import ImageFacts, orientation_only_tiff, png_pixel_size, sanitize, strip_to_pixels_only
+from adapter.imaging import png as png_module
 from adapter.model.policy import Limits, Quality
 
 pytestmark = pytest.mark.unit
@@ -270,3 +271,22 @@ def test_strip_to_pixels_only_checks_the_declared_type(lesion: bytes) -> None:
         strip_to_pixels_only(lesion, "image/jpeg")
     with pytest.raises(UnsupportedMediaType):
         strip_to_pixels_only(lesion, "image/gif")
+
+
+def test_chunk_floods_are_refused() -> None:
+    """Each chunk is walked in Python holding the GIL: a million empty tEXt chunks took ~4 s.
+    More than 4096 ancillary chunks, or 100,000 in all, are refused; image data split into
+    many IDAT chunks is not."""
+    base = png(Image.new("RGB", (16, 16), (200, 10, 10)))
+    ihdr_end = 8 + 25
+    text = chunk(b"tEXt", b"a\x00b")
+    assert png_pixel_size(base[:ihdr_end] + text * 10 + base[ihdr_end:]) == (16, 16)
+    flood = base[:ihdr_end] + text * (png_module.MAX_ANCILLARY_CHUNKS + 1) + base[ihdr_end:]
+    with pytest.raises(UndecodableImage, match="more than 4096 ancillary chunks"):
+        png_module.walk(flood)
+    [(_, idat)] = [(t, p) for t, p in chunks(base) if t == b"IDAT"]
+    split = base[:ihdr_end] + b"".join(chunk(b"IDAT", idat[i:i + 1]) for i in range(len(idat))) + chunk(b"IEND", b"")
+    assert png_module.walk(split).width == 16
+    empty_idats = base[:ihdr_end] + chunk(b"IDAT", b"") * png_module.MAX_CHUNKS + base[ihdr_end:]
+    with pytest.raises(UndecodableImage, match="more than 100000 chunks"):
+        png_module.walk(empty_idats)
