@@ -39,7 +39,7 @@ from adapter.dicom.status import (
 )
 from adapter.errors import AdapterError, InvalidInput, InvalidResource, UndecodableImage
 from adapter.mapping.dicom_fhir import extract_image
-from adapter.services.dicom_ingest import ReceivedStore, check_complete, read_header
+from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
 from tests.conftest import require_or_skip
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
@@ -506,6 +506,34 @@ def test_sequences_nested_thousands_deep_are_refused_not_a_crash(scp: StoreSCP, 
     assert services.store.find_dicom_instance(shallow.SOPInstanceUID) is not None
 
 
+def test_an_object_of_more_elements_than_any_photograph_has_is_refused_quickly(
+        scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    """Each element is walked and read by pydicom in Python, holding the GIL: 400,000 empty
+    private elements (4 MB) took 21 s. More than MAX_ELEMENTS are refused by the completeness
+    walk, before pydicom reads anything, inside defined-length sequences too."""
+    path = tmp_path / "many.dcm"
+    sent = sc_file(path)
+    raw = path.read_bytes()
+    pixel_data = raw.index(b"\xe0\x7f\x10\x00OB")
+    many = b"".join(struct.pack("<HH", 0x6001 + 2 * (i // 8000), 0x1000 + i % 8000) + b"SH\x02\x00x "
+                    for i in range(MAX_ELEMENTS + 1))
+    path.write_bytes(raw[:pixel_data] + many + raw[pixel_data:])
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match=f"more than {MAX_ELEMENTS} elements"):
+        check_complete(path, JPEGBaseline8Bit)
+    assert time.monotonic() - started < 2.0
+    answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    # the same elements inside one defined-length sequence item
+    item = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(many)) + many
+    hidden = b"\x08\x00\x40\x11SQ\x00\x00" + struct.pack("<I", len(item)) + item  # ReferencedImageSequence
+    at = raw.index(b"\x10\x00\x10\x00PN", 132 + 12)  # before PatientName (0010,0010)
+    path.write_bytes(raw[:at] + hidden + raw[at:])
+    with pytest.raises(InvalidInput, match=f"more than {MAX_ELEMENTS} elements"):
+        check_complete(path, JPEGBaseline8Bit)
+
+
 def _related(part: bytes, boundary: str = "b0undary") -> bytes:
     return (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part
             + f"\r\n--{boundary}--\r\n".encode())
@@ -592,9 +620,9 @@ def test_an_element_the_adapter_could_not_release_is_refused(scp: StoreSCP, serv
 
 def test_sequence_cut_off_inside_a_defined_length_item_is_refused(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
     """A defined-length sequence whose item holds an undefined-length sequence cut off before
-    its delimiter: the completeness walk steps over the defined-length sequence, and pydicom
-    raises a bare OSError when it reads it. That is malformed input (0xC000), not a bug (found
-    by fuzzing the ingest)."""
+    its delimiter: malformed input (0xC000), not a bug (found by fuzzing the ingest, when the
+    completeness walk stepped over defined-length sequences and pydicom raised a bare OSError
+    reading it). The walk now goes into them, and finds the item's end where an item should be."""
     path = tmp_path / "seq.dcm"
     sent = sc_file(path)
     data = path.read_bytes()
@@ -606,7 +634,7 @@ def test_sequence_cut_off_inside_a_defined_length_item_is_refused(scp: StoreSCP,
     path.write_bytes(data[:at] + sequence + data[at:])
     with pytest.raises(InvalidInput) as refused:
         services.dicom_ingest.ingest_received(received_store(path, sent))
-    assert refused.value.expression == ["(0008,1140)"]
+    assert "an item was expected" in refused.value.diagnostics
     assert pynet_store(scp.port, path, chunked=True).Status == CANNOT_UNDERSTAND
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
