@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC
 from email.utils import format_datetime
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -78,7 +79,8 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     body = await _body(request, ("application/fhir+json", "application/json"),
                        "FHIR requests take application/fhir+json", limit,
                        f"the request body is larger than {limit} bytes")
-    data = load_json(body, what="the body")
+    # in a worker thread: parsing (and bounding) up to 10 MB of JSON would hold the event loop
+    data = await run_in_threadpool(partial(load_json, body, what="the body"))
     if not isinstance(data, dict) or "resourceType" not in data:
         raise InvalidInput("the body is not a FHIR resource", expression="resourceType")
     return data
