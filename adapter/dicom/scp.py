@@ -48,6 +48,7 @@ import logging
 import os
 import queue
 import select
+import socket
 import ssl
 import struct
 import tempfile
@@ -94,6 +95,9 @@ _SPOOL_CHUNK = 256 * 1024     # socket -> spool file in pieces of this size (one
 _DUL_WAIT = 0.02              # the DUL blocks in select this long at most (timers are checked between)
 _REACTOR_WAIT = 0.005         # the association loop waits this long for a message at most
 _POLL_DELAY = 0.001           # pynetdicom's DUL loop delay
+#: Connections (associations, and peers yet to ask for one) per association the AE accepts.
+CONNECTIONS_PER_ASSOCIATION = 2
+_last_refusal_logged = -3600.0
 _STOPPED_WAIT = 0.05          # how often a wait for a primitive looks whether the DUL has stopped
 
 
@@ -396,6 +400,24 @@ def _accelerate(assoc: Association) -> None:
 
 
 class _RequestHandler(RequestHandler):
+    def handle(self) -> None:
+        """pynetdicom's, except that a connection beyond CONNECTIONS_PER_ASSOCIATION times the
+        AE's maximum associations is closed at once. pynetdicom gives every connection two
+        threads, and refuses only at negotiation (maximum_associations): peers that connect
+        and stay silent would each hold them until the ACSE timeout, without limit."""
+        ae = self.server.ae
+        open_now = len(ae.active_associations)
+        if open_now >= CONNECTIONS_PER_ASSOCIATION * max(1, ae.maximum_associations):
+            global _last_refusal_logged
+            if time.monotonic() - _last_refusal_logged > 60:  # a flood of them logs once a minute
+                _last_refusal_logged = time.monotonic()
+                log.warning("DICOM connections closed on arrival: %d connections are open already", open_now)
+            with contextlib.suppress(OSError):
+                self.request.shutdown(socket.SHUT_RDWR)
+            self.request.close()
+            return
+        super().handle()
+
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         _accelerate(assoc)

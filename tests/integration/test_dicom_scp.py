@@ -394,6 +394,33 @@ def test_the_scp_stops_cleanly_while_a_peer_is_connected_but_silent(services: Se
     assert errors == []
 
 
+def test_connections_beyond_twice_the_maximum_associations_are_closed_on_arrival(services: Services) -> None:
+    """Every connection costs two threads until it associates or the ACSE timeout (30 s) ends
+    it; pynetdicom bounds associations only at negotiation. Peers that connect and stay silent
+    are held to twice maximum_associations; beyond, a connection is closed at once. Once they
+    leave, the SCP serves again."""
+    server = start_scp(services, maximum_associations=3)
+    silent = []
+    try:
+        for _ in range(6):  # 2 x 3: held open, silent
+            silent.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        wait_until(lambda: len(server._ae.active_associations) >= 6 if server._ae else False)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
+            assert extra.recv(1) == b""  # closed by the SCP
+        for sock in silent:
+            sock.close()
+        silent.clear()
+        wait_until(lambda: not server._ae.active_associations if server._ae else True)
+        with associated(server.port, "PYNETSCU") as assoc:
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == SUCCESS
+            assoc.release()
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop()
+
+
 def test_no_allowed_ae_title_refuses_every_caller(services: Services) -> None:
     closed = start_scp(services, allowed_ae_titles=())
     try:
