@@ -239,13 +239,14 @@ def _skip(buf: memoryview, pos: int, length: int) -> int:
 
 
 def _walk_items(buf: memoryview, pos: int, implicit: bool, depth: int, budget: _Budget, *, fragments: bool,
-                items: list[tuple[int, int]] | None = None) -> int:
-    """Items up to and including the sequence delimiter; returns the position after it.
+                items: list[tuple[int, int]] | None = None, end: int | None = None) -> int:
+    """The items of a sequence: up to and including its delimiter (undefined length), or, for
+    one of defined length, filling [``pos``, ``end``) exactly; returns the position after them.
     ``items`` collects (value offset, length) of each item of defined length."""
-    while True:
+    while end is None or pos < end:
         tag, _vr, length, pos = _header(buf, pos, True)
         budget.take()
-        if tag == _SEQUENCE_END:
+        if tag == _SEQUENCE_END and end is None:
             return pos
         if tag != _ITEM:
             raise InvalidInput(f"an item was expected at byte {pos - 8} of the dataset")
@@ -256,27 +257,13 @@ def _walk_items(buf: memoryview, pos: int, implicit: bool, depth: int, budget: _
         else:
             if items is not None:
                 items.append((pos, length))
-            end = _skip(buf, pos, length)
-            if not fragments:
-                _walk_dataset(buf, pos, implicit, depth + 1, budget, in_item=False, end=end)
-            pos = end
-
-
-def _walk_defined_items(buf: memoryview, pos: int, end: int, implicit: bool, depth: int, budget: _Budget) -> None:
-    """The items of a sequence of defined length, which fill [``pos``, ``end``) exactly."""
-    while pos < end:
-        tag, _vr, length, pos = _header(buf, pos, True)
-        budget.take()
-        if tag != _ITEM:
-            raise InvalidInput(f"an item was expected at byte {pos - 8} of the dataset")
-        if length == _UNDEFINED:
-            pos = _walk_dataset(buf, pos, implicit, depth + 1, budget, in_item=True)
-        else:
             item_end = _skip(buf, pos, length)
-            _walk_dataset(buf, pos, implicit, depth + 1, budget, in_item=False, end=item_end)
+            if not fragments:
+                _walk_dataset(buf, pos, implicit, depth + 1, budget, in_item=False, end=item_end)
             pos = item_end
     if pos != end:
         raise InvalidInput(f"a sequence's items overrun its length at byte {pos} of the dataset")
+    return pos
 
 
 @dataclass(frozen=True)
@@ -322,7 +309,7 @@ def _walk_dataset(buf: memoryview, pos: int, implicit: bool, depth: int, budget:
             if top_pixels:
                 pixels.append(PixelDataLayout(False, ((value, length),), element))  # type: ignore[union-attr]
             elif length and _is_sequence(tag, vr, implicit):
-                _walk_defined_items(buf, value, pos, implicit or vr == b"UN", depth, budget)
+                _walk_items(buf, value, implicit or vr == b"UN", depth, budget, fragments=False, end=pos)
         elif tag == 0x7FE00010 and vr in (b"OB", b"OW"):
             items: list[tuple[int, int]] | None = [] if top_pixels else None
             element, pos = pos, _walk_items(buf, value, implicit, depth, budget, fragments=True, items=items)
