@@ -142,6 +142,16 @@ def _equal(*pairs: tuple[Any, str | None]) -> list[Any]:
     return [column == value for column, value in pairs if value is not None]
 
 
+def _resources_after(after: tuple[str, str], condition: Any, batch: int, *columns: Any) -> Select[Any]:
+    """The next ``batch`` resources matching ``condition`` after (resource type, id) ``after``,
+    in that order, with ``columns`` after their type and id: a keyset page of a walk over the
+    whole table (start from ``("", "")``)."""
+    return (select(_r.resource_type, _r.id, *columns)
+            .where(condition, or_(_r.resource_type > after[0],
+                                  and_(_r.resource_type == after[0], _r.id > after[1])))
+            .order_by(_r.resource_type, _r.id).limit(batch))
+
+
 def _fingerprint_locked(conn: Connection, name: str, lock: int) -> str | None:
     """The stored fingerprint of the derived index ``name``, read under its rebuild lock
     (PostgreSQL; on SQLite the write transaction is the lock)."""
@@ -581,11 +591,8 @@ class SqlRecordStore:
                 return 0
             after = ("", "")
             while True:
-                rows = conn.execute(
-                    select(_r.resource_type, _r.id, _r.json)
-                    .where(_r.resource_type.in_(_RECORD_TYPES),
-                           or_(_r.resource_type > after[0], and_(_r.resource_type == after[0], _r.id > after[1])))
-                    .order_by(_r.resource_type, _r.id).limit(batch)).all()
+                rows = conn.execute(_resources_after(after, _r.resource_type.in_(_RECORD_TYPES), batch,
+                                                     _r.json)).all()
                 # a batch at a time: one executemany of updates, one delete and one insert of tokens
                 values, token_values = [], []
                 for rtype, rid, document in rows:
@@ -728,11 +735,8 @@ class SqlRecordStore:
         after: tuple[str, str] = ("", "")
         while True:
             with self._read() as conn:
-                rows = conn.execute(
-                    select(_r.resource_type, _r.id, _r.blob_sha256, _r.blob_offset, _r.blob_length)
-                    .where(_r.blob_sha256.is_not(None),
-                           or_(_r.resource_type > after[0], and_(_r.resource_type == after[0], _r.id > after[1])))
-                    .order_by(_r.resource_type, _r.id).limit(batch)).all()
+                rows = conn.execute(_resources_after(after, _r.blob_sha256.is_not(None), batch,
+                                                     _r.blob_sha256, _r.blob_offset, _r.blob_length)).all()
             for rtype, rid, sha, offset, length in rows:
                 yield BlobReference(f"{rtype}/{rid}", sha, offset, length)
             if len(rows) < batch:
