@@ -70,8 +70,7 @@ REVINCLUDES = ("Provenance:target",)
 INCLUDES = {"Provenance": ("Provenance:target",)}
 _COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total", "_lastUpdated", "_sort"}
 #: Parameters that shape the answer rather than filter it (not counted against MAX_CRITERIA).
-_CONTROL = {"_count", "_offset", "_total", "_sort", "_summary", "_elements", "_format", "_pretty", "_include",
-            "_revinclude"}
+_CONTROL = _IGNORED | {"_count", "_offset", "_total", "_sort", "_summary", "_include", "_revinclude"}
 #: The chained forms IHE MHD's Find Document References [ITI-67] uses for the patient's identifier
 #: (``patient.identifier=system|value``): the same search as the ``:identifier`` modifier, since
 #: the adapter holds no Patient resources to chain through.
