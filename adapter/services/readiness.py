@@ -44,6 +44,23 @@ class Check:
     output: str | None = None  # why it is not ``pass``; never patient data
 
 
+@dataclass(frozen=True)
+class Component:
+    """What a check measures (the draft's ``component:measurement``) and its componentType."""
+
+    name: str
+    type: str
+
+    def check(self, status: str, observed_value: float | None = None, observed_unit: str | None = None,
+              output: str | None = None) -> Check:
+        return Check(self.name, status, self.type, observed_value, observed_unit, output)
+
+
+DATABASE = Component("database:responseTime", "datastore")
+STORAGE = Component("storage:freeSpace", "system")
+DICOM_LISTENER = Component("dicom:listener", "component")
+
+
 def _elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
 
@@ -53,25 +70,24 @@ def check_database(store: RecordStore) -> Check:
     try:
         store.ping()
     except AdapterError as exc:
-        return Check("database:responseTime", FAIL, "datastore", _elapsed_ms(start), "ms", exc.diagnostics)
+        return DATABASE.check(FAIL, _elapsed_ms(start), "ms", exc.diagnostics)
     except Exception as exc:  # noqa: BLE001 - a check reports, it does not raise
-        return Check("database:responseTime", FAIL, "datastore", _elapsed_ms(start), "ms", type(exc).__name__)
-    return Check("database:responseTime", PASS, "datastore", _elapsed_ms(start), "ms")
+        return DATABASE.check(FAIL, _elapsed_ms(start), "ms", type(exc).__name__)
+    return DATABASE.check(PASS, _elapsed_ms(start), "ms")
 
 
 def check_storage(blobs: BlobStore) -> Check:
-    name = "storage:freeSpace"
     if not os.access(blobs.staging_dir, os.W_OK | os.X_OK):
-        return Check(name, FAIL, "system", output="the staging folder is not writable")
+        return STORAGE.check(FAIL, output="the staging folder is not writable")
     try:
         free = blobs.free_bytes()
     except OSError:
-        return Check(name, FAIL, "system", output="the free space of the data folder cannot be read")
+        return STORAGE.check(FAIL, output="the free space of the data folder cannot be read")
     free_mib = free // _MIB
     if free < blobs.reserve_bytes:
-        return Check(name, WARN, "system", free_mib, "MiB",
-                     f"below the reserve of {blobs.reserve_bytes // _MIB} MiB: new images are refused")
-    return Check(name, PASS, "system", free_mib, "MiB")
+        return STORAGE.check(WARN, free_mib, "MiB",
+                             f"below the reserve of {blobs.reserve_bytes // _MIB} MiB: new images are refused")
+    return STORAGE.check(PASS, free_mib, "MiB")
 
 
 def _connect_address(host: str) -> str:
@@ -86,9 +102,8 @@ def check_dicom_listener(host: str, port: int, timeout: float = 2.0) -> Check:
         with socket.create_connection((_connect_address(host), port), timeout=timeout):
             pass
     except OSError:
-        return Check("dicom:listener", FAIL, "component", _elapsed_ms(start), "ms",
-                     "the DICOM SCP does not accept connections")
-    return Check("dicom:listener", PASS, "component", _elapsed_ms(start), "ms")
+        return DICOM_LISTENER.check(FAIL, _elapsed_ms(start), "ms", "the DICOM SCP does not accept connections")
+    return DICOM_LISTENER.check(PASS, _elapsed_ms(start), "ms")
 
 
 def overall(checks: Sequence[Check]) -> str:

@@ -15,8 +15,12 @@ from fastapi.responses import JSONResponse, Response
 from adapter import __version__
 from adapter.api.deps import get_services
 from adapter.services.readiness import (
+    DATABASE,
+    DICOM_LISTENER,
     FAIL,
+    STORAGE,
     Check,
+    Component,
     check_database,
     check_dicom_listener,
     check_storage,
@@ -39,10 +43,10 @@ async def health() -> JSONResponse:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
-async def _run(check: Callable[[], Check], name: str, component_type: str) -> Check:
+async def _run(component: Component, check: Callable[[], Check]) -> Check:
     with anyio.move_on_after(CHECK_TIMEOUT_SECONDS):
         return await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
-    return Check(name, FAIL, component_type, output=f"no answer within {CHECK_TIMEOUT_SECONDS:g} s")
+    return component.check(FAIL, output=f"no answer within {CHECK_TIMEOUT_SECONDS:g} s")
 
 
 @router.get("/health/ready", include_in_schema=False)
@@ -51,13 +55,12 @@ async def ready(request: Request) -> Response:
     reserve: reads go on, new images are refused), 503 when one fails; the checks in the body."""
     services = get_services(request)
     settings = services.settings
-    planned: list[tuple[Callable[[], Check], str, str]] = [
-        (partial(check_database, services.store), "database:responseTime", "datastore"),
-        (partial(check_storage, services.blobs), "storage:freeSpace", "system"),
+    planned: list[tuple[Component, Callable[[], Check]]] = [
+        (DATABASE, partial(check_database, services.store)),
+        (STORAGE, partial(check_storage, services.blobs)),
     ]
     if settings.dicom_enabled:
-        planned.append((partial(check_dicom_listener, settings.dicom_host, settings.dicom_port),
-                        "dicom:listener", "component"))
+        planned.append((DICOM_LISTENER, partial(check_dicom_listener, settings.dicom_host, settings.dicom_port)))
     checks: list[Check | None] = [None] * len(planned)
 
     async def run(i: int) -> None:
