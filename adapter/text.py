@@ -9,3 +9,12 @@ def is_digits(text: str) -> bool:
     refuses (a ValueError where a clear refusal was meant), and other scripts' digits, which
     no standard field here allows."""
     return text.isascii() and text.isdigit()
+
+
+def pixel_count(text: str, cap: int) -> int | None:
+    """A number of pixels as a query gives it (WADO-URI rows/columns, a thumbnail's viewport):
+    ASCII digits naming at least 1 (read from the first six), at most ``cap``; None when the
+    text is not one."""
+    if not is_digits(text) or int(text[:6]) < 1:
+        return None
+    return min(int(text[:6]), cap)

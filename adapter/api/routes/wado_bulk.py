@@ -57,7 +57,7 @@ from adapter.mapping.dicom_json import (
 )
 from adapter.services.access import DicomContent
 from adapter.services.registry import Services
-from adapter.text import is_digits
+from adapter.text import pixel_count
 
 router = APIRouter(prefix="/dicomweb")
 
@@ -184,10 +184,10 @@ async def _thumbnail(reader: Any, request: Request, accept: str | None, study: s
     columns = rows = THUMBNAIL_SIDE
     viewport = request.query_params.get("viewport")
     if viewport is not None:
-        parts = viewport.split(",")
-        if len(parts) != 2 or not all(is_digits(p.strip()) and 0 < int(p.strip()[:6]) for p in parts):
+        sides = [side for p in viewport.split(",") if (side := pixel_count(p.strip(), THUMBNAIL_MAX_SIDE))]
+        if len(sides) != 2 or viewport.count(",") != 1:
             raise InvalidInput("viewport takes <columns>,<rows> in pixels", expression="viewport")
-        columns, rows = (min(int(p.strip()[:6]), THUMBNAIL_MAX_SIDE) for p in parts)
+        columns, rows = sides
     data = await run_in_threadpool(partial(reader.read_dicom_thumbnail, study, series=series, instance=instance,
                                            rows=rows, columns=columns))
     return Response(content=data, media_type="image/jpeg")

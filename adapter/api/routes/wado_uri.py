@@ -29,7 +29,7 @@ from adapter.api.deps import ReaderDep
 from adapter.api.headers import break_glass_headers
 from adapter.errors import InvalidInput, NotAcceptable, NotSupported, RequiredElementMissing
 from adapter.model.decision import View
-from adapter.text import is_digits
+from adapter.text import pixel_count
 
 router = APIRouter()
 
@@ -43,9 +43,10 @@ _MAX_SIDE = 4096
 def _side(value: str | None, name: str) -> int | None:
     if value is None:
         return None
-    if not is_digits(value) or not 0 < int(value[:6]):
+    side = pixel_count(value, _MAX_SIDE)
+    if side is None:
         raise InvalidInput(f"{name} takes a positive whole number of pixels", expression=name)
-    return min(int(value[:6]), _MAX_SIDE)
+    return side
 
 
 @router.get("/wado")
