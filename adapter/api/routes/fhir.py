@@ -186,8 +186,7 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     version = fhir_version(accept)
     if resource_type not in R4_TYPES or resource_type == "Binary":  # bytes, never updated: read or vread it
         raise NotSupported(f"history of {resource_type[:40]} is not served here")
-    if version == "5" and resource_type == "Media":
-        raise NotFound("R5 has no Media; photos are DocumentReference in R5")
+    _no_media_in_r5(resource_type, version)
     params = list(request.query_params.multi_items())
     how = parse_subsetting(params)
     count, offset, since = DEFAULT_COUNT, 0, None
@@ -241,8 +240,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         return Response(content=content.data, media_type=content.content_type, headers=headers)
     if resource_type not in R4_TYPES:
         raise NotSupported(f"{resource_type[:40]} is not served here")
-    if version == "5" and resource_type == "Media":
-        raise NotFound("R5 has no Media; photos are DocumentReference in R5")
+    _no_media_in_r5(resource_type, version)
 
     result = await _as_r5_photo_too(
         lambda rt: reader.read(rt, id) if version_id is None else reader.read_version(rt, id, version_id),
@@ -262,6 +260,12 @@ async def _as_r5_photo_too(load: Callable[[str], Any], resource_type: str, versi
         if version == "5" and resource_type == "DocumentReference":
             return await run_in_threadpool(load, "Media")
         raise
+
+
+def _no_media_in_r5(resource_type: str, version: str, hint: str = "photos are DocumentReference in R5") -> None:
+    """An R5 reader asking for Media: R5 has none (a photo is the DocumentReference of its id)."""
+    if version == "5" and resource_type == "Media":
+        raise NotFound(f"R5 has no Media; {hint}")
 
 
 def _not_modified(if_none_match: str | None, headers: dict[str, str]) -> bool:
@@ -319,8 +323,7 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     version = fhir_version(accept)
     if resource_type not in R4_TYPES or resource_type == "Binary":
         raise NotSupported(f"search on {resource_type[:40]} is not supported")
-    if version == "5" and resource_type == "Media":
-        raise NotFound("R5 has no Media; search DocumentReference")
+    _no_media_in_r5(resource_type, version, "search DocumentReference")
     req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")), r5=version == "5")
     how = parse_subsetting(params)
     if req.ignored:  # the links name only the parameters the search used (search.html#errors)
