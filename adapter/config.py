@@ -66,6 +66,14 @@ class Settings(BaseSettings):
         "default: derived from the request.")
     max_upload_bytes: int = Field(
         50 * 1024 * 1024, gt=0, description="Largest accepted upload (photo or Bundle) in bytes; larger gets 413.")
+    http_header_timeout: float = Field(
+        30.0, gt=0, le=3600, description="Seconds a request's header may take to arrive (for a connection's first "
+        "request counted from its opening, for a later one from its first byte); a slower one is answered 408 and "
+        "its connection closed.")
+    http_body_timeout: float = Field(
+        60.0, gt=0, le=3600, description="Seconds an upload may go without sending anything while its body is "
+        "read (each wait, not the whole upload); a stalled one is answered 408, stores nothing and its "
+        "connection is closed.")
     min_free_mb: int = Field(
         128, ge=0, description="Free space (MiB) the data folder keeps for the database and the audit trail: "
         "an image that would leave less is refused (HTTP 507, DIMSE 0xA700), while reads, consent changes and "

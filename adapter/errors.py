@@ -101,6 +101,13 @@ class PayloadTooLarge(AdapterError):
     issue_type = "too-long"
 
 
+class RequestTimeout(AdapterError):
+    """The client stopped sending its request part-way (HTTP 408, adapter.api.request_timeout):
+    nothing of it was stored."""
+
+    issue_type = "timeout"
+
+
 class Forbidden(AdapterError):
     """Refused by the consent decision or missing purpose of use. Says little on purpose."""
 

@@ -15,6 +15,7 @@ from adapter.api.head import HeadMiddleware
 from adapter.api.headers import NoStoreMiddleware
 from adapter.api.outcome import install_error_handlers
 from adapter.api.request_id import RequestIdMiddleware
+from adapter.api.request_timeout import BodyTimeoutMiddleware
 from adapter.api.routes import dicomweb, fhir, health, outbox, photos, wado_bulk, wado_uri
 from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services
@@ -43,6 +44,7 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     app.add_middleware(HeadMiddleware)  # innermost: the other middlewares see HEAD
     app.add_middleware(NoStoreMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(BodyTimeoutMiddleware, seconds=services.settings.http_body_timeout)
     origins = services.settings.allowed_cors_origins
     if origins:  # outermost: preflights are answered here, and refusals carry the headers too
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,

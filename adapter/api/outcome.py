@@ -36,6 +36,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.ImageTooLarge: 422,
     e.TooCostly: 422,
     e.PayloadTooLarge: 413,
+    e.RequestTimeout: 408,
     e.Forbidden: 403,
     e.PurposeOfUseMissing: 403,
     e.NotFound: 404,

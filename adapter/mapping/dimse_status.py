@@ -55,6 +55,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.ImageTooLarge: OUT_OF_RESOURCES,
     e.TooCostly: OUT_OF_RESOURCES,
     e.PayloadTooLarge: OUT_OF_RESOURCES,
+    e.RequestTimeout: PROCESSING_FAILURE,  # an HTTP request body that stopped: never raised over DIMSE
     e.Forbidden: NOT_AUTHORISED,
     e.PurposeOfUseMissing: NOT_AUTHORISED,
     e.NotFound: PROCESSING_FAILURE,

@@ -25,6 +25,7 @@ def test_statuses_that_clients_rely_on() -> None:
     assert status_for(errors.UnsupportedMediaType("x")) == 415
     assert status_for(errors.NotAcceptable("x")) == 406
     assert status_for(errors.PayloadTooLarge("x")) == 413
+    assert status_for(errors.RequestTimeout("x")) == 408
     assert status_for(errors.PreconditionFailed("x")) == 412
     assert status_for(errors.StorageError("x")) == 503
 

@@ -1,0 +1,207 @@
+"""408 Request Timeout (adapter.api.request_timeout), against the server process over raw
+sockets: a client that stops sending part-way through a request (a phone losing its network, a
+"slowloris" client) loses its connection within the timeouts and stores nothing, while a slow
+upload that keeps moving is stored."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+from tests.support.app import PATIENT, consent_resource, metadata
+from tests.support.dicom_files import sc_file
+from tests.support.server import RunningAdapter, running_adapter
+
+TIMEOUT = 1.0  # ADAPTER_HTTP_HEADER_TIMEOUT and ADAPTER_HTTP_BODY_TIMEOUT of the server under test
+TREAT = {"X-Purpose-Of-Use": "TREAT"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAdapter]:
+    with running_adapter(tmp_path_factory.mktemp("timeouts"), ADAPTER_HTTP_HEADER_TIMEOUT=str(TIMEOUT),
+                         ADAPTER_HTTP_BODY_TIMEOUT=str(TIMEOUT), ADAPTER_DICOM_ENABLED="false") as running:
+        yield running
+
+
+def _connect(server: RunningAdapter) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and the seconds that took."""
+    start = time.monotonic()
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data, time.monotonic() - start
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One whole answer (its header and Content-Length bytes of body) from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    _, headers, _ = _answer(head + b"\r\n\r\n")
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def _assert_timeout_outcome(raw: bytes, elapsed: float) -> dict[str, str]:
+    status, headers, body = _answer(raw)
+    assert status == 408, raw[:300]
+    assert headers["connection"] == "close"
+    assert headers["content-type"].startswith("application/fhir+json")
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["code"] == "timeout"
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 5, elapsed
+    return headers
+
+
+def _stored(server: RunningAdapter) -> int:
+    with httpx.Client(base_url=server.url, headers=TREAT, timeout=10) as http:
+        return sum(http.get(f"/fhir/{kind}", params={"_count": "0"}).json()["total"]
+                   for kind in ("Media", "DocumentReference", "Consent"))
+
+
+def _staging(server: RunningAdapter) -> list[Path]:
+    return list((server.log.parent / "data" / "staging").iterdir())
+
+
+def test_a_connection_that_sends_nothing_is_closed_without_an_answer(server: RunningAdapter) -> None:
+    with _connect(server) as sock:
+        data, elapsed = _read_until_closed(sock)
+    assert data == b""
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 5, elapsed
+
+
+def test_a_header_that_stops_arriving_is_answered_408(server: RunningAdapter) -> None:
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: adapter\r\nX-Purpose-")
+        data, elapsed = _read_until_closed(sock)
+    headers = _assert_timeout_outcome(data, elapsed)
+    assert headers["cache-control"] == "no-store"
+
+
+def test_a_header_sent_a_byte_at_a_time_is_cut_off_at_the_timeout(server: RunningAdapter) -> None:
+    """Each byte comes well within the timeout; the whole header does not."""
+    request = b"GET /health HTTP/1.1\r\nHost: adapter\r\n" + b"X-Filler: " + b"a" * 400 + b"\r\n\r\n"
+    with _connect(server) as sock:
+        start = time.monotonic()
+        sock.settimeout(0.01)
+        received = b""
+        for byte in request:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:  # closed by the server: expected once the timeout is past
+                break
+            time.sleep(0.01)
+            try:
+                received += sock.recv(65536)
+            except TimeoutError:
+                continue
+            if received:
+                break
+        sock.settimeout(10)
+        rest, _ = _read_until_closed(sock)
+        elapsed = time.monotonic() - start
+    _assert_timeout_outcome(received + rest, elapsed)
+
+
+def test_a_later_request_of_a_kept_alive_connection_is_timed_too(server: RunningAdapter) -> None:
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: adapter\r\n\r\n")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first[:100]
+        time.sleep(TIMEOUT * 1.5)  # the wait between requests is uvicorn's keep-alive (30 s), not this
+        sock.sendall(b"GET /health HTTP/1.1\r\nHo")
+        data, elapsed = _read_until_closed(sock)
+    _assert_timeout_outcome(data, elapsed)
+
+
+def _photo_request(folder: Path) -> tuple[bytes, bytes]:
+    boundary = uuid.uuid4().hex
+    photo = (ROOT / "samples" / "wound.jpg").read_bytes()
+    meta = json.dumps(metadata(patient={"system": PATIENT["system"], "value": f"TIMEOUT-{boundary[:8]}"}))
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n"
+            f"Content-Type: application/json\r\n\r\n{meta}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"wound.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /photos HTTP/1.1\r\nHost: adapter\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head, body
+
+
+def _consent_request(folder: Path) -> tuple[bytes, bytes]:
+    body = json.dumps(consent_resource(["TREAT", "TRAIN"])).encode()
+    head = (f"POST /fhir/Consent HTTP/1.1\r\nHost: adapter\r\nContent-Type: application/fhir+json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head, body
+
+
+def _stow_request(folder: Path) -> tuple[bytes, bytes]:
+    sc_file(folder / "sc.dcm", PatientID=f"TIMEOUT-{uuid.uuid4().hex[:8]}")
+    boundary = uuid.uuid4().hex
+    part = (folder / "sc.dcm").read_bytes()
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").encode() + part + \
+        f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /dicomweb/studies HTTP/1.1\r\nHost: adapter\r\nAccept: application/dicom+json\r\n"
+            f"Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head, body
+
+
+@pytest.mark.parametrize("make", [_photo_request, _consent_request, _stow_request], ids=["photo", "consent", "stow"])
+def test_a_body_that_stops_arriving_is_answered_408_and_stores_nothing(
+        server: RunningAdapter, make: Callable[[Path], tuple[bytes, bytes]], tmp_path: Path) -> None:
+    head, body = make(tmp_path)
+    before = _stored(server)
+    with _connect(server) as sock:
+        sock.sendall(head + body[: len(body) // 2])
+        data, elapsed = _read_until_closed(sock)
+    _assert_timeout_outcome(data, elapsed)
+    assert _stored(server) == before
+    assert _staging(server) == []
+    # the server goes on serving
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+def test_a_slow_upload_that_keeps_moving_is_stored(server: RunningAdapter, tmp_path: Path) -> None:
+    """The bound is on each wait, not on the whole upload: this one takes several timeouts."""
+    head, body = _photo_request(tmp_path)
+    pause = TIMEOUT / 2
+    step = len(body) // 6 + 1
+    groups = [body[i:i + step] for i in range(0, len(body), step)]
+    before = _stored(server)
+    with _connect(server) as sock:
+        start = time.monotonic()
+        sock.sendall(head)
+        for group in groups:
+            time.sleep(pause)
+            sock.sendall(group)
+        data = _read_answer(sock)
+        elapsed = time.monotonic() - start
+    status, _, body = _answer(data)
+    assert status == 201, data[:500]
+    assert json.loads(body)["safeToDeleteFromDevice"] is True
+    assert elapsed > 2 * TIMEOUT
+    assert _stored(server) == before + 2  # the Media and its Consent
