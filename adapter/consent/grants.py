@@ -49,7 +49,7 @@ CONSENT_METHOD_EXTENSION = "http://clinical-image-adapter.org/fhir/StructureDefi
 
 _READ_ACTIONS = frozenset({"access", "use"})
 _UNEVALUABLE = ("actor", "class", "code", "securityLabel", "dataPeriod")
-_PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+_PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$", re.ASCII)
 _HISTORY = re.compile(r"/_history/[^/]+$")
 
 

@@ -73,7 +73,7 @@ _SAFE_CONCEPT_EXTENSIONS = frozenset({codes.EXT_LATERALITY})
 # Identifier.system under which a subject known only by a literal reference is pseudonymised.
 LITERAL_REFERENCE_SYSTEM = "urn:clinical-image-adapter:literal-reference"
 _LITERAL = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?$")
-_YEAR = re.compile(r"^(\d{4})")
+_YEAR = re.compile(r"^(\d{4})", re.ASCII)
 REDACTED = "redacted"
 
 

@@ -247,7 +247,7 @@ LEVEL_KEYS: dict[str, frozenset[str]] = {
     INSTANCE: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "SeriesInstanceUID",
                          "Modality", "SOPInstanceUID", "SOPClassUID", "AccessionNumber"}),
 }
-_DATE = re.compile(r"^\d{8}$")
+_DATE = re.compile(r"^\d{8}$", re.ASCII)
 
 
 @dataclass(frozen=True)

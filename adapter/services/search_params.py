@@ -28,9 +28,9 @@ _IGNORED = {"_format", "_pretty", "_elements"}
 #: what it shows, not what matches; "estimate" is answered accurately.
 TOTAL_MODES = ("none", "estimate", "accurate")
 _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
-_DATE_RE = re.compile(
+_DATE_RE = re.compile(  # ASCII: \d would take other scripts' digits too
     r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.(?P<f>\d+))?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$")
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$", re.ASCII)
 
 # resource type -> supported search parameters -> kind
 _PARAMS: dict[str, dict[str, str]] = {

@@ -180,7 +180,9 @@ def test_search_parameters_and_paging(tmp_path: Path) -> None:
         bad = client.get("/fhir/Media?colour=red", headers=h)
         assert bad.status_code == 422 and bad.json()["resourceType"] == "OperationOutcome"
         # well-formed but not a real time (found by fuzzing: these were 500s)
-        for when in ("2024-13", "2024-02-30", "eq2024-01-01T10:00:00+99:00", "0000", "2024-01-01T24:00:00Z"):
+        # ... and digits of another script (Arabic-Indic 2024: Python's \\d and int() take them)
+        for when in ("2024-13", "2024-02-30", "eq2024-01-01T10:00:00+99:00", "0000", "2024-01-01T24:00:00Z",
+                     "\u0662\u0660\u0662\u0664", "ge\u0662\u0660\u0662\u0664-01-01"):
             bad = client.get("/fhir/Media", params={"created": when}, headers=h)
             assert bad.status_code == 422 and bad.json()["resourceType"] == "OperationOutcome", (when, bad.text)
 

@@ -356,7 +356,9 @@ def test_purpose_header_and_accept_are_checked(adapter: tuple[FhirClient, Servic
     bad = client.get("/dicomweb/studies", params={"PatientName": "Doe*"}, headers=TREAT)
     assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
     assert client.get("/dicomweb/studies", params={"SOPInstanceUID": "1.2"}, headers=TREAT).status_code == 400
-    for params in ({"StudyDate": "2024"}, {"StudyDate": "-"}, {"limit": "x"}):
+    # "\u0662\u0660\u0662\u0664\u0660\u0661\u0660\u0661": 20240101 in Arabic-Indic digits (Python's \\d takes them)
+    for params in ({"StudyDate": "2024"}, {"StudyDate": "-"}, {"limit": "x"},
+                   {"StudyDate": "\u0662\u0660\u0662\u0664\u0660\u0661\u0660\u0661"}):
         assert client.get("/dicomweb/studies", params=params, headers=TREAT).status_code == 422, params
     # break-glass: permitted, flagged, audited
     glass = client.get(url, headers={"X-Purpose-Of-Use": "BTG"})
