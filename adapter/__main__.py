@@ -125,7 +125,7 @@ def _serve_http(settings: Settings, services: Services | None = None) -> int:
     import uvicorn
 
     from adapter.api.asgi import STARTUP_FAILURE, build_app, settings_environment
-    from adapter.api.request_timeout import header_timeout_protocol
+    from adapter.api.request_limits import bounded_http_protocol
 
     log = logging.getLogger("adapter")
     log.info("HTTP on http://%s:%d (%d worker process%s), store %s, data dir %s", settings.http_host,
@@ -135,7 +135,7 @@ def _serve_http(settings: Settings, services: Services | None = None) -> int:
     # uvicorn's access log prints query strings (patient identifiers): ours prints paths only.
     options: dict[str, Any] = {"host": settings.http_host, "port": settings.http_port, "access_log": False,
                                "log_level": settings.log_level.lower(), "timeout_keep_alive": 30,
-                               "http": header_timeout_protocol(settings.http_header_timeout)}
+                               "http": bounded_http_protocol(settings.http_header_timeout)}
     if settings.http_workers == 1:
         try:
             app = build_app(settings, services)

@@ -102,7 +102,7 @@ class PayloadTooLarge(AdapterError):
 
 
 class RequestTimeout(AdapterError):
-    """The client stopped sending its request part-way (HTTP 408, adapter.api.request_timeout):
+    """The client stopped sending its request part-way (HTTP 408, adapter.api.request_limits):
     nothing of it was stored."""
 
     issue_type = "timeout"
@@ -190,6 +190,7 @@ __all__ = [
     "PolicyError",
     "PreconditionFailed",
     "PurposeOfUseMissing",
+    "RequestTimeout",
     "RequiredElementMissing",
     "StorageError",
     "TooCostly",

@@ -15,7 +15,7 @@ from adapter.api.head import HeadMiddleware
 from adapter.api.headers import NoStoreMiddleware
 from adapter.api.outcome import install_error_handlers
 from adapter.api.request_id import RequestIdMiddleware
-from adapter.api.request_timeout import BodyTimeoutMiddleware
+from adapter.api.request_limits import BodyTimeoutMiddleware
 from adapter.api.routes import dicomweb, fhir, health, outbox, photos, wado_bulk, wado_uri
 from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services

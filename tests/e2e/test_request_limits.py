@@ -1,7 +1,8 @@
-"""408 Request Timeout (adapter.api.request_timeout), against the server process over raw
-sockets: a client that stops sending part-way through a request (a phone losing its network, a
-"slowloris" client) loses its connection within the timeouts and stores nothing, while a slow
-upload that keeps moving is stored."""
+"""Bounds on what a client can make the server hold (adapter.api.request_limits), against the
+server process over raw sockets: a client that stops sending part-way through a request (a phone
+losing its network, a "slowloris" client) loses its connection within the timeouts and stores
+nothing, while a slow upload that keeps moving is stored; a header without end is refused (431)
+before it fills the memory; what is not HTTP at all gets a FHIR OperationOutcome."""
 
 from __future__ import annotations
 
@@ -65,16 +66,21 @@ def _answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def _assert_timeout_outcome(raw: bytes, elapsed: float) -> dict[str, str]:
-    status, headers, body = _answer(raw)
-    assert status == 408, raw[:300]
+def _assert_outcome(raw: bytes, status: int, code: str) -> dict[str, str]:
+    got, headers, body = _answer(raw)
+    assert got == status, raw[:300]
     assert headers["connection"] == "close"
     assert headers["content-type"].startswith("application/fhir+json")
+    assert headers["cache-control"] == "no-store"
     outcome = json.loads(body)
     assert outcome["resourceType"] == "OperationOutcome"
-    assert outcome["issue"][0]["code"] == "timeout"
-    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 5, elapsed
+    assert outcome["issue"][0]["code"] == code
     return headers
+
+
+def _assert_timeout_outcome(raw: bytes, elapsed: float) -> dict[str, str]:
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 5, elapsed
+    return _assert_outcome(raw, 408, "timeout")
 
 
 def _stored(server: RunningAdapter) -> int:
@@ -205,3 +211,48 @@ def test_a_slow_upload_that_keeps_moving_is_stored(server: RunningAdapter, tmp_p
     assert json.loads(body)["safeToDeleteFromDevice"] is True
     assert elapsed > 2 * TIMEOUT
     assert _stored(server) == before + 2  # the Media and its Consent
+
+
+def test_a_header_over_the_limit_in_one_read_is_answered_431(server: RunningAdapter) -> None:
+    fields = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1000) for i in range(70))  # ~71 KB
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: adapter\r\n" + fields + b"\r\n")
+        data, elapsed = _read_until_closed(sock)
+    _assert_outcome(data, 431, "too-long")
+    assert elapsed < TIMEOUT  # refused at once, not when the header timeout ends it
+
+
+def test_a_header_without_end_is_refused_before_it_fills_the_memory(server: RunningAdapter) -> None:
+    """One field value sent on and on: refused once the header passes the limit (uvicorn alone
+    kept 161 MB of it), long before the header timeout."""
+    sent = 0
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: adapter\r\nX-Endless: ")
+        start = time.monotonic()
+        try:
+            while sent < 50_000_000:
+                sock.sendall(b"a" * 16384)
+                sent += 16384
+        except OSError:  # the server closed the connection: the answer is waiting to be read
+            pass
+        data, _ = _read_until_closed(sock)
+        elapsed = time.monotonic() - start
+    _assert_outcome(data, 431, "too-long")
+    assert sent < 5_000_000 and elapsed < TIMEOUT, (sent, elapsed)
+
+
+def test_a_header_under_the_limit_is_served(server: RunningAdapter) -> None:
+    fields = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1000) for i in range(60))  # ~61 KB
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: adapter\r\n" + fields + b"\r\n")
+        assert _read_answer(sock).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("garbage", [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+                                     b"GET /health HTTP/9.9\r\n\r\n", b"GET /\x00 HTTP/1.1\r\n\r\n"],
+                         ids=["tls-hello", "version", "nul"])
+def test_what_is_not_http_gets_an_operation_outcome(server: RunningAdapter, garbage: bytes) -> None:
+    with _connect(server) as sock:
+        sock.sendall(garbage)
+        data, _ = _read_until_closed(sock)
+    _assert_outcome(data, 400, "invalid")

@@ -1,0 +1,188 @@
+"""Bounds on what a client can make the HTTP server hold: 408 Request Timeout (RFC 9110
+§15.5.9) for a client that stops sending part-way through a request, 431 Request Header Fields
+Too Large (RFC 6585 §5) for a header without end, and a FHIR OperationOutcome (not uvicorn's plain
+text) for a request that is not HTTP/1.1 at all.
+
+uvicorn itself times out only the wait between requests of a kept-alive connection, and keeps a
+request header in memory however long it grows (161 MB were taken in one test before the
+connection broke). A connection that never sends a byte, a header sent a byte at a time or
+without end, or an upload that stops half-way (a phone losing its network, or a "slowloris"
+client doing it on purpose) would each hold a socket, memory and the body's reader with no
+end. These bounds close that, as a reverse proxy's would (nginx's ``client_header_timeout``,
+``large_client_header_buffers`` and ``client_body_timeout``):
+
+* :class:`BoundedHttpProtocol` (uvicorn's httptools protocol): a request's header must be whole
+  within ``ADAPTER_HTTP_HEADER_TIMEOUT``, counted from the connection's opening for its first
+  request and from the first byte for a later one, or the request is answered 408 and the
+  connection closed (a new connection that sent nothing is closed without an answer); and it
+  must be at most :data:`MAX_HEADER_BYTES`, or it is answered 431 and the connection closed.
+* :class:`BodyTimeoutMiddleware` (``ADAPTER_HTTP_BODY_TIMEOUT``): while a route reads a request
+  body, each wait for the next part of it is bounded (the time between two reads, not the whole
+  upload: a large photo on a slow line is fine while it keeps moving). A wait past the bound
+  raises :class:`~adapter.errors.RequestTimeout`: the route stores nothing and the client gets a
+  408 OperationOutcome with ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from adapter.api.headers import HttpMiddleware, editing_response_headers
+from adapter.errors import RequestTimeout
+from adapter.mapping.outcome import operation_outcome
+
+#: The request line and header fields of one request, in bytes: far above what any client of
+#: the adapter sends (a bearer token is a few KiB), and what a reverse proxy would allow.
+MAX_HEADER_BYTES = 64 * 1024
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def _answer(status: int, code: str, diagnostics: str) -> bytes:
+    """A whole HTTP/1.1 answer carrying an OperationOutcome, after which the connection closes."""
+    body = json.dumps(operation_outcome("error", code, diagnostics), separators=(",", ":")).encode()
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/fhir+json\r\ncache-control: no-store\r\n"
+            b"x-content-type-options: nosniff\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
+            % (status, _REASONS[status], len(body))) + body
+
+
+_HEADER_TOO_LARGE = _answer(431, "too-long", f"the request header is larger than {MAX_HEADER_BYTES} bytes")
+_NOT_HTTP = _answer(400, "invalid", "the request is not valid HTTP/1.1")
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; uvicorn then calls send_400_response,
+    which sends the answer already chosen."""
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounds on a request header's arrival and size (module
+    docstring)."""
+
+    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._begun = False  # a request's first byte came, its header is not whole yet
+        self._header_bytes = 0  # bytes of reads that all went into the header not yet whole
+        self._piece_bytes = 0  # bytes of its request line and fields the parser has handed over
+        self._refusal: bytes | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # a new connection's first request must come within the same bound (as nginx's
+        # client_header_timeout): one that never sends a byte is closed, without an answer
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        counting = self._begun
+        super().data_received(data)  # parse errors and refusals: send_400_response
+        if counting and self._begun and not self.transport.is_closing():
+            # all of this read went into a header that is still not whole (the parser keeps it)
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._send_and_close(_HEADER_TOO_LARGE)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._begun = True
+        if self._header_timer is None:  # a later request of a kept-alive connection
+            self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        self._begun = False
+        self._header_bytes = self._piece_bytes = 0
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what the parser refused (plain text there): an OperationOutcome,
+        or the refusal a bound chose."""
+        refusal, self._refusal = self._refusal, None
+        self._send_and_close(refusal or _NOT_HTTP)
+
+    def _count(self, size: int) -> None:
+        # pieces the parser completed within one read (a long header spread over reads is
+        # counted in data_received before the parser hands it over)
+        self._piece_bytes += size
+        if self._piece_bytes > MAX_HEADER_BYTES:
+            self._refusal = _HEADER_TOO_LARGE
+            raise _Refused
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self._begun:
+            self._send_and_close(_answer(408, "timeout",
+                                         f"the request header did not arrive within {self.header_timeout:g} s"))
+        elif not self.transport.is_closing():
+            self.transport.close()
+
+    def _send_and_close(self, answer: bytes) -> None:
+        self._cancel_header_timer()
+        if not self.transport.is_closing():
+            self.transport.write(answer)
+            self.transport.close()
+
+
+def bounded_http_protocol(header_timeout: float) -> Any:
+    """The protocol class to give uvicorn (``Config(http=...)``); a partial, so it pickles into
+    the worker processes of ``ADAPTER_HTTP_WORKERS`` > 1."""
+    return functools.partial(BoundedHttpProtocol, header_timeout=header_timeout)
+
+
+class BodyTimeoutMiddleware(HttpMiddleware):
+    """Bounds each wait for the next part of a request body (module docstring). Only while the
+    body is incomplete: afterwards ``receive`` waits for a disconnect (a streamed answer listens
+    for one), unbounded as before."""
+
+    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+        super().__init__(app)
+        self.seconds = seconds
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = {"body_done": False, "timed_out": False}
+
+        async def _receive() -> Message:
+            if state["body_done"]:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.seconds):  # no task per wait, unlike wait_for
+                    message = await receive()
+            except TimeoutError:
+                state["timed_out"] = True
+                raise RequestTimeout(
+                    f"the request body stopped arriving: nothing for {self.seconds:g} s; nothing was stored") from None
+            if message.get("type") != "http.request" or not message.get("more_body", False):
+                state["body_done"] = True
+            return message
+
+        def _close(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+            if not state["timed_out"]:
+                return headers
+            # the rest of the body may still come: this connection carries no other request
+            return [*(h for h in headers if h[0].lower() != b"connection"), (b"connection", b"close")]
+
+        await self.app(scope, _receive, editing_response_headers(send, _close))
