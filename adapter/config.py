@@ -65,7 +65,9 @@ class Settings(BaseSettings):
         None, description="Public base URL of the FHIR endpoint used in Location headers and links; "
         "default: derived from the request.")
     max_upload_bytes: int = Field(
-        50 * 1024 * 1024, gt=0, description="Largest accepted upload (photo or Bundle) in bytes; larger gets 413.")
+        50 * 1024 * 1024, gt=0, description="Largest accepted upload in bytes: a photo or an instance of a STOW-RS "
+        "request (larger gets 413), a DICOM object received over C-STORE (0xA700 Out of Resources); a transaction Bundle may be "
+        "a third larger (its Binary is base64).")
     http_header_timeout: float = Field(
         30.0, gt=0, le=3600, description="Seconds a request's header may take to arrive (for a connection's first "
         "request counted from its opening, for a later one from its first byte); a slower one is answered 408 and "

@@ -38,6 +38,7 @@ class AeOptions:
     dimse_timeout: float = 60.0      # waiting for the rest of a DIMSE message
     network_timeout: float = 60.0    # an idle association is aborted after this
     maximum_associations: int = 32   # concurrent associations (each has its own thread)
+    max_object_bytes: int = 50 * 1024 * 1024  # a received data set's largest size on disk; 0: no limit
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", _check_ae_title(self.ae_title, "ADAPTER_AE_TITLE"))
@@ -47,14 +48,17 @@ class AeOptions:
             raise ConfigurationError("ADAPTER_DICOM_PORT must be 0..65535")
         if self.max_pdu < 0:
             raise ConfigurationError("ADAPTER_DICOM_MAX_PDU must not be negative")
+        if self.max_object_bytes < 0:
+            raise ConfigurationError("the largest DICOM object must not be negative")
 
     @classmethod
     def from_settings(cls, settings: Settings, policy: Policy) -> AeOptions:
         """The options of ``settings``; the allowed callers are ADAPTER_DICOM_ALLOWED_AE_TITLES
-        together with the policy's ``allowedAETitles``."""
+        together with the policy's ``allowedAETitles``; the largest object received is
+        ADAPTER_MAX_UPLOAD_BYTES, as for STOW-RS."""
         return cls(ae_title=settings.ae_title, host=settings.dicom_host, port=settings.dicom_port,
                    allowed_ae_titles=(*settings.allowed_ae_titles, *policy.allowed_ae_titles),
-                   max_pdu=settings.dicom_max_pdu)
+                   max_pdu=settings.dicom_max_pdu, max_object_bytes=settings.max_upload_bytes)
 
 
 __all__ = ["AeOptions"]

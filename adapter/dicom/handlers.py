@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
 
+from adapter.dicom.spool import BoundedSpool
 from adapter.dicom.status import BUG_STATUS, SUCCESS, dimse_status_for, error_comment
-from adapter.errors import AdapterError
+from adapter.errors import AdapterError, PayloadTooLarge
 from adapter.metrics import ASSOCIATIONS, C_STORES, INGESTS
 from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
 
@@ -49,6 +50,14 @@ def _received_store(event: Event) -> ReceivedStore:
     )
 
 
+def _check_spooled_whole(event: Event) -> None:
+    """PayloadTooLarge when the data set outgrew its spool file (adapter.dicom.spool): what
+    arrived past the limit was dropped, so the file holds part of the object."""
+    spool = getattr(getattr(event.request, "_dataset_file", None), "file", None)
+    if isinstance(spool, BoundedSpool) and spool.overflowed:
+        raise PayloadTooLarge(f"the object is larger than {spool.limit} bytes")
+
+
 def handle_store(event: Event, ingest: DicomIngestService) -> int | Dataset:
     """C-STORE (Storage Service Class, PS3.4 Annex B): ingest the received object durably, then
     answer. Refusals go through the one status table (adapter.dicom.status) with an Error
@@ -56,6 +65,7 @@ def handle_store(event: Event, ingest: DicomIngestService) -> int | Dataset:
     received = _received_store(event)
     where = f"{received.calling_ae}@{received.peer_address}"
     try:
+        _check_spooled_whole(event)
         result = ingest.ingest_received(received)
     except AdapterError as exc:
         status = dimse_status_for(exc)

@@ -68,6 +68,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from adapter.dicom.ae import AeOptions
 from adapter.dicom.handlers import handle_conn_close, handle_conn_open, handle_echo, handle_store
+from adapter.dicom.spool import BoundedSpool
 from adapter.errors import ConfigurationError
 from adapter.services.dicom_ingest import DicomIngestService
 
@@ -429,10 +430,15 @@ def _spool_file(*args: Any, **kwargs: Any) -> Any:
     the ``spool_dir`` of the adapter's AE whose association receives it (pynetdicom opens the
     file in that association's DUL thread), else where pynetdicom would have made it."""
     ae = getattr(getattr(threading.current_thread(), "assoc", None), "ae", None)
-    spool_dir = getattr(ae, "spool_dir", None) if isinstance(ae, _ApplicationEntity) else None
-    if spool_dir is not None:
-        kwargs.setdefault("dir", spool_dir)
-    return tempfile.NamedTemporaryFile(*args, **kwargs)
+    if not isinstance(ae, _ApplicationEntity):
+        return tempfile.NamedTemporaryFile(*args, **kwargs)
+    if ae.spool_dir is not None:
+        kwargs.setdefault("dir", ae.spool_dir)
+    spool = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - pynetdicom owns and closes it
+    if ae.max_object_bytes:
+        # every write goes through .file: pynetdicom's (the wrapper delegates) and _StreamingDUL's
+        spool.file = BoundedSpool(spool.file, ae.max_object_bytes)  # type: ignore[assignment]
+    return spool
 
 
 def _spool_in_staging() -> None:
@@ -445,12 +451,14 @@ def _spool_in_staging() -> None:
 class _ApplicationEntity(AE):
     """pynetdicom's AE, except that an empty list of required calling AE titles refuses every
     caller instead of accepting all (pynetdicom's meaning of an empty list), and that received
-    data sets are spooled in ``spool_dir`` (:func:`_spool_file`)."""
+    data sets are spooled in ``spool_dir``, at most ``max_object_bytes`` each (:func:`_spool_file`)."""
 
-    def __init__(self, ae_title: str, allowed: tuple[str, ...], spool_dir: Path | None = None) -> None:
+    def __init__(self, ae_title: str, allowed: tuple[str, ...], spool_dir: Path | None = None,
+                 max_object_bytes: int = 0) -> None:
         super().__init__(ae_title=ae_title)
         self._allowed = list(allowed)
         self.spool_dir = spool_dir
+        self.max_object_bytes = max_object_bytes
 
     @property
     def require_calling_aet(self) -> list[str]:
@@ -492,7 +500,7 @@ class StoreSCP:
 
     def _build_ae(self) -> _ApplicationEntity:
         o = self.options
-        ae = _ApplicationEntity(o.ae_title, o.allowed_ae_titles, self._ingest.spool_dir)
+        ae = _ApplicationEntity(o.ae_title, o.allowed_ae_titles, self._ingest.spool_dir, o.max_object_bytes)
         ae.maximum_pdu_size = o.max_pdu
         ae.acse_timeout = o.acse_timeout
         ae.dimse_timeout = o.dimse_timeout

@@ -34,6 +34,7 @@ from adapter.dicom.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     NOT_AUTHORISED,
+    OUT_OF_RESOURCES,
     SUCCESS,
     dimse_status_for,
 )
@@ -1057,5 +1058,37 @@ def test_an_idle_association_is_aborted_after_the_network_timeout(services: Serv
             wait_until(lambda: not scp._ae.active_associations, timeout=10)  # type: ignore[union-attr]
             wait_until(lambda: not assoc.is_established, timeout=10)
             assert assoc.is_aborted
+    finally:
+        scp.stop()
+
+
+@pytest.mark.parametrize("max_pdu", [16 * 1024, 4 * 1024 * 1024])
+def test_an_object_over_the_size_limit_is_refused_and_the_association_goes_on(
+        adapter: tuple[FhirClient, Services], tmp_path: Path, pynetdicom_config: Path, max_pdu: int) -> None:
+    """ADAPTER_MAX_UPLOAD_BYTES bounds a received object as it bounds a STOW-RS body: past it the
+    rest is dropped as it arrives (a peer sending without end cannot fill the data folder), the
+    C-STORE is answered Out of Resources, and the next object on the association is stored."""
+    _, services = adapter
+    limit = 64 * 1024
+    scp = start_scp(services, max_pdu=max_pdu, max_object_bytes=limit)
+    try:
+        big = sc_file(tmp_path / "big.dcm", frame=jpeg(640, 480, noise=True))
+        small = sc_file(tmp_path / "small.dcm")
+        assert (tmp_path / "big.dcm").stat().st_size > 2 * limit > 2 * (tmp_path / "small.dcm").stat().st_size
+        ae = AE(ae_title="PYNETSCU")
+        ae.add_requested_context(big.SOPClassUID, JPEGBaseline8Bit)
+        try:
+            assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+            refused = assoc.send_c_store(pydicom.dcmread(tmp_path / "big.dcm"))
+            assert refused.Status == OUT_OF_RESOURCES, refused
+            assert f"larger than {limit} bytes" in refused.ErrorComment
+            assert assoc.send_c_store(pydicom.dcmread(tmp_path / "small.dcm")).Status == SUCCESS
+            assoc.release()
+        finally:
+            ae.shutdown()
+        assert services.store.find_dicom_instance(big.SOPInstanceUID) is None
+        assert services.store.find_dicom_instance(small.SOPInstanceUID) is not None
+        wait_until(lambda: list((tmp_path / "data" / "staging").iterdir()) == [])
+        assert list(pynetdicom_config.iterdir()) == []
     finally:
         scp.stop()
