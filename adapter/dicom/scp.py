@@ -93,6 +93,10 @@ pynetdicom_log = logging.getLogger("pynetdicom")
 
 _P_DATA_TF = 0x04
 _SPOOL_CHUNK = 256 * 1024     # socket -> spool file in pieces of this size (one multi-MB write is slow)
+_RECV_PIECE = 1024 * 1024     # a PDU read into memory grows by at most this much per read
+#: The largest PDU other than P-DATA-TF read (an A-ASSOCIATE-RQ of 128 presentation contexts and a
+#: user identity token is tens of KiB; the others have a fixed few bytes).
+MAX_CONTROL_PDU = 1024 * 1024
 _DUL_WAIT = 0.02              # the DUL blocks in select this long at most (timers are checked between)
 _REACTOR_WAIT = 0.005         # the association loop waits this long for a message at most
 _POLL_DELAY = 0.001           # pynetdicom's DUL loop delay
@@ -147,18 +151,19 @@ class _AssociationSocket(AssociationSocket):
                     os.write(self._wakeup[1], b"\x01")
 
     def recv(self, nr_bytes: int) -> bytearray:
-        buffer = bytearray(nr_bytes)
-        got = 0
-        if self._pushback:
-            head = self._pushback[:nr_bytes]
-            buffer[:len(head)] = head
-            self._pushback = self._pushback[len(head):]
-            got = len(head)
-        if got < nr_bytes:
+        """``nr_bytes`` from the socket; fewer only when the connection is closed. The buffer
+        grows with what arrives (a piece at a time), never ahead of it: a PDU's length field is
+        the peer's word, and a 4 GiB one must not be 4 GiB of memory before a byte of it came."""
+        buffer = bytearray(self._pushback[:nr_bytes])
+        self._pushback = self._pushback[len(buffer):]
+        while len(buffer) < nr_bytes:
+            got = len(buffer)
+            buffer.extend(bytes(min(nr_bytes - got, _RECV_PIECE)))
             with memoryview(buffer) as view:
-                got += self.recv_into(view[got:])
-        if got < nr_bytes:  # the connection was closed: what arrived, as pynetdicom's recv
-            del buffer[got:]
+                arrived = self.recv_into(view[got:])
+            if got + arrived < len(buffer):  # the connection was closed: what arrived, as pynetdicom's recv
+                del buffer[got + arrived:]
+                break
         return buffer
 
     def recv_into(self, view: memoryview) -> int:
@@ -238,15 +243,18 @@ class _StreamingDUL(DULServiceProvider):
 
     def _read_pdu_data(self) -> None:
         sock = self.socket
-        spool = self._spool()
-        if spool is None or not isinstance(sock, _AssociationSocket) or sock._pushback:
+        if not isinstance(sock, _AssociationSocket) or sock._pushback:
             return super()._read_pdu_data()
         try:
             header = bytes(sock.recv(6))
         except (OSError, TimeoutError):
             self.event_queue.put("Evt17")
             return None
-        if len(header) != 6 or header[0] != _P_DATA_TF:
+        if len(header) == 6 and self._too_long(header):
+            self.event_queue.put("Evt19")  # an invalid PDU: pynetdicom aborts (AA-8) and closes
+            return None
+        spool = self._spool()
+        if spool is None or len(header) != 6 or header[0] != _P_DATA_TF:
             sock._pushback = header + sock._pushback  # not for us: pynetdicom reads it
             return super()._read_pdu_data()
         try:
@@ -268,6 +276,22 @@ class _StreamingDUL(DULServiceProvider):
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
         return None
+
+    def _too_long(self, header: bytes) -> bool:
+        """Whether the PDU this header starts is longer than the peer may send: a P-DATA-TF
+        over the maximum length this SCP declared (PS3.8 D.1; ADAPTER_DICOM_MAX_PDU, 0: no
+        limit), any other over :data:`MAX_CONTROL_PDU`. It is not read: a length field of up
+        to 4 GiB is the peer's word, and pynetdicom would read the whole PDU into memory."""
+        (length,) = struct.unpack_from(">L", header, 2)
+        if header[0] == _P_DATA_TF:
+            limit = getattr(getattr(self.assoc, "ae", None), "maximum_pdu_size", 0) or 0
+        else:
+            limit = MAX_CONTROL_PDU
+        if not limit or length <= limit:
+            return False
+        pynetdicom_log.error("A PDU of type 0x%02X and %d bytes is longer than %d bytes: aborting", header[0],
+                             length, limit)
+        return True
 
     def _stream_pdvs(self, sock: _AssociationSocket, spool: Any, length: int) -> bytes:
         """Read the PDV items of a P-DATA-TF PDU of ``length`` bytes: data set fragments are

@@ -1092,3 +1092,44 @@ def test_an_object_over_the_size_limit_is_refused_and_the_association_goes_on(
         assert list(pynetdicom_config.iterdir()) == []
     finally:
         scp.stop()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+def test_a_pdu_longer_than_allowed_is_aborted_before_it_is_read(scp: StoreSCP) -> None:
+    """A PDU's length field is the peer's word: an A-ASSOCIATE-RQ claiming 4 GiB is aborted at
+    its header, not buffered (it was 4 GiB of memory at once before a byte of it came), and the
+    SCP goes on serving."""
+    before = _rss_bytes()
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as sock:
+        sock.sendall(b"\x01\x00" + struct.pack(">L", 0xFFFFFFF0) + b"\x00\x01" + b"\x00" * 64)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer[:1] == b"\x07", answer[:16]  # A-ABORT, then the connection is closed
+    assert _rss_bytes() - before < 64 * 1024 * 1024
+    with associated(scp.port) as assoc:
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == SUCCESS
+        assoc.release()
+
+
+def test_a_p_data_pdu_over_the_declared_maximum_is_aborted(adapter: tuple[FhirClient, Services],
+                                                          pynetdicom_config: Path) -> None:
+    """PS3.8 D.1: the requestor sends P-DATA-TF PDUs of at most the maximum length the SCP
+    declared; a longer one ends the association (A-P-ABORT) before it is read."""
+    _, services = adapter
+    scp = start_scp(services, max_pdu=16 * 1024)
+    try:
+        with associated(scp.port) as assoc:
+            assert assoc.is_established
+            assoc.dul.socket.send(b"\x04\x00" + struct.pack(">L", 64 * 1024 * 1024) + b"\x00" * 64)
+            wait_until(lambda: assoc.is_aborted)
+        with associated(scp.port) as assoc:
+            assert assoc.send_c_echo().Status == SUCCESS
+            assoc.release()
+    finally:
+        scp.stop()
