@@ -6,23 +6,21 @@ from __future__ import annotations
 
 from typing import Literal
 
+from adapter.api.accept import media_ranges
 from adapter.errors import NotAcceptable, NotSupported
 
 
 def fhir_version(accept: str | None) -> Literal["4", "5"]:
-    """'4' or '5'."""
-    if not accept:
-        return "4"
-    for part in accept.split(","):
-        for param in part.split(";")[1:]:
-            name, _, value = param.strip().partition("=")
-            if name.strip().lower() == "fhirversion":
-                v = value.strip().strip('"')
-                if v.startswith("5.0"):
-                    return "5"
-                if v.startswith("4.0"):
-                    return "4"
-                raise NotSupported(f"fhirVersion {v[:10]} is not supported (4.0 or 5.0)")
+    """'4' or '5': the ``fhirVersion`` of the first acceptable range that names one."""
+    for media_range in media_ranges(accept, default=None):
+        v = media_range.params.get("fhirversion")
+        if v is None:
+            continue
+        if v.startswith("5.0"):
+            return "5"
+        if v.startswith("4.0"):
+            return "4"
+        raise NotSupported(f"fhirVersion {v[:10]} is not supported (4.0 or 5.0)")
     return "4"
 
 
@@ -32,10 +30,8 @@ def media_type(version: str) -> str:
 
 def wants_fhir_json(accept: str | None) -> bool:
     """For Binary: FHIR JSON when asked for (fhir+json or json), else the raw content."""
-    if not accept:
-        return False
-    a = accept.lower()
-    return "fhir+json" in a or "application/json" in a
+    return any(r.media in ("application/fhir+json", "application/json")
+               for r in media_ranges(accept, default=None))
 
 
 #: What a FHIR JSON answer satisfies in an Accept header (http.html#mime-type).
@@ -56,20 +52,12 @@ def check_acceptable(accept: str | None, format_param: str | None = None, *, bin
         wanted = format_param.split(";")[0].strip().lower().replace(" ", "+")
         if wanted not in _JSON_RANGES:
             raise NotAcceptable(f"_format {format_param[:40]!r}: this server answers in FHIR JSON only")
-    if not accept or not accept.strip():
-        return
-    ranges = []
-    for item in accept.split(","):
-        media, *params = item.split(";")
-        quality = next((p.split("=", 1)[1].strip() for p in params if p.strip().lower().startswith("q=")), "1")
-        if quality.rstrip("0").rstrip(".") in ("0", ""):
-            continue
-        ranges.append(media.strip().lower())
-    if not ranges:
+    ranges = [r.media for r in media_ranges(accept, default=None)]
+    if not ranges:  # no Accept, or one refusing everything it lists: FHIR JSON it is
         return
     if binary:
         if all(any(word in media for word in _OTHER_FHIR) for media in ranges):
             raise NotAcceptable("this server answers in FHIR JSON or the Binary's own content, not FHIR XML or Turtle")
         return
     if not any(media in _JSON_RANGES for media in ranges):
-        raise NotAcceptable(f"this server answers in application/fhir+json only, not {accept[:80]}")
+        raise NotAcceptable(f"this server answers in application/fhir+json only, not {(accept or '')[:80]}")

@@ -69,6 +69,10 @@ def test_binary_bytes_for_treat_are_the_clean_stored_bytes(tmp_path: Path) -> No
         assert hashlib.sha256(r.content).hexdigest() == receipt["sha256"]["stored"]
         assert receipt["sha256"]["stored"] != receipt["sha256"]["received"]
         assert b"Jane Example" not in r.content and b"GPS" not in r.content
+        # FHIR JSON refused (quality 0) beside an image: the image
+        r = client.get(f"/fhir/{receipt['binary']}",
+                       headers=as_purpose("TREAT", Accept="application/fhir+json;q=0, image/*"))
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         j = client.get(f"/fhir/{receipt['binary']}", headers=as_purpose("TREAT", Accept="application/fhir+json"))
         assert j.status_code == 200
         binary = j.json()

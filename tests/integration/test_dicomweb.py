@@ -353,6 +353,10 @@ def test_purpose_header_and_accept_are_checked(adapter: tuple[FhirClient, Servic
                                                      'transfer-syntax=*'})
     assert ok.status_code == 200
     assert client.get("/dicomweb/studies", headers={**TREAT, "Accept": "application/dicom+xml"}).status_code == 406
+    # a range of quality 0 is a refusal (RFC 9110 12.4.2), not a request
+    assert client.get("/dicomweb/studies", headers={**TREAT, "Accept": "application/dicom+json; q=0"}).status_code == 406
+    assert client.get(url, headers={**TREAT, "Accept": 'multipart/related; type="application/dicom"; q=0'}
+                      ).status_code == 406
     bad = client.get("/dicomweb/studies", params={"PatientName": "Doe*"}, headers=TREAT)
     assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
     assert client.get("/dicomweb/studies", params={"SOPInstanceUID": "1.2"}, headers=TREAT).status_code == 400

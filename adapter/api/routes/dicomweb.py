@@ -44,6 +44,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from adapter.api.accept import media_ranges
 from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.multipart_related import parse_multipart_related
@@ -121,19 +122,6 @@ def _not_acceptable(message: str) -> Response:
     return fhir_response(operation_outcome("error", "not-supported", message), 406)
 
 
-def _media_ranges(accept: str | None) -> list[tuple[str, dict[str, str]]]:
-    ranges = []
-    for item in (accept or "*/*").split(","):
-        media, *params = item.split(";")
-        parsed = {}
-        for param in params:
-            name, _, value = param.partition("=")
-            parsed[name.strip().lower()] = value.strip().strip('"')
-        if media.strip():
-            ranges.append((media.strip().lower(), parsed))
-    return ranges
-
-
 def _study_url(request: Request, services: Services, study: str) -> str:
     return absolute(request, services, f"dicomweb/studies/{study}")
 
@@ -205,7 +193,7 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
 def _dicom_accept(accept: str | None) -> str | None:
     """None when the client takes ``multipart/related; type="application/dicom"`` (the only
     representation served), else the reason for a 406."""
-    for media, params in _media_ranges(accept):
+    for media, params in media_ranges(accept):
         if media in ("*/*", "multipart/*", "multipart/related") and \
                 params.get("type", "application/dicom").lower() == "application/dicom":
             syntax = params.get("transfer-syntax", "*")
@@ -323,7 +311,7 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> tuple[Dic
 
 
 def _qido_accept(accept: str | None) -> str | None:
-    for media, _ in _media_ranges(accept):
+    for media, _ in media_ranges(accept):
         if media in ("*/*", "application/*", DICOM_JSON, "application/json"):
             return None
     return f"QIDO-RS here answers {DICOM_JSON} only"

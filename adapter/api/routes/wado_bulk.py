@@ -36,12 +36,12 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from adapter.api.accept import accepts, media_ranges
 from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.routes.dicomweb import (
     _body_part,
     _instance_url,
     _json,
-    _media_ranges,
     _not_acceptable,
     _qido_accept,
 )
@@ -136,7 +136,7 @@ async def retrieve_frames(study: str, series: str, instance: str, frame_list: st
 async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
     if not any(media in ("*/*", "multipart/*", "multipart/related", OCTET)
-               and params.get("type", OCTET).lower() in (OCTET, "*/*") for media, params in _media_ranges(accept)):
+               and params.get("type", OCTET).lower() in (OCTET, "*/*") for media, params in media_ranges(accept)):
         return _not_acceptable(f'bulk data is served as multipart/related; type="{OCTET}"')
     content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
     ds = await run_in_threadpool(read_released, content.data)
@@ -147,7 +147,7 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
 async def retrieve_rendered(study: str, series: str, instance: str, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
     data, content_type = await run_in_threadpool(reader.read_dicom_rendered, instance, study=study, series=series)
-    if not _accepts(accept, content_type):
+    if not accepts(accept, content_type):
         return _not_acceptable(f"this instance is rendered as {content_type} (no transcoding)")
     return Response(content=data, media_type=content_type)
 
@@ -179,7 +179,7 @@ async def _thumbnail(reader: Any, request: Request, accept: str | None, study: s
                      instance: str | None = None) -> Response:
     """Thumbnail resources (PS3.18 8.3.5.1.2): a small image/jpeg; ``viewport=<columns>,<rows>``
     bounds it (default 128 x 128, at most 1024 a side)."""
-    if not _accepts(accept, "image/jpeg"):
+    if not accepts(accept, "image/jpeg"):
         return _not_acceptable("thumbnails are image/jpeg")
     columns = rows = THUMBNAIL_SIDE
     viewport = request.query_params.get("viewport")
@@ -193,20 +193,9 @@ async def _thumbnail(reader: Any, request: Request, accept: str | None, study: s
     return Response(content=data, media_type="image/jpeg")
 
 
-def _accepts(accept: str | None, media_type: str) -> bool:
-    """Does the Accept header take ``media_type`` (wildcards included; q=0 refuses)?"""
-    major = media_type.split("/")[0]
-    for media, params in _media_ranges(accept):
-        if params.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
-            continue
-        if media in ("*/*", f"{major}/*", media_type):
-            return True
-    return False
-
-
 def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool) -> str | None:
     """The media type to send the frames as, or None when nothing the client accepts fits."""
-    for media, params in _media_ranges(accept):
+    for media, params in media_ranges(accept):
         if media not in ("*/*", "multipart/*", "multipart/related"):
             continue
         asked = params.get("type")

@@ -1,0 +1,47 @@
+"""The Accept header (RFC 9110 §12.5.1), read one way for every route: FHIR's content and
+version negotiation (adapter.api.negotiation) and DICOMweb's (routes/dicomweb, routes/wado_bulk).
+
+Each media range comes with its parameters (names in lower case, values unquoted), in the
+order given. A range whose quality is 0 says "not acceptable" (§12.4.2): it is left out, so a
+route never answers with what the client refused.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+#: A qvalue of zero: "0", "0.", "0.0" ... "0.000" (§12.4.2).
+_ZERO = re.compile(r"0(\.0{0,3})?", re.ASCII)
+
+
+class MediaRange(NamedTuple):
+    media: str  # type/subtype (or a wildcard), lower case
+    params: dict[str, str]
+
+
+def media_ranges(accept: str | None, *, default: str | None = "*/*") -> list[MediaRange]:
+    """The acceptable media ranges of ``accept``; with no header (or a blank one), those of
+    ``default`` (``*/*``: anything; None: none)."""
+    if not accept or not accept.strip():
+        return media_ranges(default, default=None) if default else []
+    ranges = []
+    for item in accept.split(","):
+        media, *params = item.split(";")
+        media = media.strip().lower()
+        if not media:
+            continue
+        parsed: dict[str, str] = {}
+        for param in params:
+            name, _, value = param.partition("=")
+            parsed.setdefault(name.strip().lower(), value.strip().strip('"'))
+        if _ZERO.fullmatch(parsed.get("q", "1")):
+            continue
+        ranges.append(MediaRange(media, parsed))
+    return ranges
+
+
+def accepts(accept: str | None, media_type: str) -> bool:
+    """Does the Accept header take ``media_type`` (its wildcards included)?"""
+    major = media_type.split("/")[0]
+    return any(r.media in ("*/*", f"{major}/*", media_type) for r in media_ranges(accept))
