@@ -61,6 +61,7 @@ from benchmarks.ingest import (
     peak_rss_mb,
     photo_variants,
     process_tree,
+    sha256_ms,
     tree_cpu_seconds,
     wait_adapter,
 )
@@ -290,17 +291,6 @@ def run_orthanc(workdir: Path, files: list[Path], mb: float, args: argparse.Name
 # --------------------------------------------------------------------------- report
 
 
-def sha256_ms(path: Path, repeat: int = 20) -> float:
-    """CPU time of one SHA-256 of the file's bytes on this machine (the best of ``repeat``; one core)."""
-    data = path.read_bytes()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.process_time()
-        hashlib.sha256(data).digest()
-        best = min(best, time.process_time() - start)
-    return best * 1000
-
-
 def report(results: list[Result], digest_ms: float | None = None) -> None:
     print()
     head = ("target", "n", "stored", "seconds", "images/s", "MB/s", "peak RSS MB", "procs", "CPU ms/img",
@@ -394,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    report(results, sha256_ms(files[0]))
+    report(results, sha256_ms(files[0].read_bytes()))
     if failed:
         print(f"not measured: {', '.join(failed)} (see above)", file=sys.stderr)
         return 2
