@@ -315,7 +315,7 @@ def report(results: list[Result], digest_ms: float | None = None) -> None:
     ratio_o = a.rate / o.rate if a and o and o.rate > 0 else None
     ratio_s = a.rate / s.rate if a and s and s.rate > 0 else None
     print()
-    print(f"ratio adapter/storescp: {fmt(ratio_s, '.2f')}x")
+    print(f"ratio adapter/storescp: {fmt(ratio_s, '.2f')}{'x' if ratio_s is not None else ''}")
     if ratio_o is not None and a is not None:
         verdict = "PASS" if ratio_o >= TARGET_RATIO and a.complete else "MISS"
         print(f"ratio adapter/orthanc:  {ratio_o:.2f}x  (target >= {TARGET_RATIO}x, one association)  {verdict}")
