@@ -134,6 +134,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def _header_timed_out(self) -> None:
         self._header_timer = None
+        if self.cycle is not None and not self.cycle.response_complete and not self.transport.is_closing():
+            # a pipelined request waits while the one before it is answered (uvicorn stops
+            # reading meanwhile): the wait is the server's, and an answer now would cut into that one
+            self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
+            return
         if self._begun:
             self._send_and_close(_answer(408, "timeout",
                                          f"the request header did not arrive within {self.header_timeout:g} s"))
