@@ -119,7 +119,9 @@ def frames(ds: Dataset, wanted: Sequence[int]) -> list[bytes]:
 
 
 def parse_frame_list(text: str) -> list[int]:
-    """A frame list as PS3.18 has it: comma-separated positive integers."""
+    """A frame list as PS3.18 has it: comma-separated positive integers, none twice (each frame
+    asked for is a copy of its pixels in the answer: a number repeated thousands of times in one
+    short URL would be that many copies)."""
     numbers = []
     for raw in text.split(","):
         part = raw.strip()
@@ -128,6 +130,8 @@ def parse_frame_list(text: str) -> list[int]:
         numbers.append(int(part))
     if not numbers or len(numbers) > 10_000:
         raise InvalidInput("frames takes a comma-separated list of frame numbers from 1", expression="frames")
+    if len(set(numbers)) != len(numbers):
+        raise InvalidInput("frames names a frame more than once", expression="frames")
     return numbers
 
 
