@@ -967,6 +967,8 @@ def test_qido_levels_keys_and_counts_follow_the_decision(adapter: tuple[FhirClie
     # keys: patient, modality, dates, UIDs, wildcards; by tag too
     assert len(qido(client, "studies", PatientID=PATIENT["value"], IssuerOfPatientID="HOSP")) == 2
     assert len(qido(client, "studies", **{"00100020": "MRN-*"})) == 2
+    assert len(qido(client, "studies", PatientID="M?N*0*1")) == 2 and qido(client, "studies", PatientID="M?N-1*") == []
+    assert qido(client, "studies", PatientID="*~" * 24 + "x") == []  # took 20 s as a regular expression
     assert qido(client, "studies", PatientID="MRN-0002") == []
     assert [value(s, "0020000D") for s in qido(client, "studies", ModalitiesInStudy="DOC")] == [doc.StudyInstanceUID]
     assert len(qido(client, "studies", StudyDate=f"{a.StudyDate}-")) >= 1
