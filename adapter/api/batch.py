@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from fastapi import Request
 
+from adapter.api.deps import purpose_header
 from adapter.api.headers import BREAK_GLASS_HEADER
 from adapter.api.request_id import request_id_of
 from adapter.errors import InvalidInput
@@ -29,8 +30,6 @@ from adapter.mapping.outcome import operation_outcome
 
 #: At most this many entries in one batch (each is a full request).
 MAX_BATCH_ENTRIES = 100
-#: Request headers of the batch that every entry is sent with.
-_FORWARDED = ("x-purpose-of-use",)
 _RESPONSE_HEADERS = {"etag": "etag", "location": "location"}
 
 
@@ -59,7 +58,8 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
         raise InvalidInput("a batch needs entries", expression="Bundle.entry")
     if len(entries) > MAX_BATCH_ENTRIES:
         raise InvalidInput(f"a batch takes at most {MAX_BATCH_ENTRIES} entries", expression="Bundle.entry")
-    forwarded = {name: value for name in _FORWARDED if (value := request.headers.get(name))}
+    purpose = purpose_header(request)  # every entry is sent with the batch's purpose of use
+    forwarded = {"x-purpose-of-use": purpose} if purpose else {}
     batch_id = request_id_of(request.scope)[:48]
     client = (request.client.host, request.client.port) if request.client else ("127.0.0.1", 0)
     out: list[dict[str, Any]] = []

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from adapter.api.request_id import request_id_of
+from adapter.errors import UnknownPurposeOfUse
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.services.access import ScopedReader
 from adapter.services.purpose import parse_purpose_of_use
@@ -31,10 +32,23 @@ def _actor(request: Request) -> str:
     return f"client {request.client.host}" if request.client else "client"
 
 
-def get_read_context(request: Request, services: ServicesDep,
-                     x_purpose_of_use: Annotated[str | None, Header()] = None) -> RequestContext:
-    """Every read states its purpose of use; none fails closed (403), unknown is 400."""
-    purpose = parse_purpose_of_use(x_purpose_of_use, services.tables)
+def purpose_header(request: Request) -> str | None:
+    """The request's one ``X-Purpose-Of-Use``. Given more than once it is refused (400), not
+    read first-wins: a caller's own header placed before the one a gateway adds would override
+    the gateway's, break-glass included."""
+    values = request.headers.getlist("x-purpose-of-use")
+    if len(values) > 1:
+        raise UnknownPurposeOfUse(f"X-Purpose-Of-Use is given {len(values)} times: a request states one purpose",
+                                  expression="X-Purpose-Of-Use")
+    return values[0] if values else None
+
+
+def get_read_context(request: Request, services: ServicesDep, x_purpose_of_use: Annotated[str | None, Header(
+        description="The purpose of use: a v3-ActReason code (TREAT) or system|code; once")] = None) -> RequestContext:
+    """Every read states its purpose of use; none fails closed (403), unknown is 400.
+    (``x_purpose_of_use`` puts the header in the OpenAPI description; :func:`purpose_header`
+    reads it, every value of it.)"""
+    purpose = parse_purpose_of_use(purpose_header(request), services.tables)
     return RequestContext(purpose=purpose, actor=_actor(request), request_id=_request_id(request),
                           client_address=request.client.host if request.client else None)
 

@@ -129,6 +129,17 @@ def test_no_purpose_is_403_and_unknown_purpose_is_400(tmp_path: Path) -> None:
             assert client.get(path, headers=as_purpose("http://example.org|TREAT")).status_code == 400
         sys_code = "http://terminology.hl7.org/CodeSystem/v3-ActReason|TREAT"
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose(sys_code)).status_code == 200
+        # given twice: refused whatever the order (first-wins let a caller's own header override a
+        # gateway's, break-glass included), on reads, searches, QIDO-RS and batches alike
+        for first, second in (("TREAT", "TRAIN"), ("TRAIN", "TREAT"), ("BTG", "TREAT"), ("TREAT", "TREAT")):
+            twice = [("X-Purpose-Of-Use", first), ("X-Purpose-Of-Use", second)]
+            for path in (f"/fhir/{receipt['record']}", "/fhir/Media", "/dicomweb/studies"):
+                refused = client.get(path, headers=twice)
+                assert refused.status_code == 400, (path, first, second, refused.text)
+                assert refused.json()["issue"][0]["expression"] == ["X-Purpose-Of-Use"]
+            batch = {"resourceType": "Bundle", "type": "batch",
+                     "entry": [{"request": {"method": "GET", "url": receipt["record"]}}]}
+            assert client.post("/fhir", json=batch, headers=twice).status_code == 400
 
 
 def test_search_leaves_out_what_the_purpose_may_not_see(tmp_path: Path) -> None:
