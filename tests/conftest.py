@@ -5,6 +5,7 @@ independent npm validators (0 errors)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,11 @@ def pynetdicom_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
     monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", _config.STORE_SEND_CHUNKED_DATASET)
+    monkeypatch.setattr(_config, "LOG_REQUEST_IDENTIFIERS", _config.LOG_REQUEST_IDENTIFIERS)
+    monkeypatch.setattr(_config, "LOG_RESPONSE_IDENTIFIERS", _config.LOG_RESPONSE_IDENTIFIERS)
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "pynetdicom"]:
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "filters", list(logger.filters))
     monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
                         pydicom.config.settings.reading_validation_mode)
     spool = tmp_path / "spool"

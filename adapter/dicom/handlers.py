@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from adapter.dicom.spool import BoundedSpool
 from adapter.dicom.status import BUG_STATUS, SUCCESS, dimse_status_for, error_comment
-from adapter.errors import AdapterError, PayloadTooLarge
+from adapter.errors import AdapterError, InvalidInput, PayloadTooLarge
 from adapter.metrics import ASSOCIATIONS, C_STORES, INGESTS
 from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
 
@@ -50,9 +50,13 @@ def _received_store(event: Event) -> ReceivedStore:
     )
 
 
-def _check_spooled_whole(event: Event) -> None:
-    """PayloadTooLarge when the data set outgrew its spool file (adapter.dicom.spool): what
-    arrived past the limit was dropped, so the file holds part of the object."""
+def _check_data_set(event: Event) -> None:
+    """InvalidInput when the C-STORE request came without a data set (Command Data Set Type
+    0101H: there is no object to store); PayloadTooLarge when the data set outgrew its spool
+    file (adapter.dicom.spool): what arrived past the limit was dropped, so the file holds part
+    of the object."""
+    if getattr(event.request, "_dataset_path", None) is None:
+        raise InvalidInput("the C-STORE request has no data set")
     spool = getattr(getattr(event.request, "_dataset_file", None), "file", None)
     if isinstance(spool, BoundedSpool) and spool.overflowed:
         raise PayloadTooLarge(f"the object is larger than {spool.limit} bytes")
@@ -65,7 +69,7 @@ def handle_store(event: Event, ingest: DicomIngestService) -> int | Dataset:
     received = _received_store(event)
     where = f"{received.calling_ae}@{received.peer_address}"
     try:
-        _check_spooled_whole(event)
+        _check_data_set(event)
         result = ingest.ingest_received(received)
     except AdapterError as exc:
         status = dimse_status_for(exc)
@@ -98,7 +102,7 @@ def handle_conn_open(event: Event) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _discard_spooled(message: Any) -> None:
+def discard_spooled(message: Any) -> None:
     """Close and remove the temporary file pynetdicom spools a C-STORE dataset into
     (``_config.STORE_RECV_CHUNKED_DATASET``), when the message never reached the handler."""
     for name in ("_data_set_file", "_dataset_file"):
@@ -121,13 +125,13 @@ def handle_conn_close(event: Event) -> None:
         return
     partial = getattr(dimse, "message", None)
     if partial is not None:
-        _discard_spooled(partial)
+        discard_spooled(partial)
     queue = getattr(dimse, "msg_queue", None)
     if queue is not None:
         with queue.mutex:
             pending = list(queue.queue)
         for _context_id, primitive in pending:
-            _discard_spooled(primitive)
+            discard_spooled(primitive)
 
 
-__all__ = ["handle_conn_close", "handle_conn_open", "handle_echo", "handle_store"]
+__all__ = ["discard_spooled", "handle_conn_close", "handle_conn_open", "handle_echo", "handle_store"]

@@ -63,11 +63,19 @@ from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from adapter.dicom.ae import AeOptions
-from adapter.dicom.handlers import handle_conn_close, handle_conn_open, handle_echo, handle_store
+from adapter.dicom.handlers import (
+    discard_spooled,
+    handle_conn_close,
+    handle_conn_open,
+    handle_echo,
+    handle_store,
+)
+from adapter.dicom.logs import make_pynetdicom_logs_safe
 from adapter.dicom.spool import BoundedSpool
 from adapter.errors import ConfigurationError
 from adapter.services.dicom_ingest import DicomIngestService
@@ -94,6 +102,12 @@ pynetdicom_log = logging.getLogger("pynetdicom")
 _P_DATA_TF = 0x04
 _SPOOL_CHUNK = 256 * 1024     # socket -> spool file in pieces of this size (one multi-MB write is slow)
 _RECV_PIECE = 1024 * 1024     # a PDU read into memory grows by at most this much per read
+#: PDV items in one P-DATA-TF PDU: SCUs send one or two; 690,000 empty ones in a 4 MB PDU cost
+#: pynetdicom 2.5 s of CPU to decode.
+MAX_PDVS_PER_PDU = 1024
+#: A DIMSE message's command set, or a data set held in memory (anything but a spooled C-STORE
+#: data set), in bytes: fragments past it abort the association instead of filling the memory.
+MAX_MESSAGE_IN_MEMORY = 1024 * 1024
 #: The largest PDU other than P-DATA-TF read (an A-ASSOCIATE-RQ of 128 presentation contexts and a
 #: user identity token is tens of KiB; the others have a fixed few bytes).
 MAX_CONTROL_PDU = 1024 * 1024
@@ -167,16 +181,35 @@ class _AssociationSocket(AssociationSocket):
         return buffer
 
     def recv_into(self, view: memoryview) -> int:
-        """Fill ``view`` from the socket; fewer bytes only when the connection is closed."""
+        """Fill ``view`` from the socket; fewer bytes only when the connection is closed.
+        TimeoutError when the peer sends nothing for the association's timeout in the middle of
+        it (:meth:`_stall_limit`): pynetdicom checks its timers only between PDUs, so a peer
+        that stopped inside one held the connection, and two threads, for ever."""
         sock = self.socket
         assert sock is not None
+        limit = self._stall_limit()
+        if sock.gettimeout() != limit:
+            sock.settimeout(limit)
         got, size = 0, len(view)
         while got < size:
-            n = sock.recv_into(view[got:], size - got)
+            try:
+                n = sock.recv_into(view[got:], size - got)
+            except TimeoutError:
+                log.warning("DICOM peer sent nothing for %s s in the middle of a PDU: connection closed", limit)
+                raise
             if not n:
                 break
             got += n
         return got
+
+    def _stall_limit(self) -> float | None:
+        """How long a read may wait: the ACSE timeout until the association is established,
+        then the network timeout (ADAPTER's AeOptions)."""
+        assoc = getattr(self, "assoc", None)
+        if assoc is None:
+            return None
+        limit = assoc.network_timeout if assoc.is_established else assoc.acse_timeout
+        return float(limit) if limit is not None else None
 
     @property
     def ready(self) -> bool:
@@ -277,6 +310,19 @@ class _StreamingDUL(DULServiceProvider):
         self._recv_pdu.put(pdu)
         return None
 
+    def _decode_pdu(self, bytestream: bytearray) -> Any:
+        """pynetdicom's, after counting a P-DATA-TF's PDV items (at most
+        :data:`MAX_PDVS_PER_PDU`; ValueError otherwise, which pynetdicom takes for an invalid PDU
+        and aborts)."""
+        if bytestream[:1] == bytes([_P_DATA_TF]):
+            offset, items = 6, 0
+            while offset + 4 <= len(bytestream):
+                items += 1
+                if items > MAX_PDVS_PER_PDU:
+                    raise ValueError(f"more than {MAX_PDVS_PER_PDU} PDV items in one PDU")
+                offset += 4 + struct.unpack_from(">L", bytestream, offset)[0]
+        return super()._decode_pdu(bytestream)
+
     def _too_long(self, header: bytes) -> bool:
         """Whether the PDU this header starts is longer than the peer may send: a P-DATA-TF
         over the maximum length this SCP declared (PS3.8 D.1; ADAPTER_DICOM_MAX_PDU, 0: no
@@ -300,8 +346,12 @@ class _StreamingDUL(DULServiceProvider):
         if self._chunk is None:
             self._chunk = bytearray(_SPOOL_CHUNK)
         kept = bytearray()
+        items = 0
         with memoryview(self._chunk) as chunk:
             while length > 0:
+                items += 1
+                if items > MAX_PDVS_PER_PDU:
+                    raise ValueError(f"more than {MAX_PDVS_PER_PDU} PDV items in one PDU")
                 item = bytes(sock.recv(6))
                 if len(item) != 6:
                     raise EOFError
@@ -324,6 +374,38 @@ class _StreamingDUL(DULServiceProvider):
                     spool.write(piece)
                     left -= len(piece)
         return bytes(kept)
+
+
+class _DIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, except that a message it cannot decode, or one growing in
+    memory past :data:`MAX_MESSAGE_IN_MEMORY`, aborts the association cleanly. pynetdicom raised
+    out of the DUL thread (a command set without AffectedSOPInstanceUID or on a context never
+    accepted: KeyError, AttributeError): the thread died with a traceback, the peer got no
+    A-ABORT, the connection-close event never came and the spool file stayed behind; and it
+    kept command fragments, or data fragments of anything but a spooled C-STORE, in memory
+    without limit."""
+
+    def receive_primitive(self, primitive: Any) -> None:
+        try:
+            super().receive_primitive(primitive)
+        except Exception as exc:  # noqa: BLE001 - whatever pynetdicom's decoding raises
+            self._abort(f"a DIMSE message that cannot be decoded ({type(exc).__name__})")
+            return
+        message = self.message
+        if message is None:
+            return
+        held = message.encoded_command_set.getbuffer().nbytes
+        if message.data_set is not None:
+            held += message.data_set.getbuffer().nbytes
+        if held > MAX_MESSAGE_IN_MEMORY:
+            self._abort(f"a DIMSE message of more than {MAX_MESSAGE_IN_MEMORY} bytes held in memory")
+
+    def _abort(self, what: str) -> None:
+        log.warning("DICOM peer sent %s: association aborted", what)
+        message, self.message = self.message, None
+        if message is not None:
+            discard_spooled(message)
+        self.assoc.dul.event_queue.put("Evt19")  # as an invalid PDU: A-ABORT (AA-8), then closed
 
 
 class _Association(Association):
@@ -422,6 +504,8 @@ def _accelerate(assoc: Association) -> None:
     sock.__class__ = _AssociationSocket
     dul.__class__ = _StreamingDUL
     assoc.__class__ = _Association
+    if type(dimse) is DIMSEServiceProvider:
+        dimse.__class__ = _DIMSE
 
 
 class _RequestHandler(RequestHandler):
@@ -456,6 +540,17 @@ def _spool_file(*args: Any, **kwargs: Any) -> Any:
     ae = getattr(getattr(threading.current_thread(), "assoc", None), "ae", None)
     if not isinstance(ae, _ApplicationEntity):
         return tempfile.NamedTemporaryFile(*args, **kwargs)
+    # pynetdicom opens a spool file for each C-STORE command; a command that comes before the
+    # previous one's data set has ended replaces that file in the message being decoded without
+    # closing or removing it: a peer could fill the data folder with abandoned partial objects
+    # (patient data) that nothing would remove while the process runs
+    message = getattr(getattr(getattr(threading.current_thread(), "assoc", None), "dimse", None), "message", None)
+    abandoned = getattr(message, "_data_set_file", None)
+    if abandoned is not None:
+        with contextlib.suppress(OSError):
+            abandoned.close()
+        with contextlib.suppress(OSError):
+            os.unlink(abandoned.name)
     if ae.spool_dir is not None:
         kwargs.setdefault("dir", ae.spool_dir)
     spool = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - pynetdicom owns and closes it
@@ -545,6 +640,11 @@ class StoreSCP:
             # A process-wide pynetdicom switch; it changes nothing for SCU associations.
             _config.STORE_RECV_CHUNKED_DATASET = True
             _spool_in_staging()
+            # C-FIND identifiers and the like hold patient data: never logged; nor a peer's
+            # values quoted into pynetdicom's records as they are (adapter.dicom.logs)
+            _config.LOG_REQUEST_IDENTIFIERS = False
+            _config.LOG_RESPONSE_IDENTIFIERS = False
+            make_pynetdicom_logs_safe()
             # Read received values as sent, without validating them against their VR: pydicom's
             # validation warnings quote the value (a name, an ID) into the logs. Process-wide too.
             pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE

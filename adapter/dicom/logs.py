@@ -1,0 +1,50 @@
+"""pynetdicom's log records made safe to keep.
+
+pynetdicom quotes what a peer sent into its log: an AffectedSOPInstanceUID of 20 KB with a line
+break was logged whole, three times, and its second line read as a log record of the adapter's
+own (a forged line). Its records are therefore rewritten before any handler sees them: control
+characters escaped, the message cut at :data:`MAX_MESSAGE` characters, and a traceback reduced
+to the exception's type (its text quotes the same values). Identifiers of C-FIND and the like
+are not logged at all (``_config.LOG_REQUEST_IDENTIFIERS``, set by the SCP).
+"""
+
+from __future__ import annotations
+
+import logging
+
+MAX_MESSAGE = 300
+
+
+def _escaped(text: str) -> str:
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in text)
+
+
+class SafeRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record whose arguments do not fit its message
+            message = str(record.msg)
+        if record.exc_info and record.exc_info[0] is not None:
+            message = f"{message} ({record.exc_info[0].__name__})"
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        message = _escaped(message)
+        record.msg = message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "..."
+        record.args = ()
+        return True
+
+
+_FILTER = SafeRecords()
+
+
+def make_pynetdicom_logs_safe() -> None:
+    """Put the filter on pynetdicom's loggers (each module has its own, and a logger's filters
+    are not inherited by its children); idempotent, process-wide."""
+    names = [name for name in logging.root.manager.loggerDict if name == "pynetdicom" or name.startswith("pynetdicom.")]
+    for name in names:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

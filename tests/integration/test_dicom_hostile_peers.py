@@ -1,0 +1,234 @@
+"""The SCP against peers that send what no SCU should, byte by byte (tests/support/dicom_raw.py):
+each is answered with a DIMSE failure or an A-ABORT, leaves no spool file and no patient data in
+the log, and the SCP goes on serving. Found by an adversarial review of the SCP."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from adapter.dicom import AeOptions, StoreSCP
+from adapter.dicom.status import CANNOT_UNDERSTAND
+from adapter.services.registry import Services
+from tests.support.app import adapter_client
+from tests.support.dicom_raw import (
+    A_RELEASE_RP,
+    A_RELEASE_RQ,
+    P_DATA_TF,
+    associate,
+    associate_rq,
+    closed_or_aborted,
+    command,
+    encode,
+    p_data,
+    read_pdu,
+    response_status,
+    store_command,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("pynetdicom_config")]
+
+TIMEOUT = 1.0  # the SCP's ACSE and network timeouts here
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    with adapter_client(tmp_path) as (_, services):
+        yield services
+
+
+def _scp(services: Services, timeout: float) -> Iterator[StoreSCP]:
+    server = StoreSCP(AeOptions(port=0, allowed_ae_titles=("PYNETSCU",), acse_timeout=timeout,
+                                network_timeout=timeout), services.dicom_ingest)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scp(services: Services) -> Iterator[StoreSCP]:
+    """Timeouts longer than the peer's own wait (15 s): an abort is the SCP's answer, not its
+    idle timer's."""
+    yield from _scp(services, 60.0)
+
+
+@pytest.fixture
+def quick_scp(services: Services) -> Iterator[StoreSCP]:
+    yield from _scp(services, TIMEOUT)
+
+
+def _staging(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "data" / "staging").iterdir())
+
+
+def _wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _still_serving(port: int) -> None:
+    ae = AE(ae_title="PYNETSCU")
+    ae.add_requested_context(Verification)
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title="ADAPTER")
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+    finally:
+        ae.shutdown()
+
+
+@pytest.mark.parametrize("where", ["before association", "inside an association"])
+def test_a_peer_that_stops_in_the_middle_of_a_pdu_is_closed_at_the_timeout(quick_scp: StoreSCP, where: str) -> None:
+    """pynetdicom checks its timers between PDUs only: a peer that stopped inside one held the
+    connection and two threads for ever (64 of them locked every caller out)."""
+    scp = quick_scp
+    if where == "before association":
+        sock = socket.create_connection(("127.0.0.1", scp.port), timeout=15)
+        sock.sendall(associate_rq()[:8])  # the header and 2 bytes of an A-ASSOCIATE-RQ
+    else:
+        sock = associate(scp.port)
+        sock.sendall(struct.pack(">BBL", P_DATA_TF, 0, 1000) + b"\0\0\0\x10")  # 4 of 1000 bytes
+    with sock:
+        start = time.monotonic()
+        assert closed_or_aborted(sock)
+        elapsed = time.monotonic() - start
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 5, elapsed
+    _still_serving(scp.port)
+
+
+def test_a_command_before_the_last_data_set_ended_leaves_no_spool_file(scp: StoreSCP, tmp_path: Path) -> None:
+    """pynetdicom opens a spool file per C-STORE command and dropped the previous one, unclosed,
+    when a command came before its data set ended: each such round left up to 50 MB of a
+    partial object in the data folder while the process ran."""
+    with associate(scp.port) as sock:
+        for n in range(3):
+            sock.sendall(p_data(1, store_command(generate_uid(), n + 1), is_command=True, last=True))
+            for _ in range(2):
+                sock.sendall(p_data(1, b"\0" * 8192, is_command=False, last=False))  # never the last
+        sock.sendall(p_data(1, store_command(generate_uid(), 9), is_command=True, last=True))
+        sock.sendall(p_data(1, b"\0" * 16, is_command=False, last=True))
+        status, _ = response_status(sock)
+        assert status == CANNOT_UNDERSTAND  # the last data set is junk: refused
+        _wait_until(lambda: _staging(tmp_path) == [])  # the abandoned ones went as the next came
+        sock.sendall(A_RELEASE_RQ)
+        assert read_pdu(sock)[0] == A_RELEASE_RP
+
+
+@pytest.mark.parametrize("case", ["no AffectedSOPInstanceUID", "a context never accepted", "no CommandDataSetType",
+                                  "not a command set"])
+def test_a_command_set_pynetdicom_cannot_decode_aborts_cleanly(scp: StoreSCP, tmp_path: Path, case: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """pynetdicom raised out of the DUL thread: the thread died with a traceback, the peer got no
+    A-ABORT and the spool file stayed behind."""
+    base: dict[str, object] = {"AffectedSOPClassUID": "1.2.840.10008.5.1.4.1.1.7", "CommandField": 1,
+                               "MessageID": 1, "Priority": 0, "CommandDataSetType": 0,
+                               "AffectedSOPInstanceUID": generate_uid()}
+    context = 1
+    if case == "no AffectedSOPInstanceUID":
+        del base["AffectedSOPInstanceUID"]
+    elif case == "a context never accepted":
+        context = 99
+    elif case == "no CommandDataSetType":
+        del base["CommandDataSetType"]
+    data = b"\x01\x02garbage" * 10 if case == "not a command set" else command(**base)
+    with associate(scp.port) as sock:
+        sock.sendall(p_data(context, data, is_command=True, last=True))
+        assert closed_or_aborted(sock)
+    _wait_until(lambda: _staging(tmp_path) == [])
+    _still_serving(scp.port)
+    assert "cannot be decoded" in caplog.text
+
+
+def test_fragments_that_never_end_are_not_kept_in_memory_without_limit(scp: StoreSCP) -> None:
+    """Data fragments before any command (and command fragments never marked last) went to
+    pynetdicom's memory buffers: 400 MB sent, 410 MB held. Past 1 MiB the association ends."""
+    with associate(scp.port) as sock:
+        try:
+            for _ in range(200):  # up to 3 MB: refused long before
+                sock.sendall(p_data(1, b"\0" * 16000, is_command=False, last=False))
+        except OSError:
+            pass
+        assert closed_or_aborted(sock)
+    with associate(scp.port) as sock:
+        try:
+            for _ in range(200):
+                sock.sendall(p_data(1, b"\0" * 16000, is_command=True, last=False))
+        except OSError:
+            pass
+        assert closed_or_aborted(sock)
+    _still_serving(scp.port)
+
+
+def test_a_pdu_of_many_empty_pdvs_is_aborted(scp: StoreSCP) -> None:
+    """Each PDV is a round of decoding: 690,000 empty ones in one 4 MB PDU cost 2.5 s of CPU."""
+    empty = struct.pack(">LBB", 2, 1, 0)
+    many = empty * 5000
+    with associate(scp.port) as sock:
+        sock.sendall(p_data(1, store_command(generate_uid()), is_command=True, last=True))
+        sock.sendall(struct.pack(">BBL", P_DATA_TF, 0, len(many)) + many)
+        assert closed_or_aborted(sock)
+    with associate(scp.port) as sock:  # before any command: pynetdicom's own decoding
+        sock.sendall(struct.pack(">BBL", P_DATA_TF, 0, len(many)) + many)
+        assert closed_or_aborted(sock)
+    _still_serving(scp.port)
+
+
+def test_a_c_store_without_a_data_set_is_refused_not_a_bug(scp: StoreSCP, caplog: pytest.LogCaptureFixture) -> None:
+    with associate(scp.port) as sock:
+        sock.sendall(p_data(1, store_command(generate_uid(), CommandDataSetType=0x0101), is_command=True, last=True))
+        status, comment = response_status(sock)
+        sock.sendall(A_RELEASE_RQ)
+    assert status == CANNOT_UNDERSTAND and "no data set" in comment
+    assert "a bug" not in caplog.text
+
+
+def test_a_peer_cannot_forge_or_flood_log_lines(scp: StoreSCP, caplog: pytest.LogCaptureFixture) -> None:
+    """pynetdicom quoted a 'UID' holding a line break and 20 KB whole into three ERROR records."""
+    caplog.set_level(logging.DEBUG)
+    forged = "1.2.3\n2026-01-01 00:00:00,000 INFO adapter.dicom: C-STORE from PACS: FORGED " + "Z" * 20000
+    with associate(scp.port) as sock:
+        sock.sendall(p_data(1, store_command(forged), is_command=True, last=True))
+        sock.sendall(p_data(1, b"\x08\x00\x16\x00UI\x02\x001\x00", is_command=False, last=True))
+        closed_or_aborted(sock)
+    time.sleep(0.5)
+    for record in caplog.records:
+        message = record.getMessage()
+        assert "\n" not in message and len(message) < 1000, (record.name, message[:200])
+        assert record.exc_info is None or not record.name.startswith("pynetdicom")
+    _still_serving(scp.port)
+
+
+def test_identifiers_of_other_services_are_never_logged(scp: StoreSCP, caplog: pytest.LogCaptureFixture) -> None:
+    """pynetdicom chooses the service class from the command's SOP class, not the context, and
+    logged a C-FIND identifier (patient name and ID) sent on the Secondary Capture context."""
+    caplog.set_level(logging.DEBUG)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "PATIENT"
+    identifier.PatientName = "SECRETNAME^ALICE"
+    identifier.PatientID = "MRN-SECRET-4711"
+    find = command(AffectedSOPClassUID="1.2.840.10008.5.1.4.37.1", CommandField=0x0020, MessageID=1, Priority=0,
+                   CommandDataSetType=0)
+    with associate(scp.port) as sock:
+        sock.sendall(p_data(1, find, is_command=True, last=True))
+        sock.sendall(p_data(1, encode(identifier, implicit=False), is_command=False, last=True))
+        try:
+            read_pdu(sock)
+        except (EOFError, OSError):
+            pass
+        sock.sendall(A_RELEASE_RQ)
+    time.sleep(0.5)
+    assert "SECRETNAME" not in caplog.text and "MRN-SECRET-4711" not in caplog.text
