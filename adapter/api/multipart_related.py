@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
@@ -144,6 +144,8 @@ async def parse_multipart_related(content_type: str | None, stream: AsyncIterato
                 raise PayloadTooLarge(f"the request is larger than {max_total_bytes} bytes")
             parser.write(chunk)
         parser.finalize()
+        if parser.state != MultipartState.END:  # python-multipart's finalize does not check it
+            raise InvalidInput("malformed multipart body: it ends before its closing boundary")
     except MultipartParseError as exc:
         _discard(collector)
         raise InvalidInput(f"malformed multipart body: {exc}") from exc

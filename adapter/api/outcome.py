@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from adapter import errors as e
@@ -83,6 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed_methods(request))
         return fhir_response(operation_outcome("error", code, str(exc.detail)[:200]), exc.status_code,
                              headers=headers or None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> Response:
+        # the client closed the connection before its request was whole: nobody to answer, no
+        # error of ours; the route stored nothing (its staging file is removed as it unwinds)
+        log.info("the client disconnected before its request was whole")
+        return fhir_response(operation_outcome("error", "incomplete", "the request did not arrive whole"), 400)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:

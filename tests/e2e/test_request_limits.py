@@ -256,3 +256,48 @@ def test_what_is_not_http_gets_an_operation_outcome(server: RunningAdapter, garb
         sock.sendall(garbage)
         data, _ = _read_until_closed(sock)
     _assert_outcome(data, 400, "invalid")
+
+
+def test_a_websocket_upgrade_is_an_http_request_and_its_query_is_not_logged(server: RunningAdapter) -> None:
+    """No route takes WebSocket: uvicorn's websockets protocol answered upgrades in plain text
+    and logged their request line, query string (patient identifier) included."""
+    with _connect(server) as sock:
+        sock.sendall(b"GET /fhir/Media?patient:identifier=urn:oid:2.999|WS-SECRET-42 HTTP/1.1\r\nHost: adapter\r\n"
+                     b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        answer = _read_answer(sock)
+    status, headers, body = _answer(answer)
+    assert status == 403 and json.loads(body)["resourceType"] == "OperationOutcome"  # no purpose: refused
+    time.sleep(0.2)
+    assert "WS-SECRET-42" not in server.log.read_text()
+
+
+def test_the_access_log_keeps_a_path_on_one_line(server: RunningAdapter) -> None:
+    """The decoded path held what %0A encodes: a line break starting a forged log line."""
+    forged = "/fhir/Consent/x%0A2026-01-01%2000:00:00,000%20INFO%20adapter.access:%20GET%20/FORGED-LINE%20200"
+    httpx.get(server.url + forged, headers=TREAT, timeout=10)
+    time.sleep(0.2)
+    lines = [line for line in server.log.read_text().splitlines() if "FORGED-LINE" in line]
+    assert lines and all(line.startswith(tuple("0123456789")) and "adapter.access: GET /fhir/Consent/x%0A" in line
+                         for line in lines), lines
+
+
+def test_a_client_that_disconnects_mid_body_is_no_server_error(server: RunningAdapter) -> None:
+    head, body = _photo_request(Path(__file__).parent)
+    with _connect(server) as sock:
+        sock.sendall(head + body[: len(body) // 3])
+    time.sleep(0.5)
+    log = server.log.read_text()
+    assert "unexpected error" not in log and "Exception in ASGI application" not in log
+    assert "disconnected before its request was whole" in log
+    assert _staging(server) == []
+
+
+@pytest.mark.parametrize("path", ["/fhir", "/fhir/Consent", "/fhir/Media/_search"])
+def test_a_declared_body_over_the_limit_is_refused_before_100_continue(server: RunningAdapter, path: str) -> None:
+    ctype = "application/x-www-form-urlencoded" if path.endswith("_search") else "application/fhir+json"
+    with _connect(server) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: adapter\r\nContent-Type: {ctype}\r\n"
+                     f"X-Purpose-Of-Use: TREAT\r\nExpect: 100-continue\r\nContent-Length: 900000000\r\n\r\n".encode())
+        answer = _read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]

@@ -284,6 +284,17 @@ def test_stow_refuses_other_media_types(adapter: tuple[FhirClient, Services]) ->
     assert value(r.json()["00081198"]["Value"][0], "00081197") == CANNOT_UNDERSTAND
 
 
+def test_stow_refuses_a_body_cut_before_its_closing_boundary(adapter: tuple[FhirClient, Services]) -> None:
+    """python-multipart's finalize() does not check that the body ended: a cut one was stored."""
+    client, services = adapter
+    sent = received()
+    body, ctype = related(("application/dicom", encode_dataset(sent)))
+    for cut in (body[: -len("--b0undary-1234--\r\n")], body[: -len("--\r\n")]):
+        r = client.post("/dicomweb/studies", content=cut, headers={"Content-Type": ctype})
+        assert r.status_code == 422 and "closing boundary" in r.text, r.text
+        assert services.store.find_dicom_instance(sent.SOPInstanceUID) is None
+
+
 def test_stow_size_limits_answer_413_and_leave_nothing(tmp_path: Path) -> None:
     data = encode_dataset(received())
     with adapter_client(tmp_path, max_upload_bytes=len(data) - 1) as (client, services):

@@ -67,6 +67,9 @@ async def _body(request: Request, media_types: tuple[str, ...], refusal: str, li
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in media_types:
         raise UnsupportedMediaType(refusal)
+    declared = request.headers.get("content-length")
+    if declared and is_digits(declared) and int(declared) > limit:  # before any of it is read (and
+        raise PayloadTooLarge(too_large)                            # before 100 Continue is sent)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
