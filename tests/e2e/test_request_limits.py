@@ -266,7 +266,7 @@ def test_a_websocket_upgrade_is_an_http_request_and_its_query_is_not_logged(serv
                      b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         answer = _read_answer(sock)
-    status, headers, body = _answer(answer)
+    status, _, body = _answer(answer)
     assert status == 403 and json.loads(body)["resourceType"] == "OperationOutcome"  # no purpose: refused
     time.sleep(0.2)
     assert "WS-SECRET-42" not in server.log.read_text()
