@@ -135,7 +135,7 @@ def _serve_http(settings: Settings, services: Services | None = None) -> int:
     # uvicorn's access log prints query strings (patient identifiers): ours prints paths only.
     options: dict[str, Any] = {"host": settings.http_host, "port": settings.http_port, "access_log": False,
                                "log_level": settings.log_level.lower(), "timeout_keep_alive": 30,
-                               "http": bounded_http_protocol(settings.http_header_timeout),
+                               "http": bounded_http_protocol(settings.http_header_timeout, settings.http_body_timeout),
                                # no WebSocket route: without this uvicorn's websockets protocol answers
                                # upgrades itself, in plain text, and logs their query strings
                                "ws": "none"}

@@ -74,8 +74,9 @@ class Settings(BaseSettings):
         "its connection closed.")
     http_body_timeout: float = Field(
         60.0, gt=0, le=3600, description="Seconds an upload may go without sending anything while its body is "
-        "read (each wait, not the whole upload); a stalled one is answered 408, stores nothing and its "
-        "connection is closed.")
+        "read (each wait, not the whole upload; a stalled one is answered 408, stores nothing and its "
+        "connection is closed); also how long a client may read nothing of its answer, and how long the rest "
+        "of a body answered unread (a refusal) may take, before the connection is closed.")
     min_free_mb: int = Field(
         128, ge=0, description="Free space (MiB) the data folder keeps for the database and the audit trail: "
         "an image that would leave less is refused (HTTP 507, DIMSE 0xA700), while reads, consent changes and "

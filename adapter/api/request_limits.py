@@ -16,6 +16,10 @@ end. These bounds close that, as a reverse proxy's would (nginx's ``client_heade
   request and from the first byte for a later one, or the request is answered 408 and the
   connection closed (a new connection that sent nothing is closed without an answer); and it
   must be at most :data:`MAX_HEADER_BYTES`, or it is answered 431 and the connection closed.
+  It also bounds the other direction (nginx's ``send_timeout``): a client that reads nothing of
+  its answer for ``ADAPTER_HTTP_BODY_TIMEOUT`` loses the connection, and the answer it held in
+  memory; and a request answered before its body was read (a refusal) has that long for the
+  rest of the body to arrive (and be dropped) before the connection closes.
 * :class:`BodyTimeoutMiddleware` (``ADAPTER_HTTP_BODY_TIMEOUT``): while a route reads a request
   body, each wait for the next part of it is bounded (the time between two reads, not the whole
   upload: a large photo on a slow line is fine while it keeps moving). A wait past the bound
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,6 +41,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from adapter.api.headers import HttpMiddleware, editing_response_headers
 from adapter.errors import RequestTimeout
 from adapter.mapping.outcome import operation_outcome
+
+log = logging.getLogger("adapter.api")
 
 #: The request line and header fields of one request, in bytes: far above what any client of
 #: the adapter sends (a bearer token is a few KiB), and what a reverse proxy would allow.
@@ -65,10 +72,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounds on a request header's arrival and size (module
     docstring)."""
 
-    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None  # the client reads nothing of its answer
+        self._linger_timer: asyncio.TimerHandle | None = None  # answered, the body still coming
+        self._message_done = False  # the current request arrived whole
         self._begun = False  # a request's first byte came, its header is not whole yet
         self._header_bytes = 0  # bytes of reads that all went into the header not yet whole
         self._piece_bytes = 0  # bytes of its request line and fields the parser has handed over
@@ -92,6 +103,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._begun = True
+        self._message_done = False
         if self._header_timer is None:  # a later request of a kept-alive connection
             self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
 
@@ -109,9 +121,45 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = self._piece_bytes = 0
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._message_done = True
+        self._linger_timer = _cancel(self._linger_timer)
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._message_done and not self.transport.is_closing():
+            # answered before its body was read (a refusal): what is left of the body is read
+            # and dropped, for at most the body timeout, then the connection closes (nginx's
+            # lingering_time); one more byte now and then kept it open for ever
+            self._linger_timer = self.loop.call_later(self.body_timeout, self._close)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.body_timeout, self._not_reading)
+
+    def resume_writing(self) -> None:
+        self._send_timer = _cancel(self._send_timer)
+        super().resume_writing()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._send_timer = _cancel(self._send_timer)
+        self._linger_timer = _cancel(self._linger_timer)
         super().connection_lost(exc)
+
+    def _not_reading(self) -> None:
+        """The client read nothing of its answer for the body timeout (nginx's send_timeout):
+        the answer, held in memory until it is read, and the connection are let go."""
+        self._send_timer = None
+        log.info("a client read nothing of its answer for %g s: connection closed", self.body_timeout)
+        self.transport.abort()
+
+    def _close(self) -> None:
+        self._linger_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to what the parser refused (plain text there): an OperationOutcome,
@@ -152,10 +200,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def bounded_http_protocol(header_timeout: float) -> Any:
+def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
+    """Cancel ``timer`` (if any); None, to put in its place."""
+    if timer is not None:
+        timer.cancel()
+    return None
+
+
+def bounded_http_protocol(header_timeout: float, body_timeout: float) -> Any:
     """The protocol class to give uvicorn (``Config(http=...)``); a partial, so it pickles into
     the worker processes of ``ADAPTER_HTTP_WORKERS`` > 1."""
-    return functools.partial(BoundedHttpProtocol, header_timeout=header_timeout)
+    return functools.partial(BoundedHttpProtocol, header_timeout=header_timeout, body_timeout=body_timeout)
 
 
 class BodyTimeoutMiddleware(HttpMiddleware):

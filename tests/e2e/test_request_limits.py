@@ -301,3 +301,55 @@ def test_a_declared_body_over_the_limit_is_refused_before_100_continue(server: R
                      f"X-Purpose-Of-Use: TREAT\r\nExpect: 100-continue\r\nContent-Length: 900000000\r\n\r\n".encode())
         answer = _read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_a_client_that_reads_nothing_of_its_answer_loses_the_connection(server: RunningAdapter) -> None:
+    """An answer waits in memory until the client reads it: 20 clients not reading two 19 MB
+    Binaries each held ~900 MB for as long as they liked. After the body timeout without a
+    read, the connection (and the answer) are let go."""
+    photo = (ROOT / "samples" / "wound.jpg").read_bytes()
+    meta = json.dumps(metadata(patient={"system": PATIENT["system"], "value": f"UNREAD-{uuid.uuid4().hex[:8]}"}))
+    posted = httpx.post(f"{server.url}/photos", files={"file": ("wound.jpg", photo, "image/jpeg")},
+                        data={"metadata": meta}, timeout=30)
+    assert posted.status_code == 201, posted.text
+    binary = posted.json()["binary"]
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        sock.connect(("127.0.0.1", server.http_port))
+        request = (f"GET /fhir/{binary} HTTP/1.1\r\nHost: adapter\r\nAccept: image/jpeg\r\n"
+                   f"X-Purpose-Of-Use: TREAT\r\n\r\n").encode()
+        sock.sendall(request * 40)  # ~21 MB of answers: more than the kernel's buffers hold
+        time.sleep(3 * TIMEOUT)  # reading nothing
+        sock.settimeout(10)
+        got = b""
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            pass
+    assert len(got) < 40 * len(photo)  # the connection ended before the answers did
+    assert "read nothing of its answer" in server.log.read_text()
+
+
+def test_a_body_nobody_reads_may_not_trickle_in_for_ever(server: RunningAdapter) -> None:
+    """Answered before its body was read (415 here), the request's body kept the connection open
+    for as long as a byte came now and then: it has the body timeout to arrive, then the
+    connection closes."""
+    with _connect(server) as sock:
+        sock.sendall(b"POST /fhir/Consent HTTP/1.1\r\nHost: adapter\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: 1000000\r\n\r\nx")
+        answer = _read_answer(sock)
+        assert answer.startswith(b"HTTP/1.1 415"), answer[:100]
+        start = time.monotonic()
+        sock.settimeout(0.3)
+        closed = False
+        while time.monotonic() - start < TIMEOUT + 5 and not closed:
+            try:
+                sock.sendall(b"x")
+                closed = sock.recv(100) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+        elapsed = time.monotonic() - start
+    assert closed and elapsed < TIMEOUT + 5, elapsed

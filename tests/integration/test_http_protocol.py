@@ -36,7 +36,7 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def port() -> Iterator[int]:
     (free,) = free_ports(1)
     server = uvicorn.Server(uvicorn.Config(_app, host="127.0.0.1", port=free, lifespan="off", log_level="warning",
-                                           http=bounded_http_protocol(HEADER_TIMEOUT)))
+                                           http=bounded_http_protocol(HEADER_TIMEOUT, 30.0)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
