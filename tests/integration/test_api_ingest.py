@@ -465,3 +465,47 @@ def test_json_nested_deeper_than_any_resource_is_refused_not_a_server_error(tmp_
             assert "nests deeper than 64 levels" in r.json()["issue"][0]["diagnostics"]
         assert services.store.list_audit() == []
         assert client.get("/fhir/Consent", headers=as_purpose("TREAT")).json()["total"] == 0
+
+
+def test_large_fhir_bodies_are_worked_on_a_few_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each large JSON body (a transaction Bundle with its base64 image) is in memory whole,
+    several times over: 24 concurrent 60 MB Bundles peaked at 1.35 GB. Past LARGE_BODY_SLOTS at
+    once, the others wait their turn unread; small bodies do not wait."""
+    import threading
+    import time
+
+    from adapter.api.routes import fhir as fhir_routes
+
+    monkeypatch.setattr(fhir_routes, "LARGE_BODY_SLOTS", 1)
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    large = json.dumps(bundle).encode() + b" " * (fhir_routes.LARGE_BODY_BYTES + 1)  # JSON allows the spaces
+    with adapter_client(tmp_path) as (client, services):
+        real = services.transactions.process
+        state = {"now": 0, "most": 0}
+        lock = threading.Lock()
+
+        def process(*args: Any, **kwargs: Any) -> Any:  # the real one, counted
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            try:
+                time.sleep(0.3)
+                return real(*args, **kwargs)
+            finally:
+                with lock:
+                    state["now"] -= 1
+
+        monkeypatch.setattr(services.transactions, "process", process)
+        answers: list[int] = []
+
+        def post() -> None:
+            answers.append(client.post("/fhir", content=large,
+                                       headers={"Content-Type": "application/fhir+json"}).status_code)
+
+        threads = [threading.Thread(target=post) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert answers == [200, 200, 200]
+        assert state["most"] == 1
