@@ -386,6 +386,10 @@ class _DIMSE(DIMSEServiceProvider):
     without limit."""
 
     def receive_primitive(self, primitive: Any) -> None:
+        misplaced = self._misplaced(primitive)
+        if misplaced:
+            self._abort(misplaced)
+            return
         try:
             super().receive_primitive(primitive)
         except Exception as exc:  # noqa: BLE001 - whatever pynetdicom's decoding raises
@@ -399,6 +403,24 @@ class _DIMSE(DIMSEServiceProvider):
             held += message.data_set.getbuffer().nbytes
         if held > MAX_MESSAGE_IN_MEMORY:
             self._abort(f"a DIMSE message of more than {MAX_MESSAGE_IN_MEMORY} bytes held in memory")
+
+    def _misplaced(self, primitive: Any) -> str | None:
+        """What is wrong with where the PDVs of ``primitive`` are (PS3.8 9.3.5, PS3.7 6.3.1), or
+        None: each on an accepted presentation context, data set fragments on their command's
+        (pynetdicom checks neither: data on a context never accepted was stored)."""
+        accepted = getattr(self.assoc, "_accepted_cx", None)
+        message = self.message
+        current = message.context_id if message is not None else None
+        for context_id, data in getattr(primitive, "presentation_data_value_list", None) or ():
+            if accepted is not None and context_id not in accepted:
+                return "a PDV on a presentation context that was not accepted"
+            control = data[0] if data else 0
+            if control & 1:  # a command fragment; the last one names the message's context
+                if control & 2:
+                    current = context_id
+            elif current != context_id:
+                return "data set fragments on another presentation context than their command's"
+        return None
 
     def _abort(self, what: str) -> None:
         log.warning("DICOM peer sent %s: association aborted", what)
@@ -683,16 +705,25 @@ class StoreSCP:
         return self._server is not None
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop listening, abort open associations and wait (up to ``timeout`` seconds) for
-        their threads, so an ingest under way finishes before the store is closed."""
+        """Stop listening, abort open associations and wait (up to ``timeout`` seconds in all)
+        for their threads, so an ingest under way finishes before the store is closed."""
         with self._lock:
             ae, self._ae, self._server = self._ae, None, None
         if ae is None:
             return
+        deadline = time.monotonic() + timeout
         associations = list(ae.active_associations)
         ae.shutdown()
         for assoc in associations:
-            assoc.join(timeout)
+            # a DUL thread waiting inside a PDU hears nothing of the abort until its read times
+            # out (the network timeout): end its reads now; a C-STORE being ingested in the
+            # association's own thread goes on and is waited for below
+            sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+            if sock is not None and assoc.is_alive():
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD)
+        for assoc in associations:
+            assoc.join(max(0.0, deadline - time.monotonic()))
         log.info("DICOM SCP stopped")
 
     def __enter__(self) -> Self:
