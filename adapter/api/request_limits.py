@@ -61,6 +61,7 @@ def _answer(status: int, code: str, diagnostics: str) -> bytes:
 
 _HEADER_TOO_LARGE = _answer(431, "too-long", f"the request header is larger than {MAX_HEADER_BYTES} bytes")
 _NOT_HTTP = _answer(400, "invalid", "the request is not valid HTTP/1.1")
+_NO_ONE_HOST = _answer(400, "invalid", "an HTTP/1.1 request carries exactly one Host header (RFC 9112 3.2)")
 
 
 class _Refused(Exception):
@@ -119,6 +120,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         self._begun = False
         self._header_bytes = self._piece_bytes = 0
+        hosts = sum(1 for name, _ in self.headers if name == b"host")
+        if hosts > 1 or (hosts == 0 and self.parser.get_http_version() == "1.1"):
+            # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, and to
+            # any request with more than one (which of two names the target is anybody's guess)
+            self._refusal = _NO_ONE_HOST
+            raise _Refused
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

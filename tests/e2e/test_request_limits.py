@@ -353,3 +353,23 @@ def test_a_body_nobody_reads_may_not_trickle_in_for_ever(server: RunningAdapter)
                 closed = True
         elapsed = time.monotonic() - start
     assert closed and elapsed < TIMEOUT + 5, elapsed
+
+
+@pytest.mark.parametrize("request_head", [b"GET /health HTTP/1.1\r\n\r\n",
+                                          b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                                          b"GET /health HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"],
+                         ids=["no-host", "two-hosts", "two-hosts-1.0"])
+def test_a_request_without_exactly_one_host_is_answered_400(server: RunningAdapter, request_head: bytes) -> None:
+    """RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, and to any
+    request with more than one."""
+    with _connect(server) as sock:
+        sock.sendall(request_head)
+        data, _ = _read_until_closed(sock)
+    _assert_outcome(data, 400, "invalid")
+
+
+def test_an_http_1_0_request_without_host_is_served(server: RunningAdapter) -> None:
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        data, _ = _read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 200"), data[:100]
