@@ -48,7 +48,8 @@ log = logging.getLogger("adapter.api")
 #: the adapter sends (a bearer token is a few KiB), and what a reverse proxy would allow.
 MAX_HEADER_BYTES = 64 * 1024
 
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+            501: b"Not Implemented"}
 
 
 def _answer(status: int, code: str, diagnostics: str) -> bytes:
@@ -61,6 +62,7 @@ def _answer(status: int, code: str, diagnostics: str) -> bytes:
 
 _HEADER_TOO_LARGE = _answer(431, "too-long", f"the request header is larger than {MAX_HEADER_BYTES} bytes")
 _NOT_HTTP = _answer(400, "invalid", "the request is not valid HTTP/1.1")
+_UNKNOWN_CODING = _answer(501, "not-supported", "the only transfer coding taken is chunked (RFC 9112 6.1)")
 _NO_ONE_HOST = _answer(400, "invalid", "an HTTP/1.1 request carries exactly one Host header (RFC 9112 3.2)")
 
 
@@ -125,6 +127,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, and to
             # any request with more than one (which of two names the target is anybody's guess)
             self._refusal = _NO_ONE_HOST
+            raise _Refused
+        codings = [c.strip().lower() for name, value in self.headers if name == b"transfer-encoding"
+                   for c in value.split(b",") if c.strip()]
+        if codings and codings != [b"chunked"]:
+            # RFC 9112 6.1: a transfer coding the server does not understand: 501 (httptools read
+            # "gzip, chunked" as plain chunked, handing the route compressed bytes as the body)
+            self._refusal = _UNKNOWN_CODING
             raise _Refused
         super().on_headers_complete()
 

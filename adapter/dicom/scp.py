@@ -121,7 +121,8 @@ _STOPPED_WAIT = 0.05          # how often a wait for a primitive looks whether t
 
 
 class _AssociationSocket(AssociationSocket):
-    """pynetdicom's socket wrapper with ``recv`` into one preallocated buffer, data put back by
+    """pynetdicom's socket wrapper with ``recv`` reading straight into its buffer (a bounded wait
+    inside a PDU, :meth:`recv_into`), data put back by
     :class:`_StreamingDUL` (``_pushback``) served first, and ``ready`` blocking in ``select`` on
     the socket and a wake-up pipe (:meth:`wake`, written when a primitive is queued for sending)
     once :meth:`open_wakeup` was called, instead of the DUL sleeping 1 ms between polls."""

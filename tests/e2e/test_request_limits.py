@@ -373,3 +373,23 @@ def test_an_http_1_0_request_without_host_is_served(server: RunningAdapter) -> N
         sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
         data, _ = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 200"), data[:100]
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate", b"br, chunked"])
+def test_a_transfer_coding_other_than_chunked_is_answered_501(server: RunningAdapter, coding: bytes) -> None:
+    """RFC 9112 6.1: httptools read 'gzip, chunked' as plain chunked, and the route would have
+    taken the compressed bytes for the body."""
+    with _connect(server) as sock:
+        sock.sendall(b"POST /fhir/Consent HTTP/1.1\r\nHost: adapter\r\nContent-Type: application/fhir+json\r\n"
+                     b"Transfer-Encoding: " + coding + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        data, _ = _read_until_closed(sock)
+    _assert_outcome(data, 501, "not-supported")
+
+
+def test_a_chunked_upload_is_taken(server: RunningAdapter) -> None:
+    body = json.dumps(consent_resource(["TREAT"])).encode()
+    with _connect(server) as sock:
+        sock.sendall(b"POST /fhir/Consent HTTP/1.1\r\nHost: adapter\r\nContent-Type: application/fhir+json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+        answer = _read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
