@@ -153,7 +153,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._send_timer is None:
-            self._send_timer = self.loop.call_later(self.body_timeout, self._not_reading)
+            self._watch_reading(self.transport.get_write_buffer_size())
 
     def resume_writing(self) -> None:
         self._send_timer = _cancel(self._send_timer)
@@ -165,10 +165,21 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._linger_timer = _cancel(self._linger_timer)
         super().connection_lost(exc)
 
-    def _not_reading(self) -> None:
-        """The client read nothing of its answer for the body timeout (nginx's send_timeout):
-        the answer, held in memory until it is read, and the connection are let go."""
+    def _watch_reading(self, unsent: int) -> None:
+        self._send_timer = self.loop.call_later(self.body_timeout, self._check_reading, unsent)
+
+    def _check_reading(self, unsent_before: int) -> None:
+        """A body timeout after the answer's buffer filled (or after the last look): if the
+        client read some of it meanwhile (less is waiting to be sent), look again a body timeout
+        later; if it read nothing (nginx's send_timeout: between two successful writes), the
+        answer, held in memory until it is read, and the connection are let go. A slow reader
+        is never cut off; transport.resume_writing comes only once the buffer has nearly
+        emptied, which a large answer read slowly reaches only at its end."""
         self._send_timer = None
+        unsent = self.transport.get_write_buffer_size()
+        if unsent < unsent_before:
+            self._watch_reading(unsent)
+            return
         log.info("a client read nothing of its answer for %g s: connection closed", self.body_timeout)
         self.transport.abort()
 

@@ -393,3 +393,38 @@ def test_a_chunked_upload_is_taken(server: RunningAdapter) -> None:
                      b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
         answer = _read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+
+
+def test_a_slow_but_steady_reader_gets_its_whole_answer(server: RunningAdapter, tmp_path: Path) -> None:
+    """The bound is on reading nothing, not on reading slowly: an answer larger than the
+    kernel's buffers, read steadily over several body timeouts, arrives whole (the first version
+    cut such a reader off one body timeout after the buffer first filled: 22 MB read at
+    150 KB/s lost its last 8 MB)."""
+    import io
+    import os
+
+    from PIL import Image
+
+    noise = Image.frombytes("RGB", (2400, 2400), os.urandom(2400 * 2400 * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, "JPEG", quality=95)
+    photo = buffer.getvalue()  # ~10 MB: noise does not compress
+    meta = json.dumps(metadata(patient={"system": PATIENT["system"], "value": f"SLOW-{uuid.uuid4().hex[:8]}"}))
+    posted = httpx.post(f"{server.url}/photos", files={"file": ("noise.jpg", photo, "image/jpeg")},
+                        data={"metadata": meta}, timeout=60)
+    assert posted.status_code == 201, posted.text
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.connect(("127.0.0.1", server.http_port))
+        sock.sendall(f"GET /fhir/{posted.json()['binary']} HTTP/1.1\r\nHost: adapter\r\nAccept: image/jpeg\r\n"
+                     f"X-Purpose-Of-Use: TREAT\r\nConnection: close\r\n\r\n".encode())
+        start = time.monotonic()
+        got = b""
+        sock.settimeout(10)
+        while chunk := sock.recv(65536):
+            got += chunk
+            time.sleep(0.02)  # at most ~3 MB/s: the answer takes several body timeouts to read
+        elapsed = time.monotonic() - start
+    _, headers, body = _answer(got)
+    assert int(headers["content-length"]) == len(body) > 5_000_000
+    assert elapsed > 2 * TIMEOUT, elapsed
