@@ -428,3 +428,41 @@ def test_a_slow_but_steady_reader_gets_its_whole_answer(server: RunningAdapter, 
     _, headers, body = _answer(got)
     assert int(headers["content-length"]) == len(body) > 5_000_000
     assert elapsed > 2 * TIMEOUT, elapsed
+
+
+def test_a_fast_large_upload_does_not_wait_for_slow_ones(server: RunningAdapter) -> None:
+    """Large FHIR bodies are worked on two at a time, but received first, each into a file of
+    its own: two clients sending 2 MB Bundles slowly (over several body timeouts) do not make a
+    third, fast one wait for them (the first version held the slots while the bodies arrived: a
+    fast 5 MB Bundle waited 50 s behind two slow uploads)."""
+    import threading
+
+    bundle = (ROOT / "samples" / "bundle-transaction.json").read_bytes()
+    body = bundle + b" " * (2 * 1024 * 1024)  # JSON allows the spaces: a body over LARGE_BODY_BYTES
+    head = (b"POST /fhir HTTP/1.1\r\nHost: adapter\r\nContent-Type: application/fhir+json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    finished: dict[str, float] = {}
+
+    def slow(name: str) -> None:
+        with _connect(server) as sock:
+            sock.sendall(head)
+            step = len(body) // 12 + 1
+            for n, i in enumerate(range(0, len(body), step)):
+                if n:
+                    time.sleep(TIMEOUT / 2)  # each wait well within the body timeout, ~6 s in all
+                sock.sendall(body[i:i + step])
+            finished[name] = time.monotonic()  # the last byte sent
+            assert _read_answer(sock).startswith(b"HTTP/1.1 200")
+
+    slow_ones = [threading.Thread(target=slow, args=(f"slow{n}",)) for n in range(2)]
+    for thread in slow_ones:
+        thread.start()
+    time.sleep(TIMEOUT)  # both are sending
+    with _connect(server) as sock:
+        sock.sendall(head + body)
+        answer = _read_answer(sock)
+    fast_done = time.monotonic()
+    for thread in slow_ones:
+        thread.join(timeout=60)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert len(finished) == 2 and fast_done < min(finished.values()), (fast_done, finished)

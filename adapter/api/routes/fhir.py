@@ -4,12 +4,14 @@ Consent create/update, read and search under purpose of use. R4 by default; R5 w
 
 from __future__ import annotations
 
+import io
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC
 from email.utils import format_datetime
 from functools import partial
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
 import anyio
@@ -64,30 +66,59 @@ def _glass_headers(decision: Decision) -> dict[str, str]:
     return break_glass_headers(decision.break_glass)
 
 
-async def _body(request: Request, media_types: tuple[str, ...], refusal: str, limit: int,
-                too_large: str) -> bytes:
-    """The request body, if its media type is one of ``media_types`` (else 415 with ``refusal``)
-    and it has at most ``limit`` bytes (else 413 with ``too_large``, read no further)."""
+async def _read_body(request: Request, media_types: tuple[str, ...], refusal: str, limit: int,
+                     too_large: str, spool: IO[bytes]) -> int:
+    """Read the request body into ``spool``, if its media type is one of ``media_types`` (else
+    415 with ``refusal``) and it has at most ``limit`` bytes (else 413 with ``too_large``, read
+    no further); its size."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in media_types:
         raise UnsupportedMediaType(refusal)
     declared = request.headers.get("content-length")
     if declared and is_digits(declared) and int(declared) > limit:  # before any of it is read (and
         raise PayloadTooLarge(too_large)                            # before 100 Continue is sent)
-    body = bytearray()
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+        size += len(chunk)
+        if size > limit:
             raise PayloadTooLarge(too_large)
-    return bytes(body)
+        spool.write(chunk)
+    return size
 
 
-async def _json_body(request: Request, limit: int) -> dict[str, Any]:
-    body = await _body(request, ("application/fhir+json", "application/json"),
-                       "FHIR requests take application/fhir+json", limit,
-                       f"the request body is larger than {limit} bytes")
-    # in a worker thread: parsing (and bounding) up to 10 MB of JSON would hold the event loop
-    data = await run_in_threadpool(partial(load_json, body, what="the body"))
+async def _body(request: Request, media_types: tuple[str, ...], refusal: str, limit: int,
+                too_large: str) -> bytes:
+    """A small request body (a form-encoded search), in memory: see :func:`_read_body`."""
+    body = io.BytesIO()
+    await _read_body(request, media_types, refusal, limit, too_large, body)
+    return body.getvalue()
+
+
+@asynccontextmanager
+async def _json_body(request: Request, services: Services, limit: int) -> AsyncIterator[dict[str, Any]]:
+    """The FHIR resource of the request body, for the ``async with`` block working on it.
+
+    A body of more than LARGE_BODY_BYTES is received into a file in the staging folder (not
+    held in memory while a slow client sends it), and read, parsed and worked on only when one
+    of LARGE_BODY_SLOTS is free: in memory whole, and several times over while it is parsed and
+    stored (the bytes, the JSON, the decoded image), at most that many at once per process, so
+    memory stays bounded however many clients post at once (24 concurrent 60 MB Bundles peaked
+    at 1.35 GB without it), while a fast client never waits for slow ones to finish sending.
+    The file is unnamed (gone with the process, whatever happens)."""
+    with tempfile.SpooledTemporaryFile(max_size=LARGE_BODY_BYTES, mode="w+b", dir=str(services.blobs.staging_dir)) as spool:
+        size = await _read_body(request, ("application/fhir+json", "application/json"),
+                                "FHIR requests take application/fhir+json", limit,
+                                f"the request body is larger than {limit} bytes", spool)
+        async with _large_body_turn(request, size):
+            spool.seek(0)
+            # in a worker thread: reading and parsing (and bounding) up to ~68 MB of JSON would
+            # hold the event loop
+            data = await run_in_threadpool(partial(_load_resource, spool))
+            yield data
+
+
+def _load_resource(spool: IO[bytes]) -> dict[str, Any]:
+    data = load_json(spool.read(), what="the body")
     if not isinstance(data, dict) or "resourceType" not in data:
         raise InvalidInput("the body is not a FHIR resource", expression="resourceType")
     return data
@@ -104,20 +135,15 @@ async def metadata(request: Request, services: ServicesDep,
     return _out(body, version)
 
 
-#: Large FHIR JSON bodies (transaction Bundles with their base64 images, Consents with a scanned
-#: form) worked on at once in one process: each is in memory whole, and several times over while
-#: it is parsed and stored (the bytes, the JSON, the decoded image). More wait their turn unread,
-#: their clients held back by TCP flow control, so memory stays bounded however many post at once
-#: (24 concurrent 60 MB Bundles peaked at 1.35 GB without it). A body of at most
-#: LARGE_BODY_BYTES (declared in Content-Length) does not wait.
+#: Large FHIR JSON bodies (over LARGE_BODY_BYTES: transaction Bundles with their base64 images,
+#: Consents with a scanned form) worked on at once in one process (:func:`_json_body`).
 LARGE_BODY_SLOTS = 2
 LARGE_BODY_BYTES = 1024 * 1024
 
 
 @asynccontextmanager
-async def _large_body_turn(request: Request) -> AsyncIterator[None]:
-    declared = request.headers.get("content-length")
-    if declared and is_digits(declared) and int(declared) <= LARGE_BODY_BYTES:
+async def _large_body_turn(request: Request, size: int) -> AsyncIterator[None]:
+    if size <= LARGE_BODY_BYTES:
         yield
         return
     state = request.app.state
@@ -133,13 +159,12 @@ async def transaction(request: Request, services: ServicesDep, ctx: WriteContext
                       idempotency_key: Annotated[str | None, Header()] = None) -> Response:
     """An ITI-65-shaped transaction Bundle (base64 image in Binary.data, hence the 4/3 limit), or
     a batch of reads."""
-    async with _large_body_turn(request):
-        return await _transaction(request, services, ctx, idempotency_key)
+    async with _json_body(request, services, services.settings.max_upload_bytes * 4 // 3 + 1024 * 1024) as bundle:
+        return await _transaction(request, services, ctx, idempotency_key, bundle)
 
 
 async def _transaction(request: Request, services: Services, ctx: RequestContext,
-                       idempotency_key: str | None) -> Response:
-    bundle = await _json_body(request, services.settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
+                       idempotency_key: str | None, bundle: dict[str, Any]) -> Response:
     if bundle.get("resourceType") != "Bundle":
         raise InvalidInput("POST /fhir takes a transaction or batch Bundle", expression="Bundle.resourceType")
     if bundle.get("type") == "batch":  # reads, each under the batch's purpose of use (adapter.api.batch)
@@ -167,8 +192,7 @@ def _written(request: Request, stored: Any, status: int, headers: dict[str, str]
 
 @router.post("/Consent", status_code=201)
 async def create_consent(request: Request, services: ServicesDep, ctx: WriteContextDep) -> Response:
-    async with _large_body_turn(request):
-        resource = await _json_body(request, 10 * 1024 * 1024)
+    async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.create, resource, ctx)
     return _written(request, stored, 201, {
         "Location": absolute(request, services, f"fhir/Consent/{stored.id}/_history/{stored.version_id}"),
@@ -184,8 +208,7 @@ async def update_consent(id: str, request: Request, services: ServicesDep, ctx: 
         if not is_digits(digits):
             raise InvalidInput("If-Match takes an ETag W/\"<version>\"", expression="If-Match")
         expected = int(digits)
-    async with _large_body_turn(request):
-        resource = await _json_body(request, 10 * 1024 * 1024)
+    async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)
     return _written(request, stored, 200, {
         "Location": absolute(request, services, f"fhir/Consent/{stored.id}/_history/{stored.version_id}"),
