@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request's full URL at INFO: a batch's entries go through it in-process
+    # (adapter.api.batch), and their query strings hold patient identifiers
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _start_dicom(settings: Settings) -> tuple[StoreSCP | None, Services] | None:

@@ -466,3 +466,16 @@ def test_a_fast_large_upload_does_not_wait_for_slow_ones(server: RunningAdapter)
         thread.join(timeout=60)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert len(finished) == 2 and fast_done < min(finished.values()), (fast_done, finished)
+
+
+def test_a_batch_leaves_no_patient_identifier_in_the_log(server: RunningAdapter) -> None:
+    """A batch's entries are requests made in-process with httpx, which logged each full URL at
+    INFO, query string and patient identifier included."""
+    secret = f"BATCH-SECRET-{uuid.uuid4().hex[:8]}"
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Media?patient:identifier={PATIENT['system']}|{secret}"}}]}
+    answer = httpx.post(f"{server.url}/fhir", json=batch, timeout=10,
+                        headers={"Content-Type": "application/fhir+json", **TREAT})
+    assert answer.status_code == 200, answer.text
+    time.sleep(0.2)
+    assert secret not in server.log.read_text()
