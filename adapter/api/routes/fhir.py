@@ -105,7 +105,8 @@ async def _json_body(request: Request, services: Services, limit: int) -> AsyncI
     memory stays bounded however many clients post at once (24 concurrent 60 MB Bundles peaked
     at 1.35 GB without it), while a fast client never waits for slow ones to finish sending.
     The file is unnamed (gone with the process, whatever happens)."""
-    with tempfile.SpooledTemporaryFile(max_size=LARGE_BODY_BYTES, mode="w+b", dir=str(services.blobs.staging_dir)) as spool:
+    staging = str(services.blobs.staging_dir)
+    with tempfile.SpooledTemporaryFile(max_size=LARGE_BODY_BYTES, mode="w+b", dir=staging) as spool:
         size = await _read_body(request, ("application/fhir+json", "application/json"),
                                 "FHIR requests take application/fhir+json", limit,
                                 f"the request body is larger than {limit} bytes", spool)
