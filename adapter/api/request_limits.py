@@ -35,12 +35,14 @@ import json
 import logging
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from adapter.api.headers import HttpMiddleware, editing_response_headers
-from adapter.errors import RequestTimeout
+from adapter.errors import PayloadTooLarge, RequestTimeout
 from adapter.mapping.outcome import operation_outcome
+from adapter.text import is_digits
 
 log = logging.getLogger("adapter.api")
 
@@ -238,6 +240,15 @@ def bounded_http_protocol(header_timeout: float, body_timeout: float) -> Any:
     """The protocol class to give uvicorn (``Config(http=...)``); a partial, so it pickles into
     the worker processes of ``ADAPTER_HTTP_WORKERS`` > 1."""
     return functools.partial(BoundedHttpProtocol, header_timeout=header_timeout, body_timeout=body_timeout)
+
+
+def refuse_declared_over(request: Request, limit: int, message: str) -> None:
+    """PayloadTooLarge (413) with ``message`` when the request's Content-Length declares more
+    than ``limit`` bytes: refused before any of the body is read, and before uvicorn sends a
+    ``100 Continue`` for it. A body without one is bounded as it is read."""
+    declared = request.headers.get("content-length")
+    if declared and is_digits(declared) and int(declared) > limit:
+        raise PayloadTooLarge(message)
 
 
 class BodyTimeoutMiddleware(HttpMiddleware):

@@ -49,8 +49,9 @@ from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.multipart_related import parse_multipart_related
 from adapter.api.outcome import fhir_response
+from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
-from adapter.errors import InvalidInput, InvalidResource, NotSupported, PayloadTooLarge
+from adapter.errors import InvalidInput, InvalidResource, NotSupported
 from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
 from adapter.mapping.outcome import operation_outcome
 from adapter.services.access import DicomContent, DicomRetrieval
@@ -152,9 +153,7 @@ async def stow_study(study: str, request: Request, services: ServicesDep) -> Res
 async def _stow(request: Request, services: Services, study: str | None) -> Response:
     limit = services.settings.max_upload_bytes
     total = limit * STOW_TOTAL_FACTOR
-    declared = request.headers.get("content-length")
-    if declared and is_digits(declared) and int(declared) > total:
-        raise PayloadTooLarge(f"the request is larger than {total} bytes")
+    refuse_declared_over(request, total, f"the request is larger than {total} bytes")
     parsed = await parse_multipart_related(request.headers.get("content-type"), request.stream(),
                                            services.blobs.new_staging_path, max_part_bytes=limit,
                                            max_total_bytes=total, max_parts=STOW_MAX_PARTS)

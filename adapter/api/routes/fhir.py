@@ -26,6 +26,7 @@ from adapter.api.headers import break_glass_headers
 from adapter.api.json_input import load_json
 from adapter.api.negotiation import check_acceptable, fhir_version, media_type, wants_fhir_json
 from adapter.api.outcome import fhir_response
+from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute, base
 from adapter.errors import InvalidInput, NotFound, NotSupported, PayloadTooLarge, UnsupportedMediaType
 from adapter.mapping.bundle import history as history_bundle
@@ -74,9 +75,7 @@ async def _read_body(request: Request, media_types: tuple[str, ...], refusal: st
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in media_types:
         raise UnsupportedMediaType(refusal)
-    declared = request.headers.get("content-length")
-    if declared and is_digits(declared) and int(declared) > limit:  # before any of it is read (and
-        raise PayloadTooLarge(too_large)                            # before 100 Continue is sent)
+    refuse_declared_over(request, limit, too_large)
     size = 0
     async for chunk in request.stream():
         size += len(chunk)

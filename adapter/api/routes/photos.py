@@ -13,10 +13,10 @@ from pydantic import ValidationError
 from adapter.api.deps import get_services, get_write_context
 from adapter.api.json_input import load_json
 from adapter.api.multipart import parse_multipart
+from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
-from adapter.errors import InvalidInput, PayloadTooLarge, RequiredElementMissing
+from adapter.errors import InvalidInput, RequiredElementMissing
 from adapter.model.photo import PhotoMetadata
-from adapter.text import is_digits
 
 router = APIRouter()
 
@@ -61,9 +61,7 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
     services = get_services(request)
     ctx = get_write_context(request)
     limit = services.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and is_digits(declared) and int(declared) > limit + 1024 * 1024:
-        raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
+    refuse_declared_over(request, limit + 1024 * 1024, f"the upload is larger than {limit} bytes")
     # A photo of up to MEMORY_LIMIT bytes stays in memory from the socket to the imaging code
     # while the process-wide MEMORY_BUDGET allows; otherwise it streams to this staging file
     # (adapter.api.multipart), so memory stays bounded whatever the number of clients.
