@@ -568,12 +568,8 @@ def _spool_file(*args: Any, **kwargs: Any) -> Any:
     # closing or removing it: a peer could fill the data folder with abandoned partial objects
     # (patient data) that nothing would remove while the process runs
     message = getattr(getattr(getattr(threading.current_thread(), "assoc", None), "dimse", None), "message", None)
-    abandoned = getattr(message, "_data_set_file", None)
-    if abandoned is not None:
-        with contextlib.suppress(OSError):
-            abandoned.close()
-        with contextlib.suppress(OSError):
-            os.unlink(abandoned.name)
+    if message is not None:
+        discard_spooled(message)
     if ae.spool_dir is not None:
         kwargs.setdefault("dir", ae.spool_dir)
     spool = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - pynetdicom owns and closes it
