@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,16 @@ def record_emitted(body: Any) -> None:
             record_emitted(b)
     elif isinstance(body, dict) and "resourceType" in body:
         EMITTED_R4.append(body)
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    """Until ``condition()`` holds; AssertionError after ``timeout`` seconds (what another
+    thread or process does, e.g. an association ending, is seen a little later)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
 
 
 def require_or_skip(ok: bool, why: str) -> None:

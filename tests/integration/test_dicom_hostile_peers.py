@@ -10,7 +10,6 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -21,6 +20,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import CANNOT_UNDERSTAND
 from adapter.services.registry import Services
+from tests.conftest import wait_until
 from tests.support.app import adapter_client
 from tests.support.dicom_raw import (
     A_RELEASE_RP,
@@ -72,13 +72,6 @@ def _staging(tmp_path: Path) -> list[Path]:
     return list((tmp_path / "data" / "staging").iterdir())
 
 
-def _wait_until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def _still_serving(port: int) -> None:
     ae = AE(ae_title="PYNETSCU")
     ae.add_requested_context(Verification)
@@ -123,7 +116,7 @@ def test_a_command_before_the_last_data_set_ended_leaves_no_spool_file(scp: Stor
         sock.sendall(p_data(1, b"\0" * 16, is_command=False, last=True))
         status, _ = response_status(sock)
         assert status == CANNOT_UNDERSTAND  # the last data set is junk: refused
-        _wait_until(lambda: _staging(tmp_path) == [])  # the abandoned ones went as the next came
+        wait_until(lambda: _staging(tmp_path) == [])  # the abandoned ones went as the next came
         sock.sendall(A_RELEASE_RQ)
         assert read_pdu(sock)[0] == A_RELEASE_RP
 
@@ -148,7 +141,7 @@ def test_a_command_set_pynetdicom_cannot_decode_aborts_cleanly(scp: StoreSCP, tm
     with associate(scp.port) as sock:
         sock.sendall(p_data(context, data, is_command=True, last=True))
         assert closed_or_aborted(sock)
-    _wait_until(lambda: _staging(tmp_path) == [])
+    wait_until(lambda: _staging(tmp_path) == [])
     _still_serving(scp.port)
     assert ("was not accepted" if context == 99 else "cannot be decoded") in caplog.text
 
@@ -250,7 +243,7 @@ def test_stop_ends_associations_of_peers_stuck_inside_a_pdu(services: Services) 
         sock.sendall(associate_rq()[:8])
         peers.append(sock)
         assert scp._ae is not None
-        _wait_until(lambda: len(scp._ae.active_associations) == 4)  # type: ignore[union-attr]
+        wait_until(lambda: len(scp._ae.active_associations) == 4)  # type: ignore[union-attr]
         associations = list(scp._ae.active_associations)
         scp.stop(timeout=10)
         assert not any(assoc.is_alive() for assoc in associations)

@@ -42,7 +42,7 @@ from adapter.errors import AdapterError, InvalidInput, InvalidResource, Undecoda
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
-from tests.conftest import require_or_skip
+from tests.conftest import require_or_skip, wait_until
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
 from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
 from tests.support.dicom_files import (
@@ -116,14 +116,6 @@ def stored_nothing(services: Services, sop_uid: str, data_dir: Path) -> None:
     assert services.store.search_dicom_instances() == [] or all(
         i.sop_instance_uid != sop_uid for i in services.store.search_dicom_instances())
     assert list((data_dir / "staging").iterdir()) == []
-
-
-def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 # -- well-behaved peers (dcmtk) ---------------------------------------------------------------
