@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import socket
 import struct
 import threading
@@ -57,6 +58,18 @@ from tests.support.dicom_files import (
     pynet_store,
     sc_file,
     vl_photo_file,
+)
+from tests.support.dicom_raw import (
+    A_ASSOCIATE_AC,
+    A_RELEASE_RP,
+    A_RELEASE_RQ,
+    VERIFICATION,
+    associate_rq,
+    command,
+    p_data,
+    read_pdu,
+    response_status,
+    sub_item,
 )
 from tests.support.fhir_validator import validate_r4
 
@@ -345,6 +358,26 @@ def test_unknown_calling_ae_is_rejected_at_association(scp: StoreSCP) -> None:
     if dcmtk_missing() is None:
         assert echoscu(scp.port, "ADAPTER", calling_aet="INTRUDER", check=False).returncode != 0
         assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
+
+
+def test_a_vendor_user_information_sub_item_is_ignored_as_dcmtk_ignores_it(
+        scp: StoreSCP, caplog: pytest.LogCaptureFixture) -> None:
+    """dcmtk's storescp accepts an A-ASSOCIATE-RQ whose User Information item holds a sub-item
+    of a type it does not know (measured: 5FH); pynetdicom aborted it as an invalid PDU. The
+    sub-item is ignored and named in the log by its type only; the association works."""
+    caplog.set_level(logging.INFO, logger="adapter.dicom")
+    request = associate_rq(abstract=VERIFICATION, calling="ECHOSCU", user_items=sub_item(0x5F, b"vendor data"))
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as sock:
+        sock.sendall(request)
+        kind, _ = read_pdu(sock)
+        assert kind == A_ASSOCIATE_AC, kind
+        sock.sendall(p_data(1, command(AffectedSOPClassUID=VERIFICATION, CommandField=0x0030, MessageID=1,
+                                       CommandDataSetType=0x0101), is_command=True, last=True))
+        assert response_status(sock)[0] == SUCCESS
+        sock.sendall(A_RELEASE_RQ)
+        assert read_pdu(sock)[0] == A_RELEASE_RP
+    assert "ignored item(s) of unrecognised type 5FH" in caplog.text
+    assert "vendor data" not in caplog.text
 
 
 def test_a_connection_closed_before_its_association_request_ends_at_once(services: Services) -> None:

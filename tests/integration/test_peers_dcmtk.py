@@ -1,13 +1,15 @@
 """Smoke test of the dcmtk helpers (tests/support/dcmtk.py) against Orthanc, both directions.
 
 echoscu and storescu (-xy, JPEG Baseline) into Orthanc's C-STORE SCP; Orthanc C-STOREs back to a
-storescp (+xa) on loopback; the JPEG arrives byte for byte. Skipped without the peers installed,
-failed in CI (CI=true).
+storescp (+xa) on loopback; the JPEG arrives byte for byte. And an association request dcmtk
+accepts (a vendor's User Information sub-item) is accepted by the adapter too. Skipped without the
+peers installed, failed in CI (CI=true).
 """
 
 from __future__ import annotations
 
 import io
+import socket
 from pathlib import Path
 
 import pydicom
@@ -16,8 +18,20 @@ from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.uid import JPEGBaseline8Bit
 
+from adapter.dicom import AeOptions
+from adapter.dicom import StoreSCP as AdapterSCP
 from tests.conftest import require_or_skip
+from tests.support.app import adapter_client
 from tests.support.dcmtk import StoreSCP, dcmtk_missing, echoscu, storescu, wrap_jpeg_as_sc
+from tests.support.dicom_raw import (
+    A_ASSOCIATE_AC,
+    A_RELEASE_RP,
+    A_RELEASE_RQ,
+    VERIFICATION,
+    associate_rq,
+    read_pdu,
+    sub_item,
+)
 from tests.support.orthanc import OrthancPeer, orthanc_missing
 
 pytestmark = pytest.mark.integration
@@ -70,3 +84,34 @@ def test_storescu_to_orthanc_and_orthanc_to_storescp(tmp_path: Path) -> None:
         scp.clear()
         assert storescu(scp.port, scp.aet, files[:1]).returncode == 0
         assert [frame(p.read_bytes()) for p in scp.files()] == [frame(sent[0])]
+
+
+def _answer_to(port: int, request: bytes) -> int:
+    """The PDU type a peer answers ``request`` with (released again if it is an A-ASSOCIATE-AC)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        kind, _ = read_pdu(sock)
+        if kind == A_ASSOCIATE_AC:
+            sock.sendall(A_RELEASE_RQ)
+            assert read_pdu(sock)[0] == A_RELEASE_RP
+        return kind
+
+
+@pytest.mark.usefixtures("pynetdicom_config")
+def test_a_vendor_user_information_sub_item_is_accepted_by_dcmtk_and_by_the_adapter(tmp_path: Path) -> None:
+    """What adapter.dicom.associate_rq relies on: dcmtk's storescp accepts an A-ASSOCIATE-RQ
+    whose User Information item holds sub-items of types it does not know; so does the adapter."""
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+    vendor = sub_item(0x5F, b"vendor data") + sub_item(0x60, b"\x01")
+    request = associate_rq(abstract=VERIFICATION, calling="STORESCU", user_items=vendor)
+    with StoreSCP(tmp_path / "recv", aet="ADAPTER") as dcmtk:
+        assert _answer_to(dcmtk.port, request) == A_ASSOCIATE_AC
+    (tmp_path / "adapter").mkdir()
+    with adapter_client(tmp_path / "adapter") as (_, services):
+        scp = AdapterSCP(AeOptions(port=0, allowed_ae_titles=("STORESCU",)), services.dicom_ingest)
+        scp.start()
+        try:
+            assert _answer_to(scp.port, request) == A_ASSOCIATE_AC
+        finally:
+            scp.stop()

@@ -1,0 +1,61 @@
+"""An A-ASSOCIATE-RQ loses only the items pynetdicom cannot decode (a vendor's User Information
+sub-item, an unknown variable item), so the association is accepted as dcmtk accepts it; what
+pynetdicom decodes afterwards is the rest of the request, unchanged."""
+
+from __future__ import annotations
+
+import struct
+
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+from adapter.dicom.associate_rq import without_unrecognised_items
+from tests.support.dicom_raw import associate_rq, sub_item
+
+
+def _with_user_items(*extra: bytes) -> bytes:
+    return associate_rq(user_items=b"".join(extra))
+
+
+def _decoded(pdu: bytes) -> A_ASSOCIATE_RQ:
+    decoded = A_ASSOCIATE_RQ()
+    decoded.decode(pdu)
+    return decoded
+
+
+def test_a_request_without_unknown_items_is_returned_as_it_is() -> None:
+    pdu = associate_rq()
+    kept, removed = without_unrecognised_items(pdu)
+    assert kept is pdu and removed == []
+
+
+def test_an_unknown_user_information_sub_item_is_removed_and_the_rest_kept() -> None:
+    version_name = sub_item(0x55, b"VENDOR_1")
+    pdu = _with_user_items(sub_item(0x5F, b"vendor data"), version_name)
+    kept, removed = without_unrecognised_items(pdu)
+    assert removed == [0x5F]
+    assert kept == _with_user_items(version_name)
+    request = _decoded(kept)
+    assert request.calling_ae_title == "PYNETSCU"
+    user = request.user_information
+    assert user is not None
+    assert user.maximum_length == 16384
+    assert user.implementation_class_uid == "1.2.3.4"
+    assert user.implementation_version_name == "VENDOR_1"
+
+
+def test_an_unknown_variable_item_is_removed() -> None:
+    kept, removed = without_unrecognised_items(associate_rq(items=sub_item(0x7E, b"\x01\x02")))
+    assert removed == [0x7E]
+    assert kept == associate_rq()
+
+
+def test_items_that_do_not_parse_are_left_for_pynetdicom_to_refuse() -> None:
+    pdu = _with_user_items(sub_item(0x5F, b"x"))
+    truncated = pdu[:-3]  # the last sub-item now runs past its item
+    assert without_unrecognised_items(truncated) == (truncated, [])
+    assert without_unrecognised_items(b"\x01\x00") == (b"\x01\x00", [])
+
+
+def test_other_pdus_are_not_touched() -> None:
+    release = struct.pack(">BBL", 5, 0, 4) + b"\0" * 4
+    assert without_unrecognised_items(release) == (release, [])
