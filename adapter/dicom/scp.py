@@ -68,7 +68,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from adapter.dicom.ae import AeOptions
-from adapter.dicom.associate_rq import A_ASSOCIATE_RQ, without_unrecognised_items
+from adapter.dicom.associate_pdu import NegotiationDUL
 from adapter.dicom.handlers import (
     discard_spooled,
     handle_conn_close,
@@ -235,7 +235,7 @@ class _AssociationSocket(AssociationSocket):
         return sock in readable
 
 
-class _StreamingDUL(DULServiceProvider):
+class _StreamingDUL(NegotiationDUL):
     """pynetdicom's DUL, except that the data set fragments of a C-STORE request being spooled
     go from the socket straight to the spool file, and that queuing a primitive for sending
     wakes the reactor (:class:`_AssociationSocket`)."""
@@ -313,17 +313,10 @@ class _StreamingDUL(DULServiceProvider):
         return None
 
     def _decode_pdu(self, bytestream: bytearray) -> Any:
-        """pynetdicom's, after counting a P-DATA-TF's PDV items (at most
+        """NegotiationDUL's, after counting a P-DATA-TF's PDV items (at most
         :data:`MAX_PDVS_PER_PDU`; ValueError otherwise, which pynetdicom takes for an invalid PDU
-        and aborts) and removing from an A-ASSOCIATE-RQ the items pynetdicom would abort on but
-        dcmtk ignores (:mod:`adapter.dicom.associate_rq`)."""
-        if bytestream[:1] == bytes([A_ASSOCIATE_RQ]):
-            kept, removed = without_unrecognised_items(bytes(bytestream))
-            if removed:
-                log.info("A-ASSOCIATE-RQ from %s: ignored item(s) of unrecognised type %s", self._peer(),
-                         ", ".join(f"{kind:02X}H" for kind in removed))
-                bytestream = bytearray(kept)
-        elif bytestream[:1] == bytes([_P_DATA_TF]):
+        and aborts)."""
+        if bytestream[:1] == bytes([_P_DATA_TF]):
             offset, items = 6, 0
             while offset + 4 <= len(bytestream):
                 items += 1
@@ -331,10 +324,6 @@ class _StreamingDUL(DULServiceProvider):
                     raise ValueError(f"more than {MAX_PDVS_PER_PDU} PDV items in one PDU")
                 offset += 4 + struct.unpack_from(">L", bytestream, offset)[0]
         return super()._decode_pdu(bytestream)
-
-    def _peer(self) -> str:
-        requestor = getattr(self.assoc, "requestor", None)
-        return str(getattr(requestor, "address", "") or "a peer")
 
     def _too_long(self, header: bytes) -> bool:
         """Whether the PDU this header starts is longer than the peer may send: a P-DATA-TF
@@ -525,9 +514,11 @@ class _Association(Association):
 def _accelerate(assoc: Association) -> None:
     """Give an accepted association the faster receive path, when pynetdicom is as expected."""
     dul = getattr(assoc, "dul", None)
+    if type(dul) is not DULServiceProvider:
+        return
+    dul.__class__ = NegotiationDUL  # at least: vendors' association items are ignored, as dcmtk does
     sock = getattr(dul, "socket", None)
-    if (type(assoc) is not Association or type(dul) is not DULServiceProvider
-            or type(sock) is not AssociationSocket or isinstance(sock.socket, ssl.SSLSocket)):
+    if type(assoc) is not Association or type(sock) is not AssociationSocket or isinstance(sock.socket, ssl.SSLSocket):
         return
     dimse = getattr(assoc, "dimse", None)
     needed = (hasattr(dimse, "message") and hasattr(dimse, "msg_queue") and hasattr(dul, "_recv_pdu")

@@ -38,9 +38,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
 
 from adapter.config import Settings
+from adapter.dicom.associate_pdu import NegotiationDUL
 from adapter.errors import ConfigurationError
 from adapter.services.forwarding import SendOutcome, SendResult
 from adapter.text import is_digits
@@ -93,11 +95,14 @@ class ScuOptions:
 class _RequestorAE(AE):
     """pynetdicom's AE, keeping each requestor socket so that it can be closed when connecting
     fails: pynetdicom 3.0 drops a refused socket without closing it (a ResourceWarning and a
-    leaked descriptor per failed attempt, i.e. per retry during a PACS outage)."""
+    leaked descriptor per failed attempt, i.e. per retry during a PACS outage); and whose DUL
+    ignores unrecognised items of an A-ASSOCIATE-AC (adapter.dicom.associate_pdu)."""
 
     def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> Any:
         sock = super()._create_socket(assoc, address, tls_args)
         assoc.adapter_raw_socket = sock.socket  # type: ignore[attr-defined]
+        if type(assoc.dul) is DULServiceProvider:  # not started yet: its reader is chosen now
+            assoc.dul.__class__ = NegotiationDUL  # a PACS's vendor items in its A-ASSOCIATE-AC are ignored
         return sock
 
 

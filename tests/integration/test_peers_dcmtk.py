@@ -20,7 +20,8 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from adapter.dicom import AeOptions
 from adapter.dicom import StoreSCP as AdapterSCP
-from tests.conftest import require_or_skip
+from adapter.dicom.scu import StoreSCU
+from tests.conftest import require_or_skip, wait_until
 from tests.support.app import adapter_client
 from tests.support.dcmtk import StoreSCP, dcmtk_missing, echoscu, storescu, wrap_jpeg_as_sc
 from tests.support.dicom_raw import (
@@ -28,6 +29,7 @@ from tests.support.dicom_raw import (
     A_RELEASE_RP,
     A_RELEASE_RQ,
     VERIFICATION,
+    AcceptanceRewriter,
     associate_rq,
     read_pdu,
     sub_item,
@@ -99,7 +101,7 @@ def _answer_to(port: int, request: bytes) -> int:
 
 @pytest.mark.usefixtures("pynetdicom_config")
 def test_a_vendor_user_information_sub_item_is_accepted_by_dcmtk_and_by_the_adapter(tmp_path: Path) -> None:
-    """What adapter.dicom.associate_rq relies on: dcmtk's storescp accepts an A-ASSOCIATE-RQ
+    """What adapter.dicom.associate_pdu relies on: dcmtk's storescp accepts an A-ASSOCIATE-RQ
     whose User Information item holds sub-items of types it does not know; so does the adapter."""
     missing = dcmtk_missing()
     require_or_skip(missing is None, missing or "")
@@ -115,3 +117,25 @@ def test_a_vendor_user_information_sub_item_is_accepted_by_dcmtk_and_by_the_adap
             assert _answer_to(scp.port, request) == A_ASSOCIATE_AC
         finally:
             scp.stop()
+
+
+@pytest.mark.usefixtures("pynetdicom_config")
+def test_the_adapters_scu_ignores_a_vendor_sub_item_in_the_pacs_acceptance(tmp_path: Path) -> None:
+    """dcmtk's storescp as the PACS, its A-ASSOCIATE-AC given a vendor's User Information
+    sub-item on the way (AcceptanceRewriter): the adapter's SCU sends and the object arrives.
+    pynetdicom aborted such an acceptance as an invalid PDU, so forwarding to that PACS was
+    retried for ever."""
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+    path = tmp_path / "a.dcm"
+    sc_file(path, 40)
+    with (StoreSCP(tmp_path / "recv", aet="PACS") as pacs,
+          AcceptanceRewriter(pacs.port, sub_item(0x5F, b"vendor data")) as relay):
+        scu = StoreSCU()
+        try:
+            [result] = scu.send_batch(f"PACS@127.0.0.1:{relay.port}", [path])
+        finally:
+            scu.release()
+        assert relay.rewritten == 1
+        assert result.acknowledged, result
+        wait_until(lambda: len(list((tmp_path / "recv").iterdir())) == 1)

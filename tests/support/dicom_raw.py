@@ -3,8 +3,11 @@ DIMSE messages built by hand (PS3.8 9.3, PS3.7 6.3) on a plain socket."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+import threading
+from typing import Self
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -111,3 +114,63 @@ def closed_or_aborted(sock: socket.socket) -> bool:
     except (EOFError, ConnectionResetError):
         return True
     return kind == A_ABORT
+
+
+class AcceptanceRewriter:
+    """A loopback TCP relay to ``upstream_port`` that appends ``user_items`` to the User
+    Information item of the A-ASSOCIATE-AC the upstream SCP answers with (its last item, as
+    dcmtk and pynetdicom encode it); everything else is relayed as it is. A real SCP made to
+    answer as a PACS adding a vendor's sub-item would."""
+
+    def __init__(self, upstream_port: int, user_items: bytes) -> None:
+        self._upstream = upstream_port
+        self._user_items = user_items
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.rewritten = 0
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> Self:
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._upstream), timeout=30)
+            for source, sink, first in ((client, upstream, False), (upstream, client, True)):
+                thread = threading.Thread(target=self._relay, args=(source, sink, first), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _rewrite(self, pdu_type: int, data: bytes) -> bytes:
+        if pdu_type != A_ASSOCIATE_AC:
+            return data
+        user = data.rindex(bytes([0x50, 0]))
+        (length,) = struct.unpack_from(">H", data, user + 2)
+        assert user + 4 + length == len(data), "the User Information item is not the last item"
+        self.rewritten += 1
+        return data[:user] + _item(0x50, data[user + 4:] + self._user_items)
+
+    def _relay(self, source: socket.socket, sink: socket.socket, first: bool) -> None:
+        try:
+            if first:
+                kind, data = read_pdu(source)
+                data = self._rewrite(kind, data)
+                sink.sendall(struct.pack(">BBL", kind, 0, len(data)) + data)
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except (OSError, EOFError):
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)

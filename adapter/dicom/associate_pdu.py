@@ -1,11 +1,13 @@
-"""An A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) without the items this SCP does not recognise.
+"""An A-ASSOCIATE-RQ or -AC PDU (PS3.8 9.3.2, 9.3.3) without the items pynetdicom does not
+recognise.
 
 pynetdicom decodes a variable item or a User Information sub-item of a type it does not know as
-an invalid PDU and aborts the association; dcmtk's ``storescp`` (and so Orthanc) accepts such an
-association and ignores them (measured: a sub-item of type 5FH beside Maximum Length and
-Implementation Class UID). A PACS that adds a vendor's sub-item to its requests is therefore
-accepted here as it is by those peers: the unrecognised items are removed before pynetdicom
-decodes the PDU, and their types (never their content) are reported for the log.
+an invalid PDU and aborts the association; dcmtk (``storescp``, ``storescu``, and so Orthanc)
+ignores them (measured for storescp: sub-items of types 5FH and 60H beside Maximum Length and
+Implementation Class UID). A PACS that adds a vendor's sub-item to its request (the SCP,
+adapter.dicom.scp) or to its acceptance (the SCU, adapter.dicom.scu) is therefore served as those
+peers serve it: the unrecognised items are removed before pynetdicom decodes the PDU, and their
+types (never their content) are reported for the log.
 
 Anything that does not parse as items (a length running past its parent) is returned unchanged,
 for pynetdicom to refuse as before.
@@ -13,13 +15,20 @@ for pynetdicom to refuse as before.
 
 from __future__ import annotations
 
+import logging
 import struct
+from typing import Any
 
-A_ASSOCIATE_RQ = 0x01
+from pynetdicom.dul import DULServiceProvider
+
+log = logging.getLogger("adapter.dicom")
+
+A_ASSOCIATE_RQ, A_ASSOCIATE_AC = 0x01, 0x02
 USER_INFORMATION = 0x50
-#: Variable items of an A-ASSOCIATE-RQ (PS3.8 Table 9-11): Application Context, Presentation
-#: Context (RQ), User Information.
-REQUEST_ITEMS = frozenset({0x10, 0x20, USER_INFORMATION})
+#: Variable items (PS3.8 Tables 9-11 and 9-17): Application Context, Presentation Context (RQ in
+#: a request, AC in an acceptance), User Information.
+VARIABLE_ITEMS = {A_ASSOCIATE_RQ: frozenset({0x10, 0x20, USER_INFORMATION}),
+                  A_ASSOCIATE_AC: frozenset({0x10, 0x21, USER_INFORMATION})}
 #: User Information sub-items (PS3.8 Annex D, PS3.7 Annex D.3.3): Maximum Length, Implementation
 #: Class UID, Asynchronous Operations Window, SCP/SCU Role Selection, Implementation Version
 #: Name, SOP Class Extended Negotiation, SOP Class Common Extended Negotiation, User Identity
@@ -48,8 +57,9 @@ def _items(data: bytes, start: int, end: int) -> list[tuple[int, int, int]] | No
 def without_unrecognised_items(pdu: bytes) -> tuple[bytes, list[int]]:
     """``pdu`` without its unrecognised variable items and User Information sub-items, and the
     types removed (empty, and ``pdu`` itself, when there are none or it is not an A-ASSOCIATE-RQ
-    whose items parse)."""
-    if len(pdu) < _FIXED or pdu[0] != A_ASSOCIATE_RQ:
+    or -AC whose items parse)."""
+    known = VARIABLE_ITEMS.get(pdu[0]) if pdu else None
+    if known is None or len(pdu) < _FIXED:
         return pdu, []
     items = _items(pdu, _FIXED, len(pdu))
     if items is None:
@@ -57,7 +67,7 @@ def without_unrecognised_items(pdu: bytes) -> tuple[bytes, list[int]]:
     removed: list[int] = []
     body = bytearray(pdu[6:_FIXED])
     for kind, start, stop in items:
-        if kind not in REQUEST_ITEMS:
+        if kind not in known:
             removed.append(kind)
             continue
         if kind != USER_INFORMATION:
@@ -76,3 +86,20 @@ def without_unrecognised_items(pdu: bytes) -> tuple[bytes, list[int]]:
     if not removed:
         return pdu, []
     return pdu[:2] + struct.pack(">L", len(body)) + bytes(body), removed
+
+
+class NegotiationDUL(DULServiceProvider):
+    """pynetdicom's DUL, except that a received A-ASSOCIATE-RQ or -AC loses the items
+    pynetdicom cannot decode (:func:`without_unrecognised_items`) before it is decoded."""
+
+    def _decode_pdu(self, bytestream: bytearray) -> Any:
+        if bytestream[:1] in (bytes([A_ASSOCIATE_RQ]), bytes([A_ASSOCIATE_AC])):
+            kept, removed = without_unrecognised_items(bytes(bytestream))
+            if removed:
+                assoc = self.assoc
+                peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+                log.info("A-ASSOCIATE-%s from %s: ignored item(s) of unrecognised type %s",
+                         "RQ" if kept[0] == A_ASSOCIATE_RQ else "AC", getattr(peer, "address", "") or "a peer",
+                         ", ".join(f"{kind:02X}H" for kind in removed))
+                bytestream = bytearray(kept)
+        return super()._decode_pdu(bytestream)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import struct
 
-from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 
-from adapter.dicom.associate_rq import without_unrecognised_items
+from adapter.dicom.associate_pdu import without_unrecognised_items
 from tests.support.dicom_raw import associate_rq, sub_item
 
 
@@ -59,3 +59,23 @@ def test_items_that_do_not_parse_are_left_for_pynetdicom_to_refuse() -> None:
 def test_other_pdus_are_not_touched() -> None:
     release = struct.pack(">BBL", 5, 0, 4) + b"\0" * 4
     assert without_unrecognised_items(release) == (release, [])
+
+
+def test_an_acceptance_loses_its_unknown_sub_items_too() -> None:
+    request = associate_rq()
+    # an A-ASSOCIATE-AC: the request's fixed fields, then Application Context, a Presentation
+    # Context (AC: ID 1, result 0, one transfer syntax) and User Information
+    fixed = request[6:74]
+    context = sub_item(0x21, bytes([1, 0, 0, 0]) + sub_item(0x40, b"1.2.840.10008.1.2.1"))
+    user = sub_item(0x51, struct.pack(">L", 16384)) + sub_item(0x52, b"1.2.3.4")
+
+    def acceptance(extra: bytes) -> bytes:
+        body = fixed + sub_item(0x10, b"1.2.840.10008.3.1.1.1") + context + sub_item(0x50, user + extra)
+        return struct.pack(">BBL", 2, 0, len(body)) + body
+
+    kept, removed = without_unrecognised_items(acceptance(sub_item(0x5F, b"vendor data")))
+    assert removed == [0x5F]
+    assert kept == acceptance(b"")
+    decoded = A_ASSOCIATE_AC()
+    decoded.decode(kept)
+    assert decoded.user_information is not None and decoded.user_information.maximum_length == 16384
