@@ -16,6 +16,13 @@ UUID, version 8 (RFC 9562: implementation-defined bits, here the hash), so an or
 without an OID of its own still writes valid, stable UIDs. dciodvfy refuses the ``2.999``
 example arc as a root.
 
+A photo's UIDs (:func:`photo_uids`) are keyed: the hash is an HMAC under a key of the
+adapter's (derived from the pseudonym key, adapter.services.registry). With a plain hash the
+record id, which de-identified and pseudonymised FHIR views keep, gave the original UIDs, and so
+the way to the identified object in the PACS; and a guessed patient identifier and encounter
+could be confirmed against a study UID. A new pseudonym key starts new studies for encounters
+that had photos before it (their earlier UIDs are stored and stay).
+
 Grouping decisions (:func:`photo_uids`):
 
 * **Study** = patient + encounter: photos of one encounter share a StudyInstanceUID. Without
@@ -98,17 +105,23 @@ def _uuid_v8(digest: bytes) -> str:
     return str(value)
 
 
-def stable_uid(root: str, *parts: str) -> str:
-    """A UID under ``root`` that depends only on ``root`` and ``parts`` (module docstring).
+def stable_uid(root: str, *parts: str, key: bytes | None = None) -> str:
+    """A UID under ``root`` that depends only on ``root``, ``parts`` and ``key`` (module
+    docstring): the hash is SHA-256, or HMAC-SHA256 under ``key`` when given.
 
     Raises:
-        ConfigurationError: ``root`` is not a usable UID root.
+        ConfigurationError: ``root`` is not a usable UID root, or ``key`` is empty.
         ValueError: no ``parts``.
     """
     check_uid_root(root)
     if not parts:
         raise ValueError("stable_uid needs at least one part")
-    digest = hashlib.sha256(_encode(parts)).digest()
+    if key is None:
+        digest = hashlib.sha256(_encode(parts)).digest()
+    elif not key:
+        raise ConfigurationError("the UID key must not be empty")
+    else:
+        digest = hmac.new(key, _encode(parts), hashlib.sha256).digest()
     suffix = _uuid_v8(digest) if root == UUID_ROOT else _suffix(digest, MAX_UID - len(root) - 1)
     uid = f"{root}.{suffix}"
     assert is_valid_uid(uid), uid
@@ -128,8 +141,9 @@ def keyed_uid(root: str, key: bytes, uid: str, *, context: str) -> str:
     return stable_uid(root, "keyed", context, mac)
 
 
-def photo_uids(root: str, *, record_id: str, encounter: str | None, patient: Identifier) -> PhotoUids:
-    """Study, Series and SOP Instance UIDs for the record ``record_id`` (module docstring).
+def photo_uids(root: str, key: bytes, *, record_id: str, encounter: str | None, patient: Identifier) -> PhotoUids:
+    """Study, Series and SOP Instance UIDs for the record ``record_id``, keyed by ``key``
+    (module docstring).
 
     ``encounter`` is the encounter's literal reference or ``system|value`` (whatever the record
     carries, used as given); ``patient`` is the record's subject identifier.
@@ -137,13 +151,13 @@ def photo_uids(root: str, *, record_id: str, encounter: str | None, patient: Ide
     if not record_id:
         raise ValueError("record_id must not be empty")
     if encounter:
-        study = stable_uid(root, "study", "encounter", patient.system, patient.value, encounter)
+        study = stable_uid(root, "study", "encounter", patient.system, patient.value, encounter, key=key)
     else:
-        study = stable_uid(root, "study", "record", record_id)
+        study = stable_uid(root, "study", "record", record_id, key=key)
     return PhotoUids(
         study=study,
-        series=stable_uid(root, "series", record_id),
-        sop_instance=stable_uid(root, "instance", record_id),
+        series=stable_uid(root, "series", record_id, key=key),
+        sop_instance=stable_uid(root, "instance", record_id, key=key),
     )
 
 

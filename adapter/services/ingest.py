@@ -69,7 +69,7 @@ def _new_id() -> str:
 
 class IngestService:
     def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, auditor: Auditor,
-                 now: Callable[[], datetime], dicom_tables: DicomTables, uid_root: str,
+                 now: Callable[[], datetime], dicom_tables: DicomTables, uid_root: str, uid_key: bytes,
                  released_uids: ReleasedUidSpaces, destinations: Sequence[str] = ()) -> None:
         self._store = store
         self._released_uids = released_uids
@@ -79,6 +79,7 @@ class IngestService:
         self._now = now
         self._dicom_tables = dicom_tables
         self._uid_root = uid_root
+        self._uid_key = uid_key
         self._destinations = tuple(destinations)
         self.on_commit: Callable[[], None] | None = None  # wakes the forwarder
         # (Consent id, version) -> its grants; shared by the ingest threads (see _existing_grants)
@@ -215,7 +216,7 @@ class IngestService:
         patient = meta.patient.identifier
         # The photo's DICOM identity is fixed now, so the record names it and every regeneration
         # of the object (forwarding, WADO-RS) carries the same UIDs.
-        uids = photo_uids(self._uid_root, record_id=record_id,
+        uids = photo_uids(self._uid_root, self._uid_key, record_id=record_id,
                           encounter=meta.encounter.reference if meta.encounter else None, patient=patient)
         built.record.setdefault("identifier", []).append(
             {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{uids.sop_instance}"})

@@ -71,6 +71,12 @@ def _pseudonym_key(settings: Settings) -> bytes:
     return path.read_text().strip().encode("utf-8")
 
 
+def _photo_uid_key(pseudonym_key: bytes) -> bytes:
+    """The key of a photo's own DICOM UIDs (adapter.mapping.dicom_uids.photo_uids), derived from
+    the pseudonym key as :func:`_dicom_uid_key` is, under another label."""
+    return hmac.new(pseudonym_key, b"clinical-image-adapter/photo-uid-key/v1", hashlib.sha256).digest()
+
+
 def _dicom_uid_key(pseudonym_key: bytes) -> bytes:
     """The key of the UID mapping in de-identified and pseudonymised DICOM objects, derived from
     the pseudonym key (HMAC-SHA256, domain-separated): stable as long as the pseudonyms are, and
@@ -148,7 +154,8 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     if indexed:
         _log.info("indexed the released UIDs of %d DICOM instance(s) under the current key", indexed)
     ingest = IngestService(store=store, blobs=blobs, tables=tables, auditor=auditor, now=now,
-                           dicom_tables=dicom_tables, uid_root=uid_root, released_uids=released_uids,
+                           dicom_tables=dicom_tables, uid_root=uid_root, uid_key=_photo_uid_key(pseudonym_key),
+                           released_uids=released_uids,
                            destinations=settings.destinations)
     return Services(
         settings=settings, tables=tables, store=store, blobs=blobs, pseudonymizer=pseudonymizer,

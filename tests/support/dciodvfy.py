@@ -224,7 +224,7 @@ def photo_object(kind: Any, sample: StoredSample, *, record: dict[str, Any] | No
 
     record = record if record is not None else photo_record(kind, sample, record_id=record_id)
     patient = Identifier(system=PATIENT_SYSTEM, value=PATIENT_VALUE)
-    uids = photo_uids(UID_ROOT, record_id=record["id"], encounter=encounter_key(record), patient=patient)
+    uids = photo_uids(UID_ROOT, UID_KEY, record_id=record["id"], encounter=encounter_key(record), patient=patient)
     options.setdefault("now", NOW)
     return photo_to_dicom(record, sample.data, sample.content_type, kind=kind, patient=patient, uids=uids,
                           tables=tables(), dicom_tables=dicom_tables(), **options)

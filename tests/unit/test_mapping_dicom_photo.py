@@ -21,6 +21,7 @@ from adapter.mapping.dicom_tables import SC_IMAGE, VL_PHOTOGRAPHIC
 from adapter.mapping.dicom_uids import photo_uids
 from adapter.model.photo import Identifier, PhotoKind
 from tests.support.dciodvfy import (
+    UID_KEY,
     UID_ROOT,
     jpeg_of,
     photo_object,
@@ -112,7 +113,7 @@ def test_uids_are_the_records_and_regenerating_is_identical() -> None:
     sample = stored_sample("document.jpg")
     record = photo_record(PhotoKind.CLINICAL, sample)
     patient = Identifier(system=PATIENT_SYSTEM, value=PATIENT_VALUE)
-    uids = photo_uids(UID_ROOT, record_id=record["id"], encounter=encounter_key(record), patient=patient)
+    uids = photo_uids(UID_ROOT, UID_KEY, record_id=record["id"], encounter=encounter_key(record), patient=patient)
     first = photo_object(PhotoKind.CLINICAL, sample, record=record)
     assert (first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID) == (
         uids.study, uids.series, uids.sop_instance)
@@ -267,7 +268,7 @@ def test_unknown_patient_system_and_bad_values_are_refused() -> None:
 
     sample = stored_sample("tiny.jpg")
     record = photo_record(PhotoKind.CLINICAL, sample)
-    uids = photo_uids(UID_ROOT, record_id="r", encounter=None,
+    uids = photo_uids(UID_ROOT, UID_KEY, record_id="r", encounter=None,
                       patient=Identifier(system="x", value="y"))
     for patient, error in ((Identifier(system="urn:other", value="1"), UnknownCode),
                            (Identifier(system=PATIENT_SYSTEM, value="a\\b"), InvalidInput)):

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = "2.999.1.2.3"
 PATIENT = Identifier(system="urn:oid:2.999.1.1", value="MRN-0001")
+KEY = b"photo-uid-key-for-tests"
 GRAMMAR = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
@@ -76,8 +77,8 @@ def test_no_parts_is_a_bug() -> None:
 
 
 def test_photos_of_one_encounter_share_a_study_and_nothing_else() -> None:
-    a = photo_uids(ROOT, record_id="rec-a", encounter="Encounter/e-1", patient=PATIENT)
-    b = photo_uids(ROOT, record_id="rec-b", encounter="Encounter/e-1", patient=PATIENT)
+    a = photo_uids(ROOT, KEY, record_id="rec-a", encounter="Encounter/e-1", patient=PATIENT)
+    b = photo_uids(ROOT, KEY, record_id="rec-b", encounter="Encounter/e-1", patient=PATIENT)
     assert a.study == b.study
     assert a.series != b.series and a.sop_instance != b.sop_instance
     assert len({a.study, a.series, a.sop_instance}) == 3
@@ -86,21 +87,21 @@ def test_photos_of_one_encounter_share_a_study_and_nothing_else() -> None:
 
 
 def test_study_depends_on_patient_and_encounter() -> None:
-    base = photo_uids(ROOT, record_id="rec-a", encounter="Encounter/e-1", patient=PATIENT)
+    base = photo_uids(ROOT, KEY, record_id="rec-a", encounter="Encounter/e-1", patient=PATIENT)
     other_patient = Identifier(system=PATIENT.system, value="MRN-0002")
-    assert photo_uids(ROOT, record_id="rec-a", encounter="Encounter/e-1", patient=other_patient).study != base.study
-    assert photo_uids(ROOT, record_id="rec-a", encounter="Encounter/e-2", patient=PATIENT).study != base.study
+    assert photo_uids(ROOT, KEY, record_id="rec-a", encounter="Encounter/e-1", patient=other_patient).study != base.study
+    assert photo_uids(ROOT, KEY, record_id="rec-a", encounter="Encounter/e-2", patient=PATIENT).study != base.study
 
 
 def test_without_encounter_each_record_is_its_own_study() -> None:
-    a = photo_uids(ROOT, record_id="rec-a", encounter=None, patient=PATIENT)
-    b = photo_uids(ROOT, record_id="rec-b", encounter=None, patient=PATIENT)
+    a = photo_uids(ROOT, KEY, record_id="rec-a", encounter=None, patient=PATIENT)
+    b = photo_uids(ROOT, KEY, record_id="rec-b", encounter=None, patient=PATIENT)
     assert a.study != b.study
 
 
 def test_regenerating_gives_the_same_uids() -> None:
-    first = photo_uids(ROOT, record_id="rec-a", encounter="Encounter/e-1", patient=PATIENT)
-    assert photo_uids(ROOT, record_id="rec-a", encounter="Encounter/e-1", patient=PATIENT) == first
+    first = photo_uids(ROOT, KEY, record_id="rec-a", encounter="Encounter/e-1", patient=PATIENT)
+    assert photo_uids(ROOT, KEY, record_id="rec-a", encounter="Encounter/e-1", patient=PATIENT) == first
 
 
 def test_keyed_uid_is_consistent_and_unlinkable_across_keys_and_contexts() -> None:
@@ -122,3 +123,19 @@ def test_the_uuid_root_gives_real_uuids() -> None:
     as_uuid = uuid.UUID(int=value)
     assert as_uuid.version == 8 and as_uuid.variant == uuid.RFC_4122
     assert is_valid_uid(uid) and uid == stable_uid("2.25", "instance", "rec-1")
+
+
+def test_photo_uids_cannot_be_computed_from_the_record_id_without_the_key() -> None:
+    """A de-identified view keeps the record id; with an unkeyed hash it gave the original UIDs
+    (and a guessed patient and encounter could be checked against the study UID)."""
+    uids = photo_uids(ROOT, KEY, record_id="rec-a", encounter=None, patient=PATIENT)
+    assert uids.sop_instance != stable_uid(ROOT, "instance", "rec-a")
+    assert uids.series != stable_uid(ROOT, "series", "rec-a")
+    assert uids.study != stable_uid(ROOT, "study", "record", "rec-a")
+    with_encounter = photo_uids(ROOT, KEY, record_id="rec-a", encounter="Encounter/e-1", patient=PATIENT)
+    assert with_encounter.study != stable_uid(ROOT, "study", "encounter", PATIENT.system, PATIENT.value, "Encounter/e-1")
+    other_key = photo_uids(ROOT, b"another key", record_id="rec-a", encounter="Encounter/e-1", patient=PATIENT)
+    assert {other_key.study, other_key.series, other_key.sop_instance}.isdisjoint(
+        {with_encounter.study, with_encounter.series, with_encounter.sop_instance})
+    with pytest.raises(ConfigurationError):
+        photo_uids(ROOT, b"", record_id="rec-a", encounter=None, patient=PATIENT)
