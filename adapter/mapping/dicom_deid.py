@@ -21,7 +21,8 @@ is X, Z or D is acted on, by name or by its VR's rule).
   clinical trial identifiers, digital signatures, original/modified attribute sequences, every
   GPS attribute of the photography module and the camera's MakerNote…);
   every other **PN** element (a name is identifying wherever it appears); every **LT/ST/UT**
-  element (free text); overlays (60xx) and curves (50xx); all **private** elements; every
+  element (free text); every **UR** and **UC** element but the code values and coding scheme
+  URLs of concepts (a RetrieveURL holds the PACS's host and the original Study UID); overlays (60xx) and curves (50xx); all **private** elements; every
   public element the data dictionary does not know (a newer standard's attribute, read as UN:
   what it holds cannot be judged) and group lengths; the file
   meta's AE titles. Unless dates are retained, every other DA/TM/DT element and
@@ -206,6 +207,13 @@ BASIC_PROFILE_REMOVE = frozenset({
     "TreatmentSites",
     # D attributes whose VR holds no dummy (binary, ages, URLs): removed
     "SelectorASValue", "SelectorOBValue", "SelectorUNValue", "SelectorURValue",
+    # dates of birth and death in another calendar, and identifiers of people, animals, media
+    # and devices that no rule by VR reaches (LO, SH, CS): found by running every attribute of
+    # the data dictionary through the copy (tests/unit/test_mapping_dicom_deid.py)
+    "PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar", "PatientAlternativeCalendar",
+    "BreedRegistrationNumber", "StorageMediaFileSetID", "DeviceID", "ContactDisplayName", "OwnerID",
+    "NTPSourceAddress", "BoardingPassID", "ItineraryID", "ItineraryIDAssigningAuthority", "CarrierID", "RouteID",
+    "RouteIDAssigningAuthority",
 })
 #: Table E.1-1 "D" attributes (Type 1 where they occur): a dummy value of their VR.
 BASIC_PROFILE_DUMMY = frozenset({
@@ -233,6 +241,10 @@ KEEP_UIDS = frozenset({
 _META_REMOVE = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
                 "ReceivingApplicationEntityTitle", "PrivateInformationCreatorUID", "PrivateInformation")
 _FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+#: UR (URLs, URIs: a PACS's host and the original UIDs in RetrieveURL, a file's path, a contact)
+#: and UC (unlimited descriptions) are removed like free text, but for those that name a concept.
+_CONCEPT_VALUES = frozenset({"CodingSchemeURL", "URNCodeValue", "LongCodeValue"})
+_URL_VRS = frozenset({"UR", "UC"})
 _DATE_VRS = frozenset({"DA", "TM", "DT"})
 _JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                             "1.2.840.10008.1.2.4.70"})
@@ -384,6 +396,8 @@ def _removed(elem: DataElement, *, keep_dates: bool) -> bool:
     """X: listed, or a name, free text, or (dates not retained) a date/time or the zone."""
     keyword = elem.keyword
     if keyword in BASIC_PROFILE_REMOVE or elem.VR == "PN" or elem.VR in _FREE_TEXT_VRS:
+        return True
+    if elem.VR in _URL_VRS and keyword not in _CONCEPT_VALUES:
         return True
     return not keep_dates and (keyword in DATES_REMOVE or elem.VR in _DATE_VRS)
 

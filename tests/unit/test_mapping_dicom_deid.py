@@ -8,7 +8,7 @@ import copy
 from collections.abc import Iterator
 
 import pytest
-from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
+from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_dict, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
@@ -395,3 +395,64 @@ def test_every_listed_attribute_is_a_dictionary_keyword() -> None:
     vrs = {k: dictionary_VR(tag_for_keyword(k)) for k in BASIC_PROFILE_DUMMY}
     assert all(vr in longest and len(DUMMY_VALUE) <= longest[vr] for vr in vrs.values()), vrs
 
+
+
+def test_urls_dates_in_another_calendar_and_media_ids_leave_both_copies() -> None:
+    """Review finding: RetrieveURL kept the PACS's host and the original Study UID, and the
+    birth and death dates in an alternative calendar and the storage medium's id stayed."""
+    ds = loaded()
+    study = str(ds.StudyInstanceUID)
+    ds.RetrieveURL = f"https://pacs.example/dicomweb/studies/{study}"
+    ds.PatientBirthDateInAlternativeCalendar = "1380/10/11"
+    ds.PatientDeathDateInAlternativeCalendar = "1440/01/02"
+    ds.PatientAlternativeCalendar = "I"
+    ds.StorageMediaFileSetID = "MRN0001DISK"
+    concept = Dataset()
+    concept.URNCodeValue = "urn:example:concept:1"
+    concept.CodingSchemeURL = "https://terminology.example/cs"
+    concept.CodeMeaning = "a concept"
+    ds.ConceptNameCodeSequence = Sequence([concept])
+    gone = ("RetrieveURL", "PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar",
+            "PatientAlternativeCalendar", "StorageMediaFileSetID")
+    for copy_ in (deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY),
+                  pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                               key=UID_KEY)):
+        assert [k for k in gone if k in copy_] == []
+        assert study not in str(copy_) and "pacs.example" not in str(copy_) and "MRN0001" not in str(copy_)
+        kept = copy_.ConceptNameCodeSequence[0]
+        assert (kept.URNCodeValue, kept.CodingSchemeURL) == (concept.URNCodeValue, concept.CodingSchemeURL)
+
+
+#: What of the patient module (group 0010) and of the URL and unlimited-text VRs may pass into a
+#: copy unchanged: kinds and codes, a veterinary subject's species, breed and strain (none of them
+#: names a patient). A new attribute of the data dictionary in those places fails this list and
+#: has to be judged.
+HARMLESS_SURVIVORS = frozenset({
+    "TypeOfPatientID", "QualityControlSubject", "StrainNomenclature", "StrainStockNumber", "StrainSource",
+    "GeneticModificationsNomenclature", "PatientSpeciesDescription", "AnatomicalOrientationType",
+    "PatientBreedDescription", "CodingSchemeURL", "LongCodeValue", "URNCodeValue",
+})
+_SAMPLE_VALUES = {"AE": "AETITLE", "AS": "042Y", "CS": "CODE", "DA": "20240101", "DT": "20240101120000",
+                  "LO": "LOVAL", "LT": "text", "PN": "Doe^John", "SH": "SHVAL", "ST": "st", "TM": "120000",
+                  "UC": "UCVAL", "UI": "1.2.3.4.5", "UR": "http://pacs.example/1.2.3.4.5", "UT": "ut"}
+
+
+def test_no_patient_attribute_url_or_description_of_the_dictionary_survives_unless_known_harmless() -> None:
+    """Every string attribute of the data dictionary (none retired) with a value, through both
+    copies: of the patient module and the UR/UC VRs only HARMLESS_SURVIVORS come out unchanged."""
+    ds = Dataset()
+    for tag, (vr, _vm, _name, retired, keyword) in DicomDictionary.items():
+        vr = vr.split(" or ")[0]
+        if retired or not keyword or tag >> 16 in (0x0000, 0x0002) or vr not in _SAMPLE_VALUES:
+            continue
+        ds.add(DataElement(tag, vr, _SAMPLE_VALUES[vr]))
+    ds.SOPClassUID = SC_IMAGE
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for copy_ in (deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY),
+                  pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                               key=UID_KEY)):
+        unchanged = {elem.keyword for elem in copy_
+                     if elem.tag in ds and ds[elem.tag].value == elem.value
+                     and (Tag(elem.tag).group == 0x0010 or elem.VR in ("UR", "UC"))}
+        assert unchanged - HARMLESS_SURVIVORS == set()
