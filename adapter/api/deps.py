@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from adapter.api.request_id import request_id_of
-from adapter.errors import UnknownPurposeOfUse
+from adapter.errors import PurposeOfUseMissing, UnknownPurposeOfUse
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.services.access import ScopedReader
 from adapter.services.purpose import parse_purpose_of_use
@@ -48,9 +48,25 @@ def get_read_context(request: Request, services: ServicesDep, x_purpose_of_use: 
     """Every read states its purpose of use; none fails closed (403), unknown is 400.
     (``x_purpose_of_use`` puts the header in the OpenAPI description; :func:`purpose_header`
     reads it, every value of it.)"""
-    purpose = parse_purpose_of_use(purpose_header(request), services.tables)
+    try:
+        purpose = parse_purpose_of_use(purpose_header(request), services.tables)
+    except (PurposeOfUseMissing, UnknownPurposeOfUse) as exc:
+        _audit_refused_purpose(request, services, exc)
+        raise
     return RequestContext(purpose=purpose, actor=_actor(request), request_id=_request_id(request),
                           client_address=request.client.host if request.client else None)
+
+
+def _audit_refused_purpose(request: Request, services: Services,
+                           exc: PurposeOfUseMissing | UnknownPurposeOfUse) -> None:
+    """A read refused for its purpose of use is a decision too: audited, naming the route (its
+    template: no ids, no query) and why."""
+    route = getattr(request.scope.get("route"), "path", None) or "(unmatched route)"
+    reads_one = any(name in request.path_params for name in ("id", "instance", "vid"))
+    services.auditor.record_refused_purpose(
+        interaction="read" if reads_one else "search-type", actor=_actor(request), request_id=_request_id(request),
+        client_address=request.client.host if request.client else None,
+        missing=isinstance(exc, PurposeOfUseMissing), reason=f"{request.method} {route}: {exc.diagnostics}")
 
 
 def get_write_context(request: Request) -> RequestContext:

@@ -41,6 +41,18 @@ class Auditor:
                                             reason=why, entities=entities, patient=patient))
 
 
+    def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,
+                               request_id: str, missing: bool, reason: str) -> None:
+        """Store the AuditEvent of a read refused for its purpose of use: none stated (403) or
+        one that is not known (400). There is no purpose to record, and the metric's label is
+        ``none`` or ``unknown`` (never the caller's text)."""
+        DECISIONS.labels(interaction, "none" if missing else "unknown", "refused").inc()
+        self._store.append_audit(audit_event(
+            interaction=interaction, action="R" if interaction == "read" else "E", outcome="4",
+            outcome_desc=reason, recorded=self._now(), client_address=client_address, actor=actor, purpose=None,
+            request_id=request_id, entities=[], patient=None, query=None))
+
+
 def export_audit(store: RecordStore, auditor: Auditor, ctx: RequestContext, *, after: int = 0,
                  since: datetime | None = None, until: datetime | None = None,
                  limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -273,6 +273,28 @@ def test_every_decision_is_audited(tmp_path: Path) -> None:
         assert PATIENT["value"] not in json.dumps(denied.get("outcomeDesc", ""))
 
 
+def test_a_read_refused_for_its_purpose_of_use_is_audited_too(tmp_path: Path) -> None:
+    """No purpose (403), an unknown one or two of them (400): each refusal is an AuditEvent
+    (outcome 4, no purposeOfUse, the route's template), as every other decision is."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        before = len(services.store.list_audit(1000))
+        assert client.get(f"/fhir/{receipt['record']}").status_code == 403
+        assert client.get("/fhir/Media?patient:identifier=x|y", headers={"X-Purpose-Of-Use": "NOPE"}).status_code == 400
+        assert client.get(f"/dicomweb/studies/{receipt['dicom']['studyInstanceUid']}",
+                          headers=[("X-Purpose-Of-Use", "TREAT"), ("X-Purpose-Of-Use", "TRAIN")]).status_code == 400
+        events = services.store.list_audit(1000)
+        assert len(events) == before + 3
+        twice, unknown, missing = events[0], events[1], events[2]
+        assert [e["outcome"] for e in (twice, unknown, missing)] == ["4", "4", "4"]
+        assert all("purposeOfUse" not in agent for e in events[:3] for agent in e["agent"])
+        assert missing["subtype"][0]["code"] == "read" and unknown["subtype"][0]["code"] == "search-type"
+        assert missing["outcomeDesc"].startswith("GET /fhir/{resource_type}/{id}: every read must state")
+        assert "unknown purpose-of-use code" in unknown["outcomeDesc"]
+        assert "given 2 times" in twice["outcomeDesc"]
+        assert receipt["record"].split("/")[1] not in json.dumps(events[:3])  # the template, not the id
+
+
 @pytest.mark.parametrize("purpose", ["TREAT", "TRAIN", "HRESCH", "BTG", "COC", "MLTRAINING"])
 def test_every_read_path_under_every_purpose(tmp_path: Path, purpose: str) -> None:
     """Media, Binary (bytes and JSON), Provenance, Consent, search: permitted or refused, never leaking."""
