@@ -108,6 +108,24 @@ class DicomContent:
     sop_instance_uid: str
 
 
+@dataclass(frozen=True)
+class ReleasedImage:
+    """An image (or document) made from a released DICOM object: its bytes, media type, and
+    whether break-glass released it (the answer says so)."""
+
+    data: bytes
+    content_type: str
+    break_glass: bool
+
+
+@dataclass(frozen=True)
+class DicomSearchResult:
+    """QIDO-RS: the permitted instances, and whether break-glass released any of them."""
+
+    entries: list[DicomEntry]
+    break_glass: bool
+
+
 class DicomRetrieval:
     """One permitted instance of a study or series retrieve (WADO-RS), decided and audited;
     :meth:`load` makes its released object (one at a time, so a large study streams)."""
@@ -148,10 +166,11 @@ _RESULT_KEYS: dict[str, Callable[[DicomEntry], Any]] = {
 }
 
 
-def _rendered(content: DicomContent) -> tuple[bytes, str]:
+def _rendered(content: DicomContent) -> ReleasedImage:
     """A released DICOM object as its Binary's bytes and media type, in the decision's view."""
     image = extract_image(read_released(content.data))
-    return _image_in_view(bytes(image.data), image.content_type, content.decision.view), image.content_type
+    return ReleasedImage(_image_in_view(bytes(image.data), image.content_type, content.decision.view),
+                         image.content_type, content.decision.break_glass)
 
 
 def _whole_studies(batches: Iterable[list[DicomInstance]]) -> Iterator[list[DicomInstance]]:
@@ -541,14 +560,14 @@ class ScopedReader:
         return self._dicom_content(instance, stored, decision)
 
     def read_dicom_rendered(self, sop_instance_uid: str, *, study: str | None = None,
-                            series: str | None = None) -> tuple[bytes, str]:
+                            series: str | None = None) -> ReleasedImage:
         """WADO-RS rendered: the released instance as its Binary's bytes and media type (the
         first JPEG frame, native pixels as PNG, a PDF), under :meth:`read_dicom_instance`'s
         decision; in the de-identified view image bytes with no metadata at all, as there."""
         return _rendered(self.read_dicom_instance(sop_instance_uid, study=study, series=series))
 
     def read_dicom_thumbnail(self, study: str, *, series: str | None = None, instance: str | None = None,
-                             rows: int, columns: int) -> bytes:
+                             rows: int, columns: int) -> ReleasedImage:
         """WADO-RS thumbnail (PS3.18 8.3.5.1.2): a small JPEG, with no metadata, of the instance
         (or of the first permitted image of the series or study), made from what
         :meth:`read_dicom_rendered` releases for the purpose, under the same decisions; the
@@ -556,18 +575,20 @@ class ScopedReader:
         the study. A document has no picture: 406."""
         limit = self._tables.policy.limits.max_pixels
 
-        def picture(data: bytes, content_type: str) -> bytes | None:
+        def picture(rendered: ReleasedImage) -> ReleasedImage | None:
             """The thumbnail, or None for a document or pixels that do not decode (the object
             is stored as received; only what is shown of it needs decoding)."""
-            if not content_type.startswith("image/"):
+            if not rendered.content_type.startswith("image/"):
                 return None
             try:
-                return thumbnail_jpeg(data, content_type, rows=rows, columns=columns, max_pixels=limit)
+                data = thumbnail_jpeg(rendered.data, rendered.content_type, rows=rows, columns=columns,
+                                      max_pixels=limit)
             except (UndecodableImage, ImageTooLarge):
                 return None
+            return ReleasedImage(data, "image/jpeg", rendered.break_glass)
 
         if instance is not None:
-            made = picture(*self.read_dicom_rendered(instance, study=study, series=series))
+            made = picture(self.read_dicom_rendered(instance, study=study, series=series))
             if made is None:
                 raise NotAcceptable("this instance has no thumbnail (a document, or pixels that do not decode)")
             return made
@@ -582,7 +603,7 @@ class ScopedReader:
             if not decision.permitted or decision.view is not release.view:
                 continue
             permitted = True
-            made = picture(*_rendered(self._dicom_content(candidate, stored, decision)))
+            made = picture(_rendered(self._dicom_content(candidate, stored, decision)))
             if made is not None:
                 return made
         if not permitted:
@@ -633,7 +654,7 @@ class ScopedReader:
         raise NotFound(f"Binary/{id} has no DICOM object")
 
     def search_dicom(self, level: str, query: DicomQuery, *, offset: int = 0,
-                     limit: int | None = None) -> list[DicomEntry]:
+                     limit: int | None = None) -> DicomSearchResult:
         """QIDO-RS: the permitted instances making up the matching studies, series or instances
         (adapter.services.dicom_objects.match_level), as the purpose's view shows them; the
         others are left out and not counted. ``offset``/``limit`` count results at ``level``
@@ -672,12 +693,14 @@ class ScopedReader:
                 study_dates=dates, accession_number=query.accession_number)]
         key = _RESULT_KEYS[level]
         results: dict[Any, list[DicomEntry]] = {}  # result key -> its instances, in order
+        glass: set[int] = set()  # id() of the entries break-glass released
         wanted = None if limit is None else offset + limit
         withheld = 0
         try:
             for studies in _whole_studies(batches):
-                permitted, held = self._qido_permitted(release, level, query, studies)
+                permitted, held, by_glass = self._qido_permitted(release, level, query, studies)
                 withheld += held
+                glass |= by_glass
                 for entry in permitted:
                     results.setdefault(key(entry), []).append(entry)
                 if wanted is not None and len(results) >= wanted:
@@ -692,21 +715,25 @@ class ScopedReader:
             self.ctx, interaction="search-type", action="E", decision=None,
             entities=sorted({e.record for e in result}), patient=None,
             reason=f"{len(result)} instances permitted, {withheld} withheld")
-        return result
+        return DicomSearchResult(result, any(id(entry) in glass for entry in result))
 
     def _qido_permitted(self, release: DicomRelease, level: str, query: DicomQuery,
-                        candidates: Sequence[DicomInstance]) -> tuple[list[DicomEntry], int]:
+                        candidates: Sequence[DicomInstance]) -> tuple[list[DicomEntry], int, set[int]]:
         """The permitted entries making up matching results among ``candidates`` (whole
-        studies), and how many matching instances were withheld."""
+        studies), how many matching instances were withheld, and the id() of the entries
+        break-glass released."""
         entries = {id(i): release.entry(i) for i in candidates}
         matched_ids = {id(e) for e in match_level(level, query, entries.values())}
         matched = [i for i in candidates if id(entries[id(i)]) in matched_ids]
         permitted: list[DicomEntry] = []
+        glass: set[int] = set()
         withheld = 0
         for instance, _, decision in self._dicom_decided(matched):
             if decision.permitted and decision.view is release.view:
                 permitted.append(entries[id(instance)])
+                if decision.break_glass:
+                    glass.add(id(entries[id(instance)]))
             else:
                 withheld += 1
         # again: a withheld instance may have made the match
-        return match_level(level, query, permitted), withheld
+        return match_level(level, query, permitted), withheld, glass

@@ -233,7 +233,9 @@ def test_break_glass_reads_a_consent_pending_record_and_says_so(tmp_path: Path) 
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 403
         r = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("BTG"))
         assert r.status_code == 200 and "BTG" in r.headers["x-break-glass"]
-        s = client.get("/fhir/Media", headers=as_purpose("ETREAT")).json()
+        searched = client.get("/fhir/Media", headers=as_purpose("ETREAT"))
+        assert "BTG" in searched.headers["x-break-glass"]  # as on reads (it was only in the Bundle)
+        s = searched.json()
         outcomes = [e for e in s["entry"] if e["search"]["mode"] == "outcome"]
         assert outcomes and outcomes[0]["resource"]["issue"][0]["code"] == "suppressed"
         audit = services.store.list_audit(50)

@@ -380,6 +380,38 @@ def test_purpose_header_and_accept_are_checked(adapter: tuple[FhirClient, Servic
     assert glass.status_code == 200 and "X-Break-Glass" in glass.headers
 
 
+def test_every_dicom_answer_break_glass_released_says_so(adapter: tuple[FhirClient, Services]) -> None:
+    """Review finding: only the instance and study retrieves (and WADO-URI's DICOM) carried
+    X-Break-Glass; metadata, frames, bulk data, rendered, thumbnails, QIDO-RS and WADO-URI's
+    rendered images released under break-glass said nothing."""
+    client, _ = adapter
+    vl = received(ICCProfile=bytes(range(256)))
+    assert stow(client, vl).status_code == 200
+    study, series, instance = vl.StudyInstanceUID, vl.SeriesInstanceUID, vl.SOPInstanceUID
+    base = f"/dicomweb/studies/{study}/series/{series}/instances/{instance}"
+    wado_uri = f"/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={instance}"
+    answers = {
+        "QIDO-RS": ("/dicomweb/studies", None),
+        "study metadata": (f"/dicomweb/studies/{study}/metadata", None),
+        "instance metadata": (f"{base}/metadata", None),
+        "frames": (f"{base}/frames/1", 'multipart/related; type="image/jpeg"'),
+        "bulk data": (f"{base}/bulk/00282000", 'multipart/related; type="application/octet-stream"'),
+        "rendered": (f"{base}/rendered", None),
+        "instance thumbnail": (f"{base}/thumbnail", None),
+        "study thumbnail": (f"/dicomweb/studies/{study}/thumbnail", None),
+        "WADO-URI rendered": (f"{wado_uri}&contentType=image/jpeg", None),
+        "WADO-URI thumbnail": (f"{wado_uri}&contentType=image/jpeg&rows=64", None),
+        "WADO-URI DICOM": (f"{wado_uri}&contentType=application/dicom", None),
+    }
+    for name, (url, accept) in answers.items():
+        extra = {"Accept": accept} if accept else {}
+        care = client.get(url, headers={**TREAT, **extra})
+        glass = client.get(url, headers={"X-Purpose-Of-Use": "BTG", **extra})
+        assert (care.status_code, glass.status_code) == (200, 200), (name, care.text[:200], glass.text[:200])
+        assert "X-Break-Glass" not in care.headers, name
+        assert "suppressed" in glass.headers.get("X-Break-Glass", ""), name
+
+
 def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[FhirClient, Services],
                                                             checked: Checked) -> None:
     client, services = adapter

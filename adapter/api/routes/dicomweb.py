@@ -114,8 +114,9 @@ def _person_name(value: str | None) -> dict[str, str] | None:
     return {name: group for name, group in groups.items() if group} or None
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(content=json.dumps(body, separators=(",", ":")), status_code=status, media_type=DICOM_JSON)
+def _json(body: Any, status: int = 200, *, break_glass: bool = False) -> Response:
+    return Response(content=json.dumps(body, separators=(",", ":")), status_code=status, media_type=DICOM_JSON,
+                    headers=break_glass_headers(break_glass))
 
 
 def _not_acceptable(message: str) -> Response:
@@ -361,9 +362,9 @@ async def _search(request: Request, reader: Any, services: Services, accept: str
     if refusal:
         return _not_acceptable(refusal)
     query, limit, offset = _query(level, list(request.query_params.multi_items()), **fixed)
-    entries = await run_in_threadpool(partial(reader.search_dicom, level, query, offset=offset, limit=limit))
+    found = await run_in_threadpool(partial(reader.search_dicom, level, query, offset=offset, limit=limit))
     render = {STUDY: _studies, SERIES: _series, INSTANCE: _instances}[level]
-    return _json(render(request, services, entries))
+    return _json(render(request, services, found.entries), break_glass=found.break_glass)
 
 
 @router.get("/studies")

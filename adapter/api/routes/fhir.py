@@ -414,4 +414,4 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
             "resource": information_outcome("suppressed", "break-glass access: records shown under "
                                             "emergency access, audited", None),
             "search": {"mode": "outcome"}})
-    return _out(bundle, version)
+    return _out(bundle, version, headers=break_glass_headers(result.break_glass))

@@ -38,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapter.api.accept import accepts, media_ranges
 from adapter.api.deps import ReaderDep, ServicesDep
+from adapter.api.headers import break_glass_headers
 from adapter.api.routes.dicomweb import (
     _body_part,
     _instance_url,
@@ -89,15 +90,20 @@ async def _series_metadata(request: Request, reader: Any, services: Services, ac
     if refusal:
         return _not_acceptable(refusal.replace("QIDO-RS", "WADO-RS metadata"))
 
+    glass = False
+
     def build() -> list[dict[str, Any]]:
+        nonlocal glass
         out = []
         for retrieval in reader.read_dicom(study, series):  # decided and audited, permitted ones only
             entry = retrieval.entry
+            glass = glass or retrieval.decision.break_glass
             out.append(_metadata_of(request, services, retrieval.load(), entry.study_instance_uid,
                                     entry.series_instance_uid))
         return out
 
-    return _json(await run_in_threadpool(build))
+    body = await run_in_threadpool(build)
+    return _json(body, break_glass=glass)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
@@ -107,11 +113,9 @@ async def instance_metadata(study: str, series: str, instance: str, request: Req
     if refusal:
         return _not_acceptable(refusal.replace("QIDO-RS", "WADO-RS metadata"))
 
-    def build() -> list[dict[str, Any]]:
-        content = reader.read_dicom_instance(instance, study=study, series=series)
-        return [_metadata_of(request, services, content, study, series)]
-
-    return _json(await run_in_threadpool(build))
+    content = await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series))
+    body = await run_in_threadpool(_metadata_of, request, services, content, study, series)
+    return _json([body], break_glass=content.decision.break_glass)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}")
@@ -129,7 +133,7 @@ async def retrieve_frames(study: str, series: str, instance: str, frame_list: st
             if is_encapsulated(ds) else f'the frames are served as multipart/related; type="{OCTET}"')
     data = await run_in_threadpool(frames, ds, wanted)
     part_type = f"{chosen}; transfer-syntax={syntax}"
-    return _multipart(chosen, [(part_type, frame) for frame in data])
+    return _multipart(chosen, [(part_type, frame) for frame in data], break_glass=content.decision.break_glass)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}")
@@ -140,16 +144,17 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
         return _not_acceptable(f'bulk data is served as multipart/related; type="{OCTET}"')
     content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
     ds = await run_in_threadpool(read_released, content.data)
-    return _multipart(OCTET, [(OCTET, bulk_value(ds, tag))])
+    return _multipart(OCTET, [(OCTET, bulk_value(ds, tag))], break_glass=content.decision.break_glass)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
 async def retrieve_rendered(study: str, series: str, instance: str, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
-    data, content_type = await run_in_threadpool(reader.read_dicom_rendered, instance, study=study, series=series)
-    if not accepts(accept, content_type):
-        return _not_acceptable(f"this instance is rendered as {content_type} (no transcoding)")
-    return Response(content=data, media_type=content_type)
+    rendered = await run_in_threadpool(partial(reader.read_dicom_rendered, instance, study=study, series=series))
+    if not accepts(accept, rendered.content_type):
+        return _not_acceptable(f"this instance is rendered as {rendered.content_type} (no transcoding)")
+    return Response(content=rendered.data, media_type=rendered.content_type,
+                    headers=break_glass_headers(rendered.break_glass))
 
 
 #: A thumbnail's default and largest sides (PS3.18 leaves its size to the origin server).
@@ -188,9 +193,9 @@ async def _thumbnail(reader: Any, request: Request, accept: str | None, study: s
         if len(sides) != 2 or viewport.count(",") != 1:
             raise InvalidInput("viewport takes <columns>,<rows> in pixels", expression="viewport")
         columns, rows = sides
-    data = await run_in_threadpool(partial(reader.read_dicom_thumbnail, study, series=series, instance=instance,
+    made = await run_in_threadpool(partial(reader.read_dicom_thumbnail, study, series=series, instance=instance,
                                            rows=rows, columns=columns))
-    return Response(content=data, media_type="image/jpeg")
+    return Response(content=made.data, media_type="image/jpeg", headers=break_glass_headers(made.break_glass))
 
 
 def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool) -> str | None:
@@ -214,10 +219,11 @@ def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool) -> s
     return None
 
 
-def _multipart(type_: str, parts: list[tuple[str, bytes]]) -> Response:
+def _multipart(type_: str, parts: list[tuple[str, bytes]], *, break_glass: bool) -> Response:
     boundary = uuid.uuid4().hex
     body = b"".join(_body_part(boundary, content_type, data) for content_type, data in parts)
     body += f"--{boundary}--\r\n".encode("ascii")
     return Response(content=body, media_type=None,
-                    headers={"Content-Type": f'multipart/related; type="{type_}"; boundary={boundary}'})
+                    headers={"Content-Type": f'multipart/related; type="{type_}"; boundary={boundary}',
+                             **break_glass_headers(break_glass)})
 

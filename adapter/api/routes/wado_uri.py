@@ -29,6 +29,7 @@ from adapter.api.deps import ReaderDep
 from adapter.api.headers import break_glass_headers
 from adapter.errors import InvalidInput, NotAcceptable, NotSupported, RequiredElementMissing
 from adapter.model.decision import View
+from adapter.services.access import ReleasedImage
 from adapter.text import pixel_count
 
 router = APIRouter()
@@ -71,7 +72,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
                            "to (e.g. X-Purpose-Of-Use: TRAIN), not on request", expression="anonymize")
     rows, columns = _side(q.get("rows"), "rows"), _side(q.get("columns"), "columns")
     wanted = [t.split(";")[0].strip().lower() for t in (q.get("contentType") or "").split(",") if t.strip()]
-    rendered: tuple[bytes, str] | None = None
+    rendered: ReleasedImage | None = None
     preference: list[str | None] = list(wanted) or [None]
     for media in preference:  # in the client's order of preference; none: as it renders
         if media == DICOM:
@@ -81,16 +82,17 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
             continue
         if media == "image/jpeg" and (rows or columns):
             try:
-                data = await run_in_threadpool(lambda: reader.read_dicom_thumbnail(
+                made = await run_in_threadpool(lambda: reader.read_dicom_thumbnail(
                     study, series=series, instance=instance, rows=rows or _MAX_SIDE, columns=columns or _MAX_SIDE))
             except NotAcceptable:  # a document, or pixels that do not decode: a later type may do
                 continue
-            return Response(content=data, media_type="image/jpeg")
+            return Response(content=made.data, media_type="image/jpeg", headers=break_glass_headers(made.break_glass))
         if rendered is None:
             rendered = await run_in_threadpool(lambda: reader.read_dicom_rendered(instance, study=study, series=series))
-        if media is None or rendered[1] == media:
-            return Response(content=rendered[0], media_type=rendered[1])
-    served = f"rendered as {rendered[1]} (no transcoding)" if rendered is not None else \
+        if media is None or rendered.content_type == media:
+            return Response(content=rendered.data, media_type=rendered.content_type,
+                            headers=break_glass_headers(rendered.break_glass))
+    served = f"rendered as {rendered.content_type} (no transcoding)" if rendered is not None else \
         f"served as {', '.join((DICOM, *RENDERED))}"
     raise NotAcceptable(f"contentType: this instance is {served}", expression="contentType")
 
