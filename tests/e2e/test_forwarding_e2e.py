@@ -49,5 +49,5 @@ def test_photo_posted_over_http_arrives_in_orthanc(tmp_path: Path) -> None:
             stored = httpx.get(f"{url}/fhir/{receipt['binary']}", timeout=30,
                                headers={"X-Purpose-Of-Use": "TREAT", "Accept": "image/jpeg"}).content
             assert frame.rstrip(b"\x00") == stored  # the same JPEG, not re-encoded
-            outbox = httpx.get(f"{url}/outbox", timeout=10).json()
+            outbox = httpx.get(f"{url}/outbox", timeout=10, headers={"X-Purpose-Of-Use": "TREAT"}).json()
             assert [i["status"] for i in outbox if i["sopInstanceUid"] == sop] == ["sent"]

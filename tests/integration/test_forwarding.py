@@ -34,10 +34,11 @@ from adapter.dicom.scu import Destination, ScuOptions, StoreSCU, classify_status
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.services.forwarding import ForwardOptions, SendOutcome, SendResult, backoff_delay
 from tests.conftest import ROOT, require_or_skip
-from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
 from tests.support.dcmtk import StoreSCP, dcmtk_missing
 from tests.support.orthanc import OrthancPeer, free_port, free_ports, orthanc_missing
 
+TREAT = as_purpose("TREAT")
 #: Fast pacing for tests: the worker polls often and retries within a second.
 FAST = ForwardOptions(poll_interval=0.05, backoff_base=0.2, backoff_cap=1.0, jitter=0.2)
 
@@ -126,7 +127,7 @@ def forwarding(folder: Path, peer: OrthancPeer, *, start: bool = True, options: 
 
 
 def outbox(client: Any, **params: Any) -> list[dict[str, Any]]:
-    r = client.get("/outbox", params=params)
+    r = client.get("/outbox", params=params, headers=TREAT)
     assert r.status_code == 200, r.text
     body: list[dict[str, Any]] = r.json()
     return body
@@ -181,7 +182,7 @@ def test_posted_photo_arrives_in_orthanc_with_the_same_pixels(tmp_path: Path, pa
         # the record names the object, the outbox shows it sent, without patient data
         media = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).json()
         assert {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{sop_uid}"} in media["identifier"]
-        r = client.get("/outbox")
+        r = client.get("/outbox", headers=TREAT)
         assert "MRN-0001" not in r.text and PATIENT["system"] not in r.text
         [item] = r.json()
         assert item["sopInstanceUid"] == sop_uid and item["status"] == "sent" and item["attempts"] == 1
@@ -208,9 +209,9 @@ def test_png_photo_is_sent_native_with_identical_pixels(tmp_path: Path, pacs: Or
 
 def test_outbox_endpoint_refuses_an_unknown_status(tmp_path: Path, pacs: OrthancPeer) -> None:
     with forwarding(tmp_path, pacs, start=False) as (client, _, _):
-        r = client.get("/outbox", params={"status": "lost"})
+        r = client.get("/outbox", params={"status": "lost"}, headers=TREAT)
         assert r.status_code == 422 and r.json()["resourceType"] == "OperationOutcome"
-        assert client.get("/outbox", params={"limit": 0}).status_code in (400, 422)
+        assert client.get("/outbox", params={"limit": 0}, headers=TREAT).status_code in (400, 422)
         assert outbox(client) == []
 
 
@@ -373,8 +374,31 @@ def test_a_photo_whose_consent_was_withdrawn_is_not_forwarded(tmp_path: Path, pa
         wait_for(lambda: len(outbox(client, status="failed")) == 1, what="the item to be refused")
         [item] = outbox(client, status="failed")
         assert "consent" in item["lastError"] and item["attempts"] == 1
+        # care may no longer see the record: the item keeps its state but not what it is
+        assert item["withheld"] is True and item["record"] is None and item["sopInstanceUid"] is None
         assert scu.sent == []
     assert pacs.instances() == []
+
+
+def test_the_outbox_is_read_with_a_purpose_and_names_records_only_where_it_shows_them(
+        tmp_path: Path, pacs: OrthancPeer) -> None:
+    """Review finding: GET /outbox answered anyone, pairing each record with its original SOP
+    Instance UID, the way from a de-identified view's record id back to the PACS."""
+    with forwarding(tmp_path, pacs, start=False) as (client, services, _):
+        receipt = post_photo(client, photo_jpeg(tmp_path, 70), meta_for(70)).json()
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"]))
+        assert client.get("/outbox").status_code == 403
+        [care] = outbox(client)
+        assert care["record"] == {"reference": receipt["record"]} and "withheld" not in care
+        assert care["sopInstanceUid"] == receipt["dicom"]["sopInstanceUid"]
+        for purpose in ("TRAIN", "HRESCH"):
+            r = client.get("/outbox", headers=as_purpose(purpose))
+            assert r.status_code == 200
+            [item] = r.json()
+            assert item["withheld"] is True and item["status"] == "pending" and item["id"] == care["id"]
+            assert receipt["record"].split("/")[1] not in r.text and receipt["dicom"]["sopInstanceUid"] not in r.text
+        reads = [e for e in services.store.list_audit(10) if "forwarding outbox" in e.get("outcomeDesc", "")]
+        assert len(reads) == 3 and "1 records shown, 0 withheld" in reads[-1]["outcomeDesc"]
 
 
 # --------------------------------------------------------------------------- statuses and refusals

@@ -1,6 +1,13 @@
 """``GET /outbox`` and ``POST /outbox/requeue``: the forwarding outbox, for operations.
 Operational data only: the SOP Instance UID, the destination, the status and the record's
-logical id, never a patient identifier or a name."""
+logical id, never a patient identifier or a name.
+
+The list is read as any read is, with a purpose of use (none: 403), and audited. An item pairs a
+record with its original SOP Instance UID, which a de-identified view maps so that it cannot be
+followed to the PACS: the record reference and the UID are shown only if the record is, in care's
+full view, for that purpose (adapter.services.access.ScopedReader.shown_in_full); otherwise the
+item says ``"withheld": true`` and keeps what names no one (id, destination, status, attempts,
+times, the error), so operations still see, and can requeue, what failed."""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from adapter.api.deps import ServicesDep
+from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.errors import InvalidInput
 from adapter.services.forwarding import OUTBOX_STATUSES, OutboxEntry
 
@@ -22,30 +29,37 @@ def _instant(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _entry_json(entry: OutboxEntry) -> dict[str, Any]:
+def _entry_json(entry: OutboxEntry, *, shown: bool) -> dict[str, Any]:
     item = entry.item
     return {
         "id": item.id,
-        "sopInstanceUid": item.sop_instance_uid,
+        "sopInstanceUid": item.sop_instance_uid if shown else None,
         "destination": item.destination,
         "status": item.status,
         "attempts": item.attempts,
         "nextAttemptAt": _instant(item.next_attempt_at) if item.status == "pending" else None,
         "lastError": item.last_error,
-        "record": {"reference": entry.record} if entry.record else None,
+        "record": {"reference": entry.record} if entry.record and shown else None,
         "created": _instant(item.created),
         "updated": _instant(item.updated),
+        **({} if shown else {"withheld": True}),
     }
 
 
 @router.get("/outbox")
-async def list_outbox(services: ServicesDep, status: str | None = None,
+async def list_outbox(services: ServicesDep, reader: ReaderDep, status: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
-    """Outbox items, oldest first; ``status`` one of pending, sent, failed."""
+    """Outbox items, oldest first; ``status`` one of pending, sent, failed; the record and UID
+    of an item only where the purpose of use may see the record in full (module docstring)."""
     if status is not None and status not in OUTBOX_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(OUTBOX_STATUSES)}", expression="status")
-    entries = await run_in_threadpool(services.outbox.list_entries, status=status, limit=limit)
-    return JSONResponse([_entry_json(e) for e in entries])
+
+    def listed() -> list[dict[str, Any]]:
+        entries = services.outbox.list_entries(status=status, limit=limit)
+        visible = reader.shown_in_full([e.record for e in entries if e.record], what="forwarding outbox")
+        return [_entry_json(e, shown=e.record in visible) for e in entries]
+
+    return JSONResponse(await run_in_threadpool(listed))
 
 
 class RequeueRequest(BaseModel):
