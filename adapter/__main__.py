@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--since", type=_instant, metavar="INSTANT", help="recorded at or after, e.g. 2026-11-26T00:00:00Z")
     audit.add_argument("--until", type=_instant, metavar="INSTANT", help="recorded before")
     audit.add_argument("--limit", type=int, metavar="N", help="at most N events")
-    audit.add_argument("--purpose", default="HOPERAT",
-                       help="the purpose of use of the export, a v3-ActReason code (default HOPERAT)")
+    audit.add_argument("--purpose", default="RECORDMGT",
+                       help="the purpose of use of the export, a v3-ActReason code with care's full view (default "
+                            "RECORDMGT, records management; a de-identified or pseudonymised purpose is refused)")
     verify = sub.add_parser("verify", help="check that every image the records refer to is stored, whole; exit 1 "
                                            "if not (after restoring a backup, say)")
     verify.add_argument("--digests", action="store_true",
@@ -245,8 +246,8 @@ def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
         ctx = RequestContext(purpose=purpose, actor=f"operator {os.environ.get('USER', 'unknown')} (python -m adapter "
                                                     "audit)", client_address="localhost", channel="cli")
         count, last = 0, args.after
-        for seq, event in export_audit(services.store, services.auditor, ctx, after=args.after, since=args.since,
-                                       until=args.until, limit=args.limit):
+        for seq, event in export_audit(services.store, services.auditor, ctx, services.tables, after=args.after,
+                                       since=args.since, until=args.until, limit=args.limit):
             sys.stdout.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
             count, last = count + 1, seq
         sys.stdout.flush()

@@ -3,7 +3,7 @@
 No I/O and no clock: callers pass the tables, the patient's Consents as grants, and ``now``.
 """
 
-from adapter.consent.decision import decide, permitted_purposes
+from adapter.consent.decision import decide, decide_audit_export, permitted_purposes
 from adapter.consent.grants import grant_from_consent, grants_from_consent
 from adapter.consent.ingest import IngestAssessment, assess_ingest
 from adapter.consent.rules import ANY_PURPOSE, PurposeClass, classify_purpose
@@ -15,6 +15,7 @@ __all__ = [
     "assess_ingest",
     "classify_purpose",
     "decide",
+    "decide_audit_export",
     "grant_from_consent",
     "grants_from_consent",
     "permitted_purposes",

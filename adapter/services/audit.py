@@ -7,7 +7,10 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from adapter.consent import decide_audit_export
+from adapter.errors import Forbidden
 from adapter.mapping.audit import audit_event
+from adapter.mapping.tables import Tables
 from adapter.metrics import DECISIONS
 from adapter.model.decision import Decision
 from adapter.model.photo import Identifier
@@ -53,18 +56,23 @@ class Auditor:
             request_id=request_id, entities=[], patient=None, query=None))
 
 
-def export_audit(store: RecordStore, auditor: Auditor, ctx: RequestContext, *, after: int = 0,
+def export_audit(store: RecordStore, auditor: Auditor, ctx: RequestContext, tables: Tables, *, after: int = 0,
                  since: datetime | None = None, until: datetime | None = None,
                  limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """The stored AuditEvents (sequence number, event with ``id`` the sequence number), in the
     order they were stored, after sequence number ``after``, recorded in [``since``, ``until``),
     at most ``limit``: for a security officer or a SIEM, which continues later from the last
-    sequence number it got. The trail names patients, so taking it out is itself audited, before
-    the first event leaves (an AuditEvent of AuditEvents, purpose ``ctx.purpose``)."""
+    sequence number it got. The trail names patients, so taking it out is decided
+    (adapter.consent.decide_audit_export: a purpose with care's full view, break-glass only when
+    enabled) and audited, before the first event leaves (an AuditEvent of AuditEvents, purpose
+    ``ctx.purpose``). Forbidden when the decision refuses it (the refusal is audited too)."""
     window = ", ".join(f"{k} {v}" for k, v in (("after", after or None), ("since", since), ("until", until),
                                                 ("limit", limit)) if v is not None)
-    auditor.record(ctx, interaction="search-type", action="E", decision=None, entities=[], patient=None,
-                   reason=f"audit trail export{': ' + window if window else ''}")
+    decision = decide_audit_export(ctx.purpose, tables)
+    auditor.record(ctx, interaction="search-type", action="E", decision=decision, entities=[], patient=None,
+                   reason=f"audit trail export{': ' + window if window else ''}: {decision.reason}")
+    if not decision.permitted:
+        raise Forbidden(f"the audit trail cannot be exported for {ctx.purpose.code}: {decision.reason}")
     for count, (seq, event) in enumerate(store.iter_audit(after=after, since=since, until=until)):
         if limit is not None and count >= limit:
             return

@@ -47,7 +47,7 @@ def test_the_audit_trail_is_exported_and_the_export_audited(tmp_path: Path) -> N
 
     [user] = [a for a in events[-1]["agent"] if a.get("requestor")]
     assert "python -m adapter audit" in user["who"]["display"]
-    assert user["purposeOfUse"][0]["coding"][0]["code"] == "HOPERAT"
+    assert user["purposeOfUse"][0]["coding"][0]["code"] == "RECORDMGT"  # the default
 
     # a SIEM continues where it stopped: only what came after, here the second export itself
     later, done = _export(tmp_path, "--after", str(ids[-1]), "--purpose", "RECORDMGT")
@@ -69,3 +69,21 @@ def test_the_audit_trail_is_exported_and_the_export_audited(tmp_path: Path) -> N
     assert naive.returncode == 2 and "offset" in naive.stderr
     unknown = _export(tmp_path, "--purpose", "NOPE")[1]
     assert unknown.returncode == 2 and "purpose" in unknown.stderr
+
+
+def test_the_audit_trail_is_not_exported_for_a_restricted_purpose_or_a_disabled_break_glass(tmp_path: Path) -> None:
+    """Review finding: the export took any purpose (its default was HOPERAT, a de-identified
+    one) and wrote identified events, and took BTG with break-glass disabled. Each refusal is
+    itself audited."""
+    with adapter_client(tmp_path, policy={"breakGlass": {"enabled": False}}) as (client, _):
+        assert post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).status_code == 201
+    for purpose, why in (("TRAIN", "deidentified purpose"), ("HRESCH", "pseudonymised purpose"),
+                         ("BTG", "break-glass (BTG) is not enabled")):
+        events, done = _export(tmp_path, "--purpose", purpose)
+        assert (events, done.returncode) == ([], 2), purpose
+        assert why in done.stderr and PATIENT["value"] not in done.stdout + done.stderr
+    events, done = _export(tmp_path)
+    assert done.returncode == 0, done.stderr
+    refusals = [e for e in events if e["outcome"] == "4" and "audit trail export" in e.get("outcomeDesc", "")]
+    assert [[a for a in e["agent"] if a.get("requestor")][0]["purposeOfUse"][0]["coding"][0]["code"]
+            for e in refusals] == ["TRAIN", "HRESCH", "BTG"]

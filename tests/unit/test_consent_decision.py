@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from adapter.consent import ANY_PURPOSE, PurposeClass, classify_purpose, decide, permitted_purposes
+from adapter.consent import (
+    ANY_PURPOSE,
+    PurposeClass,
+    classify_purpose,
+    decide,
+    decide_audit_export,
+    permitted_purposes,
+)
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
 from adapter.model.decision import Decision, View
@@ -468,3 +475,27 @@ def test_internal_colleague_photo_still_needs_explicit_consent_for_training() ->
 def test_internal_colleague_photo_is_denied_for_care_when_a_consent_denies_treat() -> None:
     facts = make_facts(source=PhotoSource.COLLEAGUE_INTERNAL)
     assert not run("TREAT", facts, grants=(make_grant("TREAT", decision="deny"),)).permitted
+
+
+# -- the audit trail's export ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("code", "permitted", "reason"), [
+    ("RECORDMGT", True, "audit trail export for RECORDMGT"),
+    ("TREAT", True, "audit trail export for TREAT"),
+    ("TRAIN", False, "the audit trail names patients: TRAIN is a deidentified purpose"),
+    ("HOPERAT", False, "the audit trail names patients: HOPERAT is a deidentified purpose"),
+    ("HRESCH", False, "the audit trail names patients: HRESCH is a pseudonymised purpose"),
+    ("BTG", True, "break-glass (BTG): audit trail export"),
+    ("NOPE", False, "unknown purpose of use"),
+])
+def test_the_audit_trail_leaves_only_for_a_full_view_purpose(code: str, permitted: bool, reason: str) -> None:
+    d = decide_audit_export(PurposeOfUse(code), policy_variant())
+    assert (d.permitted, d.reason) == (permitted, reason)
+    assert d.break_glass is (code == "BTG")
+
+
+def test_the_audit_trail_leaves_for_break_glass_only_when_the_policy_enables_it() -> None:
+    d = decide_audit_export(PurposeOfUse("BTG"), policy_variant(break_glass={"enabled": False}))
+    assert not d.permitted and d.reason == "break-glass (BTG) is not enabled by policy"
+    other_system = decide_audit_export(PurposeOfUse("TREAT", "urn:other"), policy_variant())
+    assert not other_system.permitted
