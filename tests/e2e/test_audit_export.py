@@ -85,5 +85,5 @@ def test_the_audit_trail_is_not_exported_for_a_restricted_purpose_or_a_disabled_
     events, done = _export(tmp_path)
     assert done.returncode == 0, done.stderr
     refusals = [e for e in events if e["outcome"] == "4" and "audit trail export" in e.get("outcomeDesc", "")]
-    assert [[a for a in e["agent"] if a.get("requestor")][0]["purposeOfUse"][0]["coding"][0]["code"]
+    assert [next(a for a in e["agent"] if a.get("requestor"))["purposeOfUse"][0]["coding"][0]["code"]
             for e in refusals] == ["TRAIN", "HRESCH", "BTG"]
