@@ -16,12 +16,13 @@ UUID, version 8 (RFC 9562: implementation-defined bits, here the hash), so an or
 without an OID of its own still writes valid, stable UIDs. dciodvfy refuses the ``2.999``
 example arc as a root.
 
-A photo's UIDs (:func:`photo_uids`) are keyed: the hash is an HMAC under a key of the
+A photo's UIDs derived from its record id (:func:`photo_uids`: the SOP Instance, the Series, the
+Study of a photo without an encounter) are keyed: the hash is an HMAC under a key of the
 adapter's (derived from the pseudonym key, adapter.services.registry). With a plain hash the
 record id, which de-identified and pseudonymised FHIR views keep, gave the original UIDs, and so
-the way to the identified object in the PACS; and a guessed patient identifier and encounter
-could be confirmed against a study UID. A new pseudonym key starts new studies for encounters
-that had photos before it (their earlier UIDs are stored and stay).
+the way to the identified object in the PACS. The Study of an encounter stays a plain hash of the
+patient and the encounter, which no restricted view shows: photos of one encounter share it
+across a new key and across the upgrade that keyed the others.
 
 Grouping decisions (:func:`photo_uids`):
 
@@ -142,16 +143,16 @@ def keyed_uid(root: str, key: bytes, uid: str, *, context: str) -> str:
 
 
 def photo_uids(root: str, key: bytes, *, record_id: str, encounter: str | None, patient: Identifier) -> PhotoUids:
-    """Study, Series and SOP Instance UIDs for the record ``record_id``, keyed by ``key``
-    (module docstring).
+    """Study, Series and SOP Instance UIDs for the record ``record_id``, those derived from it
+    keyed by ``key`` (module docstring).
 
     ``encounter`` is the encounter's literal reference or ``system|value`` (whatever the record
     carries, used as given); ``patient`` is the record's subject identifier.
     """
     if not record_id:
         raise ValueError("record_id must not be empty")
-    if encounter:
-        study = stable_uid(root, "study", "encounter", patient.system, patient.value, encounter, key=key)
+    if encounter:  # not keyed (module docstring): one study for the encounter, whatever the key
+        study = stable_uid(root, "study", "encounter", patient.system, patient.value, encounter)
     else:
         study = stable_uid(root, "study", "record", record_id, key=key)
     return PhotoUids(
