@@ -104,6 +104,8 @@ BASIC_PROFILE_ZERO = frozenset({
     "IssuerOfTheContainerIdentifierSequence", "IssuerOfTheSpecimenIdentifierSequence", "PrescriptionNotesSequence",
     "RTAccessoryDeviceSlotID", "RTAccessoryHolderSlotID", "SpecimenPreparationSequence",
     "VerifyingObserverIdentificationCodeSequence", "ROIName", "SourceOfPreviousValues",
+    # an animal's registration numbers (Type 1 in its items; the sequence is Type 2C)
+    "BreedRegistrationSequence",
 })
 #: Dates emptied (Type 2 / 2C) unless dates are retained (113106).
 DATES_ZERO = frozenset({"StudyDate", "StudyTime", "ContentDate"})
@@ -214,6 +216,9 @@ BASIC_PROFILE_REMOVE = frozenset({
     "BreedRegistrationNumber", "StorageMediaFileSetID", "DeviceID", "ContactDisplayName", "OwnerID",
     "NTPSourceAddress", "BoardingPassID", "ItineraryID", "ItineraryIDAssigningAuthority", "CarrierID", "RouteID",
     "RouteIDAssigningAuthority",
+    # what the private elements were (they are all removed), whose items need names the UC rule
+    # would remove (Type 1 there)
+    "PrivateDataElementCharacteristicsSequence",
 })
 #: Table E.1-1 "D" attributes (Type 1 where they occur): a dummy value of their VR.
 BASIC_PROFILE_DUMMY = frozenset({

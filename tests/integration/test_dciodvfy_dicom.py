@@ -119,7 +119,28 @@ def _record_change(kind: PhotoKind, name: str, change: Callable[[dict[str, Any]]
     return photo_object(kind, sample, record=record)
 
 
+def _with_private_characteristics() -> Dataset:
+    """A photo whose SOP Common module describes a private element (PS3.3 C.12.1.1.7): its
+    definition items need the element's name and keyword (UC, Type 1), which the copies' URL and
+    description rule removes; the copies drop the whole sequence (the private elements go too)."""
+    ds = photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"))
+    definition = Dataset()
+    definition.PrivateDataElement = 0x0010
+    definition.PrivateDataElementValueMultiplicity = [1]
+    definition.PrivateDataElementValueRepresentation = "LO"
+    definition.PrivateDataElementName = "Acme thing"
+    definition.PrivateDataElementKeyword = "AcmeThing"
+    block = Dataset()
+    block.PrivateGroupReference = 0x0009
+    block.PrivateCreatorReference = "ACME"
+    block.BlockIdentifyingInformationStatus = "SAFE"
+    block.PrivateDataElementDefinitionSequence = [definition]
+    ds.PrivateDataElementCharacteristicsSequence = [block]
+    return ds
+
+
 EDGE_CASES: dict[str, Callable[[], Dataset]] = {
+    "private element characteristics": _with_private_characteristics,
     "greyscale JPEG": lambda: photo_object(PhotoKind.DOCUMENT, stored_bytes(jpeg_of("L"), "image/jpeg")),
     "greyscale JPEG clinical": lambda: photo_object(PhotoKind.CLINICAL, stored_bytes(jpeg_of("L"), "image/jpeg")),
     "4:4:4 JPEG": lambda: photo_object(PhotoKind.CLINICAL, stored_bytes(jpeg_of(subsampling=0), "image/jpeg")),

@@ -456,3 +456,24 @@ def test_no_patient_attribute_url_or_description_of_the_dictionary_survives_unle
                      if elem.tag in ds and ds[elem.tag].value == elem.value
                      and (Tag(elem.tag).group == 0x0010 or elem.VR in ("UR", "UC"))}
         assert unchanged - HARMLESS_SURVIVORS == set()
+
+
+def test_an_animals_registration_is_emptied_and_private_element_descriptions_go() -> None:
+    """Diff review: removing BreedRegistrationNumber and the UC names of private element
+    definitions (Type 1 in their items) left those items invalid; the sequences are emptied
+    (BreedRegistrationSequence, Type 2C) or removed (the private elements are removed anyway)."""
+    ds = loaded()
+    registration = Dataset()
+    registration.BreedRegistrationNumber = "REG-1"
+    ds.BreedRegistrationSequence = Sequence([registration])
+    definition = Dataset()
+    definition.PrivateDataElementName = "Acme thing"
+    block = Dataset()
+    block.PrivateCreatorReference = "ACME"
+    block.PrivateDataElementDefinitionSequence = Sequence([definition])
+    ds.PrivateDataElementCharacteristicsSequence = Sequence([block])
+    for copy_ in (deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY),
+                  pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                               key=UID_KEY)):
+        assert len(copy_.BreedRegistrationSequence) == 0
+        assert "PrivateDataElementCharacteristicsSequence" not in copy_ and "REG-1" not in str(copy_)
