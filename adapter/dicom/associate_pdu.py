@@ -34,6 +34,14 @@ VARIABLE_ITEMS = {A_ASSOCIATE_RQ: frozenset({0x10, 0x20, USER_INFORMATION}),
 #: Name, SOP Class Extended Negotiation, SOP Class Common Extended Negotiation, User Identity
 #: (RQ, and AC, which pynetdicom decodes too).
 USER_SUB_ITEMS = frozenset(range(0x51, 0x5A))
+#: The sub-items of each item whose sub-items are filtered, and how many bytes of fields come
+#: before them: a Presentation Context (RQ: ID, reserved; Abstract and Transfer Syntax; AC: ID,
+#: reserved, result, reserved; Transfer Syntax, PS3.8 9.3.2.2, 9.3.3.2) and User Information.
+SUB_ITEMS: dict[int, tuple[int, frozenset[int]]] = {
+    0x20: (4, frozenset({0x30, 0x40})),
+    0x21: (4, frozenset({0x40})),
+    USER_INFORMATION: (0, USER_SUB_ITEMS),
+}
 _FIXED = 6 + 68  # PDU header; protocol version, reserved, called and calling AE titles, reserved
 
 
@@ -55,9 +63,9 @@ def _items(data: bytes, start: int, end: int) -> list[tuple[int, int, int]] | No
 
 
 def without_unrecognised_items(pdu: bytes) -> tuple[bytes, list[int]]:
-    """``pdu`` without its unrecognised variable items and User Information sub-items, and the
-    types removed (empty, and ``pdu`` itself, when there are none or it is not an A-ASSOCIATE-RQ
-    or -AC whose items parse)."""
+    """``pdu`` without its unrecognised variable items and the unrecognised sub-items of its
+    Presentation Context and User Information items, and the types removed (empty, and ``pdu``
+    itself, when there are none or it is not an A-ASSOCIATE-RQ or -AC whose items parse)."""
     known = VARIABLE_ITEMS.get(pdu[0]) if pdu else None
     if known is None or len(pdu) < _FIXED:
         return pdu, []
@@ -70,19 +78,22 @@ def without_unrecognised_items(pdu: bytes) -> tuple[bytes, list[int]]:
         if kind not in known:
             removed.append(kind)
             continue
-        if kind != USER_INFORMATION:
+        if kind not in SUB_ITEMS:
             body += pdu[start:stop]
             continue
-        sub_items = _items(pdu, start + 4, stop)
+        fields, recognised = SUB_ITEMS[kind]
+        if stop - start < 4 + fields:
+            return pdu, []
+        sub_items = _items(pdu, start + 4 + fields, stop)
         if sub_items is None:
             return pdu, []
-        kept = bytearray()
+        kept = bytearray(pdu[start + 4:start + 4 + fields])
         for sub_kind, sub_start, sub_stop in sub_items:
-            if sub_kind in USER_SUB_ITEMS:
+            if sub_kind in recognised:
                 kept += pdu[sub_start:sub_stop]
             else:
                 removed.append(sub_kind)
-        body += struct.pack(">BBH", USER_INFORMATION, 0, len(kept)) + kept
+        body += pdu[start:start + 2] + struct.pack(">H", len(kept)) + kept
     if not removed:
         return pdu, []
     return pdu[:2] + struct.pack(">L", len(body)) + bytes(body), removed

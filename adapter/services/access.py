@@ -241,12 +241,14 @@ class ScopedReader:
             return Decision(permitted=False, reason="no access facts for this resource", purpose=self.ctx.purpose)
         return decide(self.ctx.purpose, facts, self._grants_for(facts.patient), self._tables, self._now())
 
-    def shown_in_full(self, records: Sequence[str], *, what: str) -> set[str]:
+    def shown_in_full(self, records: Sequence[str], *, what: str) -> tuple[set[str], bool]:
         """Of the record references ``records`` ("Media/abc"), those the purpose may see in care's
         full view: an operational list (the forwarding outbox) names a record beside its
         original SOP Instance UID, which no restricted view shows; for the others (and a
-        reference that names nothing) it leaves both out. One audit event for ``what``."""
+        reference that names nothing) it leaves both out. One audit event for ``what``. Also
+        whether break-glass released any of them (the answer says so)."""
         shown: set[str] = set()
+        glass = False
         withheld = 0
         for ref in dict.fromkeys(records):
             resource_type, _, id = ref.partition("/")
@@ -254,12 +256,14 @@ class ScopedReader:
             decision = self.decide(stored.facts if stored is not None else None)
             if decision.permitted and decision.view is View.FULL:
                 shown.add(ref)
+                glass = glass or decision.break_glass
             else:
                 withheld += 1
         self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None,
                              entities=sorted(shown), patient=None,
-                             reason=f"{what}: {len(shown)} records shown, {withheld} withheld")
-        return shown
+                             reason=f"{what}: {len(shown)} records shown, {withheld} withheld"
+                                    f"{' (break-glass)' if glass else ''}")
+        return shown, glass
 
     # -- reads --------------------------------------------------------------------------
     def _load(self, resource_type: str, id: str) -> StoredResource:

@@ -525,3 +525,18 @@ def test_services_and_the_http_app_run_without_pynetdicom() -> None:
     """STYLE §1: the SCU is injected; nothing below the DICOM edge imports pynetdicom."""
     code = "import sys, adapter.services.registry, adapter.api.app; sys.exit('pynetdicom' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, timeout=60).returncode == 0
+
+
+def test_an_outbox_item_only_break_glass_may_see_is_shown_under_it_and_the_answer_says_so(tmp_path: Path) -> None:
+    """Diff review: GET /outbox under BTG named a consent-pending record without X-Break-Glass."""
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}},
+                        forward_to="PACS@127.0.0.1:1") as (client, services):
+        receipt = post_photo(client, ROOT / "samples" / "wound.jpg", metadata(consent=None)).json()
+        [care] = outbox(client)
+        assert care["withheld"] is True and "x-break-glass" not in {k.lower() for k in client.get(
+            "/outbox", headers=TREAT).headers}
+        glass = client.get("/outbox", headers=as_purpose("BTG"))
+        [item] = glass.json()
+        assert item["record"] == {"reference": receipt["record"]} and "withheld" not in item
+        assert "BTG" in glass.headers["x-break-glass"]
+        assert "(break-glass)" in services.store.list_audit(1)[0]["outcomeDesc"]

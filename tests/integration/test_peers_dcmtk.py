@@ -102,19 +102,22 @@ def _answer_to(port: int, request: bytes) -> int:
 @pytest.mark.usefixtures("pynetdicom_config")
 def test_a_vendor_user_information_sub_item_is_accepted_by_dcmtk_and_by_the_adapter(tmp_path: Path) -> None:
     """What adapter.dicom.associate_pdu relies on: dcmtk's storescp accepts an A-ASSOCIATE-RQ
-    whose User Information item holds sub-items of types it does not know; so does the adapter."""
+    holding items of types it does not know (User Information sub-items, a Presentation Context
+    sub-item, a variable item); so does the adapter."""
     missing = dcmtk_missing()
     require_or_skip(missing is None, missing or "")
     vendor = sub_item(0x5F, b"vendor data") + sub_item(0x60, b"\x01")
-    request = associate_rq(abstract=VERIFICATION, calling="STORESCU", user_items=vendor)
+    requests = [associate_rq(abstract=VERIFICATION, calling="STORESCU", user_items=vendor),
+                associate_rq(abstract=VERIFICATION, calling="STORESCU", context_items=sub_item(0x60, b"\x01")),
+                associate_rq(abstract=VERIFICATION, calling="STORESCU", items=sub_item(0x7E, b"\x01"))]
     with StoreSCP(tmp_path / "recv", aet="ADAPTER") as dcmtk:
-        assert _answer_to(dcmtk.port, request) == A_ASSOCIATE_AC
+        assert [_answer_to(dcmtk.port, r) for r in requests] == [A_ASSOCIATE_AC] * 3
     (tmp_path / "adapter").mkdir()
     with adapter_client(tmp_path / "adapter") as (_, services):
         scp = AdapterSCP(AeOptions(port=0, allowed_ae_titles=("STORESCU",)), services.dicom_ingest)
         scp.start()
         try:
-            assert _answer_to(scp.port, request) == A_ASSOCIATE_AC
+            assert [_answer_to(scp.port, r) for r in requests] == [A_ASSOCIATE_AC] * 3
         finally:
             scp.stop()
 

@@ -79,3 +79,14 @@ def test_an_acceptance_loses_its_unknown_sub_items_too() -> None:
     decoded = A_ASSOCIATE_AC()
     decoded.decode(kept)
     assert decoded.user_information is not None and decoded.user_information.maximum_length == 16384
+
+
+
+def test_an_unknown_sub_item_of_a_presentation_context_is_removed_too() -> None:
+    """Diff review: dcmtk accepts a Presentation Context item holding a sub-item of an unknown
+    type; pynetdicom aborted it."""
+    kept, removed = without_unrecognised_items(associate_rq(context_items=sub_item(0x60, b"\x01\x02")))
+    assert removed == [0x60]
+    assert kept == associate_rq()
+    [context_item] = _decoded(kept).presentation_context
+    assert context_item.abstract_syntax == "1.2.840.10008.5.1.4.1.1.7"

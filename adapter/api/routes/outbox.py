@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from adapter.api.deps import ReaderDep, ServicesDep
+from adapter.api.headers import break_glass_headers
 from adapter.errors import InvalidInput
 from adapter.services.forwarding import OUTBOX_STATUSES, OutboxEntry
 
@@ -54,12 +55,13 @@ async def list_outbox(services: ServicesDep, reader: ReaderDep, status: str | No
     if status is not None and status not in OUTBOX_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(OUTBOX_STATUSES)}", expression="status")
 
-    def listed() -> list[dict[str, Any]]:
+    def listed() -> tuple[list[dict[str, Any]], bool]:
         entries = services.outbox.list_entries(status=status, limit=limit)
-        visible = reader.shown_in_full([e.record for e in entries if e.record], what="forwarding outbox")
-        return [_entry_json(e, shown=e.record in visible) for e in entries]
+        visible, glass = reader.shown_in_full([e.record for e in entries if e.record], what="forwarding outbox")
+        return [_entry_json(e, shown=e.record in visible) for e in entries], glass
 
-    return JSONResponse(await run_in_threadpool(listed))
+    body, glass = await run_in_threadpool(listed)
+    return JSONResponse(body, headers=break_glass_headers(glass))
 
 
 class RequeueRequest(BaseModel):
