@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--until", type=_instant, metavar="INSTANT", help="recorded before")
     audit.add_argument("--limit", type=int, metavar="N", help="at most N events")
     audit.add_argument("--purpose", default="RECORDMGT",
-                       help="the purpose of use of the export, a v3-ActReason code with care's full view (default "
-                            "RECORDMGT, records management; a de-identified or pseudonymised purpose is refused)")
+                       help="the purpose of use of the export: an operations purpose (HOPERAT or a descendant) "
+                            "with care's full view (default RECORDMGT, records management)")
     verify = sub.add_parser("verify", help="check that every image the records refer to is stored, whole; exit 1 "
                                            "if not (after restoring a backup, say)")
     verify.add_argument("--digests", action="store_true",

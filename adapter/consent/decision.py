@@ -116,24 +116,26 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     return deny(f"no active consent permitting {code}")
 
 
+#: The purpose the audit trail's export must be (or descend from): the organisation's own
+#: operations (v3-ActReason HOPERAT), not the care or the request of one patient.
+AUDIT_EXPORT_PARENT = "HOPERAT"
+
+
 def decide_audit_export(purpose: PurposeOfUse, tables: Tables) -> Decision:
-    """May the audit trail be taken out for ``purpose``? The trail names patients and is the
-    organisation's record of who read what, not a patient's record: no consent applies, but the
-    purpose must be one the policy knows, with care's full view (a de-identified or
-    pseudonymised purpose cannot take identified events), and a break-glass purpose only when
-    the policy enables break-glass."""
+    """May the audit trail be taken out for ``purpose``? The trail is the organisation's record of
+    who read what, about every patient: no consent applies, but the purpose must be one of the
+    organisation's operations (HOPERAT or a descendant the policy knows) with care's full view,
+    since the events name patients (RECORDMGT in the shipped table). A de-identified or
+    pseudonymised purpose, a care or break-glass purpose, or a patient's request is refused."""
     code = purpose.code
     klass = (classify_purpose(code, tables) if purpose.system == tables.purposes.system
              else PurposeClass.UNKNOWN)
     if klass is PurposeClass.UNKNOWN:
         return Decision(permitted=False, reason="unknown purpose of use", purpose=purpose)
-    if klass is PurposeClass.BREAK_GLASS:
-        if not tables.policy.break_glass.enabled:
-            return Decision(permitted=False, reason=f"break-glass ({code}) is not enabled by policy", purpose=purpose)
-        return Decision(permitted=True, reason=f"break-glass ({code}): audit trail export", purpose=purpose,
-                        view=View.FULL, break_glass=True)
-    if klass is PurposeClass.NOT_PERMITTED:
-        return Decision(permitted=False, reason=f"purpose {code} not permitted by policy", purpose=purpose)
+    if AUDIT_EXPORT_PARENT not in tables.purposes.ancestors(code) or klass is PurposeClass.BREAK_GLASS:
+        return Decision(permitted=False, reason=f"the audit trail is exported for the organisation's operations "
+                                                f"({AUDIT_EXPORT_PARENT} or a descendant), not for {code}",
+                        purpose=purpose)
     view = View(tables.purposes.codes[code].view)
     if view is not View.FULL:
         return Decision(permitted=False, reason=f"the audit trail names patients: {code} is a {view.value} purpose",

@@ -73,12 +73,12 @@ def test_the_audit_trail_is_exported_and_the_export_audited(tmp_path: Path) -> N
 
 def test_the_audit_trail_is_not_exported_for_a_restricted_purpose_or_a_disabled_break_glass(tmp_path: Path) -> None:
     """Review finding: the export took any purpose (its default was HOPERAT, a de-identified
-    one) and wrote identified events, and took BTG with break-glass disabled. Each refusal is
-    itself audited."""
+    one) and wrote identified events, and took BTG with break-glass disabled, or a family's
+    request. Each refusal is itself audited."""
     with adapter_client(tmp_path, policy={"breakGlass": {"enabled": False}}) as (client, _):
         assert post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).status_code == 201
-    for purpose, why in (("TRAIN", "deidentified purpose"), ("HRESCH", "pseudonymised purpose"),
-                         ("BTG", "break-glass (BTG) is not enabled")):
+    for purpose, why in (("TRAIN", "deidentified purpose"), ("HRESCH", "not for HRESCH"),
+                         ("BTG", "not for BTG"), ("FAMRQT", "not for FAMRQT")):
         events, done = _export(tmp_path, "--purpose", purpose)
         assert (events, done.returncode) == ([], 2), purpose
         assert why in done.stderr and PATIENT["value"] not in done.stdout + done.stderr
@@ -86,4 +86,4 @@ def test_the_audit_trail_is_not_exported_for_a_restricted_purpose_or_a_disabled_
     assert done.returncode == 0, done.stderr
     refusals = [e for e in events if e["outcome"] == "4" and "audit trail export" in e.get("outcomeDesc", "")]
     assert [next(a for a in e["agent"] if a.get("requestor"))["purposeOfUse"][0]["coding"][0]["code"]
-            for e in refusals] == ["TRAIN", "HRESCH", "BTG"]
+            for e in refusals] == ["TRAIN", "HRESCH", "BTG", "FAMRQT"]

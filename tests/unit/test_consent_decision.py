@@ -479,23 +479,25 @@ def test_internal_colleague_photo_is_denied_for_care_when_a_consent_denies_treat
 
 # -- the audit trail's export ---------------------------------------------------------------------
 
+NOT_OPERATIONS = "the audit trail is exported for the organisation's operations (HOPERAT or a descendant), not for "
+
 @pytest.mark.parametrize(("code", "permitted", "reason"), [
     ("RECORDMGT", True, "audit trail export for RECORDMGT"),
-    ("TREAT", True, "audit trail export for TREAT"),
     ("TRAIN", False, "the audit trail names patients: TRAIN is a deidentified purpose"),
     ("HOPERAT", False, "the audit trail names patients: HOPERAT is a deidentified purpose"),
-    ("HRESCH", False, "the audit trail names patients: HRESCH is a pseudonymised purpose"),
-    ("BTG", True, "break-glass (BTG): audit trail export"),
+    ("HRESCH", False, f"{NOT_OPERATIONS}HRESCH"),
+    ("TREAT", False, f"{NOT_OPERATIONS}TREAT"),
+    ("FAMRQT", False, f"{NOT_OPERATIONS}FAMRQT"),
+    ("BTG", False, f"{NOT_OPERATIONS}BTG"),
     ("NOPE", False, "unknown purpose of use"),
 ])
-def test_the_audit_trail_leaves_only_for_a_full_view_purpose(code: str, permitted: bool, reason: str) -> None:
+def test_the_audit_trail_leaves_only_for_the_organisations_operations_in_full(code: str, permitted: bool,
+                                                                              reason: str) -> None:
+    """Diff review: any full-view purpose took it, a family's request (FAMRQT) included."""
     d = decide_audit_export(PurposeOfUse(code), policy_variant())
     assert (d.permitted, d.reason) == (permitted, reason)
-    assert d.break_glass is (code == "BTG")
+    assert not d.break_glass
 
 
-def test_the_audit_trail_leaves_for_break_glass_only_when_the_policy_enables_it() -> None:
-    d = decide_audit_export(PurposeOfUse("BTG"), policy_variant(break_glass={"enabled": False}))
-    assert not d.permitted and d.reason == "break-glass (BTG) is not enabled by policy"
-    other_system = decide_audit_export(PurposeOfUse("TREAT", "urn:other"), policy_variant())
-    assert not other_system.permitted
+def test_the_audit_trail_is_not_exported_for_another_system_s_code() -> None:
+    assert not decide_audit_export(PurposeOfUse("RECORDMGT", "urn:other"), policy_variant()).permitted
