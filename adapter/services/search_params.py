@@ -60,6 +60,14 @@ _NOT_SUPPORTED = {
         "related": "the adapter keeps no related references",
     },
 }
+#: The code system of each type's ``status`` (a token: ``status=system|code`` matches only in it).
+STATUS_SYSTEMS = {
+    "Media": "http://hl7.org/fhir/event-status",
+    "DocumentReference": "http://hl7.org/fhir/document-reference-status",
+    "Consent": "http://hl7.org/fhir/consent-state-codes",
+}
+#: A status no resource has: what a ``status`` criterion holds when nothing can match it.
+_NO_STATUS = ""
 #: The types a Provenance ``target`` may name (the records and Consents the adapter holds).
 TARGET_TYPES = ("Media", "DocumentReference", "Consent")
 #: ``_include`` / ``_revinclude`` (search.html#include): the Provenance of the records found
@@ -205,6 +213,19 @@ def _patient_refs(value: str) -> list[str]:
     return out
 
 
+def _statuses(value: str, system: str | None) -> list[str]:
+    """The codes a ``status`` value names (comma-separated, OR; ``code``, ``system|code`` or
+    ``|code``): a code of another system matches nothing (search.html#token)."""
+    out = []
+    for v in value.split(","):
+        named_system, sep, code = v.partition("|")
+        if not sep:
+            out.append(v)
+        elif named_system in ("", system) and code:
+            out.append(code)
+    return out
+
+
 def _identifiers(value: str, param: str) -> list[Identifier]:
     out = []
     for v in value.split(","):
@@ -291,7 +312,10 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
                 raise NotSupported(f"modifier :{modifier[:20]} on _lastUpdated is not supported")
             last_updated.append(parse_date_param(value))
         elif base == "_id":
-            ids = [v for v in value.split(",") if v]
+            if modifier:
+                raise NotSupported(f"modifier :{modifier[:20]} on _id is not supported", expression=name[:40])
+            wanted = [v for v in value.split(",") if v]
+            ids = wanted if ids is None else [v for v in ids if v in wanted]  # repeated: AND
         elif base in ("patient", "subject"):
             if modifier == "identifier":
                 patients += _identifiers(value, base)
@@ -306,7 +330,11 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
             dates.append(dataclasses.replace(parse_date_param(value), param=_DATE_PARAMS.get(base, "date")))
         elif allowed[base] == "status":
-            status = value.split(",")
+            if modifier:
+                raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported", expression=name[:40])
+            wanted = _statuses(value, STATUS_SYSTEMS.get(resource_type))
+            status = wanted if status is None else [v for v in status if v in wanted]  # repeated: AND
+            status = status or [_NO_STATUS]
         else:
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")

@@ -55,6 +55,34 @@ def test_iti_67_parameters(tmp_path: Path) -> None:
             assert _found(client, f"{param}=http://snomed.info/sct|394802001") == []
 
 
+def test_status_is_a_token_and_its_modifiers_are_refused_not_dropped(tmp_path: Path) -> None:
+    """Review finding: ``status:not=current`` and ``_id:not=…`` were read without their
+    modifier (the opposite search), ``status=<system>|current`` matched nothing, and a repeated
+    ``status`` kept its last value only."""
+    status_system = "http://hl7.org/fhir/document-reference-status"
+    with adapter_client(tmp_path) as (client, _):
+        document = _document(client, "2026-03-05T10:00:00Z")["record"]
+        doc_id = document.split("/")[1]
+
+        def found(query: str) -> list[str]:
+            r = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&{query}",
+                           headers=as_purpose("TREAT"))
+            assert r.status_code == 200, (query, r.text)
+            return [f"DocumentReference/{e['resource']['id']}" for e in r.json().get("entry", [])
+                    if e["search"]["mode"] == "match"]
+
+        assert found(f"status={status_system}|current") == [document]
+        assert found("status=|current") == [document]
+        assert found("status=http://hl7.org/fhir/event-status|current") == []
+        assert found("status=current&status=superseded") == found("status=superseded&status=current") == []
+        assert found("status=current,superseded&status=current") == [document]
+        assert found(f"_id={doc_id}&_id=other") == []
+        for query in ("status:not=current", "status:missing=true", f"_id:not={doc_id}", "_id:missing=true"):
+            r = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&{query}",
+                           headers=as_purpose("TREAT"))
+            assert r.status_code == 400 and "modifier" in r.json()["issue"][0]["diagnostics"], query
+
+
 @pytest.mark.parametrize("param", ["author.given=Jane", "author.family=Doe", "period=ge2026", "related=x"])
 def test_what_cannot_be_honoured_is_refused_with_the_reason(tmp_path: Path, param: str) -> None:
     with adapter_client(tmp_path) as (client, _):
