@@ -314,8 +314,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         elif base == "_id":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on _id is not supported", expression=name[:40])
-            wanted = [v for v in value.split(",") if v]
-            ids = wanted if ids is None else [v for v in ids if v in wanted]  # repeated: AND
+            named = [v for v in value.split(",") if v]
+            ids = named if ids is None else [v for v in ids if v in named]  # repeated: AND
         elif base in ("patient", "subject"):
             if modifier == "identifier":
                 patients += _identifiers(value, base)
@@ -332,8 +332,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         elif allowed[base] == "status":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported", expression=name[:40])
-            wanted = _statuses(value, STATUS_SYSTEMS.get(resource_type))
-            status = wanted if status is None else [v for v in status if v in wanted]  # repeated: AND
+            codes = _statuses(value, STATUS_SYSTEMS.get(resource_type))
+            status = codes if status is None else [v for v in status if v in codes]  # repeated: AND
             status = status or [_NO_STATUS]
         else:
             if modifier:
