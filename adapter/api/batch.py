@@ -69,7 +69,10 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
     glass = False
     transport = httpx.ASGITransport(app=request.app, client=client)
     answered = 0
-    async with httpx.AsyncClient(transport=transport, base_url="http://batch.internal") as inner:
+    # the entries are answered as if sent alone, to this server as the batch was: their links
+    # and fullUrls name the batch's scheme and host (ADAPTER_BASE_URL, when set, names its own)
+    outer = f"{request.url.scheme}://{request.url.netloc}"
+    async with httpx.AsyncClient(transport=transport, base_url=outer) as inner:
         for index, entry in enumerate(entries):
             if answered > MAX_BATCH_ANSWER_BYTES:
                 out.append(_refused(index, f"not read: the answers of this batch passed {MAX_BATCH_ANSWER_BYTES} "

@@ -987,6 +987,11 @@ def test_a_batch_of_reads_answers_each_as_if_sent_alone(tmp_path: Path) -> None:
         assert media["resource"]["id"] == receipt["record"].split("/")[1] and media["response"]["etag"] == etag
         assert media["response"]["lastModified"] == media["resource"]["meta"]["lastUpdated"]
         assert [e["search"]["mode"] for e in search["resource"]["entry"]] == ["match", "include"]
+        # the links and fullUrls of an entry's answer are this server's, as if sent alone (they
+        # named a made-up http://batch.internal)
+        [self_link] = [link["url"] for link in search["resource"]["link"] if link["relation"] == "self"]
+        assert self_link.startswith("http://testserver/fhir/Media?")
+        assert all(e["fullUrl"].startswith("http://testserver/fhir/") for e in search["resource"]["entry"])
         assert binary["resource"]["resourceType"] == "Binary" and "data" in binary["resource"]
         assert missing["response"]["outcome"]["resourceType"] == "OperationOutcome" and "resource" not in missing
         assert answer["entry"][5]["response"]["outcome"]["issue"][0]["code"] == "not-supported"
