@@ -34,6 +34,14 @@ def wants_fhir_json(accept: str | None) -> bool:
                for r in media_ranges(accept, default=None))
 
 
+def format_is_json(format_param: str | None) -> bool:
+    """Does ``_format`` (http.html#mime-type) ask for JSON (``json``, a JSON media type)?"""
+    if format_param is None or not format_param.strip():
+        return False
+    # an unencoded "+" in a query string arrives as a space (application/fhir json)
+    return format_param.split(";")[0].strip().lower().replace(" ", "+") in _JSON_RANGES
+
+
 #: What a FHIR JSON answer satisfies in an Accept header (http.html#mime-type).
 _JSON_RANGES = frozenset({"*/*", "application/*", "application/fhir+json", "application/json", "json"})
 #: FHIR's other representations, which this server does not produce.
@@ -43,15 +51,14 @@ _OTHER_FHIR = ("xml", "turtle", "ttl", "rdf")
 def check_acceptable(accept: str | None, format_param: str | None = None, *, binary: bool = False) -> None:
     """Raise NotAcceptable (406) when the client asks only for what this server does not produce.
 
-    ``_format`` (http.html#mime-type) overrides Accept: ``json`` or a JSON media type is fine,
-    ``xml``/``ttl`` and their media types are not. Accept: some listed range (q above 0) must be
+    ``_format`` (http.html#mime-type) overrides Accept: ``json`` or a JSON media type is
+    answered whatever Accept says, ``xml``/``ttl`` and their media types are refused. Accept: some listed range (q above 0) must be
     FHIR JSON or a wildcard; for a Binary, whose read also answers with its own content (an image,
     application/dicom), only a list of nothing but FHIR XML or Turtle is refused."""
     if format_param is not None and format_param.strip():
-        # an unencoded "+" in a query string arrives as a space (application/fhir json)
-        wanted = format_param.split(";")[0].strip().lower().replace(" ", "+")
-        if wanted not in _JSON_RANGES:
+        if not format_is_json(format_param):
             raise NotAcceptable(f"_format {format_param[:40]!r}: this server answers in FHIR JSON only")
+        return  # _format overrides Accept
     ranges = [r.media for r in media_ranges(accept, default=None)]
     if not ranges:  # no Accept, or one refusing everything it lists: FHIR JSON it is
         return

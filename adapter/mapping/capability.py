@@ -126,6 +126,8 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
         "interaction": [{"code": code} for code in _INTERACTIONS[resource_type]],
         "versioning": _VERSIONING.get(resource_type, "versioned"),
         "readHistory": resource_type in _VERSIONING,
+        # a read answers If-None-Match (its ETag) and If-Modified-Since (its Last-Modified)
+        "conditionalRead": "full-support",
     }
     params = SEARCH_PARAMS.get(resource_type)
     if params:

@@ -867,6 +867,24 @@ def test_conditional_read_and_what_a_consent_write_answers(tmp_path: Path) -> No
         assert image.status_code == 304 and image.content == b""
         refused = client.get(f"/fhir/{receipt['record']}", headers={**as_purpose("TRAIN"), "If-None-Match": etag})
         assert refused.status_code == 403
+        # Last-Modified on reads (http.html#read SHOULD), and If-Modified-Since (review finding)
+        modified = first.headers["last-modified"]
+        assert modified.endswith(" GMT")
+        later = "Sat, 01 Jan 2100 00:00:00 GMT"
+        assert client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-Modified-Since": later}).status_code == 304
+        assert client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-Modified-Since": modified}).status_code == 304
+        earlier = "Mon, 01 Jan 2001 00:00:00 GMT"
+        assert client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-Modified-Since": earlier}).status_code == 200
+        assert client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-Modified-Since": "soon"}).status_code == 200
+        # If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2)
+        assert client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-None-Match": 'W/"7"',
+                                                                  "If-Modified-Since": later}).status_code == 200
+        assert client.get(f"/fhir/{receipt['binary']}", headers={**treat, "If-Modified-Since": later}).status_code == 304
+        # _format overrides Accept (http.html#mime-type): JSON, also for a Binary (review finding)
+        fhir_xml = {**treat, "Accept": "application/fhir+xml"}
+        assert client.get(f"/fhir/{receipt['record']}?_format=json", headers=fhir_xml).status_code == 200
+        as_json = client.get(f"/fhir/{receipt['binary']}?_format=json", headers=treat)
+        assert as_json.json()["resourceType"] == "Binary"
 
         json_type = {"Content-Type": "application/fhir+json"}
         minimal = client.post("/fhir/Consent", json=consent_resource(["TREAT"]),

@@ -8,8 +8,8 @@ import io
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC
-from email.utils import format_datetime
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from functools import partial
 from typing import IO, Annotated, Any
 from urllib.parse import parse_qsl, urlencode
@@ -24,7 +24,13 @@ from adapter.api.batch import process_batch
 from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.json_input import load_json
-from adapter.api.negotiation import check_acceptable, fhir_version, media_type, wants_fhir_json
+from adapter.api.negotiation import (
+    check_acceptable,
+    fhir_version,
+    format_is_json,
+    media_type,
+    wants_fhir_json,
+)
 from adapter.api.outcome import fhir_response
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute, base
@@ -221,7 +227,8 @@ async def read(resource_type: str, id: str, request: Request, reader: ReaderDep,
                format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
     return await _read(resource_type, id, reader, accept, format_=format_,
                        how=parse_subsetting(list(request.query_params.multi_items())),
-                       if_none_match=request.headers.get("if-none-match"))
+                       if_none_match=request.headers.get("if-none-match"),
+                       if_modified_since=request.headers.get("if-modified-since"))
 
 
 @router.get("/{resource_type}/{id}/_history/{vid}")
@@ -278,7 +285,8 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
 
 async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
                 version_id: int | None = None, *, format_: str | None = None,
-                how: Subsetting = WHOLE, if_none_match: str | None = None) -> Response:
+                how: Subsetting = WHOLE, if_none_match: str | None = None,
+                if_modified_since: str | None = None) -> Response:
     """A read or vread; ``how``: the _summary/_elements cut of a FHIR JSON answer (the image
     bytes of a Binary are never cut); ``if_none_match``: a conditional read (http.html#cread),
     answered 304 when it names the current version, after the decision as any read."""
@@ -287,16 +295,17 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
     if resource_type == "Binary":
         if version_id is not None and version_id != await run_in_threadpool(reader.current_version, "Binary", id):
             raise NotFound(f"Binary/{id} has no version {version_id}")
-        if accept and any(r.split(";")[0].strip().lower() == "application/dicom" for r in accept.split(",")):
+        if not format_is_json(format_) and accept and \
+                any(r.split(";")[0].strip().lower() == "application/dicom" for r in accept.split(",")):
             # the record's DICOM object, one application/dicom body, under the same decision
             dicom = await run_in_threadpool(reader.read_binary_dicom, id)
             return Response(content=dicom.data, media_type="application/dicom",
                             headers=_glass_headers(dicom.decision))
         content = await run_in_threadpool(reader.read_binary, id)
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
-        if _not_modified(if_none_match, headers):
+        if _not_modified(if_none_match, headers, if_modified_since):
             return Response(status_code=304, headers=headers)
-        if wants_fhir_json(accept):
+        if format_is_json(format_) or wants_fhir_json(accept):
             return _out(subset(_versioned(content.resource, version), how, fhir_version=version), version,
                         headers=headers)
         return Response(content=content.data, media_type=content.content_type, headers=headers)
@@ -308,7 +317,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         lambda rt: reader.read(rt, id) if version_id is None else reader.read_version(rt, id, version_id),
         resource_type, version)
     headers = {**_glass_headers(result.decision), **_etag(result.resource)}
-    if _not_modified(if_none_match, headers):
+    if _not_modified(if_none_match, headers, if_modified_since):
         return Response(status_code=304, headers=headers)
     return _out(subset(_versioned(result.resource, version), how, fhir_version=version), version, headers=headers)
 
@@ -330,19 +339,40 @@ def _no_media_in_r5(resource_type: str, version: str, hint: str = "photos are Do
         raise NotFound(f"R5 has no Media; {hint}")
 
 
-def _not_modified(if_none_match: str | None, headers: dict[str, str]) -> bool:
-    """If-None-Match (RFC 9110 §13.1.2, weak comparison) names the ETag the answer has."""
+def _not_modified(if_none_match: str | None, headers: dict[str, str], if_modified_since: str | None = None) -> bool:
+    """If-None-Match (RFC 9110 §13.1.2, weak comparison) names the ETag the answer has; without
+    it, If-Modified-Since (§13.1.3) is at or after its Last-Modified (an unreadable date is
+    disregarded, as the RFC says)."""
     etag = headers.get("ETag")
-    if not if_none_match or not etag:
+    if if_none_match:
+        if not etag:
+            return False
+        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+        return "*" in tags or etag.removeprefix("W/") in tags
+    modified = headers.get("Last-Modified")
+    if not if_modified_since or not modified:
         return False
-    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-    return "*" in tags or etag.removeprefix("W/") in tags
+    try:
+        since = parsedate_to_datetime(if_modified_since)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if since.tzinfo is None:
+        return False
+    return parsedate_to_datetime(modified) <= since
 
 
 def _etag(resource: dict[str, Any]) -> dict[str, str]:
-    """The ETag of a read (FHIR http.html#versioning): W/"<meta.versionId>"."""
-    version_id = (resource.get("meta") or {}).get("versionId")
-    return {"ETag": f'W/"{version_id}"'} if version_id else {}
+    """The validators of a read (FHIR http.html#read, #versioning): ETag W/"<meta.versionId>"
+    and Last-Modified, meta.lastUpdated as an HTTP date."""
+    meta = resource.get("meta") or {}
+    out = {"ETag": f'W/"{meta["versionId"]}"'} if meta.get("versionId") else {}
+    try:
+        updated = datetime.fromisoformat(str(meta.get("lastUpdated")))
+    except ValueError:
+        return out
+    if updated.tzinfo is not None:
+        out["Last-Modified"] = format_datetime(updated.astimezone(UTC), usegmt=True)
+    return out
 
 
 #: A form-encoded search body (POST _search) holds parameters, not documents.
