@@ -132,6 +132,13 @@ class NotFound(AdapterError):
     issue_type = "not-found"
 
 
+class UnsupportedResourceType(NotFound):
+    """A resource type this server does not serve (FHIR http.html: 404, "resource type not
+    supported")."""
+
+    issue_type = "not-supported"
+
+
 class Conflict(AdapterError):
     """A duplicate or a version conflict."""
 
@@ -199,4 +206,5 @@ __all__ = [
     "UnknownCode",
     "UnknownPurposeOfUse",
     "UnsupportedMediaType",
+    "UnsupportedResourceType",
 ]

@@ -54,8 +54,10 @@ def _target(entry: Any, types: tuple[str, ...]) -> str | None:
     return url if first in (*types, "metadata") else None
 
 
-async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
-    """The batch-response Bundle, and whether any entry was answered under break-glass."""
+async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[str, ...],
+                        accept: str = "application/fhir+json") -> tuple[dict[str, Any], bool]:
+    """The batch-response Bundle, and whether any entry was answered under break-glass; each
+    entry is asked for as ``accept`` (the batch's FHIR version)."""
     entries = bundle.get("entry")
     if not isinstance(entries, list) or not entries:
         raise InvalidInput("a batch needs entries", expression="Bundle.entry")
@@ -84,7 +86,7 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
                 out.append(_refused(index, "a batch here takes GET requests with a URL relative to the FHIR base "
                                            "(Type/id, Type?params); post photos in a transaction"))
                 continue
-            headers = {**forwarded, "accept": "application/fhir+json", "x-request-id": f"{batch_id}.{index}"}
+            headers = {**forwarded, "accept": accept, "x-request-id": f"{batch_id}.{index}"}
             if_none_match = entry["request"].get("ifNoneMatch")
             if isinstance(if_none_match, str):
                 headers["if-none-match"] = if_none_match

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Literal
 
 from adapter.api.accept import media_ranges
-from adapter.errors import NotAcceptable, NotSupported
+from adapter.errors import NotAcceptable
 
 
 def fhir_version(accept: str | None) -> Literal["4", "5"]:
@@ -20,7 +20,7 @@ def fhir_version(accept: str | None) -> Literal["4", "5"]:
             return "5"
         if v.startswith("4.0"):
             return "4"
-        raise NotSupported(f"fhirVersion {v[:10]} is not supported (4.0 or 5.0)")
+        raise NotAcceptable(f"fhirVersion {v[:10]} is not supported (4.0 or 5.0)")
     return "4"
 
 

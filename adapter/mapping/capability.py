@@ -123,7 +123,9 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
         "documentation": _DOCUMENTATION[resource_type],
-        "interaction": [{"code": code} for code in _INTERACTIONS[resource_type]],
+        # the R5 endpoint is read-only: writes take and answer R4 (adapter.api.routes.fhir)
+        "interaction": [{"code": code} for code in _INTERACTIONS[resource_type]
+                        if fhir_version == "4.0.1" or code not in ("create", "update")],
         "versioning": _VERSIONING.get(resource_type, "versioned"),
         "readHistory": resource_type in _VERSIONING,
         # a read answers If-None-Match (its ETag) and If-Modified-Since (its Last-Modified)
@@ -143,8 +145,8 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
 def capability_statement(*, base_url: str, fhir_version: str, software_version: str, now: datetime) -> JSON:
     """The CapabilityStatement of this server for ``fhir_version`` "4.0.1" or "5.0.0".
 
-    Resources: Media (R4 only), DocumentReference, Binary, Consent (also create/update),
-    Provenance; system interaction ``transaction`` (ingest Bundles). ``now`` is the
+    Resources: Media (R4 only), DocumentReference, Binary, Consent (also create/update in R4),
+    Provenance; system interactions ``transaction`` (ingest Bundles, R4) and ``batch`` (reads). ``now`` is the
     statement's date (timezone-naive values are taken as UTC).
     """
     if fhir_version not in FHIR_VERSIONS:
@@ -169,7 +171,8 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
             "mode": "server",
             "security": {"description": _SECURITY},
             "resource": [_resource(t, fhir_version) for t in types],
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}] if fhir_version == "4.0.1"
+            else [{"code": "batch"}],
         }],
     }
 

@@ -26,6 +26,7 @@ from adapter.errors import (
     NotFound,
     NotSupported,
     UndecodableImage,
+    UnsupportedResourceType,
 )
 from adapter.imaging import strip_to_pixels_only, thumbnail_jpeg
 from adapter.mapping.codes import DICOM_UID_SYSTEM
@@ -268,7 +269,7 @@ class ScopedReader:
     # -- reads --------------------------------------------------------------------------
     def _load(self, resource_type: str, id: str) -> StoredResource:
         if resource_type not in READABLE_TYPES:
-            raise NotSupported(f"{resource_type} is not served here")
+            raise UnsupportedResourceType(f"{resource_type} is not served here")
         stored = self._store.get(resource_type, id)
         if stored is None:
             raise NotFound(f"{resource_type}/{id} is not known")

@@ -41,7 +41,7 @@ class ConsentService:
         if resource.get("resourceType") != "Consent":
             raise InvalidResource("expected a Consent resource", expression="Consent.resourceType")
         if resource.get("id") not in (None, id):
-            raise InvalidInput("the resource id must match the URL", expression="Consent.id")
+            raise InvalidResource("the resource id must match the URL", expression="Consent.id")
         resource = {**resource, "id": id}
         resource.pop("meta", None)
         validate_r4_resource(resource)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from adapter.errors import InvalidInput, NotSupported, TooCostly
+from adapter.errors import InvalidInput, NotSupported, TooCostly, UnsupportedResourceType
 from adapter.model.photo import Identifier
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 from adapter.text import is_digits
@@ -247,7 +247,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     is a DocumentReference (a reference to one also finds the Media of its id)."""
     allowed = _PARAMS.get(resource_type)
     if allowed is None:
-        raise NotSupported(f"search on {resource_type} is not supported")
+        raise UnsupportedResourceType(f"search on {resource_type} is not supported")
     ids: list[str] | None = None
     patients: list[Identifier] = []
     refs: list[str] = []

@@ -1101,3 +1101,37 @@ def test_a_search_of_hundreds_of_criteria_is_too_costly_not_a_transient_failure(
             assert r.json()["issue"][0]["code"] == "too-costly"
         many_values = "_id=" + ",".join([record_id] + [f"other-{i}" for i in range(3000)])
         assert client.post("/fhir/Media/_search", content=many_values, headers=form).json()["total"] == 1
+
+
+def test_status_codes_an_fhir_client_expects(tmp_path: Path) -> None:
+    """Review findings against FHIR R4 http.html: a resource type not served is 404 (was 400),
+    an update whose body names another id 400 (was 422), a fhirVersion not served 406 (was 400);
+    the R5 endpoint is read-only as its CapabilityStatement now says (writes asked for in R5
+    were answered in R4), and an R5 batch answers in R5 (it answered in R4)."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        treat = as_purpose("TREAT")
+        for url in ("/fhir/Patient/1", "/fhir/Patient?identifier=x", "/fhir/Patient/1/_history"):
+            r = client.get(url, headers=treat)
+            assert r.status_code == 404 and r.json()["issue"][0]["code"] == "not-supported", url
+        assert client.get(f"/fhir/{receipt['binary']}/_history", headers=treat).status_code == 400
+        old = client.get(f"/fhir/{receipt['record']}", headers={**treat, "Accept": "application/fhir+json; fhirVersion=3.0"})
+        assert old.status_code == 406
+        consent = client.get(f"/fhir/{receipt['consents'][0]}", headers=treat).json()
+        json_type = {"Content-Type": "application/fhir+json"}
+        moved = client.put(f"/fhir/{receipt['consents'][0]}", json={**consent, "id": "other"}, headers=json_type)
+        assert moved.status_code == 400 and moved.json()["issue"][0]["code"] == "structure"
+
+        r5 = "application/fhir+json; fhirVersion=5.0"
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
+                           headers={"Content-Type": r5}).status_code == 415
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
+                           headers={**json_type, "Accept": r5}).status_code == 406
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": f"DocumentReference/{receipt['record'].split('/')[1]}"}},
+            {"request": {"method": "GET", "url": receipt["record"]}}]}
+        answer = client.post("/fhir", json=batch, headers={**json_type, **treat, "Accept": r5})
+        assert answer.status_code == 200 and "fhirVersion=5.0" in answer.headers["content-type"]
+        photo, media = answer.json()["entry"]
+        assert photo["resource"]["resourceType"] == "DocumentReference"  # R5 has no Media: the photo is this
+        assert media["response"]["status"].startswith("400")  # Media is no R5 type

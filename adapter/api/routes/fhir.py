@@ -34,7 +34,15 @@ from adapter.api.negotiation import (
 from adapter.api.outcome import fhir_response
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute, base
-from adapter.errors import InvalidInput, NotFound, NotSupported, PayloadTooLarge, UnsupportedMediaType
+from adapter.errors import (
+    InvalidInput,
+    NotAcceptable,
+    NotFound,
+    NotSupported,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnsupportedResourceType,
+)
 from adapter.mapping.bundle import history as history_bundle
 from adapter.mapping.bundle import searchset
 from adapter.mapping.capability import capability_statement
@@ -174,11 +182,25 @@ async def _transaction(request: Request, services: Services, ctx: RequestContext
     if bundle.get("resourceType") != "Bundle":
         raise InvalidInput("POST /fhir takes a transaction or batch Bundle", expression="Bundle.resourceType")
     if bundle.get("type") == "batch":  # reads, each under the batch's purpose of use (adapter.api.batch)
-        answer, glass = await process_batch(request, bundle, R4_TYPES)
-        return _out(answer, "4", headers=break_glass_headers(glass))
+        version = fhir_version(request.headers.get("accept"))
+        types = R4_TYPES if version == "4" else tuple(t for t in R4_TYPES if t != "Media")
+        answer, glass = await process_batch(request, bundle, types, media_type(version))
+        return _out(answer, version, headers=break_glass_headers(glass))
+    _r4_write(request)
     key = idempotency_key[:200] if idempotency_key else None
     response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx)
     return _out(response, "4")
+
+
+def _r4_write(request: Request) -> None:
+    """Writes (transactions, Consent create and update) take and answer R4 only (the R5
+    CapabilityStatement lists none): an R5 body is refused (415), and so is an Accept that
+    wants only R5 (406), rather than answered in R4 under an R4 content type it did not ask for."""
+    content_type = (request.headers.get("content-type") or "").lower().replace(" ", "")
+    if "fhirversion=5" in content_type:
+        raise UnsupportedMediaType("writes take FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
+    if fhir_version(request.headers.get("accept")) == "5":
+        raise NotAcceptable("writes answer in FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
 
 
 def _written(request: Request, stored: Any, status: int, headers: dict[str, str]) -> Response:
@@ -198,6 +220,7 @@ def _written(request: Request, stored: Any, status: int, headers: dict[str, str]
 
 @router.post("/Consent", status_code=201)
 async def create_consent(request: Request, services: ServicesDep, ctx: WriteContextDep) -> Response:
+    _r4_write(request)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.create, resource, ctx)
     return _written(request, stored, 201, {
@@ -208,6 +231,7 @@ async def create_consent(request: Request, services: ServicesDep, ctx: WriteCont
 @router.put("/Consent/{id}")
 async def update_consent(id: str, request: Request, services: ServicesDep, ctx: WriteContextDep,
                          if_match: Annotated[str | None, Header()] = None) -> Response:
+    _r4_write(request)
     expected = None
     if if_match:
         digits = if_match.replace("W/", "").strip('"')
@@ -253,8 +277,10 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     and the ``next`` link page through a long history."""
     check_acceptable(accept, format_)
     version = fhir_version(accept)
-    if resource_type not in R4_TYPES or resource_type == "Binary":  # bytes, never updated: read or vread it
-        raise NotSupported(f"history of {resource_type[:40]} is not served here")
+    if resource_type not in R4_TYPES:
+        raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
+    if resource_type == "Binary":  # bytes, never updated: read or vread it
+        raise NotSupported("history of Binary is not served here")
     _no_media_in_r5(resource_type, version)
     params = list(request.query_params.multi_items())
     how = parse_subsetting(params)
@@ -310,7 +336,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
                         headers=headers)
         return Response(content=content.data, media_type=content.content_type, headers=headers)
     if resource_type not in R4_TYPES:
-        raise NotSupported(f"{resource_type[:40]} is not served here")
+        raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
     _no_media_in_r5(resource_type, version)
 
     result = await _as_r5_photo_too(
@@ -414,7 +440,7 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     check_acceptable(accept, next((v for k, v in params if k == "_format"), None))
     version = fhir_version(accept)
     if resource_type not in R4_TYPES or resource_type == "Binary":
-        raise NotSupported(f"search on {resource_type[:40]} is not supported")
+        raise UnsupportedResourceType(f"search on {resource_type[:40]} is not supported")
     _no_media_in_r5(resource_type, version, "search DocumentReference")
     req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")), r5=version == "5")
     how = parse_subsetting(params)
