@@ -51,7 +51,11 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
        full view and flagged ``break_glass``, only if ``breakGlass.enabled``; consent is not
        evaluated, so this is the only way to read a consent-pending record.
     3. A purpose the policy names neither as care nor as explicit-consent is denied.
-    4. A consent-pending record is denied for every other purpose.
+    4. A consent-pending record (stored without documented consent for care) is denied for
+       every other purpose until a Consent permitting care is recorded for it: then care reads
+       it as any clinical photo (6), and an explicit-consent purpose needs that care Consent
+       besides its own (7); a Consent for training alone never opens a photo whose taking has
+       no documented consent.
     5. An applicable ``deny`` grant covering the purpose denies it (deny wins), whatever the kind.
     6. Care: ``document`` and ``secondary`` photos need no consent; a ``clinical`` photo needs an
        applicable active permit covering the purpose (a Consent for TREAT covers COC); when
@@ -109,6 +113,11 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
             return permit(f"consent withdrawn; policy keeps clinical photos readable for {code}", withdrawn)
         return deny(f"no active consent for {code}")
 
+    if facts.consent_pending and not any(
+            g.decision == PERMIT and any(grant_covers(g, care, tables) for care in tables.policy.consent.care_purposes)
+            for g in in_force):
+        return deny("consent pending: no consent for care is documented for this photo; readable only under "
+                    "break-glass")
     grants = [g for g in in_force
               if g.decision == PERMIT and not g.implied and grant_covers(g, code, tables)]
     if grants:

@@ -100,6 +100,18 @@ def test_consent_pending_record_is_denied_for_explicit_purposes() -> None:
     assert not run("TRAIN", make_facts(pending=True), grants=(make_grant("TREAT"),)).permitted
 
 
+@pytest.mark.parametrize("code", ["TRAIN", "HRESCH"])
+def test_a_consent_for_training_alone_does_not_open_a_pending_record(code: str) -> None:
+    """Review finding: a pending photo was read for TRAIN or HRESCH with a Consent for that
+    purpose only, without break-glass; its care consent must be documented first."""
+    d = run(code, make_facts(pending=True), grants=(make_grant(code),))
+    assert not d.permitted and d.reason.startswith("consent pending")
+    assert run(code, make_facts(pending=True), grants=(make_grant("TREAT", code),)).permitted
+    assert run(code, make_facts(pending=True), grants=(make_grant("TREAT", id="c1"),
+                                                       make_grant(code, id="c2"))).permitted
+    assert run(code, make_facts(), grants=(make_grant(code),)).permitted  # not pending: as before
+
+
 @pytest.mark.parametrize("code", ["BTG", "ETREAT", "ERTREAT"])
 def test_break_glass_enabled_permits_pending_record(code: str) -> None:
     d = run(code, make_facts(pending=True))
