@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from adapter.consent.rules import (
     DENY,
@@ -76,6 +76,8 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
       (mappings/kinds.yaml) becomes a warning and a note.
     * A photo from the patient implies consent for ``consent.patientImpliedPurposes`` only.
     * Colleague sources need ``colleague``; an external colleague also ``discussionNote``.
+    * A statement sent with a photo from the patient covers care purposes only; one dated in
+      the future is refused.
     * ``consent.writtenRequired`` refuses verbal consent for clinical photos;
       ``devices.personalAllowed: false`` refuses ``device: personal``.
 
@@ -93,6 +95,8 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
     _check_statement_codes(meta, tables)
     _check_device(meta, policy)
     _check_statement_method(meta, tables)
+    _check_statement_source(meta, tables)
+    _check_statement_date(meta, now)
 
     implied: tuple[str, ...] = ()
     if meta.source is PhotoSource.PATIENT and meta.consent is None:
@@ -170,6 +174,44 @@ def _check_statement_method(meta: PhotoMetadata, tables: Tables) -> None:
             and tables.policy.consent.written_required):
         raise ConsentRequired("the organisation's policy requires written consent for clinical photos; "
                               "verbal consent was given", expression="consent.method")
+
+
+def _check_statement_source(meta: PhotoMetadata, tables: Tables) -> None:
+    """The guidance: a photo the patient sent carries consent only for the purpose it was sent
+    for (care). A statement sent with it through the patient's own channel grants more only as
+    the patient's written consent with its form (a signed document): a "verbal" consent there
+    was given to no one who could document it. Otherwise the consent for training or research
+    is recorded as its own Consent."""
+    statement = meta.consent
+    if meta.source is not PhotoSource.PATIENT or statement is None:
+        return
+    if statement.method is ConsentMethod.WRITTEN and statement.form:
+        return
+    for i, code in enumerate(statement.purposes):
+        if classify_purpose(code, tables) is not PurposeClass.CARE:
+            raise ConsentRequired(
+                f"a photo the patient sent carries consent only for the care it was sent for; '{code}' needs the "
+                "patient's written consent with its form (consent.form), or a Consent recorded on its own "
+                "(POST /fhir/Consent)", expression=f"consent.purposes[{i}]")
+
+
+#: How far in the future a consent's date may lie (clocks and time zones of the capture devices).
+CONSENT_DATE_SLACK = timedelta(days=1)
+
+
+def _check_statement_date(meta: PhotoMetadata, now: datetime) -> None:
+    """A consent is documented when it was given: a date in the future is refused (the Consent
+    would not be in force, and the photo unreadable for care without a word)."""
+    given = meta.consent.date if meta.consent is not None else None
+    if given is None:
+        return
+    if isinstance(given, datetime):
+        moment = given if given.tzinfo is not None else given.replace(tzinfo=UTC)
+    else:
+        moment = datetime(given.year, given.month, given.day, tzinfo=UTC)
+    if moment > now + CONSENT_DATE_SLACK:
+        raise ConsentRequired("the consent is dated in the future: give the date it was given",
+                              expression="consent.date")
 
 
 def _needs_pending(meta: PhotoMetadata, implied: tuple[str, ...], existing: Sequence[ConsentGrant],

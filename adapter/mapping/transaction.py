@@ -304,20 +304,45 @@ def _notes(record: _Entry, title: str | None) -> str | None:
     return "\n\n".join(texts) or None
 
 
+#: Provision elements a Consent sent in a transaction may not have (they are not carried into the
+#: Consent recorded, so leaving them out would widen it): refused. ``period`` is carried by its
+#: start (an end is refused) and ``action`` must name use or access (the Consent recorded names
+#: collect and use).
+_UNCARRIED_PROVISION = ("actor", "securityLabel", "class", "code", "dataPeriod", "data", "provision")
+_USE_ACTIONS = frozenset({"use", "access"})
+
+
 def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[str, Any]:
     r = entry.resource
     path = entry.path
     if r.get("status") != "active":
         raise NotSupported("a Consent sent with a photo must be active", expression=f"{path}.status")
-    ident = (r.get("patient") or {}).get("identifier")
-    if isinstance(ident, Mapping) and (ident.get("system"), ident.get("value")) != (patient["system"],
-                                                                                    patient["value"]):
-        raise InvalidInput("the Consent is for another patient than the photo",
-                           expression=f"{path}.patient.identifier")
+    named: Mapping[str, Any] = r["patient"] if isinstance(r.get("patient"), Mapping) else {}
+    ident = named.get("identifier")
+    if isinstance(ident, Mapping):
+        if (ident.get("system"), ident.get("value")) != (patient["system"], patient["value"]):
+            raise InvalidInput("the Consent is for another patient than the photo",
+                               expression=f"{path}.patient.identifier")
+    elif not (_str(named.get("reference")) and named.get("reference") == patient.get("reference")):
+        # a reference alone names the photo's patient only if it is the photo's own subject reference
+        raise InvalidInput("the Consent must name the photo's patient: by its identifier, or by the reference "
+                           "the photo's subject has", expression=f"{path}.patient")
     provision = r.get("provision")
     if not isinstance(provision, Mapping):
         raise RequiredElementMissing("the Consent needs a provision with the purposes it permits",
                                      expression=f"{path}.provision")
+    # The Consent recorded is built from the purposes, method, date, recorder and form; a
+    # restriction it cannot carry would be dropped, and the Consent would grant more than it said.
+    actions = provision.get("action")
+    if actions and not any(isinstance(c, Mapping) and isinstance(c.get("coding"), list)
+                           and any(isinstance(x, Mapping) and x.get("code") in _USE_ACTIONS for x in c["coding"])
+                           for c in actions if isinstance(actions, list)):
+        raise NotSupported("a Consent sent with a photo must permit its use (provision.action use or access)",
+                           expression=f"{path}.provision.action")
+    for element in _UNCARRIED_PROVISION:
+        if provision.get(element):
+            raise NotSupported(f"a Consent sent with a photo cannot restrict its provision by {element}; record "
+                               "such a Consent with POST /fhir/Consent", expression=f"{path}.provision.{element}")
     if provision.get("type", "permit") != "permit":
         raise NotSupported("a Consent sent with a photo must permit (provision.type permit)",
                            expression=f"{path}.provision.type")
@@ -342,6 +367,14 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[
                   else ConsentMethod.IMPLIED if implied else ConsentMethod.VERBAL).value
     out: dict[str, Any] = {"purposes": purposes, "method": method}
     when = parse_fhir_datetime(r.get("dateTime"))
+    period = provision.get("period")
+    if isinstance(period, Mapping):
+        if period.get("end"):
+            raise NotSupported("a Consent sent with a photo cannot end (provision.period.end); record such a "
+                               "Consent with POST /fhir/Consent", expression=f"{path}.provision.period.end")
+        start = parse_fhir_datetime(period.get("start"))
+        if start is not None and (when is None or start > when):
+            when = start  # in force from the later of the two
     if when is not None:
         out["date"] = when
     recorded = find_extension(r, EXT_CONSENT_RECORDED_BY)

@@ -198,14 +198,37 @@ def test_implied_consent_that_does_not_cover_treat_is_no_basis() -> None:
     assert type(err) is ConsentRequired and "implied consent covers COC but not TREAT" in err.diagnostics
 
 
-def test_patient_explicit_consent_governs_and_may_include_training() -> None:
-    meta = make_meta(source="patient", consent={"purposes": ["TREAT", "TRAIN"], "method": "written"})
+FORM = "JVBERi0xLjQK"  # base64 of "%PDF-1.4\n": the signed form
+
+
+def test_patient_written_consent_with_its_form_governs_and_may_include_training() -> None:
+    meta = make_meta(source="patient", consent={"purposes": ["TREAT", "TRAIN"], "method": "written", "form": FORM})
     assert assess(meta) == CLEAN
 
 
+@pytest.mark.parametrize("statement", [
+    {"purposes": ["TREAT", "TRAIN"], "method": "verbal"},
+    {"purposes": ["TREAT", "HRESCH"], "method": "written"},  # no form
+])
+def test_a_patients_own_channel_cannot_grant_training_or_research_without_a_signed_form(
+        statement: dict[str, object]) -> None:
+    """Review finding: a photo the patient sent, with a 'verbal' consent for TRAIN in its
+    metadata, recorded a patient-wide Consent permitting TRAIN."""
+    err = refused(make_meta(source="patient", consent=statement))
+    assert type(err) is ConsentRequired and err.expression == ["consent.purposes[1]"]
+
+
 def test_patient_explicit_consent_without_treat_is_refused_for_clinical() -> None:
-    meta = make_meta(source="patient", consent={"purposes": ["TRAIN"], "method": "written"})
+    meta = make_meta(source="patient", consent={"purposes": ["TRAIN"], "method": "written", "form": FORM})
     assert refused(meta).expression == ["consent.purposes"]
+
+
+def test_a_consent_dated_in_the_future_is_refused() -> None:
+    """Review finding: a consent dated 2099 was stored (as not yet in force) and the photo was
+    unreadable for care, without a warning."""
+    err = refused(make_meta(consent={"purposes": ["TREAT"], "method": "verbal", "date": "2099-01-01"}))
+    assert type(err) is ConsentRequired and err.expression == ["consent.date"]
+    assert assess(make_meta(consent={"purposes": ["TREAT"], "method": "verbal", "date": "2024-01-01"})) == CLEAN
 
 
 def test_patient_statement_of_implied_consent_for_care_is_accepted() -> None:

@@ -414,3 +414,37 @@ def test_sample_metadata_wound() -> None:
 
 def test_samples_validate_with_npm_validators() -> None:
     assert validate_r4([load("bundle-transaction.json"), load("consent-train.json")]) == []
+
+
+def _with_consent(jpeg: bytes, change: Any) -> dict[str, Any]:
+    bundle = transaction_bundle(jpeg)
+    consent = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+    change(consent)
+    return bundle
+
+
+@pytest.mark.parametrize(("case", "change", "error"), [
+    ("another patient by reference only",
+     lambda c: c.update(patient={"reference": "Patient/someone-else"}), InvalidInput),
+    ("an end to its period", lambda c: c["provision"]["period"].update(end="2025-01-01"), NotSupported),
+    ("another record", lambda c: c["provision"].update(data=[{"meaning": "instance",
+                                                              "reference": {"reference": "Media/other"}}]),
+     NotSupported),
+    ("a nested deny", lambda c: c["provision"].update(provision=[{"type": "deny", "purpose": [
+        {"system": codes.V3_ACT_REASON, "code": "TRAIN"}]}]), NotSupported),
+    ("an actor", lambda c: c["provision"].update(actor=[{"role": {"text": "research"},
+                                                          "reference": {"display": "research unit"}}]), NotSupported),
+    ("collection only", lambda c: c["provision"].update(action=[{"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "collect"}]}]), NotSupported),
+])
+def test_a_consent_is_refused_when_what_it_restricts_would_be_dropped(jpeg: bytes, case: str, change: Any,
+                                                                      error: type[AdapterError]) -> None:
+    """Review finding: a Consent in a Bundle was rebuilt from its purposes alone, as an
+    open-ended, patient-wide permit: another patient named by reference, a period's end, data
+    scope, nested denials, actors and actions were dropped."""
+    refused(_with_consent(jpeg, change), error)
+
+
+def test_a_consent_in_force_later_than_its_date_keeps_the_later_start(jpeg: bytes) -> None:
+    sub = parse(_with_consent(jpeg, lambda c: c["provision"]["period"].update(start="2024-06-01")))
+    assert sub.meta.consent.date.isoformat().startswith("2024-06-01")
