@@ -13,8 +13,8 @@ The mapping, and where it fails closed:
 * ``provision.period`` gives the period: a date-only (or year/month) end is inclusive through
   the last instant of that day; a timezone-naive dateTime is read as UTC.
 * ``provision.data[].reference.reference`` gives the data scope (any ``meaning`` is read as
-  ``instance``; a ``/_history/n`` suffix is dropped; references are compared as written, so
-  they must be relative, as ours are). A data entry without a literal reference cannot be
+  ``instance``; a ``/_history/n`` suffix is dropped; an absolute reference is read as its
+  ``Type/id``, so a deny naming a record by its full URL applies). A data entry without a literal reference cannot be
   matched: a deny then applies to all data, a permit only to the entries that can be matched
   (to nothing if there are none).
 * Restrictions this adapter cannot evaluate (``actor``, ``class``, ``code``, ``securityLabel``,
@@ -180,7 +180,7 @@ def _scope(provision: Mapping[str, Any], expr: str, parent: _Scope | None) -> _S
             ref = item.get("reference") if isinstance(item, Mapping) else None
             literal = ref.get("reference") if isinstance(ref, Mapping) else None
             if isinstance(literal, str) and literal:
-                refs.add(_HISTORY.sub("", literal))
+                refs.add(_relative(_HISTORY.sub("", literal)))
             else:
                 unresolved = True
         data_refs = frozenset(refs)
@@ -214,6 +214,15 @@ def _purposes(scope: _Scope) -> frozenset[str]:
     if scope.purposes is None or scope.foreign_purpose or not scope.purposes:
         return frozenset({ANY_PURPOSE})
     return scope.purposes
+
+
+def _relative(reference: str) -> str:
+    """``Type/id`` of an absolute reference (``https://host/fhir/Media/abc``); a relative one as
+    it is. The records are compared by ``Type/id``: a deny naming one by its full URL applies."""
+    if "://" not in reference:
+        return reference
+    parts = [p for p in reference.split("/") if p]
+    return "/".join(parts[-2:]) if len(parts) >= 4 else reference
 
 
 def _data_refs(scope: _Scope) -> frozenset[str]:

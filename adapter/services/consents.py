@@ -13,7 +13,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapter.consent import grants_from_consent
-from adapter.errors import InvalidInput, InvalidResource, NotFound, PreconditionFailed, UnknownCode
+from adapter.errors import (
+    BusinessRuleViolation,
+    InvalidInput,
+    InvalidResource,
+    NotFound,
+    PreconditionFailed,
+    UnknownCode,
+)
 from adapter.mapping.codes import CONSENT_ACTION
 from adapter.mapping.fhir_json import validate_r4_resource
 from adapter.mapping.photo import index_resource
@@ -86,6 +93,12 @@ class ConsentService:
         if if_match is not None and current.version_id != if_match:
             raise PreconditionFailed(f"If-Match names version {if_match}; the current version differs")
         facts = consent_facts(id, resource)
+        before = consent_facts(id, current.resource)
+        if before is not None and (facts is None or facts.patient != before.patient):
+            # the patient would lose the Consent with no event naming them: a new patient's
+            # consent is a new Consent
+            raise BusinessRuleViolation("a Consent's patient cannot change: record the other patient's consent as a "
+                                        "new Consent", expression="Consent.patient")
         audit = self._auditor.event(ctx, interaction="update", action="U", permitted=True, reason=None,
                                     entities=[f"Consent/{id}"], patient=facts.patient if facts else None)
         return self._store.update(NewResource("Consent", id, resource, index_resource(resource)),

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter.consent import assess_ingest, grants_from_consent
-from adapter.errors import BusinessRuleViolation, Conflict
+from adapter.errors import BusinessRuleViolation, Conflict, InvalidInput
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
@@ -141,7 +141,8 @@ class IngestService:
             now = self._now()
             try:
                 assessment = assess_ingest(meta, self._existing_grants(patient), self._tables, now)
-            except BusinessRuleViolation as exc:  # a decision (consent, policy): audited, as reads are
+            except (BusinessRuleViolation, InvalidInput) as exc:  # every refusal of the rules is a decision:
+                # audited, as reads are (a missing discussion note or colleague, an unknown purpose too)
                 self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                      patient=patient, reason=exc.diagnostics, refused=True)
                 raise

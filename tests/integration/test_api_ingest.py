@@ -528,3 +528,17 @@ def test_a_photos_dicom_uids_are_keyed_and_its_encounter_keeps_one_study_across_
     unkeyed = {stable_uid("2.25", "instance", record_id), stable_uid("2.25", "series", record_id)}
     uids = first["dicom"]
     assert unkeyed.isdisjoint({uids["seriesInstanceUid"], uids["sopInstanceUid"]})
+
+
+def test_every_refusal_of_the_ingest_rules_is_audited(tmp_path: Path) -> None:
+    """Review finding: only BusinessRuleViolation refusals were audited; a missing discussion
+    note or an unknown consent purpose were refused without an AuditEvent."""
+    with adapter_client(tmp_path) as (client, services):
+        before = len(services.store.list_audit(100))
+        no_note = metadata(source="colleague-external", consent=None, colleague={"name": "Dr Out"})
+        assert post_photo(client, WOUND, no_note).status_code == 422
+        unknown = metadata(consent={"purposes": ["FOO"], "method": "verbal"})
+        assert post_photo(client, WOUND, unknown).status_code == 422
+        events = services.store.list_audit(100)
+        assert len(events) == before + 2 and all(e["outcome"] == "4" for e in events[:2])
+        assert "discussionNote" in events[1]["outcomeDesc"] and "FOO" in events[0]["outcomeDesc"]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from adapter.mapping.photo import index_resource
+from adapter.model.record import NewResource
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
 
@@ -830,11 +832,13 @@ def test_history_shows_how_a_consent_changed_under_the_decision_a_read_gets(tmp_
         assert client.get(f"{url}?since=2024", headers=as_purpose("TREAT")).status_code == 400
         assert client.get(f"{url}?_count=x", headers=as_purpose("TREAT")).status_code == 422
 
-        # a Consent moved to another patient: its history shows the first patient's data too,
-        # so it needs a purpose permitted for both
+        # a Consent moved to another patient (stored before such a PUT was refused): its history
+        # shows the first patient's data too, so it needs a purpose permitted for both
         moved = client.post("/fhir/Consent", json=consent_resource(["TREAT", "HRESCH"]), headers=json_type).json()
         moved["patient"] = {"identifier": {"system": PATIENT["system"], "value": "MRN-0002"}}
-        assert client.put(f"/fhir/Consent/{moved['id']}", json=moved, headers=json_type).status_code == 200
+        assert client.put(f"/fhir/Consent/{moved['id']}", json=moved, headers=json_type).status_code == 422
+        moved.pop("meta", None)
+        services.store.update(NewResource("Consent", moved["id"], moved, index_resource(moved)))
         assert client.post("/fhir/Consent", json=consent_resource(
             ["HRESCH"], patient={"system": PATIENT["system"], "value": "MRN-0002"}), headers=json_type).status_code == 201
         assert client.get(f"/fhir/Consent/{moved['id']}", headers=as_purpose("HRESCH")).status_code == 200
@@ -1135,3 +1139,17 @@ def test_status_codes_an_fhir_client_expects(tmp_path: Path) -> None:
         photo, media = answer.json()["entry"]
         assert photo["resource"]["resourceType"] == "DocumentReference"  # R5 has no Media: the photo is this
         assert media["response"]["status"].startswith("400")  # Media is no R5 type
+
+
+def test_a_consent_cannot_be_moved_to_another_patient(tmp_path: Path) -> None:
+    """Review finding: a PUT changing Consent.patient moved it (the first patient lost it with
+    no audit event naming them)."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        consent = client.get(f"/fhir/{receipt['consents'][0]}", headers=as_purpose("TREAT")).json()
+        consent["patient"]["identifier"]["value"] = "MRN-OTHER"
+        consent.pop("meta", None)
+        moved = client.put(f"/fhir/{receipt['consents'][0]}", json=consent,
+                           headers={"Content-Type": "application/fhir+json"})
+        assert moved.status_code == 422 and moved.json()["issue"][0]["code"] == "business-rule"
+        assert client.get(f"/fhir/{receipt['consents'][0]}", headers=as_purpose("TREAT")).json()["meta"]["versionId"] == "1"

@@ -226,6 +226,14 @@ def test_data_references_scope_the_grant() -> None:
     assert not permitted(resource, "TRAIN", NOW, governed_by="Media/m2")
 
 
+def test_a_deny_naming_the_record_by_its_full_url_applies() -> None:
+    """Review finding: a deny whose data named the record by absolute URL was stored and never
+    applied (references were compared as written), while the permit it meant to narrow did."""
+    deny = make_consent({"type": "deny", "purpose": purpose("TRAIN"), "data": [
+        {"meaning": "instance", "reference": {"reference": "https://images.example.org/fhir/Media/m1/_history/1"}}]})
+    assert grant_from_consent(deny).data_refs == frozenset({"Media/m1"})
+
+
 def test_permit_scoped_only_to_data_we_cannot_match_permits_nothing() -> None:
     resource = make_consent({"type": "permit", "purpose": purpose("TRAIN"), "data": [
         {"meaning": "instance", "reference": {"identifier": {"system": "urn:x", "value": "1"}}}]})
