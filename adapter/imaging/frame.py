@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from adapter.errors import UndecodableImage
 from adapter.imaging.exif import parse_exif
-from adapter.imaging.jpeg import APP0, APP1, APP14, SOF_MARKERS, strip_jpeg_segments, walk
+from adapter.imaging.jpeg import APP0, APP1, APP2, APP14, SOF_MARKERS, strip_jpeg_segments, walk
 from adapter.imaging.png import walk as walk_png
 from adapter.imaging.sniff import JPEG, PNG, check_declared
 
@@ -146,9 +146,11 @@ class EncapsulatedJpeg:
         return b"".join(self.parts)
 
 
-def encapsulated_jpeg(data: bytes) -> EncapsulatedJpeg:
+def encapsulated_jpeg(data: bytes, *, keep_icc: bool = True) -> EncapsulatedJpeg:
     """:func:`jpeg_for_encapsulation` in one walk of ``data``, as pieces (see
     :class:`EncapsulatedJpeg`). ``data`` must stay unchanged while the pieces are used.
+    ``keep_icc=False`` drops the ICC profile too (a de-identified copy: its text tags can name a
+    device or a person).
 
     Raises:
         UndecodableImage: the stream is broken (see :func:`adapter.imaging.jpeg.walk`).
@@ -159,7 +161,7 @@ def encapsulated_jpeg(data: bytes) -> EncapsulatedJpeg:
     # strip_jpeg keeps no APP1 of the input; the only one it writes is the Orientation-only EXIF,
     # which DICOM must not carry either (jpeg_for_encapsulation)
     parts: list[bytes | memoryview] = [b"\xff\xd8"]
-    parts.extend(part for marker, part in stripped.segments if marker != APP1)
+    parts.extend(part for marker, part in stripped.segments if marker != APP1 and (keep_icc or marker != APP2))
     parts.append(b"\xff\xd9")
     pos = 0
     prefix = True

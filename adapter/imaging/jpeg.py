@@ -303,6 +303,7 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
     jfif: bytes | None = None
     kept: list[tuple[int, bytes | memoryview]] = []
     adobe_seen = False
+    icc_ok = _icc_profile_is_whole(view, layout.segments)
     for seg in layout.segments:
         payload = view[seg.start + 4:seg.end]
         marker = seg.marker
@@ -314,10 +315,19 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
                 exif = parse_exif(bytes(payload[6:]))
                 removed.extend(exif.categories)
         elif marker == APP2 and payload[:12] == _ICC:
-            kept.append((marker, view[seg.start:seg.end]))
-        elif marker == APP14 and payload[:5] == _ADOBE and not adobe_seen:
+            if icc_ok:
+                kept.append((marker, view[seg.start:seg.end]))
+            else:
+                removed.append("APP2 ICC_PROFILE that is no ICC profile")
+        elif marker == APP14 and payload[:5] == _ADOBE and not adobe_seen and len(payload) >= _ADOBE_LENGTH:
             adobe_seen = True
-            kept.append((marker, view[seg.start:seg.end]))
+            if len(payload) == _ADOBE_LENGTH:
+                kept.append((marker, view[seg.start:seg.end]))
+            else:  # its 12 bytes, not what follows them (libjpeg reads no more)
+                kept.append((marker, _segment(APP14, bytes(payload[:_ADOBE_LENGTH]))))
+                removed.append("data after APP14 Adobe")
+        elif marker == DNL:
+            removed.append("DNL")  # the height is in the frame header (DNL-defined heights are refused)
         elif 0xE0 <= marker <= 0xEF or marker == COM or 0xF0 <= marker <= 0xFD:
             removed.append(_segment_name(marker, payload))
         else:
@@ -352,10 +362,10 @@ def strip_jpeg_to_pixels_only(data: bytes) -> bytes:
         if seg.marker == APP0 and payload[:5] == _JFIF and not jfif and len(payload) >= 14:
             jfif = True
             parts.insert(1, _segment(APP0, _CANONICAL_JFIF))
-        elif seg.marker == APP14 and payload[:5] == _ADOBE and not adobe:
+        elif seg.marker == APP14 and payload[:5] == _ADOBE and not adobe and len(payload) >= _ADOBE_LENGTH:
             adobe = True
-            parts.append(view[seg.start:seg.end])
-        elif seg.marker in _DECODING_MARKERS:
+            parts.append(_segment(APP14, bytes(payload[:_ADOBE_LENGTH])))
+        elif seg.marker in _DECODING_MARKERS and seg.marker != DNL:
             parts.append(view[seg.start:seg.end])
     parts.append(b"\xff\xd9")
     return b"".join(parts)
@@ -640,6 +650,39 @@ def _marker_candidate_np(data: bytes, pos: int, block: int) -> int:
             return start + i
         start = stop - 1
     return -1
+
+
+#: APP14 Adobe (DCT Filters, Adobe TN 5116): "Adobe", version (2), flags0 (2), flags1 (2), transform (1).
+_ADOBE_LENGTH = 12
+#: ICC.1 §7.2: a profile header is 128 bytes, its signature "acsp" at offset 36.
+_ICC_HEADER = 128
+
+
+def _icc_profile_is_whole(view: memoryview, segments: tuple[Segment, ...]) -> bool:
+    """Do the APP2 ICC_PROFILE chunks (ICC.1 Annex B.4: sequence number, count, data) make one
+    profile: numbered 1..count, each once, their data as long as the profile header says, with
+    its "acsp" signature? Anything else is refused as a profile (and dropped): arbitrary bytes
+    behind the ICC_PROFILE prefix would otherwise be kept."""
+    chunks: dict[int, bytes] = {}
+    count = None
+    for seg in segments:
+        payload = view[seg.start + 4:seg.end]
+        if seg.marker != APP2 or payload[:12] != _ICC:
+            continue
+        if len(payload) < 14:
+            return False
+        number, total = payload[12], payload[13]
+        if count not in (None, total) or number in chunks or not 1 <= number <= total:
+            return False
+        count = total
+        chunks[number] = bytes(payload[14:])
+    if count is None:
+        return True  # none: nothing to keep or drop
+    if len(chunks) != count:
+        return False
+    profile = b"".join(chunks[n] for n in range(1, count + 1))
+    return (len(profile) >= _ICC_HEADER and profile[36:40] == b"acsp"
+            and struct.unpack_from(">I", profile, 0)[0] == len(profile))
 
 
 def _jfif_without_thumbnail(payload: bytes, removed: list[str]) -> bytes:

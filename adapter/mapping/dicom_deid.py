@@ -89,7 +89,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from adapter.errors import InvalidInput
-from adapter.imaging import jpeg_for_encapsulation
+from adapter.imaging.frame import encapsulated_jpeg
 from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
 from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs, dictionary_vr, vr_tolerated
 
@@ -106,6 +106,8 @@ BASIC_PROFILE_ZERO = frozenset({
     "VerifyingObserverIdentificationCodeSequence", "ROIName", "SourceOfPreviousValues",
     # an animal's registration numbers (Type 1 in its items; the sequence is Type 2C)
     "BreedRegistrationSequence",
+    # free text from a photo's EXIF Make or the sender (see ManufacturerModelName)
+    "Manufacturer",
 })
 #: Dates emptied (Type 2 / 2C) unless dates are retained (113106).
 DATES_ZERO = frozenset({"StudyDate", "StudyTime", "ContentDate"})
@@ -219,6 +221,9 @@ BASIC_PROFILE_REMOVE = frozenset({
     # what the private elements were (they are all removed), whose items need names the UC rule
     # would remove (Type 1 there)
     "PrivateDataElementCharacteristicsSequence",
+    # model names are free text (a photo's EXIF Model, a sender's own words): the de-identified
+    # FHIR view drops the device name too (Manufacturer, Type 2, is emptied)
+    "ManufacturerModelName", "SecondaryCaptureDeviceManufacturer", "SecondaryCaptureDeviceManufacturerModelName",
 })
 #: Table E.1-1 "D" attributes (Type 1 where they occur): a dummy value of their VR.
 BASIC_PROFILE_DUMMY = frozenset({
@@ -415,19 +420,41 @@ def _empty(ds: Dataset, elem: DataElement) -> None:
 
 
 def _clean_frames(ds: Dataset) -> None:
-    """Lossless APPn/COM removal from encapsulated JPEG frames (module docstring)."""
+    """Encapsulated JPEG frames keep what decoding needs (JFIF, Adobe and the decoding
+    segments; no other APPn, no COM and, as in the de-identified FHIR view's image, no ICC
+    profile, whose text tags can name a device or a person); native pixel data is cut to the
+    frames' own length (anything after them is no pixel)."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "")) if meta is not None else ""
+    if "PixelData" in ds and syntax and syntax not in _JPEG_SYNTAXES and not ds["PixelData"].is_undefined_length:
+        _trim_native(ds)
+        return
     if syntax not in _JPEG_SYNTAXES or "PixelData" not in ds:
         return
     frames = int(ds.get("NumberOfFrames") or 1)
     originals = [bytes(f) for f in generate_frames(ds.PixelData, number_of_frames=frames)]
-    cleaned = [jpeg_for_encapsulation(f) for f in originals]
+    cleaned = [encapsulated_jpeg(f, keep_icc=False).join() for f in originals]
     if all(c == o[:len(c)] and not o[len(c):].strip(b"\x00") for c, o in zip(cleaned, originals, strict=True)):
         return  # nothing to cut (only trailing padding differs): keep the pixel data as it was
     ds.PixelData = encapsulate(cleaned)
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True  # PS3.5 A.4: encapsulated is undefined length
+
+
+def _trim_native(ds: Dataset) -> None:
+    """Native pixel data longer than its frames (PS3.5 8.1.1: rows × columns × samples × bits
+    allocated × frames, padded to even) holds something that is no pixel: cut to the frames."""
+    try:
+        bits = int(ds.BitsAllocated)
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * \
+            int(ds.get("NumberOfFrames") or 1) * bits
+    except (AttributeError, TypeError, ValueError):
+        return
+    length = (expected + 7) // 8
+    length += length % 2
+    data = ds.PixelData
+    if isinstance(data, bytes | bytearray) and len(data) > length:
+        ds.PixelData = bytes(data[:length])
 
 
 def _method(ds: Dataset, codes: list[tuple[str, str]], notes: list[str]) -> None:

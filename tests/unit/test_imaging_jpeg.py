@@ -459,3 +459,30 @@ def test_marker_floods_are_refused_quickly_and_fill_bytes_skipped_at_c_speed() -
         walk(flood)
     filled = base[:2] + b"\xff" * 5_000_000 + base[2:]  # fill bytes before a marker (T.81 B.1.1.2)
     assert walk(filled).width == 32
+
+
+def _after_soi(data: bytes, *segments: bytes) -> bytes:
+    return data[:2] + b"".join(segments) + data[2:]
+
+
+LEAK = b"GPS-LEAK-47.123 SERIAL-SN998877 OWNER-Jane-Roe"
+
+
+@pytest.mark.parametrize("case", ["Adobe APP14 with data after its 12 bytes", "DNL", "APP2 ICC_PROFILE of text"])
+def test_segments_that_decoding_keeps_carry_nothing_else(tmp_path: Path, case: str) -> None:
+    """Hygiene review: an Adobe APP14 was kept whole whatever its length, a DNL segment was kept,
+    and an APP2 starting ICC_PROFILE was kept whatever followed: each could carry text into the
+    stored photo and every view of it, the de-identified one included. Pixels stay identical."""
+    base = jpeg(Image.new("RGB", (64, 48), (120, 80, 40)), quality=90)
+    if case.startswith("Adobe"):
+        crafted = _after_soi(base, segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01" + LEAK))
+    elif case == "DNL":
+        crafted = _after_soi(base, segment(0xDC, b"\x00\x30" + LEAK))
+    else:
+        crafted = _after_soi(base, segment(0xE2, b"ICC_PROFILE\x00\x01\x01NOT AN ICC PROFILE " + LEAK))
+    _, stored = run(tmp_path, crafted)
+    assert LEAK not in stored and LEAK not in strip_to_pixels_only(crafted, "image/jpeg")
+    with Image.open(io.BytesIO(crafted)) as before, Image.open(io.BytesIO(stored)) as after:
+        assert np.array_equal(np.asarray(before), np.asarray(after))
+    if case.startswith("Adobe"):
+        assert b"Adobe\x00\x64\x00\x00\x00\x00\x01" in stored  # its 12 bytes, which colour conversion reads

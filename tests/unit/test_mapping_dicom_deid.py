@@ -5,9 +5,11 @@ untouched (PS3.15 Annex E)."""
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Iterator
 
 import pytest
+from PIL import Image
 from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_dict, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -36,7 +38,8 @@ from adapter.mapping.dicom_uids import is_valid_uid
 from adapter.mapping.dicom_vr import NonConformingVR, dictionary_vr, vr_tolerated
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.model.photo import PhotoKind
-from tests.support.dciodvfy import SAMPLES, UID_KEY, photo_object, reread, stored_sample
+from samples import make_samples as ms
+from tests.support.dciodvfy import SAMPLES, UID_KEY, photo_object, reread, stored_bytes, stored_sample
 from tests.support.dcmtk import wrap_jpeg_as_sc
 from tests.support.fhir_factories import PATIENT_SYSTEM, PATIENT_VALUE
 
@@ -477,3 +480,31 @@ def test_an_animals_registration_is_emptied_and_private_element_descriptions_go(
                                key=UID_KEY)):
         assert len(copy_.BreedRegistrationSequence) == 0
         assert "PrivateDataElementCharacteristicsSequence" not in copy_ and "REG-1" not in str(copy_)
+
+
+def test_frames_lose_their_icc_profile_and_equipment_names_their_free_text() -> None:
+    """Hygiene review: the de-identified DICOM kept the frame's ICC profile (whose text tags can
+    name anyone) and the EXIF Make/Model free text as Manufacturer/ManufacturerModelName, where
+    the de-identified FHIR view keeps neither."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (150, 90, 60)).save(buf, "JPEG", quality=90, icc_profile=ms.srgb_icc())
+    ds = reread(photo_object(PhotoKind.CLINICAL, stored_bytes(buf.getvalue(), "image/jpeg")))
+    assert b"ICC_PROFILE" in next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.Manufacturer = "OWNER-Jane-Roe"
+    ds.ManufacturerModelName = "SERIAL-SN998877"
+    for copy_ in (deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY),
+                  pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                               key=UID_KEY)):
+        frame = next(generate_frames(copy_.PixelData, number_of_frames=1))
+        assert b"ICC_PROFILE" not in frame and frame.startswith(b"\xff\xd8")
+        assert copy_.Manufacturer == "" and "ManufacturerModelName" not in copy_
+        assert "OWNER-Jane-Roe" not in str(copy_) and "SERIAL-SN998877" not in str(copy_)
+
+
+def test_native_pixel_data_is_cut_to_its_frames() -> None:
+    """Hygiene review: bytes after the last native frame stayed in the de-identified copy."""
+    ds = reread(photo_object(PhotoKind.CLINICAL, stored_sample("lesion.png")))
+    expected = len(ds.PixelData)
+    ds.PixelData = ds.PixelData + b"GPS-LEAK-47.123~"
+    copy_ = deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY)
+    assert len(copy_.PixelData) == expected and b"GPS-LEAK" not in copy_.PixelData
