@@ -111,6 +111,88 @@ def png_pixel_size(data: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
+#: The exact data length of fixed-size colour chunks (PNG Third Edition §11.3).
+_FIXED_LENGTH = {b"sRGB": 1, b"gAMA": 4, b"cHRM": 32, b"cICP": 4, b"cLLI": 8, b"mDCV": 24, b"pHYs": 9}
+#: sBIT, bKGD and tRNS lengths by IHDR colour type (§11.3.3.4, §11.3.4.3, §11.3.2.1); tRNS is
+#: not allowed for colour types 4 and 6 (they have alpha), and for type 3 depends on PLTE.
+_SBIT_LENGTH = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+_BKGD_LENGTH = {0: 2, 4: 2, 2: 6, 6: 6, 3: 1}
+_TRNS_LENGTH = {0: 2, 2: 6}
+#: An ICC profile inflated from iCCP larger than this is not a colour profile.
+_MAX_ICC = 4 * 1024 * 1024
+#: The name a kept iCCP gets unless it has one of the usual ones (:data:`USUAL_ICC_NAMES`): a
+#: profile name is free text, which decoding never reads.
+ICC_NAME = b"ICC Profile"
+USUAL_ICC_NAMES = frozenset({b"ICC Profile", b"ICC profile", b"icc", b"ICC", b"sRGB", b"sRGB IEC61966-2.1",
+                             b"Display P3", b"Adobe RGB (1998)"})
+
+
+def _well_formed(ctype: bytes, payload: memoryview, colour_type: int, palette: int) -> bool:
+    """Is a colour/rendering chunk no longer than its definition (so that nothing rides behind
+    its fields)? An ill-formed one is dropped: decoders ignore it anyway (§5.4)."""
+    n = len(payload)
+    if ctype in _FIXED_LENGTH:
+        return n == _FIXED_LENGTH[ctype]
+    if ctype == b"sBIT":
+        return n == _SBIT_LENGTH.get(colour_type, -1)
+    if ctype == b"bKGD":
+        return n == _BKGD_LENGTH.get(colour_type, -1)
+    if ctype == b"tRNS":
+        return 0 < n <= palette if colour_type == 3 else n == _TRNS_LENGTH.get(colour_type, -1)
+    if ctype == b"hIST":
+        return palette > 0 and n == 2 * palette
+    return True
+
+
+def _canonical_iccp(payload: memoryview) -> bytes | None:
+    """An iCCP chunk's data with the profile name replaced by :data:`ICC_NAME`, if its
+    compressed profile (§11.3.3.3: name, NUL, method 0, zlib) inflates to an ICC profile (ICC.1
+    §7.2: its size, the "acsp" signature) and nothing follows the zlib stream; else None."""
+    raw = bytes(payload)
+    nul = raw.find(b"\x00", 0, 80)
+    if nul < 1 or len(raw) < nul + 2 or raw[nul + 1] != 0:
+        return None
+    compressed = raw[nul + 2:]
+    inflater = zlib.decompressobj()
+    try:
+        profile = inflater.decompress(compressed, _MAX_ICC)
+    except zlib.error:
+        return None
+    if not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
+        return None
+    if len(profile) < 128 or profile[36:40] != b"acsp" or struct.unpack_from(">I", profile, 0)[0] != len(profile):
+        return None
+    name = raw[:nul] if raw[:nul] in USUAL_ICC_NAMES else ICC_NAME
+    return name + b"\x00\x00" + compressed
+
+
+def _image_data(view: memoryview, chunks: tuple[Chunk, ...]) -> tuple[bytes, bool] | None:
+    """The zlib stream of the IDAT chunks and whether anything followed it in them (§10: the
+    image data is one zlib stream; bytes after its end are no image). None when the stream does
+    not end within them."""
+    inflater = zlib.decompressobj()
+    used = bytearray()
+    idats = [c for c in chunks if c.type == b"IDAT"]
+    for chunk in idats:
+        _check_crc(view, chunk)
+    for i, chunk in enumerate(idats):
+        pending: bytes | memoryview = view[chunk.start + 8:chunk.end - 4]
+        fed = len(pending)
+        while pending and not inflater.eof:
+            try:
+                inflater.decompress(pending, 1 << 20)  # the pixels are not kept: only where the stream ends
+            except zlib.error:
+                return None
+            pending = inflater.unconsumed_tail
+        if inflater.eof:
+            tail = len(inflater.unused_data)
+            used += view[chunk.start + 8:chunk.start + 8 + fed - tail]
+            after = tail > 0 or any(c.end - c.start > 12 for c in idats[i + 1:])
+            return bytes(used), after
+        used += view[chunk.start + 8:chunk.end - 4]
+    return None
+
+
 def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
     """Keep critical chunks and colour/rendering ancillary chunks (``KEEP_ANCILLARY``); drop
     tEXt, zTXt, iTXt (XMP included), eXIf, tIME, APNG animation chunks (acTL/fcTL/fdAT: frames
@@ -122,10 +204,42 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
     removed: list[str] = []
     exif: ExifSummary | None = None
     kept: list[memoryview | bytes] = [view[:len(PNG_SIGNATURE)]]
+    colour_type = data[len(PNG_SIGNATURE) + 17]
+    palette = sum((c.end - c.start - 12) // 3 for c in layout.chunks if c.type == b"PLTE")
+    # a stream that does not end whole is left to the decode proof to refuse (adapter.imaging.probe)
+    stream, trailing = _image_data(view, layout.chunks) or (b"", False)
+    if trailing:
+        removed.append("data after the PNG image stream")
+    idat_written = False
     for chunk in layout.chunks:
-        if chunk.type in CRITICAL or chunk.type in KEEP_ANCILLARY:
+        payload = view[chunk.start + 8:chunk.end - 4]
+        if chunk.type == b"IDAT":
+            _check_crc(view, chunk)
+            if not trailing:
+                kept.append(view[chunk.start:chunk.end])
+            elif not idat_written:  # the stream alone, in one IDAT
+                kept.append(_chunk(b"IDAT", stream))
+                idat_written = True
+            continue
+        if chunk.type in CRITICAL:
             _check_crc(view, chunk)
             kept.append(view[chunk.start:chunk.end])
+            continue
+        if chunk.type in KEEP_ANCILLARY:
+            _check_crc(view, chunk)
+            if chunk.type == b"iCCP":
+                canonical = _canonical_iccp(payload)
+                if canonical is None:
+                    removed.append("PNG iCCP that is no ICC profile")
+                elif bytes(payload) != canonical:
+                    kept.append(_chunk(b"iCCP", canonical))
+                    removed.append("PNG iCCP profile name")
+                else:
+                    kept.append(view[chunk.start:chunk.end])
+            elif _well_formed(chunk.type, payload, colour_type, palette):
+                kept.append(view[chunk.start:chunk.end])
+            else:
+                removed.append(f"PNG {chunk.type.decode('ascii')} (ill-formed)")
             continue
         removed.append(f"PNG {chunk.type.decode('ascii')}")
         if chunk.type == b"eXIf" and exif is None:
@@ -142,12 +256,25 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
 
 
 def strip_png_to_pixels_only(data: bytes) -> bytes:
-    """Critical chunks plus ``PIXELS_ONLY_ANCILLARY`` (tRNS, gAMA, sRGB), nothing else."""
+    """Critical chunks plus ``PIXELS_ONLY_ANCILLARY`` (tRNS, gAMA, sRGB) when well formed,
+    and only the image's zlib stream in the image data, nothing else."""
     layout = walk(data)
     view = memoryview(data)
+    colour_type = data[len(PNG_SIGNATURE) + 17]
+    palette = sum((c.end - c.start - 12) // 3 for c in layout.chunks if c.type == b"PLTE")
+    stream, trailing = _image_data(view, layout.chunks) or (b"", False)
     parts: list[memoryview | bytes] = [view[:len(PNG_SIGNATURE)]]
+    idat_written = False
     for chunk in layout.chunks:
-        if chunk.type in CRITICAL or chunk.type in PIXELS_ONLY_ANCILLARY:
+        if chunk.type == b"IDAT":
+            _check_crc(view, chunk)
+            if not trailing:
+                parts.append(view[chunk.start:chunk.end])
+            elif not idat_written:
+                parts.append(_chunk(b"IDAT", stream))
+                idat_written = True
+        elif chunk.type in CRITICAL or (chunk.type in PIXELS_ONLY_ANCILLARY and _well_formed(
+                chunk.type, view[chunk.start + 8:chunk.end - 4], colour_type, palette)):
             _check_crc(view, chunk)
             parts.append(view[chunk.start:chunk.end])
     return b"".join(parts)

@@ -290,3 +290,56 @@ def test_chunk_floods_are_refused() -> None:
     empty_idats = base[:ihdr_end] + chunk(b"IDAT", b"") * png_module.MAX_CHUNKS + base[ihdr_end:]
     with pytest.raises(UndecodableImage, match="more than 100000 chunks"):
         png_module.walk(empty_idats)
+
+
+LEAK = b"GPS-LEAK-47.123 SERIAL-SN998877 OWNER-Jane-Roe"
+
+
+def _png(mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (40, 30), (10, 200, 90) if mode == "RGB" else (10, 200, 90, 128)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _insert_after_ihdr(data: bytes, *extra: bytes) -> bytes:
+    return data[:33] + b"".join(extra) + data[33:]
+
+
+def _with_idat_tail(data: bytes) -> bytes:
+    """The image's IDAT with text after the end of its zlib stream, and an extra IDAT of text."""
+    pos, out = 8, [data[:8]]
+    while pos < len(data):
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        body = data[pos + 8:pos + 8 + length]
+        if ctype == b"IDAT":
+            out.append(chunk(b"IDAT", body + LEAK) + chunk(b"IDAT", LEAK))
+        else:
+            out.append(data[pos:pos + 12 + length])
+        pos += 12 + length
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("case", ["sRGB with text after its byte", "pHYs with text", "tRNS on RGBA",
+                                  "text after the image stream", "iCCP named with text"])
+def test_nothing_rides_in_the_chunks_decoding_keeps(tmp_path: Path, case: str) -> None:
+    """Hygiene review: kept colour chunks were checked by type and CRC only, so text appended
+    to them stayed; bytes after the image's zlib stream stayed; an iCCP's free-text name stayed.
+    Pixels stay identical."""
+    if case.startswith("sRGB"):
+        crafted = _insert_after_ihdr(_png(), chunk(b"sRGB", b"\x00" + LEAK))
+    elif case.startswith("pHYs"):
+        crafted = _insert_after_ihdr(_png(), chunk(b"pHYs", struct.pack(">IIB", 2835, 2835, 1) + LEAK))
+    elif case.startswith("tRNS"):
+        crafted = _insert_after_ihdr(_png("RGBA"), chunk(b"tRNS", LEAK))
+    elif case.startswith("text after"):
+        crafted = _with_idat_tail(_png())
+    else:
+        crafted = _insert_after_ihdr(_png(), chunk(b"iCCP", LEAK[:40] + b"\x00\x00" + zlib.compress(ms.srgb_icc())))
+    _, stored = run(tmp_path, crafted)
+    for out in (stored, strip_to_pixels_only(crafted, "image/png")):
+        assert LEAK[:40] not in out
+        with Image.open(io.BytesIO(crafted)) as before, Image.open(io.BytesIO(out)) as after:
+            assert np.array_equal(np.asarray(before), np.asarray(after))
+    if case.startswith("iCCP"):
+        with Image.open(io.BytesIO(stored)) as after:
+            assert after.info["icc_profile"] == ms.srgb_icc()  # the profile stays, under a plain name
