@@ -166,10 +166,26 @@ def _canonical_iccp(payload: memoryview) -> bytes | None:
     return name + b"\x00\x00" + compressed
 
 
+#: Samples per pixel by IHDR colour type (§11.2.1).
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _raw_size(view: memoryview) -> int:
+    """The most bytes the image data may inflate to (§7.2, §8.2): a filter byte and the packed
+    samples of every row, of every pass when interlaced (each pass row has its own filter byte
+    and its own rounding to a whole byte: at most 14 per row more)."""
+    width, height, depth, colour_type, _, _, interlace = struct.unpack_from(">IIBBBBB", view, len(PNG_SIGNATURE) + 8)
+    row = (int(width) * _CHANNELS.get(int(colour_type), 4) * int(depth) + 7) // 8
+    return int(height) * (1 + row) + (14 * (int(height) + 7) if interlace else 0)
+
+
 def _image_data(view: memoryview, chunks: tuple[Chunk, ...]) -> tuple[bytes, bool] | None:
     """The zlib stream of the IDAT chunks and whether anything followed it in them (§10: the
     image data is one zlib stream; bytes after its end are no image). None when the stream does
-    not end within them."""
+    not end within them. A stream inflating past the image's own size (a zlib bomb behind the
+    pixels) is refused: inflating it to find its end could cost gigabytes of work."""
+    limit = _raw_size(view)
+    inflated = 0
     inflater = zlib.decompressobj()
     used = bytearray()
     idats = [c for c in chunks if c.type == b"IDAT"]
@@ -180,9 +196,11 @@ def _image_data(view: memoryview, chunks: tuple[Chunk, ...]) -> tuple[bytes, boo
         fed = len(pending)
         while pending and not inflater.eof:
             try:
-                inflater.decompress(pending, 1 << 20)  # the pixels are not kept: only where the stream ends
+                inflated += len(inflater.decompress(pending, 1 << 20))  # not kept: only where it ends
             except zlib.error:
                 return None
+            if inflated > limit:
+                raise UndecodableImage("PNG image data inflates to more than the image holds")
             pending = inflater.unconsumed_tail
         if inflater.eof:
             tail = len(inflater.unused_data)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from adapter.errors import InvalidInput
 from adapter.mapping.codes import (
@@ -151,9 +151,19 @@ def consent_from_statement(statement: ConsentStatement, *, consent_id: str, pati
     submission creates; verbal and written consents are not restricted to one record.
     """
     implied = statement.method is ConsentMethod.IMPLIED
+    given = statement.date
+    # A date (or a time without its zone) is local to whoever wrote it: "today" east of UTC is
+    # tomorrow in UTC, and a clock may run ahead. The ingest refuses what lies more than a day
+    # ahead (adapter.consent.ingest); within that, a Consent starting later would leave the photo
+    # unreadable for care until then: it is recorded as given now.
+    if isinstance(given, datetime):
+        if (given if given.tzinfo is not None else given.replace(tzinfo=UTC)) > now:
+            given = now
+    elif isinstance(given, date) and given > now.astimezone(UTC).date():
+        given = now.astimezone(UTC).date()
     return build_consent_resource(
         consent_id=consent_id, patient=patient, purposes=statement.purposes, method=statement.method,
-        tables=tables, now=now, consent_date=statement.date,
+        tables=tables, now=now, consent_date=given,
         recorded_by=statement.recorded_by or recorded_by, form=statement.form,
         form_content_type=statement.form_content_type,
         data_refs=(record_ref,) if implied and record_ref else ())

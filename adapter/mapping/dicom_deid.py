@@ -36,9 +36,10 @@ is X, Z or D is acted on, by name or by its VR's rule).
   UID always gives one output UID (study/series structure and references survive across
   objects) and nobody without the key can recompute it. TRAIN and HRESCH use different
   contexts, so their copies cannot be linked to each other by UID.
-* **Pixel data** is never changed and never cleaned. Encapsulated JPEG frames lose every APPn
-  segment but JFIF/ICC/Adobe and every COM (lossless segment surgery; e.g. EXIF/GPS that
-  ``img2dcm -ka`` copies into frames).
+* **Pixel data**: the pixels are never changed and never cleaned. Encapsulated JPEG frames lose
+  every APPn segment but JFIF and Adobe (the ICC profile too, and the dataset's ICCProfile) and
+  every COM (lossless segment surgery; e.g. EXIF/GPS that ``img2dcm -ka`` copies into frames);
+  native pixel data is cut to its frames' length.
 * An element under a VR its tag does not allow (adapter.mapping.dicom_vr) stops the copy
   (NonConformingVR): the rules go by VR, so a StudyInstanceUID sent as LO would otherwise keep
   its value. The ingest refuses such objects; this guards any stored before it did. Tolerated
@@ -109,6 +110,9 @@ BASIC_PROFILE_ZERO = frozenset({
     # free text from a photo's EXIF Make or the sender (see ManufacturerModelName)
     "Manufacturer",
 })
+#: Removed from the copies besides the Basic Profile's list: the dataset's own ICC profile, as
+#: the frames' (its text tags can name a device or a person; the de-identified FHIR image has none).
+_COPY_REMOVE = frozenset({"ICCProfile"})
 #: Dates emptied (Type 2 / 2C) unless dates are retained (113106).
 DATES_ZERO = frozenset({"StudyDate", "StudyTime", "ContentDate"})
 #: Table E.1-1 attributes removed (the ones the adapter's objects, typical VL/SC objects from a
@@ -405,7 +409,7 @@ def _writes_value(keyword: str, *, keep_dates: bool) -> bool:
 def _removed(elem: DataElement, *, keep_dates: bool) -> bool:
     """X: listed, or a name, free text, or (dates not retained) a date/time or the zone."""
     keyword = elem.keyword
-    if keyword in BASIC_PROFILE_REMOVE or elem.VR == "PN" or elem.VR in _FREE_TEXT_VRS:
+    if keyword in BASIC_PROFILE_REMOVE or keyword in _COPY_REMOVE or elem.VR == "PN" or elem.VR in _FREE_TEXT_VRS:
         return True
     if elem.VR in _URL_VRS and keyword not in _CONCEPT_VALUES:
         return True

@@ -542,3 +542,15 @@ def test_every_refusal_of_the_ingest_rules_is_audited(tmp_path: Path) -> None:
         events = services.store.list_audit(100)
         assert len(events) == before + 2 and all(e["outcome"] == "4" for e in events[:2])
         assert "discussionNote" in events[1]["outcomeDesc"] and "FOO" in events[0]["outcomeDesc"]
+
+
+def test_a_consent_dated_today_east_of_utc_leaves_the_photo_readable_for_care(tmp_path: Path) -> None:
+    """Second diff review: a date-only consent date of "today" in a zone ahead of UTC (UTC's
+    tomorrow) made a Consent starting tomorrow, and the photo unreadable for care until then."""
+    from datetime import UTC, datetime, timedelta
+
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    with adapter_client(tmp_path) as (client, _):
+        receipt = post_photo(client, WOUND, metadata(consent={"purposes": ["TREAT"], "method": "verbal",
+                                                              "date": tomorrow})).json()
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200

@@ -343,3 +343,17 @@ def test_nothing_rides_in_the_chunks_decoding_keeps(tmp_path: Path, case: str) -
     if case.startswith("iCCP"):
         with Image.open(io.BytesIO(stored)) as after:
             assert after.info["icc_profile"] == ms.srgb_icc()  # the profile stays, under a plain name
+
+
+def test_image_data_inflating_past_the_image_is_refused_without_inflating_it_all(tmp_path: Path) -> None:
+    """Second diff review: finding where the image's zlib stream ends inflated all of it, a
+    1 GiB stream behind a 64x64 image (~1 MB of upload) cost seconds of CPU per read. A stream
+    inflating past what the image holds is refused at once."""
+    raw = b"".join(b"\x00" + b"\x7f" * (64 * 3) for _ in range(64))
+    bomb = zlib.compressobj(9)
+    data = bomb.compress(raw) + bomb.compress(b"\x00" * (64 * 1024 * 1024)) + bomb.flush()
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    with pytest.raises(UndecodableImage, match="inflates to more"):
+        png_module.strip_png(png)
+    with pytest.raises(UndecodableImage, match="inflates to more"):
+        png_module.strip_png_to_pixels_only(png)

@@ -492,12 +492,13 @@ def test_frames_lose_their_icc_profile_and_equipment_names_their_free_text() -> 
     assert b"ICC_PROFILE" in next(generate_frames(ds.PixelData, number_of_frames=1))
     ds.Manufacturer = "OWNER-Jane-Roe"
     ds.ManufacturerModelName = "SERIAL-SN998877"
+    ds.ICCProfile = ms.srgb_icc()
     for copy_ in (deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY),
                   pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
                                key=UID_KEY)):
         frame = next(generate_frames(copy_.PixelData, number_of_frames=1))
         assert b"ICC_PROFILE" not in frame and frame.startswith(b"\xff\xd8")
-        assert copy_.Manufacturer == "" and "ManufacturerModelName" not in copy_
+        assert copy_.Manufacturer == "" and "ManufacturerModelName" not in copy_ and "ICCProfile" not in copy_
         assert "OWNER-Jane-Roe" not in str(copy_) and "SERIAL-SN998877" not in str(copy_)
 
 

@@ -448,3 +448,17 @@ def test_a_consent_is_refused_when_what_it_restricts_would_be_dropped(jpeg: byte
 def test_a_consent_in_force_later_than_its_date_keeps_the_later_start(jpeg: bytes) -> None:
     sub = parse(_with_consent(jpeg, lambda c: c["provision"]["period"].update(start="2024-06-01")))
     assert sub.meta.consent.date.isoformat().startswith("2024-06-01")
+
+
+@pytest.mark.parametrize(("date_time", "start"), [("2024-03-01T10:00:00+01:00", "2024-02-01"),
+                                                  ("2024-03-01", "2024-03-05T08:00:00Z")])
+def test_a_consent_date_and_period_start_of_different_precision_compare(jpeg: bytes, date_time: str,
+                                                                        start: str) -> None:
+    """Second diff review: comparing a date-only value with an instant raised TypeError (a 500)."""
+    def change(consent: dict[str, Any]) -> None:
+        consent["dateTime"] = date_time
+        consent["provision"]["period"] = {"start": start}
+
+    sub = parse(_with_consent(jpeg, change))
+    later = max((date_time, start), key=lambda v: v if "T" in v else v + "T00:00:00Z")
+    assert sub.meta.consent.date.isoformat()[:10] == later[:10]
