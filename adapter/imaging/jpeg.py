@@ -680,9 +680,17 @@ def _icc_profile_is_whole(view: memoryview, segments: tuple[Segment, ...]) -> bo
         return True  # none: nothing to keep or drop
     if len(chunks) != count:
         return False
-    profile = b"".join(chunks[n] for n in range(1, count + 1))
-    return (len(profile) >= _ICC_HEADER and profile[36:40] == b"acsp"
-            and struct.unpack_from(">I", profile, 0)[0] == len(profile))
+    return icc_profile_is_whole(b"".join(chunks[n] for n in range(1, count + 1)))
+
+
+def icc_profile_is_whole(profile: bytes) -> bool:
+    """An ICC profile (ICC.1 §7.2): a 128-byte header with the "acsp" signature, its declared
+    size within the data, and nothing after that size but zero padding (some writers pad; text
+    there would ride along)."""
+    if len(profile) < _ICC_HEADER or profile[36:40] != b"acsp":
+        return False
+    size = struct.unpack_from(">I", profile, 0)[0]
+    return _ICC_HEADER <= size <= len(profile) and not profile[size:].strip(b"\x00")
 
 
 def _jfif_without_thumbnail(payload: bytes, removed: list[str]) -> bytes:

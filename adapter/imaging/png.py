@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from adapter.errors import ImageTooLarge, UndecodableImage
 from adapter.imaging.exif import ExifSummary, orientation_only_tiff, parse_exif
 from adapter.imaging.facts import Stripped
+from adapter.imaging.jpeg import icc_profile_is_whole
 from adapter.imaging.sniff import PNG_SIGNATURE
 
 CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
@@ -160,7 +161,7 @@ def _canonical_iccp(payload: memoryview) -> bytes | None:
         return None
     if not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
         return None
-    if len(profile) < 128 or profile[36:40] != b"acsp" or struct.unpack_from(">I", profile, 0)[0] != len(profile):
+    if not icc_profile_is_whole(profile):
         return None
     name = raw[:nul] if raw[:nul] in USUAL_ICC_NAMES else ICC_NAME
     return name + b"\x00\x00" + compressed

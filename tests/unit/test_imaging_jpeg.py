@@ -486,3 +486,13 @@ def test_segments_that_decoding_keeps_carry_nothing_else(tmp_path: Path, case: s
         assert np.array_equal(np.asarray(before), np.asarray(after))
     if case.startswith("Adobe"):
         assert b"Adobe\x00\x64\x00\x00\x00\x00\x01" in stored  # its 12 bytes, which colour conversion reads
+
+
+def test_an_icc_profile_padded_with_zeros_is_kept_and_one_padded_with_text_is_not(tmp_path: Path) -> None:
+    """Second diff review: a profile whose data ran past its declared size (zero padding, as some
+    writers leave) was dropped, changing the colours; padding with text is still no profile."""
+    base = jpeg(Image.new("RGB", (64, 48), (120, 80, 40)), quality=90)
+    for padding, kept in ((b"\x00\x00", True), (LEAK, False)):
+        crafted = _after_soi(base, segment(0xE2, b"ICC_PROFILE\x00\x01\x01" + ms.srgb_icc() + padding))
+        _, stored = run(tmp_path, crafted)
+        assert (b"ICC_PROFILE" in stored) is kept and LEAK not in stored
