@@ -22,7 +22,9 @@ import binascii
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
-from adapter.errors import InvalidInput
+from adapter.errors import InvalidInput, UnsupportedMediaType
+from adapter.imaging.jpeg import strip_jpeg
+from adapter.imaging.png import strip_png
 from adapter.mapping.codes import (
     CONSENT_ACTION,
     CONSENT_CATEGORY_LOINC,
@@ -56,21 +58,31 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"%PDF-", "application/pdf"),
     (b"\xff\xd8\xff", "image/jpeg"),
     (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
 )
 
 
 def _form_attachment(form: str, content_type: str | None, when: str) -> JSON:
-    """Consent.sourceAttachment for a scanned form (R4 Attachment: data is base64)."""
+    """Consent.sourceAttachment for a signed form (R4 Attachment: data is base64): a PDF, or a
+    scan as JPEG or PNG without its metadata. UnsupportedMediaType for anything else, or for
+    a ``content_type`` that says otherwise than the bytes. (A PDF's own metadata, its author and
+    producer, is kept: it is the signed document.)"""
     try:
         raw = base64.b64decode(form, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput("consent.form must be base64", expression="consent.form") from exc
     if not raw:
         raise InvalidInput("consent.form is empty", expression="consent.form")
-    if content_type is None:
-        content_type = next((ct for magic, ct in _MAGIC if raw.startswith(magic)), "application/octet-stream")
+    # What the form is, is read from its bytes: a PDF, or a scan as JPEG or PNG, whose metadata
+    # (a phone's GPS and serials, the owner's name) is removed as a photo's is.
+    found = next((ct for magic, ct in _MAGIC if raw.startswith(magic)), None)
+    if found is None or (content_type is not None and content_type.split(";")[0].strip().lower() != found):
+        raise UnsupportedMediaType("consent.form must be a PDF, or a scan as JPEG or PNG (formContentType, when "
+                                   "given, saying which)", expression="consent.form")
+    content_type = found
+    if found == "image/jpeg":
+        raw = strip_jpeg(raw).data
+    elif found == "image/png":
+        raw = strip_png(raw).data
     return {
         "contentType": content_type,
         "data": base64.b64encode(raw).decode("ascii"),

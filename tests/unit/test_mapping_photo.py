@@ -4,6 +4,8 @@ fhir.resources R4B models and with the npm validators (0 errors)."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from datetime import UTC, date, datetime, timedelta, timezone
 from itertools import product
@@ -11,15 +13,17 @@ from typing import Any
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
+from PIL import Image, PngImagePlugin
 
 from adapter.consent import grants_from_consent
-from adapter.errors import InvalidInput, UnknownCode
+from adapter.errors import InvalidInput, UnknownCode, UnsupportedMediaType
 from adapter.mapping import codes
 from adapter.mapping.consent import build_consent_resource
 from adapter.mapping.fhir_r4 import fhir_date, fhir_datetime, fhir_instant
 from adapter.mapping.photo import PhotoResources, build_photo_resources, index_resource
 from adapter.model.image import StoredImage
 from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoMetadata, PhotoSource
+from tests.conftest import ROOT
 from tests.support.fhir_factories import NOW, PATIENT_SYSTEM, PATIENT_VALUE, metadata, stored_image, tables
 from tests.support.fhir_validator import validate_r4
 
@@ -319,9 +323,10 @@ def test_build_consent_resource_alone() -> None:
     consent = build_consent_resource(
         consent_id="c-train", patient=metadata().patient, purposes=["TRAIN", "TRAIN"],
         method=ConsentMethod.WRITTEN, tables=t, now=NOW, consent_date=date(2024, 2, 1),
-        form="iVBORw0KGgoAAAANSUhEUg==")
+        form=base64.b64encode(_scan_png()).decode())
     assert [p["code"] for p in consent["provision"]["purpose"]] == ["TRAIN"]
     assert consent["sourceAttachment"]["contentType"] == "image/png"
+    assert b"OWNER-Jane-Roe" not in base64.b64decode(consent["sourceAttachment"]["data"])  # its text chunk went
     r4b_validate(consent)
     with pytest.raises(InvalidInput) as err:
         build_consent_resource(consent_id="x", patient=metadata().patient, purposes=["TREAT"],
@@ -405,3 +410,32 @@ def test_index_of_document_reference_consent_provenance_binary() -> None:
     assert index_resource(built.binary).tokens == ()
     with pytest.raises(ValueError):
         index_resource({"resourceType": "Patient"})
+
+
+
+def _scan_png() -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "OWNER-Jane-Roe")
+    buf = io.BytesIO()
+    Image.new("L", (20, 10), 200).save(buf, "PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def test_a_consent_form_is_a_pdf_or_a_scan_without_its_metadata() -> None:
+    """Rules review: the form was stored as sent, an HTML page or a phone photo with its GPS
+    and owner name included, under whatever content type the sender claimed."""
+    def form(raw: bytes, content_type: str | None = None) -> dict[str, Any]:
+        consent = build_consent_resource(consent_id="c", patient=metadata().patient, purposes=["TRAIN"],
+                                         method=ConsentMethod.WRITTEN, tables=tables(), now=NOW,
+                                         form=base64.b64encode(raw).decode(), form_content_type=content_type)
+        return dict(consent["sourceAttachment"])
+
+    wound = (ROOT / "samples" / "wound.jpg").read_bytes()
+    assert b"Jane Example" in wound
+    scan = form(wound)
+    assert scan["contentType"] == "image/jpeg" and b"Jane Example" not in base64.b64decode(scan["data"])
+    assert form(b"%PDF-1.4\n%%EOF\n")["contentType"] == "application/pdf"
+    for raw, claimed in ((b"<html>consent</html>", None), (b"<html>consent</html>", "application/pdf"),
+                         (wound, "application/pdf")):
+        with pytest.raises(UnsupportedMediaType):
+            form(raw, claimed)
