@@ -127,10 +127,10 @@ def _check_colleague(meta: PhotoMetadata) -> None:
     external colleague's also with the note of the discussion."""
     if meta.source not in _COLLEAGUE_SOURCES:
         return
-    if meta.colleague is None:
+    if meta.colleague is None or not meta.colleague.name.strip():
         raise RequiredElementMissing(
-            f"a photo from a {meta.source.value} source needs 'colleague' (who sent it) so its "
-            "Provenance can name the sender", expression="colleague")
+            f"a photo from a {meta.source.value} source needs 'colleague' with the sender's name, so its "
+            "Provenance can name the sender", expression="colleague" if meta.colleague is None else "colleague.name")
     note = meta.colleague.discussion_note
     if meta.source is PhotoSource.COLLEAGUE_EXTERNAL and (note is None or not note.strip()):
         raise RequiredElementMissing(

@@ -12,7 +12,8 @@ source                 agents
 =====================  =======================================================================
 clinician              ``author`` = metadata.author (when given)
 colleague-internal/    ``author`` = the colleague (display-only Reference: the adapter holds no
-colleague-external     Practitioner for them) onBehalfOf their organisation (display);
+colleague-external     Practitioner for them) onBehalfOf their organisation (display; for an
+                       internal colleague who names none, the policy's organisation);
                        ``performer`` = metadata.author, who filed the photo (when given)
 patient                ``informant`` = the patient (who sent it; whether they took it is not
                        known); ``performer`` = metadata.author (when given)
@@ -78,6 +79,10 @@ def build_provenance(meta: PhotoMetadata, image: StoredImage, *, provenance_id: 
         colleague = meta.colleague
         if colleague is not None:
             org = display_reference(colleague.organisation) if colleague.organisation else None
+            if org is None and meta.source is PhotoSource.COLLEAGUE_INTERNAL:
+                own = tables.policy.organisation  # inside the organisation: on behalf of ours
+                org = {"identifier": {"system": own.identifier.system, "value": own.identifier.value},
+                       "display": own.name}
             agents.append(_agent("author", display_reference(colleague.name), org))
         elif meta.author is not None:
             agents.append(_agent("author", reference(meta.author)))

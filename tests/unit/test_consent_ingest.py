@@ -396,3 +396,10 @@ def test_statement_for_non_care_purposes_is_accepted_alongside_treat() -> None:
 def test_naive_now_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         assess(make_meta(), now=datetime(2025, 6, 1, 12, 0))
+
+
+
+def test_a_colleagues_photo_needs_the_senders_name_not_blanks() -> None:
+    """Rules review: a colleague named "   " was accepted, and the Provenance named no one."""
+    err = refused(make_meta(source="colleague-internal", consent=None, colleague={"name": "   "}))
+    assert type(err) is RequiredElementMissing and err.expression == ["colleague.name"]

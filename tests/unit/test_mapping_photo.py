@@ -22,7 +22,7 @@ from adapter.mapping.consent import build_consent_resource
 from adapter.mapping.fhir_r4 import fhir_date, fhir_datetime, fhir_instant
 from adapter.mapping.photo import PhotoResources, build_photo_resources, index_resource
 from adapter.model.image import StoredImage
-from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoMetadata, PhotoSource
+from adapter.model.photo import Colleague, ConsentMethod, Identifier, PhotoKind, PhotoMetadata, PhotoSource
 from tests.conftest import ROOT
 from tests.support.fhir_factories import NOW, PATIENT_SYSTEM, PATIENT_VALUE, metadata, stored_image, tables
 from tests.support.fhir_validator import validate_r4
@@ -366,6 +366,18 @@ def test_provenance_of_colleague_photo() -> None:
     author = prov["agent"][0]
     assert author["who"] == {"display": "Dr B"} and author["onBehalfOf"] == {"display": "Other Hospital"}
     assert agents(prov)[1] == ("performer", {"reference": "Practitioner/dr-a", "display": "Dr A"})
+
+
+def test_an_internal_colleague_who_names_no_organisation_acts_for_the_organisations_own() -> None:
+    """Rules review: the Provenance of an internal colleague's photo named no organisation; the
+    guidance has the sender's organisation beside the sender (here: the organisation's own)."""
+    meta = metadata("clinical", "colleague-internal").model_copy(update={
+        "colleague": Colleague(name="Dr In")})
+    author = build(meta).provenance["agent"][0]
+    own = tables().policy.organisation
+    assert author["who"] == {"display": "Dr In"}
+    assert author["onBehalfOf"] == {"identifier": {"system": own.identifier.system, "value": own.identifier.value},
+                                    "display": own.name}
 
 
 def test_provenance_of_patient_photo() -> None:
