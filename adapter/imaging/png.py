@@ -180,18 +180,20 @@ def _raw_size(view: memoryview) -> int:
     return int(height) * (1 + row) + (14 * (int(height) + 7) if interlace else 0)
 
 
-def _image_data(view: memoryview, chunks: tuple[Chunk, ...]) -> tuple[bytes, bool] | None:
-    """The zlib stream of the IDAT chunks and whether anything followed it in them (§10: the
-    image data is one zlib stream; bytes after its end are no image). None when the stream does
-    not end within them. A stream inflating past the image's own size (a zlib bomb behind the
-    pixels) is refused: inflating it to find its end could cost gigabytes of work."""
-    limit = _raw_size(view)
-    inflated = 0
-    inflater = zlib.decompressobj()
-    used = bytearray()
+def _image_data(view: memoryview, chunks: tuple[Chunk, ...]) -> tuple[list[memoryview | bytes], bool]:
+    """The IDAT chunks as a stripped PNG has them (their CRCs checked), and whether anything
+    followed the image's zlib stream in them (§10: the image data is one zlib stream; bytes after
+    its end are no image): then the stream alone, in one IDAT; else the chunks as they are (also
+    when the stream does not end within them: the decode proof refuses that, adapter.imaging.
+    probe). A stream inflating past the image's own size (a zlib bomb behind the pixels) is
+    refused: inflating it to find its end could cost gigabytes of work."""
     idats = [c for c in chunks if c.type == b"IDAT"]
     for chunk in idats:
         _check_crc(view, chunk)
+    whole: list[memoryview | bytes] = [view[c.start:c.end] for c in idats]
+    limit = _raw_size(view)
+    inflated = 0
+    inflater = zlib.decompressobj()
     for i, chunk in enumerate(idats):
         pending: bytes | memoryview = view[chunk.start + 8:chunk.end - 4]
         fed = len(pending)
@@ -199,17 +201,24 @@ def _image_data(view: memoryview, chunks: tuple[Chunk, ...]) -> tuple[bytes, boo
             try:
                 inflated += len(inflater.decompress(pending, 1 << 20))  # not kept: only where it ends
             except zlib.error:
-                return None
+                return whole, False
             if inflated > limit:
                 raise UndecodableImage("PNG image data inflates to more than the image holds")
             pending = inflater.unconsumed_tail
         if inflater.eof:
             tail = len(inflater.unused_data)
-            used += view[chunk.start + 8:chunk.start + 8 + fed - tail]
-            after = tail > 0 or any(c.end - c.start > 12 for c in idats[i + 1:])
-            return bytes(used), after
-        used += view[chunk.start + 8:chunk.end - 4]
-    return None
+            if tail == 0 and all(c.end - c.start == 12 for c in idats[i + 1:]):
+                return whole, False
+            stream = [view[c.start + 8:c.end - 4] for c in idats[:i]]
+            stream.append(view[chunk.start + 8:chunk.start + 8 + fed - tail])
+            return [_chunk(b"IDAT", b"".join(stream))], True
+    return whole, False
+
+
+def _colour(data: bytes, layout: PngLayout) -> tuple[int, int]:
+    """The IHDR colour type (§11.2.1) and the number of palette entries (§11.2.2)."""
+    palette = sum((c.end - c.start - 12) // 3 for c in layout.chunks if c.type == b"PLTE")
+    return data[len(PNG_SIGNATURE) + 17], palette
 
 
 def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
@@ -223,22 +232,15 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
     removed: list[str] = []
     exif: ExifSummary | None = None
     kept: list[memoryview | bytes] = [view[:len(PNG_SIGNATURE)]]
-    colour_type = data[len(PNG_SIGNATURE) + 17]
-    palette = sum((c.end - c.start - 12) // 3 for c in layout.chunks if c.type == b"PLTE")
-    # a stream that does not end whole is left to the decode proof to refuse (adapter.imaging.probe)
-    stream, trailing = _image_data(view, layout.chunks) or (b"", False)
+    colour_type, palette = _colour(data, layout)
+    image, trailing = _image_data(view, layout.chunks)
     if trailing:
         removed.append("data after the PNG image stream")
-    idat_written = False
     for chunk in layout.chunks:
         payload = view[chunk.start + 8:chunk.end - 4]
         if chunk.type == b"IDAT":
-            _check_crc(view, chunk)
-            if not trailing:
-                kept.append(view[chunk.start:chunk.end])
-            elif not idat_written:  # the stream alone, in one IDAT
-                kept.append(_chunk(b"IDAT", stream))
-                idat_written = True
+            kept.extend(image)  # at the first IDAT, all of them
+            image = []
             continue
         if chunk.type in CRITICAL:
             _check_crc(view, chunk)
@@ -279,19 +281,13 @@ def strip_png_to_pixels_only(data: bytes) -> bytes:
     and only the image's zlib stream in the image data, nothing else."""
     layout = walk(data)
     view = memoryview(data)
-    colour_type = data[len(PNG_SIGNATURE) + 17]
-    palette = sum((c.end - c.start - 12) // 3 for c in layout.chunks if c.type == b"PLTE")
-    stream, trailing = _image_data(view, layout.chunks) or (b"", False)
+    colour_type, palette = _colour(data, layout)
+    image, _ = _image_data(view, layout.chunks)
     parts: list[memoryview | bytes] = [view[:len(PNG_SIGNATURE)]]
-    idat_written = False
     for chunk in layout.chunks:
         if chunk.type == b"IDAT":
-            _check_crc(view, chunk)
-            if not trailing:
-                parts.append(view[chunk.start:chunk.end])
-            elif not idat_written:
-                parts.append(_chunk(b"IDAT", stream))
-                idat_written = True
+            parts.extend(image)  # at the first IDAT, all of them
+            image = []
         elif chunk.type in CRITICAL or (chunk.type in PIXELS_ONLY_ANCILLARY and _well_formed(
                 chunk.type, view[chunk.start + 8:chunk.end - 4], colour_type, palette)):
             _check_crc(view, chunk)
