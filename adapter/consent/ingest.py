@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from adapter.consent.rules import (
     DENY,
@@ -23,6 +23,7 @@ from adapter.consent.rules import (
     require_aware,
 )
 from adapter.errors import BusinessRuleViolation, ConsentRequired, RequiredElementMissing, UnknownCode
+from adapter.mapping.fhir_r4 import utc_instant
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
 from adapter.model.photo import (
@@ -203,13 +204,7 @@ def _check_statement_date(meta: PhotoMetadata, now: datetime) -> None:
     """A consent is documented when it was given: a date in the future is refused (the Consent
     would not be in force, and the photo unreadable for care without a word)."""
     given = meta.consent.date if meta.consent is not None else None
-    if given is None:
-        return
-    if isinstance(given, datetime):
-        moment = given if given.tzinfo is not None else given.replace(tzinfo=UTC)
-    else:
-        moment = datetime(given.year, given.month, given.day, tzinfo=UTC)
-    if moment > now + CONSENT_DATE_SLACK:
+    if given is not None and utc_instant(given) > now + CONSENT_DATE_SLACK:
         raise ConsentRequired("the consent is dated in the future: give the date it was given",
                               expression="consent.date")
 

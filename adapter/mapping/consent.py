@@ -43,6 +43,7 @@ from adapter.mapping.fhir_r4 import (
     patient_reference,
     purpose_coding,
     reference,
+    utc_instant,
 )
 from adapter.mapping.tables import Tables
 from adapter.model.photo import ConsentMethod, ConsentStatement, PatientRef, Reference
@@ -168,11 +169,8 @@ def consent_from_statement(statement: ConsentStatement, *, consent_id: str, pati
     # tomorrow in UTC, and a clock may run ahead. The ingest refuses what lies more than a day
     # ahead (adapter.consent.ingest); within that, a Consent starting later would leave the photo
     # unreadable for care until then: it is recorded as given now.
-    if isinstance(given, datetime):
-        if (given if given.tzinfo is not None else given.replace(tzinfo=UTC)) > now:
-            given = now
-    elif isinstance(given, date) and given > now.astimezone(UTC).date():
-        given = now.astimezone(UTC).date()
+    if given is not None and utc_instant(given) > now:
+        given = now if isinstance(given, datetime) else now.astimezone(UTC).date()
     return build_consent_resource(
         consent_id=consent_id, patient=patient, purposes=statement.purposes, method=statement.method,
         tables=tables, now=now, consent_date=given,

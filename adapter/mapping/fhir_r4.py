@@ -85,12 +85,18 @@ def parse_fhir_datetime(value: Any) -> datetime | None:
         return None
 
 
-def _aware_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
+def utc_instant(value: datetime | date) -> datetime:
+    """``value`` as an aware instant in UTC: a naive datetime (date precision, or a time without
+    its zone) is read as UTC, a date as its first instant in UTC."""
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if value.tzinfo is None or value.utcoffset() is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def _aware_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else utc_instant(value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ import binascii
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -75,7 +75,7 @@ from adapter.mapping.codes import (
     V3_ACT_REASON,
 )
 from adapter.mapping.fhir_json import check_json_representation, validate_model
-from adapter.mapping.fhir_r4 import JSON, fhir_instant, find_extension, parse_fhir_datetime
+from adapter.mapping.fhir_r4 import JSON, fhir_instant, find_extension, parse_fhir_datetime, utc_instant
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
 from adapter.model.photo import (
@@ -312,11 +312,6 @@ _UNCARRIED_PROVISION = ("actor", "securityLabel", "class", "code", "dataPeriod",
 _USE_ACTIONS = frozenset({"use", "access"})
 
 
-def _instant(value: datetime) -> datetime:
-    """For comparing a date-precision value (naive) with an instant: naive is read as UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[str, Any]:
     r = entry.resource
     path = entry.path
@@ -378,7 +373,7 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[
             raise NotSupported("a Consent sent with a photo cannot end (provision.period.end); record such a "
                                "Consent with POST /fhir/Consent", expression=f"{path}.provision.period.end")
         start = parse_fhir_datetime(period.get("start"))
-        if start is not None and (when is None or _instant(start) > _instant(when)):
+        if start is not None and (when is None or utc_instant(start) > utc_instant(when)):
             when = start  # in force from the later of the two
     if when is not None:
         out["date"] = when
