@@ -188,7 +188,7 @@ def _scope(provision: Mapping[str, Any], expr: str, parent: _Scope | None) -> _S
     unevaluable = (parent.unevaluable if parent else False) or any(
         provision.get(name) is not None for name in _UNEVALUABLE)
     actions = provision.get("action")
-    if actions is not None and not _names_read_action(_array(actions, f"{expr}.action")):
+    if actions is not None and not names_read_action(_array(actions, f"{expr}.action")):
         unevaluable = True
     return _Scope(decision=decision, purposes=purposes, foreign_purpose=foreign, start=start, end=end,
                   data_refs=data_refs, unresolved_data=unresolved, unevaluable=unevaluable)
@@ -233,7 +233,9 @@ def _data_refs(scope: _Scope) -> frozenset[str]:
     return scope.data_refs
 
 
-def _names_read_action(actions: list[Any]) -> bool:
+def names_read_action(actions: list[Any]) -> bool:
+    """Does a provision's ``action`` name access or use (consentaction, or a code without a
+    system)? A permit naming neither permits no read."""
     for concept in actions:
         codings = concept.get("coding") if isinstance(concept, Mapping) else None
         for coding in codings if isinstance(codings, list) else []:

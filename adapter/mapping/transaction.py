@@ -56,6 +56,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from adapter.consent.grants import names_read_action
 from adapter.errors import (
     InvalidInput,
     InvalidResource,
@@ -306,10 +307,9 @@ def _notes(record: _Entry, title: str | None) -> str | None:
 
 #: Provision elements a Consent sent in a transaction may not have (they are not carried into the
 #: Consent recorded, so leaving them out would widen it): refused. ``period`` is carried by its
-#: start (an end is refused) and ``action`` must name use or access (the Consent recorded names
-#: collect and use).
+#: start (an end is refused) and ``action`` must name use or access as a grant reads it
+#: (adapter.consent.grants.names_read_action; the Consent recorded names collect and use).
 _UNCARRIED_PROVISION = ("actor", "securityLabel", "class", "code", "dataPeriod", "data", "provision")
-_USE_ACTIONS = frozenset({"use", "access"})
 
 
 def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[str, Any]:
@@ -334,9 +334,7 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[
     # The Consent recorded is built from the purposes, method, date, recorder and form; a
     # restriction it cannot carry would be dropped, and the Consent would grant more than it said.
     actions = provision.get("action")
-    if actions and not any(isinstance(c, Mapping) and isinstance(c.get("coding"), list)
-                           and any(isinstance(x, Mapping) and x.get("code") in _USE_ACTIONS for x in c["coding"])
-                           for c in actions if isinstance(actions, list)):
+    if actions and not (isinstance(actions, list) and names_read_action(actions)):
         raise NotSupported("a Consent sent with a photo must permit its use (provision.action use or access)",
                            expression=f"{path}.provision.action")
     for element in _UNCARRIED_PROVISION:
