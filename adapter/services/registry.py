@@ -71,17 +71,12 @@ def _pseudonym_key(settings: Settings) -> bytes:
     return path.read_text().strip().encode("utf-8")
 
 
-def _photo_uid_key(pseudonym_key: bytes) -> bytes:
-    """The key of a photo's own DICOM UIDs (adapter.mapping.dicom_uids.photo_uids), derived from
-    the pseudonym key as :func:`_dicom_uid_key` is, under another label."""
-    return hmac.new(pseudonym_key, b"clinical-image-adapter/photo-uid-key/v1", hashlib.sha256).digest()
-
-
-def _dicom_uid_key(pseudonym_key: bytes) -> bytes:
-    """The key of the UID mapping in de-identified and pseudonymised DICOM objects, derived from
-    the pseudonym key (HMAC-SHA256, domain-separated): stable as long as the pseudonyms are, and
-    never the pseudonym key itself."""
-    return hmac.new(pseudonym_key, b"clinical-image-adapter/dicom-uid-key/v1", hashlib.sha256).digest()
+def _derived_key(pseudonym_key: bytes, label: str) -> bytes:
+    """A key derived from the pseudonym key for one use (HMAC-SHA256, domain-separated by
+    ``label``): stable as long as the pseudonyms are, and never the pseudonym key itself. Uses:
+    ``dicom-uid-key`` maps UIDs in de-identified and pseudonymised DICOM objects,
+    ``photo-uid-key`` keys a photo's own DICOM UIDs (adapter.mapping.dicom_uids.photo_uids)."""
+    return hmac.new(pseudonym_key, f"clinical-image-adapter/{label}/v1".encode(), hashlib.sha256).digest()
 
 
 @dataclass
@@ -149,12 +144,12 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     if indexed:
         _log.info("indexed the pseudonyms of %d patient(s) under the current key", indexed)
     uid_root = check_uid_root(settings.uid_root)
-    released_uids = ReleasedUidSpaces(uid_root, _dicom_uid_key(pseudonym_key))
+    released_uids = ReleasedUidSpaces(uid_root, _derived_key(pseudonym_key, "dicom-uid-key"))
     indexed = store.index_released_uids(released_uids.fingerprint, released_uids.rows)
     if indexed:
         _log.info("indexed the released UIDs of %d DICOM instance(s) under the current key", indexed)
     ingest = IngestService(store=store, blobs=blobs, tables=tables, auditor=auditor, now=now,
-                           dicom_tables=dicom_tables, uid_root=uid_root, uid_key=_photo_uid_key(pseudonym_key),
+                           dicom_tables=dicom_tables, uid_root=uid_root, uid_key=_derived_key(pseudonym_key, "photo-uid-key"),
                            released_uids=released_uids,
                            destinations=settings.destinations)
     return Services(
