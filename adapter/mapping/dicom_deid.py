@@ -110,9 +110,6 @@ BASIC_PROFILE_ZERO = frozenset({
     # free text from a photo's EXIF Make or the sender (see ManufacturerModelName)
     "Manufacturer",
 })
-#: Removed from the copies besides the Basic Profile's list: the dataset's own ICC profile, as
-#: the frames' (its text tags can name a device or a person; the de-identified FHIR image has none).
-_COPY_REMOVE = frozenset({"ICCProfile"})
 #: Dates emptied (Type 2 / 2C) unless dates are retained (113106).
 DATES_ZERO = frozenset({"StudyDate", "StudyTime", "ContentDate"})
 #: Table E.1-1 attributes removed (the ones the adapter's objects, typical VL/SC objects from a
@@ -228,6 +225,9 @@ BASIC_PROFILE_REMOVE = frozenset({
     # model names are free text (a photo's EXIF Model, a sender's own words): the de-identified
     # FHIR view drops the device name too (Manufacturer, Type 2, is emptied)
     "ManufacturerModelName", "SecondaryCaptureDeviceManufacturer", "SecondaryCaptureDeviceManufacturerModelName",
+    # the dataset's own ICC profile, as the frames' (its text tags can name a device or a person;
+    # the de-identified FHIR image has none)
+    "ICCProfile",
 })
 #: Table E.1-1 "D" attributes (Type 1 where they occur): a dummy value of their VR.
 BASIC_PROFILE_DUMMY = frozenset({
@@ -409,7 +409,7 @@ def _writes_value(keyword: str, *, keep_dates: bool) -> bool:
 def _removed(elem: DataElement, *, keep_dates: bool) -> bool:
     """X: listed, or a name, free text, or (dates not retained) a date/time or the zone."""
     keyword = elem.keyword
-    if keyword in BASIC_PROFILE_REMOVE or keyword in _COPY_REMOVE or elem.VR == "PN" or elem.VR in _FREE_TEXT_VRS:
+    if keyword in BASIC_PROFILE_REMOVE or elem.VR == "PN" or elem.VR in _FREE_TEXT_VRS:
         return True
     if elem.VR in _URL_VRS and keyword not in _CONCEPT_VALUES:
         return True
