@@ -718,14 +718,14 @@ class ScopedReader:
                 study_dates=dates, accession_number=query.accession_number)]
         key = _RESULT_KEYS[level]
         results: dict[Any, list[DicomEntry]] = {}  # result key -> its instances, in order
-        glass: set[int] = set()  # id() of the entries break-glass released
+        glass = False  # break-glass released an instance (then every permitted one: it is the purpose's)
         wanted = None if limit is None else offset + limit
         withheld = 0
         try:
             for studies in _whole_studies(batches):
                 permitted, held, by_glass = self._qido_permitted(release, level, query, studies)
                 withheld += held
-                glass |= by_glass
+                glass = glass or by_glass
                 for entry in permitted:
                     results.setdefault(key(entry), []).append(entry)
                 if wanted is not None and len(results) >= wanted:
@@ -740,24 +740,23 @@ class ScopedReader:
             self.ctx, interaction="search-type", action="E", decision=None,
             entities=sorted({e.record for e in result}), patient=None,
             reason=f"{len(result)} instances permitted, {withheld} withheld")
-        return DicomSearchResult(result, any(id(entry) in glass for entry in result))
+        return DicomSearchResult(result, glass and bool(result))
 
     def _qido_permitted(self, release: DicomRelease, level: str, query: DicomQuery,
-                        candidates: Sequence[DicomInstance]) -> tuple[list[DicomEntry], int, set[int]]:
+                        candidates: Sequence[DicomInstance]) -> tuple[list[DicomEntry], int, bool]:
         """The permitted entries making up matching results among ``candidates`` (whole
-        studies), how many matching instances were withheld, and the id() of the entries
-        break-glass released."""
+        studies), how many matching instances were withheld, and whether break-glass released
+        any of them."""
         entries = {id(i): release.entry(i) for i in candidates}
         matched_ids = {id(e) for e in match_level(level, query, entries.values())}
         matched = [i for i in candidates if id(entries[id(i)]) in matched_ids]
         permitted: list[DicomEntry] = []
-        glass: set[int] = set()
+        glass = False
         withheld = 0
         for instance, _, decision in self._dicom_decided(matched):
             if decision.permitted and decision.view is release.view:
                 permitted.append(entries[id(instance)])
-                if decision.break_glass:
-                    glass.add(id(entries[id(instance)]))
+                glass = glass or decision.break_glass
             else:
                 withheld += 1
         # again: a withheld instance may have made the match
