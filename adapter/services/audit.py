@@ -63,8 +63,8 @@ def export_audit(store: RecordStore, auditor: Auditor, ctx: RequestContext, tabl
     order they were stored, after sequence number ``after``, recorded in [``since``, ``until``),
     at most ``limit``: for a security officer or a SIEM, which continues later from the last
     sequence number it got. The trail names patients, so taking it out is decided
-    (adapter.consent.decide_audit_export: a purpose with care's full view, break-glass only when
-    enabled) and audited, before the first event leaves (an AuditEvent of AuditEvents, purpose
+    (adapter.consent.decide_audit_export: one of the organisation's operations, in care's full
+    view) and audited, before the first event leaves (an AuditEvent of AuditEvents, purpose
     ``ctx.purpose``). Forbidden when the decision refuses it (the refusal is audited too)."""
     window = ", ".join(f"{k} {v}" for k, v in (("after", after or None), ("since", since), ("until", until),
                                                 ("limit", limit)) if v is not None)
