@@ -1119,6 +1119,7 @@ def test_status_codes_an_fhir_client_expects(tmp_path: Path) -> None:
             r = client.get(url, headers=treat)
             assert r.status_code == 404 and r.json()["issue"][0]["code"] == "not-supported", url
         assert client.get(f"/fhir/{receipt['binary']}/_history", headers=treat).status_code == 400
+        assert client.get("/fhir/Binary", headers=treat).status_code == 400  # served, not searched
         old = client.get(f"/fhir/{receipt['record']}", headers={**treat, "Accept": "application/fhir+json; fhirVersion=3.0"})
         assert old.status_code == 406
         consent = client.get(f"/fhir/{receipt['consents'][0]}", headers=treat).json()

@@ -439,8 +439,10 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
                   params: list[tuple[str, str]]) -> Response:
     check_acceptable(accept, next((v for k, v in params if k == "_format"), None))
     version = fhir_version(accept)
-    if resource_type not in R4_TYPES or resource_type == "Binary":
-        raise UnsupportedResourceType(f"search on {resource_type[:40]} is not supported")
+    if resource_type not in R4_TYPES:
+        raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
+    if resource_type == "Binary":  # read it (ITI-68), by the reference its record holds
+        raise NotSupported("search on Binary is not supported")
     _no_media_in_r5(resource_type, version, "search DocumentReference")
     req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")), r5=version == "5")
     how = parse_subsetting(params)
