@@ -203,12 +203,14 @@ def _r4_write(request: Request) -> None:
         raise NotAcceptable("writes answer in FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
 
 
-def _written(request: Request, stored: Any, status: int, headers: dict[str, str]) -> Response:
+def _written(request: Request, services: Services, stored: Any, status: int) -> Response:
     """The answer to a create or update, as ``Prefer: return=`` asks (http.html#ops): the
-    resource (``representation``, the default), nothing (``minimal``) or an OperationOutcome."""
+    resource (``representation``, the default), nothing (``minimal``) or an OperationOutcome;
+    with the version's Location and a read's validators (ETag, Last-Modified)."""
     preferences = {p.strip().lower().replace(" ", "") for item in (request.headers.get("prefer") or "").split(",")
                    for p in item.split(";")}
-    headers = {**headers, "Last-Modified": format_datetime(stored.last_updated.astimezone(UTC), usegmt=True)}
+    headers = {"Location": absolute(request, services, f"fhir/Consent/{stored.id}/_history/{stored.version_id}"),
+               **_etag(stored.resource)}
     if "return=minimal" in preferences:
         return Response(status_code=status, headers=headers)
     if "return=operationoutcome" in preferences:
@@ -223,9 +225,7 @@ async def create_consent(request: Request, services: ServicesDep, ctx: WriteCont
     _r4_write(request)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.create, resource, ctx)
-    return _written(request, stored, 201, {
-        "Location": absolute(request, services, f"fhir/Consent/{stored.id}/_history/{stored.version_id}"),
-        "ETag": f'W/"{stored.version_id}"'})
+    return _written(request, services, stored, 201)
 
 
 @router.put("/Consent/{id}")
@@ -240,9 +240,7 @@ async def update_consent(id: str, request: Request, services: ServicesDep, ctx: 
         expected = int(digits)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)
-    return _written(request, stored, 200, {
-        "Location": absolute(request, services, f"fhir/Consent/{stored.id}/_history/{stored.version_id}"),
-        "ETag": f'W/"{stored.version_id}"'})
+    return _written(request, services, stored, 200)
 
 
 @router.get("/{resource_type}/{id}")
