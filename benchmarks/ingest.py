@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ingest benchmark: the adapter's ``POST /photos`` beside Orthanc's ``POST /instances``.
 
-    python benchmarks/ingest.py --start [-n 300] [-c 8] [--workers 1]
+    python benchmarks/ingest.py --start [-n 300] [-c 8] [--workers 1] [--floor]
     python benchmarks/ingest.py --url http://127.0.0.1:8080 [--server-pid PID] [-n 300] [-c 8]
 
 Posts N distinct ~3 MB 12 MP photos from C concurrent clients to the adapter and prints photos/s,
@@ -9,6 +9,11 @@ p50/p99 latency and the server's peak RSS (summed over its processes: the uvicor
 worker processes and any other child); then, in the same run and with the same client, posts
 the same photos wrapped as DICOM Secondary Capture (JPEG Baseline, no re-encode) to an Orthanc
 (Debian's, started here on loopback by tests/support/orthanc.py) through ``POST /instances``.
+
+``--floor`` also measures, in the same run and with the same client and bodies,
+``benchmarks/floor_server.py``: the adapter's server stack doing only what no ingest design can
+leave out (receive the body, one SHA-256, write+fsync the file and its folder). Its rate beside
+Orthanc's is a ceiling for any Python ingest on this stack and machine.
 
 Targets (this 2-core machine): the adapter at least 1.5x Orthanc's rate at C=8, and its peak RSS
 under 300 MB. The result is informational: the exit code is 0 whatever the numbers; 2 when a side
@@ -443,6 +448,39 @@ def started_adapter(workdir: Path, timeout: float, workers: int = 1) -> Iterator
                 pass
 
 
+@contextmanager
+def started_floor(workdir: Path, timeout: float) -> Iterator[tuple[str, int]]:
+    """``benchmarks/floor_server.py`` (the floor: receive, one SHA-256, write+fsync) on a free
+    loopback port, in its own process group."""
+    venv_python = REPO_ROOT / ".venv" / "bin" / "python"
+    python = str(venv_python) if venv_python.exists() else sys.executable
+    port = free_port()
+    log = workdir / "floor.log"
+    with open(log, "ab") as log_f:
+        proc = subprocess.Popen(
+            [python, str(REPO_ROOT / "benchmarks" / "floor_server.py"), str(port), str(workdir / "floor-data")],
+            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + timeout
+            with httpx.Client(trust_env=False, timeout=5.0) as client:
+                while True:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"the floor server exited with {proc.returncode}:\n{tail(log)}")
+                    try:
+                        if client.get(url).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the floor server did not answer in {timeout:.0f}s:\n{tail(log)}")
+                    time.sleep(0.2)
+            yield url, proc.pid
+        finally:
+            stop_process(proc, grace=5.0)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -494,9 +532,12 @@ def report(results: list[Result], digest_ms: float | None = None) -> None:
         if r.note:
             print(f"  {r.target}: {r.note}")
     by = {r.target: r for r in results}
-    a, o = by.get("adapter"), by.get("orthanc")
+    a, o, f = by.get("adapter"), by.get("orthanc"), by.get("floor")
     ratio = a.rate / o.rate if a and o and o.rate > 0 else None
     print()
+    if f is not None and o is not None and o.rate > 0:
+        print(f"ratio floor/orthanc: {f.rate / o.rate:.2f}x  (receive, one SHA-256, write+fsync: "
+              f"no parsing, stripping, second digest or database)")
     if a is not None and ratio is not None:
         verdict = "PASS" if ratio >= TARGET_RATIO and not a.errors else "MISS"
         print(f"ratio adapter/orthanc: {ratio:.2f}x  (target >= {TARGET_RATIO}x at c=8)  {verdict}")
@@ -562,6 +603,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-adapter", action="store_true", help="measure Orthanc only")
     ap.add_argument("--skip-orthanc", action="store_true", help="measure the adapter only")
     ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure benchmarks/floor_server.py (the same server stack doing only the receive, one "
+        "SHA-256 and the write+fsync): what any Python ingest here can reach",
+    )
+    ap.add_argument(
         "--work-dir", type=Path, default=None, help="where servers keep their data (default: a temp dir)"
     )
     args = ap.parse_args(argv)
@@ -616,6 +663,18 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as exc:
                 print(f"[adapter] cannot run: {exc}", file=sys.stderr)
                 failed.append("adapter")
+
+        if args.floor:
+            try:
+                with started_floor(workdir, args.startup_timeout) as (f_url, f_pid):
+                    print(f"[floor] started pid {f_pid} at {f_url}", flush=True)
+                    results.append(
+                        measure("floor", f_url, lambda i: Request("/photos", *multipart_body(photos[i], i)),
+                                args.n, args.c, warmup, 201, args.max_seconds, lambda: f_pid)
+                    )
+            except RuntimeError as exc:
+                print(f"[floor] cannot run: {exc}", file=sys.stderr)
+                failed.append("floor")
 
         if not args.skip_orthanc:
 
