@@ -132,6 +132,10 @@ class NotFound(AdapterError):
     issue_type = "not-found"
 
 
+class Gone(NotFound):
+    """What was there is no longer (HTTP 410): an expired page of a search."""
+
+
 class UnsupportedResourceType(NotFound):
     """A resource type this server does not serve (FHIR http.html: 404, "resource type not
     supported")."""

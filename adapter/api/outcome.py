@@ -41,6 +41,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.Forbidden: 403,
     e.PurposeOfUseMissing: 403,
     e.NotFound: 404,
+    e.Gone: 410,
     e.UnsupportedResourceType: 404,
     e.Conflict: 409,
     e.PreconditionFailed: 412,

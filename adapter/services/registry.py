@@ -26,6 +26,7 @@ from adapter.services.dicom_ingest import DicomIngestService
 from adapter.services.forwarding import Forwarder, ForwardOptions, OutboxService, StoreSender
 from adapter.services.ingest import IngestService
 from adapter.services.released_uids import ReleasedUidSpaces
+from adapter.services.search_pages import SearchPages
 from adapter.services.transaction import TransactionService
 from adapter.store import open_store
 from adapter.store.port import BlobStore, RecordStore
@@ -75,7 +76,8 @@ def _derived_key(pseudonym_key: bytes, label: str) -> bytes:
     """A key derived from the pseudonym key for one use (HMAC-SHA256, domain-separated by
     ``label``): stable as long as the pseudonyms are, and never the pseudonym key itself. Uses:
     ``dicom-uid-key`` maps UIDs in de-identified and pseudonymised DICOM objects,
-    ``photo-uid-key`` keys a photo's own DICOM UIDs (adapter.mapping.dicom_uids.photo_uids)."""
+    ``photo-uid-key`` keys a photo's own DICOM UIDs (adapter.mapping.dicom_uids.photo_uids),
+    ``search-page-key`` seals the paging links of a search by POST (adapter.services.search_pages)."""
     return hmac.new(pseudonym_key, f"clinical-image-adapter/{label}/v1".encode(), hashlib.sha256).digest()
 
 
@@ -92,6 +94,7 @@ class Services:
     consents: ConsentService
     now: Callable[[], datetime]
     dicom_ingest: DicomIngestService  # objects received by the C-STORE SCP (adapter.dicom.scp)
+    search_pages: SearchPages  # sealed paging links of a search by POST
     released_uids: ReleasedUidSpaces | None = None  # UIDs of the restricted DICOM views
     forwarder: Forwarder | None = field(default=None, init=False)
 
@@ -158,6 +161,7 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
         transactions=TransactionService(ingest=ingest, tables=tables, now=now),
         consents=ConsentService(store=store, auditor=auditor, known_purposes=set(tables.purposes.codes), now=now),
         now=now,
+        search_pages=SearchPages(_derived_key(pseudonym_key, "search-page-key"), now),
         dicom_ingest=DicomIngestService(store=store, blobs=blobs, tables=tables, dicom_tables=dicom_tables,
                                         auditor=auditor, now=now, released_uids=released_uids),
         released_uids=released_uids)

@@ -488,6 +488,47 @@ def test_search_by_post_keeps_the_identifier_out_of_the_url(tmp_path: Path) -> N
                            headers={**as_purpose("TREAT"), **form}).status_code == 422
 
 
+def test_the_links_of_a_search_by_post_keep_the_identifier_out_of_the_urls_they_give(tmp_path: Path) -> None:
+    """The self and next links of a search by POST, which the client then GETs, hold the search
+    sealed (?_page=), not the patient identifier the client kept out of its request line; the
+    next link pages on, under the purpose of the request that follows it. A changed link, one for
+    another type, or one given with other parameters is refused; _page is not a POST parameter."""
+    with adapter_client(tmp_path) as (client, _):
+        first, second = _ingest(client), _ingest(client, path=SAMPLES / "tiny.jpg")
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        treat = as_purpose("TREAT")
+        posted = client.post("/fhir/Media/_search", content=f"patient:identifier={PATIENT['system']}%7C"
+                             f"{PATIENT['value']}&_count=1", headers={**treat, **form})
+        assert posted.status_code == 200, posted.text
+        bundle = posted.json()
+        links = {link["relation"]: link["url"] for link in bundle["link"]}
+        assert set(links) == {"self", "next"}
+        for url in links.values():
+            assert PATIENT["value"] not in url and "identifier" not in url and "?_page=" in url, url
+        seen = [bundle["entry"][0]["resource"]["id"]]
+        page = client.get(links["next"], headers=treat)
+        assert page.status_code == 200, page.text
+        assert page.json()["total"] == 2 and len(page.json()["entry"]) == 1
+        seen.append(page.json()["entry"][0]["resource"]["id"])
+        assert sorted(seen) == sorted(r["record"].split("/")[1] for r in (first, second))
+        assert all("next" != link["relation"] for link in page.json()["link"])
+        # the page is decided afresh for the purpose of the request that follows it: the
+        # de-identified view is not searched by patient, and no purpose is refused
+        assert client.get(links["next"], headers=as_purpose("TRAIN")).status_code == 400
+        assert client.get(links["next"]).status_code == 403
+        token = links["next"].split("_page=", 1)[1]
+        changed = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
+        for url in (f"/fhir/Media?_page={changed}", f"/fhir/DocumentReference?_page={token}",
+                    f"/fhir/Media?_page={token}&_count=50", f"/fhir/Media?_page={token}&_page={token}"):
+            refused = client.get(url, headers=treat)
+            assert refused.status_code == 422 and refused.json()["resourceType"] == "OperationOutcome", url
+        assert client.post("/fhir/Media/_search", content=f"_page={token}", headers={**treat, **form}).status_code == 422
+        # a search by GET keeps its links in clear: its parameters are in its own URL already
+        got = client.get(f"/fhir/Media?patient:identifier={PATIENT['system']}|{PATIENT['value']}&_count=1",
+                         headers=treat).json()
+        assert any(PATIENT["value"] in link["url"] for link in got["link"] if link["relation"] == "next")
+
+
 def test_only_fhir_json_is_produced_and_other_formats_get_406(tmp_path: Path) -> None:
     """http.html#mime-type: the server answers in FHIR JSON; a client asking only for FHIR XML or
     Turtle (Accept or _format, which overrides it) gets 406 with an OperationOutcome, not JSON it

@@ -52,6 +52,7 @@ from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
 from adapter.model.decision import Decision
 from adapter.model.purpose import RequestContext
 from adapter.services.registry import Services
+from adapter.services.search_pages import PAGE_PARAM
 from adapter.services.search_params import (
     DEFAULT_COUNT,
     MAX_COUNT,
@@ -406,7 +407,24 @@ SEARCH_BODY_LIMIT = 64 * 1024
 @router.get("/{resource_type}")
 async def search(resource_type: str, request: Request, reader: ReaderDep, services: ServicesDep,
                  accept: Annotated[str | None, Header()] = None) -> Response:
-    return await _search(resource_type, request, reader, services, accept, list(request.query_params.multi_items()))
+    params = list(request.query_params.multi_items())
+    if any(k == PAGE_PARAM for k, _ in params):  # a sealed link of a search by POST
+        return await _search(resource_type, request, reader, services, accept,
+                             _opened(resource_type, params, services), sealed=True)
+    return await _search(resource_type, request, reader, services, accept, params)
+
+
+def _opened(resource_type: str, params: list[tuple[str, str]], services: Any) -> list[tuple[str, str]]:
+    """The search a sealed link (``_page``) holds; with it only ``_format`` may be given, which
+    overrides the sealed one."""
+    pages = [v for k, v in params if k == PAGE_PARAM]
+    others = [k for k, _ in params if k not in (PAGE_PARAM, "_format")]
+    if len(pages) != 1 or others:
+        raise InvalidInput(f"a {PAGE_PARAM} link is followed as it was given: one {PAGE_PARAM} and no other "
+                           f"parameter but _format", expression=PAGE_PARAM)
+    opened = services.search_pages.open(resource_type, pages[0])
+    formats = [(k, v) for k, v in params if k == "_format"]
+    return [(k, v) for k, v in opened if not (formats and k == "_format")] + formats
 
 
 @router.post("/{resource_type}/_search")
@@ -414,7 +432,8 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
                          accept: Annotated[str | None, Header()] = None) -> Response:
     """Search with the parameters in an application/x-www-form-urlencoded body (and any in the
     URL, combined), as FHIR's search by POST: a patient identifier then stays out of the URLs
-    that proxies and servers log. The links of the answer are GET URLs, as any search's."""
+    that proxies and servers log. The links of the answer are GET URLs holding the search sealed
+    (``?_page=``, adapter.services.search_pages), so following them keeps it out too."""
     body = await _body(request, ("application/x-www-form-urlencoded",),
                        "a search by POST takes application/x-www-form-urlencoded parameters", SEARCH_BODY_LIMIT,
                        f"the search parameters are longer than {SEARCH_BODY_LIMIT} bytes")
@@ -424,7 +443,9 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput("the body is not application/x-www-form-urlencoded search parameters") from exc
     params = list(request.query_params.multi_items()) + form
-    return await _search(resource_type, request, reader, services, accept, params)
+    if any(k == PAGE_PARAM for k, _ in params):
+        raise InvalidInput(f"{PAGE_PARAM} is a link to follow with GET", expression=PAGE_PARAM)
+    return await _search(resource_type, request, reader, services, accept, params, sealed=True)
 
 
 def _lenient(prefer: str | None) -> bool:
@@ -434,7 +455,9 @@ def _lenient(prefer: str | None) -> bool:
 
 
 async def _search(resource_type: str, request: Request, reader: Any, services: Any, accept: str | None,
-                  params: list[tuple[str, str]]) -> Response:
+                  params: list[tuple[str, str]], *, sealed: bool = False) -> Response:
+    """A search; ``sealed``: its links hold the parameters sealed (a search by POST, or a page
+    of one)."""
     check_acceptable(accept, next((v for k, v in params if k == "_format"), None))
     version = fhir_version(accept)
     if resource_type not in R4_TYPES:
@@ -450,11 +473,16 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
         else [resource_type]
     result = await run_in_threadpool(reader.search, types, req)
     kept = [(k, v) for k, v in params if k != "_offset"]
-    self_url = f"{absolute(request, services, 'fhir/' + resource_type)}?{urlencode(params)}"
+
+    def link(link_params: list[tuple[str, str]]) -> str:
+        if sealed:
+            link_params = [(PAGE_PARAM, services.search_pages.seal(resource_type, link_params))]
+        return f"{absolute(request, services, 'fhir/' + resource_type)}?{urlencode(link_params)}"
+
+    self_url = link(params)
     next_url = None
     if result.more and req.count > 0:  # _count=0 asks for the total only: no page follows
-        next_url = (f"{absolute(request, services, 'fhir/' + resource_type)}?"
-                    f"{urlencode(kept + [('_offset', str(req.offset + req.count))])}")
+        next_url = link(kept + [("_offset", str(req.offset + req.count))])
     entries = [subset(_versioned(r, version), how, fhir_version=version) for r in result.resources]
     bundle = searchset(entries, total=result.total, self_url=self_url, next_url=next_url,
                        base_url=f"{base(request, services)}/fhir", fhir_version=version,
