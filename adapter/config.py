@@ -169,6 +169,7 @@ class Settings(BaseSettings):
     def check_safe(self) -> None:
         """Refuse unsafe defaults outside development, and malformed lists at any time."""
         self.allowed_cors_origins  # noqa: B018 - raises ConfigurationError for a bad origin
+        self.destinations  # noqa: B018 - raises ConfigurationError for a bad AE@host:port
         if self.environment == "production" and (not self.pseudonym_key or len(self.pseudonym_key) < 32):
             raise ConfigurationError(
                 "ADAPTER_PSEUDONYM_KEY must be set to a secret of at least 32 characters in production")

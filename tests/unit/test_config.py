@@ -44,3 +44,11 @@ def test_cors_origins_are_origins_and_never_a_wildcard() -> None:
                 "ftp://viewer.example.org", "https://user@viewer.example.org", "https://"):
         with pytest.raises(ConfigurationError):
             Settings(cors_origins=bad).check_safe()
+
+
+def test_check_safe_refuses_a_malformed_forward_destination() -> None:
+    # `python -m adapter check` relies on check_safe for the settings: a destination that is not
+    # AE@host:port must fail there, not only once `serve` starts the forwarder
+    with pytest.raises(ConfigurationError, match="ADAPTER_FORWARD_TO"):
+        Settings(forward_to="ORTHANC:4242").check_safe()
+    Settings(forward_to="ORTHANC@127.0.0.1:4242").check_safe()
