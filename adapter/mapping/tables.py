@@ -88,12 +88,17 @@ class Tables:
     body_sites: BodySiteTable
 
 
-def _read_yaml(path: Path) -> Any:
+#: What a missing file's message says, so that the operator knows which setting to correct.
+_POLICY_NOT_FOUND = "policy file not found (ADAPTER_POLICY)"
+_TABLE_NOT_FOUND = "mapping table not found (ADAPTER_MAPPINGS_DIR; by default the policy file's folder)"
+
+
+def _read_yaml(path: Path, not_found: str = _TABLE_NOT_FOUND) -> Any:
     try:
         with path.open("r", encoding="utf-8") as fh:
             return yaml.safe_load(fh)
     except FileNotFoundError as exc:
-        raise PolicyError(f"{path}: file not found") from exc
+        raise PolicyError(f"{path}: {not_found}") from exc
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
 
@@ -109,7 +114,7 @@ def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
 
 
 def load_policy(path: Path, purposes: PurposeTable) -> Policy:
-    policy: Policy = _validate(Policy, _read_yaml(path), path)
+    policy: Policy = _validate(Policy, _read_yaml(path, _POLICY_NOT_FOUND), path)
     named = [("consent.explicitPurposes", c) for c in policy.consent.explicit_purposes]
     named += [("consent.carePurposes", c) for c in policy.consent.care_purposes]
     named += [("consent.patientImpliedPurposes", c) for c in policy.consent.patient_implied_purposes]
@@ -124,6 +129,10 @@ def load_policy(path: Path, purposes: PurposeTable) -> Policy:
 
 
 def load_tables(mappings_dir: Path, policy_path: Path) -> Tables:
+    if not policy_path.is_file():
+        # before the tables: by default they are read from the policy's folder, so a mistyped
+        # policy path would otherwise be reported as a missing table
+        raise PolicyError(f"{policy_path}: {_POLICY_NOT_FOUND}")
     purposes: PurposeTable = _validate(PurposeTable, _read_yaml(mappings_dir / "purposes.yaml"),
                                        mappings_dir / "purposes.yaml")
     for code, entry in purposes.codes.items():

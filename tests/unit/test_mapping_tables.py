@@ -54,3 +54,22 @@ def test_a_policy_that_is_not_yaml_is_refused(tmp_path: Path) -> None:
 def test_a_missing_policy_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="not found"):
         load_tables(MAPPINGS, tmp_path / "nope.yaml")
+
+
+def test_a_missing_policy_is_named_before_the_tables_beside_it(tmp_path: Path) -> None:
+    # ADAPTER_POLICY mistyped: the tables' folder defaults to the policy's, so they are missing
+    # too, but the message names the policy (it named tmp_path/purposes.yaml)
+    with pytest.raises(PolicyError) as info:
+        load_tables(tmp_path, tmp_path / "nope.yaml")
+    assert info.value.diagnostics.startswith(f"{tmp_path / 'nope.yaml'}:")
+    assert "ADAPTER_POLICY" in info.value.diagnostics
+
+
+def test_a_missing_table_names_the_setting_of_its_folder(tmp_path: Path) -> None:
+    # a policy copied out of mappings/ leaves its tables behind: say where they are looked for
+    policy = tmp_path / "policy.yaml"
+    policy.write_text((MAPPINGS / "policy.yaml").read_text())
+    with pytest.raises(PolicyError) as info:
+        load_tables(tmp_path, policy)
+    assert info.value.diagnostics.startswith(f"{tmp_path / 'purposes.yaml'}:")
+    assert "ADAPTER_MAPPINGS_DIR" in info.value.diagnostics
