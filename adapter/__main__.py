@@ -98,7 +98,8 @@ def serve(settings: Settings) -> int:
     try:
         dicom = _start_dicom(settings)
     except AdapterError as exc:
-        logging.getLogger("adapter").error("cannot start the DICOM SCP or the forwarder: %s", exc.diagnostics)
+        # the services (policy, tables, store) are built here too: each message names its own cause
+        logging.getLogger("adapter").error("cannot start: %s", exc.diagnostics)
         return 2
     if dicom is None:
         return _serve_http(settings)
