@@ -16,14 +16,17 @@ RUN groupadd --system --gid 10001 adapter \
 
 WORKDIR /app
 
-# Dependencies first (cached while only code changes): install from the metadata alone.
-COPY pyproject.toml README.md ./
-RUN mkdir -p adapter && echo '__version__ = "0"' > adapter/__init__.py \
+# Dependencies first (cached while only code changes): install from the metadata alone. The
+# package's readme only has to exist here: the real one, copied now, would re-install every
+# dependency whenever the documentation changes.
+COPY pyproject.toml ./
+RUN mkdir -p adapter && echo '__version__ = "0"' > adapter/__init__.py && touch README.md \
  && pip install '.[postgres]' \
  && pip uninstall -y clinical-image-adapter \
- && rm -rf adapter build *.egg-info
+ && rm -rf adapter build *.egg-info README.md
 
 # Then the code and the mapping tables.
+COPY README.md ./
 COPY adapter ./adapter
 COPY mappings ./mappings
 RUN pip install --no-deps '.[postgres]' && rm -rf build *.egg-info
