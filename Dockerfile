@@ -1,7 +1,12 @@
 # Clinical image adapter: HTTP API (FHIR R4/R5, POST /photos, DICOMweb) on 8080, DICOM SCP on 11112,
 # data in /data.
 # Build: docker build -t clinical-image-adapter .
-# Run:   docker run -p 8080:8080 -v adapter-data:/data -e ADAPTER_PSEUDONYM_KEY=... clinical-image-adapter
+# Run:   docker run -p 127.0.0.1:8080:8080 -p 11112:11112 -v adapter-data:/data \
+#          -e ADAPTER_PSEUDONYM_KEY=... -e ADAPTER_DICOM_ALLOWED_AE_TITLES=PACS clinical-image-adapter
+#        The HTTP API authenticates no caller (README, "Before you deploy"): it listens on 0.0.0.0
+#        inside the container, so publish it on the host's loopback (or only to the gateway in front
+#        of it), never as -p 8080:8080, which serves every network the host is on. The DICOM SCP
+#        admits only the calling AE titles listed (none by default).
 # Health: the HEALTHCHECK asks /health/ready (database, data volume, DICOM SCP; 503 when one fails);
 #         an orchestrator's liveness probe wants /health (the process answers) instead.
 FROM python:3.11-slim-bookworm AS base
