@@ -59,6 +59,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.Forbidden: NOT_AUTHORISED,
     e.PurposeOfUseMissing: NOT_AUTHORISED,
     e.NotFound: PROCESSING_FAILURE,
+    e.Gone: PROCESSING_FAILURE,  # an expired page of a FHIR search: never raised over DIMSE
     e.UnsupportedResourceType: PROCESSING_FAILURE,  # a FHIR resource type: never raised over DIMSE
     e.Conflict: PROCESSING_FAILURE,
     e.PreconditionFailed: PROCESSING_FAILURE,
