@@ -190,6 +190,7 @@ __all__ = [
     "Conflict",
     "ConsentRequired",
     "Forbidden",
+    "Gone",
     "ImageTooLarge",
     "InsufficientStorage",
     "InvalidInput",
