@@ -86,6 +86,10 @@ class ConsentService:
 
     def update(self, id: str, resource: dict[str, Any], ctx: RequestContext,
                if_match: int | None) -> StoredResource:
+        if isinstance(resource, dict) and resource.get("resourceType") == "Consent" and resource.get("id") is None:
+            # http.html#update: "If no id element is provided, or the id disagrees with the id in
+            # the URL, the server SHALL respond with an HTTP 400 error code"
+            raise InvalidResource("an update carries the resource's id, the same as in the URL", expression="Consent.id")
         resource = self._check(resource, id)
         current = self._store.get("Consent", id)
         if current is None:

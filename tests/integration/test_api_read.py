@@ -1150,7 +1150,7 @@ def test_a_search_of_hundreds_of_criteria_is_too_costly_not_a_transient_failure(
 
 def test_status_codes_an_fhir_client_expects(tmp_path: Path) -> None:
     """Review findings against FHIR R4 http.html: a resource type not served is 404 (was 400),
-    an update whose body names another id 400 (was 422), a fhirVersion not served 406 (was 400);
+    an update whose body names another id 400 (was 422), or none 400 (was 200), a fhirVersion not served 406 (was 400);
     the R5 endpoint is read-only as its CapabilityStatement now says (writes asked for in R5
     were answered in R4), and an R5 batch answers in R5 (it answered in R4)."""
     with adapter_client(tmp_path) as (client, _):
@@ -1167,6 +1167,11 @@ def test_status_codes_an_fhir_client_expects(tmp_path: Path) -> None:
         json_type = {"Content-Type": "application/fhir+json"}
         moved = client.put(f"/fhir/{receipt['consents'][0]}", json={**consent, "id": "other"}, headers=json_type)
         assert moved.status_code == 400 and moved.json()["issue"][0]["code"] == "structure"
+        # "If no id element is provided ... the server SHALL respond with an HTTP 400" (was 200)
+        no_id = client.put(f"/fhir/{receipt['consents'][0]}", json={k: v for k, v in consent.items() if k != "id"},
+                           headers=json_type)
+        assert no_id.status_code == 400 and no_id.json()["issue"][0]["expression"] == ["Consent.id"], no_id.text
+        assert client.get(f"/fhir/{receipt['consents'][0]}", headers=treat).json()["meta"]["versionId"] == "1"
 
         r5 = "application/fhir+json; fhirVersion=5.0"
         assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
