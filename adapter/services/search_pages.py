@@ -22,11 +22,12 @@ import json
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from adapter.errors import Gone, InvalidInput
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 #: The paging parameter of a sealed link (a server-defined parameter, as FHIR allows for paging).
 PAGE_PARAM = "_page"
@@ -42,8 +43,19 @@ class SearchPages:
     """Seals and opens the parameters of a search for its paging links."""
 
     def __init__(self, key: bytes, now: Callable[[], datetime]) -> None:
-        self._aead = AESGCM(key)
+        self._key = key
+        self._cipher: AESGCM | None = None
         self._now = now
+
+    @property
+    def _aead(self) -> AESGCM:
+        # imported on the first search by POST: cryptography's bindings hold ~8 MB in each
+        # process that loads them, and most processes never page a search by POST
+        if self._cipher is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self._cipher = AESGCM(self._key)
+        return self._cipher
 
     def seal(self, resource_type: str, params: list[tuple[str, str]]) -> str:
         """The token for a link to ``resource_type``'s search with ``params``."""
@@ -65,6 +77,8 @@ class SearchPages:
             raise refused from None
         if len(raw) < 1 + _NONCE + 16 or raw[:1] != _VERSION:
             raise refused
+        from cryptography.exceptions import InvalidTag
+
         try:
             plain = self._aead.decrypt(raw[1:1 + _NONCE], raw[1 + _NONCE:], resource_type.encode())
         except InvalidTag:
