@@ -1144,3 +1144,30 @@ def test_a_study_retrieve_leaves_out_what_is_not_permitted(adapter: tuple[FhirCl
         [found] = qido(client, "studies", PatientID=patient_id)
         assert value(found, "00100020") == patient_id and value(found, "00201208") == 1
     assert len(qido(client, "instances", PatientID="MRN-000?")) == 2
+
+
+def test_wado_serves_an_object_asked_for_in_the_transfer_syntax_it_is_stored_in(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """PS3.18 8.7.3.5: a transfer-syntax parameter names what the client accepts. An object stored
+    in that syntax is served as it is (it needs no transcoding); only another syntax is 406."""
+    client, _ = adapter
+    vl = received()  # JPEG Baseline
+    native = native_sc_file(tmp_path / "native.dcm", bytes(range(48)), 4, 4)  # Explicit VR Little Endian
+    stow(client, vl, native)
+    jpeg_baseline, explicit = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.1"
+
+    def asked(*syntaxes: str) -> dict[str, str]:
+        return {**TREAT, "Accept": ", ".join(f'multipart/related; type="application/dicom"; transfer-syntax={s}'
+                                             for s in syntaxes)}
+
+    for ds, stored, other in ((vl, jpeg_baseline, explicit), (native, explicit, jpeg_baseline)):
+        instance = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                    f"/instances/{ds.SOPInstanceUID}")
+        study = f"/dicomweb/studies/{ds.StudyInstanceUID}"
+        for url in (instance, study):
+            r = client.get(url, headers=asked(stored))
+            assert r.status_code == 200, (url, r.text)
+            assert [read(p).SOPInstanceUID for p in parts_of(r)] == [ds.SOPInstanceUID]
+            assert client.get(url, headers=asked(other, stored)).status_code == 200
+            refused = client.get(url, headers=asked(other))
+            assert refused.status_code == 406 and refused.json()["resourceType"] == "OperationOutcome"

@@ -10,8 +10,9 @@
 * **WADO-RS** (PS3.18 10.4) ``GET /dicomweb/studies/{study}[/series/{series}[/instances/{instance}]]``:
   ``multipart/related; type="application/dicom"``, one part per object, each the Part 10 object in
   the view the consent decision gives (FULL as stored, TRAIN de-identified, HRESCH pseudonymised),
-  in the transfer syntax it is stored in (no transcoding: a request naming a specific
-  ``transfer-syntax`` is answered 406, ``*`` or none is served). A study or series retrieve
+  in the transfer syntax it is stored in (no transcoding: ``transfer-syntax=*``, none, or the
+  syntax the object is stored in is served; a request naming only other syntaxes is answered
+  406, for a study or series before the answer starts). A study or series retrieve
   returns the permitted instances and silently leaves the others out (as a FHIR search does);
   404 when nothing has the UIDs, 403 when nothing of it is permitted, as for a FHIR read.
 * **QIDO-RS** (PS3.18 10.6) ``GET /dicomweb/studies``, ``/studies/{study}/series``, ``/series``,
@@ -190,18 +191,30 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
 # -- WADO-RS ------------------------------------------------------------------------------------
 
 
-def _dicom_accept(accept: str | None) -> str | None:
-    """None when the client takes ``multipart/related; type="application/dicom"`` (the only
-    representation served), else the reason for a 406."""
-    for media, params in media_ranges(accept):
-        if media in ("*/*", "multipart/*", "multipart/related") and \
-                params.get("type", "application/dicom").lower() == "application/dicom":
-            syntax = params.get("transfer-syntax", "*")
-            if syntax == "*":
-                return None
-            return (f"objects are served in the transfer syntax they are stored in: ask with "
-                    f"transfer-syntax=* (not {syntax[:64]})")
-    return 'WADO-RS here serves multipart/related; type="application/dicom" only'
+#: The transfer syntaxes of ``transfer-syntax=*`` (or none named): any, as the object is stored.
+ANY_SYNTAX = "*"
+
+
+def _dicom_accept(accept: str | None) -> tuple[frozenset[str], str | None]:
+    """The transfer syntaxes the client takes ``multipart/related; type="application/dicom"``
+    (the only representation served) in, from every such range of its Accept header (PS3.18
+    8.7.3.5: ``transfer-syntax`` names one; :data:`ANY_SYNTAX` for ``*`` or none), and the
+    reason for a 406 when it takes no such range."""
+    syntaxes = frozenset(params.get("transfer-syntax", ANY_SYNTAX) for media, params in media_ranges(accept)
+                         if media in ("*/*", "multipart/*", "multipart/related")
+                         and params.get("type", "application/dicom").lower() == "application/dicom")
+    if not syntaxes:
+        return syntaxes, 'WADO-RS here serves multipart/related; type="application/dicom" only'
+    return syntaxes, None
+
+
+def _syntax_refusal(syntaxes: frozenset[str], stored: str) -> str | None:
+    """The reason for a 406 when an object stored in ``stored`` is in none of ``syntaxes``
+    (objects are served as they are stored: never transcoded)."""
+    if ANY_SYNTAX in syntaxes or stored in syntaxes:
+        return None
+    return (f"objects are served in the transfer syntax they are stored in: ask with transfer-syntax=* "
+            f"or {stored} (not {', '.join(sorted(syntaxes))[:64]})")
 
 
 def _body_part(boundary: str, content_type: str, data: bytes) -> bytes:
@@ -222,10 +235,13 @@ def _multipart_headers(boundary: str, break_glass: bool) -> dict[str, str]:
 @router.get("/studies/{study}/series/{series}/instances/{instance}")
 async def retrieve_instance(study: str, series: str, instance: str, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
-    refusal = _dicom_accept(accept)
+    syntaxes, refusal = _dicom_accept(accept)
     if refusal:
         return _not_acceptable(refusal)
     content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
+    refusal = _syntax_refusal(syntaxes, content.transfer_syntax)
+    if refusal:
+        return _not_acceptable(refusal)
     boundary = uuid.uuid4().hex
     headers = _multipart_headers(boundary, content.decision.break_glass)
     return Response(content=_part(boundary, content) + f"--{boundary}--\r\n".encode("ascii"),
@@ -244,12 +260,19 @@ async def retrieve_study(study: str, reader: ReaderDep, accept: Annotated[str | 
 
 
 async def _retrieve(reader: Any, accept: str | None, study: str, series: str | None) -> Response:
-    refusal = _dicom_accept(accept)
+    syntaxes, refusal = _dicom_accept(accept)
     if refusal:
         return _not_acceptable(refusal)
     retrievals: list[DicomRetrieval] = await run_in_threadpool(reader.read_dicom, study, series)
     # the first object is made before the response starts, so its failure is a proper error
     first = await run_in_threadpool(retrievals[0].load)
+    if ANY_SYNTAX not in syntaxes:
+        # named syntaxes: every object's is known before the answer starts (each is made again as
+        # it streams), so one stored in another is a 406, not an answer cut short
+        later = await run_in_threadpool(lambda: [r.load().transfer_syntax for r in retrievals[1:]])
+        refusal = next(filter(None, (_syntax_refusal(syntaxes, s) for s in [first.transfer_syntax, *later])), None)
+        if refusal:
+            return _not_acceptable(refusal)
     boundary = uuid.uuid4().hex
 
     def body() -> Iterator[bytes]:  # runs in the threadpool (StreamingResponse iterates it there)
