@@ -1171,3 +1171,19 @@ def test_wado_serves_an_object_asked_for_in_the_transfer_syntax_it_is_stored_in(
             assert client.get(url, headers=asked(other, stored)).status_code == 200
             refused = client.get(url, headers=asked(other))
             assert refused.status_code == 406 and refused.json()["resourceType"] == "OperationOutcome"
+
+
+def test_qido_study_date_of_a_photo_is_the_one_its_object_carries(adapter: tuple[FhirClient, Services]) -> None:
+    """A photo posted without takenAt was taken at its (kept) EXIF capture time: its record's
+    createdDateTime and its DICOM object's StudyDate say so, and QIDO-RS matches and shows that
+    date too, not the day it was filed."""
+    client, _ = adapter
+    receipt = post_photo(client, WOUND, metadata()).json()
+    study = receipt["dicom"]["studyInstanceUid"]
+    (obj,) = parts_of(client.get(f"/dicomweb/studies/{study}", headers=TREAT))
+    taken = read(obj).StudyDate
+    record = client.get(f"/fhir/{receipt['record']}", headers=TREAT).json()
+    assert record["createdDateTime"].startswith(f"{taken[:4]}-{taken[4:6]}-{taken[6:]}")
+    (found,) = qido(client, "studies", StudyInstanceUID=study)
+    assert value(found, "00080020") == taken
+    assert [value(s, "0020000D") for s in qido(client, "studies", StudyDate=taken)] == [study]
