@@ -78,6 +78,16 @@ class NotAcceptable(NotSupported):
     Turtle, say; it answers in FHIR JSON."""
 
 
+class UnsupportedPixelData(NotSupported):
+    """Pixel data the adapter has no lossless rendering for, in an object whose SOP class it
+    accepts: a native layout a PNG cannot carry as it is (YBR, palette colour, signed samples)."""
+
+
+class UnsupportedTransferSyntax(UnsupportedPixelData):
+    """An object in a transfer syntax the adapter cannot render losslessly (JPEG 2000, JPEG-LS,
+    RLE, lossless JPEG…): STOW-RS has no negotiation to refuse it before it arrives."""
+
+
 class UndecodableImage(InvalidInput):
     """Bytes that claim to be an image but do not decode."""
 
@@ -211,5 +221,7 @@ __all__ = [
     "UnknownCode",
     "UnknownPurposeOfUse",
     "UnsupportedMediaType",
+    "UnsupportedPixelData",
     "UnsupportedResourceType",
+    "UnsupportedTransferSyntax",
 ]

@@ -34,6 +34,8 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.UnsupportedMediaType: 415,
     e.NotSupported: 400,
     e.NotAcceptable: 406,
+    e.UnsupportedPixelData: 422,
+    e.UnsupportedTransferSyntax: 422,
     e.ImageTooLarge: 422,
     e.TooCostly: 422,
     e.PayloadTooLarge: 413,

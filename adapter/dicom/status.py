@@ -13,6 +13,7 @@ from adapter.mapping.dimse_status import (
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
+    REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED,
     SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
     dimse_status_for,
@@ -21,6 +22,6 @@ from adapter.mapping.dimse_status import (
 
 __all__ = [
     "BUG_STATUS", "CANNOT_UNDERSTAND", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "DIMSE_STATUS", "NOT_AUTHORISED",
-    "OUT_OF_RESOURCES", "PROCESSING_FAILURE", "SOP_CLASS_NOT_SUPPORTED", "SUCCESS", "dimse_status_for",
-    "error_comment",
+    "OUT_OF_RESOURCES", "PROCESSING_FAILURE", "REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED", "SOP_CLASS_NOT_SUPPORTED",
+    "SUCCESS", "dimse_status_for", "error_comment",
 ]

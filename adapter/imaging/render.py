@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from adapter.errors import ImageTooLarge, NotSupported, UndecodableImage
+from adapter.errors import ImageTooLarge, UndecodableImage, UnsupportedPixelData
 from adapter.imaging.frame import png_bit_depth
 from adapter.imaging.probe import DECODE_ERRORS
 from adapter.imaging.sniff import JPEG, PNG, check_declared
@@ -148,14 +148,14 @@ def encode_png(pixels: Pixels) -> bytes:
     left-shifted to full range (PNG §12.4 scaling: exact and reversible).
 
     Raises:
-        NotSupported: a layout PNG cannot hold losslessly here (16-bit colour).
+        UnsupportedPixelData: a layout PNG cannot hold losslessly here (16-bit colour).
     """
     size = (pixels.columns, pixels.rows)
     if pixels.samples == 1 and pixels.photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise NotSupported(f"{pixels.photometric} pixels cannot be rendered as PNG")
+        raise UnsupportedPixelData(f"{pixels.photometric} pixels cannot be rendered as PNG")
     if pixels.samples == 3:
         if pixels.bits != 8 or pixels.photometric != "RGB":
-            raise NotSupported(f"{pixels.bits}-bit {pixels.photometric} pixels cannot be rendered as PNG")
+            raise UnsupportedPixelData(f"{pixels.bits}-bit {pixels.photometric} pixels cannot be rendered as PNG")
         im = Image.frombytes("RGB", size, pixels.data)
     elif pixels.bits == 8:
         data = pixels.data
@@ -168,7 +168,7 @@ def encode_png(pixels: Pixels) -> bytes:
         values = array("H")
         values.frombytes(pixels.data)
         if values.itemsize != 2:  # pragma: no cover - every supported platform has 2-byte H
-            raise NotSupported("16-bit samples need a 2-byte unsigned short")
+            raise UnsupportedPixelData("16-bit samples need a 2-byte unsigned short")
         if sys.byteorder == "big":  # pragma: no cover
             values.byteswap()
         mask = (1 << pixels.bits_stored) - 1

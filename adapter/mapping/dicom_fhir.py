@@ -19,8 +19,10 @@ Decisions:
   APPn/COM metadata segments are cut out (lossless segment surgery, as for uploads: EXIF/XMP
   copied into a frame must not reach FHIR). Native (uncompressed) pixel data: a lossless PNG of
   frame 1. Encapsulated PDF: the PDF bytes (``application/pdf``). Other transfer syntaxes
-  (JPEG 2000, JPEG-LS, RLE, lossless JPEG…) are refused (NotSupported): the SCP should not
-  accept them for these SOP classes. A multi-frame object gives frame 1 as the Binary and a
+  (JPEG 2000, JPEG-LS, RLE, lossless JPEG…) are refused (UnsupportedTransferSyntax): the SCP
+  does not accept them for these SOP classes; STOW-RS parts may still come in them. Native
+  pixel data a PNG cannot carry as it is (YBR, palette colour, signed) is refused too
+  (UnsupportedPixelData). A multi-frame object gives frame 1 as the Binary and a
   note saying so; keeping the whole object is the store's decision (as the record's original).
 * **Provenance.** The record built by adapter.mapping.photo (enterer = the adapter), plus a
   transmitter agent ``AE <calling AE>`` on behalf of InstitutionName, an ``author`` agent per
@@ -48,7 +50,15 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DA, DT, TM
 
-from adapter.errors import AdapterError, InvalidInput, NotSupported, RequiredElementMissing, UndecodableImage
+from adapter.errors import (
+    AdapterError,
+    InvalidInput,
+    NotSupported,
+    RequiredElementMissing,
+    UndecodableImage,
+    UnsupportedPixelData,
+    UnsupportedTransferSyntax,
+)
 from adapter.imaging import JPEG, PNG, Pixels, encode_png, jpeg_for_encapsulation
 from adapter.imaging.frame import EncapsulatedJpeg, encapsulated_jpeg
 from adapter.mapping.codes import DCM, DICOM_UID_SYSTEM, EXT_LATERALITY, PROVENANCE_PARTICIPANT_TYPE, SNOMED
@@ -269,7 +279,8 @@ def extract_image(ds: Dataset) -> ExtractedImage:
     """The bytes for the Binary of a received object (module docstring).
 
     Raises:
-        NotSupported: a transfer syntax or pixel layout without a lossless rendering here.
+        UnsupportedTransferSyntax: a transfer syntax without a lossless rendering here.
+        UnsupportedPixelData: a native pixel layout without one.
         UndecodableImage: pixel data missing, truncated or not a JPEG stream; a PDF that is not one.
     """
     if "EncapsulatedDocument" in ds:
@@ -301,7 +312,7 @@ def extract_image(ds: Dataset) -> ExtractedImage:
         return image
     if syntax in _NATIVE:
         return ExtractedImage(encode_png(_native_frame(ds)), PNG)
-    raise NotSupported(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",
+    raise UnsupportedTransferSyntax(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",
                        expression="(0002,0010) TransferSyntaxUID")
 
 
@@ -324,12 +335,12 @@ def _native_frame(ds: Dataset) -> Pixels:
     stored = _int(ds.get("BitsStored")) or bits
     photometric = _text(ds.get("PhotometricInterpretation")) or ""
     if (_int(ds.get("PixelRepresentation")) or 0) != 0:
-        raise NotSupported("signed pixel data has no lossless PNG rendering here", expression="(0028,0103)")
+        raise UnsupportedPixelData("signed pixel data has no lossless PNG rendering here", expression="(0028,0103)")
     if bits not in (8, 16) or not 0 < stored <= bits or rows <= 0 or cols <= 0:
-        raise NotSupported(f"{bits}-bit pixel data has no lossless PNG rendering here", expression="(0028,0100)")
+        raise UnsupportedPixelData(f"{bits}-bit pixel data has no lossless PNG rendering here", expression="(0028,0100)")
     if not ((samples == 3 and photometric == "RGB" and bits == 8)
             or (samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"))):
-        raise NotSupported(f"{samples}-sample {photometric} pixel data has no lossless PNG rendering here",
+        raise UnsupportedPixelData(f"{samples}-sample {photometric} pixel data has no lossless PNG rendering here",
                            expression="(0028,0004)")
     size = rows * cols * samples * (bits // 8)
     raw = bytes(ds.PixelData)

@@ -15,8 +15,13 @@ Statuses (PS3.4 B.2.3 Storage Service Class; PS3.7 Annex C general statuses):
   UID in the dataset that differs from the C-STORE request's).
 * ``0xC000`` Error: Cannot understand: the dataset does not parse (truncated, malformed), its
   pixel data cannot be read, or a coded value has no mapping (unknown IssuerOfPatientID).
+* ``0xC122`` Referenced Transfer Syntax not supported (a Cxxx Cannot understand for C-STORE;
+  PS3.18 10.5.3 names it for STOW-RS): the object's transfer syntax has no lossless rendering
+  here (over DIMSE such a context is not accepted in the first place). Native pixel data in a
+  layout without one (YBR, palette colour, signed samples) is ``0xC000``.
 * ``0x0122`` Refused: SOP Class not supported: normally already refused at association
-  negotiation (no presentation context); kept for the same refusal after negotiation.
+  negotiation (no presentation context); kept for the same refusal after negotiation. Never
+  for an object whose SOP class is accepted (its pixel data is 0xC000 or 0xC122 above).
 * ``0x0124`` Refused: Not authorised: the consent or policy rules refuse the object.
 * ``0x0110`` Processing failure: an error that names no cause of the sender's (a bad setting, a
   conflict the store could not resolve).
@@ -34,6 +39,7 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 NOT_AUTHORISED = 0x0124
 PROCESSING_FAILURE = 0x0110
 #: pynetdicom's status for an exception escaping the C-STORE handler: a bug, never a refusal.
@@ -51,6 +57,8 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.ConsentRequired: NOT_AUTHORISED,
     e.UnsupportedMediaType: CANNOT_UNDERSTAND,
     e.NotSupported: SOP_CLASS_NOT_SUPPORTED,
+    e.UnsupportedPixelData: CANNOT_UNDERSTAND,
+    e.UnsupportedTransferSyntax: REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED,
     e.NotAcceptable: PROCESSING_FAILURE,  # HTTP content negotiation: never raised over DIMSE
     e.ImageTooLarge: OUT_OF_RESOURCES,
     e.TooCostly: OUT_OF_RESOURCES,
@@ -92,6 +100,7 @@ def error_comment(err: e.AdapterError) -> str:
 
 __all__ = [
     "BUG_STATUS", "CANNOT_UNDERSTAND", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "DIMSE_STATUS", "NOT_AUTHORISED",
-    "OUT_OF_RESOURCES", "PROCESSING_FAILURE", "SOP_CLASS_NOT_SUPPORTED", "SUCCESS", "dimse_status_for",
+    "OUT_OF_RESOURCES", "PROCESSING_FAILURE", "REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED", "SOP_CLASS_NOT_SUPPORTED",
+    "SUCCESS", "dimse_status_for",
     "error_comment",
 ]

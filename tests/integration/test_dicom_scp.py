@@ -301,6 +301,30 @@ def test_native_pixels_become_a_lossless_png(scp: StoreSCP, client: FhirClient, 
         assert im.mode == "RGB" and im.size == (30, 20) and im.tobytes() == pixels
 
 
+@pytest.mark.parametrize("layout", [
+    {"PhotometricInterpretation": "YBR_FULL"},
+    {"SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2", "BitsAllocated": 16, "BitsStored": 16,
+     "HighBit": 15, "PixelRepresentation": 1},
+])
+def test_pixel_data_without_a_lossless_rendering_is_not_a_sop_class_refusal(
+        scp: StoreSCP, services: Services, tmp_path: Path, layout: dict[str, Any]) -> None:
+    """A Secondary Capture is a SOP class the SCP accepts; native pixel data it has no lossless
+    rendering for (YBR_FULL, signed samples: legal in the IOD) is refused as an object it cannot
+    understand (PS3.4 B.2.3 Cxxx), not as 0x0122 SOP Class not supported, which sends the
+    sender's administrator looking at the wrong setting. Nothing is stored."""
+    path = tmp_path / "native.dcm"
+    ds = native_sc_file(path, bytes(4 * 4 * 3), rows=4, columns=4)
+    for keyword, value in layout.items():
+        setattr(ds, keyword, value)
+    if ds.SamplesPerPixel == 1:
+        del ds.PlanarConfiguration
+        ds.PixelData = bytes(4 * 4 * 2)
+    ds.save_as(path, enforce_file_format=True)
+    status = pynet_store(scp.port, path)
+    assert status.Status == CANNOT_UNDERSTAND, hex(status.Status)
+    stored_nothing(services, ds.SOPInstanceUID, services.settings.data_dir)
+
+
 def test_the_same_sop_instance_twice_creates_one_record(scp: StoreSCP, client: FhirClient, services: Services,
                                                         tmp_path: Path) -> None:
     need_dcmtk()

@@ -25,6 +25,7 @@ from adapter.mapping.dicom_photo import encode_dataset
 from adapter.mapping.dimse_status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED,
     SOP_CLASS_NOT_SUPPORTED,
 )
 from adapter.model.photo import PhotoKind
@@ -1187,3 +1188,18 @@ def test_qido_study_date_of_a_photo_is_the_one_its_object_carries(adapter: tuple
     (found,) = qido(client, "studies", StudyInstanceUID=study)
     assert value(found, "00080020") == taken
     assert [value(s, "0020000D") for s in qido(client, "studies", StudyDate=taken)] == [study]
+
+
+def test_stow_of_a_transfer_syntax_without_a_rendering_fails_as_such(adapter: tuple[FhirClient, Services]) -> None:
+    """STOW-RS has no negotiation: a part in a transfer syntax the adapter cannot render losslessly
+    (JPEG 2000 here) fails with FailureReason 0xC122 Referenced Transfer Syntax not supported
+    (PS3.18 10.5.3), not 0x0122 Referenced SOP Class not supported (its SOP class is accepted)."""
+    client, services = adapter
+    j2k = received()
+    j2k.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"
+    r = stow(client, j2k)
+    assert r.status_code == 409, r.text
+    (failed,) = r.json()["00081198"]["Value"]
+    assert value(failed, "00081155") == j2k.SOPInstanceUID
+    assert value(failed, "00081197") == REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED == 0xC122
+    assert services.store.find_dicom_instance(j2k.SOPInstanceUID) is None

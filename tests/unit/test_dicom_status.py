@@ -13,6 +13,7 @@ from adapter.dicom.status import (
     DIMSE_STATUS,
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
+    REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED,
     SOP_CLASS_NOT_SUPPORTED,
     dimse_status_for,
     error_comment,
@@ -43,6 +44,9 @@ def test_statuses_that_senders_rely_on() -> None:
     assert dimse_status_for(errors.UndecodableImage("x")) == CANNOT_UNDERSTAND
     assert dimse_status_for(errors.UnknownCode("x")) == CANNOT_UNDERSTAND
     assert dimse_status_for(errors.NotSupported("x")) == SOP_CLASS_NOT_SUPPORTED
+    # an accepted SOP class whose pixel data has no rendering here is not a SOP class refusal
+    assert dimse_status_for(errors.UnsupportedPixelData("x")) == CANNOT_UNDERSTAND
+    assert dimse_status_for(errors.UnsupportedTransferSyntax("x")) == REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED
     assert dimse_status_for(errors.ConsentRequired("x")) == NOT_AUTHORISED
     assert dimse_status_for(errors.Forbidden("x")) == NOT_AUTHORISED
 
