@@ -1203,3 +1203,26 @@ def test_stow_of_a_transfer_syntax_without_a_rendering_fails_as_such(adapter: tu
     assert value(failed, "00081155") == j2k.SOPInstanceUID
     assert value(failed, "00081197") == REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED == 0xC122
     assert services.store.find_dicom_instance(j2k.SOPInstanceUID) is None
+
+
+def test_wado_uri_serves_the_object_in_the_transfer_syntax_it_is_stored_in_when_asked(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """WADO-URI transferSyntax (PS3.18 §9, with contentType=application/dicom only): the syntax
+    the object is stored in is served (no transcoding is needed); another is 406, not a 400
+    'not supported' for the parameter itself."""
+    client, _ = adapter
+    photo, _, native = _photo_pdf_and_native(client, tmp_path)
+    for obj, other in ((photo, "1.2.840.10008.1.2.4.91"), (native, "1.2.840.10008.1.2.4.50")):
+        params = {"requestType": "WADO", "studyUID": obj.StudyInstanceUID, "seriesUID": obj.SeriesInstanceUID,
+                  "objectUID": obj.SOPInstanceUID, "contentType": "application/dicom"}
+        stored = pydicom.dcmread(io.BytesIO(client.get("/wado", params=params, headers=TREAT).content))
+        syntax = str(stored.file_meta.TransferSyntaxUID)
+        asked = client.get("/wado", params={**params, "transferSyntax": syntax}, headers=TREAT)
+        assert asked.status_code == 200, asked.text
+        assert asked.headers["content-type"] == "application/dicom"
+        assert pydicom.dcmread(io.BytesIO(asked.content)).SOPInstanceUID == obj.SOPInstanceUID
+        refused = client.get("/wado", params={**params, "transferSyntax": other}, headers=TREAT)
+        assert refused.status_code == 406 and refused.json()["resourceType"] == "OperationOutcome"
+        rendered = client.get("/wado", params={**params, "contentType": "image/jpeg", "transferSyntax": syntax},
+                              headers=TREAT)
+        assert rendered.status_code == 422  # transferSyntax goes with application/dicom only

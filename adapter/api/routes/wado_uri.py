@@ -5,7 +5,8 @@ The same decision, audit and release as WADO-RS (adapter.api.routes.dicomweb, wa
 purpose of use comes in ``X-Purpose-Of-Use``, UIDs are in the purpose's released space, and
 what is answered is made from the object the purpose's release produced:
 
-- ``contentType=application/dicom``: the object (one body, not multipart);
+- ``contentType=application/dicom``: the object (one body, not multipart), in the transfer syntax
+  it is stored in; ``transferSyntax`` (with application/dicom only) naming another is 406;
 - ``image/jpeg``, ``image/png``, ``application/pdf``: the instance rendered, as WADO-RS rendered
   and the FHIR Binary give it (the JPEG frame as it is, native pixels as PNG, a PDF); no
   transcoding, so a type the instance is not rendered as is 406;
@@ -37,7 +38,7 @@ router = APIRouter()
 DICOM = "application/dicom"
 RENDERED = ("image/jpeg", "image/png", "application/pdf")
 _UNSUPPORTED = ("region", "windowCenter", "windowWidth", "presentationUID", "presentationSeriesUID", "annotation",
-                "transferSyntax", "imageQuality", "charset")
+                "imageQuality", "charset")
 _MAX_SIDE = 4096
 
 
@@ -72,11 +73,17 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
                            "to (e.g. X-Purpose-Of-Use: TRAIN), not on request", expression="anonymize")
     rows, columns = _side(q.get("rows"), "rows"), _side(q.get("columns"), "columns")
     wanted = [t.split(";")[0].strip().lower() for t in (q.get("contentType") or "").split(",") if t.strip()]
+    syntax = q.get("transferSyntax")
+    if syntax is not None and DICOM not in wanted:
+        raise InvalidInput("transferSyntax goes with contentType=application/dicom", expression="transferSyntax")
     rendered: ReleasedImage | None = None
     preference: list[str | None] = list(wanted) or [None]
     for media in preference:  # in the client's order of preference; none: as it renders
         if media == DICOM:
             content = await run_in_threadpool(lambda: reader.read_dicom_instance(instance, study=study, series=series))
+            if syntax not in (None, "*", content.transfer_syntax):  # served as stored: never transcoded
+                raise NotAcceptable(f"transferSyntax: this instance is stored in {content.transfer_syntax} and "
+                                    "served as it is (no transcoding)", expression="transferSyntax")
             return Response(content=content.data, media_type=DICOM, headers=break_glass_headers(content.decision.break_glass))
         if media is not None and media not in RENDERED:
             continue
