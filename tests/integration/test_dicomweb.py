@@ -1226,3 +1226,25 @@ def test_wado_uri_serves_the_object_in_the_transfer_syntax_it_is_stored_in_when_
         rendered = client.get("/wado", params={**params, "contentType": "image/jpeg", "transferSyntax": syntax},
                               headers=TREAT)
         assert rendered.status_code == 422  # transferSyntax goes with application/dicom only
+
+
+def test_native_frames_asked_for_in_a_compressed_syntax_are_not_acceptable(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """PS3.18 8.7.3.5: a frame goes in a transfer syntax the client accepts. Native pixel bytes
+    are Explicit (or Implicit) VR Little Endian frames; a client that accepts only JPEG Baseline
+    frames gets 406, not the raw pixels it did not ask for."""
+    client, _ = adapter
+    path = tmp_path / "native.dcm"
+    sent = native_sc_file(path, bytes(range(48)), rows=4, columns=4)
+    assert stow(client, path.read_bytes()).status_code == 200
+    url = (f"/dicomweb/studies/{sent.StudyInstanceUID}/series/{sent.SeriesInstanceUID}/instances/"
+           f"{sent.SOPInstanceUID}/frames/1")
+
+    def frames(syntax: str) -> httpx.Response:
+        accept = f'multipart/related; type="application/octet-stream"; transfer-syntax={syntax}'
+        return client.get(url, headers={**TREAT, "Accept": accept})
+
+    for syntax in ("*", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
+        assert multipart_parts(frames(syntax)) == [
+            ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", bytes(range(48)))], syntax
+    assert frames("1.2.840.10008.1.2.4.50").status_code == 406

@@ -8,7 +8,8 @@ viewer asks for after a QIDO-RS search:
     multipart/related: the frames as stored. A JPEG frame goes as ``image/jpeg`` or, asked with
     ``type="application/octet-stream"; transfer-syntax=*``, as octet-stream labelled with its
     transfer syntax; a native frame as ``application/octet-stream``. Nothing is transcoded:
-    octet-stream without ``transfer-syntax=*`` for a compressed frame is 406.
+    octet-stream without ``transfer-syntax=*`` for a compressed frame is 406, and so is a native
+    frame asked for only in a compressed syntax.
 ``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/bulk/{tag}``
     multipart/related; type="application/octet-stream": one bulk data value the metadata named.
 ``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/rendered``
@@ -63,6 +64,8 @@ from adapter.text import pixel_count
 router = APIRouter(prefix="/dicomweb")
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+#: The syntaxes a native frame's bytes are in: its pixel bytes are the same in both (little endian).
+NATIVE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 OCTET = "application/octet-stream"
 
 
@@ -214,7 +217,8 @@ def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool) -> s
         asked = asked.lower()
         if asked == "image/jpeg" and syntax == JPEG_BASELINE and wanted_syntax in (None, "*", syntax):
             return "image/jpeg"
-        if asked == OCTET and (not compressed or wanted_syntax in ("*", syntax)):
+        if asked == OCTET and (wanted_syntax in ("*", syntax)
+                               or (not compressed and wanted_syntax in (None, *NATIVE_SYNTAXES))):
             return OCTET
     return None
 
