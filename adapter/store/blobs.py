@@ -24,6 +24,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 #: Staged files older than this are left over from a crash or an aborted upload.
 STALE_STAGING_SECONDS = 3600
+#: How often a running store sweeps its staging folder (from new_staging_path). A crash's
+#: leftovers are fresh when the adapter restarts at once, so the sweep at start keeps them: this
+#: one removes them once they are stale, instead of at a later start (weeks away, perhaps).
+STAGING_SWEEP_SECONDS = 600
 
 
 def _fsync_dir(path: Path) -> None:
@@ -71,7 +75,9 @@ class FileBlobStore:
             self._staging_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError("cannot create the blob folders") from exc
+        self._stale_after = stale_after_seconds
         self.remove_stale_staging(stale_after_seconds)
+        self._next_sweep = time.monotonic() + STAGING_SWEEP_SECONDS
 
     def remove_stale_staging(self, older_than_seconds: float = STALE_STAGING_SECONDS) -> int:
         """Delete staged files not modified for ``older_than_seconds``; return how many."""
@@ -120,7 +126,15 @@ class FileBlobStore:
                 "(ADAPTER_MIN_FREE_MB): no new image is stored; reads and consent changes go on")
 
     def new_staging_path(self) -> Path:
-        """A fresh path in the staging folder (same file system as the blobs)."""
+        """A fresh path in the staging folder (same file system as the blobs). Every
+        STAGING_SWEEP_SECONDS, stale staged files are removed first."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + STAGING_SWEEP_SECONDS
+            try:
+                self.remove_stale_staging(self._stale_after)
+            except OSError:  # the upload goes on; the next sweep tries again
+                _log.warning("could not sweep the staging folder", exc_info=True)
         return self._staging_dir / f"{uuid.uuid4().hex}.part"
 
     def _address(self, sha256: str) -> Path:

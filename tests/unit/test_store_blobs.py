@@ -161,6 +161,24 @@ def test_stale_staged_files_are_removed_on_start(tmp_path: Path) -> None:
     assert fresh.exists()
 
 
+def test_staged_files_a_crash_left_are_removed_while_the_store_runs(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash's leftover (patient data) is fresh when the adapter restarts at once, so the sweep
+    at start keeps it; a store that runs on removes it once it is stale, not at some later start."""
+    left, _ = stage(make_store(tmp_path), b"a crash left this")  # the store before the crash
+    store = make_store(tmp_path)  # restarted at once: the leftover is not stale yet
+    assert left.exists()
+    two_hours_ago = time.time() - 7200  # two hours on
+    os.utime(left, (two_hours_ago, two_hours_ago))
+    in_use = store.new_staging_path()
+    in_use.write_bytes(b"an upload arriving")
+    later = time.monotonic() + 7200
+    monkeypatch.setattr(blobs_module.time, "monotonic", lambda: later)
+    store.new_staging_path()
+    assert not left.exists()
+    assert in_use.exists()
+
+
 MIB = 1024 * 1024
 
 
