@@ -19,7 +19,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from adapter.errors import ConfigurationError
+from adapter.errors import ConfigurationError, InvalidInput
 
 #: Execution option marking a connection whose transactions write (SQLite: ``BEGIN IMMEDIATE``).
 WRITE = "adapter_write"
@@ -53,6 +53,7 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
                                connect_args={"timeout": BUSY_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
+        event.listen(engine, "before_cursor_execute", _refuse_nul)
         return engine
     if backend == "postgresql" and driver == "psycopg":
         connect_args: dict[str, Any] = {}
@@ -60,8 +61,10 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
             if not _SCHEMA_NAME.match(schema):
                 raise ConfigurationError("a schema name is lower-case letters, digits and underscores")
             connect_args["options"] = f"-csearch_path={schema}"
-        return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
-                             connect_args=connect_args)
+        engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
+                               connect_args=connect_args)
+        event.listen(engine, "before_cursor_execute", _refuse_nul)
+        return engine
     raise ConfigurationError("the database URL must start with sqlite:/// or postgresql+psycopg://")
 
 
@@ -71,6 +74,19 @@ def prepare_database(conn: Connection, schema: str | None) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         if schema is not None:
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+
+
+def _refuse_nul(_conn: Connection, _cursor: Any, _statement: str, parameters: Any, _context: Any,
+                executemany: bool) -> None:
+    """Refuse a text value holding U+0000 on both databases alike: PostgreSQL cannot keep one in
+    text (its driver error was a transient StorageError, 503 or 0xA700, which clients retry
+    forever) while SQLite kept it, and FHIR strings do not allow it. JSON documents are text
+    with the character escaped, so only values that are text themselves are refused."""
+    for row in parameters if executemany else (parameters,):
+        values = row.values() if isinstance(row, dict) else row
+        if any(isinstance(value, str) and "\x00" in value for value in values or ()):
+            raise InvalidInput("a text value holds the character U+0000, which neither FHIR strings nor the "
+                               "record store allow: nothing was saved")
 
 
 def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

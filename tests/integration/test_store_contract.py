@@ -230,6 +230,25 @@ def test_save_ingest_is_atomic_when_a_constraint_fails_late(store: SqlRecordStor
     assert_nothing_visible(store, unit)
 
 
+def test_a_nul_character_in_a_text_value_is_invalid_input_on_every_backend(store: SqlRecordStore) -> None:
+    """PostgreSQL cannot keep U+0000 in text, SQLite can, and FHIR strings do not allow it: both
+    refuse it, as the client's error (not a transient store failure, which a capture app or a
+    PACS retries forever), and write nothing; a search for it is refused alike."""
+    patient = Identifier(system=PATIENT.system, value="MRN-\x00-1")
+    unit = make_unit(patient=patient)
+    with pytest.raises(InvalidInput):
+        store.save_ingest(unit)
+    assert all(store.get(r.resource_type, r.id) is None for r in unit.resources)
+    assert store.find_receipt(idempotency_key=str(unit.idempotency_key)) is None and store.list_audit() == []
+    consent = make_resource("Consent", patient=patient, status="active", with_facts=False)
+    with pytest.raises(InvalidInput):
+        store.create(consent)
+    assert store.get("Consent", consent.id) is None
+    with pytest.raises(InvalidInput):
+        list(store.search_index("Media", SearchCriteria(patient=(patient,))))
+    store.save_ingest(make_unit(audit_events=[{"note": "a NUL inside JSON is escaped: \x00"}]))
+
+
 def test_idempotency_key_taken_is_conflict_and_writes_nothing(store: SqlRecordStore) -> None:
     first = make_unit()
     store.save_ingest(first)
