@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from adapter.errors import Conflict
 from adapter.mapping.tables import Tables
 from adapter.mapping.transaction import (
     ROLE_BINARY,
@@ -37,6 +38,12 @@ class TransactionService:
         locations: dict[str, str] = {ROLE_BINARY: receipt["binary"], ROLE_RECORD: receipt["record"]}
         if receipt["consents"]:
             locations[ROLE_CONSENT] = receipt["consents"][0]
+        elif ROLE_CONSENT in submission.entry_roles:
+            # a replay: the photo was stored for the patient before, without a Consent, and this
+            # Bundle's Consent was not stored (a response naming one would say it was)
+            raise Conflict("this photo is stored for the patient already, without a Consent: nothing was stored, "
+                           "the Bundle's Consent neither; record the Consent with POST /fhir/Consent",
+                           expression="Bundle.entry")
         status = "200 OK" if result.replayed else "201 Created"
         entries = []
         for role in submission.entry_roles:

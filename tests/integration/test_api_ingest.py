@@ -347,6 +347,25 @@ def test_transaction_bundle_is_stored_like_a_photo(tmp_path: Path) -> None:
         assert again.status_code == 200 and _counts(services)[1] == 1
 
 
+def test_a_bundle_with_a_consent_for_a_photo_stored_without_one_is_refused(tmp_path: Path) -> None:
+    """The photo is stored for the patient already (same stored SHA-256), posted without a
+    Consent: the Bundle's retry is answered from that receipt, which names no Consent to put in
+    the Consent entry's response. It was a 500 (KeyError, after the replay); now a 409 saying
+    the Consent was not stored, and nothing new is."""
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    binary = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(base64.b64decode(binary["data"]))
+    with adapter_client(tmp_path) as (client, services):
+        first = post_photo(client, photo, metadata(kind="document", consent=None))
+        assert first.status_code == 201, first.text
+        assert first.json()["consents"] == []
+        counts = _counts(services)
+        body = _outcome(client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"}), 409)
+        assert "Consent" in body["issue"][0]["diagnostics"]
+        assert _counts(services) == counts
+
+
 def test_invalid_transaction_gets_an_outcome_pointing_at_the_element(tmp_path: Path) -> None:
     bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
     with adapter_client(tmp_path) as (client, services):
