@@ -35,7 +35,9 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
     """An Engine for ``sqlite:///<file>`` or ``postgresql+psycopg://…``.
 
     ``schema`` (PostgreSQL only) puts the tables in that schema, created if missing.
-    Raises ConfigurationError for any other URL.
+    Raises ConfigurationError for any other URL. Its errors name no bound value
+    (``hide_parameters``): those are patient identifiers and AuditEvents, and an unexpected
+    failure is logged with its message.
     """
     try:
         url = make_url(database_url)
@@ -49,7 +51,7 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
         if database in ("", ":memory:") or database.startswith("file:") or url.query.get("mode") == "memory":
             raise ConfigurationError("the SQLite store needs a file path (sqlite:///path/to/adapter.db)")
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow,
+        engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, hide_parameters=True,
                                connect_args={"timeout": BUSY_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
@@ -62,7 +64,7 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
                 raise ConfigurationError("a schema name is lower-case letters, digits and underscores")
             connect_args["options"] = f"-csearch_path={schema}"
         engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
-                               connect_args=connect_args)
+                               hide_parameters=True, connect_args=connect_args)
         event.listen(engine, "before_cursor_execute", _refuse_nul)
         return engine
     raise ConfigurationError("the database URL must start with sqlite:/// or postgresql+psycopg://")

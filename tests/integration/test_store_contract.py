@@ -249,6 +249,17 @@ def test_a_nul_character_in_a_text_value_is_invalid_input_on_every_backend(store
     store.save_ingest(make_unit(audit_events=[{"note": "a NUL inside JSON is escaped: \x00"}]))
 
 
+def test_a_database_error_names_no_parameter_value(store: SqlRecordStore) -> None:
+    """A failing statement's error (what an unexpected failure logs, with its traceback) carries
+    the SQL, not the values bound to it: those are patient identifiers and AuditEvents."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    with pytest.raises(DBAPIError) as info, store._engine.connect() as conn:
+        conn.execute(text("SELECT value FROM no_such_table WHERE value = :v"), {"v": "MRN-SECRET-4711"})
+    assert "MRN-SECRET-4711" not in str(info.value) and "no_such_table" in str(info.value)
+
+
 def test_idempotency_key_taken_is_conflict_and_writes_nothing(store: SqlRecordStore) -> None:
     first = make_unit()
     store.save_ingest(first)
