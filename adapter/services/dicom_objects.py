@@ -240,12 +240,12 @@ STUDY, SERIES, INSTANCE = "study", "series", "instance"
 LEVELS = (STUDY, SERIES, INSTANCE)
 #: The match keys each level supports (a key of a lower level is refused, not ignored).
 LEVEL_KEYS: dict[str, frozenset[str]] = {
-    STUDY: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "ModalitiesInStudy",
-                       "AccessionNumber"}),
-    SERIES: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "SeriesInstanceUID",
-                       "Modality", "AccessionNumber"}),
-    INSTANCE: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "SeriesInstanceUID",
-                         "Modality", "SOPInstanceUID", "SOPClassUID", "AccessionNumber"}),
+    STUDY: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
+                       "ModalitiesInStudy", "AccessionNumber"}),
+    SERIES: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
+                       "SeriesInstanceUID", "Modality", "AccessionNumber"}),
+    INSTANCE: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
+                         "SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID", "AccessionNumber"}),
 }
 _DATE = re.compile(r"^\d{8}$", re.ASCII)
 
@@ -279,7 +279,9 @@ class DateRange:
 @dataclass(frozen=True)
 class DicomQuery:
     """QIDO-RS match keys, in the released space of the reader's view (module docstring).
-    UIDs: list matching (any of); PatientID: single value, ``*``/``?`` wildcards; the rest exact."""
+    UIDs: list matching (any of); PatientID: single value, ``*``/``?`` wildcards; PatientName:
+    the same, insensitive to case and to empty trailing name components (:func:`_person_name_matches`);
+    the rest exact."""
 
     study_uids: tuple[str, ...] = ()
     series_uids: tuple[str, ...] = ()
@@ -287,6 +289,7 @@ class DicomQuery:
     sop_class_uids: tuple[str, ...] = ()
     patient_id: str | None = None
     issuer_of_patient_id: str | None = None
+    patient_name: str | None = None        # as the view shows it: TRAIN none, HRESCH the pseudonym
     modality: str | None = None            # Modality (series, instance) or ModalitiesInStudy (study)
     study_date: DateRange | None = None
     accession_number: str | None = None    # exact (a RIS's key); only care's view shows one
@@ -305,9 +308,29 @@ class DicomQuery:
             return False
         if self.issuer_of_patient_id is not None and entry.issuer_of_patient_id != self.issuer_of_patient_id:
             return False
+        if self.patient_name is not None and not _person_name_matches(self.patient_name, entry.patient_name):
+            return False
         if self.accession_number is not None and entry.accession_number != self.accession_number:
             return False
         return self.study_date is None or self.study_date.matches(entry.study_date)
+
+
+def _person_name(value: str) -> str:
+    """A PN value for matching: each component group without its empty trailing components
+    (``Doe^John^^^`` is ``Doe^John``), case folded."""
+    return "=".join(group.rstrip("^ ") for group in value.strip().split("=")).rstrip("=").casefold()
+
+
+def _person_name_matches(pattern: str, value: str | None) -> bool:
+    """PatientName matching (PS3.4 C.2.2.2.1 allows PN literal matching insensitive to case;
+    C.2.2.2.4 wildcards): a pattern of one component group is matched against each group of the
+    value (alphabetic, ideographic, phonetic), one naming several groups against the whole."""
+    if not value:
+        return False
+    wanted, name = _person_name(pattern), _person_name(value)
+    if "=" in wanted:
+        return _wildcard(wanted, name)
+    return any(_wildcard(wanted, group) for group in name.split("=") if group)
 
 
 def _wildcard(pattern: str, value: str | None) -> bool:

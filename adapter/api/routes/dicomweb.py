@@ -18,14 +18,14 @@
 * **QIDO-RS** (PS3.18 10.6) ``GET /dicomweb/studies``, ``/studies/{study}/series``, ``/series``,
   ``/studies/{study}/series/{series}/instances``, ``/studies/{study}/instances``, ``/instances``:
   application/dicom+json (PS3.18 F.2). Match keys (keyword or tag): PatientID (wildcards ``*``,
-  ``?``), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
+  ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
   (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy, StudyDate (``YYYYMMDD``,
   ``A-B``, ``A-``, ``-B``), AccessionNumber (exact); ``limit``, ``offset`` (results at the level,
   after the decision); ``includefield`` and ``fuzzymatching`` are accepted and ignored (the
   attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
   AccessionNumber and StudyTime where the view does). Keys are matched against what the view
   shows: under TRAIN/HRESCH the UIDs are the mapped ones (exact match on mapped UIDs only),
-  HRESCH's PatientID is the pseudonym; TRAIN shows no PatientID and no dates, and neither shows an
+  HRESCH's PatientID (and PatientName) is the pseudonym; TRAIN shows no PatientID, PatientName or dates, and neither shows an
   AccessionNumber, so keys on them match nothing. Instances not permitted are left out and not
   counted. No match is 200 with ``[]``. Metadata, frames and bulk data: adapter.api.routes.wado_bulk.
 
@@ -327,7 +327,7 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> tuple[Dic
         study_uids=uids("StudyInstanceUID"), series_uids=uids("SeriesInstanceUID"),
         sop_instance_uids=uids("SOPInstanceUID"), sop_class_uids=uids("SOPClassUID"),
         patient_id=keys.get("PatientID"), issuer_of_patient_id=keys.get("IssuerOfPatientID"),
-        modality=keys.get("Modality") or keys.get("ModalitiesInStudy"),
+        patient_name=keys.get("PatientName"), modality=keys.get("Modality") or keys.get("ModalitiesInStudy"),
         study_date=DateRange.parse(keys["StudyDate"]) if "StudyDate" in keys else None,
         accession_number=keys.get("AccessionNumber"))
     return query, limit, offset
