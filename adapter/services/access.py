@@ -699,8 +699,10 @@ class ScopedReader:
         if release.view is View.DEIDENTIFIED and (query.patient_id is not None or query.patient_name is not None
                                                   or query.study_date is not None):
             batches = ()  # the view shows no PatientID, PatientName or dates: nothing can match, nothing to load
-        elif release.view is not View.FULL and query.accession_number is not None:
-            batches = ()  # only care's view shows an AccessionNumber (TRAIN and HRESCH copies remove it)
+        elif release.view is not View.FULL and (query.accession_number is not None
+                                                or query.study_description is not None):
+            batches = ()  # only care's view shows an AccessionNumber or StudyDescription (TRAIN and HRESCH copies
+            # remove them)
         elif release.view is View.PSEUDONYMISED and exact_patient is not None:
             # the pseudonym the view shows as PatientID: looked up, not computed for every instance
             batches = [[i for p in self._pseudonymised([exact_patient])

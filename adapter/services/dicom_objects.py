@@ -241,11 +241,12 @@ LEVELS = (STUDY, SERIES, INSTANCE)
 #: The match keys each level supports (a key of a lower level is refused, not ignored).
 LEVEL_KEYS: dict[str, frozenset[str]] = {
     STUDY: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                       "ModalitiesInStudy", "AccessionNumber"}),
+                       "ModalitiesInStudy", "AccessionNumber", "StudyDescription"}),
     SERIES: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                       "SeriesInstanceUID", "Modality", "AccessionNumber"}),
+                       "SeriesInstanceUID", "Modality", "AccessionNumber", "StudyDescription"}),
     INSTANCE: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                         "SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID", "AccessionNumber"}),
+                         "SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID", "AccessionNumber",
+                         "StudyDescription"}),
 }
 _DATE = re.compile(r"^\d{8}$", re.ASCII)
 
@@ -281,7 +282,7 @@ class DicomQuery:
     """QIDO-RS match keys, in the released space of the reader's view (module docstring).
     UIDs: list matching (any of); PatientID: single value, ``*``/``?`` wildcards; PatientName:
     the same, insensitive to case and to empty trailing name components (:func:`_person_name_matches`);
-    the rest exact."""
+    StudyDescription: single value with wildcards (a viewer's study list filter); the rest exact."""
 
     study_uids: tuple[str, ...] = ()
     series_uids: tuple[str, ...] = ()
@@ -293,6 +294,7 @@ class DicomQuery:
     modality: str | None = None            # Modality (series, instance) or ModalitiesInStudy (study)
     study_date: DateRange | None = None
     accession_number: str | None = None    # exact (a RIS's key); only care's view shows one
+    study_description: str | None = None   # wildcards; only care's view shows one
 
     def matches(self, entry: DicomEntry) -> bool:
         """Every key but Modality, which :func:`match_level` applies per level."""
@@ -311,6 +313,8 @@ class DicomQuery:
         if self.patient_name is not None and not _person_name_matches(self.patient_name, entry.patient_name):
             return False
         if self.accession_number is not None and entry.accession_number != self.accession_number:
+            return False
+        if self.study_description is not None and not _wildcard(self.study_description, entry.study_description):
             return False
         return self.study_date is None or self.study_date.matches(entry.study_date)
 

@@ -1111,6 +1111,10 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
     assert [value(s, "0020000D") for s in qido(client, "studies", AccessionNumber="ACC-77")] == [obj.StudyInstanceUID]
     assert len(qido(client, "instances", TREAT, AccessionNumber="ACC-77")) == 1
     assert qido(client, "studies", AccessionNumber="ACC-7") == []
+    # a viewer's filter on the description: wildcards, in care's view only
+    assert [value(s, "0020000D") for s in qido(client, "studies", StudyDescription="Wound care*")] \
+        == [obj.StudyInstanceUID]
+    assert qido(client, "studies", StudyDescription="Wound") == []
     [photo] = [s for uid, s in studies.items() if uid != obj.StudyInstanceUID]
     assert not {"00100010", "00081030", "00080050"} & set(photo)
     add_consent(client, ["TRAIN", "HRESCH"])
@@ -1119,6 +1123,7 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
         assert PATIENT_NAME not in json.dumps(study) and "ACC-77" not in json.dumps(study)
     assert qido(client, "studies", TRAIN, AccessionNumber="ACC-77") == []
     assert qido(client, "studies", HRESCH, AccessionNumber="ACC-77") == []
+    assert qido(client, "studies", HRESCH, StudyDescription="*") == qido(client, "studies", TRAIN, StudyDescription="*") == []
     pseudonymised = [s for s in qido(client, "studies", HRESCH) if "00080030" in s]
     [hresch] = pseudonymised
     assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]

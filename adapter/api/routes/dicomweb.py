@@ -20,7 +20,7 @@
   application/dicom+json (PS3.18 F.2). Match keys (keyword or tag): PatientID (wildcards ``*``,
   ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
   (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy, StudyDate (``YYYYMMDD``,
-  ``A-B``, ``A-``, ``-B``), AccessionNumber (exact); ``limit``, ``offset`` (results at the level,
+  ``A-B``, ``A-``, ``-B``), AccessionNumber (exact), StudyDescription (wildcards); ``limit``, ``offset`` (results at the level,
   after the decision); ``includefield`` and ``fuzzymatching`` are accepted and ignored (the
   attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
   AccessionNumber and StudyTime where the view does). Keys are matched against what the view
@@ -329,7 +329,7 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> tuple[Dic
         patient_id=keys.get("PatientID"), issuer_of_patient_id=keys.get("IssuerOfPatientID"),
         patient_name=keys.get("PatientName"), modality=keys.get("Modality") or keys.get("ModalitiesInStudy"),
         study_date=DateRange.parse(keys["StudyDate"]) if "StudyDate" in keys else None,
-        accession_number=keys.get("AccessionNumber"))
+        accession_number=keys.get("AccessionNumber"), study_description=keys.get("StudyDescription"))
     return query, limit, offset
 
 
