@@ -9,6 +9,7 @@ audited. Routes and DICOM handlers never read the store directly.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import heapq
 import logging
@@ -226,8 +227,31 @@ class ScopedReader:
                     log.warning("Consent/%s cannot be interpreted; read as a denial", stored.id)
                     grants.append(ConsentGrant(id=stored.id, patient=patient, status="active", decision="deny",
                                                purposes=frozenset({ANY_PURPOSE})))
-            self._grants[patient] = grants
+            self._grants[patient] = [self._denial_of_the_photo(g) for g in grants]
         return self._grants[patient]
+
+    def _denial_of_the_photo(self, grant: ConsentGrant) -> ConsentGrant:
+        """A deny grant whose provision.data names a resource of a photo other than its record
+        (its Binary: the image itself; its Provenance; the DocumentReference an R5 reader knows
+        a Media as) also names that record, which every decision of the photo is made on (a
+        Binary and the DICOM object are decided on their record's facts): a deny of the image
+        is a deny of the photo. Fail closed: a deny naming only the Provenance denies the photo
+        too. Permits are left as they are (a permit naming a Binary permits nothing)."""
+        if grant.decision != "deny" or not grant.data_refs:
+            return grant
+        records: set[str] = set()
+        for ref in grant.data_refs:
+            resource_type, _, id = ref.partition("/")
+            if resource_type not in READABLE_TYPES or not id:
+                continue
+            stored = self._store.get(resource_type, id)
+            if stored is None and resource_type == "DocumentReference":
+                stored = self._store.get("Media", id)  # R5's name of a Media
+            if stored is not None and stored.facts is not None:
+                records.add(stored.facts.governed_by)
+        if records <= grant.data_refs:
+            return grant
+        return dataclasses.replace(grant, data_refs=grant.data_refs | records)
 
     def _facts(self, resource_type: str, id: str, facts: AccessFacts | None,
                resource: dict[str, Any] | None) -> AccessFacts | None:

@@ -1200,3 +1200,31 @@ def test_a_consent_cannot_be_moved_to_another_patient(tmp_path: Path) -> None:
                            headers={"Content-Type": "application/fhir+json"})
         assert moved.status_code == 422 and moved.json()["issue"][0]["code"] == "business-rule"
         assert client.get(f"/fhir/{receipt['consents'][0]}", headers=as_purpose("TREAT")).json()["meta"]["versionId"] == "1"
+
+
+@pytest.mark.parametrize("named", ["binary", "provenance", "r5-photo"])
+def test_a_deny_naming_the_photo_by_another_of_its_resources_applies_to_the_photo(tmp_path: Path,
+                                                                                 named: str) -> None:
+    """Review finding: a deny whose provision.data named the photo's Binary (the image itself),
+    its Provenance, or the DocumentReference an R5 reader knows the photo as, matched nothing:
+    provision.data was compared with the record's own reference only, so TRAIN, under the
+    patient's general Consent for it, still read the image, the DICOM object and the record."""
+    with adapter_client(tmp_path) as (client, _):
+        photo = _ingest(client)
+        other = _ingest(client, path=SAMPLES / "lesion.png")
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN"]))
+        reference = {"binary": photo["binary"], "provenance": photo["provenance"],
+                     "r5-photo": photo["record"].replace("Media/", "DocumentReference/")}[named]
+        deny = consent_resource(["TRAIN"])
+        deny["provision"]["type"] = "deny"
+        deny["provision"]["data"] = [{"meaning": "instance", "reference": {"reference": reference}}]
+        assert client.post("/fhir/Consent", json=deny).status_code == 201
+        train = as_purpose("TRAIN")
+        for path, accept in ((photo["record"], None), (photo["binary"], "image/jpeg"), (photo["provenance"], None)):
+            r = client.get(f"/fhir/{path}", headers={**train, **({"Accept": accept} if accept else {})})
+            assert r.status_code == 403, (path, r.status_code)
+        assert client.get(f"/fhir/{other['record']}", headers=train).status_code == 200  # only that photo
+        found = client.get("/fhir/Media", headers=train).json()
+        assert [e["resource"]["id"] for e in found.get("entry", [])] == [other["record"].split("/")[1]]
+        instances = client.get("/dicomweb/instances", headers=train).json()
+        assert len(instances) == 1  # the other photo's object, not this one's
