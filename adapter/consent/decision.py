@@ -28,7 +28,7 @@ from adapter.consent.rules import (
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
 from adapter.model.decision import Decision, View
-from adapter.model.photo import PhotoSource
+from adapter.model.photo import ConsentMethod, PhotoSource
 from adapter.model.purpose import PurposeOfUse
 from adapter.model.record import AccessFacts
 
@@ -55,7 +55,8 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
        every other purpose until a Consent permitting care is recorded for it: then care reads
        it as any clinical photo (6), and an explicit-consent purpose needs that care Consent
        besides its own (7); a Consent for training alone never opens a photo whose taking has
-       no documented consent.
+       no documented consent. With ``writtenRequired`` only a written Consent documents it, as
+       at ingest.
     5. An applicable ``deny`` grant covering the purpose denies it (deny wins), whatever the kind.
     6. Care: ``document`` and ``secondary`` photos need no consent; a ``clinical`` photo needs an
        applicable active permit covering the purpose (a Consent for TREAT covers COC); when
@@ -105,7 +106,8 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
             return permit(f"{facts.kind.value} photos need no consent for care")
         if facts.source is PhotoSource.COLLEAGUE_INTERNAL and not facts.consent_pending:
             return permit("sent by a colleague inside the organisation, who is responsible for consent")
-        grants = [g for g in in_force if g.decision == PERMIT and grant_covers(g, code, tables)]
+        grants = [g for g in in_force if g.decision == PERMIT and grant_covers(g, code, tables)
+                  and (not facts.consent_pending or _documents_care(g, tables))]
         if grants:
             return permit(f"active Consent permits {code}", grants)
         withdrawn = _withdrawn(facts, consents, code, tables, now)
@@ -114,7 +116,8 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
         return deny(f"no active consent for {code}")
 
     if facts.consent_pending and not any(
-            g.decision == PERMIT and any(grant_covers(g, care, tables) for care in tables.policy.consent.care_purposes)
+            g.decision == PERMIT and _documents_care(g, tables)
+            and any(grant_covers(g, care, tables) for care in tables.policy.consent.care_purposes)
             for g in in_force):
         return deny("consent pending: no consent for care is documented for this photo; readable only under "
                     "break-glass")
@@ -192,6 +195,12 @@ def _withdrawn(facts: AccessFacts, consents: Sequence[ConsentGrant], code: str, 
             and grant_scope_matches(g, facts.patient, facts.governed_by)
             and (g.period_start is None or g.period_start <= now)
             and grant_covers(g, code, tables)]
+
+
+def _documents_care(grant: ConsentGrant, tables: Tables) -> bool:
+    """Can ``grant`` be the documented consent for care a consent-pending photo awaits? As at
+    ingest (adapter.consent.ingest): only a written one when the policy requires written consent."""
+    return not tables.policy.consent.written_required or grant.method is ConsentMethod.WRITTEN
 
 
 def _ids(grants: Sequence[ConsentGrant]) -> tuple[str, ...]:

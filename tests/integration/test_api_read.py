@@ -1228,3 +1228,24 @@ def test_a_deny_naming_the_photo_by_another_of_its_resources_applies_to_the_phot
         assert [e["resource"]["id"] for e in found.get("entry", [])] == [other["record"].split("/")[1]]
         instances = client.get("/dicomweb/instances", headers=train).json()
         assert len(instances) == 1  # the other photo's object, not this one's
+
+
+def test_written_required_a_pending_photo_opens_only_with_written_consent(tmp_path: Path) -> None:
+    """Review finding: with ``writtenRequired`` a verbal Consent recorded after a pending photo
+    opened it for care, though the ingest refuses the same Consent as a clinical photo's
+    documented consent (a second photo sent then was still kept pending)."""
+    method = "http://clinical-image-adapter.org/fhir/StructureDefinition/consent-method"
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True, "writtenRequired": True}}) as (client, _):
+        receipt = _ingest(client, consent=None)
+        assert receipt["consentPending"] is True
+        verbal = consent_resource(["TREAT"])
+        verbal["extension"] = [{"url": method, "valueCode": "verbal"}]
+        assert client.post("/fhir/Consent", json=verbal).status_code == 201
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
+        assert _ingest(client, path=SAMPLES / "lesion.png", consent=None)["consentPending"] is True
+        for purpose in ("TREAT", "TRAIN"):
+            assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose(purpose)).status_code == 403
+        written = consent_resource(["TREAT"])
+        written["extension"] = [{"url": method, "valueCode": "written"}]
+        assert client.post("/fhir/Consent", json=written).status_code == 201
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200

@@ -112,6 +112,20 @@ def test_a_consent_for_training_alone_does_not_open_a_pending_record(code: str) 
     assert run(code, make_facts(), grants=(make_grant(code),)).permitted  # not pending: as before
 
 
+@pytest.mark.parametrize("method", [ConsentMethod.VERBAL, None])
+def test_written_required_a_pending_record_opens_only_with_written_consent(method: ConsentMethod | None) -> None:
+    """Review finding: with ``writtenRequired`` a Consent recorded verbally (or of no stated
+    method) opened a pending photo for care and, with a Consent for it, for TRAIN, though the
+    ingest refuses the same Consent as the documented consent a clinical photo needs."""
+    tables = policy_variant(consent={"written_required": True, "allow_pending": True})
+    pending = make_facts(pending=True)
+    verbal = make_grant("TREAT", method=method)
+    assert not run("TREAT", pending, grants=(verbal,), tables=tables).permitted
+    assert not run("TRAIN", pending, grants=(verbal, make_grant("TRAIN", id="c2")), tables=tables).permitted
+    assert run("TREAT", pending, grants=(verbal, make_grant("TREAT", id="c2")), tables=tables).permitted
+    assert run("TREAT", pending, grants=(verbal,)).permitted  # written not required: as before
+
+
 @pytest.mark.parametrize("code", ["BTG", "ETREAT", "ERTREAT"])
 def test_break_glass_enabled_permits_pending_record(code: str) -> None:
     d = run(code, make_facts(pending=True))
