@@ -24,8 +24,9 @@ The mapping, and where it fails closed:
   parent, as in R5) become extra deny grants, inheriting what they do not restate from their
   parents (purposes, data) and clipped to their parents' period. Nested permits (exceptions
   to a deny) are not honoured: the deny stands.
-* ``policyRule`` v3-ActCode#IMPLIED marks an implied consent; the method comes from the
-  consent-method extension, else IMPLIED for an implied consent, else None.
+* ``policyRule`` v3-ActCode#IMPLIED, or the consent-method extension ``implied``, marks an
+  implied consent; the method comes from the consent-method extension, else IMPLIED for an
+  implied consent, else None.
 """
 
 from __future__ import annotations
@@ -82,8 +83,10 @@ def grants_from_consent(resource: Mapping[str, Any]) -> list[ConsentGrant]:
     consent_id = _string(resource.get("id"), "Consent.id")
     status = _string(resource.get("status"), "Consent.status")
     patient = _patient(resource)
-    implied = _implied(resource)
-    method = _method(resource, implied)
+    # an implied consent says so in policyRule or in its consent-method extension: either way
+    # it is no express consent (it covers care only)
+    method = _method(resource, _implied(resource))
+    implied = method is ConsentMethod.IMPLIED or _implied(resource)
 
     def grant(scope: _Scope) -> ConsentGrant:
         return ConsentGrant(id=consent_id, patient=patient, status=status, decision=scope.decision,

@@ -1249,3 +1249,19 @@ def test_written_required_a_pending_photo_opens_only_with_written_consent(tmp_pa
         written["extension"] = [{"url": method, "valueCode": "written"}]
         assert client.post("/fhir/Consent", json=written).status_code == 201
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
+
+
+def test_a_consent_recorded_as_implied_does_not_permit_training(tmp_path: Path) -> None:
+    """Review finding: a Consent whose consent-method extension says the consent was implied,
+    without policyRule IMPLIED, permitted TRAIN and HRESCH as an express consent would; implied
+    consent covers care only (the clinical images guidance)."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        implied = consent_resource(["TREAT", "TRAIN", "HRESCH"])
+        implied["extension"] = [{"url": "http://clinical-image-adapter.org/fhir/StructureDefinition/consent-method",
+                                 "valueCode": "implied"}]
+        assert client.post("/fhir/Consent", json=implied).status_code == 201
+        for purpose in ("TRAIN", "HRESCH"):
+            assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose(purpose)).status_code == 403
+            assert client.get("/fhir/Media", headers=as_purpose(purpose)).json()["total"] == 0
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200

@@ -89,6 +89,14 @@ def test_implied_policy_rule_marks_an_implied_consent() -> None:
     assert g.implied and g.method is ConsentMethod.IMPLIED
 
 
+def test_a_consent_method_of_implied_marks_an_implied_consent() -> None:
+    """Review finding: a Consent whose consent-method extension says implied, but with no
+    policyRule IMPLIED, was read as express consent: it permitted TRAIN and HRESCH."""
+    resource = make_consent(extension=[{"url": CONSENT_METHOD_EXTENSION, "valueCode": "implied"}])
+    g = grant_from_consent(resource)
+    assert g.implied and g.method is ConsentMethod.IMPLIED
+
+
 def test_implied_code_from_another_system_is_not_implied() -> None:
     g = grant_from_consent(make_consent(policyRule={"coding": [{"system": "urn:x", "code": "IMPLIED"}]}))
     assert not g.implied
