@@ -137,7 +137,7 @@ class IngestService:
             if idempotency_key:
                 keyed = self._store.find_keyed_receipt(idempotency_key)
                 if keyed is not None:
-                    return self._replay(keyed, meta, upload, received_sha256)
+                    return self._same_statement(self._replay(keyed, meta, upload, received_sha256), meta)
             patient = meta.patient.identifier
             now = self._now()
             try:
@@ -170,11 +170,11 @@ class IngestService:
                 # race): answer with its receipt
                 keyed = self._store.find_keyed_receipt(idempotency_key) if idempotency_key else None
                 if keyed is not None:
-                    return self._replay(keyed, meta, upload, facts.received_sha256)
+                    return self._same_statement(self._replay(keyed, meta, upload, facts.received_sha256), meta)
                 previous = self._store.find_receipt(patient=patient, stored_sha256=facts.stored_sha256)
                 if previous is None:
                     raise
-                return IngestResult(receipt=previous, replayed=True)
+                return self._same_statement(IngestResult(receipt=previous, replayed=True), meta)
             if unit.outbox and self.on_commit is not None:
                 self.on_commit()
             return IngestResult(receipt=unit.receipt, replayed=False)
@@ -183,6 +183,26 @@ class IngestService:
                 upload.unlink(missing_ok=True)
             if staged is not None and not committed:
                 self._blobs.discard(staged)
+
+    def _same_statement(self, replay: IngestResult, meta: PhotoMetadata) -> IngestResult:
+        """``replay``, if the request's consent statement is the one recorded with the photo
+        (the same purposes and method as the first version of a Consent its receipt names).
+        A retry sends the same statement; another statement (a broader one, or one for a photo
+        stored without) would be dropped while the answer says the photo is stored: refused as a
+        conflict (409), nothing new stored, so the new consent is recorded as a Consent."""
+        statement = meta.consent
+        if statement is None:
+            return replay
+        wanted = (frozenset(statement.purposes), statement.method)
+        for reference in replay.receipt.get("consents") or ():
+            first = self._store.get_version("Consent", str(reference).partition("/")[2], 1)
+            grants = grants_from_consent(first) if first is not None else []
+            recorded = (frozenset(p for g in grants for p in g.purposes), grants[0].method if grants else None)
+            if grants and not grants[0].implied and recorded == wanted:
+                return replay
+        raise Conflict(f"this photo is stored for the patient already ({replay.location}) with another consent "
+                       f"statement: nothing was stored, this statement neither; record it with POST /fhir/Consent",
+                       expression="consent")
 
     @staticmethod
     def _replay(keyed: tuple[dict[str, Any], Identifier], meta: PhotoMetadata, upload: Path | bytes,

@@ -288,6 +288,39 @@ def test_same_idempotency_key_returns_the_original_receipt(tmp_path: Path) -> No
         assert _counts(services) == counts
 
 
+def test_a_retry_with_another_consent_statement_is_refused_not_dropped(tmp_path: Path) -> None:
+    """A retry of the same photo for the same patient answers the original receipt only when it
+    states the consent recorded with it: a broader statement (TRAIN added), another method, or
+    one for a photo stored without any was dropped while the 201 said the photo was stored.
+    Now 409, nothing new stored, by key or by bytes, over /photos and in a Bundle; the retry
+    with the recorded statement still replays, even after that Consent was updated."""
+    with adapter_client(tmp_path) as (client, services):
+        first = post_photo(client, WOUND, metadata(), headers={"Idempotency-Key": "st-1"})
+        assert first.status_code == 201
+        counts = _counts(services)
+        for meta, headers in (
+                (metadata(consent={"purposes": ["TREAT", "TRAIN"], "method": "written"}), {}),
+                (metadata(consent={"purposes": ["TREAT"], "method": "written"}), {}),
+                (metadata(consent={"purposes": ["TREAT", "TRAIN"], "method": "verbal"}), {"Idempotency-Key": "st-1"})):
+            refused = post_photo(client, WOUND, meta, headers=headers)
+            assert _outcome(refused, 409)["issue"][0]["expression"] == ["consent"], (meta, headers)
+            assert "safeToDeleteFromDevice" not in refused.text and _counts(services) == counts
+        # the recorded statement replays, by key and by bytes, also once the Consent was updated
+        consent_ref = first.json()["consents"][0]
+        stored = client.get(f"/fhir/{consent_ref}", headers=as_purpose("TREAT")).json()
+        stored["provision"]["purpose"].append(
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TRAIN"})
+        assert client.put(f"/fhir/{consent_ref}", json=stored,
+                          headers={"Content-Type": "application/fhir+json"}).status_code == 200
+        for headers in ({"Idempotency-Key": "st-1"}, {}):
+            again = post_photo(client, WOUND, metadata(), headers=headers)
+            assert again.status_code == 201 and again.json() == first.json()
+        # a document stored without a consent statement, sent again with one
+        doc = post_photo(client, SAMPLES / "document.jpg", metadata(kind="document", consent=None))
+        assert doc.status_code == 201 and doc.json()["consents"] == []
+        _outcome(post_photo(client, SAMPLES / "document.jpg", metadata(kind="document")), 409)
+
+
 def test_an_idempotency_key_reused_for_another_photo_or_patient_is_refused(tmp_path: Path) -> None:
     """Answering a reused key with the first receipt would tell the capture app that this photo
     is stored and safe to delete from the phone, when nothing of it was stored: 422, nothing
