@@ -42,7 +42,7 @@ from adapter.consent.rules import ANY_PURPOSE, DENY, PERMIT
 from adapter.errors import InvalidResource, NotSupported
 from adapter.model.consent import ConsentGrant
 from adapter.model.photo import ConsentMethod, Identifier
-from adapter.model.purpose import V3_ACT_REASON
+from adapter.model.purpose import V3_ACT_REASON_SYSTEMS
 
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 CONSENT_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
@@ -164,7 +164,7 @@ def _scope(provision: Mapping[str, Any], expr: str, parent: _Scope | None) -> _S
     foreign = parent.foreign_purpose if parent else False
     if provision.get("purpose") is not None:
         codings = _array(provision.get("purpose"), f"{expr}.purpose")
-        ours = [c.get("code") if isinstance(c, Mapping) and c.get("system") == V3_ACT_REASON else None
+        ours = [c.get("code") if isinstance(c, Mapping) and c.get("system") in V3_ACT_REASON_SYSTEMS else None
                 for c in codings]
         purposes = frozenset(c for c in ours if isinstance(c, str) and c)
         foreign = not all(isinstance(c, str) and c for c in ours)

@@ -86,6 +86,7 @@ from adapter.model.photo import (
     PhotoMetadata,
     PhotoSource,
 )
+from adapter.model.purpose import V3_ACT_REASON_SYSTEMS
 
 ROLE_BINARY = "binary"
 ROLE_RECORD = "record"
@@ -346,7 +347,7 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[
                            expression=f"{path}.provision.type")
     purposes: list[str] = []
     for k, c in enumerate(provision.get("purpose") or []):
-        if not (isinstance(c, Mapping) and c.get("system") == V3_ACT_REASON
+        if not (isinstance(c, Mapping) and c.get("system") in V3_ACT_REASON_SYSTEMS
                 and c.get("code") in tables.purposes.codes):
             raise UnknownCode(f"provision.purpose must be v3-ActReason purpose-of-use codes accepted here "
                               f"({V3_ACT_REASON})", expression=f"{path}.provision.purpose[{k}]")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 V3_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+#: The same code system by its OID (HL7's identifier of v3-ActReason), as some systems send it.
+V3_ACT_REASON_SYSTEMS = frozenset({V3_ACT_REASON, "urn:oid:2.16.840.1.113883.5.8"})
 
 
 @dataclass(frozen=True)

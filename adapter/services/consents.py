@@ -24,7 +24,7 @@ from adapter.errors import (
 from adapter.mapping.codes import CONSENT_ACTION
 from adapter.mapping.fhir_json import validate_r4_resource
 from adapter.mapping.photo import index_resource
-from adapter.model.purpose import RequestContext
+from adapter.model.purpose import V3_ACT_REASON, V3_ACT_REASON_SYSTEMS, RequestContext
 from adapter.model.record import NewResource, StoredResource
 from adapter.services.access import consent_facts
 from adapter.services.audit import Auditor
@@ -66,10 +66,12 @@ class ConsentService:
         for where, coding in _action_codings(resource.get("provision"), "Consent.provision"):
             if coding.get("code") not in CONSENT_ACTIONS:
                 raise UnknownCode(f"{where}.code is not a code of {CONSENT_ACTION}", expression=f"{where}.code")
-        for i, coding in enumerate((resource.get("provision") or {}).get("purpose") or []):
-            if coding.get("code") not in self._known:
-                raise InvalidInput(f"unknown purpose-of-use code in provision.purpose[{i}]",
-                                   expression=f"Consent.provision.purpose[{i}]")
+        for where, coding in _purpose_codings(resource.get("provision"), "Consent.provision"):
+            if coding.get("system") not in V3_ACT_REASON_SYSTEMS or coding.get("code") not in self._known:
+                # a purpose the decision cannot read would make a deny deny everything, a
+                # permit permit nothing: refused when written, in nested provisions too
+                raise InvalidInput(f"{where} is not a known v3-ActReason purpose-of-use code ({V3_ACT_REASON})",
+                                   expression=where)
         try:
             grants_from_consent(resource)
         except (ValueError, ValidationError) as exc:
@@ -107,6 +109,16 @@ class ConsentService:
                                     entities=[f"Consent/{id}"], patient=facts.patient if facts else None)
         return self._store.update(NewResource("Consent", id, resource, index_resource(resource)),
                                   if_match=if_match, audit_events=[audit])
+
+
+def _purpose_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, coding) of every purpose coding in ``provision`` and its nested provisions."""
+    if not isinstance(provision, dict):
+        return
+    for i, coding in enumerate(provision.get("purpose") or []):
+        yield f"{path}.purpose[{i}]", coding if isinstance(coding, dict) else {}
+    for k, nested in enumerate(provision.get("provision") or []):
+        yield from _purpose_codings(nested, f"{path}.provision[{k}]")
 
 
 def _action_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:

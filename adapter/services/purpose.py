@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from adapter.errors import PurposeOfUseMissing, UnknownPurposeOfUse
 from adapter.mapping.tables import Tables
-from adapter.model.purpose import V3_ACT_REASON, PurposeOfUse
-
-_ACCEPTED_SYSTEMS = {V3_ACT_REASON, "urn:oid:2.16.840.1.113883.5.8"}
+from adapter.model.purpose import V3_ACT_REASON, V3_ACT_REASON_SYSTEMS, PurposeOfUse
 
 
 def parse_purpose_of_use(value: str | None, tables: Tables) -> PurposeOfUse:
@@ -20,7 +18,7 @@ def parse_purpose_of_use(value: str | None, tables: Tables) -> PurposeOfUse:
     code = raw
     if "|" in raw:
         system, _, code = raw.partition("|")
-        if system not in _ACCEPTED_SYSTEMS:
+        if system not in V3_ACT_REASON_SYSTEMS:
             raise UnknownPurposeOfUse(f"purpose-of-use system must be {V3_ACT_REASON}",
                                       expression="X-Purpose-Of-Use")
     if code not in tables.purposes.codes:

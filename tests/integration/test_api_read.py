@@ -529,6 +529,34 @@ def test_the_links_of_a_search_by_post_keep_the_identifier_out_of_the_urls_they_
         assert any(PATIENT["value"] in link["url"] for link in got["link"] if link["relation"] == "next")
 
 
+def test_purposes_of_a_consent_in_v3_act_reason_by_its_oid_are_read_as_v3_act_reason(tmp_path: Path) -> None:
+    """The purpose header takes v3-ActReason by its OID; a Consent's purposes now too: a deny of
+    TRAIN so written denied every purpose (TREAT 403), a permit permitted nothing. A purpose no
+    decision can read (another system, an unknown code), also in a nested provision, is refused
+    when the Consent is written (it was stored and read as deny-all or as nothing)."""
+    oid = "urn:oid:2.16.840.1.113883.5.8"
+    fhir_json = {"Content-Type": "application/fhir+json"}
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        record = f"/fhir/{receipt['record']}"
+        permit = consent_resource(["TRAIN"])
+        permit["provision"]["purpose"][0]["system"] = oid
+        assert client.post("/fhir/Consent", json=permit, headers=fhir_json).status_code == 201
+        assert client.get(record, headers=as_purpose("TRAIN")).status_code == 200
+        deny = consent_resource(["TRAIN"])
+        deny["provision"] = {**deny["provision"], "type": "deny"}
+        deny["provision"]["purpose"][0]["system"] = oid
+        assert client.post("/fhir/Consent", json=deny, headers=fhir_json).status_code == 201
+        assert client.get(record, headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(record, headers=as_purpose("TREAT")).status_code == 200
+        for system, code in (("http://example.org/purposes", "TRAIN"), (oid, "NOPE")):
+            nested = consent_resource(["TREAT"])
+            nested["provision"]["provision"] = [{"type": "deny", "purpose": [{"system": system, "code": code}]}]
+            refused = client.post("/fhir/Consent", json=nested, headers=fhir_json)
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["issue"][0]["expression"] == ["Consent.provision.provision[0].purpose[0]"]
+
+
 def test_only_fhir_json_is_produced_and_other_formats_get_406(tmp_path: Path) -> None:
     """http.html#mime-type: the server answers in FHIR JSON; a client asking only for FHIR XML or
     Turtle (Accept or _format, which overrides it) gets 406 with an OperationOutcome, not JSON it
