@@ -1,10 +1,12 @@
-"""Drive tools/validate-fhir.mjs (the npm FHIR R4 validators) from the tests.
+"""Drive tools/validate-fhir.mjs (the npm FHIR R4 validators) and tools/validate-fhir-r5.mjs
+(the R5 one: @medplum/core with the StructureDefinitions, ValueSets and CodeSystems of the HL7
+package hl7.fhir.r5.core 5.0.0) from the tests.
 
-``validate_r4(resources)`` writes the resources to a temporary folder and validates them all in
-ONE node process (loading the R4 definitions takes about a second); it returns one line per
-error. A missing node or missing validator modules raise RuntimeError: CI must fail, not skip.
-Install the validators with ``tools/install-fhir-validators.sh`` (into ``.peers/fhirval``, or
-``$FHIRVAL_DIR``).
+``validate_r4(resources)`` / ``validate_r5(resources)`` write the resources to a temporary folder
+and validate them all in ONE node process (loading the definitions takes a second or two); they
+return one line per error. A missing node, missing validator modules or a missing R5 package
+raise RuntimeError: CI must fail, not skip. Install them with ``tools/install-fhir-validators.sh``
+(into ``.peers/fhirval``, or ``$FHIRVAL_DIR``).
 
 ``FhirValidationCollector`` gathers every resource emitted during a test session and validates
 them together at the end (a conftest fixture calls ``check()``).
@@ -24,6 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tools" / "validate-fhir.mjs"
+DRIVER_R5 = ROOT / "tools" / "validate-fhir-r5.mjs"
 INSTALLER = ROOT / "tools" / "install-fhir-validators.sh"
 
 
@@ -46,6 +49,22 @@ def validate_r4(resources: Sequence[dict[str, Any]], *, timeout: float = 600.0) 
         RuntimeError: node, the driver or the validator modules are missing, or the driver
             failed without a report.
     """
+    return _validate(resources, DRIVER, ("@medplum/core", "fhir"), timeout=timeout)
+
+
+def validate_r5(resources: Sequence[dict[str, Any]], *, timeout: float = 600.0) -> list[str]:
+    """Validate FHIR R5 (5.0.0) resources (or Bundles) with tools/validate-fhir-r5.mjs; return
+    the error lines as :func:`validate_r4` does.
+
+    Raises:
+        RuntimeError: node, the driver, @medplum/core or the hl7.fhir.r5.core package are
+            missing, or the driver failed without a report.
+    """
+    return _validate(resources, DRIVER_R5, ("@medplum/core", "hl7.fhir.r5.core"), timeout=timeout)
+
+
+def _validate(resources: Sequence[dict[str, Any]], driver: Path, packages: Sequence[str], *,
+              timeout: float) -> list[str]:
     if not resources:
         return []
     node = shutil.which("node")
@@ -53,10 +72,12 @@ def validate_r4(resources: Sequence[dict[str, Any]], *, timeout: float = 600.0) 
         raise RuntimeError("node is not on PATH: install Node.js >= 18, then run "
                            "tools/install-fhir-validators.sh")
     modules = fhirval_dir() / "node_modules"
-    if not (modules / "@medplum" / "core").is_dir() or not (modules / "fhir").is_dir():
-        raise RuntimeError(f"FHIR validators are not installed in {fhirval_dir()}: run {INSTALLER}")
-    if not DRIVER.is_file():
-        raise RuntimeError(f"missing {DRIVER}")
+    missing = [p for p in packages if not (modules / p / "package.json").is_file()]
+    if missing:
+        raise RuntimeError(f"FHIR validators are not installed in {fhirval_dir()} ({', '.join(missing)} "
+                           f"missing): run {INSTALLER}")
+    if not driver.is_file():
+        raise RuntimeError(f"missing {driver}")
 
     with tempfile.TemporaryDirectory(prefix="fhirval-") as tmp:
         labels: dict[str, str] = {}
@@ -65,14 +86,14 @@ def validate_r4(resources: Sequence[dict[str, Any]], *, timeout: float = 600.0) 
             (Path(tmp) / name).write_text(json.dumps(resource), encoding="utf-8")
             labels[str(Path(tmp) / name)] = _label(resource, i)
         env = {**os.environ, "FHIRVAL_DIR": str(fhirval_dir())}
-        proc = subprocess.run([node, str(DRIVER), "--json", tmp], capture_output=True, text=True,
+        proc = subprocess.run([node, str(driver), "--json", tmp], capture_output=True, text=True,
                               timeout=timeout, env=env, check=False)
     if proc.returncode not in (0, 1):
-        raise RuntimeError(f"validate-fhir.mjs failed (exit {proc.returncode}): {proc.stderr.strip()[:2000]}")
+        raise RuntimeError(f"{driver.name} failed (exit {proc.returncode}): {proc.stderr.strip()[:2000]}")
     try:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
-        raise RuntimeError(f"validate-fhir.mjs gave no JSON report: {proc.stdout[:500]!r} "
+        raise RuntimeError(f"{driver.name} gave no JSON report: {proc.stdout[:500]!r} "
                            f"{proc.stderr[:500]!r}") from exc
     errors: list[str] = []
     for file_report in report["files"]:
@@ -80,18 +101,22 @@ def validate_r4(resources: Sequence[dict[str, Any]], *, timeout: float = 600.0) 
         for err in file_report["errors"]:
             errors.append(f"{label}: [{err['by']}] {err['where']}: {err['msg']}")
     if proc.returncode == 1 and not errors:
-        raise RuntimeError(f"validate-fhir.mjs reported failure without errors: {proc.stdout[:500]}")
+        raise RuntimeError(f"{driver.name} reported failure without errors: {proc.stdout[:500]}")
     return errors
 
 
 class FhirValidationCollector:
-    """Collects FHIR R4 resources during a test session; ``check()`` validates them at once.
+    """Collects FHIR resources of one version ("4" or "5") during a test session; ``check()``
+    validates them at once.
 
     Identical resources are validated once. Resources are deep-copied when added, so later
     mutation by a test does not change what is validated.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fhir_version: str = "4") -> None:
+        if fhir_version not in ("4", "5"):
+            raise ValueError(f"fhir_version is '4' or '5', not {fhir_version!r}")
+        self.fhir_version = fhir_version
         self._resources: dict[str, dict[str, Any]] = {}
 
     def add(self, resource: dict[str, Any] | Iterable[dict[str, Any]]) -> None:
@@ -111,11 +136,12 @@ class FhirValidationCollector:
 
     def check(self) -> list[str]:
         """Validate everything collected; return the error lines (see :func:`validate_r4`)."""
-        return validate_r4(self.resources)
+        return (validate_r5 if self.fhir_version == "5" else validate_r4)(self.resources)
 
     def assert_valid(self) -> None:
         """Raise AssertionError listing the errors (up to 50) if any resource is invalid."""
         errors = self.check()
         if errors:
             shown = "\n".join(errors[:50])
-            raise AssertionError(f"{len(errors)} FHIR validation error(s) in {len(self)} resources:\n{shown}")
+            raise AssertionError(f"{len(errors)} FHIR R{self.fhir_version} validation error(s) in {len(self)} "
+                                 f"resources:\n{shown}")
