@@ -118,6 +118,17 @@ def _contained(r: JSON) -> JSON:
     return to_r5(r)
 
 
+def _attachment(value: Any) -> Any:
+    """An R4 Attachment as R5 has it: ``size`` became integer64, which FHIR JSON writes as a
+    string (https://hl7.org/fhir/R5/datatypes.html#integer64, https://hl7.org/fhir/R5/json.html#primitive)."""
+    if not isinstance(value, dict):
+        return value
+    out = dict(value)
+    if isinstance(out.get("size"), int) and not isinstance(out["size"], bool):
+        out["size"] = str(out["size"])
+    return out
+
+
 def _photo_kind_category(r: JSON) -> JSON | None:
     """Category from our photo-kind extension (the R4 Media has no category element)."""
     for ext in r.get("extension") or []:
@@ -137,7 +148,7 @@ def _media(r: JSON, patient: JSON | None) -> JSON:
     - modality → modality[]; bodySite → bodySite[].concept; encounter → context[];
       issued → date; operator and device (or a display-only Device from deviceName) → author;
       created[x] → content.attachment.creation / period; height, width, frames, duration →
-      attachment; basedOn → basedOn;
+      attachment (whose size, integer64 in R5, is a JSON string); basedOn → basedOn;
     - note → description (R5 DocumentReference has no note; texts joined by blank lines,
       annotation authors and times are not carried);
     - view, reasonCode and partOf → cross-version extensions.
@@ -174,7 +185,7 @@ def _media(r: JSON, patient: JSON | None) -> JSON:
     notes = [n["text"] for n in r.get("note") or [] if isinstance(n, dict) and isinstance(n.get("text"), str)]
     _put(out, "description", "\n\n".join(notes) if notes else None)
     _put(out, "bodySite", [{"concept": r["bodySite"]}] if isinstance(r.get("bodySite"), dict) else None)
-    attachment: JSON = dict(r.get("content") or {})
+    attachment: JSON = _attachment(dict(r.get("content") or {}))
     if "creation" not in attachment and isinstance(r.get("createdDateTime"), str):
         attachment["creation"] = r["createdDateTime"]
     _copy(attachment, r, ("height", "width", "frames", "duration"))
@@ -186,7 +197,8 @@ def _document_reference(r: JSON, patient: JSON | None) -> JSON:
     """R4 DocumentReference → R5 (standards.md §2.2): masterIdentifier → identifier (first);
     context.encounter → context[]; context.event → event[].concept; context.period,
     facilityType, practiceSetting → root; authenticator → attester {mode legal, party};
-    relatesTo.code → CodeableConcept; content.format → content.profile[].valueCoding.
+    relatesTo.code → CodeableConcept; content.format → content.profile[].valueCoding;
+    content.attachment.size (integer64 in R5) → a JSON string.
     context.sourcePatientInfo and context.related have no R5 home and are left out."""
     out = _resource_base(r, "DocumentReference")
     identifiers = ([r["masterIdentifier"]] if isinstance(r.get("masterIdentifier"), dict) else [])
@@ -217,6 +229,8 @@ def _document_reference(r: JSON, patient: JSON | None) -> JSON:
     for item in r.get("content") or []:
         if isinstance(item, dict):
             entry = {k: v for k, v in item.items() if k != "format"}
+            if "attachment" in entry:
+                entry["attachment"] = _attachment(entry["attachment"])
             if isinstance(item.get("format"), dict):
                 entry["profile"] = [{"valueCoding": item["format"]}]
             content.append(entry)
@@ -266,7 +280,8 @@ def _consent(r: JSON, patient: JSON | None) -> JSON:
         out["date"] = r["dateTime"].split("T", 1)[0]
     _put(out, "grantor", list(r.get("performer") or []))
     _put(out, "manager", list(r.get("organization") or []))
-    _put(out, "sourceAttachment", [r["sourceAttachment"]] if isinstance(r.get("sourceAttachment"), dict) else None)
+    _put(out, "sourceAttachment",
+         [_attachment(r["sourceAttachment"])] if isinstance(r.get("sourceAttachment"), dict) else None)
     _put(out, "sourceReference", [r["sourceReference"]] if isinstance(r.get("sourceReference"), dict) else None)
     uris = [p["uri"] for p in r.get("policy") or [] if isinstance(p, dict) and isinstance(p.get("uri"), str)]
     _put(out, "policyBasis", {"url": uris[0]} if uris else None)

@@ -85,7 +85,7 @@ def test_media_becomes_document_reference() -> None:
     assert out["author"] == [source["operator"], {"type": "Device", "display": "Ward 3 clinical camera"}]
     assert out["bodySite"] == [{"concept": source["bodySite"]}]
     assert out["description"] == "Taken after dressing removal for Jane Roe"
-    assert out["content"] == [{"attachment": {**source["content"], "height": 3000, "width": 4000}}]
+    assert out["content"] == [{"attachment": {**source["content"], "size": "2519841", "height": 3000, "width": 4000}}]
     assert {"url": XVER_R4 + "Media.view", "valueCodeableConcept": source["view"]} in out["extension"]
     assert {"url": XVER_R4 + "Media.reasonCode", "valueCodeableConcept": source["reasonCode"][0]} in out["extension"]
     assert out["extension"][:4] == source["extension"]
@@ -142,11 +142,23 @@ def test_document_reference_r4_to_r5() -> None:
     assert out["relatesTo"] == [{"code": {"coding": [{"system": "http://hl7.org/fhir/document-relationship-type",
                                                       "code": "appends"}]},
                                  "target": {"reference": "DocumentReference/doc-old-1"}}]
-    assert out["content"] == [{"attachment": source["content"][0]["attachment"],
+    assert out["content"] == [{"attachment": {**source["content"][0]["attachment"], "size": "1234"},
                                "profile": [{"valueCoding": source["content"][0]["format"]}]}]
     for key in ("date", "author", "custodian", "description", "securityLabel", "type", "category", "docStatus"):
         assert out[key] == source[key]
     validate_r5(out)
+
+
+def test_attachment_size_is_an_integer64_string() -> None:
+    """R5 made Attachment.size integer64, which JSON writes as a string (json.html#primitive);
+    R4's unsignedInt number is invalid R5 (found by tools/validate-fhir-r5.mjs)."""
+    photo, document = to_r5(media()), to_r5(document_reference())
+    assert photo["content"][0]["attachment"]["size"] == "2519841"
+    assert document["content"][0]["attachment"]["size"] == "1234"
+    source = consent()
+    source["sourceAttachment"] = {**source["sourceAttachment"], "size": 2048}
+    assert to_r5(source)["sourceAttachment"] == [{**source["sourceAttachment"], "size": "2048"}]
+    assert media()["content"]["size"] == 2519841  # the R4 input keeps its number
 
 
 def test_consent_r4_to_r5() -> None:
