@@ -14,6 +14,7 @@ by id). R4 elements with no R5 home travel in the cross-version extensions
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -310,11 +311,29 @@ def _entity(e: JSON) -> JSON:
     return out
 
 
-def _r5_reference(value: Any) -> Any:
-    """A Reference to one of our Media as R5 has it: ``DocumentReference/<the same id>``."""
-    if isinstance(value, dict) and isinstance(value.get("reference"), str) and value["reference"].startswith("Media/"):
-        return {**value, "reference": "DocumentReference/" + value["reference"][len("Media/"):]}
-    return value
+#: A literal reference to one of our Media, relative or absolute (references.html#literal).
+_MEDIA_REFERENCE = re.compile(r"(?:^|/)Media/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
+
+
+def _r5_references(value: Any) -> None:
+    """Every Reference in ``value`` (changed in place) to one of our Media names what R5 knows
+    it as: the DocumentReference of the same id (R5 has no Media, so ``Media/<id>`` and
+    ``type: Media`` are references to a type R5 does not define)."""
+    if isinstance(value, list):
+        for item in value:
+            _r5_references(item)
+        return
+    if not isinstance(value, dict):
+        return
+    ref = value.get("reference")
+    if isinstance(ref, str) and (match := _MEDIA_REFERENCE.search(ref)):
+        at = match.start() + (1 if ref[match.start()] == "/" else 0)
+        value["reference"] = ref[:at] + "DocumentReference/" + ref[at + len("Media/"):]
+    if value.get("type") == "Media" and any(k in value for k in ("reference", "identifier", "display")):
+        value["type"] = "DocumentReference"
+    for key, item in value.items():
+        if key != "reference" or not isinstance(item, str):
+            _r5_references(item)
 
 
 def _provenance(r: JSON, patient: JSON | None) -> JSON:
@@ -323,7 +342,7 @@ def _provenance(r: JSON, patient: JSON | None) -> JSON:
     caller knows it, the R4 resource does not say; a target Media is the DocumentReference of
     the same id."""
     out = _resource_base(r, "Provenance")
-    _put(out, "target", [_r5_reference(t) for t in r.get("target") or []])
+    _put(out, "target", list(r.get("target") or []))
     _copy(out, r, ("occurredPeriod", "occurredDateTime", "recorded", "policy", "location"))
     _put(out, "authorization", [{"concept": c} for c in r.get("reason") or [] if isinstance(c, dict)])
     _copy(out, r, ("activity",))
@@ -340,12 +359,9 @@ def _unchanged(r: JSON, patient: JSON | None) -> JSON:
 
 
 def _binary(r: JSON, patient: JSON | None) -> JSON:
-    """Binary has the same shape in R4 and R5; a securityContext naming a Media names the
-    DocumentReference of the same id."""
-    out = copy.deepcopy(r)
-    if "securityContext" in out:
-        out["securityContext"] = _r5_reference(out["securityContext"])
-    return out
+    """Binary has the same shape in R4 and R5 (a securityContext naming a Media names the
+    DocumentReference of the same id, as every reference does)."""
+    return copy.deepcopy(r)
 
 
 _CONVERTERS: dict[str, Callable[[JSON, JSON | None], JSON]] = {
@@ -360,7 +376,9 @@ _CONVERTERS: dict[str, Callable[[JSON, JSON | None], JSON]] = {
 
 def to_r5(resource: JSON, *, patient: JSON | None = None) -> JSON:
     """Return ``resource`` (one of our R4 resources) as a new FHIR R5 resource; the input is
-    not changed. ``patient`` (a Reference) fills R5 Provenance.patient, which R4 lacks.
+    not changed. ``patient`` (a Reference) fills R5 Provenance.patient, which R4 lacks. Every
+    reference to a Media (Provenance.target, Binary.securityContext, Consent.provision.data,
+    ...) names the DocumentReference of the same id.
 
     Raises :class:`~adapter.errors.NotSupported` for other resource types and for Consent
     structures R5 cannot express.
@@ -369,7 +387,9 @@ def to_r5(resource: JSON, *, patient: JSON | None = None) -> JSON:
     convert = _CONVERTERS.get(resource_type) if isinstance(resource_type, str) else None
     if convert is None:
         raise NotSupported(f"no R5 form of {resource_type}")
-    return convert(copy.deepcopy(resource), copy.deepcopy(patient))
+    out = convert(copy.deepcopy(resource), copy.deepcopy(patient))
+    _r5_references(out)
+    return out
 
 
 __all__ = ["XVER_R4", "to_r5"]

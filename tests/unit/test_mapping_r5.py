@@ -181,11 +181,31 @@ def test_consent_r4_to_r5() -> None:
     assert provision["purpose"] == source["provision"]["purpose"]
     assert provision["documentType"] == [{"system": "urn:ietf:bcp:13", "code": "image/jpeg"}]
     assert provision["resourceType"] == [{"system": "http://hl7.org/fhir/fhir-types", "code": "Media"}]
-    assert provision["data"] == source["provision"]["data"]
+    assert provision["data"] == [{"meaning": "instance", "reference": {"reference": "DocumentReference/wound-photo-1",
+                                                                       "display": "Jane Roe wound"}}]
     assert provision["actor"] == source["provision"]["actor"]
     assert provision["provision"] == [{"purpose": [{"system": codes.V3_ACT_REASON, "code": "MLTRAINING"}]}]
     assert out["extension"] == source["extension"]
     validate_r5(out)
+
+
+def test_every_reference_to_a_media_names_its_document_reference() -> None:
+    """R5 has no Media: a reference to one names a type R5 does not define (found by
+    tools/validate-fhir-r5.mjs in Consent.provision.data). Every reference, wherever it is,
+    names the DocumentReference of the same id, as Provenance.target and Binary.securityContext did."""
+    source = consent()
+    source["sourceReference"] = {"reference": "http://example.org/fhir/Media/scan-1/_history/2"}
+    out = to_r5(source)
+    assert [d["reference"] for d in out["provision"][0]["data"]] == [
+        {**d["reference"], "reference": "DocumentReference/wound-photo-1"} for d in source["provision"]["data"]]
+    assert out["sourceReference"] == [{"reference": "http://example.org/fhir/DocumentReference/scan-1/_history/2"}]
+    photo = media()
+    photo["partOf"] = [{"type": "Media", "identifier": {"system": "urn:example", "value": "series-1"}}]
+    assert {"url": XVER_R4 + "Media.partOf",
+            "valueReference": {"type": "DocumentReference", "identifier": {"system": "urn:example", "value": "series-1"}}
+            } in to_r5(photo)["extension"]
+    assert source["provision"]["data"][0]["reference"]["reference"] == "Media/wound-photo-1"  # input unchanged
+    assert to_r5({**binary(), "securityContext": {"reference": "#Media/x"}})["securityContext"] == {"reference": "#Media/x"}
 
 
 def test_consent_status_and_same_type_nesting() -> None:
