@@ -241,17 +241,24 @@ def _document_reference(r: JSON, patient: JSON | None) -> JSON:
 
 def _provision(p: JSON, parent_type: str | None) -> JSON:
     """R4 provision → R5 provision without ``type``: in R5 each nested level negates its
-    parent. An R4 nested provision of the parent's own type has no R5 equivalent."""
+    parent. An R4 nested provision of the parent's own type has no R5 equivalent. A class
+    naming a resource type becomes resourceType (fhir-types), where Media, which R5 does not
+    define, is DocumentReference (what R5 calls a photo); other classes become documentType."""
     own = p.get("type")
     if parent_type is not None and own is not None and own == parent_type:
         raise NotSupported("a nested Consent provision of its parent's type has no R5 equivalent",
                            expression="Consent.provision.provision.type")
     out: JSON = {k: p[k] for k in ("id", "extension", "modifierExtension") if k in p}
     _copy(out, p, ("period", "actor", "action", "securityLabel", "purpose"))
-    resource_types, document_types = [], []
+    resource_types: list[JSON] = []
+    document_types = []
     for c in p.get("class") or []:
         if isinstance(c, dict) and c.get("system") == R4_RESOURCE_TYPES:
-            resource_types.append({**c, "system": R5_FHIR_TYPES})
+            r5_type = {**c, "system": R5_FHIR_TYPES}
+            if c.get("code") == "Media":  # R5 has no Media: photos are DocumentReference
+                r5_type = {k: v for k, v in r5_type.items() if k != "display"} | {"code": "DocumentReference"}
+            if not any(t.get("code") == r5_type["code"] for t in resource_types):
+                resource_types.append(r5_type)
         elif isinstance(c, dict):
             document_types.append(c)
     _put(out, "documentType", document_types)

@@ -180,7 +180,7 @@ def test_consent_r4_to_r5() -> None:
     assert "type" not in provision
     assert provision["purpose"] == source["provision"]["purpose"]
     assert provision["documentType"] == [{"system": "urn:ietf:bcp:13", "code": "image/jpeg"}]
-    assert provision["resourceType"] == [{"system": "http://hl7.org/fhir/fhir-types", "code": "Media"}]
+    assert provision["resourceType"] == [{"system": "http://hl7.org/fhir/fhir-types", "code": "DocumentReference"}]
     assert provision["data"] == [{"meaning": "instance", "reference": {"reference": "DocumentReference/wound-photo-1",
                                                                        "display": "Jane Roe wound"}}]
     assert provision["actor"] == source["provision"]["actor"]
@@ -206,6 +206,19 @@ def test_every_reference_to_a_media_names_its_document_reference() -> None:
             } in to_r5(photo)["extension"]
     assert source["provision"]["data"][0]["reference"]["reference"] == "Media/wound-photo-1"  # input unchanged
     assert to_r5({**binary(), "securityContext": {"reference": "#Media/x"}})["securityContext"] == {"reference": "#Media/x"}
+
+
+def test_consent_provision_class_media_is_the_r5_resource_type_document_reference() -> None:
+    """R5's fhir-types code system has no Media (found by tools/validate-fhir-r5.mjs): a
+    provision covering Media covers DocumentReference, what R5 calls a photo; once."""
+    source = consent()
+    resource_types = "http://hl7.org/fhir/resource-types"
+    source["provision"]["class"] = [{"system": resource_types, "code": "Media", "display": "Media"},
+                                    {"system": resource_types, "code": "DocumentReference"},
+                                    {"system": resource_types, "code": "Binary"}]
+    [provision] = to_r5(source)["provision"]
+    assert provision["resourceType"] == [{"system": "http://hl7.org/fhir/fhir-types", "code": "DocumentReference"},
+                                         {"system": "http://hl7.org/fhir/fhir-types", "code": "Binary"}]
 
 
 def test_consent_status_and_same_type_nesting() -> None:
