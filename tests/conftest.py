@@ -1,5 +1,5 @@
 """Shared test wiring: tier markers from folders, a clean environment, and the session-wide
-check that every FHIR R4 resource the adapter emitted during the tests validates with the
+check that every FHIR R4 and R5 resource the adapter emitted during the tests validates with the
 independent npm validators (0 errors)."""
 
 from __future__ import annotations
@@ -17,17 +17,22 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
 
-# Every FHIR R4 resource an adapter response carried, validated once at the end of the session.
+# Every FHIR R4 (and R5) resource an adapter response carried, validated once at the end of the
+# session: R4 with tools/validate-fhir.mjs, R5 with tools/validate-fhir-r5.mjs.
 EMITTED_R4: list[dict[str, Any]] = []
+EMITTED_R5: list[dict[str, Any]] = []
 
 
-def record_emitted(body: Any) -> None:
-    """Collect a FHIR R4 response body (or a list of them) for the end-of-session validation."""
+def record_emitted(body: Any, fhir_version: str = "4") -> None:
+    """Collect a FHIR response body (or a list of them) of ``fhir_version`` ("4" or "5") for
+    the end-of-session validation."""
+    if fhir_version not in ("4", "5"):
+        raise ValueError(f"fhir_version is '4' or '5', not {fhir_version!r}")
     if isinstance(body, list):
         for b in body:
-            record_emitted(b)
+            record_emitted(b, fhir_version)
     elif isinstance(body, dict) and "resourceType" in body:
-        EMITTED_R4.append(body)
+        (EMITTED_R5 if fhir_version == "5" else EMITTED_R4).append(body)
 
 
 def wait_until(condition: Any, timeout: float = 10.0) -> None:
@@ -56,27 +61,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not EMITTED_R4:
-        return
-    from tests.support.fhir_validator import validate_r4
+    from tests.support.fhir_validator import validate_r4, validate_r5
 
+    for version, emitted, validate in (("R4", EMITTED_R4, validate_r4), ("R5", EMITTED_R5, validate_r5)):
+        if emitted and not _validate_emitted(session, version, emitted, validate):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _validate_emitted(session: pytest.Session, version: str, emitted: list[dict[str, Any]],
+                      validate: Any) -> bool:
+    """Validate the emitted resources of one FHIR version; report the count and errors; False
+    on any error (in CI, missing validators are one)."""
     # identical bodies (the same record read many times) are validated once
-    unique = list({json.dumps(r, sort_keys=True): r for r in EMITTED_R4}.values())
+    unique = list({json.dumps(r, sort_keys=True): r for r in emitted}.values())
     try:
-        errors = validate_r4(unique)
+        errors = validate(unique)
     except RuntimeError as exc:
-        errors = [f"FHIR validators unavailable: {exc}"]
+        errors = [f"FHIR {version} validators unavailable: {exc}"]
         if not IN_CI:
             print(f"\nWARNING: {errors[0]} (not checked outside CI)")
-            return
+            return True
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    line = f"FHIR validation of {len(unique)} emitted R4 resources: {len(errors)} error(s)"
+    line = f"FHIR validation of {len(unique)} emitted {version} resources: {len(errors)} error(s)"
     if reporter is not None:
         reporter.write_line(line)
         for e in errors[:50]:
             reporter.write_line(f"  {e}")
-    if errors:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return not errors
 
 
 @pytest.fixture(autouse=True)

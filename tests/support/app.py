@@ -34,13 +34,15 @@ def write_policy(folder: Path, **overrides: Any) -> Path:
 
 
 class FhirClient(TestClient):
-    """A TestClient that hands every FHIR R4 response body to the session-wide validation."""
+    """A TestClient that hands every FHIR response body to the session-wide validation: R5 when
+    its content type says fhirVersion=5.0, else R4."""
 
     def request(self, *args: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
         response = super().request(*args, **kwargs)
         ctype = response.headers.get("content-type", "")
-        if "fhir+json" in ctype and "fhirVersion=5" not in ctype and response.content:  # HEAD: none
-            record_emitted(response.json())
+        if "fhir+json" in ctype and response.content:  # HEAD: none
+            version = "5" if "fhirversion=5" in ctype.lower().replace(" ", "") else "4"
+            record_emitted(response.json(), version)
         return response
 
 

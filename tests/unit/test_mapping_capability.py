@@ -10,6 +10,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement as Capabi
 
 from adapter.errors import NotSupported
 from adapter.mapping.capability import PURPOSE_OF_USE_HEADER, SEARCH_PARAMS, capability_statement
+from tests.conftest import record_emitted
 
 pytestmark = pytest.mark.unit
 
@@ -22,6 +23,7 @@ def test_valid_and_complete(version: str) -> None:
     cs = capability_statement(base_url="https://images.example.org/fhir/", fhir_version=version,
                               software_version="0.1.0", now=NOW)
     MODELS[version].model_validate(cs)
+    record_emitted(cs, version[0])  # validated with the npm R4 or R5 validator at the end of the session
     assert cs["status"] == "active" and cs["kind"] == "instance" and cs["fhirVersion"] == version
     assert cs["format"] == ["json"]
     assert cs["date"] == "2024-03-01T09:00:00+00:00"

@@ -1,5 +1,6 @@
 """R4 → R5 conversion (adapter.mapping.r5): every output validates with the fhir.resources R5
-models, and the moved elements land where the R5 spec puts them."""
+models (and, at the end of the session, with tools/validate-fhir-r5.mjs), and the moved elements
+land where the R5 spec puts them."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.r5 import XVER_R4, to_r5
 from adapter.mapping.views import render
 from adapter.model.decision import View
+from tests.conftest import record_emitted
 from tests.support.fhir_factories import tables
 from tests.unit.test_mapping_views import (
     FACTORIES,
@@ -44,7 +46,9 @@ R5_TYPE = {"Media": "DocumentReference"}
 
 
 def validate_r5(resource: JSON) -> None:
+    """The fhir.resources R5 model here; tools/validate-fhir-r5.mjs at the end of the session."""
     R5_MODELS[resource["resourceType"]].model_validate(resource)
+    record_emitted(resource, "5")
 
 
 @pytest.mark.parametrize("resource_type", list(FACTORIES))
