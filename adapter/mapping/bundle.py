@@ -7,6 +7,7 @@ standards.md §6.5), in the v3-Confidentiality order U < L < M < N < R < V.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -58,8 +59,10 @@ def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next
     the ``included`` ones (``_include``/``_revinclude``, ``search.mode`` ``include``).
 
     Each entry gets ``fullUrl`` ``<base_url>/<type>/<id>`` and ``search.mode`` ``match``; an
-    OperationOutcome entry (e.g. a break-the-glass notice) gets ``search.mode`` ``outcome`` and
-    no fullUrl when it has no id (https://hl7.org/fhir/R4/bundle-definitions.html#Bundle.entry.search.mode).
+    OperationOutcome entry (e.g. a break-the-glass notice) gets ``search.mode`` ``outcome`` and,
+    when it has no id, no fullUrl in R4 and a ``urn:uuid`` one in R5, which requires a fullUrl in
+    every searchset entry (see :func:`outcome_entry`;
+    https://hl7.org/fhir/R4/bundle-definitions.html#Bundle.entry.search.mode).
     Links: ``self`` and, when there is a next page, ``next``. ``fhir_version`` "5" refuses an
     R4-only resource (Media) - convert entries with :func:`adapter.mapping.r5.to_r5` first.
     """
@@ -80,12 +83,30 @@ def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next
         rid = resource.get("id")
         if isinstance(rid, str) and rid:
             entry["fullUrl"] = f"{base}/{resource_type}/{rid}"
+        elif fhir_version == "5":
+            entry["fullUrl"] = _anonymous_full_url()
         entry["resource"] = resource
         entry["search"] = {"mode": "outcome" if resource_type == "OperationOutcome" else mode}
         out_entries.append(entry)
     if out_entries:
         bundle["entry"] = out_entries
     return bundle
+
+
+def _anonymous_full_url() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def outcome_entry(outcome: JSON, *, fhir_version: Literal["4", "5"]) -> JSON:
+    """A searchset entry for an OperationOutcome about the search itself (``search.mode``
+    ``outcome``: parameters left out, a break-the-glass notice). Such an outcome has no RESTful
+    identity; R5 requires a fullUrl in every entry of a searchset (Bundle invariant bdl-15,
+    https://hl7.org/fhir/R5/bundle.html#invs), so in R5 it is a fresh ``urn:uuid``
+    (https://hl7.org/fhir/R5/bundle-definitions.html#Bundle.entry.fullUrl)."""
+    entry: JSON = {"fullUrl": _anonymous_full_url()} if fhir_version == "5" else {}
+    entry["resource"] = outcome
+    entry["search"] = {"mode": "outcome"}
+    return entry
 
 
 def history(resources: Sequence[JSON], *, total: int, self_url: str, next_url: str | None, base_url: str) -> JSON:
@@ -116,4 +137,4 @@ def history(resources: Sequence[JSON], *, total: int, self_url: str, next_url: s
     return bundle
 
 
-__all__ = ["bundle_confidentiality", "history", "searchset"]
+__all__ = ["bundle_confidentiality", "history", "outcome_entry", "searchset"]

@@ -1293,3 +1293,50 @@ def test_a_consent_recorded_as_implied_does_not_permit_training(tmp_path: Path) 
             assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose(purpose)).status_code == 403
             assert client.get("/fhir/Media", headers=as_purpose(purpose)).json()["total"] == 0
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
+
+
+@pytest.mark.parametrize("purpose", ["TREAT", "TRAIN", "HRESCH", "BTG"])
+def test_every_r5_read_path_under_every_purpose(tmp_path: Path, purpose: str) -> None:
+    """R5 answers of every read path (read, vread, search with _revinclude, history, batch, the
+    error and break-glass outcomes) for every kind of photo and source, under each purpose: all
+    of them reach the session's R5 validation (tools/validate-fhir-r5.mjs), which found R5's
+    integer64 Attachment.size and references to Media in what the tests read before."""
+    r5 = "application/fhir+json; fhirVersion=5.0"
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, _):
+        meta = json.loads((SAMPLES / "metadata-wound.json").read_text())
+        receipts = [_ingest(client, **{k: v for k, v in meta.items() if k != "patient"}),
+                    _ingest(client, SAMPLES / "document.jpg", kind="document"),
+                    _ingest(client, SAMPLES / "lesion.png", kind="secondary", source="patient", consent=None),
+                    _ingest(client, kind="clinical", source="colleague-external", consent=None,
+                            colleague={"name": "Dr B", "organisation": "Other Trust", "discussionNote": "Seen"}),
+                    _ingest(client, kind="clinical", consent=None)]  # consent pending: break-glass only
+        created = client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"], end="2099-01-01"),
+                              headers={"Content-Type": "application/fhir+json"}).json()
+        client.put(f"/fhir/Consent/{created['id']}", json={**created, "status": "inactive"},
+                   headers={"Content-Type": "application/fhir+json"})
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"]),
+                    headers={"Content-Type": "application/fhir+json"})
+        headers = as_purpose(purpose, Accept=r5)
+        for receipt in receipts:
+            record_id = receipt["record"].split("/")[1]
+            for path in (f"DocumentReference/{record_id}", f"DocumentReference/{record_id}/_history/1",
+                         receipt["binary"], receipt["provenance"], *([receipt["consent"]] if receipt.get("consent") else [])):
+                r = client.get(f"/fhir/{path}", headers=headers)
+                assert r.status_code in (200, 403), (path, r.text)
+                assert "fhirVersion=5.0" in r.headers["content-type"]
+        ident = f"{PATIENT['system']}|{PATIENT['value']}"
+        for query in (f"DocumentReference?patient:identifier={ident}&_revinclude=Provenance:target",
+                      "DocumentReference?category=document", "Consent", f"Consent/{created['id']}/_history",
+                      "Provenance", "DocumentReference?_summary=count", "Media", "metadata"):
+            r = client.get(f"/fhir/{query}", headers=headers)
+            # 400: a restricted view is searched in its own terms, not by the patient's identifier
+            assert r.status_code in (200, 400, 404), (query, r.text)
+            if r.json().get("type") == "searchset":  # R5 bdl-15: the break-glass notice too
+                assert all(e.get("fullUrl") for e in r.json().get("entry", [])), r.text
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": f"DocumentReference/{receipts[0]['record'].split('/')[1]}"}},
+            {"request": {"method": "GET", "url": f"DocumentReference?patient:identifier={ident}"}},
+            {"request": {"method": "GET", "url": receipts[0]["binary"]}},
+            {"request": {"method": "GET", "url": "Media/nothing-here"}}]}
+        answer = client.post("/fhir", json=batch, headers={**headers, "Content-Type": "application/fhir+json"})
+        assert answer.status_code == 200 and answer.json()["type"] == "batch-response", answer.text

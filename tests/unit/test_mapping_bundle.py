@@ -3,6 +3,7 @@ the most confidential of its entries (https://hl7.org/fhir/R4/security-labels.ht
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -11,8 +12,9 @@ from fhir.resources.R4B.bundle import Bundle as BundleR4
 
 from adapter.errors import NotSupported
 from adapter.mapping import codes
-from adapter.mapping.bundle import bundle_confidentiality, searchset
+from adapter.mapping.bundle import bundle_confidentiality, outcome_entry, searchset
 from adapter.mapping.r5 import to_r5
+from tests.support.fhir_validator import validate_r5
 
 pytestmark = pytest.mark.unit
 
@@ -71,6 +73,25 @@ def test_entries_links_and_total() -> None:
                                   "search": {"mode": "match"}}
     assert bundle["entry"][1] == {"resource": outcome, "search": {"mode": "outcome"}}
     BundleR4.model_validate(bundle)
+
+
+def test_r5_outcome_entries_have_a_urn_uuid_full_url() -> None:
+    """R5's bdl-15: every searchset entry has a fullUrl; an outcome about the search has no
+    RESTful identity, so it gets a urn:uuid (R4 leaves it out). Found by tools/validate-fhir-r5.mjs
+    in an R5 break-glass search."""
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "suppressed"}]}
+    doc = {**labelled("DocumentReference", "d1", "R"), "status": "current",
+           "content": [{"attachment": {"contentType": "image/jpeg", "url": "Binary/b1"}}]}
+    bundle = searchset([doc, outcome], total=1, self_url=BASE + "DocumentReference", next_url=None, base_url=BASE,
+                       fhir_version="5")
+    bundle["entry"].append(outcome_entry(outcome, fhir_version="5"))
+    for entry in bundle["entry"][1:]:
+        assert re.fullmatch(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", entry["fullUrl"])
+        assert entry["search"] == {"mode": "outcome"} and entry["resource"] == outcome
+    assert bundle["entry"][1]["fullUrl"] != bundle["entry"][2]["fullUrl"]
+    BundleR5.model_validate(bundle)
+    assert validate_r5([bundle]) == []
+    assert outcome_entry(outcome, fhir_version="4") == {"resource": outcome, "search": {"mode": "outcome"}}
 
 
 def test_empty_result() -> None:

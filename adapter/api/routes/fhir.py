@@ -44,7 +44,7 @@ from adapter.errors import (
     UnsupportedResourceType,
 )
 from adapter.mapping.bundle import history as history_bundle
-from adapter.mapping.bundle import searchset
+from adapter.mapping.bundle import outcome_entry, searchset
 from adapter.mapping.capability import capability_statement
 from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
@@ -488,14 +488,11 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
                        base_url=f"{base(request, services)}/fhir", fhir_version=version,
                        included=[subset(_versioned(r, version), how, fhir_version=version) for r in result.included])
     if req.ignored:
-        bundle.setdefault("entry", []).append({
-            "resource": operation_outcome("warning", "not-supported",
-                                          f"parameters not supported, left out (Prefer: handling=lenient): "
-                                          f"{', '.join(req.ignored)}"),
-            "search": {"mode": "outcome"}})
+        bundle.setdefault("entry", []).append(outcome_entry(
+            operation_outcome("warning", "not-supported", f"parameters not supported, left out "
+                              f"(Prefer: handling=lenient): {', '.join(req.ignored)}"), fhir_version=version))
     if result.break_glass:
-        bundle.setdefault("entry", []).append({
-            "resource": information_outcome("suppressed", "break-glass access: records shown under "
-                                            "emergency access, audited", None),
-            "search": {"mode": "outcome"}})
+        bundle.setdefault("entry", []).append(outcome_entry(
+            information_outcome("suppressed", "break-glass access: records shown under emergency access, audited",
+                                None), fhir_version=version))
     return _out(bundle, version, headers=break_glass_headers(result.break_glass))
