@@ -1340,3 +1340,16 @@ def test_every_r5_read_path_under_every_purpose(tmp_path: Path, purpose: str) ->
             {"request": {"method": "GET", "url": "Media/nothing-here"}}]}
         answer = client.post("/fhir", json=batch, headers={**headers, "Content-Type": "application/fhir+json"})
         assert answer.status_code == 200 and answer.json()["type"] == "batch-response", answer.text
+
+
+def test_an_if_modified_since_beyond_any_year_is_disregarded(tmp_path: Path) -> None:
+    """Crafted request (http robustness): If-Modified-Since naming year 99999999999 made
+    parsedate_to_datetime overflow, a 500; a date that cannot be read is disregarded (RFC 9110
+    13.1.3), so the read is answered as without it."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        treat = as_purpose("TREAT")
+        for resource in (receipt["record"], receipt["binary"]):
+            answer = client.get(f"/fhir/{resource}",
+                                headers={**treat, "If-Modified-Since": "Fri, 27 Nov 99999999999 03:53:22 GMT"})
+            assert answer.status_code == 200, answer.text

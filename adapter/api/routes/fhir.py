@@ -379,7 +379,7 @@ def _not_modified(if_none_match: str | None, headers: dict[str, str], if_modifie
         return False
     try:
         since = parsedate_to_datetime(if_modified_since)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year past any datetime: unreadable too
         return False
     if since.tzinfo is None:
         return False
