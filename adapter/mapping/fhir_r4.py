@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
+from adapter.errors import InvalidInput
 from adapter.mapping.codes import (
     EXT_PHOTO_KIND,
     EXT_PHOTO_SOURCE,
@@ -87,12 +88,20 @@ def parse_fhir_datetime(value: Any) -> datetime | None:
 
 def utc_instant(value: datetime | date) -> datetime:
     """``value`` as an aware instant in UTC: a naive datetime (date precision, or a time without
-    its zone) is read as UTC, a date as its first instant in UTC."""
+    its zone) is read as UTC, a date as its first instant in UTC.
+
+    Raises:
+        InvalidInput: the instant falls before year 1 or after 9999 in UTC (``0001-01-01T00:00:00+14:00``
+            is a valid dateTime that no datetime holds in UTC).
+    """
     if not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if value.tzinfo is None or value.utcoffset() is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"the date {value.isoformat()[:40]} falls outside the years 1 to 9999 in UTC") from None
 
 
 def _aware_utc(value: datetime | None) -> datetime | None:

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class PhotoKind(StrEnum):
@@ -43,6 +43,18 @@ class Laterality(StrEnum):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _in_utc_calendar(value: datetime | date | None) -> datetime | date | None:
+    """A time with an offset that puts it before year 1 or after 9999 in UTC
+    (``0001-01-01T00:00:00+14:00``) cannot be indexed or compared as an instant: refused here,
+    before anything of the upload is stored."""
+    if isinstance(value, datetime) and value.utcoffset():
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("the time falls outside the years 1 to 9999 in UTC") from None
+    return value
 
 
 class Identifier(_Model):
@@ -92,6 +104,8 @@ class ConsentStatement(_Model):
     form: str | None = Field(None, description="base64 scan/PDF of a written consent form")
     form_content_type: str | None = Field(None, alias="formContentType")
 
+    _date_in_utc_calendar = field_validator("date")(_in_utc_calendar)
+
 
 class Colleague(_Model):
     name: str = Field(min_length=1)
@@ -115,3 +129,5 @@ class PhotoMetadata(_Model):
     consent: ConsentStatement | None = None
     colleague: Colleague | None = None
     title: str | None = None
+
+    _taken_in_utc_calendar = field_validator("taken_at")(_in_utc_calendar)

@@ -606,3 +606,28 @@ def test_a_consent_dated_today_east_of_utc_leaves_the_photo_readable_for_care(tm
         receipt = post_photo(client, WOUND, metadata(consent={"purposes": ["TREAT"], "method": "verbal",
                                                               "date": tomorrow})).json()
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_date_whose_utc_instant_falls_outside_the_calendar_is_refused(tmp_path: Path, when: str) -> None:
+    """Crafted requests (http robustness): a valid FHIR dateTime whose UTC instant is before year
+    1 or after 9999 (a photo's takenAt, its consent date, a Bundle's Media.createdDateTime, a
+    Consent.dateTime) made the UTC conversion overflow, a 500 with its traceback logged. It is
+    refused (422), nothing stored."""
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    media = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media")
+    media["createdDateTime"] = when
+    consent = json.loads((SAMPLES / "consent-train.json").read_text())
+    consent["dateTime"] = when
+    fhir_json = {"Content-Type": "application/fhir+json"}
+    with adapter_client(tmp_path) as (client, services):
+        _outcome(post_photo(client, WOUND, metadata(takenAt=when)), 422)
+        _outcome(post_photo(client, WOUND, metadata(consent={"purposes": ["TREAT"], "method": "verbal",
+                                                              "date": when})), 422)
+        _outcome(client.post("/fhir", json=bundle, headers=fhir_json), 422)
+        media["createdDateTime"] = "2024-03-01T10:15:00+01:00"
+        bundled_consent = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+        bundled_consent["dateTime"] = when
+        _outcome(client.post("/fhir", json=bundle, headers=fhir_json), 422)
+        _outcome(client.post("/fhir/Consent", json=consent, headers=fhir_json), 422)
+        assert _counts(services) == (0, 0) and _staging_empty(services)
