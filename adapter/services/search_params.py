@@ -21,6 +21,11 @@ MAX_COUNT = 200
 #: Far more than any client asks; at about 1,000 SQLite refuses the statement ("Expression tree
 #: is too large"), which surfaced as a 503 the client would retry in vain.
 MAX_CRITERIA = 100
+#: Comma-separated values (OR) of one token, identifier or target parameter, and patient
+#: identifiers in all: each value (each type a bare target id stands for) is a term of a UNION
+#: or an OR, and at 500 terms SQLite refuses the UNION ("too many terms in compound SELECT"), at
+#: about 1,000 the OR. ``_id``, ``status`` and patient references are IN lists: not limited.
+MAX_VALUES = 100
 #: Read by the route, not a criterion: the answer's format and shape (_summary other than count,
 #: _elements: adapter.mapping.subsetting).
 _IGNORED = {"_format", "_pretty", "_elements"}
@@ -172,7 +177,7 @@ def _references(value: str, param: str, modifier: str, types: Sequence[str], r5:
         raise NotSupported(f"modifier :{modifier[:20]} on {param} is not supported (one of {', '.join(types)})",
                            expression=param)
     out: list[TokenCriterion] = []
-    for v in value.split(","):
+    for v in _or_values(value, param):
         parts = [p for p in v.strip().split("/") if p]
         if len(parts) >= 4 and parts[-2] == "_history":
             parts = parts[:-2]
@@ -226,9 +231,19 @@ def _statuses(value: str, system: str | None) -> list[str]:
     return out
 
 
+def _or_values(value: str, param: str) -> list[str]:
+    """The comma-separated values of a token, identifier or target parameter; TooCostly past
+    MAX_VALUES."""
+    values = value.split(",")
+    if len(values) > MAX_VALUES:
+        raise TooCostly(f"{param[:40]} takes at most {MAX_VALUES} comma-separated values ({len(values)} given); "
+                        "split the search", expression=param[:40])
+    return values
+
+
 def _identifiers(value: str, param: str) -> list[Identifier]:
     out = []
-    for v in value.split(","):
+    for v in _or_values(value, f"{param}:identifier"):
         system, sep, code = v.partition("|")
         if not sep or not system or not code:
             raise InvalidInput(f"{param}:identifier takes system|value", expression=param)
@@ -339,7 +354,10 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
             param = "category" if base == "category" and resource_type == "Media" else base
-            tokens.append(tuple(parse_token(v, param) for v in value.split(",")))
+            tokens.append(tuple(parse_token(v, param) for v in _or_values(value, base)))
+    if len(patients) > MAX_VALUES:
+        raise TooCostly(f"a search names at most {MAX_VALUES} patient identifiers ({len(patients)} given); "
+                        "split the search", expression="patient")
     if summary_count:  # _summary=count: the total only, no entries
         count, total = 0, True
     criteria = SearchCriteria(

@@ -1353,3 +1353,32 @@ def test_an_if_modified_since_beyond_any_year_is_disregarded(tmp_path: Path) -> 
             answer = client.get(f"/fhir/{resource}",
                                 headers={**treat, "If-Modified-Since": "Fri, 27 Nov 99999999999 03:53:22 GMT"})
             assert answer.status_code == 200, answer.text
+
+
+def test_a_token_search_of_hundreds_of_values_is_too_costly_not_a_transient_failure(tmp_path: Path) -> None:
+    """Crafted requests (http robustness): a token parameter with more than 500 comma-separated
+    values (``identifier=s|v0,…``; ``Provenance?target=`` with 167 bare ids, each standing for
+    three types) became a UNION of more terms than SQLite takes, and ``patient:identifier`` with
+    1,001 systems an OR deeper than it parses: 503 "the record store failed", which a client
+    retries in vain. Such a parameter takes at most 100 values: 422 too-costly."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        form = {**as_purpose("TREAT"), "Content-Type": "application/x-www-form-urlencoded"}
+        mine = f"{PATIENT['system']}|{PATIENT['value']}"
+        hundred = ",".join([mine] + [f"urn:oid:2.999.{i}|v" for i in range(99)])
+        ok = client.post("/fhir/Media/_search", content=f"patient:identifier={hundred}", headers=form)
+        assert ok.status_code == 200 and ok.json()["total"] == 1, ok.text[:200]
+        record = receipt["record"]
+        ok = client.post("/fhir/Provenance/_search", headers=form,
+                         content="target=" + ",".join([record.split("/")[1]] + [f"x{i}" for i in range(99)]))
+        assert ok.status_code == 200 and ok.json()["total"] == 1, ok.text[:200]
+        for resource_type, query in (
+                ("Media", "identifier=" + ",".join(f"urn:oid:2.999|v{i}" for i in range(501))),
+                ("Media", "type=" + ",".join(f"t{i}" for i in range(1000))),
+                ("Media", "patient:identifier=" + ",".join(f"urn:oid:2.999.{i}|v" for i in range(1001))),
+                ("Media", "&".join(["patient:identifier=" + ",".join(f"urn:oid:2.{j}.{i}|v" for i in range(20))
+                                    for j in range(60)])),
+                ("Provenance", "target=" + ",".join(f"x{i}" for i in range(167)))):
+            r = client.post(f"/fhir/{resource_type}/_search", content=query, headers=form)
+            assert r.status_code == 422, (query[:60], r.status_code, r.text[:200])
+            assert r.json()["issue"][0]["code"] == "too-costly"
