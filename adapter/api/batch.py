@@ -50,6 +50,8 @@ def _target(entry: Any, types: tuple[str, ...]) -> str | None:
     url = request.get("url")
     if not isinstance(url, str) or not url or url.startswith("/") or "://" in url or ".." in url:
         return None
+    if not url.isprintable():  # a control character or lone surrogate makes no request URL (httpx InvalidURL)
+        return None
     first = url.split("?", 1)[0].split("/", 1)[0]
     return url if first in (*types, "metadata") else None
 
@@ -89,6 +91,9 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
             headers = {**forwarded, "accept": accept, "x-request-id": f"{batch_id}.{index}"}
             if_none_match = entry["request"].get("ifNoneMatch")
             if isinstance(if_none_match, str):
+                if not (if_none_match.isascii() and if_none_match.isprintable()):  # no header holds it
+                    out.append(_refused(index, "ifNoneMatch takes an ETag, W/\"<version>\"", code="invalid"))
+                    continue
                 headers["if-none-match"] = if_none_match
             answer = await inner.get(f"/fhir/{url}", headers=headers)
             answered += len(answer.content)

@@ -1382,3 +1382,26 @@ def test_a_token_search_of_hundreds_of_values_is_too_costly_not_a_transient_fail
             r = client.post(f"/fhir/{resource_type}/_search", content=query, headers=form)
             assert r.status_code == 422, (query[:60], r.status_code, r.text[:200])
             assert r.json()["issue"][0]["code"] == "too-costly"
+
+
+def test_a_batch_entry_whose_url_or_etag_cannot_be_sent_is_refused_in_its_entry(tmp_path: Path) -> None:
+    """Crafted requests (http robustness): a batch entry whose url holds a control character or a
+    lone surrogate (``Media/\\u0000``, ``Media/a\\tb``, ``Media?x=\\u0001``), or whose ifNoneMatch
+    is not ASCII, could not be made into the inner request (httpx InvalidURL, UnicodeEncodeError):
+    the whole batch was a 500. Such an entry is refused in its own entry (400), the others answered."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        record = receipt["record"]
+        bad = [{"request": {"method": "GET", "url": url}}
+               for url in ("Media/\u0000", "Media/a\tb", "Media/a\x7f", "Media?x=\u0001", "Media/\ud800")]
+        bad.append({"request": {"method": "GET", "url": record, "ifNoneMatch": "\u2603"}})
+        batch = {"resourceType": "Bundle", "type": "batch",
+                 "entry": [*bad, {"request": {"method": "GET", "url": record}}]}
+        body = json.dumps(batch).encode()  # ensure_ascii: the lone surrogate goes as \ud800
+        answer = client.post("/fhir", content=body,
+                             headers={"Content-Type": "application/fhir+json", **as_purpose("TREAT")})
+        assert answer.status_code == 200, answer.text[:300]
+        *refused, read = answer.json()["entry"]
+        assert [e["response"]["status"] for e in refused] == ["400 Bad Request"] * len(bad)
+        assert all(e["response"]["outcome"]["resourceType"] == "OperationOutcome" for e in refused)
+        assert read["resource"]["id"] == record.split("/")[1]
