@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from adapter.consent import grants_from_consent
 from adapter.errors import (
     BusinessRuleViolation,
+    Conflict,
     InvalidInput,
     InvalidResource,
     NotFound,
@@ -107,8 +108,15 @@ class ConsentService:
                                         "new Consent", expression="Consent.patient")
         audit = self._auditor.event(ctx, interaction="update", action="U", permitted=True, reason=None,
                                     entities=[f"Consent/{id}"], patient=facts.patient if facts else None)
-        return self._store.update(NewResource("Consent", id, resource, index_resource(resource)),
-                                  if_match=if_match, audit_events=[audit])
+        try:
+            return self._store.update(NewResource("Consent", id, resource, index_resource(resource)),
+                                      if_match=if_match, audit_events=[audit])
+        except Conflict as exc:
+            if if_match is None:
+                raise
+            # another writer committed after the version was read above: the If-Match is as stale
+            # as if it had been seen there (http.html#concurrency: 412)
+            raise PreconditionFailed(f"If-Match names version {if_match}; the current version differs") from exc
 
 
 def _purpose_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:

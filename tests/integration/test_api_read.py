@@ -1405,3 +1405,24 @@ def test_a_batch_entry_whose_url_or_etag_cannot_be_sent_is_refused_in_its_entry(
         assert [e["response"]["status"] for e in refused] == ["400 Bad Request"] * len(bad)
         assert all(e["response"]["outcome"]["resourceType"] == "OperationOutcome" for e in refused)
         assert read["resource"]["id"] == record.split("/")[1]
+
+
+def test_an_update_whose_if_match_loses_a_race_is_412_as_any_stale_if_match(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrency (http robustness): 16 parallel PUT /fhir/Consent/{id} with If-Match: W/"1"
+    got one 200, mostly 412, and now and then 409 "version 1 is not the current version": those
+    read version 1 before the winner committed, and the store's own check refused them. The same
+    stale If-Match is 412 (FHIR http.html#concurrency) whichever moment it lost at. The race is
+    replayed here by handing the update the version read before the winner's commit."""
+    with adapter_client(tmp_path) as (client, services):
+        json_type = {"Content-Type": "application/fhir+json"}
+        consent = client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=json_type).json()
+        before_the_winner = services.store.get("Consent", consent["id"])
+        assert client.put(f"/fhir/Consent/{consent['id']}", json=consent,
+                          headers={**json_type, "If-Match": 'W/"1"'}).status_code == 200
+        monkeypatch.setattr(services.store, "get", lambda *_: before_the_winner)
+        lost = client.put(f"/fhir/Consent/{consent['id']}", json=consent, headers={**json_type, "If-Match": 'W/"1"'})
+        assert lost.status_code == 412, lost.text
+        assert lost.json()["resourceType"] == "OperationOutcome"
+        monkeypatch.undo()
+        assert client.get(f"/fhir/Consent/{consent['id']}", headers=as_purpose("TREAT")).headers["etag"] == 'W/"2"'
