@@ -16,30 +16,54 @@ MAX_DEPTH = 64
 
 
 def load_json(raw: bytes | str, *, what: str, expression: str | None = None) -> Any:
-    """``raw`` parsed; InvalidInput (422) naming ``what`` when it is not JSON or nests deeper
-    than MAX_DEPTH."""
+    """``raw`` parsed; InvalidInput (422) naming ``what`` when it is not JSON, nests deeper
+    than MAX_DEPTH or holds a lone surrogate."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{what} is not valid JSON", expression=expression) from exc
     except RecursionError:
         raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression) from None
-    if not _within_depth(data):
+    problem = _problem(data)
+    if problem == "depth":
         raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression)
+    if problem == "surrogate":
+        raise InvalidInput(f"{what} holds an unpaired surrogate escape (\\ud800-\\udfff), which is no Unicode "
+                           "character (RFC 8259 8.2)", expression=expression)
     return data
 
 
-def _within_depth(value: Any) -> bool:
+def _problem(value: Any) -> str | None:
+    """What is wrong with ``value``: "depth" when it nests deeper than MAX_DEPTH; "surrogate"
+    when a string (or key) of it holds a lone UTF-16 surrogate, which Python's parser lets
+    through from a ``\\udc80`` escape and no UTF-8 text can hold (the record store failed on
+    it, a 500 after the photo was written); else None."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        if isinstance(item, str):
+            if not _is_text(item):
+                return "surrogate"
+            continue
         if isinstance(item, dict):
+            if not all(_is_text(key) for key in item):
+                return "surrogate"
             children: Any = item.values()
         elif isinstance(item, list):
             children = item
         else:
             continue
         if depth >= MAX_DEPTH and children:
-            return False
+            return "depth"
         stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _is_text(value: str) -> bool:
+    if value.isascii():  # base64 image data and most of a resource: no copy made
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     return True

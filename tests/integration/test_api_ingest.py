@@ -520,6 +520,24 @@ def test_json_nested_deeper_than_any_resource_is_refused_not_a_server_error(tmp_
         assert client.get("/fhir/Consent", headers=as_purpose("TREAT")).json()["total"] == 0
 
 
+@pytest.mark.parametrize("field", ["note", "title", "author"])
+def test_a_lone_surrogate_escape_is_refused_before_anything_is_stored(tmp_path: Path, field: str) -> None:
+    """Crafted request (http robustness): photo metadata whose note, title or author display held
+    a lone surrogate escape ("x\\udc80y": valid JSON syntax, no Unicode text) passed the model and
+    failed in the record store (UnicodeEncodeError, a 500 with its traceback logged) after the
+    photo's blob was written, left on disk without a record. Such JSON is refused as it is
+    parsed (422), for FHIR bodies too, and nothing is stored."""
+    value: Any = {"display": "__S", "reference": "Practitioner/9"} if field == "author" else "__S"
+    raw_metadata = json.dumps(metadata(**{field: value})).replace('"__S"', '"x\\udc80y"')
+    consent = (SAMPLES / "consent-train.json").read_text().replace('"active"', '"\\udc80"', 1)
+    with adapter_client(tmp_path) as (client, services):
+        photo = client.post("/photos", files={"file": ("w.jpg", WOUND.read_bytes(), "image/jpeg"),
+                                              "metadata": (None, raw_metadata, "application/json")})
+        assert "surrogate" in _outcome(photo, 422)["issue"][0]["diagnostics"]
+        _outcome(client.post("/fhir/Consent", content=consent, headers={"Content-Type": "application/fhir+json"}), 422)
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
 def test_large_fhir_bodies_are_worked_on_a_few_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each large JSON body (a transaction Bundle with its base64 image) is in memory whole,
     several times over: 24 concurrent 60 MB Bundles peaked at 1.35 GB. Past LARGE_BODY_SLOTS at
