@@ -17,7 +17,7 @@ MAX_DEPTH = 64
 
 def load_json(raw: bytes | str, *, what: str, expression: str | None = None) -> Any:
     """``raw`` parsed; InvalidInput (422) naming ``what`` when it is not JSON, nests deeper
-    than MAX_DEPTH or holds a lone surrogate."""
+    than MAX_DEPTH or holds a lone surrogate or U+0000."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -27,6 +27,9 @@ def load_json(raw: bytes | str, *, what: str, expression: str | None = None) -> 
     problem = _problem(data)
     if problem == "depth":
         raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression)
+    if problem == "nul":
+        raise InvalidInput(f"{what} holds the character U+0000, which FHIR strings do not allow",
+                           expression=expression)
     if problem == "surrogate":
         raise InvalidInput(f"{what} holds an unpaired surrogate escape (\\ud800-\\udfff), which is no Unicode "
                            "character (RFC 8259 8.2)", expression=expression)
@@ -37,17 +40,22 @@ def _problem(value: Any) -> str | None:
     """What is wrong with ``value``: "depth" when it nests deeper than MAX_DEPTH; "surrogate"
     when a string (or key) of it holds a lone UTF-16 surrogate, which Python's parser lets
     through from a ``\\udc80`` escape and no UTF-8 text can hold (the record store failed on
-    it, a 500 after the photo was written); else None."""
+    it, a 500 after the photo was written); "nul" when one holds U+0000, which FHIR strings do
+    not allow and the record store refuses only once the photo is written; else None."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
+            if "\x00" in item:
+                return "nul"
             if not _is_text(item):
                 return "surrogate"
             continue
         if isinstance(item, dict):
             if not all(_is_text(key) for key in item):
                 return "surrogate"
+            if any("\x00" in key for key in item):
+                return "nul"
             children: Any = item.values()
         elif isinstance(item, list):
             children = item

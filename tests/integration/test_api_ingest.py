@@ -538,6 +538,19 @@ def test_a_lone_surrogate_escape_is_refused_before_anything_is_stored(tmp_path: 
         assert _counts(services) == (0, 0) and _staging_empty(services)
 
 
+@pytest.mark.parametrize("fields", [{"patient": {**PATIENT, "reference": "Patient/a\u0000"}},
+                                    {"title": "a\u0000b"}, {"encounter": {"reference": "Encounter/\u0000"}}])
+def test_u0000_in_photo_metadata_is_refused_before_anything_is_stored(tmp_path: Path, fields: dict) -> None:
+    """Crafted requests (http robustness): U+0000 in the photo's patient.reference was refused by
+    the record store (422) only after the photo's blob was written, left on disk without a
+    record; in its title or encounter it was stored (201) and emitted in FHIR strings, which do
+    not allow it. The metadata is refused as it is parsed (422), nothing stored."""
+    with adapter_client(tmp_path) as (client, services):
+        body = _outcome(post_photo(client, WOUND, metadata(**fields)), 422)
+        assert "U+0000" in body["issue"][0]["diagnostics"]
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
 def test_large_fhir_bodies_are_worked_on_a_few_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each large JSON body (a transaction Bundle with its base64 image) is in memory whole,
     several times over: 24 concurrent 60 MB Bundles peaked at 1.35 GB. Past LARGE_BODY_SLOTS at
