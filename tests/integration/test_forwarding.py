@@ -540,3 +540,15 @@ def test_an_outbox_item_only_break_glass_may_see_is_shown_under_it_and_the_answe
         assert item["record"] == {"reference": receipt["record"]} and "withheld" not in item
         assert "BTG" in glass.headers["x-break-glass"]
         assert "(break-glass)" in services.store.list_audit(1)[0]["outcomeDesc"]
+
+
+def test_a_requeue_naming_an_id_past_any_stored_one_is_refused_not_a_server_error(tmp_path: Path) -> None:
+    """Found by schemathesis (http robustness): POST /outbox/requeue {"ids": [4676718643556520903370768121856]}
+    (past a 64-bit integer) made the SQLite driver raise OverflowError: a 500 with its traceback
+    logged. An id is a positive 64-bit integer: 422 OperationOutcome naming it."""
+    with adapter_client(tmp_path) as (client, _):
+        for ids in ([4676718643556520903370768121856], [2**63], [0], [-3]):
+            r = client.post("/outbox/requeue", json={"ids": ids})
+            assert r.status_code == 422, (ids, r.text)
+            assert r.json()["resourceType"] == "OperationOutcome"
+        assert client.post("/outbox/requeue", json={"ids": [2**63 - 1]}).json() == {"requeued": 0}

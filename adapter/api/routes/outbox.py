@@ -69,7 +69,9 @@ class RequeueRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] | None = Field(None, max_length=10_000, description="outbox item ids")
+    # an id is the store's 64-bit key: a larger number overflowed the driver (a 500), now 422
+    ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(None, max_length=10_000,
+                                                                        description="outbox item ids")
     destination: str | None = Field(None, max_length=200, description="AE@host:port as in ADAPTER_FORWARD_TO")
 
 
