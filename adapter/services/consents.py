@@ -88,7 +88,9 @@ class ConsentService:
                                   audit_events=[audit])
 
     def update(self, id: str, resource: dict[str, Any], ctx: RequestContext,
-               if_match: int | None) -> StoredResource:
+               if_match: frozenset[int] | None) -> StoredResource:
+        """Write the next version of Consent ``id``; ``if_match``: the versions the client's
+        If-Match accepts (None: any)."""
         if isinstance(resource, dict) and resource.get("resourceType") == "Consent" and resource.get("id") is None:
             # http.html#update: "If no id element is provided, or the id disagrees with the id in
             # the URL, the server SHALL respond with an HTTP 400 error code"
@@ -97,8 +99,8 @@ class ConsentService:
         current = self._store.get("Consent", id)
         if current is None:
             raise NotFound(f"Consent/{id} is not known")
-        if if_match is not None and current.version_id != if_match:
-            raise PreconditionFailed(f"If-Match names version {if_match}; the current version differs")
+        if if_match is not None and current.version_id not in if_match:
+            raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version differs")
         facts = consent_facts(id, resource)
         before = consent_facts(id, current.resource)
         if before is not None and (facts is None or facts.patient != before.patient):
@@ -110,13 +112,18 @@ class ConsentService:
                                     entities=[f"Consent/{id}"], patient=facts.patient if facts else None)
         try:
             return self._store.update(NewResource("Consent", id, resource, index_resource(resource)),
-                                      if_match=if_match, audit_events=[audit])
+                                      if_match=None if if_match is None else current.version_id,
+                                      audit_events=[audit])
         except Conflict as exc:
             if if_match is None:
                 raise
             # another writer committed after the version was read above: the If-Match is as stale
             # as if it had been seen there (http.html#concurrency: 412)
-            raise PreconditionFailed(f"If-Match names version {if_match}; the current version differs") from exc
+            raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version differs") from exc
+
+
+def _versions(if_match: frozenset[int]) -> str:
+    return ("version " if len(if_match) == 1 else "versions ") + ", ".join(str(v) for v in sorted(if_match))
 
 
 def _purpose_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:

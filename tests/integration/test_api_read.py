@@ -557,6 +557,24 @@ def test_purposes_of_a_consent_in_v3_act_reason_by_its_oid_are_read_as_v3_act_re
             assert refused.json()["issue"][0]["expression"] == ["Consent.provision.provision[0].purpose[0]"]
 
 
+def test_if_match_takes_any_or_a_list_of_etags_as_rfc_9110_writes_it(tmp_path: Path) -> None:
+    """If-Match (RFC 9110 13.1.1) is "*" or a list of entity tags: "*" updates whatever the
+    version, a list updates when the current version is among them, padding is no matter; a
+    stale list is 412; malformed is 422. "*" and lists were 422, a tag with a space after it too."""
+    json_type = {"Content-Type": "application/fhir+json"}
+    with adapter_client(tmp_path) as (client, _):
+        consent = client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=json_type).json()
+        url = f"/fhir/Consent/{consent['id']}"
+        for if_match, version in (("*", "2"), ('W/"1", W/"2"', "3"), ('W/"3" ', "4"), (' "4"', "5")):
+            r = client.put(url, json=consent, headers={**json_type, "If-Match": if_match})
+            assert r.status_code == 200 and r.headers["etag"] == f'W/"{version}"', (if_match, r.text)
+        stale = client.put(url, json=consent, headers={**json_type, "If-Match": 'W/"1", W/"2"'})
+        assert stale.status_code == 412 and stale.json()["resourceType"] == "OperationOutcome"
+        for bad in ("W/1", 'W/"x"', 'W/"1",', "**"):
+            assert client.put(url, json=consent, headers={**json_type, "If-Match": bad}).status_code == 422, bad
+        assert client.get(url, headers=as_purpose("TREAT")).headers["etag"] == 'W/"5"'
+
+
 def test_only_fhir_json_is_produced_and_other_formats_get_406(tmp_path: Path) -> None:
     """http.html#mime-type: the server answers in FHIR JSON; a client asking only for FHIR XML or
     Turtle (Accept or _format, which overrides it) gets 406 with an OperationOutcome, not JSON it

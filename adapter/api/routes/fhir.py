@@ -233,15 +233,24 @@ async def create_consent(request: Request, services: ServicesDep, ctx: WriteCont
 async def update_consent(id: str, request: Request, services: ServicesDep, ctx: WriteContextDep,
                          if_match: Annotated[str | None, Header()] = None) -> Response:
     _r4_write(request)
-    expected = None
-    if if_match:
-        digits = if_match.replace("W/", "").strip('"')
-        if not is_digits(digits):
-            raise InvalidInput("If-Match takes an ETag W/\"<version>\"", expression="If-Match")
-        expected = int(digits)
+    expected = _if_match_versions(if_match)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)
     return _written(request, services, stored, 200)
+
+
+def _if_match_versions(if_match: str | None) -> frozenset[int] | None:
+    """The versions an ``If-Match`` accepts (RFC 9110 13.1.1: ``*`` or a list of entity tags;
+    FHIR's are weak, ``W/"<version>"``); None when any version will do (no header, or ``*``)."""
+    if if_match is None or not if_match.strip() or if_match.strip() == "*":
+        return None
+    versions = set()
+    for tag in if_match.split(","):
+        digits = tag.strip().removeprefix("W/")
+        if len(digits) < 3 or digits[0] != '"' or digits[-1] != '"' or not is_digits(digits[1:-1]):
+            raise InvalidInput("If-Match takes ETags W/\"<version>\" (a list of them, or *)", expression="If-Match")
+        versions.add(int(digits[1:-1]))
+    return frozenset(versions)
 
 
 @router.get("/{resource_type}/{id}")
