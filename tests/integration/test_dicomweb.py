@@ -969,6 +969,14 @@ def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: 
     assert png.headers["content-type"] == "image/png" and png.content == rendered(native)
     assert wado(pdf).headers["content-type"] == "application/pdf"
     assert wado(pdf, contentType="image/jpeg").status_code == 406
+    # wildcards and qualities (PS3.18 9.1.2.1.4: "relative degree of preference"); they were 406
+    assert wado(native, contentType="image/*").headers["content-type"] == "image/png"
+    assert wado(photo, contentType="*/*").content == rendered(photo)
+    assert wado(pdf, contentType="image/*").status_code == 406
+    assert wado(pdf, contentType="*/*").headers["content-type"] == "application/pdf"
+    assert wado(photo, contentType="image/jpeg;q=0.5,application/dicom").headers["content-type"] == "application/dicom"
+    assert wado(photo, contentType="application/dicom;q=0.2, image/jpeg;q=0.9").headers["content-type"] == "image/jpeg"
+    assert wado(photo, contentType="image/jpeg;q=0").status_code == 406
     assert wado(pdf, contentType="image/jpeg", rows="64").status_code == 406
     assert wado(pdf, contentType="image/jpeg,application/dicom", rows="64").headers["content-type"] == "application/dicom"
     scaled = wado(photo, contentType="image/jpeg", rows="40", columns="40")

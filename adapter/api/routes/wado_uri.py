@@ -13,8 +13,8 @@ what is answered is made from the object the purpose's release produced:
 - ``rows``/``columns`` with ``image/jpeg``: a JPEG scaled to fit them (adapter.imaging.thumbnail),
   re-encoded, with no metadata.
 
-``contentType`` may list several types, in order of preference; without it the instance is
-answered as it renders. ``frameNumber`` 1 only. ``anonymize=yes`` is refused unless the
+``contentType`` may list several types, with qualities (``;q=``) or in order of preference, and
+the wildcards ``*/*`` and ``image/*``; without it the instance is answered as it renders. ``frameNumber`` 1 only. ``anonymize=yes`` is refused unless the
 purpose's view is de-identified: the adapter de-identifies for a purpose the patient consented
 to, never on a request's say-so (de-identification does not replace consent). ``region``,
 windowing, presentation states and ``annotation`` are not supported (400).
@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from adapter.api.accept import media_ranges
 from adapter.api.deps import ReaderDep
 from adapter.api.headers import break_glass_headers
 from adapter.errors import InvalidInput, NotAcceptable, NotSupported, RequiredElementMissing
@@ -72,7 +73,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
         raise NotSupported("anonymize=yes: de-identified objects are released for a purpose the patient consented "
                            "to (e.g. X-Purpose-Of-Use: TRAIN), not on request", expression="anonymize")
     rows, columns = _side(q.get("rows"), "rows"), _side(q.get("columns"), "columns")
-    wanted = [t.split(";")[0].strip().lower() for t in (q.get("contentType") or "").split(",") if t.strip()]
+    wanted = _content_types(q.get("contentType"))
     syntax = q.get("transferSyntax")
     if syntax is not None and DICOM not in wanted:
         raise InvalidInput("transferSyntax goes with contentType=application/dicom", expression="transferSyntax")
@@ -85,7 +86,9 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
                 raise NotAcceptable(f"transferSyntax: this instance is stored in {content.transfer_syntax} and "
                                     "served as it is (no transcoding)", expression="transferSyntax")
             return Response(content=content.data, media_type=DICOM, headers=break_glass_headers(content.decision.break_glass))
-        if media is not None and media not in RENDERED:
+        if media == "*/*":
+            media = None  # anything: as it renders
+        if media is not None and media not in RENDERED and media != "image/*":
             continue
         if media == "image/jpeg" and (rows or columns):
             try:
@@ -96,10 +99,29 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
             return Response(content=made.data, media_type="image/jpeg", headers=break_glass_headers(made.break_glass))
         if rendered is None:
             rendered = await run_in_threadpool(lambda: reader.read_dicom_rendered(instance, study=study, series=series))
-        if media is None or rendered.content_type == media:
+        if media is None or rendered.content_type == media or \
+                (media == "image/*" and rendered.content_type.startswith("image/")):
             return Response(content=rendered.data, media_type=rendered.content_type,
                             headers=break_glass_headers(rendered.break_glass))
     served = f"rendered as {rendered.content_type} (no transcoding)" if rendered is not None else \
         f"served as {', '.join((DICOM, *RENDERED))}"
     raise NotAcceptable(f"contentType: this instance is {served}", expression="contentType")
 
+
+def _content_types(value: str | None) -> list[str]:
+    """``contentType``: media types "with relative degree of preference" (PS3.18 9.1.2.1.4; as
+    RFC 9110 Accept): highest quality first, the listed order among equals; a type of quality 0
+    is refused, not wanted; ``*/*`` and ``image/*`` are wildcards."""
+    if value is None or not value.strip():
+        return []
+    ranges = media_ranges(value, default=None)
+    if not ranges:
+        raise NotAcceptable("contentType refuses every type (quality 0)", expression="contentType")
+
+    def quality(params: dict[str, str]) -> float:
+        try:
+            return float(params.get("q", "1"))
+        except ValueError:
+            return 1.0
+
+    return [r.media for r in sorted(ranges, key=lambda r: -quality(r.params))]
