@@ -6,9 +6,10 @@ Every read, search and write, permitted or refused, becomes one AuditEvent:
 * type audit-event-type#rest, subtype restful-interaction#<interaction>, action R/C/U/D/E;
 * outcome ``0`` (success) or, for a refusal by the consent decision, ``4`` (minor failure) with
   outcomeDesc = the reason; ``8``/``12`` for serious/major failures;
-* agent[client] and agent[server] with the DICOM role IDs BALP gives: when data flows to the
-  client (read, vread, search) the client is the Destination (DCM 110152) and the server the
-  Source (DCM 110153); when the client sends data (create, update, delete) it is the other way;
+* agent[client] and agent[server] with the DICOM role IDs BALP gives: for a read (read, vread,
+  history) the client is the Destination (DCM 110152) and the server the Source (DCM 110153);
+  for a search (BALP Query: the query parameters flow to the server) and when the client sends
+  data (create, update, delete) it is the other way;
 * agent[user]: v3-ParticipationType IRCP (information recipient) for reads and searches, AUT
   (author) for writes; requestor = true; purposeOfUse = the request's purpose of use;
 * source.observer = the adapter, type security-source-type#4 (application server);
@@ -42,8 +43,11 @@ from adapter.model.photo import Identifier
 INTERACTIONS = frozenset({"read", "vread", "history-instance", "search-type", "create", "update", "delete"})
 ACTIONS = frozenset({"C", "R", "U", "D", "E"})
 OUTCOMES = frozenset({"0", "4", "8", "12"})
-#: Interactions where data flows from the server to the client (BALP Read / Query).
-_TO_CLIENT = frozenset({"read", "vread", "history-instance", "search-type"})
+#: Interactions where the client is the Destination (BALP Read). Not a search: BALP Query types
+#: the client as the Source, the query parameters flowing to the server.
+_TO_CLIENT = frozenset({"read", "vread", "history-instance"})
+#: Interactions whose requestor receives information (v3-ParticipationType IRCP, BALP Read and Query).
+_RECIPIENT = _TO_CLIENT | {"search-type"}
 
 _SOURCE_ROLE = coding(DCM, "110153", "Source Role ID")
 _DESTINATION_ROLE = coding(DCM, "110152", "Destination Role ID")
@@ -91,7 +95,7 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
         "who": {"display": ADAPTER_NAME},
         "requestor": False,
     }
-    user_role = coding(V3_PARTICIPATION_TYPE, "IRCP", "information recipient") if to_client \
+    user_role = coding(V3_PARTICIPATION_TYPE, "IRCP", "information recipient") if interaction in _RECIPIENT \
         else coding(V3_PARTICIPATION_TYPE, "AUT", "author (originator)")
     user: JSON = {"type": concept(user_role), "who": {"display": actor or "anonymous"}, "requestor": True}
     if purpose is not None:

@@ -94,6 +94,13 @@ def test_create_swaps_client_and_server_roles() -> None:
     assert [e["what"]["reference"] for e in entity(ev, "2")] == ["Media/m-1", "Binary/b-1", "Provenance/p-1"]
 
 
+def test_search_types_the_client_as_the_source_of_the_query() -> None:
+    """BALP Query (IHE.BasicAudit.Query): the client is DCM 110153 Source Role ID and the server
+    110152 Destination Role ID (the query parameters flow to the server), unlike Read."""
+    ev = CASES["search"]
+    assert [agent_role(ev, i) for i in range(3)] == ["110153", "110152", "IRCP"]
+
+
 def test_search_records_the_query() -> None:
     ev = CASES["search"]
     assert ev["subtype"][0]["code"] == "search-type" and ev["action"] == "E"
