@@ -54,7 +54,16 @@ def get_read_context(request: Request, services: ServicesDep, x_purpose_of_use: 
         _audit_refused_purpose(request, services, exc)
         raise
     return RequestContext(purpose=purpose, actor=_actor(request), request_id=_request_id(request),
-                          client_address=request.client.host if request.client else None)
+                          client_address=request.client.host if request.client else None,
+                          query=_request_line(request))
+
+
+def _request_line(request: Request) -> bytes:
+    """The method, path and query string as the client sent them (not decoded: what was asked,
+    malformed or malicious parts included, as IHE BALP Query records a search)."""
+    path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    query: bytes = request.scope.get("query_string", b"")
+    return request.method.encode() + b" " + path + (b"?" + query if query else b"")
 
 
 def _audit_refused_purpose(request: Request, services: Services,

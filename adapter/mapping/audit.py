@@ -15,7 +15,7 @@ Every read, search and write, permitted or refused, becomes one AuditEvent:
 * source.observer = the adapter, type security-source-type#4 (application server);
 * entity[data] per resource: audit-entity-type#2 System Object, object-role#4 Domain Resource;
   entity[patient]: #1 Person / #1 Patient with what.identifier; entity[query] for searches:
-  #2 / object-role#24 Query, ``query`` = the base64 query string; entity[transaction]: BALP
+  #2 / object-role#24 Query, ``query`` = the search request as received, base64; entity[transaction]: BALP
   BasicAuditEntityType#XrequestId with what.identifier.value = X-Request-Id.
 """
 
@@ -70,7 +70,8 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
     """One BALP-shaped AuditEvent (see the module docstring).
 
     ``purpose`` is (system, code) of the request's purpose of use; ``entities`` are literal
-    references ("Media/abc"); ``query`` the raw query string of a search.
+    references ("Media/abc"); ``query`` the raw search request of a search (its request line, and
+    the body of a search by POST).
 
     Raises:
         ValueError: an unknown interaction, action or outcome code, or a naive ``recorded``.

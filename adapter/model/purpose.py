@@ -26,4 +26,7 @@ class RequestContext:
     request_id: str = ""
     client_address: str | None = None
     channel: str = "http"
+    #: The request as it was received (its request line; a search by POST adds its body): the
+    #: AuditEvent of a search records it, base64-encoded (IHE BALP Query, entity[query]).
+    query: bytes | None = None
     extra: dict[str, str] = field(default_factory=dict)

@@ -13,7 +13,7 @@ import pytest
 
 from adapter.mapping.photo import index_resource
 from adapter.model.record import NewResource
-from tests.conftest import ROOT
+from tests.conftest import ROOT, record_emitted
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
 
 SAMPLES = ROOT / "samples"
@@ -1445,3 +1445,35 @@ def test_an_update_whose_if_match_loses_a_race_is_412_as_any_stale_if_match(tmp_
         assert lost.json()["resourceType"] == "OperationOutcome"
         monkeypatch.undo()
         assert client.get(f"/fhir/Consent/{consent['id']}", headers=as_purpose("TREAT")).headers["etag"] == 'W/"2"'
+
+
+def _queries(event: dict) -> list[bytes]:
+    return [base64.b64decode(e["query"]) for e in event.get("entity", [])
+            if e.get("role", {}).get("code") == "24"]
+
+
+def test_a_search_is_audited_with_the_search_it_was_asked(tmp_path: Path) -> None:
+    """IHE BALP Query (IHE.BasicAudit.Query, entity[query] 1..1): the AuditEvent of a search
+    holds the raw search request, base64-encoded, in an entity of type 2 (System Object) and
+    role 24 (Query): the request line of a GET, and the form-encoded body of a search by POST."""
+    with adapter_client(tmp_path) as (client, services):
+        _ingest(client)
+        ident = f"{PATIENT['system']}%7C{PATIENT['value']}"
+        assert client.get(f"/fhir/Media?patient:identifier={ident}&_count=5",
+                          headers=as_purpose("TREAT")).status_code == 200
+        [got] = services.store.list_audit(1)
+        assert got["subtype"][0]["code"] == "search-type"
+        assert _queries(got) == [f"GET /fhir/Media?patient:identifier={ident}&_count=5".encode()]
+        query_entity = next(e for e in got["entity"] if e.get("role", {}).get("code") == "24")
+        assert query_entity["type"]["code"] == "2" and "what" not in query_entity
+        posted = client.post("/fhir/Media/_search?_count=5", content=f"patient:identifier={ident}",
+                             headers={**as_purpose("TREAT"), "Content-Type": "application/x-www-form-urlencoded"})
+        assert posted.status_code == 200
+        [post] = services.store.list_audit(1)
+        assert _queries(post) == [f"POST /fhir/Media/_search?_count=5\n\npatient:identifier={ident}".encode()]
+        # a read is not a query
+        record = client.get(f"/fhir/Media?patient:identifier={ident}", headers=as_purpose("TREAT")).json()
+        client.get(f"/fhir/Media/{record['entry'][0]['resource']['id']}", headers=as_purpose("TREAT"))
+        [read] = services.store.list_audit(1)
+        assert read["subtype"][0]["code"] == "read" and _queries(read) == []
+        record_emitted(services.store.list_audit(10))

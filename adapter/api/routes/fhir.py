@@ -4,6 +4,7 @@ Consent create/update, read and search under purpose of use. R4 by default; R5 w
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -454,6 +455,8 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
     params = list(request.query_params.multi_items()) + form
     if any(k == PAGE_PARAM for k, _ in params):
         raise InvalidInput(f"{PAGE_PARAM} is a link to follow with GET", expression=PAGE_PARAM)
+    # the search its AuditEvent records is the request line and the body (IHE BALP Query)
+    reader.ctx = dataclasses.replace(reader.ctx, query=(reader.ctx.query or b"") + b"\n\n" + body)
     return await _search(resource_type, request, reader, services, accept, params, sealed=True)
 
 
