@@ -272,23 +272,22 @@ class ScopedReader:
         original SOP Instance UID, which no restricted view shows; for the others (and a
         reference that names nothing) it leaves both out. One audit event for ``what``. Also
         whether break-glass released any of them (the answer says so)."""
-        shown: set[str] = set()
+        shown: dict[str, Identifier | None] = {}
         glass = False
         withheld = 0
         for ref in dict.fromkeys(records):
             resource_type, _, id = ref.partition("/")
             stored = self._store.get(resource_type, id) if resource_type in READABLE_TYPES and id else None
             decision = self.decide(stored.facts if stored is not None else None)
-            if decision.permitted and decision.view is View.FULL:
-                shown.add(ref)
+            if decision.permitted and decision.view is View.FULL and stored is not None and stored.facts is not None:
+                shown[ref] = stored.facts.patient
                 glass = glass or decision.break_glass
             else:
                 withheld += 1
-        self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None,
-                             entities=sorted(shown), patient=None,
-                             reason=f"{what}: {len(shown)} records shown, {withheld} withheld"
-                                    f"{' (break-glass)' if glass else ''}")
-        return shown, glass
+        self._auditor.record_search(self.ctx, found=sorted(shown.items()),
+                                    reason=f"{what}: {len(shown)} records shown, {withheld} withheld"
+                                           f"{' (break-glass)' if glass else ''}")
+        return set(shown), glass
 
     # -- reads --------------------------------------------------------------------------
     def _load(self, resource_type: str, id: str) -> StoredResource:
@@ -426,6 +425,7 @@ class ScopedReader:
                                  key=lambda r: (r.last_updated, r.id), reverse=descending) \
             if criteria is not None else iter(())
         page: list[tuple[IndexRow, Decision]] = []
+        patients: dict[tuple[str, str], Identifier | None] = {}  # whose each one on the page is, for the audit
         permitted = denied = 0
         end = request.offset + request.count
         for row in candidates:
@@ -441,6 +441,7 @@ class ScopedReader:
                 continue
             if request.offset <= permitted < request.offset + request.count:
                 page.append((row, decision))
+                patients[(row.resource_type, row.id)] = facts.patient if facts is not None else None
             permitted += 1
         resources: list[dict[str, Any]] = []
         by_type: dict[str, list[tuple[IndexRow, Decision]]] = {}
@@ -450,27 +451,28 @@ class ScopedReader:
         for rt, items in by_type.items():
             for stored in self._store.get_many(rt, [r.id for r, _ in items]):
                 loaded[(rt, stored.id)] = stored
+        found: list[tuple[str, Identifier | None]] = []
         for row, decision in page:
             stored = loaded.get((row.resource_type, row.id))
             if stored is not None:
                 resources.append(self._render(stored, decision))
+                found.append((f"{row.resource_type}/{row.id}", patients[(row.resource_type, row.id)]))
         included, included_glass = self._included(
-            request, [loaded[k] for k in ((r.resource_type, r.id) for r, _ in page) if k in loaded])
+            request, [loaded[k] for k in ((r.resource_type, r.id) for r, _ in page) if k in loaded], found)
         reason = f"{permitted} permitted, {denied} withheld" + (f", {len(included)} included" if included else "")
-        self._auditor.record(
-            self.ctx, interaction="search-type", action="E", decision=None,
-            entities=[f"{r['resourceType']}/{r['id']}" for r in resources + included], patient=None, reason=reason)
+        self._auditor.record_search(self.ctx, found=found, reason=reason)
         return SearchResult(resources=resources, total=permitted if request.total else None,
                             break_glass=any(d.break_glass for _, d in page) or included_glass,
                             more=permitted > end, included=included)
 
-    def _included(self, request: SearchRequest, matches: Sequence[StoredResource]
-                  ) -> tuple[list[dict[str, Any]], bool]:
+    def _included(self, request: SearchRequest, matches: Sequence[StoredResource],
+                  found: list[tuple[str, Identifier | None]]) -> tuple[list[dict[str, Any]], bool]:
         """The resources ``_revinclude=Provenance:target`` and ``_include=Provenance:target``
         add to a page (search.html#include, Bundle.entry.search.mode ``include``): each is
         decided for the purpose on its own facts, as a read of it would be, and left out,
         without a trace, when not permitted; none is a match of the page already; at most
-        MAX_INCLUDED. Returns them rendered, and whether any was released under break-glass."""
+        MAX_INCLUDED. Returns them rendered, and whether any was released under break-glass; adds
+        each, with its patient, to ``found`` (for the audit)."""
         if not matches or not (request.include_targets or request.revinclude_provenance):
             return [], False
         seen = {(m.resource_type, m.id) for m in matches}
@@ -502,10 +504,12 @@ class ScopedReader:
             stored = stored_by_key.get((rtype, rid))
             if stored is None:
                 continue
-            decision = self.decide(self._facts(rtype, rid, stored.facts, stored.resource))
+            facts = self._facts(rtype, rid, stored.facts, stored.resource)
+            decision = self.decide(facts)
             if decision.permitted:
                 glass = glass or decision.break_glass
                 out.append(self._render(stored, decision))
+                found.append((f"{rtype}/{rid}", facts.patient if facts is not None else None))
         return out, glass
 
     # -- DICOM: WADO-RS, QIDO-RS, Binary as application/dicom ----------------------------
@@ -763,11 +767,19 @@ class ScopedReader:
                 close()  # a streamed read stopped early ends here
         page = list(results.values())[offset:None if limit is None else offset + limit]
         result = [entry for members in page for entry in members]
-        self._auditor.record(
-            self.ctx, interaction="search-type", action="E", decision=None,
-            entities=sorted({e.record for e in result}), patient=None,
-            reason=f"{len(result)} instances permitted, {withheld} withheld")
+        self._auditor.record_search(self.ctx, found=self._patients_of(sorted({e.record for e in result})),
+                                    reason=f"{len(result)} instances permitted, {withheld} withheld")
         return DicomSearchResult(result, glass and bool(result))
+
+    def _patients_of(self, records: Sequence[str]) -> list[tuple[str, Identifier | None]]:
+        """Each record reference ("Media/abc") with its patient, for the audit of a search."""
+        by_type: dict[str, list[str]] = {}
+        for ref in records:
+            resource_type, _, id = ref.partition("/")
+            by_type.setdefault(resource_type, []).append(id)
+        patients = {f"{s.resource_type}/{s.id}": s.facts.patient if s.facts is not None else None
+                    for resource_type, ids in by_type.items() for s in self._store.get_many(resource_type, ids)}
+        return [(ref, patients.get(ref)) for ref in records]
 
     def _qido_permitted(self, release: DicomRelease, level: str, query: DicomQuery,
                         candidates: Sequence[DicomInstance]) -> tuple[list[DicomEntry], int, bool]:

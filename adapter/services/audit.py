@@ -43,6 +43,23 @@ class Auditor:
         self._store.append_audit(self.event(ctx, interaction=interaction, action=action, permitted=permitted,
                                             reason=why, entities=entities, patient=patient))
 
+    def record_search(self, ctx: RequestContext, *, found: Sequence[tuple[str, Identifier | None]],
+                      reason: str) -> None:
+        """Store the AuditEvents of a permitted search that returned ``found`` (each reference
+        with its record's patient): one per patient of the results, naming that patient and its
+        resources, as IHE BALP PatientQuery asks (https://profiles.ihe.net/ITI/BALP/
+        StructureDefinition-IHE.BasicAudit.PatientQuery.html: "one AuditEvent is created for
+        every Patient identified in the resulting search set"), so the trail of a patient shows
+        every search that returned their data; one naming no patient for what has none, or when
+        nothing was returned (BALP Query)."""
+        DECISIONS.labels("search-type", ctx.purpose.code, "permit").inc()
+        by_patient: dict[Identifier | None, list[str]] = {}
+        for ref, patient in found:
+            by_patient.setdefault(patient, []).append(ref)
+        for patient, refs in (by_patient or {None: []}).items():
+            self._store.append_audit(self.event(ctx, interaction="search-type", action="E", permitted=True,
+                                                reason=reason, entities=refs, patient=patient))
+
 
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,
                                request_id: str, missing: bool, reason: str) -> None:

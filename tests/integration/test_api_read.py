@@ -1477,3 +1477,46 @@ def test_a_search_is_audited_with_the_search_it_was_asked(tmp_path: Path) -> Non
         [read] = services.store.list_audit(1)
         assert read["subtype"][0]["code"] == "read" and _queries(read) == []
         record_emitted(services.store.list_audit(10))
+
+
+def _patients(event: dict) -> list[dict]:
+    return [e["what"]["identifier"] for e in event.get("entity", []) if e.get("role", {}).get("code") == "1"]
+
+
+def _data(event: dict) -> list[str]:
+    return [e["what"]["reference"] for e in event.get("entity", []) if e.get("role", {}).get("code") == "4"]
+
+
+def test_a_search_is_audited_once_for_every_patient_it_returned(tmp_path: Path) -> None:
+    """IHE BALP PatientQuery: the AuditEvent of a search names the patient (entity type 1
+    Person, role 1 Patient), and a search returning several patients' data is recorded as one
+    AuditEvent per patient, each naming that patient's resources: a privacy officer asking who
+    saw a patient's photos finds the searches too, not only the reads. A search returning
+    nothing names no patient (BALP Query). FHIR search and QIDO-RS alike."""
+    other = {"system": PATIENT["system"], "value": "MRN-0002"}
+    with adapter_client(tmp_path) as (client, services):
+        first, second = _ingest(client), _ingest(client, patient=other)
+        treat = as_purpose("TREAT")
+        before = len(services.store.list_audit(1000))
+        assert client.get("/fhir/Media", headers=treat).json()["total"] == 2
+        events = services.store.list_audit(1000)[: len(services.store.list_audit(1000)) - before]
+        assert sorted((_patients(e)[0]["value"], _data(e)) for e in events) == \
+            [("MRN-0001", [first["record"]]), ("MRN-0002", [second["record"]])]
+        assert all(e["subtype"][0]["code"] == "search-type" and e["outcome"] == "0" for e in events)
+
+        ident = f"{PATIENT['system']}|{PATIENT['value']}"
+        client.get("/fhir/Media", params={"patient:identifier": ident, "_revinclude": "Provenance:target"},
+                   headers=treat)
+        [one] = services.store.list_audit(1)
+        assert _patients(one) == [PATIENT] and _data(one) == [first["record"], first["provenance"]]
+
+        client.get("/fhir/Media", params={"patient:identifier": f"{PATIENT['system']}|nobody"}, headers=treat)
+        [none] = services.store.list_audit(1)
+        assert _patients(none) == [] and _data(none) == []
+
+        before = len(services.store.list_audit(1000))
+        assert client.get("/dicomweb/studies", headers=treat).status_code == 200
+        qido = services.store.list_audit(1000)[: len(services.store.list_audit(1000)) - before]
+        assert sorted((_patients(e)[0]["value"], _data(e)) for e in qido) == \
+            [("MRN-0001", [first["record"]]), ("MRN-0002", [second["record"]])]
+        record_emitted(services.store.list_audit(20))
