@@ -10,6 +10,8 @@ Every read, search and write, permitted or refused, becomes one AuditEvent:
   history) the client is the Destination (DCM 110152) and the server the Source (DCM 110153);
   for a search (BALP Query: the query parameters flow to the server) and when the client sends
   data (create, update, delete) it is the other way;
+* a DICOM peer's AE title (a DIMSE exchange) is agent[client].altId, the Alternative User ID
+  DICOM gives an application participant (PS3.15 A.5.2.2);
 * agent[user]: v3-ParticipationType IRCP (information recipient) for reads and searches, AUT
   (author) for writes; requestor = true; purposeOfUse = the request's purpose of use;
 * source.observer = the adapter, type security-source-type#4 (application server);
@@ -66,10 +68,11 @@ def _network(address: str) -> JSON:
 def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: str | None, recorded: datetime,
                 client_address: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                 entities: Sequence[str], patient: Identifier | None, query: bytes | None,
-                event_id: str | None = None) -> JSON:
+                event_id: str | None = None, client_ae_title: str | None = None) -> JSON:
     """One BALP-shaped AuditEvent (see the module docstring).
 
-    ``purpose`` is (system, code) of the request's purpose of use; ``entities`` are literal
+    ``purpose`` is (system, code) of the request's purpose of use; ``client_ae_title`` the
+    AE title of a DICOM peer (a DIMSE exchange); ``entities`` are literal
     references ("Media/abc"); ``query`` the raw search request of a search (its request line, and
     the body of a search by POST).
 
@@ -89,6 +92,8 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
         "who": {"display": client_address or "unknown client"},
         "requestor": False,
     }
+    if client_ae_title:
+        client["altId"] = client_ae_title
     if client_address:
         client["network"] = _network(client_address)
     server: JSON = {

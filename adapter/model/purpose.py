@@ -29,4 +29,7 @@ class RequestContext:
     #: The request as it was received (its request line; a search by POST adds its body): the
     #: AuditEvent of a search records it, base64-encoded (IHE BALP Query, entity[query]).
     query: bytes | None = None
+    #: The DICOM peer's AE title, for a DIMSE exchange (the sending AE of a C-STORE received, the
+    #: PACS a photo is forwarded to): the AuditEvent names the peer by it.
+    ae_title: str | None = None
     extra: dict[str, str] = field(default_factory=dict)

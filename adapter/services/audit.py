@@ -30,7 +30,8 @@ class Auditor:
             interaction=interaction, action=action, outcome="0" if permitted else "4",
             outcome_desc=reason, recorded=self._now(), client_address=ctx.client_address,
             actor=ctx.actor, purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id,
-            entities=entities, patient=patient, query=ctx.query if interaction == "search-type" else None)
+            entities=entities, patient=patient, query=ctx.query if interaction == "search-type" else None,
+            client_ae_title=ctx.ae_title)
 
     def record(self, ctx: RequestContext, *, interaction: str, action: str, decision: Decision | None,
                entities: Sequence[str], patient: Identifier | None, reason: str | None = None,

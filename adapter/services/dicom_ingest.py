@@ -106,6 +106,11 @@ IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _DEFER = 64 * 1024  # values larger than this are read from the file only when accessed
 
 
+#: The "calling AE" a STOW-RS sender is recorded as (Provenance): DICOMweb has no AE title, so
+#: the audit names none.
+STOW_SENDER = "DICOMWEB"
+
+
 @dataclass(frozen=True)
 class ReceivedStore:
     """One C-STORE request as the SCP received it: the spooled Part 10 file and its context."""
@@ -914,7 +919,8 @@ class DicomIngestService:
 def _sender_context(received: ReceivedStore, obj: ReceivedObject) -> RequestContext:
     """Who stores a received object, for its audit: the sending AE, for care (TREAT)."""
     return RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"AE {obj.calling_ae} (C-STORE)",
-                          client_address=received.peer_address or None, channel="dicom")
+                          client_address=received.peer_address or None, channel="dicom",
+                          ae_title=None if received.calling_ae == STOW_SENDER else obj.calling_ae)
 
 
 @dataclass(frozen=True)
@@ -947,5 +953,5 @@ def _study_attributes(ds: Dataset) -> _Study:
                   time=text("StudyTime"))
 
 
-__all__ = ["DicomIngestResult", "DicomIngestService", "FileLayout", "PixelDataLayout", "ReceivedStore", "check_complete",
-           "read_dataset", "read_header"]
+__all__ = ["STOW_SENDER", "DicomIngestResult", "DicomIngestService", "FileLayout", "PixelDataLayout", "ReceivedStore",
+           "check_complete", "read_dataset", "read_header"]

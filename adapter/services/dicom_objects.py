@@ -54,14 +54,11 @@ from adapter.model.decision import View
 from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Identifier
 from adapter.model.record import StoredResource
-from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
+from adapter.services.dicom_ingest import STOW_SENDER, DicomIngestService, ReceivedStore
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore
 
 log = logging.getLogger(__name__)
-
-#: The "calling AE" a STOW-RS sender is recorded as (Provenance, audit): DICOMweb has no AE title.
-STOW_SENDER = "DICOMWEB"
 
 
 # --------------------------------------------------------------------------- the object

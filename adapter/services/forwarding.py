@@ -366,4 +366,5 @@ class _Disclosure:
         ae, _, address = self.item.destination.partition("@")
         host = address.rpartition(":")[0].strip("[]") or None
         return RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"PACS {ae} (C-STORE)",
-                              request_id=f"outbox-{self.item.id}", client_address=host, channel="dicom")
+                              request_id=f"outbox-{self.item.id}", client_address=host, channel="dicom",
+                              ae_title=ae or None)

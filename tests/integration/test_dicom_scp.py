@@ -43,7 +43,7 @@ from adapter.errors import AdapterError, InvalidInput, InvalidResource, Undecoda
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
-from tests.conftest import require_or_skip, wait_until
+from tests.conftest import record_emitted, require_or_skip, wait_until
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
 from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
 from tests.support.dicom_files import (
@@ -191,6 +191,10 @@ def test_storescu_secondary_capture_becomes_a_media_record(scp: StoreSCP, client
     creates = [e for e in services.store.list_audit(100) if e.get("action") == "C"]
     assert len(creates) == 1
     assert any(a.get("who", {}).get("display", "").startswith("AE STORESCU") for a in creates[0]["agent"])
+    # the sending AE is the Source, named by its AE title (DICOM PS3.15 A.5.2.2 Alternative User ID)
+    [source] = [a for a in creates[0]["agent"] if a["type"]["coding"][0]["code"] == "110153"]
+    assert source["altId"] == "STORESCU" and source["network"]["address"] == "127.0.0.1"
+    record_emitted(creates)
 
 
 def test_vl_photographic_is_a_clinical_record_readable_for_care_only(scp: StoreSCP, client: FhirClient,

@@ -33,7 +33,7 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage, VLPhotographicIma
 from adapter.dicom.scu import Destination, ScuOptions, StoreSCU, classify_status
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.services.forwarding import ForwardOptions, SendOutcome, SendResult, backoff_delay
-from tests.conftest import ROOT, require_or_skip
+from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
 from tests.support.dcmtk import StoreSCP, dcmtk_missing
 from tests.support.orthanc import OrthancPeer, free_port, free_ports, orthanc_missing
@@ -298,6 +298,11 @@ def test_failed_items_are_requeued_and_sent_once_the_pacs_is_back(tmp_path: Path
             assert sent["sopInstanceUid"] == sop_uid
             [stored] = list(received.iterdir())
             assert pydicom.dcmread(stored, stop_before_pixels=True).SOPInstanceUID == sop_uid
+            # the disclosure names the PACS by its AE title, as the Destination (DICOM PS3.15 A.5.2.2)
+            [disclosure] = [e for e in services.store.list_audit(20) if "PACS ADAPTER" in str(e)]
+            [pacs] = [a for a in disclosure["agent"] if a["type"]["coding"][0]["code"] == "110152"]
+            assert pacs["altId"] == "ADAPTER" and pacs["network"]["address"] == "127.0.0.1"
+            record_emitted([disclosure])
         assert client.post("/outbox/requeue").json() == {"requeued": 0}  # nothing failed any more
 
 

@@ -50,6 +50,7 @@ CASES = {
                   purpose=(codes.V3_ACT_REASON, "TRAIN")),
     "sparse": event(client_address=None, purpose=None, request_id="", entities=[], patient=None, actor=""),
     "hostname": event(client_address="ward-3-tablet.local", event_id="ae-1"),
+    "c-store": event(interaction="create", action="C", client_ae_title="STORESCU", request_id=""),
 }
 
 
@@ -119,6 +120,14 @@ def test_sparse_event() -> None:
     assert "purposeOfUse" not in ev["agent"][2]
     assert CASES["hostname"]["agent"][0]["network"]["type"] == "1"
     assert CASES["hostname"]["id"] == "ae-1"
+
+
+def test_a_dicom_peer_is_named_by_its_ae_title() -> None:
+    """DICOM PS3.15 A.5.2.2: the Alternative User ID of a DICOM application participant is its
+    AE title; R4 AuditEvent.agent.altId holds it, on the agent that is the peer."""
+    client, server, _ = CASES["c-store"]["agent"]
+    assert client["altId"] == "STORESCU" and "altId" not in server
+    assert "altId" not in CASES["read"]["agent"][0]
 
 
 def test_refuses_unknown_codes() -> None:
