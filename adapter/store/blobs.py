@@ -30,6 +30,16 @@ STALE_STAGING_SECONDS = 3600
 STAGING_SWEEP_SECONDS = 600
 
 
+def _refresh(target: Path) -> bool:
+    """Set the blob's mtime to now; False when it is gone (the removal of unreferenced blobs
+    moved it away meanwhile: the caller then stores its own copy)."""
+    try:
+        os.utime(target)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _fsync_dir(path: Path) -> None:
     """Make the entries of a folder durable (POSIX; a no-op where folders cannot be opened)."""
     flags = getattr(os, "O_DIRECTORY", None)
@@ -157,7 +167,10 @@ class FileBlobStore:
         staged = self._check_staged(staged)
         target = self._address(sha256)
         try:
-            if target.is_file():
+            if target.is_file() and _refresh(target):
+                # stored before: the ingest's record will refer to it, so it is made young again
+                # (its mtime) before the staged copy goes, and before the ingest's transaction:
+                # the removal of unreferenced blobs leaves young ones alone (adapter.services.unreferenced)
                 staged.unlink(missing_ok=True)
                 return target
             # New bytes, on the disk already: refused once the reserve is reached (the caller
@@ -165,6 +178,7 @@ class FileBlobStore:
             # (above), so a retry is still answered with its receipt.
             self.ensure_room()
             _fsync_file(staged)
+            os.utime(staged)  # arrives young, whenever its bytes were written (a linked DICOM object)
             created_in = self._make_dirs(target.parent)
             os.replace(staged, target)
             # The folders whose entries changed, innermost first, each once: on a journaling

@@ -221,3 +221,34 @@ def test_bytes_stored_before_are_committed_below_the_reserve(tmp_path: Path) -> 
     again, _ = stage(full, b"stored while there was room")
     assert full.commit(again, sha) == roomy.path(sha)
     assert not again.exists()
+
+
+# -- ageing and the removal primitives (the protocol: adapter.services.unreferenced) ---------------
+
+DAY = 24 * 3600
+
+
+def age(path: Path, seconds: float) -> None:
+    """Set a file's mtime ``seconds`` back, as if committed that long ago."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_commit_of_stored_bytes_makes_the_blob_young_again(tmp_path: Path) -> None:
+    """A re-upload of old bytes refreshes their blob before its transaction: the removal of
+    unreferenced blobs leaves it alone for a grace period."""
+    store = make_store(tmp_path)
+    staged, sha = stage(store, b"old bytes")
+    final = store.commit(staged, sha)
+    age(final, 2 * DAY)
+    again, _ = stage(store, b"old bytes")
+    store.commit(again, sha)
+    assert time.time() - final.stat().st_mtime < 60
+    assert not again.exists()
+
+
+def test_a_new_blob_arrives_young_however_old_its_staged_file(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    staged, sha = stage(store, b"written a while ago")
+    age(staged, 2 * DAY)
+    assert time.time() - store.commit(staged, sha).stat().st_mtime < 60
