@@ -236,4 +236,8 @@ class RecordStore(Protocol):
     def iter_blob_references(self, batch: int = 1000) -> Iterator[BlobReference]:
         """Every blob the store refers to (python -m adapter verify)."""
 
+    def referenced_blobs(self, addresses: Sequence[str]) -> set[str]:
+        """Those of ``addresses`` that a current resource or a DICOM object as received refers
+        to, as committed when the read begins (an index lookup per address)."""
+
     def close(self) -> None: ...

@@ -47,7 +47,14 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 8: dicom_instances.patient_name, study_description, accession_number (indexed), study_time (QIDO-RS).
 #: 9: an index of audit by recorded (the audit export from an instant).
 #: 10: resources.creation (IHE MHD ``creation``); records are re-indexed at start (reindex_records).
-SCHEMA_VERSION = 10
+#: 11: indexes of resources and dicom_instances by blob (is a blob referenced? before it is removed).
+SCHEMA_VERSION = 11
+
+
+def _blob_index(name: str) -> Index:
+    """An index of the rows that refer to a blob, by blob (partial: most rows refer to none)."""
+    present = text("blob_sha256 IS NOT NULL")
+    return Index(name, "blob_sha256", sqlite_where=present, postgresql_where=present)
 
 
 class EncodedJson(str):
@@ -128,6 +135,7 @@ resources = Table(
     Index("ix_resources_patient_reference", "resource_type", "patient_reference"),
     Index("ix_resources_date", "resource_type", "date"),
     Index("ix_resources_fact_patient", "fact_patient_system", "fact_patient_value"),
+    _blob_index("ix_resources_blob"),
 )
 
 resource_history = Table(
@@ -203,6 +211,7 @@ dicom_instances = Table(
     Index("ix_dicom_instances_patient_value", "patient_value"),
     Index("ix_dicom_instances_study_date", "study_date"),
     Index("ix_dicom_instances_accession_number", "accession_number"),
+    _blob_index("ix_dicom_instances_blob"),
     Index("ix_dicom_instances_record", "record_type", "record_id"),
 )
 
@@ -281,7 +290,8 @@ def _migrate(conn: Connection, found: int) -> None:
     and an index on one of them;
     8 → 9 adds an index to ``audit``;
     9 → 10 adds a nullable column to ``resources``, filled for the records stored before when the
-    store re-indexes them at start (SqlRecordStore.reindex_records finds an older index version).
+    store re-indexes them at start (SqlRecordStore.reindex_records finds an older index version);
+    10 → 11 adds an index to ``resources`` and one to ``dicom_instances``.
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -314,6 +324,7 @@ _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
     7: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_study_date"),
     8: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_accession_number"),
     9: tuple(audit.indexes),
+    11: tuple(i for t in (resources, dicom_instances) for i in t.indexes if i.name and i.name.endswith("_blob")),
 }
 
 

@@ -60,6 +60,8 @@ _d = dicom_instances.c
 _u = dicom_released_uids.c
 _o = outbox.c
 _GET_MANY_CHUNK = 500
+#: Addresses per read of referenced_blobs: twice this many parameters, within SQLite's old limit of 999.
+_REFERENCED_CHUNK = 400
 _LAST_ERROR_MAX = 1000
 
 #: key_fingerprints' rows for the derived indexes, and the advisory locks of their rebuilds
@@ -754,6 +756,20 @@ class SqlRecordStore:
             if len(objects) < batch:
                 break
             last = objects[-1][0]
+
+    def referenced_blobs(self, addresses: Sequence[str]) -> set[str]:
+        """Those of ``addresses`` (blob SHA-256s) that a current resource or a DICOM object as
+        received refers to, as committed when each read begins (reads of at most
+        _REFERENCED_CHUNK addresses, through the indexes of schema 11)."""
+        found: set[str] = set()
+        wanted = list(dict.fromkeys(addresses))
+        for start in range(0, len(wanted), _REFERENCED_CHUNK):
+            chunk = wanted[start:start + _REFERENCED_CHUNK]
+            statement = union(select(_r.blob_sha256).where(_r.blob_sha256.in_(chunk)),
+                              select(_d.blob_sha256).where(_d.blob_sha256.in_(chunk)))
+            with self._read() as conn:
+                found.update(str(sha) for sha in conn.execute(statement).scalars())
+        return found
 
     def ping(self) -> int:
         """The schema version, read through a pooled connection: the store answers (readiness)."""
