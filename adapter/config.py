@@ -34,6 +34,12 @@ class StoreOptions:
     def staging_dir(self) -> Path:
         return self.data_dir / "staging"
 
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where the removal of unreferenced blobs holds a blob while it checks it one last time
+        (same file system as the blobs: a rename moves it)."""
+        return self.data_dir / "quarantine"
+
 
 @dataclass(frozen=True)
 class HttpOptions:

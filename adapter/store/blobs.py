@@ -3,16 +3,23 @@
 An upload is written to ``staging/`` (same file system) and committed by fsync of the file,
 an atomic rename to its address and fsync of the folders whose entries changed, so a
 committed blob survives a crash and a half-written one is never visible under its address.
+
+A blob's mtime is when it was last committed (a commit of bytes stored before refreshes it), so
+a blob no record refers to and whose mtime is old can be removed safely: it is first moved into
+``quarantine/`` (where no commit finds it), checked again, then deleted or put back; the protocol
+and its guarantees are adapter.services.unreferenced's.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from adapter.config import StoreOptions
@@ -79,15 +86,20 @@ class FileBlobStore:
     def __init__(self, options: StoreOptions, *, stale_after_seconds: float = STALE_STAGING_SECONDS) -> None:
         self._blob_dir = options.blob_dir.resolve()
         self._staging_dir = options.staging_dir.resolve()
+        self._quarantine_dir = options.quarantine_dir.resolve()
         self._reserve = max(0, options.min_free_bytes)
         try:
             self._blob_dir.mkdir(parents=True, exist_ok=True)
             self._staging_dir.mkdir(parents=True, exist_ok=True)
+            self._quarantine_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError("cannot create the blob folders") from exc
         self._stale_after = stale_after_seconds
         self.remove_stale_staging(stale_after_seconds)
         self._next_sweep = time.monotonic() + STAGING_SWEEP_SECONDS
+        with self.removal_lock() as held:
+            if held:  # else a removal is running in another process: what it holds is its own
+                self.restore_quarantined()
 
     def remove_stale_staging(self, older_than_seconds: float = STALE_STAGING_SECONDS) -> int:
         """Delete staged files not modified for ``older_than_seconds``; return how many."""
@@ -266,3 +278,123 @@ class FileBlobStore:
             for sub in shard.iterdir():
                 if sub.is_dir():
                     yield from (f.name for f in sub.iterdir() if f.is_file() and _SHA256.match(f.name))
+
+    # -- removal of unreferenced blobs (the protocol is adapter.services.unreferenced's) --------
+
+    @contextmanager
+    def removal_lock(self) -> Iterator[bool]:
+        """Hold the data folder's removal lock (``flock`` on ``quarantine/.lock``: one process
+        or thread at a time, released if it dies) while the block runs, if no one else holds it;
+        yield whether it is held. Never waits."""
+        try:
+            fd = os.open(self._quarantine_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError("cannot open the removal lock in the quarantine folder") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
+    def iter_aged(self, older_than: float) -> Iterator[str]:
+        """The address of every blob whose mtime is before ``older_than`` (seconds since the
+        epoch), in no particular order; a blob made young by a commit while the walk runs may
+        be named or not."""
+        try:
+            for shard in os.scandir(self._blob_dir):
+                if not shard.is_dir(follow_symlinks=False):
+                    continue
+                for sub in os.scandir(shard.path):
+                    if not sub.is_dir(follow_symlinks=False):
+                        continue
+                    for entry in os.scandir(sub.path):
+                        try:
+                            if _SHA256.match(entry.name) and entry.is_file(follow_symlinks=False) \
+                                    and entry.stat(follow_symlinks=False).st_mtime < older_than:
+                                yield entry.name
+                        except FileNotFoundError:
+                            continue
+        except OSError as exc:
+            raise StorageError("could not list the stored blobs") from exc
+
+    def quarantine(self, sha256: str, older_than: float) -> bool:
+        """Move the blob at ``sha256`` into the quarantine folder if its mtime is before
+        ``older_than``; True if it is held there now. Once moved, no commit can find it (a
+        commit of the same bytes stores a copy of its own); if a commit made it young between
+        the look at its mtime and the move, it is put back (False)."""
+        if not _SHA256.match(sha256):
+            raise InvalidInput("a blob address is a lower-case hex SHA-256")
+        target, held = self._address(sha256), self._quarantine_dir / sha256
+        try:
+            if target.stat().st_mtime >= older_than:
+                return False
+            os.replace(target, held)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError("could not move a blob into the quarantine folder") from exc
+        try:
+            young = held.stat().st_mtime >= older_than
+        except OSError as exc:
+            self.restore(sha256)
+            raise StorageError("could not read a quarantined blob") from exc
+        if young:  # refreshed by a commit just before the move
+            self.restore(sha256)
+            return False
+        return True
+
+    def restore(self, sha256: str) -> None:
+        """Put a quarantined blob back under its address, young (its mtime now); if a commit has
+        stored the same bytes there meanwhile, theirs stays and the quarantined copy goes."""
+        held, target = self._quarantine_dir / sha256, self._address(sha256)
+        try:
+            try:
+                os.utime(held)
+            except FileNotFoundError:
+                return
+            created_in = self._make_dirs(target.parent)
+            try:
+                os.link(held, target)
+            except FileExistsError:
+                pass  # the same bytes, committed meanwhile
+            except OSError:  # a file system without hard links
+                if not target.exists():
+                    os.replace(held, target)
+            _fsync_dir(target.parent)
+            for parent in created_in:
+                _fsync_dir(parent)
+            held.unlink(missing_ok=True)  # only once the address is durable again
+            _fsync_dir(self._quarantine_dir)
+        except OSError as exc:
+            raise StorageError("could not restore a quarantined blob") from exc
+
+    def remove_quarantined(self, sha256: str) -> int:
+        """Delete a quarantined blob for good; return its size in bytes (0 if it is gone)."""
+        held = self._quarantine_dir / sha256
+        try:
+            size = held.stat().st_size
+            held.unlink()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise StorageError("could not remove a quarantined blob") from exc
+        return size
+
+    def restore_quarantined(self) -> int:
+        """Put back every blob a removal left in the quarantine folder (it was interrupted: a
+        crash, a database error); return how many. Call it holding the removal lock."""
+        restored = 0
+        try:
+            names = [e.name for e in os.scandir(self._quarantine_dir) if _SHA256.match(e.name)]
+        except OSError as exc:
+            raise StorageError("could not list the quarantine folder") from exc
+        for name in names:
+            self.restore(name)
+            restored += 1
+        if restored:
+            _log.info("put back %d blob(s) an interrupted removal of unreferenced blobs had moved aside", restored)
+        return restored

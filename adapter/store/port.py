@@ -5,6 +5,7 @@ files). Services depend on these Protocols only."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -92,6 +93,28 @@ class BlobStore(Protocol):
 
     def iter_addresses(self) -> Iterator[str]:
         """The address of every blob stored."""
+
+    # Removal of unreferenced blobs (adapter.services.unreferenced holds the protocol).
+
+    def removal_lock(self) -> AbstractContextManager[bool]:
+        """Hold the removal lock of the data folder (across processes) if it is free; yields
+        whether it is held, never waits."""
+
+    def iter_aged(self, older_than: float) -> Iterator[str]:
+        """The address of every blob whose mtime is before ``older_than`` (epoch seconds)."""
+
+    def quarantine(self, sha256: str, older_than: float) -> bool:
+        """Move a blob whose mtime is before ``older_than`` out of its address, where no commit
+        finds it; True if it is held aside now (else it is, or was put back, in place)."""
+
+    def restore(self, sha256: str) -> None:
+        """Put a quarantined blob back under its address, young."""
+
+    def remove_quarantined(self, sha256: str) -> int:
+        """Delete a quarantined blob; return its size."""
+
+    def restore_quarantined(self) -> int:
+        """Put back what an interrupted removal left aside; return how many."""
 
 
 class RecordStore(Protocol):

@@ -6,6 +6,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -252,3 +253,114 @@ def test_a_new_blob_arrives_young_however_old_its_staged_file(tmp_path: Path) ->
     staged, sha = stage(store, b"written a while ago")
     age(staged, 2 * DAY)
     assert time.time() - store.commit(staged, sha).stat().st_mtime < 60
+
+
+def test_iter_aged_names_only_blobs_older_than_the_cutoff(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    old = [store.commit(*stage(store, f"old {n}".encode())) for n in range(3)]
+    young = store.commit(*stage(store, b"young"))
+    for path in old:
+        age(path, 2 * DAY)
+    assert sorted(store.iter_aged(time.time() - DAY)) == sorted(p.name for p in old)
+    assert young.name in set(store.iter_aged(time.time() + 60))
+
+
+def test_quarantine_moves_an_old_blob_aside_and_leaves_a_young_one(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    old, young = store.commit(*stage(store, b"old")), store.commit(*stage(store, b"young"))
+    age(old, 2 * DAY)
+    cutoff = time.time() - DAY
+    assert store.quarantine(old.name, cutoff)
+    assert not old.exists() and not store.exists(old.name)
+    assert (tmp_path / "data" / "quarantine" / old.name).read_bytes() == b"old"
+    assert not store.quarantine(young.name, cutoff) and young.exists()
+    assert not store.quarantine("0" * 64, cutoff)  # nothing there
+    assert store.remove_quarantined(old.name) == 3
+    assert not (tmp_path / "data" / "quarantine" / old.name).exists()
+    assert store.remove_quarantined(old.name) == 0
+
+
+def test_a_commit_refreshing_the_blob_before_the_move_has_it_put_back(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race of step 2: a commit of the same bytes makes the blob young between the removal's
+    look at its mtime and the move; the moved file is found young and put back."""
+    store = make_store(tmp_path)
+    staged, sha = stage(store, b"re-uploaded")
+    final = store.commit(staged, sha)
+    age(final, 2 * DAY)
+    real_replace = os.replace
+
+    def commit_first(source: Any, target: Any) -> None:
+        if Path(source) == final:  # the move: a concurrent ingest commits just before it
+            store.commit(*stage(store, b"re-uploaded"))
+        real_replace(source, target)
+
+    monkeypatch.setattr(blobs_module.os, "replace", commit_first)
+    assert not store.quarantine(sha, time.time() - DAY)
+    monkeypatch.undo()
+    assert final.read_bytes() == b"re-uploaded" and time.time() - final.stat().st_mtime < 60
+    assert list((tmp_path / "data" / "quarantine").glob("[0-9a-f]*")) == []
+
+
+def test_a_commit_after_the_move_stores_its_own_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit found the blob, but the removal moved it before its refresh: the commit stores
+    the staged bytes under the address, and deleting the moved file leaves them."""
+    store = make_store(tmp_path)
+    staged, sha = stage(store, b"shared bytes")
+    final = store.commit(staged, sha)
+    age(final, 2 * DAY)
+    real_refresh = blobs_module._refresh
+
+    def moved_first(target: Path) -> bool:
+        assert store.quarantine(sha, time.time() - DAY)
+        return real_refresh(target)
+
+    monkeypatch.setattr(blobs_module, "_refresh", moved_first)
+    again, _ = stage(store, b"shared bytes")
+    assert store.commit(again, sha) == final
+    monkeypatch.undo()
+    assert store.remove_quarantined(sha) == len(b"shared bytes")
+    assert final.read_bytes() == b"shared bytes" and time.time() - final.stat().st_mtime < 60
+
+
+def test_restore_puts_a_blob_back_young_or_keeps_a_copy_committed_meanwhile(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    final = store.commit(*stage(store, b"aside"))
+    age(final, 2 * DAY)
+    assert store.quarantine(final.name, time.time() - DAY)
+    store.restore(final.name)
+    assert final.read_bytes() == b"aside" and time.time() - final.stat().st_mtime < 60
+    assert not (tmp_path / "data" / "quarantine" / final.name).exists()
+    age(final, 2 * DAY)
+    assert store.quarantine(final.name, time.time() - DAY)
+    store.commit(*stage(store, b"aside"))  # the same bytes committed while it is aside
+    store.restore(final.name)
+    assert final.read_bytes() == b"aside"
+    assert not (tmp_path / "data" / "quarantine" / final.name).exists()
+
+
+def test_what_an_interrupted_removal_left_aside_is_put_back_when_the_store_opens(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    final = store.commit(*stage(store, b"left aside by a crash"))
+    age(final, 2 * DAY)
+    assert store.quarantine(final.name, time.time() - DAY)
+    reopened = make_store(tmp_path)  # a process starting (or verify) opens the store
+    assert reopened.exists(final.name) and final.read_bytes() == b"left aside by a crash"
+    assert reopened.restore_quarantined() == 0
+
+
+def test_the_removal_lock_is_held_by_one_at_a_time(tmp_path: Path) -> None:
+    """flock: two opens (here two stores of one process, as two processes would) exclude each other."""
+    first, second = make_store(tmp_path), make_store(tmp_path)
+    with first.removal_lock() as held:
+        assert held
+        with second.removal_lock() as also:
+            assert not also
+        final = second.commit(*stage(second, b"aside while locked"))
+        age(final, 2 * DAY)
+        assert first.quarantine(final.name, time.time() - DAY)
+        make_store(tmp_path)  # opening while a removal runs leaves what it holds alone
+        assert not final.exists()
+        first.restore(final.name)
+    with second.removal_lock() as held:
+        assert held
