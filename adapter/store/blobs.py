@@ -18,7 +18,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -300,26 +300,32 @@ class FileBlobStore:
         finally:
             os.close(fd)  # releases the lock
 
-    def iter_aged(self, older_than: float) -> Iterator[str]:
+    def iter_aged(self, older_than: float) -> Generator[str, None, None]:
         """The address of every blob whose mtime is before ``older_than`` (seconds since the
         epoch), in no particular order; a blob made young by a commit while the walk runs may
         be named or not."""
-        try:
-            for shard in os.scandir(self._blob_dir):
-                if not shard.is_dir(follow_symlinks=False):
-                    continue
-                for sub in os.scandir(shard.path):
-                    if not sub.is_dir(follow_symlinks=False):
+        try:  # each folder's listing closed as it ends, or when the caller closes the walk
+            with os.scandir(self._blob_dir) as shards:
+                for shard in shards:
+                    if not shard.is_dir(follow_symlinks=False):
                         continue
-                    for entry in os.scandir(sub.path):
-                        try:
-                            if _SHA256.match(entry.name) and entry.is_file(follow_symlinks=False) \
-                                    and entry.stat(follow_symlinks=False).st_mtime < older_than:
-                                yield entry.name
-                        except FileNotFoundError:
-                            continue
+                    with os.scandir(shard.path) as subs:
+                        for sub in subs:
+                            if sub.is_dir(follow_symlinks=False):
+                                yield from self._aged_in(sub.path, older_than)
         except OSError as exc:
             raise StorageError("could not list the stored blobs") from exc
+
+    @staticmethod
+    def _aged_in(folder: str, older_than: float) -> Iterator[str]:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    if _SHA256.match(entry.name) and entry.is_file(follow_symlinks=False) \
+                            and entry.stat(follow_symlinks=False).st_mtime < older_than:
+                        yield entry.name
+                except FileNotFoundError:
+                    continue
 
     def quarantine(self, sha256: str, older_than: float) -> bool:
         """Move the blob at ``sha256`` into the quarantine folder if its mtime is before

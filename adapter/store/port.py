@@ -4,7 +4,7 @@ files). Services depend on these Protocols only."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,7 +100,7 @@ class BlobStore(Protocol):
         """Hold the removal lock of the data folder (across processes) if it is free; yields
         whether it is held, never waits."""
 
-    def iter_aged(self, older_than: float) -> Iterator[str]:
+    def iter_aged(self, older_than: float) -> Generator[str, None, None]:
         """The address of every blob whose mtime is before ``older_than`` (epoch seconds)."""
 
     def quarantine(self, sha256: str, older_than: float) -> bool:
