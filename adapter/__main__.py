@@ -1,6 +1,7 @@
 """``python -m adapter serve``: build settings, services, then run the HTTP API and the DICOM SCP.
 ``check`` validates the settings, policy and tables; ``audit`` exports the audit trail; ``verify``
-checks that every image the records refer to is stored, whole."""
+checks that every image the records refer to is stored, whole (and with ``--remove-unreferenced``
+removes the images no record refers to, past a grace period)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 
 from adapter.config import Settings
 from adapter.errors import AdapterError
+from adapter.services.unreferenced import DEFAULT_GRACE_SECONDS, MIN_GRACE_SECONDS
 
 if TYPE_CHECKING:
     from adapter.dicom import StoreSCP
@@ -192,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--digests", action="store_true",
                         help="also re-hash every image and compare it with the SHA-256 it is stored under (reads "
                              "every image once)")
+    verify.add_argument("--remove-unreferenced", action="store_true",
+                        help="then, if no problem was found, delete the images no record refers to that are older "
+                             "than --older-than (what failed ingests leave); safe while the adapter runs")
+    verify.add_argument("--older-than", type=_hours, default=DEFAULT_GRACE_HOURS, metavar="HOURS",
+                        help=f"the grace period of --remove-unreferenced (default {DEFAULT_GRACE_HOURS:g}, at least "
+                             f"{MIN_GRACE_HOURS:g})")
+    verify.add_argument("--limit", type=_count, metavar="N",
+                        help="delete at most N images in this run (the rest in a later one)")
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -212,8 +223,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return _export_audit(settings, args)
     if args.command == "verify":
-        return _verify(settings, digests=args.digests)
+        removal = _Removal(args.older_than, args.limit) if args.remove_unreferenced else None
+        return _verify(settings, digests=args.digests, removal=removal)
     return serve(settings)
+
+
+#: The default and the shortest grace period of ``verify --remove-unreferenced``, in hours.
+DEFAULT_GRACE_HOURS = DEFAULT_GRACE_SECONDS / 3600
+MIN_GRACE_HOURS = MIN_GRACE_SECONDS / 3600
+
+
+@dataclass(frozen=True)
+class _Removal:
+    """``verify --remove-unreferenced``: its grace period (hours) and limit."""
+
+    older_than_hours: float
+    limit: int | None
+
+
+def _hours(value: str) -> float:
+    """A grace period in hours, at least one; argparse's type."""
+    try:
+        hours = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number of hours: {value}") from exc
+    if not hours >= MIN_GRACE_HOURS or hours == float("inf"):
+        raise argparse.ArgumentTypeError(f"the grace period is at least {MIN_GRACE_HOURS:g} hour (an ingest in "
+                                         "flight must never lose its image)")
+    return hours
+
+
+def _count(value: str) -> int:
+    """A count of at least 1; argparse's type."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {value}")
+    return int(value)
 
 
 def _instant(value: str) -> datetime:
@@ -261,10 +305,13 @@ def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(settings: Settings, *, digests: bool) -> int:
+def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = None) -> int:
     """``python -m adapter verify``: the findings (logical ids only) and a summary on standard
     output; exit 0 when every referenced image is there (and intact), 1 when not, 2 when the
-    store cannot be opened."""
+    store cannot be opened. With ``removal``, a sound store then has its unreferenced images
+    older than the grace period removed (adapter.services.unreferenced); a store with problems
+    keeps them (exit 1: what is wrong is looked at first), and a removal that fails exits 2."""
+    from adapter.services.unreferenced import remove_unreferenced
     from adapter.services.verify import verify_store
     from adapter.store import open_store
 
@@ -282,17 +329,37 @@ def _verify(settings: Settings, *, digests: bool) -> int:
         return 2
     try:
         report = verify_store(store, blobs, digests=digests)
+        for finding in report.findings:
+            print(f"{finding.owner}: image {finding.sha256[:16]}… {finding.problem}")
+        checked = f", {report.digests_checked} re-hashed" if digests else " (sizes only; --digests re-hashes them)"
+        print(f"{report.references} reference(s) to {report.blobs} stored image(s){checked}; "
+              f"{len(report.findings)} problem(s); {report.unreferenced} image(s) no record refers to", flush=True)
+        if removal is None:
+            return 0 if report.ok else 1
+        if not report.ok:
+            print("unreferenced images not removed: the store has problems (above); look at them first")
+            return 1
+        hours = f"{removal.older_than_hours:g} hour(s)"
+        try:
+            removed = remove_unreferenced(store, blobs, older_than_seconds=removal.older_than_hours * 3600,
+                                          limit=removal.limit)
+        except AdapterError as exc:
+            print(f"removal of unreferenced images failed: {exc.diagnostics}", file=sys.stderr)
+            return 2
     except AdapterError as exc:
         print(f"verify failed: {exc.diagnostics}", file=sys.stderr)
         return 2
     finally:
         store.close()
-    for finding in report.findings:
-        print(f"{finding.owner}: image {finding.sha256[:16]}… {finding.problem}")
-    checked = f", {report.digests_checked} re-hashed" if digests else " (sizes only; --digests re-hashes them)"
-    print(f"{report.references} reference(s) to {report.blobs} stored image(s){checked}; "
-          f"{len(report.findings)} problem(s); {report.unreferenced} image(s) no record refers to")
-    return 0 if report.ok else 1
+    if removed.busy:
+        print("unreferenced images not removed: another removal is running on this data folder")
+        return 0
+    if removed.restored_leftovers:
+        print(f"{removed.restored_leftovers} image(s) an interrupted removal had moved aside put back")
+    print(f"removed {removed.removed} image(s) no record refers to, older than {hours} ({removed.removed_bytes} "
+          f"bytes); {max(0, report.unreferenced - removed.removed)} left"
+          + (f"; stopped at --limit {removal.limit}" if removed.limited else ""))
+    return 0
 
 
 if __name__ == "__main__":

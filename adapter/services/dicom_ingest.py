@@ -31,8 +31,10 @@ Binary is that byte range of the object as received (NewResource.blob_range): st
 not copied. A frame that does not walk is refused at step 6 as before, even though it is
 looked at earlier.
 
-A failure at any step leaves nothing: staged files are removed, committed blobs are only
-content-addressed bytes nobody references. The received file itself belongs to the SCP.
+A failure at any step leaves nothing visible: staged files are removed, committed blobs are only
+content-addressed bytes nobody references, removed once past a grace period by
+``verify --remove-unreferenced`` (adapter.services.unreferenced). The received file itself
+belongs to the SCP.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    decision, audited (an AuditEvent with outcome 4; nothing else is stored);
 3. metadata stripping by segment copy, decode proof, quality (adapter.imaging.sanitize);
 4. blob fsynced to its content address (invisible until referenced; a photo stored before has
-   the same address, so nothing new is written for it);
+   the same address, so nothing new is written for it, but its mtime is refreshed); if step 5
+   then fails, the blob is left to ``verify --remove-unreferenced``, which deletes it once past a
+   grace period (adapter.services.unreferenced: another ingest may be about to refer to it);
 5. one database transaction: resources, receipt, idempotency entries, audit event, the DICOM
    instance the photo becomes and its UIDs as the restricted views release them. A photo
    stored for the patient before (same stored SHA-256) fails the receipts' unique constraint,

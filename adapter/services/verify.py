@@ -3,8 +3,11 @@ its bytes still have the SHA-256 they are stored under. What an operator runs af
 backup, moving the data folder or a disk incident (``python -m adapter verify``).
 
 It reads hashes and sizes, never a patient's data; findings name records by logical id. A blob
-no record refers to is counted, not a problem: it is what a crash between the blob's commit and
-the database's leaves (ingest commits the blob first), and it holds nobody's record.
+no record refers to is counted, not a problem: it is what a failed transaction or a crash between
+the blob's commit and the database's leaves (ingest commits the blob first), and it holds nobody's
+record; ``verify --remove-unreferenced`` then removes those past a grace period
+(adapter.services.unreferenced); one that removal holds aside in ``quarantine/`` for an instant is
+not counted.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,10 +23,11 @@ from tests.support.app import PATIENT, adapter_client, metadata, post_photo
 from tests.support.dicom_files import pynet_store, sc_file
 
 
-def _verify(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _verify(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
     env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_POLICY=str(tmp_path / "policy.yaml"),
-               ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
+               ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"), **extra)
     return subprocess.run([sys.executable, "-m", "adapter", "verify", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120, check=False)
 
@@ -101,3 +104,60 @@ def test_verify_refuses_a_folder_with_no_store(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "no database at" in done.stderr
     assert not (tmp_path / "data" / "adapter.db").exists()
+
+
+def _age(path: Path, days: float) -> None:
+    then = time.time() - days * 24 * 3600
+    os.utime(path, (then, then))
+
+
+def _orphan(services: Any, content: bytes) -> Path:
+    """An image committed by an ingest whose transaction then failed."""
+    staged = services.blobs.new_staging_path()
+    staged.write_bytes(content)
+    return Path(services.blobs.commit(staged, hashlib.sha256(content).hexdigest()))
+
+
+def test_verify_removes_unreferenced_images_older_than_the_grace_period(tmp_path: Path) -> None:
+    """``--remove-unreferenced``: an orphan two days old goes, one half an hour old stays (an ingest
+    may still refer to it), and so does the photo's image however old; the output says how many
+    and how large, and names nothing of a patient."""
+    data = tmp_path / "data"
+    with adapter_client(tmp_path) as (client, services):
+        photo = post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).json()
+        old, young = _orphan(services, b"failed two days ago"), _orphan(services, b"failed half an hour ago")
+    kept = _blob(data, photo["sha256"]["stored"])
+    _age(old, 2), _age(young, 1 / 48), _age(kept, 30)
+    done = _verify(tmp_path, "--remove-unreferenced", env={"ADAPTER_LOG_LEVEL": "DEBUG"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 problem(s); 2 image(s) no record refers to" in done.stdout
+    assert (f"removed 1 image(s) no record refers to, older than 24 hour(s) ({len(b'failed two days ago')} bytes); "
+            "1 left") in done.stdout
+    assert not old.exists() and young.exists() and kept.exists()
+    assert PATIENT["value"] not in done.stdout + done.stderr and "MRN" not in done.stdout + done.stderr
+
+    shorter = _verify(tmp_path, "--remove-unreferenced", "--older-than", "0.5")
+    assert shorter.returncode == 2 and "at least 1 hour" in shorter.stderr and young.exists()
+    hour = _verify(tmp_path, "--remove-unreferenced", "--older-than", "0.9", "--limit", "1")
+    assert hour.returncode == 2 and young.exists()
+    again = _verify(tmp_path, "--remove-unreferenced", "--older-than", "1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "removed 0 image(s)" in again.stdout and young.exists()
+    _age(young, 2 / 24)
+    last = _verify(tmp_path, "--remove-unreferenced", "--older-than", "1", "--limit", "5")
+    assert "removed 1 image(s)" in last.stdout and "0 left" in last.stdout and not young.exists()
+    assert _verify(tmp_path).stdout.rstrip().endswith("0 image(s) no record refers to")
+
+
+def test_verify_removes_nothing_from_a_store_with_problems(tmp_path: Path) -> None:
+    """A missing image is looked at first (a restore may be incomplete): nothing is removed, exit 1."""
+    data = tmp_path / "data"
+    with adapter_client(tmp_path) as (client, services):
+        photo = post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).json()
+        old = _orphan(services, b"failed two days ago")
+    _age(old, 2)
+    _blob(data, photo["sha256"]["stored"]).unlink()
+    done = _verify(tmp_path, "--remove-unreferenced")
+    assert done.returncode == 1
+    assert "unreferenced images not removed: the store has problems" in done.stdout
+    assert old.exists()
