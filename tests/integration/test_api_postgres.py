@@ -4,38 +4,25 @@ of one upload, on PostgreSQL and SQLite alike."""
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from adapter.errors import BusinessRuleViolation
 from adapter.model.photo import PhotoMetadata
 from adapter.model.purpose import PurposeOfUse, RequestContext
-from tests.conftest import ROOT, require_or_skip
+from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
-
-PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests.support.postgres import postgres_schema
 
 
 @pytest.fixture()
 def pg_url() -> Iterator[str]:
-    schema = f"test_api_{uuid.uuid4().hex[:12]}"
-    try:
-        engine = create_engine(PG_URL)
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # noqa: BLE001
-        require_or_skip(False, f"PostgreSQL at {PG_URL} is not reachable: {type(exc).__name__}")
-    sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+    with postgres_schema("test_api") as url:
+        yield url
 
 
 def test_ingest_and_purpose_checked_reads_on_postgresql(tmp_path: Path, pg_url: str) -> None:

@@ -13,13 +13,11 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from adapter.config import StoreOptions
 from adapter.errors import StorageError
@@ -27,16 +25,16 @@ from adapter.services.registry import Services
 from adapter.services.unreferenced import DEFAULT_GRACE_SECONDS, remove_unreferenced
 from adapter.services.verify import verify_store
 from adapter.store import FileBlobStore, SqlRecordStore
-from tests.conftest import ROOT, require_or_skip
+from tests.conftest import ROOT
 from tests.integration.test_dicomweb import stow
 from tests.integration.test_store_contract import make_dicom_unit, make_instance, make_unit
 from tests.support.app import PATIENT, adapter_client, metadata, post_photo
 from tests.support.dicom_files import jpeg, pynet_store, sc_file
 from tests.support.fhir_factories import transaction_bundle
+from tests.support.postgres import postgres_schema
 
 pytestmark = pytest.mark.integration
 
-PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DAY = 24 * 3600
 
 
@@ -46,18 +44,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'data' / 'adapter.db'}"
         return
-    schema = f"test_unref_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        require_or_skip(False, f"PostgreSQL at {PG_URL} is not reachable: {type(exc).__name__}")
-    sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+    with postgres_schema("test_unref") as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ cases are skipped, except in CI (CI=true), where they fail.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -36,10 +35,9 @@ from adapter.store.schema import SCHEMA_VERSION
 from adapter.store.schema import audit as audit_table
 from adapter.store.schema import dicom_instances as dicom_instances_table
 from tests.conftest import require_or_skip
+from tests.support.postgres import PG_URL
 
 pytestmark = pytest.mark.integration
-
-PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 PATIENT = Identifier(system="urn:oid:2.16.840.1.113883.2.4.6.3", value="999911120")
 OTHER_PATIENT = Identifier(system="urn:oid:2.16.840.1.113883.2.4.6.3", value="999922230")

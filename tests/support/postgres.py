@@ -1,0 +1,33 @@
+"""The PostgreSQL the integration tests use: ``TEST_POSTGRES_URL``, else database ``test`` at
+127.0.0.1:5432. In CI an unreachable one fails the test; elsewhere it is skipped."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, text
+
+from tests.conftest import require_or_skip
+
+PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """A fresh schema ``<prefix>_<random>``, dropped afterwards; yields a database URL whose
+    connections use it (search_path), so a test's tables are its own."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        require_or_skip(False, f"PostgreSQL at {PG_URL} is not reachable: {type(exc).__name__}")
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
