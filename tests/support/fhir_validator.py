@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,24 @@ def _validate(resources: Sequence[dict[str, Any]], driver: Path, packages: Seque
     if proc.returncode == 1 and not errors:
         raise RuntimeError(f"{driver.name} reported failure without errors: {proc.stdout[:500]}")
     return errors
+
+
+def errors_by_case(validate: Callable[[Sequence[dict[str, Any]]], list[str]],
+                   cases: Mapping[str, tuple[dict[str, Any], str]]) -> dict[str, list[str]]:
+    """Validate the resources of ``cases`` (name -> (resource, expected text)) in one node
+    process with ``validate`` (:func:`validate_r4` or :func:`validate_r5`); return each case's
+    error lines, found by their ``#index`` label."""
+    errors = validate([resource for resource, _ in cases.values()])
+    return {case: [e for e in errors if e.startswith(f"#{i} ")] for i, case in enumerate(cases)}
+
+
+def run_driver(driver: Path, *args: str, fhirval: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a driver from the command line as a user would: only node's folder on PATH and
+    FHIRVAL_DIR (``fhirval``, default :func:`fhirval_dir`) in the environment."""
+    node = shutil.which("node")
+    assert node, "node is required"
+    env = {"FHIRVAL_DIR": str(fhirval or fhirval_dir()), "PATH": str(Path(node).parent)}
+    return subprocess.run([node, str(driver), *args], capture_output=True, text=True, env=env, check=False)
 
 
 class FhirValidationCollector:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.fhir_validator import DRIVER, FhirValidationCollector, fhirval_dir, validate_r4
+from tests.support.fhir_validator import (
+    DRIVER,
+    FhirValidationCollector,
+    errors_by_case,
+    run_driver,
+    validate_r4,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -56,8 +60,7 @@ def test_good_resource_passes() -> None:
 @pytest.fixture(scope="module")
 def bad_errors() -> dict[str, list[str]]:
     """Every bad case validated in one node process; errors per case (labels are #index)."""
-    errors = validate_r4([resource for resource, _ in BAD.values()])
-    return {case: [e for e in errors if e.startswith(f"#{i} ")] for i, case in enumerate(BAD)}
+    return errors_by_case(validate_r4, BAD)
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -93,20 +96,13 @@ def test_missing_validators_raise(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 
 def test_driver_cli_text_output_and_exit_codes(tmp_path: Path) -> None:
-    node = shutil.which("node")
-    assert node, "node is required"
     (tmp_path / "good.json").write_text(json.dumps(GOOD_MEDIA))
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "bad.json").write_text(json.dumps(BAD["unknown element"][0]))
-    env = {"FHIRVAL_DIR": str(fhirval_dir()), "PATH": str(Path(node).parent)}
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([node, str(DRIVER), *args], capture_output=True, text=True, env=env,
-                              check=False)
-
-    ok = run(str(tmp_path / "good.json"))
+    ok = run_driver(DRIVER, str(tmp_path / "good.json"))
     assert ok.returncode == 0 and ok.stdout.startswith("OK ")
-    both = run(str(tmp_path))
+    both = run_driver(DRIVER, str(tmp_path))
     assert both.returncode == 1
     assert "FAIL " in both.stdout and "colour" in both.stdout and both.stdout.count("OK ") == 1
-    assert run().returncode == 2
+    assert run_driver(DRIVER).returncode == 2

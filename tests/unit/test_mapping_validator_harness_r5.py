@@ -4,14 +4,18 @@ vacuous: known-bad R5 resources fail, each for its own reason, and known-good on
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.fhir_validator import DRIVER_R5, FhirValidationCollector, fhirval_dir, validate_r5
+from tests.support.fhir_validator import (
+    DRIVER_R5,
+    FhirValidationCollector,
+    errors_by_case,
+    run_driver,
+    validate_r5,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -90,8 +94,7 @@ def test_good_resources_pass() -> None:
 @pytest.fixture(scope="module")
 def bad_errors() -> dict[str, list[str]]:
     """Every bad case validated in one node process; errors per case (labels are #index)."""
-    errors = validate_r5([resource for resource, _ in BAD.values()])
-    return {case: [e for e in errors if e.startswith(f"#{i} ")] for i, case in enumerate(BAD)}
+    return errors_by_case(validate_r5, BAD)
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -120,22 +123,15 @@ def test_missing_r5_package_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 def test_driver_cli_text_output_and_exit_codes(tmp_path: Path) -> None:
-    node = shutil.which("node")
-    assert node, "node is required"
     (tmp_path / "good.json").write_text(json.dumps(GOOD_DOCUMENT))
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "bad.json").write_text(json.dumps(BAD["R4-only resource (Media)"][0]))
-    env = {"FHIRVAL_DIR": str(fhirval_dir()), "PATH": str(Path(node).parent)}
 
-    def run(*args: str, environment: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([node, str(DRIVER_R5), *args], capture_output=True, text=True, env=environment,
-                              check=False)
-
-    ok = run(str(tmp_path / "good.json"))
+    ok = run_driver(DRIVER_R5, str(tmp_path / "good.json"))
     assert ok.returncode == 0 and ok.stdout.startswith("OK "), ok.stderr
-    both = run(str(tmp_path))
+    both = run_driver(DRIVER_R5, str(tmp_path))
     assert both.returncode == 1
     assert "FAIL " in both.stdout and "Media" in both.stdout and both.stdout.count("OK ") == 1
-    assert run().returncode == 2
-    missing = run(str(tmp_path / "good.json"), environment={**env, "FHIRVAL_DIR": str(tmp_path / "nowhere")})
+    assert run_driver(DRIVER_R5).returncode == 2
+    missing = run_driver(DRIVER_R5, str(tmp_path / "good.json"), fhirval=tmp_path / "nowhere")
     assert missing.returncode == 2 and "install-fhir-validators" in missing.stderr
