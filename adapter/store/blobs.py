@@ -184,6 +184,7 @@ class FileBlobStore:
                 # (its mtime) before the staged copy goes, and before the ingest's transaction:
                 # the removal of unreferenced blobs leaves young ones alone (adapter.services.unreferenced)
                 staged.unlink(missing_ok=True)
+                self._sync_entry(target)
                 return target
             # New bytes, on the disk already: refused once the reserve is reached (the caller
             # discards them, and nothing of the record is written). Bytes stored before are not
@@ -201,11 +202,24 @@ class FileBlobStore:
             _fsync_dir(self._staging_dir)
         except FileNotFoundError as exc:
             if target.is_file():  # a concurrent commit of the same bytes won
+                self._sync_entry(target)
                 return target
             raise StorageError("the staged upload is missing") from exc
         except OSError as exc:
             raise StorageError("could not store the image bytes") from exc
         return target
+
+    def _sync_entry(self, target: Path) -> None:
+        """Make the folder entries leading to a blob found in place durable before its record
+        refers to it: a concurrent commit of the same bytes may have renamed it there and not
+        yet fsynced the folders (its own record waits for that; this one would not). The file's
+        bytes were fsynced before the rename."""
+        folder = target.parent
+        while True:
+            _fsync_dir(folder)
+            if folder == self._blob_dir or self._blob_dir not in folder.parents:
+                return
+            folder = folder.parent
 
     def _make_dirs(self, folder: Path) -> list[Path]:
         """Create the shard folders; return the folders whose entries changed, innermost first

@@ -116,6 +116,22 @@ def test_commit_fsyncs_file_before_rename_and_folders_after(tmp_path: Path,
     ]
 
 
+def test_a_commit_finding_its_blob_in_place_makes_the_folder_entries_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob found at its address may have been renamed there by a concurrent commit of the
+    same bytes that has not fsynced the folders yet; this commit's record must not refer to it
+    before they are (a power cut would leave the record without its image). It returned at once."""
+    store = make_store(tmp_path)
+    staged, sha = stage(store, b"same bytes")
+    final = store.commit(staged, sha)
+    synced: list[Path] = []
+    monkeypatch.setattr(blobs_module, "_fsync_dir", lambda path: synced.append(Path(path)))
+    again, _ = stage(store, b"same bytes")
+    assert store.commit(again, sha) == final
+    blob_root = (tmp_path / "data" / "blobs").resolve()
+    assert synced == [final.parent, blob_root / sha[:2], blob_root]
+
+
 def test_discard(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     staged, _ = stage(store, b"aborted upload")
