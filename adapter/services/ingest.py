@@ -200,7 +200,8 @@ class IngestService:
             first = self._store.get_version("Consent", str(reference).partition("/")[2], 1)
             grants = grants_from_consent(first) if first is not None else []
             recorded = (frozenset(p for g in grants for p in g.purposes), grants[0].method if grants else None)
-            if grants and not grants[0].implied and recorded == wanted:
+            # an implied statement reads as an implied grant (method IMPLIED): the method compares
+            if grants and recorded == wanted:
                 return replay
         raise Conflict(f"this photo is stored for the patient already ({replay.location}) with another consent "
                        f"statement: nothing was stored, this statement neither; record it with POST /fhir/Consent",

@@ -321,6 +321,24 @@ def test_a_retry_with_another_consent_statement_is_refused_not_dropped(tmp_path:
         _outcome(post_photo(client, SAMPLES / "document.jpg", metadata(kind="document")), 409)
 
 
+def test_a_retry_of_a_patient_photo_with_its_implied_consent_statement_replays(tmp_path: Path) -> None:
+    """A patient's app that sent its photo with an implied consent statement (care only) and
+    retries it, by key or by bytes, states the consent recorded with it: the original receipt,
+    not a 409 saying the statement differs (a Consent with method implied reads as implied)."""
+    with adapter_client(tmp_path) as (client, services):
+        meta = metadata(source="patient", consent={"purposes": ["TREAT"], "method": "implied"})
+        first = post_photo(client, WOUND, meta, headers={"Idempotency-Key": "imp-1"})
+        assert first.status_code == 201, first.text
+        counts = _counts(services)
+        for headers in ({"Idempotency-Key": "imp-1"}, {}):
+            again = post_photo(client, WOUND, meta, headers=headers)
+            assert again.status_code == 201 and again.json() == first.json(), again.text
+        assert _counts(services) == counts
+        # another statement is still refused
+        _outcome(post_photo(client, WOUND, metadata(source="patient", consent={"purposes": ["TREAT"],
+                                                                             "method": "verbal"})), 409)
+
+
 def test_an_idempotency_key_reused_for_another_photo_or_patient_is_refused(tmp_path: Path) -> None:
     """Answering a reused key with the first receipt would tell the capture app that this photo
     is stored and safe to delete from the phone, when nothing of it was stored: 422, nothing
