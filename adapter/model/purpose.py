@@ -26,7 +26,8 @@ class RequestContext:
     request_id: str = ""
     client_address: str | None = None
     channel: str = "http"
-    #: The request as it was received (its request line; a search by POST adds its body): the
+    #: The request as it was received (its request line; a search by POST adds its body, a
+    #: followed ``_page`` link the search it holds): the
     #: AuditEvent of a search records it, base64-encoded (IHE BALP Query, entity[query]).
     query: bytes | None = None
     #: The DICOM peer's AE title, for a DIMSE exchange (the sending AE of a C-STORE received, the

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 
@@ -1477,6 +1478,26 @@ def test_a_search_is_audited_with_the_search_it_was_asked(tmp_path: Path) -> Non
         [read] = services.store.list_audit(1)
         assert read["subtype"][0]["code"] == "read" and _queries(read) == []
         record_emitted(services.store.list_audit(10))
+
+
+def test_a_followed_page_of_a_search_by_post_is_audited_with_the_search_it_holds(tmp_path: Path) -> None:
+    """The next link of a search by POST holds the search sealed (?_page=); the AuditEvent of
+    the page that link fetches records the search the page answers (BALP Query), not only the
+    opaque token no one reading the audit trail can open."""
+    with adapter_client(tmp_path) as (client, services):
+        _ingest(client), _ingest(client, path=SAMPLES / "tiny.jpg")
+        ident = f"{PATIENT['system']}%7C{PATIENT['value']}"
+        treat = as_purpose("TREAT")
+        posted = client.post("/fhir/Media/_search", content=f"patient:identifier={ident}&_count=1",
+                             headers={**treat, "Content-Type": "application/x-www-form-urlencoded"})
+        next_url = next(link["url"] for link in posted.json()["link"] if link["relation"] == "next")
+        assert client.get(next_url, headers=treat).status_code == 200
+        [page] = services.store.list_audit(1)
+        [query] = _queries(page)
+        line, _, held = query.partition(b"\n\n")
+        assert line.startswith(b"GET /fhir/Media?_page="), query
+        assert dict(parse_qsl(held.decode())) == {"patient:identifier": f"{PATIENT['system']}|{PATIENT['value']}",
+                                                  "_count": "1", "_offset": "1"}, query
 
 
 def _patients(event: dict) -> list[dict]:

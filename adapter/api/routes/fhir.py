@@ -419,8 +419,12 @@ async def search(resource_type: str, request: Request, reader: ReaderDep, servic
                  accept: Annotated[str | None, Header()] = None) -> Response:
     params = list(request.query_params.multi_items())
     if any(k == PAGE_PARAM for k, _ in params):  # a sealed link of a search by POST
-        return await _search(resource_type, request, reader, services, accept,
-                             _opened(resource_type, params, services), sealed=True)
+        opened = _opened(resource_type, params, services)
+        # the search its AuditEvent records is the request line and the search the link holds
+        # (IHE BALP Query): the token alone says nothing to a reader of the audit trail
+        reader.ctx = dataclasses.replace(reader.ctx, query=(reader.ctx.query or b"") + b"\n\n"
+                                         + urlencode(opened).encode())
+        return await _search(resource_type, request, reader, services, accept, opened, sealed=True)
     return await _search(resource_type, request, reader, services, accept, params)
 
 
