@@ -179,6 +179,9 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     text = str(value).strip().strip("\x00").strip()
+    if "\x00" in text:  # NUL pads a value (PS3.5 6.2), it is never inside one; FHIR strings refuse it
+        raise InvalidInput("a text value holds the character U+0000 inside it, which neither DICOM text nor FHIR "
+                           "strings allow: nothing was stored")
     return text or None
 
 

@@ -285,6 +285,24 @@ def test_stow_refuses_other_media_types(adapter: tuple[FhirClient, Services]) ->
     assert value(r.json()["00081198"]["Value"][0], "00081197") == CANNOT_UNDERSTAND
 
 
+def test_a_received_object_with_nul_inside_a_text_value_is_refused_not_mapped_into_fhir(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """NUL pads DICOM values (PS3.5 6.2), never sits inside one, and FHIR strings refuse it: an
+    InstitutionName "Gen<NUL>eral" went into the Provenance (onBehalfOf.display) as U+0000,
+    invalid FHIR served to every reader. Now 0xC000 Cannot understand, nothing stored; NUL
+    padding at the end is still trimmed."""
+    client, _ = adapter
+    bad = received(record_id="rec-nul", InstitutionName="Gen\x00eral")
+    r = stow(client, bad)
+    assert r.status_code == 409 and value(r.json()["00081198"]["Value"][0], "00081197") == CANNOT_UNDERSTAND
+    assert find(client, "Media", bad.SOPInstanceUID) == []
+    padded = received(record_id="rec-pad", InstitutionName="General\x00")
+    assert stow(client, padded).status_code == 200
+    [media] = find(client, "Media", padded.SOPInstanceUID)
+    provenance = client.get("/fhir/Provenance", params={"target": f"Media/{media['id']}"}, headers=TREAT).json()
+    assert "\\u0000" not in json.dumps(provenance) and "General" in json.dumps(provenance)
+
+
 def test_stow_refuses_a_body_cut_before_its_closing_boundary(adapter: tuple[FhirClient, Services]) -> None:
     """python-multipart's finalize() does not check that the body ended: a cut one was stored."""
     client, services = adapter
