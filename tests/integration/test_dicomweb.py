@@ -983,12 +983,19 @@ def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: 
     dicom = wado(photo, contentType="application/dicom")
     assert dicom.status_code == 200 and dicom.headers["content-type"] == "application/dicom"
     assert pydicom.dcmread(io.BytesIO(dicom.content)).SOPInstanceUID == photo.SOPInstanceUID
-    png = wado(native, contentType="image/jpeg,image/png")  # the first type it renders as
+    png = wado(native, contentType="image/png")
     assert png.headers["content-type"] == "image/png" and png.content == rendered(native)
+    # PS3.18 7.1.2: a single-frame image is image/jpeg when asked for, and by default: native
+    # pixels are encoded as JPEG baseline (they were PNG, and image/jpeg alone was 406)
+    for native_jpeg in (wado(native, contentType="image/jpeg,image/png"), wado(native, contentType="image/jpeg"),
+                        wado(native)):
+        assert native_jpeg.status_code == 200 and native_jpeg.headers["content-type"] == "image/jpeg"
+        with Image.open(io.BytesIO(native_jpeg.content)) as im, Image.open(io.BytesIO(rendered(native))) as lossless:
+            assert im.format == "JPEG" and im.size == lossless.size and not im.info.get("exif")
     assert wado(pdf).headers["content-type"] == "application/pdf"
     assert wado(pdf, contentType="image/jpeg").status_code == 406
     # wildcards and qualities (PS3.18 9.1.2.1.4: "relative degree of preference"); they were 406
-    assert wado(native, contentType="image/*").headers["content-type"] == "image/png"
+    assert wado(native, contentType="image/*").headers["content-type"] == "image/png"  # as it renders
     assert wado(photo, contentType="*/*").content == rendered(photo)
     assert wado(pdf, contentType="image/*").status_code == 406
     assert wado(pdf, contentType="*/*").headers["content-type"] == "application/pdf"

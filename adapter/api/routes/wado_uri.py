@@ -8,13 +8,16 @@ what is answered is made from the object the purpose's release produced:
 - ``contentType=application/dicom``: the object (one body, not multipart), in the transfer syntax
   it is stored in; ``transferSyntax`` (with application/dicom only) naming another is 406;
 - ``image/jpeg``, ``image/png``, ``application/pdf``: the instance rendered, as WADO-RS rendered
-  and the FHIR Binary give it (the JPEG frame as it is, native pixels as PNG, a PDF); no
-  transcoding, so a type the instance is not rendered as is 406;
+  and the FHIR Binary give it (the JPEG frame as it is, native pixels as PNG, a PDF); native
+  pixels asked for as ``image/jpeg`` are encoded as JPEG baseline (lossy, no metadata, at most
+  4096 a side), which a WADO-URI server "shall be able to send" for a single-frame image
+  (PS3.18 7.1.2); another type the instance is not rendered as is 406;
 - ``rows``/``columns`` with ``image/jpeg``: a JPEG scaled to fit them (adapter.imaging.thumbnail),
   re-encoded, with no metadata.
 
 ``contentType`` may list several types, with qualities (``;q=``) or in order of preference, and
-the wildcards ``*/*`` and ``image/*``; without it the instance is answered as it renders. ``frameNumber`` 1 only. ``anonymize=yes`` is refused unless the
+the wildcards ``*/*`` and ``image/*``; without it an image is answered as image/jpeg (PS3.18
+7.1.2) and a document as it renders. ``frameNumber`` 1 only. ``anonymize=yes`` is refused unless the
 purpose's view is de-identified: the adapter de-identifies for a purpose the patient consented
 to, never on a request's say-so (de-identification does not replace consent). ``region``,
 windowing, presentation states and ``annotation`` are not supported (400).
@@ -78,8 +81,10 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     if syntax is not None and DICOM not in wanted:
         raise InvalidInput("transferSyntax goes with contentType=application/dicom", expression="transferSyntax")
     rendered: ReleasedImage | None = None
-    preference: list[str | None] = list(wanted) or [None]
-    for media in preference:  # in the client's order of preference; none: as it renders
+    # in the client's order of preference; none: image/jpeg for an image (PS3.18 7.1.2, WADO-URI's
+    # default for a single-frame image), else as it renders (a PDF)
+    preference: list[str | None] = list(wanted) or ["image/jpeg", None]
+    for media in preference:
         if media == DICOM:
             content = await run_in_threadpool(lambda: reader.read_dicom_instance(instance, study=study, series=series))
             if syntax not in (None, "*", content.transfer_syntax):  # served as stored: never transcoded
@@ -103,6 +108,16 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
                 (media == "image/*" and rendered.content_type.startswith("image/")):
             return Response(content=rendered.data, media_type=rendered.content_type,
                             headers=break_glass_headers(rendered.break_glass))
+        if media == "image/jpeg" and rendered.content_type.startswith("image/"):
+            # native pixels (rendered as a lossless PNG): a WADO-URI server "shall be able to send"
+            # a single-frame image as image/jpeg (PS3.18 7.1.2), JPEG baseline, lossy: encoded
+            # from what the purpose's release renders, with no metadata, at most _MAX_SIDE a side
+            try:
+                made = await run_in_threadpool(lambda: reader.read_dicom_thumbnail(
+                    study, series=series, instance=instance, rows=_MAX_SIDE, columns=_MAX_SIDE))
+            except NotAcceptable:  # pixels that do not decode: a later type may do
+                continue
+            return Response(content=made.data, media_type="image/jpeg", headers=break_glass_headers(made.break_glass))
     served = f"rendered as {rendered.content_type} (no transcoding)" if rendered is not None else \
         f"served as {', '.join((DICOM, *RENDERED))}"
     raise NotAcceptable(f"contentType: this instance is {served}", expression="contentType")
