@@ -752,8 +752,10 @@ class ScopedReader:
         glass = False  # break-glass released an instance (then every permitted one: it is the purpose's)
         wanted = None if limit is None else offset + limit
         withheld = 0
+        patient_of: dict[str, Identifier] = {}  # record -> its patient, for the audit
         try:
             for studies in _whole_studies(batches):
+                patient_of.update((f"{i.record_type}/{i.record_id}", i.patient) for i in studies)
                 permitted, held, by_glass = self._qido_permitted(release, level, query, studies)
                 withheld += held
                 glass = glass or by_glass
@@ -767,19 +769,9 @@ class ScopedReader:
                 close()  # a streamed read stopped early ends here
         page = list(results.values())[offset:None if limit is None else offset + limit]
         result = [entry for members in page for entry in members]
-        self._auditor.record_search(self.ctx, found=self._patients_of(sorted({e.record for e in result})),
+        self._auditor.record_search(self.ctx, found=[(r, patient_of.get(r)) for r in sorted({e.record for e in result})],
                                     reason=f"{len(result)} instances permitted, {withheld} withheld")
         return DicomSearchResult(result, glass and bool(result))
-
-    def _patients_of(self, records: Sequence[str]) -> list[tuple[str, Identifier | None]]:
-        """Each record reference ("Media/abc") with its patient, for the audit of a search."""
-        by_type: dict[str, list[str]] = {}
-        for ref in records:
-            resource_type, _, id = ref.partition("/")
-            by_type.setdefault(resource_type, []).append(id)
-        patients = {f"{s.resource_type}/{s.id}": s.facts.patient if s.facts is not None else None
-                    for resource_type, ids in by_type.items() for s in self._store.get_many(resource_type, ids)}
-        return [(ref, patients.get(ref)) for ref in records]
 
     def _qido_permitted(self, release: DicomRelease, level: str, query: DicomQuery,
                         candidates: Sequence[DicomInstance]) -> tuple[list[DicomEntry], int, bool]:
