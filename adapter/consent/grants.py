@@ -85,8 +85,9 @@ def grants_from_consent(resource: Mapping[str, Any]) -> list[ConsentGrant]:
     patient = _patient(resource)
     # an implied consent says so in policyRule or in its consent-method extension: either way
     # it is no express consent (it covers care only)
-    method = _method(resource, _implied(resource))
-    implied = method is ConsentMethod.IMPLIED or _implied(resource)
+    by_rule = _implied(resource)
+    method = _method(resource, by_rule)
+    implied = by_rule or method is ConsentMethod.IMPLIED
 
     def grant(scope: _Scope) -> ConsentGrant:
         return ConsentGrant(id=consent_id, patient=patient, status=status, decision=scope.decision,
