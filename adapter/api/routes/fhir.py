@@ -420,12 +420,17 @@ async def search(resource_type: str, request: Request, reader: ReaderDep, servic
     params = list(request.query_params.multi_items())
     if any(k == PAGE_PARAM for k, _ in params):  # a sealed link of a search by POST
         opened = _opened(resource_type, params, services)
-        # the search its AuditEvent records is the request line and the search the link holds
-        # (IHE BALP Query): the token alone says nothing to a reader of the audit trail
-        reader.ctx = dataclasses.replace(reader.ctx, query=(reader.ctx.query or b"") + b"\n\n"
-                                         + urlencode(opened).encode())
+        # the token alone says nothing to a reader of the audit trail: the search it holds is added
+        _audit_search_as(reader, urlencode(opened).encode())
         return await _search(resource_type, request, reader, services, accept, opened, sealed=True)
     return await _search(resource_type, request, reader, services, accept, params)
+
+
+def _audit_search_as(reader: Any, search: bytes) -> None:
+    """The search the AuditEvent records (IHE BALP Query, entity[query]) is the request line and,
+    after a blank line, ``search``: the parameters the request line does not show (the body of a
+    search by POST, the search a sealed link holds)."""
+    reader.ctx = dataclasses.replace(reader.ctx, query=(reader.ctx.query or b"") + b"\n\n" + search)
 
 
 def _opened(resource_type: str, params: list[tuple[str, str]], services: Any) -> list[tuple[str, str]]:
@@ -459,8 +464,7 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
     params = list(request.query_params.multi_items()) + form
     if any(k == PAGE_PARAM for k, _ in params):
         raise InvalidInput(f"{PAGE_PARAM} is a link to follow with GET", expression=PAGE_PARAM)
-    # the search its AuditEvent records is the request line and the body (IHE BALP Query)
-    reader.ctx = dataclasses.replace(reader.ctx, query=(reader.ctx.query or b"") + b"\n\n" + body)
+    _audit_search_as(reader, body)
     return await _search(resource_type, request, reader, services, accept, params, sealed=True)
 
 
