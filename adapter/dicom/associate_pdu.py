@@ -20,6 +20,7 @@ import struct
 from typing import Any
 
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 
 log = logging.getLogger("adapter.dicom")
 
@@ -101,7 +102,23 @@ def without_unrecognised_items(pdu: bytes) -> tuple[bytes, list[int]]:
 
 class NegotiationDUL(DULServiceProvider):
     """pynetdicom's DUL, except that a received A-ASSOCIATE-RQ or -AC loses the items
-    pynetdicom cannot decode (:func:`without_unrecognised_items`) before it is decoded."""
+    pynetdicom cannot decode (:func:`without_unrecognised_items`) before it is decoded, and
+    that an A-ABORT request made once the association is over is dropped
+    (:meth:`_process_recv_primitive`)."""
+
+    def _process_recv_primitive(self) -> bool:
+        """pynetdicom's, except for an A-ABORT request in Sta13 (the association rejected or
+        released, the peer's close awaited): PS3.8's state table has no such event there, and
+        pynetdicom's DUL thread died on it (InvalidEventError) when the SCP stopped, aborting
+        its associations, just after rejecting one. There is nothing left to abort, only the
+        wait for the peer's close to give up: the request becomes the end of that wait, the
+        ARTIM timer's expiry (Evt18: the connection is closed, Sta1)."""
+        queued = self.to_provider_queue.queue
+        if queued and isinstance(queued[0], A_ABORT | A_P_ABORT) and self.state_machine.current_state == "Sta13":
+            self.to_provider_queue.get_nowait()
+            self.event_queue.put("Evt18")
+            return True
+        return super()._process_recv_primitive()
 
     def _decode_pdu(self, bytestream: bytearray) -> Any:
         if bytestream[:1] in (bytes([A_ASSOCIATE_RQ]), bytes([A_ASSOCIATE_AC])):

@@ -485,6 +485,25 @@ def test_no_allowed_ae_title_refuses_every_caller(services: Services) -> None:
         closed.stop()
 
 
+def test_the_scp_stops_while_a_rejected_caller_has_not_closed_its_connection(services: Services) -> None:
+    """After its A-ASSOCIATE-RJ the SCP waits for the caller to close the connection (PS3.8
+    Sta13), where an A-ABORT request is no event: stopping the SCP then aborted, and pynetdicom's
+    DUL thread died with InvalidEventError (Evt15 in Sta13), seen once in CI as a caller closed
+    late. The connection is closed instead, with no thread failing. The moment is a race (the
+    abort can come before or after the RJ is sent): 10 rounds met it in two runs of three here."""
+    for _ in range(20):
+        scp = start_scp(services)
+        try:
+            with socket.create_connection(("127.0.0.1", scp.port), timeout=15) as sock:
+                sock.sendall(associate_rq(calling="INTRUDER"))
+                assert read_pdu(sock)[0] == 0x03  # A-ASSOCIATE-RJ; the connection is left open
+                scp.stop()
+                with pytest.raises((EOFError, ConnectionError)):
+                    read_pdu(sock)
+        finally:
+            scp.stop()
+
+
 def test_policy_allowed_ae_titles_are_let_in(tmp_path: Path) -> None:
     with adapter_client(tmp_path, policy={"allowedAETitles": ["PACS1"]}) as (_, services):
         options = AeOptions.from_settings(services.settings, services.tables.policy)
