@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from adapter.consent.rules import (
     DENY,
@@ -73,59 +74,71 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     code = purpose.code
     permitted = permitted_purposes(facts, consents, tables, now)
 
-    def deny(reason: str, used: Sequence[ConsentGrant] = ()) -> Decision:
-        return Decision(permitted=False, reason=reason, purpose=purpose, consent_ids=_ids(used),
-                        permitted_purposes=permitted)
-
-    def permit(reason: str, used: Sequence[ConsentGrant] = ()) -> Decision:
-        view = View(tables.purposes.codes[code].view)
-        return Decision(permitted=True, reason=reason, purpose=purpose, view=view, consent_ids=_ids(used),
-                        permitted_purposes=permitted, obligations=OBLIGATIONS[view])
-
     klass = (classify_purpose(code, tables) if purpose.system == tables.purposes.system
              else PurposeClass.UNKNOWN)
     if klass is PurposeClass.UNKNOWN:
-        return deny("unknown purpose of use")
+        return Decision(permitted=False, reason="unknown purpose of use", purpose=purpose,
+                        permitted_purposes=permitted)
     if klass is PurposeClass.BREAK_GLASS:
         if not tables.policy.break_glass.enabled:
-            return deny(f"break-glass ({code}) is not enabled by policy")
+            return Decision(permitted=False, reason=f"break-glass ({code}) is not enabled by policy",
+                            purpose=purpose, permitted_purposes=permitted)
         return Decision(permitted=True, reason=f"break-glass ({code}): consent not evaluated; access audited",
                         purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted)
     if klass is PurposeClass.NOT_PERMITTED:
-        return deny(f"purpose {code} not permitted by policy")
+        return Decision(permitted=False, reason=f"purpose {code} not permitted by policy", purpose=purpose,
+                        permitted_purposes=permitted)
+    verdict = _by_consent(code, klass, facts, consents, tables, now)
+    if not verdict.permitted:
+        return Decision(permitted=False, reason=verdict.reason, purpose=purpose, consent_ids=_ids(verdict.used),
+                        permitted_purposes=permitted)
+    view = View(tables.purposes.codes[code].view)
+    return Decision(permitted=True, reason=verdict.reason, purpose=purpose, view=view,
+                    consent_ids=_ids(verdict.used), permitted_purposes=permitted, obligations=OBLIGATIONS[view])
+
+
+class _Verdict(NamedTuple):
+    permitted: bool
+    reason: str
+    used: Sequence[ConsentGrant] = ()
+
+
+def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Sequence[ConsentGrant],
+                tables: Tables, now: datetime) -> _Verdict:
+    """Steps 4 to 7 of :func:`decide`: what the Consents (and the kind and source of the photo)
+    say of ``code``, a care or explicit-consent purpose."""
     # A consent-pending record has no consent of its own: the rules below deny it for care
     # until a Consent permitting TREAT is recorded for the patient (then it is documented).
-
     in_force = [g for g in consents if grant_in_force(g, facts.patient, facts.governed_by, now)]
     denials = [g for g in in_force if g.decision == DENY and grant_covers(g, code, tables)]
     if denials:
-        return deny(f"a Consent denies {code}", denials)
+        return _Verdict(False, f"a Consent denies {code}", denials)
 
     if klass is PurposeClass.CARE:
         if not tables.kinds[facts.kind].needs_care_consent:
-            return permit(f"{facts.kind.value} photos need no consent for care")
+            return _Verdict(True, f"{facts.kind.value} photos need no consent for care")
         if facts.source is PhotoSource.COLLEAGUE_INTERNAL and not facts.consent_pending:
-            return permit("sent by a colleague inside the organisation, who is responsible for consent")
+            return _Verdict(True, "sent by a colleague inside the organisation, who is responsible for consent")
         grants = [g for g in in_force if g.decision == PERMIT and grant_covers(g, code, tables)
                   and (not facts.consent_pending or _documents_care(g, tables))]
         if grants:
-            return permit(f"active Consent permits {code}", grants)
+            return _Verdict(True, f"active Consent permits {code}", grants)
         withdrawn = _withdrawn(facts, consents, code, tables, now)
         if withdrawn and tables.policy.consent.care_after_withdrawal and not facts.consent_pending:
-            return permit(f"consent withdrawn; policy keeps clinical photos readable for {code}", withdrawn)
-        return deny(f"no active consent for {code}")
+            return _Verdict(True, f"consent withdrawn; policy keeps clinical photos readable for {code}", withdrawn)
+        return _Verdict(False, f"no active consent for {code}")
 
     if facts.consent_pending and not any(
             g.decision == PERMIT and _documents_care(g, tables)
             and any(grant_covers(g, care, tables) for care in tables.policy.consent.care_purposes)
             for g in in_force):
-        return deny("consent pending: no consent for care is documented for this photo; readable only under "
-                    "break-glass")
+        return _Verdict(False, "consent pending: no consent for care is documented for this photo; readable "
+                               "only under break-glass")
     grants = [g for g in in_force
               if g.decision == PERMIT and not g.implied and grant_covers(g, code, tables)]
     if grants:
-        return permit(f"active Consent permits {code}", grants)
-    return deny(f"no active consent permitting {code}")
+        return _Verdict(True, f"active Consent permits {code}", grants)
+    return _Verdict(False, f"no active consent permitting {code}")
 
 
 #: The purpose the audit trail's export must be (or descend from): the organisation's own
@@ -159,28 +172,30 @@ def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tab
                        now: datetime) -> frozenset[str]:
     """The purposes the record may be read for without break-glass, for its security labels.
 
-    The purposes listed by applicable active permit grants (care purposes of any grant,
-    explicit-consent purposes of non-implied grants only), plus every care purpose of the policy
-    for kinds that need no consent for care, plus the care purposes of a withdrawn Consent when
-    ``careAfterWithdrawal``; minus any purpose an applicable deny grant covers. Codes are listed
-    as granted (a grant for TREAT yields TREAT, which covers its descendants).
+    The candidates are the purposes listed by applicable active permit grants, every care
+    purpose of the policy for kinds and sources that need no consent for care, and the care
+    purposes of a withdrawn Consent when ``careAfterWithdrawal``; a candidate is listed only
+    when :func:`decide` permits it (steps 4 to 7), so a label never names a purpose the record
+    is refused for (a denied, implied-only or consent-pending one). Codes are listed as granted
+    (a grant for TREAT yields TREAT, which covers its descendants).
     """
     rules = tables.policy.consent
     codes: set[str] = set()
     in_force = [g for g in consents if grant_in_force(g, facts.patient, facts.governed_by, now)]
     for grant in in_force:
-        if grant.decision != PERMIT:
-            continue
-        for code in grant.purposes:
-            klass = classify_purpose(code, tables)
-            if klass is PurposeClass.CARE or (klass is PurposeClass.EXPLICIT and not grant.implied):
-                codes.add(code)
+        if grant.decision == PERMIT:
+            codes.update(grant.purposes)
     if not tables.kinds[facts.kind].needs_care_consent or facts.source is PhotoSource.COLLEAGUE_INTERNAL:
         codes.update(rules.care_purposes)
-    elif rules.care_after_withdrawal and not facts.consent_pending:
+    elif rules.care_after_withdrawal:
         codes.update(c for c in rules.care_purposes if _withdrawn(facts, consents, c, tables, now))
-    denials = [g for g in in_force if g.decision == DENY]
-    return frozenset(c for c in codes if not any(grant_covers(g, c, tables) for g in denials))
+    listed: set[str] = set()
+    for code in codes:
+        klass = classify_purpose(code, tables)
+        if (klass in (PurposeClass.CARE, PurposeClass.EXPLICIT)
+                and _by_consent(code, klass, facts, consents, tables, now).permitted):
+            listed.add(code)
+    return frozenset(listed)
 
 
 def _withdrawn(facts: AccessFacts, consents: Sequence[ConsentGrant], code: str, tables: Tables,

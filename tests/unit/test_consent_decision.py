@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -461,6 +462,43 @@ def test_every_permitted_purpose_is_permitted_by_decide(kind: PhotoKind) -> None
             assert d.permitted, code
         if d.permitted and not d.break_glass:
             assert set(tables.purposes.ancestors(code)) & listed, code
+
+
+_LABEL_GRANT_SETS: dict[str, tuple[ConsentGrant, ...]] = {
+    "none": (),
+    "written care": (make_grant("TREAT", id="a"),),
+    "verbal care": (make_grant("TREAT", id="a", method=ConsentMethod.VERBAL),),
+    "training alone": (make_grant("TRAIN", id="a"),),
+    "verbal care and training": (make_grant("TREAT", "TRAIN", id="a", method=ConsentMethod.VERBAL),),
+    "implied": (_implied("TREAT", "TRAIN"),),
+    "withdrawn": (make_grant("TREAT", "TRAIN", status="inactive"),),
+    "mixed": (make_grant("TREAT", "HOPERAT", "CLINTRCH", id="a"), make_grant("TRAIN", id="d", decision="deny"),
+              _implied("COC", "PUBHLTH")),
+}
+
+
+@pytest.mark.parametrize(("written_required", "care_after_withdrawal"),
+                         [(False, False), (True, False), (False, True), (True, True)])
+def test_labels_name_exactly_the_purposes_decide_permits(written_required: bool,
+                                                         care_after_withdrawal: bool) -> None:
+    """Every kind, source, pending state and set of grants: each listed purpose is permitted by
+    decide(), and each purpose decide() permits without break-glass is covered by a listed one.
+    A consent-pending photo from a colleague inside the organisation, or one whose only care
+    Consent is verbal where written consent is required, used to be labelled with care purposes
+    it was refused for."""
+    tables = policy_variant(consent={"written_required": written_required,
+                                     "care_after_withdrawal": care_after_withdrawal})
+    for kind, source, pending, (name, grants) in itertools.product(
+            PhotoKind, PhotoSource, (False, True), _LABEL_GRANT_SETS.items()):
+        facts = make_facts(kind, pending=pending, source=source)
+        listed = permitted_purposes(facts, grants, tables, NOW)
+        case = (kind.value, source.value, pending, name)
+        for code in tables.purposes.codes:
+            d = decide(PurposeOfUse(code), facts, grants, tables, NOW)
+            if code in listed:
+                assert d.permitted, (code, *case)
+            if d.permitted and not d.break_glass:
+                assert set(tables.purposes.ancestors(code)) & listed, (code, *case)
 
 
 # -- hygiene -----------------------------------------------------------------------------------------
