@@ -58,7 +58,10 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
        besides its own (7); a Consent for training alone never opens a photo whose taking has
        no documented consent. With ``writtenRequired`` only a written Consent documents it, as
        at ingest.
-    5. An applicable ``deny`` grant covering the purpose denies it (deny wins), whatever the kind.
+    5. An applicable ``deny`` grant covering the purpose denies it (deny wins), whatever the kind;
+       except that a care purpose reads a Consent itself (``facts.consent_directive``): what the
+       patient permits and denies must stay visible to the clinicians bound by it (a deny-all
+       Consent hid itself, and the ETag its withdrawal needs, from care).
     6. Care: ``document`` and ``secondary`` photos need no consent; a ``clinical`` photo needs an
        applicable active permit covering the purpose (a Consent for TREAT covers COC); when
        there is none but such a Consent was withdrawn (status ``inactive``), the policy's
@@ -109,6 +112,8 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
     say of ``code``, a care or explicit-consent purpose."""
     # A consent-pending record has no consent of its own: the rules below deny it for care
     # until a Consent permitting TREAT is recorded for the patient (then it is documented).
+    if klass is PurposeClass.CARE and facts.consent_directive:
+        return _Verdict(True, "a consent directive is readable for care, whatever it denies")
     in_force = [g for g in consents if grant_in_force(g, facts.patient, facts.governed_by, now)]
     denials = [g for g in in_force if g.decision == DENY and grant_covers(g, code, tables)]
     if denials:

@@ -25,6 +25,7 @@ class AccessFacts:
     source: PhotoSource
     consent_pending: bool = False
     consent_ids: tuple[str, ...] = ()
+    consent_directive: bool = False  # the resource is a Consent itself (adapter.consent.decision, step 5)
 
 
 @dataclass(frozen=True)

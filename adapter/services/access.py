@@ -143,13 +143,14 @@ class DicomRetrieval:
 
 def consent_facts(resource_id: str, resource: dict[str, Any]) -> AccessFacts | None:
     """A Consent is patient record data too: it is guarded like a document (care needs no
-    further consent, any other purpose needs the patient's consent for it)."""
+    further consent, any other purpose needs the patient's consent for it), except that care
+    reads it whatever it or another Consent denies (``consent_directive``)."""
     ident = (resource.get("patient") or {}).get("identifier") or {}
     if not ident.get("system") or not ident.get("value"):
         return None
     return AccessFacts(governed_by=f"Consent/{resource_id}",
                        patient=Identifier(system=ident["system"], value=ident["value"]),
-                       kind=PhotoKind.DOCUMENT, source=PhotoSource.CLINICIAN)
+                       kind=PhotoKind.DOCUMENT, source=PhotoSource.CLINICIAN, consent_directive=True)
 
 
 def _image_in_view(data: bytes, content_type: str, view: View) -> bytes:

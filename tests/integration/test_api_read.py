@@ -1541,3 +1541,30 @@ def test_a_search_is_audited_once_for_every_patient_it_returned(tmp_path: Path) 
         assert sorted((_patients(e)[0]["value"], _data(e)) for e in qido) == \
             [("MRN-0001", [first["record"]]), ("MRN-0002", [second["record"]])]
         record_emitted(services.store.list_audit(20))
+
+
+def test_a_deny_all_consent_stays_readable_for_care_and_can_be_withdrawn_without_break_glass(tmp_path: Path) -> None:
+    """A Consent that denies every purpose is the patient's directive a clinician must see: it
+    hid itself from TREAT (read 403, left out of the patient's Consent search), so the ETag a
+    withdrawal's If-Match needs could only be read under break-glass. Care now reads Consents
+    whatever they deny; the photos stay denied, and other purposes still need their consent."""
+    fhir_json = {"Content-Type": "application/fhir+json"}
+    with adapter_client(tmp_path) as (client, _):
+        record = f"/fhir/{_ingest(client)['record']}"
+        deny_all = consent_resource([])
+        deny_all["provision"] = {"type": "deny", "period": {"start": "2020-01-01"}}
+        created = client.post("/fhir/Consent", json=deny_all, headers=fhir_json)
+        assert created.status_code == 201, created.text
+        url = f"/fhir/Consent/{created.json()['id']}"
+        assert client.get(record, headers=as_purpose("TREAT")).status_code == 403
+        read = client.get(url, headers=as_purpose("TREAT"))
+        assert read.status_code == 200, read.text
+        record_emitted(read.json())
+        search = client.get(f"/fhir/Consent?patient:identifier={PATIENT['system']}|{PATIENT['value']}",
+                            headers=as_purpose("TREAT")).json()
+        assert url.removeprefix("/fhir/") in {e["fullUrl"].split("/fhir/")[-1] for e in search.get("entry", [])}
+        assert client.get(url, headers=as_purpose("TRAIN")).status_code == 403
+        withdrawn = {**read.json(), "status": "inactive"}
+        put = client.put(url, json=withdrawn, headers={**fhir_json, "If-Match": read.headers["ETag"]})
+        assert put.status_code == 200, put.text
+        assert client.get(record, headers=as_purpose("TREAT")).status_code == 200

@@ -501,6 +501,20 @@ def test_labels_name_exactly_the_purposes_decide_permits(written_required: bool,
                 assert set(tables.purposes.ancestors(code)) & listed, (code, *case)
 
 
+def test_care_reads_a_consent_directive_whatever_it_denies() -> None:
+    """Step 5's exception: a deny-all Consent (no purpose) hides the patient's photos from care,
+    not the Consents themselves; other purposes still need their consent, and deny still wins."""
+    deny_all = make_grant(ANY_PURPOSE, id="d", decision="deny")
+    directive = AccessFacts(governed_by="Consent/d", patient=PATIENT, kind=PhotoKind.DOCUMENT,
+                            source=PhotoSource.CLINICIAN, consent_directive=True)
+    assert not run("TREAT", make_facts(PhotoKind.DOCUMENT), grants=(deny_all,)).permitted
+    d = run("TREAT", directive, grants=(deny_all,))
+    assert d.permitted and d.view is View.FULL and "TREAT" in d.permitted_purposes
+    assert run("COC", directive, grants=(deny_all,)).permitted
+    assert not run("TRAIN", directive, grants=(deny_all, make_grant("TRAIN"))).permitted
+    assert "TRAIN" not in run("TREAT", directive, grants=(deny_all, make_grant("TRAIN"))).permitted_purposes
+
+
 # -- hygiene -----------------------------------------------------------------------------------------
 
 def test_reasons_carry_no_patient_data() -> None:
