@@ -101,9 +101,32 @@ class _RequestorAE(AE):
     def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> Any:
         sock = super()._create_socket(assoc, address, tls_args)
         assoc.adapter_raw_socket = sock.socket  # type: ignore[attr-defined]
+        if type(assoc) is Association:  # its reactor starts once the association is established
+            assoc.__class__ = _RequestorAssociation
         if type(assoc.dul) is DULServiceProvider:  # not started yet: its reader is chosen now
             assoc.dul.__class__ = NegotiationDUL  # a PACS's vendor items in its A-ASSOCIATE-AC are ignored
         return sock
+
+
+class _RequestorAssociation(Association):
+    """An association whose reactor hands back the response a C-STORE is waiting for.
+
+    pynetdicom's send_c_store() pauses the reactor thread before it sends, but the pause races
+    (the reactor may already be past its checkpoint, pydicom/pynetdicom#875): the reactor then
+    takes the C-STORE-RSP off the DIMSE queue, drops it as an "unexpected C-STORE service
+    message", and the sender waits its DIMSE timeout, or until the PACS closes the idle
+    association; the object the PACS acknowledged is then sent again. A response to the message
+    the sender awaits (``awaiting_response``, set around each send) goes back on the queue."""
+
+    awaiting_response: int | None = None
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        awaited = self.awaiting_response
+        if (awaited is not None and not msg.is_valid_request
+                and getattr(msg, "MessageIDBeingRespondedTo", None) == awaited):
+            self.dimse.msg_queue.put((context_id, msg))
+            return
+        super()._serve_request(msg, context_id)
 
 
 def _close_raw_socket(assoc: Association) -> None:
@@ -328,6 +351,8 @@ class StoreSCU:
                 continue
             _undefined_length_pixel_data(ds, pair[1])
             message_id = self._message_id[dest] = self._message_id.get(dest, 0) % 65535 + 1
+            if isinstance(assoc, _RequestorAssociation):
+                assoc.awaiting_response = message_id
             try:
                 status = assoc.send_c_store(ds, msg_id=message_id)
             except ValueError as exc:  # pynetdicom could not encode it: retrying will not help
@@ -337,6 +362,9 @@ class StoreSCU:
                 lost = f"association with {dest} lost: {type(exc).__name__}"
                 results[i] = SendResult(uid, SendOutcome.RETRY, None, lost)
                 continue
+            finally:
+                if isinstance(assoc, _RequestorAssociation):
+                    assoc.awaiting_response = None
             results[i] = classify_status(uid, status)
             # No response means pynetdicom saw an abort or the DIMSE timeout, even when the
             # association does not say so yet: sending more would wait a DIMSE timeout each.

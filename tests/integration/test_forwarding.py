@@ -495,6 +495,38 @@ def test_an_object_is_never_re_encoded_to_fit_the_peer() -> None:
     assert received == []
 
 
+def test_a_response_the_reactor_takes_first_still_reaches_the_c_store_waiting_for_it() -> None:
+    """pynetdicom's reactor thread can take a C-STORE-RSP off the queue before send_c_store()
+    waits for it (its pause races, pydicom/pynetdicom#875) and drops it as an "unexpected
+    C-STORE service message": seen in CI, where a backlog stalled until Orthanc closed the idle
+    association and the acknowledged object was sent again over a second one. Here every
+    response is taken by the reactor's own path first, as in that race."""
+
+    class ReactorFirst(StoreSCU):
+        def _association(self, dest: Destination, group: Any) -> Any:
+            got = super()._association(dest, group)
+            if not isinstance(got, SendResult) and not getattr(got, "reactor_first", False):
+                got.reactor_first = True
+                send_msg = got.dimse.send_msg
+
+                def send_then_let_the_reactor_take_the_answer(primitive: Any, context_id: int) -> None:
+                    send_msg(primitive, context_id)
+                    cx, rsp = got.dimse.msg_queue.get(timeout=10)
+                    got._serve_request(rsp, cx)
+
+                got.dimse.send_msg = send_then_let_the_reactor_take_the_answer
+            return got
+
+    with scp() as (dest, received):
+        scu = ReactorFirst(ScuOptions(dimse_timeout=3))
+        try:
+            results = scu.send_batch(dest, [small_photo_dataset(f"1.2.3.{i}") for i in range(1, 4)])
+        finally:
+            scu.release()
+    assert [r.outcome for r in results] == [SendOutcome.ACKNOWLEDGED] * 3, results
+    assert scu.associations_opened == 1 and len(received) == 3
+
+
 def test_one_association_serves_consecutive_batches_until_released() -> None:
     with scp() as (dest, received):
         scu = StoreSCU()
