@@ -1,7 +1,9 @@
 """IHE BALP-shaped R4 AuditEvent (https://hl7.org/fhir/R4/auditevent.html,
 https://profiles.ihe.net/ITI/BALP/; standards.md §2.6).
 
-Every read, search and write, permitted or refused, becomes one AuditEvent:
+Every read, search and write, permitted or refused, becomes one AuditEvent; a DICOM exchange
+(C-STORE, STOW-RS, WADO, QIDO-RS) is typed by its DICOM audit EventID instead
+(adapter.mapping.audit_dicom), in the same shape otherwise. A FHIR interaction:
 
 * type audit-event-type#rest, subtype restful-interaction#<interaction>, action R/C/U/D/E;
 * outcome ``0`` (success) or, for a refusal by the consent decision, ``4`` (minor failure) with
@@ -81,11 +83,34 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
     """
     if interaction not in INTERACTIONS:
         raise ValueError(f"unknown interaction {interaction!r}")
+    return assemble_audit_event(
+        type_=coding(AUDIT_EVENT_TYPE, "rest", "RESTful Operation"),
+        subtype=coding(RESTFUL_INTERACTION, interaction, interaction), action=action, outcome=outcome,
+        outcome_desc=outcome_desc, recorded=recorded, to_client=interaction in _TO_CLIENT,
+        recipient=interaction in _RECIPIENT, client_address=client_address, client_ae_title=client_ae_title,
+        actor=actor, purpose=purpose, request_id=request_id, entities=entities, patient=patient, query=query,
+        event_id=event_id)
+
+
+def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outcome: str, outcome_desc: str | None,
+                         recorded: datetime, to_client: bool, recipient: bool, client_address: str | None,
+                         client_ae_title: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
+                         entities: Sequence[str], patient: Identifier | None, query: bytes | None,
+                         event_id: str | None = None, more_entities: Sequence[JSON] = ()) -> JSON:
+    """The AuditEvent of type ``type_`` (and ``subtype``): the agents, source and entities the
+    module docstring describes, shared by the BALP events and the DICOM audit messages
+    (adapter.mapping.audit_dicom). ``to_client``: the data flows to the client (it is the
+    Destination, the adapter the Source; otherwise the other way); ``recipient``: the
+    requestor receives information (IRCP; otherwise it is the author, AUT); ``more_entities``
+    go after the records, before the patient.
+
+    Raises:
+        ValueError: an unknown action or outcome code, or a naive ``recorded``.
+    """
     if action not in ACTIONS:
         raise ValueError(f"unknown AuditEvent.action {action!r}")
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown AuditEvent.outcome {outcome!r}")
-    to_client = interaction in _TO_CLIENT
 
     client: JSON = {
         "type": concept(_DESTINATION_ROLE if to_client else _SOURCE_ROLE),
@@ -101,7 +126,7 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
         "who": {"display": ADAPTER_NAME},
         "requestor": False,
     }
-    user_role = coding(V3_PARTICIPATION_TYPE, "IRCP", "information recipient") if interaction in _RECIPIENT \
+    user_role = coding(V3_PARTICIPATION_TYPE, "IRCP", "information recipient") if recipient \
         else coding(V3_PARTICIPATION_TYPE, "AUT", "author (originator)")
     user: JSON = {"type": concept(user_role), "who": {"display": actor or "anonymous"}, "requestor": True}
     if purpose is not None:
@@ -112,6 +137,7 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
         "type": coding(AUDIT_ENTITY_TYPE, "2", "System Object"),
         "role": coding(OBJECT_ROLE, "4", "Domain Resource"),
     } for ref in dict.fromkeys(entities)]
+    entity.extend(more_entities)
     if patient is not None:
         entity.append({
             "what": {"identifier": {"system": patient.system, "value": patient.value}},
@@ -133,9 +159,10 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
     event: JSON = {"resourceType": "AuditEvent"}
     if event_id:
         event["id"] = event_id
+    event["type"] = type_
+    if subtype is not None:
+        event["subtype"] = [subtype]
     event.update({
-        "type": coding(AUDIT_EVENT_TYPE, "rest", "RESTful Operation"),
-        "subtype": [coding(RESTFUL_INTERACTION, interaction, interaction)],
         "action": action,
         "recorded": fhir_instant(recorded),
         "outcome": outcome,
@@ -150,4 +177,4 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
     return event
 
 
-__all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "audit_event"]
+__all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "assemble_audit_event", "audit_event"]

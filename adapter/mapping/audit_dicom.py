@@ -1,0 +1,86 @@
+"""DICOM audit messages (DICOM PS3.15 Annex A.5, Audit Trail Message Format Profile) as R4
+AuditEvents, following the DICOM mapping of https://hl7.org/fhir/R4/auditevent.html (EventID to
+AuditEvent.type, EventActionCode to action, RoleIDCode to agent.type, AlternativeUserID to
+agent.altId, ParticipantObjectID and ParticipantObjectIDTypeCode to entity.what,
+ParticipantObjectTypeCode and ...Role to entity.type and entity.role).
+
+The DICOM exchanges are typed by their DICOM EventID (PS3.16 CID 400), so that an audit
+repository, or a privacy officer searching by DICOM audit event, finds them; FHIR REST stays
+IHE BALP (adapter.mapping.audit), and everything else is shaped as there (the requestor and its
+purpose of use, the records, the patient, the query, the X-Request-Id):
+
+* ``110104`` DICOM Instances Transferred (PS3.15 A.5.3.7): action ``C`` when the adapter receives
+  (C-STORE SCP, STOW-RS: "C (Create) if the receiver did not hold copies"; an instance it already
+  holds is answered from its record and not audited again), the sender the Source (DCM 110153)
+  and the adapter the Destination (DCM 110152); action ``R`` when the adapter sends (the
+  forwarding C-STORE SCU, WADO-RS, WADO-URI, a Binary read as application/dicom: "If the Audit
+  Source is ... not the receiver ... use R"), the adapter the Source and the peer the
+  Destination. A retrieval is a transfer of instances between two applications, not DICOM
+  Instances Accessed (110103, A.5.3.6: instances "viewed, utilized, updated, or deleted", whose
+  participant is the one "accessing the data", no Source or Destination);
+* ``110112`` Query (A.5.3.10): action ``E``, the process issuing the query the Source, the one
+  answering it the Destination; the query is recorded as it was received (role 24 Query,
+  base64: QIDO-RS is a non-DICOM query, A.5.3.10 Note 2);
+* each study a transfer carries is an entity (A.5.3.7 "Studies being transferred"): type 2
+  System Object, role 3 Report, what.identifier.value the Study Instance UID with
+  what.identifier.type EV (110180, DCM, "Study Instance UID") (PS3.16 CID 404).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from adapter.mapping.audit import assemble_audit_event
+from adapter.mapping.codes import AUDIT_ENTITY_TYPE, DCM, OBJECT_ROLE
+from adapter.mapping.fhir_r4 import JSON, coding, concept
+from adapter.model.photo import Identifier
+
+INSTANCES_TRANSFERRED = "110104"
+QUERY = "110112"
+#: The DICOM EventIDs the adapter writes (PS3.16 CID 400 Audit Event ID), with their meanings.
+EVENT_IDS = {INSTANCES_TRANSFERRED: "DICOM Instances Transferred", QUERY: "Query"}
+#: The EventActionCodes each message allows: A.5.3.7 enumerates C, R and U (the adapter never
+#: updates held copies), A.5.3.10 "Shall be: E".
+_ACTIONS = {INSTANCES_TRANSFERRED: frozenset({"C", "R"}), QUERY: frozenset({"E"})}
+_STUDY_INSTANCE_UID = coding(DCM, "110180", "Study Instance UID")
+
+
+def study_entity(study_instance_uid: str) -> JSON:
+    """The Participant Object of a study (PS3.15 A.5.3.7, see the module docstring)."""
+    return {
+        "what": {"identifier": {"type": concept(_STUDY_INSTANCE_UID), "value": study_instance_uid}},
+        "type": coding(AUDIT_ENTITY_TYPE, "2", "System Object"),
+        "role": coding(OBJECT_ROLE, "3", "Report"),
+    }
+
+
+def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: str | None, recorded: datetime,
+                      client_address: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
+                      entities: Sequence[str], patient: Identifier | None, studies: Sequence[str],
+                      query: bytes | None, event_id: str | None = None,
+                      client_ae_title: str | None = None) -> JSON:
+    """One DICOM audit message as an R4 AuditEvent (see the module docstring): ``event`` is its
+    DICOM EventID, ``studies`` the Study Instance UIDs it names (each once, in order); the other
+    arguments are those of adapter.mapping.audit.audit_event (``client_ae_title``: the peer's AE
+    title, its Alternative User ID, PS3.15 A.5.2.2).
+
+    Raises:
+        ValueError: an EventID the adapter does not write, an action its message does not allow,
+            an unknown outcome, or a naive ``recorded``.
+    """
+    if event not in EVENT_IDS:
+        raise ValueError(f"unknown DICOM audit EventID {event!r}")
+    if action not in _ACTIONS[event]:
+        raise ValueError(f"EventActionCode {action!r} is not one of DCM {event} {EVENT_IDS[event]!r}")
+    # the adapter sends (Source) when instances are read out of it; a query flows to it
+    to_client = event == INSTANCES_TRANSFERRED and action == "R"
+    return assemble_audit_event(
+        type_=coding(DCM, event, EVENT_IDS[event]), subtype=None, action=action, outcome=outcome,
+        outcome_desc=outcome_desc, recorded=recorded, to_client=to_client, recipient=action in ("R", "E"),
+        client_address=client_address, client_ae_title=client_ae_title, actor=actor, purpose=purpose,
+        request_id=request_id, entities=entities, patient=patient, query=query, event_id=event_id,
+        more_entities=[study_entity(uid) for uid in dict.fromkeys(studies)])
+
+
+__all__ = ["EVENT_IDS", "INSTANCES_TRANSFERRED", "QUERY", "dicom_audit_event", "study_entity"]

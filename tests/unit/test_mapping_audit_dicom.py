@@ -1,0 +1,172 @@
+"""DICOM audit messages (PS3.15 A.5.3) as R4 AuditEvents: the EventID, the Source and
+Destination agents and the studies of DICOM Instances Transferred (A.5.3.7) and Query (A.5.3.10)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+
+from adapter.mapping import codes
+from adapter.mapping.audit_dicom import INSTANCES_TRANSFERRED, QUERY, dicom_audit_event
+from adapter.mapping.photo import index_resource
+from adapter.model.photo import Identifier
+from tests.support.fhir_validator import validate_r4
+
+pytestmark = pytest.mark.unit
+
+RECORDED = datetime(2024, 3, 1, 9, 16, 2, 120000, tzinfo=UTC)
+PATIENT = Identifier(system="urn:oid:2.999.1.1", value="MRN-0001")
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+OTHER_STUDY = "1.2.826.0.1.3680043.8.498.2"
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "event": INSTANCES_TRANSFERRED, "action": "R", "outcome": "0", "outcome_desc": None,
+        "recorded": RECORDED, "client_address": "127.0.0.1", "actor": "dr-a",
+        "purpose": (codes.V3_ACT_REASON, "TREAT"), "request_id": "req-42", "entities": ["Media/m-1"],
+        "patient": PATIENT, "studies": [STUDY], "query": None,
+    }
+    args.update(overrides)
+    return dicom_audit_event(**args)
+
+
+def roles(ev: dict[str, Any]) -> list[str]:
+    return [str(a["type"]["coding"][0]["code"]) for a in ev["agent"]]
+
+
+def studies(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in ev.get("entity", []) if e.get("role", {}).get("code") == "3"]
+
+
+CASES = {
+    "c-store received": event(action="C", client_ae_title="STORESCU", request_id="",
+                              entities=["Media/m-1", "Binary/b-1", "Provenance/p-1"]),
+    "c-store refused": event(action="C", outcome="4", outcome_desc="the patient's Consent denies TREAT",
+                             client_ae_title="STORESCU", request_id="", entities=[]),
+    "stow-rs": event(action="C", entities=["Media/m-1"]),
+    "c-store sent": event(client_ae_title="ORTHANC", client_address="pacs.example.org", request_id="outbox-7"),
+    "wado-rs": event(),
+    "wado denied": event(outcome="4", outcome_desc="no active consent for TRAIN",
+                         purpose=(codes.V3_ACT_REASON, "TRAIN")),
+    "two studies": event(studies=[STUDY, OTHER_STUDY, STUDY]),
+    "qido-rs": event(event=QUERY, action="E", studies=[], entities=["Media/m-1", "Media/m-2"],
+                     query=b"GET /dicomweb/studies?PatientID=MRN-0001"),
+    "qido nothing found": event(event=QUERY, action="E", studies=[], entities=[], patient=None,
+                                query=b"GET /dicomweb/studies?PatientID=nobody"),
+    "sparse": event(client_address=None, purpose=None, request_id="", entities=[], patient=None, studies=[],
+                    actor=""),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_validates_with_r4b_model(name: str) -> None:
+    AuditEvent.model_validate(CASES[name])
+
+
+def test_validates_with_npm_validators() -> None:
+    assert validate_r4(list(CASES.values())) == []
+
+
+def test_instances_transferred_is_typed_by_its_dicom_event_id() -> None:
+    """PS3.15 A.5.3.7: EventID EV (110104, DCM, "DICOM Instances Transferred"), R4 AuditEvent.type
+    (the EventId); no restful-interaction subtype: this is not a FHIR interaction."""
+    for name in ("c-store received", "c-store refused", "stow-rs", "c-store sent", "wado-rs", "wado denied"):
+        ev = CASES[name]
+        assert ev["type"] == {"system": codes.DCM, "code": "110104", "display": "DICOM Instances Transferred"}, name
+        assert "subtype" not in ev, name
+
+
+def test_a_receiver_creates_and_the_sender_is_the_source() -> None:
+    """The adapter receiving (C-STORE SCP, STOW-RS): action C, the peer the Source (110153), the
+    adapter the Destination (110152), the requestor the author."""
+    ev = CASES["c-store received"]
+    assert ev["action"] == "C" and ev["outcome"] == "0"
+    assert roles(ev) == ["110153", "110152", "AUT"]
+    client, server, user = ev["agent"]
+    assert client["altId"] == "STORESCU" and client["network"] == {"address": "127.0.0.1", "type": "2"}
+    assert server["who"] == {"display": codes.ADAPTER_NAME} and "altId" not in server
+    assert user["requestor"] is True and client["requestor"] is False and server["requestor"] is False
+
+
+def test_a_refused_object_keeps_the_failure_outcome_and_the_reason() -> None:
+    ev = CASES["c-store refused"]
+    assert (ev["action"], ev["outcome"], ev["outcomeDesc"]) == ("C", "4", "the patient's Consent denies TREAT")
+    assert [s["what"]["identifier"]["value"] for s in studies(ev)] == [STUDY]
+
+
+def test_a_sender_reads_and_the_peer_is_the_destination() -> None:
+    """The adapter sending (forwarding C-STORE SCU, WADO retrieve): PS3.15 A.5.3.7, "If the Audit
+    Source is ... not the receiver ... use R"; the adapter the Source, the peer the Destination."""
+    for name in ("c-store sent", "wado-rs"):
+        ev = CASES[name]
+        assert ev["action"] == "R", name
+        assert roles(ev) == ["110152", "110153", "IRCP"], name
+    pacs = CASES["c-store sent"]["agent"][0]
+    assert pacs["altId"] == "ORTHANC" and pacs["network"] == {"address": "pacs.example.org", "type": "1"}
+
+
+def test_the_study_is_an_entity_by_its_study_instance_uid() -> None:
+    """PS3.15 A.5.3.7 Participant Object "Studies being transferred": ParticipantObjectTypeCode 2
+    (System Object), ParticipantObjectTypeCodeRole 3 (Report), ParticipantObjectIDTypeCode
+    EV (110180, DCM, "Study Instance UID"), ParticipantObjectID the Study Instance UID; R4 maps the
+    ID and its type code to entity.what (identifier.value and identifier.type)."""
+    [study] = studies(CASES["wado-rs"])
+    assert study == {
+        "what": {"identifier": {
+            "type": {"coding": [{"system": codes.DCM, "code": "110180", "display": "Study Instance UID"}]},
+            "value": STUDY}},
+        "type": {"system": codes.AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
+        "role": {"system": codes.OBJECT_ROLE, "code": "3", "display": "Report"},
+    }
+    assert [s["what"]["identifier"]["value"] for s in studies(CASES["two studies"])] == [STUDY, OTHER_STUDY]
+
+
+def test_the_patient_and_the_records_are_named_as_in_a_balp_event() -> None:
+    ev = CASES["wado-rs"]
+    [patient] = [e for e in ev["entity"] if e.get("role", {}).get("code") == "1"]
+    assert patient["what"] == {"identifier": {"system": PATIENT.system, "value": PATIENT.value}}
+    assert patient["type"]["code"] == "1"
+    assert [e["what"]["reference"] for e in ev["entity"] if e.get("role", {}).get("code") == "4"] == ["Media/m-1"]
+    user = ev["agent"][2]
+    assert user["purposeOfUse"] == [{"coding": [{"system": codes.V3_ACT_REASON, "code": "TREAT"}]}]
+    denied = CASES["wado denied"]
+    assert (denied["outcome"], denied["outcomeDesc"]) == ("4", "no active consent for TRAIN")
+
+
+def test_query_is_typed_110112_executed_by_the_client_as_the_source() -> None:
+    """PS3.15 A.5.3.10: EventID EV (110112, DCM, "Query"), EventActionCode E; the process issuing
+    the query the Source (110153), the one answering it the Destination (110152); the query
+    itself recorded (a non-DICOM query: the request as received, base64)."""
+    ev = CASES["qido-rs"]
+    assert ev["type"] == {"system": codes.DCM, "code": "110112", "display": "Query"}
+    assert "subtype" not in ev and ev["action"] == "E"
+    assert roles(ev) == ["110153", "110152", "IRCP"]
+    [query] = [e for e in ev["entity"] if e.get("role", {}).get("code") == "24"]
+    assert base64.b64decode(query["query"]) == b"GET /dicomweb/studies?PatientID=MRN-0001"
+    assert studies(ev) == []
+    assert "entity" in CASES["qido nothing found"]
+
+
+def test_sparse_event() -> None:
+    ev = CASES["sparse"]
+    assert "entity" not in ev and "network" not in ev["agent"][0] and "purposeOfUse" not in ev["agent"][2]
+
+
+def test_refuses_unknown_events_and_actions_the_message_does_not_allow() -> None:
+    for bad in ({"event": "110103"}, {"action": "E"}, {"action": "D"},
+                {"event": QUERY, "action": "R"}, {"outcome": "1"}):
+        with pytest.raises(ValueError):
+            event(**bad)
+    with pytest.raises(ValueError):
+        event(recorded=datetime(2024, 3, 1))
+
+
+def test_index_finds_the_event_by_its_dicom_event_id() -> None:
+    index = index_resource(CASES["wado-rs"])
+    assert ("type", codes.DCM, "110104") in index.tokens and index.patient == PATIENT
+    assert ("entity", None, "Media/m-1") in index.tokens
