@@ -1,15 +1,18 @@
-"""Every decision, allow or deny, becomes an IHE BALP-shaped AuditEvent in the store; the
-audit trail leaves the adapter only through :func:`export_audit`, itself audited."""
+"""Every decision, allow or deny, becomes an IHE BALP-shaped AuditEvent in the store, or for a
+DICOM exchange a DICOM audit message (adapter.mapping.audit_dicom); the audit trail leaves the
+adapter only through :func:`export_audit`, itself audited."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from adapter.consent import decide_audit_export
 from adapter.errors import Forbidden
 from adapter.mapping.audit import audit_event
+from adapter.mapping.audit_dicom import INSTANCES_TRANSFERRED, QUERY, dicom_audit_event
 from adapter.mapping.tables import Tables
 from adapter.metrics import DECISIONS
 from adapter.model.decision import Decision
@@ -18,14 +21,43 @@ from adapter.model.purpose import RequestContext
 from adapter.store.port import RecordStore
 
 
+@dataclass(frozen=True)
+class DicomAudit:
+    """What makes an AuditEvent a DICOM audit message: its DICOM EventID (``INSTANCES_TRANSFERRED``
+    or ``QUERY``) and the Study Instance UIDs of the instances transferred."""
+
+    event: str
+    studies: tuple[str, ...] = ()
+
+    @classmethod
+    def transferred(cls, *studies: str) -> DicomAudit:
+        """DICOM Instances Transferred (PS3.15 A.5.3.7) of instances of ``studies``."""
+        return cls(INSTANCES_TRANSFERRED, studies)
+
+    @classmethod
+    def query(cls) -> DicomAudit:
+        """Query (PS3.15 A.5.3.10)."""
+        return cls(QUERY)
+
+
 class Auditor:
     def __init__(self, store: RecordStore, now: Callable[[], datetime]) -> None:
         self._store = store
         self._now = now
 
     def event(self, ctx: RequestContext, *, interaction: str, action: str, permitted: bool,
-              reason: str | None, entities: Sequence[str], patient: Identifier | None) -> dict[str, Any]:
-        """Build (not store) an AuditEvent; ingest stores it in its own transaction."""
+              reason: str | None, entities: Sequence[str], patient: Identifier | None,
+              dicom: DicomAudit | None = None) -> dict[str, Any]:
+        """Build (not store) an AuditEvent; ingest stores it in its own transaction. ``dicom``:
+        a DICOM exchange, typed by its DICOM audit EventID (``interaction`` then only names the
+        decision in the metrics); otherwise the BALP event of the FHIR ``interaction``."""
+        if dicom is not None:
+            return dicom_audit_event(
+                event=dicom.event, action=action, outcome="0" if permitted else "4", outcome_desc=reason,
+                recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
+                purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
+                patient=patient, studies=dicom.studies, query=ctx.query if dicom.event == QUERY else None,
+                client_ae_title=ctx.ae_title)
         return audit_event(
             interaction=interaction, action=action, outcome="0" if permitted else "4",
             outcome_desc=reason, recorded=self._now(), client_address=ctx.client_address,
@@ -35,31 +67,33 @@ class Auditor:
 
     def record(self, ctx: RequestContext, *, interaction: str, action: str, decision: Decision | None,
                entities: Sequence[str], patient: Identifier | None, reason: str | None = None,
-               refused: bool = False) -> None:
+               refused: bool = False, dicom: DicomAudit | None = None) -> None:
         """Store an AuditEvent of a read: its outcome is the decision's, or a refusal (``refused``:
-        a request turned down before any record was decided, e.g. a search on what its view hides)."""
+        a request turned down before any record was decided, e.g. a search on what its view hides).
+        ``dicom``: a DICOM exchange (:meth:`event`)."""
         permitted = (decision.permitted if decision is not None else True) and not refused
         why = reason if reason is not None else (decision.reason if decision is not None else None)
         DECISIONS.labels(interaction, ctx.purpose.code, "refused" if refused else "permit" if permitted else "deny").inc()
         self._store.append_audit(self.event(ctx, interaction=interaction, action=action, permitted=permitted,
-                                            reason=why, entities=entities, patient=patient))
+                                            reason=why, entities=entities, patient=patient, dicom=dicom))
 
     def record_search(self, ctx: RequestContext, *, found: Sequence[tuple[str, Identifier | None]],
-                      reason: str) -> None:
+                      reason: str, dicom: DicomAudit | None = None) -> None:
         """Store the AuditEvents of a permitted search that returned ``found`` (each reference
         with its record's patient): one per patient of the results, naming that patient and its
         resources, as IHE BALP PatientQuery asks (https://profiles.ihe.net/ITI/BALP/
         StructureDefinition-IHE.BasicAudit.PatientQuery.html: "one AuditEvent is created for
         every Patient identified in the resulting search set"), so the trail of a patient shows
         every search that returned their data; one naming no patient for what has none, or when
-        nothing was returned (BALP Query)."""
+        nothing was returned (BALP Query). ``dicom``: a QIDO-RS search, a DICOM Query
+        (:meth:`event`), split by patient the same way."""
         DECISIONS.labels("search-type", ctx.purpose.code, "permit").inc()
         by_patient: dict[Identifier | None, list[str]] = {}
         for ref, patient in found:
             by_patient.setdefault(patient, []).append(ref)
         for patient, refs in (by_patient or {None: []}).items():
             self._store.append_audit(self.event(ctx, interaction="search-type", action="E", permitted=True,
-                                                reason=reason, entities=refs, patient=patient))
+                                                reason=reason, entities=refs, patient=patient, dicom=dicom))
 
 
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,

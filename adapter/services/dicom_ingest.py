@@ -91,7 +91,7 @@ from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Colleague, Identifier, PatientRef, PhotoMetadata, PhotoSource
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
-from adapter.services.audit import Auditor
+from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
 from adapter.text import is_digits
@@ -803,7 +803,8 @@ class DicomIngestService:
                 assessment = self._assess(obj, now)
             except BusinessRuleViolation as exc:  # a decision (consent, policy): audited, as reads are
                 self._auditor.record(_sender_context(received, obj), interaction="create", action="C", decision=None,
-                                     entities=[], patient=obj.patient, reason=exc.diagnostics, refused=True)
+                                     entities=[], patient=obj.patient, reason=exc.diagnostics, refused=True,
+                                     dicom=DicomAudit.transferred(obj.study_uid))
                 raise
             return _Head(ds, obj, assessment, now)
         except _MALFORMED as exc:
@@ -905,8 +906,9 @@ class DicomIngestService:
             "warnings": list(assessment.warnings),
             "consentPending": assessment.consent_pending,
         }
-        audit = self._auditor.event(_sender_context(received, obj), interaction="create", action="C", permitted=True, reason=None,
-                                    entities=created, patient=patient)
+        audit = self._auditor.event(_sender_context(received, obj), interaction="create", action="C", permitted=True,
+                                    reason=None, entities=created, patient=patient,
+                                    dicom=DicomAudit.transferred(obj.study_uid))
         instance = DicomInstance(
             sop_instance_uid=obj.sop_instance_uid, study_instance_uid=obj.study_uid,
             series_instance_uid=obj.series_uid, sop_class_uid=obj.sop_class_uid, modality=obj.modality or "",

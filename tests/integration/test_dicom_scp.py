@@ -45,6 +45,7 @@ from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_com
 from adapter.services.registry import Services
 from tests.conftest import record_emitted, require_or_skip, wait_until
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
+from tests.support.audit import INSTANCES_TRANSFERRED, agent_roles, dicom_events, study_uids
 from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
 from tests.support.dicom_files import (
     PDF_BYTES,
@@ -194,6 +195,11 @@ def test_storescu_secondary_capture_becomes_a_media_record(scp: StoreSCP, client
     # the sending AE is the Source, named by its AE title (DICOM PS3.15 A.5.2.2 Alternative User ID)
     [source] = [a for a in creates[0]["agent"] if a["type"]["coding"][0]["code"] == "110153"]
     assert source["altId"] == "STORESCU" and source["network"]["address"] == "127.0.0.1"
+    # a DICOM audit message (PS3.15 A.5.3.7): DICOM Instances Transferred, created by the
+    # receiver, the sender the Source and the adapter the Destination, naming the study
+    assert dicom_events(creates, INSTANCES_TRANSFERRED) == creates and "subtype" not in creates[0]
+    assert agent_roles(creates[0]) == ["110153", "110152", "AUT"]
+    assert study_uids(creates[0]) == [sent.StudyInstanceUID]
     record_emitted(creates)
 
 
@@ -869,8 +875,11 @@ def test_clinical_photo_refused_by_a_consent_denying_treatment(scp: StoreSCP, cl
     assert pynet_store(scp.port, path).Status == NOT_AUTHORISED
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
     # the refusal is a decision: audited, naming the sender and the patient, nothing else stored
-    [refusal] = [e for e in services.store.list_audit(20) if e["subtype"][0]["code"] == "create" and e["outcome"] != "0"]
+    [refusal] = [e for e in dicom_events(services.store.list_audit(20), INSTANCES_TRANSFERRED) if e["outcome"] != "0"]
     assert refusal["outcome"] == "4" and "denies TREAT" in refusal["outcomeDesc"]
+    assert refusal["action"] == "C" and study_uids(refusal) == [sent.StudyInstanceUID]
+    assert agent_roles(refusal) == ["110153", "110152", "AUT"] and refusal["agent"][0]["altId"] == "PYNETSCU"
+    record_emitted(refusal)
     assert any("C-STORE" in a["who"]["display"] for a in refusal["agent"] if a.get("requestor"))
     assert any(ent.get("what", {}).get("identifier", {}).get("value") == sent.PatientID
                for ent in refusal.get("entity", []))
