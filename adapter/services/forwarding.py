@@ -36,7 +36,7 @@ from adapter.mapping.tables import Tables
 from adapter.model.decision import Decision
 from adapter.model.dicom import DicomInstance, OutboxItem
 from adapter.model.purpose import PurposeOfUse, RequestContext
-from adapter.services.audit import Auditor
+from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.dicom_objects import dicom_object_for
 from adapter.store.port import BlobStore, RecordStore
 
@@ -342,13 +342,15 @@ class Forwarder:
             raise _Skip(f"cannot make the DICOM object: {exc.diagnostics}"[:300], permanent=True) from exc
 
     def _audit(self, disclosure: _Disclosure, destination: str, *, permitted: bool) -> None:
-        """One AuditEvent per disclosure to a PACS (or refusal to make one)."""
+        """One AuditEvent per disclosure to a PACS (or refusal to make one): DICOM Instances
+        Transferred, read by the sender (adapter.mapping.audit_dicom)."""
         try:
             self._auditor.record(disclosure.context(), interaction="read", action="R",
                                  decision=disclosure.decision,
                                  entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
                                  patient=disclosure.instance.patient,
-                                 reason=None if permitted else "not forwarded to PACS")
+                                 reason=None if permitted else "not forwarded to PACS",
+                                 dicom=DicomAudit.transferred(disclosure.instance.study_instance_uid))
         except Exception:
             log.exception("auditing the disclosure of outbox item %d failed", disclosure.item.id)
 

@@ -35,6 +35,7 @@ from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.services.forwarding import ForwardOptions, SendOutcome, SendResult, backoff_delay
 from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.audit import INSTANCES_TRANSFERRED, agent_roles, dicom_events, study_uids
 from tests.support.dcmtk import StoreSCP, dcmtk_missing
 from tests.support.orthanc import OrthancPeer, free_port, free_ports, orthanc_missing
 
@@ -302,6 +303,13 @@ def test_failed_items_are_requeued_and_sent_once_the_pacs_is_back(tmp_path: Path
             [disclosure] = [e for e in services.store.list_audit(20) if "PACS ADAPTER" in str(e)]
             [pacs] = [a for a in disclosure["agent"] if a["type"]["coding"][0]["code"] == "110152"]
             assert pacs["altId"] == "ADAPTER" and pacs["network"]["address"] == "127.0.0.1"
+            # a DICOM audit message (PS3.15 A.5.3.7): DICOM Instances Transferred, read by the
+            # sender (not the receiver), the adapter the Source, naming the study
+            assert dicom_events([disclosure], INSTANCES_TRANSFERRED) == [disclosure] and "subtype" not in disclosure
+            assert (disclosure["action"], disclosure["outcome"]) == ("R", "0")
+            assert agent_roles(disclosure) == ["110152", "110153", "IRCP"]
+            instance = services.store.find_dicom_instance(sop_uid)
+            assert instance is not None and study_uids(disclosure) == [instance.study_instance_uid]
             record_emitted([disclosure])
         assert client.post("/outbox/requeue").json() == {"requeued": 0}  # nothing failed any more
 
@@ -382,6 +390,13 @@ def test_a_photo_whose_consent_was_withdrawn_is_not_forwarded(tmp_path: Path, pa
         # care may no longer see the record: the item keeps its state but not what it is
         assert item["withheld"] is True and item["record"] is None and item["sopInstanceUid"] is None
         assert scu.sent == []
+        # the refusal is audited as the transfer it refused (outcome 4), naming the study
+        [refusal] = [e for e in dicom_events(services.store.list_audit(20), INSTANCES_TRANSFERRED)
+                     if "PACS " in str(e)]
+        assert (refusal["action"], refusal["outcome"]) == ("R", "4")
+        instance = services.store.find_dicom_instance(receipt["dicom"]["sopInstanceUid"])
+        assert instance is not None and study_uids(refusal) == [instance.study_instance_uid]
+        record_emitted([refusal])
     assert pacs.instances() == []
 
 
