@@ -43,7 +43,7 @@ from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.purpose import RequestContext
 from adapter.model.record import AccessFacts, IndexRow, StoredResource
-from adapter.services.audit import Auditor
+from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.dicom_objects import (
     INSTANCE,
     SERIES,
@@ -595,8 +595,11 @@ class ScopedReader:
                             sop_class_uid=released.sop_class_uid, sop_instance_uid=released.sop_instance_uid)
 
     def _audit_dicom(self, instance: DicomInstance, decision: Decision) -> None:
+        """A retrieval of an instance (WADO-RS, WADO-URI), allowed or denied: DICOM Instances
+        Transferred, read (adapter.mapping.audit_dicom), naming the study as stored."""
         self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
-                             entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient)
+                             entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
+                             dicom=DicomAudit.transferred(instance.study_instance_uid))
 
     def read_dicom_instance(self, sop_instance_uid: str, *, study: str | None = None,
                             series: str | None = None) -> DicomContent:
@@ -688,13 +691,26 @@ class ScopedReader:
 
     def read_binary_dicom(self, id: str) -> DicomContent:
         """The DICOM object of a Binary's record (Binary.securityContext), under that record's
-        decision, as for the image bytes (:meth:`read_binary`)."""
+        decision, as for the image bytes (:meth:`read_binary`). Audited as a retrieval of the
+        object (DICOM Instances Transferred, naming its study), allowed or denied."""
         stored = self._load("Binary", id)
         decision = self.decide(stored.facts)
+        found = self._dicom_of_binary(stored)
         self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
-                             entities=[f"Binary/{id}"], patient=stored.facts.patient if stored.facts else None)
+                             entities=[f"Binary/{id}"], patient=stored.facts.patient if stored.facts else None,
+                             dicom=DicomAudit.transferred(*([found[0].study_instance_uid] if found else [])))
         if not decision.permitted or stored.facts is None:
             raise Forbidden(_DENIED)
+        if found is None:
+            raise NotFound(f"Binary/{id} has no DICOM object")
+        instance, record = found
+        return self._dicom_content(instance, record, decision)
+
+    def _dicom_of_binary(self, stored: StoredResource) -> tuple[DicomInstance, StoredResource] | None:
+        """The DICOM instance of a Binary's record and the record, found by the record's SOP
+        Instance UID identifier (nothing decided, nothing released); None when there is none."""
+        if stored.facts is None:
+            return None
         record_type, _, record_id = stored.facts.governed_by.partition("/")
         record = self._store.get(record_type, record_id)
         for ident in (record.resource.get("identifier") or []) if record is not None else []:
@@ -704,8 +720,8 @@ class ScopedReader:
             instance = self._store.find_dicom_instance(value.removeprefix("urn:oid:"))
             if record is not None and instance is not None and \
                     (instance.record_type, instance.record_id) == (record_type, record_id):
-                return self._dicom_content(instance, record, decision)
-        raise NotFound(f"Binary/{id} has no DICOM object")
+                return instance, record
+        return None
 
     def search_dicom(self, level: str, query: DicomQuery, *, offset: int = 0,
                      limit: int | None = None) -> DicomSearchResult:
@@ -771,7 +787,8 @@ class ScopedReader:
         page = list(results.values())[offset:None if limit is None else offset + limit]
         result = [entry for members in page for entry in members]
         self._auditor.record_search(self.ctx, found=[(r, patient_of.get(r)) for r in sorted({e.record for e in result})],
-                                    reason=f"{len(result)} instances permitted, {withheld} withheld")
+                                    reason=f"{len(result)} instances permitted, {withheld} withheld",
+                                    dicom=DicomAudit.query())
         return DicomSearchResult(result, glass and bool(result))
 
     def _qido_permitted(self, release: DicomRelease, level: str, query: DicomQuery,

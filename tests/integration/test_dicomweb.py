@@ -5,6 +5,7 @@ every object WADO returns checked with dciodvfy (0 errors)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -31,8 +32,9 @@ from adapter.mapping.dimse_status import (
 from adapter.model.photo import PhotoKind
 from adapter.services.registry import Services
 from adapter.services.released_uids import ReleasedUidSpaces
-from tests.conftest import ROOT, require_or_skip
+from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
+from tests.support.audit import INSTANCES_TRANSFERRED, QUERY, agent_roles, dicom_events, study_uids
 from tests.support.dciodvfy import dciodvfy_missing, dciodvfy_report, photo_object, stored_sample
 from tests.support.dicom_files import multiframe_file, native_sc_file
 
@@ -477,9 +479,9 @@ def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[Fhir
     first = value(instances[0], "00081190").split("testserver")[-1]
     denied = client.get(first, headers=TRAIN)
     assert denied.status_code == 403 and PATIENT["value"] not in denied.text
-    train_reads = [e for e in services.store.list_audit(500)
+    train_reads = [e for e in dicom_events(services.store.list_audit(500), INSTANCES_TRANSFERRED)
                    if e["agent"][2].get("purposeOfUse", [{}])[0].get("coding", [{}])[0].get("code") == "TRAIN"
-                   and e["subtype"][0]["code"] == "read"]
+                   and e["action"] == "R"]
     assert {e["outcome"] for e in train_reads} == {"0", "4"}
     assert all(any(x.get("what", {}).get("reference", "").startswith(("Media/", "DocumentReference/"))
                    for x in e["entity"]) for e in train_reads)
@@ -954,7 +956,8 @@ def test_thumbnails_are_small_metadata_free_jpegs_under_the_same_decision(adapte
     before = len(services.store.list_audit(1000))
     assert client.get(f"/dicomweb/studies/{photo.StudyInstanceUID}/thumbnail", headers=TREAT).status_code == 200
     events = services.store.list_audit(1000)[: len(services.store.list_audit(1000)) - before]
-    assert [(e["subtype"][0]["code"], e["outcome"]) for e in events] == [("read", "0")]
+    assert [(e["type"]["code"], e["action"], e["outcome"]) for e in events] == [(INSTANCES_TRANSFERRED, "R", "0")]
+    assert study_uids(events[0]) == [photo.StudyInstanceUID]
 
 
 def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: tuple[FhirClient, Services],
@@ -1321,3 +1324,69 @@ def test_native_frames_asked_for_in_a_compressed_syntax_are_not_acceptable(
         assert multipart_parts(frames(syntax)) == [
             ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1", bytes(range(48)))], syntax
     assert frames("1.2.840.10008.1.2.4.50").status_code == 406
+
+
+# -- audit ----------------------------------------------------------------------------------------
+
+
+def test_dicom_exchanges_are_audited_as_dicom_audit_messages(adapter: tuple[FhirClient, Services]) -> None:
+    """DICOM PS3.15 A.5.3 messages as R4 AuditEvents, typed by their DICOM EventID so that an
+    audit repository finds them by it: STOW-RS received is DICOM Instances Transferred (110104)
+    created by the adapter, the sender the Source; a WADO-RS, WADO-URI or Binary-as-DICOM
+    retrieval is 110104 read, the adapter the Source and the client the Destination, allowed or
+    denied; QIDO-RS is a Query (110112) executed, the client the Source. Each transfer names the
+    study by its Study Instance UID (DCM 110180). FHIR REST stays IHE BALP."""
+    client, services = adapter
+    done = len(services.store.list_audit(10000))
+
+    def new_events() -> list[dict[str, Any]]:
+        nonlocal done
+        events = services.store.list_audit(10000)
+        fresh, done = events[: len(events) - done], len(events)
+        record_emitted(fresh)
+        return fresh
+
+    vl = received()
+    assert stow(client, vl).status_code == 200
+    [stored] = new_events()
+    assert dicom_events([stored], INSTANCES_TRANSFERRED) == [stored] and "subtype" not in stored
+    assert (stored["action"], stored["outcome"]) == ("C", "0")
+    assert agent_roles(stored) == ["110153", "110152", "AUT"] and "altId" not in stored["agent"][0]
+    assert study_uids(stored) == [vl.StudyInstanceUID]
+
+    assert wado(client, vl.StudyInstanceUID, vl.SeriesInstanceUID, vl.SOPInstanceUID).status_code == 200
+    uri = client.get("/wado", params={"requestType": "WADO", "studyUID": vl.StudyInstanceUID, "contentType":
+                                      "application/dicom", "seriesUID": vl.SeriesInstanceUID,
+                                      "objectUID": vl.SOPInstanceUID}, headers=TREAT)
+    assert uri.status_code == 200
+    retrievals = new_events()
+    assert len(retrievals) == 2 and dicom_events(retrievals, INSTANCES_TRANSFERRED) == retrievals
+    for event in retrievals:
+        assert (event["action"], event["outcome"]) == ("R", "0") and "subtype" not in event
+        assert agent_roles(event) == ["110152", "110153", "IRCP"]
+        assert study_uids(event) == [vl.StudyInstanceUID]
+
+    assert len(qido(client, "studies", PatientID=PATIENT["value"])) == 1
+    [query] = new_events()
+    assert dicom_events([query], QUERY) == [query] and "subtype" not in query
+    assert (query["action"], query["outcome"]) == ("E", "0")
+    assert agent_roles(query) == ["110153", "110152", "IRCP"]
+    [asked] = [e for e in query["entity"] if e.get("role", {}).get("code") == "24"]
+    assert b"PatientID=" in base64.b64decode(asked["query"]) and study_uids(query) == []
+
+    # a photo: its creation is FHIR REST (BALP); its DICOM object refused under TRAIN is a
+    # transfer refused (outcome 4), naming its study; a FHIR read stays BALP
+    receipt = post_photo(client, WOUND, metadata()).json()
+    photo_study = services.store.find_dicom_instance(receipt["dicom"]["sopInstanceUid"]).study_instance_uid
+    [create] = new_events()
+    assert create["type"]["code"] == "rest" and create["subtype"][0]["code"] == "create"
+    binary = client.get(f"/fhir/{receipt['binary']}", headers={**TRAIN, "Accept": "application/dicom"})
+    assert binary.status_code == 403
+    [refused] = new_events()
+    assert dicom_events([refused], INSTANCES_TRANSFERRED) == [refused]
+    assert (refused["action"], refused["outcome"]) == ("R", "4") and refused["outcomeDesc"]
+    assert study_uids(refused) == [photo_study]
+    assert refused["agent"][2]["purposeOfUse"][0]["coding"][0]["code"] == "TRAIN"
+    assert client.get(f"/fhir/{receipt['record']}", headers=TREAT).status_code == 200
+    [read] = new_events()
+    assert read["type"]["code"] == "rest" and read["subtype"][0]["code"] == "read" and study_uids(read) == []
