@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from adapter import __version__
 from adapter.api.head import HeadMiddleware
 from adapter.api.headers import NoStoreMiddleware
+from adapter.api.openapi import install_openapi, ok
 from adapter.api.outcome import install_error_handlers
 from adapter.api.request_id import RequestIdMiddleware
 from adapter.api.request_limits import BodyTimeoutMiddleware
@@ -41,6 +42,7 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
                   docs_url="/docs", redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(HeadMiddleware)  # innermost: the other middlewares see HEAD
     app.add_middleware(NoStoreMiddleware)
     app.add_middleware(RequestIdMiddleware)
@@ -58,7 +60,8 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     app.include_router(wado_uri.router)
     app.include_router(health.router)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", response_class=Response,
+             responses=ok(200, "Prometheus metrics (text exposition format)", {"text/plain": {"type": "string"}}))
     async def metrics() -> Response:
         """Prometheus metrics (adapter.metrics): counts by route, purpose, outcome and status,
         the outbox by status and the data folder's free space; nothing about a patient."""

@@ -49,6 +49,18 @@ from adapter.api.accept import media_ranges
 from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.multipart_related import parse_multipart_related
+from adapter.api.openapi import (
+    DICOM_DATASET,
+    DICOM_DATASETS,
+    INVALID,
+    MULTIPART_DICOM,
+    READ,
+    READ_ONE,
+    answers,
+    ok,
+    refusals,
+    request_body,
+)
 from adapter.api.outcome import fhir_response
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
@@ -70,9 +82,23 @@ from adapter.services.dicom_objects import (
 from adapter.services.registry import Services
 from adapter.text import is_digits
 
-router = APIRouter(prefix="/dicomweb")
-
 DICOM_JSON = "application/dicom+json"
+#: Every DICOMweb route negotiates (406, an OperationOutcome) and answers as it builds it.
+router = APIRouter(prefix="/dicomweb", default_response_class=Response, responses=refusals(406))
+
+#: STOW-RS: the store response (PS3.18 10.5.3), whatever was stored; refusals of the request itself.
+_STOW_BODY = request_body({MULTIPART_DICOM: None}, "DICOM Part 10 objects, one per part")
+_STOW = answers(ok(200, "every instance stored (ReferencedSOPSequence)", {DICOM_JSON: DICOM_DATASET}),
+                ok(202, "some stored, the others in FailedSOPSequence with their FailureReason",
+                   {DICOM_JSON: DICOM_DATASET}),
+                ok(409, "none stored: FailedSOPSequence with each FailureReason", {DICOM_JSON: DICOM_DATASET}),
+                refusals(400, 408, 413, 415, *INVALID, 503))
+#: WADO-RS retrieve: the objects as stored, in the purpose's view.
+_RETRIEVE = answers(ok(200, "the instances permitted, as stored (no transcoding)", {MULTIPART_DICOM: None}),
+                    refusals(*READ_ONE))
+#: QIDO-RS: the matches permitted (none: an empty array).
+_QIDO = answers(ok(200, "the matches permitted, at the level asked for", {DICOM_JSON: DICOM_DATASETS}),
+                refusals(*READ, *INVALID))
 STOW_MAX_PARTS = 1000
 STOW_TOTAL_FACTOR = 10           # a STOW request may carry up to 10 maximum uploads in all
 QIDO_MAX_LIMIT = 1000
@@ -140,13 +166,13 @@ def _instance_url(request: Request, services: Services, study: str, series: str,
 # -- STOW-RS ------------------------------------------------------------------------------------
 
 
-@router.post("/studies")
+@router.post("/studies", openapi_extra=_STOW_BODY, responses=_STOW)
 async def stow_studies(request: Request, services: ServicesDep) -> Response:
     """Store instances of any studies (PS3.18 10.5)."""
     return await _stow(request, services, None)
 
 
-@router.post("/studies/{study}")
+@router.post("/studies/{study}", openapi_extra=_STOW_BODY, responses=_STOW)
 async def stow_study(study: str, request: Request, services: ServicesDep) -> Response:
     """Store instances of one study: an instance of another study fails (0xA900)."""
     return await _stow(request, services, study)
@@ -232,7 +258,7 @@ def _multipart_headers(boundary: str, break_glass: bool) -> dict[str, str]:
             **break_glass_headers(break_glass)}
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}")
+@router.get("/studies/{study}/series/{series}/instances/{instance}", responses=_RETRIEVE)
 async def retrieve_instance(study: str, series: str, instance: str, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
     syntaxes, refusal = _dicom_accept(accept)
@@ -248,13 +274,13 @@ async def retrieve_instance(study: str, series: str, instance: str, reader: Read
                     headers=headers, media_type=None)
 
 
-@router.get("/studies/{study}/series/{series}")
+@router.get("/studies/{study}/series/{series}", responses=_RETRIEVE)
 async def retrieve_series(study: str, series: str, reader: ReaderDep,
                           accept: Annotated[str | None, Header()] = None) -> Response:
     return await _retrieve(reader, accept, study, series)
 
 
-@router.get("/studies/{study}")
+@router.get("/studies/{study}", responses=_RETRIEVE)
 async def retrieve_study(study: str, reader: ReaderDep, accept: Annotated[str | None, Header()] = None) -> Response:
     return await _retrieve(reader, accept, study, None)
 
@@ -390,37 +416,37 @@ async def _search(request: Request, reader: Any, services: Services, accept: str
     return _json(render(request, services, found.entries), break_glass=found.break_glass)
 
 
-@router.get("/studies")
+@router.get("/studies", responses=_QIDO)
 async def search_studies(request: Request, reader: ReaderDep, services: ServicesDep,
                          accept: Annotated[str | None, Header()] = None) -> Response:
     return await _search(request, reader, services, accept, STUDY)
 
 
-@router.get("/series")
+@router.get("/series", responses=_QIDO)
 async def search_all_series(request: Request, reader: ReaderDep, services: ServicesDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
     return await _search(request, reader, services, accept, SERIES)
 
 
-@router.get("/studies/{study}/series")
+@router.get("/studies/{study}/series", responses=_QIDO)
 async def search_series(study: str, request: Request, reader: ReaderDep, services: ServicesDep,
                         accept: Annotated[str | None, Header()] = None) -> Response:
     return await _search(request, reader, services, accept, SERIES, StudyInstanceUID=study)
 
 
-@router.get("/instances")
+@router.get("/instances", responses=_QIDO)
 async def search_all_instances(request: Request, reader: ReaderDep, services: ServicesDep,
                                accept: Annotated[str | None, Header()] = None) -> Response:
     return await _search(request, reader, services, accept, INSTANCE)
 
 
-@router.get("/studies/{study}/instances")
+@router.get("/studies/{study}/instances", responses=_QIDO)
 async def search_study_instances(study: str, request: Request, reader: ReaderDep, services: ServicesDep,
                                  accept: Annotated[str | None, Header()] = None) -> Response:
     return await _search(request, reader, services, accept, INSTANCE, StudyInstanceUID=study)
 
 
-@router.get("/studies/{study}/series/{series}/instances")
+@router.get("/studies/{study}/series/{series}/instances", responses=_QIDO)
 async def search_instances(study: str, series: str, request: Request, reader: ReaderDep, services: ServicesDep,
                            accept: Annotated[str | None, Header()] = None) -> Response:
     return await _search(request, reader, services, accept, INSTANCE, StudyInstanceUID=study,

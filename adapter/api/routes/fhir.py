@@ -32,6 +32,26 @@ from adapter.api.negotiation import (
     media_type,
     wants_fhir_json,
 )
+from adapter.api.openapi import (
+    BODY,
+    BUNDLE_SCHEMA,
+    DICOM,
+    FHIR_BUNDLE,
+    FHIR_JSON,
+    FHIR_NEGOTIATION,
+    FHIR_RESOURCE,
+    FORM,
+    IMAGES,
+    INVALID,
+    JSON,
+    NEW_IMAGES,
+    READ_ONE,
+    RESOURCE_SCHEMA,
+    answers,
+    ok,
+    refusals,
+    request_body,
+)
 from adapter.api.outcome import fhir_response
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute, base
@@ -63,7 +83,20 @@ from adapter.services.search_params import (
 )
 from adapter.text import is_digits
 
-router = APIRouter(prefix="/fhir")
+#: Every FHIR route negotiates the format and FHIR version (406) and answers as it builds it.
+router = APIRouter(prefix="/fhir", default_response_class=Response, responses=refusals(*FHIR_NEGOTIATION))
+
+#: A read's answer: the resource; a Binary's own bytes for Accept image/* (or the record's
+#: DICOM object for application/dicom).
+_READ_ANSWER = ok(200, "the resource (a Binary: its own bytes unless FHIR JSON is asked for; application/dicom: "
+                  "the record's DICOM object)", {**FHIR_RESOURCE, **dict.fromkeys(IMAGES), DICOM: None})
+#: The validators of a read (its ETag and Last-Modified) answered for a conditional one.
+_NOT_MODIFIED = ok(304, "not modified: If-None-Match names the current version (or If-Modified-Since is at or "
+                   "after it), after the decision as any read")
+#: What a Consent create or update answers, as Prefer: return= asks.
+_WRITTEN = "the Consent (Prefer: return=representation, the default), an OperationOutcome (return=OperationOutcome) " \
+    "or no body (return=minimal); Location names the version"
+_CONSENT_BODY = request_body({FHIR_JSON: RESOURCE_SCHEMA, JSON: RESOURCE_SCHEMA}, "a FHIR R4 Consent")
 
 R4_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
 WHOLE = Subsetting()  # no _summary, no _elements
@@ -140,7 +173,7 @@ def _load_resource(spool: IO[bytes]) -> dict[str, Any]:
     return data
 
 
-@router.get("/metadata")
+@router.get("/metadata", responses=ok(200, "the CapabilityStatement (R4; R5 with fhirVersion=5.0)", FHIR_RESOURCE))
 async def metadata(request: Request, services: ServicesDep,
                    accept: Annotated[str | None, Header()] = None) -> Response:
     check_acceptable(accept, request.query_params.get("_format"))
@@ -170,7 +203,10 @@ async def _large_body_turn(request: Request, size: int) -> AsyncIterator[None]:
         yield
 
 
-@router.post("")
+@router.post("", responses=answers(ok(200, "a transaction-response or batch-response Bundle", FHIR_BUNDLE),
+                                   refusals(*BODY, *NEW_IMAGES)),
+             openapi_extra=request_body({FHIR_JSON: BUNDLE_SCHEMA, JSON: BUNDLE_SCHEMA},
+                                        "a transaction Bundle (IHE MHD ITI-65 shape) or a batch of reads"))
 async def transaction(request: Request, services: ServicesDep, ctx: WriteContextDep,
                       idempotency_key: Annotated[str | None, Header()] = None) -> Response:
     """An ITI-65-shaped transaction Bundle (base64 image in Binary.data, hence the 4/3 limit), or
@@ -222,7 +258,8 @@ def _written(request: Request, services: Services, stored: Any, status: int) -> 
     return _out(stored.resource, "4", status, headers)
 
 
-@router.post("/Consent", status_code=201)
+@router.post("/Consent", status_code=201, openapi_extra=_CONSENT_BODY,
+             responses=answers(ok(201, _WRITTEN, FHIR_RESOURCE), refusals(*BODY)))
 async def create_consent(request: Request, services: ServicesDep, ctx: WriteContextDep) -> Response:
     _r4_write(request)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
@@ -230,7 +267,8 @@ async def create_consent(request: Request, services: ServicesDep, ctx: WriteCont
     return _written(request, services, stored, 201)
 
 
-@router.put("/Consent/{id}")
+@router.put("/Consent/{id}", openapi_extra=_CONSENT_BODY,
+            responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, 404, 409, 412)))
 async def update_consent(id: str, request: Request, services: ServicesDep, ctx: WriteContextDep,
                          if_match: Annotated[str | None, Header()] = None) -> Response:
     _r4_write(request)
@@ -254,7 +292,7 @@ def _if_match_versions(if_match: str | None) -> frozenset[int] | None:
     return frozenset(versions)
 
 
-@router.get("/{resource_type}/{id}")
+@router.get("/{resource_type}/{id}", responses=answers(_READ_ANSWER, _NOT_MODIFIED, refusals(*READ_ONE, *INVALID)))
 async def read(resource_type: str, id: str, request: Request, reader: ReaderDep,
                accept: Annotated[str | None, Header()] = None,
                format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
@@ -264,7 +302,7 @@ async def read(resource_type: str, id: str, request: Request, reader: ReaderDep,
                        if_modified_since=request.headers.get("if-modified-since"))
 
 
-@router.get("/{resource_type}/{id}/_history/{vid}")
+@router.get("/{resource_type}/{id}/_history/{vid}", responses=answers(_READ_ANSWER, refusals(*READ_ONE, *INVALID)))
 async def vread(resource_type: str, id: str, vid: str, request: Request, reader: ReaderDep,
                 accept: Annotated[str | None, Header()] = None,
                 format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
@@ -277,7 +315,8 @@ async def vread(resource_type: str, id: str, vid: str, request: Request, reader:
                        how=parse_subsetting(list(request.query_params.multi_items())))
 
 
-@router.get("/{resource_type}/{id}/_history")
+@router.get("/{resource_type}/{id}/_history",
+            responses=answers(ok(200, "a history Bundle", FHIR_BUNDLE), refusals(*READ_ONE, *INVALID)))
 async def history_instance(resource_type: str, id: str, request: Request, reader: ReaderDep, services: ServicesDep,
                            accept: Annotated[str | None, Header()] = None,
                            format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
@@ -414,7 +453,8 @@ def _etag(resource: dict[str, Any]) -> dict[str, str]:
 SEARCH_BODY_LIMIT = 64 * 1024
 
 
-@router.get("/{resource_type}")
+@router.get("/{resource_type}", responses=answers(ok(200, "a searchset Bundle", FHIR_BUNDLE),
+                                                  refusals(*READ_ONE, 410, *INVALID)))
 async def search(resource_type: str, request: Request, reader: ReaderDep, services: ServicesDep,
                  accept: Annotated[str | None, Header()] = None) -> Response:
     params = list(request.query_params.multi_items())
@@ -446,7 +486,10 @@ def _opened(resource_type: str, params: list[tuple[str, str]], services: Any) ->
     return [(k, v) for k, v in opened if not (formats and k == "_format")] + formats
 
 
-@router.post("/{resource_type}/_search")
+@router.post("/{resource_type}/_search",
+             responses=answers(ok(200, "a searchset Bundle", FHIR_BUNDLE), refusals(*READ_ONE, *BODY)),
+             openapi_extra=request_body({FORM: {"type": "object", "additionalProperties": {"type": "string"}}},
+                                        "the search parameters"))
 async def search_by_post(resource_type: str, request: Request, reader: ReaderDep, services: ServicesDep,
                          accept: Annotated[str | None, Header()] = None) -> Response:
     """Search with the parameters in an application/x-www-form-urlencoded body (and any in the

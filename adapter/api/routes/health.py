@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 from adapter import __version__
 from adapter.api.deps import get_services
+from adapter.api.openapi import JSON, answers, ok
 from adapter.services.readiness import (
     DATABASE,
     DICOM_LISTENER,
@@ -36,7 +37,7 @@ HEALTH_JSON = "application/health+json"
 CHECK_TIMEOUT_SECONDS = 3.0
 
 
-@router.get("/health", include_in_schema=False)
+@router.get("/health", responses=ok(200, "the process answers", {JSON: {"type": "object"}}))
 async def health() -> JSONResponse:
     """Liveness: the process serves HTTP. Nothing else is looked at (a database outage must
     not get a healthy process restarted)."""
@@ -49,7 +50,14 @@ async def _run(component: Component, check: Callable[[], Check]) -> Check:
     return component.check(FAIL, output=f"no answer within {CHECK_TIMEOUT_SECONDS:g} s")
 
 
-@router.get("/health/ready", include_in_schema=False)
+#: draft-inadarei-api-health-check's document: status and checks.
+_HEALTH = {HEALTH_JSON: {"type": "object", "required": ["status"],
+                         "properties": {"status": {"type": "string", "enum": ["pass", "warn", "fail"]},
+                                        "checks": {"type": "object"}}}}
+
+
+@router.get("/health/ready", response_class=Response,
+            responses=answers(ok(200, "ready: every check passes or warns", _HEALTH), ok(503, "a check fails", _HEALTH)))
 async def ready(request: Request) -> Response:
     """Readiness: 200 when every check passes or only warns (the data folder is down to its
     reserve: reads go on, new images are refused), 503 when one fails; the checks in the body."""

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.headers import break_glass_headers
+from adapter.api.openapi import INVALID, JSON, READ, answers, ok, refusals
 from adapter.errors import InvalidInput
 from adapter.services.forwarding import OUTBOX_STATUSES, OutboxEntry
 
@@ -47,7 +48,8 @@ def _entry_json(entry: OutboxEntry, *, shown: bool) -> dict[str, Any]:
     }
 
 
-@router.get("/outbox")
+@router.get("/outbox", responses=answers(ok(200, "the outbox items, oldest first", {JSON: {"type": "array", "items": {
+    "type": "object"}}}), refusals(*READ, *INVALID)))
 async def list_outbox(services: ServicesDep, reader: ReaderDep, status: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
     """Outbox items, oldest first; ``status`` one of pending, sent, failed; the record and UID
@@ -75,7 +77,9 @@ class RequeueRequest(BaseModel):
     destination: str | None = Field(None, max_length=200, description="AE@host:port as in ADAPTER_FORWARD_TO")
 
 
-@router.post("/outbox/requeue")
+@router.post("/outbox/requeue", responses=answers(
+    ok(200, "how many items were requeued", {JSON: {"type": "object", "properties": {"requeued": {"type": "integer"}}}}),
+    refusals(400, *INVALID, 503)))
 async def requeue_outbox(services: ServicesDep, body: RequeueRequest | None = None) -> JSONResponse:
     """Failed items back to pending, due at once, attempts counted afresh (adapter.services.
     forwarding.OutboxService.requeue)."""

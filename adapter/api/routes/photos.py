@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from adapter.api.deps import get_services, get_write_context
 from adapter.api.json_input import load_json
 from adapter.api.multipart import parse_multipart
+from adapter.api.openapi import BODY, JSON, NEW_IMAGES, PHOTO_UPLOAD, answers, ok, refusals
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
 from adapter.errors import InvalidInput, RequiredElementMissing
@@ -52,7 +53,14 @@ def _metadata(raw: bytes | None) -> PhotoMetadata:
         raise InvalidInput(f"invalid metadata: {text}", expression=where) from exc
 
 
-@router.post("/photos", status_code=201)
+#: The receipt: what was stored (references, digests, what metadata was removed, the DICOM UIDs).
+_RECEIPT = ok(201, "the receipt (a retry: the original one, with Idempotent-Replayed: true)",
+              {JSON: {"type": "object", "required": ["record", "binary", "safeToDeleteFromDevice"]}},
+              headers={"Location": "the record's URL", "Idempotent-Replayed": "true for a retry's original receipt"})
+
+
+@router.post("/photos", status_code=201, openapi_extra=PHOTO_UPLOAD,
+             responses=answers(_RECEIPT, refusals(*BODY, *NEW_IMAGES)))
 async def post_photo(request: Request, idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
     """Store a photo: multipart/form-data with ``file`` (image/jpeg or image/png) and
     ``metadata`` (JSON). 201 with a receipt; a retry answers with the original receipt."""

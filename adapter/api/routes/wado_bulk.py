@@ -40,6 +40,18 @@ from starlette.concurrency import run_in_threadpool
 from adapter.api.accept import accepts, media_ranges
 from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.headers import break_glass_headers
+from adapter.api.openapi import (
+    DICOM_DATASETS,
+    DICOM_JSON,
+    IMAGES,
+    INVALID,
+    MULTIPART_JPEG,
+    MULTIPART_OCTET,
+    READ_ONE,
+    answers,
+    ok,
+    refusals,
+)
 from adapter.api.routes.dicomweb import (
     _body_part,
     _instance_url,
@@ -61,12 +73,18 @@ from adapter.services.access import DicomContent
 from adapter.services.registry import Services
 from adapter.text import pixel_count
 
-router = APIRouter(prefix="/dicomweb")
+#: Every route here negotiates (406, an OperationOutcome) and reads one study, series or instance.
+router = APIRouter(prefix="/dicomweb", default_response_class=Response, responses=refusals(406, *READ_ONE))
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 #: The syntaxes a native frame's bytes are in: its pixel bytes are the same in both (little endian).
 NATIVE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 OCTET = "application/octet-stream"
+
+
+_METADATA = ok(200, "one DICOM JSON object per permitted instance, bulk data by URI", {DICOM_JSON: DICOM_DATASETS})
+#: viewport may be invalid (422).
+_THUMBNAIL = answers(ok(200, "a small JPEG, re-encoded: no metadata", {"image/jpeg": None}), refusals(*INVALID))
 
 
 def _metadata_of(request: Request, services: Services, content: DicomContent, study: str,
@@ -75,13 +93,13 @@ def _metadata_of(request: Request, services: Services, content: DicomContent, st
     return metadata(ds, _instance_url(request, services, study, series, content.sop_instance_uid))
 
 
-@router.get("/studies/{study}/metadata")
+@router.get("/studies/{study}/metadata", responses=_METADATA)
 async def study_metadata(study: str, request: Request, reader: ReaderDep, services: ServicesDep,
                          accept: Annotated[str | None, Header()] = None) -> Response:
     return await _series_metadata(request, reader, services, accept, study, None)
 
 
-@router.get("/studies/{study}/series/{series}/metadata")
+@router.get("/studies/{study}/series/{series}/metadata", responses=_METADATA)
 async def series_metadata(study: str, series: str, request: Request, reader: ReaderDep, services: ServicesDep,
                           accept: Annotated[str | None, Header()] = None) -> Response:
     return await _series_metadata(request, reader, services, accept, study, series)
@@ -109,7 +127,7 @@ async def _series_metadata(request: Request, reader: Any, services: Services, ac
     return _json(body, break_glass=glass)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", responses=_METADATA)
 async def instance_metadata(study: str, series: str, instance: str, request: Request, reader: ReaderDep,
                             services: ServicesDep, accept: Annotated[str | None, Header()] = None) -> Response:
     refusal = _qido_accept(accept)
@@ -121,7 +139,9 @@ async def instance_metadata(study: str, series: str, instance: str, request: Req
     return _json([body], break_glass=content.decision.break_glass)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}")
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}", responses=answers(
+    ok(200, "the frames as stored: a JPEG frame as image/jpeg, or any as octet-stream (no transcoding)",
+       {MULTIPART_JPEG: None, MULTIPART_OCTET: None}), refusals(*INVALID)))
 async def retrieve_frames(study: str, series: str, instance: str, frame_list: str, reader: ReaderDep,
                           accept: Annotated[str | None, Header()] = None) -> Response:
     wanted = parse_frame_list(frame_list)
@@ -139,7 +159,8 @@ async def retrieve_frames(study: str, series: str, instance: str, frame_list: st
     return _multipart(chosen, [(part_type, frame) for frame in data], break_glass=content.decision.break_glass)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}")
+@router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}", responses=answers(
+    ok(200, "the bulk data value", {MULTIPART_OCTET: None}), refusals(*INVALID)))
 async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
     if not any(media in ("*/*", "multipart/*", "multipart/related", OCTET)
@@ -150,7 +171,8 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
     return _multipart(OCTET, [(OCTET, bulk_value(ds, tag))], break_glass=content.decision.break_glass)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
+@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered",
+            responses=ok(200, "the instance as its FHIR Binary gives it", dict.fromkeys(IMAGES)))
 async def retrieve_rendered(study: str, series: str, instance: str, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
     rendered = await run_in_threadpool(partial(reader.read_dicom_rendered, instance, study=study, series=series))
@@ -165,19 +187,19 @@ THUMBNAIL_SIDE = 128
 THUMBNAIL_MAX_SIDE = 1024
 
 
-@router.get("/studies/{study}/thumbnail")
+@router.get("/studies/{study}/thumbnail", responses=_THUMBNAIL)
 async def study_thumbnail(study: str, request: Request, reader: ReaderDep,
                           accept: Annotated[str | None, Header()] = None) -> Response:
     return await _thumbnail(reader, request, accept, study)
 
 
-@router.get("/studies/{study}/series/{series}/thumbnail")
+@router.get("/studies/{study}/series/{series}/thumbnail", responses=_THUMBNAIL)
 async def series_thumbnail(study: str, series: str, request: Request, reader: ReaderDep,
                            accept: Annotated[str | None, Header()] = None) -> Response:
     return await _thumbnail(reader, request, accept, study, series)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
+@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail", responses=_THUMBNAIL)
 async def instance_thumbnail(study: str, series: str, instance: str, request: Request, reader: ReaderDep,
                              accept: Annotated[str | None, Header()] = None) -> Response:
     return await _thumbnail(reader, request, accept, study, series, instance)

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from adapter.api.accept import media_ranges
 from adapter.api.deps import ReaderDep
 from adapter.api.headers import break_glass_headers
+from adapter.api.openapi import INVALID, READ_ONE, answers, ok, refusals
 from adapter.errors import InvalidInput, NotAcceptable, NotSupported, RequiredElementMissing
 from adapter.model.decision import View
 from adapter.services.access import ReleasedImage
@@ -55,7 +56,9 @@ def _side(value: str | None, name: str) -> int | None:
     return side
 
 
-@router.get("/wado")
+@router.get("/wado", response_class=Response, responses=answers(
+    ok(200, "the object as stored (application/dicom) or rendered", dict.fromkeys((DICOM, *RENDERED))),
+    refusals(*READ_ONE, 406, *INVALID)))
 async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     q = request.query_params
     if q.get("requestType") != "WADO":
