@@ -105,9 +105,10 @@ class SearchRequest:
     revinclude_provenance: bool = False  # _revinclude=Provenance:target
 
 
-def _date_range(raw: str) -> tuple[datetime, datetime]:
-    """The instants a FHIR date, dateTime or instant covers. InvalidInput when it does not
-    match the format or names no real time (month 13, 30 February, offset +25:00)."""
+def _date_range(raw: str) -> tuple[datetime, datetime | None]:
+    """The instants a FHIR date, dateTime or instant covers (end None: past the last instant a
+    datetime holds). InvalidInput when it does not match the format or names no real time
+    (month 13, 30 February, offset +25:00, year 0000)."""
     m = _DATE_RE.match(raw)
     if not m:
         raise InvalidInput(f"not a FHIR date: {raw[:40]}")
@@ -117,17 +118,40 @@ def _date_range(raw: str) -> tuple[datetime, datetime]:
         raise InvalidInput(f"not a FHIR date: {raw[:40]} ({exc})") from exc
 
 
-def _covered(m: re.Match[str]) -> tuple[datetime, datetime]:
+#: The first and last instants a datetime holds: FHIR's years run from 0001 to 9999
+#: (datatypes.html#date), and an offset can move an instant of their first or last day past them.
+_FIRST = datetime.min.replace(tzinfo=UTC)
+_LAST = datetime.max.replace(tzinfo=UTC)
+
+
+def _utc(moment: datetime) -> datetime | None:
+    """``moment`` in UTC; one an offset moves before year 1 is the first instant (nothing stored
+    is earlier), one it moves past year 9999 None (later than anything stored)."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return _FIRST if moment.year == 1 else None
+
+
+def _plus(moment: datetime, step: timedelta) -> datetime | None:
+    """The end of a range of ``step`` from ``moment`` in UTC; None past year 9999."""
+    try:
+        return _utc(moment + step)
+    except OverflowError:
+        return None
+
+
+def _covered(m: re.Match[str]) -> tuple[datetime, datetime | None]:
     y = int(m["y"])
     if m["m"] is None:
-        return datetime(y, 1, 1, tzinfo=UTC), datetime(y + 1, 1, 1, tzinfo=UTC)
+        return datetime(y, 1, 1, tzinfo=UTC), datetime(y + 1, 1, 1, tzinfo=UTC) if y < 9999 else None
     mo = int(m["m"])
     if m["d"] is None:
-        end = datetime(y + (mo == 12), 1 if mo == 12 else mo + 1, 1, tzinfo=UTC)
+        end = datetime(y + (mo == 12), 1 if mo == 12 else mo + 1, 1, tzinfo=UTC) if (y, mo) < (9999, 12) else None
         return datetime(y, mo, 1, tzinfo=UTC), end
     day = datetime(y, mo, int(m["d"]), tzinfo=UTC)
     if m["H"] is None:
-        return day, day + timedelta(days=1)
+        return day, _plus(day, timedelta(days=1))
     tz = UTC if m["tz"] in (None, "Z") else datetime.strptime(m["tz"].replace(":", ""), "%z").tzinfo
     start = datetime(y, mo, int(m["d"]), int(m["H"]), int(m["M"]), int(m["S"] or 0), tzinfo=tz)
     step = timedelta(seconds=1) if m["S"] is not None else timedelta(minutes=1)
@@ -137,7 +161,9 @@ def _covered(m: re.Match[str]) -> tuple[datetime, datetime]:
         digits = m["f"][:6]
         start = start.replace(microsecond=int(digits.ljust(6, "0")))
         step = timedelta(microseconds=10 ** (6 - len(digits)))
-    return start.astimezone(UTC), (start + step).astimezone(UTC)
+    # an instant past year 9999 in UTC starts after anything stored: at the last instant (only a
+    # value stored at that very microsecond would be taken as at or after it)
+    return _utc(start) or _LAST, _plus(start, step)
 
 
 def parse_date_param(value: str) -> DateCriterion:

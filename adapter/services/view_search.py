@@ -77,5 +77,6 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
 
 def _whole_year(date: DateCriterion) -> bool:
     start, end = date.start, date.end
+    next_year = start.replace(year=start.year + 1) if start.year < 9999 else None  # None: year 9999 has no end
     return (start.month, start.day, start.hour, start.minute, start.second, start.microsecond) == (1, 1, 0, 0, 0, 0) \
-        and end == start.replace(year=start.year + 1)
+        and end == next_year

@@ -28,11 +28,12 @@ class TokenCriterion:
 @dataclass(frozen=True)
 class DateCriterion:
     """A FHIR date search: ``prefix`` in eq, ne, gt, lt, ge, le, sa, eb; the value's precision
-    is the half-open range [start, end)."""
+    is the half-open range [start, end). ``end`` None: the range runs past the last instant a
+    datetime holds (a value in year 9999), so nothing stored lies after it."""
 
     prefix: str
     start: datetime
-    end: datetime
+    end: datetime | None
     param: str = "date"  # the indexed date it is on: "date", or "creation" (IHE MHD)
 
 

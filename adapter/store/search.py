@@ -41,15 +41,26 @@ def _any(conditions: list[ColumnElement[bool]]) -> ColumnElement[bool]:
     return or_(false(), *conditions)
 
 
+def _before_end(col: Any, c: DateCriterion) -> ColumnElement[bool]:
+    """Before the end of the criterion's range; a range without end (year 9999) has every date
+    before it."""
+    return and_(col.is_not(None)) if c.end is None else col < to_utc(c.end)
+
+
+def _from_end(col: Any, c: DateCriterion) -> ColumnElement[bool]:
+    """At or after the end of the criterion's range; nothing is after a range without end."""
+    return false() if c.end is None else col >= to_utc(c.end)
+
+
 _DATE_PREFIXES: dict[str, Callable[[Any, DateCriterion], ColumnElement[bool]]] = {
-    "eq": lambda col, c: and_(col >= to_utc(c.start), col < to_utc(c.end)),
-    "ne": lambda col, c: or_(col < to_utc(c.start), col >= to_utc(c.end)),
-    "gt": lambda col, c: col >= to_utc(c.end),
-    "sa": lambda col, c: col >= to_utc(c.end),
+    "eq": lambda col, c: and_(col >= to_utc(c.start), _before_end(col, c)),
+    "ne": lambda col, c: or_(col < to_utc(c.start), _from_end(col, c)),
+    "gt": _from_end,
+    "sa": _from_end,
     "ge": lambda col, c: col >= to_utc(c.start),
     "lt": lambda col, c: col < to_utc(c.start),
     "eb": lambda col, c: col < to_utc(c.start),
-    "le": lambda col, c: col < to_utc(c.end),
+    "le": _before_end,
 }
 
 

@@ -1568,3 +1568,48 @@ def test_a_deny_all_consent_stays_readable_for_care_and_can_be_withdrawn_without
         put = client.put(url, json=withdrawn, headers={**fhir_json, "If-Match": read.headers["ETag"]})
         assert put.status_code == 200, put.text
         assert client.get(record, headers=as_purpose("TREAT")).status_code == 200
+
+
+@pytest.mark.parametrize(("query", "total"), [
+    # year 9999: its last day, month and year end where a datetime ends (nothing can be later)
+    ("date=9999-12-31", 0), ("created=9999-12-31", 0), ("date=9999", 0), ("date=9999-12", 0),
+    ("date=le9999-12-31", 1), ("date=lt9999-12-31", 1), ("date=ge9999-12-31", 0), ("date=gt9999-12-31", 0),
+    ("date=sa9999-12-31", 0), ("date=eb9999-12-31", 1), ("date=ne9999-12-31", 1),
+    ("date=le9999", 1), ("date=gt9999", 0), ("created=le9999-12", 1),
+    ("date=9999-12-31T23:59:59Z", 0), ("date=le9999-12-31T23:59:59Z", 1), ("date=gt9999-12-31T23:59:59Z", 0),
+    ("date=9999-12-31T23:59:59.999Z", 0), ("date=le9999-12-31T23:59:59.999999Z", 1),
+    # an offset that moves the instant past year 9999 (UTC)
+    ("date=9999-12-31T23:30:00-01:00", 0), ("date=le9999-12-31T23:30:00-01:00", 1),
+    ("date=ge9999-12-31T23:30:00-01:00", 0), ("date=gt9999-12-31T23:30:00-01:00", 0),
+    # year 0001: nothing is earlier than its first instant
+    ("date=0001-01-01", 0), ("date=0001", 0), ("date=le0001-01-01", 0), ("date=lt0001-01-01", 0),
+    ("date=ge0001-01-01", 1), ("date=gt0001-01-01", 1), ("date=ge0001", 1),
+    # an offset that moves the instant before year 1 (UTC)
+    ("date=0001-01-01T00:30:00%2B01:00", 0), ("date=ge0001-01-01T00:30:00%2B01:00", 1),
+    ("date=lt0001-01-01T00:30:00%2B01:00", 0), ("date=le0001-01-01T00:30:00%2B01:00", 0),
+    ("_lastUpdated=le9999-12-31", 1), ("_lastUpdated=gt9999-12-31", 0),
+])
+def test_a_date_search_at_the_edges_of_years_1_and_9999_is_answered(tmp_path: Path, query: str, total: int) -> None:
+    """Years 0001 and 9999 are FHIR years (datatypes.html#date): a search on a date there is
+    answered (200), not refused (422) because the end of its range, the next day, month or year,
+    lies past what a datetime holds, or an offset moves its instant there."""
+    with adapter_client(tmp_path) as (client, _):
+        _ingest(client, takenAt="2024-03-01T10:15:00+01:00")
+        answer = client.get(f"/fhir/Media?{query}", headers=as_purpose("TREAT"))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["total"] == total
+
+
+def test_a_year_9999_search_is_answered_in_the_views_and_on_every_date_parameter(tmp_path: Path) -> None:
+    """The de-identified view searches by year: 9999 is one (its end was not computed); MHD's
+    creation and history's _since take year-9999 values too."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client, kind="document", takenAt="2024-03-01T10:15:00+01:00")
+        train, treat = as_purpose("TRAIN"), as_purpose("TREAT")
+        assert client.get("/fhir/Media?created=9999", headers=train).status_code == 200
+        assert client.get("/fhir/DocumentReference?date=9999", headers=train).status_code == 200
+        for query in ("creation=9999-12-31", "creation=le9999-12-31", "creation=gt9999-12-31", "date=ge0001-01-01"):
+            assert client.get(f"/fhir/DocumentReference?{query}", headers=treat).status_code == 200, query
+        history = client.get(f"/fhir/{receipt['record']}/_history?_since=9999-12-31T23:30:00-01:00", headers=treat)
+        assert history.status_code == 200, history.text
+        assert history.json()["total"] == 0
