@@ -332,18 +332,41 @@ def _tm(moment: datetime) -> str:
     return moment.strftime("%H%M%S") + (f".{moment.microsecond:06d}" if moment.microsecond else "")
 
 
+#: How :func:`study_date` derives a record's StudyDate; the store keeps the StudyDate of every
+#: posted photo's instance derived by this version (RecordStore.reindex_photo_study_dates, at
+#: start). Bump it with any change to what :func:`study_date` returns.
+STUDY_DATE_VERSION = "photo-study-date:1"
+
+
+def _offset(taken: _Moment | None) -> timedelta:
+    """The offset a photo's times are given in: the taken time's, else UTC."""
+    return taken.offset if taken is not None and taken.offset is not None else timedelta(0)
+
+
+def _local(moment: _Moment, offset: timedelta) -> datetime:
+    return moment.value.astimezone(timezone(offset)) if moment.offset is not None else moment.value
+
+
+def study_date(record: Mapping[str, Any]) -> str | None:
+    """The StudyDate (DA) the DICOM object of a photo's record carries (module docstring): the
+    day it was taken, else filed, in the taken time's offset; None without either."""
+    taken = _taken(record)
+    study = taken if taken is not None else _filed(record)
+    return _da(_local(study, _offset(taken))) if study is not None else None
+
+
 def _set_times(ds: Dataset, record: Mapping[str, Any], now: datetime, *, secondary_capture: bool) -> None:
     taken = _taken(record)
     filed = _filed(record)
-    offset = taken.offset if taken is not None and taken.offset is not None else timedelta(0)
+    offset = _offset(taken)
     zone = timezone(offset)
 
     def local(m: _Moment) -> datetime:
-        return m.value.astimezone(zone) if m.offset is not None else m.value
+        return _local(m, offset)
 
     study = taken if taken is not None else filed
     if study is not None:
-        ds.StudyDate = _da(local(study))
+        ds.StudyDate = study_date(record)
         ds.StudyTime = _tm(local(study)) if study.has_time and study.offset is not None else ""
     else:
         ds.StudyDate, ds.StudyTime = "", ""
@@ -429,4 +452,4 @@ def _has_non_ascii(ds: Dataset) -> bool:
     return any(not text.isascii() for text in _walk_text(ds))
 
 
-__all__ = ["Equipment", "encode_dataset", "encounter_key", "photo_to_dicom"]
+__all__ = ["STUDY_DATE_VERSION", "Equipment", "encode_dataset", "encounter_key", "photo_to_dicom", "study_date"]

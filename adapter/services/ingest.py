@@ -35,10 +35,10 @@ from adapter.errors import BusinessRuleViolation, Conflict, InvalidInput
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
+from adapter.mapping.dicom_photo import study_date
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import photo_uids
 from adapter.mapping.photo import build_photo_resources, index_resource
-from adapter.mapping.provenance import taken_time
 from adapter.mapping.tables import Tables
 from adapter.metrics import INGESTS
 from adapter.model.consent import ConsentGrant
@@ -251,8 +251,9 @@ class IngestService:
             series_instance_uid=uids.series, sop_class_uid=iod.sop_class, modality=iod.modality,
             record_type=record_type, record_id=record_id, patient=patient, blob_sha256=None,
             # the StudyDate the object carries (adapter.mapping.dicom_photo): when the photo was
-            # taken (takenAt, else the kept EXIF capture time, as the record's), else filed
-            study_date=(taken_time(meta, image) or now).strftime("%Y%m%d"), created=now)
+            # taken (takenAt, else the kept EXIF capture time, as the record's), else filed; derived
+            # from the record, as at start for the photos stored before (reindex_photo_study_dates)
+            study_date=study_date(built.record), created=now)
         outbox = [NewOutboxItem(sop_instance_uid=uids.sop_instance, destination=d) for d in self._destinations
                   if meta.kind in self._tables.policy.forward_kinds]
         created_consent_ids = tuple(str(c["id"]) for c in built.consents)

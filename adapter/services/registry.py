@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from adapter.config import Settings
+from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, study_date
 from adapter.mapping.dicom_tables import load_dicom_tables
 from adapter.mapping.dicom_uids import check_uid_root
 from adapter.mapping.fhir_r4 import RECORD_INDEX_VERSION, index_resource
@@ -140,6 +141,9 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     reindexed = store.reindex_records(RECORD_INDEX_VERSION, index_resource)
     if reindexed:
         _log.info("re-indexed the search values of %d record(s) (%s)", reindexed, RECORD_INDEX_VERSION)
+    redated = store.reindex_photo_study_dates(STUDY_DATE_VERSION, study_date)
+    if redated:
+        _log.info("re-derived the QIDO-RS StudyDate of %d posted photo(s) (%s)", redated, STUDY_DATE_VERSION)
     auditor = Auditor(store, now)
     pseudonym_key = _pseudonym_key(settings)
     pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)

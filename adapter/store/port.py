@@ -215,6 +215,14 @@ class RecordStore(Protocol):
         derive each record's date, creation, status and tokens afresh with ``index_of`` from its
         JSON, then store ``version``. Returns how many records were re-indexed now."""
 
+    def reindex_photo_study_dates(self, version: str, study_date_of: Callable[[dict[str, Any]], str | None],
+                                  batch: int = 500) -> int:
+        """Keep the StudyDate of the DICOM instances made from a posted photo's record (those with
+        no object as received) the one ``version`` derives: when the stored version differs (or
+        there is none: a store made before it was kept), set each one's StudyDate to
+        ``study_date_of`` its record's JSON, then store ``version``. Returns how many instances
+        changed now."""
+
     def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
         """Keep the pseudonym index current: when the stored fingerprint differs (or there is
         none), empty it and store ``fingerprint``; then add ``pseudonym_of(patient)`` for every

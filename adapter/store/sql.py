@@ -72,6 +72,8 @@ _PSEUDONYMS = "pseudonyms"
 _PSEUDONYMS_LOCK = 0x1A6E5703
 _SEARCH_INDEX = "search-index"  # the version of the records' search index (reindex_records)
 _SEARCH_INDEX_LOCK = 0x1A6E5704
+_PHOTO_STUDY_DATES = "study-dates"  # the version of the posted photos' StudyDate (reindex_photo_study_dates)
+_PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
 #: The resources reindex_records re-derives the search index of.
 _RECORD_TYPES = ("Media", "DocumentReference")
 _p = patient_pseudonyms.c
@@ -616,6 +618,37 @@ class SqlRecordStore:
                 after = (rows[-1][0], rows[-1][1])
             self._set_fingerprint(conn, _SEARCH_INDEX, version)
         return count
+
+    def reindex_photo_study_dates(self, version: str, study_date_of: Callable[[dict[str, Any]], str | None],
+                                  batch: int = _GET_MANY_CHUNK) -> int:
+        """See RecordStore.reindex_photo_study_dates. As :meth:`reindex_records`: one write
+        transaction under the rebuild lock, the instances read with their records in keyset
+        batches inside it; only a StudyDate that changes is written."""
+        with self._read() as conn:
+            if conn.execute(select(_k.fingerprint).where(_k.name == _PHOTO_STUDY_DATES)).scalar() == version:
+                return 0
+        changed = 0
+        with self._write() as conn:
+            if _fingerprint_locked(conn, _PHOTO_STUDY_DATES, _PHOTO_STUDY_DATES_LOCK) == version:
+                return 0
+            after = ""
+            while True:
+                rows = conn.execute(
+                    select(_d.sop_instance_uid, _d.study_date, _r.json)
+                    .join(resources, and_(_r.resource_type == _d.record_type, _r.id == _d.record_id))
+                    .where(_d.blob_sha256.is_(None), _d.sop_instance_uid > after)
+                    .order_by(_d.sop_instance_uid).limit(batch)).all()
+                values = [{"uid": uid, "sd": new} for uid, old, document in rows
+                          if (new := study_date_of(document)) is not None and new != old]
+                if values:
+                    conn.execute(update(dicom_instances).where(_d.sop_instance_uid == bindparam("uid"))
+                                 .values(study_date=bindparam("sd")), values)
+                changed += len(values)
+                if len(rows) < batch:
+                    break
+                after = rows[-1][0]
+            self._set_fingerprint(conn, _PHOTO_STUDY_DATES, version)
+        return changed
 
     def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
         """See RecordStore.index_pseudonyms. Only a new key takes the write lock for long (to

@@ -6,9 +6,11 @@ every object WADO returns checked with dciodvfy (0 errors)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 
 from adapter.mapping.codes import EXT_PHOTO_SOURCE
 from adapter.mapping.dicom_deid import NOT_CLEANED_DOCUMENT, NOT_CLEANED_PIXELS
-from adapter.mapping.dicom_photo import encode_dataset
+from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, encode_dataset
 from adapter.mapping.dimse_status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -1264,6 +1266,31 @@ def test_qido_study_date_of_a_photo_is_the_one_its_object_carries(adapter: tuple
     (found,) = qido(client, "studies", StudyInstanceUID=study)
     assert value(found, "00080020") == taken
     assert [value(s, "0020000D") for s in qido(client, "studies", StudyDate=taken)] == [study]
+
+
+def test_qido_study_date_of_a_photo_stored_before_is_rederived_at_start(tmp_path: Path) -> None:
+    """A photo stored before its QIDO-RS StudyDate was the day it was taken kept the day it was
+    filed in the index; opened by this code, the store derives it afresh from the record, once:
+    QIDO shows and matches the day the record and the object say it was taken."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = post_photo(client, WOUND, metadata()).json()  # no takenAt: the EXIF capture time
+        record = client.get(f"/fhir/{receipt['record']}", headers=TREAT).json()
+    study, sop = receipt["dicom"]["studyInstanceUid"], receipt["dicom"]["sopInstanceUid"]
+    taken = record["createdDateTime"][:10].replace("-", "")
+    filed = record["issued"][:10].replace("-", "")
+    assert taken != filed
+    # the store as the code before wrote it: the day filed, and no version of the derivation kept
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "adapter.db")) as db, db:
+        db.execute("UPDATE dicom_instances SET study_date = ? WHERE sop_instance_uid = ?", (filed, sop))
+        db.execute("DELETE FROM key_fingerprints WHERE name = 'study-dates'")
+    with adapter_client(tmp_path) as (client, services):
+        (found,) = qido(client, "studies", StudyInstanceUID=study)
+        assert value(found, "00080020") == taken
+        assert [value(s, "0020000D") for s in qido(client, "studies", StudyDate=taken)] == [study]
+        assert qido(client, "studies", StudyDate=filed) == []
+        (obj,) = parts_of(client.get(f"/dicomweb/studies/{study}", headers=TREAT))
+        assert read(obj).StudyDate == taken
+        assert services.store.reindex_photo_study_dates(STUDY_DATE_VERSION, lambda _: pytest.fail("again")) == 0
 
 
 def test_stow_of_a_transfer_syntax_without_a_rendering_fails_as_such(adapter: tuple[FhirClient, Services]) -> None:

@@ -878,6 +878,36 @@ def test_what_a_received_object_says_of_its_study_round_trips(store: SqlRecordSt
     assert [i for batch in store.iter_dicom_instances(accession_number="ACC-1") for i in batch] == [found]
 
 
+def test_reindex_photo_study_dates_derives_them_from_the_records_once_per_version(store: SqlRecordStore) -> None:
+    """The StudyDate of an instance made from a posted photo's record (no object as received) is
+    derived afresh from its record when the version changes, on both databases; a received
+    object's own StudyDate is left as it came; the same version again does nothing."""
+    def stored(blob_sha256: str | None, study_date: str | None) -> DicomInstance:
+        unit = make_dicom_unit()  # the instance of its record, the unit's Media
+        unit.dicom_instance = make_instance(patient=unit.patient, record_id=unit.resources[0].id,
+                                            blob_sha256=blob_sha256, study_date=study_date)
+        store.save_ingest(unit)
+        return unit.dicom_instance
+
+    stale, current = stored(None, "20261127"), stored(None, "20240301")
+    undated, received = stored(None, None), stored("b" * 64, "20200101")
+    seen: list[str] = []
+
+    def study_date_of(record: dict[str, Any]) -> str:
+        seen.append(record["resourceType"])
+        return "20240301"
+
+    assert store.reindex_photo_study_dates("v-test", study_date_of, batch=2) == 2  # stale and undated
+    assert seen == ["Media"] * 3
+    dates = {i.sop_instance_uid: store.find_dicom_instance(i.sop_instance_uid).study_date  # type: ignore[union-attr]
+             for i in (stale, current, undated, received)}
+    assert list(dates.values()) == ["20240301", "20240301", "20240301", "20200101"]
+    assert {i.sop_instance_uid for i in store.search_dicom_instances(study_dates=("20240301", "20240301"))} \
+        == {stale.sop_instance_uid, current.sop_instance_uid, undated.sop_instance_uid}
+    assert store.reindex_photo_study_dates("v-test", lambda _: pytest.fail("derived again")) == 0
+    assert store.reindex_photo_study_dates("v-next", lambda _: None) == 0  # None: left as it is
+
+
 def test_search_dicom_instances_by_study_date(store: SqlRecordStore) -> None:
     """QIDO-RS StudyDate (PS3.4 C.2.2.2.5): one date, or a range open at either end, inclusive; an
     instance without a StudyDate never matches. Through ix_dicom_instances_study_date."""
