@@ -83,8 +83,8 @@ from adapter.services.registry import Services
 from adapter.text import is_digits
 
 DICOM_JSON = "application/dicom+json"
-#: Every DICOMweb route negotiates (406, an OperationOutcome) and answers as it builds it.
-router = APIRouter(prefix="/dicomweb", default_response_class=Response, responses=refusals(406))
+#: The DICOMweb routes answer as they build it: their declared answers below (adapter.api.openapi).
+router = APIRouter(prefix="/dicomweb", default_response_class=Response)
 
 #: STOW-RS: the store response (PS3.18 10.5.3), whatever was stored; refusals of the request itself.
 _STOW_BODY = request_body({MULTIPART_DICOM: None}, "DICOM Part 10 objects, one per part")
@@ -93,12 +93,13 @@ _STOW = answers(ok(200, "every instance stored (ReferencedSOPSequence)", {DICOM_
                    {DICOM_JSON: DICOM_DATASET}),
                 ok(409, "none stored: FailedSOPSequence with each FailureReason", {DICOM_JSON: DICOM_DATASET}),
                 refusals(400, 408, 413, 415, *INVALID, 503))
-#: WADO-RS retrieve: the objects as stored, in the purpose's view.
+#: WADO-RS retrieve: the objects as stored, in the purpose's view; 406 for another representation
+#: or transfer syntax.
 _RETRIEVE = answers(ok(200, "the instances permitted, as stored (no transcoding)", {MULTIPART_DICOM: None}),
-                    refusals(*READ_ONE))
-#: QIDO-RS: the matches permitted (none: an empty array).
+                    refusals(*READ_ONE, 406))
+#: QIDO-RS: the matches permitted (none: an empty array); 406 for another representation.
 _QIDO = answers(ok(200, "the matches permitted, at the level asked for", {DICOM_JSON: DICOM_DATASETS}),
-                refusals(*READ, *INVALID))
+                refusals(*READ, 406, *INVALID))
 STOW_MAX_PARTS = 1000
 STOW_TOTAL_FACTOR = 10           # a STOW request may carry up to 10 maximum uploads in all
 QIDO_MAX_LIMIT = 1000
