@@ -2,7 +2,7 @@
 
 The routes build their answers themselves (FHIR JSON, DICOM JSON, multipart/related, image
 bytes) and every refusal is an OperationOutcome (adapter.api.outcome), none of which FastAPI can
-see. So they declare it here, each concern once:
+see. So they declare it, with what is here, each concern once:
 
 * the statuses a concern answers with an OperationOutcome (:func:`refusals` of :data:`READ`,
   :data:`FHIR_NEGOTIATION`, :data:`BODY`, ...), each described once in :data:`REFUSALS`;
