@@ -6,7 +6,6 @@ every object WADO returns checked with dciodvfy (0 errors)."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import re
@@ -1280,9 +1279,13 @@ def test_qido_study_date_of_a_photo_stored_before_is_rederived_at_start(tmp_path
     filed = record["issued"][:10].replace("-", "")
     assert taken != filed
     # the store as the code before wrote it: the day filed, and no version of the derivation kept
-    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "adapter.db")) as db, db:
-        db.execute("UPDATE dicom_instances SET study_date = ? WHERE sop_instance_uid = ?", (filed, sop))
-        db.execute("DELETE FROM key_fingerprints WHERE name = 'study-dates'")
+    db = sqlite3.connect(tmp_path / "data" / "adapter.db")
+    try:
+        with db:  # one transaction
+            db.execute("UPDATE dicom_instances SET study_date = ? WHERE sop_instance_uid = ?", (filed, sop))
+            db.execute("DELETE FROM key_fingerprints WHERE name = 'study-dates'")
+    finally:
+        db.close()
     with adapter_client(tmp_path) as (client, services):
         (found,) = qido(client, "studies", StudyInstanceUID=study)
         assert value(found, "00080020") == taken
