@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -43,6 +45,25 @@ class Laterality(StrEnum):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+#: A date or a date and time as JSON text: ISO 8601 / FHIR dateTime with a full date (a time
+#: without its zone is the writer's local time, see adapter.mapping.consent).
+_ISO_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                            r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?")
+
+
+def _iso_text(value: Any) -> Any:
+    """A date sent as JSON must be ISO 8601 text: pydantic reads a number, or a string of
+    digits, as seconds since 1970, so a DICOM-style ``"20240517"`` was recorded as 1970-08-23
+    and a consent dated ``"2024"`` as 1970-01-01T00:33:44Z. Values made in Python (the
+    transaction Bundle's parsed FHIR dates) pass as they are."""
+    if value is None or isinstance(value, date):  # datetime is a date
+        return value
+    if not isinstance(value, str) or not _ISO_DATE_TIME.fullmatch(value):
+        raise ValueError("must be an ISO 8601 date or date and time as text: YYYY-MM-DD or "
+                         "YYYY-MM-DDThh:mm:ss with Z or an offset")
+    return value
 
 
 def _in_utc_calendar(value: datetime | date | None) -> datetime | date | None:
@@ -104,6 +125,7 @@ class ConsentStatement(_Model):
     form: str | None = Field(None, description="base64 scan/PDF of a written consent form")
     form_content_type: str | None = Field(None, alias="formContentType")
 
+    _date_as_text = field_validator("date", mode="before")(_iso_text)
     _date_in_utc_calendar = field_validator("date")(_in_utc_calendar)
 
 
@@ -130,4 +152,5 @@ class PhotoMetadata(_Model):
     colleague: Colleague | None = None
     title: str | None = None
 
+    _taken_as_text = field_validator("taken_at", mode="before")(_iso_text)
     _taken_in_utc_calendar = field_validator("taken_at")(_in_utc_calendar)

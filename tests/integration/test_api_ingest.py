@@ -258,6 +258,14 @@ def test_oversize_upload_is_413(tmp_path: Path) -> None:
     ({"patient": PATIENT, "kind": "clinical"}, "source"),
     ({"patient": PATIENT, "kind": "clinical", "source": "clinician",
       "consent": {"purposes": ["EDU"], "method": "verbal"}}, "consent.purposes"),
+    # dates as numbers or digits were read as seconds since 1970: "20240517" became 1970-08-23
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "takenAt": "20240517"}, "takenAt"),
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "takenAt": 1715940000}, "takenAt"),
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "takenAt": 0.5}, "takenAt"),
+    ({"patient": PATIENT, "kind": "clinical", "source": "clinician",
+      "consent": {"purposes": ["TREAT"], "method": "verbal", "date": "2024"}}, "consent.date"),
+    ({"patient": PATIENT, "kind": "clinical", "source": "clinician",
+      "consent": {"purposes": ["TREAT"], "method": "verbal", "date": 1715940000}}, "consent.date"),
 ])
 def test_invalid_metadata_points_at_the_element(tmp_path: Path, meta: dict, where: str) -> None:
     with adapter_client(tmp_path) as (client, services):
