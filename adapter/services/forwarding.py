@@ -38,6 +38,7 @@ from adapter.model.dicom import DicomInstance, OutboxItem
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.dicom_objects import dicom_object_for
+from adapter.services.outbox_leases import LeaseKeeper
 from adapter.store.port import BlobStore, RecordStore
 
 if TYPE_CHECKING:
@@ -148,6 +149,8 @@ class ForwardOptions:
     batch_size: int = 4            # objects regenerated and held in memory at once (a native 12 MP
                                    # photo is 36 MB; the association outlives the batch anyway)
     stop_timeout: float = 30.0     # how long stop() waits for the current batch
+    lease_renewal: float = 20.0    # renew the leases of a batch in flight this often (a third of
+                                   # the store's 60 s lease; adapter.services.outbox_leases)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ForwardOptions:
@@ -264,59 +267,73 @@ class Forwarder:
             for start in range(0, len(group), self.options.batch_size):
                 if self._stopping.is_set():
                     return len(items)  # the rest stays leased: claimed again after the lease
-                self._send(destination, group[start:start + self.options.batch_size])
+                batch = group[start:start + self.options.batch_size]
+                # the claim of a later batch may have run out while earlier ones were sent, and
+                # another forwarder claimed (sent) its items meanwhile: only what is held goes
+                held = self._store.renew_outbox_claims(batch, self._now())
+                if len(held) < len(batch):
+                    log.info("%d outbox item(s) to %s were claimed by another forwarder meanwhile",
+                             len(batch) - len(held), destination)
+                if held:
+                    self._send(destination, held)
         return len(items)
 
     def _send(self, destination: str, items: list[OutboxItem]) -> None:
-        ready: list[tuple[OutboxItem, Dataset | Path, _Disclosure]] = []
-        for item in items:
+        """Send ``items`` (claimed, their claims just renewed), keeping them leased meanwhile."""
+        with LeaseKeeper(self._store, items, now=self._now, interval=self.options.lease_renewal) as leases:
+            ready: list[tuple[OutboxItem, Dataset | Path, _Disclosure]] = []
+            for item in items:
+                try:
+                    obj, disclosure = self._object_for(item)
+                except _Skip as skip:
+                    self._settle(item, SendResult(item.sop_instance_uid,
+                                                  SendOutcome.PERMANENT if skip.permanent else SendOutcome.RETRY,
+                                                  None, skip.reason), leases)
+                    continue
+                except Exception as exc:
+                    log.exception("preparing outbox item %d failed", item.id)
+                    self._settle(item, SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
+                                                  f"could not prepare the object: {type(exc).__name__}"), leases)
+                    continue
+                ready.append((item, obj, disclosure))
+            if not ready:
+                return
             try:
-                obj, disclosure = self._object_for(item)
-            except _Skip as skip:
-                self._settle(item, SendResult(item.sop_instance_uid,
-                                              SendOutcome.PERMANENT if skip.permanent else SendOutcome.RETRY,
-                                              None, skip.reason))
-                continue
+                results = self._sender.send_batch(destination, [obj for _, obj, _ in ready])
             except Exception as exc:
-                log.exception("preparing outbox item %d failed", item.id)
-                self._settle(item, SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
-                                              f"could not prepare the object: {type(exc).__name__}"))
-                continue
-            ready.append((item, obj, disclosure))
-        if not ready:
-            return
-        try:
-            results = self._sender.send_batch(destination, [obj for _, obj, _ in ready])
-        except Exception as exc:
-            log.exception("sending to %s failed", destination)
-            results = [SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
-                                  f"sending failed: {type(exc).__name__}") for item, _, _ in ready]
-        if len(results) != len(ready):  # the sender broke its promise: nothing is known to be sent
-            log.error("the sender returned %d results for %d objects", len(results), len(ready))
-            results = [SendResult(item.sop_instance_uid, SendOutcome.RETRY, None, "the sender returned no result")
-                       for item, _, _ in ready]
+                log.exception("sending to %s failed", destination)
+                results = [SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
+                                      f"sending failed: {type(exc).__name__}") for item, _, _ in ready]
+            if len(results) != len(ready):  # the sender broke its promise: nothing is known to be sent
+                log.error("the sender returned %d results for %d objects", len(results), len(ready))
+                results = [SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
+                                      "the sender returned no result") for item, _, _ in ready]
         for (item, _, disclosure), result in zip(ready, results, strict=True):
-            self._settle(item, result)
+            self._settle(item, result, leases)
             if result.acknowledged:
                 self._audit(disclosure, destination, permitted=True)
 
-    def _settle(self, item: OutboxItem, result: SendResult) -> None:
+    def _settle(self, item: OutboxItem, result: SendResult, leases: LeaseKeeper) -> None:
         """Record the attempt at once: an acknowledged object is marked sent before anything
-        else happens, so it is not sent again (see the module docstring)."""
+        else happens, so it is not sent again (see the module docstring). A failure is recorded
+        only under the claim this forwarder holds: if it was lost meanwhile, the item is another
+        forwarder's now (and perhaps sent already)."""
         now = self._now()
         if result.acknowledged:
             self._store.mark_outbox_sent(item.id, now)
             return
         attempts = item.attempts + 1
         error = result.error or "failed"
-        if result.outcome is SendOutcome.PERMANENT or attempts >= self.options.retry_max:
-            self._store.mark_outbox_retry(item.id, next_attempt_at=now, error=error, now=now, give_up=True)
+        give_up = result.outcome is SendOutcome.PERMANENT or attempts >= self.options.retry_max
+        retry_at = now if give_up else now + backoff_delay(attempts, self.options, self._rng)
+        if not self._store.mark_outbox_retry(item.id, next_attempt_at=retry_at, error=error, now=now,
+                                             give_up=give_up, claimed_until=leases.lease_end(item)):
+            log.info("outbox item %d to %s: attempt failed (%s) after another forwarder took it", item.id,
+                     item.destination, error)
+        elif give_up:
             log.warning("outbox item %d to %s failed for good after %d attempt(s): %s",
                         item.id, item.destination, attempts, error)
         else:
-            self._store.mark_outbox_retry(
-                item.id, next_attempt_at=now + backoff_delay(attempts, self.options, self._rng),
-                error=error, now=now)
             log.info("outbox item %d to %s: attempt %d failed (%s), retrying", item.id, item.destination,
                      attempts, error)
 

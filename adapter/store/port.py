@@ -249,8 +249,17 @@ class RecordStore(Protocol):
         """Status sent; counts the attempt. NotFound for an unknown id."""
 
     def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,
-                          give_up: bool = False) -> None:
-        """Count an attempt; ``give_up`` sets status failed. NotFound for an unknown id."""
+                          give_up: bool = False, claimed_until: datetime | None = None) -> bool:
+        """Count an attempt of a pending item; ``give_up`` sets status failed. An item no longer
+        pending (another forwarder had it acknowledged) is left as it is, and so is one whose
+        lease end is not ``claimed_until`` when given (another forwarder claimed it since);
+        returns whether the attempt was recorded. NotFound for an unknown id."""
+
+    def renew_outbox_claims(self, items: Sequence[OutboxItem], now: datetime) -> list[OutboxItem]:
+        """Of ``items`` (as claim_outbox or an earlier renewal returned them), those whose claim
+        still holds, each leased afresh from ``now`` (the returned items carry the new lease
+        end). An item whose lease ran out and that another forwarder claimed since, or that is
+        no longer pending, is left out: its holder may not send it."""
 
     def requeue_outbox(self, *, now: datetime, ids: Sequence[int] | None = None,
                        destination: str | None = None) -> int:

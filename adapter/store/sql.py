@@ -3,6 +3,7 @@ dialect differences live in ``engine.py`` and ``dates.py``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -712,24 +713,57 @@ class SqlRecordStore:
                     for row in conn.execute(select(outbox).where(_o.id.in_(claimed))).mappings()}
         return [rows[i] for i in claimed]
 
-    def _finish_attempt(self, item_id: int, values: dict[str, Any]) -> None:
+    def _finish_attempt(self, item_id: int, values: dict[str, Any], *conditions: Any) -> bool:
+        """Count an attempt of item ``item_id`` where ``conditions`` hold; False when the item
+        exists but they do not (NotFound when it does not exist)."""
         with self._write() as conn:
-            result = conn.execute(update(outbox).where(_o.id == item_id)
+            result = conn.execute(update(outbox).where(_o.id == item_id, *conditions)
                                   .values(attempts=_o.attempts + 1, **values))
-            if result.rowcount != 1:
+            if result.rowcount == 1:
+                return True
+            if conn.execute(select(_o.id).where(_o.id == item_id)).first() is None:
                 raise NotFound("no outbox item with this id")
+        return False
 
     def mark_outbox_sent(self, item_id: int, now: datetime) -> None:
-        """The item was stored by its destination: status sent; the attempt is counted."""
+        """The item was stored by its destination: status sent; the attempt is counted. An
+        acknowledgement is a fact whoever reports it, claim or no claim."""
         self._finish_attempt(item_id, {"status": OUTBOX_SENT, "last_error": None, "updated": to_utc(now)})
 
     def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,
-                          give_up: bool = False) -> None:
+                          give_up: bool = False, claimed_until: datetime | None = None) -> bool:
         """Count a failed attempt and keep ``error`` (cut to 1000 characters; callers keep patient
-        data out of it); due again at ``next_attempt_at``, or status failed when ``give_up``."""
-        self._finish_attempt(item_id, {
+        data out of it); due again at ``next_attempt_at``, or status failed when ``give_up``.
+
+        Only a pending item changes: a failure reported late, by a forwarder whose lease ran out
+        while another claimed the item again and had it acknowledged, never puts a sent item back
+        (it would be sent again). With ``claimed_until`` (the lease end of the reporter's claim)
+        only while that claim holds: a stale report does not move another forwarder's lease.
+        Returns whether the report was recorded."""
+        conditions = [_o.status == OUTBOX_PENDING]
+        if claimed_until is not None:
+            conditions.append(_o.next_attempt_at == to_utc(claimed_until))
+        return self._finish_attempt(item_id, {
             "status": OUTBOX_FAILED if give_up else OUTBOX_PENDING, "next_attempt_at": to_utc(next_attempt_at),
-            "last_error": error[:_LAST_ERROR_MAX], "updated": to_utc(now)})
+            "last_error": error[:_LAST_ERROR_MAX], "updated": to_utc(now)}, *conditions)
+
+    def renew_outbox_claims(self, items: Sequence[OutboxItem], now: datetime) -> list[OutboxItem]:
+        """See RecordStore.renew_outbox_claims: a claim is held while the item is pending and its
+        next_attempt_at is still the lease end that claim (or its last renewal) gave it; no other
+        claim can give the same one (it is claimed only once that lease end has passed, and
+        leases it a full lease ahead of its own, later, now)."""
+        if not items:
+            return []
+        lease_end = to_utc(now) + self._outbox_lease
+        held: list[OutboxItem] = []
+        with self._write() as conn:
+            for item in items:
+                result = conn.execute(update(outbox).where(
+                    _o.id == item.id, _o.status == OUTBOX_PENDING,
+                    _o.next_attempt_at == to_utc(item.next_attempt_at)).values(next_attempt_at=lease_end))
+                if result.rowcount == 1:
+                    held.append(dataclasses.replace(item, next_attempt_at=lease_end))
+        return held
 
     def requeue_outbox(self, *, now: datetime, ids: Sequence[int] | None = None,
                        destination: str | None = None) -> int:

@@ -7,6 +7,7 @@ cases are skipped, except in CI (CI=true), where they fail.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -1397,3 +1398,43 @@ def test_reindex_records_derives_the_index_afresh_once_per_version(store: SqlRec
     assert ids(store.search_index("Consent", SearchCriteria(status=("indexed",)))) == []
     assert store.reindex_records("v-test", lambda _: pytest.fail("indexed again")) == 0
     assert store.reindex_records("v-next", index_of, batch=1) == 2  # a new version: again, in batches of one
+
+
+def test_a_late_failure_report_never_puts_an_acknowledged_item_back(open_records: StoreFactory) -> None:
+    """A forwarder whose C-STORE outlived its lease (the SCU waits up to 120 s for a response, the
+    lease is 60 s) reports its failure after another forwarder claimed the item again, sent it and
+    had it acknowledged: the item stays sent, and is never claimed (sent) again."""
+    first, second = open_records(), open_records()  # two forwarder processes on one database
+    first.save_ingest(make_dicom_unit(destinations=(PACS,)))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    [slow] = first.claim_outbox(now, 10)
+    later = now + timedelta(seconds=61)  # the first claimer's lease ran out mid-send
+    [again] = second.claim_outbox(later, 10)
+    assert again.id == slow.id
+    second.mark_outbox_sent(again.id, later)
+    first.mark_outbox_retry(slow.id, next_attempt_at=later, error="no C-STORE response", now=later)
+    first.mark_outbox_retry(slow.id, next_attempt_at=later, error="gave up", now=later, give_up=True)
+    [item] = second.list_outbox()
+    assert item.status == "sent"
+    assert second.claim_outbox(later + timedelta(days=1), 10) == []
+    assert second.requeue_outbox(now=later) == 0
+
+
+def test_an_outbox_claim_is_renewed_only_while_it_holds(open_records: StoreFactory) -> None:
+    first, second = open_records(), open_records()
+    first.save_ingest(make_dicom_unit(destinations=(PACS, ARCHIVE)))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    pacs, archive = first.claim_outbox(now, 10)
+    renewed = first.renew_outbox_claims([pacs], now + timedelta(seconds=50))
+    assert [(i.id, i.next_attempt_at) for i in renewed] == [(pacs.id, now + timedelta(seconds=110))]
+    later = now + timedelta(seconds=61)  # the archive item's lease ran out; the renewed one's did not
+    [taken] = second.claim_outbox(later, 10)
+    assert taken.id == archive.id
+    assert first.renew_outbox_claims([renewed[0], archive], later) == [
+        dataclasses.replace(renewed[0], next_attempt_at=later + timedelta(seconds=60))]
+    assert not first.mark_outbox_retry(archive.id, next_attempt_at=later, error="x", now=later,
+                                       claimed_until=archive.next_attempt_at)  # stale: the second one's now
+    assert second.mark_outbox_retry(taken.id, next_attempt_at=later, error="x", now=later,
+                                    claimed_until=taken.next_attempt_at)
+    second.mark_outbox_sent(pacs.id, later)
+    assert first.renew_outbox_claims([pacs], later) == []  # sent: nothing left to hold

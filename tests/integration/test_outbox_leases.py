@@ -1,0 +1,132 @@
+"""Two forwarders on one outbox (``serve`` twice on one data folder or database): an object is
+sent once, also when a PACS answers more slowly than the lease a claim takes (60 s, while the
+SCU waits up to 120 s for a C-STORE response). The forwarders' clock is the test's, so the
+lease runs out when the test says; the senders are fakes that block on events."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import Dataset
+
+from adapter.services.forwarding import Forwarder, ForwardOptions, SendOutcome, SendResult
+from adapter.services.registry import Services, build_services
+from adapter.store.dates import now_instant
+from tests.conftest import ROOT
+from tests.support.app import PATIENT, adapter_client, metadata, post_photo
+from tests.support.postgres import postgres_schema
+
+PACS = "PACS@127.0.0.1:104"
+LEASE = timedelta(seconds=60)  # the store's (adapter.store.sql.OUTBOX_LEASE)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self._now = now_instant() + timedelta(seconds=1)  # the items are due
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, delta: timedelta) -> None:
+        with self._lock:
+            self._now += delta
+
+
+class Sender:
+    """Acknowledges everything; the first batch waits for ``release`` when ``blocking``."""
+
+    def __init__(self, *, blocking: bool = False) -> None:
+        self.sent: list[str] = []
+        self.in_flight = threading.Event()
+        self.go = threading.Event()
+        self._blocking = blocking
+
+    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path]) -> list[SendResult]:
+        uids = [str(ds.SOPInstanceUID) for ds in datasets if isinstance(ds, Dataset)]
+        self.sent += uids
+        if self._blocking and not self.in_flight.is_set():
+            self.in_flight.set()
+            assert self.go.wait(20), "the test never let the slow PACS answer"
+        return [SendResult(uid, SendOutcome.ACKNOWLEDGED, 0) for uid in uids]
+
+    def release(self) -> None:
+        pass
+
+
+def forwarder(services: Services, sender: Sender, clock: Clock, **options: Any) -> Forwarder:
+    return Forwarder(store=services.store, blobs=services.blobs, tables=services.tables,
+                     dicom_tables=services.dicom_ingest.dicom_tables, sender=sender, auditor=services.auditor,
+                     reader=services.reader, options=ForwardOptions(**options), now=clock)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "sqlite":
+        yield None  # the data folder's
+    else:
+        with postgres_schema("outbox") as url:
+            yield url
+
+
+@contextmanager
+def two_processes(tmp_path: Path, database_url: str | None, photos: int) -> Iterator[tuple[Services, Services]]:
+    """The services of two ``serve`` processes on one data folder and database, ``photos``
+    photos pending."""
+    with adapter_client(tmp_path, database_url=database_url, forward_to=PACS) as (client, services):
+        for n in range(photos):
+            meta = metadata(patient={"system": PATIENT["system"], "value": f"MRN-{n:04d}"})
+            r = post_photo(client, ROOT / "samples" / "wound.jpg", meta)
+            assert r.status_code == 201, r.text
+        other = build_services(services.settings)
+        try:
+            yield services, other
+        finally:
+            other.close()
+
+
+def test_an_object_is_sent_once_by_two_forwarders_when_the_pacs_is_slower_than_the_lease(
+        tmp_path: Path, database_url: str | None) -> None:
+    clock = Clock()
+    with two_processes(tmp_path, database_url, photos=8) as (one, two):
+        slow, fast = Sender(blocking=True), Sender()
+        first = forwarder(one, slow, clock, claim_limit=8, batch_size=4, lease_renewal=0.01)
+        second = forwarder(two, fast, clock)
+        errors: list[BaseException] = []
+
+        def run_first() -> None:
+            try:
+                first.run_once()
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+
+        thread = threading.Thread(target=run_first)
+        thread.start()
+        try:
+            assert slow.in_flight.wait(20)  # the first batch of the first forwarder's claim is at the PACS
+            in_flight = set(slow.sent)
+            clock.advance(LEASE + timedelta(seconds=1))  # its C-STORE outlasts the lease
+            # the first forwarder keeps what it is sending leased (if it does: else go on at once)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not all(
+                    i.next_attempt_at > clock() for i in two.store.list_outbox()
+                    if i.sop_instance_uid in in_flight):
+                time.sleep(0.01)
+            second.run_once()  # the other process's forwarder claims what is due
+        finally:
+            slow.go.set()
+            thread.join(30)
+        assert not errors
+        sends = slow.sent + fast.sent
+        assert len(sends) == len(set(sends)) == 8, (len(slow.sent), len(fast.sent))
+        assert [i.status for i in two.store.list_outbox()] == ["sent"] * 8
+        assert first.run_once() == second.run_once() == 0
+
