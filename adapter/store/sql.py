@@ -75,6 +75,8 @@ _SEARCH_INDEX = "search-index"  # the version of the records' search index (rein
 _SEARCH_INDEX_LOCK = 0x1A6E5704
 _PHOTO_STUDY_DATES = "study-dates"  # the version of the posted photos' StudyDate (reindex_photo_study_dates)
 _PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
+#: Held (PostgreSQL) from a transaction's insert of AuditEvents to its commit (_insert_audit).
+_AUDIT_LOCK = 0x1A6E5706
 #: The resources reindex_records re-derives the search index of.
 _RECORD_TYPES = ("Media", "DocumentReference")
 _p = patient_pseudonyms.c
@@ -272,8 +274,23 @@ class SqlRecordStore:
         run(conn, resource_history, history_row(new, document, version_id, now))
         if rows := token_rows(new):
             run(conn, tokens, rows)
-        if audit_events:
-            run(conn, audit, [{"recorded": now, "json": event} for event in audit_events])
+        self._insert_audit(conn, [{"recorded": now, "json": event} for event in audit_events])
+
+    def _insert_audit(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert AuditEvent rows: the last statement of their transaction.
+
+        The export hands a SIEM the last sequence number it wrote, to continue after (iter_audit,
+        ``python -m adapter audit --after``), so sequence numbers must become visible in order.
+        On PostgreSQL a transaction that took number 7 could commit after one that took 8 and
+        was exported, and 7 was then never exported. So the numbers are taken under a
+        transaction-scoped lock, held until the commit: transactions that audit commit in the
+        order of their numbers (the lock is held for the insert and the commit only). SQLite
+        has one writer at a time anyway."""
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
+        self._inserts.execute(conn, audit, rows)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -305,11 +322,10 @@ class SqlRecordStore:
                 run(conn, resource_history, [history_row(n, e, 1, now) for n, e in pairs])
                 if rows := [row for new in unit.resources for row in token_rows(new)]:
                     run(conn, tokens, rows)
-            if unit.audit_events:
-                run(conn, audit, [{"recorded": now, "json": e} for e in unit.audit_events])
             if unit.outbox:
                 run(conn, outbox, [outbox_row(item, now) for item in unit.outbox])
             self._index_pseudonyms(conn, unit.resources)
+            self._insert_audit(conn, [{"recorded": now, "json": e} for e in unit.audit_events])  # last
         for new, document in zip(unit.resources, documents, strict=True):
             new.resource["meta"] = document["meta"]
 
@@ -354,7 +370,7 @@ class SqlRecordStore:
 
     def append_audit(self, event: dict[str, Any]) -> None:
         with self._write() as conn:
-            self._inserts.execute(conn, audit, {"recorded": now_instant(), "json": event})
+            self._insert_audit(conn, [{"recorded": now_instant(), "json": event}])
 
     # -- reads ----------------------------------------------------------------------------
 
