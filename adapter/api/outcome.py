@@ -55,6 +55,12 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
 }
 
 
+#: Retry-After (RFC 9110 10.2.3) of a 503: the store was busy past its wait (SQLite's busy timeout, the
+#: connection pool's) or failed for the moment; nothing of the request was stored, and a client that
+#: retries at once only adds to the queue it waited in.
+RETRY_AFTER_SECONDS = 5
+
+
 def status_for(err: e.AdapterError) -> int:
     for cls in type(err).__mro__:
         if cls in HTTP_STATUS:
@@ -73,7 +79,8 @@ def install_error_handlers(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500:
             log.error("request failed: %s", type(exc).__name__)
-        return fhir_response(outcome_from_error(exc), status)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+        return fhir_response(outcome_from_error(exc), status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
