@@ -327,7 +327,7 @@ class Forwarder:
         give_up = result.outcome is SendOutcome.PERMANENT or attempts >= self.options.retry_max
         retry_at = now if give_up else now + backoff_delay(attempts, self.options, self._rng)
         if not self._store.mark_outbox_retry(item.id, next_attempt_at=retry_at, error=error, now=now,
-                                             give_up=give_up, claimed_until=leases.lease_end(item)):
+                                             give_up=give_up, claimed_until=leases.release(item)):
             log.info("outbox item %d to %s: attempt failed (%s) after another forwarder took it", item.id,
                      item.destination, error)
         elif give_up:

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 class LeaseKeeper:
     """A context manager: renews the leases of ``items`` every ``interval`` seconds in a thread
-    while the block runs; :meth:`lease_end` is an item's current lease end (its claim token)."""
+    while the block runs; :meth:`release` ends an item's renewal and gives its lease end (the
+    token of the claim held, for reporting the item's attempt)."""
 
     def __init__(self, store: RecordStore, items: Sequence[OutboxItem], *, now: Callable[[], datetime],
                  interval: float) -> None:
@@ -39,17 +40,20 @@ class LeaseKeeper:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def lease_end(self, item: OutboxItem) -> datetime:
+    def release(self, item: OutboxItem) -> datetime:
+        """Stop renewing ``item`` (it is settled now); its current lease end, under which the
+        caller reports it (waits for a renewal in progress, so the two never cross)."""
         with self._lock:
-            return self._items.get(item.id, item).next_attempt_at
+            held = self._items.pop(item.id, item)
+        return held.next_attempt_at
 
     def renew(self) -> None:
         """Renew every item still held once; an item lost (claimed by another forwarder) is
-        logged and no longer renewed (its send is in flight and cannot be called back)."""
+        logged and no longer renewed (its send is in flight and cannot be called back). The
+        lock is held throughout: a lease end read meanwhile is the one the database holds."""
         with self._lock:
             held = list(self._items.values())
-        renewed = {item.id: item for item in self._store.renew_outbox_claims(held, self._now())}
-        with self._lock:
+            renewed = {item.id: item for item in self._store.renew_outbox_claims(held, self._now())}
             for item_id in [i for i in self._items if i not in renewed]:
                 log.warning("the lease of outbox item %d was lost while it was being sent", item_id)
                 del self._items[item_id]
