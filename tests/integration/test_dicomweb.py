@@ -1420,3 +1420,40 @@ def test_dicom_exchanges_are_audited_as_dicom_audit_messages(adapter: tuple[Fhir
     assert client.get(f"/fhir/{receipt['record']}", headers=TREAT).status_code == 200
     [read] = new_events()
     assert read["type"]["code"] == "rest" and read["subtype"][0]["code"] == "read" and study_uids(read) == []
+
+
+def test_a_study_retrieve_is_audited_once_per_patient_and_outcome(adapter: tuple[FhirClient, Services]) -> None:
+    """WADO-RS of a study wrote one AuditEvent per instance (a study of 500 images: 500 events,
+    each its own commit). It is one DICOM Instances Transferred message per patient and
+    outcome now (IHE BALP: one AuditEvent per patient), naming each record and the study."""
+    client, services = adapter
+    first = received(record_id="rec-a")
+    same_patient = [received(record_id=f"rec-{c}", StudyInstanceUID=first.StudyInstanceUID) for c in "bc"]
+    other_patient = received(record_id="rec-d", StudyInstanceUID=first.StudyInstanceUID, PatientID="MRN-0002",
+                             PatientName="Roe^Rick")
+    assert stow(client, first, *same_patient, other_patient).status_code == 200
+    records = {ds.SOPInstanceUID: services.store.find_dicom_instance(ds.SOPInstanceUID)
+               for ds in (first, *same_patient, other_patient)}
+    mine = sorted(f"{i.record_type}/{i.record_id}" for uid, i in records.items() if uid != other_patient.SOPInstanceUID)
+    theirs = [f"{records[other_patient.SOPInstanceUID].record_type}/{records[other_patient.SOPInstanceUID].record_id}"]
+
+    def retrieved(headers: dict[str, str], study: str = first.StudyInstanceUID) -> list[dict[str, Any]]:
+        before = len(services.store.list_audit(10000))
+        assert wado(client, study, headers=headers).status_code == 200
+        events = services.store.list_audit(10000)
+        fresh = events[: len(events) - before]
+        record_emitted(fresh)
+        return dicom_events(fresh, INSTANCES_TRANSFERRED)
+
+    def named(event: dict[str, Any]) -> list[str]:
+        return sorted(e["what"]["reference"] for e in event["entity"]
+                      if e.get("what", {}).get("reference", "").startswith(("Media/", "DocumentReference/")))
+
+    events = sorted(retrieved(TREAT), key=lambda e: len(named(e)))
+    assert [named(e) for e in events] == [theirs, mine]
+    assert all(e["outcome"] == "0" and study_uids(e) == [first.StudyInstanceUID] for e in events)
+
+    add_consent(client, ["TRAIN"])  # for MRN-0001 only: the other patient's instance is refused
+    [released] = qido(client, "studies", TRAIN)  # the study as the TRAIN view names it
+    outcomes = sorted((e["outcome"], named(e)) for e in retrieved(TRAIN, value(released, "0020000D")))
+    assert outcomes == [("0", mine), ("4", theirs)]
