@@ -1,5 +1,6 @@
-"""DICOM objects the adapter knows about (received from a PACS or generated from a photo) and
-the durable outbox of objects to forward."""
+"""DICOM objects the adapter knows about (received from a PACS or generated from a photo), the
+durable outbox of objects to forward, and the normal form QIDO-RS matches a PatientName in
+(:func:`person_name_key`: the store indexes it, the matching compares it)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,17 @@ class DicomInstance:
     study_description: str | None = None
     accession_number: str | None = None
     study_time: str | None = None        # TM
+
+
+def person_name_key(value: str | None) -> str:
+    """A PN value (or a QIDO-RS PatientName pattern) in the form PatientName is matched in: each
+    component group without its empty trailing components (``Doe^John^^^`` is ``Doe^John``),
+    empty trailing groups dropped, groups joined by ``=``, case folded (PS3.4 C.2.2.2.1 lets PN
+    matching disregard case; ``str.casefold``, so ``Straße`` is ``strasse`` and the Kelvin sign
+    ``k``). ``""`` for no value."""
+    if not value:
+        return ""
+    return "=".join(group.rstrip("^ ") for group in value.strip().split("=")).rstrip("=").casefold()
 
 
 @dataclass(frozen=True)

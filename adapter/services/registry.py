@@ -144,6 +144,9 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     redated = store.reindex_photo_study_dates(STUDY_DATE_VERSION, study_date)
     if redated:
         _log.info("re-derived the QIDO-RS StudyDate of %d posted photo(s) (%s)", redated, STUDY_DATE_VERSION)
+    filled = store.fill_dicom_match_keys()
+    if filled:
+        _log.info("derived the QIDO-RS PatientName and StudyDescription keys of %d DICOM instance(s)", filled)
     auditor = Auditor(store, now)
     pseudonym_key = _pseudonym_key(settings)
     pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)

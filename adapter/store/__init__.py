@@ -8,6 +8,7 @@ from adapter.store.blobs import FileBlobStore
 from adapter.store.port import (
     BlobStore,
     DateCriterion,
+    NamePrefix,
     RecordStore,
     SearchCriteria,
     TokenCriterion,
@@ -29,6 +30,6 @@ def open_store(options: StoreOptions) -> tuple[SqlRecordStore, FileBlobStore]:
 
 
 __all__ = [
-    "BlobStore", "DateCriterion", "FileBlobStore", "RecordStore", "SearchCriteria", "SqlRecordStore",
+    "BlobStore", "DateCriterion", "FileBlobStore", "NamePrefix", "RecordStore", "SearchCriteria", "SqlRecordStore",
     "TokenCriterion", "open_store",
 ]

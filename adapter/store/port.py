@@ -38,6 +38,18 @@ class DateCriterion:
 
 
 @dataclass(frozen=True)
+class NamePrefix:
+    """QIDO-RS PatientName candidates: the instances whose PatientName key
+    (adapter.model.dicom.person_name_key) starts with ``prefix``, or, with ``any_group``, one of
+    whose component groups does (a pattern of one group is matched against each; ``prefix`` then
+    holds no ``=``). Found through the key's index: a superset of what a pattern with this
+    literal prefix matches, which the caller then matches exactly."""
+
+    prefix: str
+    any_group: bool
+
+
+@dataclass(frozen=True)
 class SearchCriteria:
     """AND of all given criteria; each inner tuple of tokens is an OR (comma-separated values)."""
 
@@ -191,16 +203,26 @@ class RecordStore(Protocol):
                                sop_instance: str | None = None, patient: Identifier | None = None,
                                patient_value: str | None = None, modality: str | None = None,
                                study_dates: tuple[str | None, str | None] | None = None,
-                               accession_number: str | None = None) -> list[DicomInstance]:
+                               accession_number: str | None = None, patient_name: NamePrefix | None = None,
+                               study_description_prefix: str | None = None) -> list[DicomInstance]:
         """AND of the criteria (``patient_value``: in any system; ``study_dates``: an inclusive
-        YYYYMMDD range, open where None, never matching an instance without a StudyDate);
-        ordered by study, series, created."""
+        YYYYMMDD range, open where None, never matching an instance without a StudyDate;
+        ``patient_name``: see NamePrefix; ``study_description_prefix``: a StudyDescription that
+        starts with it, case-sensitive; these two also keep every instance whose keys are not
+        derived yet, see fill_dicom_match_keys); ordered by study, series, created."""
 
     def iter_dicom_instances(self, *, batch: int = 500, patient_value: str | None = None,
                              modality: str | None = None, study_dates: tuple[str | None, str | None] | None = None,
-                             accession_number: str | None = None) -> Iterator[list[DicomInstance]]:
+                             accession_number: str | None = None, patient_name: NamePrefix | None = None,
+                             study_description_prefix: str | None = None) -> Iterator[list[DicomInstance]]:
         """search_dicom_instances in lists of at most ``batch``, streamed (bounded memory; a
         reader may stop early and close the generator)."""
+
+    def fill_dicom_match_keys(self, batch: int = 500) -> int:
+        """Derive the PatientName and StudyDescription match keys of the instances that have none
+        (stored before schema 12, or by a process running older code), a batch per transaction:
+        idempotent, and an interrupted fill is taken up where it stopped. Returns how many
+        instances got their keys now."""
 
     def search_released_dicom_instances(self, view: str, *, study: str | None = None,
                                         series: str | None = None,

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.engine import RowMapping
 
 from adapter.errors import InvalidResource
-from adapter.model.dicom import DicomInstance, NewOutboxItem, OutboxItem, ReleasedUids
+from adapter.model.dicom import DicomInstance, NewOutboxItem, OutboxItem, ReleasedUids, person_name_key
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.record import AccessFacts, IndexRow, NewResource, StoredResource
 from adapter.store.dates import format_instant, to_utc
@@ -125,6 +125,20 @@ def dicom_instance_row(instance: DicomInstance, created: datetime) -> dict[str, 
         "study_description": instance.study_description,
         "accession_number": instance.accession_number,
         "study_time": instance.study_time,
+        **match_keys(instance.patient_name, instance.study_description),
+    }
+
+
+def match_keys(patient_name: str | None, study_description: str | None) -> dict[str, str | None]:
+    """The QIDO-RS match key columns of an instance with this PatientName and StudyDescription
+    (what each holds: adapter.store.schema, dicom_instances)."""
+    key = person_name_key(patient_name)
+    groups = key.split("=")
+    return {
+        "patient_name_key": key,
+        "patient_name_ideographic_key": groups[1] if len(groups) > 1 and groups[1] else None,
+        "patient_name_phonetic_key": "" if len(groups) > 3 else groups[2] if len(groups) > 2 and groups[2] else None,
+        "study_description_key": study_description or "",
     }
 
 

@@ -32,7 +32,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from adapter.errors import ConfigurationError
 from adapter.store.dates import UtcDateTime, now_instant
@@ -48,7 +48,23 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 9: an index of audit by recorded (the audit export from an instant).
 #: 10: resources.creation (IHE MHD ``creation``); records are re-indexed at start (reindex_records).
 #: 11: indexes of resources and dicom_instances by blob (is a blob referenced? before it is removed).
-SCHEMA_VERSION = 11
+#: 12: dicom_instances' match keys of PatientName and StudyDescription (indexed): QIDO-RS by name.
+SCHEMA_VERSION = 12
+
+
+#: A match key (dicom_instances.*_key): compared in code point order on both databases, so that
+#: a range ``>= prefix AND < the next prefix`` holds exactly the values that start with the prefix
+#: and the column's index serves it: SQLite's default BINARY collation is that order; on
+#: PostgreSQL the column takes the "C" collation (the database's own, e.g. en_US, orders strings
+#: by language rules: a prefix's values need not lie in one range, and a ``LIKE 'x%'`` uses a
+#: btree only with ``text_pattern_ops`` or "C").
+MatchKey = Text().with_variant(Text(collation="C"), "postgresql")
+
+
+def _present_index(name: str, column: str) -> Index:
+    """An index of the rows with a value in ``column`` (partial: most rows have none)."""
+    present = text(f"{column} IS NOT NULL")
+    return Index(name, column, sqlite_where=present, postgresql_where=present)
 
 
 def _blob_index(name: str) -> Index:
@@ -204,6 +220,18 @@ dicom_instances = Table(
     Column("study_description", Text),
     Column("accession_number", Text),
     Column("study_time", String(32)),
+    # QIDO-RS match keys (schema 12), written with the instance (adapter.store.rows) and filled at
+    # start for instances stored before (SqlRecordStore.fill_dicom_match_keys); NULL in
+    # patient_name_key: not derived yet (a candidate for every PatientName and StudyDescription
+    # search until it is). patient_name_key: adapter.model.dicom.person_name_key of PatientName,
+    # "" for none; the ideographic and phonetic keys: its second and third component groups (NULL
+    # when empty), the phonetic key "" when the name has more groups than the three PS3.5 6.2
+    # allows (then a candidate for every one-group pattern, which is matched against each group);
+    # study_description_key: StudyDescription as stored (its matching is case-sensitive), "" for none.
+    Column("patient_name_key", MatchKey),
+    Column("patient_name_ideographic_key", MatchKey),
+    Column("patient_name_phonetic_key", MatchKey),
+    Column("study_description_key", MatchKey),
     PrimaryKeyConstraint("sop_instance_uid", name="pk_dicom_instances"),
     Index("ix_dicom_instances_study", "study_instance_uid", "series_instance_uid", "created"),
     Index("ix_dicom_instances_series", "series_instance_uid"),
@@ -213,6 +241,10 @@ dicom_instances = Table(
     Index("ix_dicom_instances_accession_number", "accession_number"),
     _blob_index("ix_dicom_instances_blob"),
     Index("ix_dicom_instances_record", "record_type", "record_id"),
+    Index("ix_dicom_instances_patient_name_key", "patient_name_key"),
+    _present_index("ix_dicom_instances_patient_name_ideographic_key", "patient_name_ideographic_key"),
+    _present_index("ix_dicom_instances_patient_name_phonetic_key", "patient_name_phonetic_key"),
+    Index("ix_dicom_instances_study_description_key", "study_description_key"),
 )
 
 # An instance's UIDs as each restricted view releases them (keyed hashes of the originals, which
@@ -291,13 +323,21 @@ def _migrate(conn: Connection, found: int) -> None:
     8 → 9 adds an index to ``audit``;
     9 → 10 adds a nullable column to ``resources``, filled for the records stored before when the
     store re-indexes them at start (SqlRecordStore.reindex_records finds an older index version);
-    10 → 11 adds an index to ``resources`` and one to ``dicom_instances``.
+    10 → 11 adds an index to ``resources`` and one to ``dicom_instances``;
+    11 → 12 adds four nullable, indexed match key columns to ``dicom_instances``, filled for the
+    instances stored before at start (SqlRecordStore.fill_dicom_match_keys), in batches: NULL
+    means not derived yet, and such an instance stays a candidate of every search by them.
+    A change to how a key is derived needs a step that sets it NULL again.
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
             if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
-                ddl = ddl_type if isinstance(ddl_type, str) else \
-                    ddl_type.load_dialect_impl(conn.dialect).compile(dialect=conn.dialect)
+                if isinstance(ddl_type, str):
+                    ddl = ddl_type
+                elif isinstance(ddl_type, TypeDecorator):
+                    ddl = ddl_type.load_dialect_impl(conn.dialect).compile(dialect=conn.dialect)
+                else:  # a type with variants: the database's own
+                    ddl = ddl_type.compile(dialect=conn.dialect)
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
         for index in _ADDED_INDEXES.get(version, ()):
             index.create(conn, checkfirst=True)
@@ -310,11 +350,13 @@ def _migrate(conn: Connection, found: int) -> None:
 #: The columns each version adds to an existing table (table, column, type: the same DDL on
 #: SQLite and PostgreSQL, or a column type compiled for the database); ``create_all`` makes new
 #: tables whole but never alters one.
-_ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | UtcDateTime], ...]] = {
+_ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | TypeEngine[Any]], ...]] = {
     3: (("resources", "blob_offset", "BIGINT"), ("resources", "blob_length", "BIGINT")),
     8: (("dicom_instances", "patient_name", "TEXT"), ("dicom_instances", "study_description", "TEXT"),
         ("dicom_instances", "accession_number", "TEXT"), ("dicom_instances", "study_time", "VARCHAR(32)")),
     10: (("resources", "creation", UtcDateTime()),),
+    12: tuple(("dicom_instances", column, MatchKey) for column in (
+        "patient_name_key", "patient_name_ideographic_key", "patient_name_phonetic_key", "study_description_key")),
 }
 
 
@@ -325,6 +367,7 @@ _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
     8: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_accession_number"),
     9: tuple(audit.indexes),
     11: tuple(i for t in (resources, dicom_instances) for i in t.indexes if i.name and i.name.endswith("_blob")),
+    12: tuple(i for i in dicom_instances.indexes if i.name and i.name.endswith("_key")),
 }
 
 

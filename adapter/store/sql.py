@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, delete, func, or_, select, text, union, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, func, or_, select, text, union, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -22,7 +22,7 @@ from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResourc
 from adapter.store.dates import now_instant, to_utc
 from adapter.store.engine import WRITE, create_store_engine, prepare_database
 from adapter.store.inserts import CompiledInserts
-from adapter.store.port import SearchCriteria
+from adapter.store.port import NamePrefix, SearchCriteria
 from adapter.store.rows import (
     OUTBOX_FAILED,
     OUTBOX_PENDING,
@@ -31,6 +31,7 @@ from adapter.store.rows import (
     dicom_instance_row,
     history_row,
     index_row_from,
+    match_keys,
     outbox_item_from,
     outbox_row,
     released_uids_row,
@@ -191,7 +192,8 @@ def patient_consents(patient: Identifier, *columns: Any, dialect: str = "sqlite"
 def _dicom_search(*, study: str | None = None, series: str | None = None, sop_instance: str | None = None,
                   patient: Identifier | None = None, patient_value: str | None = None, modality: str | None = None,
                   study_dates: tuple[str | None, str | None] | None = None,
-                  accession_number: str | None = None) -> Select[Any]:
+                  accession_number: str | None = None, patient_name: NamePrefix | None = None,
+                  study_description_prefix: str | None = None) -> Select[Any]:
     """The instances matching the criteria of SqlRecordStore.search_dicom_instances."""
     where = _equal((_d.patient_value, patient_value), (_d.study_instance_uid, study),
                    (_d.series_instance_uid, series), (_d.sop_instance_uid, sop_instance), (_d.modality, modality),
@@ -205,7 +207,51 @@ def _dicom_search(*, study: str | None = None, series: str | None = None, sop_in
             where.append(_d.study_date >= start)
         if end is not None:
             where.append(_d.study_date <= end)
+    if patient_name is not None:
+        where.append(_name_candidates(patient_name))
+    if study_description_prefix is not None:
+        where.append(or_(_starts_with(_d.study_description_key, study_description_prefix),
+                         _d.study_description_key.is_(None)))
     return select(dicom_instances).where(*where)
+
+
+def _name_candidates(name: NamePrefix) -> ColumnElement[bool]:
+    """The instances whose PatientName key starts with the prefix (or one of whose groups does,
+    ``any_group``), or whose keys are not derived yet: an OR of ranges of the keys' indexes
+    (SQLite reads each through its index, a MULTI-INDEX OR; PostgreSQL a BitmapOr)."""
+    key = _d.patient_name_key
+    terms = [_starts_with(key, name.prefix), key.is_(None)]
+    if name.any_group:
+        terms += [_starts_with(_d.patient_name_ideographic_key, name.prefix),
+                  _starts_with(_d.patient_name_phonetic_key, name.prefix),
+                  _d.patient_name_phonetic_key == ""]  # more groups than three: each may start with it
+    return or_(*terms)
+
+
+def _starts_with(column: Any, prefix: str) -> ColumnElement[bool]:
+    """``column`` starts with ``prefix``, as a range its index serves: at least the prefix and
+    below the least string after every one that starts with it (code point order, the keys'
+    collation: adapter.store.schema.MatchKey). No LIKE: SQLite's is case-insensitive and uses an
+    index only under conditions, PostgreSQL's only with "C" or text_pattern_ops."""
+    if not prefix:
+        raise ValueError("a prefix range needs a prefix")
+    end = _after_prefixed(prefix)
+    return column >= prefix if end is None else and_(column >= prefix, column < end)
+
+
+def _after_prefixed(prefix: str) -> str | None:
+    """The least string after every string that starts with ``prefix``: its last character that
+    has a successor, incremented (past the surrogates, which no stored text holds), the rest
+    cut; None when every character is the last one (U+10FFFF)."""
+    chars = prefix
+    while chars:
+        following = ord(chars[-1]) + 1
+        if 0xD800 <= following <= 0xDFFF:
+            following = 0xE000
+        if following <= 0x10FFFF:
+            return chars[:-1] + chr(following)
+        chars = chars[:-1]
+    return None
 
 
 def _dicom_ordered(statement: Select[Any]) -> Select[Any]:
@@ -533,22 +579,29 @@ class SqlRecordStore:
                                sop_instance: str | None = None, patient: Identifier | None = None,
                                patient_value: str | None = None, modality: str | None = None,
                                study_dates: tuple[str | None, str | None] | None = None,
-                               accession_number: str | None = None) -> list[DicomInstance]:
+                               accession_number: str | None = None, patient_name: NamePrefix | None = None,
+                               study_description_prefix: str | None = None) -> list[DicomInstance]:
         """AND of the given criteria (exact matches; ``patient_value``: the identifier's value in
         any system; ``study_dates``: an inclusive YYYYMMDD range, open where None, which an
-        instance without a StudyDate never matches); ordered by study, series, created."""
-        return self._dicom_instances(_dicom_search(study=study, series=series, sop_instance=sop_instance,
-                                                   patient=patient, patient_value=patient_value, modality=modality,
-                                                   study_dates=study_dates, accession_number=accession_number))
+        instance without a StudyDate never matches; ``patient_name`` and
+        ``study_description_prefix``: candidates by their match keys, RecordStore's docstring);
+        ordered by study, series, created."""
+        return self._dicom_instances(_dicom_search(
+            study=study, series=series, sop_instance=sop_instance, patient=patient, patient_value=patient_value,
+            modality=modality, study_dates=study_dates, accession_number=accession_number,
+            patient_name=patient_name, study_description_prefix=study_description_prefix))
 
     def iter_dicom_instances(self, *, batch: int = _GET_MANY_CHUNK, patient_value: str | None = None,
                              modality: str | None = None, study_dates: tuple[str | None, str | None] | None = None,
-                             accession_number: str | None = None) -> Iterator[list[DicomInstance]]:
+                             accession_number: str | None = None, patient_name: NamePrefix | None = None,
+                             study_description_prefix: str | None = None) -> Iterator[list[DicomInstance]]:
         """:meth:`search_dicom_instances`, in lists of at most ``batch`` instances, read from one
         streamed result: memory stays bounded whatever the number of instances, and a reader that
         has what it needs stops early (closing the generator ends the read)."""
-        statement = _dicom_ordered(_dicom_search(patient_value=patient_value, modality=modality,
-                                                 study_dates=study_dates, accession_number=accession_number))
+        statement = _dicom_ordered(_dicom_search(
+            patient_value=patient_value, modality=modality, study_dates=study_dates,
+            accession_number=accession_number, patient_name=patient_name,
+            study_description_prefix=study_description_prefix))
         with self._read() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(statement)
             for rows in result.mappings().partitions(batch):
@@ -591,6 +644,32 @@ class SqlRecordStore:
                 after = instances[-1].sop_instance_uid
             self._set_fingerprint(conn, _RELEASED_UIDS, fingerprint)
         return indexed
+
+    def fill_dicom_match_keys(self, batch: int = _GET_MANY_CHUNK) -> int:
+        """See RecordStore.fill_dicom_match_keys. One index lookup when every instance has its
+        keys (every start but the first after the upgrade). Otherwise a walk over the primary
+        key, a batch per write transaction, which writes the keys of the instances without: a
+        keyset walk reads each row once on both databases, where a repeated ``WHERE key IS
+        NULL`` may be planned as a scan or a sort of what is left at each batch. Two processes
+        filling at once write the same values."""
+        with self._read() as conn:
+            if conn.execute(select(_d.sop_instance_uid).where(_d.patient_name_key.is_(None)).limit(1)).first() is None:
+                return 0
+        filled, after = 0, ""
+        while True:
+            with self._write() as conn:
+                rows = conn.execute(select(_d.sop_instance_uid, _d.patient_name, _d.study_description,
+                                           _d.patient_name_key).where(_d.sop_instance_uid > after)
+                                    .order_by(_d.sop_instance_uid).limit(batch)).all()
+                keys = [(uid, match_keys(name, description)) for uid, name, description, key in rows if key is None]
+                if keys:  # bound as "v_<column>": a parameter may not take the name of a column it sets
+                    conn.execute(update(dicom_instances).where(_d.sop_instance_uid == bindparam("uid")).values(
+                        {column: bindparam(f"v_{column}") for column in keys[0][1]}),
+                        [{"uid": uid, **{f"v_{c}": v for c, v in derived.items()}} for uid, derived in keys])
+            filled += len(keys)
+            if len(rows) < batch:
+                return filled
+            after = rows[-1][0]
 
     def _set_fingerprint(self, conn: Connection, name: str, fingerprint: str) -> None:
         conn.execute(delete(key_fingerprints).where(_k.name == name))

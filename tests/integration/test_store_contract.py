@@ -27,6 +27,7 @@ from adapter.model.record import AccessFacts, BlobReference, IngestUnit, NewReso
 from adapter.store import (
     DateCriterion,
     FileBlobStore,
+    NamePrefix,
     SearchCriteria,
     SqlRecordStore,
     TokenCriterion,
@@ -45,6 +46,8 @@ OTHER_PATIENT = Identifier(system="urn:oid:2.16.840.1.113883.2.4.6.3", value="99
 SNOMED = "http://snomed.info/sct"
 
 StoreFactory = Callable[[], SqlRecordStore]
+#: The QIDO-RS match key columns schema 12 added to dicom_instances (each with an index ix_dicom_instances_<column>).
+MATCH_KEYS = ("patient_name_key", "patient_name_ideographic_key", "patient_name_phonetic_key", "study_description_key")
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -865,7 +868,6 @@ def test_search_dicom_instances(store: SqlRecordStore) -> None:
 
 
 def test_what_a_received_object_says_of_its_study_round_trips(store: SqlRecordStore) -> None:
-    import dataclasses
 
     instance = dataclasses.replace(make_instance(), patient_name="Doe^Jane=\u5c71\u7530^\u82b1\u5b50",
                                    study_description="Wound care", accession_number="ACC-1", study_time="101500")
@@ -938,6 +940,149 @@ def test_search_dicom_instances_by_study_date(store: SqlRecordStore) -> None:
             plan = " | ".join(str(row[3]) for row in conn.exec_driver_sql(
                 f"EXPLAIN QUERY PLAN {query}", ("20240101", "20240131")))
         assert "ix_dicom_instances_study_date (study_date>? AND study_date<?)" in plan, plan
+
+
+NAMED = {  # PatientName as received -> the name a test calls it by
+    "Doe^John^^^": "john", "DOE^Jane": "jane", "Yamada^Taro=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046": "yamada",
+    "Stra\u00dfe^Eva": "strasse", "\u212aelvin^Lord": "kelvin", "100%^Per": "percent", "1000^Mil": "thousand",
+    "a_b^Under": "underscore", "axb^Ex": "axb", "back\\slash^B": "backslash", "Four=b=c=Dxx": "four",
+    "\ud7ff^Last": "d7ff", "\U0010ffff^Max": "max",
+}
+
+
+def stored_names(store: SqlRecordStore) -> dict[str, str]:
+    """One instance per name of NAMED, a photo's (no name) and one without a description; their
+    SOP Instance UIDs -> names."""
+    made = {name: dataclasses.replace(make_instance(), patient_name=pn,
+                                      study_description="Wound care" if name == "john" else "wound check")
+            for pn, name in NAMED.items()}
+    made["photo"] = make_instance(blob_sha256=None)
+    for instance in made.values():
+        store.save_ingest(make_dicom_unit(instance))
+    return {i.sop_instance_uid: name for name, i in made.items()}
+
+
+def test_search_dicom_instances_by_patient_name_and_study_description_keys(store: SqlRecordStore) -> None:
+    """QIDO-RS candidates by PatientName (its key, adapter.model.dicom.person_name_key: case
+    folded, Straße as strasse and the Kelvin sign as k, empty trailing components dropped) and by
+    StudyDescription (case-sensitive), a prefix each: ranges of their indexes, so %, _ and \\ are
+    characters like any other; a prefix of one group may start any group (ideographic, phonetic);
+    a name with more groups than three is a candidate of every such prefix. A superset, which the
+    caller matches exactly: never less than every match."""
+    name = stored_names(store)
+
+    def search(**kwargs: Any) -> list[str]:
+        found = sorted(name[i.sop_instance_uid] for i in store.search_dicom_instances(**kwargs))
+        streamed = sorted(name[i.sop_instance_uid] for batch in store.iter_dicom_instances(batch=2, **kwargs)
+                          for i in batch)
+        assert found == streamed
+        return found
+
+    def by_name(prefix: str, any_group: bool = True) -> list[str]:
+        return search(patient_name=NamePrefix(prefix, any_group))
+
+    assert by_name("doe") == ["four", "jane", "john"]          # the name of four groups: a candidate
+    assert by_name("doe^john", any_group=False) == ["john"]
+    assert by_name("doe^j", any_group=False) == ["jane", "john"]
+    assert by_name("\u5c71\u7530") == ["four", "yamada"]       # the ideographic group
+    assert by_name("\u3084\u307e") == ["four", "yamada"]       # the phonetic group
+    assert by_name("\u5c71\u7530", any_group=False) == []      # a pattern of groups: the whole name
+    assert by_name("yamada^taro=\u5c71", any_group=False) == ["yamada"]
+    assert by_name("strasse^e") == ["four", "strasse"] and by_name("kelvin") == ["four", "kelvin"]
+    assert by_name("100%") == ["four", "percent"] and by_name("a_") == ["four", "underscore"]
+    assert by_name("back\\") == ["backslash", "four"]
+    assert by_name("\ud7ff") == ["d7ff", "four"] and by_name("\U0010ffff") == ["four", "max"]
+    assert by_name("four=b=c=dxx", any_group=False) == ["four"]
+    assert by_name("zzz") == ["four"] and by_name("zzz", any_group=False) == []
+    assert search(study_description_prefix="Wound") == ["john"]
+    assert search(study_description_prefix="wound") == sorted(set(NAMED.values()) - {"john"})
+    assert search(study_description_prefix="Wound care, left") == []
+    assert search(patient_name=NamePrefix("doe", any_group=True), study_description_prefix="wound") == ["four", "jane"]
+    assert store.fill_dicom_match_keys() == 0  # written with the instances
+
+
+def test_instances_without_match_keys_are_candidates_until_filled(store: SqlRecordStore) -> None:
+    """An instance whose keys are not derived (stored before schema 12, or by older code still
+    running) is a candidate of every PatientName and StudyDescription prefix, never lost; the
+    fill derives them a batch at a time, once."""
+    name = stored_names(store)
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(dicom_instances_table).where(
+            dicom_instances_table.c.sop_instance_uid.in_([u for u, n in name.items() if n in ("john", "kelvin")]))
+            .values({column: None for column in MATCH_KEYS}))
+
+    def search(**kwargs: Any) -> list[str]:
+        return sorted(name[i.sop_instance_uid] for i in store.search_dicom_instances(**kwargs))
+
+    assert search(patient_name=NamePrefix("zzz", any_group=True)) == ["four", "john", "kelvin"]
+    assert search(patient_name=NamePrefix("zzz", any_group=False)) == ["john", "kelvin"]
+    assert search(study_description_prefix="Zzz") == ["john", "kelvin"]
+    assert store.fill_dicom_match_keys(batch=3) == 2
+    assert search(patient_name=NamePrefix("zzz", any_group=True)) == ["four"]
+    assert search(patient_name=NamePrefix("kelvin^l", any_group=False)) == ["kelvin"]
+    assert search(study_description_prefix="Wound c") == ["john"]
+    assert store.fill_dicom_match_keys() == 0
+
+
+@pytest.mark.parametrize(("criteria", "indexes"), [
+    ({"patient_name": NamePrefix("smith", any_group=True)},
+     ["ix_dicom_instances_patient_name_key (patient_name_key>? AND patient_name_key<?)",
+      "ix_dicom_instances_patient_name_key (patient_name_key=?)",  # IS NULL: not derived yet
+      "ix_dicom_instances_patient_name_ideographic_key (patient_name_ideographic_key>? AND patient_name_ideographic_key<?)",
+      "ix_dicom_instances_patient_name_phonetic_key (patient_name_phonetic_key>? AND patient_name_phonetic_key<?)",
+      "ix_dicom_instances_patient_name_phonetic_key (patient_name_phonetic_key=?)"]),
+    ({"patient_name": NamePrefix("smith^j=", any_group=False)},
+     ["ix_dicom_instances_patient_name_key (patient_name_key>? AND patient_name_key<?)"]),
+    ({"study_description_prefix": "Wound"},
+     ["ix_dicom_instances_study_description_key (study_description_key>? AND study_description_key<?)"]),
+])
+def test_patient_name_and_study_description_candidates_are_read_through_their_indexes(
+        tmp_path: Path, criteria: dict[str, Any], indexes: list[str]) -> None:
+    """QIDO-RS by PatientName or StudyDescription alone (a viewer's patient search) loaded every
+    instance of the store and matched each in Python; the candidates are now ranges of the key
+    indexes (the plan on the embedded store: no scan of dicom_instances)."""
+    from adapter.store.sql import _dicom_ordered, _dicom_search
+
+    store = SqlRecordStore(f"sqlite:///{tmp_path / 'plan.db'}")
+    try:
+        sql = str(_dicom_ordered(_dicom_search(**criteria)).compile(
+            store.engine, compile_kwargs={"literal_binds": True}))
+        with store.engine.connect() as conn:
+            plan = " | ".join(str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+        assert all(f"SEARCH dicom_instances USING INDEX {index}" in plan for index in indexes), plan
+        assert "SCAN dicom_instances" not in plan, plan
+    finally:
+        store.close()
+
+
+def test_postgresql_compares_match_keys_in_code_point_order_through_their_indexes(postgres_url: str) -> None:
+    """On PostgreSQL the key columns take the "C" collation: a prefix's values lie in one range
+    only in code point order (the database's own collation, en_US or ICU, orders by language
+    rules, and its index would not serve a LIKE). The planner, asked to avoid a scan (the table
+    is too small for statistics to prefer the indexes), serves every range by a key index."""
+    from adapter.store.sql import _dicom_ordered, _dicom_search
+    from tests.support.postgres import postgres_schema
+
+    with postgres_schema("test_keys") as url:
+        store = SqlRecordStore(url)
+        try:
+            with store.engine.connect() as conn:
+                collations = dict(conn.execute(sa.text(
+                    "SELECT column_name, collation_name FROM information_schema.columns "
+                    "WHERE table_name = 'dicom_instances' AND table_schema = current_schema() "
+                    "AND column_name LIKE '%\\_key'")).all())
+            assert collations == dict.fromkeys(MATCH_KEYS, "C")
+            for criteria, columns in (({"patient_name": NamePrefix("smith", any_group=True)}, MATCH_KEYS[:3]),
+                                      ({"study_description_prefix": "Wound"}, MATCH_KEYS[3:])):
+                sql = str(_dicom_ordered(_dicom_search(**criteria)).compile(
+                    store.engine, compile_kwargs={"literal_binds": True}))
+                with store.engine.begin() as conn:
+                    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                    plan = " | ".join(str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+                assert "Seq Scan" not in plan, plan
+                assert all(f"Index Scan on ix_dicom_instances_{column}" in plan for column in columns), plan
+        finally:
+            store.close()
 
 
 def released(uid: str, key: str = "k1") -> str:
@@ -1237,7 +1382,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
     tables and drops dicom_uid_spaces (the released-UID index is then rebuilt once); 6 → 7 adds
     another index; 7 → 8 four nullable columns (the instances stored before have none); 8 → 9 an
     index on the audit table; 9 → 10 a nullable column of the records' search index; 10 → 11 an index
-    by blob on resources and on dicom_instances."""
+    by blob on resources and on dicom_instances; 11 → 12 the match keys (test_version_11_is_upgraded)."""
     store = open_records()
     instance = make_instance()
     unit = make_dicom_unit(instance)
@@ -1252,6 +1397,9 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_blob"))
         for column in ("patient_name", "study_description", "accession_number", "study_time"):  # added by 8
             conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
+        for column in MATCH_KEYS:  # added by 12, with their indexes
+            conn.execute(sa.text(f"DROP INDEX ix_dicom_instances_{column}"))
+            conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation"))  # added by 10
         conn.execute(sa.text("DROP TABLE key_fingerprints"))
         conn.execute(sa.text("DROP TABLE patient_pseudonyms"))
@@ -1264,14 +1412,14 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 11
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 12
         assert "creation" in {c["name"] for c in inspector.get_columns("resources")}
         assert "ix_resources_blob" in {i["name"] for i in inspector.get_indexes("resources")}
         columns = {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert {i["name"] for i in inspector.get_indexes("audit")} == {"ix_audit_recorded"}
     assert {"ix_dicom_instances_patient_value", "ix_dicom_instances_study_date",
             "ix_dicom_instances_accession_number", "ix_dicom_instances_blob"} <= names
-    assert {"patient_name", "study_description", "accession_number", "study_time"} <= columns
+    assert {"patient_name", "study_description", "accession_number", "study_time", *MATCH_KEYS} <= columns
     kept = upgraded.find_dicom_instance(instance.sop_instance_uid)
     assert kept is not None and kept.patient_name is None and kept.study_date == instance.study_date
     assert {"key_fingerprints", "patient_pseudonyms"} <= tables and "dicom_uid_spaces" not in tables
