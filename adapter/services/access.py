@@ -547,7 +547,8 @@ class ScopedReader:
     def _dicom_candidates(self, release: DicomRelease, *, study: str | None = None, series: str | None = None,
                           sop_instance: str | None = None, patient_id: str | None = None,
                           study_dates: tuple[str | None, str | None] | None = None,
-                          accession_number: str | None = None) -> list[DicomInstance]:
+                          accession_number: str | None = None,
+                          query: DicomQuery | None = None) -> list[DicomInstance]:
         """Instances whose released UIDs are the given ones (all when none is given). The
         mapped UIDs of a restricted view cannot be reversed: they are looked up in their index
         (adapter.services.released_uids), and what it finds is checked against the key.
@@ -555,13 +556,17 @@ class ScopedReader:
         identifier's value, adapter.services.dicom_objects.DicomRelease.patient); the
         restricted views show none or a pseudonym, so it is matched afterwards there.
         ``study_dates``: a StudyDate range, for the views that show the stored dates (not
-        DEIDENTIFIED, which shows none); in the others it is matched afterwards too."""
+        DEIDENTIFIED, which shows none); in the others it is matched afterwards too. ``query``:
+        its PatientName and StudyDescription narrow the full view, which shows them as stored,
+        through the store's match keys (candidates: matched afterwards as every key)."""
         if release.view is View.DEIDENTIFIED:
             study_dates = None
         if release.view is View.FULL:
-            return self._store.search_dicom_instances(study=study, series=series, sop_instance=sop_instance,
-                                                      patient_value=patient_id, study_dates=study_dates,
-                                                      accession_number=accession_number)
+            return self._store.search_dicom_instances(
+                study=study, series=series, sop_instance=sop_instance, patient_value=patient_id,
+                study_dates=study_dates, accession_number=accession_number,
+                patient_name=query.patient_name_candidates() if query is not None else None,
+                study_description_prefix=query.study_description_candidates() if query is not None else None)
         if study is None and series is None and sop_instance is None:
             return self._store.search_dicom_instances(study_dates=study_dates)
         wanted = [(uid, attr) for uid, attr in ((study, "study_instance_uid"), (series, "series_instance_uid"),
@@ -769,16 +774,18 @@ class ScopedReader:
                         for i in self._store.search_dicom_instances(patient=p, study_dates=dates)]]
         elif len(query.study_uids) != 1 and len(query.series_uids) != 1:
             # no one study or series to look up: every instance (of the PatientID, of the dates
-            # where the view shows them), streamed
+            # where the view shows them, of the names and descriptions in care's view), streamed
+            full = release.view is View.FULL
             batches = self._store.iter_dicom_instances(
                 study_dates=None if release.view is View.DEIDENTIFIED else dates,
-                patient_value=exact_patient if release.view is View.FULL else None,
-                accession_number=query.accession_number)
+                patient_value=exact_patient if full else None, accession_number=query.accession_number,
+                patient_name=query.patient_name_candidates() if full else None,
+                study_description_prefix=query.study_description_candidates() if full else None)
         else:
             batches = [self._dicom_candidates(
                 release, study=query.study_uids[0] if len(query.study_uids) == 1 else None,
                 series=query.series_uids[0] if len(query.series_uids) == 1 else None, patient_id=exact_patient,
-                study_dates=dates, accession_number=query.accession_number)]
+                study_dates=dates, accession_number=query.accession_number, query=query)]
         key = _RESULT_KEYS[level]
         results: dict[Any, list[DicomEntry]] = {}  # result key -> its instances, in order
         glass = False  # break-glass released an instance (then every permitted one: it is the purpose's)

@@ -51,12 +51,12 @@ from adapter.mapping.dimse_status import dimse_status_for
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables
 from adapter.model.decision import View
-from adapter.model.dicom import DicomInstance
+from adapter.model.dicom import DicomInstance, person_name_key
 from adapter.model.photo import Identifier
 from adapter.model.record import StoredResource
 from adapter.services.dicom_ingest import STOW_SENDER, DicomIngestService, ReceivedStore
 from adapter.services.released_uids import ReleasedUidSpaces
-from adapter.store.port import BlobStore
+from adapter.store.port import BlobStore, NamePrefix
 
 log = logging.getLogger(__name__)
 
@@ -315,20 +315,39 @@ class DicomQuery:
             return False
         return self.study_date is None or self.study_date.matches(entry.study_date)
 
+    def patient_name_candidates(self) -> NamePrefix | None:
+        """What every PatientName this query matches starts with, for the store's key index (in
+        the view that shows the names as stored: care's): the literal prefix of the normalised
+        pattern, which a pattern of one group may find at the start of any group of the name;
+        None when the pattern starts with a wildcard (every instance is a candidate)."""
+        if self.patient_name is None:
+            return None
+        wanted = person_name_key(self.patient_name)
+        prefix = literal_prefix(wanted)
+        return NamePrefix(prefix, any_group="=" not in wanted) if prefix else None
 
-def _person_name(value: str) -> str:
-    """A PN value for matching: each component group without its empty trailing components
-    (``Doe^John^^^`` is ``Doe^John``), case folded."""
-    return "=".join(group.rstrip("^ ") for group in value.strip().split("=")).rstrip("=").casefold()
+    def study_description_candidates(self) -> str | None:
+        """What every StudyDescription this query matches starts with (None: no such prefix)."""
+        if self.study_description is None:
+            return None
+        return literal_prefix(self.study_description) or None
+
+
+def literal_prefix(pattern: str) -> str:
+    """What every value ``pattern`` matches starts with (:func:`_wildcard`): the pattern up to
+    its first ``*`` or ``?``."""
+    ends = [i for i in (pattern.find("*"), pattern.find("?")) if i >= 0]
+    return pattern[:min(ends)] if ends else pattern
 
 
 def _person_name_matches(pattern: str, value: str | None) -> bool:
     """PatientName matching (PS3.4 C.2.2.2.1 allows PN literal matching insensitive to case;
-    C.2.2.2.4 wildcards): a pattern of one component group is matched against each group of the
-    value (alphabetic, ideographic, phonetic), one naming several groups against the whole."""
+    C.2.2.2.4 wildcards) on both in the form :func:`adapter.model.dicom.person_name_key` gives,
+    the one the store indexes: a pattern of one component group is matched against each group
+    of the value (alphabetic, ideographic, phonetic), one naming several groups against the whole."""
     if not value:
         return False
-    wanted, name = _person_name(pattern), _person_name(value)
+    wanted, name = person_name_key(pattern), person_name_key(value)
     if "=" in wanted:
         return _wildcard(wanted, name)
     return any(_wildcard(wanted, group) for group in name.split("=") if group)
@@ -449,5 +468,6 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
 
 __all__ = [
     "INSTANCE", "LEVELS", "LEVEL_KEYS", "SERIES", "STOW_SENDER", "STUDY", "DateRange", "DicomEntry", "DicomQuery",
-    "DicomRelease", "ReleasedObject", "StowOutcome", "dicom_object_for", "match_level", "stow_instance",
+    "DicomRelease", "ReleasedObject", "StowOutcome", "dicom_object_for", "literal_prefix", "match_level",
+    "stow_instance",
 ]

@@ -1205,6 +1205,117 @@ def test_qido_matches_patient_name_as_a_viewer_searches_it_in_the_view_the_purpo
         == [pseudonym]
 
 
+#: PatientID -> PatientName of the objects the name tests store (UTF-8: ISO_IR 192)
+NAMES = {"MRN-0001": "Doe^John^^^", "MRN-0002": "Stra\u00dfe^Eva", "MRN-0003": "\u212aelvin^Lord",
+         "MRN-0004": "Yamada^Taro=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046",
+         "MRN-0005": "Smith^Anna"}
+
+
+def named(patient_id: str, **attrs: Any) -> Dataset:
+    return received(record_id=f"rec-{patient_id}", PatientID=patient_id, PatientName=NAMES[patient_id],
+                    SpecificCharacterSet="ISO_IR 192", StudyInstanceUID=generate_uid(prefix="2.25."),
+                    SeriesInstanceUID=generate_uid(prefix="2.25."), **attrs)
+
+
+def read_counted(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many instances each QIDO-RS search reads from the store (appended per search)."""
+    store = services.store
+    original = store.iter_dicom_instances
+    read: list[int] = []
+
+    def counted(**kwargs: Any) -> Iterator[list[Any]]:
+        read.append(0)
+        for batch in original(**kwargs):
+            read[-1] += len(batch)
+            yield batch
+
+    monkeypatch.setattr(store, "iter_dicom_instances", counted)
+    return read
+
+
+def test_qido_patient_name_in_cares_view_reads_only_its_candidates_and_finds_every_match(
+        adapter: tuple[FhirClient, Services], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer's patient search (PatientName alone) read every instance of the store and matched
+    each in Python. In care's view the store now selects the candidates by the name's key (its
+    literal prefix, in any component group) and Python still has the last word: wildcards, case,
+    empty trailing components, each group, and case folding that changes a name's length (ß is
+    ss) or its letters (the Kelvin sign is k) find what they found before, and nothing more."""
+    client, services = adapter
+    assert stow(client, *(named(p) for p in NAMES)).status_code == 200
+    read = read_counted(services, monkeypatch)
+
+    def found(**params: str) -> list[str]:
+        return sorted(value(i, "00100020") for i in qido(client, "studies", TREAT, **params))
+
+    for pattern, expected in (
+            ("Doe^John", ["MRN-0001"]), ("DOE^JOHN^^", ["MRN-0001"]), ("doe*", ["MRN-0001"]),
+            ("Do?^J*", ["MRN-0001"]), ("Doe^John^^^", ["MRN-0001"]), ("Doe", []), ("John*", []),
+            ("STRASSE*", ["MRN-0002"]), ("stra\u00dfe^eva", ["MRN-0002"]), ("STRAS?E^EVA", ["MRN-0002"]),
+            ("Strasse", []), ("KELVIN*", ["MRN-0003"]), ("kelvin^lord", ["MRN-0003"]),
+            ("\u212aELVIN*", ["MRN-0003"]),
+            ("\u5c71\u7530*", ["MRN-0004"]), ("\u3084\u307e\u3060^\u305f\u308d\u3046", ["MRN-0004"]),
+            ("Yamada^Taro=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046^^", ["MRN-0004"]),
+            ("YAMADA^TARO=\u5c71*", ["MRN-0004"]),
+            ("\u5c71\u7530^\u592a\u90ce=*", []),  # several groups: matched against the whole name
+            ("SMITH*", ["MRN-0005"]), ("Smith^Anna^^^", ["MRN-0005"]), ("X*", [])):
+        read.clear()
+        assert found(PatientName=pattern) == expected, pattern
+        assert len(read) == 1 and len(expected) <= read[0] <= 1, (pattern, read)  # its candidate, if any
+    read.clear()
+    assert found(PatientName="*john") == ["MRN-0001"] and read == [len(NAMES)]  # no prefix: every instance
+    read.clear()
+    assert len(qido(client, "instances", PatientName="s*")) == 2 and read == [2]  # Straße, Smith
+    read.clear()
+    assert len(qido(client, "series", PatientName="*")) == len(NAMES) and read == [len(NAMES)]
+
+
+def test_qido_study_description_in_cares_view_reads_only_its_candidates(
+        adapter: tuple[FhirClient, Services], monkeypatch: pytest.MonkeyPatch) -> None:
+    """StudyDescription (case-sensitive wildcards) the same way: its literal prefix, in the index."""
+    client, services = adapter
+    assert stow(client, named("MRN-0001", StudyDescription="Wound care, left heel"),
+                named("MRN-0002", StudyDescription="wound check"), named("MRN-0005")).status_code == 200
+    read = read_counted(services, monkeypatch)
+    for pattern, expected in (("Wound*", ["MRN-0001"]), ("wound*", ["MRN-0002"]), ("Wound care, left heel", ["MRN-0001"]),
+                              ("W?und*", ["MRN-0001"]), ("Wound", [])):
+        read.clear()
+        assert sorted(value(s, "00100020") for s in qido(client, "studies", StudyDescription=pattern)) == expected
+        assert len(read) == 1 and len(expected) <= read[0] <= 1, (pattern, read)
+    read.clear()
+    assert len(qido(client, "studies", StudyDescription="*care*")) == 1 and read == [3]
+
+
+def test_qido_finds_by_name_what_a_store_of_schema_11_holds(tmp_path: Path) -> None:
+    """A store written by the code before schema 12 (no match keys) opened by this code: the
+    upgrade adds the key columns, the start derives the keys of the instances stored before, and
+    QIDO-RS by PatientName and StudyDescription finds them through the index."""
+    with adapter_client(tmp_path) as (client, _):
+        assert stow(client, named("MRN-0002", StudyDescription="Wound care"), named("MRN-0004"),
+                    named("MRN-0005")).status_code == 200
+    db = sqlite3.connect(tmp_path / "data" / "adapter.db")
+    try:
+        with db:  # one transaction: the tables as schema 11 made them
+            for column in ("patient_name_key", "patient_name_ideographic_key", "patient_name_phonetic_key",
+                           "study_description_key"):
+                db.execute(f"DROP INDEX ix_dicom_instances_{column}")
+                db.execute(f"ALTER TABLE dicom_instances DROP COLUMN {column}")
+            db.execute("UPDATE schema_version SET version = 11")  # as a version 11 database says
+    finally:
+        db.close()
+    with adapter_client(tmp_path) as (client, services):
+        with services.store.engine.connect() as conn:
+            keys = conn.exec_driver_sql("SELECT patient_name_key, patient_name_ideographic_key, "
+                                        "study_description_key FROM dicom_instances").all()
+            assert conn.exec_driver_sql("SELECT max(version) FROM schema_version").scalar() == 12
+        assert sorted(keys) == [("smith^anna", None, ""), ("strasse^eva", None, "Wound care"),
+                                ("yamada^taro=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046",
+                                 "\u5c71\u7530^\u592a\u90ce", "")]
+        for pattern, patient in (("STRASSE*", "MRN-0002"), ("\u5c71\u7530*", "MRN-0004"), ("smith^anna", "MRN-0005")):
+            assert [value(s, "00100020") for s in qido(client, "studies", PatientName=pattern)] == [patient]
+        assert [value(s, "00100020") for s in qido(client, "studies", StudyDescription="Wound*")] == ["MRN-0002"]
+        assert services.store.fill_dicom_match_keys() == 0
+
+
 def test_a_study_retrieve_leaves_out_what_is_not_permitted(adapter: tuple[FhirClient, Services]) -> None:
     """Two patients' objects in one study UID: TRAIN consent for one patient only returns that one."""
     client, _ = adapter
