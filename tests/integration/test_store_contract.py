@@ -1428,6 +1428,39 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
     assert upgraded.find_pseudonymised([f"ps-{PATIENT.value}"]) == [PATIENT]
 
 
+def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
+    """11 → 12 adds the match key columns (in code point order: "C" on PostgreSQL) and their
+    indexes; the instances stored before have no keys, are candidates of every name search until
+    the fill derives them, and are found by their names' prefixes after."""
+    store = open_records()
+    name = stored_names(store)
+    with store.engine.begin() as conn:  # the tables as schema 11 made them
+        for column in MATCH_KEYS:
+            conn.execute(sa.text(f"DROP INDEX ix_dicom_instances_{column}"))
+            conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 11"))
+    store.close()
+    upgraded = open_records()
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 12
+        assert {f"ix_dicom_instances_{c}" for c in MATCH_KEYS} <= \
+            {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
+        if conn.dialect.name == "postgresql":
+            assert dict(conn.execute(sa.text(
+                "SELECT column_name, collation_name FROM information_schema.columns WHERE table_name = "
+                "'dicom_instances' AND table_schema = current_schema() AND column_name LIKE '%\\_key'")).all()) \
+                == dict.fromkeys(MATCH_KEYS, "C")
+
+    def by_name(prefix: str) -> list[str]:
+        return sorted(name[i.sop_instance_uid] for i in upgraded.search_dicom_instances(
+            patient_name=NamePrefix(prefix, any_group=True)))
+
+    assert by_name("strasse") == sorted(name.values())  # not derived yet: every one a candidate
+    assert upgraded.fill_dicom_match_keys(batch=4) == len(name)
+    assert by_name("strasse") == ["four", "strasse"] and by_name("\u5c71\u7530") == ["four", "yamada"]
+    assert upgraded.fill_dicom_match_keys() == 0
+
+
 # -- SQLite specifics and the factory ---------------------------------------------------------
 
 
