@@ -335,8 +335,9 @@ class DicomQuery:
 
 def literal_prefix(pattern: str) -> str:
     """What every value ``pattern`` matches starts with (:func:`_wildcard`): the pattern up to
-    its first ``*`` or ``?``."""
-    ends = [i for i in (pattern.find("*"), pattern.find("?")) if i >= 0]
+    its first ``*`` or ``?``, and before any U+0000, which no stored text holds (the store
+    refuses it in a value it is given, a query's too; the pattern then matches nothing, as before)."""
+    ends = [i for i in (pattern.find("*"), pattern.find("?"), pattern.find("\x00")) if i >= 0]
     return pattern[:min(ends)] if ends else pattern
 
 
