@@ -221,13 +221,14 @@ dicom_instances = Table(
     Column("accession_number", Text),
     Column("study_time", String(32)),
     # QIDO-RS match keys (schema 12), written with the instance (adapter.store.rows) and filled at
-    # start for instances stored before (SqlRecordStore.fill_dicom_match_keys); NULL in
-    # patient_name_key: not derived yet (a candidate for every PatientName and StudyDescription
-    # search until it is). patient_name_key: adapter.model.dicom.person_name_key of PatientName,
-    # "" for none; the ideographic and phonetic keys: its second and third component groups (NULL
-    # when empty), the phonetic key "" when the name has more groups than the three PS3.5 6.2
-    # allows (then a candidate for every one-group pattern, which is matched against each group);
-    # study_description_key: StudyDescription as stored (its matching is case-sensitive), "" for none.
+    # start for instances stored before (SqlRecordStore.fill_dicom_match_keys, which looks for a
+    # NULL patient_name_key); NULL keys: not derived yet (the instance is a candidate of every
+    # PatientName and StudyDescription search until they are). patient_name_key:
+    # adapter.model.dicom.person_name_key of PatientName, "" for none; the ideographic and
+    # phonetic keys: its second and third component groups (NULL when empty), the phonetic key ""
+    # when the name has more groups than the three PS3.5 6.2 allows (then a candidate for every
+    # one-group pattern, which is matched against each group); study_description_key:
+    # StudyDescription as stored (its matching is case-sensitive), "" for none.
     Column("patient_name_key", MatchKey),
     Column("patient_name_ideographic_key", MatchKey),
     Column("patient_name_phonetic_key", MatchKey),
