@@ -606,21 +606,6 @@ class ScopedReader:
                              entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
                              dicom=DicomAudit.transferred(instance.study_instance_uid))
 
-    def _audit_dicom_transfers(self, decided: Sequence[tuple[DicomInstance, StoredResource, Decision]]) -> None:
-        """A retrieval of many instances (a WADO-RS study or series): one DICOM Instances
-        Transferred message per patient and decision (IHE BALP: one AuditEvent per patient),
-        naming each record and the studies, not one event (and one commit) per instance."""
-        groups: dict[tuple[Identifier, bool, str], tuple[Decision, list[str], list[str]]] = {}
-        for instance, _, decision in decided:
-            _, refs, studies = groups.setdefault((instance.patient, decision.permitted, decision.reason),
-                                                 (decision, [], []))
-            refs.append(f"{instance.record_type}/{instance.record_id}")
-            studies.append(instance.study_instance_uid)
-        for (patient, _, _), (decision, refs, studies) in groups.items():
-            self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
-                                 entities=list(dict.fromkeys(refs)), patient=patient,
-                                 dicom=DicomAudit.transferred(*dict.fromkeys(studies)))
-
     def read_dicom_instance(self, sop_instance_uid: str, *, study: str | None = None,
                             series: str | None = None) -> DicomContent:
         """One DICOM object (WADO-RS instance retrieve), UIDs in the purpose's released space;
@@ -696,7 +681,8 @@ class ScopedReader:
         decided = self._dicom_decided(candidates)
         if not decided:
             raise NotFound("no such DICOM study or series")
-        self._audit_dicom_transfers(decided)
+        self._auditor.record_transfers(self.ctx, transferred=[
+            (f"{i.record_type}/{i.record_id}", i.patient, i.study_instance_uid, decision) for i, _, decision in decided])
         out: list[DicomRetrieval] = []
         for instance, stored, decision in decided:
             if decision.permitted and decision.view is release.view:

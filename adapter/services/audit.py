@@ -91,9 +91,29 @@ class Auditor:
         by_patient: dict[Identifier | None, list[str]] = {}
         for ref, patient in found:
             by_patient.setdefault(patient, []).append(ref)
-        for patient, refs in (by_patient or {None: []}).items():
-            self._store.append_audit(self.event(ctx, interaction="search-type", action="E", permitted=True,
-                                                reason=reason, entities=refs, patient=patient, dicom=dicom))
+        self._store.append_audit(*(self.event(ctx, interaction="search-type", action="E", permitted=True,
+                                              reason=reason, entities=refs, patient=patient, dicom=dicom)
+                                   for patient, refs in (by_patient or {None: []}).items()))
+
+    def record_transfers(self, ctx: RequestContext, *,
+                         transferred: Sequence[tuple[str, Identifier, str, Decision]]) -> None:
+        """Store the AuditEvents of a retrieval of many DICOM instances (a WADO-RS study or
+        series), each given as (its record, its patient, its Study Instance UID, its decision):
+        one DICOM Instances Transferred message per patient and decision, naming each record and
+        study once (IHE BALP: one AuditEvent per patient), in one transaction; not one event and
+        one commit per instance."""
+        groups: dict[tuple[Identifier, bool, str], tuple[list[str], list[str]]] = {}
+        for ref, patient, study, decision in transferred:
+            refs, studies = groups.setdefault((patient, decision.permitted, decision.reason), ([], []))
+            refs.append(ref)
+            studies.append(study)
+        events = []
+        for (patient, permitted, reason), (refs, studies) in groups.items():
+            DECISIONS.labels("read", ctx.purpose.code, "permit" if permitted else "deny").inc()
+            events.append(self.event(ctx, interaction="read", action="R", permitted=permitted, reason=reason,
+                                     entities=list(dict.fromkeys(refs)), patient=patient,
+                                     dicom=DicomAudit.transferred(*dict.fromkeys(studies))))
+        self._store.append_audit(*events)
 
 
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,

@@ -179,7 +179,8 @@ class RecordStore(Protocol):
         """``(id, version_id)`` of the Consents :meth:`consents_for_patient` returns, in the same
         order, without loading them (callers keep what they read of a version: it never changes)."""
 
-    def append_audit(self, event: dict[str, Any]) -> None: ...
+    def append_audit(self, *events: dict[str, Any]) -> None:
+        """Store ``events`` (AuditEvents), in order, in one transaction."""
 
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first."""

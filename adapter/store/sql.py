@@ -414,9 +414,12 @@ class SqlRecordStore:
         return StoredResource(new.resource_type, new.id, version, now, document, new.facts, new.blob_sha256,
                               new.blob_range)
 
-    def append_audit(self, event: dict[str, Any]) -> None:
+    def append_audit(self, *events: dict[str, Any]) -> None:
+        if not events:
+            return
+        now = now_instant()
         with self._write() as conn:
-            self._insert_audit(conn, [{"recorded": now_instant(), "json": event}])
+            self._insert_audit(conn, [{"recorded": now, "json": event} for event in events])
 
     # -- reads ----------------------------------------------------------------------------
 
