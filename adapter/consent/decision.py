@@ -75,26 +75,27 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     """
     require_aware(now)
     code = purpose.code
-    permitted = permitted_purposes(facts, consents, tables, now)
+    in_force = _in_force(facts, consents, now)
+    permitted = _permitted_purposes(facts, consents, in_force, tables, now)
+
+    def deny(reason: str, used: Sequence[ConsentGrant] = ()) -> Decision:
+        return Decision(permitted=False, reason=reason, purpose=purpose, consent_ids=_ids(used),
+                        permitted_purposes=permitted)
 
     klass = (classify_purpose(code, tables) if purpose.system == tables.purposes.system
              else PurposeClass.UNKNOWN)
     if klass is PurposeClass.UNKNOWN:
-        return Decision(permitted=False, reason="unknown purpose of use", purpose=purpose,
-                        permitted_purposes=permitted)
+        return deny("unknown purpose of use")
     if klass is PurposeClass.BREAK_GLASS:
         if not tables.policy.break_glass.enabled:
-            return Decision(permitted=False, reason=f"break-glass ({code}) is not enabled by policy",
-                            purpose=purpose, permitted_purposes=permitted)
+            return deny(f"break-glass ({code}) is not enabled by policy")
         return Decision(permitted=True, reason=f"break-glass ({code}): consent not evaluated; access audited",
                         purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted)
     if klass is PurposeClass.NOT_PERMITTED:
-        return Decision(permitted=False, reason=f"purpose {code} not permitted by policy", purpose=purpose,
-                        permitted_purposes=permitted)
-    verdict = _by_consent(code, klass, facts, consents, tables, now)
+        return deny(f"purpose {code} not permitted by policy")
+    verdict = _by_consent(code, klass, facts, consents, in_force, tables, now)
     if not verdict.permitted:
-        return Decision(permitted=False, reason=verdict.reason, purpose=purpose, consent_ids=_ids(verdict.used),
-                        permitted_purposes=permitted)
+        return deny(verdict.reason, verdict.used)
     view = View(tables.purposes.codes[code].view)
     return Decision(permitted=True, reason=verdict.reason, purpose=purpose, view=view,
                     consent_ids=_ids(verdict.used), permitted_purposes=permitted, obligations=OBLIGATIONS[view])
@@ -106,15 +107,20 @@ class _Verdict(NamedTuple):
     used: Sequence[ConsentGrant] = ()
 
 
+def _in_force(facts: AccessFacts, consents: Sequence[ConsentGrant], now: datetime) -> list[ConsentGrant]:
+    """The grants that apply to the record now: active, in their period, its patient's, scoped to it."""
+    return [g for g in consents if grant_in_force(g, facts.patient, facts.governed_by, now)]
+
+
 def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Sequence[ConsentGrant],
-                tables: Tables, now: datetime) -> _Verdict:
+                in_force: Sequence[ConsentGrant], tables: Tables, now: datetime) -> _Verdict:
     """Steps 4 to 7 of :func:`decide`: what the Consents (and the kind and source of the photo)
-    say of ``code``, a care or explicit-consent purpose."""
-    # A consent-pending record has no consent of its own: the rules below deny it for care
-    # until a Consent permitting TREAT is recorded for the patient (then it is documented).
+    say of ``code``, a care or explicit-consent purpose; ``in_force`` is :func:`_in_force` of
+    ``consents`` (``consents`` also gives the withdrawn ones)."""
     if klass is PurposeClass.CARE and facts.consent_directive:
         return _Verdict(True, "a consent directive is readable for care, whatever it denies")
-    in_force = [g for g in consents if grant_in_force(g, facts.patient, facts.governed_by, now)]
+    # A consent-pending record has no consent of its own: the rules below deny it for care
+    # until a Consent permitting TREAT is recorded for the patient (then it is documented).
     denials = [g for g in in_force if g.decision == DENY and grant_covers(g, code, tables)]
     if denials:
         return _Verdict(False, f"a Consent denies {code}", denials)
@@ -184,9 +190,13 @@ def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tab
     is refused for (a denied, implied-only or consent-pending one). Codes are listed as granted
     (a grant for TREAT yields TREAT, which covers its descendants).
     """
+    return _permitted_purposes(facts, consents, _in_force(facts, consents, now), tables, now)
+
+
+def _permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], in_force: Sequence[ConsentGrant],
+                        tables: Tables, now: datetime) -> frozenset[str]:
     rules = tables.policy.consent
     codes: set[str] = set()
-    in_force = [g for g in consents if grant_in_force(g, facts.patient, facts.governed_by, now)]
     for grant in in_force:
         if grant.decision == PERMIT:
             codes.update(grant.purposes)
@@ -198,7 +208,7 @@ def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tab
     for code in codes:
         klass = classify_purpose(code, tables)
         if (klass in (PurposeClass.CARE, PurposeClass.EXPLICIT)
-                and _by_consent(code, klass, facts, consents, tables, now).permitted):
+                and _by_consent(code, klass, facts, consents, in_force, tables, now).permitted):
             listed.add(code)
     return frozenset(listed)
 
