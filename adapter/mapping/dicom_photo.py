@@ -350,8 +350,11 @@ def _local(moment: _Moment, offset: timedelta) -> datetime:
 def study_date(record: Mapping[str, Any]) -> str | None:
     """The StudyDate (DA) the DICOM object of a photo's record carries (module docstring): the
     day it was taken, else filed, in the taken time's offset; None without either."""
-    taken = _taken(record)
-    study = taken if taken is not None else _filed(record)
+    return _study_date(_taken(record), _filed(record))
+
+
+def _study_date(taken: _Moment | None, filed: _Moment | None) -> str | None:
+    study = taken if taken is not None else filed
     return _da(_local(study, _offset(taken))) if study is not None else None
 
 
@@ -366,7 +369,7 @@ def _set_times(ds: Dataset, record: Mapping[str, Any], now: datetime, *, seconda
 
     study = taken if taken is not None else filed
     if study is not None:
-        ds.StudyDate = study_date(record)
+        ds.StudyDate = _study_date(taken, filed)
         ds.StudyTime = _tm(local(study)) if study.has_time and study.offset is not None else ""
     else:
         ds.StudyDate, ds.StudyTime = "", ""
