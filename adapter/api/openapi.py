@@ -146,6 +146,7 @@ PHOTO_UPLOAD = request_body(
     "the photo (`file`) and what is known about it (`metadata`, JSON)",
     encoding={"file": {"contentType": "image/jpeg, image/png"}, "metadata": {"contentType": JSON}})
 
+
 def _components() -> dict[str, Any]:
     """The schemas the declarations refer to."""
     metadata = PhotoMetadata.model_json_schema(ref_template=_SCHEMAS + "{model}")
