@@ -20,6 +20,13 @@ timeouts, lost connections, transient association rejection) and permanent (cann
 0xCxxx, data set does not match SOP class 0xA9xx, SOP class not supported, not authorised,
 permanent association rejection, no acceptable presentation context).
 
+A caller may hold objects back at the last moment: ``send_batch``'s ``withhold`` is asked about
+each object right before its C-STORE-RQ goes out (after the association and its presentation
+context are settled, in the thread that sends), and an object it gives a reason for is not sent
+(a permanent failure with that reason); one it cannot answer for (it raises) is not sent either
+(retried). The SCU does not know why: the forwarder takes the consent decision again there
+(adapter.services.forwarding), so consent policy stays out of the DICOM edge.
+
 Sockets get TCP_NODELAY (Nagle's algorithm plus delayed ACKs stalls each C-STORE ~40 ms).
 """
 
@@ -28,7 +35,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +178,22 @@ def _undefined_length_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
             elem.is_undefined_length = True
 
 
+def _held_back(uid: str, index: int, withhold: Callable[[int], str | None] | None) -> SendResult | None:
+    """The caller's last word on the ``index``-th object, right before its C-STORE-RQ: None to
+    send it. Fail closed: a check that raises holds it back too (retried later, asked again)."""
+    if withhold is None:
+        return None
+    try:
+        reason = withhold(index)
+    except Exception as exc:
+        log.exception("the check before a C-STORE failed; the object is not sent")
+        return SendResult(uid, SendOutcome.RETRY, None, f"not sent: the check before sending failed "
+                                                        f"({type(exc).__name__})")
+    if reason is None:
+        return None
+    return SendResult(uid, SendOutcome.PERMANENT, None, reason[:300] or "not sent: held back")
+
+
 def classify_status(sop_instance_uid: str, status: Dataset) -> SendResult:
     """Map a C-STORE response's status to a :class:`SendResult` (see the module docstring)."""
     code = status.get("Status")
@@ -207,10 +230,12 @@ class StoreSCU:
         return cls(ScuOptions.from_settings(settings))
 
     # -- public ------------------------------------------------------------------------------
-    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path]) -> list[SendResult]:
+    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path], *,
+                   withhold: Callable[[int], str | None] | None = None) -> list[SendResult]:
         """C-STORE ``datasets`` (a Path: a Part 10 file, sent as stored) to ``destination``
         over one association; one result per dataset, in order. The association stays open for
-        the next batch (see :meth:`release`)."""
+        the next batch (see :meth:`release`). ``withhold(i)`` is called right before the i-th
+        dataset's C-STORE-RQ: a reason keeps it from being sent (module docstring)."""
         dest = Destination.parse(destination)
         items: list[Dataset] = []
         results: list[SendResult | None] = []
@@ -233,7 +258,7 @@ class StoreSCU:
             for start in range(0, len(pairs), MAX_CONTEXTS):
                 group = pairs[start:start + MAX_CONTEXTS]
                 todo = [i for i, ds in enumerate(items) if results[i] is None and _pair(ds) in group]
-                self._send_group(dest, group, [(i, items[i]) for i in todo], results)
+                self._send_group(dest, group, [(i, items[i]) for i in todo], results, withhold)
         return [r if r is not None else SendResult(str(ds.get("SOPInstanceUID", "")), SendOutcome.RETRY, None,
                                                    "not attempted")
                 for r, ds in zip(results, items, strict=True)]
@@ -326,7 +351,8 @@ class StoreSCU:
         return SendResult("", SendOutcome.RETRY, None, f"could not connect to {dest}")
 
     def _send_group(self, dest: Destination, group: Sequence[tuple[UID, UID]],
-                    todo: Sequence[tuple[int, Dataset]], results: list[SendResult | None]) -> None:
+                    todo: Sequence[tuple[int, Dataset]], results: list[SendResult | None],
+                    withhold: Callable[[int], str | None] | None = None) -> None:
         if not todo:
             return
         got = self._association(dest, group)
@@ -348,6 +374,10 @@ class StoreSCU:
                     uid, SendOutcome.PERMANENT, None,
                     f"{dest} did not accept {pair[0].name if pair else '?'} in "
                     f"{pair[1].name if pair else '?'} (not re-encoded)")
+                continue
+            held_back = _held_back(uid, i, withhold)
+            if held_back is not None:
+                results[i] = held_back
                 continue
             _undefined_length_pixel_data(ds, pair[1])
             message_id = self._message_id[dest] = self._message_id.get(dest, 0) % 65535 + 1

@@ -8,6 +8,16 @@ one association and marks each item sent right after the PACS acknowledged it, o
 with exponential back-off and jitter, or gives up (status ``failed``) after
 ``ADAPTER_FORWARD_RETRY_MAX`` attempts or on a permanent refusal.
 
+Consent is decided twice for each object (purpose TREAT, the PACS being part of the care record),
+with the pure decision of adapter.consent.decision: once when its batch is prepared, so that an
+object refused anyway is not regenerated, and again right before its C-STORE-RQ goes out (the
+sender's ``withhold`` check, called in the thread that sends), so that a Consent withdrawn, or a
+deny recorded, while the earlier objects of the batch were being sent stops the ones not sent
+yet. The second decision reads the record's facts and the patient's Consents afresh and nothing
+else (no regeneration). Either refusal fails the item for good, says why in its lastError and is
+audited once, as the transfer it refused; a decision that cannot be taken (the store fails) holds
+the object back and retries it.
+
 Delivery is *at least once* with a very narrow window: an item is marked sent in the database
 immediately after its C-STORE response, so only a crash between the acknowledgement and that commit
 can resend it. A resend carries the same SOP Instance UID (PS3.3 C.12.1.1.1; the UIDs never change
@@ -16,6 +26,7 @@ duplicate warning), never as a second image.
 
 Services never import pynetdicom (STYLE §1): the C-STORE SCU lives in ``adapter.dicom.scu`` and
 satisfies :class:`StoreSender`; ``__main__`` injects it with :meth:`Services.start_forwarding`.
+The SCU knows nothing of consent either: it only asks ``withhold`` before each send.
 """
 
 from __future__ import annotations
@@ -78,10 +89,15 @@ class SendResult:
 class StoreSender(Protocol):
     """A C-STORE SCU (``adapter.dicom.scu.StoreSCU``) as the forwarder sees it."""
 
-    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path]) -> list[SendResult]:
+    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path], *,
+                   withhold: Callable[[int], str | None] | None = None) -> list[SendResult]:
         """C-STORE ``datasets`` to ``destination`` (``AE@host:port``) in order, one result per
         dataset in the same order; a Path is a Part 10 file sent as stored. May keep the
-        association open for the next batch to the same destination; :meth:`release` ends it."""
+        association open for the next batch to the same destination; :meth:`release` ends it.
+
+        ``withhold(i)`` is called right before the i-th dataset's C-STORE-RQ would go out (and
+        for no dataset that is not about to be sent): a reason (not None) keeps that dataset from
+        being sent, and so does an exception; either way it is not sent, and the rest goes on."""
 
     def release(self) -> None:
         """Release every association kept open between batches."""
@@ -166,6 +182,10 @@ def backoff_delay(attempts: int, options: ForwardOptions, rng: random.Random) ->
     return timedelta(seconds=max(0.0, min(options.backoff_cap, delay)))
 
 
+#: lastError of an item the consent decision refuses (no patient data: the reason stays in the audit).
+NOT_PERMITTED = "not forwarded: the consent decision for treatment does not permit it"
+
+
 class _Skip(Exception):
     """An item that cannot be sent: ``permanent`` ones fail at once, others are retried."""
 
@@ -186,8 +206,9 @@ class Forwarder:
     call it directly).
 
     Each forwarded record passes the consent decision for treatment (purpose TREAT, the PACS
-    being part of the care record) when it is sent, and every disclosure to a PACS is audited:
-    a photo whose patient withdrew consent before it went out is not sent.
+    being part of the care record) when its batch is prepared and again right before its
+    C-STORE-RQ, and every disclosure to a PACS (or refusal of one) is audited: a photo whose
+    patient withdrew consent before it went out is not sent (module docstring).
     """
 
     def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, dicom_tables: DicomTables,
@@ -298,8 +319,12 @@ class Forwarder:
                 ready.append((item, obj, disclosure))
             if not ready:
                 return
+
+            def withhold(index: int) -> str | None:  # the sender asks right before each C-STORE-RQ
+                return self._withhold(ready[index][2])
+
             try:
-                results = self._sender.send_batch(destination, [obj for _, obj, _ in ready])
+                results = self._sender.send_batch(destination, [obj for _, obj, _ in ready], withhold=withhold)
             except Exception as exc:
                 log.exception("sending to %s failed", destination)
                 results = [SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
@@ -309,8 +334,16 @@ class Forwarder:
                 results = [SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
                                       "the sender returned no result") for item, _, _ in ready]
         for (item, _, disclosure), result in zip(ready, results, strict=True):
+            held = disclosure.held_back
+            if held is not None:  # not sent, whatever the sender's result says of it
+                if result.acknowledged:
+                    log.error("outbox item %d: the sender sent an object it was told to hold back", item.id)
+                result = SendResult(item.sop_instance_uid,
+                                    SendOutcome.PERMANENT if held.permanent else SendOutcome.RETRY, None, held.reason)
             self._settle(item, result, leases)
-            if result.acknowledged:
+            if disclosure.refused:
+                self._audit(disclosure, destination, permitted=False)
+            elif result.acknowledged:
                 self._audit(disclosure, destination, permitted=True)
 
     def _settle(self, item: OutboxItem, result: SendResult, leases: LeaseKeeper) -> None:
@@ -352,11 +385,37 @@ class Forwarder:
         disclosure.decision = decision
         if not decision.permitted:
             self._audit(disclosure, item.destination, permitted=False)
-            raise _Skip("not forwarded: the consent decision for treatment does not permit it", permanent=True)
+            raise _Skip(NOT_PERMITTED, permanent=True)
         try:
             return dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables), disclosure
         except AdapterError as exc:
             raise _Skip(f"cannot make the DICOM object: {exc.diagnostics}"[:300], permanent=True) from exc
+
+    def _withhold(self, disclosure: _Disclosure) -> str | None:
+        """The sender's check right before the object's C-STORE-RQ: the consent decision taken
+        again on the record's facts and the patient's Consents as stored now (one read of each;
+        the object is not made again). None lets it go; else the reason it is held back, kept
+        on ``disclosure`` for the settling and the audit after the batch (module docstring).
+        Fail closed: when the decision cannot be taken, the object is held back and retried."""
+        instance = disclosure.instance
+        try:
+            stored = self._store.get(instance.record_type, instance.record_id)
+            if stored is None:
+                disclosure.held_back = _Skip(f"the record {instance.record_type}/{instance.record_id} is gone",
+                                             permanent=True)
+                return disclosure.held_back.reason
+            decision = self._reader(disclosure.context()).decide(stored.facts)
+        except Exception as exc:
+            log.exception("deciding outbox item %d again before sending failed", disclosure.item.id)
+            disclosure.held_back = _Skip(f"not sent: the consent decision could not be taken ({type(exc).__name__})",
+                                         permanent=False)
+            return disclosure.held_back.reason
+        disclosure.decision = decision  # what the object leaves under, or is refused by, is audited
+        if not decision.permitted:
+            disclosure.refused = True
+            disclosure.held_back = _Skip(f"{NOT_PERMITTED} (decided again right before it was sent)", permanent=True)
+            return disclosure.held_back.reason
+        return None
 
     def _audit(self, disclosure: _Disclosure, destination: str, *, permitted: bool) -> None:
         """One AuditEvent per disclosure to a PACS (or refusal to make one): DICOM Instances
@@ -380,6 +439,8 @@ class _Disclosure:
         self.instance = instance
         self.facts = facts
         self.decision: Decision | None = None
+        self.held_back: _Skip | None = None  # by the check right before its C-STORE-RQ
+        self.refused = False                 # that check's consent decision refused it
 
     def context(self) -> RequestContext:
         ae, _, address = self.item.destination.partition("@")

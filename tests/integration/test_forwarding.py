@@ -32,7 +32,7 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage, VLPhotographicIma
 
 from adapter.dicom.scu import Destination, ScuOptions, StoreSCU, classify_status
 from adapter.mapping.codes import DICOM_UID_SYSTEM
-from adapter.services.forwarding import ForwardOptions, SendOutcome, SendResult, backoff_delay
+from adapter.services.forwarding import Forwarder, ForwardOptions, SendOutcome, SendResult, backoff_delay
 from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
 from tests.support.audit import INSTANCES_TRANSFERRED, agent_roles, dicom_events, study_uids
@@ -75,10 +75,10 @@ class CountingSCU(StoreSCU):
         super().__init__(options)
         self.sent: list[str] = []
 
-    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path]) -> list[Any]:
+    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path], **options: Any) -> list[Any]:
         items = list(datasets)
         self.sent += [str(ds.SOPInstanceUID) for ds in items if isinstance(ds, Dataset)]
-        return super().send_batch(destination, items)
+        return super().send_batch(destination, items, **options)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -400,6 +400,108 @@ def test_a_photo_whose_consent_was_withdrawn_is_not_forwarded(tmp_path: Path, pa
     assert pacs.instances() == []
 
 
+class AfterTheFirstCStore(CountingSCU):
+    """The real SCU, running ``hook`` (once, with the SOP Instance UID just acknowledged) right
+    after the first C-STORE of the association was answered, before the next object's
+    C-STORE-RQ: the moment between a batch being decided and the rest of it being sent."""
+
+    def __init__(self, hook: Callable[[str], None]) -> None:
+        super().__init__()
+        self._hook: Callable[[str], None] | None = hook
+
+    def _association(self, dest: Destination, group: Any) -> Any:
+        got = super()._association(dest, group)
+        if not isinstance(got, SendResult) and not getattr(got, "hooked", False):
+            got.hooked = True
+            send_c_store = got.send_c_store
+
+            def send_then_run_the_hook(ds: Dataset, *args: Any, **kwargs: Any) -> Any:
+                status = send_c_store(ds, *args, **kwargs)
+                hook, self._hook = self._hook, None
+                if hook is not None:
+                    hook(str(ds.SOPInstanceUID))
+                return status
+
+            got.send_c_store = send_then_run_the_hook
+        return got
+
+
+def withdraw(client: Any, consent_ref: str) -> None:
+    """The patient withdraws the Consent (status inactive), through the FHIR API."""
+    consent = client.get(f"/fhir/{consent_ref}", headers=as_purpose("TREAT")).json()
+    consent["status"] = "inactive"
+    consent.pop("meta", None)
+    r = client.put(f"/fhir/{consent_ref}", json=consent, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+
+
+def deny_treatment(client: Any, patient: dict[str, str]) -> None:
+    """The patient's deny of treatment use is recorded, through the FHIR API (deny wins)."""
+    deny = consent_resource(["TREAT"], patient=patient)
+    deny["provision"]["type"] = "deny"
+    r = client.post("/fhir/Consent", json=deny, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("change", ["withdrawn", "denied"])
+def test_consent_changed_while_a_batch_is_sent_stops_the_objects_not_sent_yet(
+        tmp_path: Path, pacs: OrthancPeer, change: str) -> None:
+    """Found by the consent-at-send review: the decision was taken when a batch was prepared, and
+    the whole batch was then C-STOREd, so a Consent withdrawn (or a deny recorded) meanwhile did
+    not stop an object of that batch. Two photos of two patients go in one batch; right after
+    the first object is acknowledged, the other patient's consent changes: the second object
+    must not reach the PACS."""
+    with forwarding(tmp_path, pacs, start=False) as (client, services, _):
+        receipts = {}
+        for n in (80, 81):
+            receipt = post_photo(client, photo_jpeg(tmp_path, n), meta_for(n)).json()
+            receipts[receipt["dicom"]["sopInstanceUid"]] = (receipt, meta_for(n)["patient"])
+        changed: list[str] = []
+
+        def change_the_other_patients_consent(sent: str) -> None:
+            [other] = [uid for uid in receipts if uid != sent]
+            receipt, patient = receipts[other]
+            if change == "withdrawn":
+                withdraw(client, receipt["consents"][0])
+            else:
+                deny_treatment(client, patient)
+            changed.append(other)
+
+        scu = AfterTheFirstCStore(change_the_other_patients_consent)
+        forwarder = Forwarder(store=services.store, blobs=services.blobs, tables=services.tables,
+                              dicom_tables=services.dicom_ingest.dicom_tables, sender=scu,
+                              auditor=services.auditor, reader=services.reader, options=FAST, now=services.now)
+        try:
+            assert forwarder.run_once() == 2  # in this thread: one batch of both items
+        finally:
+            scu.release()
+        [refused_uid] = changed
+        [sent_uid] = [uid for uid in receipts if uid != refused_uid]
+
+        # the PACS has the first object only
+        orthanc_instance(pacs, sent_uid)
+        assert pacs.client.post("/tools/lookup", content=refused_uid).json() == []
+        assert len(pacs.instances()) == 1
+        # the second item failed for good, saying why
+        [sent] = services.store.list_outbox(status="sent")
+        [failed] = services.store.list_outbox(status="failed")
+        assert (sent.sop_instance_uid, failed.sop_instance_uid) == (sent_uid, refused_uid)
+        assert failed.attempts == 1 and "consent" in (failed.last_error or "")
+        # one disclosure audited for the first, exactly one refusal for the second, same shape as
+        # a refusal when the batch is prepared (outcome 4, naming the study)
+        transfers = dicom_events(services.store.list_audit(50), INSTANCES_TRANSFERRED)
+        sent_record, refused_record = receipts[sent_uid][0]["record"], receipts[refused_uid][0]["record"]
+        assert [e["outcome"] for e in transfers if sent_record in str(e)] == ["0"]
+        [refusal] = [e for e in transfers if refused_record in str(e)]
+        assert (refusal["action"], refusal["outcome"]) == ("R", "4")
+        assert "PACS ORTHANC" in str(refusal) and refusal["outcomeDesc"]
+        instance = services.store.find_dicom_instance(refused_uid)
+        assert instance is not None and study_uids(refusal) == [instance.study_instance_uid]
+        record_emitted([refusal])
+        # nothing is due any more: the refused item is not tried again
+        assert forwarder.run_once() == 0
+
+
 def test_the_outbox_is_read_with_a_purpose_and_names_records_only_where_it_shows_them(
         tmp_path: Path, pacs: OrthancPeer) -> None:
     """Review finding: GET /outbox answered anyone, pairing each record with its original SOP
@@ -556,6 +658,37 @@ def test_one_association_serves_consecutive_batches_until_released() -> None:
         finally:
             scu.release()
     assert len(received) == 13
+
+
+def test_withhold_is_asked_right_before_each_c_store_and_what_it_holds_back_is_not_sent() -> None:
+    """The forwarder's last-moment consent check (services.forwarding): the SCU asks before each
+    C-STORE-RQ, after the objects before it were answered; a reason holds the object back for
+    good, a check that raises holds it back too (fail closed, retried), the others go."""
+    asked: list[tuple[int, int]] = []
+
+    with scp() as (dest, received):
+        def withhold(i: int) -> str | None:
+            asked.append((i, len(received)))
+            if i == 1:
+                return "held back by the test"
+            if i == 2:
+                raise RuntimeError("the store is away")
+            return None
+
+        scu = StoreSCU()
+        try:
+            results = scu.send_batch(dest, [small_photo_dataset(f"1.2.3.{i}") for i in range(4)], withhold=withhold)
+        finally:
+            scu.release()
+    assert asked == [(0, 0), (1, 1), (2, 1), (3, 1)]  # each right before its own send
+    assert [r.outcome for r in results] == [SendOutcome.ACKNOWLEDGED, SendOutcome.PERMANENT,
+                                            SendOutcome.RETRY, SendOutcome.ACKNOWLEDGED]
+    assert results[1].error == "held back by the test" and "check before sending failed" in (results[2].error or "")
+    assert [ds.SOPInstanceUID for ds in received] == ["1.2.3.0", "1.2.3.3"]
+    # an object that will not be sent (no association) is not asked about
+    asked.clear()
+    [refused] = StoreSCU().send_batch(f"PEER@127.0.0.1:{free_port()}", [small_photo_dataset()], withhold=withhold)
+    assert refused.outcome is SendOutcome.RETRY and asked == []
 
 
 def test_a_missing_status_is_retried() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -50,13 +50,20 @@ class Sender:
         self.go = threading.Event()
         self._blocking = blocking
 
-    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path]) -> list[SendResult]:
-        uids = [str(ds.SOPInstanceUID) for ds in datasets if isinstance(ds, Dataset)]
-        self.sent += uids
+    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path], *,
+                   withhold: Callable[[int], str | None] | None = None) -> list[SendResult]:
+        results = []
+        for i, ds in enumerate(datasets):  # as StoreSCU: asked right before each send
+            uid = str(ds.SOPInstanceUID) if isinstance(ds, Dataset) else ""
+            reason = withhold(i) if withhold is not None else None
+            if reason is None:
+                self.sent.append(uid)
+            results.append(SendResult(uid, SendOutcome.ACKNOWLEDGED, 0) if reason is None
+                           else SendResult(uid, SendOutcome.PERMANENT, None, reason))
         if self._blocking and not self.in_flight.is_set():
             self.in_flight.set()
             assert self.go.wait(20), "the test never let the slow PACS answer"
-        return [SendResult(uid, SendOutcome.ACKNOWLEDGED, 0) for uid in uids]
+        return results
 
     def release(self) -> None:
         pass
