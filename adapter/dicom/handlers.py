@@ -65,11 +65,17 @@ def _check_data_set(event: Event) -> None:
 def handle_store(event: Event, ingest: DicomIngestService) -> int | Dataset:
     """C-STORE (Storage Service Class, PS3.4 Annex B): ingest the received object durably, then
     answer. Refusals go through the one status table (adapter.dicom.status) with an Error
-    Comment; anything outside the error hierarchy is a bug and answered with BUG_STATUS."""
+    Comment; anything outside the error hierarchy is a bug and answered with BUG_STATUS. Every
+    refusal is audited once: by the ingest, or here when the request never reached it."""
     received = _received_store(event)
     where = f"{received.calling_ae}@{received.peer_address}"
     try:
-        _check_data_set(event)
+        try:
+            _check_data_set(event)
+        except AdapterError as exc:
+            ingest.record_refusal(calling_ae=received.calling_ae, peer_address=received.peer_address,
+                                  sop_instance_uid=received.affected_sop_instance, error=exc)
+            raise
         result = ingest.ingest_received(received)
     except AdapterError as exc:
         status = dimse_status_for(exc)

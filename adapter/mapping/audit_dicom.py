@@ -23,7 +23,15 @@ purpose of use, the records, the patient, the query, the X-Request-Id):
   base64: QIDO-RS is a non-DICOM query, A.5.3.10 Note 2);
 * each study a transfer carries is an entity (A.5.3.7 "Studies being transferred"): type 2
   System Object, role 3 Report, what.identifier.value the Study Instance UID with
-  what.identifier.type EV (110180, DCM, "Study Instance UID") (PS3.16 CID 404).
+  what.identifier.type EV (110180, DCM, "Study Instance UID") (PS3.16 CID 404);
+* an object received and refused (a C-STORE request or a STOW-RS part the adapter did not keep)
+  is one message of its own, naming its SOP instance (A.5.3.7: the SOP Instance UIDs of a
+  transfer), the only name it may have when it was not read far enough to know its study:
+  an entity of type 2 System Object, role 3 Report, whose what.identifier is the SOP Instance
+  UID as the records name it (system ``urn:dicom:uid``, value ``urn:oid:<uid>``, type text
+  "SOP Instance UID": CID 404 has no code for it). Its outcome (:func:`refusal_outcome`) is 4
+  Minor failure when the object was refused (the sender can correct it and send it again), 8
+  Serious failure when the adapter failed to keep it (A.5.1 EventOutcomeIndicator).
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from adapter import errors
 from adapter.mapping.audit import assemble_audit_event
-from adapter.mapping.codes import AUDIT_ENTITY_TYPE, DCM, OBJECT_ROLE
+from adapter.mapping.codes import AUDIT_ENTITY_TYPE, DCM, DICOM_UID_SYSTEM, OBJECT_ROLE
 from adapter.mapping.fhir_r4 import JSON, coding, concept
 from adapter.model.photo import Identifier
 
@@ -44,6 +53,10 @@ EVENT_IDS = {INSTANCES_TRANSFERRED: "DICOM Instances Transferred", QUERY: "Query
 #: updates held copies), A.5.3.10 "Shall be: E".
 _ACTIONS = {INSTANCES_TRANSFERRED: frozenset({"C", "R"}), QUERY: frozenset({"E"})}
 _STUDY_INSTANCE_UID = coding(DCM, "110180", "Study Instance UID")
+#: A UID has at most 64 characters (PS3.5 9.1); a request's may be anything its sender wrote.
+_UID_LENGTH = 64
+#: Failures that are the adapter's, not the object's: it could not keep what it was sent.
+_SERIOUS = (errors.Transient, errors.Conflict, errors.ConfigurationError, errors.PolicyError)
 
 
 def study_entity(study_instance_uid: str) -> JSON:
@@ -55,15 +68,36 @@ def study_entity(study_instance_uid: str) -> JSON:
     }
 
 
+def sop_instance_entity(sop_instance_uid: str) -> JSON:
+    """The Participant Object of one SOP instance (see the module docstring)."""
+    return {
+        "what": {"identifier": {"type": {"text": "SOP Instance UID"}, "system": DICOM_UID_SYSTEM,
+                                "value": f"urn:oid:{sop_instance_uid[:_UID_LENGTH]}"}},
+        "type": coding(AUDIT_ENTITY_TYPE, "2", "System Object"),
+        "role": coding(OBJECT_ROLE, "3", "Report"),
+    }
+
+
+def refusal_outcome(error: BaseException) -> str:
+    """The EventOutcomeIndicator of an object received and not kept because of ``error``: ``8``
+    Serious failure when the adapter failed (its store, a conflict it could not resolve, its
+    configuration, or a bug: anything outside the error hierarchy), else ``4`` Minor failure
+    (the object, or the consent rules, refused it). PS3.15 A.5.1, AuditEvent.outcome."""
+    if not isinstance(error, errors.AdapterError) or isinstance(error, _SERIOUS):
+        return "8"
+    return "4"
+
+
 def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: str | None, recorded: datetime,
                       client_address: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                       entities: Sequence[str], patient: Identifier | None, studies: Sequence[str],
                       query: bytes | None, event_id: str | None = None,
-                      client_ae_title: str | None = None) -> JSON:
+                      client_ae_title: str | None = None, instances: Sequence[str] = ()) -> JSON:
     """One DICOM audit message as an R4 AuditEvent (see the module docstring): ``event`` is its
-    DICOM EventID, ``studies`` the Study Instance UIDs it names (each once, in order); the other
-    arguments are those of adapter.mapping.audit.audit_event (``client_ae_title``: the peer's AE
-    title, its Alternative User ID, PS3.15 A.5.2.2).
+    DICOM EventID, ``studies`` the Study Instance UIDs it names (each once, in order), ``instances``
+    the SOP Instance UIDs (each once, after the studies); the other arguments are those of
+    adapter.mapping.audit.audit_event (``client_ae_title``: the peer's AE title, its Alternative
+    User ID, PS3.15 A.5.2.2).
 
     Raises:
         ValueError: an EventID the adapter does not write, an action its message does not allow,
@@ -80,7 +114,9 @@ def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: st
         outcome_desc=outcome_desc, recorded=recorded, to_client=to_client, recipient=action in ("R", "E"),
         client_address=client_address, client_ae_title=client_ae_title, actor=actor, purpose=purpose,
         request_id=request_id, entities=entities, patient=patient, query=query, event_id=event_id,
-        more_entities=[study_entity(uid) for uid in dict.fromkeys(studies)])
+        more_entities=[*(study_entity(uid) for uid in dict.fromkeys(studies)),
+                       *(sop_instance_entity(uid) for uid in dict.fromkeys(instances))])
 
 
-__all__ = ["EVENT_IDS", "INSTANCES_TRANSFERRED", "QUERY", "dicom_audit_event", "study_entity"]
+__all__ = ["EVENT_IDS", "INSTANCES_TRANSFERRED", "QUERY", "dicom_audit_event", "refusal_outcome",
+           "sop_instance_entity", "study_entity"]

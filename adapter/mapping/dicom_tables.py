@@ -88,7 +88,8 @@ class PatientIdentifierTable(_Strict):
                 return Identifier(system=entry.system, value=value)
         if self.unknown_issuer == "prefix":
             return Identifier(system=self.unknown_issuer_prefix + quote(name, safe=""), value=value)
-        raise UnknownCode(f"IssuerOfPatientID {name!r} is not in mappings/dicom.yaml",
+        # not quoted: the issuer is part of the patient's identifier, and whatever the sender wrote
+        raise UnknownCode("the IssuerOfPatientID is not in mappings/dicom.yaml",
                           expression="(0010,0021) IssuerOfPatientID")
 
     def to_dicom(self, patient: Identifier) -> tuple[str, str]:

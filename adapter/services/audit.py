@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from adapter.consent import decide_audit_export
-from adapter.errors import Forbidden
+from adapter.errors import BusinessRuleViolation, Forbidden
 from adapter.mapping.audit import audit_event
-from adapter.mapping.audit_dicom import INSTANCES_TRANSFERRED, QUERY, dicom_audit_event
+from adapter.mapping.audit_dicom import INSTANCES_TRANSFERRED, QUERY, dicom_audit_event, refusal_outcome
 from adapter.mapping.tables import Tables
 from adapter.metrics import DECISIONS
 from adapter.model.decision import Decision
@@ -24,15 +24,17 @@ from adapter.store.port import RecordStore
 @dataclass(frozen=True)
 class DicomAudit:
     """What makes an AuditEvent a DICOM audit message: its DICOM EventID (``INSTANCES_TRANSFERRED``
-    or ``QUERY``) and the Study Instance UIDs of the instances transferred."""
+    or ``QUERY``), the Study Instance UIDs of the instances transferred and, where the message
+    names them, their SOP Instance UIDs."""
 
     event: str
     studies: tuple[str, ...] = ()
+    instances: tuple[str, ...] = ()
 
     @classmethod
-    def transferred(cls, *studies: str) -> DicomAudit:
+    def transferred(cls, *studies: str, instances: tuple[str, ...] = ()) -> DicomAudit:
         """DICOM Instances Transferred (PS3.15 A.5.3.7) of instances of ``studies``."""
-        return cls(INSTANCES_TRANSFERRED, studies)
+        return cls(INSTANCES_TRANSFERRED, studies, instances)
 
     @classmethod
     def query(cls) -> DicomAudit:
@@ -47,23 +49,25 @@ class Auditor:
 
     def event(self, ctx: RequestContext, *, interaction: str, action: str, permitted: bool,
               reason: str | None, entities: Sequence[str], patient: Identifier | None,
-              dicom: DicomAudit | None = None) -> dict[str, Any]:
+              dicom: DicomAudit | None = None, outcome: str | None = None) -> dict[str, Any]:
         """Build (not store) an AuditEvent; ingest stores it in its own transaction. ``dicom``:
         a DICOM exchange, typed by its DICOM audit EventID (``interaction`` then only names the
-        decision in the metrics); otherwise the BALP event of the FHIR ``interaction``."""
+        decision in the metrics); otherwise the BALP event of the FHIR ``interaction``.
+        ``outcome``: the outcome code when it is not ``0``/``4`` by ``permitted`` (8, a serious
+        failure)."""
+        outcome = outcome or ("0" if permitted else "4")
         if dicom is not None:
             return dicom_audit_event(
-                event=dicom.event, action=action, outcome="0" if permitted else "4", outcome_desc=reason,
+                event=dicom.event, action=action, outcome=outcome, outcome_desc=reason,
                 recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
                 purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
                 patient=patient, studies=dicom.studies, query=ctx.query if dicom.event == QUERY else None,
-                client_ae_title=ctx.ae_title)
+                client_ae_title=ctx.ae_title, instances=dicom.instances)
         return audit_event(
-            interaction=interaction, action=action, outcome="0" if permitted else "4",
-            outcome_desc=reason, recorded=self._now(), client_address=ctx.client_address,
-            actor=ctx.actor, purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id,
-            entities=entities, patient=patient, query=ctx.query if interaction == "search-type" else None,
-            client_ae_title=ctx.ae_title)
+            interaction=interaction, action=action, outcome=outcome, outcome_desc=reason,
+            recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
+            purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
+            patient=patient, query=ctx.query if interaction == "search-type" else None, client_ae_title=ctx.ae_title)
 
     def record(self, ctx: RequestContext, *, interaction: str, action: str, decision: Decision | None,
                entities: Sequence[str], patient: Identifier | None, reason: str | None = None,
@@ -76,6 +80,19 @@ class Auditor:
         DECISIONS.labels(interaction, ctx.purpose.code, "refused" if refused else "permit" if permitted else "deny").inc()
         self._store.append_audit(self.event(ctx, interaction=interaction, action=action, permitted=permitted,
                                             reason=why, entities=entities, patient=patient, dicom=dicom))
+
+    def record_refused_transfer(self, ctx: RequestContext, *, error: BaseException, reason: str,
+                                patient: Identifier | None, dicom: DicomAudit) -> None:
+        """Store the DICOM Instances Transferred message of an object received and not kept
+        (a C-STORE request or a STOW-RS part refused, or one the adapter failed to keep because of
+        ``error``): action C, outcome 4 or 8 (adapter.mapping.audit_dicom.refusal_outcome) with
+        ``reason``, naming ``patient`` only where the caller knows it. A refusal by the consent
+        rules or the policy (BusinessRuleViolation) is a decision, counted as one in the metrics."""
+        if isinstance(error, BusinessRuleViolation):
+            DECISIONS.labels("create", ctx.purpose.code, "refused").inc()
+        self._store.append_audit(self.event(ctx, interaction="create", action="C", permitted=False, reason=reason,
+                                            entities=[], patient=patient, dicom=dicom,
+                                            outcome=refusal_outcome(error)))
 
     def record_search(self, ctx: RequestContext, *, found: Sequence[tuple[str, Identifier | None]],
                       reason: str, dicom: DicomAudit | None = None) -> None:

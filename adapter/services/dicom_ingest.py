@@ -12,8 +12,7 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    them all), and the dataset's SOP Class and SOP Instance UIDs must be those of the C-STORE
    request and its presentation context;
 4. mapping (adapter.mapping.dicom_fhir): patient through mappings/dicom.yaml, kind, identifiers;
-5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation; a
-   refusal by them is a decision, audited (outcome 4; nothing else is stored);
+5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation;
 6. the Binary's bytes: the JPEG frame as received (no re-encoding), a lossless PNG of native
    pixel data, or the PDF;
 7. blobs fsynced to their content addresses (invisible until referenced): the object as received
@@ -35,6 +34,17 @@ A failure at any step leaves nothing visible: staged files are removed, committe
 content-addressed bytes nobody references, removed once past a grace period by
 ``verify --remove-unreferenced`` (adapter.services.unreferenced). The received file itself
 belongs to the SCP.
+
+Every refusal, and every failure to keep the object, is audited (IHE ATNA, DICOM PS3.15 A.5.3.7:
+the receiver records each transfer with its outcome), in its own transaction, once: a DICOM
+Instances Transferred message with outcome 4 (refused: by the checks or, as a decision, by the
+consent rules) or 8 (the adapter failed), the diagnostics as its reason (they name tags and
+codes, never a patient's values), the sender as the Source, the SOP Instance UID the request
+names, and the patient and study only once steps 3-4 have read them from a dataset that is the
+requested instance (before that they are not known, and not guessed). The edges audit their own
+refusals of a request that never reached the ingest through :meth:`DicomIngestService.record_refusal`.
+A replay (step 1) is no refusal. A failure to write that audit is logged and changes nothing:
+the refusal is answered as such, and the SCP goes on.
 """
 
 from __future__ import annotations
@@ -66,7 +76,6 @@ from pydicom.uid import JPEGBaseline8Bit
 from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
 from adapter.errors import (
     AdapterError,
-    BusinessRuleViolation,
     Conflict,
     InvalidInput,
     InvalidResource,
@@ -106,6 +115,7 @@ _T = TypeVar("_T")
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _DEFER = 64 * 1024  # values larger than this are read from the file only when accessed
+_REASON_LENGTH = 256  # of a refusal's AuditEvent.outcomeDesc: the diagnostics are shorter
 
 
 #: The "calling AE" a STOW-RS sender is recorded as (Provenance): DICOMweb has no AE title, so
@@ -124,6 +134,9 @@ class ReceivedStore:
     transfer_syntax: str         # the presentation context's transfer syntax
     affected_sop_class: str      # (0000,0002) of the request
     affected_sop_instance: str   # (0000,1000) of the request
+    #: The SOP Instance UID the answer names the object by, when it is not affected_sop_instance:
+    #: a STOW-RS part's dataset's own (its store response's); the audit of a refusal names it.
+    answered_sop_instance: str | None = None
 
 
 @dataclass(frozen=True)
@@ -662,6 +675,14 @@ def _where(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+@dataclass
+class _Known:
+    """What one ingest has read of its object so far: the object (patient, study) once steps 3-4
+    read it from a dataset that is the requested instance."""
+
+    obj: ReceivedObject | None = None
+
+
 @dataclass(frozen=True)
 class _Head:
     """Steps 3-5 (module docstring): what needs only the dataset before its pixel data."""
@@ -742,7 +763,44 @@ class DicomIngestService:
 
     def ingest_received(self, received: ReceivedStore) -> DicomIngestResult:
         """Ingest one received object (module docstring); the object at ``received.path`` is
-        left in place. Raises an AdapterError for every refusal; then nothing was stored."""
+        left in place. Raises an AdapterError for every refusal; then nothing was stored, and the
+        refusal was audited (as is any other exception, a bug, before it propagates)."""
+        known = _Known()
+        try:
+            return self._ingest(received, known)
+        except Exception as exc:
+            obj = known.obj
+            self._record_refusal(received.calling_ae, received.peer_address,
+                                 received.answered_sop_instance or received.affected_sop_instance, exc,
+                                 patient=obj.patient if obj is not None else None,
+                                 study=obj.study_uid if obj is not None else None)
+            raise
+
+    def record_refusal(self, *, calling_ae: str, peer_address: str, sop_instance_uid: str | None,
+                       error: AdapterError) -> None:
+        """Audit the refusal of an object an edge refused before it reached
+        :meth:`ingest_received` (a C-STORE request without a data set or over the size limit, a
+        STOW-RS part that is not DICOM Part 10 or not of a SOP class served): nothing of it was
+        read, so the message names no patient and no study. Never raises."""
+        self._record_refusal(calling_ae, peer_address, sop_instance_uid, error, patient=None, study=None)
+
+    def _record_refusal(self, calling_ae: str, peer_address: str, sop_instance_uid: str | None,
+                        error: BaseException, *, patient: Identifier | None, study: str | None) -> None:
+        """The one AuditEvent of a refused object (module docstring). An audit that cannot be
+        written is logged (no patient data) and swallowed: it must not turn the refusal into
+        another answer, nor stop the SCP."""
+        reason = (error.diagnostics if isinstance(error, AdapterError)
+                  else f"an unexpected error ({type(error).__name__})")[:_REASON_LENGTH]
+        instances = (sop_instance_uid,) if sop_instance_uid else ()
+        try:
+            self._auditor.record_refused_transfer(
+                _sender_context(calling_ae, peer_address), error=error, reason=reason, patient=patient,
+                dicom=DicomAudit.transferred(*([study] if study else []), instances=instances))
+        except Exception as exc:  # noqa: BLE001 - the refusal stands whatever the audit store does
+            log.error("could not audit the refusal of SOP Instance %s from %s (%s)", sop_instance_uid,
+                      calling_ae, type(exc).__name__)
+
+    def _ingest(self, received: ReceivedStore, known: _Known) -> DicomIngestResult:
         self._check_request(received)
         previous = self._replay(received.affected_sop_instance)
         if previous is not None:
@@ -765,9 +823,9 @@ class DicomIngestService:
                 except AdapterError as exc:
                     frame_error = exc
             if fast and layout.head is not None:
-                head = self._read_head(read_header(layout.head), received)
+                head = self._read_head(read_header(layout.head), received, known)
             else:
-                head = self._read_head(read_dataset(received.path), received)
+                head = self._read_head(read_dataset(received.path), received, known)
             try:
                 if fast and "EncapsulatedDocument" in head.ds:  # not an image after all: the general way
                     fast = False
@@ -791,21 +849,17 @@ class DicomIngestService:
             raise InvalidResource("the request's SOP Class UID is not its presentation context's",
                                   expression="(0000,0002) AffectedSOPClassUID")
 
-    def _read_head(self, ds: Dataset, received: ReceivedStore) -> _Head:
-        """Steps 3-5 on a parsed dataset (its pixel data not needed)."""
+    def _read_head(self, ds: Dataset, received: ReceivedStore, known: _Known) -> _Head:
+        """Steps 3-5 on a parsed dataset (its pixel data not needed). ``known.obj``: what steps
+        3-4 read, once they have (a refusal from then on names its patient and study)."""
         try:
             check_elements(ds, received.transfer_syntax)
             self._check_identity(ds, received)
             obj = read_received(ds, calling_ae=received.calling_ae, dicom_tables=self._dicom_tables,
                                 tables=self._tables)
+            known.obj = obj
             now = self._now()
-            try:
-                assessment = self._assess(obj, now)
-            except BusinessRuleViolation as exc:  # a decision (consent, policy): audited, as reads are
-                self._auditor.record(_sender_context(received, obj), interaction="create", action="C", decision=None,
-                                     entities=[], patient=obj.patient, reason=exc.diagnostics, refused=True,
-                                     dicom=DicomAudit.transferred(obj.study_uid))
-                raise
+            assessment = self._assess(obj, now)  # a refusal by the consent rules is a decision, audited
             return _Head(ds, obj, assessment, now)
         except _MALFORMED as exc:
             raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
@@ -906,9 +960,9 @@ class DicomIngestService:
             "warnings": list(assessment.warnings),
             "consentPending": assessment.consent_pending,
         }
-        audit = self._auditor.event(_sender_context(received, obj), interaction="create", action="C", permitted=True,
-                                    reason=None, entities=created, patient=patient,
-                                    dicom=DicomAudit.transferred(obj.study_uid))
+        audit = self._auditor.event(_sender_context(received.calling_ae, received.peer_address),
+                                    interaction="create", action="C", permitted=True, reason=None, entities=created,
+                                    patient=patient, dicom=DicomAudit.transferred(obj.study_uid))
         instance = DicomInstance(
             sop_instance_uid=obj.sop_instance_uid, study_instance_uid=obj.study_uid,
             series_instance_uid=obj.series_uid, sop_class_uid=obj.sop_class_uid, modality=obj.modality or "",
@@ -920,11 +974,11 @@ class DicomIngestService:
                           released_uids=self._released_uids.rows(instance))
 
 
-def _sender_context(received: ReceivedStore, obj: ReceivedObject) -> RequestContext:
+def _sender_context(calling_ae: str, peer_address: str) -> RequestContext:
     """Who stores a received object, for its audit: the sending AE, for care (TREAT)."""
-    return RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"AE {obj.calling_ae} (C-STORE)",
-                          client_address=received.peer_address or None, channel="dicom",
-                          ae_title=None if received.calling_ae == STOW_SENDER else obj.calling_ae)
+    return RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"AE {calling_ae} (C-STORE)",
+                          client_address=peer_address or None, channel="dicom",
+                          ae_title=None if calling_ae == STOW_SENDER else calling_ae)
 
 
 @dataclass(frozen=True)

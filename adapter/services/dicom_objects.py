@@ -431,9 +431,12 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
     that contradicts its own file meta fails as it would over DIMSE (0xA900). A SOP class the
     SCP would not negotiate fails with 0x0122; a StudyInstanceUID other than the one of the
     request URL (``study_instance_uid``, PS3.18 10.5.1) with 0xA900; anything that does not
-    parse with 0xC000. Refusals never raise: they are the outcome's ``failure_reason``.
+    parse with 0xC000. Refusals never raise: they are the outcome's ``failure_reason``, and
+    audited once, naming the part by the SOP Instance UID its outcome names (the ingest audits
+    its own refusals; those before it are audited here).
     """
     sop_class = sop_instance = study = series = None
+    received: ReceivedStore | None = None
     try:
         try:
             head = dcmread(path, stop_before_pixels=True)
@@ -452,11 +455,15 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
         if study_instance_uid is not None and study != study_instance_uid:
             raise InvalidResource("the instance's Study Instance UID is not the one of the request URL",
                                   expression="(0020,000D) StudyInstanceUID")
-        result = ingest.ingest_received(ReceivedStore(
+        received = ReceivedStore(
             path=path, calling_ae=STOW_SENDER, peer_address=peer_address, context_sop_class=requested_class,
             transfer_syntax=transfer_syntax, affected_sop_class=requested_class,
-            affected_sop_instance=requested_instance))
+            affected_sop_instance=requested_instance, answered_sop_instance=sop_instance)
+        result = ingest.ingest_received(received)
     except AdapterError as exc:
+        if received is None:  # refused before the ingest
+            ingest.record_refusal(calling_ae=STOW_SENDER, peer_address=peer_address, sop_instance_uid=sop_instance,
+                                  error=exc)
         status = dimse_status_for(exc)
         log.warning("STOW-RS from %s refused (0x%04X %s): SOP Instance %s, %s", peer_address, status,
                     type(exc).__name__, sop_instance, exc.diagnostics)

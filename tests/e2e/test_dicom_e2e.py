@@ -6,6 +6,10 @@ and the SCP keeps serving."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +18,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.conftest import record_emitted, require_or_skip
+from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT
+from tests.support.audit import INSTANCES_TRANSFERRED, dicom_events, patients, sop_instance_uids, study_uids
 from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
 from tests.support.dicom_files import PDF_BYTES, frame_of, jpeg, pdf_file, pynet_store, sc_file
 from tests.support.orthanc import assert_loopback_only
@@ -105,3 +110,42 @@ def test_misbehaving_peers_do_not_stop_the_scp(server: RunningAdapter, tmp_path:
         assert storescu(server.dicom_port, "ADAPTER", [whole]).returncode == 0
         assert len(_find(http, "Media", sent.SOPInstanceUID)) == 1
     assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == sent.SOPInstanceUID
+
+
+def test_refusals_over_dimse_and_stow_rs_are_in_the_exported_audit_trail(server: RunningAdapter,
+                                                                          tmp_path: Path) -> None:
+    """The running adapter refuses an object storescu sends without its Study Instance UID
+    (0xA900) and a STOW-RS part that is not DICOM (0xC000 in the failed SOP sequence); the
+    operator's export of the audit trail holds one DICOM Instances Transferred message for each,
+    with the failure outcome, the sender, the SOP instance and no patient."""
+    path = tmp_path / "no-study.dcm"
+    sent = sc_file(path, StudyInstanceUID=None)
+    done = storescu(server.dicom_port, "ADAPTER", [path], check=False, extra=["-v"])
+    assert "Error: DataSetDoesNotMatchSOPClass" in done.stderr + done.stdout, done.stderr
+    boundary = "b0undary-e2e"
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + b"not DICOM at all\r\n"
+            + f"--{boundary}--\r\n".encode())
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        r = http.post("/dicomweb/studies", content=body,
+                      headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        assert r.status_code == 409, r.text
+        assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+        assert _find(http, "Media", sent.SOPInstanceUID) == []
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
+    export = subprocess.run([sys.executable, "-m", "adapter", "audit"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert export.returncode == 0, export.stderr
+    events = [json.loads(line) for line in export.stdout.splitlines()]
+    record_emitted(events)
+    dimse, stow = [e for e in dicom_events(events, INSTANCES_TRANSFERRED) if e["outcome"] != "0"]
+    for refusal in (dimse, stow):
+        assert refusal["outcome"] == "4" and refusal["action"] == "C" and refusal["outcomeDesc"]
+        assert refusal["agent"][0]["type"]["coding"][0]["code"] == "110153"  # the sender is the Source
+        assert refusal["agent"][0]["network"]["address"] == "127.0.0.1"
+        assert patients(refusal) == [] and study_uids(refusal) == []
+    assert dimse["agent"][0]["altId"] == "STORESCU" and sop_instance_uids(dimse) == [sent.SOPInstanceUID]
+    assert "StudyInstanceUID" in dimse["outcomeDesc"]
+    assert "altId" not in stow["agent"][0] and sop_instance_uids(stow) == []  # not DICOM: no instance to name
+    assert stow["outcomeDesc"] == "the part is not a DICOM Part 10 object"

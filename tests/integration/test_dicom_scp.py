@@ -9,6 +9,7 @@ import hashlib
 import io
 import logging
 import socket
+import sqlite3
 import struct
 import threading
 import time
@@ -45,7 +46,14 @@ from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_com
 from adapter.services.registry import Services
 from tests.conftest import record_emitted, require_or_skip, wait_until
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
-from tests.support.audit import INSTANCES_TRANSFERRED, agent_roles, dicom_events, study_uids
+from tests.support.audit import (
+    INSTANCES_TRANSFERRED,
+    agent_roles,
+    dicom_events,
+    patients,
+    sop_instance_uids,
+    study_uids,
+)
 from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
 from tests.support.dicom_files import (
     PDF_BYTES,
@@ -567,7 +575,9 @@ def test_truncated_dataset_is_refused_and_nothing_is_stored(scp: StoreSCP, servi
     assert status.Status == CANNOT_UNDERSTAND
     assert "truncated" in status.ErrorComment
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
-    assert services.store.list_audit() == []
+    [refusal] = audited(services)  # the refusal only, naming no patient
+    assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
+    assert patients(refusal) == []
     assert not any((tmp_path / "data" / "blobs").rglob("*.*")) and not [
         p for p in (tmp_path / "data" / "blobs").rglob("*") if p.is_file()]
     assert list(pynetdicom_config.iterdir()) == []
@@ -659,8 +669,11 @@ def test_malformed_dataset_gets_a_failure_status_and_nothing_is_stored(
     answer = pynet_store(scp.port, path)
     assert answer.Status == status, hex(answer.Status)
     assert PATIENT["value"] not in answer.get("ErrorComment", "")
+    assert "ELSEWHERE" not in answer.get("ErrorComment", "")  # the issuer is the patient's identifier's
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
-    assert services.store.list_audit() == []
+    [refusal] = audited(services)  # the refusal only, naming no patient (its patient was not read)
+    assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
+    assert patients(refusal) == [] and PATIENT["value"] not in str(refusal) and "ELSEWHERE" not in str(refusal)
 
 
 @pytest.mark.parametrize("element", [
@@ -883,6 +896,153 @@ def test_clinical_photo_refused_by_a_consent_denying_treatment(scp: StoreSCP, cl
     assert any("C-STORE" in a["who"]["display"] for a in refusal["agent"] if a.get("requestor"))
     assert any(ent.get("what", {}).get("identifier", {}).get("value") == sent.PatientID
                for ent in refusal.get("entity", []))
+    # audited once (the consent refusal is not audited again as a failed transfer), naming the instance
+    assert sop_instance_uids(refusal) == [sent.SOPInstanceUID]
+
+
+# -- every refused object is audited (IHE ATNA; DICOM PS3.15 A.5.3.7 DICOM Instances Transferred) --
+
+
+def audited(services: Services) -> list[dict]:
+    """Every AuditEvent stored, oldest first; each goes to the session-wide FHIR validation."""
+    events = services.store.list_audit(1000)[::-1]
+    record_emitted(events)
+    return events
+
+
+def assert_refusal(event: dict, *, outcome: str, ae_title: str, sop_uid: str) -> None:
+    """A DICOM Instances Transferred message of an object received and not kept: action C, the
+    failure ``outcome`` with a reason, the sender (``ae_title`` at 127.0.0.1) the Source and the
+    adapter the Destination, naming ``sop_uid``."""
+    assert dicom_events([event], INSTANCES_TRANSFERRED) == [event]
+    assert event["action"] == "C" and event["outcome"] == outcome and event["outcomeDesc"]
+    assert agent_roles(event) == ["110153", "110152", "AUT"]
+    source = event["agent"][0]
+    assert source["altId"] == ae_title and source["network"]["address"] == "127.0.0.1"
+    assert sop_instance_uids(event) == [sop_uid]
+
+
+def test_storescu_object_contradicting_its_sop_class_is_refused_and_audited(scp: StoreSCP, services: Services,
+                                                                           tmp_path: Path) -> None:
+    """A dataset without its Study Instance UID (Type 1 in every IOD): 0xA900 as before, and now
+    one AuditEvent, with the failure outcome, the sender and the instance the request named. The
+    dataset was never read as far as its patient, so it names none (and no study)."""
+    need_dcmtk()
+    path = tmp_path / "no-study.dcm"
+    sent = sc_file(path, StudyInstanceUID=None)
+    done = storescu(scp.port, "ADAPTER", [path], check=False, extra=["-v"])
+    assert "Error: DataSetDoesNotMatchSOPClass" in done.stderr + done.stdout, done.stderr
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    [refusal] = audited(services)
+    assert_refusal(refusal, outcome="4", ae_title="STORESCU", sop_uid=sent.SOPInstanceUID)
+    assert "StudyInstanceUID" in refusal["outcomeDesc"]
+    assert patients(refusal) == [] and study_uids(refusal) == []
+    assert sent.PatientID not in str(refusal)
+
+
+def test_storescu_object_of_an_unknown_issuer_is_audited_without_the_issuer(scp: StoreSCP, services: Services,
+                                                                            tmp_path: Path) -> None:
+    """An IssuerOfPatientID mappings/dicom.yaml refuses (0xC000): the patient is not known, so the
+    AuditEvent names none; its reason, the refusal's diagnostics, does not repeat the issuer,
+    which belongs to the patient's identifier and is whatever the sender wrote (found by the
+    refusal audit review: the diagnostics quoted it into the log and the Error Comment)."""
+    need_dcmtk()
+    path = tmp_path / "issuer.dcm"
+    sent = sc_file(path, IssuerOfPatientID="DOE JANE 19700101")
+    done = storescu(scp.port, "ADAPTER", [path], check=False, extra=["-v"])
+    assert "Error: CannotUnderstand" in done.stderr + done.stdout, done.stderr
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    [refusal] = audited(services)
+    assert_refusal(refusal, outcome="4", ae_title="STORESCU", sop_uid=sent.SOPInstanceUID)
+    assert "IssuerOfPatientID" in refusal["outcomeDesc"] and "DOE" not in refusal["outcomeDesc"]
+    assert patients(refusal) == [] and "DOE JANE" not in str(refusal) and sent.PatientID not in str(refusal)
+
+
+def test_storescu_object_whose_jpeg_frame_does_not_decode_is_audited_naming_its_patient(
+        scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    """A frame that does not walk is refused at step 6 (0xC000), after the dataset was read
+    whole and found to be the requested instance: its patient and study are known, and named."""
+    need_dcmtk()
+    path = tmp_path / "bad-frame.dcm"
+    sent = sc_file(path)
+    data = path.read_bytes()
+    app0 = data.index(b"\xff\xd8\xff\xe0\x00\x10")
+    path.write_bytes(data[:app0 + 4] + b"\x7f\xff" + data[app0 + 6:])  # an APP0 running past the frame
+    done = storescu(scp.port, "ADAPTER", [path], check=False, extra=["-v"])
+    assert "Error: CannotUnderstand" in done.stderr + done.stdout, done.stderr
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    [refusal] = audited(services)
+    assert_refusal(refusal, outcome="4", ae_title="STORESCU", sop_uid=sent.SOPInstanceUID)
+    assert "JPEG" in refusal["outcomeDesc"]
+    assert patients(refusal) == [PATIENT] and study_uids(refusal) == [sent.StudyInstanceUID]
+
+
+def test_a_c_store_request_whose_dataset_is_another_instance_is_audited_by_the_request(
+        scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    """The request names one instance, the dataset is another (0xA900): the AuditEvent names the
+    request's AffectedSOPInstanceUID and no patient (the dataset is not the one asked about)."""
+    path = tmp_path / "other.dcm"
+    sent = sc_file(path)
+    ds = pydicom.dcmread(path)
+    requested = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = requested  # pynet_store sends the file meta's as the request's
+    ds.save_as(path)
+    assert pynet_store(scp.port, path, chunked=True).Status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    [refusal] = audited(services)
+    assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=requested)
+    assert patients(refusal) == [] and study_uids(refusal) == []
+
+
+def test_a_truncated_object_is_audited_once(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    path = tmp_path / "cut.dcm"
+    sent = sc_file(path, frame=jpeg(320, 240))
+    path.write_bytes(path.read_bytes()[:-400])
+    assert pynet_store(scp.port, path, chunked=True).Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    [refusal] = audited(services)
+    assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
+    assert "truncated" in refusal["outcomeDesc"] and patients(refusal) == []
+
+
+def test_a_replay_is_not_a_refusal(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    path = tmp_path / "twice.dcm"
+    sent = sc_file(path)
+    assert pynet_store(scp.port, path).Status == SUCCESS
+    assert pynet_store(scp.port, path).Status == SUCCESS
+    [stored] = audited(services)
+    assert stored["outcome"] == "0" and study_uids(stored) == [sent.StudyInstanceUID]
+
+
+def test_a_refusal_whose_audit_cannot_be_written_is_still_refused_and_the_scp_serves_on(
+        scp: StoreSCP, services: Services, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The audit store refuses the write (a real SQLite trigger aborting every insert into the
+    audit table): the object is still answered 0xA900, not a success nor a bug status, nothing is
+    stored, the failure is logged, and the SCP keeps serving; once the audit can be written again
+    the next refusal is audited."""
+    database = sqlite3.connect(tmp_path / "data" / "adapter.db")
+    with database:
+        database.execute("CREATE TRIGGER no_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit down'); END")
+    try:
+        path = tmp_path / "no-study.dcm"
+        sent = sc_file(path, StudyInstanceUID=None)
+        assert pynet_store(scp.port, path, chunked=True).Status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+        stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+        assert audited(services) == []
+        assert f"could not audit the refusal of SOP Instance {sent.SOPInstanceUID}" in caplog.text
+        assert "a bug" not in caplog.text and sent.PatientID not in caplog.text
+        with database:
+            database.execute("DROP TRIGGER no_audit")
+        again = tmp_path / "no-series.dcm"
+        other = sc_file(again, SeriesInstanceUID=None)
+        assert pynet_store(scp.port, again, chunked=True).Status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+        [refusal] = audited(services)
+        assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=other.SOPInstanceUID)
+        good = tmp_path / "good.dcm"
+        sc_file(good)
+        assert pynet_store(scp.port, good).Status == SUCCESS
+    finally:
+        database.close()
 
 
 @pytest.mark.parametrize("how", ["a-abort", "connection lost"])

@@ -35,7 +35,15 @@ from adapter.services.registry import Services
 from adapter.services.released_uids import ReleasedUidSpaces
 from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
-from tests.support.audit import INSTANCES_TRANSFERRED, QUERY, agent_roles, dicom_events, study_uids
+from tests.support.audit import (
+    INSTANCES_TRANSFERRED,
+    QUERY,
+    agent_roles,
+    dicom_events,
+    patients,
+    sop_instance_uids,
+    study_uids,
+)
 from tests.support.dciodvfy import dciodvfy_missing, dciodvfy_report, photo_object, stored_sample
 from tests.support.dicom_files import multiframe_file, native_sc_file
 
@@ -286,6 +294,53 @@ def test_stow_refuses_other_media_types(adapter: tuple[FhirClient, Services]) ->
     r = client.post("/dicomweb/studies", content=body, headers={"Content-Type": ctype})
     assert r.status_code == 202
     assert value(r.json()["00081198"]["Value"][0], "00081197") == CANNOT_UNDERSTAND
+
+
+def test_every_refused_stow_part_is_audited_once(adapter: tuple[FhirClient, Services]) -> None:
+    """IHE ATNA / DICOM PS3.15 A.5.3.7: each part the adapter does not keep is one DICOM
+    Instances Transferred message with a failure outcome, the client the Source, naming the SOP
+    instance as the store response does (the dataset's own, where it could be read) and no
+    patient (none of these was read as far as its patient); a stored part is audited as before.
+    Before, only the consent refusals were audited: these left no trace."""
+    client, services = adapter
+    good = received()
+    ct = ct_object()
+    no_series = received(record_id="rec-no-series")
+    del no_series.SeriesInstanceUID
+    mismatch = received(record_id="rec-mismatch")
+    uid = mismatch.SOPInstanceUID.encode()
+    other = uid[:-1] + (b"1" if uid[-1:] != b"1" else b"2")
+    mismatched = encode_dataset(mismatch).replace(uid, other, 1)  # the file meta names another instance
+    body, ctype = related(("application/dicom", encode_dataset(good)), ("application/dicom", b"not DICOM at all"),
+                          ("application/dicom", encode_dataset(ct)), ("application/dicom", encode_dataset(no_series)),
+                          ("application/dicom", mismatched), ("image/jpeg", b"\xff\xd8\xff\xd9"))
+    r = client.post("/dicomweb/studies", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 202, r.text
+    failed = [(value(i, "00081155"), value(i, "00081197")) for i in r.json()["00081198"]["Value"]]
+    assert failed == [(None, CANNOT_UNDERSTAND), (ct.SOPInstanceUID, SOP_CLASS_NOT_SUPPORTED),
+                      (no_series.SOPInstanceUID, DATASET_DOES_NOT_MATCH_SOP_CLASS),
+                      (mismatch.SOPInstanceUID, DATASET_DOES_NOT_MATCH_SOP_CLASS), (None, CANNOT_UNDERSTAND)]
+    assert [i.sop_instance_uid for i in services.store.search_dicom_instances()] == [good.SOPInstanceUID]
+    assert list((services.settings.data_dir / "staging").iterdir()) == []
+
+    events = dicom_events(services.store.list_audit(100)[::-1], INSTANCES_TRANSFERRED)
+    record_emitted(events)
+    assert [e["outcome"] for e in events] == ["0", "4", "4", "4", "4", "4"]
+    stored, *refusals = events
+    assert study_uids(stored) == [good.StudyInstanceUID]
+    assert [sop_instance_uids(e) for e in refusals] == [[], [ct.SOPInstanceUID], [no_series.SOPInstanceUID],
+                                                        [mismatch.SOPInstanceUID], []]
+    for refusal in refusals:
+        assert refusal["action"] == "C" and refusal["outcomeDesc"]
+        assert agent_roles(refusal) == ["110153", "110152", "AUT"]
+        source = refusal["agent"][0]
+        assert source["network"]["address"] == "testclient" and "altId" not in source  # DICOMweb has no AE title
+        assert patients(refusal) == [] and study_uids(refusal) == []
+        assert PATIENT["value"] not in json.dumps(refusal) and PATIENT_NAME not in json.dumps(refusal)
+    assert [r["outcomeDesc"] for r in refusals] == [
+        "the part is not a DICOM Part 10 object", f"SOP class {CT_CLASS} is not accepted",
+        "the object has no SeriesInstanceUID", "the dataset's SOP Instance UID is not the one of the C-STORE request",
+        "a part of type image/jpeg"]
 
 
 def test_a_received_object_with_nul_inside_a_text_value_is_refused_not_mapped_into_fhir(

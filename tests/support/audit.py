@@ -29,3 +29,20 @@ def study_uids(event: dict[str, Any]) -> list[str]:
 def agent_roles(event: dict[str, Any]) -> list[str]:
     """The agents' type codes, in order (client, server, user)."""
     return [a["type"]["coding"][0]["code"] for a in event["agent"]]
+
+
+def sop_instance_uids(event: dict[str, Any]) -> list[str]:
+    """The SOP Instance UIDs an AuditEvent names (entities identified in urn:dicom:uid, typed
+    "SOP Instance UID"), without their ``urn:oid:`` prefix."""
+    out = []
+    for entity in event.get("entity", []):
+        identifier = entity.get("what", {}).get("identifier", {})
+        if identifier.get("system") == "urn:dicom:uid" and identifier.get("type", {}).get("text") == "SOP Instance UID":
+            out.append(identifier["value"].removeprefix("urn:oid:"))
+    return out
+
+
+def patients(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The patient identifiers an AuditEvent names (entities of role 1 Patient)."""
+    return [entity["what"]["identifier"] for entity in event.get("entity", [])
+            if entity.get("role", {}).get("code") == "1"]

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
+from adapter import errors
 from adapter.mapping import codes
-from adapter.mapping.audit_dicom import INSTANCES_TRANSFERRED, QUERY, dicom_audit_event
+from adapter.mapping.audit_dicom import INSTANCES_TRANSFERRED, QUERY, dicom_audit_event, refusal_outcome
 from adapter.mapping.photo import index_resource
 from adapter.model.photo import Identifier
 from tests.support.fhir_validator import validate_r4
@@ -22,6 +23,7 @@ RECORDED = datetime(2024, 3, 1, 9, 16, 2, 120000, tzinfo=UTC)
 PATIENT = Identifier(system="urn:oid:2.999.1.1", value="MRN-0001")
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 OTHER_STUDY = "1.2.826.0.1.3680043.8.498.2"
+INSTANCE = "1.2.826.0.1.3680043.8.498.3"
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -60,6 +62,11 @@ CASES = {
                                 query=b"GET /dicomweb/studies?PatientID=nobody"),
     "sparse": event(client_address=None, purpose=None, request_id="", entities=[], patient=None, studies=[],
                     actor=""),
+    "c-store malformed": event(action="C", outcome="4", outcome_desc="the object has no StudyInstanceUID",
+                               client_ae_title="STORESCU", request_id="", entities=[], patient=None, studies=[],
+                               instances=[INSTANCE, INSTANCE]),
+    "c-store not kept": event(action="C", outcome="8", outcome_desc="could not stage the received object",
+                              client_ae_title="STORESCU", request_id="", entities=[], instances=[INSTANCE]),
 }
 
 
@@ -97,6 +104,42 @@ def test_a_refused_object_keeps_the_failure_outcome_and_the_reason() -> None:
     ev = CASES["c-store refused"]
     assert (ev["action"], ev["outcome"], ev["outcomeDesc"]) == ("C", "4", "the patient's Consent denies TREAT")
     assert [s["what"]["identifier"]["value"] for s in studies(ev)] == [STUDY]
+
+
+def test_a_refused_object_is_named_by_its_sop_instance_and_names_no_patient_it_was_not_read_for() -> None:
+    """An object received and refused before its patient was read: the SOP Instance UID the
+    request named, once, as the records name it (urn:dicom:uid, urn:oid:), after any study;
+    no patient entity, no study entity."""
+    ev = CASES["c-store malformed"]
+    assert (ev["action"], ev["outcome"]) == ("C", "4") and roles(ev) == ["110153", "110152", "AUT"]
+    assert ev["entity"] == [{
+        "what": {"identifier": {"type": {"text": "SOP Instance UID"}, "system": "urn:dicom:uid",
+                                "value": f"urn:oid:{INSTANCE}"}},
+        "type": {"system": codes.AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
+        "role": {"system": codes.OBJECT_ROLE, "code": "3", "display": "Report"},
+    }]
+    kept = CASES["c-store not kept"]
+    assert [e["what"]["identifier"]["value"] for e in kept["entity"][:2]] == [STUDY, f"urn:oid:{INSTANCE}"]
+    assert kept["entity"][2]["what"]["identifier"] == {"system": PATIENT.system, "value": PATIENT.value}
+    # a request's UID is whatever the sender wrote: never more than a UID's 64 characters
+    long = event(action="C", outcome="4", instances=["1." * 100], patient=None, studies=[], entities=[])
+    assert long["entity"][0]["what"]["identifier"]["value"] == "urn:oid:" + ("1." * 100)[:64]
+
+
+@pytest.mark.parametrize(("error", "outcome"), [
+    (errors.InvalidInput("truncated"), "4"), (errors.InvalidResource("mismatch"), "4"),
+    (errors.RequiredElementMissing("no study"), "4"), (errors.NotSupported("class"), "4"),
+    (errors.UnsupportedTransferSyntax("j2k"), "4"), (errors.UndecodableImage("frame"), "4"),
+    (errors.PayloadTooLarge("big"), "4"), (errors.ConsentRequired("denied"), "4"),
+    (errors.StorageError("disk"), "8"), (errors.InsufficientStorage("full"), "8"),
+    (errors.Transient("busy"), "8"), (errors.Conflict("race"), "8"), (errors.ConfigurationError("key"), "8"),
+    (RuntimeError("a bug"), "8"),
+])
+def test_a_refusal_is_a_minor_failure_and_the_adapters_own_failure_a_serious_one(error: BaseException,
+                                                                                   outcome: str) -> None:
+    """PS3.15 A.5.1 EventOutcomeIndicator: 4 when the object (or the consent rules) was refused and
+    the sender can send a corrected one; 8 when the adapter failed to keep it."""
+    assert refusal_outcome(error) == outcome
 
 
 def test_a_sender_reads_and_the_peer_is_the_destination() -> None:

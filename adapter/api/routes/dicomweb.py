@@ -72,6 +72,7 @@ from adapter.services.dicom_objects import (
     INSTANCE,
     LEVEL_KEYS,
     SERIES,
+    STOW_SENDER,
     STUDY,
     DateRange,
     DicomEntry,
@@ -193,8 +194,11 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
             raise InvalidResource("the request has no application/dicom part")
         for part in parsed.parts:
             if part.path is None:  # another media type in a type="application/dicom" request
+                refusal = InvalidInput(f"a part of type {part.content_type[:60]}")
+                await run_in_threadpool(services.dicom_ingest.record_refusal, calling_ae=STOW_SENDER,
+                                        peer_address=peer, sop_instance_uid=None, error=refusal)
                 outcomes.append(StowOutcome(None, None, None, None, failure_reason=CANNOT_UNDERSTAND,
-                                            diagnostics=f"a part of type {part.content_type[:60]}"))
+                                            diagnostics=refusal.diagnostics))
                 continue
             outcomes.append(await run_in_threadpool(stow_instance, services.dicom_ingest, part.path,
                                                     peer_address=peer, study_instance_uid=study))
