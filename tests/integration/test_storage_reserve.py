@@ -20,8 +20,10 @@ import pytest
 from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import OUT_OF_RESOURCES, SUCCESS
 from adapter.services.readiness import check_dicom_listener
+from tests.conftest import record_emitted
 from tests.integration.test_dicomweb import stow
 from tests.support.app import PATIENT, adapter_client, consent_resource, metadata, post_photo
+from tests.support.audit import INSTANCES_TRANSFERRED, dicom_events, patients, sop_instance_uids, study_uids
 from tests.support.dicom_files import pynet_store, sc_file
 from tests.support.orthanc import free_port
 
@@ -110,6 +112,15 @@ def test_a_c_store_is_refused_with_out_of_resources_and_nothing_is_stored(tmp_pa
             assert services.store.find_dicom_instance(sent.SOPInstanceUID) is None
             assert blob_files(tmp_path / "data") == []
             assert list((tmp_path / "data" / "staging").iterdir()) == []
+            # the adapter failed to keep a good object: audited (in the reserve) as a serious
+            # failure, naming the patient and study it read before the blobs were refused
+            [failure] = services.store.list_audit()
+            record_emitted(failure)
+            assert dicom_events([failure], INSTANCES_TRANSFERRED) == [failure]
+            assert (failure["action"], failure["outcome"]) == ("C", "8") and "ADAPTER_MIN_FREE_MB" in failure["outcomeDesc"]
+            assert failure["agent"][0]["altId"] == "PYNETSCU"
+            assert sop_instance_uids(failure) == [sent.SOPInstanceUID]
+            assert patients(failure) == [PATIENT] and study_uids(failure) == [sent.StudyInstanceUID]
         finally:
             scp.stop()
     # the same object once there is room again
