@@ -20,8 +20,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import CANNOT_UNDERSTAND
 from adapter.services.registry import Services
-from tests.conftest import wait_until
+from tests.conftest import record_emitted, wait_until
 from tests.support.app import adapter_client
+from tests.support.audit import patients, sop_instance_uids
 from tests.support.dicom_raw import (
     A_RELEASE_RP,
     A_RELEASE_RQ,
@@ -180,13 +181,21 @@ def test_a_pdu_of_many_empty_pdvs_is_aborted(scp: StoreSCP) -> None:
     _still_serving(scp.port)
 
 
-def test_a_c_store_without_a_data_set_is_refused_not_a_bug(scp: StoreSCP, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_c_store_without_a_data_set_is_refused_not_a_bug(scp: StoreSCP, services: Services,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    requested = generate_uid()
     with associate(scp.port) as sock:
-        sock.sendall(p_data(1, store_command(generate_uid(), CommandDataSetType=0x0101), is_command=True, last=True))
+        sock.sendall(p_data(1, store_command(requested, CommandDataSetType=0x0101), is_command=True, last=True))
         status, comment = response_status(sock)
         sock.sendall(A_RELEASE_RQ)
     assert status == CANNOT_UNDERSTAND and "no data set" in comment
     assert "a bug" not in caplog.text
+    # audited as a refused transfer of the instance the request named, naming no patient
+    [refusal] = services.store.list_audit()
+    record_emitted(refusal)
+    assert (refusal["action"], refusal["outcome"]) == ("C", "4") and "no data set" in refusal["outcomeDesc"]
+    assert refusal["agent"][0]["altId"] == "PYNETSCU"
+    assert sop_instance_uids(refusal) == [requested] and patients(refusal) == []
 
 
 def test_a_peer_cannot_forge_or_flood_log_lines(scp: StoreSCP, caplog: pytest.LogCaptureFixture) -> None:

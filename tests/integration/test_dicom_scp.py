@@ -1329,6 +1329,10 @@ def test_an_object_over_the_size_limit_is_refused_and_the_association_goes_on(
             ae.shutdown()
         assert services.store.find_dicom_instance(big.SOPInstanceUID) is None
         assert services.store.find_dicom_instance(small.SOPInstanceUID) is not None
+        # the refusal audited (by the handler: the object never reached the ingest), then the store
+        refusal, stored = audited(services)
+        assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=big.SOPInstanceUID)
+        assert patients(refusal) == [] and stored["outcome"] == "0"
         wait_until(lambda: list((tmp_path / "data" / "staging").iterdir()) == [])
         assert list(pynetdicom_config.iterdir()) == []
     finally:
