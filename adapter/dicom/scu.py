@@ -2,16 +2,28 @@
 
 One :class:`StoreSCU` serves every destination (``AE@host:port``), with one pynetdicom AE per
 destination. A batch goes over ONE association; the association is kept open for the next batch
-to the same destination when it already has the presentation contexts that batch needs, until
-:meth:`StoreSCU.release`. The forwarder sends a claim in small batches (bounded memory) and
-releases when the outbox is drained, so a backlog of N photos costs one association.
+to the same destination when it was negotiated with every presentation context that batch needs
+(accepted or not: the PACS has answered for each), until :meth:`StoreSCU.release`. The forwarder
+sends a claim in small batches (bounded memory) and releases when the outbox is drained, so a
+backlog of N photos costs one association.
 
 Presentation contexts (PS3.8 §7.1.1.13) are proposed for the SOP Class × Transfer Syntax pairs
-actually in the batch, each context with exactly one transfer syntax: a JPEG Baseline object is
-proposed with JPEG Baseline (1.2.840.10008.1.2.4.50) only, a native one with its own (Explicit VR
-Little Endian for what the adapter generates). An object is sent only over a context accepted with
-its own transfer syntax, so pynetdicom never re-encodes it (no lossy recompression, no implicit-VR
-conversion); when the PACS accepts none, that object fails permanently.
+actually in the batch, each context with exactly one transfer syntax, so that the PACS's answer
+says which syntaxes it takes: a native object is proposed in its own syntax (Explicit VR Little
+Endian for what the adapter generates); a JPEG Baseline object (1.2.840.10008.1.2.4.50) in JPEG
+Baseline and, for a PACS that accepts no compressed syntax (it need accept only Implicit VR
+Little Endian, PS3.5 10.1), also in Explicit and Implicit VR Little Endian for its SOP class.
+
+An object goes as stored whenever the PACS accepted its own transfer syntax. Only when it
+accepted none but an uncompressed one is a JPEG Baseline object decoded to native pixel data,
+right before its C-STORE and after the ``withhold`` check (adapter.mapping.dicom_decompress: the
+same SOP Instance, still flagged lossy, never compressed again; Explicit VR preferred), one
+object at a time, dropped once sent. That costs a decode (about half a second for a 12 MP photo)
+and ten times the bytes on the wire (36 MB instead of a few). A native object is never
+re-encoded (no implicit-VR conversion either); an object the PACS accepts in none of the
+proposed syntaxes, or one that cannot be decompressed faithfully, fails permanently. With three
+contexts for a compressed object the 128 contexts of one association (``MAX_CONTEXTS``) hold at
+least 42 SOP classes; a batch with more goes over more associations.
 
 Results (PS3.7 Annex C, PS3.4 B.2.3): Success and every Warning (0xB000 coercion, 0xB006 element
 discarded, 0xB007 data set does not match SOP class, ...) mean the PACS stored the object:
@@ -22,10 +34,10 @@ permanent association rejection, no acceptable presentation context).
 
 A caller may hold objects back at the last moment: ``send_batch``'s ``withhold`` is asked about
 each object right before its C-STORE-RQ goes out (after the association and its presentation
-context are settled, in the thread that sends), and an object it gives a reason for is not sent
-(a permanent failure with that reason); one it cannot answer for (it raises) is not sent either
-(retried). The SCU does not know why: the forwarder takes the consent decision again there
-(adapter.services.forwarding), so consent policy stays out of the DICOM edge.
+context are settled, in the thread that sends, before any decompression), and an object it gives
+a reason for is not sent (a permanent failure with that reason); one it cannot answer for (it
+raises) is not sent either (retried). The SCU does not know why: the forwarder takes the consent
+decision again there (adapter.services.forwarding), so consent policy stays out of the DICOM edge.
 
 Sockets get TCP_NODELAY (Nagle's algorithm plus delayed ACKs stalls each C-STORE ~40 ms).
 """
@@ -50,7 +62,8 @@ from pynetdicom.presentation import PresentationContext
 
 from adapter.config import Settings
 from adapter.dicom.associate_pdu import NegotiationDUL
-from adapter.errors import ConfigurationError
+from adapter.errors import AdapterError, ConfigurationError
+from adapter.mapping.dicom_decompress import DECOMPRESSIBLE, NATIVE_SYNTAXES, encapsulated_to_native
 from adapter.services.forwarding import SendOutcome, SendResult
 from adapter.text import is_digits
 
@@ -158,6 +171,24 @@ def _pair(ds: Dataset) -> tuple[UID, UID] | None:
     return UID(str(sop_class)), UID(str(ts))
 
 
+def _contexts_for(pair: tuple[UID, UID]) -> list[tuple[UID, UID]]:
+    """The presentation contexts (SOP class, transfer syntax) proposed for objects of ``pair``:
+    its own, then for a syntax the SCU can decompress the native ones it may fall back on."""
+    if pair[1] in DECOMPRESSIBLE:
+        return [pair, *((pair[0], ts) for ts in NATIVE_SYNTAXES)]
+    return [pair]
+
+
+def _syntax_for(pair: tuple[UID, UID], accepted: dict[tuple[UID, UID], PresentationContext]) -> UID | None:
+    """The transfer syntax an object of ``pair`` goes in over an association that accepted
+    ``accepted``: its own whenever accepted (as stored), else the first accepted fallback of
+    :func:`_contexts_for` (decompressed), else None."""
+    for context in _contexts_for(pair):
+        if context in accepted:
+            return context[1]
+    return None
+
+
 def _load(obj: Dataset | Path) -> tuple[Dataset, SendResult | None]:
     """A dataset to send; a Part 10 file is read as stored (its transfer syntax is kept)."""
     if isinstance(obj, Dataset):
@@ -194,6 +225,15 @@ def _held_back(uid: str, index: int, withhold: Callable[[int], str | None] | Non
     return SendResult(uid, SendOutcome.PERMANENT, None, reason[:300] or "not sent: held back")
 
 
+def _not_accepted(dest: Destination, pair: tuple[UID, UID] | None) -> str:
+    """lastError of an object the PACS accepted in none of the syntaxes proposed for it."""
+    if pair is None:
+        return f"{dest} did not accept ? in ? (not re-encoded)"
+    if pair[1] in DECOMPRESSIBLE:
+        return f"{dest} accepted {pair[0].name} neither in {pair[1].name} nor uncompressed"
+    return f"{dest} did not accept {pair[0].name} in {pair[1].name} (not re-encoded)"
+
+
 def classify_status(sop_instance_uid: str, status: Dataset) -> SendResult:
     """Map a C-STORE response's status to a :class:`SendResult` (see the module docstring)."""
     code = status.get("Status")
@@ -209,6 +249,23 @@ def classify_status(sop_instance_uid: str, status: Dataset) -> SendResult:
     return SendResult(sop_instance_uid, SendOutcome.PERMANENT, code, f"C-STORE refused 0x{code:04X}")
 
 
+def _groups(pairs: Sequence[tuple[UID, UID]]) -> list[tuple[set[tuple[UID, UID]], list[tuple[UID, UID]]]]:
+    """``pairs`` in groups whose presentation contexts (:func:`_contexts_for`, shared ones
+    once) fit one association: (the pairs, the contexts) per group, in order."""
+    groups: list[tuple[set[tuple[UID, UID]], list[tuple[UID, UID]]]] = []
+    for pair in pairs:
+        contexts = _contexts_for(pair)
+        if groups:
+            current, proposed = groups[-1]
+            new = [c for c in contexts if c not in proposed]
+            if len(proposed) + len(new) <= MAX_CONTEXTS:
+                current.add(pair)
+                proposed.extend(new)
+                continue
+        groups.append(({pair}, list(contexts)))
+    return groups
+
+
 class StoreSCU:
     """C-STORE SCU for every forwarding destination (satisfies ``services.forwarding.StoreSender``).
 
@@ -221,6 +278,7 @@ class StoreSCU:
         self._aes: dict[Destination, AE] = {}
         self._held: dict[Destination, Association] = {}
         self._known: dict[Destination, list[tuple[UID, UID]]] = {}
+        self._proposed: dict[Destination, set[tuple[UID, UID]]] = {}  # by the held association
         self._message_id: dict[Destination, int] = {}  # last Message ID used on the held association
         self._lock = threading.Lock()
         self.associations_opened = 0
@@ -254,11 +312,10 @@ class StoreSCU:
             elif pair not in pairs:
                 pairs.append(pair)
         with self._lock:
-            # more distinct pairs than one association can carry: one association per group
-            for start in range(0, len(pairs), MAX_CONTEXTS):
-                group = pairs[start:start + MAX_CONTEXTS]
+            # more contexts than one association can carry: one association per group
+            for group, contexts in _groups(pairs):
                 todo = [i for i, ds in enumerate(items) if results[i] is None and _pair(ds) in group]
-                self._send_group(dest, group, [(i, items[i]) for i in todo], results, withhold)
+                self._send_group(dest, contexts, [(i, items[i]) for i in todo], results, withhold)
         return [r if r is not None else SendResult(str(ds.get("SOPInstanceUID", "")), SendOutcome.RETRY, None,
                                                    "not attempted")
                 for r, ds in zip(results, items, strict=True)]
@@ -286,6 +343,7 @@ class StoreSCU:
         return ae
 
     def _drop(self, dest: Destination) -> None:
+        self._proposed.pop(dest, None)
         assoc = self._held.pop(dest, None)
         if assoc is None:
             return
@@ -306,12 +364,14 @@ class StoreSCU:
         return out
 
     def _association(self, dest: Destination, group: Sequence[tuple[UID, UID]]) -> Association | SendResult:
-        """The held association when it carries every pair of ``group``, else a new one proposing
-        ``group`` (plus pairs sent to this destination before, so the next batch can reuse it).
-        A SendResult template (uid left empty) when no association could be established."""
+        """The held association when it was negotiated with every context of ``group`` (accepted
+        or not: the PACS has answered for each, a new association would be answered the same),
+        else a new one proposing ``group`` (plus contexts proposed to this destination before,
+        so the next batch can reuse it). A SendResult template (uid left empty) when no
+        association could be established."""
         held = self._held.get(dest)
         if held is not None:
-            if held.is_established and all(p in self._accepted(held) for p in group):
+            if held.is_established and all(p in self._proposed.get(dest, ()) for p in group):
                 return held
             self._drop(dest)
         known = self._known.setdefault(dest, [])
@@ -329,6 +389,7 @@ class StoreSCU:
         if assoc.is_established:
             self.associations_opened += 1
             self._held[dest] = assoc
+            self._proposed[dest] = set(proposal)
             self._message_id[dest] = 0
             return assoc
         _close_raw_socket(assoc)
@@ -369,22 +430,30 @@ class StoreSCU:
             if lost is not None:
                 results[i] = SendResult(uid, SendOutcome.RETRY, None, lost)
                 continue
-            if pair is None or pair not in accepted:
-                results[i] = SendResult(
-                    uid, SendOutcome.PERMANENT, None,
-                    f"{dest} did not accept {pair[0].name if pair else '?'} in "
-                    f"{pair[1].name if pair else '?'} (not re-encoded)")
+            syntax = _syntax_for(pair, accepted) if pair is not None else None
+            if pair is None or syntax is None:
+                results[i] = SendResult(uid, SendOutcome.PERMANENT, None, _not_accepted(dest, pair))
                 continue
             held_back = _held_back(uid, i, withhold)
             if held_back is not None:
                 results[i] = held_back
                 continue
-            _undefined_length_pixel_data(ds, pair[1])
+            outgoing = ds
+            if syntax != pair[1]:  # the PACS takes no compressed syntax: decoded now, dropped once sent
+                try:
+                    outgoing = encapsulated_to_native(ds, syntax)
+                except AdapterError as exc:
+                    results[i] = SendResult(uid, SendOutcome.PERMANENT, None,
+                                            f"{dest} accepted {pair[0].name} only uncompressed, and the object "
+                                            f"cannot be decompressed: {exc.diagnostics}"[:300])
+                    continue
+            else:
+                _undefined_length_pixel_data(ds, syntax)
             message_id = self._message_id[dest] = self._message_id.get(dest, 0) % 65535 + 1
             if isinstance(assoc, _RequestorAssociation):
                 assoc.awaiting_response = message_id
             try:
-                status = assoc.send_c_store(ds, msg_id=message_id)
+                status = assoc.send_c_store(outgoing, msg_id=message_id)
             except ValueError as exc:  # pynetdicom could not encode it: retrying will not help
                 results[i] = SendResult(uid, SendOutcome.PERMANENT, None, f"cannot encode: {exc}"[:200])
                 continue
@@ -393,6 +462,7 @@ class StoreSCU:
                 results[i] = SendResult(uid, SendOutcome.RETRY, None, lost)
                 continue
             finally:
+                del outgoing  # a decompressed object (~36 MB for 12 MP) is not kept past its C-STORE
                 if isinstance(assoc, _RequestorAssociation):
                     assoc.awaiting_response = None
             results[i] = classify_status(uid, status)

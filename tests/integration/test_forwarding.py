@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 from pydicom import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, VLPhotographicImageStorage
 
@@ -355,9 +355,14 @@ def test_contexts_are_negotiated_for_what_is_sent_and_nothing_is_re_encoded(
         scu = Recording()
         services.start_forwarding(scu, FAST)
         wait_for(all_sent(client, 3), what="three objects to be sent")
+    # a JPEG Baseline object's SOP class also with the uncompressed syntaxes it may be decompressed
+    # to (a PACS that takes no JPEG); each context holds one transfer syntax; the PNG's is shared
     assert proposed == [{(VLPhotographicImageStorage, JPEGBaseline8Bit),
                          (VLPhotographicImageStorage, ExplicitVRLittleEndian),
-                         (SecondaryCaptureImageStorage, JPEGBaseline8Bit)}]
+                         (VLPhotographicImageStorage, ImplicitVRLittleEndian),
+                         (SecondaryCaptureImageStorage, JPEGBaseline8Bit),
+                         (SecondaryCaptureImageStorage, ExplicitVRLittleEndian),
+                         (SecondaryCaptureImageStorage, ImplicitVRLittleEndian)}]
     assert orthanc_transfer_syntax(pacs, orthanc_instance(pacs, jpeg)) == JPEGBaseline8Bit
     assert orthanc_transfer_syntax(pacs, orthanc_instance(pacs, doc)) == JPEGBaseline8Bit
     assert orthanc_transfer_syntax(pacs, orthanc_instance(pacs, png)) == ExplicitVRLittleEndian
@@ -593,23 +598,98 @@ def test_a_permanent_association_rejection_is_permanent_and_a_closed_port_is_ret
     assert refused.outcome is SendOutcome.RETRY
 
 
-def test_an_object_is_never_re_encoded_to_fit_the_peer() -> None:
-    implicit_only = {VLPhotographicImageStorage: [ImplicitVRLittleEndian]}
-    with scp(transfer_syntaxes=implicit_only) as (dest, received):
+def test_an_object_goes_as_stored_where_accepted_and_is_decompressed_only_where_nothing_else_is() -> None:
+    """Each JPEG Baseline object goes in JPEG Baseline wherever the PACS accepted it, even when it
+    accepted the uncompressed syntaxes too; decompressed (Explicit VR preferred, else Implicit)
+    only where it accepted none of the compressed one; a native object is never re-encoded (not
+    even to Implicit VR); one the PACS takes in no proposed syntax fails for good."""
+    syntaxes = {VLPhotographicImageStorage: [ImplicitVRLittleEndian],
+                SecondaryCaptureImageStorage: [JPEGBaseline8Bit, ExplicitVRLittleEndian, ImplicitVRLittleEndian]}
+    native = small_photo_dataset("1.2.3.3")
+    native.PhotometricInterpretation = "RGB"
+    native.PixelData = bytes(16 * 8 * 3)
+    native["PixelData"].VR = "OB"
+    native.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    with scp(transfer_syntaxes=syntaxes) as (dest, received):
         scu = StoreSCU()
         try:
-            vl, sc = scu.send_batch(dest, [small_photo_dataset("1.2.3.1"),
-                                           small_photo_dataset("1.2.3.2", SecondaryCaptureImageStorage)])
+            vl, sc, vl_native = scu.send_batch(dest, [small_photo_dataset("1.2.3.1"),
+                                                      small_photo_dataset("1.2.3.2", SecondaryCaptureImageStorage),
+                                                      native])
         finally:
             scu.release()
-    assert vl.outcome is SendOutcome.PERMANENT and "not re-encoded" in (vl.error or "")
-    assert sc.acknowledged
-    assert [ds.SOPInstanceUID for ds in received] == ["1.2.3.2"]
-    with scp(transfer_syntaxes={**implicit_only, SecondaryCaptureImageStorage: [ImplicitVRLittleEndian]}) \
-            as (dest, received):
+    assert vl.acknowledged and sc.acknowledged
+    assert vl_native.outcome is SendOutcome.PERMANENT and "not re-encoded" in (vl_native.error or "")
+    assert [ds.SOPInstanceUID for ds in received] == ["1.2.3.1", "1.2.3.2"]
+    assert [ds.PhotometricInterpretation for ds in received] == ["RGB", "YBR_FULL_422"]
+    assert received[0].PixelData[:3] != b"\xff\xd8\xff" and len(received[0].PixelData) == 16 * 8 * 3
+    assert received[0].LossyImageCompression == "01"
+    with scp(transfer_syntaxes={VLPhotographicImageStorage: [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+                                SecondaryCaptureImageStorage: [ImplicitVRLittleEndian]}) as (dest, received):
+        captured: list[str] = []
+
+        class Recording(StoreSCU):
+            def _association(self, dest: Destination, group: Any) -> Any:
+                got = super()._association(dest, group)
+                if not isinstance(got, SendResult):
+                    captured.extend(str(cx.transfer_syntax[0]) for cx in got.accepted_contexts)
+                return got
+
+        [result] = Recording().send_batch(dest, [small_photo_dataset()])
+    assert result.acknowledged and len(received) == 1
+    assert set(captured) == {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+    with scp(transfer_syntaxes={VLPhotographicImageStorage: [ExplicitVRBigEndian],
+                                SecondaryCaptureImageStorage: [ExplicitVRBigEndian]}) as (dest, received):
         [result] = StoreSCU().send_batch(dest, [small_photo_dataset()])
     assert result.outcome is SendOutcome.PERMANENT and "accepted none" in (result.error or "")
     assert received == []
+
+
+def test_contexts_beyond_one_association_go_over_more_and_each_object_is_decompressed_there() -> None:
+    """Three contexts per JPEG Baseline SOP class: 50 SOP classes are 150 contexts, more than
+    the 128 of one A-ASSOCIATE-RQ (PS3.8 9.3.2.2), so two associations; a peer taking no JPEG
+    gets every object decompressed."""
+    from pynetdicom import StoragePresentationContexts
+    from pynetdicom.service_class import StorageServiceClass
+    from pynetdicom.sop_class import uid_to_service_class
+
+    sop_classes = [str(cx.abstract_syntax) for cx in StoragePresentationContexts
+                   if uid_to_service_class(str(cx.abstract_syntax)) is StorageServiceClass][:50]
+    assert len(sop_classes) == 50
+    requested: list[int] = []
+    received: list[Dataset] = []
+
+    def handle_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="PEER")
+    for sop_class in sop_classes:
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+
+    class Recording(StoreSCU):
+        def _association(self, dest: Destination, group: Any) -> Any:
+            got = super()._association(dest, group)
+            if not isinstance(got, SendResult):
+                requested.append(len(got.requestor.requested_contexts))
+            return got
+
+    try:
+        scu = Recording()
+        try:
+            results = scu.send_batch(f"PEER@127.0.0.1:{server.server_address[1]}",
+                                     [small_photo_dataset(f"1.2.3.{n}", sop_class)
+                                      for n, sop_class in enumerate(sop_classes)])
+        finally:
+            scu.release()
+    finally:
+        server.shutdown()
+        ae.shutdown()
+    assert all(r.acknowledged for r in results), [r for r in results if not r.acknowledged][:3]
+    assert scu.associations_opened == 2 and max(requested) <= 128 and sum(requested) >= 150
+    assert sorted(str(ds.SOPInstanceUID) for ds in received) == sorted(f"1.2.3.{n}" for n in range(50))
+    assert {ds.PhotometricInterpretation for ds in received} == {"RGB"}
 
 
 def test_a_response_the_reactor_takes_first_still_reaches_the_c_store_waiting_for_it() -> None:
@@ -737,3 +817,148 @@ def test_a_requeue_naming_an_id_past_any_stored_one_is_refused_not_a_server_erro
             assert r.status_code == 422, (ids, r.text)
             assert r.json()["resourceType"] == "OperationOutcome"
         assert client.post("/outbox/requeue", json={"ids": [2**63 - 1]}).json() == {"requeued": 0}
+
+
+# --------------------------------------------------------------------------- a PACS without JPEG
+
+#: dcmtk's association negotiation profile of a PACS that stores CT images only (and answers C-ECHO).
+CT_ONLY_PROFILE = """\
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LocalEndianExplicit
+TransferSyntax2 = OppositeEndianExplicit
+TransferSyntax3 = LittleEndianImplicit
+[AnySyntax]
+TransferSyntax1 = JPEGBaseline
+TransferSyntax2 = LocalEndianExplicit
+TransferSyntax3 = LittleEndianImplicit
+
+[[PresentationContexts]]
+[CTOnly]
+PresentationContext1 = VerificationSOPClass\\Uncompressed
+PresentationContext2 = CTImageStorage\\AnySyntax
+
+[[Profiles]]
+[CTOnly]
+PresentationContexts = CTOnly
+"""
+
+
+def require_dcmtk_and_dciodvfy() -> None:
+    from tests.support.dciodvfy import dciodvfy_missing
+
+    missing = dcmtk_missing() or dciodvfy_missing()
+    require_or_skip(missing is None, missing or "")
+
+
+@pytest.mark.parametrize(("accept", "syntax"), [
+    ((), ExplicitVRLittleEndian),             # dcmtk's default: uncompressed syntaxes only
+    (("+xi",), ImplicitVRLittleEndian),       # only what PS3.5 10.1 requires of every SCP
+    (("+xa",), JPEGBaseline8Bit),             # JPEG Baseline too: sent as stored
+], ids=["uncompressed", "implicit-only", "jpeg"])
+def test_a_jpeg_photo_reaches_a_pacs_that_takes_no_jpeg_decompressed_and_one_that_does_as_stored(
+        tmp_path: Path, accept: tuple[str, ...], syntax: str) -> None:
+    """Found by the forwarding-interoperability review: a PACS need accept only Implicit VR
+    Little Endian (PS3.5 10.1), many take no lossy JPEG, and such a PACS got nothing: every JPEG
+    photo failed for good ("did not accept ... (not re-encoded)"). Now the SCU also proposes the
+    uncompressed syntaxes for a JPEG Baseline object and, only when the PACS took none of the
+    compressed one, sends it decoded (by Pillow, as everywhere in the adapter), as the same
+    instance, still flagged lossy; a PACS that takes JPEG Baseline still gets the stored frame."""
+    from tests.support.dciodvfy import dciodvfy
+
+    require_dcmtk_and_dciodvfy()
+    received = tmp_path / "received"
+    with StoreSCP(received, aet="PACS", accept=accept) as pacs, \
+            adapter_client(tmp_path, forward_to=f"PACS@127.0.0.1:{pacs.port}") as (client, services):
+        jpeg = photo_jpeg(tmp_path, 90, size=(320, 240))
+        receipt = post_photo(client, jpeg, meta_for(90)).json()
+        sop_uid = receipt["dicom"]["sopInstanceUid"]
+        services.start_forwarding(StoreSCU(), FAST)
+        wait_for(lambda: len(outbox(client, status="sent")) + len(outbox(client, status="failed")) == 1,
+                 what="the photo to be forwarded or to fail")
+        [item] = outbox(client)
+        assert (item["status"], item["attempts"], item["lastError"]) == ("sent", 1, None), item
+        stored = services.blobs.path(receipt["sha256"]["stored"]).read_bytes()
+        [path] = pacs.files()
+        back = pydicom.dcmread(path)
+        assert back.file_meta.TransferSyntaxUID == syntax
+        assert back.SOPInstanceUID == sop_uid == back.file_meta.MediaStorageSOPInstanceUID  # the same instance
+        assert back.SOPClassUID == VLPhotographicImageStorage
+        assert (back.StudyInstanceUID, back.SeriesInstanceUID) == (receipt["dicom"]["studyInstanceUid"],
+                                                                  receipt["dicom"]["seriesInstanceUid"])
+        assert back.LossyImageCompression == "01" and back.LossyImageCompressionMethod == "ISO_10918_1"
+        assert float(back.LossyImageCompressionRatio) > 1
+        assert back.ImageType[0] == "ORIGINAL" and "DerivationDescription" not in back
+        if syntax == JPEGBaseline8Bit:  # as stored: the stored JPEG, byte for byte (plus the even pad)
+            frame = next(generate_frames(back.PixelData, number_of_frames=1))
+            assert frame[:len(stored)] == stored and len(frame) - len(stored) <= 1
+            assert back.PhotometricInterpretation == "YBR_FULL_422"
+        else:  # decompressed: exactly what Pillow decodes the stored JPEG to
+            assert (back.PhotometricInterpretation, back.PlanarConfiguration, back.SamplesPerPixel) == ("RGB", 0, 3)
+            assert (back.BitsAllocated, back.BitsStored, back.HighBit, back.PixelRepresentation) == (8, 8, 7, 0)
+            with Image.open(io.BytesIO(stored)) as im:
+                assert im.mode == "RGB"
+                assert np.array_equal(back.pixel_array, np.asarray(im))
+        assert dciodvfy(path) == []
+        # the disclosure is audited as for any other PACS
+        assert any(receipt["record"] in str(e) and "PACS PACS" in str(e) for e in services.store.list_audit(20))
+
+
+def test_a_pacs_taking_neither_the_jpeg_nor_uncompressed_for_the_sop_class_still_fails_for_good(
+        tmp_path: Path) -> None:
+    """The fallback changes nothing for a PACS that does not store the SOP class at all: the
+    item fails at once, saying so, and the PACS receives nothing."""
+    require_dcmtk_and_dciodvfy()
+    config = tmp_path / "ct-only.cfg"
+    config.write_text(CT_ONLY_PROFILE)
+    received = tmp_path / "received"
+    with StoreSCP(received, aet="PACS", accept=("-xf", str(config), "CTOnly")) as pacs, \
+            adapter_client(tmp_path, forward_to=f"PACS@127.0.0.1:{pacs.port}") as (client, services):
+        post_photo(client, photo_jpeg(tmp_path, 91, size=(320, 240)), meta_for(91))
+        services.start_forwarding(StoreSCU(), FAST)
+        wait_for(lambda: len(outbox(client, status="failed")) == 1, what="the item to fail")
+        [item] = outbox(client)
+        assert item["attempts"] == 1 and "accepted none" in item["lastError"], item
+        assert pacs.files() == []
+
+
+def test_a_backlog_to_a_pacs_without_jpeg_goes_over_one_association_decoded_after_the_last_check(
+        tmp_path: Path) -> None:
+    """Several batches of JPEG and native objects to an uncompressed-only PACS: one association
+    (the rejected JPEG contexts do not make each batch negotiate again), the native object goes
+    as it is, each JPEG one decompressed; an object the check before its C-STORE holds back is
+    neither decoded nor sent."""
+    require_dcmtk_and_dciodvfy()
+    native = small_photo_dataset("1.2.3.9.1")
+    native.PhotometricInterpretation = "RGB"
+    native.PixelData = bytes(range(256)) * (16 * 8 * 3 // 256) + bytes(16 * 8 * 3 % 256)
+    native["PixelData"].VR = "OB"
+    native.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    asked: list[int] = []
+
+    def withhold(i: int) -> str | None:
+        asked.append(i)
+        return "held back by the test" if i == 1 else None
+
+    with StoreSCP(tmp_path / "received", aet="PACS", accept=()) as pacs:
+        scu = StoreSCU()
+        dest = f"PACS@127.0.0.1:{pacs.port}"
+        try:
+            first = scu.send_batch(dest, [small_photo_dataset("1.2.3.1.1"), small_photo_dataset("1.2.3.1.2"),
+                                          native, small_photo_dataset("1.2.3.1.3", SecondaryCaptureImageStorage)],
+                                   withhold=withhold)
+            second = scu.send_batch(dest, [small_photo_dataset("1.2.3.2.1"), small_photo_dataset("1.2.3.2.2")])
+        finally:
+            scu.release()
+        assert scu.associations_opened == 1
+        assert [r.outcome for r in first] == [SendOutcome.ACKNOWLEDGED, SendOutcome.PERMANENT,
+                                              SendOutcome.ACKNOWLEDGED, SendOutcome.ACKNOWLEDGED]
+        assert first[1].error == "held back by the test" and asked == [0, 1, 2, 3]
+        assert all(r.acknowledged for r in second)
+        got = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in pacs.files())}
+    assert sorted(got) == ["1.2.3.1.1", "1.2.3.1.3", "1.2.3.2.1", "1.2.3.2.2", "1.2.3.9.1"]
+    assert {str(ds.file_meta.TransferSyntaxUID) for ds in got.values()} == {ExplicitVRLittleEndian}
+    assert got["1.2.3.9.1"].PixelData == native.PixelData  # native: as it was
+    assert np.abs(got["1.2.3.1.1"].pixel_array.astype(int) - (200, 10, 10)).max() <= 3  # the red test image
+    assert got["1.2.3.1.1"].PhotometricInterpretation == "RGB"
+    assert got["1.2.3.1.3"].SOPClassUID == SecondaryCaptureImageStorage

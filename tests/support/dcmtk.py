@@ -4,6 +4,8 @@
     storescu(port, "ORTHANC", [path, ...])                     # C-STORE, proposes JPEG Baseline (-xy)
     with StoreSCP(tmp_path / "recv", aet="ADAPTER") as scp:    # storescp on a free port, +xa
         ...; scp.files(); scp.count(); scp.clear()
+    StoreSCP(folder, accept=())        # dcmtk's default: uncompressed syntaxes only (a PACS without JPEG)
+    StoreSCP(folder, accept=("+xi",))  # Implicit VR Little Endian only (all PS3.5 10.1 requires)
 
 Every process gets ``TCP_NODELAY=1`` (Debian's DCMTK 3.6.7 keeps Nagle on otherwise: ~45 ms per
 C-STORE). storescp has no bind-address option, so it runs under the loopback bind shim and is
@@ -132,8 +134,12 @@ def storescu(
 class StoreSCP:
     """dcmtk storescp receiving into ``directory`` on 127.0.0.1 (free port unless given).
 
-    ``+xa`` accepts every supported transfer syntax (JPEG Baseline included); ``ignore=True``
-    receives without writing (network-only measurements); ``fork=True`` forks per association.
+    ``accept`` holds its transfer-syntax options: ``+xa`` (the default) accepts every supported
+    transfer syntax (JPEG Baseline included); ``()`` leaves dcmtk's default, the uncompressed ones
+    only (Explicit VR Little/Big Endian, Implicit VR Little Endian); ``("+xi",)`` Implicit VR
+    Little Endian only; ``("-xf", cfg, profile)`` an association negotiation profile (e.g. a
+    PACS taking only some SOP classes). ``ignore=True`` receives without writing (network-only
+    measurements); ``fork=True`` forks per association.
     """
 
     def __init__(
@@ -145,6 +151,7 @@ class StoreSCP:
         pdu: int = 131072,
         ignore: bool = False,
         fork: bool = False,
+        accept: Sequence[str] = ("+xa",),
         startup_timeout: float = 15.0,
     ) -> None:
         self.directory = Path(directory)
@@ -154,6 +161,7 @@ class StoreSCP:
         self.pdu = pdu
         self.ignore = ignore
         self.fork = fork
+        self.accept = tuple(accept)
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -176,7 +184,7 @@ class StoreSCP:
             _tool("storescp"),
             "-aet",
             self.aet,
-            "+xa",
+            *self.accept,
             "-pdu",
             str(self.pdu),
             "-dhl",
