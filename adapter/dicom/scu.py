@@ -442,10 +442,15 @@ class StoreSCU:
             if syntax != pair[1]:  # the PACS takes no compressed syntax: decoded now, dropped once sent
                 try:
                     outgoing = encapsulated_to_native(ds, syntax)
-                except AdapterError as exc:
+                except AdapterError as exc:  # it would not show what it is: not sent, for good
                     results[i] = SendResult(uid, SendOutcome.PERMANENT, None,
                                             f"{dest} accepted {pair[0].name} only uncompressed, and the object "
                                             f"cannot be decompressed: {exc.diagnostics}"[:300])
+                    continue
+                except Exception as exc:  # e.g. MemoryError: this object only, the batch goes on
+                    log.exception("decompressing an object for %s failed", dest)
+                    results[i] = SendResult(uid, SendOutcome.RETRY, None,
+                                            f"decompressing for {dest} failed: {type(exc).__name__}")
                     continue
             else:
                 _undefined_length_pixel_data(ds, syntax)

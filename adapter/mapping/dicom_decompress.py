@@ -134,7 +134,8 @@ def encapsulated_to_native(ds: Dataset, transfer_syntax: str) -> Dataset:
     out["PixelData"].VR = "OB"
     out.file_meta = FileMetaDataset()
     for elem in meta or ():
-        out.file_meta.add(elem)
+        if elem.keyword != "TransferSyntaxUID":  # shared elements: the one that changes is a new one
+            out.file_meta.add(elem)
     out.file_meta.TransferSyntaxUID = target
     return out
 

@@ -12,11 +12,12 @@ Decisions:
   components) and that needs no rotation is encapsulated as stored, byte for byte except any
   EXIF (standards.md §4.5; :func:`adapter.imaging.jpeg_for_encapsulation`): YBR_FULL_422 (or
   MONOCHROME2 for 1 component, RGB for an Adobe no-transform stream), PlanarConfiguration 0,
-  LossyImageCompression 01, method ISO_10918_1. Everything else is decoded and stored as
-  native, uncompressed Explicit VR Little Endian 8-bit RGB or MONOCHROME2 samples: PNG
-  (lossless), a progressive or otherwise non-baseline JPEG (the progressive transfer syntaxes are
-  retired, and a lossless transcode to baseline does not exist), a CMYK JPEG, and any
-  photo whose EXIF Orientation is not 1.
+  LossyImageCompression 01, method ISO_10918_1 (a PACS that accepts no JPEG gets it decoded
+  at send time, the same instance: adapter.mapping.dicom_decompress). Everything else is
+  decoded and stored as native, uncompressed Explicit VR Little Endian 8-bit RGB or MONOCHROME2
+  samples: PNG (lossless), a progressive or otherwise non-baseline JPEG (the progressive
+  transfer syntaxes are retired, and a lossless transcode to baseline does not exist), a CMYK
+  JPEG, and any photo whose EXIF Orientation is not 1.
 * **Orientation** (DICOM has no EXIF): applied with an exact transpose of the decoded pixels
   before wrapping. There is no lossless JPEG rotation here (that needs jpegtran, outside Pillow,
   and only works on whole MCUs), so a rotated JPEG is stored uncompressed: ImageType DERIVED,

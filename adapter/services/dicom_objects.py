@@ -4,7 +4,9 @@ in each read view, the QIDO-RS match model, and STOW-RS into the C-STORE SCP's i
 * :func:`dicom_object_for`: a received instance is its stored Part 10 file, as received; a
   photo's object is regenerated from the record and its stored bytes with the UIDs fixed at
   ingest (PS3.3 C.12.1.1.1: the same SOP Instance UID every time). The forwarder (C-STORE to
-  PACS) and the scoped reader (WADO-RS, Binary as application/dicom) both use it.
+  PACS) and the scoped reader (WADO-RS, Binary as application/dicom) both use it. Neither
+  changes its transfer syntax here; only the C-STORE SCU decompresses a JPEG Baseline object, at
+  send time, for a PACS that accepts no compressed syntax (adapter.mapping.dicom_decompress).
 * :class:`DicomRelease`: the object and its attributes in the view the consent decision gave
   (adapter.model.decision.View). FULL: as stored. DEIDENTIFIED (TRAIN…): PS3.15 Basic Profile
   (adapter.mapping.dicom_deid.deidentify). PSEUDONYMISED (HRESCH…): PatientID = the keyed

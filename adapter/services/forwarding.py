@@ -8,6 +8,14 @@ one association and marks each item sent right after the PACS acknowledged it, o
 with exponential back-off and jitter, or gives up (status ``failed``) after
 ``ADAPTER_FORWARD_RETRY_MAX`` attempts or on a permanent refusal.
 
+What the PACS receives is the object in the transfer syntax it is stored in (a JPEG photo in JPEG
+Baseline, a PNG or rotated one native) wherever the PACS accepts that syntax. For a PACS that
+accepts no compressed syntax (it need accept only Implicit VR Little Endian, PS3.5 10.1), the
+sender decodes a JPEG Baseline object to native pixel data right before its C-STORE, after the
+check below, and sends that: the same SOP Instance, still flagged lossy (adapter.dicom.scu,
+adapter.mapping.dicom_decompress). The forwarder holds the objects of one batch as stored
+(``batch_size``); the sender holds at most one decompressed object at a time.
+
 Consent is decided twice for each object (purpose TREAT, the PACS being part of the care record),
 with the pure decision of adapter.consent.decision: once when its batch is prepared, so that an
 object refused anyway is not regenerated, and again right before its C-STORE-RQ goes out (the
@@ -92,12 +100,15 @@ class StoreSender(Protocol):
     def send_batch(self, destination: str, datasets: Iterable[Dataset | Path], *,
                    withhold: Callable[[int], str | None] | None = None) -> list[SendResult]:
         """C-STORE ``datasets`` to ``destination`` (``AE@host:port``) in order, one result per
-        dataset in the same order; a Path is a Part 10 file sent as stored. May keep the
-        association open for the next batch to the same destination; :meth:`release` ends it.
+        dataset in the same order; a Path is a Part 10 file. Each goes as stored where the
+        destination accepts its transfer syntax; a compressed one may go decompressed (the same
+        instance) where it accepts only uncompressed syntaxes. May keep the association open for
+        the next batch to the same destination; :meth:`release` ends it.
 
         ``withhold(i)`` is called right before the i-th dataset's C-STORE-RQ would go out (and
-        for no dataset that is not about to be sent): a reason (not None) keeps that dataset from
-        being sent, and so does an exception; either way it is not sent, and the rest goes on."""
+        for no dataset that is not about to be sent), before any decompression: a reason (not
+        None) keeps that dataset from being sent, and so does an exception; either way it is not
+        sent (nor decoded), and the rest goes on."""
 
     def release(self) -> None:
         """Release every association kept open between batches."""

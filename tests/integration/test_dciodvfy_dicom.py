@@ -1,7 +1,8 @@
 """Every DICOM object the adapter writes passes David Clunie's dciodvfy with 0 errors, decodes
 with dcmtk, and carries no EXIF/XMP segment: each kind × sample (JPEG and PNG) × orientation
-(as stored, forced 1, forced 6), their de-identified and pseudonymised copies, and the edge
-cases (greyscale, progressive, CMYK, alpha, 16-bit, UTF-8 text, partial times, laterality).
+(as stored, forced 1, forced 6), their de-identified and pseudonymised copies, the copies the
+C-STORE SCU decompresses for a PACS that takes no JPEG (adapter.mapping.dicom_decompress), and the
+edge cases (greyscale, progressive, CMYK, alpha, 16-bit, UTF-8 text, partial times, laterality).
 
 Warnings are allowed; the distinct ones are listed at the end of the module's run. dciodvfy
 and dcmtk are required in CI (tests.conftest.require_or_skip); tools/install-peers.sh installs
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
+from adapter.mapping.dicom_decompress import NATIVE_SYNTAXES, encapsulated_to_native
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
 from adapter.mapping.dicom_photo import encode_dataset
 from adapter.mapping.pseudonym import Pseudonymizer
@@ -109,6 +111,28 @@ def test_deidentified_and_pseudonymised_copies(name: str, orientation: int | Non
     pseudonym = PSEUDONYMS.pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
     check(pseudonymise(ds, pseudonym=pseudonym, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
                        key=UID_KEY), f"{name} HRESCH orientation={orientation}")
+
+
+DECOMPRESSED: dict[str, Callable[[], Dataset]] = {
+    **{f"{name} {kind.value}": (lambda name=name, kind=kind: photo_object(kind, stored_sample(name), orientation=1))
+       for name in SAMPLES if name.endswith(".jpg") for kind in PhotoKind},
+    "greyscale JPEG": lambda: photo_object(PhotoKind.DOCUMENT, stored_bytes(jpeg_of("L"), "image/jpeg")),
+    "odd-sized greyscale JPEG": lambda: photo_object(PhotoKind.CLINICAL,
+                                                     stored_bytes(jpeg_of("L", size=(7, 5)), "image/jpeg")),
+    "4:4:4 JPEG": lambda: photo_object(PhotoKind.SECONDARY, stored_bytes(jpeg_of(subsampling=0), "image/jpeg")),
+}
+
+
+@pytest.mark.parametrize("syntax", NATIVE_SYNTAXES, ids=["explicit", "implicit"])
+@pytest.mark.parametrize("case", list(DECOMPRESSED))
+def test_decompressed_copies_for_a_pacs_without_jpeg(case: str, syntax: str) -> None:
+    """What the SCU sends a PACS that accepted none of JPEG Baseline (adapter.dicom.scu): the
+    same instance with native pixels, as written by the receiver."""
+    ds = reread(DECOMPRESSED[case]())
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50", case  # a JPEG Baseline object
+    native = reread(encapsulated_to_native(ds, syntax))
+    assert native.file_meta.TransferSyntaxUID == syntax
+    check(native, f"{case} decompressed to {syntax}")
 
 
 def _record_change(kind: PhotoKind, name: str, change: Callable[[dict[str, Any]], None],

@@ -645,6 +645,21 @@ def test_an_object_goes_as_stored_where_accepted_and_is_decompressed_only_where_
     assert received == []
 
 
+def test_an_object_that_cannot_be_decompressed_faithfully_fails_for_good_and_the_batch_goes_on() -> None:
+    """A JPEG Baseline object that says RGB for a YCbCr stream would show other colours once
+    decoded: for a PACS without JPEG it is not sent (permanent, saying why); the next one goes."""
+    wrong = small_photo_dataset("1.2.3.1")
+    wrong.PhotometricInterpretation = "RGB"
+    with scp(transfer_syntaxes={VLPhotographicImageStorage: [ExplicitVRLittleEndian]}) as (dest, received):
+        scu = StoreSCU()
+        try:
+            refused, sent = scu.send_batch(dest, [wrong, small_photo_dataset("1.2.3.2")])
+        finally:
+            scu.release()
+    assert refused.outcome is SendOutcome.PERMANENT and "cannot be decompressed" in (refused.error or "")
+    assert sent.acknowledged and [ds.SOPInstanceUID for ds in received] == ["1.2.3.2"]
+
+
 def test_contexts_beyond_one_association_go_over_more_and_each_object_is_decompressed_there() -> None:
     """Three contexts per JPEG Baseline SOP class: 50 SOP classes are 150 contexts, more than
     the 128 of one A-ASSOCIATE-RQ (PS3.8 9.3.2.2), so two associations; a peer taking no JPEG
@@ -962,3 +977,31 @@ def test_a_backlog_to_a_pacs_without_jpeg_goes_over_one_association_decoded_afte
     assert np.abs(got["1.2.3.1.1"].pixel_array.astype(int) - (200, 10, 10)).max() <= 3  # the red test image
     assert got["1.2.3.1.1"].PhotometricInterpretation == "RGB"
     assert got["1.2.3.1.3"].SOPClassUID == SecondaryCaptureImageStorage
+
+
+def test_a_received_jpeg_object_is_decompressed_from_its_stored_file_for_a_pacs_without_jpeg(
+        tmp_path: Path) -> None:
+    """An object the adapter received (a Part 10 file, sent as stored wherever it can be) goes to
+    an uncompressed-only PACS decompressed too; the stored file is not changed."""
+    from tests.support.dcmtk import wrap_jpeg_as_sc
+
+    require_dcmtk_and_dciodvfy()
+    buf = io.BytesIO()
+    Image.open(photo_jpeg(tmp_path, 92, size=(64, 48))).save(buf, "JPEG", quality=80)
+    path = tmp_path / "received.dcm"
+    path.write_bytes(wrap_jpeg_as_sc(buf.getvalue()))
+    before = path.read_bytes()
+    with StoreSCP(tmp_path / "pacs", aet="PACS", accept=("+xi",)) as pacs:
+        scu = StoreSCU()
+        try:
+            [result] = scu.send_batch(f"PACS@127.0.0.1:{pacs.port}", [path])
+        finally:
+            scu.release()
+        assert result.acknowledged, result
+        [got] = [pydicom.dcmread(p) for p in pacs.files()]
+    assert got.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert got.SOPInstanceUID == pydicom.dcmread(path).SOPInstanceUID
+    with Image.open(io.BytesIO(next(generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1)))) as im:
+        assert np.array_equal(got.pixel_array, np.asarray(im))
+    assert got.LossyImageCompression == "01" and got.LossyImageCompressionMethod == "ISO_10918_1"
+    assert path.read_bytes() == before
