@@ -9,19 +9,22 @@ backlog of N photos costs one association.
 
 Presentation contexts (PS3.8 §7.1.1.13) are proposed for the SOP Class × Transfer Syntax pairs
 actually in the batch, each context with exactly one transfer syntax, so that the PACS's answer
-says which syntaxes it takes: a native object is proposed in its own syntax (Explicit VR Little
-Endian for what the adapter generates); a JPEG Baseline object (1.2.840.10008.1.2.4.50) in JPEG
-Baseline and, for a PACS that accepts no compressed syntax (it need accept only Implicit VR
-Little Endian, PS3.5 10.1), also in Explicit and Implicit VR Little Endian for its SOP class.
+says which syntaxes it takes: an object in its own syntax and, for a PACS that accepts no
+compressed syntax or no explicit VRs (it need accept only Implicit VR Little Endian, PS3.5
+10.1), in the uncompressed ones it can fall back on (adapter.mapping.dicom_decompress.FALLBACKS):
+a JPEG Baseline object (1.2.840.10008.1.2.4.50) also in Explicit and Implicit VR Little Endian,
+a native Explicit VR Little Endian one (what the adapter generates for a PNG or rotated photo)
+also in Implicit VR Little Endian.
 
 An object goes as stored whenever the PACS accepted its own transfer syntax. Only when it
 accepted none but an uncompressed one is a JPEG Baseline object decoded to native pixel data,
 right before its C-STORE and after the ``withhold`` check (adapter.mapping.dicom_decompress: the
 same SOP Instance, still flagged lossy, never compressed again; Explicit VR preferred), one
 object at a time, dropped once sent. That costs a decode (about half a second for a 12 MP photo)
-and ten times the bytes on the wire (36 MB instead of a few). A native object is never
-re-encoded (no implicit-VR conversion either); an object the PACS accepts in none of the
-proposed syntaxes, or one that cannot be decompressed faithfully, fails permanently. With three
+and ten times the bytes on the wire (36 MB instead of a few). A native Explicit VR Little
+Endian object goes to a PACS that took only Implicit VR Little Endian with the same elements and
+values, its element headers written without VRs (nothing decoded). An object the PACS accepts in
+none of the proposed syntaxes, or one that cannot be decompressed faithfully, fails permanently. With three
 contexts for a compressed object the 128 contexts of one association (``MAX_CONTEXTS``) hold at
 least 42 SOP classes; a batch with more goes over more associations.
 
@@ -63,7 +66,12 @@ from pynetdicom.presentation import PresentationContext
 from adapter.config import Settings
 from adapter.dicom.associate_pdu import NegotiationDUL
 from adapter.errors import AdapterError, ConfigurationError
-from adapter.mapping.dicom_decompress import DECOMPRESSIBLE, NATIVE_SYNTAXES, encapsulated_to_native
+from adapter.mapping.dicom_decompress import (
+    DECOMPRESSIBLE,
+    FALLBACKS,
+    encapsulated_to_native,
+    explicit_to_implicit,
+)
 from adapter.services.forwarding import SendOutcome, SendResult
 from adapter.text import is_digits
 
@@ -173,10 +181,9 @@ def _pair(ds: Dataset) -> tuple[UID, UID] | None:
 
 def _contexts_for(pair: tuple[UID, UID]) -> list[tuple[UID, UID]]:
     """The presentation contexts (SOP class, transfer syntax) proposed for objects of ``pair``:
-    its own, then for a syntax the SCU can decompress the native ones it may fall back on."""
-    if pair[1] in DECOMPRESSIBLE:
-        return [pair, *((pair[0], ts) for ts in NATIVE_SYNTAXES)]
-    return [pair]
+    its own, then the uncompressed ones it may fall back on (FALLBACKS: decompressed, or Explicit
+    VR Little Endian written with implicit VRs)."""
+    return [pair, *((pair[0], ts) for ts in FALLBACKS.get(pair[1], ()))]
 
 
 def _syntax_for(pair: tuple[UID, UID], accepted: dict[tuple[UID, UID], PresentationContext]) -> UID | None:
@@ -229,8 +236,8 @@ def _not_accepted(dest: Destination, pair: tuple[UID, UID] | None) -> str:
     """lastError of an object the PACS accepted in none of the syntaxes proposed for it."""
     if pair is None:
         return f"{dest} did not accept ? in ? (not re-encoded)"
-    if pair[1] in DECOMPRESSIBLE:
-        return f"{dest} accepted {pair[0].name} neither in {pair[1].name} nor uncompressed"
+    if pair[1] in FALLBACKS:
+        return f"{dest} accepted {pair[0].name} neither in {pair[1].name} nor in another uncompressed syntax"
     return f"{dest} did not accept {pair[0].name} in {pair[1].name} (not re-encoded)"
 
 
@@ -439,7 +446,9 @@ class StoreSCU:
                 results[i] = held_back
                 continue
             outgoing = ds
-            if syntax != pair[1]:  # the PACS takes no compressed syntax: decoded now, dropped once sent
+            if syntax != pair[1] and pair[1] not in DECOMPRESSIBLE:  # Explicit VR LE to an Implicit-only PACS
+                outgoing = explicit_to_implicit(ds)
+            elif syntax != pair[1]:  # the PACS takes no compressed syntax: decoded now, dropped once sent
                 try:
                     outgoing = encapsulated_to_native(ds, syntax)
                 except AdapterError as exc:  # it would not show what it is: not sent, for good

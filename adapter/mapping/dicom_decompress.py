@@ -30,6 +30,11 @@ What the native object is (PS3.3 C.7.6.3 Image Pixel, PS3.5 8.1):
   the C-STORE carries ten times the bytes. The caller decodes one object at a time, right
   before its C-STORE, and drops it after.
 
+A native object in Explicit VR Little Endian (a PNG or rotated photo) has a fallback of its own
+for a PACS that takes only Implicit VR Little Endian: :func:`explicit_to_implicit`, the same
+elements with the same values (pixel data byte for byte), only their headers written without
+VRs; nothing is decoded.
+
 An ICC profile inside the frame is not lifted into the ICC Profile module (as for photos stored
 native, adapter.mapping.dicom_photo); an ICC Profile the object carries as an attribute stays.
 """
@@ -50,6 +55,14 @@ DECOMPRESSIBLE = frozenset({UID(JPEGBaseline8Bit)})
 #: What a decompressed object can be sent in, the preferred first: explicit VRs keep what each
 #: element is; Implicit VR Little Endian is the one every SCP must accept (PS3.5 10.1).
 NATIVE_SYNTAXES = (UID(ExplicitVRLittleEndian), UID(ImplicitVRLittleEndian))
+
+#: Uncompressed syntaxes an object may be re-encoded to, by the syntax it is stored in: a
+#: JPEG Baseline one decompressed (:func:`encapsulated_to_native`), an Explicit VR Little Endian
+#: one with implicit VRs (:func:`explicit_to_implicit`), the preferred first.
+FALLBACKS: dict[UID, tuple[UID, ...]] = {
+    UID(JPEGBaseline8Bit): NATIVE_SYNTAXES,
+    UID(ExplicitVRLittleEndian): (UID(ImplicitVRLittleEndian),),
+}
 
 # Image Pixel attributes rewritten, and the encapsulation-only ones dropped
 _REWRITTEN = frozenset(Tag(k) for k in (
@@ -132,11 +145,35 @@ def encapsulated_to_native(ds: Dataset, transfer_syntax: str) -> Dataset:
         out.LossyImageCompressionMethod = "ISO_10918_1"
     out.PixelData = data
     out["PixelData"].VR = "OB"
-    out.file_meta = FileMetaDataset()
+    out.file_meta = _meta(meta, target)
+    return out
+
+
+def explicit_to_implicit(ds: Dataset) -> Dataset:
+    """A new dataset: native ``ds`` in Explicit VR Little Endian as Implicit VR Little Endian,
+    for a PACS that takes nothing else (module docstring). The elements are ``ds``'s own (shared,
+    not changed: only how their headers are written differs); the file meta is a new one naming
+    the new syntax. Raises UnsupportedPixelData for an object in any other syntax."""
+    meta = getattr(ds, "file_meta", None)
+    source = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    if source != ExplicitVRLittleEndian:
+        raise UnsupportedPixelData(f"only Explicit VR Little Endian is written with implicit VRs here, not {source}",
+                                   expression="(0002,0010) TransferSyntaxUID")
+    out = Dataset()
+    for elem in ds:
+        out.add(elem)
+    out.file_meta = _meta(meta, UID(ImplicitVRLittleEndian))
+    return out
+
+
+def _meta(meta: FileMetaDataset | None, transfer_syntax: UID) -> FileMetaDataset:
+    """A new file meta: ``meta``'s elements but its TransferSyntaxUID, which names
+    ``transfer_syntax`` (the elements are shared: the one that changes is a new one)."""
+    out = FileMetaDataset()
     for elem in meta or ():
-        if elem.keyword != "TransferSyntaxUID":  # shared elements: the one that changes is a new one
-            out.file_meta.add(elem)
-    out.file_meta.TransferSyntaxUID = target
+        if elem.keyword != "TransferSyntaxUID":
+            out.add(elem)
+    out.TransferSyntaxUID = transfer_syntax
     return out
 
 
@@ -167,4 +204,4 @@ def _int(ds: Dataset, keyword: str, default: int = 0) -> int:
         return -1
 
 
-__all__ = ["DECOMPRESSIBLE", "NATIVE_SYNTAXES", "encapsulated_to_native"]
+__all__ = ["DECOMPRESSIBLE", "FALLBACKS", "NATIVE_SYNTAXES", "encapsulated_to_native", "explicit_to_implicit"]

@@ -539,7 +539,9 @@ def scp(*, status: int = 0x0000, transfer_syntaxes: dict[str, list[str]] | None 
     received: list[Dataset] = []
 
     def handle_store(event: evt.Event) -> int:
-        received.append(event.dataset)
+        ds = event.dataset
+        ds.file_meta = event.file_meta  # the transfer syntax it came in
+        received.append(ds)
         return status
 
     ae = AE(ae_title="PEER")
@@ -601,8 +603,9 @@ def test_a_permanent_association_rejection_is_permanent_and_a_closed_port_is_ret
 def test_an_object_goes_as_stored_where_accepted_and_is_decompressed_only_where_nothing_else_is() -> None:
     """Each JPEG Baseline object goes in JPEG Baseline wherever the PACS accepted it, even when it
     accepted the uncompressed syntaxes too; decompressed (Explicit VR preferred, else Implicit)
-    only where it accepted none of the compressed one; a native object is never re-encoded (not
-    even to Implicit VR); one the PACS takes in no proposed syntax fails for good."""
+    only where it accepted none of the compressed one; a native Explicit VR object goes with
+    implicit VRs where only Implicit VR is accepted, its values as they were; one the PACS takes
+    in no proposed syntax fails for good."""
     syntaxes = {VLPhotographicImageStorage: [ImplicitVRLittleEndian],
                 SecondaryCaptureImageStorage: [JPEGBaseline8Bit, ExplicitVRLittleEndian, ImplicitVRLittleEndian]}
     native = small_photo_dataset("1.2.3.3")
@@ -618,10 +621,11 @@ def test_an_object_goes_as_stored_where_accepted_and_is_decompressed_only_where_
                                                       native])
         finally:
             scu.release()
-    assert vl.acknowledged and sc.acknowledged
-    assert vl_native.outcome is SendOutcome.PERMANENT and "not re-encoded" in (vl_native.error or "")
-    assert [ds.SOPInstanceUID for ds in received] == ["1.2.3.1", "1.2.3.2"]
-    assert [ds.PhotometricInterpretation for ds in received] == ["RGB", "YBR_FULL_422"]
+    assert vl.acknowledged and sc.acknowledged and vl_native.acknowledged
+    assert [ds.SOPInstanceUID for ds in received] == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    assert received[2].file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert received[2].PixelData == native.PixelData and native.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert [ds.PhotometricInterpretation for ds in received] == ["RGB", "YBR_FULL_422", "RGB"]
     assert received[0].PixelData[:3] != b"\xff\xd8\xff" and len(received[0].PixelData) == 16 * 8 * 3
     assert received[0].LossyImageCompression == "01"
     with scp(transfer_syntaxes={VLPhotographicImageStorage: [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
@@ -917,6 +921,34 @@ def test_a_jpeg_photo_reaches_a_pacs_that_takes_no_jpeg_decompressed_and_one_tha
         assert dciodvfy(path) == []
         # the disclosure is audited as for any other PACS
         assert any(receipt["record"] in str(e) and "PACS PACS" in str(e) for e in services.store.list_audit(20))
+
+
+def test_a_native_photo_reaches_a_pacs_that_takes_only_implicit_vr_little_endian(tmp_path: Path) -> None:
+    """A PNG photo's object is native Explicit VR Little Endian; a PACS that takes only Implicit
+    VR Little Endian (all PS3.5 10.1 requires of it) got nothing: the item failed for good ("did
+    not accept ... (not re-encoded)"). Now Implicit VR Little Endian is proposed beside it and,
+    only when the PACS took the explicit syntax not, the object goes in it: the same elements and
+    values, pixel data byte for byte, only the element headers written without VRs."""
+    from tests.support.dciodvfy import dciodvfy
+
+    require_dcmtk_and_dciodvfy()
+    png = photo_png(tmp_path, 93, size=(320, 240))
+    with StoreSCP(tmp_path / "received", aet="PACS", accept=("+xi",)) as pacs, \
+            adapter_client(tmp_path, forward_to=f"PACS@127.0.0.1:{pacs.port}") as (client, services):
+        receipt = post_photo(client, png, meta_for(93), content_type="image/png").json()
+        services.start_forwarding(StoreSCU(), FAST)
+        wait_for(lambda: len(outbox(client, status="sent")) + len(outbox(client, status="failed")) == 1,
+                 what="the photo to be forwarded or to fail")
+        [item] = outbox(client)
+        assert (item["status"], item["attempts"], item["lastError"]) == ("sent", 1, None), item
+        [path] = pacs.files()
+        back = pydicom.dcmread(path)
+        assert back.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        assert back.SOPInstanceUID == receipt["dicom"]["sopInstanceUid"] == back.file_meta.MediaStorageSOPInstanceUID
+        with Image.open(png) as im:
+            assert np.array_equal(back.pixel_array, np.asarray(im.convert("RGB")))
+        assert "LossyImageCompression" not in back or back.LossyImageCompression == "00"
+        assert dciodvfy(path) == []
 
 
 def test_a_pacs_taking_neither_the_jpeg_nor_uncompressed_for_the_sop_class_still_fails_for_good(
