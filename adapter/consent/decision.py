@@ -188,7 +188,11 @@ def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tab
     purposes of a withdrawn Consent when ``careAfterWithdrawal``; a candidate is listed only
     when :func:`decide` permits it (steps 4 to 7), so a label never names a purpose the record
     is refused for (a denied, implied-only or consent-pending one). Codes are listed as granted
-    (a grant for TREAT yields TREAT, which covers its descendants).
+    (a grant for TREAT yields TREAT, which covers its descendants); a candidate one of whose
+    descendants (break-glass aside) is refused would name that one too, so its children are
+    candidates instead: with a Consent permitting TREAT and one denying CLINTRL the label is COC,
+    not TREAT. Fail closed: TREAT is then permitted but not labelled, as no v3-ActReason code
+    says "TREAT but not CLINTRL".
     """
     return _permitted_purposes(facts, consents, _in_force(facts, consents, now), tables, now)
 
@@ -204,13 +208,33 @@ def _permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], in
         codes.update(rules.care_purposes)
     elif rules.care_after_withdrawal:
         codes.update(c for c in rules.care_purposes if _withdrawn(facts, consents, c, tables, now))
+    verdicts: dict[str, bool] = {}
+
+    def permits(code: str) -> bool:
+        if code not in verdicts:
+            klass = classify_purpose(code, tables)
+            verdicts[code] = (klass in (PurposeClass.CARE, PurposeClass.EXPLICIT)
+                              and _by_consent(code, klass, facts, consents, in_force, tables, now).permitted)
+        return verdicts[code]
+
+    # A label covers the purposes under it (v3-ActReason): one whose descendant is refused would
+    # name a refused purpose (TREAT when a Consent denies CLINTRL), so its children stand in for it.
     listed: set[str] = set()
-    for code in codes:
-        klass = classify_purpose(code, tables)
-        if (klass in (PurposeClass.CARE, PurposeClass.EXPLICIT)
-                and _by_consent(code, klass, facts, consents, in_force, tables, now).permitted):
+    todo = [c for c in codes if c in tables.purposes.codes]
+    while todo:
+        code = todo.pop()
+        below = _descendants(code, tables)
+        if permits(code) and all(permits(d) for d in below
+                                 if classify_purpose(d, tables) is not PurposeClass.BREAK_GLASS):
             listed.add(code)
+        else:
+            todo.extend(c for c in below if tables.purposes.codes[c].parent == code)
     return frozenset(listed)
+
+
+def _descendants(code: str, tables: Tables) -> list[str]:
+    """The purposes of the table under ``code`` in the v3-ActReason hierarchy (not ``code``)."""
+    return [c for c in tables.purposes.codes if c != code and code in tables.purposes.ancestors(c)]
 
 
 def _withdrawn(facts: AccessFacts, consents: Sequence[ConsentGrant], code: str, tables: Tables,

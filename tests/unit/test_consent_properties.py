@@ -1,0 +1,426 @@
+"""Properties of the consent decision (adapter.consent.decision, grants, rules), checked with
+Hypothesis over generated photos, Consents and purposes of use.
+
+Each property is a promise of a module docstring or of the README ("The rules"): fail closed,
+deny wins, withdrawal, scope to the patient and the record, the provision's period, the kinds
+that need no consent for care, the purpose labels, and a decision that depends on the Consents
+and not on the order they come in. The examples are derandomized and bounded, so the file is
+fast and CI never sees a new example from one run to the next; a failure Hypothesis found is
+kept below as an explicit regression test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adapter.consent import (
+    ANY_PURPOSE,
+    PurposeClass,
+    classify_purpose,
+    decide,
+    permitted_purposes,
+)
+from adapter.consent.rules import grant_covers, grant_in_force, grant_scope_matches
+from adapter.mapping.tables import Tables
+from adapter.model.consent import ConsentGrant
+from adapter.model.decision import Decision, View
+from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoSource
+from adapter.model.purpose import PurposeOfUse
+from adapter.model.record import AccessFacts
+from tests.support.fhir_factories import policy_variant
+
+pytestmark = pytest.mark.unit
+
+#: Derandomized (the same examples on every run and machine), no example database, no deadline
+#: (the 2-core CI machine is shared), and few enough examples that the file runs in seconds.
+#: CONSENT_PROPERTY_EXAMPLES raises the count for a deeper local search (say 2000); CI leaves it unset.
+EXAMPLES = int(os.environ.get("CONSENT_PROPERTY_EXAMPLES", "100"))
+PROPERTY = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+MRN = "urn:example:mrn"
+PATIENT = Identifier(system=MRN, value="P-123")
+OTHER_PATIENT = Identifier(system=MRN, value="P-999")
+RECORD = "Media/m1"
+OTHER_RECORD = "Media/m2"
+
+#: Every combination of the policy switches the decision reads (consent.writtenRequired,
+#: consent.careAfterWithdrawal, breakGlass.enabled), built once: the tables are immutable.
+class _Variant(Tables):
+    """The tables of one policy variant, shown by its switches in a falsifying example."""
+
+    def __repr__(self) -> str:
+        consent, glass = self.policy.consent, self.policy.break_glass
+        return (f"policy(writtenRequired={consent.written_required}, "
+                f"careAfterWithdrawal={consent.care_after_withdrawal}, breakGlass={glass.enabled})")
+
+
+def _variant(written: bool, after: bool, glass: bool) -> Tables:
+    tables = policy_variant(consent={"written_required": written, "care_after_withdrawal": after},
+                            break_glass={"enabled": glass})
+    return _Variant(**{f.name: getattr(tables, f.name) for f in dataclasses.fields(tables)})
+
+
+POLICIES: dict[tuple[bool, bool, bool], Tables] = {
+    switches: _variant(*switches) for switches in itertools.product((False, True), repeat=3)}
+SHIPPED = policy_variant()
+SERVED = tuple(sorted(SHIPPED.purposes.codes))
+STATUSES = ("active", "inactive", "rejected", "entered-in-error", "draft", "proposed")
+#: Instants around NOW: long before, just before, NOW itself, just after, long after.
+OFFSETS = (timedelta(days=-400), timedelta(days=-30), timedelta(seconds=-1), timedelta(0),
+           timedelta(seconds=1), timedelta(days=30))
+
+
+def klass(code: str, tables: Tables = SHIPPED) -> PurposeClass:
+    return classify_purpose(code, tables)
+
+
+CARE = tuple(c for c in SERVED if klass(c) is PurposeClass.CARE)
+EXPLICIT = tuple(c for c in SERVED if klass(c) is PurposeClass.EXPLICIT)
+BREAK_GLASS = tuple(c for c in SERVED if klass(c) is PurposeClass.BREAK_GLASS)
+NOT_BREAK_GLASS = tuple(c for c in SERVED if c not in BREAK_GLASS)
+
+
+def descendants(code: str, tables: Tables = SHIPPED) -> list[str]:
+    """The served codes under ``code`` in the v3-ActReason hierarchy (not ``code`` itself)."""
+    return [c for c in tables.purposes.codes if c != code and code in tables.purposes.ancestors(c)]
+
+
+def covered(labels: frozenset[str], tables: Tables) -> set[str]:
+    """The served purposes a set of purpose labels covers: each label and its descendants."""
+    return {c for c in tables.purposes.codes if not labels.isdisjoint(tables.purposes.ancestors(c))}
+
+
+# -- strategies ------------------------------------------------------------------------------------
+
+policies = st.sampled_from(sorted(POLICIES)).map(POLICIES.__getitem__)
+#: Open periods and active Consents of this patient are the common case, drawn more often, so
+#: that Consents in force meet each other (a permit and a deny) in a few dozen examples.
+instants = st.one_of(st.none(), st.sampled_from(OFFSETS).map(lambda d: NOW + d))
+statuses = st.one_of(st.just("active"), st.sampled_from(STATUSES))
+patients = st.sampled_from((PATIENT, PATIENT, PATIENT, OTHER_PATIENT))
+scopes = st.one_of(st.just(frozenset()), st.frozensets(st.sampled_from((RECORD, OTHER_RECORD)), min_size=1))
+#: Purposes from the served set (parents and children of the hierarchy), and a few that are not.
+grant_purposes = st.frozensets(st.sampled_from(SERVED + ("SYSDEV", "EDU")), max_size=3)
+
+
+@st.composite
+def access_facts(draw: st.DrawFn, kinds: Sequence[PhotoKind] = tuple(PhotoKind),
+                 directive: bool | None = None) -> AccessFacts:
+    """A photo's facts; now and then those of a Consent itself, which adapter.services.access
+    gives as a document from a clinician (decide(), step 5)."""
+    if draw(st.booleans()) and draw(st.booleans()) if directive is None else directive:
+        return AccessFacts(governed_by="Consent/c9", patient=PATIENT, kind=PhotoKind.DOCUMENT,
+                           source=PhotoSource.CLINICIAN, consent_directive=True)
+    return AccessFacts(governed_by=RECORD, patient=PATIENT, kind=draw(st.sampled_from(kinds)),
+                       source=draw(st.sampled_from(PhotoSource)), consent_pending=draw(st.booleans()))
+
+
+@st.composite
+def consent_grants(draw: st.DrawFn, *, patient: st.SearchStrategy[Identifier] | None = None,
+                   status: st.SearchStrategy[str] | None = None,
+                   decision: st.SearchStrategy[str] | None = None,
+                   data_refs: st.SearchStrategy[frozenset[str]] | None = None,
+                   start: st.SearchStrategy[datetime | None] | None = None,
+                   end: st.SearchStrategy[datetime | None] | None = None) -> ConsentGrant:
+    """A grant as grants_from_consent makes them: any status, permit or deny, purposes (a deny
+    maybe of every purpose), a period around NOW, data scoped to this record or another."""
+    chosen = draw(st.sampled_from(("permit", "deny")) if decision is None else decision)
+    purposes = draw(grant_purposes)
+    if chosen == "deny" and draw(st.booleans()):
+        purposes = frozenset({ANY_PURPOSE})
+    implied = draw(st.booleans())
+    return ConsentGrant(
+        id=draw(st.sampled_from(("c1", "c2", "c3", "c4", "c5"))),
+        patient=draw(patients if patient is None else patient),
+        status=draw(statuses if status is None else status),
+        decision=chosen, purposes=purposes,
+        method=ConsentMethod.IMPLIED if implied else draw(st.sampled_from((None, ConsentMethod.VERBAL,
+                                                                           ConsentMethod.WRITTEN))),
+        period_start=draw(instants if start is None else start), period_end=draw(instants if end is None else end),
+        data_refs=draw(scopes if data_refs is None else data_refs),
+        implied=implied)
+
+
+grant_lists = st.lists(consent_grants(), max_size=5)
+purposes_of_use = st.sampled_from(SERVED).map(PurposeOfUse)
+
+
+def run(code: str, facts: AccessFacts, grants: Sequence[ConsentGrant], tables: Tables) -> Decision:
+    return decide(PurposeOfUse(code), facts, grants, tables, NOW)
+
+
+def outcome(d: Decision) -> tuple[object, ...]:
+    """What a decision says, with the Consents it rests on as a set (their order is the input's)."""
+    return (d.permitted, d.reason, d.view, d.break_glass, frozenset(d.consent_ids), d.permitted_purposes,
+            d.obligations)
+
+
+def in_force(grants: Sequence[ConsentGrant], facts: AccessFacts) -> list[ConsentGrant]:
+    return [g for g in grants if grant_in_force(g, facts.patient, facts.governed_by, NOW)]
+
+
+# -- fail closed -----------------------------------------------------------------------------------
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies,
+       code=st.one_of(st.sampled_from(("SYSDEV", "EDU", "EDUC", "treat", "", "*")), st.text(max_size=8)),
+       )
+def test_an_unknown_purpose_is_refused_whatever_the_consents(facts: AccessFacts, grants: list[ConsentGrant],
+                                                            tables: Tables, code: str) -> None:
+    if code in tables.purposes.codes:
+        return
+    d = run(code, facts, grants, tables)
+    assert not d.permitted and d.reason == "unknown purpose of use"
+
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, code=st.sampled_from(SERVED),
+       system=st.sampled_from(("http://snomed.info/sct", "urn:oid:2.16.840.1.113883.5.8", "")))
+def test_a_purpose_of_another_code_system_is_refused(facts: AccessFacts, grants: list[ConsentGrant],
+                                                     tables: Tables, code: str, system: str) -> None:
+    """The edge (adapter.services.purpose) states every purpose in the canonical v3-ActReason
+    URI; anything else reaching decide() is unknown, even the OID form of the same system."""
+    assert not decide(PurposeOfUse(code, system), facts, grants, tables, NOW).permitted
+
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, code=st.sampled_from(EXPLICIT))
+def test_an_explicit_purpose_needs_an_active_express_permit_for_this_record(
+        facts: AccessFacts, grants: list[ConsentGrant], tables: Tables, code: str) -> None:
+    """Step 7: TRAIN, HRESCH... are permitted only on an active, in-period, non-implied permit of
+    this patient, scoped to this record, covering the purpose, and no applicable deny of it."""
+    d = run(code, facts, grants, tables)
+    live = in_force(grants, facts)
+    if d.permitted:
+        assert any(g.decision == "permit" and not g.implied and grant_covers(g, code, tables) for g in live)
+        assert not any(g.decision == "deny" and grant_covers(g, code, tables) for g in live)
+        assert set(d.consent_ids) <= {g.id for g in live}
+        assert d.view is View(tables.purposes.codes[code].view) and not d.break_glass
+    # and none at all: refused, whatever the photo
+    assert not run(code, facts, [], tables).permitted
+
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, code=st.sampled_from(NOT_BREAK_GLASS))
+def test_a_consent_pending_photo_opens_only_with_a_documented_care_consent(
+        facts: AccessFacts, grants: list[ConsentGrant], tables: Tables, code: str) -> None:
+    """Step 4: a consent-pending clinical photo is refused for every purpose but break-glass until
+    a Consent permitting care (written, under writtenRequired) is in force for it."""
+    facts = dataclasses.replace(facts, kind=PhotoKind.CLINICAL, consent_pending=True, consent_directive=False)
+    documented = [g for g in in_force(grants, facts)
+                  if g.decision == "permit" and any(grant_covers(g, c, tables) for c in tables.policy.consent.care_purposes)
+                  and (not tables.policy.consent.written_required or g.method is ConsentMethod.WRITTEN)]
+    if run(code, facts, grants, tables).permitted:
+        assert documented
+    assert not run(code, facts, [g for g in grants if g not in documented], tables).permitted
+
+
+# -- break-glass -----------------------------------------------------------------------------------
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, code=st.sampled_from(BREAK_GLASS))
+def test_break_glass_is_the_policy_switch_alone(facts: AccessFacts, grants: list[ConsentGrant], tables: Tables,
+                                                code: str) -> None:
+    d = run(code, facts, grants, tables)
+    assert d.permitted is tables.policy.break_glass.enabled
+    assert d.break_glass is d.permitted
+    if d.permitted:
+        assert d.view is View.FULL and d.consent_ids == ()
+
+
+# -- withdrawal ------------------------------------------------------------------------------------
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, code=st.sampled_from(NOT_BREAK_GLASS))
+def test_withdrawing_every_consent_never_permits_more_for_a_non_care_purpose(
+        facts: AccessFacts, grants: list[ConsentGrant], tables: Tables, code: str) -> None:
+    withdrawn = [dataclasses.replace(g, status="inactive") for g in grants]
+    after = run(code, facts, withdrawn, tables)
+    if klass(code, tables) is not PurposeClass.CARE:
+        assert not after.permitted
+    elif after.permitted and not run(code, facts, grants, tables).permitted:
+        # care only: a withdrawn deny no longer denies, and careAfterWithdrawal keeps a clinical
+        # photo readable once its permit is withdrawn (whatever the period's end: decision._withdrawn)
+        assert (any(g.decision == "deny" for g in grants)
+                or tables.policy.consent.care_after_withdrawal)
+
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, code=st.sampled_from(NOT_BREAK_GLASS))
+def test_withdrawing_permits_never_permits_more_unless_the_policy_keeps_care(
+        facts: AccessFacts, grants: list[ConsentGrant], tables: Tables, code: str) -> None:
+    withdrawn = [dataclasses.replace(g, status="inactive") if g.decision == "permit" else g for g in grants]
+    before, after = run(code, facts, grants, tables), run(code, facts, withdrawn, tables)
+    if after.permitted and not before.permitted:
+        assert tables.policy.consent.care_after_withdrawal and klass(code, tables) is PurposeClass.CARE
+        assert facts.kind is PhotoKind.CLINICAL and not facts.consent_pending
+
+
+# -- deny wins -------------------------------------------------------------------------------------
+
+@st.composite
+def applicable_denials(draw: st.DrawFn, code: str, record: str) -> ConsentGrant:
+    """An active deny of ``code`` (or of an ancestor, or of every purpose) in force for ``record``."""
+    grant = draw(consent_grants(patient=st.just(PATIENT), status=st.just("active"), decision=st.just("deny"),
+                                data_refs=st.sampled_from((frozenset(), frozenset({record}),
+                                                           frozenset({record, OTHER_RECORD}))),
+                                start=st.sampled_from((None, NOW - timedelta(days=30), NOW)),
+                                end=st.sampled_from((None, NOW, NOW + timedelta(days=30)))))
+    covering = st.sampled_from(SHIPPED.purposes.ancestors(code) + [ANY_PURPOSE])
+    return dataclasses.replace(grant, purposes=grant.purposes | {draw(covering)})
+
+
+@PROPERTY
+@given(data=st.data(), facts=access_facts(), grants=grant_lists, tables=policies,
+       denied=st.sampled_from(NOT_BREAK_GLASS), asked=st.sampled_from(SERVED))
+def test_adding_a_deny_never_permits_more_and_never_permits_its_purpose(
+        data: st.DataObject, facts: AccessFacts, grants: list[ConsentGrant], tables: Tables, denied: str,
+        asked: str) -> None:
+    deny = data.draw(applicable_denials(denied, facts.governed_by))
+    at = data.draw(st.integers(0, len(grants)))
+    more = [*grants[:at], deny, *grants[at:]]
+    if run(asked, facts, more, tables).permitted:
+        assert run(asked, facts, grants, tables).permitted
+    d = run(denied, facts, more, tables)
+    # step 5's one exception: care reads a Consent itself, whatever it denies
+    assert not d.permitted or (facts.consent_directive and klass(denied, tables) is PurposeClass.CARE)
+    # and the labels (each covering the purposes under it) cover no more
+    assert (covered(permitted_purposes(facts, more, tables, NOW), tables)
+            <= covered(permitted_purposes(facts, grants, tables, NOW), tables))
+
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, extra=consent_grants(decision=st.just("deny")),
+       code=st.sampled_from(SERVED))
+def test_any_deny_grant_never_permits_more(facts: AccessFacts, grants: list[ConsentGrant], tables: Tables,
+                                           extra: ConsentGrant, code: str) -> None:
+    if run(code, facts, [*grants, extra], tables).permitted:
+        assert run(code, facts, grants, tables).permitted
+
+
+# -- scope: the patient, the record, the period ----------------------------------------------------
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, code=st.sampled_from(SERVED),
+       foreign=st.lists(st.one_of(consent_grants(patient=st.just(OTHER_PATIENT)),
+                                  consent_grants(data_refs=st.just(frozenset({OTHER_RECORD})))), min_size=1,
+                        max_size=3))
+def test_a_consent_about_another_patient_or_record_changes_nothing(
+        facts: AccessFacts, grants: list[ConsentGrant], tables: Tables, code: str,
+        foreign: list[ConsentGrant]) -> None:
+    assert outcome(run(code, facts, [*grants, *foreign], tables)) == outcome(run(code, facts, grants, tables))
+
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, code=st.sampled_from(SERVED),
+       outside=st.lists(st.one_of(
+           consent_grants(start=st.sampled_from((NOW + timedelta(seconds=1), NOW + timedelta(days=30)))),
+           consent_grants(status=st.just("active"),
+                          end=st.sampled_from((NOW - timedelta(seconds=1), NOW - timedelta(days=30))))),
+           min_size=1, max_size=3))
+def test_a_consent_outside_its_period_grants_and_denies_nothing(
+        facts: AccessFacts, grants: list[ConsentGrant], tables: Tables, code: str,
+        outside: list[ConsentGrant]) -> None:
+    """Not begun (any status), or over (active): the provision is not in force. A withdrawn
+    Consent whose period is over still keeps care under careAfterWithdrawal (its end says when it
+    was withdrawn: decision._withdrawn), so that case is the withdrawal property's."""
+    assert outcome(run(code, facts, [*grants, *outside], tables)) == outcome(run(code, facts, grants, tables))
+
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, code=st.sampled_from(SERVED),
+       status=st.sampled_from(("rejected", "entered-in-error", "draft", "proposed")))
+def test_a_consent_never_in_force_changes_nothing(facts: AccessFacts, grants: list[ConsentGrant], tables: Tables,
+                                                  code: str, status: str) -> None:
+    """Only ``active`` applies, and ``inactive`` (withdrawn) under careAfterWithdrawal."""
+    others = [dataclasses.replace(g, status=status) for g in grants]
+    assert run(code, facts, others, tables).permitted is run(code, facts, [], tables).permitted
+
+
+# -- kinds and the rules table ---------------------------------------------------------------------
+
+@PROPERTY
+@given(facts=access_facts(kinds=(PhotoKind.DOCUMENT, PhotoKind.SECONDARY)), grants=grant_lists, tables=policies,
+       code=st.sampled_from(CARE))
+def test_document_and_secondary_photos_are_read_for_care_without_consent(
+        facts: AccessFacts, grants: list[ConsentGrant], tables: Tables, code: str) -> None:
+    assert run(code, facts, [], tables).permitted
+    d = run(code, facts, grants, tables)
+    denied = any(g.decision == "deny" and grant_covers(g, code, tables) for g in in_force(grants, facts))
+    assert d.permitted is (not denied or facts.consent_directive)
+    if d.permitted:
+        assert d.view is View.FULL and d.obligations == ()
+
+
+@PROPERTY
+@given(facts=access_facts(kinds=(PhotoKind.CLINICAL,)), grants=grant_lists, tables=policies,
+       code=st.sampled_from(CARE))
+def test_clinical_photos_for_care_follow_the_rules_table(facts: AccessFacts, grants: list[ConsentGrant],
+                                                         tables: Tables, code: str) -> None:
+    """decide()'s steps 4 to 6 for a clinical photo and a care purpose, restated from its
+    docstring (and the ingest rule that an internal colleague answers for consent for care)."""
+    rules = tables.policy.consent
+    live = in_force(grants, facts)
+    documents = (lambda g: not rules.written_required or g.method is ConsentMethod.WRITTEN)
+    withdrawn = [g for g in grants if g.status == "inactive" and g.decision == "permit"
+                 and grant_scope_matches(g, facts.patient, facts.governed_by)
+                 and (g.period_start is None or g.period_start <= NOW) and grant_covers(g, code, tables)]
+    denied = any(g.decision == "deny" and grant_covers(g, code, tables) for g in live)
+    consented = any(g.decision == "permit" and grant_covers(g, code, tables)
+                    and (not facts.consent_pending or documents(g)) for g in live)
+    sender_answers = facts.source is PhotoSource.COLLEAGUE_INTERNAL and not facts.consent_pending
+    kept = bool(withdrawn) and rules.care_after_withdrawal and not facts.consent_pending
+    expected = facts.consent_directive or (not denied and (sender_answers or consented or kept))
+    assert run(code, facts, grants, tables).permitted is expected
+
+
+# -- the purpose labels ----------------------------------------------------------------------------
+
+@settings(PROPERTY, max_examples=max(EXAMPLES // 2, 1))   # decides every purpose per example
+@given(facts=access_facts(), grants=grant_lists, tables=policies, asked=purposes_of_use)
+def test_the_labels_are_the_purposes_decide_permits(facts: AccessFacts, grants: list[ConsentGrant],
+                                                    tables: Tables, asked: PurposeOfUse) -> None:
+    """README: a record's meta.security purpose labels name exactly the purposes the decision
+    permits it for without break-glass; a label covers its descendants in v3-ActReason
+    (permitted_purposes: "a grant for TREAT yields TREAT, which covers its descendants")."""
+    labels = permitted_purposes(facts, grants, tables, NOW)
+    assert decide(asked, facts, grants, tables, NOW).permitted_purposes == labels
+    assert labels <= set(tables.purposes.codes)
+    for label in labels:
+        assert klass(label, tables) in (PurposeClass.CARE, PurposeClass.EXPLICIT)
+        # the label and every (non-break-glass) purpose it covers are permitted
+        for code in [label, *descendants(label, tables)]:
+            if klass(code, tables) is not PurposeClass.BREAK_GLASS:
+                assert run(code, facts, grants, tables).permitted, (label, code)
+    # every permitted purpose is covered by a label, unless a purpose under it is refused (then no
+    # label may cover it, and its permitted descendants are labelled instead)
+    for code in tables.purposes.codes:
+        if klass(code, tables) is not PurposeClass.BREAK_GLASS and run(code, facts, grants, tables).permitted:
+            assert (not labels.isdisjoint(tables.purposes.ancestors(code))
+                    or any(klass(d, tables) is not PurposeClass.BREAK_GLASS
+                           and not run(d, facts, grants, tables).permitted for d in descendants(code, tables))), code
+
+
+# -- determinism -----------------------------------------------------------------------------------
+
+@PROPERTY
+@given(facts=access_facts(), grants=grant_lists, tables=policies, asked=purposes_of_use,
+       order=st.randoms(use_true_random=False))
+def test_the_decision_does_not_depend_on_the_order_of_the_consents(
+        facts: AccessFacts, grants: list[ConsentGrant], tables: Tables, asked: PurposeOfUse, order: Any) -> None:
+    shuffled = list(grants)
+    order.shuffle(shuffled)
+    first = decide(asked, facts, grants, tables, NOW)
+    assert decide(asked, facts, grants, tables, NOW) == first
+    assert outcome(decide(asked, facts, shuffled, tables, NOW)) == outcome(first)
