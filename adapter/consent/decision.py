@@ -18,6 +18,7 @@ from typing import NamedTuple
 from adapter.consent.rules import (
     DENY,
     PERMIT,
+    TREAT,
     WITHDRAWN,
     PurposeClass,
     classify_purpose,
@@ -53,11 +54,13 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
        evaluated, so this is the only way to read a consent-pending record.
     3. A purpose the policy names neither as care nor as explicit-consent is denied.
     4. A consent-pending record (stored without documented consent for care) is denied for
-       every other purpose until a Consent permitting care is recorded for it: then care reads
-       it as any clinical photo (6), and an explicit-consent purpose needs that care Consent
-       besides its own (7); a Consent for training alone never opens a photo whose taking has
-       no documented consent. With ``writtenRequired`` only a written Consent documents it, as
-       at ingest.
+       every other purpose until the consent for care the ingest asked for is recorded: a
+       Consent permitting TREAT, as at ingest (a Consent for COC or CLINTRL alone left the photo
+       pending there, and the ingest's warning says "until a Consent permitting TREAT is
+       recorded"). Then care reads it as any clinical photo (6), and an explicit-consent purpose
+       needs that care Consent besides its own (7); a Consent for training alone never opens a
+       photo whose taking has no documented consent. With ``writtenRequired`` only a written
+       Consent documents it, as at ingest.
     5. An applicable ``deny`` grant covering the purpose denies it (deny wins), whatever the kind;
        except that a care purpose reads a Consent itself (``facts.consent_directive``): what the
        patient permits and denies must stay visible to the clinicians bound by it (a deny-all
@@ -130,8 +133,8 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
             return _Verdict(True, f"{facts.kind.value} photos need no consent for care")
         if facts.source is PhotoSource.COLLEAGUE_INTERNAL and not facts.consent_pending:
             return _Verdict(True, "sent by a colleague inside the organisation, who is responsible for consent")
-        grants = [g for g in in_force if g.decision == PERMIT and grant_covers(g, code, tables)
-                  and (not facts.consent_pending or _documents_care(g, tables))]
+        grants = [g for g in (_care_documented(in_force, tables) if facts.consent_pending else in_force)
+                  if g.decision == PERMIT and grant_covers(g, code, tables)]
         if grants:
             return _Verdict(True, f"active Consent permits {code}", grants)
         withdrawn = _withdrawn(facts, consents, code, tables, now)
@@ -139,10 +142,7 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
             return _Verdict(True, f"consent withdrawn; policy keeps clinical photos readable for {code}", withdrawn)
         return _Verdict(False, f"no active consent for {code}")
 
-    if facts.consent_pending and not any(
-            g.decision == PERMIT and _documents_care(g, tables)
-            and any(grant_covers(g, care, tables) for care in tables.policy.consent.care_purposes)
-            for g in in_force):
+    if facts.consent_pending and not _care_documented(in_force, tables):
         return _Verdict(False, "consent pending: no consent for care is documented for this photo; readable "
                                "only under break-glass")
     grants = [g for g in in_force
@@ -251,10 +251,12 @@ def _withdrawn(facts: AccessFacts, consents: Sequence[ConsentGrant], code: str, 
             and grant_covers(g, code, tables)]
 
 
-def _documents_care(grant: ConsentGrant, tables: Tables) -> bool:
-    """Can ``grant`` be the documented consent for care a consent-pending photo awaits? As at
-    ingest (adapter.consent.ingest): only a written one when the policy requires written consent."""
-    return not tables.policy.consent.written_required or grant.method is ConsentMethod.WRITTEN
+def _care_documented(in_force: Sequence[ConsentGrant], tables: Tables) -> list[ConsentGrant]:
+    """The grants in force that are the documented consent for care a consent-pending photo
+    awaits. As at ingest (adapter.consent.ingest): a permit covering TREAT, and only a written
+    one when the policy requires written consent."""
+    return [g for g in in_force if g.decision == PERMIT and grant_covers(g, TREAT, tables)
+            and (not tables.policy.consent.written_required or g.method is ConsentMethod.WRITTEN)]
 
 
 def _ids(grants: Sequence[ConsentGrant]) -> tuple[str, ...]:

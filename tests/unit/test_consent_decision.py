@@ -113,6 +113,24 @@ def test_a_consent_for_training_alone_does_not_open_a_pending_record(code: str) 
     assert run(code, make_facts(), grants=(make_grant(code),)).permitted  # not pending: as before
 
 
+def test_a_consent_for_a_child_of_treat_does_not_open_a_pending_record() -> None:
+    """A clinical photo sent with consent for CLINTRCH and CLINTRL was kept consent-pending (the
+    ingest wants consent for TREAT, and said the photo was readable only under break-glass until
+    one is recorded), yet read at once for CLINTRL, and for CLINTRCH: any care purpose counted as
+    its documented consent for care. Found by the consent property tests (ingest, then read)."""
+    pending = make_facts(pending=True)
+    trial = make_grant("CLINTRCH", "CLINTRL")
+    for code in ("CLINTRL", "CLINTRCH"):
+        d = run(code, pending, grants=(trial,))
+        assert not d.permitted, code
+    assert not run("COC", pending, grants=(make_grant("COC"),)).permitted
+    assert run("TREAT", pending, grants=(trial,)).permitted_purposes == frozenset()
+    # the consent for TREAT documents it: then as any clinical photo
+    opened = (trial, make_grant("TREAT", id="c2"))
+    assert run("CLINTRL", pending, grants=opened).permitted and run("CLINTRCH", pending, grants=opened).permitted
+    assert run("CLINTRL", make_facts(), grants=(trial,)).permitted  # not pending: as before
+
+
 @pytest.mark.parametrize("method", [ConsentMethod.VERBAL, None])
 def test_written_required_a_pending_record_opens_only_with_written_consent(method: ConsentMethod | None) -> None:
     """Review finding: with ``writtenRequired`` a Consent recorded verbally (or of no stated

@@ -19,24 +19,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from adapter.consent import (
     ANY_PURPOSE,
+    IngestAssessment,
     PurposeClass,
+    assess_ingest,
     classify_purpose,
     decide,
+    grants_from_consent,
     permitted_purposes,
 )
 from adapter.consent.rules import grant_covers, grant_in_force, grant_scope_matches
+from adapter.errors import AdapterError
+from adapter.mapping.photo import build_photo_resources
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
 from adapter.model.decision import Decision, View
-from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoSource
+from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoMetadata, PhotoSource
 from adapter.model.purpose import PurposeOfUse
 from adapter.model.record import AccessFacts
-from tests.support.fhir_factories import policy_variant
+from tests.support.fhir_factories import policy_variant, stored_image
 
 pytestmark = pytest.mark.unit
 
@@ -61,13 +66,13 @@ class _Variant(Tables):
 
     def __repr__(self) -> str:
         consent, glass = self.policy.consent, self.policy.break_glass
-        return (f"policy(writtenRequired={consent.written_required}, "
+        return (f"policy(writtenRequired={consent.written_required}, allowPending={consent.allow_pending}, "
                 f"careAfterWithdrawal={consent.care_after_withdrawal}, breakGlass={glass.enabled})")
 
 
-def _variant(written: bool, after: bool, glass: bool) -> Tables:
-    tables = policy_variant(consent={"written_required": written, "care_after_withdrawal": after},
-                            break_glass={"enabled": glass})
+def _variant(written: bool, after: bool, glass: bool, pending: bool = False) -> Tables:
+    tables = policy_variant(consent={"written_required": written, "care_after_withdrawal": after,
+                                     "allow_pending": pending}, break_glass={"enabled": glass})
     return _Variant(**{f.name: getattr(tables, f.name) for f in dataclasses.fields(tables)})
 
 
@@ -216,10 +221,10 @@ def test_an_explicit_purpose_needs_an_active_express_permit_for_this_record(
 def test_a_consent_pending_photo_opens_only_with_a_documented_care_consent(
         facts: AccessFacts, grants: list[ConsentGrant], tables: Tables, code: str) -> None:
     """Step 4: a consent-pending clinical photo is refused for every purpose but break-glass until
-    a Consent permitting care (written, under writtenRequired) is in force for it."""
-    facts = dataclasses.replace(facts, kind=PhotoKind.CLINICAL, consent_pending=True, consent_directive=False)
-    documented = [g for g in in_force(grants, facts)
-                  if g.decision == "permit" and any(grant_covers(g, c, tables) for c in tables.policy.consent.care_purposes)
+    a Consent permitting TREAT (written, under writtenRequired) is in force for it, as at ingest."""
+    facts = AccessFacts(governed_by=RECORD, patient=PATIENT, kind=PhotoKind.CLINICAL, source=facts.source,
+                        consent_pending=True)
+    documented = [g for g in in_force(grants, facts) if g.decision == "permit" and grant_covers(g, "TREAT", tables)
                   and (not tables.policy.consent.written_required or g.method is ConsentMethod.WRITTEN)]
     if run(code, facts, grants, tables).permitted:
         assert documented
@@ -372,7 +377,9 @@ def test_clinical_photos_for_care_follow_the_rules_table(facts: AccessFacts, gra
     docstring (and the ingest rule that an internal colleague answers for consent for care)."""
     rules = tables.policy.consent
     live = in_force(grants, facts)
-    documents = (lambda g: not rules.written_required or g.method is ConsentMethod.WRITTEN)
+    # step 4: a consent-pending photo opens with the ingest's consent for care, for TREAT
+    documents = (lambda g: grant_covers(g, "TREAT", tables)
+                 and (not rules.written_required or g.method is ConsentMethod.WRITTEN))
     withdrawn = [g for g in grants if g.status == "inactive" and g.decision == "permit"
                  and grant_scope_matches(g, facts.patient, facts.governed_by)
                  and (g.period_start is None or g.period_start <= NOW) and grant_covers(g, code, tables)]
@@ -424,3 +431,81 @@ def test_the_decision_does_not_depend_on_the_order_of_the_consents(
     first = decide(asked, facts, grants, tables, NOW)
     assert decide(asked, facts, grants, tables, NOW) == first
     assert outcome(decide(asked, facts, shuffled, tables, NOW)) == outcome(first)
+
+
+# -- what the ingest accepts, the read decision honours ------------------------------------------
+
+INGEST_POLICIES: dict[tuple[bool, bool], Tables] = {
+    (written, pending): _variant(written, False, True, pending)
+    for written, pending in itertools.product((False, True), repeat=2)}
+
+
+@st.composite
+def photo_metadata(draw: st.DrawFn) -> PhotoMetadata:
+    """What a capture app sends: any kind and source (a colleague named, with the discussion's
+    note), with or without a consent statement (purposes, method, a form, a date around now)."""
+    source = draw(st.sampled_from(PhotoSource))
+    data: dict[str, Any] = {"patient": {"system": MRN, "value": PATIENT.value},
+                            "kind": draw(st.sampled_from(PhotoKind)).value, "source": source.value}
+    if source in (PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL):
+        data["colleague"] = {"name": "Dr A", "discussionNote": "seen together"}
+    if draw(st.booleans()):
+        statement: dict[str, Any] = {
+            "purposes": sorted(draw(st.sets(st.sampled_from(SERVED), min_size=1, max_size=3))),
+            "method": draw(st.sampled_from(ConsentMethod)).value}
+        if draw(st.booleans()):
+            statement["form"] = "JVBERi0xLjQK"                    # "%PDF-1.4"
+        when = draw(st.sampled_from((None, "2025-05-30", "2025-06-01", "2025-06-02",
+                                     "2025-06-01T13:00:00+02:00", "2025-06-01T20:00:00Z")))
+        if when is not None:
+            statement["date"] = when
+        data["consent"] = statement
+    return PhotoMetadata.model_validate(data)
+
+
+def ingest_then_read(meta: PhotoMetadata, existing: list[ConsentGrant], tables: Tables,
+                     ) -> tuple[IngestAssessment, AccessFacts, list[ConsentGrant]] | None:
+    """The ingest of one photo as the service does it (assessment, then the resources and the
+    Consents it records), and what a read of it then decides on; None when the ingest refuses."""
+    try:
+        assessment = assess_ingest(meta, existing, tables, NOW)
+    except AdapterError:
+        return None
+    built = build_photo_resources(
+        meta, stored_image(), record_id="m1", binary_id="b1", provenance_id="p1", consent_ids=("n1", "n2"),
+        assessment_notes=assessment.notes, assessment_warnings=assessment.warnings,
+        consent_pending=assessment.consent_pending, implied_purposes=assessment.implied_purposes,
+        tables=tables, now=NOW)
+    record = f"{built.record['resourceType']}/m1"
+    facts = AccessFacts(governed_by=record, patient=PATIENT, kind=meta.kind, source=meta.source,
+                        consent_pending=assessment.consent_pending)
+    recorded = [g for c in built.consents for g in grants_from_consent(c)]
+    return assessment, facts, [*existing, *recorded]
+
+
+@PROPERTY
+@given(meta=photo_metadata(), existing=st.lists(consent_grants(patient=st.just(PATIENT)), max_size=3),
+       tables=st.sampled_from(sorted(INGEST_POLICIES)).map(INGEST_POLICIES.__getitem__),
+       code=st.sampled_from(NOT_BREAK_GLASS))
+def test_a_photo_the_ingest_keeps_is_read_as_the_ingest_said(meta: PhotoMetadata, existing: list[ConsentGrant],
+                                                             tables: Tables, code: str) -> None:
+    """A clinical photo kept with its consent for care documented is readable for TREAT at once;
+    one kept consent-pending is readable for nothing but break-glass (ingest.PENDING_WARNING); a
+    document or secondary photo for care unless a Consent denies it; a purpose the statement
+    names is readable when it is express consent (not implied) and nothing denies it."""
+    result = ingest_then_read(meta, existing, tables)
+    event("ingest refused" if result is None else "pending" if result[0].consent_pending else "kept")
+    if result is None:
+        return
+    assessment, facts, grants = result
+    d = run(code, facts, grants, tables)
+    live = in_force(grants, facts)
+    denied = any(g.decision == "deny" and grant_covers(g, code, tables) for g in live)
+    if assessment.consent_pending:
+        assert not d.permitted
+        return
+    if code == "TREAT":
+        assert d.permitted is not denied
+    if (meta.consent is not None and code in meta.consent.purposes and not denied
+            and meta.consent.method is not ConsentMethod.IMPLIED):
+        assert d.permitted
