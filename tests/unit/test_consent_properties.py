@@ -39,7 +39,7 @@ from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
 from adapter.model.decision import Decision, View
 from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoMetadata, PhotoSource
-from adapter.model.purpose import PurposeOfUse
+from adapter.model.purpose import V3_ACT_REASON, PurposeOfUse
 from adapter.model.record import AccessFacts
 from tests.support.fhir_factories import policy_variant, stored_image
 
@@ -509,3 +509,167 @@ def test_a_photo_the_ingest_keeps_is_read_as_the_ingest_said(meta: PhotoMetadata
     if (meta.consent is not None and code in meta.consent.purposes and not denied
             and meta.consent.method is not ConsentMethod.IMPLIED):
         assert d.permitted
+
+
+# -- FHIR R4 Consents, read by adapter.consent.grants ----------------------------------------------
+
+OID = "urn:oid:2.16.840.1.113883.5.8"
+#: provision.period values: FHIR dates of every precision and dateTimes, around NOW (2025-06-01T12:00Z).
+#: An end is inclusive through the last instant of a partial date ("2025-06" ends with June).
+ENDED = ("2025-05-31", "2025-05", "2024", "2025-06-01T11:59:59Z", "2025-06-01T13:59:59+02:00")
+NOT_BEGUN = ("2025-06-02", "2025-07", "2026", "2025-06-01T12:00:01Z", "2025-06-01T08:00:01-04:00")
+IN_FORCE_END = ("2025-06-01", "2025-06", "2025", "2025-06-01T12:00:00Z")
+IN_FORCE_START = ("2025-06-01", "2025-06", "2025", "2025-06-01T12:00:00Z", "2024-01-01")
+#: The same record named in each form a Consent may use, and another record.
+THIS_RECORD = ("Media/m1", "Media/m1/_history/3", "https://ehr.example.org/fhir/Media/m1",
+               "https://ehr.example.org/fhir/Media/m1/_history/3")
+ANOTHER_RECORD = ("Media/m2", "Media/m2/_history/1", "https://ehr.example.org/fhir/Media/m2", "DocumentReference/m3")
+
+
+def periods(starts: Sequence[str] = IN_FORCE_START + NOT_BEGUN + ENDED,
+            ends: Sequence[str] = IN_FORCE_END + ENDED + NOT_BEGUN, required: str | None = None,
+            ) -> st.SearchStrategy[dict[str, str]]:
+    fields = {"start": st.sampled_from(starts), "end": st.sampled_from(ends)}
+    must = {k: v for k, v in fields.items() if k == required}
+    return st.fixed_dictionaries(must, optional={k: v for k, v in fields.items() if k != required})
+
+
+@st.composite
+def provisions(draw: st.DrawFn, depth: int = 2, refs: Sequence[str] = THIS_RECORD + ANOTHER_RECORD,
+               decision: str | None = None, period: st.SearchStrategy[dict[str, str]] | None = None,
+               unresolved: bool = True) -> dict[str, Any]:
+    """A provision: a type (or none), purposes (v3-ActReason by URI or OID, or another system),
+    a period, data references (and, if ``unresolved``, now and then one without a literal
+    reference, which a deny reads as all data), an action, and nested provisions."""
+    out: dict[str, Any] = {}
+    kind = draw(st.sampled_from((None, "permit", "deny"))) if decision is None else decision
+    if kind is not None:
+        out["type"] = kind
+    if draw(st.booleans()):
+        out["purpose"] = [{"system": draw(st.sampled_from((V3_ACT_REASON, V3_ACT_REASON, OID, "http://snomed.info/sct"))),
+                           "code": code} for code in draw(st.lists(st.sampled_from(SERVED), min_size=1, max_size=3))]
+    if period is not None or draw(st.booleans()):
+        out["period"] = draw(periods() if period is None else period)
+    if draw(st.booleans()):
+        out["data"] = [{"meaning": "instance", "reference": {"reference": ref}}
+                       for ref in draw(st.lists(st.sampled_from(refs), min_size=1, max_size=2))]
+        if unresolved and draw(st.integers(0, 5)) == 0:
+            out["data"].append({"meaning": "related", "reference": {"display": "the photo"}})   # no literal
+    if draw(st.integers(0, 4)) == 0:
+        out["action"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                                      "code": draw(st.sampled_from(("access", "use", "collect", "disclose")))}]}]
+    if depth and draw(st.booleans()):
+        out["provision"] = draw(st.lists(provisions(depth - 1, refs, unresolved=unresolved), min_size=1, max_size=2))
+    return out
+
+
+@st.composite
+def consents(draw: st.DrawFn, *, patient: Identifier | None = None, status: str | None = None,
+             provision: st.SearchStrategy[dict[str, Any]] | None = None) -> dict[str, Any]:
+    who = draw(patients) if patient is None else patient
+    out: dict[str, Any] = {
+        "resourceType": "Consent", "id": draw(st.sampled_from(("k1", "k2", "k3"))),
+        "status": draw(statuses) if status is None else status,
+        "patient": {"identifier": {"system": who.system, "value": who.value}}}
+    if draw(st.integers(0, 4)) == 0:
+        out["policyRule"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                         "code": "IMPLIED"}]}
+    if draw(st.booleans()):
+        out["extension"] = [{"url": "http://clinical-image-adapter.org/fhir/StructureDefinition/consent-method",
+                             "valueCode": draw(st.sampled_from(ConsentMethod)).value}]
+    if provision is not None or draw(st.integers(0, 9)):
+        out["provision"] = draw(provisions() if provision is None else provision)
+    return out
+
+
+def read_all(resources: Sequence[dict[str, Any]]) -> list[ConsentGrant]:
+    return [g for r in resources for g in grants_from_consent(r)]
+
+
+photo_facts = access_facts(directive=False)
+#: A Consent resource costs more to draw than a grant: fewer examples each.
+RESOURCES = settings(PROPERTY, max_examples=max(EXAMPLES // 2, 1))
+
+
+@RESOURCES
+@given(facts=photo_facts, on_file=st.lists(consents(), max_size=3), tables=policies, code=st.sampled_from(SERVED),
+       extra=st.one_of(consents(patient=OTHER_PATIENT),
+                       consents(provision=provisions(refs=ANOTHER_RECORD, unresolved=False)
+                                .filter(lambda p: "data" in p))))
+def test_a_consent_resource_about_another_patient_or_record_changes_nothing(
+        facts: AccessFacts, on_file: list[dict[str, Any]], tables: Tables, code: str, extra: dict[str, Any]) -> None:
+    """provision.data naming only other records, in any reference form, or Consent.patient
+    another patient: the Consent is not about this record."""
+    before = read_all(on_file)
+    assert outcome(run(code, facts, [*before, *grants_from_consent(extra)], tables)) == outcome(
+        run(code, facts, before, tables))
+
+
+@RESOURCES
+@given(facts=photo_facts, on_file=st.lists(consents(), max_size=3), tables=policies, code=st.sampled_from(SERVED),
+       extra=st.one_of(
+           consents(provision=provisions(period=periods(starts=NOT_BEGUN, ends=IN_FORCE_END + NOT_BEGUN,
+                                                        required="start"))),
+           consents(status="active", provision=provisions(period=periods(starts=ENDED, ends=ENDED,
+                                                                         required="end")))))
+def test_a_consent_resource_outside_its_period_changes_nothing(
+        facts: AccessFacts, on_file: list[dict[str, Any]], tables: Tables, code: str, extra: dict[str, Any]) -> None:
+    """provision.period not begun, or (for an active Consent) over, whatever date precision: the
+    nested provisions are clipped to it, so nothing of the Consent is in force."""
+    before = read_all(on_file)
+    assert outcome(run(code, facts, [*before, *grants_from_consent(extra)], tables)) == outcome(
+        run(code, facts, before, tables))
+
+
+@RESOURCES
+@given(facts=photo_facts, on_file=st.lists(consents(), max_size=3), tables=policies, asked=st.sampled_from(SERVED),
+       extra=consents(provision=provisions(decision="deny")))
+def test_a_deny_consent_never_permits_more(facts: AccessFacts, on_file: list[dict[str, Any]], tables: Tables,
+                                           asked: str, extra: dict[str, Any]) -> None:
+    """A Consent whose top-level provision denies, whatever it nests (nested permits, exceptions
+    to the deny, are not honoured), never opens anything."""
+    before = read_all(on_file)
+    if run(asked, facts, [*before, *grants_from_consent(extra)], tables).permitted:
+        assert run(asked, facts, before, tables).permitted
+
+
+@RESOURCES
+@given(facts=photo_facts, on_file=st.lists(consents(), max_size=3), tables=policies, denied=st.sampled_from(NOT_BREAK_GLASS),
+       system=st.sampled_from((V3_ACT_REASON, OID)), data=st.data())
+def test_an_active_deny_consent_of_a_purpose_refuses_it(facts: AccessFacts, on_file: list[dict[str, Any]],
+                                                        tables: Tables, denied: str, system: str,
+                                                        data: st.DataObject) -> None:
+    """Deny wins: an active Consent of this patient denying the purpose (or an ancestor, or with a
+    purpose of a system we do not read, or with no purpose), in force now, for this record in any
+    reference form or for all data, refuses it whatever else is on file."""
+    covering = data.draw(st.sampled_from(tables.purposes.ancestors(denied)))
+    provision = data.draw(provisions(depth=0, refs=THIS_RECORD, decision="deny",
+                                     period=periods(starts=IN_FORCE_START, ends=IN_FORCE_END)))
+    provision.pop("action", None)
+    provision["purpose"] = data.draw(st.sampled_from((
+        [{"system": system, "code": covering}], [{"system": "http://snomed.info/sct", "code": "1"}], None)))
+    if provision["purpose"] is None:
+        del provision["purpose"]
+    deny = data.draw(consents(patient=PATIENT, status="active", provision=st.just(provision)))
+    at = data.draw(st.integers(0, len(on_file)))
+    assert not run(denied, facts, read_all([*on_file[:at], deny, *on_file[at:]]), tables).permitted
+
+
+@RESOURCES
+@given(facts=photo_facts, on_file=st.lists(consents(provision=provisions(refs=THIS_RECORD[:1] + ANOTHER_RECORD)),
+                                           max_size=3),
+       tables=policies, code=st.sampled_from(SERVED), form=st.sampled_from(THIS_RECORD))
+def test_the_record_is_the_same_in_every_reference_form(facts: AccessFacts, on_file: list[dict[str, Any]],
+                                                        tables: Tables, code: str, form: str) -> None:
+    """Media/m1, its version Media/m1/_history/3 and its absolute URL are one record (grants:
+    the reference is compared by Type/id)."""
+    renamed = [_rename(c, "Media/m1", form) for c in on_file]
+    assert outcome(run(code, facts, read_all(renamed), tables)) == outcome(run(code, facts, read_all(on_file), tables))
+
+
+def _rename(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _rename(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rename(v, old, new) for v in value]
+    return new if value == old else value
