@@ -48,7 +48,8 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
 
     In order (the clinical images guidance, issue text):
 
-    1. An unknown purpose (not in mappings/purposes.yaml, or not v3-ActReason) is denied.
+    1. An unknown purpose (not in mappings/purposes.yaml, or not in the v3-ActReason system's
+       URI: the edge, adapter.services.purpose, states an OID-given one by the URI) is denied.
     2. Break-glass purposes (``breakGlass.purposes`` and their descendants) are permitted, in the
        full view and flagged ``break_glass``, only if ``breakGlass.enabled``; consent is not
        evaluated, so this is the only way to read a consent-pending record.
@@ -65,10 +66,11 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
        except that a care purpose reads a Consent itself (``facts.consent_directive``): what the
        patient permits and denies must stay visible to the clinicians bound by it (a deny-all
        Consent hid itself, and the ETag its withdrawal needs, from care).
-    6. Care: ``document`` and ``secondary`` photos need no consent; a ``clinical`` photo needs an
-       applicable active permit covering the purpose (a Consent for TREAT covers COC); when
-       there is none but such a Consent was withdrawn (status ``inactive``), the policy's
-       ``careAfterWithdrawal`` decides.
+    6. Care: ``document`` and ``secondary`` photos need no consent, nor does a photo (not
+       consent-pending) from a colleague inside the organisation, who answers for consent for
+       care (adapter.consent.ingest); a ``clinical`` photo needs an applicable active permit
+       covering the purpose (a Consent for TREAT covers COC); when there is none but such a
+       Consent was withdrawn (status ``inactive``), the policy's ``careAfterWithdrawal`` decides.
     7. Explicit-consent purposes (TRAIN, HRESCH, ...) need an applicable active permit that is
        not an implied consent; the view is the purpose's (mappings/purposes.yaml) and a
        de-identified or pseudonymised view never stands in for consent.

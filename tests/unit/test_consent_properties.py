@@ -33,7 +33,7 @@ from adapter.consent import (
     permitted_purposes,
 )
 from adapter.consent.rules import grant_covers, grant_in_force, grant_scope_matches
-from adapter.errors import AdapterError
+from adapter.errors import AdapterError, ConsentRequired
 from adapter.mapping.photo import build_photo_resources
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
@@ -673,3 +673,63 @@ def _rename(value: Any, old: str, new: str) -> Any:
     if isinstance(value, list):
         return [_rename(v, old, new) for v in value]
     return new if value == old else value
+
+
+# -- the ingest rules (adapter.consent.ingest): kind x source x method ---------------------------
+
+ingest_policies = st.sampled_from(sorted(INGEST_POLICIES)).map(INGEST_POLICIES.__getitem__)
+
+
+def assessed(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables: Tables) -> object:
+    """The assessment, or the type and message of the refusal."""
+    try:
+        return assess_ingest(meta, existing, tables, NOW)
+    except AdapterError as exc:
+        return type(exc), exc.diagnostics, exc.expression
+
+
+@PROPERTY
+@given(meta=photo_metadata(), existing=st.lists(consent_grants(patient=st.just(PATIENT)), max_size=4),
+       tables=ingest_policies, foreign=st.lists(consent_grants(patient=st.just(OTHER_PATIENT)), max_size=2),
+       order=st.randoms(use_true_random=False))
+def test_the_ingest_rules_read_the_patients_consents_in_force_in_any_order(
+        meta: PhotoMetadata, existing: list[ConsentGrant], tables: Tables, foreign: list[ConsentGrant],
+        order: Any) -> None:
+    """Another patient's Consents change nothing, nor does their order; a Consent not in force
+    (not active, or outside its period) neither."""
+    shuffled = [*existing, *foreign]
+    order.shuffle(shuffled)
+    first = assessed(meta, existing, tables)
+    assert assessed(meta, shuffled, tables) == first
+    live = [g for g in existing if grant_in_force(g, PATIENT, None, NOW)]
+    assert assessed(meta, live, tables) == first
+
+
+@PROPERTY
+@given(meta=photo_metadata(), existing=st.lists(consent_grants(patient=st.just(PATIENT)), max_size=4),
+       tables=ingest_policies)
+def test_the_ingest_rules_by_kind_and_source(meta: PhotoMetadata, existing: list[ConsentGrant],
+                                             tables: Tables) -> None:
+    """assess_ingest's docstring: document and secondary photos need no consent for care; only
+    a clinical photo is kept pending, and only under allowPending; a photo from the patient
+    without a statement implies consent for patientImpliedPurposes and nothing more; an active
+    Consent denying TREAT refuses a clinical photo whatever its source or statement."""
+    rules = tables.policy.consent
+    result = assessed(meta, existing, tables)
+    denies_treat = any(g.decision == "deny" and grant_covers(g, "TREAT", tables)
+                       for g in existing if grant_in_force(g, PATIENT, None, NOW))
+    if meta.kind is PhotoKind.CLINICAL and denies_treat:
+        assert isinstance(result, tuple) and result[0] is ConsentRequired
+    if isinstance(result, IngestAssessment):
+        assert not result.consent_pending or (meta.kind is PhotoKind.CLINICAL and rules.allow_pending)
+        if meta.source is PhotoSource.COLLEAGUE_INTERNAL:
+            assert not result.consent_pending
+        expected = tuple(rules.patient_implied_purposes) if (
+            meta.source is PhotoSource.PATIENT and meta.consent is None) else ()
+        assert result.implied_purposes == expected
+    if meta.kind is not PhotoKind.CLINICAL and meta.consent is None:
+        # nothing to check of a statement: a document or secondary photo is never refused for consent
+        assert isinstance(result, IngestAssessment)
+        assert not result.consent_pending
+        warning = tables.kinds[meta.kind].warning
+        assert result.warnings == ((warning,) if warning else ())
