@@ -59,8 +59,6 @@ OTHER_PATIENT = Identifier(system=MRN, value="P-999")
 RECORD = "Media/m1"
 OTHER_RECORD = "Media/m2"
 
-#: Every combination of the policy switches the decision reads (consent.writtenRequired,
-#: consent.careAfterWithdrawal, breakGlass.enabled), built once: the tables are immutable.
 class _Variant(Tables):
     """The tables of one policy variant, shown by its switches in a falsifying example."""
 
@@ -76,6 +74,8 @@ def _variant(written: bool, after: bool, glass: bool, pending: bool = False) -> 
     return _Variant(**{f.name: getattr(tables, f.name) for f in dataclasses.fields(tables)})
 
 
+#: Every combination of the policy switches the decision reads (consent.writtenRequired,
+#: consent.careAfterWithdrawal, breakGlass.enabled), built once: the tables are immutable.
 POLICIES: dict[tuple[bool, bool, bool], Tables] = {
     switches: _variant(*switches) for switches in itertools.product((False, True), repeat=3)}
 SHIPPED = policy_variant()
@@ -124,7 +124,7 @@ def access_facts(draw: st.DrawFn, kinds: Sequence[PhotoKind] = tuple(PhotoKind),
                  directive: bool | None = None) -> AccessFacts:
     """A photo's facts; now and then those of a Consent itself, which adapter.services.access
     gives as a document from a clinician (decide(), step 5)."""
-    if draw(st.booleans()) and draw(st.booleans()) if directive is None else directive:
+    if (draw(st.booleans()) and draw(st.booleans())) if directive is None else directive:   # 1 in 4
         return AccessFacts(governed_by="Consent/c9", patient=PATIENT, kind=PhotoKind.DOCUMENT,
                            source=PhotoSource.CLINICIAN, consent_directive=True)
     return AccessFacts(governed_by=RECORD, patient=PATIENT, kind=draw(st.sampled_from(kinds)),
