@@ -76,13 +76,19 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 def _multiprocess_metrics(settings: Settings) -> None:
     """Several HTTP worker processes (and this one, with the SCP): their metrics are summed by
     prometheus_client's multiprocess mode, in a folder emptied at start (adapter.metrics). Set
-    before anything imports prometheus_client."""
+    before anything imports prometheus_client.
+
+    The folder is this instance's own, named by its HTTP address: two instances behind a load
+    balancer share the data folder, and Prometheus scrapes each of them. In one shared folder each
+    reported the other's counts too, and the one starting second emptied it under the first. No
+    other instance on the host holds the same address at the same time, and a restart of this one
+    finds (and empties) the folder it left."""
     import os
     import shutil
 
     from adapter.metrics import MULTIPROCESS_ENV
 
-    folder = settings.data_dir / "prometheus"
+    folder = settings.data_dir / "prometheus" / f"{settings.http_host}-{settings.http_port}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[MULTIPROCESS_ENV] = str(folder)

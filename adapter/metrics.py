@@ -14,7 +14,8 @@ outbox states.
   (a growing ``failed`` or ``pending`` is a PACS that does not take what is sent to it).
 
 With several HTTP worker processes the counters of every process are summed (prometheus_client's
-multiprocess mode, in a folder of the data dir that ``serve`` empties at start).
+multiprocess mode, in a folder of the data dir that ``serve`` empties at start, one per instance:
+``prometheus/<HTTP host>-<HTTP port>``, so instances sharing a data folder each report their own).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+from tests.support.postgres import postgres_schema
 from tests.support.server import running_adapter
 
 WOUND = ROOT / "samples" / "wound.jpg"
@@ -89,3 +90,36 @@ def test_metrics_of_every_worker_process_are_summed(tmp_path: Path) -> None:
             ready = httpx.get(f"{server.url}/health/ready", timeout=30)
             assert ready.status_code == 200, ready.text
             assert ready.json()["checks"]["dicom:listener"][0]["status"] == "pass"
+
+
+def _stored(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    found = re.search(r'^adapter_ingests_total\{channel="http",result="stored"\} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _post_wound(url: str, patient_value: str) -> None:
+    meta = metadata(patient={"system": PATIENT["system"], "value": patient_value})
+    r = httpx.post(f"{url}/photos", timeout=30, files={"file": ("wound.jpg", WOUND.read_bytes(), "image/jpeg"),
+                                                       "metadata": (None, json.dumps(meta), "application/json")})
+    assert r.status_code == 201, r.text
+
+
+def test_two_instances_on_one_data_folder_each_report_their_own_counts(tmp_path: Path) -> None:
+    """Two ``serve`` instances behind a load balancer share the data folder (and the PostgreSQL
+    database), each with several HTTP workers. Prometheus scrapes each instance: each reports what
+    its own processes counted. Found by the two-instance review: both used ``prometheus/`` in the
+    data folder, so each reported the other's counts too (summed, they counted every photo twice),
+    and the one starting second emptied the folder under the first, whose counts were lost."""
+    shared = {"ADAPTER_HTTP_WORKERS": "2", "ADAPTER_DATA_DIR": str(tmp_path / "data")}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with postgres_schema("metrics_pair") as url, \
+            running_adapter(tmp_path / "a", ADAPTER_DATABASE_URL=url, **shared) as first:
+        _post_wound(first.url, "MRN-8000")
+        _post_wound(first.url, "MRN-8001")
+        assert _stored(first.url) == 2.0
+        with running_adapter(tmp_path / "b", ADAPTER_DATABASE_URL=url, **shared) as second:
+            _post_wound(second.url, "MRN-8100")
+            for _ in range(4):  # whichever worker answers
+                assert (_stored(first.url), _stored(second.url)) == (2.0, 1.0)
