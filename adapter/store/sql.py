@@ -4,7 +4,7 @@ dialect differences live in ``engine.py`` and ``dates.py``)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -78,6 +78,9 @@ _PHOTO_STUDY_DATES = "study-dates"  # the version of the posted photos' StudyDat
 _PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
 #: Held (PostgreSQL) from a transaction's insert of AuditEvents to its commit (_insert_audit).
 _AUDIT_LOCK = 0x1A6E5706
+#: Held (PostgreSQL) from a write's choice of its resources' lastUpdated to its commit (_write_instant).
+_LAST_UPDATED_LOCK = 0x1A6E5707
+_MILLISECOND = timedelta(milliseconds=1)
 #: The resources reindex_records re-derives the search index of.
 _RECORD_TYPES = ("Media", "DocumentReference")
 _p = patient_pseudonyms.c
@@ -322,6 +325,32 @@ class SqlRecordStore:
             run(conn, tokens, rows)
         self._insert_audit(conn, [{"recorded": now, "json": event} for event in audit_events])
 
+    @staticmethod
+    def _write_instant(conn: Connection, resource_types: Iterable[str]) -> datetime:
+        """The meta.lastUpdated of a transaction that writes resources of ``resource_types``: now,
+        or a millisecond after the latest instant a resource of those types was given, if the clock
+        is not past it yet. Call it first in the transaction.
+
+        A client syncs by ``_lastUpdated=gt<the last instant it saw>``, so no resource may become
+        visible with an instant at or before one a reader has seen. An instant chosen before its
+        transaction (or while another's was in flight) could commit after a later one was read,
+        and two writes in one millisecond (the instant's precision) got the same one: such records
+        were never synced. So on PostgreSQL the instant is chosen under a transaction-scoped lock
+        held to the commit (resource writes commit one at a time, in the order of their instants;
+        SQLite has one writer anyway), and it is strictly after every instant of the same types
+        (an index probe per type, ix_resources_type_last_updated). Under more than a thousand
+        writes of a type a second the instants run ahead of the clock, and catch up after."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LAST_UPDATED_LOCK})
+        now = now_instant()
+        latest = [select(func.max(_r.last_updated)).where(_r.resource_type == t).scalar_subquery()
+                  for t in sorted(set(resource_types))]
+        if latest:
+            instants = [to_utc(i) for i in conn.execute(select(*latest)).one() if i is not None]
+            if instants and max(instants) >= now:
+                now = max(instants) + _MILLISECOND
+        return now
+
     def _insert_audit(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Insert AuditEvent rows: the last statement of their transaction.
 
@@ -349,10 +378,10 @@ class SqlRecordStore:
         pending and due now. After the commit, each resource dict of ``unit`` carries the stored
         ``meta`` (versionId, lastUpdated).
         """
-        now = now_instant()
-        documents = [with_meta(new, 1, now) for new in unit.resources]
         run = self._inserts.execute
         with self._write() as conn:
+            now = self._write_instant(conn, (new.resource_type for new in unit.resources))
+            documents = [with_meta(new, 1, now) for new in unit.resources]
             if unit.dicom_instance is not None:  # first: a repeated SOP instance fails cheapest
                 run(conn, dicom_instances, dicom_instance_row(unit.dicom_instance, now))
                 if unit.released_uids:
@@ -377,9 +406,9 @@ class SqlRecordStore:
 
     def create(self, new: NewResource, audit_events: Sequence[dict[str, Any]] = ()) -> StoredResource:
         """Insert version 1 (sets meta.versionId and meta.lastUpdated). Conflict if it exists."""
-        now = now_instant()
-        document = with_meta(new, 1, now)
         with self._write() as conn:
+            now = self._write_instant(conn, (new.resource_type,))
+            document = with_meta(new, 1, now)
             self._inserts.execute(conn, resources, resource_row(new, document, 1, now))
             self._insert_version(conn, new, document, 1, audit_events, now)
         return StoredResource(new.resource_type, new.id, 1, now, document, new.facts, new.blob_sha256,
@@ -394,6 +423,7 @@ class SqlRecordStore:
         """
         key = and_(_r.resource_type == new.resource_type, _r.id == new.id)
         with self._write() as conn:
+            now = self._write_instant(conn, (new.resource_type,))  # after the current version's
             current = conn.execute(select(_r.version_id, _r.last_updated).where(key).with_for_update()).first()
             if current is None:
                 raise NotFound(f"{new.resource_type}/{new.id} does not exist")
@@ -401,7 +431,6 @@ class SqlRecordStore:
                 raise Conflict(f"version {if_match} is not the current version of "
                                f"{new.resource_type}/{new.id}")
             version = current.version_id + 1
-            now = max(now_instant(), current.last_updated)  # lastUpdated never goes back
             document = with_meta(new, version, now)
             row = resource_row(new, document, version, now)
             del row["resource_type"], row["id"]
