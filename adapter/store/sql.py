@@ -4,7 +4,7 @@ dialect differences live in ``engine.py`` and ``dates.py``)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -76,10 +76,9 @@ _SEARCH_INDEX = "search-index"  # the version of the records' search index (rein
 _SEARCH_INDEX_LOCK = 0x1A6E5704
 _PHOTO_STUDY_DATES = "study-dates"  # the version of the posted photos' StudyDate (reindex_photo_study_dates)
 _PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
-#: Held (PostgreSQL) from a transaction's insert of AuditEvents to its commit (_insert_audit).
+#: Held (PostgreSQL) from a transaction's insert of AuditEvents, or its stamp of the resources it
+#: writes (_stamp), to its commit.
 _AUDIT_LOCK = 0x1A6E5706
-#: Held (PostgreSQL) from a write's choice of its resources' lastUpdated to its commit (_write_instant).
-_LAST_UPDATED_LOCK = 0x1A6E5707
 _MILLISECOND = timedelta(milliseconds=1)
 #: The resources reindex_records re-derives the search index of.
 _RECORD_TYPES = ("Media", "DocumentReference")
@@ -317,41 +316,61 @@ class SqlRecordStore:
                 for p in patients])
 
     def _insert_version(self, conn: Connection, new: NewResource, document: dict[str, Any], version_id: int,
-                        audit_events: Sequence[dict[str, Any]], now: datetime) -> None:
+                        audit_events: Sequence[dict[str, Any]], now: datetime) -> tuple[datetime, dict[str, Any]]:
+        """The history row, tokens and audit of a version whose resources row is written; its
+        stamp (:meth:`_stamp`): the instant and document as stored."""
         run = self._inserts.execute
         self._index_pseudonyms(conn, [new])
         run(conn, resource_history, history_row(new, document, version_id, now))
         if rows := token_rows(new):
             run(conn, tokens, rows)
-        self._insert_audit(conn, [{"recorded": now, "json": event} for event in audit_events])
+        now, (document,) = self._stamp(conn, [(new, version_id)], [document], now)
+        self._insert_audit(conn, [{"recorded": now, "json": event} for event in audit_events], locked=True)
+        return now, document
 
-    @staticmethod
-    def _write_instant(conn: Connection, resource_types: Iterable[str]) -> datetime:
-        """The meta.lastUpdated of a transaction that writes resources of ``resource_types``: now,
-        or a millisecond after the latest instant a resource of those types was given, if the clock
-        is not past it yet. Call it first in the transaction.
+    def _stamp(self, conn: Connection, written: Sequence[tuple[NewResource, int]], documents: list[dict[str, Any]],
+               now: datetime) -> tuple[datetime, list[dict[str, Any]]]:
+        """The lastUpdated of the resource versions ``written`` (stored with ``now`` and
+        ``documents``, in this transaction): ``now``, or a millisecond after the latest instant of
+        another resource of their types if ``now`` is not after it, to which their rows are moved.
+        Takes the audit lock (PostgreSQL; SQLite has one writer at a time), held to the commit:
+        call it last but for the audit insert.
 
         A client syncs by ``_lastUpdated=gt<the last instant it saw>``, so no resource may become
-        visible with an instant at or before one a reader has seen. An instant chosen before its
-        transaction (or while another's was in flight) could commit after a later one was read,
-        and two writes in one millisecond (the instant's precision) got the same one: such records
-        were never synced. So on PostgreSQL the instant is chosen under a transaction-scoped lock
-        held to the commit (resource writes commit one at a time, in the order of their instants;
-        SQLite has one writer anyway), and it is strictly after every instant of the same types
-        (an index probe per type, ix_resources_type_last_updated). Under more than a thousand
-        writes of a type a second the instants run ahead of the clock, and catch up after."""
+        visible with an instant at or before one a reader has seen. A write chooses its instant
+        before it inserts, so one stamped earlier could commit after one stamped later was read,
+        and two in one millisecond (the instant's precision) got the same instant: such records
+        were never synced. Under the lock, resource writes commit one at a time, each stamped
+        after every one committed before it (a backwards read of ix_resources_type_last_updated
+        per type); only a write that lost that race is written again (an update of its rows), and
+        the lock is held for as little as the audit's was. Under more than a thousand writes of a
+        type a second the instants run ahead of the clock, and catch up after."""
         if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LAST_UPDATED_LOCK})
-        now = now_instant()
-        latest = [select(func.max(_r.last_updated)).where(_r.resource_type == t).scalar_subquery()
-                  for t in sorted(set(resource_types))]
-        if latest:
-            instants = [to_utc(i) for i in conn.execute(select(*latest)).one() if i is not None]
-            if instants and max(instants) >= now:
-                now = max(instants) + _MILLISECOND
-        return now
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
+        own: dict[str, list[str]] = {}
+        for new, _version in written:
+            own.setdefault(new.resource_type, []).append(new.id)
+        latest = [select(_r.last_updated).where(_r.resource_type == rtype, _r.id.not_in(ids))
+                  .order_by(_r.last_updated.desc()).limit(1).scalar_subquery() for rtype, ids in sorted(own.items())]
+        if not latest:
+            return now, documents
+        found = [to_utc(instant) for instant in conn.execute(select(*latest)).one() if instant is not None]
+        if not found or max(found) < now:
+            return now, documents
+        now = max(found) + _MILLISECOND
+        documents = [with_meta(new, version, now) for new, version in written]
+        values = [{"rt": new.resource_type, "rid": new.id, "v": version, "lu": now, "doc": EncodedJson.of(document)}
+                  for (new, version), document in zip(written, documents, strict=True)]
+        stamped = {"last_updated": bindparam("lu", type_=_r.last_updated.type),
+                   "json": bindparam("doc", type_=_r.json.type)}
+        conn.execute(update(resources).where(_r.resource_type == bindparam("rt"), _r.id == bindparam("rid"))
+                     .values(stamped), values)
+        h = resource_history.c
+        conn.execute(update(resource_history).where(h.resource_type == bindparam("rt"), h.id == bindparam("rid"),
+                                                    h.version_id == bindparam("v")).values(stamped), values)
+        return now, documents
 
-    def _insert_audit(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    def _insert_audit(self, conn: Connection, rows: Sequence[dict[str, Any]], *, locked: bool = False) -> None:
         """Insert AuditEvent rows: the last statement of their transaction.
 
         The export hands a SIEM the last sequence number it wrote, to continue after (iter_audit,
@@ -359,11 +378,13 @@ class SqlRecordStore:
         On PostgreSQL a transaction that took number 7 could commit after one that took 8 and
         was exported, and 7 was then never exported. So the numbers are taken under a
         transaction-scoped lock, held until the commit: transactions that audit commit in the
-        order of their numbers (the lock is held for the insert and the commit only). SQLite
-        has one writer at a time anyway."""
+        order of their numbers (the lock is held for the insert, the stamp of the resources written
+        with it, and the commit only). SQLite
+        has one writer at a time anyway. ``locked``: the transaction holds the lock already
+        (:meth:`_stamp`)."""
         if not rows:
             return
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name == "postgresql" and not locked:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
         self._inserts.execute(conn, audit, rows)
 
@@ -378,10 +399,10 @@ class SqlRecordStore:
         pending and due now. After the commit, each resource dict of ``unit`` carries the stored
         ``meta`` (versionId, lastUpdated).
         """
+        now = now_instant()
+        documents = [with_meta(new, 1, now) for new in unit.resources]
         run = self._inserts.execute
         with self._write() as conn:
-            now = self._write_instant(conn, (new.resource_type for new in unit.resources))
-            documents = [with_meta(new, 1, now) for new in unit.resources]
             if unit.dicom_instance is not None:  # first: a repeated SOP instance fails cheapest
                 run(conn, dicom_instances, dicom_instance_row(unit.dicom_instance, now))
                 if unit.released_uids:
@@ -400,17 +421,18 @@ class SqlRecordStore:
             if unit.outbox:
                 run(conn, outbox, [outbox_row(item, now) for item in unit.outbox])
             self._index_pseudonyms(conn, unit.resources)
-            self._insert_audit(conn, [{"recorded": now, "json": e} for e in unit.audit_events])  # last
+            now, documents = self._stamp(conn, [(new, 1) for new in unit.resources], documents, now)
+            self._insert_audit(conn, [{"recorded": now, "json": e} for e in unit.audit_events], locked=True)  # last
         for new, document in zip(unit.resources, documents, strict=True):
             new.resource["meta"] = document["meta"]
 
     def create(self, new: NewResource, audit_events: Sequence[dict[str, Any]] = ()) -> StoredResource:
         """Insert version 1 (sets meta.versionId and meta.lastUpdated). Conflict if it exists."""
+        now = now_instant()
+        document = with_meta(new, 1, now)
         with self._write() as conn:
-            now = self._write_instant(conn, (new.resource_type,))
-            document = with_meta(new, 1, now)
             self._inserts.execute(conn, resources, resource_row(new, document, 1, now))
-            self._insert_version(conn, new, document, 1, audit_events, now)
+            now, document = self._insert_version(conn, new, document, 1, audit_events, now)
         return StoredResource(new.resource_type, new.id, 1, now, document, new.facts, new.blob_sha256,
                               new.blob_range)
 
@@ -423,7 +445,6 @@ class SqlRecordStore:
         """
         key = and_(_r.resource_type == new.resource_type, _r.id == new.id)
         with self._write() as conn:
-            now = self._write_instant(conn, (new.resource_type,))  # after the current version's
             current = conn.execute(select(_r.version_id, _r.last_updated).where(key).with_for_update()).first()
             if current is None:
                 raise NotFound(f"{new.resource_type}/{new.id} does not exist")
@@ -431,6 +452,8 @@ class SqlRecordStore:
                 raise Conflict(f"version {if_match} is not the current version of "
                                f"{new.resource_type}/{new.id}")
             version = current.version_id + 1
+            # after the version a sync may have seen (_stamp compares with the other resources only)
+            now = max(now_instant(), current.last_updated + _MILLISECOND)
             document = with_meta(new, version, now)
             row = resource_row(new, document, version, now)
             del row["resource_type"], row["id"]
@@ -439,7 +462,7 @@ class SqlRecordStore:
                 raise Conflict(f"{new.resource_type}/{new.id} was changed concurrently")
             conn.execute(delete(tokens).where(tokens.c.resource_type == new.resource_type,
                                               tokens.c.id == new.id))
-            self._insert_version(conn, new, document, version, audit_events, now)
+            now, document = self._insert_version(conn, new, document, version, audit_events, now)
         return StoredResource(new.resource_type, new.id, version, now, document, new.facts, new.blob_sha256,
                               new.blob_range)
 

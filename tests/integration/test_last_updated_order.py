@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from adapter.model.record import NewResource
 from adapter.services.search_params import parse_date_param
 from adapter.store import SearchCriteria, SqlRecordStore
 from adapter.store.dates import format_instant
+from adapter.store.schema import resources
 from tests.support.postgres import postgres_schema
 
 pytestmark = pytest.mark.integration
@@ -140,5 +141,33 @@ def test_writes_in_one_millisecond_get_increasing_instants(tmp_path: Path, backe
         assert all(a < b for a, b in pairwise(instants)), instants
         seen = _sync(store, None)[:10]
         assert [id for id, _ in _sync(store, seen[-1][1])] == [f"m{n}" for n in range(10, 30)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_write_stamped_before_the_latest_instant_of_its_type_is_moved_after_it(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """The record, its history row, the document it returns and its meta.lastUpdated all carry
+    the instant it was moved to (here past a record stamped an hour ahead: as if it had committed
+    first)."""
+    url = request.getfixturevalue("database")[0] if backend == "postgresql" else f"sqlite:///{tmp_path}/a.db"
+    store = SqlRecordStore(url)
+    try:
+        store.create(_media("ahead"), audit_events=[_event("ahead")])
+        ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+        with store.engine.begin() as conn:
+            conn.execute(sa.update(resources).where(resources.c.id == "ahead").values(last_updated=ahead))
+        created = store.create(_media("late"), audit_events=[_event("late")])
+        updated = store.update(_media("late"), audit_events=[_event("late-2")])
+        assert created.last_updated == ahead + timedelta(milliseconds=1)
+        assert updated.last_updated == ahead + timedelta(milliseconds=2)
+        for stored, version in ((created, 1), (updated, 2)):
+            assert stored.resource["meta"]["lastUpdated"] == format_instant(stored.last_updated)
+            assert store.get_version("Media", "late", version)["meta"] == stored.resource["meta"]  # type: ignore[index]
+        current = store.get("Media", "late")
+        assert current is not None and current.last_updated == updated.last_updated
+        assert current.resource["meta"] == updated.resource["meta"]
+        assert [id for id, _ in _sync(store, ahead)] == ["late"]
     finally:
         store.close()
