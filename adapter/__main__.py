@@ -28,8 +28,14 @@ if TYPE_CHECKING:
 
 
 def _configure_logging(level: str) -> None:
+    """One handler, on the root logger, for every record of the process (uvicorn's loggers are
+    left unconfigured, so theirs come here too): exceptions are rendered without their messages
+    (adapter.logs), whichever library logs them."""
+    from adapter.logs import make_exceptions_safe
+
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    make_exceptions_safe()
     # httpx logs every request's full URL at INFO: a batch's entries go through it in-process
     # (adapter.api.batch), and their query strings hold patient identifiers
     for name in ("httpx", "httpcore"):
@@ -152,7 +158,10 @@ def _serve_http(settings: Settings, services: Services | None = None) -> int:
                                "http": bounded_http_protocol(settings.http_header_timeout, settings.http_body_timeout),
                                # no WebSocket route: without this uvicorn's websockets protocol answers
                                # upgrades itself, in plain text, and logs their query strings
-                               "ws": "none"}
+                               "ws": "none",
+                               # uvicorn's loggers propagate to the root logger's handler (our
+                               # format, exceptions without their messages) instead of its own
+                               "log_config": None}
     if settings.http_workers == 1:
         try:
             app = build_app(settings, services)

@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from adapter.errors import ConfigurationError
 from adapter.text import is_digits
 
+#: The log levels ADAPTER_LOG_LEVEL takes, most verbose first.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 @dataclass(frozen=True)
 class StoreOptions:
@@ -92,7 +95,7 @@ class Settings(BaseSettings):
         "generated once and kept in the data dir (pseudonym.key).")
     environment: str = Field(
         "development", description="development or production; production refuses unsafe defaults.")
-    log_level: str = Field("INFO", description="Python log level.")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
 
     # -- DICOM bridge ------------------------------------------------------------------------
     dicom_enabled: bool = Field(True, description="Run the DICOM SCP (C-ECHO, C-STORE) beside the HTTP API.")
@@ -152,6 +155,15 @@ class Settings(BaseSettings):
         if v not in {"development", "production"}:
             raise ValueError("must be 'development' or 'production'")
         return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, v: str) -> str:
+        # uvicorn's TRACE logs every request's scope (its query string: patient identifiers);
+        # unknown names crashed the start with a traceback instead of saying which setting
+        if v.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return v.upper()
 
     @property
     def resolved_database_url(self) -> str:

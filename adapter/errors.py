@@ -26,6 +26,14 @@ class AdapterError(Exception):
             self.expression = list(expression)
         self.details_code = details_code
 
+    def for_log(self) -> str:
+        """The error as a log line may hold it: its type and the elements it points at (FHIR
+        paths, DICOM tags and keywords), not its diagnostics. These are written for the caller,
+        who sent what they may quote (an IssuerOfPatientID, a value); the caller gets them in
+        the OperationOutcome or the DIMSE Error Comment, the log does not need them."""
+        where = ", ".join(self.expression)
+        return f"{type(self).__name__}{f' at {where}' if where else ''}"
+
 
 class InvalidInput(AdapterError):
     """Structurally or semantically invalid request content (FHIR 'invalid')."""

@@ -1,5 +1,10 @@
-"""Access log without patient data: method, path (no query string), status, duration, and the
-request id (adapter.api.request_id).
+"""Access log without patient data: method, route template (never the path a client sent),
+status, duration, and the request id (adapter.api.request_id).
+
+The path is not logged: DICOMweb paths hold Study, Series and SOP Instance UIDs (which some
+modalities build from the patient's ID and birth date) and a client may put anything in a FHIR
+id (``/fhir/Patient/<MRN>``). The route template (``/dicomweb/studies/{study}``) says what was
+asked; the request id ties the line to the request's AuditEvents, which name what was read.
 A plain ASGI middleware, so request bodies stream through untouched."""
 
 from __future__ import annotations
@@ -17,21 +22,16 @@ log = logging.getLogger("adapter.access")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
-def _logged_path(scope: Scope) -> str:
-    """The path as the client sent it (percent-encoding kept, bytes past ASCII escaped, at most
-    200 characters): the decoded path can hold a line break (%0A) that would forge a log line."""
-    raw = scope.get("raw_path")
-    if not isinstance(raw, bytes):
-        raw = str(scope.get("path", "")).encode("utf-8", "replace")
-    text = raw.decode("ascii", "backslashreplace")
-    text = "".join(c if " " < c < "\x7f" else f"\\x{ord(c):02x}" for c in text)
-    return text if len(text) <= 200 else text[:200] + "..."
+def route_template(scope: Scope) -> str:
+    """The matched route's template, or ``unmatched``: bounded, and nothing a client chose."""
+    return str(getattr(scope.get("route"), "path", "") or "unmatched")
 
 
 class AccessLogMiddleware(HttpMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        status: dict[str, Any] = {"code": 0}
+        # an exception that escapes the app is answered 500 by Starlette's outermost middleware
+        status: dict[str, Any] = {"code": 500}
 
         async def _send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -44,12 +44,10 @@ class AccessLogMiddleware(HttpMiddleware):
             elapsed = time.perf_counter() - start
             state = scope.get("state")
             rid = state.get("request_id", "-") if isinstance(state, dict) else "-"
-            log.info("%s %s %d %.1fms %s", scope.get("method"), _logged_path(scope), status["code"], elapsed * 1000,
-                     rid)
-            # by route template, never the path (it holds ids): bounded labels, nothing about a patient
-            route = str(getattr(scope.get("route"), "path", "") or "unmatched")
+            route = route_template(scope)
             method = str(scope.get("method") or "")
-            if method not in _METHODS:  # any token is a method to the parser: labels stay bounded
+            if method not in _METHODS:  # any token is a method to the parser: logs and labels stay bounded
                 method = "other"
+            log.info("%s %s %d %.1fms %s", method, route, status["code"], elapsed * 1000, rid)
             HTTP_RESPONSES.labels(method, route, str(status["code"])).inc()
             HTTP_SECONDS.labels(method, route).observe(elapsed)

@@ -4,8 +4,11 @@ Each association runs in its own thread (pynetdicom's acceptor thread), and ``ha
 does the durable ingest in that thread before answering: a Success status means the object
 and its FHIR record are committed (files fsynced, one database commit), as on the HTTP path.
 
-Logs name the calling AE, the peer address, SOP Class/Instance UIDs and statuses; never the
-PatientID, names or any other dataset value.
+Logs name the calling AE, the peer address, the request's Message ID, the record stored and the
+status with the error's type and the element it concerns (``AdapterError.for_log``); never a
+dataset value nor the SOP Instance UID: UIDs are built from patient IDs and birth dates by some
+modalities (PS3.15 E.1-1 replaces them for that reason), and an error's diagnostics may quote a
+value. The sender's own log ties the Message ID to its object.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def handle_store(event: Event, ingest: DicomIngestService) -> int | Dataset:
     Comment; anything outside the error hierarchy is a bug and answered with BUG_STATUS. Every
     refusal is audited once: by the ingest, or here when the request never reached it."""
     received = _received_store(event)
-    where = f"{received.calling_ae}@{received.peer_address}"
+    where = f"{received.calling_ae}@{received.peer_address}, message ID {getattr(event.request, 'MessageID', '?')}"
     try:
         try:
             _check_data_set(event)
@@ -79,20 +82,17 @@ def handle_store(event: Event, ingest: DicomIngestService) -> int | Dataset:
         result = ingest.ingest_received(received)
     except AdapterError as exc:
         status = dimse_status_for(exc)
-        log.warning("C-STORE from %s refused (0x%04X %s): SOP Instance %s, %s", where, status,
-                    type(exc).__name__, received.affected_sop_instance, exc.diagnostics)
+        log.warning("C-STORE from %s refused (0x%04X %s)", where, status, exc.for_log())
         answer = Dataset()
         answer.Status = status
         answer.ErrorComment = error_comment(exc)
         C_STORES.labels(f"0x{status:04X}").inc()
         return answer
     except Exception:
-        log.exception("C-STORE from %s failed with an unexpected error (a bug): SOP Instance %s", where,
-                      received.affected_sop_instance)
+        log.exception("C-STORE from %s failed with an unexpected error (a bug)", where)
         C_STORES.labels(f"0x{BUG_STATUS:04X}").inc()
         return BUG_STATUS
-    log.info("C-STORE from %s: SOP Instance %s %s %s", where, received.affected_sop_instance,
-             "already stored as" if result.replayed else "stored as", result.record)
+    log.info("C-STORE from %s: %s %s", where, "already stored as" if result.replayed else "stored as", result.record)
     C_STORES.labels(f"0x{SUCCESS:04X}").inc()
     INGESTS.labels("dicom", "replayed" if result.replayed else "stored").inc()
     return SUCCESS

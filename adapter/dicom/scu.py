@@ -65,6 +65,7 @@ from pynetdicom.presentation import PresentationContext
 
 from adapter.config import Settings
 from adapter.dicom.associate_pdu import NegotiationDUL
+from adapter.dicom.logs import make_pynetdicom_logs_safe
 from adapter.errors import AdapterError, ConfigurationError
 from adapter.mapping.dicom_decompress import (
     DECOMPRESSIBLE,
@@ -282,6 +283,7 @@ class StoreSCU:
 
     def __init__(self, options: ScuOptions | None = None) -> None:
         self.options = options or ScuOptions()
+        make_pynetdicom_logs_safe()  # a forwarder without the SCP: pynetdicom's records made safe too
         self._aes: dict[Destination, AE] = {}
         self._held: dict[Destination, Association] = {}
         self._known: dict[Destination, list[tuple[UID, UID]]] = {}
@@ -469,7 +471,7 @@ class StoreSCU:
             try:
                 status = assoc.send_c_store(outgoing, msg_id=message_id)
             except ValueError as exc:  # pynetdicom could not encode it: retrying will not help
-                results[i] = SendResult(uid, SendOutcome.PERMANENT, None, f"cannot encode: {exc}"[:200])
+                results[i] = SendResult(uid, SendOutcome.PERMANENT, None, f"cannot encode: {type(exc).__name__}")  # its text can quote a value
                 continue
             except (OSError, RuntimeError) as exc:
                 lost = f"association with {dest} lost: {type(exc).__name__}"

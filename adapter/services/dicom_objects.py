@@ -467,12 +467,13 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
             ingest.record_refusal(calling_ae=STOW_SENDER, peer_address=peer_address, sop_instance_uid=sop_instance,
                                   error=exc)
         status = dimse_status_for(exc)
-        log.warning("STOW-RS from %s refused (0x%04X %s): SOP Instance %s, %s", peer_address, status,
-                    type(exc).__name__, sop_instance, exc.diagnostics)
+        # neither the SOP Instance UID nor the diagnostics: either can name the patient
+        # (AdapterError.for_log); the answer's FailedSOPSequence gives the client both
+        log.warning("STOW-RS from %s refused (0x%04X %s)", peer_address, status, exc.for_log())
         return StowOutcome(sop_class, sop_instance, study, series, failure_reason=status,
                            diagnostics=exc.diagnostics)
-    log.info("STOW-RS from %s: SOP Instance %s %s %s", peer_address, sop_instance,
-             "already stored as" if result.replayed else "stored as", result.record)
+    log.info("STOW-RS from %s: %s %s", peer_address, "already stored as" if result.replayed else "stored as",
+             result.record)
     return StowOutcome(sop_class, sop_instance, study, series, record=result.record, replayed=result.replayed)
 
 

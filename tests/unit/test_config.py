@@ -52,3 +52,14 @@ def test_check_safe_refuses_a_malformed_forward_destination() -> None:
     with pytest.raises(ConfigurationError, match="ADAPTER_FORWARD_TO"):
         Settings(forward_to="ORTHANC:4242").check_safe()
     Settings(forward_to="ORTHANC@127.0.0.1:4242").check_safe()
+
+
+@pytest.mark.parametrize("level", ["TRACE", "trace", "NOTSET", "5", ""])
+def test_a_log_level_beyond_debug_or_unknown_is_refused(level: str) -> None:
+    """uvicorn's TRACE logs each request's scope, query string (patient identifiers) included;
+    TRACE, NOTSET or a number crashed the start with a traceback. Found by the operations review."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="log_level"):
+        Settings(log_level=level)
+    assert Settings(log_level="debug").log_level == "DEBUG"

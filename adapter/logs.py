@@ -1,0 +1,68 @@
+"""Log records made safe to keep: an exception is logged by where it happened, never by what
+its message says.
+
+An exception's message quotes what it failed on: ``Invalid isoformat string: '<a stored
+value>'``, a database driver's error with the statement's parameters (a patient identifier),
+pydicom's ``Invalid value for VR PN: '<a name>'``. The traceback Python's logging prints ends
+with that message (and with each chained exception's), so an unexpected error would write
+patient data into a log kept for years. :class:`SafeExceptions` sits on the handlers of the
+root logger (and uvicorn's loggers propagate to it) and renders ``exc_info`` as the frames
+(file, line, function, source line: code only) and the exception types, chained ones included.
+The bug is found from that; the values are in the database the request read.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from types import TracebackType
+
+#: How many chained exceptions (``__cause__``/``__context__``) are followed.
+MAX_CHAIN = 8
+
+
+def _types_and_frames(exc: BaseException | None, tb: TracebackType | None) -> list[str]:
+    chain: list[tuple[BaseException | None, TracebackType | None]] = []
+    seen: set[int] = set()
+    current, current_tb = exc, tb
+    while current is not None and id(current) not in seen and len(chain) < MAX_CHAIN:
+        seen.add(id(current))
+        chain.append((current, current_tb))
+        nxt = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        current, current_tb = nxt, nxt.__traceback__ if nxt is not None else None
+    lines: list[str] = []
+    for i, (link, link_tb) in enumerate(reversed(chain)):
+        if i:
+            lines.append("\nthen, while handling it or caused by it:\n")
+        lines.append("Traceback (most recent call last; exception messages are not logged):\n")
+        lines.extend(traceback.format_list(traceback.extract_tb(link_tb)))
+        kind = type(link)
+        lines.append(f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__)
+    return lines
+
+
+def exception_without_messages(exc_info: tuple[type[BaseException], BaseException, TracebackType | None]) -> str:
+    """``exc_info`` as a traceback whose every exception is named by its type only."""
+    if exc_info[1] is None:
+        return exc_info[0].__qualname__
+    return "".join(_types_and_frames(exc_info[1], exc_info[2])).rstrip("\n")
+
+
+class SafeExceptions(logging.Filter):
+    """A handler filter: the record's exception is pre-rendered without messages (the
+    formatter uses ``exc_text`` when it is set), whichever logger the record comes from."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = exception_without_messages(record.exc_info)
+        return True
+
+
+def make_exceptions_safe(logger: logging.Logger | None = None) -> None:
+    """Put :class:`SafeExceptions` on every handler of ``logger`` (the root logger); idempotent."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, SafeExceptions) for f in handler.filters):
+            handler.addFilter(SafeExceptions())
+
+
+__all__ = ["SafeExceptions", "exception_without_messages", "make_exceptions_safe"]

@@ -1,0 +1,66 @@
+"""End to end: what ``python -m adapter serve`` writes to its output, at the most verbose level the
+settings allow (DEBUG), holds none of the patient data it was sent or read: not in the access log
+(paths hold DICOM UIDs and whatever a client put in an id), not in the C-STORE and STOW-RS lines,
+not in pynetdicom's DEBUG dump of each DIMSE message, and not in the traceback of an unexpected
+error (its message quoted the stored value it failed on). Found by the operations review."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import require_or_skip
+from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
+from tests.support.dicom_files import jpeg, sc_file
+from tests.support.server import running_adapter
+
+MRN = "90417733"
+FAMILY, GIVEN, BIRTH = "Vandersloot", "Hermione", "19470314"
+NOTE, COLLEAGUE = "Zebulon laceration", "Xanthippe Quarrington"
+# a UID of the kind some modalities build: root, then the patient's ID and birth date
+STUDY = f"1.2.826.0.1.3680043.9.{MRN}.{BIRTH}"
+SECRETS = (MRN, FAMILY, GIVEN, BIRTH, NOTE, "Zebulon", "Quarrington")
+TREAT = {"X-Purpose-Of-Use": "TREAT"}
+
+
+def test_debug_logs_hold_no_patient_data(tmp_path: Path) -> None:
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+    with running_adapter(tmp_path, ready=lambda s: echoscu(s.dicom_port, "ADAPTER", calling_aet="STORESCU",
+                                                           check=False).returncode == 0,
+                         ADAPTER_LOG_LEVEL="DEBUG", ADAPTER_DICOM_ALLOWED_AE_TITLES="STORESCU") as server:
+        meta = {"patient": {"system": "urn:oid:2.999.1.1", "value": MRN}, "kind": "clinical",
+                "source": "colleague-internal", "note": NOTE, "consent": {"purposes": ["TREAT"], "method": "verbal"},
+                "colleague": {"name": COLLEAGUE, "organisation": "Other Trust", "discussionNote": NOTE}}
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            posted = http.post("/photos", files={"file": ("p.jpg", jpeg(), "image/jpeg"),
+                                                 "metadata": (None, json.dumps(meta), "application/json")})
+            assert posted.status_code == 201, posted.text
+            media_id = posted.json()["record"].split("/")[1]
+            assert http.get(f"/fhir/Patient/{MRN}", headers=TREAT).status_code == 404  # an id a client chose
+            # C-STORE: names, birth date and UIDs naming the patient; and a refusal quoting its issuer
+            stored, refused = tmp_path / "stored.dcm", tmp_path / "refused.dcm"
+            for path, uid, issuer in ((stored, f"{STUDY}.1.1", "HOSP"), (refused, f"{STUDY}.1.2", f"{FAMILY}ISSUER")):
+                sc_file(path, PatientID=MRN, PatientName=f"{FAMILY}^{GIVEN}", PatientBirthDate=BIRTH,
+                        StudyInstanceUID=STUDY, SeriesInstanceUID=f"{STUDY}.1", SOPInstanceUID=uid,
+                        IssuerOfPatientID=issuer)
+            assert storescu(server.dicom_port, "ADAPTER", [stored]).returncode == 0
+            storescu(server.dicom_port, "ADAPTER", [refused], check=False)  # refused: 0xC000
+            # DICOMweb: the study's UID in the path, names in the query
+            assert http.get(f"/dicomweb/studies/{STUDY}/series", headers=TREAT).status_code == 200
+            assert http.get("/dicomweb/studies", params={"PatientName": f"{FAMILY}*"}, headers=TREAT).status_code == 200
+            # an unexpected error whose message quotes a stored value (a damaged row)
+            with sqlite3.connect(tmp_path / "data" / "adapter.db") as db:
+                db.execute("UPDATE resources SET last_updated = ? WHERE resource_type = 'Media' AND id = ?",
+                           (f"{FAMILY} {MRN}", media_id))
+        failed = httpx.get(f"{server.url}/fhir/Media/{media_id}", headers=TREAT, timeout=30)
+        assert failed.status_code == 500
+    logged = server.log.read_text()
+    leaked = [(secret, line) for line in logged.splitlines() for secret in SECRETS if secret in line]
+    assert not leaked, leaked[:5]
+    assert "unexpected error (ValueError)" in logged and "Traceback" in logged  # the bug is still located
+    assert "DEBUG pynetdicom" in logged and "refused (0xC000" in logged  # the level was DEBUG
+    assert "GET /fhir/{resource_type}/{id} 500" in logged  # the access log names the route and the status
