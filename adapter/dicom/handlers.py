@@ -17,13 +17,14 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
 
 from adapter.dicom.spool import BoundedSpool
 from adapter.dicom.status import BUG_STATUS, SUCCESS, dimse_status_for, error_comment
-from adapter.errors import AdapterError, InvalidInput, PayloadTooLarge
+from adapter.errors import AdapterError, InvalidInput, PayloadTooLarge, Transient
 from adapter.metrics import ASSOCIATIONS, C_STORES, INGESTS
 from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
 
@@ -65,15 +66,19 @@ def _check_data_set(event: Event) -> None:
         raise PayloadTooLarge(f"the object is larger than {spool.limit} bytes")
 
 
-def handle_store(event: Event, ingest: DicomIngestService) -> int | Dataset:
+def handle_store(event: Event, ingest: DicomIngestService, stopping: threading.Event | None = None) -> int | Dataset:
     """C-STORE (Storage Service Class, PS3.4 Annex B): ingest the received object durably, then
     answer. Refusals go through the one status table (adapter.dicom.status) with an Error
     Comment; anything outside the error hierarchy is a bug and answered with BUG_STATUS. Every
-    refusal is audited once: by the ingest, or here when the request never reached it."""
+    refusal is audited once: by the ingest, or here when the request never reached it. Once the
+    SCP is ``stopping`` nothing is ingested any more (0xA700, to be sent again): an ingest started
+    then could be cut off by the store closing after its sender was told it failed."""
     received = _received_store(event)
     where = f"{received.calling_ae}@{received.peer_address}, message ID {getattr(event.request, 'MessageID', '?')}"
     try:
         try:
+            if stopping is not None and stopping.is_set():
+                raise Transient("the SCP is stopping: send the object again later")
             _check_data_set(event)
         except AdapterError as exc:
             ingest.record_refusal(calling_ae=received.calling_ae, peer_address=received.peer_address,

@@ -434,7 +434,11 @@ class _DIMSE(DIMSEServiceProvider):
 
 class _Association(Association):
     """pynetdicom's acceptor loop, waiting on the message queue instead of sleeping 1 ms
-    between looks; everything it checks, and in which order, is pynetdicom's."""
+    between looks; everything it checks, and in which order, is pynetdicom's. ``in_request``
+    is true while a request is being served, from the moment it is taken from the queue until
+    its answer is queued for sending."""
+
+    in_request = False
 
     def _run_reactor(self) -> None:
         sock = self.dul.socket
@@ -477,7 +481,13 @@ class _Association(Association):
             except queue.Empty:
                 context_id, msg = None, None
             if msg and context_id is not None:
-                self._serve_request(msg, context_id)
+                # until the answer is queued for the DUL: StoreSCP.stop waits for it (the DUL sends
+                # what is queued before it reads the end of the connection)
+                self.in_request = True
+                try:
+                    self._serve_request(msg, context_id)
+                finally:
+                    self.in_request = False
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
                 pynetdicom_log.info("Association Released")
@@ -638,6 +648,7 @@ class StoreSCP:
         self._ae: _ApplicationEntity | None = None
         self._server: Any = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()  # set by stop(): C-STOREs are refused from then on
 
     def _build_ae(self) -> _ApplicationEntity:
         o = self.options
@@ -671,11 +682,12 @@ class StoreSCP:
             # validation warnings quote the value (a name, an ID) into the logs. Process-wide too.
             pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
             ae = self._build_ae()
+            self._stopping.clear()
             handlers: list[Any] = [
                 (evt.EVT_CONN_OPEN, handle_conn_open),
                 (evt.EVT_CONN_CLOSE, handle_conn_close),
                 (evt.EVT_C_ECHO, handle_echo),
-                (evt.EVT_C_STORE, handle_store, [self._ingest]),
+                (evt.EVT_C_STORE, handle_store, [self._ingest, self._stopping]),
             ]
             try:
                 self._server = ae.start_server((self.options.host, self.options.port), block=False,
@@ -705,14 +717,29 @@ class StoreSCP:
         return self._server is not None
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop listening, abort open associations and wait (up to ``timeout`` seconds in all)
-        for their threads, so an ingest under way finishes before the store is closed."""
+        """Stop listening, let each C-STORE being ingested finish and its answer go out, then
+        abort the open associations and wait (up to ``timeout`` seconds in all) for their
+        threads, so that no ingest is cut off by the store being closed.
+
+        A sender must never be told an object failed that was stored, nor the reverse. Aborting
+        at once (as before) sent A-ABORT while an object that had arrived whole was still being
+        ingested: storescu reported the store failed, and the object was stored a moment later.
+        So: from now on every C-STORE is refused (0xA700, nothing stored; ``handle_store``), an
+        association serving a request is waited for until its answer is queued (the DUL sends it
+        before the A-ABORT queued after it), and only then are the associations aborted. An
+        object still arriving is cut off (the connection closed: nothing of it is stored)."""
         with self._lock:
-            ae, self._ae, self._server = self._ae, None, None
+            ae, server, self._ae, self._server = self._ae, self._server, None, None
         if ae is None:
             return
         deadline = time.monotonic() + timeout
+        self._stopping.set()
+        with contextlib.suppress(Exception):  # no new associations (ae.shutdown() below also stops it)
+            server.shutdown()
         associations = list(ae.active_associations)
+        for assoc in associations:
+            while getattr(assoc, "in_request", False) and assoc.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
         ae.shutdown()
         for assoc in associations:
             # a DUL thread waiting inside a PDU hears nothing of the abort until its read times

@@ -1,0 +1,127 @@
+"""End to end: SIGTERM to ``python -m adapter serve`` while a photo upload (sent in two parts) and
+a C-STORE are in flight. Each sender is told the truth: Success (a receipt, a C-STORE-RSP) for
+what is stored, a failure or a dropped connection for what is not; the process exits by the
+signal within a bounded time, and a restart on the same data dir serves everything stored, with
+``verify --digests`` finding no problem. Found by the operations review: the SCP aborted every
+association at once, so an object that had arrived whole was stored while storescu reported
+"Peer aborted Association" instead of its Success."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pydicom
+
+from tests.conftest import ROOT, require_or_skip
+from tests.support.app import PATIENT
+from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
+from tests.support.dicom_files import jpeg, native_sc_file
+from tests.support.server import running_adapter
+
+TREAT = {"X-Purpose-Of-Use": "TREAT"}
+
+
+def _photo_request() -> tuple[bytes, bytes]:
+    meta = json.dumps({"patient": PATIENT, "kind": "clinical", "source": "clinician",
+                       "consent": {"purposes": ["TREAT"], "method": "verbal"}}).encode()
+    body = (b'--XX\r\nContent-Disposition: form-data; name="metadata"\r\nContent-Type: application/json\r\n\r\n'
+            + meta + b'\r\n--XX\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + jpeg(320, 240, noise=True) + b"\r\n--XX--\r\n")
+    head = (f"POST /photos HTTP/1.1\r\nHost: adapter\r\nContent-Type: multipart/form-data; boundary=XX\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head, body
+
+
+def _answer(sock: socket.socket) -> bytes:
+    sock.settimeout(30)
+    answer = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def _wait_until_spooled(staging: Path, size: int, timeout: float = 30) -> None:
+    """Until a staged file (the C-STORE's data set being received) holds the whole object."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sizes = [f.stat().st_size for f in staging.glob("*") if f.is_file()] if staging.is_dir() else []
+        if sizes and max(sizes) >= size - 4096:  # the file meta is not spooled
+            return
+        time.sleep(0.02)
+    raise AssertionError("the object was not received")
+
+
+def _exits(pid: int, within: float) -> bool:
+    """Whether ``pid`` (a child not waited for yet) is gone or a zombie within ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_with_an_upload_and_a_c_store_in_flight(tmp_path: Path) -> None:
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+    big = tmp_path / "big.dcm"
+    rows, columns = 1500, 2000  # native RGB noise: its lossless PNG keeps the ingest busy about a second
+    sent = native_sc_file(big, os.urandom(rows * columns * 3), rows, columns)
+    head, body = _photo_request()
+    env = {"ADAPTER_DICOM_ALLOWED_AE_TITLES": "STORESCU", "ADAPTER_HTTP_BODY_TIMEOUT": "5"}
+    ready = lambda s: echoscu(s.dicom_port, "ADAPTER", calling_aet="STORESCU", check=False).returncode == 0
+    with running_adapter(tmp_path, ready=ready, **env) as server:
+        upload = socket.create_connection(("127.0.0.1", server.http_port))
+        upload.sendall(head + body[: len(body) // 2])
+        results: dict[str, subprocess.CompletedProcess[str]] = {}
+        sender = threading.Thread(target=lambda: results.setdefault("c-store", storescu(
+            server.dicom_port, "ADAPTER", [big], jpeg=False, check=False, extra=["-v"])))
+        sender.start()
+        _wait_until_spooled(tmp_path / "data" / "staging", big.stat().st_size)
+        os.killpg(server.pid, signal.SIGTERM)  # the C-STORE is being ingested, the upload half sent
+        time.sleep(0.5)
+        upload.sendall(body[len(body) // 2:])
+        answer = _answer(upload)
+        upload.close()
+        sender.join(60)
+        assert _exits(server.pid, within=40), "the adapter did not exit within 40 s of SIGTERM"
+    c_store = results["c-store"].stdout + results["c-store"].stderr
+    stored_said = "Received Store Response (Success)" in c_store
+    receipt = json.loads(answer.split(b"\r\n\r\n", 1)[1]) if answer.startswith(b"HTTP/1.1 201") else None
+    assert receipt is None or receipt["safeToDeleteFromDevice"] is True, answer[:300]
+
+    with running_adapter(tmp_path, ready=ready, **env) as again, httpx.Client(base_url=again.url, timeout=30) as http:
+        found = http.get("/fhir/Media", params={"identifier": f"urn:dicom:uid|urn:oid:{sent.SOPInstanceUID}"},
+                         headers=TREAT).json().get("total")
+        assert found == (1 if stored_said else 0), c_store[-1500:]
+        assert stored_said, c_store[-1500:]  # it had arrived whole: it is stored, and the sender was told so
+        everything = http.get("/fhir/Media", params={"patient:identifier": f"{PATIENT['system']}|{PATIENT['value']}"},
+                              headers=TREAT).json()["total"]
+        assert everything == found + (receipt is not None)  # nothing stored that its sender was not told of
+        assert receipt is not None, answer[:300]  # the upload in flight was served to the end
+        image = http.get(f"/fhir/{receipt['binary']}", headers={**TREAT, "Accept": "image/*"})
+        assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"
+    verify = subprocess.run([sys.executable, "-m", "adapter", "verify", "--digests"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=False,
+                            env={**os.environ, "ADAPTER_DATA_DIR": str(tmp_path / "data")})
+    assert verify.returncode == 0 and " 0 problem(s)" in verify.stdout, verify.stdout + verify.stderr
+    assert pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID == sent.SOPInstanceUID
