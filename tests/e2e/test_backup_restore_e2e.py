@@ -1,0 +1,95 @@
+"""End to end: the README's SQLite backup and restore, run as written while ``python -m adapter serve``
+ingests photos. The restored data folder passes ``verify --digests``, and every receipt issued before
+the backup began is served by an adapter started on it (operations review drill)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT
+from tests.support.app import PATIENT
+from tests.support.dicom_files import jpeg
+from tests.support.server import running_adapter
+
+TREAT = {"X-Purpose-Of-Use": "TREAT"}
+
+
+def _readme_commands() -> tuple[str, str, str]:
+    """The backup's two commands and the restore's file copy, as the README gives them."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Backup, restore, verify"):readme.index("### Removing images")]
+    database = re.search(r"^\.venv/bin/python -c \"import sqlite3;.*$", section, re.MULTILINE)
+    files = re.search(r"^rsync -a data/blobs/ /backup/blobs/.*$", section, re.MULTILINE)
+    restore = re.search(r"^rsync -a /backup/blobs/ restored/blobs/.*$", section, re.MULTILINE)
+    assert database and files and restore, "the README's backup commands moved"
+    return database.group(0), files.group(0), restore.group(0)
+
+
+def _post(url: str, n: int) -> httpx.Response:
+    meta = {"patient": PATIENT, "kind": "clinical", "source": "clinician",
+            "consent": {"purposes": ["TREAT"], "method": "verbal"}}
+    return httpx.post(f"{url}/photos", timeout=30, files={
+        "file": ("p.jpg", jpeg(96, 64, shade=n % 250, noise=n % 2 == 0), "image/jpeg"),
+        "metadata": (None, json.dumps(meta), "application/json")})
+
+
+def test_the_readme_backup_taken_while_ingesting_restores_whole(tmp_path: Path) -> None:
+    backup_db, backup_files, restore_files = _readme_commands()
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    python = sys.executable
+    here = lambda command: (command.replace(".venv/bin/python", python)
+                            .replace("/backup/", f"{backup}/").replace("restored/", f"{tmp_path}/restored/"))
+    receipts: list[tuple[float, dict]] = []
+    stop = threading.Event()
+    with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false") as server:
+        def ingest() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                started = time.time()
+                answer = _post(server.url, n)
+                assert answer.status_code == 201, answer.text
+                receipts.append((started, answer.json()))
+        for n in range(3):
+            receipts.append((time.time(), _post(server.url, 1000 + n).json()))
+        ingesting = threading.Thread(target=ingest)
+        ingesting.start()
+        try:
+            time.sleep(0.5)
+            began = time.time()
+            subprocess.run(here(backup_db), shell=True, cwd=tmp_path, check=True, timeout=60)
+            time.sleep(0.5)  # photos stored between the database copy and the files
+            subprocess.run(here(backup_files), shell=True, cwd=tmp_path, check=True, timeout=60)
+        finally:
+            stop.set()
+            ingesting.join(60)
+    before = [receipt for started, receipt in receipts if started < began]
+    assert len(before) >= 3 and len(receipts) > len(before)
+
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    shutil.copy2(backup / "adapter.db", restored / "adapter.db")
+    subprocess.run(here(restore_files), shell=True, cwd=tmp_path, check=True, timeout=60)
+    env = {**os.environ, "ADAPTER_DATA_DIR": str(restored)}
+    verify = subprocess.run([python, "-m", "adapter", "verify", "--digests"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert verify.returncode == 0 and " 0 problem(s)" in verify.stdout, verify.stdout + verify.stderr
+    workdir = tmp_path / "again"
+    workdir.mkdir()
+    with running_adapter(workdir, ADAPTER_DATA_DIR=str(restored), ADAPTER_DICOM_ENABLED="false") as again, \
+            httpx.Client(base_url=again.url, headers=TREAT, timeout=30) as http:
+        for receipt in before:
+            assert http.get(f"/fhir/{receipt['record']}").status_code == 200, receipt
+            image = http.get(f"/fhir/{receipt['binary']}", headers={"Accept": "image/*"})
+            assert image.status_code == 200 and image.content[:2] == b"\xff\xd8", receipt
