@@ -106,7 +106,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error (%s)", type(exc).__name__)
-        return fhir_response(operation_outcome("fatal", "exception", "internal error"), 500)
+        # Starlette raises the exception again once this answer is sent, and uvicorn then closes
+        # the connection: said here, a client's pool does not send its next request into a
+        # connection being closed (an integration engine's next message failed with a reset)
+        return fhir_response(operation_outcome("fatal", "exception", "internal error"), 500,
+                             headers={"Connection": "close"})
 
 
 def allowed_methods(request: Request) -> list[str]:
