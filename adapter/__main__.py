@@ -161,7 +161,11 @@ def _serve_http(settings: Settings, services: Services | None = None) -> int:
                                "ws": "none",
                                # uvicorn's loggers propagate to the root logger's handler (our
                                # format, exceptions without their messages) instead of its own
-                               "log_config": None}
+                               "log_config": None,
+                               # at SIGTERM, requests under way get as long as a stalled upload
+                               # would, then are cancelled (nothing stored that was not committed):
+                               # an upload trickling a byte now and then held the stop for ever
+                               "timeout_graceful_shutdown": settings.http_body_timeout}
     if settings.http_workers == 1:
         try:
             app = build_app(settings, services)

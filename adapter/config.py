@@ -85,7 +85,8 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600, description="Seconds an upload may go without sending anything while its body is "
         "read (each wait, not the whole upload; a stalled one is answered 408, stores nothing and its "
         "connection is closed); also how long a client may read nothing of its answer, and how long the rest "
-        "of a body answered unread (a refusal) may take, before the connection is closed.")
+        "of a body answered unread (a refusal) may take, before the connection is closed; and how long requests "
+        "under way get to finish at a stop (SIGTERM) before they are cancelled.")
     min_free_mb: int = Field(
         128, ge=0, description="Free space (MiB) the data folder keeps for the database and the audit trail: "
         "an image that would leave less is refused (HTTP 507, DIMSE 0xA700), while reads, consent changes and "

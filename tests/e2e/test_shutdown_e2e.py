@@ -8,6 +8,7 @@ association at once, so an object that had arrived whole was stored while stores
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -125,3 +126,24 @@ def test_sigterm_with_an_upload_and_a_c_store_in_flight(tmp_path: Path) -> None:
                             env={**os.environ, "ADAPTER_DATA_DIR": str(tmp_path / "data")})
     assert verify.returncode == 0 and " 0 problem(s)" in verify.stdout, verify.stdout + verify.stderr
     assert pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID == sent.SOPInstanceUID
+
+
+def test_sigterm_with_an_upload_trickling_in_ends_within_the_body_timeout(tmp_path: Path) -> None:
+    """An upload that sends a byte now and then never stalls for ADAPTER_HTTP_BODY_TIMEOUT, and
+    uvicorn waited for it without limit: the stop took as long as the client wished. It now gets
+    the body timeout, is cancelled, and nothing of it is stored."""
+    head, body = _photo_request()
+    with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false", ADAPTER_HTTP_BODY_TIMEOUT="2") as server, \
+            socket.create_connection(("127.0.0.1", server.http_port)) as upload:
+        upload.sendall(head + body[:300])
+        os.killpg(server.pid, signal.SIGTERM)
+        deadline, sent = time.monotonic() + 12, 300
+        with contextlib.suppress(OSError):
+            while time.monotonic() < deadline and not _exits(server.pid, within=0.4):
+                upload.sendall(body[sent:sent + 1])  # every 0.4 s: never a stall of 2 s
+                sent += 1
+        assert _exits(server.pid, within=0.1), "the stop waited for the trickling upload"
+    verify = subprocess.run([sys.executable, "-m", "adapter", "verify"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, check=False, env={**os.environ, "ADAPTER_DATA_DIR": str(tmp_path / "data")})
+    assert verify.returncode == 0 and verify.stdout.startswith("0 reference(s) to 0 stored image(s)"), verify.stdout
+    assert not list((tmp_path / "data" / "staging").iterdir())
