@@ -7,7 +7,8 @@ characters escaped, the message cut at :data:`MAX_MESSAGE` characters, and a tra
 to the exception's type (its text quotes the same values). Identifiers of C-FIND and the like
 are not logged at all (``_config.LOG_REQUEST_IDENTIFIERS``, set by the SCP). At DEBUG it prints
 each DIMSE message's SOP Instance UID, received and sent: the value is replaced (some modalities
-build UIDs from the patient's ID and birth date; PS3.15 E.1-1 treats them as identifying).
+build UIDs from the patient's ID and birth date; PS3.15 E.1-1 treats them as identifying), and
+each A-ASSOCIATE-RQ with its User Identity: a passcode is replaced too.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import logging
 import re
 
 MAX_MESSAGE = 300
-#: pynetdicom's "Affected SOP Instance UID     : 1.2.3..." (and Requested, in N- services)
-_INSTANCE_UID = re.compile(r"(Instance UID\s*:).*", re.IGNORECASE | re.DOTALL)
+#: pynetdicom's "Affected SOP Instance UID     : 1.2.3..." (and Requested, in N- services), and
+#: the "Password: [...]" of a User Identity (PS3.7 D.3.3.7) in its A-ASSOCIATE-RQ dump
+_REDACTED = re.compile(r"((?:Instance UID|Password)\s*:).*", re.IGNORECASE | re.DOTALL)
 
 
 def _escaped(text: str) -> str:
@@ -36,7 +38,7 @@ class SafeRecords(logging.Filter):
         record.exc_info = None
         record.exc_text = None
         record.stack_info = None
-        message = _escaped(_INSTANCE_UID.sub(r"\1 (not logged)", message))
+        message = _escaped(_REDACTED.sub(r"\1 (not logged)", message))
         record.msg = message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "..."
         record.args = ()
         return True

@@ -24,6 +24,7 @@ from tests.conftest import record_emitted, wait_until
 from tests.support.app import adapter_client
 from tests.support.audit import patients, sop_instance_uids
 from tests.support.dicom_raw import (
+    A_ASSOCIATE_AC,
     A_RELEASE_RP,
     A_RELEASE_RQ,
     P_DATA_TF,
@@ -36,6 +37,7 @@ from tests.support.dicom_raw import (
     read_pdu,
     response_status,
     store_command,
+    sub_item,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("pynetdicom_config")]
@@ -272,3 +274,20 @@ def test_data_on_a_presentation_context_never_accepted_is_aborted_and_not_stored
         assert closed_or_aborted(sock)
     assert services.store.find_dicom_instance(uid) is None
     _still_serving(scp.port)
+
+
+def test_a_peers_user_identity_passcode_is_never_logged(scp: StoreSCP, caplog: pytest.LogCaptureFixture) -> None:
+    """At DEBUG pynetdicom dumps every A-ASSOCIATE-RQ, a User Identity's username and passcode in
+    clear (PS3.7 D.3.3.7, type 2). Found by the operations review."""
+    caplog.set_level(logging.DEBUG)
+    username, passcode = b"pacs-user", b"S3cret-passcode"
+    identity = (bytes([2, 0]) + struct.pack(">H", len(username)) + username
+                + struct.pack(">H", len(passcode)) + passcode)
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as sock:
+        sock.sendall(associate_rq(user_items=sub_item(0x58, identity)))
+        assert read_pdu(sock)[0] == A_ASSOCIATE_AC
+        sock.sendall(A_RELEASE_RQ)
+        read_pdu(sock)
+    time.sleep(0.2)
+    assert "Requested User Identity Negotiation" in caplog.text  # the dump was logged
+    assert "S3cret-passcode" not in caplog.text
