@@ -797,8 +797,9 @@ class DicomIngestService:
                 _sender_context(calling_ae, peer_address), error=error, reason=reason, patient=patient,
                 dicom=DicomAudit.transferred(*([study] if study else []), instances=instances))
         except Exception as exc:  # noqa: BLE001 - the refusal stands whatever the audit store does
-            log.error("could not audit the refusal of SOP Instance %s from %s (%s)", sop_instance_uid,
-                      calling_ae, type(exc).__name__)
+            # not the SOP Instance UID: some modalities build it from the patient's ID and birth date
+            log.error("could not audit the refusal of an object from %s@%s (%s)", calling_ae, peer_address,
+                      type(exc).__name__)
 
     def _ingest(self, received: ReceivedStore, known: _Known) -> DicomIngestResult:
         self._check_request(received)
