@@ -49,6 +49,14 @@ def test_debug_logs_hold_no_patient_data(tmp_path: Path) -> None:
                         IssuerOfPatientID=issuer)
             assert storescu(server.dicom_port, "ADAPTER", [stored]).returncode == 0
             storescu(server.dicom_port, "ADAPTER", [refused], check=False)  # refused: 0xC000
+            # STOW-RS: one stored, one refused (its study is not the URL's)
+            stowed = tmp_path / "stowed.dcm"
+            sc_file(stowed, PatientID=MRN, PatientName=f"{FAMILY}^{GIVEN}", PatientBirthDate=BIRTH,
+                    StudyInstanceUID=STUDY, SeriesInstanceUID=f"{STUDY}.2", SOPInstanceUID=f"{STUDY}.2.1")
+            part = b"--P\r\nContent-Type: application/dicom\r\n\r\n" + stowed.read_bytes() + b"\r\n--P--\r\n"
+            stow = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=P'}
+            assert http.post(f"/dicomweb/studies/{STUDY}9", content=part, headers=stow).status_code == 409
+            assert http.post("/dicomweb/studies", content=part, headers=stow).status_code == 200
             # DICOMweb: the study's UID in the path, names in the query
             assert http.get(f"/dicomweb/studies/{STUDY}/series", headers=TREAT).status_code == 200
             assert http.get("/dicomweb/studies", params={"PatientName": f"{FAMILY}*"}, headers=TREAT).status_code == 200
