@@ -306,14 +306,16 @@ class SqlRecordStore:
 
     def _index_pseudonyms(self, conn: Connection, resources_written: Sequence[NewResource]) -> None:
         """The pseudonyms of the patients these resources name, in the writing transaction (see
-        index_pseudonyms); a patient indexed already is skipped."""
+        index_pseudonyms); a patient indexed already is skipped. In the patients' order, as
+        index_pseudonyms inserts them: two transactions inserting the same patients in opposite
+        orders would each wait for the other's uncommitted row (PostgreSQL: a deadlock)."""
         if self._pseudonym_of is None:
             return
         patients = {r.index.patient for r in resources_written if r.index.patient is not None}
         if patients:
             conn.execute(self._insert_pseudonyms, [
                 {"pseudonym": self._pseudonym_of(p), "patient_system": p.system, "patient_value": p.value}
-                for p in patients])
+                for p in sorted(patients, key=lambda p: (p.system, p.value))])
 
     def _insert_version(self, conn: Connection, new: NewResource, document: dict[str, Any], version_id: int,
                         audit_events: Sequence[dict[str, Any]], now: datetime) -> tuple[datetime, dict[str, Any]]:
@@ -819,7 +821,9 @@ class SqlRecordStore:
                                                          _p.patient_value == _r.patient_value))
         ).where(_r.patient_system.is_not(None), _r.patient_value.is_not(None), _p.pseudonym.is_(None))
         with self._read() as conn:
-            patients = [Identifier(system=s, value=v) for s, v in conn.execute(missing)]
+            # in the order every writer inserts them (_index_pseudonyms), whatever the scan's
+            patients = sorted((Identifier(system=s, value=v) for s, v in conn.execute(missing)),
+                              key=lambda p: (p.system, p.value))
         if not patients:
             return 0
         rows = [{"pseudonym": pseudonym_of(p), "patient_system": p.system, "patient_value": p.value}
