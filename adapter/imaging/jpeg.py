@@ -281,10 +281,12 @@ class StrippedJpeg:
 def strip_jpeg(data: bytes, *, max_pixels: int | None = None, check_decoding: bool = False) -> Stripped:
     """Keep what decoding and colour need, drop every metadata segment (standards.md §5.3).
 
-    Kept: JFIF APP0 (its thumbnail zeroed), APP2 ICC_PROFILE, APP14 Adobe and every
-    non-APPn marker segment with the entropy-coded data. Dropped: APP1 Exif and XMP, APP2 MPF,
-    APP13 Photoshop/IPTC, any other APPn, COM, reserved JPGn, fill and extraneous bytes, and
-    anything after EOI. An EXIF Orientation other than 1 comes back as a minimal APP1 Exif
+    Kept: JFIF APP0 (its thumbnail zeroed), APP2 ICC_PROFILE, APP14 Adobe and the marker
+    segments decoding reads (SOFn, DQT, DHT, DAC, DRI, SOS) with the entropy-coded data.
+    Dropped: APP1 Exif and XMP, APP2 MPF, APP13 Photoshop/IPTC, any other APPn, COM, DNL, the
+    segments of reserved markers (RESn, JPG, JPGn) and of hierarchical DHP/EXP (libjpeg reads
+    none of them: their payload could be anything), fill and extraneous bytes, and anything
+    after EOI. An EXIF Orientation other than 1 comes back as a minimal APP1 Exif
     holding only 0x0112, right after JFIF (or SOI).
     """
     stripped = strip_jpeg_segments(data, max_pixels=max_pixels, check_decoding=check_decoding)
@@ -328,10 +330,10 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
                 removed.append("data after APP14 Adobe")
         elif marker == DNL:
             removed.append("DNL")  # the height is in the frame header (DNL-defined heights are refused)
-        elif 0xE0 <= marker <= 0xEF or marker == COM or 0xF0 <= marker <= 0xFD:
-            removed.append(_segment_name(marker, payload))
-        else:
+        elif marker in _DECODING_MARKERS:
             kept.append((marker, view[seg.start:seg.end]))
+        else:  # APPn, COM, and what no decoder reads (reserved RESn, JPG, JPGn, DHP, EXP)
+            removed.append(_segment_name(marker, payload))
     if layout.extraneous:
         removed.append("extraneous bytes between segments")
     if layout.trailer:
@@ -712,6 +714,8 @@ def _segment_name(marker: int, payload: memoryview) -> str:
         return "COM"
     if 0xF0 <= marker <= 0xFD:
         return f"JPG{marker - 0xF0} segment"
+    if not 0xE0 <= marker <= 0xEF:
+        return f"reserved marker 0xFF{marker:02X} segment"
     if marker == APP0 and payload[:5] == _JFXX:
         return "JFXX thumbnail"
     if marker == APP1 and any(payload[:len(x)] == x for x in _XMP):

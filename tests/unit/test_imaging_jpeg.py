@@ -496,3 +496,19 @@ def test_an_icc_profile_padded_with_zeros_is_kept_and_one_padded_with_text_is_no
         crafted = _after_soi(base, segment(0xE2, b"ICC_PROFILE\x00\x01\x01" + ms.srgb_icc() + padding))
         _, stored = run(tmp_path, crafted)
         assert (b"ICC_PROFILE" in stored) is kept and LEAK not in stored
+
+
+@pytest.mark.parametrize("marker", [0x03, 0xBF, 0xC8, 0xDE, 0xDF])
+def test_reserved_and_hierarchical_marker_segments_are_dropped(marker: int) -> None:
+    """Found by the fuzz/ harness (fuzz_jpeg): a segment of a reserved marker (RESn 0x02-0xBF,
+    JPG 0xC8) or of hierarchical DHP/EXP was kept whole by the walk without check_decoding, which
+    is how a received DICOM frame becomes its FHIR Binary (adapter.imaging.frame), so its payload
+    rode along. libjpeg reads none of them (JERR_UNKNOWN_MARKER): they are dropped like JPGn."""
+    from adapter.imaging.frame import encapsulated_jpeg
+
+    base = jpeg(Image.new("RGB", (64, 48), (120, 80, 40)), quality=90)
+    crafted = _after_soi(base, segment(marker, LEAK))
+    stripped = jpeg_module.strip_jpeg(crafted)
+    assert LEAK not in stripped.data and stripped.data == base
+    assert f"reserved marker 0xFF{marker:02X} segment" in stripped.removed
+    assert LEAK not in encapsulated_jpeg(crafted).join()
