@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from adapter.errors import UndecodableImage
 from adapter.imaging.exif import parse_exif
-from adapter.imaging.jpeg import APP0, APP1, APP2, APP14, SOF_MARKERS, strip_jpeg_segments, walk
+from adapter.imaging.jpeg import APP0, APP1, APP2, APP14, SOF_MARKERS, SOS, strip_jpeg_segments, walk
 from adapter.imaging.png import walk as walk_png
 from adapter.imaging.sniff import JPEG, PNG, check_declared
 
@@ -67,10 +67,12 @@ def jpeg_frame_info(data: bytes) -> JpegFrameInfo:
     adobe: int | None = None
     sof: tuple[int, int, int] | None = None
     for seg in layout.segments:
+        if seg.marker == SOS:  # libjpeg has chosen the colour space by the first scan
+            break
         payload = data[seg.start + 4:seg.end]
-        if seg.marker == APP0 and payload[:5] == _JFIF:
+        if seg.marker == APP0 and payload[:5] == _JFIF and len(payload) >= 14:  # jdmarker.c examine_app0
             jfif = True
-        elif seg.marker == APP14 and payload[:5] == _ADOBE and len(payload) >= 12 and adobe is None:
+        elif seg.marker == APP14 and payload[:5] == _ADOBE and len(payload) >= 12:  # the last one counts
             adobe = payload[11]
         elif seg.marker in SOF_MARKERS and sof is None:
             sof = (seg.marker, seg.start, seg.end)

@@ -286,8 +286,14 @@ def strip_jpeg(data: bytes, *, max_pixels: int | None = None, check_decoding: bo
     Dropped: APP1 Exif and XMP, APP2 MPF, APP13 Photoshop/IPTC, any other APPn, COM, DNL, the
     segments of reserved markers (RESn, JPG, JPGn) and of hierarchical DHP/EXP (libjpeg reads
     none of them: their payload could be anything), fill and extraneous bytes, and anything
-    after EOI. An EXIF Orientation other than 1 comes back as a minimal APP1 Exif
-    holding only 0x0112, right after JFIF (or SOI).
+    after EOI. An EXIF Orientation other than 1 comes back as a minimal APP1 Exif holding only
+    0x0112, right after JFIF (or SOI).
+
+    JFIF, Adobe APP14 and EXIF count as decoders read them: libjpeg decides the colour transform
+    from the JFIF and Adobe markers it has met when it reaches the first SOS (the *last* Adobe
+    APP14 before it), and Pillow reads EXIF only before it too. So the Adobe APP14 kept is the
+    last one before the first scan, and a JFIF, Adobe or EXIF segment after it is dropped, not
+    moved ahead of the scan, where it would change the decoded colours or the orientation.
     """
     stripped = strip_jpeg_segments(data, max_pixels=max_pixels, check_decoding=check_decoding)
     return Stripped(stripped.join(), stripped.width, stripped.height, stripped.removed, stripped.exif)
@@ -303,17 +309,18 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
     removed: list[str] = []
     exif: ExifSummary | None = None
     jfif: bytes | None = None
-    kept: list[tuple[int, bytes | memoryview]] = []
-    adobe_seen = False
+    kept: list[tuple[int, bytes | memoryview] | None] = []
+    adobe_at: int | None = None  # where in ``kept`` the Adobe APP14 libjpeg uses is
+    scanned = False  # past the first SOS: what decoders read of the header is read
     icc_ok = _icc_profile_is_whole(view, layout.segments)
     for seg in layout.segments:
         payload = view[seg.start + 4:seg.end]
         marker = seg.marker
-        if marker == APP0 and payload[:5] == _JFIF and jfif is None and len(payload) >= 14:
+        if marker == APP0 and payload[:5] == _JFIF and jfif is None and len(payload) >= 14 and not scanned:
             jfif = _jfif_without_thumbnail(bytes(payload), removed)
         elif marker == APP1 and payload[:5] == _EXIF:
             removed.append("EXIF")
-            if exif is None:
+            if exif is None and not scanned:  # Pillow and browsers read EXIF before the first scan only
                 exif = parse_exif(bytes(payload[6:]))
                 removed.extend(exif.categories)
         elif marker == APP2 and payload[:12] == _ICC:
@@ -321,8 +328,11 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
                 kept.append((marker, view[seg.start:seg.end]))
             else:
                 removed.append("APP2 ICC_PROFILE that is no ICC profile")
-        elif marker == APP14 and payload[:5] == _ADOBE and not adobe_seen and len(payload) >= _ADOBE_LENGTH:
-            adobe_seen = True
+        elif marker == APP14 and payload[:5] == _ADOBE and len(payload) >= _ADOBE_LENGTH and not scanned:
+            if adobe_at is not None:  # libjpeg and Pillow take the transform of the last one
+                kept[adobe_at] = None
+                removed.append("APP14 Adobe overridden by a later one")
+            adobe_at = len(kept)
             if len(payload) == _ADOBE_LENGTH:
                 kept.append((marker, view[seg.start:seg.end]))
             else:  # its 12 bytes, not what follows them (libjpeg reads no more)
@@ -334,6 +344,7 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
             kept.append((marker, view[seg.start:seg.end]))
         else:  # APPn, COM, and what no decoder reads (reserved RESn, JPG, JPGn, DHP, EXP)
             removed.append(_segment_name(marker, payload))
+        scanned = scanned or marker == SOS
     if layout.extraneous:
         removed.append("extraneous bytes between segments")
     if layout.trailer:
@@ -345,32 +356,39 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
     if exif is not None and exif.orientation not in (None, 1):
         assert exif.orientation is not None
         head.append((APP1, _segment(APP1, b"Exif\x00\x00" + orientation_only_tiff(exif.orientation))))
-    return StrippedJpeg(tuple(head + kept), layout.width, layout.height, tuple(dict.fromkeys(removed)), exif,
-                        layout.frame, layout.scans)
+    segments = tuple(head + [part for part in kept if part is not None])
+    return StrippedJpeg(segments, layout.width, layout.height, tuple(dict.fromkeys(removed)), exif, layout.frame,
+                        layout.scans)
 
 
 def strip_jpeg_to_pixels_only(data: bytes) -> bytes:
     """Keep only what decoding needs: SOI, DQT, DHT, DAC, DRI, SOFn, SOS with its entropy-coded
-    data, DNL, EOI; plus APP14 Adobe (its transform flag decides the colour conversion) and,
-    if the input had one, a canonical JFIF APP0 (libjpeg infers YCbCr from JFIF's presence, so
-    removing it could change the decoded colours of some streams). ICC, EXIF (Orientation
-    included), every other APPn and COM are dropped."""
+    data, EOI; plus APP14 Adobe (its transform flag decides the colour conversion) and, if the
+    input had one, a canonical JFIF APP0 (libjpeg infers YCbCr from JFIF's presence, so removing
+    it could change the decoded colours of some streams), each chosen as
+    :func:`strip_jpeg_segments` chooses it. ICC, EXIF (Orientation included), DNL, every other
+    APPn and COM are dropped."""
     layout = walk(data)
     view = memoryview(data)
-    jfif = adobe = False
-    parts: list[memoryview | bytes] = [b"\xff\xd8"]
+    jfif = scanned = False
+    adobe_at: int | None = None
+    parts: list[memoryview | bytes | None] = [b"\xff\xd8"]
     for seg in layout.segments:
         payload = view[seg.start + 4:seg.end]
-        if seg.marker == APP0 and payload[:5] == _JFIF and not jfif and len(payload) >= 14:
+        if seg.marker == APP0 and payload[:5] == _JFIF and not jfif and len(payload) >= 14 and not scanned:
             jfif = True
             parts.insert(1, _segment(APP0, _CANONICAL_JFIF))
-        elif seg.marker == APP14 and payload[:5] == _ADOBE and not adobe and len(payload) >= _ADOBE_LENGTH:
-            adobe = True
+            adobe_at = None if adobe_at is None else adobe_at + 1
+        elif seg.marker == APP14 and payload[:5] == _ADOBE and len(payload) >= _ADOBE_LENGTH and not scanned:
+            if adobe_at is not None:  # the last one counts (strip_jpeg_segments)
+                parts[adobe_at] = None
+            adobe_at = len(parts)
             parts.append(_segment(APP14, bytes(payload[:_ADOBE_LENGTH])))
         elif seg.marker in _DECODING_MARKERS and seg.marker != DNL:
             parts.append(view[seg.start:seg.end])
+        scanned = scanned or seg.marker == SOS
     parts.append(b"\xff\xd9")
-    return b"".join(parts)
+    return b"".join(part for part in parts if part is not None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,3 +96,23 @@ def test_a_broken_stream_is_refused() -> None:
         encapsulated_jpeg(data[:len(data) // 2])
     with pytest.raises(UndecodableImage):
         encapsulated_jpeg(b"not a jpeg at all")
+
+
+def test_frame_info_reads_the_colour_signalling_as_libjpeg_does() -> None:
+    """Fuzzing review: the colour model was taken from the first Adobe APP14 anywhere and from a
+    JFIF APP0 anywhere, but libjpeg takes the last Adobe APP14 before the first scan and looks at
+    nothing after it (jdapimin.c default_decompress_parms runs at the first SOS)."""
+    from adapter.imaging.frame import jpeg_frame_info
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 90)).save(buf, "JPEG", progressive=True)
+    parts = [buf.getvalue()[s.start:s.end] for s in walk(buf.getvalue()).segments if s.marker != 0xE0]
+    ycbcr, rgb = (segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00" + bytes([t])) for t in (1, 0))
+    first_scan = next(i for i, part in enumerate(parts) if part[:2] == b"\xff\xda") + 2
+    jfif = segment(0xE0, b"JFIF\x00\x01\x02\x00\x00\x01\x00\x01\x00\x00")
+    crafted = b"\xff\xd8" + ycbcr + rgb + b"".join(parts[:first_scan]) + jfif + ycbcr \
+        + b"".join(parts[first_scan:]) + b"\xff\xd9"
+    info = jpeg_frame_info(crafted)
+    assert (info.jfif, info.adobe_transform, info.colour) == (False, 0, "RGB")
+    with Image.open(io.BytesIO(crafted)) as im:
+        assert im.info["adobe_transform"] == 0  # Pillow reads it so too

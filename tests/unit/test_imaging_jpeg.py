@@ -512,3 +512,42 @@ def test_reserved_and_hierarchical_marker_segments_are_dropped(marker: int) -> N
     assert LEAK not in stripped.data and stripped.data == base
     assert f"reserved marker 0xFF{marker:02X} segment" in stripped.removed
     assert LEAK not in encapsulated_jpeg(crafted).join()
+
+
+def _without_jfif(data: bytes) -> list[bytes]:
+    """The segments of ``data`` (entropy-coded data included) without its JFIF APP0."""
+    return [data[s.start:s.end] for s in walk(data).segments if s.marker != 0xE0]
+
+
+ADOBE_RGB = segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x00")      # transform 0: no colour conversion
+ADOBE_YCBCR = segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01")    # transform 1: YCbCr
+
+
+@pytest.mark.parametrize("order", ["YCbCr then RGB", "RGB then YCbCr"])
+def test_the_last_adobe_app14_before_the_scan_is_the_one_kept(tmp_path: Path, order: str) -> None:
+    """Found by the fuzzing review: with two Adobe APP14 segments the first was kept, but libjpeg
+    (and Pillow) take the transform of the last one, so the stored photo and its de-identified
+    copy decoded to other colours than the upload."""
+    base = _without_jfif(jpeg(Image.new("RGB", (16, 16), (200, 30, 90)), quality=90))
+    first, last = (ADOBE_YCBCR, ADOBE_RGB) if order == "YCbCr then RGB" else (ADOBE_RGB, ADOBE_YCBCR)
+    crafted = b"\xff\xd8" + first + last + b"".join(base) + b"\xff\xd9"
+    _, stored = run(tmp_path, crafted)
+    assert np.array_equal(pixels(stored), pixels(crafted))
+    assert np.array_equal(pixels(strip_to_pixels_only(crafted, "image/jpeg")), pixels(crafted))
+    assert stored.count(b"Adobe") == 1 and last in stored
+
+
+def test_jfif_and_adobe_after_the_first_scan_are_dropped_not_moved_ahead(tmp_path: Path) -> None:
+    """Found by the fuzzing review: a JFIF APP0 between the scans of a progressive JPEG was moved
+    to the head of the stored photo, where libjpeg reads it before the first scan and decodes as
+    YCbCr what it had decoded as RGB (an Adobe transform 0); an Adobe APP14 there would have been
+    the one kept. Decoders read both only before the first scan: they are dropped."""
+    base = _without_jfif(jpeg(Image.new("RGB", (16, 16), (200, 30, 90)), progressive=True))
+    jfif = segment(0xE0, b"JFIF\x00\x01\x02\x00\x00\x01\x00\x01\x00\x00")
+    first_scan = next(i for i, part in enumerate(base) if part[:2] == b"\xff\xda") + 2  # after SOS and its data
+    crafted = b"\xff\xd8" + ADOBE_RGB + b"".join(base[:first_scan]) + jfif + ADOBE_YCBCR \
+        + b"".join(base[first_scan:]) + b"\xff\xd9"
+    _, stored = run(tmp_path, crafted)
+    assert np.array_equal(pixels(stored), pixels(crafted))
+    assert np.array_equal(pixels(strip_to_pixels_only(crafted, "image/jpeg")), pixels(crafted))
+    assert b"JFIF" not in stored and stored.count(b"Adobe") == 1
