@@ -130,7 +130,8 @@ USUAL_ICC_NAMES = frozenset({b"ICC Profile", b"ICC profile", b"icc", b"ICC", b"s
 
 def _well_formed(ctype: bytes, payload: memoryview, colour_type: int, palette: int) -> bool:
     """Is a colour/rendering chunk no longer than its definition (so that nothing rides behind
-    its fields)? An ill-formed one is dropped: decoders ignore it anyway (§5.4)."""
+    its fields)? An ill-formed one is dropped: decoders ignore it anyway (§5.4). tRNS, which
+    changes decoded pixels, is cut to its length instead (:func:`_trns`)."""
     n = len(payload)
     if ctype in _FIXED_LENGTH:
         return n == _FIXED_LENGTH[ctype]
@@ -138,11 +139,24 @@ def _well_formed(ctype: bytes, payload: memoryview, colour_type: int, palette: i
         return n == _SBIT_LENGTH.get(colour_type, -1)
     if ctype == b"bKGD":
         return n == _BKGD_LENGTH.get(colour_type, -1)
-    if ctype == b"tRNS":
-        return 0 < n <= palette if colour_type == 3 else n == _TRNS_LENGTH.get(colour_type, -1)
     if ctype == b"hIST":
         return palette > 0 and n == 2 * palette
     return True
+
+
+def _trns(payload: memoryview, colour_type: int, palette: int) -> memoryview | None:
+    """The tRNS data to keep (§11.3.2.1: one alpha per palette entry at most, 2 bytes for
+    greyscale, 6 for truecolour; none for colour types 4 and 6), or None to drop the chunk.
+
+    A tRNS longer than its definition is cut to it rather than dropped: Pillow (the decode proof,
+    the renderings) reads its start and makes those pixels transparent, so dropping it changed
+    the decoded pixels; what follows is read by nothing. (libpng ignores an over-long tRNS as
+    "invalid": a non-conforming PNG that decoders render differently; the stored one is
+    conforming and renders everywhere as Pillow rendered the upload.)"""
+    if colour_type == 3:
+        return payload[:palette] if payload and palette else None
+    length = _TRNS_LENGTH.get(colour_type)
+    return payload[:length] if length is not None and len(payload) >= length else None
 
 
 def _canonical_iccp(payload: memoryview) -> bytes | None:
@@ -257,6 +271,15 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
                     removed.append("PNG iCCP profile name")
                 else:
                     kept.append(view[chunk.start:chunk.end])
+            elif chunk.type == b"tRNS":
+                trns = _trns(payload, colour_type, palette)
+                if trns is None:
+                    removed.append("PNG tRNS (ill-formed)")
+                elif len(trns) == len(payload):
+                    kept.append(view[chunk.start:chunk.end])
+                else:
+                    kept.append(_chunk(b"tRNS", bytes(trns)))
+                    removed.append("PNG tRNS data after its defined length")
             elif _well_formed(chunk.type, payload, colour_type, palette):
                 kept.append(view[chunk.start:chunk.end])
             else:
@@ -288,6 +311,12 @@ def strip_png_to_pixels_only(data: bytes) -> bytes:
         if chunk.type == b"IDAT":
             parts.extend(image)  # at the first IDAT, all of them
             image = []
+        elif chunk.type == b"tRNS":
+            _check_crc(view, chunk)
+            trns = _trns(view[chunk.start + 8:chunk.end - 4], colour_type, palette)
+            if trns is not None:  # cut to its defined length, as in strip_png
+                parts.append(view[chunk.start:chunk.end] if len(trns) == chunk.end - chunk.start - 12
+                             else _chunk(b"tRNS", bytes(trns)))
         elif chunk.type in CRITICAL or (chunk.type in PIXELS_ONLY_ANCILLARY and _well_formed(
                 chunk.type, view[chunk.start + 8:chunk.end - 4], colour_type, palette)):
             _check_crc(view, chunk)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -357,3 +358,28 @@ def test_image_data_inflating_past_the_image_is_refused_without_inflating_it_all
         png_module.strip_png(png)
     with pytest.raises(UndecodableImage, match="inflates to more"):
         png_module.strip_png_to_pixels_only(png)
+
+
+def _rgba(data: bytes) -> bytes:
+    """The pixels as Pillow shows them, transparency applied."""
+    with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
+        warnings.simplefilter("ignore")  # Pillow's advice to convert a palette with alphas: what this does
+        return bytes(im.convert("RGBA").tobytes())
+
+
+@pytest.mark.parametrize("colour_type", [3, 2, 0])
+def test_an_over_long_trns_is_cut_to_its_length_not_dropped(tmp_path: Path, colour_type: int) -> None:
+    """Found by the fuzzing review: a tRNS longer than its definition (more alphas than palette
+    entries, more than 6 bytes for truecolour, 2 for greyscale) was dropped as ill-formed, but
+    Pillow reads its start and shows those pixels transparent, so the stored photo and its
+    de-identified copy turned them opaque. It is kept, cut to its defined length."""
+    samples = {3: 1, 2: 3, 0: 1}[colour_type]
+    rows = b"".join(b"\x00" + bytes(4 * samples) for _ in range(3))
+    plte = chunk(b"PLTE", b"\x00\x00\x00") if colour_type == 3 else b""  # one entry
+    alphas = {3: b"\x00", 2: bytes(6), 0: bytes(2)}[colour_type]
+    crafted = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 3, 8, colour_type, 0, 0, 0)) + plte
+               + chunk(b"tRNS", alphas + LEAK) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    _, stored = run(tmp_path, crafted)
+    for out in (stored, strip_to_pixels_only(crafted, "image/png")):
+        assert LEAK[:8] not in out
+        assert _rgba(out) == _rgba(crafted) and _rgba(crafted)[3] == 0  # transparent, as uploaded
