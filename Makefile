@@ -7,7 +7,7 @@ PEERS_DIR ?= $(CURDIR)/.peers
 export PEERS_DIR
 export FHIRVAL_DIR ?= $(PEERS_DIR)/fhirval
 
-.PHONY: run test venv venv-test peers lint samples bench clean
+.PHONY: run test venv venv-test peers lint samples bench fuzz clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -43,9 +43,14 @@ samples: venv
 bench: venv-test peers
 	$(BIN)/python benchmarks/ingest.py --start -n 300 -c 8
 
+# Coverage-guided fuzzing of the parsers (fuzz/README.md): not part of `make test`.
+fuzz: venv-test
+	$(BIN)/pip install -q atheris
+	bash fuzz/run.sh
+
 lint: venv-test
 	$(BIN)/pip install -q ruff mypy types-PyYAML
-	$(BIN)/ruff check adapter tests
+	$(BIN)/ruff check adapter tests fuzz
 	$(BIN)/mypy
 
 clean:
