@@ -316,7 +316,9 @@ class MultipartParser:
                 else:
                     end = data.find(b"\r\n\r\n", pos)
                     if end < 0 or end - pos > HEADER_LIMIT:
-                        if end >= 0 or n - pos > HEADER_LIMIT:
+                        # without the blank line, refused only once it could not end within the
+                        # limit: up to 3 of its bytes may be here, the rest in the next chunk
+                        if end >= 0 or n - pos > HEADER_LIMIT + 3:
                             raise _malformed(f"part headers longer than {HEADER_LIMIT} bytes")
                         self._buffer = data[pos:]
                         return

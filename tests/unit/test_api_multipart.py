@@ -153,6 +153,18 @@ def test_headers_over_the_limit(tmp_path: Path) -> None:
         parse(pieces(data, 1000), tmp_path)
 
 
+def test_headers_at_the_limit_are_accepted_however_the_body_is_cut(tmp_path: Path) -> None:
+    """Found by the fuzzing review (chunking-independence invariant of fuzz_multipart): part
+    headers of exactly HEADER_LIMIT bytes were accepted when the blank line ending them arrived in
+    the same chunk, and refused as too long when a chunk ended inside it."""
+    head = f"--{B}\r\n".encode()
+    headers = b'Content-Disposition: form-data; name="metadata"\r\nX-Pad: '
+    headers += b"a" * (HEADER_LIMIT - len(headers))
+    data = head + headers + b"\r\n\r\n" + META + f"\r\n--{B}--".encode()
+    for cut in range(len(head) + HEADER_LIMIT - 1, len(head) + HEADER_LIMIT + 5):
+        assert parse([data[:cut], data[cut:]], tmp_path).fields == {"metadata": META}
+
+
 def test_wrong_content_type_or_boundary(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedMediaType):
         parse([body()], tmp_path, content_type="application/json")
