@@ -64,6 +64,13 @@ _NOT_FILL = re.compile(rb"[^\xff]")
 #: data. A camera's JPEG has a few dozen, a progressive one a few more; every one is walked
 #: here, in Python, holding the GIL: 50 MB of empty COM segments took about a minute.
 MAX_MARKERS = 4096
+#: Scans one JPEG may have. libjpeg entropy-decodes every scan over every block of the image
+#: whatever the scale of the decode, even a scan without data: 4000 empty AC scans (~90 KB)
+#: behind a 12 MP frame header cost ~4 s of CPU in the decode proof, ~25 s at the 80 MP the
+#: policy allows. Encoders write up to a few dozen (libjpeg's progression: 10; mozjpeg's
+#: optimised ones more); libjpeg-turbo's own scan limit for untrusted input (TJPARAM_SCANLIMIT,
+#: djpeg -maxscans) is there for the same reason.
+MAX_SCANS = 100
 #: Scan data is searched for marker candidates with numpy (when installed) in blocks of this
 #: many bytes (cache-sized: the block's temporaries stay in L2), from this much data on.
 _NP_BLOCK = 64 * 1024
@@ -157,8 +164,9 @@ def walk(data: bytes, *, max_pixels: int | None = None, check_decoding: bool = F
 
     Raises :class:`UndecodableImage` for a stream that is structurally broken or truncated,
     and :class:`ImageTooLarge` as soon as the frame header claims more than ``max_pixels``,
-    before any decoding. With ``check_decoding``, also for marker segments libjpeg would refuse
-    (module docstring); the layout then carries the parsed frame and scan headers.
+    before any decoding, and for more than :data:`MAX_SCANS` scans (each costs a pass over the
+    whole image in any decode). With ``check_decoding``, also for marker segments libjpeg would
+    refuse (module docstring); the layout then carries the parsed frame and scan headers.
     """
     n = len(data)
     if n < 4 or data[0] != 0xFF or data[1] != SOI:
@@ -168,7 +176,7 @@ def walk(data: bytes, *, max_pixels: int | None = None, check_decoding: bool = F
     pos = 2
     extraneous = False
     checker = _DecodingChecker(data) if check_decoding else None
-    markers = 0
+    markers = scans = 0
     while True:
         if pos >= n:
             raise UndecodableImage("JPEG ends before EOI (truncated)")
@@ -210,6 +218,9 @@ def walk(data: bytes, *, max_pixels: int | None = None, check_decoding: bool = F
         if marker == SOS:
             if not width:
                 raise UndecodableImage("JPEG scan before the frame header")
+            scans += 1
+            if scans > MAX_SCANS:
+                raise UndecodableImage(f"JPEG has more than {MAX_SCANS} scans")
             scan_end = _scan_end(data, end)
             segments.append(Segment(ECS, end, scan_end))
             pos = scan_end

@@ -551,3 +551,25 @@ def test_jfif_and_adobe_after_the_first_scan_are_dropped_not_moved_ahead(tmp_pat
     assert np.array_equal(pixels(stored), pixels(crafted))
     assert np.array_equal(pixels(strip_to_pixels_only(crafted, "image/jpeg")), pixels(crafted))
     assert b"JFIF" not in stored and stored.count(b"Adobe") == 1
+
+
+def _with_empty_ac_scans(count: int) -> bytes:
+    """A progressive greyscale JPEG with ``count`` more AC scans (Ss=1, Se=63), each without data."""
+    base = jpeg(Image.new("L", (64, 48), 128), progressive=True)
+    segments = walk(base).segments
+    last_scan = max(i for i, s in enumerate(segments) if s.marker == 0xDA)
+    empty_scan = b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x01\x00" + b"\x01\x3f\x00" + b"\x00"
+    return (b"\xff\xd8" + b"".join(base[s.start:s.end] for s in segments[:last_scan]) + empty_scan * count
+            + b"".join(base[s.start:s.end] for s in segments[last_scan:]) + b"\xff\xd9")
+
+
+def test_a_flood_of_scans_is_refused_before_decoding(tmp_path: Path) -> None:
+    """Found by the fuzzing review (the CPU bound the harnesses check with -timeout and slow-unit
+    reports): libjpeg decodes every scan over every block of the image, empty or not, and at any
+    scale, so 4000 empty AC scans (~90 KB) behind a 12 MP frame header cost ~4 s of CPU in the
+    decode proof (and ~25 s at 80 MP). More than MAX_SCANS scans are refused by the walk."""
+    scans = sum(1 for s in walk(_with_empty_ac_scans(0)).segments if s.marker == 0xDA)
+    (tmp_path / "limit").mkdir()
+    run(tmp_path / "limit", _with_empty_ac_scans(jpeg_module.MAX_SCANS - scans))  # at the limit: stored
+    error = refuse(tmp_path, _with_empty_ac_scans(jpeg_module.MAX_SCANS - scans + 1), UndecodableImage)
+    assert f"more than {jpeg_module.MAX_SCANS} scans" in str(error)
