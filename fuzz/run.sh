@@ -4,6 +4,7 @@
 # FUZZ_DIR: the work folder (corpora, artifacts, logs); default a new one under $TMPDIR. The
 # harnesses write nowhere else (each runs with the work folder as its current directory).
 set -uo pipefail
+export PYTHONDONTWRITEBYTECODE=1  # no __pycache__ in the source tree either
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 python=${PYTHON:-$root/.venv/bin/python}

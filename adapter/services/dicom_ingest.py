@@ -653,11 +653,13 @@ def _check_dataset(ds: Dataset, *, file_meta: bool) -> None:
         try:
             element = ds[tag]
             items = element.value if element.VR == "SQ" else ()
-        except (*_MALFORMED, OSError) as exc:
+        except (*_MALFORMED, OSError, AttributeError) as exc:
             if isinstance(exc, OSError) and exc.errno is not None:  # the file, not its content
                 raise StorageError("the received dataset could not be read") from exc
             # pydicom raises a bare OSError ("No tag to read at file position ...") for a sequence
-            # whose items do not parse
+            # whose items do not parse, and AttributeError ("Failed to resolve ambiguous VR") for
+            # an implicit VR "US or SS" element without the PixelRepresentation that decides it
+            # (found by fuzzing): here, reading one element, either is the content's fault
             raise InvalidInput(f"the element {_where(tag)} cannot be read ({type(exc).__name__})",
                                expression=_where(tag)) from exc
         # Under a VR its tag does not allow, an element could not be rewritten (the file meta, on

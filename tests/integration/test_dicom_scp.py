@@ -343,6 +343,26 @@ def test_pixel_data_without_a_lossless_rendering_is_not_a_sop_class_refusal(
     stored_nothing(services, ds.SOPInstanceUID, services.settings.data_dir)
 
 
+def test_an_element_whose_ambiguous_vr_cannot_be_resolved_is_cannot_understand(
+        scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    """Found by the fuzzing review (fuzz_dicom): in implicit VR, an "US or SS" element such as
+    SmallestImagePixelValue is resolved by pydicom from PixelRepresentation; without one (and with
+    pixel data) pydicom raises AttributeError, which check_elements did not expect, so the SCP
+    answered with BUG_STATUS (0xC211, kept for its own bugs) instead of Cannot Understand.
+    Nothing is stored."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    path = tmp_path / "ambiguous.dcm"
+    ds = native_sc_file(path, bytes(4 * 4 * 3), rows=4, columns=4)
+    del ds.PixelRepresentation
+    ds.add_new(0x00280106, "US", 0)  # SmallestImagePixelValue, sent as two bytes: the VR is not on the wire
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True, implicit_vr=True, little_endian=True)
+    status = pynet_store(scp.port, path, chunked=True)
+    assert status.Status == CANNOT_UNDERSTAND, hex(status.Status)
+    stored_nothing(services, ds.SOPInstanceUID, services.settings.data_dir)
+
+
 def test_the_same_sop_instance_twice_creates_one_record(scp: StoreSCP, client: FhirClient, services: Services,
                                                         tmp_path: Path) -> None:
     need_dcmtk()
