@@ -82,7 +82,7 @@ def decode_reduced(data: bytes, content_type: str, *, proof: str = "full") -> De
             jpeg_quality = None
             if isinstance(im, JpegImagePlugin.JpegImageFile):
                 jpeg_quality = estimate_jpeg_quality(im.quantization)
-                scale = dct_scale(width, height)
+                scale = _dct_scale(width, height)
                 im.draft("L", (width // scale, height // scale))
             im.load()
             sharpness = _sharpness(im if im.mode == "L" else _to_grey(im))
@@ -102,7 +102,7 @@ def decode_jpeg_prefix(stripped: StrippedJpeg) -> Decoded:
     frame = stripped.frame
     if frame is None:
         raise ValueError("the JPEG was not walked with check_decoding")
-    scale = dct_scale(stripped.width, stripped.height)
+    scale = _dct_scale(stripped.width, stripped.height)
     stream = decode_stream(stripped, budget=PREFIX_SCAN_BYTES, dc_preview=scale == 8,
                            whole_up_to=int(WHOLE_SCAN_BYTES_PER_PIXEL * stripped.width * stripped.height))
     try:
@@ -120,6 +120,16 @@ def decode_jpeg_prefix(stripped: StrippedJpeg) -> Decoded:
     except DECODE_ERRORS as exc:
         raise UndecodableImage("the JPEG image does not decode") from exc
     return Decoded(width, height, sharpness, jpeg_quality)
+
+
+def _dct_scale(width: int, height: int) -> int:
+    """:func:`dct_scale` (chosen from the long side), halved until the short side keeps a pixel:
+    asked for a draft 0 pixels high, Pillow divides by it (found by fuzzing: a 2048x1 JPEG was a
+    500). Pillow then decodes at exactly this scale, which the DC preview relies on."""
+    scale = dct_scale(width, height)
+    while scale > 1 and min(width, height) < scale:
+        scale //= 2
+    return scale
 
 
 def _to_grey(im: Image.Image) -> Image.Image | None:

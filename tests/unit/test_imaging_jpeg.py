@@ -573,3 +573,14 @@ def test_a_flood_of_scans_is_refused_before_decoding(tmp_path: Path) -> None:
     run(tmp_path / "limit", _with_empty_ac_scans(jpeg_module.MAX_SCANS - scans))  # at the limit: stored
     error = refuse(tmp_path, _with_empty_ac_scans(jpeg_module.MAX_SCANS - scans + 1), UndecodableImage)
     assert f"more than {jpeg_module.MAX_SCANS} scans" in str(error)
+
+
+@pytest.mark.parametrize("proof", ["prefix", "full"])
+@pytest.mark.parametrize("size", [(2048, 1), (3, 2400)])
+def test_a_photo_thinner_than_its_dct_scale_is_stored(tmp_path: Path, proof: str, size: tuple[int, int]) -> None:
+    """Found by the fuzzing review (fuzz_sanitize): the decode proof asked Pillow for a draft of
+    (width // scale, height // scale), which is 0 on the short side of a 2048x1 photo (the scale
+    is chosen from the long side), and Pillow divided by it: a ZeroDivisionError, an HTTP 500."""
+    data = jpeg(Image.new("RGB", size, (120, 80, 40)))
+    facts, stored = run(tmp_path, data, quality=Quality(decodeProof=proof))
+    assert (facts.width, facts.height) == size and np.array_equal(pixels(stored), pixels(data))
