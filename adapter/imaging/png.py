@@ -58,8 +58,9 @@ class PngLayout:
 def walk(data: bytes, *, max_pixels: int | None = None) -> PngLayout:
     """Walk the chunks from the signature to IEND (§5.3, §5.6).
 
-    Raises :class:`UndecodableImage` for a broken or truncated stream or an unknown critical
-    chunk, and :class:`ImageTooLarge` as soon as IHDR claims more than ``max_pixels``.
+    Raises :class:`UndecodableImage` for a broken or truncated stream, an unknown critical
+    chunk or a palette image without its palette, and :class:`ImageTooLarge` as soon as IHDR
+    claims more than ``max_pixels``.
     """
     n = len(data)
     if not data.startswith(PNG_SIGNATURE):
@@ -68,6 +69,7 @@ def walk(data: bytes, *, max_pixels: int | None = None) -> PngLayout:
     chunks: list[Chunk] = []
     width = height = 0
     ancillary = 0
+    palette_needed = False
     while True:
         if pos + 12 > n:
             raise UndecodableImage("PNG ends before IEND (truncated)")
@@ -90,6 +92,14 @@ def walk(data: bytes, *, max_pixels: int | None = None) -> PngLayout:
                 raise UndecodableImage("PNG IHDR has an invalid size")
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {max_pixels}")
+            palette_needed = data[pos + 17] == 3
+        elif ctype == b"PLTE":
+            palette_needed = False
+        elif ctype == b"IDAT" and palette_needed:
+            # §11.2.2: PLTE shall appear, before IDAT, for colour type 3. libpng refuses the image
+            # ("Missing PLTE before IDAT"); Pillow makes up a greyscale palette, with a tRNS
+            # that strip_png could not size (found by fuzzing: its transparency was dropped).
+            raise UndecodableImage("PNG palette image has no palette (PLTE) before its image data")
         elif ctype[0] & 0x20 == 0 and ctype not in CRITICAL:
             raise UndecodableImage(f"PNG has an unknown critical chunk {ctype.decode('ascii')}")
         elif ctype[0] & 0x20:

@@ -383,3 +383,19 @@ def test_an_over_long_trns_is_cut_to_its_length_not_dropped(tmp_path: Path, colo
     for out in (stored, strip_to_pixels_only(crafted, "image/png")):
         assert LEAK[:8] not in out
         assert _rgba(out) == _rgba(crafted) and _rgba(crafted)[3] == 0  # transparent, as uploaded
+
+
+def test_a_palette_image_without_its_palette_is_refused(tmp_path: Path) -> None:
+    """Found by the fuzzing review (fuzz_png): a colour type 3 PNG without PLTE (which §11.2.2
+    requires, and libpng refuses to decode) was stored; Pillow decodes it with a made-up
+    greyscale palette and applies its tRNS, which the strip dropped as longer than the (missing)
+    palette, so the stored photo lost its transparency."""
+    rows = b"".join(b"\x00" + bytes([3, 0, 3, 1]) for _ in range(2))
+    crafted = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 2, 8, 3, 0, 0, 0))
+               + chunk(b"tRNS", b"\xff\xff\xff\x00") + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    with Image.open(io.BytesIO(crafted)) as im:
+        im.load()  # Pillow decodes it
+    error = refuse(tmp_path, crafted, UndecodableImage)
+    assert "no palette" in str(error)
+    with pytest.raises(UndecodableImage):
+        strip_to_pixels_only(crafted, "image/png")
