@@ -26,7 +26,9 @@ _TMP: Path | None = None
 
 
 def temp_dir() -> Path:
-    """This process's temporary folder, removed at exit (with everything the harness wrote)."""
+    """This process's temporary folder, removed at exit (with everything the harness wrote).
+    libFuzzer ends the process without running ``atexit`` when it stops (time limit, crash):
+    ``fuzz/run.sh`` points TMPDIR into its work folder, so the folder is left there."""
     global _TMP
     if _TMP is None:
         _TMP = Path(tempfile.mkdtemp(prefix="adapter-fuzz-"))

@@ -15,7 +15,9 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(jpeg png exif sanitize dicom multipart)
 
 "$python" -c "import atheris" 2>/dev/null || { echo "atheris is missing: $python -m pip install atheris" >&2; exit 2; }
-mkdir -p "$work"
+mkdir -p "$work/tmp"
+# the harnesses' temporary folders too: libFuzzer ends the process without Python's atexit
+export TMPDIR="$work/tmp"
 "$python" "$here/seeds.py" "$work/seeds" || exit 2
 failed=()
 for target in "${targets[@]}"; do
