@@ -123,12 +123,21 @@ def png_seeds() -> dict[str, bytes]:
 
 
 def exif_seeds() -> dict[str, bytes]:
-    seeds = {"exif-gps.tiff": _exif(), "exif-plain.tiff": _exif(1, gps=False)}
+    """TIFF structures, as parse_exif takes them (without the APP1 ``Exif\\0\\0`` that
+    Pillow's ``Exif.tobytes`` puts first)."""
     big = Image.Exif()
     big[0x0112] = 3
     big[0x8769] = {0x9003: "2024:03:01 09:16:02", 0x9011: "+01:00", 0x9291: "12", 0xA431: "SN123", 0xA430: "Owner"}
     big[0x013B] = "artist"
-    seeds["exif-subifd.tiff"] = bytes(big.tobytes())
+    seeds = {"exif-gps.tiff": _exif(), "exif-plain.tiff": _exif(1, gps=False), "exif-subifd.tiff": bytes(big.tobytes())}
+    seeds = {name: tiff.removeprefix(b"Exif\x00\x00") for name, tiff in seeds.items()}
+    # little endian, by hand: IFD0 (Orientation, a GPS IFD pointer) and an IFD1 (a thumbnail's)
+    little = bytearray(b"II*\x00" + struct.pack("<IH", 8, 2))
+    little += struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack("<HHII", 0x8825, 4, 1, 38)
+    little += struct.pack("<I", 56)                                          # next IFD: IFD1
+    little += struct.pack("<HHHI2s2x", 1, 0x0001, 2, 2, b"N\x00") + struct.pack("<I", 0)  # GPS IFD at 38
+    little += struct.pack("<HHHII", 1, 0x0103, 3, 1, 6) + struct.pack("<I", 0)            # IFD1 at 56
+    seeds["exif-little-endian.tiff"] = bytes(little)
     return seeds
 
 
