@@ -60,6 +60,7 @@ import shutil
 import struct
 import threading
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -593,9 +594,10 @@ def _binary_of_first_fragment(work: _Work, path: Path, fragment: tuple[int, int]
 #: ValueError) is a binary value whose length is not a multiple of its VR's size (an odd-length
 #: UL, say), found by fuzzing the ingest. RecursionError: sequences nested hundreds deep (pydicom
 #: reads each level with a few more frames); the completeness walk bounds the nesting of
-#: undefined-length sequences only, since a defined-length one is skipped whole.
+#: undefined-length sequences only, since a defined-length one is skipped whole. zlib.error: a file
+#: meta naming the Deflated transfer syntax over a dataset that is not deflated (found by fuzzing).
 _MALFORMED = (InvalidDicomError, BytesLengthException, ValueError, TypeError, KeyError, IndexError, EOFError,
-              OverflowError, NotImplementedError, struct.error, RecursionError)
+              OverflowError, NotImplementedError, struct.error, RecursionError, zlib.error)
 
 
 def read_dataset(path: Path) -> Dataset:

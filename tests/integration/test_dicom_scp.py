@@ -719,6 +719,27 @@ def test_binary_value_of_the_wrong_length_is_cannot_understand(scp: StoreSCP, se
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
+def test_a_file_meta_naming_deflate_over_an_uncompressed_dataset_is_cannot_understand(
+        services: Services, client: FhirClient, tmp_path: Path) -> None:
+    """Found by the fuzzing review (fuzz_dicom): a file meta whose Transfer Syntax UID is
+    Deflated Explicit VR Little Endian makes pydicom inflate the dataset, and zlib's error on a
+    dataset that is not deflated was not among the errors ingest expects: BUG_STATUS over DIMSE.
+    (STOW-RS, where the file meta alone names the transfer syntax, refused it before ingest.)"""
+    path = tmp_path / "deflate.dcm"
+    sent = sc_file(path)
+    data = path.read_bytes()
+    at = data.index(JPEGBaseline8Bit.encode(), 128)
+    path.write_bytes(data[:at] + b"1.2.840.10008.1.2.1.99" + data[at + len(JPEGBaseline8Bit):])  # same length
+    with pytest.raises(InvalidInput) as refused:
+        services.dicom_ingest.ingest_received(received_store(path, sent))  # the context: JPEG Baseline
+    assert dimse_status_for(refused.value) == CANNOT_UNDERSTAND
+    stowed = client.post("/dicomweb/studies", content=_related(path.read_bytes()),
+                         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'})
+    assert stowed.status_code == 409, stowed.text
+    assert stowed.json()["00081198"]["Value"][0]["00081197"]["Value"] == [CANNOT_UNDERSTAND]
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
 def test_empty_pixel_data_is_cannot_understand(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
     """A zero-length Pixel Data element (pydicom reads its value as None) is refused as
     undecodable, not answered as a bug (found by fuzzing the ingest)."""
