@@ -78,6 +78,18 @@ def jpeg_seeds() -> dict[str, bytes]:
     dri = _segment(0xDD, b"\x00\x02")
     seeds["appn.jpg"] = base[:2] + jfif_thumb + xmp + iptc + mpf + adobe + base[2:]
     seeds["dri-fill.jpg"] = base[:2] + b"\xff\xff\xff" + dri + base[2:] + b"trailer after EOI"
+    # colour signalling libjpeg reads in its own way: the last Adobe APP14 before the first scan,
+    # nothing after it (no JFIF here, so the transform decides)
+    def without_jfif(data: bytes) -> bytes:  # Pillow writes it first
+        return data[:2] + data[4 + int.from_bytes(data[4:6], "big"):]
+
+    rgb = _segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x00")
+    no_jfif = without_jfif(base)
+    seeds["adobe-twice.jpg"] = no_jfif[:2] + adobe + rgb + no_jfif[2:]
+    progressive = without_jfif(seeds["progressive.jpg"])
+    second_scan = progressive.index(b"\xff\xda", progressive.index(b"\xff\xda") + 2)
+    seeds["app-between-scans.jpg"] = (progressive[:2] + rgb + progressive[2:second_scan] + jfif_thumb + adobe
+                                      + progressive[second_scan:])
     return seeds
 
 
