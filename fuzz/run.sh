@@ -10,7 +10,7 @@ root=$(dirname "$here")
 python=${PYTHON:-$root/.venv/bin/python}
 time_each=${FUZZ_TIME:-300}
 work=${FUZZ_DIR:-$(mktemp -d -t adapter-fuzz.XXXXXX)}
-declare -A max_len=([jpeg]=65536 [png]=65536 [exif]=4096 [sanitize]=65536 [dicom]=16384 [multipart]=16384)
+declare -A max_len=([jpeg]=65536 [png]=65536 [exif]=4096 [sanitize]=65536 [dicom]=16384 [multipart]=32768)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(jpeg png exif sanitize dicom multipart)
 
