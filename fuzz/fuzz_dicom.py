@@ -89,7 +89,8 @@ def ingest(layout: di.FileLayout, ts: str, work: di._Work) -> None:
                 raise
             image = None  # the general way refuses a later frame: so does ingest (at step 6)
         if fast and binary is not None and image is not None:
-            assert bytes(binary.image.data) == bytes(image.data), "the fast path's Binary differs from extract_image"
+            assert bytes(binary.image.data) == bytes(image.data), \
+                "the fast path's Binary differs from extract_image"
             image = binary.image
         di._study_attributes(ds)
     except di._MALFORMED:

@@ -26,6 +26,7 @@ plain_numpy_search()
 
 MAX_PIXELS = 1 << 22
 _ORIENTATION_EXIF = {b"Exif\x00\x00" + orientation_only_tiff(n) for n in range(2, 9)}
+_DECODING = jpeg.SOF_MARKERS | {jpeg.ECS, jpeg.DQT, jpeg.DHT, jpeg.DAC, jpeg.DRI, jpeg.SOS}
 _CANONICAL_JFIF = b"JFIF\x00\x01\x02\x00\x00\x01\x00\x01\x00\x00"
 
 
@@ -35,8 +36,7 @@ def _check_clean(out: bytes, *, pixels_only: bool) -> jpeg.JpegLayout:
     seen: set[int] = set()
     for seg in layout.segments:
         marker, payload = seg.marker, out[seg.start + 4:seg.end]
-        if marker == jpeg.ECS or marker in jpeg.SOF_MARKERS or marker in (jpeg.DQT, jpeg.DHT, jpeg.DAC, jpeg.DRI,
-                                                                          jpeg.SOS):
+        if marker in _DECODING:
             continue
         assert marker not in seen, f"stripped JPEG has two 0xFF{marker:02X} metadata segments"
         seen.add(marker)
@@ -45,11 +45,11 @@ def _check_clean(out: bytes, *, pixels_only: bool) -> jpeg.JpegLayout:
                 "stripped JPEG keeps a JFIF APP0 with more than its 14 bytes"
             assert not pixels_only or payload == _CANONICAL_JFIF, "pixels-only JFIF is not canonical"
         elif marker == jpeg.APP1 and not pixels_only:
-            assert payload in _ORIENTATION_EXIF, "stripped JPEG keeps an APP1 other than Orientation-only EXIF"
+            assert payload in _ORIENTATION_EXIF, "stripped JPEG keeps an APP1 other than the Orientation EXIF"
         elif marker == jpeg.APP2 and not pixels_only:
             assert payload[:12] == b"ICC_PROFILE\x00", "stripped JPEG keeps an APP2 other than ICC"
         elif marker == jpeg.APP14:
-            assert payload[:5] == b"Adobe" and len(payload) == 12, "stripped JPEG keeps more than Adobe's 12 bytes"
+            assert payload[:5] == b"Adobe" and len(payload) == 12, "stripped JPEG keeps Adobe's tail"
         else:
             raise AssertionError(f"stripped JPEG keeps segment 0xFF{marker:02X}")
     return layout
@@ -92,12 +92,12 @@ def test_one_input(data: bytes) -> None:
 
     pixels_only = jpeg.strip_jpeg_to_pixels_only(data)
     _check_clean(pixels_only, pixels_only=True)
-    assert jpeg.strip_jpeg_to_pixels_only(pixels_only) == pixels_only, "pixels-only stripping is not idempotent"
+    assert jpeg.strip_jpeg_to_pixels_only(pixels_only) == pixels_only, "pixels-only strip is not idempotent"
     _same_pixels(data, pixels_only, plain.width, plain.height, "strip_jpeg_to_pixels_only")
 
     encapsulated = encapsulated_jpeg(data)
     joined = encapsulated.join()
-    assert not encapsulated.prefix or joined == data[:encapsulated.size], "encapsulation 'prefix' is not a prefix"
+    assert not encapsulated.prefix or joined == data[:encapsulated.size], "encapsulation prefix is no prefix"
     assert all(seg.marker != jpeg.APP1 for seg in jpeg.walk(joined).segments), "encapsulated frame keeps APP1"
     info = jpeg_frame_info(data)
     assert (info.width, info.height) == (plain.width, plain.height)

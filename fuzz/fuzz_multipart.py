@@ -70,7 +70,7 @@ def _form(body: bytes, sizes: list[int], memory_bytes: int, budget_bytes: int) -
         assert budget.used == parsed.held, "the memory budget does not hold what the upload holds"
         if data is not None:
             assert len(data) == parsed.file_size, "file_size is not the file part's size"
-            assert parsed.file_sha256 == hashlib.sha256(data).hexdigest(), "file_sha256 is not the part's digest"
+            assert parsed.file_sha256 == hashlib.sha256(data).hexdigest(), "file_sha256 is not the digest"
         return ("ok", data, parsed.file_content_type, sorted(parsed.fields.items()))
     finally:
         parsed.release()

@@ -43,14 +43,14 @@ def _check_clean(out: bytes, *, pixels_only: bool) -> None:
             continue
         assert chunk.type in allowed, f"stripped PNG keeps a {chunk.type!r} chunk"
         if chunk.type == b"eXIf":
-            assert bytes(payload) in _ORIENTATION_EXIF, "stripped PNG keeps an eXIf other than Orientation-only"
+            assert bytes(payload) in _ORIENTATION_EXIF, "stripped PNG keeps more eXIf than the Orientation"
         elif chunk.type == b"iCCP":
             assert bytes(payload).split(b"\x00", 1)[0] in png.USUAL_ICC_NAMES, "iCCP keeps an unusual name"
             assert png._canonical_iccp(payload) is not None, "iCCP that is no ICC profile kept"
         elif chunk.type == b"tRNS":
             assert png._trns(payload, colour_type, palette) == payload, "tRNS longer than its definition kept"
         else:
-            assert png._well_formed(chunk.type, payload, colour_type, palette), f"ill-formed {chunk.type!r} kept"
+            assert png._well_formed(chunk.type, payload, colour_type, palette), f"ill-formed {chunk.type!r}"
     inflater = zlib.decompressobj()
     try:
         inflater.decompress(stream, 1 << 24)

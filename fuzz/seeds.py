@@ -26,7 +26,8 @@ JPEG_BASELINE, EXPLICIT_LE, IMPLICIT_LE = 0, 1, 2
 
 def _picture(mode: str, size: tuple[int, int] = (24, 16)) -> Image.Image:
     image = Image.new("RGB", size)
-    image.putdata([((x * 11) % 256, (y * 17) % 256, (x * y) % 256) for y in range(size[1]) for x in range(size[0])])
+    width, height = size
+    image.putdata([(x * 11 % 256, y * 17 % 256, x * y % 256) for y in range(height) for x in range(width)])
     return image.convert(mode)
 
 
@@ -71,7 +72,8 @@ def jpeg_seeds() -> dict[str, bytes]:
     # APPn and trailers Pillow does not write: XMP, Photoshop IRB with IPTC, MPF, a JFIF
     # thumbnail, a restart interval, fill bytes, a trailer after EOI.
     xmp = _segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta>name</x:xmpmeta>")
-    iptc = _segment(0xED, b"Photoshop 3.0\x00" + b"8BIM\x04\x04\x00\x00" + struct.pack(">I", 5) + b"\x1c\x02\x05A\x00\x00")
+    irb = b"8BIM\x04\x04\x00\x00" + struct.pack(">I", 5) + b"\x1c\x02\x05A\x00\x00"  # IPTC By-line
+    iptc = _segment(0xED, b"Photoshop 3.0\x00" + irb)
     mpf = _segment(0xE2, b"MPF\x00II*\x00\x08\x00\x00\x00")
     jfif_thumb = _segment(0xE0, b"JFIF\x00\x01\x02\x00\x00\x01\x00\x01\x01\x01" + b"\x80\x80\x80")
     adobe = _segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01")
@@ -123,7 +125,8 @@ def png_seeds() -> dict[str, bytes]:
     # colour chunks Pillow does not write, a tIME, a private chunk, a trailer after IEND, and an
     # image stream with bytes after its end
     extra = (_png_chunk(b"gAMA", struct.pack(">I", 45455)) + _png_chunk(b"sRGB", b"\x00")
-             + _png_chunk(b"pHYs", struct.pack(">IIB", 2835, 2835, 1)) + _png_chunk(b"tIME", b"\x07\xe8\x03\x01\x09\x10\x02")
+             + _png_chunk(b"pHYs", struct.pack(">IIB", 2835, 2835, 1))
+             + _png_chunk(b"tIME", b"\x07\xe8\x03\x01\x09\x10\x02")
              + _png_chunk(b"prVt", b"private"))
     seeds["chunks-trailer.png"] = rgb[:33] + extra + rgb[33:] + b"trailer"
     image = bytes(_picture("L", (4, 2)).tobytes())
@@ -139,9 +142,11 @@ def exif_seeds() -> dict[str, bytes]:
     Pillow's ``Exif.tobytes`` puts first)."""
     big = Image.Exif()
     big[0x0112] = 3
-    big[0x8769] = {0x9003: "2024:03:01 09:16:02", 0x9011: "+01:00", 0x9291: "12", 0xA431: "SN123", 0xA430: "Owner"}
+    big[0x8769] = {0x9003: "2024:03:01 09:16:02", 0x9011: "+01:00", 0x9291: "12", 0xA431: "SN123",
+                   0xA430: "Owner"}
     big[0x013B] = "artist"
-    seeds = {"exif-gps.tiff": _exif(), "exif-plain.tiff": _exif(1, gps=False), "exif-subifd.tiff": bytes(big.tobytes())}
+    seeds = {"exif-gps.tiff": _exif(), "exif-plain.tiff": _exif(1, gps=False),
+             "exif-subifd.tiff": bytes(big.tobytes())}
     seeds = {name: tiff.removeprefix(b"Exif\x00\x00") for name, tiff in seeds.items()}
     # little endian, by hand: IFD0 (Orientation, a GPS IFD pointer) and an IFD1 (a thumbnail's)
     little = bytearray(b"II*\x00" + struct.pack("<IH", 8, 2))
