@@ -26,7 +26,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
@@ -224,11 +224,21 @@ class _Collector:
         self.result.release()
 
 
+class PartSink(Protocol):
+    """Where :class:`MultipartParser` sends the parts it finds."""
+
+    def part_begin(self, headers: dict[bytes, bytes]) -> None: ...
+
+    def part_data(self, data: bytes | memoryview) -> None: ...
+
+    def part_end(self) -> None: ...
+
+
 class MultipartParser:
     """Incremental parser of one multipart body: :meth:`feed` each received chunk, then
     :meth:`end`. Events go to ``collector`` (part_begin, part_data, part_end)."""
 
-    def __init__(self, boundary: bytes, collector: _Collector) -> None:
+    def __init__(self, boundary: bytes, collector: PartSink) -> None:
         self._delimiter = b"\r\n--" + boundary
         self._keep = len(self._delimiter) - 1  # the longest delimiter prefix a chunk can end with
         self._collector = collector

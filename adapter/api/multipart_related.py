@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from python_multipart.multipart import parse_options_header
 
+from adapter.api.multipart import MultipartParser
 from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 DICOM = "application/dicom"
@@ -56,37 +56,21 @@ def related_type(content_type: str | None) -> str:
 
 
 class _Collector:
+    """The :class:`~adapter.api.multipart.PartSink` of a STOW-RS body: each application/dicom
+    part into a file of its own."""
+
     def __init__(self, new_path: Callable[[], Path], max_part_bytes: int, max_parts: int) -> None:
         self.result = ParsedRelated()
         self._new_path = new_path
         self._max_part_bytes = max_part_bytes
         self._max_parts = max_parts
-        self._header_field = b""
-        self._header_value = b""
-        self._headers: dict[bytes, bytes] = {}
         self._part: RelatedPart | None = None
         self._sink: BinaryIO | None = None
 
-    def on_part_begin(self) -> None:
-        self._headers = {}
-        self._part = None
-        self._sink = None
-
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_field += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-
-    def on_header_end(self) -> None:
-        self._headers[self._header_field.strip().lower()] = self._header_value.strip()
-        self._header_field = b""
-        self._header_value = b""
-
-    def on_headers_finished(self) -> None:
+    def part_begin(self, headers: dict[bytes, bytes]) -> None:
         if len(self.result.parts) >= self._max_parts:
             raise PayloadTooLarge(f"more than {self._max_parts} parts in one request")
-        ctype, _ = parse_options_header(self._headers.get(b"content-type", b""))
+        ctype, _ = parse_options_header(headers.get(b"content-type", b""))
         media_type = ctype.decode("latin-1").lower() or DICOM  # RFC 2387: the root type by default
         path = self._new_path() if media_type == DICOM else None
         self._part = RelatedPart(content_type=media_type, path=path)
@@ -94,17 +78,18 @@ class _Collector:
         if path is not None:
             self._sink = path.open("wb")
 
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+    def part_data(self, data: bytes | memoryview) -> None:
         if self._part is None:
             return
-        self._part.size += end - start
+        self._part.size += len(data)
         if self._part.size > self._max_part_bytes:
             raise PayloadTooLarge(f"a part is larger than {self._max_part_bytes} bytes")
         if self._sink is not None:
-            self._sink.write(data[start:end])
+            self._sink.write(data)
 
-    def on_part_end(self) -> None:
+    def part_end(self) -> None:
         self.close()
+        self._part = None
 
     def close(self) -> None:
         if self._sink is not None:
@@ -117,6 +102,10 @@ async def parse_multipart_related(content_type: str | None, stream: AsyncIterato
                                   max_parts: int) -> ParsedRelated:
     """Parse a ``multipart/related; type="application/dicom"`` body: each application/dicom
     part is written to its own file from ``new_path()``.
+
+    The body is parsed by the RFC 2046 parser of ``POST /photos``
+    (:class:`adapter.api.multipart.MultipartParser`), whose outcome does not depend on how the
+    body arrives in chunks (python-multipart's did, for malformed bodies: found by fuzzing).
 
     On any error every part file is removed and the error raised (nothing half-received is
     left); on success the caller owns (and removes) the files.
@@ -132,23 +121,15 @@ async def parse_multipart_related(content_type: str | None, stream: AsyncIterato
     if not boundary:
         raise InvalidInput("multipart/related without a boundary")
     collector = _Collector(new_path, max_part_bytes, max_parts)
-    callbacks = {name: getattr(collector, name) for name in (
-        "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
-        "on_part_data", "on_part_end")}
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    parser = MultipartParser(boundary, collector)
     total = 0
     try:
         async for chunk in stream:
             total += len(chunk)
             if total > max_total_bytes:
                 raise PayloadTooLarge(f"the request is larger than {max_total_bytes} bytes")
-            parser.write(chunk)
-        parser.finalize()
-        if parser.state != MultipartState.END:  # python-multipart's finalize does not check it
-            raise InvalidInput("malformed multipart body: it ends before its closing boundary")
-    except MultipartParseError as exc:
-        _discard(collector)
-        raise InvalidInput(f"malformed multipart body: {exc}") from exc
+            parser.feed(chunk)
+        parser.end()
     except BaseException:
         _discard(collector)
         raise
