@@ -225,18 +225,13 @@ def _permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], in
     todo = [c for c in codes if c in tables.purposes.codes]
     while todo:
         code = todo.pop()
-        below = _descendants(code, tables)
+        below = tables.purposes.descendants(code)
         if permits(code) and all(permits(d) for d in below
                                  if classify_purpose(d, tables) is not PurposeClass.BREAK_GLASS):
             listed.add(code)
         else:
             todo.extend(c for c in below if tables.purposes.codes[c].parent == code)
     return frozenset(listed)
-
-
-def _descendants(code: str, tables: Tables) -> list[str]:
-    """The purposes of the table under ``code`` in the v3-ActReason hierarchy (not ``code``)."""
-    return [c for c in tables.purposes.codes if c != code and code in tables.purposes.ancestors(c)]
 
 
 def _withdrawn(facts: AccessFacts, consents: Sequence[ConsentGrant], code: str, tables: Tables,
