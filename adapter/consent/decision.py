@@ -223,8 +223,12 @@ def _permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], in
     # name a refused purpose (TREAT when a Consent denies CLINTRL), so its children stand in for it.
     listed: set[str] = set()
     todo = [c for c in codes if c in tables.purposes.codes]
+    seen: set[str] = set()  # each code once: a parent chain that loops (load_tables refuses it) ended never
     while todo:
         code = todo.pop()
+        if code in seen:
+            continue
+        seen.add(code)
         below = tables.purposes.descendants(code)
         if permits(code) and all(permits(d) for d in below
                                  if classify_purpose(d, tables) is not PurposeClass.BREAK_GLASS):

@@ -166,6 +166,9 @@ def load_tables(mappings_dir: Path, policy_path: Path) -> Tables:
     for code, entry in purposes.codes.items():
         if entry.parent is not None and entry.parent not in purposes.codes:
             raise PolicyError(f"{mappings_dir / 'purposes.yaml'}: {code}.parent {entry.parent} is unknown")
+        if entry.parent is not None and code in _walk_up(purposes, entry.parent):
+            # no root: each code of the loop would cover the others (and a walk down never ends)
+            raise PolicyError(f"{mappings_dir / 'purposes.yaml'}: {code}.parent {entry.parent} makes a cycle")
     kinds_raw = _read_yaml(mappings_dir / "kinds.yaml")
     if not isinstance(kinds_raw, dict) or set(kinds_raw) != {k.value for k in PhotoKind}:
         raise PolicyError(f"{mappings_dir / 'kinds.yaml'}: must map exactly {[k.value for k in PhotoKind]}")

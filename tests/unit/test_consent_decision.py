@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta
 
@@ -621,3 +622,21 @@ def test_the_audit_trail_leaves_only_for_the_organisations_operations_in_full(co
 
 def test_the_audit_trail_is_not_exported_for_another_system_s_code() -> None:
     assert not decide_audit_export(PurposeOfUse("RECORDMGT", "urn:other"), policy_variant()).permitted
+
+
+def test_permitted_purposes_end_on_a_purpose_hierarchy_with_a_cycle() -> None:
+    # load_tables refuses such a table; tables built otherwise must not hang a read either: the
+    # labels' walk down from a refused candidate went round the cycle for ever (diff review)
+    import threading
+
+    base = policy_variant()
+    codes = dict(base.purposes.codes)
+    codes["TRAIN"] = codes["TRAIN"].model_copy(update={"parent": "MLTRAINING"})
+    codes["MLTRAINING"] = codes["MLTRAINING"].model_copy(update={"parent": "TRAIN"})
+    cycled = dataclasses.replace(base, purposes=base.purposes.model_copy(update={"codes": codes}))
+    out: list[frozenset[str]] = []
+    worker = threading.Thread(target=lambda: out.append(permitted_purposes(
+        make_facts(), (_implied("TRAIN"),), cycled, NOW)), daemon=True)
+    worker.start()
+    worker.join(5)
+    assert out == [frozenset()]

@@ -73,3 +73,19 @@ def test_a_missing_table_names_the_setting_of_its_folder(tmp_path: Path) -> None
         load_tables(tmp_path, policy)
     assert info.value.diagnostics.startswith(f"{tmp_path / 'purposes.yaml'}:")
     assert "ADAPTER_MAPPINGS_DIR" in info.value.diagnostics
+
+
+def test_a_cycle_in_the_purpose_hierarchy_is_refused(tmp_path: Path) -> None:
+    # A parent chain that loops has no root: each code would cover the other, and the labels'
+    # walk down the hierarchy (adapter.consent.decision) never ended (found by the diff review)
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for name in ("kinds.yaml", "body_sites.yaml", "dicom.yaml"):
+        (mappings / name).write_text((MAPPINGS / name).read_text())
+    purposes = yaml.safe_load((MAPPINGS / "purposes.yaml").read_text())
+    purposes["codes"]["TRAIN"]["parent"] = "MLTRAINING"
+    purposes["codes"]["MLTRAINING"]["parent"] = "TRAIN"
+    (mappings / "purposes.yaml").write_text(yaml.safe_dump(purposes))
+    with pytest.raises(PolicyError) as info:
+        load_tables(mappings, _policy(tmp_path, lambda p: None))
+    assert "TRAIN" in info.value.diagnostics and "cycle" in info.value.diagnostics
