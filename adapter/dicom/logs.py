@@ -4,7 +4,8 @@ pynetdicom quotes what a peer sent into its log: an AffectedSOPInstanceUID of 20
 break was logged whole, three times, and its second line read as a log record of the adapter's
 own (a forged line). Its records are therefore rewritten before any handler sees them: control
 characters escaped, the message cut at :data:`MAX_MESSAGE` characters, and a traceback reduced
-to the exception's type (its text quotes the same values). Identifiers of C-FIND and the like
+to the exception's type (its text quotes the same values), as is an exception logged as the
+message itself (``LOGGER.exception(exc)``). Identifiers of C-FIND and the like
 are not logged at all (``_config.LOG_REQUEST_IDENTIFIERS``, set by the SCP). At DEBUG it prints
 each DIMSE message's SOP Instance UID, received and sent: the value is replaced (some modalities
 build UIDs from the patient's ID and birth date; PS3.15 E.1-1 treats them as identifying), and
@@ -29,10 +30,15 @@ def _escaped(text: str) -> str:
 
 class SafeRecords(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a record whose arguments do not fit its message
-            message = str(record.msg)
+        if isinstance(record.msg, BaseException):
+            # pynetdicom's ``LOGGER.exception(exc)``: the message is the exception's text, which
+            # pydicom writes with the element's value (its name, a patient's): the type only
+            message = f"an exception ({type(record.msg).__name__}), its text not logged"
+        else:
+            try:
+                message = record.getMessage()
+            except Exception:  # noqa: BLE001 - a record whose arguments do not fit its message
+                message = str(record.msg)
         if record.exc_info and record.exc_info[0] is not None:
             message = f"{message} ({record.exc_info[0].__name__})"
         record.exc_info = None
