@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -81,22 +82,38 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 def _multiprocess_metrics(settings: Settings) -> None:
     """Several HTTP worker processes (and this one, with the SCP): their metrics are summed by
-    prometheus_client's multiprocess mode, in a folder emptied at start (adapter.metrics). Set
-    before anything imports prometheus_client.
+    prometheus_client's multiprocess mode (adapter.metrics), in a folder of this instance's own,
+    emptied at start, which the workers inherit. Set before anything imports prometheus_client.
 
-    The folder is this instance's own, named by its HTTP address: two instances behind a load
-    balancer share the data folder, and Prometheus scrapes each of them. In one shared folder each
-    reported the other's counts too, and the one starting second emptied it under the first. No
-    other instance on the host holds the same address at the same time, and a restart of this one
-    finds (and empties) the folder it left."""
+    The folder is on this host, in the temp dir (TMPDIR), named by a digest of the data folder
+    and the HTTP address: not in the data folder, which instances behind a load balancer share,
+    on one host or several, with the same settings (in one folder each reported the other's
+    counts too, and the one starting second emptied it under the first: found by the
+    two-instance review). Two instances on one host cannot hold one HTTP address; a restart finds,
+    and empties, the folder it left. A folder there that is not this user's own plain directory
+    (another user's, a symlink) is not used: a new one is made instead."""
+    import hashlib
     import os
-    import shutil
+    import stat
+    import tempfile
 
     from adapter.metrics import MULTIPROCESS_ENV
 
-    folder = settings.data_dir / "prometheus" / f"{settings.http_host}-{settings.http_port}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True, exist_ok=True)
+    key = f"{settings.data_dir.resolve()}|{settings.http_host}|{settings.http_port}"
+    folder = Path(tempfile.gettempdir()) / f"adapter-metrics-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError:  # not ours to empty (a symlink, another user's)
+        folder = Path(tempfile.mkdtemp(prefix="adapter-metrics-"))
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise PermissionError(str(folder))
+    except OSError:
+        folder = Path(tempfile.mkdtemp(prefix="adapter-metrics-"))
     os.environ[MULTIPROCESS_ENV] = str(folder)
 
 

@@ -27,6 +27,12 @@ class RunningAdapter:
     log: Path
 
 
+def _temp_dir(workdir: Path) -> Path:
+    folder = workdir / "tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @contextmanager
 def running_adapter(workdir: Path, *, command: Sequence[str] | None = None,
                     ready: Callable[[RunningAdapter], bool] | None = None, timeout: float = 60,
@@ -36,7 +42,9 @@ def running_adapter(workdir: Path, *, command: Sequence[str] | None = None,
     stop it with SIGTERM (SIGKILL after 30 s) on exit. ``env``: extra ADAPTER_* settings."""
     http_port, dicom_port = free_ports(2)
     full_env = {**os.environ, "ADAPTER_HTTP_PORT": str(http_port), "ADAPTER_DICOM_PORT": str(dicom_port),
-                "ADAPTER_DATA_DIR": str(workdir / "data"), "ADAPTER_LOG_LEVEL": "INFO", **env}
+                "ADAPTER_DATA_DIR": str(workdir / "data"), "ADAPTER_LOG_LEVEL": "INFO",
+                # its temp files (the workers' metrics folder) stay in the test's folder
+                "TMPDIR": str(_temp_dir(workdir)), **env}
     log_path = workdir / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(list(command or [sys.executable, "-m", "adapter", "serve"]), cwd=ROOT,
