@@ -10,15 +10,14 @@ never from the clock."""
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from adapter.store import SqlRecordStore
-from tests.support.postgres import postgres_schema
+from tests.conftest import wait_until
+from tests.support.postgres import named_postgres_schema, sessions_waiting_on_a_lock
 
 pytestmark = pytest.mark.integration
 
@@ -38,20 +37,12 @@ CREATE CONSTRAINT TRIGGER hold_slow AFTER INSERT ON audit DEFERRABLE INITIALLY D
 @pytest.fixture
 def database() -> Iterator[tuple[str, str]]:
     """A PostgreSQL schema of its own, and the application_name its store's sessions carry."""
-    with postgres_schema("audit_order") as url:
-        name = f"audit_order_{uuid.uuid4().hex[:8]}"
-        yield f"{url}&application_name={name}", name
+    with named_postgres_schema("audit_order") as named:
+        yield named
 
 
 def _event(marker: str) -> dict[str, str]:
     return {"resourceType": "AuditEvent", "id": marker}
-
-
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 15
-    while not condition():
-        assert time.monotonic() < deadline, f"never saw {what}"
-        time.sleep(0.01)
 
 
 def test_an_event_committed_after_a_later_numbered_one_is_not_skipped_by_the_export(
@@ -64,10 +55,7 @@ def test_an_event_committed_after_a_later_numbered_one_is_not_skipped_by_the_exp
             conn.execute(sa.text(_HOLD_SLOW))
 
         def waiting() -> int:  # the store's sessions waiting on a lock
-            with admin.connect() as conn:
-                return int(conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
-                    "AND wait_event_type = 'Lock'"), {"name": name}).scalar_one())
+            return sessions_waiting_on_a_lock(admin, name)
 
         errors: list[BaseException] = []
 
@@ -83,11 +71,11 @@ def test_an_event_committed_after_a_later_numbered_one_is_not_skipped_by_the_exp
             gate.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _GATE})
             slow = threading.Thread(target=append("slow-event"))
             slow.start()
-            _wait_until(lambda: waiting() == 1, "the slow transaction wait at its commit")
+            wait_until(lambda: waiting() == 1, timeout=15)
             fast = threading.Thread(target=append("fast-event"))
             fast.start()
             # the fast one commits, or waits its turn behind the slow one
-            _wait_until(lambda: not fast.is_alive() or waiting() == 2, "the fast transaction commit or wait")
+            wait_until(lambda: not fast.is_alive() or waiting() == 2, timeout=15)
             first = list(store.iter_audit())  # a SIEM's export runs now
             cursor = first[-1][0] if first else 0
             gate.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _GATE})

@@ -15,9 +15,7 @@ holds; progress is read from pg_stat_activity, never from the clock."""
 from __future__ import annotations
 
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -31,7 +29,8 @@ from adapter.services.search_params import parse_date_param
 from adapter.store import SearchCriteria, SqlRecordStore
 from adapter.store.dates import format_instant
 from adapter.store.schema import resources
-from tests.support.postgres import postgres_schema
+from tests.conftest import wait_until
+from tests.support.postgres import named_postgres_schema, sessions_waiting_on_a_lock
 
 pytestmark = pytest.mark.integration
 
@@ -65,19 +64,11 @@ def _sync(store: SqlRecordStore, after: datetime | None) -> list[tuple[str, date
     return [(row.id, row.last_updated) for row in store.search_index("Media", criteria)]
 
 
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 15
-    while not condition():
-        assert time.monotonic() < deadline, f"never saw {what}"
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def database() -> Iterator[tuple[str, str]]:
     """A PostgreSQL schema of its own, and the application_name its store's sessions carry."""
-    with postgres_schema("last_updated") as url:
-        name = f"last_updated_{uuid.uuid4().hex[:8]}"
-        yield f"{url}&application_name={name}", name
+    with named_postgres_schema("last_updated") as named:
+        yield named
 
 
 def test_a_record_stamped_earlier_never_commits_after_one_a_sync_has_seen(database: tuple[str, str]) -> None:
@@ -89,10 +80,7 @@ def test_a_record_stamped_earlier_never_commits_after_one_a_sync_has_seen(databa
             conn.execute(sa.text(_HOLD_SLOW))
 
         def waiting() -> int:  # the store's sessions waiting on a lock
-            with admin.connect() as conn:
-                return int(conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
-                    "AND wait_event_type = 'Lock'"), {"name": name}).scalar_one())
+            return sessions_waiting_on_a_lock(admin, name)
 
         errors: list[BaseException] = []
 
@@ -109,10 +97,10 @@ def test_a_record_stamped_earlier_never_commits_after_one_a_sync_has_seen(databa
         with admin.connect() as gate:
             gate.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _GATE})
             slow = create("slow")
-            _wait_until(lambda: waiting() == 1, "the slow transaction wait at its insert")
+            wait_until(lambda: waiting() == 1, timeout=15)
             fast = create("fast")
             # the fast one commits, or waits its turn behind the slow one
-            _wait_until(lambda: not fast.is_alive() or waiting() == 2, "the fast transaction commit or wait")
+            wait_until(lambda: not fast.is_alive() or waiting() == 2, timeout=15)
             first = _sync(store, None)  # an integration engine syncs now
             gate.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _GATE})
             gate.commit()

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from tests.conftest import require_or_skip
 
@@ -31,3 +31,20 @@ def postgres_schema(prefix: str) -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     engine.dispose()
+
+
+@contextmanager
+def named_postgres_schema(prefix: str) -> Iterator[tuple[str, str]]:
+    """:func:`postgres_schema` whose sessions carry an application_name of their own: yields
+    (URL, name), so a test can watch them in pg_stat_activity (:func:`sessions_waiting_on_a_lock`)."""
+    with postgres_schema(prefix) as url:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        yield f"{url}&application_name={name}", name
+
+
+def sessions_waiting_on_a_lock(engine: Engine, name: str) -> int:
+    """How many sessions with application_name ``name`` wait on a lock now."""
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+            "AND wait_event_type = 'Lock'"), {"name": name}).scalar_one())
