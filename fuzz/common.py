@@ -52,6 +52,22 @@ def decoded(data: bytes | memoryview, fmt: str) -> tuple[Any, ...] | None:
         return None
 
 
+def same_pixels(original: bytes, out: bytes, width: int, height: int, fmt: str, what: str) -> None:
+    """The hygiene invariant: ``out`` (a stripped ``original``) decodes to what ``original``
+    decodes to (mode, size, samples, palette, transparency), for images small enough to check."""
+    if width * height > PIXEL_CHECK_MAX:
+        return
+    before = decoded(original, fmt)
+    if before is None:
+        return
+    after = decoded(out, fmt)
+    assert after is not None, f"{what}: the input decodes, the stripped {fmt} does not"
+    assert before[:2] == after[:2], f"{what}: mode/size changed {before[:2]} -> {after[:2]}"
+    assert before[2] == after[2], f"{what}: decoded pixels changed"
+    assert before[3] == after[3], f"{what}: palette changed"
+    assert before[4] == after[4], f"{what}: transparency changed {before[4]!r} -> {after[4]!r}"
+
+
 def plain_numpy_search() -> None:
     """Give the instrumented ``adapter.imaging.jpeg`` an uninstrumented copy of its numpy block
     search. atheris traces every comparison in instrumented code, numpy array ones too, and

@@ -20,7 +20,7 @@ with atheris.instrument_imports(include=["adapter"]):
     from adapter.imaging.exif import orientation_only_tiff
     from adapter.imaging.frame import encapsulated_jpeg, jpeg_frame_info
 
-from common import PIXEL_CHECK_MAX, decoded, fuzz, plain_numpy_search
+from common import fuzz, plain_numpy_search, same_pixels
 
 plain_numpy_search()
 
@@ -55,18 +55,6 @@ def _check_clean(out: bytes, *, pixels_only: bool) -> jpeg.JpegLayout:
     return layout
 
 
-def _same_pixels(original: bytes, out: bytes, width: int, height: int, what: str) -> None:
-    if width * height > PIXEL_CHECK_MAX:
-        return
-    before = decoded(original, "JPEG")
-    if before is None:
-        return
-    after = decoded(out, "JPEG")
-    assert after is not None, f"{what}: the input decodes, the stripped stream does not"
-    assert before[:2] == after[:2], f"{what}: mode/size changed {before[:2]} -> {after[:2]}"
-    assert before[2] == after[2], f"{what}: decoded pixels changed"
-
-
 def test_one_input(data: bytes) -> None:
     try:
         plain = jpeg.strip_jpeg_segments(data, max_pixels=MAX_PIXELS)
@@ -88,12 +76,12 @@ def test_one_input(data: bytes) -> None:
     # the Orientation-only EXIF is "removed" and written again, the same bytes
     assert set(again.removed) <= {"EXIF"}, f"stripping a stripped JPEG removed {again.removed}"
     assert (again.width, again.height) == (plain.width, plain.height)
-    _same_pixels(data, out, plain.width, plain.height, "strip_jpeg")
+    same_pixels(data, out, plain.width, plain.height, "JPEG", "strip_jpeg")
 
     pixels_only = jpeg.strip_jpeg_to_pixels_only(data)
     _check_clean(pixels_only, pixels_only=True)
     assert jpeg.strip_jpeg_to_pixels_only(pixels_only) == pixels_only, "pixels-only strip is not idempotent"
-    _same_pixels(data, pixels_only, plain.width, plain.height, "strip_jpeg_to_pixels_only")
+    same_pixels(data, pixels_only, plain.width, plain.height, "JPEG", "strip_jpeg_to_pixels_only")
 
     encapsulated = encapsulated_jpeg(data)
     joined = encapsulated.join()

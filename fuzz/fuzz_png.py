@@ -21,7 +21,7 @@ with atheris.instrument_imports(include=["adapter"]):
     from adapter.imaging import png
     from adapter.imaging.exif import orientation_only_tiff
 
-from common import PIXEL_CHECK_MAX, decoded, fuzz
+from common import fuzz, same_pixels
 
 MAX_PIXELS = 1 << 22
 _ORIENTATION_EXIF = {orientation_only_tiff(n) for n in range(2, 9)}
@@ -59,20 +59,6 @@ def _check_clean(out: bytes, *, pixels_only: bool) -> None:
     assert not (inflater.eof and inflater.unused_data), "stripped PNG has data after its image stream"
 
 
-def _same_pixels(original: bytes, out: bytes, width: int, height: int, what: str) -> None:
-    if width * height > PIXEL_CHECK_MAX:
-        return
-    before = decoded(original, "PNG")
-    if before is None:
-        return
-    after = decoded(out, "PNG")
-    assert after is not None, f"{what}: the input decodes, the stripped PNG does not"
-    assert before[:2] == after[:2], f"{what}: mode/size changed {before[:2]} -> {after[:2]}"
-    assert before[2] == after[2], f"{what}: decoded pixels changed"
-    assert before[3] == after[3], f"{what}: palette changed"
-    assert before[4] == after[4], f"{what}: transparency changed {before[4]!r} -> {after[4]!r}"
-
-
 def with_crcs_fixed(data: bytes) -> bytes:
     """``data`` with the CRC of every chunk it has recomputed: a mutation rarely keeps a CRC
     right, and a wrong one ends the walk before anything interesting."""
@@ -105,12 +91,12 @@ def check(data: bytes) -> None:
     again = png.strip_png(out, max_pixels=MAX_PIXELS)
     assert again.data == out, "stripping a stripped PNG changed it"
     assert set(again.removed) <= {"PNG eXIf"}, f"stripping a stripped PNG removed {again.removed}"
-    _same_pixels(data, out, stripped.width, stripped.height, "strip_png")
+    same_pixels(data, out, stripped.width, stripped.height, "PNG", "strip_png")
 
     pixels_only = png.strip_png_to_pixels_only(data)
     _check_clean(pixels_only, pixels_only=True)
     assert png.strip_png_to_pixels_only(pixels_only) == pixels_only, "pixels-only stripping is not idempotent"
-    _same_pixels(data, pixels_only, stripped.width, stripped.height, "strip_png_to_pixels_only")
+    same_pixels(data, pixels_only, stripped.width, stripped.height, "PNG", "strip_png_to_pixels_only")
 
 
 if __name__ == "__main__":
