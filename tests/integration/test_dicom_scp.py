@@ -963,6 +963,19 @@ def assert_refusal(event: dict, *, outcome: str, ae_title: str, sop_uid: str) ->
     assert sop_instance_uids(event) == [sop_uid]
 
 
+def storescu_refused(scp: StoreSCP, services: Services, tmp_path: Path, path: Path, sop_uid: str,
+                     error: str) -> dict:
+    """Send ``path`` with storescu: answered with ``error`` (as storescu names the status),
+    nothing stored, and its one AuditEvent a refusal (outcome 4) from STORESCU naming ``sop_uid``;
+    that event."""
+    done = storescu(scp.port, "ADAPTER", [path], check=False, extra=["-v"])
+    assert f"Error: {error}" in done.stderr + done.stdout, done.stderr
+    stored_nothing(services, sop_uid, tmp_path / "data")
+    [refusal] = audited(services)
+    assert_refusal(refusal, outcome="4", ae_title="STORESCU", sop_uid=sop_uid)
+    return refusal
+
+
 def test_storescu_object_contradicting_its_sop_class_is_refused_and_audited(scp: StoreSCP, services: Services,
                                                                            tmp_path: Path) -> None:
     """A dataset without its Study Instance UID (Type 1 in every IOD): 0xA900 as before, and now
@@ -971,11 +984,7 @@ def test_storescu_object_contradicting_its_sop_class_is_refused_and_audited(scp:
     need_dcmtk()
     path = tmp_path / "no-study.dcm"
     sent = sc_file(path, StudyInstanceUID=None)
-    done = storescu(scp.port, "ADAPTER", [path], check=False, extra=["-v"])
-    assert "Error: DataSetDoesNotMatchSOPClass" in done.stderr + done.stdout, done.stderr
-    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
-    [refusal] = audited(services)
-    assert_refusal(refusal, outcome="4", ae_title="STORESCU", sop_uid=sent.SOPInstanceUID)
+    refusal = storescu_refused(scp, services, tmp_path, path, sent.SOPInstanceUID, "DataSetDoesNotMatchSOPClass")
     assert "StudyInstanceUID" in refusal["outcomeDesc"]
     assert patients(refusal) == [] and study_uids(refusal) == []
     assert sent.PatientID not in str(refusal)
@@ -990,11 +999,7 @@ def test_storescu_object_of_an_unknown_issuer_is_audited_without_the_issuer(scp:
     need_dcmtk()
     path = tmp_path / "issuer.dcm"
     sent = sc_file(path, IssuerOfPatientID="DOE JANE 19700101")
-    done = storescu(scp.port, "ADAPTER", [path], check=False, extra=["-v"])
-    assert "Error: CannotUnderstand" in done.stderr + done.stdout, done.stderr
-    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
-    [refusal] = audited(services)
-    assert_refusal(refusal, outcome="4", ae_title="STORESCU", sop_uid=sent.SOPInstanceUID)
+    refusal = storescu_refused(scp, services, tmp_path, path, sent.SOPInstanceUID, "CannotUnderstand")
     assert "IssuerOfPatientID" in refusal["outcomeDesc"] and "DOE" not in refusal["outcomeDesc"]
     assert patients(refusal) == [] and "DOE JANE" not in str(refusal) and sent.PatientID not in str(refusal)
 
@@ -1009,11 +1014,7 @@ def test_storescu_object_whose_jpeg_frame_does_not_decode_is_audited_naming_its_
     data = path.read_bytes()
     app0 = data.index(b"\xff\xd8\xff\xe0\x00\x10")
     path.write_bytes(data[:app0 + 4] + b"\x7f\xff" + data[app0 + 6:])  # an APP0 running past the frame
-    done = storescu(scp.port, "ADAPTER", [path], check=False, extra=["-v"])
-    assert "Error: CannotUnderstand" in done.stderr + done.stdout, done.stderr
-    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
-    [refusal] = audited(services)
-    assert_refusal(refusal, outcome="4", ae_title="STORESCU", sop_uid=sent.SOPInstanceUID)
+    refusal = storescu_refused(scp, services, tmp_path, path, sent.SOPInstanceUID, "CannotUnderstand")
     assert "JPEG" in refusal["outcomeDesc"]
     assert patients(refusal) == [PATIENT] and study_uids(refusal) == [sent.StudyInstanceUID]
 
