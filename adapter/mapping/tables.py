@@ -47,7 +47,7 @@ class PurposeTable(_Strict):
 
     def ancestors(self, code: str) -> list[str]:
         """The code and its parents up to the root, nearest first."""
-        return list(_hierarchy(self)[1].get(code) or _walk_up(self, code))
+        return list(_hierarchy(self)[1].get(code, (code,)))  # a code not in the table has no parents here
 
     def descendants(self, code: str) -> tuple[str, ...]:
         """The codes of the table under ``code`` in the hierarchy (not ``code``), in table order."""
