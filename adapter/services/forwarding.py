@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
     from adapter.config import Settings
-    from adapter.model.record import AccessFacts
+    from adapter.model.record import AccessFacts, StoredResource
 
 log = logging.getLogger(__name__)
 
@@ -388,9 +388,7 @@ class Forwarder:
         instance = self._store.find_dicom_instance(item.sop_instance_uid)
         if instance is None:
             raise _Skip("no DICOM instance with this SOP Instance UID", permanent=True)
-        stored = self._store.get(instance.record_type, instance.record_id)
-        if stored is None:
-            raise _Skip(f"the record {instance.record_type}/{instance.record_id} is gone", permanent=True)
+        stored = self._record_of(instance)
         disclosure = _Disclosure(item, instance, stored.facts)
         decision = self._reader(disclosure.context()).decide(stored.facts)
         disclosure.decision = decision
@@ -402,6 +400,13 @@ class Forwarder:
         except AdapterError as exc:
             raise _Skip(f"cannot make the DICOM object: {exc.diagnostics}"[:300], permanent=True) from exc
 
+    def _record_of(self, instance: DicomInstance) -> StoredResource:
+        """The record an instance belongs to, as stored now; a permanent _Skip if it is gone."""
+        stored = self._store.get(instance.record_type, instance.record_id)
+        if stored is None:
+            raise _Skip(f"the record {instance.record_type}/{instance.record_id} is gone", permanent=True)
+        return stored
+
     def _withhold(self, disclosure: _Disclosure) -> str | None:
         """The sender's check right before the object's C-STORE-RQ: the consent decision taken
         again on the record's facts and the patient's Consents as stored now (one read of each;
@@ -410,12 +415,10 @@ class Forwarder:
         Fail closed: when the decision cannot be taken, the object is held back and retried."""
         instance = disclosure.instance
         try:
-            stored = self._store.get(instance.record_type, instance.record_id)
-            if stored is None:
-                disclosure.held_back = _Skip(f"the record {instance.record_type}/{instance.record_id} is gone",
-                                             permanent=True)
-                return disclosure.held_back.reason
-            decision = self._reader(disclosure.context()).decide(stored.facts)
+            decision = self._reader(disclosure.context()).decide(self._record_of(instance).facts)
+        except _Skip as skip:
+            disclosure.held_back = skip
+            return skip.reason
         except Exception as exc:
             log.exception("deciding outbox item %d again before sending failed", disclosure.item.id)
             disclosure.held_back = _Skip(f"not sent: the consent decision could not be taken ({type(exc).__name__})",
