@@ -41,6 +41,11 @@ context are settled, in the thread that sends, before any decompression), and an
 a reason for is not sent (a permanent failure with that reason); one it cannot answer for (it
 raises) is not sent either (retried). The SCU does not know why: the forwarder takes the consent
 decision again there (adapter.services.forwarding), so consent policy stays out of the DICOM edge.
+And it may learn of each acknowledgement as it happens: ``send_batch``'s ``acknowledged`` is
+called with the object's index and result right after the PACS answered its C-STORE with Success
+or a Warning, before the next object goes, so the caller can record it as sent at once (the
+outbox's "never sent twice once acknowledged"); an exception from it is logged and the batch
+goes on (the result is returned all the same).
 
 Sockets get TCP_NODELAY (Nagle's algorithm plus delayed ACKs stalls each C-STORE ~40 ms).
 """
@@ -233,6 +238,17 @@ def _held_back(uid: str, index: int, withhold: Callable[[int], str | None] | Non
     return SendResult(uid, SendOutcome.PERMANENT, None, reason[:300] or "not sent: held back")
 
 
+def _tell_acknowledged(index: int, result: SendResult,
+                       acknowledged: Callable[[int, SendResult], None] | None) -> None:
+    """Tell the caller at once that the ``index``-th object was acknowledged (module docstring)."""
+    if acknowledged is None or not result.acknowledged:
+        return
+    try:
+        acknowledged(index, result)
+    except Exception:
+        log.exception("the caller failed to take note of an acknowledged C-STORE; the batch goes on")
+
+
 def _not_accepted(dest: Destination, pair: tuple[UID, UID] | None) -> str:
     """lastError of an object the PACS accepted in none of the syntaxes proposed for it."""
     if pair is None:
@@ -298,11 +314,13 @@ class StoreSCU:
 
     # -- public ------------------------------------------------------------------------------
     def send_batch(self, destination: str, datasets: Iterable[Dataset | Path], *,
-                   withhold: Callable[[int], str | None] | None = None) -> list[SendResult]:
+                   withhold: Callable[[int], str | None] | None = None,
+                   acknowledged: Callable[[int, SendResult], None] | None = None) -> list[SendResult]:
         """C-STORE ``datasets`` (a Path: a Part 10 file, sent as stored) to ``destination``
         over one association; one result per dataset, in order. The association stays open for
         the next batch (see :meth:`release`). ``withhold(i)`` is called right before the i-th
-        dataset's C-STORE-RQ: a reason keeps it from being sent (module docstring)."""
+        dataset's C-STORE-RQ: a reason keeps it from being sent; ``acknowledged(i, result)``
+        right after the PACS acknowledged it (module docstring)."""
         dest = Destination.parse(destination)
         items: list[Dataset] = []
         results: list[SendResult | None] = []
@@ -324,7 +342,7 @@ class StoreSCU:
             # more contexts than one association can carry: one association per group
             for group, contexts in _groups(pairs):
                 todo = [i for i, ds in enumerate(items) if results[i] is None and _pair(ds) in group]
-                self._send_group(dest, contexts, [(i, items[i]) for i in todo], results, withhold)
+                self._send_group(dest, contexts, [(i, items[i]) for i in todo], results, withhold, acknowledged)
         return [r if r is not None else SendResult(str(ds.get("SOPInstanceUID", "")), SendOutcome.RETRY, None,
                                                    "not attempted")
                 for r, ds in zip(results, items, strict=True)]
@@ -422,7 +440,8 @@ class StoreSCU:
 
     def _send_group(self, dest: Destination, group: Sequence[tuple[UID, UID]],
                     todo: Sequence[tuple[int, Dataset]], results: list[SendResult | None],
-                    withhold: Callable[[int], str | None] | None = None) -> None:
+                    withhold: Callable[[int], str | None] | None = None,
+                    acknowledged: Callable[[int, SendResult], None] | None = None) -> None:
         if not todo:
             return
         got = self._association(dest, group)
@@ -481,7 +500,8 @@ class StoreSCU:
                 del outgoing  # a decompressed object (~36 MB for 12 MP) is not kept past its C-STORE
                 if isinstance(assoc, _RequestorAssociation):
                     assoc.awaiting_response = None
-            results[i] = classify_status(uid, status)
+            result = results[i] = classify_status(uid, status)
+            _tell_acknowledged(i, result, acknowledged)
             # No response means pynetdicom saw an abort or the DIMSE timeout, even when the
             # association does not say so yet: sending more would wait a DIMSE timeout each.
             if "Status" not in status or not assoc.is_established:

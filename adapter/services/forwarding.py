@@ -27,8 +27,12 @@ audited once, as the transfer it refused; a decision that cannot be taken (the s
 the object back and retries it.
 
 Delivery is *at least once* with a very narrow window: an item is marked sent in the database
-immediately after its C-STORE response, so only a crash between the acknowledgement and that commit
-can resend it. A resend carries the same SOP Instance UID (PS3.3 C.12.1.1.1; the UIDs never change
+immediately after its C-STORE response, before the next object of its batch goes (the sender's
+``acknowledged`` callback), so only a crash between the acknowledgement and that commit can resend
+it; whatever happens later in the batch (an exception out of the sender included) leaves the
+items acknowledged so far sent. Each object also goes only while this forwarder's claim on its
+item holds, as far as the lease renewals know (adapter.services.outbox_leases): one lost at a
+renewal is not sent (another forwarder may have claimed it) and its attempt is not recorded. A resend carries the same SOP Instance UID (PS3.3 C.12.1.1.1; the UIDs never change
 for a record), so the PACS treats it as the same instance (Orthanc overwrites it; others answer a
 duplicate warning), never as a second image.
 
@@ -98,7 +102,8 @@ class StoreSender(Protocol):
     """A C-STORE SCU (``adapter.dicom.scu.StoreSCU``) as the forwarder sees it."""
 
     def send_batch(self, destination: str, datasets: Iterable[Dataset | Path], *,
-                   withhold: Callable[[int], str | None] | None = None) -> list[SendResult]:
+                   withhold: Callable[[int], str | None] | None = None,
+                   acknowledged: Callable[[int, SendResult], None] | None = None) -> list[SendResult]:
         """C-STORE ``datasets`` to ``destination`` (``AE@host:port``) in order, one result per
         dataset in the same order; a Path is a Part 10 file. Each goes as stored where the
         destination accepts its transfer syntax; a compressed one may go decompressed (the same
@@ -108,7 +113,11 @@ class StoreSender(Protocol):
         ``withhold(i)`` is called right before the i-th dataset's C-STORE-RQ would go out (and
         for no dataset that is not about to be sent), before any decompression: a reason (not
         None) keeps that dataset from being sent, and so does an exception; either way it is not
-        sent (nor decoded), and the rest goes on."""
+        sent (nor decoded), and the rest goes on.
+
+        ``acknowledged(i, result)`` is called right after the destination acknowledged the i-th
+        dataset (Success or Warning), before the next one goes; an exception from it does not
+        stop the batch."""
 
     def release(self) -> None:
         """Release every association kept open between batches."""
@@ -195,6 +204,9 @@ def backoff_delay(attempts: int, options: ForwardOptions, rng: random.Random) ->
 
 #: lastError of an item the consent decision refuses (no patient data: the reason stays in the audit).
 NOT_PERMITTED = "not forwarded: the consent decision for treatment does not permit it"
+#: The claim of an item was lost while its batch was sent (its lease could not be renewed in
+#: time and another forwarder may have claimed it): not sent by this forwarder.
+LEASE_LOST = "not sent: this forwarder's claim on the item was lost while its batch was sent"
 
 
 class _Skip(Exception):
@@ -332,10 +344,21 @@ class Forwarder:
                 return
 
             def withhold(index: int) -> str | None:  # the sender asks right before each C-STORE-RQ
-                return self._withhold(ready[index][2])
+                item, _, disclosure = ready[index]
+                if not leases.holds(item):  # lost at a renewal: another forwarder may send it
+                    disclosure.held_back = _Skip(LEASE_LOST, permanent=False)
+                    return LEASE_LOST
+                return self._withhold(disclosure)
+
+            def acknowledged(index: int, result: SendResult) -> None:  # and tells each acknowledgement
+                item, _, disclosure = ready[index]
+                if disclosure.held_back is None and disclosure.sent is None:
+                    self._settle(item, result, leases)  # marked sent before the next C-STORE-RQ
+                    disclosure.sent = result
 
             try:
-                results = self._sender.send_batch(destination, [obj for _, obj, _ in ready], withhold=withhold)
+                results = self._sender.send_batch(destination, [obj for _, obj, _ in ready], withhold=withhold,
+                                                  acknowledged=acknowledged)
             except Exception as exc:
                 log.exception("sending to %s failed", destination)
                 results = [SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
@@ -351,7 +374,10 @@ class Forwarder:
                     log.error("outbox item %d: the sender sent an object it was told to hold back", item.id)
                 result = SendResult(item.sop_instance_uid,
                                     SendOutcome.PERMANENT if held.permanent else SendOutcome.RETRY, None, held.reason)
-            self._settle(item, result, leases)
+            if disclosure.sent is not None:  # marked sent when acknowledged, whatever came after
+                result = disclosure.sent
+            else:
+                self._settle(item, result, leases)
             if disclosure.refused:
                 self._audit(disclosure, destination, permitted=False)
             elif result.acknowledged:
@@ -364,6 +390,7 @@ class Forwarder:
         forwarder's now (and perhaps sent already)."""
         now = self._now()
         if result.acknowledged:
+            leases.release(item)  # no longer renewed: a sent item has no claim to keep
             self._store.mark_outbox_sent(item.id, now)
             return
         attempts = item.attempts + 1
@@ -454,6 +481,7 @@ class _Disclosure:
         self.facts = facts
         self.decision: Decision | None = None
         self.held_back: _Skip | None = None  # by the check right before its C-STORE-RQ
+        self.sent: SendResult | None = None  # its acknowledgement, once marked sent
         self.refused = False                 # that check's consent decision refused it
 
     def context(self) -> RequestContext:

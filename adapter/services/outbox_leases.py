@@ -47,6 +47,12 @@ class LeaseKeeper:
             held = self._items.pop(item.id, item)
         return held.next_attempt_at
 
+    def holds(self, item: OutboxItem) -> bool:
+        """Whether ``item``'s claim is still held as far as the last renewal knows (not lost to
+        another forwarder, not released)."""
+        with self._lock:
+            return item.id in self._items
+
     def renew(self) -> None:
         """Renew every item still held once; an item lost (claimed by another forwarder) is
         logged and no longer renewed (its send is in flight and cannot be called back). The

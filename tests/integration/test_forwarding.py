@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -507,6 +508,131 @@ def test_consent_changed_while_a_batch_is_sent_stops_the_objects_not_sent_yet(
         assert forwarder.run_once() == 0
 
 
+class BeforeEachCStore(CountingSCU):
+    """The real SCU, running ``hook`` (with the SOP Instance UID about to go) right before each
+    C-STORE-RQ of its associations, after the forwarder's last check."""
+
+    def __init__(self, hook: Callable[[str], None]) -> None:
+        super().__init__()
+        self._hook = hook
+
+    def _association(self, dest: Destination, group: Any) -> Any:
+        got = super()._association(dest, group)
+        if not isinstance(got, SendResult) and not getattr(got, "hooked", False):
+            got.hooked = True
+            send_c_store = got.send_c_store
+
+            def run_the_hook_then_send(ds: Dataset, *args: Any, **kwargs: Any) -> Any:
+                self._hook(str(ds.SOPInstanceUID))
+                return send_c_store(ds, *args, **kwargs)
+
+            got.send_c_store = run_the_hook_then_send
+        return got
+
+
+def forwarder_for(services: Any, scu: StoreSCU, options: ForwardOptions = FAST) -> Forwarder:
+    return Forwarder(store=services.store, blobs=services.blobs, tables=services.tables,
+                     dicom_tables=services.dicom_ingest.dicom_tables, sender=scu,
+                     auditor=services.auditor, reader=services.reader, options=options, now=services.now)
+
+
+def post_photos(client: Any, folder: Path, patients: Iterable[int]) -> list[str]:
+    """Post one photo of each patient; their SOP Instance UIDs in order."""
+    uids = []
+    for n in patients:
+        r = post_photo(client, photo_jpeg(folder, n), meta_for(n))
+        assert r.status_code == 201, r.text
+        uids.append(r.json()["dicom"]["sopInstanceUid"])
+    return uids
+
+
+def test_each_object_is_marked_sent_before_the_next_one_of_its_batch_goes(
+        tmp_path: Path, pacs: OrthancPeer) -> None:
+    """Found by review: the items of a batch were marked sent only once the whole batch was
+    through, so a crash (or an exception) after the first acknowledgements sent those objects
+    again. Three photos go in one batch; right before each C-STORE-RQ the outbox already says
+    sent for every object acknowledged before it."""
+    with forwarding(tmp_path, pacs, start=False) as (client, services, _):
+        uids = post_photos(client, tmp_path, (90, 91, 92))
+        seen: list[tuple[str, list[str]]] = []
+        scu = BeforeEachCStore(lambda uid: seen.append(
+            (uid, sorted(i.sop_instance_uid for i in services.store.list_outbox(status="sent")))))
+        try:
+            assert forwarder_for(services, scu).run_once() == 3  # one batch of the three
+        finally:
+            scu.release()
+        order = [uid for uid, _ in seen]
+        assert sorted(order) == sorted(uids)
+        assert [sent for _, sent in seen] == [sorted(order[:k]) for k in range(3)]
+        assert len(services.store.list_outbox(status="sent")) == 3
+
+
+class FailingAfterTheBatch(CountingSCU):
+    """The real SCU that raises once the objects of its batch went (as a bug or a failure in the
+    sender's own bookkeeping would), so the forwarder learns no result from it."""
+
+    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path], **options: Any) -> list[Any]:
+        super().send_batch(destination, datasets, **options)
+        raise RuntimeError("the sender failed after sending")
+
+
+def test_an_exception_out_of_the_sender_after_acknowledgements_sends_nothing_twice(
+        tmp_path: Path, pacs: OrthancPeer) -> None:
+    """Found by review: an exception out of ``send_batch`` turned every object of the batch into
+    a retry, so objects the PACS had acknowledged were sent again. They stay sent, are audited
+    as sent, and the next pass claims nothing."""
+    with forwarding(tmp_path, pacs, start=False) as (client, services, _):
+        uids = post_photos(client, tmp_path, (93, 94))
+        scu = FailingAfterTheBatch()
+        forwarder = forwarder_for(services, scu)
+        try:
+            assert forwarder.run_once() == 2
+            assert forwarder.run_once() == 0  # nothing is due again
+        finally:
+            scu.release()
+        assert sorted(scu.sent) == sorted(uids)  # each once
+        assert sorted(i.sop_instance_uid for i in services.store.list_outbox(status="sent")) == sorted(uids)
+        for uid in uids:
+            orthanc_instance(pacs, uid)
+        transfers = dicom_events(services.store.list_audit(50), INSTANCES_TRANSFERRED)
+        sent = [e for e in transfers if e["action"] == "R"]
+        assert [e["outcome"] for e in sent] == ["0", "0"]
+
+
+def test_an_item_whose_claim_was_lost_during_its_batch_is_not_sent_by_this_forwarder(
+        tmp_path: Path, pacs: OrthancPeer) -> None:
+    """Found by review: the claim of a batch's items was checked once, before the batch; one
+    lost while earlier objects were sent (its lease not renewed in time, another forwarder
+    claimed it) still went, so two forwarders could send it. After the first C-STORE another
+    forwarder claims the second item and this one's renewal notices: the second object is not
+    sent here, and its attempt is not recorded over the other forwarder's claim."""
+    options = ForwardOptions(poll_interval=0.05, backoff_base=0.2, backoff_cap=1.0, jitter=0.2,
+                             lease_renewal=0.05)
+    with forwarding(tmp_path, pacs, start=False) as (client, services, _):
+        post_photos(client, tmp_path, (95, 96))
+        stolen: list[Any] = []
+
+        def the_other_forwarder_claims_the_rest(uid: str) -> None:
+            if stolen:
+                return
+            later = services.now() + timedelta(minutes=5)  # past this forwarder's lease
+            stolen.extend(services.store.claim_outbox(later, 10))
+            time.sleep(0.3)  # several renewals: this forwarder learns its claim is lost
+
+        scu = BeforeEachCStore(the_other_forwarder_claims_the_rest)
+        try:
+            assert forwarder_for(services, scu, options).run_once() == 2
+        finally:
+            scu.release()
+        first = scu.sent[0]
+        [other] = [i for i in stolen if i.sop_instance_uid != first]
+        assert len(pacs.instances()) == 1
+        orthanc_instance(pacs, first)
+        [pending] = services.store.list_outbox(status="pending")
+        assert pending.sop_instance_uid == other.sop_instance_uid
+        assert pending.attempts == 0 and pending.next_attempt_at == other.next_attempt_at  # the other's claim
+
+
 def test_the_outbox_is_read_with_a_purpose_and_names_records_only_where_it_shows_them(
         tmp_path: Path, pacs: OrthancPeer) -> None:
     """Review finding: GET /outbox answered anyone, pairing each record with its original SOP
@@ -788,6 +914,33 @@ def test_withhold_is_asked_right_before_each_c_store_and_what_it_holds_back_is_n
     asked.clear()
     [refused] = StoreSCU().send_batch(f"PEER@127.0.0.1:{free_port()}", [small_photo_dataset()], withhold=withhold)
     assert refused.outcome is SendOutcome.RETRY and asked == []
+
+
+def test_acknowledged_is_told_each_acknowledgement_before_the_next_object_goes() -> None:
+    """The forwarder marks an item sent right when the PACS acknowledged it: the SCU calls
+    ``acknowledged`` with the index and result of each acknowledged object (Success or Warning),
+    before the next C-STORE-RQ, and for no other; one that raises does not stop the batch."""
+    told: list[tuple[int, str, int]] = []
+
+    with scp(status=0xB000) as (dest, received):  # a Warning is an acknowledgement
+        def acknowledged(i: int, result: SendResult) -> None:
+            told.append((i, result.sop_instance_uid, len(received)))
+            if i == 0:
+                raise RuntimeError("the store is away")
+
+        scu = StoreSCU()
+        try:
+            results = scu.send_batch(dest, [small_photo_dataset(f"1.2.3.{i}") for i in range(3)],
+                                     withhold=lambda i: "held back" if i == 1 else None, acknowledged=acknowledged)
+        finally:
+            scu.release()
+    assert told == [(0, "1.2.3.0", 1), (2, "1.2.3.2", 2)]
+    assert [r.outcome for r in results] == [SendOutcome.ACKNOWLEDGED, SendOutcome.PERMANENT,
+                                            SendOutcome.ACKNOWLEDGED]
+    with scp(status=0xA700) as (dest, received):  # a failure is not
+        told.clear()
+        [failed] = StoreSCU().send_batch(dest, [small_photo_dataset()], acknowledged=acknowledged)
+    assert failed.outcome is SendOutcome.RETRY and told == []
 
 
 def test_a_missing_status_is_retried() -> None:
