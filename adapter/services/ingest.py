@@ -2,7 +2,9 @@
 DocumentReference, Binary, Consent, Provenance) in one atomic unit.
 
 Order of work (cheap refusals first, nothing visible until the single commit):
-1. idempotency replay by key;
+1. idempotency replay by key (a replay, answered with the stored receipt, and a refused one, the
+   key reused for other bytes or the same photo with another consent statement, are audited as
+   every create is);
 2. the guidance and policy rules (adapter.consent.assess_ingest); a refusal by them is a
    decision, audited (an AuditEvent with outcome 4; nothing else is stored);
 3. metadata stripping by segment copy, decode proof, quality (adapter.imaging.sanitize);
@@ -61,6 +63,9 @@ class IngestResult:
     def location(self) -> str:
         return str(self.receipt["record"])
 
+
+#: The outcome description of the audit of a replay (adapter.services.ingest._answer_replay).
+REPLAYED = "stored before: the stored receipt is the answer, nothing new was stored"
 
 #: Consent versions whose grants an ingest service keeps (a few hundred bytes each).
 GRANTS_CACHE_SIZE = 20_000
@@ -139,7 +144,7 @@ class IngestService:
             if idempotency_key:
                 keyed = self._store.find_keyed_receipt(idempotency_key)
                 if keyed is not None:
-                    return self._same_statement(self._replay(keyed, meta, upload, received_sha256), meta)
+                    return self._answer_replay(ctx, meta, lambda: self._replay(keyed, meta, upload, received_sha256))
             patient = meta.patient.identifier
             now = self._now()
             try:
@@ -170,13 +175,14 @@ class IngestService:
             except Conflict:
                 # stored before (a retry without the key, or a concurrent retry that won the
                 # race): answer with its receipt
-                keyed = self._store.find_keyed_receipt(idempotency_key) if idempotency_key else None
-                if keyed is not None:
-                    return self._same_statement(self._replay(keyed, meta, upload, facts.received_sha256), meta)
+                again = self._store.find_keyed_receipt(idempotency_key) if idempotency_key else None
+                if again is not None:
+                    return self._answer_replay(ctx, meta,
+                                               lambda: self._replay(again, meta, upload, facts.received_sha256))
                 previous = self._store.find_receipt(patient=patient, stored_sha256=facts.stored_sha256)
                 if previous is None:
                     raise
-                return self._same_statement(IngestResult(receipt=previous, replayed=True), meta)
+                return self._answer_replay(ctx, meta, lambda: IngestResult(receipt=previous, replayed=True))
             if unit.outbox and self.on_commit is not None:
                 self.on_commit()
             return IngestResult(receipt=unit.receipt, replayed=False)
@@ -185,6 +191,29 @@ class IngestService:
                 upload.unlink(missing_ok=True)
             if staged is not None and not committed:
                 self._blobs.discard(staged)
+
+    def _answer_replay(self, ctx: RequestContext, meta: PhotoMetadata,
+                       replay: Callable[[], IngestResult]) -> IngestResult:
+        """The answer to a photo stored before: ``replay()``'s receipt if the request is a retry
+        of the one that stored it (same key, bytes, patient and consent statement), else its
+        refusal. Audited either way, as every other create is: the receipt answered (a create
+        interaction that stored nothing new, naming the record it answers with) or the refusal
+        (outcome 4, as the rules' refusals). A failure to write that audit fails the request
+        (nothing was stored by it; the retry is answered the same)."""
+        patient = meta.patient.identifier
+        try:
+            result = self._same_statement(replay(), meta)
+        except (BusinessRuleViolation, Conflict) as exc:
+            self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
+                                 patient=patient, reason=exc.diagnostics, refused=True)
+            raise
+        receipt = result.receipt
+        answered = [str(ref) for ref in (receipt.get("record"), receipt.get("binary"), *(receipt.get("consents") or ()),
+                                         receipt.get("provenance")) if ref]
+        # no decision was taken (the metrics count decisions): the event alone
+        self._store.append_audit(self._auditor.event(ctx, interaction="create", action="C", permitted=True,
+                                                     reason=REPLAYED, entities=answered, patient=patient))
+        return result
 
     def _same_statement(self, replay: IngestResult, meta: PhotoMetadata) -> IngestResult:
         """``replay``, if the request's consent statement is the one recorded with the photo

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from adapter.mapping.dicom_uids import stable_uid
-from tests.conftest import ROOT
+from tests.conftest import ROOT, record_emitted
 from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
 
 SAMPLES = ROOT / "samples"
@@ -294,6 +294,35 @@ def test_same_idempotency_key_returns_the_original_receipt(tmp_path: Path) -> No
         assert again.status_code == 201 and again.json() == first.json()
         assert again.headers["idempotent-replayed"] == "true"
         assert _counts(services) == counts
+
+
+def test_a_replay_and_a_refused_retry_are_audited_as_every_create_is(tmp_path: Path) -> None:
+    """Found by review: a retry answered with the stored receipt, and a retry refused (the key
+    reused for other bytes, another consent statement), left no AuditEvent, while a first
+    create and a refusal by the rules each leave one. A replay names the records it answers
+    with (outcome 0, saying it stored nothing new); a refused retry is outcome 4 with why."""
+    with adapter_client(tmp_path) as (client, services):
+        first = post_photo(client, WOUND, metadata(), headers={"Idempotency-Key": "au-1"}).json()
+        assert len(services.store.list_audit(10)) == 1  # the create
+        for headers in ({"Idempotency-Key": "au-1"}, {}):  # by key, by bytes
+            assert post_photo(client, WOUND, metadata(), headers=headers).status_code == 201
+        replays = services.store.list_audit(10)[:-1]  # newest first
+        assert len(replays) == 2
+        for event in replays:
+            assert event["subtype"][0]["code"] == "create" and event["outcome"] == "0"
+            assert "nothing new" in event["outcomeDesc"]
+            named = {e["what"].get("reference") for e in event["entity"] if "reference" in e.get("what", {})}
+            assert {first["record"], first["binary"], first["provenance"], *first["consents"]} <= named
+            assert any(e.get("what", {}).get("identifier") == metadata()["patient"] for e in event["entity"])
+        _outcome(post_photo(client, SAMPLES / "lesion.png", metadata(), content_type="image/png",
+                            headers={"Idempotency-Key": "au-1"}), 422)
+        _outcome(post_photo(client, WOUND, metadata(consent={"purposes": ["TREAT", "TRAIN"],
+                                                             "method": "written"})), 409)
+        refusals = services.store.list_audit(10)[:2][::-1]
+        assert [(e["outcome"], e["subtype"][0]["code"]) for e in refusals] == [("4", "create")] * 2
+        assert "Idempotency-Key" in refusals[0]["outcomeDesc"] and "consent" in refusals[1]["outcomeDesc"]
+        assert len(services.store.list_audit(10)) == 5
+        record_emitted(services.store.list_audit(10))
 
 
 def test_a_retry_with_another_consent_statement_is_refused_not_dropped(tmp_path: Path) -> None:
