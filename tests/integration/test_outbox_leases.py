@@ -42,7 +42,9 @@ class Clock:
 
 
 class Sender:
-    """Acknowledges everything; the first batch waits for ``release`` when ``blocking``."""
+    """Acknowledges everything, each object right after it went (as StoreSCU tells
+    ``acknowledged``); the first object's response waits for ``go`` when ``blocking`` (a PACS
+    slower than the lease)."""
 
     def __init__(self, *, blocking: bool = False) -> None:
         self.sent: list[str] = []
@@ -51,18 +53,23 @@ class Sender:
         self._blocking = blocking
 
     def send_batch(self, destination: str, datasets: Iterable[Dataset | Path], *,
-                   withhold: Callable[[int], str | None] | None = None) -> list[SendResult]:
+                   withhold: Callable[[int], str | None] | None = None,
+                   acknowledged: Callable[[int, SendResult], None] | None = None) -> list[SendResult]:
         results = []
         for i, ds in enumerate(datasets):  # as StoreSCU: asked right before each send
             uid = str(ds.SOPInstanceUID) if isinstance(ds, Dataset) else ""
             reason = withhold(i) if withhold is not None else None
-            if reason is None:
-                self.sent.append(uid)
-            results.append(SendResult(uid, SendOutcome.ACKNOWLEDGED, 0) if reason is None
-                           else SendResult(uid, SendOutcome.PERMANENT, None, reason))
-        if self._blocking and not self.in_flight.is_set():
-            self.in_flight.set()
-            assert self.go.wait(20), "the test never let the slow PACS answer"
+            if reason is not None:
+                results.append(SendResult(uid, SendOutcome.PERMANENT, None, reason))
+                continue
+            self.sent.append(uid)
+            if self._blocking and not self.in_flight.is_set():
+                self.in_flight.set()
+                assert self.go.wait(20), "the test never let the slow PACS answer"
+            result = SendResult(uid, SendOutcome.ACKNOWLEDGED, 0)
+            if acknowledged is not None:
+                acknowledged(i, result)
+            results.append(result)
         return results
 
     def release(self) -> None:
