@@ -6,7 +6,7 @@ notes, references to an author, a consent recorder and an encounter, an accessio
 StudyID, dates) are planted in every place an input can carry them: the metadata of
 ``POST /photos`` and inside its JPEG (EXIF with GPS, BodySerialNumber, Artist, UserComment and
 MakerNote, an EXIF thumbnail, XMP, IPTC, COM, an ICC profile's description) and PNG (tEXt, zTXt,
-iTXt, eXIf); a Consent with its signed form; a DICOM object received over the real SCP (dcmtk's
+iTXt, eXIf); a Consent with its signed form; an IHE MHD transaction Bundle; a DICOM object received over the real SCP (dcmtk's
 storescu) and over STOW-RS, with the canaries in patient, study, series, equipment and image
 attributes, nested request items, private elements, an overlay and the JPEG frame's own EXIF and
 COM; an Encapsulated PDF whose document holds the canaries.
@@ -51,7 +51,7 @@ from adapter.dicom import AeOptions, StoreSCP
 from adapter.mapping.dicom_photo import encode_dataset
 from adapter.services.registry import Services
 from samples.make_samples import insert_segments
-from tests.conftest import require_or_skip
+from tests.conftest import ROOT, require_or_skip
 from tests.support.app import FhirClient, adapter_client, consent_resource, post_photo
 from tests.support.dcmtk import dcmtk_missing, storescu, wrap_jpeg_as_sc
 
@@ -455,6 +455,24 @@ def _ingest(client: FhirClient, services: Services, tmp_path: Path) -> None:
     png.write_bytes(canary_png(shade=40))
     r = post_photo(client, png, meta, content_type="image/png", headers={"Idempotency-Key": "canary-form"})
     assert r.status_code == 201, r.text
+    # an IHE MHD transaction Bundle: the canaries in its Media and Consent, its image the JPEG
+    bundle = json.loads((ROOT / "samples" / "bundle-transaction.json").read_text().replace("MRN-0001", MRN))
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "Binary":
+            resource["data"] = base64.b64encode(canary_jpeg((200, 150))).decode()
+        elif resource["resourceType"] == "Media":
+            resource["note"] = [{"text": f"{NOTE} {FAMILY} {ADDRESS}"}]
+            resource["operator"] = {"reference": AUTHOR_REF, "display": PHYSICIAN}
+            resource["encounter"] = {"reference": ENCOUNTER_REF}
+            resource["subject"]["display"] = f"{FAMILY} {GIVEN}"
+            resource["content"]["title"] = f"{FAMILY} wound"
+            resource.pop("identifier", None)
+        elif resource["resourceType"] == "Consent":
+            resource["organization"] = [{"display": INSTITUTION}]
+            resource["performer"] = [{"reference": RECORDER_REF, "display": PHYSICIAN}]
+    r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
     r = client.post("/fhir/Consent", json=canary_consent(["TRAIN", "HRESCH"]),
                     headers={"Content-Type": "application/fhir+json"})
     assert r.status_code == 201, r.text
