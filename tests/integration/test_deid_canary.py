@@ -5,7 +5,7 @@ names of an operator, a physician, an institution and a colleague, GPS coordinat
 notes, references to an author, a consent recorder and an encounter, an accession number, a
 StudyID, dates) are planted in every place an input can carry them: the metadata of
 ``POST /photos`` and inside its JPEG (EXIF with GPS, BodySerialNumber, Artist, UserComment and
-MakerNote, an EXIF thumbnail, XMP, IPTC, COM, an ICC profile's description) and PNG (tEXt, zTXt,
+MakerNote, a thumbnail in an APP5 segment, XMP, IPTC, COM, an ICC profile's description) and PNG (tEXt, zTXt,
 iTXt, eXIf); a Consent with its signed form; an IHE MHD transaction Bundle; a DICOM object received over the real SCP (dcmtk's
 storescu) and over STOW-RS, with the canaries in patient, study, series, equipment and image
 attributes, nested request items, private elements, an overlay and the JPEG frame's own EXIF and
