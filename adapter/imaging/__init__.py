@@ -3,7 +3,8 @@ no database.
 
 ``sanitize`` removes identifying metadata from an uploaded JPEG or PNG losslessly (by JPEG
 segment / PNG chunk surgery, never re-encoding) and reports what it removed and what it
-measured; ``strip_to_pixels_only`` gives the bytes for the de-identified view.
+measured; ``strip_to_pixels_only`` gives the bytes for the de-identified view, and
+``strip_but_orientation`` those for the pseudonymised one (no ICC profile either).
 
 For the DICOM bridge: ``jpeg_frame_info``, ``read_orientation`` and ``jpeg_for_encapsulation``
 read the stored bytes without decoding (``frame``); ``decode_pixels`` and ``encode_png`` (in
@@ -18,7 +19,7 @@ from adapter.imaging.jpeg import jpeg_pixel_size
 from adapter.imaging.png import png_pixel_size
 from adapter.imaging.quality import estimate_jpeg_quality
 from adapter.imaging.render import Pixels, decode_pixels, encode_png
-from adapter.imaging.sanitize import sanitize, strip_to_pixels_only
+from adapter.imaging.sanitize import sanitize, strip_but_orientation, strip_to_pixels_only
 from adapter.imaging.sniff import JPEG, PNG, sniff_content_type
 from adapter.imaging.thumbnail import thumbnail_jpeg
 
@@ -26,5 +27,5 @@ __all__ = [
     "JPEG", "PNG", "ExifSummary", "ImageFacts", "JpegFrameInfo", "Pixels", "decode_pixels", "encode_png",
     "estimate_jpeg_quality", "jpeg_for_encapsulation", "jpeg_frame_info", "jpeg_pixel_size",
     "orientation_only_tiff", "parse_exif", "png_pixel_size", "read_orientation", "sanitize",
-    "sniff_content_type", "strip_to_pixels_only", "thumbnail_jpeg",
+    "sniff_content_type", "strip_but_orientation", "strip_to_pixels_only", "thumbnail_jpeg",
 ]

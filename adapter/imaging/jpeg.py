@@ -372,6 +372,18 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
                         layout.scans)
 
 
+def strip_jpeg_but_orientation(data: bytes) -> bytes:
+    """:func:`strip_jpeg` without the ICC profile: no metadata but an Orientation-only EXIF.
+
+    An ICC profile is kept at ingest for care (colours), but its description, copyright and
+    device tags are free text, and any tag it holds may be private: it can name a person, a
+    device or a place. This is what the pseudonymised view releases (the DICOM copies drop the
+    profile for the same reason), keeping the orientation a viewer needs."""
+    stripped = strip_jpeg_segments(data)
+    parts = [part for marker, part in stripped.segments if not (marker == APP2 and bytes(part[4:16]) == _ICC)]
+    return b"".join([b"\xff\xd8", *parts, b"\xff\xd9"])
+
+
 def strip_jpeg_to_pixels_only(data: bytes) -> bytes:
     """Keep only what decoding needs: SOI, DQT, DHT, DAC, DRI, SOFn, SOS with its entropy-coded
     data, EOI; plus APP14 Adobe (its transform flag decides the colour conversion) and, if the

@@ -309,6 +309,15 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
     return Stripped(stored, layout.width, layout.height, tuple(dict.fromkeys(removed)), exif)
 
 
+def strip_png_but_orientation(data: bytes) -> bytes:
+    """:func:`strip_png` without the iCCP chunk: no metadata but an Orientation-only eXIf (see
+    :func:`adapter.imaging.jpeg.strip_jpeg_but_orientation`: the profile's own tags are free text)."""
+    stored = strip_png(data).data
+    view = memoryview(stored)
+    return b"".join([view[:len(PNG_SIGNATURE)], *(view[chunk.start:chunk.end] for chunk in walk(stored).chunks
+                                                   if chunk.type != b"iCCP")])
+
+
 def strip_png_to_pixels_only(data: bytes) -> bytes:
     """Critical chunks plus ``PIXELS_ONLY_ANCILLARY`` (tRNS, gAMA, sRGB) when well formed,
     and only the image's zlib stream in the image data, nothing else."""

@@ -7,8 +7,13 @@ from pathlib import Path
 
 from adapter.errors import StorageError, UndecodableImage
 from adapter.imaging.facts import ImageFacts, Stripped
-from adapter.imaging.jpeg import StrippedJpeg, strip_jpeg_segments, strip_jpeg_to_pixels_only
-from adapter.imaging.png import strip_png, strip_png_to_pixels_only
+from adapter.imaging.jpeg import (
+    StrippedJpeg,
+    strip_jpeg_but_orientation,
+    strip_jpeg_segments,
+    strip_jpeg_to_pixels_only,
+)
+from adapter.imaging.png import strip_png, strip_png_but_orientation, strip_png_to_pixels_only
 from adapter.imaging.probe import decode_jpeg_prefix, decode_reduced
 from adapter.imaging.quality import quality_warnings
 from adapter.imaging.sniff import JPEG, check_declared, sniff_content_type
@@ -99,6 +104,17 @@ def strip_to_pixels_only(data: bytes, content_type: str) -> bytes:
     if sniffed == JPEG:
         return strip_jpeg_to_pixels_only(data)
     return strip_png_to_pixels_only(data)
+
+
+def strip_but_orientation(data: bytes, content_type: str) -> bytes:
+    """Bytes for the pseudonymised (HRESCH) view: the stored photo's strip without its ICC
+    profile, whose description, copyright and device tags (and any private tag) are free text
+    that can identify; only an Orientation-only EXIF stays, so the photo shows upright. The
+    pixels are identical. ``content_type`` must match the magic bytes, as for
+    :func:`strip_to_pixels_only`."""
+    if check_declared(data, content_type) == JPEG:
+        return strip_jpeg_but_orientation(data)
+    return strip_png_but_orientation(data)
 
 
 def _write(dst: Path, parts: list[bytes | memoryview]) -> None:

@@ -29,7 +29,7 @@ from adapter.errors import (
     UndecodableImage,
     UnsupportedResourceType,
 )
-from adapter.imaging import strip_to_pixels_only, thumbnail_jpeg
+from adapter.imaging import strip_but_orientation, strip_to_pixels_only, thumbnail_jpeg
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.mapping.dicom_json import read_released
@@ -155,9 +155,14 @@ def consent_facts(resource_id: str, resource: dict[str, Any]) -> AccessFacts | N
 
 def _image_in_view(data: bytes, content_type: str, view: View) -> bytes:
     """A Binary's bytes as ``view`` releases them: the de-identified view gets image bytes with no
-    metadata at all; anything else (and a document) goes as it is."""
-    if view is View.DEIDENTIFIED and content_type.startswith("image/"):
-        return strip_to_pixels_only(data, content_type)
+    metadata at all; the pseudonymised view the same but for the orientation (no ICC profile: its
+    text tags can name a person or a device, and the DICOM copies of both views drop it too);
+    care and break-glass (and any document) get them as stored."""
+    if content_type.startswith("image/"):
+        if view is View.DEIDENTIFIED:
+            return strip_to_pixels_only(data, content_type)
+        if view is View.PSEUDONYMISED:
+            return strip_but_orientation(data, content_type)
     return data
 
 

@@ -14,7 +14,14 @@ import pytest
 from PIL import ExifTags, Image, ImageFilter
 
 from adapter.errors import ImageTooLarge, UndecodableImage, UnsupportedMediaType
-from adapter.imaging import ImageFacts, jpeg_pixel_size, orientation_only_tiff, sanitize, strip_to_pixels_only
+from adapter.imaging import (
+    ImageFacts,
+    jpeg_pixel_size,
+    orientation_only_tiff,
+    sanitize,
+    strip_but_orientation,
+    strip_to_pixels_only,
+)
 from adapter.imaging import jpeg as jpeg_module
 from adapter.imaging.jpeg import app_segments, walk
 from adapter.model.policy import Limits, Quality
@@ -414,6 +421,23 @@ def test_strip_to_pixels_only(tmp_path: Path, name: str) -> None:
         assert [p for m, p in app_segments(trained)] == [b"JFIF\x00\x01\x02\x00\x00\x01\x00\x01\x00\x00"]
         assert np.array_equal(pixels(trained), pixels(received))
         assert ms.TRAILER not in trained and b"ICC_PROFILE" not in trained
+
+
+@pytest.mark.parametrize("name", JPEG_SAMPLES)
+def test_strip_but_orientation(tmp_path: Path, name: str) -> None:
+    """The pseudonymised view's bytes: the stored strip without its ICC profile (free-text tags),
+    the Orientation-only EXIF kept, the pixels identical."""
+    received = (SAMPLES / name).read_bytes()
+    _, stored = run(tmp_path, received)
+    assert (b"ICC_PROFILE" in stored) is (name == "wound.jpg")  # the one sample with a profile
+    for source in (received, stored):
+        released = strip_but_orientation(source, "image/jpeg")
+        assert b"ICC_PROFILE" not in released and ms.TRAILER not in released
+        assert released == stored.replace(b"".join(bytes((0xFF, m)) + struct.pack(">H", len(p) + 2) + p
+                                                   for m, p in app_segments(stored) if m == 0xE2), b"")
+        assert np.array_equal(pixels(released), pixels(received))
+    with pytest.raises(UnsupportedMediaType):
+        strip_but_orientation(stored, "image/png")
 
 
 def test_strip_to_pixels_only_checks_the_declared_type(wound: bytes) -> None:

@@ -14,7 +14,14 @@ import pytest
 from PIL import ExifTags, Image, PngImagePlugin
 
 from adapter.errors import ImageTooLarge, UndecodableImage, UnsupportedMediaType
-from adapter.imaging import ImageFacts, orientation_only_tiff, png_pixel_size, sanitize, strip_to_pixels_only
+from adapter.imaging import (
+    ImageFacts,
+    orientation_only_tiff,
+    png_pixel_size,
+    sanitize,
+    strip_but_orientation,
+    strip_to_pixels_only,
+)
 from adapter.imaging import png as png_module
 from adapter.model.policy import Limits, Quality
 
@@ -243,6 +250,18 @@ def test_pillow_bomb_check_is_wrapped(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- de-identified view
+
+def test_strip_but_orientation(tmp_path: Path, lesion: bytes) -> None:
+    """The pseudonymised view's bytes: the stored chunks without iCCP (the profile's tags are
+    free text), the Orientation-only eXIf kept, the pixels identical."""
+    _, stored = run(tmp_path, lesion)
+    assert b"iCCP" in [t for t, _ in chunks(stored)]
+    for source in (lesion, stored):
+        released = strip_but_orientation(source, "image/png")
+        assert chunks(released) == [(t, d) for t, d in chunks(stored) if t != b"iCCP"]
+        assert chunk(b"eXIf", orientation_only_tiff(8)) in released
+        assert np.array_equal(pixels(released), pixels(lesion))
+
 
 def test_strip_to_pixels_only(tmp_path: Path, lesion: bytes) -> None:
     _, stored = run(tmp_path, lesion)
