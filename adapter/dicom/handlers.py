@@ -26,6 +26,7 @@ from adapter.dicom.spool import BoundedSpool
 from adapter.dicom.status import BUG_STATUS, SUCCESS, dimse_status_for, error_comment
 from adapter.errors import AdapterError, InvalidInput, PayloadTooLarge, Transient
 from adapter.metrics import ASSOCIATIONS, C_STORES, INGESTS
+from adapter.services.association_audit import RejectedAssociations, Rejection
 from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
 
 if TYPE_CHECKING:
@@ -103,6 +104,30 @@ def handle_store(event: Event, ingest: DicomIngestService, stopping: threading.E
     return SUCCESS
 
 
+def _ae_title(value: Any) -> str:
+    """An AE title as the peer sent it, for the audit: at most 16 characters (PS3.8's field),
+    anything but printable ASCII replaced (it is the peer's text, quoted into the AuditEvent)."""
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in text[:16]).strip()
+
+
+def handle_rejected(event: Event, rejections: RejectedAssociations) -> None:
+    """An A-ASSOCIATE-RJ was sent (the calling AE title not allowed, too many associations):
+    audited as a Security Alert, repeats coalesced (adapter.services.association_audit)."""
+    assoc = event.assoc
+    rj = getattr(assoc.acceptor, "primitive", None)
+    request = getattr(assoc.requestor, "primitive", None)
+    if rj is None:
+        return
+    rejection = Rejection(calling_ae_title=_ae_title(getattr(request, "calling_ae_title", "")),
+                          called_ae_title=_ae_title(getattr(request, "called_ae_title", "")),
+                          peer_address=str(assoc.requestor.address or ""), result=int(rj.result or 0),
+                          source=int(rj.result_source or 0), reason=int(rj.diagnostic or 0))
+    log.info("association from %s@%s rejected (result %d, source %d, reason %d)", rejection.calling_ae_title,
+                rejection.peer_address, rejection.result, rejection.source, rejection.reason)
+    rejections.record(rejection)
+
+
 def handle_conn_open(event: Event) -> None:
     """Turn Nagle's algorithm off on the accepted socket: with it, each small C-STORE response
     waits for the peer's delayed ACK (~40 ms per object)."""
@@ -145,4 +170,5 @@ def handle_conn_close(event: Event) -> None:
             discard_spooled(primitive)
 
 
-__all__ = ["discard_spooled", "handle_conn_close", "handle_conn_open", "handle_echo", "handle_store"]
+__all__ = ["discard_spooled", "handle_conn_close", "handle_conn_open", "handle_echo", "handle_rejected",
+           "handle_store"]
