@@ -29,9 +29,12 @@ purpose of use, the records, the patient, the query, the X-Request-Id):
   transfer), the only name it may have when it was not read far enough to know its study:
   an entity of type 2 System Object, role 3 Report, whose what.identifier is the SOP Instance
   UID as the records name it (system ``urn:dicom:uid``, value ``urn:oid:<uid>``, type text
-  "SOP Instance UID": CID 404 has no code for it). Its outcome (:func:`refusal_outcome`) is 4
-  Minor failure when the object was refused (the sender can correct it and send it again), 8
-  Serious failure when the adapter failed to keep it (A.5.1 EventOutcomeIndicator);
+  "SOP Instance UID": CID 404 has no code for it). A STOW-RS request refused as a whole before
+  any part was looked at (not multipart/related of application/dicom, over the size limits,
+  malformed, cut short, no part) is one such message naming no instance: nothing was read.
+  Its outcome (:func:`refusal_outcome`) is 4 Minor failure when the object was refused (the
+  sender can correct it and send it again), 8 Serious failure when the adapter failed to keep it
+  (A.5.1 EventOutcomeIndicator);
 * ``110113`` Security Alert (A.5.3.11): an association the C-STORE SCP rejected (A-ASSOCIATE-RJ:
   a calling AE title not allowed, more associations than ``maximum_associations``), action
   ``E`` ("Shall be: E"), outcome 4 Minor failure (A.5.3.11: a minor failure "indicates that
