@@ -106,7 +106,8 @@ def handle_store(event: Event, ingest: DicomIngestService, stopping: threading.E
 
 def _ae_title(value: Any) -> str:
     """An AE title as the peer sent it, for the audit: at most 16 characters (PS3.8's field),
-    anything but printable ASCII replaced (it is the peer's text, quoted into the AuditEvent)."""
+    anything but printable ASCII replaced. pynetdicom aborts a request whose AE titles are not
+    ASCII or hold control characters (measured), so this only keeps that true whatever it does."""
     text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
     return "".join(ch if " " <= ch <= "~" else "?" for ch in text[:16]).strip()
 
