@@ -9,7 +9,8 @@ Wiring decisions:
   rejects every caller: fail closed, the SCP never accepts anonymous senders. Every rejected
   association (this, or pynetdicom's local-limit-exceeded beyond ``maximum_associations``) is
   audited as a DICOM Security Alert, a misconfigured peer's repeats counted into one a minute
-  (adapter.services.association_audit).
+  (adapter.services.association_audit); so is one accepted with every presentation context
+  rejected (below), which dcmtk's storescp would have rejected.
 * **What is accepted.** Presentation contexts for the SOP classes of mappings/dicom.yaml
   (``receive.sopClasses``) and Verification. Any other SOP class is refused at negotiation
   (abstract syntax not supported), so its C-STORE is never sent. Image classes accept Explicit
@@ -74,6 +75,7 @@ from adapter.dicom.ae import AeOptions
 from adapter.dicom.associate_pdu import NegotiationDUL
 from adapter.dicom.handlers import (
     discard_spooled,
+    handle_accepted,
     handle_conn_close,
     handle_conn_open,
     handle_echo,
@@ -693,6 +695,7 @@ class StoreSCP:
                 (evt.EVT_C_ECHO, handle_echo),
                 (evt.EVT_C_STORE, handle_store, [self._ingest, self._stopping]),
                 (evt.EVT_REJECTED, handle_rejected, [self._ingest.rejected_associations]),
+                (evt.EVT_ACCEPTED, handle_accepted, [self._ingest.rejected_associations]),
             ]
             try:
                 self._server = ae.start_server((self.options.host, self.options.port), block=False,

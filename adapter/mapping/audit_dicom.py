@@ -36,7 +36,8 @@ purpose of use, the records, the patient, the query, the X-Request-Id):
   sender can correct it and send it again), 8 Serious failure when the adapter failed to keep it
   (A.5.1 EventOutcomeIndicator);
 * ``110113`` Security Alert (A.5.3.11): an association the C-STORE SCP rejected (A-ASSOCIATE-RJ:
-  a calling AE title not allowed, more associations than ``maximum_associations``), action
+  a calling AE title not allowed, more associations than ``maximum_associations``; or accepted
+  with every presentation context rejected, which dcmtk's storescp rejects), action
   ``E`` ("Shall be: E"), outcome 4 Minor failure (A.5.3.11: a minor failure "indicates that
   mitigation efforts were effective in maintaining system security": the peer was kept out).
   Its EventTypeCode (AuditEvent.subtype, PS3.16 CID 403 Security Alert Type) is ``110126`` Node
@@ -52,7 +53,8 @@ purpose of use, the records, the patient, the query, the X-Request-Id):
   "Reporting ... Process"), both of role 110150 Application (CID 402). The Alert Subject entity
   is the peer's node: type 2 System Object, what.identifier typed 110182 Node ID, its value the
   peer's IP address; its details the Alert Description (the A-ASSOCIATE-RJ result, source and
-  reason in PS3.8 Table 9-21's words, and the called AE title the request named) and the number
+  reason in PS3.8 Table 9-21's words, or the rejected presentation contexts' results in Table
+  9-18's, and the called AE title the request named) and the number
   of Occurrences. A peer retrying in a loop is not one message per rejection: its repeats are
   counted into one message (outcomeDesc "(N associations)", AuditEvent.period the first and last
   of them; adapter.services.association_audit says when each is written). There is no patient,

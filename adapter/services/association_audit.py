@@ -1,4 +1,5 @@
-"""The audit of associations the C-STORE SCP rejects (A-ASSOCIATE-RJ, PS3.8 9.3.4): each is a
+"""The audit of associations the C-STORE SCP refuses (A-ASSOCIATE-RJ, PS3.8 9.3.4, or accepted
+with every presentation context rejected, adapter.dicom.handlers.handle_accepted): each is a
 DICOM Security Alert (PS3.15 A.5.3.11, adapter.mapping.audit_dicom), with repeats coalesced.
 
 A peer that is misconfigured (a modality given the wrong AE title) or hostile retries at once
@@ -8,8 +9,9 @@ and hold the store's writer, the same store every C-STORE and HTTP write commits
 must still show every rejection, when it began and when it stopped, so the repeats are counted
 rather than dropped:
 
-* the first rejection of a **caller** (calling AE title, peer IP address without its port, the
-  A-ASSOCIATE-RJ result, source and reason) is audited at once, naming that one association;
+* the first rejection of a **caller** (calling AE title, peer IP address without its port, and
+  the reason: the A-ASSOCIATE-RJ's result, source and reason, or the presentation contexts'
+  results) is audited at once, naming that one association;
 * the rejections of the same caller in the ``window`` (60 s) after it are counted, not written;
   when the window has ended they become ONE Security Alert with their count and their first and
   last times (AuditEvent.period), written at the next rejection of any caller, or when the SCP
@@ -34,7 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from adapter.mapping.audit_dicom import association_rejection
 from adapter.metrics import DECISIONS
 from adapter.services.audit import Auditor
 
@@ -49,26 +50,20 @@ _SEVERAL = ""  # the caller of the window of several peers
 
 @dataclass(frozen=True)
 class Rejection:
-    """One A-ASSOCIATE-RJ sent: the request's calling and called AE titles, the peer's address,
-    and the RJ's result, source and reason (PS3.8 Table 9-21)."""
+    """One association refused: the request's calling and called AE titles, the peer's address,
+    and why, in the standard's words (an A-ASSOCIATE-RJ's fields,
+    adapter.mapping.audit_dicom.association_rejection, or every presentation context rejected)."""
 
     calling_ae_title: str
     called_ae_title: str
     peer_address: str
-    result: int
-    source: int
-    reason: int
-
-    @property
-    def reason_text(self) -> str:
-        """The RJ's fields in the standard's words."""
-        return f"association rejected (A-ASSOCIATE-RJ {association_rejection(self.result, self.source, self.reason)})"
+    reason: str
 
     @property
     def description(self) -> str:
-        """AuditEvent.outcomeDesc: :attr:`reason_text` and the called AE title the request named
-        (what a misconfigured peer most often has wrong)."""
-        return f"{self.reason_text}; called AE title {self.called_ae_title or '(none)'}"
+        """AuditEvent.outcomeDesc: the reason and the called AE title the request named (what a
+        misconfigured peer most often has wrong)."""
+        return f"{self.reason}; called AE title {self.called_ae_title or '(none)'}"
 
 
 @dataclass
@@ -93,7 +88,7 @@ class RejectedAssociations:
         self._max_callers = max_callers
         self._clock = clock
         self._lock = threading.Lock()
-        self._windows: dict[tuple[object, ...], _Window] = {}
+        self._windows: dict[tuple[str, str, str], _Window] = {}
 
     def record(self, rejection: Rejection) -> None:
         """Audit ``rejection`` (at once, or counted into its caller's window), and write the
@@ -103,11 +98,10 @@ class RejectedAssociations:
         write: list[tuple[Rejection, bool, int, datetime, datetime]] = []
         with self._lock:
             write.extend(self._take_ended(tick))
-            key: tuple[object, ...] = (rejection.calling_ae_title, rejection.peer_address, rejection.result,
-                                       rejection.source, rejection.reason)
+            key = (rejection.calling_ae_title, rejection.peer_address, rejection.reason)
             several = key not in self._windows and len(self._windows) >= self._max_callers
             if several:
-                key = (_SEVERAL, _SEVERAL, rejection.result, rejection.source, rejection.reason)
+                key = (_SEVERAL, _SEVERAL, rejection.reason)
             window = self._windows.get(key)
             if window is None:
                 self._windows[key] = _Window(rejection, tick, several)
@@ -139,7 +133,7 @@ class RejectedAssociations:
             try:
                 self._auditor.record_security_alert(
                     start=start, end=end, count=count,
-                    description=rejection.reason_text if several else rejection.description,
+                    description=rejection.reason if several else rejection.description,
                     peer_address=None if several else rejection.peer_address,
                     calling_ae_title=None if several else rejection.calling_ae_title)
             except Exception as exc:  # noqa: BLE001 - the rejection stands whatever the audit store does

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from adapter.config import StoreOptions
+from adapter.mapping.audit_dicom import association_rejection
 from adapter.services.association_audit import RejectedAssociations, Rejection
 from adapter.services.audit import Auditor
 from adapter.store import SqlRecordStore, open_store
@@ -55,8 +56,8 @@ def rejections(store: SqlRecordStore, clock: Clock, **kwargs: int) -> RejectedAs
 
 
 def rejection(calling: str = "INTRUDER", address: str = "127.0.0.1", reason: int = 3) -> Rejection:
-    return Rejection(calling_ae_title=calling, called_ae_title="ADAPTER", peer_address=address, result=1,
-                     source=1, reason=reason)
+    why = f"association rejected (A-ASSOCIATE-RJ {association_rejection(1, 1, reason)})"
+    return Rejection(calling_ae_title=calling, called_ae_title="ADAPTER", peer_address=address, reason=why)
 
 
 def alerts(store: SqlRecordStore) -> list[dict]:

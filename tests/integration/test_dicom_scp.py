@@ -453,6 +453,30 @@ def test_a_rejected_association_is_audited_as_a_security_alert_and_its_repeats_c
     assert validate_r4([first, repeats]) == []
 
 
+def test_an_association_with_no_presentation_context_accepted_is_audited(services: Services,
+                                                                         tmp_path: Path) -> None:
+    """storescu with a CT image, a SOP class the SCP does not serve: pynetdicom accepts the
+    association with its only presentation context rejected (dcmtk's storescp rejects such an
+    association); nothing can be sent on it, and it is audited as a rejected one is, naming the
+    context's result (3, abstract syntax not supported). An association with a context accepted
+    is not audited."""
+    need_dcmtk()
+    ct = tmp_path / "ct.dcm"
+    sc_file(ct, SOPClassUID=CTImageStorage)
+    scp = start_scp(services)
+    try:
+        done = storescu(scp.port, "ADAPTER", [ct], check=False, extra=["-R"])  # only what the file needs
+        assert "No Acceptable Presentation Contexts" in done.stderr, done.stderr
+        wait_until(lambda: len(services.store.list_audit(10)) >= 1)
+        assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
+    finally:
+        scp.stop()
+    [alert] = audited(services)
+    assert alert["type"]["code"] == "110113" and alert["agent"][0]["altId"] == "STORESCU"
+    assert alert["outcomeDesc"].startswith("no presentation context accepted (results 3 (abstract-syntax-not-supported")
+    assert validate_r4([alert]) == []
+
+
 def test_an_association_beyond_the_maximum_is_rejected_and_audited(services: Services) -> None:
     """pynetdicom rejects an association beyond ``maximum_associations`` (rejected-transient,
     local-limit-exceeded): audited as the calling AE title's is."""
