@@ -25,7 +25,9 @@ from pydicom.dataset import Dataset
 from adapter.dicom.spool import BoundedSpool
 from adapter.dicom.status import BUG_STATUS, SUCCESS, dimse_status_for, error_comment
 from adapter.errors import AdapterError, InvalidInput, PayloadTooLarge, Transient
+from adapter.mapping.audit_dicom import association_rejection
 from adapter.metrics import ASSOCIATIONS, C_STORES, INGESTS
+from adapter.services.association_audit import RejectedAssociations, Rejection
 from adapter.services.dicom_ingest import DicomIngestService, ReceivedStore
 
 if TYPE_CHECKING:
@@ -33,6 +35,11 @@ if TYPE_CHECKING:
     from pynetdicom.events import Event
 
 log = logging.getLogger("adapter.dicom")
+
+#: The Result/Reason of a rejected presentation context in an A-ASSOCIATE-AC (PS3.8 Table 9-18).
+_CONTEXT_RESULTS = {1: "user-rejection", 2: "no-reason (provider rejection)",
+                    3: "abstract-syntax-not-supported (provider rejection)",
+                    4: "transfer-syntaxes-not-supported (provider rejection)"}
 
 
 def handle_echo(event: Event) -> int:
@@ -103,6 +110,49 @@ def handle_store(event: Event, ingest: DicomIngestService, stopping: threading.E
     return SUCCESS
 
 
+def _ae_title(value: Any) -> str:
+    """An AE title as the peer sent it, for the audit: at most 16 characters (PS3.8's field),
+    anything but printable ASCII replaced. pynetdicom aborts a request whose AE titles are not
+    ASCII or hold control characters (measured), so this only keeps that true whatever it does."""
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in text[:16]).strip()
+
+
+def _rejection(assoc: Any, reason: str) -> Rejection:
+    request = getattr(assoc.requestor, "primitive", None)
+    return Rejection(calling_ae_title=_ae_title(getattr(request, "calling_ae_title", "")),
+                     called_ae_title=_ae_title(getattr(request, "called_ae_title", "")),
+                     peer_address=str(assoc.requestor.address or ""), reason=reason)
+
+
+def handle_rejected(event: Event, rejections: RejectedAssociations) -> None:
+    """An A-ASSOCIATE-RJ was sent (the calling AE title not allowed, too many associations):
+    audited as a Security Alert, repeats coalesced (adapter.services.association_audit)."""
+    rj = getattr(event.assoc.acceptor, "primitive", None)
+    if rj is None:
+        return
+    why = association_rejection(int(rj.result or 0), int(rj.result_source or 0), int(rj.diagnostic or 0))
+    rejection = _rejection(event.assoc, f"association rejected (A-ASSOCIATE-RJ {why})")
+    log.info("association from %s@%s rejected (%s)", rejection.calling_ae_title, rejection.peer_address, why)
+    rejections.record(rejection)
+
+
+def handle_accepted(event: Event, rejections: RejectedAssociations) -> None:
+    """An A-ASSOCIATE-AC was sent. pynetdicom accepts an association whose every presentation
+    context it rejected (PS3.8 9.3.3.2: abstract syntax or transfer syntaxes not supported),
+    where dcmtk's storescp rejects it: nothing can be sent on it, the SCP refused all the peer
+    asked for. Audited as a rejected association is (adapter.services.association_audit)."""
+    assoc = event.assoc
+    if assoc.accepted_contexts:
+        return
+    results = sorted({int(cx.result) for cx in assoc.rejected_contexts if cx.result is not None})
+    why = ", ".join(f"{r} ({_CONTEXT_RESULTS.get(r, 'rejected')})" for r in results) or "none proposed"
+    rejection = _rejection(assoc, f"no presentation context accepted (results {why})")
+    log.info("association from %s@%s accepted with no presentation context (results %s)",
+             rejection.calling_ae_title, rejection.peer_address, why)
+    rejections.record(rejection)
+
+
 def handle_conn_open(event: Event) -> None:
     """Turn Nagle's algorithm off on the accepted socket: with it, each small C-STORE response
     waits for the peer's delayed ACK (~40 ms per object)."""
@@ -145,4 +195,5 @@ def handle_conn_close(event: Event) -> None:
             discard_spooled(primitive)
 
 
-__all__ = ["discard_spooled", "handle_conn_close", "handle_conn_open", "handle_echo", "handle_store"]
+__all__ = ["discard_spooled", "handle_accepted", "handle_conn_close", "handle_conn_open", "handle_echo",
+           "handle_rejected", "handle_store"]

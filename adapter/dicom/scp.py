@@ -6,7 +6,11 @@ Wiring decisions:
 * **Who may associate.** The calling AE title must be one of ``AeOptions.allowed_ae_titles``
   (ADAPTER_DICOM_ALLOWED_AE_TITLES with the policy's ``allowedAETitles``); others are rejected
   with A-ASSOCIATE-RJ (rejected-permanent, "calling AE title not recognised"). An empty list
-  rejects every caller: fail closed, the SCP never accepts anonymous senders.
+  rejects every caller: fail closed, the SCP never accepts anonymous senders. Every rejected
+  association (this, or pynetdicom's local-limit-exceeded beyond ``maximum_associations``) is
+  audited as a DICOM Security Alert, a misconfigured peer's repeats counted into one a minute
+  (adapter.services.association_audit); so is one accepted with every presentation context
+  rejected (below), which dcmtk's storescp would have rejected.
 * **What is accepted.** Presentation contexts for the SOP classes of mappings/dicom.yaml
   (``receive.sopClasses``) and Verification. Any other SOP class is refused at negotiation
   (abstract syntax not supported), so its C-STORE is never sent. Image classes accept Explicit
@@ -71,9 +75,11 @@ from adapter.dicom.ae import AeOptions
 from adapter.dicom.associate_pdu import NegotiationDUL
 from adapter.dicom.handlers import (
     discard_spooled,
+    handle_accepted,
     handle_conn_close,
     handle_conn_open,
     handle_echo,
+    handle_rejected,
     handle_store,
 )
 from adapter.dicom.logs import make_pynetdicom_logs_safe
@@ -688,6 +694,8 @@ class StoreSCP:
                 (evt.EVT_CONN_CLOSE, handle_conn_close),
                 (evt.EVT_C_ECHO, handle_echo),
                 (evt.EVT_C_STORE, handle_store, [self._ingest, self._stopping]),
+                (evt.EVT_REJECTED, handle_rejected, [self._ingest.rejected_associations]),
+                (evt.EVT_ACCEPTED, handle_accepted, [self._ingest.rejected_associations]),
             ]
             try:
                 self._server = ae.start_server((self.options.host, self.options.port), block=False,
@@ -751,6 +759,7 @@ class StoreSCP:
                     sock.shutdown(socket.SHUT_RD)
         for assoc in associations:
             assoc.join(max(0.0, deadline - time.monotonic()))
+        self._ingest.rejected_associations.flush()  # the counts of repeated rejections (module docstring)
         log.info("DICOM SCP stopped")
 
     def __enter__(self) -> Self:

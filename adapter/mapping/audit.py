@@ -57,7 +57,7 @@ _SOURCE_ROLE = coding(DCM, "110153", "Source Role ID")
 _DESTINATION_ROLE = coding(DCM, "110152", "Destination Role ID")
 
 
-def _network(address: str) -> JSON:
+def network_access_point(address: str) -> JSON:
     """agent.network: type 2 (IP address) for an IP, 1 (machine name) otherwise."""
     try:
         ipaddress.ip_address(address)
@@ -120,7 +120,7 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
     if client_ae_title:
         client["altId"] = client_ae_title
     if client_address:
-        client["network"] = _network(client_address)
+        client["network"] = network_access_point(client_address)
     server: JSON = {
         "type": concept(_SOURCE_ROLE if to_client else _DESTINATION_ROLE),
         "who": {"display": ADAPTER_NAME},
@@ -177,4 +177,4 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
     return event
 
 
-__all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "assemble_audit_event", "audit_event"]
+__all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "assemble_audit_event", "audit_event", "network_access_point"]

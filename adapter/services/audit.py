@@ -12,7 +12,13 @@ from typing import Any
 from adapter.consent import decide_audit_export
 from adapter.errors import BusinessRuleViolation, Forbidden
 from adapter.mapping.audit import audit_event
-from adapter.mapping.audit_dicom import INSTANCES_TRANSFERRED, QUERY, dicom_audit_event, refusal_outcome
+from adapter.mapping.audit_dicom import (
+    INSTANCES_TRANSFERRED,
+    QUERY,
+    dicom_audit_event,
+    refusal_outcome,
+    security_alert_event,
+)
 from adapter.mapping.tables import Tables
 from adapter.metrics import DECISIONS
 from adapter.model.decision import Decision
@@ -132,6 +138,14 @@ class Auditor:
                                      dicom=DicomAudit.transferred(*dict.fromkeys(studies))))
         self._store.append_audit(*events)
 
+    def record_security_alert(self, *, start: datetime, end: datetime, count: int, description: str,
+                              peer_address: str | None, calling_ae_title: str | None) -> None:
+        """Store the Security Alert (DICOM PS3.15 A.5.3.11) of ``count`` associations rejected
+        between ``start`` and ``end`` for ``description`` (adapter.mapping.audit_dicom;
+        adapter.services.association_audit decides when)."""
+        self._store.append_audit(security_alert_event(
+            recorded=self._now(), start=start, end=end, count=count, description=description,
+            peer_address=peer_address, calling_ae_title=calling_ae_title))
 
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,
                                request_id: str, missing: bool, reason: str) -> None:

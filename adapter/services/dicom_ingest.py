@@ -101,6 +101,7 @@ from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Colleague, Identifier, PatientRef, PhotoMetadata, PhotoSource
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
+from adapter.services.association_audit import RejectedAssociations
 from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
@@ -731,6 +732,8 @@ class DicomIngestService:
             dicom_tables, receive=dicom_tables.receive.model_copy(update={"source": RECEIVED_SOURCE}))
         self._auditor = auditor
         self._now = now
+        #: The audit of the associations the SCP rejects (one per process, whichever SCP rejects).
+        self.rejected_associations = RejectedAssociations(auditor, now)
 
     @property
     def spool_dir(self) -> Path:

@@ -110,6 +110,22 @@ def test_misbehaving_peers_do_not_stop_the_scp(server: RunningAdapter, tmp_path:
         assert storescu(server.dicom_port, "ADAPTER", [whole]).returncode == 0
         assert len(_find(http, "Media", sent.SOPInstanceUID)) == 1
     assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == sent.SOPInstanceUID
+    # the rejected association is in the operator's export: a DICOM Security Alert naming the caller
+    [alert] = dicom_events(_export(tmp_path), "110113")
+    assert (alert["action"], alert["outcome"]) == ("E", "4")
+    assert alert["agent"][0]["altId"] == "INTRUDER" and "calling-AE-title-not-recognized" in alert["outcomeDesc"]
+
+
+def _export(tmp_path: Path) -> list[dict]:
+    """The audit trail as ``python -m adapter audit`` exports it (it goes to the FHIR validation)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
+    export = subprocess.run([sys.executable, "-m", "adapter", "audit"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert export.returncode == 0, export.stderr
+    events = [json.loads(line) for line in export.stdout.splitlines()]
+    record_emitted(events)
+    return events
 
 
 def test_refusals_over_dimse_and_stow_rs_are_in_the_exported_audit_trail(server: RunningAdapter,
@@ -132,13 +148,7 @@ def test_refusals_over_dimse_and_stow_rs_are_in_the_exported_audit_trail(server:
         assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
         assert _find(http, "Media", sent.SOPInstanceUID) == []
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
-    env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
-    export = subprocess.run([sys.executable, "-m", "adapter", "audit"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120, check=False)
-    assert export.returncode == 0, export.stderr
-    events = [json.loads(line) for line in export.stdout.splitlines()]
-    record_emitted(events)
+    events = _export(tmp_path)
     dimse, stow = [e for e in dicom_events(events, INSTANCES_TRANSFERRED) if e["outcome"] != "0"]
     for refusal in (dimse, stow):
         assert refusal["outcome"] == "4" and refusal["action"] == "C" and refusal["outcomeDesc"]

@@ -47,6 +47,7 @@ from adapter.services.registry import Services
 from tests.conftest import record_emitted, require_or_skip, wait_until
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
 from tests.support.audit import (
+    DCM,
     INSTANCES_TRANSFERRED,
     agent_roles,
     dicom_events,
@@ -420,6 +421,79 @@ def test_unknown_calling_ae_is_rejected_at_association(scp: StoreSCP) -> None:
     if dcmtk_missing() is None:
         assert echoscu(scp.port, "ADAPTER", calling_aet="INTRUDER", check=False).returncode != 0
         assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
+
+
+def test_a_rejected_association_is_audited_as_a_security_alert_and_its_repeats_counted(services: Services) -> None:
+    """dcmtk's echoscu with a calling AE title not allowed, ten times (a misconfigured modality
+    retrying): each is rejected (A-ASSOCIATE-RJ); the first is at once one DICOM Security Alert
+    (PS3.15 A.5.3.11: 110113, subtype 110126 Node Authentication, action E, outcome 4), naming
+    the caller by its AE title and address and the RJ's reason; the nine repeats are one more,
+    with their count, written when the SCP stops. No patient, no store write beyond these."""
+    need_dcmtk()
+    scp = start_scp(services)
+    try:
+        for _ in range(10):
+            assert echoscu(scp.port, "ADAPTER", calling_aet="INTRUDER", check=False).returncode != 0
+        wait_until(lambda: len(services.store.list_audit(10)) >= 1)
+    finally:
+        scp.stop()
+    first, repeats = audited(services)
+    for event, count in ((first, 1), (repeats, 9)):
+        assert event["type"] == {"system": DCM, "code": "110113", "display": "Security Alert"}
+        assert event["subtype"] == [{"system": DCM, "code": "110126", "display": "Node Authentication"}]
+        assert (event["action"], event["outcome"]) == ("E", "4")
+        peer, adapter = event["agent"]
+        assert peer["altId"] == "INTRUDER" and peer["requestor"] is True
+        assert peer["network"] == {"address": "127.0.0.1", "type": "2"}
+        assert adapter["requestor"] is False
+        assert event["entity"][0]["detail"][1] == {"type": "Occurrences", "valueString": str(count)}
+        assert "result 1 (rejected-permanent), source 1 (DICOM UL service-user), reason 3 " \
+               "(calling-AE-title-not-recognized)" in event["outcomeDesc"]
+        assert patients(event) == []
+    assert validate_r4([first, repeats]) == []
+
+
+def test_an_association_with_no_presentation_context_accepted_is_audited(services: Services,
+                                                                         tmp_path: Path) -> None:
+    """storescu with a CT image, a SOP class the SCP does not serve: pynetdicom accepts the
+    association with its only presentation context rejected (dcmtk's storescp rejects such an
+    association); nothing can be sent on it, and it is audited as a rejected one is, naming the
+    context's result (3, abstract syntax not supported). An association with a context accepted
+    is not audited."""
+    need_dcmtk()
+    ct = tmp_path / "ct.dcm"
+    sc_file(ct, SOPClassUID=CTImageStorage)
+    scp = start_scp(services)
+    try:
+        done = storescu(scp.port, "ADAPTER", [ct], check=False, extra=["-R"])  # only what the file needs
+        assert "No Acceptable Presentation Contexts" in done.stderr, done.stderr
+        wait_until(lambda: len(services.store.list_audit(10)) >= 1)
+        assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
+    finally:
+        scp.stop()
+    [alert] = audited(services)
+    assert alert["type"]["code"] == "110113" and alert["agent"][0]["altId"] == "STORESCU"
+    assert alert["outcomeDesc"].startswith("no presentation context accepted (results 3 (abstract-syntax-not-supported")
+    assert validate_r4([alert]) == []
+
+
+def test_an_association_beyond_the_maximum_is_rejected_and_audited(services: Services) -> None:
+    """pynetdicom rejects an association beyond ``maximum_associations`` (rejected-transient,
+    local-limit-exceeded): audited as the calling AE title's is."""
+    need_dcmtk()
+    scp = start_scp(services, maximum_associations=1)
+    try:
+        with associated(scp.port, "PYNETSCU") as held:
+            assert held.is_established
+            assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU", check=False).returncode != 0
+            wait_until(lambda: len(services.store.list_audit(10)) >= 1)
+            held.release()
+    finally:
+        scp.stop()
+    [alert] = audited(services)
+    assert alert["agent"][0]["altId"] == "ECHOSCU"
+    assert "result 2 (rejected-transient)" in alert["outcomeDesc"]
+    assert "reason 2 (local-limit-exceeded)" in alert["outcomeDesc"]
 
 
 def test_a_vendor_user_information_sub_item_is_ignored_as_dcmtk_ignores_it(

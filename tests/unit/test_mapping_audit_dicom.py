@@ -12,7 +12,14 @@ from fhir.resources.R4B.auditevent import AuditEvent
 
 from adapter import errors
 from adapter.mapping import codes
-from adapter.mapping.audit_dicom import INSTANCES_TRANSFERRED, QUERY, dicom_audit_event, refusal_outcome
+from adapter.mapping.audit_dicom import (
+    INSTANCES_TRANSFERRED,
+    QUERY,
+    association_rejection,
+    dicom_audit_event,
+    refusal_outcome,
+    security_alert_event,
+)
 from adapter.mapping.photo import index_resource
 from adapter.model.photo import Identifier
 from tests.support.fhir_validator import validate_r4
@@ -67,6 +74,12 @@ CASES = {
                                instances=[INSTANCE, INSTANCE]),
     "c-store not kept": event(action="C", outcome="8", outcome_desc="could not stage the received object",
                               client_ae_title="STORESCU", request_id="", entities=[], instances=[INSTANCE]),
+    "association rejected": security_alert_event(
+        recorded=RECORDED, start=RECORDED, end=RECORDED, count=1, description="calling AE title not recognised",
+        peer_address="127.0.0.1", calling_ae_title="INTRUDER"),
+    "associations rejected from several peers": security_alert_event(
+        recorded=RECORDED, start=datetime(2024, 3, 1, 9, 15, tzinfo=UTC), end=RECORDED, count=1200,
+        description="local limit exceeded", peer_address=None, calling_ae_title=None),
 }
 
 
@@ -213,3 +226,45 @@ def test_index_finds_the_event_by_its_dicom_event_id() -> None:
     index = index_resource(CASES["wado-rs"])
     assert ("type", codes.DCM, "110104") in index.tokens and index.patient == PATIENT
     assert ("entity", None, "Media/m-1") in index.tokens
+
+
+def test_a_rejected_association_is_a_security_alert_of_node_authentication() -> None:
+    """PS3.15 A.5.3.11: EventID EV (110113, DCM, "Security Alert"), EventActionCode E, outcome 4
+    (Minor failure: the rejection kept the peer out), EventTypeCode (AuditEvent.subtype) from
+    CID 403, here 110126 Node Authentication; the peer is the requestor, by its address and its
+    calling AE title (Alternative User ID); the Alert Subject the peer's node (ID type 110182
+    Node ID) with the RJ's reason as its Alert Description; nothing of a patient."""
+    ev = CASES["association rejected"]
+    assert ev["type"] == {"system": codes.DCM, "code": "110113", "display": "Security Alert"}
+    assert ev["subtype"] == [{"system": codes.DCM, "code": "110126", "display": "Node Authentication"}]
+    assert (ev["action"], ev["outcome"], ev["outcomeDesc"]) == ("E", "4", "calling AE title not recognised")
+    assert ev["period"] == {"start": "2024-03-01T09:16:02.120Z", "end": "2024-03-01T09:16:02.120Z"}
+    peer, adapter = ev["agent"]
+    assert peer["requestor"] is True and peer["altId"] == "INTRUDER"
+    assert peer["network"] == {"address": "127.0.0.1", "type": "2"}
+    assert adapter == {"type": {"coding": [{"system": codes.DCM, "code": "110150", "display": "Application"}]},
+                       "who": {"display": codes.ADAPTER_NAME}, "requestor": False}
+    [subject] = ev["entity"]
+    assert subject["what"]["identifier"]["value"] == "127.0.0.1"
+    assert subject["what"]["identifier"]["type"]["coding"][0]["code"] == "110182"
+    assert subject["detail"] == [{"type": "Alert Description", "valueString": "calling AE title not recognised"},
+                                 {"type": "Occurrences", "valueString": "1"}]
+
+
+def test_coalesced_rejections_say_their_count_and_their_period() -> None:
+    ev = CASES["associations rejected from several peers"]
+    assert ev["outcomeDesc"] == "local limit exceeded (1200 associations)"
+    assert ev["period"]["start"] == "2024-03-01T09:15:00.000Z"
+    assert ev["entity"][0]["detail"][1] == {"type": "Occurrences", "valueString": "1200"}
+    assert "what" not in ev["entity"][0] and "network" not in ev["agent"][0] and "altId" not in ev["agent"][0]
+    with pytest.raises(ValueError):
+        security_alert_event(recorded=RECORDED, start=RECORDED, end=RECORDED, count=0, description="x",
+                             peer_address=None, calling_ae_title=None)
+
+
+def test_an_association_rejection_is_described_in_ps3_8_words() -> None:
+    """PS3.8 Table 9-21: the Result, Source and Reason/Diag. of an A-ASSOCIATE-RJ."""
+    assert association_rejection(1, 1, 3) == ("result 1 (rejected-permanent), source 1 (DICOM UL service-user), "
+                                              "reason 3 (calling-AE-title-not-recognized)")
+    assert association_rejection(2, 3, 2).endswith("reason 2 (local-limit-exceeded)")
+    assert association_rejection(9, 9, 9) == "result 9, source 9, reason 9"

@@ -7,6 +7,10 @@
   ReferencedSOPSequence (0008,1199) and FailedSOPSequence (0008,1198) with FailureReason
   (0008,1197) = the SCP's status for the same refusal; 200 all stored, 202 some failed, 409 all
   failed; 415 for another media type; a part whose StudyInstanceUID is not the URL's fails (0xA900).
+  Each part refused is audited once (adapter.mapping.audit_dicom); so is a request refused as a
+  whole before any part was looked at (over the size limits, not multipart/related of
+  application/dicom, no boundary, malformed or cut short, no part at all): one DICOM Instances
+  Transferred message, action C, outcome 4, naming no instance (none was read).
 * **WADO-RS** (PS3.18 10.4) ``GET /dicomweb/studies/{study}[/series/{series}[/instances/{instance}]]``:
   ``multipart/related; type="application/dicom"``, one part per object, each the Part 10 object in
   the view the consent decision gives (FULL as stored, TRAIN de-identified, HRESCH pseudonymised),
@@ -64,7 +68,7 @@ from adapter.api.openapi import (
 from adapter.api.outcome import fhir_response
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
-from adapter.errors import InvalidInput, InvalidResource, NotSupported
+from adapter.errors import AdapterError, InvalidInput, InvalidResource, NotSupported
 from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
 from adapter.mapping.outcome import operation_outcome
 from adapter.services.access import DicomContent, DicomRetrieval
@@ -183,15 +187,22 @@ async def stow_study(study: str, request: Request, services: ServicesDep) -> Res
 async def _stow(request: Request, services: Services, study: str | None) -> Response:
     limit = services.settings.max_upload_bytes
     total = limit * STOW_TOTAL_FACTOR
-    refuse_declared_over(request, total, f"the request is larger than {total} bytes")
-    parsed = await parse_multipart_related(request.headers.get("content-type"), request.stream(),
-                                           services.blobs.new_staging_path, max_part_bytes=limit,
-                                           max_total_bytes=total, max_parts=STOW_MAX_PARTS)
     peer = request.client.host if request.client else ""
-    outcomes: list[StowOutcome] = []
     try:
+        refuse_declared_over(request, total, f"the request is larger than {total} bytes")
+        parsed = await parse_multipart_related(request.headers.get("content-type"), request.stream(),
+                                               services.blobs.new_staging_path, max_part_bytes=limit,
+                                               max_total_bytes=total, max_parts=STOW_MAX_PARTS)
         if not parsed.parts:
             raise InvalidResource("the request has no application/dicom part")
+    except AdapterError as exc:
+        # the request refused as a whole, before any part was looked at: one refused transfer
+        # naming no instance (module docstring)
+        await run_in_threadpool(services.dicom_ingest.record_refusal, calling_ae=STOW_SENDER, peer_address=peer,
+                                sop_instance_uid=None, error=exc)
+        raise
+    outcomes: list[StowOutcome] = []
+    try:
         for part in parsed.parts:
             if part.path is None:  # another media type in a type="application/dicom" request
                 refusal = InvalidInput(f"a part of type {part.content_type[:60]}")
