@@ -41,6 +41,19 @@ def media_ranges(accept: str | None, *, default: str | None = "*/*") -> list[Med
     return ranges
 
 
+def by_preference(ranges: list[MediaRange]) -> list[MediaRange]:
+    """``ranges`` highest quality first (§12.4.2), in the order given among equals; a quality
+    that does not parse counts as 1."""
+
+    def quality(r: MediaRange) -> float:
+        try:
+            return float(r.params.get("q", "1"))
+        except ValueError:
+            return 1.0
+
+    return sorted(ranges, key=lambda r: -quality(r))
+
+
 def accepts(accept: str | None, media_type: str) -> bool:
     """Does the Accept header take ``media_type`` (its wildcards included)?"""
     major = media_type.split("/")[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import PIL.Image
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -1624,3 +1625,35 @@ def test_a_study_retrieve_is_audited_once_per_patient_and_outcome(adapter: tuple
     [released] = qido(client, "studies", TRAIN)  # the study as the TRAIN view names it
     outcomes = sorted((e["outcome"], named(e)) for e in retrieved(TRAIN, value(released, "0020000D")))
     assert outcomes == [("0", mine), ("4", theirs)]
+
+
+# -- PS3.18 as DICOMweb clients (OHIF, dcm4che's tools, Orthanc, bridges) ask ----------------------
+
+
+def test_rendered_native_pixels_asked_for_as_jpeg_are_encoded_as_baseline_jpeg(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """image/jpeg is the default, required rendered type of a single-frame image (PS3.18 8.7.4,
+    Table 8.7.4-1), baseline JPEG: native pixels (rendered as PNG) asked for as image/jpeg are
+    encoded so, with no metadata, instead of a 406; the client's order of preference decides
+    between the two; asked for anything, the PNG the Binary has, as before."""
+    client, _ = adapter
+    photo, pdf, native = _photo_pdf_and_native(client, tmp_path)
+
+    def rendered(obj: Any, accept: str) -> httpx.Response:
+        url = f"/dicomweb/studies/{obj.StudyInstanceUID}/series/{obj.SeriesInstanceUID}/instances/" \
+              f"{obj.SOPInstanceUID}/rendered"
+        return client.get(url, headers={**TREAT, "Accept": accept})
+
+    for accept in ("image/jpeg", "image/jpeg, image/png;q=0.5", "image/png;q=0.4, image/jpeg;q=0.9"):
+        r = rendered(native, accept)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", (accept, r.text[:200])
+        assert r.content[:2] == b"\xff\xd8" and b"\xff\xc0" in r.content  # SOF0: baseline
+        assert b"Exif" not in r.content and b"\xff\xfe" not in r.content  # no EXIF, no comment
+        with PIL.Image.open(io.BytesIO(r.content)) as picture:
+            assert picture.size == (native.Columns, native.Rows)
+    for accept in ("image/png, image/jpeg;q=0.5", "*/*", "image/*"):
+        r = rendered(native, accept)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", accept
+    assert rendered(photo, "image/jpeg").headers["content-type"] == "image/jpeg"
+    assert rendered(pdf, "image/jpeg").status_code == 406  # a document has no picture
+    assert rendered(native, "image/gif").status_code == 406

@@ -16,8 +16,11 @@ viewer asks for after a QIDO-RS search:
     the instance as a picture an EHR can show (PS3.18 8.3.5, 10.4.1.1.3): the same bytes as its
     FHIR Binary (adapter.mapping.dicom_fhir.extract_image): the first JPEG frame as it is
     (``image/jpeg``), native pixels as a lossless PNG (``image/png``), a document as its PDF; in
-    the de-identified view with no metadata at all, as the Binary there. 406 when the client
-    accepts none of that type.
+    the de-identified view with no metadata at all, as the Binary there. image/jpeg being the
+    default and required rendered type of a single-frame image (PS3.18 8.7.4, Table 8.7.4-1),
+    native pixels asked for as image/jpeg (before image/png, in the client's order of
+    preference) are encoded as baseline JPEG, with no metadata, at most
+    :data:`RENDERED_JPEG_MAX_SIDE` a side. 406 when the client accepts none of these.
 ``GET /dicomweb/studies/{s}[/series/{se}[/instances/{i}]]/thumbnail``
     a small image/jpeg (PS3.18 8.3.5.1.2) of the instance, or of the first permitted image of
     the series or study, re-encoded from decoded pixels: no metadata, whatever the view.
@@ -37,7 +40,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from adapter.api.accept import accepts, media_ranges
+from adapter.api.accept import accepts, by_preference, media_ranges
 from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.openapi import (
@@ -59,7 +62,7 @@ from adapter.api.routes.dicomweb import (
     _not_acceptable,
     _qido_accept,
 )
-from adapter.errors import InvalidInput
+from adapter.errors import InvalidInput, NotAcceptable
 from adapter.mapping.dicom_json import (
     bulk_value,
     frames,
@@ -80,6 +83,8 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 #: The syntaxes a native frame's bytes are in: its pixel bytes are the same in both (little endian).
 NATIVE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 OCTET = "application/octet-stream"
+#: The largest side of a rendered image encoded as JPEG (WADO-RS rendered, WADO-URI).
+RENDERED_JPEG_MAX_SIDE = 4096
 
 
 _METADATA = ok(200, "one DICOM JSON object per permitted instance, bulk data by URI", {DICOM_JSON: DICOM_DATASETS})
@@ -176,10 +181,22 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
 async def retrieve_rendered(study: str, series: str, instance: str, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
     rendered = await run_in_threadpool(partial(reader.read_dicom_rendered, instance, study=study, series=series))
-    if not accepts(accept, rendered.content_type):
-        return _not_acceptable(f"this instance is rendered as {rendered.content_type} (no transcoding)")
-    return Response(content=rendered.data, media_type=rendered.content_type,
-                    headers=break_glass_headers(rendered.break_glass))
+    for media, _ in by_preference(media_ranges(accept)):
+        if accepts(media, rendered.content_type):
+            return Response(content=rendered.data, media_type=rendered.content_type,
+                            headers=break_glass_headers(rendered.break_glass))
+        if media == "image/jpeg" and rendered.content_type.startswith("image/"):
+            # native pixels (a lossless PNG): image/jpeg is what a single-frame image "shall" be
+            # rendered as (module docstring), encoded from what the purpose's release renders
+            try:
+                made = await run_in_threadpool(partial(
+                    reader.read_dicom_thumbnail, study, series=series, instance=instance,
+                    rows=RENDERED_JPEG_MAX_SIDE, columns=RENDERED_JPEG_MAX_SIDE))
+            except NotAcceptable:  # pixels that do not decode: a later type may do
+                continue
+            return Response(content=made.data, media_type="image/jpeg", headers=break_glass_headers(made.break_glass))
+    return _not_acceptable(f"this instance is rendered as {rendered.content_type}"
+                           + (" or image/jpeg" if rendered.content_type.startswith("image/") else " (no transcoding)"))
 
 
 #: A thumbnail's default and largest sides (PS3.18 leaves its size to the origin server).

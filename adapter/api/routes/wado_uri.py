@@ -29,10 +29,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from adapter.api.accept import media_ranges
+from adapter.api.accept import by_preference, media_ranges
 from adapter.api.deps import ReaderDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.openapi import INVALID, READ_ONE, answers, ok, refusals
+from adapter.api.routes.wado_bulk import RENDERED_JPEG_MAX_SIDE
 from adapter.errors import InvalidInput, NotAcceptable, NotSupported, RequiredElementMissing
 from adapter.model.decision import View
 from adapter.services.access import ReleasedImage
@@ -44,7 +45,7 @@ DICOM = "application/dicom"
 RENDERED = ("image/jpeg", "image/png", "application/pdf")
 _UNSUPPORTED = ("region", "windowCenter", "windowWidth", "presentationUID", "presentationSeriesUID", "annotation",
                 "imageQuality", "charset")
-_MAX_SIDE = 4096
+_MAX_SIDE = RENDERED_JPEG_MAX_SIDE
 
 
 def _side(value: str | None, name: str) -> int | None:
@@ -135,11 +136,4 @@ def _content_types(value: str | None) -> list[str]:
     ranges = media_ranges(value, default=None)
     if not ranges:
         raise NotAcceptable("contentType refuses every type (quality 0)", expression="contentType")
-
-    def quality(params: dict[str, str]) -> float:
-        try:
-            return float(params.get("q", "1"))
-        except ValueError:
-            return 1.0
-
-    return [r.media for r in sorted(ranges, key=lambda r: -quality(r.params))]
+    return [r.media for r in by_preference(ranges)]
