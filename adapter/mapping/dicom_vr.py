@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 
 @functools.lru_cache(maxsize=4096)
@@ -85,3 +85,15 @@ class NonConformingVR(ValueError):
         self.vr = vr
         super().__init__(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) has the VR {vr}, not "
                          f"{' or '.join(sorted(v for v in allowed if ' ' not in v))}")
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def attribute_tag(name: str) -> int | None:
+    """The tag of the attribute ``name`` names, as a DICOMweb query does (PS3.18 8.3.4.1): its
+    keyword in the data dictionary (PS3.6), or its tag as 8 hexadecimal digits (private ones
+    too); None for anything else."""
+    if len(name) == 8 and set(name) <= _HEX:
+        return int(name, 16)
+    return tag_for_keyword(name) if name.isascii() and name.isalnum() else None

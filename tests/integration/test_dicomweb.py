@@ -1657,3 +1657,25 @@ def test_rendered_native_pixels_asked_for_as_jpeg_are_encoded_as_baseline_jpeg(
     assert rendered(photo, "image/jpeg").headers["content-type"] == "image/jpeg"
     assert rendered(pdf, "image/jpeg").status_code == 406  # a document has no picture
     assert rendered(native, "image/gif").status_code == 406
+
+
+def test_qido_takes_attributes_asked_for_with_an_empty_value_as_return_keys(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """An attribute with an empty value is universal matching (PS3.4 C.2.2.2.3): it asks for
+    the attribute and matches everything, as a C-FIND bridge sends its return keys. One the
+    adapter does not match on is therefore no reason to refuse the search; a value in it still
+    is (400: never read as matching everything), as is a name that is no DICOM attribute."""
+    client, _ = adapter
+    a = received()
+    stow(client, a)
+    for params in ({"ReferringPhysicianName": ""}, {"00080090": ""}, {"StudyTime": ""}, {"00100030": ""},
+                   {"00081032.00080100": ""}, {"00191010": ""}, {"PatientBirthDate": "", "PatientID": "MRN-0001"}):
+        [study] = qido(client, "studies", **params)
+        assert value(study, "0020000D") == a.StudyInstanceUID, params
+    [series] = qido(client, "series", SeriesNumber="", SeriesDescription="")
+    assert value(series, "0020000E") == a.SeriesInstanceUID
+    [instance] = qido(client, "instances", InstanceNumber="", Rows="")
+    assert value(instance, "00080018") == a.SOPInstanceUID
+    for params in ({"ReferringPhysicianName": "Smith"}, {"Foo": ""}, {"0008009": ""}, {"StudyTime.Foo": ""}):
+        r = client.get("/dicomweb/studies", params=params, headers=TREAT)
+        assert r.status_code == 400, (params, r.text)

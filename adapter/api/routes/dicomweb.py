@@ -27,7 +27,9 @@
   ``A-B``, ``A-``, ``-B``), AccessionNumber (exact), StudyDescription (wildcards); ``limit``, ``offset`` (results at the level,
   after the decision); ``includefield`` and ``fuzzymatching`` are accepted and ignored (the
   attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
-  AccessionNumber and StudyTime where the view does). Keys are matched against what the view
+  AccessionNumber and StudyTime where the view does), and so is any other attribute with an
+  empty value (a return key: universal matching, PS3.4 C.2.2.2.3, matches everything); another
+  key, or a name that is no attribute, is refused (400), never read as matching everything. Keys are matched against what the view
   shows: under TRAIN/HRESCH the UIDs are the mapped ones (exact match on mapped UIDs only),
   HRESCH's PatientID (and PatientName) is the pseudonym; TRAIN shows no PatientID, PatientName or dates, and neither shows an
   AccessionNumber, so keys on them match nothing. Instances not permitted are left out and not
@@ -69,6 +71,7 @@ from adapter.api.outcome import fhir_response
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
 from adapter.errors import AdapterError, InvalidInput, InvalidResource, NotSupported
+from adapter.mapping.dicom_vr import attribute_tag
 from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
 from adapter.mapping.outcome import operation_outcome
 from adapter.services.access import DicomContent, DicomRetrieval
@@ -352,6 +355,8 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> tuple[Dic
         if level == STUDY and keyword == "Modality":
             keyword = "ModalitiesInStudy"
         if keyword not in LEVEL_KEYS[level]:
+            if not value.strip() and all(attribute_tag(part) is not None for part in name.split(".")):
+                continue  # a return key (module docstring): universal matching matches everything
             raise NotSupported(f"matching on {name[:40]} is not supported at {level} level", expression=name[:40])
         if keyword in keys:
             raise InvalidInput(f"{keyword} is given more than once", expression=keyword)
