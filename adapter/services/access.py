@@ -122,10 +122,12 @@ class ReleasedImage:
 
 @dataclass(frozen=True)
 class DicomSearchResult:
-    """QIDO-RS: the permitted instances, and whether break-glass released any of them."""
+    """QIDO-RS: the permitted instances, whether break-glass released any of them, and whether
+    more permitted results follow the page (when asked: ``tell_more``)."""
 
     entries: list[DicomEntry]
     break_glass: bool
+    more: bool = False
 
 
 class DicomRetrieval:
@@ -734,8 +736,8 @@ class ScopedReader:
                 return instance, record
         return None
 
-    def search_dicom(self, level: str, query: DicomQuery, *, offset: int = 0,
-                     limit: int | None = None) -> DicomSearchResult:
+    def search_dicom(self, level: str, query: DicomQuery, *, offset: int = 0, limit: int | None = None,
+                     tell_more: bool = False) -> DicomSearchResult:
         """QIDO-RS: the permitted instances making up the matching studies, series or instances
         (adapter.services.dicom_objects.match_level), as the purpose's view shows them; the
         others are left out and not counted. ``offset``/``limit`` count results at ``level``
@@ -744,7 +746,9 @@ class ScopedReader:
 
         The candidates are read a batch of whole studies at a time, matched and decided, until
         the page is complete: a page of a large store costs the studies up to it, not the store
-        (every instance, every record loaded and decided, as before)."""
+        (every instance, every record loaded and decided, as before). ``tell_more``: the page
+        reads on to the next permitted result, to say whether there is one (PS3.18 8.3.4.4: a
+        server's own maximum that cut the results is said); it is neither returned nor audited."""
         release = self._purpose_release()
         exact_patient = query.patient_id if query.patient_id and not any(c in query.patient_id for c in "*?") \
             else None
@@ -780,7 +784,7 @@ class ScopedReader:
         key = _RESULT_KEYS[level]
         results: dict[Any, list[DicomEntry]] = {}  # result key -> its instances, in order
         glass = False  # break-glass released an instance (then every permitted one: it is the purpose's)
-        wanted = None if limit is None else offset + limit
+        wanted = None if limit is None else offset + limit + (1 if tell_more else 0)
         withheld = 0
         patient_of: dict[str, Identifier] = {}  # record -> its patient, for the audit
         try:
@@ -802,7 +806,8 @@ class ScopedReader:
         self._auditor.record_search(self.ctx, found=[(r, patient_of.get(r)) for r in sorted({e.record for e in result})],
                                     reason=f"{len(result)} instances permitted, {withheld} withheld",
                                     dicom=DicomAudit.query())
-        return DicomSearchResult(result, glass and bool(result))
+        more = tell_more and limit is not None and len(results) > offset + limit
+        return DicomSearchResult(result, glass and bool(result), more)
 
     def _qido_permitted(self, release: DicomRelease, level: str, query: DicomQuery,
                         candidates: Sequence[DicomInstance]) -> tuple[list[DicomEntry], int, bool]:

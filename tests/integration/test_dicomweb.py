@@ -1679,3 +1679,35 @@ def test_qido_takes_attributes_asked_for_with_an_empty_value_as_return_keys(
     for params in ({"ReferringPhysicianName": "Smith"}, {"Foo": ""}, {"0008009": ""}, {"StudyTime.Foo": ""}):
         r = client.get("/dicomweb/studies", params=params, headers=TREAT)
         assert r.status_code == 400, (params, r.text)
+
+
+def test_qido_says_fuzzy_matching_is_not_performed(adapter: tuple[FhirClient, Services]) -> None:
+    """fuzzymatching=true (OHIF and dcm4che's qidors --fuzzy send it): literal matching only,
+    said in the Warning header PS3.18 8.3.4.2 gives; none for false or without it."""
+    client, _ = adapter
+    stow(client, received())
+    r = client.get("/dicomweb/studies", params={"fuzzymatching": "true", "PatientName": "doe*"}, headers=TREAT)
+    assert r.status_code == 200 and len(r.json()) == 1
+    assert r.headers["warning"] == ("299 http://testserver/dicomweb: The fuzzymatching parameter is not supported. "
+                                    "Only literal matching has been performed.")
+    for params in ({"fuzzymatching": "false"}, {}):
+        assert "warning" not in client.get("/dicomweb/studies", params=params, headers=TREAT).headers
+
+
+def test_qido_says_when_the_servers_maximum_cut_the_results(adapter: tuple[FhirClient, Services],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """More results than the server gives in one answer (no limit, or a larger one): as many as
+    it gives, and the Warning PS3.18 8.3.4.4 asks for, so the client pages on; none when the
+    client's own limit or the end of the results ends the page."""
+    client, _ = adapter
+    monkeypatch.setattr("adapter.api.routes.dicomweb.QIDO_MAX_LIMIT", 2)
+    stow(client, *[received(record_id=f"rec-{n}", StudyInstanceUID=generate_uid(prefix="2.25.")) for n in range(3)])
+    warning = ("299 http://testserver/dicomweb: The number of results exceeded the maximum supported by the server. "
+               "Additional results can be requested.")
+    for params in ({}, {"limit": "5"}, {"limit": "3", "offset": "0"}):
+        r = client.get("/dicomweb/studies", params=params, headers=TREAT)
+        assert r.status_code == 200 and len(r.json()) == 2 and r.headers.get("warning") == warning, params
+    for params in ({"limit": "2"}, {"offset": "1"}, {"limit": "5", "offset": "1"}):
+        r = client.get("/dicomweb/studies", params=params, headers=TREAT)
+        assert r.status_code == 200 and len(r.json()) == 2 and "warning" not in r.headers, params
+    assert "warning" not in client.get("/dicomweb/series", params={"limit": "5", "offset": "1"}, headers=TREAT).headers

@@ -25,11 +25,13 @@
   ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
   (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy, StudyDate (``YYYYMMDD``,
   ``A-B``, ``A-``, ``-B``), AccessionNumber (exact), StudyDescription (wildcards); ``limit``, ``offset`` (results at the level,
-  after the decision); ``includefield`` and ``fuzzymatching`` are accepted and ignored (the
+  after the decision; a limit over :data:`QIDO_MAX_LIMIT`, or none, gives that many, with the
+  Warning of PS3.18 8.3.4.4 when more follow); ``includefield`` is accepted and ignored (the
   attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
   AccessionNumber and StudyTime where the view does), and so is any other attribute with an
   empty value (a return key: universal matching, PS3.4 C.2.2.2.3, matches everything); another
-  key, or a name that is no attribute, is refused (400), never read as matching everything. Keys are matched against what the view
+  key, or a name that is no attribute, is refused (400), never read as matching everything.
+  ``fuzzymatching=true`` is answered with literal matching and the Warning of PS3.18 8.3.4.2. Keys are matched against what the view
   shows: under TRAIN/HRESCH the UIDs are the mapped ones (exact match on mapped UIDs only),
   HRESCH's PatientID (and PatientName) is the pseudonym; TRAIN shows no PatientID, PatientName or dates, and neither shows an
   AccessionNumber, so keys on them match nothing. Instances not permitted are left out and not
@@ -45,7 +47,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
@@ -332,22 +334,37 @@ async def _retrieve(reader: Any, accept: str | None, study: str, series: str | N
 
 # -- QIDO-RS ------------------------------------------------------------------------------------
 
-_IGNORED_PARAMS = frozenset({"includefield", "fuzzymatching"})
+class _Search(NamedTuple):
+    """A QIDO-RS request read (:func:`_query`)."""
+
+    query: DicomQuery
+    limit: int
+    offset: int
+    capped: bool   # the client's limit (or none) was more than QIDO_MAX_LIMIT
+    fuzzy: bool    # fuzzymatching=true: not performed, said in a Warning
 
 
-def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> tuple[DicomQuery, int, int]:
-    """The match keys, limit and offset of a QIDO-RS request (module docstring)."""
+def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
+    """The match keys, limit and offset of a QIDO-RS request (module docstring). An attribute
+    with an empty value that is not a match key here is a return key (universal matching, PS3.4
+    C.2.2.2.3), which matches everything: it is let through (not returned); with a value it is
+    refused, never read as matching everything."""
     keys: dict[str, str] = {}
-    limit, offset = QIDO_MAX_LIMIT, 0
+    limit: int | None = None
+    offset = 0
+    fuzzy = False
     for name, value in params:
         lowered = name.lower()
-        if lowered in _IGNORED_PARAMS:
+        if lowered == "includefield":
+            continue
+        if lowered == "fuzzymatching":
+            fuzzy = value.strip().lower() == "true"
             continue
         if lowered in ("limit", "offset"):
             if not is_digits(value):
                 raise InvalidInput(f"{lowered} takes a non-negative integer", expression=lowered)
             if lowered == "limit":
-                limit = min(int(value), QIDO_MAX_LIMIT)
+                limit = int(value)
             else:
                 offset = int(value)
             continue
@@ -377,7 +394,8 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> tuple[Dic
         patient_name=keys.get("PatientName"), modality=keys.get("Modality") or keys.get("ModalitiesInStudy"),
         study_date=DateRange.parse(keys["StudyDate"]) if "StudyDate" in keys else None,
         accession_number=keys.get("AccessionNumber"), study_description=keys.get("StudyDescription"))
-    return query, limit, offset
+    capped = limit is None or limit > QIDO_MAX_LIMIT
+    return _Search(query, QIDO_MAX_LIMIT if capped or limit is None else limit, offset, capped, fuzzy)
 
 
 def _qido_accept(accept: str | None) -> str | None:
@@ -431,10 +449,23 @@ async def _search(request: Request, reader: Any, services: Services, accept: str
     refusal = _qido_accept(accept)
     if refusal:
         return _not_acceptable(refusal)
-    query, limit, offset = _query(level, list(request.query_params.multi_items()), **fixed)
-    found = await run_in_threadpool(partial(reader.search_dicom, level, query, offset=offset, limit=limit))
+    search = _query(level, list(request.query_params.multi_items()), **fixed)
+    found = await run_in_threadpool(partial(reader.search_dicom, level, search.query, offset=search.offset,
+                                            limit=search.limit, tell_more=search.capped))
     render = {STUDY: _studies, SERIES: _series, INSTANCE: _instances}[level]
-    return _json(render(request, services, found.entries), break_glass=found.break_glass)
+    response = _json(render(request, services, found.entries), break_glass=found.break_glass)
+    warnings = ([_FUZZY_NOT_SUPPORTED] if search.fuzzy else []) + ([_MORE_RESULTS] if found.more else [])
+    if warnings:
+        # PS3.18 8.3.4.2 and 8.3.4.4: "299 <service>: <text>", the service being the base URI
+        service = absolute(request, services, "dicomweb")
+        for text in warnings:
+            response.headers.append("Warning", f"299 {service}: {text}")
+    return response
+
+
+_FUZZY_NOT_SUPPORTED = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
+_MORE_RESULTS = ("The number of results exceeded the maximum supported by the server. "
+                 "Additional results can be requested.")
 
 
 @router.get("/studies", responses=_QIDO)
