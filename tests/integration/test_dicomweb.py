@@ -1711,3 +1711,20 @@ def test_qido_says_when_the_servers_maximum_cut_the_results(adapter: tuple[FhirC
         r = client.get("/dicomweb/studies", params=params, headers=TREAT)
         assert r.status_code == 200 and len(r.json()) == 2 and "warning" not in r.headers, params
     assert "warning" not in client.get("/dicomweb/series", params={"limit": "5", "offset": "1"}, headers=TREAT).headers
+
+
+def test_stow_answer_always_carries_the_studys_retrieve_url(adapter: tuple[FhirClient, Services]) -> None:
+    """Retrieve URL (0008,1190) is type 2 in the Store Instances Response Module (PS3.18 Annex I,
+    Table I.1-1): the study's URL when the instances stored are of one study (the URL's, or
+    not), present and empty when they are of several or none was stored."""
+    client, _ = adapter
+    a = received()
+    r = stow(client, a)
+    assert r.status_code == 200 and value(r.json(), "00081190").endswith(f"/dicomweb/studies/{a.StudyInstanceUID}")
+    other = received(record_id="rec-other", StudyInstanceUID=generate_uid(prefix="2.25."))
+    r = stow(client, received(record_id="rec-b"), other)
+    assert r.status_code == 200 and r.json()["00081190"] == {"vr": "UR"}
+    r = stow(client, b"not a DICOM object")
+    assert r.status_code == 409 and r.json()["00081190"] == {"vr": "UR"}
+    r = stow(client, received(record_id="rec-c"), study=a.StudyInstanceUID)
+    assert value(r.json(), "00081190").endswith(f"/dicomweb/studies/{a.StudyInstanceUID}")

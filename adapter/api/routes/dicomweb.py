@@ -5,8 +5,10 @@
   SCP's ingest (adapter.services.dicom_objects.stow_instance), sender ``DICOMWEB`` from the
   client's address, a colleague inside the organisation. The answer (application/dicom+json) lists
   ReferencedSOPSequence (0008,1199) and FailedSOPSequence (0008,1198) with FailureReason
-  (0008,1197) = the SCP's status for the same refusal; 200 all stored, 202 some failed, 409 all
-  failed; 415 for another media type; a part whose StudyInstanceUID is not the URL's fails (0xA900).
+  (0008,1197) = the SCP's status for the same refusal, and the study's RetrieveURL (0008,1190):
+  the URL's study, or the one study of the instances stored, else present and empty (type 2);
+  200 all stored, 202 some failed, 409 all failed; 415 for another media type; a part whose
+  StudyInstanceUID is not the URL's fails (0xA900).
   Each part refused is audited once (adapter.mapping.audit_dicom); so is a request refused as a
   whole before any part was looked at (over the size limits, not multipart/related of
   application/dicom, no boundary, malformed or cut short, no part at all): one DICOM Instances
@@ -223,8 +225,11 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
             path.unlink(missing_ok=True)
     stored = [o for o in outcomes if o.stored]
     failed = [o for o in outcomes if not o.stored]
+    # type 2 (PS3.18 Table I.1-1): the study's URL, or present and empty when there is no one study
+    studies = {o.study_instance_uid for o in stored if o.study_instance_uid}
+    one_study = study or (next(iter(studies)) if len(studies) == 1 else None)
     body = _dataset(
-        RetrieveURL=_study_url(request, services, study) if study else None,
+        RetrieveURL=_study_url(request, services, one_study) if one_study else [],
         FailedSOPSequence=[_dataset(ReferencedSOPClassUID=o.sop_class_uid or [],
                                     ReferencedSOPInstanceUID=o.sop_instance_uid or [],
                                     FailureReason=o.failure_reason) for o in failed] or None,
