@@ -1728,3 +1728,29 @@ def test_stow_answer_always_carries_the_studys_retrieve_url(adapter: tuple[FhirC
     assert r.status_code == 409 and r.json()["00081190"] == {"vr": "UR"}
     r = stow(client, received(record_id="rec-c"), study=a.StudyInstanceUID)
     assert value(r.json(), "00081190").endswith(f"/dicomweb/studies/{a.StudyInstanceUID}")
+
+
+def test_qido_relational_searches_show_each_results_study(adapter: tuple[FhirClient, Services]) -> None:
+    """All Series and All Instances (relational searches) also carry the study attributes of
+    each result (PS3.18 10.6.3.3.2, 10.6.3.3.3), as its instances show them in the purpose's
+    view: a client listing /instances?PatientID=… sees whose and which study each row is. The
+    study's counts and modalities are not among them: a page holds only its own results."""
+    client, _ = adapter
+    a = received(AccessionNumber="ACC-1", StudyDescription="Wound check")
+    stow(client, a)
+    for results in (qido(client, "series"), qido(client, "instances"), qido(client, "instances", PatientID="MRN-0001")):
+        [item] = results
+        assert (value(item, "00100020"), value(item, "00100021")) == (PATIENT["value"], "HOSP")
+        assert item["00100010"]["Value"] == [{"Alphabetic": PATIENT_NAME}]
+        assert (value(item, "00080020"), value(item, "00080030")) == (a.StudyDate, a.StudyTime)
+        assert (value(item, "00080050"), value(item, "00081030")) == ("ACC-1", "Wound check")
+        assert value(item, "0020000D") == a.StudyInstanceUID and value(item, "00081190").endswith(a.SeriesInstanceUID
+                                                                                                 if "00080018" not in item
+                                                                                                 else a.SOPInstanceUID)
+        assert "00201208" not in item and "00080061" not in item
+    [hierarchical] = qido(client, f"studies/{a.StudyInstanceUID}/series")
+    assert "00100020" not in hierarchical  # the study is the one searched in
+    add_consent(client, ["TRAIN"])
+    for item in (*qido(client, "series", TRAIN), *qido(client, "instances", TRAIN)):
+        assert not {"00100010", "00100020", "00080020", "00080050", "00081030"} & set(item)  # TRAIN shows none
+        assert value(item, "0020000D") != a.StudyInstanceUID

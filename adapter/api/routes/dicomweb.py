@@ -30,7 +30,8 @@
   after the decision; a limit over :data:`QIDO_MAX_LIMIT`, or none, gives that many, with the
   Warning of PS3.18 8.3.4.4 when more follow); ``includefield`` is accepted and ignored (the
   attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
-  AccessionNumber and StudyTime where the view does), and so is any other attribute with an
+  AccessionNumber and StudyTime where the view does, and so do the results of All Series and All
+  Instances, with the PatientID and StudyDate of their study), and so is any other attribute with an
   empty value (a return key: universal matching, PS3.4 C.2.2.2.3, matches everything); another
   key, or a name that is no attribute, is refused (400), never read as matching everything.
   ``fuzzymatching=true`` is answered with literal matching and the Warning of PS3.18 8.3.4.2. Keys are matched against what the view
@@ -410,43 +411,57 @@ def _qido_accept(accept: str | None) -> str | None:
     return f"QIDO-RS here answers {DICOM_JSON} only"
 
 
-def _studies(request: Request, services: Services, entries: list[DicomEntry]) -> list[dict[str, Any]]:
+def _study_shown(members: list[DicomEntry]) -> dict[str, Any]:
+    """The attributes of a study (PS3.18 Table 10.6.3-3) that ``members``, instances of it,
+    show in the purpose's view (keywords of :func:`_dataset`): the patient, the date, time,
+    accession number and description; not the counts or modalities, which need every instance."""
+    first = members[0]
+    return {
+        "PatientName": _person_name(next((m.patient_name for m in members if m.patient_name), None)),
+        "StudyDescription": next((m.study_description for m in members if m.study_description), None),
+        "AccessionNumber": next((m.accession_number for m in members if m.accession_number), None),
+        "StudyTime": next((m.study_time for m in members if m.study_time), None),
+        "StudyDate": next((m.study_date for m in members if m.study_date), None),
+        "PatientID": first.patient_id, "IssuerOfPatientID": first.issuer_of_patient_id,
+        "StudyInstanceUID": first.study_instance_uid}
+
+
+def _studies(request: Request, services: Services, entries: list[DicomEntry], *,
+             relational: bool = False) -> list[dict[str, Any]]:
     groups: dict[str, list[DicomEntry]] = {}
     for e in entries:
         groups.setdefault(e.study_instance_uid, []).append(e)
-    out = []
-    for study, members in groups.items():
-        first = members[0]
-        out.append(_dataset(
-            PatientName=_person_name(next((m.patient_name for m in members if m.patient_name), None)),
-            StudyDescription=next((m.study_description for m in members if m.study_description), None),
-            AccessionNumber=next((m.accession_number for m in members if m.accession_number), None),
-            StudyTime=next((m.study_time for m in members if m.study_time), None),
-            StudyDate=next((m.study_date for m in members if m.study_date), None),
-            ModalitiesInStudy=sorted({m.modality for m in members if m.modality}),
-            RetrieveURL=_study_url(request, services, study),
-            PatientID=first.patient_id, IssuerOfPatientID=first.issuer_of_patient_id, StudyInstanceUID=study,
-            NumberOfStudyRelatedSeries=len({m.series_instance_uid for m in members}),
-            NumberOfStudyRelatedInstances=len(members)))
-    return out
+    return [_dataset(
+        **_study_shown(members), ModalitiesInStudy=sorted({m.modality for m in members if m.modality}),
+        RetrieveURL=_study_url(request, services, study),
+        NumberOfStudyRelatedSeries=len({m.series_instance_uid for m in members}),
+        NumberOfStudyRelatedInstances=len(members)) for study, members in groups.items()]
 
 
-def _series(request: Request, services: Services, entries: list[DicomEntry]) -> list[dict[str, Any]]:
+def _series(request: Request, services: Services, entries: list[DicomEntry], *,
+            relational: bool = False) -> list[dict[str, Any]]:
+    """Series results; of All Series (``relational``) with their study's attributes too (PS3.18
+    10.6.3.3.2)."""
     groups: dict[tuple[str, str], list[DicomEntry]] = {}
     for e in entries:
         groups.setdefault((e.study_instance_uid, e.series_instance_uid), []).append(e)
-    return [_dataset(
-        Modality=members[0].modality or None, RetrieveURL=_series_url(request, services, study, series),
-        StudyInstanceUID=study, SeriesInstanceUID=series, NumberOfSeriesRelatedInstances=len(members))
+    return [_dataset(**{
+        **(_study_shown(members) if relational else {}),
+        "Modality": members[0].modality or None, "RetrieveURL": _series_url(request, services, study, series),
+        "StudyInstanceUID": study, "SeriesInstanceUID": series, "NumberOfSeriesRelatedInstances": len(members)})
         for (study, series), members in groups.items()]
 
 
-def _instances(request: Request, services: Services, entries: list[DicomEntry]) -> list[dict[str, Any]]:
-    return [_dataset(
-        SOPClassUID=e.sop_class_uid, SOPInstanceUID=e.sop_instance_uid, Modality=e.modality or None,
-        RetrieveURL=_instance_url(request, services, e.study_instance_uid, e.series_instance_uid,
-                                  e.sop_instance_uid),
-        StudyInstanceUID=e.study_instance_uid, SeriesInstanceUID=e.series_instance_uid) for e in entries]
+def _instances(request: Request, services: Services, entries: list[DicomEntry], *,
+               relational: bool = False) -> list[dict[str, Any]]:
+    """Instance results; of All Instances (``relational``) with their study's attributes too
+    (PS3.18 10.6.3.3.3; of the series' they carry the Modality)."""
+    return [_dataset(**{
+        **(_study_shown([e]) if relational else {}),
+        "SOPClassUID": e.sop_class_uid, "SOPInstanceUID": e.sop_instance_uid, "Modality": e.modality or None,
+        "RetrieveURL": _instance_url(request, services, e.study_instance_uid, e.series_instance_uid,
+                                     e.sop_instance_uid),
+        "StudyInstanceUID": e.study_instance_uid, "SeriesInstanceUID": e.series_instance_uid}) for e in entries]
 
 
 async def _search(request: Request, reader: Any, services: Services, accept: str | None, level: str,
@@ -458,7 +473,9 @@ async def _search(request: Request, reader: Any, services: Services, accept: str
     found = await run_in_threadpool(partial(reader.search_dicom, level, search.query, offset=search.offset,
                                             limit=search.limit, tell_more=search.capped))
     render = {STUDY: _studies, SERIES: _series, INSTANCE: _instances}[level]
-    response = _json(render(request, services, found.entries), break_glass=found.break_glass)
+    # All Series, All Instances: searches across studies (PS3.18 Table 10.6.1-1, "relational")
+    relational = "StudyInstanceUID" not in fixed
+    response = _json(render(request, services, found.entries, relational=relational), break_glass=found.break_glass)
     warnings = ([_FUZZY_NOT_SUPPORTED] if search.fuzzy else []) + ([_MORE_RESULTS] if found.more else [])
     if warnings:
         # PS3.18 8.3.4.2 and 8.3.4.4: "299 <service>: <text>", the service being the base URI
