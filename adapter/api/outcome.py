@@ -25,6 +25,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.AdapterError: 500,
     e.InvalidInput: 422,
     e.InvalidResource: 400,
+    e.InvalidQuery: 400,
     e.RequiredElementMissing: 422,
     e.UnknownCode: 422,
     e.UndecodableImage: 422,

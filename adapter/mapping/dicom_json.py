@@ -24,7 +24,7 @@ from pydicom.encaps import generate_frames
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import Tag
 
-from adapter.errors import InvalidInput, NotFound, StorageError
+from adapter.errors import InvalidQuery, NotFound, StorageError
 from adapter.text import is_digits
 
 #: Binary values up to this many bytes are given inline (InlineBinary), larger ones by BulkDataURI.
@@ -126,12 +126,12 @@ def parse_frame_list(text: str) -> list[int]:
     for raw in text.split(","):
         part = raw.strip()
         if not is_digits(part) or int(part) < 1 or len(part) > 9:
-            raise InvalidInput("frames takes a comma-separated list of frame numbers from 1", expression="frames")
+            raise InvalidQuery("frames takes a comma-separated list of frame numbers from 1", expression="frames")
         numbers.append(int(part))
     if not numbers or len(numbers) > 10_000:
-        raise InvalidInput("frames takes a comma-separated list of frame numbers from 1", expression="frames")
+        raise InvalidQuery("frames takes a comma-separated list of frame numbers from 1", expression="frames")
     if len(set(numbers)) != len(numbers):
-        raise InvalidInput("frames names a frame more than once", expression="frames")
+        raise InvalidQuery("frames names a frame more than once", expression="frames")
     return numbers
 
 

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adapter.errors import InvalidInput
+from adapter.errors import InvalidQuery
 from adapter.mapping import codes
 
 JSON = dict[str, Any]
@@ -64,7 +64,7 @@ class Subsetting:
 
 def parse_subsetting(params: Sequence[tuple[str, str]]) -> Subsetting:
     """``_summary`` and ``_elements`` among request parameters. ``_summary=count`` is left to
-    the search. Raises InvalidInput for another value, a repeat, or both together."""
+    the search. Raises InvalidQuery for another value, a repeat, or both together."""
     summary: str | None = None
     elements: list[str] | None = None
     for name, value in params:
@@ -72,17 +72,17 @@ def parse_subsetting(params: Sequence[tuple[str, str]]) -> Subsetting:
             if value == "count":
                 continue
             if value not in SUMMARY_MODES:
-                raise InvalidInput(f"_summary takes {', '.join(SUMMARY_MODES)} or count", expression="_summary")
+                raise InvalidQuery(f"_summary takes {', '.join(SUMMARY_MODES)} or count", expression="_summary")
             if summary is not None and summary != value:
-                raise InvalidInput("_summary is given twice with different values", expression="_summary")
+                raise InvalidQuery("_summary is given twice with different values", expression="_summary")
             summary = value
         elif name == "_elements":
             names = [v.strip() for v in value.split(",") if v.strip()]
             if not names or any(not n.replace("_", "").isalnum() for n in names):
-                raise InvalidInput("_elements takes a comma-separated list of element names", expression="_elements")
+                raise InvalidQuery("_elements takes a comma-separated list of element names", expression="_elements")
             elements = (elements or []) + names
     if elements is not None and summary not in (None, "false"):
-        raise InvalidInput("_elements cannot be combined with _summary (other than false)", expression="_elements")
+        raise InvalidQuery("_elements cannot be combined with _summary (other than false)", expression="_elements")
     return Subsetting(summary=summary, elements=tuple(dict.fromkeys(elements)) if elements is not None else None)
 
 

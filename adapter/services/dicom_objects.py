@@ -40,6 +40,7 @@ from adapter.errors import (
     AdapterError,
     ConfigurationError,
     InvalidInput,
+    InvalidQuery,
     InvalidResource,
     NotFound,
     NotSupported,
@@ -265,9 +266,9 @@ class DateRange:
             end = start
         for part in (start, end):
             if part and not _DATE.match(part):
-                raise InvalidInput("StudyDate takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression="StudyDate")
+                raise InvalidQuery("StudyDate takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression="StudyDate")
         if not start and not end:
-            raise InvalidInput("StudyDate takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression="StudyDate")
+            raise InvalidQuery("StudyDate takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression="StudyDate")
         return cls(start or None, end or None)
 
     def matches(self, date: str | None) -> bool:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from adapter.errors import Gone, InvalidInput
+from adapter.errors import Gone, InvalidQuery
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -65,9 +65,9 @@ class SearchPages:
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
     def open(self, resource_type: str, token: str) -> list[tuple[str, str]]:
-        """The parameters a token of this server holds. InvalidInput (400) for a token this
+        """The parameters a token of this server holds. InvalidQuery (400) for a token this
         server did not issue for ``resource_type``; Gone (410) for one older than PAGE_LIFETIME."""
-        refused = InvalidInput(f"the {PAGE_PARAM} link is not one this server issued for a {resource_type[:40]} "
+        refused = InvalidQuery(f"the {PAGE_PARAM} link is not one this server issued for a {resource_type[:40]} "
                                f"search: follow the links of a search answer unchanged", expression=PAGE_PARAM)
         if len(token) > MAX_TOKEN_CHARS:
             raise refused

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from adapter.errors import InvalidInput, NotSupported, TooCostly, UnsupportedResourceType
+from adapter.errors import InvalidQuery, NotSupported, TooCostly, UnsupportedResourceType
 from adapter.model.photo import Identifier
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 from adapter.text import is_digits
@@ -107,15 +107,15 @@ class SearchRequest:
 
 def _date_range(raw: str) -> tuple[datetime, datetime | None]:
     """The instants a FHIR date, dateTime or instant covers (end None: past the last instant a
-    datetime holds). InvalidInput when it does not match the format or names no real time
+    datetime holds). InvalidQuery when it does not match the format or names no real time
     (month 13, 30 February, offset +25:00, year 0000)."""
     m = _DATE_RE.match(raw)
     if not m:
-        raise InvalidInput(f"not a FHIR date: {raw[:40]}")
+        raise InvalidQuery(f"not a FHIR date: {raw[:40]}")
     try:
         return _covered(m)
     except (ValueError, OverflowError) as exc:  # datetime refuses a date or offset that does not exist
-        raise InvalidInput(f"not a FHIR date: {raw[:40]} ({exc})") from exc
+        raise InvalidQuery(f"not a FHIR date: {raw[:40]} ({exc})") from exc
 
 
 #: The first and last instants a datetime holds: FHIR's years run from 0001 to 9999
@@ -208,13 +208,13 @@ def _references(value: str, param: str, modifier: str, types: Sequence[str], r5:
         if len(parts) >= 4 and parts[-2] == "_history":
             parts = parts[:-2]
         if not parts:
-            raise InvalidInput(f"{param} takes a reference Type/id", expression=param)
+            raise InvalidQuery(f"{param} takes a reference Type/id", expression=param)
         if len(parts) == 1:
             rid, candidates = parts[0], [modifier] if modifier else list(types)
         else:
             rtype, rid = parts[-2], parts[-1]
             if rtype not in types or (modifier and rtype != modifier):
-                raise InvalidInput(f"{param} names {', '.join(types)} resources", expression=param)
+                raise InvalidQuery(f"{param} names {', '.join(types)} resources", expression=param)
             candidates = [rtype]
         out += [TokenCriterion(param=param, code=f"{s}/{rid}") for t in candidates for s in _stored_types(t, r5)]
     return out
@@ -272,7 +272,7 @@ def _identifiers(value: str, param: str) -> list[Identifier]:
     for v in _or_values(value, f"{param}:identifier"):
         system, sep, code = v.partition("|")
         if not sep or not system or not code:
-            raise InvalidInput(f"{param}:identifier takes system|value", expression=param)
+            raise InvalidQuery(f"{param}:identifier takes system|value", expression=param)
         out.append(Identifier(system=system, value=code))
     return out
 
@@ -333,11 +333,11 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         if why is not None:
             raise NotSupported(f"search parameter '{base}' is not supported: {why}", expression=base)
         if base not in _COMMON and base not in allowed:
-            raise InvalidInput(f"unknown or unsupported search parameter '{name[:40]}' for {resource_type}",
+            raise InvalidQuery(f"unknown or unsupported search parameter '{name[:40]}' for {resource_type}",
                                expression=name[:40])
         if base == "_total":
             if value not in TOTAL_MODES:
-                raise InvalidInput(f"_total takes {', '.join(TOTAL_MODES)}", expression="_total")
+                raise InvalidQuery(f"_total takes {', '.join(TOTAL_MODES)}", expression="_total")
             total = value != "none"
         elif base == "_count":
             count = page_param(name, value, MAX_COUNT)
@@ -401,5 +401,5 @@ def page_param(name: str, value: str, high: int) -> int:
     """A paging parameter (``_count``, ``_offset``): a whole number, at most ``high``; anything
     else, a negative number included, is refused (422) rather than read as something else."""
     if not is_digits(value):
-        raise InvalidInput(f"{name} takes a whole number", expression=name)
+        raise InvalidQuery(f"{name} takes a whole number", expression=name)
     return min(int(value[:12]), high)

@@ -75,7 +75,7 @@ from adapter.api.openapi import (
 from adapter.api.outcome import fhir_response
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
-from adapter.errors import AdapterError, InvalidInput, InvalidResource, NotSupported
+from adapter.errors import AdapterError, InvalidInput, InvalidQuery, InvalidResource, NotSupported
 from adapter.mapping.dicom_vr import attribute_tag
 from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
 from adapter.mapping.outcome import operation_outcome
@@ -368,7 +368,7 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
             continue
         if lowered in ("limit", "offset"):
             if not is_digits(value):
-                raise InvalidInput(f"{lowered} takes a non-negative integer", expression=lowered)
+                raise InvalidQuery(f"{lowered} takes a non-negative integer", expression=lowered)
             if lowered == "limit":
                 limit = int(value)
             else:
@@ -382,9 +382,9 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
                 continue  # a return key (module docstring): universal matching matches everything
             raise NotSupported(f"matching on {name[:40]} is not supported at {level} level", expression=name[:40])
         if keyword in keys:
-            raise InvalidInput(f"{keyword} is given more than once", expression=keyword)
+            raise InvalidQuery(f"{keyword} is given more than once", expression=keyword)
         if keyword in fixed and value.strip() not in ("", fixed[keyword]):
-            raise InvalidInput(f"{keyword} differs from the one in the path", expression=keyword)
+            raise InvalidQuery(f"{keyword} differs from the one in the path", expression=keyword)
         if value.strip():  # an empty value asks for the attribute (universal matching)
             keys[keyword] = value.strip()
     keys.update(fixed)

@@ -57,6 +57,7 @@ from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute, base
 from adapter.errors import (
     InvalidInput,
+    InvalidQuery,
     NotAcceptable,
     NotFound,
     NotSupported,
@@ -340,7 +341,7 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
             offset = page_param(name, value, 10**9)
         elif name == "_since":  # an instant; a coarser date counts from its start
             if value[:2].isalpha():
-                raise InvalidInput("_since takes an instant, e.g. 2026-11-26T10:00:00Z", expression="_since")
+                raise InvalidQuery("_since takes an instant, e.g. 2026-11-26T10:00:00Z", expression="_since")
             since = parse_date_param(value).start
         elif name not in ("_format", "_pretty", "_summary", "_elements"):
             raise NotSupported(f"history takes _since, _count, _summary and _elements; not {name[:40]}",
@@ -479,7 +480,7 @@ def _opened(resource_type: str, params: list[tuple[str, str]], services: Any) ->
     pages = [v for k, v in params if k == PAGE_PARAM]
     others = [k for k, _ in params if k not in (PAGE_PARAM, "_format")]
     if len(pages) != 1 or others:
-        raise InvalidInput(f"a {PAGE_PARAM} link is followed as it was given: one {PAGE_PARAM} and no other "
+        raise InvalidQuery(f"a {PAGE_PARAM} link is followed as it was given: one {PAGE_PARAM} and no other "
                            f"parameter but _format", expression=PAGE_PARAM)
     opened = services.search_pages.open(resource_type, pages[0])
     formats = [(k, v) for k, v in params if k == "_format"]
@@ -503,10 +504,10 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
         form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
                          max_num_fields=1000)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput("the body is not application/x-www-form-urlencoded search parameters") from exc
+        raise InvalidQuery("the body is not application/x-www-form-urlencoded search parameters") from exc
     params = list(request.query_params.multi_items()) + form
     if any(k == PAGE_PARAM for k, _ in params):
-        raise InvalidInput(f"{PAGE_PARAM} is a link to follow with GET", expression=PAGE_PARAM)
+        raise InvalidQuery(f"{PAGE_PARAM} is a link to follow with GET", expression=PAGE_PARAM)
     _audit_search_as(reader, body)
     return await _search(resource_type, request, reader, services, accept, params, sealed=True)
 

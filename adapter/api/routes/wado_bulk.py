@@ -62,7 +62,7 @@ from adapter.api.routes.dicomweb import (
     _not_acceptable,
     _qido_accept,
 )
-from adapter.errors import InvalidInput, NotAcceptable
+from adapter.errors import InvalidQuery, NotAcceptable
 from adapter.mapping.dicom_json import (
     bulk_value,
     frames,
@@ -233,7 +233,7 @@ async def _thumbnail(reader: Any, request: Request, accept: str | None, study: s
     if viewport is not None:
         sides = [side for p in viewport.split(",") if (side := pixel_count(p.strip(), THUMBNAIL_MAX_SIDE))]
         if len(sides) != 2 or viewport.count(",") != 1:
-            raise InvalidInput("viewport takes <columns>,<rows> in pixels", expression="viewport")
+            raise InvalidQuery("viewport takes <columns>,<rows> in pixels", expression="viewport")
         columns, rows = sides
     made = await run_in_threadpool(partial(reader.read_dicom_thumbnail, study, series=series, instance=instance,
                                            rows=rows, columns=columns))

@@ -34,7 +34,7 @@ from adapter.api.deps import ReaderDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.openapi import INVALID, READ_ONE, answers, ok, refusals
 from adapter.api.routes.wado_bulk import RENDERED_JPEG_MAX_SIDE
-from adapter.errors import InvalidInput, NotAcceptable, NotSupported, RequiredElementMissing
+from adapter.errors import InvalidQuery, NotAcceptable, NotSupported
 from adapter.model.decision import View
 from adapter.services.access import ReleasedImage
 from adapter.text import pixel_count
@@ -53,7 +53,7 @@ def _side(value: str | None, name: str) -> int | None:
         return None
     side = pixel_count(value, _MAX_SIDE)
     if side is None:
-        raise InvalidInput(f"{name} takes a positive whole number of pixels", expression=name)
+        raise InvalidQuery(f"{name} takes a positive whole number of pixels", expression=name)
     return side
 
 
@@ -63,11 +63,11 @@ def _side(value: str | None, name: str) -> int | None:
 async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     q = request.query_params
     if q.get("requestType") != "WADO":
-        raise InvalidInput("requestType must be WADO", expression="requestType")
+        raise InvalidQuery("requestType must be WADO", expression="requestType")
     study, series, instance = q.get("studyUID"), q.get("seriesUID"), q.get("objectUID")
     missing = [name for name, v in (("studyUID", study), ("seriesUID", series), ("objectUID", instance)) if not v]
     if missing:
-        raise RequiredElementMissing(f"WADO-URI needs {', '.join(missing)}", expression=missing)
+        raise InvalidQuery(f"WADO-URI needs {', '.join(missing)}", expression=missing)
     assert study is not None and series is not None and instance is not None
     for name in _UNSUPPORTED:
         if name in q:
@@ -75,7 +75,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     if q.get("frameNumber") not in (None, "1"):
         raise NotSupported("only frameNumber 1 is served (the frame a record shows)", expression="frameNumber")
     if q.get("anonymize") not in (None, "yes"):
-        raise InvalidInput("anonymize takes yes", expression="anonymize")
+        raise InvalidQuery("anonymize takes yes", expression="anonymize")
     if q.get("anonymize") == "yes" and reader.purpose_view is not View.DEIDENTIFIED:
         raise NotSupported("anonymize=yes: de-identified objects are released for a purpose the patient consented "
                            "to (e.g. X-Purpose-Of-Use: TRAIN), not on request", expression="anonymize")
@@ -83,7 +83,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     wanted = _content_types(q.get("contentType"))
     syntax = q.get("transferSyntax")
     if syntax is not None and DICOM not in wanted:
-        raise InvalidInput("transferSyntax goes with contentType=application/dicom", expression="transferSyntax")
+        raise InvalidQuery("transferSyntax goes with contentType=application/dicom", expression="transferSyntax")
     rendered: ReleasedImage | None = None
     # in the client's order of preference; none: image/jpeg for an image (PS3.18 7.1.2, WADO-URI's
     # default for a single-frame image), else as it renders (a PDF)
