@@ -34,6 +34,7 @@ from adapter.mapping.dimse_status import (
 from adapter.model.photo import PhotoKind
 from adapter.services.registry import Services
 from adapter.services.released_uids import ReleasedUidSpaces
+from adapter.store.schema import SCHEMA_VERSION
 from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
 from tests.support.audit import (
@@ -1363,7 +1364,7 @@ def test_qido_finds_by_name_what_a_store_of_schema_11_holds(tmp_path: Path) -> N
         with services.store.engine.connect() as conn:
             keys = conn.exec_driver_sql("SELECT patient_name_key, patient_name_ideographic_key, "
                                         "study_description_key FROM dicom_instances").all()
-            assert conn.exec_driver_sql("SELECT max(version) FROM schema_version").scalar() == 12
+            assert conn.exec_driver_sql("SELECT max(version) FROM schema_version").scalar() == SCHEMA_VERSION
         assert sorted(keys) == [("smith^anna", None, ""), ("strasse^eva", None, "Wound care"),
                                 ("yamada^taro=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046",
                                  "\u5c71\u7530^\u592a\u90ce", "")]
