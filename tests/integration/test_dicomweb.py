@@ -1755,3 +1755,129 @@ def test_qido_relational_searches_show_each_results_study(adapter: tuple[FhirCli
     for item in (*qido(client, "series", TRAIN), *qido(client, "instances", TRAIN)):
         assert not {"00100010", "00100020", "00080020", "00080050", "00081030"} & set(item)  # TRAIN shows none
         assert value(item, "0020000D") != a.StudyInstanceUID
+
+
+#: The series and instance attributes of QIDO-RS results (PS3.18 Tables 10.6.3-4 and 10.6.3-5).
+SERIES_TAGS = {"00200011": "IS", "0008103E": "LO", "00400244": "DA", "00400245": "TM", "00080201": "SH"}
+INSTANCE_TAGS = {"00200013": "IS", "00280010": "US", "00280011": "US", "00280100": "US", "00280008": "IS",
+                 "00080201": "SH"}
+
+
+def viewer_objects(client: FhirClient, tmp_path: Path) -> tuple[Dataset, Dataset, dict[str, str]]:
+    """What a viewer lists: a received multi-frame SC (3 frames, its series described and its
+    procedure step dated), a received VL photo, and a posted photo (its DICOM UIDs)."""
+    multiframe = multiframe_file(tmp_path / "mf.dcm", frames=3)
+    multiframe.SeriesNumber, multiframe.InstanceNumber, multiframe.SeriesDescription = 7, 2, "Wound series"
+    multiframe.PerformedProcedureStepStartDate, multiframe.PerformedProcedureStepStartTime = "20240102", "0930"
+    multiframe.TimezoneOffsetFromUTC = "+0100"
+    photo = received(record_id="rec-vl", SeriesNumber=3, InstanceNumber=5)
+    assert stow(client, multiframe, photo).status_code == 200
+    receipt = post_photo(client, WOUND, metadata()).json()
+    return multiframe, photo, receipt["dicom"]
+
+
+def shown(item: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
+    """The attributes of ``tags`` an item has, by tag: (VR, values)."""
+    return {tag: (item[tag]["vr"], item[tag].get("Value")) for tag in tags if tag in item}
+
+
+def assert_as_retrieved(client: FhirClient, item: dict[str, Any], headers: dict[str, str]) -> None:
+    """An instance result shows its series and instance attributes exactly as the WADO-RS
+    metadata of the object the purpose retrieves: the same values under the same VR, none the
+    retrieved copy lacks."""
+    url = value(item, "00081190").split("testserver")[-1]
+    [meta] = client.get(f"{url}/metadata", headers=headers).json()
+    tags = {**SERIES_TAGS, **INSTANCE_TAGS}
+    assert shown(item, tags) == {t: v for t, v in shown(meta, tags).items() if v[1]}
+
+
+def test_qido_returns_the_series_and_instance_attributes_a_viewer_orders_and_lays_out_by(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """PS3.18 Tables 10.6.3-4 and 10.6.3-5: a series result carries SeriesNumber and what is known
+    of SeriesDescription and the performed procedure step's start; an instance result its
+    InstanceNumber, Rows, Columns, BitsAllocated, NumberOfFrames (if the object has it),
+    InstanceAvailability and TimezoneOffsetFromUTC, all as the purpose's copy of the object
+    carries them: TRAIN's and HRESCH's have no SeriesDescription (PS3.15 E.1-1), TRAIN's no dates
+    or zone. A received multi-frame SC, a received VL photo, a posted photo."""
+    client, _ = adapter
+    multiframe, photo, posted = viewer_objects(client, tmp_path)
+    [series] = qido(client, f"studies/{multiframe.StudyInstanceUID}/series")
+    assert shown(series, SERIES_TAGS) == {"00200011": ("IS", [7]), "0008103E": ("LO", ["Wound series"]),
+                                          "00400244": ("DA", ["20240102"]), "00400245": ("TM", ["0930"]),
+                                          "00080201": ("SH", ["+0100"])}
+    [instance] = qido(client, f"studies/{multiframe.StudyInstanceUID}/series/{multiframe.SeriesInstanceUID}/instances")
+    assert shown(instance, INSTANCE_TAGS) == {
+        "00200013": ("IS", [2]), "00280010": ("US", [multiframe.Rows]), "00280011": ("US", [multiframe.Columns]),
+        "00280100": ("US", [8]), "00280008": ("IS", [3]), "00080201": ("SH", ["+0100"])}
+    assert instance["00080056"] == {"vr": "CS", "Value": ["ONLINE"]}
+    [vl] = qido(client, f"studies/{photo.StudyInstanceUID}/instances")
+    assert (value(vl, "00200011"), value(vl, "00200013")) == (3, 5)
+    assert (value(vl, "00280010"), value(vl, "00280011")) == (photo.Rows, photo.Columns) and "00280008" not in vl
+    [mine] = qido(client, f"studies/{posted['studyInstanceUid']}/instances")
+    with PIL.Image.open(WOUND) as image:
+        assert {value(mine, "00280010"), value(mine, "00280011")} == set(image.size)
+    assert (value(mine, "00200013"), value(mine, "00280100")) == (1, 8) and value(mine, "00200011") is not None
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for headers in (TREAT, TRAIN, HRESCH):
+        items = qido(client, "instances", headers)
+        assert len(items) == 3
+        for item in items:
+            assert_as_retrieved(client, item, headers)
+        for item in qido(client, "series", headers):
+            [member] = qido(client, "instances", headers, SeriesInstanceUID=value(item, "0020000E"))
+            assert shown(item, SERIES_TAGS) == shown(member, SERIES_TAGS)
+    [train] = [i for i in qido(client, "series", TRAIN) if value(i, "00200011") == 7]
+    assert not {"0008103E", "00400244", "00400245", "00080201"} & set(train)
+    [hresch] = [i for i in qido(client, "series", HRESCH) if value(i, "00200011") == 7]
+    assert "0008103E" not in hresch and value(hresch, "00400244") == "20240102"
+
+
+def test_qido_matches_series_number_instance_number_and_the_procedure_step_date(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """The required match keys of PS3.18 Table 10.6.1-5 at series and instance level: SeriesNumber
+    and InstanceNumber (one integer, by keyword or tag; anything else is 400), the performed
+    procedure step's start date (a date or range), on what the purpose's view shows."""
+    client, _ = adapter
+    multiframe, photo, _ = viewer_objects(client, tmp_path)
+    assert [value(s, "0020000E") for s in qido(client, "series", SeriesNumber="7")] == [multiframe.SeriesInstanceUID]
+    assert [value(s, "0020000E") for s in qido(client, f"studies/{photo.StudyInstanceUID}/series", **{"00200011": "3"})] \
+        == [photo.SeriesInstanceUID]
+    assert qido(client, "series", SeriesNumber="8") == []
+    assert [value(i, "00080018") for i in qido(client, "instances", InstanceNumber="5")] == [photo.SOPInstanceUID]
+    assert [value(i, "00080018") for i in qido(client, f"studies/{multiframe.StudyInstanceUID}/instances",
+                                               SeriesNumber="7", InstanceNumber="2")] == [multiframe.SOPInstanceUID]
+    assert [value(i, "0020000E") for i in qido(client, "series", PerformedProcedureStepStartDate="20240101-20240131")] \
+        == [multiframe.SeriesInstanceUID]
+    for key, bad in (("SeriesNumber", "7*"), ("InstanceNumber", "two"), ("PerformedProcedureStepStartDate", "2024")):
+        r = client.get("/dicomweb/instances", params={key: bad}, headers=TREAT)
+        assert r.status_code == 400, (key, r.text)
+    assert client.get("/dicomweb/studies", params={"InstanceNumber": "1"}, headers=TREAT).status_code == 400
+    add_consent(client, ["TRAIN"])
+    assert len(qido(client, "series", TRAIN, SeriesNumber="7")) == 1  # numbers stay in the de-identified copy
+    assert qido(client, "series", TRAIN, PerformedProcedureStepStartDate="20240102") == []  # its dates do not
+
+
+def test_qido_attributes_of_a_store_of_schema_12_are_read_from_its_objects_at_start(tmp_path: Path) -> None:
+    """A store written before schema 13 opened by this code: the upgrade adds the columns and the
+    start reads the attributes from each stored object (a received file's header, a posted photo's
+    object made as a retrieve makes it), once; QIDO-RS then shows and matches them."""
+    with adapter_client(tmp_path) as (client, _):
+        multiframe, _, posted = viewer_objects(client, tmp_path)
+        before = sorted(json.dumps(i, sort_keys=True) for i in qido(client, "instances"))
+    db = sqlite3.connect(tmp_path / "data" / "adapter.db")
+    try:
+        with db:  # one transaction: the tables as schema 12 made them
+            db.execute("DROP INDEX ix_dicom_instances_attributes_unread")
+            for column in ("series_number", "series_description", "pps_start_date", "pps_start_time",
+                           "timezone_offset", "instance_number", "image_rows", "image_columns", "bits_allocated",
+                           "number_of_frames", "attributes_read"):
+                db.execute(f"ALTER TABLE dicom_instances DROP COLUMN {column}")
+            db.execute("UPDATE schema_version SET version = 12")
+    finally:
+        db.close()
+    with adapter_client(tmp_path) as (client, services):
+        assert sorted(json.dumps(i, sort_keys=True) for i in qido(client, "instances")) == before
+        assert [value(i, "00080018") for i in qido(client, "instances", InstanceNumber="2")] == [multiframe.SOPInstanceUID]
+        [mine] = qido(client, f"studies/{posted['studyInstanceUid']}/instances")
+        assert value(mine, "00280010") is not None and value(mine, "00200013") == 1
+        assert services.store.fill_dicom_attributes(lambda _: pytest.fail("read again")) == 0
