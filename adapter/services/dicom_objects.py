@@ -277,13 +277,14 @@ LEVELS = (STUDY, SERIES, INSTANCE)
 #: The match keys each level supports (a key of a lower level is refused, not ignored).
 LEVEL_KEYS: dict[str, frozenset[str]] = {
     STUDY: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                       "ModalitiesInStudy", "AccessionNumber", "StudyDescription"}),
+                       "StudyTime", "ModalitiesInStudy", "AccessionNumber", "StudyDescription"}),
     SERIES: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                       "SeriesInstanceUID", "Modality", "AccessionNumber", "StudyDescription", "SeriesNumber",
-                       "PerformedProcedureStepStartDate"}),
+                       "StudyTime", "SeriesInstanceUID", "Modality", "AccessionNumber", "StudyDescription",
+                       "SeriesNumber", "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"}),
     INSTANCE: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                         "SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID", "AccessionNumber",
-                         "StudyDescription", "SeriesNumber", "PerformedProcedureStepStartDate", "InstanceNumber"}),
+                         "StudyTime", "SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID",
+                         "AccessionNumber", "StudyDescription", "SeriesNumber", "PerformedProcedureStepStartDate",
+                         "PerformedProcedureStepStartTime", "InstanceNumber"}),
 }
 _DATE = re.compile(r"^\d{8}$", re.ASCII)
 _INTEGER = re.compile(r"^[+-]?\d{1,10}$", re.ASCII)
@@ -324,14 +325,55 @@ class DateRange:
         return (self.start is None or date >= self.start) and (self.end is None or date <= self.end)
 
 
+_TIME = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?$", re.ASCII)
+
+
+def _time_bounds(value: str) -> tuple[str, str] | None:
+    """The first and last instant a TM value (``HH[MM[SS[.F…]]]``) stands for, as ``HHMMSS.FFFFFF``
+    strings that order as the times do; None for a value that is no TM."""
+    found = _TIME.match(value.strip())
+    if found is None:
+        return None
+    hours, minutes, seconds, fraction = found.groups()
+    low = f"{hours}{minutes or '00'}{seconds or '00'}.{(fraction or '').ljust(6, '0')}"
+    high = f"{hours}{minutes or '59'}{seconds or '59'}.{(fraction or '').ljust(6, '9')}"
+    return low, high
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """A TM match (PS3.4 C.2.2.2.5): one time, or a range open at either end; inclusive, each
+    end at the precision it is given in (``0930`` is 09:30:00 to 09:30:59.999999)."""
+
+    start: str | None   # HHMMSS.FFFFFF
+    end: str | None
+
+    @classmethod
+    def parse(cls, value: str, keyword: str) -> TimeRange:
+        start, sep, end = value.strip().partition("-")
+        if not sep:
+            end = start
+        bounds = [_time_bounds(part) if part else None for part in (start, end)]
+        if (start and bounds[0] is None) or (end and bounds[1] is None) or not (start or end):
+            raise InvalidQuery(f"{keyword} takes HHMMSS or a range HHMMSS-HHMMSS", expression=keyword)
+        return cls(bounds[0][0] if bounds[0] else None, bounds[1][1] if bounds[1] else None)
+
+    def matches(self, time: str | None) -> bool:
+        bounds = _time_bounds(time) if time else None
+        if bounds is None:
+            return False
+        return (self.start is None or bounds[0] >= self.start) and (self.end is None or bounds[0] <= self.end)
+
+
 @dataclass(frozen=True)
 class DicomQuery:
     """QIDO-RS match keys, in the released space of the reader's view (module docstring).
     UIDs: list matching (any of); PatientID: single value, ``*``/``?`` wildcards; PatientName:
     the same, insensitive to case and to empty trailing name components (:func:`_person_name_matches`);
     StudyDescription: single value with wildcards (a viewer's study list filter); SeriesNumber and
-    InstanceNumber: one integer; PerformedProcedureStepStartDate: a date or range, as StudyDate (on
-    what the view shows: TRAIN's copies have none); the rest exact."""
+    InstanceNumber: one integer; PerformedProcedureStepStartDate: a date or range, as StudyDate;
+    StudyTime and PerformedProcedureStepStartTime: a time or range (:class:`TimeRange`), on what the
+    view shows (TRAIN's copies have no dates or times); the rest exact."""
 
     study_uids: tuple[str, ...] = ()
     series_uids: tuple[str, ...] = ()
@@ -347,6 +389,8 @@ class DicomQuery:
     series_number: int | None = None
     instance_number: int | None = None
     performed_procedure_step_start_date: DateRange | None = None
+    performed_procedure_step_start_time: TimeRange | None = None
+    study_time: TimeRange | None = None    # what the view shows: TRAIN's copies have none
 
     def matches(self, entry: DicomEntry) -> bool:
         """Every key but Modality, which :func:`match_level` applies per level."""
@@ -375,6 +419,11 @@ class DicomQuery:
             return False
         if self.performed_procedure_step_start_date is not None and \
                 not self.performed_procedure_step_start_date.matches(shown.performed_procedure_step_start_date):
+            return False
+        if self.performed_procedure_step_start_time is not None and \
+                not self.performed_procedure_step_start_time.matches(shown.performed_procedure_step_start_time):
+            return False
+        if self.study_time is not None and not self.study_time.matches(entry.study_time):
             return False
         return self.study_date is None or self.study_date.matches(entry.study_date)
 

@@ -1769,8 +1769,8 @@ def viewer_objects(client: FhirClient, tmp_path: Path) -> tuple[Dataset, Dataset
     multiframe = multiframe_file(tmp_path / "mf.dcm", frames=3)
     multiframe.SeriesNumber, multiframe.InstanceNumber, multiframe.SeriesDescription = 7, 2, "Wound series"
     multiframe.PerformedProcedureStepStartDate, multiframe.PerformedProcedureStepStartTime = "20240102", "0930"
-    multiframe.TimezoneOffsetFromUTC = "+0100"
-    photo = received(record_id="rec-vl", SeriesNumber=3, InstanceNumber=5)
+    multiframe.TimezoneOffsetFromUTC, multiframe.StudyTime = "+0100", "101500"
+    photo = received(record_id="rec-vl", SeriesNumber=3, InstanceNumber=5, StudyTime="143000")
     assert stow(client, multiframe, photo).status_code == 200
     receipt = post_photo(client, WOUND, metadata()).json()
     return multiframe, photo, receipt["dicom"]
@@ -1836,7 +1836,8 @@ def test_qido_matches_series_number_instance_number_and_the_procedure_step_date(
         adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
     """The required match keys of PS3.18 Table 10.6.1-5 at series and instance level: SeriesNumber
     and InstanceNumber (one integer, by keyword or tag; anything else is 400), the performed
-    procedure step's start date (a date or range), on what the purpose's view shows."""
+    procedure step's start date and time and the StudyTime (a value or a range), on what the
+    purpose's view shows."""
     client, _ = adapter
     multiframe, photo, _ = viewer_objects(client, tmp_path)
     assert [value(s, "0020000E") for s in qido(client, "series", SeriesNumber="7")] == [multiframe.SeriesInstanceUID]
@@ -1852,9 +1853,22 @@ def test_qido_matches_series_number_instance_number_and_the_procedure_step_date(
         r = client.get("/dicomweb/instances", params={key: bad}, headers=TREAT)
         assert r.status_code == 400, (key, r.text)
     assert client.get("/dicomweb/studies", params={"InstanceNumber": "1"}, headers=TREAT).status_code == 400
+    # times: one at the precision given, or a range, open at either end
+    for key, match in (("PerformedProcedureStepStartTime", "0930"), ("PerformedProcedureStepStartTime", "0900-0945"),
+                       ("PerformedProcedureStepStartTime", "093000-"), ("StudyTime", "1015"),
+                       ("StudyTime", "101500.000000-101500.5"), ("StudyTime", "-1016")):
+        assert [value(s, "0020000E") for s in qido(client, "series", **{key: match})] == [multiframe.SeriesInstanceUID], \
+            (key, match)
+    assert qido(client, "series", PerformedProcedureStepStartTime="0931-") == []
+    assert [value(s, "0020000D") for s in qido(client, "studies", StudyTime="1000-1030")] == [multiframe.StudyInstanceUID]
+    for key, bad in (("StudyTime", "25:00"), ("PerformedProcedureStepStartTime", "9-10"), ("StudyTime", "-")):
+        r = client.get("/dicomweb/series", params={key: bad}, headers=TREAT)
+        assert r.status_code == 400, (key, r.text)
     add_consent(client, ["TRAIN"])
     assert len(qido(client, "series", TRAIN, SeriesNumber="7")) == 1  # numbers stay in the de-identified copy
     assert qido(client, "series", TRAIN, PerformedProcedureStepStartDate="20240102") == []  # its dates do not
+    assert qido(client, "series", TRAIN, PerformedProcedureStepStartTime="0930") == []  # nor its times
+    assert qido(client, "studies", TRAIN, StudyTime="1015") == []
 
 
 def test_qido_attributes_of_a_store_of_schema_12_are_read_from_its_objects_at_start(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@
   ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
   (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy, StudyDate (``YYYYMMDD``,
   ``A-B``, ``A-``, ``-B``), AccessionNumber (exact), StudyDescription (wildcards), SeriesNumber and
-  InstanceNumber (one integer), PerformedProcedureStepStartDate (as StudyDate); ``limit``, ``offset`` (results at the level,
+  InstanceNumber (one integer), PerformedProcedureStepStartDate (as StudyDate), StudyTime and
+  PerformedProcedureStepStartTime (``HHMMSS``, ``A-B``, ``A-``, ``-B``); ``limit``, ``offset`` (results at the level,
   after the decision; a limit over :data:`QIDO_MAX_LIMIT`, or none, gives that many, with the
   Warning of PS3.18 8.3.4.4 when more follow); ``includefield`` is accepted and ignored (the
   attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
@@ -94,6 +95,7 @@ from adapter.services.dicom_objects import (
     DicomEntry,
     DicomQuery,
     StowOutcome,
+    TimeRange,
     instance_shown,
     integer_key,
     series_shown,
@@ -415,7 +417,11 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
         instance_number=integer_key("InstanceNumber", keys["InstanceNumber"]) if "InstanceNumber" in keys else None,
         performed_procedure_step_start_date=DateRange.parse(keys["PerformedProcedureStepStartDate"],
                                                             "PerformedProcedureStepStartDate")
-        if "PerformedProcedureStepStartDate" in keys else None)
+        if "PerformedProcedureStepStartDate" in keys else None,
+        performed_procedure_step_start_time=TimeRange.parse(keys["PerformedProcedureStepStartTime"],
+                                                            "PerformedProcedureStepStartTime")
+        if "PerformedProcedureStepStartTime" in keys else None,
+        study_time=TimeRange.parse(keys["StudyTime"], "StudyTime") if "StudyTime" in keys else None)
     capped = limit is None or limit > QIDO_MAX_LIMIT
     return _Search(query, QIDO_MAX_LIMIT if capped or limit is None else limit, offset, capped, fuzzy)
 
