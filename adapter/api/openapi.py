@@ -29,8 +29,10 @@ FHIR_JSON = "application/fhir+json"
 JSON = "application/json"
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
 FORM = "application/x-www-form-urlencoded"
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+MULTIPART_DICOM_XML = 'multipart/related; type="application/dicom+xml"'
 MULTIPART_JPEG = 'multipart/related; type="image/jpeg"'
 MULTIPART_OCTET = 'multipart/related; type="application/octet-stream"'
 #: The bytes a record's image, a rendered instance or a consent form are served as.

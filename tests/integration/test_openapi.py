@@ -225,6 +225,10 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
     assert api.get(f"/dicomweb/studies/{study}/metadata", headers=TREAT).status_code == 200
     assert api.get(f"/dicomweb/studies/{study}/series/{series}/metadata", headers=TREAT).status_code == 200
     assert api.get(f"{inst}/metadata", headers=TREAT).status_code == 200
+    xml = {**TREAT, "Accept": 'multipart/related; type="application/dicom+xml"'}
+    assert api.get("/dicomweb/studies", headers=xml).status_code == 200
+    assert api.get(f"/dicomweb/studies/{study}/metadata", headers=xml).status_code == 200
+    assert api.get(f"{inst}/metadata", headers=xml).status_code == 200
     assert api.get(f"{inst}/frames/1", headers=TREAT).status_code == 200
     assert api.get(f"{inst}/frames/x", headers=TREAT).status_code in (400, 422)
     assert api.get(f"{inst}/frames/1", headers={**TREAT, "Accept": "text/plain"}).status_code == 406
@@ -239,6 +243,9 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
                     headers={"Content-Type": stow_type}).status_code in (200, 202, 409)
     assert api.post(f"/dicomweb/studies/{study}", content=retrieved.content,
                     headers={"Content-Type": stow_type}).status_code in (200, 202, 409)
+    for accept in ("application/dicom+xml", 'multipart/related; type="application/dicom+xml"'):
+        assert api.post("/dicomweb/studies", content=retrieved.content,
+                        headers={"Content-Type": stow_type, "Accept": accept}).status_code in (200, 202, 409)
     assert api.post("/dicomweb/studies", content=b"{}", headers={"Content-Type": "application/json"}).status_code \
         == 415
     wado = f"/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={instance}"

@@ -3,7 +3,9 @@
 * **STOW-RS** (PS3.18 10.5) ``POST /dicomweb/studies[/{study}]``, ``multipart/related;
   type="application/dicom"``: every part is spooled to a staging file and goes through the C-STORE
   SCP's ingest (adapter.services.dicom_objects.stow_instance), sender ``DICOMWEB`` from the
-  client's address, a colleague inside the organisation. The answer (application/dicom+json) lists
+  client's address, a colleague inside the organisation. The answer (application/dicom+json; or,
+  asked for, the Native DICOM Model: ``application/dicom+xml``, one document, or ``multipart/related;
+  type="application/dicom+xml"``, one part; see below) lists
   ReferencedSOPSequence (0008,1199) and FailedSOPSequence (0008,1198) with FailureReason
   (0008,1197) = the SCP's status for the same refusal, and the study's RetrieveURL (0008,1190):
   the URL's study, or the one study of the instances stored, else present and empty (type 2);
@@ -23,8 +25,8 @@
   404 when nothing has the UIDs, 403 when nothing of it is permitted, as for a FHIR read.
 * **QIDO-RS** (PS3.18 10.6) ``GET /dicomweb/studies``, ``/studies/{study}/series``, ``/series``,
   ``/studies/{study}/series/{series}/instances``, ``/studies/{study}/instances``, ``/instances``:
-  application/dicom+json (PS3.18 F.2). Match keys (keyword or tag): PatientID (wildcards ``*``,
-  ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
+  application/dicom+json (PS3.18 F.2), or the Native DICOM Model (below). Match keys (keyword or
+  tag): PatientID (wildcards ``*``, ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
   (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy, StudyDate (``YYYYMMDD``,
   ``A-B``, ``A-``, ``-B``), AccessionNumber (exact), StudyDescription (wildcards), SeriesNumber and
   InstanceNumber (one integer), PerformedProcedureStepStartDate (as StudyDate), StudyTime and
@@ -44,6 +46,18 @@
   AccessionNumber, so keys on them match nothing. Instances not permitted are left out and not
   counted. No match is 200 with ``[]``. Metadata, frames and bulk data: adapter.api.routes.wado_bulk.
 
+**XML** (PS3.18 Table 10.4.4-1, 8.7.3.2: required beside the default JSON). QIDO-RS results, WADO-RS
+metadata (adapter.api.routes.wado_bulk) and the STOW-RS response are served as ``multipart/related;
+type="application/dicom+xml"``, one part (``Content-Type: application/dicom+xml``) per result or per
+instance, each a PS3.19 NativeDicomModel document (adapter.mapping.dicom_xml), when the client
+prefers it (Accept, by quality; JSON stays the default); no result is an empty body. The XML is
+written from the very DICOM JSON the answer would have been, after the same decision and audit,
+so it carries nothing more. A bare ``application/dicom+xml`` is no answer of several data sets
+(PS3.18 10.4.4) and is 406 there; STOW-RS, one data set, also answers it as one document. A
+value XML 1.0 cannot carry makes a search or metadata answer 406 (adapter.mapping.dicom_xml); a
+STOW-RS answer, the instances being stored by then, then comes in the default JSON (PS3.18 Table
+8.7.3-1: the default is what is returned when nothing acceptable is supported).
+
 Every read needs ``X-Purpose-Of-Use`` (403 without, 400 unknown), as on ``/fhir``; errors are the
 API's one OperationOutcome rendering (adapter.api.outcome).
 """
@@ -60,15 +74,17 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from adapter.api.accept import media_ranges
+from adapter.api.accept import by_preference, media_ranges
 from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.multipart_related import parse_multipart_related
 from adapter.api.openapi import (
     DICOM_DATASET,
     DICOM_DATASETS,
+    DICOM_XML,
     INVALID,
     MULTIPART_DICOM,
+    MULTIPART_DICOM_XML,
     READ,
     READ_ONE,
     answers,
@@ -79,8 +95,16 @@ from adapter.api.openapi import (
 from adapter.api.outcome import fhir_response
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
-from adapter.errors import AdapterError, InvalidInput, InvalidQuery, InvalidResource, NotSupported
+from adapter.errors import (
+    AdapterError,
+    InvalidInput,
+    InvalidQuery,
+    InvalidResource,
+    NotAcceptable,
+    NotSupported,
+)
 from adapter.mapping.dicom_vr import attribute_tag
+from adapter.mapping.dicom_xml import native_dicom_model
 from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
 from adapter.mapping.outcome import operation_outcome
 from adapter.services.access import DicomContent, DicomRetrieval
@@ -105,22 +129,24 @@ from adapter.services.registry import Services
 from adapter.text import is_digits
 
 DICOM_JSON = "application/dicom+json"
+#: The DICOM data sets of an answer as the client prefers them (:func:`_dicom_model`).
+_AS_DATASETS = {DICOM_JSON: DICOM_DATASETS, MULTIPART_DICOM_XML: None}
 #: The DICOMweb routes answer as they build it: their declared answers below (adapter.api.openapi).
 router = APIRouter(prefix="/dicomweb", default_response_class=Response)
 
 #: STOW-RS: the store response (PS3.18 10.5.3), whatever was stored; refusals of the request itself.
 _STOW_BODY = request_body({MULTIPART_DICOM: None}, "DICOM Part 10 objects, one per part")
-_STOW = answers(ok(200, "every instance stored (ReferencedSOPSequence)", {DICOM_JSON: DICOM_DATASET}),
-                ok(202, "some stored, the others in FailedSOPSequence with their FailureReason",
-                   {DICOM_JSON: DICOM_DATASET}),
-                ok(409, "none stored: FailedSOPSequence with each FailureReason", {DICOM_JSON: DICOM_DATASET}),
+_STOW_ANSWER = {DICOM_JSON: DICOM_DATASET, DICOM_XML: None, MULTIPART_DICOM_XML: None}
+_STOW = answers(ok(200, "every instance stored (ReferencedSOPSequence)", _STOW_ANSWER),
+                ok(202, "some stored, the others in FailedSOPSequence with their FailureReason", _STOW_ANSWER),
+                ok(409, "none stored: FailedSOPSequence with each FailureReason", _STOW_ANSWER),
                 refusals(400, 408, 413, 415, *INVALID, 503))
 #: WADO-RS retrieve: the objects as stored, in the purpose's view; 406 for another representation
 #: or transfer syntax.
 _RETRIEVE = answers(ok(200, "the instances permitted, as stored (no transcoding)", {MULTIPART_DICOM: None}),
                     refusals(*READ_ONE, 406))
 #: QIDO-RS: the matches permitted (none: an empty array); 406 for another representation.
-_QIDO = answers(ok(200, "the matches permitted, at the level asked for", {DICOM_JSON: DICOM_DATASETS}),
+_QIDO = answers(ok(200, "the matches permitted, at the level asked for (XML: one part per match)", _AS_DATASETS),
                 refusals(*READ, 406, *INVALID))
 STOW_MAX_PARTS = 1000
 STOW_TOTAL_FACTOR = 10           # a STOW request may carry up to 10 maximum uploads in all
@@ -171,6 +197,41 @@ def _person_name(value: str | None) -> dict[str, str] | None:
 def _json(body: Any, status: int = 200, *, break_glass: bool = False) -> Response:
     return Response(content=json.dumps(body, separators=(",", ":")), status_code=status, media_type=DICOM_JSON,
                     headers=break_glass_headers(break_glass))
+
+
+def _dicom_model(accept: str | None, *, single: bool = False) -> str | None:
+    """The representation of an answer's DICOM data sets the client prefers (RFC 9110 12.5.1:
+    highest quality first, its own order among equals): :data:`DICOM_JSON` (the default, PS3.18
+    F.2) for it or a wildcard; :data:`MULTIPART_DICOM_XML` (PS3.19 A.1, one part per data set;
+    required beside the JSON, PS3.18 Table 10.4.4-1) for exactly that; with ``single`` (an answer
+    that is one data set, the STOW-RS response) :data:`DICOM_XML` too, one document. None when
+    the client takes none of them: a bare application/dicom+xml is no answer of several data sets
+    (PS3.18 10.4.4)."""
+    for media, params in by_preference(media_ranges(accept)):
+        if media in ("*/*", "application/*", DICOM_JSON, "application/json"):
+            return DICOM_JSON
+        if media in ("multipart/*", "multipart/related") and params.get("type", "").lower() == DICOM_XML:
+            return MULTIPART_DICOM_XML
+        if single and media == DICOM_XML:
+            return DICOM_XML
+    return None
+
+
+def _model_refusal(service: str) -> str:
+    return f"{service} here answers {DICOM_JSON} or {MULTIPART_DICOM_XML}"
+
+
+def _datasets(datasets: list[dict[str, Any]], model: str, *, break_glass: bool = False) -> Response:
+    """DICOM data sets (DICOM JSON objects, made under the decision) in ``model``: the JSON array,
+    or one Native DICOM Model part each (no part at all, an empty body, for none)."""
+    if model == DICOM_JSON:
+        return _json(datasets, break_glass=break_glass)
+    boundary = uuid.uuid4().hex
+    content = b"".join(_body_part(boundary, DICOM_XML, native_dicom_model(ds)) for ds in datasets)
+    if content:
+        content += f"--{boundary}--\r\n".encode("ascii")
+    return Response(content=content, media_type=None, headers={
+        "Content-Type": f"{MULTIPART_DICOM_XML}; boundary={boundary}", **break_glass_headers(break_glass)})
 
 
 def _not_acceptable(message: str) -> Response:
@@ -251,7 +312,18 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
             ReferencedSOPClassUID=o.sop_class_uid, ReferencedSOPInstanceUID=o.sop_instance_uid,
             RetrieveURL=_instance_url(request, services, o.study_instance_uid or "", o.series_instance_uid or "",
                                       o.sop_instance_uid or "")) for o in stored] or None)
-    return _json(body, 200 if not failed else 202 if stored else 409)
+    status = 200 if not failed else 202 if stored else 409
+    model = _dicom_model(request.headers.get("accept"), single=True)
+    try:
+        if model == DICOM_XML:
+            return Response(content=native_dicom_model(body), status_code=status, media_type=DICOM_XML)
+        if model == MULTIPART_DICOM_XML:
+            response = _datasets([body], model)
+            response.status_code = status
+            return response
+    except NotAcceptable:
+        pass  # the instances are stored: the default representation says what became of them
+    return _json(body, status)
 
 
 # -- WADO-RS ------------------------------------------------------------------------------------
@@ -426,13 +498,6 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
     return _Search(query, QIDO_MAX_LIMIT if capped or limit is None else limit, offset, capped, fuzzy)
 
 
-def _qido_accept(accept: str | None) -> str | None:
-    for media, _ in media_ranges(accept):
-        if media in ("*/*", "application/*", DICOM_JSON, "application/json"):
-            return None
-    return f"QIDO-RS here answers {DICOM_JSON} only"
-
-
 def _study_shown(members: list[DicomEntry]) -> dict[str, Any]:
     """The attributes of a study (PS3.18 Table 10.6.3-3) that ``members``, instances of it,
     show in the purpose's view (keywords of :func:`_dataset`): the patient, the date, time,
@@ -488,16 +553,17 @@ def _instances(request: Request, services: Services, entries: list[DicomEntry], 
 
 async def _search(request: Request, reader: Any, services: Services, accept: str | None, level: str,
                   **fixed: str) -> Response:
-    refusal = _qido_accept(accept)
-    if refusal:
-        return _not_acceptable(refusal)
+    model = _dicom_model(accept)
+    if model is None:
+        return _not_acceptable(_model_refusal("QIDO-RS"))
     search = _query(level, list(request.query_params.multi_items()), **fixed)
     found = await run_in_threadpool(partial(reader.search_dicom, level, search.query, offset=search.offset,
                                             limit=search.limit, tell_more=search.capped))
     render = {STUDY: _studies, SERIES: _series, INSTANCE: _instances}[level]
     # All Series, All Instances: searches across studies (PS3.18 Table 10.6.1-1, "relational")
     relational = "StudyInstanceUID" not in fixed
-    response = _json(render(request, services, found.entries, relational=relational), break_glass=found.break_glass)
+    response = _datasets(render(request, services, found.entries, relational=relational), model,
+                         break_glass=found.break_glass)
     warnings = ([_FUZZY_NOT_SUPPORTED] if search.fuzzy else []) + ([_MORE_RESULTS] if found.more else [])
     if warnings:
         # PS3.18 8.3.4.2 and 8.3.4.4: "299 <service>: <text>", the service being the base URI

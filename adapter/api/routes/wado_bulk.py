@@ -3,7 +3,9 @@ viewer asks for after a QIDO-RS search:
 
 ``GET /dicomweb/studies/{s}[/series/{se}[/instances/{i}]]/metadata``
     application/dicom+json: one DICOM JSON object per permitted instance
-    (adapter.mapping.dicom_json.metadata), bulk data by URI.
+    (adapter.mapping.dicom_json.metadata), bulk data by URI; or, preferred in Accept,
+    ``multipart/related; type="application/dicom+xml"``: the same objects as the Native DICOM
+    Model, one part per instance (adapter.api.routes.dicomweb, XML).
 ``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/frames/{1,2,…}``
     multipart/related: the frames as stored. A JPEG frame goes as ``image/jpeg`` or, asked with
     ``type="application/octet-stream"; transfer-syntax=*``, as octet-stream labelled with its
@@ -44,8 +46,6 @@ from adapter.api.accept import accepts, by_preference, media_ranges
 from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.openapi import (
-    DICOM_DATASETS,
-    DICOM_JSON,
     IMAGES,
     INVALID,
     MULTIPART_JPEG,
@@ -56,11 +56,13 @@ from adapter.api.openapi import (
     refusals,
 )
 from adapter.api.routes.dicomweb import (
+    _AS_DATASETS,
     _body_part,
+    _datasets,
+    _dicom_model,
     _instance_url,
-    _json,
+    _model_refusal,
     _not_acceptable,
-    _qido_accept,
 )
 from adapter.errors import InvalidQuery, NotAcceptable
 from adapter.mapping.dicom_json import (
@@ -87,7 +89,7 @@ OCTET = "application/octet-stream"
 RENDERED_JPEG_MAX_SIDE = 4096
 
 
-_METADATA = ok(200, "one DICOM JSON object per permitted instance, bulk data by URI", {DICOM_JSON: DICOM_DATASETS})
+_METADATA = ok(200, "one DICOM JSON object (XML: one part) per permitted instance, bulk data by URI", _AS_DATASETS)
 #: viewport may be invalid (422).
 _THUMBNAIL = answers(ok(200, "a small JPEG, re-encoded: no metadata", {"image/jpeg": None}), refusals(*INVALID))
 
@@ -112,9 +114,9 @@ async def series_metadata(study: str, series: str, request: Request, reader: Rea
 
 async def _series_metadata(request: Request, reader: Any, services: Services, accept: str | None, study: str,
                            series: str | None) -> Response:
-    refusal = _qido_accept(accept)
-    if refusal:
-        return _not_acceptable(refusal.replace("QIDO-RS", "WADO-RS metadata"))
+    model = _dicom_model(accept)
+    if model is None:
+        return _not_acceptable(_model_refusal("WADO-RS metadata"))
 
     glass = False
 
@@ -129,19 +131,19 @@ async def _series_metadata(request: Request, reader: Any, services: Services, ac
         return out
 
     body = await run_in_threadpool(build)
-    return _json(body, break_glass=glass)
+    return _datasets(body, model, break_glass=glass)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", responses=_METADATA)
 async def instance_metadata(study: str, series: str, instance: str, request: Request, reader: ReaderDep,
                             services: ServicesDep, accept: Annotated[str | None, Header()] = None) -> Response:
-    refusal = _qido_accept(accept)
-    if refusal:
-        return _not_acceptable(refusal.replace("QIDO-RS", "WADO-RS metadata"))
+    model = _dicom_model(accept)
+    if model is None:
+        return _not_acceptable(_model_refusal("WADO-RS metadata"))
 
     content = await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series))
     body = await run_in_threadpool(_metadata_of, request, services, content, study, series)
-    return _json([body], break_glass=content.decision.break_glass)
+    return _datasets([body], model, break_glass=content.decision.break_glass)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}", responses=answers(
