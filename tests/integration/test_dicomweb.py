@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import PIL.Image
@@ -1810,6 +1811,15 @@ def test_qido_returns_the_series_and_instance_attributes_a_viewer_orders_and_lay
         "00200013": ("IS", [2]), "00280010": ("US", [multiframe.Rows]), "00280011": ("US", [multiframe.Columns]),
         "00280100": ("US", [8]), "00280008": ("IS", [3]), "00080201": ("SH", ["+0100"])}
     assert instance["00080056"] == {"vr": "CS", "Value": ["ONLINE"]}
+    # the same in the Native DICOM Model (PS3.19), which is written from these results
+    xml = client.get(f"/dicomweb/studies/{multiframe.StudyInstanceUID}/instances",
+                     headers={**TREAT, "Accept": 'multipart/related; type="application/dicom+xml"'})
+    [(_, document)] = multipart_parts(xml)
+    attributes = {a.get("tag"): (a.get("vr"), [v.text for v in a.findall("{*}Value")])
+                  for a in ElementTree.fromstring(document).findall("{*}DicomAttribute")}
+    assert {t: attributes[t] for t in ("00200013", "00280008", "00280010", "00200011")} == {
+        "00200013": ("IS", ["2"]), "00280008": ("IS", ["3"]), "00280010": ("US", [str(multiframe.Rows)]),
+        "00200011": ("IS", ["7"])}
     [vl] = qido(client, f"studies/{photo.StudyInstanceUID}/instances")
     assert (value(vl, "00200011"), value(vl, "00200013")) == (3, 5)
     assert (value(vl, "00280010"), value(vl, "00280011")) == (photo.Rows, photo.Columns) and "00280008" not in vl
