@@ -37,7 +37,7 @@ from adapter.errors import AdapterError, BusinessRuleViolation, Conflict, Invali
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
-from adapter.mapping.dicom_photo import photo_to_dicom, study_date
+from adapter.mapping.dicom_photo import photo_without_pixels, study_date
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, photo_uids
@@ -169,7 +169,7 @@ class IngestService:
                 size=facts.stored_size, sha256=facts.stored_sha256, received_sha256=facts.received_sha256,
                 removed=facts.removed,
                 capture_time=facts.capture_time if policy.metadata.keep_capture_time else None,
-                device_name=device_name, quality_warnings=facts.quality_warnings)
+                device_name=device_name, quality_warnings=facts.quality_warnings, orientation=facts.orientation)
             unit = self._unit(meta, image, assessment, idempotency_key, ctx, now)
             try:
                 self._store.save_ingest(unit)
@@ -258,14 +258,16 @@ class IngestService:
     def _photo_attributes(self, record: dict[str, Any], image: StoredImage, meta: PhotoMetadata,
                           uids: PhotoUids, now: datetime) -> InstanceAttributes:
         """What the photo's DICOM object says of its series and itself (QIDO-RS: SeriesNumber,
-        InstanceNumber, Rows and Columns as the object is oriented…): read from the object made
-        as every regeneration makes it (adapter.services.dicom_objects.dicom_object_for), so a
-        search shows what a retrieve returns. An object that cannot be made (then no retrieve
-        can either) has none."""
+        InstanceNumber, Rows and Columns as the object is oriented…): read from the object as
+        every regeneration makes it (adapter.services.dicom_objects.dicom_object_for) but its
+        pixels (adapter.mapping.dicom_photo.photo_without_pixels: the photo is neither read back
+        nor decoded), so a search shows what a retrieve returns. An object that cannot be made
+        (then no retrieve can either) has none."""
         try:
-            ds = photo_to_dicom(record, self._blobs.read(image.sha256), image.content_type, kind=meta.kind,
-                                patient=meta.patient.identifier, uids=uids, tables=self._tables,
-                                dicom_tables=self._dicom_tables, now=now)
+            ds = photo_without_pixels(record, width=image.width, height=image.height,
+                                      orientation=image.orientation, kind=meta.kind,
+                                      patient=meta.patient.identifier, uids=uids, tables=self._tables,
+                                      dicom_tables=self._dicom_tables, now=now)
         except AdapterError:
             return InstanceAttributes()
         return instance_attributes(ds)
