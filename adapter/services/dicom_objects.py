@@ -382,7 +382,8 @@ class DicomQuery:
     patient_id: str | None = None
     issuer_of_patient_id: str | None = None
     patient_name: str | None = None        # as the view shows it: TRAIN none, HRESCH the pseudonym
-    modality: str | None = None            # Modality (series, instance) or ModalitiesInStudy (study)
+    modalities: tuple[str, ...] = ()       # Modality (series, instance) or ModalitiesInStudy (study): any of
+                                           # them (a value list, as UIDs: a viewer's modality filter)
     study_date: DateRange | None = None
     accession_number: str | None = None    # exact (a RIS's key); only care's view shows one
     study_description: str | None = None   # wildcards; only care's view shows one
@@ -519,14 +520,14 @@ def instance_shown(entry: DicomEntry) -> dict[str, Any]:
 def match_level(level: str, query: DicomQuery, entries: Iterable[DicomEntry]) -> list[DicomEntry]:
     """The entries (instances) that make up the matching studies, series or instances: at study
     level every instance of a matching study (so the counts cover the study); Modality at study
-    level is ModalitiesInStudy (a study with any instance of the modality matches)."""
+    level is ModalitiesInStudy (a study with any instance of one of the modalities matches)."""
     candidates = [e for e in entries if query.matches(e)]
-    if query.modality is None:
+    if not query.modalities:
         return candidates
     if level == STUDY:
-        studies = {e.study_instance_uid for e in candidates if e.modality == query.modality}
+        studies = {e.study_instance_uid for e in candidates if e.modality in query.modalities}
         return [e for e in candidates if e.study_instance_uid in studies]
-    return [e for e in candidates if e.modality == query.modality]
+    return [e for e in candidates if e.modality in query.modalities]
 
 
 # --------------------------------------------------------------------------- STOW-RS

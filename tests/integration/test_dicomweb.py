@@ -1110,6 +1110,12 @@ def test_qido_levels_keys_and_counts_follow_the_decision(adapter: tuple[FhirClie
     assert qido(client, "studies", PatientID="*~" * 24 + "x") == []  # took 20 s as a regular expression
     assert qido(client, "studies", PatientID="MRN-0002") == []
     assert [value(s, "0020000D") for s in qido(client, "studies", ModalitiesInStudy="DOC")] == [doc.StudyInstanceUID]
+    # a list of modalities matches any of them (a viewer's modality filter, OHIF: ModalitiesInStudy=CT,MR),
+    # with ',' or '\\'; it was taken as one code and matched nothing
+    for listed in ("XC,DOC", "DOC\\XC", "CT,DOC"):
+        wanted = {doc.StudyInstanceUID} | ({a.StudyInstanceUID} if "XC" in listed else set())
+        assert {value(s, "0020000D") for s in qido(client, "studies", ModalitiesInStudy=listed)} == wanted, listed
+    assert len(qido(client, "series", Modality="XC,DOC")) == 3 and qido(client, "series", Modality="CT,MR") == []
     assert len(qido(client, "studies", StudyDate=f"{a.StudyDate}-")) >= 1
     assert qido(client, "studies", StudyDate="19000101-19001231") == []
     assert len(qido(client, "studies", StudyInstanceUID=f"{a.StudyInstanceUID},{doc.StudyInstanceUID}")) == 2

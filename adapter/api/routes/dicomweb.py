@@ -27,7 +27,8 @@
   ``/studies/{study}/series/{series}/instances``, ``/studies/{study}/instances``, ``/instances``:
   application/dicom+json (PS3.18 F.2), or the Native DICOM Model (below). Match keys (keyword or
   tag): PatientID (wildcards ``*``, ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
-  (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy, StudyDate (``YYYYMMDD``,
+  (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy (a list alike: any of them, as
+  dcm4chee answers a viewer's modality filter such as OHIF's ``ModalitiesInStudy=CT,MR``), StudyDate (``YYYYMMDD``,
   ``A-B``, ``A-``, ``-B``), AccessionNumber (exact), StudyDescription (wildcards), SeriesNumber and
   InstanceNumber (one integer), PerformedProcedureStepStartDate (as StudyDate), StudyTime and
   PerformedProcedureStepStartTime (``HHMMSS``, ``A-B``, ``A-``, ``-B``); ``limit``, ``offset`` (results at the level,
@@ -474,15 +475,15 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
             keys[keyword] = value.strip()
     keys.update(fixed)
 
-    def uids(keyword: str) -> tuple[str, ...]:
+    def value_list(keyword: str) -> tuple[str, ...]:  # UID list matching; a list of modalities alike
         raw = keys.get(keyword, "")
         return tuple(u.strip() for u in raw.replace("\\", ",").split(",") if u.strip())
 
     query = DicomQuery(
-        study_uids=uids("StudyInstanceUID"), series_uids=uids("SeriesInstanceUID"),
-        sop_instance_uids=uids("SOPInstanceUID"), sop_class_uids=uids("SOPClassUID"),
+        study_uids=value_list("StudyInstanceUID"), series_uids=value_list("SeriesInstanceUID"),
+        sop_instance_uids=value_list("SOPInstanceUID"), sop_class_uids=value_list("SOPClassUID"),
         patient_id=keys.get("PatientID"), issuer_of_patient_id=keys.get("IssuerOfPatientID"),
-        patient_name=keys.get("PatientName"), modality=keys.get("Modality") or keys.get("ModalitiesInStudy"),
+        patient_name=keys.get("PatientName"), modalities=value_list("Modality") or value_list("ModalitiesInStudy"),
         study_date=DateRange.parse(keys["StudyDate"]) if "StudyDate" in keys else None,
         accession_number=keys.get("AccessionNumber"), study_description=keys.get("StudyDescription"),
         series_number=integer_key("SeriesNumber", keys["SeriesNumber"]) if "SeriesNumber" in keys else None,
