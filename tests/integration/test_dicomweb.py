@@ -1028,7 +1028,7 @@ def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: 
     preference; anonymize=yes only in a de-identified view; refused as the instance is."""
     from PIL import Image
 
-    client, _ = adapter
+    client, services = adapter
     photo, pdf, native = _photo_pdf_and_native(client, tmp_path)
 
     def wado(obj: Any, headers: dict[str, str] = TREAT, **extra: str) -> httpx.Response:
@@ -1056,8 +1056,18 @@ def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: 
         assert native_jpeg.status_code == 200 and native_jpeg.headers["content-type"] == "image/jpeg"
         with Image.open(io.BytesIO(native_jpeg.content)) as im, Image.open(io.BytesIO(rendered(native))) as lossless:
             assert im.format == "JPEG" and im.size == lossless.size and not im.info.get("exif")
+    # a JPEG photo asked for as image/png: a PNG of its decoded pixels (was 406); either made
+    # type is one read, one audit (the native-as-JPEG answer read and audited the instance twice)
+    audits = len(services.store.list_audit(1000))
+    photo_png = wado(photo, contentType="image/png")
+    assert photo_png.status_code == 200 and photo_png.content.startswith(b"\x89PNG")
+    with Image.open(io.BytesIO(photo_png.content)) as im, Image.open(io.BytesIO(rendered(photo))) as shown:
+        assert im.size == shown.size and not {"exif", "icc_profile"} & set(im.info)
+    assert wado(native, contentType="image/jpeg").status_code == 200
+    assert len(services.store.list_audit(1000)) == audits + 3  # the PNG, the WADO-RS read to compare, the JPEG
     assert wado(pdf).headers["content-type"] == "application/pdf"
     assert wado(pdf, contentType="image/jpeg").status_code == 406
+    assert wado(photo, contentType="application/pdf").status_code == 406
     # wildcards and qualities (PS3.18 9.1.2.1.4: "relative degree of preference"); they were 406
     assert wado(native, contentType="image/*").headers["content-type"] == "image/png"  # as it renders
     assert wado(photo, contentType="*/*").content == rendered(photo)
