@@ -46,6 +46,7 @@ from adapter.errors import (
     NotFound,
     NotSupported,
     StorageError,
+    Transient,
 )
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
 from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom
@@ -101,19 +102,28 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
 
 
 def object_attributes(instance: DicomInstance, store: RecordStore, blobs: BlobStore, tables: Tables,
-                      dicom_tables: DicomTables) -> InstanceAttributes:
+                      dicom_tables: DicomTables) -> InstanceAttributes | None:
     """The QIDO-RS series and instance attributes of ``instance``'s object as stored
     (adapter.mapping.dicom_qido): a received object's header read from its file, a photo's
     object made as every retrieve makes it. For the instances stored before schema 13
     (RecordStore.fill_dicom_attributes, at start): an object that cannot be read or made, or
-    whose record is gone, has none (no retrieve can return it either), logged without naming it."""
-    stored = store.get(instance.record_type, instance.record_id)
+    whose record is gone, has none (no retrieve can return it either), logged without naming it.
+    None, for the next start to read again, when it cannot be read now: its file is not there
+    (a data folder on a share not mounted yet, blobs being restored) or the store fails; "none"
+    would be kept for good, and a search by its numbers would leave it out once it is back."""
+    stored = None
     try:
+        stored = store.get(instance.record_type, instance.record_id)
         if stored is None:
             raise NotFound("the record is gone")
         obj = dicom_object_for(instance, stored, blobs, tables, dicom_tables)
         return instance_attributes(dcmread(obj, stop_before_pixels=True) if isinstance(obj, Path) else obj)
     except Exception as exc:  # noqa: BLE001 - pydicom's read errors share no base; none may stop the start
+        needed = instance.blob_sha256 or (stored.blob_sha256 if stored is not None else None)
+        if isinstance(exc, Transient | OSError) or (needed is not None and not blobs.exists(needed)):
+            log.warning("the QIDO-RS attributes of a stored DICOM instance cannot be read now (%s): "
+                        "read again at the next start", type(exc).__name__)
+            return None
         log.warning("the QIDO-RS attributes of a stored DICOM instance cannot be read (%s): it shows none",
                     type(exc).__name__)
         return InstanceAttributes()

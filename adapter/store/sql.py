@@ -729,13 +729,14 @@ class SqlRecordStore:
                 return filled
             after = rows[-1][0]
 
-    def fill_dicom_attributes(self, attributes_of: Callable[[DicomInstance], InstanceAttributes],
+    def fill_dicom_attributes(self, attributes_of: Callable[[DicomInstance], InstanceAttributes | None],
                               batch: int = _GET_MANY_CHUNK) -> int:
         """See RecordStore.fill_dicom_attributes. The unread instances are found through their
         partial index (empty once filled: every start but the first after the upgrade is one
         lookup), a batch at a time by primary key: read, then ``attributes_of`` (which reads the
         objects, through this store too) with no transaction open, then written in one write
-        transaction. Two processes filling at once write the same values."""
+        transaction; an instance ``attributes_of`` cannot read now (None) stays unread
+        for the next fill. Two processes filling at once write the same values."""
         filled, after = 0, ""
         while True:
             with self._read() as conn:
@@ -743,8 +744,9 @@ class SqlRecordStore:
                                                                   _d.sop_instance_uid > after)
                                     .order_by(_d.sop_instance_uid).limit(batch)).mappings().all()
             instances = [dicom_instance_from(row) for row in rows]
-            values = [{"uid": i.sop_instance_uid, **{f"v_{c}": v for c, v in attribute_columns(attributes_of(i)).items()}}
-                      for i in instances]
+            read = [(i, attributes_of(i)) for i in instances]  # None: not now, left unread
+            values = [{"uid": i.sop_instance_uid, **{f"v_{c}": v for c, v in attribute_columns(a).items()}}
+                      for i, a in read if a is not None]
             if values:  # bound as "v_<column>": a parameter may not take the name of a column it sets
                 with self._write() as conn:
                     conn.execute(update(dicom_instances).where(_d.sop_instance_uid == bindparam("uid"))

@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import re
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -1959,3 +1960,29 @@ def test_qido_attributes_of_a_store_of_schema_12_are_read_from_its_objects_at_st
         [mine] = qido(client, f"studies/{posted['studyInstanceUid']}/instances")
         assert value(mine, "00280010") is not None and value(mine, "00200013") == 1
         assert services.store.fill_dicom_attributes(lambda _: pytest.fail("read again")) == 0
+
+
+def test_qido_attributes_an_object_could_not_give_at_start_are_read_at_a_later_start(tmp_path: Path) -> None:
+    """Found by review: the start-up fill of schema 13 stored "no attributes" for good for an
+    object it could not read then (its file missing: a data folder whose share is not mounted
+    yet, a blob store being restored), so once the files were back a viewer never saw that
+    object's SeriesNumber, InstanceNumber or size, and a search by them left it out. An object
+    not read is left for the next start instead."""
+    with adapter_client(tmp_path) as (client, _):
+        multiframe, _, _ = viewer_objects(client, tmp_path)
+    db = sqlite3.connect(tmp_path / "data" / "adapter.db")
+    try:
+        with db:  # the store as schema 12 left it: no attribute read
+            db.execute("UPDATE dicom_instances SET attributes_read = NULL, instance_number = NULL, "
+                       "series_number = NULL, image_rows = NULL, image_columns = NULL")
+    finally:
+        db.close()
+    blobs = tmp_path / "data" / "blobs"
+    away = tmp_path / "blobs-away"
+    blobs.rename(away)  # the files are not there at this start
+    with adapter_client(tmp_path) as (client, _):
+        assert qido(client, "instances", InstanceNumber="2") == []
+    shutil.rmtree(blobs)
+    away.rename(blobs)  # and are back at the next
+    with adapter_client(tmp_path) as (client, _):
+        assert [value(i, "00080018") for i in qido(client, "instances", InstanceNumber="2")] == [multiframe.SOPInstanceUID]
