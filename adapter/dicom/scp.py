@@ -655,6 +655,7 @@ class StoreSCP:
         self._server: Any = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # set by stop(): C-STOREs are refused from then on
+        self._flusher: threading.Thread | None = None  # writes the ended windows of rejected associations
 
     def _build_ae(self) -> _ApplicationEntity:
         o = self.options
@@ -705,6 +706,15 @@ class StoreSCP:
                 raise ConfigurationError(f"the DICOM SCP cannot listen on {self.options.host}:"
                                          f"{self.options.port} ({exc.strerror or exc})") from exc
             self._ae = ae
+            rejections = self._ingest.rejected_associations
+            stopping = self._stopping
+
+            def flush_ended() -> None:  # a flood that stopped is in the trail within two windows
+                while not stopping.wait(rejections.window):
+                    rejections.flush_ended()
+
+            self._flusher = threading.Thread(target=flush_ended, name="dicom-rejections", daemon=True)
+            self._flusher.start()
         if not self.options.allowed_ae_titles:
             log.warning("no calling AE title is allowed (ADAPTER_DICOM_ALLOWED_AE_TITLES and the policy's "
                         "allowedAETitles are empty): every association will be rejected")
@@ -759,6 +769,9 @@ class StoreSCP:
                     sock.shutdown(socket.SHUT_RD)
         for assoc in associations:
             assoc.join(max(0.0, deadline - time.monotonic()))
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.join(max(0.0, deadline - time.monotonic()))
         self._ingest.rejected_associations.flush()  # the counts of repeated rejections (module docstring)
         log.info("DICOM SCP stopped")
 

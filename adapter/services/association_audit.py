@@ -14,8 +14,9 @@ rather than dropped:
   results) is audited at once, naming that one association;
 * the rejections of the same caller in the ``window`` (60 s) after it are counted, not written;
   when the window has ended they become ONE Security Alert with their count and their first and
-  last times (AuditEvent.period), written at the next rejection of any caller, or when the SCP
-  stops (:meth:`RejectedAssociations.flush`); the caller's next rejection opens a new window.
+  last times (AuditEvent.period), written at the next rejection of any caller, at the SCP's next
+  round of :meth:`RejectedAssociations.flush_ended` (every window), or when the SCP stops
+  (:meth:`RejectedAssociations.flush`); the caller's next rejection opens a new window.
   A flood from one caller costs at most two AuditEvents a minute, whatever its rate; a single
   rejection is in the trail at once; nothing is lost when the SCP stops (a crash loses at most
   the last window's count, as it would lose a log line);
@@ -115,6 +116,19 @@ class RejectedAssociations:
                 window.last = now
         self._write(write)
         return opened
+
+    def flush_ended(self) -> None:
+        """Write the counts of the windows that have ended by now. The SCP calls it every
+        window (:attr:`window`), so the repeats of a flood that stopped are in the trail within
+        two windows, not only at the next rejection of any caller. Never raises."""
+        with self._lock:
+            write = self._take_ended(self._clock())
+        self._write(write)
+
+    @property
+    def window(self) -> float:
+        """Seconds a caller's repeats are counted in one window."""
+        return self._window
 
     def flush(self) -> None:
         """Write the counts of every window, ended or not (the SCP stops). Never raises."""

@@ -94,6 +94,24 @@ def test_the_first_rejection_is_audited_at_once_and_its_repeats_once_the_window_
     assert occurrences(alerts(store)[-1]) == 1
 
 
+def test_an_ended_window_is_written_by_the_periodic_flush_without_another_rejection(
+        store: SqlRecordStore, clock: Clock) -> None:
+    """Found by the diff review: a flood that stopped was written only at the next rejection of
+    any caller (perhaps days later) or when the SCP stopped. The SCP calls flush_ended every
+    window: an ended window is written then, an open one is not."""
+    audit = rejections(store, clock)
+    for _ in range(3):
+        audit.record(rejection())
+    audit.flush_ended()
+    assert len(alerts(store)) == 1  # the window is still open: its repeats wait
+    clock.seconds += 61.0
+    audit.flush_ended()
+    first, repeats = alerts(store)
+    assert occurrences(repeats) == 2
+    audit.flush_ended()
+    assert len(alerts(store)) == 2  # written once
+
+
 def test_a_caller_is_its_ae_title_its_address_and_the_reason(store: SqlRecordStore, clock: Clock) -> None:
     audit = rejections(store, clock)
     for r in (rejection(), rejection(address="127.0.0.2"), rejection(calling="B"), rejection(reason=7),
