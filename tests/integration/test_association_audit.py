@@ -107,6 +107,7 @@ def test_an_ended_window_is_written_by_the_periodic_flush_without_another_reject
     clock.seconds += 61.0
     audit.flush_ended()
     first, repeats = alerts(store)
+    assert occurrences(first) == 1
     assert occurrences(repeats) == 2
     audit.flush_ended()
     assert len(alerts(store)) == 2  # written once
