@@ -48,8 +48,9 @@ from adapter.errors import (
     StorageError,
     Transient,
 )
+from adapter.imaging import jpeg_pixel_size, png_pixel_size, read_orientation, sniff_content_type
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
-from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom
+from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom, photo_without_pixels
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, is_valid_uid
@@ -105,7 +106,7 @@ def object_attributes(instance: DicomInstance, store: RecordStore, blobs: BlobSt
                       dicom_tables: DicomTables) -> InstanceAttributes | None:
     """The QIDO-RS series and instance attributes of ``instance``'s object as stored
     (adapter.mapping.dicom_qido): a received object's header read from its file, a photo's
-    object made as every retrieve makes it. For the instances stored before schema 13
+    object made as every retrieve makes it but without its pixels (not decoded). For the instances stored before schema 13
     (RecordStore.fill_dicom_attributes, at start): an object that cannot be read or made, or
     whose record is gone, has none (no retrieve can return it either), logged without naming it.
     None, for the next start to read again, when it cannot be read now: its file is not there
@@ -116,6 +117,8 @@ def object_attributes(instance: DicomInstance, store: RecordStore, blobs: BlobSt
         stored = store.get(instance.record_type, instance.record_id)
         if stored is None:
             raise NotFound("the record is gone")
+        if instance.blob_sha256 is None:  # a photo: its object without pixels (no decode), as ingest reads it
+            return instance_attributes(_photo_without_pixels(instance, stored, blobs, tables, dicom_tables))
         obj = dicom_object_for(instance, stored, blobs, tables, dicom_tables)
         return instance_attributes(dcmread(obj, stop_before_pixels=True) if isinstance(obj, Path) else obj)
     except Exception as exc:  # noqa: BLE001 - pydicom's read errors share no base; none may stop the start
@@ -127,6 +130,27 @@ def object_attributes(instance: DicomInstance, store: RecordStore, blobs: BlobSt
         log.warning("the QIDO-RS attributes of a stored DICOM instance cannot be read (%s): it shows none",
                     type(exc).__name__)
         return InstanceAttributes()
+
+
+def _photo_without_pixels(instance: DicomInstance, stored: StoredResource, blobs: BlobStore, tables: Tables,
+                          dicom_tables: DicomTables) -> Dataset:
+    """A posted photo's object as :func:`dicom_object_for` makes it but its pixels
+    (adapter.mapping.dicom_photo.photo_without_pixels): the stored image's size from its header,
+    its Orientation as the object applies it; the photo is not decoded (a rotated JPEG or a PNG
+    would be, for its object: the start-up fill of schema 13 reads every stored photo)."""
+    if stored.blob_sha256 is None or stored.facts is None:
+        raise NotFound("the record has no stored photo")
+    image = blobs.read(stored.blob_sha256, stored.blob_range)
+    kind = sniff_content_type(image)
+    if kind != _content_type(stored.resource):
+        raise InvalidInput("the stored photo is not of its record's content type", expression="content.contentType")
+    width, height = jpeg_pixel_size(image) if kind == "image/jpeg" else png_pixel_size(image)
+    return photo_without_pixels(
+        stored.resource, width=width, height=height, orientation=read_orientation(image, kind) or 1,
+        kind=stored.facts.kind, patient=instance.patient,
+        uids=PhotoUids(study=instance.study_instance_uid, series=instance.series_instance_uid,
+                       sop_instance=instance.sop_instance_uid),
+        tables=tables, dicom_tables=dicom_tables, now=instance.created or stored.last_updated)
 
 
 def _content_type(record: Mapping[str, Any]) -> str:
