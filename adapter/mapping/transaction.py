@@ -5,9 +5,11 @@ one photo submission, and the transaction-response Bundle
 Accepted: ``Bundle.type`` transaction with exactly one Binary (the image, base64 in ``data``),
 exactly one Media or DocumentReference whose attachment url references that Binary (its
 fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``) and at most one Consent; every entry has
-``request.method`` POST or PUT. Any other resource type (a SubmissionSet List, a Patient, a
-Provenance) is refused as not supported: the adapter writes its own Provenance and owns no
-Patient. Ids the client chose are not kept; the response's locations name the stored ones.
+``request.method`` POST or PUT. The SubmissionSet List IHE MHD always sends, and at most one
+Patient (the push case, ITI-65 2:3.65.4.1.2.2), are read and acknowledged, not stored: the adapter
+keeps no registry of submissions and owns no Patient. Any other resource type (a Provenance, a
+Folder's second List) is refused as not supported: the adapter writes its own Provenance. Ids the
+client chose are not kept; the response's locations name the stored ones.
 
 Validation: the Bundle and each entry resource with their fhir.resources R4B models (R4B reads
 R4, standards.md §1) — errors carry FHIRPath-like expressions such as
@@ -17,7 +19,10 @@ of the status codes, ``request.method``, base64 of ``Binary.data``.
 How metadata is read (``PhotoMetadata`` of ``POST /photos``):
 
 ======================  ==================================================================
-patient                 subject.identifier (required) and subject.reference
+patient                 subject.identifier and subject.reference; when the subject references
+                        the Patient the Bundle carries (its fullUrl), that Patient's identifier
+                        (subject.identifier names which when it has several) and no reference
+                        (a fullUrl means nothing outside the Bundle)
 kind                    extension photo-kind; else DocumentReference → document; Media
                         with modality DCM#XC or none → clinical; other modality → secondary
 source                  extension photo-source; else clinician
@@ -94,8 +99,13 @@ ROLE_CONSENT = "consent"
 # IHE MHD ITI-65 always sends a SubmissionSet List: it is validated and acknowledged, not stored
 # (the adapter keeps no document registry of its own).
 ROLE_SUBMISSION_SET = "submission-set"
+# The Patient a Document Source may carry in the Bundle (ITI-65 2:3.65.4.1.2.2): read for the
+# subject's identifier, acknowledged, not stored (the adapter owns no Patient).
+ROLE_PATIENT = "patient"
+#: Roles whose entries are acknowledged, not stored.
+ACKNOWLEDGED_ROLES = frozenset({ROLE_SUBMISSION_SET, ROLE_PATIENT})
 _ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD,
-          "Consent": ROLE_CONSENT, "List": ROLE_SUBMISSION_SET}
+          "Consent": ROLE_CONSENT, "List": ROLE_SUBMISSION_SET, "Patient": ROLE_PATIENT}
 _METHODS = frozenset({"POST", "PUT"})
 _HTTP_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
 _BUNDLE_TYPES = frozenset({"document", "message", "transaction", "transaction-response", "batch",
@@ -160,7 +170,8 @@ def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str) or rtype not in _ROLES:
             raise NotSupported(f"a {str(rtype)[:40]} entry is not supported: send a Binary, a Media or "
-                               "DocumentReference and optionally a Consent",
+                               "DocumentReference and optionally a Consent (a SubmissionSet List and the "
+                               "Patient are acknowledged)",
                                expression=f"Bundle.entry[{i}].resource.resourceType")
         validate_model(str(rtype), resource, f"Bundle.entry[{i}].resource")
         shell_entries.append({k: v for k, v in entry.items() if k != "resource"})
@@ -313,7 +324,10 @@ def _notes(record: _Entry, title: str | None) -> str | None:
 _UNCARRIED_PROVISION = ("actor", "securityLabel", "class", "code", "dataPeriod", "data", "provision")
 
 
-def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[str, Any]:
+def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables,
+             patient_aliases: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``patient_aliases``: the references that name the Patient the Bundle carries, which is the
+    photo's patient."""
     r = entry.resource
     path = entry.path
     if r.get("status") != "active":
@@ -324,8 +338,10 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[
         if (ident.get("system"), ident.get("value")) != (patient["system"], patient["value"]):
             raise InvalidInput("the Consent is for another patient than the photo",
                                expression=f"{path}.patient.identifier")
-    elif not (_str(named.get("reference")) and named.get("reference") == patient.get("reference")):
+    elif not (_str(named.get("reference")) and (named.get("reference") == patient.get("reference")
+                                                 or named.get("reference") in patient_aliases)):
         # a reference alone names the photo's patient only if it is the photo's own subject reference
+        # (or the Patient of this Bundle, whose identifier the photo's patient is)
         raise InvalidInput("the Consent must name the photo's patient: by its identifier, or by the reference "
                            "the photo's subject has", expression=f"{path}.patient")
     provision = r.get("provision")
@@ -387,6 +403,67 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[
     return out
 
 
+def _aliases(entry: _Entry) -> frozenset[str]:
+    """The references that name an entry's resource inside the Bundle: its fullUrl, its
+    ``Type/id``, the url of a PUT (https://hl7.org/fhir/R4/bundle.html#references)."""
+    out = {entry.full_url} if entry.full_url else set()
+    if _str(entry.resource.get("id")):
+        out.add(f"{entry.resource['resourceType']}/{entry.resource['id']}")
+    if entry.request.get("method") == "PUT" and _str(entry.request.get("url")):
+        out.add(str(entry.request["url"]))
+    return frozenset(out)
+
+
+def _identifier_of(value: Any) -> tuple[str, str] | None:
+    if isinstance(value, Mapping) and _str(value.get("system")) and _str(value.get("value")):
+        return str(value["system"]), str(value["value"])
+    return None
+
+
+def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: _Entry | None,
+                     patient_aliases: frozenset[str]) -> dict[str, str]:
+    """The photo's patient: ``subject.identifier``, or the identifier of the Patient the Bundle
+    carries when the subject references it (IHE MHD ITI-65 2:3.65.4.1.2.2, the push case).
+
+    The adapter files a photo under one identifier and owns no Patient, so a Patient with several
+    identifiers needs the subject to name which (one of them); a Bundle whose Patient is not the
+    subject's is refused rather than one of the two taken. The reference to the Patient's
+    fullUrl is not kept: outside the Bundle it names nothing."""
+    where = f"{record.path}.subject"
+    named = _identifier_of(subject.get("identifier"))
+    reference = _str(subject.get("reference"))
+    if patient_entry is None:
+        if named is None:
+            raise RequiredElementMissing("the subject must carry the patient's identifier (system and value), or "
+                                         "reference the Patient the Bundle carries: the adapter matches patients "
+                                         "by identifier", expression=f"{where}.identifier")
+        out = {"system": named[0], "value": named[1]}
+        if reference:
+            out["reference"] = reference
+        return out
+    raw = patient_entry.resource.get("identifier")
+    known = [i for i in (_identifier_of(v) for v in (raw if isinstance(raw, list) else [])) if i is not None]
+    if not known:
+        raise RequiredElementMissing("the Patient in the Bundle must carry an identifier (system and value): "
+                                     "the adapter matches patients by identifier",
+                                     expression=f"{patient_entry.path}.identifier")
+    if named is not None and named not in known:
+        raise InvalidInput("the subject names another patient than the Patient in the Bundle",
+                           expression=f"{where}.identifier")
+    if named is None and reference not in patient_aliases:
+        raise InvalidInput("the subject must reference the Patient in the Bundle (its fullUrl) or name one of "
+                           "its identifiers", expression=f"{where}.reference")
+    if named is None and len(known) > 1:
+        raise RequiredElementMissing("the Patient in the Bundle has several identifiers: name in "
+                                     "subject.identifier the one the photo is filed under",
+                                     expression=f"{where}.identifier")
+    system, value = named or known[0]
+    out = {"system": system, "value": value}
+    if reference and reference not in patient_aliases:
+        out["reference"] = reference
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # public
 
@@ -434,11 +511,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     # the record references the Binary
     attachment, att_path = _attachment(record)
     url = attachment.get("url")
-    aliases = {binary.full_url} if binary.full_url else set()
-    if _str(binary.resource.get("id")):
-        aliases.add(f"Binary/{binary.resource['id']}")
-    if binary.request.get("method") == "PUT" and _str(binary.request.get("url")):
-        aliases.add(str(binary.request["url"]))
+    aliases = _aliases(binary)
     if not _str(url):
         raise RequiredElementMissing("the attachment must reference the Binary (url)",
                                      expression=f"{att_path}.url")
@@ -454,14 +527,10 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     r = record.resource
     is_media = r["resourceType"] == "Media"
     subject = r.get("subject") or {}
-    ident = subject.get("identifier") if isinstance(subject, Mapping) else None
-    if not isinstance(ident, Mapping) or not _str(ident.get("system")) or not _str(ident.get("value")):
-        raise RequiredElementMissing("the subject must carry the patient's identifier (system and value): "
-                                     "the adapter matches patients by identifier",
-                                     expression=f"{record.path}.subject.identifier")
-    patient: dict[str, str] = {"system": ident["system"], "value": ident["value"]}
-    if _str(subject.get("reference")):
-        patient["reference"] = subject["reference"]
+    patient_entry = _one(entries, ROLE_PATIENT, "Patient", required=False)
+    patient_aliases = _aliases(patient_entry) if patient_entry is not None else frozenset()
+    patient = _subject_patient(record, subject if isinstance(subject, Mapping) else {}, patient_entry,
+                               patient_aliases)
 
     source = PhotoSource(_ext_code(r, EXT_PHOTO_SOURCE, [s.value for s in PhotoSource], record.path)
                          or PhotoSource.CLINICIAN.value)
@@ -509,7 +578,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     if title is not None:
         meta["title"] = title
     if consent is not None:
-        meta["consent"] = _consent(consent, patient, tables)
+        meta["consent"] = _consent(consent, patient, tables, patient_aliases)
 
     try:
         photo_meta = PhotoMetadata.model_validate(meta)
@@ -542,5 +611,5 @@ def transaction_response(entries: Sequence[tuple[str, str]], now: datetime) -> J
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
 
 
-__all__ = ["ROLE_BINARY", "ROLE_CONSENT", "ROLE_RECORD", "ROLE_SUBMISSION_SET", "TransactionSubmission", "parse_transaction",
-           "transaction_response"]
+__all__ = ["ACKNOWLEDGED_ROLES", "ROLE_BINARY", "ROLE_CONSENT", "ROLE_PATIENT", "ROLE_RECORD", "ROLE_SUBMISSION_SET",
+           "TransactionSubmission", "parse_transaction", "transaction_response"]

@@ -1,0 +1,139 @@
+"""IHE MHD Provide Document Bundle [ITI-65] (https://profiles.ihe.net/ITI/MHD/ITI-65.html) as a
+Document Source sends it, over the real app and a real SQLite store: the Minimal ProvideBundle
+with its SubmissionSet List, and the push case where the Bundle carries the Patient (2:3.65.4.1.2.2)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import ROOT
+from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource
+from tests.support.mhd import provide_document_bundle
+
+pytestmark = pytest.mark.integration
+
+DOCUMENT = (ROOT / "samples" / "document.jpg").read_bytes()
+FHIR = {"Content-Type": "application/fhir+json"}
+PATIENT_ID = f"{PATIENT['system']}|{PATIENT['value']}"
+OTHER_ID = {"system": "urn:oid:2.16.756.5.30.1.123.100.1.1", "value": "756.1234.5678.97"}
+
+
+def _stored(services: Any) -> int:
+    with services.store.engine.connect() as conn:
+        return int(conn.execute(text("SELECT COUNT(*) FROM resources")).scalar_one())
+
+
+def _found(client: Any) -> list[dict[str, Any]]:
+    r = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&status=current",
+                   headers=as_purpose("TREAT"))
+    assert r.status_code == 200, r.text
+    return [e["resource"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def _with_patient(bundle: dict[str, Any], patient: dict[str, Any], *, subject: dict[str, Any] | None = None,
+                  full_url: str = "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a") -> dict[str, Any]:
+    """The push case: the Patient in the Bundle, the subjects referencing its fullUrl."""
+    out = copy.deepcopy(bundle)
+    for entry in out["entry"]:
+        if "subject" in entry["resource"]:
+            entry["resource"]["subject"] = subject if subject is not None else {"reference": full_url}
+    out["entry"].append({"fullUrl": full_url, "resource": patient, "request": {"method": "POST", "url": "Patient"}})
+    return out
+
+
+def test_a_minimal_provide_document_bundle_is_stored_and_answered_entry_by_entry(tmp_path: Path) -> None:
+    """The SubmissionSet is acknowledged (not stored: the adapter keeps no registry of
+    submissions); the DocumentReference and the Binary are created, 201 with their locations,
+    in the request's order (2:3.65.4.2.2)."""
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=provide_document_bundle(DOCUMENT), headers=FHIR)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["type"] == "transaction-response"
+        submission_set, document_reference, binary = (e["response"] for e in answer["entry"])
+        assert submission_set["status"].startswith("200")
+        assert document_reference["status"] == binary["status"] == "201 Created"
+        assert document_reference["location"].startswith("DocumentReference/")
+        assert binary["location"].startswith("Binary/")
+        [found] = _found(client)
+        assert document_reference["location"].startswith(f"DocumentReference/{found['id']}/")
+
+
+def test_the_patient_the_bundle_carries_names_the_subject(tmp_path: Path) -> None:
+    """2:3.65.4.1.2.2: in a push the Patient may be in the Bundle, the subjects a reference to its
+    fullUrl, the recipient matching the patient. It was refused (400, "a Patient entry is not
+    supported"). The adapter owns no Patient: it takes the patient's identifier from it, keeps no
+    reference to the Bundle-local fullUrl, and acknowledges the entry without storing it."""
+    patient = {"resourceType": "Patient", "identifier": [dict(PATIENT)], "name": [{"family": "Muster"}]}
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=_with_patient(provide_document_bundle(DOCUMENT), patient), headers=FHIR)
+        assert r.status_code == 200, r.text
+        statuses = [e["response"]["status"] for e in r.json()["entry"]]
+        assert statuses[1:3] == ["201 Created", "201 Created"] and statuses[3].startswith("200")
+        assert "location" not in r.json()["entry"][3]["response"]
+        [found] = _found(client)
+        assert found["subject"]["identifier"] == PATIENT
+        assert "reference" not in found["subject"]
+        assert _stored(services) == 3  # DocumentReference, Binary, Provenance: no Patient, no List
+
+
+def test_a_consent_in_the_bundle_may_name_the_patient_by_its_fullurl(tmp_path: Path) -> None:
+    patient = {"resourceType": "Patient", "identifier": [dict(PATIENT)]}
+    bundle = _with_patient(provide_document_bundle(DOCUMENT), patient)
+    consent = consent_resource(["TREAT"])
+    consent["patient"] = {"reference": "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a"}
+    bundle["entry"].append({"fullUrl": "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000c", "resource": consent,
+                            "request": {"method": "POST", "url": "Consent"}})
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        assert r.json()["entry"][4]["response"]["location"].startswith("Consent/")
+
+
+def test_a_patient_with_several_identifiers_needs_the_subject_to_name_one(tmp_path: Path) -> None:
+    """Which of the Patient's identifiers the adapter files the document under is not guessed:
+    the subject names it, and it must be one of the Patient's."""
+    patient = {"resourceType": "Patient", "identifier": [dict(OTHER_ID), dict(PATIENT)]}
+    full_url = "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a"
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=_with_patient(provide_document_bundle(DOCUMENT), patient), headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert "subject.identifier" in r.json()["issue"][0]["diagnostics"]
+        elsewhere = {"reference": full_url, "identifier": {"system": "urn:oid:9.9", "value": "x"}}
+        r = client.post("/fhir", json=_with_patient(provide_document_bundle(DOCUMENT), patient, subject=elsewhere),
+                        headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert "another patient" in r.json()["issue"][0]["diagnostics"]
+        assert _stored(services) == 0
+        named = {"reference": full_url, "identifier": dict(PATIENT)}
+        r = client.post("/fhir", json=_with_patient(provide_document_bundle(DOCUMENT), patient, subject=named),
+                        headers=FHIR)
+        assert r.status_code == 200, r.text
+        [found] = _found(client)
+        assert found["subject"]["identifier"] == PATIENT and "reference" not in found["subject"]
+
+
+@pytest.mark.parametrize("case", ["two patients", "not the subject's", "no identifier"])
+def test_a_patient_that_does_not_identify_the_subject_is_refused(tmp_path: Path, case: str) -> None:
+    full_url = "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a"
+    bundle = provide_document_bundle(DOCUMENT)
+    if case == "two patients":
+        bundle = _with_patient(bundle, {"resourceType": "Patient", "identifier": [dict(PATIENT)]})
+        bundle["entry"].append({"fullUrl": "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000b",
+                                "resource": {"resourceType": "Patient", "identifier": [dict(OTHER_ID)]},
+                                "request": {"method": "POST", "url": "Patient"}})
+    elif case == "not the subject's":  # the subject names a patient by identifier, the Bundle carries another
+        bundle = _with_patient(bundle, {"resourceType": "Patient", "identifier": [dict(OTHER_ID)]},
+                               subject={"identifier": dict(PATIENT)}, full_url=full_url)
+    else:
+        bundle = _with_patient(bundle, {"resourceType": "Patient", "name": [{"family": "Muster"}]})
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code in (400, 422), r.text
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert _stored(services) == 0
