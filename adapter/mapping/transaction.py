@@ -39,6 +39,8 @@ note                    note[].text (our "Quality warning: " notes are skipped: 
                         external colleague the notes are the discussion note
 device                  extension capture-device
 title                   attachment.title
+masterIdentifier        DocumentReference.masterIdentifier (system and value): the document's
+                        own id (MHD: its uniqueId), kept as the record's masterIdentifier
 consent                 the Consent: purposes = provision.purpose (v3-ActReason); method =
                         extension consent-method, else ``written`` when sourceAttachment is
                         present, else ``implied`` for policyRule v3-ActCode#IMPLIED, else
@@ -577,6 +579,12 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
         meta["device"] = device
     if title is not None:
         meta["title"] = title
+    if not is_media and r.get("masterIdentifier") is not None:
+        master = _identifier_of(r["masterIdentifier"])
+        if master is None:
+            raise InvalidInput("masterIdentifier is the document's own id: it needs system and value (e.g. "
+                               "urn:ietf:rfc:3986 and urn:oid:…)", expression=f"{record.path}.masterIdentifier")
+        meta["masterIdentifier"] = {"system": master[0], "value": master[1]}
     if consent is not None:
         meta["consent"] = _consent(consent, patient, tables, patient_aliases)
 

@@ -137,3 +137,36 @@ def test_a_patient_that_does_not_identify_the_subject_is_refused(tmp_path: Path,
         assert r.status_code in (400, 422), r.text
         assert r.json()["resourceType"] == "OperationOutcome"
         assert _stored(services) == 0
+
+
+def test_the_document_sources_master_identifier_is_kept_and_found(tmp_path: Path) -> None:
+    """The DocumentReference's masterIdentifier is the document's uniqueId, assigned by the
+    Document Source (MHD DocumentReference Minimal: 1..1; ITI-67 ``identifier`` searches it). It
+    was replaced by the adapter's own (urn:uuid of the record id), so the source's id found
+    nothing. Without one (POST /photos, a Bundle that has none) the adapter's is used as before."""
+    master = {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4.99.2"}
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=provide_document_bundle(DOCUMENT), headers=FHIR)
+        assert r.status_code == 200, r.text
+        [found] = _found(client)
+        assert found["masterIdentifier"] == master
+        r = client.get(f"/fhir/DocumentReference?identifier={master['system']}|{master['value']}",
+                       headers=as_purpose("TREAT"))
+        assert [e["resource"]["id"] for e in r.json()["entry"]] == [found["id"]]
+        without = provide_document_bundle((ROOT / "samples" / "tiny.jpg").read_bytes())
+        del without["entry"][1]["resource"]["masterIdentifier"]
+        r = client.post("/fhir", json=without, headers=FHIR)
+        assert r.status_code == 200, r.text
+        record_id = r.json()["entry"][1]["response"]["location"].split("/")[1]
+        read = client.get(f"/fhir/DocumentReference/{record_id}", headers=as_purpose("TREAT")).json()
+        assert read["masterIdentifier"] == {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{record_id}"}
+
+
+def test_a_master_identifier_without_system_or_value_is_refused(tmp_path: Path) -> None:
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["resource"]["masterIdentifier"] = {"value": "urn:oid:1.2.3.4.99.2"}
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.masterIdentifier"]
+        assert _stored(services) == 0
