@@ -26,11 +26,11 @@ from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.json_input import load_json
 from adapter.api.negotiation import (
+    binary_answer,
     check_acceptable,
     fhir_version,
     format_is_json,
     media_type,
-    wants_fhir_json,
 )
 from adapter.api.openapi import (
     BODY,
@@ -389,7 +389,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
         if _not_modified(if_none_match, headers, if_modified_since):
             return Response(status_code=304, headers=headers)
-        if format_is_json(format_) or wants_fhir_json(accept):
+        if format_is_json(format_) or binary_answer(accept, content.content_type) == "json":
             return _out(subset(_versioned(content.resource, version, fhir_base), how, fhir_version=version), version,
                         headers=headers)
         return Response(content=content.data, media_type=content.content_type, headers=headers)
