@@ -84,6 +84,7 @@ from adapter.mapping.codes import (
 )
 from adapter.mapping.fhir_json import check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, fhir_instant, find_extension, parse_fhir_datetime, utc_instant
+from adapter.mapping.outcome import operation_outcome
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
 from adapter.model.photo import (
@@ -121,6 +122,26 @@ _STATUS = {
 }
 _COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
 _HISTORY = re.compile(r"/_history/([^/]+)$")
+#: IHE MHD's List types (https://profiles.ihe.net/ITI/MHD/CodeSystem-MHDlistTypes.html): a Folder
+#: is acknowledged with PartialFolderContentNotProcessed (ITI-65 2:3.65.4.1.3).
+_MHD_LIST_TYPES = "MHDlistTypes"
+#: The warning ITI-65 Table 2:3.65.4.1.3-1 gives for each relatesTo.code a recipient does not keep
+#: (``signs``, which the table leaves out, with the Document Sharing code for relationships:
+#: ITI TF-3 Table 4.2.4.1-2).
+_RELATIONSHIP_WARNINGS = {"replaces": "PartialReplaceContentNotProcessed",
+                          "transforms": "PartialTransformContentNotProcessed",
+                          "appends": "PartialAppendContentNotProcessed",
+                          "signs": "PartialRelationshipContentNotProcessed"}
+
+
+@dataclass(frozen=True)
+class EntryWarning:
+    """What of an entry was not processed (the entry's ``response.outcome``, ITI-65
+    2:3.65.4.2.2): the Document Sharing warning code (ITI TF-3 Table 4.2.4.1-2), why, and where."""
+
+    code: str
+    diagnostics: str
+    expression: str
 
 
 @dataclass(frozen=True)
@@ -129,7 +150,8 @@ class TransactionSubmission:
 
     ``entry_roles`` has one role per Bundle entry, in request order ("binary", "record",
     "consent"), so the response can answer entry by entry; ``entry_full_urls`` maps each role
-    to its entry's fullUrl (roles whose entry has none are absent).
+    to its entry's fullUrl (roles whose entry has none are absent); ``entry_warnings`` maps an
+    entry's index to what of it was not processed (a Folder, a relationship).
     """
 
     meta: PhotoMetadata
@@ -137,6 +159,7 @@ class TransactionSubmission:
     content_type: str
     entry_roles: tuple[str, ...]
     entry_full_urls: dict[str, str] = field(default_factory=dict)
+    entry_warnings: dict[int, EntryWarning] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -466,6 +489,29 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
     return out
 
 
+def _warnings(entries: Sequence[_Entry], record: _Entry) -> dict[int, EntryWarning]:
+    """What ITI-65 2:3.65.4.1.3 has a recipient that does not process it say so of: a Folder
+    type List (the adapter keeps no folders), and each relationship of the record
+    (``relatesTo``: the adapter keeps none)."""
+    out: dict[int, EntryWarning] = {}
+    for e in entries:
+        code = e.resource.get("code") if e.resource["resourceType"] == "List" else None
+        codings = code.get("coding") if isinstance(code, Mapping) else None
+        if any(isinstance(c, Mapping) and c.get("code") == "folder" and str(c.get("system", "")).endswith(_MHD_LIST_TYPES)
+               for c in codings or []):
+            out[e.index] = EntryWarning("PartialFolderContentNotProcessed", "the adapter keeps no folders: this "
+                                        "Folder was not created or updated", e.path)
+    relations = record.resource.get("relatesTo") if record.resource["resourceType"] == "DocumentReference" else None
+    for k, relation in enumerate(relations if isinstance(relations, list) else []):
+        code = relation.get("code") if isinstance(relation, Mapping) else None
+        if code in _RELATIONSHIP_WARNINGS and record.index not in out:
+            out[record.index] = EntryWarning(_RELATIONSHIP_WARNINGS[str(code)],
+                                             f"the adapter keeps no relationships between documents: the document "
+                                             f"was stored, its {code} relationship was not recorded",
+                                             f"{record.path}.relatesTo[{k}]")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # public
 
@@ -598,26 +644,33 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     roles = tuple(_ROLES[str(e.resource["resourceType"])] for e in entries)
     full_urls = {_ROLES[str(e.resource["resourceType"])]: e.full_url for e in entries if e.full_url}
     return TransactionSubmission(meta=photo_meta, image_bytes=image_bytes, content_type=content_type,
-                                 entry_roles=roles, entry_full_urls=full_urls)
+                                 entry_roles=roles, entry_full_urls=full_urls,
+                                 entry_warnings=_warnings(entries, record))
 
 
-def transaction_response(entries: Sequence[tuple[str, str]], now: datetime) -> JSON:
+def transaction_response(entries: Sequence[tuple[str, str]], now: datetime,
+                         warnings: Mapping[int, EntryWarning] | None = None) -> JSON:
     """The transaction-response Bundle: one entry per request entry, in request order, each
     with response.status (e.g. "201 Created"), location ("Media/abc/_history/1"), etag
     (W/"<version>", the version taken from the location's _history, else 1) and
-    lastModified = ``now`` (https://hl7.org/fhir/R4/bundle.html, Bundle.entry.response)."""
+    lastModified = ``now`` (https://hl7.org/fhir/R4/bundle.html, Bundle.entry.response); an
+    entry of ``warnings`` (by index) also ``outcome``, an OperationOutcome with the warning (its
+    Document Sharing code in ``details.text``, IHE MHD ITI-65 2:3.65.4.2.2)."""
     modified = fhir_instant(now)
     out: list[JSON] = []
-    for location, status in entries:
-        if not location:  # acknowledged, not stored (the MHD SubmissionSet)
-            out.append({"response": {"status": status}})
-            continue
-        match = _HISTORY.search(location)
-        version = match.group(1) if match else "1"
-        out.append({"response": {"status": status, "location": location, "etag": f'W/"{version}"',
-                                 "lastModified": modified}})
+    for index, (location, status) in enumerate(entries):
+        response: JSON = {"status": status}
+        if location:  # else acknowledged, not stored (the MHD SubmissionSet, the Patient)
+            match = _HISTORY.search(location)
+            version = match.group(1) if match else "1"
+            response.update({"location": location, "etag": f'W/"{version}"', "lastModified": modified})
+        warning = (warnings or {}).get(index)
+        if warning is not None:
+            response["outcome"] = operation_outcome("warning", "not-supported", warning.diagnostics,
+                                                    warning.expression, {"text": warning.code})
+        out.append({"response": response})
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
 
 
 __all__ = ["ACKNOWLEDGED_ROLES", "ROLE_BINARY", "ROLE_CONSENT", "ROLE_PATIENT", "ROLE_RECORD", "ROLE_SUBMISSION_SET",
-           "TransactionSubmission", "parse_transaction", "transaction_response"]
+           "EntryWarning", "TransactionSubmission", "parse_transaction", "transaction_response"]

@@ -52,4 +52,4 @@ class TransactionService:
                 entries.append(("", "200 OK"))
             else:
                 entries.append((f"{locations[role]}/_history/1", status))
-        return transaction_response(entries, self._now()), result
+        return transaction_response(entries, self._now(), submission.entry_warnings), result

@@ -170,3 +170,47 @@ def test_a_master_identifier_without_system_or_value_is_refused(tmp_path: Path) 
         assert r.status_code == 422, r.text
         assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.masterIdentifier"]
         assert _stored(services) == 0
+
+
+def test_a_folder_is_not_processed_and_the_answer_says_so(tmp_path: Path) -> None:
+    """2:3.65.4.1.3: a recipient that does not support Folders fails the transaction or ignores the
+    Folder type List "and returns a PartialFolderContentNotProcessed warning". It was taken for a
+    second SubmissionSet and acknowledged without a word."""
+    bundle = provide_document_bundle(DOCUMENT)
+    folder = copy.deepcopy(bundle["entry"][0])
+    folder["fullUrl"] = "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000f0"
+    folder["resource"]["code"]["coding"][0]["code"] = "folder"
+    folder["resource"]["meta"]["profile"] = ["https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Minimal.Folder"]
+    for key in ("extension", "date", "subject"):
+        folder["resource"].pop(key, None)
+    bundle["entry"].append(folder)
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        entries = [e["response"] for e in r.json()["entry"]]
+        assert entries[1]["status"] == entries[2]["status"] == "201 Created"
+        [issue] = entries[3]["outcome"]["issue"]
+        assert issue["severity"] == "warning" and issue["details"]["text"] == "PartialFolderContentNotProcessed"
+        assert "outcome" not in entries[0]  # the SubmissionSet: acknowledged, nothing left undone
+        assert len(_found(client)) == 1
+
+
+@pytest.mark.parametrize(("code", "warning"), [("replaces", "PartialReplaceContentNotProcessed"),
+                                               ("transforms", "PartialTransformContentNotProcessed"),
+                                               ("appends", "PartialAppendContentNotProcessed")])
+def test_a_relationship_the_adapter_does_not_keep_is_answered_with_its_warning(tmp_path: Path, code: str,
+                                                                                warning: str) -> None:
+    """Table 2:3.65.4.1.3-1: a DocumentReference whose relatesTo.code the recipient does not
+    support gets the warning; the adapter keeps no relationships between documents. It was
+    stored as if the relationship had been recorded."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["resource"]["relatesTo"] = [
+        {"code": code, "target": {"identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4.99.1"}}}]
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        response = r.json()["entry"][1]["response"]
+        assert response["status"] == "201 Created"
+        [issue] = response["outcome"]["issue"]
+        assert issue["severity"] == "warning" and issue["details"]["text"] == warning
+        assert issue["expression"] == ["Bundle.entry[1].resource.relatesTo[0]"]
