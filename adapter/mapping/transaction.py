@@ -4,7 +4,8 @@ one photo submission, and the transaction-response Bundle
 
 Accepted: ``Bundle.type`` transaction with exactly one Binary (the image, base64 in ``data``),
 exactly one Media or DocumentReference whose attachment url references that Binary (its
-fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``) and at most one Consent; every entry has
+fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``, also relative to the record's RESTful fullUrl)
+and at most one Consent; every entry has
 ``request.method`` POST or PUT. The SubmissionSet List IHE MHD always sends, and at most one
 Patient (the push case, ITI-65 2:3.65.4.1.2.2), are read and acknowledged, not stored: the adapter
 keeps no registry of submissions and owns no Patient. Any other resource type (a Provenance, a
@@ -27,8 +28,10 @@ kind                    extension photo-kind; else DocumentReference → documen
                         with modality DCM#XC or none → clinical; other modality → secondary
 source                  extension photo-source; else clinician
 author                  Media.operator / DocumentReference.author[0]; for colleague sources
-                        its display is the colleague's name (required)
-encounter               Media.encounter / DocumentReference.context.encounter[0]
+                        its display is the colleague's name (required); a local reference to a
+                        contained Practitioner (MHD Comprehensive) is its identifier and name
+encounter               Media.encounter / DocumentReference.context.encounter[0] (a contained
+                        one likewise)
 takenAt                 Media.createdDateTime / attachment.creation / context.period.start
                         (a date-only value becomes midnight, naive, and is written back as
                         a date)
@@ -439,6 +442,59 @@ def _aliases(entry: _Entry) -> frozenset[str]:
     return frozenset(out)
 
 
+_RESTFUL_URL = re.compile(r"^(https?://.+)/[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+
+
+def _resolved_url(url: str, full_url: str | None) -> str:
+    """A relative reference as https://hl7.org/fhir/R4/bundle.html#references resolves it: in an
+    entry whose fullUrl is a RESTful URL, against that URL's base (``Binary/123`` in
+    ``http://x/fhir/DocumentReference/1`` names ``http://x/fhir/Binary/123``); else as it is."""
+    match = _RESTFUL_URL.match(full_url or "")
+    if match is None or ":" in url:
+        return url
+    return f"{match.group(1)}/{url}"
+
+
+def _contained_name(resource: Mapping[str, Any]) -> str | None:
+    """A contained resource's name as a display: an Organization's ``name``, a person's first
+    HumanName (its text, else prefix, given and family)."""
+    name = resource.get("name")
+    if isinstance(name, str):
+        return _str(name)
+    first = next(iter(name), None) if isinstance(name, list) else None
+    if not isinstance(first, Mapping):
+        return None
+    if _str(first.get("text")):
+        return str(first["text"])
+    parts = [*(first.get("prefix") or []), *(first.get("given") or []), first.get("family")]
+    return " ".join(p for p in parts if isinstance(p, str) and p) or None
+
+
+def _contained_resolved(value: Any, resource: Mapping[str, Any], path: str) -> Any:
+    """A Reference as the adapter can keep it: a local one (``#a1``, to a resource in
+    ``contained``, as MHD's Comprehensive DocumentReference has its author) becomes that
+    resource's identifier and name, since the record the adapter builds has no contained
+    resources (kept, ``#a1`` would name nothing: FHIR ref-1). One to nothing contained is refused."""
+    if not isinstance(value, Mapping) or not str(value.get("reference") or "").startswith("#"):
+        return value
+    local = str(value["reference"])[1:]
+    contained = resource.get("contained")
+    found = next((c for c in contained if isinstance(c, Mapping) and c.get("id") == local), None) \
+        if isinstance(contained, list) else None
+    if found is None:
+        raise InvalidInput(f"#{local[:40]} names no contained resource", expression=f"{path}.reference")
+    out: dict[str, Any] = {}
+    identifiers = found.get("identifier")
+    ident = next((i for i in (identifiers if isinstance(identifiers, list) else [])
+                  if _identifier_of(i) is not None), None)
+    if ident is not None:
+        out["identifier"] = {"system": ident["system"], "value": ident["value"]}
+    display = _str(value.get("display")) or _contained_name(found)
+    if display is not None:
+        out["display"] = display
+    return out
+
+
 def _identifier_of(value: Any) -> tuple[str, str] | None:
     if isinstance(value, Mapping) and _str(value.get("system")) and _str(value.get("value")):
         return str(value["system"]), str(value["value"])
@@ -463,7 +519,7 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
                                          "reference the Patient the Bundle carries: the adapter matches patients "
                                          "by identifier", expression=f"{where}.identifier")
         out = {"system": named[0], "value": named[1]}
-        if reference:
+        if reference and not reference.startswith("#"):  # a contained resource is not kept
             out["reference"] = reference
         return out
     raw = patient_entry.resource.get("identifier")
@@ -484,7 +540,7 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
                                      expression=f"{where}.identifier")
     system, value = named or known[0]
     out = {"system": system, "value": value}
-    if reference and reference not in patient_aliases:
+    if reference and reference not in patient_aliases and not reference.startswith("#"):
         out["reference"] = reference
     return out
 
@@ -563,7 +619,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     if not _str(url):
         raise RequiredElementMissing("the attachment must reference the Binary (url)",
                                      expression=f"{att_path}.url")
-    if url not in aliases:
+    if url not in aliases and _resolved_url(str(url), record.full_url) not in aliases:
         raise InvalidInput(f"{url!s:.80} does not reference the Binary of this Bundle",
                            expression=f"{att_path}.url")
     declared = attachment.get("contentType")
@@ -585,6 +641,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     meta: dict[str, Any] = {"patient": patient, "kind": _kind(record).value, "source": source.value}
     author_raw = r.get("operator") if is_media else next(iter(r.get("author") or []), None)
     author_path = f"{record.path}.operator" if is_media else f"{record.path}.author[0]"
+    author_raw = _contained_resolved(author_raw, r, author_path)
     title = _str(attachment.get("title"))
     note = _notes(record, title)
     if source in _COLLEAGUE_SOURCES:
@@ -603,7 +660,8 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
             meta["author"] = author
     encounter_raw = r.get("encounter") if is_media else next(
         iter((r.get("context") or {}).get("encounter") or []), None)
-    encounter = _reference(encounter_raw)
+    encounter_path = f"{record.path}.encounter" if is_media else f"{record.path}.context.encounter[0]"
+    encounter = _reference(_contained_resolved(encounter_raw, r, encounter_path))
     if encounter is not None:
         meta["encounter"] = encounter
     taken: datetime | None = parse_fhir_datetime(r.get("createdDateTime")) if is_media else None

@@ -214,3 +214,54 @@ def test_a_relationship_the_adapter_does_not_keep_is_answered_with_its_warning(t
         [issue] = response["outcome"]["issue"]
         assert issue["severity"] == "warning" and issue["details"]["text"] == warning
         assert issue["expression"] == ["Bundle.entry[1].resource.relatesTo[0]"]
+
+
+def test_a_contained_author_is_resolved_not_kept_as_a_dangling_local_reference(tmp_path: Path) -> None:
+    """The MHD Comprehensive DocumentReference contains its author (``author`` aggregation
+    contained: ``{"reference": "#a1"}`` and a Practitioner in ``contained``). The adapter builds
+    its own DocumentReference without the contained resources, and kept ``#a1``: a local
+    reference to nothing (FHIR ref-1), the author lost. It is now the contained Practitioner's
+    identifier and name."""
+    bundle = provide_document_bundle(DOCUMENT)
+    document_reference = bundle["entry"][1]["resource"]
+    document_reference["contained"] = [
+        {"resourceType": "Practitioner", "id": "a1", "identifier": [{"system": "urn:oid:2.999.1.2", "value": "dr-a"}],
+         "name": [{"family": "Arzt", "given": ["Anna"], "prefix": ["Dr"]}]},
+        {"resourceType": "Patient", "id": "sp", "identifier": [dict(PATIENT)]}]
+    document_reference["author"] = [{"reference": "#a1"}]
+    document_reference["context"] = {"sourcePatientInfo": {"reference": "#sp"}}
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        [found] = _found(client)
+        assert found["author"] == [{"identifier": {"system": "urn:oid:2.999.1.2", "value": "dr-a"},
+                                    "display": "Dr Anna Arzt"}]
+        assert "contained" not in found
+
+
+def test_an_unresolvable_local_reference_is_refused(tmp_path: Path) -> None:
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["resource"]["author"] = [{"reference": "#nobody"}]
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.author[0].reference"]
+        assert _stored(services) == 0
+
+
+def test_a_relative_attachment_url_resolves_against_the_entrys_full_url(tmp_path: Path) -> None:
+    """bundle.html#references: in an entry whose fullUrl is a RESTful URL, a relative reference
+    (``Binary/123``) resolves against that fullUrl's base, and names the Binary entry whose fullUrl
+    is ``<base>/Binary/123``. It was refused (422, "does not reference the Binary")."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["fullUrl"] = "http://example.org/fhir/DocumentReference/456"
+    bundle["entry"][0]["resource"]["entry"][0]["item"]["reference"] = "DocumentReference/456"
+    bundle["entry"][2]["fullUrl"] = "http://example.org/fhir/Binary/123"
+    bundle["entry"][1]["resource"]["content"][0]["attachment"]["url"] = "Binary/123"
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        # a Binary of another server is not this one
+        bundle["entry"][2]["fullUrl"] = "http://elsewhere.example/fhir/Binary/123"
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
