@@ -367,7 +367,7 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables,
             raise InvalidInput("the Consent is for another patient than the photo",
                                expression=f"{path}.patient.identifier")
     elif not (_str(named.get("reference")) and (named.get("reference") == patient.get("reference")
-                                                 or named.get("reference") in patient_aliases)):
+                                                 or _names(str(named["reference"]), entry, patient_aliases))):
         # a reference alone names the photo's patient only if it is the photo's own subject reference
         # (or the Patient of this Bundle, whose identifier the photo's patient is)
         raise InvalidInput("the Consent must name the photo's patient: by its identifier, or by the reference "
@@ -455,6 +455,12 @@ def _resolved_url(url: str, full_url: str | None) -> str:
     return f"{match.group(1)}/{url}"
 
 
+def _names(reference: str, entry: _Entry, aliases: frozenset[str]) -> bool:
+    """Does ``reference``, in ``entry``, name the resource whose references are ``aliases``
+    (as it is, or resolved against the entry's RESTful fullUrl)?"""
+    return reference in aliases or _resolved_url(reference, entry.full_url) in aliases
+
+
 def _contained_name(resource: Mapping[str, Any]) -> str | None:
     """A contained resource's name as a display: an Organization's ``name``, a person's first
     HumanName (its text, else prefix, given and family)."""
@@ -531,7 +537,8 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
     if named is not None and named not in known:
         raise InvalidInput("the subject names another patient than the Patient in the Bundle",
                            expression=f"{where}.identifier")
-    if named is None and reference not in patient_aliases:
+    names_patient = reference is not None and _names(reference, record, patient_aliases)
+    if named is None and not names_patient:
         raise InvalidInput("the subject must reference the Patient in the Bundle (its fullUrl) or name one of "
                            "its identifiers", expression=f"{where}.reference")
     if named is None and len(known) > 1:
@@ -540,7 +547,7 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
                                      expression=f"{where}.identifier")
     system, value = named or known[0]
     out = {"system": system, "value": value}
-    if reference and reference not in patient_aliases and not reference.startswith("#"):
+    if reference and not names_patient and not reference.startswith("#"):
         out["reference"] = reference
     return out
 
@@ -619,7 +626,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     if not _str(url):
         raise RequiredElementMissing("the attachment must reference the Binary (url)",
                                      expression=f"{att_path}.url")
-    if url not in aliases and _resolved_url(str(url), record.full_url) not in aliases:
+    if not _names(str(url), record, aliases):
         raise InvalidInput(f"{url!s:.80} does not reference the Binary of this Bundle",
                            expression=f"{att_path}.url")
     declared = attachment.get("contentType")

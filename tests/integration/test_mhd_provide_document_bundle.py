@@ -265,3 +265,19 @@ def test_a_relative_attachment_url_resolves_against_the_entrys_full_url(tmp_path
         bundle["entry"][2]["fullUrl"] = "http://elsewhere.example/fhir/Binary/123"
         r = client.post("/fhir", json=bundle, headers=FHIR)
         assert r.status_code == 422, r.text
+
+
+def test_restful_full_urls_resolve_the_subjects_reference_to_the_bundles_patient(tmp_path: Path) -> None:
+    """As MHD's own example Bundles are built: RESTful fullUrls, the subject a relative
+    reference (``Patient/p-9``) that resolves against the DocumentReference's fullUrl to the
+    Patient entry's (bundle.html#references)."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["fullUrl"] = "http://example.org/fhir/DocumentReference/456"
+    bundle = _with_patient(bundle, {"resourceType": "Patient", "identifier": [dict(PATIENT)]},
+                           subject={"reference": "Patient/p-9"}, full_url="http://example.org/fhir/Patient/p-9")
+    bundle["entry"][0]["resource"]["subject"] = {"reference": "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a"}
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        [found] = _found(client)
+        assert found["subject"]["identifier"] == PATIENT and "reference" not in found["subject"]
