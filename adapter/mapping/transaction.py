@@ -140,11 +140,14 @@ _RELATIONSHIP_WARNINGS = {"replaces": "PartialReplaceContentNotProcessed",
 @dataclass(frozen=True)
 class EntryWarning:
     """What of an entry was not processed (the entry's ``response.outcome``, ITI-65
-    2:3.65.4.2.2): the Document Sharing warning code (ITI TF-3 Table 4.2.4.1-2), why, and where."""
+    2:3.65.4.2.2): the Document Sharing warning code (ITI TF-3 Table 4.2.4.1-2), why, and where;
+    an entry acknowledged and not stored (the SubmissionSet, the Patient) gets a note of
+    severity ``information`` and no code."""
 
-    code: str
+    code: str | None
     diagnostics: str
     expression: str
+    severity: str = "warning"
 
 
 @dataclass(frozen=True)
@@ -555,15 +558,26 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
 def _warnings(entries: Sequence[_Entry], record: _Entry) -> dict[int, EntryWarning]:
     """What ITI-65 2:3.65.4.1.3 has a recipient that does not process it say so of: a Folder
     type List (the adapter keeps no folders), and each relationship of the record
-    (``relatesTo``: the adapter keeps none)."""
+    (``relatesTo``: the adapter keeps none); and, as a note, the entries acknowledged without
+    being stored (the SubmissionSet, the Patient), whose answer has no location to give."""
     out: dict[int, EntryWarning] = {}
     for e in entries:
-        code = e.resource.get("code") if e.resource["resourceType"] == "List" else None
+        if e.resource["resourceType"] == "Patient":
+            out[e.index] = EntryWarning(None, "acknowledged, not stored: the adapter owns no Patient; the "
+                                        "document is filed under the patient's identifier", e.path, "information")
+            continue
+        if e.resource["resourceType"] != "List":
+            continue
+        code = e.resource.get("code")
         codings = code.get("coding") if isinstance(code, Mapping) else None
         if any(isinstance(c, Mapping) and c.get("code") == "folder" and str(c.get("system", "")).endswith(_MHD_LIST_TYPES)
                for c in codings or []):
             out[e.index] = EntryWarning("PartialFolderContentNotProcessed", "the adapter keeps no folders: this "
                                         "Folder was not created or updated", e.path)
+        else:
+            out[e.index] = EntryWarning(None, "acknowledged, not stored: the adapter keeps no registry of "
+                                        "submissions; the documents it names are stored as their entries say",
+                                        e.path, "information")
     relations = record.resource.get("relatesTo") if record.resource["resourceType"] == "DocumentReference" else None
     for k, relation in enumerate(relations if isinstance(relations, list) else []):
         code = relation.get("code") if isinstance(relation, Mapping) else None
@@ -731,8 +745,9 @@ def transaction_response(entries: Sequence[tuple[str, str]], now: datetime,
             response.update({"location": location, "etag": f'W/"{version}"', "lastModified": modified})
         warning = (warnings or {}).get(index)
         if warning is not None:
-            response["outcome"] = operation_outcome("warning", "not-supported", warning.diagnostics,
-                                                    warning.expression, {"text": warning.code})
+            response["outcome"] = operation_outcome(
+                warning.severity, "not-supported" if warning.code else "informational", warning.diagnostics,
+                warning.expression, {"text": warning.code} if warning.code else None)
         out.append({"response": response})
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
 

@@ -56,7 +56,11 @@ def test_a_minimal_provide_document_bundle_is_stored_and_answered_entry_by_entry
         answer = r.json()
         assert answer["type"] == "transaction-response"
         submission_set, document_reference, binary = (e["response"] for e in answer["entry"])
-        assert submission_set["status"].startswith("200")
+        # acknowledged, and said to be not stored (there is no location to give)
+        assert submission_set["status"] == "200 OK" and "location" not in submission_set
+        [note] = submission_set["outcome"]["issue"]
+        assert note["severity"] == "information" and "not stored" in note["diagnostics"]
+        assert "outcome" not in document_reference and "outcome" not in binary
         assert document_reference["status"] == binary["status"] == "201 Created"
         assert document_reference["location"].startswith("DocumentReference/")
         assert binary["location"].startswith("Binary/")
@@ -76,6 +80,7 @@ def test_the_patient_the_bundle_carries_names_the_subject(tmp_path: Path) -> Non
         statuses = [e["response"]["status"] for e in r.json()["entry"]]
         assert statuses[1:3] == ["201 Created", "201 Created"] and statuses[3].startswith("200")
         assert "location" not in r.json()["entry"][3]["response"]
+        assert "not stored" in r.json()["entry"][3]["response"]["outcome"]["issue"][0]["diagnostics"]
         [found] = _found(client)
         assert found["subject"]["identifier"] == PATIENT
         assert "reference" not in found["subject"]
@@ -191,7 +196,7 @@ def test_a_folder_is_not_processed_and_the_answer_says_so(tmp_path: Path) -> Non
         assert entries[1]["status"] == entries[2]["status"] == "201 Created"
         [issue] = entries[3]["outcome"]["issue"]
         assert issue["severity"] == "warning" and issue["details"]["text"] == "PartialFolderContentNotProcessed"
-        assert "outcome" not in entries[0]  # the SubmissionSet: acknowledged, nothing left undone
+        assert entries[0]["outcome"]["issue"][0]["severity"] == "information"  # the SubmissionSet: acknowledged
         assert len(_found(client)) == 1
 
 
