@@ -5,12 +5,14 @@ one photo submission, and the transaction-response Bundle
 Accepted: ``Bundle.type`` transaction with exactly one Binary (the image, base64 in ``data``),
 exactly one Media or DocumentReference whose attachment url references that Binary (its
 fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``, also relative to the record's RESTful fullUrl)
-and at most one Consent; every entry has
-``request.method`` POST or PUT. The SubmissionSet List IHE MHD always sends, and at most one
-Patient (the push case, ITI-65 2:3.65.4.1.2.2), are read and acknowledged, not stored: the adapter
-keeps no registry of submissions and owns no Patient. Any other resource type (a Provenance, a
-Folder's second List) is refused as not supported: the adapter writes its own Provenance. Ids the
-client chose are not kept; the response's locations name the stored ones.
+and at most one Consent; every entry has ``request.method`` POST or PUT. The SubmissionSet List
+IHE MHD always sends, and at most one Patient (the push case, ITI-65 2:3.65.4.1.2.2), are read and
+acknowledged, not stored: the adapter keeps no registry of submissions and owns no Patient (their
+answer, 200 OK without a location, says so in its outcome). A Folder type List is acknowledged
+with the PartialFolderContentNotProcessed warning and a DocumentReference's relatesTo with its
+Partial…ContentNotProcessed one (ITI-65 2:3.65.4.1.3): the adapter keeps neither. Any other
+resource type (a Provenance) is refused as not supported: the adapter writes its own Provenance.
+Ids the client chose are not kept; the response's locations name the stored ones.
 
 Validation: the Bundle and each entry resource with their fhir.resources R4B models (R4B reads
 R4, standards.md §1) — errors carry FHIRPath-like expressions such as
@@ -600,12 +602,14 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
         InvalidResource: not a Bundle, or an element fails its R4 model (expression names it).
         InvalidInput: ``Bundle.type`` is not transaction; the record does not reference the
             Binary; the Binary data is not base64; content types disagree; the Consent is for
-            another patient.
-        RequiredElementMissing: no Binary, no record, no Binary.data, no subject.identifier, no
-            colleague name, no consent purposes.
+            another patient; the subject and the Bundle's Patient name different patients; a
+            masterIdentifier without system or value; a local reference to nothing contained.
+        RequiredElementMissing: no Binary, no record, no Binary.data, no subject.identifier (nor
+            a Patient in the Bundle it references, with one identifier), no colleague name, no
+            consent purposes.
         UnknownCode: an invalid status, method, extension code, body site or purpose.
-        NotSupported: another resource type, more than one photo or Consent, a method other
-            than POST/PUT, a Consent that is not an active permit.
+        NotSupported: another resource type, more than one photo, Consent or Patient, a method
+            other than POST/PUT, a Consent that is not an active permit.
     """
     if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
         raise InvalidResource("expected a Bundle", expression="resourceType")
