@@ -10,7 +10,8 @@ IHE MHD always sends, and at most one Patient (the push case, ITI-65 2:3.65.4.1.
 acknowledged, not stored: the adapter keeps no registry of submissions and owns no Patient (their
 answer, 200 OK without a location, says so in its outcome). A Folder type List is acknowledged
 with the PartialFolderContentNotProcessed warning and a DocumentReference's relatesTo with its
-Partial…ContentNotProcessed one (ITI-65 2:3.65.4.1.3): the adapter keeps neither. Any other
+Partial…ContentNotProcessed one (ITI-65 2:3.65.4.1.3): the adapter keeps neither. A List whose
+subject is another patient than the document's is refused (a misfiled submission). Any other
 resource type (a Provenance) is refused as not supported: the adapter writes its own Provenance.
 Ids the client chose are not kept; the response's locations name the stored ones.
 
@@ -466,6 +467,29 @@ def _names(reference: str, entry: _Entry, aliases: frozenset[str]) -> bool:
     return reference in aliases or _resolved_url(reference, entry.full_url) in aliases
 
 
+def _lists_of_the_patient(entries: Sequence[_Entry], patient: Mapping[str, str], patient_entry: _Entry | None,
+                          patient_aliases: frozenset[str]) -> None:
+    """A SubmissionSet (or Folder) List for another patient than the document's is refused
+    (ITI-65 2:3.65.4.1.2.1: every subject is the identity of the one patient): a misfiled
+    submission. Its subject is compared where it can be: an identifier, or a reference to the
+    Patient the Bundle carries; a reference to a Patient elsewhere is not second-guessed."""
+    same = {(patient["system"], patient["value"])}
+    if patient_entry is not None:
+        raw = patient_entry.resource.get("identifier")
+        same |= {i for i in (_identifier_of(v) for v in (raw if isinstance(raw, list) else [])) if i is not None}
+    for e in entries:
+        subject = e.resource.get("subject") if e.resource["resourceType"] == "List" else None
+        if not isinstance(subject, Mapping):
+            continue
+        named = _identifier_of(subject.get("identifier"))
+        reference = _str(subject.get("reference"))
+        if named is not None and named not in same:
+            raise InvalidInput("the List is for another patient than the document", expression=f"{e.path}.subject")
+        if named is None and reference and reference.startswith("urn:") and not _names(reference, e, patient_aliases):
+            # a urn names an entry of this Bundle or nothing (bundle.html#references)
+            raise InvalidInput("the List's subject names no Patient in this Bundle", expression=f"{e.path}.subject")
+
+
 def _contained_name(resource: Mapping[str, Any]) -> str | None:
     """A contained resource's name as a display: an Organization's ``name``, a person's first
     HumanName (its text, else prefix, given and family)."""
@@ -660,6 +684,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     patient_aliases = _aliases(patient_entry) if patient_entry is not None else frozenset()
     patient = _subject_patient(record, subject if isinstance(subject, Mapping) else {}, patient_entry,
                                patient_aliases)
+    _lists_of_the_patient(entries, patient, patient_entry, patient_aliases)
 
     source = PhotoSource(_ext_code(r, EXT_PHOTO_SOURCE, [s.value for s in PhotoSource], record.path)
                          or PhotoSource.CLINICIAN.value)

@@ -280,9 +280,30 @@ def test_restful_full_urls_resolve_the_subjects_reference_to_the_bundles_patient
     bundle["entry"][1]["fullUrl"] = "http://example.org/fhir/DocumentReference/456"
     bundle = _with_patient(bundle, {"resourceType": "Patient", "identifier": [dict(PATIENT)]},
                            subject={"reference": "Patient/p-9"}, full_url="http://example.org/fhir/Patient/p-9")
-    bundle["entry"][0]["resource"]["subject"] = {"reference": "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a"}
+    bundle["entry"][0]["resource"]["subject"] = {"reference": "http://example.org/fhir/Patient/p-9"}
     with adapter_client(tmp_path) as (client, _):
         r = client.post("/fhir", json=bundle, headers=FHIR)
         assert r.status_code == 200, r.text
         [found] = _found(client)
         assert found["subject"]["identifier"] == PATIENT and "reference" not in found["subject"]
+
+
+def test_a_submission_set_for_another_patient_is_refused(tmp_path: Path) -> None:
+    """2:3.65.4.1.2.1: every DocumentReference.subject and List.subject is the identity of the
+    (one) patient. A SubmissionSet naming another patient than the document is a misfiled
+    submission: refused whole, nothing stored. It was acknowledged and the document stored."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][0]["resource"]["subject"] = {"identifier": dict(OTHER_ID)}
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.subject"]
+        assert _stored(services) == 0
+        # a urn names an entry of the Bundle or nothing
+        bundle["entry"][0]["resource"]["subject"] = {"reference": "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000ff"}
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422 and "names no Patient" in r.json()["issue"][0]["diagnostics"]
+        assert _stored(services) == 0
+        # the same patient by a reference the adapter cannot compare is not second-guessed
+        bundle["entry"][0]["resource"]["subject"] = {"reference": "http://pdqm.example/fhir/Patient/9"}
+        assert client.post("/fhir", json=bundle, headers=FHIR).status_code == 200
