@@ -35,9 +35,11 @@ def binary_answer(accept: str | None, content_type: str) -> Literal["content", "
     either: IHE MHD Retrieve Document [ITI-68] answers "unable to format document in content types
     listed in the 'Accept' field" so, and the adapter does not transform documents."""
     ranges = by_preference(media_ranges(accept, default=None))
-    if not ranges:
-        return "content"
     media = content_type.split(";")[0].strip().lower()
+    if not ranges:
+        if accept and accept.strip(" ,"):  # every range it lists has quality 0: none is acceptable
+            raise NotAcceptable(f"the Accept header refuses every type it lists; this document is {media}")
+        return "content"
     for r in ranges:
         if r.media in ("*/*", f"{media.split('/')[0]}/*", media):
             return "content"
