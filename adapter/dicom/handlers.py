@@ -133,8 +133,9 @@ def handle_rejected(event: Event, rejections: RejectedAssociations) -> None:
         return
     why = association_rejection(int(rj.result or 0), int(rj.result_source or 0), int(rj.diagnostic or 0))
     rejection = _rejection(event.assoc, f"association rejected (A-ASSOCIATE-RJ {why})")
-    log.info("association from %s@%s rejected (%s)", rejection.calling_ae_title, rejection.peer_address, why)
-    rejections.record(rejection)
+    if rejections.record(rejection):  # a caller's repeats within a minute: counted, not logged again
+        log.info("association from %s@%s rejected (%s; repeats within a minute are counted in the audit trail)",
+                 rejection.calling_ae_title, rejection.peer_address, why)
 
 
 def handle_accepted(event: Event, rejections: RejectedAssociations) -> None:
@@ -148,9 +149,9 @@ def handle_accepted(event: Event, rejections: RejectedAssociations) -> None:
     results = sorted({int(cx.result) for cx in assoc.rejected_contexts if cx.result is not None})
     why = ", ".join(f"{r} ({_CONTEXT_RESULTS.get(r, 'rejected')})" for r in results) or "none proposed"
     rejection = _rejection(assoc, f"no presentation context accepted (results {why})")
-    log.info("association from %s@%s accepted with no presentation context (results %s)",
-             rejection.calling_ae_title, rejection.peer_address, why)
-    rejections.record(rejection)
+    if rejections.record(rejection):
+        log.info("association from %s@%s accepted with no presentation context (results %s; repeats within a "
+                 "minute are counted in the audit trail)", rejection.calling_ae_title, rejection.peer_address, why)
 
 
 def handle_conn_open(event: Event) -> None:

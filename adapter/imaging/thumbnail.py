@@ -1,5 +1,7 @@
 """A small picture of a stored image, for a viewer's study list (DICOMweb thumbnails, PS3.18
-8.3.5.1.2 / 9.x "Thumbnail resources"). Pillow stays in this package.
+8.3.5.1.2 / 9.x "Thumbnail resources"), and a rendered image in another media type than the one
+it is stored as (:func:`rendered_as`: WADO-RS rendered, PS3.18 8.7.4). Pillow stays in this
+package.
 
 The thumbnail is a new, baseline JPEG encoded from decoded pixels: it carries no metadata at all
 (no EXIF, XMP, ICC or comment; Pillow writes only the JFIF header), whatever the source held. A
@@ -16,12 +18,18 @@ import io
 from PIL import Image, ImageOps
 
 from adapter.errors import ImageTooLarge, UndecodableImage
+from adapter.imaging.frame import read_orientation
 from adapter.imaging.probe import DECODE_ERRORS
-from adapter.imaging.render import decode_pixels
+from adapter.imaging.render import decode_pixels, encode_png
 from adapter.imaging.sniff import JPEG, check_declared
 
 #: JPEG quality of thumbnails: small files that still show a wound's edges.
 THUMBNAIL_QUALITY = 80
+#: JPEG quality of an image rendered anew as JPEG: close to what it shows at full size.
+RENDERED_QUALITY = 90
+#: The media types :func:`rendered_as` makes: those PS3.18 Table 8.7.4-1 gives a single-frame
+#: image (image/jpeg the default; image/png and image/gif required).
+RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")
 
 
 def thumbnail_jpeg(data: bytes, content_type: str, *, rows: int, columns: int, max_pixels: int) -> bytes:
@@ -58,13 +66,45 @@ def thumbnail_jpeg(data: bytes, content_type: str, *, rows: int, columns: int, m
     return _jpeg(picture)
 
 
-def _jpeg(picture: Image.Image) -> bytes:
+def rendered_as(data: bytes, content_type: str, media_type: str, *, max_side: int, max_pixels: int) -> bytes:
+    """``data`` (a JPEG or PNG: what an instance is rendered as) made anew as ``media_type``, one
+    of :data:`RENDERED_TYPES`, from its pixels decoded whole and upright (its EXIF Orientation
+    applied, as a viewer shows it), with no metadata at all: image/png lossless of those pixels
+    (a JPEG's decoded pixels: nothing lost beyond what its compression lost), image/jpeg
+    baseline at :data:`RENDERED_QUALITY` and at most ``max_side`` a side, image/gif in a
+    palette of 256 colours of its own (GIF holds no more).
+
+    Raises:
+        ValueError: ``media_type`` is not one of :data:`RENDERED_TYPES`.
+        UnsupportedMediaType: ``content_type`` does not match the bytes.
+        UndecodableImage: the image does not decode.
+        ImageTooLarge: the source has more than ``max_pixels`` pixels.
+    """
+    if media_type not in RENDERED_TYPES:
+        raise ValueError(f"cannot render as {media_type}")
+    kind = check_declared(data, content_type)
+    pixels = decode_pixels(data, kind, orientation=read_orientation(data, kind), max_pixels=max_pixels)
+    if media_type == "image/png":
+        return encode_png(pixels)
+    picture = Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows), pixels.data)
+    if media_type == "image/jpeg":
+        picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        return _jpeg(picture, quality=RENDERED_QUALITY)
+    if picture.mode == "RGB":
+        picture = picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    picture.info = {}
+    out = io.BytesIO()
+    picture.save(out, format="GIF")
+    return out.getvalue()
+
+
+def _jpeg(picture: Image.Image, *, quality: int = THUMBNAIL_QUALITY) -> bytes:
     """A baseline JPEG with nothing but the JFIF header. Pillow would write a comment (and may
     write other info) carried over from the source image's ``info``: it is emptied first."""
     picture.info = {}
     out = io.BytesIO()
-    picture.save(out, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=False, progressive=False)
+    picture.save(out, format="JPEG", quality=quality, optimize=False, progressive=False)
     return out.getvalue()
 
 
-__all__ = ["THUMBNAIL_QUALITY", "thumbnail_jpeg"]
+__all__ = ["RENDERED_QUALITY", "RENDERED_TYPES", "THUMBNAIL_QUALITY", "rendered_as", "thumbnail_jpeg"]

@@ -123,6 +123,47 @@ def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *
         UnsupportedMediaType / UndecodableImage: ``image`` is not the JPEG/PNG it claims to be.
         ValueError: ``now`` is naive.
     """
+    ds, iod = _photo_header(record, kind=kind, patient=patient, uids=uids, tables=tables,
+                            dicom_tables=dicom_tables, institution=institution, equipment=equipment, now=now)
+    kind_format = check_declared(image, content_type)
+    if orientation is None:
+        orientation = read_orientation(image, kind_format) or 1
+    derived, encapsulated = _set_pixels(ds, image, kind_format, orientation)
+    _finish(ds, iod, derived=derived)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = JPEGBaseline8Bit if encapsulated else ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def photo_without_pixels(record: Mapping[str, Any], *, width: int, height: int, orientation: int | None,
+                         kind: PhotoKind, patient: Identifier, uids: PhotoUids, tables: Tables,
+                         dicom_tables: DicomTables, now: datetime) -> Dataset:
+    """What :func:`photo_to_dicom` writes of a photo stored ``width`` x ``height`` pixels (its
+    stored, unrotated size) with EXIF ``orientation``, but its Image Pixel module: Rows and
+    Columns as its pixels are displayed (swapped by an Orientation of 5 to 8, which turn it a
+    quarter), BitsAllocated 8 (every photo object is 8 bits a sample), no pixel data and no
+    file meta, no ImageType (whether the pixels are derived is known once they are made). Ingest
+    reads its QIDO-RS attributes from this without decoding the photo (a rotated JPEG or a PNG is
+    decoded for its object) or reading it back.
+
+    Raises: as :func:`photo_to_dicom` for the record and the patient."""
+    ds, iod = _photo_header(record, kind=kind, patient=patient, uids=uids, tables=tables,
+                            dicom_tables=dicom_tables, institution=None, equipment=None, now=now)
+    turned = orientation is not None and 5 <= orientation <= 8
+    ds.Rows, ds.Columns = (width, height) if turned else (height, width)
+    ds.BitsAllocated = 8
+    _finish(ds, iod, derived=None)
+    return ds
+
+
+def _photo_header(record: Mapping[str, Any], *, kind: PhotoKind, patient: Identifier, uids: PhotoUids,
+                  tables: Tables, dicom_tables: DicomTables, institution: str | None,
+                  equipment: Equipment | None, now: datetime) -> tuple[Dataset, Any]:
+    """Every module of the photo's object up to the Image Pixel module, and its IOD's entry."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     rtype = record.get("resourceType")
@@ -130,9 +171,6 @@ def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *
         raise InvalidInput(f"not a photo record: {rtype!r}", expression="resourceType")
     iod = dicom_tables.kinds[kind]
     patient_id, issuer = dicom_tables.patient_identifiers.to_dicom(patient)
-    kind_format = check_declared(image, content_type)
-    if orientation is None:
-        orientation = read_orientation(image, kind_format) or 1
 
     ds = Dataset()
     # --- SOP Common (C.12.1)
@@ -178,22 +216,21 @@ def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *
 
     _set_times(ds, record, now, secondary_capture=iod.is_secondary_capture)
     _set_anatomy(ds, record, tables)
-    derived, encapsulated = _set_pixels(ds, image, kind_format, orientation)
+    return ds, iod
 
-    if iod.is_secondary_capture:
+
+def _finish(ds: Dataset, iod: Any, *, derived: bool | None) -> None:
+    """The attributes written after the pixels: ImageType (not when ``derived`` is not known: no
+    pixels were made), the VL Image's Acquisition Context, SpecificCharacterSet."""
+    if derived is None:
+        pass
+    elif iod.is_secondary_capture:
         ds.ImageType = ["DERIVED" if derived else "ORIGINAL", "SECONDARY"]
     else:  # VL Image (C.8.12.1) and Acquisition Context (C.7.6.14)
         ds.ImageType = ["DERIVED" if derived else "ORIGINAL", "PRIMARY"]
         ds.AcquisitionContextSequence = Sequence()
     if _has_non_ascii(ds):
         ds.SpecificCharacterSet = "ISO_IR 192"
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = JPEGBaseline8Bit if encapsulated else ExplicitVRLittleEndian
-    ds.file_meta = meta
-    return ds
 
 
 def encode_dataset(ds: Dataset) -> bytes:

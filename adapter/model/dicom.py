@@ -1,6 +1,7 @@
 """DICOM objects the adapter knows about (received from a PACS or generated from a photo), the
 durable outbox of objects to forward, and the normal form QIDO-RS matches a PatientName in
-(:func:`person_name_key`: the store indexes it, the matching compares it)."""
+(:func:`person_name_key`: the store indexes it, the matching compares it), and what an object
+says of its series and of itself for QIDO-RS (:class:`InstanceAttributes`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,29 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from adapter.model.photo import Identifier
+
+#: The version of how :class:`InstanceAttributes` are read from an object (the store keeps it with
+#: them; an instance without one has not been read yet).
+INSTANCE_ATTRIBUTES_VERSION = 1
+
+
+@dataclass(frozen=True)
+class InstanceAttributes:
+    """What a DICOM object says of its series and of itself that QIDO-RS returns (PS3.18 Tables
+    10.6.3-4 and 10.6.3-5), read from the object at ingest (adapter.mapping.dicom_qido); None
+    where the object has no usable value. These are the stored object's: a restricted view shows
+    what its copy keeps (adapter.services.dicom_objects.DicomRelease.entry)."""
+
+    series_number: int | None = None                         # IS (0020,0011)
+    series_description: str | None = None                    # LO (0008,103E)
+    performed_procedure_step_start_date: str | None = None   # DA (0040,0244), YYYYMMDD
+    performed_procedure_step_start_time: str | None = None   # TM (0040,0245)
+    timezone_offset_from_utc: str | None = None              # SH (0008,0201), ±HHMM
+    instance_number: int | None = None                       # IS (0020,0013)
+    rows: int | None = None                                  # US (0028,0010)
+    columns: int | None = None                               # US (0028,0011)
+    bits_allocated: int | None = None                        # US (0028,0100)
+    number_of_frames: int | None = None                      # IS (0028,0008), only when the object has it
 
 
 @dataclass(frozen=True)
@@ -34,6 +58,9 @@ class DicomInstance:
     study_description: str | None = None
     accession_number: str | None = None
     study_time: str | None = None        # TM
+    # what the object says of its series and itself (QIDO-RS); None: not read yet (stored before
+    # schema 13; SqlRecordStore.fill_dicom_attributes reads them at start)
+    attributes: InstanceAttributes | None = None
 
 
 def person_name_key(value: str | None) -> str:

@@ -27,3 +27,4 @@ class StoredImage:
     capture_time: datetime | None = None
     device_name: str | None = None
     quality_warnings: tuple[str, ...] = ()
+    orientation: int | None = None  # the EXIF Orientation (1..8) the stored bytes keep, if any

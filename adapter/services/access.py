@@ -27,9 +27,11 @@ from adapter.errors import (
     NotFound,
     NotSupported,
     UndecodableImage,
+    UnsupportedPixelData,
     UnsupportedResourceType,
 )
 from adapter.imaging import strip_but_orientation, strip_to_pixels_only, thumbnail_jpeg
+from adapter.imaging.thumbnail import RENDERED_TYPES, rendered_as
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.mapping.dicom_json import read_released
@@ -634,6 +636,21 @@ class ScopedReader:
         first JPEG frame, native pixels as PNG, a PDF), under :meth:`read_dicom_instance`'s
         decision; in the de-identified view image bytes with no metadata at all, as there."""
         return _rendered(self.read_dicom_instance(sop_instance_uid, study=study, series=series))
+
+    def rendered_as(self, rendered: ReleasedImage, media_type: str, *, max_side: int) -> ReleasedImage | None:
+        """``rendered`` (what :meth:`read_dicom_rendered` released: decided and audited already)
+        made anew as ``media_type`` (adapter.imaging.thumbnail.rendered_as: image/jpeg, image/png
+        or image/gif, upright, no metadata); None when that is not a type it makes, ``rendered``
+        is no picture (a document), or its pixels do not decode or are more than the policy's
+        limit. Nothing is read: no decision is taken again, nothing is audited again."""
+        if media_type not in RENDERED_TYPES or not rendered.content_type.startswith("image/"):
+            return None
+        try:
+            data = rendered_as(rendered.data, rendered.content_type, media_type, max_side=max_side,
+                               max_pixels=self._tables.policy.limits.max_pixels)
+        except (UndecodableImage, ImageTooLarge, UnsupportedPixelData):
+            return None
+        return ReleasedImage(data, media_type, rendered.break_glass)
 
     def read_dicom_thumbnail(self, study: str, *, series: str | None = None, instance: str | None = None,
                              rows: int, columns: int) -> ReleasedImage:

@@ -90,9 +90,11 @@ class RejectedAssociations:
         self._lock = threading.Lock()
         self._windows: dict[tuple[str, str, str], _Window] = {}
 
-    def record(self, rejection: Rejection) -> None:
+    def record(self, rejection: Rejection) -> bool:
         """Audit ``rejection`` (at once, or counted into its caller's window), and write the
-        counts of the windows that have ended. Never raises."""
+        counts of the windows that have ended. Whether it opened a window (it is written at
+        once): the caller logs only those, so a flood is coalesced in the log as in the trail.
+        Never raises."""
         DECISIONS.labels("associate", "none", "refused").inc()
         now, tick = self._now(), self._clock()
         write: list[tuple[Rejection, bool, int, datetime, datetime]] = []
@@ -103,6 +105,7 @@ class RejectedAssociations:
             if several:
                 key = (_SEVERAL, _SEVERAL, rejection.reason)
             window = self._windows.get(key)
+            opened = window is None
             if window is None:
                 self._windows[key] = _Window(rejection, tick, several)
                 write.append((rejection, False, 1, now, now))
@@ -111,6 +114,7 @@ class RejectedAssociations:
                 window.first = window.first or now
                 window.last = now
         self._write(write)
+        return opened
 
     def flush(self) -> None:
         """Write the counts of every window, ended or not (the SCP stops). Never raises."""

@@ -92,12 +92,13 @@ from adapter.mapping.dicom_fhir import (
     read_received,
     received_to_fhir,
 )
+from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed, vr_tolerated
 from adapter.mapping.fhir_r4 import index_resource
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
-from adapter.model.dicom import DicomInstance
+from adapter.model.dicom import DicomInstance, InstanceAttributes
 from adapter.model.photo import Colleague, Identifier, PatientRef, PhotoMetadata, PhotoSource
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
@@ -976,7 +977,8 @@ class DicomIngestService:
             series_instance_uid=obj.series_uid, sop_class_uid=obj.sop_class_uid, modality=obj.modality or "",
             record_type=record_type, record_id=record_id, patient=patient, blob_sha256=original_sha256,
             study_date=study.date, created=None, patient_name=study.patient_name,
-            study_description=study.description, accession_number=study.accession_number, study_time=study.time)
+            study_description=study.description, accession_number=study.accession_number, study_time=study.time,
+            attributes=study.attributes)
         return IngestUnit(resources=resources, receipt=receipt, idempotency_key=None, patient=patient,
                           stored_sha256=original_sha256, audit_events=[audit], dicom_instance=instance,
                           released_uids=self._released_uids.rows(instance))
@@ -991,13 +993,15 @@ def _sender_context(calling_ae: str, peer_address: str) -> RequestContext:
 
 @dataclass(frozen=True)
 class _Study:
-    """What a received object says of its study, kept for QIDO-RS (a viewer's study list)."""
+    """What a received object says of its study (a viewer's study list), its series and itself,
+    kept for QIDO-RS."""
 
     date: str | None
     patient_name: str | None
     description: str | None
     accession_number: str | None
     time: str | None
+    attributes: InstanceAttributes   # of its series and itself (adapter.mapping.dicom_qido)
 
 
 #: Longest value kept of each (PN: 5 components of 64 characters, 3 groups; the others their VR's).
@@ -1016,7 +1020,7 @@ def _study_attributes(ds: Dataset) -> _Study:
     date = str(ds.get("StudyDate") or "").strip()
     return _Study(date=date if len(date) == 8 and is_digits(date) else None, patient_name=text("PatientName"),
                   description=text("StudyDescription"), accession_number=text("AccessionNumber"),
-                  time=text("StudyTime"))
+                  time=text("StudyTime"), attributes=instance_attributes(ds))
 
 
 __all__ = ["STOW_SENDER", "DicomIngestResult", "DicomIngestService", "FileLayout", "PixelDataLayout", "ReceivedStore",

@@ -25,10 +25,11 @@ in each read view, the QIDO-RS match model, and STOW-RS into the C-STORE SCP's i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +46,23 @@ from adapter.errors import (
     NotFound,
     NotSupported,
     StorageError,
+    Transient,
 )
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
 from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom
+from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, is_valid_uid
 from adapter.mapping.dimse_status import dimse_status_for
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables
 from adapter.model.decision import View
-from adapter.model.dicom import DicomInstance, person_name_key
+from adapter.model.dicom import DicomInstance, InstanceAttributes, person_name_key
 from adapter.model.photo import Identifier
 from adapter.model.record import StoredResource
 from adapter.services.dicom_ingest import STOW_SENDER, DicomIngestService, ReceivedStore
 from adapter.services.released_uids import ReleasedUidSpaces
-from adapter.store.port import BlobStore, NamePrefix
+from adapter.store.port import BlobStore, NamePrefix, RecordStore
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,34 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
         now=instance.created or stored.last_updated)
 
 
+def object_attributes(instance: DicomInstance, store: RecordStore, blobs: BlobStore, tables: Tables,
+                      dicom_tables: DicomTables) -> InstanceAttributes | None:
+    """The QIDO-RS series and instance attributes of ``instance``'s object as stored
+    (adapter.mapping.dicom_qido): a received object's header read from its file, a photo's
+    object made as every retrieve makes it. For the instances stored before schema 13
+    (RecordStore.fill_dicom_attributes, at start): an object that cannot be read or made, or
+    whose record is gone, has none (no retrieve can return it either), logged without naming it.
+    None, for the next start to read again, when it cannot be read now: its file is not there
+    (a data folder on a share not mounted yet, blobs being restored) or the store fails; "none"
+    would be kept for good, and a search by its numbers would leave it out once it is back."""
+    stored = None
+    try:
+        stored = store.get(instance.record_type, instance.record_id)
+        if stored is None:
+            raise NotFound("the record is gone")
+        obj = dicom_object_for(instance, stored, blobs, tables, dicom_tables)
+        return instance_attributes(dcmread(obj, stop_before_pixels=True) if isinstance(obj, Path) else obj)
+    except Exception as exc:  # noqa: BLE001 - pydicom's read errors share no base; none may stop the start
+        needed = instance.blob_sha256 or (stored.blob_sha256 if stored is not None else None)
+        if isinstance(exc, Transient | OSError) or (needed is not None and not blobs.exists(needed)):
+            log.warning("the QIDO-RS attributes of a stored DICOM instance cannot be read now (%s): "
+                        "read again at the next start", type(exc).__name__)
+            return None
+        log.warning("the QIDO-RS attributes of a stored DICOM instance cannot be read (%s): it shows none",
+                    type(exc).__name__)
+        return InstanceAttributes()
+
+
 def _content_type(record: Mapping[str, Any]) -> str:
     """The stored photo's media type: Media.content or DocumentReference.content[0].attachment."""
     content: Any = record.get("content")
@@ -131,6 +162,8 @@ class DicomEntry:
     study_description: str | None = None
     accession_number: str | None = None
     study_time: str | None = None
+    # what the released object says of its series and itself (DicomRelease.entry)
+    attributes: InstanceAttributes = field(default_factory=InstanceAttributes)
 
 
 @dataclass(frozen=True)
@@ -188,7 +221,20 @@ class DicomRelease:
             record=f"{instance.record_type}/{instance.record_id}", patient_name=patient_name,
             study_description=instance.study_description if full else None,
             accession_number=instance.accession_number if full else None,
-            study_time=instance.study_time if self.view is not View.DEIDENTIFIED else None)
+            study_time=instance.study_time if self.view is not View.DEIDENTIFIED else None,
+            attributes=self.attributes(instance.attributes or InstanceAttributes()))
+
+    def attributes(self, stored: InstanceAttributes) -> InstanceAttributes:
+        """The QIDO-RS series and instance attributes as this view's copy of the object carries
+        them (adapter.mapping.dicom_deid): both restricted copies lose SeriesDescription (PS3.15
+        Table E.1-1, X); TRAIN's loses the dates and times and TimezoneOffsetFromUTC too, HRESCH's
+        keeps them (full dates retained). Numbers and the image's size stay in every view."""
+        if self.view is View.FULL:
+            return stored
+        if self.view is View.PSEUDONYMISED:
+            return dataclasses.replace(stored, series_description=None)
+        return dataclasses.replace(stored, series_description=None, performed_procedure_step_start_date=None,
+                                   performed_procedure_step_start_time=None, timezone_offset_from_utc=None)
 
     def release(self, obj: Dataset | Path, patient: Identifier) -> ReleasedObject:
         """The Part 10 bytes of ``obj`` in this view, in the transfer syntax it is stored in
@@ -241,14 +287,26 @@ LEVELS = (STUDY, SERIES, INSTANCE)
 #: The match keys each level supports (a key of a lower level is refused, not ignored).
 LEVEL_KEYS: dict[str, frozenset[str]] = {
     STUDY: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                       "ModalitiesInStudy", "AccessionNumber", "StudyDescription"}),
+                       "StudyTime", "ModalitiesInStudy", "AccessionNumber", "StudyDescription"}),
     SERIES: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                       "SeriesInstanceUID", "Modality", "AccessionNumber", "StudyDescription"}),
+                       "StudyTime", "SeriesInstanceUID", "Modality", "AccessionNumber", "StudyDescription",
+                       "SeriesNumber", "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"}),
     INSTANCE: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                         "SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID", "AccessionNumber",
-                         "StudyDescription"}),
+                         "StudyTime", "SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID",
+                         "AccessionNumber", "StudyDescription", "SeriesNumber", "PerformedProcedureStepStartDate",
+                         "PerformedProcedureStepStartTime", "InstanceNumber"}),
 }
 _DATE = re.compile(r"^\d{8}$", re.ASCII)
+_INTEGER = re.compile(r"^[+-]?\d{1,10}$", re.ASCII)
+
+
+def integer_key(keyword: str, value: str) -> int:
+    """An IS match key (SeriesNumber, InstanceNumber): single value matching of one integer
+    (PS3.4 C.2.2.2.1; IS takes no wildcards, C.2.2.2.4)."""
+    text = value.strip()
+    if not _INTEGER.match(text) or not -(2**31) <= int(text) < 2**31:
+        raise InvalidQuery(f"{keyword} takes an integer", expression=keyword)
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -259,16 +317,16 @@ class DateRange:
     end: str | None
 
     @classmethod
-    def parse(cls, value: str) -> DateRange:
+    def parse(cls, value: str, keyword: str = "StudyDate") -> DateRange:
         text = value.strip()
         start, sep, end = text.partition("-")
         if not sep:
             end = start
         for part in (start, end):
             if part and not _DATE.match(part):
-                raise InvalidQuery("StudyDate takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression="StudyDate")
+                raise InvalidQuery(f"{keyword} takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression=keyword)
         if not start and not end:
-            raise InvalidQuery("StudyDate takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression="StudyDate")
+            raise InvalidQuery(f"{keyword} takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression=keyword)
         return cls(start or None, end or None)
 
     def matches(self, date: str | None) -> bool:
@@ -277,12 +335,55 @@ class DateRange:
         return (self.start is None or date >= self.start) and (self.end is None or date <= self.end)
 
 
+_TIME = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?$", re.ASCII)
+
+
+def _time_bounds(value: str) -> tuple[str, str] | None:
+    """The first and last instant a TM value (``HH[MM[SS[.F…]]]``) stands for, as ``HHMMSS.FFFFFF``
+    strings that order as the times do; None for a value that is no TM."""
+    found = _TIME.match(value.strip())
+    if found is None:
+        return None
+    hours, minutes, seconds, fraction = found.groups()
+    low = f"{hours}{minutes or '00'}{seconds or '00'}.{(fraction or '').ljust(6, '0')}"
+    high = f"{hours}{minutes or '59'}{seconds or '59'}.{(fraction or '').ljust(6, '9')}"
+    return low, high
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """A TM match (PS3.4 C.2.2.2.5): one time, or a range open at either end; inclusive, each
+    end at the precision it is given in (``0930`` is 09:30:00 to 09:30:59.999999)."""
+
+    start: str | None   # HHMMSS.FFFFFF
+    end: str | None
+
+    @classmethod
+    def parse(cls, value: str, keyword: str) -> TimeRange:
+        start, sep, end = value.strip().partition("-")
+        if not sep:
+            end = start
+        bounds = [_time_bounds(part) if part else None for part in (start, end)]
+        if (start and bounds[0] is None) or (end and bounds[1] is None) or not (start or end):
+            raise InvalidQuery(f"{keyword} takes HHMMSS or a range HHMMSS-HHMMSS", expression=keyword)
+        return cls(bounds[0][0] if bounds[0] else None, bounds[1][1] if bounds[1] else None)
+
+    def matches(self, time: str | None) -> bool:
+        bounds = _time_bounds(time) if time else None
+        if bounds is None:
+            return False
+        return (self.start is None or bounds[0] >= self.start) and (self.end is None or bounds[0] <= self.end)
+
+
 @dataclass(frozen=True)
 class DicomQuery:
     """QIDO-RS match keys, in the released space of the reader's view (module docstring).
     UIDs: list matching (any of); PatientID: single value, ``*``/``?`` wildcards; PatientName:
     the same, insensitive to case and to empty trailing name components (:func:`_person_name_matches`);
-    StudyDescription: single value with wildcards (a viewer's study list filter); the rest exact."""
+    StudyDescription: single value with wildcards (a viewer's study list filter); SeriesNumber and
+    InstanceNumber: one integer; PerformedProcedureStepStartDate: a date or range, as StudyDate;
+    StudyTime and PerformedProcedureStepStartTime: a time or range (:class:`TimeRange`), on what the
+    view shows (TRAIN's copies have no dates or times); the rest exact."""
 
     study_uids: tuple[str, ...] = ()
     series_uids: tuple[str, ...] = ()
@@ -291,10 +392,16 @@ class DicomQuery:
     patient_id: str | None = None
     issuer_of_patient_id: str | None = None
     patient_name: str | None = None        # as the view shows it: TRAIN none, HRESCH the pseudonym
-    modality: str | None = None            # Modality (series, instance) or ModalitiesInStudy (study)
+    modalities: tuple[str, ...] = ()       # Modality (series, instance) or ModalitiesInStudy (study): any of
+                                           # them (a value list, as UIDs: a viewer's modality filter)
     study_date: DateRange | None = None
     accession_number: str | None = None    # exact (a RIS's key); only care's view shows one
     study_description: str | None = None   # wildcards; only care's view shows one
+    series_number: int | None = None
+    instance_number: int | None = None
+    performed_procedure_step_start_date: DateRange | None = None
+    performed_procedure_step_start_time: TimeRange | None = None
+    study_time: TimeRange | None = None    # what the view shows: TRAIN's copies have none
 
     def matches(self, entry: DicomEntry) -> bool:
         """Every key but Modality, which :func:`match_level` applies per level."""
@@ -315,6 +422,19 @@ class DicomQuery:
         if self.accession_number is not None and entry.accession_number != self.accession_number:
             return False
         if self.study_description is not None and not _wildcard(self.study_description, entry.study_description):
+            return False
+        shown = entry.attributes
+        if self.series_number is not None and shown.series_number != self.series_number:
+            return False
+        if self.instance_number is not None and shown.instance_number != self.instance_number:
+            return False
+        if self.performed_procedure_step_start_date is not None and \
+                not self.performed_procedure_step_start_date.matches(shown.performed_procedure_step_start_date):
+            return False
+        if self.performed_procedure_step_start_time is not None and \
+                not self.performed_procedure_step_start_time.matches(shown.performed_procedure_step_start_time):
+            return False
+        if self.study_time is not None and not self.study_time.matches(entry.study_time):
             return False
         return self.study_date is None or self.study_date.matches(entry.study_date)
 
@@ -380,17 +500,44 @@ def _wildcard(pattern: str, value: str | None) -> bool:
     return all(c == "*" for c in pattern[p:])
 
 
+#: InstanceAvailability (0008,0056) of every instance a search returns: held here, retrievable now.
+ONLINE = "ONLINE"
+
+
+def series_shown(members: Sequence[DicomEntry]) -> dict[str, Any]:
+    """The attributes of a series result (PS3.18 Table 10.6.3-4) that its instances ``members``
+    show in the purpose's view, each of the first that has it, by keyword (None: not known)."""
+
+    def first(name: str) -> Any:
+        return next((v for m in members if (v := getattr(m.attributes, name)) is not None), None)
+
+    return {"SeriesNumber": first("series_number"), "SeriesDescription": first("series_description"),
+            "PerformedProcedureStepStartDate": first("performed_procedure_step_start_date"),
+            "PerformedProcedureStepStartTime": first("performed_procedure_step_start_time"),
+            "TimezoneOffsetFromUTC": first("timezone_offset_from_utc")}
+
+
+def instance_shown(entry: DicomEntry) -> dict[str, Any]:
+    """The attributes of an instance result (PS3.18 Table 10.6.3-5) the released object carries,
+    by keyword (None: it has none): a viewer orders a series by InstanceNumber and lays out its
+    frames by Rows, Columns and NumberOfFrames."""
+    shown = entry.attributes
+    return {"InstanceAvailability": ONLINE, "TimezoneOffsetFromUTC": shown.timezone_offset_from_utc,
+            "InstanceNumber": shown.instance_number, "Rows": shown.rows, "Columns": shown.columns,
+            "BitsAllocated": shown.bits_allocated, "NumberOfFrames": shown.number_of_frames}
+
+
 def match_level(level: str, query: DicomQuery, entries: Iterable[DicomEntry]) -> list[DicomEntry]:
     """The entries (instances) that make up the matching studies, series or instances: at study
     level every instance of a matching study (so the counts cover the study); Modality at study
-    level is ModalitiesInStudy (a study with any instance of the modality matches)."""
+    level is ModalitiesInStudy (a study with any instance of one of the modalities matches)."""
     candidates = [e for e in entries if query.matches(e)]
-    if query.modality is None:
+    if not query.modalities:
         return candidates
     if level == STUDY:
-        studies = {e.study_instance_uid for e in candidates if e.modality == query.modality}
+        studies = {e.study_instance_uid for e in candidates if e.modality in query.modalities}
         return [e for e in candidates if e.study_instance_uid in studies]
-    return [e for e in candidates if e.modality == query.modality]
+    return [e for e in candidates if e.modality in query.modalities]
 
 
 # --------------------------------------------------------------------------- STOW-RS
@@ -479,7 +626,25 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
 
 
 __all__ = [
-    "INSTANCE", "LEVELS", "LEVEL_KEYS", "SERIES", "STOW_SENDER", "STUDY", "DateRange", "DicomEntry", "DicomQuery",
-    "DicomRelease", "ReleasedObject", "StowOutcome", "dicom_object_for", "literal_prefix", "match_level",
+    "INSTANCE",
+    "LEVELS",
+    "LEVEL_KEYS",
+    "ONLINE",
+    "SERIES",
+    "STOW_SENDER",
+    "STUDY",
+    "DateRange",
+    "DicomEntry",
+    "DicomQuery",
+    "DicomRelease",
+    "ReleasedObject",
+    "StowOutcome",
+    "dicom_object_for",
+    "instance_shown",
+    "integer_key",
+    "literal_prefix",
+    "match_level",
+    "object_attributes",
+    "series_shown",
     "stow_instance",
 ]

@@ -30,7 +30,9 @@ Delivery is *at least once* with a very narrow window: an item is marked sent in
 immediately after its C-STORE response, before the next object of its batch goes (the sender's
 ``acknowledged`` callback), so only a crash between the acknowledgement and that commit can resend
 it; whatever happens later in the batch (an exception out of the sender included) leaves the
-items acknowledged so far sent. Each object also goes only while this forwarder's claim on its
+items acknowledged so far sent. Its disclosure is audited right then too, not after the batch:
+an item marked sent is never sent again, so a forwarder dying later in the batch would leave a
+disclosure no audit names. Each object also goes only while this forwarder's claim on its
 item holds, as far as the lease renewals know (adapter.services.outbox_leases): one lost at a
 renewal is not sent (another forwarder may have claimed it) and its attempt is not recorded. A resend carries the same SOP Instance UID (PS3.3 C.12.1.1.1; the UIDs never change
 for a record), so the PACS treats it as the same instance (Orthanc overwrites it; others answer a
@@ -355,6 +357,8 @@ class Forwarder:
                 if disclosure.held_back is None and disclosure.sent is None:
                     self._settle(item, result, leases)  # marked sent before the next C-STORE-RQ
                     disclosure.sent = result
+                    # and audited at once: marked sent, it is never sent (nor audited) again
+                    self._audit(disclosure, destination, permitted=True)
 
             try:
                 results = self._sender.send_batch(destination, [obj for _, obj, _ in ready], withhold=withhold,
@@ -374,10 +378,9 @@ class Forwarder:
                     log.error("outbox item %d: the sender sent an object it was told to hold back", item.id)
                 result = SendResult(item.sop_instance_uid,
                                     SendOutcome.PERMANENT if held.permanent else SendOutcome.RETRY, None, held.reason)
-            if disclosure.sent is not None:  # marked sent when acknowledged, whatever came after
-                result = disclosure.sent
-            else:
-                self._settle(item, result, leases)
+            if disclosure.sent is not None:  # marked sent and audited when acknowledged, whatever came after
+                continue
+            self._settle(item, result, leases)
             if disclosure.refused:
                 self._audit(disclosure, destination, permitted=False)
             elif result.acknowledged:

@@ -33,18 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from adapter.consent import assess_ingest, grants_from_consent
-from adapter.errors import BusinessRuleViolation, Conflict, InvalidInput
+from adapter.errors import AdapterError, BusinessRuleViolation, Conflict, InvalidInput
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
-from adapter.mapping.dicom_photo import study_date
+from adapter.mapping.dicom_photo import photo_without_pixels, study_date
+from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
-from adapter.mapping.dicom_uids import photo_uids
+from adapter.mapping.dicom_uids import PhotoUids, photo_uids
 from adapter.mapping.photo import build_photo_resources, index_resource
 from adapter.mapping.tables import Tables
 from adapter.metrics import INGESTS
 from adapter.model.consent import ConsentGrant
-from adapter.model.dicom import DicomInstance, NewOutboxItem
+from adapter.model.dicom import DicomInstance, InstanceAttributes, NewOutboxItem
 from adapter.model.image import StoredImage
 from adapter.model.photo import Identifier, PhotoMetadata
 from adapter.model.purpose import RequestContext
@@ -168,7 +169,7 @@ class IngestService:
                 size=facts.stored_size, sha256=facts.stored_sha256, received_sha256=facts.received_sha256,
                 removed=facts.removed,
                 capture_time=facts.capture_time if policy.metadata.keep_capture_time else None,
-                device_name=device_name, quality_warnings=facts.quality_warnings)
+                device_name=device_name, quality_warnings=facts.quality_warnings, orientation=facts.orientation)
             unit = self._unit(meta, image, assessment, idempotency_key, ctx, now)
             try:
                 self._store.save_ingest(unit)
@@ -254,6 +255,23 @@ class IngestService:
                 "photo with a new key", expression="Idempotency-Key")
         return IngestResult(receipt=receipt, replayed=True)
 
+    def _photo_attributes(self, record: dict[str, Any], image: StoredImage, meta: PhotoMetadata,
+                          uids: PhotoUids, now: datetime) -> InstanceAttributes:
+        """What the photo's DICOM object says of its series and itself (QIDO-RS: SeriesNumber,
+        InstanceNumber, Rows and Columns as the object is oriented…): read from the object as
+        every regeneration makes it (adapter.services.dicom_objects.dicom_object_for) but its
+        pixels (adapter.mapping.dicom_photo.photo_without_pixels: the photo is neither read back
+        nor decoded), so a search shows what a retrieve returns. An object that cannot be made
+        (then no retrieve can either) has none."""
+        try:
+            ds = photo_without_pixels(record, width=image.width, height=image.height,
+                                      orientation=image.orientation, kind=meta.kind,
+                                      patient=meta.patient.identifier, uids=uids, tables=self._tables,
+                                      dicom_tables=self._dicom_tables, now=now)
+        except AdapterError:
+            return InstanceAttributes()
+        return instance_attributes(ds)
+
     def _unit(self, meta: PhotoMetadata, image: StoredImage, assessment: Any, idempotency_key: str | None,
               ctx: RequestContext, now: datetime) -> IngestUnit:
         kind_entry = self._tables.kinds[meta.kind]
@@ -282,7 +300,8 @@ class IngestService:
             # the StudyDate the object carries (adapter.mapping.dicom_photo): when the photo was
             # taken (takenAt, else the kept EXIF capture time, as the record's), else filed; derived
             # from the record, as at start for the photos stored before (reindex_photo_study_dates)
-            study_date=study_date(built.record), created=now)
+            study_date=study_date(built.record), created=now,
+            attributes=self._photo_attributes(built.record, image, meta, uids, now))
         outbox = [NewOutboxItem(sop_instance_uid=uids.sop_instance, destination=d) for d in self._destinations
                   if meta.kind in self._tables.policy.forward_kinds]
         created_consent_ids = tuple(str(c["id"]) for c in built.consents)

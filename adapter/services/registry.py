@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from adapter.config import Settings
@@ -24,6 +25,7 @@ from adapter.services.access import ScopedReader
 from adapter.services.audit import Auditor
 from adapter.services.consents import ConsentService
 from adapter.services.dicom_ingest import DicomIngestService
+from adapter.services.dicom_objects import object_attributes
 from adapter.services.forwarding import Forwarder, ForwardOptions, OutboxService, StoreSender
 from adapter.services.ingest import IngestService
 from adapter.services.released_uids import ReleasedUidSpaces
@@ -147,6 +149,10 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     filled = store.fill_dicom_match_keys()
     if filled:
         _log.info("derived the QIDO-RS PatientName and StudyDescription keys of %d DICOM instance(s)", filled)
+    read = store.fill_dicom_attributes(partial(object_attributes, store=store, blobs=blobs, tables=tables,
+                                               dicom_tables=dicom_tables))
+    if read:
+        _log.info("read the QIDO-RS series and instance attributes of %d DICOM instance(s)", read)
     auditor = Auditor(store, now)
     pseudonym_key = _pseudonym_key(settings)
     pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)

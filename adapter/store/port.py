@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from adapter.model.dicom import DicomInstance, OutboxItem, ReleasedUids
+from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
 
@@ -224,6 +224,14 @@ class RecordStore(Protocol):
         (stored before schema 12, or by a process running older code), a batch per transaction:
         idempotent, and an interrupted fill is taken up where it stopped. Returns how many
         instances got their keys now."""
+
+    def fill_dicom_attributes(self, attributes_of: Callable[[DicomInstance], InstanceAttributes | None],
+                              batch: int = 500) -> int:
+        """Store the QIDO-RS attributes ``attributes_of`` reads from the object of each instance
+        that has none read (stored before schema 13), a batch per transaction: idempotent, and
+        an interrupted fill is taken up where it stopped; ``attributes_of`` is called with no
+        transaction open and may read through this store, and gives None for an object it cannot
+        read now (left unread: the next fill tries again). Returns how many instances were read."""
 
     def search_released_dicom_instances(self, view: str, *, study: str | None = None,
                                         series: str | None = None,

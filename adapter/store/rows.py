@@ -9,7 +9,15 @@ from typing import Any
 from sqlalchemy.engine import RowMapping
 
 from adapter.errors import InvalidResource
-from adapter.model.dicom import DicomInstance, NewOutboxItem, OutboxItem, ReleasedUids, person_name_key
+from adapter.model.dicom import (
+    INSTANCE_ATTRIBUTES_VERSION,
+    DicomInstance,
+    InstanceAttributes,
+    NewOutboxItem,
+    OutboxItem,
+    ReleasedUids,
+    person_name_key,
+)
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.record import AccessFacts, IndexRow, NewResource, StoredResource
 from adapter.store.dates import format_instant, to_utc
@@ -126,7 +134,30 @@ def dicom_instance_row(instance: DicomInstance, created: datetime) -> dict[str, 
         "accession_number": instance.accession_number,
         "study_time": instance.study_time,
         **match_keys(instance.patient_name, instance.study_description),
+        **attribute_columns(instance.attributes),
     }
+
+
+#: The dicom_instances column of each InstanceAttributes field.
+_ATTRIBUTE_COLUMNS = {
+    "series_number": "series_number", "series_description": "series_description",
+    "performed_procedure_step_start_date": "pps_start_date", "performed_procedure_step_start_time": "pps_start_time",
+    "timezone_offset_from_utc": "timezone_offset", "instance_number": "instance_number", "rows": "image_rows",
+    "columns": "image_columns", "bits_allocated": "bits_allocated", "number_of_frames": "number_of_frames",
+}
+
+
+def attribute_columns(attributes: InstanceAttributes | None) -> dict[str, Any]:
+    """The columns of an instance's QIDO-RS attributes; all NULL (attributes_read too) when not read."""
+    return {**{column: getattr(attributes, field) if attributes is not None else None
+               for field, column in _ATTRIBUTE_COLUMNS.items()},
+            "attributes_read": INSTANCE_ATTRIBUTES_VERSION if attributes is not None else None}
+
+
+def _attributes_from(row: RowMapping) -> InstanceAttributes | None:
+    if row.get("attributes_read") is None:
+        return None
+    return InstanceAttributes(**{field: row[column] for field, column in _ATTRIBUTE_COLUMNS.items()})
 
 
 def match_keys(patient_name: str | None, study_description: str | None) -> dict[str, str | None]:
@@ -169,6 +200,7 @@ def dicom_instance_from(row: RowMapping) -> DicomInstance:
         study_description=row.get("study_description"),
         accession_number=row.get("accession_number"),
         study_time=row.get("study_time"),
+        attributes=_attributes_from(row),
     )
 
 

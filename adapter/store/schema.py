@@ -49,7 +49,9 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 10: resources.creation (IHE MHD ``creation``); records are re-indexed at start (reindex_records).
 #: 11: indexes of resources and dicom_instances by blob (is a blob referenced? before it is removed).
 #: 12: dicom_instances' match keys of PatientName and StudyDescription (indexed): QIDO-RS by name.
-SCHEMA_VERSION = 12
+#: 13: dicom_instances' series and instance attributes of QIDO-RS (SeriesNumber, InstanceNumber,
+#:     Rows, Columns…), read from the objects at start for the instances stored before.
+SCHEMA_VERSION = 13
 
 
 #: A match key (dicom_instances.*_key): compared in code point order on both databases, so that
@@ -233,6 +235,21 @@ dicom_instances = Table(
     Column("patient_name_ideographic_key", MatchKey),
     Column("patient_name_phonetic_key", MatchKey),
     Column("study_description_key", MatchKey),
+    # What the object says of its series and of itself (schema 13; adapter.model.dicom
+    # InstanceAttributes, read by adapter.mapping.dicom_qido), NULL where it has no usable value;
+    # attributes_read: the INSTANCE_ATTRIBUTES_VERSION they were read with, NULL for not read yet
+    # (stored before schema 13: SqlRecordStore.fill_dicom_attributes reads the objects at start).
+    Column("series_number", Integer),
+    Column("series_description", Text),
+    Column("pps_start_date", String(8)),    # PerformedProcedureStepStartDate
+    Column("pps_start_time", String(16)),   # PerformedProcedureStepStartTime
+    Column("timezone_offset", String(5)),   # TimezoneOffsetFromUTC
+    Column("instance_number", Integer),
+    Column("image_rows", Integer),
+    Column("image_columns", Integer),
+    Column("bits_allocated", Integer),
+    Column("number_of_frames", Integer),
+    Column("attributes_read", Integer),
     PrimaryKeyConstraint("sop_instance_uid", name="pk_dicom_instances"),
     Index("ix_dicom_instances_study", "study_instance_uid", "series_instance_uid", "created"),
     Index("ix_dicom_instances_series", "series_instance_uid"),
@@ -246,6 +263,9 @@ dicom_instances = Table(
     _present_index("ix_dicom_instances_patient_name_ideographic_key", "patient_name_ideographic_key"),
     _present_index("ix_dicom_instances_patient_name_phonetic_key", "patient_name_phonetic_key"),
     Index("ix_dicom_instances_study_description_key", "study_description_key"),
+    # the instances whose attributes are not read yet (partial: after the fill, none)
+    Index("ix_dicom_instances_attributes_unread", "sop_instance_uid",
+          sqlite_where=text("attributes_read IS NULL"), postgresql_where=text("attributes_read IS NULL")),
 )
 
 # An instance's UIDs as each restricted view releases them (keyed hashes of the originals, which
@@ -328,7 +348,10 @@ def _migrate(conn: Connection, found: int) -> None:
     11 → 12 adds four nullable, indexed match key columns to ``dicom_instances``, filled for the
     instances stored before at start (SqlRecordStore.fill_dicom_match_keys), in batches: NULL
     means not derived yet, and such an instance stays a candidate of every search by them.
-    A change to how a key is derived needs a step that sets it NULL again.
+    A change to how a key is derived needs a step that sets it NULL again;
+    12 → 13 adds eleven nullable columns to ``dicom_instances`` and a partial index of the rows
+    whose ``attributes_read`` is NULL, which are all the instances stored before: their objects
+    are read at start (SqlRecordStore.fill_dicom_attributes), in batches.
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -358,6 +381,12 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | TypeEngine[Any]], ...]] = 
     10: (("resources", "creation", UtcDateTime()),),
     12: tuple(("dicom_instances", column, MatchKey) for column in (
         "patient_name_key", "patient_name_ideographic_key", "patient_name_phonetic_key", "study_description_key")),
+    13: (("dicom_instances", "series_number", "INTEGER"), ("dicom_instances", "series_description", "TEXT"),
+         ("dicom_instances", "pps_start_date", "VARCHAR(8)"), ("dicom_instances", "pps_start_time", "VARCHAR(16)"),
+         ("dicom_instances", "timezone_offset", "VARCHAR(5)"), ("dicom_instances", "instance_number", "INTEGER"),
+         ("dicom_instances", "image_rows", "INTEGER"), ("dicom_instances", "image_columns", "INTEGER"),
+         ("dicom_instances", "bits_allocated", "INTEGER"), ("dicom_instances", "number_of_frames", "INTEGER"),
+         ("dicom_instances", "attributes_read", "INTEGER")),
 }
 
 
@@ -369,6 +398,7 @@ _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
     9: tuple(audit.indexes),
     11: tuple(i for t in (resources, dicom_instances) for i in t.indexes if i.name and i.name.endswith("_blob")),
     12: tuple(i for i in dicom_instances.indexes if i.name and i.name.endswith("_key")),
+    13: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_attributes_unread"),
 }
 
 

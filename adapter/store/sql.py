@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from adapter.errors import Conflict, NotFound, StorageError
-from adapter.model.dicom import DicomInstance, OutboxItem, ReleasedUids
+from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
 from adapter.store.dates import now_instant, to_utc
@@ -27,6 +27,7 @@ from adapter.store.rows import (
     OUTBOX_FAILED,
     OUTBOX_PENDING,
     OUTBOX_SENT,
+    attribute_columns,
     dicom_instance_from,
     dicom_instance_row,
     history_row,
@@ -727,6 +728,33 @@ class SqlRecordStore:
             if len(rows) < batch:
                 return filled
             after = rows[-1][0]
+
+    def fill_dicom_attributes(self, attributes_of: Callable[[DicomInstance], InstanceAttributes | None],
+                              batch: int = _GET_MANY_CHUNK) -> int:
+        """See RecordStore.fill_dicom_attributes. The unread instances are found through their
+        partial index (empty once filled: every start but the first after the upgrade is one
+        lookup), a batch at a time by primary key: read, then ``attributes_of`` (which reads the
+        objects, through this store too) with no transaction open, then written in one write
+        transaction; an instance ``attributes_of`` cannot read now (None) stays unread
+        for the next fill. Two processes filling at once write the same values."""
+        filled, after = 0, ""
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(select(dicom_instances).where(_d.attributes_read.is_(None),
+                                                                  _d.sop_instance_uid > after)
+                                    .order_by(_d.sop_instance_uid).limit(batch)).mappings().all()
+            instances = [dicom_instance_from(row) for row in rows]
+            read = [(i, attributes_of(i)) for i in instances]  # None: not now, left unread
+            values = [{"uid": i.sop_instance_uid, **{f"v_{c}": v for c, v in attribute_columns(a).items()}}
+                      for i, a in read if a is not None]
+            if values:  # bound as "v_<column>": a parameter may not take the name of a column it sets
+                with self._write() as conn:
+                    conn.execute(update(dicom_instances).where(_d.sop_instance_uid == bindparam("uid"))
+                                 .values({c: bindparam(f"v_{c}") for c in attribute_columns(None)}), values)
+            filled += len(values)
+            if len(rows) < batch:
+                return filled
+            after = instances[-1].sop_instance_uid
 
     def _set_fingerprint(self, conn: Connection, name: str, fingerprint: str) -> None:
         conn.execute(delete(key_fingerprints).where(_k.name == name))

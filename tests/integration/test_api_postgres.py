@@ -57,6 +57,13 @@ def test_ingest_and_purpose_checked_reads_on_postgresql(tmp_path: Path, pg_url: 
         on_day = client.get(f"/dicomweb/studies?StudyDate={day}", headers=as_purpose("TREAT")).json()
         assert [s["0020000D"] for s in on_day] == [s["0020000D"] for s in studies if s["00080020"]["Value"][0] == day]
         assert client.get("/dicomweb/studies?StudyDate=19000101", headers=as_purpose("TREAT")).json() == []
+        # the series and instance attributes (PS3.18 Tables 10.6.3-4, -5), kept in PostgreSQL's index too
+        instances = client.get("/dicomweb/instances?InstanceNumber=1", headers=as_purpose("TREAT")).json()
+        assert len(instances) == 2
+        assert all(i["00280010"]["vr"] == "US" and i["00280010"]["Value"][0] > 0 for i in instances)
+        number = instances[0]["00200011"]["Value"][0]
+        assert len(client.get(f"/dicomweb/series?SeriesNumber={number}", headers=as_purpose("TREAT")).json()) == 2
+        assert client.get("/dicomweb/instances?InstanceNumber=2", headers=as_purpose("TREAT")).json() == []
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

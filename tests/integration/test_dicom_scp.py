@@ -423,7 +423,8 @@ def test_unknown_calling_ae_is_rejected_at_association(scp: StoreSCP) -> None:
         assert echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU").returncode == 0
 
 
-def test_a_rejected_association_is_audited_as_a_security_alert_and_its_repeats_counted(services: Services) -> None:
+def test_a_rejected_association_is_audited_as_a_security_alert_and_its_repeats_counted(
+        services: Services, caplog: pytest.LogCaptureFixture) -> None:
     """dcmtk's echoscu with a calling AE title not allowed, ten times (a misconfigured modality
     retrying): each is rejected (A-ASSOCIATE-RJ); the first is at once one DICOM Security Alert
     (PS3.15 A.5.3.11: 110113, subtype 110126 Node Authentication, action E, outcome 4), naming
@@ -431,12 +432,15 @@ def test_a_rejected_association_is_audited_as_a_security_alert_and_its_repeats_c
     with their count, written when the SCP stops. No patient, no store write beyond these."""
     need_dcmtk()
     scp = start_scp(services)
+    caplog.set_level(logging.INFO, logger="adapter")
     try:
         for _ in range(10):
             assert echoscu(scp.port, "ADAPTER", calling_aet="INTRUDER", check=False).returncode != 0
         wait_until(lambda: len(services.store.list_audit(10)) >= 1)
     finally:
         scp.stop()
+    # the log is coalesced as the trail is: one line for the caller's first rejection
+    assert sum("association from INTRUDER@" in r.getMessage() for r in caplog.records) == 1
     first, repeats = audited(services)
     for event, count in ((first, 1), (repeats, 9)):
         assert event["type"] == {"system": DCM, "code": "110113", "display": "Security Alert"}

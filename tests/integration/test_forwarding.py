@@ -599,6 +599,58 @@ def test_an_exception_out_of_the_sender_after_acknowledgements_sends_nothing_twi
         assert [e["outcome"] for e in sent] == ["0", "0"]
 
 
+#: A forwarder in a process of its own that dies (os._exit, as a kill -9 would end it) right
+#: before the second C-STORE-RQ of its batch: argv data_dir, policy, destination.
+_DYING_FORWARDER = """
+import os, sys
+from pathlib import Path
+from adapter.config import Settings
+from adapter.dicom.scu import StoreSCU
+from adapter.services.forwarding import Forwarder, ForwardOptions
+from adapter.services.registry import build_services
+
+class DyingSCU(StoreSCU):
+    def _association(self, dest, group):
+        got = super()._association(dest, group)
+        send, calls = got.send_c_store, []
+        def send_then_die(ds, *args, **kwargs):
+            calls.append(ds)
+            if len(calls) == 2:
+                os._exit(9)
+            return send(ds, *args, **kwargs)
+        got.send_c_store = send_then_die
+        return got
+
+data_dir, policy, destination = sys.argv[1:4]
+s = Settings(data_dir=Path(data_dir), policy=Path(policy), mappings_dir=Path("mappings"), forward_to=destination)
+services = build_services(s)
+Forwarder(store=services.store, blobs=services.blobs, tables=services.tables,
+          dicom_tables=services.dicom_ingest.dicom_tables, sender=DyingSCU(), auditor=services.auditor,
+          reader=services.reader, options=ForwardOptions(poll_interval=0.05), now=services.now).run_once()
+"""
+
+
+def test_an_object_marked_sent_is_audited_even_if_the_forwarder_dies_later_in_its_batch(
+        tmp_path: Path, pacs: OrthancPeer) -> None:
+    """Found by review: an item is marked sent right after its acknowledgement, but its DICOM
+    Instances Transferred audit was written only once the whole batch was through. A forwarder
+    that died in between left an object disclosed to the PACS, marked sent (never sent again,
+    so never audited again) and not in the trail. The forwarder dies right before the second
+    C-STORE-RQ: the first object is sent, marked sent, and its disclosure audited."""
+    with forwarding(tmp_path, pacs, start=False) as (client, services, _):
+        post_photos(client, tmp_path, (97, 98))
+        died = subprocess.run([sys.executable, "-c", _DYING_FORWARDER, str(tmp_path / "data"),
+                               str(tmp_path / "policy.yaml"), destination(pacs)],
+                              check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert died.returncode == 9, died.stderr[-2000:]
+        [sent] = services.store.list_outbox(status="sent")
+        orthanc_instance(pacs, sent.sop_instance_uid)
+        transfers = [e for e in dicom_events(services.store.list_audit(50), INSTANCES_TRANSFERRED)
+                     if e["action"] == "R"]
+        assert [e["outcome"] for e in transfers] == ["0"]
+        assert transfers[0]["entity"] and study_uids(transfers[0])
+
+
 def test_an_item_whose_claim_was_lost_during_its_batch_is_not_sent_by_this_forwarder(
         tmp_path: Path, pacs: OrthancPeer) -> None:
     """Found by review: the claim of a batch's items was checked once, before the batch; one

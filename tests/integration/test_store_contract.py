@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from adapter.config import StoreOptions
 from adapter.errors import ConfigurationError, Conflict, InvalidInput, NotFound, NotSupported, StorageError
-from adapter.model.dicom import DicomInstance, NewOutboxItem, ReleasedUids
+from adapter.model.dicom import DicomInstance, InstanceAttributes, NewOutboxItem, ReleasedUids
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.record import AccessFacts, BlobReference, IngestUnit, NewResource, SearchIndex
 from adapter.store import (
@@ -1412,7 +1412,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 12
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 13
         assert "creation" in {c["name"] for c in inspector.get_columns("resources")}
         assert "ix_resources_blob" in {i["name"] for i in inspector.get_indexes("resources")}
         columns = {c["name"] for c in inspector.get_columns("dicom_instances")}
@@ -1442,7 +1442,7 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 12
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 13
         assert {f"ix_dicom_instances_{c}" for c in MATCH_KEYS} <= \
             {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
         if conn.dialect.name == "postgresql":
@@ -1459,6 +1459,75 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
     assert upgraded.fill_dicom_match_keys(batch=4) == len(name)
     assert by_name("strasse") == ["four", "strasse"] and by_name("\u5c71\u7530") == ["four", "yamada"]
     assert upgraded.fill_dicom_match_keys() == 0
+
+
+#: The QIDO-RS attribute columns schema 13 added to dicom_instances, and its partial index.
+ATTRIBUTE_COLUMNS = ("series_number", "series_description", "pps_start_date", "pps_start_time", "timezone_offset",
+                     "instance_number", "image_rows", "image_columns", "bits_allocated", "number_of_frames",
+                     "attributes_read")
+MULTIFRAME = InstanceAttributes(series_number=7, series_description="Wound series",
+                                performed_procedure_step_start_date="20240102",
+                                performed_procedure_step_start_time="0930", timezone_offset_from_utc="+0100",
+                                instance_number=2, rows=480, columns=640, bits_allocated=8, number_of_frames=3)
+
+
+def test_dicom_instance_attributes_round_trip(store: SqlRecordStore) -> None:
+    """What an object says of its series and itself (QIDO-RS) is stored with the instance and read
+    back as written; an object that has none of them is read (all None), not "not read yet"; an
+    instance written without (older code still running) is read at the next fill, once."""
+    full = dataclasses.replace(make_instance(), attributes=MULTIFRAME)
+    bare = dataclasses.replace(make_instance(), attributes=InstanceAttributes())
+    unread = make_instance()
+    for instance in (full, bare, unread):
+        store.save_ingest(make_dicom_unit(instance))
+    assert [store.find_dicom_instance(i.sop_instance_uid).attributes  # type: ignore[union-attr]
+            for i in (full, bare, unread)] == [MULTIFRAME, InstanceAttributes(), None]
+    [streamed] = list(store.iter_dicom_instances())
+    assert {i.sop_instance_uid: i.attributes for i in streamed}[full.sop_instance_uid] == MULTIFRAME
+    seen: list[str] = []
+
+    def read(instance: DicomInstance) -> InstanceAttributes:
+        seen.append(instance.sop_instance_uid)
+        return MULTIFRAME
+
+    assert store.fill_dicom_attributes(read) == 1 and seen == [unread.sop_instance_uid]
+    assert store.find_dicom_instance(unread.sop_instance_uid).attributes == MULTIFRAME  # type: ignore[union-attr]
+    assert store.fill_dicom_attributes(lambda _: pytest.fail("read again")) == 0
+
+
+def test_version_12_is_upgraded(open_records: StoreFactory) -> None:
+    """12 → 13 adds the QIDO-RS attribute columns and the partial index of the instances not read
+    yet: every instance stored before, whose objects the fill reads, a batch at a time, once."""
+    store = open_records()
+    made = [dataclasses.replace(make_instance(), attributes=MULTIFRAME) for _ in range(5)]
+    for instance in made:
+        store.save_ingest(make_dicom_unit(instance))
+    with store.engine.begin() as conn:  # the tables as schema 12 made them
+        conn.execute(sa.text("DROP INDEX ix_dicom_instances_attributes_unread"))
+        for column in ATTRIBUTE_COLUMNS:
+            conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 12"))
+    store.close()
+    upgraded = open_records()
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 13
+        inspector = sa.inspect(conn)
+        assert set(ATTRIBUTE_COLUMNS) <= {c["name"] for c in inspector.get_columns("dicom_instances")}
+        assert "ix_dicom_instances_attributes_unread" in {i["name"] for i in inspector.get_indexes("dicom_instances")}
+    assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [None] * 5  # type: ignore[union-attr]
+    read: list[str] = []
+
+    def attributes_of(instance: DicomInstance) -> InstanceAttributes:
+        read.append(instance.sop_instance_uid)
+        assert upgraded.find_dicom_instance(instance.sop_instance_uid) is not None  # no transaction held
+        return dataclasses.replace(MULTIFRAME, instance_number=len(read))
+
+    assert upgraded.fill_dicom_attributes(attributes_of, batch=2) == 5
+    assert sorted(read) == sorted(i.sop_instance_uid for i in made)
+    numbers = {i.sop_instance_uid: upgraded.find_dicom_instance(i.sop_instance_uid).attributes  # type: ignore[union-attr]
+               for i in made}
+    assert sorted(a.instance_number for a in numbers.values()) == [1, 2, 3, 4, 5]
+    assert upgraded.fill_dicom_attributes(lambda _: pytest.fail("read again")) == 0
 
 
 # -- SQLite specifics and the factory ---------------------------------------------------------

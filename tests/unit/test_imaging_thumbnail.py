@@ -73,3 +73,26 @@ def test_refusals() -> None:
         thumbnail_jpeg(_jpeg(40, 20), "image/png", rows=10, columns=10, max_pixels=10**8)
     with pytest.raises(ValueError):
         thumbnail_jpeg(_jpeg(40, 20), "image/jpeg", rows=0, columns=10, max_pixels=10**8)
+
+
+@pytest.mark.parametrize("media, fmt", [("image/png", "PNG"), ("image/gif", "GIF"), ("image/jpeg", "JPEG")])
+def test_a_rendered_photo_made_anew_is_upright_and_carries_no_metadata(media: str, fmt: str) -> None:
+    """rendered_as (WADO-RS rendered in a type the picture is not stored as): the source's
+    Orientation applied, nothing of its EXIF, ICC profile or comment; a JPEG at most max_side."""
+    from adapter.imaging.thumbnail import rendered_as
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Camera maker"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    source = _jpeg(400, 300, exif=exif.tobytes(), icc_profile=icc, comment=b"Jane Roe, ward 3")
+    out = rendered_as(source, "image/jpeg", media, max_side=200, max_pixels=1_000_000)
+    with Image.open(io.BytesIO(out)) as im:
+        assert im.format == fmt
+        assert im.size == ((150, 200) if fmt == "JPEG" else (300, 400))  # upright (and within max_side)
+        assert not {"exif", "icc_profile", "comment", "transparency"} & set(im.info), im.info
+    assert b"Jane Roe" not in out and b"Camera maker" not in out
+    with pytest.raises(ImageTooLarge):
+        rendered_as(source, "image/jpeg", media, max_side=200, max_pixels=1000)
+    with pytest.raises(ValueError):
+        rendered_as(source, "image/jpeg", "image/webp", max_side=200, max_pixels=1_000_000)

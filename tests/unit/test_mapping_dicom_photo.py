@@ -389,3 +389,38 @@ def test_long_or_multi_valued_text_is_made_a_single_lo() -> None:
 def test_file_is_part_10(tmp_path: Path) -> None:
     data = encode_dataset(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg")))
     assert data[128:132] == b"DICM"
+
+
+# ---------------------------------------------------------------------------------------------
+# the object without its pixels (what ingest indexes for QIDO-RS)
+
+
+@pytest.mark.parametrize("kind", list(PhotoKind))
+@pytest.mark.parametrize("name", [*JPEGS, *ROTATED, "png-rgba", "png-16", "jpeg-progressive"])
+def test_the_object_without_pixels_says_what_the_object_says_of_its_series_and_itself(
+        kind: PhotoKind, name: str) -> None:
+    """Ingest indexes a photo's QIDO-RS attributes (Rows and Columns as displayed, numbers,
+    times) from photo_without_pixels, without decoding it (a rotated JPEG or a PNG is decoded
+    for its object): they must be the object's own, so a search shows what a retrieve returns."""
+    from adapter.mapping.dicom_photo import photo_without_pixels
+    from adapter.mapping.dicom_qido import instance_attributes
+    from tests.support.dciodvfy import dicom_tables
+    from tests.support.fhir_factories import tables
+
+    generated = {"png-rgba": lambda: png_of("RGBA", transparent=True), "png-16": lambda: png_of("I;16"),
+                 "jpeg-progressive": lambda: jpeg_of(progressive=True)}  # decoded for their objects
+    sample = stored_bytes(generated[name](), "image/png" if name.startswith("png") else "image/jpeg", name) \
+        if name in generated else stored_sample(name)
+    record = photo_record(kind, sample)
+    whole = photo_object(kind, sample, record=record)
+    patient = Identifier(system=PATIENT_SYSTEM, value=PATIENT_VALUE)
+    header = photo_without_pixels(record, width=sample.width, height=sample.height, orientation=sample.orientation,
+                                  kind=kind, patient=patient,
+                                  uids=photo_uids(UID_ROOT, UID_KEY, record_id=record["id"],
+                                                  encounter=encounter_key(record), patient=patient),
+                                  tables=tables(), dicom_tables=dicom_tables(), now=NOW)
+    assert "PixelData" not in header
+    assert instance_attributes(header) == instance_attributes(whole)
+    assert (header.Rows, header.Columns) == (whole.Rows, whole.Columns)
+    if sample.orientation in (5, 6, 7, 8):
+        assert (header.Rows, header.Columns) == (sample.width, sample.height)  # turned a quarter

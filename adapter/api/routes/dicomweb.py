@@ -27,13 +27,18 @@
   ``/studies/{study}/series/{series}/instances``, ``/studies/{study}/instances``, ``/instances``:
   application/dicom+json (PS3.18 F.2), or the Native DICOM Model (below). Match keys (keyword or
   tag): PatientID (wildcards ``*``, ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
-  (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy, StudyDate (``YYYYMMDD``,
-  ``A-B``, ``A-``, ``-B``), AccessionNumber (exact), StudyDescription (wildcards); ``limit``, ``offset`` (results at the level,
+  (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy (a list alike: any of them, as
+  dcm4chee answers a viewer's modality filter such as OHIF's ``ModalitiesInStudy=CT,MR``), StudyDate (``YYYYMMDD``,
+  ``A-B``, ``A-``, ``-B``), AccessionNumber (exact), StudyDescription (wildcards), SeriesNumber and
+  InstanceNumber (one integer), PerformedProcedureStepStartDate (as StudyDate), StudyTime and
+  PerformedProcedureStepStartTime (``HHMMSS``, ``A-B``, ``A-``, ``-B``); ``limit``, ``offset`` (results at the level,
   after the decision; a limit over :data:`QIDO_MAX_LIMIT`, or none, gives that many, with the
   Warning of PS3.18 8.3.4.4 when more follow); ``includefield`` is accepted and ignored (the
   attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
   AccessionNumber and StudyTime where the view does, and so do the results of All Series and All
-  Instances, with the PatientID and StudyDate of their study), and so is any other attribute with an
+  Instances, with the PatientID and StudyDate of their study; a series and an instance show what
+  PS3.18 Tables 10.6.3-4 and 10.6.3-5 list as the view's copy of the object carries them,
+  adapter.services.dicom_objects.series_shown and instance_shown), and so is any other attribute with an
   empty value (a return key: universal matching, PS3.4 C.2.2.2.3, matches everything); another
   key, or a name that is no attribute, is refused (400), never read as matching everything.
   ``fuzzymatching=true`` is answered with literal matching and the Warning of PS3.18 8.3.4.2. Keys are matched against what the view
@@ -107,6 +112,7 @@ from adapter.services.access import DicomContent, DicomRetrieval
 from adapter.services.dicom_objects import (
     INSTANCE,
     LEVEL_KEYS,
+    ONLINE,
     SERIES,
     STOW_SENDER,
     STUDY,
@@ -114,6 +120,10 @@ from adapter.services.dicom_objects import (
     DicomEntry,
     DicomQuery,
     StowOutcome,
+    TimeRange,
+    instance_shown,
+    integer_key,
+    series_shown,
     stow_instance,
 )
 from adapter.services.registry import Services
@@ -155,7 +165,11 @@ _TAGS: dict[str, tuple[str, str]] = {  # keyword: (tag, VR)
     "SeriesInstanceUID": ("0020000E", "UI"), "NumberOfStudyRelatedSeries": ("00201206", "IS"),
     "NumberOfStudyRelatedInstances": ("00201208", "IS"), "NumberOfSeriesRelatedInstances": ("00201209", "IS"),
     "PatientName": ("00100010", "PN"), "StudyDescription": ("00081030", "LO"), "AccessionNumber": ("00080050", "SH"),
-    "StudyTime": ("00080030", "TM"),
+    "StudyTime": ("00080030", "TM"), "SeriesNumber": ("00200011", "IS"), "SeriesDescription": ("0008103E", "LO"),
+    "PerformedProcedureStepStartDate": ("00400244", "DA"), "PerformedProcedureStepStartTime": ("00400245", "TM"),
+    "TimezoneOffsetFromUTC": ("00080201", "SH"), "InstanceAvailability": ("00080056", "CS"),
+    "InstanceNumber": ("00200013", "IS"), "Rows": ("00280010", "US"), "Columns": ("00280011", "US"),
+    "BitsAllocated": ("00280100", "US"), "NumberOfFrames": ("00280008", "IS"),
 }
 _KEYWORD_OF_TAG = {tag: keyword for keyword, (tag, _) in _TAGS.items()}
 
@@ -461,17 +475,26 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
             keys[keyword] = value.strip()
     keys.update(fixed)
 
-    def uids(keyword: str) -> tuple[str, ...]:
+    def value_list(keyword: str) -> tuple[str, ...]:  # UID list matching; a list of modalities alike
         raw = keys.get(keyword, "")
         return tuple(u.strip() for u in raw.replace("\\", ",").split(",") if u.strip())
 
     query = DicomQuery(
-        study_uids=uids("StudyInstanceUID"), series_uids=uids("SeriesInstanceUID"),
-        sop_instance_uids=uids("SOPInstanceUID"), sop_class_uids=uids("SOPClassUID"),
+        study_uids=value_list("StudyInstanceUID"), series_uids=value_list("SeriesInstanceUID"),
+        sop_instance_uids=value_list("SOPInstanceUID"), sop_class_uids=value_list("SOPClassUID"),
         patient_id=keys.get("PatientID"), issuer_of_patient_id=keys.get("IssuerOfPatientID"),
-        patient_name=keys.get("PatientName"), modality=keys.get("Modality") or keys.get("ModalitiesInStudy"),
+        patient_name=keys.get("PatientName"), modalities=value_list("Modality") or value_list("ModalitiesInStudy"),
         study_date=DateRange.parse(keys["StudyDate"]) if "StudyDate" in keys else None,
-        accession_number=keys.get("AccessionNumber"), study_description=keys.get("StudyDescription"))
+        accession_number=keys.get("AccessionNumber"), study_description=keys.get("StudyDescription"),
+        series_number=integer_key("SeriesNumber", keys["SeriesNumber"]) if "SeriesNumber" in keys else None,
+        instance_number=integer_key("InstanceNumber", keys["InstanceNumber"]) if "InstanceNumber" in keys else None,
+        performed_procedure_step_start_date=DateRange.parse(keys["PerformedProcedureStepStartDate"],
+                                                            "PerformedProcedureStepStartDate")
+        if "PerformedProcedureStepStartDate" in keys else None,
+        performed_procedure_step_start_time=TimeRange.parse(keys["PerformedProcedureStepStartTime"],
+                                                            "PerformedProcedureStepStartTime")
+        if "PerformedProcedureStepStartTime" in keys else None,
+        study_time=TimeRange.parse(keys["StudyTime"], "StudyTime") if "StudyTime" in keys else None)
     capped = limit is None or limit > QIDO_MAX_LIMIT
     return _Search(query, QIDO_MAX_LIMIT if capped or limit is None else limit, offset, capped, fuzzy)
 
@@ -498,7 +521,7 @@ def _studies(request: Request, services: Services, entries: list[DicomEntry], *,
         groups.setdefault(e.study_instance_uid, []).append(e)
     return [_dataset(
         **_study_shown(members), ModalitiesInStudy=sorted({m.modality for m in members if m.modality}),
-        RetrieveURL=_study_url(request, services, study),
+        RetrieveURL=_study_url(request, services, study), InstanceAvailability=ONLINE,
         NumberOfStudyRelatedSeries=len({m.series_instance_uid for m in members}),
         NumberOfStudyRelatedInstances=len(members)) for study, members in groups.items()]
 
@@ -511,7 +534,7 @@ def _series(request: Request, services: Services, entries: list[DicomEntry], *,
     for e in entries:
         groups.setdefault((e.study_instance_uid, e.series_instance_uid), []).append(e)
     return [_dataset(**{
-        **(_study_shown(members) if relational else {}),
+        **(_study_shown(members) if relational else {}), **series_shown(members),
         "Modality": members[0].modality or None, "RetrieveURL": _series_url(request, services, study, series),
         "StudyInstanceUID": study, "SeriesInstanceUID": series, "NumberOfSeriesRelatedInstances": len(members)})
         for (study, series), members in groups.items()]
@@ -520,9 +543,9 @@ def _series(request: Request, services: Services, entries: list[DicomEntry], *,
 def _instances(request: Request, services: Services, entries: list[DicomEntry], *,
                relational: bool = False) -> list[dict[str, Any]]:
     """Instance results; of All Instances (``relational``) with their study's attributes too
-    (PS3.18 10.6.3.3.3; of the series' they carry the Modality)."""
+    (PS3.18 10.6.3.3.3); each with its series' Modality and attributes (series_shown)."""
     return [_dataset(**{
-        **(_study_shown([e]) if relational else {}),
+        **(_study_shown([e]) if relational else {}), **series_shown([e]), **instance_shown(e),
         "SOPClassUID": e.sop_class_uid, "SOPInstanceUID": e.sop_instance_uid, "Modality": e.modality or None,
         "RetrieveURL": _instance_url(request, services, e.study_instance_uid, e.series_instance_uid,
                                      e.sop_instance_uid),

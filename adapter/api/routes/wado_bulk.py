@@ -19,10 +19,12 @@ viewer asks for after a QIDO-RS search:
     FHIR Binary (adapter.mapping.dicom_fhir.extract_image): the first JPEG frame as it is
     (``image/jpeg``), native pixels as a lossless PNG (``image/png``), a document as its PDF; in
     the de-identified view with no metadata at all, as the Binary there. image/jpeg being the
-    default and required rendered type of a single-frame image (PS3.18 8.7.4, Table 8.7.4-1),
-    native pixels asked for as image/jpeg (before image/png, in the client's order of
-    preference) are encoded as baseline JPEG, with no metadata, at most
-    :data:`RENDERED_JPEG_MAX_SIDE` a side. 406 when the client accepts none of these.
+    default and image/png and image/gif required rendered types of a single-frame image (PS3.18
+    8.7.4, Table 8.7.4-1), a picture asked for as one of them that it is not stored as (in the
+    client's order of preference) is made anew from its pixels decoded upright, with no metadata
+    (adapter.imaging.thumbnail.rendered_as): baseline JPEG at most :data:`RENDERED_JPEG_MAX_SIDE`
+    a side, PNG lossless of the decoded pixels, GIF in 256 colours; from the bytes already
+    released, so the read is decided and audited once. 406 when the client accepts none of these.
 ``GET /dicomweb/studies/{s}[/series/{se}[/instances/{i}]]/thumbnail``
     a small image/jpeg (PS3.18 8.3.5.1.2) of the instance, or of the first permitted image of
     the series or study, re-encoded from decoded pixels: no metadata, whatever the view.
@@ -64,7 +66,7 @@ from adapter.api.routes.dicomweb import (
     _model_refusal,
     _not_acceptable,
 )
-from adapter.errors import InvalidQuery, NotAcceptable
+from adapter.errors import InvalidQuery
 from adapter.mapping.dicom_json import (
     bulk_value,
     frames,
@@ -187,18 +189,14 @@ async def retrieve_rendered(study: str, series: str, instance: str, reader: Read
         if accepts(media, rendered.content_type):
             return Response(content=rendered.data, media_type=rendered.content_type,
                             headers=break_glass_headers(rendered.break_glass))
-        if media == "image/jpeg" and rendered.content_type.startswith("image/"):
-            # native pixels (a lossless PNG): image/jpeg is what a single-frame image "shall" be
-            # rendered as (module docstring), encoded from what the purpose's release renders
-            try:
-                made = await run_in_threadpool(partial(
-                    reader.read_dicom_thumbnail, study, series=series, instance=instance,
-                    rows=RENDERED_JPEG_MAX_SIDE, columns=RENDERED_JPEG_MAX_SIDE))
-            except NotAcceptable:  # pixels that do not decode: a later type may do
-                continue
-            return Response(content=made.data, media_type="image/jpeg", headers=break_glass_headers(made.break_glass))
+        # a picture asked for as another type a single-frame image "shall" be rendered as (module
+        # docstring), made anew from what the purpose's release renders (no second read)
+        made = await run_in_threadpool(partial(reader.rendered_as, rendered, media, max_side=RENDERED_JPEG_MAX_SIDE))
+        if made is not None:  # else: not a type made, no picture, or pixels that do not decode
+            return Response(content=made.data, media_type=made.content_type, headers=break_glass_headers(made.break_glass))
     return _not_acceptable(f"this instance is rendered as {rendered.content_type}"
-                           + (" or image/jpeg" if rendered.content_type.startswith("image/") else " (no transcoding)"))
+                           + (", image/jpeg, image/png or image/gif" if rendered.content_type.startswith("image/")
+                              else " (no transcoding)"))
 
 
 #: A thumbnail's default and largest sides (PS3.18 leaves its size to the origin server).

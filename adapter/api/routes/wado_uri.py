@@ -11,7 +11,9 @@ what is answered is made from the object the purpose's release produced:
   and the FHIR Binary give it (the JPEG frame as it is, native pixels as PNG, a PDF); native
   pixels asked for as ``image/jpeg`` are encoded as JPEG baseline (lossy, no metadata, at most
   4096 a side), which a WADO-URI server "shall be able to send" for a single-frame image
-  (PS3.18 7.1.2); another type the instance is not rendered as is 406;
+  (PS3.18 7.1.2), and a JPEG asked for as ``image/png`` as a PNG of its decoded pixels, both
+  made anew from the bytes already released (one read, one audit); a document asked for as a
+  picture, or a picture as a PDF, is 406;
 - ``rows``/``columns`` with ``image/jpeg``: a JPEG scaled to fit them (adapter.imaging.thumbnail),
   re-encoded, with no metadata.
 
@@ -24,6 +26,8 @@ windowing, presentation states and ``annotation`` are not supported (400).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -112,16 +116,16 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
                 (media == "image/*" and rendered.content_type.startswith("image/")):
             return Response(content=rendered.data, media_type=rendered.content_type,
                             headers=break_glass_headers(rendered.break_glass))
-        if media == "image/jpeg" and rendered.content_type.startswith("image/"):
-            # native pixels (rendered as a lossless PNG): a WADO-URI server "shall be able to send"
-            # a single-frame image as image/jpeg (PS3.18 7.1.2), JPEG baseline, lossy: encoded
-            # from what the purpose's release renders, with no metadata, at most _MAX_SIDE a side
-            try:
-                made = await run_in_threadpool(lambda: reader.read_dicom_thumbnail(
-                    study, series=series, instance=instance, rows=_MAX_SIDE, columns=_MAX_SIDE))
-            except NotAcceptable:  # pixels that do not decode: a later type may do
-                continue
-            return Response(content=made.data, media_type="image/jpeg", headers=break_glass_headers(made.break_glass))
+        if media is not None and media != "image/*":
+            # a picture asked for as another image type: native pixels (rendered as a lossless PNG)
+            # as image/jpeg, which a WADO-URI server "shall be able to send" for a single-frame
+            # image (PS3.18 7.1.2), or a JPEG as image/png: made anew from the bytes the
+            # purpose's release rendered (no second read, no second audit), with no metadata,
+            # a JPEG at most _MAX_SIDE a side (adapter.imaging.thumbnail.rendered_as)
+            remade = await run_in_threadpool(partial(reader.rendered_as, rendered, media, max_side=_MAX_SIDE))
+            if remade is not None:  # else a document, or pixels that do not decode: a later type may do
+                return Response(content=remade.data, media_type=remade.content_type,
+                                headers=break_glass_headers(remade.break_glass))
     served = f"rendered as {rendered.content_type} (no transcoding)" if rendered is not None else \
         f"served as {', '.join((DICOM, *RENDERED))}"
     raise NotAcceptable(f"contentType: this instance is {served}", expression="contentType")

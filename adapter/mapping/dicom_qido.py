@@ -1,0 +1,77 @@
+"""What a DICOM object says of its series and of itself that a QIDO-RS result returns (PS3.18
+Table 10.6.3-4 Series, Table 10.6.3-5 Instance, "if present in the Instance"), read once from the
+object (at ingest, or at start for an instance stored before: adapter.store.schema 13) so that a
+search answers from the store's index, not by opening every object.
+
+A value is kept only when it is one of its VR (PS3.5 6.2): an IS an integer within its range, a
+US within 0..65535, a DA eight digits, a TM, SH (TimezoneOffsetFromUTC ``±HHMM``) or LO of its
+form and length; anything else is left out (the object keeps it as sent, and WADO-RS shows it
+there). NumberOfFrames only when the object has it: a single-frame object without it is not given
+one its retrieved copy would not show.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from adapter.model.dicom import InstanceAttributes
+
+_IS_RANGE = (-(2**31), 2**31 - 1)
+_DA = re.compile(r"^\d{8}$", re.ASCII)
+_TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$", re.ASCII)
+_OFFSET = re.compile(r"^[+-]\d{4}$", re.ASCII)
+
+
+def instance_attributes(ds: Dataset) -> InstanceAttributes:
+    """The QIDO-RS attributes ``ds`` carries (module docstring); never raises on a bad value."""
+    return InstanceAttributes(
+        series_number=_integer(ds, "SeriesNumber", *_IS_RANGE),
+        series_description=_text(ds, "SeriesDescription", 64),
+        performed_procedure_step_start_date=_matching(ds, "PerformedProcedureStepStartDate", _DA),
+        performed_procedure_step_start_time=_matching(ds, "PerformedProcedureStepStartTime", _TM),
+        timezone_offset_from_utc=_matching(ds, "TimezoneOffsetFromUTC", _OFFSET),
+        instance_number=_integer(ds, "InstanceNumber", *_IS_RANGE),
+        rows=_integer(ds, "Rows", 0, 65535),
+        columns=_integer(ds, "Columns", 0, 65535),
+        bits_allocated=_integer(ds, "BitsAllocated", 0, 65535),
+        number_of_frames=_integer(ds, "NumberOfFrames", 1, _IS_RANGE[1]))
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - a value pydicom cannot convert: not one of its VR, left out
+        return None
+    if isinstance(value, (list, tuple, MultiValue)):
+        return None  # these are single-valued (VM 1): several values are not one of them
+    return value
+
+
+def _integer(ds: Dataset, keyword: str, low: int, high: int) -> int | None:
+    value = _value(ds, keyword)
+    if value is None or value == "" or isinstance(value, bool) or \
+            (isinstance(value, float) and not value.is_integer()):
+        return None  # a decimal IS ("1.5", pydicom's ISfloat) is not one
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if low <= number <= high else None
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    value = _value(ds, keyword)
+    text = str(value if value is not None else "").strip(" \x00")
+    return text if text and len(text) <= limit and "\\" not in text else None
+
+
+def _matching(ds: Dataset, keyword: str, form: re.Pattern[str]) -> str | None:
+    text = _text(ds, keyword, 16)
+    return text if text is not None and form.match(text) else None
+
+
+__all__ = ["instance_attributes"]

@@ -1,0 +1,62 @@
+"""The QIDO-RS series and instance attributes read from an object (adapter.mapping.dicom_qido):
+the values of their VR, and nothing for a value that is not one (never an error: the object is
+stored as sent, and its retrieve shows it there)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from adapter.mapping.dicom_qido import instance_attributes
+from adapter.model.dicom import InstanceAttributes
+
+
+def dataset(**attrs: object) -> Dataset:
+    """A dataset with these values; one pydicom refuses to set is kept raw, as read from a file
+    (then converted when read, and refused there)."""
+    ds = Dataset()
+    with warnings.catch_warnings():  # pydicom warns of the invalid values these tests give
+        warnings.simplefilter("ignore")
+        for keyword, value in attrs.items():
+            try:
+                setattr(ds, keyword, value)
+            except ValueError:
+                tag = Tag(keyword)
+                raw = str(value).encode() + b" " * (len(str(value)) % 2)
+                ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(raw), raw, 0, False, True)
+    return ds
+
+
+def read(ds: Dataset) -> InstanceAttributes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return instance_attributes(ds)
+
+
+def test_every_attribute_of_a_multiframe_object() -> None:
+    ds = dataset(SeriesNumber="7", SeriesDescription="Wound series ", PerformedProcedureStepStartDate="20240102",
+                 PerformedProcedureStepStartTime="093000.5", TimezoneOffsetFromUTC="-0500", InstanceNumber=" 2",
+                 Rows=480, Columns=640, BitsAllocated=8, NumberOfFrames="3")
+    assert read(ds) == InstanceAttributes(
+        series_number=7, series_description="Wound series", performed_procedure_step_start_date="20240102",
+        performed_procedure_step_start_time="093000.5", timezone_offset_from_utc="-0500", instance_number=2,
+        rows=480, columns=640, bits_allocated=8, number_of_frames=3)
+
+
+def test_none_for_an_object_without_them() -> None:
+    assert read(Dataset()) == InstanceAttributes()
+
+
+@pytest.mark.parametrize("attrs", [
+    {"InstanceNumber": "1.5"}, {"InstanceNumber": "two"}, {"InstanceNumber": "99999999999"},
+    {"InstanceNumber": ["1", "2"]}, {"NumberOfFrames": "0"}, {"SeriesDescription": "x" * 65},
+    {"SeriesDescription": ""}, {"PerformedProcedureStepStartDate": "2024"},
+    {"PerformedProcedureStepStartTime": "9:30"}, {"TimezoneOffsetFromUTC": "CET"},
+])
+def test_a_value_that_is_not_one_of_its_vr_is_left_out(attrs: dict[str, object]) -> None:
+    assert read(dataset(**attrs)) == InstanceAttributes()
