@@ -1682,7 +1682,7 @@ def test_rendered_native_pixels_asked_for_as_jpeg_are_encoded_as_baseline_jpeg(
 def binary_of(client: FhirClient, obj: Any, media: str, headers: dict[str, str] = TREAT) -> bytes:
     """The bytes of the FHIR Binary of a received object's record, in the purpose's view."""
     [record] = find(client, "Media", obj.SOPInstanceUID, headers)
-    return client.get(f"/fhir/{record['content']['url']}", headers={**headers, "Accept": media}).content
+    return client.get(record["content"]["url"], headers={**headers, "Accept": media}).content
 
 
 @pytest.mark.parametrize("media", ["image/png", "image/gif"])
