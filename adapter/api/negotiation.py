@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from adapter.api.accept import media_ranges
+from adapter.api.accept import by_preference, media_ranges
 from adapter.errors import NotAcceptable
 
 
@@ -28,10 +28,25 @@ def media_type(version: str) -> str:
     return f"application/fhir+json; fhirVersion={'5.0' if version == '5' else '4.0'}"
 
 
-def wants_fhir_json(accept: str | None) -> bool:
-    """For Binary: FHIR JSON when asked for (fhir+json or json), else the raw content."""
-    return any(r.media in ("application/fhir+json", "application/json")
-               for r in media_ranges(accept, default=None))
+def binary_answer(accept: str | None, content_type: str) -> Literal["content", "json"]:
+    """What a Binary read answers (http.html#binary): its own content or the Binary as FHIR JSON,
+    whichever ``accept`` prefers (RFC 9110 12.5.1: highest quality first, in the order given among
+    equals); with no Accept, its content. NotAcceptable (406) when no range the client lists is
+    either: IHE MHD Retrieve Document [ITI-68] answers "unable to format document in content types
+    listed in the 'Accept' field" so, and the adapter does not transform documents."""
+    ranges = by_preference(media_ranges(accept, default=None))
+    media = content_type.split(";")[0].strip().lower()
+    if not ranges:
+        if accept and accept.strip(" ,"):  # every range it lists has quality 0: none is acceptable
+            raise NotAcceptable(f"the Accept header refuses every type it lists; this document is {media}")
+        return "content"
+    for r in ranges:
+        if r.media in ("*/*", f"{media.split('/')[0]}/*", media):
+            return "content"
+        if r.media in ("application/fhir+json", "application/json", "application/*"):
+            return "json"
+    raise NotAcceptable(f"this document is {media}, which the Accept header does not list (nor FHIR JSON): "
+                        "it is not converted to another type")
 
 
 def format_is_json(format_param: str | None) -> bool:

@@ -14,7 +14,8 @@ from adapter.errors import InvalidResource
 
 #: The resource types the adapter takes in, and their fhir.resources.R4B modules.
 R4B_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
-               "Consent": "consent", "Provenance": "provenance", "List": "list", "Bundle": "bundle"}
+               "Consent": "consent", "Provenance": "provenance", "List": "list", "Patient": "patient",
+               "Bundle": "bundle"}
 
 
 def validate_model(resource_type: str, data: Mapping[str, Any], prefix: str) -> None:

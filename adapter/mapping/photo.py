@@ -56,6 +56,7 @@ from adapter.mapping.fhir_r4 import (
     extension,
     fhir_datetime,
     fhir_instant,
+    identifier,
     index_resource,
     patient_reference,
     provenance_to_index,
@@ -228,7 +229,9 @@ def photo_to_document_reference(meta: PhotoMetadata, image: StoredImage, *, reco
     """R4 DocumentReference (https://hl7.org/fhir/R4/documentreference.html), MHD-like, for a
     photographed document.
 
-    status current; masterIdentifier urn:uuid of the record id (MHD requires one); identifier
+    status current; masterIdentifier the one its source gave (``meta.masterIdentifier``: an MHD
+    Document Source's uniqueId, which ITI-67 ``identifier`` finds), else urn:uuid of the record id
+    (MHD requires one); identifier
     SHA-256; type and category from mappings/kinds.yaml; date = now; author = the author (the
     colleague for colleague sources); description = title, the sender's note and the generated
     notes (R4 DocumentReference has no note element); securityLabel = the policy's
@@ -242,10 +245,13 @@ def photo_to_document_reference(meta: PhotoMetadata, image: StoredImage, *, reco
         "id": record_id,
         "extension": _extensions(meta, image, consent_pending),
     }
-    try:
-        resource["masterIdentifier"] = {"system": URN_IETF_RFC_3986, "value": uuid.UUID(record_id).urn}
-    except ValueError:
-        pass  # not a UUID: the SHA-256 identifier still identifies the document
+    if meta.master_identifier is not None:
+        resource["masterIdentifier"] = identifier(meta.master_identifier)
+    else:
+        try:
+            resource["masterIdentifier"] = {"system": URN_IETF_RFC_3986, "value": uuid.UUID(record_id).urn}
+        except ValueError:
+            pass  # not a UUID: the SHA-256 identifier still identifies the document
     resource["identifier"] = _sha256_identifier(image)
     resource["status"] = "current"
     if kind.type is not None:

@@ -4,10 +4,16 @@ one photo submission, and the transaction-response Bundle
 
 Accepted: ``Bundle.type`` transaction with exactly one Binary (the image, base64 in ``data``),
 exactly one Media or DocumentReference whose attachment url references that Binary (its
-fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``) and at most one Consent; every entry has
-``request.method`` POST or PUT. Any other resource type (a SubmissionSet List, a Patient, a
-Provenance) is refused as not supported: the adapter writes its own Provenance and owns no
-Patient. Ids the client chose are not kept; the response's locations name the stored ones.
+fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``, also relative to the record's RESTful fullUrl)
+and at most one Consent; every entry has ``request.method`` POST or PUT. The SubmissionSet List
+IHE MHD always sends, and at most one Patient (the push case, ITI-65 2:3.65.4.1.2.2), are read and
+acknowledged, not stored: the adapter keeps no registry of submissions and owns no Patient (their
+answer, 200 OK without a location, says so in its outcome). A Folder type List is acknowledged
+with the PartialFolderContentNotProcessed warning and a DocumentReference's relatesTo with its
+Partial…ContentNotProcessed one (ITI-65 2:3.65.4.1.3): the adapter keeps neither. A List whose
+subject is another patient than the document's is refused (a misfiled submission). Any other
+resource type (a Provenance) is refused as not supported: the adapter writes its own Provenance.
+Ids the client chose are not kept; the response's locations name the stored ones.
 
 Validation: the Bundle and each entry resource with their fhir.resources R4B models (R4B reads
 R4, standards.md §1) — errors carry FHIRPath-like expressions such as
@@ -17,13 +23,18 @@ of the status codes, ``request.method``, base64 of ``Binary.data``.
 How metadata is read (``PhotoMetadata`` of ``POST /photos``):
 
 ======================  ==================================================================
-patient                 subject.identifier (required) and subject.reference
+patient                 subject.identifier and subject.reference; when the subject references
+                        the Patient the Bundle carries (its fullUrl), that Patient's identifier
+                        (subject.identifier names which when it has several) and no reference
+                        (a fullUrl means nothing outside the Bundle)
 kind                    extension photo-kind; else DocumentReference → document; Media
                         with modality DCM#XC or none → clinical; other modality → secondary
 source                  extension photo-source; else clinician
 author                  Media.operator / DocumentReference.author[0]; for colleague sources
-                        its display is the colleague's name (required)
-encounter               Media.encounter / DocumentReference.context.encounter[0]
+                        its display is the colleague's name (required); a local reference to a
+                        contained Practitioner (MHD Comprehensive) is its identifier and name
+encounter               Media.encounter / DocumentReference.context.encounter[0] (a contained
+                        one likewise)
 takenAt                 Media.createdDateTime / attachment.creation / context.period.start
                         (a date-only value becomes midnight, naive, and is written back as
                         a date)
@@ -34,6 +45,8 @@ note                    note[].text (our "Quality warning: " notes are skipped: 
                         external colleague the notes are the discussion note
 device                  extension capture-device
 title                   attachment.title
+masterIdentifier        DocumentReference.masterIdentifier (system and value): the document's
+                        own id (MHD: its uniqueId), kept as the record's masterIdentifier
 consent                 the Consent: purposes = provision.purpose (v3-ActReason); method =
                         extension consent-method, else ``written`` when sourceAttachment is
                         present, else ``implied`` for policyRule v3-ActCode#IMPLIED, else
@@ -77,6 +90,7 @@ from adapter.mapping.codes import (
 )
 from adapter.mapping.fhir_json import check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, fhir_instant, find_extension, parse_fhir_datetime, utc_instant
+from adapter.mapping.outcome import operation_outcome
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
 from adapter.model.photo import (
@@ -94,8 +108,13 @@ ROLE_CONSENT = "consent"
 # IHE MHD ITI-65 always sends a SubmissionSet List: it is validated and acknowledged, not stored
 # (the adapter keeps no document registry of its own).
 ROLE_SUBMISSION_SET = "submission-set"
+# The Patient a Document Source may carry in the Bundle (ITI-65 2:3.65.4.1.2.2): read for the
+# subject's identifier, acknowledged, not stored (the adapter owns no Patient).
+ROLE_PATIENT = "patient"
+#: Roles whose entries are acknowledged, not stored.
+ACKNOWLEDGED_ROLES = frozenset({ROLE_SUBMISSION_SET, ROLE_PATIENT})
 _ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD,
-          "Consent": ROLE_CONSENT, "List": ROLE_SUBMISSION_SET}
+          "Consent": ROLE_CONSENT, "List": ROLE_SUBMISSION_SET, "Patient": ROLE_PATIENT}
 _METHODS = frozenset({"POST", "PUT"})
 _HTTP_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
 _BUNDLE_TYPES = frozenset({"document", "message", "transaction", "transaction-response", "batch",
@@ -109,6 +128,29 @@ _STATUS = {
 }
 _COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
 _HISTORY = re.compile(r"/_history/([^/]+)$")
+#: IHE MHD's List types (https://profiles.ihe.net/ITI/MHD/CodeSystem-MHDlistTypes.html): a Folder
+#: is acknowledged with PartialFolderContentNotProcessed (ITI-65 2:3.65.4.1.3).
+_MHD_LIST_TYPES = "MHDlistTypes"
+#: The warning ITI-65 Table 2:3.65.4.1.3-1 gives for each relatesTo.code a recipient does not keep
+#: (``signs``, which the table leaves out, with the Document Sharing code for relationships:
+#: ITI TF-3 Table 4.2.4.1-2).
+_RELATIONSHIP_WARNINGS = {"replaces": "PartialReplaceContentNotProcessed",
+                          "transforms": "PartialTransformContentNotProcessed",
+                          "appends": "PartialAppendContentNotProcessed",
+                          "signs": "PartialRelationshipContentNotProcessed"}
+
+
+@dataclass(frozen=True)
+class EntryWarning:
+    """What of an entry was not processed (the entry's ``response.outcome``, ITI-65
+    2:3.65.4.2.2): the Document Sharing warning code (ITI TF-3 Table 4.2.4.1-2), why, and where;
+    an entry acknowledged and not stored (the SubmissionSet, the Patient) gets a note of
+    severity ``information`` and no code."""
+
+    code: str | None
+    diagnostics: str
+    expression: str
+    severity: str = "warning"
 
 
 @dataclass(frozen=True)
@@ -117,7 +159,8 @@ class TransactionSubmission:
 
     ``entry_roles`` has one role per Bundle entry, in request order ("binary", "record",
     "consent"), so the response can answer entry by entry; ``entry_full_urls`` maps each role
-    to its entry's fullUrl (roles whose entry has none are absent).
+    to its entry's fullUrl (roles whose entry has none are absent); ``entry_warnings`` maps an
+    entry's index to what of it was not processed (a Folder, a relationship).
     """
 
     meta: PhotoMetadata
@@ -125,6 +168,7 @@ class TransactionSubmission:
     content_type: str
     entry_roles: tuple[str, ...]
     entry_full_urls: dict[str, str] = field(default_factory=dict)
+    entry_warnings: dict[int, EntryWarning] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,7 +204,8 @@ def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str) or rtype not in _ROLES:
             raise NotSupported(f"a {str(rtype)[:40]} entry is not supported: send a Binary, a Media or "
-                               "DocumentReference and optionally a Consent",
+                               "DocumentReference and optionally a Consent (a SubmissionSet List and the "
+                               "Patient are acknowledged)",
                                expression=f"Bundle.entry[{i}].resource.resourceType")
         validate_model(str(rtype), resource, f"Bundle.entry[{i}].resource")
         shell_entries.append({k: v for k, v in entry.items() if k != "resource"})
@@ -313,7 +358,10 @@ def _notes(record: _Entry, title: str | None) -> str | None:
 _UNCARRIED_PROVISION = ("actor", "securityLabel", "class", "code", "dataPeriod", "data", "provision")
 
 
-def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[str, Any]:
+def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables,
+             patient_aliases: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``patient_aliases``: the references that name the Patient the Bundle carries, which is the
+    photo's patient."""
     r = entry.resource
     path = entry.path
     if r.get("status") != "active":
@@ -324,8 +372,10 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[
         if (ident.get("system"), ident.get("value")) != (patient["system"], patient["value"]):
             raise InvalidInput("the Consent is for another patient than the photo",
                                expression=f"{path}.patient.identifier")
-    elif not (_str(named.get("reference")) and named.get("reference") == patient.get("reference")):
+    elif not (_str(named.get("reference")) and (named.get("reference") == patient.get("reference")
+                                                 or _names(str(named["reference"]), entry, patient_aliases))):
         # a reference alone names the photo's patient only if it is the photo's own subject reference
+        # (or the Patient of this Bundle, whose identifier the photo's patient is)
         raise InvalidInput("the Consent must name the photo's patient: by its identifier, or by the reference "
                            "the photo's subject has", expression=f"{path}.patient")
     provision = r.get("provision")
@@ -387,6 +437,184 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables) -> dict[
     return out
 
 
+def _aliases(entry: _Entry) -> frozenset[str]:
+    """The references that name an entry's resource inside the Bundle: its fullUrl, its
+    ``Type/id``, the url of a PUT (https://hl7.org/fhir/R4/bundle.html#references)."""
+    out = {entry.full_url} if entry.full_url else set()
+    if _str(entry.resource.get("id")):
+        out.add(f"{entry.resource['resourceType']}/{entry.resource['id']}")
+    if entry.request.get("method") == "PUT" and _str(entry.request.get("url")):
+        out.add(str(entry.request["url"]))
+    return frozenset(out)
+
+
+_RESTFUL_URL = re.compile(r"^(https?://.+)/[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+
+
+def _resolved_url(url: str, full_url: str | None) -> str:
+    """A relative reference as https://hl7.org/fhir/R4/bundle.html#references resolves it: in an
+    entry whose fullUrl is a RESTful URL, against that URL's base (``Binary/123`` in
+    ``http://x/fhir/DocumentReference/1`` names ``http://x/fhir/Binary/123``); else as it is."""
+    match = _RESTFUL_URL.match(full_url or "")
+    if match is None or ":" in url:
+        return url
+    return f"{match.group(1)}/{url}"
+
+
+def _names(reference: str, entry: _Entry, aliases: frozenset[str]) -> bool:
+    """Does ``reference``, in ``entry``, name the resource whose references are ``aliases``
+    (as it is, or resolved against the entry's RESTful fullUrl)?"""
+    return reference in aliases or _resolved_url(reference, entry.full_url) in aliases
+
+
+def _lists_of_the_patient(entries: Sequence[_Entry], patient: Mapping[str, str], patient_entry: _Entry | None,
+                          patient_aliases: frozenset[str]) -> None:
+    """A SubmissionSet (or Folder) List for another patient than the document's is refused
+    (ITI-65 2:3.65.4.1.2.1: every subject is the identity of the one patient): a misfiled
+    submission. Its subject is compared where it can be: an identifier, or a reference to the
+    Patient the Bundle carries; a reference to a Patient elsewhere is not second-guessed."""
+    same = {(patient["system"], patient["value"])}
+    if patient_entry is not None:
+        raw = patient_entry.resource.get("identifier")
+        same |= {i for i in (_identifier_of(v) for v in (raw if isinstance(raw, list) else [])) if i is not None}
+    for e in entries:
+        subject = e.resource.get("subject") if e.resource["resourceType"] == "List" else None
+        if not isinstance(subject, Mapping):
+            continue
+        named = _identifier_of(subject.get("identifier"))
+        reference = _str(subject.get("reference"))
+        if named is not None and named not in same:
+            raise InvalidInput("the List is for another patient than the document", expression=f"{e.path}.subject")
+        if named is None and reference and reference.startswith("urn:") and not _names(reference, e, patient_aliases):
+            # a urn names an entry of this Bundle or nothing (bundle.html#references)
+            raise InvalidInput("the List's subject names no Patient in this Bundle", expression=f"{e.path}.subject")
+
+
+def _contained_name(resource: Mapping[str, Any]) -> str | None:
+    """A contained resource's name as a display: an Organization's ``name``, a person's first
+    HumanName (its text, else prefix, given and family)."""
+    name = resource.get("name")
+    if isinstance(name, str):
+        return _str(name)
+    first = next(iter(name), None) if isinstance(name, list) else None
+    if not isinstance(first, Mapping):
+        return None
+    if _str(first.get("text")):
+        return str(first["text"])
+    parts = [*(first.get("prefix") or []), *(first.get("given") or []), first.get("family")]
+    return " ".join(p for p in parts if isinstance(p, str) and p) or None
+
+
+def _contained_resolved(value: Any, resource: Mapping[str, Any], path: str) -> Any:
+    """A Reference as the adapter can keep it: a local one (``#a1``, to a resource in
+    ``contained``, as MHD's Comprehensive DocumentReference has its author) becomes that
+    resource's identifier and name, since the record the adapter builds has no contained
+    resources (kept, ``#a1`` would name nothing: FHIR ref-1). One to nothing contained is refused."""
+    if not isinstance(value, Mapping) or not str(value.get("reference") or "").startswith("#"):
+        return value
+    local = str(value["reference"])[1:]
+    contained = resource.get("contained")
+    found = next((c for c in contained if isinstance(c, Mapping) and c.get("id") == local), None) \
+        if isinstance(contained, list) else None
+    if found is None:
+        raise InvalidInput(f"#{local[:40]} names no contained resource", expression=f"{path}.reference")
+    out: dict[str, Any] = {}
+    identifiers = found.get("identifier")
+    ident = next((i for i in (identifiers if isinstance(identifiers, list) else [])
+                  if _identifier_of(i) is not None), None)
+    if ident is not None:
+        out["identifier"] = {"system": ident["system"], "value": ident["value"]}
+    display = _str(value.get("display")) or _contained_name(found)
+    if display is not None:
+        out["display"] = display
+    return out
+
+
+def _identifier_of(value: Any) -> tuple[str, str] | None:
+    if isinstance(value, Mapping) and _str(value.get("system")) and _str(value.get("value")):
+        return str(value["system"]), str(value["value"])
+    return None
+
+
+def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: _Entry | None,
+                     patient_aliases: frozenset[str]) -> dict[str, str]:
+    """The photo's patient: ``subject.identifier``, or the identifier of the Patient the Bundle
+    carries when the subject references it (IHE MHD ITI-65 2:3.65.4.1.2.2, the push case).
+
+    The adapter files a photo under one identifier and owns no Patient, so a Patient with several
+    identifiers needs the subject to name which (one of them); a Bundle whose Patient is not the
+    subject's is refused rather than one of the two taken. The reference to the Patient's
+    fullUrl is not kept: outside the Bundle it names nothing."""
+    where = f"{record.path}.subject"
+    named = _identifier_of(subject.get("identifier"))
+    reference = _str(subject.get("reference"))
+    if patient_entry is None:
+        if named is None:
+            raise RequiredElementMissing("the subject must carry the patient's identifier (system and value), or "
+                                         "reference the Patient the Bundle carries: the adapter matches patients "
+                                         "by identifier", expression=f"{where}.identifier")
+        out = {"system": named[0], "value": named[1]}
+        if reference and not reference.startswith("#"):  # a contained resource is not kept
+            out["reference"] = reference
+        return out
+    raw = patient_entry.resource.get("identifier")
+    known = [i for i in (_identifier_of(v) for v in (raw if isinstance(raw, list) else [])) if i is not None]
+    if not known:
+        raise RequiredElementMissing("the Patient in the Bundle must carry an identifier (system and value): "
+                                     "the adapter matches patients by identifier",
+                                     expression=f"{patient_entry.path}.identifier")
+    if named is not None and named not in known:
+        raise InvalidInput("the subject names another patient than the Patient in the Bundle",
+                           expression=f"{where}.identifier")
+    names_patient = reference is not None and _names(reference, record, patient_aliases)
+    if named is None and not names_patient:
+        raise InvalidInput("the subject must reference the Patient in the Bundle (its fullUrl) or name one of "
+                           "its identifiers", expression=f"{where}.reference")
+    if named is None and len(known) > 1:
+        raise RequiredElementMissing("the Patient in the Bundle has several identifiers: name in "
+                                     "subject.identifier the one the photo is filed under",
+                                     expression=f"{where}.identifier")
+    system, value = named or known[0]
+    out = {"system": system, "value": value}
+    if reference and not names_patient and not reference.startswith("#"):
+        out["reference"] = reference
+    return out
+
+
+def _warnings(entries: Sequence[_Entry], record: _Entry) -> dict[int, EntryWarning]:
+    """What ITI-65 2:3.65.4.1.3 has a recipient that does not process it say so of: a Folder
+    type List (the adapter keeps no folders), and each relationship of the record
+    (``relatesTo``: the adapter keeps none); and, as a note, the entries acknowledged without
+    being stored (the SubmissionSet, the Patient), whose answer has no location to give."""
+    out: dict[int, EntryWarning] = {}
+    for e in entries:
+        if e.resource["resourceType"] == "Patient":
+            out[e.index] = EntryWarning(None, "acknowledged, not stored: the adapter owns no Patient; the "
+                                        "document is filed under the patient's identifier", e.path, "information")
+            continue
+        if e.resource["resourceType"] != "List":
+            continue
+        code = e.resource.get("code")
+        codings = code.get("coding") if isinstance(code, Mapping) else None
+        if any(isinstance(c, Mapping) and c.get("code") == "folder" and str(c.get("system", "")).endswith(_MHD_LIST_TYPES)
+               for c in codings or []):
+            out[e.index] = EntryWarning("PartialFolderContentNotProcessed", "the adapter keeps no folders: this "
+                                        "Folder was not created or updated", e.path)
+        else:
+            out[e.index] = EntryWarning(None, "acknowledged, not stored: the adapter keeps no registry of "
+                                        "submissions; the documents it names are stored as their entries say",
+                                        e.path, "information")
+    relations = record.resource.get("relatesTo") if record.resource["resourceType"] == "DocumentReference" else None
+    for k, relation in enumerate(relations if isinstance(relations, list) else []):
+        code = relation.get("code") if isinstance(relation, Mapping) else None
+        if code in _RELATIONSHIP_WARNINGS and record.index not in out:
+            out[record.index] = EntryWarning(_RELATIONSHIP_WARNINGS[str(code)],
+                                             f"the adapter keeps no relationships between documents: the document "
+                                             f"was stored, its {code} relationship was not recorded",
+                                             f"{record.path}.relatesTo[{k}]")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # public
 
@@ -398,12 +626,14 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
         InvalidResource: not a Bundle, or an element fails its R4 model (expression names it).
         InvalidInput: ``Bundle.type`` is not transaction; the record does not reference the
             Binary; the Binary data is not base64; content types disagree; the Consent is for
-            another patient.
-        RequiredElementMissing: no Binary, no record, no Binary.data, no subject.identifier, no
-            colleague name, no consent purposes.
+            another patient; the subject and the Bundle's Patient name different patients; a
+            masterIdentifier without system or value; a local reference to nothing contained.
+        RequiredElementMissing: no Binary, no record, no Binary.data, no subject.identifier (nor
+            a Patient in the Bundle it references, with one identifier), no colleague name, no
+            consent purposes.
         UnknownCode: an invalid status, method, extension code, body site or purpose.
-        NotSupported: another resource type, more than one photo or Consent, a method other
-            than POST/PUT, a Consent that is not an active permit.
+        NotSupported: another resource type, more than one photo, Consent or Patient, a method
+            other than POST/PUT, a Consent that is not an active permit.
     """
     if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
         raise InvalidResource("expected a Bundle", expression="resourceType")
@@ -434,15 +664,11 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     # the record references the Binary
     attachment, att_path = _attachment(record)
     url = attachment.get("url")
-    aliases = {binary.full_url} if binary.full_url else set()
-    if _str(binary.resource.get("id")):
-        aliases.add(f"Binary/{binary.resource['id']}")
-    if binary.request.get("method") == "PUT" and _str(binary.request.get("url")):
-        aliases.add(str(binary.request["url"]))
+    aliases = _aliases(binary)
     if not _str(url):
         raise RequiredElementMissing("the attachment must reference the Binary (url)",
                                      expression=f"{att_path}.url")
-    if url not in aliases:
+    if not _names(str(url), record, aliases):
         raise InvalidInput(f"{url!s:.80} does not reference the Binary of this Bundle",
                            expression=f"{att_path}.url")
     declared = attachment.get("contentType")
@@ -454,20 +680,18 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     r = record.resource
     is_media = r["resourceType"] == "Media"
     subject = r.get("subject") or {}
-    ident = subject.get("identifier") if isinstance(subject, Mapping) else None
-    if not isinstance(ident, Mapping) or not _str(ident.get("system")) or not _str(ident.get("value")):
-        raise RequiredElementMissing("the subject must carry the patient's identifier (system and value): "
-                                     "the adapter matches patients by identifier",
-                                     expression=f"{record.path}.subject.identifier")
-    patient: dict[str, str] = {"system": ident["system"], "value": ident["value"]}
-    if _str(subject.get("reference")):
-        patient["reference"] = subject["reference"]
+    patient_entry = _one(entries, ROLE_PATIENT, "Patient", required=False)
+    patient_aliases = _aliases(patient_entry) if patient_entry is not None else frozenset()
+    patient = _subject_patient(record, subject if isinstance(subject, Mapping) else {}, patient_entry,
+                               patient_aliases)
+    _lists_of_the_patient(entries, patient, patient_entry, patient_aliases)
 
     source = PhotoSource(_ext_code(r, EXT_PHOTO_SOURCE, [s.value for s in PhotoSource], record.path)
                          or PhotoSource.CLINICIAN.value)
     meta: dict[str, Any] = {"patient": patient, "kind": _kind(record).value, "source": source.value}
     author_raw = r.get("operator") if is_media else next(iter(r.get("author") or []), None)
     author_path = f"{record.path}.operator" if is_media else f"{record.path}.author[0]"
+    author_raw = _contained_resolved(author_raw, r, author_path)
     title = _str(attachment.get("title"))
     note = _notes(record, title)
     if source in _COLLEAGUE_SOURCES:
@@ -486,7 +710,8 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
             meta["author"] = author
     encounter_raw = r.get("encounter") if is_media else next(
         iter((r.get("context") or {}).get("encounter") or []), None)
-    encounter = _reference(encounter_raw)
+    encounter_path = f"{record.path}.encounter" if is_media else f"{record.path}.context.encounter[0]"
+    encounter = _reference(_contained_resolved(encounter_raw, r, encounter_path))
     if encounter is not None:
         meta["encounter"] = encounter
     taken: datetime | None = parse_fhir_datetime(r.get("createdDateTime")) if is_media else None
@@ -508,8 +733,14 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
         meta["device"] = device
     if title is not None:
         meta["title"] = title
+    if not is_media and r.get("masterIdentifier") is not None:
+        master = _identifier_of(r["masterIdentifier"])
+        if master is None:
+            raise InvalidInput("masterIdentifier is the document's own id: it needs system and value (e.g. "
+                               "urn:ietf:rfc:3986 and urn:oid:…)", expression=f"{record.path}.masterIdentifier")
+        meta["masterIdentifier"] = {"system": master[0], "value": master[1]}
     if consent is not None:
-        meta["consent"] = _consent(consent, patient, tables)
+        meta["consent"] = _consent(consent, patient, tables, patient_aliases)
 
     try:
         photo_meta = PhotoMetadata.model_validate(meta)
@@ -521,26 +752,34 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     roles = tuple(_ROLES[str(e.resource["resourceType"])] for e in entries)
     full_urls = {_ROLES[str(e.resource["resourceType"])]: e.full_url for e in entries if e.full_url}
     return TransactionSubmission(meta=photo_meta, image_bytes=image_bytes, content_type=content_type,
-                                 entry_roles=roles, entry_full_urls=full_urls)
+                                 entry_roles=roles, entry_full_urls=full_urls,
+                                 entry_warnings=_warnings(entries, record))
 
 
-def transaction_response(entries: Sequence[tuple[str, str]], now: datetime) -> JSON:
+def transaction_response(entries: Sequence[tuple[str, str]], now: datetime,
+                         warnings: Mapping[int, EntryWarning] | None = None) -> JSON:
     """The transaction-response Bundle: one entry per request entry, in request order, each
     with response.status (e.g. "201 Created"), location ("Media/abc/_history/1"), etag
     (W/"<version>", the version taken from the location's _history, else 1) and
-    lastModified = ``now`` (https://hl7.org/fhir/R4/bundle.html, Bundle.entry.response)."""
+    lastModified = ``now`` (https://hl7.org/fhir/R4/bundle.html, Bundle.entry.response); an
+    entry of ``warnings`` (by index) also ``outcome``, an OperationOutcome with the warning (its
+    Document Sharing code in ``details.text``, IHE MHD ITI-65 2:3.65.4.2.2)."""
     modified = fhir_instant(now)
     out: list[JSON] = []
-    for location, status in entries:
-        if not location:  # acknowledged, not stored (the MHD SubmissionSet)
-            out.append({"response": {"status": status}})
-            continue
-        match = _HISTORY.search(location)
-        version = match.group(1) if match else "1"
-        out.append({"response": {"status": status, "location": location, "etag": f'W/"{version}"',
-                                 "lastModified": modified}})
+    for index, (location, status) in enumerate(entries):
+        response: JSON = {"status": status}
+        if location:  # else acknowledged, not stored (the MHD SubmissionSet, the Patient)
+            match = _HISTORY.search(location)
+            version = match.group(1) if match else "1"
+            response.update({"location": location, "etag": f'W/"{version}"', "lastModified": modified})
+        warning = (warnings or {}).get(index)
+        if warning is not None:
+            response["outcome"] = operation_outcome(
+                warning.severity, "not-supported" if warning.code else "informational", warning.diagnostics,
+                warning.expression, {"text": warning.code} if warning.code else None)
+        out.append({"response": response})
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
 
 
-__all__ = ["ROLE_BINARY", "ROLE_CONSENT", "ROLE_RECORD", "ROLE_SUBMISSION_SET", "TransactionSubmission", "parse_transaction",
-           "transaction_response"]
+__all__ = ["ACKNOWLEDGED_ROLES", "ROLE_BINARY", "ROLE_CONSENT", "ROLE_PATIENT", "ROLE_RECORD", "ROLE_SUBMISSION_SET",
+           "EntryWarning", "TransactionSubmission", "parse_transaction", "transaction_response"]

@@ -151,6 +151,10 @@ class PhotoMetadata(_Model):
     consent: ConsentStatement | None = None
     colleague: Colleague | None = None
     title: str | None = None
+    master_identifier: Identifier | None = Field(
+        None, alias="masterIdentifier",
+        description="a photographed document's own identifier, assigned by its source (IHE MHD: the "
+                    "DocumentReference.masterIdentifier, XDS uniqueId); else the adapter's")
 
     _taken_as_text = field_validator("taken_at", mode="before")(_iso_text)
     _taken_in_utc_calendar = field_validator("taken_at")(_in_utc_calendar)

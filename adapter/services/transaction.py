@@ -1,5 +1,6 @@
 """``POST /fhir`` transaction Bundles (IHE MHD ITI-65 shape): a Binary, the Media or
-DocumentReference that references it and optionally a Consent. The same rules, stripping and
+DocumentReference that references it and optionally a Consent (a SubmissionSet List and the
+Patient are acknowledged, not stored). The same rules, stripping and
 storage as ``POST /photos`` apply; the answer is a transaction-response Bundle."""
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from typing import Any
 from adapter.errors import Conflict
 from adapter.mapping.tables import Tables
 from adapter.mapping.transaction import (
+    ACKNOWLEDGED_ROLES,
     ROLE_BINARY,
     ROLE_CONSENT,
     ROLE_RECORD,
-    ROLE_SUBMISSION_SET,
     parse_transaction,
     transaction_response,
 )
@@ -47,8 +48,8 @@ class TransactionService:
         status = "200 OK" if result.replayed else "201 Created"
         entries = []
         for role in submission.entry_roles:
-            if role == ROLE_SUBMISSION_SET:
+            if role in ACKNOWLEDGED_ROLES:
                 entries.append(("", "200 OK"))
             else:
                 entries.append((f"{locations[role]}/_history/1", status))
-        return transaction_response(entries, self._now()), result
+        return transaction_response(entries, self._now(), submission.entry_warnings), result

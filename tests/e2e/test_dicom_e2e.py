@@ -72,7 +72,7 @@ def test_storescu_to_the_running_adapter(server: RunningAdapter, tmp_path: Path)
 
         [media] = _find(http, "Media", sent_sc.SOPInstanceUID)
         assert media["subject"]["identifier"] == PATIENT
-        image = http.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "image/*"})
+        image = http.get(media['content']['url'], headers={**TREAT, "Accept": "image/*"})
         assert image.status_code == 200 and image.content == frame_of(sc)
         # TRAIN shows no record identifiers, so it cannot search by one (that would link the copy back)
         refused = http.get("/fhir/Media", params={"identifier": f"urn:dicom:uid|urn:oid:{sent_sc.SOPInstanceUID}"},
@@ -83,7 +83,7 @@ def test_storescu_to_the_running_adapter(server: RunningAdapter, tmp_path: Path)
         [doc] = _find(http, "DocumentReference", sent_pdf.SOPInstanceUID)
         attachment = doc["content"][0]["attachment"]
         assert attachment["contentType"] == "application/pdf"
-        body = http.get(f"/fhir/{attachment['url']}", headers={**TREAT, "Accept": "application/pdf"})
+        body = http.get(attachment['url'], headers={**TREAT, "Accept": "application/pdf"})
         assert body.content == PDF_BYTES
 
         # the same object again: nothing new

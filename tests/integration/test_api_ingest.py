@@ -491,7 +491,8 @@ def test_mhd_submission_set_list_is_acknowledged(tmp_path: Path) -> None:
         r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
         assert r.status_code == 200, r.text
         entries = r.json()["entry"]
-        assert entries[0]["response"] == {"status": "200 OK"}
+        assert entries[0]["response"]["status"] == "200 OK" and "location" not in entries[0]["response"]
+        assert entries[0]["response"]["outcome"]["issue"][0]["severity"] == "information"
         assert all(e["response"]["status"].startswith("201") for e in entries[1:])
 
 

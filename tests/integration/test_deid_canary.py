@@ -520,8 +520,8 @@ def _read_everything(out: Egress) -> None:
             out.get(f"/fhir/{resource_type}/{rid}?_elements=identifier,subject,content")
             out.get(f"/fhir/{resource_type}/{rid}", Accept="application/fhir+json; fhirVersion=5.0", expect=(200, 404))
             for text in _strings(resource):
-                if text.startswith("Binary/"):
-                    binaries.add(text.split("/")[1])
+                if text.startswith(("Binary/", "http://testserver/fhir/Binary/")):
+                    binaries.add(text.rsplit("/", 1)[1])
     out.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": f"{t}/{i}"}} for t, s in ids.items() for i in s]},
         headers={"Content-Type": "application/fhir+json"})

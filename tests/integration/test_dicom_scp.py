@@ -170,7 +170,7 @@ def test_storescu_secondary_capture_becomes_a_media_record(scp: StoreSCP, client
     source = [e["valueCode"] for e in media["extension"] if e["url"].endswith("/photo-source")]
     assert source == ["colleague-internal"]
     # the Binary is the JPEG frame as sent, not re-encoded
-    binary = client.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "image/*"})
+    binary = client.get(media['content']['url'], headers={**TREAT, "Accept": "image/*"})
     assert binary.status_code == 200 and binary.headers["content-type"] == "image/jpeg"
     assert binary.content == frame_of(path)
     # the object itself is kept as received, indexed by its UIDs
@@ -192,7 +192,7 @@ def test_storescu_secondary_capture_becomes_a_media_record(scp: StoreSCP, client
     transmitter = [a for a in provenance["agent"] if a["who"].get("display") == "AE STORESCU"]
     assert transmitter and transmitter[0]["onBehalfOf"]["display"] == "Example Hospital Radiology"
     # the record, its Binary and Provenance validate
-    binary_json = client.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "application/fhir+json"})
+    binary_json = client.get(media['content']['url'], headers={**TREAT, "Accept": "application/fhir+json"})
     errors = validate_r4([media, provenance, binary_json.json()])
     assert errors == []
     # readable for care, not for training without the patient's Consent
@@ -239,7 +239,7 @@ def test_pdf_becomes_a_document_reference(scp: StoreSCP, client: FhirClient, tmp
     [doc] = find(client, "DocumentReference", sent.SOPInstanceUID)
     attachment = doc["content"][0]["attachment"]
     assert attachment["contentType"] == "application/pdf"
-    body = client.get(f"/fhir/{attachment['url']}", headers={**TREAT, "Accept": "application/pdf"})
+    body = client.get(attachment['url'], headers={**TREAT, "Accept": "application/pdf"})
     assert body.status_code == 200 and body.content == PDF_BYTES
 
 
@@ -262,7 +262,7 @@ def test_multiframe_true_colour_secondary_capture_is_accepted(scp: StoreSCP, cli
     assert storescu(scp.port, "ADAPTER", [path]).returncode == 0
     [media] = find(client, "Media", sent.SOPInstanceUID)
     assert any("Frame 1 of 3" in n["text"] for n in media["note"])
-    binary = client.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "image/*"})
+    binary = client.get(media['content']['url'], headers={**TREAT, "Accept": "image/*"})
     assert binary.content == frame_of(path)
 
 
@@ -314,7 +314,7 @@ def test_native_pixels_become_a_lossless_png(scp: StoreSCP, client: FhirClient, 
     after = [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in counted]
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]  # GET /metrics counts them
     [media] = find(client, "Media", sent.SOPInstanceUID)
-    binary = client.get(f"/fhir/{media['content']['url']}", headers={**TREAT, "Accept": "image/*"})
+    binary = client.get(media['content']['url'], headers={**TREAT, "Accept": "image/*"})
     assert binary.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(binary.content)) as im:
         assert im.mode == "RGB" and im.size == (30, 20) and im.tobytes() == pixels

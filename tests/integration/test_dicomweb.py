@@ -956,7 +956,7 @@ def test_rendered_is_the_binary_an_ehr_shows_in_the_purposes_view(adapter: tuple
         [record] = find(client, "Media" if media != "application/pdf" else "DocumentReference", obj.SOPInstanceUID)
         content = record["content"]  # Media.content, or DocumentReference.content[].attachment
         binary_url = content["url"] if isinstance(content, dict) else content[0]["attachment"]["url"]
-        binary = client.get(f"/fhir/{binary_url}", headers={**TREAT, "Accept": media})
+        binary = client.get(binary_url, headers={**TREAT, "Accept": media})
         assert rendered.content == binary.content
     url = f"/dicomweb/studies/{photo.StudyInstanceUID}/series/{photo.SeriesInstanceUID}/instances/" \
           f"{photo.SOPInstanceUID}/rendered"
@@ -968,7 +968,7 @@ def test_rendered_is_the_binary_an_ehr_shows_in_the_purposes_view(adapter: tuple
     train = client.get(value(item, "00081190").split("testserver")[-1] + "/rendered", headers=TRAIN)
     assert train.status_code == 200 and train.content[:2] == b"\xff\xd8"
     [media_train] = client.get("/fhir/Media", headers=TRAIN).json()["entry"][:1]
-    train_binary = client.get(f"/fhir/{media_train['resource']['content']['url']}",
+    train_binary = client.get(media_train['resource']['content']['url'],
                               headers={**TRAIN, "Accept": "image/jpeg"})
     assert train.content == train_binary.content  # the de-identified Binary's bytes: no metadata at all
 
@@ -1682,7 +1682,7 @@ def test_rendered_native_pixels_asked_for_as_jpeg_are_encoded_as_baseline_jpeg(
 def binary_of(client: FhirClient, obj: Any, media: str, headers: dict[str, str] = TREAT) -> bytes:
     """The bytes of the FHIR Binary of a received object's record, in the purpose's view."""
     [record] = find(client, "Media", obj.SOPInstanceUID, headers)
-    return client.get(f"/fhir/{record['content']['url']}", headers={**headers, "Accept": media}).content
+    return client.get(record["content"]["url"], headers={**headers, "Accept": media}).content
 
 
 @pytest.mark.parametrize("media", ["image/png", "image/gif"])

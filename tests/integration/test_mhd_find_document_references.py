@@ -140,3 +140,39 @@ def test_records_stored_before_the_parameters_existed_are_re_indexed_at_start(tm
         assert _found(client, "creation=2026-03-05") == [march]
         assert _found(client, f"security-label={CONFIDENTIALITY}|R&format={FORMAT}") == [march]
         assert services.store.reindex_records("records:2", lambda _: pytest.fail("indexed again")) == 0
+
+
+def test_document_location_is_a_full_url_the_consumer_retrieves_as_given(tmp_path: Path) -> None:
+    """ITI-67 2:3.67.4.2.2.1.1: the Document Responder places into content.attachment.url "a full
+    URL that can be used by the Document Consumer to retrieve the document" with ITI-68. It was
+    ``Binary/<id>``, relative: a consumer GETting it as given reached nothing. Every answer that
+    renders a record (read, vread, search, history, batch; R4 and R5; Media too) now completes
+    it against the base, and the GET of it answers the document in its attachment.contentType."""
+    with adapter_client(tmp_path) as (client, _):
+        doc = _document(client, "2026-03-05T10:00:00Z")["record"]
+        photo = post_photo(client, WOUND, metadata()).json()["record"]
+        base = "http://testserver/fhir/"
+        r = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&status=current",
+                       headers=as_purpose("TREAT"))
+        [found] = [e["resource"] for e in r.json()["entry"]]
+        attachment = found["content"][0]["attachment"]
+        assert attachment["url"].startswith(base + "Binary/"), attachment["url"]
+        document = client.get(attachment["url"], headers={**as_purpose("TREAT"), "Accept": attachment["contentType"]})
+        assert document.status_code == 200
+        assert document.headers["content-type"] == attachment["contentType"] == "image/jpeg"
+        assert document.content[:2] == b"\xff\xd8" and len(document.content) == attachment["size"]
+
+        def urls(resource: dict[str, Any]) -> list[str]:
+            content = resource["content"]
+            return [content["url"]] if isinstance(content, dict) else [c["attachment"]["url"] for c in content]
+
+        reads = [client.get(f"/fhir/{doc}", headers=as_purpose("TREAT")).json(),
+                 client.get(f"/fhir/{doc}/_history/1", headers=as_purpose("TREAT")).json(),
+                 client.get(f"/fhir/{photo}", headers=as_purpose("TREAT")).json(),
+                 client.get(f"/fhir/DocumentReference/{photo.split('/')[1]}", headers={**as_purpose("TREAT"), **R5}).json(),
+                 client.get(f"/fhir/{doc}/_history", headers=as_purpose("TREAT")).json()["entry"][0]["resource"],
+                 client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+                     {"request": {"method": "GET", "url": doc}}]},
+                     headers=as_purpose("TREAT")).json()["entry"][0]["resource"]]
+        for resource in reads:
+            assert all(u.startswith(base + "Binary/") for u in urls(resource)), resource["content"]

@@ -26,11 +26,11 @@ from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.json_input import load_json
 from adapter.api.negotiation import (
+    binary_answer,
     check_acceptable,
     fhir_version,
     format_is_json,
     media_type,
-    wants_fhir_json,
 )
 from adapter.api.openapi import (
     BODY,
@@ -68,6 +68,7 @@ from adapter.errors import (
 from adapter.mapping.bundle import history as history_bundle
 from adapter.mapping.bundle import outcome_entry, searchset
 from adapter.mapping.capability import capability_statement
+from adapter.mapping.document_location import with_document_location
 from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
 from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
@@ -103,8 +104,15 @@ R4_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
 WHOLE = Subsetting()  # no _summary, no _elements
 
 
-def _versioned(resource: dict[str, Any], version: str) -> dict[str, Any]:
-    return to_r5(resource) if version == "5" else resource
+def _versioned(resource: dict[str, Any], version: str, fhir_base: str) -> dict[str, Any]:
+    """A stored resource as an answer renders it: in the FHIR version asked for, a record's
+    attachment url completed against ``fhir_base`` (IHE MHD Document Location,
+    adapter.mapping.document_location)."""
+    return with_document_location(to_r5(resource) if version == "5" else resource, fhir_base)
+
+
+def _fhir_base(request: Request, services: Services) -> str:
+    return f"{base(request, services)}/fhir"
 
 
 def _out(body: Any, version: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -294,10 +302,10 @@ def _if_match_versions(if_match: str | None) -> frozenset[int] | None:
 
 
 @router.get("/{resource_type}/{id}", responses=answers(_READ_ANSWER, _NOT_MODIFIED, refusals(*READ_ONE, *INVALID)))
-async def read(resource_type: str, id: str, request: Request, reader: ReaderDep,
+async def read(resource_type: str, id: str, request: Request, reader: ReaderDep, services: ServicesDep,
                accept: Annotated[str | None, Header()] = None,
                format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
-    return await _read(resource_type, id, reader, accept, format_=format_,
+    return await _read(resource_type, id, reader, accept, format_=format_, fhir_base=_fhir_base(request, services),
                        how=parse_subsetting(list(request.query_params.multi_items())),
                        if_none_match=request.headers.get("if-none-match"),
                        if_modified_since=request.headers.get("if-modified-since"))
@@ -305,7 +313,7 @@ async def read(resource_type: str, id: str, request: Request, reader: ReaderDep,
 
 @router.get("/{resource_type}/{id}/_history/{vid}", responses=answers(_READ_ANSWER, refusals(*READ_ONE, *INVALID)))
 async def vread(resource_type: str, id: str, vid: str, request: Request, reader: ReaderDep,
-                accept: Annotated[str | None, Header()] = None,
+                services: ServicesDep, accept: Annotated[str | None, Header()] = None,
                 format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
     """vread: the version-specific URL every Location and transaction-response location names.
     Binary and the records are never updated (their one version is the current one); a Consent's
@@ -313,7 +321,7 @@ async def vread(resource_type: str, id: str, vid: str, request: Request, reader:
     if not is_digits(vid) or len(vid) > 9:
         raise NotFound(f"{resource_type[:40]}/{id[:64]} has no version {vid[:20]}")
     return await _read(resource_type, id, reader, accept, int(vid), format_=format_,
-                       how=parse_subsetting(list(request.query_params.multi_items())))
+                       fhir_base=_fhir_base(request, services), how=parse_subsetting(list(request.query_params.multi_items())))
 
 
 @router.get("/{resource_type}/{id}/_history",
@@ -352,14 +360,15 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     url = absolute(request, services, f"fhir/{resource_type}/{id}/_history")
     kept = [(k, v) for k, v in params if k != "_offset"]
     next_url = f"{url}?{urlencode(kept + [('_offset', str(offset + count))])}" if result.more else None
-    bundle = history_bundle([subset(_versioned(r, version), how, fhir_version=version) for r in result.resources],
+    fhir_base = _fhir_base(request, services)
+    bundle = history_bundle([subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources],
                             total=result.total, self_url=f"{url}?{urlencode(params)}" if params else url,
-                            next_url=next_url, base_url=f"{base(request, services)}/fhir")
+                            next_url=next_url, base_url=fhir_base)
     return _out(bundle, version, headers=_glass_headers(result.decision))
 
 
 async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
-                version_id: int | None = None, *, format_: str | None = None,
+                version_id: int | None = None, *, format_: str | None = None, fhir_base: str,
                 how: Subsetting = WHOLE, if_none_match: str | None = None,
                 if_modified_since: str | None = None) -> Response:
     """A read or vread; ``how``: the _summary/_elements cut of a FHIR JSON answer (the image
@@ -380,8 +389,8 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
         if _not_modified(if_none_match, headers, if_modified_since):
             return Response(status_code=304, headers=headers)
-        if format_is_json(format_) or wants_fhir_json(accept):
-            return _out(subset(_versioned(content.resource, version), how, fhir_version=version), version,
+        if format_is_json(format_) or binary_answer(accept, content.content_type) == "json":
+            return _out(subset(_versioned(content.resource, version, fhir_base), how, fhir_version=version), version,
                         headers=headers)
         return Response(content=content.data, media_type=content.content_type, headers=headers)
     if resource_type not in R4_TYPES:
@@ -394,7 +403,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
     headers = {**_glass_headers(result.decision), **_etag(result.resource)}
     if _not_modified(if_none_match, headers, if_modified_since):
         return Response(status_code=304, headers=headers)
-    return _out(subset(_versioned(result.resource, version), how, fhir_version=version), version, headers=headers)
+    return _out(subset(_versioned(result.resource, version, fhir_base), how, fhir_version=version), version, headers=headers)
 
 
 async def _as_r5_photo_too(load: Callable[[str], Any], resource_type: str, version: str) -> Any:
@@ -547,10 +556,11 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     next_url = None
     if result.more and req.count > 0:  # _count=0 asks for the total only: no page follows
         next_url = link(kept + [("_offset", str(req.offset + req.count))])
-    entries = [subset(_versioned(r, version), how, fhir_version=version) for r in result.resources]
+    fhir_base = _fhir_base(request, services)
+    entries = [subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources]
     bundle = searchset(entries, total=result.total, self_url=self_url, next_url=next_url,
-                       base_url=f"{base(request, services)}/fhir", fhir_version=version,
-                       included=[subset(_versioned(r, version), how, fhir_version=version) for r in result.included])
+                       base_url=fhir_base, fhir_version=version,
+                       included=[subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.included])
     if req.ignored:
         bundle.setdefault("entry", []).append(outcome_entry(
             operation_outcome("warning", "not-supported", f"parameters not supported, left out "

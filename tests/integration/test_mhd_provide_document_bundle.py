@@ -1,0 +1,309 @@
+"""IHE MHD Provide Document Bundle [ITI-65] (https://profiles.ihe.net/ITI/MHD/ITI-65.html) as a
+Document Source sends it, over the real app and a real SQLite store: the Minimal ProvideBundle
+with its SubmissionSet List, and the push case where the Bundle carries the Patient (2:3.65.4.1.2.2)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import ROOT
+from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource
+from tests.support.mhd import provide_document_bundle
+
+pytestmark = pytest.mark.integration
+
+DOCUMENT = (ROOT / "samples" / "document.jpg").read_bytes()
+FHIR = {"Content-Type": "application/fhir+json"}
+PATIENT_ID = f"{PATIENT['system']}|{PATIENT['value']}"
+OTHER_ID = {"system": "urn:oid:2.16.756.5.30.1.123.100.1.1", "value": "756.1234.5678.97"}
+
+
+def _stored(services: Any) -> int:
+    with services.store.engine.connect() as conn:
+        return int(conn.execute(text("SELECT COUNT(*) FROM resources")).scalar_one())
+
+
+def _found(client: Any) -> list[dict[str, Any]]:
+    r = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&status=current",
+                   headers=as_purpose("TREAT"))
+    assert r.status_code == 200, r.text
+    return [e["resource"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def _with_patient(bundle: dict[str, Any], patient: dict[str, Any], *, subject: dict[str, Any] | None = None,
+                  full_url: str = "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a") -> dict[str, Any]:
+    """The push case: the Patient in the Bundle, the subjects referencing its fullUrl."""
+    out = copy.deepcopy(bundle)
+    for entry in out["entry"]:
+        if "subject" in entry["resource"]:
+            entry["resource"]["subject"] = subject if subject is not None else {"reference": full_url}
+    out["entry"].append({"fullUrl": full_url, "resource": patient, "request": {"method": "POST", "url": "Patient"}})
+    return out
+
+
+def test_a_minimal_provide_document_bundle_is_stored_and_answered_entry_by_entry(tmp_path: Path) -> None:
+    """The SubmissionSet is acknowledged (not stored: the adapter keeps no registry of
+    submissions); the DocumentReference and the Binary are created, 201 with their locations,
+    in the request's order (2:3.65.4.2.2)."""
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=provide_document_bundle(DOCUMENT), headers=FHIR)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["type"] == "transaction-response"
+        submission_set, document_reference, binary = (e["response"] for e in answer["entry"])
+        # acknowledged, and said to be not stored (there is no location to give)
+        assert submission_set["status"] == "200 OK" and "location" not in submission_set
+        [note] = submission_set["outcome"]["issue"]
+        assert note["severity"] == "information" and "not stored" in note["diagnostics"]
+        assert "outcome" not in document_reference and "outcome" not in binary
+        assert document_reference["status"] == binary["status"] == "201 Created"
+        assert document_reference["location"].startswith("DocumentReference/")
+        assert binary["location"].startswith("Binary/")
+        [found] = _found(client)
+        assert document_reference["location"].startswith(f"DocumentReference/{found['id']}/")
+
+
+def test_the_patient_the_bundle_carries_names_the_subject(tmp_path: Path) -> None:
+    """2:3.65.4.1.2.2: in a push the Patient may be in the Bundle, the subjects a reference to its
+    fullUrl, the recipient matching the patient. It was refused (400, "a Patient entry is not
+    supported"). The adapter owns no Patient: it takes the patient's identifier from it, keeps no
+    reference to the Bundle-local fullUrl, and acknowledges the entry without storing it."""
+    patient = {"resourceType": "Patient", "identifier": [dict(PATIENT)], "name": [{"family": "Muster"}]}
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=_with_patient(provide_document_bundle(DOCUMENT), patient), headers=FHIR)
+        assert r.status_code == 200, r.text
+        statuses = [e["response"]["status"] for e in r.json()["entry"]]
+        assert statuses[1:3] == ["201 Created", "201 Created"] and statuses[3].startswith("200")
+        assert "location" not in r.json()["entry"][3]["response"]
+        assert "not stored" in r.json()["entry"][3]["response"]["outcome"]["issue"][0]["diagnostics"]
+        [found] = _found(client)
+        assert found["subject"]["identifier"] == PATIENT
+        assert "reference" not in found["subject"]
+        assert _stored(services) == 3  # DocumentReference, Binary, Provenance: no Patient, no List
+
+
+def test_a_consent_in_the_bundle_may_name_the_patient_by_its_fullurl(tmp_path: Path) -> None:
+    patient = {"resourceType": "Patient", "identifier": [dict(PATIENT)]}
+    bundle = _with_patient(provide_document_bundle(DOCUMENT), patient)
+    consent = consent_resource(["TREAT"])
+    consent["patient"] = {"reference": "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a"}
+    bundle["entry"].append({"fullUrl": "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000c", "resource": consent,
+                            "request": {"method": "POST", "url": "Consent"}})
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        assert r.json()["entry"][4]["response"]["location"].startswith("Consent/")
+
+
+def test_a_patient_with_several_identifiers_needs_the_subject_to_name_one(tmp_path: Path) -> None:
+    """Which of the Patient's identifiers the adapter files the document under is not guessed:
+    the subject names it, and it must be one of the Patient's."""
+    patient = {"resourceType": "Patient", "identifier": [dict(OTHER_ID), dict(PATIENT)]}
+    full_url = "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a"
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=_with_patient(provide_document_bundle(DOCUMENT), patient), headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert "subject.identifier" in r.json()["issue"][0]["diagnostics"]
+        elsewhere = {"reference": full_url, "identifier": {"system": "urn:oid:9.9", "value": "x"}}
+        r = client.post("/fhir", json=_with_patient(provide_document_bundle(DOCUMENT), patient, subject=elsewhere),
+                        headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert "another patient" in r.json()["issue"][0]["diagnostics"]
+        assert _stored(services) == 0
+        named = {"reference": full_url, "identifier": dict(PATIENT)}
+        r = client.post("/fhir", json=_with_patient(provide_document_bundle(DOCUMENT), patient, subject=named),
+                        headers=FHIR)
+        assert r.status_code == 200, r.text
+        [found] = _found(client)
+        assert found["subject"]["identifier"] == PATIENT and "reference" not in found["subject"]
+
+
+@pytest.mark.parametrize("case", ["two patients", "not the subject's", "no identifier"])
+def test_a_patient_that_does_not_identify_the_subject_is_refused(tmp_path: Path, case: str) -> None:
+    full_url = "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a"
+    bundle = provide_document_bundle(DOCUMENT)
+    if case == "two patients":
+        bundle = _with_patient(bundle, {"resourceType": "Patient", "identifier": [dict(PATIENT)]})
+        bundle["entry"].append({"fullUrl": "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000b",
+                                "resource": {"resourceType": "Patient", "identifier": [dict(OTHER_ID)]},
+                                "request": {"method": "POST", "url": "Patient"}})
+    elif case == "not the subject's":  # the subject names a patient by identifier, the Bundle carries another
+        bundle = _with_patient(bundle, {"resourceType": "Patient", "identifier": [dict(OTHER_ID)]},
+                               subject={"identifier": dict(PATIENT)}, full_url=full_url)
+    else:
+        bundle = _with_patient(bundle, {"resourceType": "Patient", "name": [{"family": "Muster"}]})
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code in (400, 422), r.text
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert _stored(services) == 0
+
+
+def test_the_document_sources_master_identifier_is_kept_and_found(tmp_path: Path) -> None:
+    """The DocumentReference's masterIdentifier is the document's uniqueId, assigned by the
+    Document Source (MHD DocumentReference Minimal: 1..1; ITI-67 ``identifier`` searches it). It
+    was replaced by the adapter's own (urn:uuid of the record id), so the source's id found
+    nothing. Without one (POST /photos, a Bundle that has none) the adapter's is used as before."""
+    master = {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4.99.2"}
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=provide_document_bundle(DOCUMENT), headers=FHIR)
+        assert r.status_code == 200, r.text
+        [found] = _found(client)
+        assert found["masterIdentifier"] == master
+        r = client.get(f"/fhir/DocumentReference?identifier={master['system']}|{master['value']}",
+                       headers=as_purpose("TREAT"))
+        assert [e["resource"]["id"] for e in r.json()["entry"]] == [found["id"]]
+        without = provide_document_bundle((ROOT / "samples" / "tiny.jpg").read_bytes())
+        del without["entry"][1]["resource"]["masterIdentifier"]
+        r = client.post("/fhir", json=without, headers=FHIR)
+        assert r.status_code == 200, r.text
+        record_id = r.json()["entry"][1]["response"]["location"].split("/")[1]
+        read = client.get(f"/fhir/DocumentReference/{record_id}", headers=as_purpose("TREAT")).json()
+        assert read["masterIdentifier"] == {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{record_id}"}
+
+
+def test_a_master_identifier_without_system_or_value_is_refused(tmp_path: Path) -> None:
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["resource"]["masterIdentifier"] = {"value": "urn:oid:1.2.3.4.99.2"}
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.masterIdentifier"]
+        assert _stored(services) == 0
+
+
+def test_a_folder_is_not_processed_and_the_answer_says_so(tmp_path: Path) -> None:
+    """2:3.65.4.1.3: a recipient that does not support Folders fails the transaction or ignores the
+    Folder type List "and returns a PartialFolderContentNotProcessed warning". It was taken for a
+    second SubmissionSet and acknowledged without a word."""
+    bundle = provide_document_bundle(DOCUMENT)
+    folder = copy.deepcopy(bundle["entry"][0])
+    folder["fullUrl"] = "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000f0"
+    folder["resource"]["code"]["coding"][0]["code"] = "folder"
+    folder["resource"]["meta"]["profile"] = ["https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Minimal.Folder"]
+    for key in ("extension", "date", "subject"):
+        folder["resource"].pop(key, None)
+    bundle["entry"].append(folder)
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        entries = [e["response"] for e in r.json()["entry"]]
+        assert entries[1]["status"] == entries[2]["status"] == "201 Created"
+        [issue] = entries[3]["outcome"]["issue"]
+        assert issue["severity"] == "warning" and issue["details"]["text"] == "PartialFolderContentNotProcessed"
+        assert entries[0]["outcome"]["issue"][0]["severity"] == "information"  # the SubmissionSet: acknowledged
+        assert len(_found(client)) == 1
+
+
+@pytest.mark.parametrize(("code", "warning"), [("replaces", "PartialReplaceContentNotProcessed"),
+                                               ("transforms", "PartialTransformContentNotProcessed"),
+                                               ("appends", "PartialAppendContentNotProcessed")])
+def test_a_relationship_the_adapter_does_not_keep_is_answered_with_its_warning(tmp_path: Path, code: str,
+                                                                                warning: str) -> None:
+    """Table 2:3.65.4.1.3-1: a DocumentReference whose relatesTo.code the recipient does not
+    support gets the warning; the adapter keeps no relationships between documents. It was
+    stored as if the relationship had been recorded."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["resource"]["relatesTo"] = [
+        {"code": code, "target": {"identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4.99.1"}}}]
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        response = r.json()["entry"][1]["response"]
+        assert response["status"] == "201 Created"
+        [issue] = response["outcome"]["issue"]
+        assert issue["severity"] == "warning" and issue["details"]["text"] == warning
+        assert issue["expression"] == ["Bundle.entry[1].resource.relatesTo[0]"]
+
+
+def test_a_contained_author_is_resolved_not_kept_as_a_dangling_local_reference(tmp_path: Path) -> None:
+    """The MHD Comprehensive DocumentReference contains its author (``author`` aggregation
+    contained: ``{"reference": "#a1"}`` and a Practitioner in ``contained``). The adapter builds
+    its own DocumentReference without the contained resources, and kept ``#a1``: a local
+    reference to nothing (FHIR ref-1), the author lost. It is now the contained Practitioner's
+    identifier and name."""
+    bundle = provide_document_bundle(DOCUMENT)
+    document_reference = bundle["entry"][1]["resource"]
+    document_reference["contained"] = [
+        {"resourceType": "Practitioner", "id": "a1", "identifier": [{"system": "urn:oid:2.999.1.2", "value": "dr-a"}],
+         "name": [{"family": "Arzt", "given": ["Anna"], "prefix": ["Dr"]}]},
+        {"resourceType": "Patient", "id": "sp", "identifier": [dict(PATIENT)]}]
+    document_reference["author"] = [{"reference": "#a1"}]
+    document_reference["context"] = {"sourcePatientInfo": {"reference": "#sp"}}
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        [found] = _found(client)
+        assert found["author"] == [{"identifier": {"system": "urn:oid:2.999.1.2", "value": "dr-a"},
+                                    "display": "Dr Anna Arzt"}]
+        assert "contained" not in found
+
+
+def test_an_unresolvable_local_reference_is_refused(tmp_path: Path) -> None:
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["resource"]["author"] = [{"reference": "#nobody"}]
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.author[0].reference"]
+        assert _stored(services) == 0
+
+
+def test_a_relative_attachment_url_resolves_against_the_entrys_full_url(tmp_path: Path) -> None:
+    """bundle.html#references: in an entry whose fullUrl is a RESTful URL, a relative reference
+    (``Binary/123``) resolves against that fullUrl's base, and names the Binary entry whose fullUrl
+    is ``<base>/Binary/123``. It was refused (422, "does not reference the Binary")."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["fullUrl"] = "http://example.org/fhir/DocumentReference/456"
+    bundle["entry"][0]["resource"]["entry"][0]["item"]["reference"] = "DocumentReference/456"
+    bundle["entry"][2]["fullUrl"] = "http://example.org/fhir/Binary/123"
+    bundle["entry"][1]["resource"]["content"][0]["attachment"]["url"] = "Binary/123"
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        # a Binary of another server is not this one
+        bundle["entry"][2]["fullUrl"] = "http://elsewhere.example/fhir/Binary/123"
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+
+
+def test_restful_full_urls_resolve_the_subjects_reference_to_the_bundles_patient(tmp_path: Path) -> None:
+    """As MHD's own example Bundles are built: RESTful fullUrls, the subject a relative
+    reference (``Patient/p-9``) that resolves against the DocumentReference's fullUrl to the
+    Patient entry's (bundle.html#references)."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["fullUrl"] = "http://example.org/fhir/DocumentReference/456"
+    bundle = _with_patient(bundle, {"resourceType": "Patient", "identifier": [dict(PATIENT)]},
+                           subject={"reference": "Patient/p-9"}, full_url="http://example.org/fhir/Patient/p-9")
+    bundle["entry"][0]["resource"]["subject"] = {"reference": "http://example.org/fhir/Patient/p-9"}
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        [found] = _found(client)
+        assert found["subject"]["identifier"] == PATIENT and "reference" not in found["subject"]
+
+
+def test_a_submission_set_for_another_patient_is_refused(tmp_path: Path) -> None:
+    """2:3.65.4.1.2.1: every DocumentReference.subject and List.subject is the identity of the
+    (one) patient. A SubmissionSet naming another patient than the document is a misfiled
+    submission: refused whole, nothing stored. It was acknowledged and the document stored."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][0]["resource"]["subject"] = {"identifier": dict(OTHER_ID)}
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource.subject"]
+        assert _stored(services) == 0
+        # a urn names an entry of the Bundle or nothing
+        bundle["entry"][0]["resource"]["subject"] = {"reference": "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000ff"}
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422 and "names no Patient" in r.json()["issue"][0]["diagnostics"]
+        assert _stored(services) == 0
+        # the same patient by a reference the adapter cannot compare is not second-guessed
+        bundle["entry"][0]["resource"]["subject"] = {"reference": "http://pdqm.example/fhir/Patient/9"}
+        assert client.post("/fhir", json=bundle, headers=FHIR).status_code == 200
