@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# tools/install-peers.sh - install the project's test peers, idempotently (Debian 12, root).
+# tools/install-peers.sh - install the project's test peers, idempotently (Debian 12; the apt-get
+# steps as root: run by root, or through sudo when a user runs it and something is missing).
 #
 #   tools/install-peers.sh            # build output in $PEERS, else $PEERS_DIR, else <repo>/.peers
 #
@@ -26,6 +27,13 @@ PLUGIN="/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 log() { echo "install-peers: $*"; }
 die() { echo "install-peers: $*" >&2; exit 1; }
+# only the system steps run as root (through sudo for a user): what is built in $PEERS stays the user's
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "need root (or sudo) to run: $*"
+  fi
+}
 
 # ---------------------------------------------------------------- Debian packages
 pkgs=(dcmtk dicom3tools orthanc orthanc-dicomweb gcc libc6-dev curl iproute2)
@@ -39,20 +47,19 @@ for p in "${pkgs[@]}"; do
 done
 
 if [ ${#missing[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "need root to apt-get install: ${missing[*]}"
+  [ "$(id -u)" = 0 ] || log "apt-get install through sudo (not root): ${missing[*]}"
   log "apt-get install ${missing[*]}"
   made_policy=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     # 101 = "action not allowed": invoke-rc.d will not start the orthanc service
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod 755 /usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod 755 /usr/sbin/policy-rc.d
     made_policy=1
   fi
-  cleanup_policy() { if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; }
+  cleanup_policy() { if [ "$made_policy" = 1 ]; then as_root rm -f /usr/sbin/policy-rc.d; fi; }
   trap cleanup_policy EXIT
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   cleanup_policy
   trap - EXIT
 fi
@@ -61,7 +68,7 @@ fi
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
   if systemctl is-enabled --quiet orthanc 2>/dev/null || systemctl is-active --quiet orthanc 2>/dev/null; then
     log "disabling Debian's orthanc service"
-    systemctl disable --now orthanc >/dev/null 2>&1 || true
+    as_root systemctl disable --now orthanc >/dev/null 2>&1 || true
   fi
 fi
 for pid in $(pgrep -x Orthanc 2>/dev/null || true); do
