@@ -71,8 +71,8 @@ class Settings(BaseSettings):
         None, description="Folder of the mapping tables; default: the folder holding the policy's sibling tables "
         "(mappings/ of the project).")
     base_url: str | None = Field(
-        None, description="Public base URL of the FHIR endpoint used in Location headers and links; "
-        "default: derived from the request.")
+        None, description="Public base URL of the service (what /fhir, /dicomweb and /wado follow) used in "
+        "Location headers and links; default: derived from the request.")
     max_upload_bytes: int = Field(
         50 * 1024 * 1024, gt=0, description="Largest accepted upload in bytes: a photo or an instance of a STOW-RS "
         "request (larger gets 413), a DICOM object received over C-STORE (0xA700 Out of Resources); a transaction Bundle may be "

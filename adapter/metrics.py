@@ -14,8 +14,9 @@ outbox states.
   (a growing ``failed`` or ``pending`` is a PACS that does not take what is sent to it).
 
 With several HTTP worker processes the counters of every process are summed (prometheus_client's
-multiprocess mode, in a folder of the data dir that ``serve`` empties at start, one per instance:
-``prometheus/<HTTP host>-<HTTP port>``, so instances sharing a data folder each report their own).
+multiprocess mode, in a folder of the instance's own that ``serve`` empties at start: in the host's
+temp dir, ``adapter-metrics-<digest of the data folder and HTTP address>``, not in the data folder, so
+instances sharing one each report their own; see ``adapter.__main__._multiprocess_metrics``).
 """
 
 from __future__ import annotations

@@ -85,7 +85,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
-        where = [".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()[:10]]
+        errors = exc.errors()[:10]
+        if errors and all(tuple(err.get("loc", ()))[:1] == ("query",) for err in errors):
+            # a query parameter that cannot be understood (GET /outbox?limit=x): 400, as
+            # InvalidQuery is on every read; 422 stays for a body understood and not processable
+            where = [".".join(str(p) for p in tuple(err["loc"])[1:]) for err in errors]
+            return fhir_response(operation_outcome("error", "invalid", "invalid query", expression=where), 400)
+        where = [".".join(str(p) for p in err.get("loc", ())) for err in errors]
         return fhir_response(operation_outcome("error", "invalid", "invalid request", expression=where), 422)
 
     @app.exception_handler(StarletteHTTPException)

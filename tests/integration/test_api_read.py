@@ -145,6 +145,22 @@ def test_no_purpose_is_403_and_unknown_purpose_is_400(tmp_path: Path) -> None:
             assert client.post("/fhir", json=batch, headers=twice).status_code == 400
 
 
+def test_an_outbox_query_that_cannot_be_understood_is_400_as_on_every_read(tmp_path: Path) -> None:
+    """README: a query that cannot be understood is 400 on every read; GET /outbox is read under a
+    purpose and audited as one, yet an unknown status or a limit out of its range was 422 (found by
+    following the README as a new user)."""
+    with adapter_client(tmp_path) as (client, _):
+        for query in ({"status": "lost"}, {"limit": "x"}, {"limit": 0}, {"limit": 1001}):
+            refused = client.get("/outbox", params=query, headers=as_purpose("TREAT"))
+            assert refused.status_code == 400, (query, refused.status_code)
+            assert refused.json()["resourceType"] == "OperationOutcome"
+            assert refused.json()["issue"][0]["expression"] == [next(iter(query))]
+        assert client.get("/outbox", params={"status": "failed", "limit": 1000},
+                          headers=as_purpose("TREAT")).status_code == 200
+        # a body that cannot be processed stays 422 (content, not a query)
+        assert client.post("/outbox/requeue", json={"ids": ["x"]}).status_code == 422
+
+
 def test_search_leaves_out_what_the_purpose_may_not_see(tmp_path: Path) -> None:
     with adapter_client(tmp_path) as (client, _):
         _ingest(client)                                                     # clinical: needs TRAIN consent

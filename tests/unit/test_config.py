@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from adapter.config import Settings
@@ -14,6 +16,44 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     missing = [f"ADAPTER_{name.upper()}" for name in Settings.model_fields
                if f"`ADAPTER_{name.upper()}`" not in readme]
     assert not missing, f"undocumented settings: {missing}"
+
+
+def _readme_settings_defaults() -> dict[str, str]:
+    """The Settings table of the README: ``ADAPTER_X`` -> its default column, as written."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`ADAPTER_") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+def test_the_readme_states_every_setting_with_its_default() -> None:
+    """What the Settings table says of a default is what Settings holds: a literal in backticks is
+    the value (`./data` the path, `true` the boolean), 'empty' is the empty string, and any other
+    words (computed at start: from the request, in the data dir) stand for no value set."""
+    table = _readme_settings_defaults()
+    assert sorted(table) == sorted(f"ADAPTER_{name.upper()}" for name in Settings.model_fields)
+    wrong = {}
+    for name, field in Settings.model_fields.items():
+        said, default = table[f"ADAPTER_{name.upper()}"], field.default
+        if said.startswith("`") and said.endswith("`"):
+            literal = said.strip("`")
+            if isinstance(default, bool):
+                ok = literal == str(default).lower()
+            elif isinstance(default, Path):
+                ok = Path(literal) == default
+            elif isinstance(default, int | float):
+                ok = float(literal) == default
+            else:
+                ok = literal == str(default)
+        elif said.strip("()") == "empty":
+            ok = default == ""
+        else:
+            ok = default is None
+        if not ok:
+            wrong[f"ADAPTER_{name.upper()}"] = (said, default)
+    assert not wrong, f"README's Settings table gives other defaults: {wrong}"
 
 
 def test_defaults_are_the_embedded_store_on_loopback(tmp_path, monkeypatch) -> None:

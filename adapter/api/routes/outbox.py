@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from adapter.api.deps import ReaderDep, ServicesDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.openapi import INVALID, JSON, READ, answers, ok, refusals
-from adapter.errors import InvalidInput
+from adapter.errors import InvalidQuery
 from adapter.services.forwarding import OUTBOX_STATUSES, OutboxEntry
 
 router = APIRouter()
@@ -49,13 +49,13 @@ def _entry_json(entry: OutboxEntry, *, shown: bool) -> dict[str, Any]:
 
 
 @router.get("/outbox", responses=answers(ok(200, "the outbox items, oldest first", {JSON: {"type": "array", "items": {
-    "type": "object"}}}), refusals(*READ, *INVALID)))
+    "type": "object"}}}), refusals(*READ)))
 async def list_outbox(services: ServicesDep, reader: ReaderDep, status: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
     """Outbox items, oldest first; ``status`` one of pending, sent, failed; the record and UID
     of an item only where the purpose of use may see the record in full (module docstring)."""
     if status is not None and status not in OUTBOX_STATUSES:
-        raise InvalidInput(f"status must be one of {', '.join(OUTBOX_STATUSES)}", expression="status")
+        raise InvalidQuery(f"status must be one of {', '.join(OUTBOX_STATUSES)}", expression="status")
 
     def listed() -> tuple[list[dict[str, Any]], bool]:
         entries = services.outbox.list_entries(status=status, limit=limit)
