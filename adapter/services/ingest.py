@@ -203,7 +203,7 @@ class IngestService:
         (nothing was stored by it; the retry is answered the same)."""
         patient = meta.patient.identifier
         try:
-            result = self._same_statement(replay(), meta)
+            result = self._same_master_identifier(self._same_statement(replay(), meta), meta)
         except (BusinessRuleViolation, Conflict) as exc:
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=patient, reason=exc.diagnostics, refused=True)
@@ -236,6 +236,24 @@ class IngestService:
         raise Conflict(f"this photo is stored for the patient already ({replay.location}) with another consent "
                        f"statement: nothing was stored, this statement neither; record it with POST /fhir/Consent",
                        expression="consent")
+
+    def _same_master_identifier(self, replay: IngestResult, meta: PhotoMetadata) -> IngestResult:
+        """``replay``, unless the request names the document by another masterIdentifier than
+        the stored record's (IHE MHD: its uniqueId, which ITI-67 ``identifier`` finds it by). A
+        retry sends the same one; under another, answering with the stored record would say the
+        document is stored while the new identifier is dropped (a search by it finds nothing):
+        refused as a conflict (409), nothing new stored. Only a DocumentReference keeps one."""
+        wanted = meta.master_identifier
+        kind, _, record_id = replay.location.partition("/")
+        if wanted is None or kind != "DocumentReference":
+            return replay
+        stored = self._store.get(kind, record_id)
+        master = stored.resource.get("masterIdentifier") if stored is not None else None
+        if isinstance(master, dict) and (master.get("system"), master.get("value")) == (wanted.system, wanted.value):
+            return replay
+        raise Conflict(f"this document is stored for the patient already ({replay.location}) under another "
+                       "masterIdentifier: nothing was stored, this identifier neither (a document keeps the one it was "
+                       "stored under)", expression="masterIdentifier")
 
     @staticmethod
     def _replay(keyed: tuple[dict[str, Any], Identifier], meta: PhotoMetadata, upload: Path | bytes,

@@ -307,3 +307,24 @@ def test_a_submission_set_for_another_patient_is_refused(tmp_path: Path) -> None
         # the same patient by a reference the adapter cannot compare is not second-guessed
         bundle["entry"][0]["resource"]["subject"] = {"reference": "http://pdqm.example/fhir/Patient/9"}
         assert client.post("/fhir", json=bundle, headers=FHIR).status_code == 200
+
+
+def test_the_same_document_sent_again_under_another_master_identifier_is_refused(tmp_path: Path) -> None:
+    """A Bundle whose document (bytes and patient) is stored already is answered with the stored
+    record (a retry). Its masterIdentifier, the document's uniqueId that ITI-67 finds it by, is
+    part of what the retry must repeat: under another one the answer would say the document is
+    stored while the new uniqueId was dropped (ITI-67 by it finds nothing). Refused as a conflict
+    (409), nothing stored; the same one is answered as the retry it is."""
+    first = provide_document_bundle(DOCUMENT)
+    again = copy.deepcopy(first)
+    again["entry"][1]["resource"]["masterIdentifier"] = {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4.99.3"}
+    with adapter_client(tmp_path) as (client, services):
+        assert client.post("/fhir", json=first, headers=FHIR).status_code == 200
+        stored = _stored(services)
+        r = client.post("/fhir", json=again, headers=FHIR)
+        assert r.status_code == 409, r.text
+        assert r.json()["issue"][0]["expression"] == ["masterIdentifier"]
+        assert _stored(services) == stored
+        r = client.post("/fhir", json=copy.deepcopy(first), headers=FHIR)
+        assert r.status_code == 200, r.text
+        assert r.json()["entry"][1]["response"]["status"] == "200 OK"
