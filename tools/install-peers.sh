@@ -68,7 +68,11 @@ fi
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
   if systemctl is-enabled --quiet orthanc 2>/dev/null || systemctl is-active --quiet orthanc 2>/dev/null; then
     log "disabling Debian's orthanc service"
-    as_root systemctl disable --now orthanc >/dev/null 2>&1 || true
+    # in a subshell: as_root's die (no sudo) must not end the script here, unheard (output to /dev/null)
+    if ! (as_root systemctl disable --now orthanc) >/dev/null 2>&1; then
+      echo "install-peers: WARNING: could not disable Debian's orthanc service (needs root or sudo):" \
+           "it listens on every interface when started" >&2
+    fi
   fi
 fi
 for pid in $(pgrep -x Orthanc 2>/dev/null || true); do
