@@ -28,6 +28,14 @@ def media_type(version: str) -> str:
     return f"application/fhir+json; fhirVersion={'5.0' if version == '5' else '4.0'}"
 
 
+def wants_dicom(accept: str | None) -> bool:
+    """For a Binary: the record's DICOM object when ``accept`` prefers ``application/dicom``
+    (RFC 9110 12.5.1: highest quality first, in the order given among equals), not merely lists
+    it: ``q=0`` refuses it (12.4.2), and a type ranked above it is answered instead."""
+    ranges = by_preference(media_ranges(accept, default=None))
+    return bool(ranges) and ranges[0].media == "application/dicom"
+
+
 def binary_answer(accept: str | None, content_type: str) -> Literal["content", "json"]:
     """What a Binary read answers (http.html#binary): its own content or the Binary as FHIR JSON,
     whichever ``accept`` prefers (RFC 9110 12.5.1: highest quality first, in the order given among

@@ -74,3 +74,22 @@ def test_unknown_and_refused_documents(tmp_path: Path) -> None:
         assert client.get(attachment["url"], headers={"Accept": "image/jpeg"}).status_code == 403
         assert client.get(attachment["url"], headers={**as_purpose("TRAIN"), "Accept": "image/jpeg"}
                           ).status_code in (403, 404)
+
+
+def test_the_dicom_object_is_answered_only_where_the_accept_header_prefers_it(tmp_path: Path) -> None:
+    """``Accept: application/dicom`` on a Binary answers the record's DICOM object; RFC 9110
+    12.4.2 makes ``q=0`` "not acceptable". The DICOM branch looked for application/dicom anywhere
+    in the header, its quality ignored: a consumer that refused it (``q=0``) or ranked it below
+    the document's own type got the DICOM object, Part 10 bytes it had not asked for."""
+    with adapter_client(tmp_path) as (client, _):
+        attachment = _attachment(client)
+        treat = as_purpose("TREAT")
+        for accept in ("image/jpeg, application/dicom;q=0", "application/dicom;q=0.2, image/jpeg"):
+            r = client.get(attachment["url"], headers={**treat, "Accept": accept})
+            assert r.status_code == 200, (accept, r.text[:200])
+            assert r.headers["content-type"] == "image/jpeg", accept
+        for accept in ("application/dicom", "application/dicom, image/*;q=0.1"):
+            r = client.get(attachment["url"], headers={**treat, "Accept": accept})
+            assert r.status_code == 200 and r.headers["content-type"] == "application/dicom", accept
+        r = client.get(attachment["url"], headers={**treat, "Accept": "application/dicom;q=0"})
+        assert r.status_code == 406, r.headers.get("content-type")

@@ -31,6 +31,7 @@ from adapter.api.negotiation import (
     fhir_version,
     format_is_json,
     media_type,
+    wants_dicom,
 )
 from adapter.api.openapi import (
     BODY,
@@ -379,8 +380,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
     if resource_type == "Binary":
         if version_id is not None and version_id != await run_in_threadpool(reader.current_version, "Binary", id):
             raise NotFound(f"Binary/{id} has no version {version_id}")
-        if not format_is_json(format_) and accept and \
-                any(r.split(";")[0].strip().lower() == "application/dicom" for r in accept.split(",")):
+        if not format_is_json(format_) and wants_dicom(accept):
             # the record's DICOM object, one application/dicom body, under the same decision
             dicom = await run_in_threadpool(reader.read_binary_dicom, id)
             return Response(content=dicom.data, media_type="application/dicom",
