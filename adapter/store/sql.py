@@ -15,7 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from adapter.errors import Conflict, NotFound, StorageError
+from adapter.errors import Conflict, InvalidInput, NotFound, StorageError
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
@@ -105,6 +105,11 @@ _CONFLICTS = (
 
 
 _PG_UNIQUE_VIOLATION = "23505"
+#: PostgreSQL's class 54, program limit exceeded (54000: an index row over its page's third,
+#: e.g. an identifier of thousands of characters; 54001 statement too complex; 54011 too many
+#: columns; 54023 too many arguments): what was sent is too large for the store, whatever the
+#: moment, so the request's fault, not a transient failure a client should retry.
+_PG_PROGRAM_LIMIT_EXCEEDED = "54"
 
 
 def _integrity_error(exc: IntegrityError) -> Conflict | StorageError:
@@ -124,7 +129,8 @@ def _integrity_error(exc: IntegrityError) -> Conflict | StorageError:
 
 @contextmanager
 def _translated_errors() -> Iterator[None]:
-    """Driver and SQLAlchemy errors as our own: unique violations are Conflict, the rest
+    """Driver and SQLAlchemy errors as our own: unique violations are Conflict, a value over one
+    of PostgreSQL's limits InvalidInput (422 / 0xC000: retrying cannot help), the rest
     StorageError (a failed transaction is rolled back, so nothing of it was saved). Values
     that cannot be encoded (JSON) surface as SQLAlchemy StatementError, hence StorageError."""
     try:
@@ -132,6 +138,9 @@ def _translated_errors() -> Iterator[None]:
     except IntegrityError as exc:
         raise _integrity_error(exc) from exc
     except SQLAlchemyError as exc:
+        if str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "").startswith(_PG_PROGRAM_LIMIT_EXCEEDED):
+            raise InvalidInput("a value of the request is too large for the record store (an identifier or "
+                               "code of thousands of characters); nothing was saved") from exc
         raise StorageError("the record store failed; nothing was saved") from exc
 
 

@@ -4,6 +4,7 @@ of one upload, on PostgreSQL and SQLite alike."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,18 @@ def test_one_key_for_two_photos_at_once_stores_one_and_refuses_the_other(tmp_pat
         assert client.get(f"/fhir/Media?patient:identifier={ident}", headers=as_purpose("TREAT")).json()["total"] == 1
         assert list((tmp_path / "data" / "staging").iterdir()) == []
 
+
+
+def test_a_value_too_long_for_the_store_to_index_is_refused_not_retried(tmp_path: Path, pg_url: str) -> None:
+    """Found by the diff review: a patient identifier (or an MHD masterIdentifier) of ~8000
+    characters passes the API, and PostgreSQL refuses to index it ("index row size exceeds",
+    SQLSTATE class 54). That came back as 503 with Retry-After, so the client retried for ever;
+    it is the request's fault: 422, nothing stored, and the store goes on."""
+    with adapter_client(tmp_path, database_url=pg_url) as (client, _):
+        long = {"system": PATIENT["system"], "value": "M" + secrets.token_hex(4000)}  # incompressible
+        r = post_photo(client, ROOT / "samples" / "wound.jpg", metadata(patient=long))
+        assert r.status_code == 422, r.text
+        assert r.json()["resourceType"] == "OperationOutcome" and "Retry-After" not in r.headers
+        assert long["value"][:40] not in r.text  # the value is not quoted back
+        assert client.get("/fhir/Media", headers=as_purpose("TREAT")).json()["total"] == 0
+        assert post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).status_code == 201
