@@ -14,6 +14,7 @@ upright as a viewer shows the full image.
 from __future__ import annotations
 
 import io
+import threading
 
 from PIL import Image, ImageOps
 
@@ -27,6 +28,12 @@ from adapter.imaging.sniff import JPEG, check_declared
 THUMBNAIL_QUALITY = 80
 #: JPEG quality of an image rendered anew as JPEG: close to what it shows at full size.
 RENDERED_QUALITY = 90
+#: Pictures made from a whole decode at once in a process (:func:`rendered_as`, a PNG's
+#: thumbnail): an 80 MP image (the policy's default limit) takes ~0.7 GB while it is decoded and
+#: encoded again, so readers asking for many at once wait their turn rather than exhaust memory.
+WHOLE_DECODES_AT_ONCE = 2
+_whole_decodes = threading.BoundedSemaphore(WHOLE_DECODES_AT_ONCE)
+
 #: The media types :func:`rendered_as` makes: those PS3.18 Table 8.7.4-1 gives a single-frame
 #: image (image/jpeg the default; image/png and image/gif required).
 RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")
@@ -45,10 +52,13 @@ def thumbnail_jpeg(data: bytes, content_type: str, *, rows: int, columns: int, m
         raise ValueError("a thumbnail needs at least one row and one column")
     kind = check_declared(data, content_type)
     if kind != JPEG:  # a PNG: decoded whole to 8-bit samples (16-bit by their high bits), as rendered
-        pixels = decode_pixels(data, kind, max_pixels=max_pixels)
-        picture = Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows), pixels.data)
-        picture.thumbnail((columns, rows), Image.Resampling.LANCZOS)
-        return _jpeg(picture)
+        with _whole_decodes:  # memory: see WHOLE_DECODES_AT_ONCE
+            pixels = decode_pixels(data, kind, max_pixels=max_pixels)
+            picture = Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows),
+                                      pixels.data)
+            del pixels
+            picture.thumbnail((columns, rows), Image.Resampling.LANCZOS)
+            return _jpeg(picture)
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
             if im.width * im.height > max_pixels:
@@ -83,19 +93,21 @@ def rendered_as(data: bytes, content_type: str, media_type: str, *, max_side: in
     if media_type not in RENDERED_TYPES:
         raise ValueError(f"cannot render as {media_type}")
     kind = check_declared(data, content_type)
-    pixels = decode_pixels(data, kind, orientation=read_orientation(data, kind), max_pixels=max_pixels)
-    if media_type == "image/png":
-        return encode_png(pixels)
-    picture = Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows), pixels.data)
-    if media_type == "image/jpeg":
-        picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        return _jpeg(picture, quality=RENDERED_QUALITY)
-    if picture.mode == "RGB":
-        picture = picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    picture.info = {}
-    out = io.BytesIO()
-    picture.save(out, format="GIF")
-    return out.getvalue()
+    with _whole_decodes:  # memory: see WHOLE_DECODES_AT_ONCE
+        pixels = decode_pixels(data, kind, orientation=read_orientation(data, kind), max_pixels=max_pixels)
+        if media_type == "image/png":
+            return encode_png(pixels)
+        picture = Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows), pixels.data)
+        del pixels
+        if media_type == "image/jpeg":
+            picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            return _jpeg(picture, quality=RENDERED_QUALITY)
+        if picture.mode == "RGB":
+            picture = picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        picture.info = {}
+        out = io.BytesIO()
+        picture.save(out, format="GIF")
+        return out.getvalue()
 
 
 def _jpeg(picture: Image.Image, *, quality: int = THUMBNAIL_QUALITY) -> bytes:
@@ -107,4 +119,5 @@ def _jpeg(picture: Image.Image, *, quality: int = THUMBNAIL_QUALITY) -> bytes:
     return out.getvalue()
 
 
-__all__ = ["RENDERED_QUALITY", "RENDERED_TYPES", "THUMBNAIL_QUALITY", "rendered_as", "thumbnail_jpeg"]
+__all__ = ["RENDERED_QUALITY", "RENDERED_TYPES", "THUMBNAIL_QUALITY", "WHOLE_DECODES_AT_ONCE", "rendered_as",
+           "thumbnail_jpeg"]

@@ -96,3 +96,40 @@ def test_a_rendered_photo_made_anew_is_upright_and_carries_no_metadata(media: st
         rendered_as(source, "image/jpeg", media, max_side=200, max_pixels=1000)
     with pytest.raises(ValueError):
         rendered_as(source, "image/jpeg", "image/webp", max_side=200, max_pixels=1_000_000)
+
+
+def test_whole_decodes_run_at_most_two_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the diff review: rendered_as decodes a picture whole (an 80 MP one took ~0.7 GB)
+    and nothing bounded how many readers did so at once. Six readers at once: at most
+    WHOLE_DECODES_AT_ONCE decode together, every one gets its picture."""
+    import threading
+    import time
+
+    from adapter.imaging import thumbnail
+
+    real = thumbnail.decode_pixels
+    lock = threading.Lock()
+    now, most = [0], [0]
+
+    def counted(*args: object, **kwargs: object) -> object:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            time.sleep(0.05)
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(thumbnail, "decode_pixels", counted)
+    source = _jpeg(64, 48)
+    made: list[bytes] = []
+    readers = [threading.Thread(target=lambda: made.append(
+        thumbnail.rendered_as(source, "image/jpeg", "image/png", max_side=100, max_pixels=10_000)))
+        for _ in range(6)]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join()
+    assert len(made) == 6 and most[0] == thumbnail.WHOLE_DECODES_AT_ONCE
