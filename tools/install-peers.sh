@@ -50,14 +50,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || log "apt-get install through sudo (not root): ${missing[*]}"
   log "apt-get install ${missing[*]}"
   made_policy=0
+  # set before the file is written: a failure or an interruption while writing it (a second sudo
+  # prompt) must not leave a policy that blocks every service start on the host
+  cleanup_policy() { if [ "$made_policy" = 1 ]; then as_root rm -f /usr/sbin/policy-rc.d || true; fi; }
+  trap cleanup_policy EXIT
   if [ ! -e /usr/sbin/policy-rc.d ]; then
+    made_policy=1
     # 101 = "action not allowed": invoke-rc.d will not start the orthanc service
     printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
     as_root chmod 755 /usr/sbin/policy-rc.d
-    made_policy=1
   fi
-  cleanup_policy() { if [ "$made_policy" = 1 ]; then as_root rm -f /usr/sbin/policy-rc.d; fi; }
-  trap cleanup_policy EXIT
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   cleanup_policy
