@@ -554,6 +554,10 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
                                          "reference the Patient the Bundle carries: the adapter matches patients "
                                          "by identifier", expression=f"{where}.identifier")
         out = {"system": named[0], "value": named[1]}
+        if reference and reference.lower().startswith("urn:"):  # a Bundle-local name no entry has
+            raise InvalidInput("the subject references a urn that is no entry of the Bundle: outside it, the "
+                               "reference names nothing (reference the Patient's server URL, or carry the "
+                               "Patient in the Bundle)", expression=f"{where}.reference")
         if reference and not reference.startswith("#"):  # a contained resource is not kept
             out["reference"] = reference
         return out

@@ -328,3 +328,24 @@ def test_the_same_document_sent_again_under_another_master_identifier_is_refused
         r = client.post("/fhir", json=copy.deepcopy(first), headers=FHIR)
         assert r.status_code == 200, r.text
         assert r.json()["entry"][1]["response"]["status"] == "200 OK"
+
+
+@pytest.mark.parametrize("reference", ["urn:uuid:0c0c0c0c-0000-4000-8000-0000000000ff", "urn:oid:1.2.3.4.5"])
+def test_a_subject_referencing_a_urn_no_entry_of_the_bundle_has_is_refused(tmp_path: Path, reference: str) -> None:
+    """Found by the diff review: with no Patient in the Bundle, a subject reference to a urn
+    (a Bundle-local name) that no entry has was stored as it came: outside the Bundle it names
+    nothing, so the stored record carried a reference to nothing. Refused, nothing stored; an
+    absolute or relative reference (a Patient on the MPI, as a PIXm lookup gives it) is kept."""
+    bundle = provide_document_bundle(DOCUMENT)
+    for entry in bundle["entry"]:
+        if "subject" in entry["resource"]:
+            entry["resource"]["subject"]["reference"] = reference
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code in (400, 422), r.text
+        assert any(e.endswith(".subject.reference") for e in r.json()["issue"][0]["expression"])
+        assert _stored(services) == 0
+        ok = provide_document_bundle(DOCUMENT)  # "Patient/p-1" and the identifier: kept
+        assert client.post("/fhir", json=ok, headers=FHIR).status_code == 200
+        [found] = _found(client)
+        assert found["subject"]["reference"] == "Patient/p-1"
