@@ -215,6 +215,13 @@ def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
                               request if isinstance(request, Mapping) else {}))
     # the Bundle itself, without the resources already validated (Bundle.entry.resource is 0..1)
     validate_model("Bundle", {**bundle, "entry": shell_entries}, "Bundle")
+    seen: set[str] = set()
+    for e in entries:  # bdl-7: a fullUrl names one entry (versions aside, which a transaction's POSTs have not)
+        if e.full_url is not None and e.full_url in seen:
+            raise InvalidResource("two entries have the same fullUrl (FHIR bdl-7): a reference to it would name "
+                                  "either", expression=f"Bundle.entry[{e.index}].fullUrl")
+        if e.full_url is not None:
+            seen.add(e.full_url)
     for e in entries:
         method = e.request.get("method")
         if not e.request:

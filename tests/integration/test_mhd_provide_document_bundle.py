@@ -349,3 +349,16 @@ def test_a_subject_referencing_a_urn_no_entry_of_the_bundle_has_is_refused(tmp_p
         assert client.post("/fhir", json=ok, headers=FHIR).status_code == 200
         [found] = _found(client)
         assert found["subject"]["reference"] == "Patient/p-1"
+
+
+def test_two_entries_with_the_same_full_url_are_refused(tmp_path: Path) -> None:
+    """FHIR bdl-7: a fullUrl is unique in a Bundle (different versions aside). A Patient given the
+    Binary's urn was taken (found by the diff review): a reference to it named either entry."""
+    bundle = provide_document_bundle(DOCUMENT)
+    binary_url = bundle["entry"][2]["fullUrl"]
+    bundle = _with_patient(bundle, {"resourceType": "Patient", "identifier": [dict(PATIENT)]}, full_url=binary_url)
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 400, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[3].fullUrl"]
+        assert _stored(services) == 0
