@@ -226,6 +226,8 @@ def test_missing_record(jpeg: bytes) -> None:
 def test_two_photos(jpeg: bytes) -> None:
     bundle = transaction_bundle(jpeg)
     bundle["entry"].append(copy.deepcopy(bundle["entry"][0]))
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[3].fullUrl"]  # bdl-7 first
+    bundle["entry"][3]["fullUrl"] = "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000b2"
     assert refused(bundle, NotSupported).expression == ["Bundle.entry[3]"]
 
 
@@ -343,6 +345,7 @@ def test_consent_rules(jpeg: bytes) -> None:
     assert err.expression == ["Bundle.entry[2].resource.provision.purpose"]
     bundle = transaction_bundle(jpeg)
     bundle["entry"].append(copy.deepcopy(bundle["entry"][2]))
+    bundle["entry"][3]["fullUrl"] = "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000c3"  # not a bdl-7 refusal
     refused(bundle, NotSupported)
 
 
