@@ -1,11 +1,13 @@
 """What a DICOM object says of its series and of itself that a QIDO-RS result returns (PS3.18
-Table 10.6.3-4 Series, Table 10.6.3-5 Instance, "if present in the Instance"), read once from the
-object (at ingest, or at start for an instance stored before: adapter.store.schema 13) so that a
-search answers from the store's index, not by opening every object.
+Table 10.6.3-4 Series, Table 10.6.3-5 Instance, "if present in the Instance"), and of its study
+(Table 10.6.3-3: ReferringPhysicianName, PatientBirthDate, PatientSex, StudyID), read once from
+the object (at ingest, or at start for an instance stored before: adapter.store.schema 13 and 14)
+so that a search answers from the store's index, not by opening every object.
 
 A value is kept only when it is one of its VR (PS3.5 6.2): an IS an integer within its range, a
-US within 0..65535, a DA eight digits, a TM, SH (TimezoneOffsetFromUTC ``±HHMM``) or LO of its
-form and length; anything else is left out (the object keeps it as sent, and WADO-RS shows it
+US within 0..65535, a DA eight digits, a TM, SH (TimezoneOffsetFromUTC ``±HHMM``), LO or CS
+(upper case letters, digits, space and ``_``) of its form and length, a PN as sent (up to three
+component groups); anything else is left out (the object keeps it as sent, and WADO-RS shows it
 there). NumberOfFrames only when the object has it: a single-frame object without it is not given
 one its retrieved copy would not show.
 """
@@ -24,6 +26,9 @@ _IS_RANGE = (-(2**31), 2**31 - 1)
 _DA = re.compile(r"^\d{8}$", re.ASCII)
 _TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$", re.ASCII)
 _OFFSET = re.compile(r"^[+-]\d{4}$", re.ASCII)
+_CS = re.compile(r"^[A-Z0-9_ ]{1,16}$", re.ASCII)
+#: The longest PN kept: 5 components of 64 characters, 3 groups (as PatientName at ingest).
+_PN_LIMIT = 1000
 
 
 def instance_attributes(ds: Dataset) -> InstanceAttributes:
@@ -38,7 +43,11 @@ def instance_attributes(ds: Dataset) -> InstanceAttributes:
         rows=_integer(ds, "Rows", 0, 65535),
         columns=_integer(ds, "Columns", 0, 65535),
         bits_allocated=_integer(ds, "BitsAllocated", 0, 65535),
-        number_of_frames=_integer(ds, "NumberOfFrames", 1, _IS_RANGE[1]))
+        number_of_frames=_integer(ds, "NumberOfFrames", 1, _IS_RANGE[1]),
+        referring_physician_name=_text(ds, "ReferringPhysicianName", _PN_LIMIT),
+        patient_birth_date=_matching(ds, "PatientBirthDate", _DA),
+        patient_sex=_matching(ds, "PatientSex", _CS),
+        study_id=_text(ds, "StudyID", 16))
 
 
 def _value(ds: Dataset, keyword: str) -> Any:

@@ -1,7 +1,7 @@
 """DICOM objects the adapter knows about (received from a PACS or generated from a photo), the
 durable outbox of objects to forward, and the normal form QIDO-RS matches a PatientName in
 (:func:`person_name_key`: the store indexes it, the matching compares it), and what an object
-says of its series and of itself for QIDO-RS (:class:`InstanceAttributes`)."""
+says of its study, its series and itself for QIDO-RS (:class:`InstanceAttributes`)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from datetime import datetime
 from adapter.model.photo import Identifier
 
 #: The version of how :class:`InstanceAttributes` are read from an object (the store keeps it with
-#: them; an instance without one has not been read yet).
-INSTANCE_ATTRIBUTES_VERSION = 1
+#: them; an instance without one has not been read yet). 2: with the study attributes (schema 14).
+INSTANCE_ATTRIBUTES_VERSION = 2
 
 
 @dataclass(frozen=True)
 class InstanceAttributes:
     """What a DICOM object says of its series and of itself that QIDO-RS returns (PS3.18 Tables
-    10.6.3-4 and 10.6.3-5), read from the object at ingest (adapter.mapping.dicom_qido); None
+    10.6.3-4 and 10.6.3-5), and of its study beside the study attributes :class:`DicomInstance`
+    holds (Table 10.6.3-3), read from the object at ingest (adapter.mapping.dicom_qido); None
     where the object has no usable value. These are the stored object's: a restricted view shows
     what its copy keeps (adapter.services.dicom_objects.DicomRelease.entry)."""
 
@@ -32,6 +33,11 @@ class InstanceAttributes:
     columns: int | None = None                               # US (0028,0011)
     bits_allocated: int | None = None                        # US (0028,0100)
     number_of_frames: int | None = None                      # IS (0028,0008), only when the object has it
+    # of its study (schema 14): a study result shows the first of its instances that has each
+    referring_physician_name: str | None = None              # PN (0008,0090), as sent (Alphabetic^…=…)
+    patient_birth_date: str | None = None                    # DA (0010,0030), YYYYMMDD
+    patient_sex: str | None = None                           # CS (0010,0040)
+    study_id: str | None = None                              # SH (0020,0010)
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,9 @@ class DicomInstance:
     study_description: str | None = None
     accession_number: str | None = None
     study_time: str | None = None        # TM
-    # what the object says of its series and itself (QIDO-RS); None: not read yet (stored before
-    # schema 13; SqlRecordStore.fill_dicom_attributes reads them at start)
+    # what the object says of its series and itself, and of its study beside the above (QIDO-RS);
+    # None: not read yet (stored before schema 13, or read before 14 without the study's;
+    # SqlRecordStore.fill_dicom_attributes reads them at start)
     attributes: InstanceAttributes | None = None
 
 

@@ -777,9 +777,11 @@ class ScopedReader:
                                                   or query.study_date is not None):
             batches = ()  # the view shows no PatientID, PatientName or dates: nothing can match, nothing to load
         elif release.view is not View.FULL and (query.accession_number is not None
-                                                or query.study_description is not None):
-            batches = ()  # only care's view shows an AccessionNumber or StudyDescription (TRAIN and HRESCH copies
-            # remove them)
+                                                or query.study_description is not None
+                                                or query.referring_physician_name is not None
+                                                or query.study_id is not None):
+            batches = ()  # only care's view shows an AccessionNumber, StudyDescription, ReferringPhysicianName or
+            # StudyID (TRAIN and HRESCH copies remove or empty them)
         elif release.view is View.PSEUDONYMISED and exact_patient is not None:
             # the pseudonym the view shows as PatientID: looked up, not computed for every instance
             batches = [[i for p in self._pseudonymised([exact_patient])

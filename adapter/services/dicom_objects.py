@@ -104,9 +104,10 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
 
 def object_attributes(instance: DicomInstance, store: RecordStore, blobs: BlobStore, tables: Tables,
                       dicom_tables: DicomTables) -> InstanceAttributes | None:
-    """The QIDO-RS series and instance attributes of ``instance``'s object as stored
+    """The QIDO-RS study, series and instance attributes of ``instance``'s object as stored
     (adapter.mapping.dicom_qido): a received object's header read from its file, a photo's
-    object made as every retrieve makes it but without its pixels (not decoded). For the instances stored before schema 13
+    object made as every retrieve makes it but without its pixels (not decoded). For the instances stored before schema 13,
+    or read before 14
     (RecordStore.fill_dicom_attributes, at start): an object that cannot be read or made, or
     whose record is gone, has none (no retrieve can return it either), logged without naming it.
     None, for the next start to read again, when it cannot be read now: its file is not there
@@ -249,15 +250,18 @@ class DicomRelease:
             attributes=self.attributes(instance.attributes or InstanceAttributes()))
 
     def attributes(self, stored: InstanceAttributes) -> InstanceAttributes:
-        """The QIDO-RS series and instance attributes as this view's copy of the object carries
-        them (adapter.mapping.dicom_deid): both restricted copies lose SeriesDescription (PS3.15
-        Table E.1-1, X); TRAIN's loses the dates and times and TimezoneOffsetFromUTC too, HRESCH's
-        keeps them (full dates retained). Numbers and the image's size stay in every view."""
+        """The QIDO-RS study, series and instance attributes as this view's copy of the object
+        carries them (adapter.mapping.dicom_deid): both restricted copies lose SeriesDescription
+        (PS3.15 Table E.1-1, X) and have ReferringPhysicianName, PatientBirthDate, PatientSex and
+        StudyID emptied (Z); TRAIN's loses the dates and times and TimezoneOffsetFromUTC too,
+        HRESCH's keeps them (full dates retained). Numbers and the image's size stay in every view."""
         if self.view is View.FULL:
             return stored
+        restricted = dataclasses.replace(stored, series_description=None, referring_physician_name=None,
+                                         patient_birth_date=None, patient_sex=None, study_id=None)
         if self.view is View.PSEUDONYMISED:
-            return dataclasses.replace(stored, series_description=None)
-        return dataclasses.replace(stored, series_description=None, performed_procedure_step_start_date=None,
+            return restricted
+        return dataclasses.replace(restricted, performed_procedure_step_start_date=None,
                                    performed_procedure_step_start_time=None, timezone_offset_from_utc=None)
 
     def release(self, obj: Dataset | Path, patient: Identifier) -> ReleasedObject:
@@ -308,17 +312,16 @@ def _read(path: Path) -> Dataset:
 
 STUDY, SERIES, INSTANCE = "study", "series", "instance"
 LEVELS = (STUDY, SERIES, INSTANCE)
+#: The match keys of a study, at every level (PS3.18 Table 10.6.1-5 and the study list's own).
+_STUDY_KEYS = frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
+                         "StudyTime", "AccessionNumber", "StudyDescription", "ReferringPhysicianName", "StudyID"})
 #: The match keys each level supports (a key of a lower level is refused, not ignored).
 LEVEL_KEYS: dict[str, frozenset[str]] = {
-    STUDY: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                       "StudyTime", "ModalitiesInStudy", "AccessionNumber", "StudyDescription"}),
-    SERIES: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                       "StudyTime", "SeriesInstanceUID", "Modality", "AccessionNumber", "StudyDescription",
-                       "SeriesNumber", "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"}),
-    INSTANCE: frozenset({"StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName", "StudyDate",
-                         "StudyTime", "SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID",
-                         "AccessionNumber", "StudyDescription", "SeriesNumber", "PerformedProcedureStepStartDate",
-                         "PerformedProcedureStepStartTime", "InstanceNumber"}),
+    STUDY: _STUDY_KEYS | {"ModalitiesInStudy"},
+    SERIES: _STUDY_KEYS | {"SeriesInstanceUID", "Modality", "SeriesNumber", "PerformedProcedureStepStartDate",
+                           "PerformedProcedureStepStartTime"},
+    INSTANCE: _STUDY_KEYS | {"SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID", "SeriesNumber",
+                             "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "InstanceNumber"},
 }
 _DATE = re.compile(r"^\d{8}$", re.ASCII)
 _INTEGER = re.compile(r"^[+-]?\d{1,10}$", re.ASCII)
@@ -404,7 +407,8 @@ class DicomQuery:
     """QIDO-RS match keys, in the released space of the reader's view (module docstring).
     UIDs: list matching (any of); PatientID: single value, ``*``/``?`` wildcards; PatientName:
     the same, insensitive to case and to empty trailing name components (:func:`_person_name_matches`);
-    StudyDescription: single value with wildcards (a viewer's study list filter); SeriesNumber and
+    ReferringPhysicianName: as PatientName; StudyDescription: single value with wildcards (a
+    viewer's study list filter); StudyID: exact, as AccessionNumber; SeriesNumber and
     InstanceNumber: one integer; PerformedProcedureStepStartDate: a date or range, as StudyDate;
     StudyTime and PerformedProcedureStepStartTime: a time or range (:class:`TimeRange`), on what the
     view shows (TRAIN's copies have no dates or times); the rest exact."""
@@ -426,6 +430,8 @@ class DicomQuery:
     performed_procedure_step_start_date: DateRange | None = None
     performed_procedure_step_start_time: TimeRange | None = None
     study_time: TimeRange | None = None    # what the view shows: TRAIN's copies have none
+    referring_physician_name: str | None = None  # as PatientName; only care's view shows one
+    study_id: str | None = None            # exact; only care's view shows one
 
     def matches(self, entry: DicomEntry) -> bool:
         """Every key but Modality, which :func:`match_level` applies per level."""
@@ -448,6 +454,11 @@ class DicomQuery:
         if self.study_description is not None and not _wildcard(self.study_description, entry.study_description):
             return False
         shown = entry.attributes
+        if self.referring_physician_name is not None and \
+                not _person_name_matches(self.referring_physician_name, shown.referring_physician_name):
+            return False
+        if self.study_id is not None and shown.study_id != self.study_id:
+            return False
         if self.series_number is not None and shown.series_number != self.series_number:
             return False
         if self.instance_number is not None and shown.instance_number != self.instance_number:
@@ -489,7 +500,7 @@ def literal_prefix(pattern: str) -> str:
 
 
 def _person_name_matches(pattern: str, value: str | None) -> bool:
-    """PatientName matching (PS3.4 C.2.2.2.1 allows PN literal matching insensitive to case;
+    """PatientName (and ReferringPhysicianName) matching (PS3.4 C.2.2.2.1 allows PN literal matching insensitive to case;
     C.2.2.2.4 wildcards) on both in the form :func:`adapter.model.dicom.person_name_key` gives,
     the one the store indexes: a pattern of one component group is matched against each group
     of the value (alphabetic, ideographic, phonetic), one naming several groups against the whole."""

@@ -152,7 +152,7 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     read = store.fill_dicom_attributes(partial(object_attributes, store=store, blobs=blobs, tables=tables,
                                                dicom_tables=dicom_tables))
     if read:
-        _log.info("read the QIDO-RS series and instance attributes of %d DICOM instance(s)", read)
+        _log.info("read the QIDO-RS study, series and instance attributes of %d DICOM instance(s)", read)
     auditor = Auditor(store, now)
     pseudonym_key = _pseudonym_key(settings)
     pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)

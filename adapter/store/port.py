@@ -228,7 +228,7 @@ class RecordStore(Protocol):
     def fill_dicom_attributes(self, attributes_of: Callable[[DicomInstance], InstanceAttributes | None],
                               batch: int = 500) -> int:
         """Store the QIDO-RS attributes ``attributes_of`` reads from the object of each instance
-        that has none read (stored before schema 13), a batch per transaction: idempotent, and
+        that has none read (stored before schema 13, or read before 14), a batch per transaction: idempotent, and
         an interrupted fill is taken up where it stopped; ``attributes_of`` is called with no
         transaction open and may read through this store, and gives None for an object it cannot
         read now (left unread: the next fill tries again). Returns how many instances were read."""

@@ -144,6 +144,8 @@ _ATTRIBUTE_COLUMNS = {
     "performed_procedure_step_start_date": "pps_start_date", "performed_procedure_step_start_time": "pps_start_time",
     "timezone_offset_from_utc": "timezone_offset", "instance_number": "instance_number", "rows": "image_rows",
     "columns": "image_columns", "bits_allocated": "bits_allocated", "number_of_frames": "number_of_frames",
+    "referring_physician_name": "referring_physician_name", "patient_birth_date": "patient_birth_date",
+    "patient_sex": "patient_sex", "study_id": "study_id",
 }
 
 

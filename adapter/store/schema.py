@@ -51,7 +51,9 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 12: dicom_instances' match keys of PatientName and StudyDescription (indexed): QIDO-RS by name.
 #: 13: dicom_instances' series and instance attributes of QIDO-RS (SeriesNumber, InstanceNumber,
 #:     Rows, Columns…), read from the objects at start for the instances stored before.
-SCHEMA_VERSION = 13
+#: 14: dicom_instances' study attributes of QIDO-RS (ReferringPhysicianName, PatientBirthDate,
+#:     PatientSex, StudyID), read with the others by the same start-up fill (every instance again).
+SCHEMA_VERSION = 14
 
 
 #: A match key (dicom_instances.*_key): compared in code point order on both databases, so that
@@ -250,6 +252,13 @@ dicom_instances = Table(
     Column("bits_allocated", Integer),
     Column("number_of_frames", Integer),
     Column("attributes_read", Integer),
+    # What the object says of its study beside the columns above (schema 14; the same
+    # InstanceAttributes, read and filled with them): ReferringPhysicianName as sent (PN),
+    # PatientBirthDate (DA), PatientSex (CS), StudyID (SH).
+    Column("referring_physician_name", Text),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("study_id", String(16)),
     PrimaryKeyConstraint("sop_instance_uid", name="pk_dicom_instances"),
     Index("ix_dicom_instances_study", "study_instance_uid", "series_instance_uid", "created"),
     Index("ix_dicom_instances_series", "series_instance_uid"),
@@ -351,7 +360,10 @@ def _migrate(conn: Connection, found: int) -> None:
     A change to how a key is derived needs a step that sets it NULL again;
     12 → 13 adds eleven nullable columns to ``dicom_instances`` and a partial index of the rows
     whose ``attributes_read`` is NULL, which are all the instances stored before: their objects
-    are read at start (SqlRecordStore.fill_dicom_attributes), in batches.
+    are read at start (SqlRecordStore.fill_dicom_attributes), in batches;
+    13 → 14 adds four nullable columns to ``dicom_instances`` (the study attributes) and sets
+    ``attributes_read`` NULL again on every instance (read with INSTANCE_ATTRIBUTES_VERSION 1,
+    which had no study attributes), so the same fill reads each object once more.
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -368,6 +380,8 @@ def _migrate(conn: Connection, found: int) -> None:
         for table in _DROPPED_TABLES.get(version, ()):
             if inspect(conn).has_table(table):
                 conn.execute(text(f"DROP TABLE {table}"))
+        for statement in _READ_AGAIN.get(version, ()):
+            conn.execute(text(statement))
         conn.execute(insert(schema_version).values(version=version, applied=now_instant()))
 
 
@@ -387,6 +401,8 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | TypeEngine[Any]], ...]] = 
          ("dicom_instances", "image_rows", "INTEGER"), ("dicom_instances", "image_columns", "INTEGER"),
          ("dicom_instances", "bits_allocated", "INTEGER"), ("dicom_instances", "number_of_frames", "INTEGER"),
          ("dicom_instances", "attributes_read", "INTEGER")),
+    14: (("dicom_instances", "referring_physician_name", "TEXT"), ("dicom_instances", "patient_birth_date", "VARCHAR(8)"),
+         ("dicom_instances", "patient_sex", "VARCHAR(16)"), ("dicom_instances", "study_id", "VARCHAR(16)")),
 }
 
 
@@ -399,6 +415,13 @@ _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
     11: tuple(i for t in (resources, dicom_instances) for i in t.indexes if i.name and i.name.endswith("_blob")),
     12: tuple(i for i in dicom_instances.indexes if i.name and i.name.endswith("_key")),
     13: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_attributes_unread"),
+}
+
+
+#: What each version derives again at start: the rows it sets "not derived yet" (the same DDL on
+#: SQLite and PostgreSQL).
+_READ_AGAIN: dict[int, tuple[str, ...]] = {
+    14: ("UPDATE dicom_instances SET attributes_read = NULL WHERE attributes_read IS NOT NULL",),
 }
 
 

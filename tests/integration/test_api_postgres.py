@@ -13,10 +13,12 @@ import pytest
 from sqlalchemy import text
 
 from adapter.errors import BusinessRuleViolation
-from adapter.model.photo import PhotoMetadata
+from adapter.mapping.dicom_photo import encode_dataset
+from adapter.model.photo import PhotoKind, PhotoMetadata
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.dciodvfy import photo_object, stored_sample
 from tests.support.postgres import postgres_schema
 
 
@@ -65,6 +67,19 @@ def test_ingest_and_purpose_checked_reads_on_postgresql(tmp_path: Path, pg_url: 
         number = instances[0]["00200011"]["Value"][0]
         assert len(client.get(f"/dicomweb/series?SeriesNumber={number}", headers=as_purpose("TREAT")).json()) == 2
         assert client.get("/dicomweb/instances?InstanceNumber=2", headers=as_purpose("TREAT")).json() == []
+        # the study attributes of a received object (PS3.18 Table 10.6.3-3), kept in PostgreSQL's index too
+        received = photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg"), record_id="rec-pg")
+        received.ReferringPhysicianName, received.PatientSex, received.StudyID = "Welby^Marcus", "F", "S-42"
+        body = (b"--b0\r\nContent-Type: application/dicom\r\n\r\n" + encode_dataset(received) + b"\r\n--b0--\r\n")
+        stored = client.post("/dicomweb/studies", content=body,
+                             headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0'})
+        assert stored.status_code == 200, stored.text
+        [study] = client.get("/dicomweb/studies?ReferringPhysicianName=welby*&StudyID=S-42",
+                             headers=as_purpose("TREAT")).json()
+        assert (study["0020000D"]["Value"], study["00080090"], study["00100040"], study["00200010"]) == (
+            [received.StudyInstanceUID], {"vr": "PN", "Value": [{"Alphabetic": "Welby^Marcus"}]},
+            {"vr": "CS", "Value": ["F"]}, {"vr": "SH", "Value": ["S-42"]})
+        assert client.get("/dicomweb/studies?StudyID=S-4", headers=as_purpose("TREAT")).json() == []
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

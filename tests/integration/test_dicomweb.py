@@ -451,7 +451,7 @@ def test_purpose_header_and_accept_are_checked(adapter: tuple[FhirClient, Servic
     assert client.get("/dicomweb/studies", headers={**TREAT, "Accept": "application/dicom+json; q=0"}).status_code == 406
     assert client.get(url, headers={**TREAT, "Accept": 'multipart/related; type="application/dicom"; q=0'}
                       ).status_code == 406
-    bad = client.get("/dicomweb/studies", params={"StudyID": "1"}, headers=TREAT)
+    bad = client.get("/dicomweb/studies", params={"PatientSex": "F"}, headers=TREAT)
     assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
     assert client.get("/dicomweb/studies", params={"SOPInstanceUID": "1.2"}, headers=TREAT).status_code == 400
     # "\u0662\u0660\u0662\u0664\u0660\u0661\u0660\u0661": 20240101 in Arabic-Indic digits (Python's \\d takes them)
@@ -1733,7 +1733,7 @@ def test_qido_takes_attributes_asked_for_with_an_empty_value_as_return_keys(
     assert value(series, "0020000E") == a.SeriesInstanceUID
     [instance] = qido(client, "instances", InstanceNumber="", Rows="")
     assert value(instance, "00080018") == a.SOPInstanceUID
-    for params in ({"ReferringPhysicianName": "Smith"}, {"Foo": ""}, {"0008009": ""}, {"StudyTime.Foo": ""}):
+    for params in ({"PatientBirthDate": "19700521"}, {"Foo": ""}, {"0008009": ""}, {"StudyTime.Foo": ""}):
         r = client.get("/dicomweb/studies", params=params, headers=TREAT)
         assert r.status_code == 400, (params, r.text)
 
@@ -1986,3 +1986,106 @@ def test_qido_attributes_an_object_could_not_give_at_start_are_read_at_a_later_s
     away.rename(blobs)  # and are back at the next
     with adapter_client(tmp_path) as (client, _):
         assert [value(i, "00080018") for i in qido(client, "instances", InstanceNumber="2")] == [multiframe.SOPInstanceUID]
+
+
+#: The study attributes of a QIDO-RS result PS3.18 Table 10.6.3-3 lists beside PatientName,
+#: PatientID, StudyDate, StudyTime, AccessionNumber and StudyDescription.
+STUDY_TAGS = {"00080090": "PN", "00100030": "DA", "00100040": "CS", "00200010": "SH"}
+REFERRED = {"ReferringPhysicianName": "Welby^Marcus^^Dr.", "PatientBirthDate": "19700521", "PatientSex": "F",
+            "StudyID": "S-42"}
+
+
+def test_qido_returns_the_referring_physician_birth_date_sex_and_study_id_as_the_view_retrieves_them(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """PS3.18 Table 10.6.3-3: a study result carries ReferringPhysicianName (PN), PatientBirthDate
+    (DA), PatientSex (CS) and StudyID (SH), and so do the results of All Series and All Instances
+    with their study's other attributes; a posted photo's object has them empty, so none is shown.
+    In TRAIN and HRESCH exactly what the WADO-RS metadata of that view carries (PS3.15 E.1-1 Z:
+    emptied), so QIDO never shows more than a retrieve returns."""
+    client, _ = adapter
+    photo = received(record_id="rec-ref", **REFERRED)
+    assert stow(client, photo).status_code == 200
+    posted = post_photo(client, WOUND, metadata()).json()["dicom"]
+    [study] = qido(client, "studies", StudyInstanceUID=photo.StudyInstanceUID)
+    assert shown(study, STUDY_TAGS) == {"00080090": ("PN", [{"Alphabetic": "Welby^Marcus^^Dr."}]),
+                                        "00100030": ("DA", ["19700521"]), "00100040": ("CS", ["F"]),
+                                        "00200010": ("SH", ["S-42"])}
+    for path in ("series", "instances"):  # All Series, All Instances: with their study's attributes
+        [item] = qido(client, path, StudyInstanceUID=photo.StudyInstanceUID)
+        assert shown(item, STUDY_TAGS) == shown(study, STUDY_TAGS)
+    [mine] = qido(client, "studies", StudyInstanceUID=posted["studyInstanceUid"])
+    assert not set(STUDY_TAGS) & set(mine)
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for headers in (TREAT, TRAIN, HRESCH):
+        items = qido(client, "instances", headers)
+        assert len(items) == 2
+        for item in items:
+            url = value(item, "00081190").split("testserver")[-1]
+            [meta] = client.get(f"{url}/metadata", headers=headers).json()
+            assert shown(item, STUDY_TAGS) == {t: v for t, v in shown(meta, STUDY_TAGS).items() if v[1]}, headers
+        for item in qido(client, "studies", headers):
+            [member, *_] = qido(client, "instances", headers, StudyInstanceUID=value(item, "0020000D"))
+            assert shown(item, STUDY_TAGS) == shown(member, STUDY_TAGS)
+    assert not any(set(STUDY_TAGS) & set(i) for h in (TRAIN, HRESCH) for i in qido(client, "studies", h))
+
+
+def test_qido_matches_referring_physician_name_and_study_id(adapter: tuple[FhirClient, Services]) -> None:
+    """The required study match keys of PS3.18 Table 10.6.1-5: ReferringPhysicianName as
+    PatientName (wildcards, insensitive to case and to empty trailing components, each component
+    group), StudyID exactly; at every level. Only care's view shows them (TRAIN's and HRESCH's
+    copies empty them), so in those no value matches."""
+    client, _ = adapter
+    photo = received(record_id="rec-ref", **REFERRED)
+    other = received(record_id="rec-other", ReferringPhysicianName="Kildare^James=\u30ad\u30eb\u30c7\u30a2",
+                     StudyID="S-7", SpecificCharacterSet="ISO_IR 192", StudyInstanceUID=generate_uid(),
+                     SeriesInstanceUID=generate_uid())
+    assert stow(client, photo, other).status_code == 200
+
+    def studies(headers: dict[str, str] = TREAT, **keys: str) -> list[str]:
+        return [value(s, "0020000D") for s in qido(client, "studies", headers, **keys)]
+
+    assert studies(ReferringPhysicianName="welby*") == [photo.StudyInstanceUID]
+    assert studies(ReferringPhysicianName="WELBY^Marcus^^DR.^") == [photo.StudyInstanceUID]
+    assert studies(**{"00080090": "K?ldare*"}) == [other.StudyInstanceUID]
+    assert studies(ReferringPhysicianName="\u30ad\u30eb*") == [other.StudyInstanceUID]  # the ideographic group
+    assert studies(ReferringPhysicianName="Welby") == []
+    assert studies(StudyID="S-42") == [photo.StudyInstanceUID]
+    assert studies(**{"00200010": "S-7"}) == [other.StudyInstanceUID]
+    assert studies(StudyID="S-4") == [] and studies(StudyID="s-42") == []
+    assert [value(i, "00080018") for i in qido(client, "instances", StudyID="S-7")] == [other.SOPInstanceUID]
+    assert [value(s, "0020000E") for s in qido(client, f"studies/{photo.StudyInstanceUID}/series",
+                                               ReferringPhysicianName="Welby*")] == [photo.SeriesInstanceUID]
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for headers in (TRAIN, HRESCH):
+        assert len(studies(headers)) == 2
+        assert studies(headers, ReferringPhysicianName="*") == [] and studies(headers, StudyID="S-42") == []
+
+
+def test_qido_study_attributes_of_a_store_of_schema_13_are_read_from_its_objects_at_start(tmp_path: Path) -> None:
+    """A store written before schema 14 opened by this code: the upgrade adds the columns and the
+    start reads ReferringPhysicianName, PatientBirthDate, PatientSex and StudyID from each stored
+    object, once (the attributes of schema 13 are read again with them); QIDO-RS then shows and
+    matches them as a new store does."""
+    with adapter_client(tmp_path) as (client, _):
+        photo = received(record_id="rec-ref", **REFERRED)
+        assert stow(client, photo).status_code == 200
+        post_photo(client, WOUND, metadata())
+        before = sorted(json.dumps(i, sort_keys=True) for p in ("studies", "instances") for i in qido(client, p))
+    db = sqlite3.connect(tmp_path / "data" / "adapter.db")
+    try:
+        with db:  # one transaction: the tables as schema 13 made them
+            for column in ("referring_physician_name", "patient_birth_date", "patient_sex", "study_id"):
+                db.execute(f"ALTER TABLE dicom_instances DROP COLUMN {column}")
+            db.execute("UPDATE schema_version SET version = 13")
+    finally:
+        db.close()
+    with adapter_client(tmp_path) as (client, services):
+        assert sorted(json.dumps(i, sort_keys=True) for p in ("studies", "instances") for i in qido(client, p)) \
+            == before
+        assert studies_of(client, StudyID="S-42") == [photo.StudyInstanceUID]
+        assert studies_of(client, ReferringPhysicianName="welby^marcus^^DR.") == [photo.StudyInstanceUID]
+        assert services.store.fill_dicom_attributes(lambda _: pytest.fail("read again")) == 0
+
+
+def studies_of(client: FhirClient, **keys: str) -> list[str]:
+    return [value(s, "0020000D") for s in qido(client, "studies", **keys)]

@@ -1412,7 +1412,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 13
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 14
         assert "creation" in {c["name"] for c in inspector.get_columns("resources")}
         assert "ix_resources_blob" in {i["name"] for i in inspector.get_indexes("resources")}
         columns = {c["name"] for c in inspector.get_columns("dicom_instances")}
@@ -1442,7 +1442,7 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 13
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 14
         assert {f"ix_dicom_instances_{c}" for c in MATCH_KEYS} <= \
             {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
         if conn.dialect.name == "postgresql":
@@ -1465,10 +1465,14 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
 ATTRIBUTE_COLUMNS = ("series_number", "series_description", "pps_start_date", "pps_start_time", "timezone_offset",
                      "instance_number", "image_rows", "image_columns", "bits_allocated", "number_of_frames",
                      "attributes_read")
+#: The study attribute columns of QIDO-RS schema 14 added beside them (read by the same fill).
+STUDY_ATTRIBUTE_COLUMNS = ("referring_physician_name", "patient_birth_date", "patient_sex", "study_id")
 MULTIFRAME = InstanceAttributes(series_number=7, series_description="Wound series",
                                 performed_procedure_step_start_date="20240102",
                                 performed_procedure_step_start_time="0930", timezone_offset_from_utc="+0100",
-                                instance_number=2, rows=480, columns=640, bits_allocated=8, number_of_frames=3)
+                                instance_number=2, rows=480, columns=640, bits_allocated=8, number_of_frames=3,
+                                referring_physician_name="Welby^Marcus^^Dr.=\u30a6\u30a7\u30eb\u30d3\u30fc",
+                                patient_birth_date="19700521", patient_sex="F", study_id="S-42")
 
 
 def test_dicom_instance_attributes_round_trip(store: SqlRecordStore) -> None:
@@ -1504,13 +1508,13 @@ def test_version_12_is_upgraded(open_records: StoreFactory) -> None:
         store.save_ingest(make_dicom_unit(instance))
     with store.engine.begin() as conn:  # the tables as schema 12 made them
         conn.execute(sa.text("DROP INDEX ix_dicom_instances_attributes_unread"))
-        for column in ATTRIBUTE_COLUMNS:
+        for column in (*ATTRIBUTE_COLUMNS, *STUDY_ATTRIBUTE_COLUMNS):
             conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
         conn.execute(sa.text("UPDATE schema_version SET version = 12"))
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 13
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 14
         inspector = sa.inspect(conn)
         assert set(ATTRIBUTE_COLUMNS) <= {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert "ix_dicom_instances_attributes_unread" in {i["name"] for i in inspector.get_indexes("dicom_instances")}
@@ -1527,6 +1531,30 @@ def test_version_12_is_upgraded(open_records: StoreFactory) -> None:
     numbers = {i.sop_instance_uid: upgraded.find_dicom_instance(i.sop_instance_uid).attributes  # type: ignore[union-attr]
                for i in made}
     assert sorted(a.instance_number for a in numbers.values()) == [1, 2, 3, 4, 5]
+    assert upgraded.fill_dicom_attributes(lambda _: pytest.fail("read again")) == 0
+
+
+def test_version_13_is_upgraded(open_records: StoreFactory) -> None:
+    """13 → 14 adds the study attribute columns (ReferringPhysicianName, PatientBirthDate,
+    PatientSex, StudyID) and sets every instance unread again (its attributes were read by an
+    older version): the same fill reads each object once more, a batch at a time, and keeps the
+    attributes of schema 13 it reads with them."""
+    store = open_records()
+    made = [dataclasses.replace(make_instance(), attributes=MULTIFRAME) for _ in range(3)]
+    for instance in made:
+        store.save_ingest(make_dicom_unit(instance))
+    with store.engine.begin() as conn:  # the tables as schema 13 made them
+        for column in STUDY_ATTRIBUTE_COLUMNS:
+            conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 13"))
+    store.close()
+    upgraded = open_records()
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 14
+        assert set(STUDY_ATTRIBUTE_COLUMNS) <= {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
+    assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [None] * 3  # type: ignore[union-attr]
+    assert upgraded.fill_dicom_attributes(lambda _: MULTIFRAME, batch=2) == 3
+    assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [MULTIFRAME] * 3  # type: ignore[union-attr]
     assert upgraded.fill_dicom_attributes(lambda _: pytest.fail("read again")) == 0
 
 

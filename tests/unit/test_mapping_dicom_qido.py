@@ -60,3 +60,22 @@ def test_none_for_an_object_without_them() -> None:
 ])
 def test_a_value_that_is_not_one_of_its_vr_is_left_out(attrs: dict[str, object]) -> None:
     assert read(dataset(**attrs)) == InstanceAttributes()
+
+
+def test_the_study_attributes_of_a_received_object() -> None:
+    """PS3.18 Table 10.6.3-3: ReferringPhysicianName as sent (a PN of up to three groups),
+    PatientBirthDate, PatientSex and StudyID when of their VR."""
+    ds = dataset(ReferringPhysicianName="Welby^Marcus^^Dr.=\u30a6\u30a7\u30eb\u30d3\u30fc", PatientBirthDate="19700521",
+                 PatientSex="F ", StudyID=" S-42")
+    assert read(ds) == InstanceAttributes(
+        referring_physician_name="Welby^Marcus^^Dr.=\u30a6\u30a7\u30eb\u30d3\u30fc", patient_birth_date="19700521",
+        patient_sex="F", study_id="S-42")
+
+
+@pytest.mark.parametrize("attrs", [
+    {"ReferringPhysicianName": ""}, {"ReferringPhysicianName": ["A^B", "C^D"]}, {"PatientBirthDate": "1970"},
+    {"PatientBirthDate": "19700521-19710101"}, {"PatientSex": "female"}, {"PatientSex": "X" * 17},
+    {"StudyID": "x" * 17}, {"StudyID": ""},
+])
+def test_a_study_value_that_is_not_one_of_its_vr_is_left_out(attrs: dict[str, object]) -> None:
+    assert read(dataset(**attrs)) == InstanceAttributes()

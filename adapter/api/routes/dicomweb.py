@@ -29,13 +29,15 @@
   tag): PatientID (wildcards ``*``, ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
   (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy (a list alike: any of them, as
   dcm4chee answers a viewer's modality filter such as OHIF's ``ModalitiesInStudy=CT,MR``), StudyDate (``YYYYMMDD``,
-  ``A-B``, ``A-``, ``-B``), AccessionNumber (exact), StudyDescription (wildcards), SeriesNumber and
+  ``A-B``, ``A-``, ``-B``), AccessionNumber and StudyID (exact), ReferringPhysicianName (as
+  PatientName), StudyDescription (wildcards), SeriesNumber and
   InstanceNumber (one integer), PerformedProcedureStepStartDate (as StudyDate), StudyTime and
   PerformedProcedureStepStartTime (``HHMMSS``, ``A-B``, ``A-``, ``-B``); ``limit``, ``offset`` (results at the level,
   after the decision; a limit over :data:`QIDO_MAX_LIMIT`, or none, gives that many, with the
   Warning of PS3.18 8.3.4.4 when more follow); ``includefield`` is accepted and ignored (the
   attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
-  AccessionNumber and StudyTime where the view does, and so do the results of All Series and All
+  AccessionNumber, StudyTime, ReferringPhysicianName, PatientBirthDate, PatientSex and StudyID
+  where the view does, and so do the results of All Series and All
   Instances, with the PatientID and StudyDate of their study; a series and an instance show what
   PS3.18 Tables 10.6.3-4 and 10.6.3-5 list as the view's copy of the object carries them,
   adapter.services.dicom_objects.series_shown and instance_shown), and so is any other attribute with an
@@ -44,7 +46,7 @@
   ``fuzzymatching=true`` is answered with literal matching and the Warning of PS3.18 8.3.4.2. Keys are matched against what the view
   shows: under TRAIN/HRESCH the UIDs are the mapped ones (exact match on mapped UIDs only),
   HRESCH's PatientID (and PatientName) is the pseudonym; TRAIN shows no PatientID, PatientName or dates, and neither shows an
-  AccessionNumber, so keys on them match nothing. Instances not permitted are left out and not
+  AccessionNumber, StudyDescription, ReferringPhysicianName or StudyID, so keys on them match nothing. Instances not permitted are left out and not
   counted. No match is 200 with ``[]``. Metadata, frames and bulk data: adapter.api.routes.wado_bulk.
 
 **XML** (PS3.18 Table 10.4.4-1, 8.7.3.2: required beside the default JSON). QIDO-RS results, WADO-RS
@@ -170,6 +172,8 @@ _TAGS: dict[str, tuple[str, str]] = {  # keyword: (tag, VR)
     "TimezoneOffsetFromUTC": ("00080201", "SH"), "InstanceAvailability": ("00080056", "CS"),
     "InstanceNumber": ("00200013", "IS"), "Rows": ("00280010", "US"), "Columns": ("00280011", "US"),
     "BitsAllocated": ("00280100", "US"), "NumberOfFrames": ("00280008", "IS"),
+    "ReferringPhysicianName": ("00080090", "PN"), "PatientBirthDate": ("00100030", "DA"),
+    "PatientSex": ("00100040", "CS"), "StudyID": ("00200010", "SH"),
 }
 _KEYWORD_OF_TAG = {tag: keyword for keyword, (tag, _) in _TAGS.items()}
 
@@ -494,17 +498,26 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
         performed_procedure_step_start_time=TimeRange.parse(keys["PerformedProcedureStepStartTime"],
                                                             "PerformedProcedureStepStartTime")
         if "PerformedProcedureStepStartTime" in keys else None,
-        study_time=TimeRange.parse(keys["StudyTime"], "StudyTime") if "StudyTime" in keys else None)
+        study_time=TimeRange.parse(keys["StudyTime"], "StudyTime") if "StudyTime" in keys else None,
+        referring_physician_name=keys.get("ReferringPhysicianName"), study_id=keys.get("StudyID"))
     capped = limit is None or limit > QIDO_MAX_LIMIT
     return _Search(query, QIDO_MAX_LIMIT if capped or limit is None else limit, offset, capped, fuzzy)
 
 
 def _study_shown(members: list[DicomEntry]) -> dict[str, Any]:
     """The attributes of a study (PS3.18 Table 10.6.3-3) that ``members``, instances of it,
-    show in the purpose's view (keywords of :func:`_dataset`): the patient, the date, time,
-    accession number and description; not the counts or modalities, which need every instance."""
+    show in the purpose's view (keywords of :func:`_dataset`): the patient (name, birth date,
+    sex), the date, time, accession number, StudyID, referring physician and description, each of
+    the first instance that has it; not the counts or modalities, which need every instance."""
     first = members[0]
+
+    def shown(name: str) -> Any:
+        return next((v for m in members if (v := getattr(m.attributes, name)) is not None), None)
+
     return {
+        "ReferringPhysicianName": _person_name(shown("referring_physician_name")),
+        "PatientBirthDate": shown("patient_birth_date"), "PatientSex": shown("patient_sex"),
+        "StudyID": shown("study_id"),
         "PatientName": _person_name(next((m.patient_name for m in members if m.patient_name), None)),
         "StudyDescription": next((m.study_description for m in members if m.study_description), None),
         "AccessionNumber": next((m.accession_number for m in members if m.accession_number), None),
