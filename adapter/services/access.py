@@ -391,15 +391,29 @@ class ScopedReader:
         total = stored.version_id if since is None else self._store.count_versions(resource_type, id, since=since)
         return HistoryResult(resources=rendered, total=total, decision=decision, more=more)
 
-    def read_binary(self, id: str) -> BinaryContent:
+    def read_binary(self, id: str, *, answerable: Callable[[str], object] | None = None) -> BinaryContent:
         """The image bytes of a Binary, under the decision of the record it belongs to
         (Binary.securityContext). The de-identified view gets image bytes with no metadata at
         all; a document (PDF) is released as stored, as the DICOM release does
-        (adapter.mapping.dicom_deid: released on the patient's consent, its content not cleaned)."""
+        (adapter.mapping.dicom_deid: released on the patient's consent, its content not cleaned).
+
+        ``answerable(content_type)``: the caller's content negotiation, asked once the read is
+        permitted and before it is audited; the NotAcceptable it raises (406: nothing is sent) is
+        audited as a read that failed, outcome 4, not as a disclosure. A refusal is audited and
+        403 first, whatever the Accept: a refused reader learns nothing of the content's type."""
         stored = self._load("Binary", id)
         decision = self.decide(stored.facts)
+        patient = stored.facts.patient if stored.facts else None
+        if decision.permitted and answerable is not None and stored.blob_sha256 is not None:
+            try:
+                answerable(str(stored.resource.get("contentType", "application/octet-stream")))
+            except NotAcceptable as exc:
+                self._store.append_audit(self._auditor.event(
+                    self.ctx, interaction="read", action="R", permitted=False, entities=[f"Binary/{id}"],
+                    patient=patient, reason=f"not sent: {exc.diagnostics}"[:500]))
+                raise
         self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
-                             entities=[f"Binary/{id}"], patient=stored.facts.patient if stored.facts else None)
+                             entities=[f"Binary/{id}"], patient=patient)
         if not decision.permitted:
             raise Forbidden(_DENIED)
         if stored.blob_sha256 is None:

@@ -63,6 +63,24 @@ def test_the_accept_headers_preference_decides_between_the_document_and_binary_j
         assert r.status_code == 200 and r.json()["resourceType"] == "Binary"
 
 
+def test_a_document_not_sent_for_its_type_is_audited_as_a_read_that_failed(tmp_path: Path) -> None:
+    """Found by the diff review: a 406 came after the read was decided and audited as a read
+    (outcome 0), though nothing was sent. Now the read that failed is audited outcome 4 with why;
+    a refused reader still gets its 403 (and its refusal audited) whatever it accepts."""
+    with adapter_client(tmp_path) as (client, services):
+        attachment = _attachment(client)
+        before = len(services.store.list_audit(1000))
+        r = client.get(attachment["url"], headers={**as_purpose("TREAT"), "Accept": "image/png"})
+        assert r.status_code == 406
+        [event] = services.store.list_audit(1000)[:len(services.store.list_audit(1000)) - before]
+        assert event["subtype"][0]["code"] == "read" and event["outcome"] == "4"
+        assert "not sent" in event["outcomeDesc"] and "image/jpeg" in event["outcomeDesc"]
+        assert client.get(attachment["url"], headers={**as_purpose("TREAT"), "Accept": "image/jpeg"}).status_code == 200
+        assert services.store.list_audit(1)[0]["outcome"] == "0"
+        refused = client.get(attachment["url"], headers={**as_purpose("TRAIN"), "Accept": "image/png"})
+        assert refused.status_code in (403, 404) and "image/jpeg" not in refused.text
+
+
 def test_unknown_and_refused_documents(tmp_path: Path) -> None:
     """404 for a URI not known; a read without a stated purpose is refused (403), and a purpose the
     patient's consent does not cover is answered as Appendix Z.7 allows (403 or 404), saying little."""

@@ -385,7 +385,8 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
             dicom = await run_in_threadpool(reader.read_binary_dicom, id)
             return Response(content=dicom.data, media_type="application/dicom",
                             headers=_glass_headers(dicom.decision))
-        content = await run_in_threadpool(reader.read_binary, id)
+        answerable = None if format_is_json(format_) else partial(binary_answer, accept)  # 406 audited as such
+        content = await run_in_threadpool(partial(reader.read_binary, id, answerable=answerable))
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
         if _not_modified(if_none_match, headers, if_modified_since):
             return Response(status_code=304, headers=headers)
