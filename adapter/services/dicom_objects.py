@@ -30,6 +30,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ from adapter.errors import (
     StorageError,
     Transient,
 )
-from adapter.imaging import jpeg_pixel_size, png_pixel_size, read_orientation, sniff_content_type
+from adapter.imaging import jpeg_pixel_size, png_pixel_size, read_orientation
+from adapter.imaging.sniff import check_declared
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
 from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom, photo_without_pixels
 from adapter.mapping.dicom_qido import instance_attributes
@@ -94,9 +96,7 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
     image = blobs.read(stored.blob_sha256, stored.blob_range)
     return photo_to_dicom(
         stored.resource, image, _content_type(stored.resource), kind=stored.facts.kind,
-        patient=instance.patient, uids=PhotoUids(study=instance.study_instance_uid,
-                                                 series=instance.series_instance_uid,
-                                                 sop_instance=instance.sop_instance_uid),
+        patient=instance.patient, uids=_photo_uids(instance),
         tables=tables, dicom_tables=dicom_tables,
         # the creation time fixed at ingest: a resend is the identical object
         now=instance.created or stored.last_updated)
@@ -142,16 +142,18 @@ def _photo_without_pixels(instance: DicomInstance, stored: StoredResource, blobs
     if stored.blob_sha256 is None or stored.facts is None:
         raise NotFound("the record has no stored photo")
     image = blobs.read(stored.blob_sha256, stored.blob_range)
-    kind = sniff_content_type(image)
-    if kind != _content_type(stored.resource):
-        raise InvalidInput("the stored photo is not of its record's content type", expression="content.contentType")
+    kind = check_declared(image, _content_type(stored.resource))  # as photo_to_dicom checks it
     width, height = jpeg_pixel_size(image) if kind == "image/jpeg" else png_pixel_size(image)
     return photo_without_pixels(
         stored.resource, width=width, height=height, orientation=read_orientation(image, kind) or 1,
-        kind=stored.facts.kind, patient=instance.patient,
-        uids=PhotoUids(study=instance.study_instance_uid, series=instance.series_instance_uid,
-                       sop_instance=instance.sop_instance_uid),
+        kind=stored.facts.kind, patient=instance.patient, uids=_photo_uids(instance),
         tables=tables, dicom_tables=dicom_tables, now=instance.created or stored.last_updated)
+
+
+def _photo_uids(instance: DicomInstance) -> PhotoUids:
+    """The UIDs a posted photo's object was given at ingest (the same every time it is made)."""
+    return PhotoUids(study=instance.study_instance_uid, series=instance.series_instance_uid,
+                     sop_instance=instance.sop_instance_uid)
 
 
 def _content_type(record: Mapping[str, Any]) -> str:
@@ -539,13 +541,16 @@ def _wildcard(pattern: str, value: str | None) -> bool:
 ONLINE = "ONLINE"
 
 
+def first_shown(members: Sequence[DicomEntry], name: str) -> Any:
+    """The ``name`` attribute (of :class:`InstanceAttributes`) of the first of ``members`` that
+    has one, None when none has: what a study or series result shows of its instances."""
+    return next((v for m in members if (v := getattr(m.attributes, name)) is not None), None)
+
+
 def series_shown(members: Sequence[DicomEntry]) -> dict[str, Any]:
     """The attributes of a series result (PS3.18 Table 10.6.3-4) that its instances ``members``
     show in the purpose's view, each of the first that has it, by keyword (None: not known)."""
-
-    def first(name: str) -> Any:
-        return next((v for m in members if (v := getattr(m.attributes, name)) is not None), None)
-
+    first = partial(first_shown, members)
     return {"SeriesNumber": first("series_number"), "SeriesDescription": first("series_description"),
             "PerformedProcedureStepStartDate": first("performed_procedure_step_start_date"),
             "PerformedProcedureStepStartTime": first("performed_procedure_step_start_time"),
@@ -675,6 +680,7 @@ __all__ = [
     "ReleasedObject",
     "StowOutcome",
     "dicom_object_for",
+    "first_shown",
     "instance_shown",
     "integer_key",
     "literal_prefix",

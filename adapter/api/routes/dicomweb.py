@@ -123,6 +123,7 @@ from adapter.services.dicom_objects import (
     DicomQuery,
     StowOutcome,
     TimeRange,
+    first_shown,
     instance_shown,
     integer_key,
     series_shown,
@@ -509,11 +510,7 @@ def _study_shown(members: list[DicomEntry]) -> dict[str, Any]:
     show in the purpose's view (keywords of :func:`_dataset`): the patient (name, birth date,
     sex), the date, time, accession number, StudyID, referring physician and description, each of
     the first instance that has it; not the counts or modalities, which need every instance."""
-    first = members[0]
-
-    def shown(name: str) -> Any:
-        return next((v for m in members if (v := getattr(m.attributes, name)) is not None), None)
-
+    first, shown = members[0], partial(first_shown, members)
     return {
         "ReferringPhysicianName": _person_name(shown("referring_physician_name")),
         "PatientBirthDate": shown("patient_birth_date"), "PatientSex": shown("patient_sex"),
