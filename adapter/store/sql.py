@@ -4,7 +4,7 @@ dialect differences live in ``engine.py`` and ``dates.py``)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -125,6 +125,25 @@ def _integrity_error(exc: IntegrityError) -> Conflict | StorageError:
         if any(marker in found for marker in markers):
             return Conflict(diagnostics)
     return Conflict("the write conflicts with stored data")
+
+
+def _insert_order(patient: Identifier) -> tuple[str, str]:
+    """The order every writer inserts patients' pseudonyms in (_index_pseudonyms, index_pseudonyms):
+    two transactions inserting the same patients in opposite orders would each wait for the
+    other's uncommitted row (PostgreSQL: a deadlock)."""
+    return patient.system, patient.value
+
+
+def _set_instance_columns(conn: Connection, changed: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """Set columns of DICOM instances, each by its SOP Instance UID, in one statement; every
+    mapping names the same columns. Bound as "v_<column>": a parameter may not take the name of a
+    column it sets."""
+    if not changed:
+        return
+    columns = list(changed[0][1])
+    conn.execute(update(dicom_instances).where(_d.sop_instance_uid == bindparam("uid"))
+                 .values({c: bindparam(f"v_{c}") for c in columns}),
+                 [{"uid": uid, **{f"v_{c}": values[c] for c in columns}} for uid, values in changed])
 
 
 @contextmanager
@@ -325,7 +344,7 @@ class SqlRecordStore:
         if patients:
             conn.execute(self._insert_pseudonyms, [
                 {"pseudonym": self._pseudonym_of(p), "patient_system": p.system, "patient_value": p.value}
-                for p in sorted(patients, key=lambda p: (p.system, p.value))])
+                for p in sorted(patients, key=_insert_order)])
 
     def _insert_version(self, conn: Connection, new: NewResource, document: dict[str, Any], version_id: int,
                         audit_events: Sequence[dict[str, Any]], now: datetime) -> tuple[datetime, dict[str, Any]]:
@@ -729,10 +748,7 @@ class SqlRecordStore:
                                            _d.patient_name_key).where(_d.sop_instance_uid > after)
                                     .order_by(_d.sop_instance_uid).limit(batch)).all()
                 keys = [(uid, match_keys(name, description)) for uid, name, description, key in rows if key is None]
-                if keys:  # bound as "v_<column>": a parameter may not take the name of a column it sets
-                    conn.execute(update(dicom_instances).where(_d.sop_instance_uid == bindparam("uid")).values(
-                        {column: bindparam(f"v_{column}") for column in keys[0][1]}),
-                        [{"uid": uid, **{f"v_{c}": v for c, v in derived.items()}} for uid, derived in keys])
+                _set_instance_columns(conn, keys)
             filled += len(keys)
             if len(rows) < batch:
                 return filled
@@ -754,12 +770,10 @@ class SqlRecordStore:
                                     .order_by(_d.sop_instance_uid).limit(batch)).mappings().all()
             instances = [dicom_instance_from(row) for row in rows]
             read = [(i, attributes_of(i)) for i in instances]  # None: not now, left unread
-            values = [{"uid": i.sop_instance_uid, **{f"v_{c}": v for c, v in attribute_columns(a).items()}}
-                      for i, a in read if a is not None]
-            if values:  # bound as "v_<column>": a parameter may not take the name of a column it sets
+            values = [(i.sop_instance_uid, attribute_columns(a)) for i, a in read if a is not None]
+            if values:
                 with self._write() as conn:
-                    conn.execute(update(dicom_instances).where(_d.sop_instance_uid == bindparam("uid"))
-                                 .values({c: bindparam(f"v_{c}") for c in attribute_columns(None)}), values)
+                    _set_instance_columns(conn, values)
             filled += len(values)
             if len(rows) < batch:
                 return filled
@@ -860,7 +874,7 @@ class SqlRecordStore:
         with self._read() as conn:
             # in the order every writer inserts them (_index_pseudonyms), whatever the scan's
             patients = sorted((Identifier(system=s, value=v) for s, v in conn.execute(missing)),
-                              key=lambda p: (p.system, p.value))
+                              key=_insert_order)
         if not patients:
             return 0
         rows = [{"pseudonym": pseudonym_of(p), "patient_system": p.system, "patient_value": p.value}
