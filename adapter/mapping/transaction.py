@@ -482,8 +482,7 @@ def _lists_of_the_patient(entries: Sequence[_Entry], patient: Mapping[str, str],
     Patient the Bundle carries; a reference to a Patient elsewhere is not second-guessed."""
     same = {(patient["system"], patient["value"])}
     if patient_entry is not None:
-        raw = patient_entry.resource.get("identifier")
-        same |= {i for i in (_identifier_of(v) for v in (raw if isinstance(raw, list) else [])) if i is not None}
+        same |= set(_identifiers_of(patient_entry.resource))
     for e in entries:
         subject = e.resource.get("subject") if e.resource["resourceType"] == "List" else None
         if not isinstance(subject, Mapping):
@@ -526,11 +525,9 @@ def _contained_resolved(value: Any, resource: Mapping[str, Any], path: str) -> A
     if found is None:
         raise InvalidInput(f"#{local[:40]} names no contained resource", expression=f"{path}.reference")
     out: dict[str, Any] = {}
-    identifiers = found.get("identifier")
-    ident = next((i for i in (identifiers if isinstance(identifiers, list) else [])
-                  if _identifier_of(i) is not None), None)
-    if ident is not None:
-        out["identifier"] = {"system": ident["system"], "value": ident["value"]}
+    identifiers = _identifiers_of(found)
+    if identifiers:
+        out["identifier"] = {"system": identifiers[0][0], "value": identifiers[0][1]}
     display = _str(value.get("display")) or _contained_name(found)
     if display is not None:
         out["display"] = display
@@ -541,6 +538,13 @@ def _identifier_of(value: Any) -> tuple[str, str] | None:
     if isinstance(value, Mapping) and _str(value.get("system")) and _str(value.get("value")):
         return str(value["system"]), str(value["value"])
     return None
+
+
+def _identifiers_of(resource: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The usable identifiers (system and value) of a resource (a Patient, a contained
+    Practitioner), in their order."""
+    raw = resource.get("identifier")
+    return [i for i in (_identifier_of(v) for v in (raw if isinstance(raw, list) else [])) if i is not None]
 
 
 def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: _Entry | None,
@@ -568,8 +572,7 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
         if reference and not reference.startswith("#"):  # a contained resource is not kept
             out["reference"] = reference
         return out
-    raw = patient_entry.resource.get("identifier")
-    known = [i for i in (_identifier_of(v) for v in (raw if isinstance(raw, list) else [])) if i is not None]
+    known = _identifiers_of(patient_entry.resource)
     if not known:
         raise RequiredElementMissing("the Patient in the Bundle must carry an identifier (system and value): "
                                      "the adapter matches patients by identifier",
