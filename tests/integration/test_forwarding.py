@@ -406,7 +406,23 @@ def test_a_photo_whose_consent_was_withdrawn_is_not_forwarded(tmp_path: Path, pa
     assert pacs.instances() == []
 
 
-class AfterTheFirstCStore(CountingSCU):
+class HookedSCU(CountingSCU):
+    """The real SCU whose associations' ``send_c_store`` goes through :meth:`c_store` (once
+    wrapped per association): a test runs its hook around each C-STORE there."""
+
+    def _association(self, dest: Destination, group: Any) -> Any:
+        got = super()._association(dest, group)
+        if not isinstance(got, SendResult) and not getattr(got, "hooked", False):
+            got.hooked = True
+            send_c_store = got.send_c_store
+            got.send_c_store = lambda ds, *args, **kwargs: self.c_store(send_c_store, ds, *args, **kwargs)
+        return got
+
+    def c_store(self, send: Callable[..., Any], ds: Dataset, *args: Any, **kwargs: Any) -> Any:
+        return send(ds, *args, **kwargs)
+
+
+class AfterTheFirstCStore(HookedSCU):
     """The real SCU, running ``hook`` (once, with the SOP Instance UID just acknowledged) right
     after the first C-STORE of the association was answered, before the next object's
     C-STORE-RQ: the moment between a batch being decided and the rest of it being sent."""
@@ -415,21 +431,12 @@ class AfterTheFirstCStore(CountingSCU):
         super().__init__()
         self._hook: Callable[[str], None] | None = hook
 
-    def _association(self, dest: Destination, group: Any) -> Any:
-        got = super()._association(dest, group)
-        if not isinstance(got, SendResult) and not getattr(got, "hooked", False):
-            got.hooked = True
-            send_c_store = got.send_c_store
-
-            def send_then_run_the_hook(ds: Dataset, *args: Any, **kwargs: Any) -> Any:
-                status = send_c_store(ds, *args, **kwargs)
-                hook, self._hook = self._hook, None
-                if hook is not None:
-                    hook(str(ds.SOPInstanceUID))
-                return status
-
-            got.send_c_store = send_then_run_the_hook
-        return got
+    def c_store(self, send: Callable[..., Any], ds: Dataset, *args: Any, **kwargs: Any) -> Any:
+        status = send(ds, *args, **kwargs)
+        hook, self._hook = self._hook, None
+        if hook is not None:
+            hook(str(ds.SOPInstanceUID))
+        return status
 
 
 def withdraw(client: Any, consent_ref: str) -> None:
@@ -508,7 +515,7 @@ def test_consent_changed_while_a_batch_is_sent_stops_the_objects_not_sent_yet(
         assert forwarder.run_once() == 0
 
 
-class BeforeEachCStore(CountingSCU):
+class BeforeEachCStore(HookedSCU):
     """The real SCU, running ``hook`` (with the SOP Instance UID about to go) right before each
     C-STORE-RQ of its associations, after the forwarder's last check."""
 
@@ -516,18 +523,9 @@ class BeforeEachCStore(CountingSCU):
         super().__init__()
         self._hook = hook
 
-    def _association(self, dest: Destination, group: Any) -> Any:
-        got = super()._association(dest, group)
-        if not isinstance(got, SendResult) and not getattr(got, "hooked", False):
-            got.hooked = True
-            send_c_store = got.send_c_store
-
-            def run_the_hook_then_send(ds: Dataset, *args: Any, **kwargs: Any) -> Any:
-                self._hook(str(ds.SOPInstanceUID))
-                return send_c_store(ds, *args, **kwargs)
-
-            got.send_c_store = run_the_hook_then_send
-        return got
+    def c_store(self, send: Callable[..., Any], ds: Dataset, *args: Any, **kwargs: Any) -> Any:
+        self._hook(str(ds.SOPInstanceUID))
+        return send(ds, *args, **kwargs)
 
 
 def forwarder_for(services: Any, scu: StoreSCU, options: ForwardOptions = FAST) -> Forwarder:
