@@ -481,9 +481,7 @@ def test_consent_changed_while_a_batch_is_sent_stops_the_objects_not_sent_yet(
             changed.append(other)
 
         scu = AfterTheFirstCStore(change_the_other_patients_consent)
-        forwarder = Forwarder(store=services.store, blobs=services.blobs, tables=services.tables,
-                              dicom_tables=services.dicom_ingest.dicom_tables, sender=scu,
-                              auditor=services.auditor, reader=services.reader, options=FAST, now=services.now)
+        forwarder = forwarder_for(services, scu)
         try:
             assert forwarder.run_once() == 2  # in this thread: one batch of both items
         finally:
