@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from adapter.errors import ImageTooLarge, UndecodableImage
 from adapter.imaging.frame import read_orientation
 from adapter.imaging.probe import DECODE_ERRORS
-from adapter.imaging.render import decode_pixels, encode_png
+from adapter.imaging.render import Pixels, decode_pixels, encode_png
 from adapter.imaging.sniff import JPEG, check_declared
 
 #: JPEG quality of thumbnails: small files that still show a wound's edges.
@@ -54,8 +54,7 @@ def thumbnail_jpeg(data: bytes, content_type: str, *, rows: int, columns: int, m
     if kind != JPEG:  # a PNG: decoded whole to 8-bit samples (16-bit by their high bits), as rendered
         with _whole_decodes:  # memory: see WHOLE_DECODES_AT_ONCE
             pixels = decode_pixels(data, kind, max_pixels=max_pixels)
-            picture = Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows),
-                                      pixels.data)
+            picture = _picture(pixels)
             del pixels
             picture.thumbnail((columns, rows), Image.Resampling.LANCZOS)
             return _jpeg(picture)
@@ -97,7 +96,7 @@ def rendered_as(data: bytes, content_type: str, media_type: str, *, max_side: in
         pixels = decode_pixels(data, kind, orientation=read_orientation(data, kind), max_pixels=max_pixels)
         if media_type == "image/png":
             return encode_png(pixels)
-        picture = Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows), pixels.data)
+        picture = _picture(pixels)
         del pixels
         if media_type == "image/jpeg":
             picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -108,6 +107,11 @@ def rendered_as(data: bytes, content_type: str, media_type: str, *, max_side: in
         out = io.BytesIO()
         picture.save(out, format="GIF")
         return out.getvalue()
+
+
+def _picture(pixels: Pixels) -> Image.Image:
+    """Decoded 8-bit pixels (adapter.imaging.render.decode_pixels) as a Pillow image to encode anew."""
+    return Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows), pixels.data)
 
 
 def _jpeg(picture: Image.Image, *, quality: int = THUMBNAIL_QUALITY) -> bytes:
