@@ -76,7 +76,7 @@ from adapter.mapping.dicom_json import (
     read_released,
     transfer_syntax,
 )
-from adapter.services.access import DicomContent
+from adapter.services.access import DicomContent, ReleasedImage
 from adapter.services.registry import Services
 from adapter.text import pixel_count
 
@@ -187,16 +187,21 @@ async def retrieve_rendered(study: str, series: str, instance: str, reader: Read
     rendered = await run_in_threadpool(partial(reader.read_dicom_rendered, instance, study=study, series=series))
     for media, _ in by_preference(media_ranges(accept)):
         if accepts(media, rendered.content_type):
-            return Response(content=rendered.data, media_type=rendered.content_type,
-                            headers=break_glass_headers(rendered.break_glass))
+            return image_response(rendered)
         # a picture asked for as another type a single-frame image "shall" be rendered as (module
         # docstring), made anew from what the purpose's release renders (no second read)
         made = await run_in_threadpool(partial(reader.rendered_as, rendered, media, max_side=RENDERED_JPEG_MAX_SIDE))
         if made is not None:  # else: not a type made, no picture, or pixels that do not decode
-            return Response(content=made.data, media_type=made.content_type, headers=break_glass_headers(made.break_glass))
+            return image_response(made)
     return _not_acceptable(f"this instance is rendered as {rendered.content_type}"
                            + (", image/jpeg, image/png or image/gif" if rendered.content_type.startswith("image/")
                               else " (no transcoding)"))
+
+
+def image_response(image: ReleasedImage) -> Response:
+    """A picture or document made from a released object, as the answer: its bytes and media
+    type, and X-Break-Glass when break-glass released it."""
+    return Response(content=image.data, media_type=image.content_type, headers=break_glass_headers(image.break_glass))
 
 
 #: A thumbnail's default and largest sides (PS3.18 leaves its size to the origin server).
@@ -237,7 +242,7 @@ async def _thumbnail(reader: Any, request: Request, accept: str | None, study: s
         columns, rows = sides
     made = await run_in_threadpool(partial(reader.read_dicom_thumbnail, study, series=series, instance=instance,
                                            rows=rows, columns=columns))
-    return Response(content=made.data, media_type="image/jpeg", headers=break_glass_headers(made.break_glass))
+    return image_response(made)
 
 
 def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool) -> str | None:

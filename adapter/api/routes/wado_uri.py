@@ -37,7 +37,7 @@ from adapter.api.accept import by_preference, media_ranges
 from adapter.api.deps import ReaderDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.openapi import INVALID, READ_ONE, answers, ok, refusals
-from adapter.api.routes.wado_bulk import RENDERED_JPEG_MAX_SIDE
+from adapter.api.routes.wado_bulk import RENDERED_JPEG_MAX_SIDE, image_response
 from adapter.errors import InvalidQuery, NotAcceptable, NotSupported
 from adapter.model.decision import View
 from adapter.services.access import ReleasedImage
@@ -109,13 +109,12 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
                     study, series=series, instance=instance, rows=rows or _MAX_SIDE, columns=columns or _MAX_SIDE))
             except NotAcceptable:  # a document, or pixels that do not decode: a later type may do
                 continue
-            return Response(content=made.data, media_type="image/jpeg", headers=break_glass_headers(made.break_glass))
+            return image_response(made)
         if rendered is None:
             rendered = await run_in_threadpool(lambda: reader.read_dicom_rendered(instance, study=study, series=series))
         if media is None or rendered.content_type == media or \
                 (media == "image/*" and rendered.content_type.startswith("image/")):
-            return Response(content=rendered.data, media_type=rendered.content_type,
-                            headers=break_glass_headers(rendered.break_glass))
+            return image_response(rendered)
         if media is not None and media != "image/*":
             # a picture asked for as another image type: native pixels (rendered as a lossless PNG)
             # as image/jpeg, which a WADO-URI server "shall be able to send" for a single-frame
@@ -124,8 +123,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
             # a JPEG at most _MAX_SIDE a side (adapter.imaging.thumbnail.rendered_as)
             remade = await run_in_threadpool(partial(reader.rendered_as, rendered, media, max_side=_MAX_SIDE))
             if remade is not None:  # else a document, or pixels that do not decode: a later type may do
-                return Response(content=remade.data, media_type=remade.content_type,
-                                headers=break_glass_headers(remade.break_glass))
+                return image_response(remade)
     served = f"rendered as {rendered.content_type} (no transcoding)" if rendered is not None else \
         f"served as {', '.join((DICOM, *RENDERED))}"
     raise NotAcceptable(f"contentType: this instance is {served}", expression="contentType")
