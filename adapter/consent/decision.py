@@ -73,7 +73,9 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
        Consent was withdrawn (status ``inactive``), the policy's ``careAfterWithdrawal`` decides.
     7. Explicit-consent purposes (TRAIN, HRESCH, ...) need an applicable active permit that is
        not an implied consent; the view is the purpose's (mappings/purposes.yaml) and a
-       de-identified or pseudonymised view never stands in for consent.
+       de-identified or pseudonymised view never stands in for consent. A permit for a parent
+       purpose covers a child only when the child is shown no more fully (adapter.consent.rules:
+       a Consent for HOPERAT, de-identified, does not open the whole record to RECORDMGT).
 
     ``consents`` may hold every Consent of the patient: each grant is checked for the patient,
     status, period and data scope here. ``facts.consent_ids`` is not used to grant anything.

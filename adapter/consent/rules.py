@@ -6,7 +6,11 @@ A grant applies the way a FHIR R4 Consent provision does (https://hl7.org/fhir/R
 ``active`` and ``now`` is inside ``provision.period``, ``provision.data`` (when present) limits
 it to the listed resources, and ``provision.purpose`` names the purposes of use it covers. A
 purpose covers its descendants in the v3-ActReason hierarchy (a Consent for TREAT covers COC),
-never its siblings or ancestors (a Consent for TRAIN does not cover MLTRAINING).
+never its siblings or ancestors (a Consent for TRAIN does not cover MLTRAINING). A permit covers a
+descendant only when the descendant's view (mappings/purposes.yaml) shows no more than the
+purpose the patient consented to: a Consent for HOPERAT, whose use is de-identified, does not
+release the identified record to RECORDMGT, its child with care's full view (a deny covers every
+descendant).
 """
 
 from __future__ import annotations
@@ -71,11 +75,23 @@ def purposes_cover(purposes: Iterable[str], code: str, tables: Tables) -> bool:
     return not set(purposes).isdisjoint(tables.purposes.ancestors(code))
 
 
+#: How much of a record each view withholds (mappings/purposes.yaml ``view``), least first.
+_WITHHOLDS = {"full": 0, "pseudonymised": 1, "deidentified": 2}
+
+
 def grant_covers(grant: ConsentGrant, code: str, tables: Tables) -> bool:
-    """True when the grant's provision covers the purpose ``code`` (see :data:`ANY_PURPOSE`)."""
-    if grant.decision == DENY and ANY_PURPOSE in grant.purposes:
-        return True
-    return purposes_cover(grant.purposes, code, tables)
+    """True when the grant's provision covers the purpose ``code`` (see :data:`ANY_PURPOSE`).
+
+    A deny covers ``code`` when it names it or an ancestor. A permit does only through a purpose
+    whose view withholds no less than ``code``'s (module docstring): what the patient agreed to
+    is a use in that purpose's view, so a child purpose shown more fully is not agreed to."""
+    if grant.decision == DENY:
+        return ANY_PURPOSE in grant.purposes or purposes_cover(grant.purposes, code, tables)
+    codes = tables.purposes.codes
+    if code not in codes:
+        return False
+    shown = _WITHHOLDS[codes[code].view]
+    return any(_WITHHOLDS[codes[p].view] <= shown for p in set(grant.purposes) & set(tables.purposes.ancestors(code)))
 
 
 def in_period(grant: ConsentGrant, now: datetime) -> bool:

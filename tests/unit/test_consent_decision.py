@@ -246,6 +246,23 @@ def test_explicit_purpose_with_active_consent_in_period_gets_its_view(
     assert d.permitted and d.view is view and d.obligations == obligations and d.consent_ids == ("c1",)
 
 
+def test_a_consent_for_a_purpose_does_not_release_a_child_purpose_shown_more_fully() -> None:
+    """RECORDMGT is a child of HOPERAT (v3-ActReason) with care's full view, HOPERAT's is
+    de-identified: a patient who agreed to the organisation's operations seeing de-identified
+    copies had the identified record (MRN, note, image) released for records management (found
+    by the egress review). The children shown as HOPERAT is still are covered."""
+    hoperat = (make_grant("HOPERAT"),)
+    d = run("RECORDMGT", grants=hoperat)
+    assert not d.permitted and d.reason == "no active consent permitting RECORDMGT"
+    assert run("TRAIN", grants=hoperat).permitted and run("MLTRAINING", grants=hoperat).permitted
+    assert run("RECORDMGT", grants=(*hoperat, make_grant("RECORDMGT", id="c2"))).view is View.FULL
+    assert run("CLINTRCH", grants=(make_grant("HRESCH"),)).view is View.PSEUDONYMISED
+    assert run("HOPERAT", grants=hoperat).permitted_purposes == {"TRAIN", "MLTRAINING"}
+    # a deny covers every descendant, whatever its view
+    assert not run("RECORDMGT", grants=(make_grant("RECORDMGT", id="c2"),
+                                        make_grant("HOPERAT", decision="deny"))).permitted
+
+
 @pytest.mark.parametrize("code", ["TRAIN", "HRESCH", "MLTRAINING", "HTEST"])
 def test_explicit_purpose_without_consent_is_denied_whatever_its_view(code: str) -> None:
     # A de-identified or pseudonymised view never substitutes for consent.
@@ -504,7 +521,7 @@ def test_a_label_is_not_given_when_a_purpose_under_it_is_refused() -> None:
     assert run("TREAT", make_facts(PhotoKind.DOCUMENT), grants=deny_trial).permitted_purposes == {"COC"}
     grants = (make_grant("HOPERAT", id="a"), make_grant("TRAIN", id="d", decision="deny"))
     assert run("HOPERAT", grants=grants).permitted
-    assert run("HOPERAT", grants=grants).permitted_purposes == {"MLTRAINING", "RECORDMGT"}
+    assert run("HOPERAT", grants=grants).permitted_purposes == {"MLTRAINING"}
 
 
 _LABEL_GRANT_SETS: dict[str, tuple[ConsentGrant, ...]] = {
