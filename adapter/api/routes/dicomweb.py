@@ -382,10 +382,13 @@ async def retrieve_instance(study: str, series: str, instance: str, reader: Read
     syntaxes, refusal = _dicom_accept(accept)
     if refusal:
         return _not_acceptable(refusal)
-    content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
-    refusal = _syntax_refusal(syntaxes, content.transfer_syntax)
-    if refusal:
-        return _not_acceptable(refusal)
+    def answerable(content: DicomContent) -> None:  # after the decision, before the audit (406: not sent)
+        refusal = _syntax_refusal(syntaxes, content.transfer_syntax)
+        if refusal:
+            raise NotAcceptable(refusal)
+
+    content = await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
+                                              answerable=answerable))
     boundary = uuid.uuid4().hex
     headers = _multipart_headers(boundary, content.decision.break_glass)
     return Response(content=_part(boundary, content) + f"--{boundary}--\r\n".encode("ascii"),
