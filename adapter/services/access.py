@@ -759,25 +759,38 @@ class ScopedReader:
             raise Forbidden(_DENIED)
         raise NotAcceptable("this study or series has no image to show as a thumbnail")
 
-    def read_dicom(self, study: str, series: str | None = None) -> list[DicomRetrieval]:
+    def read_dicom(self, study: str, series: str | None = None, *,
+                   answerable: Callable[[list[DicomRetrieval]], object] | None = None) -> list[DicomRetrieval]:
         """The permitted instances of a study or series (WADO-RS study/series retrieve), each
         decided and audited; instances not permitted are left out. 404 when none has the UIDs,
-        403 when none of them is permitted."""
+        403 when none of them is permitted. ``answerable(retrievals)``: the caller's content
+        negotiation on the permitted ones, asked before they are audited; the NotAcceptable it
+        raises (406: nothing is sent) has them audited as reads that failed."""
         release = self._purpose_release()
         candidates = self._dicom_candidates(release, study=study, series=series)
         decided = self._dicom_decided(candidates)
         if not decided:
             raise NotFound("no such DICOM study or series")
-        self._auditor.record_transfers(self.ctx, transferred=[
-            (f"{i.record_type}/{i.record_id}", i.patient, i.study_instance_uid, decision) for i, _, decision in decided])
+        transferred = [(f"{i.record_type}/{i.record_id}", i.patient, i.study_instance_uid, decision)
+                       for i, _, decision in decided]
         out: list[DicomRetrieval] = []
-        for instance, stored, decision in decided:
-            if decision.permitted and decision.view is release.view:
-                out.append(DicomRetrieval(release.entry(instance), decision,
-                                          functools.partial(self._dicom_content, instance, stored, decision)))
-                # the objects are made one by one while the answer streams: a missing blob found
-                # then could only cut the answer short, so it is looked for now (NotFound)
-                self._blobs.path(instance.blob_sha256 or stored.blob_sha256 or "")
+        try:
+            for instance, stored, decision in decided:
+                if decision.permitted and decision.view is release.view:
+                    out.append(DicomRetrieval(release.entry(instance), decision,
+                                              functools.partial(self._dicom_content, instance, stored, decision)))
+                    # the objects are made one by one while the answer streams: a missing blob found
+                    # then could only cut the answer short, so it is looked for now (NotFound)
+                    self._blobs.path(instance.blob_sha256 or stored.blob_sha256 or "")
+            if out and answerable is not None:
+                answerable(out)
+        except NotAcceptable as exc:
+            self._auditor.record_transfers(self.ctx, transferred=transferred, not_sent=exc.diagnostics)
+            raise
+        except BaseException:
+            self._auditor.record_transfers(self.ctx, transferred=transferred)
+            raise
+        self._auditor.record_transfers(self.ctx, transferred=transferred)
         if not out:
             raise Forbidden(_DENIED)
         return out

@@ -1654,6 +1654,17 @@ def test_an_instance_not_sent_for_the_type_asked_is_audited_as_a_read_that_faile
         assert fresh[0]["outcomeDesc"].startswith("not sent"), (url, fresh[0]["outcomeDesc"])
     sent = client.get(base(photo) + "/rendered", headers={**TREAT, "Accept": "image/jpeg"})
     assert sent.status_code == 200 and services.store.list_audit(1)[0]["outcome"] == "0"
+    # a study or series retrieve in a transfer syntax one of its objects is not stored in: one
+    # event for the patient, outcome 4, nothing sent
+    for url in (f"/dicomweb/studies/{photo.StudyInstanceUID}",
+                f"/dicomweb/studies/{photo.StudyInstanceUID}/series/{photo.SeriesInstanceUID}"):
+        done = len(services.store.list_audit(10000))
+        r = client.get(url, headers={**TREAT, "Accept": implicit})
+        assert r.status_code == 406, (url, r.status_code)
+        events = services.store.list_audit(10000)
+        fresh = events[: len(events) - done]
+        assert [(e["action"], e["outcome"]) for e in fresh] == [("R", "4")], url
+        assert fresh[0]["outcomeDesc"].startswith("not sent") and study_uids(fresh[0]) == [photo.StudyInstanceUID]
     deny = consent_resource(["TREAT"])
     deny["provision"]["type"] = "deny"
     assert client.post("/fhir/Consent", json=deny, headers=FHIR_JSON).status_code == 201
