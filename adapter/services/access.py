@@ -646,7 +646,7 @@ class ScopedReader:
                 entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
                 reason=f"not sent: {exc.diagnostics}"[:500], dicom=DicomAudit.transferred(instance.study_instance_uid)))
             raise
-        except BaseException:
+        except Exception:
             self._audit_dicom(instance, decision)
             raise
         self._audit_dicom(instance, decision)
@@ -787,7 +787,7 @@ class ScopedReader:
         except NotAcceptable as exc:
             self._auditor.record_transfers(self.ctx, transferred=transferred, not_sent=exc.diagnostics)
             raise
-        except BaseException:
+        except Exception:
             self._auditor.record_transfers(self.ctx, transferred=transferred)
             raise
         self._auditor.record_transfers(self.ctx, transferred=transferred)
