@@ -629,27 +629,63 @@ class ScopedReader:
                              entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
                              dicom=DicomAudit.transferred(instance.study_instance_uid))
 
-    def read_dicom_instance(self, sop_instance_uid: str, *, study: str | None = None,
-                            series: str | None = None) -> DicomContent:
+    def _released_and_audited(self, instance: DicomInstance, stored: StoredResource, decision: Decision,
+                              answerable: Callable[[DicomContent], object] | None) -> DicomContent:
+        """The released object of an instance whose retrieval ``decision`` permits, audited once
+        ``answerable`` (the caller's content negotiation, given the object) has taken it. A
+        NotAcceptable from it (406: nothing is sent) is audited as a read that failed, outcome 4
+        saying why, not as a disclosure, as a FHIR Binary's is (:meth:`read_binary`); any other
+        failure to make the object leaves the retrieval audited as decided, as before."""
+        try:
+            content = self._dicom_content(instance, stored, decision)
+            if answerable is not None:
+                answerable(content)
+        except NotAcceptable as exc:
+            self._store.append_audit(self._auditor.event(
+                self.ctx, interaction="read", action="R", permitted=False,
+                entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
+                reason=f"not sent: {exc.diagnostics}"[:500], dicom=DicomAudit.transferred(instance.study_instance_uid)))
+            raise
+        except Exception:
+            self._audit_dicom(instance, decision)
+            raise
+        self._audit_dicom(instance, decision)
+        return content
+
+    def read_dicom_instance(self, sop_instance_uid: str, *, study: str | None = None, series: str | None = None,
+                            answerable: Callable[[DicomContent], object] | None = None) -> DicomContent:
         """One DICOM object (WADO-RS instance retrieve), UIDs in the purpose's released space;
-        404 when no instance has them, 403 (saying little) when the purpose is not permitted."""
+        404 when no instance has them, 403 (saying little) when the purpose is not permitted.
+        ``answerable(content)``: the caller's content negotiation, asked once the read is
+        permitted and the object made, before it is audited; the NotAcceptable it raises (406:
+        nothing is sent) is audited as a read that failed (:meth:`_released_and_audited`). A
+        refusal is audited and 403 first, whatever the client accepts."""
         release = self._purpose_release()
         candidates = self._dicom_candidates(release, study=study, series=series, sop_instance=sop_instance_uid)
         decided = self._dicom_decided(candidates[:1])
         if not decided:
             raise NotFound("no such DICOM instance")
         instance, stored, decision = decided[0]
-        self._audit_dicom(instance, decision)
         if not decision.permitted or decision.view is not release.view:
+            self._audit_dicom(instance, decision)
             raise Forbidden(_DENIED)
-        return self._dicom_content(instance, stored, decision)
+        return self._released_and_audited(instance, stored, decision, answerable)
 
-    def read_dicom_rendered(self, sop_instance_uid: str, *, study: str | None = None,
-                            series: str | None = None) -> ReleasedImage:
+    def read_dicom_rendered(self, sop_instance_uid: str, *, study: str | None = None, series: str | None = None,
+                            answerable: Callable[[ReleasedImage], object] | None = None) -> ReleasedImage:
         """WADO-RS rendered: the released instance as its Binary's bytes and media type (the
         first JPEG frame, native pixels as PNG, a PDF), under :meth:`read_dicom_instance`'s
-        decision; in the de-identified view image bytes with no metadata at all, as there."""
-        return _rendered(self.read_dicom_instance(sop_instance_uid, study=study, series=series))
+        decision; in the de-identified view image bytes with no metadata at all, as there.
+        ``answerable``: as there, given the rendered image."""
+        made: list[ReleasedImage] = []
+
+        def rendered(content: DicomContent) -> None:
+            made.append(_rendered(content))
+            if answerable is not None:
+                answerable(made[-1])
+
+        self.read_dicom_instance(sop_instance_uid, study=study, series=series, answerable=rendered)
+        return made[-1]
 
     def rendered_as(self, rendered: ReleasedImage, media_type: str, *, max_side: int) -> ReleasedImage | None:
         """``rendered`` (what :meth:`read_dicom_rendered` released: decided and audited already)
@@ -666,32 +702,43 @@ class ScopedReader:
             return None
         return ReleasedImage(data, media_type, rendered.break_glass)
 
+    def rendered_from(self, content: DicomContent) -> ReleasedImage:
+        """``content`` (an object :meth:`read_dicom_instance` released: decided already) as
+        :meth:`read_dicom_rendered` renders it. Nothing is read, decided or audited."""
+        return _rendered(content)
+
+    def thumbnail_of(self, rendered: ReleasedImage, *, rows: int, columns: int) -> ReleasedImage | None:
+        """A small JPEG, with no metadata, of ``rendered`` (what :meth:`read_dicom_rendered`
+        released: decided and audited already); None for a document or pixels that do not decode
+        (the object is stored as received; only what is shown of it needs decoding). Nothing is
+        read, decided or audited."""
+        if not rendered.content_type.startswith("image/"):
+            return None
+        try:
+            data = thumbnail_jpeg(rendered.data, rendered.content_type, rows=rows, columns=columns,
+                                  max_pixels=self._tables.policy.limits.max_pixels)
+        except (UndecodableImage, ImageTooLarge):
+            return None
+        return ReleasedImage(data, "image/jpeg", rendered.break_glass)
+
     def read_dicom_thumbnail(self, study: str, *, series: str | None = None, instance: str | None = None,
                              rows: int, columns: int) -> ReleasedImage:
         """WADO-RS thumbnail (PS3.18 8.3.5.1.2): a small JPEG, with no metadata, of the instance
         (or of the first permitted image of the series or study), made from what
         :meth:`read_dicom_rendered` releases for the purpose, under the same decisions; the
-        audit names the instances looked at (refused ones, and the one shown), not the rest of
-        the study. A document has no picture: 406."""
-        limit = self._tables.policy.limits.max_pixels
+        audit names the instances looked at (refused ones, the ones with no picture as not sent,
+        and the one shown), not the rest of the study. A document has no picture: 406."""
+        made: list[ReleasedImage] = []
 
-        def picture(rendered: ReleasedImage) -> ReleasedImage | None:
-            """The thumbnail, or None for a document or pixels that do not decode (the object
-            is stored as received; only what is shown of it needs decoding)."""
-            if not rendered.content_type.startswith("image/"):
-                return None
-            try:
-                data = thumbnail_jpeg(rendered.data, rendered.content_type, rows=rows, columns=columns,
-                                      max_pixels=limit)
-            except (UndecodableImage, ImageTooLarge):
-                return None
-            return ReleasedImage(data, "image/jpeg", rendered.break_glass)
+        def shown(rendered: ReleasedImage) -> None:
+            picture = self.thumbnail_of(rendered, rows=rows, columns=columns)
+            if picture is None:
+                raise NotAcceptable("this instance has no thumbnail (a document, or pixels that do not decode)")
+            made.append(picture)
 
         if instance is not None:
-            made = picture(self.read_dicom_rendered(instance, study=study, series=series))
-            if made is None:
-                raise NotAcceptable("this instance has no thumbnail (a document, or pixels that do not decode)")
-            return made
+            self.read_dicom_rendered(instance, study=study, series=series, answerable=shown)
+            return made[-1]
         # the instances in order, each decision audited as it is acted on, up to the one shown
         release = self._purpose_release()
         decided = self._dicom_decided(self._dicom_candidates(release, study=study, series=series))
@@ -699,36 +746,51 @@ class ScopedReader:
             raise NotFound("no such DICOM study or series")
         permitted = False
         for candidate, stored, decision in decided:
-            self._audit_dicom(candidate, decision)
             if not decision.permitted or decision.view is not release.view:
+                self._audit_dicom(candidate, decision)
                 continue
             permitted = True
-            made = picture(_rendered(self._dicom_content(candidate, stored, decision)))
-            if made is not None:
-                return made
+            try:
+                self._released_and_audited(candidate, stored, decision, lambda content: shown(_rendered(content)))
+            except NotAcceptable:
+                continue
+            return made[-1]
         if not permitted:
             raise Forbidden(_DENIED)
         raise NotAcceptable("this study or series has no image to show as a thumbnail")
 
-    def read_dicom(self, study: str, series: str | None = None) -> list[DicomRetrieval]:
+    def read_dicom(self, study: str, series: str | None = None, *,
+                   answerable: Callable[[list[DicomRetrieval]], object] | None = None) -> list[DicomRetrieval]:
         """The permitted instances of a study or series (WADO-RS study/series retrieve), each
         decided and audited; instances not permitted are left out. 404 when none has the UIDs,
-        403 when none of them is permitted."""
+        403 when none of them is permitted. ``answerable(retrievals)``: the caller's content
+        negotiation on the permitted ones, asked before they are audited; the NotAcceptable it
+        raises (406: nothing is sent) has them audited as reads that failed."""
         release = self._purpose_release()
         candidates = self._dicom_candidates(release, study=study, series=series)
         decided = self._dicom_decided(candidates)
         if not decided:
             raise NotFound("no such DICOM study or series")
-        self._auditor.record_transfers(self.ctx, transferred=[
-            (f"{i.record_type}/{i.record_id}", i.patient, i.study_instance_uid, decision) for i, _, decision in decided])
+        transferred = [(f"{i.record_type}/{i.record_id}", i.patient, i.study_instance_uid, decision)
+                       for i, _, decision in decided]
         out: list[DicomRetrieval] = []
-        for instance, stored, decision in decided:
-            if decision.permitted and decision.view is release.view:
-                out.append(DicomRetrieval(release.entry(instance), decision,
-                                          functools.partial(self._dicom_content, instance, stored, decision)))
-                # the objects are made one by one while the answer streams: a missing blob found
-                # then could only cut the answer short, so it is looked for now (NotFound)
-                self._blobs.path(instance.blob_sha256 or stored.blob_sha256 or "")
+        try:
+            for instance, stored, decision in decided:
+                if decision.permitted and decision.view is release.view:
+                    out.append(DicomRetrieval(release.entry(instance), decision,
+                                              functools.partial(self._dicom_content, instance, stored, decision)))
+                    # the objects are made one by one while the answer streams: a missing blob found
+                    # then could only cut the answer short, so it is looked for now (NotFound)
+                    self._blobs.path(instance.blob_sha256 or stored.blob_sha256 or "")
+            if out and answerable is not None:
+                answerable(out)
+        except NotAcceptable as exc:
+            self._auditor.record_transfers(self.ctx, transferred=transferred, not_sent=exc.diagnostics)
+            raise
+        except Exception:
+            self._auditor.record_transfers(self.ctx, transferred=transferred)
+            raise
+        self._auditor.record_transfers(self.ctx, transferred=transferred)
         if not out:
             raise Forbidden(_DENIED)
         return out

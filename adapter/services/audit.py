@@ -119,21 +119,29 @@ class Auditor:
                                    for patient, refs in (by_patient or {None: []}).items()))
 
     def record_transfers(self, ctx: RequestContext, *,
-                         transferred: Sequence[tuple[str, Identifier, str, Decision]]) -> None:
+                         transferred: Sequence[tuple[str, Identifier, str, Decision]],
+                         not_sent: str | None = None) -> None:
         """Store the AuditEvents of a retrieval of many DICOM instances (a WADO-RS study or
         series), each given as (its record, its patient, its Study Instance UID, its decision):
         one DICOM Instances Transferred message per patient and decision, naming each record and
         study once (IHE BALP: one AuditEvent per patient), in one transaction; not one event and
-        one commit per instance."""
+        one commit per instance. ``not_sent``: why the answer was refused after the decisions
+        (406, nothing sent): the permitted transfers are then reads that failed, outcome 4 with
+        that reason (not counted as decisions again, as a FHIR Binary's), the refused ones as
+        they are."""
         groups: dict[tuple[Identifier, bool, str], tuple[list[str], list[str]]] = {}
         for ref, patient, study, decision in transferred:
-            refs, studies = groups.setdefault((patient, decision.permitted, decision.reason), ([], []))
+            key = (patient, decision.permitted, decision.reason if not_sent is None or not decision.permitted
+                   else f"not sent: {not_sent}"[:500])
+            refs, studies = groups.setdefault(key, ([], []))
             refs.append(ref)
             studies.append(study)
         events = []
         for (patient, permitted, reason), (refs, studies) in groups.items():
-            DECISIONS.labels("read", ctx.purpose.code, "permit" if permitted else "deny").inc()
-            events.append(self.event(ctx, interaction="read", action="R", permitted=permitted, reason=reason,
+            sent = permitted and not_sent is None
+            if sent or not permitted:
+                DECISIONS.labels("read", ctx.purpose.code, "permit" if permitted else "deny").inc()
+            events.append(self.event(ctx, interaction="read", action="R", permitted=sent, reason=reason,
                                      entities=list(dict.fromkeys(refs)), patient=patient,
                                      dicom=DicomAudit.transferred(*dict.fromkeys(studies))))
         self._store.append_audit(*events)

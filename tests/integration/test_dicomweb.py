@@ -1611,6 +1611,69 @@ def test_dicom_exchanges_are_audited_as_dicom_audit_messages(adapter: tuple[Fhir
     assert read["type"]["code"] == "rest" and read["subtype"][0]["code"] == "read" and study_uids(read) == []
 
 
+def test_an_instance_not_sent_for_the_type_asked_is_audited_as_a_read_that_failed(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """Found by the egress review: an instance decided and permitted, then answered 406 because
+    the client accepts nothing it is served as (another transfer syntax, frames in another
+    type, a picture of a document or in a type not made, a WADO-URI contentType), was audited as
+    a retrieval (outcome 0, a disclosure) though nothing was sent, as the FHIR Binary's was
+    before. Now each is one DICOM Instances Transferred with outcome 4 saying it was not sent;
+    a refused reader still gets its 403 (audited as a refusal) whatever it accepts, and an
+    instance sent stays outcome 0."""
+    client, services = adapter
+    photo, pdf, _ = _photo_pdf_and_native(client, tmp_path)
+
+    def base(obj: Any) -> str:
+        return f"/dicomweb/studies/{obj.StudyInstanceUID}/series/{obj.SeriesInstanceUID}/instances/{obj.SOPInstanceUID}"
+
+    def uri(obj: Any, **params: str) -> str:
+        return "/wado?" + "&".join(f"{k}={v}" for k, v in {
+            "requestType": "WADO", "studyUID": obj.StudyInstanceUID, "seriesUID": obj.SeriesInstanceUID,
+            "objectUID": obj.SOPInstanceUID, **params}.items())
+
+    implicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'
+    not_sent = [
+        (base(photo), implicit),
+        (base(photo) + "/frames/1", 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2'),
+        (base(photo) + "/rendered", "text/plain"),
+        (base(pdf) + "/rendered", "image/jpeg"),
+        (base(pdf) + "/thumbnail", None),
+        (uri(photo, contentType="application/pdf"), None),
+        (uri(pdf, contentType="image/jpeg", rows="64"), None),
+        (uri(photo, contentType="application/dicom", transferSyntax="1.2.840.10008.1.2"), None),
+    ]
+    for url, accept in not_sent:
+        done = len(services.store.list_audit(10000))
+        r = client.get(url, headers={**TREAT, **({"Accept": accept} if accept else {})})
+        assert r.status_code == 406, (url, r.status_code)
+        events = services.store.list_audit(10000)
+        fresh = events[: len(events) - done]
+        assert len(fresh) == 1, (url, len(fresh))
+        assert dicom_events(fresh, INSTANCES_TRANSFERRED) == fresh
+        assert (fresh[0]["action"], fresh[0]["outcome"]) == ("R", "4"), (url, fresh[0]["outcome"])
+        assert fresh[0]["outcomeDesc"].startswith("not sent"), (url, fresh[0]["outcomeDesc"])
+    sent = client.get(base(photo) + "/rendered", headers={**TREAT, "Accept": "image/jpeg"})
+    assert sent.status_code == 200 and services.store.list_audit(1)[0]["outcome"] == "0"
+    # a study or series retrieve in a transfer syntax one of its objects is not stored in: one
+    # event for the patient, outcome 4, nothing sent
+    for url in (f"/dicomweb/studies/{photo.StudyInstanceUID}",
+                f"/dicomweb/studies/{photo.StudyInstanceUID}/series/{photo.SeriesInstanceUID}"):
+        done = len(services.store.list_audit(10000))
+        r = client.get(url, headers={**TREAT, "Accept": implicit})
+        assert r.status_code == 406, (url, r.status_code)
+        events = services.store.list_audit(10000)
+        fresh = events[: len(events) - done]
+        assert [(e["action"], e["outcome"]) for e in fresh] == [("R", "4")], url
+        assert fresh[0]["outcomeDesc"].startswith("not sent") and study_uids(fresh[0]) == [photo.StudyInstanceUID]
+    deny = consent_resource(["TREAT"])
+    deny["provision"]["type"] = "deny"
+    assert client.post("/fhir/Consent", json=deny, headers=FHIR_JSON).status_code == 201
+    refused = client.get(base(photo), headers={**TREAT, "Accept": implicit})
+    assert refused.status_code == 403 and "transfer" not in refused.text
+    [event] = services.store.list_audit(1)
+    assert event["outcome"] == "4" and not event["outcomeDesc"].startswith("not sent")
+
+
 def test_a_study_retrieve_is_audited_once_per_patient_and_outcome(adapter: tuple[FhirClient, Services]) -> None:
     """WADO-RS of a study wrote one AuditEvent per instance (a study of 500 images: 500 events,
     each its own commit). It is one DICOM Instances Transferred message per patient and

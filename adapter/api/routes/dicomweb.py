@@ -382,10 +382,13 @@ async def retrieve_instance(study: str, series: str, instance: str, reader: Read
     syntaxes, refusal = _dicom_accept(accept)
     if refusal:
         return _not_acceptable(refusal)
-    content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
-    refusal = _syntax_refusal(syntaxes, content.transfer_syntax)
-    if refusal:
-        return _not_acceptable(refusal)
+    def answerable(content: DicomContent) -> None:  # after the decision, before the audit (406: not sent)
+        refusal = _syntax_refusal(syntaxes, content.transfer_syntax)
+        if refusal:
+            raise NotAcceptable(refusal)
+
+    content = await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
+                                              answerable=answerable))
     boundary = uuid.uuid4().hex
     headers = _multipart_headers(boundary, content.decision.break_glass)
     return Response(content=_part(boundary, content) + f"--{boundary}--\r\n".encode("ascii"),
@@ -407,16 +410,23 @@ async def _retrieve(reader: Any, accept: str | None, study: str, series: str | N
     syntaxes, refusal = _dicom_accept(accept)
     if refusal:
         return _not_acceptable(refusal)
-    retrievals: list[DicomRetrieval] = await run_in_threadpool(reader.read_dicom, study, series)
-    # the first object is made before the response starts, so its failure is a proper error
-    first = await run_in_threadpool(retrievals[0].load)
-    if ANY_SYNTAX not in syntaxes:
-        # named syntaxes: every object's is known before the answer starts (each is made again as
-        # it streams), so one stored in another is a 406, not an answer cut short
-        later = await run_in_threadpool(lambda: [r.load().transfer_syntax for r in retrievals[1:]])
-        refusal = next(filter(None, (_syntax_refusal(syntaxes, s) for s in [first.transfer_syntax, *later])), None)
-        if refusal:
-            return _not_acceptable(refusal)
+    made: list[DicomContent] = []
+
+    def answerable(retrievals: list[DicomRetrieval]) -> None:  # before the audit (406: not sent)
+        # the first object is made before the response starts, so its failure is a proper error
+        made.append(retrievals[0].load())
+        if ANY_SYNTAX not in syntaxes:
+            # named syntaxes: every object's is known before the answer starts (each is made again
+            # as it streams), so one stored in another is a 406, not an answer cut short
+            later = [r.load().transfer_syntax for r in retrievals[1:]]
+            refusal = next(filter(None, (_syntax_refusal(syntaxes, s) for s in [made[0].transfer_syntax, *later])),
+                           None)
+            if refusal:
+                raise NotAcceptable(refusal)
+
+    retrievals: list[DicomRetrieval] = await run_in_threadpool(partial(reader.read_dicom, study, series,
+                                                                       answerable=answerable))
+    first = made[-1]
     boundary = uuid.uuid4().hex
 
     def body() -> Iterator[bytes]:  # runs in the threadpool (StreamingResponse iterates it there)

@@ -66,7 +66,7 @@ from adapter.api.routes.dicomweb import (
     _model_refusal,
     _not_acceptable,
 )
-from adapter.errors import InvalidQuery
+from adapter.errors import InvalidQuery, NotAcceptable
 from adapter.mapping.dicom_json import (
     bulk_value,
     frames,
@@ -154,15 +154,23 @@ async def instance_metadata(study: str, series: str, instance: str, request: Req
 async def retrieve_frames(study: str, series: str, instance: str, frame_list: str, reader: ReaderDep,
                           accept: Annotated[str | None, Header()] = None) -> Response:
     wanted = parse_frame_list(frame_list)
-    content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
-    ds = await run_in_threadpool(read_released, content.data)
+    negotiated: list[tuple[Any, str]] = []  # the released data set and the media type its frames go as
+
+    def answerable(content: DicomContent) -> None:  # after the decision, before the audit (406: not sent)
+        ds = read_released(content.data)
+        syntax = transfer_syntax(ds)
+        chosen = _frame_media_type(accept, syntax, compressed=is_encapsulated(ds))
+        if chosen is None:
+            raise NotAcceptable(
+                f"the frames are stored in {syntax}, served as they are (no transcoding): ask for "
+                f'multipart/related; type="image/jpeg" or type="{OCTET}"; transfer-syntax=*'
+                if is_encapsulated(ds) else f'the frames are served as multipart/related; type="{OCTET}"')
+        negotiated.append((ds, chosen))
+
+    content = await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
+                                              answerable=answerable))
+    ds, chosen = negotiated[-1]
     syntax = transfer_syntax(ds)
-    chosen = _frame_media_type(accept, syntax, compressed=is_encapsulated(ds))
-    if chosen is None:
-        return _not_acceptable(
-            f"the frames are stored in {syntax}, served as they are (no transcoding): ask for "
-            f'multipart/related; type="image/jpeg" or type="{OCTET}"; transfer-syntax=*'
-            if is_encapsulated(ds) else f'the frames are served as multipart/related; type="{OCTET}"')
     data = await run_in_threadpool(frames, ds, wanted)
     part_type = f"{chosen}; transfer-syntax={syntax}"
     return _multipart(chosen, [(part_type, frame) for frame in data], break_glass=content.decision.break_glass)
@@ -184,18 +192,26 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
             responses=ok(200, "the instance as its FHIR Binary gives it", dict.fromkeys(IMAGES)))
 async def retrieve_rendered(study: str, series: str, instance: str, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
-    rendered = await run_in_threadpool(partial(reader.read_dicom_rendered, instance, study=study, series=series))
-    for media, _ in by_preference(media_ranges(accept)):
-        if accepts(media, rendered.content_type):
-            return image_response(rendered)
-        # a picture asked for as another type a single-frame image "shall" be rendered as (module
-        # docstring), made anew from what the purpose's release renders (no second read)
-        made = await run_in_threadpool(partial(reader.rendered_as, rendered, media, max_side=RENDERED_JPEG_MAX_SIDE))
-        if made is not None:  # else: not a type made, no picture, or pixels that do not decode
-            return image_response(made)
-    return _not_acceptable(f"this instance is rendered as {rendered.content_type}"
-                           + (", image/jpeg, image/png or image/gif" if rendered.content_type.startswith("image/")
-                              else " (no transcoding)"))
+    chosen: list[ReleasedImage] = []
+
+    def answerable(rendered: ReleasedImage) -> None:  # after the decision, before the audit (406: not sent)
+        for media, _ in by_preference(media_ranges(accept)):
+            if accepts(media, rendered.content_type):
+                chosen.append(rendered)
+                return
+            # a picture asked for as another type a single-frame image "shall" be rendered as
+            # (module docstring), made anew from what the purpose's release renders (no second read)
+            made = reader.rendered_as(rendered, media, max_side=RENDERED_JPEG_MAX_SIDE)
+            if made is not None:  # else: not a type made, no picture, or pixels that do not decode
+                chosen.append(made)
+                return
+        raise NotAcceptable(f"this instance is rendered as {rendered.content_type}"
+                            + (", image/jpeg, image/png or image/gif" if rendered.content_type.startswith("image/")
+                               else " (no transcoding)"))
+
+    await run_in_threadpool(partial(reader.read_dicom_rendered, instance, study=study, series=series,
+                                    answerable=answerable))
+    return image_response(chosen[-1])
 
 
 def image_response(image: ReleasedImage) -> Response:

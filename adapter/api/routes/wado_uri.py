@@ -40,7 +40,7 @@ from adapter.api.openapi import INVALID, READ_ONE, answers, ok, refusals
 from adapter.api.routes.wado_bulk import RENDERED_JPEG_MAX_SIDE, image_response
 from adapter.errors import InvalidQuery, NotAcceptable, NotSupported
 from adapter.model.decision import View
-from adapter.services.access import ReleasedImage
+from adapter.services.access import DicomContent, ReleasedImage
 from adapter.text import pixel_count
 
 router = APIRouter()
@@ -88,45 +88,57 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     syntax = q.get("transferSyntax")
     if syntax is not None and DICOM not in wanted:
         raise InvalidQuery("transferSyntax goes with contentType=application/dicom", expression="transferSyntax")
-    rendered: ReleasedImage | None = None
     # in the client's order of preference; none: image/jpeg for an image (PS3.18 7.1.2, WADO-URI's
     # default for a single-frame image), else as it renders (a PDF)
     preference: list[str | None] = list(wanted) or ["image/jpeg", None]
-    for media in preference:
-        if media == DICOM:
-            content = await run_in_threadpool(lambda: reader.read_dicom_instance(instance, study=study, series=series))
-            if syntax not in (None, "*", content.transfer_syntax):  # served as stored: never transcoded
-                raise NotAcceptable(f"transferSyntax: this instance is stored in {content.transfer_syntax} and "
-                                    "served as it is (no transcoding)", expression="transferSyntax")
-            return Response(content=content.data, media_type=DICOM, headers=break_glass_headers(content.decision.break_glass))
-        if media == "*/*":
-            media = None  # anything: as it renders
-        if media is not None and media not in RENDERED and media != "image/*":
-            continue
-        if media == "image/jpeg" and (rows or columns):
-            try:
-                made = await run_in_threadpool(lambda: reader.read_dicom_thumbnail(
-                    study, series=series, instance=instance, rows=rows or _MAX_SIDE, columns=columns or _MAX_SIDE))
-            except NotAcceptable:  # a document, or pixels that do not decode: a later type may do
+    chosen: list[Response] = []
+
+    def answerable(content: DicomContent) -> None:
+        """The answer the client prefers, made from the one object released (decided, not yet
+        audited): the NotAcceptable raised when there is none is audited as a read that failed
+        (nothing is sent), not as a disclosure."""
+        rendered: ReleasedImage | None = None
+        for media in preference:
+            if media == DICOM:
+                if syntax not in (None, "*", content.transfer_syntax):  # served as stored: never transcoded
+                    raise NotAcceptable(f"transferSyntax: this instance is stored in {content.transfer_syntax} and "
+                                        "served as it is (no transcoding)", expression="transferSyntax")
+                chosen.append(Response(content=content.data, media_type=DICOM,
+                                       headers=break_glass_headers(content.decision.break_glass)))
+                return
+            if media == "*/*":
+                media = None  # anything: as it renders
+            if media is not None and media not in RENDERED and media != "image/*":
                 continue
-            return image_response(made)
-        if rendered is None:
-            rendered = await run_in_threadpool(lambda: reader.read_dicom_rendered(instance, study=study, series=series))
-        if media is None or rendered.content_type == media or \
-                (media == "image/*" and rendered.content_type.startswith("image/")):
-            return image_response(rendered)
-        if media is not None and media != "image/*":
-            # a picture asked for as another image type: native pixels (rendered as a lossless PNG)
-            # as image/jpeg, which a WADO-URI server "shall be able to send" for a single-frame
-            # image (PS3.18 7.1.2), or a JPEG as image/png: made anew from the bytes the
-            # purpose's release rendered (no second read, no second audit), with no metadata,
-            # a JPEG at most _MAX_SIDE a side (adapter.imaging.thumbnail.rendered_as)
-            remade = await run_in_threadpool(partial(reader.rendered_as, rendered, media, max_side=_MAX_SIDE))
-            if remade is not None:  # else a document, or pixels that do not decode: a later type may do
-                return image_response(remade)
-    served = f"rendered as {rendered.content_type} (no transcoding)" if rendered is not None else \
-        f"served as {', '.join((DICOM, *RENDERED))}"
-    raise NotAcceptable(f"contentType: this instance is {served}", expression="contentType")
+            if rendered is None:
+                rendered = reader.rendered_from(content)
+            if media == "image/jpeg" and (rows or columns):
+                made = reader.thumbnail_of(rendered, rows=rows or _MAX_SIDE, columns=columns or _MAX_SIDE)
+                if made is None:  # a document, or pixels that do not decode: a later type may do
+                    continue
+                chosen.append(image_response(made))
+                return
+            if media is None or rendered.content_type == media or \
+                    (media == "image/*" and rendered.content_type.startswith("image/")):
+                chosen.append(image_response(rendered))
+                return
+            if media is not None and media != "image/*":
+                # a picture asked for as another image type: native pixels (rendered as a lossless
+                # PNG) as image/jpeg, which a WADO-URI server "shall be able to send" for a
+                # single-frame image (PS3.18 7.1.2), or a JPEG as image/png: made anew from the
+                # bytes the purpose's release rendered (no second read, no second audit), with no
+                # metadata, a JPEG at most _MAX_SIDE a side (adapter.imaging.thumbnail.rendered_as)
+                remade = reader.rendered_as(rendered, media, max_side=_MAX_SIDE)
+                if remade is not None:  # else a document, or pixels that do not decode: a later type may do
+                    chosen.append(image_response(remade))
+                    return
+        served = f"rendered as {rendered.content_type} (no transcoding)" if rendered is not None else \
+            f"served as {', '.join((DICOM, *RENDERED))}"
+        raise NotAcceptable(f"contentType: this instance is {served}", expression="contentType")
+
+    await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
+                                    answerable=answerable))
+    return chosen[-1]
 
 
 def _content_types(value: str | None) -> list[str]:

@@ -1,0 +1,128 @@
+"""Every egress path of a record the consent decision refuses, over the real app on a real SQLite
+store (the egress review): a consent-pending clinical photo read for care, and for TRAIN with a
+TRAIN Consent but no consent for care; a photo whose TRAIN Consent was withdrawn, asked for again
+by the URLs a TRAIN reader kept (its released UIDs); and a photo of an encounter beside one a
+Consent names (provision.data). Each read is refused (403, saying nothing of the record) and
+audited once as a refusal; each search, count, include, QIDO-RS, batch and outbox leaves it out.
+tests/integration/test_deid_canary.py checks what permitted reads carry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapter.services.registry import Services
+from tests.conftest import ROOT
+from tests.support.app import FhirClient, adapter_client, as_purpose, consent_resource, metadata, post_photo
+
+pytestmark = pytest.mark.integration
+
+WOUND = ROOT / "samples" / "wound.jpg"
+LESION = ROOT / "samples" / "lesion.png"
+STUDY, SERIES, SOP = "0020000D", "0020000E", "00080018"
+
+
+def _reads(receipt: dict[str, Any], study: str, series: str, sop: str) -> list[tuple[str, str, dict[str, str]]]:
+    """(method, path, headers) of every read of the photo's records, image and DICOM object."""
+    record, binary, provenance = receipt["record"], receipt["binary"], receipt["provenance"]
+    r5 = {"Accept": "application/fhir+json; fhirVersion=5.0"}
+    instance = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    wado = f"/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    return [
+        ("GET", f"/fhir/{record}", {}), ("HEAD", f"/fhir/{record}", {}),
+        ("GET", f"/fhir/{record}", {"If-None-Match": 'W/"1"'}),
+        ("GET", f"/fhir/{record}/_history", {}), ("GET", f"/fhir/{record}/_history/1", {}),
+        ("GET", f"/fhir/{record}?_elements=id", {}),
+        ("GET", f"/fhir/DocumentReference/{record.split('/')[1]}", r5),
+        ("GET", f"/fhir/{binary}", {"Accept": "image/jpeg"}), ("GET", f"/fhir/{binary}", {"Accept": "text/plain"}),
+        ("GET", f"/fhir/{binary}", {"Accept": "application/fhir+json"}),
+        ("GET", f"/fhir/{binary}", {"Accept": "application/dicom"}), ("GET", f"/fhir/{binary}/_history/1", {}),
+        ("GET", f"/fhir/{provenance}", {}), ("GET", f"/fhir/{provenance}/_history", {}),
+        ("GET", f"/dicomweb/studies/{study}", {}), ("GET", f"/dicomweb/studies/{study}/series/{series}", {}),
+        ("GET", instance, {}), ("GET", f"/dicomweb/studies/{study}/metadata", {}),
+        ("GET", f"/dicomweb/studies/{study}/series/{series}/metadata", {}), ("GET", f"{instance}/metadata", {}),
+        ("GET", f"{instance}/rendered", {}), ("GET", f"{instance}/rendered", {"Accept": "image/gif"}),
+        ("GET", f"{instance}/thumbnail", {}), ("GET", f"/dicomweb/studies/{study}/thumbnail", {}),
+        ("GET", f"/dicomweb/studies/{study}/series/{series}/thumbnail", {}),
+        ("GET", f"{instance}/frames/1", {}), ("GET", f"{instance}/bulk/7FE00010", {}),
+        ("GET", wado, {}), ("GET", f"{wado}&contentType=application/dicom", {}),
+        ("GET", f"{wado}&contentType=image/png", {}), ("GET", f"{wado}&rows=64", {}),
+    ]
+
+
+def _refused_everywhere(client: FhirClient, services: Services, receipt: dict[str, Any], uids: tuple[str, str, str],
+                        purpose: str) -> None:
+    record_id = receipt["record"].split("/")[1]
+    for method, path, extra in _reads(receipt, *uids):
+        before = len(services.store.list_audit(100000))
+        r = client.request(method, path, headers=as_purpose(purpose, **extra))
+        events = services.store.list_audit(100000)
+        fresh = events[: len(events) - before]
+        assert r.status_code == 403, (purpose, method, path, extra, r.status_code)
+        assert method == "HEAD" or "access denied for this purpose of use" in r.text
+        assert len(fresh) == 1 and fresh[0]["outcome"] == "4", (path, extra, [e["outcome"] for e in fresh])
+    for query in ("/fhir/Media?_summary=count", "/fhir/Provenance?_summary=count", f"/fhir/Media?_id={record_id}",
+                  f"/fhir/Provenance?target={receipt['record']}", "/fhir/Media?_revinclude=Provenance:target",
+                  "/fhir/Provenance?_include=Provenance:target"):
+        found = client.get(query, headers=as_purpose(purpose)).json()
+        assert found["total"] == 0 and "entry" not in found, (purpose, query)
+    for query in ("/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances", f"/dicomweb/studies/{uids[0]}/instances"):
+        assert client.get(query, headers=as_purpose(purpose)).json() == [], (purpose, query)
+    assert all(item.get("withheld") for item in client.get("/outbox", headers=as_purpose(purpose)).json())
+    batch = client.post("/fhir", headers=as_purpose(purpose), json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": url}} for url in (receipt["record"], receipt["binary"],
+                                                               receipt["provenance"], f"Media?_id={record_id}")]})
+    entries = batch.json()["entry"]
+    assert [e["response"]["status"] for e in entries[:3]] == ["403 Forbidden"] * 3
+    assert entries[3]["resource"]["total"] == 0
+
+
+def _treat_uids(receipt: dict[str, Any]) -> tuple[str, str, str]:
+    dicom = receipt["dicom"]
+    return dicom["studyInstanceUid"], dicom["seriesInstanceUid"], dicom["sopInstanceUid"]
+
+
+def test_a_consent_pending_photo_leaves_by_no_path_but_break_glass(tmp_path: Path) -> None:
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, services):
+        receipt = post_photo(client, WOUND, metadata(consent=None)).json()
+        assert receipt["consentPending"]
+        _refused_everywhere(client, services, receipt, _treat_uids(receipt), "TREAT")
+        # a Consent for training alone does not open a photo whose taking has no documented consent
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
+        train = client.get("/dicomweb/instances", headers=as_purpose("TRAIN"))
+        assert train.json() == []
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("BTG")).status_code == 200
+
+
+def test_a_withdrawn_consent_closes_every_path_the_reader_kept(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, services):
+        receipt = post_photo(client, WOUND, metadata()).json()
+        consent = client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).json()
+        [kept] = client.get("/dicomweb/instances", headers=as_purpose("TRAIN")).json()
+        uids = (kept[STUDY]["Value"][0], kept[SERIES]["Value"][0], kept[SOP]["Value"][0])
+        assert client.get(f"/dicomweb/studies/{uids[0]}", headers=as_purpose("TRAIN")).status_code == 200
+        assert client.put(f"/fhir/Consent/{consent['id']}", json={**consent, "status": "inactive"}).status_code == 200
+        _refused_everywhere(client, services, receipt, uids, "TRAIN")
+
+
+def test_a_consent_naming_one_photo_opens_no_other_of_its_encounter(tmp_path: Path) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        encounter = {"reference": "Encounter/77"}
+        named = post_photo(client, WOUND, metadata(encounter=encounter)).json()
+        other = post_photo(client, LESION, metadata(encounter=encounter), content_type="image/png").json()
+        assert named["dicom"]["studyInstanceUid"] == other["dicom"]["studyInstanceUid"]
+        consent = consent_resource(["TRAIN"])
+        consent["provision"]["data"] = [{"meaning": "instance", "reference": {"reference": named["record"]}}]
+        assert client.post("/fhir/Consent", json=consent).status_code == 201
+        [study] = client.get("/dicomweb/studies", headers=as_purpose("TRAIN")).json()
+        assert study["00201208"]["Value"] == [1]  # NumberOfStudyRelatedInstances counts what is shown
+        assert client.get("/fhir/Media?_summary=count", headers=as_purpose("TRAIN")).json()["total"] == 1
+        # the Consent names the photo, not itself nor the other photo's records
+        assert client.get("/fhir/Consent?_summary=count", headers=as_purpose("TRAIN")).json()["total"] == 0
+        for path in (other["record"], other["binary"], other["provenance"]):
+            assert client.get(f"/fhir/{path}", headers=as_purpose("TRAIN")).status_code == 403, path
+        retrieved = client.get(f"/dicomweb/studies/{study[STUDY]['Value'][0]}/metadata", headers=as_purpose("TRAIN"))
+        assert retrieved.status_code == 200 and len(retrieved.json()) == 1
