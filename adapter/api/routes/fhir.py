@@ -221,6 +221,7 @@ async def transaction(request: Request, services: ServicesDep, ctx: WriteContext
                       idempotency_key: Annotated[str | None, Header()] = None) -> Response:
     """An ITI-65-shaped transaction Bundle (base64 image in Binary.data, hence the 4/3 limit), or
     a batch of reads."""
+    _answerable(request)
     async with _json_body(request, services, services.settings.max_upload_bytes * 4 // 3 + 1024 * 1024) as bundle:
         return await _transaction(request, services, ctx, idempotency_key, bundle)
 
@@ -238,6 +239,13 @@ async def _transaction(request: Request, services: Services, ctx: RequestContext
     key = idempotency_key[:200] if idempotency_key else None
     response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx)
     return _out(response, "4")
+
+
+def _answerable(request: Request) -> None:
+    """A write (or batch) whose Accept or ``_format`` wants only what this server does not produce
+    (FHIR XML) is refused (406) before its body is read: answered in JSON after it was stored,
+    the client could not read the answer and would send the write again."""
+    check_acceptable(request.headers.get("accept"), request.query_params.get("_format"))
 
 
 def _r4_write(request: Request) -> None:
@@ -271,6 +279,7 @@ def _written(request: Request, services: Services, stored: Any, status: int) -> 
 @router.post("/Consent", status_code=201, openapi_extra=_CONSENT_BODY,
              responses=answers(ok(201, _WRITTEN, FHIR_RESOURCE), refusals(*BODY)))
 async def create_consent(request: Request, services: ServicesDep, ctx: WriteContextDep) -> Response:
+    _answerable(request)
     _r4_write(request)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.create, resource, ctx)
@@ -281,6 +290,7 @@ async def create_consent(request: Request, services: ServicesDep, ctx: WriteCont
             responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, 404, 409, 412)))
 async def update_consent(id: str, request: Request, services: ServicesDep, ctx: WriteContextDep,
                          if_match: Annotated[str | None, Header()] = None) -> Response:
+    _answerable(request)
     _r4_write(request)
     expected = _if_match_versions(if_match)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:

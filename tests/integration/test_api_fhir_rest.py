@@ -1,0 +1,44 @@
+"""FHIR R4 RESTful API conformance (http.html, search.html, bundle.html) as a FHIR client meets
+it, over the real HTTP app on a real SQLite store: what the review of the REST API found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import ROOT
+from tests.support.app import adapter_client, as_purpose, consent_resource
+
+SAMPLES = ROOT / "samples"
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+TREAT = as_purpose("TREAT")
+
+
+def _consents(client) -> int:
+    return client.get("/fhir/Consent?_summary=count", headers=TREAT).json()["total"]
+
+
+def test_a_write_asking_for_a_format_not_produced_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    """Review finding: a Consent create, a transaction and a batch asking (Accept, _format) only for
+    FHIR XML stored what they were sent and answered FHIR JSON the client cannot read (it then
+    sends the write again: a second Consent). They get 406, as reads do, and nothing is stored."""
+    bundle = (SAMPLES / "bundle-transaction.json").read_bytes()
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "metadata"}}]}
+    with adapter_client(tmp_path) as (client, _):
+        xml = {**FHIR_JSON, "Accept": "application/fhir+xml"}
+        answers = [client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=xml),
+                   client.post("/fhir/Consent?_format=xml", json=consent_resource(["TRAIN"]), headers=FHIR_JSON),
+                   client.post("/fhir", content=bundle, headers=xml),
+                   client.post("/fhir", json=batch, headers={**xml, **TREAT})]
+        for r in answers:
+            assert r.status_code == 406, r.text[:300]
+            assert r.json()["resourceType"] == "OperationOutcome"
+        assert _consents(client) == 0
+        assert client.get("/fhir/Media?_summary=count", headers=TREAT).json()["total"] == 0
+        stored = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=FHIR_JSON).json()
+        update = client.put(f"/fhir/Consent/{stored['id']}?_format=application/fhir%2Bxml",
+                            json={**stored, "status": "inactive"}, headers=FHIR_JSON)
+        assert update.status_code == 406, update.text[:300]
+        assert client.get(f"/fhir/Consent/{stored['id']}", headers=TREAT).json()["status"] == "active"
+        # what a JSON client sends is answered as before
+        assert client.post("/fhir", content=bundle, headers={**FHIR_JSON, "Accept": "application/fhir+json"}).status_code == 200
+
