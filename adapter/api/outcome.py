@@ -35,6 +35,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.UnsupportedMediaType: 415,
     e.NotSupported: 400,
     e.NotAcceptable: 406,
+    e.UpdateCreateNotSupported: 405,
     e.UnsupportedPixelData: 422,
     e.UnsupportedTransferSyntax: 422,
     e.ImageTooLarge: 422,
@@ -76,11 +77,13 @@ def fhir_response(body: object, status: int = 200, headers: dict[str, str] | Non
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(e.AdapterError)
-    async def _adapter_error(_: Request, exc: e.AdapterError) -> Response:
+    async def _adapter_error(request: Request, exc: e.AdapterError) -> Response:
         status = status_for(exc)
         if status >= 500:
             log.error("request failed: %s", type(exc).__name__)
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+        if status == 405:  # RFC 9110 15.5.6: the methods the target allows, the refused one not among them
+            headers = {"Allow": ", ".join(m for m in allowed_methods(request) if m != request.method)}
         return fhir_response(outcome_from_error(exc), status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -128,6 +128,8 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
                         if fhir_version == "4.0.1" or code not in ("create", "update")],
         "versioning": _VERSIONING.get(resource_type, "versioned"),
         "readHistory": resource_type in _VERSIONING,
+        # the server assigns ids: an update of an id it does not hold is refused (405), never a create
+        **({"updateCreate": False} if "update" in _INTERACTIONS[resource_type] and fhir_version == "4.0.1" else {}),
         # a read answers If-None-Match (its ETag) and If-Modified-Since (its Last-Modified)
         "conditionalRead": "full-support",
     }

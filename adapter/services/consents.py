@@ -18,9 +18,9 @@ from adapter.errors import (
     Conflict,
     InvalidInput,
     InvalidResource,
-    NotFound,
     PreconditionFailed,
     UnknownCode,
+    UpdateCreateNotSupported,
 )
 from adapter.mapping.codes import CONSENT_ACTION
 from adapter.mapping.fhir_json import validate_r4_resource
@@ -97,8 +97,9 @@ class ConsentService:
             raise InvalidResource("an update carries the resource's id, the same as in the URL", expression="Consent.id")
         resource = self._check(resource, id)
         current = self._store.get("Consent", id)
-        if current is None:
-            raise NotFound(f"Consent/{id} is not known")
+        if current is None:  # ids are the server's: an update never creates (http.html#update: 405)
+            raise UpdateCreateNotSupported(f"Consent/{id} does not exist, and an update does not create one: "
+                                           "create a Consent with POST /fhir/Consent (the server assigns its id)")
         if if_match is not None and current.version_id not in if_match:
             raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version differs")
         facts = consent_facts(id, resource)

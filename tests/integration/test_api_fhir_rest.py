@@ -42,3 +42,19 @@ def test_a_write_asking_for_a_format_not_produced_is_refused_before_anything_is_
         # what a JSON client sends is answered as before
         assert client.post("/fhir", content=bundle, headers={**FHIR_JSON, "Accept": "application/fhir+json"}).status_code == 200
 
+
+def test_an_update_of_a_consent_that_does_not_exist_is_405_as_without_update_as_create(tmp_path: Path) -> None:
+    """Review finding: PUT to a Consent id the server does not hold answered 404. The server does
+    not let a client choose a new resource's id (no update-as-create, CapabilityStatement
+    updateCreate false), and http.html#update answers that case 405 Method Not Allowed."""
+    with adapter_client(tmp_path) as (client, _):
+        consent = {**consent_resource(["TREAT"]), "id": "chosen-by-client"}
+        r = client.put("/fhir/Consent/chosen-by-client", json=consent, headers=FHIR_JSON)
+        assert r.status_code == 405, r.text[:300]
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert "PUT" not in r.headers["allow"]  # RFC 9110 15.5.6: the methods the target does allow
+        assert _consents(client) == 0
+        statement = client.get("/fhir/metadata").json()
+        [consent_type] = [t for t in statement["rest"][0]["resource"] if t["type"] == "Consent"]
+        assert consent_type["updateCreate"] is False
+

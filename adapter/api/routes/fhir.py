@@ -287,7 +287,7 @@ async def create_consent(request: Request, services: ServicesDep, ctx: WriteCont
 
 
 @router.put("/Consent/{id}", openapi_extra=_CONSENT_BODY,
-            responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, 404, 409, 412)))
+            responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, 405, 409, 412)))
 async def update_consent(id: str, request: Request, services: ServicesDep, ctx: WriteContextDep,
                          if_match: Annotated[str | None, Header()] = None) -> Response:
     _answerable(request)
