@@ -58,3 +58,20 @@ def test_an_update_of_a_consent_that_does_not_exist_is_405_as_without_update_as_
         [consent_type] = [t for t in statement["rest"][0]["resource"] if t["type"] == "Consent"]
         assert consent_type["updateCreate"] is False
 
+
+def test_a_body_that_cannot_be_parsed_is_400_not_422(tmp_path: Path) -> None:
+    """Review finding: a FHIR body that is not JSON, or JSON that is no resource, answered 422;
+    http.html (create, update, transaction) keeps 422 for a resource that violates profiles or
+    business rules, and answers 400 for one that "could not be parsed"."""
+    with adapter_client(tmp_path) as (client, _):
+        for body in ('{"resourceType": "Consent",', "[]", '{"status": "active"}', "\ufeff{}"):
+            for r in (client.post("/fhir/Consent", content=body, headers=FHIR_JSON),
+                      client.put("/fhir/Consent/c1", content=body, headers=FHIR_JSON),
+                      client.post("/fhir", content=body, headers=FHIR_JSON)):
+                assert r.status_code == 400, (body, r.status_code, r.text[:200])
+                assert r.json()["issue"][0]["code"] == "structure"
+        # a resource that parses and breaks a rule stays 422
+        bad_status = client.post("/fhir/Consent", json={**consent_resource(["TREAT"]), "status": "bogus"},
+                                 headers=FHIR_JSON)
+        assert bad_status.status_code == 422 and bad_status.json()["issue"][0]["expression"] == ["Consent.status"]
+

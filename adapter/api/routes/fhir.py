@@ -59,6 +59,7 @@ from adapter.api.urls import absolute, base
 from adapter.errors import (
     InvalidInput,
     InvalidQuery,
+    InvalidResource,
     NotAcceptable,
     NotFound,
     NotSupported,
@@ -177,9 +178,11 @@ async def _json_body(request: Request, services: Services, limit: int) -> AsyncI
 
 
 def _load_resource(spool: IO[bytes]) -> dict[str, Any]:
-    data = load_json(spool.read(), what="the body")
+    """The resource of a FHIR body; a body that cannot be parsed as one is 400 (http.html#create,
+    #update, #transaction: "could not be parsed"), 422 being a parsed resource a rule refuses."""
+    data = load_json(spool.read(), what="the body", error=InvalidResource)
     if not isinstance(data, dict) or "resourceType" not in data:
-        raise InvalidInput("the body is not a FHIR resource", expression="resourceType")
+        raise InvalidResource("the body is not a FHIR resource", expression="resourceType")
     return data
 
 
