@@ -4,9 +4,10 @@ it, over the real HTTP app on a real SQLite store: what the review of the REST A
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from tests.conftest import ROOT
-from tests.support.app import adapter_client, as_purpose, consent_resource
+from tests.support.app import adapter_client, as_purpose, consent_resource, metadata, post_photo
 
 SAMPLES = ROOT / "samples"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -74,4 +75,22 @@ def test_a_body_that_cannot_be_parsed_is_400_not_422(tmp_path: Path) -> None:
         bad_status = client.post("/fhir/Consent", json={**consent_resource(["TREAT"]), "status": "bogus"},
                                  headers=FHIR_JSON)
         assert bad_status.status_code == 422 and bad_status.json()["issue"][0]["expression"] == ["Consent.status"]
+
+
+def test_the_links_of_a_search_state_the_page_size_used(tmp_path: Path) -> None:
+    """Review finding: a _count above the maximum (200) was lowered, but the self and next links
+    repeated the _count asked for; search.html: the server SHALL return the parameters it
+    actually used (the self link), so a client sees its page size was lowered."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = post_photo(client, SAMPLES / "wound.jpg", metadata()).json()
+        for url in ("/fhir/Media?_count=100000", f"/fhir/{receipt['consents'][0]}/_history?_count=100000"):
+            bundle = client.get(url, headers=TREAT).json()
+            [self_link] = [link["url"] for link in bundle["link"] if link["relation"] == "self"]
+            assert dict(parse_qsl(urlsplit(self_link).query))["_count"] == "200", url
+            assert len(bundle["entry"]) == 1
+        # a _count within bounds, and _count=0, are stated as asked
+        for count in ("0", "5"):
+            page = client.get(f"/fhir/Media?_count={count}", headers=TREAT).json()
+            [self_link] = [link["url"] for link in page["link"] if link["relation"] == "self"]
+            assert dict(parse_qsl(urlsplit(self_link).query))["_count"] == count
 

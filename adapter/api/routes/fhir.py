@@ -371,6 +371,7 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
 
     result = await _as_r5_photo_too(
         lambda rt: reader.read_history(rt, id, offset=offset, count=count, since=since), resource_type, version)
+    params = _count_used(params)
     url = absolute(request, services, f"fhir/{resource_type}/{id}/_history")
     kept = [(k, v) for k, v in params if k != "_offset"]
     next_url = f"{url}?{urlencode(kept + [('_offset', str(offset + count))])}" if result.more else None
@@ -535,6 +536,14 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
     return await _search(resource_type, request, reader, services, accept, params, sealed=True)
 
 
+def _count_used(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``params`` with a ``_count`` above MAX_COUNT (already checked to be a whole number) as the
+    page size used: the self link states the parameters the server actually used (search.html
+    "the server SHALL return the parameters that were actually used"), so a client sees its
+    page was made smaller, and the next link asks for what it will get."""
+    return [(k, str(MAX_COUNT)) if k == "_count" and int(v[:12]) > MAX_COUNT else (k, v) for k, v in params]
+
+
 def _lenient(prefer: str | None) -> bool:
     """Prefer: handling=lenient (RFC 7240; FHIR search.html#errors)."""
     preferences = (p.strip().lower().replace(" ", "") for item in (prefer or "").split(",") for p in item.split(";"))
@@ -556,6 +565,7 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     how = parse_subsetting(params)
     if req.ignored:  # the links name only the parameters the search used (search.html#errors)
         params = [(k, v) for k, v in params if k[:40] not in req.ignored and f"{k[:40]}={v[:60]}" not in req.ignored]
+    params = _count_used(params)
     types = ["DocumentReference", "Media"] if version == "5" and resource_type == "DocumentReference" \
         else [resource_type]
     result = await run_in_threadpool(reader.search, types, req)
