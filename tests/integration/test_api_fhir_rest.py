@@ -3,6 +3,7 @@ it, over the real HTTP app on a real SQLite store: what the review of the REST A
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -94,3 +95,23 @@ def test_the_links_of_a_search_state_the_page_size_used(tmp_path: Path) -> None:
             [self_link] = [link["url"] for link in page["link"] if link["relation"] == "self"]
             assert dict(parse_qsl(urlsplit(self_link).query))["_count"] == count
 
+
+def test_a_batch_entry_if_modified_since_is_honoured_as_on_a_read_alone(tmp_path: Path) -> None:
+    """Review finding: a batch entry's request.ifModifiedSince was not passed on (ifNoneMatch was),
+    so an entry the client already holds was sent whole (200) where the same read alone answers
+    304; the CapabilityStatement claims conditionalRead full-support."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = post_photo(client, SAMPLES / "wound.jpg", metadata()).json()
+        record = receipt["record"]
+        later, earlier = "2100-01-01T00:00:00Z", "2001-01-01T00:00:00+01:00"
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": record, "ifModifiedSince": later}},
+            {"request": {"method": "GET", "url": record, "ifModifiedSince": earlier}},
+            {"request": {"method": "GET", "url": record, "ifModifiedSince": "not a date"}},
+            {"request": {"method": "GET", "url": record, "ifModifiedSince": "0001-01-01T00:00:00+01:00"}}]}
+        answer = client.post("/fhir", content=json.dumps(batch), headers={**FHIR_JSON, **TREAT})
+        assert answer.status_code == 200, answer.text[:300]
+        held, changed, *unreadable = answer.json()["entry"]
+        assert held["response"]["status"] == "304 Not Modified" and "resource" not in held
+        assert changed["response"]["status"] == "200 OK" and changed["resource"]["id"] == record.split("/")[1]
+        assert [e["response"]["status"] for e in unreadable] == ["400 Bad Request"] * 2
