@@ -92,6 +92,54 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
                           "`DocumentReference/<id>` or `Consent/<id>` (also `target:Media=<id>`)."),
                    _COUNT, _SORT, _TOTAL),
 }
+#: The SearchParameter of the core specification each parameter is (its ``definition``, which
+#: CapabilityStatement.rest.resource.searchParam.definition says "SHALL be populated if the search
+#: parameter refers to a SearchParameter defined by the FHIR core specification"), per FHIR version and
+#: resource type ("*": every type); the ids after http://hl7.org/fhir/SearchParameter/. A parameter
+#: not listed is local (or an IG's: _Param.definition).
+_CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
+    "4.0.1": {
+        "*": {"_id": "Resource-id", "_lastUpdated": "Resource-lastUpdated"},
+        "Media": {"patient": "Media-patient", "subject": "Media-subject", "created": "Media-created",
+                  "type": "Media-type", "modality": "Media-modality", "status": "Media-status",
+                  "identifier": "Media-identifier"},
+        "DocumentReference": {"patient": "clinical-patient", "subject": "DocumentReference-subject",
+                              "date": "DocumentReference-date", "type": "clinical-type",
+                              "category": "DocumentReference-category", "status": "DocumentReference-status",
+                              "identifier": "clinical-identifier",
+                              "security-label": "DocumentReference-security-label",
+                              "format": "DocumentReference-format", "setting": "DocumentReference-setting",
+                              "facility": "DocumentReference-facility", "event": "DocumentReference-event"},
+        "Consent": {"patient": "clinical-patient", "date": "clinical-date", "status": "Consent-status",
+                    "category": "Consent-category", "purpose": "Consent-purpose"},
+        "Provenance": {"patient": "Provenance-patient", "recorded": "Provenance-recorded",
+                       "target": "Provenance-target"},
+    },
+    "5.0.0": {
+        "*": {"_id": "Resource-id", "_lastUpdated": "Resource-lastUpdated"},
+        "DocumentReference": {"patient": "clinical-patient", "subject": "DocumentReference-subject",
+                              "date": "clinical-date", "type": "clinical-type",
+                              "category": "DocumentReference-category", "status": "DocumentReference-status",
+                              "identifier": "clinical-identifier",
+                              "security-label": "DocumentReference-security-label",
+                              "setting": "DocumentReference-setting", "facility": "DocumentReference-facility",
+                              "modality": "DocumentReference-modality", "creation": "DocumentReference-creation"},
+        "Consent": {"patient": "clinical-patient", "subject": "Consent-subject", "date": "clinical-date",
+                    "status": "Consent-status", "category": "Consent-category", "purpose": "Consent-purpose"},
+        "Provenance": {"patient": "clinical-patient", "recorded": "Provenance-recorded",
+                       "target": "Provenance-target"},
+    },
+}
+
+
+def _definition(resource_type: str, param: _Param, fhir_version: str) -> str | None:
+    """The canonical URL of the SearchParameter ``param`` is: the core specification's (in the
+    FHIR version answered), else the IG's it names, else None (a parameter of this server's)."""
+    core = _CORE_DEFINITIONS[fhir_version]
+    name = core.get(resource_type, {}).get(param.name) or core["*"].get(param.name)
+    return f"http://hl7.org/fhir/SearchParameter/{name}" if name else param.definition
+
+
 #: _include / _revinclude (adapter.services.search_params): the records' Provenance, and a
 #: Provenance's records, each included resource decided on its own.
 _REVINCLUDE = {"Media": ("Provenance:target",), "DocumentReference": ("Provenance:target",),
@@ -135,8 +183,11 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
     }
     params = SEARCH_PARAMS.get(resource_type)
     if params:
-        out["searchParam"] = [{"name": p.name, **({"definition": p.definition} if p.definition else {}),
-                               "type": p.type, "documentation": p.documentation} for p in params]
+        out["searchParam"] = []
+        for p in params:
+            definition = _definition(resource_type, p, fhir_version)
+            out["searchParam"].append({"name": p.name, **({"definition": definition} if definition else {}),
+                                       "type": p.type, "documentation": p.documentation})
     if resource_type in _INCLUDE:  # R5 has no Media
         out["searchInclude"] = [i for i in _INCLUDE[resource_type] if fhir_version == "4.0.1" or not i.endswith(":Media")]
     if resource_type in _REVINCLUDE:
