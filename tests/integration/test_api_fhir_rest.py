@@ -115,3 +115,23 @@ def test_a_batch_entry_if_modified_since_is_honoured_as_on_a_read_alone(tmp_path
         assert held["response"]["status"] == "304 Not Modified" and "resource" not in held
         assert changed["response"]["status"] == "200 OK" and changed["resource"]["id"] == record.split("/")[1]
         assert [e["response"]["status"] for e in unreadable] == ["400 Bad Request"] * 2
+
+
+def test_a_transaction_response_gives_each_resource_its_stored_last_updated(tmp_path: Path) -> None:
+    """Review finding: a transaction-response entry's lastModified was the time the answer was made,
+    not the resource's meta.lastUpdated (a few milliseconds after it when created; a replay of a
+    stored photo said it was modified then, when nothing was). Bundle.entry.response.lastModified is
+    "the date/time that the resource was modified on the server": the version its location names."""
+    bundle = (SAMPLES / "bundle-transaction.json").read_bytes()
+    with adapter_client(tmp_path) as (client, _):
+        for _attempt in ("created", "replayed"):
+            answer = client.post("/fhir", content=bundle, headers=FHIR_JSON)
+            assert answer.status_code == 200, answer.text[:300]
+            for entry in answer.json()["entry"]:
+                location = entry["response"]["location"]
+                stored = client.get(f"/fhir/{location}", headers=TREAT)
+                assert stored.status_code == 200, location
+                meta = stored.json()["meta"] if "json" in stored.headers["content-type"] else \
+                    client.get(f"/fhir/{location}?_format=json", headers=TREAT).json()["meta"]
+                assert entry["response"]["lastModified"] == meta["lastUpdated"], (_attempt, location)
+                assert entry["response"]["etag"] == f'W/"{meta["versionId"]}"'
