@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from adapter import errors as e
+from adapter.mapping.capability import R4_TYPES
 from adapter.mapping.outcome import operation_outcome, outcome_from_error
 
 log = logging.getLogger("adapter.api")
@@ -99,6 +100,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        resource_type = request.path_params.get("resource_type")
+        if exc.status_code == 405 and isinstance(resource_type, str) and resource_type not in R4_TYPES:
+            # a write (no route takes it) of a FHIR type not served here: 404 "resource type not
+            # supported" (http.html#create, #update), as a read of it is, not 405 for a type served
+            return await _adapter_error(request, e.UnsupportedResourceType(f"{resource_type[:40]} is not served here"))
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:

@@ -16,6 +16,8 @@ from adapter.errors import NotSupported
 JSON = dict[str, Any]
 
 FHIR_VERSIONS = ("4.0.1", "5.0.0")
+#: The resource types this server serves in R4 (R5 has no Media: a photo is a DocumentReference there).
+R4_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
 SOFTWARE_NAME = "clinical-image-adapter"
 PURPOSE_OF_USE_HEADER = "X-Purpose-Of-Use"
 
@@ -205,8 +207,7 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
     if fhir_version not in FHIR_VERSIONS:
         raise NotSupported(f"unsupported FHIR version {fhir_version!r}; supported: {', '.join(FHIR_VERSIONS)}")
     when = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
-    types = ["Media"] if fhir_version == "4.0.1" else []
-    types += ["DocumentReference", "Binary", "Consent", "Provenance"]
+    types = [t for t in R4_TYPES if fhir_version == "4.0.1" or t != "Media"]
     return {
         "resourceType": "CapabilityStatement",
         "name": "ClinicalImageAdapter",
@@ -230,4 +231,4 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
     }
 
 
-__all__ = ["FHIR_VERSIONS", "PURPOSE_OF_USE_HEADER", "SEARCH_PARAMS", "capability_statement"]
+__all__ = ["FHIR_VERSIONS", "PURPOSE_OF_USE_HEADER", "R4_TYPES", "SEARCH_PARAMS", "capability_statement"]

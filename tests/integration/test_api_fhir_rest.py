@@ -135,3 +135,22 @@ def test_a_transaction_response_gives_each_resource_its_stored_last_updated(tmp_
                     client.get(f"/fhir/{location}?_format=json", headers=TREAT).json()["meta"]
                 assert entry["response"]["lastModified"] == meta["lastUpdated"], (_attempt, location)
                 assert entry["response"]["etag"] == f'W/"{meta["versionId"]}"'
+
+
+def test_a_write_to_a_resource_type_not_served_is_404_as_a_read_is(tmp_path: Path) -> None:
+    """Review finding: a create, update or delete of a type this server does not serve
+    (POST /fhir/Patient) answered 405, where a read of it answers 404; http.html (create, update):
+    "404 Not Found - resource type not supported". A type served without that interaction keeps 405."""
+    with adapter_client(tmp_path) as (client, _):
+        patient = {"resourceType": "Patient", "id": "1"}
+        for r in (client.post("/fhir/Patient", json=patient, headers=FHIR_JSON),
+                  client.put("/fhir/Patient/1", json=patient, headers=FHIR_JSON),
+                  client.delete("/fhir/Observation/1"),
+                  client.patch("/fhir/Patient/1", content=b"[]", headers={"Content-Type": "application/json-patch+json"})):
+            assert r.status_code == 404, (r.request.method, r.request.url, r.status_code)
+            assert r.json()["issue"][0]["code"] == "not-supported"
+        media = client.post("/fhir/Media", json={"resourceType": "Media"}, headers=FHIR_JSON)
+        assert media.status_code == 405 and media.headers["allow"] == "GET, HEAD"
+        consent = client.delete("/fhir/Consent/1")
+        assert consent.status_code == 405 and "PUT" in consent.headers["allow"]
+        assert client.post("/fhir/metadata").status_code == 405

@@ -69,7 +69,7 @@ from adapter.errors import (
 )
 from adapter.mapping.bundle import history as history_bundle
 from adapter.mapping.bundle import outcome_entry, searchset
-from adapter.mapping.capability import capability_statement
+from adapter.mapping.capability import R4_TYPES, capability_statement
 from adapter.mapping.document_location import with_document_location
 from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
@@ -102,7 +102,6 @@ _WRITTEN = "the Consent (Prefer: return=representation, the default), an Operati
     "or no body (return=minimal); Location names the version"
 _CONSENT_BODY = request_body({FHIR_JSON: RESOURCE_SCHEMA, JSON: RESOURCE_SCHEMA}, "a FHIR R4 Consent")
 
-R4_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
 WHOLE = Subsetting()  # no _summary, no _elements
 
 
