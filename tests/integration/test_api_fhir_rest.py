@@ -154,3 +154,38 @@ def test_a_write_to_a_resource_type_not_served_is_404_as_a_read_is(tmp_path: Pat
         consent = client.delete("/fhir/Consent/1")
         assert consent.status_code == 405 and "PUT" in consent.headers["allow"]
         assert client.post("/fhir/metadata").status_code == 405
+
+
+def test_a_consent_whose_period_ends_before_it_starts_is_refused_not_stored(tmp_path: Path) -> None:
+    """Review finding: a Consent whose provision.period ends before it starts (FHIR invariant per-1,
+    "start SHALL have a lower value than end") was stored (201) and read back as a resource every
+    FHIR validator refuses. It fails basic FHIR validation: 400, pointing at the period."""
+    with adapter_client(tmp_path) as (client, _):
+        inverted = consent_resource(["TREAT"], start="2025-01-01", end="2024-12-31")
+        r = client.post("/fhir/Consent", json=inverted, headers=FHIR_JSON)
+        assert r.status_code == 400, r.text[:300]
+        assert r.json()["issue"][0]["expression"] == ["Consent.provision.period"]
+        assert _consents(client) == 0
+        # a period of one day (the end inclusive through its last instant) is no inversion
+        one_day = client.post("/fhir/Consent", json=consent_resource(["TREAT"], start="2025-01-01", end="2025-01-01"),
+                              headers=FHIR_JSON)
+        assert one_day.status_code == 201, one_day.text[:300]
+        update = client.put(f"/fhir/Consent/{one_day.json()['id']}", json={**inverted, "id": one_day.json()["id"]},
+                            headers=FHIR_JSON)
+        assert update.status_code == 400, update.text[:300]
+
+
+def test_a_consent_that_breaks_a_rule_of_the_adapter_is_422_not_400(tmp_path: Path) -> None:
+    """Review finding: a Consent naming its patient by reference only (or not at all), which FHIR
+    allows and the adapter refuses (it matches patients by identifier), answered 400, which
+    http.html keeps for a resource that cannot be parsed or fails basic FHIR validation; a
+    server's business rule is 422."""
+    with adapter_client(tmp_path) as (client, _):
+        by_reference = {**consent_resource(["TREAT"]), "patient": {"reference": "Patient/123"}}
+        without = {k: v for k, v in consent_resource(["TREAT"]).items() if k != "patient"}
+        for consent in (by_reference, without):
+            r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+            assert r.status_code == 422, r.text[:300]
+            assert r.json()["issue"][0]["code"] == "business-rule"
+            assert r.json()["issue"][0]["expression"] == ["Consent.patient.identifier"]
+        assert _consents(client) == 0
