@@ -189,3 +189,17 @@ def test_a_consent_that_breaks_a_rule_of_the_adapter_is_422_not_400(tmp_path: Pa
             assert r.json()["issue"][0]["code"] == "business-rule"
             assert r.json()["issue"][0]["expression"] == ["Consent.patient.identifier"]
         assert _consents(client) == 0
+
+
+def test_history_of_a_type_or_of_the_server_is_refused_as_not_supported(tmp_path: Path) -> None:
+    """Review finding: GET /fhir/Media/_history (history-type) answered 404 "Media/_history is not
+    known", read as a Media whose id is _history (no FHIR id: ids take no "_"), and GET /fhir/_history
+    (history-system) 404 "_history is not served here", as a resource type. Neither interaction is
+    in the CapabilityStatement: they are refused as not supported (400, as history of Binary is),
+    saying which history is served."""
+    with adapter_client(tmp_path) as (client, _):
+        for url in ("/fhir/Media/_history", "/fhir/_history", "/fhir/Consent/_history?_count=1"):
+            r = client.get(url, headers=TREAT)
+            assert r.status_code == 400, (url, r.status_code, r.text[:200])
+            issue = r.json()["issue"][0]
+            assert issue["code"] == "not-supported" and "/_history" in issue["diagnostics"], issue

@@ -318,6 +318,9 @@ def _if_match_versions(if_match: str | None) -> frozenset[int] | None:
 async def read(resource_type: str, id: str, request: Request, reader: ReaderDep, services: ServicesDep,
                accept: Annotated[str | None, Header()] = None,
                format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
+    if id == "_history":  # history-type: no resource has that id (FHIR ids take no "_")
+        raise NotSupported(f"history of a resource type is not supported: ask for a resource's own, "
+                           f"{resource_type[:40]}/<id>/_history", expression="_history")
     return await _read(resource_type, id, reader, accept, format_=format_, fhir_base=_fhir_base(request, services),
                        how=parse_subsetting(list(request.query_params.multi_items())),
                        if_none_match=request.headers.get("if-none-match"),
@@ -481,6 +484,9 @@ SEARCH_BODY_LIMIT = 64 * 1024
                                                   refusals(*READ_ONE, 410, *INVALID)))
 async def search(resource_type: str, request: Request, reader: ReaderDep, services: ServicesDep,
                  accept: Annotated[str | None, Header()] = None) -> Response:
+    if resource_type == "_history":  # history-system: not a resource type
+        raise NotSupported("history of the whole server is not supported: ask for a resource's own, "
+                           "<type>/<id>/_history", expression="_history")
     params = list(request.query_params.multi_items())
     if any(k == PAGE_PARAM for k, _ in params):  # a sealed link of a search by POST
         opened = _opened(resource_type, params, services)
