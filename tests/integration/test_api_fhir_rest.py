@@ -203,3 +203,16 @@ def test_history_of_a_type_or_of_the_server_is_refused_as_not_supported(tmp_path
             assert r.status_code == 400, (url, r.status_code, r.text[:200])
             issue = r.json()["issue"][0]
             assert issue["code"] == "not-supported" and "/_history" in issue["diagnostics"], issue
+
+
+def test_a_history_asked_for_its_count_only_answers_the_total(tmp_path: Path) -> None:
+    """Review finding: _summary=count on a history (which takes _summary, as a search does) was
+    answered with every version whole; search.html: "just return a count of the matching
+    resources, without returning the actual matches", as a search with it answers."""
+    with adapter_client(tmp_path) as (client, _):
+        stored = client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=FHIR_JSON).json()
+        client.put(f"/fhir/Consent/{stored['id']}", json={**stored, "status": "inactive"}, headers=FHIR_JSON)
+        history = client.get(f"/fhir/Consent/{stored['id']}/_history?_summary=count", headers=TREAT)
+        assert history.status_code == 200
+        assert history.json()["total"] == 2 and "entry" not in history.json()
+        assert [link["relation"] for link in history.json()["link"]] == ["self"]

@@ -370,6 +370,8 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
         elif name not in ("_format", "_pretty", "_summary", "_elements"):
             raise NotSupported(f"history takes _since, _count, _summary and _elements; not {name[:40]}",
                                expression=name[:40])
+    if ("_summary", "count") in params:  # the total only, as a search (search.html#summary)
+        count = 0
 
     result = await _as_r5_photo_too(
         lambda rt: reader.read_history(rt, id, offset=offset, count=count, since=since), resource_type, version)
