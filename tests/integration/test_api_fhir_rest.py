@@ -216,3 +216,20 @@ def test_a_history_asked_for_its_count_only_answers_the_total(tmp_path: Path) ->
         assert history.status_code == 200
         assert history.json()["total"] == 2 and "entry" not in history.json()
         assert [link["relation"] for link in history.json()["link"]] == ["self"]
+
+
+def test_a_write_in_a_fhir_version_not_served_is_415(tmp_path: Path) -> None:
+    """Review finding: a Consent or transaction whose Content-Type said fhirVersion=3.0 (STU3) or
+    4.3 (R4B) was taken as R4 and stored, where an Accept naming such a version gets 406 and an R5
+    body 415 (http.html#version-parameter). Only R4 (4.0) is written."""
+    bundle = (SAMPLES / "bundle-transaction.json").read_bytes()
+    with adapter_client(tmp_path) as (client, _):
+        for version in ("3.0", "4.3", "1.0.2"):
+            declared = {"Content-Type": f"application/fhir+json; fhirVersion={version}"}
+            for r in (client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=declared),
+                      client.post("/fhir", content=bundle, headers=declared)):
+                assert r.status_code == 415, (version, r.status_code, r.text[:200])
+        assert _consents(client) == 0
+        assert client.get("/fhir/Media?_summary=count", headers=TREAT).json()["total"] == 0
+        r4 = {"Content-Type": "application/fhir+json;fhirVersion=4.0.1"}
+        assert client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=r4).status_code == 201

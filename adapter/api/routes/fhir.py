@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
+from adapter.api.accept import media_ranges
 from adapter.api.batch import process_batch
 from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
 from adapter.api.headers import break_glass_headers
@@ -252,11 +253,14 @@ def _answerable(request: Request) -> None:
 
 def _r4_write(request: Request) -> None:
     """Writes (transactions, Consent create and update) take and answer R4 only (the R5
-    CapabilityStatement lists none): an R5 body is refused (415), and so is an Accept that
+    CapabilityStatement lists none): a body of another FHIR version (its Content-Type's
+    fhirVersion: R5, STU3, R4B) is refused (415) rather than read as R4, and so is an Accept that
     wants only R5 (406), rather than answered in R4 under an R4 content type it did not ask for."""
-    content_type = (request.headers.get("content-type") or "").lower().replace(" ", "")
-    if "fhirversion=5" in content_type:
-        raise UnsupportedMediaType("writes take FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
+    declared = next((r.params.get("fhirversion") for r in media_ranges(request.headers.get("content-type"),
+                                                                         default=None)), None)
+    if declared is not None and not declared.startswith("4.0"):  # STU3, R4B, R5...: not read as R4
+        raise UnsupportedMediaType(f"writes take FHIR R4 (fhirVersion=4.0), not fhirVersion={declared[:10]}"
+                                   + (": the R5 endpoint is read-only" if declared.startswith("5.") else ""))
     if fhir_version(request.headers.get("accept")) == "5":
         raise NotAcceptable("writes answer in FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
 
