@@ -4,11 +4,15 @@ it, over the real HTTP app on a real SQLite store: what the review of the REST A
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.support.app import adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.postgres import postgres_schema
 
 SAMPLES = ROOT / "samples"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -117,13 +121,22 @@ def test_a_batch_entry_if_modified_since_is_honoured_as_on_a_read_alone(tmp_path
         assert [e["response"]["status"] for e in unreadable] == ["400 Bad Request"] * 2
 
 
-def test_a_transaction_response_gives_each_resource_its_stored_last_updated(tmp_path: Path) -> None:
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    with postgres_schema("test_fhir_rest") as url:
+        yield url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_transaction_response_gives_each_resource_its_stored_last_updated(tmp_path: Path, backend: str,
+                                                                            request: pytest.FixtureRequest) -> None:
     """Review finding: a transaction-response entry's lastModified was the time the answer was made,
     not the resource's meta.lastUpdated (a few milliseconds after it when created; a replay of a
     stored photo said it was modified then, when nothing was). Bundle.entry.response.lastModified is
     "the date/time that the resource was modified on the server": the version its location names."""
     bundle = (SAMPLES / "bundle-transaction.json").read_bytes()
-    with adapter_client(tmp_path) as (client, _):
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    with adapter_client(tmp_path, database_url=url) as (client, _):
         for _attempt in ("created", "replayed"):
             answer = client.post("/fhir", content=bundle, headers=FHIR_JSON)
             assert answer.status_code == 200, answer.text[:300]
