@@ -114,8 +114,9 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                               "facility": "DocumentReference-facility", "event": "DocumentReference-event"},
         "Consent": {"patient": "clinical-patient", "date": "clinical-date", "status": "Consent-status",
                     "category": "Consent-category", "purpose": "Consent-purpose"},
-        "Provenance": {"patient": "Provenance-patient", "recorded": "Provenance-recorded",
-                       "target": "Provenance-target"},
+        # not R4's Provenance-patient (Provenance.target being the Patient): here the patient of the
+        # records a Provenance is about, which R5 names Provenance.patient (clinical-patient)
+        "Provenance": {"recorded": "Provenance-recorded", "target": "Provenance-target"},
     },
     "5.0.0": {
         "*": {"_id": "Resource-id", "_lastUpdated": "Resource-lastUpdated"},
