@@ -1,5 +1,6 @@
 """FHIR R4 RESTful API conformance (http.html, search.html, bundle.html) as a FHIR client meets
-it, over the real HTTP app on a real SQLite store: what the review of the REST API found."""
+it, over the real HTTP app on a real SQLite store (and PostgreSQL where the store takes part):
+what the review of the REST API found."""
 
 from __future__ import annotations
 
