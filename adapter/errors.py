@@ -89,6 +89,13 @@ class NotSupported(AdapterError):
     issue_type = "not-supported"
 
 
+class UpdateCreateNotSupported(NotSupported):
+    """An update of a resource that does not exist (HTTP 405): the server assigns resource ids, so
+    an update never creates one (CapabilityStatement ``updateCreate`` false; FHIR http.html#update:
+    "405 Method Not allowed - the resource did not exist prior to the update, and the server does
+    not allow client defined ids")."""
+
+
 class NotAcceptable(NotSupported):
     """A representation the adapter does not produce was asked for (HTTP 406): FHIR XML or
     Turtle, say; it answers in FHIR JSON."""
@@ -241,4 +248,5 @@ __all__ = [
     "UnsupportedPixelData",
     "UnsupportedResourceType",
     "UnsupportedTransferSyntax",
+    "UpdateCreateNotSupported",
 ]

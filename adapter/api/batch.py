@@ -5,7 +5,7 @@ answered with a ``batch-response`` Bundle, one entry per request, in order.
 Each entry is served as the same request sent on its own would be, by this very application
 (an in-process ASGI call through httpx, so routing, the decision, the views, the audit and the
 metrics are the ones every GET gets): with the batch's ``X-Purpose-Of-Use``, the entry's
-``ifNoneMatch``, FHIR JSON (a batch answers resources, never
+``ifNoneMatch`` and ``ifModifiedSince``, FHIR JSON (a batch answers resources, never
 image bytes: a Binary comes as its JSON), the caller's address (the audit names the real
 client), and an ``X-Request-Id`` of the batch's id and the entry's index. Entries are
 independent: one refused (403) or not found (404) carries its OperationOutcome in
@@ -17,6 +17,8 @@ ingest goes in a ``transaction``.
 from __future__ import annotations
 
 import http
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
@@ -95,11 +97,32 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
                     out.append(_refused(index, "ifNoneMatch takes an ETag, W/\"<version>\"", code="invalid"))
                     continue
                 headers["if-none-match"] = if_none_match
+            if "ifModifiedSince" in entry["request"]:
+                since = _http_date(entry["request"]["ifModifiedSince"])
+                if since is None:
+                    out.append(_refused(index, "ifModifiedSince takes an instant, e.g. 2026-11-26T10:00:00Z",
+                                        code="invalid"))
+                    continue
+                headers["if-modified-since"] = since
             answer = await inner.get(f"/fhir/{url}", headers=headers)
             answered += len(answer.content)
             glass = glass or BREAK_GLASS_HEADER in answer.headers
             out.append(_entry(answer))
     return {"resourceType": "Bundle", "type": "batch-response", "entry": out}, glass
+
+
+def _http_date(instant: Any) -> str | None:
+    """A FHIR instant (``request.ifModifiedSince``) as the HTTP-date of an If-Modified-Since
+    (RFC 9110 5.6.7, whole seconds: a read's Last-Modified is one too); None when it is no instant."""
+    if not isinstance(instant, str) or "T" not in instant:
+        return None
+    try:
+        moment = datetime.fromisoformat(instant)
+        if moment.tzinfo is None:
+            return None
+        return format_datetime(moment.astimezone(UTC), usegmt=True)
+    except (ValueError, OverflowError):  # OverflowError: year 1 east of UTC, year 9999 west of it
+        return None
 
 
 def _entry(answer: httpx.Response) -> dict[str, Any]:

@@ -15,24 +15,24 @@ from adapter.errors import InvalidInput
 MAX_DEPTH = 64
 
 
-def load_json(raw: bytes | str, *, what: str, expression: str | None = None) -> Any:
-    """``raw`` parsed; InvalidInput (422) naming ``what`` when it is not JSON, nests deeper
-    than MAX_DEPTH or holds a lone surrogate or U+0000."""
+def load_json(raw: bytes | str, *, what: str, expression: str | None = None,
+              error: type[InvalidInput] = InvalidInput) -> Any:
+    """``raw`` parsed; ``error`` (InvalidInput, 422; a FHIR body's InvalidResource, 400) naming
+    ``what`` when it is not JSON, nests deeper than MAX_DEPTH or holds a lone surrogate or U+0000."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{what} is not valid JSON", expression=expression) from exc
+        raise error(f"{what} is not valid JSON", expression=expression) from exc
     except RecursionError:
-        raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression) from None
+        raise error(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression) from None
     problem = _problem(data)
     if problem == "depth":
-        raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression)
+        raise error(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression)
     if problem == "nul":
-        raise InvalidInput(f"{what} holds the character U+0000, which FHIR strings do not allow",
-                           expression=expression)
+        raise error(f"{what} holds the character U+0000, which FHIR strings do not allow", expression=expression)
     if problem == "surrogate":
-        raise InvalidInput(f"{what} holds an unpaired surrogate escape (\\ud800-\\udfff), which is no Unicode "
-                           "character (RFC 8259 8.2)", expression=expression)
+        raise error(f"{what} holds an unpaired surrogate escape (\\ud800-\\udfff), which is no Unicode "
+                    "character (RFC 8259 8.2)", expression=expression)
     return data
 
 

@@ -54,6 +54,8 @@ REFUSALS: dict[int, str] = {
     403: "Forbidden: no X-Purpose-Of-Use, or what was asked is not permitted for that purpose (consent, policy); "
          "a refusal on consent grounds says little",
     404: "Not found, or a resource type not served here",
+    405: "Method not allowed: an update of a resource that does not exist (the server assigns ids; Allow says "
+         "what the resource takes)",
     406: "Not acceptable: nothing the Accept header (or _format, contentType, transfer-syntax) asks for is served "
          "here (answers are not transcoded)",
     408: "Request timeout: the body stopped arriving; nothing was stored",

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from adapter import errors as e
+from adapter.mapping.capability import R4_TYPES
 from adapter.mapping.outcome import operation_outcome, outcome_from_error
 
 log = logging.getLogger("adapter.api")
@@ -35,6 +36,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.UnsupportedMediaType: 415,
     e.NotSupported: 400,
     e.NotAcceptable: 406,
+    e.UpdateCreateNotSupported: 405,
     e.UnsupportedPixelData: 422,
     e.UnsupportedTransferSyntax: 422,
     e.ImageTooLarge: 422,
@@ -76,11 +78,13 @@ def fhir_response(body: object, status: int = 200, headers: dict[str, str] | Non
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(e.AdapterError)
-    async def _adapter_error(_: Request, exc: e.AdapterError) -> Response:
+    async def _adapter_error(request: Request, exc: e.AdapterError) -> Response:
         status = status_for(exc)
         if status >= 500:
             log.error("request failed: %s", type(exc).__name__)
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+        if status == 405:  # RFC 9110 15.5.6: the methods the target allows, the refused one not among them
+            headers = {"Allow": ", ".join(m for m in allowed_methods(request) if m != request.method)}
         return fhir_response(outcome_from_error(exc), status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -96,6 +100,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        resource_type = request.path_params.get("resource_type")
+        if exc.status_code == 405 and isinstance(resource_type, str) and resource_type not in R4_TYPES:
+            # a write (no route takes it) of a FHIR type not served here: 404 "resource type not
+            # supported" (http.html#create, #update), as a read of it is, not 405 for a type served
+            return await _adapter_error(request, e.UnsupportedResourceType(f"{resource_type[:40]} is not served here"))
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:

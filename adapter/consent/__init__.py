@@ -4,7 +4,7 @@ No I/O and no clock: callers pass the tables, the patient's Consents as grants, 
 """
 
 from adapter.consent.decision import decide, decide_audit_export, permitted_purposes
-from adapter.consent.grants import grant_from_consent, grants_from_consent
+from adapter.consent.grants import grant_from_consent, grants_from_consent, inverted_period
 from adapter.consent.ingest import IngestAssessment, assess_ingest
 from adapter.consent.rules import ANY_PURPOSE, PurposeClass, classify_purpose
 
@@ -18,5 +18,6 @@ __all__ = [
     "decide_audit_export",
     "grant_from_consent",
     "grants_from_consent",
+    "inverted_period",
     "permitted_purposes",
 ]

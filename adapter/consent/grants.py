@@ -249,6 +249,26 @@ def names_read_action(actions: list[Any]) -> bool:
     return False
 
 
+def inverted_period(resource: Mapping[str, Any]) -> str | None:
+    """Where a provision's period of Consent ``resource`` (the top-level or a nested one) ends
+    before it starts, breaking FHIR invariant per-1 (https://hl7.org/fhir/R4/datatypes.html#Period:
+    "If present, start SHALL have a lower value than end"); None when none does. Compared as the
+    instants each bound covers (a date-only end runs through its last instant), so only a period
+    that certainly ends before it starts is found. A write refuses it; a decision reads such a
+    period as one no moment is in."""
+    pending: list[tuple[Any, str]] = [(resource.get("provision"), "Consent.provision")]
+    while pending:
+        provision, expr = pending.pop()
+        if not isinstance(provision, Mapping):
+            continue
+        start, end = _period(provision.get("period"), f"{expr}.period")
+        if start is not None and end is not None and start > end:
+            return f"{expr}.period"
+        pending += [(child, f"{expr}.provision[{i}]")
+                    for i, child in enumerate(_array(provision.get("provision"), f"{expr}.provision"))]
+    return None
+
+
 def _period(value: Any, expr: str) -> tuple[datetime | None, datetime | None]:
     if value is None:
         return None, None

@@ -16,6 +16,8 @@ from adapter.errors import NotSupported
 JSON = dict[str, Any]
 
 FHIR_VERSIONS = ("4.0.1", "5.0.0")
+#: The resource types this server serves in R4 (R5 has no Media: a photo is a DocumentReference there).
+R4_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
 SOFTWARE_NAME = "clinical-image-adapter"
 PURPOSE_OF_USE_HEADER = "X-Purpose-Of-Use"
 
@@ -92,6 +94,55 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
                           "`DocumentReference/<id>` or `Consent/<id>` (also `target:Media=<id>`)."),
                    _COUNT, _SORT, _TOTAL),
 }
+#: The SearchParameter of the core specification each parameter is (its ``definition``, which
+#: CapabilityStatement.rest.resource.searchParam.definition says "SHALL be populated if the search
+#: parameter refers to a SearchParameter defined by the FHIR core specification"), per FHIR version and
+#: resource type ("*": every type); the ids after http://hl7.org/fhir/SearchParameter/. A parameter
+#: not listed is local (or an IG's: _Param.definition).
+_CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
+    "4.0.1": {
+        "*": {"_id": "Resource-id", "_lastUpdated": "Resource-lastUpdated"},
+        "Media": {"patient": "Media-patient", "subject": "Media-subject", "created": "Media-created",
+                  "type": "Media-type", "modality": "Media-modality", "status": "Media-status",
+                  "identifier": "Media-identifier"},
+        "DocumentReference": {"patient": "clinical-patient", "subject": "DocumentReference-subject",
+                              "date": "DocumentReference-date", "type": "clinical-type",
+                              "category": "DocumentReference-category", "status": "DocumentReference-status",
+                              "identifier": "clinical-identifier",
+                              "security-label": "DocumentReference-security-label",
+                              "format": "DocumentReference-format", "setting": "DocumentReference-setting",
+                              "facility": "DocumentReference-facility", "event": "DocumentReference-event"},
+        "Consent": {"patient": "clinical-patient", "date": "clinical-date", "status": "Consent-status",
+                    "category": "Consent-category", "purpose": "Consent-purpose"},
+        # not R4's Provenance-patient (Provenance.target being the Patient): here the patient of the
+        # records a Provenance is about, which R5 names Provenance.patient (clinical-patient)
+        "Provenance": {"recorded": "Provenance-recorded", "target": "Provenance-target"},
+    },
+    "5.0.0": {
+        "*": {"_id": "Resource-id", "_lastUpdated": "Resource-lastUpdated"},
+        "DocumentReference": {"patient": "clinical-patient", "subject": "DocumentReference-subject",
+                              "date": "clinical-date", "type": "clinical-type",
+                              "category": "DocumentReference-category", "status": "DocumentReference-status",
+                              "identifier": "clinical-identifier",
+                              "security-label": "DocumentReference-security-label",
+                              "setting": "DocumentReference-setting", "facility": "DocumentReference-facility",
+                              "modality": "DocumentReference-modality", "creation": "DocumentReference-creation"},
+        "Consent": {"patient": "clinical-patient", "subject": "Consent-subject", "date": "clinical-date",
+                    "status": "Consent-status", "category": "Consent-category", "purpose": "Consent-purpose"},
+        "Provenance": {"patient": "clinical-patient", "recorded": "Provenance-recorded",
+                       "target": "Provenance-target"},
+    },
+}
+
+
+def _definition(resource_type: str, param: _Param, fhir_version: str) -> str | None:
+    """The canonical URL of the SearchParameter ``param`` is: the core specification's (in the
+    FHIR version answered), else the IG's it names, else None (a parameter of this server's)."""
+    core = _CORE_DEFINITIONS[fhir_version]
+    name = core.get(resource_type, {}).get(param.name) or core["*"].get(param.name)
+    return f"http://hl7.org/fhir/SearchParameter/{name}" if name else param.definition
+
+
 #: _include / _revinclude (adapter.services.search_params): the records' Provenance, and a
 #: Provenance's records, each included resource decided on its own.
 _REVINCLUDE = {"Media": ("Provenance:target",), "DocumentReference": ("Provenance:target",),
@@ -128,13 +179,18 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
                         if fhir_version == "4.0.1" or code not in ("create", "update")],
         "versioning": _VERSIONING.get(resource_type, "versioned"),
         "readHistory": resource_type in _VERSIONING,
+        # the server assigns ids: an update of an id it does not hold is refused (405), never a create
+        **({"updateCreate": False} if "update" in _INTERACTIONS[resource_type] and fhir_version == "4.0.1" else {}),
         # a read answers If-None-Match (its ETag) and If-Modified-Since (its Last-Modified)
         "conditionalRead": "full-support",
     }
     params = SEARCH_PARAMS.get(resource_type)
     if params:
-        out["searchParam"] = [{"name": p.name, **({"definition": p.definition} if p.definition else {}),
-                               "type": p.type, "documentation": p.documentation} for p in params]
+        out["searchParam"] = []
+        for p in params:
+            definition = _definition(resource_type, p, fhir_version)
+            out["searchParam"].append({"name": p.name, **({"definition": definition} if definition else {}),
+                                       "type": p.type, "documentation": p.documentation})
     if resource_type in _INCLUDE:  # R5 has no Media
         out["searchInclude"] = [i for i in _INCLUDE[resource_type] if fhir_version == "4.0.1" or not i.endswith(":Media")]
     if resource_type in _REVINCLUDE:
@@ -152,8 +208,7 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
     if fhir_version not in FHIR_VERSIONS:
         raise NotSupported(f"unsupported FHIR version {fhir_version!r}; supported: {', '.join(FHIR_VERSIONS)}")
     when = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
-    types = ["Media"] if fhir_version == "4.0.1" else []
-    types += ["DocumentReference", "Binary", "Consent", "Provenance"]
+    types = [t for t in R4_TYPES if fhir_version == "4.0.1" or t != "Media"]
     return {
         "resourceType": "CapabilityStatement",
         "name": "ClinicalImageAdapter",
@@ -177,4 +232,4 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
     }
 
 
-__all__ = ["FHIR_VERSIONS", "PURPOSE_OF_USE_HEADER", "SEARCH_PARAMS", "capability_statement"]
+__all__ = ["FHIR_VERSIONS", "PURPOSE_OF_USE_HEADER", "R4_TYPES", "SEARCH_PARAMS", "capability_statement"]

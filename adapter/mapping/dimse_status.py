@@ -61,6 +61,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.UnsupportedPixelData: CANNOT_UNDERSTAND,
     e.UnsupportedTransferSyntax: REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED,
     e.NotAcceptable: PROCESSING_FAILURE,  # HTTP content negotiation: never raised over DIMSE
+    e.UpdateCreateNotSupported: PROCESSING_FAILURE,  # a FHIR update: never raised over DIMSE
     e.ImageTooLarge: OUT_OF_RESOURCES,
     e.TooCostly: OUT_OF_RESOURCES,
     e.PayloadTooLarge: OUT_OF_RESOURCES,

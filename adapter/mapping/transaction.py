@@ -89,7 +89,7 @@ from adapter.mapping.codes import (
     V3_ACT_REASON,
 )
 from adapter.mapping.fhir_json import check_json_representation, validate_model
-from adapter.mapping.fhir_r4 import JSON, fhir_instant, find_extension, parse_fhir_datetime, utc_instant
+from adapter.mapping.fhir_r4 import JSON, find_extension, parse_fhir_datetime, utc_instant
 from adapter.mapping.outcome import operation_outcome
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
@@ -770,17 +770,18 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
                                  entry_warnings=_warnings(entries, record))
 
 
-def transaction_response(entries: Sequence[tuple[str, str]], now: datetime,
+def transaction_response(entries: Sequence[tuple[str, str, str]],
                          warnings: Mapping[int, EntryWarning] | None = None) -> JSON:
     """The transaction-response Bundle: one entry per request entry, in request order, each
-    with response.status (e.g. "201 Created"), location ("Media/abc/_history/1"), etag
-    (W/"<version>", the version taken from the location's _history, else 1) and
-    lastModified = ``now`` (https://hl7.org/fhir/R4/bundle.html, Bundle.entry.response); an
-    entry of ``warnings`` (by index) also ``outcome``, an OperationOutcome with the warning (its
-    Document Sharing code in ``details.text``, IHE MHD ITI-65 2:3.65.4.2.2)."""
-    modified = fhir_instant(now)
+    ``(location, status, last_modified)`` with response.status (e.g. "201 Created"), location
+    ("Media/abc/_history/1"), etag (W/"<version>", the version taken from the location's
+    _history, else 1) and lastModified, the meta.lastUpdated of the version the location names
+    (https://hl7.org/fhir/R4/bundle.html, Bundle.entry.response: "the date/time that the resource
+    was modified on the server"); an entry of ``warnings`` (by index) also ``outcome``, an
+    OperationOutcome with the warning (its Document Sharing code in ``details.text``, IHE MHD
+    ITI-65 2:3.65.4.2.2)."""
     out: list[JSON] = []
-    for index, (location, status) in enumerate(entries):
+    for index, (location, status, modified) in enumerate(entries):
         response: JSON = {"status": status}
         if location:  # else acknowledged, not stored (the MHD SubmissionSet, the Patient)
             match = _HISTORY.search(location)

@@ -12,15 +12,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adapter.consent import grants_from_consent
+from adapter.consent import grants_from_consent, inverted_period
 from adapter.errors import (
     BusinessRuleViolation,
     Conflict,
     InvalidInput,
     InvalidResource,
-    NotFound,
     PreconditionFailed,
     UnknownCode,
+    UpdateCreateNotSupported,
 )
 from adapter.mapping.codes import CONSENT_ACTION
 from adapter.mapping.fhir_json import validate_r4_resource
@@ -62,8 +62,9 @@ class ConsentService:
             raise UnknownCode("Consent.provision.type must be permit or deny", expression="Consent.provision.type")
         ident = (resource.get("patient") or {}).get("identifier") or {}
         if not ident.get("system") or not ident.get("value"):
-            raise InvalidResource("Consent.patient must carry an identifier (system and value): the adapter "
-                                  "matches patients by identifier", expression="Consent.patient.identifier")
+            # FHIR allows a Consent without one: a rule of this server, 422 (http.html#create)
+            raise BusinessRuleViolation("Consent.patient must carry an identifier (system and value): the adapter "
+                                        "matches patients by identifier", expression="Consent.patient.identifier")
         for where, coding in _action_codings(resource.get("provision"), "Consent.provision"):
             if coding.get("code") not in CONSENT_ACTIONS:
                 raise UnknownCode(f"{where}.code is not a code of {CONSENT_ACTION}", expression=f"{where}.code")
@@ -77,6 +78,9 @@ class ConsentService:
             grants_from_consent(resource)
         except (ValueError, ValidationError) as exc:
             raise InvalidResource(f"Consent cannot be interpreted: {exc}", expression="Consent") from exc
+        inverted = inverted_period(resource)
+        if inverted is not None:  # fails basic FHIR validation: 400, as an invalid element
+            raise InvalidResource("the period ends before it starts (FHIR invariant per-1)", expression=inverted)
         return resource
 
     def create(self, resource: dict[str, Any], ctx: RequestContext) -> StoredResource:
@@ -97,8 +101,9 @@ class ConsentService:
             raise InvalidResource("an update carries the resource's id, the same as in the URL", expression="Consent.id")
         resource = self._check(resource, id)
         current = self._store.get("Consent", id)
-        if current is None:
-            raise NotFound(f"Consent/{id} is not known")
+        if current is None:  # ids are the server's: an update never creates (http.html#update: 405)
+            raise UpdateCreateNotSupported(f"Consent/{id} does not exist, and an update does not create one: "
+                                           "create a Consent with POST /fhir/Consent (the server assigns its id)")
         if if_match is not None and current.version_id not in if_match:
             raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version differs")
         facts = consent_facts(id, resource)

@@ -171,7 +171,7 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     return Services(
         settings=settings, tables=tables, store=store, blobs=blobs, pseudonymizer=pseudonymizer,
         auditor=auditor, ingest=ingest,
-        transactions=TransactionService(ingest=ingest, tables=tables, now=now),
+        transactions=TransactionService(ingest=ingest, tables=tables, store=store),
         consents=ConsentService(store=store, auditor=auditor, known_purposes=set(tables.purposes.codes), now=now),
         now=now,
         search_pages=SearchPages(_derived_key(pseudonym_key, "search-page-key"), now),

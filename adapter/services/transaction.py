@@ -5,11 +5,9 @@ storage as ``POST /photos`` apply; the answer is a transaction-response Bundle."
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
-from adapter.errors import Conflict
+from adapter.errors import Conflict, StorageError
 from adapter.mapping.tables import Tables
 from adapter.mapping.transaction import (
     ACKNOWLEDGED_ROLES,
@@ -21,13 +19,14 @@ from adapter.mapping.transaction import (
 )
 from adapter.model.purpose import RequestContext
 from adapter.services.ingest import IngestResult, IngestService
+from adapter.store.port import RecordStore
 
 
 class TransactionService:
-    def __init__(self, *, ingest: IngestService, tables: Tables, now: Callable[[], datetime]) -> None:
+    def __init__(self, *, ingest: IngestService, tables: Tables, store: RecordStore) -> None:
         self._ingest = ingest
         self._tables = tables
-        self._now = now
+        self._store = store
 
     def process(self, bundle: dict[str, Any], *, idempotency_key: str | None,
                 ctx: RequestContext) -> tuple[dict[str, Any], IngestResult]:
@@ -49,7 +48,17 @@ class TransactionService:
         entries = []
         for role in submission.entry_roles:
             if role in ACKNOWLEDGED_ROLES:
-                entries.append(("", "200 OK"))
+                entries.append(("", "200 OK", ""))
             else:
-                entries.append((f"{locations[role]}/_history/1", status))
-        return transaction_response(entries, self._now(), submission.entry_warnings), result
+                entries.append((f"{locations[role]}/_history/1", status, self._last_updated(locations[role])))
+        return transaction_response(entries, submission.entry_warnings), result
+
+    def _last_updated(self, reference: str) -> str:
+        """The meta.lastUpdated of version 1 of ``reference`` (``Type/id``, just stored or stored
+        before: a replay), which its entry's lastModified states; the time stored was taken by the
+        store, in the transaction that wrote it."""
+        resource_type, _, id = reference.partition("/")
+        stored = self._store.get_version(resource_type, id, 1)
+        if stored is None:  # written by this very request, or before it: never gone (no deletes)
+            raise StorageError(f"{resource_type} just stored cannot be read back")
+        return str(stored["meta"]["lastUpdated"])

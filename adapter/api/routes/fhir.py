@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
+from adapter.api.accept import media_ranges
 from adapter.api.batch import process_batch
 from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
 from adapter.api.headers import break_glass_headers
@@ -59,6 +60,7 @@ from adapter.api.urls import absolute, base
 from adapter.errors import (
     InvalidInput,
     InvalidQuery,
+    InvalidResource,
     NotAcceptable,
     NotFound,
     NotSupported,
@@ -68,7 +70,7 @@ from adapter.errors import (
 )
 from adapter.mapping.bundle import history as history_bundle
 from adapter.mapping.bundle import outcome_entry, searchset
-from adapter.mapping.capability import capability_statement
+from adapter.mapping.capability import R4_TYPES, capability_statement
 from adapter.mapping.document_location import with_document_location
 from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
@@ -101,7 +103,6 @@ _WRITTEN = "the Consent (Prefer: return=representation, the default), an Operati
     "or no body (return=minimal); Location names the version"
 _CONSENT_BODY = request_body({FHIR_JSON: RESOURCE_SCHEMA, JSON: RESOURCE_SCHEMA}, "a FHIR R4 Consent")
 
-R4_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
 WHOLE = Subsetting()  # no _summary, no _elements
 
 
@@ -177,9 +178,11 @@ async def _json_body(request: Request, services: Services, limit: int) -> AsyncI
 
 
 def _load_resource(spool: IO[bytes]) -> dict[str, Any]:
-    data = load_json(spool.read(), what="the body")
+    """The resource of a FHIR body; a body that cannot be parsed as one is 400 (http.html#create,
+    #update, #transaction: "could not be parsed"), 422 being a parsed resource a rule refuses."""
+    data = load_json(spool.read(), what="the body", error=InvalidResource)
     if not isinstance(data, dict) or "resourceType" not in data:
-        raise InvalidInput("the body is not a FHIR resource", expression="resourceType")
+        raise InvalidResource("the body is not a FHIR resource", expression="resourceType")
     return data
 
 
@@ -221,6 +224,7 @@ async def transaction(request: Request, services: ServicesDep, ctx: WriteContext
                       idempotency_key: Annotated[str | None, Header()] = None) -> Response:
     """An ITI-65-shaped transaction Bundle (base64 image in Binary.data, hence the 4/3 limit), or
     a batch of reads."""
+    _answerable(request)
     async with _json_body(request, services, services.settings.max_upload_bytes * 4 // 3 + 1024 * 1024) as bundle:
         return await _transaction(request, services, ctx, idempotency_key, bundle)
 
@@ -240,13 +244,23 @@ async def _transaction(request: Request, services: Services, ctx: RequestContext
     return _out(response, "4")
 
 
+def _answerable(request: Request) -> None:
+    """A write (or batch) whose Accept or ``_format`` wants only what this server does not produce
+    (FHIR XML) is refused (406) before its body is read: answered in JSON after it was stored,
+    the client could not read the answer and would send the write again."""
+    check_acceptable(request.headers.get("accept"), request.query_params.get("_format"))
+
+
 def _r4_write(request: Request) -> None:
     """Writes (transactions, Consent create and update) take and answer R4 only (the R5
-    CapabilityStatement lists none): an R5 body is refused (415), and so is an Accept that
+    CapabilityStatement lists none): a body of another FHIR version (its Content-Type's
+    fhirVersion: R5, STU3, R4B) is refused (415) rather than read as R4, and so is an Accept that
     wants only R5 (406), rather than answered in R4 under an R4 content type it did not ask for."""
-    content_type = (request.headers.get("content-type") or "").lower().replace(" ", "")
-    if "fhirversion=5" in content_type:
-        raise UnsupportedMediaType("writes take FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
+    declared = next((r.params.get("fhirversion") for r in media_ranges(request.headers.get("content-type"),
+                                                                         default=None)), None)
+    if declared is not None and not declared.startswith("4.0"):  # STU3, R4B, R5...: not read as R4
+        raise UnsupportedMediaType(f"writes take FHIR R4 (fhirVersion=4.0), not fhirVersion={declared[:10]}"
+                                   + (": the R5 endpoint is read-only" if declared.startswith("5.") else ""))
     if fhir_version(request.headers.get("accept")) == "5":
         raise NotAcceptable("writes answer in FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
 
@@ -271,6 +285,7 @@ def _written(request: Request, services: Services, stored: Any, status: int) -> 
 @router.post("/Consent", status_code=201, openapi_extra=_CONSENT_BODY,
              responses=answers(ok(201, _WRITTEN, FHIR_RESOURCE), refusals(*BODY)))
 async def create_consent(request: Request, services: ServicesDep, ctx: WriteContextDep) -> Response:
+    _answerable(request)
     _r4_write(request)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.create, resource, ctx)
@@ -278,9 +293,10 @@ async def create_consent(request: Request, services: ServicesDep, ctx: WriteCont
 
 
 @router.put("/Consent/{id}", openapi_extra=_CONSENT_BODY,
-            responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, 404, 409, 412)))
+            responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, 405, 409, 412)))
 async def update_consent(id: str, request: Request, services: ServicesDep, ctx: WriteContextDep,
                          if_match: Annotated[str | None, Header()] = None) -> Response:
+    _answerable(request)
     _r4_write(request)
     expected = _if_match_versions(if_match)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
@@ -306,6 +322,9 @@ def _if_match_versions(if_match: str | None) -> frozenset[int] | None:
 async def read(resource_type: str, id: str, request: Request, reader: ReaderDep, services: ServicesDep,
                accept: Annotated[str | None, Header()] = None,
                format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
+    if id == "_history":  # history-type: no resource has that id (FHIR ids take no "_")
+        raise NotSupported(f"history of a resource type is not supported: ask for a resource's own, "
+                           f"{resource_type[:40]}/<id>/_history", expression="_history")
     return await _read(resource_type, id, reader, accept, format_=format_, fhir_base=_fhir_base(request, services),
                        how=parse_subsetting(list(request.query_params.multi_items())),
                        if_none_match=request.headers.get("if-none-match"),
@@ -355,9 +374,12 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
         elif name not in ("_format", "_pretty", "_summary", "_elements"):
             raise NotSupported(f"history takes _since, _count, _summary and _elements; not {name[:40]}",
                                expression=name[:40])
+    if ("_summary", "count") in params:  # the total only, as a search (search.html#summary)
+        count = 0
 
     result = await _as_r5_photo_too(
         lambda rt: reader.read_history(rt, id, offset=offset, count=count, since=since), resource_type, version)
+    params = _count_used(params)
     url = absolute(request, services, f"fhir/{resource_type}/{id}/_history")
     kept = [(k, v) for k, v in params if k != "_offset"]
     next_url = f"{url}?{urlencode(kept + [('_offset', str(offset + count))])}" if result.more else None
@@ -468,6 +490,9 @@ SEARCH_BODY_LIMIT = 64 * 1024
                                                   refusals(*READ_ONE, 410, *INVALID)))
 async def search(resource_type: str, request: Request, reader: ReaderDep, services: ServicesDep,
                  accept: Annotated[str | None, Header()] = None) -> Response:
+    if resource_type == "_history":  # history-system: not a resource type
+        raise NotSupported("history of the whole server is not supported: ask for a resource's own, "
+                           "<type>/<id>/_history", expression="_history")
     params = list(request.query_params.multi_items())
     if any(k == PAGE_PARAM for k, _ in params):  # a sealed link of a search by POST
         opened = _opened(resource_type, params, services)
@@ -522,6 +547,14 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
     return await _search(resource_type, request, reader, services, accept, params, sealed=True)
 
 
+def _count_used(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``params`` with a ``_count`` above MAX_COUNT (already checked to be a whole number) as the
+    page size used: the self link states the parameters the server actually used (search.html
+    "the server SHALL return the parameters that were actually used"), so a client sees its
+    page was made smaller, and the next link asks for what it will get."""
+    return [(k, str(MAX_COUNT)) if k == "_count" and int(v[:12]) > MAX_COUNT else (k, v) for k, v in params]
+
+
 def _lenient(prefer: str | None) -> bool:
     """Prefer: handling=lenient (RFC 7240; FHIR search.html#errors)."""
     preferences = (p.strip().lower().replace(" ", "") for item in (prefer or "").split(",") for p in item.split(";"))
@@ -543,6 +576,7 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     how = parse_subsetting(params)
     if req.ignored:  # the links name only the parameters the search used (search.html#errors)
         params = [(k, v) for k, v in params if k[:40] not in req.ignored and f"{k[:40]}={v[:60]}" not in req.ignored]
+    params = _count_used(params)
     types = ["DocumentReference", "Media"] if version == "5" and resource_type == "DocumentReference" \
         else [resource_type]
     result = await run_in_threadpool(reader.search, types, req)

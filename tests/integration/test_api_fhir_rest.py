@@ -1,0 +1,249 @@
+"""FHIR R4 RESTful API conformance (http.html, search.html, bundle.html) as a FHIR client meets
+it, over the real HTTP app on a real SQLite store (and PostgreSQL where the store takes part):
+what the review of the REST API found."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.support.app import adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.postgres import postgres_schema
+
+SAMPLES = ROOT / "samples"
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+TREAT = as_purpose("TREAT")
+
+
+def _consents(client) -> int:
+    return client.get("/fhir/Consent?_summary=count", headers=TREAT).json()["total"]
+
+
+def test_a_write_asking_for_a_format_not_produced_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    """Review finding: a Consent create, a transaction and a batch asking (Accept, _format) only for
+    FHIR XML stored what they were sent and answered FHIR JSON the client cannot read (it then
+    sends the write again: a second Consent). They get 406, as reads do, and nothing is stored."""
+    bundle = (SAMPLES / "bundle-transaction.json").read_bytes()
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "metadata"}}]}
+    with adapter_client(tmp_path) as (client, _):
+        xml = {**FHIR_JSON, "Accept": "application/fhir+xml"}
+        answers = [client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=xml),
+                   client.post("/fhir/Consent?_format=xml", json=consent_resource(["TRAIN"]), headers=FHIR_JSON),
+                   client.post("/fhir", content=bundle, headers=xml),
+                   client.post("/fhir", json=batch, headers={**xml, **TREAT})]
+        for r in answers:
+            assert r.status_code == 406, r.text[:300]
+            assert r.json()["resourceType"] == "OperationOutcome"
+        assert _consents(client) == 0
+        assert client.get("/fhir/Media?_summary=count", headers=TREAT).json()["total"] == 0
+        stored = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=FHIR_JSON).json()
+        update = client.put(f"/fhir/Consent/{stored['id']}?_format=application/fhir%2Bxml",
+                            json={**stored, "status": "inactive"}, headers=FHIR_JSON)
+        assert update.status_code == 406, update.text[:300]
+        assert client.get(f"/fhir/Consent/{stored['id']}", headers=TREAT).json()["status"] == "active"
+        # what a JSON client sends is answered as before
+        assert client.post("/fhir", content=bundle, headers={**FHIR_JSON, "Accept": "application/fhir+json"}).status_code == 200
+
+
+def test_an_update_of_a_consent_that_does_not_exist_is_405_as_without_update_as_create(tmp_path: Path) -> None:
+    """Review finding: PUT to a Consent id the server does not hold answered 404. The server does
+    not let a client choose a new resource's id (no update-as-create, CapabilityStatement
+    updateCreate false), and http.html#update answers that case 405 Method Not Allowed."""
+    with adapter_client(tmp_path) as (client, _):
+        consent = {**consent_resource(["TREAT"]), "id": "chosen-by-client"}
+        r = client.put("/fhir/Consent/chosen-by-client", json=consent, headers=FHIR_JSON)
+        assert r.status_code == 405, r.text[:300]
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert "PUT" not in r.headers["allow"]  # RFC 9110 15.5.6: the methods the target does allow
+        assert _consents(client) == 0
+        statement = client.get("/fhir/metadata").json()
+        [consent_type] = [t for t in statement["rest"][0]["resource"] if t["type"] == "Consent"]
+        assert consent_type["updateCreate"] is False
+
+
+def test_a_body_that_cannot_be_parsed_is_400_not_422(tmp_path: Path) -> None:
+    """Review finding: a FHIR body that is not JSON, or JSON that is no resource, answered 422;
+    http.html (create, update, transaction) keeps 422 for a resource that violates profiles or
+    business rules, and answers 400 for one that "could not be parsed"."""
+    with adapter_client(tmp_path) as (client, _):
+        for body in ('{"resourceType": "Consent",', "[]", '{"status": "active"}', "\ufeff{}"):
+            for r in (client.post("/fhir/Consent", content=body, headers=FHIR_JSON),
+                      client.put("/fhir/Consent/c1", content=body, headers=FHIR_JSON),
+                      client.post("/fhir", content=body, headers=FHIR_JSON)):
+                assert r.status_code == 400, (body, r.status_code, r.text[:200])
+                assert r.json()["issue"][0]["code"] == "structure"
+        # a resource that parses and breaks a rule stays 422
+        bad_status = client.post("/fhir/Consent", json={**consent_resource(["TREAT"]), "status": "bogus"},
+                                 headers=FHIR_JSON)
+        assert bad_status.status_code == 422 and bad_status.json()["issue"][0]["expression"] == ["Consent.status"]
+
+
+def test_the_links_of_a_search_state_the_page_size_used(tmp_path: Path) -> None:
+    """Review finding: a _count above the maximum (200) was lowered, but the self and next links
+    repeated the _count asked for; search.html: the server SHALL return the parameters it
+    actually used (the self link), so a client sees its page size was lowered."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = post_photo(client, SAMPLES / "wound.jpg", metadata()).json()
+        for url in ("/fhir/Media?_count=100000", f"/fhir/{receipt['consents'][0]}/_history?_count=100000"):
+            bundle = client.get(url, headers=TREAT).json()
+            [self_link] = [link["url"] for link in bundle["link"] if link["relation"] == "self"]
+            assert dict(parse_qsl(urlsplit(self_link).query))["_count"] == "200", url
+            assert len(bundle["entry"]) == 1
+        # a _count within bounds, and _count=0, are stated as asked
+        for count in ("0", "5"):
+            page = client.get(f"/fhir/Media?_count={count}", headers=TREAT).json()
+            [self_link] = [link["url"] for link in page["link"] if link["relation"] == "self"]
+            assert dict(parse_qsl(urlsplit(self_link).query))["_count"] == count
+
+
+def test_a_batch_entry_if_modified_since_is_honoured_as_on_a_read_alone(tmp_path: Path) -> None:
+    """Review finding: a batch entry's request.ifModifiedSince was not passed on (ifNoneMatch was),
+    so an entry the client already holds was sent whole (200) where the same read alone answers
+    304; the CapabilityStatement claims conditionalRead full-support."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = post_photo(client, SAMPLES / "wound.jpg", metadata()).json()
+        record = receipt["record"]
+        later, earlier = "2100-01-01T00:00:00Z", "2001-01-01T00:00:00+01:00"
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": record, "ifModifiedSince": later}},
+            {"request": {"method": "GET", "url": record, "ifModifiedSince": earlier}},
+            {"request": {"method": "GET", "url": record, "ifModifiedSince": "not a date"}},
+            {"request": {"method": "GET", "url": record, "ifModifiedSince": "0001-01-01T00:00:00+01:00"}}]}
+        answer = client.post("/fhir", content=json.dumps(batch), headers={**FHIR_JSON, **TREAT})
+        assert answer.status_code == 200, answer.text[:300]
+        held, changed, *unreadable = answer.json()["entry"]
+        assert held["response"]["status"] == "304 Not Modified" and "resource" not in held
+        assert changed["response"]["status"] == "200 OK" and changed["resource"]["id"] == record.split("/")[1]
+        assert [e["response"]["status"] for e in unreadable] == ["400 Bad Request"] * 2
+
+
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    with postgres_schema("test_fhir_rest") as url:
+        yield url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_transaction_response_gives_each_resource_its_stored_last_updated(tmp_path: Path, backend: str,
+                                                                            request: pytest.FixtureRequest) -> None:
+    """Review finding: a transaction-response entry's lastModified was the time the answer was made,
+    not the resource's meta.lastUpdated (a few milliseconds after it when created; a replay of a
+    stored photo said it was modified then, when nothing was). Bundle.entry.response.lastModified is
+    "the date/time that the resource was modified on the server": the version its location names."""
+    bundle = (SAMPLES / "bundle-transaction.json").read_bytes()
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    with adapter_client(tmp_path, database_url=url) as (client, _):
+        for _attempt in ("created", "replayed"):
+            answer = client.post("/fhir", content=bundle, headers=FHIR_JSON)
+            assert answer.status_code == 200, answer.text[:300]
+            for entry in answer.json()["entry"]:
+                location = entry["response"]["location"]
+                stored = client.get(f"/fhir/{location}", headers=TREAT)
+                assert stored.status_code == 200, location
+                meta = stored.json()["meta"] if "json" in stored.headers["content-type"] else \
+                    client.get(f"/fhir/{location}?_format=json", headers=TREAT).json()["meta"]
+                assert entry["response"]["lastModified"] == meta["lastUpdated"], (_attempt, location)
+                assert entry["response"]["etag"] == f'W/"{meta["versionId"]}"'
+
+
+def test_a_write_to_a_resource_type_not_served_is_404_as_a_read_is(tmp_path: Path) -> None:
+    """Review finding: a create, update or delete of a type this server does not serve
+    (POST /fhir/Patient) answered 405, where a read of it answers 404; http.html (create, update):
+    "404 Not Found - resource type not supported". A type served without that interaction keeps 405."""
+    with adapter_client(tmp_path) as (client, _):
+        patient = {"resourceType": "Patient", "id": "1"}
+        for r in (client.post("/fhir/Patient", json=patient, headers=FHIR_JSON),
+                  client.put("/fhir/Patient/1", json=patient, headers=FHIR_JSON),
+                  client.delete("/fhir/Observation/1"),
+                  client.patch("/fhir/Patient/1", content=b"[]", headers={"Content-Type": "application/json-patch+json"})):
+            assert r.status_code == 404, (r.request.method, r.request.url, r.status_code)
+            assert r.json()["issue"][0]["code"] == "not-supported"
+        media = client.post("/fhir/Media", json={"resourceType": "Media"}, headers=FHIR_JSON)
+        assert media.status_code == 405 and media.headers["allow"] == "GET, HEAD"
+        consent = client.delete("/fhir/Consent/1")
+        assert consent.status_code == 405 and "PUT" in consent.headers["allow"]
+        assert client.post("/fhir/metadata").status_code == 405
+
+
+def test_a_consent_whose_period_ends_before_it_starts_is_refused_not_stored(tmp_path: Path) -> None:
+    """Review finding: a Consent whose provision.period ends before it starts (FHIR invariant per-1,
+    "start SHALL have a lower value than end") was stored (201) and read back as a resource every
+    FHIR validator refuses. It fails basic FHIR validation: 400, pointing at the period."""
+    with adapter_client(tmp_path) as (client, _):
+        inverted = consent_resource(["TREAT"], start="2025-01-01", end="2024-12-31")
+        r = client.post("/fhir/Consent", json=inverted, headers=FHIR_JSON)
+        assert r.status_code == 400, r.text[:300]
+        assert r.json()["issue"][0]["expression"] == ["Consent.provision.period"]
+        assert _consents(client) == 0
+        # a period of one day (the end inclusive through its last instant) is no inversion
+        one_day = client.post("/fhir/Consent", json=consent_resource(["TREAT"], start="2025-01-01", end="2025-01-01"),
+                              headers=FHIR_JSON)
+        assert one_day.status_code == 201, one_day.text[:300]
+        update = client.put(f"/fhir/Consent/{one_day.json()['id']}", json={**inverted, "id": one_day.json()["id"]},
+                            headers=FHIR_JSON)
+        assert update.status_code == 400, update.text[:300]
+
+
+def test_a_consent_that_breaks_a_rule_of_the_adapter_is_422_not_400(tmp_path: Path) -> None:
+    """Review finding: a Consent naming its patient by reference only (or not at all), which FHIR
+    allows and the adapter refuses (it matches patients by identifier), answered 400, which
+    http.html keeps for a resource that cannot be parsed or fails basic FHIR validation; a
+    server's business rule is 422."""
+    with adapter_client(tmp_path) as (client, _):
+        by_reference = {**consent_resource(["TREAT"]), "patient": {"reference": "Patient/123"}}
+        without = {k: v for k, v in consent_resource(["TREAT"]).items() if k != "patient"}
+        for consent in (by_reference, without):
+            r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+            assert r.status_code == 422, r.text[:300]
+            assert r.json()["issue"][0]["code"] == "business-rule"
+            assert r.json()["issue"][0]["expression"] == ["Consent.patient.identifier"]
+        assert _consents(client) == 0
+
+
+def test_history_of_a_type_or_of_the_server_is_refused_as_not_supported(tmp_path: Path) -> None:
+    """Review finding: GET /fhir/Media/_history (history-type) answered 404 "Media/_history is not
+    known", read as a Media whose id is _history (no FHIR id: ids take no "_"), and GET /fhir/_history
+    (history-system) 404 "_history is not served here", as a resource type. Neither interaction is
+    in the CapabilityStatement: they are refused as not supported (400, as history of Binary is),
+    saying which history is served."""
+    with adapter_client(tmp_path) as (client, _):
+        for url in ("/fhir/Media/_history", "/fhir/_history", "/fhir/Consent/_history?_count=1"):
+            r = client.get(url, headers=TREAT)
+            assert r.status_code == 400, (url, r.status_code, r.text[:200])
+            issue = r.json()["issue"][0]
+            assert issue["code"] == "not-supported" and "/_history" in issue["diagnostics"], issue
+
+
+def test_a_history_asked_for_its_count_only_answers_the_total(tmp_path: Path) -> None:
+    """Review finding: _summary=count on a history (which takes _summary, as a search does) was
+    answered with every version whole; search.html: "just return a count of the matching
+    resources, without returning the actual matches", as a search with it answers."""
+    with adapter_client(tmp_path) as (client, _):
+        stored = client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=FHIR_JSON).json()
+        client.put(f"/fhir/Consent/{stored['id']}", json={**stored, "status": "inactive"}, headers=FHIR_JSON)
+        history = client.get(f"/fhir/Consent/{stored['id']}/_history?_summary=count", headers=TREAT)
+        assert history.status_code == 200
+        assert history.json()["total"] == 2 and "entry" not in history.json()
+        assert [link["relation"] for link in history.json()["link"]] == ["self"]
+
+
+def test_a_write_in_a_fhir_version_not_served_is_415(tmp_path: Path) -> None:
+    """Review finding: a Consent or transaction whose Content-Type said fhirVersion=3.0 (STU3) or
+    4.3 (R4B) was taken as R4 and stored, where an Accept naming such a version gets 406 and an R5
+    body 415 (http.html#version-parameter). Only R4 (4.0) is written."""
+    bundle = (SAMPLES / "bundle-transaction.json").read_bytes()
+    with adapter_client(tmp_path) as (client, _):
+        for version in ("3.0", "4.3", "1.0.2"):
+            declared = {"Content-Type": f"application/fhir+json; fhirVersion={version}"}
+            for r in (client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=declared),
+                      client.post("/fhir", content=bundle, headers=declared)):
+                assert r.status_code == 415, (version, r.status_code, r.text[:200])
+        assert _consents(client) == 0
+        assert client.get("/fhir/Media?_summary=count", headers=TREAT).json()["total"] == 0
+        r4 = {"Content-Type": "application/fhir+json;fhirVersion=4.0.1"}
+        assert client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=r4).status_code == 201
