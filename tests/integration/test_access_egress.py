@@ -126,3 +126,16 @@ def test_a_consent_naming_one_photo_opens_no_other_of_its_encounter(tmp_path: Pa
             assert client.get(f"/fhir/{path}", headers=as_purpose("TRAIN")).status_code == 403, path
         retrieved = client.get(f"/dicomweb/studies/{study[STUDY]['Value'][0]}/metadata", headers=as_purpose("TRAIN"))
         assert retrieved.status_code == 200 and len(retrieved.json()) == 1
+
+
+def test_a_consent_for_operations_does_not_open_the_identified_record_to_records_management(tmp_path: Path) -> None:
+    """RECORDMGT is a child of HOPERAT with care's full view: a Consent for HOPERAT (de-identified
+    use) released the MRN, the note and the image to it (found by the egress review)."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = post_photo(client, WOUND, metadata(note="seen at home")).json()
+        assert client.post("/fhir/Consent", json=consent_resource(["HOPERAT"])).status_code == 201
+        train = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN"))
+        assert train.status_code == 200 and "seen at home" not in train.text
+        _refused_everywhere(client, services, receipt, _treat_uids(receipt), "RECORDMGT")
+        assert client.post("/fhir/Consent", json=consent_resource(["RECORDMGT"])).status_code == 201
+        assert "seen at home" in client.get(f"/fhir/{receipt['record']}", headers=as_purpose("RECORDMGT")).text
