@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adapter.errors import InvalidResource
+from adapter.errors import InvalidInput, InvalidResource
+from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long
 
 #: The resource types the adapter takes in, and their fhir.resources.R4B modules.
 R4B_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
@@ -42,6 +43,7 @@ def validate_r4_resource(resource: Mapping[str, Any]) -> None:
     if not isinstance(rtype, str) or rtype not in R4B_MODULES:
         raise InvalidResource(f"unsupported resourceType {str(rtype)[:40]}", expression="resourceType")
     check_json_representation(resource, rtype)
+    check_identifier_lengths(resource, rtype)
     validate_model(rtype, resource, rtype)
 
 
@@ -84,3 +86,37 @@ def check_json_representation(value: Any, path: str) -> None:
                 check_json_representation(item, where)
     elif isinstance(value, str) and not value:
         raise InvalidResource(f"{path} is an empty string", expression=path)
+
+
+#: The elements of type Identifier (https://hl7.org/fhir/R4/datatypes.html#Identifier) in the
+#: resources the adapter takes in: every resource's and Reference's ``identifier``,
+#: DocumentReference.masterIdentifier, and an extension's ``valueIdentifier``.
+_IDENTIFIER_ELEMENTS = frozenset({"identifier", "masterIdentifier", "valueIdentifier"})
+
+
+def check_identifier_lengths(value: Any, path: str) -> None:
+    """Every Identifier in ``value`` (a resource or Bundle, contained and nested ones included)
+    has a ``system`` and ``value`` of at most IDENTIFIER_MAX_BYTES (adapter.model.photo), the
+    bound of every identifier the adapter takes, on every channel, so that what one store keeps
+    another does too. Raises InvalidInput (422: understood, and over the adapter's limit)
+    naming the element, never quoting it."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}"
+            if key in _IDENTIFIER_ELEMENTS:
+                for i, ident in enumerate(item if isinstance(item, list) else [item]):
+                    _check_identifier(ident, f"{where}[{i}]" if isinstance(item, list) else where)
+            check_identifier_lengths(item, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_identifier_lengths(item, f"{path}[{i}]")
+
+
+def _check_identifier(ident: Any, where: str) -> None:
+    if not isinstance(ident, dict):
+        return
+    for part in ("system", "value"):
+        text = ident.get(part)
+        if isinstance(text, str) and identifier_too_long(text):
+            raise InvalidInput(f"{where}.{part} is longer than an identifier may be ({IDENTIFIER_MAX_BYTES} bytes "
+                               "in UTF-8): nothing was stored", expression=f"{where}.{part}")
