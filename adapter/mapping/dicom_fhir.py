@@ -250,27 +250,35 @@ def _zone(ds: Dataset) -> timezone | None:
 
 
 def _created(ds: Dataset) -> datetime | None:
-    """When the image was acquired (module docstring)."""
+    """When the image was acquired (module docstring). A value that names no real moment
+    (``20240231``, a TM ``2561``: adapter.mapping.dicom_dates) is passed over for the next
+    attribute in that order, as an absent one is; the object keeps it as received."""
     zone = _zone(ds)
 
     def zoned(moment: datetime) -> datetime:
         return moment if moment.tzinfo is not None or zone is None else moment.replace(tzinfo=zone)
 
-    try:
-        acquired = _text(ds.get("AcquisitionDateTime"))
-        if acquired and len(acquired) >= 12:
-            return zoned(datetime.fromisoformat(DT(acquired).isoformat()))
-        for date_kw, time_kw in (("ContentDate", "ContentTime"), ("AcquisitionDate", "AcquisitionTime")):
-            day, time = _text(ds.get(date_kw)), _text(ds.get(time_kw))
-            if day and time:
-                d, t = DA(day), TM(time)
-                return zoned(datetime.combine(d, t))
+    def acquired() -> datetime | None:
+        value = _text(ds.get("AcquisitionDateTime"))
+        return zoned(datetime.fromisoformat(DT(value).isoformat())) if value and len(value) >= 12 else None
+
+    def combined(date_kw: str, time_kw: str) -> datetime | None:
+        day, time = _text(ds.get(date_kw)), _text(ds.get(time_kw))
+        return zoned(datetime.combine(DA(day), TM(time))) if day and time else None
+
+    def content_day() -> datetime | None:
         day = _text(ds.get("ContentDate"))
-        if day:
-            d = DA(day)
-            return datetime(d.year, d.month, d.day)  # date only: naive on purpose
-    except (ValueError, TypeError):
-        return None
+        d = DA(day) if day else None
+        return datetime(d.year, d.month, d.day) if d else None  # date only: naive on purpose
+
+    for candidate in (acquired, lambda: combined("ContentDate", "ContentTime"),
+                      lambda: combined("AcquisitionDate", "AcquisitionTime"), content_day):
+        try:
+            moment = candidate()
+        except (ValueError, TypeError, OverflowError):
+            continue
+        if moment is not None:
+            return moment
     return None
 
 

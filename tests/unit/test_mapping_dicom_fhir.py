@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import warnings
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -173,6 +174,27 @@ def test_a_naive_time_is_written_with_date_precision() -> None:
     received, _, resources = to_fhir(ds)
     assert received.created == datetime(2024, 3, 1, 10, 15)
     assert resources.record["createdDateTime"] == "2024-03-01"
+
+
+@pytest.mark.parametrize(("changes", "created"), [
+    ({"AcquisitionDateTime": "20240231101500"}, datetime(2024, 3, 1, 10, 15, tzinfo=timezone(timedelta(hours=1)))),
+    ({"AcquisitionDateTime": "20241301101500", "ContentTime": "2561"},
+     datetime(2024, 3, 1)),
+    ({"AcquisitionDateTime": "2024030199", "ContentDate": "20240231"}, None),
+])
+def test_a_time_that_names_no_real_moment_is_passed_over_for_the_next(changes: dict[str, str],
+                                                                     created: datetime | None) -> None:
+    """createdDateTime comes from the first of AcquisitionDateTime, ContentDate+ContentTime,
+    AcquisitionDate+AcquisitionTime, ContentDate that names a real moment: one that names none
+    (20240231, a TM 2561) is passed over as an absent one is. Before, the first such value
+    left the record without a time at all, whatever the others said."""
+    ds = reread(photo_object(PhotoKind.SECONDARY, stored_sample("tiny.jpg")))
+    with warnings.catch_warnings():  # pydicom warns of the invalid values set here
+        warnings.simplefilter("ignore", UserWarning)
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        received = read(ds)
+    assert received.created == created
 
 
 def test_sc_document_conversion_gives_a_document_reference() -> None:
