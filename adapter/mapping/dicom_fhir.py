@@ -69,7 +69,7 @@ from adapter.mapping.photo import PhotoResources, build_photo_resources
 from adapter.mapping.tables import Tables
 from adapter.model.image import StoredImage
 from adapter.model.photo import Identifier, Laterality, PatientRef, PhotoKind, PhotoMetadata
-from adapter.text import is_digits
+from adapter.text import has_control_character, is_digits
 
 PDF = "application/pdf"
 _NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
@@ -154,20 +154,20 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
                                         modality=modality)
     code, meaning, modifier = _anatomy(ds)
     sc = "SecondaryCaptureDeviceManufacturer" in ds or "SecondaryCaptureDeviceManufacturerModelName" in ds
-    manufacturer = _text(ds.get("SecondaryCaptureDeviceManufacturer" if sc else "Manufacturer"))
-    model = _text(ds.get("SecondaryCaptureDeviceManufacturerModelName" if sc else "ManufacturerModelName"))
+    manufacturer = _shown(ds.get("SecondaryCaptureDeviceManufacturer" if sc else "Manufacturer"))
+    model = _shown(ds.get("SecondaryCaptureDeviceManufacturerModelName" if sc else "ManufacturerModelName"))
     meta = getattr(ds, "file_meta", None)
     syntax = _text(meta.get("TransferSyntaxUID")) if meta is not None else None
-    operators = tuple(_person(v) for v in _values(ds.get("OperatorsName")) if _person(v))
+    operators = tuple(_person(v) for v in _values(ds.get("OperatorsName")) if _shown(v) and _person(v))
     return ReceivedObject(
         sop_class_uid=sop_class, sop_instance_uid=uids["sop"], study_uid=uids["study"], series_uid=uids["series"],
         kind=kind, patient=patient, calling_ae=calling_ae.strip(), modality=modality,
         body_site=code, body_site_meaning=meaning, laterality=_laterality(ds, modifier),
         created=_created(ds), manufacturer=manufacturer, model=model,
-        institution=_text(ds.get("InstitutionName")), operators=operators,
+        institution=_shown(ds.get("InstitutionName")), operators=operators,
         number_of_frames=_int(ds.get("NumberOfFrames")) or 1, rows=_int(ds.get("Rows")),
         columns=_int(ds.get("Columns")), transfer_syntax=syntax,
-        photometric=_text(ds.get("PhotometricInterpretation")), title=_text(ds.get("DocumentTitle")))
+        photometric=_text(ds.get("PhotometricInterpretation")), title=_shown(ds.get("DocumentTitle")))
 
 
 def _element_value(value: Any) -> Any:
@@ -183,6 +183,15 @@ def _text(value: Any) -> str | None:
         raise InvalidInput("a text value holds the character U+0000 inside it, which neither DICOM text nor FHIR "
                            "strings allow: nothing was stored")
     return text or None
+
+
+def _shown(value: Any) -> str | None:
+    """:func:`_text` of a value the FHIR record shows as text (a name, an institution, a device, a
+    title, a code's meaning), None when it holds a control character: no value of those VRs
+    does, nor a FHIR string (adapter.text.has_control_character). The object keeps it as received;
+    the record goes without it, as without an absent one."""
+    text = _text(value)
+    return None if text is None or has_control_character(text) else text
 
 
 def _values(value: Any) -> list[Any]:
@@ -226,7 +235,7 @@ def _anatomy(ds: Dataset) -> tuple[str | None, str | None, str | None]:
             for mod in item.get("AnatomicRegionModifierSequence") or []:
                 if _text(mod.get("CodingSchemeDesignator")) == "SCT":
                     modifier = _text(mod.get("CodeValue"))
-            return _text(item.get("CodeValue")), _text(item.get("CodeMeaning")), modifier
+            return _text(item.get("CodeValue")), _shown(item.get("CodeMeaning")), modifier
     return None, None, None
 
 

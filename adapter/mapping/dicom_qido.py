@@ -8,7 +8,7 @@ A value is kept only when it is one of its VR (PS3.5 6.2): an IS an integer with
 US within 0..65535, a DA a day of the calendar and a TM a time of day (adapter.mapping.dicom_dates:
 ``20240231`` is neither), an SH (TimezoneOffsetFromUTC ``±HHMM``), LO or CS
 (upper case letters, digits, space and ``_``) of its form and length, a PN as sent (up to three
-component groups); anything else is left out (the object keeps it as sent, and WADO-RS shows it
+component groups); none with a control character (adapter.text.has_control_character); anything else is left out (the object keeps it as sent, and WADO-RS shows it
 there). NumberOfFrames only when the object has it: a single-frame object without it is not given
 one its retrieved copy would not show.
 """
@@ -24,6 +24,7 @@ from pydicom.multival import MultiValue
 
 from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.model.dicom import InstanceAttributes
+from adapter.text import has_control_character
 
 _IS_RANGE = (-(2**31), 2**31 - 1)
 _OFFSET = re.compile(r"^[+-]\d{4}$", re.ASCII)
@@ -76,7 +77,7 @@ def _integer(ds: Dataset, keyword: str, low: int, high: int) -> int | None:
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     value = _value(ds, keyword)
     text = str(value if value is not None else "").strip(" \x00")
-    return text if text and len(text) <= limit and "\\" not in text else None
+    return text if text and len(text) <= limit and "\\" not in text and not has_control_character(text) else None
 
 
 def _matching(ds: Dataset, keyword: str, conforms: Callable[[str], object]) -> str | None:

@@ -107,6 +107,7 @@ from adapter.services.association_audit import RejectedAssociations
 from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
+from adapter.text import has_control_character
 
 log = logging.getLogger(__name__)
 
@@ -1011,12 +1012,13 @@ _STUDY_LIMITS = {"PatientName": 1000, "StudyDescription": 64, "AccessionNumber":
 def _study_attributes(ds: Dataset) -> _Study:
     """StudyDate (DA) and StudyTime (TM) when they name a day and a time of day
     (adapter.mapping.dicom_dates); PatientName, StudyDescription and AccessionNumber as sent,
-    when present and within their VR's length (anything else is not kept: the object keeps it,
-    and every release reads it from there)."""
+    when present, within their VR's length and without a control character, which none of their
+    VRs has (anything else is not kept: the object keeps it, and every release reads it from
+    there)."""
 
     def text(keyword: str) -> str | None:
         value = str(ds.get(keyword) or "").strip(" \x00")
-        return value if value and len(value) <= _STUDY_LIMITS[keyword] else None
+        return value if value and len(value) <= _STUDY_LIMITS[keyword] and not has_control_character(value) else None
 
     date, time = str(ds.get("StudyDate") or "").strip(), text("StudyTime")
     return _Study(date=date if is_date(date) else None, patient_name=text("PatientName"),

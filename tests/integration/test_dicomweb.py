@@ -2131,8 +2131,9 @@ def test_a_date_or_time_that_names_no_real_day_is_kept_as_received_and_left_out_
 
 def test_a_date_or_time_indexed_before_it_was_checked_is_left_out_of_answers(tmp_path: Path) -> None:
     """An instance indexed by a release that kept eight digits as a DA and digits as a TM (the
-    test above) still holds them in the store's index: QIDO-RS leaves them out of its answers all
-    the same, at every level, rather than answer a value that is not one of its VR."""
+    test above), or a name with a control character (the test below), still holds them in the
+    store's index: QIDO-RS leaves them out of its answers all the same, at every level, rather
+    than answer a value that is not one of its VR."""
     with adapter_client(tmp_path) as (client, _):
         photo = received(record_id="rec-old", PatientBirthDate="19700521", PerformedProcedureStepStartDate="20240301",
                          PerformedProcedureStepStartTime="101500")
@@ -2142,10 +2143,34 @@ def test_a_date_or_time_indexed_before_it_was_checked_is_left_out_of_answers(tmp
     try:
         with db:  # as that release indexed such an object
             db.execute("UPDATE dicom_instances SET study_date = '20240231', study_time = '256199', "
-                       "patient_birth_date = '20240231', pps_start_date = '20241301', pps_start_time = '996060'")
+                       "patient_birth_date = '20240231', pps_start_date = '20241301', pps_start_time = '996060', "
+                       "patient_name = 'Doe' || char(5) || '^Jane', study_description = 'Wound' || char(8)")
     finally:
         db.close()
     with adapter_client(tmp_path) as (client, _):
         for path in ("studies", "series", "instances"):
             [item] = qido(client, path)
-            assert not set(DATE_AND_TIME_TAGS) & set(item), path
+            assert not (set(DATE_AND_TIME_TAGS) | {"00100010", "00081030"}) & set(item), path
+
+
+def test_a_name_or_description_with_a_control_character_is_kept_as_received_and_left_out_of_answers(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """Found from the last session's note: a PatientName, StudyDescription or OperatorsName
+    holding a control character (no PN, LO or SH value has one, PS3.5 6.1.2.3) was answered in
+    QIDO-RS as sent (so its XML answer was 406) and went into the Provenance's display texts.
+    The object is stored as received; QIDO-RS and the FHIR records leave such a value out."""
+    client, _ = adapter
+    photo = received(record_id="rec-c0", PatientName="Doe\x05^Jane", StudyDescription="Wound\x08 care",
+                     ReferringPhysicianName="Wel\x06by", OperatorsName="Roe\x01^Richard")
+    assert stow(client, photo).status_code == 200
+    for path in ("studies", "instances"):
+        [item] = qido(client, path)
+        assert not {"00100010", "00081030", "00080090"} & set(item), path
+    r = client.get("/dicomweb/studies", headers={**TREAT, "Accept": 'multipart/related; type="application/dicom+xml"'})
+    assert r.status_code == 200
+    [media] = find(client, "Media", photo.SOPInstanceUID)
+    provenance = client.get("/fhir/Provenance", params={"target": f"Media/{media['id']}"}, headers=TREAT).json()
+    assert "\\u000" not in json.dumps(provenance) and "Roe" not in json.dumps(provenance)
+    url = value(qido(client, "instances")[0], "00081190").split("testserver")[-1]
+    [meta] = client.get(f"{url}/metadata", headers=TREAT).json()
+    assert meta["00100010"]["Value"] == [{"Alphabetic": "Doe\x05^Jane"}]  # as received

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 import warnings
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -195,6 +196,19 @@ def test_a_time_that_names_no_real_moment_is_passed_over_for_the_next(changes: d
             setattr(ds, keyword, value)
         received = read(ds)
     assert received.created == created
+
+
+def test_a_text_with_a_control_character_is_left_out_of_the_record() -> None:
+    """Found from the last session's note: an OperatorsName, InstitutionName, Manufacturer or
+    CodeMeaning holding a control character (no PN, LO or SH value has one, PS3.5 6.1.2.3) went
+    into the Provenance's and Media's display texts as sent, where FHIR strings are not to have
+    them. The record goes without such a value, as without an absent one (the object keeps it)."""
+    ds = reread(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg")))
+    ds.OperatorsName = ["Doe\x01^John", "Roe^Richard"]
+    ds.InstitutionName, ds.Manufacturer, ds.ManufacturerModelName = "Hosp\x02ital", "Ac\x03me", "X1"
+    received, _, resources = to_fhir(ds)
+    assert (received.operators, received.institution, received.device_name) == (("Richard Roe",), None, "X1")
+    assert "\\u000" not in json.dumps(resources.all()) and "\\u001" not in json.dumps(resources.all())  # C0, escaped
 
 
 def test_sc_document_conversion_gives_a_document_reference() -> None:

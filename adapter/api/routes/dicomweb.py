@@ -131,7 +131,7 @@ from adapter.services.dicom_objects import (
     stow_instance,
 )
 from adapter.services.registry import Services
-from adapter.text import is_digits
+from adapter.text import has_control_character, is_digits
 
 DICOM_JSON = "application/dicom+json"
 #: The DICOM data sets of an answer as the client prefers them (:func:`_dicom_model`).
@@ -180,10 +180,20 @@ _TAGS: dict[str, tuple[str, str]] = {  # keyword: (tag, VR)
 _KEYWORD_OF_TAG = {tag: keyword for keyword, (tag, _) in _TAGS.items()}
 
 
-#: DA and TM values must name a day and a time of day (PS3.18 F.2: a JSON value of its VR). The
-#: ingest keeps no others (adapter.mapping.dicom_dates); an instance indexed before it checked
-#: that may still hold one, left out here as the ingest leaves it out now.
+#: DA and TM values must name a day and a time of day (PS3.18 F.2: a JSON value of its VR), and
+#: no string value here has a control character (adapter.text.has_control_character). The ingest
+#: keeps no others (adapter.mapping.dicom_dates, dicom_qido); an instance indexed before it
+#: checked that may still hold one, left out here as the ingest leaves it out now.
 _DAY_OR_TIME: dict[str, Callable[[str], bool]] = {"DA": is_date, "TM": is_time}
+
+
+def _of_its_vr(vr: str, value: Any) -> bool:
+    """``value`` may be answered under ``vr`` (:data:`_DAY_OR_TIME`); a PN comes as its groups."""
+    if isinstance(value, dict):
+        return not any(has_control_character(str(group)) for group in value.values())
+    if not isinstance(value, str):
+        return True  # a number
+    return not has_control_character(value) and (vr not in _DAY_OR_TIME or _DAY_OR_TIME[vr](value))
 
 
 def _dataset(**attributes: Any) -> dict[str, Any]:
@@ -195,10 +205,16 @@ def _dataset(**attributes: Any) -> dict[str, Any]:
             continue
         tag, vr = _TAGS[keyword]
         values = value if isinstance(value, list) else [value]
-        if vr in _DAY_OR_TIME and not all(isinstance(v, str) and _DAY_OR_TIME[vr](v) for v in values):
-            continue
         out[tag] = {"vr": vr, "Value": values} if values else {"vr": vr}
     return dict(sorted(out.items()))
+
+
+def _result(**attributes: Any) -> dict[str, Any]:
+    """A QIDO-RS result (:func:`_dataset`) of the attributes whose values are of their VR
+    (:data:`_DAY_OR_TIME`). Not a STOW-RS answer: that names a refused object's UIDs as it sent
+    them."""
+    return _dataset(**{keyword: value for keyword, value in attributes.items() if value is None or all(
+        _of_its_vr(_TAGS[keyword][1], v) for v in (value if isinstance(value, list) else [value]))})
 
 
 def _person_name(value: str | None) -> dict[str, str] | None:
@@ -538,7 +554,7 @@ def _studies(request: Request, services: Services, entries: list[DicomEntry], *,
     groups: dict[str, list[DicomEntry]] = {}
     for e in entries:
         groups.setdefault(e.study_instance_uid, []).append(e)
-    return [_dataset(
+    return [_result(
         **_study_shown(members), ModalitiesInStudy=sorted({m.modality for m in members if m.modality}),
         RetrieveURL=_study_url(request, services, study), InstanceAvailability=ONLINE,
         NumberOfStudyRelatedSeries=len({m.series_instance_uid for m in members}),
@@ -552,7 +568,7 @@ def _series(request: Request, services: Services, entries: list[DicomEntry], *,
     groups: dict[tuple[str, str], list[DicomEntry]] = {}
     for e in entries:
         groups.setdefault((e.study_instance_uid, e.series_instance_uid), []).append(e)
-    return [_dataset(**{
+    return [_result(**{
         **(_study_shown(members) if relational else {}), **series_shown(members),
         "Modality": members[0].modality or None, "RetrieveURL": _series_url(request, services, study, series),
         "StudyInstanceUID": study, "SeriesInstanceUID": series, "NumberOfSeriesRelatedInstances": len(members)})
@@ -563,7 +579,7 @@ def _instances(request: Request, services: Services, entries: list[DicomEntry], 
                relational: bool = False) -> list[dict[str, Any]]:
     """Instance results; of All Instances (``relational``) with their study's attributes too
     (PS3.18 10.6.3.3.3); each with its series' Modality and attributes (series_shown)."""
-    return [_dataset(**{
+    return [_result(**{
         **(_study_shown([e]) if relational else {}), **series_shown([e]), **instance_shown(e),
         "SOPClassUID": e.sop_class_uid, "SOPInstanceUID": e.sop_instance_uid, "Modality": e.modality or None,
         "RetrieveURL": _instance_url(request, services, e.study_instance_uid, e.series_instance_uid,
