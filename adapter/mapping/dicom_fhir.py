@@ -149,7 +149,7 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
         ("sop", "SOPInstanceUID", "(0008,0018)"), ("study", "StudyInstanceUID", "(0020,000D)"),
         ("series", "SeriesInstanceUID", "(0020,000E)"))}
     patient = dicom_tables.patient_identifiers.to_fhir(_text(ds.get("PatientID")), _text(ds.get("IssuerOfPatientID")))
-    modality = _text(ds.get("Modality"))
+    modality = _code_string(ds.get("Modality"))
     kind = dicom_tables.receive.kind_of(sop_class, conversion_type=_text(ds.get("ConversionType")),
                                         modality=modality)
     code, meaning, modifier = _anatomy(ds)
@@ -192,6 +192,19 @@ def _shown(value: Any) -> str | None:
     the record goes without it, as without an absent one."""
     text = _text(value)
     return None if text is None or has_control_character(text) else text
+
+
+#: The longest CS value (PS3.5 6.2, Table 6.2-1).
+_CS_MAX = 16
+
+
+def _code_string(value: Any) -> str | None:
+    """:func:`_text` of a CS the index and the record keep (the Modality), None when it is not
+    one of its VR: longer than 16 characters (the index's column holds 16: PostgreSQL refused a
+    longer one as a storage failure, SQLite kept it) or with a control character. The object keeps
+    it as received; the record and QIDO-RS go without it, as without an absent one."""
+    text = _text(value)
+    return text if text is not None and len(text) <= _CS_MAX and not has_control_character(text) else None
 
 
 def _values(value: Any) -> list[Any]:

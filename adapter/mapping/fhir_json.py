@@ -92,31 +92,25 @@ def check_json_representation(value: Any, path: str) -> None:
 #: resources the adapter takes in: every resource's and Reference's ``identifier``,
 #: DocumentReference.masterIdentifier, and an extension's ``valueIdentifier``.
 _IDENTIFIER_ELEMENTS = frozenset({"identifier", "masterIdentifier", "valueIdentifier"})
+#: What the store indexes beside an Identifier's value: a Coding's (or an Identifier's) ``system``
+#: and ``code``, and a Reference's ``reference`` (a patient's is searched by).
+_INDEXED = frozenset({"system", "code", "reference"})
 
 
-def check_identifier_lengths(value: Any, path: str) -> None:
-    """Every Identifier in ``value`` (a resource or Bundle, contained and nested ones included)
-    has a ``system`` and ``value`` of at most IDENTIFIER_MAX_BYTES (adapter.model.photo), the
-    bound of every identifier the adapter takes, on every channel, so that what one store keeps
-    another does too. Raises InvalidInput (422: understood, and over the adapter's limit)
-    naming the element, never quoting it."""
+def check_identifier_lengths(value: Any, path: str, *, identifier: bool = False) -> None:
+    """Every Identifier's ``system`` and ``value`` in ``value`` (a resource or Bundle, contained
+    and nested ones included), every coding's ``system`` and ``code`` and every ``reference`` is
+    at most IDENTIFIER_MAX_BYTES (adapter.model.photo), the bound of every identifier the adapter
+    takes, on every channel, so that what one store keeps another does too. Raises InvalidInput
+    (422: understood, and over the adapter's limit) naming the element, never quoting it."""
     if isinstance(value, dict):
         for key, item in value.items():
             where = f"{path}.{key}"
-            if key in _IDENTIFIER_ELEMENTS:
-                for i, ident in enumerate(item if isinstance(item, list) else [item]):
-                    _check_identifier(ident, f"{where}[{i}]" if isinstance(item, list) else where)
-            check_identifier_lengths(item, where)
+            if isinstance(item, str) and (key in _INDEXED or (identifier and key == "value")) \
+                    and identifier_too_long(item):
+                raise InvalidInput(f"{where} is longer than the adapter takes ({IDENTIFIER_MAX_BYTES} bytes in "
+                                   "UTF-8): nothing was stored", expression=where)
+            check_identifier_lengths(item, where, identifier=key in _IDENTIFIER_ELEMENTS)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            check_identifier_lengths(item, f"{path}[{i}]")
-
-
-def _check_identifier(ident: Any, where: str) -> None:
-    if not isinstance(ident, dict):
-        return
-    for part in ("system", "value"):
-        text = ident.get(part)
-        if isinstance(text, str) and identifier_too_long(text):
-            raise InvalidInput(f"{where}.{part} is longer than an identifier may be ({IDENTIFIER_MAX_BYTES} bytes "
-                               "in UTF-8): nothing was stored", expression=f"{where}.{part}")
+            check_identifier_lengths(item, f"{path}[{i}]", identifier=identifier)

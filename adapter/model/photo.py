@@ -85,7 +85,9 @@ def _in_utc_calendar(value: datetime | date | None) -> datetime | date | None:
 #: percent-encoded (adapter.mapping.dicom_tables) at most 768 bytes and its prefix. Bounded in
 #: bytes because that is what the store indexes: with both parts at most 1 KiB a row of any index
 #: over a patient identifier stays under PostgreSQL's 2704-byte limit, so SQLite and PostgreSQL
-#: take the same identifiers (beyond it PostgreSQL refused what SQLite stored).
+#: take the same identifiers (beyond it PostgreSQL refused what SQLite stored). The other values a
+#: request gives that the store indexes, a patient's literal reference and the codes and systems
+#: of codings (search tokens), take the same bound (adapter.mapping.fhir_json).
 IDENTIFIER_MAX_BYTES = 1024
 
 
@@ -99,12 +101,14 @@ def identifier_too_long(text: str) -> bool:
 
 def _bounded(text: str) -> str:
     if identifier_too_long(text):
-        raise ValueError(f"is longer than an identifier may be ({IDENTIFIER_MAX_BYTES} bytes in UTF-8)")
+        raise ValueError(f"is longer than the adapter takes ({IDENTIFIER_MAX_BYTES} bytes in UTF-8)")
     return text
 
 
 #: An identifier's system or value as a client submits it (:data:`IDENTIFIER_MAX_BYTES`).
 SubmittedText = Annotated[str, Field(min_length=1), AfterValidator(_bounded)]
+#: A literal reference as a client submits it, within the same bound (a patient's is indexed).
+SubmittedReference = Annotated[str, AfterValidator(_bounded)]
 
 
 class Identifier(_Model):
@@ -128,7 +132,7 @@ class SubmittedIdentifier(Identifier):
 class Reference(_Model):
     """A FHIR Reference: a literal ``reference`` and/or a logical ``identifier``."""
 
-    reference: str | None = None
+    reference: SubmittedReference | None = None
     identifier: SubmittedIdentifier | None = None
     display: str | None = None
 
@@ -145,7 +149,7 @@ class PatientRef(_Model):
 
     system: SubmittedText
     value: SubmittedText
-    reference: str | None = None
+    reference: SubmittedReference | None = None
 
     @property
     def identifier(self) -> Identifier:

@@ -1,5 +1,7 @@
 """The bound on identifiers (adapter.model.photo.IDENTIFIER_MAX_BYTES: a system and a value of at
-most 1024 bytes of UTF-8 each), at every edge that takes one, on SQLite and PostgreSQL alike.
+most 1024 bytes of UTF-8 each), at every edge that takes one, on SQLite and PostgreSQL alike; and
+the other values whose length one store refused where the other kept them (references, codes,
+a Modality).
 
 Found from the last session's note: a patient identifier of thousands of characters was stored on
 SQLite and refused by PostgreSQL (an index row over its limit, SQLSTATE class 54, answered 422),
@@ -8,6 +10,7 @@ so the same request got two answers; searches naming one were answered as any ot
 from __future__ import annotations
 
 import copy
+import json
 import random
 import secrets
 import warnings
@@ -219,3 +222,44 @@ def test_a_dicom_object_whose_patient_id_is_over_the_bound_is_refused_and_an_lo_
     found = client.get("/fhir/Media", params={"patient:identifier": f"{PATIENT['system']}|{wide}"},
                        headers=as_purpose("TREAT")).json()
     assert found["total"] == 1
+
+
+def test_a_reference_or_code_over_the_bound_is_refused_as_an_identifier_is(client: FhirClient) -> None:
+    """The same divergence for the other values the store indexes: the patient's literal
+    reference (indexed to search by ``patient=Patient/…``) and the codes of a Consent or a record
+    (search tokens) of thousands of characters were stored on SQLite and refused by PostgreSQL
+    (422 naming nothing). The same bound applies: 422 naming the element, on both stores."""
+    long_reference = "Patient/" + OVER
+    refused(post_photo(client, WOUND, metadata(patient={**PATIENT, "reference": long_reference})), 422,
+            "patient.reference", OVER)
+    consent = consent_resource(["TRAIN"])
+    consent["patient"]["reference"] = long_reference
+    refused(client.post("/fhir/Consent", json=consent, headers=FHIR_JSON), 422, "Consent.patient.reference", OVER)
+    consent = consent_resource(["TRAIN"])
+    consent["category"][0]["coding"][0]["code"] = OVER
+    refused(client.post("/fhir/Consent", json=consent, headers=FHIR_JSON), 422, "Consent.category[0].coding[0].code",
+            OVER)
+    bundle = provide_document_bundle(WOUND.read_bytes())
+    bundle["entry"][1]["resource"]["securityLabel"][0]["coding"][0]["system"] = "urn:x:" + OVER
+    refused(client.post("/fhir", json=bundle, headers=FHIR_JSON), 422,
+            "Bundle.entry[1].resource.securityLabel[0].coding[0].system", OVER)
+    nothing_stored(client)
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")  # pydicom's, reading the Modality sent
+def test_a_modality_longer_than_its_vr_is_left_out_on_both_stores(client: FhirClient) -> None:
+    """Found beside the identifiers: a Modality (CS, at most 16 characters) of 17 was stored on
+    SQLite and, on PostgreSQL, overflowed the index's 16-character column (SQLSTATE 22001): a
+    storage failure answered 0xA700 Out of Resources, which a PACS retries for ever. A Modality
+    that is not one of its VR is now left out, as the other attributes the index keeps: the
+    object is stored as received on both stores, and neither QIDO-RS nor the record shows it."""
+    photo = _received(PATIENT["value"], Modality="ABCDEFGHIJKLMNOPQ")
+    r = _stow(client, photo)
+    assert r.status_code == 200, r.text
+    [study] = client.get("/dicomweb/studies", headers=as_purpose("TREAT")).json()
+    assert "Value" not in study["00080061"]  # ModalitiesInStudy: none known (empty, as for an object without one)
+    [instance] = client.get("/dicomweb/instances", headers=as_purpose("TREAT")).json()
+    assert "00080060" not in instance
+    [entry] = client.get("/fhir/Media", params={"identifier": f"urn:dicom:uid|urn:oid:{photo.SOPInstanceUID}"},
+                         headers=as_purpose("TREAT")).json()["entry"]
+    assert "ABCDEFGHIJKLMNOPQ" not in json.dumps(entry)  # Media.modality: the kind's, as without a Modality
