@@ -62,6 +62,7 @@ from adapter.errors import (
 from adapter.imaging import JPEG, PNG, Pixels, encode_png, jpeg_for_encapsulation
 from adapter.imaging.frame import EncapsulatedJpeg, encapsulated_jpeg
 from adapter.mapping.codes import DCM, DICOM_UID_SYSTEM, EXT_LATERALITY, PROVENANCE_PARTICIPANT_TYPE, SNOMED
+from adapter.mapping.dicom_dates import is_utc_offset
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import is_valid_uid
 from adapter.mapping.fhir_r4 import JSON, coding, concept, display_reference, extension
@@ -69,7 +70,7 @@ from adapter.mapping.photo import PhotoResources, build_photo_resources
 from adapter.mapping.tables import Tables
 from adapter.model.image import StoredImage
 from adapter.model.photo import Identifier, Laterality, PatientRef, PhotoKind, PhotoMetadata
-from adapter.text import has_control_character, is_digits
+from adapter.text import has_control_character
 
 PDF = "application/pdf"
 _NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
@@ -263,11 +264,9 @@ def _laterality(ds: Dataset, modifier: str | None) -> Laterality | None:
 
 def _zone(ds: Dataset) -> timezone | None:
     offset = _text(ds.get("TimezoneOffsetFromUTC"))
-    if offset is None or len(offset) != 5 or offset[0] not in "+-" or not is_digits(offset[1:]):
+    if offset is None or not is_utc_offset(offset):  # -1200 to +1400: FHIR's dateTime takes no other
         return None
     delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
-    if delta >= timedelta(hours=24):
-        return None
     return timezone(-delta if offset[0] == "-" else delta)
 
 
@@ -282,7 +281,13 @@ def _created(ds: Dataset) -> datetime | None:
 
     def acquired() -> datetime | None:
         value = _text(ds.get("AcquisitionDateTime"))
-        return zoned(datetime.fromisoformat(DT(value).isoformat())) if value and len(value) >= 12 else None
+        if not value or len(value) < 12:
+            return None
+        moment = datetime.fromisoformat(DT(value).isoformat())
+        offset = moment.utcoffset()
+        if offset is not None and not timedelta(hours=-12) <= offset <= timedelta(hours=14):
+            raise ValueError("the DT's offset names no zone")  # PS3.5 6.2: -1200 to +1400
+        return zoned(moment)
 
     def combined(date_kw: str, time_kw: str) -> datetime | None:
         day, time = _text(ds.get(date_kw)), _text(ds.get(time_kw))

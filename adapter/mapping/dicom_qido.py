@@ -6,7 +6,7 @@ so that a search answers from the store's index, not by opening every object.
 
 A value is kept only when it is one of its VR (PS3.5 6.2): an IS an integer within its range, a
 US within 0..65535, a DA a day of the calendar and a TM a time of day (adapter.mapping.dicom_dates:
-``20240231`` is neither), an SH (TimezoneOffsetFromUTC ``±HHMM``), LO or CS
+``20240231`` is neither), an SH (TimezoneOffsetFromUTC ``±HHMM``, -1200 to +1400), LO or CS
 (upper case letters, digits, space and ``_``) of its form and length, a PN as sent (up to three
 component groups); none with a control character (adapter.text.has_control_character); anything else is left out (the object keeps it as sent, and WADO-RS shows it
 there). NumberOfFrames only when the object has it: a single-frame object without it is not given
@@ -22,12 +22,11 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from adapter.mapping.dicom_dates import is_date, is_time
+from adapter.mapping.dicom_dates import is_date, is_time, is_utc_offset
 from adapter.model.dicom import InstanceAttributes
 from adapter.text import has_control_character
 
 _IS_RANGE = (-(2**31), 2**31 - 1)
-_OFFSET = re.compile(r"^[+-]\d{4}$", re.ASCII)
 _CS = re.compile(r"^[A-Z0-9_ ]{1,16}$", re.ASCII)
 #: The longest PN kept: 5 components of 64 characters, 3 groups (as PatientName at ingest).
 _PN_LIMIT = 1000
@@ -40,7 +39,7 @@ def instance_attributes(ds: Dataset) -> InstanceAttributes:
         series_description=_text(ds, "SeriesDescription", 64),
         performed_procedure_step_start_date=_matching(ds, "PerformedProcedureStepStartDate", is_date),
         performed_procedure_step_start_time=_matching(ds, "PerformedProcedureStepStartTime", is_time),
-        timezone_offset_from_utc=_matching(ds, "TimezoneOffsetFromUTC", _OFFSET.match),
+        timezone_offset_from_utc=_matching(ds, "TimezoneOffsetFromUTC", is_utc_offset),
         instance_number=_integer(ds, "InstanceNumber", *_IS_RANGE),
         rows=_integer(ds, "Rows", 0, 65535),
         columns=_integer(ds, "Columns", 0, 65535),

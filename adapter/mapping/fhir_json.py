@@ -43,7 +43,7 @@ def validate_r4_resource(resource: Mapping[str, Any]) -> None:
     if not isinstance(rtype, str) or rtype not in R4B_MODULES:
         raise InvalidResource(f"unsupported resourceType {str(rtype)[:40]}", expression="resourceType")
     check_json_representation(resource, rtype)
-    check_identifier_lengths(resource, rtype)
+    check_indexed_lengths(resource, rtype)
     validate_model(rtype, resource, rtype)
 
 
@@ -97,7 +97,7 @@ _IDENTIFIER_ELEMENTS = frozenset({"identifier", "masterIdentifier", "valueIdenti
 _INDEXED = frozenset({"system", "code", "reference"})
 
 
-def check_identifier_lengths(value: Any, path: str, *, identifier: bool = False) -> None:
+def check_indexed_lengths(value: Any, path: str, *, identifier: bool = False) -> None:
     """Every Identifier's ``system`` and ``value`` in ``value`` (a resource or Bundle, contained
     and nested ones included), every coding's ``system`` and ``code`` and every ``reference`` is
     at most IDENTIFIER_MAX_BYTES (adapter.model.photo), the bound of every identifier the adapter
@@ -110,7 +110,7 @@ def check_identifier_lengths(value: Any, path: str, *, identifier: bool = False)
                     and identifier_too_long(item):
                 raise InvalidInput(f"{where} is longer than the adapter takes ({IDENTIFIER_MAX_BYTES} bytes in "
                                    "UTF-8): nothing was stored", expression=where)
-            check_identifier_lengths(item, where, identifier=key in _IDENTIFIER_ELEMENTS)
+            check_indexed_lengths(item, where, identifier=key in _IDENTIFIER_ELEMENTS)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            check_identifier_lengths(item, f"{path}[{i}]", identifier=identifier)
+            check_indexed_lengths(item, f"{path}[{i}]", identifier=identifier)

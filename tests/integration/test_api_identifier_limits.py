@@ -263,3 +263,17 @@ def test_a_modality_longer_than_its_vr_is_left_out_on_both_stores(client: FhirCl
     [entry] = client.get("/fhir/Media", params={"identifier": f"urn:dicom:uid|urn:oid:{photo.SOPInstanceUID}"},
                          headers=as_purpose("TREAT")).json()["entry"]
     assert "ABCDEFGHIJKLMNOPQ" not in json.dumps(entry)  # Media.modality: the kind's, as without a Modality
+
+
+def test_a_qido_rs_patient_id_over_the_bound_is_not_understood(client: FhirClient) -> None:
+    """QIDO-RS PatientID and IssuerOfPatientID name a patient identifier as a FHIR search does:
+    over the bound, the query is not understood (400, naming the key), at every level; at the
+    bound it is a query like any other."""
+    for path in ("studies", "series", "instances"):
+        for keyword, value in (("PatientID", OVER), ("IssuerOfPatientID", OVER_WIDE), ("00100020", OVER)):
+            r = client.get(f"/dicomweb/{path}", params={keyword: value}, headers=as_purpose("TREAT"))
+            assert r.status_code == 400, (path, keyword, r.text[:200])
+            assert r.json()["issue"][0]["expression"] == [keyword.replace("00100020", "PatientID")]
+            assert value[:20] not in r.text
+    r = client.get("/dicomweb/studies", params={"PatientID": "M" * IDENTIFIER_MAX_BYTES}, headers=as_purpose("TREAT"))
+    assert r.status_code == 200 and r.content in (b"", b"[]")

@@ -182,13 +182,19 @@ def test_a_naive_time_is_written_with_date_precision() -> None:
     ({"AcquisitionDateTime": "20241301101500", "ContentTime": "2561"},
      datetime(2024, 3, 1)),
     ({"AcquisitionDateTime": "2024030199", "ContentDate": "20240231"}, None),
+    # an offset beyond -1200..+1400 (PS3.5 6.2 DT) names no zone; FHIR dateTime takes none such
+    ({"AcquisitionDateTime": "20240301101500+2300"}, datetime(2024, 3, 1, 10, 15, tzinfo=timezone(timedelta(hours=1)))),
+    ({"AcquisitionDateTime": "20240301101500", "TimezoneOffsetFromUTC": "+2300"}, datetime(2024, 3, 1, 10, 15)),
+    ({"AcquisitionDateTime": "20240301101500", "TimezoneOffsetFromUTC": "-0075"}, datetime(2024, 3, 1, 10, 15)),
 ])
 def test_a_time_that_names_no_real_moment_is_passed_over_for_the_next(changes: dict[str, str],
                                                                      created: datetime | None) -> None:
     """createdDateTime comes from the first of AcquisitionDateTime, ContentDate+ContentTime,
     AcquisitionDate+AcquisitionTime, ContentDate that names a real moment: one that names none
-    (20240231, a TM 2561) is passed over as an absent one is. Before, the first such value
-    left the record without a time at all, whatever the others said."""
+    (20240231, a TM 2561, an offset +2300 that FHIR's dateTime cannot carry) is passed over as an
+    absent one is, and a TimezoneOffsetFromUTC that names no zone gives none. Before, the first
+    such date or time left the record without a time at all, whatever the others said, and such an
+    offset went into createdDateTime."""
     ds = reread(photo_object(PhotoKind.SECONDARY, stored_sample("tiny.jpg")))
     with warnings.catch_warnings():  # pydicom warns of the invalid values set here
         warnings.simplefilter("ignore", UserWarning)

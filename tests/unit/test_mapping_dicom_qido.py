@@ -51,10 +51,11 @@ def test_every_attribute_of_a_multiframe_object() -> None:
 def test_the_last_day_and_second_there_are_are_kept() -> None:
     """A leap day, a leap second (SS 60), the last instant of a day: real days and times."""
     ds = dataset(PerformedProcedureStepStartDate="20240229", PerformedProcedureStepStartTime="235960.999999",
-                 PatientBirthDate="19991231")
+                 PatientBirthDate="19991231", TimezoneOffsetFromUTC="+1400")
     assert read(ds) == InstanceAttributes(performed_procedure_step_start_date="20240229",
                                           performed_procedure_step_start_time="235960.999999",
-                                          patient_birth_date="19991231")
+                                          patient_birth_date="19991231", timezone_offset_from_utc="+1400")
+    assert read(dataset(TimezoneOffsetFromUTC="-1200")).timezone_offset_from_utc == "-1200"
 
 
 def test_none_for_an_object_without_them() -> None:
@@ -71,6 +72,8 @@ def test_none_for_an_object_without_them() -> None:
     {"PerformedProcedureStepStartDate": "20230229"}, {"PerformedProcedureStepStartDate": "00000101"},
     {"PerformedProcedureStepStartTime": "2400"}, {"PerformedProcedureStepStartTime": "2561"},
     {"PerformedProcedureStepStartTime": "235961"},
+    {"TimezoneOffsetFromUTC": "+9999"}, {"TimezoneOffsetFromUTC": "+0160"}, {"TimezoneOffsetFromUTC": "-1201"},
+    {"TimezoneOffsetFromUTC": "+1401"},  # PS3.5 6.2 DT: an offset of -1200 to +1400
     {"SeriesDescription": "Wound\x08 series"}, {"SeriesDescription": "Wound\x1b series"},  # no LO has C0 controls
 ])
 def test_a_value_that_is_not_one_of_its_vr_is_left_out(attrs: dict[str, object]) -> None:

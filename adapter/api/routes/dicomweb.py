@@ -111,6 +111,7 @@ from adapter.mapping.dicom_vr import attribute_tag
 from adapter.mapping.dicom_xml import native_dicom_model
 from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
 from adapter.mapping.outcome import operation_outcome
+from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long
 from adapter.services.access import DicomContent, DicomRetrieval
 from adapter.services.dicom_objects import (
     INSTANCE,
@@ -501,6 +502,10 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
             raise InvalidQuery(f"{keyword} is given more than once", expression=keyword)
         if keyword in fixed and value.strip() not in ("", fixed[keyword]):
             raise InvalidQuery(f"{keyword} differs from the one in the path", expression=keyword)
+        if keyword in ("PatientID", "IssuerOfPatientID") and identifier_too_long(value.strip()):
+            # as a FHIR search naming an identifier (adapter.services.search_params): none is that long
+            raise InvalidQuery(f"{keyword} is longer than a patient identifier may be ({IDENTIFIER_MAX_BYTES} bytes "
+                               "in UTF-8)", expression=keyword)
         if value.strip():  # an empty value asks for the attribute (universal matching)
             keys[keyword] = value.strip()
     keys.update(fixed)
