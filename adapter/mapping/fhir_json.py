@@ -93,7 +93,7 @@ def check_json_representation(value: Any, path: str) -> None:
 #: DocumentReference.masterIdentifier, and an extension's ``valueIdentifier``.
 _IDENTIFIER_ELEMENTS = frozenset({"identifier", "masterIdentifier", "valueIdentifier"})
 #: What the store indexes beside an Identifier's value: a Coding's (or an Identifier's) ``system``
-#: and ``code``, and a Reference's ``reference`` (a patient's is searched by).
+#: and ``code`` (search tokens), and a Reference's ``reference`` (a patient's, for ``patient=``).
 _INDEXED = frozenset({"system", "code", "reference"})
 
 
