@@ -3,6 +3,11 @@ edges and the mappings."""
 
 from __future__ import annotations
 
+import re
+
+#: C0 control characters, U+0000 to U+001F.
+_C0 = re.compile(r"[\x00-\x1f]")
+
 
 def is_digits(text: str) -> bool:
     """Only ASCII 0-9, at least one. ``str.isdigit`` also takes ², ³ or ①, which ``int``
@@ -18,3 +23,11 @@ def pixel_count(text: str, cap: int) -> int | None:
     if not is_digits(text) or int(text[:6]) < 1:
         return None
     return min(int(text[:6]), cap)
+
+
+def has_control_character(text: str) -> bool:
+    """``text`` holds a C0 control character. No DICOM short string, long string, code string or
+    person name has one (PS3.5 6.1.2.3, 6.2: ESC only, for the code extensions of ISO 2022,
+    which a decoded value no longer holds), and FHIR strings are not to (R4 datatypes "string":
+    below U+0020 only TAB, CR and LF)."""
+    return _C0.search(text) is not None

@@ -62,6 +62,7 @@ from adapter.errors import (
 from adapter.imaging import JPEG, PNG, Pixels, encode_png, jpeg_for_encapsulation
 from adapter.imaging.frame import EncapsulatedJpeg, encapsulated_jpeg
 from adapter.mapping.codes import DCM, DICOM_UID_SYSTEM, EXT_LATERALITY, PROVENANCE_PARTICIPANT_TYPE, SNOMED
+from adapter.mapping.dicom_dates import is_utc_offset
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import is_valid_uid
 from adapter.mapping.fhir_r4 import JSON, coding, concept, display_reference, extension
@@ -69,7 +70,7 @@ from adapter.mapping.photo import PhotoResources, build_photo_resources
 from adapter.mapping.tables import Tables
 from adapter.model.image import StoredImage
 from adapter.model.photo import Identifier, Laterality, PatientRef, PhotoKind, PhotoMetadata
-from adapter.text import is_digits
+from adapter.text import has_control_character
 
 PDF = "application/pdf"
 _NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
@@ -149,25 +150,25 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
         ("sop", "SOPInstanceUID", "(0008,0018)"), ("study", "StudyInstanceUID", "(0020,000D)"),
         ("series", "SeriesInstanceUID", "(0020,000E)"))}
     patient = dicom_tables.patient_identifiers.to_fhir(_text(ds.get("PatientID")), _text(ds.get("IssuerOfPatientID")))
-    modality = _text(ds.get("Modality"))
+    modality = _code_string(ds.get("Modality"))
     kind = dicom_tables.receive.kind_of(sop_class, conversion_type=_text(ds.get("ConversionType")),
                                         modality=modality)
     code, meaning, modifier = _anatomy(ds)
     sc = "SecondaryCaptureDeviceManufacturer" in ds or "SecondaryCaptureDeviceManufacturerModelName" in ds
-    manufacturer = _text(ds.get("SecondaryCaptureDeviceManufacturer" if sc else "Manufacturer"))
-    model = _text(ds.get("SecondaryCaptureDeviceManufacturerModelName" if sc else "ManufacturerModelName"))
+    manufacturer = _shown(ds.get("SecondaryCaptureDeviceManufacturer" if sc else "Manufacturer"))
+    model = _shown(ds.get("SecondaryCaptureDeviceManufacturerModelName" if sc else "ManufacturerModelName"))
     meta = getattr(ds, "file_meta", None)
     syntax = _text(meta.get("TransferSyntaxUID")) if meta is not None else None
-    operators = tuple(_person(v) for v in _values(ds.get("OperatorsName")) if _person(v))
+    operators = tuple(_person(v) for v in _values(ds.get("OperatorsName")) if _shown(v) and _person(v))
     return ReceivedObject(
         sop_class_uid=sop_class, sop_instance_uid=uids["sop"], study_uid=uids["study"], series_uid=uids["series"],
         kind=kind, patient=patient, calling_ae=calling_ae.strip(), modality=modality,
         body_site=code, body_site_meaning=meaning, laterality=_laterality(ds, modifier),
         created=_created(ds), manufacturer=manufacturer, model=model,
-        institution=_text(ds.get("InstitutionName")), operators=operators,
+        institution=_shown(ds.get("InstitutionName")), operators=operators,
         number_of_frames=_int(ds.get("NumberOfFrames")) or 1, rows=_int(ds.get("Rows")),
         columns=_int(ds.get("Columns")), transfer_syntax=syntax,
-        photometric=_text(ds.get("PhotometricInterpretation")), title=_text(ds.get("DocumentTitle")))
+        photometric=_text(ds.get("PhotometricInterpretation")), title=_shown(ds.get("DocumentTitle")))
 
 
 def _element_value(value: Any) -> Any:
@@ -183,6 +184,28 @@ def _text(value: Any) -> str | None:
         raise InvalidInput("a text value holds the character U+0000 inside it, which neither DICOM text nor FHIR "
                            "strings allow: nothing was stored")
     return text or None
+
+
+def _shown(value: Any) -> str | None:
+    """:func:`_text` of a value the FHIR record shows as text (a name, an institution, a device, a
+    title, a code's meaning), None when it holds a control character: no value of those VRs
+    does, nor a FHIR string (adapter.text.has_control_character). The object keeps it as received;
+    the record goes without it, as without an absent one."""
+    text = _text(value)
+    return None if text is None or has_control_character(text) else text
+
+
+#: The longest CS value (PS3.5 6.2, Table 6.2-1).
+_CS_MAX = 16
+
+
+def _code_string(value: Any) -> str | None:
+    """:func:`_text` of a CS the index and the record keep (the Modality), None when it is not
+    one of its VR: longer than 16 characters (the index's column holds 16: PostgreSQL refused a
+    longer one as a storage failure, SQLite kept it) or with a control character. The object keeps
+    it as received; the record and QIDO-RS go without it, as without an absent one."""
+    text = _text(value)
+    return text if text is not None and len(text) <= _CS_MAX and not has_control_character(text) else None
 
 
 def _values(value: Any) -> list[Any]:
@@ -226,7 +249,7 @@ def _anatomy(ds: Dataset) -> tuple[str | None, str | None, str | None]:
             for mod in item.get("AnatomicRegionModifierSequence") or []:
                 if _text(mod.get("CodingSchemeDesignator")) == "SCT":
                     modifier = _text(mod.get("CodeValue"))
-            return _text(item.get("CodeValue")), _text(item.get("CodeMeaning")), modifier
+            return _text(item.get("CodeValue")), _shown(item.get("CodeMeaning")), modifier
     return None, None, None
 
 
@@ -241,36 +264,48 @@ def _laterality(ds: Dataset, modifier: str | None) -> Laterality | None:
 
 def _zone(ds: Dataset) -> timezone | None:
     offset = _text(ds.get("TimezoneOffsetFromUTC"))
-    if offset is None or len(offset) != 5 or offset[0] not in "+-" or not is_digits(offset[1:]):
+    if offset is None or not is_utc_offset(offset):  # -1200 to +1400: FHIR's dateTime takes no other
         return None
     delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
-    if delta >= timedelta(hours=24):
-        return None
     return timezone(-delta if offset[0] == "-" else delta)
 
 
 def _created(ds: Dataset) -> datetime | None:
-    """When the image was acquired (module docstring)."""
+    """When the image was acquired (module docstring). A value that names no real moment
+    (``20240231``, a TM ``2561``: adapter.mapping.dicom_dates) is passed over for the next
+    attribute in that order, as an absent one is; the object keeps it as received."""
     zone = _zone(ds)
 
     def zoned(moment: datetime) -> datetime:
         return moment if moment.tzinfo is not None or zone is None else moment.replace(tzinfo=zone)
 
-    try:
-        acquired = _text(ds.get("AcquisitionDateTime"))
-        if acquired and len(acquired) >= 12:
-            return zoned(datetime.fromisoformat(DT(acquired).isoformat()))
-        for date_kw, time_kw in (("ContentDate", "ContentTime"), ("AcquisitionDate", "AcquisitionTime")):
-            day, time = _text(ds.get(date_kw)), _text(ds.get(time_kw))
-            if day and time:
-                d, t = DA(day), TM(time)
-                return zoned(datetime.combine(d, t))
+    def acquired() -> datetime | None:
+        value = _text(ds.get("AcquisitionDateTime"))
+        if not value or len(value) < 12:
+            return None
+        moment = datetime.fromisoformat(DT(value).isoformat())
+        offset = moment.utcoffset()
+        if offset is not None and not timedelta(hours=-12) <= offset <= timedelta(hours=14):
+            raise ValueError("the DT's offset names no zone")  # PS3.5 6.2: -1200 to +1400
+        return zoned(moment)
+
+    def combined(date_kw: str, time_kw: str) -> datetime | None:
+        day, time = _text(ds.get(date_kw)), _text(ds.get(time_kw))
+        return zoned(datetime.combine(DA(day), TM(time))) if day and time else None
+
+    def content_day() -> datetime | None:
         day = _text(ds.get("ContentDate"))
-        if day:
-            d = DA(day)
-            return datetime(d.year, d.month, d.day)  # date only: naive on purpose
-    except (ValueError, TypeError):
-        return None
+        d = DA(day) if day else None
+        return datetime(d.year, d.month, d.day) if d else None  # date only: naive on purpose
+
+    for candidate in (acquired, lambda: combined("ContentDate", "ContentTime"),
+                      lambda: combined("AcquisitionDate", "AcquisitionTime"), content_day):
+        try:
+            moment = candidate()
+        except (ValueError, TypeError, OverflowError):
+            continue
+        if moment is not None:
+            return moment
     return None
 
 

@@ -5,9 +5,10 @@ the object (at ingest, or at start for an instance stored before: adapter.store.
 so that a search answers from the store's index, not by opening every object.
 
 A value is kept only when it is one of its VR (PS3.5 6.2): an IS an integer within its range, a
-US within 0..65535, a DA eight digits, a TM, SH (TimezoneOffsetFromUTC ``±HHMM``), LO or CS
+US within 0..65535, a DA a day of the calendar and a TM a time of day (adapter.mapping.dicom_dates:
+``20240231`` is neither), an SH (TimezoneOffsetFromUTC ``±HHMM``, -1200 to +1400), LO or CS
 (upper case letters, digits, space and ``_``) of its form and length, a PN as sent (up to three
-component groups); anything else is left out (the object keeps it as sent, and WADO-RS shows it
+component groups); none with a control character (adapter.text.has_control_character); anything else is left out (the object keeps it as sent, and WADO-RS shows it
 there). NumberOfFrames only when the object has it: a single-frame object without it is not given
 one its retrieved copy would not show.
 """
@@ -15,17 +16,17 @@ one its retrieved copy would not show.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from adapter.mapping.dicom_dates import is_date, is_time, is_utc_offset
 from adapter.model.dicom import InstanceAttributes
+from adapter.text import has_control_character
 
 _IS_RANGE = (-(2**31), 2**31 - 1)
-_DA = re.compile(r"^\d{8}$", re.ASCII)
-_TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$", re.ASCII)
-_OFFSET = re.compile(r"^[+-]\d{4}$", re.ASCII)
 _CS = re.compile(r"^[A-Z0-9_ ]{1,16}$", re.ASCII)
 #: The longest PN kept: 5 components of 64 characters, 3 groups (as PatientName at ingest).
 _PN_LIMIT = 1000
@@ -36,17 +37,17 @@ def instance_attributes(ds: Dataset) -> InstanceAttributes:
     return InstanceAttributes(
         series_number=_integer(ds, "SeriesNumber", *_IS_RANGE),
         series_description=_text(ds, "SeriesDescription", 64),
-        performed_procedure_step_start_date=_matching(ds, "PerformedProcedureStepStartDate", _DA),
-        performed_procedure_step_start_time=_matching(ds, "PerformedProcedureStepStartTime", _TM),
-        timezone_offset_from_utc=_matching(ds, "TimezoneOffsetFromUTC", _OFFSET),
+        performed_procedure_step_start_date=_matching(ds, "PerformedProcedureStepStartDate", is_date),
+        performed_procedure_step_start_time=_matching(ds, "PerformedProcedureStepStartTime", is_time),
+        timezone_offset_from_utc=_matching(ds, "TimezoneOffsetFromUTC", is_utc_offset),
         instance_number=_integer(ds, "InstanceNumber", *_IS_RANGE),
         rows=_integer(ds, "Rows", 0, 65535),
         columns=_integer(ds, "Columns", 0, 65535),
         bits_allocated=_integer(ds, "BitsAllocated", 0, 65535),
         number_of_frames=_integer(ds, "NumberOfFrames", 1, _IS_RANGE[1]),
         referring_physician_name=_text(ds, "ReferringPhysicianName", _PN_LIMIT),
-        patient_birth_date=_matching(ds, "PatientBirthDate", _DA),
-        patient_sex=_matching(ds, "PatientSex", _CS),
+        patient_birth_date=_matching(ds, "PatientBirthDate", is_date),
+        patient_sex=_matching(ds, "PatientSex", _CS.match),
         study_id=_text(ds, "StudyID", 16))
 
 
@@ -75,12 +76,12 @@ def _integer(ds: Dataset, keyword: str, low: int, high: int) -> int | None:
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     value = _value(ds, keyword)
     text = str(value if value is not None else "").strip(" \x00")
-    return text if text and len(text) <= limit and "\\" not in text else None
+    return text if text and len(text) <= limit and "\\" not in text and not has_control_character(text) else None
 
 
-def _matching(ds: Dataset, keyword: str, form: re.Pattern[str]) -> str | None:
+def _matching(ds: Dataset, keyword: str, conforms: Callable[[str], object]) -> str | None:
     text = _text(ds, keyword, 16)
-    return text if text is not None and form.match(text) else None
+    return text if text is not None and conforms(text) else None
 
 
 __all__ = ["instance_attributes"]

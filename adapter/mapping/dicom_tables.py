@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapter.errors import InvalidInput, PolicyError, RequiredElementMissing, UnknownCode
 from adapter.mapping.tables import _read_yaml, _validate
-from adapter.model.photo import Identifier, PhotoKind, PhotoSource
+from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, PhotoKind, PhotoSource, identifier_too_long
 
 # PS3.5 9.1: UID components are digits with no leading zero (except "0" itself); ≤ 64 chars.
 UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
@@ -36,6 +36,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+#: The longest an IssuerOfPatientID (LO: 64 characters, each at most 4 bytes in UTF-8) becomes
+#: percent-encoded (3 characters a byte), after ``unknownIssuerPrefix``.
+_ENCODED_ISSUER_MAX = 64 * 4 * 3
+
+
 class IssuerEntry(_Strict):
     issuer: str = Field(min_length=1, max_length=64)
     system: str = Field(min_length=1)
@@ -44,6 +49,8 @@ class IssuerEntry(_Strict):
     def _lo(self) -> IssuerEntry:
         if _LO_FORBIDDEN.search(self.issuer):
             raise ValueError("issuer must not contain a backslash or control characters (VR LO)")
+        if identifier_too_long(self.system):
+            raise ValueError(f"system is longer than an identifier's may be ({IDENTIFIER_MAX_BYTES} bytes in UTF-8)")
         return self
 
 
@@ -63,20 +70,35 @@ class PatientIdentifierTable(_Strict):
             raise ValueError(f"missingIssuer {self.missing_issuer!r} is not one of the issuers")
         if self.unknown_issuer == "prefix" and any(s.startswith(self.unknown_issuer_prefix) for s in systems):
             raise ValueError("a listed system starts with unknownIssuerPrefix: the mapping would be ambiguous")
+        if len(self.unknown_issuer_prefix.encode()) > IDENTIFIER_MAX_BYTES - _ENCODED_ISSUER_MAX:
+            raise ValueError(f"unknownIssuerPrefix is longer than {IDENTIFIER_MAX_BYTES - _ENCODED_ISSUER_MAX} bytes: "
+                             "with an IssuerOfPatientID percent-encoded after it, a system would be longer than an "
+                             "identifier's may be")
         return self
 
     def to_fhir(self, patient_id: str | None, issuer: str | None) -> Identifier:
         """Patient.identifier for a received PatientID + IssuerOfPatientID.
 
+        A PatientID and IssuerOfPatientID of their VR (LO: at most 64 characters) always give an
+        identifier within the bound of every identifier the adapter takes
+        (adapter.model.photo.IDENTIFIER_MAX_BYTES; the table's systems and prefix are checked
+        against it at start). Longer values than LO allows are taken as modalities send them,
+        unless the identifier would be over that bound: then the object is refused.
+
         Raises:
             RequiredElementMissing: no PatientID (expression ``(0010,0020)``).
             UnknownCode: the issuer is missing or unknown and the table says refuse
                 (expression ``(0010,0021)``).
+            InvalidInput: the PatientID, or the system the issuer gives, is longer than an
+                identifier's may be.
         """
         value = (patient_id or "").strip()
         if not value:
             raise RequiredElementMissing("the object has no PatientID: it cannot be matched to a patient",
                                          expression="(0010,0020) PatientID")
+        if identifier_too_long(value):
+            raise InvalidInput(f"the PatientID is longer than an identifier may be ({IDENTIFIER_MAX_BYTES} bytes in "
+                               "UTF-8; a PatientID, LO, is at most 64 characters)", expression="(0010,0020) PatientID")
         name = (issuer or "").strip()
         if not name:
             if self.missing_issuer is None:
@@ -87,7 +109,12 @@ class PatientIdentifierTable(_Strict):
             if entry.issuer == name:
                 return Identifier(system=entry.system, value=value)
         if self.unknown_issuer == "prefix":
-            return Identifier(system=self.unknown_issuer_prefix + quote(name, safe=""), value=value)
+            system = self.unknown_issuer_prefix + quote(name, safe="")
+            if identifier_too_long(system):
+                raise InvalidInput(f"the IssuerOfPatientID is too long to be an identifier's system ({IDENTIFIER_MAX_BYTES} "
+                                   "bytes once percent-encoded; an IssuerOfPatientID, LO, is at most 64 characters)",
+                                   expression="(0010,0021) IssuerOfPatientID")
+            return Identifier(system=system, value=value)
         # not quoted: the issuer is part of the patient's identifier, and whatever the sender wrote
         raise UnknownCode("the IssuerOfPatientID is not in mappings/dicom.yaml",
                           expression="(0010,0021) IssuerOfPatientID")

@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adapter.errors import InvalidResource
+from adapter.errors import InvalidInput, InvalidResource
+from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long
 
 #: The resource types the adapter takes in, and their fhir.resources.R4B modules.
 R4B_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
@@ -42,6 +43,7 @@ def validate_r4_resource(resource: Mapping[str, Any]) -> None:
     if not isinstance(rtype, str) or rtype not in R4B_MODULES:
         raise InvalidResource(f"unsupported resourceType {str(rtype)[:40]}", expression="resourceType")
     check_json_representation(resource, rtype)
+    check_indexed_lengths(resource, rtype)
     validate_model(rtype, resource, rtype)
 
 
@@ -84,3 +86,31 @@ def check_json_representation(value: Any, path: str) -> None:
                 check_json_representation(item, where)
     elif isinstance(value, str) and not value:
         raise InvalidResource(f"{path} is an empty string", expression=path)
+
+
+#: The elements of type Identifier (https://hl7.org/fhir/R4/datatypes.html#Identifier) in the
+#: resources the adapter takes in: every resource's and Reference's ``identifier``,
+#: DocumentReference.masterIdentifier, and an extension's ``valueIdentifier``.
+_IDENTIFIER_ELEMENTS = frozenset({"identifier", "masterIdentifier", "valueIdentifier"})
+#: What the store indexes beside an Identifier's value: a Coding's (or an Identifier's) ``system``
+#: and ``code`` (search tokens), and a Reference's ``reference`` (a patient's, for ``patient=``).
+_INDEXED = frozenset({"system", "code", "reference"})
+
+
+def check_indexed_lengths(value: Any, path: str, *, identifier: bool = False) -> None:
+    """Every Identifier's ``system`` and ``value`` in ``value`` (a resource or Bundle, contained
+    and nested ones included), every coding's ``system`` and ``code`` and every ``reference`` is
+    at most IDENTIFIER_MAX_BYTES (adapter.model.photo), the bound of every identifier the adapter
+    takes, on every channel, so that what one store keeps another does too. Raises InvalidInput
+    (422: understood, and over the adapter's limit) naming the element, never quoting it."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}"
+            if isinstance(item, str) and (key in _INDEXED or (identifier and key == "value")) \
+                    and identifier_too_long(item):
+                raise InvalidInput(f"{where} is longer than the adapter takes ({IDENTIFIER_MAX_BYTES} bytes in "
+                                   "UTF-8): nothing was stored", expression=where)
+            check_indexed_lengths(item, where, identifier=key in _IDENTIFIER_ELEMENTS)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_indexed_lengths(item, f"{path}[{i}]", identifier=identifier)

@@ -88,7 +88,7 @@ from adapter.mapping.codes import (
     V3_ACT_CODE,
     V3_ACT_REASON,
 )
-from adapter.mapping.fhir_json import check_json_representation, validate_model
+from adapter.mapping.fhir_json import check_indexed_lengths, check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, find_extension, parse_fhir_datetime, utc_instant
 from adapter.mapping.outcome import operation_outcome
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
@@ -652,6 +652,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
         raise InvalidResource("expected a Bundle", expression="resourceType")
     check_json_representation(dict(bundle), "Bundle")
+    check_indexed_lengths(dict(bundle), "Bundle")
     btype = bundle.get("type")
     if btype != "transaction":
         if not isinstance(btype, str) or btype not in _BUNDLE_TYPES:

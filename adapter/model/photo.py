@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class PhotoKind(StrEnum):
@@ -78,8 +78,42 @@ def _in_utc_calendar(value: datetime | date | None) -> datetime | date | None:
     return value
 
 
+#: The longest identifier ``system`` and ``value`` the adapter takes, each, in bytes of UTF-8 (a
+#: character beyond ASCII counts 2 to 4). Far more than real ones need: an MRN or accession
+#: number is a few dozen characters, a DICOM PatientID or IssuerOfPatientID (LO) at most 64
+#: characters (256 bytes), an OID system ``urn:oid:`` and 64, a system made of an IssuerOfPatientID
+#: percent-encoded (adapter.mapping.dicom_tables) at most 768 bytes and its prefix. Bounded in
+#: bytes because that is what the store indexes: with both parts at most 1 KiB a row of any index
+#: over a patient identifier stays under PostgreSQL's 2704-byte limit, so SQLite and PostgreSQL
+#: take the same identifiers (beyond it PostgreSQL refused what SQLite stored). The other values a
+#: request gives that the store indexes, a patient's literal reference and the codes and systems
+#: of codings (search tokens), take the same bound (adapter.mapping.fhir_json).
+IDENTIFIER_MAX_BYTES = 1024
+
+
+def identifier_too_long(text: str) -> bool:
+    """``text`` (an identifier's system or value) is over :data:`IDENTIFIER_MAX_BYTES`."""
+    if len(text) > IDENTIFIER_MAX_BYTES:
+        return True
+    return len(text) * 4 > IDENTIFIER_MAX_BYTES and \
+        len(text.encode("utf-8", "surrogatepass")) > IDENTIFIER_MAX_BYTES
+
+
+def _bounded(text: str) -> str:
+    if identifier_too_long(text):
+        raise ValueError(f"is longer than the adapter takes ({IDENTIFIER_MAX_BYTES} bytes in UTF-8)")
+    return text
+
+
+#: An identifier's system or value as a client submits it (:data:`IDENTIFIER_MAX_BYTES`).
+SubmittedText = Annotated[str, Field(min_length=1), AfterValidator(_bounded)]
+#: A literal reference as a client submits it, within the same bound (a patient's is indexed).
+SubmittedReference = Annotated[str, AfterValidator(_bounded)]
+
+
 class Identifier(_Model):
-    """A FHIR Identifier reduced to what matching needs."""
+    """A FHIR Identifier reduced to what matching needs. Not bounded: the store's identifiers are
+    read into it too; what a client submits is a :class:`SubmittedIdentifier`."""
 
     system: str = Field(min_length=1)
     value: str = Field(min_length=1)
@@ -88,11 +122,18 @@ class Identifier(_Model):
         return f"{self.system}|{self.value}"
 
 
+class SubmittedIdentifier(Identifier):
+    """An Identifier in a request: each part within :data:`IDENTIFIER_MAX_BYTES`."""
+
+    system: SubmittedText
+    value: SubmittedText
+
+
 class Reference(_Model):
     """A FHIR Reference: a literal ``reference`` and/or a logical ``identifier``."""
 
-    reference: str | None = None
-    identifier: Identifier | None = None
+    reference: SubmittedReference | None = None
+    identifier: SubmittedIdentifier | None = None
     display: str | None = None
 
     @model_validator(mode="after")
@@ -106,9 +147,9 @@ class PatientRef(_Model):
     """The subject. The adapter does not own Patient resources: the identifier is required
     for matching; ``reference`` (the EHR's Patient) is kept when given."""
 
-    system: str = Field(min_length=1)
-    value: str = Field(min_length=1)
-    reference: str | None = None
+    system: SubmittedText
+    value: SubmittedText
+    reference: SubmittedReference | None = None
 
     @property
     def identifier(self) -> Identifier:
@@ -151,7 +192,7 @@ class PhotoMetadata(_Model):
     consent: ConsentStatement | None = None
     colleague: Colleague | None = None
     title: str | None = None
-    master_identifier: Identifier | None = Field(
+    master_identifier: SubmittedIdentifier | None = Field(
         None, alias="masterIdentifier",
         description="a photographed document's own identifier, assigned by its source (IHE MHD: the "
                     "DocumentReference.masterIdentifier, XDS uniqueId); else the adapter's")

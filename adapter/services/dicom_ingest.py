@@ -84,6 +84,7 @@ from adapter.errors import (
 )
 from adapter.files import file_sha256, read_range
 from adapter.imaging import JPEG
+from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
     ReceivedObject,
@@ -106,7 +107,7 @@ from adapter.services.association_audit import RejectedAssociations
 from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
-from adapter.text import is_digits
+from adapter.text import has_control_character
 
 log = logging.getLogger(__name__)
 
@@ -1009,18 +1010,20 @@ _STUDY_LIMITS = {"PatientName": 1000, "StudyDescription": 64, "AccessionNumber":
 
 
 def _study_attributes(ds: Dataset) -> _Study:
-    """StudyDate (DA, YYYYMMDD) when it is one; PatientName, StudyDescription, AccessionNumber
-    and StudyTime as sent, when present and within their VR's length (anything else is not kept:
-    the object keeps it, and every release reads it from there)."""
+    """StudyDate (DA) and StudyTime (TM) when they name a day and a time of day
+    (adapter.mapping.dicom_dates); PatientName, StudyDescription and AccessionNumber as sent,
+    when present, within their VR's length and without a control character, which none of their
+    VRs has (anything else is not kept: the object keeps it, and every release reads it from
+    there)."""
 
     def text(keyword: str) -> str | None:
         value = str(ds.get(keyword) or "").strip(" \x00")
-        return value if value and len(value) <= _STUDY_LIMITS[keyword] else None
+        return value if value and len(value) <= _STUDY_LIMITS[keyword] and not has_control_character(value) else None
 
-    date = str(ds.get("StudyDate") or "").strip()
-    return _Study(date=date if len(date) == 8 and is_digits(date) else None, patient_name=text("PatientName"),
+    date, time = str(ds.get("StudyDate") or "").strip(), text("StudyTime")
+    return _Study(date=date if is_date(date) else None, patient_name=text("PatientName"),
                   description=text("StudyDescription"), accession_number=text("AccessionNumber"),
-                  time=text("StudyTime"), attributes=instance_attributes(ds))
+                  time=time if time is not None and is_time(time) else None, attributes=instance_attributes(ds))
 
 
 __all__ = ["STOW_SENDER", "DicomIngestResult", "DicomIngestService", "FileLayout", "PixelDataLayout", "ReceivedStore",

@@ -51,6 +51,7 @@ from adapter.errors import (
 )
 from adapter.imaging import jpeg_pixel_size, png_pixel_size, read_orientation
 from adapter.imaging.sniff import check_declared
+from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
 from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom, photo_without_pixels
 from adapter.mapping.dicom_qido import instance_attributes
@@ -325,7 +326,6 @@ LEVEL_KEYS: dict[str, frozenset[str]] = {
     INSTANCE: _STUDY_KEYS | {"SeriesInstanceUID", "Modality", "SOPInstanceUID", "SOPClassUID", "SeriesNumber",
                              "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "InstanceNumber"},
 }
-_DATE = re.compile(r"^\d{8}$", re.ASCII)
 _INTEGER = re.compile(r"^[+-]?\d{1,10}$", re.ASCII)
 
 
@@ -352,7 +352,7 @@ class DateRange:
         if not sep:
             end = start
         for part in (start, end):
-            if part and not _DATE.match(part):
+            if part and not is_date(part):  # a day of the calendar, not eight digits: 20240231 is none
                 raise InvalidQuery(f"{keyword} takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression=keyword)
         if not start and not end:
             raise InvalidQuery(f"{keyword} takes YYYYMMDD or a range YYYYMMDD-YYYYMMDD", expression=keyword)
@@ -371,7 +371,7 @@ def _time_bounds(value: str) -> tuple[str, str] | None:
     """The first and last instant a TM value (``HH[MM[SS[.F…]]]``) stands for, as ``HHMMSS.FFFFFF``
     strings that order as the times do; None for a value that is no TM."""
     found = _TIME.match(value.strip())
-    if found is None:
+    if found is None or not is_time(value.strip()):  # a time of day: 2561 is none
         return None
     hours, minutes, seconds, fraction = found.groups()
     low = f"{hours}{minutes or '00'}{seconds or '00'}.{(fraction or '').ljust(6, '0')}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from adapter.errors import InvalidQuery, NotSupported, TooCostly, UnsupportedResourceType
-from adapter.model.photo import Identifier
+from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, identifier_too_long
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 from adapter.text import is_digits
 
@@ -273,8 +273,18 @@ def _identifiers(value: str, param: str) -> list[Identifier]:
         system, sep, code = v.partition("|")
         if not sep or not system or not code:
             raise InvalidQuery(f"{param}:identifier takes system|value", expression=param)
+        _check_identifier_length(system, code, f"{param}:identifier")
         out.append(Identifier(system=system, value=code))
     return out
+
+
+def _check_identifier_length(system: str, value: str, param: str) -> None:
+    """An identifier a search names is within the bound of every identifier the adapter takes
+    (adapter.model.photo.IDENTIFIER_MAX_BYTES): a longer one names nothing the adapter could
+    hold, so the query is not understood (400), on every store alike."""
+    if identifier_too_long(system) or identifier_too_long(value):
+        raise InvalidQuery(f"{param} names an identifier longer than one may be ({IDENTIFIER_MAX_BYTES} bytes in "
+                           "UTF-8 for its system and for its value)", expression=param)
 
 
 def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenient: bool = False,
@@ -380,7 +390,11 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
             param = "category" if base == "category" and resource_type == "Media" else base
-            tokens.append(tuple(parse_token(v, param) for v in _or_values(value, base)))
+            alternatives = tuple(parse_token(v, param) for v in _or_values(value, base))
+            if base == "identifier":
+                for token in alternatives:
+                    _check_identifier_length(token.system or "", token.code, base)
+            tokens.append(alternatives)
     if len(patients) > MAX_VALUES:
         raise TooCostly(f"a search names at most {MAX_VALUES} patient identifiers ({len(patients)} given); "
                         "split the search", expression="patient")

@@ -2152,3 +2152,88 @@ def test_qido_study_attributes_of_a_store_of_schema_13_are_read_from_its_objects
 
 def studies_of(client: FhirClient, **keys: str) -> list[str]:
     return [value(s, "0020000D") for s in qido(client, "studies", **keys)]
+
+
+#: DA and TM attributes a QIDO-RS result may carry (StudyDate, StudyTime, PatientBirthDate,
+#: PerformedProcedureStepStartDate and StartTime).
+DATE_AND_TIME_TAGS = {"00080020": "DA", "00080030": "TM", "00100030": "DA", "00400244": "DA", "00400245": "TM"}
+#: Values of their VR's form that name no day or time (PS3.5 6.2: DA a Gregorian date, TM
+#: HH 00-23, MM 00-59, SS 00-60).
+UNREAL = {"PatientBirthDate": "20240231", "StudyDate": "20240231", "StudyTime": "256199",
+          "PerformedProcedureStepStartDate": "20241301", "PerformedProcedureStepStartTime": "996060",
+          "AcquisitionDateTime": "20240231101500+0100"}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")  # pydicom's, reading the values sent
+def test_a_date_or_time_that_names_no_real_day_is_kept_as_received_and_left_out_of_answers(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """Found from the last session's note: a StudyDate or PatientBirthDate of eight digits that is
+    no date (20240231), and a TM of digits that is no time (25:61), were indexed and answered in
+    QIDO-RS as DA and TM values (PS3.18 F.2: a JSON value of its VR). The object is stored as
+    received (a PACS does not refuse it; WADO-RS returns it as sent), as a value of the wrong form
+    already was; QIDO-RS leaves such a value out and cannot match it, a query naming one is not
+    understood (400), and FHIR takes the acquisition time from the next attribute that is one."""
+    client, _ = adapter
+    photo = received(record_id="rec-unreal", ContentDate="20240305", ContentTime="0930", **UNREAL)
+    assert stow(client, photo).status_code == 200
+    for path in ("studies", "series", "instances"):
+        [item] = qido(client, path)
+        assert not set(DATE_AND_TIME_TAGS) & set(item), path
+    url = value(qido(client, "instances")[0], "00081190").split("testserver")[-1]
+    [meta] = client.get(f"{url}/metadata", headers=TREAT).json()
+    assert value(meta, "00100030") == "20240231" and value(meta, "00080030") == "256199"  # as received
+    for keyword, bad in (("StudyDate", "20240231"), ("StudyDate", "20240101-20240231"), ("StudyTime", "2561"),
+                         ("PerformedProcedureStepStartDate", "20241301"), ("StudyTime", "2400-")):
+        r = client.get("/dicomweb/instances", params={keyword: bad}, headers=TREAT)
+        assert r.status_code == 400 and r.json()["issue"][0]["expression"] == [keyword], (keyword, bad)
+    assert qido(client, "studies", StudyDate="20240201-20240301") == []
+    assert qido(client, "instances", StudyTime="2300-2359") == []
+    [media] = find(client, "Media", photo.SOPInstanceUID)
+    assert media["createdDateTime"] == "2024-03-05T09:30:00+01:00"
+
+
+def test_a_date_or_time_indexed_before_it_was_checked_is_left_out_of_answers(tmp_path: Path) -> None:
+    """An instance indexed by a release that kept eight digits as a DA and digits as a TM (the
+    test above), or a name with a control character (the test below), still holds them in the
+    store's index: QIDO-RS leaves them out of its answers all the same, at every level, rather
+    than answer a value that is not one of its VR."""
+    with adapter_client(tmp_path) as (client, _):
+        photo = received(record_id="rec-old", PatientBirthDate="19700521", PerformedProcedureStepStartDate="20240301",
+                         PerformedProcedureStepStartTime="101500")
+        assert stow(client, photo).status_code == 200
+        assert all(set(DATE_AND_TIME_TAGS) <= set(i) for i in qido(client, "instances"))
+    db = sqlite3.connect(tmp_path / "data" / "adapter.db")
+    try:
+        with db:  # as that release indexed such an object
+            db.execute("UPDATE dicom_instances SET study_date = '20240231', study_time = '256199', "
+                       "patient_birth_date = '20240231', pps_start_date = '20241301', pps_start_time = '996060', "
+                       "patient_name = 'Doe' || char(5) || '^Jane', study_description = 'Wound' || char(8)")
+    finally:
+        db.close()
+    with adapter_client(tmp_path) as (client, _):
+        for path in ("studies", "series", "instances"):
+            [item] = qido(client, path)
+            assert not (set(DATE_AND_TIME_TAGS) | {"00100010", "00081030"}) & set(item), path
+
+
+def test_a_name_or_description_with_a_control_character_is_kept_as_received_and_left_out_of_answers(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """Found from the last session's note: a PatientName, StudyDescription or OperatorsName
+    holding a control character (no PN, LO or SH value has one, PS3.5 6.1.2.3) was answered in
+    QIDO-RS as sent (so its XML answer was 406) and went into the Provenance's display texts.
+    The object is stored as received; QIDO-RS and the FHIR records leave such a value out."""
+    client, _ = adapter
+    photo = received(record_id="rec-c0", PatientName="Doe\x05^Jane", StudyDescription="Wound\x08 care",
+                     ReferringPhysicianName="Wel\x06by", OperatorsName="Roe\x01^Richard")
+    assert stow(client, photo).status_code == 200
+    for path in ("studies", "instances"):
+        [item] = qido(client, path)
+        assert not {"00100010", "00081030", "00080090"} & set(item), path
+    r = client.get("/dicomweb/studies", headers={**TREAT, "Accept": 'multipart/related; type="application/dicom+xml"'})
+    assert r.status_code == 200
+    [media] = find(client, "Media", photo.SOPInstanceUID)
+    provenance = client.get("/fhir/Provenance", params={"target": f"Media/{media['id']}"}, headers=TREAT).json()
+    assert "\\u000" not in json.dumps(provenance) and "Roe" not in json.dumps(provenance)
+    url = value(qido(client, "instances")[0], "00081190").split("testserver")[-1]
+    [meta] = client.get(f"{url}/metadata", headers=TREAT).json()
+    assert meta["00100010"]["Value"] == [{"Alphabetic": "Doe\x05^Jane"}]  # as received

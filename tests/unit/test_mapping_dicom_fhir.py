@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
+import warnings
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -173,6 +175,46 @@ def test_a_naive_time_is_written_with_date_precision() -> None:
     received, _, resources = to_fhir(ds)
     assert received.created == datetime(2024, 3, 1, 10, 15)
     assert resources.record["createdDateTime"] == "2024-03-01"
+
+
+@pytest.mark.parametrize(("changes", "created"), [
+    ({"AcquisitionDateTime": "20240231101500"}, datetime(2024, 3, 1, 10, 15, tzinfo=timezone(timedelta(hours=1)))),
+    ({"AcquisitionDateTime": "20241301101500", "ContentTime": "2561"},
+     datetime(2024, 3, 1)),
+    ({"AcquisitionDateTime": "2024030199", "ContentDate": "20240231"}, None),
+    # an offset beyond -1200..+1400 (PS3.5 6.2 DT) names no zone; FHIR dateTime takes none such
+    ({"AcquisitionDateTime": "20240301101500+2300"}, datetime(2024, 3, 1, 10, 15, tzinfo=timezone(timedelta(hours=1)))),
+    ({"AcquisitionDateTime": "20240301101500", "TimezoneOffsetFromUTC": "+2300"}, datetime(2024, 3, 1, 10, 15)),
+    ({"AcquisitionDateTime": "20240301101500", "TimezoneOffsetFromUTC": "-0075"}, datetime(2024, 3, 1, 10, 15)),
+])
+def test_a_time_that_names_no_real_moment_is_passed_over_for_the_next(changes: dict[str, str],
+                                                                     created: datetime | None) -> None:
+    """createdDateTime comes from the first of AcquisitionDateTime, ContentDate+ContentTime,
+    AcquisitionDate+AcquisitionTime, ContentDate that names a real moment: one that names none
+    (20240231, a TM 2561, an offset +2300 that FHIR's dateTime cannot carry) is passed over as an
+    absent one is, and a TimezoneOffsetFromUTC that names no zone gives none. Before, the first
+    such date or time left the record without a time at all, whatever the others said, and such an
+    offset went into createdDateTime."""
+    ds = reread(photo_object(PhotoKind.SECONDARY, stored_sample("tiny.jpg")))
+    with warnings.catch_warnings():  # pydicom warns of the invalid values set here
+        warnings.simplefilter("ignore", UserWarning)
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        received = read(ds)
+    assert received.created == created
+
+
+def test_a_text_with_a_control_character_is_left_out_of_the_record() -> None:
+    """Found from the last session's note: an OperatorsName, InstitutionName, Manufacturer or
+    CodeMeaning holding a control character (no PN, LO or SH value has one, PS3.5 6.1.2.3) went
+    into the Provenance's and Media's display texts as sent, where FHIR strings are not to have
+    them. The record goes without such a value, as without an absent one (the object keeps it)."""
+    ds = reread(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg")))
+    ds.OperatorsName = ["Doe\x01^John", "Roe^Richard"]
+    ds.InstitutionName, ds.Manufacturer, ds.ManufacturerModelName = "Hosp\x02ital", "Ac\x03me", "X1"
+    received, _, resources = to_fhir(ds)
+    assert (received.operators, received.institution, received.device_name) == (("Richard Roe",), None, "X1")
+    assert "\\u000" not in json.dumps(resources.all()) and "\\u001" not in json.dumps(resources.all())  # C0, escaped
 
 
 def test_sc_document_conversion_gives_a_document_reference() -> None:

@@ -48,6 +48,16 @@ def test_every_attribute_of_a_multiframe_object() -> None:
         rows=480, columns=640, bits_allocated=8, number_of_frames=3)
 
 
+def test_the_last_day_and_second_there_are_are_kept() -> None:
+    """A leap day, a leap second (SS 60), the last instant of a day: real days and times."""
+    ds = dataset(PerformedProcedureStepStartDate="20240229", PerformedProcedureStepStartTime="235960.999999",
+                 PatientBirthDate="19991231", TimezoneOffsetFromUTC="+1400")
+    assert read(ds) == InstanceAttributes(performed_procedure_step_start_date="20240229",
+                                          performed_procedure_step_start_time="235960.999999",
+                                          patient_birth_date="19991231", timezone_offset_from_utc="+1400")
+    assert read(dataset(TimezoneOffsetFromUTC="-1200")).timezone_offset_from_utc == "-1200"
+
+
 def test_none_for_an_object_without_them() -> None:
     assert read(Dataset()) == InstanceAttributes()
 
@@ -57,6 +67,14 @@ def test_none_for_an_object_without_them() -> None:
     {"InstanceNumber": ["1", "2"]}, {"NumberOfFrames": "0"}, {"SeriesDescription": "x" * 65},
     {"SeriesDescription": ""}, {"PerformedProcedureStepStartDate": "2024"},
     {"PerformedProcedureStepStartTime": "9:30"}, {"TimezoneOffsetFromUTC": "CET"},
+    # of the form, naming no day or time (PS3.5 6.2: a Gregorian date; HH 00-23, MM 00-59, SS 00-60)
+    {"PerformedProcedureStepStartDate": "20240231"}, {"PerformedProcedureStepStartDate": "20241301"},
+    {"PerformedProcedureStepStartDate": "20230229"}, {"PerformedProcedureStepStartDate": "00000101"},
+    {"PerformedProcedureStepStartTime": "2400"}, {"PerformedProcedureStepStartTime": "2561"},
+    {"PerformedProcedureStepStartTime": "235961"},
+    {"TimezoneOffsetFromUTC": "+9999"}, {"TimezoneOffsetFromUTC": "+0160"}, {"TimezoneOffsetFromUTC": "-1201"},
+    {"TimezoneOffsetFromUTC": "+1401"},  # PS3.5 6.2 DT: an offset of -1200 to +1400
+    {"SeriesDescription": "Wound\x08 series"}, {"SeriesDescription": "Wound\x1b series"},  # no LO has C0 controls
 ])
 def test_a_value_that_is_not_one_of_its_vr_is_left_out(attrs: dict[str, object]) -> None:
     assert read(dataset(**attrs)) == InstanceAttributes()
@@ -74,8 +92,9 @@ def test_the_study_attributes_of_a_received_object() -> None:
 
 @pytest.mark.parametrize("attrs", [
     {"ReferringPhysicianName": ""}, {"ReferringPhysicianName": ["A^B", "C^D"]}, {"PatientBirthDate": "1970"},
-    {"PatientBirthDate": "19700521-19710101"}, {"PatientSex": "female"}, {"PatientSex": "X" * 17},
-    {"StudyID": "x" * 17}, {"StudyID": ""},
+    {"PatientBirthDate": "19700521-19710101"}, {"PatientBirthDate": "19xx0101"}, {"PatientBirthDate": "20240231"},
+    {"PatientBirthDate": "19701301"}, {"PatientSex": "female"}, {"PatientSex": "X" * 17},
+    {"StudyID": "x" * 17}, {"StudyID": ""}, {"StudyID": "S\x0142"}, {"ReferringPhysicianName": "Wel\x07by^Marcus"},
 ])
 def test_a_study_value_that_is_not_one_of_its_vr_is_left_out(attrs: dict[str, object]) -> None:
     assert read(dataset(**attrs)) == InstanceAttributes()

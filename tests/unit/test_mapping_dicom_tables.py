@@ -89,6 +89,26 @@ def test_prefix_mode_and_default_issuer() -> None:
     assert table.to_fhir("42", None).system == "urn:oid:2.999.1.1"
 
 
+def test_every_identifier_of_an_lo_patient_id_and_issuer_is_within_the_bound_and_a_longer_one_is_refused() -> None:
+    """The bound of every identifier the adapter takes (1024 bytes of UTF-8, its system and its
+    value): a PatientID and an IssuerOfPatientID of 64 characters beyond ASCII (LO, 4 bytes each)
+    map within it, percent-encoded after the prefix too, so no object DICOM allows is refused for
+    it; past it (a value no LO can be) the object is refused naming the element, as the API
+    refuses such an identifier (before, it was stored on SQLite and refused by PostgreSQL)."""
+    table = PatientIdentifierTable.model_validate({
+        "issuers": [{"issuer": "HOSP", "system": "urn:oid:2.999.1.1"}], "unknownIssuer": "prefix"})
+    wide = "\U0001F600" * 64
+    ident = table.to_fhir(wide, wide)
+    assert (len(ident.value.encode()), len(ident.system.encode())) == (256, len("urn:dicom:issuer:") + 768)
+    assert table.to_dicom(ident) == (wide, wide)
+    with pytest.raises(InvalidInput) as refused:
+        table.to_fhir("M" * 1025, "HOSP")
+    assert refused.value.expression == ["(0010,0020) PatientID"]
+    with pytest.raises(InvalidInput) as refused:
+        table.to_fhir("42", "\U0001F600" * 86)
+    assert refused.value.expression == ["(0010,0021) IssuerOfPatientID"]
+
+
 def test_receive_rules_pick_the_kind() -> None:
     receive = dicom_tables().receive
     assert receive.kind_of(VL_PHOTOGRAPHIC, conversion_type=None, modality="XC") is PhotoKind.CLINICAL
@@ -115,6 +135,8 @@ def test_the_table_loads_from_a_copy(tmp_path: Path) -> None:
     lambda d: d["patientIdentifiers"]["issuers"].append({"issuer": "B", "system": "urn:oid:2.999.1.1"}),
     lambda d: d["patientIdentifiers"].update(missingIssuer="NOPE"),
     lambda d: d["patientIdentifiers"]["issuers"][0].update(issuer="A\\B"),
+    lambda d: d["patientIdentifiers"]["issuers"][0].update(system="urn:x:" + "1" * 1019),  # over the bound
+    lambda d: d["patientIdentifiers"].update(unknownIssuerPrefix="urn:" + "x" * 253),  # + 768 encoded
     lambda d: d.update(unexpected=True),
 ])
 def test_a_bad_table_stops_start_up(tmp_path: Path, change: Any) -> None:

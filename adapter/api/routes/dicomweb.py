@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Annotated, Any, NamedTuple
 
@@ -106,10 +106,12 @@ from adapter.errors import (
     NotAcceptable,
     NotSupported,
 )
+from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_vr import attribute_tag
 from adapter.mapping.dicom_xml import native_dicom_model
 from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
 from adapter.mapping.outcome import operation_outcome
+from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long
 from adapter.services.access import DicomContent, DicomRetrieval
 from adapter.services.dicom_objects import (
     INSTANCE,
@@ -130,7 +132,7 @@ from adapter.services.dicom_objects import (
     stow_instance,
 )
 from adapter.services.registry import Services
-from adapter.text import is_digits
+from adapter.text import has_control_character, is_digits
 
 DICOM_JSON = "application/dicom+json"
 #: The DICOM data sets of an answer as the client prefers them (:func:`_dicom_model`).
@@ -179,6 +181,22 @@ _TAGS: dict[str, tuple[str, str]] = {  # keyword: (tag, VR)
 _KEYWORD_OF_TAG = {tag: keyword for keyword, (tag, _) in _TAGS.items()}
 
 
+#: DA and TM values must name a day and a time of day (PS3.18 F.2: a JSON value of its VR), and
+#: no string value here has a control character (adapter.text.has_control_character). The ingest
+#: keeps no others (adapter.mapping.dicom_dates, dicom_qido); an instance indexed before it
+#: checked that may still hold one, left out here as the ingest leaves it out now.
+_DAY_OR_TIME: dict[str, Callable[[str], bool]] = {"DA": is_date, "TM": is_time}
+
+
+def _of_its_vr(vr: str, value: Any) -> bool:
+    """``value`` may be answered under ``vr`` (:data:`_DAY_OR_TIME`); a PN comes as its groups."""
+    if isinstance(value, dict):
+        return not any(has_control_character(str(group)) for group in value.values())
+    if not isinstance(value, str):
+        return True  # a number
+    return not has_control_character(value) and (vr not in _DAY_OR_TIME or _DAY_OR_TIME[vr](value))
+
+
 def _dataset(**attributes: Any) -> dict[str, Any]:
     """A DICOM JSON object: keyword=value (None leaves the attribute out, a list is multi-valued,
     a list of dicts a sequence), ordered by tag."""
@@ -190,6 +208,14 @@ def _dataset(**attributes: Any) -> dict[str, Any]:
         values = value if isinstance(value, list) else [value]
         out[tag] = {"vr": vr, "Value": values} if values else {"vr": vr}
     return dict(sorted(out.items()))
+
+
+def _result(**attributes: Any) -> dict[str, Any]:
+    """A QIDO-RS result (:func:`_dataset`) of the attributes whose values are of their VR
+    (:data:`_DAY_OR_TIME`). Not a STOW-RS answer: that names a refused object's UIDs as it sent
+    them."""
+    return _dataset(**{keyword: value for keyword, value in attributes.items() if value is None or all(
+        _of_its_vr(_TAGS[keyword][1], v) for v in (value if isinstance(value, list) else [value]))})
 
 
 def _person_name(value: str | None) -> dict[str, str] | None:
@@ -486,6 +512,10 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
             raise InvalidQuery(f"{keyword} is given more than once", expression=keyword)
         if keyword in fixed and value.strip() not in ("", fixed[keyword]):
             raise InvalidQuery(f"{keyword} differs from the one in the path", expression=keyword)
+        if keyword in ("PatientID", "IssuerOfPatientID") and identifier_too_long(value.strip()):
+            # as a FHIR search naming an identifier (adapter.services.search_params): none is that long
+            raise InvalidQuery(f"{keyword} is longer than a patient identifier may be ({IDENTIFIER_MAX_BYTES} bytes "
+                               "in UTF-8)", expression=keyword)
         if value.strip():  # an empty value asks for the attribute (universal matching)
             keys[keyword] = value.strip()
     keys.update(fixed)
@@ -539,7 +569,7 @@ def _studies(request: Request, services: Services, entries: list[DicomEntry], *,
     groups: dict[str, list[DicomEntry]] = {}
     for e in entries:
         groups.setdefault(e.study_instance_uid, []).append(e)
-    return [_dataset(
+    return [_result(
         **_study_shown(members), ModalitiesInStudy=sorted({m.modality for m in members if m.modality}),
         RetrieveURL=_study_url(request, services, study), InstanceAvailability=ONLINE,
         NumberOfStudyRelatedSeries=len({m.series_instance_uid for m in members}),
@@ -553,7 +583,7 @@ def _series(request: Request, services: Services, entries: list[DicomEntry], *,
     groups: dict[tuple[str, str], list[DicomEntry]] = {}
     for e in entries:
         groups.setdefault((e.study_instance_uid, e.series_instance_uid), []).append(e)
-    return [_dataset(**{
+    return [_result(**{
         **(_study_shown(members) if relational else {}), **series_shown(members),
         "Modality": members[0].modality or None, "RetrieveURL": _series_url(request, services, study, series),
         "StudyInstanceUID": study, "SeriesInstanceUID": series, "NumberOfSeriesRelatedInstances": len(members)})
@@ -564,7 +594,7 @@ def _instances(request: Request, services: Services, entries: list[DicomEntry], 
                relational: bool = False) -> list[dict[str, Any]]:
     """Instance results; of All Instances (``relational``) with their study's attributes too
     (PS3.18 10.6.3.3.3); each with its series' Modality and attributes (series_shown)."""
-    return [_dataset(**{
+    return [_result(**{
         **(_study_shown([e]) if relational else {}), **series_shown([e]), **instance_shown(e),
         "SOPClassUID": e.sop_class_uid, "SOPInstanceUID": e.sop_instance_uid, "Modality": e.modality or None,
         "RetrieveURL": _instance_url(request, services, e.study_instance_uid, e.series_instance_uid,
