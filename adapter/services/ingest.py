@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter.consent import assess_ingest, grants_from_consent
-from adapter.errors import AdapterError, BusinessRuleViolation, Conflict, InvalidInput
+from adapter.errors import AdapterError, BusinessRuleViolation, Conflict, InvalidInput, UnknownCode
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
@@ -150,6 +150,7 @@ class IngestService:
             now = self._now()
             try:
                 assessment = assess_ingest(meta, self._existing_grants(patient), self._tables, now)
+                self._check_forwardable(meta)
             except (BusinessRuleViolation, InvalidInput) as exc:  # every refusal of the rules is a decision:
                 # audited, as reads are (a missing discussion note or colleague, an unknown purpose too)
                 self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
@@ -192,6 +193,21 @@ class IngestService:
                 upload.unlink(missing_ok=True)
             if staged is not None and not committed:
                 self._blobs.discard(staged)
+
+    def _check_forwardable(self, meta: PhotoMetadata) -> None:
+        """A photo forwarded to the PACS (ADAPTER_FORWARD_TO, the policy's ``forwardKinds``)
+        must become a DICOM object, so its patient identifier must be a PatientID with an
+        IssuerOfPatientID (mappings/dicom.yaml). One that cannot is refused before anything is
+        stored: stored, its outbox item would fail at every attempt and the PACS never get it."""
+        if not self._destinations or meta.kind not in self._tables.policy.forward_kinds:
+            return
+        try:
+            self._dicom_tables.patient_identifiers.to_dicom(meta.patient.identifier)
+        except InvalidInput as exc:  # UnknownCode too: an unmapped system
+            element = "patient.system" if isinstance(exc, UnknownCode) else "patient.value"
+            raise BusinessRuleViolation(
+                f"{exc.diagnostics}: photos of this kind are forwarded to the PACS (ADAPTER_FORWARD_TO), so each "
+                "must become a DICOM object; nothing was stored", expression=element) from exc
 
     def _answer_replay(self, ctx: RequestContext, meta: PhotoMetadata,
                        replay: Callable[[], IngestResult]) -> IngestResult:

@@ -380,6 +380,32 @@ def test_policy_forward_kinds_narrow_what_is_forwarded(tmp_path: Path, pacs: Ort
     assert len(pacs.instances()) == 1
 
 
+def test_a_photo_that_cannot_become_a_dicom_object_is_refused_when_it_would_be_forwarded(tmp_path: Path) -> None:
+    """A patient identifier that is no PatientID (over 64 characters) or whose system has no
+    IssuerOfPatientID (mappings/dicom.yaml) makes no DICOM object: such a photo was stored and
+    its outbox item failed at every attempt, the PACS never getting it, while the receipt said
+    it would be forwarded. With forwarding on for its kind it is refused (422, nothing stored,
+    the refusal audited); a kind the policy does not forward is stored as before."""
+    closed = f"NOBODY@127.0.0.1:{free_port()}"
+    with adapter_client(tmp_path, forward_to=closed, policy={"forwardKinds": ["clinical"]}) as (client, services):
+        for patient, element in (({"system": PATIENT["system"], "value": "X" * 65}, "patient.value"),
+                                 ({"system": "https://unmapped.example/mrn", "value": "1"}, "patient.system")):
+            before = len(services.store.list_audit(1000))
+            r = post_photo(client, photo_jpeg(tmp_path, 60), metadata(patient=patient))
+            assert r.status_code == 422, r.text
+            issue = r.json()["issue"][0]
+            assert issue["code"] == "business-rule" and issue["expression"] == [element]
+            assert "forwarded" in issue["diagnostics"]
+            events = services.store.list_audit(1000)
+            assert len(events) == before + 1 and events[0]["outcome"] == "4"
+            document = post_photo(client, photo_jpeg(tmp_path, 61), metadata(patient=patient, kind="document",
+                                                                              consent=None))
+            assert document.status_code == 201 and document.json()["dicom"]["forwardTo"] == []
+        assert outbox(client) == []
+        assert client.get("/fhir/Media?_summary=count", headers=as_purpose("TREAT")).json()["total"] == 0
+        assert client.get("/fhir/DocumentReference?_summary=count", headers=as_purpose("TREAT")).json()["total"] == 2
+
+
 def test_a_photo_whose_consent_was_withdrawn_is_not_forwarded(tmp_path: Path, pacs: OrthancPeer) -> None:
     with forwarding(tmp_path, pacs, start=False) as (client, services, scu):
         receipt = post_photo(client, photo_jpeg(tmp_path, 60), meta_for(60)).json()
