@@ -247,3 +247,20 @@ def test_a_write_in_a_fhir_version_not_served_is_415(tmp_path: Path) -> None:
         assert client.get("/fhir/Media?_summary=count", headers=TREAT).json()["total"] == 0
         r4 = {"Content-Type": "application/fhir+json;fhirVersion=4.0.1"}
         assert client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=r4).status_code == 201
+
+
+def test_a_conditional_create_of_a_consent_is_refused_rather_than_ignored(tmp_path: Path) -> None:
+    """If-None-Exist (http.html#ccreate) was ignored: a client retrying a Consent create with it
+    got a second active Consent, which then outlived the withdrawal of the first (the patient's
+    withdrawal did not take). Conditional create is not claimed, so it is refused (400
+    not-supported), before the body is read, and nothing is created."""
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
+                        headers={"If-None-Exist": "patient:identifier=urn:oid:2.999.1.1|MRN-0001"})
+        assert r.status_code == 400 and r.json()["issue"][0]["code"] == "not-supported"
+        assert "If-None-Exist" in r.json()["issue"][0]["diagnostics"]
+        assert client.get("/fhir/Consent?_summary=count", headers=as_purpose("TREAT")).json()["total"] == 0
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
+        statement = client.get("/fhir/metadata").json()
+        [consent] = [r for r in statement["rest"][0]["resource"] if r["type"] == "Consent"]
+        assert consent.get("conditionalCreate", False) is False

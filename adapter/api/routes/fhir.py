@@ -287,6 +287,11 @@ def _written(request: Request, services: Services, stored: Any, status: int) -> 
 async def create_consent(request: Request, services: ServicesDep, ctx: WriteContextDep) -> Response:
     _answerable(request)
     _r4_write(request)
+    if "if-none-exist" in request.headers:
+        # ignored, a retried create made a second active Consent, which outlived the withdrawal
+        # of the first: refused, as conditional create is not claimed (CapabilityStatement)
+        raise NotSupported("conditional create (If-None-Exist) is not supported: each POST creates a Consent; search "
+                           "Consent?patient:identifier=… first to find one recorded before")
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.create, resource, ctx)
     return _written(request, services, stored, 201)
