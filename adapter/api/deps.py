@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from adapter.api.request_id import request_id_of
-from adapter.errors import PurposeOfUseMissing, UnknownPurposeOfUse
+from adapter.errors import Forbidden, PurposeOfUseMissing, UnknownPurposeOfUse
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.services.access import ScopedReader
 from adapter.services.purpose import parse_purpose_of_use
@@ -79,9 +79,39 @@ def _audit_refused_purpose(request: Request, services: Services,
 
 
 def get_write_context(request: Request) -> RequestContext:
-    """Writes (ingest, consent changes) are done for care: purpose TREAT."""
+    """Writes (ingest, consent changes) are done for care: purpose TREAT. A caller may state none;
+    one it states is checked by :func:`check_write_purpose`."""
     return RequestContext(purpose=PurposeOfUse("TREAT"), actor=_actor(request), request_id=_request_id(request),
                           client_address=request.client.host if request.client else None)
+
+
+def check_write_purpose(request: Request, services: Services, interaction: str) -> None:
+    """A write (a photo, a transaction, a Consent, STOW-RS) whose ``X-Purpose-Of-Use`` names a
+    purpose that sees less than the whole record (TRAIN, HRESCH and the other de-identified or
+    pseudonymised purposes of mappings/purposes.yaml) is refused (403, audited): a caller a
+    gateway marks as a trainer or a researcher could otherwise file photos under identified
+    patients, or record for itself the Consent it then reads under (writes were taken for care
+    whatever the header said). A write stating no purpose, or one seeing the whole record (care,
+    break-glass, RECORDMGT, PATRQT), goes on as before; an unknown or repeated one is 400, as on
+    a read. Called before the body is read."""
+    stated = purpose_header(request)
+    if stated is None or not stated.strip():
+        return
+    try:
+        purpose = parse_purpose_of_use(stated, services.tables)
+    except UnknownPurposeOfUse as exc:
+        _audit_refused_purpose(request, services, exc)
+        raise
+    view = services.tables.purposes.codes[purpose.code].view
+    if view == "full":
+        return
+    ctx = RequestContext(purpose=purpose, actor=_actor(request), request_id=_request_id(request),
+                         client_address=request.client.host if request.client else None)
+    reason = (f"a write is made for care: {purpose.code} sees records {view}, so a caller stating it files no "
+              "photo, document or Consent")
+    services.auditor.record(ctx, interaction=interaction, action="U" if interaction == "update" else "C",
+                            decision=None, entities=[], patient=None, reason=reason, refused=True)
+    raise Forbidden(reason)
 
 
 ReadContextDep = Annotated[RequestContext, Depends(get_read_context)]

@@ -52,7 +52,8 @@ REFUSALS: dict[int, str] = {
     400: "Bad request: X-Purpose-Of-Use unknown or given more than once, a parameter or element not supported "
          "here, a malformed resource or body, or a request that did not arrive whole",
     403: "Forbidden: no X-Purpose-Of-Use, or what was asked is not permitted for that purpose (consent, policy); "
-         "a refusal on consent grounds says little",
+         "a refusal on consent grounds says little; a write stating a purpose that sees less than the whole record "
+         "(TRAIN, HRESCH...)",
     404: "Not found, or a resource type not served here",
     405: "Method not allowed: an update of a resource that does not exist (the server assigns ids; Allow says "
          "what the resource takes)",
@@ -83,6 +84,8 @@ INVALID = (422,)
 #: A request body read from the stream: not whole (400), stalled (408), too large (413), of
 #: another media type (415), invalid (422); the store fails (503).
 BODY = (400, 408, 413, 415, 422, 503)
+#: A write (adapter.api.deps.check_write_purpose): a stated purpose that sees less than the record (403).
+WRITE = (403,)
 #: A write of new images (a photo, a transaction's Binary): conflicts and the storage reserve.
 NEW_IMAGES = (409, 507)
 

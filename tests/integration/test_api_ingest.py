@@ -720,3 +720,37 @@ def test_a_date_whose_utc_instant_falls_outside_the_calendar_is_refused(tmp_path
         _outcome(client.post("/fhir", json=bundle, headers=fhir_json), 422)
         _outcome(client.post("/fhir/Consent", json=consent, headers=fhir_json), 422)
         assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
+def test_a_write_stating_a_purpose_that_sees_less_than_the_record_is_refused(tmp_path: Path) -> None:
+    """Writes were taken for care whatever X-Purpose-Of-Use said: a caller a gateway marks as a
+    trainer (TRAIN, de-identified view) could file photos under identified patients and record
+    for itself the Consent it then reads under (found by the egress review). Such a write is
+    refused (403, audited, nothing stored); one stating no purpose, care, or another purpose
+    seeing the whole record goes on; an unknown purpose is 400 as on a read."""
+    from tests.support.app import consent_resource
+    with adapter_client(tmp_path) as (client, services):
+        consent = consent_resource(["TRAIN"])
+        transaction = {"resourceType": "Bundle", "type": "transaction", "entry": []}
+        for purpose in ("TRAIN", "HRESCH", "http://terminology.hl7.org/CodeSystem/v3-ActReason|MLTRAINING"):
+            before = len(services.store.list_audit(1000))
+            answers = [
+                post_photo(client, WOUND, metadata(), headers=as_purpose(purpose)),
+                client.post("/fhir/Consent", json=consent, headers=as_purpose(purpose)),
+                client.put("/fhir/Consent/x", json={**consent, "id": "x"}, headers=as_purpose(purpose)),
+                client.post("/fhir", json=transaction, headers=as_purpose(purpose)),
+                client.post("/dicomweb/studies", content=b"--b--\r\n", headers={
+                    **as_purpose(purpose), "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}),
+            ]
+            assert [a.status_code for a in answers] == [403] * 5, [(a.status_code, a.text[:200]) for a in answers]
+            assert all(a.json()["issue"][0]["code"] == "forbidden" for a in answers)
+            events = services.store.list_audit(1000)[: len(services.store.list_audit(1000)) - before]
+            assert len(events) == 5 and {e["outcome"] for e in events} == {"4"}
+        assert client.get("/fhir/Media?_summary=count", headers=as_purpose("TREAT")).json()["total"] == 0
+        assert client.get("/fhir/Consent?_summary=count", headers=as_purpose("TREAT")).json()["total"] == 0
+        assert post_photo(client, WOUND, metadata(), headers=as_purpose("XYZ")).status_code == 400
+        assert post_photo(client, WOUND, metadata(), headers=as_purpose("RECORDMGT")).status_code == 201
+        assert client.post("/fhir/Consent", json=consent, headers=as_purpose("TREAT")).status_code == 201
+        assert client.post("/fhir/Consent", json=consent).status_code == 201
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "Media"}}]}
+        assert client.post("/fhir", json=batch, headers=as_purpose("TRAIN")).status_code == 200  # reads

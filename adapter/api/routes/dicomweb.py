@@ -78,7 +78,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from adapter.api.accept import by_preference, media_ranges
-from adapter.api.deps import ReaderDep, ServicesDep
+from adapter.api.deps import ReaderDep, ServicesDep, check_write_purpose
 from adapter.api.headers import break_glass_headers
 from adapter.api.multipart_related import parse_multipart_related
 from adapter.api.openapi import (
@@ -146,7 +146,7 @@ _STOW_ANSWER = {DICOM_JSON: DICOM_DATASET, DICOM_XML: None, MULTIPART_DICOM_XML:
 _STOW = answers(ok(200, "every instance stored (ReferencedSOPSequence)", _STOW_ANSWER),
                 ok(202, "some stored, the others in FailedSOPSequence with their FailureReason", _STOW_ANSWER),
                 ok(409, "none stored: FailedSOPSequence with each FailureReason", _STOW_ANSWER),
-                refusals(400, 408, 413, 415, *INVALID, 503))
+                refusals(400, 403, 408, 413, 415, *INVALID, 503))
 #: WADO-RS retrieve: the objects as stored, in the purpose's view; 406 for another representation
 #: or transfer syntax.
 _RETRIEVE = answers(ok(200, "the instances permitted, as stored (no transcoding)", {MULTIPART_DICOM: None}),
@@ -299,6 +299,7 @@ async def stow_study(study: str, request: Request, services: ServicesDep) -> Res
 
 
 async def _stow(request: Request, services: Services, study: str | None) -> Response:
+    check_write_purpose(request, services, "create")
     limit = services.settings.max_upload_bytes
     total = limit * STOW_TOTAL_FACTOR
     peer = request.client.host if request.client else ""

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from adapter import __version__
 from adapter.api.accept import media_ranges
 from adapter.api.batch import process_batch
-from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep
+from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep, check_write_purpose
 from adapter.api.headers import break_glass_headers
 from adapter.api.json_input import load_json
 from adapter.api.negotiation import (
@@ -49,6 +49,7 @@ from adapter.api.openapi import (
     NEW_IMAGES,
     READ_ONE,
     RESOURCE_SCHEMA,
+    WRITE,
     answers,
     ok,
     refusals,
@@ -217,7 +218,7 @@ async def _large_body_turn(request: Request, size: int) -> AsyncIterator[None]:
 
 
 @router.post("", responses=answers(ok(200, "a transaction-response or batch-response Bundle", FHIR_BUNDLE),
-                                   refusals(*BODY, *NEW_IMAGES)),
+                                   refusals(*BODY, *WRITE, *NEW_IMAGES)),
              openapi_extra=request_body({FHIR_JSON: BUNDLE_SCHEMA, JSON: BUNDLE_SCHEMA},
                                         "a transaction Bundle (IHE MHD ITI-65 shape) or a batch of reads"))
 async def transaction(request: Request, services: ServicesDep, ctx: WriteContextDep,
@@ -238,6 +239,7 @@ async def _transaction(request: Request, services: Services, ctx: RequestContext
         types = R4_TYPES if version == "4" else tuple(t for t in R4_TYPES if t != "Media")
         answer, glass = await process_batch(request, bundle, types, media_type(version))
         return _out(answer, version, headers=break_glass_headers(glass))
+    check_write_purpose(request, services, "create")
     _r4_write(request)
     key = idempotency_key[:200] if idempotency_key else None
     response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx)
@@ -283,10 +285,11 @@ def _written(request: Request, services: Services, stored: Any, status: int) -> 
 
 
 @router.post("/Consent", status_code=201, openapi_extra=_CONSENT_BODY,
-             responses=answers(ok(201, _WRITTEN, FHIR_RESOURCE), refusals(*BODY)))
+             responses=answers(ok(201, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, *WRITE)))
 async def create_consent(request: Request, services: ServicesDep, ctx: WriteContextDep) -> Response:
     _answerable(request)
     _r4_write(request)
+    check_write_purpose(request, services, "create")
     if "if-none-exist" in request.headers:
         # ignored, a retried create made a second active Consent, which outlived the withdrawal
         # of the first: refused, as conditional create is not claimed (CapabilityStatement)
@@ -298,11 +301,12 @@ async def create_consent(request: Request, services: ServicesDep, ctx: WriteCont
 
 
 @router.put("/Consent/{id}", openapi_extra=_CONSENT_BODY,
-            responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, 405, 409, 412)))
+            responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, *WRITE, 405, 409, 412)))
 async def update_consent(id: str, request: Request, services: ServicesDep, ctx: WriteContextDep,
                          if_match: Annotated[str | None, Header()] = None) -> Response:
     _answerable(request)
     _r4_write(request)
+    check_write_purpose(request, services, "update")
     expected = _if_match_versions(if_match)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)

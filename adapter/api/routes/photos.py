@@ -10,10 +10,10 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from adapter.api.deps import get_services, get_write_context
+from adapter.api.deps import check_write_purpose, get_services, get_write_context
 from adapter.api.json_input import load_json
 from adapter.api.multipart import parse_multipart
-from adapter.api.openapi import BODY, JSON, NEW_IMAGES, PHOTO_UPLOAD, answers, ok, refusals
+from adapter.api.openapi import BODY, JSON, NEW_IMAGES, PHOTO_UPLOAD, WRITE, answers, ok, refusals
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
 from adapter.errors import InvalidInput, RequiredElementMissing
@@ -60,7 +60,7 @@ _RECEIPT = ok(201, "the receipt (a retry: the original one, with Idempotent-Repl
 
 
 @router.post("/photos", status_code=201, openapi_extra=PHOTO_UPLOAD,
-             responses=answers(_RECEIPT, refusals(*BODY, *NEW_IMAGES)))
+             responses=answers(_RECEIPT, refusals(*BODY, *WRITE, *NEW_IMAGES)))
 async def post_photo(request: Request, idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
     """Store a photo: multipart/form-data with ``file`` (image/jpeg or image/png) and
     ``metadata`` (JSON). 201 with a receipt; a retry answers with the original receipt."""
@@ -68,6 +68,7 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
     # round trips to a worker thread per request before any work is done.
     services = get_services(request)
     ctx = get_write_context(request)
+    check_write_purpose(request, services, "create")
     limit = services.settings.max_upload_bytes
     refuse_declared_over(request, limit + 1024 * 1024, f"the upload is larger than {limit} bytes")
     # A photo of up to MEMORY_LIMIT bytes stays in memory from the socket to the imaging code
