@@ -918,22 +918,28 @@ class SqlRecordStore:
                     for row in conn.execute(select(outbox).where(_o.id.in_(claimed))).mappings()}
         return [rows[i] for i in claimed]
 
-    def _finish_attempt(self, item_id: int, values: dict[str, Any], *conditions: Any) -> bool:
-        """Count an attempt of item ``item_id`` where ``conditions`` hold; False when the item
-        exists but they do not (NotFound when it does not exist)."""
+    def _finish_attempt(self, item_id: int, values: dict[str, Any], *conditions: Any,
+                        audit_events: Sequence[dict[str, Any]] = ()) -> bool:
+        """Count an attempt of item ``item_id`` where ``conditions`` hold, with ``audit_events``
+        in the same transaction; False when the item exists but they do not (NotFound when it
+        does not exist), and nothing is audited."""
         with self._write() as conn:
             result = conn.execute(update(outbox).where(_o.id == item_id, *conditions)
                                   .values(attempts=_o.attempts + 1, **values))
             if result.rowcount == 1:
+                self._insert_audit(conn, [{"recorded": now_instant(), "json": e} for e in audit_events])  # last
                 return True
             if conn.execute(select(_o.id).where(_o.id == item_id)).first() is None:
                 raise NotFound("no outbox item with this id")
         return False
 
-    def mark_outbox_sent(self, item_id: int, now: datetime) -> None:
+    def mark_outbox_sent(self, item_id: int, now: datetime, audit_events: Sequence[dict[str, Any]] = ()) -> None:
         """The item was stored by its destination: status sent; the attempt is counted. An
-        acknowledgement is a fact whoever reports it, claim or no claim."""
-        self._finish_attempt(item_id, {"status": OUTBOX_SENT, "last_error": None, "updated": to_utc(now)})
+        acknowledgement is a fact whoever reports it, claim or no claim. ``audit_events`` (the
+        disclosure's) commit with it: a process dying right after the commit has audited what
+        it marked sent, which is never sent, nor audited, again."""
+        self._finish_attempt(item_id, {"status": OUTBOX_SENT, "last_error": None, "updated": to_utc(now)},
+                             audit_events=audit_events)
 
     def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,
                           give_up: bool = False, claimed_until: datetime | None = None) -> bool:
