@@ -1,0 +1,483 @@
+"""End to end: ``python -m adapter serve`` killed with SIGKILL at seeded random moments while photos
+(``POST /photos``), transaction Bundles, C-STOREs (dcmtk's storescu) and Consent withdrawals arrive
+at once, then restarted on the same data folder (SQLite; once PostgreSQL). After every restart:
+
+- what was answered (201, a transaction-response, C-STORE Success, a withdrawal's 200) is there, and
+  in force;
+- nothing is half-visible: every record has its Binary and Provenance (and the other way round),
+  its receipt and DICOM instance, every image its bytes with the digest it is stored under
+  (``verify --digests``: 0 problems);
+- whatever got no answer is sent again as a client does (the same Idempotency-Key and bytes, the
+  same Bundle, the same SOP Instance) and answered as stored, once: never two records, never an
+  error that sticks; a withdrawal not answered is in force wholly (new version and its audit) or
+  not at all;
+- the audit trail (``python -m adapter audit``) has no gap in its sequence numbers, and names no
+  record that was not committed.
+
+``CRASH_SEED`` (an integer) replays one run: each test's seeds are fixed, so a failure reproduces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from PIL import Image
+from sqlalchemy import create_engine, text
+
+from tests.conftest import ROOT, require_or_skip
+from tests.support.app import PATIENT, consent_resource
+from tests.support.dcmtk import StoreSCP, dcmtk_missing, storescu, wrap_jpeg_as_sc
+from tests.support.mhd import provide_document_bundle
+from tests.support.postgres import postgres_schema
+from tests.support.server import RunningAdapter, running_adapter
+
+TREAT = {"X-Purpose-Of-Use": "TREAT"}
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+RECORD_TYPES = ("Media", "DocumentReference")
+
+
+def _picture(rng: random.Random) -> bytes:
+    """A small baseline JPEG of seeded noise: every one differs (a new photo, not a retry)."""
+    width, height = rng.randrange(48, 97, 8), rng.randrange(32, 73, 8)
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+@dataclass
+class Attempt:
+    """One request as a client made it, kept to be sent again as it was, and what it was answered."""
+
+    kind: str  # photo, bundle, cstore, withdraw
+    payload: Any
+    key: str | None = None
+    answers: list[Any] = field(default_factory=list)  # each try's status (None: no answer)
+    result: Any = None  # the answered receipt / transaction-response / SOP Instance UID / Consent
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.answers) and self.answers[-1] is not None
+
+
+class Clients:
+    """Concurrent clients of one running adapter; each stops at its first request left without an
+    answer (the adapter was killed), so every attempt is either answered or to be sent again."""
+
+    def __init__(self, seed: str, folder: Path, consents: list[dict[str, Any]]) -> None:
+        self.seed = seed  # each client draws from its own generator: the photos do not depend on timing
+        self.folder = folder
+        self.attempts: list[Attempt] = []
+        self.to_withdraw = list(consents)
+        self._lock = threading.Lock()
+
+    # -- what each client sends -------------------------------------------------------------
+
+    def new_photo(self, rng: random.Random) -> Attempt:
+        picture, keyed = _picture(rng), rng.random() < 0.7
+        meta = {"patient": dict(PATIENT), "kind": "clinical", "source": "clinician",
+                "consent": {"purposes": ["TREAT"], "method": "verbal"}}
+        return Attempt("photo", (picture, meta), key=str(uuid.UUID(int=rng.getrandbits(128))) if keyed else None)
+
+    def new_bundle(self, rng: random.Random) -> Attempt:
+        picture = _picture(rng)
+        return Attempt("bundle", provide_document_bundle(picture))
+
+    def new_cstore(self, rng: random.Random) -> Attempt:
+        picture = _picture(rng)
+        path = self.folder / f"{uuid.uuid4().hex}.dcm"
+        path.write_bytes(wrap_jpeg_as_sc(picture, patient_id=PATIENT["value"]))
+        ds = pydicom.dcmread(path)
+        ds.IssuerOfPatientID = "HOSP"
+        ds.InstitutionName = "Example Hospital Radiology"
+        ds.save_as(path, enforce_file_format=True)
+        return Attempt("cstore", path, result=str(ds.SOPInstanceUID))
+
+    def new_withdrawal(self, _rng: random.Random) -> Attempt | None:
+        with self._lock:
+            if not self.to_withdraw:
+                return None
+            consent = self.to_withdraw.pop(0)
+        return Attempt("withdraw", {**consent, "status": "inactive"})
+
+    # -- sending (also again, after a restart) -----------------------------------------------
+
+    @staticmethod
+    def send(server: RunningAdapter, attempt: Attempt) -> None:
+        try:
+            if attempt.kind == "photo":
+                picture, meta = attempt.payload
+                headers = {"Idempotency-Key": attempt.key} if attempt.key else {}
+                answer = httpx.post(f"{server.url}/photos", timeout=30, headers=headers, files={
+                    "file": ("p.jpg", picture, "image/jpeg"),
+                    "metadata": (None, json.dumps(meta), "application/json")})
+                attempt.answers.append(answer.status_code)
+                attempt.result = answer.json()
+            elif attempt.kind == "bundle":
+                answer = httpx.post(f"{server.url}/fhir", timeout=30, headers=FHIR_JSON,
+                                    content=json.dumps(attempt.payload))
+                attempt.answers.append(answer.status_code)
+                attempt.result = answer.json()
+            elif attempt.kind == "withdraw":
+                consent = attempt.payload
+                answer = httpx.put(f"{server.url}/fhir/Consent/{consent['id']}", timeout=30, headers=FHIR_JSON,
+                                   content=json.dumps(consent))
+                attempt.answers.append(answer.status_code)
+            else:
+                done = storescu(server.dicom_port, "ADAPTER", [attempt.payload], timeout=60, check=False)
+                # storescu exits 0 only when the C-STORE got Success; anything else (no
+                # association, one cut off, a failure status) counts as no answer: sent again,
+                # it must then get Success
+                attempt.answers.append(0 if done.returncode == 0 else None)
+        except (httpx.TransportError, json.JSONDecodeError):
+            attempt.answers.append(None)
+
+    def run(self, server: RunningAdapter, kind: str, number: int, stop: threading.Event) -> None:
+        rng = random.Random(f"{self.seed}/{kind}/{number}")
+        while not stop.is_set():
+            attempt = {"photo": self.new_photo, "bundle": self.new_bundle, "cstore": self.new_cstore,
+                       "withdraw": self.new_withdrawal}[kind](rng)
+            if attempt is None:
+                return
+            with self._lock:
+                self.attempts.append(attempt)
+            self.send(server, attempt)
+            if not attempt.answered:
+                return
+            if kind == "withdraw":
+                stop.wait(0.05)
+
+
+def _kill(server: RunningAdapter) -> None:
+    """SIGKILL the adapter's whole process group, as a power cut of the process would."""
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def _adapter(workdir: Path, data: Path, env: dict[str, str]) -> Iterator[RunningAdapter]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with running_adapter(workdir, ADAPTER_DATA_DIR=str(data), ADAPTER_DICOM_ALLOWED_AE_TITLES="STORESCU",
+                         ADAPTER_AE_TITLE="ADAPTER", **env) as server:
+        yield server
+
+
+def _cli(data: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    full.update(ADAPTER_DATA_DIR=str(data), **env)
+    return subprocess.run([sys.executable, "-m", "adapter", *args], cwd=ROOT, env=full, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+# -- the invariants -----------------------------------------------------------------------------
+
+
+def _rows(db_url: str, sql: str) -> list[Any]:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql)).all())
+    finally:
+        engine.dispose()
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _check_store(db_url: str) -> dict[str, Any]:
+    """Nothing half-visible, read from the database itself: every receipt names resources that
+    are all there, every record, Binary and Provenance belongs to one receipt, every DICOM instance
+    to a record; return what is stored, for the other checks."""
+    resources = {(rt, rid): (version, _json(doc)) for rt, rid, version, doc in
+                 _rows(db_url, "SELECT resource_type, id, version_id, json FROM resources")}
+    receipts = [_json(r) for (r,) in _rows(db_url, "SELECT receipt FROM receipts")]
+    owned: dict[str, int] = {}
+    for receipt in receipts:
+        for ref in (receipt["record"], receipt["binary"], receipt["provenance"], *(receipt.get("consents") or ())):
+            rtype, _, rid = ref.partition("/")
+            assert (rtype, rid) in resources, f"a receipt names {rtype}, which is not stored"
+            owned[ref] = owned.get(ref, 0) + 1
+    for (rtype, rid) in resources:
+        if rtype in (*RECORD_TYPES, "Binary", "Provenance"):
+            assert owned.get(f"{rtype}/{rid}") == 1, f"{rtype}/{rid} belongs to {owned.get(f'{rtype}/{rid}', 0)} receipts"
+    instances = _rows(db_url, "SELECT sop_instance_uid, record_type, record_id FROM dicom_instances")
+    assert len(instances) == len(receipts), (len(instances), len(receipts))
+    for _uid, rtype, rid in instances:
+        assert (rtype, rid) in resources
+    history = {(rt, rid, v) for rt, rid, v in _rows(db_url, "SELECT resource_type, id, version_id FROM resource_history")}
+    for (rtype, rid), (version, _doc) in resources.items():
+        assert all((rtype, rid, v) in history for v in range(1, version + 1)), f"{rtype} lacks history"
+    return {"resources": resources, "receipts": receipts,
+            "instances": {uid: f"{rtype}/{rid}" for uid, rtype, rid in instances}}
+
+
+def _check_audit(data: Path, env: dict[str, str], stored: dict[str, Any]) -> list[dict[str, Any]]:
+    """The export: sequence numbers 1..N without a gap; every create or update it records names
+    resources that are stored, every Consent version after the first its one update event."""
+    done = _cli(data, env, "audit")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    seqs = [int(e["id"]) for e in events]
+    assert seqs == list(range(1, len(seqs) + 1)), f"gaps in the audit sequence: {_gaps(seqs)}"
+    resources = stored["resources"]
+    updates: dict[str, int] = {}
+    for event in events:
+        if event.get("outcome") != "0" or event.get("action") not in ("C", "U"):
+            continue
+        for entity in event.get("entity") or ():
+            ref = (entity.get("what") or {}).get("reference") or ""
+            rtype, _, rid = ref.partition("/")
+            if rtype in (*RECORD_TYPES, "Binary", "Provenance", "Consent"):
+                assert (rtype, rid) in resources, f"the audit names {rtype}/… that was never committed"
+                if event["action"] == "U" and rtype == "Consent":
+                    updates[rid] = updates.get(rid, 0) + 1
+    for (rtype, rid), (version, _doc) in resources.items():
+        if rtype == "Consent":
+            assert updates.get(rid, 0) == version - 1, f"Consent version {version} with {updates.get(rid, 0)} updates"
+    return events
+
+
+def _gaps(seqs: list[int]) -> list[int]:
+    present = set(seqs)
+    return [n for n in range(1, max(seqs, default=0) + 1) if n not in present][:20]
+
+
+def _check_answered(server: RunningAdapter, attempts: list[Attempt], stored: dict[str, Any]) -> None:
+    """What a client was answered is there after the restart: each receipt's record and its
+    image (by the digest the receipt gave), each transaction's, each C-STORE's, each withdrawal."""
+    with httpx.Client(base_url=server.url, headers=TREAT, timeout=30) as http:
+        for attempt in attempts:
+            if not attempt.answered:
+                continue
+            if attempt.kind == "photo":
+                receipt = attempt.result
+                assert attempt.answers[-1] == 201 and receipt["safeToDeleteFromDevice"] is True, attempt.result
+                assert http.get(f"/fhir/{receipt['record']}").status_code == 200
+                image = http.get(f"/fhir/{receipt['binary']}", headers={"Accept": "image/*"})
+                assert image.status_code == 200
+                assert hashlib.sha256(image.content).hexdigest() == receipt["sha256"]["stored"]
+            elif attempt.kind == "bundle":
+                assert attempt.answers[-1] == 200, attempt.result
+                locations = [e["response"].get("location") for e in attempt.result["entry"]]
+                records = [loc for loc in locations if loc and loc.split("/")[0] in (*RECORD_TYPES, "Binary")]
+                assert len(records) == 2, locations
+                for location in records:
+                    rtype, rid = location.split("/")[:2]
+                    assert (rtype, rid) in stored["resources"]
+                    assert http.get(f"/fhir/{rtype}/{rid}").status_code == 200
+            elif attempt.kind == "cstore":
+                assert attempt.answers[-1] == 0
+                assert attempt.result in stored["instances"], "an object answered Success is not stored"
+            else:
+                assert attempt.answers[-1] == 200
+                consent = attempt.payload
+                read = http.get(f"/fhir/Consent/{consent['id']}")
+                assert read.status_code == 200 and read.json()["status"] == "inactive"
+
+
+def _check_unanswered_withdrawals(attempts: list[Attempt], stored: dict[str, Any]) -> None:
+    """A withdrawal not answered is in force wholly (its version, with status inactive) or not at all."""
+    for attempt in attempts:
+        if attempt.kind == "withdraw" and not attempt.answered:
+            version, document = stored["resources"][("Consent", attempt.payload["id"])]
+            assert (version, document["status"]) in ((1, "active"), (2, "inactive")), (version, document["status"])
+
+
+def _send_again(server: RunningAdapter, attempts: list[Attempt]) -> None:
+    """Every attempt left without an answer, sent again as it was: answered as stored now."""
+    for attempt in attempts:
+        if attempt.answered:
+            continue
+        Clients.send(server, attempt)
+        assert attempt.answered, f"a {attempt.kind} sent again after the restart got no answer"
+        if attempt.kind == "photo":
+            assert attempt.answers[-1] == 201, attempt.result
+        elif attempt.kind == "bundle":
+            assert attempt.answers[-1] == 200, attempt.result
+        elif attempt.kind == "cstore":
+            assert attempt.answers[-1] == 0
+        else:
+            assert attempt.answers[-1] == 200
+
+
+def _check_once(attempts: list[Attempt], stored: dict[str, Any]) -> None:
+    """Once every attempt is answered: exactly one record per photo, Bundle and object sent."""
+    receipts = stored["receipts"]
+    photos = [a for a in attempts if a.kind in ("photo", "bundle", "cstore")]
+    assert len(receipts) == len(photos), f"{len(receipts)} receipts for {len(photos)} photos and objects"
+    by_record = {r["record"] for r in receipts}
+    for attempt in attempts:
+        if attempt.kind == "photo":
+            assert attempt.result["record"] in by_record
+        elif attempt.kind == "cstore":
+            assert stored["instances"].get(attempt.result) in by_record
+
+
+def _crash_rounds(tmp_path: Path, seed: int, rounds: int, env: dict[str, str], db_url: str) -> None:
+    rng = random.Random(seed)
+    data = tmp_path / "data"
+    attempts: list[Attempt] = []
+    consents: list[dict[str, Any]] = []
+    (tmp_path / "dicom").mkdir()
+    for n in range(rounds + 1):
+        with _adapter(tmp_path / f"run{n}", data, env) as server:
+            if n:
+                stored = _check_store(db_url)
+                _check_answered(server, attempts, stored)
+                _check_unanswered_withdrawals(attempts, stored)
+                _send_again(server, attempts)
+            else:
+                for _ in range(12):
+                    created = httpx.post(f"{server.url}/fhir/Consent", headers=FHIR_JSON, timeout=30,
+                                         content=json.dumps(consent_resource(["TRAIN"])))
+                    assert created.status_code == 201, created.text
+                    consents.append(created.json())
+            if n == rounds:
+                stored = _check_store(db_url)
+                _check_answered(server, attempts, stored)
+                _check_once(attempts, stored)
+                break
+            clients = Clients(f"{seed}/{n}", tmp_path / "dicom", consents)
+            stop = threading.Event()
+            kinds = ["photo", "photo", "bundle", "cstore", "withdraw"]
+            threads = [threading.Thread(target=clients.run, args=(server, kind, i, stop))
+                       for i, kind in enumerate(kinds)]
+            kill_after = rng.uniform(0.3, 2.5)
+            for thread in threads:
+                thread.start()
+            time.sleep(kill_after)
+            _kill(server)
+            stop.set()
+            for thread in threads:
+                thread.join(90)
+            attempts += clients.attempts
+            consents = clients.to_withdraw
+    stored = _check_store(db_url)
+    _check_audit(data, env, stored)
+    verify = _cli(data, env, "verify", "--digests")
+    assert verify.returncode == 0 and " 0 problem(s)" in verify.stdout, verify.stdout + verify.stderr
+    lost = [a for a in attempts if a.answers[0] is None]
+    assert lost, "no request was left without an answer: the kills hit nothing"
+
+
+def _post_photo(server: RunningAdapter, picture: bytes, key: str) -> httpx.Response:
+    meta = {"patient": dict(PATIENT), "kind": "clinical", "source": "clinician",
+            "consent": {"purposes": ["TREAT"], "method": "verbal"}}
+    return httpx.post(f"{server.url}/photos", timeout=30, headers={"Idempotency-Key": key}, files={
+        "file": ("p.jpg", picture, "image/jpeg"), "metadata": (None, json.dumps(meta), "application/json")})
+
+
+def _wait(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _safe(call: Any) -> Any:
+    try:
+        return call()
+    except httpx.TransportError:
+        return None
+
+
+def _sqlite(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'data' / 'adapter.db'}"
+
+
+@pytest.fixture
+def dcmtk() -> None:
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+
+
+@pytest.mark.usefixtures("dcmtk")
+@pytest.mark.parametrize("seed", [int(os.environ.get("CRASH_SEED", "0")) or s for s in (11, 23)])
+def test_sigkill_during_ingest_on_sqlite(tmp_path: Path, seed: int) -> None:
+    _crash_rounds(tmp_path, seed, rounds=3, env={}, db_url=_sqlite(tmp_path))
+
+
+@pytest.mark.usefixtures("dcmtk")
+def test_sigkill_during_ingest_on_postgres(tmp_path: Path) -> None:
+    seed = int(os.environ.get("CRASH_SEED", "0")) or 37
+    with postgres_schema("crash") as url:
+        _crash_rounds(tmp_path, seed, rounds=3, env={"ADAPTER_DATABASE_URL": url}, db_url=url)
+
+
+@pytest.mark.usefixtures("dcmtk")
+def test_sigkill_while_forwarding_sends_each_object_and_audits_each_disclosure_once(tmp_path: Path) -> None:
+    """Photos posted while the forwarder sends them to a PACS (dcmtk's storescp), the adapter
+    killed three times: once the leases the killed forwarders held have run out (60 s; set past
+    here, the adapter stopped, rather than waited for), every photo reaches the PACS, at most one
+    object per kill twice (a kill between the PACS's acknowledgement and the commit marking it
+    sent: the README's window), every item is sent and its disclosure audited exactly once."""
+    seed = int(os.environ.get("CRASH_SEED", "0")) or 53
+    rng = random.Random(seed)
+    data, kills = tmp_path / "data", 3
+    attempts: list[Attempt] = []
+    db_url = _sqlite(tmp_path)
+    with StoreSCP(tmp_path / "pacs", aet="PACS", accept=("+xa", "-uf")) as pacs:
+        env = {"ADAPTER_FORWARD_TO": f"PACS@127.0.0.1:{pacs.port}"}
+        for n in range(kills + 1):
+            with _adapter(tmp_path / f"run{n}", data, env) as server:
+                _send_again(server, attempts)
+                if n == kills:
+                    break
+                clients = Clients(f"{seed}/{n}", tmp_path, [])
+                stop = threading.Event()
+                threads = [threading.Thread(target=clients.run, args=(server, "photo", i, stop)) for i in range(2)]
+                kill_after = rng.uniform(0.3, 2.5)
+                for thread in threads:
+                    thread.start()
+                time.sleep(kill_after)
+                _kill(server)
+                stop.set()
+                for thread in threads:
+                    thread.join(90)
+                attempts += clients.attempts
+        engine = create_engine(db_url)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE outbox SET next_attempt_at = :past WHERE status = 'pending'"),
+                         {"past": "2000-01-01 00:00:00.000000"})
+        engine.dispose()
+        with _adapter(tmp_path / "drain", data, env) as server:
+            _wait(lambda: _rows(db_url, "SELECT count(*) FROM outbox WHERE status <> 'sent'")[0][0] == 0,
+                  "the outbox to drain")
+        received: dict[str, int] = {}
+        for path in pacs.files():
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            received[uid] = received.get(uid, 0) + 1
+    sent = {str(uid) for (uid,) in _rows(db_url, "SELECT sop_instance_uid FROM outbox")}
+    photos = {a.result["dicom"]["sopInstanceUid"] for a in attempts}
+    assert sent == photos == set(received), "a photo did not reach the PACS"
+    assert sum(received.values()) - len(received) <= kills, f"objects sent twice: {received}"
+    stored = _check_store(db_url)
+    events = _check_audit(data, {}, stored)
+    disclosed: dict[str, int] = {}
+    for event in events:
+        if event.get("action") == "R" and event.get("outcome") == "0" and "PACS" in json.dumps(event.get("agent")):
+            for entity in event.get("entity") or ():
+                ref = (entity.get("what") or {}).get("reference")
+                if ref:
+                    disclosed[ref] = disclosed.get(ref, 0) + 1
+    assert disclosed == {a.result["record"]: 1 for a in attempts}, "a disclosure to the PACS is audited other than once"
