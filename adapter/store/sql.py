@@ -412,12 +412,19 @@ class SqlRecordStore:
         order of their numbers (the lock is held for the insert, the stamp of the resources written
         with it, and the commit only). SQLite
         has one writer at a time anyway. ``locked``: the transaction holds the lock already
-        (:meth:`_stamp`)."""
+        (:meth:`_stamp`).
+
+        The numbers are the last committed one's successors, taken under that lock (SQLite: its
+        write lock), not from PostgreSQL's sequence: a sequence hands a number out for good,
+        committed or not, so a transaction rolled back after its insert (its process killed
+        before the commit) left a number no event has, a gap in the export a SIEM cannot tell
+        from an event deleted (found by the crash review)."""
         if not rows:
             return
         if conn.dialect.name == "postgresql" and not locked:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
-        self._inserts.execute(conn, audit, rows)
+        last = int(conn.execute(select(func.coalesce(func.max(audit.c.seq), 0))).scalar_one())
+        self._inserts.execute(conn, audit, [{"seq": last + n, **row} for n, row in enumerate(rows, 1)])
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -41,12 +41,13 @@ import pydicom
 import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from tests.conftest import ROOT, require_or_skip
 from tests.support.app import PATIENT, consent_resource
 from tests.support.dcmtk import StoreSCP, dcmtk_missing, storescu, wrap_jpeg_as_sc
 from tests.support.mhd import provide_document_bundle
-from tests.support.postgres import postgres_schema
+from tests.support.postgres import named_postgres_schema, postgres_schema
 from tests.support.server import RunningAdapter, running_adapter
 
 TREAT = {"X-Purpose-Of-Use": "TREAT"}
@@ -481,3 +482,53 @@ def test_sigkill_while_forwarding_sends_each_object_and_audits_each_disclosure_o
                 if ref:
                     disclosed[ref] = disclosed.get(ref, 0) + 1
     assert disclosed == {a.result["record"]: 1 for a in attempts}, "a disclosure to the PACS is audited other than once"
+
+
+def test_a_kill_between_the_audit_insert_and_the_commit_leaves_no_gap_on_postgres(tmp_path: Path) -> None:
+    """Found by this review: on PostgreSQL the audit's sequence numbers came from a sequence,
+    which hands a number out for good, committed or not. An ingest killed after its AuditEvent
+    was inserted and before its commit left a number no event has: a gap in the export, which a
+    SIEM cannot tell from an event deleted. A trigger that sleeps on each audit insert widens
+    that window (a round trip, else) so the kill lands in it; the photo sent again after the
+    restart is stored once, and the export's sequence numbers are 1..N."""
+    rng = random.Random(41)
+    with named_postgres_schema("crash_gap") as (url, name):
+        env = {"ADAPTER_DATABASE_URL": url}
+        engine = create_engine(url, poolclass=NullPool)  # none of its sessions stays open between uses
+        others = text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+                      "AND pid <> pg_backend_pid()")
+        sleeping = text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+                        "AND wait_event = 'PgSleep'")
+
+        def count(query: Any) -> int:  # in a transaction of its own: pg_stat_activity is a snapshot
+            with engine.connect() as conn:
+                return int(conn.execute(query, {"name": name}).scalar_one())
+
+        try:
+            with _adapter(tmp_path / "run0", tmp_path / "data", env) as server:
+                assert _post_photo(server, _picture(rng), str(uuid.uuid4())).status_code == 201
+                with engine.begin() as conn:
+                    conn.execute(text("CREATE FUNCTION slow_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                                      "$$ BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$"))
+                    conn.execute(text("CREATE TRIGGER slow_audit AFTER INSERT ON audit FOR EACH ROW "
+                                      "EXECUTE FUNCTION slow_audit()"))
+                picture, key = _picture(rng), str(uuid.uuid4())
+                lost: list[Any] = []
+                sender = threading.Thread(target=lambda: lost.append(_safe(lambda: _post_photo(server, picture, key))))
+                sender.start()
+                _wait(lambda: count(sleeping) == 1, "the audit insert")
+                _kill(server)
+                sender.join(30)
+                assert lost == [None], "the photo was answered before the kill"
+            # the killed sessions end once their statement has
+            _wait(lambda: count(others) == 0, "the killed sessions")
+            with engine.begin() as conn:
+                conn.execute(text("DROP TRIGGER slow_audit ON audit"))
+            with _adapter(tmp_path / "run1", tmp_path / "data", env) as server:
+                again = _post_photo(server, picture, key)
+                assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers, again.text
+            stored = _check_store(url)
+            assert len(stored["receipts"]) == 2
+            _check_audit(tmp_path / "data", env, stored)
+        finally:
+            engine.dispose()
