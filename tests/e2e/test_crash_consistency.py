@@ -1,20 +1,26 @@
 """End to end: ``python -m adapter serve`` killed with SIGKILL at seeded random moments while photos
 (``POST /photos``), transaction Bundles, C-STOREs (dcmtk's storescu) and Consent withdrawals arrive
-at once, then restarted on the same data folder (SQLite; once PostgreSQL). After every restart:
+at once, then restarted on the same data folder (SQLite, with one HTTP worker and with two;
+PostgreSQL). Before each restart every start-up fill (search index, StudyDates, QIDO-RS keys and
+attributes, released UIDs, pseudonyms) is given its work again and a start doing it is killed too
+(the very first start, creating the schema, as well). After every restart:
 
+- the start-up fills derived exactly what they had before;
 - what was answered (201, a transaction-response, C-STORE Success, a withdrawal's 200) is there, and
   in force;
-- nothing is half-visible: every record has its Binary and Provenance (and the other way round),
-  its receipt and DICOM instance, every image its bytes with the digest it is stored under
-  (``verify --digests``: 0 problems);
-- whatever got no answer is sent again as a client does (the same Idempotency-Key and bytes, the
-  same Bundle, the same SOP Instance) and answered as stored, once: never two records, never an
-  error that sticks; a withdrawal not answered is in force wholly (new version and its audit) or
-  not at all;
-- the audit trail (``python -m adapter audit``) has no gap in its sequence numbers, and names no
-  record that was not committed.
+- nothing is half-visible: every receipt's resources are all stored, every record, Binary and
+  Provenance belongs to one receipt and every receipt to one DICOM instance, every image has its
+  bytes with the digest it is stored under (``verify --digests``: 0 problems);
+- whatever got no answer is sent again as a client does (the same Idempotency-Key and bytes, or the
+  same bytes without a key; the same Bundle; the same SOP Instance) and answered as stored, once:
+  never two records, never an error that sticks; a withdrawal not answered is in force wholly (its
+  version and its audit) or not at all;
+- the audit trail (``python -m adapter audit``) has no gap in its sequence numbers, audits the
+  creation of every resource stored and names none that was not committed.
 
-``CRASH_SEED`` (an integer) replays one run: each test's seeds are fixed, so a failure reproduces.
+With a forwarder sending to a PACS, every photo arrives, at most one object per kill twice, and
+each disclosure is audited once. ``CRASH_SEED`` (an integer) replaces the fixed seeds, to explore
+or replay a run: the moments of the kills and the photos come from it (not the threads' timing).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from tests.conftest import ROOT, require_or_skip
 from tests.support.app import PATIENT, consent_resource
 from tests.support.dcmtk import StoreSCP, dcmtk_missing, storescu, wrap_jpeg_as_sc
 from tests.support.mhd import provide_document_bundle
+from tests.support.orthanc import free_ports
 from tests.support.postgres import named_postgres_schema, postgres_schema
 from tests.support.server import RunningAdapter, running_adapter
 
@@ -182,6 +189,68 @@ def _adapter(workdir: Path, data: Path, env: dict[str, str]) -> Iterator[Running
         yield server
 
 
+def _killed_start(workdir: Path, data: Path, env: dict[str, str], after: float) -> None:
+    """Start ``serve`` and SIGKILL it ``after`` seconds later, wherever its start has got to
+    (creating the schema, opening the store, the start-up fills, serving)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_ports(2)
+    full = {**os.environ, "ADAPTER_HTTP_PORT": str(http_port), "ADAPTER_DICOM_PORT": str(dicom_port),
+            "ADAPTER_DATA_DIR": str(data), "ADAPTER_DICOM_ALLOWED_AE_TITLES": "STORESCU", "TMPDIR": str(workdir),
+            **env}
+    with (workdir / "server.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, env=full, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        time.sleep(after)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
+#: What the start-up fills derive from the records and objects (search index, StudyDates, QIDO-RS
+#: match keys and attributes, released UIDs, pseudonyms) and the fingerprints saying it is done.
+_DERIVED = (
+    "SELECT resource_type, id, param, system, code FROM tokens ORDER BY 1, 2, 3, 4, 5",
+    "SELECT resource_type, id, date, status, creation FROM resources ORDER BY 1, 2",
+    ("SELECT sop_instance_uid, study_date, patient_name_key, patient_name_ideographic_key, "
+     "patient_name_phonetic_key, study_description_key, series_number, instance_number, image_rows, "
+     "image_columns, bits_allocated, number_of_frames, attributes_read, referring_physician_name, "
+     "patient_birth_date, patient_sex, study_id FROM dicom_instances ORDER BY 1"),
+    ("SELECT view, sop_instance_uid, study_instance_uid, series_instance_uid, released_sop_instance_uid "
+     "FROM dicom_released_uids ORDER BY 1, 2"),
+    "SELECT pseudonym, patient_system, patient_value FROM patient_pseudonyms ORDER BY 1",
+    "SELECT name, fingerprint FROM key_fingerprints ORDER BY 1",
+)
+
+#: Every start-up fill made to run again, as after an upgrade that changes what they derive.
+_STALE = (
+    "UPDATE key_fingerprints SET fingerprint = 'stale'",
+    "DELETE FROM tokens WHERE resource_type IN ('Media', 'DocumentReference')",
+    ("UPDATE resources SET date = NULL, status = NULL, creation = NULL "
+     "WHERE resource_type IN ('Media', 'DocumentReference')"),
+    "UPDATE dicom_instances SET study_date = NULL WHERE blob_sha256 IS NULL",
+    ("UPDATE dicom_instances SET patient_name_key = NULL, patient_name_ideographic_key = NULL, "
+     "patient_name_phonetic_key = NULL, study_description_key = NULL, series_number = NULL, instance_number = NULL, "
+     "image_rows = NULL, image_columns = NULL, bits_allocated = NULL, number_of_frames = NULL, "
+     "attributes_read = NULL, referring_physician_name = NULL, patient_birth_date = NULL, patient_sex = NULL, "
+     "study_id = NULL"),
+    "DELETE FROM dicom_released_uids",
+    "DELETE FROM patient_pseudonyms",
+)
+
+
+def _derived(db_url: str) -> list[list[Any]]:
+    return [[tuple(row) for row in _rows(db_url, sql)] for sql in _DERIVED]
+
+
+def _make_stale(db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            for sql in _STALE:
+                conn.execute(text(sql))
+    finally:
+        engine.dispose()
+
+
 def _cli(data: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
     full.update(ADAPTER_DATA_DIR=str(data), **env)
@@ -234,7 +303,8 @@ def _check_store(db_url: str) -> dict[str, Any]:
 
 def _check_audit(data: Path, env: dict[str, str], stored: dict[str, Any]) -> list[dict[str, Any]]:
     """The export: sequence numbers 1..N without a gap; every create or update it records names
-    resources that are stored, every Consent version after the first its one update event."""
+    resources that are stored, every resource stored is named by a create, every Consent version
+    after the first by its one update event."""
     done = _cli(data, env, "audit")
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
@@ -242,6 +312,7 @@ def _check_audit(data: Path, env: dict[str, str], stored: dict[str, Any]) -> lis
     assert seqs == list(range(1, len(seqs) + 1)), f"gaps in the audit sequence: {_gaps(seqs)}"
     resources = stored["resources"]
     updates: dict[str, int] = {}
+    created: set[tuple[str, str]] = set()
     for event in events:
         if event.get("outcome") != "0" or event.get("action") not in ("C", "U"):
             continue
@@ -250,8 +321,11 @@ def _check_audit(data: Path, env: dict[str, str], stored: dict[str, Any]) -> lis
             rtype, _, rid = ref.partition("/")
             if rtype in (*RECORD_TYPES, "Binary", "Provenance", "Consent"):
                 assert (rtype, rid) in resources, f"the audit names {rtype}/… that was never committed"
+                if event["action"] == "C":
+                    created.add((rtype, rid))
                 if event["action"] == "U" and rtype == "Consent":
                     updates[rid] = updates.get(rid, 0) + 1
+    assert set(resources) <= created, f"{len(set(resources) - created)} resource(s) stored with no create audited"
     for (rtype, rid), (version, _doc) in resources.items():
         if rtype == "Consent":
             assert updates.get(rid, 0) == version - 1, f"Consent version {version} with {updates.get(rid, 0)} updates"
@@ -340,9 +414,15 @@ def _crash_rounds(tmp_path: Path, seed: int, rounds: int, env: dict[str, str], d
     attempts: list[Attempt] = []
     consents: list[dict[str, Any]] = []
     (tmp_path / "dicom").mkdir()
+    derived: list[list[Any]] = []
     for n in range(rounds + 1):
+        if n:  # every start-up fill has its work to do again, and the first start doing it is killed
+            derived = _derived(db_url)
+            _make_stale(db_url)
+        _killed_start(tmp_path / f"killed{n}", data, env, rng.uniform(0.5, 3.5))
         with _adapter(tmp_path / f"run{n}", data, env) as server:
             if n:
+                assert _derived(db_url) == derived, "the start-up fills left something underived"
                 stored = _check_store(db_url)
                 _check_answered(server, attempts, stored)
                 _check_unanswered_withdrawals(attempts, stored)
@@ -363,7 +443,7 @@ def _crash_rounds(tmp_path: Path, seed: int, rounds: int, env: dict[str, str], d
             kinds = ["photo", "photo", "bundle", "cstore", "withdraw"]
             threads = [threading.Thread(target=clients.run, args=(server, kind, i, stop))
                        for i, kind in enumerate(kinds)]
-            kill_after = rng.uniform(0.3, 2.5)
+            kill_after = rng.uniform(0.3, 2.0)
             for thread in threads:
                 thread.start()
             time.sleep(kill_after)
@@ -413,9 +493,11 @@ def dcmtk() -> None:
 
 
 @pytest.mark.usefixtures("dcmtk")
-@pytest.mark.parametrize("seed", [int(os.environ.get("CRASH_SEED", "0")) or s for s in (11, 23)])
-def test_sigkill_during_ingest_on_sqlite(tmp_path: Path, seed: int) -> None:
-    _crash_rounds(tmp_path, seed, rounds=3, env={}, db_url=_sqlite(tmp_path))
+@pytest.mark.parametrize(("seed", "workers"), [(int(os.environ.get("CRASH_SEED", "0")) or s, w)
+                                               for s, w in ((11, "1"), (23, "2"))])
+def test_sigkill_during_ingest_on_sqlite(tmp_path: Path, seed: int, workers: str) -> None:
+    """``workers``: HTTP worker processes (with two, the SCP runs in their supervisor)."""
+    _crash_rounds(tmp_path, seed, rounds=3, env={"ADAPTER_HTTP_WORKERS": workers}, db_url=_sqlite(tmp_path))
 
 
 @pytest.mark.usefixtures("dcmtk")
