@@ -34,9 +34,10 @@ items acknowledged so far sent. Its disclosure is audited in that same transacti
 batch nor in a transaction of its own: an item marked sent is never sent again, so a forwarder
 dying later in the batch, or right after that commit, would leave a disclosure no audit names.
 Each object also goes only while this forwarder's claim on its item holds, as far as the lease
-renewals know (adapter.services.outbox_leases): one lost at a renewal is not sent (another forwarder may have claimed it) and its attempt is not recorded. A resend carries the same SOP Instance UID (PS3.3 C.12.1.1.1; the UIDs never change
-for a record), so the PACS treats it as the same instance (Orthanc overwrites it; others answer a
-duplicate warning), never as a second image.
+renewals know (adapter.services.outbox_leases): one lost at a renewal is not sent (another
+forwarder may have claimed it) and its attempt is not recorded. A resend carries the same SOP
+Instance UID (PS3.3 C.12.1.1.1; the UIDs never change for a record), so the PACS treats it as the
+same instance (Orthanc overwrites it; others answer a duplicate warning), never as a second image.
 
 Services never import pynetdicom (STYLE §1): the C-STORE SCU lives in ``adapter.dicom.scu`` and
 satisfies :class:`StoreSender`; ``__main__`` injects it with :meth:`Services.start_forwarding`.
