@@ -1,7 +1,7 @@
 """End to end: ``python -m adapter serve`` killed with SIGKILL at seeded random moments while photos
-(``POST /photos``), transaction Bundles, C-STOREs (dcmtk's storescu) and Consent withdrawals arrive
-at once, then restarted on the same data folder (SQLite, with one HTTP worker and with two;
-PostgreSQL). Before each restart every start-up fill (search index, StudyDates, QIDO-RS keys and
+(``POST /photos``), transaction Bundles, C-STOREs (dcmtk's storescu), STOW-RS requests and Consent
+withdrawals arrive at once, then restarted on the same data folder (SQLite, with one HTTP worker and
+with two; PostgreSQL). Before each restart every start-up fill (search index, StudyDates, QIDO-RS keys and
 attributes, released UIDs, pseudonyms) is given its work again and a start doing it is killed too
 (the very first start, creating the schema, as well). After every restart:
 
@@ -12,9 +12,9 @@ attributes, released UIDs, pseudonyms) is given its work again and a start doing
   Provenance belongs to one receipt and every receipt to one DICOM instance, every image has its
   bytes with the digest it is stored under (``verify --digests``: 0 problems);
 - whatever got no answer is sent again as a client does (the same Idempotency-Key and bytes, or the
-  same bytes without a key; the same Bundle; the same SOP Instance) and answered as stored, once:
-  never two records, never an error that sticks; a withdrawal not answered is in force wholly (its
-  version and its audit) or not at all;
+  same bytes without a key; the same Bundle; the same SOP Instance; the same STOW-RS request) and
+  answered as stored, once: never two records, never an error that sticks; a withdrawal not
+  answered is in force wholly (its version and its audit) or not at all;
 - the audit trail (``python -m adapter audit``) has no gap in its sequence numbers, audits the
   creation of every resource stored and names none that was not committed.
 
@@ -74,7 +74,7 @@ def _picture(rng: random.Random) -> bytes:
 class Attempt:
     """One request as a client made it, kept to be sent again as it was, and what it was answered."""
 
-    kind: str  # photo, bundle, cstore, withdraw
+    kind: str  # photo, bundle, cstore, stow, withdraw
     payload: Any
     key: str | None = None
     answers: list[Any] = field(default_factory=list)  # each try's status (None: no answer)
@@ -108,15 +108,24 @@ class Clients:
         picture = _picture(rng)
         return Attempt("bundle", provide_document_bundle(picture))
 
-    def new_cstore(self, rng: random.Random) -> Attempt:
-        picture = _picture(rng)
-        path = self.folder / f"{uuid.uuid4().hex}.dcm"
-        path.write_bytes(wrap_jpeg_as_sc(picture, patient_id=PATIENT["value"]))
+    def _object(self, rng: random.Random) -> tuple[Path, str]:
+        """A JPEG Secondary Capture of the patient, written to a file; its SOP Instance UID."""
+        path = self.folder / f"{uuid.UUID(int=rng.getrandbits(128)).hex}.dcm"
+        path.write_bytes(wrap_jpeg_as_sc(_picture(rng), patient_id=PATIENT["value"]))
         ds = pydicom.dcmread(path)
         ds.IssuerOfPatientID = "HOSP"
         ds.InstitutionName = "Example Hospital Radiology"
         ds.save_as(path, enforce_file_format=True)
-        return Attempt("cstore", path, result=str(ds.SOPInstanceUID))
+        return path, str(ds.SOPInstanceUID)
+
+    def new_cstore(self, rng: random.Random) -> Attempt:
+        path, uid = self._object(rng)
+        return Attempt("cstore", path, result=uid)
+
+    def new_stow(self, rng: random.Random) -> Attempt:
+        """A STOW-RS request of two objects (each stored in its own transaction)."""
+        objects = [self._object(rng) for _ in range(2)]
+        return Attempt("stow", [path for path, _ in objects], result=[uid for _, uid in objects])
 
     def new_withdrawal(self, _rng: random.Random) -> Attempt | None:
         with self._lock:
@@ -143,6 +152,14 @@ class Clients:
                                     content=json.dumps(attempt.payload))
                 attempt.answers.append(answer.status_code)
                 attempt.result = answer.json()
+            elif attempt.kind == "stow":
+                boundary = "crash-review-boundary"
+                body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                                + path.read_bytes() + b"\r\n" for path in attempt.payload) + f"--{boundary}--\r\n".encode()
+                answer = httpx.post(f"{server.url}/dicomweb/studies", timeout=30, content=body, headers={
+                    "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                    "Accept": "application/dicom+json"})
+                attempt.answers.append(answer.status_code)
             elif attempt.kind == "withdraw":
                 consent = attempt.payload
                 answer = httpx.put(f"{server.url}/fhir/Consent/{consent['id']}", timeout=30, headers=FHIR_JSON,
@@ -161,7 +178,7 @@ class Clients:
         rng = random.Random(f"{self.seed}/{kind}/{number}")
         while not stop.is_set():
             attempt = {"photo": self.new_photo, "bundle": self.new_bundle, "cstore": self.new_cstore,
-                       "withdraw": self.new_withdrawal}[kind](rng)
+                       "stow": self.new_stow, "withdraw": self.new_withdrawal}[kind](rng)
             if attempt is None:
                 return
             with self._lock:
@@ -363,6 +380,9 @@ def _check_answered(server: RunningAdapter, attempts: list[Attempt], stored: dic
             elif attempt.kind == "cstore":
                 assert attempt.answers[-1] == 0
                 assert attempt.result in stored["instances"], "an object answered Success is not stored"
+            elif attempt.kind == "stow":
+                assert attempt.answers[-1] == 200
+                assert all(uid in stored["instances"] for uid in attempt.result), "a STOW-RS answered 200 is not stored"
             else:
                 assert attempt.answers[-1] == 200
                 consent = attempt.payload
@@ -391,21 +411,23 @@ def _send_again(server: RunningAdapter, attempts: list[Attempt]) -> None:
             assert attempt.answers[-1] == 200, attempt.result
         elif attempt.kind == "cstore":
             assert attempt.answers[-1] == 0
-        else:
+        else:  # a STOW-RS (each of its objects stored, now or before), a withdrawal
             assert attempt.answers[-1] == 200
 
 
 def _check_once(attempts: list[Attempt], stored: dict[str, Any]) -> None:
     """Once every attempt is answered: exactly one record per photo, Bundle and object sent."""
     receipts = stored["receipts"]
-    photos = [a for a in attempts if a.kind in ("photo", "bundle", "cstore")]
-    assert len(receipts) == len(photos), f"{len(receipts)} receipts for {len(photos)} photos and objects"
+    photos = sum({"photo": 1, "bundle": 1, "cstore": 1, "stow": 2}.get(a.kind, 0) for a in attempts)
+    assert len(receipts) == photos, f"{len(receipts)} receipts for {photos} photos and objects"
     by_record = {r["record"] for r in receipts}
     for attempt in attempts:
         if attempt.kind == "photo":
             assert attempt.result["record"] in by_record
         elif attempt.kind == "cstore":
             assert stored["instances"].get(attempt.result) in by_record
+        elif attempt.kind == "stow":
+            assert all(stored["instances"].get(uid) in by_record for uid in attempt.result)
 
 
 def _crash_rounds(tmp_path: Path, seed: int, rounds: int, env: dict[str, str], db_url: str) -> None:
@@ -440,7 +462,7 @@ def _crash_rounds(tmp_path: Path, seed: int, rounds: int, env: dict[str, str], d
                 break
             clients = Clients(f"{seed}/{n}", tmp_path / "dicom", consents)
             stop = threading.Event()
-            kinds = ["photo", "photo", "bundle", "cstore", "withdraw"]
+            kinds = ["photo", "photo", "bundle", "cstore", "stow", "withdraw"]
             threads = [threading.Thread(target=clients.run, args=(server, kind, i, stop))
                        for i, kind in enumerate(kinds)]
             kill_after = rng.uniform(0.3, 2.0)
