@@ -81,11 +81,20 @@ class Auditor:
         """Store an AuditEvent of a read: its outcome is the decision's, or a refusal (``refused``:
         a request turned down before any record was decided, e.g. a search on what its view hides).
         ``dicom``: a DICOM exchange (:meth:`event`)."""
+        self._store.append_audit(self.decision_event(ctx, interaction=interaction, action=action, decision=decision,
+                                                     entities=entities, patient=patient, reason=reason,
+                                                     refused=refused, dicom=dicom))
+
+    def decision_event(self, ctx: RequestContext, *, interaction: str, action: str, decision: Decision | None,
+                       entities: Sequence[str], patient: Identifier | None, reason: str | None = None,
+                       refused: bool = False, dicom: DicomAudit | None = None) -> dict[str, Any]:
+        """The AuditEvent :meth:`record` stores, counted as a decision in the metrics, for the
+        caller to store in the transaction of what it audits (an outbox item marked sent)."""
         permitted = (decision.permitted if decision is not None else True) and not refused
         why = reason if reason is not None else (decision.reason if decision is not None else None)
         DECISIONS.labels(interaction, ctx.purpose.code, "refused" if refused else "permit" if permitted else "deny").inc()
-        self._store.append_audit(self.event(ctx, interaction=interaction, action=action, permitted=permitted,
-                                            reason=why, entities=entities, patient=patient, dicom=dicom))
+        return self.event(ctx, interaction=interaction, action=action, permitted=permitted, reason=why,
+                          entities=entities, patient=patient, dicom=dicom)
 
     def record_refused_transfer(self, ctx: RequestContext, *, error: BaseException, reason: str,
                                 patient: Identifier | None, dicom: DicomAudit) -> None:

@@ -30,13 +30,14 @@ Delivery is *at least once* with a very narrow window: an item is marked sent in
 immediately after its C-STORE response, before the next object of its batch goes (the sender's
 ``acknowledged`` callback), so only a crash between the acknowledgement and that commit can resend
 it; whatever happens later in the batch (an exception out of the sender included) leaves the
-items acknowledged so far sent. Its disclosure is audited right then too, not after the batch:
-an item marked sent is never sent again, so a forwarder dying later in the batch would leave a
-disclosure no audit names. Each object also goes only while this forwarder's claim on its
-item holds, as far as the lease renewals know (adapter.services.outbox_leases): one lost at a
-renewal is not sent (another forwarder may have claimed it) and its attempt is not recorded. A resend carries the same SOP Instance UID (PS3.3 C.12.1.1.1; the UIDs never change
-for a record), so the PACS treats it as the same instance (Orthanc overwrites it; others answer a
-duplicate warning), never as a second image.
+items acknowledged so far sent. Its disclosure is audited in that same transaction, not after the
+batch nor in a transaction of its own: an item marked sent is never sent again, so a forwarder
+dying later in the batch, or right after that commit, would leave a disclosure no audit names.
+Each object also goes only while this forwarder's claim on its item holds, as far as the lease
+renewals know (adapter.services.outbox_leases): one lost at a renewal is not sent (another
+forwarder may have claimed it) and its attempt is not recorded. A resend carries the same SOP
+Instance UID (PS3.3 C.12.1.1.1; the UIDs never change for a record), so the PACS treats it as the
+same instance (Orthanc overwrites it; others answer a duplicate warning), never as a second image.
 
 Services never import pynetdicom (STYLE §1): the C-STORE SCU lives in ``adapter.dicom.scu`` and
 satisfies :class:`StoreSender`; ``__main__`` injects it with :meth:`Services.start_forwarding`.
@@ -355,10 +356,10 @@ class Forwarder:
             def acknowledged(index: int, result: SendResult) -> None:  # and tells each acknowledgement
                 item, _, disclosure = ready[index]
                 if disclosure.held_back is None and disclosure.sent is None:
-                    self._settle(item, result, leases)  # marked sent before the next C-STORE-RQ
+                    # marked sent before the next C-STORE-RQ, and audited in the same transaction:
+                    # marked sent, it is never sent (nor audited) again
+                    self._settle(item, result, leases, disclosed=self._disclosed(disclosure))
                     disclosure.sent = result
-                    # and audited at once: marked sent, it is never sent (nor audited) again
-                    self._audit(disclosure, destination, permitted=True)
 
             try:
                 results = self._sender.send_batch(destination, [obj for _, obj, _ in ready], withhold=withhold,
@@ -380,21 +381,22 @@ class Forwarder:
                                     SendOutcome.PERMANENT if held.permanent else SendOutcome.RETRY, None, held.reason)
             if disclosure.sent is not None:  # marked sent and audited when acknowledged, whatever came after
                 continue
-            self._settle(item, result, leases)
+            self._settle(item, result, leases,
+                         disclosed=self._disclosed(disclosure) if result.acknowledged else None)
             if disclosure.refused:
-                self._audit(disclosure, destination, permitted=False)
-            elif result.acknowledged:
-                self._audit(disclosure, destination, permitted=True)
+                self._audit_refusal(disclosure)
 
-    def _settle(self, item: OutboxItem, result: SendResult, leases: LeaseKeeper) -> None:
+    def _settle(self, item: OutboxItem, result: SendResult, leases: LeaseKeeper,
+                disclosed: dict[str, Any] | None = None) -> None:
         """Record the attempt at once: an acknowledged object is marked sent before anything
-        else happens, so it is not sent again (see the module docstring). A failure is recorded
-        only under the claim this forwarder holds: if it was lost meanwhile, the item is another
-        forwarder's now (and perhaps sent already)."""
+        else happens, so it is not sent again (see the module docstring), with ``disclosed``, the
+        AuditEvent of its disclosure, in the same transaction. A failure is recorded only under
+        the claim this forwarder holds: if it was lost meanwhile, the item is another forwarder's
+        now (and perhaps sent already)."""
         now = self._now()
         if result.acknowledged:
             leases.release(item)  # no longer renewed: a sent item has no claim to keep
-            self._store.mark_outbox_sent(item.id, now)
+            self._store.mark_outbox_sent(item.id, now, audit_events=[disclosed] if disclosed is not None else ())
             return
         attempts = item.attempts + 1
         error = result.error or "failed"
@@ -423,7 +425,7 @@ class Forwarder:
         decision = self._reader(disclosure.context()).decide(stored.facts)
         disclosure.decision = decision
         if not decision.permitted:
-            self._audit(disclosure, item.destination, permitted=False)
+            self._audit_refusal(disclosure)
             raise _Skip(NOT_PERMITTED, permanent=True)
         try:
             return dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables), disclosure
@@ -461,18 +463,27 @@ class Forwarder:
             return disclosure.held_back.reason
         return None
 
-    def _audit(self, disclosure: _Disclosure, destination: str, *, permitted: bool) -> None:
-        """One AuditEvent per disclosure to a PACS (or refusal to make one): DICOM Instances
-        Transferred, read by the sender (adapter.mapping.audit_dicom)."""
+    def _audit_refusal(self, disclosure: _Disclosure) -> None:
+        """One AuditEvent per refusal to make a disclosure to a PACS: DICOM Instances
+        Transferred, read by the sender (adapter.mapping.audit_dicom), in a transaction of its
+        own (a disclosure's is :meth:`_disclosed`, stored as its item is marked sent)."""
         try:
             self._auditor.record(disclosure.context(), interaction="read", action="R",
                                  decision=disclosure.decision,
                                  entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
                                  patient=disclosure.instance.patient,
-                                 reason=None if permitted else "not forwarded to PACS",
+                                 reason="not forwarded to PACS",
                                  dicom=DicomAudit.transferred(disclosure.instance.study_instance_uid))
         except Exception:
-            log.exception("auditing the disclosure of outbox item %d failed", disclosure.item.id)
+            log.exception("auditing the refusal of outbox item %d failed", disclosure.item.id)
+
+    def _disclosed(self, disclosure: _Disclosure) -> dict[str, Any]:
+        """The AuditEvent of a disclosure to a PACS: DICOM Instances Transferred, read by the
+        sender (adapter.mapping.audit_dicom), stored with the item marked sent."""
+        return self._auditor.decision_event(
+            disclosure.context(), interaction="read", action="R", decision=disclosure.decision,
+            entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
+            patient=disclosure.instance.patient, dicom=DicomAudit.transferred(disclosure.instance.study_instance_uid))
 
 
 class _Disclosure:

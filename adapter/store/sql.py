@@ -412,12 +412,19 @@ class SqlRecordStore:
         order of their numbers (the lock is held for the insert, the stamp of the resources written
         with it, and the commit only). SQLite
         has one writer at a time anyway. ``locked``: the transaction holds the lock already
-        (:meth:`_stamp`)."""
+        (:meth:`_stamp`).
+
+        The numbers are the last committed one's successors, taken under that lock (SQLite: its
+        write lock), not from PostgreSQL's sequence: a sequence hands a number out for good,
+        committed or not, so a transaction rolled back after its insert (its process killed
+        before the commit) left a number no event has, a gap in the export a SIEM cannot tell
+        from an event deleted (found by the crash review)."""
         if not rows:
             return
         if conn.dialect.name == "postgresql" and not locked:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
-        self._inserts.execute(conn, audit, rows)
+        last = int(conn.execute(select(func.coalesce(func.max(audit.c.seq), 0))).scalar_one())
+        self._inserts.execute(conn, audit, [{"seq": last + n, **row} for n, row in enumerate(rows, 1)])
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -918,22 +925,28 @@ class SqlRecordStore:
                     for row in conn.execute(select(outbox).where(_o.id.in_(claimed))).mappings()}
         return [rows[i] for i in claimed]
 
-    def _finish_attempt(self, item_id: int, values: dict[str, Any], *conditions: Any) -> bool:
-        """Count an attempt of item ``item_id`` where ``conditions`` hold; False when the item
-        exists but they do not (NotFound when it does not exist)."""
+    def _finish_attempt(self, item_id: int, values: dict[str, Any], *conditions: Any,
+                        audit_events: Sequence[dict[str, Any]] = ()) -> bool:
+        """Count an attempt of item ``item_id`` where ``conditions`` hold, with ``audit_events``
+        in the same transaction; False when the item exists but they do not (NotFound when it
+        does not exist), and nothing is audited."""
         with self._write() as conn:
             result = conn.execute(update(outbox).where(_o.id == item_id, *conditions)
                                   .values(attempts=_o.attempts + 1, **values))
             if result.rowcount == 1:
+                self._insert_audit(conn, [{"recorded": now_instant(), "json": e} for e in audit_events])  # last
                 return True
             if conn.execute(select(_o.id).where(_o.id == item_id)).first() is None:
                 raise NotFound("no outbox item with this id")
         return False
 
-    def mark_outbox_sent(self, item_id: int, now: datetime) -> None:
+    def mark_outbox_sent(self, item_id: int, now: datetime, audit_events: Sequence[dict[str, Any]] = ()) -> None:
         """The item was stored by its destination: status sent; the attempt is counted. An
-        acknowledgement is a fact whoever reports it, claim or no claim."""
-        self._finish_attempt(item_id, {"status": OUTBOX_SENT, "last_error": None, "updated": to_utc(now)})
+        acknowledgement is a fact whoever reports it, claim or no claim. ``audit_events`` (the
+        disclosure's) commit with it: a process dying right after the commit has audited what
+        it marked sent, which is never sent, nor audited, again."""
+        self._finish_attempt(item_id, {"status": OUTBOX_SENT, "last_error": None, "updated": to_utc(now)},
+                             audit_events=audit_events)
 
     def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,
                           give_up: bool = False, claimed_until: datetime | None = None) -> bool:

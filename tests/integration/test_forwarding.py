@@ -673,6 +673,51 @@ def test_an_object_marked_sent_is_audited_even_if_the_forwarder_dies_later_in_it
         assert transfers[0]["entity"] and study_uids(transfers[0])
 
 
+#: A forwarder in a process of its own that dies (os._exit, as a kill -9 would end it) right
+#: after its store marked the first acknowledged item sent: argv data_dir, policy, destination.
+_DYING_ONCE_MARKED_SENT = """
+import os, sys
+from pathlib import Path
+from adapter.config import Settings
+from adapter.dicom.scu import StoreSCU
+from adapter.services.forwarding import Forwarder, ForwardOptions
+from adapter.services.registry import build_services
+
+data_dir, policy, destination = sys.argv[1:4]
+s = Settings(data_dir=Path(data_dir), policy=Path(policy), mappings_dir=Path("mappings"), forward_to=destination)
+services = build_services(s)
+store, mark = services.store, services.store.mark_outbox_sent
+def mark_then_die(*args, **kwargs):
+    mark(*args, **kwargs)
+    os._exit(9)
+store.mark_outbox_sent = mark_then_die
+Forwarder(store=store, blobs=services.blobs, tables=services.tables,
+          dicom_tables=services.dicom_ingest.dicom_tables, sender=StoreSCU(), auditor=services.auditor,
+          reader=services.reader, options=ForwardOptions(poll_interval=0.05), now=services.now).run_once()
+"""
+
+
+def test_an_object_marked_sent_is_audited_even_if_the_forwarder_dies_right_after_marking_it(
+        tmp_path: Path, pacs: OrthancPeer) -> None:
+    """Found by the crash review: an acknowledged item was marked sent in one transaction and its
+    DICOM Instances Transferred audit written in the next. A forwarder killed between the two
+    left an object disclosed to the PACS, marked sent (so never sent, nor audited, again) and
+    absent from the trail. The forwarder dies right after the item is marked sent: its disclosure
+    is in the trail all the same."""
+    with forwarding(tmp_path, pacs, start=False) as (client, services, _):
+        post_photos(client, tmp_path, (95,))
+        died = subprocess.run([sys.executable, "-c", _DYING_ONCE_MARKED_SENT, str(tmp_path / "data"),
+                               str(tmp_path / "policy.yaml"), destination(pacs)],
+                              check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert died.returncode == 9, died.stderr[-2000:]
+        [sent] = services.store.list_outbox(status="sent")
+        orthanc_instance(pacs, sent.sop_instance_uid)
+        transfers = [e for e in dicom_events(services.store.list_audit(50), INSTANCES_TRANSFERRED)
+                     if e["action"] == "R"]
+        assert [e["outcome"] for e in transfers] == ["0"]
+        assert transfers[0]["entity"] and study_uids(transfers[0])
+
+
 def test_an_item_whose_claim_was_lost_during_its_batch_is_not_sent_by_this_forwarder(
         tmp_path: Path, pacs: OrthancPeer) -> None:
     """Found by review: the claim of a batch's items was checked once, before the batch; one

@@ -27,10 +27,12 @@ def postgres_schema(prefix: str) -> Iterator[str]:
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
         require_or_skip(False, f"PostgreSQL at {PG_URL} is not reachable: {type(exc).__name__}")
     sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:  # also after a failure: no schema, and no connection, left behind
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
 
 
 @contextmanager
