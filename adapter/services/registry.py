@@ -72,7 +72,26 @@ def _pseudonym_key(settings: Settings) -> bytes:
                     os.close(dir_fd)
         finally:
             candidate.unlink(missing_ok=True)
+    _remove_abandoned_candidates(settings.data_dir)
     return path.read_text().strip().encode("utf-8")
+
+
+def _remove_abandoned_candidates(data_dir: Path) -> None:
+    """Remove the key candidates (``.pseudonym.key.<pid>.<hex>``) of processes that are gone: a
+    start killed while it made the key leaves its candidate (its ``finally`` never ran), a key
+    never used or, killed after publishing, a second name of the key itself. A candidate of a
+    live process is its own, in the middle of being published: left alone (a recycled pid only
+    keeps a file, never removes one in use)."""
+    for candidate in data_dir.glob(".pseudonym.key.*.*"):
+        pid = candidate.name.split(".")[3]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            candidate.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            continue  # a process of another user has that pid (alive), or no pid at all
 
 
 def _derived_key(pseudonym_key: bytes, label: str) -> bytes:
