@@ -7,6 +7,7 @@ import hmac
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,10 +82,16 @@ def _remove_abandoned_candidates(data_dir: Path) -> None:
     start killed while it made the key leaves its candidate (its ``finally`` never ran), a key
     never used or, killed after publishing, a second name of the key itself. A candidate of a
     live process is its own, in the middle of being published: left alone (a recycled pid only
-    keeps a file, never removes one in use)."""
+    keeps a file, never removes one in use), and so is one younger than a minute (a candidate
+    lives milliseconds; a process of another container on the same volume has a pid this one
+    cannot see)."""
     for candidate in data_dir.glob(".pseudonym.key.*.*"):
         pid = candidate.name.split(".")[3]
-        if not pid.isdigit():
+        try:
+            young = time.time() - candidate.stat().st_mtime < 60
+        except FileNotFoundError:
+            continue
+        if not pid.isdigit() or young:
             continue
         try:
             os.kill(int(pid), 0)
