@@ -2237,3 +2237,27 @@ def test_a_name_or_description_with_a_control_character_is_kept_as_received_and_
     url = value(qido(client, "instances")[0], "00081190").split("testserver")[-1]
     [meta] = client.get(f"{url}/metadata", headers=TREAT).json()
     assert meta["00100010"]["Value"] == [{"Alphabetic": "Doe\x05^Jane"}]  # as received
+
+
+def test_metadata_xml_cannot_carry_is_audited_as_a_read_that_failed(adapter: tuple[FhirClient, Services]) -> None:
+    """Found by the diff review: WADO-RS metadata of an instance holding a value XML cannot carry
+    (a name with a control character, stored as received) asked for only in XML is 406, nothing
+    sent, but was audited as a retrieval (outcome 0, a disclosure), where every other 406 after
+    the decision is a read that failed (outcome 4, 'not sent: ...'). The JSON answer stays a
+    disclosure."""
+    client, services = adapter
+    photo = received(record_id="rec-xml", PatientName="Doe\x05^Jane")
+    assert stow(client, photo).status_code == 200
+    base = f"/dicomweb/studies/{photo.StudyInstanceUID}"
+    xml = {**TREAT, "Accept": 'multipart/related; type="application/dicom+xml"'}
+    for url in (f"{base}/series/{photo.SeriesInstanceUID}/instances/{photo.SOPInstanceUID}/metadata",
+                f"{base}/series/{photo.SeriesInstanceUID}/metadata", f"{base}/metadata"):
+        done = len(services.store.list_audit(10000))
+        r = client.get(url, headers=xml)
+        assert r.status_code == 406, (url, r.status_code)
+        events = services.store.list_audit(10000)
+        fresh = events[: len(events) - done]
+        assert [(e["action"], e["outcome"]) for e in fresh] == [("R", "4")], url
+        assert fresh[0]["outcomeDesc"].startswith("not sent"), (url, fresh[0]["outcomeDesc"])
+        assert client.get(url, headers=TREAT).status_code == 200
+        assert services.store.list_audit(1)[0]["outcome"] == "0"

@@ -76,7 +76,7 @@ from adapter.mapping.dicom_json import (
     read_released,
     transfer_syntax,
 )
-from adapter.services.access import DicomContent, ReleasedImage
+from adapter.services.access import DicomContent, DicomRetrieval, ReleasedImage
 from adapter.services.registry import Services
 from adapter.text import pixel_count
 
@@ -120,20 +120,16 @@ async def _series_metadata(request: Request, reader: Any, services: Services, ac
     if model is None:
         return _not_acceptable(_model_refusal("WADO-RS metadata"))
 
-    glass = False
+    answered: list[Response] = []
 
-    def build() -> list[dict[str, Any]]:
-        nonlocal glass
-        out = []
-        for retrieval in reader.read_dicom(study, series):  # decided and audited, permitted ones only
-            entry = retrieval.entry
-            glass = glass or retrieval.decision.break_glass
-            out.append(_metadata_of(request, services, retrieval.load(), entry.study_instance_uid,
-                                    entry.series_instance_uid))
-        return out
+    def answerable(retrievals: list[DicomRetrieval]) -> None:  # before the audit (406, XML: not sent)
+        body = [_metadata_of(request, services, r.load(), r.entry.study_instance_uid, r.entry.series_instance_uid)
+                for r in retrievals]
+        answered.append(_datasets(body, model, break_glass=any(r.decision.break_glass for r in retrievals)))
 
-    body = await run_in_threadpool(build)
-    return _datasets(body, model, break_glass=glass)
+    # decided, permitted ones only, audited once the answer is made
+    await run_in_threadpool(partial(reader.read_dicom, study, series, answerable=answerable))
+    return answered[-1]
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", responses=_METADATA)
@@ -143,9 +139,15 @@ async def instance_metadata(study: str, series: str, instance: str, request: Req
     if model is None:
         return _not_acceptable(_model_refusal("WADO-RS metadata"))
 
-    content = await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series))
-    body = await run_in_threadpool(_metadata_of, request, services, content, study, series)
-    return _datasets([body], model, break_glass=content.decision.break_glass)
+    answered: list[Response] = []
+
+    def answerable(content: DicomContent) -> None:  # after the decision, before the audit (406, XML: not sent)
+        body = _metadata_of(request, services, content, study, series)
+        answered.append(_datasets([body], model, break_glass=content.decision.break_glass))
+
+    await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
+                                    answerable=answerable))
+    return answered[-1]
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}", responses=answers(
