@@ -67,13 +67,15 @@ def _request_line(request: Request) -> bytes:
 
 
 def _audit_refused_purpose(request: Request, services: Services,
-                           exc: PurposeOfUseMissing | UnknownPurposeOfUse) -> None:
-    """A read refused for its purpose of use is a decision too: audited, naming the route (its
-    template: no ids, no query) and why."""
+                           exc: PurposeOfUseMissing | UnknownPurposeOfUse, interaction: str | None = None) -> None:
+    """A read (or a write: its ``interaction``) refused for its purpose of use is a decision too:
+    audited, naming the route (its template: no ids, no query) and why."""
     route = getattr(request.scope.get("route"), "path", None) or "(unmatched route)"
-    reads_one = any(name in request.path_params for name in ("id", "instance", "vid"))
+    if interaction is None:
+        reads_one = any(name in request.path_params for name in ("id", "instance", "vid"))
+        interaction = "read" if reads_one else "search-type"
     services.auditor.record_refused_purpose(
-        interaction="read" if reads_one else "search-type", actor=_actor(request), request_id=_request_id(request),
+        interaction=interaction, actor=_actor(request), request_id=_request_id(request),
         client_address=request.client.host if request.client else None,
         missing=isinstance(exc, PurposeOfUseMissing), reason=f"{request.method} {route}: {exc.diagnostics}")
 
@@ -94,13 +96,13 @@ def check_write_purpose(request: Request, services: Services, interaction: str) 
     whatever the header said). A write stating no purpose, or one seeing the whole record (care,
     break-glass, RECORDMGT, PATRQT), goes on as before; an unknown or repeated one is 400, as on
     a read. Called before the body is read."""
-    stated = purpose_header(request)
-    if stated is None or not stated.strip():
-        return
     try:
+        stated = purpose_header(request)
+        if stated is None or not stated.strip():
+            return
         purpose = parse_purpose_of_use(stated, services.tables)
-    except UnknownPurposeOfUse as exc:
-        _audit_refused_purpose(request, services, exc)
+    except UnknownPurposeOfUse as exc:  # audited as the write refused, as a read's refusal is
+        _audit_refused_purpose(request, services, exc, interaction)
         raise
     view = services.tables.purposes.codes[purpose.code].view
     if view == "full":

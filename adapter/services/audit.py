@@ -166,12 +166,13 @@ class Auditor:
 
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,
                                request_id: str, missing: bool, reason: str) -> None:
-        """Store the AuditEvent of a read refused for its purpose of use: none stated (403) or
-        one that is not known (400). There is no purpose to record, and the metric's label is
-        ``none`` or ``unknown`` (never the caller's text)."""
+        """Store the AuditEvent of a read (or a write: ``interaction`` create or update) refused for
+        its purpose of use: none stated (403) or one that is not known (400). There is no purpose
+        to record, and the metric's label is ``none`` or ``unknown`` (never the caller's text)."""
         DECISIONS.labels(interaction, "none" if missing else "unknown", "refused").inc()
         self._store.append_audit(audit_event(
-            interaction=interaction, action="R" if interaction == "read" else "E", outcome="4",
+            interaction=interaction, action={"read": "R", "create": "C", "update": "U"}.get(interaction, "E"),
+            outcome="4",
             outcome_desc=reason, recorded=self._now(), client_address=client_address, actor=actor, purpose=None,
             request_id=request_id, entities=[], patient=None, query=None))
 

@@ -754,3 +754,26 @@ def test_a_write_stating_a_purpose_that_sees_less_than_the_record_is_refused(tmp
         assert client.post("/fhir/Consent", json=consent).status_code == 201
         batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "Media"}}]}
         assert client.post("/fhir", json=batch, headers=as_purpose("TRAIN")).status_code == 200  # reads
+
+
+def test_a_write_refused_for_an_unknown_or_repeated_purpose_is_audited_as_the_write(tmp_path: Path) -> None:
+    """Found by the diff review: a write stating an unknown purpose (400) was audited as a search
+    or a read (the read's refusal, by the route's path parameters), and one stating two purposes
+    (400) was not audited at all, where a read's is. Each is one AuditEvent of the write refused
+    (create or update, outcome 4), nothing stored."""
+    from tests.support.app import consent_resource
+    consent = consent_resource(["TREAT"])
+    twice = [("X-Purpose-Of-Use", "TREAT"), ("X-Purpose-Of-Use", "TRAIN")]
+    with adapter_client(tmp_path) as (client, services):
+        for headers in (as_purpose("NOPE"), twice):
+            before = len(services.store.list_audit(1000))
+            answers = [
+                post_photo(client, WOUND, metadata(), headers=headers),
+                client.post("/fhir/Consent", json=consent, headers=headers),
+                client.put("/fhir/Consent/x", json={**consent, "id": "x"}, headers=headers),
+            ]
+            assert [a.status_code for a in answers] == [400] * 3, [(a.status_code, a.text[:200]) for a in answers]
+            events = services.store.list_audit(1000)[: len(services.store.list_audit(1000)) - before]
+            assert [(e["subtype"][0]["code"], e["outcome"]) for e in reversed(events)] == [
+                ("create", "4"), ("create", "4"), ("update", "4")], headers
+        assert _counts(services) == (0, 0)
