@@ -95,7 +95,8 @@ def check_write_purpose(request: Request, services: Services, interaction: str) 
     patients, or record for itself the Consent it then reads under (writes were taken for care
     whatever the header said). A write stating no purpose, or one seeing the whole record (care,
     break-glass, RECORDMGT, PATRQT), goes on as before; an unknown or repeated one is 400, as on
-    a read. Called before the body is read."""
+    a read. Called before the body is read, but for a transaction: POST /fhir reads its body to
+    tell a transaction (checked) from a batch of reads (which states its purpose for reading)."""
     try:
         stated = purpose_header(request)
         if stated is None or not stated.strip():
