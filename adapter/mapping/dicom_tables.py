@@ -24,6 +24,7 @@ UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 # Conversion Type (0008,0064) defined terms (PS3.3 C.8.6.1, standards.md §4.2).
 CONVERSION_TYPES = frozenset({"DV", "DI", "DF", "WSD", "SD", "SI", "DRW", "SYN"})
 _LO_FORBIDDEN = re.compile(r"[\\\x00-\x1f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
 MF_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
@@ -90,7 +91,7 @@ class PatientIdentifierTable(_Strict):
             UnknownCode: the issuer is missing or unknown and the table says refuse
                 (expression ``(0010,0021)``).
             InvalidInput: the PatientID, or the system the issuer gives, is longer than an
-                identifier's may be.
+                identifier's may be; the PatientID holds a control character.
         """
         value = (patient_id or "").strip()
         if not value:
@@ -99,6 +100,11 @@ class PatientIdentifierTable(_Strict):
         if identifier_too_long(value):
             raise InvalidInput(f"the PatientID is longer than an identifier may be ({IDENTIFIER_MAX_BYTES} bytes in "
                                "UTF-8; a PatientID, LO, is at most 64 characters)", expression="(0010,0020) PatientID")
+        if _CONTROL.search(value):
+            # an LO holds none (PS3.5 6.2); kept, the FHIR identifier would carry it and no search
+            # by the patient's identifier would find the record
+            raise InvalidInput("the PatientID holds a control character (an LO holds none): it cannot be matched to "
+                               "a patient", expression="(0010,0020) PatientID")
         name = (issuer or "").strip()
         if not name:
             if self.missing_issuer is None:

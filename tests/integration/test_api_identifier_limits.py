@@ -224,6 +224,19 @@ def test_a_dicom_object_whose_patient_id_is_over_the_bound_is_refused_and_an_lo_
     assert found["total"] == 1
 
 
+def test_a_dicom_object_whose_patient_id_holds_a_control_character_is_refused(client: FhirClient) -> None:
+    """A PatientID is an LO, which holds no control character: one that did went into the FHIR
+    identifier.value as sent (FHIR strings allow none but tab, CR, LF), where a search by the
+    patient's MRN never found it (found by the input-limits review). The patient cannot be
+    matched: refused, 0xC000, nothing stored."""
+    for patient_id in ("MRN\x01-0001", "MRN-0001\x7f", "MRN\t0001"):
+        r = _stow(client, _received(patient_id))
+        assert r.status_code == 409, (patient_id, r.text)
+        [failed] = r.json()["00081198"]["Value"]
+        assert failed["00081197"]["Value"] == [CANNOT_UNDERSTAND]
+        nothing_stored(client)
+
+
 def test_a_reference_or_code_over_the_bound_is_refused_as_an_identifier_is(client: FhirClient) -> None:
     """The same divergence for the other values the store indexes: the patient's literal
     reference (indexed to search by ``patient=Patient/…``) and the codes of a Consent or a record
