@@ -43,8 +43,9 @@ codes, never a patient's values), the sender as the Source, the SOP Instance UID
 names, and the patient and study only once steps 3-4 have read them from a dataset that is the
 requested instance (before that they are not known, and not guessed). The edges audit their own
 refusals of a request that never reached the ingest through :meth:`DicomIngestService.record_refusal`.
-A replay (step 1) is no refusal. A failure to write that audit is logged and changes nothing:
-the refusal is answered as such, and the SCP goes on.
+A failure to write that audit is logged and changes nothing: the refusal is answered as such, and
+the SCP goes on. A replay (step 1) is no refusal: it is audited as a transfer answered with the
+record stored before (outcome 0), as a photo's retry is.
 """
 
 from __future__ import annotations
@@ -759,12 +760,21 @@ class DicomIngestService:
             grants.extend(grants_from_consent(stored.resource))
         return grants
 
-    def _replay(self, sop_instance_uid: str) -> DicomIngestResult | None:
+    def _replay(self, sop_instance_uid: str, received: ReceivedStore) -> DicomIngestResult | None:
+        """The answer to an object stored before (its SOP Instance UID known): its record, nothing
+        stored again. Audited, as a photo's retry is (adapter.services.ingest): a transfer from
+        the sender, naming the record it is answered with, so a sender probing which instances
+        exist is seen in the trail."""
         instance = self._store.find_dicom_instance(sop_instance_uid)
         if instance is None:
             return None
         receipt = self._store.find_receipt(patient=instance.patient, stored_sha256=instance.blob_sha256) \
             if instance.blob_sha256 else None
+        self._store.append_audit(self._auditor.event(
+            _sender_context(received.calling_ae, received.peer_address), interaction="create", action="C",
+            permitted=True, reason="already stored: answered with its record, nothing stored again",
+            entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
+            dicom=DicomAudit.transferred(instance.study_instance_uid, instances=(sop_instance_uid,))))
         return DicomIngestResult(
             receipt=receipt or {"record": f"{instance.record_type}/{instance.record_id}",
                                 "sopInstanceUid": sop_instance_uid},
@@ -812,7 +822,7 @@ class DicomIngestService:
 
     def _ingest(self, received: ReceivedStore, known: _Known) -> DicomIngestResult:
         self._check_request(received)
-        previous = self._replay(received.affected_sop_instance)
+        previous = self._replay(received.affected_sop_instance, received)
         if previous is not None:
             return previous
         layout = check_complete(received.path, received.transfer_syntax)
@@ -928,7 +938,7 @@ class DicomIngestService:
             self._store.save_ingest(unit)
         except Conflict:
             # the same object over another association won the race: answer with its record
-            previous = self._replay(obj.sop_instance_uid)
+            previous = self._replay(obj.sop_instance_uid, received)
             if previous is None:
                 raise
             return previous

@@ -375,7 +375,7 @@ def test_the_same_sop_instance_twice_creates_one_record(scp: StoreSCP, client: F
     assert pynet_store(scp.port, path).Status == SUCCESS
     assert len(find(client, "Media", sent.SOPInstanceUID)) == 1
     assert len(services.store.search_dicom_instances(sop_instance=sent.SOPInstanceUID)) == 1
-    assert len(services.store.list_audit(100)) == 1 + 1  # one create, one search
+    assert len(services.store.list_audit(100)) == 1 + 2 + 1  # one create, two replays, one search
 
 
 def test_invalid_values_are_stored_and_never_logged(scp: StoreSCP, client: FhirClient, tmp_path: Path,
@@ -1125,13 +1125,21 @@ def test_a_truncated_object_is_audited_once(scp: StoreSCP, services: Services, t
     assert "truncated" in refusal["outcomeDesc"] and patients(refusal) == []
 
 
-def test_a_replay_is_not_a_refusal(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+def test_a_replay_is_not_a_refusal_and_is_audited(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    """An object sent again is answered Success from its record and audited as a transfer
+    answered so (outcome 0, naming the record), as a photo's retry is: a sender probing which
+    instances exist is seen in the trail (it was not audited at all; found by the egress review)."""
     path = tmp_path / "twice.dcm"
     sent = sc_file(path)
     assert pynet_store(scp.port, path).Status == SUCCESS
     assert pynet_store(scp.port, path).Status == SUCCESS
-    [stored] = audited(services)
+    stored, replayed = audited(services)
     assert stored["outcome"] == "0" and study_uids(stored) == [sent.StudyInstanceUID]
+    assert replayed["outcome"] == "0" and study_uids(replayed) == [sent.StudyInstanceUID]
+    assert replayed["outcomeDesc"].startswith("already stored")
+    assert replayed["type"]["code"] == "110104" and replayed["action"] == "C"
+    record = [e["what"]["reference"] for e in stored["entity"] if "reference" in e.get("what", {})]
+    assert record and record[0] in [e["what"].get("reference") for e in replayed["entity"] if "what" in e]
 
 
 def test_a_refusal_whose_audit_cannot_be_written_is_still_refused_and_the_scp_serves_on(
