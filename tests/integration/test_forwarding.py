@@ -34,6 +34,7 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage, VLPhotographicIma
 from adapter.dicom.scu import Destination, ScuOptions, StoreSCU, classify_status
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.services.forwarding import Forwarder, ForwardOptions, SendOutcome, SendResult, backoff_delay
+from adapter.services.registry import Services
 from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
 from tests.support.audit import INSTANCES_TRANSFERRED, agent_roles, dicom_events, study_uids
@@ -621,9 +622,9 @@ def test_an_exception_out_of_the_sender_after_acknowledgements_sends_nothing_twi
         assert [e["outcome"] for e in sent] == ["0", "0"]
 
 
-#: A forwarder in a process of its own that dies (os._exit, as a kill -9 would end it) right
-#: before the second C-STORE-RQ of its batch: argv data_dir, policy, destination.
-_DYING_FORWARDER = """
+#: A forwarder in a process of its own (argv data_dir, policy, destination): the script's start;
+#: _RUN_ONCE ends it, with the sender it names.
+_FORWARDER_PROCESS = """
 import os, sys
 from pathlib import Path
 from adapter.config import Settings
@@ -631,6 +632,18 @@ from adapter.dicom.scu import StoreSCU
 from adapter.services.forwarding import Forwarder, ForwardOptions
 from adapter.services.registry import build_services
 
+data_dir, policy, destination = sys.argv[1:4]
+s = Settings(data_dir=Path(data_dir), policy=Path(policy), mappings_dir=Path("mappings"), forward_to=destination)
+services = build_services(s)
+"""
+_RUN_ONCE = """
+Forwarder(store=services.store, blobs=services.blobs, tables=services.tables,
+          dicom_tables=services.dicom_ingest.dicom_tables, sender={sender}, auditor=services.auditor,
+          reader=services.reader, options=ForwardOptions(poll_interval=0.05), now=services.now).run_once()
+"""
+
+#: ... that dies (os._exit, as a kill -9 would end it) right before the second C-STORE-RQ of its batch.
+_DYING_FORWARDER = _FORWARDER_PROCESS + """
 class DyingSCU(StoreSCU):
     def _association(self, dest, group):
         got = super()._association(dest, group)
@@ -642,14 +655,31 @@ class DyingSCU(StoreSCU):
             return send(ds, *args, **kwargs)
         got.send_c_store = send_then_die
         return got
+""" + _RUN_ONCE.format(sender="DyingSCU()")
 
-data_dir, policy, destination = sys.argv[1:4]
-s = Settings(data_dir=Path(data_dir), policy=Path(policy), mappings_dir=Path("mappings"), forward_to=destination)
-services = build_services(s)
-Forwarder(store=services.store, blobs=services.blobs, tables=services.tables,
-          dicom_tables=services.dicom_ingest.dicom_tables, sender=DyingSCU(), auditor=services.auditor,
-          reader=services.reader, options=ForwardOptions(poll_interval=0.05), now=services.now).run_once()
-"""
+#: ... that dies right after its store marked the first acknowledged item sent.
+_DYING_ONCE_MARKED_SENT = _FORWARDER_PROCESS + """
+mark = services.store.mark_outbox_sent
+def mark_then_die(*args, **kwargs):
+    mark(*args, **kwargs)
+    os._exit(9)
+services.store.mark_outbox_sent = mark_then_die
+""" + _RUN_ONCE.format(sender="StoreSCU()")
+
+
+def _died_with_one_object_sent_and_audited(script: str, tmp_path: Path, pacs: OrthancPeer,
+                                           services: Services) -> None:
+    """Run a dying forwarder ``script``: it ends with exit code 9 having sent one object, which is
+    at the PACS, marked sent, and its disclosure audited once (outcome 0, naming its study)."""
+    died = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data"), str(tmp_path / "policy.yaml"),
+                           destination(pacs)], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert died.returncode == 9, died.stderr[-2000:]
+    [sent] = services.store.list_outbox(status="sent")
+    orthanc_instance(pacs, sent.sop_instance_uid)
+    transfers = [e for e in dicom_events(services.store.list_audit(50), INSTANCES_TRANSFERRED)
+                 if e["action"] == "R"]
+    assert [e["outcome"] for e in transfers] == ["0"]
+    assert transfers[0]["entity"] and study_uids(transfers[0])
 
 
 def test_an_object_marked_sent_is_audited_even_if_the_forwarder_dies_later_in_its_batch(
@@ -661,40 +691,7 @@ def test_an_object_marked_sent_is_audited_even_if_the_forwarder_dies_later_in_it
     C-STORE-RQ: the first object is sent, marked sent, and its disclosure audited."""
     with forwarding(tmp_path, pacs, start=False) as (client, services, _):
         post_photos(client, tmp_path, (97, 98))
-        died = subprocess.run([sys.executable, "-c", _DYING_FORWARDER, str(tmp_path / "data"),
-                               str(tmp_path / "policy.yaml"), destination(pacs)],
-                              check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert died.returncode == 9, died.stderr[-2000:]
-        [sent] = services.store.list_outbox(status="sent")
-        orthanc_instance(pacs, sent.sop_instance_uid)
-        transfers = [e for e in dicom_events(services.store.list_audit(50), INSTANCES_TRANSFERRED)
-                     if e["action"] == "R"]
-        assert [e["outcome"] for e in transfers] == ["0"]
-        assert transfers[0]["entity"] and study_uids(transfers[0])
-
-
-#: A forwarder in a process of its own that dies (os._exit, as a kill -9 would end it) right
-#: after its store marked the first acknowledged item sent: argv data_dir, policy, destination.
-_DYING_ONCE_MARKED_SENT = """
-import os, sys
-from pathlib import Path
-from adapter.config import Settings
-from adapter.dicom.scu import StoreSCU
-from adapter.services.forwarding import Forwarder, ForwardOptions
-from adapter.services.registry import build_services
-
-data_dir, policy, destination = sys.argv[1:4]
-s = Settings(data_dir=Path(data_dir), policy=Path(policy), mappings_dir=Path("mappings"), forward_to=destination)
-services = build_services(s)
-store, mark = services.store, services.store.mark_outbox_sent
-def mark_then_die(*args, **kwargs):
-    mark(*args, **kwargs)
-    os._exit(9)
-store.mark_outbox_sent = mark_then_die
-Forwarder(store=store, blobs=services.blobs, tables=services.tables,
-          dicom_tables=services.dicom_ingest.dicom_tables, sender=StoreSCU(), auditor=services.auditor,
-          reader=services.reader, options=ForwardOptions(poll_interval=0.05), now=services.now).run_once()
-"""
+        _died_with_one_object_sent_and_audited(_DYING_FORWARDER, tmp_path, pacs, services)
 
 
 def test_an_object_marked_sent_is_audited_even_if_the_forwarder_dies_right_after_marking_it(
@@ -706,16 +703,7 @@ def test_an_object_marked_sent_is_audited_even_if_the_forwarder_dies_right_after
     is in the trail all the same."""
     with forwarding(tmp_path, pacs, start=False) as (client, services, _):
         post_photos(client, tmp_path, (95,))
-        died = subprocess.run([sys.executable, "-c", _DYING_ONCE_MARKED_SENT, str(tmp_path / "data"),
-                               str(tmp_path / "policy.yaml"), destination(pacs)],
-                              check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert died.returncode == 9, died.stderr[-2000:]
-        [sent] = services.store.list_outbox(status="sent")
-        orthanc_instance(pacs, sent.sop_instance_uid)
-        transfers = [e for e in dicom_events(services.store.list_audit(50), INSTANCES_TRANSFERRED)
-                     if e["action"] == "R"]
-        assert [e["outcome"] for e in transfers] == ["0"]
-        assert transfers[0]["entity"] and study_uids(transfers[0])
+        _died_with_one_object_sent_and_audited(_DYING_ONCE_MARKED_SENT, tmp_path, pacs, services)
 
 
 def test_an_item_whose_claim_was_lost_during_its_batch_is_not_sent_by_this_forwarder(
