@@ -174,6 +174,19 @@ class Clients:
         except (httpx.TransportError, json.JSONDecodeError):
             attempt.answers.append(None)
 
+    def until_killed(self, server: RunningAdapter, kinds: list[str], after: float) -> None:
+        """A client of each of ``kinds`` sends to ``server`` until the adapter is SIGKILLed,
+        ``after`` seconds from their start; each ends at its request left without an answer."""
+        stop = threading.Event()
+        threads = [threading.Thread(target=self.run, args=(server, kind, i, stop)) for i, kind in enumerate(kinds)]
+        for thread in threads:
+            thread.start()
+        time.sleep(after)
+        _kill(server)
+        stop.set()
+        for thread in threads:
+            thread.join(90)
+
     def run(self, server: RunningAdapter, kind: str, number: int, stop: threading.Event) -> None:
         rng = random.Random(f"{self.seed}/{kind}/{number}")
         while not stop.is_set():
@@ -461,18 +474,8 @@ def _crash_rounds(tmp_path: Path, seed: int, rounds: int, env: dict[str, str], d
                 _check_once(attempts, stored)
                 break
             clients = Clients(f"{seed}/{n}", tmp_path / "dicom", consents)
-            stop = threading.Event()
-            kinds = ["photo", "photo", "bundle", "cstore", "stow", "withdraw"]
-            threads = [threading.Thread(target=clients.run, args=(server, kind, i, stop))
-                       for i, kind in enumerate(kinds)]
-            kill_after = rng.uniform(0.3, 2.0)
-            for thread in threads:
-                thread.start()
-            time.sleep(kill_after)
-            _kill(server)
-            stop.set()
-            for thread in threads:
-                thread.join(90)
+            clients.until_killed(server, ["photo", "photo", "bundle", "cstore", "stow", "withdraw"],
+                                 rng.uniform(0.3, 2.0))
             attempts += clients.attempts
             consents = clients.to_withdraw
     stored = _check_store(db_url)
@@ -549,16 +552,7 @@ def test_sigkill_while_forwarding_sends_each_object_and_audits_each_disclosure_o
                 if n == kills:
                     break
                 clients = Clients(f"{seed}/{n}", tmp_path, [])
-                stop = threading.Event()
-                threads = [threading.Thread(target=clients.run, args=(server, "photo", i, stop)) for i in range(2)]
-                kill_after = rng.uniform(0.3, 2.5)
-                for thread in threads:
-                    thread.start()
-                time.sleep(kill_after)
-                _kill(server)
-                stop.set()
-                for thread in threads:
-                    thread.join(90)
+                clients.until_killed(server, ["photo", "photo"], rng.uniform(0.3, 2.5))
                 attempts += clients.attempts
         engine = create_engine(db_url)
         with engine.begin() as conn:
