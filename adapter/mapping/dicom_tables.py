@@ -18,13 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from adapter.errors import InvalidInput, PolicyError, RequiredElementMissing, UnknownCode
 from adapter.mapping.tables import _read_yaml, _validate
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, PhotoKind, PhotoSource, identifier_too_long
+from adapter.text import has_control_character
 
 # PS3.5 9.1: UID components are digits with no leading zero (except "0" itself); ≤ 64 chars.
 UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 # Conversion Type (0008,0064) defined terms (PS3.3 C.8.6.1, standards.md §4.2).
 CONVERSION_TYPES = frozenset({"DV", "DI", "DF", "WSD", "SD", "SI", "DRW", "SYN"})
 _LO_FORBIDDEN = re.compile(r"[\\\x00-\x1f]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
 MF_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
@@ -100,9 +100,9 @@ class PatientIdentifierTable(_Strict):
         if identifier_too_long(value):
             raise InvalidInput(f"the PatientID is longer than an identifier may be ({IDENTIFIER_MAX_BYTES} bytes in "
                                "UTF-8; a PatientID, LO, is at most 64 characters)", expression="(0010,0020) PatientID")
-        if _CONTROL.search(value):
-            # an LO holds none (PS3.5 6.2); kept, the FHIR identifier would carry it and no search
-            # by the patient's identifier would find the record
+        if has_control_character(value) or "\x7f" in value:
+            # an LO holds none, nor DEL (PS3.5 6.2); kept, the FHIR identifier would carry it and
+            # no search by the patient's identifier would find the record
             raise InvalidInput("the PatientID holds a control character (an LO holds none): it cannot be matched to "
                                "a patient", expression="(0010,0020) PatientID")
         name = (issuer or "").strip()
