@@ -53,9 +53,7 @@ def get_read_context(request: Request, services: ServicesDep, x_purpose_of_use: 
     except (PurposeOfUseMissing, UnknownPurposeOfUse) as exc:
         _audit_refused_purpose(request, services, exc)
         raise
-    return RequestContext(purpose=purpose, actor=_actor(request), request_id=_request_id(request),
-                          client_address=request.client.host if request.client else None,
-                          query=_request_line(request))
+    return _context(request, purpose, query=_request_line(request))
 
 
 def _request_line(request: Request) -> bytes:
@@ -83,8 +81,14 @@ def _audit_refused_purpose(request: Request, services: Services,
 def get_write_context(request: Request) -> RequestContext:
     """Writes (ingest, consent changes) are done for care: purpose TREAT. A caller may state none;
     one it states is checked by :func:`check_write_purpose`."""
-    return RequestContext(purpose=PurposeOfUse("TREAT"), actor=_actor(request), request_id=_request_id(request),
-                          client_address=request.client.host if request.client else None)
+    return _context(request, PurposeOfUse("TREAT"))
+
+
+def _context(request: Request, purpose: PurposeOfUse, query: bytes | None = None) -> RequestContext:
+    """The context of an HTTP request made for ``purpose``: its caller, address and request id
+    (and ``query``, a read's request line)."""
+    return RequestContext(purpose=purpose, actor=_actor(request), request_id=_request_id(request),
+                          client_address=request.client.host if request.client else None, query=query)
 
 
 def check_write_purpose(request: Request, services: Services, interaction: str) -> None:
@@ -108,8 +112,7 @@ def check_write_purpose(request: Request, services: Services, interaction: str) 
     view = services.tables.purposes.codes[purpose.code].view
     if view == "full":
         return
-    ctx = RequestContext(purpose=purpose, actor=_actor(request), request_id=_request_id(request),
-                         client_address=request.client.host if request.client else None)
+    ctx = _context(request, purpose)
     reason = (f"a write is made for care: {purpose.code} sees records {view}, so a caller stating it files no "
               "photo, document or Consent")
     services.auditor.record(ctx, interaction=interaction, action="U" if interaction == "update" else "C",
