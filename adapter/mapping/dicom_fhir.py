@@ -204,8 +204,8 @@ def _code_string(value: Any) -> str | None:
     one of its VR: longer than 16 characters (the index's column holds 16: PostgreSQL refused a
     longer one as a storage failure, SQLite kept it) or with a control character. The object keeps
     it as received; the record and QIDO-RS go without it, as without an absent one."""
-    text = _text(value)
-    return text if text is not None and len(text) <= _CS_MAX and not has_control_character(text) else None
+    text = _shown(value)
+    return text if text is not None and len(text) <= _CS_MAX else None
 
 
 def _values(value: Any) -> list[Any]:
