@@ -592,9 +592,8 @@ def _spool_file(*args: Any, **kwargs: Any) -> Any:
     if ae.spool_dir is not None:
         kwargs.setdefault("dir", ae.spool_dir)
     spool = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - pynetdicom owns and closes it
-    if ae.max_object_bytes:
-        # every write goes through .file: pynetdicom's (the wrapper delegates) and _StreamingDUL's
-        spool.file = BoundedSpool(spool.file, ae.max_object_bytes)  # type: ignore[assignment]
+    # every write goes through .file: pynetdicom's (the wrapper delegates) and _StreamingDUL's
+    spool.file = BoundedSpool(spool.file, ae.max_object_bytes)  # type: ignore[assignment]
     return spool
 
 
