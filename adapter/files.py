@@ -1,10 +1,9 @@
 """Plain file reads shared by the blob store and the DICOM ingest (the received object is a file,
-not yet a blob)."""
+not yet a blob), and the kernel's writeback of a file being received (the SCP's spool)."""
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import mmap
 import os
@@ -40,8 +39,9 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.sync_file_range
+        # the symbols the process has loaded already, the C library's among them (find_library
+        # would run ldconfig in a subprocess)
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
