@@ -581,14 +581,16 @@ def test_the_patients_consents_are_found_through_indexes_not_by_walking_every_co
     """Every ingest looks the patient's Consents up. With an OR of the index and access-facts
     columns, SQLite walked every Consent of the store (33 ms at 20,000); the lookup is now a range
     of each patient index, then primary-key reads (its plan, on the embedded store)."""
-    from adapter.store.sql import patient_consents, resources
+    from adapter.store.sql import patient_consents, patient_params, resources
 
     store = SqlRecordStore(f"sqlite:///{tmp_path / 'plan.db'}")
     try:
         for columns in ((resources,), (resources.c.id, resources.c.version_id)):
-            sql = str(patient_consents(PATIENT, *columns).compile(store.engine, compile_kwargs={"literal_binds": True}))
+            compiled = patient_consents(*columns).compile(store.engine)
+            bound = {**compiled.params, **patient_params(PATIENT)}
+            values = tuple(bound[name] for name in compiled.positiontup or ())
             with store.engine.connect() as conn:
-                plan = " | ".join(str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+                plan = " | ".join(str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", values))
             assert "ix_resources_patient (resource_type=? AND patient_system=? AND patient_value=?)" in plan, plan
             assert "ix_resources_fact_patient (fact_patient_system=? AND fact_patient_value=?)" in plan, plan
             assert "ix_resources_type_last_updated" not in plan and "SCAN resources" not in plan, plan
