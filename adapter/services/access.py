@@ -322,9 +322,20 @@ class ScopedReader:
             raise Forbidden(_DENIED)
         return ReadResult(resource=self._render(stored, decision), decision=decision)
 
-    def current_version(self, resource_type: str, id: str) -> int:
-        """The current versionId (404 when unknown, as a read): no content, nothing decided."""
-        return self._load(resource_type, id).version_id
+    def check_binary_version(self, id: str, version_id: int) -> None:
+        """A vread of a Binary: returns when ``version_id`` is its version (a Binary has one; the
+        read that follows decides and audits it). Another version is decided and audited as a
+        vread of any other type is, then refused: 403 when the purpose is refused (a refused
+        reader learns nothing of which versions exist), else 404. Unknown Binary: 404."""
+        stored = self._load("Binary", id)
+        if version_id == stored.version_id:
+            return
+        decision = self.decide(stored.facts)
+        self._auditor.record(self.ctx, interaction="vread", action="R", decision=decision,
+                             entities=[f"Binary/{id}"], patient=stored.facts.patient if stored.facts else None)
+        if not decision.permitted:
+            raise Forbidden(_DENIED)
+        raise NotFound(f"Binary/{id} has no version {version_id}")
 
     def read_version(self, resource_type: str, id: str, version_id: int) -> ReadResult:
         """vread: one version of a resource, under the decision a read of it gets now. A past

@@ -1629,3 +1629,30 @@ def test_a_year_9999_search_is_answered_in_the_views_and_on_every_date_parameter
         history = client.get(f"/fhir/{receipt['record']}/_history?_since=9999-12-31T23:30:00-01:00", headers=treat)
         assert history.status_code == 200, history.text
         assert history.json()["total"] == 0
+
+
+def test_a_binary_vread_of_another_version_is_decided_and_audited_before_its_404(tmp_path: Path) -> None:
+    """A Binary has one version. A vread naming another was answered 404 before any decision and
+    left nothing in the audit trail: a reader refused the image could tell an existing Binary
+    ("has no version 2") from an unknown one, unseen. Now it is decided and audited as a vread,
+    as every other type's is: 403 when the purpose is refused, else 404; both audited."""
+    with adapter_client(tmp_path) as (client, services):
+        binary = _ingest(client)["binary"]
+
+        def vread_events() -> list[dict]:
+            return [e for e in services.store.list_audit(100)
+                    if any(s.get("code") == "vread" for s in e.get("subtype") or [])
+                    and any((ent.get("what") or {}).get("reference") == binary for ent in e.get("entity") or [])]
+
+        refused = client.get(f"/fhir/{binary}/_history/2", headers=as_purpose("HRESCH"))
+        assert refused.status_code == 403, refused.text
+        events = vread_events()
+        assert len(events) == 1 and events[0]["outcome"] == "4", events
+        missing = client.get(f"/fhir/{binary}/_history/2", headers=as_purpose("TREAT"))
+        assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
+        assert len(vread_events()) == 2
+        unknown = client.get("/fhir/Binary/not-a-binary/_history/2", headers=as_purpose("HRESCH"))
+        assert unknown.status_code == 404
+        # the one version is served as a read is
+        assert client.get(f"/fhir/{binary}/_history/1", headers={**as_purpose("TREAT"), "Accept": "image/jpeg"}) \
+            .status_code == 200

@@ -409,8 +409,8 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
     check_acceptable(accept, format_, binary=resource_type == "Binary")
     version = fhir_version(accept)
     if resource_type == "Binary":
-        if version_id is not None and version_id != await run_in_threadpool(reader.current_version, "Binary", id):
-            raise NotFound(f"Binary/{id} has no version {version_id}")
+        if version_id is not None:
+            await run_in_threadpool(reader.check_binary_version, id, version_id)
         if not format_is_json(format_) and wants_dicom(accept):
             # the record's DICOM object, one application/dicom body, under the same decision
             dicom = await run_in_threadpool(reader.read_binary_dicom, id)
