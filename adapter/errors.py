@@ -44,7 +44,8 @@ class InvalidInput(AdapterError):
 class InvalidQuery(InvalidInput):
     """A request's query that cannot be understood: a search parameter's value (FHIR search, a
     ``_page`` link, ``_summary``/``_elements``), a QIDO-RS key or paging parameter, a WADO-URI or
-    WADO-RS parameter, a frame list. 400 Bad Request where the request is a read (FHIR R4
+    WADO-RS parameter, a frame list; or a request header that cannot be parsed (If-Match). 400
+    Bad Request where the request is a read (FHIR R4
     search.html "Handling Errors"; PS3.18 8.3.x, 9.x, 10.4.x, 10.6.x), not 422, which FHIR keeps
     for content (a resource, a photo) that was understood and cannot be processed."""
 

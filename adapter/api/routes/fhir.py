@@ -322,7 +322,9 @@ def _if_match_versions(if_match: str | None) -> frozenset[int] | None:
     for tag in if_match.split(","):
         digits = tag.strip().removeprefix("W/")
         if len(digits) < 3 or digits[0] != '"' or digits[-1] != '"' or not is_digits(digits[1:-1]):
-            raise InvalidInput("If-Match takes ETags W/\"<version>\" (a list of them, or *)", expression="If-Match")
+            # a header that cannot be parsed: the request is not understood (400), as a search
+            # parameter's value is; 422 is for a body understood and not processable
+            raise InvalidQuery("If-Match takes ETags W/\"<version>\" (a list of them, or *)", expression="If-Match")
         versions.add(int(digits[1:-1]))
     return frozenset(versions)
 
