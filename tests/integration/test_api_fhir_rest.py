@@ -232,6 +232,23 @@ def test_a_history_asked_for_its_count_only_answers_the_total(tmp_path: Path) ->
         assert [link["relation"] for link in history.json()["link"]] == ["self"]
 
 
+def test_a_lenient_history_leaves_out_the_parameters_it_does_not_know(tmp_path: Path) -> None:
+    """A history (which takes parameters, as a search does) refused a parameter it does not know
+    even under Prefer: handling=lenient, which a search honours (search.html#errors): the client
+    said it accepts that the parameter is left out. It is now, and the self link states only
+    the parameters used; without the preference the refusal stands (400)."""
+    with adapter_client(tmp_path) as (client, _):
+        stored = client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=FHIR_JSON).json()
+        url = f"/fhir/Consent/{stored['id']}/_history?_count=5&status=active"
+        strict = client.get(url, headers=TREAT)
+        assert strict.status_code == 400 and strict.json()["issue"][0]["expression"] == ["status"], strict.text
+        lenient = client.get(url, headers={**TREAT, "Prefer": "handling=lenient"})
+        assert lenient.status_code == 200, lenient.text
+        assert lenient.json()["total"] == 1
+        self_link = next(link["url"] for link in lenient.json()["link"] if link["relation"] == "self")
+        assert parse_qsl(urlsplit(self_link).query) == [("_count", "5")], self_link
+
+
 def test_a_write_in_a_fhir_version_not_served_is_415(tmp_path: Path) -> None:
     """Review finding: a Consent or transaction whose Content-Type said fhirVersion=3.0 (STU3) or
     4.3 (R4B) was taken as R4 and stored, where an Accept naming such a version gets 406 and an R5

@@ -355,6 +355,10 @@ async def vread(resource_type: str, id: str, vid: str, request: Request, reader:
                        fhir_base=_fhir_base(request, services), how=parse_subsetting(list(request.query_params.multi_items())))
 
 
+#: The parameters a history-instance takes (http.html#history), _offset being its own paging.
+_HISTORY_PARAMS = frozenset({"_count", "_offset", "_since", "_format", "_pretty", "_summary", "_elements"})
+
+
 @router.get("/{resource_type}/{id}/_history",
             responses=answers(ok(200, "a history Bundle", FHIR_BUNDLE), refusals(*READ_ONE, *INVALID)))
 async def history_instance(resource_type: str, id: str, request: Request, reader: ReaderDep, services: ServicesDep,
@@ -371,6 +375,8 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
         raise NotSupported("history of Binary is not served here")
     _no_media_in_r5(resource_type, version)
     params = list(request.query_params.multi_items())
+    if _lenient(request.headers.get("prefer")):  # unknown ones left out, as a search does; the links say so
+        params = [(name, value) for name, value in params if name in _HISTORY_PARAMS]
     how = parse_subsetting(params)
     count, offset, since = DEFAULT_COUNT, 0, None
     for name, value in params:
@@ -382,7 +388,7 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
             if value[:2].isalpha():
                 raise InvalidQuery("_since takes an instant, e.g. 2026-11-26T10:00:00Z", expression="_since")
             since = parse_date_param(value).start
-        elif name not in ("_format", "_pretty", "_summary", "_elements"):
+        elif name not in _HISTORY_PARAMS:
             raise NotSupported(f"history takes _since, _count, _summary and _elements; not {name[:40]}",
                                expression=name[:40])
     if ("_summary", "count") in params:  # the total only, as a search (search.html#summary)
