@@ -28,6 +28,13 @@ def media_type(version: str) -> str:
     return f"application/fhir+json; fhirVersion={'5.0' if version == '5' else '4.0'}"
 
 
+def wants_plain_json(accept: str | None) -> bool:
+    """Does ``accept`` prefer plain ``application/json`` (no FHIR JSON ranked with or above it)?
+    ``$versions`` then answers in its plain JSON form."""
+    ranges = by_preference(media_ranges(accept, default=None))
+    return bool(ranges) and ranges[0].media == "application/json"
+
+
 def wants_dicom(accept: str | None) -> bool:
     """For a Binary: the record's DICOM object when ``accept`` prefers ``application/dicom``
     (RFC 9110 12.5.1: highest quality first, in the order given among equals), not merely lists

@@ -16,6 +16,12 @@ from adapter.errors import NotSupported
 JSON = dict[str, Any]
 
 FHIR_VERSIONS = ("4.0.1", "5.0.0")
+#: The versions as the fhirVersion media-type parameter names them (http.html#version-parameter),
+#: the default first: what ``$versions`` answers.
+VERSION_PARAMETERS = ("4.0", "5.0")
+DEFAULT_VERSION_PARAMETER = "4.0"
+#: The operation that names them (the same canonical URL in R4 and R5).
+VERSIONS_OPERATION = "http://hl7.org/fhir/OperationDefinition/CapabilityStatement-versions"
 #: The resource types this server serves in R4 (R5 has no Media: a photo is a DocumentReference there).
 R4_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance")
 SOFTWARE_NAME = "clinical-image-adapter"
@@ -228,8 +234,24 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
             "resource": [_resource(t, fhir_version) for t in types],
             "interaction": [{"code": "transaction"}, {"code": "batch"}] if fhir_version == "4.0.1"
             else [{"code": "batch"}],
+            "operation": [{"name": "versions", "definition": VERSIONS_OPERATION}],
         }],
     }
 
 
-__all__ = ["FHIR_VERSIONS", "PURPOSE_OF_USE_HEADER", "R4_TYPES", "SEARCH_PARAMS", "capability_statement"]
+def versions_parameters() -> JSON:
+    """``GET [base]/$versions`` (CapabilityStatement-versions): the versions this endpoint serves,
+    told apart by the media type's fhirVersion parameter, and the one it uses without it."""
+    return {"resourceType": "Parameters",
+            "parameter": [*({"name": "version", "valueCode": v} for v in VERSION_PARAMETERS),
+                          {"name": "default", "valueCode": DEFAULT_VERSION_PARAMETER}]}
+
+
+def versions_plain() -> JSON:
+    """The same for ``Accept: application/json`` (the operation's plain JSON form, which "servers
+    that implement this operation SHALL also support")."""
+    return {"versions": list(VERSION_PARAMETERS), "default": DEFAULT_VERSION_PARAMETER}
+
+
+__all__ = ["DEFAULT_VERSION_PARAMETER", "FHIR_VERSIONS", "PURPOSE_OF_USE_HEADER", "R4_TYPES", "SEARCH_PARAMS",
+           "VERSIONS_OPERATION", "VERSION_PARAMETERS", "capability_statement", "versions_parameters", "versions_plain"]

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, record_emitted
 from tests.support.app import adapter_client, as_purpose, consent_resource, metadata, post_photo
 from tests.support.postgres import postgres_schema
 
@@ -281,3 +281,34 @@ def test_a_conditional_create_of_a_consent_is_refused_rather_than_ignored(tmp_pa
         statement = client.get("/fhir/metadata").json()
         [consent] = [r for r in statement["rest"][0]["resource"] if r["type"] == "Consent"]
         assert consent.get("conditionalCreate", False) is False
+
+
+def test_the_versions_operation_names_the_fhir_versions_served_and_the_default(tmp_path: Path) -> None:
+    """The server serves R4 and R5 on one endpoint, told apart by the fhirVersion parameter of
+    the media type (http.html#version-parameter), and "the only way for a client to find out
+    what versions a server supports in this fashion is the $versions operation"
+    (CapabilityStatement-versions): it answered 404. It answers a Parameters resource (in either
+    version), the plain JSON form for Accept: application/json, and the CapabilityStatements name
+    the operation."""
+    with adapter_client(tmp_path) as (client, _):
+        answer = client.get("/fhir/$versions")
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"].startswith("application/fhir+json")
+        body = answer.json()
+        assert body["resourceType"] == "Parameters"
+        assert [(p["name"], p["valueCode"]) for p in body["parameter"]] == [
+            ("version", "4.0"), ("version", "5.0"), ("default", "4.0")]
+        record_emitted(body)
+        r5 = client.get("/fhir/$versions", headers={"Accept": "application/fhir+json; fhirVersion=5.0"})
+        assert r5.status_code == 200 and "fhirVersion=5.0" in r5.headers["content-type"]
+        record_emitted(r5.json(), "5")
+        plain = client.get("/fhir/$versions", headers={"Accept": "application/json"})
+        assert plain.status_code == 200 and plain.headers["content-type"].startswith("application/json")
+        assert plain.json() == {"versions": ["4.0", "5.0"], "default": "4.0"}
+        assert client.get("/fhir/$versions", headers={"Accept": "application/fhir+xml"}).status_code == 406
+        for accept, version in (("application/fhir+json", "4"), ("application/fhir+json; fhirVersion=5.0", "5")):
+            statement = client.get("/fhir/metadata", headers={"Accept": accept}).json()
+            operations = statement["rest"][0].get("operation") or []
+            assert {"name": "versions",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/CapabilityStatement-versions"} in operations
+            record_emitted(statement, version)

@@ -159,6 +159,9 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
     # -- FHIR reads
     assert api.get("/fhir/metadata").status_code == 200
     assert api.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"}).status_code == 406
+    assert api.get("/fhir/$versions").status_code == 200
+    assert api.get("/fhir/$versions", headers={"Accept": "application/json"}).status_code == 200
+    assert api.get("/fhir/$versions", headers={"Accept": "application/fhir+xml"}).status_code == 406
     read = api.get(f"/fhir/{record}", headers=TREAT)
     assert read.status_code == 200
     assert api.get(f"/fhir/{record}", headers={**TREAT, "If-None-Match": read.headers["ETag"]}).status_code == 304

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
@@ -33,6 +33,7 @@ from adapter.api.negotiation import (
     format_is_json,
     media_type,
     wants_dicom,
+    wants_plain_json,
 )
 from adapter.api.openapi import (
     BODY,
@@ -71,7 +72,7 @@ from adapter.errors import (
 )
 from adapter.mapping.bundle import history as history_bundle
 from adapter.mapping.bundle import outcome_entry, searchset
-from adapter.mapping.capability import R4_TYPES, capability_statement
+from adapter.mapping.capability import R4_TYPES, capability_statement, versions_parameters, versions_plain
 from adapter.mapping.document_location import with_document_location
 from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
@@ -196,6 +197,25 @@ async def metadata(request: Request, services: ServicesDep,
                                 fhir_version="5.0.0" if version == "5" else "4.0.1",
                                 software_version=__version__, now=services.now())
     return _out(body, version)
+
+
+_VERSIONS_PLAIN = {"type": "object", "required": ["versions", "default"],
+                   "properties": {"versions": {"type": "array", "items": {"type": "string"}},
+                                  "default": {"type": "string"}}}
+
+
+@router.get("/$versions", responses=answers(
+    ok(200, "the FHIR versions served (the fhirVersion of the media type) and the default: a Parameters "
+       "resource, or {versions, default} for Accept: application/json", {**FHIR_RESOURCE, JSON: _VERSIONS_PLAIN}),
+    refusals(*FHIR_NEGOTIATION)))
+async def versions(request: Request, accept: Annotated[str | None, Header()] = None) -> Response:
+    """CapabilityStatement-versions: R4 and R5 are served here, told apart by the fhirVersion
+    parameter of the media type (http.html#version-parameter); this operation is how a client
+    finds out. No patient data: no purpose of use asked, as for the CapabilityStatement."""
+    check_acceptable(accept, request.query_params.get("_format"))
+    if wants_plain_json(accept) and request.query_params.get("_format") is None:
+        return JSONResponse(versions_plain())
+    return _out(versions_parameters(), fhir_version(accept))
 
 
 #: Large FHIR JSON bodies (over LARGE_BODY_BYTES: transaction Bundles with their base64 images,
