@@ -36,9 +36,10 @@ def bundle_confidentiality(entries: Sequence[JSON]) -> JSON | None:
 
 
 def _bundle(bundle_type: str, resources: Sequence[JSON], *, total: int | None, self_url: str,
-            next_url: str | None) -> JSON:
+            next_url: str | None, first_url: str | None = None, previous_url: str | None = None) -> JSON:
     """A Bundle's head: the label of its most confidential resource, type, total (left out when
-    None: not counted) and the self and next links."""
+    None: not counted) and the paging links: self, then first, previous and next where given
+    (http.html#paging)."""
     bundle: JSON = {"resourceType": "Bundle"}
     label = bundle_confidentiality(resources)
     if label is not None:
@@ -47,14 +48,16 @@ def _bundle(bundle_type: str, resources: Sequence[JSON], *, total: int | None, s
     if total is not None:
         bundle["total"] = total
     links = [{"relation": "self", "url": self_url}]
-    if next_url:
-        links.append({"relation": "next", "url": next_url})
+    for relation, url in (("first", first_url), ("previous", previous_url), ("next", next_url)):
+        if url:
+            links.append({"relation": relation, "url": url})
     bundle["link"] = links
     return bundle
 
 
 def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next_url: str | None, base_url: str,
-              fhir_version: Literal["4", "5"], included: Sequence[JSON] = ()) -> JSON:
+              fhir_version: Literal["4", "5"], included: Sequence[JSON] = (), first_url: str | None = None,
+              previous_url: str | None = None) -> JSON:
     """A ``searchset`` Bundle of ``entries`` (resources already rendered for the reader), then
     the ``included`` ones (``_include``/``_revinclude``, ``search.mode`` ``include``).
 
@@ -63,7 +66,8 @@ def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next
     when it has no id, no fullUrl in R4 and a ``urn:uuid`` one in R5, which requires a fullUrl in
     every searchset entry (see :func:`outcome_entry`;
     https://hl7.org/fhir/R4/bundle-definitions.html#Bundle.entry.search.mode).
-    Links: ``self`` and, when there is a next page, ``next``. ``fhir_version`` "5" refuses an
+    Links: ``self``; ``first`` and ``previous`` on a page after the first; ``next`` when there
+    is a next page. ``fhir_version`` "5" refuses an
     R4-only resource (Media) - convert entries with :func:`adapter.mapping.r5.to_r5` first.
     """
     if fhir_version not in ("4", "5"):
@@ -71,7 +75,8 @@ def searchset(entries: Sequence[JSON], *, total: int | None, self_url: str, next
     if total is not None and total < 0:
         raise ValueError("total must not be negative")
     base = base_url.rstrip("/")
-    bundle = _bundle("searchset", [*entries, *included], total=total, self_url=self_url, next_url=next_url)
+    bundle = _bundle("searchset", [*entries, *included], total=total, self_url=self_url, next_url=next_url,
+                     first_url=first_url, previous_url=previous_url)
     out_entries: list[JSON] = []
     for resource, mode in [*((e, "match") for e in entries), *((e, "include") for e in included)]:
         resource_type = resource.get("resourceType")
@@ -109,14 +114,16 @@ def outcome_entry(outcome: JSON, *, fhir_version: Literal["4", "5"]) -> JSON:
     return entry
 
 
-def history(resources: Sequence[JSON], *, total: int, self_url: str, next_url: str | None, base_url: str) -> JSON:
+def history(resources: Sequence[JSON], *, total: int, self_url: str, next_url: str | None, base_url: str,
+            first_url: str | None = None, previous_url: str | None = None) -> JSON:
     """A ``history`` Bundle (https://hl7.org/fhir/R4/http.html#history) of the versions of one
     resource, newest first, already rendered for the reader. Each entry says how the version
     came about, as the history interaction does: ``request`` POST for version 1 (the create),
     PUT for later ones; ``response`` with the status, the version's ETag and, where the view
     shows it, its lastUpdated as ``lastModified``."""
     base = base_url.rstrip("/")
-    bundle = _bundle("history", resources, total=total, self_url=self_url, next_url=next_url)
+    bundle = _bundle("history", resources, total=total, self_url=self_url, next_url=next_url, first_url=first_url,
+                     previous_url=previous_url)
     entries: list[JSON] = []
     for resource in resources:
         rtype, rid = resource["resourceType"], resource["id"]

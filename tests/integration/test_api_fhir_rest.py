@@ -312,3 +312,41 @@ def test_the_versions_operation_names_the_fhir_versions_served_and_the_default(t
             assert {"name": "versions",
                     "definition": "http://hl7.org/fhir/OperationDefinition/CapabilityStatement-versions"} in operations
             record_emitted(statement, version)
+
+
+def test_a_later_page_links_back_to_the_first_and_the_previous_one(tmp_path: Path) -> None:
+    """Search and history pages linked only forwards (self, next): a client paging a result in
+    a viewer could not go back but by rebuilding the query. A page after the first now links
+    ``first`` and ``previous`` (http.html#paging), with the same parameters; the first page
+    does not."""
+    def links(bundle: dict) -> dict[str, str]:
+        return {link["relation"]: link["url"].split("/fhir/", 1)[1] for link in bundle["link"]}
+
+    def ids(bundle: dict) -> list[str]:
+        return [e["resource"]["id"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] != "OperationOutcome"]
+
+    with adapter_client(tmp_path) as (client, _):
+        consents = [client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=FHIR_JSON).json()
+                    for _ in range(3)]
+        first = client.get("/fhir/Consent?_count=1", headers=TREAT).json()
+        assert set(links(first)) == {"self", "next"}
+        second = client.get("/fhir/" + links(first)["next"], headers=TREAT).json()
+        assert set(links(second)) == {"self", "first", "previous", "next"}
+        assert ids(client.get("/fhir/" + links(second)["previous"], headers=TREAT).json()) == ids(first)
+        assert ids(client.get("/fhir/" + links(second)["first"], headers=TREAT).json()) == ids(first)
+        third = client.get("/fhir/" + links(second)["next"], headers=TREAT).json()
+        assert set(links(third)) == {"self", "first", "previous"}
+        assert ids(client.get("/fhir/" + links(third)["previous"], headers=TREAT).json()) == ids(second)
+        assert sorted(ids(first) + ids(second) + ids(third)) == sorted(c["id"] for c in consents)
+
+        stored = consents[0]
+        for status in ("inactive", "active"):
+            stored = client.put(f"/fhir/Consent/{stored['id']}", json={**stored, "status": status},
+                                headers=FHIR_JSON).json()
+        page1 = client.get(f"/fhir/Consent/{stored['id']}/_history?_count=1", headers=TREAT).json()
+        assert set(links(page1)) == {"self", "next"}
+        page2 = client.get("/fhir/" + links(page1)["next"], headers=TREAT).json()
+        assert set(links(page2)) == {"self", "first", "previous", "next"}
+        back = client.get("/fhir/" + links(page2)["previous"], headers=TREAT).json()
+        assert [e["resource"]["meta"]["versionId"] for e in back["entry"]] == ["3"]
+        assert client.get("/fhir/" + links(page2)["first"], headers=TREAT).json()["entry"] == back["entry"]

@@ -420,10 +420,14 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     url = absolute(request, services, f"fhir/{resource_type}/{id}/_history")
     kept = [(k, v) for k, v in params if k != "_offset"]
     next_url = f"{url}?{urlencode(kept + [('_offset', str(offset + count))])}" if result.more else None
+    first_url = previous_url = None
+    if offset > 0 and count > 0:  # a page after the first: the way back
+        first_url = f"{url}?{urlencode(kept)}" if kept else url
+        previous_url = f"{url}?{urlencode(kept + [('_offset', str(max(0, offset - count)))])}"
     fhir_base = _fhir_base(request, services)
     bundle = history_bundle([subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources],
                             total=result.total, self_url=f"{url}?{urlencode(params)}" if params else url,
-                            next_url=next_url, base_url=fhir_base)
+                            next_url=next_url, base_url=fhir_base, first_url=first_url, previous_url=previous_url)
     return _out(bundle, version, headers=_glass_headers(result.decision))
 
 
@@ -625,12 +629,16 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
         return f"{absolute(request, services, 'fhir/' + resource_type)}?{urlencode(link_params)}"
 
     self_url = link(params)
-    next_url = None
+    next_url = first_url = previous_url = None
     if result.more and req.count > 0:  # _count=0 asks for the total only: no page follows
         next_url = link(kept + [("_offset", str(req.offset + req.count))])
+    if req.offset > 0 and req.count > 0:  # a page after the first: the way back
+        first_url = link(kept)
+        previous_url = link(kept + [("_offset", str(max(0, req.offset - req.count)))])
     fhir_base = _fhir_base(request, services)
     entries = [subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources]
     bundle = searchset(entries, total=result.total, self_url=self_url, next_url=next_url,
+                       first_url=first_url, previous_url=previous_url,
                        base_url=fhir_base, fhir_version=version,
                        included=[subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.included])
     if req.ignored:
