@@ -419,9 +419,8 @@ class ScopedReader:
             try:
                 answerable(str(stored.resource.get("contentType", "application/octet-stream")))
             except NotAcceptable as exc:
-                self._store.append_audit(self._auditor.event(
-                    self.ctx, interaction="read", action="R", permitted=False, entities=[f"Binary/{id}"],
-                    patient=patient, reason=f"not sent: {exc.diagnostics}"[:500]))
+                self._auditor.record_not_sent(self.ctx, entities=[f"Binary/{id}"], patient=patient,
+                                              why=exc.diagnostics)
                 raise
         self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
                              entities=[f"Binary/{id}"], patient=patient)
@@ -652,10 +651,9 @@ class ScopedReader:
             if answerable is not None:
                 answerable(content)
         except NotAcceptable as exc:
-            self._store.append_audit(self._auditor.event(
-                self.ctx, interaction="read", action="R", permitted=False,
-                entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
-                reason=f"not sent: {exc.diagnostics}"[:500], dicom=DicomAudit.transferred(instance.study_instance_uid)))
+            self._auditor.record_not_sent(self.ctx, entities=[f"{instance.record_type}/{instance.record_id}"],
+                                          patient=instance.patient, why=exc.diagnostics,
+                                          dicom=DicomAudit.transferred(instance.study_instance_uid))
             raise
         except Exception:
             self._audit_dicom(instance, decision)

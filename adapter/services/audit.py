@@ -48,6 +48,11 @@ class DicomAudit:
         return cls(QUERY)
 
 
+def not_sent_reason(why: str) -> str:
+    """The outcome description of a permitted read answered with nothing (a 406), naming why."""
+    return f"not sent: {why}"[:500]
+
+
 class Auditor:
     def __init__(self, store: RecordStore, now: Callable[[], datetime]) -> None:
         self._store = store
@@ -127,6 +132,14 @@ class Auditor:
                                               reason=reason, entities=refs, patient=patient, dicom=dicom)
                                    for patient, refs in (by_patient or {None: []}).items()))
 
+    def record_not_sent(self, ctx: RequestContext, *, entities: Sequence[str], patient: Identifier | None,
+                        why: str, dicom: DicomAudit | None = None) -> None:
+        """Store the AuditEvent of a read its decision permitted and then answered with nothing
+        (406: no representation the client accepts): a read that failed, outcome 4 saying why
+        (:func:`not_sent_reason`), not a disclosure, and not counted as a decision again."""
+        self._store.append_audit(self.event(ctx, interaction="read", action="R", permitted=False, entities=entities,
+                                            patient=patient, reason=not_sent_reason(why), dicom=dicom))
+
     def record_transfers(self, ctx: RequestContext, *,
                          transferred: Sequence[tuple[str, Identifier, str, Decision]],
                          not_sent: str | None = None) -> None:
@@ -141,7 +154,7 @@ class Auditor:
         groups: dict[tuple[Identifier, bool, str], tuple[list[str], list[str]]] = {}
         for ref, patient, study, decision in transferred:
             key = (patient, decision.permitted, decision.reason if not_sent is None or not decision.permitted
-                   else f"not sent: {not_sent}"[:500])
+                   else not_sent_reason(not_sent))
             refs, studies = groups.setdefault(key, ([], []))
             refs.append(ref)
             studies.append(study)
