@@ -418,16 +418,14 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
         lambda rt: reader.read_history(rt, id, offset=offset, count=count, since=since), resource_type, version)
     params = _count_used(params)
     url = absolute(request, services, f"fhir/{resource_type}/{id}/_history")
-    kept = [(k, v) for k, v in params if k != "_offset"]
-    next_url = f"{url}?{urlencode(kept + [('_offset', str(offset + count))])}" if result.more else None
-    first_url = previous_url = None
-    if offset > 0 and count > 0:  # a page after the first: the way back
-        first_url = f"{url}?{urlencode(kept)}" if kept else url
-        previous_url = f"{url}?{urlencode(kept + [('_offset', str(max(0, offset - count)))])}"
+
+    def link(link_params: list[tuple[str, str]]) -> str:
+        return f"{url}?{urlencode(link_params)}" if link_params else url
+
+    pages = _page_links(link, params, offset=offset, count=count, more=result.more)
     fhir_base = _fhir_base(request, services)
     bundle = history_bundle([subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources],
-                            total=result.total, self_url=f"{url}?{urlencode(params)}" if params else url,
-                            next_url=next_url, base_url=fhir_base, first_url=first_url, previous_url=previous_url)
+                            total=result.total, self_url=link(params), base_url=fhir_base, **pages)
     return _out(bundle, version, headers=_glass_headers(result.decision))
 
 
@@ -596,6 +594,21 @@ def _count_used(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, str(MAX_COUNT)) if k == "_count" and int(v[:12]) > MAX_COUNT else (k, v) for k, v in params]
 
 
+def _page_links(link: Callable[[list[tuple[str, str]]], str], params: list[tuple[str, str]], *, offset: int,
+                count: int, more: bool) -> dict[str, str | None]:
+    """The paging links of a search or history page (http.html#paging), each ``link`` of the
+    page's ``params`` with its own ``_offset``: ``next`` when more follow, ``first`` and
+    ``previous`` on a page after the first; none for ``_count=0`` (the total only)."""
+    kept = [(k, v) for k, v in params if k != "_offset"]
+    pages: dict[str, str | None] = {"next_url": None, "first_url": None, "previous_url": None}
+    if count > 0 and more:
+        pages["next_url"] = link(kept + [("_offset", str(offset + count))])
+    if count > 0 and offset > 0:  # a page after the first: the way back
+        pages["first_url"] = link(kept)
+        pages["previous_url"] = link(kept + [("_offset", str(max(0, offset - count)))])
+    return pages
+
+
 def _lenient(prefer: str | None) -> bool:
     """Prefer: handling=lenient (RFC 7240; FHIR search.html#errors)."""
     preferences = (p.strip().lower().replace(" ", "") for item in (prefer or "").split(",") for p in item.split(";"))
@@ -621,24 +634,15 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     types = ["DocumentReference", "Media"] if version == "5" and resource_type == "DocumentReference" \
         else [resource_type]
     result = await run_in_threadpool(reader.search, types, req)
-    kept = [(k, v) for k, v in params if k != "_offset"]
-
     def link(link_params: list[tuple[str, str]]) -> str:
         if sealed:
             link_params = [(PAGE_PARAM, services.search_pages.seal(resource_type, link_params))]
         return f"{absolute(request, services, 'fhir/' + resource_type)}?{urlencode(link_params)}"
 
-    self_url = link(params)
-    next_url = first_url = previous_url = None
-    if result.more and req.count > 0:  # _count=0 asks for the total only: no page follows
-        next_url = link(kept + [("_offset", str(req.offset + req.count))])
-    if req.offset > 0 and req.count > 0:  # a page after the first: the way back
-        first_url = link(kept)
-        previous_url = link(kept + [("_offset", str(max(0, req.offset - req.count)))])
+    pages = _page_links(link, params, offset=req.offset, count=req.count, more=result.more)
     fhir_base = _fhir_base(request, services)
     entries = [subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources]
-    bundle = searchset(entries, total=result.total, self_url=self_url, next_url=next_url,
-                       first_url=first_url, previous_url=previous_url,
+    bundle = searchset(entries, total=result.total, self_url=link(params), **pages,
                        base_url=fhir_base, fhir_version=version,
                        included=[subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.included])
     if req.ignored:
