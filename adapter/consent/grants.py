@@ -20,10 +20,15 @@ The mapping, and where it fails closed:
 * Restrictions this adapter cannot evaluate (``actor``, ``class``, ``code``, ``securityLabel``,
   ``dataPeriod``, or an ``action`` that names neither access nor use) make a permit permit
   nothing and are ignored on a deny, which then denies more.
-* Nested ``provision.provision[]`` of type deny (a nested provision without a type negates its
-  parent, as in R5) become extra deny grants, inheriting what they do not restate from their
-  parents (purposes, data) and clipped to their parents' period. Nested permits (exceptions
-  to a deny) are not honoured: the deny stands.
+* Nested ``provision.provision[]`` of type deny become extra deny grants, inheriting what they
+  do not restate from their parents (purposes, data) and clipped to their parents' period.
+  Nested permits (exceptions to a deny) are not honoured: the deny stands. A nested provision
+  without a type cannot be read (R4 has no meaning for it: read as its parent's opposite, a
+  patient's permit of research under an untyped rule would become a denial of care), nor can a
+  Consent carrying a ``modifierExtension`` anywhere (FHIR extensibility.html: an application
+  SHALL NOT process a resource whose modifier extension it does not understand as if it were
+  absent): both raise :class:`BusinessRuleViolation`, so a write refuses them (422) and a
+  decision that meets a stored one reads it as a denial of every purpose.
 * ``policyRule`` v3-ActCode#IMPLIED, or the consent-method extension ``implied``, marks an
   implied consent; the method comes from the consent-method extension, else IMPLIED for an
   implied consent, else None.
@@ -39,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapter.consent.rules import ANY_PURPOSE, DENY, PERMIT
-from adapter.errors import InvalidResource, NotSupported
+from adapter.errors import BusinessRuleViolation, InvalidResource, NotSupported
 from adapter.model.consent import ConsentGrant
 from adapter.model.photo import ConsentMethod, Identifier
 from adapter.model.purpose import V3_ACT_REASON_SYSTEMS
@@ -80,6 +85,10 @@ def grants_from_consent(resource: Mapping[str, Any]) -> list[ConsentGrant]:
     """
     if resource.get("resourceType") != "Consent":
         raise InvalidResource("not a Consent resource", expression="Consent.resourceType")
+    modifier = modifier_extension_path(resource, "Consent")
+    if modifier is not None:
+        raise BusinessRuleViolation("the Consent carries a modifierExtension, which changes its meaning in a way the "
+                                    "adapter does not understand: it cannot be applied", expression=modifier)
     consent_id = _string(resource.get("id"), "Consent.id")
     status = _string(resource.get("status"), "Consent.status")
     patient = _patient(resource)
@@ -154,10 +163,11 @@ def _method(resource: Mapping[str, Any], implied: bool) -> ConsentMethod | None:
 
 def _scope(provision: Mapping[str, Any], expr: str, parent: _Scope | None) -> _Scope:
     decision = provision.get("type")
+    if decision is None and parent is not None:
+        raise BusinessRuleViolation("a nested provision must say whether it permits or denies (type)",
+                                    expression=f"{expr}.type")
     if decision is None:
-        # R4 leaves a top-level type optional: a provision that exists is a permit. A nested one
-        # without a type is read as R5 reads every nested provision: the opposite of its parent.
-        decision = PERMIT if parent is None or parent.decision == DENY else DENY
+        decision = PERMIT  # R4 leaves the top-level type optional: a provision that exists is a permit
     if decision not in (PERMIT, DENY):
         raise InvalidResource("provision.type must be 'permit' or 'deny'", expression=f"{expr}.type")
 
@@ -235,6 +245,24 @@ def _data_refs(scope: _Scope) -> frozenset[str]:
     if scope.decision == DENY and scope.unresolved_data:
         return frozenset()          # cannot tell which data: deny for all
     return scope.data_refs
+
+
+def modifier_extension_path(value: Any, path: str) -> str | None:
+    """The FHIRPath of the first ``modifierExtension`` in ``value`` (a resource or any element
+    of it, contained resources included), or None."""
+    if isinstance(value, Mapping):
+        if value.get("modifierExtension"):
+            return f"{path}.modifierExtension"
+        for key, item in value.items():
+            found = modifier_extension_path(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = modifier_extension_path(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def names_read_action(actions: list[Any]) -> bool:

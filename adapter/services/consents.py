@@ -24,6 +24,7 @@ from adapter.errors import (
 )
 from adapter.mapping.codes import CONSENT_ACTION
 from adapter.mapping.fhir_json import validate_r4_resource
+from adapter.mapping.narrative import check_narratives
 from adapter.mapping.photo import index_resource
 from adapter.model.purpose import V3_ACT_REASON, V3_ACT_REASON_SYSTEMS, RequestContext
 from adapter.model.record import NewResource, StoredResource
@@ -53,6 +54,11 @@ class ConsentService:
         resource = {**resource, "id": id}
         resource.pop("meta", None)
         validate_r4_resource(resource)
+        if not resource.get("policy") and not resource.get("policyRule"):
+            # FHIR invariant ppc-1 (https://hl7.org/fhir/R4/consent.html#invs): fails basic validation, 400
+            raise InvalidResource("a Consent names the policy it is given under: policy or policyRule (FHIR "
+                                  "invariant ppc-1; e.g. policyRule v3-ActCode OPTIN)", expression="Consent.policyRule")
+        check_narratives(resource, "Consent")
         # required bindings fhir.resources does not check (https://hl7.org/fhir/R4/consent.html)
         if resource.get("status") not in CONSENT_STATUS:
             raise UnknownCode(f"Consent.status must be one of {', '.join(sorted(CONSENT_STATUS))}",

@@ -205,6 +205,104 @@ def test_a_consent_that_breaks_a_rule_of_the_adapter_is_422_not_400(tmp_path: Pa
         assert _consents(client) == 0
 
 
+def test_a_consent_with_a_modifier_extension_is_refused_and_grants_nothing(tmp_path: Path) -> None:
+    """Review finding: a TRAIN Consent carrying a modifierExtension (here: "revoked, pending
+    verification") was stored and released the patient's photo for training, though the adapter
+    cannot tell what the modifier does (FHIR extensibility.html: an application SHALL NOT process
+    a resource whose modifier extension it does not understand as if it were absent); its TRAIN
+    reads then failed every TRAIN search of Consents. It is refused (422), nothing stored, and the
+    photo stays closed to TRAIN."""
+    modifier = [{"url": "http://example.org/fhir/StructureDefinition/revoked-pending-verification",
+                 "valueBoolean": True}]
+    with adapter_client(tmp_path) as (client, _):
+        record = post_photo(client, SAMPLES / "wound.jpg", metadata()).json()["record"]
+        held = _consents(client)  # the photo's own consent for care
+        top = {**consent_resource(["TRAIN"]), "modifierExtension": modifier}
+        nested = consent_resource(["TRAIN"])
+        nested["provision"]["modifierExtension"] = modifier
+        for consent, where in ((top, "Consent.modifierExtension"), (nested, "Consent.provision.modifierExtension")):
+            r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+            assert r.status_code == 422, r.text[:300]
+            assert r.json()["issue"][0]["code"] == "business-rule"
+            assert r.json()["issue"][0]["expression"] == [where]
+        assert _consents(client) == held
+        assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 403
+        plain = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=FHIR_JSON).json()
+        update = client.put(f"/fhir/Consent/{plain['id']}", json={**plain, "modifierExtension": modifier},
+                            headers=FHIR_JSON)
+        assert update.status_code == 422, update.text[:300]
+        assert client.get(f"/fhir/Consent/{plain['id']}", headers=TREAT).json()["meta"]["versionId"] == "1"
+        assert client.get("/fhir/Consent?purpose=TRAIN", headers=as_purpose("TRAIN")).status_code == 200
+
+
+def test_a_nested_provision_without_a_type_is_refused(tmp_path: Path) -> None:
+    """Review finding: a Consent whose provision had no type and nested, under an untyped
+    provision, a permit of HRESCH was stored; the untyped rule was read as its parent's opposite,
+    a denial of every purpose, so the patient's research permit closed the photo to care. R4 gives
+    an untyped nested provision no meaning: refused (422), the photo still open for care."""
+    with adapter_client(tmp_path) as (client, _):
+        record = post_photo(client, SAMPLES / "wound.jpg", metadata()).json()["record"]
+        held = _consents(client)  # the photo's own consent for care
+        consent = consent_resource(["HRESCH"])
+        consent["provision"] = {"provision": [{"provision": [consent["provision"]]}]}
+        r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+        assert r.status_code == 422, r.text[:300]
+        assert r.json()["issue"][0]["expression"] == ["Consent.provision.provision[0].type"]
+        assert _consents(client) == held
+        assert client.get(f"/fhir/{record}", headers=TREAT).status_code == 200
+
+
+def test_a_consent_naming_no_policy_is_refused_as_ppc_1_says(tmp_path: Path) -> None:
+    """Review finding: a Consent with neither policy nor policyRule was stored and served, and every
+    FHIR validator refuses it and each Bundle holding it (invariant ppc-1, "Either a Policy or
+    PolicyRule"). It fails basic validation: 400, nothing stored."""
+    with adapter_client(tmp_path) as (client, _):
+        consent = {k: v for k, v in consent_resource(["TRAIN"]).items() if k not in ("policy", "policyRule")}
+        r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+        assert r.status_code == 400, r.text[:300]
+        assert r.json()["issue"][0]["expression"] == ["Consent.policyRule"]
+        assert _consents(client) == 0
+        rule = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]}
+        for kept, value in (("policy", consent_resource(["TRAIN"])["policy"]), ("policyRule", rule)):
+            assert client.post("/fhir/Consent", json={**consent, kept: value}, headers=FHIR_JSON).status_code == 201
+
+
+@pytest.mark.parametrize("div", [
+    '<div xmlns="http://www.w3.org/1999/xhtml"><script>alert(1)</script>Consent</div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml"><img src="x" onerror="alert(document.cookie)"/>Consent</div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml"><a href="javascript:alert(1)">Consent</a></div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml"><p style="background:url(https://evil.example/t)">Consent</p></div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml"><form action="https://evil.example"><p>Consent</p></form></div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml"><iframe src="https://evil.example"/>Consent</div>',
+    '<!DOCTYPE d [<!ENTITY e "x">]><div xmlns="http://www.w3.org/1999/xhtml">&e;</div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml">   </div>',
+    '<div>Consent</div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml"><p>unclosed</div>',
+])
+def test_a_consent_narrative_outside_txt_1_and_txt_2_is_refused(tmp_path: Path, div: str) -> None:
+    """Review finding: a Consent's narrative holding a script and an onerror handler was stored and
+    served verbatim to care readers, whose EHR shows it: FHIR's narrative invariants (txt-1: basic
+    HTML formatting only, no scripts, forms, frames or event attributes; txt-2: some content) are
+    checked when written, 400 pointing at the div, nothing stored."""
+    with adapter_client(tmp_path) as (client, _):
+        consent = {**consent_resource(["TRAIN"]), "text": {"status": "additional", "div": div}}
+        r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+        assert r.status_code == 400, r.text[:300]
+        assert r.json()["issue"][0]["expression"] == ["Consent.text.div"]
+        assert _consents(client) == 0
+
+
+def test_a_consent_narrative_of_basic_html_is_kept(tmp_path: Path) -> None:
+    div = ('<div xmlns="http://www.w3.org/1999/xhtml"><p class="x" style="color:red">The patient agrees to '
+           '<b>teaching</b> use.</p><table><tr><td colspan="2">Signed</td></tr></table>'
+           '<a href="https://example.org/policy">policy</a><img src="#sig" alt="signature"/></div>')
+    with adapter_client(tmp_path) as (client, _):
+        consent = {**consent_resource(["TRAIN"]), "text": {"status": "additional", "div": div}}
+        r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+        assert r.status_code == 201, r.text[:300]
+        assert client.get(f"/fhir/Consent/{r.json()['id']}", headers=TREAT).json()["text"]["div"] == div
+
+
 def test_history_of_a_type_or_of_the_server_is_refused_as_not_supported(tmp_path: Path) -> None:
     """Review finding: GET /fhir/Media/_history (history-type) answered 404 "Media/_history is not
     known", read as a Media whose id is _history (no FHIR id: ids take no "_"), and GET /fhir/_history

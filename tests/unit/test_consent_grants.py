@@ -9,7 +9,7 @@ import pytest
 
 from adapter.consent import ANY_PURPOSE, decide, grant_from_consent, grants_from_consent
 from adapter.consent.grants import CONSENT_ACTION, CONSENT_METHOD_EXTENSION, V3_ACT_CODE
-from adapter.errors import InvalidResource, NotSupported
+from adapter.errors import BusinessRuleViolation, InvalidResource, NotSupported
 from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoSource
 from adapter.model.purpose import V3_ACT_REASON, PurposeOfUse
 from adapter.model.record import AccessFacts
@@ -304,9 +304,34 @@ def test_nested_deny_inherits_purposes_and_data_and_is_clipped_to_the_parent_per
     assert permitted(resource, "TREAT", NOW) and not permitted(resource, "TREAT", NOW, governed_by="Media/m2")
 
 
-def test_nested_provision_without_type_negates_a_permit() -> None:
-    _, deny = grants_from_consent(_with_nested({"purpose": purpose("TRAIN")}))
-    assert deny.decision == "deny" and deny.purposes == frozenset({"TRAIN"})
+def test_nested_provision_without_type_cannot_be_read() -> None:
+    # R4 gives an untyped nested provision no meaning: read as its parent's opposite, the
+    # patient's research permit below it would turn into a denial of care
+    resource = make_consent({"provision": [{"provision": [{"type": "permit", "purpose": purpose("HRESCH")}]}]})
+    with pytest.raises(BusinessRuleViolation) as info:
+        grants_from_consent(resource)
+    assert info.value.expression == ["Consent.provision.provision[0].type"]
+
+
+@pytest.mark.parametrize("where", ["top", "provision", "nested", "contained"])
+def test_a_modifier_extension_anywhere_makes_the_consent_unreadable(where: str) -> None:
+    modifier = [{"url": "http://example.org/fhir/StructureDefinition/revoked-pending", "valueBoolean": True}]
+    provision: dict[str, object] = {"type": "permit", "purpose": purpose("TRAIN")}
+    resource = make_consent(provision)
+    expected = {"top": "Consent.modifierExtension", "provision": "Consent.provision.modifierExtension",
+                "nested": "Consent.provision.provision[0].modifierExtension",
+                "contained": "Consent.contained[0].modifierExtension"}[where]
+    if where == "top":
+        resource["modifierExtension"] = modifier
+    elif where == "provision":
+        provision["modifierExtension"] = modifier
+    elif where == "nested":
+        provision["provision"] = [{"type": "deny", "purpose": purpose("TRAIN"), "modifierExtension": modifier}]
+    else:
+        resource["contained"] = [{"resourceType": "Basic", "id": "b", "modifierExtension": modifier}]
+    with pytest.raises(BusinessRuleViolation) as info:
+        grants_from_consent(resource)
+    assert info.value.expression == [expected]
 
 
 def test_nested_permit_exception_under_a_deny_is_not_honoured() -> None:

@@ -537,12 +537,14 @@ def periods(starts: Sequence[str] = IN_FORCE_START + NOT_BEGUN + ENDED,
 @st.composite
 def provisions(draw: st.DrawFn, depth: int = 2, refs: Sequence[str] = THIS_RECORD + ANOTHER_RECORD,
                decision: str | None = None, period: st.SearchStrategy[dict[str, str]] | None = None,
-               unresolved: bool = True) -> dict[str, Any]:
-    """A provision: a type (or none), purposes (v3-ActReason by URI or OID, or another system),
+               unresolved: bool = True, nested: bool = False) -> dict[str, Any]:
+    """A provision: a type (or none at the top level; a nested one always has one, as the
+    adapter refuses one without), purposes (v3-ActReason by URI or OID, or another system),
     a period, data references (and, if ``unresolved``, now and then one without a literal
     reference, which a deny reads as all data), an action, and nested provisions."""
     out: dict[str, Any] = {}
-    kind = draw(st.sampled_from((None, "permit", "deny"))) if decision is None else decision
+    kinds = ("permit", "deny") if nested else (None, "permit", "deny")
+    kind = draw(st.sampled_from(kinds)) if decision is None else decision
     if kind is not None:
         out["type"] = kind
     if draw(st.booleans()):
@@ -559,7 +561,7 @@ def provisions(draw: st.DrawFn, depth: int = 2, refs: Sequence[str] = THIS_RECOR
         out["action"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",
                                       "code": draw(st.sampled_from(("access", "use", "collect", "disclose")))}]}]
     if depth and draw(st.booleans()):
-        out["provision"] = draw(st.lists(provisions(depth - 1, refs, unresolved=unresolved), min_size=1, max_size=2))
+        out["provision"] = draw(st.lists(provisions(depth - 1, refs, unresolved=unresolved, nested=True), min_size=1, max_size=2))
     return out
 
 
