@@ -5,7 +5,9 @@ one photo submission, and the transaction-response Bundle
 Accepted: ``Bundle.type`` transaction with exactly one Binary (the image, base64 in ``data``),
 exactly one Media or DocumentReference whose attachment url references that Binary (its
 fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``, also relative to the record's RESTful fullUrl)
-and at most one Consent; every entry has ``request.method`` POST or PUT. The SubmissionSet List
+and at most one Consent; every entry has ``request.method`` POST to its resource type (a Binary,
+the record and the Consent: the adapter assigns their ids) or, for a List or the Patient, PUT to
+its ``Type/id``, and no conditional element (``ifNoneExist``…): see ``_check_request``. The SubmissionSet List
 IHE MHD always sends, and at most one Patient (the push case, ITI-65 2:3.65.4.1.2.2), are read and
 acknowledged, not stored: the adapter keeps no registry of submissions and owns no Patient (their
 answer, 200 OK without a location, says so in its outcome). A Folder type List is acknowledged
@@ -116,6 +118,11 @@ ACKNOWLEDGED_ROLES = frozenset({ROLE_SUBMISSION_SET, ROLE_PATIENT})
 _ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD,
           "Consent": ROLE_CONSENT, "List": ROLE_SUBMISSION_SET, "Patient": ROLE_PATIENT}
 _METHODS = frozenset({"POST", "PUT"})
+#: What a PUT may send: what the adapter acknowledges without storing (a Folder or SubmissionSet
+#: List, the Patient of the push case), which ITI-65 lets a Document Source PUT.
+_PUT_TYPES = frozenset({"List", "Patient"})
+#: Bundle.entry.request's conditional elements (http.html#transaction), none supported.
+_CONDITIONAL_REQUESTS = ("ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince")
 _HTTP_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
 _BUNDLE_TYPES = frozenset({"document", "message", "transaction", "transaction-response", "batch",
                            "batch-response", "history", "searchset", "collection"})
@@ -187,7 +194,7 @@ class _Entry:
 # structural validation
 
 
-def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
+def _entries(bundle: Mapping[str, Any], fhir_base: str | None) -> list[_Entry]:
     raw = bundle.get("entry")
     if not isinstance(raw, list) or not raw:
         raise RequiredElementMissing("a transaction Bundle needs entries (a Binary and a Media or "
@@ -233,12 +240,73 @@ def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
         if method not in _METHODS:
             raise NotSupported(f"request.method {method} is not supported: POST or PUT",
                                expression=f"Bundle.entry[{e.index}].request.method")
+        _check_request(e, fhir_base)
         rtype = str(e.resource["resourceType"])
         status = e.resource.get("status")
         if rtype in _STATUS and status not in _STATUS[rtype]:
             raise UnknownCode(f"{rtype}.status {str(status)[:40]!r} is not in the required value set "
                               f"({', '.join(sorted(_STATUS[rtype]))})", expression=f"{e.path}.status")
     return entries
+
+
+def _relative_url(url: str, fhir_base: str | None) -> str | None:
+    """``request.url`` relative to this server's base (http.html#transaction: "the URL is
+    relative to the root of the server"; an absolute one names this server only under its own
+    base); None when it names another server, or a Bundle-local ``urn:``."""
+    if fhir_base and url.startswith(fhir_base.rstrip("/") + "/"):
+        return url[len(fhir_base.rstrip("/")) + 1:]
+    if ":" in url.split("/", 1)[0] or url.startswith("/"):
+        return None
+    return url
+
+
+def _check_request(e: _Entry, fhir_base: str | None) -> None:
+    """The entry's ``request`` as FHIR http.html#transaction processes it, each entry by its
+    ``method`` and ``url``: a POST creates a resource of the url's type, which must be the
+    entry's (``DocumentReference``, or ``<this base>/DocumentReference``); a PUT updates the
+    resource the url names, or creates it with that id. The adapter assigns every id it stores
+    and never updates a record, a Binary or (here) a Consent (``updateCreate`` false: a PUT alone
+    to an id it does not hold gets 405), so a PUT is taken only of what it acknowledges without
+    storing (a Folder or SubmissionSet List, the Patient of the push case: ITI-65 lets a Document
+    Source PUT those), whose url names the entry's type and id. A conditional request
+    (``ifNoneExist``, ``ifMatch``, ``ifNoneMatch``, ``ifModifiedSince``) is refused, as
+    ``If-None-Exist`` on ``POST /fhir/Consent`` is: ignored, a retried Bundle would create twice.
+    Any refusal fails the whole transaction (nothing stored), the expression naming the entry."""
+    where = f"Bundle.entry[{e.index}].request"
+    for name in _CONDITIONAL_REQUESTS:
+        if e.request.get(name) is not None:
+            raise NotSupported(f"conditional requests ({name}) are not supported in a transaction: the adapter would "
+                               "ignore the condition, and a Bundle sent again would create a second record or "
+                               "Consent; search (e.g. Consent?patient:identifier=…) before sending",
+                               expression=f"{where}.{name}")
+    rtype = str(e.resource["resourceType"])
+    method = e.request.get("method")
+    url = e.request.get("url")
+    if not isinstance(url, str) or not url:
+        raise RequiredElementMissing("a transaction entry's request needs its url", expression=f"{where}.url")
+    path = _relative_url(url, fhir_base)
+    if path is None:
+        raise NotSupported(f"request.url {url[:80]!r} names no resource of this server: give it relative to the "
+                           f"FHIR base ({rtype}), or absolute under this server's base", expression=f"{where}.url")
+    if "?" in path or "#" in path:
+        raise NotSupported("a request.url with a query (a conditional update) is not supported",
+                           expression=f"{where}.url")
+    if method == "POST":
+        if path != rtype:
+            raise InvalidResource(f"a POST of a {rtype} goes to {rtype}, not {path[:80]}", expression=f"{where}.url")
+        return
+    if rtype not in _PUT_TYPES:
+        raise NotSupported(f"PUT {path[:80]} is not supported: the adapter assigns the ids of what it stores and "
+                           f"never updates a {rtype} in a transaction (updateCreate false); send it with POST "
+                           f"{rtype}" + (" (update a Consent with PUT /fhir/Consent/<id>)" if rtype == "Consent"
+                                         else ""), expression=f"{where}.method")
+    target_type, _, target_id = path.partition("/")
+    if target_type != rtype or not target_id or "/" in target_id:
+        raise InvalidResource(f"a PUT of a {rtype} goes to {rtype}/<id>, not {path[:80]}", expression=f"{where}.url")
+    own = e.resource.get("id")
+    if own is not None and own != target_id:  # http.html#update: the id is the url's
+        raise InvalidResource(f"the {rtype}'s id differs from the id its request.url names",
+                              expression=f"Bundle.entry[{e.index}].resource.id")
 
 
 def _one(entries: Sequence[_Entry], role: str, what: str, required: bool) -> _Entry | None:
@@ -633,8 +701,9 @@ def _warnings(entries: Sequence[_Entry], record: _Entry) -> dict[int, EntryWarni
 # public
 
 
-def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionSubmission:
-    """Read an ITI-65-shaped transaction Bundle as one photo submission (module docstring).
+def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str | None = None) -> TransactionSubmission:
+    """Read an ITI-65-shaped transaction Bundle as one photo submission (module docstring);
+    ``fhir_base``: this server's FHIR base, under which an absolute ``request.url`` names it.
 
     Raises:
         InvalidResource: not a Bundle, or an element fails its R4 model (expression names it).
@@ -647,7 +716,8 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
             consent purposes.
         UnknownCode: an invalid status, method, extension code, body site or purpose.
         NotSupported: another resource type, more than one photo, Consent or Patient, a method
-            other than POST/PUT, a Consent that is not an active permit.
+            other than POST/PUT, a PUT of what the adapter stores, a conditional request, a
+            request.url on another server, a Consent that is not an active permit.
     """
     if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
         raise InvalidResource("expected a Bundle", expression="resourceType")
@@ -659,7 +729,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
             raise UnknownCode(f"Bundle.type {str(btype)[:40]!r} is not a Bundle type",
                               expression="Bundle.type")
         raise InvalidInput(f"Bundle.type must be 'transaction', not {btype!r}", expression="Bundle.type")
-    entries = _entries(bundle)
+    entries = _entries(bundle, fhir_base)
     binary = _one(entries, ROLE_BINARY, "Binary", required=True)
     record = _one(entries, ROLE_RECORD, "Media or DocumentReference", required=True)
     consent = _one(entries, ROLE_CONSENT, "Consent", required=False)

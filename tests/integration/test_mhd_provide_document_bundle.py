@@ -362,3 +362,45 @@ def test_two_entries_with_the_same_full_url_are_refused(tmp_path: Path) -> None:
         assert r.status_code == 400, r.text
         assert r.json()["issue"][0]["expression"] == ["Bundle.entry[3].fullUrl"]
         assert _stored(services) == 0
+
+
+def test_a_consent_entry_with_if_none_exist_is_refused_not_created_twice(tmp_path: Path) -> None:
+    """Review finding: ``request.ifNoneExist`` on a Consent entry was ignored: the Bundle sent
+    twice made two active Consents (standalone, If-None-Exist is 400 for that reason, README).
+    FHIR http.html#transaction: each entry processed per its request; now refused (400, as the
+    standalone create), nothing stored."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"].append({"fullUrl": "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000c",
+                            "resource": consent_resource(["TREAT"]),
+                            "request": {"method": "POST", "url": "Consent",
+                                        "ifNoneExist": f"patient:identifier={PATIENT_ID}&status=active"}})
+    with adapter_client(tmp_path) as (client, services):
+        for _ in range(2):
+            r = client.post("/fhir", json=bundle, headers=FHIR)
+            assert r.status_code == 400, r.text
+            [issue] = r.json()["issue"]
+            assert issue["code"] == "not-supported" and issue["expression"] == ["Bundle.entry[3].request.ifNoneExist"]
+        assert _stored(services) == 0
+
+
+def test_a_put_of_a_document_reference_is_refused(tmp_path: Path) -> None:
+    """Review finding: ``PUT DocumentReference/abc`` in a transaction created a record under a
+    server id (``GET DocumentReference/abc`` then 404), an update-as-create the CapabilityStatement
+    denies; a ``request.url`` on another server's base was taken too. One under this server's
+    own base is the same as a relative one."""
+    with adapter_client(tmp_path) as (client, services):
+        bundle = provide_document_bundle(DOCUMENT)
+        bundle["entry"][1]["resource"]["id"] = "abc"
+        bundle["entry"][1]["request"] = {"method": "PUT", "url": "DocumentReference/abc"}
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 400, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].request.method"]
+        bundle = provide_document_bundle(DOCUMENT)
+        bundle["entry"][1]["request"]["url"] = "http://ehr.example/fhir/DocumentReference"
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 400, r.text
+        assert _stored(services) == 0
+        bundle["entry"][1]["request"]["url"] = "http://testserver/fhir/DocumentReference"
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        assert len(_found(client)) == 1

@@ -128,12 +128,69 @@ def test_kind_inferred_without_extension(jpeg: bytes) -> None:
     assert sub.meta.kind is PhotoKind.CLINICAL and sub.meta.source is PhotoSource.CLINICIAN
 
 
-def test_binary_referenced_by_id_and_put(jpeg: bytes) -> None:
+def test_binary_referenced_by_id(jpeg: bytes) -> None:
     bundle = transaction_bundle(jpeg)
     bundle["entry"][0]["resource"]["id"] = "img-1"
-    bundle["entry"][0]["request"] = {"method": "PUT", "url": "Binary/img-1"}
     bundle["entry"][1]["resource"]["content"]["url"] = "Binary/img-1"
     assert parse(bundle).image_bytes == jpeg
+
+
+def test_a_put_of_what_the_adapter_stores_is_refused(jpeg: bytes) -> None:
+    """Review finding: ``PUT DocumentReference/abc`` (or ``PUT Binary/img-1``) created a record
+    under a server id, an update-as-create the CapabilityStatement denies (updateCreate false; a
+    PUT alone to an id not held is 405). FHIR http.html#transaction processes each entry by its
+    method and url: the whole transaction is refused, naming the entry."""
+    for index, url in ((0, "Binary/img-1"), (1, "Media/abc"), (2, "Consent/c-1")):
+        bundle = transaction_bundle(jpeg)
+        bundle["entry"][index]["resource"]["id"] = url.split("/")[1]
+        bundle["entry"][index]["request"] = {"method": "PUT", "url": url}
+        err = refused(bundle, NotSupported)
+        assert err.expression == [f"Bundle.entry[{index}].request.method"], url
+        assert "POST" in err.diagnostics
+
+
+def test_a_post_goes_to_its_own_resource_type_on_this_server(jpeg: bytes) -> None:
+    """Review finding: ``request.url`` "Media" on a DocumentReference entry was accepted."""
+    bundle = transaction_bundle(jpeg, kind="document", consent_purposes=None, bodySite=None, laterality=None)
+    bundle["entry"][1]["request"]["url"] = "Media"
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[1].request.url"]
+    bundle["entry"][1]["request"]["url"] = "DocumentReference?identifier=x"
+    assert refused(bundle, NotSupported).expression == ["Bundle.entry[1].request.url"]
+    for elsewhere in ("http://ehr.example/fhir/DocumentReference", "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a"):
+        bundle["entry"][1]["request"]["url"] = elsewhere
+        assert refused(bundle, NotSupported).expression == ["Bundle.entry[1].request.url"]
+        with pytest.raises(NotSupported):
+            parse_transaction(bundle, tables(), "http://adapter.example/fhir")
+    # absolute under this server's own base: the same as relative
+    bundle["entry"][1]["request"]["url"] = "http://adapter.example/fhir/DocumentReference"
+    assert parse_transaction(bundle, tables(), "http://adapter.example/fhir").meta.kind is PhotoKind.DOCUMENT
+    refused(bundle, NotSupported)  # without the base known, it names no resource here
+
+
+@pytest.mark.parametrize("name, value", [("ifNoneExist", "patient:identifier=urn:oid:2.999.1.1|MRN-0001"),
+                                         ("ifMatch", 'W/"1"'), ("ifNoneMatch", "*"),
+                                         ("ifModifiedSince", "2026-01-01T00:00:00Z")])
+def test_a_conditional_request_is_refused(jpeg: bytes, name: str, value: str) -> None:
+    """Review finding: a Consent entry's ``ifNoneExist`` was ignored, so the same Bundle sent
+    twice made two active Consents; ``POST /fhir/Consent`` with If-None-Exist is refused (400
+    not-supported, README) for that reason, and so is the entry now."""
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][2]["request"][name] = value
+    err = refused(bundle, NotSupported)
+    assert err.expression == [f"Bundle.entry[2].request.{name}"]
+
+
+def test_a_put_of_a_list_or_the_patient_is_acknowledged(jpeg: bytes) -> None:
+    """ITI-65 lets a Document Source PUT a Folder List or the Patient of the push case: the
+    adapter stores neither, so a PUT of them is taken, its url naming the entry's type and id."""
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"].append({"resource": {"resourceType": "List", "id": "f-1", "status": "current", "mode": "working"},
+                            "request": {"method": "PUT", "url": "List/f-1"}})
+    assert parse(bundle).entry_roles[-1] == "submission-set"
+    bundle["entry"][-1]["request"]["url"] = "List/f-2"
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[3].resource.id"]
+    bundle["entry"][-1]["request"]["url"] = "Patient/f-1"
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[3].request.url"]
 
 
 def test_consent_method_without_extension(jpeg: bytes) -> None:

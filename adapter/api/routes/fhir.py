@@ -262,7 +262,8 @@ async def _transaction(request: Request, services: Services, ctx: RequestContext
     check_write_purpose(request, services, "create")
     _r4_write(request)
     key = idempotency_key[:200] if idempotency_key else None
-    response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx)
+    response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx,
+                                      fhir_base=_fhir_base(request, services))
     return _out(response, "4")
 
 
