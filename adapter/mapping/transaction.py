@@ -92,7 +92,8 @@ from adapter.mapping.codes import (
 )
 from adapter.mapping.fhir_json import check_indexed_lengths, check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, find_extension, parse_fhir_datetime, utc_instant
-from adapter.mapping.outcome import operation_outcome
+from adapter.mapping.document_metadata import NOT_SAVED, not_kept, refuse_not_understood
+from adapter.mapping.outcome import issue, outcome
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
 from adapter.model.photo import (
@@ -167,7 +168,8 @@ class TransactionSubmission:
     ``entry_roles`` has one role per Bundle entry, in request order ("binary", "record",
     "consent"), so the response can answer entry by entry; ``entry_full_urls`` maps each role
     to its entry's fullUrl (roles whose entry has none are absent); ``entry_warnings`` maps an
-    entry's index to what of it was not processed (a Folder, a relationship).
+    entry's index to what of it was not processed (a Folder, a relationship, each element of the
+    record not stored as sent).
     """
 
     meta: PhotoMetadata
@@ -175,7 +177,7 @@ class TransactionSubmission:
     content_type: str
     entry_roles: tuple[str, ...]
     entry_full_urls: dict[str, str] = field(default_factory=dict)
-    entry_warnings: dict[int, EntryWarning] = field(default_factory=dict)
+    entry_warnings: dict[int, tuple[EntryWarning, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -663,11 +665,14 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
     return out
 
 
-def _warnings(entries: Sequence[_Entry], record: _Entry) -> dict[int, EntryWarning]:
+def _warnings(entries: Sequence[_Entry], record: _Entry, kind: PhotoKind,
+              tables: Tables) -> dict[int, tuple[EntryWarning, ...]]:
     """What ITI-65 2:3.65.4.1.3 has a recipient that does not process it say so of: a Folder
-    type List (the adapter keeps no folders), and each relationship of the record
-    (``relatesTo``: the adapter keeps none); and, as a note, the entries acknowledged without
-    being stored (the SubmissionSet, the Patient), whose answer has no location to give."""
+    type List (the adapter keeps no folders), each relationship of the record (``relatesTo``:
+    the adapter keeps none) and each element of the record it does not store as sent
+    (adapter.mapping.document_metadata, ``XDSExtraMetadataNotSaved``); and, as a note, the
+    entries acknowledged without being stored (the SubmissionSet, the Patient), whose answer has
+    no location to give."""
     out: dict[int, EntryWarning] = {}
     for e in entries:
         if e.resource["resourceType"] == "Patient":
@@ -694,7 +699,12 @@ def _warnings(entries: Sequence[_Entry], record: _Entry) -> dict[int, EntryWarni
                                              f"the adapter keeps no relationships between documents: the document "
                                              f"was stored, its {code} relationship was not recorded",
                                              f"{record.path}.relatesTo[{k}]")
-    return out
+    together = {index: (warning,) for index, warning in out.items()}
+    dropped = tuple(EntryWarning(NOT_SAVED, f"{why}: the document was stored without it", where)
+                    for where, why in not_kept(record.resource, record.path, kind, tables))
+    if dropped:
+        together[record.index] = together.get(record.index, ()) + dropped
+    return together
 
 
 # ---------------------------------------------------------------------------------------------
@@ -734,6 +744,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
     record = _one(entries, ROLE_RECORD, "Media or DocumentReference", required=True)
     consent = _one(entries, ROLE_CONSENT, "Consent", required=False)
     assert binary is not None and record is not None
+    refuse_not_understood(bundle, record.resource, record.path)
 
     # the image
     data = binary.resource.get("data")
@@ -838,19 +849,19 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
     full_urls = {_ROLES[str(e.resource["resourceType"])]: e.full_url for e in entries if e.full_url}
     return TransactionSubmission(meta=photo_meta, image_bytes=image_bytes, content_type=content_type,
                                  entry_roles=roles, entry_full_urls=full_urls,
-                                 entry_warnings=_warnings(entries, record))
+                                 entry_warnings=_warnings(entries, record, photo_meta.kind, tables))
 
 
 def transaction_response(entries: Sequence[tuple[str, str, str]],
-                         warnings: Mapping[int, EntryWarning] | None = None) -> JSON:
+                         warnings: Mapping[int, Sequence[EntryWarning]] | None = None) -> JSON:
     """The transaction-response Bundle: one entry per request entry, in request order, each
     ``(location, status, last_modified)`` with response.status (e.g. "201 Created"), location
     ("Media/abc/_history/1"), etag (W/"<version>", the version taken from the location's
     _history, else 1) and lastModified, the meta.lastUpdated of the version the location names
     (https://hl7.org/fhir/R4/bundle.html, Bundle.entry.response: "the date/time that the resource
     was modified on the server"); an entry of ``warnings`` (by index) also ``outcome``, an
-    OperationOutcome with the warning (its Document Sharing code in ``details.text``, IHE MHD
-    ITI-65 2:3.65.4.2.2)."""
+    OperationOutcome with an issue per warning (its Document Sharing code in ``details.text``,
+    IHE MHD ITI-65 2:3.65.4.2.2)."""
     out: list[JSON] = []
     for index, (location, status, modified) in enumerate(entries):
         response: JSON = {"status": status}
@@ -858,11 +869,11 @@ def transaction_response(entries: Sequence[tuple[str, str, str]],
             match = _HISTORY.search(location)
             version = match.group(1) if match else "1"
             response.update({"location": location, "etag": f'W/"{version}"', "lastModified": modified})
-        warning = (warnings or {}).get(index)
-        if warning is not None:
-            response["outcome"] = operation_outcome(
-                warning.severity, "not-supported" if warning.code else "informational", warning.diagnostics,
-                warning.expression, {"text": warning.code} if warning.code else None)
+        said = (warnings or {}).get(index)
+        if said:
+            response["outcome"] = outcome([
+                issue(w.severity, "not-supported" if w.code else "informational", w.diagnostics, w.expression,
+                      {"text": w.code} if w.code else None) for w in said])
         out.append({"response": response})
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
 

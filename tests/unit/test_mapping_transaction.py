@@ -17,6 +17,7 @@ from PIL import Image
 
 from adapter.errors import (
     AdapterError,
+    BusinessRuleViolation,
     InvalidInput,
     InvalidResource,
     NotSupported,
@@ -524,3 +525,95 @@ def test_a_consent_date_and_period_start_of_different_precision_compare(jpeg: by
     sub = parse(_with_consent(jpeg, change))
     later = max((date_time, start), key=lambda v: v if "T" in v else v + "T00:00:00Z")
     assert sub.meta.consent.date.isoformat()[:10] == later[:10]
+
+
+# ---------------------------------------------------------------------------------------------
+# ITI-65 2:3.65.4.1.3: metadata kept, refused, or warned of (adapter.mapping.document_metadata)
+
+
+def _document_bundle(jpeg: bytes) -> dict[str, Any]:
+    return transaction_bundle(jpeg, kind="document", consent_purposes=None, bodySite=None, laterality=None)
+
+
+@pytest.mark.parametrize("rtype, status", [("DocumentReference", "entered-in-error"),
+                                           ("DocumentReference", "superseded"), ("Media", "entered-in-error"),
+                                           ("Media", "preparation")])
+def test_a_record_whose_status_would_not_be_kept_is_refused(jpeg: bytes, rtype: str, status: str) -> None:
+    """Review finding: a DocumentReference sent entered-in-error was stored as current, which
+    changes what it says; it is refused (422), naming the status."""
+    bundle = _document_bundle(jpeg) if rtype == "DocumentReference" else transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["status"] = status
+    assert refused(bundle, BusinessRuleViolation).expression == ["Bundle.entry[1].resource.status"]
+
+
+@pytest.mark.parametrize("where, expected", [
+    (lambda b: b["entry"][1]["resource"], "Bundle.entry[1].resource.modifierExtension"),
+    (lambda b: b["entry"][1]["resource"]["content"][0], "Bundle.entry[1].resource.content[0].modifierExtension"),
+    (lambda b: b["entry"][1], "Bundle.entry[1].modifierExtension"),
+])
+def test_a_modifier_extension_is_refused_not_dropped(jpeg: bytes, where: Any, expected: str) -> None:
+    """Review finding: a DocumentReference's modifierExtension was dropped in silence. FHIR
+    extensibility: a modifier not understood must not be processed as if absent: 422."""
+    bundle = _document_bundle(jpeg)
+    where(bundle)["modifierExtension"] = [{"url": "http://example.org/fhir/StructureDefinition/not-final",
+                                           "valueBoolean": True}]
+    err = refused(bundle, BusinessRuleViolation)
+    assert err.expression == [expected]
+    bundle = _document_bundle(jpeg)
+    bundle["entry"][1]["resource"]["implicitRules"] = "http://example.org/rules"
+    assert refused(bundle, BusinessRuleViolation).expression == ["Bundle.entry[1].resource.implicitRules"]
+
+
+def test_a_consent_with_a_modifier_extension_is_refused(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][2]["resource"]["provision"]["modifierExtension"] = [
+        {"url": "http://example.org/fhir/StructureDefinition/revoked-pending", "valueBoolean": True}]
+    err = refused(bundle, BusinessRuleViolation)
+    assert err.expression == ["Bundle.entry[2].resource.provision.modifierExtension"]
+
+
+def test_metadata_not_stored_as_sent_is_warned_of_element_by_element(jpeg: bytes) -> None:
+    """Review finding: type and category (LOINC), securityLabel, context.facilityType,
+    practiceSetting, event and period, content.format, date and docStatus were replaced or
+    dropped with no warning (201, no outcome). ITI-65 2:3.65.4.1.3: a recipient that does not
+    persist metadata warns; each element is named (XDSExtraMetadataNotSaved)."""
+    bundle = _document_bundle(jpeg)
+    document = bundle["entry"][1]["resource"]
+    assert not [w for w in parse(bundle).entry_warnings.get(1, ()) if "date" not in w.expression
+                and "identifier" not in w.expression]  # the adapter's own shape round-trips
+    loinc = "http://loinc.org"
+    document.update({
+        "docStatus": "preliminary", "date": "2026-11-27T10:00:00Z",
+        "type": {"coding": [{"system": loinc, "code": "34108-1"}]},
+        "category": [{"coding": [{"system": loinc, "code": "11369-6"}]}],
+        "securityLabel": [{"coding": [{"system": codes.V3_CONFIDENTIALITY, "code": "N"}]}],
+        "context": {"facilityType": {"coding": [{"system": "http://snomed.info/sct", "code": "225732001"}]},
+                    "practiceSetting": {"coding": [{"system": "http://snomed.info/sct", "code": "394802001"}]},
+                    "event": [{"coding": [{"system": "http://snomed.info/sct", "code": "71388002"}]}],
+                    "period": {"start": "2026-11-20", "end": "2026-11-21"}},
+        "authenticator": {"display": "Dr C"},
+        "extension": [*document["extension"], {"url": "http://example.org/x", "valueString": "y"}]})
+    document["content"][0]["format"] = {"system": codes.IHE_FORMAT_CODE, "code": "urn:ihe:pcc:xphr:2007"}
+    document["content"][0]["attachment"]["language"] = "en"
+    warnings = parse(bundle).entry_warnings[1]
+    assert {w.code for w in warnings} == {"XDSExtraMetadataNotSaved"}
+    assert {w.severity for w in warnings} == {"warning"}
+    path = "Bundle.entry[1].resource"
+    named = {w.expression.removeprefix(path) for w in warnings}
+    assert named >= {".docStatus", ".date", ".type", ".category", ".securityLabel", ".authenticator",
+                     f".extension[{len(document['extension']) - 1}]", ".content[0].format",
+                     ".content[0].attachment.language", ".context.facilityType", ".context.practiceSetting",
+                     ".context.event", ".context.period.end", ".context.period.start"}, named
+    response = transaction_response([("", "201 Created", "")] * 2, parse(bundle).entry_warnings)
+    assert validate_r4([response]) == []
+    assert len(response["entry"][1]["response"]["outcome"]["issue"]) == len(warnings)
+
+
+def test_media_metadata_not_stored_is_warned_of(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    media = bundle["entry"][1]["resource"]
+    media["view"] = {"coding": [{"system": "http://snomed.info/sct", "code": "399067008"}]}
+    media["reasonCode"] = [{"text": "wound check"}]
+    warnings = parse(bundle).entry_warnings[1]
+    named = {w.expression for w in warnings}
+    assert {"Bundle.entry[1].resource.view", "Bundle.entry[1].resource.reasonCode"} <= named
