@@ -119,6 +119,14 @@ def test_hresch_view_is_pseudonymised_and_stable(tmp_path: Path) -> None:
         assert a["subject"]["identifier"]["value"] == b["subject"]["identifier"]["value"]
         assert a["subject"]["identifier"]["system"] != PATIENT["system"]
         assert "PSEUDED" in {c["code"] for c in a["meta"]["security"]}
+        # review finding: content.size (and R5's attachment.size) was the stored bytes' length, not
+        # that of the Binary released under HRESCH (no ICC profile): left out, as under TRAIN
+        assert not {"size", "hash"} & set(a["content"])
+        assert not {"size", "hash"} & set(b["content"][0]["attachment"])
+        r5 = client.get(f"/fhir/DocumentReference/{first['record'].split('/')[1]}",
+                        headers={**as_purpose("HRESCH"), "Accept": "application/fhir+json; fhirVersion=5.0"})
+        assert r5.status_code == 200, r5.text
+        assert not {"size", "hash"} & set(r5.json()["content"][0]["attachment"])
 
 
 def test_no_purpose_is_403_and_unknown_purpose_is_400(tmp_path: Path) -> None:
