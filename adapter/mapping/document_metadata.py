@@ -22,7 +22,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from adapter.errors import BusinessRuleViolation
-from adapter.mapping.codes import FORMAT_MIME_TYPE_SUFFICIENT, IHE_FORMAT_CODE, MEDIA_TYPE, SD_BASE, V3_CONFIDENTIALITY
+from adapter.mapping.codes import (
+    FORMAT_MIME_TYPE_SUFFICIENT,
+    IHE_FORMAT_CODE,
+    MEDIA_TYPE,
+    SD_BASE,
+    V3_CONFIDENTIALITY,
+)
 from adapter.mapping.tables import Tables
 from adapter.model.photo import PhotoKind
 

@@ -90,9 +90,9 @@ from adapter.mapping.codes import (
     V3_ACT_CODE,
     V3_ACT_REASON,
 )
+from adapter.mapping.document_metadata import NOT_SAVED, not_kept, refuse_not_understood
 from adapter.mapping.fhir_json import check_indexed_lengths, check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, find_extension, parse_fhir_datetime, utc_instant
-from adapter.mapping.document_metadata import NOT_SAVED, not_kept, refuse_not_understood
 from adapter.mapping.outcome import issue, outcome
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
@@ -699,7 +699,7 @@ def _warnings(entries: Sequence[_Entry], record: _Entry, kind: PhotoKind,
                                              f"the adapter keeps no relationships between documents: the document "
                                              f"was stored, its {code} relationship was not recorded",
                                              f"{record.path}.relatesTo[{k}]")
-    together = {index: (warning,) for index, warning in out.items()}
+    together: dict[int, tuple[EntryWarning, ...]] = {index: (warning,) for index, warning in out.items()}
     dropped = tuple(EntryWarning(NOT_SAVED, f"{why}: the document was stored without it", where)
                     for where, why in not_kept(record.resource, record.path, kind, tables))
     if dropped:
