@@ -192,7 +192,7 @@ def _load_resource(spool: IO[bytes]) -> dict[str, Any]:
 async def metadata(request: Request, services: ServicesDep,
                    accept: Annotated[str | None, Header()] = None) -> Response:
     check_acceptable(accept, request.query_params.get("_format"))
-    version = fhir_version(accept)
+    version = fhir_version(accept, request.query_params.get("_format"))
     body = capability_statement(base_url=absolute(request, services, "fhir"),
                                 fhir_version="5.0.0" if version == "5" else "4.0.1",
                                 software_version=__version__, now=services.now())
@@ -215,7 +215,7 @@ async def versions(request: Request, accept: Annotated[str | None, Header()] = N
     check_acceptable(accept, request.query_params.get("_format"))
     if wants_plain_json(accept) and request.query_params.get("_format") is None:
         return JSONResponse(versions_plain())
-    return _out(versions_parameters(), fhir_version(accept))
+    return _out(versions_parameters(), fhir_version(accept, request.query_params.get("_format")))
 
 
 #: Large FHIR JSON bodies (over LARGE_BODY_BYTES: transaction Bundles with their base64 images,
@@ -255,7 +255,7 @@ async def _transaction(request: Request, services: Services, ctx: RequestContext
     if bundle.get("resourceType") != "Bundle":
         raise InvalidInput("POST /fhir takes a transaction or batch Bundle", expression="Bundle.resourceType")
     if bundle.get("type") == "batch":  # reads, each under the batch's purpose of use (adapter.api.batch)
-        version = fhir_version(request.headers.get("accept"))
+        version = fhir_version(request.headers.get("accept"), request.query_params.get("_format"))
         types = R4_TYPES if version == "4" else tuple(t for t in R4_TYPES if t != "Media")
         answer, glass = await process_batch(request, bundle, types, media_type(version))
         return _out(answer, version, headers=break_glass_headers(glass))
@@ -284,7 +284,7 @@ def _r4_write(request: Request) -> None:
     if declared is not None and not declared.startswith("4.0"):  # STU3, R4B, R5...: not read as R4
         raise UnsupportedMediaType(f"writes take FHIR R4 (fhirVersion=4.0), not fhirVersion={declared[:10]}"
                                    + (": the R5 endpoint is read-only" if declared.startswith("5.") else ""))
-    if fhir_version(request.headers.get("accept")) == "5":
+    if fhir_version(request.headers.get("accept"), request.query_params.get("_format")) == "5":
         raise NotAcceptable("writes answer in FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
 
 
@@ -389,7 +389,7 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     and withdrawn; a record's one version), under the decision a read gets now; ``_count``
     and the ``next`` link page through a long history."""
     check_acceptable(accept, format_)
-    version = fhir_version(accept)
+    version = fhir_version(accept, format_)
     if resource_type not in R4_TYPES:
         raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
     if resource_type == "Binary":  # bytes, never updated: read or vread it
@@ -438,7 +438,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
     bytes of a Binary are never cut); ``if_none_match``: a conditional read (http.html#cread),
     answered 304 when it names the current version, after the decision as any read."""
     check_acceptable(accept, format_, binary=resource_type == "Binary")
-    version = fhir_version(accept)
+    version = fhir_version(accept, format_)
     if resource_type == "Binary":
         if version_id is not None:
             await run_in_threadpool(reader.check_binary_version, id, version_id)
@@ -620,8 +620,9 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
                   params: list[tuple[str, str]], *, sealed: bool = False) -> Response:
     """A search; ``sealed``: its links hold the parameters sealed (a search by POST, or a page
     of one)."""
-    check_acceptable(accept, next((v for k, v in params if k == "_format"), None))
-    version = fhir_version(accept)
+    format_ = next((v for k, v in params if k == "_format"), None)
+    check_acceptable(accept, format_)
+    version = fhir_version(accept, format_)
     if resource_type not in R4_TYPES:
         raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
     if resource_type == "Binary":  # read it (ITI-68), by the reference its record holds
