@@ -89,7 +89,9 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
                                  "`http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode|urn:ihe:iti:xds:2017:"
                                  "mimeTypeSufficient`."),
                           _COUNT, _SORT, _TOTAL),
-    "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS, _CATEGORY,
+    "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS,
+                _Param("category", "token", "Category, e.g. `http://loinc.org|59284-0` (Patient Consent), which "
+                       "every Consent the adapter records carries."),
                 _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT, _SORT, _TOTAL),
     "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
                    _Param("date", "date", "As `recorded`."),
