@@ -10,8 +10,14 @@ from adapter.api.accept import by_preference, media_ranges
 from adapter.errors import NotAcceptable
 
 
-def fhir_version(accept: str | None) -> Literal["4", "5"]:
-    """'4' or '5': the ``fhirVersion`` of the first acceptable range that names one."""
+def fhir_version(accept: str | None, format_param: str | None = None) -> Literal["4", "5"]:
+    """'4' or '5': the ``fhirVersion`` of the first acceptable range that names one; a
+    ``_format`` given overrides Accept, its ``fhirVersion`` parameter included
+    (http.html#mime-type: "_format ... overrides the Accept header"; ``application/fhir+json;
+    fhirVersion=5.0`` asks for R5, ``json`` alone for the default). NotAcceptable (406) for
+    another version, by either."""
+    if format_param is not None and format_param.strip():
+        accept = format_param
     for media_range in media_ranges(accept, default=None):
         v = media_range.params.get("fhirversion")
         if v is None:
@@ -90,8 +96,13 @@ def check_acceptable(accept: str | None, format_param: str | None = None, *, bin
             raise NotAcceptable(f"_format {format_param[:40]!r}: this server answers in FHIR JSON only")
         return  # _format overrides Accept
     ranges = [r.media for r in media_ranges(accept, default=None)]
-    if not ranges:  # no Accept, or one refusing everything it lists: FHIR JSON it is
-        return
+    if not ranges:
+        if accept and accept.strip(" ,") and not binary:
+            # every range it lists has quality 0, "not acceptable" (RFC 9110 12.4.2, 12.5.1): FHIR
+            # JSON too (a Binary's read decides it with its content type: binary_answer)
+            raise NotAcceptable(f"the Accept header refuses every type it lists ({accept[:80]}); this server "
+                                "answers in application/fhir+json")
+        return  # no Accept: FHIR JSON it is
     if binary:
         if all(any(word in media for word in _OTHER_FHIR) for media in ranges):
             raise NotAcceptable("this server answers in FHIR JSON or the Binary's own content, not FHIR XML or Turtle")

@@ -88,11 +88,10 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
                           _Param("format", "token", "Format (content.format), e.g. "
                                  "`http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode|urn:ihe:iti:xds:2017:"
                                  "mimeTypeSufficient`."),
-                          _Param("setting", "token", "Practice setting (context.practiceSetting)."),
-                          _Param("facility", "token", "Facility type (context.facilityType)."),
-                          _Param("event", "token", "Main clinical act (context.event)."),
                           _COUNT, _SORT, _TOTAL),
-    "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS, _CATEGORY,
+    "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS,
+                _Param("category", "token", "Category, e.g. `http://loinc.org|59284-0` (Patient Consent), which "
+                       "every Consent the adapter records carries."),
                 _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT, _SORT, _TOTAL),
     "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
                    _Param("date", "date", "As `recorded`."),
@@ -116,8 +115,7 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                               "category": "DocumentReference-category", "status": "DocumentReference-status",
                               "identifier": "clinical-identifier",
                               "security-label": "DocumentReference-security-label",
-                              "format": "DocumentReference-format", "setting": "DocumentReference-setting",
-                              "facility": "DocumentReference-facility", "event": "DocumentReference-event"},
+                              "format": "DocumentReference-format"},
         "Consent": {"patient": "clinical-patient", "date": "clinical-date", "status": "Consent-status",
                     "category": "Consent-category", "purpose": "Consent-purpose"},
         # not R4's Provenance-patient (Provenance.target being the Patient): here the patient of the
@@ -131,7 +129,6 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                               "category": "DocumentReference-category", "status": "DocumentReference-status",
                               "identifier": "clinical-identifier",
                               "security-label": "DocumentReference-security-label",
-                              "setting": "DocumentReference-setting", "facility": "DocumentReference-facility",
                               "modality": "DocumentReference-modality", "creation": "DocumentReference-creation"},
         "Consent": {"patient": "clinical-patient", "subject": "Consent-subject", "date": "clinical-date",
                     "status": "Consent-status", "category": "Consent-category", "purpose": "Consent-purpose"},

@@ -5,7 +5,9 @@ one photo submission, and the transaction-response Bundle
 Accepted: ``Bundle.type`` transaction with exactly one Binary (the image, base64 in ``data``),
 exactly one Media or DocumentReference whose attachment url references that Binary (its
 fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``, also relative to the record's RESTful fullUrl)
-and at most one Consent; every entry has ``request.method`` POST or PUT. The SubmissionSet List
+and at most one Consent; every entry has ``request.method`` POST to its resource type (a Binary,
+the record and the Consent: the adapter assigns their ids) or, for a List or the Patient, PUT to
+its ``Type/id``, and no conditional element (``ifNoneExist``…): see ``_check_request``. The SubmissionSet List
 IHE MHD always sends, and at most one Patient (the push case, ITI-65 2:3.65.4.1.2.2), are read and
 acknowledged, not stored: the adapter keeps no registry of submissions and owns no Patient (their
 answer, 200 OK without a location, says so in its outcome). A Folder type List is acknowledged
@@ -88,9 +90,10 @@ from adapter.mapping.codes import (
     V3_ACT_CODE,
     V3_ACT_REASON,
 )
+from adapter.mapping.document_metadata import NOT_SAVED, not_kept, refuse_not_understood
 from adapter.mapping.fhir_json import check_indexed_lengths, check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, find_extension, parse_fhir_datetime, utc_instant
-from adapter.mapping.outcome import operation_outcome
+from adapter.mapping.outcome import issue, outcome
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
 from adapter.model.photo import (
@@ -116,6 +119,11 @@ ACKNOWLEDGED_ROLES = frozenset({ROLE_SUBMISSION_SET, ROLE_PATIENT})
 _ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD,
           "Consent": ROLE_CONSENT, "List": ROLE_SUBMISSION_SET, "Patient": ROLE_PATIENT}
 _METHODS = frozenset({"POST", "PUT"})
+#: What a PUT may send: what the adapter acknowledges without storing (a Folder or SubmissionSet
+#: List, the Patient of the push case), which ITI-65 lets a Document Source PUT.
+_PUT_TYPES = frozenset({"List", "Patient"})
+#: Bundle.entry.request's conditional elements (http.html#transaction), none supported.
+_CONDITIONAL_REQUESTS = ("ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince")
 _HTTP_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
 _BUNDLE_TYPES = frozenset({"document", "message", "transaction", "transaction-response", "batch",
                            "batch-response", "history", "searchset", "collection"})
@@ -160,7 +168,8 @@ class TransactionSubmission:
     ``entry_roles`` has one role per Bundle entry, in request order ("binary", "record",
     "consent"), so the response can answer entry by entry; ``entry_full_urls`` maps each role
     to its entry's fullUrl (roles whose entry has none are absent); ``entry_warnings`` maps an
-    entry's index to what of it was not processed (a Folder, a relationship).
+    entry's index to what of it was not processed (a Folder, a relationship, each element of the
+    record not stored as sent).
     """
 
     meta: PhotoMetadata
@@ -168,7 +177,7 @@ class TransactionSubmission:
     content_type: str
     entry_roles: tuple[str, ...]
     entry_full_urls: dict[str, str] = field(default_factory=dict)
-    entry_warnings: dict[int, EntryWarning] = field(default_factory=dict)
+    entry_warnings: dict[int, tuple[EntryWarning, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -187,7 +196,7 @@ class _Entry:
 # structural validation
 
 
-def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
+def _entries(bundle: Mapping[str, Any], fhir_base: str | None) -> list[_Entry]:
     raw = bundle.get("entry")
     if not isinstance(raw, list) or not raw:
         raise RequiredElementMissing("a transaction Bundle needs entries (a Binary and a Media or "
@@ -233,12 +242,73 @@ def _entries(bundle: Mapping[str, Any]) -> list[_Entry]:
         if method not in _METHODS:
             raise NotSupported(f"request.method {method} is not supported: POST or PUT",
                                expression=f"Bundle.entry[{e.index}].request.method")
+        _check_request(e, fhir_base)
         rtype = str(e.resource["resourceType"])
         status = e.resource.get("status")
         if rtype in _STATUS and status not in _STATUS[rtype]:
             raise UnknownCode(f"{rtype}.status {str(status)[:40]!r} is not in the required value set "
                               f"({', '.join(sorted(_STATUS[rtype]))})", expression=f"{e.path}.status")
     return entries
+
+
+def _relative_url(url: str, fhir_base: str | None) -> str | None:
+    """``request.url`` relative to this server's base (http.html#transaction: "the URL is
+    relative to the root of the server"; an absolute one names this server only under its own
+    base); None when it names another server, or a Bundle-local ``urn:``."""
+    if fhir_base and url.startswith(fhir_base.rstrip("/") + "/"):
+        return url[len(fhir_base.rstrip("/")) + 1:]
+    if ":" in url.split("/", 1)[0] or url.startswith("/"):
+        return None
+    return url
+
+
+def _check_request(e: _Entry, fhir_base: str | None) -> None:
+    """The entry's ``request`` as FHIR http.html#transaction processes it, each entry by its
+    ``method`` and ``url``: a POST creates a resource of the url's type, which must be the
+    entry's (``DocumentReference``, or ``<this base>/DocumentReference``); a PUT updates the
+    resource the url names, or creates it with that id. The adapter assigns every id it stores
+    and never updates a record, a Binary or (here) a Consent (``updateCreate`` false: a PUT alone
+    to an id it does not hold gets 405), so a PUT is taken only of what it acknowledges without
+    storing (a Folder or SubmissionSet List, the Patient of the push case: ITI-65 lets a Document
+    Source PUT those), whose url names the entry's type and id. A conditional request
+    (``ifNoneExist``, ``ifMatch``, ``ifNoneMatch``, ``ifModifiedSince``) is refused, as
+    ``If-None-Exist`` on ``POST /fhir/Consent`` is: ignored, a retried Bundle would create twice.
+    Any refusal fails the whole transaction (nothing stored), the expression naming the entry."""
+    where = f"Bundle.entry[{e.index}].request"
+    for name in _CONDITIONAL_REQUESTS:
+        if e.request.get(name) is not None:
+            raise NotSupported(f"conditional requests ({name}) are not supported in a transaction: the adapter would "
+                               "ignore the condition, and a Bundle sent again would create a second record or "
+                               "Consent; search (e.g. Consent?patient:identifier=…) before sending",
+                               expression=f"{where}.{name}")
+    rtype = str(e.resource["resourceType"])
+    method = e.request.get("method")
+    url = e.request.get("url")
+    if not isinstance(url, str) or not url:
+        raise RequiredElementMissing("a transaction entry's request needs its url", expression=f"{where}.url")
+    path = _relative_url(url, fhir_base)
+    if path is None:
+        raise NotSupported(f"request.url {url[:80]!r} names no resource of this server: give it relative to the "
+                           f"FHIR base ({rtype}), or absolute under this server's base", expression=f"{where}.url")
+    if "?" in path or "#" in path:
+        raise NotSupported("a request.url with a query (a conditional update) is not supported",
+                           expression=f"{where}.url")
+    if method == "POST":
+        if path != rtype:
+            raise InvalidResource(f"a POST of a {rtype} goes to {rtype}, not {path[:80]}", expression=f"{where}.url")
+        return
+    if rtype not in _PUT_TYPES:
+        raise NotSupported(f"PUT {path[:80]} is not supported: the adapter assigns the ids of what it stores and "
+                           f"never updates a {rtype} in a transaction (updateCreate false); send it with POST "
+                           f"{rtype}" + (" (update a Consent with PUT /fhir/Consent/<id>)" if rtype == "Consent"
+                                         else ""), expression=f"{where}.method")
+    target_type, _, target_id = path.partition("/")
+    if target_type != rtype or not target_id or "/" in target_id:
+        raise InvalidResource(f"a PUT of a {rtype} goes to {rtype}/<id>, not {path[:80]}", expression=f"{where}.url")
+    own = e.resource.get("id")
+    if own is not None and own != target_id:  # http.html#update: the id is the url's
+        raise InvalidResource(f"the {rtype}'s id differs from the id its request.url names",
+                              expression=f"Bundle.entry[{e.index}].resource.id")
 
 
 def _one(entries: Sequence[_Entry], role: str, what: str, required: bool) -> _Entry | None:
@@ -595,11 +665,14 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
     return out
 
 
-def _warnings(entries: Sequence[_Entry], record: _Entry) -> dict[int, EntryWarning]:
+def _warnings(entries: Sequence[_Entry], record: _Entry, kind: PhotoKind,
+              tables: Tables) -> dict[int, tuple[EntryWarning, ...]]:
     """What ITI-65 2:3.65.4.1.3 has a recipient that does not process it say so of: a Folder
-    type List (the adapter keeps no folders), and each relationship of the record
-    (``relatesTo``: the adapter keeps none); and, as a note, the entries acknowledged without
-    being stored (the SubmissionSet, the Patient), whose answer has no location to give."""
+    type List (the adapter keeps no folders), each relationship of the record (``relatesTo``:
+    the adapter keeps none) and each element of the record it does not store as sent
+    (adapter.mapping.document_metadata, ``XDSExtraMetadataNotSaved``); and, as a note, the
+    entries acknowledged without being stored (the SubmissionSet, the Patient), whose answer has
+    no location to give."""
     out: dict[int, EntryWarning] = {}
     for e in entries:
         if e.resource["resourceType"] == "Patient":
@@ -626,15 +699,21 @@ def _warnings(entries: Sequence[_Entry], record: _Entry) -> dict[int, EntryWarni
                                              f"the adapter keeps no relationships between documents: the document "
                                              f"was stored, its {code} relationship was not recorded",
                                              f"{record.path}.relatesTo[{k}]")
-    return out
+    together: dict[int, tuple[EntryWarning, ...]] = {index: (warning,) for index, warning in out.items()}
+    dropped = tuple(EntryWarning(NOT_SAVED, f"{why}: the document was stored without it", where)
+                    for where, why in not_kept(record.resource, record.path, kind, tables))
+    if dropped:
+        together[record.index] = together.get(record.index, ()) + dropped
+    return together
 
 
 # ---------------------------------------------------------------------------------------------
 # public
 
 
-def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionSubmission:
-    """Read an ITI-65-shaped transaction Bundle as one photo submission (module docstring).
+def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str | None = None) -> TransactionSubmission:
+    """Read an ITI-65-shaped transaction Bundle as one photo submission (module docstring);
+    ``fhir_base``: this server's FHIR base, under which an absolute ``request.url`` names it.
 
     Raises:
         InvalidResource: not a Bundle, or an element fails its R4 model (expression names it).
@@ -647,7 +726,8 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
             consent purposes.
         UnknownCode: an invalid status, method, extension code, body site or purpose.
         NotSupported: another resource type, more than one photo, Consent or Patient, a method
-            other than POST/PUT, a Consent that is not an active permit.
+            other than POST/PUT, a PUT of what the adapter stores, a conditional request, a
+            request.url on another server, a Consent that is not an active permit.
     """
     if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
         raise InvalidResource("expected a Bundle", expression="resourceType")
@@ -659,11 +739,12 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
             raise UnknownCode(f"Bundle.type {str(btype)[:40]!r} is not a Bundle type",
                               expression="Bundle.type")
         raise InvalidInput(f"Bundle.type must be 'transaction', not {btype!r}", expression="Bundle.type")
-    entries = _entries(bundle)
+    entries = _entries(bundle, fhir_base)
     binary = _one(entries, ROLE_BINARY, "Binary", required=True)
     record = _one(entries, ROLE_RECORD, "Media or DocumentReference", required=True)
     consent = _one(entries, ROLE_CONSENT, "Consent", required=False)
     assert binary is not None and record is not None
+    refuse_not_understood(bundle, record.resource, record.path)
 
     # the image
     data = binary.resource.get("data")
@@ -768,19 +849,19 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables) -> TransactionS
     full_urls = {_ROLES[str(e.resource["resourceType"])]: e.full_url for e in entries if e.full_url}
     return TransactionSubmission(meta=photo_meta, image_bytes=image_bytes, content_type=content_type,
                                  entry_roles=roles, entry_full_urls=full_urls,
-                                 entry_warnings=_warnings(entries, record))
+                                 entry_warnings=_warnings(entries, record, photo_meta.kind, tables))
 
 
 def transaction_response(entries: Sequence[tuple[str, str, str]],
-                         warnings: Mapping[int, EntryWarning] | None = None) -> JSON:
+                         warnings: Mapping[int, Sequence[EntryWarning]] | None = None) -> JSON:
     """The transaction-response Bundle: one entry per request entry, in request order, each
     ``(location, status, last_modified)`` with response.status (e.g. "201 Created"), location
     ("Media/abc/_history/1"), etag (W/"<version>", the version taken from the location's
     _history, else 1) and lastModified, the meta.lastUpdated of the version the location names
     (https://hl7.org/fhir/R4/bundle.html, Bundle.entry.response: "the date/time that the resource
     was modified on the server"); an entry of ``warnings`` (by index) also ``outcome``, an
-    OperationOutcome with the warning (its Document Sharing code in ``details.text``, IHE MHD
-    ITI-65 2:3.65.4.2.2)."""
+    OperationOutcome with an issue per warning (its Document Sharing code in ``details.text``,
+    IHE MHD ITI-65 2:3.65.4.2.2)."""
     out: list[JSON] = []
     for index, (location, status, modified) in enumerate(entries):
         response: JSON = {"status": status}
@@ -788,11 +869,11 @@ def transaction_response(entries: Sequence[tuple[str, str, str]],
             match = _HISTORY.search(location)
             version = match.group(1) if match else "1"
             response.update({"location": location, "etag": f'W/"{version}"', "lastModified": modified})
-        warning = (warnings or {}).get(index)
-        if warning is not None:
-            response["outcome"] = operation_outcome(
-                warning.severity, "not-supported" if warning.code else "informational", warning.diagnostics,
-                warning.expression, {"text": warning.code} if warning.code else None)
+        said = (warnings or {}).get(index)
+        if said:
+            response["outcome"] = outcome([
+                issue(w.severity, "not-supported" if w.code else "informational", w.diagnostics, w.expression,
+                      {"text": w.code} if w.code else None) for w in said])
         out.append({"response": response})
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
 

@@ -12,9 +12,11 @@ labels it (``meta.security``) with the FHIR security labels of the release
   attachment hash or size, dates cut to the year.
 - **PSEUDONYMISED** (PSEUDED; HRESCH and children, PUBHLTH): the same allow-list, but the
   subject (and Consent.patient) becomes a keyed pseudonym that is stable across resources and
-  requests, dates are kept, and the SHA-256 record identifier and attachment hash are kept so
-  a finding can be traced back to the stored bytes by the custodian (they reveal nothing about
-  the patient to the recipient).
+  requests, dates are kept, and the SHA-256 record identifier is kept so a finding can be
+  traced back to the stored bytes by the custodian (it reveals nothing about the patient to the
+  recipient; it identifies the record, it does not describe the copy released). The
+  attachment's size and hash go, as when de-identifying: they describe the stored bytes, not
+  the copy the view releases.
 
 The output stays valid R4: required elements survive (a required Reference that had to lose
 its target becomes a display-only Reference, e.g. Provenance.agent.who = "author (redacted)";
@@ -294,16 +296,17 @@ def _extensions(values: Any) -> list[JSON]:
 
 def _attachment(value: Any, ctx: _Ctx) -> JSON:
     """An Attachment in the view. The title is free text; ``data`` is left out because the
-    bytes are served (metadata-stripped) through Binary; ``hash`` and ``size`` identify the
-    stored bytes and are dropped when de-identifying (the served bytes may differ anyway)."""
+    bytes are served (metadata-stripped) through Binary. ``size`` and ``hash`` are left out in
+    both restricted views: they describe the stored bytes, and the Binary these views release is
+    another copy (no metadata; in the pseudonymised view without the ICC profile, so of another
+    length), whereas R4 Attachment.size and .hash are those of the data at ``url`` (a consumer
+    checking them would reject the download as corrupt)."""
     if not isinstance(value, dict):
         return {}
     out: JSON = {k: value[k] for k in ("contentType", "language") if k in value}
     url = value.get("url")
     if isinstance(url, str) and _LITERAL.match(url):
         out["url"] = url
-    if not ctx.deid:
-        out.update({k: value[k] for k in ("size", "hash") if k in value})
     creation = _date_time(value.get("creation"), ctx)
     if creation is not None:
         out["creation"] = creation

@@ -28,9 +28,10 @@ class TransactionService:
         self._tables = tables
         self._store = store
 
-    def process(self, bundle: dict[str, Any], *, idempotency_key: str | None,
-                ctx: RequestContext) -> tuple[dict[str, Any], IngestResult]:
-        submission = parse_transaction(bundle, self._tables)
+    def process(self, bundle: dict[str, Any], *, idempotency_key: str | None, ctx: RequestContext,
+                fhir_base: str | None = None) -> tuple[dict[str, Any], IngestResult]:
+        """``fhir_base``: this server's FHIR base, under which an absolute ``request.url`` names it."""
+        submission = parse_transaction(bundle, self._tables, fhir_base)
         # the decoded Binary.data is already in memory: hand it over as bytes (no staging file)
         result = self._ingest.ingest_photo(submission.image_bytes, submission.meta,
                                            idempotency_key=idempotency_key, ctx=ctx)

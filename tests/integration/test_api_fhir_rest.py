@@ -448,3 +448,22 @@ def test_a_later_page_links_back_to_the_first_and_the_previous_one(tmp_path: Pat
         back = client.get("/fhir/" + links(page2)["previous"], headers=TREAT).json()
         assert [e["resource"]["meta"]["versionId"] for e in back["entry"]] == ["3"]
         assert client.get("/fhir/" + links(page2)["first"], headers=TREAT).json()["entry"] == back["entry"]
+
+
+def test_format_with_a_fhir_version_and_a_quality_zero_accept(tmp_path: Path) -> None:
+    """Review findings: ``_format=application/fhir+json; fhirVersion=5.0`` answered R4 and
+    ``fhirVersion=3.0`` answered R4 where the same Accept gets 406 (http.html#mime-type: _format
+    overrides Accept, its version parameter included); ``Accept: application/fhir+json;q=0`` was
+    answered in FHIR JSON (RFC 9110 12.4.2, 12.5.1: 406)."""
+    with adapter_client(tmp_path) as (client, _):
+        r = client.get("/fhir/metadata?_format=application/fhir%2Bjson%3B%20fhirVersion%3D5.0")
+        assert r.status_code == 200 and r.json()["fhirVersion"] == "5.0.0"
+        assert "fhirVersion=5.0" in r.headers["content-type"]
+        r = client.get("/fhir/DocumentReference?_format=application/fhir%2Bjson%3B%20fhirVersion%3D5.0",
+                       headers=TREAT)
+        assert r.status_code == 200 and "fhirVersion=5.0" in r.headers["content-type"]
+        assert client.get("/fhir/metadata?_format=application/fhir%2Bjson%3B%20fhirVersion%3D3.0").status_code == 406
+        r = client.get("/fhir/metadata?_format=json", headers={"Accept": "application/fhir+json; fhirVersion=5.0"})
+        assert r.status_code == 200 and r.json()["fhirVersion"] == "4.0.1"
+        r = client.get("/fhir/DocumentReference", headers={**TREAT, "Accept": "application/fhir+json;q=0"})
+        assert r.status_code == 406 and r.json()["resourceType"] == "OperationOutcome"

@@ -1,5 +1,5 @@
 """IHE MHD Find Document References [ITI-67]: the search parameters a Document Consumer sends
-beside the patient and status (creation, security-label, format, setting, facility, event), those
+beside the patient and status (creation, security-label, format), those
 the adapter cannot honour refused with the reason, the de-identified view's year-only rule on
 creation, R5 (where photos are DocumentReference too), and a store indexed before these existed
 being re-indexed at start."""
@@ -50,9 +50,12 @@ def test_iti_67_parameters(tmp_path: Path) -> None:
         assert _found(client, f"security-label={CONFIDENTIALITY}|N") == []
         assert _found(client, f"format={FORMAT}") == sorted([march, older])
         assert _found(client, "format=urn:ihe:iti:xds:2017:mimeTypeSufficient") == sorted([march, older])
-        # the adapter records no practice setting, facility type or event: nothing matches them
+        # the adapter stores no practice setting, facility type or event: not declared, and refused
+        # saying why (review finding: declared, they could never match)
         for param in ("setting", "facility", "event"):
-            assert _found(client, f"{param}=http://snomed.info/sct|394802001") == []
+            r = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&{param}=http://snomed.info/sct|1",
+                           headers=as_purpose("TREAT"))
+            assert r.status_code == 400 and "stores no" in r.json()["issue"][0]["diagnostics"], r.text
 
 
 def test_status_is_a_token_and_its_modifiers_are_refused_not_dropped(tmp_path: Path) -> None:

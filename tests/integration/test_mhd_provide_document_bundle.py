@@ -60,7 +60,14 @@ def test_a_minimal_provide_document_bundle_is_stored_and_answered_entry_by_entry
         assert submission_set["status"] == "200 OK" and "location" not in submission_set
         [note] = submission_set["outcome"]["issue"]
         assert note["severity"] == "information" and "not stored" in note["diagnostics"]
-        assert "outcome" not in document_reference and "outcome" not in binary
+        assert "outcome" not in binary
+        # what the Minimal DocumentReference carries that the adapter does not store as sent, each
+        # named (ITI-65 2:3.65.4.1.3); its entryUUID identifier, date and confidentiality N
+        issues = document_reference["outcome"]["issue"]
+        assert {i["details"]["text"] for i in issues} == {"XDSExtraMetadataNotSaved"}
+        assert [i["expression"] for i in issues] == [
+            ["Bundle.entry[1].resource.identifier"], ["Bundle.entry[1].resource.date"],
+            ["Bundle.entry[1].resource.securityLabel"]]
         assert document_reference["status"] == binary["status"] == "201 Created"
         assert document_reference["location"].startswith("DocumentReference/")
         assert binary["location"].startswith("Binary/")
@@ -216,7 +223,7 @@ def test_a_relationship_the_adapter_does_not_keep_is_answered_with_its_warning(t
         assert r.status_code == 200, r.text
         response = r.json()["entry"][1]["response"]
         assert response["status"] == "201 Created"
-        [issue] = response["outcome"]["issue"]
+        issue = response["outcome"]["issue"][0]
         assert issue["severity"] == "warning" and issue["details"]["text"] == warning
         assert issue["expression"] == ["Bundle.entry[1].resource.relatesTo[0]"]
 
@@ -362,3 +369,84 @@ def test_two_entries_with_the_same_full_url_are_refused(tmp_path: Path) -> None:
         assert r.status_code == 400, r.text
         assert r.json()["issue"][0]["expression"] == ["Bundle.entry[3].fullUrl"]
         assert _stored(services) == 0
+
+
+def test_a_consent_entry_with_if_none_exist_is_refused_not_created_twice(tmp_path: Path) -> None:
+    """Review finding: ``request.ifNoneExist`` on a Consent entry was ignored: the Bundle sent
+    twice made two active Consents (standalone, If-None-Exist is 400 for that reason, README).
+    FHIR http.html#transaction: each entry processed per its request; now refused (400, as the
+    standalone create), nothing stored."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"].append({"fullUrl": "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000c",
+                            "resource": consent_resource(["TREAT"]),
+                            "request": {"method": "POST", "url": "Consent",
+                                        "ifNoneExist": f"patient:identifier={PATIENT_ID}&status=active"}})
+    with adapter_client(tmp_path) as (client, services):
+        for _ in range(2):
+            r = client.post("/fhir", json=bundle, headers=FHIR)
+            assert r.status_code == 400, r.text
+            [issue] = r.json()["issue"]
+            assert issue["code"] == "not-supported" and issue["expression"] == ["Bundle.entry[3].request.ifNoneExist"]
+        assert _stored(services) == 0
+
+
+def test_a_put_of_a_document_reference_is_refused(tmp_path: Path) -> None:
+    """Review finding: ``PUT DocumentReference/abc`` in a transaction created a record under a
+    server id (``GET DocumentReference/abc`` then 404), an update-as-create the CapabilityStatement
+    denies; a ``request.url`` on another server's base was taken too. One under this server's
+    own base is the same as a relative one."""
+    with adapter_client(tmp_path) as (client, services):
+        bundle = provide_document_bundle(DOCUMENT)
+        bundle["entry"][1]["resource"]["id"] = "abc"
+        bundle["entry"][1]["request"] = {"method": "PUT", "url": "DocumentReference/abc"}
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 400, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].request.method"]
+        bundle = provide_document_bundle(DOCUMENT)
+        bundle["entry"][1]["request"]["url"] = "http://ehr.example/fhir/DocumentReference"
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 400, r.text
+        assert _stored(services) == 0
+        bundle["entry"][1]["request"]["url"] = "http://testserver/fhir/DocumentReference"
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        assert len(_found(client)) == 1
+
+
+def test_a_document_reference_entered_in_error_or_with_a_modifier_is_refused(tmp_path: Path) -> None:
+    """Review finding: status entered-in-error was stored as current, a modifierExtension dropped;
+    each now 422 naming the element, nothing stored (ITI-65 2:3.65.4.1.3 lets a recipient reject;
+    FHIR extensibility forbids ignoring a modifier)."""
+    with adapter_client(tmp_path) as (client, services):
+        bundle = provide_document_bundle(DOCUMENT)
+        bundle["entry"][1]["resource"]["status"] = "entered-in-error"
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.status"]
+        bundle = provide_document_bundle(DOCUMENT)
+        bundle["entry"][1]["resource"]["modifierExtension"] = [
+            {"url": "http://example.org/fhir/StructureDefinition/not-final", "valueBoolean": True}]
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.modifierExtension"]
+        assert _stored(services) == 0
+
+
+def test_metadata_not_stored_is_named_in_the_entry_outcome(tmp_path: Path) -> None:
+    """Review finding: type and category (LOINC), context.facilityType/practiceSetting/event and
+    content.format were replaced or dropped with 201 and no warning."""
+    bundle = provide_document_bundle(DOCUMENT)
+    document = bundle["entry"][1]["resource"]
+    document["type"] = {"coding": [{"system": "http://loinc.org", "code": "34108-1"}]}
+    document["category"] = [{"coding": [{"system": "http://loinc.org", "code": "11369-6"}]}]
+    document["context"] = {"practiceSetting": {"coding": [{"system": "http://snomed.info/sct", "code": "394802001"}]},
+                           "event": [{"coding": [{"system": "http://snomed.info/sct", "code": "71388002"}]}]}
+    document["content"][0]["format"] = {"system": "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode",
+                                        "code": "urn:ihe:pcc:xphr:2007"}
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        response = r.json()["entry"][1]["response"]
+        assert response["status"] == "201 Created"
+        named = {i["expression"][0].removeprefix("Bundle.entry[1].resource") for i in response["outcome"]["issue"]}
+        assert {".type", ".category", ".context.practiceSetting", ".context.event", ".content[0].format"} <= named

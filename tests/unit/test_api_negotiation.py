@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapter.api.negotiation import binary_answer
+from adapter.api.negotiation import binary_answer, check_acceptable, fhir_version
 from adapter.errors import NotAcceptable
 
 
@@ -30,3 +30,31 @@ def test_neither_is_not_acceptable(accept: str) -> None:
 def test_a_pdf_is_its_own_content_for_application_wildcards() -> None:
     assert binary_answer("application/*", "application/pdf") == "content"
     assert binary_answer("application/pdf; charset=binary", "application/pdf") == "content"
+
+
+@pytest.mark.parametrize("accept, format_param, version", [
+    (None, "application/fhir+json; fhirVersion=5.0", "5"),
+    (None, "application/fhir json; fhirVersion=5.0", "5"),  # an unencoded "+" arrives as a space
+    ("application/fhir+json; fhirVersion=5.0", "json", "4"),
+    ("application/fhir+json; fhirVersion=5.0", "application/fhir+json", "4"),
+    ("application/fhir+json; fhirVersion=5.0", None, "5"),
+])
+def test_format_overrides_accept_with_its_fhir_version(accept: str | None, format_param: str | None,
+                                                       version: str) -> None:
+    """Review finding: ``_format=application/fhir+json; fhirVersion=5.0`` answered R4 (http.html
+    #mime-type: _format overrides Accept, its version parameter too)."""
+    assert fhir_version(accept, format_param) == version
+
+
+def test_a_format_naming_another_fhir_version_is_not_acceptable() -> None:
+    with pytest.raises(NotAcceptable):
+        fhir_version(None, "application/fhir+json; fhirVersion=3.0")
+
+
+def test_fhir_json_refused_by_quality_zero_is_not_acceptable() -> None:
+    """Review finding: ``Accept: application/fhir+json;q=0`` was answered in FHIR JSON (RFC 9110
+    12.4.2: q=0 means not acceptable), whereas a Binary answered 406 for image/jpeg;q=0."""
+    with pytest.raises(NotAcceptable):
+        check_acceptable("application/fhir+json;q=0")
+    check_acceptable(None)
+    check_acceptable("application/fhir+json;q=0, application/json")

@@ -17,6 +17,7 @@ from PIL import Image
 
 from adapter.errors import (
     AdapterError,
+    BusinessRuleViolation,
     InvalidInput,
     InvalidResource,
     NotSupported,
@@ -128,12 +129,69 @@ def test_kind_inferred_without_extension(jpeg: bytes) -> None:
     assert sub.meta.kind is PhotoKind.CLINICAL and sub.meta.source is PhotoSource.CLINICIAN
 
 
-def test_binary_referenced_by_id_and_put(jpeg: bytes) -> None:
+def test_binary_referenced_by_id(jpeg: bytes) -> None:
     bundle = transaction_bundle(jpeg)
     bundle["entry"][0]["resource"]["id"] = "img-1"
-    bundle["entry"][0]["request"] = {"method": "PUT", "url": "Binary/img-1"}
     bundle["entry"][1]["resource"]["content"]["url"] = "Binary/img-1"
     assert parse(bundle).image_bytes == jpeg
+
+
+def test_a_put_of_what_the_adapter_stores_is_refused(jpeg: bytes) -> None:
+    """Review finding: ``PUT DocumentReference/abc`` (or ``PUT Binary/img-1``) created a record
+    under a server id, an update-as-create the CapabilityStatement denies (updateCreate false; a
+    PUT alone to an id not held is 405). FHIR http.html#transaction processes each entry by its
+    method and url: the whole transaction is refused, naming the entry."""
+    for index, url in ((0, "Binary/img-1"), (1, "Media/abc"), (2, "Consent/c-1")):
+        bundle = transaction_bundle(jpeg)
+        bundle["entry"][index]["resource"]["id"] = url.split("/")[1]
+        bundle["entry"][index]["request"] = {"method": "PUT", "url": url}
+        err = refused(bundle, NotSupported)
+        assert err.expression == [f"Bundle.entry[{index}].request.method"], url
+        assert "POST" in err.diagnostics
+
+
+def test_a_post_goes_to_its_own_resource_type_on_this_server(jpeg: bytes) -> None:
+    """Review finding: ``request.url`` "Media" on a DocumentReference entry was accepted."""
+    bundle = transaction_bundle(jpeg, kind="document", consent_purposes=None, bodySite=None, laterality=None)
+    bundle["entry"][1]["request"]["url"] = "Media"
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[1].request.url"]
+    bundle["entry"][1]["request"]["url"] = "DocumentReference?identifier=x"
+    assert refused(bundle, NotSupported).expression == ["Bundle.entry[1].request.url"]
+    for elsewhere in ("http://ehr.example/fhir/DocumentReference", "urn:uuid:0c0c0c0c-0000-4000-8000-00000000000a"):
+        bundle["entry"][1]["request"]["url"] = elsewhere
+        assert refused(bundle, NotSupported).expression == ["Bundle.entry[1].request.url"]
+        with pytest.raises(NotSupported):
+            parse_transaction(bundle, tables(), "http://adapter.example/fhir")
+    # absolute under this server's own base: the same as relative
+    bundle["entry"][1]["request"]["url"] = "http://adapter.example/fhir/DocumentReference"
+    assert parse_transaction(bundle, tables(), "http://adapter.example/fhir").meta.kind is PhotoKind.DOCUMENT
+    refused(bundle, NotSupported)  # without the base known, it names no resource here
+
+
+@pytest.mark.parametrize("name, value", [("ifNoneExist", "patient:identifier=urn:oid:2.999.1.1|MRN-0001"),
+                                         ("ifMatch", 'W/"1"'), ("ifNoneMatch", "*"),
+                                         ("ifModifiedSince", "2026-01-01T00:00:00Z")])
+def test_a_conditional_request_is_refused(jpeg: bytes, name: str, value: str) -> None:
+    """Review finding: a Consent entry's ``ifNoneExist`` was ignored, so the same Bundle sent
+    twice made two active Consents; ``POST /fhir/Consent`` with If-None-Exist is refused (400
+    not-supported, README) for that reason, and so is the entry now."""
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][2]["request"][name] = value
+    err = refused(bundle, NotSupported)
+    assert err.expression == [f"Bundle.entry[2].request.{name}"]
+
+
+def test_a_put_of_a_list_or_the_patient_is_acknowledged(jpeg: bytes) -> None:
+    """ITI-65 lets a Document Source PUT a Folder List or the Patient of the push case: the
+    adapter stores neither, so a PUT of them is taken, its url naming the entry's type and id."""
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"].append({"resource": {"resourceType": "List", "id": "f-1", "status": "current", "mode": "working"},
+                            "request": {"method": "PUT", "url": "List/f-1"}})
+    assert parse(bundle).entry_roles[-1] == "submission-set"
+    bundle["entry"][-1]["request"]["url"] = "List/f-2"
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[3].resource.id"]
+    bundle["entry"][-1]["request"]["url"] = "Patient/f-1"
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[3].request.url"]
 
 
 def test_consent_method_without_extension(jpeg: bytes) -> None:
@@ -467,3 +525,95 @@ def test_a_consent_date_and_period_start_of_different_precision_compare(jpeg: by
     sub = parse(_with_consent(jpeg, change))
     later = max((date_time, start), key=lambda v: v if "T" in v else v + "T00:00:00Z")
     assert sub.meta.consent.date.isoformat()[:10] == later[:10]
+
+
+# ---------------------------------------------------------------------------------------------
+# ITI-65 2:3.65.4.1.3: metadata kept, refused, or warned of (adapter.mapping.document_metadata)
+
+
+def _document_bundle(jpeg: bytes) -> dict[str, Any]:
+    return transaction_bundle(jpeg, kind="document", consent_purposes=None, bodySite=None, laterality=None)
+
+
+@pytest.mark.parametrize("rtype, status", [("DocumentReference", "entered-in-error"),
+                                           ("DocumentReference", "superseded"), ("Media", "entered-in-error"),
+                                           ("Media", "preparation")])
+def test_a_record_whose_status_would_not_be_kept_is_refused(jpeg: bytes, rtype: str, status: str) -> None:
+    """Review finding: a DocumentReference sent entered-in-error was stored as current, which
+    changes what it says; it is refused (422), naming the status."""
+    bundle = _document_bundle(jpeg) if rtype == "DocumentReference" else transaction_bundle(jpeg)
+    bundle["entry"][1]["resource"]["status"] = status
+    assert refused(bundle, BusinessRuleViolation).expression == ["Bundle.entry[1].resource.status"]
+
+
+@pytest.mark.parametrize("where, expected", [
+    (lambda b: b["entry"][1]["resource"], "Bundle.entry[1].resource.modifierExtension"),
+    (lambda b: b["entry"][1]["resource"]["content"][0], "Bundle.entry[1].resource.content[0].modifierExtension"),
+    (lambda b: b["entry"][1], "Bundle.entry[1].modifierExtension"),
+])
+def test_a_modifier_extension_is_refused_not_dropped(jpeg: bytes, where: Any, expected: str) -> None:
+    """Review finding: a DocumentReference's modifierExtension was dropped in silence. FHIR
+    extensibility: a modifier not understood must not be processed as if absent: 422."""
+    bundle = _document_bundle(jpeg)
+    where(bundle)["modifierExtension"] = [{"url": "http://example.org/fhir/StructureDefinition/not-final",
+                                           "valueBoolean": True}]
+    err = refused(bundle, BusinessRuleViolation)
+    assert err.expression == [expected]
+    bundle = _document_bundle(jpeg)
+    bundle["entry"][1]["resource"]["implicitRules"] = "http://example.org/rules"
+    assert refused(bundle, BusinessRuleViolation).expression == ["Bundle.entry[1].resource.implicitRules"]
+
+
+def test_a_consent_with_a_modifier_extension_is_refused(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    bundle["entry"][2]["resource"]["provision"]["modifierExtension"] = [
+        {"url": "http://example.org/fhir/StructureDefinition/revoked-pending", "valueBoolean": True}]
+    err = refused(bundle, BusinessRuleViolation)
+    assert err.expression == ["Bundle.entry[2].resource.provision.modifierExtension"]
+
+
+def test_metadata_not_stored_as_sent_is_warned_of_element_by_element(jpeg: bytes) -> None:
+    """Review finding: type and category (LOINC), securityLabel, context.facilityType,
+    practiceSetting, event and period, content.format, date and docStatus were replaced or
+    dropped with no warning (201, no outcome). ITI-65 2:3.65.4.1.3: a recipient that does not
+    persist metadata warns; each element is named (XDSExtraMetadataNotSaved)."""
+    bundle = _document_bundle(jpeg)
+    document = bundle["entry"][1]["resource"]
+    assert not [w for w in parse(bundle).entry_warnings.get(1, ()) if "date" not in w.expression
+                and "identifier" not in w.expression]  # the adapter's own shape round-trips
+    loinc = "http://loinc.org"
+    document.update({
+        "docStatus": "preliminary", "date": "2026-11-27T10:00:00Z",
+        "type": {"coding": [{"system": loinc, "code": "34108-1"}]},
+        "category": [{"coding": [{"system": loinc, "code": "11369-6"}]}],
+        "securityLabel": [{"coding": [{"system": codes.V3_CONFIDENTIALITY, "code": "N"}]}],
+        "context": {"facilityType": {"coding": [{"system": "http://snomed.info/sct", "code": "225732001"}]},
+                    "practiceSetting": {"coding": [{"system": "http://snomed.info/sct", "code": "394802001"}]},
+                    "event": [{"coding": [{"system": "http://snomed.info/sct", "code": "71388002"}]}],
+                    "period": {"start": "2026-11-20", "end": "2026-11-21"}},
+        "authenticator": {"display": "Dr C"},
+        "extension": [*document["extension"], {"url": "http://example.org/x", "valueString": "y"}]})
+    document["content"][0]["format"] = {"system": codes.IHE_FORMAT_CODE, "code": "urn:ihe:pcc:xphr:2007"}
+    document["content"][0]["attachment"]["language"] = "en"
+    warnings = parse(bundle).entry_warnings[1]
+    assert {w.code for w in warnings} == {"XDSExtraMetadataNotSaved"}
+    assert {w.severity for w in warnings} == {"warning"}
+    path = "Bundle.entry[1].resource"
+    named = {w.expression.removeprefix(path) for w in warnings}
+    assert named >= {".docStatus", ".date", ".type", ".category", ".securityLabel", ".authenticator",
+                     f".extension[{len(document['extension']) - 1}]", ".content[0].format",
+                     ".content[0].attachment.language", ".context.facilityType", ".context.practiceSetting",
+                     ".context.event", ".context.period.end", ".context.period.start"}, named
+    response = transaction_response([("", "201 Created", "")] * 2, parse(bundle).entry_warnings)
+    assert validate_r4([response]) == []
+    assert len(response["entry"][1]["response"]["outcome"]["issue"]) == len(warnings)
+
+
+def test_media_metadata_not_stored_is_warned_of(jpeg: bytes) -> None:
+    bundle = transaction_bundle(jpeg)
+    media = bundle["entry"][1]["resource"]
+    media["view"] = {"coding": [{"system": "http://snomed.info/sct", "code": "399067008"}]}
+    media["reasonCode"] = [{"text": "wound check"}]
+    warnings = parse(bundle).entry_warnings[1]
+    named = {w.expression for w in warnings}
+    assert {"Bundle.entry[1].resource.view", "Bundle.entry[1].resource.reasonCode"} <= named

@@ -364,9 +364,12 @@ def test_pseudonymised_keeps_dates_and_the_sha256(tables: Tables, pseudonymizer:
     assert out["createdDateTime"] == "2024-03-01T10:15:00+01:00"
     assert out["issued"] == "2024-03-01T09:16:02.120Z"
     assert out["meta"]["lastUpdated"] == "2024-03-01T09:16:02.120Z"
-    assert out["content"] == {"contentType": "image/jpeg", "url": "Binary/wound-photo-1-bin", "size": 2519841,
-                              "hash": "2jmj7l5rSw0yVb/vlWAYkK/YBwk=", "creation": "2024-03-01T10:15:00+01:00"}
+    # review finding: size and hash described the stored bytes, not the copy released under
+    # HRESCH (no ICC profile: another length); left out, as in the de-identified view
+    assert out["content"] == {"contentType": "image/jpeg", "url": "Binary/wound-photo-1-bin",
+                              "creation": "2024-03-01T10:15:00+01:00"}
     doc = render(document_reference(), decision(View.PSEUDONYMISED), tables=tables, pseudonymizer=pseudonymizer)
+    assert not {"size", "hash"} & set(doc["content"][0]["attachment"])
     assert doc["masterIdentifier"] == {"system": codes.SHA256_SYSTEM, "value": STORED_SHA}
     assert "identifier" not in doc
     assert doc["date"] == "2024-03-01T09:16:02.120Z"

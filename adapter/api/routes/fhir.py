@@ -67,6 +67,7 @@ from adapter.errors import (
     NotFound,
     NotSupported,
     PayloadTooLarge,
+    PreconditionFailed,
     UnsupportedMediaType,
     UnsupportedResourceType,
 )
@@ -192,7 +193,7 @@ def _load_resource(spool: IO[bytes]) -> dict[str, Any]:
 async def metadata(request: Request, services: ServicesDep,
                    accept: Annotated[str | None, Header()] = None) -> Response:
     check_acceptable(accept, request.query_params.get("_format"))
-    version = fhir_version(accept)
+    version = fhir_version(accept, request.query_params.get("_format"))
     body = capability_statement(base_url=absolute(request, services, "fhir"),
                                 fhir_version="5.0.0" if version == "5" else "4.0.1",
                                 software_version=__version__, now=services.now())
@@ -215,7 +216,7 @@ async def versions(request: Request, accept: Annotated[str | None, Header()] = N
     check_acceptable(accept, request.query_params.get("_format"))
     if wants_plain_json(accept) and request.query_params.get("_format") is None:
         return JSONResponse(versions_plain())
-    return _out(versions_parameters(), fhir_version(accept))
+    return _out(versions_parameters(), fhir_version(accept, request.query_params.get("_format")))
 
 
 #: Large FHIR JSON bodies (over LARGE_BODY_BYTES: transaction Bundles with their base64 images,
@@ -255,14 +256,15 @@ async def _transaction(request: Request, services: Services, ctx: RequestContext
     if bundle.get("resourceType") != "Bundle":
         raise InvalidInput("POST /fhir takes a transaction or batch Bundle", expression="Bundle.resourceType")
     if bundle.get("type") == "batch":  # reads, each under the batch's purpose of use (adapter.api.batch)
-        version = fhir_version(request.headers.get("accept"))
+        version = fhir_version(request.headers.get("accept"), request.query_params.get("_format"))
         types = R4_TYPES if version == "4" else tuple(t for t in R4_TYPES if t != "Media")
         answer, glass = await process_batch(request, bundle, types, media_type(version))
         return _out(answer, version, headers=break_glass_headers(glass))
     check_write_purpose(request, services, "create")
     _r4_write(request)
     key = idempotency_key[:200] if idempotency_key else None
-    response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx)
+    response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx,
+                                      fhir_base=_fhir_base(request, services))
     return _out(response, "4")
 
 
@@ -283,7 +285,7 @@ def _r4_write(request: Request) -> None:
     if declared is not None and not declared.startswith("4.0"):  # STU3, R4B, R5...: not read as R4
         raise UnsupportedMediaType(f"writes take FHIR R4 (fhirVersion=4.0), not fhirVersion={declared[:10]}"
                                    + (": the R5 endpoint is read-only" if declared.startswith("5.") else ""))
-    if fhir_version(request.headers.get("accept")) == "5":
+    if fhir_version(request.headers.get("accept"), request.query_params.get("_format")) == "5":
         raise NotAcceptable("writes answer in FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
 
 
@@ -349,7 +351,7 @@ def _if_match_versions(if_match: str | None) -> frozenset[int] | None:
     return frozenset(versions)
 
 
-@router.get("/{resource_type}/{id}", responses=answers(_READ_ANSWER, _NOT_MODIFIED, refusals(*READ_ONE, *INVALID)))
+@router.get("/{resource_type}/{id}", responses=answers(_READ_ANSWER, _NOT_MODIFIED, refusals(*READ_ONE, *INVALID, 412)))
 async def read(resource_type: str, id: str, request: Request, reader: ReaderDep, services: ServicesDep,
                accept: Annotated[str | None, Header()] = None,
                format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
@@ -358,11 +360,11 @@ async def read(resource_type: str, id: str, request: Request, reader: ReaderDep,
                            f"{resource_type[:40]}/<id>/_history", expression="_history")
     return await _read(resource_type, id, reader, accept, format_=format_, fhir_base=_fhir_base(request, services),
                        how=parse_subsetting(list(request.query_params.multi_items())),
-                       if_none_match=request.headers.get("if-none-match"),
-                       if_modified_since=request.headers.get("if-modified-since"))
+                       conditions=_Conditions.of(request))
 
 
-@router.get("/{resource_type}/{id}/_history/{vid}", responses=answers(_READ_ANSWER, refusals(*READ_ONE, *INVALID)))
+@router.get("/{resource_type}/{id}/_history/{vid}",
+            responses=answers(_READ_ANSWER, _NOT_MODIFIED, refusals(*READ_ONE, *INVALID, 412)))
 async def vread(resource_type: str, id: str, vid: str, request: Request, reader: ReaderDep,
                 services: ServicesDep, accept: Annotated[str | None, Header()] = None,
                 format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
@@ -372,7 +374,8 @@ async def vread(resource_type: str, id: str, vid: str, request: Request, reader:
     if not is_digits(vid) or len(vid) > 9:
         raise NotFound(f"{resource_type[:40]}/{id[:64]} has no version {vid[:20]}")
     return await _read(resource_type, id, reader, accept, int(vid), format_=format_,
-                       fhir_base=_fhir_base(request, services), how=parse_subsetting(list(request.query_params.multi_items())))
+                       fhir_base=_fhir_base(request, services), how=parse_subsetting(list(request.query_params.multi_items())),
+                       conditions=_Conditions.of(request))
 
 
 #: The parameters a history-instance takes (http.html#history), _offset being its own paging.
@@ -388,7 +391,7 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     and withdrawn; a record's one version), under the decision a read gets now; ``_count``
     and the ``next`` link page through a long history."""
     check_acceptable(accept, format_)
-    version = fhir_version(accept)
+    version = fhir_version(accept, format_)
     if resource_type not in R4_TYPES:
         raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
     if resource_type == "Binary":  # bytes, never updated: read or vread it
@@ -431,13 +434,13 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
 
 async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
                 version_id: int | None = None, *, format_: str | None = None, fhir_base: str,
-                how: Subsetting = WHOLE, if_none_match: str | None = None,
-                if_modified_since: str | None = None) -> Response:
+                how: Subsetting = WHOLE, conditions: _Conditions | None = None) -> Response:
     """A read or vread; ``how``: the _summary/_elements cut of a FHIR JSON answer (the image
-    bytes of a Binary are never cut); ``if_none_match``: a conditional read (http.html#cread),
-    answered 304 when it names the current version, after the decision as any read."""
+    bytes of a Binary are never cut); ``conditions``: a conditional read (http.html#cread; RFC
+    9110 13), answered 304 or 412 after the decision as any read (:meth:`_Conditions.answer`)."""
+    conditions = conditions or _Conditions()
     check_acceptable(accept, format_, binary=resource_type == "Binary")
-    version = fhir_version(accept)
+    version = fhir_version(accept, format_)
     if resource_type == "Binary":
         if version_id is not None:
             await run_in_threadpool(reader.check_binary_version, id, version_id)
@@ -449,7 +452,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         answerable = None if format_is_json(format_) else partial(binary_answer, accept)  # 406 audited as such
         content = await run_in_threadpool(partial(reader.read_binary, id, answerable=answerable))
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
-        if _not_modified(if_none_match, headers, if_modified_since):
+        if conditions.answer(content.resource, vread=version_id is not None):
             return Response(status_code=304, headers=headers)
         if format_is_json(format_) or binary_answer(accept, content.content_type) == "json":
             return _out(subset(_versioned(content.resource, version, fhir_base), how, fhir_version=version), version,
@@ -463,7 +466,7 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         lambda rt: reader.read(rt, id) if version_id is None else reader.read_version(rt, id, version_id),
         resource_type, version)
     headers = {**_glass_headers(result.decision), **_etag(result.resource)}
-    if _not_modified(if_none_match, headers, if_modified_since):
+    if conditions.answer(result.resource, vread=version_id is not None):
         return Response(status_code=304, headers=headers)
     return _out(subset(_versioned(result.resource, version, fhir_base), how, fhir_version=version), version, headers=headers)
 
@@ -485,26 +488,58 @@ def _no_media_in_r5(resource_type: str, version: str, hint: str = "photos are Do
         raise NotFound(f"R5 has no Media; {hint}")
 
 
-def _not_modified(if_none_match: str | None, headers: dict[str, str], if_modified_since: str | None = None) -> bool:
-    """If-None-Match (RFC 9110 §13.1.2, weak comparison) names the ETag the answer has; without
-    it, If-Modified-Since (§13.1.3) is at or after its Last-Modified (an unreadable date is
-    disregarded, as the RFC says)."""
-    etag = headers.get("ETag")
-    if if_none_match:
-        if not etag:
+@dataclasses.dataclass(frozen=True)
+class _Conditions:
+    """A read's preconditions (RFC 9110 13.1): If-Match, If-None-Match, If-Modified-Since."""
+
+    if_match: str | None = None
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
+
+    @classmethod
+    def of(cls, request: Request) -> _Conditions:
+        headers = request.headers
+        return cls(headers.get("if-match"), headers.get("if-none-match"), headers.get("if-modified-since"))
+
+    def answer(self, resource: dict[str, Any], *, vread: bool = False) -> bool:
+        """Whether the read of ``resource`` (the version selected: the current one, or the one a
+        ``vread`` names) is answered 304 Not Modified; PreconditionFailed (412) when If-Match names
+        none of its ETag (RFC 9110 13.1.1, evaluated first: 13.2.2). If-None-Match (13.1.2, weak
+        comparison) names its ETag; without it, If-Modified-Since (13.1.3) is at or after its
+        modification (an unreadable date is disregarded, as the RFC says).
+
+        If-Modified-Since has whole seconds, as Last-Modified has, and two versions of a Consent
+        may be written within one second: compared by the second, the later would be answered
+        "not modified" to a client holding the earlier (review finding: a withdrawal, so). So the
+        second is enough only where no other version can be held under that URL: a version URL
+        (vread: it always names the same content) and a resource never updated (version 1: all
+        records and Binaries); for a later version of a read ``meta.lastUpdated`` is compared
+        whole, 304 only when it is at or before the instant given (when in doubt, 200: never a
+        304 for a change the client has not seen; If-None-Match has no such doubt)."""
+        meta = resource.get("meta") or {}
+        version = str(meta.get("versionId") or "")
+        if self.if_match is not None:
+            accepted = _if_match_versions(self.if_match)
+            if accepted is not None and (not is_digits(version) or int(version) not in accepted):
+                raise PreconditionFailed(f"If-Match names {self.if_match.strip()[:60]}; the version read is "
+                                         f"W/\"{version}\"")
+        if self.if_none_match:
+            if not version:
+                return False
+            tags = {t.strip().removeprefix("W/") for t in self.if_none_match.split(",")}
+            return "*" in tags or f'"{version}"' in tags
+        if not self.if_modified_since:
             return False
-        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-        return "*" in tags or etag.removeprefix("W/") in tags
-    modified = headers.get("Last-Modified")
-    if not if_modified_since or not modified:
-        return False
-    try:
-        since = parsedate_to_datetime(if_modified_since)
-    except (TypeError, ValueError, IndexError, OverflowError):  # a year past any datetime: unreadable too
-        return False
-    if since.tzinfo is None:
-        return False
-    return parsedate_to_datetime(modified) <= since
+        try:
+            since = parsedate_to_datetime(self.if_modified_since)
+            updated = datetime.fromisoformat(str(meta.get("lastUpdated")))
+        except (TypeError, ValueError, IndexError, OverflowError):  # a year past any datetime: unreadable too
+            return False
+        if since.tzinfo is None or updated.tzinfo is None:
+            return False
+        if vread or version == "1":
+            updated = updated.replace(microsecond=0)
+        return updated <= since
 
 
 def _etag(resource: dict[str, Any]) -> dict[str, str]:
@@ -619,8 +654,9 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
                   params: list[tuple[str, str]], *, sealed: bool = False) -> Response:
     """A search; ``sealed``: its links hold the parameters sealed (a search by POST, or a page
     of one)."""
-    check_acceptable(accept, next((v for k, v in params if k == "_format"), None))
-    version = fhir_version(accept)
+    format_ = next((v for k, v in params if k == "_format"), None)
+    check_acceptable(accept, format_)
+    version = fhir_version(accept, format_)
     if resource_type not in R4_TYPES:
         raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
     if resource_type == "Binary":  # read it (ITI-68), by the reference its record holds
