@@ -53,6 +53,7 @@ from pydicom.valuerep import DA, DT, TM
 from adapter.errors import (
     AdapterError,
     InvalidInput,
+    InvalidResource,
     NotSupported,
     RequiredElementMissing,
     UndecodableImage,
@@ -138,6 +139,8 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
             is not a positive integer (frames are split by the first whenever the object is
             released; the others become Media.height and width, positiveInt in FHIR).
         UnknownCode: the IssuerOfPatientID is missing or unknown and the table refuses it.
+        InvalidResource: the PatientID or IssuerOfPatientID has more than one value (0xA900, as
+            one with none: :func:`_single`).
     """
     for keyword, tag in (("NumberOfFrames", "(0028,0008)"), ("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")):
         value = _element_value(ds.get(keyword))
@@ -149,7 +152,8 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
     uids = {name: _uid(ds, keyword, tag) for name, keyword, tag in (
         ("sop", "SOPInstanceUID", "(0008,0018)"), ("study", "StudyInstanceUID", "(0020,000D)"),
         ("series", "SeriesInstanceUID", "(0020,000E)"))}
-    patient = dicom_tables.patient_identifiers.to_fhir(_text(ds.get("PatientID")), _text(ds.get("IssuerOfPatientID")))
+    patient = dicom_tables.patient_identifiers.to_fhir(_single(ds, "PatientID", "(0010,0020)"),
+                                                       _single(ds, "IssuerOfPatientID", "(0010,0021)"))
     modality = _code_string(ds.get("Modality"))
     kind = dicom_tables.receive.kind_of(sop_class, conversion_type=_text(ds.get("ConversionType")),
                                         modality=modality)
@@ -184,6 +188,22 @@ def _text(value: Any) -> str | None:
         raise InvalidInput("a text value holds the character U+0000 inside it, which neither DICOM text nor FHIR "
                            "strings allow: nothing was stored")
     return text or None
+
+
+def _single(ds: Dataset, keyword: str, tag: str) -> str | None:
+    """:func:`_text` of an attribute of VM 1 that says whose the object is (PatientID and
+    IssuerOfPatientID: LO, VM 1, PS3.6 Table 6-1). Two or more values (``X\\Y``, which pydicom
+    reads as a MultiValue) cannot say which patient is meant: the object is refused as one
+    without a PatientID is (Data Set does not match SOP Class, 0xA900, PS3.4 B.2.3), never
+    filed under the text of the list. The diagnostics name the tag, not the values (they are
+    the patient's identifier)."""
+    value = _element_value(ds.get(keyword))
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if len(value) > 1:
+            raise InvalidResource(f"{keyword} has {len(value)} values, where its VM is 1: the object cannot be "
+                                  "matched to one patient", expression=f"{tag} {keyword}")
+        value = value[0] if len(value) else None
+    return _text(value)
 
 
 def _shown(value: Any) -> str | None:

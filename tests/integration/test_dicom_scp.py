@@ -756,6 +756,10 @@ def _related(part: bytes, boundary: str = "b0undary") -> bytes:
 
 @pytest.mark.parametrize(("change", "status"), [
     ({"PatientID": None}, DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    # PatientID and IssuerOfPatientID are LO of VM 1 (PS3.6): two values cannot tell whose the object is
+    # (it was filed under the Python text "['MRN-0001', 'MRN-0002']")
+    ({"PatientID": "MRN-0001\\MRN-0002"}, DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    ({"IssuerOfPatientID": "HOSP\\ELSEWHERE"}, DATASET_DOES_NOT_MATCH_SOP_CLASS),
     ({"IssuerOfPatientID": "ELSEWHERE"}, CANNOT_UNDERSTAND),
     ({"StudyInstanceUID": None}, DATASET_DOES_NOT_MATCH_SOP_CLASS),
     # frames are split by it whenever the object is released (found by fuzzing: de-identification failed)

@@ -367,6 +367,29 @@ def test_a_received_object_with_nul_inside_a_text_value_is_refused_not_mapped_in
     assert "\\u0000" not in json.dumps(provenance) and "General" in json.dumps(provenance)
 
 
+def test_stow_of_an_object_with_several_patient_ids_or_issuers_is_refused_and_audited(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """PatientID and IssuerOfPatientID are LO of VM 1 (PS3.6): an object with two cannot tell whose
+    it is, and is refused as one with none is (0xA900), audited naming no patient, nothing stored.
+    Before, it was filed under the Python text "['MRN-0001', 'MRN-0002']"."""
+    client, services = adapter
+    two_ids = received(record_id="rec-two-ids", PatientID=f"{PATIENT['value']}\\MRN-0002")
+    two_issuers = received(record_id="rec-two-issuers", IssuerOfPatientID="HOSP\\OTHER")
+    r = stow(client, two_ids, two_issuers)
+    assert r.status_code == 409, r.text
+    failed = [(value(i, "00081155"), value(i, "00081197")) for i in r.json()["00081198"]["Value"]]
+    assert failed == [(two_ids.SOPInstanceUID, DATASET_DOES_NOT_MATCH_SOP_CLASS),
+                      (two_issuers.SOPInstanceUID, DATASET_DOES_NOT_MATCH_SOP_CLASS)]
+    assert services.store.search_dicom_instances() == []
+    assert find(client, "Media", two_ids.SOPInstanceUID) == [] and find(client, "Media", two_issuers.SOPInstanceUID) == []
+    refusals = dicom_events(services.store.list_audit(100)[::-1], INSTANCES_TRANSFERRED)
+    record_emitted(refusals)
+    assert [e["outcome"] for e in refusals] == ["4", "4"]
+    assert [sop_instance_uids(e) for e in refusals] == [[two_ids.SOPInstanceUID], [two_issuers.SOPInstanceUID]]
+    for refusal in refusals:
+        assert patients(refusal) == [] and "MRN-0002" not in json.dumps(refusal) and "OTHER" not in json.dumps(refusal)
+
+
 def test_stow_refuses_a_body_cut_before_its_closing_boundary(adapter: tuple[FhirClient, Services]) -> None:
     """python-multipart's finalize() does not check that the body ended: a cut one was stored."""
     client, services = adapter

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from adapter.errors import InvalidInput, NotSupported, RequiredElementMissing, UndecodableImage, UnknownCode
+from adapter.errors import InvalidInput, InvalidResource, NotSupported, RequiredElementMissing, UndecodableImage, UnknownCode
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
@@ -309,6 +309,14 @@ def test_refusals() -> None:
     del no_patient.PatientID
     with pytest.raises(RequiredElementMissing):
         read(no_patient)
+    for keyword, values in (("PatientID", "MRN-0001\\MRN-0002"), ("IssuerOfPatientID", "HOSP\\OTHER")):
+        several = copy.deepcopy(ds)
+        setattr(several, keyword, values)  # LO of VM 1 (PS3.6): whose of the two the object is, is not known
+        several = reread(several)
+        assert several[keyword].VM == 2
+        with pytest.raises(InvalidResource, match=f"{keyword} has 2 values") as refused:
+            read(several)
+        assert "MRN" not in refused.value.diagnostics and "OTHER" not in refused.value.diagnostics
     bad_uid = copy.deepcopy(ds)
     with pytest.warns(UserWarning, match="Invalid value for VR UI"):
         bad_uid.SeriesInstanceUID = "1.02.3"  # a peer's bad UID (pydicom warns, reading does not)
