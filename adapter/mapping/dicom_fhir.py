@@ -355,8 +355,10 @@ def extract_image(ds: Dataset) -> ExtractedImage:
         every = generate_frames(pixel_data, number_of_frames=frames)
         try:
             first = bytes(next(every))
-        except (StopIteration, ValueError) as exc:
+        except StopIteration as exc:
             raise UndecodableImage("the encapsulated pixel data holds no frame") from exc
+        except ValueError as exc:  # pydicom: fewer fragments than NumberOfFrames, and no offset table
+            raise _frames_not_held(frames, None) from exc
         image = ExtractedImage(jpeg_binary(first).join(), JPEG)
         # the other frames are not the Binary, but a release walks each of them (de-identification
         # cuts their metadata segments): one that does not walk is refused now, not at every
@@ -367,11 +369,26 @@ def extract_image(ds: Dataset) -> ExtractedImage:
                 jpeg_for_encapsulation(bytes(frame))
         except (AdapterError, ValueError) as exc:
             raise UndecodableImage(f"frame {n} is not a JPEG stream that can be read ({exc})") from exc
+        if n != frames:
+            raise _frames_not_held(frames, n)
         return image
     if syntax in _NATIVE:
-        return ExtractedImage(encode_png(_native_frame(ds)), PNG)
+        return ExtractedImage(encode_png(_native_frame(ds, frames)), PNG)
     raise UnsupportedTransferSyntax(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",
                        expression="(0002,0010) TransferSyntaxUID")
+
+
+def _frames_not_held(stated: int, held: int | None) -> UndecodableImage:
+    """The refusal of encapsulated pixel data that holds another number of frames than its
+    NumberOfFrames states. PS3.5 A.4: each frame is in its own fragment(s), never two frames in
+    one; the frames are told apart by the Basic (or Extended) Offset Table, or without one, by
+    one fragment a frame when there are as many fragments as frames, else by where each JPEG
+    stream ends (pydicom's generate_frames, as every release splits them). Kept, such an object
+    would answer WADO-RS for a frame it claims and does not hold, and its releases would split
+    its frames otherwise than it says."""
+    held_text = "fewer frames" if held is None else f"{held} frame(s)"
+    return UndecodableImage(f"the encapsulated pixel data holds {held_text}, not the {stated} its "
+                            "NumberOfFrames states (PS3.5 A.4)", expression="(0028,0008) NumberOfFrames")
 
 
 def jpeg_binary(frame: bytes) -> EncapsulatedJpeg:
@@ -386,7 +403,9 @@ def jpeg_binary(frame: bytes) -> EncapsulatedJpeg:
     return encapsulated_jpeg(frame)
 
 
-def _native_frame(ds: Dataset) -> Pixels:
+def _native_frame(ds: Dataset, frames: int = 1) -> Pixels:
+    """The first frame of native pixel data, whose length must hold the ``frames`` frames its
+    NumberOfFrames states (PS3.5 8.1.1: rows x columns x samples x bits allocated x frames)."""
     rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
     samples = _int(ds.get("SamplesPerPixel")) or 1
     bits = _int(ds.get("BitsAllocated")) or 0
@@ -404,6 +423,9 @@ def _native_frame(ds: Dataset) -> Pixels:
     raw = bytes(ds.PixelData)
     if len(raw) < size:
         raise UndecodableImage("the pixel data is shorter than Rows x Columns x Samples")
+    if len(raw) < size * frames:
+        raise UndecodableImage(f"the pixel data holds fewer frames than the {frames} its NumberOfFrames states",
+                               expression="(0028,0008) NumberOfFrames")
     frame = raw[:size]
     if samples == 3 and (_int(ds.get("PlanarConfiguration")) or 0) == 1:
         frame = _interleave(frame, rows * cols)

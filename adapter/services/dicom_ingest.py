@@ -849,6 +849,10 @@ class DicomIngestService:
             try:
                 if fast and "EncapsulatedDocument" in head.ds:  # not an image after all: the general way
                     fast = False
+                if fast and head.obj.number_of_frames != 1:
+                    # one fragment holds one frame (PS3.5 A.4): extract_image refuses the object
+                    # whose NumberOfFrames states more
+                    fast = False
                 if not fast:
                     ds = head.ds if "PixelData" in head.ds or layout.pixel_data is None else read_dataset(received.path)
                     binary = _binary_of_bytes(work, extract_image(ds))

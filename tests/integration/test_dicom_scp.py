@@ -285,6 +285,21 @@ def test_a_multiframe_object_with_a_frame_that_does_not_walk_is_refused(scp: Sto
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
+@pytest.mark.parametrize(("frames", "has_bot"), [(2, True), (1, False)])
+def test_a_multiframe_object_stating_more_frames_than_it_holds_is_refused(
+        scp: StoreSCP, services: Services, tmp_path: Path, frames: int, has_bot: bool) -> None:
+    """NumberOfFrames 3 over 2 frames (a Basic Offset Table of 2), or over one fragment, which
+    holds one frame (PS3.5 A.4; the object took the fast path that never looked at the count):
+    0xC000, audited, nothing stored. Before, it was stored and WADO-RS answered 500 for frame 3."""
+    path = tmp_path / "mf-short.dcm"
+    sent = multiframe_file(path, frames, number_of_frames=3, has_bot=has_bot)
+    assert pynet_store(scp.port, path).Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    [refusal] = audited(services)
+    assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
+    assert "NumberOfFrames" in refusal["outcomeDesc"]
+
+
 def test_a_pdf_is_released_as_stored_for_a_consented_purpose(client: FhirClient, services: Services,
                                                              tmp_path: Path) -> None:
     """The de-identified view strips image bytes to their pixels; a PDF cannot be, and is

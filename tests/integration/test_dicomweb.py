@@ -906,6 +906,61 @@ def test_wado_metadata_frames_and_bulk_data_follow_the_decision(adapter: tuple[F
     assert client.get(f"{train_base}/metadata", headers={**TRAIN, "Accept": "application/dicom"}).status_code == 406
 
 
+@pytest.mark.parametrize(("frames", "stated", "has_bot", "per_frame"), [
+    (2, 3, True, 1),    # the reviewer's: a Basic Offset Table of 2 frames, NumberOfFrames 3
+    (2, 3, False, 1),   # no table, fewer fragments than frames
+    (1, 3, False, 1),   # one fragment: one frame (PS3.5 A.4), whatever NumberOfFrames says
+    (2, 3, True, 2),    # frames of 2 fragments each: the table tells 2 frames in 4 fragments
+    (4, 3, True, 1),    # more frames than stated
+])
+def test_stow_of_an_object_holding_other_frames_than_it_states_is_refused(
+        adapter: tuple[FhirClient, Services], tmp_path: Path, frames: int, stated: int, has_bot: bool,
+        per_frame: int) -> None:
+    """PS3.5 A.4: each frame of encapsulated pixel data is in its own fragment(s), and
+    NumberOfFrames (0028,0008) counts them. An object whose pixel data holds another number of
+    frames was stored, and WADO-RS answered 500 for a frame it claimed; now it is refused
+    (0xC000, audited, nothing stored)."""
+    client, services = adapter
+    path = tmp_path / "mf.dcm"
+    sent = multiframe_file(path, frames, number_of_frames=stated, has_bot=has_bot, fragments_per_frame=per_frame)
+    r = stow(client, path.read_bytes())
+    assert r.status_code == 409, r.text
+    [failed] = r.json()["00081198"]["Value"]
+    assert (value(failed, "00081155"), value(failed, "00081197")) == (sent.SOPInstanceUID, CANNOT_UNDERSTAND)
+    assert services.store.search_dicom_instances() == []
+    [refusal] = dicom_events(services.store.list_audit(100), INSTANCES_TRANSFERRED)
+    assert refusal["outcome"] == "4" and "frame" in refusal["outcomeDesc"]
+    # as it states, with its frames in several fragments, and with no table, it is stored
+    good = tmp_path / "good.dcm"
+    kept = multiframe_file(good, 2, has_bot=has_bot, fragments_per_frame=per_frame)
+    assert stow(client, good.read_bytes()).status_code == 200
+    base = f"/dicomweb/studies/{kept.StudyInstanceUID}/series/{kept.SeriesInstanceUID}/instances/{kept.SOPInstanceUID}"
+    assert len(multipart_parts(client.get(f"{base}/frames/1,2", headers=TREAT))) == 2
+    assert client.get(f"{base}/frames/3", headers=TREAT).status_code == 404
+
+
+def test_a_frame_a_stored_object_does_not_hold_is_not_found(adapter: tuple[FhirClient, Services],
+                                                           tmp_path: Path) -> None:
+    """Defence behind the ingest's frame count: an object stored before it, whose NumberOfFrames
+    (3) says more than its pixel data holds (2), answers 404 for frame 3 (PS3.18: a frame the
+    instance does not have), not 500; its frames 1 and 2 are served."""
+    client, services = adapter
+    path = tmp_path / "mf.dcm"
+    sent = multiframe_file(path, 2)
+    assert stow(client, path.read_bytes()).status_code == 200
+    instance = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    assert instance is not None and instance.blob_sha256 is not None
+    blob = services.blobs.path(instance.blob_sha256)
+    data = blob.read_bytes()
+    at = data.index(b"\x28\x00\x08\x00IS\x02\x002 ", 132)  # NumberOfFrames "2 "
+    blob.chmod(0o644)
+    blob.write_bytes(data[:at + 8] + b"3 " + data[at + 10:])
+    base = f"/dicomweb/studies/{sent.StudyInstanceUID}/series/{sent.SeriesInstanceUID}/instances/{sent.SOPInstanceUID}"
+    assert client.get(f"{base}/frames/3", headers=TREAT).status_code == 404
+    assert client.get(f"{base}/frames/2,3", headers=TREAT).status_code == 404
+    assert len(multipart_parts(client.get(f"{base}/frames/2,1", headers=TREAT))) == 2
+
+
 def test_native_frames_are_served_as_octet_stream(adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
     """A native (uncompressed) frame is its pixel bytes, application/octet-stream by default;
     image/jpeg cannot be made from it without transcoding (406)."""

@@ -260,6 +260,18 @@ def test_multi_frame_true_colour_sc_gives_frame_one() -> None:
     assert any("Frame 1 of 2" in n["text"] for n in resources.record["note"])
 
 
+def test_pixel_data_holding_fewer_frames_than_stated_is_refused() -> None:
+    """PS3.5 8.1.1 and A.4: native pixel data is NumberOfFrames frames long, and encapsulated
+    pixel data holds NumberOfFrames frames; an object that states more is not read as it says."""
+    rows, cols = 4, 5
+    one = bytes(range(rows * cols * 3))
+    ds = base(MF_TRUE_COLOR_SC)
+    ds.ConversionType = "WSD"
+    ds = native(ds, rows=rows, cols=cols, samples=3, bits=8, photometric="RGB", data=one + one, frames=3)
+    with pytest.raises(UndecodableImage, match="fewer frames than the 3"):
+        extract_image(ds)
+
+
 def test_planar_rgb_is_interleaved() -> None:
     rows, cols = 3, 4
     pixels = np.arange(rows * cols * 3, dtype=np.uint8).reshape(rows, cols, 3)
