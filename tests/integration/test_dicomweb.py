@@ -1315,7 +1315,9 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
         assert PATIENT_NAME not in json.dumps(study) and "ACC-77" not in json.dumps(study)
     assert qido(client, "studies", TRAIN, AccessionNumber="ACC-77") == []
     assert qido(client, "studies", HRESCH, AccessionNumber="ACC-77") == []
-    assert qido(client, "studies", HRESCH, StudyDescription="*") == qido(client, "studies", TRAIN, StudyDescription="*") == []
+    # a lone * is universal matching (PS3.4 C.2.2.2.4): what the view shows, emptied values included
+    assert qido(client, "studies", HRESCH, StudyDescription="*") == qido(client, "studies", HRESCH) != []
+    assert qido(client, "studies", TRAIN, StudyDescription="*") == qido(client, "studies", TRAIN) != []
     pseudonymised = [s for s in qido(client, "studies", HRESCH) if "00080030" in s]
     [hresch] = pseudonymised
     assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]
@@ -1351,7 +1353,8 @@ def test_qido_matches_patient_name_as_a_viewer_searches_it_in_the_view_the_purpo
     assert [value(i, "00080018") for i in qido(client, "instances", **{"00100010": "roe*"})] == [theirs.SOPInstanceUID]
     assert qido(client, "series", PatientName="doe*", PatientID="MRN-0002") == []
     add_consent(client, ["TRAIN", "HRESCH"])  # for MRN-0001 only
-    assert qido(client, "studies", TRAIN, PatientName="*") == []
+    assert qido(client, "studies", TRAIN, PatientName="*") == qido(client, "studies", TRAIN) != []  # universal
+    assert qido(client, "studies", TRAIN, PatientName="?*") == []  # at least one character: TRAIN shows none
     assert qido(client, "studies", TRAIN, PatientName="Doe*") == []
     assert qido(client, "studies", HRESCH, PatientName="Doe*") == []  # the name is not shown: no match
     [pseudonymised] = qido(client, "studies", HRESCH)
@@ -2199,7 +2202,44 @@ def test_qido_matches_referring_physician_name_and_study_id(adapter: tuple[FhirC
     add_consent(client, ["TRAIN", "HRESCH"])
     for headers in (TRAIN, HRESCH):
         assert len(studies(headers)) == 2
-        assert studies(headers, ReferringPhysicianName="*") == [] and studies(headers, StudyID="S-42") == []
+        # a lone * is universal matching (PS3.4 C.2.2.2.4): every study, the emptied value too
+        assert len(studies(headers, ReferringPhysicianName="*")) == 2 and studies(headers, StudyID="S-42") == []
+
+
+def test_qido_star_is_universal_matching_and_wildcards_work_on_every_string_key(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """PS3.4 C.2.2.2.4: ``*`` matches any run of characters, the empty one too, and a value of
+    only ``*`` is universal matching, which matches every entity, those with an empty (or no)
+    value included; wildcards apply to the string VRs other than UI and dates (here LO, SH, PN, CS).
+    Before, PatientName=* left out the posted photo (its object's PatientName is empty),
+    StudyDescription, ReferringPhysicianName, AccessionNumber and StudyID =* found nothing, and
+    AccessionNumber, StudyID, IssuerOfPatientID and Modality took no wildcards."""
+    client, _ = adapter
+    assert post_photo(client, WOUND, metadata()).status_code == 201  # every text of its study empty
+    pacs = received(record_id="rec-pacs", AccessionNumber="ACC-17", StudyDescription="Wound check",
+                    **REFERRED)
+    assert stow(client, pacs).status_code == 200
+    everything = sorted(studies_of(client))
+    assert len(everything) == 2
+    for keyword in ("PatientName", "PatientID", "IssuerOfPatientID", "StudyDescription", "ReferringPhysicianName",
+                    "AccessionNumber", "StudyID", "ModalitiesInStudy", "StudyDate", "StudyTime", "StudyInstanceUID"):
+        assert sorted(studies_of(client, **{keyword: "*"})) == everything, keyword
+    for level in ("series", "instances"):
+        assert len(qido(client, level, Modality="*", AccessionNumber="*", StudyID="*")) == 2
+    pacs_study = [pacs.StudyInstanceUID]
+    assert studies_of(client, AccessionNumber="ACC-*") == pacs_study
+    assert studies_of(client, AccessionNumber="ACC-1?") == pacs_study and studies_of(client, AccessionNumber="ACC") == []
+    assert studies_of(client, StudyID="S-*") == pacs_study and studies_of(client, StudyID="*4?") == pacs_study
+    assert sorted(studies_of(client, IssuerOfPatientID="HO*")) == everything
+    assert studies_of(client, IssuerOfPatientID="H?SP") != [] and studies_of(client, IssuerOfPatientID="X*") == []
+    assert studies_of(client, StudyDescription="Wound*") == pacs_study
+    assert studies_of(client, ReferringPhysicianName="welby*") == pacs_study
+    modality = pacs.Modality
+    assert studies_of(client, ModalitiesInStudy=modality[0] + "*") != []
+    assert pacs.SOPInstanceUID in [value(i, "00080018")
+                                   for i in qido(client, "instances", Modality=modality[0] + "*")]
+    assert qido(client, "series", Modality="Z*") == []
+    assert studies_of(client, AccessionNumber="?*") == pacs_study  # one character at least: not the empty one
 
 
 def test_qido_study_attributes_of_a_store_of_schema_13_are_read_from_its_objects_at_start(tmp_path: Path) -> None:

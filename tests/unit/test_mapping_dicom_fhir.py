@@ -21,7 +21,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from adapter.errors import InvalidInput, InvalidResource, NotSupported, RequiredElementMissing, UndecodableImage, UnknownCode
+from adapter.errors import (
+    InvalidInput,
+    InvalidResource,
+    NotSupported,
+    RequiredElementMissing,
+    UndecodableImage,
+    UnknownCode,
+)
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
