@@ -1162,6 +1162,40 @@ def test_a_replay_is_not_a_refusal_and_is_audited(scp: StoreSCP, services: Servi
     assert record and record[0] in [e["what"].get("reference") for e in replayed["entity"] if "what" in e]
 
 
+def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path) -> None:
+    """The same SOP Instance UID again with another PatientID (a correction made with dcmodify)
+    was answered Success and the correction silently dropped. The instance stands for one
+    patient: the re-send is refused (0xA900: the data set is not the one the SOP Instance UID
+    names), audited naming the SOP Instance, nothing changes. The same object again, or with
+    the same patient and another byte (an attribute the sender filled in), stays Success
+    ("already stored", idempotent), as before."""
+    path = tmp_path / "first.dcm"
+    sent = sc_file(path)
+    assert pynet_store(scp.port, path).Status == SUCCESS
+    before = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    assert before is not None
+    same = {"SOPInstanceUID": sent.SOPInstanceUID, "StudyInstanceUID": sent.StudyInstanceUID,
+            "SeriesInstanceUID": sent.SeriesInstanceUID}
+    other = tmp_path / "other.dcm"
+    sc_file(other, PatientID="MRN-0002", **same)
+    answer = pynet_store(scp.port, other)
+    assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
+    assert "MRN" not in answer.get("ErrorComment", "")
+    refusal = audited(services)[-1]
+    assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
+    assert "another patient" in refusal["outcomeDesc"] and "MRN-0002" not in refusal["outcomeDesc"]
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+    [media] = find(client, "Media", sent.SOPInstanceUID)
+    assert media["subject"]["identifier"] == PATIENT
+    assert pynet_store(scp.port, path).Status == SUCCESS  # the same object: Success, as before
+    filled_in = tmp_path / "filled-in.dcm"
+    sc_file(filled_in, InstitutionName="Example Hospital Dermatology", **same)
+    assert pynet_store(scp.port, filled_in).Status == SUCCESS
+    assert audited(services)[-1]["outcomeDesc"].startswith("already stored")
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+
+
 def test_a_refusal_whose_audit_cannot_be_written_is_still_refused_and_the_scp_serves_on(
         scp: StoreSCP, services: Services, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The audit store refuses the write (a real SQLite trigger aborting every insert into the

@@ -6,6 +6,7 @@ every object WADO returns checked with dciodvfy (0 errors)."""
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import re
@@ -251,6 +252,27 @@ def test_stow_stores_through_the_scp_path_and_answers_referenced_sops(adapter: t
     assert len(find(client, "Media", vl.SOPInstanceUID)) == 1
     assert len(services.store.search_dicom_instances()) == 2
     assert list((services.settings.data_dir / "staging").iterdir()) == []
+
+
+def test_stow_of_a_stored_instance_for_another_patient_is_a_conflict(adapter: tuple[FhirClient, Services]) -> None:
+    """A SOP Instance UID stored for one patient, sent again for another: 409 with the instance in
+    FailedSOPSequence, FailureReason 0xA900 (PS3.18 10.5.3: a conflict the request holds), audited,
+    the stored record unchanged; the same object again is still stored (200, idempotent)."""
+    client, services = adapter
+    first = received()
+    assert stow(client, first).status_code == 200
+    moved = copy.deepcopy(first)
+    moved.PatientID = "MRN-0002"
+    r = stow(client, moved)
+    assert r.status_code == 409, r.text
+    [failed] = r.json()["00081198"]["Value"]
+    assert (value(failed, "00081155"), value(failed, "00081197")) == (first.SOPInstanceUID,
+                                                                      DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    [media] = find(client, "Media", first.SOPInstanceUID)
+    assert media["subject"]["identifier"] == PATIENT
+    refusal = dicom_events(services.store.list_audit(100), INSTANCES_TRANSFERRED)[0]
+    assert refusal["outcome"] == "4" and sop_instance_uids(refusal) == [first.SOPInstanceUID]
+    assert stow(client, first).status_code == 200
 
 
 def test_stow_failures_are_listed_and_nothing_is_stored(adapter: tuple[FhirClient, Services]) -> None:
