@@ -1190,6 +1190,18 @@ def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: 
         r = wado(photo, **extra)
         assert r.status_code == 400 and r.json()["issue"][0]["code"] == "not-supported", extra
     assert wado(photo, rows="0").status_code == 400
+    # optional parameters of PS3.18 9.1.2 a server may take without acting on them (they were 400):
+    # charset (the answer is the object or a picture, no text to put in a character set) and
+    # imageQuality (1-100, for a lossy picture made anew; the stored JPEG frame is served as it is)
+    for extra in ({"charset": "UTF-8"}, {"charset": "ISO_IR 100,UTF-8"}, {"imageQuality": "80"},
+                  {"imageQuality": "100", "contentType": "image/jpeg", "charset": "utf-8"}):
+        r = wado(photo, **extra)
+        assert r.status_code == 200 and r.content == rendered(photo), extra
+    assert wado(photo, contentType="application/dicom", charset="UTF-8").content == \
+        wado(photo, contentType="application/dicom").content
+    for bad in ("0", "101", "x", "50.5"):
+        r = wado(photo, imageQuality=bad)
+        assert r.status_code == 400 and r.json()["issue"][0]["code"] == "invalid", bad
     assert wado(photo, headers={}).status_code == 403
     assert wado(photo, headers=TRAIN).status_code in (403, 404)
     add_consent(client, ["TRAIN"])
