@@ -187,6 +187,12 @@ class PreconditionFailed(Conflict):
     """If-Match names a version that is not current (HTTP 412)."""
 
 
+class InstanceConflict(Conflict):
+    """A DICOM object sent again under a SOP Instance UID already stored, naming another patient
+    than the stored one: one instance is one patient's, and the stored record stands (HTTP 409,
+    DIMSE 0xA900: adapter.mapping.dimse_status)."""
+
+
 class Transient(AdapterError):
     """A temporary failure (storage busy, peer unavailable); the client may retry."""
 
@@ -226,6 +232,7 @@ __all__ = [
     "Forbidden",
     "Gone",
     "ImageTooLarge",
+    "InstanceConflict",
     "InsufficientStorage",
     "InvalidInput",
     "InvalidQuery",

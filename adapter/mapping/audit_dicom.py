@@ -131,6 +131,8 @@ def refusal_outcome(error: BaseException) -> str:
     Serious failure when the adapter failed (its store, a conflict it could not resolve, its
     configuration, or a bug: anything outside the error hierarchy), else ``4`` Minor failure
     (the object, or the consent rules, refused it). PS3.15 A.5.1, AuditEvent.outcome."""
+    if isinstance(error, errors.InstanceConflict):  # the object's: it names another patient than the stored one
+        return "4"
     if not isinstance(error, errors.AdapterError) or isinstance(error, _SERIOUS):
         return "8"
     return "4"

@@ -53,6 +53,7 @@ from pydicom.valuerep import DA, DT, TM
 from adapter.errors import (
     AdapterError,
     InvalidInput,
+    InvalidResource,
     NotSupported,
     RequiredElementMissing,
     UndecodableImage,
@@ -138,6 +139,8 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
             is not a positive integer (frames are split by the first whenever the object is
             released; the others become Media.height and width, positiveInt in FHIR).
         UnknownCode: the IssuerOfPatientID is missing or unknown and the table refuses it.
+        InvalidResource: the PatientID or IssuerOfPatientID has more than one value (0xA900, as
+            one with none: :func:`_single`).
     """
     for keyword, tag in (("NumberOfFrames", "(0028,0008)"), ("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")):
         value = _element_value(ds.get(keyword))
@@ -149,7 +152,8 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
     uids = {name: _uid(ds, keyword, tag) for name, keyword, tag in (
         ("sop", "SOPInstanceUID", "(0008,0018)"), ("study", "StudyInstanceUID", "(0020,000D)"),
         ("series", "SeriesInstanceUID", "(0020,000E)"))}
-    patient = dicom_tables.patient_identifiers.to_fhir(_text(ds.get("PatientID")), _text(ds.get("IssuerOfPatientID")))
+    patient = dicom_tables.patient_identifiers.to_fhir(_single(ds, "PatientID", "(0010,0020)"),
+                                                       _single(ds, "IssuerOfPatientID", "(0010,0021)"))
     modality = _code_string(ds.get("Modality"))
     kind = dicom_tables.receive.kind_of(sop_class, conversion_type=_text(ds.get("ConversionType")),
                                         modality=modality)
@@ -184,6 +188,22 @@ def _text(value: Any) -> str | None:
         raise InvalidInput("a text value holds the character U+0000 inside it, which neither DICOM text nor FHIR "
                            "strings allow: nothing was stored")
     return text or None
+
+
+def _single(ds: Dataset, keyword: str, tag: str) -> str | None:
+    """:func:`_text` of an attribute of VM 1 that says whose the object is (PatientID and
+    IssuerOfPatientID: LO, VM 1, PS3.6 Table 6-1). Two or more values (``X\\Y``, which pydicom
+    reads as a MultiValue) cannot say which patient is meant: the object is refused as one
+    without a PatientID is (Data Set does not match SOP Class, 0xA900, PS3.4 B.2.3), never
+    filed under the text of the list. The diagnostics name the tag, not the values (they are
+    the patient's identifier)."""
+    value = _element_value(ds.get(keyword))
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if len(value) > 1:
+            raise InvalidResource(f"{keyword} has {len(value)} values, where its VM is 1: the object cannot be "
+                                  "matched to one patient", expression=f"{tag} {keyword}")
+        value = value[0] if len(value) else None
+    return _text(value)
 
 
 def _shown(value: Any) -> str | None:
@@ -335,8 +355,10 @@ def extract_image(ds: Dataset) -> ExtractedImage:
         every = generate_frames(pixel_data, number_of_frames=frames)
         try:
             first = bytes(next(every))
-        except (StopIteration, ValueError) as exc:
+        except StopIteration as exc:
             raise UndecodableImage("the encapsulated pixel data holds no frame") from exc
+        except ValueError as exc:  # pydicom: fewer fragments than NumberOfFrames, and no offset table
+            raise _frames_not_held(frames, None) from exc
         image = ExtractedImage(jpeg_binary(first).join(), JPEG)
         # the other frames are not the Binary, but a release walks each of them (de-identification
         # cuts their metadata segments): one that does not walk is refused now, not at every
@@ -347,11 +369,26 @@ def extract_image(ds: Dataset) -> ExtractedImage:
                 jpeg_for_encapsulation(bytes(frame))
         except (AdapterError, ValueError) as exc:
             raise UndecodableImage(f"frame {n} is not a JPEG stream that can be read ({exc})") from exc
+        if n != frames:
+            raise _frames_not_held(frames, n)
         return image
     if syntax in _NATIVE:
-        return ExtractedImage(encode_png(_native_frame(ds)), PNG)
+        return ExtractedImage(encode_png(_native_frame(ds, frames)), PNG)
     raise UnsupportedTransferSyntax(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",
                        expression="(0002,0010) TransferSyntaxUID")
+
+
+def _frames_not_held(stated: int, held: int | None) -> UndecodableImage:
+    """The refusal of encapsulated pixel data that holds another number of frames than its
+    NumberOfFrames states. PS3.5 A.4: each frame is in its own fragment(s), never two frames in
+    one; the frames are told apart by the Basic (or Extended) Offset Table, or without one, by
+    one fragment a frame when there are as many fragments as frames, else by where each JPEG
+    stream ends (pydicom's generate_frames, as every release splits them). Kept, such an object
+    would answer WADO-RS for a frame it claims and does not hold, and its releases would split
+    its frames otherwise than it says."""
+    held_text = "fewer frames" if held is None else f"{held} frame(s)"
+    return UndecodableImage(f"the encapsulated pixel data holds {held_text}, not the {stated} its "
+                            "NumberOfFrames states (PS3.5 A.4)", expression="(0028,0008) NumberOfFrames")
 
 
 def jpeg_binary(frame: bytes) -> EncapsulatedJpeg:
@@ -366,7 +403,9 @@ def jpeg_binary(frame: bytes) -> EncapsulatedJpeg:
     return encapsulated_jpeg(frame)
 
 
-def _native_frame(ds: Dataset) -> Pixels:
+def _native_frame(ds: Dataset, frames: int = 1) -> Pixels:
+    """The first frame of native pixel data, whose length must hold the ``frames`` frames its
+    NumberOfFrames states (PS3.5 8.1.1: rows x columns x samples x bits allocated x frames)."""
     rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
     samples = _int(ds.get("SamplesPerPixel")) or 1
     bits = _int(ds.get("BitsAllocated")) or 0
@@ -384,6 +423,9 @@ def _native_frame(ds: Dataset) -> Pixels:
     raw = bytes(ds.PixelData)
     if len(raw) < size:
         raise UndecodableImage("the pixel data is shorter than Rows x Columns x Samples")
+    if len(raw) < size * frames:
+        raise UndecodableImage(f"the pixel data holds fewer frames than the {frames} its NumberOfFrames states",
+                               expression="(0028,0008) NumberOfFrames")
     frame = raw[:size]
     if samples == 3 and (_int(ds.get("PlanarConfiguration")) or 0) == 1:
         frame = _interleave(frame, rows * cols)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
+from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import Tag
 
@@ -102,8 +102,11 @@ def _resolve_ambiguous_vrs(ds: Dataset) -> None:
 
 
 def frames(ds: Dataset, wanted: Sequence[int]) -> list[bytes]:
-    """The ``wanted`` frames (1-based) of ``ds``'s Pixel Data, as stored. NotFound for a frame
-    number the object does not have (or an object without pixel data)."""
+    """The ``wanted`` frames (1-based) of ``ds``'s Pixel Data, as stored. NotFound (404, PS3.18
+    9.5: the target resource does not exist) for a frame number the object does not have: beyond
+    its NumberOfFrames, or beyond the frames its encapsulated pixel data really holds (an object
+    stored before the ingest counted them, adapter.mapping.dicom_fhir.extract_image), or any
+    frame of an object without pixel data."""
     if PIXEL_DATA not in ds:
         raise NotFound("the instance has no pixel data")
     count = number_of_frames(ds)
@@ -111,11 +114,26 @@ def frames(ds: Dataset, wanted: Sequence[int]) -> list[bytes]:
         if not 1 <= n <= count:
             raise NotFound(f"the instance has {count} frame(s), not frame {n}")
     if is_encapsulated(ds):
-        stored = [bytes(f) for f in generate_frames(ds.PixelData, number_of_frames=count)]
+        stored = _encapsulated_frames(ds.PixelData, count)
+        for n in wanted:
+            if n > len(stored):
+                raise NotFound(f"the instance's pixel data holds {len(stored)} frame(s), not frame {n}")
         return [stored[n - 1] for n in wanted]
     data = bytes(ds.PixelData)
     size = len(data) // count
     return [data[(n - 1) * size:n * size] for n in wanted]
+
+
+def _encapsulated_frames(pixel_data: bytes, count: int) -> list[bytes]:
+    """The frames of encapsulated pixel data as pydicom splits them given NumberOfFrames
+    ``count``; where it cannot (no offset table and fewer fragments than ``count``), one frame a
+    fragment (PS3.5 A.4: a fragment never holds two frames)."""
+    try:
+        return [bytes(f) for f in generate_frames(pixel_data, number_of_frames=count)]
+    except ValueError:
+        buffer = io.BytesIO(pixel_data)
+        parse_basic_offsets(buffer)  # empty: pydicom splits by a table whenever there is one
+        return [bytes(f) for f in generate_fragments(buffer)]
 
 
 def parse_frame_list(text: str) -> list[int]:

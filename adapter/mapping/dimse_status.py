@@ -12,7 +12,11 @@ Statuses (PS3.4 B.2.3 Storage Service Class; PS3.7 Annex C general statuses):
   costly to take (too many pixels, too large).
 * ``0xA900`` Error: Data Set does not match SOP Class: the dataset is not what its SOP class
   requires (a Type 1 attribute missing, a structure the IOD forbids, a SOP Class or SOP Instance
-  UID in the dataset that differs from the C-STORE request's).
+  UID in the dataset that differs from the C-STORE request's), and a SOP Instance UID already
+  stored for another patient than the data set names (:class:`adapter.errors.InstanceConflict`).
+  PS3.4 B.2.3 has no status of its own for it: A900 is the Storage Service's failure that says
+  the data set is not the one its identity (here its SOP Instance UID) stands for; 0110
+  Processing failure would say the fault is the SCP's, and Cxxx that it could not be read.
 * ``0xC000`` Error: Cannot understand: the dataset does not parse (truncated, malformed), its
   pixel data cannot be read, or a coded value has no mapping (unknown IssuerOfPatientID).
 * ``0xC122`` Referenced Transfer Syntax not supported (a Cxxx Cannot understand for C-STORE;
@@ -73,6 +77,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.UnsupportedResourceType: PROCESSING_FAILURE,  # a FHIR resource type: never raised over DIMSE
     e.Conflict: PROCESSING_FAILURE,
     e.PreconditionFailed: PROCESSING_FAILURE,
+    e.InstanceConflict: DATASET_DOES_NOT_MATCH_SOP_CLASS,
     e.Transient: OUT_OF_RESOURCES,
     e.StorageError: OUT_OF_RESOURCES,
     e.InsufficientStorage: OUT_OF_RESOURCES,

@@ -854,6 +854,9 @@ class ScopedReader:
         release = self._purpose_release()
         exact_patient = query.patient_id if query.patient_id and not any(c in query.patient_id for c in "*?") \
             else None
+        # the store's index takes an exact AccessionNumber; a pattern is matched afterwards (match_level)
+        accession = query.accession_number if query.accession_number and not any(
+            c in query.accession_number for c in "*?") else None
         # StudyDate is the stored one in the views that show dates: matched by the store's index
         # (match_level below checks it again, as every key)
         dates = (query.study_date.start, query.study_date.end) if query.study_date is not None else None
@@ -877,14 +880,14 @@ class ScopedReader:
             full = release.view is View.FULL
             batches = self._store.iter_dicom_instances(
                 study_dates=None if release.view is View.DEIDENTIFIED else dates,
-                patient_value=exact_patient if full else None, accession_number=query.accession_number,
+                patient_value=exact_patient if full else None, accession_number=accession,
                 patient_name=query.patient_name_candidates() if full else None,
                 study_description_prefix=query.study_description_candidates() if full else None)
         else:
             batches = [self._dicom_candidates(
                 release, study=query.study_uids[0] if len(query.study_uids) == 1 else None,
                 series=query.series_uids[0] if len(query.series_uids) == 1 else None, patient_id=exact_patient,
-                study_dates=dates, accession_number=query.accession_number, query=query)]
+                study_dates=dates, accession_number=accession, query=query)]
         key = _RESULT_KEYS[level]
         results: dict[Any, list[DicomEntry]] = {}  # result key -> its instances, in order
         glass = False  # break-glass released an instance (then every permitted one: it is the purpose's)

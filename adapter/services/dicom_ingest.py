@@ -4,7 +4,8 @@ does over HTTP (adapter.services.ingest).
 
 Order of work (cheap refusals first, nothing visible until the single commit):
 1. idempotency by SOP Instance UID: an object stored before is answered with its record, and
-   nothing new is written;
+   nothing new is written, unless it names another patient than the stored one
+   (:meth:`DicomIngestService._check_resend`: refused, InstanceConflict);
 2. the file is checked to be complete (every element's length within the file, every undefined
    length closed by its delimiter), which also tells where its pixel data sits;
 3. the attributes are read with pydicom (pixel data not read, or deferred): every element must
@@ -79,6 +80,7 @@ from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
 from adapter.errors import (
     AdapterError,
     Conflict,
+    InstanceConflict,
     InvalidInput,
     InvalidResource,
     StorageError,
@@ -760,14 +762,12 @@ class DicomIngestService:
             grants.extend(grants_from_consent(stored.resource))
         return grants
 
-    def _replay(self, sop_instance_uid: str, received: ReceivedStore) -> DicomIngestResult | None:
-        """The answer to an object stored before (its SOP Instance UID known): its record, nothing
-        stored again. Audited, as a photo's retry is (adapter.services.ingest): a transfer from
-        the sender, naming the record it is answered with, so a sender probing which instances
-        exist is seen in the trail."""
-        instance = self._store.find_dicom_instance(sop_instance_uid)
-        if instance is None:
-            return None
+    def _replay(self, instance: DicomInstance, received: ReceivedStore) -> DicomIngestResult:
+        """The answer to an object stored before (its SOP Instance UID known, its patient the
+        stored one's): its record, nothing stored again. Audited, as a photo's retry is
+        (adapter.services.ingest): a transfer from the sender, naming the record it is answered
+        with, so a sender probing which instances exist is seen in the trail."""
+        sop_instance_uid = instance.sop_instance_uid
         receipt = self._store.find_receipt(patient=instance.patient, stored_sha256=instance.blob_sha256) \
             if instance.blob_sha256 else None
         self._store.append_audit(self._auditor.event(
@@ -820,11 +820,47 @@ class DicomIngestService:
             log.error("could not audit the refusal of an object from %s@%s (%s)", calling_ae, peer_address,
                       type(exc).__name__)
 
+    def _check_resend(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> None:
+        """An object whose SOP Instance UID is stored already: the same object byte for byte (the
+        usual retry) is answered from its record; another encoding or content is read as far as
+        its patient (steps 2-4, the checks a new object passes), and answered from its record
+        only when it names the stored patient.
+
+        A SOP Instance UID identifies one instance of one patient (PS3.3 C.12.1.1.1): an object
+        under the stored UID naming another patient (a PatientID corrected with dcmodify) is not
+        the stored instance, and answering Success would tell the sender its correction was
+        kept while it was dropped. It is refused with InstanceConflict: 0xA900 over DIMSE (PS3.4
+        B.2.3 has no status of its own for it; A900 is the Storage Service's failure for a data
+        set that is not what its identity says, as for a SOP Instance UID differing from the
+        request's), a 409 FailedSOPSequence entry with FailureReason A900 in STOW-RS (PS3.18
+        10.5.3, a conflict the request holds). The stored record stands; correcting it is a
+        matter for the PACS administrator, not a re-send. Audited as every refusal after step
+        4 is, naming the patient and study the re-sent object names.
+
+        Raises:
+            InstanceConflict: the object names another patient than the stored instance.
+            AdapterError: the refusals a new object would meet before its patient is known.
+        """
+        if instance.blob_sha256 is not None and _file_sha256(received.path) == instance.blob_sha256:
+            return
+        layout = check_complete(received.path, received.transfer_syntax)
+        try:
+            ds = read_header(layout.head) if layout.head is not None else read_dataset(received.path)
+            check_elements(ds, received.transfer_syntax)
+            self._check_identity(ds, received)
+            obj = read_received(ds, calling_ae=received.calling_ae, dicom_tables=self._dicom_tables,
+                                tables=self._tables)
+        except _MALFORMED as exc:
+            raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
+        known.obj = obj
+        _check_same_patient(obj, instance)
+
     def _ingest(self, received: ReceivedStore, known: _Known) -> DicomIngestResult:
         self._check_request(received)
-        previous = self._replay(received.affected_sop_instance, received)
-        if previous is not None:
-            return previous
+        stored = self._store.find_dicom_instance(received.affected_sop_instance)
+        if stored is not None:
+            self._check_resend(received, stored, known)
+            return self._replay(stored, received)
         layout = check_complete(received.path, received.transfer_syntax)
         work = _Work(self._blobs)
         try:
@@ -848,6 +884,10 @@ class DicomIngestService:
                 head = self._read_head(read_dataset(received.path), received, known)
             try:
                 if fast and "EncapsulatedDocument" in head.ds:  # not an image after all: the general way
+                    fast = False
+                if fast and head.obj.number_of_frames != 1:
+                    # one fragment holds one frame (PS3.5 A.4): extract_image refuses the object
+                    # whose NumberOfFrames states more
                     fast = False
                 if not fast:
                     ds = head.ds if "PixelData" in head.ds or layout.pixel_data is None else read_dataset(received.path)
@@ -937,11 +977,13 @@ class DicomIngestService:
         try:
             self._store.save_ingest(unit)
         except Conflict:
-            # the same object over another association won the race: answer with its record
-            previous = self._replay(obj.sop_instance_uid, received)
-            if previous is None:
+            # the same object over another association won the race: answer with its record,
+            # when it is of the same patient (_check_resend)
+            stored = self._store.find_dicom_instance(obj.sop_instance_uid)
+            if stored is None:
                 raise
-            return previous
+            _check_same_patient(obj, stored)
+            return self._replay(stored, received)
         return DicomIngestResult(receipt=unit.receipt, replayed=False)
 
     def _unit(self, received: ReceivedStore, obj: ReceivedObject, image: ExtractedImage, image_sha256: str,
@@ -993,6 +1035,14 @@ class DicomIngestService:
         return IngestUnit(resources=resources, receipt=receipt, idempotency_key=None, patient=patient,
                           stored_sha256=original_sha256, audit_events=[audit], dicom_instance=instance,
                           released_uids=self._released_uids.rows(instance))
+
+
+def _check_same_patient(obj: ReceivedObject, instance: DicomInstance) -> None:
+    """Refuse an object naming another patient than the instance stored under its SOP Instance
+    UID (:meth:`DicomIngestService._check_resend`). The diagnostics name neither patient."""
+    if obj.patient != instance.patient:
+        raise InstanceConflict("the SOP Instance UID is stored already for another patient than the object names: "
+                               "the stored instance is kept", expression="(0008,0018) SOPInstanceUID")
 
 
 def _sender_context(calling_ae: str, peer_address: str) -> RequestContext:

@@ -407,13 +407,16 @@ class TimeRange:
 @dataclass(frozen=True)
 class DicomQuery:
     """QIDO-RS match keys, in the released space of the reader's view (module docstring).
-    UIDs: list matching (any of); PatientID: single value, ``*``/``?`` wildcards; PatientName:
-    the same, insensitive to case and to empty trailing name components (:func:`_person_name_matches`);
-    ReferringPhysicianName: as PatientName; StudyDescription: single value with wildcards (a
-    viewer's study list filter); StudyID: exact, as AccessionNumber; SeriesNumber and
-    InstanceNumber: one integer; PerformedProcedureStepStartDate: a date or range, as StudyDate;
-    StudyTime and PerformedProcedureStepStartTime: a time or range (:class:`TimeRange`), on what the
-    view shows (TRAIN's copies have no dates or times); the rest exact."""
+    UIDs: list matching (any of); the string keys (PS3.4 C.2.2.2.4: every VR but UI, dates,
+    times and numbers) take ``*``/``?`` wildcards, each ``*`` matching any run of characters,
+    the empty one too: PatientID, IssuerOfPatientID (LO), AccessionNumber, StudyID (SH),
+    StudyDescription (LO), Modality / ModalitiesInStudy (CS, a list: any of), and PatientName
+    and ReferringPhysicianName (PN, insensitive to case and to empty trailing name components:
+    :func:`_person_name_matches`); SeriesNumber and InstanceNumber: one integer;
+    PerformedProcedureStepStartDate: a date or range, as StudyDate; StudyTime and
+    PerformedProcedureStepStartTime: a time or range (:class:`TimeRange`), on what the view shows
+    (TRAIN's copies have no dates or times). A key whose value is only ``*`` is universal
+    matching and is never one of these (the QIDO-RS edge drops it: :func:`is_universal`)."""
 
     study_uids: tuple[str, ...] = ()
     series_uids: tuple[str, ...] = ()
@@ -425,7 +428,7 @@ class DicomQuery:
     modalities: tuple[str, ...] = ()       # Modality (series, instance) or ModalitiesInStudy (study): any of
                                            # them (a value list, as UIDs: a viewer's modality filter)
     study_date: DateRange | None = None
-    accession_number: str | None = None    # exact (a RIS's key); only care's view shows one
+    accession_number: str | None = None    # wildcards (a RIS's key); only care's view shows one
     study_description: str | None = None   # wildcards; only care's view shows one
     series_number: int | None = None
     instance_number: int | None = None
@@ -433,7 +436,7 @@ class DicomQuery:
     performed_procedure_step_start_time: TimeRange | None = None
     study_time: TimeRange | None = None    # what the view shows: TRAIN's copies have none
     referring_physician_name: str | None = None  # as PatientName; only care's view shows one
-    study_id: str | None = None            # exact; only care's view shows one
+    study_id: str | None = None            # wildcards; only care's view shows one
 
     def matches(self, entry: DicomEntry) -> bool:
         """Every key but Modality, which :func:`match_level` applies per level."""
@@ -447,11 +450,12 @@ class DicomQuery:
             return False
         if self.patient_id is not None and not _wildcard(self.patient_id, entry.patient_id):
             return False
-        if self.issuer_of_patient_id is not None and entry.issuer_of_patient_id != self.issuer_of_patient_id:
+        if self.issuer_of_patient_id is not None and \
+                not _wildcard(self.issuer_of_patient_id, entry.issuer_of_patient_id):
             return False
         if self.patient_name is not None and not _person_name_matches(self.patient_name, entry.patient_name):
             return False
-        if self.accession_number is not None and entry.accession_number != self.accession_number:
+        if self.accession_number is not None and not _wildcard(self.accession_number, entry.accession_number):
             return False
         if self.study_description is not None and not _wildcard(self.study_description, entry.study_description):
             return False
@@ -459,7 +463,7 @@ class DicomQuery:
         if self.referring_physician_name is not None and \
                 not _person_name_matches(self.referring_physician_name, shown.referring_physician_name):
             return False
-        if self.study_id is not None and shown.study_id != self.study_id:
+        if self.study_id is not None and not _wildcard(self.study_id, shown.study_id):
             return False
         if self.series_number is not None and shown.series_number != self.series_number:
             return False
@@ -505,9 +509,10 @@ def _person_name_matches(pattern: str, value: str | None) -> bool:
     """PatientName (and ReferringPhysicianName) matching (PS3.4 C.2.2.2.1 allows PN literal matching insensitive to case;
     C.2.2.2.4 wildcards) on both in the form :func:`adapter.model.dicom.person_name_key` gives,
     the one the store indexes: a pattern of one component group is matched against each group
-    of the value (alphabetic, ideographic, phonetic), one naming several groups against the whole."""
+    of the value (alphabetic, ideographic, phonetic), one naming several groups against the whole.
+    An empty (or absent) name is matched as the empty string: only by a pattern of ``*`` alone."""
     if not value:
-        return False
+        return _wildcard(pattern, value)
     wanted, name = person_name_key(pattern), person_name_key(value)
     if "=" in wanted:
         return _wildcard(wanted, name)
@@ -517,9 +522,10 @@ def _person_name_matches(pattern: str, value: str | None) -> bool:
 def _wildcard(pattern: str, value: str | None) -> bool:
     """PS3.4 C.2.2.2.4 wildcard matching: ``*`` any run of characters, ``?`` any one. A walk
     that goes back only to the last ``*`` (at most pattern × value steps): a regular expression
-    with one ``.*`` per ``*`` backtracked exponentially, and 24 of them held the server 20 s."""
-    if not value:
-        return False
+    with one ``.*`` per ``*`` backtracked exponentially, and 24 of them held the server 20 s.
+    ``*`` matches the empty run too, so an empty (or absent) value is matched by a pattern of
+    ``*`` alone, as universal matching matches every value (PS3.4 C.2.2.2.4)."""
+    value = value or ""
     p = v = 0
     star, resume = -1, 0  # the last * seen, and where in the value its run now ends
     while v < len(value):
@@ -567,17 +573,29 @@ def instance_shown(entry: DicomEntry) -> dict[str, Any]:
             "BitsAllocated": shown.bits_allocated, "NumberOfFrames": shown.number_of_frames}
 
 
+def is_universal(value: str) -> bool:
+    """Is a match key's value universal matching (PS3.4 C.2.2.2.3 and C.2.2.2.4)? Empty, or only
+    ``*``, which matches any run of characters, the empty one too: every entity matches, those
+    without a value included. Taken so for every key, a date's or UID's too."""
+    return all(c == "*" for c in value.strip())
+
+
 def match_level(level: str, query: DicomQuery, entries: Iterable[DicomEntry]) -> list[DicomEntry]:
     """The entries (instances) that make up the matching studies, series or instances: at study
     level every instance of a matching study (so the counts cover the study); Modality at study
-    level is ModalitiesInStudy (a study with any instance of one of the modalities matches)."""
+    level is ModalitiesInStudy (a study with any instance of one of the modalities matches). Each
+    modality of the list may hold wildcards (CS, PS3.4 C.2.2.2.4)."""
     candidates = [e for e in entries if query.matches(e)]
     if not query.modalities:
         return candidates
+
+    def of_modality(entry: DicomEntry) -> bool:
+        return any(_wildcard(m, entry.modality) for m in query.modalities)
+
     if level == STUDY:
-        studies = {e.study_instance_uid for e in candidates if e.modality in query.modalities}
+        studies = {e.study_instance_uid for e in candidates if of_modality(e)}
         return [e for e in candidates if e.study_instance_uid in studies]
-    return [e for e in candidates if e.modality in query.modalities]
+    return [e for e in candidates if of_modality(e)]
 
 
 # --------------------------------------------------------------------------- STOW-RS
@@ -683,6 +701,7 @@ __all__ = [
     "first_shown",
     "instance_shown",
     "integer_key",
+    "is_universal",
     "literal_prefix",
     "match_level",
     "object_attributes",

@@ -37,7 +37,7 @@ from adapter.errors import AdapterError, BusinessRuleViolation, Conflict, Invali
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
-from adapter.mapping.dicom_photo import photo_without_pixels, study_date
+from adapter.mapping.dicom_photo import encounter_key, photo_without_pixels, study_date
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, photo_uids
@@ -321,9 +321,11 @@ class IngestService:
         record_ref = f"{record_type}/{record_id}"
         patient = meta.patient.identifier
         # The photo's DICOM identity is fixed now, so the record names it and every regeneration
-        # of the object (forwarding, WADO-RS) carries the same UIDs.
+        # of the object (forwarding, WADO-RS) carries the same UIDs. The encounter is the record's
+        # (encounter_key: its literal reference, else system|value of its identifier), so photos
+        # of one encounter share a study however the encounter is referenced.
         uids = photo_uids(self._uid_root, self._uid_key, record_id=record_id,
-                          encounter=meta.encounter.reference if meta.encounter else None, patient=patient)
+                          encounter=encounter_key(built.record), patient=patient)
         built.record.setdefault("identifier", []).append(
             {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{uids.sop_instance}"})
         iod = self._dicom_tables.kinds[meta.kind]

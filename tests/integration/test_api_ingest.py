@@ -557,6 +557,22 @@ def test_photo_record_names_its_stable_dicom_uids(tmp_path: Path) -> None:
         assert receipt["dicom"]["forwardTo"] == []
 
 
+def test_photos_of_an_encounter_named_by_its_identifier_share_one_study(tmp_path: Path) -> None:
+    """An encounter referenced by its identifier (system|value), as by a literal reference, makes
+    one DICOM study of the patient's photos of it (the README: the study of an encounter is a hash
+    of patient and encounter); another encounter another study. Before, only a literal reference
+    was passed on, and each such photo was its own study."""
+    visit = {"identifier": {"system": "urn:oid:2.999.5", "value": "V-1"}}
+    with adapter_client(tmp_path) as (client, _):
+        first = post_photo(client, WOUND, metadata(encounter=visit)).json()
+        second = post_photo(client, SAMPLES / "lesion.png", metadata(encounter=visit), content_type="image/png").json()
+        other = post_photo(client, SAMPLES / "tiny.jpg",  # another photo: the same one again is a retry
+                           metadata(encounter={"identifier": {"system": "urn:oid:2.999.5", "value": "V-2"}})).json()
+    assert first["dicom"]["studyInstanceUid"] == second["dicom"]["studyInstanceUid"]
+    assert first["dicom"]["sopInstanceUid"] != second["dicom"]["sopInstanceUid"]
+    assert other["dicom"]["studyInstanceUid"] != first["dicom"]["studyInstanceUid"]
+
+
 @pytest.mark.parametrize("body", [
     "[" * 100_000 + "]" * 100_000,  # Python's parser: RecursionError
     '{"resourceType": "Consent", "x": ' + "[" * 500 + "]" * 500 + "}",  # parses; deeper than any resource

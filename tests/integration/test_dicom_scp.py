@@ -285,6 +285,21 @@ def test_a_multiframe_object_with_a_frame_that_does_not_walk_is_refused(scp: Sto
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
+@pytest.mark.parametrize(("frames", "has_bot"), [(2, True), (1, False)])
+def test_a_multiframe_object_stating_more_frames_than_it_holds_is_refused(
+        scp: StoreSCP, services: Services, tmp_path: Path, frames: int, has_bot: bool) -> None:
+    """NumberOfFrames 3 over 2 frames (a Basic Offset Table of 2), or over one fragment, which
+    holds one frame (PS3.5 A.4; the object took the fast path that never looked at the count):
+    0xC000, audited, nothing stored. Before, it was stored and WADO-RS answered 500 for frame 3."""
+    path = tmp_path / "mf-short.dcm"
+    sent = multiframe_file(path, frames, number_of_frames=3, has_bot=has_bot)
+    assert pynet_store(scp.port, path).Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    [refusal] = audited(services)
+    assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
+    assert "NumberOfFrames" in refusal["outcomeDesc"]
+
+
 def test_a_pdf_is_released_as_stored_for_a_consented_purpose(client: FhirClient, services: Services,
                                                              tmp_path: Path) -> None:
     """The de-identified view strips image bytes to their pixels; a PDF cannot be, and is
@@ -756,6 +771,10 @@ def _related(part: bytes, boundary: str = "b0undary") -> bytes:
 
 @pytest.mark.parametrize(("change", "status"), [
     ({"PatientID": None}, DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    # PatientID and IssuerOfPatientID are LO of VM 1 (PS3.6): two values cannot tell whose the object is
+    # (it was filed under the Python text "['MRN-0001', 'MRN-0002']")
+    ({"PatientID": "MRN-0001\\MRN-0002"}, DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    ({"IssuerOfPatientID": "HOSP\\ELSEWHERE"}, DATASET_DOES_NOT_MATCH_SOP_CLASS),
     ({"IssuerOfPatientID": "ELSEWHERE"}, CANNOT_UNDERSTAND),
     ({"StudyInstanceUID": None}, DATASET_DOES_NOT_MATCH_SOP_CLASS),
     # frames are split by it whenever the object is released (found by fuzzing: de-identification failed)
@@ -1141,6 +1160,40 @@ def test_a_replay_is_not_a_refusal_and_is_audited(scp: StoreSCP, services: Servi
     assert replayed["type"]["code"] == "110104" and replayed["action"] == "C"
     record = [e["what"]["reference"] for e in stored["entity"] if "reference" in e.get("what", {})]
     assert record and record[0] in [e["what"].get("reference") for e in replayed["entity"] if "what" in e]
+
+
+def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path) -> None:
+    """The same SOP Instance UID again with another PatientID (a correction made with dcmodify)
+    was answered Success and the correction silently dropped. The instance stands for one
+    patient: the re-send is refused (0xA900: the data set is not the one the SOP Instance UID
+    names), audited naming the SOP Instance, nothing changes. The same object again, or with
+    the same patient and another byte (an attribute the sender filled in), stays Success
+    ("already stored", idempotent), as before."""
+    path = tmp_path / "first.dcm"
+    sent = sc_file(path)
+    assert pynet_store(scp.port, path).Status == SUCCESS
+    before = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    assert before is not None
+    same = {"SOPInstanceUID": sent.SOPInstanceUID, "StudyInstanceUID": sent.StudyInstanceUID,
+            "SeriesInstanceUID": sent.SeriesInstanceUID}
+    other = tmp_path / "other.dcm"
+    sc_file(other, PatientID="MRN-0002", **same)
+    answer = pynet_store(scp.port, other)
+    assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
+    assert "MRN" not in answer.get("ErrorComment", "")
+    refusal = audited(services)[-1]
+    assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
+    assert "another patient" in refusal["outcomeDesc"] and "MRN-0002" not in refusal["outcomeDesc"]
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+    [media] = find(client, "Media", sent.SOPInstanceUID)
+    assert media["subject"]["identifier"] == PATIENT
+    assert pynet_store(scp.port, path).Status == SUCCESS  # the same object: Success, as before
+    filled_in = tmp_path / "filled-in.dcm"
+    sc_file(filled_in, InstitutionName="Example Hospital Dermatology", **same)
+    assert pynet_store(scp.port, filled_in).Status == SUCCESS
+    assert audited(services)[-1]["outcomeDesc"].startswith("already stored")
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
 
 
 def test_a_refusal_whose_audit_cannot_be_written_is_still_refused_and_the_scp_serves_on(

@@ -6,6 +6,7 @@ every object WADO returns checked with dciodvfy (0 errors)."""
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import re
@@ -253,6 +254,27 @@ def test_stow_stores_through_the_scp_path_and_answers_referenced_sops(adapter: t
     assert list((services.settings.data_dir / "staging").iterdir()) == []
 
 
+def test_stow_of_a_stored_instance_for_another_patient_is_a_conflict(adapter: tuple[FhirClient, Services]) -> None:
+    """A SOP Instance UID stored for one patient, sent again for another: 409 with the instance in
+    FailedSOPSequence, FailureReason 0xA900 (PS3.18 10.5.3: a conflict the request holds), audited,
+    the stored record unchanged; the same object again is still stored (200, idempotent)."""
+    client, services = adapter
+    first = received()
+    assert stow(client, first).status_code == 200
+    moved = copy.deepcopy(first)
+    moved.PatientID = "MRN-0002"
+    r = stow(client, moved)
+    assert r.status_code == 409, r.text
+    [failed] = r.json()["00081198"]["Value"]
+    assert (value(failed, "00081155"), value(failed, "00081197")) == (first.SOPInstanceUID,
+                                                                      DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    [media] = find(client, "Media", first.SOPInstanceUID)
+    assert media["subject"]["identifier"] == PATIENT
+    refusal = dicom_events(services.store.list_audit(100), INSTANCES_TRANSFERRED)[0]
+    assert refusal["outcome"] == "4" and sop_instance_uids(refusal) == [first.SOPInstanceUID]
+    assert stow(client, first).status_code == 200
+
+
 def test_stow_failures_are_listed_and_nothing_is_stored(adapter: tuple[FhirClient, Services]) -> None:
     client, services = adapter
     good = received()
@@ -365,6 +387,29 @@ def test_a_received_object_with_nul_inside_a_text_value_is_refused_not_mapped_in
     [media] = find(client, "Media", padded.SOPInstanceUID)
     provenance = client.get("/fhir/Provenance", params={"target": f"Media/{media['id']}"}, headers=TREAT).json()
     assert "\\u0000" not in json.dumps(provenance) and "General" in json.dumps(provenance)
+
+
+def test_stow_of_an_object_with_several_patient_ids_or_issuers_is_refused_and_audited(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """PatientID and IssuerOfPatientID are LO of VM 1 (PS3.6): an object with two cannot tell whose
+    it is, and is refused as one with none is (0xA900), audited naming no patient, nothing stored.
+    Before, it was filed under the Python text "['MRN-0001', 'MRN-0002']"."""
+    client, services = adapter
+    two_ids = received(record_id="rec-two-ids", PatientID=f"{PATIENT['value']}\\MRN-0002")
+    two_issuers = received(record_id="rec-two-issuers", IssuerOfPatientID="HOSP\\OTHER")
+    r = stow(client, two_ids, two_issuers)
+    assert r.status_code == 409, r.text
+    failed = [(value(i, "00081155"), value(i, "00081197")) for i in r.json()["00081198"]["Value"]]
+    assert failed == [(two_ids.SOPInstanceUID, DATASET_DOES_NOT_MATCH_SOP_CLASS),
+                      (two_issuers.SOPInstanceUID, DATASET_DOES_NOT_MATCH_SOP_CLASS)]
+    assert services.store.search_dicom_instances() == []
+    assert find(client, "Media", two_ids.SOPInstanceUID) == [] and find(client, "Media", two_issuers.SOPInstanceUID) == []
+    refusals = dicom_events(services.store.list_audit(100)[::-1], INSTANCES_TRANSFERRED)
+    record_emitted(refusals)
+    assert [e["outcome"] for e in refusals] == ["4", "4"]
+    assert [sop_instance_uids(e) for e in refusals] == [[two_ids.SOPInstanceUID], [two_issuers.SOPInstanceUID]]
+    for refusal in refusals:
+        assert patients(refusal) == [] and "MRN-0002" not in json.dumps(refusal) and "OTHER" not in json.dumps(refusal)
 
 
 def test_stow_refuses_a_body_cut_before_its_closing_boundary(adapter: tuple[FhirClient, Services]) -> None:
@@ -883,6 +928,61 @@ def test_wado_metadata_frames_and_bulk_data_follow_the_decision(adapter: tuple[F
     assert client.get(f"{train_base}/metadata", headers={**TRAIN, "Accept": "application/dicom"}).status_code == 406
 
 
+@pytest.mark.parametrize(("frames", "stated", "has_bot", "per_frame"), [
+    (2, 3, True, 1),    # the reviewer's: a Basic Offset Table of 2 frames, NumberOfFrames 3
+    (2, 3, False, 1),   # no table, fewer fragments than frames
+    (1, 3, False, 1),   # one fragment: one frame (PS3.5 A.4), whatever NumberOfFrames says
+    (2, 3, True, 2),    # frames of 2 fragments each: the table tells 2 frames in 4 fragments
+    (4, 3, True, 1),    # more frames than stated
+])
+def test_stow_of_an_object_holding_other_frames_than_it_states_is_refused(
+        adapter: tuple[FhirClient, Services], tmp_path: Path, frames: int, stated: int, has_bot: bool,
+        per_frame: int) -> None:
+    """PS3.5 A.4: each frame of encapsulated pixel data is in its own fragment(s), and
+    NumberOfFrames (0028,0008) counts them. An object whose pixel data holds another number of
+    frames was stored, and WADO-RS answered 500 for a frame it claimed; now it is refused
+    (0xC000, audited, nothing stored)."""
+    client, services = adapter
+    path = tmp_path / "mf.dcm"
+    sent = multiframe_file(path, frames, number_of_frames=stated, has_bot=has_bot, fragments_per_frame=per_frame)
+    r = stow(client, path.read_bytes())
+    assert r.status_code == 409, r.text
+    [failed] = r.json()["00081198"]["Value"]
+    assert (value(failed, "00081155"), value(failed, "00081197")) == (sent.SOPInstanceUID, CANNOT_UNDERSTAND)
+    assert services.store.search_dicom_instances() == []
+    [refusal] = dicom_events(services.store.list_audit(100), INSTANCES_TRANSFERRED)
+    assert refusal["outcome"] == "4" and "frame" in refusal["outcomeDesc"]
+    # as it states, with its frames in several fragments, and with no table, it is stored
+    good = tmp_path / "good.dcm"
+    kept = multiframe_file(good, 2, has_bot=has_bot, fragments_per_frame=per_frame)
+    assert stow(client, good.read_bytes()).status_code == 200
+    base = f"/dicomweb/studies/{kept.StudyInstanceUID}/series/{kept.SeriesInstanceUID}/instances/{kept.SOPInstanceUID}"
+    assert len(multipart_parts(client.get(f"{base}/frames/1,2", headers=TREAT))) == 2
+    assert client.get(f"{base}/frames/3", headers=TREAT).status_code == 404
+
+
+def test_a_frame_a_stored_object_does_not_hold_is_not_found(adapter: tuple[FhirClient, Services],
+                                                           tmp_path: Path) -> None:
+    """Defence behind the ingest's frame count: an object stored before it, whose NumberOfFrames
+    (3) says more than its pixel data holds (2), answers 404 for frame 3 (PS3.18: a frame the
+    instance does not have), not 500; its frames 1 and 2 are served."""
+    client, services = adapter
+    path = tmp_path / "mf.dcm"
+    sent = multiframe_file(path, 2)
+    assert stow(client, path.read_bytes()).status_code == 200
+    instance = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    assert instance is not None and instance.blob_sha256 is not None
+    blob = services.blobs.path(instance.blob_sha256)
+    data = blob.read_bytes()
+    at = data.index(b"\x28\x00\x08\x00IS\x02\x002 ", 132)  # NumberOfFrames "2 "
+    blob.chmod(0o644)
+    blob.write_bytes(data[:at + 8] + b"3 " + data[at + 10:])
+    base = f"/dicomweb/studies/{sent.StudyInstanceUID}/series/{sent.SeriesInstanceUID}/instances/{sent.SOPInstanceUID}"
+    assert client.get(f"{base}/frames/3", headers=TREAT).status_code == 404
+    assert client.get(f"{base}/frames/2,3", headers=TREAT).status_code == 404
+    assert len(multipart_parts(client.get(f"{base}/frames/2,1", headers=TREAT))) == 2
+
+
 def test_native_frames_are_served_as_octet_stream(adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
     """A native (uncompressed) frame is its pixel bytes, application/octet-stream by default;
     image/jpeg cannot be made from it without transcoding (406)."""
@@ -1090,6 +1190,18 @@ def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: 
         r = wado(photo, **extra)
         assert r.status_code == 400 and r.json()["issue"][0]["code"] == "not-supported", extra
     assert wado(photo, rows="0").status_code == 400
+    # optional parameters of PS3.18 9.1.2 a server may take without acting on them (they were 400):
+    # charset (the answer is the object or a picture, no text to put in a character set) and
+    # imageQuality (1-100, for a lossy picture made anew; the stored JPEG frame is served as it is)
+    for extra in ({"charset": "UTF-8"}, {"charset": "ISO_IR 100,UTF-8"}, {"imageQuality": "80"},
+                  {"imageQuality": "100", "contentType": "image/jpeg", "charset": "utf-8"}):
+        r = wado(photo, **extra)
+        assert r.status_code == 200 and r.content == rendered(photo), extra
+    assert wado(photo, contentType="application/dicom", charset="UTF-8").content == \
+        wado(photo, contentType="application/dicom").content
+    for bad in ("0", "101", "x", "50.5"):
+        r = wado(photo, imageQuality=bad)
+        assert r.status_code == 400 and r.json()["issue"][0]["code"] == "invalid", bad
     assert wado(photo, headers={}).status_code == 403
     assert wado(photo, headers=TRAIN).status_code in (403, 404)
     add_consent(client, ["TRAIN"])
@@ -1237,7 +1349,9 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
         assert PATIENT_NAME not in json.dumps(study) and "ACC-77" not in json.dumps(study)
     assert qido(client, "studies", TRAIN, AccessionNumber="ACC-77") == []
     assert qido(client, "studies", HRESCH, AccessionNumber="ACC-77") == []
-    assert qido(client, "studies", HRESCH, StudyDescription="*") == qido(client, "studies", TRAIN, StudyDescription="*") == []
+    # a lone * is universal matching (PS3.4 C.2.2.2.4): what the view shows, emptied values included
+    assert qido(client, "studies", HRESCH, StudyDescription="*") == qido(client, "studies", HRESCH) != []
+    assert qido(client, "studies", TRAIN, StudyDescription="*") == qido(client, "studies", TRAIN) != []
     pseudonymised = [s for s in qido(client, "studies", HRESCH) if "00080030" in s]
     [hresch] = pseudonymised
     assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]
@@ -1273,7 +1387,8 @@ def test_qido_matches_patient_name_as_a_viewer_searches_it_in_the_view_the_purpo
     assert [value(i, "00080018") for i in qido(client, "instances", **{"00100010": "roe*"})] == [theirs.SOPInstanceUID]
     assert qido(client, "series", PatientName="doe*", PatientID="MRN-0002") == []
     add_consent(client, ["TRAIN", "HRESCH"])  # for MRN-0001 only
-    assert qido(client, "studies", TRAIN, PatientName="*") == []
+    assert qido(client, "studies", TRAIN, PatientName="*") == qido(client, "studies", TRAIN) != []  # universal
+    assert qido(client, "studies", TRAIN, PatientName="?*") == []  # at least one character: TRAIN shows none
     assert qido(client, "studies", TRAIN, PatientName="Doe*") == []
     assert qido(client, "studies", HRESCH, PatientName="Doe*") == []  # the name is not shown: no match
     [pseudonymised] = qido(client, "studies", HRESCH)
@@ -2121,7 +2236,44 @@ def test_qido_matches_referring_physician_name_and_study_id(adapter: tuple[FhirC
     add_consent(client, ["TRAIN", "HRESCH"])
     for headers in (TRAIN, HRESCH):
         assert len(studies(headers)) == 2
-        assert studies(headers, ReferringPhysicianName="*") == [] and studies(headers, StudyID="S-42") == []
+        # a lone * is universal matching (PS3.4 C.2.2.2.4): every study, the emptied value too
+        assert len(studies(headers, ReferringPhysicianName="*")) == 2 and studies(headers, StudyID="S-42") == []
+
+
+def test_qido_star_is_universal_matching_and_wildcards_work_on_every_string_key(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """PS3.4 C.2.2.2.4: ``*`` matches any run of characters, the empty one too, and a value of
+    only ``*`` is universal matching, which matches every entity, those with an empty (or no)
+    value included; wildcards apply to the string VRs other than UI and dates (here LO, SH, PN, CS).
+    Before, PatientName=* left out the posted photo (its object's PatientName is empty),
+    StudyDescription, ReferringPhysicianName, AccessionNumber and StudyID =* found nothing, and
+    AccessionNumber, StudyID, IssuerOfPatientID and Modality took no wildcards."""
+    client, _ = adapter
+    assert post_photo(client, WOUND, metadata()).status_code == 201  # every text of its study empty
+    pacs = received(record_id="rec-pacs", AccessionNumber="ACC-17", StudyDescription="Wound check",
+                    **REFERRED)
+    assert stow(client, pacs).status_code == 200
+    everything = sorted(studies_of(client))
+    assert len(everything) == 2
+    for keyword in ("PatientName", "PatientID", "IssuerOfPatientID", "StudyDescription", "ReferringPhysicianName",
+                    "AccessionNumber", "StudyID", "ModalitiesInStudy", "StudyDate", "StudyTime", "StudyInstanceUID"):
+        assert sorted(studies_of(client, **{keyword: "*"})) == everything, keyword
+    for level in ("series", "instances"):
+        assert len(qido(client, level, Modality="*", AccessionNumber="*", StudyID="*")) == 2
+    pacs_study = [pacs.StudyInstanceUID]
+    assert studies_of(client, AccessionNumber="ACC-*") == pacs_study
+    assert studies_of(client, AccessionNumber="ACC-1?") == pacs_study and studies_of(client, AccessionNumber="ACC") == []
+    assert studies_of(client, StudyID="S-*") == pacs_study and studies_of(client, StudyID="*4?") == pacs_study
+    assert sorted(studies_of(client, IssuerOfPatientID="HO*")) == everything
+    assert studies_of(client, IssuerOfPatientID="H?SP") != [] and studies_of(client, IssuerOfPatientID="X*") == []
+    assert studies_of(client, StudyDescription="Wound*") == pacs_study
+    assert studies_of(client, ReferringPhysicianName="welby*") == pacs_study
+    modality = pacs.Modality
+    assert studies_of(client, ModalitiesInStudy=modality[0] + "*") != []
+    assert pacs.SOPInstanceUID in [value(i, "00080018")
+                                   for i in qido(client, "instances", Modality=modality[0] + "*")]
+    assert qido(client, "series", Modality="Z*") == []
+    assert studies_of(client, AccessionNumber="?*") == pacs_study  # one character at least: not the empty one
 
 
 def test_qido_study_attributes_of_a_store_of_schema_13_are_read_from_its_objects_at_start(tmp_path: Path) -> None:

@@ -59,11 +59,16 @@ def vl_photo_file(path: Path, **attrs: Any) -> Dataset:
     return sc_file(path, SOPClassUID=VL_PHOTO, Modality="XC", ConversionType=None, **attrs)
 
 
-def multiframe_file(path: Path, frames: int = 3) -> Dataset:
+def multiframe_file(path: Path, frames: int = 3, *, number_of_frames: int | None = None, has_bot: bool = True,
+                    fragments_per_frame: int = 1) -> Dataset:
+    """A multi-frame true colour SC of ``frames`` JPEG frames, each in ``fragments_per_frame``
+    fragments, with a Basic Offset Table unless not ``has_bot``; its NumberOfFrames says
+    ``number_of_frames`` (by default, truly ``frames``)."""
     ds = sc_file(path, SOPClassUID=MF_SC)
-    ds.PixelData = encapsulate([jpeg(shade=20 * n) for n in range(frames)])
+    ds.PixelData = encapsulate([jpeg(shade=20 * n) for n in range(frames)], has_bot=has_bot,
+                               fragments_per_frame=fragments_per_frame)
     ds["PixelData"].VR = "OB"
-    return _finish(ds, path, NumberOfFrames=frames)
+    return _finish(ds, path, NumberOfFrames=number_of_frames or frames)
 
 
 def native_sc_file(path: Path, pixels: bytes, rows: int, columns: int) -> Dataset:

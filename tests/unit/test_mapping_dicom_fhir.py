@@ -21,7 +21,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from adapter.errors import InvalidInput, NotSupported, RequiredElementMissing, UndecodableImage, UnknownCode
+from adapter.errors import (
+    InvalidInput,
+    InvalidResource,
+    NotSupported,
+    RequiredElementMissing,
+    UndecodableImage,
+    UnknownCode,
+)
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
@@ -260,6 +267,18 @@ def test_multi_frame_true_colour_sc_gives_frame_one() -> None:
     assert any("Frame 1 of 2" in n["text"] for n in resources.record["note"])
 
 
+def test_pixel_data_holding_fewer_frames_than_stated_is_refused() -> None:
+    """PS3.5 8.1.1 and A.4: native pixel data is NumberOfFrames frames long, and encapsulated
+    pixel data holds NumberOfFrames frames; an object that states more is not read as it says."""
+    rows, cols = 4, 5
+    one = bytes(range(rows * cols * 3))
+    ds = base(MF_TRUE_COLOR_SC)
+    ds.ConversionType = "WSD"
+    ds = native(ds, rows=rows, cols=cols, samples=3, bits=8, photometric="RGB", data=one + one, frames=3)
+    with pytest.raises(UndecodableImage, match="fewer frames than the 3"):
+        extract_image(ds)
+
+
 def test_planar_rgb_is_interleaved() -> None:
     rows, cols = 3, 4
     pixels = np.arange(rows * cols * 3, dtype=np.uint8).reshape(rows, cols, 3)
@@ -309,6 +328,14 @@ def test_refusals() -> None:
     del no_patient.PatientID
     with pytest.raises(RequiredElementMissing):
         read(no_patient)
+    for keyword, values in (("PatientID", "MRN-0001\\MRN-0002"), ("IssuerOfPatientID", "HOSP\\OTHER")):
+        several = copy.deepcopy(ds)
+        setattr(several, keyword, values)  # LO of VM 1 (PS3.6): whose of the two the object is, is not known
+        several = reread(several)
+        assert several[keyword].VM == 2
+        with pytest.raises(InvalidResource, match=f"{keyword} has 2 values") as refused:
+            read(several)
+        assert "MRN" not in refused.value.diagnostics and "OTHER" not in refused.value.diagnostics
     bad_uid = copy.deepcopy(ds)
     with pytest.warns(UserWarning, match="Invalid value for VR UI"):
         bad_uid.SeriesInstanceUID = "1.02.3"  # a peer's bad UID (pydicom warns, reading does not)

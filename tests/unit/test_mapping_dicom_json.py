@@ -63,6 +63,18 @@ def test_frames_as_stored() -> None:
         frames(dataset(), [1])
 
 
+def test_a_frame_the_pixel_data_does_not_hold_is_not_found() -> None:
+    """NumberOfFrames 3 over pixel data of 2 frames (an object stored before the ingest counted
+    them): frame 3 is NotFound (404), not an IndexError (500); with no offset table and fewer
+    fragments than frames (pydicom's ValueError), one frame a fragment."""
+    jpegs = [b"\xff\xd8one\xff\xd9", b"\xff\xd8two\xff\xd9"]
+    for has_bot in (True, False):
+        claimed = dataset(JPEGBaseline8Bit, NumberOfFrames=3, PixelData=encapsulate(jpegs, has_bot=has_bot))
+        assert [f.rstrip(b"\0") for f in frames(claimed, [2, 1])] == jpegs[::-1]
+        with pytest.raises(NotFound, match="holds 2 frame"):
+            frames(claimed, [1, 3])
+
+
 @pytest.mark.parametrize("text", ["", "0", "1,", "-1", "a", "1.5", "9" * 10, ",".join(["1"] * 10_001),
                                   # a frame twice: PS3.18 frame lists hold no duplicates, and each
                                   # number is a copy of the frame's pixels (5,000 of one took 24 GB)

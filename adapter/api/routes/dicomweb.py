@@ -26,13 +26,15 @@
 * **QIDO-RS** (PS3.18 10.6) ``GET /dicomweb/studies``, ``/studies/{study}/series``, ``/series``,
   ``/studies/{study}/series/{series}/instances``, ``/studies/{study}/instances``, ``/instances``:
   application/dicom+json (PS3.18 F.2), or the Native DICOM Model (below). Match keys (keyword or
-  tag): PatientID (wildcards ``*``, ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
+  tag): PatientID (wildcards ``*``, ``?``), PatientName (wildcards, insensitive to case and empty trailing components), IssuerOfPatientID (wildcards), StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID
   (UID lists with ``,`` or ``\\``), Modality / ModalitiesInStudy (a list alike: any of them, as
-  dcm4chee answers a viewer's modality filter such as OHIF's ``ModalitiesInStudy=CT,MR``), StudyDate (``YYYYMMDD``,
-  ``A-B``, ``A-``, ``-B``), AccessionNumber and StudyID (exact), ReferringPhysicianName (as
+  dcm4chee answers a viewer's modality filter such as OHIF's ``ModalitiesInStudy=CT,MR``; each with wildcards), StudyDate (``YYYYMMDD``,
+  ``A-B``, ``A-``, ``-B``), AccessionNumber and StudyID (wildcards), ReferringPhysicianName (as
   PatientName), StudyDescription (wildcards), SeriesNumber and
   InstanceNumber (one integer), PerformedProcedureStepStartDate (as StudyDate), StudyTime and
-  PerformedProcedureStepStartTime (``HHMMSS``, ``A-B``, ``A-``, ``-B``); ``limit``, ``offset`` (results at the level,
+  PerformedProcedureStepStartTime (``HHMMSS``, ``A-B``, ``A-``, ``-B``). Wildcards (PS3.4 C.2.2.2.4): ``*`` any run
+  of characters, the empty one too, ``?`` one character; a value of only ``*`` is universal matching for any key,
+  as an empty one: it matches everything, empty and absent values included; ``limit``, ``offset`` (results at the level,
   after the decision; a limit over :data:`QIDO_MAX_LIMIT`, or none, gives that many, with the
   Warning of PS3.18 8.3.4.4 when more follow); ``includefield`` is accepted and ignored (the
   attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
@@ -46,7 +48,7 @@
   ``fuzzymatching=true`` is answered with literal matching and the Warning of PS3.18 8.3.4.2. Keys are matched against what the view
   shows: under TRAIN/HRESCH the UIDs are the mapped ones (exact match on mapped UIDs only),
   HRESCH's PatientID (and PatientName) is the pseudonym; TRAIN shows no PatientID, PatientName or dates, and neither shows an
-  AccessionNumber, StudyDescription, ReferringPhysicianName or StudyID, so keys on them match nothing. Instances not permitted are left out and not
+  AccessionNumber, StudyDescription, ReferringPhysicianName or StudyID, so keys on them match nothing but ``*``. Instances not permitted are left out and not
   counted. No match is 200 with ``[]``. Metadata, frames and bulk data: adapter.api.routes.wado_bulk.
 
 **XML** (PS3.18 Table 10.4.4-1, 8.7.3.2: required beside the default JSON). QIDO-RS results, WADO-RS
@@ -128,6 +130,7 @@ from adapter.services.dicom_objects import (
     first_shown,
     instance_shown,
     integer_key,
+    is_universal,
     series_shown,
     stow_instance,
 )
@@ -511,19 +514,20 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
             raise NotSupported(f"matching on {name[:40]} is not supported at {level} level", expression=name[:40])
         if keyword in keys:
             raise InvalidQuery(f"{keyword} is given more than once", expression=keyword)
-        if keyword in fixed and value.strip() not in ("", fixed[keyword]):
+        if keyword in fixed and not is_universal(value) and value.strip() != fixed[keyword]:
             raise InvalidQuery(f"{keyword} differs from the one in the path", expression=keyword)
         if keyword in ("PatientID", "IssuerOfPatientID") and identifier_too_long(value.strip()):
             # as a FHIR search naming an identifier (adapter.services.search_params): none is that long
             raise InvalidQuery(f"{keyword} is longer than a patient identifier may be ({IDENTIFIER_MAX_BYTES} bytes "
                                "in UTF-8)", expression=keyword)
-        if value.strip():  # an empty value asks for the attribute (universal matching)
+        if not is_universal(value):  # empty or only "*" (universal matching, PS3.4 C.2.2.2.4) matches everything
             keys[keyword] = value.strip()
     keys.update(fixed)
 
     def value_list(keyword: str) -> tuple[str, ...]:  # UID list matching; a list of modalities alike
         raw = keys.get(keyword, "")
-        return tuple(u.strip() for u in raw.replace("\\", ",").split(",") if u.strip())
+        values = tuple(u.strip() for u in raw.replace("\\", ",").split(",") if u.strip())
+        return () if any(is_universal(v) for v in values) else values  # one of them "*": any value
 
     query = DicomQuery(
         study_uids=value_list("StudyInstanceUID"), series_uids=value_list("SeriesInstanceUID"),

@@ -23,6 +23,13 @@ the wildcards ``*/*`` and ``image/*``; without it an image is answered as image/
 purpose's view is de-identified: the adapter de-identifies for a purpose the patient consented
 to, never on a request's say-so (de-identification does not replace consent). ``region``,
 windowing, presentation states and ``annotation`` are not supported (400).
+
+Two optional parameters of PS3.18 9.1.2 are taken and do not change the answer: ``charset``
+(the character sets the client prefers for text in the answer: an object is served as stored,
+with its own Specific Character Set, never transcoded, as with ``transferSyntax``, and a picture
+or PDF holds no text to encode) and ``imageQuality`` (an integer 1-100, else 400: the quality of
+a lossy picture; the stored JPEG frame is served as received, and a JPEG made anew has the
+adapter's one quality, adapter.imaging).
 """
 
 from __future__ import annotations
@@ -41,14 +48,13 @@ from adapter.api.routes.wado_bulk import RENDERED_JPEG_MAX_SIDE, image_response
 from adapter.errors import InvalidQuery, NotAcceptable, NotSupported
 from adapter.model.decision import View
 from adapter.services.access import DicomContent, ReleasedImage
-from adapter.text import pixel_count
+from adapter.text import is_digits, pixel_count
 
 router = APIRouter()
 
 DICOM = "application/dicom"
 RENDERED = ("image/jpeg", "image/png", "application/pdf")
-_UNSUPPORTED = ("region", "windowCenter", "windowWidth", "presentationUID", "presentationSeriesUID", "annotation",
-                "imageQuality", "charset")
+_UNSUPPORTED = ("region", "windowCenter", "windowWidth", "presentationUID", "presentationSeriesUID", "annotation")
 _MAX_SIDE = RENDERED_JPEG_MAX_SIDE
 
 
@@ -83,6 +89,9 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     if q.get("anonymize") == "yes" and reader.purpose_view is not View.DEIDENTIFIED:
         raise NotSupported("anonymize=yes: de-identified objects are released for a purpose the patient consented "
                            "to (e.g. X-Purpose-Of-Use: TRAIN), not on request", expression="anonymize")
+    quality = q.get("imageQuality")
+    if quality is not None and not (is_digits(quality) and len(quality) <= 3 and 1 <= int(quality) <= 100):
+        raise InvalidQuery("imageQuality takes an integer from 1 to 100", expression="imageQuality")
     rows, columns = _side(q.get("rows"), "rows"), _side(q.get("columns"), "columns")
     wanted = _content_types(q.get("contentType"))
     syntax = q.get("transferSyntax")
