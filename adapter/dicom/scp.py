@@ -68,6 +68,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBase
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
@@ -466,19 +467,29 @@ class _DIMSE(DIMSEServiceProvider):
     def _misplaced(self, primitive: Any) -> str | None:
         """What is wrong with where the PDVs of ``primitive`` are (PS3.8 9.3.5, PS3.7 6.3.1), or
         None: each on an accepted presentation context, data set fragments on their command's
-        (pynetdicom checks neither: data on a context never accepted was stored)."""
+        (pynetdicom checks neither: data on a context never accepted was stored), and no command
+        begun before the data set of the message before it has ended (pynetdicom began the new
+        message and dropped the unfinished one, unanswered)."""
         accepted = getattr(self.assoc, "_accepted_cx", None)
         message = self.message
         current = message.context_id if message is not None else None
+        # a message whose command set is whole and still held is waiting for its data set
+        in_data_set = current is not None
         for context_id, data in getattr(primitive, "presentation_data_value_list", None) or ():
             if accepted is not None and context_id not in accepted:
                 return "a PDV on a presentation context that was not accepted"
             control = data[0] if data else 0
             if control & 1:  # a command fragment; the last one names the message's context
+                if in_data_set:
+                    # PS3.8 9.3.5.1, PS3.7 6.3.1: a message's fragments are not interleaved with
+                    # another's; pynetdicom would start the new message and drop the old one unanswered
+                    return "a command inside the data set of the message before it"
                 if control & 2:
                     current = context_id
             elif current != context_id:
                 return "data set fragments on another presentation context than their command's"
+            elif control & 2:
+                in_data_set = False  # the data set's last fragment: the message is whole
         return None
 
     def _abort(self, what: str) -> None:
@@ -487,6 +498,28 @@ class _DIMSE(DIMSEServiceProvider):
         if message is not None:
             discard_spooled(message)
         self.assoc.dul.event_queue.put("Evt19")  # as an invalid PDU: A-ABORT (AA-8), then closed
+
+
+#: The one DIMSE operation served on a context, by its abstract syntax: C-ECHO on Verification's,
+#: C-STORE on every storage SOP class's (the only contexts the SCP accepts).
+_VERIFICATION = "1.2.840.10008.1.1"
+
+
+def _unserved_operation(assoc: Association, msg: Any, context_id: int) -> str | None:
+    """What is wrong with request ``msg`` on presentation context ``context_id``, or None.
+    pynetdicom hands any request to the context's service class, which answered an N-ACTION on a
+    storage context with a C-STORE-RSP (and the adapter audited a refused object). A response
+    is of its request's type (PS3.7 9.3, 10.3); the SCP performs no other operation, so it ends
+    the association (A-ABORT) rather than answer a request it does not know in a form it is not."""
+    context = getattr(assoc, "_accepted_cx", {}).get(context_id)
+    if context is None:
+        return None  # pynetdicom's own checks answer it
+    verification = context.abstract_syntax == _VERIFICATION
+    expected = C_ECHO if verification else C_STORE
+    if isinstance(msg, expected):
+        return None
+    return (f"a {type(msg).__name__.replace('_', '-')} request on a {'Verification' if verification else 'storage'} "
+            f"presentation context, which is not served there (only {expected.__name__.replace('_', '-')})")
 
 
 class _Association(Association):
@@ -537,6 +570,12 @@ class _Association(Association):
                 context_id, msg = messages.get(timeout=_REACTOR_WAIT)
             except queue.Empty:
                 context_id, msg = None, None
+            unserved = _unserved_operation(self, msg, context_id) if msg and context_id is not None else None
+            if unserved is not None:
+                log.warning("DICOM peer sent %s: association aborted", unserved)
+                discard_spooled(msg)  # a C-STORE's data set spooled for a context that serves none
+                self.dul.event_queue.put("Evt19")  # A-ABORT, then closed, as for a misplaced PDV
+                msg = None
             if msg and context_id is not None:
                 # until the answer is queued for the DUL: StoreSCP.stop waits for it (the DUL sends
                 # what is queued before it reads the end of the connection)
