@@ -10,13 +10,15 @@ image bytes: a Binary comes as its JSON), the caller's address (the audit names 
 client), and an ``X-Request-Id`` of the batch's id and the entry's index. Entries are
 independent: one refused (403) or not found (404) carries its OperationOutcome in
 ``response.outcome`` and the others are answered. Anything but a relative GET on a FHIR type
-of this server (a write, an absolute URL, another path) is refused in its own entry (400):
+of this server (a write, an absolute URL, another path) is refused in its own entry (400); a
+read of a type not served here gets the 404 it gets alone:
 ingest goes in a ``transaction``.
 """
 
 from __future__ import annotations
 
 import http
+import re
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -37,6 +39,8 @@ MAX_BATCH_ENTRIES = 100
 #: read; each says so (too-costly), and the client asks for them in another batch.
 MAX_BATCH_ANSWER_BYTES = 64 * 1024 * 1024
 _RESPONSE_HEADERS = {"etag": "etag", "location": "location"}
+#: What a FHIR resource type's name looks like (Patient, Observation)
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}", re.ASCII)
 
 
 def _refused(index: int, why: str, *, status: str = "400 Bad Request", code: str = "not-supported") -> dict[str, Any]:
@@ -55,7 +59,8 @@ def _target(entry: Any, types: tuple[str, ...]) -> str | None:
     if not url.isprintable():  # a control character or lone surrogate makes no request URL (httpx InvalidURL)
         return None
     first = url.split("?", 1)[0].split("/", 1)[0]
-    return url if first in (*types, "metadata") else None
+    # a type not served here is asked for all the same, to get the answer it gets alone (404)
+    return url if first in (*types, "metadata") or _TYPE_NAME.fullmatch(first) else None
 
 
 async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[str, ...],

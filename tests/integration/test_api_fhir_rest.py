@@ -303,6 +303,34 @@ def test_a_consent_narrative_of_basic_html_is_kept(tmp_path: Path) -> None:
         assert client.get(f"/fhir/Consent/{r.json()['id']}", headers=TREAT).json()["text"]["div"] == div
 
 
+def test_summary_count_on_a_read_is_400_as_an_invalid_summary_is(tmp_path: Path) -> None:
+    """Review finding: GET Media/<id>?_summary=count answered the whole resource; count is a
+    search's (search.html#summary), and the README has an invalid _summary answered 400."""
+    with adapter_client(tmp_path) as (client, _):
+        record = post_photo(client, SAMPLES / "wound.jpg", metadata()).json()["record"]
+        for url in (f"/fhir/{record}?_summary=count", f"/fhir/{record}/_history/1?_summary=count"):
+            r = client.get(url, headers=TREAT)
+            assert r.status_code == 400, r.text[:300]
+            assert r.json()["issue"][0]["expression"] == ["_summary"]
+        assert client.get(f"/fhir/{record}?_summary=true", headers=TREAT).status_code == 200
+
+
+def test_a_write_whose_charset_is_not_utf_8_is_415(tmp_path: Path) -> None:
+    """Review finding: a Consent sent as charset=utf-16 (its body UTF-8) was stored (201). FHIR
+    JSON is UTF-8 (http.html#mime-type, RFC 8259 8.1): another charset is refused, nothing stored."""
+    body = json.dumps(consent_resource(["TRAIN"])).encode()
+    with adapter_client(tmp_path) as (client, _):
+        for charset in ("utf-16", "iso-8859-1"):
+            r = client.post("/fhir/Consent", content=body,
+                            headers={"Content-Type": f"application/fhir+json; charset={charset}"})
+            assert r.status_code == 415, r.text[:300]
+        assert _consents(client) == 0
+        for charset in ("utf-8", "UTF-8", '"utf-8"'):
+            r = client.post("/fhir/Consent", content=body,
+                            headers={"Content-Type": f"application/fhir+json; charset={charset}"})
+            assert r.status_code == 201, r.text[:300]
+
+
 def test_history_of_a_type_or_of_the_server_is_refused_as_not_supported(tmp_path: Path) -> None:
     """Review finding: GET /fhir/Media/_history (history-type) answered 404 "Media/_history is not
     known", read as a Media whose id is _history (no FHIR id: ids take no "_"), and GET /fhir/_history

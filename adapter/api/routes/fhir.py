@@ -279,9 +279,15 @@ def _r4_write(request: Request) -> None:
     """Writes (transactions, Consent create and update) take and answer R4 only (the R5
     CapabilityStatement lists none): a body of another FHIR version (its Content-Type's
     fhirVersion: R5, STU3, R4B) is refused (415) rather than read as R4, and so is an Accept that
-    wants only R5 (406), rather than answered in R4 under an R4 content type it did not ask for."""
-    declared = next((r.params.get("fhirversion") for r in media_ranges(request.headers.get("content-type"),
-                                                                         default=None)), None)
+    wants only R5 (406), rather than answered in R4 under an R4 content type it did not ask for;
+    a charset other than UTF-8 is refused too (415)."""
+    ranges = media_ranges(request.headers.get("content-type"), default=None)
+    charset = next((r.params.get("charset") for r in ranges), None)
+    if charset is not None and charset.strip('"').lower() not in ("utf-8", "utf8"):
+        # FHIR's JSON is UTF-8 (http.html#mime-type, RFC 8259 8.1): a body said to be another
+        # encoding is not read as UTF-8 all the same
+        raise UnsupportedMediaType(f"FHIR JSON is UTF-8, not charset={charset[:20]}")
+    declared = next((r.params.get("fhirversion") for r in ranges), None)
     if declared is not None and not declared.startswith("4.0"):  # STU3, R4B, R5...: not read as R4
         raise UnsupportedMediaType(f"writes take FHIR R4 (fhirVersion=4.0), not fhirVersion={declared[:10]}"
                                    + (": the R5 endpoint is read-only" if declared.startswith("5.") else ""))
@@ -359,8 +365,18 @@ async def read(resource_type: str, id: str, request: Request, reader: ReaderDep,
         raise NotSupported(f"history of a resource type is not supported: ask for a resource's own, "
                            f"{resource_type[:40]}/<id>/_history", expression="_history")
     return await _read(resource_type, id, reader, accept, format_=format_, fhir_base=_fhir_base(request, services),
-                       how=parse_subsetting(list(request.query_params.multi_items())),
+                       how=_read_subsetting(request),
                        conditions=_Conditions.of(request))
+
+
+def _read_subsetting(request: Request) -> Subsetting:
+    """A read's ``_summary``/``_elements``; ``_summary=count`` (the total of a search,
+    search.html#summary) asks a read for nothing it can answer: 400, as another value is."""
+    params = list(request.query_params.multi_items())
+    if ("_summary", "count") in params:
+        raise InvalidQuery("_summary=count is a search's (the number of matches): a read answers one resource",
+                           expression="_summary")
+    return parse_subsetting(params)
 
 
 @router.get("/{resource_type}/{id}/_history/{vid}",
@@ -374,7 +390,7 @@ async def vread(resource_type: str, id: str, vid: str, request: Request, reader:
     if not is_digits(vid) or len(vid) > 9:
         raise NotFound(f"{resource_type[:40]}/{id[:64]} has no version {vid[:20]}")
     return await _read(resource_type, id, reader, accept, int(vid), format_=format_,
-                       fhir_base=_fhir_base(request, services), how=parse_subsetting(list(request.query_params.multi_items())),
+                       fhir_base=_fhir_base(request, services), how=_read_subsetting(request),
                        conditions=_Conditions.of(request))
 
 
