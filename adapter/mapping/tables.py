@@ -153,6 +153,14 @@ def load_policy(path: Path, purposes: PurposeTable) -> Policy:
     overlap = set(policy.consent.explicit_purposes) & set(policy.consent.care_purposes)
     if overlap:
         raise PolicyError(f"{path}: purposes both care and explicit-consent: {sorted(overlap)}")
+    # a break-glass purpose gets the full view without a Consent: listed as explicit-consent (or
+    # care) too, the policy contradicts itself, and break-glass won (TRAIN read identified records)
+    for element, listed in (("consent.explicitPurposes", policy.consent.explicit_purposes),
+                            ("consent.carePurposes", policy.consent.care_purposes)):
+        overlap = set(policy.break_glass.purposes) & set(listed)
+        if overlap:
+            raise PolicyError(f"{path}: purposes both in breakGlass.purposes and {element}: {sorted(overlap)}",
+                              expression=["breakGlass.purposes", element])
     return policy
 
 

@@ -89,3 +89,15 @@ def test_a_cycle_in_the_purpose_hierarchy_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         load_tables(mappings, _policy(tmp_path, lambda p: None))
     assert "TRAIN" in info.value.diagnostics and "cycle" in info.value.diagnostics
+
+
+@pytest.mark.parametrize("element", ["explicitPurposes", "carePurposes"])
+def test_a_break_glass_purpose_that_is_also_consented_or_care_is_refused(tmp_path: Path, element: str) -> None:
+    # TRAIN listed as break-glass too got the full identified view without any Consent (ops review)
+    code = "TRAIN" if element == "explicitPurposes" else "COC"
+    policy = _policy(tmp_path, lambda p: p["breakGlass"]["purposes"].append(code))
+    with pytest.raises(PolicyError) as info:
+        load_tables(MAPPINGS, policy)
+    message = info.value.diagnostics
+    assert message.startswith(f"{policy}:")
+    assert "breakGlass.purposes" in message and f"consent.{element}" in message and code in message
