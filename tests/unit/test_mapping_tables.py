@@ -101,3 +101,31 @@ def test_a_break_glass_purpose_that_is_also_consented_or_care_is_refused(tmp_pat
     message = info.value.diagnostics
     assert message.startswith(f"{policy}:")
     assert "breakGlass.purposes" in message and f"consent.{element}" in message and code in message
+
+
+@pytest.mark.parametrize("text,key", [
+    # a second block at the end replaced the first, silently (yaml.safe_load keeps the last)
+    ("\nconsent:\n  writtenRequired: true\n", "consent"),
+    ("", "writtenRequired"),
+])
+def test_a_key_given_twice_is_refused_naming_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    source = (MAPPINGS / "policy.yaml").read_text()
+    if not text:  # nested, in the same mapping
+        source = source.replace("  writtenRequired: false", "  writtenRequired: true\n  writtenRequired: false", 1)
+    path = tmp_path / "policy.yaml"
+    path.write_text(source + text)
+    with pytest.raises(PolicyError) as info:
+        load_tables(MAPPINGS, path)
+    message = info.value.diagnostics
+    assert message.startswith(f"{path}:") and f"duplicate key '{key}'" in message
+
+
+def test_a_duplicate_key_in_a_mapping_table_is_refused(tmp_path: Path) -> None:
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for name in ("purposes.yaml", "body_sites.yaml", "dicom.yaml", "policy.yaml"):
+        (mappings / name).write_text((MAPPINGS / name).read_text())
+    kinds = (MAPPINGS / "kinds.yaml").read_text()
+    (mappings / "kinds.yaml").write_text(kinds + "\n" + kinds.split("\n\n")[0] + "\n")
+    with pytest.raises(PolicyError, match="kinds.yaml: duplicate key 'clinical' at line 28"):
+        load_tables(mappings, mappings / "policy.yaml")
