@@ -43,6 +43,20 @@ def _configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def check_startup(settings: Settings) -> None:
+    """What ``serve`` validates before it listens, without listening, opening the store or
+    writing anything: the settings, policy and mapping tables (build_services checks them the
+    same way first) and, when the SCP is enabled, its AE options (titles from the settings and
+    the policy). ``python -m adapter check``. Raises AdapterError naming what is wrong."""
+    from adapter.services.registry import check_configuration
+
+    configuration = check_configuration(settings)
+    if settings.dicom_enabled:
+        from adapter.dicom import AeOptions
+
+        AeOptions.from_settings(settings, configuration.tables.policy)
+
+
 def _start_dicom(settings: Settings) -> tuple[StoreSCP | None, Services] | None:
     """The DICOM SCP and the outbox forwarder (C-STORE SCU, when ADAPTER_FORWARD_TO is set) in
     background threads of this process (never in HTTP worker processes: one listener per port,
@@ -247,10 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _configure_logging(settings.log_level)
     if args.command == "check":
-        from adapter.mapping.tables import load_tables
         try:
-            settings.check_safe()
-            load_tables(settings.resolved_mappings_dir, settings.policy)
+            check_startup(settings)
         except AdapterError as exc:
             print(f"invalid: {exc.diagnostics}", file=sys.stderr)
             return 2

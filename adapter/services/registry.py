@@ -16,7 +16,7 @@ from pathlib import Path
 
 from adapter.config import Settings
 from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, study_date
-from adapter.mapping.dicom_tables import load_dicom_tables
+from adapter.mapping.dicom_tables import DicomTables, load_dicom_tables
 from adapter.mapping.dicom_uids import check_uid_root
 from adapter.mapping.fhir_r4 import RECORD_INDEX_VERSION, index_resource
 from adapter.mapping.pseudonym import Pseudonymizer
@@ -33,6 +33,7 @@ from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.services.search_pages import SearchPages
 from adapter.services.transaction import TransactionService
 from adapter.store import open_store
+from adapter.store.engine import check_database_url
 from adapter.store.port import BlobStore, RecordStore
 
 _log = logging.getLogger(__name__)
@@ -161,10 +162,31 @@ class Services:
         self.store.close()
 
 
-def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) -> Services:
+@dataclass(frozen=True)
+class Configuration:
+    """What start-up reads and validates before it opens the store: the policy and every mapping
+    table, the UID root, the database URL's form."""
+
+    tables: Tables
+    dicom_tables: DicomTables
+    uid_root: str
+
+
+def check_configuration(settings: Settings) -> Configuration:
+    """Validate ``settings``, the policy and the mapping tables as :func:`build_services` does,
+    first, without opening the store or writing anything (``python -m adapter check`` runs this:
+    it said valid for a dicom.yaml or an ADAPTER_UID_ROOT that serve refused).
+    Raises ConfigurationError or PolicyError naming the setting, or the file and element."""
     settings.check_safe()
+    check_database_url(settings.resolved_database_url)
     tables = load_tables(settings.resolved_mappings_dir, settings.policy)
     dicom_tables = load_dicom_tables(settings.resolved_mappings_dir / "dicom.yaml")
+    return Configuration(tables=tables, dicom_tables=dicom_tables, uid_root=check_uid_root(settings.uid_root))
+
+
+def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) -> Services:
+    configuration = check_configuration(settings)
+    tables, dicom_tables, uid_root = configuration.tables, configuration.dicom_tables, configuration.uid_root
     store, blobs = open_store(settings.store)
     reindexed = store.reindex_records(RECORD_INDEX_VERSION, index_resource)
     if reindexed:
@@ -185,7 +207,6 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     indexed = store.index_pseudonyms(pseudonymizer.fingerprint, pseudonymizer.of)
     if indexed:
         _log.info("indexed the pseudonyms of %d patient(s) under the current key", indexed)
-    uid_root = check_uid_root(settings.uid_root)
     released_uids = ReleasedUidSpaces(uid_root, _derived_key(pseudonym_key, "dicom-uid-key"))
     indexed = store.index_released_uids(released_uids.fingerprint, released_uids.rows)
     if indexed:
