@@ -361,17 +361,15 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
     keeps them (exit 1: what is wrong is looked at first), and a removal that fails exits 2."""
     from adapter.services.unreferenced import remove_unreferenced
     from adapter.services.verify import verify_store
-    from adapter.store import open_store
+    from adapter.store import NoStore, open_store
 
-    url = settings.resolved_database_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        # opening it would create an empty store, and verify it: a restore to the wrong place
-        # must not pass as a clean one
-        print(f"no database at {url.removeprefix('sqlite:///')} (ADAPTER_DATA_DIR, ADAPTER_DATABASE_URL)",
-              file=sys.stderr)
-        return 2
     try:
-        store, blobs = open_store(settings.store)
+        # never created: a restore to the wrong place (a new SQLite file, an empty PostgreSQL
+        # database) must not pass as a clean, empty store
+        store, blobs = open_store(settings.store, existing_only=True)
+    except NoStore as exc:
+        print(f"{exc.diagnostics}; nothing to verify", file=sys.stderr)
+        return 2
     except AdapterError as exc:
         print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
         return 2

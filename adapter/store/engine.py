@@ -82,11 +82,12 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
     return engine
 
 
-def prepare_database(conn: Connection, schema: str | None) -> None:
-    """Dialect-specific set-up before the tables are created, inside the schema transaction."""
+def prepare_database(conn: Connection, schema: str | None, *, create: bool = True) -> None:
+    """Dialect-specific set-up before the tables are created, inside the schema transaction
+    (``create`` False: the schema is not created either)."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-        if schema is not None:
+        if schema is not None and create:
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
 

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +18,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    inspect,
     or_,
     select,
     text,
@@ -28,12 +30,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from adapter.errors import Conflict, InvalidInput, NotFound, StorageError
+from adapter.errors import ConfigurationError, Conflict, InvalidInput, NotFound, StorageError
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
 from adapter.store.dates import now_instant, to_utc
-from adapter.store.engine import WRITE, create_store_engine, prepare_database
+from adapter.store.engine import WRITE, check_database_url, create_store_engine, prepare_database
 from adapter.store.inserts import CompiledInserts
 from adapter.store.port import NamePrefix, SearchCriteria
 from adapter.store.rows import (
@@ -184,6 +186,11 @@ def _translated_errors() -> Iterator[None]:
         raise StorageError("the record store failed; nothing was saved") from exc
 
 
+class NoStore(ConfigurationError):
+    """The database the settings name holds no record store of the adapter (opened with
+    ``existing_only``: ``python -m adapter verify`` never verifies a new, empty one)."""
+
+
 #: Rows of a search read at a time (SqlRecordStore.search_index).
 SEARCH_BATCH = 1000
 
@@ -327,11 +334,18 @@ class SqlRecordStore:
 
     ``schema`` (PostgreSQL only) keeps the tables in a schema of their own, created if missing.
     Tables are created on start. ``outbox_lease`` is how long claim_outbox hides a claimed item.
+    With ``existing_only`` nothing is created: a database (a SQLite file, a PostgreSQL schema)
+    that does not hold the adapter's tables raises :class:`NoStore` (an older one is upgraded).
     """
 
     def __init__(self, database_url: str, *, schema: str | None = None, pool_size: int = 5,
-                 max_overflow: int = 10, outbox_lease: timedelta = OUTBOX_LEASE) -> None:
+                 max_overflow: int = 10, outbox_lease: timedelta = OUTBOX_LEASE, existing_only: bool = False) -> None:
         self._outbox_lease = outbox_lease
+        if existing_only:
+            database = check_database_url(database_url, schema=schema)
+            if database.get_backend_name() == "sqlite" and not Path(database.database or "").expanduser().is_file():
+                # connecting would create it
+                raise NoStore(f"no database at {database.database} (ADAPTER_DATA_DIR, ADAPTER_DATABASE_URL)")
         self._engine = create_store_engine(database_url, schema=schema, pool_size=pool_size,
                                            max_overflow=max_overflow)
         self._writer = self._engine.execution_options(**{WRITE: True})
@@ -347,7 +361,10 @@ class SqlRecordStore:
             patient_pseudonyms).on_conflict_do_nothing()
         try:
             with self._write() as conn:
-                prepare_database(conn, schema)
+                prepare_database(conn, schema, create=not existing_only)
+                if existing_only and not inspect(conn).has_table(schema_version.name):
+                    raise NoStore("the database holds no record store of the adapter (no schema_version table): "
+                                  "a new or wrong database (ADAPTER_DATABASE_URL, ADAPTER_DATA_DIR)")
                 create_schema(conn)
         except BaseException:
             self._engine.dispose()
