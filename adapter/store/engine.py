@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from adapter.errors import ConfigurationError, InvalidInput
@@ -62,7 +62,8 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
 
     ``schema`` (PostgreSQL only) puts the tables in that schema, created if missing.
     Raises ConfigurationError for any other URL (:func:`check_database_url`). Its errors name no
-    bound value (``hide_parameters``): those are patient identifiers and AuditEvents.
+    bound value (``hide_parameters``): those are patient identifiers and AuditEvents; a failure
+    is logged with its cause as :func:`describe_failure` gives it (adapter.store.sql).
     """
     url = check_database_url(database_url, schema=schema)
     if url.get_backend_name() == "sqlite":
@@ -80,6 +81,41 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
                            hide_parameters=True, connect_args=connect_args)
     event.listen(engine, "before_cursor_execute", _refuse_nul)
     return engine
+
+
+#: The names of schema objects PostgreSQL's diagnostics give (psycopg's ``Diagnostic``): never a value.
+_PG_DIAGNOSTIC_NAMES = ("schema_name", "table_name", "column_name", "constraint_name")
+_CHAIN_MAX = 6
+
+
+def describe_failure(exc: SQLAlchemyError) -> str:
+    """What an operator needs to know of a failure of the database, with nothing of a patient:
+    the chain of exception classes, PostgreSQL's SQLSTATE and the names of the schema objects it
+    names, SQLite's error code name and, for a failure to connect (no statement was run), the
+    driver's message, which names the host, port, database and user, never a record. A
+    statement's own message is not given: it can quote a value (``invalid input syntax for type
+    …: "<an identifier>"``), and the statement itself holds the parameters' places, not values,
+    but is not needed."""
+    chain: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < _CHAIN_MAX:
+        kind = type(current)
+        chain.append(f"{kind.__module__}.{kind.__qualname__}")
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    parts = [" <- ".join(chain)]
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate:
+        parts.append(f"SQLSTATE {sqlstate}")
+        diag = getattr(orig, "diag", None)
+        parts += [f"{name.removesuffix('_name')} {value}" for name in _PG_DIAGNOSTIC_NAMES
+                  if isinstance(value := getattr(diag, name, None), str) and value]
+    if isinstance(name := getattr(orig, "sqlite_errorname", None), str):
+        parts.append(name)
+    if isinstance(exc, DBAPIError) and exc.statement is None and orig is not None:
+        # connecting failed (the pool's connect): host, port, database, user, and why
+        parts.append(" ".join(str(orig).split())[:300])
+    return "; ".join(parts)
 
 
 def prepare_database(conn: Connection, schema: str | None, *, create: bool = True) -> None:

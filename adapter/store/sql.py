@@ -4,6 +4,7 @@ dialect differences live in ``engine.py`` and ``dates.py``)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -35,7 +36,13 @@ from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, R
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
 from adapter.store.dates import now_instant, to_utc
-from adapter.store.engine import WRITE, check_database_url, create_store_engine, prepare_database
+from adapter.store.engine import (
+    WRITE,
+    check_database_url,
+    create_store_engine,
+    describe_failure,
+    prepare_database,
+)
 from adapter.store.inserts import CompiledInserts
 from adapter.store.port import NamePrefix, SearchCriteria
 from adapter.store.rows import (
@@ -73,6 +80,7 @@ from adapter.store.schema import (
 )
 from adapter.store.search import search_statement
 
+_log = logging.getLogger(__name__)
 _r = resources.c
 _d = dicom_instances.c
 _u = dicom_released_uids.c
@@ -174,15 +182,23 @@ def _translated_errors() -> Iterator[None]:
     """Driver and SQLAlchemy errors as our own: unique violations are Conflict, a value over one
     of PostgreSQL's limits InvalidInput (422 / 0xC000: retrying cannot help), the rest
     StorageError (a failed transaction is rolled back, so nothing of it was saved). Values
-    that cannot be encoded (JSON) surface as SQLAlchemy StatementError, hence StorageError."""
+    that cannot be encoded (JSON) surface as SQLAlchemy StatementError, hence StorageError.
+
+    A StorageError is logged here with its cause (engine.describe_failure: the exception
+    classes, the SQLSTATE, a failure to connect's message; never a statement's message or
+    parameters), since its diagnostics, which a client reads, say only that the store failed."""
     try:
         yield
     except IntegrityError as exc:
-        raise _integrity_error(exc) from exc
+        translated = _integrity_error(exc)
+        if isinstance(translated, StorageError):
+            _log.error("the record store rejected a write: %s", describe_failure(exc))
+        raise translated from exc
     except SQLAlchemyError as exc:
         if str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "").startswith(_PG_PROGRAM_LIMIT_EXCEEDED):
             raise InvalidInput("a value of the request is too large for the record store (an identifier or "
                                "code of thousands of characters); nothing was saved") from exc
+        _log.error("the record store failed: %s", describe_failure(exc))
         raise StorageError("the record store failed; nothing was saved") from exc
 
 
