@@ -179,7 +179,7 @@ def check_configuration(settings: Settings) -> Configuration:
     Raises ConfigurationError or PolicyError naming the setting, or the file and element."""
     settings.check_safe()
     check_database_url(settings.resolved_database_url)
-    tables = load_tables(settings.resolved_mappings_dir, settings.policy)
+    tables = load_tables(settings.resolved_mappings_dir, settings.resolved_policy)
     dicom_tables = load_dicom_tables(settings.resolved_mappings_dir / "dicom.yaml")
     return Configuration(tables=tables, dicom_tables=dicom_tables, uid_root=check_uid_root(settings.uid_root))
 

@@ -103,3 +103,21 @@ def test_a_log_level_beyond_debug_or_unknown_is_refused(level: str) -> None:
     with pytest.raises(ValidationError, match="log_level"):
         Settings(log_level=level)
     assert Settings(log_level="debug").log_level == "DEBUG"
+
+
+def test_the_default_policy_is_the_working_directorys_else_the_installed_copy(tmp_path, monkeypatch) -> None:
+    # an installed package run outside the checkout found no mappings/policy.yaml (ops review 5)
+    from adapter import config
+
+    installed = tmp_path / "prefix" / "policy.yaml"
+    monkeypatch.setattr(config, "installed_policy", lambda: installed)
+    monkeypatch.chdir(tmp_path)
+    assert Settings().resolved_policy == installed
+    assert Settings().resolved_mappings_dir == installed.parent
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "policy.yaml").write_text("version: 1\n")
+    assert Settings().resolved_policy == Path("mappings/policy.yaml")
+    (tmp_path / "mappings" / "policy.yaml").unlink()
+    assert Settings(policy=Path("other.yaml")).resolved_policy == Path("other.yaml")  # as given, even if missing
+    monkeypatch.setattr(config, "installed_policy", lambda: None)
+    assert Settings().resolved_policy == Path("mappings/policy.yaml")  # missing: named as the setting says
