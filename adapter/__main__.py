@@ -359,6 +359,7 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
     store cannot be opened. With ``removal``, a sound store then has its unreferenced images
     older than the grace period removed (adapter.services.unreferenced); a store with problems
     keeps them (exit 1: what is wrong is looked at first), and a removal that fails exits 2."""
+    from adapter.services.registry import pseudonym_key_problem
     from adapter.services.unreferenced import remove_unreferenced
     from adapter.services.verify import verify_store
     from adapter.store import NoStore, open_store
@@ -377,12 +378,18 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
         report = verify_store(store, blobs, digests=digests)
         for finding in report.findings:
             print(f"{finding.owner}: image {finding.sha256[:16]}… {finding.problem}")
+        # a restore that left the key behind: serve would refuse to start (fail closed)
+        key_problem = pseudonym_key_problem(settings, store)
+        if key_problem is not None:
+            print(f"pseudonym key: {key_problem}")
+        ok = report.ok and key_problem is None
         checked = f", {report.digests_checked} re-hashed" if digests else " (sizes only; --digests re-hashes them)"
         print(f"{report.references} reference(s) to {report.blobs} stored image(s){checked}; "
-              f"{len(report.findings)} problem(s); {report.unreferenced} image(s) no record refers to", flush=True)
+              f"{len(report.findings) + (key_problem is not None)} problem(s); {report.unreferenced} image(s) no "
+              "record refers to", flush=True)
         if removal is None:
-            return 0 if report.ok else 1
-        if not report.ok:
+            return 0 if ok else 1
+        if not ok:
             print("unreferenced images not removed: the store has problems (above); look at them first")
             return 1
         hours = f"{removal.older_than_hours:g} hour(s)"

@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     pseudonym_key: str | None = Field(
         None, description="Secret key for the keyed pseudonyms of the HRESCH view; default: a random key "
         "generated once and kept in the data dir (pseudonym.key).")
+    accept_new_pseudonym_key: bool = Field(
+        False, description="Start although the data dir's pseudonym.key is missing or another than the one the "
+        "records were pseudonymised under (a restore that left it behind is refused): every patient gets new "
+        "pseudonyms and mapped DICOM UIDs. Set once, deliberately.")
     environment: str = Field(
         "development", description="development or production; production refuses unsafe defaults.")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")

@@ -103,6 +103,7 @@ _PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
 #: Held (PostgreSQL) from a transaction's insert of AuditEvents, or its stamp of the resources it
 #: writes (_stamp), to its commit.
 _AUDIT_LOCK = 0x1A6E5706
+_FINGERPRINT_LOCK = 0x1A6E5707  # record_fingerprint
 _MILLISECOND = timedelta(milliseconds=1)
 #: The resources reindex_records re-derives the search index of.
 _RECORD_TYPES = ("Media", "DocumentReference")
@@ -870,6 +871,18 @@ class SqlRecordStore:
             if len(rows) < batch:
                 return filled
             after = instances[-1].sop_instance_uid
+
+    def stored_fingerprints(self) -> dict[str, str]:
+        """See RecordStore.stored_fingerprints."""
+        with self._read() as conn:
+            return {name: fingerprint for name, fingerprint in conn.execute(select(_k.name, _k.fingerprint))}
+
+    def record_fingerprint(self, name: str, fingerprint: str) -> None:
+        """See RecordStore.record_fingerprint."""
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":  # processes starting together: one after the other
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FINGERPRINT_LOCK})
+            self._set_fingerprint(conn, name, fingerprint)
 
     def _set_fingerprint(self, conn: Connection, name: str, fingerprint: str) -> None:
         conn.execute(delete(key_fingerprints).where(_k.name == name))

@@ -136,6 +136,18 @@ def test_verify_refuses_an_empty_postgresql_schema_and_creates_nothing_in_it(tmp
             engine.dispose()
 
 
+def test_verify_reports_a_restore_without_the_pseudonym_key(tmp_path: Path) -> None:
+    # serve generated a new key (INFO) and verify said 0 problem(s): every pseudonym unlinkable (ops review 8)
+    with adapter_client(tmp_path) as (client, _):
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+    (tmp_path / "data" / "pseudonym.key").unlink()
+    done = _verify(tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "pseudonym key:" in done.stdout and "pseudonym.key is missing" in done.stdout
+    assert "1 problem(s)" in done.stdout
+    assert not (tmp_path / "data" / "pseudonym.key").exists()
+
+
 def _age(path: Path, days: float) -> None:
     then = time.time() - days * 24 * 3600
     os.utime(path, (then, then))
