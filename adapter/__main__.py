@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                             "export wrote)")
     audit.add_argument("--since", type=_instant, metavar="INSTANT", help="recorded at or after, e.g. 2026-11-26T00:00:00Z")
     audit.add_argument("--until", type=_instant, metavar="INSTANT", help="recorded before")
-    audit.add_argument("--limit", type=int, metavar="N", help="at most N events")
+    audit.add_argument("--limit", type=_count, metavar="N", help="at most N events (at least 1)")
     audit.add_argument("--purpose", default="RECORDMGT",
                        help="the purpose of use of the export: an operations purpose (HOPERAT or a descendant) "
                             "with care's full view (default RECORDMGT, records management)")

@@ -180,6 +180,19 @@ class Settings(BaseSettings):
             raise ValueError("must be 'development' or 'production'")
         return v
 
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_http_url(cls, v: str | None) -> str | None:
+        # "notaurl" was taken, and the CapabilityStatement's implementation.url said "notaurl/fhir"
+        if v is None:
+            return v
+        scheme, sep, rest = v.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or rest.startswith("/") \
+                or any(c in v for c in "?# "):
+            raise ValueError("must be an absolute http(s) URL without query or fragment, e.g. "
+                             "https://adapter.hospital.example")
+        return v
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, v: str) -> str:

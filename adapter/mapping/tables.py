@@ -178,6 +178,12 @@ def load_policy(path: Path, purposes: PurposeTable) -> Policy:
     unknown = [f"{where}: {code}" for where, code in named if code not in purposes.codes]
     if unknown:
         raise PolicyError(f"{path}: unknown purpose-of-use code(s): {', '.join(unknown)}")
+    for i, title in enumerate(policy.allowed_ae_titles):
+        # PS3.5 6.2 (as adapter.dicom.ae checks, which named neither this file nor the element)
+        stripped = title.strip()
+        if not stripped or len(stripped) > 16 or any(ch == "\\" or not " " <= ch <= "~" for ch in stripped):
+            raise PolicyError(f"{path}: allowedAETitles[{i}]: {title[:40]!r} is not an AE title (1-16 characters "
+                              "of the default repertoire, no backslash)", expression=f"allowedAETitles[{i}]")
     overlap = set(policy.consent.explicit_purposes) & set(policy.consent.care_purposes)
     if overlap:
         raise PolicyError(f"{path}: purposes both care and explicit-consent: {sorted(overlap)}")

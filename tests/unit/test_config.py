@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from adapter.config import Settings
 from adapter.errors import ConfigurationError
@@ -121,3 +122,11 @@ def test_the_default_policy_is_the_working_directorys_else_the_installed_copy(tm
     assert Settings(policy=Path("other.yaml")).resolved_policy == Path("other.yaml")  # as given, even if missing
     monkeypatch.setattr(config, "installed_policy", lambda: None)
     assert Settings().resolved_policy == Path("mappings/policy.yaml")  # missing: named as the setting says
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://host", "https://", "http:///x", "https://h/x?a=1"])
+def test_a_base_url_is_an_absolute_http_url(url: str) -> None:
+    # "notaurl" was accepted, and the CapabilityStatement said implementation.url "notaurl/fhir"
+    with pytest.raises(ValidationError, match="base_url"):
+        Settings(base_url=url)
+    assert Settings(base_url="https://adapter.example/prefix").base_url == "https://adapter.example/prefix"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.__main__ import serve
+from adapter.__main__ import main, serve
 from adapter.config import Settings
 from tests.conftest import ROOT
 
@@ -33,3 +33,11 @@ def test_serve_refuses_a_database_url_of_no_known_dialect_naming_the_setting(
     with caplog.at_level(logging.ERROR, logger="adapter"):
         assert serve(settings) == 2
     assert "postgresql+psycopg://" in caplog.messages[-1] and "ADAPTER_DATABASE_URL" in caplog.messages[-1]
+
+
+def test_audit_refuses_a_limit_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    # --limit -1 exported 0 events and exited 0 (ops review 12)
+    with pytest.raises(SystemExit) as info:
+        main(["audit", "--limit", "-1"])
+    assert info.value.code == 2
+    assert "not a positive whole number: -1" in capsys.readouterr().err

@@ -37,6 +37,9 @@ def test_the_shipped_policy_and_tables_load() -> None:
     (lambda p: p["labels"].update(confidentiality="X"), "labels.confidentiality"),
     (lambda p: p["limits"].update(maxPixels=0), "limits.maxPixels"),
     (lambda p: p.pop("organisation"), "organisation"),
+    # named neither the file nor the element, and quoted the title truncated (ops review 12)
+    (lambda p: p.update(allowedAETitles=["PACS", "THIS_AE_TITLE_IS_TOO_LONG"]),
+     "allowedAETitles[1]: 'THIS_AE_TITLE_IS_TOO_LONG' is not an AE title"),
 ])
 def test_an_invalid_policy_is_refused_naming_the_element(tmp_path: Path, mutate, where: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(PolicyError) as info:
