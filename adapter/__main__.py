@@ -43,6 +43,20 @@ def _configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def check_startup(settings: Settings) -> None:
+    """What ``serve`` validates before it listens, without listening, opening the store or
+    writing anything: the settings, policy and mapping tables (build_services checks them the
+    same way first) and, when the SCP is enabled, its AE options (titles from the settings and
+    the policy). ``python -m adapter check``. Raises AdapterError naming what is wrong."""
+    from adapter.services.registry import check_configuration
+
+    configuration = check_configuration(settings)
+    if settings.dicom_enabled:
+        from adapter.dicom import AeOptions
+
+        AeOptions.from_settings(settings, configuration.tables.policy)
+
+
 def _start_dicom(settings: Settings) -> tuple[StoreSCP | None, Services] | None:
     """The DICOM SCP and the outbox forwarder (C-STORE SCU, when ADAPTER_FORWARD_TO is set) in
     background threads of this process (never in HTTP worker processes: one listener per port,
@@ -222,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                             "export wrote)")
     audit.add_argument("--since", type=_instant, metavar="INSTANT", help="recorded at or after, e.g. 2026-11-26T00:00:00Z")
     audit.add_argument("--until", type=_instant, metavar="INSTANT", help="recorded before")
-    audit.add_argument("--limit", type=int, metavar="N", help="at most N events")
+    audit.add_argument("--limit", type=_count, metavar="N", help="at most N events (at least 1)")
     audit.add_argument("--purpose", default="RECORDMGT",
                        help="the purpose of use of the export: an operations purpose (HOPERAT or a descendant) "
                             "with care's full view (default RECORDMGT, records management)")
@@ -247,10 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _configure_logging(settings.log_level)
     if args.command == "check":
-        from adapter.mapping.tables import load_tables
         try:
-            settings.check_safe()
-            load_tables(settings.resolved_mappings_dir, settings.policy)
+            check_startup(settings)
         except AdapterError as exc:
             print(f"invalid: {exc.diagnostics}", file=sys.stderr)
             return 2
@@ -347,19 +359,18 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
     store cannot be opened. With ``removal``, a sound store then has its unreferenced images
     older than the grace period removed (adapter.services.unreferenced); a store with problems
     keeps them (exit 1: what is wrong is looked at first), and a removal that fails exits 2."""
+    from adapter.services.registry import pseudonym_key_problem
     from adapter.services.unreferenced import remove_unreferenced
     from adapter.services.verify import verify_store
-    from adapter.store import open_store
+    from adapter.store import NoStore, open_store
 
-    url = settings.resolved_database_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        # opening it would create an empty store, and verify it: a restore to the wrong place
-        # must not pass as a clean one
-        print(f"no database at {url.removeprefix('sqlite:///')} (ADAPTER_DATA_DIR, ADAPTER_DATABASE_URL)",
-              file=sys.stderr)
-        return 2
     try:
-        store, blobs = open_store(settings.store)
+        # never created: a restore to the wrong place (a new SQLite file, an empty PostgreSQL
+        # database) must not pass as a clean, empty store
+        store, blobs = open_store(settings.store, existing_only=True)
+    except NoStore as exc:
+        print(f"{exc.diagnostics}; nothing to verify", file=sys.stderr)
+        return 2
     except AdapterError as exc:
         print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
         return 2
@@ -367,12 +378,18 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
         report = verify_store(store, blobs, digests=digests)
         for finding in report.findings:
             print(f"{finding.owner}: image {finding.sha256[:16]}… {finding.problem}")
+        # a restore that left the key behind: serve would refuse to start (fail closed)
+        key_problem = pseudonym_key_problem(settings, store)
+        if key_problem is not None:
+            print(f"pseudonym key: {key_problem}")
+        ok = report.ok and key_problem is None
         checked = f", {report.digests_checked} re-hashed" if digests else " (sizes only; --digests re-hashes them)"
         print(f"{report.references} reference(s) to {report.blobs} stored image(s){checked}; "
-              f"{len(report.findings)} problem(s); {report.unreferenced} image(s) no record refers to", flush=True)
+              f"{len(report.findings) + (key_problem is not None)} problem(s); {report.unreferenced} image(s) no "
+              "record refers to", flush=True)
         if removal is None:
-            return 0 if report.ok else 1
-        if not report.ok:
+            return 0 if ok else 1
+        if not ok:
             print("unreferenced images not removed: the store has problems (above); look at them first")
             return 1
         hours = f"{removal.older_than_hours:g} hour(s)"

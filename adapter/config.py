@@ -6,6 +6,7 @@ Every field is documented in README.md (a test checks that).
 
 from __future__ import annotations
 
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapter.errors import ConfigurationError
 from adapter.text import is_digits
+
+#: ADAPTER_POLICY's default, relative to the working directory (a checkout, ``make run``).
+DEFAULT_POLICY = Path("mappings/policy.yaml")
+#: Where an installed package keeps its copy of mappings/, under the installation's data path
+#: (pyproject.toml's data-files: ``<venv or prefix>/share/clinical-image-adapter/mappings``).
+INSTALLED_MAPPINGS = Path("share", "clinical-image-adapter", "mappings")
+
+
+def installed_policy() -> Path | None:
+    """The policy file a non-editable install carries (in the environment's data path, or the
+    user's for ``pip install --user``), when there is one."""
+    for data in (sysconfig.get_path("data"), sysconfig.get_path("data", sysconfig.get_preferred_scheme("user"))):
+        candidate = Path(data) / INSTALLED_MAPPINGS / "policy.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
 
 #: The log levels ADAPTER_LOG_LEVEL takes, most verbose first.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -66,7 +84,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the record store; default: SQLite file adapter.db in the data dir. "
         "postgresql+psycopg://… selects PostgreSQL.")
-    policy: Path = Field(Path("mappings/policy.yaml"), description="The organisation's policy file.")
+    policy: Path = Field(DEFAULT_POLICY, description="The organisation's policy file; left at its default and with "
+                         "no mappings/policy.yaml in the working directory, the copy the installed package carries.")
     mappings_dir: Path | None = Field(
         None, description="Folder of the mapping tables; default: the folder holding the policy's sibling tables "
         "(mappings/ of the project).")
@@ -94,6 +113,10 @@ class Settings(BaseSettings):
     pseudonym_key: str | None = Field(
         None, description="Secret key for the keyed pseudonyms of the HRESCH view; default: a random key "
         "generated once and kept in the data dir (pseudonym.key).")
+    accept_new_pseudonym_key: bool = Field(
+        False, description="Start although the data dir's pseudonym.key is missing or another than the one the "
+        "records were pseudonymised under (a restore that left it behind is refused): every patient gets new "
+        "pseudonyms and mapped DICOM UIDs. Set once, deliberately.")
     environment: str = Field(
         "development", description="development or production; production refuses unsafe defaults.")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
@@ -157,6 +180,19 @@ class Settings(BaseSettings):
             raise ValueError("must be 'development' or 'production'")
         return v
 
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_http_url(cls, v: str | None) -> str | None:
+        # "notaurl" was taken, and the CapabilityStatement's implementation.url said "notaurl/fhir"
+        if v is None:
+            return v
+        scheme, sep, rest = v.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or rest.startswith("/") \
+                or any(c in v for c in "?# "):
+            raise ValueError("must be an absolute http(s) URL without query or fragment, e.g. "
+                             "https://adapter.hospital.example")
+        return v
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, v: str) -> str:
@@ -173,8 +209,18 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'adapter.db').resolve()}"
 
     @property
+    def resolved_policy(self) -> Path:
+        """ADAPTER_POLICY; at its default (``mappings/policy.yaml``, relative to the working
+        directory) and with no such file there, the installed package's copy (installed_policy),
+        so the installed command runs from any directory. Else the path as given: a missing one
+        is reported under its own name."""
+        if self.policy == DEFAULT_POLICY and not DEFAULT_POLICY.is_file():
+            return installed_policy() or self.policy
+        return self.policy
+
+    @property
     def resolved_mappings_dir(self) -> Path:
-        return self.mappings_dir if self.mappings_dir is not None else self.policy.resolve().parent
+        return self.mappings_dir if self.mappings_dir is not None else self.resolved_policy.resolve().parent
 
     @property
     def store(self) -> StoreOptions:

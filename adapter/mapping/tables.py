@@ -121,12 +121,40 @@ _POLICY_NOT_FOUND = "policy file not found (ADAPTER_POLICY)"
 _TABLE_NOT_FOUND = "mapping table not found (ADAPTER_MAPPINGS_DIR; by default the policy file's folder)"
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping of a YAML file gives one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader refusing a key given twice in one mapping: safe_load keeps the last
+    silently (YAML 1.2 7.2 says keys are unique), so a second ``consent:`` block at the end of a
+    policy replaced the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<``: merged keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the constructor below says so
+                continue
+            if duplicate:
+                raise _DuplicateKey(f"duplicate key {str(key)[:60]!r} at line {key_node.start_mark.line + 1} "
+                                    f"(first at line {seen[key]}): the second would silently replace the first")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path, not_found: str = _TABLE_NOT_FOUND) -> Any:
     try:
         with path.open("r", encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError as exc:
         raise PolicyError(f"{path}: {not_found}") from exc
+    except _DuplicateKey as exc:
+        raise PolicyError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
 
@@ -150,9 +178,23 @@ def load_policy(path: Path, purposes: PurposeTable) -> Policy:
     unknown = [f"{where}: {code}" for where, code in named if code not in purposes.codes]
     if unknown:
         raise PolicyError(f"{path}: unknown purpose-of-use code(s): {', '.join(unknown)}")
+    for i, title in enumerate(policy.allowed_ae_titles):
+        # PS3.5 6.2 (as adapter.dicom.ae checks, which named neither this file nor the element)
+        stripped = title.strip()
+        if not stripped or len(stripped) > 16 or any(ch == "\\" or not " " <= ch <= "~" for ch in stripped):
+            raise PolicyError(f"{path}: allowedAETitles[{i}]: {title[:40]!r} is not an AE title (1-16 characters "
+                              "of the default repertoire, no backslash)", expression=f"allowedAETitles[{i}]")
     overlap = set(policy.consent.explicit_purposes) & set(policy.consent.care_purposes)
     if overlap:
         raise PolicyError(f"{path}: purposes both care and explicit-consent: {sorted(overlap)}")
+    # a break-glass purpose gets the full view without a Consent: listed as explicit-consent (or
+    # care) too, the policy contradicts itself, and break-glass won (TRAIN read identified records)
+    for element, listed in (("consent.explicitPurposes", policy.consent.explicit_purposes),
+                            ("consent.carePurposes", policy.consent.care_purposes)):
+        overlap = set(policy.break_glass.purposes) & set(listed)
+        if overlap:
+            raise PolicyError(f"{path}: purposes both in breakGlass.purposes and {element}: {sorted(overlap)}",
+                              expression=["breakGlass.purposes", element])
     return policy
 
 

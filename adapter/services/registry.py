@@ -15,8 +15,9 @@ from functools import partial
 from pathlib import Path
 
 from adapter.config import Settings
+from adapter.errors import ConfigurationError
 from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, study_date
-from adapter.mapping.dicom_tables import load_dicom_tables
+from adapter.mapping.dicom_tables import DicomTables, load_dicom_tables
 from adapter.mapping.dicom_uids import check_uid_root
 from adapter.mapping.fhir_r4 import RECORD_INDEX_VERSION, index_resource
 from adapter.mapping.pseudonym import Pseudonymizer
@@ -33,6 +34,7 @@ from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.services.search_pages import SearchPages
 from adapter.services.transaction import TransactionService
 from adapter.store import open_store
+from adapter.store.engine import check_database_url
 from adapter.store.port import BlobStore, RecordStore
 
 _log = logging.getLogger(__name__)
@@ -101,6 +103,44 @@ def _remove_abandoned_candidates(data_dir: Path) -> None:
             continue  # a process of another user has that pid (alive), or no pid at all
 
 
+#: key_fingerprints' row naming the pseudonym key itself (the index rows name key and system,
+#: or key and UID root, so they change with those too).
+PSEUDONYM_KEY_FINGERPRINT = "pseudonym-key"
+#: key_fingerprints' row of the pseudonym index (adapter.store.sql): there in stores that had a
+#: key before PSEUDONYM_KEY_FINGERPRINT was kept.
+_PSEUDONYM_INDEX = "pseudonyms"
+_ACCEPT = ("or, deliberately, to give every patient new pseudonyms and mapped DICOM UIDs (the old ones then find "
+           "nothing), start once with ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY=true")
+
+
+def pseudonym_key_fingerprint(pseudonym_key: bytes) -> str:
+    """Names the pseudonym key without revealing it (HMAC of a fixed label under the key)."""
+    return _derived_key(pseudonym_key, "key-fingerprint").hex()
+
+
+def pseudonym_key_problem(settings: Settings, store: RecordStore) -> str | None:
+    """Why the key these settings give is not the one the store's pseudonyms and mapped UIDs were
+    made with, or None. Fail closed after a restore that left pseudonym.key behind: a new key was
+    generated and every earlier pseudonym became unlinkable, with an INFO line. Changing
+    ADAPTER_PSEUDONYM_KEY is the documented rotation (README, Settings) and is no problem; a
+    missing or other pseudonym.key file in the data folder is one, unless
+    ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY says it is deliberate. Reads the key file, writes nothing."""
+    if settings.pseudonym_key or settings.accept_new_pseudonym_key:
+        return None
+    stored = store.stored_fingerprints()
+    path = settings.data_dir / "pseudonym.key"
+    if not path.exists():
+        if PSEUDONYM_KEY_FINGERPRINT in stored or _PSEUDONYM_INDEX in stored:
+            return (f"{path} is missing, but the records were pseudonymised under a key: restore pseudonym.key from "
+                    f"the backup taken with the database (or set ADAPTER_PSEUDONYM_KEY to the key used); {_ACCEPT}")
+        return None
+    recorded = stored.get(PSEUDONYM_KEY_FINGERPRINT)
+    if recorded is not None and recorded != pseudonym_key_fingerprint(path.read_text().strip().encode("utf-8")):
+        return (f"{path} is not the key the records were pseudonymised under: restore the pseudonym.key backed up with "
+                f"the database; {_ACCEPT}")
+    return None
+
+
 def _derived_key(pseudonym_key: bytes, label: str) -> bytes:
     """A key derived from the pseudonym key for one use (HMAC-SHA256, domain-separated by
     ``label``): stable as long as the pseudonyms are, and never the pseudonym key itself. Uses:
@@ -161,10 +201,31 @@ class Services:
         self.store.close()
 
 
-def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) -> Services:
+@dataclass(frozen=True)
+class Configuration:
+    """What start-up reads and validates before it opens the store: the policy and every mapping
+    table, the UID root, the database URL's form."""
+
+    tables: Tables
+    dicom_tables: DicomTables
+    uid_root: str
+
+
+def check_configuration(settings: Settings) -> Configuration:
+    """Validate ``settings``, the policy and the mapping tables as :func:`build_services` does,
+    first, without opening the store or writing anything (``python -m adapter check`` runs this:
+    it said valid for a dicom.yaml or an ADAPTER_UID_ROOT that serve refused).
+    Raises ConfigurationError or PolicyError naming the setting, or the file and element."""
     settings.check_safe()
-    tables = load_tables(settings.resolved_mappings_dir, settings.policy)
+    check_database_url(settings.resolved_database_url)
+    tables = load_tables(settings.resolved_mappings_dir, settings.resolved_policy)
     dicom_tables = load_dicom_tables(settings.resolved_mappings_dir / "dicom.yaml")
+    return Configuration(tables=tables, dicom_tables=dicom_tables, uid_root=check_uid_root(settings.uid_root))
+
+
+def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) -> Services:
+    configuration = check_configuration(settings)
+    tables, dicom_tables, uid_root = configuration.tables, configuration.dicom_tables, configuration.uid_root
     store, blobs = open_store(settings.store)
     reindexed = store.reindex_records(RECORD_INDEX_VERSION, index_resource)
     if reindexed:
@@ -180,12 +241,23 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     if read:
         _log.info("read the QIDO-RS study, series and instance attributes of %d DICOM instance(s)", read)
     auditor = Auditor(store, now)
+    problem = pseudonym_key_problem(settings, store)
+    if problem is not None:
+        store.close()
+        raise ConfigurationError(problem)
     pseudonym_key = _pseudonym_key(settings)
+    key_fingerprint = pseudonym_key_fingerprint(pseudonym_key)
+    recorded = store.stored_fingerprints().get(PSEUDONYM_KEY_FINGERPRINT)
+    if recorded != key_fingerprint:
+        if recorded is not None:
+            _log.warning("a new pseudonym key (%s): the pseudonyms and mapped DICOM UIDs change, the old ones find "
+                         "nothing", "ADAPTER_PSEUDONYM_KEY" if settings.pseudonym_key else
+                         "ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY")
+        store.record_fingerprint(PSEUDONYM_KEY_FINGERPRINT, key_fingerprint)
     pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)
     indexed = store.index_pseudonyms(pseudonymizer.fingerprint, pseudonymizer.of)
     if indexed:
         _log.info("indexed the pseudonyms of %d patient(s) under the current key", indexed)
-    uid_root = check_uid_root(settings.uid_root)
     released_uids = ReleasedUidSpaces(uid_root, _derived_key(pseudonym_key, "dicom-uid-key"))
     indexed = store.index_released_uids(released_uids.fingerprint, released_uids.rows)
     if indexed:

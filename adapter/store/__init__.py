@@ -13,14 +13,15 @@ from adapter.store.port import (
     SearchCriteria,
     TokenCriterion,
 )
-from adapter.store.sql import SqlRecordStore
+from adapter.store.sql import NoStore, SqlRecordStore
 
 
-def open_store(options: StoreOptions) -> tuple[SqlRecordStore, FileBlobStore]:
+def open_store(options: StoreOptions, *, existing_only: bool = False) -> tuple[SqlRecordStore, FileBlobStore]:
     """The record store for ``options.database_url`` (``sqlite:///…`` or
     ``postgresql+psycopg://…``; anything else raises ConfigurationError) and the blob store
-    under ``options.data_dir``."""
-    records = SqlRecordStore(options.database_url)
+    under ``options.data_dir``. ``existing_only``: a database without the adapter's tables is
+    not given them (NoStore, a ConfigurationError)."""
+    records = SqlRecordStore(options.database_url, existing_only=existing_only)
     try:
         blobs = FileBlobStore(options)
     except BaseException:
@@ -30,6 +31,6 @@ def open_store(options: StoreOptions) -> tuple[SqlRecordStore, FileBlobStore]:
 
 
 __all__ = [
-    "BlobStore", "DateCriterion", "FileBlobStore", "NamePrefix", "RecordStore", "SearchCriteria", "SqlRecordStore",
+    "BlobStore", "DateCriterion", "FileBlobStore", "NamePrefix", "NoStore", "RecordStore", "SearchCriteria", "SqlRecordStore",
     "TokenCriterion", "open_store",
 ]

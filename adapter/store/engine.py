@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from adapter.errors import ConfigurationError, InvalidInput
@@ -28,6 +28,32 @@ BUSY_TIMEOUT_SECONDS = 30
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Any constant: serialises schema creation between processes starting together.
 _MIGRATION_LOCK = 0x1A6E5701
+_URL_SCHEMES = "the database URL must start with sqlite:/// or postgresql+psycopg:// (ADAPTER_DATABASE_URL)"
+
+
+def check_database_url(database_url: str, *, schema: str | None = None) -> URL:
+    """The URL parsed, when it names a store this adapter keeps (``sqlite:///<file>`` or
+    ``postgresql+psycopg://…``, ``schema`` on PostgreSQL only); ConfigurationError otherwise.
+    Connects to nothing and creates nothing (``python -m adapter check`` uses it)."""
+    try:
+        url = make_url(database_url)
+        # the driver's name loads its dialect: an unknown scheme (foo://, postgres://) raised
+        # NoSuchModuleError, an ArgumentError, out of start-up as a traceback
+        backend, driver = url.get_backend_name(), url.get_driver_name()
+    except ArgumentError as exc:
+        raise ConfigurationError(_URL_SCHEMES) from exc
+    if backend == "sqlite" and driver == "pysqlite":
+        if schema is not None:
+            raise ConfigurationError("a schema can only be chosen on PostgreSQL")
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file:") or url.query.get("mode") == "memory":
+            raise ConfigurationError("the SQLite store needs a file path (sqlite:///path/to/adapter.db)")
+        return url
+    if backend == "postgresql" and driver == "psycopg":
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise ConfigurationError("a schema name is lower-case letters, digits and underscores")
+        return url
+    raise ConfigurationError(_URL_SCHEMES)
 
 
 def create_store_engine(database_url: str, *, schema: str | None = None, pool_size: int = 5,
@@ -35,46 +61,69 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
     """An Engine for ``sqlite:///<file>`` or ``postgresql+psycopg://…``.
 
     ``schema`` (PostgreSQL only) puts the tables in that schema, created if missing.
-    Raises ConfigurationError for any other URL. Its errors name no bound value
-    (``hide_parameters``): those are patient identifiers and AuditEvents, and an unexpected
-    failure is logged with its message.
+    Raises ConfigurationError for any other URL (:func:`check_database_url`). Its errors name no
+    bound value (``hide_parameters``): those are patient identifiers and AuditEvents; a failure
+    is logged with its cause as :func:`describe_failure` gives it (adapter.store.sql).
     """
-    try:
-        url = make_url(database_url)
-    except ArgumentError as exc:
-        raise ConfigurationError("the database URL is not a valid SQLAlchemy URL") from exc
-    backend, driver = url.get_backend_name(), url.get_driver_name()
-    if backend == "sqlite" and driver == "pysqlite":
-        if schema is not None:
-            raise ConfigurationError("a schema can only be chosen on PostgreSQL")
-        database = url.database or ""
-        if database in ("", ":memory:") or database.startswith("file:") or url.query.get("mode") == "memory":
-            raise ConfigurationError("the SQLite store needs a file path (sqlite:///path/to/adapter.db)")
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    url = check_database_url(database_url, schema=schema)
+    if url.get_backend_name() == "sqlite":
+        Path(url.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, hide_parameters=True,
                                connect_args={"timeout": BUSY_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         event.listen(engine, "before_cursor_execute", _refuse_nul)
         return engine
-    if backend == "postgresql" and driver == "psycopg":
-        connect_args: dict[str, Any] = {}
-        if schema is not None:
-            if not _SCHEMA_NAME.match(schema):
-                raise ConfigurationError("a schema name is lower-case letters, digits and underscores")
-            connect_args["options"] = f"-csearch_path={schema}"
-        engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
-                               hide_parameters=True, connect_args=connect_args)
-        event.listen(engine, "before_cursor_execute", _refuse_nul)
-        return engine
-    raise ConfigurationError("the database URL must start with sqlite:/// or postgresql+psycopg://")
+    connect_args: dict[str, Any] = {}
+    if schema is not None:
+        connect_args["options"] = f"-csearch_path={schema}"
+    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
+                           hide_parameters=True, connect_args=connect_args)
+    event.listen(engine, "before_cursor_execute", _refuse_nul)
+    return engine
 
 
-def prepare_database(conn: Connection, schema: str | None) -> None:
-    """Dialect-specific set-up before the tables are created, inside the schema transaction."""
+#: The names of schema objects PostgreSQL's diagnostics give (psycopg's ``Diagnostic``): never a value.
+_PG_DIAGNOSTIC_NAMES = ("schema_name", "table_name", "column_name", "constraint_name")
+_CHAIN_MAX = 6
+
+
+def describe_failure(exc: SQLAlchemyError) -> str:
+    """What an operator needs to know of a failure of the database, with nothing of a patient:
+    the chain of exception classes, PostgreSQL's SQLSTATE and the names of the schema objects it
+    names, SQLite's error code name and, for a failure to connect (no statement was run), the
+    driver's message, which names the host, port, database and user, never a record. A
+    statement's own message is not given: it can quote a value (``invalid input syntax for type
+    …: "<an identifier>"``), and the statement itself holds the parameters' places, not values,
+    but is not needed."""
+    chain: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < _CHAIN_MAX:
+        kind = type(current)
+        chain.append(f"{kind.__module__}.{kind.__qualname__}")
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    parts = [" <- ".join(chain)]
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate:
+        parts.append(f"SQLSTATE {sqlstate}")
+        diag = getattr(orig, "diag", None)
+        parts += [f"{name.removesuffix('_name')} {value}" for name in _PG_DIAGNOSTIC_NAMES
+                  if isinstance(value := getattr(diag, name, None), str) and value]
+    if isinstance(name := getattr(orig, "sqlite_errorname", None), str):
+        parts.append(name)
+    if isinstance(exc, DBAPIError) and exc.statement is None and orig is not None:
+        # connecting failed (the pool's connect): host, port, database, user, and why
+        parts.append(" ".join(str(orig).split())[:300])
+    return "; ".join(parts)
+
+
+def prepare_database(conn: Connection, schema: str | None, *, create: bool = True) -> None:
+    """Dialect-specific set-up before the tables are created, inside the schema transaction
+    (``create`` False: the schema is not created either)."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-        if schema is not None:
+        if schema is not None and create:
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
 

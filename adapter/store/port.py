@@ -254,6 +254,13 @@ class RecordStore(Protocol):
         ``study_date_of`` its record's JSON, then store ``version``. Returns how many instances
         changed now."""
 
+    def stored_fingerprints(self) -> dict[str, str]:
+        """Every fingerprint the store keeps, by name: of the keys and versions its derived
+        indexes were made with (and of the pseudonym key itself, adapter.services.registry)."""
+
+    def record_fingerprint(self, name: str, fingerprint: str) -> None:
+        """Keep ``fingerprint`` under ``name`` (at most 16 characters), replacing the one there."""
+
     def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
         """Keep the pseudonym index current: when the stored fingerprint differs (or there is
         none), empty it and store ``fingerprint``; then add ``pseudonym_of(patient)`` for every

@@ -4,9 +4,11 @@ dialect differences live in ``engine.py`` and ``dates.py``)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +19,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    inspect,
     or_,
     select,
     text,
@@ -28,12 +31,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from adapter.errors import Conflict, InvalidInput, NotFound, StorageError
+from adapter.errors import ConfigurationError, Conflict, InvalidInput, NotFound, StorageError
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
 from adapter.store.dates import now_instant, to_utc
-from adapter.store.engine import WRITE, create_store_engine, prepare_database
+from adapter.store.engine import (
+    WRITE,
+    check_database_url,
+    create_store_engine,
+    describe_failure,
+    prepare_database,
+)
 from adapter.store.inserts import CompiledInserts
 from adapter.store.port import NamePrefix, SearchCriteria
 from adapter.store.rows import (
@@ -71,6 +80,7 @@ from adapter.store.schema import (
 )
 from adapter.store.search import search_statement
 
+_log = logging.getLogger(__name__)
 _r = resources.c
 _d = dicom_instances.c
 _u = dicom_released_uids.c
@@ -93,6 +103,7 @@ _PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
 #: Held (PostgreSQL) from a transaction's insert of AuditEvents, or its stamp of the resources it
 #: writes (_stamp), to its commit.
 _AUDIT_LOCK = 0x1A6E5706
+_FINGERPRINT_LOCK = 0x1A6E5707  # record_fingerprint
 _MILLISECOND = timedelta(milliseconds=1)
 #: The resources reindex_records re-derives the search index of.
 _RECORD_TYPES = ("Media", "DocumentReference")
@@ -172,16 +183,29 @@ def _translated_errors() -> Iterator[None]:
     """Driver and SQLAlchemy errors as our own: unique violations are Conflict, a value over one
     of PostgreSQL's limits InvalidInput (422 / 0xC000: retrying cannot help), the rest
     StorageError (a failed transaction is rolled back, so nothing of it was saved). Values
-    that cannot be encoded (JSON) surface as SQLAlchemy StatementError, hence StorageError."""
+    that cannot be encoded (JSON) surface as SQLAlchemy StatementError, hence StorageError.
+
+    A StorageError is logged here with its cause (engine.describe_failure: the exception
+    classes, the SQLSTATE, a failure to connect's message; never a statement's message or
+    parameters), since its diagnostics, which a client reads, say only that the store failed."""
     try:
         yield
     except IntegrityError as exc:
-        raise _integrity_error(exc) from exc
+        translated = _integrity_error(exc)
+        if isinstance(translated, StorageError):
+            _log.error("the record store rejected a write: %s", describe_failure(exc))
+        raise translated from exc
     except SQLAlchemyError as exc:
         if str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "").startswith(_PG_PROGRAM_LIMIT_EXCEEDED):
             raise InvalidInput("a value of the request is too large for the record store (an identifier or "
                                "code of thousands of characters); nothing was saved") from exc
+        _log.error("the record store failed: %s", describe_failure(exc))
         raise StorageError("the record store failed; nothing was saved") from exc
+
+
+class NoStore(ConfigurationError):
+    """The database the settings name holds no record store of the adapter (opened with
+    ``existing_only``: ``python -m adapter verify`` never verifies a new, empty one)."""
 
 
 #: Rows of a search read at a time (SqlRecordStore.search_index).
@@ -327,11 +351,18 @@ class SqlRecordStore:
 
     ``schema`` (PostgreSQL only) keeps the tables in a schema of their own, created if missing.
     Tables are created on start. ``outbox_lease`` is how long claim_outbox hides a claimed item.
+    With ``existing_only`` nothing is created: a database (a SQLite file, a PostgreSQL schema)
+    that does not hold the adapter's tables raises :class:`NoStore` (an older one is upgraded).
     """
 
     def __init__(self, database_url: str, *, schema: str | None = None, pool_size: int = 5,
-                 max_overflow: int = 10, outbox_lease: timedelta = OUTBOX_LEASE) -> None:
+                 max_overflow: int = 10, outbox_lease: timedelta = OUTBOX_LEASE, existing_only: bool = False) -> None:
         self._outbox_lease = outbox_lease
+        if existing_only:
+            database = check_database_url(database_url, schema=schema)
+            if database.get_backend_name() == "sqlite" and not Path(database.database or "").expanduser().is_file():
+                # connecting would create it
+                raise NoStore(f"no database at {database.database} (ADAPTER_DATA_DIR, ADAPTER_DATABASE_URL)")
         self._engine = create_store_engine(database_url, schema=schema, pool_size=pool_size,
                                            max_overflow=max_overflow)
         self._writer = self._engine.execution_options(**{WRITE: True})
@@ -347,7 +378,10 @@ class SqlRecordStore:
             patient_pseudonyms).on_conflict_do_nothing()
         try:
             with self._write() as conn:
-                prepare_database(conn, schema)
+                prepare_database(conn, schema, create=not existing_only)
+                if existing_only and not inspect(conn).has_table(schema_version.name):
+                    raise NoStore("the database holds no record store of the adapter (no schema_version table): "
+                                  "a new or wrong database (ADAPTER_DATABASE_URL, ADAPTER_DATA_DIR)")
                 create_schema(conn)
         except BaseException:
             self._engine.dispose()
@@ -837,6 +871,18 @@ class SqlRecordStore:
             if len(rows) < batch:
                 return filled
             after = instances[-1].sop_instance_uid
+
+    def stored_fingerprints(self) -> dict[str, str]:
+        """See RecordStore.stored_fingerprints."""
+        with self._read() as conn:
+            return {name: fingerprint for name, fingerprint in conn.execute(select(_k.name, _k.fingerprint))}
+
+    def record_fingerprint(self, name: str, fingerprint: str) -> None:
+        """See RecordStore.record_fingerprint."""
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":  # processes starting together: one after the other
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FINGERPRINT_LOCK})
+            self._set_fingerprint(conn, name, fingerprint)
 
     def _set_fingerprint(self, conn: Connection, name: str, fingerprint: str) -> None:
         conn.execute(delete(key_fingerprints).where(_k.name == name))

@@ -92,3 +92,16 @@ def test_the_readme_backup_taken_while_ingesting_restores_whole(tmp_path: Path) 
             assert http.get(f"/fhir/{receipt['record']}").status_code == 200, receipt
             image = http.get(f"/fhir/{receipt['binary']}", headers={"Accept": "image/*"})
             assert image.status_code == 200 and image.content[:2] == b"\xff\xd8", receipt
+
+
+def test_the_readme_backup_from_a_mistyped_path_fails_and_creates_nothing(tmp_path: Path) -> None:
+    # sqlite3.connect('data/adapter.db') made an empty database there, and the backup of it
+    # passed a restore drill (ops review 1): the README's command opens its source read-only
+    backup_db, _, _ = _readme_commands()
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "data").mkdir()  # the wrong folder: no adapter.db in it
+    command = backup_db.replace(".venv/bin/python", sys.executable).replace("/backup/", f"{tmp_path}/backup/")
+    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert "unable to open database file" in done.stderr
+    assert not (tmp_path / "data" / "adapter.db").exists() and not (tmp_path / "backup" / "adapter.db").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import SUCCESS
@@ -21,6 +23,7 @@ from adapter.services.verify import DAMAGED, MISSING, verify_store
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, metadata, post_photo
 from tests.support.dicom_files import pynet_store, sc_file
+from tests.support.postgres import postgres_schema
 
 
 def _verify(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -104,6 +107,45 @@ def test_verify_refuses_a_folder_with_no_store(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "no database at" in done.stderr
     assert not (tmp_path / "data" / "adapter.db").exists()
+
+
+def test_verify_refuses_an_empty_sqlite_file_and_gives_it_no_tables(tmp_path: Path) -> None:
+    # what sqlite3.connect on a mistyped backup path leaves: verify said "0 problem(s)", exit 0 (ops review 1)
+    (tmp_path / "policy.yaml").write_text((ROOT / "mappings" / "policy.yaml").read_text())
+    (tmp_path / "data").mkdir()
+    sqlite3.connect(tmp_path / "data" / "adapter.db").close()
+    done = _verify(tmp_path, "--digests")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "holds no record store of the adapter" in done.stderr and "0 problem(s)" not in done.stdout
+    with sqlite3.connect(tmp_path / "data" / "adapter.db") as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+
+
+def test_verify_refuses_an_empty_postgresql_schema_and_creates_nothing_in_it(tmp_path: Path) -> None:
+    # on PostgreSQL verify created the 11 tables in the empty database, then passed it (ops review 1)
+    (tmp_path / "policy.yaml").write_text((ROOT / "mappings" / "policy.yaml").read_text())
+    with postgres_schema("verify_empty") as url:
+        done = _verify(tmp_path, env={"ADAPTER_DATABASE_URL": url})
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "holds no record store of the adapter" in done.stderr
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert sa.inspect(conn).get_table_names() == []
+        finally:
+            engine.dispose()
+
+
+def test_verify_reports_a_restore_without_the_pseudonym_key(tmp_path: Path) -> None:
+    # serve generated a new key (INFO) and verify said 0 problem(s): every pseudonym unlinkable (ops review 8)
+    with adapter_client(tmp_path) as (client, _):
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+    (tmp_path / "data" / "pseudonym.key").unlink()
+    done = _verify(tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "pseudonym key:" in done.stdout and "pseudonym.key is missing" in done.stdout
+    assert "1 problem(s)" in done.stdout
+    assert not (tmp_path / "data" / "pseudonym.key").exists()
 
 
 def _age(path: Path, days: float) -> None:

@@ -8,6 +8,7 @@ cases are skipped, except in CI (CI=true), where they fail.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from adapter.store import (
     TokenCriterion,
     open_store,
 )
+from adapter.store.engine import describe_failure
 from adapter.store.schema import SCHEMA_VERSION
 from adapter.store.schema import audit as audit_table
 from adapter.store.schema import dicom_instances as dicom_instances_table
@@ -1595,9 +1597,11 @@ def test_open_store_picks_the_backend_from_the_url(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("url", ["mysql+pymysql://u@localhost/db", "sqlite://", "sqlite:///:memory:",
-                                 "postgresql+psycopg2://postgres@127.0.0.1/test", "not a url"])
+                                 "postgresql+psycopg2://postgres@127.0.0.1/test", "not a url",
+                                 # no dialect of that name: NoSuchModuleError, a traceback (ops review 10)
+                                 "foo://", "postgres://postgres@127.0.0.1/test"])
 def test_open_store_refuses_other_urls(tmp_path: Path, url: str) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="sqlite:///|SQLite"):
         open_store(StoreOptions(database_url=url, data_dir=tmp_path))
 
 
@@ -1718,3 +1722,44 @@ def test_an_outbox_claim_is_renewed_only_while_it_holds(open_records: StoreFacto
                                     claimed_until=taken.next_attempt_at)
     second.mark_outbox_sent(pacs.id, later)
     assert first.renew_outbox_claims([pacs], later) == []  # sent: nothing left to hold
+
+
+def test_a_failure_of_the_store_is_logged_with_its_cause_and_no_value(
+        store: SqlRecordStore, caplog: pytest.LogCaptureFixture) -> None:
+    # a missing table gave only "request failed: StorageError" (ops review 4)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE receipts RENAME TO receipts_gone"))
+    with caplog.at_level(logging.ERROR, logger="adapter.store"), pytest.raises(StorageError):
+        store.save_ingest(make_unit())
+    logged = " ".join(caplog.messages)
+    assert "the record store failed" in logged
+    if store.engine.dialect.name == "postgresql":
+        assert "psycopg.errors.UndefinedTable" in logged and "SQLSTATE 42P01" in logged
+    else:
+        assert "sqlite3.OperationalError" in logged and "SQLITE_ERROR" in logged
+    assert PATIENT.value not in logged and "INSERT" not in logged
+
+
+def test_a_statement_error_quoting_a_value_is_described_without_it(postgres_url: str) -> None:
+    # PostgreSQL's message quotes the value ("invalid input syntax for type integer: ..."); the SQLSTATE is kept
+    engine = sa.create_engine(postgres_url, hide_parameters=True)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as info, engine.connect() as conn:
+            conn.execute(sa.text("SELECT CAST(:v AS integer)"), {"v": "MRN-0001"})
+    finally:
+        engine.dispose()
+    described = describe_failure(info.value)
+    assert "SQLSTATE 22P02" in described and "InvalidTextRepresentation" in described
+    assert "MRN-0001" not in described
+
+
+@pytest.mark.parametrize("url,cause", [
+    ("postgresql+psycopg://postgres@127.0.0.1:1/adapter", 'port 1 failed: Connection refused'),
+    ("postgresql+psycopg://postgres@127.0.0.1:5432/adapter_no_such_database_ops", '"adapter_no_such_database_ops" does not exist'),
+])
+def test_a_failure_to_connect_is_logged_with_the_drivers_message(
+        postgres_url: str, url: str, cause: str, caplog: pytest.LogCaptureFixture) -> None:
+    # an unreachable host, a wrong port and a missing database all said only "the record store failed"
+    with caplog.at_level(logging.ERROR, logger="adapter.store"), pytest.raises(StorageError):
+        SqlRecordStore(url)
+    assert cause in " ".join(caplog.messages)

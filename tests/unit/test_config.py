@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from adapter.config import Settings
 from adapter.errors import ConfigurationError
@@ -103,3 +104,29 @@ def test_a_log_level_beyond_debug_or_unknown_is_refused(level: str) -> None:
     with pytest.raises(ValidationError, match="log_level"):
         Settings(log_level=level)
     assert Settings(log_level="debug").log_level == "DEBUG"
+
+
+def test_the_default_policy_is_the_working_directorys_else_the_installed_copy(tmp_path, monkeypatch) -> None:
+    # an installed package run outside the checkout found no mappings/policy.yaml (ops review 5)
+    from adapter import config
+
+    installed = tmp_path / "prefix" / "policy.yaml"
+    monkeypatch.setattr(config, "installed_policy", lambda: installed)
+    monkeypatch.chdir(tmp_path)
+    assert Settings().resolved_policy == installed
+    assert Settings().resolved_mappings_dir == installed.parent
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "policy.yaml").write_text("version: 1\n")
+    assert Settings().resolved_policy == Path("mappings/policy.yaml")
+    (tmp_path / "mappings" / "policy.yaml").unlink()
+    assert Settings(policy=Path("other.yaml")).resolved_policy == Path("other.yaml")  # as given, even if missing
+    monkeypatch.setattr(config, "installed_policy", lambda: None)
+    assert Settings().resolved_policy == Path("mappings/policy.yaml")  # missing: named as the setting says
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://host", "https://", "http:///x", "https://h/x?a=1"])
+def test_a_base_url_is_an_absolute_http_url(url: str) -> None:
+    # "notaurl" was accepted, and the CapabilityStatement said implementation.url "notaurl/fhir"
+    with pytest.raises(ValidationError, match="base_url"):
+        Settings(base_url=url)
+    assert Settings(base_url="https://adapter.example/prefix").base_url == "https://adapter.example/prefix"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from adapter.__main__ import serve
+from adapter.__main__ import main, serve
 from adapter.config import Settings
+from tests.conftest import ROOT
 
 
 def test_serve_names_the_policy_not_the_dicom_scp_when_the_policy_is_missing(
@@ -21,3 +22,22 @@ def test_serve_names_the_policy_not_the_dicom_scp_when_the_policy_is_missing(
     message = caplog.messages[-1]
     assert "nope.yaml" in message
     assert "DICOM" not in message and "forwarder" not in message
+
+
+@pytest.mark.parametrize("url", ["foo://", "postgres://adapter@127.0.0.1/adapter"])
+def test_serve_refuses_a_database_url_of_no_known_dialect_naming_the_setting(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, url: str) -> None:
+    # NoSuchModuleError ended the start in a traceback (ops review 10); mysql:// was refused plainly
+    settings = Settings(policy=ROOT / "mappings" / "policy.yaml", data_dir=tmp_path / "data", database_url=url,
+                        dicom_enabled=False)
+    with caplog.at_level(logging.ERROR, logger="adapter"):
+        assert serve(settings) == 2
+    assert "postgresql+psycopg://" in caplog.messages[-1] and "ADAPTER_DATABASE_URL" in caplog.messages[-1]
+
+
+def test_audit_refuses_a_limit_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    # --limit -1 exported 0 events and exited 0 (ops review 12)
+    with pytest.raises(SystemExit) as info:
+        main(["audit", "--limit", "-1"])
+    assert info.value.code == 2
+    assert "not a positive whole number: -1" in capsys.readouterr().err

@@ -37,6 +37,9 @@ def test_the_shipped_policy_and_tables_load() -> None:
     (lambda p: p["labels"].update(confidentiality="X"), "labels.confidentiality"),
     (lambda p: p["limits"].update(maxPixels=0), "limits.maxPixels"),
     (lambda p: p.pop("organisation"), "organisation"),
+    # named neither the file nor the element, and quoted the title truncated (ops review 12)
+    (lambda p: p.update(allowedAETitles=["PACS", "THIS_AE_TITLE_IS_TOO_LONG"]),
+     "allowedAETitles[1]: 'THIS_AE_TITLE_IS_TOO_LONG' is not an AE title"),
 ])
 def test_an_invalid_policy_is_refused_naming_the_element(tmp_path: Path, mutate, where: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(PolicyError) as info:
@@ -89,3 +92,43 @@ def test_a_cycle_in_the_purpose_hierarchy_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         load_tables(mappings, _policy(tmp_path, lambda p: None))
     assert "TRAIN" in info.value.diagnostics and "cycle" in info.value.diagnostics
+
+
+@pytest.mark.parametrize("element", ["explicitPurposes", "carePurposes"])
+def test_a_break_glass_purpose_that_is_also_consented_or_care_is_refused(tmp_path: Path, element: str) -> None:
+    # TRAIN listed as break-glass too got the full identified view without any Consent (ops review)
+    code = "TRAIN" if element == "explicitPurposes" else "COC"
+    policy = _policy(tmp_path, lambda p: p["breakGlass"]["purposes"].append(code))
+    with pytest.raises(PolicyError) as info:
+        load_tables(MAPPINGS, policy)
+    message = info.value.diagnostics
+    assert message.startswith(f"{policy}:")
+    assert "breakGlass.purposes" in message and f"consent.{element}" in message and code in message
+
+
+@pytest.mark.parametrize("text,key", [
+    # a second block at the end replaced the first, silently (yaml.safe_load keeps the last)
+    ("\nconsent:\n  writtenRequired: true\n", "consent"),
+    ("", "writtenRequired"),
+])
+def test_a_key_given_twice_is_refused_naming_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    source = (MAPPINGS / "policy.yaml").read_text()
+    if not text:  # nested, in the same mapping
+        source = source.replace("  writtenRequired: false", "  writtenRequired: true\n  writtenRequired: false", 1)
+    path = tmp_path / "policy.yaml"
+    path.write_text(source + text)
+    with pytest.raises(PolicyError) as info:
+        load_tables(MAPPINGS, path)
+    message = info.value.diagnostics
+    assert message.startswith(f"{path}:") and f"duplicate key '{key}'" in message
+
+
+def test_a_duplicate_key_in_a_mapping_table_is_refused(tmp_path: Path) -> None:
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for name in ("purposes.yaml", "body_sites.yaml", "dicom.yaml", "policy.yaml"):
+        (mappings / name).write_text((MAPPINGS / name).read_text())
+    kinds = (MAPPINGS / "kinds.yaml").read_text()
+    (mappings / "kinds.yaml").write_text(kinds + "\n" + kinds.split("\n\n")[0] + "\n")
+    with pytest.raises(PolicyError, match="kinds.yaml: duplicate key 'clinical' at line 28"):
+        load_tables(mappings, mappings / "policy.yaml")

@@ -1,0 +1,58 @@
+"""``python -m adapter check`` as its own process: it refuses what ``serve`` refuses before it
+listens (the settings, the policy, every mapping table, the SCP's AE titles), and writes nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _run(command: str, tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env.update({"ADAPTER_DATA_DIR": str(tmp_path / "data"), "ADAPTER_POLICY": str(ROOT / "mappings" / "policy.yaml"),
+                "ADAPTER_HTTP_PORT": "0", "ADAPTER_DICOM_PORT": "0", **settings})
+    return subprocess.run([sys.executable, "-m", "adapter", command], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def _mappings_with(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mappings)
+    text = (mappings / name).read_text()
+    assert old in text
+    (mappings / name).write_text(text.replace(old, new, 1))
+    return mappings / "policy.yaml"
+
+
+def test_check_passes_the_shipped_configuration_and_writes_nothing(tmp_path: Path) -> None:
+    done = _run("check", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "valid" in done.stdout
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("setup,named", [
+    (lambda t: {"ADAPTER_UID_ROOT": "abc"}, "ADAPTER_UID_ROOT"),
+    (lambda t: {"ADAPTER_POLICY": str(_mappings_with(t, "dicom.yaml", "unknownIssuer: refuse",
+                                                      "unknownIssuer: maybe"))},
+     "dicom.yaml: patientIdentifiers.unknownIssuer"),
+    (lambda t: {"ADAPTER_DATABASE_URL": "postgres://adapter@127.0.0.1/adapter"}, "ADAPTER_DATABASE_URL"),
+    (lambda t: {"ADAPTER_DICOM_ALLOWED_AE_TITLES": "THIS_AE_TITLE_IS_TOO_LONG"}, "AE title"),
+])
+def test_check_refuses_what_serve_refuses(tmp_path: Path, setup, named: str) -> None:  # type: ignore[no-untyped-def]
+    # check said "valid" for a dicom.yaml and a UID root serve then refused (ops review 3)
+    settings = setup(tmp_path)
+    checked = _run("check", tmp_path, **settings)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert named in checked.stderr
+    assert not (tmp_path / "data").exists()
+    served = _run("serve", tmp_path, **settings)
+    assert served.returncode == 2, served.stderr
+    assert named in served.stderr
