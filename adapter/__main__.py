@@ -87,11 +87,20 @@ def _start_dicom(settings: Settings) -> tuple[StoreSCP | None, Services] | None:
 
 
 class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that the SCP is stopped before the process exits."""
+    """SIGTERM or SIGINT, raised in the main thread so that the SCP and the store are closed
+    before the process exits."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
+    raise _Terminated(signum)
+
+
+#: The signals that stop ``serve``: what docker stop and systemd send, and Ctrl-C.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _multiprocess_metrics(settings: Settings) -> None:
@@ -135,9 +144,11 @@ def serve(settings: Settings) -> int:
     """The HTTP API in this thread and, when enabled, the DICOM SCP beside it; the SCP stops
     (associations finish their ingest first) when the HTTP server does.
 
-    uvicorn handles SIGTERM itself, then restores the previous handler and raises the signal
-    again: the handler installed here turns that into an exception, so the SCP and its store
-    are closed, and the signal is raised once more at the end (exit status as without the SCP).
+    uvicorn handles SIGTERM and SIGINT itself, then restores the previous handlers and raises the
+    signal again: the handler installed here turns that into an exception, so the SCP and its
+    store are closed, and the signal is raised once more at the end, under its default action:
+    the process ends by it (exit status 143 for SIGTERM, 130 for Ctrl-C), without the
+    KeyboardInterrupt traceback Python's own SIGINT handler would print.
     """
     if settings.http_workers > 1:
         _multiprocess_metrics(settings)
@@ -147,27 +158,28 @@ def serve(settings: Settings) -> int:
         # the services (policy, tables, store) are built here too: each message names its own cause
         logging.getLogger("adapter").error("cannot start: %s", exc.diagnostics)
         return 2
-    if dicom is None:
-        return _serve_http(settings)
-    scp, services = dicom
+    scp, services = dicom if dicom is not None else (None, None)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
-    terminated = False
+    previous = {signum: signal.signal(signum, _raise_terminated) for signum in _STOP_SIGNALS} if main_thread else {}
+    ended_by: int | None = None
     try:
         # one HTTP process: it shares the SCP's and forwarder's services, so an ingest wakes the
         # forwarder at once (workers in other processes rely on its poll)
         return _serve_http(settings, services if settings.http_workers == 1 else None)
-    except _Terminated:
-        terminated = True
+    except _Terminated as stop:
+        ended_by = stop.signum
         return 0
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if scp is not None:
             scp.stop()
-        services.close()
-        if terminated:
-            signal.raise_signal(signal.SIGTERM)
+        if services is not None:
+            services.close()
+        if ended_by is not None:
+            if previous.get(ended_by) is signal.default_int_handler:
+                signal.signal(ended_by, signal.SIG_DFL)  # ended by Ctrl-C, not by a traceback
+            signal.raise_signal(ended_by)
 
 
 def _serve_http(settings: Settings, services: Services | None = None) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pydicom
+import pytest
 
 from tests.conftest import ROOT, require_or_skip
 from tests.support.app import PATIENT
@@ -147,3 +148,20 @@ def test_sigterm_with_an_upload_trickling_in_ends_within_the_body_timeout(tmp_pa
                             timeout=120, check=False, env={**os.environ, "ADAPTER_DATA_DIR": str(tmp_path / "data")})
     assert verify.returncode == 0 and verify.stdout.startswith("0 reference(s) to 0 stored image(s)"), verify.stdout
     assert not list((tmp_path / "data" / "staging").iterdir())
+
+
+@pytest.mark.parametrize("dicom", ["with the SCP", "HTTP alone"])
+def test_ctrl_c_stops_cleanly_without_a_traceback(tmp_path: Path, dicom: str) -> None:
+    """Review finding: Ctrl-C on `make run` shut the SCP down, then ended in a KeyboardInterrupt
+    traceback (uvicorn raises the signal again once it has stopped, and Python's own SIGINT
+    handler turns it into an exception nothing catches). SIGINT now ends it as SIGTERM does:
+    everything closed, then the process ends by the signal (exit status 130 from a shell)."""
+    env = {} if dicom == "with the SCP" else {"ADAPTER_DICOM_ENABLED": "false"}
+    with running_adapter(tmp_path, **env) as server:
+        os.kill(server.pid, signal.SIGINT)
+        _, status = os.waitpid(server.pid, 0)
+        log = server.log.read_text()
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT, (status, log[-1500:])
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-1500:]
+    if dicom == "with the SCP":
+        assert "DICOM SCP stopped" in log, log[-1500:]
