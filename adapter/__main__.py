@@ -177,7 +177,7 @@ def serve(settings: Settings) -> int:
         if services is not None:
             services.close()
         if ended_by is not None:
-            if previous.get(ended_by) is signal.default_int_handler:
+            if previous.get(signal.Signals(ended_by)) is signal.default_int_handler:
                 signal.signal(ended_by, signal.SIG_DFL)  # ended by Ctrl-C, not by a traceback
             signal.raise_signal(ended_by)
 
