@@ -11,8 +11,11 @@ Shape (standards.md §2.4, §3.4), read back by adapter.consent.grants:
 * sourceAttachment = the scanned form of a written consent (base64, content type sniffed when
   not given);
 * provision: permit, period.start = the consent date, action consentaction#collect and #use,
-  purpose = v3-ActReason codings. An implied consent also gets provision.data (meaning
-  ``instance``) naming the one record it covers.
+  purpose = v3-ActReason codings. A consent given with a photo (verbal, written or implied)
+  also gets provision.data (meaning ``instance``) naming that photo's record: it is that photo's
+  consent, not the patient's for every photo. The record governs its Binary and Provenance (their
+  access facts are the record's), so naming it covers the image too. A Consent the patient gives
+  for all their photos is recorded on its own (``POST /fhir/Consent``), without provision.data.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ def build_consent_resource(*, consent_id: str, patient: PatientRef, purposes: Se
     ``consent_date`` (default ``now``) gives Consent.dateTime and provision.period.start (a
     naive datetime or a date gives date precision, see adapter.mapping.fhir_r4). ``data_refs``
     ("Media/abc") restrict the provision to those records (provision.data, meaning instance);
-    an IMPLIED consent should always be restricted to the photo that implied it.
+    a consent given with a photo should always be restricted to that photo.
 
     Raises:
         InvalidInput: no purposes, or ``form`` is not base64 (expression ``consent.form``).
@@ -160,10 +163,11 @@ def consent_from_statement(statement: ConsentStatement, *, consent_id: str, pati
     """The Consent for a ``consent`` statement sent with a photo.
 
     ``statement.recordedBy`` wins over ``recorded_by`` (the caller's fallback, e.g. the photo's
-    author). An implied statement is restricted to ``record_ref`` ("Media/abc"), the record the
-    submission creates; verbal and written consents are not restricted to one record.
+    author). Whatever its method, the statement is restricted to ``record_ref`` ("Media/abc"),
+    the record the submission creates: the metadata speaks of one photo, so what the patient
+    agreed to there is that photo's use, not the use of their earlier or later photos (nor does
+    it document a photo kept as consent pending).
     """
-    implied = statement.method is ConsentMethod.IMPLIED
     given = statement.date
     # A date (or a time without its zone) is local to whoever wrote it: "today" east of UTC is
     # tomorrow in UTC, and a clock may run ahead. The ingest refuses what lies more than a day
@@ -176,7 +180,7 @@ def consent_from_statement(statement: ConsentStatement, *, consent_id: str, pati
         tables=tables, now=now, consent_date=given,
         recorded_by=statement.recorded_by or recorded_by, form=statement.form,
         form_content_type=statement.form_content_type,
-        data_refs=(record_ref,) if implied and record_ref else ())
+        data_refs=(record_ref,) if record_ref else ())
 
 
 __all__ = ["POLICY_RULE", "build_consent_resource", "consent_from_statement"]

@@ -138,6 +138,80 @@ def test_consent_pending_when_policy_allows(tmp_path: Path) -> None:
         assert any(e["url"].endswith("consent-pending") for e in media.get("extension", []))
 
 
+def test_a_consent_given_with_a_photo_covers_that_photo_only(tmp_path: Path) -> None:
+    """Review finding (HIGH): a verbal or written statement sent with one photo was stored as a
+    patient-wide, open-ended Consent: it opened the patient's earlier photos (TREAT only) to
+    TRAIN and covered later photos sent without any consent. It is that photo's consent now:
+    its record, Binary and Provenance, nothing else; a POST /fhir/Consent stays patient-wide."""
+    from tests.support.app import consent_resource
+    with adapter_client(tmp_path) as (client, _):
+        earlier = post_photo(client, WOUND, metadata()).json()
+        given = post_photo(client, SAMPLES / "lesion.png", metadata(consent={"purposes": ["TREAT", "TRAIN"],
+                                                                             "method": "verbal"}),
+                           content_type="image/png")
+        assert given.status_code == 201, given.text
+        given_receipt = given.json()
+        consent = client.get(f"/fhir/{given_receipt['consents'][0]}", headers=as_purpose("TREAT")).json()
+        assert consent["provision"]["data"] == [{"meaning": "instance",
+                                                 "reference": {"reference": given_receipt["record"]}}]
+        train = as_purpose("TRAIN")
+        for ref in (given_receipt["record"], given_receipt["binary"], given_receipt["provenance"]):
+            assert client.get(f"/fhir/{ref}", headers=train).status_code == 200, ref
+        assert client.get(f"/fhir/{earlier['record']}", headers=train).status_code == 403
+        assert client.get(f"/fhir/{earlier['binary']}", headers=train).status_code == 403
+        # a later photo without a statement is not covered: refused as if nothing were on file
+        body = _outcome(post_photo(client, SAMPLES / "document.jpg", metadata(consent=None)), 422)
+        assert "no active Consent permitting TREAT" in body["issue"][0]["diagnostics"]
+        # a written statement (with its form) is the photo's too
+        written = post_photo(client, SAMPLES / "tiny.jpg", metadata(consent={
+            "purposes": ["TREAT", "TRAIN"], "method": "written",
+            "form": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()})).json()
+        assert client.get(f"/fhir/{written['record']}", headers=train).status_code == 200
+        assert client.get(f"/fhir/{earlier['record']}", headers=train).status_code == 403
+        # a Consent recorded on its own is the patient's: it covers every photo
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
+        assert client.get(f"/fhir/{earlier['record']}", headers=train).status_code == 200
+
+
+def test_a_consent_given_with_a_photo_does_not_document_a_pending_one(tmp_path: Path) -> None:
+    """Review finding (HIGH): under allowPending, a second photo sent with verbal consent for
+    TREAT (and TRAIN) made the photo kept without consent readable for care and training. A
+    pending photo opens only by a Consent that covers it (recorded for the patient, or naming it)."""
+    from tests.support.app import consent_resource
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, _):
+        pending = post_photo(client, WOUND, metadata(consent=None)).json()
+        assert pending["consentPending"] is True
+        second = post_photo(client, SAMPLES / "document.jpg",
+                            metadata(consent={"purposes": ["TREAT", "TRAIN"], "method": "verbal"})).json()
+        assert second["consentPending"] is False
+        for purpose in ("TREAT", "COC", "TRAIN"):
+            assert client.get(f"/fhir/{pending['record']}", headers=as_purpose(purpose)).status_code == 403
+            assert client.get(f"/fhir/{second['record']}", headers=as_purpose(purpose)).status_code == 200
+        # a third one sent without consent is pending too: the second photo's consent is not on file
+        assert post_photo(client, SAMPLES / "tiny.jpg", metadata(consent=None)).json()["consentPending"] is True
+        assert client.post("/fhir/Consent", json=consent_resource(["TREAT"])).status_code == 201
+        assert client.get(f"/fhir/{pending['record']}", headers=as_purpose("TREAT")).status_code == 200
+
+
+def test_a_consent_sent_in_a_transaction_covers_its_photo_only(tmp_path: Path) -> None:
+    """The same finding over POST /fhir: the Bundle's Consent was stored patient-wide."""
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    consent = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+    consent["provision"]["purpose"].append({"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                                            "code": "TRAIN"})
+    with adapter_client(tmp_path) as (client, _):
+        earlier = post_photo(client, SAMPLES / "document.jpg", metadata()).json()
+        r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text
+        locations = ["/".join(e["response"]["location"].split("/")[:2]) for e in r.json()["entry"]]
+        record = next(loc for loc in locations if loc.startswith(("Media/", "DocumentReference/")))
+        stored = client.get(f"/fhir/{next(loc for loc in locations if loc.startswith('Consent/'))}",
+                            headers=as_purpose("TREAT")).json()
+        assert stored["provision"]["data"] == [{"meaning": "instance", "reference": {"reference": record}}]
+        assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 200
+        assert client.get(f"/fhir/{earlier['record']}", headers=as_purpose("TRAIN")).status_code == 403
+
+
 @pytest.mark.parametrize("kind,sample", [("document", "document.jpg"), ("secondary", "tiny.jpg")])
 def test_document_and_secondary_need_no_consent_for_care(tmp_path: Path, kind: str, sample: str) -> None:
     with adapter_client(tmp_path) as (client, _):

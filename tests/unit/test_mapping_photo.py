@@ -267,7 +267,25 @@ def test_explicit_consent() -> None:
     assert provision["purpose"] == [
         {"system": codes.V3_ACT_REASON, "code": "TREAT", "display": "treatment"},
         {"system": codes.V3_ACT_REASON, "code": "TRAIN", "display": "training"}]
-    assert "data" not in provision
+    assert provision["data"] == [{"meaning": "instance", "reference": {"reference": f"Media/{RECORD_ID}"}}]
+
+
+@pytest.mark.parametrize("method", ["verbal", "written", "implied"])
+@pytest.mark.parametrize("kind", ["clinical", "document"])
+def test_a_consent_given_with_a_photo_is_that_photos_consent(method: str, kind: str) -> None:
+    """Review finding: a verbal or written statement sent with one photo was recorded as a
+    patient-wide Consent (no provision.data): it opened the patient's earlier photos to TRAIN,
+    covered later photos sent without any consent and documented consent-pending ones. Every
+    statement sent with a photo now names that photo's record (which governs its Binary and
+    Provenance), as the implied one did."""
+    source = "patient" if method == "implied" else "clinician"
+    purposes = ["TREAT"] if method == "implied" else ["TREAT", "TRAIN"]
+    built = build(metadata(kind, source, consent={"purposes": purposes, "method": method}))
+    (consent,) = built.consents
+    assert consent["provision"]["data"] == [{"meaning": "instance", "reference": {"reference": built.record_ref}}]
+    (grant,) = grants_from_consent(consent)
+    assert grant.data_refs == frozenset({built.record_ref})
+    assert built.binary["securityContext"] == {"reference": built.record_ref}
 
 
 def test_verbal_consent_is_recorded_by_the_author_and_dated_now() -> None:
@@ -315,7 +333,7 @@ def test_consents_read_back_as_grants() -> None:
     assert grant.period_start is not None and grant.period_start <= NOW
     (explicit,) = grants_from_consent(build(metadata("clinical", "clinician")).consents[0])
     assert not explicit.implied and explicit.method is ConsentMethod.VERBAL
-    assert explicit.decision == "permit" and explicit.data_refs == frozenset()
+    assert explicit.decision == "permit" and explicit.data_refs == frozenset({f"Media/{RECORD_ID}"})
 
 
 def test_build_consent_resource_alone() -> None:
