@@ -25,9 +25,8 @@ import binascii
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
-from adapter.errors import InvalidInput, UnsupportedMediaType
-from adapter.imaging.jpeg import strip_jpeg
-from adapter.imaging.png import strip_png
+from adapter.errors import ImageTooLarge, InvalidInput, UndecodableImage, UnsupportedMediaType
+from adapter.imaging import sanitize_scan
 from adapter.mapping.codes import (
     CONSENT_ACTION,
     CONSENT_CATEGORY_LOINC,
@@ -65,11 +64,13 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 
 
-def _form_attachment(form: str, content_type: str | None, when: str) -> JSON:
+def _form_attachment(form: str, content_type: str | None, when: str, tables: Tables) -> JSON:
     """Consent.sourceAttachment for a signed form (R4 Attachment: data is base64): a PDF, or a
     scan as JPEG or PNG without its metadata. UnsupportedMediaType for anything else, or for
     a ``content_type`` that says otherwise than the bytes. (A PDF's own metadata, its author and
-    producer, is kept: it is the signed document.)"""
+    producer, is kept: it is the signed document.) A scan passes what a photo does (the
+    policy's pixel limit before anything is inflated, the decode proof): ImageTooLarge or
+    UndecodableImage, at ``consent.form``, as a photo would get them."""
     try:
         raw = base64.b64decode(form, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -83,10 +84,12 @@ def _form_attachment(form: str, content_type: str | None, when: str) -> JSON:
         raise UnsupportedMediaType("consent.form must be a PDF, or a scan as JPEG or PNG (formContentType, when "
                                    "given, saying which)", expression="consent.form")
     content_type = found
-    if found == "image/jpeg":
-        raw = strip_jpeg(raw).data
-    elif found == "image/png":
-        raw = strip_png(raw).data
+    if found != "application/pdf":
+        policy = tables.policy
+        try:
+            content_type, raw = sanitize_scan(raw, quality=policy.quality, limits=policy.limits)
+        except (ImageTooLarge, UndecodableImage) as exc:
+            raise type(exc)(f"consent.form: {exc.diagnostics}", expression="consent.form") from exc
     return {
         "contentType": content_type,
         "data": base64.b64encode(raw).decode("ascii"),
@@ -111,6 +114,10 @@ def build_consent_resource(*, consent_id: str, patient: PatientRef, purposes: Se
 
     Raises:
         InvalidInput: no purposes, or ``form`` is not base64 (expression ``consent.form``).
+        UnsupportedMediaType: ``form`` is neither a PDF nor a JPEG or PNG scan, or
+            ``form_content_type`` says otherwise than its bytes.
+        ImageTooLarge, UndecodableImage: a scan over the policy's pixel limit, or one that does
+            not decode (expression ``consent.form``).
         ValueError: ``now`` is naive.
     """
     if not purposes:
@@ -150,7 +157,7 @@ def build_consent_resource(*, consent_id: str, patient: PatientRef, purposes: Se
                           "display": org.name}],
     }
     if form is not None:
-        resource["sourceAttachment"] = _form_attachment(form, form_content_type, when)
+        resource["sourceAttachment"] = _form_attachment(form, form_content_type, when, tables)
     resource["policy"] = [{"uri": tables.policy.uri}]
     resource["policyRule"] = concept(coding(V3_ACT_CODE, rule_code, rule_display))
     resource["provision"] = provision

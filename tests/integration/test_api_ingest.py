@@ -320,6 +320,48 @@ def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
         assert _counts(services) == (0, 0) and _staging_empty(services)
 
 
+def _png_bomb(width: int, height: int) -> bytes:
+    """A greyscale PNG of ``width`` x ``height`` zero pixels: its IDAT deflates a thousandfold."""
+    import struct
+    import zlib
+
+    def chunk(ctype: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
+    deflate = zlib.compressobj(9)
+    row = b"\x00" * (1 + width)
+    idat = b"".join([deflate.compress(row) for _ in range(height)] + [deflate.flush()])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_a_consent_form_is_held_to_the_limits_of_a_photo(tmp_path: Path) -> None:
+    """Review finding: a PNG sent as the signed consent form (consent.form, or a transaction
+    Consent's sourceAttachment) skipped the pixel limit and the decode proof: a decompression
+    bomb was inflated whole (~107 s of CPU at 60000x60000) and stored as the form. It is refused
+    as the photo would be (422 too-costly at consent.form) before it is inflated, storing nothing;
+    a form that does not decode is refused as a photo that does not."""
+    bomb = base64.b64encode(_png_bomb(3000, 1000)).decode()
+    broken = base64.b64encode((SAMPLES / "truncated.jpg").read_bytes()).decode()
+    with adapter_client(tmp_path, policy={"limits": {"maxPixels": 2_000_000}}) as (client, services):
+        for form, code in ((bomb, "too-costly"), (broken, "invalid")):
+            meta = metadata(consent={"purposes": ["TREAT", "TRAIN"], "method": "written", "form": form})
+            body = _outcome(post_photo(client, SAMPLES / "tiny.jpg", meta), 422)
+            assert body["issue"][0]["code"] == code and body["issue"][0]["expression"] == ["consent.form"]
+            assert _counts(services) == (0, 0) and _staging_empty(services)
+        bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+        consent = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+        consent["sourceAttachment"] = {"contentType": "image/png", "data": bomb}
+        body = _outcome(client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"}), 422)
+        assert body["issue"][0]["code"] == "too-costly"
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+        # within the limit, the scan is stored without its metadata
+        meta = metadata(consent={"purposes": ["TREAT", "TRAIN"], "method": "written",
+                                 "form": base64.b64encode(WOUND.read_bytes()).decode()})
+        receipt = post_photo(client, SAMPLES / "tiny.jpg", meta).json()
+        stored = client.get(f"/fhir/{receipt['consents'][0]}", headers=as_purpose("TREAT")).json()
+        assert b"Jane Example" not in base64.b64decode(stored["sourceAttachment"]["data"])
+
+
 def test_oversize_upload_is_413(tmp_path: Path) -> None:
     with adapter_client(tmp_path, max_upload_bytes=50_000) as (client, services):
         _outcome(post_photo(client, WOUND, metadata()), 413)
