@@ -158,6 +158,10 @@ class _Collector:
             self.result.file_content_type = ctype.decode("latin-1") or None
             self.result.file_size = 0
         else:
+            if self._name is not None and self._name in self.result.fields:
+                # the last one would win: a gateway that checked the first would have approved
+                # another patient or consent than the one stored (refused as a second file is)
+                raise InvalidInput(f"more than one '{self._name}' part", expression=self._name)
             self._small = bytearray()
 
     def part_data(self, data: bytes | memoryview) -> None:

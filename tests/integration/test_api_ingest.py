@@ -400,6 +400,20 @@ def test_missing_parts_and_wrong_content_type(tmp_path: Path) -> None:
                                                "metadata": (None, "{not json", "application/json")}), 422)
 
 
+def test_a_repeated_metadata_part_is_refused(tmp_path: Path) -> None:
+    """Review finding: the last of two metadata parts won silently (another patient, a broader
+    consent than the first part a gateway may have checked); refused as a repeated file is."""
+    with adapter_client(tmp_path) as (client, services):
+        other = metadata(patient={"system": PATIENT["system"], "value": "MRN-0002"},
+                         consent={"purposes": ["TREAT", "TRAIN"], "method": "verbal"})
+        files = [("file", ("w.jpg", WOUND.read_bytes(), "image/jpeg")),
+                 ("metadata", (None, json.dumps(metadata()), "application/json")),
+                 ("metadata", (None, json.dumps(other), "application/json"))]
+        body = _outcome(client.post("/photos", files=files), 422)
+        assert body["issue"][0]["expression"] == ["metadata"]
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
 # -- idempotency --------------------------------------------------------------------------------
 
 def test_same_idempotency_key_returns_the_original_receipt(tmp_path: Path) -> None:
