@@ -101,6 +101,15 @@ class ParsedUpload:
     def has_file(self) -> bool:
         return self.file_data is not None or self.file_path is not None
 
+    def head(self, size: int = 16) -> bytes:
+        """The first ``size`` bytes of the file part (what its type is read from)."""
+        if self.file_data is not None:
+            return self.file_data[:size]
+        if self.file_path is not None:
+            with self.file_path.open("rb") as f:
+                return f.read(size)
+        return b""
+
     @property
     def upload(self) -> bytes | Path | None:
         """What the ingest takes: the bytes, or the path of the spilled file."""

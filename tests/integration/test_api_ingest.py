@@ -400,6 +400,30 @@ def test_missing_parts_and_wrong_content_type(tmp_path: Path) -> None:
                                                "metadata": (None, "{not json", "application/json")}), 422)
 
 
+@pytest.mark.parametrize("path,declared", [(WOUND, "text/plain"), (SAMPLES / "lesion.png", "image/jpeg"),
+                                           (WOUND, "image/png"), (WOUND, "image/gif"),
+                                           (WOUND, "application/json")])
+def test_a_photo_declared_as_another_type_than_its_bytes_is_refused(tmp_path: Path, path: Path,
+                                                                     declared: str) -> None:
+    """Review finding: the file part's declared Content-Type was never looked at (a JPEG declared
+    text/plain, a PNG declared image/jpeg: 201), while consent.form's formContentType is held to
+    its bytes. A declared type that contradicts the bytes is 415, nothing stored."""
+    with adapter_client(tmp_path) as (client, services):
+        body = _outcome(post_photo(client, path, metadata(), content_type=declared), 415)
+        assert body["issue"][0]["expression"] == ["file"]
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
+@pytest.mark.parametrize("declared", [None, "application/octet-stream", "image/jpeg; charset=binary", "IMAGE/JPEG"])
+def test_a_photo_declared_as_nothing_in_particular_or_as_itself_is_sniffed(tmp_path: Path,
+                                                                          declared: str | None) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        files = {"file": ("w.jpg", WOUND.read_bytes()) if declared is None else ("w.jpg", WOUND.read_bytes(), declared),
+                 "metadata": (None, json.dumps(metadata()), "application/json")}
+        r = client.post("/photos", files=files)
+        assert r.status_code == 201, r.text
+
+
 def test_a_repeated_metadata_part_is_refused(tmp_path: Path) -> None:
     """Review finding: the last of two metadata parts won silently (another patient, a broader
     consent than the first part a gateway may have checked); refused as a repeated file is."""
