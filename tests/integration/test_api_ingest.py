@@ -223,6 +223,26 @@ def test_document_and_secondary_need_no_consent_for_care(tmp_path: Path, kind: s
         assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 403
 
 
+@pytest.mark.parametrize("kind,sample", [("document", "document.jpg"), ("secondary", "tiny.jpg")])
+def test_document_and_secondary_are_refused_while_a_consent_denies_treat(tmp_path: Path, kind: str,
+                                                                         sample: str) -> None:
+    """Review finding: with a Consent denying TREAT on file, document and secondary photos were
+    stored (201, safe to delete from the device) though no one could read them for care; a
+    clinical one was refused. Refused the same way now, audited, nothing else stored."""
+    from tests.support.app import consent_resource
+    deny = consent_resource(["TREAT"])
+    deny["provision"]["type"] = "deny"
+    with adapter_client(tmp_path) as (client, services):
+        assert client.post("/fhir/Consent", json=deny).status_code == 201
+        counts = _counts(services)
+        clinical = _outcome(post_photo(client, WOUND, metadata()), 422)
+        body = _outcome(post_photo(client, SAMPLES / sample, metadata(kind=kind, consent=None)), 422)
+        assert body["issue"][0]["code"] == clinical["issue"][0]["code"] == "business-rule"
+        assert body["issue"][0]["expression"] == ["consent"] and "denies TREAT" in body["issue"][0]["diagnostics"]
+        assert _counts(services) == counts and _staging_empty(services)
+        assert services.store.list_audit(1)[0]["outcome"] == "4"
+
+
 def test_patient_sent_photo_carries_implied_consent_for_treat_only(tmp_path: Path) -> None:
     with adapter_client(tmp_path) as (client, _):
         r = post_photo(client, WOUND, metadata(source="patient", consent=None))
