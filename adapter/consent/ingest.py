@@ -81,8 +81,11 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
     * Colleague sources need ``colleague``; an external colleague also ``discussionNote``.
     * A statement sent with a photo from the patient covers care purposes only; one dated in
       the future is refused.
-    * ``consent.writtenRequired`` refuses verbal consent for clinical photos;
-      ``devices.personalAllowed: false`` refuses ``device: personal``.
+    * ``consent.writtenRequired`` refuses verbal consent for clinical photos: consent recorded
+      by staff (a statement, or the Consent on file the photo rests on). A photo the patient sent
+      still carries their implied consent for care (the guidance: the purpose it was sent for),
+      which documents care under it too. ``devices.personalAllowed: false`` refuses
+      ``device: personal``.
 
     Raises:
         RequiredElementMissing: ``colleague`` or ``colleague.discussionNote`` is missing.

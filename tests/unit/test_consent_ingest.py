@@ -365,6 +365,9 @@ def test_written_required_accepts_written_consent_on_file() -> None:
 
 
 def test_written_required_accepts_patient_implied_consent() -> None:
+    """writtenRequired concerns consent recorded by staff: a photo the patient sent carries
+    their implied consent for the care it was sent for (the clinical images guidance), and that
+    documents care whatever the policy says of verbal consent (review finding 7, kept)."""
     a = assess(make_meta(source="patient", consent=None), tables=policy_variant(consent=WRITTEN))
     assert a.implied_purposes == ("TREAT",)
 
