@@ -101,6 +101,15 @@ class ParsedUpload:
     def has_file(self) -> bool:
         return self.file_data is not None or self.file_path is not None
 
+    def head(self, size: int = 16) -> bytes:
+        """The first ``size`` bytes of the file part (what its type is read from)."""
+        if self.file_data is not None:
+            return self.file_data[:size]
+        if self.file_path is not None:
+            with self.file_path.open("rb") as f:
+                return f.read(size)
+        return b""
+
     @property
     def upload(self) -> bytes | Path | None:
         """What the ingest takes: the bytes, or the path of the spilled file."""
@@ -158,6 +167,10 @@ class _Collector:
             self.result.file_content_type = ctype.decode("latin-1") or None
             self.result.file_size = 0
         else:
+            if self._name is not None and self._name in self.result.fields:
+                # the last one would win: a gateway that checked the first would have approved
+                # another patient or consent than the one stored (refused as a second file is)
+                raise InvalidInput(f"more than one '{self._name}' part", expression=self._name)
             self._small = bytearray()
 
     def part_data(self, data: bytes | memoryview) -> None:

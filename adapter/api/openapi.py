@@ -148,10 +148,12 @@ FHIR_BODY_TYPES = (FHIR_JSON, JSON)
 PHOTO_UPLOAD = request_body(
     {"multipart/form-data": {
         "type": "object", "required": ["file", "metadata"],
-        "properties": {"file": {**BYTES_SCHEMA, "description": "the photo, image/jpeg or image/png"},
+        "properties": {"file": {**BYTES_SCHEMA, "description": "the photo, image/jpeg or image/png (or "
+                                                              "application/octet-stream: its bytes say which)"},
                        "metadata": {"$ref": _SCHEMAS + "PhotoMetadata"}}}},
     "the photo (`file`) and what is known about it (`metadata`, JSON)",
-    encoding={"file": {"contentType": "image/jpeg, image/png"}, "metadata": {"contentType": JSON}})
+    encoding={"file": {"contentType": "image/jpeg, image/png, application/octet-stream"},
+              "metadata": {"contentType": JSON}})
 
 
 def _components() -> dict[str, Any]:

@@ -75,18 +75,24 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
       (provision.data). Without one the photo is refused unless ``consent.allowPending``.
     * ``document`` and ``secondary`` photos need no consent for care; a kind's warning
       (mappings/kinds.yaml) becomes a warning and a note.
+    * Whatever the kind and source, an active Consent denying TREAT for the patient refuses the
+      photo: it could not be read for care (deny wins at read time).
     * A photo from the patient implies consent for ``consent.patientImpliedPurposes`` only.
     * Colleague sources need ``colleague``; an external colleague also ``discussionNote``.
     * A statement sent with a photo from the patient covers care purposes only; one dated in
       the future is refused.
-    * ``consent.writtenRequired`` refuses verbal consent for clinical photos;
-      ``devices.personalAllowed: false`` refuses ``device: personal``.
+    * ``consent.writtenRequired`` refuses verbal consent for clinical photos: consent recorded
+      by staff (a statement, or the Consent on file the photo rests on). A photo the patient sent
+      still carries their implied consent for care (the guidance: the purpose it was sent for),
+      which documents care under it too. ``devices.personalAllowed: false`` refuses
+      ``device: personal``.
 
     Raises:
         RequiredElementMissing: ``colleague`` or ``colleague.discussionNote`` is missing.
         UnknownCode: a purpose in ``consent.purposes`` is not a v3-ActReason code we know.
         BusinessRuleViolation: a personal device where the policy forbids it.
-        ConsentRequired: consent for TREAT is missing, refused by an active deny Consent, or
+        ConsentRequired: consent for TREAT is missing, refused by an active deny Consent (for
+            every kind), or
             given in a form the rules do not accept (implied from someone other than the
             patient, implied for a non-care purpose, verbal where written is required).
     """
@@ -112,6 +118,7 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
         warnings.append(kind_warning)
         notes.append(kind_warning)
 
+    _check_care_not_denied(meta, existing, tables, now)
     pending = False
     if tables.kinds[meta.kind].needs_care_consent:
         pending = _needs_pending(meta, implied, existing, tables, now,
@@ -220,13 +227,6 @@ def _needs_pending(meta: PhotoMetadata, implied: tuple[str, ...], existing: Sequ
     patient = meta.patient.identifier
     in_force = [g for g in existing if grant_in_force(g, patient, None, now)]
 
-    # An active Consent that denies TREAT is a refusal, not an absence: deny wins at read time
-    # too, so keeping the photo would store a record nobody may use for care.
-    if any(g.decision == DENY and grant_covers(g, TREAT, tables) for g in in_force):
-        raise ConsentRequired("an active Consent on file denies TREAT for this patient; record the "
-                              "patient's new decision (make that Consent inactive) before sending "
-                              "clinical photos", expression="consent")
-
     if sender_responsible:
         return False
     if meta.consent is not None and purposes_cover(meta.consent.purposes, TREAT, tables):
@@ -258,6 +258,20 @@ def _needs_pending(meta: PhotoMetadata, implied: tuple[str, ...], existing: Sequ
         on_file_text = "no active Consent permitting TREAT is on file for this patient"
     raise ConsentRequired(f"a clinical photo needs documented consent for TREAT: {missing}, and "
                           f"{on_file_text}", expression=expression)
+
+
+def _check_care_not_denied(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables: Tables,
+                           now: datetime) -> None:
+    """An active Consent that denies TREAT (for all the patient's data, not only other records)
+    is a refusal, not an absence: deny wins at read time whatever the kind of photo
+    (adapter.consent.decision, step 5), so keeping the photo, a document or secondary one too,
+    would store a record nobody may use for care."""
+    patient = meta.patient.identifier
+    if any(g.decision == DENY and grant_covers(g, TREAT, tables) and grant_in_force(g, patient, None, now)
+           for g in existing):
+        raise ConsentRequired("an active Consent on file denies TREAT for this patient; record the "
+                              "patient's new decision (make that Consent inactive) before sending "
+                              "photos of this patient", expression="consent")
 
 
 def _discussion_note(colleague: Colleague) -> str:

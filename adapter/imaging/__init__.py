@@ -19,13 +19,13 @@ from adapter.imaging.jpeg import jpeg_pixel_size
 from adapter.imaging.png import png_pixel_size
 from adapter.imaging.quality import estimate_jpeg_quality
 from adapter.imaging.render import Pixels, decode_pixels, encode_png
-from adapter.imaging.sanitize import sanitize, strip_but_orientation, strip_to_pixels_only
+from adapter.imaging.sanitize import sanitize, sanitize_scan, strip_but_orientation, strip_to_pixels_only
 from adapter.imaging.sniff import JPEG, PNG, sniff_content_type
 from adapter.imaging.thumbnail import thumbnail_jpeg
 
 __all__ = [
     "JPEG", "PNG", "ExifSummary", "ImageFacts", "JpegFrameInfo", "Pixels", "decode_pixels", "encode_png",
     "estimate_jpeg_quality", "jpeg_for_encapsulation", "jpeg_frame_info", "jpeg_pixel_size",
-    "orientation_only_tiff", "parse_exif", "png_pixel_size", "read_orientation", "sanitize",
+    "orientation_only_tiff", "parse_exif", "png_pixel_size", "read_orientation", "sanitize", "sanitize_scan",
     "sniff_content_type", "strip_but_orientation", "strip_to_pixels_only", "thumbnail_jpeg",
 ]

@@ -239,16 +239,33 @@ def _image_data(view: memoryview, chunks: tuple[Chunk, ...]) -> tuple[list[memor
     return whole, False
 
 
+#: The colour type (§11.2.1) whose pixels are indices into PLTE.
+INDEXED_COLOUR = 3
+
+
 def _colour(data: bytes, layout: PngLayout) -> tuple[int, int]:
-    """The IHDR colour type (§11.2.1) and the number of palette entries (§11.2.2)."""
-    palette = sum((c.end - c.start - 12) // 3 for c in layout.chunks if c.type == b"PLTE")
-    return data[len(PNG_SIGNATURE) + 17], palette
+    """The IHDR colour type (§11.2.1) and the number of palette entries kept (§11.2.2): none but
+    for an indexed-colour image (:func:`_palette_kept`)."""
+    colour_type = data[len(PNG_SIGNATURE) + 17]
+    if not _palette_kept(colour_type):
+        return colour_type, 0
+    return colour_type, sum((c.end - c.start - 12) // 3 for c in layout.chunks if c.type == b"PLTE")
+
+
+def _palette_kept(colour_type: int) -> bool:
+    """Is a PLTE chunk kept? Only for an indexed-colour image, whose pixels are its entries.
+    In a truecolour image (types 2 and 6) it is a suggested palette for viewers that cannot show
+    truecolour (§11.2.2), which no decoder reads for the pixels; in greyscale ones (0 and 4) it
+    must not appear at all. Either way its 3n bytes could carry anything: dropped, and with it
+    hIST (§11.3.5.3), which gives the frequency of each of its entries."""
+    return colour_type == INDEXED_COLOUR
 
 
 def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
-    """Keep critical chunks and colour/rendering ancillary chunks (``KEEP_ANCILLARY``); drop
-    tEXt, zTXt, iTXt (XMP included), eXIf, tIME, APNG animation chunks (acTL/fcTL/fdAT: frames
-    other than the default image could show anything), sPLT (it has a name) and every unknown
+    """Keep critical chunks (PLTE only for an indexed-colour image: :func:`_palette_kept`) and
+    colour/rendering ancillary chunks (``KEEP_ANCILLARY``); drop tEXt, zTXt, iTXt (XMP included),
+    eXIf, tIME, APNG animation chunks (acTL/fcTL/fdAT: frames other than the default image could
+    show anything), sPLT (it has a name), a suggested palette's PLTE and hIST, and every unknown
     ancillary chunk; cut anything after IEND. An eXIf Orientation other than 1 comes back as
     an Orientation-only eXIf right after IHDR, as for JPEG."""
     layout = walk(data, max_pixels=max_pixels)
@@ -266,9 +283,15 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
             kept.extend(image)  # at the first IDAT, all of them
             image = []
             continue
+        if chunk.type == b"PLTE" and not _palette_kept(colour_type):
+            removed.append("PNG PLTE (suggested palette)")
+            continue
         if chunk.type in CRITICAL:
             _check_crc(view, chunk)
             kept.append(view[chunk.start:chunk.end])
+            continue
+        if chunk.type == b"hIST" and not _palette_kept(colour_type):
+            removed.append("PNG hIST (of a suggested palette)")
             continue
         if chunk.type in KEEP_ANCILLARY:
             _check_crc(view, chunk)
@@ -319,8 +342,9 @@ def strip_png_but_orientation(data: bytes) -> bytes:
 
 
 def strip_png_to_pixels_only(data: bytes) -> bytes:
-    """Critical chunks plus ``PIXELS_ONLY_ANCILLARY`` (tRNS, gAMA, sRGB) when well formed,
-    and only the image's zlib stream in the image data, nothing else."""
+    """Critical chunks (PLTE only for an indexed-colour image) plus ``PIXELS_ONLY_ANCILLARY``
+    (tRNS, gAMA, sRGB) when well formed, and only the image's zlib stream in the image data,
+    nothing else."""
     layout = walk(data)
     view = memoryview(data)
     colour_type, palette = _colour(data, layout)
@@ -336,6 +360,8 @@ def strip_png_to_pixels_only(data: bytes) -> bytes:
             if trns is not None:  # cut to its defined length, as in strip_png
                 parts.append(view[chunk.start:chunk.end] if len(trns) == chunk.end - chunk.start - 12
                              else _chunk(b"tRNS", bytes(trns)))
+        elif chunk.type == b"PLTE" and not _palette_kept(colour_type):
+            continue
         elif chunk.type in CRITICAL or (chunk.type in PIXELS_ONLY_ANCILLARY and _well_formed(
                 chunk.type, view[chunk.start + 8:chunk.end - 4], colour_type, palette)):
             _check_crc(view, chunk)

@@ -14,7 +14,7 @@ from adapter.imaging.jpeg import (
     strip_jpeg_to_pixels_only,
 )
 from adapter.imaging.png import strip_png, strip_png_but_orientation, strip_png_to_pixels_only
-from adapter.imaging.probe import decode_jpeg_prefix, decode_reduced
+from adapter.imaging.probe import Decoded, decode_jpeg_prefix, decode_reduced
 from adapter.imaging.quality import quality_warnings
 from adapter.imaging.sniff import JPEG, check_declared, sniff_content_type
 from adapter.model.policy import Limits, Quality
@@ -51,22 +51,7 @@ def sanitize(src: Path | bytes, dst: Path, *, quality: Quality, limits: Limits,
         received_sha256 = hashlib.sha256(received).hexdigest()
 
     content_type = sniff_content_type(received)
-    stripped: Stripped | StrippedJpeg
-    if content_type == JPEG:
-        # The stored stream stays in pieces (views into ``received``): hashed and written
-        # piece by piece, assembled only for a full decode.
-        stripped = strip_jpeg_segments(received, max_pixels=limits.max_pixels, check_decoding=True)
-        parts = stripped.parts()
-        if quality.decode_proof == "prefix":
-            decoded = decode_jpeg_prefix(stripped)
-        else:
-            decoded = decode_reduced(stripped.join(), JPEG)
-    else:
-        stripped = strip_png(received, max_pixels=limits.max_pixels)
-        parts = [stripped.data]
-        decoded = decode_reduced(stripped.data, content_type)
-    if (decoded.width, decoded.height) != (stripped.width, stripped.height):
-        raise UndecodableImage("the decoder disagrees with the image header about its size")
+    stripped, parts, decoded = _strip_and_prove(received, content_type, quality=quality, limits=limits)
 
     digest = hashlib.sha256()
     for part in parts:
@@ -90,6 +75,45 @@ def sanitize(src: Path | bytes, dst: Path, *, quality: Quality, limits: Limits,
         stored_sha256=digest.hexdigest(),
         stored_size=sum(len(part) for part in parts),
     )
+
+
+def sanitize_scan(data: bytes, *, quality: Quality, limits: Limits) -> tuple[str, bytes]:
+    """A scanned document sent as a JPEG or PNG (a signed consent form), without its metadata:
+    (its content type, the stripped bytes). It passes what a photo does in :func:`sanitize`, in
+    the same order: the pixel limit from the header before anything is inflated or decoded, the
+    JPEG walk's libjpeg checks, then the decode proof; no quality is measured (a scan is no photo).
+
+    Raises :class:`UnsupportedMediaType` (neither JPEG nor PNG), :class:`UndecodableImage` or
+    :class:`ImageTooLarge` (over ``limits.max_pixels``), as :func:`sanitize` does.
+    """
+    content_type = sniff_content_type(data)
+    _, parts, _ = _strip_and_prove(data, content_type, quality=quality, limits=limits)
+    return content_type, b"".join(parts)
+
+
+def _strip_and_prove(received: bytes, content_type: str, *, quality: Quality,
+                     limits: Limits) -> tuple[Stripped | StrippedJpeg, list[bytes | memoryview], Decoded]:
+    """Strip ``received`` (of ``content_type``, sniffed) and prove the result decodes: the pixel
+    limit is checked from the header before any inflation or decoding. (stripped, the stored
+    stream's parts, what the decode proof measured)."""
+    stripped: Stripped | StrippedJpeg
+    parts: list[bytes | memoryview]
+    if content_type == JPEG:
+        # The stored stream stays in pieces (views into ``received``): hashed and written
+        # piece by piece, assembled only for a full decode.
+        stripped = strip_jpeg_segments(received, max_pixels=limits.max_pixels, check_decoding=True)
+        parts = stripped.parts()
+        if quality.decode_proof == "prefix":
+            decoded = decode_jpeg_prefix(stripped)
+        else:
+            decoded = decode_reduced(stripped.join(), JPEG)
+    else:
+        stripped = strip_png(received, max_pixels=limits.max_pixels)
+        parts = [stripped.data]
+        decoded = decode_reduced(stripped.data, content_type)
+    if (decoded.width, decoded.height) != (stripped.width, stripped.height):
+        raise UndecodableImage("the decoder disagrees with the image header about its size")
+    return stripped, parts, decoded
 
 
 def strip_to_pixels_only(data: bytes, content_type: str) -> bytes:

@@ -11,8 +11,11 @@ Shape (standards.md §2.4, §3.4), read back by adapter.consent.grants:
 * sourceAttachment = the scanned form of a written consent (base64, content type sniffed when
   not given);
 * provision: permit, period.start = the consent date, action consentaction#collect and #use,
-  purpose = v3-ActReason codings. An implied consent also gets provision.data (meaning
-  ``instance``) naming the one record it covers.
+  purpose = v3-ActReason codings. A consent given with a photo (verbal, written or implied)
+  also gets provision.data (meaning ``instance``) naming that photo's record: it is that photo's
+  consent, not the patient's for every photo. The record governs its Binary and Provenance (their
+  access facts are the record's), so naming it covers the image too. A Consent the patient gives
+  for all their photos is recorded on its own (``POST /fhir/Consent``), without provision.data.
 """
 
 from __future__ import annotations
@@ -22,9 +25,8 @@ import binascii
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
-from adapter.errors import InvalidInput, UnsupportedMediaType
-from adapter.imaging.jpeg import strip_jpeg
-from adapter.imaging.png import strip_png
+from adapter.errors import ImageTooLarge, InvalidInput, UndecodableImage, UnsupportedMediaType
+from adapter.imaging import sanitize_scan
 from adapter.mapping.codes import (
     CONSENT_ACTION,
     CONSENT_CATEGORY_LOINC,
@@ -62,11 +64,13 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 
 
-def _form_attachment(form: str, content_type: str | None, when: str) -> JSON:
+def _form_attachment(form: str, content_type: str | None, when: str, tables: Tables) -> JSON:
     """Consent.sourceAttachment for a signed form (R4 Attachment: data is base64): a PDF, or a
     scan as JPEG or PNG without its metadata. UnsupportedMediaType for anything else, or for
     a ``content_type`` that says otherwise than the bytes. (A PDF's own metadata, its author and
-    producer, is kept: it is the signed document.)"""
+    producer, is kept: it is the signed document.) A scan passes what a photo does (the
+    policy's pixel limit before anything is inflated, the decode proof): ImageTooLarge or
+    UndecodableImage, at ``consent.form``, as a photo would get them."""
     try:
         raw = base64.b64decode(form, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -80,10 +84,12 @@ def _form_attachment(form: str, content_type: str | None, when: str) -> JSON:
         raise UnsupportedMediaType("consent.form must be a PDF, or a scan as JPEG or PNG (formContentType, when "
                                    "given, saying which)", expression="consent.form")
     content_type = found
-    if found == "image/jpeg":
-        raw = strip_jpeg(raw).data
-    elif found == "image/png":
-        raw = strip_png(raw).data
+    if found != "application/pdf":
+        policy = tables.policy
+        try:
+            content_type, raw = sanitize_scan(raw, quality=policy.quality, limits=policy.limits)
+        except (ImageTooLarge, UndecodableImage) as exc:
+            raise type(exc)(f"consent.form: {exc.diagnostics}", expression="consent.form") from exc
     return {
         "contentType": content_type,
         "data": base64.b64encode(raw).decode("ascii"),
@@ -104,10 +110,14 @@ def build_consent_resource(*, consent_id: str, patient: PatientRef, purposes: Se
     ``consent_date`` (default ``now``) gives Consent.dateTime and provision.period.start (a
     naive datetime or a date gives date precision, see adapter.mapping.fhir_r4). ``data_refs``
     ("Media/abc") restrict the provision to those records (provision.data, meaning instance);
-    an IMPLIED consent should always be restricted to the photo that implied it.
+    a consent given with a photo should always be restricted to that photo.
 
     Raises:
         InvalidInput: no purposes, or ``form`` is not base64 (expression ``consent.form``).
+        UnsupportedMediaType: ``form`` is neither a PDF nor a JPEG or PNG scan, or
+            ``form_content_type`` says otherwise than its bytes.
+        ImageTooLarge, UndecodableImage: a scan over the policy's pixel limit, or one that does
+            not decode (expression ``consent.form``).
         ValueError: ``now`` is naive.
     """
     if not purposes:
@@ -147,7 +157,7 @@ def build_consent_resource(*, consent_id: str, patient: PatientRef, purposes: Se
                           "display": org.name}],
     }
     if form is not None:
-        resource["sourceAttachment"] = _form_attachment(form, form_content_type, when)
+        resource["sourceAttachment"] = _form_attachment(form, form_content_type, when, tables)
     resource["policy"] = [{"uri": tables.policy.uri}]
     resource["policyRule"] = concept(coding(V3_ACT_CODE, rule_code, rule_display))
     resource["provision"] = provision
@@ -160,10 +170,11 @@ def consent_from_statement(statement: ConsentStatement, *, consent_id: str, pati
     """The Consent for a ``consent`` statement sent with a photo.
 
     ``statement.recordedBy`` wins over ``recorded_by`` (the caller's fallback, e.g. the photo's
-    author). An implied statement is restricted to ``record_ref`` ("Media/abc"), the record the
-    submission creates; verbal and written consents are not restricted to one record.
+    author). Whatever its method, the statement is restricted to ``record_ref`` ("Media/abc"),
+    the record the submission creates: the metadata speaks of one photo, so what the patient
+    agreed to there is that photo's use, not the use of their earlier or later photos (nor does
+    it document a photo kept as consent pending).
     """
-    implied = statement.method is ConsentMethod.IMPLIED
     given = statement.date
     # A date (or a time without its zone) is local to whoever wrote it: "today" east of UTC is
     # tomorrow in UTC, and a clock may run ahead. The ingest refuses what lies more than a day
@@ -176,7 +187,7 @@ def consent_from_statement(statement: ConsentStatement, *, consent_id: str, pati
         tables=tables, now=now, consent_date=given,
         recorded_by=statement.recorded_by or recorded_by, form=statement.form,
         form_content_type=statement.form_content_type,
-        data_refs=(record_ref,) if implied and record_ref else ())
+        data_refs=(record_ref,) if record_ref else ())
 
 
 __all__ = ["POLICY_RULE", "build_consent_resource", "consent_from_statement"]

@@ -309,7 +309,7 @@ def build_photo_resources(meta: PhotoMetadata, image: StoredImage, *, record_id:
     The record is a Media or a DocumentReference as mappings/kinds.yaml says for the kind.
     Consents, in this order, take their ids from ``consent_ids``: the ``consent`` statement sent
     with the photo (recorded by its ``recordedBy``, else the photo's author), then, when
-    ``implied_purposes`` is not empty, an IMPLIED Consent restricted to this record
+    ``implied_purposes`` is not empty, an IMPLIED Consent; both restricted to this record
     (provision.data). ``consent_pending`` adds the consent-pending extension.
 
     Raises:

@@ -947,8 +947,8 @@ class DicomIngestService:
     def _assess(self, obj: ReceivedObject, now: datetime) -> IngestAssessment:
         """The ingest consent rules for the object, sent by a colleague inside the organisation
         (the sending AE on behalf of its institution). The patient's Consents are read from
-        the store only if the rules look at them (they do for kinds that need consent for
-        care, not for documents and secondary captures)."""
+        the store when the rules look at them: for every kind, since a Consent denying TREAT
+        refuses documents and secondary captures too."""
         meta = PhotoMetadata(
             patient=PatientRef(system=obj.patient.system, value=obj.patient.value), kind=obj.kind,
             source=RECEIVED_SOURCE, colleague=Colleague(name=f"AE {obj.calling_ae}", organisation=obj.institution))

@@ -7,7 +7,9 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    every create is);
 2. the guidance and policy rules (adapter.consent.assess_ingest); a refusal by them is a
    decision, audited (an AuditEvent with outcome 4; nothing else is stored);
-3. metadata stripping by segment copy, decode proof, quality (adapter.imaging.sanitize);
+3. metadata stripping by segment copy, decode proof, quality (adapter.imaging.sanitize); the
+   resources built (a consent form sent with the photo is stripped and proven as a photo is:
+   refused there, nothing is stored);
 4. blob fsynced to its content address (invisible until referenced; a photo stored before has
    the same address, so nothing new is written for it, but its mtime is refreshed); if step 5
    then fails, the blob is left to ``verify --remove-unreferenced``, which deletes it once past a
@@ -160,8 +162,6 @@ class IngestService:
             policy = self._tables.policy
             facts = sanitize(upload, staged, quality=policy.quality, limits=policy.limits,
                              received_sha256=received_sha256)
-            self._blobs.commit(staged, facts.stored_sha256)
-            committed = True
             device_name = None
             if policy.metadata.keep_device_model and (facts.device_make or facts.device_model):
                 device_name = " ".join(p for p in (facts.device_make, facts.device_model) if p)
@@ -171,7 +171,11 @@ class IngestService:
                 removed=facts.removed,
                 capture_time=facts.capture_time if policy.metadata.keep_capture_time else None,
                 device_name=device_name, quality_warnings=facts.quality_warnings, orientation=facts.orientation)
+            # built before the blob is committed: a refusal while building (a consent form over
+            # the pixel limit, say) leaves nothing behind, the staged photo discarded
             unit = self._unit(meta, image, assessment, idempotency_key, ctx, now)
+            self._blobs.commit(staged, facts.stored_sha256)
+            committed = True
             try:
                 self._store.save_ingest(unit)
             except Conflict:

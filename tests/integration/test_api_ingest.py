@@ -138,6 +138,80 @@ def test_consent_pending_when_policy_allows(tmp_path: Path) -> None:
         assert any(e["url"].endswith("consent-pending") for e in media.get("extension", []))
 
 
+def test_a_consent_given_with_a_photo_covers_that_photo_only(tmp_path: Path) -> None:
+    """Review finding (HIGH): a verbal or written statement sent with one photo was stored as a
+    patient-wide, open-ended Consent: it opened the patient's earlier photos (TREAT only) to
+    TRAIN and covered later photos sent without any consent. It is that photo's consent now:
+    its record, Binary and Provenance, nothing else; a POST /fhir/Consent stays patient-wide."""
+    from tests.support.app import consent_resource
+    with adapter_client(tmp_path) as (client, _):
+        earlier = post_photo(client, WOUND, metadata()).json()
+        given = post_photo(client, SAMPLES / "lesion.png", metadata(consent={"purposes": ["TREAT", "TRAIN"],
+                                                                             "method": "verbal"}),
+                           content_type="image/png")
+        assert given.status_code == 201, given.text
+        given_receipt = given.json()
+        consent = client.get(f"/fhir/{given_receipt['consents'][0]}", headers=as_purpose("TREAT")).json()
+        assert consent["provision"]["data"] == [{"meaning": "instance",
+                                                 "reference": {"reference": given_receipt["record"]}}]
+        train = as_purpose("TRAIN")
+        for ref in (given_receipt["record"], given_receipt["binary"], given_receipt["provenance"]):
+            assert client.get(f"/fhir/{ref}", headers=train).status_code == 200, ref
+        assert client.get(f"/fhir/{earlier['record']}", headers=train).status_code == 403
+        assert client.get(f"/fhir/{earlier['binary']}", headers=train).status_code == 403
+        # a later photo without a statement is not covered: refused as if nothing were on file
+        body = _outcome(post_photo(client, SAMPLES / "document.jpg", metadata(consent=None)), 422)
+        assert "no active Consent permitting TREAT" in body["issue"][0]["diagnostics"]
+        # a written statement (with its form) is the photo's too
+        written = post_photo(client, SAMPLES / "tiny.jpg", metadata(consent={
+            "purposes": ["TREAT", "TRAIN"], "method": "written",
+            "form": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()})).json()
+        assert client.get(f"/fhir/{written['record']}", headers=train).status_code == 200
+        assert client.get(f"/fhir/{earlier['record']}", headers=train).status_code == 403
+        # a Consent recorded on its own is the patient's: it covers every photo
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
+        assert client.get(f"/fhir/{earlier['record']}", headers=train).status_code == 200
+
+
+def test_a_consent_given_with_a_photo_does_not_document_a_pending_one(tmp_path: Path) -> None:
+    """Review finding (HIGH): under allowPending, a second photo sent with verbal consent for
+    TREAT (and TRAIN) made the photo kept without consent readable for care and training. A
+    pending photo opens only by a Consent that covers it (recorded for the patient, or naming it)."""
+    from tests.support.app import consent_resource
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, _):
+        pending = post_photo(client, WOUND, metadata(consent=None)).json()
+        assert pending["consentPending"] is True
+        second = post_photo(client, SAMPLES / "document.jpg",
+                            metadata(consent={"purposes": ["TREAT", "TRAIN"], "method": "verbal"})).json()
+        assert second["consentPending"] is False
+        for purpose in ("TREAT", "COC", "TRAIN"):
+            assert client.get(f"/fhir/{pending['record']}", headers=as_purpose(purpose)).status_code == 403
+            assert client.get(f"/fhir/{second['record']}", headers=as_purpose(purpose)).status_code == 200
+        # a third one sent without consent is pending too: the second photo's consent is not on file
+        assert post_photo(client, SAMPLES / "tiny.jpg", metadata(consent=None)).json()["consentPending"] is True
+        assert client.post("/fhir/Consent", json=consent_resource(["TREAT"])).status_code == 201
+        assert client.get(f"/fhir/{pending['record']}", headers=as_purpose("TREAT")).status_code == 200
+
+
+def test_a_consent_sent_in_a_transaction_covers_its_photo_only(tmp_path: Path) -> None:
+    """The same finding over POST /fhir: the Bundle's Consent was stored patient-wide."""
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    consent = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+    consent["provision"]["purpose"].append({"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                                            "code": "TRAIN"})
+    with adapter_client(tmp_path) as (client, _):
+        earlier = post_photo(client, SAMPLES / "document.jpg", metadata()).json()
+        r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text
+        locations = ["/".join(e["response"]["location"].split("/")[:2]) for e in r.json()["entry"]]
+        record = next(loc for loc in locations if loc.startswith(("Media/", "DocumentReference/")))
+        stored = client.get(f"/fhir/{next(loc for loc in locations if loc.startswith('Consent/'))}",
+                            headers=as_purpose("TREAT")).json()
+        assert stored["provision"]["data"] == [{"meaning": "instance", "reference": {"reference": record}}]
+        assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 200
+        assert client.get(f"/fhir/{earlier['record']}", headers=as_purpose("TRAIN")).status_code == 403
+
+
 @pytest.mark.parametrize("kind,sample", [("document", "document.jpg"), ("secondary", "tiny.jpg")])
 def test_document_and_secondary_need_no_consent_for_care(tmp_path: Path, kind: str, sample: str) -> None:
     with adapter_client(tmp_path) as (client, _):
@@ -147,6 +221,26 @@ def test_document_and_secondary_need_no_consent_for_care(tmp_path: Path, kind: s
         assert record.startswith("DocumentReference/" if kind == "document" else "Media/")
         assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).status_code == 200
         assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 403
+
+
+@pytest.mark.parametrize("kind,sample", [("document", "document.jpg"), ("secondary", "tiny.jpg")])
+def test_document_and_secondary_are_refused_while_a_consent_denies_treat(tmp_path: Path, kind: str,
+                                                                         sample: str) -> None:
+    """Review finding: with a Consent denying TREAT on file, document and secondary photos were
+    stored (201, safe to delete from the device) though no one could read them for care; a
+    clinical one was refused. Refused the same way now, audited, nothing else stored."""
+    from tests.support.app import consent_resource
+    deny = consent_resource(["TREAT"])
+    deny["provision"]["type"] = "deny"
+    with adapter_client(tmp_path) as (client, services):
+        assert client.post("/fhir/Consent", json=deny).status_code == 201
+        counts = _counts(services)
+        clinical = _outcome(post_photo(client, WOUND, metadata()), 422)
+        body = _outcome(post_photo(client, SAMPLES / sample, metadata(kind=kind, consent=None)), 422)
+        assert body["issue"][0]["code"] == clinical["issue"][0]["code"] == "business-rule"
+        assert body["issue"][0]["expression"] == ["consent"] and "denies TREAT" in body["issue"][0]["diagnostics"]
+        assert _counts(services) == counts and _staging_empty(services)
+        assert services.store.list_audit(1)[0]["outcome"] == "4"
 
 
 def test_patient_sent_photo_carries_implied_consent_for_treat_only(tmp_path: Path) -> None:
@@ -246,6 +340,48 @@ def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
         assert _counts(services) == (0, 0) and _staging_empty(services)
 
 
+def _png_bomb(width: int, height: int) -> bytes:
+    """A greyscale PNG of ``width`` x ``height`` zero pixels: its IDAT deflates a thousandfold."""
+    import struct
+    import zlib
+
+    def chunk(ctype: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
+    deflate = zlib.compressobj(9)
+    row = b"\x00" * (1 + width)
+    idat = b"".join([deflate.compress(row) for _ in range(height)] + [deflate.flush()])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_a_consent_form_is_held_to_the_limits_of_a_photo(tmp_path: Path) -> None:
+    """Review finding: a PNG sent as the signed consent form (consent.form, or a transaction
+    Consent's sourceAttachment) skipped the pixel limit and the decode proof: a decompression
+    bomb was inflated whole (~107 s of CPU at 60000x60000) and stored as the form. It is refused
+    as the photo would be (422 too-costly at consent.form) before it is inflated, storing nothing;
+    a form that does not decode is refused as a photo that does not."""
+    bomb = base64.b64encode(_png_bomb(3000, 1000)).decode()
+    broken = base64.b64encode((SAMPLES / "truncated.jpg").read_bytes()).decode()
+    with adapter_client(tmp_path, policy={"limits": {"maxPixels": 2_000_000}}) as (client, services):
+        for form, code in ((bomb, "too-costly"), (broken, "invalid")):
+            meta = metadata(consent={"purposes": ["TREAT", "TRAIN"], "method": "written", "form": form})
+            body = _outcome(post_photo(client, SAMPLES / "tiny.jpg", meta), 422)
+            assert body["issue"][0]["code"] == code and body["issue"][0]["expression"] == ["consent.form"]
+            assert _counts(services) == (0, 0) and _staging_empty(services)
+        bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+        consent = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+        consent["sourceAttachment"] = {"contentType": "image/png", "data": bomb}
+        body = _outcome(client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"}), 422)
+        assert body["issue"][0]["code"] == "too-costly"
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+        # within the limit, the scan is stored without its metadata
+        meta = metadata(consent={"purposes": ["TREAT", "TRAIN"], "method": "written",
+                                 "form": base64.b64encode(WOUND.read_bytes()).decode()})
+        receipt = post_photo(client, SAMPLES / "tiny.jpg", meta).json()
+        stored = client.get(f"/fhir/{receipt['consents'][0]}", headers=as_purpose("TREAT")).json()
+        assert b"Jane Example" not in base64.b64decode(stored["sourceAttachment"]["data"])
+
+
 def test_oversize_upload_is_413(tmp_path: Path) -> None:
     with adapter_client(tmp_path, max_upload_bytes=50_000) as (client, services):
         _outcome(post_photo(client, WOUND, metadata()), 413)
@@ -282,6 +418,44 @@ def test_missing_parts_and_wrong_content_type(tmp_path: Path) -> None:
         _outcome(client.post("/photos", content=b"{}", headers={"Content-Type": "application/json"}), 415)
         _outcome(client.post("/photos", files={"file": ("w.jpg", WOUND.read_bytes(), "image/jpeg"),
                                                "metadata": (None, "{not json", "application/json")}), 422)
+
+
+@pytest.mark.parametrize("path,declared", [(WOUND, "text/plain"), (SAMPLES / "lesion.png", "image/jpeg"),
+                                           (WOUND, "image/png"), (WOUND, "image/gif"),
+                                           (WOUND, "application/json")])
+def test_a_photo_declared_as_another_type_than_its_bytes_is_refused(tmp_path: Path, path: Path,
+                                                                     declared: str) -> None:
+    """Review finding: the file part's declared Content-Type was never looked at (a JPEG declared
+    text/plain, a PNG declared image/jpeg: 201), while consent.form's formContentType is held to
+    its bytes. A declared type that contradicts the bytes is 415, nothing stored."""
+    with adapter_client(tmp_path) as (client, services):
+        body = _outcome(post_photo(client, path, metadata(), content_type=declared), 415)
+        assert body["issue"][0]["expression"] == ["file"]
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+
+
+@pytest.mark.parametrize("declared", [None, "application/octet-stream", "image/jpeg; charset=binary", "IMAGE/JPEG"])
+def test_a_photo_declared_as_nothing_in_particular_or_as_itself_is_sniffed(tmp_path: Path,
+                                                                          declared: str | None) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        files = {"file": ("w.jpg", WOUND.read_bytes()) if declared is None else ("w.jpg", WOUND.read_bytes(), declared),
+                 "metadata": (None, json.dumps(metadata()), "application/json")}
+        r = client.post("/photos", files=files)
+        assert r.status_code == 201, r.text
+
+
+def test_a_repeated_metadata_part_is_refused(tmp_path: Path) -> None:
+    """Review finding: the last of two metadata parts won silently (another patient, a broader
+    consent than the first part a gateway may have checked); refused as a repeated file is."""
+    with adapter_client(tmp_path) as (client, services):
+        other = metadata(patient={"system": PATIENT["system"], "value": "MRN-0002"},
+                         consent={"purposes": ["TREAT", "TRAIN"], "method": "verbal"})
+        files = [("file", ("w.jpg", WOUND.read_bytes(), "image/jpeg")),
+                 ("metadata", (None, json.dumps(metadata()), "application/json")),
+                 ("metadata", (None, json.dumps(other), "application/json"))]
+        body = _outcome(client.post("/photos", files=files), 422)
+        assert body["issue"][0]["expression"] == ["metadata"]
+        assert _counts(services) == (0, 0) and _staging_empty(services)
 
 
 # -- idempotency --------------------------------------------------------------------------------

@@ -476,6 +476,13 @@ def _ingest(client: FhirClient, services: Services, tmp_path: Path) -> None:
     r = client.post("/fhir/Consent", json=canary_consent(["TRAIN", "HRESCH"]),
                     headers={"Content-Type": "application/fhir+json"})
     assert r.status_code == 201, r.text
+    # the canary Consent names an actor, which a permit cannot be evaluated by (it permits
+    # nothing), and a consent sent with a photo covers that photo only: the patient's Consent
+    # for every photo, recorded on its own, lets the rest go out
+    r = client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"], patient={"system": SYSTEM,
+                                                                                         "value": MRN}),
+                    headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 201, r.text
     # DICOM over the real SCP (dcmtk's storescu) and over STOW-RS
     missing = dcmtk_missing()
     require_or_skip(missing is None, missing or "")

@@ -65,8 +65,13 @@ def metadata(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def post_photo(client: TestClient, path: Path, meta: dict[str, Any], *, content_type: str = "image/jpeg",
+def post_photo(client: TestClient, path: Path, meta: dict[str, Any], *, content_type: str | None = None,
                headers: dict[str, str] | None = None) -> httpx.Response:
+    """POST /photos; the file part declared ``content_type``, by default the type its name says
+    (as curl declares it)."""
+    if content_type is None:
+        content_type = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(
+            path.suffix.lower(), "application/octet-stream")
     return client.post("/photos", files={
         "file": (path.name, path.read_bytes(), content_type),
         "metadata": (None, json.dumps(meta), "application/json")}, headers=headers or {})

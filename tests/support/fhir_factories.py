@@ -132,6 +132,8 @@ def transaction_bundle(jpeg: bytes, *, kind: PhotoKind | str = PhotoKind.CLINICA
     ]
     if built.consents:
         consent_resource = {k: v for k, v in built.consents[0].items() if k != "id"}
+        # a Document Source does not know the record's id; the Consent recorded names it
+        consent_resource["provision"] = {k: v for k, v in consent_resource["provision"].items() if k != "data"}
         entries.append({"fullUrl": urls["consent"], "resource": consent_resource,
                         "request": {"method": "POST", "url": "Consent"}})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

@@ -181,6 +181,19 @@ def test_two_file_parts(tmp_path: Path) -> None:
         parse([d + part + d + part + d + b"--"], tmp_path)
 
 
+def test_two_metadata_parts(tmp_path: Path) -> None:
+    """Review finding: with two ``metadata`` parts the last won silently, so a gateway checking
+    the first approved another patient and consent than the one stored. Refused as two ``file``
+    parts are (422, nothing stored: the route never runs)."""
+    d = f"--{B}".encode()
+    part = b'\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n{}\r\n'
+    with pytest.raises(InvalidInput, match="more than one 'metadata' part") as err:
+        parse([body()[:-len(d) - 2] + d + part + d + b"--"], tmp_path)
+    assert err.value.expression == ["metadata"]
+    with pytest.raises(InvalidInput, match="more than one 'metadata' part"):
+        parse([d + part + d + part + d + b"--"], tmp_path)
+
+
 def test_limits(tmp_path: Path) -> None:
     with pytest.raises(PayloadTooLarge, match="photo is larger"):
         parse(pieces(body(file=b"x" * 1001), 100), tmp_path, max_bytes=1000)

@@ -138,6 +138,18 @@ def test_active_deny_of_treat_is_not_bypassed_by_pending() -> None:
         assess(make_meta(consent=None), (make_grant("TREAT", decision="deny"),), tables)
 
 
+@pytest.mark.parametrize("kind", ["document", "secondary"])
+def test_active_deny_of_treat_refuses_photos_that_need_no_consent_for_care(kind: str) -> None:
+    """Review finding: document and secondary photos were stored while a Consent denied TREAT
+    (no consent needed for care, so the deny was never looked at), though deny wins at read time
+    whatever the kind: a record nobody may use for care. Refused as a clinical photo is."""
+    deny = (make_grant("TREAT", decision="deny"),)
+    err = refused(make_meta(kind=kind, consent=None), deny)
+    assert type(err) is ConsentRequired and "denies TREAT" in err.diagnostics and err.expression == ["consent"]
+    assert assess(make_meta(kind=kind, consent=None), (make_grant("TREAT", decision="deny",
+                                                                 data_refs=("Media/m0",)),)).consent_pending is False
+
+
 def test_deny_of_another_purpose_does_not_block_ingest() -> None:
     assert assess(make_meta(), (make_grant("TRAIN", decision="deny"),)) == CLEAN
 
@@ -353,6 +365,9 @@ def test_written_required_accepts_written_consent_on_file() -> None:
 
 
 def test_written_required_accepts_patient_implied_consent() -> None:
+    """writtenRequired concerns consent recorded by staff: a photo the patient sent carries
+    their implied consent for the care it was sent for (the clinical images guidance), and that
+    documents care whatever the policy says of verbal consent (review finding 7, kept)."""
     a = assess(make_meta(source="patient", consent=None), tables=policy_variant(consent=WRITTEN))
     assert a.implied_purposes == ("TREAT",)
 

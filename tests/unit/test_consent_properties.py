@@ -715,12 +715,12 @@ def test_the_ingest_rules_by_kind_and_source(meta: PhotoMetadata, existing: list
     """assess_ingest's docstring: document and secondary photos need no consent for care; only
     a clinical photo is kept pending, and only under allowPending; a photo from the patient
     without a statement implies consent for patientImpliedPurposes and nothing more; an active
-    Consent denying TREAT refuses a clinical photo whatever its source or statement."""
+    Consent denying TREAT refuses a photo of any kind whatever its source or statement."""
     rules = tables.policy.consent
     result = assessed(meta, existing, tables)
     denies_treat = any(g.decision == "deny" and grant_covers(g, "TREAT", tables)
                        for g in existing if grant_in_force(g, PATIENT, None, NOW))
-    if meta.kind is PhotoKind.CLINICAL and denies_treat:
+    if denies_treat:
         assert isinstance(result, tuple) and result[0] is ConsentRequired
     if isinstance(result, IngestAssessment):
         assert not result.consent_pending or (meta.kind is PhotoKind.CLINICAL and rules.allow_pending)
@@ -729,8 +729,9 @@ def test_the_ingest_rules_by_kind_and_source(meta: PhotoMetadata, existing: list
         expected = tuple(rules.patient_implied_purposes) if (
             meta.source is PhotoSource.PATIENT and meta.consent is None) else ()
         assert result.implied_purposes == expected
-    if meta.kind is not PhotoKind.CLINICAL and meta.consent is None:
-        # nothing to check of a statement: a document or secondary photo is never refused for consent
+    if meta.kind is not PhotoKind.CLINICAL and meta.consent is None and not denies_treat:
+        # nothing to check of a statement: a document or secondary photo is refused for consent
+        # only when the patient denied care
         assert isinstance(result, IngestAssessment)
         assert not result.consent_pending
         warning = tables.kinds[meta.kind].warning

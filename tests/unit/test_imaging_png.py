@@ -418,3 +418,34 @@ def test_a_palette_image_without_its_palette_is_refused(tmp_path: Path) -> None:
     assert "no palette" in str(error)
     with pytest.raises(UndecodableImage):
         strip_to_pixels_only(crafted, "image/png")
+
+
+@pytest.mark.parametrize("colour_type", [2, 6])
+def test_a_suggested_palette_of_a_truecolour_image_is_dropped_with_its_histogram(tmp_path: Path,
+                                                                                colour_type: int) -> None:
+    """Review finding: a PLTE in a truecolour PNG (colour type 2 or 6) is only a suggested palette
+    (§11.2.2), which no decoder reads for pixels; kept as a critical chunk, its 3n bytes of free
+    text went into the stored photo and every view. It is dropped (so is hIST, which describes
+    it); the pixels stay identical."""
+    mode = "RGB" if colour_type == 2 else "RGBA"
+    base = _png(mode)
+    text = LEAK + b"." * (-len(LEAK) % 3)
+    crafted = _insert_after_ihdr(base, chunk(b"PLTE", text), chunk(b"hIST", bytes(2 * (len(text) // 3))))
+    facts, stored = run(tmp_path, crafted)
+    assert "PNG PLTE (suggested palette)" in facts.removed and "PNG hIST" in " ".join(facts.removed)
+    for out in (stored, strip_to_pixels_only(crafted, "image/png"), strip_but_orientation(crafted, "image/png")):
+        assert LEAK[:20] not in out
+        assert not {b"PLTE", b"hIST"} & {t for t, _ in chunks(out)}
+        assert np.array_equal(pixels(out), pixels(crafted)) and np.array_equal(pixels(out), pixels(base))
+
+
+def test_the_palette_of_a_palette_image_is_kept(tmp_path: Path) -> None:
+    """Colour type 3 needs its PLTE (and may keep its hIST): the palette is the pixels' colours."""
+    im = Image.new("P", (40, 30), 1)
+    im.putpalette([0, 0, 0, 200, 10, 90] + [0] * 762)
+    crafted = png(im)
+    facts, stored = run(tmp_path, crafted)
+    assert [c for c in chunks(crafted) if c[0] == b"PLTE"] == [c for c in chunks(stored) if c[0] == b"PLTE"]
+    assert not any("PLTE" in r for r in facts.removed)
+    assert b"PLTE" in {t for t, _ in chunks(strip_to_pixels_only(crafted, "image/png"))}
+    assert np.array_equal(pixels(stored), pixels(crafted))

@@ -5,6 +5,7 @@ fhir.resources R4B models and with the npm validators (0 errors)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -16,7 +17,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from PIL import Image, PngImagePlugin
 
 from adapter.consent import grants_from_consent
-from adapter.errors import InvalidInput, UnknownCode, UnsupportedMediaType
+from adapter.errors import ImageTooLarge, InvalidInput, UndecodableImage, UnknownCode, UnsupportedMediaType
 from adapter.mapping import codes
 from adapter.mapping.consent import build_consent_resource
 from adapter.mapping.fhir_r4 import fhir_date, fhir_datetime, fhir_instant
@@ -267,7 +268,25 @@ def test_explicit_consent() -> None:
     assert provision["purpose"] == [
         {"system": codes.V3_ACT_REASON, "code": "TREAT", "display": "treatment"},
         {"system": codes.V3_ACT_REASON, "code": "TRAIN", "display": "training"}]
-    assert "data" not in provision
+    assert provision["data"] == [{"meaning": "instance", "reference": {"reference": f"Media/{RECORD_ID}"}}]
+
+
+@pytest.mark.parametrize("method", ["verbal", "written", "implied"])
+@pytest.mark.parametrize("kind", ["clinical", "document"])
+def test_a_consent_given_with_a_photo_is_that_photos_consent(method: str, kind: str) -> None:
+    """Review finding: a verbal or written statement sent with one photo was recorded as a
+    patient-wide Consent (no provision.data): it opened the patient's earlier photos to TRAIN,
+    covered later photos sent without any consent and documented consent-pending ones. Every
+    statement sent with a photo now names that photo's record (which governs its Binary and
+    Provenance), as the implied one did."""
+    source = "patient" if method == "implied" else "clinician"
+    purposes = ["TREAT"] if method == "implied" else ["TREAT", "TRAIN"]
+    built = build(metadata(kind, source, consent={"purposes": purposes, "method": method}))
+    (consent,) = built.consents
+    assert consent["provision"]["data"] == [{"meaning": "instance", "reference": {"reference": built.record_ref}}]
+    (grant,) = grants_from_consent(consent)
+    assert grant.data_refs == frozenset({built.record_ref})
+    assert built.binary["securityContext"] == {"reference": built.record_ref}
 
 
 def test_verbal_consent_is_recorded_by_the_author_and_dated_now() -> None:
@@ -315,7 +334,7 @@ def test_consents_read_back_as_grants() -> None:
     assert grant.period_start is not None and grant.period_start <= NOW
     (explicit,) = grants_from_consent(build(metadata("clinical", "clinician")).consents[0])
     assert not explicit.implied and explicit.method is ConsentMethod.VERBAL
-    assert explicit.decision == "permit" and explicit.data_refs == frozenset()
+    assert explicit.decision == "permit" and explicit.data_refs == frozenset({f"Media/{RECORD_ID}"})
 
 
 def test_build_consent_resource_alone() -> None:
@@ -423,6 +442,31 @@ def test_index_of_document_reference_consent_provenance_binary() -> None:
     with pytest.raises(ValueError):
         index_resource({"resourceType": "Patient"})
 
+
+
+def test_a_consent_form_scan_over_the_pixel_limit_is_refused_before_it_is_inflated(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: a PNG form was inflated whole (a decompression bomb), with no pixel limit
+    and no decode proof. The policy's limit is checked from its header, as a photo's is."""
+    import zlib
+    big = Image.new("L", (300, 200), 0)
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    t = tables()
+    strict = dataclasses.replace(t, policy=t.policy.model_copy(update={
+        "limits": t.policy.limits.model_copy(update={"max_pixels": 50_000})}))
+    inflated: list[int] = []
+    decompressobj = zlib.decompressobj
+    monkeypatch.setattr(zlib, "decompressobj", lambda *a, **k: inflated.append(1) or decompressobj(*a, **k))
+    with pytest.raises(ImageTooLarge) as err:
+        build_consent_resource(consent_id="c", patient=metadata().patient, purposes=["TRAIN"],
+                               method=ConsentMethod.WRITTEN, tables=strict, now=NOW,
+                               form=base64.b64encode(buf.getvalue()).decode())
+    assert err.value.expression == ["consent.form"] and inflated == []
+    with pytest.raises(UndecodableImage):
+        build_consent_resource(consent_id="c", patient=metadata().patient, purposes=["TRAIN"],
+                               method=ConsentMethod.WRITTEN, tables=t, now=NOW,
+                               form=base64.b64encode(buf.getvalue()[:-40] + buf.getvalue()[-12:]).decode())
 
 
 def _scan_png() -> bytes:

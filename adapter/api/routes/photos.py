@@ -17,6 +17,7 @@ from adapter.api.openapi import BODY, JSON, NEW_IMAGES, PHOTO_UPLOAD, WRITE, ans
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
 from adapter.errors import InvalidInput, RequiredElementMissing
+from adapter.imaging.sniff import check_declared_upload
 from adapter.model.photo import PhotoMetadata
 
 router = APIRouter()
@@ -62,8 +63,9 @@ _RECEIPT = ok(201, "the receipt (a retry: the original one, with Idempotent-Repl
 @router.post("/photos", status_code=201, openapi_extra=PHOTO_UPLOAD,
              responses=answers(_RECEIPT, refusals(*BODY, *WRITE, *NEW_IMAGES)))
 async def post_photo(request: Request, idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
-    """Store a photo: multipart/form-data with ``file`` (image/jpeg or image/png) and
-    ``metadata`` (JSON). 201 with a receipt; a retry answers with the original receipt."""
+    """Store a photo: multipart/form-data with ``file`` (image/jpeg or image/png, or
+    application/octet-stream or no type: its bytes say which; a declared type they contradict is
+    415) and ``metadata`` (JSON). 201 with a receipt; a retry answers with the original receipt."""
     # Not as Depends(): FastAPI runs a plain-function dependency in the thread pool, two
     # round trips to a worker thread per request before any work is done.
     services = get_services(request)
@@ -80,6 +82,7 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
         upload = parsed.upload
         if upload is None:
             raise RequiredElementMissing("the 'file' part (the photo) is required", expression="file")
+        check_declared_upload(parsed.head(), parsed.file_content_type)
         meta = _metadata(parsed.fields.get("metadata"))
         key = idempotency_key[:200] if idempotency_key else None
         result = await anyio.to_thread.run_sync(
