@@ -65,31 +65,13 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 
 
 def _form_attachment(form: str, content_type: str | None, when: str, tables: Tables) -> JSON:
-    """Consent.sourceAttachment for a signed form (R4 Attachment: data is base64): a PDF, or a
-    scan as JPEG or PNG without its metadata. UnsupportedMediaType for anything else, or for
-    a ``content_type`` that says otherwise than the bytes. (A PDF's own metadata, its author and
-    producer, is kept: it is the signed document.) A scan passes what a photo does (the
-    policy's pixel limit before anything is inflated, the decode proof): ImageTooLarge or
-    UndecodableImage, at ``consent.form``, as a photo would get them."""
+    """Consent.sourceAttachment for a signed form (R4 Attachment: data is base64): see
+    :func:`signed_form`, at ``consent.form``."""
     try:
         raw = base64.b64decode(form, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput("consent.form must be base64", expression="consent.form") from exc
-    if not raw:
-        raise InvalidInput("consent.form is empty", expression="consent.form")
-    # What the form is, is read from its bytes: a PDF, or a scan as JPEG or PNG, whose metadata
-    # (a phone's GPS and serials, the owner's name) is removed as a photo's is.
-    found = next((ct for magic, ct in _MAGIC if raw.startswith(magic)), None)
-    if found is None or (content_type is not None and content_type.split(";")[0].strip().lower() != found):
-        raise UnsupportedMediaType("consent.form must be a PDF, or a scan as JPEG or PNG (formContentType, when "
-                                   "given, saying which)", expression="consent.form")
-    content_type = found
-    if found != "application/pdf":
-        policy = tables.policy
-        try:
-            content_type, raw = sanitize_scan(raw, quality=policy.quality, limits=policy.limits)
-        except (ImageTooLarge, UndecodableImage) as exc:
-            raise type(exc)(f"consent.form: {exc.diagnostics}", expression="consent.form") from exc
+    content_type, raw = signed_form(raw, content_type, tables, "consent.form")
     return {
         "contentType": content_type,
         "data": base64.b64encode(raw).decode("ascii"),
@@ -97,6 +79,30 @@ def _form_attachment(form: str, content_type: str | None, when: str, tables: Tab
         "title": "Signed consent form",
         "creation": when,
     }
+
+
+def signed_form(raw: bytes, content_type: str | None, tables: Tables, expression: str) -> tuple[str, bytes]:
+    """A signed consent form's bytes as they are kept: (content type, bytes). A PDF as it is, or a
+    scan as JPEG or PNG without its metadata. UnsupportedMediaType for anything else, or for a
+    ``content_type`` that says otherwise than the bytes. (A PDF's own metadata, its author and
+    producer, is kept: it is the signed document.) A scan passes what a photo does (the policy's
+    pixel limit before anything is inflated, the decode proof): ImageTooLarge or
+    UndecodableImage, at ``expression``, as a photo would get them."""
+    if not raw:
+        raise InvalidInput(f"{expression} is empty", expression=expression)
+    # What the form is, is read from its bytes: a PDF, or a scan as JPEG or PNG, whose metadata
+    # (a phone's GPS and serials, the owner's name) is removed as a photo's is.
+    found = next((ct for magic, ct in _MAGIC if raw.startswith(magic)), None)
+    if found is None or (content_type is not None and content_type.split(";")[0].strip().lower() != found):
+        raise UnsupportedMediaType(f"{expression} must be a PDF, or a scan as JPEG or PNG (its content type, when "
+                                   "given, saying which)", expression=expression)
+    if found == "application/pdf":
+        return found, raw
+    policy = tables.policy
+    try:
+        return sanitize_scan(raw, quality=policy.quality, limits=policy.limits)
+    except (ImageTooLarge, UndecodableImage) as exc:
+        raise type(exc)(f"{expression}: {exc.diagnostics}", expression=expression) from exc
 
 
 def build_consent_resource(*, consent_id: str, patient: PatientRef, purposes: Sequence[str],

@@ -5,6 +5,9 @@ so it takes effect on the very next request."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -23,9 +26,11 @@ from adapter.errors import (
     UpdateCreateNotSupported,
 )
 from adapter.mapping.codes import CONSENT_ACTION
+from adapter.mapping.consent import signed_form
 from adapter.mapping.fhir_json import validate_r4_resource
 from adapter.mapping.narrative import check_narratives
 from adapter.mapping.photo import index_resource
+from adapter.mapping.tables import Tables
 from adapter.model.purpose import V3_ACT_REASON, V3_ACT_REASON_SYSTEMS, RequestContext
 from adapter.model.record import NewResource, StoredResource
 from adapter.services.access import consent_facts
@@ -39,7 +44,8 @@ CONSENT_ACTIONS = frozenset({"collect", "access", "use", "disclose", "correct"})
 
 class ConsentService:
     def __init__(self, *, store: RecordStore, auditor: Auditor, known_purposes: set[str],
-                 now: Callable[[], datetime]) -> None:
+                 now: Callable[[], datetime], tables: Tables) -> None:
+        self._tables = tables
         self._store = store
         self._auditor = auditor
         self._known = known_purposes
@@ -59,6 +65,7 @@ class ConsentService:
             raise InvalidResource("a Consent names the policy it is given under: policy or policyRule (FHIR "
                                   "invariant ppc-1; e.g. policyRule v3-ActCode OPTIN)", expression="Consent.policyRule")
         check_narratives(resource, "Consent")
+        self._clean_source_attachment(resource)
         # required bindings fhir.resources does not check (https://hl7.org/fhir/R4/consent.html)
         if resource.get("status") not in CONSENT_STATUS:
             raise UnknownCode(f"Consent.status must be one of {', '.join(sorted(CONSENT_STATUS))}",
@@ -88,6 +95,27 @@ class ConsentService:
         if inverted is not None:  # fails basic FHIR validation: 400, as an invalid element
             raise InvalidResource("the period ends before it starts (FHIR invariant per-1)", expression=inverted)
         return resource
+
+    def _clean_source_attachment(self, resource: dict[str, Any]) -> None:
+        """The signed form a Consent carries in ``sourceAttachment.data`` is kept as the photo
+        path keeps one (adapter.mapping.consent.signed_form): a PDF, or a scan as JPEG or PNG
+        without its metadata (GPS, serials, the owner's name), within the policy's pixel limit
+        and proven to decode; its size (and hash, when given: SHA-1, R4 Attachment.hash) then
+        describe the bytes kept. A form given by url only is not fetched."""
+        attachment = resource.get("sourceAttachment")
+        if not isinstance(attachment, dict) or attachment.get("data") is None:
+            return
+        where = "Consent.sourceAttachment"
+        try:
+            raw = base64.b64decode(str(attachment["data"]), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidResource("sourceAttachment.data is not base64", expression=f"{where}.data") from exc
+        content_type, kept = signed_form(raw, attachment.get("contentType"), self._tables, where)
+        cleaned = {**attachment, "contentType": content_type, "data": base64.b64encode(kept).decode("ascii"),
+                   "size": len(kept)}
+        if "hash" in attachment:
+            cleaned["hash"] = base64.b64encode(hashlib.sha1(kept).digest()).decode("ascii")  # R4 Attachment.hash is SHA-1
+        resource["sourceAttachment"] = cleaned
 
     def create(self, resource: dict[str, Any], ctx: RequestContext) -> StoredResource:
         resource = self._check({k: v for k, v in resource.items() if k != "id"}, str(uuid.uuid4()))

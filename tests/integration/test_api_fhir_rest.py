@@ -331,6 +331,55 @@ def test_a_write_whose_charset_is_not_utf_8_is_415(tmp_path: Path) -> None:
             assert r.status_code == 201, r.text[:300]
 
 
+def test_a_consent_form_posted_with_a_consent_is_kept_as_a_photo_s_form_is(tmp_path: Path) -> None:
+    """Review finding: POST /fhir/Consent stored sourceAttachment as sent: a phone's scan of the
+    signed form kept its EXIF (GPS, the owner's name) for every care reader, and a PNG bomb went
+    uninflated past the pixel limit to each reader's decoder. The form is kept as consent.form
+    is over POST /photos: a scan without its metadata, within the policy's limits, proven to
+    decode; a PDF as it is; anything else, or a contentType its bytes contradict, 415."""
+    import base64
+    import hashlib
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def chunk(ctype: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
+    deflate = zlib.compressobj(9)
+    idat = b"".join([deflate.compress(b"\x00" * 3001) for _ in range(1000)] + [deflate.flush()])
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 1000, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    scan = (SAMPLES / "wound.jpg").read_bytes()
+    assert b"Jane Example" in scan  # the sample's EXIF names its owner
+
+    def with_form(content_type: str, data: bytes, **extra: object) -> dict[str, object]:
+        return {**consent_resource(["TRAIN"]),
+                "sourceAttachment": {"contentType": content_type, "data": base64.b64encode(data).decode(), **extra}}
+
+    with adapter_client(tmp_path, policy={"limits": {"maxPixels": 2_000_000}}) as (client, _):
+        refused = [(with_form("image/png", bomb), 422), (with_form("text/plain", b"I agree"), 415),
+                   (with_form("image/png", scan), 415), (with_form("image/jpeg", scan[:2000]), 422)]
+        for consent, status in refused:
+            r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+            assert r.status_code == status, r.text[:300]
+            assert r.json()["issue"][0]["expression"] == ["Consent.sourceAttachment"]
+        assert _consents(client) == 0
+        r = client.post("/fhir/Consent", json=with_form("image/jpeg", scan, size=len(scan), hash="AAAA"),
+                        headers=FHIR_JSON)
+        assert r.status_code == 201, r.text[:300]
+        form = client.get(f"/fhir/Consent/{r.json()['id']}", headers=TREAT).json()["sourceAttachment"]
+        kept = base64.b64decode(form["data"])
+        assert b"Jane Example" not in kept and b"GPS" not in kept
+        assert form["size"] == len(kept) and form["hash"] == base64.b64encode(hashlib.sha1(kept).digest()).decode()
+        import io
+        assert Image.open(io.BytesIO(kept)).tobytes() == Image.open(io.BytesIO(scan)).tobytes()
+        pdf = b"%PDF-1.4\n%signed\n"
+        r = client.post("/fhir/Consent", json=with_form("application/pdf", pdf), headers=FHIR_JSON)
+        assert r.status_code == 201, r.text[:300]
+        assert base64.b64decode(r.json()["sourceAttachment"]["data"]) == pdf
+
+
 def test_history_of_a_type_or_of_the_server_is_refused_as_not_supported(tmp_path: Path) -> None:
     """Review finding: GET /fhir/Media/_history (history-type) answered 404 "Media/_history is not
     known", read as a Media whose id is _history (no FHIR id: ids take no "_"), and GET /fhir/_history
