@@ -187,7 +187,7 @@ def _serve_http(settings: Settings, services: Services | None = None) -> int:
 
     import uvicorn
 
-    from adapter.api.asgi import STARTUP_FAILURE, build_app, settings_environment
+    from adapter.api.asgi import STARTUP_FAILURE, SUPERVISOR_PID_ENV, build_app, settings_environment
     from adapter.api.request_limits import bounded_http_protocol
 
     log = logging.getLogger("adapter")
@@ -226,6 +226,7 @@ def _serve_http(settings: Settings, services: Services | None = None) -> int:
     from uvicorn.supervisors import Multiprocess
 
     os.environ.update(settings_environment(settings))
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # the workers end with this process (asgi)
     # glibc gives each thread of the request thread pool its own malloc arena, each keeping freed
     # multi-MB photo buffers: two arenas per worker cut its peak RSS by ~7 MB at no measurable cost.
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")

@@ -8,7 +8,10 @@ connections included, from the environment.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -47,12 +50,36 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             if value is not None}
 
 
+#: The pid of the process that starts the HTTP worker processes (uvicorn's supervisor), set in
+#: the environment the workers inherit.
+SUPERVISOR_PID_ENV = "ADAPTER_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _end_with_the_supervisor() -> None:
+    """Have the kernel send this worker SIGTERM when its supervisor dies, SIGKILL included
+    (Linux's PR_SET_PDEATHSIG): left behind, workers kept serving HTTP (health 200) with no
+    SCP or forwarder, and held the port against a restart. A supervisor already gone before the
+    request took effect is seen by the worker's parent no longer being it: it ends at once."""
+    expected = os.environ.get(SUPERVISOR_PID_ENV)
+    if not sys.platform.startswith("linux") or not expected:
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # the C library's, already loaded
+    except (OSError, AttributeError):
+        return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if str(os.getppid()) != expected:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: Settings from the environment (the parent put its
     own there), logging as ``python -m adapter`` sets it up, then :func:`build_app`. A failure
     exits with STARTUP_FAILURE, which stops uvicorn's supervisor rather than restarting the worker."""
     from adapter.__main__ import _configure_logging
 
+    _end_with_the_supervisor()
     settings = Settings()
     _configure_logging(settings.log_level)
     try:

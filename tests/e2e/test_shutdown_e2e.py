@@ -165,3 +165,25 @@ def test_ctrl_c_stops_cleanly_without_a_traceback(tmp_path: Path, dicom: str) ->
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-1500:]
     if dicom == "with the SCP":
         assert "DICOM SCP stopped" in log, log[-1500:]
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_http_workers_end_with_their_supervisor_even_when_it_is_killed(tmp_path: Path) -> None:
+    """Review finding: with ADAPTER_HTTP_WORKERS=2, a SIGKILL of `serve` left its HTTP workers
+    running, re-parented to init: /health answered 200 with no SCP or forwarder behind it, and a
+    restart found its port taken. The workers now end with their supervisor (PR_SET_PDEATHSIG)."""
+    with running_adapter(tmp_path, ADAPTER_HTTP_WORKERS="2", ADAPTER_DICOM_ENABLED="false") as server:
+        workers = _children(server.pid)
+        assert len(workers) >= 2, workers
+        os.kill(server.pid, signal.SIGKILL)
+        os.waitpid(server.pid, 0)
+        assert all(_exits(w, within=30) for w in workers), [Path(f"/proc/{w}/cmdline").read_bytes() for w in workers
+                                                           if Path(f"/proc/{w}").exists()]
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/health", timeout=5)
