@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level)
+    _keep_files_private(settings)
     if args.command == "check":
         try:
             check_startup(settings)
@@ -287,6 +288,26 @@ def main(argv: list[str] | None = None) -> int:
         removal = _Removal(args.older_than, args.limit) if args.remove_unreferenced else None
         return _verify(settings, digests=args.digests, removal=removal)
     return serve(settings)
+
+
+def _keep_files_private(settings: Settings) -> None:
+    """Everything the adapter creates (the data folder, its images, staging files, the SQLite
+    database and its journal, the pseudonym key) is its own user's only: patient photos and
+    records are not for every local account to read, whatever the umask it was started under
+    (022 left them world-readable). A data folder made earlier that others can read is said in
+    the log, not changed: the operator may have meant it (a backup user's group)."""
+    import os
+    import stat
+
+    os.umask(0o077)
+    try:
+        mode = settings.data_dir.stat().st_mode
+    except OSError:
+        return  # not made yet: it will be, the umask applying
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logging.getLogger("adapter").warning(
+            "the data folder %s can be read or entered by other users (mode %s): chmod 700 it, and its "
+            "files 600, unless that is meant", settings.data_dir, oct(stat.S_IMODE(mode)))
 
 
 #: The default and the shortest grace period of ``verify --remove-unreferenced``, in hours.
