@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -273,7 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level)
-    _keep_files_private(settings)
+    previous_umask = _keep_files_private(settings)
+    try:
+        return _run(args, settings)
+    finally:
+        os.umask(previous_umask)  # as it was, for a caller in this process (the tests)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "check":
         try:
             check_startup(settings)
@@ -290,24 +298,25 @@ def main(argv: list[str] | None = None) -> int:
     return serve(settings)
 
 
-def _keep_files_private(settings: Settings) -> None:
+def _keep_files_private(settings: Settings) -> int:
     """Everything the adapter creates (the data folder, its images, staging files, the SQLite
     database and its journal, the pseudonym key) is its own user's only: patient photos and
     records are not for every local account to read, whatever the umask it was started under
     (022 left them world-readable). A data folder made earlier that others can read is said in
-    the log, not changed: the operator may have meant it (a backup user's group)."""
-    import os
+    the log, not changed: the operator may have meant it (a backup user's group). Returns the
+    umask it replaced."""
     import stat
 
-    os.umask(0o077)
+    previous = os.umask(0o077)
     try:
         mode = settings.data_dir.stat().st_mode
     except OSError:
-        return  # not made yet: it will be, the umask applying
+        return previous  # not made yet: it will be, the umask applying
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         logging.getLogger("adapter").warning(
             "the data folder %s can be read or entered by other users (mode %s): chmod 700 it, and its "
             "files 600, unless that is meant", settings.data_dir, oct(stat.S_IMODE(mode)))
+    return previous
 
 
 #: The default and the shortest grace period of ``verify --remove-unreferenced``, in hours.
