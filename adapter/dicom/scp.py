@@ -530,6 +530,18 @@ class _Association(Association):
 
     in_request = False
 
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """pynetdicom's, for the operations a context serves only (:func:`_unserved_operation`):
+        anything else aborts the association. Every request comes this way, from the reactor's
+        queue or, for an N-EVENT-REPORT, from the thread pynetdicom starts for it at once."""
+        unserved = _unserved_operation(self, msg, context_id)
+        if unserved is not None:
+            log.warning("DICOM peer sent %s: association aborted", unserved)
+            discard_spooled(msg)  # a C-STORE's data set spooled for a context that serves none
+            self.dul.event_queue.put("Evt19")  # A-ABORT, then closed, as for a misplaced PDV
+            return
+        super()._serve_request(msg, context_id)
+
     def _run_reactor(self) -> None:
         sock = self.dul.socket
         if isinstance(sock, _AssociationSocket):
@@ -570,12 +582,6 @@ class _Association(Association):
                 context_id, msg = messages.get(timeout=_REACTOR_WAIT)
             except queue.Empty:
                 context_id, msg = None, None
-            unserved = _unserved_operation(self, msg, context_id) if msg and context_id is not None else None
-            if unserved is not None:
-                log.warning("DICOM peer sent %s: association aborted", unserved)
-                discard_spooled(msg)  # a C-STORE's data set spooled for a context that serves none
-                self.dul.event_queue.put("Evt19")  # A-ABORT, then closed, as for a misplaced PDV
-                msg = None
             if msg and context_id is not None:
                 # until the answer is queued for the DUL: StoreSCP.stop waits for it (the DUL sends
                 # what is queued before it reads the end of the connection)

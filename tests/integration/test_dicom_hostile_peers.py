@@ -154,7 +154,7 @@ def test_a_command_set_pynetdicom_cannot_decode_aborts_cleanly(scp: StoreSCP, tm
 
 
 @pytest.mark.parametrize("operation", ["N-ACTION on a storage context", "C-STORE on the Verification context",
-                                       "C-ECHO on a storage context"])
+                                       "C-ECHO on a storage context", "N-EVENT-REPORT on a storage context"])
 def test_a_request_the_context_does_not_serve_aborts_and_is_not_answered_as_a_c_store(
         scp: StoreSCP, tmp_path: Path, caplog: pytest.LogCaptureFixture, operation: str) -> None:
     """Review finding: an N-ACTION-RQ on an accepted storage context was answered with a
@@ -166,6 +166,9 @@ def test_a_request_the_context_does_not_serve_aborts_and_is_not_answered_as_a_c_
     if operation.startswith("N-ACTION"):
         request = command(CommandField=0x0130, MessageID=1, RequestedSOPClassUID=sc,
                           RequestedSOPInstanceUID=generate_uid(), ActionTypeID=1, CommandDataSetType=0x0101)
+    elif operation.startswith("N-EVENT-REPORT"):  # pynetdicom serves this one from a thread of its own
+        request = command(CommandField=0x0100, MessageID=1, AffectedSOPClassUID=sc,
+                          AffectedSOPInstanceUID=generate_uid(), EventTypeID=1, CommandDataSetType=0x0101)
     elif operation.startswith("C-STORE"):
         abstract, request = verification, store_command(generate_uid(), 1)
     else:
