@@ -187,13 +187,19 @@ def load_policy(path: Path, purposes: PurposeTable) -> Policy:
     overlap = set(policy.consent.explicit_purposes) & set(policy.consent.care_purposes)
     if overlap:
         raise PolicyError(f"{path}: purposes both care and explicit-consent: {sorted(overlap)}")
-    # a break-glass purpose gets the full view without a Consent: listed as explicit-consent (or
-    # care) too, the policy contradicts itself, and break-glass won (TRAIN read identified records)
+    # a break-glass purpose gets the full view without a Consent, and a code is break-glass when
+    # it or a parent is listed there (adapter.consent.rules.classify_purpose): an explicit-consent
+    # (or care) purpose listed there too, or under a parent listed there, would never be what the
+    # policy also says it is (TRAIN read identified records when HOPERAT, its parent, was listed)
+    glass = set(policy.break_glass.purposes)
     for element, listed in (("consent.explicitPurposes", policy.consent.explicit_purposes),
                             ("consent.carePurposes", policy.consent.care_purposes)):
-        overlap = set(policy.break_glass.purposes) & set(listed)
-        if overlap:
-            raise PolicyError(f"{path}: purposes both in breakGlass.purposes and {element}: {sorted(overlap)}",
+        clashes = sorted(f"{code} (under {', '.join(sorted(glass & set(purposes.ancestors(code))))})"
+                         if code not in glass else code
+                         for code in listed if glass & set(purposes.ancestors(code)))
+        if clashes:
+            raise PolicyError(f"{path}: purposes of {element} that breakGlass.purposes makes break-glass (listed "
+                              f"there, or a parent of theirs is): {', '.join(clashes)}",
                               expression=["breakGlass.purposes", element])
     return policy
 

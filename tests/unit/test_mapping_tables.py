@@ -106,6 +106,19 @@ def test_a_break_glass_purpose_that_is_also_consented_or_care_is_refused(tmp_pat
     assert "breakGlass.purposes" in message and f"consent.{element}" in message and code in message
 
 
+def test_a_break_glass_parent_of_a_consented_purpose_is_refused(tmp_path: Path) -> None:
+    # code review: a code is break-glass when a parent of it is listed there; HOPERAT (TRAIN's
+    # parent) listed as break-glass, and out of explicitPurposes, let TRAIN read identified
+    # records without a Consent though explicitPurposes still named it
+    def change(p: dict) -> None:
+        p["consent"]["explicitPurposes"].remove("HOPERAT")
+        p["breakGlass"]["purposes"].append("HOPERAT")
+    policy = _policy(tmp_path, change)
+    with pytest.raises(PolicyError) as info:
+        load_tables(MAPPINGS, policy)
+    assert "TRAIN (under HOPERAT)" in info.value.diagnostics and "consent.explicitPurposes" in info.value.diagnostics
+
+
 @pytest.mark.parametrize("text,key", [
     # a second block at the end replaced the first, silently (yaml.safe_load keeps the last)
     ("\nconsent:\n  writtenRequired: true\n", "consent"),
