@@ -51,8 +51,9 @@ class ConsentService:
         self._known = known_purposes
         self._now = now
 
-    def _check(self, resource: dict[str, Any], id: str) -> dict[str, Any]:
-        """Validate a Consent and return a copy carrying ``id`` and no client-supplied meta."""
+    def _check(self, resource: dict[str, Any], id: str, current: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Validate a Consent and return a copy carrying ``id`` and no client-supplied meta;
+        ``current``: the version an update replaces."""
         if resource.get("resourceType") != "Consent":
             raise InvalidResource("expected a Consent resource", expression="Consent.resourceType")
         if resource.get("id") not in (None, id):
@@ -65,7 +66,7 @@ class ConsentService:
             raise InvalidResource("a Consent names the policy it is given under: policy or policyRule (FHIR "
                                   "invariant ppc-1; e.g. policyRule v3-ActCode OPTIN)", expression="Consent.policyRule")
         check_narratives(resource, "Consent")
-        self._clean_source_attachment(resource)
+        self._clean_source_attachment(resource, current)
         # required bindings fhir.resources does not check (https://hl7.org/fhir/R4/consent.html)
         if resource.get("status") not in CONSENT_STATUS:
             raise UnknownCode(f"Consent.status must be one of {', '.join(sorted(CONSENT_STATUS))}",
@@ -96,14 +97,19 @@ class ConsentService:
             raise InvalidResource("the period ends before it starts (FHIR invariant per-1)", expression=inverted)
         return resource
 
-    def _clean_source_attachment(self, resource: dict[str, Any]) -> None:
+    def _clean_source_attachment(self, resource: dict[str, Any], current: dict[str, Any] | None) -> None:
         """The signed form a Consent carries in ``sourceAttachment.data`` is kept as the photo
         path keeps one (adapter.mapping.consent.signed_form): a PDF, or a scan as JPEG or PNG
         without its metadata (GPS, serials, the owner's name), within the policy's pixel limit
         and proven to decode; its size (and hash, when given: SHA-1, R4 Attachment.hash) then
-        describe the bytes kept. A form given by url only is not fetched."""
+        describe the bytes kept. A form given by url only is not fetched. An update carrying the
+        form the current version holds keeps it as it is: it was cleaned when written, and a
+        withdrawal must not fail on a form a later policy (a lower pixel limit) would refuse."""
         attachment = resource.get("sourceAttachment")
         if not isinstance(attachment, dict) or attachment.get("data") is None:
+            return
+        held = (current or {}).get("sourceAttachment")
+        if isinstance(held, dict) and held.get("data") == attachment["data"]:
             return
         where = "Consent.sourceAttachment"
         try:
@@ -133,8 +139,8 @@ class ConsentService:
             # http.html#update: "If no id element is provided, or the id disagrees with the id in
             # the URL, the server SHALL respond with an HTTP 400 error code"
             raise InvalidResource("an update carries the resource's id, the same as in the URL", expression="Consent.id")
-        resource = self._check(resource, id)
         current = self._store.get("Consent", id)
+        resource = self._check(resource, id, current.resource if current is not None else None)
         if current is None:  # ids are the server's: an update never creates (http.html#update: 405)
             raise UpdateCreateNotSupported(f"Consent/{id} does not exist, and an update does not create one: "
                                            "create a Consent with POST /fhir/Consent (the server assigns its id)")

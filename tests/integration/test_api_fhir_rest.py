@@ -380,6 +380,26 @@ def test_a_consent_form_posted_with_a_consent_is_kept_as_a_photo_s_form_is(tmp_p
         assert base64.b64decode(r.json()["sourceAttachment"]["data"]) == pdf
 
 
+def test_a_withdrawal_is_not_refused_for_a_form_a_later_policy_would_refuse(tmp_path: Path) -> None:
+    """Code review finding: an update re-checked the signed form it carried unchanged, so once the
+    policy's pixel limit was lowered, the withdrawal of a Consent (GET, status inactive, PUT) was
+    refused 422 and its permit stayed in force. The form the current version holds is kept as it is."""
+    import base64
+
+    scan = base64.b64encode((SAMPLES / "wound.jpg").read_bytes()).decode()
+    consent = {**consent_resource(["TRAIN"]), "sourceAttachment": {"contentType": "image/jpeg", "data": scan}}
+    with adapter_client(tmp_path) as (client, _):
+        stored = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON).json()
+    with adapter_client(tmp_path, policy={"limits": {"maxPixels": 1000}}) as (client, _):
+        r = client.put(f"/fhir/Consent/{stored['id']}", json={**stored, "status": "inactive"}, headers=FHIR_JSON)
+        assert r.status_code == 200, r.text[:300]
+        assert client.get(f"/fhir/Consent/{stored['id']}", headers=TREAT).json()["status"] == "inactive"
+        # a new form is held to the policy of the day
+        fresh = {**stored, "sourceAttachment": {
+            "contentType": "image/jpeg", "data": base64.b64encode((SAMPLES / "document.jpg").read_bytes()).decode()}}
+        assert client.put(f"/fhir/Consent/{stored['id']}", json=fresh, headers=FHIR_JSON).status_code == 422
+
+
 def test_history_of_a_type_or_of_the_server_is_refused_as_not_supported(tmp_path: Path) -> None:
     """Review finding: GET /fhir/Media/_history (history-type) answered 404 "Media/_history is not
     known", read as a Media whose id is _history (no FHIR id: ids take no "_"), and GET /fhir/_history
