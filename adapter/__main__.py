@@ -151,13 +151,18 @@ def serve(settings: Settings) -> int:
     the process ends by it (exit status 143 for SIGTERM, 130 for Ctrl-C), without the
     KeyboardInterrupt traceback Python's own SIGINT handler would print.
     """
+    log = logging.getLogger("adapter")
+    log.info("policy %s, mapping tables in %s", settings.resolved_policy, settings.resolved_mappings_dir)
+    if settings.policy_is_the_installed_example:
+        log.warning("no mappings/policy.yaml in the working directory and no ADAPTER_POLICY: the example policy "
+                    "installed with the package is in force (set ADAPTER_POLICY to the organisation's own)")
     if settings.http_workers > 1:
         _multiprocess_metrics(settings)
     try:
         dicom = _start_dicom(settings)
     except AdapterError as exc:
         # the services (policy, tables, store) are built here too: each message names its own cause
-        logging.getLogger("adapter").error("cannot start: %s", exc.diagnostics)
+        log.error("cannot start: %s", exc.diagnostics)
         return 2
     scp, services = dicom if dicom is not None else (None, None)
     main_thread = threading.current_thread() is threading.main_thread()

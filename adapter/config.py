@@ -219,6 +219,11 @@ class Settings(BaseSettings):
         return self.policy
 
     @property
+    def policy_is_the_installed_example(self) -> bool:
+        """Whether :attr:`resolved_policy` fell back to the package's example copy."""
+        return self.resolved_policy != self.policy
+
+    @property
     def resolved_mappings_dir(self) -> Path:
         return self.mappings_dir if self.mappings_dir is not None else self.resolved_policy.resolve().parent
 
@@ -235,6 +240,11 @@ class Settings(BaseSettings):
         """Refuse unsafe defaults outside development, and malformed lists at any time."""
         self.allowed_cors_origins  # noqa: B018 - raises ConfigurationError for a bad origin
         self.destinations  # noqa: B018 - raises ConfigurationError for a bad AE@host:port
+        if self.environment == "production" and self.policy_is_the_installed_example:
+            # the example policy (break-glass on, verbal consent enough) is no organisation's own
+            raise ConfigurationError("ADAPTER_POLICY must name the organisation's policy in production: there is no "
+                                     "mappings/policy.yaml in the working directory, and the example policy "
+                                     "installed with the package is not used there")
         if self.environment == "production" and (not self.pseudonym_key or len(self.pseudonym_key) < 32):
             raise ConfigurationError(
                 "ADAPTER_PSEUDONYM_KEY must be set to a secret of at least 32 characters in production")

@@ -124,6 +124,22 @@ def test_the_default_policy_is_the_working_directorys_else_the_installed_copy(tm
     assert Settings().resolved_policy == Path("mappings/policy.yaml")  # missing: named as the setting says
 
 
+def test_the_installed_example_policy_is_not_used_in_production(tmp_path, monkeypatch) -> None:
+    # code review: a production unit whose working directory changed fell back, without a word,
+    # to the example policy (break-glass on, verbal consent enough) instead of the organisation's
+    from adapter import config
+    from adapter.errors import ConfigurationError
+
+    monkeypatch.setattr(config, "installed_policy", lambda: tmp_path / "prefix" / "policy.yaml")
+    monkeypatch.chdir(tmp_path)
+    key = "k" * 40
+    assert Settings(environment="production", pseudonym_key=key).policy_is_the_installed_example
+    with pytest.raises(ConfigurationError, match="ADAPTER_POLICY must name the organisation's policy"):
+        Settings(environment="production", pseudonym_key=key).check_safe()
+    Settings(environment="production", pseudonym_key=key, policy=tmp_path / "ours.yaml").check_safe()
+    Settings().check_safe()  # in development the example serves
+
+
 @pytest.mark.parametrize("url", ["notaurl", "ftp://host", "https://", "http:///x", "https://h/x?a=1"])
 def test_a_base_url_is_an_absolute_http_url(url: str) -> None:
     # "notaurl" was accepted, and the CapabilityStatement said implementation.url "notaurl/fhir"
