@@ -223,6 +223,11 @@ class ConfigurationError(AdapterError):
     issue_type = "invalid"
 
 
+class NoStore(ConfigurationError):
+    """The database the settings name holds no record store of the adapter (opened with
+    ``existing_only``: ``python -m adapter verify`` never verifies a new, empty one)."""
+
+
 __all__ = [
     "AdapterError",
     "BusinessRuleViolation",
@@ -237,6 +242,7 @@ __all__ = [
     "InvalidInput",
     "InvalidQuery",
     "InvalidResource",
+    "NoStore",
     "NotAcceptable",
     "NotFound",
     "NotSupported",

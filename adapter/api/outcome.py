@@ -56,6 +56,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.InsufficientStorage: 507,
     e.PolicyError: 500,
     e.ConfigurationError: 500,
+    e.NoStore: 500,
 }
 
 

@@ -83,6 +83,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.InsufficientStorage: OUT_OF_RESOURCES,
     e.PolicyError: PROCESSING_FAILURE,
     e.ConfigurationError: PROCESSING_FAILURE,
+    e.NoStore: PROCESSING_FAILURE,
 }
 
 #: Error Comment (0000,0902) is LO: at most 64 characters, no backslash or control characters.

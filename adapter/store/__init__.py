@@ -4,6 +4,7 @@ PostgreSQL and a file blob store. ``open_store`` picks the backend from the data
 from __future__ import annotations
 
 from adapter.config import StoreOptions
+from adapter.errors import NoStore
 from adapter.store.blobs import FileBlobStore
 from adapter.store.port import (
     BlobStore,
@@ -13,7 +14,7 @@ from adapter.store.port import (
     SearchCriteria,
     TokenCriterion,
 )
-from adapter.store.sql import NoStore, SqlRecordStore
+from adapter.store.sql import SqlRecordStore
 
 
 def open_store(options: StoreOptions, *, existing_only: bool = False) -> tuple[SqlRecordStore, FileBlobStore]:

@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from adapter.errors import ConfigurationError, Conflict, InvalidInput, NotFound, StorageError
+from adapter.errors import Conflict, InvalidInput, NoStore, NotFound, StorageError
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
@@ -201,11 +201,6 @@ def _translated_errors() -> Iterator[None]:
                                "code of thousands of characters); nothing was saved") from exc
         _log.error("the record store failed: %s", describe_failure(exc))
         raise StorageError("the record store failed; nothing was saved") from exc
-
-
-class NoStore(ConfigurationError):
-    """The database the settings name holds no record store of the adapter (opened with
-    ``existing_only``: ``python -m adapter verify`` never verifies a new, empty one)."""
 
 
 #: Rows of a search read at a time (SqlRecordStore.search_index).

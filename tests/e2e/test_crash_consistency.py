@@ -252,7 +252,8 @@ _DERIVED = (
 
 #: Every start-up fill made to run again, as after an upgrade that changes what they derive.
 _STALE = (
-    "UPDATE key_fingerprints SET fingerprint = 'stale'",
+    # the fills' fingerprints; not the pseudonym key's own, which names the key, no derivation
+    "UPDATE key_fingerprints SET fingerprint = 'stale' WHERE name <> 'pseudonym-key'",
     "DELETE FROM tokens WHERE resource_type IN ('Media', 'DocumentReference')",
     ("UPDATE resources SET date = NULL, status = NULL, creation = NULL "
      "WHERE resource_type IN ('Media', 'DocumentReference')"),

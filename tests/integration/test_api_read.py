@@ -1260,7 +1260,9 @@ def test_status_codes_an_fhir_client_expects(tmp_path: Path) -> None:
         assert answer.status_code == 200 and "fhirVersion=5.0" in answer.headers["content-type"]
         photo, media = answer.json()["entry"]
         assert photo["resource"]["resourceType"] == "DocumentReference"  # R5 has no Media: the photo is this
-        assert media["response"]["status"].startswith("400")  # Media is no R5 type
+        # Media is no R5 type: the entry gets what the same read alone gets (404, "R5 has no Media")
+        assert media["response"]["status"].startswith("404")
+        assert client.get(f"/fhir/{receipt['record']}", headers={**treat, "Accept": r5}).status_code == 404
 
 
 def test_a_consent_cannot_be_moved_to_another_patient(tmp_path: Path) -> None:
