@@ -76,7 +76,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import JPEGBaseline8Bit
 
-from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
+from adapter.consent import IngestAssessment, assess_ingest
 from adapter.errors import (
     AdapterError,
     Conflict,
@@ -101,13 +101,13 @@ from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed, vr_tolerated
 from adapter.mapping.fhir_r4 import index_resource
 from adapter.mapping.tables import Tables
-from adapter.model.consent import ConsentGrant
 from adapter.model.dicom import DicomInstance, InstanceAttributes
 from adapter.model.photo import Colleague, Identifier, PatientRef, PhotoMetadata, PhotoSource
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.services.association_audit import RejectedAssociations
 from adapter.services.audit import Auditor, DicomAudit
+from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
 from adapter.text import has_control_character
@@ -726,8 +726,12 @@ class DicomIngestService:
     association of the SCP calls :meth:`ingest_received` from its own thread."""
 
     def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, dicom_tables: DicomTables,
-                 auditor: Auditor, now: Callable[[], datetime], released_uids: ReleasedUidSpaces) -> None:
+                 auditor: Auditor, now: Callable[[], datetime], released_uids: ReleasedUidSpaces,
+                 grants: ConsentGrantsCache | None = None) -> None:
         self._store = store
+        # the grants of the patient's Consents the rules read, parsed once per Consent version
+        # (shared with the photo ingest: adapter.services.registry)
+        self._grants = grants if grants is not None else ConsentGrantsCache(store)
         self._released_uids = released_uids
         self._blobs = blobs
         self._tables = tables
@@ -755,12 +759,6 @@ class DicomIngestService:
     def accepted_sop_classes(self) -> tuple[str, ...]:
         """The storage SOP classes the SCP negotiates (mappings/dicom.yaml ``receive``)."""
         return tuple(self._dicom_tables.receive.sop_classes)
-
-    def _existing_grants(self, patient: Identifier) -> list[ConsentGrant]:
-        grants: list[ConsentGrant] = []
-        for stored in self._store.consents_for_patient(patient):
-            grants.extend(grants_from_consent(stored.resource))
-        return grants
 
     def _replay(self, instance: DicomInstance, received: ReceivedStore) -> DicomIngestResult:
         """The answer to an object stored before (its SOP Instance UID known, its patient the
@@ -947,12 +945,13 @@ class DicomIngestService:
     def _assess(self, obj: ReceivedObject, now: datetime) -> IngestAssessment:
         """The ingest consent rules for the object, sent by a colleague inside the organisation
         (the sending AE on behalf of its institution). The patient's Consents are read from
-        the store when the rules look at them: for every kind, since a Consent denying TREAT
-        refuses documents and secondary captures too."""
+        the store when the rules look at them (for every kind, since a Consent denying TREAT
+        refuses documents and secondary captures too): the versions on file, and only those not
+        parsed before (:class:`ConsentGrantsCache`)."""
         meta = PhotoMetadata(
             patient=PatientRef(system=obj.patient.system, value=obj.patient.value), kind=obj.kind,
             source=RECEIVED_SOURCE, colleague=Colleague(name=f"AE {obj.calling_ae}", organisation=obj.institution))
-        return assess_ingest(meta, _Lazy(lambda: self._existing_grants(obj.patient)), self._tables, now)
+        return assess_ingest(meta, _Lazy(lambda: self._grants.grants_for_patient(obj.patient)), self._tables, now)
 
     def _store_object(self, received: ReceivedStore, obj: ReceivedObject, binary: _Binary,
                       assessment: IngestAssessment, work: _Work, original: Path, original_ready: Future[None],

@@ -41,12 +41,19 @@ from adapter.dicom.status import (
     SUCCESS,
     dimse_status_for,
 )
-from adapter.errors import AdapterError, InvalidInput, InvalidResource, UndecodableImage
+from adapter.errors import (
+    AdapterError,
+    BusinessRuleViolation,
+    InvalidInput,
+    InvalidResource,
+    UndecodableImage,
+)
 from adapter.mapping.dicom_fhir import extract_image
+from adapter.services import consent_grants as consent_grants_module
 from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
 from tests.conftest import record_emitted, require_or_skip, wait_until
-from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
+from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
 from tests.support.audit import (
     DCM,
     INSTANCES_TRANSFERRED,
@@ -1040,6 +1047,79 @@ def test_clinical_photo_refused_by_a_consent_denying_treatment(scp: StoreSCP, cl
 
 
 # -- every refused object is audited (IHE ATNA; DICOM PS3.15 A.5.3.7 DICOM Instances Transferred) --
+
+
+def test_a_patients_consents_are_parsed_once_per_version(client: FhirClient, services: Services, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consent rules read the patient's Consents for every kind (a Consent denying TREAT
+    refuses a secondary capture or a PDF too). Each object asks the store only which versions
+    the patient has; a version is loaded and parsed once, shared with the photo ingest, and
+    consents_for_patient (every Consent, parsed again) is not called: a patient with a Consent
+    per photo made every object parse all of them."""
+    ids = []
+    for _ in range(3):
+        created = client.post("/fhir/Consent", json=consent_resource(["TREAT"]))
+        assert created.status_code == 201
+        ids.append(created.json()["id"])
+    store = services.store
+    calls: list[str] = []
+    loaded: list[list[str]] = []
+    parsed: list[str] = []
+    get_many, versions = store.get_many, store.consent_versions_for_patient
+
+    def counted_get_many(resource_type: str, wanted: Any) -> Any:
+        loaded.append(list(wanted))
+        return get_many(resource_type, wanted)
+
+    def counted_versions(patient: Any) -> Any:
+        calls.append("versions")
+        return versions(patient)
+
+    monkeypatch.setattr(store, "get_many", counted_get_many)
+    monkeypatch.setattr(store, "consent_versions_for_patient", counted_versions)
+    monkeypatch.setattr(store, "consents_for_patient", lambda patient: pytest.fail("every Consent read again"))
+    parse = consent_grants_module.grants_from_consent
+    monkeypatch.setattr(consent_grants_module, "grants_from_consent",
+                        lambda resource: parsed.append(resource["id"]) or parse(resource))
+    for n, make in enumerate((sc_file, pdf_file, vl_photo_file, sc_file)):  # secondary, document, clinical
+        path = tmp_path / f"{n}.dcm"
+        sent = make(path)
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert calls == ["versions"] * 4
+    assert [sorted(batch) for batch in loaded] == [sorted(ids)] and sorted(parsed) == sorted(ids)
+    # a new version is read afresh, alone
+    changed = {**consent_resource(["TREAT"], status="inactive"), "id": ids[0]}
+    assert client.put(f"/fhir/Consent/{ids[0]}", json=changed).status_code == 200
+    path = tmp_path / "after.dcm"
+    sent = sc_file(path)
+    services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert loaded[1:] == [[ids[0]]] and parsed[3:] == [ids[0]]
+    # the photo ingest shares what was parsed
+    assert post_photo(client, Path(__file__).parents[2] / "samples" / "document.jpg", metadata(consent=None, kind="document")).status_code == 201
+    assert len(loaded) == 2 and len(parsed) == 4
+
+
+def test_a_consent_that_cannot_be_read_refuses_every_object_until_changed(
+        client: FhirClient, services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail-closed, cache or not: a Consent whose grants cannot be read (grants_from_consent
+    refuses it) refuses the object, every time, not only the first (nothing is kept for it);
+    once it reads, the objects are stored."""
+    assert client.post("/fhir/Consent", json=consent_resource(["TREAT"])).status_code == 201
+    parse = consent_grants_module.grants_from_consent
+
+    def unreadable(resource: dict[str, Any]) -> Any:
+        raise BusinessRuleViolation("the Consent carries a modifierExtension")
+
+    monkeypatch.setattr(consent_grants_module, "grants_from_consent", unreadable)
+    for n in range(2):
+        path = tmp_path / f"{n}.dcm"
+        sent = sc_file(path)
+        with pytest.raises(BusinessRuleViolation):
+            services.dicom_ingest.ingest_received(received_store(path, sent))
+        stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    monkeypatch.setattr(consent_grants_module, "grants_from_consent", parse)
+    services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) is not None
 
 
 def audited(services: Services) -> list[dict]:
