@@ -44,12 +44,14 @@ from adapter.dicom.status import (
 from adapter.errors import (
     AdapterError,
     BusinessRuleViolation,
+    InstanceConflict,
     InvalidInput,
     InvalidResource,
     UndecodableImage,
 )
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.services import consent_grants as consent_grants_module
+from adapter.services import dicom_ingest as dicom_ingest_module
 from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
 from tests.conftest import record_emitted, require_or_skip, wait_until
@@ -1274,6 +1276,54 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     assert pynet_store(scp.port, filled_in).Status == SUCCESS
     assert audited(services)[-1]["outcomeDesc"].startswith("already stored")
     assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+
+
+def test_a_resend_is_checked_without_hashing_a_large_object(services: Services, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-send is Success when it is the stored object byte for byte, or names the stored
+    patient after the checks a new object passes. A large one (over 1 MiB) is checked first,
+    from the dataset before its pixel data, and not hashed at all (a SHA-256 of 20 MB took
+    26 ms); one of another size than the stored object is never hashed; the hash still decides
+    when the checks refuse (an object stored before a check was added, sent again as it is, is a
+    retry). A small object of the stored size is hashed first, as before, and not read."""
+    ingest = services.dicom_ingest
+    path = tmp_path / "large.dcm"
+    sent = sc_file(path, frame=jpeg(1400, 1000, noise=True))
+    assert path.stat().st_size > dicom_ingest_module._HASH_FIRST_LIMIT
+    assert not ingest.ingest_received(received_store(path, sent)).replayed
+    same = {"SOPInstanceUID": sent.SOPInstanceUID, "StudyInstanceUID": sent.StudyInstanceUID,
+            "SeriesInstanceUID": sent.SeriesInstanceUID, "PixelData": sent.PixelData}
+    filled_in, other = tmp_path / "filled-in.dcm", tmp_path / "other.dcm"
+    sc_file(filled_in, InstitutionName="Example Hospital Dermatology", **same)
+    sc_file(other, PatientID="MRN-0002", **same)
+
+    def hashed(path: Path) -> str:
+        raise AssertionError("the re-sent object was hashed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(dicom_ingest_module, "_file_sha256", hashed)
+        assert ingest.ingest_received(received_store(path, sent)).replayed
+        assert ingest.ingest_received(received_store(filled_in, sent)).replayed
+    with pytest.raises(InstanceConflict):  # of the stored size: hashed once the checks refuse it
+        ingest.ingest_received(received_store(other, sent))
+    # the checks refuse what they did not when the object was stored: the same bytes are a retry
+    with monkeypatch.context() as patched:
+        def refuse(ds: Any, transfer_syntax: str) -> None:
+            raise InvalidInput("a check added since")
+
+        patched.setattr(dicom_ingest_module, "check_elements", refuse)
+        assert ingest.ingest_received(received_store(path, sent)).replayed
+        with pytest.raises(InvalidInput):
+            ingest.ingest_received(received_store(filled_in, sent))
+    # a small object of the stored size: hashed, not read
+    small = tmp_path / "small.dcm"
+    kept = sc_file(small)
+    assert not ingest.ingest_received(received_store(small, kept)).replayed
+    with monkeypatch.context() as patched:
+        patched.setattr(dicom_ingest_module, "check_complete", lambda *args: pytest.fail("the object was read"))
+        assert ingest.ingest_received(received_store(small, kept)).replayed
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID).patient == services.store.find_dicom_instance(
+        kept.SOPInstanceUID).patient
 
 
 def test_a_refusal_whose_audit_cannot_be_written_is_still_refused_and_the_scp_serves_on(
