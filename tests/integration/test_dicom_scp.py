@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import random
 import socket
 import sqlite3
 import struct
@@ -25,7 +26,7 @@ from PIL import Image
 from prometheus_client import REGISTRY
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_fragmented_frames
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -49,6 +50,7 @@ from adapter.errors import (
     InvalidResource,
     UndecodableImage,
 )
+from adapter.mapping import dicom_fhir as dicom_fhir_module
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.services import consent_grants as consent_grants_module
 from adapter.services import dicom_ingest as dicom_ingest_module
@@ -307,6 +309,60 @@ def test_a_multiframe_object_stating_more_frames_than_it_holds_is_refused(
     [refusal] = audited(services)
     assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
     assert "NumberOfFrames" in refusal["outcomeDesc"]
+
+
+@pytest.mark.parametrize(("has_bot", "per_frame", "in_place"), [
+    (True, 1, True),    # a Basic Offset Table
+    (False, 1, True),   # no table, as many fragments as frames
+    (True, 2, True),    # frames of 2 fragments each, told apart by the table
+    (False, 2, False),  # no table, more fragments than frames: split where each JPEG ends, by pydicom
+])
+def test_a_multiframe_object_is_read_in_place_when_its_frames_are_certain(
+        services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_bot: bool, per_frame: int,
+        in_place: bool) -> None:
+    """A multi-frame JPEG object whose frames the layout tells apart (the offset table, or one
+    fragment a frame) is counted and walked from the file, frame by frame: pydicom reads neither
+    the dataset again nor its pixel data (all of it in memory) nor splits the frames. The Binary
+    is the one the general way makes (frame 1, metadata cut). Where only the JPEG streams tell the
+    frames apart, the general way counts them, as before."""
+    path = tmp_path / "mf.dcm"
+    sent = multiframe_file(path, 3, has_bot=has_bot, fragments_per_frame=per_frame)
+    expected = extract_image(dicom_ingest_module.read_dataset(path)).data
+    read, split = dicom_ingest_module.read_dataset, dicom_fhir_module.generate_frames
+    general: list[str] = []
+    monkeypatch.setattr(dicom_ingest_module, "read_dataset", lambda p: general.append("read") or read(p))
+    monkeypatch.setattr(dicom_fhir_module, "generate_frames", lambda *a, **k: general.append("split") or split(*a, **k))
+    result = services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert general == ([] if in_place else ["read", "split"])
+    assert stored_binary(services, sent.SOPInstanceUID) == expected
+    assert result.receipt["sha256"]["stored"] == hashlib.sha256(expected).hexdigest()
+
+
+def test_frames_in_place_are_split_as_pydicom_splits_them(tmp_path: Path) -> None:
+    """The in-place split (_frame_fragments) gives the frames pydicom's generate_frames gives
+    extract_image, for every Basic Offset Table, sensible or not (offsets between fragments, out
+    of order, beyond the data), or says it cannot tell (None), never another split."""
+    path = tmp_path / "mf.dcm"
+    rng = random.Random(7)
+    for case in range(60):
+        frames, per_frame = rng.randint(1, 4), rng.randint(1, 3)
+        multiframe_file(path, frames, has_bot=True, fragments_per_frame=per_frame)
+        layout = check_complete(path, JPEGBaseline8Bit).pixel_data
+        assert layout is not None
+        (table_at, table_length), *fragments = layout.items
+        if case % 2:  # another table of the same length
+            table = [rng.choice([0, rng.randint(0, 4 * sum(n for _, n in fragments))]) for _ in range(table_length // 4)]
+            data = bytearray(path.read_bytes())
+            data[table_at:table_at + table_length] = struct.pack(f"<{len(table)}L", *table)
+            path.write_bytes(bytes(data))
+        pixel_data = pydicom.dcmread(path).PixelData
+        expected = [b"".join(f) for f in generate_fragmented_frames(pixel_data, number_of_frames=frames)]
+        split = dicom_ingest_module._frame_fragments(layout, path, frames)
+        data = path.read_bytes()
+        if split is None:
+            assert not all(expected), (case, expected)
+        else:
+            assert [b"".join(data[o:o + n] for o, n in frame) for frame in split] == expected, case
 
 
 def test_a_pdf_is_released_as_stored_for_a_consented_purpose(client: FhirClient, services: Services,
