@@ -36,6 +36,7 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -60,7 +61,7 @@ from adapter.errors import (
     UnsupportedPixelData,
     UnsupportedTransferSyntax,
 )
-from adapter.imaging import JPEG, PNG, Pixels, encode_png, jpeg_for_encapsulation
+from adapter.imaging import JPEG, PNG, Pixels, encode_png
 from adapter.imaging.frame import EncapsulatedJpeg, encapsulated_jpeg
 from adapter.mapping.codes import DCM, DICOM_UID_SYSTEM, EXT_LATERALITY, PROVENANCE_PARTICIPANT_TYPE, SNOMED
 from adapter.mapping.dicom_dates import is_utc_offset
@@ -360,15 +361,7 @@ def extract_image(ds: Dataset) -> ExtractedImage:
         except ValueError as exc:  # pydicom: fewer fragments than NumberOfFrames, and no offset table
             raise _frames_not_held(frames, None) from exc
         image = ExtractedImage(jpeg_binary(first).join(), JPEG)
-        # the other frames are not the Binary, but a release walks each of them (de-identification
-        # cuts their metadata segments): one that does not walk is refused now, not at every
-        # release. One frame at a time: a long multi-frame object is not copied whole.
-        n = 1
-        try:
-            for n, frame in enumerate(every, start=2):  # n names the frame that failed
-                jpeg_for_encapsulation(bytes(frame))
-        except (AdapterError, ValueError) as exc:
-            raise UndecodableImage(f"frame {n} is not a JPEG stream that can be read ({exc})") from exc
+        n = walk_other_frames(every)
         if n != frames:
             raise _frames_not_held(frames, n)
         return image
@@ -376,6 +369,26 @@ def extract_image(ds: Dataset) -> ExtractedImage:
         return ExtractedImage(encode_png(_native_frame(ds, frames)), PNG)
     raise UnsupportedTransferSyntax(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",
                        expression="(0002,0010) TransferSyntaxUID")
+
+
+def walk_other_frames(frames: Iterable[bytes]) -> int:
+    """Walk frames 2 onwards of encapsulated JPEG pixel data; returns how many frames there are
+    in all (frame 1 included). They are not the Binary, but a release walks each of them
+    (de-identification cuts their metadata segments): one that does not walk is refused now, not
+    at every release. One frame at a time: a long multi-frame object is not copied whole.
+
+    Raises:
+        UndecodableImage: naming the first frame that does not walk (or that ``frames`` could
+            not give: a ValueError from pydicom's generate_frames).
+    """
+    n = 1
+    try:
+        for n, frame in enumerate(frames, start=2):  # n names the frame that failed
+            # the walk jpeg_for_encapsulation does, without joining the stream it would make
+            encapsulated_jpeg(bytes(frame))
+    except (AdapterError, ValueError) as exc:
+        raise UndecodableImage(f"frame {n} is not a JPEG stream that can be read ({exc})") from exc
+    return n
 
 
 def _frames_not_held(stated: int, held: int | None) -> UndecodableImage:
@@ -557,5 +570,5 @@ def _agent(type_coding: JSON, who: JSON, on_behalf_of: JSON | None, *, text: str
 
 __all__ = [
     "PDF", "ExtractedImage", "ReceivedObject", "dicom_identifiers", "extract_image", "jpeg_binary", "read_received",
-    "received_to_fhir",
+    "received_to_fhir", "walk_other_frames",
 ]

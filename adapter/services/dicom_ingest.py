@@ -29,7 +29,11 @@ without pydicom touching its pixel data: the frame is read from its place in the
 once (adapter.imaging.frame.encapsulated_jpeg) and, when nothing has to be cut from it, the
 Binary is that byte range of the object as received (NewResource.blob_range): stored once,
 not copied. A frame that does not walk is refused at step 6 as before, even though it is
-looked at earlier.
+looked at earlier. A JPEG Baseline object of several fragments whose frames the layout tells apart
+as pydicom would (by the Basic Offset Table, or one fragment a frame when there are as many as
+NumberOfFrames) and whose pixel data ends the file is handled the same way: frames counted from
+the layout and walked one at a time from the file (the same refusals), the dataset read only up
+to its pixel data; any other layout, and any count that does not match, goes the general way.
 
 A failure at any step leaves nothing visible: staged files are removed, committed blobs are only
 content-addressed bytes nobody references, removed once past a grace period by
@@ -76,7 +80,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import JPEGBaseline8Bit
 
-from adapter.consent import IngestAssessment, assess_ingest, grants_from_consent
+from adapter.consent import IngestAssessment, assess_ingest
 from adapter.errors import (
     AdapterError,
     Conflict,
@@ -95,19 +99,20 @@ from adapter.mapping.dicom_fhir import (
     jpeg_binary,
     read_received,
     received_to_fhir,
+    walk_other_frames,
 )
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed, vr_tolerated
 from adapter.mapping.fhir_r4 import index_resource
 from adapter.mapping.tables import Tables
-from adapter.model.consent import ConsentGrant
 from adapter.model.dicom import DicomInstance, InstanceAttributes
 from adapter.model.photo import Colleague, Identifier, PatientRef, PhotoMetadata, PhotoSource
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.services.association_audit import RejectedAssociations
 from adapter.services.audit import Auditor, DicomAudit
+from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
 from adapter.text import has_control_character
@@ -122,6 +127,9 @@ _T = TypeVar("_T")
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _DEFER = 64 * 1024  # values larger than this are read from the file only when accessed
+#: A re-sent object of the stored size up to this many bytes is hashed before it is read
+#: (DicomIngestService._check_resend): hashing 1 MiB costs about what reading its dataset does.
+_HASH_FIRST_LIMIT = 1 << 20
 _REASON_LENGTH = 256  # of a refusal's AuditEvent.outcomeDesc: the diagnostics are shorter
 
 
@@ -303,6 +311,15 @@ class PixelDataLayout:
     encapsulated: bool
     items: tuple[tuple[int, int], ...]
     element: int  # offset of the element's tag: where the dataset before it ends
+
+    @property
+    def end(self) -> int | None:
+        """Where encapsulated pixel data ends: after its last item and the sequence delimiter
+        that follows it (:func:`_walk_items`). None for native pixel data or no item."""
+        if not self.encapsulated or not self.items:
+            return None
+        offset, length = self.items[-1]
+        return offset + length + 8
 
     def single_fragment(self, data: bytes | mmap.mmap | memoryview) -> tuple[int, int] | None:
         """(offset, length) of the only fragment when there is exactly one and the Basic Offset
@@ -595,6 +612,71 @@ def _binary_of_first_fragment(work: _Work, path: Path, fragment: tuple[int, int]
     return _Binary(ExtractedImage(memoryview(frame)[:plan.size], JPEG), sha256, offset=offset)
 
 
+def _frame_fragments(pixels: PixelDataLayout, path: Path, stated: int) -> list[list[tuple[int, int]]] | None:
+    """The (offset, length) of the fragments of each frame, split as pydicom's generate_frames
+    splits them for :func:`adapter.mapping.dicom_fhir.extract_image` (which counts the frames
+    it yields against NumberOfFrames, ``stated``), when the layout alone tells: by the Basic
+    Offset Table; without one, one frame when there is one fragment or NumberOfFrames is 1, one
+    frame a fragment when there are as many as NumberOfFrames. None when generate_frames would
+    look into the fragments (more fragments than frames, no table: split where a JPEG EOI ends
+    one), refuse them, or give an empty frame: the general way then counts and refuses as ever.
+    The Extended Offset Table is not read: extract_image does not give it to generate_frames
+    either, so counting by it could disagree."""
+    (table_at, table_length), *fragments = pixels.items
+    if not fragments or table_length % 4:
+        return None
+    if not table_length:
+        if len(fragments) == 1 or stated == 1:
+            return [fragments]
+        return [[fragment] for fragment in fragments] if len(fragments) == stated else None
+    try:
+        table = read_range(path, table_at, table_length)
+    except (OSError, EOFError) as exc:
+        raise StorageError("the received dataset could not be read") from exc
+    offsets = struct.unpack(f"<{table_length // 4}L", table)
+    # pydicom.encaps.generate_fragmented_frames: a fragment starting before the next frame's
+    # offset (measured from the first fragment's item tag) belongs to the current frame
+    frames: list[list[tuple[int, int]]] = []
+    frame: list[tuple[int, int]] = []
+    index, position, final = 0, 0, len(offsets) - 1
+    for fragment in fragments:
+        if index != final and position >= offsets[index + 1]:
+            frames.append(frame)
+            index += 1
+            frame = []
+        frame.append(fragment)
+        position += fragment[1] + 8
+    frames.append(frame)
+    return frames if all(frames) else None
+
+
+def _binary_of_frames(work: _Work, path: Path, frames: list[list[tuple[int, int]]]) -> _Binary:
+    """The Binary of a JPEG Baseline object whose frames are ``frames`` (:func:`_frame_fragments`),
+    as extract_image makes it without pydicom reading the pixel data: frame 1 (in place when it
+    is one fragment: :func:`_binary_of_first_fragment`), then every other frame read from the
+    file, one at a time, and walked (:func:`adapter.mapping.dicom_fhir.walk_other_frames`, the
+    same refusal)."""
+    first, *others = frames
+    if len(first) == 1:
+        binary = _binary_of_first_fragment(work, path, first[0])
+    else:
+        binary = _binary_of_bytes(work, ExtractedImage(jpeg_binary(_read_frame(path, first)).join(), JPEG))
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            walk_other_frames(b"".join(mapped[offset:offset + length] for offset, length in frame)
+                              for frame in others)
+    except (OSError, ValueError) as exc:  # the file, not its content (walk_other_frames wraps those)
+        raise StorageError("the received dataset could not be read") from exc
+    return binary
+
+
+def _read_frame(path: Path, fragments: list[tuple[int, int]]) -> bytes:
+    try:
+        return b"".join(read_range(path, offset, length) for offset, length in fragments)
+    except (OSError, EOFError) as exc:
+        raise StorageError("the received dataset could not be read") from exc
+
+
 #: What pydicom raises on a malformed value when it is first used (it parses lazily); anything
 #: else escaping the mapping is a bug and answered as one. BytesLengthException (not a
 #: ValueError) is a binary value whose length is not a multiple of its VR's size (an odd-length
@@ -726,8 +808,12 @@ class DicomIngestService:
     association of the SCP calls :meth:`ingest_received` from its own thread."""
 
     def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, dicom_tables: DicomTables,
-                 auditor: Auditor, now: Callable[[], datetime], released_uids: ReleasedUidSpaces) -> None:
+                 auditor: Auditor, now: Callable[[], datetime], released_uids: ReleasedUidSpaces,
+                 grants: ConsentGrantsCache | None = None) -> None:
         self._store = store
+        # the grants of the patient's Consents the rules read, parsed once per Consent version
+        # (shared with the photo ingest: adapter.services.registry)
+        self._grants = grants if grants is not None else ConsentGrantsCache(store)
         self._released_uids = released_uids
         self._blobs = blobs
         self._tables = tables
@@ -755,12 +841,6 @@ class DicomIngestService:
     def accepted_sop_classes(self) -> tuple[str, ...]:
         """The storage SOP classes the SCP negotiates (mappings/dicom.yaml ``receive``)."""
         return tuple(self._dicom_tables.receive.sop_classes)
-
-    def _existing_grants(self, patient: Identifier) -> list[ConsentGrant]:
-        grants: list[ConsentGrant] = []
-        for stored in self._store.consents_for_patient(patient):
-            grants.extend(grants_from_consent(stored.resource))
-        return grants
 
     def _replay(self, instance: DicomInstance, received: ReceivedStore) -> DicomIngestResult:
         """The answer to an object stored before (its SOP Instance UID known, its patient the
@@ -837,12 +917,43 @@ class DicomIngestService:
         matter for the PACS administrator, not a re-send. Audited as every refusal after step
         4 is, naming the patient and study the re-sent object names.
 
+        Cost: the answer is Success exactly when the object is the stored one byte for byte or
+        passes the checks naming the stored patient, so whichever is cheaper is asked first. The
+        checks read the dataset before the pixel data (~1-2 ms whatever the size), a SHA-256 the
+        whole file (~1.1 ms a MB): an object of another size than the stored one is not the same
+        (no hash at all), one up to :data:`_HASH_FIRST_LIMIT` is hashed first, a larger one
+        checked first and hashed only when the checks refuse it (an object stored before a check
+        was added, sent again as it is, is still a retry).
+
         Raises:
             InstanceConflict: the object names another patient than the stored instance.
             AdapterError: the refusals a new object would meet before its patient is known.
         """
-        if instance.blob_sha256 is not None and _file_sha256(received.path) == instance.blob_sha256:
-            return
+        stored_sha256 = instance.blob_sha256
+        same_size = False
+        if stored_sha256 is not None:  # an object received as it is (one made from a photo has none)
+            try:
+                size = os.stat(received.path).st_size
+            except OSError as exc:
+                raise StorageError("the received dataset could not be read") from exc
+            stored_size = self._blobs.size(stored_sha256)
+            same_size = stored_size is None or stored_size == size  # no blob to compare with: the hash decides
+            if same_size and size <= _HASH_FIRST_LIMIT:
+                if _file_sha256(received.path) == stored_sha256:
+                    return
+                same_size = False  # hashed: not the same object
+        checked = _Known()
+        try:
+            self._check_resent_patient(received, instance, checked)
+        except Exception:
+            if same_size and _file_sha256(received.path) == stored_sha256:
+                return  # the stored object as it is: a retry, whatever the checks say of it now
+            known.obj = checked.obj
+            raise
+        known.obj = checked.obj
+
+    def _check_resent_patient(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> None:
+        """Steps 2-4 on a re-sent object, then its patient compared with the stored instance's."""
         layout = check_complete(received.path, received.transfer_syntax)
         try:
             ds = read_header(layout.head) if layout.head is not None else read_dataset(received.path)
@@ -878,18 +989,31 @@ class DicomIngestService:
                     binary = _binary_of_first_fragment(work, received.path, layout.first_fragment)
                 except AdapterError as exc:
                     frame_error = exc
-            if fast and layout.head is not None:
+            # Frames in several fragments (a multi-frame object, say) are read from their places in
+            # the file too, when the pixel data ends it: the dataset before it is then all there is
+            pixels = layout.pixel_data
+            in_place = (not fast and received.transfer_syntax == JPEGBaseline8Bit and layout.head is not None
+                        and pixels is not None and len(pixels.items) > 1 and pixels.end == layout.size)
+            if (fast or in_place) and layout.head is not None:
                 head = self._read_head(read_header(layout.head), received, known)
             else:
                 head = self._read_head(read_dataset(received.path), received, known)
             try:
-                if fast and "EncapsulatedDocument" in head.ds:  # not an image after all: the general way
-                    fast = False
+                if (fast or in_place) and "EncapsulatedDocument" in head.ds:  # not an image: the general way
+                    fast = in_place = False
                 if fast and head.obj.number_of_frames != 1:
                     # one fragment holds one frame (PS3.5 A.4): extract_image refuses the object
                     # whose NumberOfFrames states more
                     fast = False
-                if not fast:
+                if in_place:
+                    assert pixels is not None
+                    stated = head.obj.number_of_frames
+                    frames = _frame_fragments(pixels, received.path, stated)
+                    if frames is not None and len(frames) == stated:
+                        binary = _binary_of_frames(work, received.path, frames)
+                    else:  # the general way counts them as extract_image does, and refuses another count
+                        in_place = False
+                if not fast and not in_place:
                     ds = head.ds if "PixelData" in head.ds or layout.pixel_data is None else read_dataset(received.path)
                     binary = _binary_of_bytes(work, extract_image(ds))
                 elif frame_error is not None:
@@ -947,12 +1071,13 @@ class DicomIngestService:
     def _assess(self, obj: ReceivedObject, now: datetime) -> IngestAssessment:
         """The ingest consent rules for the object, sent by a colleague inside the organisation
         (the sending AE on behalf of its institution). The patient's Consents are read from
-        the store when the rules look at them: for every kind, since a Consent denying TREAT
-        refuses documents and secondary captures too."""
+        the store when the rules look at them (for every kind, since a Consent denying TREAT
+        refuses documents and secondary captures too): the versions on file, and only those not
+        parsed before (:class:`ConsentGrantsCache`)."""
         meta = PhotoMetadata(
             patient=PatientRef(system=obj.patient.system, value=obj.patient.value), kind=obj.kind,
             source=RECEIVED_SOURCE, colleague=Colleague(name=f"AE {obj.calling_ae}", organisation=obj.institution))
-        return assess_ingest(meta, _Lazy(lambda: self._existing_grants(obj.patient)), self._tables, now)
+        return assess_ingest(meta, _Lazy(lambda: self._grants.grants_for_patient(obj.patient)), self._tables, now)
 
     def _store_object(self, received: ReceivedStore, obj: ReceivedObject, binary: _Binary,
                       assessment: IngestAssessment, work: _Work, original: Path, original_ready: Future[None],

@@ -26,7 +26,6 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 from __future__ import annotations
 
 import hashlib
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,13 +45,13 @@ from adapter.mapping.dicom_uids import PhotoUids, photo_uids
 from adapter.mapping.photo import build_photo_resources, index_resource
 from adapter.mapping.tables import Tables
 from adapter.metrics import INGESTS
-from adapter.model.consent import ConsentGrant
 from adapter.model.dicom import DicomInstance, InstanceAttributes, NewOutboxItem
 from adapter.model.image import StoredImage
 from adapter.model.photo import Identifier, PhotoMetadata
 from adapter.model.purpose import RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.services.audit import Auditor
+from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
 
@@ -70,10 +69,6 @@ class IngestResult:
 #: The outcome description of the audit of a replay (adapter.services.ingest._answer_replay).
 REPLAYED = "stored before: the stored receipt is the answer, nothing new was stored"
 
-#: Consent versions whose grants an ingest service keeps (a few hundred bytes each).
-GRANTS_CACHE_SIZE = 20_000
-
-
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -81,7 +76,8 @@ def _new_id() -> str:
 class IngestService:
     def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, auditor: Auditor,
                  now: Callable[[], datetime], dicom_tables: DicomTables, uid_root: str, uid_key: bytes,
-                 released_uids: ReleasedUidSpaces, destinations: Sequence[str] = ()) -> None:
+                 released_uids: ReleasedUidSpaces, destinations: Sequence[str] = (),
+                 grants: ConsentGrantsCache | None = None) -> None:
         self._store = store
         self._released_uids = released_uids
         self._blobs = blobs
@@ -93,41 +89,8 @@ class IngestService:
         self._uid_key = uid_key
         self._destinations = tuple(destinations)
         self.on_commit: Callable[[], None] | None = None  # wakes the forwarder
-        # (Consent id, version) -> its grants; shared by the ingest threads (see _existing_grants)
-        self._grants: dict[tuple[str, int], tuple[ConsentGrant, ...]] = {}
-        self._grants_lock = threading.Lock()
-
-    def _existing_grants(self, patient: Identifier) -> list[ConsentGrant]:
-        """The grants of the patient's Consents, in the store's order. What a Consent version
-        grants never changes, so it is read and parsed once per process (``_grants``); each
-        ingest asks the store only which versions the patient has (no documents), then loads the
-        ones not seen yet. Without this, a patient with a Consent per photo made every ingest
-        load and parse all of them (~50 µs each: 15 ms at 300)."""
-        versions = self._store.consent_versions_for_patient(patient)
-        if not versions:
-            return []
-        cache = self._grants
-        missing = [cid for cid, version in versions if (cid, version) not in cache]
-        if missing:
-            for stored in self._store.get_many("Consent", missing):
-                parsed = tuple(grants_from_consent(stored.resource))
-                with self._grants_lock:
-                    while len(cache) >= GRANTS_CACHE_SIZE:
-                        del cache[next(iter(cache))]  # the oldest entry
-                    cache[(stored.id, stored.version_id)] = parsed
-        grants: list[ConsentGrant] = []
-        for key in versions:
-            cached = cache.get(key)
-            if cached is None:  # changed since the versions were read, or evicted: read afresh
-                return self._read_grants(patient)
-            grants.extend(cached)
-        return grants
-
-    def _read_grants(self, patient: Identifier) -> list[ConsentGrant]:
-        grants: list[ConsentGrant] = []
-        for stored in self._store.consents_for_patient(patient):
-            grants.extend(grants_from_consent(stored.resource))
-        return grants
+        # the grants of the patient's Consents the rules read, parsed once per Consent version
+        self._grants = grants if grants is not None else ConsentGrantsCache(store)
 
     def ingest_photo(self, upload: Path | bytes, meta: PhotoMetadata, *, idempotency_key: str | None,
                      ctx: RequestContext, received_sha256: str | None = None) -> IngestResult:
@@ -151,7 +114,7 @@ class IngestService:
             patient = meta.patient.identifier
             now = self._now()
             try:
-                assessment = assess_ingest(meta, self._existing_grants(patient), self._tables, now)
+                assessment = assess_ingest(meta, self._grants.grants_for_patient(patient), self._tables, now)
                 self._check_forwardable(meta)
             except (BusinessRuleViolation, InvalidInput) as exc:  # every refusal of the rules is a decision:
                 # audited, as reads are (a missing discussion note or colleague, an unknown purpose too)

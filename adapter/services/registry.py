@@ -25,6 +25,7 @@ from adapter.mapping.tables import Tables, load_tables
 from adapter.model.purpose import RequestContext
 from adapter.services.access import ScopedReader
 from adapter.services.audit import Auditor
+from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.consents import ConsentService
 from adapter.services.dicom_ingest import DicomIngestService
 from adapter.services.dicom_objects import object_attributes
@@ -262,10 +263,11 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     indexed = store.index_released_uids(released_uids.fingerprint, released_uids.rows)
     if indexed:
         _log.info("indexed the released UIDs of %d DICOM instance(s) under the current key", indexed)
+    grants = ConsentGrantsCache(store)  # one per process: both ingests parse a Consent version once
     ingest = IngestService(store=store, blobs=blobs, tables=tables, auditor=auditor, now=now,
                            dicom_tables=dicom_tables, uid_root=uid_root, uid_key=_derived_key(pseudonym_key, "photo-uid-key"),
                            released_uids=released_uids,
-                           destinations=settings.destinations)
+                           destinations=settings.destinations, grants=grants)
     return Services(
         settings=settings, tables=tables, store=store, blobs=blobs, pseudonymizer=pseudonymizer,
         auditor=auditor, ingest=ingest,
@@ -275,5 +277,5 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
         now=now,
         search_pages=SearchPages(_derived_key(pseudonym_key, "search-page-key"), now),
         dicom_ingest=DicomIngestService(store=store, blobs=blobs, tables=tables, dicom_tables=dicom_tables,
-                                        auditor=auditor, now=now, released_uids=released_uids),
+                                        auditor=auditor, now=now, released_uids=released_uids, grants=grants),
         released_uids=released_uids)

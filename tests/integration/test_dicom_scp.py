@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import random
 import socket
 import sqlite3
 import struct
@@ -25,7 +26,7 @@ from PIL import Image
 from prometheus_client import REGISTRY
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_fragmented_frames
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -41,12 +42,22 @@ from adapter.dicom.status import (
     SUCCESS,
     dimse_status_for,
 )
-from adapter.errors import AdapterError, InvalidInput, InvalidResource, UndecodableImage
+from adapter.errors import (
+    AdapterError,
+    BusinessRuleViolation,
+    InstanceConflict,
+    InvalidInput,
+    InvalidResource,
+    UndecodableImage,
+)
+from adapter.mapping import dicom_fhir as dicom_fhir_module
 from adapter.mapping.dicom_fhir import extract_image
+from adapter.services import consent_grants as consent_grants_module
+from adapter.services import dicom_ingest as dicom_ingest_module
 from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
 from tests.conftest import record_emitted, require_or_skip, wait_until
-from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource
+from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
 from tests.support.audit import (
     DCM,
     INSTANCES_TRANSFERRED,
@@ -298,6 +309,60 @@ def test_a_multiframe_object_stating_more_frames_than_it_holds_is_refused(
     [refusal] = audited(services)
     assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
     assert "NumberOfFrames" in refusal["outcomeDesc"]
+
+
+@pytest.mark.parametrize(("has_bot", "per_frame", "in_place"), [
+    (True, 1, True),    # a Basic Offset Table
+    (False, 1, True),   # no table, as many fragments as frames
+    (True, 2, True),    # frames of 2 fragments each, told apart by the table
+    (False, 2, False),  # no table, more fragments than frames: split where each JPEG ends, by pydicom
+])
+def test_a_multiframe_object_is_read_in_place_when_its_frames_are_certain(
+        services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_bot: bool, per_frame: int,
+        in_place: bool) -> None:
+    """A multi-frame JPEG object whose frames the layout tells apart (the offset table, or one
+    fragment a frame) is counted and walked from the file, frame by frame: pydicom reads neither
+    the dataset again nor its pixel data (all of it in memory) nor splits the frames. The Binary
+    is the one the general way makes (frame 1, metadata cut). Where only the JPEG streams tell the
+    frames apart, the general way counts them, as before."""
+    path = tmp_path / "mf.dcm"
+    sent = multiframe_file(path, 3, has_bot=has_bot, fragments_per_frame=per_frame)
+    expected = extract_image(dicom_ingest_module.read_dataset(path)).data
+    read, split = dicom_ingest_module.read_dataset, dicom_fhir_module.generate_frames
+    general: list[str] = []
+    monkeypatch.setattr(dicom_ingest_module, "read_dataset", lambda p: general.append("read") or read(p))
+    monkeypatch.setattr(dicom_fhir_module, "generate_frames", lambda *a, **k: general.append("split") or split(*a, **k))
+    result = services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert general == ([] if in_place else ["read", "split"])
+    assert stored_binary(services, sent.SOPInstanceUID) == expected
+    assert result.receipt["sha256"]["stored"] == hashlib.sha256(expected).hexdigest()
+
+
+def test_frames_in_place_are_split_as_pydicom_splits_them(tmp_path: Path) -> None:
+    """The in-place split (_frame_fragments) gives the frames pydicom's generate_frames gives
+    extract_image, for every Basic Offset Table, sensible or not (offsets between fragments, out
+    of order, beyond the data), or says it cannot tell (None), never another split."""
+    path = tmp_path / "mf.dcm"
+    rng = random.Random(7)
+    for case in range(60):
+        frames, per_frame = rng.randint(1, 4), rng.randint(1, 3)
+        multiframe_file(path, frames, has_bot=True, fragments_per_frame=per_frame)
+        layout = check_complete(path, JPEGBaseline8Bit).pixel_data
+        assert layout is not None
+        (table_at, table_length), *fragments = layout.items
+        if case % 2:  # another table of the same length
+            table = [rng.choice([0, rng.randint(0, 4 * sum(n for _, n in fragments))]) for _ in range(table_length // 4)]
+            data = bytearray(path.read_bytes())
+            data[table_at:table_at + table_length] = struct.pack(f"<{len(table)}L", *table)
+            path.write_bytes(bytes(data))
+        pixel_data = pydicom.dcmread(path).PixelData
+        expected = [b"".join(f) for f in generate_fragmented_frames(pixel_data, number_of_frames=frames)]
+        split = dicom_ingest_module._frame_fragments(layout, path, frames)
+        data = path.read_bytes()
+        if split is None:
+            assert not all(expected), (case, expected)
+        else:
+            assert [b"".join(data[o:o + n] for o, n in frame) for frame in split] == expected, case
 
 
 def test_a_pdf_is_released_as_stored_for_a_consented_purpose(client: FhirClient, services: Services,
@@ -1042,6 +1107,79 @@ def test_clinical_photo_refused_by_a_consent_denying_treatment(scp: StoreSCP, cl
 # -- every refused object is audited (IHE ATNA; DICOM PS3.15 A.5.3.7 DICOM Instances Transferred) --
 
 
+def test_a_patients_consents_are_parsed_once_per_version(client: FhirClient, services: Services, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consent rules read the patient's Consents for every kind (a Consent denying TREAT
+    refuses a secondary capture or a PDF too). Each object asks the store only which versions
+    the patient has; a version is loaded and parsed once, shared with the photo ingest, and
+    consents_for_patient (every Consent, parsed again) is not called: a patient with a Consent
+    per photo made every object parse all of them."""
+    ids = []
+    for _ in range(3):
+        created = client.post("/fhir/Consent", json=consent_resource(["TREAT"]))
+        assert created.status_code == 201
+        ids.append(created.json()["id"])
+    store = services.store
+    calls: list[str] = []
+    loaded: list[list[str]] = []
+    parsed: list[str] = []
+    get_many, versions = store.get_many, store.consent_versions_for_patient
+
+    def counted_get_many(resource_type: str, wanted: Any) -> Any:
+        loaded.append(list(wanted))
+        return get_many(resource_type, wanted)
+
+    def counted_versions(patient: Any) -> Any:
+        calls.append("versions")
+        return versions(patient)
+
+    monkeypatch.setattr(store, "get_many", counted_get_many)
+    monkeypatch.setattr(store, "consent_versions_for_patient", counted_versions)
+    monkeypatch.setattr(store, "consents_for_patient", lambda patient: pytest.fail("every Consent read again"))
+    parse = consent_grants_module.grants_from_consent
+    monkeypatch.setattr(consent_grants_module, "grants_from_consent",
+                        lambda resource: parsed.append(resource["id"]) or parse(resource))
+    for n, make in enumerate((sc_file, pdf_file, vl_photo_file, sc_file)):  # secondary, document, clinical
+        path = tmp_path / f"{n}.dcm"
+        sent = make(path)
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert calls == ["versions"] * 4
+    assert [sorted(batch) for batch in loaded] == [sorted(ids)] and sorted(parsed) == sorted(ids)
+    # a new version is read afresh, alone
+    changed = {**consent_resource(["TREAT"], status="inactive"), "id": ids[0]}
+    assert client.put(f"/fhir/Consent/{ids[0]}", json=changed).status_code == 200
+    path = tmp_path / "after.dcm"
+    sent = sc_file(path)
+    services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert loaded[1:] == [[ids[0]]] and parsed[3:] == [ids[0]]
+    # the photo ingest shares what was parsed
+    assert post_photo(client, Path(__file__).parents[2] / "samples" / "document.jpg", metadata(consent=None, kind="document")).status_code == 201
+    assert len(loaded) == 2 and len(parsed) == 4
+
+
+def test_a_consent_that_cannot_be_read_refuses_every_object_until_changed(
+        client: FhirClient, services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail-closed, cache or not: a Consent whose grants cannot be read (grants_from_consent
+    refuses it) refuses the object, every time, not only the first (nothing is kept for it);
+    once it reads, the objects are stored."""
+    assert client.post("/fhir/Consent", json=consent_resource(["TREAT"])).status_code == 201
+    parse = consent_grants_module.grants_from_consent
+
+    def unreadable(resource: dict[str, Any]) -> Any:
+        raise BusinessRuleViolation("the Consent carries a modifierExtension")
+
+    monkeypatch.setattr(consent_grants_module, "grants_from_consent", unreadable)
+    for n in range(2):
+        path = tmp_path / f"{n}.dcm"
+        sent = sc_file(path)
+        with pytest.raises(BusinessRuleViolation):
+            services.dicom_ingest.ingest_received(received_store(path, sent))
+        stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    monkeypatch.setattr(consent_grants_module, "grants_from_consent", parse)
+    services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) is not None
+
+
 def audited(services: Services) -> list[dict]:
     """Every AuditEvent stored, oldest first; each goes to the session-wide FHIR validation."""
     events = services.store.list_audit(1000)[::-1]
@@ -1194,6 +1332,54 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     assert pynet_store(scp.port, filled_in).Status == SUCCESS
     assert audited(services)[-1]["outcomeDesc"].startswith("already stored")
     assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+
+
+def test_a_resend_is_checked_without_hashing_a_large_object(services: Services, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-send is Success when it is the stored object byte for byte, or names the stored
+    patient after the checks a new object passes. A large one (over 1 MiB) is checked first,
+    from the dataset before its pixel data, and not hashed at all (a SHA-256 of 20 MB took
+    26 ms); one of another size than the stored object is never hashed; the hash still decides
+    when the checks refuse (an object stored before a check was added, sent again as it is, is a
+    retry). A small object of the stored size is hashed first, as before, and not read."""
+    ingest = services.dicom_ingest
+    path = tmp_path / "large.dcm"
+    sent = sc_file(path, frame=jpeg(1400, 1000, noise=True))
+    assert path.stat().st_size > dicom_ingest_module._HASH_FIRST_LIMIT
+    assert not ingest.ingest_received(received_store(path, sent)).replayed
+    same = {"SOPInstanceUID": sent.SOPInstanceUID, "StudyInstanceUID": sent.StudyInstanceUID,
+            "SeriesInstanceUID": sent.SeriesInstanceUID, "PixelData": sent.PixelData}
+    filled_in, other = tmp_path / "filled-in.dcm", tmp_path / "other.dcm"
+    sc_file(filled_in, InstitutionName="Example Hospital Dermatology", **same)
+    sc_file(other, PatientID="MRN-0002", **same)
+
+    def hashed(path: Path) -> str:
+        raise AssertionError("the re-sent object was hashed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(dicom_ingest_module, "_file_sha256", hashed)
+        assert ingest.ingest_received(received_store(path, sent)).replayed
+        assert ingest.ingest_received(received_store(filled_in, sent)).replayed
+    with pytest.raises(InstanceConflict):  # of the stored size: hashed once the checks refuse it
+        ingest.ingest_received(received_store(other, sent))
+    # the checks refuse what they did not when the object was stored: the same bytes are a retry
+    with monkeypatch.context() as patched:
+        def refuse(ds: Any, transfer_syntax: str) -> None:
+            raise InvalidInput("a check added since")
+
+        patched.setattr(dicom_ingest_module, "check_elements", refuse)
+        assert ingest.ingest_received(received_store(path, sent)).replayed
+        with pytest.raises(InvalidInput):
+            ingest.ingest_received(received_store(filled_in, sent))
+    # a small object of the stored size: hashed, not read
+    small = tmp_path / "small.dcm"
+    kept = sc_file(small)
+    assert not ingest.ingest_received(received_store(small, kept)).replayed
+    with monkeypatch.context() as patched:
+        patched.setattr(dicom_ingest_module, "check_complete", lambda *args: pytest.fail("the object was read"))
+        assert ingest.ingest_received(received_store(small, kept)).replayed
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID).patient == services.store.find_dicom_instance(
+        kept.SOPInstanceUID).patient
 
 
 def test_a_refusal_whose_audit_cannot_be_written_is_still_refused_and_the_scp_serves_on(
