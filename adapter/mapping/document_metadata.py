@@ -35,7 +35,8 @@ it), not copied from what was sent. So:
       permitted for, nor that it is de-identified.
   ``identifier``
       each with a system and a value (MHD's entryUUID), after the adapter's SHA-256 of the stored
-      bytes; one in the adapter's own SHA-256 system is not taken (it would name other bytes).
+      bytes; one in a system the adapter writes itself (that SHA-256, its DICOM object's SOP
+      Instance UID) is not taken: it would name other bytes or another object.
   ``context.facilityType``, ``context.practiceSetting``, ``context.event``, ``content.format``
       as sent (``content.format`` instead of the adapter's mimeTypeSufficient).
   ``date``
@@ -59,6 +60,7 @@ from typing import Any
 
 from adapter.errors import BusinessRuleViolation
 from adapter.mapping.codes import (
+    DICOM_UID_SYSTEM,
     FORMAT_MIME_TYPE_SUFFICIENT,
     IHE_FORMAT_CODE,
     MEDIA_TYPE,
@@ -104,6 +106,10 @@ _DOCUMENT_CONTEXT = ("facilityType", "practiceSetting", "event")
 #: What of a Coding, an Identifier is kept.
 _CODING_KEYS = ("system", "version", "code", "display", "userSelected")
 _IDENTIFIER_KEYS = ("use", "system", "value")
+#: The identifier systems the adapter writes itself of a record: the SHA-256 of the stored bytes and
+#: the SOP Instance UID of its DICOM object (adapter.services.ingest). A sender's in them would name
+#: other bytes or another object (and be found by a search for those): not taken.
+_OWN_IDENTIFIER_SYSTEMS = frozenset({SHA256_SYSTEM, DICOM_UID_SYSTEM})
 
 
 def _modifier(value: Any, path: str) -> str | None:
@@ -180,7 +186,7 @@ def kept_concept(value: Any) -> dict[str, Any] | None:
 def _kept_identifier(value: Any) -> dict[str, Any] | None:
     if not (isinstance(value, Mapping) and _text(value.get("system")) and _text(value.get("value"))):
         return None
-    if value["system"] == SHA256_SYSTEM:  # the adapter's own: it names the stored bytes, not these
+    if value["system"] in _OWN_IDENTIFIER_SYSTEMS:
         return None
     return {k: value[k] for k in _IDENTIFIER_KEYS if k in value}
 
@@ -351,8 +357,8 @@ def _document_not_kept(r: Mapping[str, Any], path: str, tables: Tables) -> Itera
     for k, ident in enumerate(_list(r.get("identifier"))):
         kept = _kept_identifier(ident)
         if kept is None:
-            yield f"{path}.identifier[{k}]", ("identifier was not stored: it needs a system and a value, other than "
-                                              f"the adapter's own {SHA256_SYSTEM}")
+            yield f"{path}.identifier[{k}]", ("identifier was not stored: it needs a system and a value, in a system "
+                                              f"other than the adapter's own ({SHA256_SYSTEM}, {DICOM_UID_SYSTEM})")
         elif kept != ident:
             yield f"{path}.identifier[{k}]", "identifier was stored as its use, system and value"
 

@@ -694,18 +694,21 @@ def test_a_category_the_same_as_the_kinds_is_not_repeated_and_no_type_keeps_the_
 
 def test_what_of_a_code_or_identifier_is_not_kept_is_warned_of(jpeg: bytes) -> None:
     """Of a CodeableConcept its codings with a system and a code and its text are kept; of an
-    Identifier its use, system and value; the rest is named. An identifier in the adapter's own
-    SHA-256 system would name other bytes: not taken."""
+    Identifier its use, system and value; the rest is named. An identifier in a system the adapter
+    writes itself (SHA-256, the DICOM object's UID) would name other bytes or another object: not
+    taken."""
     bundle = _mhd_document_bundle(jpeg)
     document = bundle["entry"][1]["resource"]
     document["type"] = {"coding": [LOINC_TYPE, {"code": "no-system"}], "text": "Outpatient note"}
     document["category"].append({"text": "free text only"})
     document["context"]["facilityType"]["extension"] = [{"url": "http://example.org/x", "valueString": "y"}]
     document["identifier"] = [{**ENTRY_UUID, "assigner": {"display": "Source"}},
-                              {"system": codes.SHA256_SYSTEM, "value": "00" * 32}]
+                              {"system": codes.SHA256_SYSTEM, "value": "00" * 32},
+                              {"system": codes.DICOM_UID_SYSTEM, "value": "urn:oid:1.2.3"}]
     sub = parse(bundle)
     warned = {w.expression.removeprefix("Bundle.entry[1].resource") for w in sub.entry_warnings[1]}
-    assert {".type", ".category[1]", ".context.facilityType", ".identifier[0]", ".identifier[1]"} <= warned
+    assert {".type", ".category[1]", ".context.facilityType", ".identifier[0]", ".identifier[1]",
+            ".identifier[2]"} <= warned
     record = _stored(sub).record
     assert record["type"] == {"coding": [LOINC_TYPE], "text": "Outpatient note"}
     assert record["category"][1:] == [{"coding": [LOINC_CLASS]}]
