@@ -87,7 +87,13 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
                                  "`http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R`."),
                           _Param("format", "token", "Format (content.format), e.g. "
                                  "`http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode|urn:ihe:iti:xds:2017:"
-                                 "mimeTypeSufficient`."),
+                                 "mimeTypeSufficient`, or the one an IHE MHD Document Source sent."),
+                          _Param("setting", "token", "Practice setting (context.practiceSetting), as an IHE MHD "
+                                 "Document Source sent it."),
+                          _Param("facility", "token", "Facility type (context.facilityType), as an IHE MHD Document "
+                                 "Source sent it."),
+                          _Param("event", "token", "Main clinical act (context.event), as an IHE MHD Document Source "
+                                 "sent it."),
                           _COUNT, _SORT, _TOTAL),
     "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS,
                 _Param("category", "token", "Category, e.g. `http://loinc.org|59284-0` (Patient Consent), which "
@@ -115,7 +121,8 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                               "category": "DocumentReference-category", "status": "DocumentReference-status",
                               "identifier": "clinical-identifier",
                               "security-label": "DocumentReference-security-label",
-                              "format": "DocumentReference-format"},
+                              "format": "DocumentReference-format", "setting": "DocumentReference-setting",
+                              "facility": "DocumentReference-facility", "event": "DocumentReference-event"},
         "Consent": {"patient": "clinical-patient", "date": "clinical-date", "status": "Consent-status",
                     "category": "Consent-category", "purpose": "Consent-purpose"},
         # not R4's Provenance-patient (Provenance.target being the Patient): here the patient of the
@@ -129,6 +136,7 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                               "category": "DocumentReference-category", "status": "DocumentReference-status",
                               "identifier": "clinical-identifier",
                               "security-label": "DocumentReference-security-label",
+                              "setting": "DocumentReference-setting", "facility": "DocumentReference-facility",
                               "modality": "DocumentReference-modality", "creation": "DocumentReference-creation"},
         "Consent": {"patient": "clinical-patient", "subject": "Consent-subject", "date": "clinical-date",
                     "status": "Consent-status", "category": "Consent-category", "purpose": "Consent-purpose"},

@@ -25,10 +25,12 @@ Decisions (also in the builders' docstrings):
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from adapter.errors import UnknownCode
 from adapter.mapping.codes import (
@@ -65,8 +67,9 @@ from adapter.mapping.fhir_r4 import (
 )
 from adapter.mapping.provenance import build_provenance, taken_time
 from adapter.mapping.tables import KindEntry, Tables
+from adapter.mapping.views import confidentiality_coding, confidentiality_rank
 from adapter.model.image import StoredImage
-from adapter.model.photo import ConsentMethod, PhotoMetadata, PhotoSource
+from adapter.model.photo import ConsentMethod, PhotoMetadata, PhotoSource, TransactionPhotoMetadata
 
 CONFIDENTIALITY_DISPLAY = {"U": "unrestricted", "L": "low", "M": "moderate", "N": "normal",
                            "R": "restricted", "V": "very restricted"}
@@ -157,6 +160,13 @@ def _attachment(meta: PhotoMetadata, image: StoredImage, binary_id: str, kind: K
     return out
 
 
+def _same_codes(a: JSON, b: JSON) -> bool:
+    """Whether two CodeableConcepts have the same codings (system and code)."""
+    def codes(c: JSON) -> set[tuple[Any, Any]]:
+        return {(x.get("system"), x.get("code")) for x in c.get("coding") or []}
+    return codes(a) == codes(b)
+
+
 def _sha256_identifier(image: StoredImage) -> list[JSON]:
     return [{"system": SHA256_SYSTEM, "value": image.sha256}]
 
@@ -238,13 +248,26 @@ def photo_to_document_reference(meta: PhotoMetadata, image: StoredImage, *, reco
     confidentiality; content.format = IHE formatCode mimeTypeSufficient; context.encounter and
     context.period.start (when the photo was taken). Body site and laterality are not
     representable in R4 DocumentReference and are left out.
+
+    A document sent in a transaction (``meta.document``: what its IHE MHD Document Source said,
+    as adapter.mapping.document_metadata keeps it) also has the sender's identifiers (entryUUID)
+    after the SHA-256, the sender's type instead of the kind's (R4 type is 0..1 and its codings
+    must mean one concept: the photo kind stays a category), the sender's categories after the
+    kind's, the sender's confidentiality when more restrictive than the policy's (also in
+    ``meta.security``, so every release carries it) and its other labels, its content.format,
+    context.event, facilityType and practiceSetting.
     """
     kind = tables.kinds[meta.kind]
-    resource: JSON = {
-        "resourceType": "DocumentReference",
-        "id": record_id,
-        "extension": _extensions(meta, image, consent_pending),
-    }
+    sent = meta.document if isinstance(meta, TransactionPhotoMetadata) else None
+    label = tables.policy.labels.confidentiality
+    if sent is not None and sent.confidentiality is not None \
+            and confidentiality_rank(sent.confidentiality) > confidentiality_rank(label):
+        label = sent.confidentiality
+    resource: JSON = {"resourceType": "DocumentReference", "id": record_id}
+    if label != tables.policy.labels.confidentiality:
+        # every release keeps a stored confidentiality more restrictive than the policy's (adapter.mapping.views)
+        resource["meta"] = {"security": [confidentiality_coding(label)]}
+    resource["extension"] = _extensions(meta, image, consent_pending)
     if meta.master_identifier is not None:
         resource["masterIdentifier"] = identifier(meta.master_identifier)
     else:
@@ -252,11 +275,17 @@ def photo_to_document_reference(meta: PhotoMetadata, image: StoredImage, *, reco
             resource["masterIdentifier"] = {"system": URN_IETF_RFC_3986, "value": uuid.UUID(record_id).urn}
         except ValueError:
             pass  # not a UUID: the SHA-256 identifier still identifies the document
-    resource["identifier"] = _sha256_identifier(image)
+    resource["identifier"] = _sha256_identifier(image) + [dict(i) for i in (sent.identifier if sent else ())]
     resource["status"] = "current"
-    if kind.type is not None:
+    if sent is not None and sent.type is not None:
+        resource["type"] = copy.deepcopy(sent.type)
+    elif kind.type is not None:
         resource["type"] = concept(kind.type.as_fhir())
-    resource["category"] = [concept(kind.category.as_fhir())]
+    categories = [concept(kind.category.as_fhir())]
+    for category in sent.category if sent else ():
+        if not any(_same_codes(category, c) for c in categories):
+            categories.append(copy.deepcopy(category))
+    resource["category"] = categories
     resource["subject"] = patient_reference(meta.patient)
     resource["date"] = fhir_instant(now)
     author = _author(meta)
@@ -266,34 +295,40 @@ def photo_to_document_reference(meta: PhotoMetadata, image: StoredImage, *, reco
     description = [t for t in [meta.title, *sender, *generated] if t]
     if description:
         resource["description"] = "\n\n".join(description)
-    label = tables.policy.labels.confidentiality
     label_coding = coding(V3_CONFIDENTIALITY, label, CONFIDENTIALITY_DISPLAY.get(label))
-    resource["securityLabel"] = [concept(label_coding)]
-    resource["content"] = [{
-        "attachment": _attachment(meta, image, binary_id, kind),
-        "format": coding(IHE_FORMAT_CODE, FORMAT_MIME_TYPE_SUFFICIENT),
-    }]
+    resource["securityLabel"] = [concept(label_coding)] + [copy.deepcopy(c) for c in (sent.security_label if sent
+                                                                                       else ())]
+    fmt = copy.deepcopy(sent.format) if sent is not None and sent.format is not None else \
+        coding(IHE_FORMAT_CODE, FORMAT_MIME_TYPE_SUFFICIENT)
+    resource["content"] = [{"attachment": _attachment(meta, image, binary_id, kind), "format": fmt}]
     context: JSON = {}
     if meta.encounter is not None:
         context["encounter"] = [reference(meta.encounter, "Encounter")]
+    if sent is not None and sent.event:
+        context["event"] = copy.deepcopy(list(sent.event))
     taken = taken_time(meta, image)
     if taken is not None:
         context["period"] = {"start": fhir_datetime(taken)}
+    if sent is not None and sent.facility_type is not None:
+        context["facilityType"] = copy.deepcopy(sent.facility_type)
+    if sent is not None and sent.practice_setting is not None:
+        context["practiceSetting"] = copy.deepcopy(sent.practice_setting)
     if context:
         resource["context"] = context
     return resource
 
 
-def photo_to_binary(image: StoredImage, *, binary_id: str, record_ref: str) -> JSON:
+def photo_to_binary(image: StoredImage, *, binary_id: str, record_ref: str,
+                    security: Sequence[JSON] = ()) -> JSON:
     """R4 Binary (https://hl7.org/fhir/R4/binary.html) without ``data``: the bytes live in the
     blob store and the read path adds them. securityContext = the record, whose consent
-    governs the Binary (standards.md §2.3)."""
-    return {
-        "resourceType": "Binary",
-        "id": binary_id,
-        "contentType": image.content_type,
-        "securityContext": {"reference": record_ref},
-    }
+    governs the Binary (standards.md §2.3); ``security``: the record's stored ``meta.security``
+    (a confidentiality its source raised), which the Binary's content carries as well."""
+    out: JSON = {"resourceType": "Binary", "id": binary_id}
+    if security:
+        out["meta"] = {"security": [dict(c) for c in security]}
+    out.update({"contentType": image.content_type, "securityContext": {"reference": record_ref}})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +358,8 @@ def build_photo_resources(meta: PhotoMetadata, image: StoredImage, *, record_id:
     record = build(meta, image, record_id=record_id, binary_id=binary_id, assessment_notes=assessment_notes,
                    assessment_warnings=assessment_warnings, consent_pending=consent_pending,
                    tables=tables, now=now)
-    binary = photo_to_binary(image, binary_id=binary_id, record_ref=record_ref)
+    binary = photo_to_binary(image, binary_id=binary_id, record_ref=record_ref,
+                             security=(record.get("meta") or {}).get("security") or ())
 
     needed = (1 if meta.consent is not None else 0) + (1 if implied_purposes else 0)
     if len(consent_ids) < needed:

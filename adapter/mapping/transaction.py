@@ -49,6 +49,9 @@ device                  extension capture-device
 title                   attachment.title
 masterIdentifier        DocumentReference.masterIdentifier (system and value): the document's
                         own id (MHD: its uniqueId), kept as the record's masterIdentifier
+document                a DocumentReference's type, category, securityLabel, identifier
+                        (MHD's entryUUID), context.facilityType, practiceSetting, event and
+                        content.format, as adapter.mapping.document_metadata keeps them
 consent                 the Consent: purposes = provision.purpose (v3-ActReason); method =
                         extension consent-method, else ``written`` when sourceAttachment is
                         present, else ``implied`` for policyRule v3-ActCode#IMPLIED, else
@@ -90,7 +93,12 @@ from adapter.mapping.codes import (
     V3_ACT_CODE,
     V3_ACT_REASON,
 )
-from adapter.mapping.document_metadata import NOT_SAVED, not_kept, refuse_not_understood
+from adapter.mapping.document_metadata import (
+    NOT_SAVED,
+    not_kept,
+    read_document_metadata,
+    refuse_not_understood,
+)
 from adapter.mapping.fhir_json import check_indexed_lengths, check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, find_extension, parse_fhir_datetime, utc_instant
 from adapter.mapping.outcome import issue, outcome
@@ -100,8 +108,8 @@ from adapter.model.photo import (
     ConsentMethod,
     DeviceOwnership,
     PhotoKind,
-    PhotoMetadata,
     PhotoSource,
+    TransactionPhotoMetadata,
 )
 from adapter.model.purpose import V3_ACT_REASON_SYSTEMS
 
@@ -172,7 +180,7 @@ class TransactionSubmission:
     record not stored as sent).
     """
 
-    meta: PhotoMetadata
+    meta: TransactionPhotoMetadata
     image_bytes: bytes
     content_type: str
     entry_roles: tuple[str, ...]
@@ -837,9 +845,12 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
         meta["masterIdentifier"] = {"system": master[0], "value": master[1]}
     if consent is not None:
         meta["consent"] = _consent(consent, patient, tables, patient_aliases)
+    document = read_document_metadata(r, PhotoKind(meta["kind"]), tables)
+    if document is not None:
+        meta["document"] = document
 
     try:
-        photo_meta = PhotoMetadata.model_validate(meta)
+        photo_meta = TransactionPhotoMetadata.model_validate(meta)
     except ValidationError as exc:
         text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise InvalidInput(f"the Bundle does not give valid photo metadata: {text}",

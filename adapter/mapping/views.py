@@ -129,8 +129,9 @@ def security_labels(decision: Decision, tables: Tables) -> list[JSON]:
     return labels
 
 
-def _generated(coding: Any) -> bool:
-    """Whether a stored label is one ``security_labels`` owns (and so replaces)."""
+def is_release_label(coding: Any) -> bool:
+    """Whether a label is one ``security_labels`` owns (and so replaces): the confidentiality,
+    purposes of use, obligations and integrity the adapter states of each release."""
     if not isinstance(coding, dict):
         return True
     system, code = coding.get("system"), coding.get("code")
@@ -149,7 +150,7 @@ def _apply_labels(resource: JSON, stored: list[Any], labels: list[JSON]) -> JSON
     for code in stored_conf:
         if confidentiality_rank(code) > confidentiality_rank(labels[0]["code"]):
             labels[0] = confidentiality_coding(code)
-    kept = [copy.deepcopy(c) for c in stored if not _generated(c)]
+    kept = [copy.deepcopy(c) for c in stored if not is_release_label(c)]
     meta = dict(resource.get("meta") or {})
     meta["security"] = labels + kept
     # meta goes where FHIR JSON puts it: after resourceType and id
@@ -200,23 +201,30 @@ def _period(value: Any, ctx: _Ctx) -> JSON | None:
     return out or None
 
 
-def _coding(value: Any) -> JSON | None:
+def _coding(value: Any, *, display: bool = True) -> JSON | None:
+    """A Coding; without its ``display`` when ``display`` is False: where the coding is a
+    sender's (an IHE MHD Document Source's codes on a DocumentReference), its display is text the
+    sender wrote, which no table vouches for (as CodeableConcept.text)."""
     if not isinstance(value, dict):
         return None
-    out = {k: value[k] for k in ("system", "version", "code", "display", "userSelected") if k in value}
+    keys = ("system", "version", "code", "display", "userSelected") if display else \
+        ("system", "version", "code", "userSelected")
+    out = {k: value[k] for k in keys if k in value}
     return out if ("code" in out or "system" in out) else None
 
 
-def _codings(values: Any) -> list[JSON]:
-    return [c for v in values or [] if (c := _coding(v)) is not None] if isinstance(values, list) else []
+def _codings(values: Any, *, display: bool = True) -> list[JSON]:
+    return [c for v in values or [] if (c := _coding(v, display=display)) is not None] \
+        if isinstance(values, list) else []
 
 
-def _concept(value: Any, *, required: bool = False) -> JSON | None:
-    """A CodeableConcept reduced to its Codings (CodeableConcept.text is free text) and our
-    coded element extensions (the laterality on bodySite)."""
+def _concept(value: Any, *, required: bool = False, display: bool = True) -> JSON | None:
+    """A CodeableConcept reduced to its Codings (CodeableConcept.text is free text; their
+    displays too when ``display`` is False) and our coded element extensions (the laterality on
+    bodySite)."""
     if not isinstance(value, dict):
         return None
-    coding = _codings(value.get("coding"))
+    coding = _codings(value.get("coding"), display=display)
     if not coding:
         return {"text": REDACTED} if required else None
     out: JSON = {}
@@ -229,8 +237,9 @@ def _concept(value: Any, *, required: bool = False) -> JSON | None:
     return out
 
 
-def _concepts(values: Any, *, required: bool = False) -> list[JSON]:
-    out = [c for v in values or [] if (c := _concept(v)) is not None] if isinstance(values, list) else []
+def _concepts(values: Any, *, required: bool = False, display: bool = True) -> list[JSON]:
+    out = [c for v in values or [] if (c := _concept(v, display=display)) is not None] \
+        if isinstance(values, list) else []
     if not out and required:
         return [{"text": REDACTED}]
     return out
@@ -372,32 +381,36 @@ def _media(r: JSON, ctx: _Ctx) -> JSON:
 
 def _document_reference(r: JSON, ctx: _Ctx) -> JSON:
     """DocumentReference (https://hl7.org/fhir/R4/documentreference.html). ``date`` is an
-    instant: dropped when de-identifying. context keeps only coded facts and the period."""
+    instant: dropped when de-identifying. context keeps only coded facts and the period. The
+    codes (type, category, securityLabel, context.event, facilityType, practiceSetting,
+    content.format) may be an IHE MHD Document Source's (adapter.mapping.document_metadata): they
+    stay, without their displays (text the sender wrote); its identifiers (entryUUID) are record
+    identifiers, not released (:func:`_record_identifiers`)."""
     out = _base(r, ctx)
     master = _record_identifiers([r.get("masterIdentifier")], ctx)
     if master:
         out["masterIdentifier"] = master[0]
     _put(out, "identifier", _record_identifiers(r.get("identifier"), ctx))
     _copy(out, r, ("status", "docStatus"))
-    _put(out, "type", _concept(r.get("type")))
-    _put(out, "category", _concepts(r.get("category")))
+    _put(out, "type", _concept(r.get("type"), display=False))
+    _put(out, "category", _concepts(r.get("category"), display=False))
     _put(out, "subject", _subject(r.get("subject"), ctx))
     _put(out, "date", _instant(r.get("date"), ctx))
-    _put(out, "securityLabel", _concepts(r.get("securityLabel")))
+    _put(out, "securityLabel", _concepts(r.get("securityLabel"), display=False))
     content: list[JSON] = []
     for item in r.get("content") or []:
         entry: JSON = {"attachment": _attachment(item.get("attachment") if isinstance(item, dict) else None, ctx)}
         if isinstance(item, dict):
-            _put(entry, "format", _coding(item.get("format")))
+            _put(entry, "format", _coding(item.get("format"), display=False))
         content.append(entry)
     out["content"] = content
     src = r.get("context")
     if isinstance(src, dict):
         context: JSON = {}
-        _put(context, "event", _concepts(src.get("event")))
+        _put(context, "event", _concepts(src.get("event"), display=False))
         _put(context, "period", _period(src.get("period"), ctx))
-        _put(context, "facilityType", _concept(src.get("facilityType")))
-        _put(context, "practiceSetting", _concept(src.get("practiceSetting")))
+        _put(context, "facilityType", _concept(src.get("facilityType"), display=False))
+        _put(context, "practiceSetting", _concept(src.get("practiceSetting"), display=False))
         _put(out, "context", context)
     return out
 
@@ -551,5 +564,5 @@ def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer:
 __all__ = [
     "BREAK_GLASS", "CONFIDENTIALITY_DISPLAY", "CONFIDENTIALITY_ORDER", "INTEGRITY_DISPLAY",
     "LITERAL_REFERENCE_SYSTEM", "OBLIGATION_DISPLAY", "confidentiality_coding", "confidentiality_rank",
-    "render", "security_labels",
+    "is_release_label", "render", "security_labels",
 ]

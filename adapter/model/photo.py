@@ -199,3 +199,34 @@ class PhotoMetadata(_Model):
 
     _taken_as_text = field_validator("taken_at", mode="before")(_iso_text)
     _taken_in_utc_calendar = field_validator("taken_at")(_in_utc_calendar)
+
+
+#: FHIR R4 JSON of an element as the stored record keeps it (a CodeableConcept, Coding or Identifier).
+FhirElement = dict[str, Any]
+
+
+class DocumentMetadata(_Model):
+    """What an IHE MHD Document Source says of a document (its DocumentReference in an ITI-65
+    transaction) beyond :class:`PhotoMetadata`, in the FHIR R4 form the stored DocumentReference
+    keeps it: already read and reduced by adapter.mapping.document_metadata (which decides what is
+    kept and warns of the rest). Not part of ``POST /photos``."""
+
+    type: FhirElement | None = None
+    category: tuple[FhirElement, ...] = ()
+    #: The sender's labels other than its confidentiality (sensitivity codes, …).
+    security_label: tuple[FhirElement, ...] = ()
+    #: The sender's confidentiality (v3-Confidentiality code), kept when more restrictive than the policy's.
+    confidentiality: str | None = Field(None, pattern="^(U|L|M|N|R|V)$")
+    #: Other identifiers (IHE MHD: the DocumentEntry entryUUID).
+    identifier: tuple[FhirElement, ...] = ()
+    facility_type: FhirElement | None = None
+    practice_setting: FhirElement | None = None
+    event: tuple[FhirElement, ...] = ()
+    format: FhirElement | None = None
+
+
+class TransactionPhotoMetadata(PhotoMetadata):
+    """A photo read from a transaction Bundle: :class:`PhotoMetadata` and, for a
+    DocumentReference, what its Document Source said of the document (:class:`DocumentMetadata`)."""
+
+    document: DocumentMetadata | None = None

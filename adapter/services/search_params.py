@@ -44,7 +44,8 @@ _PARAMS: dict[str, dict[str, str]] = {
     "DocumentReference": {"date": "date", "type": "token", "category": "token", "status": "status",
                           "identifier": "token", "modality": "token", "kind": "token",
                           # IHE MHD Find Document References [ITI-67]
-                          "creation": "date", "security-label": "token", "format": "token"},
+                          "creation": "date", "security-label": "token", "format": "token", "setting": "token",
+                          "facility": "token", "event": "token"},
     "Binary": {},
     "Consent": {"date": "date", "status": "status", "category": "token", "purpose": "token"},
     "Provenance": {"recorded": "date", "date": "date", "target": "reference"},
@@ -62,12 +63,6 @@ _NOT_SUPPORTED = {
                          "search by patient, type, category or date",
         "period": "search by creation (when the photo was taken) instead",
         "related": "the adapter keeps no related references",
-        # nothing the adapter stores has them (a transaction's are answered XDSExtraMetadataNotSaved):
-        # declared and searched, they would match nothing however the document was filed
-        "setting": "the adapter stores no practice setting (context.practiceSetting); search by type, category or "
-                   "creation",
-        "facility": "the adapter stores no facility type (context.facilityType); search by type, category or creation",
-        "event": "the adapter stores no event (context.event); search by type, category or creation",
     },
 }
 #: The code system of each type's ``status`` (a token: ``status=system|code`` matches only in it).

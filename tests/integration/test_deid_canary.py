@@ -9,7 +9,8 @@ MakerNote, a thumbnail in an APP5 segment, XMP, IPTC, COM, an ICC profile's desc
 iTXt, eXIf); a Consent with its signed form; an IHE MHD transaction Bundle; a DICOM object received over the real SCP (dcmtk's
 storescu) and over STOW-RS, with the canaries in patient, study, series, equipment and image
 attributes, nested request items, private elements, an overlay and the JPEG frame's own EXIF and
-COM; an Encapsulated PDF whose document holds the canaries.
+COM; an Encapsulated PDF whose document holds the canaries; an IHE MHD Document Source's
+DocumentReference with the canaries in the displays and text of the codes it sends and in its entryUUID.
 
 The patient's Consent permits TRAIN and HRESCH, so the data does go out. Then everything is read
 back under both purposes through every egress path README.md documents (FHIR reads, vreads,
@@ -54,6 +55,7 @@ from samples.make_samples import insert_segments
 from tests.conftest import ROOT, require_or_skip
 from tests.support.app import FhirClient, adapter_client, consent_resource, post_photo
 from tests.support.dcmtk import dcmtk_missing, storescu, wrap_jpeg_as_sc
+from tests.support.mhd import provide_document_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("pynetdicom_config")]
 
@@ -473,6 +475,22 @@ def _ingest(client: FhirClient, services: Services, tmp_path: Path) -> None:
             resource["performer"] = [{"reference": RECORDER_REF, "display": PHYSICIAN}]
     r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
     assert r.status_code == 200, r.text
+    # an MHD Document Source's DocumentReference: the codes it sends are kept, their displays its text
+    bundle = provide_document_bundle(canary_jpeg((180, 120)), patient={"system": SYSTEM, "value": MRN})
+    document = bundle["entry"][1]["resource"]
+    said = f"{FAMILY} {GIVEN}, {ADDRESS}"
+    document["identifier"] = [{"use": "official", "system": "urn:ietf:rfc:3986", "value": f"urn:{OTHER_ID}"}]
+    document["type"] = {"coding": [{"system": "http://loinc.org", "code": "34108-1", "display": said}], "text": said}
+    document["category"] = [{"coding": [{"system": "http://loinc.org", "code": "11369-6", "display": said}]}]
+    document["securityLabel"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                                              "code": "R", "display": said}]}]
+    document["content"][0]["format"]["display"] = said
+    document["context"] = {code: {"coding": [{"system": "http://snomed.info/sct", "code": "394802001", "display": said}]}
+                           for code in ("facilityType", "practiceSetting")}
+    document["context"]["event"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "71388002",
+                                                 "display": said}], "text": NOTE}]
+    r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200 and r.json()["entry"][1]["response"]["status"] == "201 Created", r.text
     r = client.post("/fhir/Consent", json=canary_consent(["TRAIN", "HRESCH"]),
                     headers={"Content-Type": "application/fhir+json"})
     assert r.status_code == 201, r.text
@@ -668,7 +686,11 @@ def test_what_train_and_hresch_copies_declare(adapter: tuple[FhirClient, Service
                 assert "Encapsulated document not cleaned: its content may identify" in methods
                 assert not codes
             else:
-                assert ds.BurnedInAnnotation == "NO"  # as the sender stated it: not checked in pixels
+                # as the sender stated it (a photographed document: YES, its text is the picture), not
+                # checked in pixels; a copy that may show burned-in text says its pixels were not cleaned
+                assert ds.BurnedInAnnotation == ("YES" if ds.Modality == "DOC" else "NO"), ds.Modality
+                if ds.BurnedInAnnotation == "YES":
+                    assert any("not cleaned" in m for m in methods), methods
                 if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.77.1.4":
                     assert ds.get("RecognizableVisualFeatures") in (None, "YES")
 

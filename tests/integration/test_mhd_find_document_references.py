@@ -1,6 +1,7 @@
 """IHE MHD Find Document References [ITI-67]: the search parameters a Document Consumer sends
-beside the patient and status (creation, security-label, format), those
-the adapter cannot honour refused with the reason, the de-identified view's year-only rule on
+beside the patient and status (creation, security-label, format, and on what a Document Source sent
+in ITI-65, type, category, setting, facility, event), those the adapter cannot honour refused with
+the reason, the de-identified view's year-only rule on
 creation, R5 (where photos are DocumentReference too), and a store indexed before these existed
 being re-indexed at start."""
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.mhd import provide_document_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -50,12 +52,10 @@ def test_iti_67_parameters(tmp_path: Path) -> None:
         assert _found(client, f"security-label={CONFIDENTIALITY}|N") == []
         assert _found(client, f"format={FORMAT}") == sorted([march, older])
         assert _found(client, "format=urn:ihe:iti:xds:2017:mimeTypeSufficient") == sorted([march, older])
-        # the adapter stores no practice setting, facility type or event: not declared, and refused
-        # saying why (review finding: declared, they could never match)
+        # a photo posted with its metadata has no practice setting, facility type or event (a
+        # Document Source's, in a transaction, are kept: test_a_document_sources_metadata_…)
         for param in ("setting", "facility", "event"):
-            r = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&{param}=http://snomed.info/sct|1",
-                           headers=as_purpose("TREAT"))
-            assert r.status_code == 400 and "stores no" in r.json()["issue"][0]["diagnostics"], r.text
+            assert _found(client, f"{param}=http://snomed.info/sct|394802001") == []
 
 
 def test_status_is_a_token_and_its_modifiers_are_refused_not_dropped(tmp_path: Path) -> None:
@@ -179,3 +179,112 @@ def test_document_location_is_a_full_url_the_consumer_retrieves_as_given(tmp_pat
                      headers=as_purpose("TREAT")).json()["entry"][0]["resource"]]
         for resource in reads:
             assert all(u.startswith(base + "Binary/") for u in urls(resource)), resource["content"]
+
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+XPHR = {"system": "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode", "code": "urn:ihe:pcc:xphr:2007"}
+
+
+def _mhd_document(client: Any) -> tuple[str, str]:
+    """An ITI-65 Provide Document Bundle as a Document Source sends one (tests.support.mhd) with
+    a LOINC type and category, the context's facility type, practice setting and event, a format
+    and its entryUUID; the record stored and the entryUUID."""
+    bundle = provide_document_bundle(DOCUMENT.read_bytes())
+    document = bundle["entry"][1]["resource"]
+    document.update({"type": {"coding": [{"system": LOINC, "code": "34108-1", "display": "Outpatient Note"}]},
+                     "category": [{"coding": [{"system": LOINC, "code": "11369-6"}]}],
+                     "context": {"facilityType": {"coding": [{"system": SNOMED, "code": "225732001"}]},
+                                 "practiceSetting": {"coding": [{"system": SNOMED, "code": "394802001"}]},
+                                 "event": [{"coding": [{"system": SNOMED, "code": "71388002"}]}]}})
+    document["identifier"][0]["use"] = "official"
+    document["content"][0]["format"] = XPHR
+    r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+    response = r.json()["entry"][1]["response"]
+    assert response["status"] == "201 Created"
+    warned = {i["expression"][0] for i in response.get("outcome", {}).get("issue", [])}
+    # only the sender's date (the adapter's is when it stored the document) and its confidentiality
+    # N (the policy's R is more restrictive) are not kept as sent
+    assert warned == {"Bundle.entry[1].resource.date", "Bundle.entry[1].resource.securityLabel[0]"}, warned
+    return "DocumentReference/" + response["location"].split("/")[1], document["identifier"][0]["value"]
+
+
+def test_a_document_sources_metadata_is_what_iti_67_finds_it_by(tmp_path: Path) -> None:
+    """Review finding: a Document Consumer's ITI-67 query by the LOINC type or category a
+    Document Source submitted (and by setting, facility, event, format) never found the document:
+    the adapter stored its own type and category and dropped the rest. They are kept, searched,
+    and shown in each view as it allows (codes, not the entryUUID, in TRAIN and HRESCH)."""
+    with adapter_client(tmp_path) as (client, _):
+        doc, entry_uuid = _mhd_document(client)
+        posted = _document(client, "2026-03-05T10:00:00Z", ROOT / "samples" / "tiny.jpg")["record"]  # own codes
+        for query in (f"type={LOINC}|34108-1", "type=34108-1", f"category={LOINC}|11369-6",
+                      f"setting={SNOMED}|394802001", f"facility={SNOMED}|225732001", f"event={SNOMED}|71388002",
+                      f"format={XPHR['system']}|{XPHR['code']}", f"identifier=urn:ietf:rfc:3986|{entry_uuid}",
+                      "type=34108-1,urn:clinical-image-adapter:photo-kind|nothing"):
+            assert _found(client, query) == [doc], query
+        assert _found(client, "category=urn:clinical-image-adapter:photo-kind|document") == sorted([doc, posted])
+        assert _found(client, "kind=document") == sorted([doc, posted])
+        assert _found(client, f"format={FORMAT}") == [posted]
+        for query in (f"type={LOINC}|11369-6", f"setting={SNOMED}|1", f"facility={SNOMED}|394802001",
+                      f"event={LOINC}|71388002"):
+            assert _found(client, query) == [], query
+        stored = client.get(f"/fhir/{doc}", headers=as_purpose("TREAT")).json()
+        assert stored["type"]["coding"][0]["code"] == "34108-1"
+        assert [c["coding"][0]["code"] for c in stored["category"]] == ["document", "11369-6"]
+        assert entry_uuid in [i["value"] for i in stored["identifier"]]
+        assert stored["context"]["event"][0]["coding"][0]["code"] == "71388002"
+        # R5: masterIdentifier, SHA-256 and entryUUID as identifiers; event[].concept; format as profile
+        r5 = client.get(f"/fhir/{doc}", headers={**as_purpose("TREAT"), **R5}).json()
+        assert entry_uuid in [i["value"] for i in r5["identifier"]]
+        assert r5["event"] == [{"concept": {"coding": [{"system": SNOMED, "code": "71388002"}]}}]
+        assert r5["practiceSetting"]["coding"][0]["code"] == "394802001"
+        assert r5["facilityType"]["coding"][0]["code"] == "225732001"
+        assert r5["content"][0]["profile"] == [{"valueCoding": XPHR}]
+        found = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&type={LOINC}|34108-1",
+                           headers={**as_purpose("TREAT"), **R5})
+        assert [e["resource"]["id"] for e in found.json()["entry"]] == [doc.split("/")[1]]
+
+        consent = client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"]),
+                              headers={"Content-Type": "application/fhir+json"})
+        assert consent.status_code == 201, consent.text
+        for purpose in ("TRAIN", "HRESCH"):
+            shown = client.get(f"/fhir/{doc}", headers=as_purpose(purpose))
+            assert shown.status_code == 200, shown.text
+            view = shown.json()
+            assert entry_uuid not in shown.text and "Outpatient Note" not in shown.text  # the sender's text
+            assert [i["system"] for i in view.get("identifier", [])] == (
+                [] if purpose == "TRAIN" else ["urn:clinical-image-adapter:sha256"])
+            assert view["type"] == {"coding": [{"system": LOINC, "code": "34108-1"}]}
+            assert [c["coding"][0]["code"] for c in view["category"]] == ["document", "11369-6"]
+            assert view["context"]["practiceSetting"]["coding"][0]["code"] == "394802001"
+            assert view["content"][0]["format"] == XPHR
+            # a reader in the view selects by the codes too, never by the entryUUID
+            r = client.get(f"/fhir/DocumentReference?type={LOINC}|34108-1&event={SNOMED}|71388002",
+                           headers=as_purpose(purpose))
+            assert [e["resource"]["id"] for e in r.json()["entry"]] == [doc.split("/")[1]]
+            r = client.get(f"/fhir/DocumentReference?identifier=urn:ietf:rfc:3986|{entry_uuid}",
+                           headers=as_purpose(purpose))
+            assert r.status_code == 400, r.text
+
+
+def test_a_document_source_may_raise_the_confidentiality(tmp_path: Path) -> None:
+    """The policy's confidentiality (R) is never lowered by a sender (N: stored R, warned); a
+    more restrictive one (V) is kept, found by security-label, and labels every release of the
+    record and its Binary."""
+    with adapter_client(tmp_path) as (client, _):
+        bundle = provide_document_bundle(DOCUMENT.read_bytes())
+        bundle["entry"][1]["resource"]["securityLabel"][0]["coding"][0]["code"] = "V"
+        r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text
+        response = r.json()["entry"][1]["response"]
+        assert [i["expression"] for i in response["outcome"]["issue"]] == [["Bundle.entry[1].resource.date"]]
+        doc = response["location"].split("/_history")[0]
+        assert _found(client, f"security-label={CONFIDENTIALITY}|V") == [doc]
+        assert _found(client, f"security-label={CONFIDENTIALITY}|R") == []
+        record = client.get(f"/fhir/{doc}", headers=as_purpose("TREAT")).json()
+        binary = client.get(record["content"][0]["attachment"]["url"],
+                            headers={**as_purpose("TREAT"), "Accept": "application/fhir+json"}).json()
+        for resource in (record, binary):
+            labels = [c["code"] for c in resource["meta"]["security"] if c["system"] == CONFIDENTIALITY]
+            assert labels == ["V"], resource["resourceType"]

@@ -62,12 +62,12 @@ def test_a_minimal_provide_document_bundle_is_stored_and_answered_entry_by_entry
         assert note["severity"] == "information" and "not stored" in note["diagnostics"]
         assert "outcome" not in binary
         # what the Minimal DocumentReference carries that the adapter does not store as sent, each
-        # named (ITI-65 2:3.65.4.1.3); its entryUUID identifier, date and confidentiality N
+        # named (ITI-65 2:3.65.4.1.3): its date and confidentiality N (the policy's R is more
+        # restrictive); its entryUUID identifier and format are kept
         issues = document_reference["outcome"]["issue"]
         assert {i["details"]["text"] for i in issues} == {"XDSExtraMetadataNotSaved"}
         assert [i["expression"] for i in issues] == [
-            ["Bundle.entry[1].resource.identifier"], ["Bundle.entry[1].resource.date"],
-            ["Bundle.entry[1].resource.securityLabel"]]
+            ["Bundle.entry[1].resource.date"], ["Bundle.entry[1].resource.securityLabel[0]"]]
         assert document_reference["status"] == binary["status"] == "201 Created"
         assert document_reference["location"].startswith("DocumentReference/")
         assert binary["location"].startswith("Binary/")
@@ -432,9 +432,10 @@ def test_a_document_reference_entered_in_error_or_with_a_modifier_is_refused(tmp
         assert _stored(services) == 0
 
 
-def test_metadata_not_stored_is_named_in_the_entry_outcome(tmp_path: Path) -> None:
+def test_metadata_kept_is_not_named_in_the_entry_outcome(tmp_path: Path) -> None:
     """Review finding: type and category (LOINC), context.facilityType/practiceSetting/event and
-    content.format were replaced or dropped with 201 and no warning."""
+    content.format were replaced or dropped (then: with 201 and a warning each). They are kept
+    now, so not named; what is not (docStatus) still is."""
     bundle = provide_document_bundle(DOCUMENT)
     document = bundle["entry"][1]["resource"]
     document["type"] = {"coding": [{"system": "http://loinc.org", "code": "34108-1"}]}
@@ -443,10 +444,11 @@ def test_metadata_not_stored_is_named_in_the_entry_outcome(tmp_path: Path) -> No
                            "event": [{"coding": [{"system": "http://snomed.info/sct", "code": "71388002"}]}]}
     document["content"][0]["format"] = {"system": "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode",
                                         "code": "urn:ihe:pcc:xphr:2007"}
+    document["docStatus"] = "final"
     with adapter_client(tmp_path) as (client, _):
         r = client.post("/fhir", json=bundle, headers=FHIR)
         assert r.status_code == 200, r.text
         response = r.json()["entry"][1]["response"]
         assert response["status"] == "201 Created"
         named = {i["expression"][0].removeprefix("Bundle.entry[1].resource") for i in response["outcome"]["issue"]}
-        assert {".type", ".category", ".context.practiceSetting", ".context.event", ".content[0].format"} <= named
+        assert named == {".date", ".securityLabel[0]", ".docStatus"}, named

@@ -23,7 +23,15 @@ from adapter.mapping.consent import build_consent_resource
 from adapter.mapping.fhir_r4 import fhir_date, fhir_datetime, fhir_instant
 from adapter.mapping.photo import PhotoResources, build_photo_resources, index_resource
 from adapter.model.image import StoredImage
-from adapter.model.photo import Colleague, ConsentMethod, Identifier, PhotoKind, PhotoMetadata, PhotoSource
+from adapter.model.photo import (
+    Colleague,
+    ConsentMethod,
+    Identifier,
+    PhotoKind,
+    PhotoMetadata,
+    PhotoSource,
+    TransactionPhotoMetadata,
+)
 from tests.conftest import ROOT
 from tests.support.fhir_factories import NOW, PATIENT_SYSTEM, PATIENT_VALUE, metadata, stored_image, tables
 from tests.support.fhir_validator import validate_r4
@@ -190,6 +198,68 @@ def test_document_reference_for_document_kind() -> None:
                               "period": {"start": "2024-03-01T10:15:00+01:00"}}
     assert [e["valueBoolean"] for e in ext(doc, codes.EXT_CONSENT_PENDING)] == [True]
     assert "bodySite" not in doc
+
+
+def _sent(**document: Any) -> TransactionPhotoMetadata:
+    """The metadata of a document read from a transaction, with what its Document Source said."""
+    data = metadata("document", "clinician").model_dump(by_alias=True, exclude_none=True)
+    return TransactionPhotoMetadata.model_validate({**data, "document": document})
+
+
+LOINC_TYPE = {"coding": [{"system": codes.LOINC, "code": "34108-1", "display": "Outpatient Note"}]}
+LOINC_CATEGORY = {"coding": [{"system": codes.LOINC, "code": "11369-6"}]}
+ENTRY_UUID = {"use": "official", "system": codes.URN_IETF_RFC_3986,
+              "value": "urn:uuid:0c287d32-01e3-4d87-9953-9fcc9404eb21"}
+
+
+def test_a_document_sources_metadata_is_on_the_document_reference() -> None:
+    """Review finding: the sender's type, category, identifier (entryUUID), context codes and
+    format were replaced or dropped. Its type is the type (R4 type is 0..1, its codings one
+    concept), the photo kind stays the first category."""
+    t = tables()
+    kind = t.kinds[PhotoKind.DOCUMENT]
+    facility = {"coding": [{"system": codes.SNOMED, "code": "225732001"}]}
+    setting = {"coding": [{"system": codes.SNOMED, "code": "394802001"}]}
+    event = {"coding": [{"system": codes.SNOMED, "code": "71388002"}]}
+    fmt = {"system": codes.IHE_FORMAT_CODE, "code": "urn:ihe:pcc:xphr:2007"}
+    built = build(_sent(type=LOINC_TYPE, category=[{"coding": [kind.category.as_fhir()]}, LOINC_CATEGORY],
+                        identifier=[ENTRY_UUID], facility_type=facility, practice_setting=setting, event=[event],
+                        format=fmt))
+    doc = built.record
+    assert doc["type"] == LOINC_TYPE
+    assert doc["category"] == [{"coding": [kind.category.as_fhir()]}, LOINC_CATEGORY]  # the kind's once
+    assert doc["identifier"] == [{"system": codes.SHA256_SYSTEM, "value": "a" * 64}, ENTRY_UUID]
+    assert doc["content"][0]["format"] == fmt
+    assert doc["context"] == {"encounter": [{"reference": "Encounter/e-1", "type": "Encounter"}], "event": [event],
+                              "period": {"start": "2024-03-01T10:15:00+01:00"}, "facilityType": facility,
+                              "practiceSetting": setting}
+    assert doc["securityLabel"] == [{"coding": [{"system": codes.V3_CONFIDENTIALITY, "code": "R",
+                                                 "display": "restricted"}]}]
+    assert "meta" not in doc and "meta" not in built.binary
+    for resource in built.all():
+        r4b_validate(resource)
+    assert validate_r4(built.all()) == []
+
+
+def test_a_document_sources_more_restrictive_confidentiality_labels_the_record_and_its_binary() -> None:
+    psy = {"coding": [{"system": codes.V3_ACT_CODE, "code": "PSY"}]}
+    built = build(_sent(confidentiality="V", security_label=[psy]))
+    very = {"system": codes.V3_CONFIDENTIALITY, "code": "V", "display": "very restricted"}
+    assert built.record["securityLabel"] == [{"coding": [very]}, psy]
+    assert built.record["meta"] == {"security": [very]} and built.binary["meta"] == {"security": [very]}
+    assert list(built.record)[:3] == ["resourceType", "id", "meta"]
+    # a less restrictive one than the policy's (R) is never stored (document_metadata does not pass it)
+    lowered = build(_sent(confidentiality="N"))
+    assert lowered.record["securityLabel"][0]["coding"][0]["code"] == "R" and "meta" not in lowered.record
+    assert validate_r4([built.record, built.binary]) == []
+
+
+def test_post_photos_metadata_takes_no_document_metadata() -> None:
+    """What a Document Source said is read from a transaction only: POST /photos's metadata has
+    no such member (its model forbids unknown members)."""
+    data = metadata("document", "clinician").model_dump(by_alias=True, exclude_none=True)
+    with pytest.raises(ValueError):
+        PhotoMetadata.model_validate({**data, "document": {"type": LOINC_TYPE}})
 
 
 def test_document_reference_without_uuid_id_has_no_master_identifier() -> None:

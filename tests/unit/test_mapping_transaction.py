@@ -26,6 +26,7 @@ from adapter.errors import (
 )
 from adapter.mapping import codes
 from adapter.mapping.photo import build_photo_resources
+from adapter.mapping.photo import index_resource as build_index
 from adapter.mapping.transaction import parse_transaction, transaction_response
 from adapter.model.photo import ConsentMethod, Laterality, PhotoKind, PhotoMetadata, PhotoSource
 from tests.support.fhir_factories import (
@@ -600,10 +601,13 @@ def test_metadata_not_stored_as_sent_is_warned_of_element_by_element(jpeg: bytes
     assert {w.severity for w in warnings} == {"warning"}
     path = "Bundle.entry[1].resource"
     named = {w.expression.removeprefix(path) for w in warnings}
-    assert named >= {".docStatus", ".date", ".type", ".category", ".securityLabel", ".authenticator",
-                     f".extension[{len(document['extension']) - 1}]", ".content[0].format",
-                     ".content[0].attachment.language", ".context.facilityType", ".context.practiceSetting",
-                     ".context.event", ".context.period.end", ".context.period.start"}, named
+    # the sender's type, category, facilityType, practiceSetting, event and format are kept (below);
+    # its confidentiality N is stored as the policy's R, more restrictive
+    assert named >= {".docStatus", ".date", ".securityLabel[0]", ".authenticator",
+                     f".extension[{len(document['extension']) - 1}]",
+                     ".content[0].attachment.language", ".context.period.end", ".context.period.start"}, named
+    assert not named & {".type", ".category[0]", ".content[0].format", ".context.facilityType",
+                        ".context.practiceSetting", ".context.event[0]"}, named
     response = transaction_response([("", "201 Created", "")] * 2, parse(bundle).entry_warnings)
     assert validate_r4([response]) == []
     assert len(response["entry"][1]["response"]["outcome"]["issue"]) == len(warnings)
@@ -617,3 +621,140 @@ def test_media_metadata_not_stored_is_warned_of(jpeg: bytes) -> None:
     warnings = parse(bundle).entry_warnings[1]
     named = {w.expression for w in warnings}
     assert {"Bundle.entry[1].resource.view", "Bundle.entry[1].resource.reasonCode"} <= named
+
+
+# ---------------------------------------------------------------------------------------------
+# what an MHD Document Source says of the document is kept (adapter.mapping.document_metadata)
+
+LOINC_TYPE = {"system": codes.LOINC, "code": "34108-1", "display": "Outpatient Note"}
+LOINC_CLASS = {"system": codes.LOINC, "code": "11369-6", "display": "History of Immunization"}
+FACILITY = {"system": codes.SNOMED, "code": "225732001", "display": "Community hospital"}
+SETTING = {"system": codes.SNOMED, "code": "394802001", "display": "General medicine"}
+EVENT = {"system": codes.SNOMED, "code": "71388002", "display": "Procedure"}
+FORMAT = {"system": codes.IHE_FORMAT_CODE, "code": "urn:ihe:pcc:xphr:2007"}
+ENTRY_UUID = {"use": "official", "system": "urn:ietf:rfc:3986", "value": "urn:uuid:0c287d32-01e3-4d87-9953-9fcc9404eb21"}
+
+
+def _mhd_document_bundle(jpeg: bytes) -> dict[str, Any]:
+    bundle = _document_bundle(jpeg)
+    document = bundle["entry"][1]["resource"]
+    document.update({"identifier": [ENTRY_UUID], "type": {"coding": [LOINC_TYPE]},
+                     "category": [{"coding": [LOINC_CLASS]}],
+                     "context": {**document.get("context", {}), "facilityType": {"coding": [FACILITY]},
+                                 "practiceSetting": {"coding": [SETTING]}, "event": [{"coding": [EVENT]}]}})
+    document["content"][0]["format"] = FORMAT
+    return bundle
+
+
+def _stored(sub: Any) -> Any:
+    return build_photo_resources(
+        sub.meta, stored_image(size=len(sub.image_bytes)), record_id="0b9c7a51-6d35-4c0e-9a4f-2f1e5c3d7a10",
+        binary_id="bin", provenance_id="prov", consent_ids=["c1", "c2"], assessment_notes=(),
+        assessment_warnings=(), consent_pending=False, implied_purposes=(), tables=tables(), now=NOW)
+
+
+def test_an_mhd_document_sources_metadata_is_kept_on_the_stored_document_reference(jpeg: bytes) -> None:
+    """Review finding: the sender's type (LOINC 34108-1), category, context.facilityType,
+    practiceSetting, event, content.format and identifier (entryUUID) were replaced by the
+    adapter's or dropped, so an ITI-67 query by them found nothing. They are stored as sent (type
+    instead of the kind's, which stays a category) and not warned of."""
+    sub = parse(_mhd_document_bundle(jpeg))
+    named = {w.expression.removeprefix("Bundle.entry[1].resource") for w in sub.entry_warnings.get(1, ())}
+    assert not named & {".type", ".category[0]", ".identifier[0]", ".content[0].format", ".context.facilityType",
+                        ".context.practiceSetting", ".context.event[0]"}, named
+    record = _stored(sub).record
+    kind = tables().kinds[PhotoKind.DOCUMENT]
+    assert record["type"] == {"coding": [LOINC_TYPE]}
+    assert record["category"] == [{"coding": [kind.category.as_fhir()]}, {"coding": [LOINC_CLASS]}]
+    assert record["identifier"][0]["system"] == codes.SHA256_SYSTEM and record["identifier"][1:] == [ENTRY_UUID]
+    assert record["context"]["facilityType"] == {"coding": [FACILITY]}
+    assert record["context"]["practiceSetting"] == {"coding": [SETTING]}
+    assert record["context"]["event"] == [{"coding": [EVENT]}]
+    assert record["content"][0]["format"] == FORMAT
+    assert [c["code"] for label in record["securityLabel"] for c in label["coding"]] == ["R"]
+    assert validate_r4([record]) == []
+    tokens = set(build_index(record).tokens)
+    assert {("type", codes.LOINC, "34108-1"), ("category", codes.LOINC, "11369-6"),
+            ("category", codes.PHOTO_KIND_SYSTEM, "document"), ("facility", codes.SNOMED, "225732001"),
+            ("setting", codes.SNOMED, "394802001"), ("event", codes.SNOMED, "71388002"),
+            ("format", codes.IHE_FORMAT_CODE, "urn:ihe:pcc:xphr:2007"),
+            ("identifier", "urn:ietf:rfc:3986", ENTRY_UUID["value"])} <= tokens
+
+
+def test_a_category_the_same_as_the_kinds_is_not_repeated_and_no_type_keeps_the_kinds(jpeg: bytes) -> None:
+    bundle = _mhd_document_bundle(jpeg)
+    document = bundle["entry"][1]["resource"]
+    kind = tables().kinds[PhotoKind.DOCUMENT]
+    document.pop("type")
+    document["category"] = [{"coding": [kind.category.as_fhir()]}, {"coding": [LOINC_CLASS]}]
+    record = _stored(parse(bundle)).record
+    assert record["type"] == {"coding": [kind.type.as_fhir()]}
+    assert record["category"] == [{"coding": [kind.category.as_fhir()]}, {"coding": [LOINC_CLASS]}]
+
+
+def test_what_of_a_code_or_identifier_is_not_kept_is_warned_of(jpeg: bytes) -> None:
+    """Of a CodeableConcept its codings with a system and a code and its text are kept; of an
+    Identifier its use, system and value; the rest is named. An identifier in a system the adapter
+    writes itself (SHA-256, the DICOM object's UID) would name other bytes or another object: not
+    taken."""
+    bundle = _mhd_document_bundle(jpeg)
+    document = bundle["entry"][1]["resource"]
+    document["type"] = {"coding": [LOINC_TYPE, {"code": "no-system"}], "text": "Outpatient note"}
+    document["category"].append({"text": "free text only"})
+    document["context"]["facilityType"]["extension"] = [{"url": "http://example.org/x", "valueString": "y"}]
+    document["identifier"] = [{**ENTRY_UUID, "assigner": {"display": "Source"}},
+                              {"system": codes.SHA256_SYSTEM, "value": "00" * 32},
+                              {"system": codes.DICOM_UID_SYSTEM, "value": "urn:oid:1.2.3"}]
+    sub = parse(bundle)
+    warned = {w.expression.removeprefix("Bundle.entry[1].resource") for w in sub.entry_warnings[1]}
+    assert {".type", ".category[1]", ".context.facilityType", ".identifier[0]", ".identifier[1]",
+            ".identifier[2]"} <= warned
+    record = _stored(sub).record
+    assert record["type"] == {"coding": [LOINC_TYPE], "text": "Outpatient note"}
+    assert record["category"][1:] == [{"coding": [LOINC_CLASS]}]
+    assert record["context"]["facilityType"] == {"coding": [FACILITY]}
+    assert [i["system"] for i in record["identifier"]] == [codes.SHA256_SYSTEM, ENTRY_UUID["system"]]
+    assert record["identifier"][1] == ENTRY_UUID
+    assert validate_r4([record]) == []
+
+
+@pytest.mark.parametrize("sent, stored, warned", [("N", "R", True), ("R", "R", False), ("V", "V", False)])
+def test_a_sender_may_raise_the_confidentiality_never_lower_it(jpeg: bytes, sent: str, stored: str,
+                                                               warned: bool) -> None:
+    """The policy's confidentiality (R) is the least a document gets; a sender's more restrictive
+    one (V) is kept, on securityLabel and in meta.security of the record and its Binary (which
+    every release keeps: adapter.mapping.views). Its other labels are kept, but not those the
+    adapter states of each release itself (purposes of use, obligations, integrity)."""
+    bundle = _mhd_document_bundle(jpeg)
+    sensitivity = {"system": codes.V3_ACT_CODE, "code": "PSY"}
+    bundle["entry"][1]["resource"]["securityLabel"] = [
+        {"coding": [{"system": codes.V3_CONFIDENTIALITY, "code": sent}]}, {"coding": [sensitivity]},
+        {"coding": [{"system": codes.V3_ACT_REASON, "code": "TRAIN"}]},
+        {"coding": [{"system": codes.V3_OBSERVATION_VALUE, "code": "ANONYED"}]}]
+    sub = parse(bundle)
+    warned_labels = {w.expression.removeprefix("Bundle.entry[1].resource") for w in sub.entry_warnings[1]
+                     if ".securityLabel" in w.expression}
+    assert warned_labels == {".securityLabel[2]", ".securityLabel[3]"} | ({".securityLabel[0]"} if warned else set())
+    built = _stored(sub)
+    record = built.record
+    assert record["securityLabel"][0]["coding"][0]["code"] == stored
+    assert record["securityLabel"][1:] == [{"coding": [sensitivity]}]
+    raised = [{"system": codes.V3_CONFIDENTIALITY, "code": "V", "display": "very restricted"}]
+    assert record.get("meta", {}).get("security") == (raised if stored == "V" else None)
+    assert built.binary.get("meta", {}).get("security") == (raised if stored == "V" else None)
+    assert validate_r4([record, built.binary]) == []
+
+
+def test_a_document_reference_stored_as_a_media_keeps_none_of_it(jpeg: bytes) -> None:
+    """A DocumentReference whose photo kind is clinical is stored as a Media, which has no place
+    for the document's codes: each is named, as before."""
+    bundle = _mhd_document_bundle(jpeg)
+    document = bundle["entry"][1]["resource"]
+    for ext in document["extension"]:
+        if ext["url"] == codes.EXT_PHOTO_KIND:
+            ext["valueCode"] = "clinical"
+    sub = parse(bundle)
+    assert getattr(sub.meta, "document", None) is None
+    warned = {w.expression.removeprefix("Bundle.entry[1].resource") for w in sub.entry_warnings[1]}
+    assert {".type", ".category", ".identifier", ".content[0].format", ".context.facilityType",
+            ".context.practiceSetting", ".context.event"} <= warned

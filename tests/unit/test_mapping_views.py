@@ -542,3 +542,68 @@ def test_outputs_pass_the_npm_validators(tables: Tables, pseudonymizer: Pseudony
         require_or_skip(False, f"FHIR validators unavailable: {exc}")
         return
     assert errors == []
+
+
+# --- what an IHE MHD Document Source said of a document (adapter.mapping.document_metadata) ----
+
+SENDER_CANARY = "Jane Roe seen at 12 Acacia Avenue"
+
+
+def mhd_document_reference() -> JSON:
+    """A DocumentReference as stored from an ITI-67 Document Source: its LOINC type and
+    category, codes of the context, format, an entryUUID identifier, a raised confidentiality,
+    and text of the sender's in every display."""
+    out = document_reference()
+    out["identifier"] = [{"system": codes.SHA256_SYSTEM, "value": STORED_SHA},
+                         {"use": "official", "system": "urn:ietf:rfc:3986",
+                          "value": "urn:uuid:0c287d32-01e3-4d87-9953-9fcc9404eb21"}]
+    out["meta"]["security"] = [{"system": codes.V3_CONFIDENTIALITY, "code": "V"}]
+    out["type"] = {"coding": [{"system": codes.LOINC, "code": "34108-1", "display": SENDER_CANARY}]}
+    out["category"] = [{"coding": [{"system": codes.PHOTO_KIND_SYSTEM, "code": "document"}]},
+                       {"coding": [{"system": codes.LOINC, "code": "11369-6", "display": SENDER_CANARY}]}]
+    out["securityLabel"] = [{"coding": [{"system": codes.V3_CONFIDENTIALITY, "code": "V"}]},
+                            {"coding": [{"system": codes.V3_ACT_CODE, "code": "PSY", "display": SENDER_CANARY}]}]
+    out["content"][0]["format"] = {"system": codes.IHE_FORMAT_CODE, "code": "urn:ihe:pcc:xphr:2007",
+                                   "display": SENDER_CANARY}
+    context = out["context"]
+    context["event"] = [{"coding": [{"system": codes.SNOMED, "code": "71388002", "display": SENDER_CANARY}]}]
+    context["facilityType"]["coding"][0]["display"] = SENDER_CANARY
+    context["practiceSetting"]["coding"][0]["display"] = SENDER_CANARY
+    return out
+
+
+def _codes_of(concepts: Any) -> list[tuple[str, str]]:
+    concepts = concepts if isinstance(concepts, list) else [concepts]
+    return [(c["system"], c["code"]) for concept in concepts for c in concept["coding"]]
+
+
+@pytest.mark.parametrize("view", [View.DEIDENTIFIED, View.PSEUDONYMISED])
+def test_a_document_sources_codes_stay_in_the_restricted_views_without_its_text_or_identifiers(
+        view: View, tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    """The codes an MHD Document Source sent (type, category, securityLabel, context.event,
+    facilityType, practiceSetting, content.format) identify no one and stay, so a reader in the
+    view can select by them; their displays are the sender's text, which nothing vouches for, and
+    go; its entryUUID is a record identifier: never in the de-identified view, and in the
+    pseudonymised view only the SHA-256 of the stored bytes is. A confidentiality it raised (V)
+    labels the release."""
+    source = mhd_document_reference()
+    out = render(source, decision(view), tables=tables, pseudonymizer=pseudonymizer)
+    validate_r4(out)
+    text = text_of(out)
+    assert SENDER_CANARY not in text and "0c287d32" not in text
+    assert _codes_of(out["type"]) == [(codes.LOINC, "34108-1")]
+    assert _codes_of(out["category"]) == [(codes.PHOTO_KIND_SYSTEM, "document"), (codes.LOINC, "11369-6")]
+    assert _codes_of(out["securityLabel"]) == [(codes.V3_CONFIDENTIALITY, "V"), (codes.V3_ACT_CODE, "PSY")]
+    assert (out["content"][0]["format"]["system"], out["content"][0]["format"]["code"]) == (
+        codes.IHE_FORMAT_CODE, "urn:ihe:pcc:xphr:2007")
+    assert _codes_of(out["context"]["event"]) == [(codes.SNOMED, "71388002")]
+    assert _codes_of(out["context"]["facilityType"]) == [(codes.SNOMED, "225746001")]
+    assert _codes_of(out["context"]["practiceSetting"]) == [(codes.SNOMED, "394582007")]
+    if view is View.DEIDENTIFIED:
+        assert "identifier" not in out
+    else:
+        assert out["identifier"] == [{"system": codes.SHA256_SYSTEM, "value": STORED_SHA}]
+    assert out["meta"]["security"][0] == {"system": codes.V3_CONFIDENTIALITY, "code": "V",
+                                          "display": "very restricted"}
+    full = render(source, decision(View.FULL), tables=tables, pseudonymizer=pseudonymizer)
+    assert without_security(full) == without_security(source)  # care sees what the sender sent
