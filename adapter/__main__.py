@@ -409,7 +409,7 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
     keeps them (exit 1: what is wrong is looked at first), and a removal that fails exits 2."""
     from adapter.services.registry import pseudonym_key_problem
     from adapter.services.unreferenced import remove_unreferenced
-    from adapter.services.verify import verify_store
+    from adapter.services.verify import unreadable_consents, verify_store
     from adapter.store import NoStore, open_store
 
     try:
@@ -430,11 +430,16 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
         key_problem = pseudonym_key_problem(settings, store)
         if key_problem is not None:
             print(f"pseudonym key: {key_problem}")
-        ok = report.ok and key_problem is None
+        # a Consent the decision cannot read denies every purpose of its patient, care included
+        unreadable = list(unreadable_consents(store))
+        for consent_id, why in unreadable:
+            print(f"Consent/{consent_id}: the consent decision cannot read it ({why}): read as a denial of every "
+                  "purpose of its patient, care included, and every ingest for the patient is refused")
+        problems = len(report.findings) + (key_problem is not None) + len(unreadable)
+        ok = problems == 0
         checked = f", {report.digests_checked} re-hashed" if digests else " (sizes only; --digests re-hashes them)"
         print(f"{report.references} reference(s) to {report.blobs} stored image(s){checked}; "
-              f"{len(report.findings) + (key_problem is not None)} problem(s); {report.unreferenced} image(s) no "
-              "record refers to", flush=True)
+              f"{problems} problem(s); {report.unreferenced} image(s) no record refers to", flush=True)
         if removal is None:
             return 0 if ok else 1
         if not ok:

@@ -12,10 +12,12 @@ not counted.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from adapter.errors import NotFound
-from adapter.store.port import BlobStore, RecordStore
+from adapter.consent import grants_from_consent
+from adapter.errors import AdapterError, NotFound
+from adapter.store.port import BlobStore, RecordStore, SearchCriteria
 
 MISSING = "missing"
 TOO_SHORT = "shorter than the byte range recorded for it"
@@ -78,3 +80,33 @@ def _check_blob(blobs: BlobStore, sha256: str, digests: bool, report: VerifyRepo
         return None, True
     report.digests_checked += 1
     return size, actual == sha256
+
+
+#: Consents read per batch by :func:`unreadable_consents`.
+_CONSENT_BATCH = 200
+
+
+def unreadable_consents(store: RecordStore) -> Iterator[tuple[str, str]]:
+    """(id, why) of each stored Consent whose current version the consent decision cannot read
+    (adapter.consent.grants_from_consent: a modifierExtension, a nested provision without a
+    type, an element it cannot parse; a write refuses them, but one stored before that rule, or
+    written to the database by hand, is not). Each is read as a denial of every purpose, care
+    included, and refuses every ingest of its patient: fail closed, and silent until listed here."""
+    ids: list[str] = []
+    for row in store.search_index("Consent", SearchCriteria()):
+        ids.append(row.id)
+        if len(ids) >= _CONSENT_BATCH:
+            yield from _unreadable(store, ids)
+            ids = []
+    if ids:
+        yield from _unreadable(store, ids)
+
+
+def _unreadable(store: RecordStore, ids: list[str]) -> Iterator[tuple[str, str]]:
+    for stored in store.get_many("Consent", ids):
+        try:
+            grants_from_consent(stored.resource)
+        except AdapterError as exc:
+            where = f" at {', '.join(exc.expression)}" if exc.expression else ""
+            yield stored.id, f"{type(exc).__name__}{where}"
+

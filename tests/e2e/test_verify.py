@@ -203,3 +203,24 @@ def test_verify_removes_nothing_from_a_store_with_problems(tmp_path: Path) -> No
     assert done.returncode == 1
     assert "unreferenced images not removed: the store has problems" in done.stdout
     assert old.exists()
+
+
+def test_verify_lists_a_consent_the_decision_cannot_read(tmp_path: Path) -> None:
+    # code review: a Consent stored before writes refused modifierExtensions and untyped nested
+    # provisions (or written to the database by hand) is read as a denial of every purpose of
+    # its patient, care included, and refuses every ingest for them: silently, until listed
+    from adapter.mapping.photo import index_resource
+    from adapter.model.record import NewResource
+    from tests.support.app import consent_resource
+
+    with adapter_client(tmp_path) as (client, services):
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+        unreadable = {**consent_resource(["TRAIN"]), "id": "legacy-1",
+                      "modifierExtension": [{"url": "http://example.org/revoked-pending", "valueBoolean": True}]}
+        services.store.create(NewResource("Consent", "legacy-1", unreadable, index_resource(unreadable)))
+    done = _verify(tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ("Consent/legacy-1: the consent decision cannot read it (BusinessRuleViolation at "
+            "Consent.modifierExtension)") in done.stdout
+    assert "1 problem(s)" in done.stdout
+    assert "Consent/" not in done.stdout.replace("Consent/legacy-1", ""), done.stdout  # the photo's own is readable
