@@ -376,9 +376,17 @@ def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
     from adapter.services.audit import export_audit
     from adapter.services.purpose import parse_purpose_of_use
     from adapter.services.registry import build_services
+    from adapter.store import NoStore, open_store
 
     try:
+        # an export from the wrong folder or database must not make a new, empty store there and
+        # report 0 events: the store is looked for first, as verify does, creating nothing
+        store, _ = open_store(settings.store, existing_only=True)
+        store.close()
         services = build_services(settings)
+    except NoStore as exc:
+        print(f"{exc.diagnostics}; nothing to export", file=sys.stderr)
+        return 2
     except AdapterError as exc:
         print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
         return 2

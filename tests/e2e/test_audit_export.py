@@ -87,3 +87,12 @@ def test_the_audit_trail_is_not_exported_for_a_restricted_purpose_or_a_disabled_
     refusals = [e for e in events if e["outcome"] == "4" and "audit trail export" in e.get("outcomeDesc", "")]
     assert [next(a for a in e["agent"] if a.get("requestor"))["purposeOfUse"][0]["coding"][0]["code"]
             for e in refusals] == ["TRAIN", "HRESCH", "BTG", "FAMRQT"]
+
+
+def test_an_export_from_a_folder_with_no_store_creates_none(tmp_path: Path) -> None:
+    # ops review: `audit` from the wrong folder made a new, empty database there and exported
+    # 0 events with exit 0, as verify did before it was made to look for the store first
+    events, done = _export(tmp_path)
+    assert done.returncode == 2 and events == [], done.stdout + done.stderr
+    assert "nothing to export" in done.stderr
+    assert not (tmp_path / "data" / "adapter.db").exists()
