@@ -45,6 +45,7 @@ from typing import Any
 
 from adapter.consent.rules import ANY_PURPOSE, DENY, PERMIT
 from adapter.errors import BusinessRuleViolation, InvalidResource, NotSupported
+from adapter.mapping.fhir_json import first_modifier
 from adapter.model.consent import ConsentGrant
 from adapter.model.photo import ConsentMethod, Identifier
 from adapter.model.purpose import V3_ACT_REASON_SYSTEMS
@@ -85,7 +86,7 @@ def grants_from_consent(resource: Mapping[str, Any]) -> list[ConsentGrant]:
     """
     if resource.get("resourceType") != "Consent":
         raise InvalidResource("not a Consent resource", expression="Consent.resourceType")
-    modifier = modifier_extension_path(resource, "Consent")
+    modifier = first_modifier(resource, "Consent")
     if modifier is not None:
         raise BusinessRuleViolation("the Consent carries a modifierExtension, which changes its meaning in a way the "
                                     "adapter does not understand: it cannot be applied", expression=modifier)
@@ -245,24 +246,6 @@ def _data_refs(scope: _Scope) -> frozenset[str]:
     if scope.decision == DENY and scope.unresolved_data:
         return frozenset()          # cannot tell which data: deny for all
     return scope.data_refs
-
-
-def modifier_extension_path(value: Any, path: str) -> str | None:
-    """The FHIRPath of the first ``modifierExtension`` in ``value`` (a resource or any element
-    of it, contained resources included), or None."""
-    if isinstance(value, Mapping):
-        if value.get("modifierExtension"):
-            return f"{path}.modifierExtension"
-        for key, item in value.items():
-            found = modifier_extension_path(item, f"{path}.{key}")
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = modifier_extension_path(item, f"{path}[{i}]")
-            if found is not None:
-                return found
-    return None
 
 
 def names_read_action(actions: list[Any]) -> bool:

@@ -68,6 +68,7 @@ from adapter.mapping.codes import (
     SHA256_SYSTEM,
     V3_CONFIDENTIALITY,
 )
+from adapter.mapping.fhir_json import first_modifier
 from adapter.mapping.tables import Tables
 from adapter.mapping.views import confidentiality_rank, is_release_label
 from adapter.model.photo import PhotoKind
@@ -112,28 +113,10 @@ _IDENTIFIER_KEYS = ("use", "system", "value")
 _OWN_IDENTIFIER_SYSTEMS = frozenset({SHA256_SYSTEM, DICOM_UID_SYSTEM})
 
 
-def _modifier(value: Any, path: str) -> str | None:
-    """The path of the first modifier element (``modifierExtension``, ``implicitRules``) in ``value``."""
-    if isinstance(value, Mapping):
-        for key in ("modifierExtension", "implicitRules"):
-            if key in value:
-                return f"{path}.{key}"
-        for key, item in value.items():
-            found = _modifier(item, f"{path}.{key}")
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for k, item in enumerate(value):
-            found = _modifier(item, f"{path}[{k}]")
-            if found is not None:
-                return found
-    return None
-
-
 def refuse_not_understood(bundle: Mapping[str, Any], record: Mapping[str, Any], record_path: str) -> None:
     """Refuse (422) a Bundle carrying a modifier the adapter does not understand, and a record
     whose status the stored record would not keep (module docstring)."""
-    found = _modifier(bundle, "Bundle")
+    found = first_modifier(bundle, "Bundle", ("modifierExtension", "implicitRules"))
     if found is not None:
         raise BusinessRuleViolation("the adapter does not understand this modifier, and may not ignore it (FHIR "
                                     "extensibility: a modifier changes the meaning of what holds it): nothing was "

@@ -92,6 +92,28 @@ def check_json_representation(value: Any, path: str) -> None:
 #: resources the adapter takes in: every resource's and Reference's ``identifier``,
 #: DocumentReference.masterIdentifier, and an extension's ``valueIdentifier``.
 _IDENTIFIER_ELEMENTS = frozenset({"identifier", "masterIdentifier", "valueIdentifier"})
+def first_modifier(value: Any, path: str, keys: Sequence[str] = ("modifierExtension",)) -> str | None:
+    """The FHIRPath of the first modifier element (one of ``keys``: ``modifierExtension``, and
+    ``implicitRules`` where asked) present in ``value``, a resource or any element of it,
+    contained resources included; None when there is none. FHIR extensibility.html: an
+    application SHALL NOT process a resource whose modifier it does not understand as if the
+    modifier were absent."""
+    if isinstance(value, Mapping):
+        for key in keys:
+            if key in value:
+                return f"{path}.{key}"
+        for key, item in value.items():
+            found = first_modifier(item, f"{path}.{key}", keys)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = first_modifier(item, f"{path}[{i}]", keys)
+            if found is not None:
+                return found
+    return None
+
+
 #: What the store indexes beside an Identifier's value: a Coding's (or an Identifier's) ``system``
 #: and ``code`` (search tokens), and a Reference's ``reference`` (a patient's, for ``patient=``).
 _INDEXED = frozenset({"system", "code", "reference"})

@@ -34,6 +34,7 @@ from typing import Any
 
 from adapter.errors import Forbidden, NotSupported
 from adapter.mapping import codes
+from adapter.mapping.fhir_json import first_modifier
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables
 from adapter.model.decision import Decision, View
@@ -527,14 +528,6 @@ _VIEWS: dict[str, Callable[[JSON, _Ctx], JSON]] = {
 }
 
 
-def _has_modifier_extension(value: Any) -> bool:
-    if isinstance(value, dict):
-        return "modifierExtension" in value or any(_has_modifier_extension(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_modifier_extension(v) for v in value)
-    return False
-
-
 def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer: Pseudonymizer) -> JSON:
     """Return a new resource: ``resource`` in ``decision.view``, labelled with
     :func:`security_labels` in ``meta.security``. The input is not changed.
@@ -553,7 +546,7 @@ def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer:
         build = _VIEWS.get(resource_type) if isinstance(resource_type, str) else None
         if build is None:
             raise NotSupported(f"no {decision.view.value} view of {resource_type}")
-        if _has_modifier_extension(resource):
+        if first_modifier(resource, str(resource_type)) is not None:
             raise NotSupported(f"no {decision.view.value} view of a resource with a modifierExtension")
         out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer))
     meta = resource.get("meta")
