@@ -89,6 +89,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0  # bytes of reads that all went into the header not yet whole
         self._piece_bytes = 0  # bytes of its request line and fields the parser has handed over
         self._refusal: bytes | None = None
+        self._discarding = False  # refused and half-closed: what still comes is read and dropped
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -97,6 +98,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         counting = self._begun
         super().data_received(data)  # parse errors and refusals: send_400_response
         if counting and self._begun and not self.transport.is_closing():
@@ -223,10 +226,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _send_and_close(self, answer: bytes) -> None:
+        """Send ``answer`` and close the connection the way RFC 9112 9.6 asks: the sending side
+        first (FIN after the answer), then, while the client may still be sending what the answer
+        cut short, its bytes are read and dropped until it closes, for at most the body timeout
+        (nginx's lingering close). Closed at once, the connection would answer those bytes with a
+        reset, and a reset can make the client lose the answer it has not read yet."""
         self._cancel_header_timer()
-        if not self.transport.is_closing():
-            self.transport.write(answer)
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        self.transport.write(answer)
+        if (self.cycle is not None and not self.cycle.response_complete) or not self.transport.can_write_eof():
+            self.transport.close()  # an answer of the request before is still being sent
+            return
+        self._discarding = True
+        self.transport.write_eof()
+        self._linger_timer = _cancel(self._linger_timer)
+        self._linger_timer = self.loop.call_later(self.body_timeout, self._close)
 
 
 def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
