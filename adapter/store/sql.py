@@ -64,12 +64,14 @@ from adapter.store.rows import (
     with_meta,
 )
 from adapter.store.schema import (
+    SCHEMA_VERSION,
     EncodedJson,
     audit,
     create_schema,
     dicom_instances,
     dicom_released_uids,
     key_fingerprints,
+    metadata,
     outbox,
     patient_pseudonyms,
     receipts,
@@ -1150,9 +1152,18 @@ class SqlRecordStore:
         return found
 
     def ping(self) -> int:
-        """The schema version, read through a pooled connection: the store answers (readiness)."""
+        """The schema version, read through a pooled connection: the store answers (readiness),
+        holds every table of this adapter's schema, at the version it runs. A database emptied,
+        restored in part or replaced under a running adapter (a wrong volume, a recreated
+        PostgreSQL database) fails here, not at the next request of each kind."""
         with self._read() as conn:
-            return int(conn.execute(select(func.max(schema_version.c.version))).scalar() or 0)
+            version = int(conn.execute(select(func.max(schema_version.c.version))).scalar() or 0)
+            missing = sorted(set(metadata.tables) - set(inspect(conn).get_table_names()))
+        if missing:
+            raise StorageError(f"the database lacks table(s) of the adapter's schema: {', '.join(missing)}")
+        if version != SCHEMA_VERSION:
+            raise StorageError(f"the database has schema version {version}; this adapter runs {SCHEMA_VERSION}")
+        return version
 
     def close(self) -> None:
         """Close every pooled connection."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import pydicom
 import pytest
+import sqlalchemy as sa
 
 from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import OUT_OF_RESOURCES, SUCCESS
@@ -208,6 +209,18 @@ def test_a_database_that_cannot_be_read_fails_readiness(tmp_path: Path) -> None:
         check = r.json()["checks"]["database:responseTime"][0]
         assert check["status"] == "fail" and check["output"]
         assert json.dumps(r.json()).find(str(tmp_path)) == -1  # no paths, nothing internal
+
+
+def test_a_database_missing_a_table_fails_readiness(tmp_path: Path) -> None:
+    """A database restored in part under the running adapter: its schema version still answers,
+    the table the next request needs does not."""
+    with adapter_client(tmp_path, dicom_enabled=False) as (client, services):
+        with services.store.engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE audit"))
+        r = client.get("/health/ready")
+        assert r.status_code == 503, r.text
+        check = r.json()["checks"]["database:responseTime"][0]
+        assert check["status"] == "fail" and "audit" in check["output"]
 
 
 def test_an_scp_bound_to_every_address_is_looked_for_on_loopback() -> None:

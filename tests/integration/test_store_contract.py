@@ -692,6 +692,26 @@ def test_newer_schema_is_refused(open_records: StoreFactory) -> None:
         open_records()
 
 
+def test_ping_answers_the_schema_version_and_fails_for_a_missing_table_or_another_version(
+        store: SqlRecordStore) -> None:
+    """Readiness (GET /health/ready) asks ping: a database restored in part or replaced under
+    the running adapter is not ready, though its schema_version table still answers."""
+    assert store.ping() == SCHEMA_VERSION
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE outbox"))
+    with pytest.raises(StorageError, match="lacks table.*outbox"):
+        store.ping()
+
+
+def test_ping_fails_for_a_schema_version_other_than_the_adapters(store: SqlRecordStore) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO schema_version (version, applied) VALUES (99, :t)"),
+                     {"t": "2030-01-01T00:00:00.000000+00:00" if conn.dialect.name == "sqlite"
+                      else datetime(2030, 1, 1, tzinfo=UTC)})
+    with pytest.raises(StorageError, match="schema version 99"):
+        store.ping()
+
+
 def test_concurrent_ingests(store: SqlRecordStore) -> None:
     errors: list[BaseException] = []
     units = [[make_unit() for _ in range(10)] for _ in range(8)]
