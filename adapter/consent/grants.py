@@ -14,7 +14,8 @@ The mapping, and where it fails closed:
   the last instant of that day; a timezone-naive dateTime is read as UTC.
 * ``provision.data[].reference.reference`` gives the data scope (any ``meaning`` is read as
   ``instance``; a ``/_history/n`` suffix is dropped; an absolute reference is read as its
-  ``Type/id``, so a deny naming a record by its full URL applies). A data entry without a literal reference cannot be
+  ``Type/id``, so a deny naming a record by its full URL applies). A data entry without a literal
+  reference of that form (:func:`literal_type_id`: ``Media/abc/`` or ``Media/abc `` is none) cannot be
   matched: a deny then applies to all data, a permit only to the entries that can be matched
   (to nothing if there are none).
 * Restrictions this adapter cannot evaluate (``actor``, ``class``, ``code``, ``securityLabel``,
@@ -57,7 +58,10 @@ CONSENT_METHOD_EXTENSION = "http://clinical-image-adapter.org/fhir/StructureDefi
 _READ_ACTIONS = frozenset({"access", "use"})
 _UNEVALUABLE = ("actor", "class", "code", "securityLabel", "dataPeriod")
 _PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$", re.ASCII)
-_HISTORY = re.compile(r"/_history/[^/]+$")
+#: The R4 literal reference (references.html#literal, the pattern on Reference.reference), any
+#: resource type: an optional http(s) base, ``Type/id``, an optional ``/_history/vid``.
+_LITERAL_REFERENCE = re.compile(r"(?:https?://(?:[A-Za-z0-9\-\\.:%$]*/)+)?"
+                                r"(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
 
 
 @dataclass(frozen=True)
@@ -194,8 +198,9 @@ def _scope(provision: Mapping[str, Any], expr: str, parent: _Scope | None) -> _S
         for item in _array(provision.get("data"), f"{expr}.data"):
             ref = item.get("reference") if isinstance(item, Mapping) else None
             literal = ref.get("reference") if isinstance(ref, Mapping) else None
-            if isinstance(literal, str) and literal:
-                refs.add(_relative(_HISTORY.sub("", literal)))
+            named = literal_type_id(literal) if isinstance(literal, str) else None
+            if named is not None:
+                refs.add(named)
             else:
                 unresolved = True
         data_refs = frozenset(refs)
@@ -231,13 +236,16 @@ def _purposes(scope: _Scope) -> frozenset[str]:
     return scope.purposes
 
 
-def _relative(reference: str) -> str:
-    """``Type/id`` of an absolute reference (``https://host/fhir/Media/abc``); a relative one as
-    it is. The records are compared by ``Type/id``: a deny naming one by its full URL applies."""
-    if "://" not in reference:
-        return reference
-    parts = [p for p in reference.split("/") if p]
-    return "/".join(parts[-2:]) if len(parts) >= 4 else reference
+def literal_type_id(reference: str) -> str | None:
+    """``Type/id`` of a literal reference (R4 Reference.reference, https://hl7.org/fhir/R4/
+    references.html#literal): ``Type/id``, or an absolute URL ending in it, either with an optional
+    ``/_history/vid`` (the version left out: the record is what a data scope names). None for
+    anything else (``Media/abc/``, ``/Media/abc``, ``Media/abc `` or ``Media/abc/_history``, a
+    fragment, a search URL): the data entry names no record the decision can match, so it is
+    read as one whose data cannot be told (a deny then applies to all data, a permit to none);
+    a write refuses it (adapter.services.consents)."""
+    match = _LITERAL_REFERENCE.fullmatch(reference)
+    return f"{match['type']}/{match['id']}" if match else None
 
 
 def _data_refs(scope: _Scope) -> frozenset[str]:

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapter.errors import InvalidInput, InvalidResource
-from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long
+from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long, padded
 
 #: The resource types the adapter takes in, and their fhir.resources.R4B modules.
 R4B_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
@@ -43,7 +43,7 @@ def validate_r4_resource(resource: Mapping[str, Any]) -> None:
     if not isinstance(rtype, str) or rtype not in R4B_MODULES:
         raise InvalidResource(f"unsupported resourceType {str(rtype)[:40]}", expression="resourceType")
     check_json_representation(resource, rtype)
-    check_indexed_lengths(resource, rtype)
+    check_indexed_values(resource, rtype)
     validate_model(rtype, resource, rtype)
 
 
@@ -119,20 +119,26 @@ def first_modifier(value: Any, path: str, keys: Sequence[str] = ("modifierExtens
 _INDEXED = frozenset({"system", "code", "reference"})
 
 
-def check_indexed_lengths(value: Any, path: str, *, identifier: bool = False) -> None:
+def check_indexed_values(value: Any, path: str, *, identifier: bool = False) -> None:
     """Every Identifier's ``system`` and ``value`` in ``value`` (a resource or Bundle, contained
     and nested ones included), every coding's ``system`` and ``code`` and every ``reference`` is
     at most IDENTIFIER_MAX_BYTES (adapter.model.photo), the bound of every identifier the adapter
-    takes, on every channel, so that what one store keeps another does too. Raises InvalidInput
-    (422: understood, and over the adapter's limit) naming the element, never quoting it."""
+    takes, on every channel, so that what one store keeps another does too; and none begins or
+    ends with white space (adapter.model.photo.padded: matched exactly, a padded patient
+    identifier escaped its patient's Consent). Raises InvalidInput (422: understood, and over
+    the adapter's limit or refused by its rule) naming the element, never quoting it."""
     if isinstance(value, dict):
         for key, item in value.items():
             where = f"{path}.{key}"
-            if isinstance(item, str) and (key in _INDEXED or (identifier and key == "value")) \
-                    and identifier_too_long(item):
-                raise InvalidInput(f"{where} is longer than the adapter takes ({IDENTIFIER_MAX_BYTES} bytes in "
-                                   "UTF-8): nothing was stored", expression=where)
-            check_indexed_lengths(item, where, identifier=key in _IDENTIFIER_ELEMENTS)
+            if isinstance(item, str) and (key in _INDEXED or (identifier and key == "value")):
+                if identifier_too_long(item):
+                    raise InvalidInput(f"{where} is longer than the adapter takes ({IDENTIFIER_MAX_BYTES} bytes in "
+                                       "UTF-8): nothing was stored", expression=where)
+                if padded(item):
+                    raise InvalidInput(f"{where} begins or ends with white space: it is matched exactly, so it "
+                                       "would name another patient or record than meant; nothing was stored",
+                                       expression=where)
+            check_indexed_values(item, where, identifier=key in _IDENTIFIER_ELEMENTS)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            check_indexed_lengths(item, f"{path}[{i}]", identifier=identifier)
+            check_indexed_values(item, f"{path}[{i}]", identifier=identifier)

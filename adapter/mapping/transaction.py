@@ -99,7 +99,7 @@ from adapter.mapping.document_metadata import (
     read_document_metadata,
     refuse_not_understood,
 )
-from adapter.mapping.fhir_json import check_indexed_lengths, check_json_representation, validate_model
+from adapter.mapping.fhir_json import check_indexed_values, check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, find_extension, parse_fhir_datetime, utc_instant
 from adapter.mapping.outcome import issue, outcome
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
@@ -740,7 +740,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
     if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
         raise InvalidResource("expected a Bundle", expression="resourceType")
     check_json_representation(dict(bundle), "Bundle")
-    check_indexed_lengths(dict(bundle), "Bundle")
+    check_indexed_values(dict(bundle), "Bundle")
     btype = bundle.get("type")
     if btype != "transaction":
         if not isinstance(btype, str) or btype not in _BUNDLE_TYPES:

@@ -105,10 +105,26 @@ def _bounded(text: str) -> str:
     return text
 
 
+def padded(text: str) -> bool:
+    """``text`` (an identifier's system or value, a code, a reference) begins or ends with
+    white space. Matching is exact (FHIR search.html#token), so ``MRN-1 `` would be another
+    patient than ``MRN-1`` to a Consent, while DICOM, where padding is not significant (PS3.5
+    6.2), files both under one: a photo sent so passed its patient's denial of care and reached
+    the PACS as that patient's. Refused on every channel that takes FHIR, as DICOM's are read
+    without their padding."""
+    return text != text.strip()
+
+
+def _trimmed(text: str) -> str:
+    if padded(text):
+        raise ValueError("begins or ends with white space (an identifier is matched exactly)")
+    return text
+
+
 #: An identifier's system or value as a client submits it (:data:`IDENTIFIER_MAX_BYTES`).
-SubmittedText = Annotated[str, Field(min_length=1), AfterValidator(_bounded)]
+SubmittedText = Annotated[str, Field(min_length=1), AfterValidator(_bounded), AfterValidator(_trimmed)]
 #: A literal reference as a client submits it, within the same bound (a patient's is indexed).
-SubmittedReference = Annotated[str, AfterValidator(_bounded)]
+SubmittedReference = Annotated[str, AfterValidator(_bounded), AfterValidator(_trimmed)]
 
 
 class Identifier(_Model):

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapter.consent import grants_from_consent, inverted_period
+from adapter.consent.grants import literal_type_id
 from adapter.errors import (
     BusinessRuleViolation,
     Conflict,
@@ -88,6 +89,13 @@ class ConsentService:
                 # permit permit nothing: refused when written, in nested provisions too
                 raise InvalidInput(f"{where} is not a known v3-ActReason purpose-of-use code ({V3_ACT_REASON})",
                                    expression=where)
+        for where, literal in _data_references(resource.get("provision"), "Consent.provision"):
+            if literal_type_id(literal) is None:
+                # read, it would name no record: a deny would then deny all the patient's data,
+                # a permit permit none; refused rather than half-applied
+                raise InvalidInput(f"{where} is not a literal reference [base/]Type/id[/_history/vid] "
+                                   "(https://hl7.org/fhir/R4/references.html#literal): the record it names "
+                                   "cannot be told", expression=where)
         try:
             grants_from_consent(resource)
         except (ValueError, ValidationError) as exc:
@@ -179,6 +187,20 @@ def _purpose_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str,
         yield f"{path}.purpose[{i}]", coding if isinstance(coding, dict) else {}
     for k, nested in enumerate(provision.get("provision") or []):
         yield from _purpose_codings(nested, f"{path}.provision[{k}]")
+
+
+def _data_references(provision: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(path, literal reference) of every ``data[].reference.reference`` in ``provision`` and its
+    nested provisions (the model has checked the shapes; anything else is skipped)."""
+    if not isinstance(provision, dict):
+        return
+    for i, data in enumerate(provision.get("data") or []):
+        ref = data.get("reference") if isinstance(data, dict) else None
+        literal = ref.get("reference") if isinstance(ref, dict) else None
+        if isinstance(literal, str):
+            yield f"{path}.data[{i}].reference.reference", literal
+    for k, nested in enumerate(provision.get("provision") or []):
+        yield from _data_references(nested, f"{path}.provision[{k}]")
 
 
 def _action_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:

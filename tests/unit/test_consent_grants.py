@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from adapter.consent import ANY_PURPOSE, decide, grant_from_consent, grants_from_consent
-from adapter.consent.grants import CONSENT_ACTION, CONSENT_METHOD_EXTENSION, V3_ACT_CODE
+from adapter.consent.grants import CONSENT_ACTION, CONSENT_METHOD_EXTENSION, V3_ACT_CODE, literal_type_id
 from adapter.errors import BusinessRuleViolation, InvalidResource, NotSupported
 from adapter.model.photo import ConsentMethod, Identifier, PhotoKind, PhotoSource
 from adapter.model.purpose import V3_ACT_REASON, PurposeOfUse
@@ -253,6 +253,27 @@ def test_deny_scoped_to_data_we_cannot_match_applies_to_all_data() -> None:
         {"meaning": "instance", "reference": {"reference": "Media/m2"}},
         {"meaning": "instance", "reference": {"identifier": {"system": "urn:x", "value": "1"}}}]})
     assert grant_from_consent(resource).data_refs == frozenset()
+
+
+@pytest.mark.parametrize("written", ["Media/m1/", "/Media/m1", "Media/m1 ", "Media/m1/_history", "m1",
+                                     "Media/m1?_id=m1", "#m1", "Media/"])
+def test_a_deny_naming_its_record_in_no_literal_reference_form_applies_to_all_data(written: str) -> None:
+    """Review finding: a deny of TRAIN naming the record ``Media/m1/`` (or ``/Media/m1``,
+    ``Media/m1 ``, ``Media/m1/_history``) was read as naming a record ``Media/m1/`` that does not
+    exist, so the patient's TRAIN permit released the record. What is no literal reference
+    names no record the decision can match: the deny applies to all the patient's data."""
+    consent = make_consent({"type": "permit", "purpose": purpose("TRAIN"), "provision": [
+        {"type": "deny", "data": [{"meaning": "instance", "reference": {"reference": written}}]}]})
+    assert permitted(make_consent({"type": "permit", "purpose": purpose("TRAIN")}), "TRAIN", NOW)
+    assert not permitted(consent, "TRAIN", NOW, governed_by="Media/m1")
+    assert not permitted(consent, "TRAIN", NOW, governed_by="Media/m2")
+
+
+@pytest.mark.parametrize(("written", "named"), [
+    ("Media/m1", "Media/m1"), ("Media/m1/_history/3", "Media/m1"), ("DocumentReference/a-b.c", "DocumentReference/a-b.c"),
+    ("https://images.example.org/fhir/Media/m1", "Media/m1"), ("http://h:8080/base/Media/m1/_history/1", "Media/m1")])
+def test_a_literal_reference_names_its_type_and_id(written: str, named: str) -> None:
+    assert literal_type_id(written) == named
 
 
 # -- restrictions we cannot evaluate -----------------------------------------------------------------
