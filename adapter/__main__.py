@@ -26,6 +26,7 @@ from adapter.services.unreferenced import DEFAULT_GRACE_SECONDS, MIN_GRACE_SECON
 
 if TYPE_CHECKING:
     from adapter.dicom import StoreSCP
+    from adapter.mapping.audit_application import Application
     from adapter.services.registry import Services
 
 
@@ -58,33 +59,54 @@ def check_startup(settings: Settings) -> None:
         AeOptions.from_settings(settings, configuration.tables.policy)
 
 
-def _start_dicom(settings: Settings) -> tuple[StoreSCP | None, Services] | None:
+def _start_dicom(settings: Settings, services: Services) -> StoreSCP | None:
     """The DICOM SCP and the outbox forwarder (C-STORE SCU, when ADAPTER_FORWARD_TO is set) in
     background threads of this process (never in HTTP worker processes: one listener per port,
-    one forwarder), on services of their own; None when neither is configured.
-    Raises AdapterError when they cannot start."""
+    one forwarder), on ``services``; the SCP, or None when it is not enabled.
+    Raises AdapterError when they cannot start (an SCP already listening is stopped again)."""
     destinations = settings.destinations
     if not settings.dicom_enabled and not destinations:
         return None
     from adapter.dicom import AeOptions, StoreSCP
     from adapter.dicom.scu import StoreSCU
-    from adapter.services.registry import build_services
 
-    services = build_services(settings)
     scp: StoreSCP | None = None
     try:
         if settings.dicom_enabled:
             scp = StoreSCP(AeOptions.from_settings(settings, services.tables.policy), services.dicom_ingest)
             scp.start()
-        if destinations:  # services.close() stops it
+        if destinations:  # services.stop_forwarding() stops it
             services.start_forwarding(StoreSCU.from_settings(settings))
             logging.getLogger("adapter").info("forwarding new photos to %s", ", ".join(destinations))
     except BaseException:
         if scp is not None:
             scp.stop()
-        services.close()
         raise
-    return scp, services  # StoreSCP.start logged its address
+    return scp  # StoreSCP.start logged its address
+
+
+def operating_system_account() -> str:
+    """The operating-system account this process runs as, by its real uid (who ran the command):
+    the user an audit event names for ``audit`` and ``serve``. Not the environment's USER, which
+    any caller sets to any name; a uid with no name in the password database is ``uid <n>``."""
+    import pwd
+
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def this_application(settings: Settings, *, serves_dicom: bool) -> Application:
+    """This process as an audit participant (adapter.mapping.audit_application): its process
+    id, its host's name, and its AE title when it serves DICOM."""
+    import socket
+
+    from adapter.mapping.audit_application import Application
+
+    return Application(process_id=os.getpid(), host=socket.gethostname() or None,
+                       ae_title=settings.ae_title if serves_dicom else None)
 
 
 class _Terminated(BaseException):
@@ -145,12 +167,24 @@ def serve(settings: Settings) -> int:
     """The HTTP API in this thread and, when enabled, the DICOM SCP beside it; the SCP stops
     (associations finish their ingest first) when the HTTP server does.
 
+    The start and the stop are audited (IHE ATNA ITI-20 Actor-start-stop, DICOM PS3.15 A.5.3.1
+    Application Activity), once for the service, by this process whatever the number of HTTP
+    workers (they are its children and audit no start of their own): the start once the store
+    is open, before anything listens; the stop once nothing takes work any more (the HTTP server,
+    the SCP and the forwarder stopped), before the store closes. A start that fails before the
+    store is open (settings, policy, tables, the store itself) records nothing: there is no trail
+    to write to. Once the start is recorded, the stop always is, so every start in the trail has
+    its stop; a listener that could not start (a port taken) makes it outcome 8, saying why. A
+    start that cannot be recorded is not made (exit 2): the service does not run unaudited.
+
     uvicorn handles SIGTERM and SIGINT itself, then restores the previous handlers and raises the
     signal again: the handler installed here turns that into an exception, so the SCP and its
     store are closed, and the signal is raised once more at the end, under its default action:
     the process ends by it (exit status 143 for SIGTERM, 130 for Ctrl-C), without the
     KeyboardInterrupt traceback Python's own SIGINT handler would print.
     """
+    from adapter.services.registry import build_services
+
     log = logging.getLogger("adapter")
     log.info("policy %s, mapping tables in %s", settings.resolved_policy, settings.resolved_mappings_dir)
     if settings.policy_is_the_installed_example:
@@ -159,33 +193,70 @@ def serve(settings: Settings) -> int:
     if settings.http_workers > 1:
         _multiprocess_metrics(settings)
     try:
-        dicom = _start_dicom(settings)
+        # the SCP's, the forwarder's and the audit's; with one HTTP process, its too
+        services = build_services(settings)
     except AdapterError as exc:
-        # the services (policy, tables, store) are built here too: each message names its own cause
+        # the policy, tables and store are checked here: each message names its own cause
         log.error("cannot start: %s", exc.diagnostics)
         return 2
-    scp, services = dicom if dicom is not None else (None, None)
+    application = this_application(settings, serves_dicom=settings.dicom_enabled)
+    try:
+        services.auditor.record_application_activity(application, start=True, launcher=operating_system_account())
+    except AdapterError as exc:
+        services.close()
+        log.error("cannot start: its start cannot be audited: %s", exc.diagnostics)
+        return 2
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {signum: signal.signal(signum, _raise_terminated) for signum in _STOP_SIGNALS} if main_thread else {}
     ended_by: int | None = None
+    scp: StoreSCP | None = None
+    failure: str | None = None  # why the service did not run: the stop's outcomeDesc (outcome 8)
     try:
+        try:
+            scp = _start_dicom(settings, services)
+        except AdapterError as exc:
+            log.error("cannot start: %s", exc.diagnostics)
+            failure = f"could not start: {exc.diagnostics}"
+            return 2
         # one HTTP process: it shares the SCP's and forwarder's services, so an ingest wakes the
         # forwarder at once (workers in other processes rely on its poll)
-        return _serve_http(settings, services if settings.http_workers == 1 else None)
+        status = _serve_http(settings, services if settings.http_workers == 1 else None)
+        if status != 0:
+            failure = "the HTTP server could not start"
+        return status
     except _Terminated as stop:
         ended_by = stop.signum
         return 0
+    except SystemExit as exc:  # uvicorn's, when it cannot listen (a port taken)
+        failure = f"the HTTP server ended with exit status {exc.code}"
+        raise
+    except BaseException as exc:
+        failure = f"ended by {type(exc).__name__}"
+        raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if scp is not None:
             scp.stop()
-        if services is not None:
-            services.close()
+        services.stop_forwarding()
+        _record_stop(services, application, ended_by, failure)
+        services.close()
         if ended_by is not None:
             if previous.get(signal.Signals(ended_by)) is signal.default_int_handler:
                 signal.signal(ended_by, signal.SIG_DFL)  # ended by Ctrl-C, not by a traceback
             signal.raise_signal(ended_by)
+
+
+def _record_stop(services: Services, application: Application, ended_by: int | None, failure: str | None) -> None:
+    """The Application Stop of :func:`serve`: outcome 0 saying what stopped it (a signal, or the
+    HTTP server ending), or 8 with ``failure``. A stop that cannot be recorded is logged: the
+    service stops all the same."""
+    reason = failure or (f"stopped by {signal.Signals(ended_by).name}" if ended_by is not None else "stopped")
+    try:
+        services.auditor.record_application_activity(application, start=False, outcome="8" if failure else "0",
+                                                     reason=reason)
+    except Exception as exc:  # noqa: BLE001 - stopping goes on whatever the audit store does
+        logging.getLogger("adapter").error("could not audit the stop (%s)", type(exc).__name__)
 
 
 def _serve_http(settings: Settings, services: Services | None = None) -> int:
@@ -368,15 +439,16 @@ def _instant(value: str) -> datetime:
 
 
 def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
-    """``python -m adapter audit``: NDJSON on standard output, a summary on standard error."""
+    """``python -m adapter audit``: NDJSON on standard output, a summary on standard error. The
+    export is audited (adapter.services.audit.export_audit) naming the operating-system account
+    that ran it (:func:`operating_system_account`) and this process on this host: no network
+    address, it came over none."""
     import json
-    import os
 
-    from adapter.model.purpose import RequestContext
     from adapter.services.audit import export_audit
-    from adapter.services.purpose import parse_purpose_of_use
     from adapter.services.registry import build_services
     from adapter.store import NoStore, open_store
+    from adapter.store.engine import audit_log_uri
 
     try:
         # an export from the wrong folder or database must not make a new, empty store there and
@@ -390,12 +462,12 @@ def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
     except AdapterError as exc:
         print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
         return 2
+    count, last = 0, args.after
     try:
-        purpose = parse_purpose_of_use(args.purpose, services.tables)
-        ctx = RequestContext(purpose=purpose, actor=f"operator {os.environ.get('USER', 'unknown')} (python -m adapter "
-                                                    "audit)", client_address="localhost", channel="cli")
-        count, last = 0, args.after
-        for seq, event in export_audit(services.store, services.auditor, ctx, services.tables, after=args.after,
+        for seq, event in export_audit(services.store, services.auditor, services.tables,
+                                       operator=operating_system_account(), purpose=args.purpose,
+                                       application=this_application(settings, serves_dicom=False),
+                                       audit_log=audit_log_uri(settings.resolved_database_url), after=args.after,
                                        since=args.since, until=args.until, limit=args.limit):
             sys.stdout.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
             count, last = count + 1, seq

@@ -1,6 +1,7 @@
 """Every decision, allow or deny, becomes an IHE BALP-shaped AuditEvent in the store, or for a
-DICOM exchange a DICOM audit message (adapter.mapping.audit_dicom); the audit trail leaves the
-adapter only through :func:`export_audit`, itself audited."""
+DICOM exchange a DICOM audit message (adapter.mapping.audit_dicom); the adapter's start and stop
+and every use of the audit trail are audited as IHE ATNA asks (adapter.mapping.audit_application).
+The audit trail leaves the adapter only through :func:`export_audit`, itself audited."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from adapter.consent import decide_audit_export
-from adapter.errors import BusinessRuleViolation, Forbidden
+from adapter.errors import BusinessRuleViolation, Forbidden, PurposeOfUseMissing, UnknownPurposeOfUse
 from adapter.mapping.audit import audit_event
+from adapter.mapping.audit_application import Application, application_activity_event, audit_log_used_event
 from adapter.mapping.audit_dicom import (
     INSTANCES_TRANSFERRED,
     QUERY,
@@ -23,7 +25,8 @@ from adapter.mapping.tables import Tables
 from adapter.metrics import DECISIONS
 from adapter.model.decision import Decision
 from adapter.model.photo import Identifier
-from adapter.model.purpose import RequestContext
+from adapter.model.purpose import PurposeOfUse, RequestContext
+from adapter.services.purpose import parse_purpose_of_use
 from adapter.store.port import RecordStore
 
 
@@ -190,23 +193,59 @@ class Auditor:
             request_id=request_id, entities=[], patient=None, query=None))
 
 
-def export_audit(store: RecordStore, auditor: Auditor, ctx: RequestContext, tables: Tables, *, after: int = 0,
-                 since: datetime | None = None, until: datetime | None = None,
-                 limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    def record_application_activity(self, application: Application, *, start: bool, launcher: str | None = None,
+                                    outcome: str = "0", reason: str | None = None) -> None:
+        """Store the Application Activity (DICOM PS3.15 A.5.3.1) of ``application`` starting
+        (``start``) or stopping, started by the operating-system account ``launcher``
+        (adapter.mapping.audit_application)."""
+        self._store.append_audit(application_activity_event(
+            start=start, recorded=self._now(), application=application, launcher=launcher, outcome=outcome,
+            outcome_desc=reason))
+
+    def record_audit_log_used(self, *, operator: str, purpose: PurposeOfUse | None, permitted: bool, reason: str,
+                              application: Application, audit_log: str) -> None:
+        """Store the Audit Log Used (DICOM PS3.15 A.5.3.2) of an export of the audit log
+        ``audit_log`` by the operating-system account ``operator`` for ``purpose`` (None: the
+        one stated is not known), permitted or refused (outcome 4) for ``reason``."""
+        DECISIONS.labels("audit-export", purpose.code if purpose is not None else "unknown",
+                         "permit" if permitted else "deny" if purpose is not None else "refused").inc()
+        self._store.append_audit(audit_log_used_event(
+            recorded=self._now(), outcome="0" if permitted else "4", outcome_desc=reason, operator=operator,
+            operator_display=f"operator {operator} (python -m adapter audit)",
+            purpose=(purpose.system, purpose.code) if purpose is not None else None, application=application,
+            audit_log=audit_log))
+
+
+def export_audit(store: RecordStore, auditor: Auditor, tables: Tables, *, operator: str, purpose: str,
+                 application: Application, audit_log: str, after: int = 0, since: datetime | None = None,
+                 until: datetime | None = None, limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """The stored AuditEvents (sequence number, event with ``id`` the sequence number), in the
     order they were stored, after sequence number ``after``, recorded in [``since``, ``until``),
     at most ``limit``: for a security officer or a SIEM, which continues later from the last
     sequence number it got. The trail names patients, so taking it out is decided
     (adapter.consent.decide_audit_export: one of the organisation's operations, in care's full
-    view) and audited, before the first event leaves (an AuditEvent of AuditEvents, purpose
-    ``ctx.purpose``). Forbidden when the decision refuses it (the refusal is audited too)."""
+    view, ``purpose`` as the operator stated it) and audited before the first event leaves: an
+    Audit Log Used (DICOM PS3.15 A.5.3.2, IHE ATNA ITI-20) of the audit log ``audit_log`` (its
+    URI) by the operating-system account ``operator``, through ``application``. A purpose that
+    is not known (UnknownPurposeOfUse, PurposeOfUseMissing) or that the decision refuses
+    (Forbidden) is refused, and the refusal audited (outcome 4)."""
     window = ", ".join(f"{k} {v}" for k, v in (("after", after or None), ("since", since), ("until", until),
                                                 ("limit", limit)) if v is not None)
-    decision = decide_audit_export(ctx.purpose, tables)
-    auditor.record(ctx, interaction="search-type", action="E", decision=decision, entities=[], patient=None,
-                   reason=f"audit trail export{': ' + window if window else ''}: {decision.reason}")
+    what = f"audit trail export{': ' + window if window else ''}"
+
+    def audit(purpose_of_use: PurposeOfUse | None, permitted: bool, reason: str) -> None:
+        auditor.record_audit_log_used(operator=operator, purpose=purpose_of_use, permitted=permitted,
+                                      reason=f"{what}: {reason}", application=application, audit_log=audit_log)
+
+    try:
+        purpose_of_use = parse_purpose_of_use(purpose, tables)
+    except (PurposeOfUseMissing, UnknownPurposeOfUse) as exc:
+        audit(None, False, exc.diagnostics or "unknown purpose of use")
+        raise
+    decision = decide_audit_export(purpose_of_use, tables)
+    audit(purpose_of_use, decision.permitted, decision.reason)
     if not decision.permitted:
-        raise Forbidden(f"the audit trail cannot be exported for {ctx.purpose.code}: {decision.reason}")
+        raise Forbidden(f"the audit trail cannot be exported for {purpose_of_use.code}: {decision.reason}")
     for count, (seq, event) in enumerate(store.iter_audit(after=after, since=since, until=until)):
         if limit is not None and count >= limit:
             return

@@ -195,10 +195,15 @@ class Services:
             self.ingest.on_commit = self.forwarder.wake
         return self.forwarder
 
-    def close(self) -> None:
+    def stop_forwarding(self) -> None:
+        """Stop the outbox worker, if it runs (its batch under way finished): ``serve`` records
+        its Application Stop once nothing takes work any more, before the store closes."""
         if self.forwarder is not None:
             self.forwarder.stop()
             self.forwarder = None
+
+    def close(self) -> None:
+        self.stop_forwarding()
         self.store.close()
 
 

@@ -56,6 +56,21 @@ def check_database_url(database_url: str, *, schema: str | None = None) -> URL:
     raise ConfigurationError(_URL_SCHEMES)
 
 
+def audit_log_uri(database_url: str) -> str:
+    """The URI that names the audit trail of the store at ``database_url`` in an AuditEvent (the
+    audit log's ParticipantObjectID, DICOM PS3.15 A.5.3.2): its database (a SQLite file as a
+    ``file:`` URI; a PostgreSQL database by host, port and name) and its table as the fragment.
+    The user, password and query of the URL are left out: an AuditEvent is no place for them.
+    Raises ConfigurationError as :func:`check_database_url` does."""
+    from urllib.parse import quote
+
+    url = check_database_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        return f"{Path(url.database or '').expanduser().resolve().as_uri()}#audit"
+    host = quote(url.host or "localhost", safe=".-_:[]")
+    return f"postgresql://{host}{f':{url.port}' if url.port else ''}/{quote(url.database or '', safe='')}#audit"
+
+
 def create_store_engine(database_url: str, *, schema: str | None = None, pool_size: int = 5,
                         max_overflow: int = 10) -> Engine:
     """An Engine for ``sqlite:///<file>`` or ``postgresql+psycopg://…``.

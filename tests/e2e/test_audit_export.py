@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -14,12 +16,25 @@ from typing import Any
 
 from tests.conftest import ROOT, record_emitted
 from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+from tests.support.audit import DCM
+
+#: The operating-system account running the tests, as the password database names it.
+ACCOUNT = pwd.getpwuid(os.getuid()).pw_name
+AUDIT_LOG_USED = "110101"
 
 
-def _export(tmp_path: Path, *args: str) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
+def _export(tmp_path: Path, *args: str, environ: dict[str, str | None] | None = None,
+            ) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
+    """``python -m adapter audit *args`` on ``tmp_path``'s store; ``environ``: variables to set
+    (or, None, to unset) for it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
     env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_POLICY=str(tmp_path / "policy.yaml"),
                ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
+    for name, value in (environ or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     done = subprocess.run([sys.executable, "-m", "adapter", "audit", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120, check=False)
     events = [json.loads(line) for line in done.stdout.splitlines()]
@@ -35,9 +50,12 @@ def test_the_audit_trail_is_exported_and_the_export_audited(tmp_path: Path) -> N
     events, done = _export(tmp_path)
     assert done.returncode == 0, done.stderr
     # the client's create and reads, then the export itself, recorded before the first event left
-    assert [(e["subtype"][0]["code"], e["outcome"]) for e in events] == \
-        [("create", "0"), ("read", "0"), ("read", "4"), ("search-type", "0")]
-    assert "audit trail export" in events[-1]["outcomeDesc"]
+    assert [(e["subtype"][0]["code"], e["outcome"]) for e in events[:-1]] == \
+        [("create", "0"), ("read", "0"), ("read", "4")]
+    export = events[-1]
+    assert (export["type"], export["action"], export["outcome"]) == \
+        ({"system": DCM, "code": AUDIT_LOG_USED, "display": "Audit Log Used"}, "R", "0")
+    assert "audit trail export" in export["outcomeDesc"]
     assert all(e["resourceType"] == "AuditEvent" for e in events)
     ids = [int(e["id"]) for e in events]
     assert ids == sorted(ids)
@@ -45,15 +63,22 @@ def test_the_audit_trail_is_exported_and_the_export_audited(tmp_path: Path) -> N
     assert any(ent.get("what", {}).get("identifier") == PATIENT for ent in events[0]["entity"])
     record_emitted(events)
 
-    [user] = [a for a in events[-1]["agent"] if a.get("requestor")]
+    [user] = [a for a in export["agent"] if a.get("requestor")]
     assert "python -m adapter audit" in user["who"]["display"]
     assert user["purposeOfUse"][0]["coding"][0]["code"] == "RECORDMGT"  # the default
+    # the audit log it read: a security resource, named by the URI of the store's audit table
+    [audit_log] = export["entity"]
+    assert audit_log["what"]["identifier"] == {
+        "system": "urn:ietf:rfc:3986", "value": f"{(tmp_path / 'data' / 'adapter.db').resolve().as_uri()}#audit"}
+    assert (audit_log["type"]["code"], audit_log["role"]["code"]) == ("2", "13")
+    # it ran on this host, over no network: no invented address, the host by its name
+    assert [a.get("network") for a in export["agent"]] == [None, {"address": socket.gethostname(), "type": "1"}]
 
     # a SIEM continues where it stopped: only what came after, here the second export itself
     later, done = _export(tmp_path, "--after", str(ids[-1]), "--purpose", "RECORDMGT")
     assert done.returncode == 0, done.stderr
     [export] = later
-    assert export["subtype"][0]["code"] == "search-type" and int(export["id"]) > ids[-1]
+    assert export["type"]["code"] == AUDIT_LOG_USED and int(export["id"]) > ids[-1]
     assert f"after {ids[-1]}" in export["outcomeDesc"]
     [user] = [a for a in export["agent"] if a.get("requestor")]
     assert user["purposeOfUse"][0]["coding"][0]["code"] == "RECORDMGT"
@@ -96,3 +121,39 @@ def test_an_export_from_a_folder_with_no_store_creates_none(tmp_path: Path) -> N
     assert done.returncode == 2 and events == [], done.stdout + done.stderr
     assert "nothing to export" in done.stderr
     assert not (tmp_path / "data" / "adapter.db").exists()
+
+
+def test_the_operator_is_the_account_running_the_export_whatever_the_environment_says(tmp_path: Path) -> None:
+    """Audit review: the operator was taken from USER, which any caller sets (``USER="Dr Someone
+    Else" python -m adapter audit`` was recorded as that operator, and with USER unset as
+    "operator unknown"). It is the account of the process's real uid."""
+    with adapter_client(tmp_path) as (client, _):
+        assert post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).status_code == 201
+    assert _export(tmp_path, environ={"USER": "Dr Someone Else", "LOGNAME": "Dr Someone Else"})[1].returncode == 0
+    assert _export(tmp_path, environ={"USER": None, "LOGNAME": None})[1].returncode == 0
+    events, done = _export(tmp_path)
+    assert done.returncode == 0, done.stderr
+    exports = [e for e in events if e["type"]["code"] == AUDIT_LOG_USED]
+    assert len(exports) == 3
+    for export in exports:
+        [user] = [a for a in export["agent"] if a.get("requestor")]
+        assert user["who"]["identifier"]["value"] == ACCOUNT
+        assert user["who"]["display"] == f"operator {ACCOUNT} (python -m adapter audit)"
+    assert "Someone Else" not in done.stdout and "operator unknown" not in done.stdout
+
+
+def test_an_export_refused_for_an_unknown_purpose_is_audited(tmp_path: Path) -> None:
+    """Audit review: ``--purpose FOO`` was refused but, unlike the other refusals, not audited."""
+    with adapter_client(tmp_path) as (client, _):
+        assert post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).status_code == 201
+    events, done = _export(tmp_path, "--purpose", "FOO")
+    assert (events, done.returncode) == ([], 2) and "purpose" in done.stderr
+    events, done = _export(tmp_path)
+    assert done.returncode == 0, done.stderr
+    refused, export = [e for e in events if e["type"]["code"] == AUDIT_LOG_USED]
+    assert (refused["action"], refused["outcome"]) == ("R", "4")
+    assert refused["outcomeDesc"] == "audit trail export: unknown purpose-of-use code 'FOO'"
+    [user] = [a for a in refused["agent"] if a.get("requestor")]
+    assert "purposeOfUse" not in user and user["who"]["identifier"]["value"] == ACCOUNT
+    assert refused["entity"] == export["entity"]  # the same audit log, which it did not get
+    record_emitted(events)
