@@ -1012,3 +1012,31 @@ def test_a_write_is_audited_under_the_purpose_its_caller_stated(tmp_path: Path) 
         assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=fhir_json).status_code == 201
         assert _purpose_of_use(last_event()) == [(act_reason, "TREAT")]
 
+
+def test_a_photo_the_store_fails_to_keep_is_audited_as_a_failed_create(tmp_path: Path) -> None:
+    """Found by the audit review: a photo the adapter failed to store (503, StorageError) left no
+    AuditEvent, where a C-STORE or STOW-RS object it failed to keep is audited (outcome 8). The
+    failure is made real: the photo's content address in the blob folder is taken by a folder,
+    so moving the photo there fails. It is audited as a create that failed (outcome 8), naming
+    the patient and the request, and nothing else is stored; once the folder is gone, the same
+    photo is stored."""
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    with adapter_client(tmp_path / "first") as (client, _):
+        stored_sha256 = post_photo(client, WOUND, metadata()).json()["sha256"]["stored"]
+    with adapter_client(tmp_path / "second") as (client, services):
+        taken = services.settings.data_dir / "blobs" / stored_sha256[:2] / stored_sha256[2:4] / stored_sha256
+        taken.mkdir(parents=True)
+        r = post_photo(client, WOUND, metadata(), headers={"X-Request-Id": "photo-503", **as_purpose("BTG")})
+        assert r.status_code == 503, r.text
+        assert r.json()["issue"][0]["code"] == "transient" and PATIENT["value"] not in r.text
+        [failure] = services.store.list_audit()
+        record_emitted(failure)
+        assert (failure["subtype"][0]["code"], failure["action"], failure["outcome"]) == ("create", "C", "8")
+        assert failure["outcomeDesc"] == "could not store the image bytes"
+        assert _purpose_of_use(failure)[0][1] == "BTG"
+        # the patient and the request: no record (none was stored)
+        assert [e["what"] for e in failure["entity"]] == [{"identifier": PATIENT}, {"identifier": {"value": "photo-503"}}]
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+        taken.rmdir()
+        assert post_photo(client, WOUND, metadata()).status_code == 201
