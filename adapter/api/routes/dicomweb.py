@@ -3,7 +3,9 @@
 * **STOW-RS** (PS3.18 10.5) ``POST /dicomweb/studies[/{study}]``, ``multipart/related;
   type="application/dicom"``: every part is spooled to a staging file and goes through the C-STORE
   SCP's ingest (adapter.services.dicom_objects.stow_instance), sender ``DICOMWEB`` from the
-  client's address, a colleague inside the organisation. The answer (application/dicom+json; or,
+  client's address, a colleague inside the organisation (its records' Provenance says so; its
+  AuditEvents name the HTTP client, the request's X-Request-Id and the purpose it stated:
+  adapter.services.dicom_ingest.stow_sender). The answer (application/dicom+json; or,
   asked for, the Native DICOM Model: ``application/dicom+xml``, one document, or ``multipart/related;
   type="application/dicom+xml"``, one part; see below) lists
   ReferencedSOPSequence (0008,1199) and FailedSOPSequence (0008,1198) with FailureReason
