@@ -78,12 +78,6 @@ def _audit_refused_purpose(request: Request, services: Services,
         missing=isinstance(exc, PurposeOfUseMissing), reason=f"{request.method} {route}: {exc.diagnostics}")
 
 
-def get_write_context(request: Request) -> RequestContext:
-    """Writes (ingest, consent changes) are done for care: purpose TREAT. A caller may state none;
-    one it states is checked by :func:`check_write_purpose`."""
-    return _context(request, PurposeOfUse("TREAT"))
-
-
 def _context(request: Request, purpose: PurposeOfUse, query: bytes | None = None) -> RequestContext:
     """The context of an HTTP request made for ``purpose``: its caller, address and request id
     (and ``query``, a read's request line)."""
@@ -91,28 +85,43 @@ def _context(request: Request, purpose: PurposeOfUse, query: bytes | None = None
                           client_address=request.client.host if request.client else None, query=query)
 
 
-def check_write_purpose(request: Request, services: Services, interaction: str) -> None:
-    """A write (a photo, a transaction, a Consent, STOW-RS) whose ``X-Purpose-Of-Use`` names a
-    purpose that sees less than the whole record (TRAIN, HRESCH and the other de-identified or
-    pseudonymised purposes of mappings/purposes.yaml) is refused (403, audited): a caller a
-    gateway marks as a trainer or a researcher could otherwise file photos under identified
-    patients, or record for itself the Consent it then reads under (writes were taken for care
-    whatever the header said). A write stating no purpose, or one seeing the whole record (care,
-    break-glass, RECORDMGT, PATRQT), goes on as before; an unknown or repeated one is 400, as on
-    a read. Called before the body is read, but for a transaction: POST /fhir reads its body to
-    tell a transaction (checked) from a batch of reads (which states its purpose for reading)."""
+#: The purpose a write stating none is filed under: writes are made for care (README, "Before
+#: you deploy"), so an ingest or a Consent written without a header is recorded as done for TREAT.
+WRITE_PURPOSE_UNSTATED = PurposeOfUse("TREAT")
+
+
+def get_write_context(request: Request, services: Services, interaction: str) -> RequestContext:
+    """The context a write (a photo, a transaction, a Consent, STOW-RS: its ``interaction``,
+    create or update) is made and audited under, once its ``X-Purpose-Of-Use`` is checked.
+
+    Its purpose is the one the caller stated, so the AuditEvent's agent[user].purposeOfUse is the
+    purpose asserted for the request (IHE BALP), and a break-glass write (BTG, ETREAT) shows as
+    such; a write stating none is filed for care, TREAT (:data:`WRITE_PURPOSE_UNSTATED`). The
+    purpose only names why the write was made: no consent decision of a write reads it (the
+    ingest rules look at the photo's own consent statement and the patient's Consents, and
+    nothing a write stores is read back through a decision), so recording it changes nothing
+    that is stored or refused.
+
+    Which purposes may write: one that sees less than the whole record (TRAIN, HRESCH and the
+    other de-identified or pseudonymised purposes of mappings/purposes.yaml) is refused (403,
+    audited): a caller a gateway marks as a trainer or a researcher could otherwise file photos
+    under identified patients, or record for itself the Consent it then reads under. A write
+    stating no purpose, or one seeing the whole record (care, break-glass, RECORDMGT, PATRQT),
+    goes on; an unknown or repeated one is 400, as on a read. Called before the body is read,
+    but for a transaction: POST /fhir reads its body to tell a transaction (checked) from a batch
+    of reads (which states its purpose for reading)."""
     try:
         stated = purpose_header(request)
         if stated is None or not stated.strip():
-            return
+            return _context(request, WRITE_PURPOSE_UNSTATED)
         purpose = parse_purpose_of_use(stated, services.tables)
     except UnknownPurposeOfUse as exc:  # audited as the write refused, as a read's refusal is
         _audit_refused_purpose(request, services, exc, interaction)
         raise
+    ctx = _context(request, purpose)
     view = services.tables.purposes.codes[purpose.code].view
     if view == "full":
-        return
-    ctx = _context(request, purpose)
+        return ctx
     reason = (f"a write is made for care: {purpose.code} sees records {view}, so a caller stating it files no "
               "photo, document or Consent")
     services.auditor.record(ctx, interaction=interaction, action="U" if interaction == "update" else "C",
@@ -121,7 +130,6 @@ def check_write_purpose(request: Request, services: Services, interaction: str) 
 
 
 ReadContextDep = Annotated[RequestContext, Depends(get_read_context)]
-WriteContextDep = Annotated[RequestContext, Depends(get_write_context)]
 
 
 def get_reader(ctx: ReadContextDep, services: ServicesDep) -> ScopedReader:

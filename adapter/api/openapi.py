@@ -84,7 +84,7 @@ INVALID = (422,)
 #: A request body read from the stream: not whole (400), stalled (408), too large (413), of
 #: another media type (415), invalid (422); the store fails (503).
 BODY = (400, 408, 413, 415, 422, 503)
-#: A write (adapter.api.deps.check_write_purpose): a stated purpose that sees less than the record (403).
+#: A write (adapter.api.deps.get_write_context): a stated purpose that sees less than the record (403).
 WRITE = (403,)
 #: A write of new images (a photo, a transaction's Binary): conflicts and the storage reserve.
 NEW_IMAGES = (409, 507)

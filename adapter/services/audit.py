@@ -117,6 +117,16 @@ class Auditor:
                                             entities=[], patient=patient, dicom=dicom,
                                             outcome=refusal_outcome(error)))
 
+    def record_failed_write(self, ctx: RequestContext, *, interaction: str, action: str, reason: str,
+                            patient: Identifier | None) -> None:
+        """Store the AuditEvent of a write the adapter failed to make (its store refused it for
+        want of room, or failed): outcome 8 Serious failure with ``reason`` (ATNA, as IHE BALP
+        records a Create or Update that failed; the DICOM receipts' failures are the same,
+        :meth:`record_refused_transfer`), naming ``patient`` when the request named one and no
+        record (none was stored). Not a decision: the metrics do not count it as one."""
+        self._store.append_audit(self.event(ctx, interaction=interaction, action=action, permitted=False,
+                                            reason=reason, entities=[], patient=patient, outcome="8"))
+
     def record_search(self, ctx: RequestContext, *, found: Sequence[tuple[str, Identifier | None]],
                       reason: str, dicom: DicomAudit | None = None) -> None:
         """Store the AuditEvents of a permitted search that returned ``found`` (each reference

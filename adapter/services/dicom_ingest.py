@@ -134,7 +134,7 @@ _REASON_LENGTH = 256  # of a refusal's AuditEvent.outcomeDesc: the diagnostics a
 
 
 #: The "calling AE" a STOW-RS sender is recorded as (Provenance): DICOMweb has no AE title, so
-#: the audit names none.
+#: the audit names none (it names the HTTP client: :func:`stow_sender`).
 STOW_SENDER = "DICOMWEB"
 
 
@@ -152,6 +152,9 @@ class ReceivedStore:
     #: The SOP Instance UID the answer names the object by, when it is not affected_sop_instance:
     #: a STOW-RS part's dataset's own (its store response's); the audit of a refusal names it.
     answered_sop_instance: str | None = None
+    #: Who sent it over HTTP, for a STOW-RS part (:func:`stow_sender`): the audit names that
+    #: client, its request id and its purpose; None for a C-STORE (the sending AE).
+    sender: RequestContext | None = None
 
 
 @dataclass(frozen=True)
@@ -851,8 +854,8 @@ class DicomIngestService:
         receipt = self._store.find_receipt(patient=instance.patient, stored_sha256=instance.blob_sha256) \
             if instance.blob_sha256 else None
         self._store.append_audit(self._auditor.event(
-            _sender_context(received.calling_ae, received.peer_address), interaction="create", action="C",
-            permitted=True, reason="already stored: answered with its record, nothing stored again",
+            _sender_context(received.calling_ae, received.peer_address, received.sender), interaction="create",
+            action="C", permitted=True, reason="already stored: answered with its record, nothing stored again",
             entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
             dicom=DicomAudit.transferred(instance.study_instance_uid, instances=(sop_instance_uid,))))
         return DicomIngestResult(
@@ -872,19 +875,22 @@ class DicomIngestService:
             self._record_refusal(received.calling_ae, received.peer_address,
                                  received.answered_sop_instance or received.affected_sop_instance, exc,
                                  patient=obj.patient if obj is not None else None,
-                                 study=obj.study_uid if obj is not None else None)
+                                 study=obj.study_uid if obj is not None else None, sender=received.sender)
             raise
 
     def record_refusal(self, *, calling_ae: str, peer_address: str, sop_instance_uid: str | None,
-                       error: AdapterError) -> None:
+                       error: AdapterError, sender: RequestContext | None = None) -> None:
         """Audit the refusal of an object an edge refused before it reached
         :meth:`ingest_received` (a C-STORE request without a data set or over the size limit, a
-        STOW-RS part that is not DICOM Part 10 or not of a SOP class served): nothing of it was
-        read, so the message names no patient and no study. Never raises."""
-        self._record_refusal(calling_ae, peer_address, sop_instance_uid, error, patient=None, study=None)
+        STOW-RS part that is not DICOM Part 10 or not of a SOP class served, a STOW-RS request
+        refused whole): nothing of it was read, so the message names no patient and no study.
+        ``sender``: the STOW-RS request's (:func:`stow_sender`). Never raises."""
+        self._record_refusal(calling_ae, peer_address, sop_instance_uid, error, patient=None, study=None,
+                             sender=sender)
 
     def _record_refusal(self, calling_ae: str, peer_address: str, sop_instance_uid: str | None,
-                        error: BaseException, *, patient: Identifier | None, study: str | None) -> None:
+                        error: BaseException, *, patient: Identifier | None, study: str | None,
+                        sender: RequestContext | None) -> None:
         """The one AuditEvent of a refused object (module docstring). An audit that cannot be
         written is logged (no patient data) and swallowed: it must not turn the refusal into
         another answer, nor stop the SCP."""
@@ -893,7 +899,7 @@ class DicomIngestService:
         instances = (sop_instance_uid,) if sop_instance_uid else ()
         try:
             self._auditor.record_refused_transfer(
-                _sender_context(calling_ae, peer_address), error=error, reason=reason, patient=patient,
+                _sender_context(calling_ae, peer_address, sender), error=error, reason=reason, patient=patient,
                 dicom=DicomAudit.transferred(*([study] if study else []), instances=instances))
         except Exception as exc:  # noqa: BLE001 - the refusal stands whatever the audit store does
             # not the SOP Instance UID: some modalities build it from the patient's ID and birth date
@@ -1147,7 +1153,7 @@ class DicomIngestService:
             "warnings": list(assessment.warnings),
             "consentPending": assessment.consent_pending,
         }
-        audit = self._auditor.event(_sender_context(received.calling_ae, received.peer_address),
+        audit = self._auditor.event(_sender_context(received.calling_ae, received.peer_address, received.sender),
                                     interaction="create", action="C", permitted=True, reason=None, entities=created,
                                     patient=patient, dicom=DicomAudit.transferred(obj.study_uid))
         instance = DicomInstance(
@@ -1170,11 +1176,24 @@ def _check_same_patient(obj: ReceivedObject, instance: DicomInstance) -> None:
                                "the stored instance is kept", expression="(0008,0018) SOPInstanceUID")
 
 
-def _sender_context(calling_ae: str, peer_address: str) -> RequestContext:
-    """Who stores a received object, for its audit: the sending AE, for care (TREAT)."""
+def _sender_context(calling_ae: str, peer_address: str, sender: RequestContext | None = None) -> RequestContext:
+    """Who stores a received object, for its audit: the STOW-RS request's ``sender``
+    (:func:`stow_sender`) when it came over HTTP; else the sending AE of a C-STORE, for care
+    (TREAT: DIMSE carries no purpose of use, and a PACS inside the organisation sends for care)."""
+    if sender is not None:
+        return sender
     return RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"AE {calling_ae} (C-STORE)",
                           client_address=peer_address or None, channel="dicom",
                           ae_title=None if calling_ae == STOW_SENDER else calling_ae)
+
+
+def stow_sender(request: RequestContext) -> RequestContext:
+    """Who sends a STOW-RS request (PS3.18 10.5), for the audit of each object it carries and of
+    its refusal: the HTTP client ``request`` names (its network address, the request's
+    X-Request-Id, IHE BALP XrequestId, and the purpose of use it stated for the write), marked as
+    a STOW-RS client. DICOMweb has no AE title: none is recorded (agent.altId stays a DIMSE
+    peer's)."""
+    return dataclasses.replace(request, actor=f"{request.actor} (STOW-RS)", ae_title=None)
 
 
 @dataclass(frozen=True)

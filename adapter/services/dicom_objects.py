@@ -63,8 +63,9 @@ from adapter.mapping.tables import Tables
 from adapter.model.decision import View
 from adapter.model.dicom import DicomInstance, InstanceAttributes, person_name_key
 from adapter.model.photo import Identifier
+from adapter.model.purpose import RequestContext
 from adapter.model.record import StoredResource
-from adapter.services.dicom_ingest import STOW_SENDER, DicomIngestService, ReceivedStore
+from adapter.services.dicom_ingest import STOW_SENDER, DicomIngestService, ReceivedStore, stow_sender
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, NamePrefix, RecordStore
 
@@ -629,10 +630,11 @@ def _text(ds: Dataset, keyword: str) -> str | None:
 
 
 def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
-                  study_instance_uid: str | None = None) -> StowOutcome:
+                  study_instance_uid: str | None = None, sender: RequestContext | None = None) -> StowOutcome:
     """Store one STOW-RS part (a Part 10 file at ``path``, left in place) through the C-STORE
     SCP's ingest (same checks, same record, same idempotency by SOP Instance UID), sent by
-    :data:`STOW_SENDER` from ``peer_address``, as a colleague inside the organisation.
+    :data:`STOW_SENDER` from ``peer_address``, as a colleague inside the organisation; audited as
+    sent by ``sender``, the request's (adapter.services.dicom_ingest.stow_sender).
 
     The file meta stands in for the C-STORE request: MediaStorageSOPClassUID is the negotiated
     and requested SOP class, MediaStorageSOPInstanceUID the requested instance, so a dataset
@@ -666,12 +668,12 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
         received = ReceivedStore(
             path=path, calling_ae=STOW_SENDER, peer_address=peer_address, context_sop_class=requested_class,
             transfer_syntax=transfer_syntax, affected_sop_class=requested_class,
-            affected_sop_instance=requested_instance, answered_sop_instance=sop_instance)
+            affected_sop_instance=requested_instance, answered_sop_instance=sop_instance, sender=sender)
         result = ingest.ingest_received(received)
     except AdapterError as exc:
         if received is None:  # refused before the ingest
             ingest.record_refusal(calling_ae=STOW_SENDER, peer_address=peer_address, sop_instance_uid=sop_instance,
-                                  error=exc)
+                                  error=exc, sender=sender)
         status = dimse_status_for(exc)
         # neither the SOP Instance UID nor the diagnostics: either can name the patient
         # (AdapterError.for_log); the answer's FailedSOPSequence gives the client both
@@ -707,4 +709,5 @@ __all__ = [
     "object_attributes",
     "series_shown",
     "stow_instance",
+    "stow_sender",
 ]

@@ -21,11 +21,16 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    lookup before the transaction: the constraint decides, also between concurrent uploads, and
    the common case (a new photo) costs one round trip less.
 ``safeToDeleteFromDevice`` is true only after step 5 returned.
+
+A photo the adapter fails to store (StorageError: the data folder down to its reserve, 507, or
+the disk or the database failing, 503) is audited as a create that failed, outcome 8, in its own
+transaction (:meth:`IngestService._audit_failed_store`), as a DICOM object it fails to keep is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from adapter.consent import assess_ingest, grants_from_consent
-from adapter.errors import AdapterError, BusinessRuleViolation, Conflict, InvalidInput, UnknownCode
+from adapter.errors import (
+    AdapterError,
+    BusinessRuleViolation,
+    Conflict,
+    InvalidInput,
+    StorageError,
+    UnknownCode,
+)
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
@@ -54,6 +66,8 @@ from adapter.services.audit import Auditor
 from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,8 +111,12 @@ class IngestService:
         """Ingest the received photo: its bytes, or the file holding them (removed afterwards,
         whatever happens). ``received_sha256``: their SHA-256 if the caller hashed them as they
         arrived (it vouches for it); else they are hashed here."""
-        result = self._ingest_photo(upload, meta, idempotency_key=idempotency_key, ctx=ctx,
-                                    received_sha256=received_sha256)
+        try:
+            result = self._ingest_photo(upload, meta, idempotency_key=idempotency_key, ctx=ctx,
+                                        received_sha256=received_sha256)
+        except StorageError as exc:
+            self._audit_failed_store(ctx, meta, exc)
+            raise
         INGESTS.labels(ctx.channel, "replayed" if result.replayed else "stored").inc()
         return result
 
@@ -160,6 +178,21 @@ class IngestService:
                 upload.unlink(missing_ok=True)
             if staged is not None and not committed:
                 self._blobs.discard(staged)
+
+    def _audit_failed_store(self, ctx: RequestContext, meta: PhotoMetadata, error: StorageError) -> None:
+        """Audit a photo (a POST /photos, or the document of a transaction) the adapter failed to
+        store: refused for want of room (507) or lost to a failing disk or database (503). A
+        create that failed, outcome 8 Serious failure (ATNA; a C-STORE or STOW-RS object the
+        adapter fails to keep is audited alike), saying why and naming the patient the request
+        named and the request; nothing of the photo was stored. The event is written in its own
+        transaction; when that fails too (the database is what failed), it is logged by the
+        request id, without patient data, and the request fails as it would have."""
+        try:
+            self._auditor.record_failed_write(ctx, interaction="create", action="C", reason=error.diagnostics,
+                                              patient=meta.patient.identifier)
+        except Exception as exc:  # noqa: BLE001 - the failure stands whatever the audit store does
+            log.error("could not audit the failed store of a photo (request %s): %s", ctx.request_id or "-",
+                      type(exc).__name__)
 
     def _check_forwardable(self, meta: PhotoMetadata) -> None:
         """A photo forwarded to the PACS (ADAPTER_FORWARD_TO, the policy's ``forwardKinds``)

@@ -967,3 +967,76 @@ def test_a_write_refused_for_an_unknown_or_repeated_purpose_is_audited_as_the_wr
             assert [(e["subtype"][0]["code"], e["outcome"]) for e in reversed(events)] == [
                 ("create", "4"), ("create", "4"), ("update", "4")], headers
         assert _counts(services) == (0, 0)
+
+
+def _purpose_of_use(event: dict[str, Any]) -> list[tuple[str, str]]:
+    """agent[user].purposeOfUse of an AuditEvent, as (system, code) pairs."""
+    [user] = [a for a in event["agent"] if a.get("requestor")]
+    return [(c["system"], c["code"]) for concept in user.get("purposeOfUse", []) for c in concept["coding"]]
+
+
+def test_a_write_is_audited_under_the_purpose_its_caller_stated(tmp_path: Path) -> None:
+    """Found by the audit review: every write was audited with purposeOfUse TREAT whatever the
+    caller stated, so a break-glass Consent write (BTG), a patient's own upload (PATRQT) or a
+    records-management transaction (RECORDMGT) read as ordinary care in the trail. IHE BALP:
+    agent[user].purposeOfUse is the purpose asserted for the request. A write stating none is
+    filed for care (TREAT). What may write, and what is stored, is unchanged."""
+    from tests.support.app import consent_resource
+    act_reason = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+    fhir_json = {"Content-Type": "application/fhir+json"}
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    with adapter_client(tmp_path) as (client, services):
+        def last_event() -> dict[str, Any]:
+            event = services.store.list_audit(1)[0]
+            record_emitted(event)
+            return event
+
+        created = client.post("/fhir/Consent", json=consent_resource(["TREAT"]),
+                              headers={**fhir_json, **as_purpose("BTG")})
+        assert created.status_code == 201, created.text
+        assert _purpose_of_use(last_event()) == [(act_reason, "BTG")]
+        updated = client.put(f"/fhir/Consent/{created.json()['id']}", json={**created.json(), "status": "inactive"},
+                             headers={**fhir_json, **as_purpose(f"{act_reason}|ETREAT")})
+        assert updated.status_code == 200, updated.text
+        event = last_event()
+        assert event["action"] == "U" and _purpose_of_use(event) == [(act_reason, "ETREAT")]
+        photo = post_photo(client, WOUND, metadata(), headers=as_purpose("PATRQT"))
+        assert photo.status_code == 201, photo.text
+        event = last_event()
+        assert photo.json()["record"] in [e["what"].get("reference") for e in event["entity"]]
+        assert _purpose_of_use(event) == [(act_reason, "PATRQT")]
+        transaction = client.post("/fhir", json=bundle, headers={**fhir_json, **as_purpose("RECORDMGT")})
+        assert transaction.status_code == 200, transaction.text
+        assert _purpose_of_use(last_event()) == [(act_reason, "RECORDMGT")]
+        # none stated: filed for care
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=fhir_json).status_code == 201
+        assert _purpose_of_use(last_event()) == [(act_reason, "TREAT")]
+
+
+def test_a_photo_the_store_fails_to_keep_is_audited_as_a_failed_create(tmp_path: Path) -> None:
+    """Found by the audit review: a photo the adapter failed to store (503, StorageError) left no
+    AuditEvent, where a C-STORE or STOW-RS object it failed to keep is audited (outcome 8). The
+    failure is made real: the photo's content address in the blob folder is taken by a folder,
+    so moving the photo there fails. It is audited as a create that failed (outcome 8), naming
+    the patient and the request, and nothing else is stored; once the folder is gone, the same
+    photo is stored."""
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    with adapter_client(tmp_path / "first") as (client, _):
+        stored_sha256 = post_photo(client, WOUND, metadata()).json()["sha256"]["stored"]
+    with adapter_client(tmp_path / "second") as (client, services):
+        taken = services.settings.data_dir / "blobs" / stored_sha256[:2] / stored_sha256[2:4] / stored_sha256
+        taken.mkdir(parents=True)
+        r = post_photo(client, WOUND, metadata(), headers={"X-Request-Id": "photo-503", **as_purpose("BTG")})
+        assert r.status_code == 503, r.text
+        assert r.json()["issue"][0]["code"] == "transient" and PATIENT["value"] not in r.text
+        [failure] = services.store.list_audit()
+        record_emitted(failure)
+        assert (failure["subtype"][0]["code"], failure["action"], failure["outcome"]) == ("create", "C", "8")
+        assert failure["outcomeDesc"] == "could not store the image bytes"
+        assert _purpose_of_use(failure)[0][1] == "BTG"
+        # the patient and the request: no record (none was stored)
+        assert [e["what"] for e in failure["entity"]] == [{"identifier": PATIENT}, {"identifier": {"value": "photo-503"}}]
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+        taken.rmdir()
+        assert post_photo(client, WOUND, metadata()).status_code == 201

@@ -371,6 +371,48 @@ def test_every_refused_stow_part_is_audited_once(adapter: tuple[FhirClient, Serv
         "a part of type image/jpeg"]
 
 
+def _request_ids(event: dict[str, Any]) -> list[str]:
+    """The X-Request-Id an AuditEvent records (IHE BALP BasicAuditEntityType XrequestId)."""
+    return [e["what"]["identifier"]["value"] for e in event.get("entity", [])
+            if e.get("type", {}).get("code") == "XrequestId"]
+
+
+def test_every_stow_rs_event_names_the_http_client_its_request_id_and_stated_purpose(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """Found by the audit review: STOW-RS AuditEvents carried no X-Request-Id (the README says
+    the request's AuditEvents record it), named the requestor "AE DICOMWEB (C-STORE)", which
+    misdescribes an HTTP request (PS3.18), and recorded purposeOfUse TREAT whatever the client
+    stated. Every event of a STOW-RS request (each instance stored, each part refused, a request
+    refused whole, an instance already stored) now names the HTTP client by its address (no AE
+    title), the request's X-Request-Id and the purpose it stated; TREAT when it stated none."""
+    client, services = adapter
+    good, ct = received(), ct_object()
+    body, ctype = related(("application/dicom", encode_dataset(good)), ("application/dicom", encode_dataset(ct)),
+                          ("image/jpeg", b"\xff\xd8\xff\xd9"))
+    headers = {"Content-Type": ctype, "X-Request-Id": "stow-req-1", "X-Purpose-Of-Use": "RECORDMGT"}
+    r = client.post("/dicomweb/studies", content=body, headers=headers)
+    assert r.status_code == 202, r.text
+    assert client.post("/dicomweb/studies", content=b"--x--\r\n", headers={
+        **headers, "X-Request-Id": "stow-req-2", "Content-Type": 'multipart/related; type="application/dicom"',
+    }).status_code == 422  # no boundary: refused whole
+    resent, _ = related(("application/dicom", encode_dataset(good)))
+    again = client.post("/dicomweb/studies", content=resent, headers={"Content-Type": ctype})  # no purpose, no id
+    assert again.status_code == 200, again.text
+
+    events = dicom_events(services.store.list_audit(100)[::-1], INSTANCES_TRANSFERRED)
+    record_emitted(events)
+    assert [(e["outcome"], _request_ids(e)) for e in events] == [
+        ("0", ["stow-req-1"]), ("4", ["stow-req-1"]), ("4", ["stow-req-1"]), ("4", ["stow-req-2"]),
+        ("0", [again.headers["x-request-id"]])]
+    assert study_uids(events[0]) == [good.StudyInstanceUID] and sop_instance_uids(events[1]) == [ct.SOPInstanceUID]
+    for event in events:
+        source, _, user = event["agent"]
+        assert "altId" not in source and source["network"]["address"] == "testclient"
+        assert user["who"]["display"] == "client testclient (STOW-RS)"
+        assert "DICOMWEB" not in json.dumps(event) and "C-STORE" not in json.dumps(event)
+    assert [e["agent"][2]["purposeOfUse"][0]["coding"][0]["code"] for e in events] == ["RECORDMGT"] * 4 + ["TREAT"]
+
+
 def test_a_received_object_with_nul_inside_a_text_value_is_refused_not_mapped_into_fhir(
         adapter: tuple[FhirClient, Services]) -> None:
     """NUL pads DICOM values (PS3.5 6.2), never sits inside one, and FHIR strings refuse it: an

@@ -26,6 +26,7 @@ from tests.integration.test_dicomweb import stow
 from tests.support.app import PATIENT, adapter_client, consent_resource, metadata, post_photo
 from tests.support.audit import INSTANCES_TRANSFERRED, dicom_events, patients, sop_instance_uids, study_uids
 from tests.support.dicom_files import pynet_store, sc_file
+from tests.support.mhd import provide_document_bundle
 from tests.support.orthanc import free_port
 
 pytestmark = pytest.mark.integration
@@ -51,17 +52,51 @@ def media_total(client: Any) -> int:
     return int(r.json()["total"])
 
 
-def test_a_photo_is_refused_with_507_and_nothing_is_stored(tmp_path: Path) -> None:
+def assert_failed_create(event: dict[str, Any], request_id: str, purpose: str = "TREAT") -> None:
+    """``event`` is the AuditEvent of a create the adapter failed to store (BALP create, outcome
+    8 Serious failure, saying why) for the patient, naming no record (none was stored) and the
+    request by its X-Request-Id."""
+    record_emitted(event)
+    assert (event["subtype"][0]["code"], event["action"], event["outcome"]) == ("create", "C", "8")
+    assert "ADAPTER_MIN_FREE_MB" in event["outcomeDesc"]
+    assert [e["what"]["identifier"] for e in event["entity"] if e.get("role", {}).get("code") == "1"] == [PATIENT]
+    assert not [e for e in event["entity"] if "reference" in e["what"]]
+    assert [e["what"]["identifier"]["value"] for e in event["entity"]
+            if e["type"].get("code") == "XrequestId"] == [request_id]
+    assert event["agent"][2]["purposeOfUse"][0]["coding"][0]["code"] == purpose
+
+
+def test_a_photo_is_refused_with_507_audited_as_a_failed_create_and_nothing_is_stored(tmp_path: Path) -> None:
+    """Found by the audit review: a photo refused for lack of room left no AuditEvent, where a
+    C-STORE or STOW-RS object refused so is audited (outcome 8). It is audited as a create that
+    failed (ATNA outcome 8), naming the patient and the request; nothing else is stored."""
     with adapter_client(tmp_path, min_free_mb=over_free_mb(tmp_path)) as (client, services):
-        r = post_photo(client, WOUND, metadata())
+        r = post_photo(client, WOUND, metadata(), headers={"X-Request-Id": "photo-507"})
         assert r.status_code == 507, r.text
         outcome = r.json()
         assert outcome["resourceType"] == "OperationOutcome"
         assert outcome["issue"][0]["code"] == "no-store"
         assert "ADAPTER_MIN_FREE_MB" in outcome["issue"][0]["diagnostics"]
         assert PATIENT["value"] not in r.text
-        assert services.store.list_audit() == []  # a refusal for lack of room is an error, not a decision
+        [failure] = services.store.list_audit()
+        assert_failed_create(failure, "photo-507")
         assert media_total(client) == 0
+        assert blob_files(tmp_path / "data") == []
+        assert list((tmp_path / "data" / "staging").iterdir()) == []
+
+
+def test_a_transaction_is_refused_with_507_audited_as_a_failed_create_and_nothing_is_stored(tmp_path: Path) -> None:
+    """The same for an ITI-65 Provide Document Bundle (POST /fhir transaction): 507, one
+    AuditEvent of the failed create under the purpose stated, nothing stored."""
+    bundle = provide_document_bundle((ROOT / "samples" / "document.jpg").read_bytes())
+    with adapter_client(tmp_path, min_free_mb=over_free_mb(tmp_path)) as (client, services):
+        r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json",
+                                                       "X-Request-Id": "iti65-507", "X-Purpose-Of-Use": "PATRQT"})
+        assert r.status_code == 507, r.text
+        assert r.json()["issue"][0]["code"] == "no-store" and PATIENT["value"] not in r.text
+        [failure] = services.store.list_audit()
+        assert_failed_create(failure, "iti65-507", "PATRQT")
+        assert len(_documents(client)) == 0
         assert blob_files(tmp_path / "data") == []
         assert list((tmp_path / "data" / "staging").iterdir()) == []
 

@@ -3,7 +3,9 @@
 * **STOW-RS** (PS3.18 10.5) ``POST /dicomweb/studies[/{study}]``, ``multipart/related;
   type="application/dicom"``: every part is spooled to a staging file and goes through the C-STORE
   SCP's ingest (adapter.services.dicom_objects.stow_instance), sender ``DICOMWEB`` from the
-  client's address, a colleague inside the organisation. The answer (application/dicom+json; or,
+  client's address, a colleague inside the organisation (its records' Provenance says so; its
+  AuditEvents name the HTTP client, the request's X-Request-Id and the purpose it stated:
+  adapter.services.dicom_ingest.stow_sender). The answer (application/dicom+json; or,
   asked for, the Native DICOM Model: ``application/dicom+xml``, one document, or ``multipart/related;
   type="application/dicom+xml"``, one part; see below) lists
   ReferencedSOPSequence (0008,1199) and FailedSOPSequence (0008,1198) with FailureReason
@@ -80,7 +82,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from adapter.api.accept import by_preference, media_ranges
-from adapter.api.deps import ReaderDep, ServicesDep, check_write_purpose
+from adapter.api.deps import ReaderDep, ServicesDep, get_write_context
 from adapter.api.headers import break_glass_headers
 from adapter.api.multipart_related import parse_multipart_related
 from adapter.api.openapi import (
@@ -133,6 +135,7 @@ from adapter.services.dicom_objects import (
     is_universal,
     series_shown,
     stow_instance,
+    stow_sender,
 )
 from adapter.services.registry import Services
 from adapter.text import has_control_character, is_digits
@@ -302,7 +305,8 @@ async def stow_study(study: str, request: Request, services: ServicesDep) -> Res
 
 
 async def _stow(request: Request, services: Services, study: str | None) -> Response:
-    check_write_purpose(request, services, "create")
+    # audited as the HTTP client's, under its request id and stated purpose (not a C-STORE's AE)
+    sender = stow_sender(get_write_context(request, services, "create"))
     limit = services.settings.max_upload_bytes
     total = limit * STOW_TOTAL_FACTOR
     peer = request.client.host if request.client else ""
@@ -317,7 +321,7 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
         # the request refused as a whole, before any part was looked at: one refused transfer
         # naming no instance (module docstring)
         await run_in_threadpool(services.dicom_ingest.record_refusal, calling_ae=STOW_SENDER, peer_address=peer,
-                                sop_instance_uid=None, error=exc)
+                                sop_instance_uid=None, error=exc, sender=sender)
         raise
     outcomes: list[StowOutcome] = []
     try:
@@ -325,12 +329,12 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
             if part.path is None:  # another media type in a type="application/dicom" request
                 refusal = InvalidInput(f"a part of type {part.content_type[:60]}")
                 await run_in_threadpool(services.dicom_ingest.record_refusal, calling_ae=STOW_SENDER,
-                                        peer_address=peer, sop_instance_uid=None, error=refusal)
+                                        peer_address=peer, sop_instance_uid=None, error=refusal, sender=sender)
                 outcomes.append(StowOutcome(None, None, None, None, failure_reason=CANNOT_UNDERSTAND,
                                             diagnostics=refusal.diagnostics))
                 continue
             outcomes.append(await run_in_threadpool(stow_instance, services.dicom_ingest, part.path,
-                                                    peer_address=peer, study_instance_uid=study))
+                                                    peer_address=peer, study_instance_uid=study, sender=sender))
     finally:
         for path in parsed.paths():
             path.unlink(missing_ok=True)

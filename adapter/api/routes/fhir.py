@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from adapter import __version__
 from adapter.api.accept import media_ranges
 from adapter.api.batch import process_batch
-from adapter.api.deps import ReaderDep, ServicesDep, WriteContextDep, check_write_purpose
+from adapter.api.deps import ReaderDep, ServicesDep, get_write_context
 from adapter.api.headers import break_glass_headers
 from adapter.api.json_input import load_json
 from adapter.api.negotiation import (
@@ -79,7 +79,6 @@ from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
 from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
 from adapter.model.decision import Decision
-from adapter.model.purpose import RequestContext
 from adapter.services.registry import Services
 from adapter.services.search_pages import PAGE_PARAM
 from adapter.services.search_params import (
@@ -242,17 +241,17 @@ async def _large_body_turn(request: Request, size: int) -> AsyncIterator[None]:
                                    refusals(*BODY, *WRITE, *NEW_IMAGES)),
              openapi_extra=request_body({FHIR_JSON: BUNDLE_SCHEMA, JSON: BUNDLE_SCHEMA},
                                         "a transaction Bundle (IHE MHD ITI-65 shape) or a batch of reads"))
-async def transaction(request: Request, services: ServicesDep, ctx: WriteContextDep,
+async def transaction(request: Request, services: ServicesDep,
                       idempotency_key: Annotated[str | None, Header()] = None) -> Response:
     """An ITI-65-shaped transaction Bundle (base64 image in Binary.data, hence the 4/3 limit), or
     a batch of reads."""
     _answerable(request)
     async with _json_body(request, services, services.settings.max_upload_bytes * 4 // 3 + 1024 * 1024) as bundle:
-        return await _transaction(request, services, ctx, idempotency_key, bundle)
+        return await _transaction(request, services, idempotency_key, bundle)
 
 
-async def _transaction(request: Request, services: Services, ctx: RequestContext,
-                       idempotency_key: str | None, bundle: dict[str, Any]) -> Response:
+async def _transaction(request: Request, services: Services, idempotency_key: str | None,
+                       bundle: dict[str, Any]) -> Response:
     if bundle.get("resourceType") != "Bundle":
         raise InvalidInput("POST /fhir takes a transaction or batch Bundle", expression="Bundle.resourceType")
     if bundle.get("type") == "batch":  # reads, each under the batch's purpose of use (adapter.api.batch)
@@ -260,7 +259,7 @@ async def _transaction(request: Request, services: Services, ctx: RequestContext
         types = R4_TYPES if version == "4" else tuple(t for t in R4_TYPES if t != "Media")
         answer, glass = await process_batch(request, bundle, types, media_type(version))
         return _out(answer, version, headers=break_glass_headers(glass))
-    check_write_purpose(request, services, "create")
+    ctx = get_write_context(request, services, "create")
     _r4_write(request)
     key = idempotency_key[:200] if idempotency_key else None
     response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx,
@@ -314,10 +313,10 @@ def _written(request: Request, services: Services, stored: Any, status: int) -> 
 
 @router.post("/Consent", status_code=201, openapi_extra=_CONSENT_BODY,
              responses=answers(ok(201, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, *WRITE)))
-async def create_consent(request: Request, services: ServicesDep, ctx: WriteContextDep) -> Response:
+async def create_consent(request: Request, services: ServicesDep) -> Response:
     _answerable(request)
     _r4_write(request)
-    check_write_purpose(request, services, "create")
+    ctx = get_write_context(request, services, "create")
     if "if-none-exist" in request.headers:
         # ignored, a retried create made a second active Consent, which outlived the withdrawal
         # of the first: refused, as conditional create is not claimed (CapabilityStatement)
@@ -330,11 +329,11 @@ async def create_consent(request: Request, services: ServicesDep, ctx: WriteCont
 
 @router.put("/Consent/{id}", openapi_extra=_CONSENT_BODY,
             responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, *WRITE, 405, 409, 412)))
-async def update_consent(id: str, request: Request, services: ServicesDep, ctx: WriteContextDep,
+async def update_consent(id: str, request: Request, services: ServicesDep,
                          if_match: Annotated[str | None, Header()] = None) -> Response:
     _answerable(request)
     _r4_write(request)
-    check_write_purpose(request, services, "update")
+    ctx = get_write_context(request, services, "update")
     expected = _if_match_versions(if_match)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from adapter.api.deps import check_write_purpose, get_services, get_write_context
+from adapter.api.deps import get_services, get_write_context
 from adapter.api.json_input import load_json
 from adapter.api.multipart import parse_multipart
 from adapter.api.openapi import BODY, JSON, NEW_IMAGES, PHOTO_UPLOAD, WRITE, answers, ok, refusals
@@ -69,8 +69,7 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
     # Not as Depends(): FastAPI runs a plain-function dependency in the thread pool, two
     # round trips to a worker thread per request before any work is done.
     services = get_services(request)
-    ctx = get_write_context(request)
-    check_write_purpose(request, services, "create")
+    ctx = get_write_context(request, services, "create")
     limit = services.settings.max_upload_bytes
     refuse_declared_over(request, limit + 1024 * 1024, f"the upload is larger than {limit} bytes")
     # A photo of up to MEMORY_LIMIT bytes stays in memory from the socket to the imaging code
