@@ -201,16 +201,19 @@ class Auditor:
             peer_address=peer_address, calling_ae_title=calling_ae_title))
 
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,
-                               request_id: str, missing: bool, reason: str) -> None:
+                               request_id: str, missing: bool, reason: str, entities: Sequence[str] = (),
+                               query: bytes | None = None) -> None:
         """Store the AuditEvent of a read (or a write: ``interaction`` create or update) refused for
         its purpose of use: none stated (403) or one that is not known (400). There is no purpose
-        to record, and the metric's label is ``none`` or ``unknown`` (never the caller's text)."""
+        to record, and the metric's label is ``none`` or ``unknown`` (never the caller's text).
+        What was asked is named as the caller sent it (IHE BALP Read, Query): ``entities`` the
+        resource its path names (nothing read, so no patient), ``query`` a search's request."""
         DECISIONS.labels(interaction, "none" if missing else "unknown", "refused").inc()
         self._store.append_audit(audit_event(
             interaction=interaction, action={"read": "R", "create": "C", "update": "U"}.get(interaction, "E"),
             outcome="4",
             outcome_desc=reason, recorded=self._now(), client_address=client_address, actor=actor, purpose=None,
-            request_id=request_id, entities=[], patient=None, query=None))
+            request_id=request_id, entities=entities, patient=None, query=query))
 
 
 def export_audit(store: RecordStore, auditor: Auditor, ctx: RequestContext, tables: Tables, *, after: int = 0,

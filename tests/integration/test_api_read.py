@@ -322,13 +322,40 @@ def test_a_read_refused_for_its_purpose_of_use_is_audited_too(tmp_path: Path) ->
         assert missing["outcomeDesc"].startswith("GET /fhir/{resource_type}/{id}: every read must state")
         assert "unknown purpose-of-use code" in unknown["outcomeDesc"]
         assert "given 2 times" in twice["outcomeDesc"]
-        assert receipt["record"].split("/")[1] not in json.dumps(events[:3])  # the template, not the id
+        assert receipt["record"].split("/")[1] not in missing["outcomeDesc"]  # the template, not the id
 
 
 def _refs(event: dict) -> list[str]:
     """The literal references an AuditEvent names (it goes to the session's FHIR validation too)."""
     record_emitted(event)
     return [e["what"]["reference"] for e in event.get("entity", []) if "reference" in e.get("what", {})]
+
+
+def test_a_refusal_for_the_purpose_of_use_names_what_was_asked_and_nothing_it_looked_up(tmp_path: Path) -> None:
+    """IHE BALP Read names the data read, Query the query: a read refused for stating no purpose
+    or an unknown one names the Type/id its path gave (not looked up: no patient), a search its
+    request line (entity.query, base64), as a permitted one does (review finding: they named
+    nothing but the request id)."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        media = receipt["record"]
+        assert client.get(f"/fhir/{media}").status_code == 403
+        assert client.get(f"/fhir/{media}", headers={"X-Purpose-Of-Use": "FOO"}).status_code == 400
+        assert client.get(f"/fhir/{media}/_history/1").status_code == 403
+        assert client.get("/fhir/Media?_count=2").status_code == 403
+        assert client.get("/outbox").status_code == 403
+        assert client.get("/fhir/Media/not%20an%20id").status_code == 403
+        bad_id, outbox, search, vread, unknown, missing = services.store.list_audit(6)
+        for read in (missing, unknown, vread):
+            assert read["subtype"][0]["code"] == "read" and read["outcome"] == "4"
+            assert _refs(read) == [media] and not patients(read)
+            assert PATIENT["value"] not in json.dumps(read)
+        assert _refs(bad_id) == [] and not patients(bad_id)  # not a FHIR id: named by the template only
+        for query, asked in ((search, "GET /fhir/Media?_count=2"), (outbox, "GET /outbox")):
+            record_emitted(query)
+            assert query["subtype"][0]["code"] == "search-type" and query["outcome"] == "4"
+            [entity] = [e for e in query["entity"] if e.get("role", {}).get("code") == "24"]
+            assert base64.b64decode(entity["query"]).decode() == asked
 
 
 def test_a_read_that_sends_nothing_is_audited_as_failed_not_as_a_disclosure(tmp_path: Path) -> None:
