@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from adapter.api.request_id import request_id_of
 from adapter.errors import Forbidden, PurposeOfUseMissing, UnknownPurposeOfUse
+from adapter.mapping.capability import R4_TYPES
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.services.access import ScopedReader
 from adapter.services.purpose import parse_purpose_of_use
@@ -64,18 +66,39 @@ def _request_line(request: Request) -> bytes:
     return request.method.encode() + b" " + path + (b"?" + query if query else b"")
 
 
+#: A FHIR id (datatypes.html#id) after the resource type in a route's template.
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)
+_TYPE_BEFORE_ID = re.compile(r"/(\{resource_type\}|[A-Z][A-Za-z]*)/\{id\}")
+
+
+def _named_resource(request: Request, route: str) -> str | None:
+    """``Type/id`` of the resource the request's path names (``/fhir/Media/abc``, its
+    ``_history``), as the caller sent it: a type served and a FHIR id, else None. Nothing is
+    looked up: the caller learns nothing, and no record is read for a refused request."""
+    found = _TYPE_BEFORE_ID.search(route)
+    id = request.path_params.get("id")
+    if found is None or not isinstance(id, str) or not _FHIR_ID.fullmatch(id):
+        return None
+    resource_type = request.path_params.get("resource_type") if found[1] == "{resource_type}" else found[1]
+    return f"{resource_type}/{id}" if resource_type in R4_TYPES else None
+
+
 def _audit_refused_purpose(request: Request, services: Services,
                            exc: PurposeOfUseMissing | UnknownPurposeOfUse, interaction: str | None = None) -> None:
     """A read (or a write: its ``interaction``) refused for its purpose of use is a decision too:
-    audited, naming the route (its template: no ids, no query) and why."""
+    audited, naming the route (its template) and why, and what was asked as IHE BALP Read and
+    Query name it: the resource the path names (Type/id, :func:`_named_resource`), or a
+    search's request line (entity.query)."""
     route = getattr(request.scope.get("route"), "path", None) or "(unmatched route)"
     if interaction is None:
         reads_one = any(name in request.path_params for name in ("id", "instance", "vid"))
         interaction = "read" if reads_one else "search-type"
+    named = _named_resource(request, route)
     services.auditor.record_refused_purpose(
         interaction=interaction, actor=_actor(request), request_id=_request_id(request),
         client_address=request.client.host if request.client else None,
-        missing=isinstance(exc, PurposeOfUseMissing), reason=f"{request.method} {route}: {exc.diagnostics}")
+        missing=isinstance(exc, PurposeOfUseMissing), reason=f"{request.method} {route}: {exc.diagnostics}",
+        entities=[named] if named else [], query=_request_line(request) if interaction == "search-type" else None)
 
 
 def _context(request: Request, purpose: PurposeOfUse, query: bytes | None = None) -> RequestContext:

@@ -79,15 +79,22 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
 
     ``consents`` may hold every Consent of the patient: each grant is checked for the patient,
     status, period and data scope here. ``facts.consent_ids`` is not used to grant anything.
+
+    The decision names what it rested on, for its AuditEvent (IHE BALP AuthZconsent: the Consent
+    used): the Consents that permit (5 to 7) or deny (4, 5) it, none where the policy alone
+    decided (1 to 3) or care needed no consent (a document, a colleague's photo, a consent
+    directive); under break-glass the denials it overrode (``overridden``); and the policy's URI.
     """
     require_aware(now)
     code = purpose.code
     in_force = _in_force(facts, consents, now)
     permitted = _permitted_purposes(facts, consents, in_force, tables, now)
 
+    policy = tables.policy.uri
+
     def deny(reason: str, used: Sequence[ConsentGrant] = ()) -> Decision:
         return Decision(permitted=False, reason=reason, purpose=purpose, consent_ids=_ids(used),
-                        permitted_purposes=permitted)
+                        consents=_refs(used), permitted_purposes=permitted, policy=policy)
 
     klass = (classify_purpose(code, tables) if purpose.system == tables.purposes.system
              else PurposeClass.UNKNOWN)
@@ -96,8 +103,10 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     if klass is PurposeClass.BREAK_GLASS:
         if not tables.policy.break_glass.enabled:
             return deny(f"break-glass ({code}) is not enabled by policy")
+        overridden = [g for g in in_force if g.decision == DENY and grant_covers(g, code, tables)]
         return Decision(permitted=True, reason=f"break-glass ({code}): consent not evaluated; access audited",
-                        purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted)
+                        purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted,
+                        overridden=_refs(overridden), policy=policy)
     if klass is PurposeClass.NOT_PERMITTED:
         return deny(f"purpose {code} not permitted by policy")
     verdict = _by_consent(code, klass, facts, consents, in_force, tables, now)
@@ -105,7 +114,8 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
         return deny(verdict.reason, verdict.used)
     view = View(tables.purposes.codes[code].view)
     return Decision(permitted=True, reason=verdict.reason, purpose=purpose, view=view,
-                    consent_ids=_ids(verdict.used), permitted_purposes=permitted, obligations=OBLIGATIONS[view])
+                    consent_ids=_ids(verdict.used), consents=_refs(verdict.used), permitted_purposes=permitted,
+                    obligations=OBLIGATIONS[view], policy=policy)
 
 
 class _Verdict(NamedTuple):
@@ -264,3 +274,9 @@ def _care_documented(in_force: Sequence[ConsentGrant], tables: Tables) -> list[C
 
 def _ids(grants: Sequence[ConsentGrant]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(g.id for g in grants))
+
+
+def _refs(grants: Sequence[ConsentGrant]) -> tuple[str, ...]:
+    """The Consents of ``grants`` as literal references, each once (a Consent's nested denials
+    are grants of the same Consent), versioned where the version is known."""
+    return tuple(dict.fromkeys(g.reference for g in grants))

@@ -20,7 +20,11 @@ Every read, search and write, permitted or refused, becomes one AuditEvent; a DI
 * entity[data] per resource: audit-entity-type#2 System Object, object-role#4 Domain Resource;
   entity[patient]: #1 Person / #1 Patient with what.identifier; entity[query] for searches:
   #2 / object-role#24 Query, ``query`` = the search request as received, base64; entity[transaction]: BALP
-  BasicAuditEntityType#XrequestId with what.identifier.value = X-Request-Id.
+  BasicAuditEntityType#XrequestId with what.identifier.value = X-Request-Id;
+* entity[consent] per Consent a decision rested on (BALP AuthZconsent, the R4 example
+  auditevent-example-consent-authz): what = Reference(Consent/<id>/_history/<version>), type
+  resource-types#Consent, role object-role#13 Security Resource (one break-glass overrode says
+  so in its description); agent[user].policy = the URI of the organisation's policy applied.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from adapter.mapping.codes import (
     BALP_ENTITY_TYPE,
     DCM,
     OBJECT_ROLE,
+    RESOURCE_TYPES,
     RESTFUL_INTERACTION,
     SECURITY_SOURCE_TYPE,
     V3_PARTICIPATION_TYPE,
@@ -70,13 +75,15 @@ def network_access_point(address: str) -> JSON:
 def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: str | None, recorded: datetime,
                 client_address: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                 entities: Sequence[str], patient: Identifier | None, query: bytes | None,
-                event_id: str | None = None, client_ae_title: str | None = None) -> JSON:
+                event_id: str | None = None, client_ae_title: str | None = None, more_entities: Sequence[JSON] = (),
+                policy: str | None = None) -> JSON:
     """One BALP-shaped AuditEvent (see the module docstring).
 
     ``purpose`` is (system, code) of the request's purpose of use; ``client_ae_title`` the
     AE title of a DICOM peer (a DIMSE exchange); ``entities`` are literal
     references ("Media/abc"); ``query`` the raw search request of a search (its request line, and
-    the body of a search by POST).
+    the body of a search by POST); ``more_entities``: as :func:`assemble_audit_event`'s (the
+    Consents of the decision: :func:`consent_entity`); ``policy``: the policy the decision applied.
 
     Raises:
         ValueError: an unknown interaction, action or outcome code, or a naive ``recorded``.
@@ -89,20 +96,36 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
         outcome_desc=outcome_desc, recorded=recorded, to_client=interaction in _TO_CLIENT,
         recipient=interaction in _RECIPIENT, client_address=client_address, client_ae_title=client_ae_title,
         actor=actor, purpose=purpose, request_id=request_id, entities=entities, patient=patient, query=query,
-        event_id=event_id)
+        event_id=event_id, more_entities=more_entities, policy=policy)
+
+
+def consent_entity(reference: str, description: str | None = None) -> JSON:
+    """entity[consent]: a Consent a decision rested on (``reference``, ``Consent/<id>`` or
+    version-specific), typed as BALP AuthZconsent types it (resource-types#Consent) in the role
+    of a Security Resource (object-role#13: what the access control was decided by)."""
+    entity: JSON = {
+        "what": {"reference": reference},
+        "type": coding(RESOURCE_TYPES, "Consent", "Consent"),
+        "role": coding(OBJECT_ROLE, "13", "Security Resource"),
+    }
+    if description:
+        entity["description"] = description
+    return entity
 
 
 def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outcome: str, outcome_desc: str | None,
                          recorded: datetime, to_client: bool, recipient: bool, client_address: str | None,
                          client_ae_title: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                          entities: Sequence[str], patient: Identifier | None, query: bytes | None,
-                         event_id: str | None = None, more_entities: Sequence[JSON] = ()) -> JSON:
+                         event_id: str | None = None, more_entities: Sequence[JSON] = (),
+                         policy: str | None = None) -> JSON:
     """The AuditEvent of type ``type_`` (and ``subtype``): the agents, source and entities the
     module docstring describes, shared by the BALP events and the DICOM audit messages
     (adapter.mapping.audit_dicom). ``to_client``: the data flows to the client (it is the
     Destination, the adapter the Source; otherwise the other way); ``recipient``: the
     requestor receives information (IRCP; otherwise it is the author, AUT); ``more_entities``
-    go after the records, before the patient.
+    go after the records, before the patient; ``policy``: agent[user].policy, the policy that
+    authorised (or refused) the activity.
 
     Raises:
         ValueError: an unknown action or outcome code, or a naive ``recorded``.
@@ -129,6 +152,8 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
     user_role = coding(V3_PARTICIPATION_TYPE, "IRCP", "information recipient") if recipient \
         else coding(V3_PARTICIPATION_TYPE, "AUT", "author (originator)")
     user: JSON = {"type": concept(user_role), "who": {"display": actor or "anonymous"}, "requestor": True}
+    if policy:
+        user["policy"] = [policy]
     if purpose is not None:
         user["purposeOfUse"] = [concept(coding(purpose[0], purpose[1]))]
 
@@ -177,4 +202,5 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
     return event
 
 
-__all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "assemble_audit_event", "audit_event", "network_access_point"]
+__all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "assemble_audit_event", "audit_event", "consent_entity",
+           "network_access_point"]

@@ -195,12 +195,14 @@ def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: st
                       client_address: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                       entities: Sequence[str], patient: Identifier | None, studies: Sequence[str],
                       query: bytes | None, event_id: str | None = None,
-                      client_ae_title: str | None = None, instances: Sequence[str] = ()) -> JSON:
+                      client_ae_title: str | None = None, instances: Sequence[str] = (),
+                      more_entities: Sequence[JSON] = (), policy: str | None = None) -> JSON:
     """One DICOM audit message as an R4 AuditEvent (see the module docstring): ``event`` is its
     DICOM EventID, ``studies`` the Study Instance UIDs it names (each once, in order), ``instances``
     the SOP Instance UIDs (each once, after the studies); the other arguments are those of
     adapter.mapping.audit.audit_event (``client_ae_title``: the peer's AE title, its Alternative
-    User ID, PS3.15 A.5.2.2).
+    User ID, PS3.15 A.5.2.2; ``more_entities``, after the studies and instances, and ``policy``:
+    the Consents and the policy of a decision).
 
     Raises:
         ValueError: an EventID the adapter does not write, an action its message does not allow,
@@ -216,9 +218,9 @@ def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: st
         type_=coding(DCM, event, EVENT_IDS[event]), subtype=None, action=action, outcome=outcome,
         outcome_desc=outcome_desc, recorded=recorded, to_client=to_client, recipient=action in ("R", "E"),
         client_address=client_address, client_ae_title=client_ae_title, actor=actor, purpose=purpose,
-        request_id=request_id, entities=entities, patient=patient, query=query, event_id=event_id,
+        request_id=request_id, entities=entities, patient=patient, query=query, event_id=event_id, policy=policy,
         more_entities=[*(study_entity(uid) for uid in dict.fromkeys(studies)),
-                       *(sop_instance_entity(uid) for uid in dict.fromkeys(instances))])
+                       *(sop_instance_entity(uid) for uid in dict.fromkeys(instances)), *more_entities])
 
 
 __all__ = ["EVENT_IDS", "INSTANCES_TRANSFERRED", "NODE_AUTHENTICATION", "QUERY", "SECURITY_ALERT",

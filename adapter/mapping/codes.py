@@ -43,6 +43,7 @@ CONSENT_PROVISION_TYPE = "http://hl7.org/fhir/consent-provision-type"
 V3_PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 AUDIT_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"       # AuditEvent.entity.type of a Consent (BALP)
 SECURITY_SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 BALP_ENTITY_TYPE = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
 ISSUE_TYPE = "http://hl7.org/fhir/issue-type"

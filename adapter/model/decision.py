@@ -18,6 +18,17 @@ class View(StrEnum):
 
 @dataclass(frozen=True)
 class Decision:
+    """A read decision and what it rested on, for the answer and its AuditEvent.
+
+    ``consent_ids`` are the ids of the Consents the answer rested on (the permitting ones of a
+    permit, the denying ones of a deny; none when the policy alone decided, or care needed no
+    consent), ``consents`` the same as literal references, versioned where the version is known
+    (``Consent/c1/_history/2``). ``overridden`` are the Consents denying the purpose that
+    break-glass set aside (it rests on the policy, not on them). ``policy`` is the URI of the
+    organisation's policy the decision applied (mappings/policy.yaml ``uri``), None when no
+    policy was consulted (no facts to decide on).
+    """
+
     permitted: bool
     reason: str
     purpose: PurposeOfUse
@@ -26,3 +37,6 @@ class Decision:
     consent_ids: tuple[str, ...] = ()
     permitted_purposes: frozenset[str] = frozenset()
     obligations: tuple[str, ...] = field(default_factory=tuple)
+    consents: tuple[str, ...] = ()
+    overridden: tuple[str, ...] = ()
+    policy: str | None = None

@@ -229,14 +229,16 @@ class ScopedReader:
         if patient not in self._grants:
             grants: list[ConsentGrant] = []
             for stored in self._store.consents_for_patient(patient):
+                # each grant knows its Consent's version, which the decision's audit names
                 try:
-                    grants.extend(grants_from_consent(stored.resource))
+                    grants.extend(dataclasses.replace(g, version=stored.version_id)
+                                  for g in grants_from_consent(stored.resource))
                 except AdapterError:
                     # A Consent we cannot interpret might have denied something: fail closed by
                     # reading it as a denial of every purpose for this patient.
                     log.warning("Consent/%s cannot be interpreted; read as a denial", stored.id)
                     grants.append(ConsentGrant(id=stored.id, patient=patient, status="active", decision="deny",
-                                               purposes=frozenset({ANY_PURPOSE})))
+                                               purposes=frozenset({ANY_PURPOSE}), version=stored.version_id))
             self._grants[patient] = [self._denial_of_the_photo(g) for g in grants]
         return self._grants[patient]
 
@@ -311,50 +313,94 @@ class ScopedReader:
     def _render(self, stored: StoredResource, decision: Decision) -> dict[str, Any]:
         return render(stored.resource, decision, tables=self._tables, pseudonymizer=self._pseudonymizer)
 
-    def read(self, resource_type: str, id: str) -> ReadResult:
-        """Read one resource; 403 (saying little) when the purpose is not permitted."""
+    def _answered(self, interaction: str, decision: Decision, entities: Sequence[str], patient: Identifier | None,
+                  make: Callable[[], dict[str, Any]],
+                  precondition: Callable[[dict[str, Any]], object] | None) -> dict[str, Any]:
+        """The answer of a read ``decision`` permits, made by ``make`` and audited once it is
+        known to be sent. ``precondition(resource)``: the caller's check of the request's
+        preconditions on it (If-Match, RFC 9110 13.1.1); an AdapterError it raises (412: nothing
+        is sent) is audited as a read that failed, outcome 4 saying why, not as a disclosure (IHE
+        BALP; R4 AuditEvent.outcome), keeping what the decision rested on. A failure to make the
+        answer leaves the read audited as decided, as before."""
+        try:
+            resource = make()
+        except Exception:
+            self._auditor.record(self.ctx, interaction=interaction, action="R", decision=decision,
+                                 entities=entities, patient=patient)
+            raise
+        if precondition is not None:
+            try:
+                precondition(resource)
+            except AdapterError as exc:
+                self._auditor.record_not_sent(self.ctx, interaction=interaction, entities=entities, patient=patient,
+                                              why=exc.diagnostics, decision=decision)
+                raise
+        self._auditor.record(self.ctx, interaction=interaction, action="R", decision=decision, entities=entities,
+                             patient=patient)
+        return resource
+
+    def read(self, resource_type: str, id: str, *,
+             precondition: Callable[[dict[str, Any]], object] | None = None) -> ReadResult:
+        """Read one resource; 403 (saying little) when the purpose is not permitted.
+        ``precondition``: as :meth:`_answered` (412 audited as nothing sent)."""
         stored = self._load(resource_type, id)
         facts = self._facts(resource_type, id, stored.facts, stored.resource)
         decision = self.decide(facts)
-        self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
-                             entities=[f"{resource_type}/{id}"], patient=facts.patient if facts else None)
+        entities, patient = [f"{resource_type}/{id}"], facts.patient if facts else None
         if not decision.permitted:
+            self._auditor.record(self.ctx, interaction="read", action="R", decision=decision, entities=entities,
+                                 patient=patient)
             raise Forbidden(_DENIED)
-        return ReadResult(resource=self._render(stored, decision), decision=decision)
+        resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
+                                  precondition)
+        return ReadResult(resource=resource, decision=decision)
 
     def check_binary_version(self, id: str, version_id: int) -> None:
         """A vread of a Binary: returns when ``version_id`` is its version (a Binary has one; the
-        read that follows decides and audits it). Another version is decided and audited as a
-        vread of any other type is, then refused: 403 when the purpose is refused (a refused
-        reader learns nothing of which versions exist), else 404. Unknown Binary: 404."""
+        read that follows decides and audits it). Another version is decided as a vread of any
+        other type is, then refused: 403 when the purpose is refused (a refused reader learns
+        nothing of which versions exist), else 404, audited as a vread that sent nothing
+        (outcome 4). Unknown Binary: 404."""
         stored = self._load("Binary", id)
         if version_id == stored.version_id:
             return
         decision = self.decide(stored.facts)
-        self._auditor.record(self.ctx, interaction="vread", action="R", decision=decision,
-                             entities=[f"Binary/{id}"], patient=stored.facts.patient if stored.facts else None)
+        entities, patient = [f"Binary/{id}"], stored.facts.patient if stored.facts else None
         if not decision.permitted:
+            self._auditor.record(self.ctx, interaction="vread", action="R", decision=decision, entities=entities,
+                                 patient=patient)
             raise Forbidden(_DENIED)
-        raise NotFound(f"Binary/{id} has no version {version_id}")
+        missing = f"Binary/{id} has no version {version_id}"
+        self._auditor.record_not_sent(self.ctx, interaction="vread", entities=entities, patient=patient,
+                                      why=missing, decision=decision)
+        raise NotFound(missing)
 
-    def read_version(self, resource_type: str, id: str, version_id: int) -> ReadResult:
+    def read_version(self, resource_type: str, id: str, version_id: int, *,
+                     precondition: Callable[[dict[str, Any]], object] | None = None) -> ReadResult:
         """vread: one version of a resource, under the decision a read of it gets now. A past
         version is rendered through the same view; a past Consent version naming another patient
-        must be permitted for that patient too (fail closed). Unknown version: 404."""
+        must be permitted for that patient too (fail closed). Unknown version: 404, audited (when
+        permitted) as a vread that sent nothing, outcome 4. ``precondition``: as :meth:`read`."""
         stored = self._load(resource_type, id)
         facts = self._facts(resource_type, id, stored.facts, stored.resource)
         document = stored.resource if version_id == stored.version_id else \
             self._store.get_version(resource_type, id, version_id)
         decision = self._stricter_for_versions(self.decide(facts), stored, facts,
                                                [document] if document is not None else [])
-        self._auditor.record(self.ctx, interaction="vread", action="R", decision=decision,
-                             entities=[f"{resource_type}/{id}"], patient=facts.patient if facts else None)
+        entities, patient = [f"{resource_type}/{id}"], facts.patient if facts else None
         if not decision.permitted:
+            self._auditor.record(self.ctx, interaction="vread", action="R", decision=decision, entities=entities,
+                                 patient=patient)
             raise Forbidden(_DENIED)
         if document is None:
-            raise NotFound(f"{resource_type}/{id} has no version {version_id}")
-        return ReadResult(resource=render(document, decision, tables=self._tables, pseudonymizer=self._pseudonymizer),
-                          decision=decision)
+            missing = f"{resource_type}/{id} has no version {version_id}"
+            self._auditor.record_not_sent(self.ctx, interaction="vread", entities=entities, patient=patient,
+                                          why=missing, decision=decision)
+            raise NotFound(missing)
+        resource = self._answered(
+            "vread", decision, entities, patient,
+            lambda: render(document, decision, tables=self._tables, pseudonymizer=self._pseudonymizer), precondition)
+        return ReadResult(resource=resource, decision=decision)
 
     def _stricter_for_versions(self, decision: Decision, stored: StoredResource, facts: AccessFacts | None,
                                documents: Sequence[dict[str, Any]]) -> Decision:
@@ -402,7 +448,8 @@ class ScopedReader:
         total = stored.version_id if since is None else self._store.count_versions(resource_type, id, since=since)
         return HistoryResult(resources=rendered, total=total, decision=decision, more=more)
 
-    def read_binary(self, id: str, *, answerable: Callable[[str], object] | None = None) -> BinaryContent:
+    def read_binary(self, id: str, *, answerable: Callable[[str], object] | None = None,
+                    precondition: Callable[[dict[str, Any]], object] | None = None) -> BinaryContent:
         """The image bytes of a Binary, under the decision of the record it belongs to
         (Binary.securityContext). The de-identified view gets image bytes with no metadata at
         all; a document (PDF) is released as stored, as the DICOM release does
@@ -410,27 +457,32 @@ class ScopedReader:
 
         ``answerable(content_type)``: the caller's content negotiation, asked once the read is
         permitted and before it is audited; the NotAcceptable it raises (406: nothing is sent) is
-        audited as a read that failed, outcome 4, not as a disclosure. A refusal is audited and
+        audited as a read that failed, outcome 4, not as a disclosure; so are a Binary with no
+        content (404) and a ``precondition`` that fails (:meth:`read`). A refusal is audited and
         403 first, whatever the Accept: a refused reader learns nothing of the content's type."""
         stored = self._load("Binary", id)
         decision = self.decide(stored.facts)
-        patient = stored.facts.patient if stored.facts else None
-        if decision.permitted and answerable is not None and stored.blob_sha256 is not None:
-            try:
-                answerable(str(stored.resource.get("contentType", "application/octet-stream")))
-            except NotAcceptable as exc:
-                self._auditor.record_not_sent(self.ctx, entities=[f"Binary/{id}"], patient=patient,
-                                              why=exc.diagnostics)
-                raise
-        self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
-                             entities=[f"Binary/{id}"], patient=patient)
+        entities, patient = [f"Binary/{id}"], stored.facts.patient if stored.facts else None
         if not decision.permitted:
+            self._auditor.record(self.ctx, interaction="read", action="R", decision=decision, entities=entities,
+                                 patient=patient)
             raise Forbidden(_DENIED)
-        if stored.blob_sha256 is None:
+        blob = stored.blob_sha256
+        if blob is None:
+            self._auditor.record_not_sent(self.ctx, entities=entities, patient=patient,
+                                          why=f"Binary/{id} has no content", decision=decision)
             raise NotFound(f"Binary/{id} has no content")
         content_type = str(stored.resource.get("contentType", "application/octet-stream"))
-        data = _image_in_view(self._blobs.read(stored.blob_sha256, stored.blob_range), content_type, decision.view)
-        resource = self._render(stored, decision)
+        if answerable is not None:
+            try:
+                answerable(content_type)
+            except NotAcceptable as exc:
+                self._auditor.record_not_sent(self.ctx, entities=entities, patient=patient, why=exc.diagnostics,
+                                              decision=decision)
+                raise
+        resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
+                                  precondition)
+        data = _image_in_view(self._blobs.read(blob, stored.blob_range), content_type, decision.view)
         resource["data"] = base64.b64encode(data).decode("ascii")
         return BinaryContent(content_type=content_type, data=data, resource=resource, decision=decision)
 
@@ -652,7 +704,7 @@ class ScopedReader:
                 answerable(content)
         except NotAcceptable as exc:
             self._auditor.record_not_sent(self.ctx, entities=[f"{instance.record_type}/{instance.record_id}"],
-                                          patient=instance.patient, why=exc.diagnostics,
+                                          patient=instance.patient, why=exc.diagnostics, decision=decision,
                                           dicom=DicomAudit.transferred(instance.study_instance_uid))
             raise
         except Exception:
@@ -811,12 +863,17 @@ class ScopedReader:
         stored = self._load("Binary", id)
         decision = self.decide(stored.facts)
         found = self._dicom_of_binary(stored)
-        self._auditor.record(self.ctx, interaction="read", action="R", decision=decision,
-                             entities=[f"Binary/{id}"], patient=stored.facts.patient if stored.facts else None,
-                             dicom=DicomAudit.transferred(*([found[0].study_instance_uid] if found else [])))
+        entities, patient = [f"Binary/{id}"], stored.facts.patient if stored.facts else None
+        dicom = DicomAudit.transferred(*([found[0].study_instance_uid] if found else []))
+        if decision.permitted and stored.facts is not None and found is None:  # nothing to send: no transfer
+            self._auditor.record_not_sent(self.ctx, entities=entities, patient=patient, dicom=dicom,
+                                          why=f"Binary/{id} has no DICOM object", decision=decision)
+            raise NotFound(f"Binary/{id} has no DICOM object")
+        self._auditor.record(self.ctx, interaction="read", action="R", decision=decision, entities=entities,
+                             patient=patient, dicom=dicom)
         if not decision.permitted or stored.facts is None:
             raise Forbidden(_DENIED)
-        if found is None:
+        if found is None:  # for mypy: handled above
             raise NotFound(f"Binary/{id} has no DICOM object")
         instance, record = found
         return self._dicom_content(instance, record, decision)

@@ -12,7 +12,7 @@ from typing import Any
 
 from adapter.consent import decide_audit_export
 from adapter.errors import BusinessRuleViolation, Forbidden, PurposeOfUseMissing, UnknownPurposeOfUse
-from adapter.mapping.audit import audit_event
+from adapter.mapping.audit import audit_event, consent_entity
 from adapter.mapping.audit_application import Application, application_activity_event, audit_log_used_event
 from adapter.mapping.audit_dicom import (
     INSTANCES_TRANSFERRED,
@@ -52,8 +52,22 @@ class DicomAudit:
 
 
 def not_sent_reason(why: str) -> str:
-    """The outcome description of a permitted read answered with nothing (a 406), naming why."""
+    """The outcome description of a permitted read answered with nothing (a 406, a 404 for a
+    version that does not exist, a 412 for one If-Match does not name), naming why."""
     return f"not sent: {why}"[:500]
+
+
+#: entity.description of a Consent break-glass set aside (Decision.overridden).
+OVERRIDDEN = "denies this purpose; overridden by break-glass"
+
+
+def _decided_by(decision: Decision | None) -> tuple[list[dict[str, Any]], str | None]:
+    """The Consent entities and the policy URI of ``decision`` for its AuditEvent: the Consents
+    it rested on, then those break-glass overrode (IHE BALP AuthZconsent)."""
+    if decision is None:
+        return [], None
+    return ([consent_entity(ref) for ref in decision.consents]
+            + [consent_entity(ref, OVERRIDDEN) for ref in decision.overridden]), decision.policy
 
 
 class Auditor:
@@ -63,25 +77,29 @@ class Auditor:
 
     def event(self, ctx: RequestContext, *, interaction: str, action: str, permitted: bool,
               reason: str | None, entities: Sequence[str], patient: Identifier | None,
-              dicom: DicomAudit | None = None, outcome: str | None = None) -> dict[str, Any]:
+              dicom: DicomAudit | None = None, outcome: str | None = None,
+              decision: Decision | None = None) -> dict[str, Any]:
         """Build (not store) an AuditEvent; ingest stores it in its own transaction. ``dicom``:
         a DICOM exchange, typed by its DICOM audit EventID (``interaction`` then only names the
         decision in the metrics); otherwise the BALP event of the FHIR ``interaction``.
         ``outcome``: the outcome code when it is not ``0``/``4`` by ``permitted`` (8, a serious
-        failure)."""
+        failure). ``decision``: the read decision the event records, whose Consents and policy
+        it names (its outcome is ``permitted``'s)."""
         outcome = outcome or ("0" if permitted else "4")
+        consents, policy = _decided_by(decision)
         if dicom is not None:
             return dicom_audit_event(
                 event=dicom.event, action=action, outcome=outcome, outcome_desc=reason,
                 recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
                 purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
                 patient=patient, studies=dicom.studies, query=ctx.query if dicom.event == QUERY else None,
-                client_ae_title=ctx.ae_title, instances=dicom.instances)
+                client_ae_title=ctx.ae_title, instances=dicom.instances, more_entities=consents, policy=policy)
         return audit_event(
             interaction=interaction, action=action, outcome=outcome, outcome_desc=reason,
             recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
             purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
-            patient=patient, query=ctx.query if interaction == "search-type" else None, client_ae_title=ctx.ae_title)
+            patient=patient, query=ctx.query if interaction == "search-type" else None, client_ae_title=ctx.ae_title,
+            more_entities=consents, policy=policy)
 
     def record(self, ctx: RequestContext, *, interaction: str, action: str, decision: Decision | None,
                entities: Sequence[str], patient: Identifier | None, reason: str | None = None,
@@ -102,7 +120,7 @@ class Auditor:
         why = reason if reason is not None else (decision.reason if decision is not None else None)
         DECISIONS.labels(interaction, ctx.purpose.code, "refused" if refused else "permit" if permitted else "deny").inc()
         return self.event(ctx, interaction=interaction, action=action, permitted=permitted, reason=why,
-                          entities=entities, patient=patient, dicom=dicom)
+                          entities=entities, patient=patient, dicom=dicom, decision=decision)
 
     def record_refused_transfer(self, ctx: RequestContext, *, error: BaseException, reason: str,
                                 patient: Identifier | None, dicom: DicomAudit) -> None:
@@ -146,12 +164,16 @@ class Auditor:
                                    for patient, refs in (by_patient or {None: []}).items()))
 
     def record_not_sent(self, ctx: RequestContext, *, entities: Sequence[str], patient: Identifier | None,
-                        why: str, dicom: DicomAudit | None = None) -> None:
-        """Store the AuditEvent of a read its decision permitted and then answered with nothing
-        (406: no representation the client accepts): a read that failed, outcome 4 saying why
-        (:func:`not_sent_reason`), not a disclosure, and not counted as a decision again."""
-        self._store.append_audit(self.event(ctx, interaction="read", action="R", permitted=False, entities=entities,
-                                            patient=patient, reason=not_sent_reason(why), dicom=dicom))
+                        why: str, dicom: DicomAudit | None = None, decision: Decision | None = None,
+                        interaction: str = "read") -> None:
+        """Store the AuditEvent of a read (or vread: ``interaction``) its decision permitted and
+        then answered with nothing (406: no representation the client accepts; 404: no such
+        version; 412: If-Match names another version): a read that failed, outcome 4 saying why
+        (:func:`not_sent_reason`), not a disclosure, and not counted as a decision again. What
+        the permitted ``decision`` rested on (its Consents, the policy) is named as on a read."""
+        self._store.append_audit(self.event(ctx, interaction=interaction, action="R", permitted=False,
+                                            entities=entities, patient=patient, reason=not_sent_reason(why),
+                                            dicom=dicom, decision=decision))
 
     def record_transfers(self, ctx: RequestContext, *,
                          transferred: Sequence[tuple[str, Identifier, str, Decision]],
@@ -164,21 +186,22 @@ class Auditor:
         (406, nothing sent): the permitted transfers are then reads that failed, outcome 4 with
         that reason (not counted as decisions again, as a FHIR Binary's), the refused ones as
         they are."""
-        groups: dict[tuple[Identifier, bool, str], tuple[list[str], list[str]]] = {}
+        groups: dict[tuple[Identifier, bool, str, tuple[str, ...], tuple[str, ...]],
+                     tuple[list[str], list[str], Decision]] = {}
         for ref, patient, study, decision in transferred:
             key = (patient, decision.permitted, decision.reason if not_sent is None or not decision.permitted
-                   else not_sent_reason(not_sent))
-            refs, studies = groups.setdefault(key, ([], []))
+                   else not_sent_reason(not_sent), decision.consents, decision.overridden)
+            refs, studies, _ = groups.setdefault(key, ([], [], decision))
             refs.append(ref)
             studies.append(study)
         events = []
-        for (patient, permitted, reason), (refs, studies) in groups.items():
+        for (patient, permitted, reason, _, _), (refs, studies, decision) in groups.items():
             sent = permitted and not_sent is None
             if sent or not permitted:
                 DECISIONS.labels("read", ctx.purpose.code, "permit" if permitted else "deny").inc()
             events.append(self.event(ctx, interaction="read", action="R", permitted=sent, reason=reason,
                                      entities=list(dict.fromkeys(refs)), patient=patient,
-                                     dicom=DicomAudit.transferred(*dict.fromkeys(studies))))
+                                     dicom=DicomAudit.transferred(*dict.fromkeys(studies)), decision=decision))
         self._store.append_audit(*events)
 
     def record_security_alert(self, *, start: datetime, end: datetime, count: int, description: str,
@@ -191,16 +214,19 @@ class Auditor:
             peer_address=peer_address, calling_ae_title=calling_ae_title))
 
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,
-                               request_id: str, missing: bool, reason: str) -> None:
+                               request_id: str, missing: bool, reason: str, entities: Sequence[str] = (),
+                               query: bytes | None = None) -> None:
         """Store the AuditEvent of a read (or a write: ``interaction`` create or update) refused for
         its purpose of use: none stated (403) or one that is not known (400). There is no purpose
-        to record, and the metric's label is ``none`` or ``unknown`` (never the caller's text)."""
+        to record, and the metric's label is ``none`` or ``unknown`` (never the caller's text).
+        What was asked is named as the caller sent it (IHE BALP Read, Query): ``entities`` the
+        resource its path names (nothing read, so no patient), ``query`` a search's request."""
         DECISIONS.labels(interaction, "none" if missing else "unknown", "refused").inc()
         self._store.append_audit(audit_event(
             interaction=interaction, action={"read": "R", "create": "C", "update": "U"}.get(interaction, "E"),
             outcome="4",
             outcome_desc=reason, recorded=self._now(), client_address=client_address, actor=actor, purpose=None,
-            request_id=request_id, entities=[], patient=None, query=None))
+            request_id=request_id, entities=entities, patient=None, query=query))
 
 
     def record_application_activity(self, application: Application, *, start: bool, launcher: str | None = None,

@@ -16,6 +16,7 @@ from adapter.mapping.photo import index_resource
 from adapter.model.record import NewResource
 from tests.conftest import ROOT, record_emitted
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.audit import patients
 
 SAMPLES = ROOT / "samples"
 WOUND = SAMPLES / "wound.jpg"
@@ -321,7 +322,112 @@ def test_a_read_refused_for_its_purpose_of_use_is_audited_too(tmp_path: Path) ->
         assert missing["outcomeDesc"].startswith("GET /fhir/{resource_type}/{id}: every read must state")
         assert "unknown purpose-of-use code" in unknown["outcomeDesc"]
         assert "given 2 times" in twice["outcomeDesc"]
-        assert receipt["record"].split("/")[1] not in json.dumps(events[:3])  # the template, not the id
+        assert receipt["record"].split("/")[1] not in missing["outcomeDesc"]  # the template, not the id
+
+
+def _refs(event: dict) -> list[str]:
+    """The literal references an AuditEvent names (it goes to the session's FHIR validation too)."""
+    record_emitted(event)
+    return [e["what"]["reference"] for e in event.get("entity", []) if "reference" in e.get("what", {})]
+
+
+def test_a_refusal_for_the_purpose_of_use_names_what_was_asked_and_nothing_it_looked_up(tmp_path: Path) -> None:
+    """IHE BALP Read names the data read, Query the query: a read refused for stating no purpose
+    or an unknown one names the Type/id its path gave (not looked up: no patient), a search its
+    request line (entity.query, base64), as a permitted one does (review finding: they named
+    nothing but the request id)."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        media = receipt["record"]
+        assert client.get(f"/fhir/{media}").status_code == 403
+        assert client.get(f"/fhir/{media}", headers={"X-Purpose-Of-Use": "FOO"}).status_code == 400
+        assert client.get(f"/fhir/{media}/_history/1").status_code == 403
+        assert client.get("/fhir/Media?_count=2").status_code == 403
+        assert client.get("/outbox").status_code == 403
+        assert client.get("/fhir/Media/not%20an%20id").status_code == 403
+        bad_id, outbox, search, vread, unknown, missing = services.store.list_audit(6)
+        for read in (missing, unknown, vread):
+            assert read["subtype"][0]["code"] == "read" and read["outcome"] == "4"
+            assert _refs(read) == [media] and not patients(read)
+            assert PATIENT["value"] not in json.dumps(read)
+        assert _refs(bad_id) == [] and not patients(bad_id)  # not a FHIR id: named by the template only
+        for query, asked in ((search, "GET /fhir/Media?_count=2"), (outbox, "GET /outbox")):
+            record_emitted(query)
+            assert query["subtype"][0]["code"] == "search-type" and query["outcome"] == "4"
+            [entity] = [e for e in query["entity"] if e.get("role", {}).get("code") == "24"]
+            assert base64.b64decode(entity["query"]).decode() == asked
+
+
+def test_a_read_that_sends_nothing_is_audited_as_failed_not_as_a_disclosure(tmp_path: Path) -> None:
+    """A vread of a version that does not exist (404) and a read whose If-Match names another
+    version (412) send nothing: one AuditEvent each, outcome 4 "not sent: ..." (no patient data),
+    keeping what the permitted decision named (the record, the patient, the Consent); a 304
+    confirms the client's copy and stays a success (review finding: both were outcome 0)."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        treat = as_purpose("TREAT")
+        created = client.post("/fhir/Consent", json=consent_resource(["TREAT"]),
+                              headers={"Content-Type": "application/fhir+json"})
+        consent = f"Consent/{created.json()['id']}"
+        asked = [(f"/fhir/{consent}/_history/99", {}, 404, "vread"),
+                 (f"/fhir/{receipt['record']}/_history/5", {}, 404, "vread"),
+                 (f"/fhir/{receipt['binary']}/_history/7", {}, 404, "vread"),
+                 (f"/fhir/{receipt['record']}", {"If-Match": 'W/"7"'}, 412, "read"),
+                 (f"/fhir/{consent}/_history/1", {"If-Match": 'W/"2"'}, 412, "vread"),
+                 (f"/fhir/{receipt['binary']}", {"If-Match": 'W/"3"', "Accept": "image/*"}, 412, "read")]
+        for url, headers, status, interaction in asked:
+            before = len(services.store.list_audit(1000))
+            assert client.get(url, headers={**treat, **headers}).status_code == status, url
+            events = services.store.list_audit(1000)
+            assert len(events) == before + 1, url
+            event = events[0]
+            assert event["subtype"][0]["code"] == interaction and event["outcome"] == "4", (url, event)
+            assert event["outcomeDesc"].startswith("not sent: "), event["outcomeDesc"]
+            assert ("has no version" if status == 404 else "If-Match names") in event["outcomeDesc"]
+            assert PATIENT["value"] not in event["outcomeDesc"]
+            assert _refs(event)[0] == "/".join(url.split("/")[2:4]) and patients(event) == [PATIENT], url
+            if not url.startswith("/fhir/Consent"):  # care reads a Consent on no Consent; a photo on its own
+                assert any(e["type"]["code"] == "Consent" for e in event["entity"]), url
+        current = client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-Match": 'W/"1"',
+                                                                      "If-None-Match": 'W/"1"'})
+        assert current.status_code == 304
+        assert services.store.list_audit(1)[0]["outcome"] == "0"
+
+
+def test_a_consent_decision_names_the_consent_and_the_policy_it_rested_on(tmp_path: Path) -> None:
+    """IHE BALP AuthZconsent and the R4 example auditevent-example-consent-authz record the
+    Consent used (entity.what, type resource-types#Consent) and the policy (agent.policy): a
+    permit names the permitting Consent (its version), a deny the denying one, break-glass the
+    denial it overrode (review finding: only the record, the patient and the request id)."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        media = receipt["record"]
+        json_type = {"Content-Type": "application/fhir+json"}
+        train = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=json_type).json()
+        assert client.get(f"/fhir/{media}", headers=as_purpose("TRAIN")).status_code == 200
+        permit = services.store.list_audit(1)[0]
+        consents = [e for e in permit["entity"] if e["type"] == {"system": "http://hl7.org/fhir/resource-types",
+                                                                   "code": "Consent", "display": "Consent"}]
+        assert [e["what"]["reference"] for e in consents] == [f"Consent/{train['id']}/_history/1"]
+        assert consents[0]["role"]["code"] == "13"
+        user = next(a for a in permit["agent"] if a["requestor"])
+        assert user["policy"] == ["urn:clinical-image-adapter:policy:clinical-photography:v1"]
+
+        denial = consent_resource(["TREAT"])
+        denial["provision"]["type"] = "deny"
+        denied = client.post("/fhir/Consent", json=denial, headers=json_type).json()
+        assert client.get(f"/fhir/{media}", headers=as_purpose("COC")).status_code == 403
+        deny = services.store.list_audit(1)[0]
+        assert deny["outcome"] == "4" and f"Consent/{denied['id']}/_history/1" in _refs(deny)
+        assert f"Consent/{train['id']}/_history/1" not in _refs(deny)
+
+        assert client.get(f"/fhir/{media}", headers=as_purpose("BTG")).status_code == 200
+        glass = services.store.list_audit(1)[0]
+        [overridden] = [e for e in glass["entity"] if e["type"]["code"] == "Consent"]
+        assert overridden["what"]["reference"] == f"Consent/{denied['id']}/_history/1"
+        assert "overridden by break-glass" in overridden["description"]
+        assert next(a for a in glass["agent"] if a["requestor"])["policy"]
+        record_emitted(glass)
 
 
 @pytest.mark.parametrize("purpose", ["TREAT", "TRAIN", "HRESCH", "BTG", "COC", "MLTRAINING"])

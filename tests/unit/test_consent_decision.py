@@ -590,6 +590,53 @@ def test_consent_ids_are_deduplicated() -> None:
     assert run("COC", grants=grants).consent_ids == ("c1",)
 
 
+# -- what a decision rested on (its AuditEvent names it: IHE BALP AuthZconsent) -------------------
+
+POLICY_URI = "urn:clinical-image-adapter:policy:clinical-photography:v1"
+
+
+def test_a_permit_names_the_permitting_consents_by_version_and_the_policy() -> None:
+    grants = (dataclasses.replace(make_grant("TRAIN", id="t"), version=3), make_grant("TREAT", id="c"))
+    d = run("TRAIN", grants=grants)
+    assert d.permitted and d.consents == ("Consent/t/_history/3",) and d.consent_ids == ("t",)
+    assert d.overridden == () and d.policy == POLICY_URI
+
+
+def test_a_deny_names_the_denying_consent_not_the_permits_it_overrides() -> None:
+    grants = (make_grant("TRAIN", id="p"), dataclasses.replace(make_grant("TRAIN", id="d", decision="deny"), version=2))
+    d = run("TRAIN", grants=grants)
+    assert not d.permitted and d.consents == ("Consent/d/_history/2",) and d.policy == POLICY_URI
+
+
+def test_a_consent_whose_version_is_not_known_is_named_by_its_id() -> None:
+    assert run("TREAT", grants=(make_grant("TREAT", id="c1"),)).consents == ("Consent/c1",)
+
+
+def test_a_consent_with_nested_denials_is_named_once() -> None:
+    grants = (make_grant("TREAT", id="c1", decision="deny"), make_grant("COC", id="c1", decision="deny"))
+    assert run("COC", grants=grants).consents == ("Consent/c1",)
+
+
+def test_break_glass_names_the_denial_it_overrides_and_rests_on_none() -> None:
+    denial = dataclasses.replace(make_grant("TREAT", id="d", decision="deny"), version=1)
+    d = run("BTG", grants=(denial, make_grant("TRAIN", id="t", decision="deny")))
+    assert d.permitted and d.break_glass
+    assert d.consents == () and d.consent_ids == () and d.overridden == ("Consent/d/_history/1",)
+    assert d.policy == POLICY_URI
+
+
+@pytest.mark.parametrize(("code", "facts", "grants"), [
+    ("TREAT", make_facts(PhotoKind.DOCUMENT), (make_grant("TRAIN"),)),          # care needs no consent
+    ("TREAT", make_facts(source=PhotoSource.COLLEAGUE_INTERNAL), ()),          # nor a colleague's photo
+    ("TRAIN", make_facts(), ()),                                               # no consent at all
+    ("SYSDEV", make_facts(), (make_grant("TREAT"),)),                          # unknown purpose: the policy
+])
+def test_a_decision_the_consents_did_not_make_names_none(code: str, facts: AccessFacts,
+                                                        grants: tuple[ConsentGrant, ...]) -> None:
+    d = run(code, facts, grants=grants)
+    assert d.consents == () and d.overridden == () and d.policy == POLICY_URI
+
+
 def test_naive_now_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         run("TREAT", now=datetime(2025, 6, 1, 12, 0))

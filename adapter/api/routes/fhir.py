@@ -452,7 +452,8 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
                 how: Subsetting = WHOLE, conditions: _Conditions | None = None) -> Response:
     """A read or vread; ``how``: the _summary/_elements cut of a FHIR JSON answer (the image
     bytes of a Binary are never cut); ``conditions``: a conditional read (http.html#cread; RFC
-    9110 13), answered 304 or 412 after the decision as any read (:meth:`_Conditions.answer`)."""
+    9110 13), answered 304 or 412 after the decision as any read (:meth:`_Conditions.answer`); a 412
+    sends nothing, so the reader checks If-Match before it audits (:meth:`_Conditions.check_match`)."""
     conditions = conditions or _Conditions()
     check_acceptable(accept, format_, binary=resource_type == "Binary")
     version = fhir_version(accept, format_)
@@ -465,7 +466,8 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
             return Response(content=dicom.data, media_type="application/dicom",
                             headers=_glass_headers(dicom.decision))
         answerable = None if format_is_json(format_) else partial(binary_answer, accept)  # 406 audited as such
-        content = await run_in_threadpool(partial(reader.read_binary, id, answerable=answerable))
+        content = await run_in_threadpool(partial(reader.read_binary, id, answerable=answerable,
+                                                  precondition=conditions.check_match))
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
         if conditions.answer(content.resource, vread=version_id is not None):
             return Response(status_code=304, headers=headers)
@@ -478,7 +480,8 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
     _no_media_in_r5(resource_type, version)
 
     result = await _as_r5_photo_too(
-        lambda rt: reader.read(rt, id) if version_id is None else reader.read_version(rt, id, version_id),
+        lambda rt: reader.read(rt, id, precondition=conditions.check_match) if version_id is None
+        else reader.read_version(rt, id, version_id, precondition=conditions.check_match),
         resource_type, version)
     headers = {**_glass_headers(result.decision), **_etag(result.resource)}
     if conditions.answer(result.resource, vread=version_id is not None):
@@ -516,10 +519,23 @@ class _Conditions:
         headers = request.headers
         return cls(headers.get("if-match"), headers.get("if-none-match"), headers.get("if-modified-since"))
 
+    def check_match(self, resource: dict[str, Any]) -> None:
+        """PreconditionFailed (412) when If-Match names none of the ETag of ``resource`` (the
+        version read; RFC 9110 13.1.1, evaluated first: 13.2.2). The reader calls it before it
+        audits the read, so a 412 is audited as a read that sent nothing (outcome 4), not as a
+        disclosure; a 304 is one (the client's copy is confirmed current: outcome 0)."""
+        if self.if_match is None:
+            return
+        version = str((resource.get("meta") or {}).get("versionId") or "")
+        accepted = _if_match_versions(self.if_match)
+        if accepted is not None and (not is_digits(version) or int(version) not in accepted):
+            raise PreconditionFailed(f"If-Match names {self.if_match.strip()[:60]}; the version read is "
+                                     f"W/\"{version}\"")
+
     def answer(self, resource: dict[str, Any], *, vread: bool = False) -> bool:
         """Whether the read of ``resource`` (the version selected: the current one, or the one a
-        ``vread`` names) is answered 304 Not Modified; PreconditionFailed (412) when If-Match names
-        none of its ETag (RFC 9110 13.1.1, evaluated first: 13.2.2). If-None-Match (13.1.2, weak
+        ``vread`` names) is answered 304 Not Modified; If-Match is checked first (RFC 9110 13.2.2:
+        :meth:`check_match`, again here, should a reader not have). If-None-Match (13.1.2, weak
         comparison) names its ETag; without it, If-Modified-Since (13.1.3) is at or after its
         modification (an unreadable date is disregarded, as the RFC says).
 
@@ -533,11 +549,7 @@ class _Conditions:
         304 for a change the client has not seen; If-None-Match has no such doubt)."""
         meta = resource.get("meta") or {}
         version = str(meta.get("versionId") or "")
-        if self.if_match is not None:
-            accepted = _if_match_versions(self.if_match)
-            if accepted is not None and (not is_digits(version) or int(version) not in accepted):
-                raise PreconditionFailed(f"If-Match names {self.if_match.strip()[:60]}; the version read is "
-                                         f"W/\"{version}\"")
+        self.check_match(resource)
         if self.if_none_match:
             if not version:
                 return False
