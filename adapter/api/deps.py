@@ -101,6 +101,25 @@ def _audit_refused_purpose(request: Request, services: Services,
         entities=[named] if named else [], query=_request_line(request) if interaction == "search-type" else None)
 
 
+def get_update_context(request: Request, services: ServicesDep, x_purpose_of_use: Annotated[str | None, Header(
+        description="The purpose of use: a v3-ActReason code (RECORDMGT, TREAT) or system|code; once")] = None
+                       ) -> RequestContext:
+    """An operation that changes what the adapter does with records (``POST /outbox/requeue``:
+    patients' objects disclosed to a PACS again) states its purpose of use as a read does: none
+    fails closed (403), unknown or repeated is 400, either audited as the update refused (BALP
+    action U). Which purposes it permits is the service's decision."""
+    try:
+        try:
+            purpose = parse_purpose_of_use(purpose_header(request), services.tables)
+        except PurposeOfUseMissing as exc:
+            raise PurposeOfUseMissing("this operation must state its purpose of use (X-Purpose-Of-Use: a "
+                                      "v3-ActReason code such as RECORDMGT or TREAT)") from exc
+    except (PurposeOfUseMissing, UnknownPurposeOfUse) as exc:
+        _audit_refused_purpose(request, services, exc, "update")
+        raise
+    return _context(request, purpose)
+
+
 def _context(request: Request, purpose: PurposeOfUse, query: bytes | None = None) -> RequestContext:
     """The context of an HTTP request made for ``purpose``: its caller, address and request id
     (and ``query``, a read's request line)."""
@@ -153,6 +172,7 @@ def get_write_context(request: Request, services: Services, interaction: str) ->
 
 
 ReadContextDep = Annotated[RequestContext, Depends(get_read_context)]
+UpdateContextDep = Annotated[RequestContext, Depends(get_update_context)]
 
 
 def get_reader(ctx: ReadContextDep, services: ServicesDep) -> ScopedReader:

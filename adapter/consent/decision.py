@@ -193,6 +193,35 @@ def decide_audit_export(purpose: PurposeOfUse, tables: Tables) -> Decision:
     return Decision(permitted=True, reason=f"audit trail export for {code}", purpose=purpose, view=View.FULL)
 
 
+#: The operation that puts failed forwarding back in hand (v3-ActReason RECORDMGT, records
+#: management): besides care, the one purpose ``POST /outbox/requeue`` may state.
+OUTBOX_REQUEUE_OPERATION = "RECORDMGT"
+
+
+def decide_outbox_requeue(purpose: PurposeOfUse, tables: Tables) -> Decision:
+    """May failed outbox items be put back for forwarding, for ``purpose``? A requeue has the
+    patients' objects disclosed to a PACS again. The forwarder sends them for care (TREAT), and
+    decides each again against its patient's Consents right before its C-STORE, so no consent is
+    decided here; what is decided is whether the caller's purpose is one that resends identified
+    objects to the care record: care itself (the policy's ``carePurposes`` or a descendant: TREAT,
+    COC, CLINTRL) or records management (RECORDMGT or a descendant), with care's full view. Not
+    break-glass (an emergency read is no reason to resend anything), nor a de-identified or
+    pseudonymised purpose (TRAIN, HRESCH: it sees no identified record, and may not have one
+    sent), a patient's request or another of the organisation's operations."""
+    code = purpose.code
+    klass = (classify_purpose(code, tables) if purpose.system == tables.purposes.system
+             else PurposeClass.UNKNOWN)
+    if klass is PurposeClass.UNKNOWN:
+        return Decision(permitted=False, reason="unknown purpose of use", purpose=purpose)
+    full = View(tables.purposes.codes[code].view) is View.FULL
+    records_management = OUTBOX_REQUEUE_OPERATION in tables.purposes.ancestors(code) \
+        and klass is not PurposeClass.BREAK_GLASS
+    if full and (klass is PurposeClass.CARE or records_management):
+        return Decision(permitted=True, reason=f"outbox requeue for {code}", purpose=purpose, view=View.FULL)
+    return Decision(permitted=False, reason=f"failed outbox items are requeued for care or records management "
+                                            f"({OUTBOX_REQUEUE_OPERATION}), not for {code}", purpose=purpose)
+
+
 def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tables: Tables,
                        now: datetime) -> frozenset[str]:
     """The purposes the record may be read for without break-glass, for its security labels.

@@ -30,7 +30,10 @@ least 42 SOP classes; a batch with more goes over more associations.
 
 Results (PS3.7 Annex C, PS3.4 B.2.3): Success and every Warning (0xB000 coercion, 0xB006 element
 discarded, 0xB007 data set does not match SOP class, ...) mean the PACS stored the object:
-acknowledged. Failures are split into retryable (out of resources 0xA7xx, processing failure,
+acknowledged. Each result says whether the object's data set went out (``transmitted``: the
+C-STORE-RQ was sent, whatever the answer; or nothing of it, when the association, its presentation
+contexts, a last check or the encoding stopped it before), for the forwarder's audit of a failed
+attempt. Failures are split into retryable (out of resources 0xA7xx, processing failure,
 timeouts, lost connections, transient association rejection) and permanent (cannot understand
 0xCxxx, data set does not match SOP class 0xA9xx, SOP class not supported, not authorised,
 permanent association rejection, no acceptable presentation context).
@@ -52,6 +55,7 @@ Sockets get TCP_NODELAY (Nagle's algorithm plus delayed ACKs stalls each C-STORE
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -209,7 +213,8 @@ def _load(obj: Dataset | Path) -> tuple[Dataset, SendResult | None]:
     try:
         return dcmread(obj), None
     except (OSError, InvalidDicomError, ValueError) as exc:
-        return Dataset(), SendResult("", SendOutcome.PERMANENT, None, f"unreadable DICOM file: {type(exc).__name__}")
+        return Dataset(), SendResult("", SendOutcome.PERMANENT, None, f"unreadable DICOM file: {type(exc).__name__}",
+                                     transmitted=False)
 
 
 def _undefined_length_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
@@ -232,10 +237,10 @@ def _held_back(uid: str, index: int, withhold: Callable[[int], str | None] | Non
     except Exception as exc:
         log.exception("the check before a C-STORE failed; the object is not sent")
         return SendResult(uid, SendOutcome.RETRY, None, f"not sent: the check before sending failed "
-                                                        f"({type(exc).__name__})")
+                                                        f"({type(exc).__name__})", transmitted=False)
     if reason is None:
         return None
-    return SendResult(uid, SendOutcome.PERMANENT, None, reason[:300] or "not sent: held back")
+    return SendResult(uid, SendOutcome.PERMANENT, None, reason[:300] or "not sent: held back", transmitted=False)
 
 
 def _tell_acknowledged(index: int, result: SendResult,
@@ -259,7 +264,13 @@ def _not_accepted(dest: Destination, pair: tuple[UID, UID] | None) -> str:
 
 
 def classify_status(sop_instance_uid: str, status: Dataset) -> SendResult:
-    """Map a C-STORE response's status to a :class:`SendResult` (see the module docstring)."""
+    """Map a C-STORE response's status to a :class:`SendResult` (see the module docstring). Its
+    request went out with the data set (``transmitted``), whatever the PACS answered, or if it
+    answered nothing."""
+    return dataclasses.replace(_classify(sop_instance_uid, status), transmitted=True)
+
+
+def _classify(sop_instance_uid: str, status: Dataset) -> SendResult:
     code = status.get("Status")
     if code is None:  # pynetdicom: no (valid) response, i.e. DIMSE timeout or the connection was lost
         return SendResult(sop_instance_uid, SendOutcome.RETRY, None, "no C-STORE response (timeout or aborted)")
@@ -335,7 +346,8 @@ class StoreSCU:
                 continue
             if pair is None:
                 results[i] = SendResult(str(ds.get("SOPInstanceUID", "")), SendOutcome.PERMANENT, None,
-                                        "not sendable: SOP Class/Instance UID or Transfer Syntax missing")
+                                        "not sendable: SOP Class/Instance UID or Transfer Syntax missing",
+                                        transmitted=False)
             elif pair not in pairs:
                 pairs.append(pair)
         with self._lock:
@@ -344,7 +356,7 @@ class StoreSCU:
                 todo = [i for i, ds in enumerate(items) if results[i] is None and _pair(ds) in group]
                 self._send_group(dest, contexts, [(i, items[i]) for i in todo], results, withhold, acknowledged)
         return [r if r is not None else SendResult(str(ds.get("SOPInstanceUID", "")), SendOutcome.RETRY, None,
-                                                   "not attempted")
+                                                   "not attempted", transmitted=False)
                 for r, ds in zip(results, items, strict=True)]
 
     def release(self) -> None:
@@ -412,7 +424,8 @@ class StoreSCU:
             assoc = self._ae(dest).associate(dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title,
                                              evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
         except (OSError, RuntimeError, ValueError) as exc:
-            return SendResult("", SendOutcome.RETRY, None, f"association with {dest} failed: {type(exc).__name__}")
+            return SendResult("", SendOutcome.RETRY, None, f"association with {dest} failed: {type(exc).__name__}",
+                              transmitted=False)
         if assoc.is_established:
             self.associations_opened += 1
             self._held[dest] = assoc
@@ -430,13 +443,14 @@ class StoreSCU:
             reason = f"{getattr(rsp, 'result_str', '?')}, {getattr(rsp, 'source_str', '?')}: " \
                      f"{getattr(rsp, 'reason_str', '?')}"
             outcome = SendOutcome.PERMANENT if result == 0x01 else SendOutcome.RETRY
-            return SendResult("", outcome, None, f"association rejected by {dest} ({reason})")
+            return SendResult("", outcome, None, f"association rejected by {dest} ({reason})", transmitted=False)
         if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
             return SendResult("", SendOutcome.PERMANENT, None,
-                              f"{dest} accepted none of the presentation contexts proposed")
+                              f"{dest} accepted none of the presentation contexts proposed", transmitted=False)
         if assoc.is_aborted:
-            return SendResult("", SendOutcome.RETRY, None, f"no association with {dest} (refused or aborted)")
-        return SendResult("", SendOutcome.RETRY, None, f"could not connect to {dest}")
+            return SendResult("", SendOutcome.RETRY, None, f"no association with {dest} (refused or aborted)",
+                              transmitted=False)
+        return SendResult("", SendOutcome.RETRY, None, f"could not connect to {dest}", transmitted=False)
 
     def _send_group(self, dest: Destination, group: Sequence[tuple[UID, UID]],
                     todo: Sequence[tuple[int, Dataset]], results: list[SendResult | None],
@@ -447,7 +461,7 @@ class StoreSCU:
         got = self._association(dest, group)
         if isinstance(got, SendResult):
             for i, ds in todo:
-                results[i] = SendResult(str(ds.SOPInstanceUID), got.outcome, None, got.error)
+                results[i] = SendResult(str(ds.SOPInstanceUID), got.outcome, None, got.error, transmitted=False)
             return
         assoc = got
         accepted = self._accepted(assoc)
@@ -456,11 +470,11 @@ class StoreSCU:
             uid = str(ds.SOPInstanceUID)
             pair = _pair(ds)
             if lost is not None:
-                results[i] = SendResult(uid, SendOutcome.RETRY, None, lost)
+                results[i] = SendResult(uid, SendOutcome.RETRY, None, lost, transmitted=False)
                 continue
             syntax = _syntax_for(pair, accepted) if pair is not None else None
             if pair is None or syntax is None:
-                results[i] = SendResult(uid, SendOutcome.PERMANENT, None, _not_accepted(dest, pair))
+                results[i] = SendResult(uid, SendOutcome.PERMANENT, None, _not_accepted(dest, pair), transmitted=False)
                 continue
             held_back = _held_back(uid, i, withhold)
             if held_back is not None:
@@ -475,12 +489,12 @@ class StoreSCU:
                 except AdapterError as exc:  # it would not show what it is: not sent, for good
                     results[i] = SendResult(uid, SendOutcome.PERMANENT, None,
                                             f"{dest} accepted {pair[0].name} only uncompressed, and the object "
-                                            f"cannot be decompressed: {exc.diagnostics}"[:300])
+                                            f"cannot be decompressed: {exc.diagnostics}"[:300], transmitted=False)
                     continue
                 except Exception as exc:  # e.g. MemoryError: this object only, the batch goes on
                     log.exception("decompressing an object for %s failed", dest)
                     results[i] = SendResult(uid, SendOutcome.RETRY, None,
-                                            f"decompressing for {dest} failed: {type(exc).__name__}")
+                                            f"decompressing for {dest} failed: {type(exc).__name__}", transmitted=False)
                     continue
             else:
                 _undefined_length_pixel_data(ds, syntax)
@@ -490,11 +504,15 @@ class StoreSCU:
             try:
                 status = assoc.send_c_store(outgoing, msg_id=message_id)
             except ValueError as exc:  # pynetdicom could not encode it: retrying will not help
-                results[i] = SendResult(uid, SendOutcome.PERMANENT, None, f"cannot encode: {type(exc).__name__}")  # its text can quote a value
+                results[i] = SendResult(uid, SendOutcome.PERMANENT, None, f"cannot encode: {type(exc).__name__}",
+                                        transmitted=False)  # its text can quote a value
                 continue
             except (OSError, RuntimeError) as exc:
+                # pynetdicom raises RuntimeError before sending anything (the association ended);
+                # an OSError may come when part of the request went: not known
                 lost = f"association with {dest} lost: {type(exc).__name__}"
-                results[i] = SendResult(uid, SendOutcome.RETRY, None, lost)
+                results[i] = SendResult(uid, SendOutcome.RETRY, None, lost,
+                                        transmitted=False if isinstance(exc, RuntimeError) else None)
                 continue
             finally:
                 del outgoing  # a decompressed object (~36 MB for 12 MP) is not kept past its C-STORE

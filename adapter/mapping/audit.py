@@ -16,6 +16,11 @@ Every read, search and write, permitted or refused, becomes one AuditEvent; a DI
   DICOM gives an application participant (PS3.15 A.5.2.2);
 * agent[user]: v3-ParticipationType IRCP (information recipient) for reads and searches, AUT
   (author) for writes; requestor = true; purposeOfUse = the request's purpose of use;
+* an exchange the adapter itself initiates (the forwarder pushing an object to a PACS,
+  ``adapter_requestor``) has no agent[user]: R4 ``agent.requestor`` marks the initiator, and DICOM
+  PS3.15 A.5.3.7 has the pushing Source as UserIsRequestor, so agent[server] (the adapter, the
+  Source) is the requestor and carries the purposeOfUse, and agent[client] (the peer, the
+  Destination, named by ``actor``) is not;
 * source.observer = the adapter, type security-source-type#4 (application server);
 * entity[data] per resource: audit-entity-type#2 System Object, object-role#4 Domain Resource;
   entity[patient]: #1 Person / #1 Patient with what.identifier; entity[query] for searches:
@@ -25,6 +30,9 @@ Every read, search and write, permitted or refused, becomes one AuditEvent; a DI
   auditevent-example-consent-authz): what = Reference(Consent/<id>/_history/<version>), type
   resource-types#Consent, role object-role#13 Security Resource (one break-glass overrode says
   so in its description); agent[user].policy = the URI of the organisation's policy applied.
+* an outbox item (a forwarding job, ``POST /outbox/requeue``): #2 System Object / object-role#20
+  Job, what.identifier the item's id in ``urn:clinical-image-adapter:outbox-item``, its
+  destination as a detail (:func:`outbox_item_entity`).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from adapter.mapping.codes import (
     BALP_ENTITY_TYPE,
     DCM,
     OBJECT_ROLE,
+    OUTBOX_ITEM_SYSTEM,
     RESOURCE_TYPES,
     RESTFUL_INTERACTION,
     SECURITY_SOURCE_TYPE,
@@ -72,6 +81,27 @@ def network_access_point(address: str) -> JSON:
     return {"address": address, "type": kind}
 
 
+def patient_entity(patient: Identifier) -> JSON:
+    """entity[patient]: #1 Person / object-role #1 Patient, by the patient's identifier."""
+    return {
+        "what": {"identifier": {"system": patient.system, "value": patient.value}},
+        "type": coding(AUDIT_ENTITY_TYPE, "1", "Person"),
+        "role": coding(OBJECT_ROLE, "1", "Patient"),
+    }
+
+
+def outbox_item_entity(item_id: int, destination: str) -> JSON:
+    """An outbox item, the job of forwarding one object to one destination (module docstring):
+    #2 System Object / object-role #20 Job, by its id; its destination (``AE@host:port``) as a
+    detail. Nothing of a patient: the record and the patient are entities of their own."""
+    return {
+        "what": {"identifier": {"system": OUTBOX_ITEM_SYSTEM, "value": str(item_id)}},
+        "type": coding(AUDIT_ENTITY_TYPE, "2", "System Object"),
+        "role": coding(OBJECT_ROLE, "20", "Job"),
+        "detail": [{"type": "destination", "valueString": destination}],
+    }
+
+
 def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: str | None, recorded: datetime,
                 client_address: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                 entities: Sequence[str], patient: Identifier | None, query: bytes | None,
@@ -82,8 +112,9 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
     ``purpose`` is (system, code) of the request's purpose of use; ``client_ae_title`` the
     AE title of a DICOM peer (a DIMSE exchange); ``entities`` are literal
     references ("Media/abc"); ``query`` the raw search request of a search (its request line, and
-    the body of a search by POST); ``more_entities``: as :func:`assemble_audit_event`'s (the
-    Consents of the decision: :func:`consent_entity`); ``policy``: the policy the decision applied.
+    the body of a search by POST); ``more_entities`` go after the records (outbox items, the
+    patients of an event naming several, the Consents of the decision: :func:`consent_entity`);
+    ``policy``: the policy the decision applied.
 
     Raises:
         ValueError: an unknown interaction, action or outcome code, or a naive ``recorded``.
@@ -118,26 +149,31 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
                          client_ae_title: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                          entities: Sequence[str], patient: Identifier | None, query: bytes | None,
                          event_id: str | None = None, more_entities: Sequence[JSON] = (),
-                         policy: str | None = None) -> JSON:
+                         policy: str | None = None, adapter_requestor: bool = False) -> JSON:
     """The AuditEvent of type ``type_`` (and ``subtype``): the agents, source and entities the
     module docstring describes, shared by the BALP events and the DICOM audit messages
     (adapter.mapping.audit_dicom). ``to_client``: the data flows to the client (it is the
     Destination, the adapter the Source; otherwise the other way); ``recipient``: the
     requestor receives information (IRCP; otherwise it is the author, AUT); ``more_entities``
-    go after the records, before the patient; ``policy``: agent[user].policy, the policy that
-    authorised (or refused) the activity.
+    go after the records, before the patient; ``policy``: the requestor's policy, that which
+    authorised (or refused) the activity. ``adapter_requestor``: the adapter initiated the
+    exchange (it pushes to the peer, ``to_client``): agent[server] is the requestor with the
+    purpose of use, agent[client] the peer named ``actor``, and there is no agent[user].
 
     Raises:
-        ValueError: an unknown action or outcome code, or a naive ``recorded``.
+        ValueError: an unknown action or outcome code, a naive ``recorded``, or
+            ``adapter_requestor`` for an exchange whose data does not flow to the peer.
     """
     if action not in ACTIONS:
         raise ValueError(f"unknown AuditEvent.action {action!r}")
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown AuditEvent.outcome {outcome!r}")
+    if adapter_requestor and not to_client:
+        raise ValueError("the adapter initiates only exchanges in which it sends (it is the Source)")
 
     client: JSON = {
         "type": concept(_DESTINATION_ROLE if to_client else _SOURCE_ROLE),
-        "who": {"display": client_address or "unknown client"},
+        "who": {"display": (actor if adapter_requestor and actor else client_address) or "unknown client"},
         "requestor": False,
     }
     if client_ae_title:
@@ -147,15 +183,16 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
     server: JSON = {
         "type": concept(_SOURCE_ROLE if to_client else _DESTINATION_ROLE),
         "who": {"display": ADAPTER_NAME},
-        "requestor": False,
+        "requestor": adapter_requestor,
     }
     user_role = coding(V3_PARTICIPATION_TYPE, "IRCP", "information recipient") if recipient \
         else coding(V3_PARTICIPATION_TYPE, "AUT", "author (originator)")
     user: JSON = {"type": concept(user_role), "who": {"display": actor or "anonymous"}, "requestor": True}
+    requestor = server if adapter_requestor else user
     if policy:
-        user["policy"] = [policy]
+        requestor["policy"] = [policy]
     if purpose is not None:
-        user["purposeOfUse"] = [concept(coding(purpose[0], purpose[1]))]
+        requestor["purposeOfUse"] = [concept(coding(purpose[0], purpose[1]))]
 
     entity: list[JSON] = [{
         "what": {"reference": ref},
@@ -164,11 +201,7 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
     } for ref in dict.fromkeys(entities)]
     entity.extend(more_entities)
     if patient is not None:
-        entity.append({
-            "what": {"identifier": {"system": patient.system, "value": patient.value}},
-            "type": coding(AUDIT_ENTITY_TYPE, "1", "Person"),
-            "role": coding(OBJECT_ROLE, "1", "Patient"),
-        })
+        entity.append(patient_entity(patient))
     if query is not None:
         entity.append({
             "type": coding(AUDIT_ENTITY_TYPE, "2", "System Object"),
@@ -194,7 +227,7 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
     })
     if outcome_desc:
         event["outcomeDesc"] = outcome_desc
-    event["agent"] = [client, server, user]
+    event["agent"] = [client, server] if adapter_requestor else [client, server, user]
     event["source"] = {"observer": {"display": ADAPTER_NAME},
                        "type": [coding(SECURITY_SOURCE_TYPE, "4", "Application Server")]}
     if entity:
@@ -203,4 +236,4 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
 
 
 __all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "assemble_audit_event", "audit_event", "consent_entity",
-           "network_access_point"]
+           "network_access_point", "outbox_item_entity", "patient_entity"]

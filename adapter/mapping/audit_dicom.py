@@ -18,6 +18,15 @@ purpose of use, the records, the patient, the query, the X-Request-Id):
   Destination. A retrieval is a transfer of instances between two applications, not DICOM
   Instances Accessed (110103, A.5.3.6: instances "viewed, utilized, updated, or deleted", whose
   participant is the one "accessing the data", no Source or Destination);
+* the forwarding C-STORE SCU is the one exchange the adapter initiates: it pushes the object, so
+  it is the requestor (A.5.3.7 Source, UserIsRequestor; R4 ``agent.requestor`` marks the
+  initiator) with the purpose of use it forwards for, and the PACS is the Destination, named by
+  its AE title and address, requestor false; there is no third agent (``adapter_requestor``).
+  Every attempt is one message: acknowledged (outcome 0); its data set sent and the C-STORE
+  answered with a failure status, or with none (outcome 4 or 8, the status in outcomeDesc); or
+  the object not sent at all, the association rejected or aborted, the connection refused, no
+  presentation context accepted (outcome 4 or 8, outcomeDesc "not sent: ...": nothing was
+  disclosed). adapter.services.forwarding says which outcome when;
 * ``110112`` Query (A.5.3.10): action ``E``, the process issuing the query the Source, the one
   answering it the Destination; the query is recorded as it was received (role 24 Query,
   base64: QIDO-RS is a non-DICOM query, A.5.3.10 Note 2);
@@ -196,17 +205,21 @@ def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: st
                       entities: Sequence[str], patient: Identifier | None, studies: Sequence[str],
                       query: bytes | None, event_id: str | None = None,
                       client_ae_title: str | None = None, instances: Sequence[str] = (),
-                      more_entities: Sequence[JSON] = (), policy: str | None = None) -> JSON:
+                      more_entities: Sequence[JSON] = (), policy: str | None = None,
+                      adapter_requestor: bool = False) -> JSON:
     """One DICOM audit message as an R4 AuditEvent (see the module docstring): ``event`` is its
     DICOM EventID, ``studies`` the Study Instance UIDs it names (each once, in order), ``instances``
     the SOP Instance UIDs (each once, after the studies); the other arguments are those of
     adapter.mapping.audit.audit_event (``client_ae_title``: the peer's AE title, its Alternative
     User ID, PS3.15 A.5.2.2; ``more_entities``, after the studies and instances, and ``policy``:
-    the Consents and the policy of a decision).
+    the Consents and the policy of a decision). ``adapter_requestor``: the adapter pushed the
+    instances to the peer (the forwarding C-STORE SCU): it is the requestor, the peer (``actor``)
+    the Destination.
 
     Raises:
         ValueError: an EventID the adapter does not write, an action its message does not allow,
-            an unknown outcome, or a naive ``recorded``.
+            an unknown outcome, a naive ``recorded``, or ``adapter_requestor`` for anything but
+            instances the adapter sends (110104, action R).
     """
     if event not in EVENT_IDS:
         raise ValueError(f"unknown DICOM audit EventID {event!r}")
@@ -214,13 +227,16 @@ def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: st
         raise ValueError(f"EventActionCode {action!r} is not one of DCM {event} {EVENT_IDS[event]!r}")
     # the adapter sends (Source) when instances are read out of it; a query flows to it
     to_client = event == INSTANCES_TRANSFERRED and action == "R"
+    if adapter_requestor and not to_client:
+        raise ValueError("the adapter is the requestor only of instances it sends (110104, action R)")
     return assemble_audit_event(
         type_=coding(DCM, event, EVENT_IDS[event]), subtype=None, action=action, outcome=outcome,
         outcome_desc=outcome_desc, recorded=recorded, to_client=to_client, recipient=action in ("R", "E"),
         client_address=client_address, client_ae_title=client_ae_title, actor=actor, purpose=purpose,
         request_id=request_id, entities=entities, patient=patient, query=query, event_id=event_id, policy=policy,
         more_entities=[*(study_entity(uid) for uid in dict.fromkeys(studies)),
-                       *(sop_instance_entity(uid) for uid in dict.fromkeys(instances)), *more_entities])
+                       *(sop_instance_entity(uid) for uid in dict.fromkeys(instances)), *more_entities],
+        adapter_requestor=adapter_requestor)
 
 
 __all__ = ["EVENT_IDS", "INSTANCES_TRANSFERRED", "NODE_AUTHENTICATION", "QUERY", "SECURITY_ALERT",

@@ -34,6 +34,7 @@ EXT_QUALITY_WARNING = SD_BASE + "quality-warning"    # valueString
 # Identifier systems
 SHA256_SYSTEM = "urn:clinical-image-adapter:sha256"  # value: hex SHA-256 of the stored bytes
 PHOTO_KIND_SYSTEM = "urn:clinical-image-adapter:photo-kind"
+OUTBOX_ITEM_SYSTEM = "urn:clinical-image-adapter:outbox-item"  # value: an outbox item's id (an audited job)
 
 # Added for the R4 builders (adapter.mapping.photo, consent, provenance, audit, outcome).
 EXT_LATERALITY = SD_BASE + "laterality"              # valueCoding (SNOMED CID 244) on bodySite

@@ -12,7 +12,7 @@ from typing import Any
 
 from adapter.consent import decide_audit_export
 from adapter.errors import BusinessRuleViolation, Forbidden, PurposeOfUseMissing, UnknownPurposeOfUse
-from adapter.mapping.audit import audit_event, consent_entity
+from adapter.mapping.audit import audit_event, consent_entity, outbox_item_entity, patient_entity
 from adapter.mapping.audit_application import Application, application_activity_event, audit_log_used_event
 from adapter.mapping.audit_dicom import (
     INSTANCES_TRANSFERRED,
@@ -24,6 +24,7 @@ from adapter.mapping.audit_dicom import (
 from adapter.mapping.tables import Tables
 from adapter.metrics import DECISIONS
 from adapter.model.decision import Decision
+from adapter.model.dicom import DicomInstance, OutboxItem
 from adapter.model.photo import Identifier
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.services.purpose import parse_purpose_of_use
@@ -34,16 +35,25 @@ from adapter.store.port import RecordStore
 class DicomAudit:
     """What makes an AuditEvent a DICOM audit message: its DICOM EventID (``INSTANCES_TRANSFERRED``
     or ``QUERY``), the Study Instance UIDs of the instances transferred and, where the message
-    names them, their SOP Instance UIDs."""
+    names them, their SOP Instance UIDs; ``pushed``: the adapter initiated the transfer (the
+    forwarding C-STORE SCU), so it is the requestor and the peer the Destination."""
 
     event: str
     studies: tuple[str, ...] = ()
     instances: tuple[str, ...] = ()
+    pushed: bool = False
 
     @classmethod
     def transferred(cls, *studies: str, instances: tuple[str, ...] = ()) -> DicomAudit:
         """DICOM Instances Transferred (PS3.15 A.5.3.7) of instances of ``studies``."""
         return cls(INSTANCES_TRANSFERRED, studies, instances)
+
+    @classmethod
+    def pushed_to_peer(cls, *studies: str, instances: tuple[str, ...] = ()) -> DicomAudit:
+        """DICOM Instances Transferred of instances of ``studies`` the adapter pushes to a peer
+        (a PACS it forwards to): the adapter the requesting Source, the peer the Destination
+        (PS3.15 A.5.3.7, adapter.mapping.audit_dicom)."""
+        return cls(INSTANCES_TRANSFERRED, studies, instances, pushed=True)
 
     @classmethod
     def query(cls) -> DicomAudit:
@@ -93,7 +103,8 @@ class Auditor:
                 recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
                 purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
                 patient=patient, studies=dicom.studies, query=ctx.query if dicom.event == QUERY else None,
-                client_ae_title=ctx.ae_title, instances=dicom.instances, more_entities=consents, policy=policy)
+                client_ae_title=ctx.ae_title, instances=dicom.instances, more_entities=consents, policy=policy,
+                adapter_requestor=dicom.pushed)
         return audit_event(
             interaction=interaction, action=action, outcome=outcome, outcome_desc=reason,
             recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
@@ -203,6 +214,31 @@ class Auditor:
                                      entities=list(dict.fromkeys(refs)), patient=patient,
                                      dicom=DicomAudit.transferred(*dict.fromkeys(studies)), decision=decision))
         self._store.append_audit(*events)
+
+    def requeue_event(self, ctx: RequestContext, *, requeued: Sequence[tuple[OutboxItem, DicomInstance | None]],
+                      reason: str) -> dict[str, Any]:
+        """The AuditEvent of one ``POST /outbox/requeue`` that put ``requeued`` (each outbox item
+        as it was, failed, with its DICOM instance where the store has it) back to pending: the
+        request's patients' objects will be disclosed to a PACS again. One event per request,
+        shaped as IHE BALP Update (subtype update, action U, the caller the requestor with its
+        purpose of use, its X-Request-Id): each item an entity (object-role 20 Job, its id and
+        destination), each record and each patient named once. Built, not stored: the store
+        writes it in the transaction of the requeue (RecordStore.requeue_outbox); not counted
+        as a decision here (:meth:`count_decision` once it committed)."""
+        records = [f"{i.record_type}/{i.record_id}" for _, i in requeued if i is not None]
+        patients = list(dict.fromkeys(i.patient for _, i in requeued if i is not None))
+        return audit_event(
+            interaction="update", action="U", outcome="0", outcome_desc=reason, recorded=self._now(),
+            client_address=ctx.client_address, actor=ctx.actor, purpose=(ctx.purpose.system, ctx.purpose.code),
+            request_id=ctx.request_id, entities=records, patient=None, query=None, client_ae_title=ctx.ae_title,
+            more_entities=[*(outbox_item_entity(item.id, item.destination) for item, _ in requeued),
+                           *(patient_entity(p) for p in patients)])
+
+    @staticmethod
+    def count_decision(interaction: str, ctx: RequestContext, *, permitted: bool) -> None:
+        """Count a decision audited by an event built with :meth:`requeue_event` (or another
+        built without :meth:`decision_event`) in the metrics."""
+        DECISIONS.labels(interaction, ctx.purpose.code, "permit" if permitted else "deny").inc()
 
     def record_security_alert(self, *, start: datetime, end: datetime, count: int, description: str,
                               peer_address: str | None, calling_ae_title: str | None) -> None:

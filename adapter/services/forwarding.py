@@ -26,6 +26,20 @@ else (no regeneration). Either refusal fails the item for good, says why in its 
 audited once, as the transfer it refused; a decision that cannot be taken (the store fails) holds
 the object back and retries it.
 
+Every attempt is audited, once, as DICOM Instances Transferred (PS3.15 A.5.3.7, which the sender
+records for each transfer, with its outcome; adapter.mapping.audit_dicom), in the transaction
+that records the attempt in the outbox: an acknowledgement as the disclosure it is (outcome 0); a
+refusal by the consent decision as the transfer it refused (outcome 4); any other failure as a
+failed transfer (:func:`attempt_outcome`, :func:`attempt_reason`), saying whether the data set
+went out: sent (the C-STORE-RQ with the object was transmitted; the PACS answered a failure
+status, named, or nothing) or "not sent" (the association rejected or aborted, the connection
+refused, no presentation context accepted, the object not made: nothing was disclosed). An
+attempt whose object went out is audited even when its result cannot be recorded (another
+forwarder claimed the item meanwhile), in a transaction of its own. The retry policy bounds the
+events: one per attempt, at most ``ADAPTER_FORWARD_RETRY_MAX`` per item until it is requeued.
+The adapter initiated every such transfer: it is the requestor (the Source), the PACS the
+Destination.
+
 Delivery is *at least once* with a very narrow window: an item is marked sent in the database
 immediately after its C-STORE response, before the next object of its batch goes (the sender's
 ``acknowledged`` callback), so only a crash between the acknowledgement and that commit can resend
@@ -46,6 +60,7 @@ The SCU knows nothing of consent either: it only asks ``withhold`` before each s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -56,7 +71,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from adapter.errors import AdapterError
+from adapter.consent import decide_outbox_requeue
+from adapter.errors import AdapterError, Forbidden
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.tables import Tables
 from adapter.model.decision import Decision
@@ -89,12 +105,17 @@ class SendOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class SendResult:
-    """The result of one C-STORE (or of the attempt to get as far as one)."""
+    """The result of one C-STORE (or of the attempt to get as far as one). ``transmitted``: the
+    C-STORE-RQ with the object's data set went out to the PACS (True; whatever it answered, or
+    if it answered nothing), nothing of it did (False: no association, no accepted context,
+    held back, not encodable), or it is not known (None: the sender failed along the way). The
+    audit of a failed attempt says which (module docstring); None is audited as possibly sent."""
 
     sop_instance_uid: str
     outcome: SendOutcome
     status: int | None = None      # the DIMSE status, when the PACS answered
     error: str | None = None       # for the outbox's lastError: no patient data
+    transmitted: bool | None = None
 
     @property
     def acknowledged(self) -> bool:
@@ -120,7 +141,9 @@ class StoreSender(Protocol):
 
         ``acknowledged(i, result)`` is called right after the destination acknowledged the i-th
         dataset (Success or Warning), before the next one goes; an exception from it does not
-        stop the batch."""
+        stop the batch.
+
+        Each result says whether its data set was transmitted (:class:`SendResult`)."""
 
     def release(self) -> None:
         """Release every association kept open between batches."""
@@ -144,18 +167,41 @@ class OutboxService:
     """The outbox for operations (``GET /outbox``, ``POST /outbox/requeue``): items with their
     record reference, no patient data."""
 
-    def __init__(self, store: RecordStore, *, now: Callable[[], datetime],
+    def __init__(self, store: RecordStore, *, now: Callable[[], datetime], tables: Tables, auditor: Auditor,
                  wake: Callable[[], None] | None = None) -> None:
         self._store = store
         self._now = now
+        self._tables = tables
+        self._auditor = auditor
         self._wake = wake
 
-    def requeue(self, *, ids: Sequence[int] | None = None, destination: str | None = None) -> int:
+    def requeue(self, ctx: RequestContext, *, ids: Sequence[int] | None = None,
+                destination: str | None = None) -> int:
         """Failed items (all, those of ``ids``, or those for ``destination``) back to pending,
         due now, with their attempts counted afresh: after an outage longer than the retries
         lasted, or once a refusal was put right at the PACS. Returns how many; wakes the
-        forwarder of this process (another process's finds them at its next poll)."""
-        count = self._store.requeue_outbox(now=self._now(), ids=ids, destination=destination)
+        forwarder of this process (another process's finds them at its next poll).
+
+        The items' objects will be disclosed to a PACS again, so the request's purpose of use
+        is decided (adapter.consent.decide_outbox_requeue: care or records management) and the
+        request audited: a refusal (Forbidden) as an update refused; a requeue as one BALP
+        Update event naming each item requeued, its record and patient, stored in the
+        transaction of the requeue (Auditor.requeue_event), also when nothing was requeued."""
+        decision = decide_outbox_requeue(ctx.purpose, self._tables)
+        which = _requeue_selection(ids, destination)
+        if not decision.permitted:
+            self._auditor.record(ctx, interaction="update", action="U", decision=decision, entities=[], patient=None,
+                                 reason=f"outbox requeue of {which} refused: {decision.reason}")
+            raise Forbidden(f"outbox requeue refused: {decision.reason}")
+
+        def audit(requeued: Sequence[tuple[OutboxItem, DicomInstance | None]]) -> list[dict[str, Any]]:
+            return [self._auditor.requeue_event(
+                ctx, requeued=requeued,
+                reason=f"outbox requeue of {which}: {len(requeued)} failed item(s) back to pending, to be "
+                       f"forwarded again (each decided for TREAT before it is sent); {decision.reason}")]
+
+        count = self._store.requeue_outbox(now=self._now(), ids=ids, destination=destination, audit=audit)
+        self._auditor.count_decision("update", ctx, permitted=True)
         if count and self._wake is not None:
             self._wake()
         return count
@@ -170,6 +216,18 @@ class OutboxService:
                 records[item.sop_instance_uid] = \
                     f"{instance.record_type}/{instance.record_id}" if instance is not None else None
         return [OutboxEntry(item=i, record=records[i.sop_instance_uid]) for i in items]
+
+
+def _requeue_selection(ids: Sequence[int] | None, destination: str | None) -> str:
+    """What a requeue asked for, in its audit's words (ids counted, not listed: the event names
+    the items requeued)."""
+    if ids is not None and destination is not None:
+        return f"{len(ids)} named item(s) for {destination[:200]}"
+    if ids is not None:
+        return f"{len(ids)} named item(s)"
+    if destination is not None:
+        return f"the items for {destination[:200]}"
+    return "every failed item"
 
 
 # --------------------------------------------------------------------------- the worker
@@ -212,13 +270,49 @@ NOT_PERMITTED = "not forwarded: the consent decision for treatment does not perm
 LEASE_LOST = "not sent: this forwarder's claim on the item was lost while its batch was sent"
 
 
-class _Skip(Exception):
-    """An item that cannot be sent: ``permanent`` ones fail at once, others are retried."""
+def attempt_outcome(*, give_up: bool) -> str:
+    """The EventOutcomeIndicator (PS3.15 A.5.1, AuditEvent.outcome) of a forwarding attempt that
+    failed, its object sent or not. A.5.1 grades how the action ended: ``4`` Minor failure is an
+    "action restarted", ``8`` Serious failure an "action terminated", ``12`` Major failure an
+    "action made unavailable". So ``4`` while the item is retried (the forwarding goes on at its
+    next attempt, by itself), and ``8`` once it is not (a permanent failure: the association
+    rejected permanently, no presentation context accepted, 0xA9xx, 0xCxxx; or the last attempt
+    ``ADAPTER_FORWARD_RETRY_MAX`` allows): the item is failed and nothing more is sent until an
+    operator requeues it. Never ``12``: forwarding itself stays available. Whether the object was
+    disclosed does not change the grade (both failed to deliver it); outcomeDesc says which
+    (:func:`attempt_reason`)."""
+    return "8" if give_up else "4"
 
-    def __init__(self, reason: str, *, permanent: bool) -> None:
+
+def attempt_reason(result: SendResult, *, give_up: bool) -> str:
+    """The outcomeDesc of a forwarding attempt that failed: whether the object's data set went
+    out ("sent: ...", "perhaps sent (not known): ...", or "not sent: ...; nothing was disclosed"),
+    the PACS's DIMSE status when it answered one, the sender's error (lastError: it names no
+    patient, only statuses, AE titles, addresses and exception types) and what becomes of the
+    item."""
+    error = result.error or "failed"
+    if result.status is not None and f"0x{result.status:04X}" not in error:
+        error = f"{error} (status 0x{result.status:04X})"
+    then = "the item failed, not retried" if give_up else "to be retried"
+    if result.transmitted is False:
+        return f"not sent: {error.removeprefix('not sent: ')}; nothing was disclosed; {then}"[:500]
+    if result.transmitted:
+        return f"sent: {error}; {then}"[:500]
+    return f"perhaps sent (not known): {error}; {then}"[:500]
+
+
+class _Skip(Exception):
+    """An item that cannot be sent: ``permanent`` ones fail at once, others are retried.
+    ``instance``: its DICOM instance, when it was found (the audit names its record, patient and
+    study); ``event``: the AuditEvent that already records the attempt (a consent refusal)."""
+
+    def __init__(self, reason: str, *, permanent: bool, instance: DicomInstance | None = None,
+                 event: dict[str, Any] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.instance = instance
+        self.event = event
 
 
 class _Reader(Protocol):
@@ -335,12 +429,14 @@ class Forwarder:
                 except _Skip as skip:
                     self._settle(item, SendResult(item.sop_instance_uid,
                                                   SendOutcome.PERMANENT if skip.permanent else SendOutcome.RETRY,
-                                                  None, skip.reason), leases)
+                                                  None, skip.reason, transmitted=False), leases,
+                                 instance=skip.instance, decided=skip.event)
                     continue
                 except Exception as exc:
                     log.exception("preparing outbox item %d failed", item.id)
                     self._settle(item, SendResult(item.sop_instance_uid, SendOutcome.RETRY, None,
-                                                  f"could not prepare the object: {type(exc).__name__}"), leases)
+                                                  f"could not prepare the object: {type(exc).__name__}",
+                                                  transmitted=False), leases)
                     continue
                 ready.append((item, obj, disclosure))
             if not ready:
@@ -348,6 +444,7 @@ class Forwarder:
 
             def withhold(index: int) -> str | None:  # the sender asks right before each C-STORE-RQ
                 item, _, disclosure = ready[index]
+                disclosure.asked = True
                 if not leases.holds(item):  # lost at a renewal: another forwarder may send it
                     disclosure.held_back = _Skip(LEASE_LOST, permanent=False)
                     return LEASE_LOST
@@ -375,24 +472,37 @@ class Forwarder:
         for (item, _, disclosure), result in zip(ready, results, strict=True):
             held = disclosure.held_back
             if held is not None:  # not sent, whatever the sender's result says of it
-                if result.acknowledged:
+                reason = held.reason
+                if result.acknowledged:  # it went all the same: the audit says so
                     log.error("outbox item %d: the sender sent an object it was told to hold back", item.id)
+                    reason = f"acknowledged by the PACS though held back ({held.reason})"
                 result = SendResult(item.sop_instance_uid,
-                                    SendOutcome.PERMANENT if held.permanent else SendOutcome.RETRY, None, held.reason)
+                                    SendOutcome.PERMANENT if held.permanent else SendOutcome.RETRY, None, reason,
+                                    transmitted=result.acknowledged)
+            elif result.transmitted is None and not disclosure.asked:
+                # the sender asks right before each C-STORE-RQ (StoreSender): never asked, never sent
+                result = dataclasses.replace(result, transmitted=False)
             if disclosure.sent is not None:  # marked sent and audited when acknowledged, whatever came after
                 continue
-            self._settle(item, result, leases,
-                         disclosed=self._disclosed(disclosure) if result.acknowledged else None)
-            if disclosure.refused:
-                self._audit_refusal(disclosure)
+            if result.acknowledged:
+                self._settle(item, result, leases, disclosed=self._disclosed(disclosure))
+            else:
+                self._settle(item, result, leases, instance=disclosure.instance,
+                             decided=self._refusal_event(disclosure) if disclosure.refused else None)
 
-    def _settle(self, item: OutboxItem, result: SendResult, leases: LeaseKeeper,
-                disclosed: dict[str, Any] | None = None) -> None:
-        """Record the attempt at once: an acknowledged object is marked sent before anything
-        else happens, so it is not sent again (see the module docstring), with ``disclosed``, the
-        AuditEvent of its disclosure, in the same transaction. A failure is recorded only under
-        the claim this forwarder holds: if it was lost meanwhile, the item is another forwarder's
-        now (and perhaps sent already)."""
+    def _settle(self, item: OutboxItem, result: SendResult, leases: LeaseKeeper, *,
+                disclosed: dict[str, Any] | None = None, instance: DicomInstance | None = None,
+                decided: dict[str, Any] | None = None) -> None:
+        """Record the attempt at once, with its AuditEvent in the same transaction (module
+        docstring): an acknowledged object is marked sent before anything else happens, so it
+        is not sent again, with ``disclosed``, the AuditEvent of its disclosure. A failure is
+        recorded only under the claim this forwarder holds (if it was lost meanwhile, the item
+        is another forwarder's now, and perhaps sent already), with ``decided``, the AuditEvent
+        of a consent refusal, or else the failed transfer's (:meth:`_failed_attempt`, naming
+        ``instance`` where it is known). An attempt that could not be recorded is audited all
+        the same, in a transaction of its own, when its object went out (or may have) or
+        consent refused it: that happened, whoever holds the item now; one that sent nothing
+        is left to the forwarder that holds the item."""
         now = self._now()
         if result.acknowledged:
             leases.release(item)  # no longer renewed: a sent item has no claim to keep
@@ -402,8 +512,12 @@ class Forwarder:
         error = result.error or "failed"
         give_up = result.outcome is SendOutcome.PERMANENT or attempts >= self.options.retry_max
         retry_at = now if give_up else now + backoff_delay(attempts, self.options, self._rng)
+        event = decided if decided is not None else self._failed_attempt(item, instance, result, give_up=give_up)
         if not self._store.mark_outbox_retry(item.id, next_attempt_at=retry_at, error=error, now=now,
-                                             give_up=give_up, claimed_until=leases.release(item)):
+                                             give_up=give_up, claimed_until=leases.release(item),
+                                             audit_events=[event]):
+            if decided is not None or result.transmitted is not False:
+                self._append_audit(item, event)
             log.info("outbox item %d to %s: attempt failed (%s) after another forwarder took it", item.id,
                      item.destination, error)
         elif give_up:
@@ -413,24 +527,39 @@ class Forwarder:
             log.info("outbox item %d to %s: attempt %d failed (%s), retrying", item.id, item.destination,
                      attempts, error)
 
+    def _append_audit(self, item: OutboxItem, event: dict[str, Any]) -> None:
+        try:
+            self._store.append_audit(event)
+        except Exception:
+            log.exception("auditing an attempt of outbox item %d failed", item.id)
+
     # -- the object --------------------------------------------------------------------------
     def _object_for(self, item: OutboxItem) -> tuple[Dataset | Path, _Disclosure]:
         """The DICOM object of an item: a received object's stored Part 10 file, or the photo's
-        object regenerated from the record and its stored bytes with the UIDs fixed at ingest."""
+        object regenerated from the record and its stored bytes with the UIDs fixed at ingest.
+        A _Skip when it is not to be sent (naming the instance when it was found); a consent
+        refusal carries its AuditEvent, to be stored with the attempt."""
         instance = self._store.find_dicom_instance(item.sop_instance_uid)
         if instance is None:
             raise _Skip("no DICOM instance with this SOP Instance UID", permanent=True)
-        stored = self._record_of(instance)
-        disclosure = _Disclosure(item, instance, stored.facts)
-        decision = self._reader(disclosure.context()).decide(stored.facts)
-        disclosure.decision = decision
-        if not decision.permitted:
-            self._audit_refusal(disclosure)
-            raise _Skip(NOT_PERMITTED, permanent=True)
         try:
-            return dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables), disclosure
-        except AdapterError as exc:
-            raise _Skip(f"cannot make the DICOM object: {exc.diagnostics}"[:300], permanent=True) from exc
+            stored = self._record_of(instance)
+            disclosure = _Disclosure(item, instance, stored.facts)
+            decision = self._reader(disclosure.context()).decide(stored.facts)
+            disclosure.decision = decision
+            if not decision.permitted:
+                raise _Skip(NOT_PERMITTED, permanent=True, event=self._refusal_event(disclosure))
+            try:
+                return dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables), disclosure
+            except AdapterError as exc:
+                raise _Skip(f"cannot make the DICOM object: {exc.diagnostics}"[:300], permanent=True) from exc
+        except _Skip as skip:
+            skip.instance = instance
+            raise
+        except Exception as exc:
+            log.exception("preparing outbox item %d failed", item.id)
+            raise _Skip(f"could not prepare the object: {type(exc).__name__}", permanent=False,
+                        instance=instance) from exc
 
     def _record_of(self, instance: DicomInstance) -> StoredResource:
         """The record an instance belongs to, as stored now; a permanent _Skip if it is gone."""
@@ -463,19 +592,15 @@ class Forwarder:
             return disclosure.held_back.reason
         return None
 
-    def _audit_refusal(self, disclosure: _Disclosure) -> None:
-        """One AuditEvent per refusal to make a disclosure to a PACS: DICOM Instances
-        Transferred, read by the sender (adapter.mapping.audit_dicom), in a transaction of its
-        own (a disclosure's is :meth:`_disclosed`, stored as its item is marked sent)."""
-        try:
-            self._auditor.record(disclosure.context(), interaction="read", action="R",
-                                 decision=disclosure.decision,
-                                 entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
-                                 patient=disclosure.instance.patient,
-                                 reason="not forwarded to PACS",
-                                 dicom=DicomAudit.transferred(disclosure.instance.study_instance_uid))
-        except Exception:
-            log.exception("auditing the refusal of outbox item %d failed", disclosure.item.id)
+    def _refusal_event(self, disclosure: _Disclosure) -> dict[str, Any]:
+        """The AuditEvent of a refusal, by the consent decision, to make a disclosure to a PACS:
+        DICOM Instances Transferred, read by the sender (adapter.mapping.audit_dicom), outcome 4
+        with the decision's reason; counted as a decision. Stored with the attempt (:meth:`_settle`)."""
+        return self._auditor.decision_event(
+            disclosure.context(), interaction="read", action="R", decision=disclosure.decision,
+            entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
+            patient=disclosure.instance.patient, reason="not forwarded to PACS",
+            dicom=DicomAudit.pushed_to_peer(disclosure.instance.study_instance_uid))
 
     def _disclosed(self, disclosure: _Disclosure) -> dict[str, Any]:
         """The AuditEvent of a disclosure to a PACS: DICOM Instances Transferred, read by the
@@ -483,7 +608,37 @@ class Forwarder:
         return self._auditor.decision_event(
             disclosure.context(), interaction="read", action="R", decision=disclosure.decision,
             entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
-            patient=disclosure.instance.patient, dicom=DicomAudit.transferred(disclosure.instance.study_instance_uid))
+            patient=disclosure.instance.patient,
+            dicom=DicomAudit.pushed_to_peer(disclosure.instance.study_instance_uid))
+
+    def _failed_attempt(self, item: OutboxItem, instance: DicomInstance | None, result: SendResult, *,
+                        give_up: bool) -> dict[str, Any]:
+        """The AuditEvent of an attempt that failed (not a consent refusal): DICOM Instances
+        Transferred, read by the sender, outcome :func:`attempt_outcome` and outcomeDesc
+        :func:`attempt_reason`: "sent" with the PACS's status (or none), or "not sent":
+        nothing was disclosed. It names the record, its patient and study where the instance is
+        known, else the SOP instance alone. Not a decision: not counted as one."""
+        if instance is not None:
+            entities = [f"{instance.record_type}/{instance.record_id}"]
+            dicom = DicomAudit.pushed_to_peer(instance.study_instance_uid)
+        else:
+            entities, dicom = [], DicomAudit.pushed_to_peer(instances=(item.sop_instance_uid,))
+        return self._auditor.event(
+            _context_for(item), interaction="read", action="R", permitted=False,
+            reason=attempt_reason(result, give_up=give_up), entities=entities,
+            patient=instance.patient if instance is not None else None, dicom=dicom,
+            outcome=attempt_outcome(give_up=give_up))
+
+
+def _context_for(item: OutboxItem) -> RequestContext:
+    """The context of forwarding ``item``: for care (TREAT, the PACS being part of the care
+    record), to the PACS of its destination, named by its AE title and address (the audit's
+    Destination; the adapter is the requestor)."""
+    ae, _, address = item.destination.partition("@")
+    host = address.rpartition(":")[0].strip("[]") or None
+    return RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"PACS {ae} (C-STORE)",
+                          request_id=f"outbox-{item.id}", client_address=host, channel="dicom",
+                          ae_title=ae or None)
 
 
 class _Disclosure:
@@ -497,10 +652,7 @@ class _Disclosure:
         self.held_back: _Skip | None = None  # by the check right before its C-STORE-RQ
         self.sent: SendResult | None = None  # its acknowledgement, once marked sent
         self.refused = False                 # that check's consent decision refused it
+        self.asked = False                   # the sender asked that check: its C-STORE-RQ was about to go
 
     def context(self) -> RequestContext:
-        ae, _, address = self.item.destination.partition("@")
-        host = address.rpartition(":")[0].strip("[]") or None
-        return RequestContext(purpose=PurposeOfUse("TREAT"), actor=f"PACS {ae} (C-STORE)",
-                              request_id=f"outbox-{self.item.id}", client_address=host, channel="dicom",
-                              ae_title=ae or None)
+        return _context_for(self.item)

@@ -176,7 +176,8 @@ class Services:
 
     @property
     def outbox(self) -> OutboxService:
-        return OutboxService(self.store, now=self.now, wake=self._wake_forwarder)
+        return OutboxService(self.store, now=self.now, tables=self.tables, auditor=self.auditor,
+                             wake=self._wake_forwarder)
 
     def _wake_forwarder(self) -> None:
         if self.forwarder is not None:

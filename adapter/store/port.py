@@ -288,11 +288,13 @@ class RecordStore(Protocol):
         transaction. NotFound for an unknown id."""
 
     def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,
-                          give_up: bool = False, claimed_until: datetime | None = None) -> bool:
+                          give_up: bool = False, claimed_until: datetime | None = None,
+                          audit_events: Sequence[dict[str, Any]] = ()) -> bool:
         """Count an attempt of a pending item; ``give_up`` sets status failed. An item no longer
         pending (another forwarder had it acknowledged) is left as it is, and so is one whose
         lease end is not ``claimed_until`` when given (another forwarder claimed it since);
-        returns whether the attempt was recorded. NotFound for an unknown id."""
+        returns whether the attempt was recorded. ``audit_events`` (the attempt's) are stored in
+        the same transaction, and only when it was recorded. NotFound for an unknown id."""
 
     def renew_outbox_claims(self, items: Sequence[OutboxItem], now: datetime) -> list[OutboxItem]:
         """Of ``items`` (as claim_outbox or an earlier renewal returned them), those whose claim
@@ -301,9 +303,13 @@ class RecordStore(Protocol):
         no longer pending, is left out: its holder may not send it."""
 
     def requeue_outbox(self, *, now: datetime, ids: Sequence[int] | None = None,
-                       destination: str | None = None) -> int:
+                       destination: str | None = None,
+                       audit: Callable[[Sequence[tuple[OutboxItem, DicomInstance | None]]],
+                                       Sequence[dict[str, Any]]] | None = None) -> int:
         """Failed items (all, those of ``ids``, or those for ``destination``) pending again and
-        due now, attempts counted afresh; returns how many."""
+        due now, attempts counted afresh; returns how many. ``audit`` is given the items
+        requeued (as they were, oldest first, each with its DICOM instance) and returns the
+        AuditEvents stored in the same transaction: the audit names exactly what was requeued."""
 
     def list_outbox(self, *, status: str | None = None, limit: int = 100) -> list[OutboxItem]: ...
 

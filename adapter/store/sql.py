@@ -18,6 +18,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    false,
     func,
     inspect,
     or_,
@@ -119,6 +120,10 @@ _DICOM_INSTANCE = select(dicom_instances).where(_d.sop_instance_uid == bindparam
 _KEYED_RECEIPT = select(receipts.c.receipt, receipts.c.patient_system, receipts.c.patient_value) \
     .where(receipts.c.idempotency_key == bindparam("idempotency_key"))
 _RESOURCE = select(resources).where(_r.resource_type == bindparam("resource_type"), _r.id == bindparam("id"))
+
+#: Rows named at once in an IN (...) of a statement over many (SQLite binds at most 32766
+#: parameters, PostgreSQL 65535).
+_IN_BATCH = 500
 
 #: How long a claimed outbox item stays invisible to other forwarders (claim_outbox).
 OUTBOX_LEASE = timedelta(seconds=60)
@@ -1044,21 +1049,24 @@ class SqlRecordStore:
                              audit_events=audit_events)
 
     def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,
-                          give_up: bool = False, claimed_until: datetime | None = None) -> bool:
+                          give_up: bool = False, claimed_until: datetime | None = None,
+                          audit_events: Sequence[dict[str, Any]] = ()) -> bool:
         """Count a failed attempt and keep ``error`` (cut to 1000 characters; callers keep patient
         data out of it); due again at ``next_attempt_at``, or status failed when ``give_up``.
+        ``audit_events`` (the attempt's) commit with it, as a disclosure's do with
+        :meth:`mark_outbox_sent`.
 
         Only a pending item changes: a failure reported late, by a forwarder whose lease ran out
         while another claimed the item again and had it acknowledged, never puts a sent item back
         (it would be sent again). With ``claimed_until`` (the lease end of the reporter's claim)
         only while that claim holds: a stale report does not move another forwarder's lease.
-        Returns whether the report was recorded."""
+        Returns whether the report was recorded (its ``audit_events`` are stored only then)."""
         conditions = [_o.status == OUTBOX_PENDING]
         if claimed_until is not None:
             conditions.append(_o.next_attempt_at == to_utc(claimed_until))
         return self._finish_attempt(item_id, {
             "status": OUTBOX_FAILED if give_up else OUTBOX_PENDING, "next_attempt_at": to_utc(next_attempt_at),
-            "last_error": error[:_LAST_ERROR_MAX], "updated": to_utc(now)}, *conditions)
+            "last_error": error[:_LAST_ERROR_MAX], "updated": to_utc(now)}, *conditions, audit_events=audit_events)
 
     def renew_outbox_claims(self, items: Sequence[OutboxItem], now: datetime) -> list[OutboxItem]:
         """See RecordStore.renew_outbox_claims: a claim is held while the item is pending and its
@@ -1079,21 +1087,45 @@ class SqlRecordStore:
         return held
 
     def requeue_outbox(self, *, now: datetime, ids: Sequence[int] | None = None,
-                       destination: str | None = None) -> int:
+                       destination: str | None = None,
+                       audit: Callable[[Sequence[tuple[OutboxItem, DicomInstance | None]]],
+                                       Sequence[dict[str, Any]]] | None = None) -> int:
         """Failed items (all, those of ``ids``, or those for ``destination``) pending again, due
-        ``now``, with a fresh count of attempts; their last error stays. Returns how many."""
-        if ids is not None and not ids:
+        ``now``, with a fresh count of attempts; their last error stays. Returns how many.
+
+        With ``audit``, the items are read first in the same transaction (locked: PostgreSQL
+        FOR UPDATE, SQLite's write lock), then those very items are requeued, and the events
+        ``audit`` makes of them (each item with its DICOM instance) are inserted last: what the
+        audit names is what was requeued, committed together. It is called also when nothing
+        matched (an empty sequence)."""
+        if ids is not None and not ids and audit is None:
             return 0
-        statement = update(outbox).where(_o.status == OUTBOX_FAILED)
+        matching = [_o.status == OUTBOX_FAILED]
         if ids is not None:
-            statement = statement.where(_o.id.in_(list(ids)))
+            matching.append(_o.id.in_(list(ids)) if ids else false())
         if destination is not None:
-            statement = statement.where(_o.destination == destination)
-        now = to_utc(now)
+            matching.append(_o.destination == destination)
+        requeue = update(outbox).values(status=OUTBOX_PENDING, attempts=0, next_attempt_at=to_utc(now),
+                                        updated=to_utc(now))
         with self._write() as conn:
-            result = conn.execute(statement.values(status=OUTBOX_PENDING, attempts=0, next_attempt_at=now,
-                                                   updated=now))
-        return int(result.rowcount)
+            if audit is None:
+                return int(conn.execute(requeue.where(*matching)).rowcount)
+            # by id, in batches: a failure recorded meanwhile by a forwarder (PostgreSQL: another
+            # row, not locked) is not requeued unnamed
+            items = [outbox_item_from(row) for row in conn.execute(
+                select(outbox).where(*matching).order_by(_o.id).with_for_update()).mappings()]
+            count = 0
+            instances: dict[str, DicomInstance] = {}
+            for start in range(0, len(items), _IN_BATCH):
+                batch = items[start:start + _IN_BATCH]
+                count += int(conn.execute(requeue.where(
+                    _o.status == OUTBOX_FAILED, _o.id.in_([i.id for i in batch]))).rowcount)
+                uids = list(dict.fromkeys(i.sop_instance_uid for i in batch if i.sop_instance_uid not in instances))
+                for row in conn.execute(select(dicom_instances).where(_d.sop_instance_uid.in_(uids))).mappings():
+                    instances[row["sop_instance_uid"]] = dicom_instance_from(row)
+            events = audit([(i, instances.get(i.sop_instance_uid)) for i in items])
+            self._insert_audit(conn, [{"recorded": now_instant(), "json": e} for e in events])  # last
+        return count
 
     def outbox_counts(self) -> dict[str, int]:
         """How many outbox items are in each status (the statuses with none left out)."""

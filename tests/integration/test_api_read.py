@@ -167,7 +167,7 @@ def test_an_outbox_query_that_cannot_be_understood_is_400_as_on_every_read(tmp_p
         assert client.get("/outbox", params={"status": "failed", "limit": 1000},
                           headers=as_purpose("TREAT")).status_code == 200
         # a body that cannot be processed stays 422 (content, not a query)
-        assert client.post("/outbox/requeue", json={"ids": ["x"]}).status_code == 422
+        assert client.post("/outbox/requeue", json={"ids": ["x"]}, headers=as_purpose("RECORDMGT")).status_code == 422
 
 
 def test_search_leaves_out_what_the_purpose_may_not_see(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from adapter.services.forwarding import Forwarder, ForwardOptions, SendOutcome, 
 from adapter.services.registry import Services
 from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
-from tests.support.audit import INSTANCES_TRANSFERRED, agent_roles, dicom_events, study_uids
+from tests.support.audit import INSTANCES_TRANSFERRED, agent_roles, dicom_events, patients, study_uids
 from tests.support.dcmtk import StoreSCP, dcmtk_missing
 from tests.support.orthanc import OrthancPeer, free_port, free_ports, orthanc_missing
 
@@ -149,6 +149,43 @@ def orthanc_instance(peer: OrthancPeer, sop_instance_uid: str) -> str:
 
 def orthanc_transfer_syntax(peer: OrthancPeer, instance_id: str) -> str:
     return peer._check(peer.client.get(f"/instances/{instance_id}/metadata/TransferSyntax")).text
+
+
+#: What a requeue states (its natural purpose: records management).
+RECORDMGT = as_purpose("RECORDMGT")
+
+
+def forward_events(services: Services, limit: int = 1000) -> list[dict[str, Any]]:
+    """The forwarder's DICOM Instances Transferred messages (the PACS the Destination), oldest first."""
+    return [e for e in reversed(dicom_events(services.store.list_audit(limit), INSTANCES_TRANSFERRED))
+            if any("PACS " in a["who"].get("display", "") and a["type"]["coding"][0]["code"] == "110152"
+                   for a in e["agent"])]
+
+
+def assert_pushed_by_the_adapter(event: dict[str, Any], pacs_ae: str | None = None) -> None:
+    """The adapter initiated the transfer: it is the requestor (110153 Source) with the purpose it
+    forwards for (TREAT), and the PACS (110152 Destination) is not; no third agent."""
+    assert agent_roles(event) == ["110152", "110153"], event["agent"]
+    pacs, adapter = event["agent"]
+    assert (pacs["requestor"], adapter["requestor"]) == (False, True)
+    assert "purposeOfUse" not in pacs and adapter["who"] == {"display": "clinical-image-adapter"}
+    assert adapter["purposeOfUse"][0]["coding"][0]["code"] == "TREAT"
+    if pacs_ae is not None:
+        assert pacs["altId"] == pacs_ae
+
+
+def request_ids(event: dict[str, Any]) -> list[str]:
+    return [e["what"]["identifier"]["value"] for e in event.get("entity", [])
+            if e.get("type", {}).get("code") == "XrequestId"]
+
+
+def requeue_events(services: Services, request_id: str) -> list[dict[str, Any]]:
+    return [e for e in services.store.list_audit(200) if request_ids(e) == [request_id]]
+
+
+def jobs(event: dict[str, Any]) -> list[str]:
+    """The outbox items an AuditEvent names (object-role 20 Job), by id."""
+    return [e["what"]["identifier"]["value"] for e in event.get("entity", []) if e.get("role", {}).get("code") == "20"]
 
 
 # --------------------------------------------------------------------------- the photo arrives
@@ -271,6 +308,17 @@ def test_items_fail_after_the_retry_limit(tmp_path: Path) -> None:
         assert item["attempts"] == 2 and item["nextAttemptAt"] is None and item["lastError"]
         # what operations alert on: GET /metrics counts the outbox by status
         assert 'adapter_outbox_items{status="failed"} 1.0' in client.get("/metrics").text
+        # each attempt is audited, as a transfer that sent nothing: retried (4), then given up (8)
+        events = forward_events(services)
+        assert [e["outcome"] for e in events] == ["4", "8"]
+        assert all(e["outcomeDesc"].startswith("not sent: ") and "nothing was disclosed" in e["outcomeDesc"]
+                   for e in events)
+        assert events[0]["outcomeDesc"].endswith("to be retried")
+        assert events[1]["outcomeDesc"].endswith("the item failed, not retried")
+        for event in events:
+            assert_pushed_by_the_adapter(event, "NOBODY")
+            assert patients(event) == [{"system": PATIENT["system"], "value": "MRN-0020"}]
+        record_emitted(events)
 
 
 def test_failed_items_are_requeued_and_sent_once_the_pacs_is_back(tmp_path: Path) -> None:
@@ -287,12 +335,13 @@ def test_failed_items_are_requeued_and_sent_once_the_pacs_is_back(tmp_path: Path
         received = tmp_path / "received"
         received.mkdir()
         with StoreSCP(received, port=port):  # the PACS is back
-            bad = client.post("/outbox/requeue", json={"ids": ["x"]})
+            bad = client.post("/outbox/requeue", json={"ids": ["x"]}, headers=RECORDMGT)
             assert bad.status_code == 422 and bad.json()["resourceType"] == "OperationOutcome"
-            assert client.post("/outbox/requeue", json={"destination": "OTHER@127.0.0.1:1"}).json() == \
-                {"requeued": 0}
+            assert client.post("/outbox/requeue", json={"destination": "OTHER@127.0.0.1:1"},
+                               headers=RECORDMGT).json() == {"requeued": 0}
             assert outbox(client, status="failed") == [failed]
-            r = client.post("/outbox/requeue", json={"ids": [failed["id"]]})
+            r = client.post("/outbox/requeue", json={"ids": [failed["id"]]},
+                            headers={**RECORDMGT, "X-Request-Id": "ops-requeue-1"})
             assert r.status_code == 200 and r.json() == {"requeued": 1}
             wait_for(all_sent(client, 1), what="the requeued item to be sent")
             [sent] = outbox(client, status="sent")
@@ -302,18 +351,70 @@ def test_failed_items_are_requeued_and_sent_once_the_pacs_is_back(tmp_path: Path
             [stored] = list(received.iterdir())
             assert pydicom.dcmread(stored, stop_before_pixels=True).SOPInstanceUID == sop_uid
             # the disclosure names the PACS by its AE title, as the Destination (DICOM PS3.15 A.5.2.2)
-            [disclosure] = [e for e in services.store.list_audit(20) if "PACS ADAPTER" in str(e)]
+            [disclosure] = [e for e in forward_events(services) if e["outcome"] == "0"]
             [pacs] = [a for a in disclosure["agent"] if a["type"]["coding"][0]["code"] == "110152"]
             assert pacs["altId"] == "ADAPTER" and pacs["network"]["address"] == "127.0.0.1"
+            assert "PACS ADAPTER" in pacs["who"]["display"]
             # a DICOM audit message (PS3.15 A.5.3.7): DICOM Instances Transferred, read by the
             # sender (not the receiver), the adapter the Source, naming the study
             assert dicom_events([disclosure], INSTANCES_TRANSFERRED) == [disclosure] and "subtype" not in disclosure
             assert (disclosure["action"], disclosure["outcome"]) == ("R", "0")
-            assert agent_roles(disclosure) == ["110152", "110153", "IRCP"]
+            assert_pushed_by_the_adapter(disclosure)
             instance = services.store.find_dicom_instance(sop_uid)
             assert instance is not None and study_uids(disclosure) == [instance.study_instance_uid]
-            record_emitted([disclosure])
-        assert client.post("/outbox/requeue").json() == {"requeued": 0}  # nothing failed any more
+            # the failed attempt before it is audited too: nothing was sent (connection refused)
+            [refused] = [e for e in forward_events(services) if e["outcome"] != "0"]
+            assert refused["outcome"] == "8" and refused["outcomeDesc"].startswith("not sent: ")
+            # the requeue is audited: one BALP Update event naming the item, its record and its
+            # patient, with the request's X-Request-Id, for the purpose stated
+            [requeue] = requeue_events(services, "ops-requeue-1")
+            assert (requeue["action"], requeue["outcome"], requeue["subtype"][0]["code"]) == ("U", "0", "update")
+            assert jobs(requeue) == [str(failed["id"])]
+            assert [e["what"]["reference"] for e in requeue["entity"] if e.get("role", {}).get("code") == "4"] == \
+                [posted.json()["record"]]
+            assert patients(requeue) == [{"system": PATIENT["system"], "value": "MRN-0021"}]
+            [user] = [a for a in requeue["agent"] if a["requestor"]]
+            assert user["purposeOfUse"][0]["coding"][0]["code"] == "RECORDMGT"
+            assert "1 named item(s): 1 failed item(s) back to pending" in requeue["outcomeDesc"]
+            record_emitted([disclosure, refused, requeue])
+        nothing = client.post("/outbox/requeue", headers={**TREAT, "X-Request-Id": "ops-requeue-2"})
+        assert nothing.json() == {"requeued": 0}  # nothing failed any more; care may requeue too
+        [none] = requeue_events(services, "ops-requeue-2")
+        assert jobs(none) == [] and patients(none) == [] and none["outcome"] == "0"
+
+
+def test_a_requeue_states_a_purpose_of_care_or_records_management_and_every_refusal_is_audited(
+        tmp_path: Path) -> None:
+    """Found by the audit review: POST /outbox/requeue has patients' objects disclosed to a PACS
+    again, yet it took any purpose of use, or none (TRAIN included), and was not audited. Now
+    none is 403 and an unknown one 400, as on GET /outbox; a purpose that is neither care nor
+    records management is 403 with an OperationOutcome; each refusal is audited (action U,
+    outcome 4, the X-Request-Id) and requeues nothing."""
+    closed = f"NOBODY@127.0.0.1:{free_port()}"
+    with adapter_client(tmp_path, forward_to=closed, forward_retry_max=1) as (client, services):
+        assert post_photo(client, photo_jpeg(tmp_path, 22), meta_for(22)).status_code == 201
+        forwarder = forwarder_for(services, StoreSCU(ScuOptions(connection_timeout=2)),
+                                  ForwardOptions(retry_max=1, poll_interval=0.05))
+        assert forwarder.run_once() == 1
+        [failed] = services.store.list_outbox(status="failed")
+        for n, (headers, status) in enumerate([
+                ({}, 403), (as_purpose("NOPE"), 400), (as_purpose("TRAIN"), 403), (as_purpose("HRESCH"), 403),
+                (as_purpose("BTG"), 403), (as_purpose("PATRQT"), 403),
+                ({"X-Purpose-Of-Use": "TREAT, RECORDMGT"}, 400)]):
+            request_id = f"refused-{n}"
+            r = client.post("/outbox/requeue", json={"ids": [failed.id]}, headers={**headers, "X-Request-Id": request_id})
+            assert r.status_code == status, (headers, r.text)
+            assert r.json()["resourceType"] == "OperationOutcome"
+            [event] = [e for e in services.store.list_audit(50) if request_ids(e) == [request_id]]
+            assert (event["action"], event["outcome"], event["subtype"][0]["code"]) == ("U", "4", "update"), event
+            assert "/outbox/requeue" in event["outcomeDesc"] or "outbox requeue" in event["outcomeDesc"]
+            record_emitted([event])
+        assert [i.id for i in services.store.list_outbox(status="failed")] == [failed.id]  # nothing requeued
+        [refused] = requeue_events(services, "refused-2")
+        [user] = [a for a in refused["agent"] if a["requestor"]]
+        assert user["purposeOfUse"][0]["coding"][0]["code"] == "TRAIN"
+        assert "not for TRAIN" in refused["outcomeDesc"]
+        assert client.post("/outbox/requeue", headers=as_purpose("TREAT")).json() == {"requeued": 1}
 
 
 # --------------------------------------------------------------------------- associations, contexts
@@ -553,8 +654,8 @@ class BeforeEachCStore(HookedSCU):
         return send(ds, *args, **kwargs)
 
 
-def forwarder_for(services: Any, scu: StoreSCU, options: ForwardOptions = FAST) -> Forwarder:
-    return Forwarder(store=services.store, blobs=services.blobs, tables=services.tables,
+def forwarder_for(services: Any, scu: StoreSCU, options: ForwardOptions = FAST, store: Any = None) -> Forwarder:
+    return Forwarder(store=store or services.store, blobs=services.blobs, tables=services.tables,
                      dicom_tables=services.dicom_ingest.dicom_tables, sender=scu,
                      auditor=services.auditor, reader=services.reader, options=options, now=services.now)
 
@@ -1092,10 +1193,177 @@ def test_a_requeue_naming_an_id_past_any_stored_one_is_refused_not_a_server_erro
     logged. An id is a positive 64-bit integer: 422 OperationOutcome naming it."""
     with adapter_client(tmp_path) as (client, _):
         for ids in ([4676718643556520903370768121856], [2**63], [0], [-3]):
-            r = client.post("/outbox/requeue", json={"ids": ids})
+            r = client.post("/outbox/requeue", json={"ids": ids}, headers=RECORDMGT)
             assert r.status_code == 422, (ids, r.text)
             assert r.json()["resourceType"] == "OperationOutcome"
-        assert client.post("/outbox/requeue", json={"ids": [2**63 - 1]}).json() == {"requeued": 0}
+        assert client.post("/outbox/requeue", json={"ids": [2**63 - 1]}, headers=RECORDMGT).json() == {"requeued": 0}
+
+
+# --------------------------------------------------------------------------- the audit of every attempt
+
+
+class AuditSpy:
+    """The store as a forwarder sees it, noting where each attempt's AuditEvents go: with the
+    outbox state change (``with_attempt``) or in a transaction of their own (``alone``)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.with_attempt: list[dict[str, Any]] = []
+        self.alone: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def mark_outbox_retry(self, *args: Any, **kwargs: Any) -> bool:
+        recorded = bool(self._store.mark_outbox_retry(*args, **kwargs))
+        if recorded:
+            self.with_attempt.extend(kwargs.get("audit_events", ()))
+        return recorded
+
+    def mark_outbox_sent(self, *args: Any, **kwargs: Any) -> None:
+        self._store.mark_outbox_sent(*args, **kwargs)
+        self.with_attempt.extend(kwargs.get("audit_events", ()))
+
+    def append_audit(self, *events: dict[str, Any]) -> None:
+        self._store.append_audit(*events)
+        self.alone.extend(events)
+
+
+def descriptions(events: Iterable[dict[str, Any]]) -> list[str]:
+    return [e.get("outcomeDesc", "") for e in events]
+
+
+@pytest.mark.parametrize(("status", "outcomes"), [(0xA700, ["4", "8"]), (0xC000, ["8"])],
+                         ids=["out-of-resources-retried", "cannot-understand"])
+def test_a_c_store_the_pacs_answers_with_a_failure_is_audited_at_every_attempt(
+        tmp_path: Path, status: int, outcomes: list[str]) -> None:
+    """Found by the audit review: a forwarded C-STORE the PACS answered with a failure status wrote
+    no AuditEvent, though the whole object went over the wire, and it went again at each retry,
+    each time unaudited (only an acknowledgement or a consent refusal was audited). DICOM PS3.15
+    A.5.3.7 has the sender record every transfer, with its outcome (A.5.1). Every attempt is now
+    one DICOM Instances Transferred message, stored with the attempt in the outbox: outcome 4
+    while the item is retried, 8 once it failed for good; outcomeDesc says the object was sent and
+    names the PACS's status, and nothing of the patient beyond the entities; the adapter is the
+    requestor."""
+    with scp(status=status) as (dest, received), \
+            adapter_client(tmp_path, forward_to=dest) as (client, services):
+        receipt = post_photo(client, photo_jpeg(tmp_path, 110), meta_for(110)).json()
+        spy = AuditSpy(services.store)
+        scu = StoreSCU()
+        forwarder = forwarder_for(services, scu, ForwardOptions(retry_max=2, backoff_base=0.05, backoff_cap=0.1,
+                                                                 poll_interval=0.05), store=spy)
+        try:
+            for n in range(len(outcomes)):
+                wait_for(lambda: forwarder.run_once() == 1, what=f"attempt {n + 1}")
+            assert forwarder.run_once() == 0  # failed: not tried again
+        finally:
+            scu.release()
+        [item] = services.store.list_outbox(status="failed")
+        assert item.attempts == len(outcomes) and len(received) == len(outcomes)  # the object went each time
+        events = forward_events(services)
+        assert [e["outcome"] for e in events] == outcomes  # one per attempt, no more
+        # each in the transaction of its attempt, none on its own
+        assert descriptions(spy.with_attempt) == descriptions(events) and spy.alone == []
+        instance = services.store.find_dicom_instance(receipt["dicom"]["sopInstanceUid"])
+        assert instance is not None
+        for event in events:
+            assert (event["action"], event["type"]["code"]) == ("R", "110104") and "subtype" not in event
+            desc = event["outcomeDesc"]
+            assert desc.startswith("sent: C-STORE ") and f"0x{status:04X}" in desc, desc
+            assert "MRN-0110" not in desc and PATIENT["system"] not in desc
+            assert patients(event) == [{"system": PATIENT["system"], "value": "MRN-0110"}]
+            assert study_uids(event) == [instance.study_instance_uid]
+            assert {"reference": receipt["record"]} in [e.get("what") for e in event["entity"]]
+            assert_pushed_by_the_adapter(event, "PEER")
+        assert events[-1]["outcomeDesc"].endswith("; the item failed, not retried")
+        assert all(e["outcomeDesc"].endswith("; to be retried") for e in events[:-1])
+        record_emitted(events)
+
+
+def test_an_association_the_pacs_refuses_is_audited_as_a_transfer_that_sent_nothing(tmp_path: Path) -> None:
+    """Found by the audit review: an association the PACS rejects (dcmtk ``storescp --refuse``:
+    A-ASSOCIATE-RJ rejected-permanent) left no AuditEvent. The attempt is audited as a failed
+    transfer (110104, action R), outcome 8 (rejected permanently: the item failed, not retried),
+    saying that nothing was sent, so nothing was disclosed; the patient and study it was for are
+    named, and the PACS received nothing."""
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+    with StoreSCP(tmp_path / "received", aet="PACS", refuse=True) as pacs, \
+            adapter_client(tmp_path, forward_to=f"PACS@127.0.0.1:{pacs.port}") as (client, services):
+        receipt = post_photo(client, photo_jpeg(tmp_path, 112), meta_for(112)).json()
+        spy = AuditSpy(services.store)
+        scu = StoreSCU()
+        try:
+            assert forwarder_for(services, scu, store=spy).run_once() == 1
+        finally:
+            scu.release()
+        [item] = services.store.list_outbox(status="failed")
+        assert item.attempts == 1 and "rejected" in (item.last_error or "")
+        [event] = forward_events(services)
+        assert (event["action"], event["outcome"]) == ("R", "8")
+        desc = event["outcomeDesc"]
+        assert desc.startswith(f"not sent: association rejected by PACS@127.0.0.1:{pacs.port}"), desc
+        assert "nothing was disclosed" in desc and desc.endswith("the item failed, not retried")
+        assert patients(event) == [{"system": PATIENT["system"], "value": "MRN-0112"}]
+        instance = services.store.find_dicom_instance(receipt["dicom"]["sopInstanceUid"])
+        assert instance is not None and study_uids(event) == [instance.study_instance_uid]
+        assert_pushed_by_the_adapter(event, "PACS")
+        assert descriptions(spy.with_attempt) == [desc] and spy.alone == []
+        assert pacs.files() == []
+        record_emitted([event])
+
+
+def test_a_failed_c_store_is_audited_even_when_another_forwarder_took_the_item_meanwhile(tmp_path: Path) -> None:
+    """The object went to the PACS, which answered 0xA700; meanwhile another forwarder claimed
+    the item (this one's lease ran out). The attempt is not recorded over the other's claim, but
+    it happened: its audit is written all the same, in a transaction of its own."""
+    with scp(status=0xA700) as (dest, received), adapter_client(tmp_path, forward_to=dest) as (client, services):
+        post_photos(client, tmp_path, (113,))
+        stolen: list[Any] = []
+        scu = AfterTheFirstCStore(lambda _: stolen.extend(
+            services.store.claim_outbox(services.now() + timedelta(minutes=5), 10)))
+        spy = AuditSpy(services.store)
+        try:
+            assert forwarder_for(services, scu, store=spy).run_once() == 1
+        finally:
+            scu.release()
+        assert len(received) == 1 and len(stolen) == 1
+        [pending] = services.store.list_outbox(status="pending")
+        assert pending.attempts == 0 and pending.next_attempt_at == stolen[0].next_attempt_at  # the other's claim
+        [event] = forward_events(services)
+        assert event["outcome"] == "4" and event["outcomeDesc"].startswith("sent: C-STORE failed 0xA700")
+        assert spy.with_attempt == [] and descriptions(spy.alone) == [event["outcomeDesc"]]
+
+
+class RaisingBeforeTheFirstCStore(HookedSCU):
+    """The real SCU that fails (a bug) right after the forwarder's last check of its first object,
+    before its C-STORE-RQ: the exception leaves the sender, which says nothing of what it sent."""
+
+    def c_store(self, send: Callable[..., Any], ds: Dataset, *args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug in the sender")
+
+
+def test_what_a_failing_sender_may_have_sent_is_audited_as_perhaps_sent_and_the_rest_as_not_sent(
+        tmp_path: Path) -> None:
+    """An exception out of the sender: the object it was about to send (the forwarder's check
+    before its C-STORE-RQ had let it go) may have gone, so its attempt is audited as perhaps
+    sent, never as nothing disclosed; the next one was never about to go (never checked): not
+    sent."""
+    with scp() as (dest, received), adapter_client(tmp_path, forward_to=dest) as (client, services):
+        uids = post_photos(client, tmp_path, (114, 115))
+        scu = RaisingBeforeTheFirstCStore()
+        try:
+            assert forwarder_for(services, scu).run_once() == 2
+        finally:
+            scu.release()
+        assert received == [] and len(services.store.list_outbox(status="pending")) == 2
+        events = forward_events(services)
+        by_patient = {patients(e)[0]["value"]: e["outcomeDesc"] for e in events}
+        assert len(events) == 2 and all(e["outcome"] == "4" for e in events)
+        assert [services.store.find_dicom_instance(uid) is not None for uid in uids] == [True, True]
+        maybe, never = (by_patient["MRN-0114"], by_patient["MRN-0115"])
+        assert maybe.startswith("perhaps sent (not known): sending failed: KeyError"), maybe
+        assert never.startswith("not sent: sending failed: KeyError") and "nothing was disclosed" in never
 
 
 # --------------------------------------------------------------------------- a PACS without JPEG
@@ -1227,6 +1495,11 @@ def test_a_pacs_taking_neither_the_jpeg_nor_uncompressed_for_the_sop_class_still
         [item] = outbox(client)
         assert item["attempts"] == 1 and "accepted none" in item["lastError"], item
         assert pacs.files() == []
+        # the attempt is audited: nothing was sent, and the item failed for good
+        [event] = forward_events(services)
+        assert event["outcome"] == "8" and event["outcomeDesc"].startswith("not sent: ")
+        assert "accepted none" in event["outcomeDesc"] and "nothing was disclosed" in event["outcomeDesc"]
+        assert_pushed_by_the_adapter(event, "PACS")
 
 
 def test_a_backlog_to_a_pacs_without_jpeg_goes_over_one_association_decoded_after_the_last_check(

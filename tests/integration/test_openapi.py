@@ -261,8 +261,11 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
     assert api.get("/outbox", headers=TREAT).status_code == 200
     assert api.get("/outbox?status=lost", headers=TREAT).status_code == 400
     assert api.get("/outbox").status_code == 403
-    assert api.post("/outbox/requeue", json={"ids": [1]}).status_code == 200
-    assert api.post("/outbox/requeue", json={"ids": ["x"]}).status_code == 422
+    assert api.post("/outbox/requeue", json={"ids": [1]}, headers={"X-Purpose-Of-Use": "RECORDMGT"}).status_code == 200
+    assert api.post("/outbox/requeue", json={"ids": [1]}, headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 403
+    assert api.post("/outbox/requeue", json={"ids": [1]}).status_code == 403
+    assert api.post("/outbox/requeue", json={"ids": ["x"]}, headers={"X-Purpose-Of-Use": "RECORDMGT"}).status_code \
+        == 422
     assert api.get("/health").status_code == 200
     assert api.get("/health/ready").status_code in (200, 503)  # 503: no DICOM listener in this test
     assert api.get("/metrics").status_code == 200

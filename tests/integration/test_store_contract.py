@@ -1326,6 +1326,72 @@ def test_failed_outbox_items_are_requeued(store: SqlRecordStore) -> None:
     assert store.requeue_outbox(now=later) == 0
 
 
+def test_a_failed_attempt_is_audited_with_its_record_in_the_outbox_and_only_then(open_records: StoreFactory) -> None:
+    """mark_outbox_retry stores the attempt's AuditEvents in the transaction that records it, as
+    mark_outbox_sent does a disclosure's; a report that is not recorded (the claim was lost, or
+    the item was acknowledged by another forwarder) stores none of them."""
+    first, second = open_records(), open_records()
+    first.save_ingest(make_dicom_unit(destinations=(PACS,)))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    [item] = first.claim_outbox(now, 10)
+    before = len(first.list_audit(1000))
+    assert first.mark_outbox_retry(item.id, next_attempt_at=now, error="C-STORE failed 0xA700", now=now,
+                                   claimed_until=item.next_attempt_at,
+                                   audit_events=[{"resourceType": "AuditEvent", "outcomeDesc": "attempt 1"}])
+    assert [e["outcomeDesc"] for e in first.list_audit(1000)[:1]] == ["attempt 1"]
+    [again] = first.claim_outbox(now, 10)
+    later = now + timedelta(seconds=61)
+    [taken] = second.claim_outbox(later, 10)   # the first claim ran out: another forwarder's now
+    assert not first.mark_outbox_retry(again.id, next_attempt_at=later, error="late", now=later,
+                                       claimed_until=again.next_attempt_at,
+                                       audit_events=[{"resourceType": "AuditEvent", "outcomeDesc": "attempt 2"}])
+    assert len(first.list_audit(1000)) == before + 1
+    second.mark_outbox_sent(taken.id, later)
+    assert not first.mark_outbox_retry(again.id, next_attempt_at=later, error="late", now=later,
+                                       audit_events=[{"resourceType": "AuditEvent", "outcomeDesc": "attempt 3"}])
+    assert len(first.list_audit(1000)) == before + 1
+
+
+def test_a_requeue_and_its_audit_commit_together_naming_what_was_requeued(store: SqlRecordStore) -> None:
+    """The audit of POST /outbox/requeue names exactly the items the requeue put back (each with
+    its DICOM instance, for its record and patient), and is stored in the requeue's transaction:
+    an audit that fails to be made leaves nothing requeued."""
+    units = [make_dicom_unit(destinations=(PACS, ARCHIVE)) for _ in range(2)]
+    for unit in units:
+        store.save_ingest(unit)
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    items = sorted(store.claim_outbox(now, 10), key=lambda i: i.id)
+    store.mark_outbox_sent(items[0].id, now)
+    for item in items[1:]:
+        store.mark_outbox_retry(item.id, next_attempt_at=now, error="PACS down", now=now, give_up=True)
+    seen: list[list[tuple[int, str, str | None]]] = []
+
+    def audit(requeued: Any) -> list[dict[str, Any]]:
+        seen.append([(item.id, item.status, instance.patient.value if instance else None)
+                     for item, instance in requeued])
+        return [{"resourceType": "AuditEvent", "outcomeDesc": f"requeued {[item.id for item, _ in requeued]}"}]
+
+    def failing(requeued: Any) -> list[dict[str, Any]]:
+        raise RuntimeError("the audit could not be made")
+
+    before = len(store.list_audit(1000))
+    with pytest.raises(RuntimeError):
+        store.requeue_outbox(now=now, destination=PACS, audit=failing)
+    assert len(store.list_outbox(status="failed")) == 3 and len(store.list_audit(1000)) == before
+
+    later = now + timedelta(hours=1)
+    assert store.requeue_outbox(now=later, destination=PACS, audit=audit) == 1   # items[0] is sent
+    patients = {unit.dicom_instance.sop_instance_uid: unit.patient.value for unit in units if unit.dicom_instance}
+    assert seen == [[(items[2].id, "failed", patients[items[2].sop_instance_uid])]]
+    assert store.list_audit(1)[0]["outcomeDesc"] == f"requeued {[items[2].id]}"
+    assert store.requeue_outbox(now=later, ids=[items[2].id], audit=audit) == 0   # pending now: audited, naming none
+    assert seen[-1] == [] and store.list_audit(1)[0]["outcomeDesc"] == "requeued []"
+    assert store.requeue_outbox(now=later, ids=[], audit=audit) == 0 and seen[-1] == []
+    assert store.requeue_outbox(now=later, audit=audit) == 2
+    assert [i for i, _, _ in seen[-1]] == [items[1].id, items[3].id]
+    assert store.list_outbox(status="failed") == [] and len(store.list_audit(1000)) == before + 4
+
+
 def test_outbox_lease_runs_out(open_records: StoreFactory) -> None:
     store = open_records()
     store.save_ingest(make_dicom_unit(destinations=(PACS,)))

@@ -139,7 +139,9 @@ class StoreSCP:
     only (Explicit VR Little/Big Endian, Implicit VR Little Endian); ``("+xi",)`` Implicit VR
     Little Endian only; ``("-xf", cfg, profile)`` an association negotiation profile (e.g. a
     PACS taking only some SOP classes). ``ignore=True`` receives without writing (network-only
-    measurements); ``fork=True`` forks per association.
+    measurements); ``fork=True`` forks per association; ``refuse=True`` rejects every association
+    (``--refuse``: A-ASSOCIATE-RJ rejected-permanent, service user, no reason given), a PACS that
+    will not take the adapter's objects.
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class StoreSCP:
         pdu: int = 131072,
         ignore: bool = False,
         fork: bool = False,
+        refuse: bool = False,
         accept: Sequence[str] = ("+xa",),
         startup_timeout: float = 15.0,
     ) -> None:
@@ -161,6 +164,7 @@ class StoreSCP:
         self.pdu = pdu
         self.ignore = ignore
         self.fork = fork
+        self.refuse = refuse
         self.accept = tuple(accept)
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -195,6 +199,8 @@ class StoreSCP:
             cmd.append("--ignore")
         if self.fork:
             cmd.append("--fork")
+        if self.refuse:
+            cmd.append("--refuse")
         cmd.append(str(self.port))
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the peer runs; closed by stop()
         self.proc = subprocess.Popen(
@@ -204,7 +210,8 @@ class StoreSCP:
         while True:
             if self.proc.poll() is not None:
                 raise PeerError(f"storescp exited with {self.proc.returncode}:\n{tail(self.log_path)}")
-            if echoscu(self.port, self.aet, check=False, timeout=15).returncode == 0:
+            echo = echoscu(self.port, self.aet, check=False, timeout=15)
+            if echo.returncode == 0 or (self.refuse and "Association Rejected" in echo.stdout + echo.stderr):
                 break
             if time.monotonic() > deadline:
                 raise PeerError(

@@ -14,6 +14,7 @@ from adapter.consent import (
     classify_purpose,
     decide,
     decide_audit_export,
+    decide_outbox_requeue,
     permitted_purposes,
 )
 from adapter.mapping.tables import Tables
@@ -686,6 +687,29 @@ def test_the_audit_trail_leaves_only_for_the_organisations_operations_in_full(co
 
 def test_the_audit_trail_is_not_exported_for_another_system_s_code() -> None:
     assert not decide_audit_export(PurposeOfUse("RECORDMGT", "urn:other"), policy_variant()).permitted
+
+
+@pytest.mark.parametrize(("code", "permitted"), [
+    ("TREAT", True), ("COC", True), ("CLINTRL", True), ("RECORDMGT", True),
+    ("ETREAT", False), ("BTG", False), ("ERTREAT", False),         # break-glass: no reason to resend
+    ("TRAIN", False), ("MLTRAINING", False), ("HOPERAT", False),   # de-identified
+    ("HRESCH", False), ("PUBHLTH", False),                        # pseudonymised
+    ("PATRQT", False), ("FAMRQT", False), ("HTEST", False),
+])
+def test_failed_outbox_items_are_requeued_only_for_care_or_records_management(code: str, permitted: bool) -> None:
+    """Found by the audit review: POST /outbox/requeue has patients' objects disclosed to a PACS
+    again and took any purpose of use, or none (TRAIN included). It is care's (the forwarder sends
+    for TREAT) or records management's, in the full view; not break-glass, a de-identified or
+    pseudonymised purpose, or a patient's request."""
+    d = decide_outbox_requeue(PurposeOfUse(code), policy_variant())
+    assert d.permitted is permitted, d.reason
+    assert d.reason == (f"outbox requeue for {code}" if permitted else
+                        f"failed outbox items are requeued for care or records management (RECORDMGT), not for {code}")
+
+
+def test_failed_outbox_items_are_not_requeued_for_an_unknown_purpose_or_another_system_s_code() -> None:
+    assert decide_outbox_requeue(PurposeOfUse("NOPE"), policy_variant()).reason == "unknown purpose of use"
+    assert not decide_outbox_requeue(PurposeOfUse("RECORDMGT", "urn:other"), policy_variant()).permitted
 
 
 def test_permitted_purposes_end_on_a_purpose_hierarchy_with_a_cycle() -> None:

@@ -10,7 +10,7 @@ import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
 from adapter.mapping import codes
-from adapter.mapping.audit import audit_event
+from adapter.mapping.audit import audit_event, outbox_item_entity, patient_entity
 from adapter.mapping.photo import index_resource
 from adapter.model.photo import Identifier
 from tests.support.fhir_validator import validate_r4
@@ -51,6 +51,11 @@ CASES = {
     "sparse": event(client_address=None, purpose=None, request_id="", entities=[], patient=None, actor=""),
     "hostname": event(client_address="ward-3-tablet.local", event_id="ae-1"),
     "c-store": event(interaction="create", action="C", client_ae_title="STORESCU", request_id=""),
+    "outbox requeue": event(
+        interaction="update", action="U", purpose=(codes.V3_ACT_REASON, "RECORDMGT"), entities=["Media/m-1", "Media/m-2"],
+        patient=None, outcome_desc="outbox requeue of every failed item: 2 failed item(s) back to pending",
+        more_entities=[outbox_item_entity(3, "PACS@10.0.0.5:104"), outbox_item_entity(4, "PACS@10.0.0.5:104"),
+                       patient_entity(PATIENT), patient_entity(Identifier(system="urn:oid:2.999.1.1", value="MRN-2"))]),
 }
 
 
@@ -128,6 +133,27 @@ def test_a_dicom_peer_is_named_by_its_ae_title() -> None:
     client, server, _ = CASES["c-store"]["agent"]
     assert client["altId"] == "STORESCU" and "altId" not in server
     assert "altId" not in CASES["read"]["agent"][0]
+
+
+def test_an_outbox_requeue_names_each_item_as_a_job_and_each_patient() -> None:
+    """POST /outbox/requeue (BALP Update shape, action U): the outbox items requeued are jobs
+    (audit-entity-type 2 System Object, object-role 20 Job) by their id, with their destination;
+    the records and each patient are named as in any event, the patients after the items."""
+    ev = CASES["outbox requeue"]
+    assert ev["subtype"][0]["code"] == "update" and ev["action"] == "U"
+    assert [agent_role(ev, i) for i in range(3)] == ["110153", "110152", "AUT"]
+    jobs = [e for e in ev["entity"] if e.get("role", {}).get("code") == "20"]
+    assert jobs[0] == {
+        "what": {"identifier": {"system": codes.OUTBOX_ITEM_SYSTEM, "value": "3"}},
+        "type": {"system": codes.AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
+        "role": {"system": codes.OBJECT_ROLE, "code": "20", "display": "Job"},
+        "detail": [{"type": "destination", "valueString": "PACS@10.0.0.5:104"}],
+    }
+    assert [e["what"]["identifier"]["value"] for e in ev["entity"] if e.get("role", {}).get("code") == "1"] == \
+        ["MRN-0001", "MRN-2"]
+    assert [e["what"]["reference"] for e in ev["entity"] if e.get("role", {}).get("code") == "4"] == \
+        ["Media/m-1", "Media/m-2"]
+    assert ev["entity"][-1]["type"]["code"] == "XrequestId"
 
 
 def test_refuses_unknown_codes() -> None:

@@ -58,7 +58,16 @@ CASES = {
     "c-store refused": event(action="C", outcome="4", outcome_desc="the patient's Consent denies TREAT",
                              client_ae_title="STORESCU", request_id="", entities=[]),
     "stow-rs": event(action="C", entities=["Media/m-1"]),
-    "c-store sent": event(client_ae_title="ORTHANC", client_address="pacs.example.org", request_id="outbox-7"),
+    "c-store sent": event(client_ae_title="ORTHANC", client_address="pacs.example.org", request_id="outbox-7",
+                          actor="PACS ORTHANC (C-STORE)", adapter_requestor=True),
+    "c-store sent, refused by the pacs": event(
+        client_ae_title="ORTHANC", client_address="10.0.0.5", request_id="outbox-7", actor="PACS ORTHANC (C-STORE)",
+        adapter_requestor=True, outcome="8",
+        outcome_desc="sent: C-STORE refused 0xC000; the item failed, not retried"),
+    "c-store not sent": event(
+        client_ae_title="ORTHANC", client_address="10.0.0.5", request_id="outbox-7", actor="PACS ORTHANC (C-STORE)",
+        adapter_requestor=True, outcome="4",
+        outcome_desc="not sent: could not connect to ORTHANC@10.0.0.5:104; nothing was disclosed; to be retried"),
     "wado-rs": event(),
     "wado denied": event(outcome="4", outcome_desc="no active consent for TRAIN",
                          purpose=(codes.V3_ACT_REASON, "TRAIN")),
@@ -158,12 +167,35 @@ def test_a_refusal_is_a_minor_failure_and_the_adapters_own_failure_a_serious_one
 def test_a_sender_reads_and_the_peer_is_the_destination() -> None:
     """The adapter sending (forwarding C-STORE SCU, WADO retrieve): PS3.15 A.5.3.7, "If the Audit
     Source is ... not the receiver ... use R"; the adapter the Source, the peer the Destination."""
-    for name in ("c-store sent", "wado-rs"):
-        ev = CASES[name]
-        assert ev["action"] == "R", name
-        assert roles(ev) == ["110152", "110153", "IRCP"], name
+    for name in ("c-store sent", "c-store sent, refused by the pacs", "c-store not sent", "wado-rs"):
+        assert CASES[name]["action"] == "R", name
+    assert roles(CASES["wado-rs"]) == ["110152", "110153", "IRCP"]
     pacs = CASES["c-store sent"]["agent"][0]
     assert pacs["altId"] == "ORTHANC" and pacs["network"] == {"address": "pacs.example.org", "type": "1"}
+
+
+@pytest.mark.parametrize("name", ["c-store sent", "c-store sent, refused by the pacs", "c-store not sent"])
+def test_a_push_by_the_adapter_has_the_adapter_as_the_requestor_and_the_pacs_as_the_destination(name: str) -> None:
+    """Found by the audit review: the forwarding C-STORE's event named the PACS as the requestor
+    (agent "PACS ... (C-STORE)", requestor true, with the purpose of use) and the adapter, the
+    Source, as not. The adapter initiated the push: R4 agent.requestor marks the initiator, and
+    PS3.15 A.5.3.7 has the pushing Source as UserIsRequestor. So the adapter (110153 Source) is
+    the requestor, with the purpose it forwards for; the PACS (110152 Destination) is not, named by
+    its AE title, address and name; there is no third agent claiming to have asked."""
+    ev = CASES[name]
+    assert roles(ev) == ["110152", "110153"]
+    pacs, adapter = ev["agent"]
+    assert pacs["requestor"] is False and "purposeOfUse" not in pacs
+    assert pacs["who"] == {"display": "PACS ORTHANC (C-STORE)"} and pacs["altId"] == "ORTHANC"
+    assert adapter["requestor"] is True and adapter["who"] == {"display": codes.ADAPTER_NAME}
+    assert adapter["purposeOfUse"] == [{"coding": [{"system": codes.V3_ACT_REASON, "code": "TREAT"}]}]
+    assert [a for a in ev["agent"] if a["requestor"]] == [adapter]
+
+
+def test_only_a_transfer_the_adapter_sends_can_have_it_as_the_requestor() -> None:
+    for bad in ({"action": "C"}, {"event": QUERY, "action": "E"}):
+        with pytest.raises(ValueError):
+            event(adapter_requestor=True, **bad)
 
 
 def test_the_study_is_an_entity_by_its_study_instance_uid() -> None:

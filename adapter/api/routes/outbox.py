@@ -7,7 +7,13 @@ record with its original SOP Instance UID, which a de-identified view maps so th
 followed to the PACS: the record reference and the UID are shown only if the record is, in care's
 full view, for that purpose (adapter.services.access.ScopedReader.shown_in_full); otherwise the
 item says ``"withheld": true`` and keeps what names no one (id, destination, status, attempts,
-times, the error), so operations still see, and can requeue, what failed."""
+times, the error), so operations still see, and can requeue, what failed.
+
+A requeue has patients' objects disclosed to a PACS again: it states its purpose of use too (none:
+403, unknown: 400), one of care or records management (RECORDMGT; another: 403,
+adapter.consent.decide_outbox_requeue), and every requeue, refused or done, is audited: done, as
+one BALP Update event naming the items requeued, their records and patients, with the request's
+X-Request-Id, committed with the requeue (adapter.services.forwarding.OutboxService.requeue)."""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from adapter.api.deps import ReaderDep, ServicesDep
+from adapter.api.deps import ReaderDep, ServicesDep, UpdateContextDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.openapi import INVALID, JSON, READ, answers, ok, refusals
 from adapter.errors import InvalidQuery
@@ -79,10 +85,11 @@ class RequeueRequest(BaseModel):
 
 @router.post("/outbox/requeue", responses=answers(
     ok(200, "how many items were requeued", {JSON: {"type": "object", "properties": {"requeued": {"type": "integer"}}}}),
-    refusals(400, *INVALID, 503)))
-async def requeue_outbox(services: ServicesDep, body: RequeueRequest | None = None) -> JSONResponse:
-    """Failed items back to pending, due at once, attempts counted afresh (adapter.services.
-    forwarding.OutboxService.requeue)."""
+    refusals(400, 403, *INVALID, 503)))
+async def requeue_outbox(services: ServicesDep, ctx: UpdateContextDep,
+                         body: RequeueRequest | None = None) -> JSONResponse:
+    """Failed items back to pending, due at once, attempts counted afresh, for care or records
+    management, audited (module docstring; adapter.services.forwarding.OutboxService.requeue)."""
     wanted = body or RequeueRequest()
-    count = await run_in_threadpool(services.outbox.requeue, ids=wanted.ids, destination=wanted.destination)
+    count = await run_in_threadpool(services.outbox.requeue, ctx, ids=wanted.ids, destination=wanted.destination)
     return JSONResponse({"requeued": count})
