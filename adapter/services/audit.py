@@ -1,5 +1,6 @@
-"""Every decision, allow or deny, becomes an IHE BALP-shaped AuditEvent in the store, or for a
-DICOM exchange a DICOM audit message (adapter.mapping.audit_dicom); the adapter's start and stop
+"""Every decision, allow or deny, becomes an IHE BALP-shaped AuditEvent in the store (for a request
+that is an IHE MHD transaction, ``RequestContext.mhd``, in MHD's shape for it:
+adapter.mapping.audit_mhd), or for a DICOM exchange a DICOM audit message (adapter.mapping.audit_dicom); the adapter's start and stop
 and every use of the audit trail are audited as IHE ATNA asks (adapter.mapping.audit_application).
 The audit trail leaves the adapter only through :func:`export_audit`, itself audited."""
 
