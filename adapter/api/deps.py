@@ -7,10 +7,13 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from adapter.api.negotiation import fhir_version
 from adapter.api.request_id import request_id_of
-from adapter.errors import Forbidden, PurposeOfUseMissing, UnknownPurposeOfUse
+from adapter.api.urls import absolute
+from adapter.errors import Forbidden, NotAcceptable, PurposeOfUseMissing, UnknownPurposeOfUse
+from adapter.mapping.audit_mhd import find_document_references, retrieve_document
 from adapter.mapping.capability import R4_TYPES
-from adapter.model.purpose import PurposeOfUse, RequestContext
+from adapter.model.purpose import MhdTransaction, PurposeOfUse, RequestContext
 from adapter.services.access import ScopedReader
 from adapter.services.purpose import parse_purpose_of_use
 from adapter.services.registry import Services
@@ -84,21 +87,25 @@ def _named_resource(request: Request, route: str) -> str | None:
 
 
 def _audit_refused_purpose(request: Request, services: Services,
-                           exc: PurposeOfUseMissing | UnknownPurposeOfUse, interaction: str | None = None) -> None:
+                           exc: PurposeOfUseMissing | UnknownPurposeOfUse, interaction: str | None = None,
+                           mhd: MhdTransaction | None = None) -> None:
     """A read (or a write: its ``interaction``) refused for its purpose of use is a decision too:
     audited, naming the route (its template) and why, and what was asked as IHE BALP Read and
     Query name it: the resource the path names (Type/id, :func:`_named_resource`), or a
-    search's request line (entity.query)."""
+    search's request line (entity.query). A request that is an IHE MHD transaction (``mhd``, or
+    a read's: :func:`_mhd_read`) is refused in that transaction's shape."""
     route = getattr(request.scope.get("route"), "path", None) or "(unmatched route)"
     if interaction is None:
         reads_one = any(name in request.path_params for name in ("id", "instance", "vid"))
         interaction = "read" if reads_one else "search-type"
+        mhd = _mhd_read(request, services, route)
     named = _named_resource(request, route)
     services.auditor.record_refused_purpose(
         interaction=interaction, actor=_actor(request), request_id=_request_id(request),
         client_address=request.client.host if request.client else None,
         missing=isinstance(exc, PurposeOfUseMissing), reason=f"{request.method} {route}: {exc.diagnostics}",
-        entities=[named] if named else [], query=_request_line(request) if interaction == "search-type" else None)
+        entities=[named] if named else [], query=_request_line(request) if interaction == "search-type" else None,
+        mhd=mhd)
 
 
 def get_update_context(request: Request, services: ServicesDep, x_purpose_of_use: Annotated[str | None, Header(
@@ -120,11 +127,42 @@ def get_update_context(request: Request, services: ServicesDep, x_purpose_of_use
     return _context(request, purpose)
 
 
-def _context(request: Request, purpose: PurposeOfUse, query: bytes | None = None) -> RequestContext:
+#: The routes of IHE MHD's reads: ITI-67 searches DocumentReference (GET, or POST _search), ITI-68
+#: GETs the Binary a DocumentReference's attachment.url names.
+_SEARCH_ROUTES = frozenset({"/fhir/{resource_type}", "/fhir/{resource_type}/_search"})
+_READ_ROUTE = "/fhir/{resource_type}/{id}"
+
+
+def _mhd_read(request: Request, services: Services, route: str) -> MhdTransaction | None:
+    """The IHE MHD transaction a read refused before anything was decided is: ITI-67, a search of
+    DocumentReference by an R4 reader (an R5 one is no MHD 4.2 Document Consumer: its
+    transactions are R4's); ITI-68, a GET of a Binary whose record is a DocumentReference.
+    For that one the Binary's record type is looked up; nothing of it reaches the caller, and the
+    event still names no record's patient: it only says which transaction was refused."""
+    resource_type = request.path_params.get("resource_type")
+    base = absolute(request, services, "fhir")
+    if route in _SEARCH_ROUTES and resource_type == "DocumentReference":
+        try:
+            accepted = fhir_version(request.headers.get("accept"), request.query_params.get("_format"))
+        except NotAcceptable:  # neither R4 nor R5: no Document Consumer's
+            return None
+        return find_document_references(base) if accepted == "4" else None
+    id = request.path_params.get("id")
+    if (route == _READ_ROUTE and resource_type == "Binary" and request.method in ("GET", "HEAD")
+            and isinstance(id, str) and _FHIR_ID.fullmatch(id)):
+        stored = services.store.get("Binary", id)
+        facts = stored.facts if stored is not None else None
+        if facts is not None and facts.governed_by.startswith("DocumentReference/"):
+            return retrieve_document(base)
+    return None
+
+
+def _context(request: Request, purpose: PurposeOfUse, query: bytes | None = None,
+             mhd: MhdTransaction | None = None) -> RequestContext:
     """The context of an HTTP request made for ``purpose``: its caller, address and request id
-    (and ``query``, a read's request line)."""
+    (and ``query``, a read's request line; ``mhd``, the IHE MHD transaction it is)."""
     return RequestContext(purpose=purpose, actor=_actor(request), request_id=_request_id(request),
-                          client_address=request.client.host if request.client else None, query=query)
+                          client_address=request.client.host if request.client else None, query=query, mhd=mhd)
 
 
 #: The purpose a write stating none is filed under: writes are made for care (README, "Before
@@ -132,7 +170,8 @@ def _context(request: Request, purpose: PurposeOfUse, query: bytes | None = None
 WRITE_PURPOSE_UNSTATED = PurposeOfUse("TREAT")
 
 
-def get_write_context(request: Request, services: Services, interaction: str) -> RequestContext:
+def get_write_context(request: Request, services: Services, interaction: str,
+                      mhd: MhdTransaction | None = None) -> RequestContext:
     """The context a write (a photo, a transaction, a Consent, STOW-RS: its ``interaction``,
     create or update) is made and audited under, once its ``X-Purpose-Of-Use`` is checked.
 
@@ -151,16 +190,17 @@ def get_write_context(request: Request, services: Services, interaction: str) ->
     stating no purpose, or one seeing the whole record (care, break-glass, RECORDMGT, PATRQT),
     goes on; an unknown or repeated one is 400, as on a read. Called before the body is read,
     but for a transaction: POST /fhir reads its body to tell a transaction (checked) from a batch
-    of reads (which states its purpose for reading)."""
+    of reads (which states its purpose for reading). ``mhd``: the IHE MHD transaction the write
+    is (ITI-65), whose shape its AuditEvents take, this refusal's too."""
     try:
         stated = purpose_header(request)
         if stated is None or not stated.strip():
-            return _context(request, WRITE_PURPOSE_UNSTATED)
+            return _context(request, WRITE_PURPOSE_UNSTATED, mhd=mhd)
         purpose = parse_purpose_of_use(stated, services.tables)
     except UnknownPurposeOfUse as exc:  # audited as the write refused, as a read's refusal is
-        _audit_refused_purpose(request, services, exc, interaction)
+        _audit_refused_purpose(request, services, exc, interaction, mhd)
         raise
-    ctx = _context(request, purpose)
+    ctx = _context(request, purpose, mhd=mhd)
     view = services.tables.purposes.codes[purpose.code].view
     if view == "full":
         return ctx

@@ -33,6 +33,10 @@ Every read, search and write, permitted or refused, becomes one AuditEvent; a DI
 * an outbox item (a forwarding job, ``POST /outbox/requeue``): #2 System Object / object-role#20
   Job, what.identifier the item's id in ``urn:clinical-image-adapter:outbox-item``, its
   destination as a detail (:func:`outbox_item_entity`).
+
+A request that is an IHE MHD transaction the adapter serves (ITI-65 Provide Document Bundle,
+ITI-67 Find Document References, ITI-68 Retrieve Document) is audited in MHD's shape for it
+(adapter.mapping.audit_mhd), which changes the type and subtype and adds MHD's entities.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import ipaddress
 from collections.abc import Sequence
 from datetime import datetime
 
+from adapter.mapping.audit_mhd import mhd_shape
 from adapter.mapping.codes import (
     ADAPTER_NAME,
     AUDIT_ENTITY_TYPE,
@@ -57,6 +62,7 @@ from adapter.mapping.codes import (
 )
 from adapter.mapping.fhir_r4 import JSON, coding, concept, fhir_instant
 from adapter.model.photo import Identifier
+from adapter.model.purpose import MhdTransaction
 
 INTERACTIONS = frozenset({"read", "vread", "history-instance", "search-type", "create", "update", "delete"})
 ACTIONS = frozenset({"C", "R", "U", "D", "E"})
@@ -106,8 +112,10 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
                 client_address: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                 entities: Sequence[str], patient: Identifier | None, query: bytes | None,
                 event_id: str | None = None, client_ae_title: str | None = None, more_entities: Sequence[JSON] = (),
-                policy: str | None = None) -> JSON:
-    """One BALP-shaped AuditEvent (see the module docstring).
+                policy: str | None = None, mhd: MhdTransaction | None = None) -> JSON:
+    """One BALP-shaped AuditEvent (see the module docstring), or, for a request that is an IHE MHD
+    transaction (``mhd``: ITI-65, ITI-67, ITI-68), that transaction's shape
+    (adapter.mapping.audit_mhd): its type and subtypes and the entities MHD adds, all else alike.
 
     ``purpose`` is (system, code) of the request's purpose of use; ``client_ae_title`` the
     AE title of a DICOM peer (a DIMSE exchange); ``entities`` are literal
@@ -121,13 +129,20 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
     """
     if interaction not in INTERACTIONS:
         raise ValueError(f"unknown interaction {interaction!r}")
+    type_ = coding(AUDIT_EVENT_TYPE, "rest", "RESTful Operation")
+    subtypes = [coding(RESTFUL_INTERACTION, interaction, interaction)]
+    data_role: JSON | None = None
+    if mhd is not None:
+        shape = mhd_shape(mhd, subtypes[0])
+        type_, subtypes, data_role = shape.type_, shape.subtypes, shape.data_role
+        more_entities = [*more_entities, *shape.entities]
     return assemble_audit_event(
-        type_=coding(AUDIT_EVENT_TYPE, "rest", "RESTful Operation"),
-        subtype=coding(RESTFUL_INTERACTION, interaction, interaction), action=action, outcome=outcome,
+        type_=type_, subtype=subtypes[0], more_subtypes=subtypes[1:], action=action, outcome=outcome,
         outcome_desc=outcome_desc, recorded=recorded, to_client=interaction in _TO_CLIENT,
         recipient=interaction in _RECIPIENT, client_address=client_address, client_ae_title=client_ae_title,
         actor=actor, purpose=purpose, request_id=request_id, entities=entities, patient=patient, query=query,
-        event_id=event_id, more_entities=more_entities, policy=policy)
+        event_id=event_id, more_entities=more_entities, policy=policy, data_role=data_role,
+        server_url=mhd.server_url if mhd is not None else None)
 
 
 def consent_entity(reference: str, description: str | None = None) -> JSON:
@@ -149,7 +164,9 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
                          client_ae_title: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                          entities: Sequence[str], patient: Identifier | None, query: bytes | None,
                          event_id: str | None = None, more_entities: Sequence[JSON] = (),
-                         policy: str | None = None, adapter_requestor: bool = False) -> JSON:
+                         policy: str | None = None, adapter_requestor: bool = False,
+                         more_subtypes: Sequence[JSON] = (), data_role: JSON | None = None,
+                         server_url: str | None = None) -> JSON:
     """The AuditEvent of type ``type_`` (and ``subtype``): the agents, source and entities the
     module docstring describes, shared by the BALP events and the DICOM audit messages
     (adapter.mapping.audit_dicom). ``to_client``: the data flows to the client (it is the
@@ -159,6 +176,9 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
     authorised (or refused) the activity. ``adapter_requestor``: the adapter initiated the
     exchange (it pushes to the peer, ``to_client``): agent[server] is the requestor with the
     purpose of use, agent[client] the peer named ``actor``, and there is no agent[user].
+    ``more_subtypes``: after ``subtype`` (an IHE transaction's code); ``data_role``: the role
+    of the records' entities when not Domain Resource (an MHD document retrieved: Report);
+    ``server_url``: the server agent's network address, a URI (this server's FHIR base).
 
     Raises:
         ValueError: an unknown action or outcome code, a naive ``recorded``, or
@@ -185,6 +205,8 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
         "who": {"display": ADAPTER_NAME},
         "requestor": adapter_requestor,
     }
+    if server_url:
+        server["network"] = {"address": server_url, "type": "5"}  # network-type 5: URI
     user_role = coding(V3_PARTICIPATION_TYPE, "IRCP", "information recipient") if recipient \
         else coding(V3_PARTICIPATION_TYPE, "AUT", "author (originator)")
     user: JSON = {"type": concept(user_role), "who": {"display": actor or "anonymous"}, "requestor": True}
@@ -197,7 +219,7 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
     entity: list[JSON] = [{
         "what": {"reference": ref},
         "type": coding(AUDIT_ENTITY_TYPE, "2", "System Object"),
-        "role": coding(OBJECT_ROLE, "4", "Domain Resource"),
+        "role": data_role or coding(OBJECT_ROLE, "4", "Domain Resource"),
     } for ref in dict.fromkeys(entities)]
     entity.extend(more_entities)
     if patient is not None:
@@ -219,7 +241,7 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
         event["id"] = event_id
     event["type"] = type_
     if subtype is not None:
-        event["subtype"] = [subtype]
+        event["subtype"] = [subtype, *more_subtypes]
     event.update({
         "action": action,
         "recorded": fhir_instant(recorded),

@@ -19,6 +19,7 @@ PROVENANCE_ENTITY_ROLE = "http://hl7.org/fhir/provenance-entity-role"
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 URN_IETF_RFC_3986 = "urn:ietf:rfc:3986"
+IHE_EVENT_TYPE_CODE = "urn:ihe:event-type-code"   # AuditEvent.subtype of an IHE transaction (ITI-65…)
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
 # Our own canonical base for extensions (no HL7 element carries these facts).

@@ -18,6 +18,22 @@ class PurposeOfUse:
 
 
 @dataclass(frozen=True)
+class MhdTransaction:
+    """The IHE MHD transaction a request is, when it is one the adapter serves as Document
+    Recipient or Document Responder (https://profiles.ihe.net/ITI/MHD/): ITI-65 Provide Document
+    Bundle, ITI-67 Find Document References, ITI-68 Retrieve Document. Its AuditEvents take MHD's
+    shape for that transaction (adapter.mapping.audit_mhd) instead of the generic BALP one.
+
+    ``submission_set``: of ITI-65, the SubmissionSet's uniqueId (system, value) as the Document
+    Source sent it, which the event names (entity[submissionSet]); ``server_url``: this server's
+    FHIR base, the network address of the Recipient or Responder agent (a URI)."""
+
+    code: str
+    submission_set: tuple[str, str] | None = None
+    server_url: str | None = None
+
+
+@dataclass(frozen=True)
 class RequestContext:
     """Who asks, why, and through which channel. Built at the edge (HTTP or DICOM)."""
 
@@ -34,3 +50,6 @@ class RequestContext:
     #: PACS a photo is forwarded to): the AuditEvent names the peer by it.
     ae_title: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    #: The IHE MHD transaction the request is, if any: its AuditEvents take that transaction's
+    #: shape (type and subtype, and the entities MHD adds).
+    mhd: MhdTransaction | None = None

@@ -43,7 +43,7 @@ from adapter.model.consent import ConsentGrant
 from adapter.model.decision import Decision, View
 from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
-from adapter.model.purpose import RequestContext
+from adapter.model.purpose import MhdTransaction, RequestContext
 from adapter.model.record import AccessFacts, IndexRow, StoredResource
 from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.dicom_objects import (
@@ -315,27 +315,30 @@ class ScopedReader:
 
     def _answered(self, interaction: str, decision: Decision, entities: Sequence[str], patient: Identifier | None,
                   make: Callable[[], dict[str, Any]],
-                  precondition: Callable[[dict[str, Any]], object] | None) -> dict[str, Any]:
+                  precondition: Callable[[dict[str, Any]], object] | None,
+                  ctx: RequestContext | None = None) -> dict[str, Any]:
         """The answer of a read ``decision`` permits, made by ``make`` and audited once it is
         known to be sent. ``precondition(resource)``: the caller's check of the request's
         preconditions on it (If-Match, RFC 9110 13.1.1); an AdapterError it raises (412: nothing
         is sent) is audited as a read that failed, outcome 4 saying why, not as a disclosure (IHE
         BALP; R4 AuditEvent.outcome), keeping what the decision rested on. A failure to make the
-        answer leaves the read audited as decided, as before."""
+        answer leaves the read audited as decided, as before. ``ctx``: the context audited, when
+        not the reader's (an IHE MHD Retrieve Document)."""
+        ctx = ctx or self.ctx
         try:
             resource = make()
         except Exception:
-            self._auditor.record(self.ctx, interaction=interaction, action="R", decision=decision,
+            self._auditor.record(ctx, interaction=interaction, action="R", decision=decision,
                                  entities=entities, patient=patient)
             raise
         if precondition is not None:
             try:
                 precondition(resource)
             except AdapterError as exc:
-                self._auditor.record_not_sent(self.ctx, interaction=interaction, entities=entities, patient=patient,
+                self._auditor.record_not_sent(ctx, interaction=interaction, entities=entities, patient=patient,
                                               why=exc.diagnostics, decision=decision)
                 raise
-        self._auditor.record(self.ctx, interaction=interaction, action="R", decision=decision, entities=entities,
+        self._auditor.record(ctx, interaction=interaction, action="R", decision=decision, entities=entities,
                              patient=patient)
         return resource
 
@@ -449,7 +452,8 @@ class ScopedReader:
         return HistoryResult(resources=rendered, total=total, decision=decision, more=more)
 
     def read_binary(self, id: str, *, answerable: Callable[[str], object] | None = None,
-                    precondition: Callable[[dict[str, Any]], object] | None = None) -> BinaryContent:
+                    precondition: Callable[[dict[str, Any]], object] | None = None,
+                    retrieve: MhdTransaction | None = None) -> BinaryContent:
         """The image bytes of a Binary, under the decision of the record it belongs to
         (Binary.securityContext). The de-identified view gets image bytes with no metadata at
         all; a document (PDF) is released as stored, as the DICOM release does
@@ -459,17 +463,25 @@ class ScopedReader:
         permitted and before it is audited; the NotAcceptable it raises (406: nothing is sent) is
         audited as a read that failed, outcome 4, not as a disclosure; so are a Binary with no
         content (404) and a ``precondition`` that fails (:meth:`read`). A refusal is audited and
-        403 first, whatever the Accept: a refused reader learns nothing of the content's type."""
+        403 first, whatever the Accept: a refused reader learns nothing of the content's type.
+
+        ``retrieve``: the request is a GET of the Binary as a Document Consumer does (IHE MHD
+        ITI-68); when the Binary is a DocumentReference's document, every event of the read
+        (refused, not sent, answered) takes ITI-68's shape. A Media's Binary stays a BALP read."""
         stored = self._load("Binary", id)
         decision = self.decide(stored.facts)
         entities, patient = [f"Binary/{id}"], stored.facts.patient if stored.facts else None
+        ctx = self.ctx
+        if retrieve is not None and stored.facts is not None \
+                and stored.facts.governed_by.startswith("DocumentReference/"):
+            ctx = dataclasses.replace(ctx, mhd=retrieve)
         if not decision.permitted:
-            self._auditor.record(self.ctx, interaction="read", action="R", decision=decision, entities=entities,
+            self._auditor.record(ctx, interaction="read", action="R", decision=decision, entities=entities,
                                  patient=patient)
             raise Forbidden(_DENIED)
         blob = stored.blob_sha256
         if blob is None:
-            self._auditor.record_not_sent(self.ctx, entities=entities, patient=patient,
+            self._auditor.record_not_sent(ctx, entities=entities, patient=patient,
                                           why=f"Binary/{id} has no content", decision=decision)
             raise NotFound(f"Binary/{id} has no content")
         content_type = str(stored.resource.get("contentType", "application/octet-stream"))
@@ -477,11 +489,11 @@ class ScopedReader:
             try:
                 answerable(content_type)
             except NotAcceptable as exc:
-                self._auditor.record_not_sent(self.ctx, entities=entities, patient=patient, why=exc.diagnostics,
+                self._auditor.record_not_sent(ctx, entities=entities, patient=patient, why=exc.diagnostics,
                                               decision=decision)
                 raise
         resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
-                                  precondition)
+                                  precondition, ctx)
         data = _image_in_view(self._blobs.read(blob, stored.blob_range), content_type, decision.view)
         resource["data"] = base64.b64encode(data).decode("ascii")
         return BinaryContent(content_type=content_type, data=data, resource=resource, decision=decision)

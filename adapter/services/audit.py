@@ -1,5 +1,6 @@
-"""Every decision, allow or deny, becomes an IHE BALP-shaped AuditEvent in the store, or for a
-DICOM exchange a DICOM audit message (adapter.mapping.audit_dicom); the adapter's start and stop
+"""Every decision, allow or deny, becomes an IHE BALP-shaped AuditEvent in the store (for a request
+that is an IHE MHD transaction, ``RequestContext.mhd``, in MHD's shape for it:
+adapter.mapping.audit_mhd), or for a DICOM exchange a DICOM audit message (adapter.mapping.audit_dicom); the adapter's start and stop
 and every use of the audit trail are audited as IHE ATNA asks (adapter.mapping.audit_application).
 The audit trail leaves the adapter only through :func:`export_audit`, itself audited."""
 
@@ -26,7 +27,7 @@ from adapter.metrics import DECISIONS
 from adapter.model.decision import Decision
 from adapter.model.dicom import DicomInstance, OutboxItem
 from adapter.model.photo import Identifier
-from adapter.model.purpose import PurposeOfUse, RequestContext
+from adapter.model.purpose import MhdTransaction, PurposeOfUse, RequestContext
 from adapter.services.purpose import parse_purpose_of_use
 from adapter.store.port import RecordStore
 
@@ -94,7 +95,8 @@ class Auditor:
         decision in the metrics); otherwise the BALP event of the FHIR ``interaction``.
         ``outcome``: the outcome code when it is not ``0``/``4`` by ``permitted`` (8, a serious
         failure). ``decision``: the read decision the event records, whose Consents and policy
-        it names (its outcome is ``permitted``'s)."""
+        it names (its outcome is ``permitted``'s). A request that is an IHE MHD transaction
+        (``ctx.mhd``) is audited in that transaction's shape, refusals and failures included."""
         outcome = outcome or ("0" if permitted else "4")
         consents, policy = _decided_by(decision)
         if dicom is not None:
@@ -110,7 +112,7 @@ class Auditor:
             recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
             purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
             patient=patient, query=ctx.query if interaction == "search-type" else None, client_ae_title=ctx.ae_title,
-            more_entities=consents, policy=policy)
+            more_entities=consents, policy=policy, mhd=ctx.mhd)
 
     def record(self, ctx: RequestContext, *, interaction: str, action: str, decision: Decision | None,
                entities: Sequence[str], patient: Identifier | None, reason: str | None = None,
@@ -251,18 +253,19 @@ class Auditor:
 
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,
                                request_id: str, missing: bool, reason: str, entities: Sequence[str] = (),
-                               query: bytes | None = None) -> None:
+                               query: bytes | None = None, mhd: MhdTransaction | None = None) -> None:
         """Store the AuditEvent of a read (or a write: ``interaction`` create or update) refused for
         its purpose of use: none stated (403) or one that is not known (400). There is no purpose
         to record, and the metric's label is ``none`` or ``unknown`` (never the caller's text).
         What was asked is named as the caller sent it (IHE BALP Read, Query): ``entities`` the
-        resource its path names (nothing read, so no patient), ``query`` a search's request."""
+        resource its path names (nothing read, so no patient), ``query`` a search's request;
+        ``mhd``: the IHE MHD transaction the request is, whose shape the refusal takes."""
         DECISIONS.labels(interaction, "none" if missing else "unknown", "refused").inc()
         self._store.append_audit(audit_event(
             interaction=interaction, action={"read": "R", "create": "C", "update": "U"}.get(interaction, "E"),
             outcome="4",
             outcome_desc=reason, recorded=self._now(), client_address=client_address, actor=actor, purpose=None,
-            request_id=request_id, entities=entities, patient=None, query=query))
+            request_id=request_id, entities=entities, patient=None, query=query, mhd=mhd))
 
 
     def record_application_activity(self, application: Application, *, start: bool, launcher: str | None = None,

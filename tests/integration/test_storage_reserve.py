@@ -52,12 +52,13 @@ def media_total(client: Any) -> int:
     return int(r.json()["total"])
 
 
-def assert_failed_create(event: dict[str, Any], request_id: str, purpose: str = "TREAT") -> None:
-    """``event`` is the AuditEvent of a create the adapter failed to store (BALP create, outcome
-    8 Serious failure, saying why) for the patient, naming no record (none was stored) and the
-    request by its X-Request-Id."""
+def assert_failed_create(event: dict[str, Any], request_id: str, purpose: str = "TREAT",
+                         subtype: str = "create") -> None:
+    """``event`` is the AuditEvent of a create the adapter failed to store (BALP create, or for an
+    IHE MHD ITI-65 its Import: ``subtype``; outcome 8 Serious failure, saying why) for the
+    patient, naming no record (none was stored) and the request by its X-Request-Id."""
     record_emitted(event)
-    assert (event["subtype"][0]["code"], event["action"], event["outcome"]) == ("create", "C", "8")
+    assert (event["subtype"][0]["code"], event["action"], event["outcome"]) == (subtype, "C", "8")
     assert "ADAPTER_MIN_FREE_MB" in event["outcomeDesc"]
     assert [e["what"]["identifier"] for e in event["entity"] if e.get("role", {}).get("code") == "1"] == [PATIENT]
     assert not [e for e in event["entity"] if "reference" in e["what"]]
@@ -87,7 +88,8 @@ def test_a_photo_is_refused_with_507_audited_as_a_failed_create_and_nothing_is_s
 
 def test_a_transaction_is_refused_with_507_audited_as_a_failed_create_and_nothing_is_stored(tmp_path: Path) -> None:
     """The same for an ITI-65 Provide Document Bundle (POST /fhir transaction): 507, one
-    AuditEvent of the failed create under the purpose stated, nothing stored."""
+    AuditEvent of the failed create under the purpose stated, in MHD's shape (DCM 110107 Import,
+    ITI-65, naming the SubmissionSet), nothing stored."""
     bundle = provide_document_bundle((ROOT / "samples" / "document.jpg").read_bytes())
     with adapter_client(tmp_path, min_free_mb=over_free_mb(tmp_path)) as (client, services):
         r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json",
@@ -95,7 +97,9 @@ def test_a_transaction_is_refused_with_507_audited_as_a_failed_create_and_nothin
         assert r.status_code == 507, r.text
         assert r.json()["issue"][0]["code"] == "no-store" and PATIENT["value"] not in r.text
         [failure] = services.store.list_audit()
-        assert_failed_create(failure, "iti65-507", "PATRQT")
+        assert_failed_create(failure, "iti65-507", "PATRQT", subtype="ITI-65")
+        assert failure["type"]["code"] == "110107"
+        assert [e for e in failure["entity"] if e.get("role", {}).get("code") == "20"]
         assert len(_documents(client)) == 0
         assert blob_files(tmp_path / "data") == []
         assert list((tmp_path / "data" / "staging").iterdir()) == []

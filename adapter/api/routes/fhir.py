@@ -71,6 +71,7 @@ from adapter.errors import (
     UnsupportedMediaType,
     UnsupportedResourceType,
 )
+from adapter.mapping.audit_mhd import find_document_references, provide_document_bundle, retrieve_document
 from adapter.mapping.bundle import history as history_bundle
 from adapter.mapping.bundle import outcome_entry, searchset
 from adapter.mapping.capability import R4_TYPES, capability_statement, versions_parameters, versions_plain
@@ -259,11 +260,13 @@ async def _transaction(request: Request, services: Services, idempotency_key: st
         types = R4_TYPES if version == "4" else tuple(t for t in R4_TYPES if t != "Media")
         answer, glass = await process_batch(request, bundle, types, media_type(version))
         return _out(answer, version, headers=break_glass_headers(glass))
-    ctx = get_write_context(request, services, "create")
+    fhir_base = _fhir_base(request, services)
+    # an ITI-65 Provide Document Bundle (one with a SubmissionSet) is audited as MHD's Import
+    ctx = get_write_context(request, services, "create", provide_document_bundle(bundle, fhir_base))
     _r4_write(request)
     key = idempotency_key[:200] if idempotency_key else None
     response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx,
-                                      fhir_base=_fhir_base(request, services))
+                                      fhir_base=fhir_base)
     return _out(response, "4")
 
 
@@ -466,8 +469,11 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
             return Response(content=dicom.data, media_type="application/dicom",
                             headers=_glass_headers(dicom.decision))
         answerable = None if format_is_json(format_) else partial(binary_answer, accept)  # 406 audited as such
+        # a read (not a vread) is IHE MHD ITI-68 when the Binary is a DocumentReference's document
         content = await run_in_threadpool(partial(reader.read_binary, id, answerable=answerable,
-                                                  precondition=conditions.check_match))
+                                                  precondition=conditions.check_match,
+                                                  retrieve=retrieve_document(fhir_base) if version_id is None
+                                                  else None))
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
         if conditions.answer(content.resource, vread=version_id is not None):
             return Response(status_code=304, headers=headers)
@@ -696,6 +702,10 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     params = _count_used(params)
     types = ["DocumentReference", "Media"] if version == "5" and resource_type == "DocumentReference" \
         else [resource_type]
+    if resource_type == "DocumentReference" and version == "4":
+        # IHE MHD ITI-67 Find Document References, audited in its shape; an R5 reader's search is
+        # no MHD 4.2 transaction (MHD's are R4's) and stays a BALP search
+        reader.ctx = dataclasses.replace(reader.ctx, mhd=find_document_references(_fhir_base(request, services)))
     result = await run_in_threadpool(reader.search, types, req)
     def link(link_params: list[tuple[str, str]]) -> str:
         if sealed:
