@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapter.errors import InvalidInput, InvalidResource
-from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long, padded
+from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long, unmatchable
 
 #: The resource types the adapter takes in, and their fhir.resources.R4B modules.
 R4B_MODULES = {"Binary": "binary", "Media": "media", "DocumentReference": "documentreference",
@@ -124,9 +124,10 @@ def check_indexed_values(value: Any, path: str, *, identifier: bool = False) -> 
     and nested ones included), every coding's ``system`` and ``code`` and every ``reference`` is
     at most IDENTIFIER_MAX_BYTES (adapter.model.photo), the bound of every identifier the adapter
     takes, on every channel, so that what one store keeps another does too; and none begins or
-    ends with white space (adapter.model.photo.padded: matched exactly, a padded patient
-    identifier escaped its patient's Consent). Raises InvalidInput (422: understood, and over
-    the adapter's limit or refused by its rule) naming the element, never quoting it."""
+    ends with white space or holds an invisible character (adapter.model.photo.unmatchable:
+    matched exactly, a padded patient identifier escaped its patient's Consent). Raises
+    InvalidInput (422: understood, and over the adapter's limit or refused by its rule) naming
+    the element, never quoting it."""
     if isinstance(value, dict):
         for key, item in value.items():
             where = f"{path}.{key}"
@@ -134,10 +135,10 @@ def check_indexed_values(value: Any, path: str, *, identifier: bool = False) -> 
                 if identifier_too_long(item):
                     raise InvalidInput(f"{where} is longer than the adapter takes ({IDENTIFIER_MAX_BYTES} bytes in "
                                        "UTF-8): nothing was stored", expression=where)
-                if padded(item):
-                    raise InvalidInput(f"{where} begins or ends with white space: it is matched exactly, so it "
-                                       "would name another patient or record than meant; nothing was stored",
-                                       expression=where)
+                why = unmatchable(item)
+                if why is not None:
+                    raise InvalidInput(f"{where} {why}: it is matched exactly, so it would name another patient "
+                                       "or record than meant; nothing was stored", expression=where)
             check_indexed_values(item, where, identifier=key in _IDENTIFIER_ELEMENTS)
     elif isinstance(value, list):
         for i, item in enumerate(value):

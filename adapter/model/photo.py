@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -105,26 +106,37 @@ def _bounded(text: str) -> str:
     return text
 
 
-def padded(text: str) -> bool:
-    """``text`` (an identifier's system or value, a code, a reference) begins or ends with
-    white space. Matching is exact (FHIR search.html#token), so ``MRN-1 `` would be another
-    patient than ``MRN-1`` to a Consent, while DICOM, where padding is not significant (PS3.5
-    6.2), files both under one: a photo sent so passed its patient's denial of care and reached
-    the PACS as that patient's. Refused on every channel that takes FHIR, as DICOM's are read
-    without their padding."""
-    return text != text.strip()
+#: Unicode categories of characters no identifier may hold: control (Cc) and format (Cf: a
+#: zero-width space, a soft hyphen, a byte order mark, a direction mark), invisible when shown.
+_INVISIBLE = frozenset({"Cc", "Cf"})
 
 
-def _trimmed(text: str) -> str:
-    if padded(text):
-        raise ValueError("begins or ends with white space (an identifier is matched exactly)")
+def unmatchable(text: str) -> str | None:
+    """Why ``text`` (an identifier's system or value, a code, a reference) cannot stand as one,
+    or None. Matching is exact (FHIR search.html#token), so ``MRN-1 `` or ``MRN-1`` with a
+    zero-width space would be another patient than ``MRN-1`` to a Consent, while a person, a
+    PACS or a viewer reads them as that patient (DICOM's padding is not significant, PS3.5 6.2):
+    a photo sent so passed its patient's denial of care and reached the PACS as that patient's.
+    Refused on every channel that takes FHIR, as DICOM's are read without their padding (and
+    refused with a control character)."""
+    if text != text.strip():
+        return "begins or ends with white space"
+    if any(unicodedata.category(c) in _INVISIBLE for c in text):
+        return "holds an invisible character (a control or format character, such as a zero-width space)"
+    return None
+
+
+def _matchable(text: str) -> str:
+    why = unmatchable(text)
+    if why is not None:
+        raise ValueError(f"{why} (an identifier is matched exactly)")
     return text
 
 
 #: An identifier's system or value as a client submits it (:data:`IDENTIFIER_MAX_BYTES`).
-SubmittedText = Annotated[str, Field(min_length=1), AfterValidator(_bounded), AfterValidator(_trimmed)]
+SubmittedText = Annotated[str, Field(min_length=1), AfterValidator(_bounded), AfterValidator(_matchable)]
 #: A literal reference as a client submits it, within the same bound (a patient's is indexed).
-SubmittedReference = Annotated[str, AfterValidator(_bounded), AfterValidator(_trimmed)]
+SubmittedReference = Annotated[str, AfterValidator(_bounded), AfterValidator(_matchable)]
 
 
 class Identifier(_Model):

@@ -1,5 +1,5 @@
-"""White space around an identifier or a reference, refused on every channel that takes FHIR
-(adapter.model.photo.padded), and a Consent's data reference that is no literal reference,
+"""White space around an identifier or a reference, or an invisible character in one, refused on
+every channel that takes FHIR (adapter.model.photo.unmatchable), and a Consent's data reference that is no literal reference,
 refused when written (adapter.services.consents) and read as naming no record
 (adapter.consent.grants.literal_type_id).
 
@@ -63,7 +63,10 @@ def deny(purpose: str, patient: dict[str, str] = PATIENT, **provision: Any) -> d
     return consent
 
 
-@pytest.mark.parametrize("value", [f"{PATIENT['value']} ", f" {PATIENT['value']}", f"{PATIENT['value']}\n"])
+@pytest.mark.parametrize("value", [f"{PATIENT['value']} ", f" {PATIENT['value']}", f"{PATIENT['value']}\n",
+                                   f"{PATIENT['value']}\u200b", f"MRN\u00ad-0001", f"\ufeff{PATIENT['value']}",
+                                   f"MRN\t-0001"], ids=["trailing", "leading", "newline", "zero-width-space",
+                                                          "soft-hyphen", "bom", "tab"])
 def test_a_photo_for_a_padded_identifier_does_not_escape_the_patients_denial_of_care(
         client: FhirClient, value: str) -> None:
     assert client.post("/fhir/Consent", json=deny("TREAT"), headers=FHIR_JSON).status_code == 201
@@ -77,10 +80,11 @@ def test_a_photo_for_a_padded_identifier_does_not_escape_the_patients_denial_of_
     assert stored(client) == 1  # the Consent only
 
 
-def test_a_consent_or_transaction_naming_a_padded_identifier_is_refused(client: FhirClient) -> None:
-    """A deny for ``MRN-0001 `` would deny nobody; a document filed for it would escape the
-    patient's Consents: 422 naming the element, nothing stored."""
-    padded = {**PATIENT, "value": PATIENT["value"] + " "}
+@pytest.mark.parametrize("suffix", [" ", "\u200b"])
+def test_a_consent_or_transaction_naming_a_padded_identifier_is_refused(client: FhirClient, suffix: str) -> None:
+    """A deny for ``MRN-0001 `` (or with a zero-width space) would deny nobody; a document filed
+    for it would escape the patient's Consents: 422 naming the element, nothing stored."""
+    padded = {**PATIENT, "value": PATIENT["value"] + suffix}
     refused(client.post("/fhir/Consent", json=deny("TREAT", patient=padded), headers=FHIR_JSON),
             "Consent.patient.identifier.value")
     bundle = provide_document_bundle(DOCUMENT.read_bytes())
