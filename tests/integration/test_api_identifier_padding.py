@@ -64,8 +64,8 @@ def deny(purpose: str, patient: dict[str, str] = PATIENT, **provision: Any) -> d
 
 
 @pytest.mark.parametrize("value", [f"{PATIENT['value']} ", f" {PATIENT['value']}", f"{PATIENT['value']}\n",
-                                   f"{PATIENT['value']}\u200b", f"MRN\u00ad-0001", f"\ufeff{PATIENT['value']}",
-                                   f"MRN\t-0001"], ids=["trailing", "leading", "newline", "zero-width-space",
+                                   f"{PATIENT['value']}\u200b", "MRN\u00ad-0001", f"\ufeff{PATIENT['value']}",
+                                   "MRN\t-0001"], ids=["trailing", "leading", "newline", "zero-width-space",
                                                           "soft-hyphen", "bom", "tab"])
 def test_a_photo_for_a_padded_identifier_does_not_escape_the_patients_denial_of_care(
         client: FhirClient, value: str) -> None:
