@@ -227,8 +227,11 @@ def serve(settings: Settings) -> int:
     except _Terminated as stop:
         ended_by = stop.signum
         return 0
-    except SystemExit as exc:  # uvicorn's, when it cannot listen (a port taken)
+    except SystemExit as exc:  # uvicorn's, when it cannot start (a port taken)
         failure = f"the HTTP server ended with exit status {exc.code}"
+        if exc.code == 3:  # uvicorn's STARTUP_FAILURE: most often the address, which only its log names
+            failure += (f" (it could not start: is {settings.http_host}:{settings.http_port} taken, or not "
+                        "this host's? the log says why)")
         raise
     except BaseException as exc:
         failure = f"ended by {type(exc).__name__}"

@@ -109,4 +109,4 @@ def test_a_serve_that_cannot_listen_records_its_stop_as_a_failure_and_one_refuse
     events = _trail(tmp_path)
     assert _activity(events) == [(START, "0"), (STOP, "8")], done.stderr[-1500:]
     stop = dicom_events(events, APPLICATION_ACTIVITY)[1]
-    assert "HTTP server" in stop["outcomeDesc"]
+    assert "HTTP server" in stop["outcomeDesc"] and f"127.0.0.1:{port} taken" in stop["outcomeDesc"], stop
