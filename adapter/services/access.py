@@ -322,14 +322,17 @@ class ScopedReader:
         preconditions on it (If-Match, RFC 9110 13.1.1); an AdapterError it raises (412: nothing
         is sent) is audited as a read that failed, outcome 4 saying why, not as a disclosure (IHE
         BALP; R4 AuditEvent.outcome), keeping what the decision rested on. A failure to make the
-        answer leaves the read audited as decided, as before. ``ctx``: the context audited, when
-        not the reader's (an IHE MHD Retrieve Document)."""
+        answer (a stored image missing or unreadable) sends nothing either: audited so, outcome 4
+        saying why (the error's diagnostics or class: never a value of the record), not as the
+        disclosure it did not make. ``ctx``: the context audited, when not the reader's (an IHE
+        MHD Retrieve Document)."""
         ctx = ctx or self.ctx
         try:
             resource = make()
-        except Exception:
-            self._auditor.record(ctx, interaction=interaction, action="R", decision=decision,
-                                 entities=entities, patient=patient)
+        except Exception as exc:
+            why = exc.diagnostics if isinstance(exc, AdapterError) else f"the answer could not be made ({type(exc).__name__})"
+            self._auditor.record_not_sent(ctx, interaction=interaction, entities=entities, patient=patient,
+                                          why=why, decision=decision)
             raise
         if precondition is not None:
             try:
@@ -492,9 +495,14 @@ class ScopedReader:
                 self._auditor.record_not_sent(ctx, entities=entities, patient=patient, why=exc.diagnostics,
                                               decision=decision)
                 raise
-        resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
-                                  precondition, ctx)
-        data = _image_in_view(self._blobs.read(blob, stored.blob_range), content_type, decision.view)
+        made: list[bytes] = []
+
+        def make() -> dict[str, Any]:  # the bytes too: a stored image missing is a read that sent nothing
+            made.append(_image_in_view(self._blobs.read(blob, stored.blob_range), content_type, decision.view))
+            return self._render(stored, decision)
+
+        resource = self._answered("read", decision, entities, patient, make, precondition, ctx)
+        data = made[0]
         resource["data"] = base64.b64encode(data).decode("ascii")
         return BinaryContent(content_type=content_type, data=data, resource=resource, decision=decision)
 

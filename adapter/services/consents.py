@@ -190,15 +190,16 @@ def _purpose_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str,
 
 
 def _data_references(provision: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(path, literal reference) of every ``data[].reference.reference`` in ``provision`` and its
-    nested provisions (the model has checked the shapes; anything else is skipped)."""
+    """(path, literal reference) of every ``data[].reference`` in ``provision`` and its nested
+    provisions: its ``reference``, or "" for one naming its record otherwise (by identifier or
+    display only), which the decision cannot match either (the model has checked the shapes)."""
     if not isinstance(provision, dict):
         return
     for i, data in enumerate(provision.get("data") or []):
         ref = data.get("reference") if isinstance(data, dict) else None
-        literal = ref.get("reference") if isinstance(ref, dict) else None
-        if isinstance(literal, str):
-            yield f"{path}.data[{i}].reference.reference", literal
+        if isinstance(ref, dict):
+            literal = ref.get("reference")
+            yield f"{path}.data[{i}].reference.reference", literal if isinstance(literal, str) else ""
     for k, nested in enumerate(provision.get("provision") or []):
         yield from _data_references(nested, f"{path}.provision[{k}]")
 

@@ -112,3 +112,17 @@ def test_a_deny_naming_its_record_in_no_literal_reference_form_is_refused_and_th
     good = deny("TRAIN", data=[{"meaning": "instance", "reference": {"reference": record}}])
     assert client.post("/fhir/Consent", json=good, headers=FHIR_JSON).status_code == 201
     assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 403
+
+
+def test_a_consent_naming_its_record_by_identifier_only_is_refused_not_half_applied(client: FhirClient) -> None:
+    """Review finding: a data entry naming its record by identifier (or display) only was stored
+    (201), and read as data that cannot be told: a permit permitting nothing, a deny denying all
+    the patient's data. Refused (422) as the README says of what the decision cannot read."""
+    for provision_type in ("permit", "deny"):
+        consent = consent_resource(["TRAIN"])
+        consent["provision"]["type"] = provision_type
+        consent["provision"]["data"] = [{"meaning": "instance", "reference": {
+            "identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4"}}}]
+        refused(client.post("/fhir/Consent", json=consent, headers=FHIR_JSON),
+                "Consent.provision.data[0].reference.reference")
+    assert stored(client) == 0

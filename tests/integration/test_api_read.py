@@ -394,6 +394,23 @@ def test_a_read_that_sends_nothing_is_audited_as_failed_not_as_a_disclosure(tmp_
         assert services.store.list_audit(1)[0]["outcome"] == "0"
 
 
+def test_a_binary_whose_stored_image_is_missing_is_audited_as_not_sent(tmp_path: Path) -> None:
+    """Review finding: the Binary read was audited as the disclosure it was permitted to be
+    (outcome 0) before its stored bytes were read; with the blob gone (a partial restore, what
+    ``verify`` reports) the client got 404 and the trail a disclosure of the patient's image."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        [blob] = [p for p in (tmp_path / "data" / "blobs").rglob("*") if p.is_file()]
+        blob.unlink()
+        before = len(services.store.list_audit(1000))
+        r = client.get(f"/fhir/{receipt['binary']}", headers={**as_purpose("TREAT"), "Accept": "image/*"})
+        assert r.status_code in (404, 503), r.text
+        events = services.store.list_audit(1000)
+        assert len(events) == before + 1
+        assert events[0]["outcome"] == "4" and events[0]["outcomeDesc"].startswith("not sent: "), events[0]
+        assert PATIENT["value"] not in events[0]["outcomeDesc"]
+
+
 def test_a_consent_decision_names_the_consent_and_the_policy_it_rested_on(tmp_path: Path) -> None:
     """IHE BALP AuthZconsent and the R4 example auditevent-example-consent-authz record the
     Consent used (entity.what, type resource-types#Consent) and the policy (agent.policy): a
