@@ -471,9 +471,10 @@ class Forwarder:
                                       "the sender returned no result") for item, _, _ in ready]
         for (item, _, disclosure), result in zip(ready, results, strict=True):
             held = disclosure.held_back
+            sent_anyway = held is not None and result.acknowledged
             if held is not None:  # not sent, whatever the sender's result says of it
                 reason = held.reason
-                if result.acknowledged:  # it went all the same: the audit says so
+                if result.acknowledged:  # it went all the same: the audit says so (a transfer "sent: ...")
                     log.error("outbox item %d: the sender sent an object it was told to hold back", item.id)
                     reason = f"acknowledged by the PACS though held back ({held.reason})"
                 result = SendResult(item.sop_instance_uid,
@@ -487,8 +488,12 @@ class Forwarder:
             if result.acknowledged:
                 self._settle(item, result, leases, disclosed=self._disclosed(disclosure))
             else:
+                # a consent refusal is audited as the transfer it refused, unless the object went
+                # all the same: then as the transfer made ("sent: acknowledged ... though held back
+                # (<the refusal>)"), naming the record and patient disclosed
                 self._settle(item, result, leases, instance=disclosure.instance,
-                             decided=self._refusal_event(disclosure) if disclosure.refused else None)
+                             decided=self._refusal_event(disclosure) if disclosure.refused and not sent_anyway
+                             else None)
 
     def _settle(self, item: OutboxItem, result: SendResult, leases: LeaseKeeper, *,
                 disclosed: dict[str, Any] | None = None, instance: DicomInstance | None = None,

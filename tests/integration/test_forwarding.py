@@ -641,6 +641,52 @@ def test_consent_changed_while_a_batch_is_sent_stops_the_objects_not_sent_yet(
         assert forwarder.run_once() == 0
 
 
+class IgnoresWithhold(StoreSCU):
+    """A sender that asks ``withhold`` before each C-STORE-RQ, as the forwarder requires, and
+    sends the object whatever it answers (a defective or foreign StoreSender); ``before`` runs
+    once the batch is prepared, before the first question."""
+
+    def __init__(self, before: Callable[[], None]) -> None:
+        super().__init__()
+        self._before = before
+
+    def send_batch(self, destination: str, datasets: Iterable[Dataset | Path], *,
+                   withhold: Callable[[int], str | None] | None = None,
+                   acknowledged: Callable[[int, Any], None] | None = None) -> list[Any]:
+        self._before()
+
+        def asked_and_ignored(i: int) -> str | None:
+            if withhold is not None:
+                withhold(i)
+            return None
+
+        return super().send_batch(destination, datasets, withhold=asked_and_ignored, acknowledged=acknowledged)
+
+
+def test_an_object_sent_though_consent_held_it_back_is_audited_as_sent(tmp_path: Path, pacs: OrthancPeer) -> None:
+    """Review finding: a sender that sent (and the PACS acknowledged) an object the last
+    consent check held back left only the refusal in the trail ("not forwarded to PACS"): a
+    disclosure against the patient's consent that no event recorded. It is audited as the
+    transfer made: "sent: acknowledged by the PACS though held back (...)", naming the record and
+    the patient."""
+    with forwarding(tmp_path, pacs, start=False) as (client, services, _):
+        receipt = post_photo(client, photo_jpeg(tmp_path, 90), meta_for(90)).json()
+        scu = IgnoresWithhold(lambda: deny_treatment(client, meta_for(90)["patient"]))
+        forwarder = forwarder_for(services, scu)
+        try:
+            assert forwarder.run_once() == 1
+        finally:
+            scu.release()
+        orthanc_instance(pacs, receipt["dicom"]["sopInstanceUid"])  # it reached the PACS
+        transfers = [e for e in dicom_events(services.store.list_audit(50), INSTANCES_TRANSFERRED)
+                     if receipt["record"] in str(e)]
+        assert any(e["outcomeDesc"].startswith("sent: acknowledged by the PACS though held back") for e in transfers), \
+            [e.get("outcomeDesc") for e in transfers]
+        [sent] = [e for e in transfers if e["outcomeDesc"].startswith("sent: ")]
+        assert patients(sent) == [meta_for(90)["patient"]]
+        record_emitted([sent])
+
+
 class BeforeEachCStore(HookedSCU):
     """The real SCU, running ``hook`` (with the SOP Instance UID about to go) right before each
     C-STORE-RQ of its associations, after the forwarder's last check."""
