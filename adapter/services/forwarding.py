@@ -604,7 +604,8 @@ class Forwarder:
         return self._auditor.decision_event(
             disclosure.context(), interaction="read", action="R", decision=disclosure.decision,
             entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
-            patient=disclosure.instance.patient, reason="not forwarded to PACS",
+            patient=disclosure.instance.patient,
+            reason="not forwarded to PACS" + (f": {disclosure.decision.reason}" if disclosure.decision else ""),
             dicom=DicomAudit.pushed_to_peer(disclosure.instance.study_instance_uid))
 
     def _disclosed(self, disclosure: _Disclosure) -> dict[str, Any]:

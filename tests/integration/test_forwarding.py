@@ -634,6 +634,9 @@ def test_consent_changed_while_a_batch_is_sent_stops_the_objects_not_sent_yet(
         [refusal] = [e for e in transfers if refused_record in str(e)]
         assert (refusal["action"], refusal["outcome"]) == ("R", "4")
         assert "PACS ORTHANC" in str(refusal) and refusal["outcomeDesc"]
+        # the decision's reason, as a read's refusal gives it (review finding: it said only this)
+        assert refusal["outcomeDesc"].startswith("not forwarded to PACS: ") and "TREAT" in refusal["outcomeDesc"], \
+            refusal["outcomeDesc"]
         instance = services.store.find_dicom_instance(refused_uid)
         assert instance is not None and study_uids(refusal) == [instance.study_instance_uid]
         record_emitted([refusal])
