@@ -5,7 +5,6 @@ Found by the audit review: neither was recorded."""
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import signal
@@ -17,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ROOT, record_emitted
-from tests.support.audit import DCM, dicom_events
+from tests.conftest import ROOT
+from tests.support.audit import DCM, dicom_events, exported_trail
 from tests.support.server import running_adapter
 
 APPLICATION_ACTIVITY = "110100"
@@ -28,14 +27,7 @@ ACCOUNT = pwd.getpwuid(os.getuid()).pw_name
 
 def _trail(workdir: Path) -> list[dict[str, Any]]:
     """Every AuditEvent stored in ``workdir``'s data folder, through ``python -m adapter audit``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
-    env["ADAPTER_DATA_DIR"] = str(workdir / "data")
-    done = subprocess.run([sys.executable, "-m", "adapter", "audit"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    events = [json.loads(line) for line in done.stdout.splitlines()]
-    record_emitted(events)
-    return events
+    return exported_trail(workdir / "data")
 
 
 def _activity(events: list[dict[str, Any]]) -> list[tuple[str, str]]:

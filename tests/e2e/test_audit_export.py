@@ -4,19 +4,17 @@ stopped, and leaves an AuditEvent of the export itself."""
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import socket
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import ROOT, record_emitted
 from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
-from tests.support.audit import DCM
+from tests.support.audit import DCM, run_audit_export
 
 #: The operating-system account running the tests, as the password database names it.
 ACCOUNT = pwd.getpwuid(os.getuid()).pw_name
@@ -27,18 +25,9 @@ def _export(tmp_path: Path, *args: str, environ: dict[str, str | None] | None = 
             ) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
     """``python -m adapter audit *args`` on ``tmp_path``'s store; ``environ``: variables to set
     (or, None, to unset) for it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
-    env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_POLICY=str(tmp_path / "policy.yaml"),
-               ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
-    for name, value in (environ or {}).items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    done = subprocess.run([sys.executable, "-m", "adapter", "audit", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
-    events = [json.loads(line) for line in done.stdout.splitlines()]
-    return events, done
+    return run_audit_export(tmp_path / "data", *args, environ={
+        "ADAPTER_POLICY": str(tmp_path / "policy.yaml"), "ADAPTER_MAPPINGS_DIR": str(ROOT / "mappings"),
+        **(environ or {})})
 
 
 def test_the_audit_trail_is_exported_and_the_export_audited(tmp_path: Path) -> None:

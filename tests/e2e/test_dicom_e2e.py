@@ -6,10 +6,6 @@ and the SCP keeps serving."""
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +16,14 @@ from pydicom.dataset import Dataset
 
 from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT
-from tests.support.audit import INSTANCES_TRANSFERRED, dicom_events, patients, sop_instance_uids, study_uids
+from tests.support.audit import (
+    INSTANCES_TRANSFERRED,
+    dicom_events,
+    exported_trail,
+    patients,
+    sop_instance_uids,
+    study_uids,
+)
 from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
 from tests.support.dicom_files import PDF_BYTES, frame_of, jpeg, pdf_file, pynet_store, sc_file
 from tests.support.orthanc import assert_loopback_only
@@ -118,14 +121,7 @@ def test_misbehaving_peers_do_not_stop_the_scp(server: RunningAdapter, tmp_path:
 
 def _export(tmp_path: Path) -> list[dict]:
     """The audit trail as ``python -m adapter audit`` exports it (it goes to the FHIR validation)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
-    env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
-    export = subprocess.run([sys.executable, "-m", "adapter", "audit"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120, check=False)
-    assert export.returncode == 0, export.stderr
-    events = [json.loads(line) for line in export.stdout.splitlines()]
-    record_emitted(events)
-    return events
+    return exported_trail(tmp_path / "data", {"ADAPTER_MAPPINGS_DIR": str(ROOT / "mappings")})
 
 
 def test_refusals_over_dimse_and_stow_rs_are_in_the_exported_audit_trail(server: RunningAdapter,

@@ -1,9 +1,17 @@
-"""Finding the DICOM audit messages (PS3.15 A.5.3) among the AuditEvents a test made."""
+"""Finding the DICOM audit messages (PS3.15 A.5.3) among the AuditEvents a test made, and the
+audit trail as ``python -m adapter audit`` exports it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+from tests.conftest import ROOT, record_emitted
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 INSTANCES_TRANSFERRED = "110104"
@@ -46,3 +54,29 @@ def patients(event: dict[str, Any]) -> list[dict[str, Any]]:
     """The patient identifiers an AuditEvent names (entities of role 1 Patient)."""
     return [entity["what"]["identifier"] for entity in event.get("entity", [])
             if entity.get("role", {}).get("code") == "1"]
+
+
+def run_audit_export(data_dir: Path, *args: str, environ: Mapping[str, str | None] | None = None,
+                     ) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
+    """``python -m adapter audit *args`` on the store in ``data_dir``, from the repository root
+    with no ADAPTER_* variable of this process; ``environ``: variables to set (or, None, to unset)
+    for it. The events it wrote (NDJSON) and the finished process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env["ADAPTER_DATA_DIR"] = str(data_dir)
+    for name, value in (environ or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    done = subprocess.run([sys.executable, "-m", "adapter", "audit", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    return [json.loads(line) for line in done.stdout.splitlines()], done
+
+
+def exported_trail(data_dir: Path, environ: Mapping[str, str | None] | None = None) -> list[dict[str, Any]]:
+    """The whole audit trail of the store in ``data_dir``, as the export gives it (it must
+    succeed); its events go to the FHIR validation."""
+    events, done = run_audit_export(data_dir, environ=environ)
+    assert done.returncode == 0, done.stderr
+    record_emitted(events)
+    return events
