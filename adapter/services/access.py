@@ -313,6 +313,21 @@ class ScopedReader:
     def _render(self, stored: StoredResource, decision: Decision) -> dict[str, Any]:
         return render(stored.resource, decision, tables=self._tables, pseudonymizer=self._pseudonymizer)
 
+    def _refused(self, ctx: RequestContext, interaction: str, decision: Decision, entities: Sequence[str],
+                 patient: Identifier | None) -> Forbidden:
+        """Audit a read ``decision`` that refuses; the Forbidden to raise (403, saying little)."""
+        self._auditor.record(ctx, interaction=interaction, action="R", decision=decision, entities=entities,
+                             patient=patient)
+        return Forbidden(_DENIED)
+
+    def _missing(self, ctx: RequestContext, interaction: str, decision: Decision, entities: Sequence[str],
+                 patient: Identifier | None, what: str) -> NotFound:
+        """Audit a read ``decision`` permitted of ``what``, which is not there (a version, a
+        Binary's content), as a read that sent nothing (outcome 4); the NotFound to raise."""
+        self._auditor.record_not_sent(ctx, interaction=interaction, entities=entities, patient=patient, why=what,
+                                      decision=decision)
+        return NotFound(what)
+
     def _answered(self, interaction: str, decision: Decision, entities: Sequence[str], patient: Identifier | None,
                   make: Callable[[], dict[str, Any]],
                   precondition: Callable[[dict[str, Any]], object] | None,
@@ -330,7 +345,8 @@ class ScopedReader:
         try:
             resource = make()
         except Exception as exc:
-            why = exc.diagnostics if isinstance(exc, AdapterError) else f"the answer could not be made ({type(exc).__name__})"
+            why = exc.diagnostics if isinstance(exc, AdapterError) else \
+                f"the answer could not be made ({type(exc).__name__})"
             self._auditor.record_not_sent(ctx, interaction=interaction, entities=entities, patient=patient,
                                           why=why, decision=decision)
             raise
@@ -354,9 +370,7 @@ class ScopedReader:
         decision = self.decide(facts)
         entities, patient = [f"{resource_type}/{id}"], facts.patient if facts else None
         if not decision.permitted:
-            self._auditor.record(self.ctx, interaction="read", action="R", decision=decision, entities=entities,
-                                 patient=patient)
-            raise Forbidden(_DENIED)
+            raise self._refused(self.ctx, "read", decision, entities, patient)
         resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
                                   precondition)
         return ReadResult(resource=resource, decision=decision)
@@ -373,13 +387,8 @@ class ScopedReader:
         decision = self.decide(stored.facts)
         entities, patient = [f"Binary/{id}"], stored.facts.patient if stored.facts else None
         if not decision.permitted:
-            self._auditor.record(self.ctx, interaction="vread", action="R", decision=decision, entities=entities,
-                                 patient=patient)
-            raise Forbidden(_DENIED)
-        missing = f"Binary/{id} has no version {version_id}"
-        self._auditor.record_not_sent(self.ctx, interaction="vread", entities=entities, patient=patient,
-                                      why=missing, decision=decision)
-        raise NotFound(missing)
+            raise self._refused(self.ctx, "vread", decision, entities, patient)
+        raise self._missing(self.ctx, "vread", decision, entities, patient, f"Binary/{id} has no version {version_id}")
 
     def read_version(self, resource_type: str, id: str, version_id: int, *,
                      precondition: Callable[[dict[str, Any]], object] | None = None) -> ReadResult:
@@ -395,14 +404,10 @@ class ScopedReader:
                                                [document] if document is not None else [])
         entities, patient = [f"{resource_type}/{id}"], facts.patient if facts else None
         if not decision.permitted:
-            self._auditor.record(self.ctx, interaction="vread", action="R", decision=decision, entities=entities,
-                                 patient=patient)
-            raise Forbidden(_DENIED)
+            raise self._refused(self.ctx, "vread", decision, entities, patient)
         if document is None:
-            missing = f"{resource_type}/{id} has no version {version_id}"
-            self._auditor.record_not_sent(self.ctx, interaction="vread", entities=entities, patient=patient,
-                                          why=missing, decision=decision)
-            raise NotFound(missing)
+            raise self._missing(self.ctx, "vread", decision, entities, patient,
+                                f"{resource_type}/{id} has no version {version_id}")
         resource = self._answered(
             "vread", decision, entities, patient,
             lambda: render(document, decision, tables=self._tables, pseudonymizer=self._pseudonymizer), precondition)
@@ -479,14 +484,10 @@ class ScopedReader:
                 and stored.facts.governed_by.startswith("DocumentReference/"):
             ctx = dataclasses.replace(ctx, mhd=retrieve)
         if not decision.permitted:
-            self._auditor.record(ctx, interaction="read", action="R", decision=decision, entities=entities,
-                                 patient=patient)
-            raise Forbidden(_DENIED)
+            raise self._refused(ctx, "read", decision, entities, patient)
         blob = stored.blob_sha256
         if blob is None:
-            self._auditor.record_not_sent(ctx, entities=entities, patient=patient,
-                                          why=f"Binary/{id} has no content", decision=decision)
-            raise NotFound(f"Binary/{id} has no content")
+            raise self._missing(ctx, "read", decision, entities, patient, f"Binary/{id} has no content")
         content_type = str(stored.resource.get("contentType", "application/octet-stream"))
         if answerable is not None:
             try:

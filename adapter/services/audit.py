@@ -1,8 +1,9 @@
 """Every decision, allow or deny, becomes an IHE BALP-shaped AuditEvent in the store (for a request
 that is an IHE MHD transaction, ``RequestContext.mhd``, in MHD's shape for it:
-adapter.mapping.audit_mhd), or for a DICOM exchange a DICOM audit message (adapter.mapping.audit_dicom); the adapter's start and stop
-and every use of the audit trail are audited as IHE ATNA asks (adapter.mapping.audit_application).
-The audit trail leaves the adapter only through :func:`export_audit`, itself audited."""
+adapter.mapping.audit_mhd), or for a DICOM exchange a DICOM audit message
+(adapter.mapping.audit_dicom); the adapter's start and stop and every use of the audit trail are
+audited as IHE ATNA asks (adapter.mapping.audit_application). The audit trail leaves the adapter
+only through :func:`export_audit`, itself audited."""
 
 from __future__ import annotations
 
@@ -266,7 +267,6 @@ class Auditor:
             outcome="4",
             outcome_desc=reason, recorded=self._now(), client_address=client_address, actor=actor, purpose=None,
             request_id=request_id, entities=entities, patient=None, query=query, mhd=mhd))
-
 
     def record_application_activity(self, application: Application, *, start: bool, launcher: str | None = None,
                                     outcome: str = "0", reason: str | None = None) -> None:
