@@ -96,8 +96,7 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
         return Decision(permitted=False, reason=reason, purpose=purpose, consent_ids=_ids(used),
                         consents=_refs(used), permitted_purposes=permitted, policy=policy)
 
-    klass = (classify_purpose(code, tables) if purpose.system == tables.purposes.system
-             else PurposeClass.UNKNOWN)
+    klass = _purpose_class(purpose, tables)
     if klass is PurposeClass.UNKNOWN:
         return deny("unknown purpose of use")
     if klass is PurposeClass.BREAK_GLASS:
@@ -178,8 +177,7 @@ def decide_audit_export(purpose: PurposeOfUse, tables: Tables) -> Decision:
     since the events name patients (RECORDMGT in the shipped table). A de-identified or
     pseudonymised purpose, a care or break-glass purpose, or a patient's request is refused."""
     code = purpose.code
-    klass = (classify_purpose(code, tables) if purpose.system == tables.purposes.system
-             else PurposeClass.UNKNOWN)
+    klass = _purpose_class(purpose, tables)
     if klass is PurposeClass.UNKNOWN:
         return Decision(permitted=False, reason="unknown purpose of use", purpose=purpose)
     if AUDIT_EXPORT_PARENT not in tables.purposes.ancestors(code) or klass is PurposeClass.BREAK_GLASS:
@@ -209,8 +207,7 @@ def decide_outbox_requeue(purpose: PurposeOfUse, tables: Tables) -> Decision:
     pseudonymised purpose (TRAIN, HRESCH: it sees no identified record, and may not have one
     sent), a patient's request or another of the organisation's operations."""
     code = purpose.code
-    klass = (classify_purpose(code, tables) if purpose.system == tables.purposes.system
-             else PurposeClass.UNKNOWN)
+    klass = _purpose_class(purpose, tables)
     if klass is PurposeClass.UNKNOWN:
         return Decision(permitted=False, reason="unknown purpose of use", purpose=purpose)
     full = View(tables.purposes.codes[code].view) is View.FULL
@@ -299,6 +296,14 @@ def _care_documented(in_force: Sequence[ConsentGrant], tables: Tables) -> list[C
     one when the policy requires written consent."""
     return [g for g in in_force if g.decision == PERMIT and grant_covers(g, TREAT, tables)
             and (not tables.policy.consent.written_required or g.method is ConsentMethod.WRITTEN)]
+
+
+def _purpose_class(purpose: PurposeOfUse, tables: Tables) -> PurposeClass:
+    """The class of ``purpose`` in the policy: UNKNOWN for a code of another system than the
+    purpose table's, whatever its code."""
+    if purpose.system != tables.purposes.system:
+        return PurposeClass.UNKNOWN
+    return classify_purpose(purpose.code, tables)
 
 
 def _ids(grants: Sequence[ConsentGrant]) -> tuple[str, ...]:
