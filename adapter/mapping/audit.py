@@ -184,10 +184,7 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
         ValueError: an unknown action or outcome code, a naive ``recorded``, or
             ``adapter_requestor`` for an exchange whose data does not flow to the peer.
     """
-    if action not in ACTIONS:
-        raise ValueError(f"unknown AuditEvent.action {action!r}")
-    if outcome not in OUTCOMES:
-        raise ValueError(f"unknown AuditEvent.outcome {outcome!r}")
+    check_action_and_outcome(action, outcome)
     if adapter_requestor and not to_client:
         raise ValueError("the adapter initiates only exchanges in which it sends (it is the Source)")
 
@@ -236,26 +233,49 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
             "type": coding(BALP_ENTITY_TYPE, "XrequestId"),
         })
 
+    return audit_event_frame(type_=type_, subtypes=[subtype, *more_subtypes] if subtype is not None else [],
+                             action=action, outcome=outcome, outcome_desc=outcome_desc, recorded=recorded,
+                             agents=[client, server] if adapter_requestor else [client, server, user],
+                             entities=entity, event_id=event_id)
+
+
+def check_action_and_outcome(action: str, outcome: str) -> None:
+    """ValueError unless ``action`` and ``outcome`` are AuditEvent codes (R4 audit-event-action,
+    audit-event-outcome)."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown AuditEvent.action {action!r}")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown AuditEvent.outcome {outcome!r}")
+
+
+def audit_event_frame(*, type_: JSON, subtypes: Sequence[JSON], action: str, outcome: str, outcome_desc: str | None,
+                      recorded: datetime, agents: list[JSON], entities: list[JSON],
+                      event_id: str | None = None) -> JSON:
+    """An AuditEvent of ``agents`` and ``entities``, the adapter its source (observer, an
+    application server): what every event the adapter writes shares, the BALP ones, the DICOM
+    audit messages and the application's own (adapter.mapping.audit_application).
+
+    Raises:
+        ValueError: an unknown action or outcome code, or a naive ``recorded``.
+    """
+    check_action_and_outcome(action, outcome)
     event: JSON = {"resourceType": "AuditEvent"}
     if event_id:
         event["id"] = event_id
     event["type"] = type_
-    if subtype is not None:
-        event["subtype"] = [subtype, *more_subtypes]
-    event.update({
-        "action": action,
-        "recorded": fhir_instant(recorded),
-        "outcome": outcome,
-    })
+    if subtypes:
+        event["subtype"] = list(subtypes)
+    event.update({"action": action, "recorded": fhir_instant(recorded), "outcome": outcome})
     if outcome_desc:
         event["outcomeDesc"] = outcome_desc
-    event["agent"] = [client, server] if adapter_requestor else [client, server, user]
+    event["agent"] = agents
     event["source"] = {"observer": {"display": ADAPTER_NAME},
                        "type": [coding(SECURITY_SOURCE_TYPE, "4", "Application Server")]}
-    if entity:
-        event["entity"] = entity
+    if entities:
+        event["entity"] = entities
     return event
 
 
-__all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "assemble_audit_event", "audit_event", "consent_entity",
-           "network_access_point", "outbox_item_entity", "patient_entity"]
+__all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "assemble_audit_event", "audit_event", "audit_event_frame",
+           "check_action_and_outcome", "consent_entity", "network_access_point", "outbox_item_entity",
+           "patient_entity"]

@@ -25,17 +25,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from adapter.mapping.audit import ACTIONS, OUTCOMES, network_access_point
+from adapter.mapping.audit import audit_event_frame, network_access_point
 from adapter.mapping.codes import (
     ADAPTER_NAME,
     AUDIT_ENTITY_TYPE,
     DCM,
     OBJECT_ROLE,
-    SECURITY_SOURCE_TYPE,
     URN_IETF_RFC_3986,
     V3_PARTICIPATION_TYPE,
 )
-from adapter.mapping.fhir_r4 import JSON, coding, concept, fhir_instant
+from adapter.mapping.fhir_r4 import JSON, coding, concept
 
 APPLICATION_ACTIVITY = "110100"
 AUDIT_LOG_USED = "110101"
@@ -79,26 +78,6 @@ def _account_agent(role: JSON, account: str, display: str) -> JSON:
             "requestor": True}
 
 
-def _event(*, type_: JSON, subtype: JSON | None, action: str, outcome: str, outcome_desc: str | None,
-           recorded: datetime, agents: list[JSON], entities: list[JSON]) -> JSON:
-    if action not in ACTIONS:
-        raise ValueError(f"unknown AuditEvent.action {action!r}")
-    if outcome not in OUTCOMES:
-        raise ValueError(f"unknown AuditEvent.outcome {outcome!r}")
-    event: JSON = {"resourceType": "AuditEvent", "type": type_}
-    if subtype is not None:
-        event["subtype"] = [subtype]
-    event.update({"action": action, "recorded": fhir_instant(recorded), "outcome": outcome})
-    if outcome_desc:
-        event["outcomeDesc"] = outcome_desc
-    event["agent"] = agents
-    event["source"] = {"observer": {"display": ADAPTER_NAME},
-                       "type": [coding(SECURITY_SOURCE_TYPE, "4", "Application Server")]}
-    if entities:
-        event["entity"] = entities
-    return event
-
-
 def application_activity_event(*, start: bool, recorded: datetime, application: Application,
                                launcher: str | None, outcome: str = "0", outcome_desc: str | None = None) -> JSON:
     """Application Activity (PS3.15 A.5.3.1): ``application`` started (``start``) or stopped,
@@ -110,9 +89,9 @@ def application_activity_event(*, start: bool, recorded: datetime, application: 
     agents = [application_agent(application)]
     if launcher is not None:
         agents.append(_account_agent(_APPLICATION_LAUNCHER, launcher, launcher))
-    return _event(type_=coding(DCM, APPLICATION_ACTIVITY, "Application Activity"),
-                  subtype=APPLICATION_START if start else APPLICATION_STOP, action="E", outcome=outcome,
-                  outcome_desc=outcome_desc, recorded=recorded, agents=agents, entities=[])
+    return audit_event_frame(type_=coding(DCM, APPLICATION_ACTIVITY, "Application Activity"),
+                             subtypes=[APPLICATION_START if start else APPLICATION_STOP], action="E", outcome=outcome,
+                             outcome_desc=outcome_desc, recorded=recorded, agents=agents, entities=[])
 
 
 def audit_log_entity(audit_log: str) -> JSON:
@@ -139,9 +118,9 @@ def audit_log_used_event(*, recorded: datetime, outcome: str, outcome_desc: str 
     user = _account_agent(_RECIPIENT, operator, operator_display)
     if purpose is not None:
         user["purposeOfUse"] = [concept(coding(purpose[0], purpose[1]))]
-    return _event(type_=coding(DCM, AUDIT_LOG_USED, "Audit Log Used"), subtype=None, action="R", outcome=outcome,
-                  outcome_desc=outcome_desc, recorded=recorded, agents=[user, application_agent(application)],
-                  entities=[audit_log_entity(audit_log)])
+    return audit_event_frame(type_=coding(DCM, AUDIT_LOG_USED, "Audit Log Used"), subtypes=[], action="R",
+                             outcome=outcome, outcome_desc=outcome_desc, recorded=recorded,
+                             agents=[user, application_agent(application)], entities=[audit_log_entity(audit_log)])
 
 
 __all__ = ["APPLICATION_ACTIVITY", "APPLICATION_START", "APPLICATION_STOP", "AUDIT_LOG_USED", "Application",
