@@ -601,20 +601,17 @@ class Forwarder:
         """The AuditEvent of a refusal, by the consent decision, to make a disclosure to a PACS:
         DICOM Instances Transferred, read by the sender (adapter.mapping.audit_dicom), outcome 4
         with the decision's reason; counted as a decision. Stored with the attempt (:meth:`_settle`)."""
-        return self._auditor.decision_event(
-            disclosure.context(), interaction="read", action="R", decision=disclosure.decision,
-            entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
-            patient=disclosure.instance.patient,
-            reason="not forwarded to PACS" + (f": {disclosure.decision.reason}" if disclosure.decision else ""),
-            dicom=DicomAudit.pushed_to_peer(disclosure.instance.study_instance_uid))
+        reason = "not forwarded to PACS" + (f": {disclosure.decision.reason}" if disclosure.decision else "")
+        return self._disclosed(disclosure, reason)
 
-    def _disclosed(self, disclosure: _Disclosure) -> dict[str, Any]:
-        """The AuditEvent of a disclosure to a PACS: DICOM Instances Transferred, read by the
-        sender (adapter.mapping.audit_dicom), stored with the item marked sent."""
+    def _disclosed(self, disclosure: _Disclosure, reason: str | None = None) -> dict[str, Any]:
+        """The AuditEvent of a disclosure to a PACS (or, with ``reason``, of its refusal):
+        DICOM Instances Transferred, read by the sender (adapter.mapping.audit_dicom), its outcome
+        the decision's; stored with the item marked sent (or failed)."""
         return self._auditor.decision_event(
             disclosure.context(), interaction="read", action="R", decision=disclosure.decision,
             entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],
-            patient=disclosure.instance.patient,
+            patient=disclosure.instance.patient, reason=reason,
             dicom=DicomAudit.pushed_to_peer(disclosure.instance.study_instance_uid))
 
     def _failed_attempt(self, item: OutboxItem, instance: DicomInstance | None, result: SendResult, *,
