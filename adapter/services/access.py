@@ -157,6 +157,12 @@ def consent_facts(resource_id: str, resource: dict[str, Any]) -> AccessFacts | N
                        kind=PhotoKind.DOCUMENT, source=PhotoSource.CLINICIAN, consent_directive=True)
 
 
+def _why_not_sent(exc: Exception) -> str:
+    """Why an answer the decision permitted was not sent, for its audit: the error's diagnostics
+    (a 406, a stored image missing), or its class: never a value of the record."""
+    return exc.diagnostics if isinstance(exc, AdapterError) else f"the answer could not be made ({type(exc).__name__})"
+
+
 def _image_in_view(data: bytes, content_type: str, view: View) -> bytes:
     """A Binary's bytes as ``view`` releases them: the de-identified view gets image bytes with no
     metadata at all; the pseudonymised view the same but for the orientation (no ICC profile: its
@@ -345,10 +351,8 @@ class ScopedReader:
         try:
             resource = make()
         except Exception as exc:
-            why = exc.diagnostics if isinstance(exc, AdapterError) else \
-                f"the answer could not be made ({type(exc).__name__})"
             self._auditor.record_not_sent(ctx, interaction=interaction, entities=entities, patient=patient,
-                                          why=why, decision=decision)
+                                          why=_why_not_sent(exc), decision=decision)
             raise
         if precondition is not None:
             try:
@@ -847,7 +851,8 @@ class ScopedReader:
         decided and audited; instances not permitted are left out. 404 when none has the UIDs,
         403 when none of them is permitted. ``answerable(retrievals)``: the caller's content
         negotiation on the permitted ones, asked before they are audited; the NotAcceptable it
-        raises (406: nothing is sent) has them audited as reads that failed."""
+        raises (406: nothing is sent) has them audited as reads that failed, as has a stored
+        object missing or unreadable (404, 500: nothing is sent either)."""
         release = self._purpose_release()
         candidates = self._dicom_candidates(release, study=study, series=series)
         decided = self._dicom_decided(candidates)
@@ -866,11 +871,8 @@ class ScopedReader:
                     self._blobs.path(instance.blob_sha256 or stored.blob_sha256 or "")
             if out and answerable is not None:
                 answerable(out)
-        except NotAcceptable as exc:
-            self._auditor.record_transfers(self.ctx, transferred=transferred, not_sent=exc.diagnostics)
-            raise
-        except Exception:
-            self._auditor.record_transfers(self.ctx, transferred=transferred)
+        except Exception as exc:  # a 406, a stored object missing or unreadable: nothing is sent
+            self._auditor.record_transfers(self.ctx, transferred=transferred, not_sent=_why_not_sent(exc))
             raise
         self._auditor.record_transfers(self.ctx, transferred=transferred)
         if not out:

@@ -1058,7 +1058,7 @@ def test_native_frames_are_served_as_octet_stream(adapter: tuple[FhirClient, Ser
 def test_a_study_with_a_lost_object_is_refused_before_the_answer_starts(adapter: tuple[FhirClient, Services]) -> None:
     """WADO-RS study retrieve makes the objects one by one while it streams; a blob gone from the
     disk is looked for first, so the client gets a 404 OperationOutcome, not a multipart answer
-    cut short after the first part."""
+    cut short after the first part; audited as a read that failed (was outcome 0, a disclosure)."""
     client, services = adapter
     first = received(record_id="rec-a")
     second = received(record_id="rec-b", StudyInstanceUID=first.StudyInstanceUID, SOPInstanceUID=generate_uid())
@@ -1068,8 +1068,15 @@ def test_a_study_with_a_lost_object_is_refused_before_the_answer_starts(adapter:
     lost = services.store.find_dicom_instance(second.SOPInstanceUID)
     assert lost is not None and lost.blob_sha256 is not None
     services.blobs.path(lost.blob_sha256).unlink()
+    done = len(services.store.list_audit(10000))
     gone = client.get(url, headers=TREAT)
     assert gone.status_code == 404 and gone.json()["resourceType"] == "OperationOutcome"
+    # nothing was sent: audited as a read that failed (outcome 4, saying why), not as the
+    # transfer of both objects it did not make (outcome 0), as a FHIR Binary whose image is lost
+    events = services.store.list_audit(10000)
+    fresh = events[: len(events) - done]
+    assert [(e["action"], e["outcome"]) for e in fresh] == [("R", "4")]
+    assert fresh[0]["outcomeDesc"].startswith("not sent"), fresh[0]["outcomeDesc"]
 
 
 def _photo_pdf_and_native(client: FhirClient, tmp_path: Path) -> tuple[Any, Any, Any]:
