@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Request
 
 from adapter.api.negotiation import fhir_version
 from adapter.api.request_id import request_id_of
-from adapter.api.urls import absolute
+from adapter.api.urls import absolute, base
 from adapter.errors import Forbidden, NotAcceptable, PurposeOfUseMissing, UnknownPurposeOfUse
 from adapter.mapping.audit_mhd import find_document_references, retrieve_document
 from adapter.mapping.capability import R4_TYPES
@@ -58,7 +58,7 @@ def get_read_context(request: Request, services: ServicesDep, x_purpose_of_use: 
     except (PurposeOfUseMissing, UnknownPurposeOfUse) as exc:
         _audit_refused_purpose(request, services, exc)
         raise
-    return _context(request, purpose, query=_request_line(request))
+    return _context(request, services, purpose, query=_request_line(request))
 
 
 def _request_line(request: Request) -> bytes:
@@ -105,7 +105,7 @@ def _audit_refused_purpose(request: Request, services: Services,
         client_address=request.client.host if request.client else None,
         missing=isinstance(exc, PurposeOfUseMissing), reason=f"{request.method} {route}: {exc.diagnostics}",
         entities=[named] if named else [], query=_request_line(request) if interaction == "search-type" else None,
-        mhd=mhd)
+        mhd=mhd, server_url=base(request, services))
 
 
 def get_update_context(request: Request, services: ServicesDep, x_purpose_of_use: Annotated[str | None, Header(
@@ -124,7 +124,7 @@ def get_update_context(request: Request, services: ServicesDep, x_purpose_of_use
     except (PurposeOfUseMissing, UnknownPurposeOfUse) as exc:
         _audit_refused_purpose(request, services, exc, "update")
         raise
-    return _context(request, purpose)
+    return _context(request, services, purpose)
 
 
 #: The routes of IHE MHD's reads: ITI-67 searches DocumentReference (GET, or POST _search), ITI-68
@@ -157,12 +157,14 @@ def _mhd_read(request: Request, services: Services, route: str) -> MhdTransactio
     return None
 
 
-def _context(request: Request, purpose: PurposeOfUse, query: bytes | None = None,
+def _context(request: Request, services: Services, purpose: PurposeOfUse, query: bytes | None = None,
              mhd: MhdTransaction | None = None) -> RequestContext:
-    """The context of an HTTP request made for ``purpose``: its caller, address and request id
-    (and ``query``, a read's request line; ``mhd``, the IHE MHD transaction it is)."""
+    """The context of an HTTP request made for ``purpose``: its caller, address and request id,
+    the adapter's base URL (and ``query``, a read's request line; ``mhd``, the IHE MHD
+    transaction it is)."""
     return RequestContext(purpose=purpose, actor=_actor(request), request_id=_request_id(request),
-                          client_address=request.client.host if request.client else None, query=query, mhd=mhd)
+                          client_address=request.client.host if request.client else None, query=query, mhd=mhd,
+                          server_url=base(request, services))
 
 
 #: The purpose a write stating none is filed under: writes are made for care (README, "Before
@@ -195,12 +197,12 @@ def get_write_context(request: Request, services: Services, interaction: str,
     try:
         stated = purpose_header(request)
         if stated is None or not stated.strip():
-            return _context(request, WRITE_PURPOSE_UNSTATED, mhd=mhd)
+            return _context(request, services, WRITE_PURPOSE_UNSTATED, mhd=mhd)
         purpose = parse_purpose_of_use(stated, services.tables)
     except UnknownPurposeOfUse as exc:  # audited as the write refused, as a read's refusal is
         _audit_refused_purpose(request, services, exc, interaction, mhd)
         raise
-    ctx = _context(request, purpose, mhd=mhd)
+    ctx = _context(request, services, purpose, mhd=mhd)
     view = services.tables.purposes.codes[purpose.code].view
     if view == "full":
         return ctx

@@ -112,7 +112,7 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
                 client_address: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                 entities: Sequence[str], patient: Identifier | None, query: bytes | None,
                 event_id: str | None = None, client_ae_title: str | None = None, more_entities: Sequence[JSON] = (),
-                policy: str | None = None, mhd: MhdTransaction | None = None) -> JSON:
+                policy: str | None = None, mhd: MhdTransaction | None = None, server_url: str | None = None) -> JSON:
     """One BALP-shaped AuditEvent (see the module docstring), or, for a request that is an IHE MHD
     transaction (``mhd``: ITI-65, ITI-67, ITI-68), that transaction's shape
     (adapter.mapping.audit_mhd): its type and subtypes and the entities MHD adds, all else alike.
@@ -122,7 +122,8 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
     references ("Media/abc"); ``query`` the raw search request of a search (its request line, and
     the body of a search by POST); ``more_entities`` go after the records (outbox items, the
     patients of an event naming several, the Consents of the decision: :func:`consent_entity`);
-    ``policy``: the policy the decision applied.
+    ``policy``: the policy the decision applied; ``server_url``: this server's network address
+    (its base URL, a URI), that of agent[server] (an MHD transaction's FHIR base instead).
 
     Raises:
         ValueError: an unknown interaction, action or outcome code, or a naive ``recorded``.
@@ -142,7 +143,7 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
         recipient=interaction in _RECIPIENT, client_address=client_address, client_ae_title=client_ae_title,
         actor=actor, purpose=purpose, request_id=request_id, entities=entities, patient=patient, query=query,
         event_id=event_id, more_entities=more_entities, policy=policy, data_role=data_role,
-        server_url=mhd.server_url if mhd is not None else None)
+        server_url=mhd.server_url if mhd is not None and mhd.server_url else server_url)
 
 
 def consent_entity(reference: str, description: str | None = None) -> JSON:

@@ -206,7 +206,7 @@ def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: st
                       query: bytes | None, event_id: str | None = None,
                       client_ae_title: str | None = None, instances: Sequence[str] = (),
                       more_entities: Sequence[JSON] = (), policy: str | None = None,
-                      adapter_requestor: bool = False) -> JSON:
+                      adapter_requestor: bool = False, server_url: str | None = None) -> JSON:
     """One DICOM audit message as an R4 AuditEvent (see the module docstring): ``event`` is its
     DICOM EventID, ``studies`` the Study Instance UIDs it names (each once, in order), ``instances``
     the SOP Instance UIDs (each once, after the studies); the other arguments are those of
@@ -214,7 +214,8 @@ def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: st
     User ID, PS3.15 A.5.2.2; ``more_entities``, after the studies and instances, and ``policy``:
     the Consents and the policy of a decision). ``adapter_requestor``: the adapter pushed the
     instances to the peer (the forwarding C-STORE SCU): it is the requestor, the peer (``actor``)
-    the Destination.
+    the Destination. ``server_url``: the adapter's network address, a URI (its base URL, for an
+    exchange over HTTP: DICOMweb).
 
     Raises:
         ValueError: an EventID the adapter does not write, an action its message does not allow,
@@ -236,7 +237,7 @@ def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: st
         request_id=request_id, entities=entities, patient=patient, query=query, event_id=event_id, policy=policy,
         more_entities=[*(study_entity(uid) for uid in dict.fromkeys(studies)),
                        *(sop_instance_entity(uid) for uid in dict.fromkeys(instances)), *more_entities],
-        adapter_requestor=adapter_requestor)
+        adapter_requestor=adapter_requestor, server_url=server_url)
 
 
 __all__ = ["EVENT_IDS", "INSTANCES_TRANSFERRED", "NODE_AUTHENTICATION", "QUERY", "SECURITY_ALERT",

@@ -53,3 +53,6 @@ class RequestContext:
     #: The IHE MHD transaction the request is, if any: its AuditEvents take that transaction's
     #: shape (type and subtype, and the entities MHD adds).
     mhd: MhdTransaction | None = None
+    #: The adapter's network address for an HTTP request, a URI (its public base URL): the
+    #: AuditEvent's agent[server] gives it (IHE BALP; an MHD transaction gives its FHIR base).
+    server_url: str | None = None

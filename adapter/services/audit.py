@@ -107,13 +107,13 @@ class Auditor:
                 purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
                 patient=patient, studies=dicom.studies, query=ctx.query if dicom.event == QUERY else None,
                 client_ae_title=ctx.ae_title, instances=dicom.instances, more_entities=consents, policy=policy,
-                adapter_requestor=dicom.pushed)
+                adapter_requestor=dicom.pushed, server_url=ctx.server_url)
         return audit_event(
             interaction=interaction, action=action, outcome=outcome, outcome_desc=reason,
             recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
             purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
             patient=patient, query=ctx.query if interaction == "search-type" else None, client_ae_title=ctx.ae_title,
-            more_entities=consents, policy=policy, mhd=ctx.mhd)
+            more_entities=consents, policy=policy, mhd=ctx.mhd, server_url=ctx.server_url)
 
     def record(self, ctx: RequestContext, *, interaction: str, action: str, decision: Decision | None,
                entities: Sequence[str], patient: Identifier | None, reason: str | None = None,
@@ -235,7 +235,7 @@ class Auditor:
             client_address=ctx.client_address, actor=ctx.actor, purpose=(ctx.purpose.system, ctx.purpose.code),
             request_id=ctx.request_id, entities=records, patient=None, query=None, client_ae_title=ctx.ae_title,
             more_entities=[*(outbox_item_entity(item.id, item.destination) for item, _ in requeued),
-                           *(patient_entity(p) for p in patients)])
+                           *(patient_entity(p) for p in patients)], server_url=ctx.server_url)
 
     @staticmethod
     def count_decision(interaction: str, ctx: RequestContext, *, permitted: bool) -> None:
@@ -254,19 +254,21 @@ class Auditor:
 
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,
                                request_id: str, missing: bool, reason: str, entities: Sequence[str] = (),
-                               query: bytes | None = None, mhd: MhdTransaction | None = None) -> None:
+                               query: bytes | None = None, mhd: MhdTransaction | None = None,
+                               server_url: str | None = None) -> None:
         """Store the AuditEvent of a read (or a write: ``interaction`` create or update) refused for
         its purpose of use: none stated (403) or one that is not known (400). There is no purpose
         to record, and the metric's label is ``none`` or ``unknown`` (never the caller's text).
         What was asked is named as the caller sent it (IHE BALP Read, Query): ``entities`` the
         resource its path names (nothing read, so no patient), ``query`` a search's request;
-        ``mhd``: the IHE MHD transaction the request is, whose shape the refusal takes."""
+        ``mhd``: the IHE MHD transaction the request is, whose shape the refusal takes;
+        ``server_url``: the adapter's base URL (agent[server]'s network address)."""
         DECISIONS.labels(interaction, "none" if missing else "unknown", "refused").inc()
         self._store.append_audit(audit_event(
             interaction=interaction, action={"read": "R", "create": "C", "update": "U"}.get(interaction, "E"),
             outcome="4",
             outcome_desc=reason, recorded=self._now(), client_address=client_address, actor=actor, purpose=None,
-            request_id=request_id, entities=entities, patient=None, query=query, mhd=mhd))
+            request_id=request_id, entities=entities, patient=None, query=query, mhd=mhd, server_url=server_url))
 
     def record_application_activity(self, application: Application, *, start: bool, launcher: str | None = None,
                                     outcome: str = "0", reason: str | None = None) -> None:

@@ -1194,6 +1194,30 @@ def test_every_answer_names_its_request_and_the_audit_records_it(tmp_path: Path)
         assert len(client.get("/health").headers["x-request-id"]) == 32
 
 
+def test_every_http_audit_event_gives_the_servers_network_address(tmp_path: Path) -> None:
+    """IHE BALP: agent[server] is the FHIR server by its network address (as ITI-65/67/68 did
+    already, a URI: network-type 5); plain BALP events named the adapter by display only. Every
+    event of an HTTP request now gives the server's base URL: a write, a read, a search, a
+    refusal for stating no purpose, a DICOMweb retrieve."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT"))
+        client.get("/fhir/Media", params={"patient:identifier": "x|y"}, headers=as_purpose("TREAT"))
+        client.get(f"/fhir/{receipt['record']}")  # no purpose: 403
+        [dicom] = [i["value"] for i in client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT"))
+                   .json()["identifier"] if i["system"] == "urn:dicom:uid"]
+        instance = services.store.find_dicom_instance(dicom.removeprefix("urn:oid:"))
+        assert instance is not None
+        client.get(f"/dicomweb/studies/{instance.study_instance_uid}", headers=as_purpose("TREAT"))
+        events = [e for e in services.store.list_audit(100) if e["type"]["code"] != "110100"]
+        assert len(events) == 6
+        for event in events:
+            [server] = [a for a in event["agent"] if a["who"] == event["source"]["observer"]]
+            assert server["network"] == {"address": "http://testserver", "type": "5"}, event["type"]
+            assert [a for a in event["agent"] if a is not server and a.get("network", {}).get("address")
+                    == "testclient"], event["type"]
+
+
 def test_a_batch_stops_reading_once_its_answers_pass_their_budget(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A Binary comes as base64 JSON: 30 reads of a 19 MB image in a 2.6 KB batch cost 2.7 GB.
@@ -1261,7 +1285,9 @@ def test_a_batch_of_reads_answers_each_as_if_sent_alone(tmp_path: Path) -> None:
                     "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",
                              "code": "XrequestId"}} in e["entity"] for e in read_events)
         assert all(a["who"]["display"] == "testclient" for e in read_events for a in e["agent"]
-                   if a.get("network")), "the audit names the real caller, not the in-process hop"
+                   if a.get("network", {}).get("type") in ("1", "2")), "the audit names the real caller, not the in-process hop"
+        assert all({"address": "http://testserver", "type": "5"} in [a.get("network") for a in e["agent"]]
+                   for e in read_events), "and this server by its address"
 
         # no purpose: every read entry is refused in its entry (fail closed), the batch answers
         blind = client.post("/fhir", json=batch, headers=json_type).json()
