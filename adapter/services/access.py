@@ -45,7 +45,7 @@ from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.purpose import MhdTransaction, RequestContext
 from adapter.model.record import AccessFacts, IndexRow, StoredResource
-from adapter.services.audit import Auditor, DicomAudit
+from adapter.services.audit import Auditor, DicomAudit, Found
 from adapter.services.dicom_objects import (
     INSTANCE,
     SERIES,
@@ -290,7 +290,7 @@ class ScopedReader:
         original SOP Instance UID, which no restricted view shows; for the others (and a
         reference that names nothing) it leaves both out. One audit event for ``what``. Also
         whether break-glass released any of them (the answer says so)."""
-        shown: dict[str, Identifier | None] = {}
+        shown: dict[str, tuple[Identifier | None, Decision]] = {}
         glass = False
         withheld = 0
         for ref in dict.fromkeys(records):
@@ -298,11 +298,11 @@ class ScopedReader:
             stored = self._store.get(resource_type, id) if resource_type in READABLE_TYPES and id else None
             decision = self.decide(stored.facts if stored is not None else None)
             if decision.permitted and decision.view is View.FULL and stored is not None and stored.facts is not None:
-                shown[ref] = stored.facts.patient
+                shown[ref] = (stored.facts.patient, decision)
                 glass = glass or decision.break_glass
             else:
                 withheld += 1
-        self._auditor.record_search(self.ctx, found=sorted(shown.items()),
+        self._auditor.record_search(self.ctx, found=[(ref, *shown[ref]) for ref in sorted(shown)],
                                     reason=f"{what}: {len(shown)} records shown, {withheld} withheld"
                                            f"{' (break-glass)' if glass else ''}")
         return set(shown), glass
@@ -562,12 +562,12 @@ class ScopedReader:
         for rt, items in by_type.items():
             for stored in self._store.get_many(rt, [r.id for r, _ in items]):
                 loaded[(rt, stored.id)] = stored
-        found: list[tuple[str, Identifier | None]] = []
+        found: list[Found] = []
         for row, decision in page:
             stored = loaded.get((row.resource_type, row.id))
             if stored is not None:
                 resources.append(self._render(stored, decision))
-                found.append((f"{row.resource_type}/{row.id}", patients[(row.resource_type, row.id)]))
+                found.append((f"{row.resource_type}/{row.id}", patients[(row.resource_type, row.id)], decision))
         included, included_glass = self._included(
             request, [loaded[k] for k in ((r.resource_type, r.id) for r, _ in page) if k in loaded], found)
         reason = f"{permitted} permitted, {denied} withheld" + (f", {len(included)} included" if included else "")
@@ -577,7 +577,7 @@ class ScopedReader:
                             more=permitted > end, included=included)
 
     def _included(self, request: SearchRequest, matches: Sequence[StoredResource],
-                  found: list[tuple[str, Identifier | None]]) -> tuple[list[dict[str, Any]], bool]:
+                  found: list[Found]) -> tuple[list[dict[str, Any]], bool]:
         """The resources ``_revinclude=Provenance:target`` and ``_include=Provenance:target``
         add to a page (search.html#include, Bundle.entry.search.mode ``include``): each is
         decided for the purpose on its own facts, as a read of it would be, and left out,
@@ -620,7 +620,7 @@ class ScopedReader:
             if decision.permitted:
                 glass = glass or decision.break_glass
                 out.append(self._render(stored, decision))
-                found.append((f"{rtype}/{rid}", facts.patient if facts is not None else None))
+                found.append((f"{rtype}/{rid}", facts.patient if facts is not None else None, decision))
         return out, glass
 
     # -- DICOM: WADO-RS, QIDO-RS, Binary as application/dicom ----------------------------
@@ -974,10 +974,11 @@ class ScopedReader:
         wanted = None if limit is None else offset + limit + (1 if tell_more else 0)
         withheld = 0
         patient_of: dict[str, Identifier] = {}  # record -> its patient, for the audit
+        decided_by: dict[str, Decision] = {}    # record -> the decision that released it, for the audit
         try:
             for studies in _whole_studies(batches):
                 patient_of.update((f"{i.record_type}/{i.record_id}", i.patient) for i in studies)
-                permitted, held, by_glass = self._qido_permitted(release, level, query, studies)
+                permitted, held, by_glass = self._qido_permitted(release, level, query, studies, decided_by)
                 withheld += held
                 glass = glass or by_glass
                 for entry in permitted:
@@ -990,17 +991,19 @@ class ScopedReader:
                 close()  # a streamed read stopped early ends here
         page = list(results.values())[offset:None if limit is None else offset + limit]
         result = [entry for members in page for entry in members]
-        self._auditor.record_search(self.ctx, found=[(r, patient_of.get(r)) for r in sorted({e.record for e in result})],
+        self._auditor.record_search(self.ctx, found=[(r, patient_of.get(r), decided_by.get(r))
+                                                     for r in sorted({e.record for e in result})],
                                     reason=f"{len(result)} instances permitted, {withheld} withheld",
                                     dicom=DicomAudit.query())
         more = tell_more and limit is not None and len(results) > offset + limit
         return DicomSearchResult(result, glass and bool(result), more)
 
     def _qido_permitted(self, release: DicomRelease, level: str, query: DicomQuery,
-                        candidates: Sequence[DicomInstance]) -> tuple[list[DicomEntry], int, bool]:
+                        candidates: Sequence[DicomInstance],
+                        decided_by: dict[str, Decision]) -> tuple[list[DicomEntry], int, bool]:
         """The permitted entries making up matching results among ``candidates`` (whole
         studies), how many matching instances were withheld, and whether break-glass released
-        any of them."""
+        any of them; the decision that released each adds to ``decided_by`` (its record's)."""
         entries = {id(i): release.entry(i) for i in candidates}
         matched_ids = {id(e) for e in match_level(level, query, entries.values())}
         matched = [i for i in candidates if id(entries[id(i)]) in matched_ids]
@@ -1010,6 +1013,7 @@ class ScopedReader:
         for instance, _, decision in self._dicom_decided(matched):
             if decision.permitted and decision.view is release.view:
                 permitted.append(entries[id(instance)])
+                decided_by[f"{instance.record_type}/{instance.record_id}"] = decision
                 glass = glass or decision.break_glass
             else:
                 withheld += 1

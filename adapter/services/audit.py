@@ -7,6 +7,7 @@ only through :func:`export_audit`, itself audited."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,6 +81,22 @@ def _decided_by(decision: Decision | None) -> tuple[list[dict[str, Any]], str | 
         return [], None
     return ([consent_entity(ref) for ref in decision.consents]
             + [consent_entity(ref, OVERRIDDEN) for ref in decision.overridden]), decision.policy
+
+
+#: A result of a search as its audit names it: the record ("Media/abc"), its patient, and the
+#: decision that released it (None where nothing was decided).
+Found = tuple[str, Identifier | None, Decision | None]
+
+
+def _merged(decisions: Sequence[Decision | None]) -> Decision | None:
+    """One decision naming what ``decisions`` (a search's, of one patient's results) rested on:
+    each Consent once, in order, those break-glass overrode, and the policy."""
+    made = [d for d in decisions if d is not None]
+    if not made:
+        return None
+    return dataclasses.replace(made[0], consents=tuple(dict.fromkeys(c for d in made for c in d.consents)),
+                               overridden=tuple(dict.fromkeys(c for d in made for c in d.overridden)),
+                               policy=next((d.policy for d in made if d.policy), None))
 
 
 class Auditor:
@@ -159,7 +176,7 @@ class Auditor:
         self._store.append_audit(self.event(ctx, interaction=interaction, action=action, permitted=False,
                                             reason=reason, entities=[], patient=patient, outcome="8"))
 
-    def record_search(self, ctx: RequestContext, *, found: Sequence[tuple[str, Identifier | None]],
+    def record_search(self, ctx: RequestContext, *, found: Sequence[Found],
                       reason: str, dicom: DicomAudit | None = None) -> None:
         """Store the AuditEvents of a permitted search that returned ``found`` (each reference
         with its record's patient): one per patient of the results, naming that patient and its
@@ -168,14 +185,18 @@ class Auditor:
         every Patient identified in the resulting search set"), so the trail of a patient shows
         every search that returned their data; one naming no patient for what has none, or when
         nothing was returned (BALP Query). ``dicom``: a QIDO-RS search, a DICOM Query
-        (:meth:`event`), split by patient the same way."""
+        (:meth:`event`), split by patient the same way. Each event names what the decisions that
+        released that patient's results rested on (their Consents, the policy), as a read's."""
         DECISIONS.labels("search-type", ctx.purpose.code, "permit").inc()
-        by_patient: dict[Identifier | None, list[str]] = {}
-        for ref, patient in found:
-            by_patient.setdefault(patient, []).append(ref)
+        by_patient: dict[Identifier | None, tuple[list[str], list[Decision | None]]] = {}
+        for ref, patient, decision in found:
+            refs, decisions = by_patient.setdefault(patient, ([], []))
+            refs.append(ref)
+            decisions.append(decision)
         self._store.append_audit(*(self.event(ctx, interaction="search-type", action="E", permitted=True,
-                                              reason=reason, entities=refs, patient=patient, dicom=dicom)
-                                   for patient, refs in (by_patient or {None: []}).items()))
+                                              reason=reason, entities=refs, patient=patient, dicom=dicom,
+                                              decision=_merged(decisions))
+                                   for patient, (refs, decisions) in (by_patient or {None: ([], [])}).items()))
 
     def record_not_sent(self, ctx: RequestContext, *, entities: Sequence[str], patient: Identifier | None,
                         why: str, dicom: DicomAudit | None = None, decision: Decision | None = None,

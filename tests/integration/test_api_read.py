@@ -1722,6 +1722,39 @@ def test_a_search_is_audited_once_for_every_patient_it_returned(tmp_path: Path) 
         record_emitted(services.store.list_audit(20))
 
 
+def test_a_search_names_the_consents_and_the_policy_its_results_were_released_under(tmp_path: Path) -> None:
+    """IHE BALP AuthZconsent, as a read's event does: the AuditEvent of a search (FHIR, QIDO-RS,
+    the outbox list) names the Consents (version-specific) that released each patient's results
+    and the policy (agent.policy); it named only the records and the patient, so a privacy
+    officer could not tell under which consent a trainer's search saw a patient's photos."""
+    other = {"system": PATIENT["system"], "value": "MRN-0002"}
+    json_type = {"Content-Type": "application/fhir+json"}
+    with adapter_client(tmp_path) as (client, services):
+        first, _ = _ingest(client), _ingest(client, patient=other)
+        train = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=json_type).json()
+        mine = f"Consent/{train['id']}/_history/1"
+
+        def consents(event: dict) -> list[str]:
+            return [e["what"]["reference"] for e in event["entity"] if e["type"].get("code") == "Consent"]
+
+        def policy(event: dict) -> list[str]:
+            return next(a for a in event["agent"] if a["requestor"]).get("policy", [])
+
+        for url in ("/fhir/Media", "/dicomweb/studies"):
+            before = len(services.store.list_audit(1000))
+            assert client.get(url, headers=as_purpose("TRAIN")).status_code == 200, url
+            [event] = services.store.list_audit(1000)[: len(services.store.list_audit(1000)) - before]
+            assert _data(event) == [first["record"]] and consents(event) == [mine], url
+            assert policy(event) == ["urn:clinical-image-adapter:policy:clinical-photography:v1"], url
+        # care needs no consent for these photos' records but the one given with each photo
+        before = len(services.store.list_audit(1000))
+        client.get("/fhir/Media", headers=as_purpose("TREAT"))
+        events = services.store.list_audit(1000)[: len(services.store.list_audit(1000)) - before]
+        assert len(events) == 2 and all(policy(e) for e in events)
+        assert all(mine not in consents(e) for e in events)
+        record_emitted(events)
+
+
 def test_a_deny_all_consent_stays_readable_for_care_and_can_be_withdrawn_without_break_glass(tmp_path: Path) -> None:
     """A Consent that denies every purpose is the patient's directive a clinician must see: it
     hid itself from TREAT (read 403, left out of the patient's Consent search), so the ETag a
