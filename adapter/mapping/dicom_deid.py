@@ -142,6 +142,10 @@ BASIC_PROFILE_REMOVE = frozenset({
     "PerformedProcedureStepDescription", "ScheduledPerformingPhysicianName", "OrderEnteredBy",
     "OrderEntererLocation", "OrderCallbackPhoneNumber", "PlacerOrderNumberImagingServiceRequest",
     "FillerOrderNumberImagingServiceRequest", "ConsultingPhysicianName",
+    # the retired order numbers (identifiers of the RIS's order, as their current forms above;
+    # Table E.1-1 does not list them), and the retired HardcopyCreationDeviceID (X)
+    "PlacerOrderNumberProcedure", "FillerOrderNumberProcedure", "PlacerOrderNumberImagingServiceRequestRetired",
+    "FillerOrderNumberImagingServiceRequestRetired", "HardcopyCreationDeviceID", "EthnicGroupCodeSequence",
     "ConsultingPhysicianIdentificationSequence", "IssuerOfAccessionNumberSequence",
     "ScheduledProcedureStepDescription", "ScheduledStationName", "ScheduledStationAETitle",
     "ScheduledProcedureStepLocation", "ScheduledProcedureStepID", "PatientTransportArrangements",
@@ -156,6 +160,8 @@ BASIC_PROFILE_REMOVE = frozenset({
     "InstitutionalDepartmentTypeCodeSequence", "StationName", "DeviceSerialNumber", "DetectorID",
     "PlateID", "CassetteID", "GantryID", "GeneratorID", "SecondaryCaptureDeviceID", "SoftwareVersions",
     "ContributingEquipmentSequence",
+    # waveforms: channel and multiplex group labels (free text an operator types), annotations (X, X/D)
+    "ChannelLabel", "ChannelDerivationDescription", "MultiplexGroupLabel", "WaveformAnnotationSequence",
     # image, content, SR, trial, integrity
     "ImageComments", "DerivationDescription", "IconImageSequence", "FrameComments",
     "AcquisitionComments", "TextComments", "DigitalSignaturesSequence", "MACParametersSequence",

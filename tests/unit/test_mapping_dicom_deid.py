@@ -461,6 +461,37 @@ def test_no_patient_attribute_url_or_description_of_the_dictionary_survives_unle
         assert unchanged - HARMLESS_SURVIVORS == set()
 
 
+#: Found by the de-identification review and a cross-check against PS3.15 Table E.1-1 (2026c):
+#: attributes the table removes (X, X/D) that both copies kept, and the retired order numbers
+#: (identifiers of the RIS's order, whose current forms are emptied) that it does not list.
+REVIEW_REMOVED = {
+    "HardcopyCreationDeviceID": "LO", "ChannelLabel": "SH", "ChannelDerivationDescription": "LO",
+    "MultiplexGroupLabel": "SH", "PlacerOrderNumberProcedure": "SH", "FillerOrderNumberProcedure": "SH",
+    "PlacerOrderNumberImagingServiceRequestRetired": "SH", "FillerOrderNumberImagingServiceRequestRetired": "SH",
+}
+
+
+def test_retired_order_numbers_device_ids_channel_labels_and_coded_ethnic_group_are_removed() -> None:
+    """De-identification review: retired order numbers (0040,1006/1007/2006/2007) and
+    HardcopyCreationDeviceID (0018,1011) came back unchanged in the TRAIN and HRESCH copies, as
+    did Table E.1-1's X attributes ChannelLabel, ChannelDerivationDescription,
+    MultiplexGroupLabel, EthnicGroupCodeSequence and WaveformAnnotationSequence (X/D)."""
+    ds = loaded()
+    for keyword, vr in REVIEW_REMOVED.items():
+        ds.add(DataElement(tag_for_keyword(keyword), vr, "LEAK-" + keyword[:10]))
+    ethnic = Dataset()
+    ethnic.CodeValue, ethnic.CodingSchemeDesignator, ethnic.CodeMeaning = "LEAK-E", "99X", "LEAK-ethnic"
+    ds.EthnicGroupCodeSequence = Sequence([ethnic])
+    note = Dataset()
+    note.UnformattedTextValue = "LEAK-said"
+    ds.WaveformAnnotationSequence = Sequence([note])
+    for copy_ in (deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY),
+                  pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                               key=UID_KEY)):
+        kept = [k for k in [*REVIEW_REMOVED, "EthnicGroupCodeSequence", "WaveformAnnotationSequence"] if k in copy_]
+        assert kept == [] and "LEAK" not in str(copy_)
+
+
 def test_an_animals_registration_is_emptied_and_private_element_descriptions_go() -> None:
     """Diff review: removing BreedRegistrationNumber and the UC names of private element
     definitions (Type 1 in their items) left those items invalid; the sequences are emptied
