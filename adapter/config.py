@@ -6,15 +6,20 @@ Every field is documented in README.md (a test checks that).
 
 from __future__ import annotations
 
+import difflib
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapter.errors import ConfigurationError
 from adapter.text import is_digits
+
+#: ADAPTER_ variables the adapter sets for its own processes, which are no settings.
+INTERNAL_VARIABLES = frozenset({"ADAPTER_SUPERVISOR_PID"})
 
 #: ADAPTER_POLICY's default, relative to the working directory (a checkout, ``make run``).
 DEFAULT_POLICY = Path("mappings/policy.yaml")
@@ -172,6 +177,22 @@ class Settings(BaseSettings):
                 raise ConfigurationError(f"ADAPTER_FORWARD_TO: '{item[:60]}' is not AE@host:port")
             out.append(item)
         return out
+
+    @model_validator(mode="after")
+    def _no_unknown_variable(self) -> Settings:
+        """An ADAPTER_ variable that is no setting is refused, naming the setting it most
+        resembles: a misspelt one (ADAPTER_DICOM_ALLOWED_AE_TITLE, ADAPTER_ENVIROMENT) was
+        ignored, and the adapter ran on that setting's default. Names only, never values."""
+        known = {f"ADAPTER_{name.upper()}" for name in type(self).model_fields} | INTERNAL_VARIABLES
+        unknown = sorted(k for k in os.environ if k.upper().startswith("ADAPTER_") and k.upper() not in known)
+        if unknown:
+            said = []
+            for name in unknown:
+                close = difflib.get_close_matches(name.upper(), sorted(known - INTERNAL_VARIABLES), n=1, cutoff=0.75)
+                said.append(f"{name} (did you mean {close[0]}?)" if close else name)
+            raise ValueError(f"no setting of the adapter is named {', '.join(said)}: the settings are listed in the "
+                             "README (Settings); unset it or correct its name")
+        return self
 
     @field_validator("environment")
     @classmethod

@@ -71,6 +71,26 @@ def test_environment_variables_are_read(monkeypatch) -> None:
     assert s.http_port == 9999 and s.resolved_database_url == "postgresql+psycopg://u@h/db"
 
 
+def test_an_adapter_variable_that_is_no_setting_is_refused_naming_the_setting_meant(monkeypatch, capsys) -> None:
+    """README review: ADAPTER_DICOM_ALLOWED_AE_TITLE=PACS (singular) passed `check` and every
+    DICOM caller was then rejected; a misspelt ADAPTER_ENVIRONMENT or ADAPTER_PSEUDONYM_KEY
+    would as silently run with the default. An ADAPTER_ variable that is no setting is refused
+    (serve and check exit 2), naming the setting it most resembles."""
+    from adapter.__main__ import main
+
+    monkeypatch.setenv("ADAPTER_DICOM_ALLOWED_AE_TITLE", "PACS")
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert "ADAPTER_DICOM_ALLOWED_AE_TITLE" in str(info.value) and "ADAPTER_DICOM_ALLOWED_AE_TITLES" in str(info.value)
+    assert "PACS" not in str(info.value).replace("ADAPTER_DICOM_ALLOWED_AE_TITLE", "")  # the name, not the value
+    assert main(["check"]) == 2
+    assert "ADAPTER_DICOM_ALLOWED_AE_TITLES" in capsys.readouterr().err
+    monkeypatch.delenv("ADAPTER_DICOM_ALLOWED_AE_TITLE")
+    monkeypatch.setenv("adapter_http_port", "9998")  # read whatever its case, as pydantic-settings reads it
+    monkeypatch.setenv("ADAPTER_SUPERVISOR_PID", "1")  # what serve sets for its workers
+    assert Settings().http_port == 9998
+
+
 def test_production_refuses_a_missing_pseudonym_key() -> None:
     with pytest.raises(ConfigurationError):
         Settings(environment="production").check_safe()
