@@ -142,9 +142,11 @@ def handle_accepted(event: Event, rejections: RejectedAssociations) -> None:
     """An A-ASSOCIATE-AC was sent. pynetdicom accepts an association whose every presentation
     context it rejected (PS3.8 9.3.3.2: abstract syntax or transfer syntaxes not supported),
     where dcmtk's storescp rejects it: nothing can be sent on it, the SCP refused all the peer
-    asked for. Audited as a rejected association is (adapter.services.association_audit)."""
+    asked for. Audited as a rejected association is (adapter.services.association_audit), and
+    not counted as accepted (adapter_dicom_associations_total counts the others)."""
     assoc = event.assoc
     if assoc.accepted_contexts:
+        ASSOCIATIONS.inc()
         return
     results = sorted({int(cx.result) for cx in assoc.rejected_contexts if cx.result is not None})
     why = ", ".join(f"{r} ({_CONTEXT_RESULTS.get(r, 'rejected')})" for r in results) or "none proposed"
@@ -156,8 +158,8 @@ def handle_accepted(event: Event, rejections: RejectedAssociations) -> None:
 
 def handle_conn_open(event: Event) -> None:
     """Turn Nagle's algorithm off on the accepted socket: with it, each small C-STORE response
-    waits for the peer's delayed ACK (~40 ms per object)."""
-    ASSOCIATIONS.inc()
+    waits for the peer's delayed ACK (~40 ms per object). Not an association yet: a readiness
+    probe or a port scan connects and says nothing (:func:`handle_accepted` counts)."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         with contextlib.suppress(OSError):

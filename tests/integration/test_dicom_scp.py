@@ -401,6 +401,21 @@ def test_native_pixels_become_a_lossless_png(scp: StoreSCP, client: FhirClient, 
         assert im.mode == "RGB" and im.size == (30, 20) and im.tobytes() == pixels
 
 
+def test_a_connection_that_asks_for_no_association_is_not_counted_as_one(scp: StoreSCP, tmp_path: Path) -> None:
+    """README review: adapter_dicom_associations_total ("DICOM associations accepted") counted
+    every TCP connection, so each readiness probe (/health/ready connects to the SCP's port and
+    closes) or port scan added an association. Only an association accepted is counted now; an
+    association whose every presentation context was rejected is not one (it is audited as
+    rejected)."""
+    path = tmp_path / "native.dcm"
+    native_sc_file(path, bytes(range(256)) * 18, rows=24, columns=64)
+    before = REGISTRY.get_sample_value("adapter_dicom_associations_total", {}) or 0.0
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", scp.port), timeout=5).close()
+    assert pynet_store(scp.port, path).Status == SUCCESS  # after those: the SCP took them first
+    assert (REGISTRY.get_sample_value("adapter_dicom_associations_total", {}) or 0.0) - before == 1
+
+
 @pytest.mark.parametrize("layout", [
     {"PhotometricInterpretation": "YBR_FULL"},
     {"SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2", "BitsAllocated": 16, "BitsStored": 16,
