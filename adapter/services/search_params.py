@@ -258,8 +258,8 @@ def _statuses(value: str, system: str | None) -> list[str]:
 
 
 def _or_values(value: str, param: str) -> list[str]:
-    """The comma-separated values of a token, identifier or target parameter; TooCostly past
-    MAX_VALUES."""
+    """The comma-separated values of a parameter (an OR: a token, identifier, reference or
+    date); TooCostly past MAX_VALUES."""
     values = value.split(",")
     if len(values) > MAX_VALUES:
         raise TooCostly(f"{param[:40]} takes at most {MAX_VALUES} comma-separated values ({len(values)} given); "
@@ -302,8 +302,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     ids: list[str] | None = None
     patients: list[Identifier] = []
     refs: list[str] = []
-    dates: list[DateCriterion] = []
-    last_updated: list[DateCriterion] = []
+    dates: list[tuple[DateCriterion, ...]] = []
+    last_updated: list[tuple[DateCriterion, ...]] = []
     status: list[str] | None = None
     tokens: list[tuple[TokenCriterion, ...]] = []
     count, offset, total, descending = DEFAULT_COUNT, 0, True, False
@@ -361,7 +361,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         elif base == "_lastUpdated":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on _lastUpdated is not supported")
-            last_updated.append(parse_date_param(value))
+            last_updated.append(tuple(parse_date_param(v) for v in _or_values(value, base)))
         elif base == "_id":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on _id is not supported", expression=name[:40])
@@ -379,7 +379,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         elif allowed[base] == "date":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
-            dates.append(dataclasses.replace(parse_date_param(value), param=_DATE_PARAMS.get(base, "date")))
+            dates.append(tuple(dataclasses.replace(parse_date_param(v), param=_DATE_PARAMS.get(base, "date"))
+                               for v in _or_values(value, base)))
         elif allowed[base] == "status":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported", expression=name[:40])

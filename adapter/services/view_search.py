@@ -59,7 +59,7 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
         if criteria.last_updated:
             raise NotSupported("in the de-identified view records show no lastUpdated: search by the "
                                "year of their date instead (e.g. date=2024)")
-        for date in criteria.dates:
+        for date in (d for group in criteria.dates for d in group):
             if not _whole_year(date):
                 raise NotSupported("in the de-identified view dates are shown to the year only: "
                                    "search by year (e.g. date=2024 or date=ge2023)")

@@ -51,15 +51,16 @@ class NamePrefix:
 
 @dataclass(frozen=True)
 class SearchCriteria:
-    """AND of all given criteria; each inner tuple of tokens is an OR (comma-separated values)."""
+    """AND of all given criteria; each inner tuple (of tokens, of dates) is an OR (comma-separated
+    values)."""
 
     ids: tuple[str, ...] | None = None
     patient: tuple[Identifier, ...] | None = None          # OR
     patient_reference: tuple[str, ...] | None = None       # OR ("Patient/123")
-    dates: tuple[DateCriterion, ...] = ()
+    dates: tuple[tuple[DateCriterion, ...], ...] = ()
     status: tuple[str, ...] | None = None                  # OR
     tokens: tuple[tuple[TokenCriterion, ...], ...] = field(default_factory=tuple)
-    last_updated: tuple[DateCriterion, ...] = ()            # on meta.lastUpdated (_lastUpdated)
+    last_updated: tuple[tuple[DateCriterion, ...], ...] = ()  # on meta.lastUpdated (_lastUpdated)
 
 
 class BlobStore(Protocol):

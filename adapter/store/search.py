@@ -156,8 +156,8 @@ def search_statement(resource_type: str, criteria: SearchCriteria, *,
                            for system, values in values_by_system.items()]))
     if criteria.patient_reference is not None:
         where.append(_r.patient_reference.in_(criteria.patient_reference))
-    where.extend(date_condition(d, _DATE_COLUMNS[d.param]) for d in criteria.dates)
-    where.extend(date_condition(d, _r.last_updated) for d in criteria.last_updated)
+    where.extend(_any([date_condition(d, _DATE_COLUMNS[d.param]) for d in group]) for group in criteria.dates)
+    where.extend(_any([date_condition(d, _r.last_updated) for d in group]) for group in criteria.last_updated)
     if criteria.status is not None:
         where.append(_r.status.in_(criteria.status))
     where.extend(token_condition(resource_type, group) for group in criteria.tokens)

@@ -60,7 +60,7 @@ def _event(marker: str) -> dict[str, str]:
 def _sync(store: SqlRecordStore, after: datetime | None) -> list[tuple[str, datetime]]:
     """The Media a client syncing after ``after`` is given (``_lastUpdated=gt<after>``)."""
     criteria = SearchCriteria() if after is None else \
-        SearchCriteria(last_updated=(parse_date_param(f"gt{format_instant(after)}"),))
+        SearchCriteria(last_updated=((parse_date_param(f"gt{format_instant(after)}"),),))
     return [(row.id, row.last_updated) for row in store.search_index("Media", criteria)]
 
 

@@ -532,7 +532,7 @@ def test_search_date_prefixes(store: SqlRecordStore, prefix: str, expected: list
     for id, date in DATES.items():
         store.create(make_resource("Media", id, date=date))
     store.create(make_resource("Media", "undated", date=None))
-    found = list(store.search_index("Media", SearchCriteria(dates=(DateCriterion(prefix, *DAY),))))
+    found = list(store.search_index("Media", SearchCriteria(dates=((DateCriterion(prefix, *DAY),),))))
     assert sorted(ids(found)) == expected
 
 
@@ -542,17 +542,17 @@ def test_search_dates_in_other_offsets_and_combined(store: SqlRecordStore) -> No
     plus2 = timezone(timedelta(hours=2))
     # 2024-01-01 in +02:00 is [2023-12-31T22:00Z, 2024-01-01T22:00Z)
     local_day = DateCriterion("eq", datetime(2024, 1, 1, tzinfo=plus2), datetime(2024, 1, 2, tzinfo=plus2))
-    assert sorted(ids(store.search_index("Media", SearchCriteria(dates=(local_day,))))) == ["before", "morning"]
+    assert sorted(ids(store.search_index("Media", SearchCriteria(dates=((local_day,),))))) == ["before", "morning"]
     window = (DateCriterion("ge", datetime(2024, 1, 1, 12, tzinfo=UTC), datetime(2024, 1, 1, 13, tzinfo=UTC)),
               DateCriterion("lt", datetime(2024, 1, 2, 3, tzinfo=UTC), datetime(2024, 1, 2, 4, tzinfo=UTC)))
-    assert sorted(ids(store.search_index("Media", SearchCriteria(dates=window)))) == ["boundary", "late"]
+    assert sorted(ids(store.search_index("Media", SearchCriteria(dates=tuple((d,) for d in window))))) == ["boundary", "late"]
 
 
 def test_search_date_prefix_errors(store: SqlRecordStore) -> None:
     with pytest.raises(NotSupported):
-        list(store.search_index("Media", SearchCriteria(dates=(DateCriterion("ap", *DAY),))))
+        list(store.search_index("Media", SearchCriteria(dates=((DateCriterion("ap", *DAY),),))))
     with pytest.raises(InvalidInput):
-        list(store.search_index("Media", SearchCriteria(dates=(DateCriterion("xx", *DAY),))))
+        list(store.search_index("Media", SearchCriteria(dates=((DateCriterion("xx", *DAY),),))))
 
 
 # -- consents and audit -----------------------------------------------------------------------
@@ -1761,7 +1761,7 @@ def test_reindex_records_derives_the_index_afresh_once_per_version(store: SqlRec
     assert store.reindex_records("v-test", index_of) == 2  # the records, not the Consent
     march = DateCriterion("eq", datetime(2026, 3, 5, 9, tzinfo=UTC), datetime(2026, 3, 5, 9, 0, 1, tzinfo=UTC),
                           param="creation")
-    assert ids(store.search_index("DocumentReference", SearchCriteria(dates=(march,)))) == ["doc"]
+    assert ids(store.search_index("DocumentReference", SearchCriteria(dates=((march,),)))) == ["doc"]
     assert ids(store.search_index("DocumentReference", SearchCriteria(
         tokens=((TokenCriterion("security-label", "R", "urn:conf"),),)))) == ["doc"]
     assert ids(store.search_index("Media", SearchCriteria(status=("indexed",)))) == ["photo"]

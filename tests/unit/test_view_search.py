@@ -83,5 +83,5 @@ def test_an_instant_with_a_fraction_covers_its_own_precision(value: str, start: 
     """A search value is a range as precise as it is written (search.html#date): an instant to the
     millisecond (as meta.lastUpdated shows) covers that millisecond, not its whole second, or a
     sync asking for _lastUpdated=gt<the last instant it saw> misses what was stored later in it."""
-    [when] = criteria("Media", f"_lastUpdated=gt{value}").last_updated
+    [[when]] = criteria("Media", f"_lastUpdated=gt{value}").last_updated
     assert (when.prefix, when.start.isoformat(), when.end.isoformat()) == ("gt", start, end)
