@@ -141,6 +141,10 @@ class _AssociationSocket(AssociationSocket):
     _pushback: bytes = b""
     _wakeup: tuple[int, int] | None = None
     _wakeup_lock: threading.Lock
+    #: When the connection was accepted (the ARTIM timer's start, PS3.8 9.1.5); when the PDU being
+    #: read must be whole (:meth:`begin_pdu`).
+    opened: float | None = None
+    _pdu_deadline: float | None = None
 
     def open_wakeup(self) -> None:
         self._wakeup_lock = threading.Lock()
@@ -192,22 +196,46 @@ class _AssociationSocket(AssociationSocket):
                 break
         return buffer
 
+    def begin_pdu(self) -> None:
+        """A PDU is about to be read (its first byte has arrived): it must be whole by a deadline,
+        or the peer is dropped (TimeoutError in :meth:`recv_into`). Until the association is
+        established, the ACSE timeout counted from the connection (ARTIM, PS3.8 9.1.5: the
+        A-ASSOCIATE-RQ is whole within it); then the network timeout counted from the PDU's
+        first byte. A wait restarted by every byte let a peer dripping a byte now and then
+        hold the connection, and two threads, for ever: 64 of them locked every caller out."""
+        limit = self._stall_limit()
+        if limit is None:
+            self._pdu_deadline = None
+            return
+        assoc = getattr(self, "assoc", None)
+        start = self.opened if self.opened is not None and not getattr(assoc, "is_established", False) \
+            else time.monotonic()
+        self._pdu_deadline = start + limit
+
     def recv_into(self, view: memoryview) -> int:
         """Fill ``view`` from the socket; fewer bytes only when the connection is closed.
         TimeoutError when the peer sends nothing for the association's timeout in the middle of
         it (:meth:`_stall_limit`): pynetdicom checks its timers only between PDUs, so a peer
-        that stopped inside one held the connection, and two threads, for ever."""
+        that stopped inside one held the connection, and two threads, for ever; or when the PDU
+        is not whole by its deadline (:meth:`begin_pdu`)."""
         sock = self.socket
         assert sock is not None
         limit = self._stall_limit()
-        if sock.gettimeout() != limit:
-            sock.settimeout(limit)
         got, size = 0, len(view)
         while got < size:
+            wait = limit
+            if self._pdu_deadline is not None:
+                left = self._pdu_deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("DICOM peer did not send a whole PDU within %s s: connection closed", limit)
+                    raise TimeoutError("the PDU was not whole by its deadline")
+                wait = left if wait is None else min(wait, left)
+            if sock.gettimeout() != wait:
+                sock.settimeout(wait)
             try:
                 n = sock.recv_into(view[got:], size - got)
             except TimeoutError:
-                log.warning("DICOM peer sent nothing for %s s in the middle of a PDU: connection closed", limit)
+                log.warning("DICOM peer sent no whole PDU for %s s: connection closed", limit)
                 raise
             if not n:
                 break
@@ -318,6 +346,8 @@ class _StreamingDUL(NegotiationDUL):
     def _read_one_pdu(self) -> bool:
         """Read one PDU. True when it needed nothing from pynetdicom (no event queued)."""
         sock = self.socket
+        if isinstance(sock, _AssociationSocket) and not sock._pushback:
+            sock.begin_pdu()  # a PDU put back is one begun already
         if not isinstance(sock, _AssociationSocket) or sock._pushback:
             super()._read_pdu_data()
             return False
@@ -668,6 +698,9 @@ class _RequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         _accelerate(assoc)
+        sock = getattr(getattr(assoc, "dul", None), "socket", None)
+        if isinstance(sock, _AssociationSocket):
+            sock.opened = time.monotonic()  # ARTIM starts at the connection (PS3.8 9.1.5)
         return assoc
 
 

@@ -105,6 +105,46 @@ def test_a_peer_that_stops_in_the_middle_of_a_pdu_is_closed_at_the_timeout(quick
     _still_serving(scp.port)
 
 
+@pytest.mark.parametrize("where", ["before association", "inside an association"])
+def test_a_peer_that_drips_a_pdu_a_byte_at_a_time_is_closed_at_the_timeout(quick_scp: StoreSCP, where: str) -> None:
+    """DICOM review: the timeouts were enforced on a peer that sent nothing, not on one that sent
+    a byte now and then (each byte restarted the wait): 64 such connections kept every modality
+    and PACS out of the SCP for as long as they liked (PS3.8 9.1.5: ARTIM bounds the time from
+    the connection to a complete A-ASSOCIATE-RQ). An association request must now be whole
+    within the ACSE timeout of the connection, and inside an association a PDU within the
+    network timeout of its first byte."""
+    scp = quick_scp
+    if where == "before association":
+        sock = socket.create_connection(("127.0.0.1", scp.port), timeout=15)
+        rest = associate_rq()
+    else:
+        sock = associate(scp.port)
+        rest = struct.pack(">BBL", P_DATA_TF, 0, 1000) + b"\0\0\0\x10" + b"\0" * 996
+    with sock:
+        start = time.monotonic()
+        closed = False
+        for i in range(len(rest)):  # a byte every TIMEOUT / 4: each gap well within the timeout
+            try:
+                sock.sendall(rest[i:i + 1])
+            except OSError:
+                closed = True
+                break
+            if time.monotonic() - start > TIMEOUT + 5:
+                break
+            sock.settimeout(TIMEOUT / 4)
+            try:
+                sock.recv(65536)  # an A-ABORT (the SCP's only answer to a PDU not whole), or b"": closed
+            except TimeoutError:
+                continue
+            except OSError:
+                pass
+            closed = True
+            break
+        elapsed = time.monotonic() - start
+    assert closed and TIMEOUT * 0.9 <= elapsed < TIMEOUT + 3, (closed, elapsed)
+    _still_serving(scp.port)
+
+
 def test_a_command_before_the_last_data_set_ended_aborts_and_leaves_no_spool_file(
         scp: StoreSCP, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """pynetdicom opens a spool file per C-STORE command and dropped the previous one, unclosed,
