@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     dicom_allowed_ae_titles: str = Field(
         "", description="Comma-separated calling AE titles allowed to associate (with the policy's "
         "allowedAETitles); empty in both: every caller is refused.")
+    dicom_require_called_ae_title: bool = Field(
+        False, description="Reject an association whose called AE title is not ADAPTER_AE_TITLE (A-ASSOCIATE-RJ "
+        "reason 7); by default any called title is accepted, as a PACS may call the adapter by another title.")
     dicom_max_pdu: int = Field(4 * 1024 * 1024, ge=0, description="Maximum PDU size received (bytes; 0 = no limit).")
     uid_root: str = Field("2.25", description="Org root for the DICOM UIDs the adapter creates "
                           "(2.25 = UUID-derived, PS3.5 B.2, when the organisation has no root of its own).")

@@ -39,6 +39,7 @@ class AeOptions:
     network_timeout: float = 60.0    # an idle association is aborted after this
     maximum_associations: int = 32   # concurrent associations (each has its own thread)
     max_object_bytes: int = 50 * 1024 * 1024  # a received data set's largest size on disk; 0: no limit
+    require_called_ae_title: bool = False  # reject a request calling another AE title than ae_title
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", _check_ae_title(self.ae_title, "ADAPTER_AE_TITLE"))
@@ -58,7 +59,8 @@ class AeOptions:
         ADAPTER_MAX_UPLOAD_BYTES, as for STOW-RS."""
         return cls(ae_title=settings.ae_title, host=settings.dicom_host, port=settings.dicom_port,
                    allowed_ae_titles=(*settings.allowed_ae_titles, *policy.allowed_ae_titles),
-                   max_pdu=settings.dicom_max_pdu, max_object_bytes=settings.max_upload_bytes)
+                   max_pdu=settings.dicom_max_pdu, max_object_bytes=settings.max_upload_bytes,
+                   require_called_ae_title=settings.dicom_require_called_ae_title)
 
 
 __all__ = ["AeOptions"]

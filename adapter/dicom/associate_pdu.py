@@ -100,6 +100,16 @@ def without_unrecognised_items(pdu: bytes) -> tuple[bytes, list[int]]:
     return pdu[:2] + struct.pack(">L", len(body)) + bytes(body), removed
 
 
+def even_context_ids(pdu: bytes) -> list[int]:
+    """The presentation context IDs of an A-ASSOCIATE-RQ that are not odd (PS3.8 9.3.2.2: odd
+    integers 1 to 255); empty when there are none or the items do not parse (pynetdicom then
+    refuses the PDU as it is)."""
+    if len(pdu) < _FIXED or pdu[0] != A_ASSOCIATE_RQ:
+        return []
+    items = _items(pdu, _FIXED, len(pdu)) or []
+    return [pdu[start + 4] for kind, start, stop in items if kind == 0x20 and stop > start + 4 and not pdu[start + 4] % 2]
+
+
 class NegotiationDUL(DULServiceProvider):
     """pynetdicom's DUL, except that a received A-ASSOCIATE-RQ or -AC loses the items
     pynetdicom cannot decode (:func:`without_unrecognised_items`) before it is decoded, and
@@ -121,6 +131,13 @@ class NegotiationDUL(DULServiceProvider):
         return super()._process_recv_primitive()
 
     def _decode_pdu(self, bytestream: bytearray) -> Any:
+        """pynetdicom's, on the PDU without the items it cannot decode; an A-ASSOCIATE-RQ
+        proposing a presentation context of even ID is an invalid PDU (ValueError: the caller
+        aborts the association, Evt19): pynetdicom accepted it into negotiation, where its DUL
+        thread died on it (AE-6) and the connection closed without an A-ABORT."""
+        even = even_context_ids(bytes(bytestream)) if bytestream[:1] == bytes([A_ASSOCIATE_RQ]) else []
+        if even:
+            raise ValueError(f"A-ASSOCIATE-RQ with presentation context ID(s) {even[:4]}: IDs are odd (PS3.8 9.3.2.2)")
         if bytestream[:1] in (bytes([A_ASSOCIATE_RQ]), bytes([A_ASSOCIATE_AC])):
             kept, removed = without_unrecognised_items(bytes(bytestream))
             if removed:

@@ -66,6 +66,7 @@ from typing import Any, Self
 from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
@@ -653,12 +654,37 @@ class _Association(Association):
                 return
 
 
+#: The DICOM Application Context Name (PS3.7 A.2.1), the only one an association may name.
+DICOM_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+
+
+class _ACSE(ACSE):
+    """pynetdicom's ACSE, except that as acceptor it rejects a request naming another
+    application context than DICOM's (PS3.8 7.1.1.2, Table 9-21: rejected-permanent,
+    service-user, reason 2 application-context-name-not-supported); pynetdicom accepted it,
+    answering with DICOM's name as if asked for it."""
+
+    def _negotiate_as_acceptor(self) -> None:
+        request = self.requestor.primitive
+        name = str(getattr(request, "application_context_name", "") or "").rstrip("\0 ")
+        if request is not None and name != DICOM_APPLICATION_CONTEXT:
+            self.requestor.ae_title = request.calling_ae_title
+            pynetdicom_log.info("Rejecting Association: application context name not supported")
+            self.send_reject(0x01, 0x01, 0x02)
+            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+            self.assoc.kill()
+            return
+        super()._negotiate_as_acceptor()
+
+
 def _accelerate(assoc: Association) -> None:
     """Give an accepted association the faster receive path, when pynetdicom is as expected."""
     dul = getattr(assoc, "dul", None)
     if type(dul) is not DULServiceProvider:
         return
     dul.__class__ = NegotiationDUL  # at least: vendors' association items are ignored, as dcmtk does
+    if type(getattr(assoc, "acse", None)) is ACSE:
+        assoc.acse.__class__ = _ACSE
     sock = getattr(dul, "socket", None)
     if type(assoc) is not Association or type(sock) is not AssociationSocket or isinstance(sock.socket, ssl.SSLSocket):
         return
@@ -793,7 +819,8 @@ class StoreSCP:
         ae.dimse_timeout = o.dimse_timeout
         ae.network_timeout = o.network_timeout
         ae.maximum_associations = o.maximum_associations
-        ae.require_called_aet = False  # a PACS may call us by another configured title
+        # by default a PACS may call us by another configured title (ADAPTER_DICOM_REQUIRE_CALLED_AE_TITLE)
+        ae.require_called_aet = o.require_called_ae_title
         ae.add_supported_context(VERIFICATION)
         for sop_class in self._sop_classes:
             ae.add_supported_context(sop_class, list(syntaxes_for(sop_class)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +25,13 @@ from tests.conftest import record_emitted, wait_until
 from tests.support.app import adapter_client
 from tests.support.audit import patients, sop_instance_uids
 from tests.support.dicom_raw import (
+    A_ABORT,
     A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
     A_RELEASE_RQ,
+    IMPLICIT_LE,
     P_DATA_TF,
+    VERIFICATION,
     associate,
     associate_rq,
     closed_or_aborted,
@@ -143,6 +148,55 @@ def test_a_peer_that_drips_a_pdu_a_byte_at_a_time_is_closed_at_the_timeout(quick
         elapsed = time.monotonic() - start
     assert closed and TIMEOUT * 0.9 <= elapsed < TIMEOUT + 3, (closed, elapsed)
     _still_serving(scp.port)
+
+
+def test_an_unknown_application_context_is_rejected_and_an_even_context_id_aborted_cleanly(
+        scp: StoreSCP, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DICOM review: an A-ASSOCIATE-RQ naming another application context than DICOM's was
+    accepted (PS3.8 7.1.1.2, Table 9-21: rejected-permanent, service-user, reason 2
+    application-context-name-not-supported); one proposing a presentation context of even ID
+    (PS3.8 9.3.2.2: odd integers) closed the connection without an A-ABORT, pynetdicom's DUL
+    thread dying with a traceback. The first is rejected and audited as a rejection; the
+    second aborted (A-ABORT: an invalid PDU parameter) with no thread dying."""
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    before = len(services.store.list_audit(1000))
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=15) as sock:
+        sock.sendall(associate_rq(abstract=VERIFICATION, transfer=IMPLICIT_LE, application_context="1.2.3.4"))
+        kind, data = read_pdu(sock)
+    assert kind == A_ASSOCIATE_RJ and tuple(data[1:4]) == (1, 1, 2), (kind, data.hex())
+    wait_until(lambda: len(services.store.list_audit(1000)) > before)
+    [event] = services.store.list_audit(1)[:1]
+    assert "application-context-name-not-supported" in event["outcomeDesc"], event["outcomeDesc"]
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=15) as sock:
+        sock.sendall(associate_rq(abstract=VERIFICATION, transfer=IMPLICIT_LE, context_id=2))
+        kind, _ = read_pdu(sock)
+    assert kind == A_ABORT
+    time.sleep(0.2)
+    assert died == []
+    _still_serving(scp.port)
+
+
+def test_the_called_ae_title_is_checked_when_the_setting_asks(services: Services) -> None:
+    """DICOM review: the called AE title was never checked, so an SCU configured for another AE
+    on this host and port had its objects stored here with Success. By default it still is not
+    (a PACS may call the adapter by another title it was configured with);
+    ADAPTER_DICOM_REQUIRE_CALLED_AE_TITLE=true rejects another (PS3.8 Table 9-21: rejected-
+    permanent, service-user, reason 7 called-AE-title-not-recognized)."""
+    for required, called, answer in ((False, "WRONG", A_ASSOCIATE_AC), (True, "WRONG", A_ASSOCIATE_RJ),
+                                     (True, "ADAPTER", A_ASSOCIATE_AC)):
+        server = StoreSCP(AeOptions(port=0, allowed_ae_titles=("PYNETSCU",), require_called_ae_title=required),
+                          services.dicom_ingest)
+        server.start()
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+                sock.sendall(associate_rq(abstract=VERIFICATION, transfer=IMPLICIT_LE, called=called))
+                kind, data = read_pdu(sock)
+            assert kind == answer, (required, called, kind)
+            if kind == A_ASSOCIATE_RJ:
+                assert tuple(data[1:4]) == (1, 1, 7)
+        finally:
+            server.stop()
 
 
 def test_a_command_before_the_last_data_set_ended_aborts_and_leaves_no_spool_file(

@@ -17,7 +17,8 @@ from pydicom.filewriter import write_dataset
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 VERIFICATION = "1.2.840.10008.1.1"
-A_ASSOCIATE_AC, P_DATA_TF, A_RELEASE_RP, A_ABORT = 0x02, 0x04, 0x06, 0x07
+A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RP, A_ABORT = 0x02, 0x03, 0x04, 0x06, 0x07
+IMPLICIT_LE = "1.2.840.10008.1.2"
 A_RELEASE_RQ = struct.pack(">BBL", 5, 0, 4) + b"\0" * 4
 
 
@@ -57,13 +58,14 @@ def p_data(context_id: int, data: bytes, *, is_command: bool, last: bool) -> byt
 
 def associate_rq(abstract: str = SECONDARY_CAPTURE, transfer: str = EXPLICIT_LE, calling: str = "PYNETSCU",
                  called: str = "ADAPTER", user_items: bytes = b"", items: bytes = b"",
-                 context_items: bytes = b"") -> bytes:
-    """An A-ASSOCIATE-RQ proposing one presentation context; ``context_items`` are appended to
-    that context's sub-items, ``user_items`` to its User Information item (after Maximum Length
-    and Implementation Class UID), ``items`` after that item."""
+                 context_items: bytes = b"", application_context: str = "1.2.840.10008.3.1.1.1",
+                 context_id: int = 1) -> bytes:
+    """An A-ASSOCIATE-RQ proposing one presentation context (``context_id``); ``context_items``
+    are appended to that context's sub-items, ``user_items`` to its User Information item (after
+    Maximum Length and Implementation Class UID), ``items`` after that item."""
     body = struct.pack(">HH", 1, 0) + called.encode().ljust(16) + calling.encode().ljust(16) + b"\0" * 32
-    body += _item(0x10, b"1.2.840.10008.3.1.1.1")
-    body += _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, abstract.encode()) + _item(0x40, transfer.encode())
+    body += _item(0x10, application_context.encode())
+    body += _item(0x20, bytes([context_id, 0, 0, 0]) + _item(0x30, abstract.encode()) + _item(0x40, transfer.encode())
                   + context_items)
     body += _item(0x50, _item(0x51, struct.pack(">L", 16384)) + _item(0x52, b"1.2.3.4") + user_items)
     body += items
