@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import threading
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from adapter.errors import ImageTooLarge, UndecodableImage
 from adapter.imaging.frame import read_orientation
@@ -109,6 +109,44 @@ def rendered_as(data: bytes, content_type: str, media_type: str, *, max_side: in
         return out.getvalue()
 
 
+def upright(data: bytes, content_type: str, *, max_pixels: int) -> bytes | None:
+    """``data`` (a JPEG or PNG) turned as its EXIF Orientation says a viewer shows it, for a view
+    that keeps no metadata (the de-identified one: without the tag the photo would lie on its
+    side); None when it needs no turning (no Orientation, or 1). The pixels are transposed
+    exactly (no resampling); a JPEG is encoded again with its own quantisation tables and
+    chroma subsampling (a second generation of its loss, no more), a PNG losslessly. What comes
+    back carries no metadata of the source (the caller strips it to pixels only).
+
+    Raises:
+        UnsupportedMediaType: ``content_type`` does not match the bytes.
+        UndecodableImage: the image does not decode.
+        ImageTooLarge: the source has more than ``max_pixels`` pixels.
+    """
+    kind = check_declared(data, content_type)
+    orientation = read_orientation(data, kind)
+    if orientation is None or orientation == 1:
+        return None
+    if kind != JPEG:
+        with _whole_decodes:  # memory: see WHOLE_DECODES_AT_ONCE
+            return encode_png(decode_pixels(data, kind, orientation=orientation, max_pixels=max_pixels))
+    try:
+        with _whole_decodes, Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+            if im.width * im.height > max_pixels:
+                raise ImageTooLarge(f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels}")
+            assert isinstance(im, JpegImagePlugin.JpegImageFile)  # formats=["JPEG"]
+            tables, subsampling = im.quantization, JpegImagePlugin.get_sampling(im)
+            turned = ImageOps.exif_transpose(im)
+            turned.info = {}
+            out = io.BytesIO()
+            turned.save(out, format="JPEG", qtables=tables, subsampling=max(subsampling, 0),
+                        optimize=False, progressive=False)
+            return out.getvalue()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge("image has more pixels than the decoder allows") from exc
+    except DECODE_ERRORS as exc:
+        raise UndecodableImage("the JPEG image does not decode") from exc
+
+
 def _picture(pixels: Pixels) -> Image.Image:
     """Decoded 8-bit pixels (adapter.imaging.render.decode_pixels) as a Pillow image to encode anew."""
     return Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows), pixels.data)
@@ -123,5 +161,12 @@ def _jpeg(picture: Image.Image, *, quality: int = THUMBNAIL_QUALITY) -> bytes:
     return out.getvalue()
 
 
-__all__ = ["RENDERED_QUALITY", "RENDERED_TYPES", "THUMBNAIL_QUALITY", "WHOLE_DECODES_AT_ONCE", "rendered_as",
-           "thumbnail_jpeg"]
+__all__ = [
+    "RENDERED_QUALITY",
+    "RENDERED_TYPES",
+    "THUMBNAIL_QUALITY",
+    "WHOLE_DECODES_AT_ONCE",
+    "rendered_as",
+    "thumbnail_jpeg",
+    "upright",
+]

@@ -31,7 +31,7 @@ from adapter.errors import (
     UnsupportedResourceType,
 )
 from adapter.imaging import strip_but_orientation, strip_to_pixels_only, thumbnail_jpeg
-from adapter.imaging.thumbnail import RENDERED_TYPES, rendered_as
+from adapter.imaging.thumbnail import RENDERED_TYPES, rendered_as, upright
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.mapping.dicom_json import read_released
@@ -163,14 +163,16 @@ def _why_not_sent(exc: Exception) -> str:
     return exc.diagnostics if isinstance(exc, AdapterError) else f"the answer could not be made ({type(exc).__name__})"
 
 
-def _image_in_view(data: bytes, content_type: str, view: View) -> bytes:
+def _image_in_view(data: bytes, content_type: str, view: View, max_pixels: int) -> bytes:
     """A Binary's bytes as ``view`` releases them: the de-identified view gets image bytes with no
-    metadata at all; the pseudonymised view the same but for the orientation (no ICC profile: its
+    metadata at all, turned upright when they were stored with an EXIF Orientation (without the
+    tag they would lie on their side: adapter.imaging.thumbnail.upright; ``max_pixels`` bounds
+    that decode); the pseudonymised view the same but for the orientation (no ICC profile: its
     text tags can name a person or a device, and the DICOM copies of both views drop it too);
     care and break-glass (and any document) get them as stored."""
     if content_type.startswith("image/"):
         if view is View.DEIDENTIFIED:
-            return strip_to_pixels_only(data, content_type)
+            return strip_to_pixels_only(upright(data, content_type, max_pixels=max_pixels) or data, content_type)
         if view is View.PSEUDONYMISED:
             return strip_but_orientation(data, content_type)
     return data
@@ -184,10 +186,10 @@ _RESULT_KEYS: dict[str, Callable[[DicomEntry], Any]] = {
 }
 
 
-def _rendered(content: DicomContent) -> ReleasedImage:
+def _rendered(content: DicomContent, max_pixels: int) -> ReleasedImage:
     """A released DICOM object as its Binary's bytes and media type, in the decision's view."""
     image = extract_image(read_released(content.data))
-    return ReleasedImage(_image_in_view(bytes(image.data), image.content_type, content.decision.view),
+    return ReleasedImage(_image_in_view(bytes(image.data), image.content_type, content.decision.view, max_pixels),
                          image.content_type, content.decision.break_glass)
 
 
@@ -503,7 +505,8 @@ class ScopedReader:
         made: list[bytes] = []
 
         def make() -> dict[str, Any]:  # the bytes too: a stored image missing is a read that sent nothing
-            made.append(_image_in_view(self._blobs.read(blob, stored.blob_range), content_type, decision.view))
+            made.append(_image_in_view(self._blobs.read(blob, stored.blob_range), content_type, decision.view,
+                                       self._tables.policy.limits.max_pixels))
             return self._render(stored, decision)
 
         resource = self._answered("read", decision, entities, patient, make, precondition, ctx)
@@ -766,7 +769,7 @@ class ScopedReader:
         made: list[ReleasedImage] = []
 
         def rendered(content: DicomContent) -> None:
-            made.append(_rendered(content))
+            made.append(_rendered(content, self._tables.policy.limits.max_pixels))
             if answerable is not None:
                 answerable(made[-1])
 
@@ -791,7 +794,7 @@ class ScopedReader:
     def rendered_from(self, content: DicomContent) -> ReleasedImage:
         """``content`` (an object :meth:`read_dicom_instance` released: decided already) as
         :meth:`read_dicom_rendered` renders it. Nothing is read, decided or audited."""
-        return _rendered(content)
+        return _rendered(content, self._tables.policy.limits.max_pixels)
 
     def thumbnail_of(self, rendered: ReleasedImage, *, rows: int, columns: int) -> ReleasedImage | None:
         """A small JPEG, with no metadata, of ``rendered`` (what :meth:`read_dicom_rendered`
@@ -837,7 +840,7 @@ class ScopedReader:
                 continue
             permitted = True
             try:
-                self._released_and_audited(candidate, stored, decision, lambda content: shown(_rendered(content)))
+                self._released_and_audited(candidate, stored, decision, lambda content: shown(_rendered(content, self._tables.policy.limits.max_pixels)))
             except NotAcceptable:
                 continue
             return made[-1]

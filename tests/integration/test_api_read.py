@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -463,6 +464,37 @@ def test_every_read_path_under_every_purpose(tmp_path: Path, purpose: str) -> No
                 assert PATIENT["value"] not in r.text
         total = client.get("/fhir/Media", headers=as_purpose(purpose)).json()["total"]
         assert total == (1 if expect else 0)
+
+
+@pytest.mark.parametrize("kind", ["jpg", "png"])
+def test_a_turned_photo_is_shown_upright_in_the_de_identified_view(tmp_path: Path, kind: str) -> None:
+    """De-identification review: the de-identified view keeps no metadata, so a photo stored with
+    EXIF Orientation 6 (a phone held upright) lost the tag that turns it and came out sideways,
+    while its TRAIN DICOM copy was turned. It is now turned upright for that view: decoded,
+    transposed exactly, encoded again (a JPEG with its own quantisation tables and subsampling;
+    a PNG losslessly); still no metadata. Care keeps the stored bytes and their Orientation."""
+    from PIL import Image
+
+    source = tmp_path / f"turned.{kind}"
+    im = Image.new("RGB", (64, 48), (200, 40, 40))
+    im.paste((20, 20, 220), (0, 0, 16, 16))  # a blue block top-left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(source, "JPEG" if kind == "jpg" else "PNG", exif=exif.tobytes(), **({"quality": 95} if kind == "jpg" else {}))
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client, path=source)
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers={"Content-Type": "application/fhir+json"})
+        media_type = "image/jpeg" if kind == "jpg" else "image/png"
+        care = client.get(f"/fhir/{receipt['binary']}", headers=as_purpose("TREAT", Accept=media_type))
+        train = client.get(f"/fhir/{receipt['binary']}", headers=as_purpose("TRAIN", Accept=media_type))
+        assert care.status_code == train.status_code == 200 and train.headers["content-type"] == media_type
+        with Image.open(io.BytesIO(care.content)) as stored:
+            assert stored.size == (64, 48) and stored.getexif().get(0x0112) == 6
+        with Image.open(io.BytesIO(train.content)) as shown:
+            assert shown.size == (48, 64) and not shown.getexif() and "icc_profile" not in shown.info
+            r, _g, b = shown.convert("RGB").getpixel((shown.width - 4, 4))  # turned 90 clockwise: top-right
+            assert b > 150 and r < 100, (r, b)
+        assert b"Exif" not in train.content and b"eXIf" not in train.content
 
 
 def test_a_consent_that_cannot_be_interpreted_fails_closed(tmp_path: Path) -> None:
