@@ -114,7 +114,8 @@ def upright(data: bytes, content_type: str, *, max_pixels: int) -> bytes | None:
     that keeps no metadata (the de-identified one: without the tag the photo would lie on its
     side); None when it needs no turning (no Orientation, or 1). The pixels are transposed
     exactly (no resampling); a JPEG is encoded again with its own quantisation tables and
-    chroma subsampling (a second generation of its loss, no more), a PNG losslessly. What comes
+    chroma subsampling (a second generation of its loss, no more), a PNG losslessly in its own
+    mode (a 16-bit colour PNG excepted: Pillow reads it as 8-bit). What comes
     back carries no metadata of the source (the caller strips it to pixels only).
 
     Raises:
@@ -126,25 +127,24 @@ def upright(data: bytes, content_type: str, *, max_pixels: int) -> bytes | None:
     orientation = read_orientation(data, kind)
     if orientation is None or orientation == 1:
         return None
-    if kind != JPEG:
-        with _whole_decodes:  # memory: see WHOLE_DECODES_AT_ONCE
-            return encode_png(decode_pixels(data, kind, orientation=orientation, max_pixels=max_pixels))
+    fmt = "JPEG" if kind == JPEG else "PNG"
     try:
-        with _whole_decodes, Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+        with _whole_decodes, Image.open(io.BytesIO(data), formats=[fmt]) as im:  # memory: WHOLE_DECODES_AT_ONCE
             if im.width * im.height > max_pixels:
                 raise ImageTooLarge(f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels}")
-            assert isinstance(im, JpegImagePlugin.JpegImageFile)  # formats=["JPEG"]
-            tables, subsampling = im.quantization, JpegImagePlugin.get_sampling(im)
-            turned = ImageOps.exif_transpose(im)
+            turned = ImageOps.exif_transpose(im)  # its mode kept: alpha, palette, 16-bit grey
             turned.info = {}
             out = io.BytesIO()
-            turned.save(out, format="JPEG", qtables=tables, subsampling=max(subsampling, 0),
-                        optimize=False, progressive=False)
+            if isinstance(im, JpegImagePlugin.JpegImageFile):
+                turned.save(out, format="JPEG", qtables=im.quantization,
+                            subsampling=max(JpegImagePlugin.get_sampling(im), 0), optimize=False, progressive=False)
+            else:
+                turned.save(out, format="PNG")
             return out.getvalue()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge("image has more pixels than the decoder allows") from exc
     except DECODE_ERRORS as exc:
-        raise UndecodableImage("the JPEG image does not decode") from exc
+        raise UndecodableImage(f"the {fmt} image does not decode") from exc
 
 
 def _picture(pixels: Pixels) -> Image.Image:
