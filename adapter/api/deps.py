@@ -15,6 +15,7 @@ from adapter.mapping.audit_mhd import find_document_references, retrieve_documen
 from adapter.mapping.capability import R4_TYPES
 from adapter.model.purpose import MhdTransaction, PurposeOfUse, RequestContext
 from adapter.services.access import ScopedReader
+from adapter.services.audit import DicomAudit
 from adapter.services.purpose import parse_purpose_of_use
 from adapter.services.registry import Services
 
@@ -88,7 +89,7 @@ def _named_resource(request: Request, route: str) -> str | None:
 
 def _audit_refused_purpose(request: Request, services: Services,
                            exc: PurposeOfUseMissing | UnknownPurposeOfUse, interaction: str | None = None,
-                           mhd: MhdTransaction | None = None) -> None:
+                           mhd: MhdTransaction | None = None, dicom: DicomAudit | None = None) -> None:
     """A read (or a write: its ``interaction``) refused for its purpose of use is a decision too:
     audited, naming the route (its template) and why, and what was asked as IHE BALP Read and
     Query name it: the resource the path names (Type/id, :func:`_named_resource`), or a
@@ -105,7 +106,7 @@ def _audit_refused_purpose(request: Request, services: Services,
         client_address=request.client.host if request.client else None,
         missing=isinstance(exc, PurposeOfUseMissing), reason=f"{request.method} {route}: {exc.diagnostics}",
         entities=[named] if named else [], query=_request_line(request) if interaction == "search-type" else None,
-        mhd=mhd, server_url=base(request, services))
+        mhd=mhd, server_url=base(request, services), dicom=dicom)
 
 
 def get_update_context(request: Request, services: ServicesDep, x_purpose_of_use: Annotated[str | None, Header(
@@ -173,7 +174,7 @@ WRITE_PURPOSE_UNSTATED = PurposeOfUse("TREAT")
 
 
 def get_write_context(request: Request, services: Services, interaction: str,
-                      mhd: MhdTransaction | None = None) -> RequestContext:
+                      mhd: MhdTransaction | None = None, dicom: DicomAudit | None = None) -> RequestContext:
     """The context a write (a photo, a transaction, a Consent, STOW-RS: its ``interaction``,
     create or update) is made and audited under, once its ``X-Purpose-Of-Use`` is checked.
 
@@ -193,14 +194,15 @@ def get_write_context(request: Request, services: Services, interaction: str,
     goes on; an unknown or repeated one is 400, as on a read. Called before the body is read,
     but for a transaction: POST /fhir reads its body to tell a transaction (checked) from a batch
     of reads (which states its purpose for reading). ``mhd``: the IHE MHD transaction the write
-    is (ITI-65), whose shape its AuditEvents take, this refusal's too."""
+    is (ITI-65), whose shape its AuditEvents take, this refusal's too; ``dicom``: the DICOM audit
+    message a refusal is (STOW-RS: DICOM Instances Transferred, as its other events)."""
     try:
         stated = purpose_header(request)
         if stated is None or not stated.strip():
             return _context(request, services, WRITE_PURPOSE_UNSTATED, mhd=mhd)
         purpose = parse_purpose_of_use(stated, services.tables)
     except UnknownPurposeOfUse as exc:  # audited as the write refused, as a read's refusal is
-        _audit_refused_purpose(request, services, exc, interaction, mhd)
+        _audit_refused_purpose(request, services, exc, interaction, mhd, dicom)
         raise
     ctx = _context(request, services, purpose, mhd=mhd)
     view = services.tables.purposes.codes[purpose.code].view
@@ -209,7 +211,7 @@ def get_write_context(request: Request, services: Services, interaction: str,
     reason = (f"a write is made for care: {purpose.code} sees records {view}, so a caller stating it files no "
               "photo, document or Consent")
     services.auditor.record(ctx, interaction=interaction, action="U" if interaction == "update" else "C",
-                            decision=None, entities=[], patient=None, reason=reason, refused=True)
+                            decision=None, entities=[], patient=None, reason=reason, refused=True, dicom=dicom)
     raise Forbidden(reason)
 
 

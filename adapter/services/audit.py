@@ -276,15 +276,22 @@ class Auditor:
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,
                                request_id: str, missing: bool, reason: str, entities: Sequence[str] = (),
                                query: bytes | None = None, mhd: MhdTransaction | None = None,
-                               server_url: str | None = None) -> None:
+                               server_url: str | None = None, dicom: DicomAudit | None = None) -> None:
         """Store the AuditEvent of a read (or a write: ``interaction`` create or update) refused for
         its purpose of use: none stated (403) or one that is not known (400). There is no purpose
         to record, and the metric's label is ``none`` or ``unknown`` (never the caller's text).
         What was asked is named as the caller sent it (IHE BALP Read, Query): ``entities`` the
         resource its path names (nothing read, so no patient), ``query`` a search's request;
         ``mhd``: the IHE MHD transaction the request is, whose shape the refusal takes;
-        ``server_url``: the adapter's base URL (agent[server]'s network address)."""
+        ``server_url``: the adapter's base URL (agent[server]'s network address); ``dicom``: the
+        DICOM audit message the refusal is (STOW-RS), instead of a BALP event."""
         DECISIONS.labels(interaction, "none" if missing else "unknown", "refused").inc()
+        if dicom is not None:
+            self._store.append_audit(dicom_audit_event(
+                event=dicom.event, action="C", outcome="4", outcome_desc=reason, recorded=self._now(),
+                client_address=client_address, actor=actor, purpose=None, request_id=request_id, entities=entities,
+                patient=None, studies=dicom.studies, query=None, server_url=server_url))
+            return
         self._store.append_audit(audit_event(
             interaction=interaction, action={"read": "R", "create": "C", "update": "U"}.get(interaction, "E"),
             outcome="4",

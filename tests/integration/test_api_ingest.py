@@ -936,6 +936,9 @@ def test_a_write_stating_a_purpose_that_sees_less_than_the_record_is_refused(tmp
             assert all(a.json()["issue"][0]["code"] == "forbidden" for a in answers)
             events = services.store.list_audit(1000)[: len(services.store.list_audit(1000)) - before]
             assert len(events) == 5 and {e["outcome"] for e in events} == {"4"}
+            # STOW-RS's refusal is a DICOM Instances Transferred (action C), as every STOW-RS event
+            # (it was a BALP create: found in the last session's leftovers; test seen failing)
+            assert events[0]["type"]["code"] == "110104" and events[0]["action"] == "C", events[0]["type"]
         assert client.get("/fhir/Media?_summary=count", headers=as_purpose("TREAT")).json()["total"] == 0
         assert client.get("/fhir/Consent?_summary=count", headers=as_purpose("TREAT")).json()["total"] == 0
         assert post_photo(client, WOUND, metadata(), headers=as_purpose("XYZ")).status_code == 400
@@ -957,15 +960,20 @@ def test_a_write_refused_for_an_unknown_or_repeated_purpose_is_audited_as_the_wr
     with adapter_client(tmp_path) as (client, services):
         for headers in (as_purpose("NOPE"), twice):
             before = len(services.store.list_audit(1000))
+            stow = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
             answers = [
                 post_photo(client, WOUND, metadata(), headers=headers),
                 client.post("/fhir/Consent", json=consent, headers=headers),
                 client.put("/fhir/Consent/x", json={**consent, "id": "x"}, headers=headers),
+                client.post("/dicomweb/studies", content=b"--b--\r\n",
+                            headers=[*(headers.items() if isinstance(headers, dict) else headers), *stow.items()]),
             ]
-            assert [a.status_code for a in answers] == [400] * 3, [(a.status_code, a.text[:200]) for a in answers]
+            assert [a.status_code for a in answers] == [400] * 4, [(a.status_code, a.text[:200]) for a in answers]
             events = services.store.list_audit(1000)[: len(services.store.list_audit(1000)) - before]
-            assert [(e["subtype"][0]["code"], e["outcome"]) for e in reversed(events)] == [
-                ("create", "4"), ("create", "4"), ("update", "4")], headers
+            shapes = [(e["type"]["code"], e.get("subtype", [{}])[0].get("code"), e["action"], e["outcome"])
+                      for e in reversed(events)]
+            assert shapes == [("rest", "create", "C", "4"), ("rest", "create", "C", "4"), ("rest", "update", "U", "4"),
+                              ("110104", None, "C", "4")], headers
         assert _counts(services) == (0, 0)
 
 

@@ -117,6 +117,7 @@ from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
 from adapter.mapping.outcome import operation_outcome
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long
 from adapter.services.access import DicomContent, DicomRetrieval
+from adapter.services.audit import DicomAudit
 from adapter.services.dicom_objects import (
     INSTANCE,
     LEVEL_KEYS,
@@ -306,7 +307,7 @@ async def stow_study(study: str, request: Request, services: ServicesDep) -> Res
 
 async def _stow(request: Request, services: Services, study: str | None) -> Response:
     # audited as the HTTP client's, under its request id and stated purpose (not a C-STORE's AE)
-    sender = stow_sender(get_write_context(request, services, "create"))
+    sender = stow_sender(get_write_context(request, services, "create", dicom=DicomAudit.transferred()))
     limit = services.settings.max_upload_bytes
     total = limit * STOW_TOTAL_FACTOR
     peer = request.client.host if request.client else ""
