@@ -1,12 +1,22 @@
 # Clinical image adapter: HTTP API (FHIR R4/R5, POST /photos, DICOMweb) on 8080, DICOM SCP on 11112,
-# data in /data.
+# data in /data. README.md, "Deploy with Docker", says how to run it; in short:
 # Build: docker build -t clinical-image-adapter .
-# Run:   docker run -p 127.0.0.1:8080:8080 -p 11112:11112 -v adapter-data:/data \
-#          -e ADAPTER_PSEUDONYM_KEY=... -e ADAPTER_DICOM_ALLOWED_AE_TITLES=PACS clinical-image-adapter
+# Run:   docker run -d --name adapter --stop-timeout 120 \
+#          -p 127.0.0.1:8080:8080 -p 10.0.0.7:11112:11112 -v adapter-data:/data \
+#          -v /etc/clinical-image-adapter/mappings:/app/mappings:ro \
+#          -v /etc/clinical-image-adapter/pseudonym.key:/run/secrets/adapter_pseudonym_key:ro \
+#          -e ADAPTER_PSEUDONYM_KEY_FILE=/run/secrets/adapter_pseudonym_key \
+#          -e ADAPTER_DICOM_ALLOWED_AE_TITLES=PACS clinical-image-adapter
+#        The image runs in production (ADAPTER_ENVIRONMENT=production): it refuses to start without
+#        the organisation's policy (a folder with policy.yaml and the mapping tables mounted at
+#        /app/mappings, or ADAPTER_POLICY) and a pseudonym key (from a file, not -e: `docker inspect`
+#        shows the environment). The example policy the image carries is used only where asked for:
+#        -e ADAPTER_ENVIRONMENT=development to try the image (or ADAPTER_POLICY naming it).
 #        The HTTP API authenticates no caller (README, "Before you deploy"): it listens on 0.0.0.0
 #        inside the container, so publish it on the host's loopback (or only to the gateway in front
 #        of it), never as -p 8080:8080, which serves every network the host is on. The DICOM SCP
-#        admits only the calling AE titles listed (none by default).
+#        admits only the calling AE titles listed (none by default), which any peer can claim:
+#        publish it only on the address the PACS reaches.
 # Health: the HEALTHCHECK asks /health/ready (database, data volume, DICOM SCP; 503 when one fails);
 #         an orchestrator's liveness probe wants /health (the process answers) instead.
 FROM python:3.11-slim-bookworm AS base
@@ -19,7 +29,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 adapter \
  && useradd --system --uid 10001 --gid adapter --home-dir /app --shell /usr/sbin/nologin adapter
 
-WORKDIR /app
+# Built in /src, removed once installed: the adapter runs as installed (site-packages, and the
+# mapping tables with the example policy in /usr/local/share/clinical-image-adapter/mappings), from
+# /app, which holds no mappings/ of its own, so the example policy is never taken for the
+# organisation's (in production it is refused unless ADAPTER_POLICY names it).
+WORKDIR /src
 
 # Dependencies first (cached while only code changes): install from the metadata alone. The
 # package's readme only has to exist here: the real one, copied now, would re-install every
@@ -31,20 +45,21 @@ RUN mkdir -p adapter && echo '__version__ = "0"' > adapter/__init__.py && touch 
  && rm -rf adapter build *.egg-info README.md
 
 # Then the code and the mapping tables.
-COPY README.md ./
+COPY README.md LICENSE ./
 COPY adapter ./adapter
 COPY mappings ./mappings
-RUN pip install --no-deps '.[postgres]' && rm -rf build *.egg-info
+RUN pip install --no-deps '.[postgres]' && cd / && rm -rf /src
 
+WORKDIR /app
 RUN mkdir -p /data && chown adapter:adapter /data
 VOLUME ["/data"]
 
-ENV ADAPTER_HTTP_HOST=0.0.0.0 \
+ENV ADAPTER_ENVIRONMENT=production \
+    ADAPTER_HTTP_HOST=0.0.0.0 \
     ADAPTER_HTTP_PORT=8080 \
     ADAPTER_DICOM_HOST=0.0.0.0 \
     ADAPTER_DICOM_PORT=11112 \
-    ADAPTER_DATA_DIR=/data \
-    ADAPTER_POLICY=/app/mappings/policy.yaml
+    ADAPTER_DATA_DIR=/data
 
 USER adapter
 EXPOSE 8080 11112

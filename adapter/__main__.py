@@ -189,7 +189,10 @@ def serve(settings: Settings) -> int:
     log.info("policy %s, mapping tables in %s", settings.resolved_policy, settings.resolved_mappings_dir)
     if settings.policy_is_the_installed_example:
         log.warning("no mappings/policy.yaml in the working directory and no ADAPTER_POLICY: the example policy "
-                    "installed with the package is in force (set ADAPTER_POLICY to the organisation's own)")
+                    "that comes with the package is in force (set ADAPTER_POLICY to the organisation's own)")
+    elif settings.policy_is_the_example:  # `make run` in a checkout: its mappings/policy.yaml
+        log.warning("%s is the example policy the adapter's source comes with: fine for trying the adapter, not "
+                    "the organisation's policy (set ADAPTER_POLICY to the organisation's own)", settings.policy)
     if settings.http_workers > 1:
         _multiprocess_metrics(settings)
     try:

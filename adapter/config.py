@@ -28,14 +28,40 @@ DEFAULT_POLICY = Path("mappings/policy.yaml")
 INSTALLED_MAPPINGS = Path("share", "clinical-image-adapter", "mappings")
 
 
-def installed_policy() -> Path | None:
-    """The policy file a non-editable install carries (in the environment's data path, or the
-    user's for ``pip install --user``), when there is one."""
+def _checkout_mappings() -> Path | None:
+    """The source checkout's mappings/ when the package was imported from its checkout (an
+    editable install, which ``make run`` makes, or PYTHONPATH): the folder beside ``adapter/``,
+    in a project whose pyproject.toml is this one's. None for an installed package (its parent is
+    site-packages, which holds no pyproject.toml)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        ours = 'name = "clinical-image-adapter"' in (root / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return root / "mappings" if ours and (root / "mappings" / "policy.yaml").is_file() else None
+
+
+def example_policies() -> list[Path]:
+    """The copies of the example policy (mappings/policy.yaml) the package carries: the one a
+    non-editable install puts in the environment's data path (or the user's, for ``pip install
+    --user``), and the source checkout's, for a package imported from it (an editable install
+    installs no data files)."""
+    found = []
     for data in (sysconfig.get_path("data"), sysconfig.get_path("data", sysconfig.get_preferred_scheme("user"))):
         candidate = Path(data) / INSTALLED_MAPPINGS / "policy.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
+        if candidate.is_file() and candidate not in found:  # the user's data path may be the environment's
+            found.append(candidate)
+    checkout = _checkout_mappings()
+    if checkout is not None:
+        found.append(checkout / "policy.yaml")
+    return found
+
+
+def installed_policy() -> Path | None:
+    """The example policy ADAPTER_POLICY falls back to (:func:`example_policies`, the installed
+    copy first), when there is one."""
+    found = example_policies()
+    return found[0] if found else None
 
 
 #: The log levels ADAPTER_LOG_LEVEL takes, most verbose first.
@@ -118,6 +144,10 @@ class Settings(BaseSettings):
     pseudonym_key: str | None = Field(
         None, description="Secret key for the keyed pseudonyms of the HRESCH view; default: a random key "
         "generated once and kept in the data dir (pseudonym.key).")
+    pseudonym_key_file: Path | None = Field(
+        None, description="A file holding ADAPTER_PSEUDONYM_KEY (a container's secret, say, which `docker inspect` "
+        "does not show as it shows the environment); its content, without surrounding white space, is the key. "
+        "Not together with ADAPTER_PSEUDONYM_KEY.")
     accept_new_pseudonym_key: bool = Field(
         False, description="Start although the data dir's pseudonym.key is missing or another than the one the "
         "records were pseudonymised under (a restore that left it behind is refused): every patient gets new "
@@ -226,6 +256,25 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return v.upper()
 
+    @model_validator(mode="after")
+    def _key_from_its_file(self) -> Settings:
+        """ADAPTER_PSEUDONYM_KEY read from ADAPTER_PSEUDONYM_KEY_FILE. A ConfigurationError, not a
+        ValueError: pydantic would render the settings, the key among them, in its message."""
+        if self.pseudonym_key_file is None:
+            return self
+        if self.pseudonym_key:
+            raise ConfigurationError("set ADAPTER_PSEUDONYM_KEY or ADAPTER_PSEUDONYM_KEY_FILE, not both")
+        try:
+            key = self.pseudonym_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ConfigurationError(f"ADAPTER_PSEUDONYM_KEY_FILE: {self.pseudonym_key_file} cannot be read "
+                                     f"({reason})") from None
+        if not key:
+            raise ConfigurationError(f"ADAPTER_PSEUDONYM_KEY_FILE: {self.pseudonym_key_file} is empty")
+        self.pseudonym_key = key
+        return self
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -248,6 +297,18 @@ class Settings(BaseSettings):
         return self.resolved_policy != self.policy
 
     @property
+    def policy_is_the_example(self) -> bool:
+        """Whether the policy in force is a copy of the example the package carries
+        (:func:`example_policies`): fallen back to, or named, as ``make run`` names the checkout's
+        mappings/policy.yaml. Said in the log at start; refused in production only when fallen back
+        to (:meth:`check_safe`): a file named is the operator's choice."""
+        try:
+            policy = self.resolved_policy.resolve()
+            return any(policy == example.resolve() for example in example_policies())
+        except OSError:
+            return False
+
+    @property
     def resolved_mappings_dir(self) -> Path:
         return self.mappings_dir if self.mappings_dir is not None else self.resolved_policy.resolve().parent
 
@@ -268,7 +329,8 @@ class Settings(BaseSettings):
             # the example policy (break-glass on, verbal consent enough) is no organisation's own
             raise ConfigurationError("ADAPTER_POLICY must name the organisation's policy in production: there is no "
                                      "mappings/policy.yaml in the working directory, and the example policy "
-                                     "installed with the package is not used there")
+                                     "that comes with the package is not used there")
         if self.environment == "production" and (not self.pseudonym_key or len(self.pseudonym_key) < 32):
             raise ConfigurationError(
-                "ADAPTER_PSEUDONYM_KEY must be set to a secret of at least 32 characters in production")
+                "ADAPTER_PSEUDONYM_KEY (or ADAPTER_PSEUDONYM_KEY_FILE) must be set to a secret of at least 32 "
+                "characters in production")

@@ -45,9 +45,13 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
-    """``ADAPTER_*`` variables from which another process rebuilds exactly ``settings``."""
-    return {f"ADAPTER_{name.upper()}": str(value) for name, value in settings.model_dump().items()
-            if value is not None}
+    """``ADAPTER_*`` variables from which another process rebuilds exactly ``settings``. A key
+    read from ADAPTER_PSEUDONYM_KEY_FILE is read from it again, not put in the environment (and
+    both would be refused)."""
+    values = settings.model_dump()
+    if settings.pseudonym_key_file is not None:
+        del values["pseudonym_key"]
+    return {f"ADAPTER_{name.upper()}": str(value) for name, value in values.items() if value is not None}
 
 
 #: The pid of the process that starts the HTTP worker processes (uvicorn's supervisor), set in

@@ -23,8 +23,16 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 
 
 def route_template(scope: Scope) -> str:
-    """The matched route's template, or ``unmatched``: bounded, and nothing a client chose."""
-    return str(getattr(scope.get("route"), "path", "") or "unmatched")
+    """The matched route's template, or ``unmatched``: bounded, and nothing a client chose.
+
+    FastAPI's own routes put themselves in the scope; a plain Starlette route (FastAPI's
+    ``/openapi.json`` and ``/docs``) puts only its endpoint there, so it is looked up by that
+    among the app's routes (logged as ``unmatched`` before, though served)."""
+    route = scope.get("route")
+    endpoint, router = scope.get("endpoint"), scope.get("router")
+    if route is None and endpoint is not None and router is not None:
+        route = next((r for r in getattr(router, "routes", ()) if getattr(r, "endpoint", None) is endpoint), None)
+    return str(getattr(route, "path", "") or "unmatched")
 
 
 class AccessLogMiddleware(HttpMiddleware):

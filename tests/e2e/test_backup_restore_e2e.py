@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,15 +23,29 @@ from tests.support.server import running_adapter
 TREAT = {"X-Purpose-Of-Use": "TREAT"}
 
 
-def _readme_commands() -> tuple[str, str, str]:
-    """The backup's two commands and the restore's file copy, as the README gives them."""
+def _readme_commands() -> tuple[str, str, str, str]:
+    """The backup's commands and the restore's file copies, as the README gives them (SQLite's, not
+    PostgreSQL's): what makes the backup folder, the database copy, the files' copy, and the
+    restore's commands up to ``verify``; each run with the umask the README sets first."""
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Backup, restore, verify"):readme.index("### Removing images")]
+    umask = re.findall(r"^umask 077\b.*$", section, re.MULTILINE)
+    folder = re.search(r"^install -d -m 700 /backup$", section, re.MULTILINE)
     database = re.search(r"^\.venv/bin/python -c \"import sqlite3;.*$", section, re.MULTILINE)
     files = re.search(r"^rsync -a data/blobs/ /backup/blobs/.*$", section, re.MULTILINE)
-    restore = re.search(r"^rsync -a /backup/blobs/ restored/blobs/.*$", section, re.MULTILINE)
-    assert database and files and restore, "the README's backup commands moved"
-    return database.group(0), files.group(0), restore.group(0)
+    restore = re.search(r"^install -d -m 700 restored && cp /backup/adapter\.db restored/.*\n(?:.*\n)*?"
+                        r"^rsync -a /backup/blobs/ restored/blobs/.*$", section, re.MULTILINE)
+    assert len(umask) == 2 and folder and database and files and restore, "the README's backup commands moved"
+    keep = [line for line in restore.group(0).splitlines()
+            if line.startswith(("install ", "rsync "))]  # not PostgreSQL's createdb and pg_restore
+    return (f"umask 077\n{folder.group(0)}", f"umask 077\n{database.group(0)}", f"umask 077\n{files.group(0)}",
+            "umask 077\n" + "\n".join(keep))
+
+
+def _here(command: str, backup: Path) -> str:
+    """A README command with this test's interpreter and backup folder (restored/ is relative: the
+    commands run in the test's folder)."""
+    return re.sub(r"/backup\b", str(backup), command.replace(".venv/bin/python", sys.executable))
 
 
 def _post(url: str, n: int) -> httpx.Response:
@@ -44,12 +57,11 @@ def _post(url: str, n: int) -> httpx.Response:
 
 
 def test_the_readme_backup_taken_while_ingesting_restores_whole(tmp_path: Path) -> None:
-    backup_db, backup_files, restore_files = _readme_commands()
+    backup_folder, backup_db, backup_files, restore_files = _readme_commands()
     backup = tmp_path / "backup"
-    backup.mkdir()
     python = sys.executable
-    here = lambda command: (command.replace(".venv/bin/python", python)
-                            .replace("/backup/", f"{backup}/").replace("restored/", f"{tmp_path}/restored/"))
+    # from a shell of the usual umask (022): the README's commands set their own
+    here = lambda command: "umask 022\n" + _here(command, backup)
     receipts: list[tuple[float, dict]] = []
     stop = threading.Event()
     with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false") as server:
@@ -67,6 +79,7 @@ def test_the_readme_backup_taken_while_ingesting_restores_whole(tmp_path: Path) 
         try:
             time.sleep(0.5)
             began = time.time()
+            subprocess.run(here(backup_folder), shell=True, cwd=tmp_path, check=True, timeout=60)
             subprocess.run(here(backup_db), shell=True, cwd=tmp_path, check=True, timeout=60)
             time.sleep(0.5)  # photos stored between the database copy and the files
             subprocess.run(here(backup_files), shell=True, cwd=tmp_path, check=True, timeout=60)
@@ -76,14 +89,21 @@ def test_the_readme_backup_taken_while_ingesting_restores_whole(tmp_path: Path) 
     before = [receipt for answered, receipt in receipts if answered < began]
     assert len(before) >= 3 and len(receipts) > len(before)
 
+    # the copies are their user's only, as the adapter keeps its own data (new-user review 4: the
+    # database copy was 644, from the shell's umask)
+    assert _mode(backup) == 0o700
+    assert {name: _mode(backup / name) for name in ("adapter.db", "blobs", "pseudonym.key")} == \
+        {"adapter.db": 0o600, "blobs": 0o700, "pseudonym.key": 0o600}
     restored = tmp_path / "restored"
-    restored.mkdir()
-    shutil.copy2(backup / "adapter.db", restored / "adapter.db")
     subprocess.run(here(restore_files), shell=True, cwd=tmp_path, check=True, timeout=60)
+    assert {name: _mode(restored / name) for name in (".", "adapter.db", "blobs", "pseudonym.key")} == \
+        {".": 0o700, "adapter.db": 0o600, "blobs": 0o700, "pseudonym.key": 0o600}
     env = {**os.environ, "ADAPTER_DATA_DIR": str(restored)}
     verify = subprocess.run([python, "-m", "adapter", "verify", "--digests"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120, check=False)
     assert verify.returncode == 0 and " 0 problem(s)" in verify.stdout, verify.stdout + verify.stderr
+    # restored into a 755 folder, verify warned that other users could read it
+    assert "other users" not in verify.stderr, verify.stderr
     workdir = tmp_path / "again"
     workdir.mkdir()
     with running_adapter(workdir, ADAPTER_DATA_DIR=str(restored), ADAPTER_DICOM_ENABLED="false") as again, \
@@ -97,11 +117,19 @@ def test_the_readme_backup_taken_while_ingesting_restores_whole(tmp_path: Path) 
 def test_the_readme_backup_from_a_mistyped_path_fails_and_creates_nothing(tmp_path: Path) -> None:
     # sqlite3.connect('data/adapter.db') made an empty database there, and the backup of it
     # passed a restore drill (ops review 1): the README's command opens its source read-only
-    backup_db, _, _ = _readme_commands()
-    (tmp_path / "backup").mkdir()
+    backup_folder, backup_db, _, _ = _readme_commands()
+    backup = tmp_path / "backup"
     (tmp_path / "data").mkdir()  # the wrong folder: no adapter.db in it
-    command = backup_db.replace(".venv/bin/python", sys.executable).replace("/backup/", f"{tmp_path}/backup/")
+    command = _here(backup_db, backup)
+    # without the backup folder, which the README makes first, the same message (new-user review 4)
+    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0 and "unable to open database file" in done.stderr
+    subprocess.run(_here(backup_folder, backup), shell=True, cwd=tmp_path, check=True, timeout=60)
     done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0
     assert "unable to open database file" in done.stderr
-    assert not (tmp_path / "data" / "adapter.db").exists() and not (tmp_path / "backup" / "adapter.db").exists()
+    assert not (tmp_path / "data" / "adapter.db").exists() and not (backup / "adapter.db").exists()
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777

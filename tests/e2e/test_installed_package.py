@@ -47,3 +47,19 @@ def test_the_installed_command_finds_its_policy_and_tables_outside_the_checkout(
     assert "valid" in checked.stdout
     carried = target / "share" / "clinical-image-adapter" / "mappings"
     assert sorted(p.name for p in carried.iterdir()) == sorted(p.name for p in (ROOT / "mappings").glob("*.yaml"))
+
+    # As the Docker image runs it (Dockerfile: ADAPTER_ENVIRONMENT=production, a working directory
+    # without mappings/ of its own, the key from a file): the installed example is refused
+    # (new-user review 2: the image named it in ADAPTER_POLICY, which the guard let through) ...
+    key = tmp_path / "pseudonym.key"
+    key.write_text("k" * 64 + "\n")
+    production = {**env, "ADAPTER_ENVIRONMENT": "production", "ADAPTER_PSEUDONYM_KEY_FILE": str(key)}
+    refused = subprocess.run([str(target / "bin" / "clinical-image-adapter"), "check"], cwd=elsewhere,
+                             env=production, capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 2 and "ADAPTER_POLICY must name the organisation's policy" in refused.stderr, \
+        refused.stderr
+    # ... and the organisation's folder, mounted as the working directory's mappings/, is taken
+    shutil.copytree(carried, elsewhere / "mappings")
+    taken = subprocess.run([str(target / "bin" / "clinical-image-adapter"), "check"], cwd=elsewhere,
+                           env=production, capture_output=True, text=True, timeout=120, check=False)
+    assert taken.returncode == 0 and "valid" in taken.stdout, taken.stderr

@@ -56,3 +56,23 @@ def test_check_refuses_what_serve_refuses(tmp_path: Path, setup, named: str) -> 
     served = _run("serve", tmp_path, **settings)
     assert served.returncode == 2, served.stderr
     assert named in served.stderr
+
+
+def test_the_source_package_run_outside_its_checkout_finds_its_example_policy(tmp_path: Path) -> None:
+    # new-user review 8: after `make run` (an editable install, which installs no data files),
+    # .venv/bin/clinical-image-adapter check outside the checkout said "policy file not found"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env["ADAPTER_DATA_DIR"] = str(tmp_path / "data")
+    where = subprocess.run([sys.executable, "-c", "import adapter; print(adapter.__file__)"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(where).is_relative_to(ROOT):
+        pytest.skip(f"the package is not imported from this checkout here ({where})")
+    done = subprocess.run([sys.executable, "-m", "adapter", "check"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0 and "valid" in done.stdout, done.stderr
+    # the example, which production refuses unless ADAPTER_POLICY names it
+    env.update(ADAPTER_ENVIRONMENT="production", ADAPTER_PSEUDONYM_KEY="k" * 40)
+    done = subprocess.run([sys.executable, "-m", "adapter", "check"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "ADAPTER_POLICY must name the organisation's policy" in done.stderr, done.stderr
+    assert not (tmp_path / "data").exists()

@@ -272,3 +272,22 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
 
     documented = {(method, path) for path, operations in api.doc["paths"].items() for method in operations}
     assert documented - api.seen == set(), "an operation without a representative request here"
+
+
+def test_the_openapi_document_and_its_page_are_logged_by_their_route(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    # new-user review 13: /openapi.json and /docs were served, and logged as "GET unmatched 200"
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from adapter.api.asgi import build_app
+
+    with adapter_client(tmp_path) as (_, services), \
+            TestClient(build_app(services.settings, services)) as client, \
+            caplog.at_level(logging.INFO, logger="adapter.access"):
+        assert client.get("/openapi.json").status_code == 200
+        assert client.get("/docs").status_code == 200
+        assert client.get("/no/such/route").status_code == 404
+        assert client.get("/health").status_code == 200
+    logged = [" ".join(r.getMessage().split()[:3]) for r in caplog.records if r.name == "adapter.access"]
+    assert logged == ["GET /openapi.json 200", "GET /docs 200", "GET unmatched 404", "GET /health 200"]

@@ -166,3 +166,88 @@ def test_a_base_url_is_an_absolute_http_url(url: str) -> None:
     with pytest.raises(ValidationError, match="base_url"):
         Settings(base_url=url)
     assert Settings(base_url="https://adapter.example/prefix").base_url == "https://adapter.example/prefix"
+
+
+def test_a_package_imported_from_its_checkout_falls_back_to_the_checkouts_example(tmp_path, monkeypatch) -> None:
+    # new-user review 8: after `make run` (an editable install, which installs no data files),
+    # .venv/bin/clinical-image-adapter run outside the checkout said "policy file not found"
+    from adapter import config
+
+    monkeypatch.setattr(config.sysconfig, "get_path", lambda *args: str(tmp_path / "no-data-files"))
+    monkeypatch.chdir(tmp_path)
+    example = ROOT / "mappings" / "policy.yaml"
+    assert config.example_policies() == [example]
+    s = Settings()
+    assert s.resolved_policy == example and s.resolved_mappings_dir == ROOT / "mappings"
+    assert s.policy_is_the_installed_example and s.policy_is_the_example
+    # the production guard for the installed example holds for this copy too
+    with pytest.raises(ConfigurationError, match="ADAPTER_POLICY must name the organisation's policy"):
+        Settings(environment="production", pseudonym_key="k" * 40).check_safe()
+    # an installed copy comes first
+    installed = tmp_path / "prefix" / config.INSTALLED_MAPPINGS / "policy.yaml"
+    installed.parent.mkdir(parents=True)
+    installed.write_text("version: 1\n")
+    monkeypatch.setattr(config.sysconfig, "get_path", lambda *args: str(tmp_path / "prefix"))
+    assert config.installed_policy() == installed and config.example_policies()[1:] == [example]
+
+
+def test_an_installed_package_has_no_checkout(tmp_path, monkeypatch) -> None:
+    # the folder beside an installed package is site-packages: its mappings/ (another project's?) is not ours
+    from adapter import config
+
+    site = tmp_path / "site-packages"
+    (site / "adapter").mkdir(parents=True)
+    (site / "mappings").mkdir()
+    (site / "mappings" / "policy.yaml").write_text("version: 1\n")
+    monkeypatch.setattr(config, "__file__", str(site / "adapter" / "config.py"))
+    assert config._checkout_mappings() is None
+    (site / "pyproject.toml").write_text('[project]\nname = "another-project"\n')
+    assert config._checkout_mappings() is None
+    (site / "pyproject.toml").write_text('[project]\nname = "clinical-image-adapter"\n')
+    assert config._checkout_mappings() == site / "mappings"
+
+
+def test_the_checkouts_example_policy_is_said_to_be_the_example(monkeypatch, tmp_path) -> None:
+    # new-user review 2: `make run` served mappings/policy.yaml ("Example Hospital") with nothing
+    # in its log saying it was the example; a copy of it elsewhere is the operator's own file
+    monkeypatch.chdir(ROOT)
+    assert Settings().policy_is_the_example and not Settings().policy_is_the_installed_example
+    assert Settings(policy=ROOT / "mappings" / "policy.yaml").policy_is_the_example
+    ours = tmp_path / "policy.yaml"
+    ours.write_text((ROOT / "mappings" / "policy.yaml").read_text())
+    assert not Settings(policy=ours).policy_is_the_example
+    # named, the example is the operator's choice: production refuses only the fallback to it
+    Settings(environment="production", pseudonym_key="k" * 40).check_safe()
+
+
+def test_the_pseudonym_key_may_come_from_a_file(tmp_path, monkeypatch) -> None:
+    # new-user review 7: `docker run -e ADAPTER_PSEUDONYM_KEY=...` shows the key to `docker inspect`
+    from adapter.api.asgi import settings_environment
+
+    key = tmp_path / "pseudonym.key"
+    key.write_text("s" * 40 + "\n")
+    monkeypatch.setenv("ADAPTER_PSEUDONYM_KEY_FILE", str(key))
+    s = Settings(environment="production")
+    assert s.pseudonym_key == "s" * 40
+    s.check_safe()
+    # HTTP workers rebuild the settings from the environment: they read the file again, and the
+    # key itself is not put in their environment
+    workers = settings_environment(s)
+    assert "ADAPTER_PSEUDONYM_KEY" not in workers and workers["ADAPTER_PSEUDONYM_KEY_FILE"] == str(key)
+    for name, value in workers.items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == s
+    monkeypatch.setenv("ADAPTER_PSEUDONYM_KEY", "t" * 40)
+    with pytest.raises(ConfigurationError, match="not both"):
+        Settings()
+    monkeypatch.delenv("ADAPTER_PSEUDONYM_KEY")
+    key.write_text("short\n")
+    with pytest.raises(ConfigurationError, match="at least 32 characters"):
+        Settings(environment="production").check_safe()
+    key.write_text(" \n")
+    with pytest.raises(ConfigurationError, match="is empty"):
+        Settings()
+    key.unlink()
+    with pytest.raises(ConfigurationError, match="cannot be read") as refused:
+        Settings()
+    assert "t" * 40 not in str(refused.value)
