@@ -116,6 +116,13 @@ class UndecodableImage(InvalidInput):
     """Bytes that claim to be an image but do not decode."""
 
 
+class UncleanableDocument(NotSupported):
+    """A document (PDF) that a restricted view (de-identified, pseudonymised) releases only
+    without its metadata, whose metadata cannot be removed (adapter.imaging.pdf): encrypted, not
+    a PDF that parses, or over the cleaner's bounds. The read is refused in that view (HTTP
+    422): failing closed, never released as stored; care's view has it as stored."""
+
+
 class ImageTooLarge(AdapterError):
     """More pixels than the policy allows: a decompression bomb."""
 
@@ -255,6 +262,7 @@ __all__ = [
     "StorageError",
     "TooCostly",
     "Transient",
+    "UncleanableDocument",
     "UndecodableImage",
     "UnknownCode",
     "UnknownPurposeOfUse",

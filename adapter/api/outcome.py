@@ -30,6 +30,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.RequiredElementMissing: 422,
     e.UnknownCode: 422,
     e.UndecodableImage: 422,
+    e.UncleanableDocument: 422,
     e.UnknownPurposeOfUse: 400,
     e.BusinessRuleViolation: 422,
     e.ConsentRequired: 422,

@@ -10,6 +10,9 @@ For the DICOM bridge: ``jpeg_frame_info``, ``read_orientation`` and ``jpeg_for_e
 read the stored bytes without decoding (``frame``); ``decode_pixels`` and ``encode_png`` (in
 ``render``, the second module that imports Pillow) go between stored photos and raw samples;
 ``thumbnail_jpeg`` (``thumbnail``, the third) makes a viewer's small picture.
+
+For documents: ``pdf.pdf_without_metadata`` (``pdf``, the only module that imports pikepdf) gives
+the PDF the restricted views release: its metadata removed, its content as it is.
 """
 
 from adapter.imaging.exif import ExifSummary, orientation_only_tiff, parse_exif

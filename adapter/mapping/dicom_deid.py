@@ -65,6 +65,14 @@ Decisions:
   Type 2 attributes of the Encapsulated Document module that the rules remove (DocumentTitle,
   and ContentTime/AcquisitionDateTime when dates are removed) are kept empty instead, so the
   copy stays a valid Encapsulated PDF.
+* **The encapsulated PDF loses its metadata** (adapter.imaging.pdf.pdf_without_metadata: the
+  document information dictionary with its Author, Title and dates, the XMP packet, embedded
+  files, annotation authors…), as the FHIR views' copy of it does: it is not content, and an
+  object that says PatientIdentityRemoved YES must not carry the MRN in its PDF's Title.
+  EncapsulatedDocumentLength becomes the cleaned PDF's length, padded to even with a NUL
+  (PS3.5 7.1.1, PS3.3 C.24.2), and DeidentificationMethod says both what was done and what not
+  (:data:`NOT_CLEANED_DOCUMENT`). A document that cannot be cleaned (not a PDF, encrypted, not
+  readable) stops the copy (UncleanableDocument): never released with its metadata.
 * **RecognizableVisualFeatures** is kept as it is (YES for clinical photos): the Clean
   Recognizable Visual Features option (113102) is not claimed; releasing a recognisable photo
   for TRAIN/HRESCH rests on the patient's explicit consent, checked before this is called.
@@ -89,8 +97,10 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from adapter.errors import InvalidInput
+from adapter.errors import InvalidInput, UncleanableDocument, UndecodableImage
 from adapter.imaging.frame import encapsulated_jpeg
+from adapter.imaging.pdf import pdf_without_metadata
+from adapter.mapping.dicom_fhir import extract_image
 from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
 from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs, dictionary_vr, vr_tolerated
 
@@ -275,7 +285,7 @@ DCM_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
 DCM_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Full Dates Option")
 #: DeidentificationMethod (LO) values for what is released without being cleaned.
 NOT_CLEANED_PIXELS = "Pixel data not cleaned: burned-in text may identify"
-NOT_CLEANED_DOCUMENT = "Encapsulated document not cleaned: its content may identify"
+NOT_CLEANED_DOCUMENT = "PDF metadata removed; content not cleaned: it may identify"
 #: Type 2 attributes of the Encapsulated Document module (PS3.3 C.24.2) that the rules would remove.
 _DOCUMENT_TYPE2 = ("DocumentTitle", "ContentTime", "AcquisitionDateTime")
 
@@ -341,6 +351,7 @@ def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: 
         for keyword in _DOCUMENT_TYPE2:
             if keyword in ds and keyword not in out:
                 setattr(out, keyword, "")
+        _document_without_metadata(out)
     _clean_frames(out)
     meta = getattr(out, "file_meta", None)
     if meta is not None:
@@ -451,6 +462,23 @@ def _clean_frames(ds: Dataset) -> None:
     ds["PixelData"].is_undefined_length = True  # PS3.5 A.4: encapsulated is undefined length
 
 
+def _document_without_metadata(ds: Dataset) -> None:
+    """The Encapsulated Document (a PDF) without its metadata (module docstring); its length as
+    EncapsulatedDocumentLength, the value padded to even with a NUL (PS3.5 7.1.1: OB).
+
+    Raises:
+        UncleanableDocument: the document is not a PDF, or not one that can be cleaned.
+    """
+    try:
+        document = bytes(extract_image(ds).data)
+    except UndecodableImage as exc:
+        raise UncleanableDocument("the encapsulated document is not a PDF: its metadata cannot be removed",
+                                  expression="(0042,0011)") from exc
+    cleaned = pdf_without_metadata(document)
+    ds.EncapsulatedDocument = cleaned + b"\x00" * (len(cleaned) % 2)
+    ds.EncapsulatedDocumentLength = len(cleaned)
+
+
 def _trim_native(ds: Dataset) -> None:
     """Native pixel data longer than its frames (PS3.5 8.1.1: rows × columns × samples × bits
     allocated × frames, padded to even) holds something that is no pixel: cut to the frames."""
@@ -470,9 +498,10 @@ def _trim_native(ds: Dataset) -> None:
 def _method(ds: Dataset, codes: list[tuple[str, str]], notes: list[str]) -> None:
     ds.DeidentificationMethod = [meaning[:64] for _, meaning in codes] + [note[:64] for note in notes]
     if "EncapsulatedDocument" in ds:
-        # Table E.1-1 gives EncapsulatedDocument a D (a dummy document); it is released as it is
-        # (module docstring), so the profile is not claimed in codes: the text says what was
-        # done and what was not (DeidentificationMethodCodeSequence is Type 1C: the text is enough).
+        # Table E.1-1 gives EncapsulatedDocument a D (a dummy document); its content is released
+        # as it is, only its metadata removed (module docstring), so the profile is not claimed
+        # in codes: the text says what was done and what was not (DeidentificationMethodCodeSequence
+        # is Type 1C: the text is enough).
         if "DeidentificationMethodCodeSequence" in ds:
             del ds.DeidentificationMethodCodeSequence
         return

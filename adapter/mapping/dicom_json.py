@@ -4,9 +4,10 @@ Both take the Part 10 bytes a release made (adapter.services.access: decided, au
 for the purpose's view), never the stored object, so they show exactly what the object shows.
 
 * :func:`metadata`: the DICOM JSON Model of every attribute, with bulk data replaced by
-  BulkDataURIs (PS3.18 10.4.1.2): Pixel Data by the frames resource of the instance, other
-  binary values over :data:`INLINE_LIMIT` bytes (an Encapsulated Document, an ICC profile) by
-  the instance's bulkdata resource for their tag; smaller ones inline (InlineBinary).
+  BulkDataURIs (PS3.18 10.4.1.2): Pixel Data by the frames resource of the instance, the
+  Encapsulated Document (a whole PDF, however small) and other binary values over
+  :data:`INLINE_LIMIT` bytes (an ICC profile) by the instance's bulkdata resource for their tag;
+  smaller ones inline (InlineBinary).
 * :func:`frames`: the frames an instance's Pixel Data holds, each as stored: the bitstream of an
   encapsulated frame (JPEG Baseline, say), or the bytes of a native frame.
 * :func:`bulk_value`: the bytes of one bulk data element the metadata pointed to.
@@ -30,6 +31,10 @@ from adapter.text import is_digits
 #: Binary values up to this many bytes are given inline (InlineBinary), larger ones by BulkDataURI.
 INLINE_LIMIT = 1024
 PIXEL_DATA = 0x7FE00010
+#: The Encapsulated Document (0042,0011): a document, never metadata, so always by BulkDataURI
+#: (PS3.18 10.4.3.3.2 lets the origin server choose; the metadata resources are the instance
+#: "without retrieving Bulkdata"). Inlined whole, a metadata answer was the document itself.
+ENCAPSULATED_DOCUMENT = 0x00420011
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _ENCAPSULATED_SYNTAXES_PREFIX = "1.2.840.10008.1.2.4."
 _RLE = "1.2.840.10008.1.2.5"
@@ -75,7 +80,7 @@ def metadata(ds: Dataset, instance_url: str) -> dict[str, Any]:
             bulk[f"{element.tag:08X}"] = {"vr": element.VR, "BulkDataURI": f"{instance_url}/frames/"
                                           + ",".join(str(n) for n in range(1, count + 1))}
         elif element.VR in _BULK_VRS and isinstance(element.value, bytes | bytearray) \
-                and len(element.value) > INLINE_LIMIT:
+                and (len(element.value) > INLINE_LIMIT or element.tag == ENCAPSULATED_DOCUMENT):
             bulk[f"{element.tag:08X}"] = {"vr": element.VR, "BulkDataURI": f"{instance_url}/bulk/{element.tag:08X}"}
         else:
             rest.add(element)
@@ -167,5 +172,5 @@ def bulk_value(ds: Dataset, tag_hex: str) -> bytes:
     return bytes(element.value)
 
 
-__all__ = ["INLINE_LIMIT", "bulk_value", "frames", "is_encapsulated", "metadata", "number_of_frames",
-           "parse_frame_list", "read_released", "transfer_syntax"]
+__all__ = ["ENCAPSULATED_DOCUMENT", "INLINE_LIMIT", "bulk_value", "frames", "is_encapsulated", "metadata",
+           "number_of_frames", "parse_frame_list", "read_released", "transfer_syntax"]

@@ -57,6 +57,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.RequiredElementMissing: DATASET_DOES_NOT_MATCH_SOP_CLASS,
     e.UnknownCode: CANNOT_UNDERSTAND,
     e.UndecodableImage: CANNOT_UNDERSTAND,
+    e.UncleanableDocument: PROCESSING_FAILURE,  # a read's release in a restricted view: never raised over DIMSE
     e.UnknownPurposeOfUse: CANNOT_UNDERSTAND,
     e.BusinessRuleViolation: NOT_AUTHORISED,
     e.ConsentRequired: NOT_AUTHORISED,

@@ -26,16 +26,18 @@ from adapter.errors import (
     NotAcceptable,
     NotFound,
     NotSupported,
+    UncleanableDocument,
     UndecodableImage,
     UnsupportedPixelData,
     UnsupportedResourceType,
 )
 from adapter.imaging import strip_but_orientation, strip_to_pixels_only, thumbnail_jpeg
+from adapter.imaging.pdf import pdf_without_metadata
 from adapter.imaging.thumbnail import RENDERED_TYPES, rendered_as, upright
 from adapter.mapping.codes import DICOM_UID_SYSTEM
-from adapter.mapping.dicom_fhir import extract_image
+from adapter.mapping.dicom_fhir import PDF, extract_image
 from adapter.mapping.dicom_json import read_released
-from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_tables import ENCAPSULATED_PDF, DicomTables
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables
 from adapter.mapping.views import render
@@ -169,12 +171,18 @@ def _image_in_view(data: bytes, content_type: str, view: View, max_pixels: int) 
     tag they would lie on their side: adapter.imaging.thumbnail.upright; ``max_pixels`` bounds
     that decode); the pseudonymised view the same but for the orientation (no ICC profile: its
     text tags can name a person or a device, and the DICOM copies of both views drop it too);
-    care and break-glass (and any document) get them as stored."""
+    both get a PDF without its metadata, its content as it is (adapter.imaging.pdf; one that
+    cannot be cleaned raises UncleanableDocument: not released); care and break-glass get them
+    as stored."""
+    if view is View.FULL:
+        return data
     if content_type.startswith("image/"):
         if view is View.DEIDENTIFIED:
             return strip_to_pixels_only(upright(data, content_type, max_pixels=max_pixels) or data, content_type)
         if view is View.PSEUDONYMISED:
             return strip_but_orientation(data, content_type)
+    if content_type == PDF:
+        return pdf_without_metadata(data)
     return data
 
 
@@ -187,10 +195,19 @@ _RESULT_KEYS: dict[str, Callable[[DicomEntry], Any]] = {
 
 
 def _rendered(content: DicomContent, max_pixels: int) -> ReleasedImage:
-    """A released DICOM object as its Binary's bytes and media type, in the decision's view."""
+    """A released DICOM object as its Binary's bytes and media type, in the decision's view. A
+    restricted view's object holds its PDF without metadata already (adapter.mapping.dicom_deid):
+    it is not cleaned a second time."""
     image = extract_image(read_released(content.data))
-    return ReleasedImage(_image_in_view(bytes(image.data), image.content_type, content.decision.view, max_pixels),
-                         image.content_type, content.decision.break_glass)
+    data = bytes(image.data)
+    if image.content_type != PDF:
+        data = _image_in_view(data, image.content_type, content.decision.view, max_pixels)
+    return ReleasedImage(data, image.content_type, content.decision.break_glass)
+
+
+def _made(content: DicomContent) -> DicomContent:
+    """A released object made already (:meth:`ScopedReader.read_dicom`)."""
+    return content
 
 
 def _whole_studies(batches: Iterable[list[DicomInstance]]) -> Iterator[list[DicomInstance]]:
@@ -470,8 +487,10 @@ class ScopedReader:
                     retrieve: MhdTransaction | None = None) -> BinaryContent:
         """The image bytes of a Binary, under the decision of the record it belongs to
         (Binary.securityContext). The de-identified view gets image bytes with no metadata at
-        all; a document (PDF) is released as stored, as the DICOM release does
-        (adapter.mapping.dicom_deid: released on the patient's consent, its content not cleaned).
+        all; a document (PDF) comes without its metadata in both restricted views, as the DICOM
+        release has it (adapter.mapping.dicom_deid: released on the patient's consent, its content
+        not cleaned); one that cannot be cleaned is not sent (UncleanableDocument, 422), audited
+        as a read that failed, as a missing image is.
 
         ``answerable(content_type)``: the caller's content negotiation, asked once the read is
         permitted and before it is audited; the NotAcceptable it raises (406: nothing is sent) is
@@ -724,19 +743,17 @@ class ScopedReader:
         """The released object of an instance whose retrieval ``decision`` permits, audited once
         ``answerable`` (the caller's content negotiation, given the object) has taken it. A
         NotAcceptable from it (406: nothing is sent) is audited as a read that failed, outcome 4
-        saying why, not as a disclosure, as a FHIR Binary's is (:meth:`read_binary`); any other
-        failure to make the object leaves the retrieval audited as decided, as before."""
+        saying why, not as a disclosure, as a FHIR Binary's is (:meth:`read_binary`); so is any
+        failure to make the object (a document whose metadata cannot be removed, 422; a stored
+        object missing or unreadable): nothing is sent either."""
         try:
             content = self._dicom_content(instance, stored, decision)
             if answerable is not None:
                 answerable(content)
-        except NotAcceptable as exc:
+        except Exception as exc:
             self._auditor.record_not_sent(self.ctx, entities=[f"{instance.record_type}/{instance.record_id}"],
-                                          patient=instance.patient, why=exc.diagnostics, decision=decision,
+                                          patient=instance.patient, why=_why_not_sent(exc), decision=decision,
                                           dicom=DicomAudit.transferred(instance.study_instance_uid))
-            raise
-        except Exception:
-            self._audit_dicom(instance, decision)
             raise
         self._audit_dicom(instance, decision)
         return content
@@ -841,7 +858,7 @@ class ScopedReader:
             permitted = True
             try:
                 self._released_and_audited(candidate, stored, decision, lambda content: shown(_rendered(content, self._tables.policy.limits.max_pixels)))
-            except NotAcceptable:
+            except (NotAcceptable, UncleanableDocument):  # no picture (a document), audited as not sent
                 continue
             return made[-1]
         if not permitted:
@@ -855,7 +872,9 @@ class ScopedReader:
         403 when none of them is permitted. ``answerable(retrievals)``: the caller's content
         negotiation on the permitted ones, asked before they are audited; the NotAcceptable it
         raises (406: nothing is sent) has them audited as reads that failed, as has a stored
-        object missing or unreadable (404, 500: nothing is sent either)."""
+        object missing or unreadable (404, 500: nothing is sent either) or, in a restricted view,
+        a document whose metadata cannot be removed (422): those objects are made before the
+        answer starts, the others while it streams."""
         release = self._purpose_release()
         candidates = self._dicom_candidates(release, study=study, series=series)
         decided = self._dicom_decided(candidates)
@@ -867,14 +886,19 @@ class ScopedReader:
         try:
             for instance, stored, decision in decided:
                 if decision.permitted and decision.view is release.view:
-                    out.append(DicomRetrieval(release.entry(instance), decision,
-                                              functools.partial(self._dicom_content, instance, stored, decision)))
+                    load = functools.partial(self._dicom_content, instance, stored, decision)
+                    if release.view is not View.FULL and instance.sop_class_uid == ENCAPSULATED_PDF:
+                        # its PDF's metadata is removed now (adapter.imaging.pdf): one that cannot be
+                        # fails the answer before it starts (422), as a missing object does below
+                        load = functools.partial(_made, load())
+                    out.append(DicomRetrieval(release.entry(instance), decision, load))
                     # the objects are made one by one while the answer streams: a missing blob found
                     # then could only cut the answer short, so it is looked for now (NotFound)
                     self._blobs.path(instance.blob_sha256 or stored.blob_sha256 or "")
             if out and answerable is not None:
                 answerable(out)
-        except Exception as exc:  # a 406, a stored object missing or unreadable: nothing is sent
+        except Exception as exc:  # a 406, a stored object missing or unreadable, a document that cannot be
+            # cleaned: nothing is sent
             self._auditor.record_transfers(self.ctx, transferred=transferred, not_sent=_why_not_sent(exc))
             raise
         self._auditor.record_transfers(self.ctx, transferred=transferred)
@@ -885,7 +909,9 @@ class ScopedReader:
     def read_binary_dicom(self, id: str) -> DicomContent:
         """The DICOM object of a Binary's record (Binary.securityContext), under that record's
         decision, as for the image bytes (:meth:`read_binary`). Audited as a retrieval of the
-        object (DICOM Instances Transferred, naming its study), allowed or denied."""
+        object (DICOM Instances Transferred, naming its study), allowed or denied; an object that
+        cannot be made in the decision's view (a document whose metadata cannot be removed) as a
+        read that failed (outcome 4), once it is known that nothing is sent."""
         stored = self._load("Binary", id)
         decision = self.decide(stored.facts)
         found = self._dicom_of_binary(stored)
@@ -895,14 +921,20 @@ class ScopedReader:
             self._auditor.record_not_sent(self.ctx, entities=entities, patient=patient, dicom=dicom,
                                           why=f"Binary/{id} has no DICOM object", decision=decision)
             raise NotFound(f"Binary/{id} has no DICOM object")
+        if not decision.permitted or stored.facts is None or found is None:  # found: for mypy, handled above
+            self._auditor.record(self.ctx, interaction="read", action="R", decision=decision, entities=entities,
+                                 patient=patient, dicom=dicom)
+            raise Forbidden(_DENIED)
+        instance, record = found
+        try:
+            content = self._dicom_content(instance, record, decision)
+        except Exception as exc:  # a document that cannot be cleaned, an object that cannot be made: not sent
+            self._auditor.record_not_sent(self.ctx, entities=entities, patient=patient, dicom=dicom,
+                                          why=_why_not_sent(exc), decision=decision)
+            raise
         self._auditor.record(self.ctx, interaction="read", action="R", decision=decision, entities=entities,
                              patient=patient, dicom=dicom)
-        if not decision.permitted or stored.facts is None:
-            raise Forbidden(_DENIED)
-        if found is None:  # for mypy: handled above
-            raise NotFound(f"Binary/{id} has no DICOM object")
-        instance, record = found
-        return self._dicom_content(instance, record, decision)
+        return content
 
     def _dicom_of_binary(self, stored: StoredResource) -> tuple[DicomInstance, StoredResource] | None:
         """The DICOM instance of a Binary's record and the record, found by the record's SOP

@@ -48,6 +48,7 @@ from adapter.errors import (
     NotSupported,
     StorageError,
     Transient,
+    UncleanableDocument,
 )
 from adapter.imaging import jpeg_pixel_size, png_pixel_size, read_orientation
 from adapter.imaging.sniff import check_declared
@@ -270,7 +271,9 @@ class DicomRelease:
 
     def release(self, obj: Dataset | Path, patient: Identifier) -> ReleasedObject:
         """The Part 10 bytes of ``obj`` in this view, in the transfer syntax it is stored in
-        (no transcoding; de-identification only cuts metadata segments out of JPEG frames)."""
+        (no transcoding; de-identification only cuts metadata segments out of JPEG frames, and
+        the metadata out of an encapsulated PDF: adapter.imaging.pdf). UncleanableDocument when
+        the PDF's metadata cannot be removed: not released in this view."""
         if self.view is View.FULL and isinstance(obj, Path):
             try:
                 meta = read_file_meta_info(obj)
@@ -287,7 +290,9 @@ class DicomRelease:
                 ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
                                   pseudonym_issuer=self._pseudonymizer.system, uid_root=uids.root, key=uids.key)
             return _released(encode_dataset(ds), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID, ds.SOPInstanceUID)
-        except (StorageError, ConfigurationError):
+        except (StorageError, ConfigurationError, UncleanableDocument):
+            # a document whose metadata cannot be removed is not released in this view (422):
+            # the object is sound, the view cannot be made of it (adapter.imaging.pdf)
             raise
         except Exception as exc:  # an AdapterError too: the object is ours, not the reader's request
             # The ingest refuses what it could not read whole (dicom_ingest.check_elements); an

@@ -19,6 +19,7 @@ from xml.etree import ElementTree
 
 import httpx
 import numpy as np
+import pikepdf
 import PIL.Image
 import PIL.ImageOps
 import pydicom
@@ -53,6 +54,7 @@ from tests.support.audit import (
 )
 from tests.support.dciodvfy import dciodvfy_missing, dciodvfy_report, photo_object, stored_sample
 from tests.support.dicom_files import multiframe_file, native_sc_file
+from tests.support.pdf import IDENTIFYING, identifying_pdf, minimal_pdf, page_contents
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +82,9 @@ def received(kind: PhotoKind = PhotoKind.CLINICAL, record_id: str = "rec-a", **a
     return ds
 
 
-def pdf_object() -> Dataset:
+def pdf_object(pdf: bytes | None = None) -> Dataset:
+    """An Encapsulated PDF of the test patient holding ``pdf`` (default: a minimal well-formed
+    one-page PDF)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -95,8 +99,9 @@ def pdf_object() -> Dataset:
     ds.BurnedInAnnotation, ds.DocumentTitle = "YES", "Discharge letter"
     ds.ConceptNameCodeSequence = Sequence()
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
-    pdf = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+    pdf = minimal_pdf() if pdf is None else pdf
     ds.EncapsulatedDocument = pdf + b"\0" * (len(pdf) % 2)
+    ds.EncapsulatedDocumentLength = len(pdf)
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
@@ -893,6 +898,122 @@ def test_documents_and_pdfs_are_released_under_consent_without_a_clean_pixels_cl
             assert PATIENT_NAME.encode() not in data and b"Discharge letter" not in data
 
 
+def _pdf_of(data: bytes | Dataset) -> bytes:
+    """The PDF an Encapsulated PDF object holds (EncapsulatedDocumentLength long)."""
+    ds = data if isinstance(data, Dataset) else read(data)
+    return bytes(ds.EncapsulatedDocument)[:int(ds.EncapsulatedDocumentLength)]
+
+
+def _pdfs_released(client: FhirClient, headers: dict[str, str], checked: Checked) -> dict[str, bytes]:
+    """The PDF of the one Encapsulated PDF the purpose may see, by every path it leaves by: FHIR
+    Binary (as its own bytes, as Binary JSON, as application/dicom), WADO-RS (instance, series
+    and study retrieve, rendered, the metadata's bulk data), WADO-URI (as PDF and as DICOM). The
+    DICOM objects go to dciodvfy (``checked``)."""
+    [item] = qido(client, "instances", headers, SOPClassUID=PDF_CLASS)
+    study, series, sop = (value(item, t) for t in ("0020000D", "0020000E", "00080018"))
+    instance = value(item, "00081190").split("testserver")[-1]
+    [document] = [e["resource"] for e in client.get("/fhir/DocumentReference", headers=headers).json()["entry"]]
+    attachment = document["content"][0]["attachment"]
+    binary = attachment["url"].split("testserver")[-1]
+    uri = f"/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    label = headers["X-Purpose-Of-Use"]
+    pdfs: dict[str, bytes] = {}
+
+    def got(path: str, accept: str | None = None) -> httpx.Response:
+        r = client.get(path, headers={**headers, **({"Accept": accept} if accept else {})})
+        assert r.status_code == 200, (path, r.text[:300])
+        return r
+
+    pdfs["Binary"] = got(binary, "application/pdf").content
+    pdfs["Binary JSON"] = base64.b64decode(got(binary, "application/fhir+json").json()["data"])
+    pdfs["Binary as DICOM"] = _pdf_of(checked(f"Binary {label}", got(binary, "application/dicom").content))
+    pdfs["rendered"] = got(f"{instance}/rendered", "application/pdf").content
+    pdfs["WADO-URI"] = got(f"{uri}&contentType=application/pdf").content
+    pdfs["WADO-URI DICOM"] = _pdf_of(checked(f"WADO-URI {label}", got(f"{uri}&contentType=application/dicom").content))
+    for path in (instance, f"/dicomweb/studies/{study}/series/{series}", f"/dicomweb/studies/{study}"):
+        [part] = parts_of(got(path))
+        pdfs[path] = _pdf_of(checked(f"WADO-RS {label}", part))
+    [meta] = got(f"{instance}/metadata").json()
+    # bulk data by URI, as Pixel Data is, not the whole document inline (PS3.18 10.4.3.3.2)
+    assert set(meta["00420011"]) == {"vr", "BulkDataURI"}, meta["00420011"].keys()
+    assert meta["00420011"]["BulkDataURI"].endswith(f"{instance}/bulk/00420011")
+    # one part, Content-Length long (multipart_parts would strip the PDF's own last newline)
+    head, _, rest = got(meta["00420011"]["BulkDataURI"].split("testserver")[-1]).content.partition(b"\r\n\r\n")
+    length = re.search(rb"Content-Length: (\d+)", head)
+    assert length is not None and b"application/octet-stream" in head
+    pdfs["bulk"] = rest[:int(length[1])][:value(meta, "00420015")]  # the value, padded to even
+    # the record describes no other bytes than those it releases (R4 Attachment.size and .hash)
+    assert "size" not in attachment and "hash" not in attachment
+    return pdfs
+
+
+@pytest.mark.parametrize("headers", [TRAIN, HRESCH], ids=["TRAIN", "HRESCH"])
+def test_a_pdf_leaves_the_restricted_views_without_its_metadata(adapter: tuple[FhirClient, Services],
+                                                               checked: Checked, headers: dict[str, str]) -> None:
+    """Found by the de-identification review (finding 1): an Encapsulated PDF went out under
+    TRAIN (ANONYED) and HRESCH (PSEUDED) with its metadata byte for byte: its /Info (Author, a
+    Title naming the patient and MRN, the CreationDate, the Producer naming the hospital), its
+    XMP, in a DICOM copy saying PatientIdentityRemoved YES; WADO-RS metadata inlined it whole
+    (test seen failing: the /Info in every answer, and InlineBinary). Now no path releases any of
+    the letter's metadata, its annotation's author or its embedded file, and every path releases
+    the same PDF, which opens with its pages as they were (content not cleaned: consent governs
+    it). Care gets the PDF byte for byte as sent."""
+    client, _ = adapter
+    letter = identifying_pdf()
+    sent = pdf_object(letter)
+    assert stow(client, sent).status_code == 200
+    add_consent(client, ["TRAIN", "HRESCH"])
+    [record] = find(client, "DocumentReference", sent.SOPInstanceUID)
+    care = client.get(record["content"][0]["attachment"]["url"], headers={**TREAT, "Accept": "application/pdf"})
+    assert care.content == letter
+    [care_object] = parts_of(wado(client, sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID))
+    assert _pdf_of(care_object) == letter
+    pdfs = _pdfs_released(client, headers, checked)
+    for path, pdf in pdfs.items():
+        assert [text for text in IDENTIFYING if text.encode() in pdf] == [], path
+        assert page_contents(pdf) == page_contents(letter), path  # opens; the same page content
+    assert len(set(pdfs.values())) == 1, {path: len(pdf) for path, pdf in pdfs.items()}
+    copy = read(checked.objects[0][1])
+    assert copy.PatientIdentityRemoved == "YES" and NOT_CLEANED_DOCUMENT in list(copy.DeidentificationMethod)
+
+
+def test_a_pdf_that_cannot_be_cleaned_is_not_released_in_a_restricted_view(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """Fail closed: an encrypted PDF (its metadata cannot be removed) is refused under TRAIN on
+    every path (422, nothing sent), each read audited as one that failed (outcome 4, saying why),
+    as a missing image is; a study retrieve is refused before its answer starts. Care still gets
+    it as stored."""
+    client, services = adapter
+    encrypted = io.BytesIO()
+    with pikepdf.open(io.BytesIO(identifying_pdf())) as pdf:
+        pdf.save(encrypted, encryption=pikepdf.Encryption(owner="owner", user=""))
+    sent = pdf_object(encrypted.getvalue())
+    photo = received(StudyInstanceUID=sent.StudyInstanceUID)
+    assert stow(client, photo, sent).status_code == 200
+    add_consent(client, ["TRAIN"])
+    [record] = find(client, "DocumentReference", sent.SOPInstanceUID)
+    binary = record["content"][0]["attachment"]["url"].split("testserver")[-1]
+    assert client.get(binary, headers={**TREAT, "Accept": "application/pdf"}).content == encrypted.getvalue()
+    [item] = qido(client, "instances", TRAIN, SOPClassUID=PDF_CLASS)
+    instance = value(item, "00081190").split("testserver")[-1]
+    study = f"/dicomweb/studies/{value(item, '0020000D')}"
+    uri = f"/wado?requestType=WADO&studyUID={value(item, '0020000D')}&seriesUID={value(item, '0020000E')}" \
+          f"&objectUID={value(item, '00080018')}&contentType=application/pdf"
+    for path, accept in ((binary, "application/pdf"), (binary, "application/fhir+json"),
+                         (binary, "application/dicom"), (instance, None), (f"{instance}/rendered", None),
+                         (f"{instance}/metadata", None), (uri, None), (study, None)):
+        done = len(services.store.list_audit(10000))
+        r = client.get(path, headers={**TRAIN, **({"Accept": accept} if accept else {})})
+        assert r.status_code == 422 and r.json()["resourceType"] == "OperationOutcome", (path, r.status_code)
+        assert b"SMITH" not in r.content and "encrypted" in r.text
+        events = services.store.list_audit(10000)
+        fresh = events[: len(events) - done]
+        assert [e["outcome"] for e in fresh] == ["4"], (path, [(e["outcome"], e.get("outcomeDesc")) for e in fresh])
+        assert "encrypted" in fresh[0]["outcomeDesc"], fresh[0]["outcomeDesc"]
+    # the study's photo alone is no answer to a study retrieve: refused whole, not cut short
+    assert client.get(f"{study}/thumbnail", headers=TRAIN).status_code == 200  # the photo's
+
+
 # -- WADO-RS metadata, frames, bulk data ----------------------------------------------------------
 
 
@@ -916,8 +1037,7 @@ def test_wado_metadata_frames_and_bulk_data_follow_the_decision(adapter: tuple[F
     copy, by its mapped UIDs, and nothing before the patient's consent."""
     client, _ = adapter
     photo = received(record_id="rec-a")
-    pdf = pdf_object()
-    pdf.EncapsulatedDocument = b"%PDF-1.4\n%" + b"x" * 3000 + b"\n%%EOF\n"
+    pdf = pdf_object(minimal_pdf(b"%" + b"x" * 3000))  # over the metadata's inline limit either way
     mf_path = tmp_path / "mf.dcm"
     multiframe = multiframe_file(mf_path, frames=3)
     assert stow(client, photo, pdf, mf_path.read_bytes()).status_code == 200

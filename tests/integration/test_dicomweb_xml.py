@@ -31,6 +31,7 @@ from tests.integration.test_dicomweb import (
 from tests.support.app import PATIENT, FhirClient, adapter_client
 from tests.support.audit import agent_roles, patients, sop_instance_uids, study_uids
 from tests.support.native_dicom import check_structure, comparable, to_json_model, xml_parts
+from tests.support.pdf import minimal_pdf
 
 pytestmark = pytest.mark.integration
 
@@ -86,9 +87,8 @@ def test_qido_and_metadata_in_xml_carry_exactly_what_the_json_carries(adapter: t
     bulk data URIs. So the XML carries no more than the view the JSON shows."""
     client, _ = adapter
     photo = received(ICCProfile=bytes(range(256)))
-    pdf = pdf_object()
+    pdf = pdf_object(minimal_pdf(b"%" + b"x" * 3000))
     pdf.StudyInstanceUID, pdf.SeriesInstanceUID = photo.StudyInstanceUID, photo.SeriesInstanceUID
-    pdf.EncapsulatedDocument = b"%PDF-1.4\n%" + b"x" * 3000 + b"\n%%EOF\n"
     body, ctype = related(*(("application/dicom", _encoded(o)) for o in (photo, pdf)))
     assert client.post("/dicomweb/studies", content=body, headers={"Content-Type": ctype}).status_code == 200
     kinds: set[str] = set()

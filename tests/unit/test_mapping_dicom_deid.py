@@ -18,7 +18,8 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from adapter.errors import ConfigurationError, InvalidInput
+from adapter.errors import ConfigurationError, InvalidInput, UncleanableDocument
+from adapter.imaging.pdf import pdf_without_metadata
 from adapter.mapping.dicom_deid import (
     BASIC_PROFILE_DUMMY,
     BASIC_PROFILE_REMOVE,
@@ -42,6 +43,7 @@ from samples import make_samples as ms
 from tests.support.dciodvfy import SAMPLES, UID_KEY, photo_object, reread, stored_bytes, stored_sample
 from tests.support.dcmtk import wrap_jpeg_as_sc
 from tests.support.fhir_factories import PATIENT_SYSTEM, PATIENT_VALUE
+from tests.support.pdf import minimal_pdf, page_contents
 
 pytestmark = pytest.mark.unit
 
@@ -340,23 +342,65 @@ def pdf() -> Dataset:
     ds.BurnedInAnnotation, ds.DocumentTitle = "YES", "Letter about Doe^Jane"
     ds.ConceptNameCodeSequence = Sequence()
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
-    ds.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
+    ds.EncapsulatedDocument = PDF_DOCUMENT + b"\0" * (len(PDF_DOCUMENT) % 2)
+    ds.EncapsulatedDocumentLength = len(PDF_DOCUMENT)
     return ds
+
+
+#: A letter whose document information names the patient (the de-identification review's).
+PDF_DOCUMENT = minimal_pdf(b"BT /F1 12 Tf 20 100 Td (Letter) Tj ET", info=(
+    b"<</Author(Dr Jane SMITH)/Title(Discharge letter for Doe^Jane MRN-0001)"
+    b"/CreationDate(D:20240301101500+01'00')/Producer(HospitalEHR v9 Example Hospital)>>"))
 
 
 def test_an_encapsulated_pdf_is_released_and_says_the_document_is_not_cleaned() -> None:
     source = pdf()
     out = deidentify(source, uid_root=OUT_ROOT, key=UID_KEY)
     assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile", NOT_CLEANED_DOCUMENT]
-    # Table E.1-1 would replace the document (D): kept, so the profile is not claimed in codes
+    # Table E.1-1 would replace the document (D): its content is kept, so the profile is not claimed in codes
     assert "DeidentificationMethodCodeSequence" not in out
-    assert out.EncapsulatedDocument == source.EncapsulatedDocument
+    assert page_contents(bytes(out.EncapsulatedDocument)) == page_contents(PDF_DOCUMENT)
     # Type 2 in the Encapsulated Document module: emptied, not removed
     assert (out.DocumentTitle, out.ContentDate, out.ContentTime, out.AcquisitionDateTime) == ("", "", "", "")
     assert (out.PatientName, out.PatientID) == ("", "")
     pseudo = pseudonymise(source, pseudonym=PSEUDONYM, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY)
     assert pseudo.DocumentTitle == "" and pseudo.ContentTime == "120000"
     assert NOT_CLEANED_DOCUMENT in list(pseudo.DeidentificationMethod)
+
+
+@pytest.mark.parametrize("copy_of", ["TRAIN", "HRESCH"])
+def test_the_encapsulated_pdf_loses_its_metadata(copy_of: str) -> None:
+    """Found by the de-identification review (finding 1): the copies said PatientIdentityRemoved
+    YES and carried the PDF byte for byte, its /Title naming the patient and MRN, its /Author,
+    /CreationDate and /Producer too (test seen failing: the document was the source's). Now the
+    PDF is the one adapter.imaging.pdf makes, its length in EncapsulatedDocumentLength, padded to
+    even; its pages as they were; and DeidentificationMethod says what was done and what not."""
+    source = pdf()
+    out = deidentify(source, uid_root=OUT_ROOT, key=UID_KEY) if copy_of == "TRAIN" else \
+        pseudonymise(source, pseudonym=PSEUDONYM, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY)
+    out = reread(out)  # as written and read back (PS3.5 7.1.1: an even length)
+    document = bytes(out.EncapsulatedDocument)
+    for text in (b"SMITH", b"MRN-0001", b"Doe^Jane", b"20240301", b"HospitalEHR", b"Example Hospital"):
+        assert text not in document, text
+    assert len(document) % 2 == 0 and out.EncapsulatedDocumentLength in (len(document), len(document) - 1)
+    cleaned = document[:out.EncapsulatedDocumentLength]
+    assert cleaned == pdf_without_metadata(PDF_DOCUMENT) and cleaned.endswith(b"%%EOF\n")
+    assert page_contents(cleaned) == page_contents(PDF_DOCUMENT)
+    assert out.PatientIdentityRemoved == "YES"
+    methods = list(out.DeidentificationMethod)
+    assert NOT_CLEANED_DOCUMENT in methods and "metadata removed" in NOT_CLEANED_DOCUMENT
+    assert source.EncapsulatedDocument.startswith(PDF_DOCUMENT)  # the input untouched
+
+
+@pytest.mark.parametrize("document", [b"%PDF-1.4\n%%EOF\n", b"<ClinicalDocument/>"])
+def test_an_encapsulated_document_that_cannot_be_cleaned_stops_the_copy(document: bytes) -> None:
+    """Fail closed: a document whose metadata cannot be removed is never released with it."""
+    source = pdf()
+    source.EncapsulatedDocument, source.EncapsulatedDocumentLength = document, len(document)
+    with pytest.raises(UncleanableDocument):
+        deidentify(source, uid_root=OUT_ROOT, key=UID_KEY)
+    with pytest.raises(UncleanableDocument):
+        pseudonymise(source, pseudonym=PSEUDONYM, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY)
 
 
 def test_configuration_is_checked() -> None:

@@ -51,6 +51,14 @@ def test_bulk_data_goes_by_uri_and_the_rest_inline() -> None:
     assert wide_body["00880200"]["Value"][0]["7FE00010"]["vr"] == "OB"
 
 
+def test_an_encapsulated_document_goes_by_uri_however_small() -> None:
+    """Found by the de-identification review (finding 1): WADO-RS metadata gave a PDF under the
+    inline limit as InlineBinary, the whole document in the metadata (test seen failing). A
+    document is bulk data, as Pixel Data is (PS3.18 10.4.3.3.2), whatever its size."""
+    body = metadata(dataset(EncapsulatedDocument=b"%PDF-1.4\n%%EOF\n"), URL)
+    assert body["00420011"] == {"vr": "OB", "BulkDataURI": f"{URL}/bulk/00420011"}
+
+
 def test_frames_as_stored() -> None:
     native = dataset(NumberOfFrames=2, PixelData=b"ab" + b"cd")
     assert frames(native, [2, 1]) == [b"cd", b"ab"]

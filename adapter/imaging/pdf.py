@@ -1,0 +1,272 @@
+"""A PDF without its metadata, its content as it is: what the restricted views (de-identified,
+pseudonymised) release of a document, over FHIR (Binary) and DICOM (the Encapsulated Document
+of a TRAIN or HRESCH copy, adapter.mapping.dicom_deid). The only module that imports pikepdf
+(qpdf). Care's view releases the document as stored and never comes here.
+
+Why: a PDF carries, beside what a reader sees, data about the document that no reader sees and
+that names the patient as often as the letter does: the document information dictionary (its
+Author, a Title with the patient's name and MRN, a CreationDate to the second, a Producer naming
+the hospital's system) and the XMP metadata stream (ISO 32000-2 14.3), which the de-identified
+FHIR view's "no metadata" and a DICOM copy's PatientIdentityRemoved YES would otherwise
+contradict. It is metadata in the sense a JPEG's APPn segments are, which the views strip too.
+
+Removed (ISO 32000-2 section in brackets):
+
+* the trailer's document information dictionary (/Info, 14.3.3), and every other trailer entry
+  but /Root and /Size; /ID (7.5.5) is made anew from the written file alone (qpdf's deterministic ID), so it
+  links the copy neither to the original nor to the time it was made;
+* every metadata stream (/Metadata, 14.3.2) on any object: the catalog's XMP packet, a page's,
+  an image's, a font's; every page-piece dictionary (/PieceInfo, 14.5: a producer's private data)
+  and /LastModified; every date an object carries (/CreationDate, /ModDate, and /M as a string:
+  an annotation's, a signature's);
+* of the catalog (7.7.2) every entry but those that make the document what a reader sees (the
+  page tree, outlines, destinations, page labels, viewer preferences, article threads, the form,
+  the structure tree, optional content, output intents, language…): /Metadata, /PieceInfo,
+  /SpiderInfo (web capture: URLs and times), /Perms, /Legal and /DSS (signatures' certificates,
+  which name the signer), /Collection, /AF and /DPartRoot (document parts' metadata) go; of its
+  name dictionary every tree but /Dests and /AP (so /EmbeddedFiles, /JavaScript, /IDS, /URLS,
+  /Templates… go); an /OpenAction other than going to a destination in the document;
+* embedded files, wherever they are reached from: every file specification's /EF and /RF
+  (7.11.4), associated files (/AF, 14.13), file attachment and sound annotations (taken off
+  their page's /Annots and emptied of their file or sound);
+* scripts and automatic actions (12.6): every /AA (additional actions), the text of every
+  JavaScript action (left empty), the form's XFA (12.7.9, XML packets that can hold anything);
+* of annotations (12.5) the author of a markup annotation (/T; a widget's /T is its form field's
+  name and stays), its /NM (a name unique to it), and its dates; a page's thumbnail (/Thumb, 12.3.4:
+  it can show an earlier state of the page than its content does); an article thread's
+  information dictionary (/I: its title, author and dates); a signature's name, reason, location,
+  contact, certificate and signed content (/Contents);
+* the APPn segments but JFIF and Adobe, and the COM segments, of every JPEG image (/DCTDecode,
+  8.9.5), as adapter.imaging.frame cuts them out of a DICOM frame: an EXIF block (camera serial,
+  GPS, times) of a scanned or photographed page. The entropy-coded data is not touched.
+
+Kept as they are: every page content stream (what it decodes to: a stream stored unfiltered is
+written Flate-compressed, the others byte for byte), every image's pixels (a JPEG's entropy-coded
+data byte for byte), fonts, the annotations' appearance and text (/Contents), outlines, and form
+field values. They are the document a reader sees, its clinical content, and that is not
+cleaned: text on a page, a field's value or a comment can name the patient as the letter's
+heading does. A restricted view releases a document on the patient's consent for that purpose,
+never on its de-identification (README, adapter.mapping.dicom_deid). A PDF/A claim goes with its
+XMP packet (PDF/A requires one).
+
+Fails closed (:class:`~adapter.errors.UncleanableDocument`), never releasing the PDF as it was:
+bytes that are not a PDF qpdf can read (qpdf repairs a damaged cross-reference table as viewers
+do; only what it parses is written, so nothing it could not read goes out), an encrypted PDF
+(its metadata cannot be told from its content without the password, and removing the
+encryption is not this module's to decide), a JPEG image that does not parse, a PDF over
+:data:`MAX_PDF_BYTES` or one with more than :data:`MAX_PDF_OBJECTS` objects. The bounds keep the
+cost of one read proportionate: qpdf reads the cross-reference table and parses objects lazily,
+and this module visits each object once, so the time and memory go with the number of objects
+(about 5 s for the bound's 100,000 on a laptop; a clinical letter has hundreds, a 1,000-page
+report tens of thousands); a claimed /Size over the bound is refused before any is read. No
+stream is decoded (but a JPEG's marker segments walked), so a stream that inflates a
+thousandfold costs its stored size. The document itself is within the upload limit
+(ADAPTER_MAX_UPLOAD_BYTES, 50 MiB by default) it was received under.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from collections.abc import Iterator
+
+import pikepdf
+from pikepdf import Array, Dictionary, Name, Stream, String
+
+from adapter.errors import UncleanableDocument, UndecodableImage
+from adapter.imaging.frame import encapsulated_jpeg
+
+#: A PDF larger than this (in bytes) is not cleaned (refused in the restricted views).
+MAX_PDF_BYTES = 256 * 1024 * 1024
+#: A PDF of more objects than this is not cleaned (refused in the restricted views).
+MAX_PDF_OBJECTS = 100_000
+
+PDF_MAGIC = b"%PDF-"
+
+# pikepdf warns, on saving, of form widgets the form does not list (they may not show in one
+# viewer): the document's own matter, which a copy neither causes nor mends. Ignored for saves
+# made here only (a filter, not warnings.catch_warnings, which is not safe across the threads
+# that serve reads).
+_PAGE_COPY_WARNING = getattr(pikepdf, "PageCopyWarning", None)  # pikepdf 10.x has it; not every release
+if isinstance(_PAGE_COPY_WARNING, type) and issubclass(_PAGE_COPY_WARNING, Warning):
+    warnings.filterwarnings("ignore", category=_PAGE_COPY_WARNING, module=re.escape(__name__))
+
+#: Catalog entries (ISO 32000-2 Table 29) that make up the document a reader sees.
+CATALOG_KEPT = frozenset({
+    "/Type", "/Version", "/Extensions", "/Pages", "/PageLabels", "/Names", "/Dests", "/ViewerPreferences",
+    "/PageLayout", "/PageMode", "/Outlines", "/Threads", "/OpenAction", "/URI", "/AcroForm", "/StructTreeRoot",
+    "/MarkInfo", "/Lang", "/OutputIntents", "/OCProperties", "/Requirements",
+})
+#: Name trees (Table 32) kept: named destinations and appearance streams.
+NAMES_KEPT = frozenset({"/Dests", "/AP"})
+#: Entries removed from every dictionary: metadata, private data, embedded and associated files,
+#: additional actions, document parts' metadata.
+REMOVED_EVERYWHERE = ("/Metadata", "/PieceInfo", "/LastModified", "/CreationDate", "/ModDate", "/AF", "/AA",
+                      "/EF", "/RF", "/DPM")
+#: Markup annotations (Table 171), whose /T is their author; a Popup shows its parent's.
+MARKUP = frozenset({
+    "/Text", "/FreeText", "/Line", "/Square", "/Circle", "/Polygon", "/PolyLine", "/Highlight", "/Underline",
+    "/Squiggly", "/StrikeOut", "/Caret", "/Stamp", "/Ink", "/FileAttachment", "/Sound", "/Redact",
+    "/Projection", "/Popup",
+})
+#: Annotations that carry a file or a recording: taken off the page, and emptied.
+ATTACHMENTS = frozenset({"/FileAttachment", "/Sound"})
+#: What a signature dictionary (Table 255) says of its signer, and what it signed.
+SIGNER = ("/Name", "/Location", "/Reason", "/ContactInfo", "/Contents", "/Cert", "/Prop_Build", "/Reference")
+
+
+def is_pdf(data: bytes) -> bool:
+    """Do the bytes start as a PDF does (its header, ISO 32000-2 7.5.2)?"""
+    return data.startswith(PDF_MAGIC)
+
+
+def pdf_without_metadata(data: bytes) -> bytes:
+    """``data`` (a PDF) without its metadata, its content as it is (module docstring).
+
+    Raises:
+        UncleanableDocument: not a PDF that can be read, encrypted, over the bounds, or a JPEG
+            image in it that does not parse.
+    """
+    if not is_pdf(data):
+        raise UncleanableDocument("the document is not a PDF")
+    if len(data) > MAX_PDF_BYTES:
+        raise UncleanableDocument(f"the PDF is larger than {MAX_PDF_BYTES} bytes: its metadata is not removed")
+    try:
+        with pikepdf.open(io.BytesIO(data)) as pdf:
+            if pdf.is_encrypted:
+                raise UncleanableDocument("the PDF is encrypted: its metadata cannot be removed")
+            _clean(pdf)
+            out = io.BytesIO()
+            # streams are copied as they are encoded (never decoded: no decompression bomb); one
+            # stored unfiltered, and the object streams qpdf writes, are compressed (Flate,
+            # lossless), or the object streams of a small file would be written out at full size
+            pdf.save(out, deterministic_id=True, fix_metadata_version=False, compress_streams=True,
+                     stream_decode_level=pikepdf.StreamDecodeLevel.none,
+                     object_stream_mode=pikepdf.ObjectStreamMode.preserve)
+            return out.getvalue()
+    except UncleanableDocument:
+        raise
+    except pikepdf.PasswordError as exc:
+        raise UncleanableDocument("the PDF is encrypted: its metadata cannot be removed") from exc
+    except UndecodableImage as exc:
+        raise UncleanableDocument(f"a JPEG image of the PDF does not parse ({exc.diagnostics})") from exc
+    except (pikepdf.PdfError, ValueError, TypeError, RecursionError) as exc:
+        raise UncleanableDocument("the PDF cannot be read") from exc
+
+
+def _clean(pdf: pikepdf.Pdf) -> None:
+    trailer = pdf.trailer
+    size = trailer.get("/Size")
+    if isinstance(size, int) and size > MAX_PDF_OBJECTS + 1:  # object 0 is the free list's head
+        raise UncleanableDocument(f"the PDF has more than {MAX_PDF_OBJECTS} objects: its metadata is not removed")
+    for key in list(trailer.keys()):
+        if key not in ("/Root", "/Size"):  # qpdf writes /Size anew, from the objects it writes
+            del trailer[key]
+    root = pdf.Root
+    if not isinstance(root, Dictionary):
+        raise UncleanableDocument("the PDF has no document catalog")
+    for key in list(root.keys()):
+        if key not in CATALOG_KEPT:
+            del root[key]
+    names = root.get("/Names")
+    if isinstance(names, Dictionary):
+        for key in list(names.keys()):
+            if key not in NAMES_KEPT:
+                del names[key]
+        if not names.keys():
+            del root["/Names"]
+    action = root.get("/OpenAction")
+    if action is not None and not isinstance(action, Array) and not _goes_to(action):
+        del root["/OpenAction"]
+    form = root.get("/AcroForm")
+    if isinstance(form, Dictionary) and "/XFA" in form:
+        del form["/XFA"]
+    for count, obj in enumerate(pdf.objects, start=1):
+        if count > MAX_PDF_OBJECTS:
+            raise UncleanableDocument(f"the PDF has more than {MAX_PDF_OBJECTS} objects: its metadata is not removed")
+        for item in _dictionaries(obj):
+            _clean_dictionary(item)
+        if isinstance(obj, Stream):
+            _clean_jpeg(obj)
+    for page in pdf.pages:
+        annots = page.obj.get("/Annots")
+        if isinstance(annots, Array):
+            kept = [a for a in annots if not (isinstance(a, Dictionary) and _subtype(a) in ATTACHMENTS)]
+            if len(kept) != len(annots):
+                page.obj.Annots = Array(kept)
+
+
+def _goes_to(action: object) -> bool:
+    """Is ``action`` a go-to action (12.6.4.2) with nothing to do after it?"""
+    return isinstance(action, Dictionary) and action.get("/S") == Name.GoTo and "/Next" not in action
+
+
+def _subtype(obj: Dictionary | Stream) -> str | None:
+    value = obj.get("/Subtype")
+    return str(value) if isinstance(value, Name) else None
+
+
+def _dictionaries(obj: pikepdf.Object) -> Iterator[Dictionary | Stream]:
+    """``obj`` (an indirect object) and the direct dictionaries inside it (an inline action, an
+    annotation written into its page's /Annots), not following references: every indirect object
+    is visited on its own (:func:`_clean`)."""
+    stack: list[object] = [obj]
+    first = True
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, pikepdf.Object) or (not first and item.is_indirect):
+            continue  # a number, a boolean (pikepdf gives them as Python's), or another object
+        first = False
+        if isinstance(item, Dictionary | Stream):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, Array):
+            stack.extend(item)
+
+
+def _clean_dictionary(obj: Dictionary | Stream) -> None:
+    for key in REMOVED_EVERYWHERE:
+        if key in obj:
+            del obj[key]
+    if isinstance(obj.get("/M"), String):
+        del obj["/M"]  # a date (an annotation's, a signature's); a transition's /M is a name
+    subtype = _subtype(obj)
+    if "/Rect" in obj and subtype is not None:  # an annotation (12.5.2)
+        gone = ["/NM"]
+        if subtype in MARKUP:
+            gone.append("/T")
+        if subtype in ATTACHMENTS:  # its file (name, description, content) or recording
+            gone.extend(("/FS", "/Sound", "/Contents"))
+        for key in gone:
+            if key in obj:
+                del obj[key]
+    kind = obj.get("/Type")
+    if kind == Name.Page and "/Thumb" in obj:
+        del obj["/Thumb"]
+    elif kind == Name.Thread and "/I" in obj:
+        del obj["/I"]
+    if obj.get("/S") == Name.JavaScript and "/JS" in obj:
+        obj["/JS"] = String("")
+    if "/ByteRange" in obj or kind in (Name.Sig, Name.DocTimeStamp):
+        for key in SIGNER:
+            if key in obj:
+                del obj[key]
+
+
+def _clean_jpeg(stream: Stream) -> None:
+    """A JPEG image (/DCTDecode as its only filter) without its APPn segments but JFIF and Adobe
+    and without COM (adapter.imaging.frame.encapsulated_jpeg, as a de-identified DICOM frame);
+    its filter and decode parameters as they were."""
+    given = stream.get("/Filter")
+    only = given[0] if isinstance(given, Array) and len(given) == 1 else given
+    if only != Name.DCTDecode or not isinstance(given, Name | Array):
+        return
+    raw = stream.read_raw_bytes()
+    cleaned = encapsulated_jpeg(raw, keep_icc=False).join()
+    if cleaned != raw:
+        parms = stream.get("/DecodeParms")
+        stream.write(cleaned, filter=given, decode_parms=parms if isinstance(parms, Dictionary | Array) else None)
+
+
+__all__ = ["MAX_PDF_BYTES", "MAX_PDF_OBJECTS", "is_pdf", "pdf_without_metadata"]
