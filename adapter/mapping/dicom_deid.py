@@ -103,9 +103,7 @@ from adapter.imaging.pdf import pdf_without_metadata
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
 from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs, dictionary_vr, vr_tolerated
-
-TRAIN_CONTEXT = "deidentified"
-HRESCH_CONTEXT = "pseudonymised"
+from adapter.mapping.release_contexts import HRESCH_CONTEXT, TRAIN_CONTEXT
 
 #: Table E.1-1 attributes emptied (Type 2 in the IODs we write or commonly receive).
 BASIC_PROFILE_ZERO = frozenset({

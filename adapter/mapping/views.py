@@ -18,6 +18,11 @@ labels it (``meta.security``) with the FHIR security labels of the release
   attachment's size and hash go, as when de-identifying: they describe the stored bytes, not
   the copy the view releases.
 
+In both restricted views the resource's id and every literal reference it keeps (an attachment's
+url, Binary.securityContext, Provenance.target and entity.what, Consent.provision.data) are the
+view's own keyed ids (adapter.mapping.released_ids), so a copy cannot be joined on its id with
+care's data or with the other restricted view's copy.
+
 The output stays valid R4: required elements survive (a required Reference that had to lose
 its target becomes a display-only Reference, e.g. Provenance.agent.who = "author (redacted)";
 Provenance.recorded, a required instant, becomes 1 January 00:00 UTC of its year in the
@@ -36,6 +41,7 @@ from adapter.errors import Forbidden, NotSupported
 from adapter.mapping import codes
 from adapter.mapping.fhir_json import first_modifier
 from adapter.mapping.pseudonym import Pseudonymizer
+from adapter.mapping.released_ids import IdSpace
 from adapter.mapping.tables import Tables
 from adapter.model.decision import Decision, View
 
@@ -165,6 +171,7 @@ def _apply_labels(resource: JSON, stored: list[Any], labels: list[JSON]) -> JSON
 class _Ctx:
     view: View
     pseudonymizer: Pseudonymizer
+    ids: IdSpace
 
     @property
     def deid(self) -> bool:
@@ -246,24 +253,24 @@ def _concepts(values: Any, *, required: bool = False, display: bool = True) -> l
     return out
 
 
-def _literal(value: Any) -> JSON | None:
-    """A Reference reduced to its literal ``Type/id`` (display, identifier and contained
-    references dropped)."""
+def _literal(value: Any, ctx: _Ctx) -> JSON | None:
+    """A Reference reduced to its literal ``Type/id``, in the view's ids (display, identifier
+    and contained references dropped)."""
     if not isinstance(value, dict):
         return None
     ref = value.get("reference")
     if isinstance(ref, str) and _LITERAL.match(ref):
-        out: JSON = {"reference": ref}
+        out: JSON = {"reference": ctx.ids.reference(ref)}
         if isinstance(value.get("type"), str):
             out["type"] = value["type"]
         return out
     return None
 
 
-def _literal_or_redacted(value: Any, label: str = REDACTED) -> JSON:
+def _literal_or_redacted(value: Any, ctx: _Ctx, label: str = REDACTED) -> JSON:
     """For a required Reference: the literal reference, else a display-only Reference (valid
     R4, https://hl7.org/fhir/R4/references.html#Reference)."""
-    return _literal(value) or {"display": label}
+    return _literal(value, ctx) or {"display": label}
 
 
 def _subject(value: Any, ctx: _Ctx) -> JSON | None:
@@ -316,7 +323,7 @@ def _attachment(value: Any, ctx: _Ctx) -> JSON:
     out: JSON = {k: value[k] for k in ("contentType", "language") if k in value}
     url = value.get("url")
     if isinstance(url, str) and _LITERAL.match(url):
-        out["url"] = url
+        out["url"] = ctx.ids.reference(url)
     creation = _date_time(value.get("creation"), ctx)
     if creation is not None:
         out["creation"] = creation
@@ -335,7 +342,7 @@ def _meta(value: Any, ctx: _Ctx) -> JSON:
 def _base(resource: JSON, ctx: _Ctx) -> JSON:
     out: JSON = {"resourceType": resource["resourceType"]}
     if "id" in resource:
-        out["id"] = resource["id"]
+        out["id"] = ctx.ids.released(resource["resourceType"], resource["id"])
     meta = _meta(resource.get("meta"), ctx)
     if meta:
         out["meta"] = meta
@@ -438,7 +445,7 @@ def _provision(p: JSON, ctx: _Ctx) -> JSON:
     data = []
     for item in p.get("data") or []:
         if isinstance(item, dict) and isinstance(item.get("meaning"), str):
-            data.append({"meaning": item["meaning"], "reference": _literal_or_redacted(item.get("reference"))})
+            data.append({"meaning": item["meaning"], "reference": _literal_or_redacted(item.get("reference"), ctx)})
     _put(out, "data", data)
     _put(out, "provision", [_provision(n, ctx) for n in p.get("provision") or [] if isinstance(n, dict)])
     return out
@@ -484,7 +491,7 @@ def _provenance(r: JSON, ctx: _Ctx) -> JSON:
     literal reference or becomes "<role> (redacted)" (the original file's hash and message id
     are identifiers)."""
     out = _base(r, ctx)
-    _put(out, "target", [_literal_or_redacted(t) for t in r.get("target") or []])
+    _put(out, "target", [_literal_or_redacted(t, ctx) for t in r.get("target") or []])
     _put(out, "occurredDateTime", _date_time(r.get("occurredDateTime"), ctx))
     _put(out, "occurredPeriod", _period(r.get("occurredPeriod"), ctx))
     _put(out, "recorded", _instant(r.get("recorded"), ctx, required=True))
@@ -504,7 +511,7 @@ def _provenance(r: JSON, ctx: _Ctx) -> JSON:
     for entity in r.get("entity") or []:
         if isinstance(entity, dict) and isinstance(entity.get("role"), str):
             entities.append({"role": entity["role"],
-                             "what": _literal_or_redacted(entity.get("what"), f"{entity['role']} ({REDACTED})")})
+                             "what": _literal_or_redacted(entity.get("what"), ctx, f"{entity['role']} ({REDACTED})")})
     _put(out, "entity", entities)
     return out
 
@@ -514,7 +521,7 @@ def _binary(r: JSON, ctx: _Ctx) -> JSON:
     securityContext; ``data`` is passed through - the caller strips the image's metadata."""
     out = _base(r, ctx)
     _copy(out, r, ("contentType",))
-    _put(out, "securityContext", _literal(r.get("securityContext")))
+    _put(out, "securityContext", _literal(r.get("securityContext"), ctx))
     _copy(out, r, ("data",))
     return out
 
@@ -528,9 +535,14 @@ _VIEWS: dict[str, Callable[[JSON, _Ctx], JSON]] = {
 }
 
 
-def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer: Pseudonymizer) -> JSON:
+def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer: Pseudonymizer,
+           ids: IdSpace) -> JSON:
     """Return a new resource: ``resource`` in ``decision.view``, labelled with
     :func:`security_labels` in ``meta.security``. The input is not changed.
+
+    ``ids``: the logical ids the reader's view shows (adapter.mapping.released_ids), those of its
+    purpose: a restricted view shows its own for the resource and every reference it keeps. It is
+    a required argument so that no caller can release a restricted copy under its stored id.
 
     Raises :class:`~adapter.errors.Forbidden` for a decision that does not permit the read
     (fail closed), and :class:`~adapter.errors.NotSupported` for a restricted view of a
@@ -548,7 +560,7 @@ def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer:
             raise NotSupported(f"no {decision.view.value} view of {resource_type}")
         if first_modifier(resource, str(resource_type)) is not None:
             raise NotSupported(f"no {decision.view.value} view of a resource with a modifierExtension")
-        out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer))
+        out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer, ids))
     meta = resource.get("meta")
     stored = meta.get("security") if isinstance(meta, dict) else None
     return _apply_labels(out, stored if isinstance(stored, list) else [], security_labels(decision, tables))

@@ -4,6 +4,11 @@ Following Medplum's approach (STYLE §4), a :class:`ScopedReader` is built for o
 context; every resource it returns has passed the consent decision, been rendered in the view
 that decision requires and stamped with security labels, and every decision (allow or deny) is
 audited. Routes and DICOM handlers never read the store directly.
+
+A reader in a restricted view names resources by the ids its view shows (adapter.mapping.released_ids):
+each id it is given is taken to the stored one as the resource is loaded (a stored id finds nothing
+there), and everything it returns is rendered with the view's ids. The audit trail names the stored
+resources: it is the custodian's, who must be able to find what was disclosed.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from adapter.mapping.dicom_fhir import PDF, extract_image
 from adapter.mapping.dicom_json import read_released
 from adapter.mapping.dicom_tables import ENCAPSULATED_PDF, DicomTables
 from adapter.mapping.pseudonym import Pseudonymizer
+from adapter.mapping.released_ids import IdSpace, ReleasedIds
 from adapter.mapping.tables import Tables
 from adapter.mapping.views import render
 from adapter.model.consent import ConsentGrant
@@ -60,7 +66,7 @@ from adapter.services.dicom_objects import (
 )
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.services.search_params import SearchRequest
-from adapter.services.view_search import criteria_in_view
+from adapter.services.view_search import criteria_in_id_space, criteria_in_view
 from adapter.store.port import BlobStore, RecordStore, SearchCriteria, TokenCriterion
 
 log = logging.getLogger("adapter.access")
@@ -235,7 +241,8 @@ class ScopedReader:
 
     def __init__(self, ctx: RequestContext, *, store: RecordStore, blobs: BlobStore, tables: Tables,
                  pseudonymizer: Pseudonymizer, auditor: Auditor, now: Callable[[], datetime],
-                 dicom_tables: DicomTables | None = None, released_uids: ReleasedUidSpaces | None = None) -> None:
+                 released_ids: ReleasedIds, dicom_tables: DicomTables | None = None,
+                 released_uids: ReleasedUidSpaces | None = None) -> None:
         self.ctx = ctx
         self._store = store
         self._blobs = blobs
@@ -248,6 +255,8 @@ class ScopedReader:
         # UIDs of the restricted views (adapter.services.dicom_objects.DicomRelease)
         self._dicom_tables = dicom_tables
         self._released_uids = released_uids
+        # the ids of the purpose's view: those the reader names resources by, and is shown
+        self._ids: IdSpace = released_ids.space(self._purpose_view())
 
     # -- the decision -------------------------------------------------------------------
     def _grants_for(self, patient: Identifier) -> list[ConsentGrant]:
@@ -328,15 +337,22 @@ class ScopedReader:
 
     # -- reads --------------------------------------------------------------------------
     def _load(self, resource_type: str, id: str) -> StoredResource:
+        """The stored resource the reader names ``resource_type``/``id``, an id of its view; its
+        ``id`` is the stored one, which the decision and the audit name."""
         if resource_type not in READABLE_TYPES:
             raise UnsupportedResourceType(f"{resource_type} is not served here")
-        stored = self._store.get(resource_type, id)
+        stored_id = self._ids.stored(resource_type, id)
+        stored = self._store.get(resource_type, stored_id) if stored_id is not None else None
         if stored is None:
             raise NotFound(f"{resource_type}/{id} is not known")
         return stored
 
     def _render(self, stored: StoredResource, decision: Decision) -> dict[str, Any]:
-        return render(stored.resource, decision, tables=self._tables, pseudonymizer=self._pseudonymizer)
+        return self._rendered(stored.resource, decision)
+
+    def _rendered(self, resource: dict[str, Any], decision: Decision) -> dict[str, Any]:
+        """``resource`` (a stored version) in the decision's view, with the ids of the reader's."""
+        return render(resource, decision, tables=self._tables, pseudonymizer=self._pseudonymizer, ids=self._ids)
 
     def _refused(self, ctx: RequestContext, interaction: str, decision: Decision, entities: Sequence[str],
                  patient: Identifier | None) -> Forbidden:
@@ -346,12 +362,14 @@ class ScopedReader:
         return Forbidden(_DENIED)
 
     def _missing(self, ctx: RequestContext, interaction: str, decision: Decision, entities: Sequence[str],
-                 patient: Identifier | None, what: str) -> NotFound:
+                 patient: Identifier | None, what: str, asked: str) -> NotFound:
         """Audit a read ``decision`` permitted of ``what``, which is not there (a version, a
-        Binary's content), as a read that sent nothing (outcome 4); the NotFound to raise."""
+        Binary's content), as a read that sent nothing (outcome 4); the NotFound to raise, saying
+        ``asked``: ``what`` as the reader named it (the audit names stored resources, the reader
+        those of its view)."""
         self._auditor.record_not_sent(ctx, interaction=interaction, entities=entities, patient=patient, why=what,
                                       decision=decision)
-        return NotFound(what)
+        return NotFound(asked)
 
     def _answered(self, interaction: str, decision: Decision, entities: Sequence[str], patient: Identifier | None,
                   make: Callable[[], dict[str, Any]],
@@ -389,9 +407,9 @@ class ScopedReader:
         """Read one resource; 403 (saying little) when the purpose is not permitted.
         ``precondition``: as :meth:`_answered` (412 audited as nothing sent)."""
         stored = self._load(resource_type, id)
-        facts = self._facts(resource_type, id, stored.facts, stored.resource)
+        facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
         decision = self.decide(facts)
-        entities, patient = [f"{resource_type}/{id}"], facts.patient if facts else None
+        entities, patient = [f"{resource_type}/{stored.id}"], facts.patient if facts else None
         if not decision.permitted:
             raise self._refused(self.ctx, "read", decision, entities, patient)
         resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
@@ -408,10 +426,11 @@ class ScopedReader:
         if version_id == stored.version_id:
             return
         decision = self.decide(stored.facts)
-        entities, patient = [f"Binary/{id}"], stored.facts.patient if stored.facts else None
+        entities, patient = [f"Binary/{stored.id}"], stored.facts.patient if stored.facts else None
         if not decision.permitted:
             raise self._refused(self.ctx, "vread", decision, entities, patient)
-        raise self._missing(self.ctx, "vread", decision, entities, patient, f"Binary/{id} has no version {version_id}")
+        raise self._missing(self.ctx, "vread", decision, entities, patient,
+                            f"Binary/{stored.id} has no version {version_id}", f"Binary/{id} has no version {version_id}")
 
     def read_version(self, resource_type: str, id: str, version_id: int, *,
                      precondition: Callable[[dict[str, Any]], object] | None = None) -> ReadResult:
@@ -420,20 +439,21 @@ class ScopedReader:
         must be permitted for that patient too (fail closed). Unknown version: 404, audited (when
         permitted) as a vread that sent nothing, outcome 4. ``precondition``: as :meth:`read`."""
         stored = self._load(resource_type, id)
-        facts = self._facts(resource_type, id, stored.facts, stored.resource)
+        facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
         document = stored.resource if version_id == stored.version_id else \
-            self._store.get_version(resource_type, id, version_id)
+            self._store.get_version(resource_type, stored.id, version_id)
         decision = self._stricter_for_versions(self.decide(facts), stored, facts,
                                                [document] if document is not None else [])
-        entities, patient = [f"{resource_type}/{id}"], facts.patient if facts else None
+        entities, patient = [f"{resource_type}/{stored.id}"], facts.patient if facts else None
         if not decision.permitted:
             raise self._refused(self.ctx, "vread", decision, entities, patient)
         if document is None:
             raise self._missing(self.ctx, "vread", decision, entities, patient,
+                                f"{resource_type}/{stored.id} has no version {version_id}",
                                 f"{resource_type}/{id} has no version {version_id}")
         resource = self._answered(
             "vread", decision, entities, patient,
-            lambda: render(document, decision, tables=self._tables, pseudonymizer=self._pseudonymizer), precondition)
+            lambda: self._rendered(document, decision), precondition)
         return ReadResult(resource=resource, decision=decision)
 
     def _stricter_for_versions(self, decision: Decision, stored: StoredResource, facts: AccessFacts | None,
@@ -464,22 +484,25 @@ class ScopedReader:
         as _lastUpdated would: adapter.services.view_search). Unknown: 404."""
         if since is not None and self._purpose_view() is View.DEIDENTIFIED:
             reason = "in the de-identified view versions show no lastUpdated: _since is not supported"
+            # the audit names the stored resource (nothing is read: the id is only deciphered)
+            named = self._ids.stored(resource_type, id) or id
             self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=None,
-                                 entities=[f"{resource_type}/{id}"], patient=None, reason=reason, refused=True)
+                                 entities=[f"{resource_type}/{named}"], patient=None, reason=reason, refused=True)
             raise NotSupported(reason, expression="_since")
         stored = self._load(resource_type, id)
-        facts = self._facts(resource_type, id, stored.facts, stored.resource)
+        facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
         decision = self.decide(facts)
-        documents = self._store.list_versions(resource_type, id, offset=offset, limit=count + 1, since=since) \
+        documents = self._store.list_versions(resource_type, stored.id, offset=offset, limit=count + 1, since=since) \
             if decision.permitted and count > 0 else []
         more, documents = len(documents) > count, documents[:count]
         decision = self._stricter_for_versions(decision, stored, facts, documents)
         self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=decision,
-                             entities=[f"{resource_type}/{id}"], patient=facts.patient if facts else None)
+                             entities=[f"{resource_type}/{stored.id}"], patient=facts.patient if facts else None)
         if not decision.permitted:
             raise Forbidden(_DENIED)
-        rendered = [render(d, decision, tables=self._tables, pseudonymizer=self._pseudonymizer) for d in documents]
-        total = stored.version_id if since is None else self._store.count_versions(resource_type, id, since=since)
+        rendered = [self._rendered(d, decision) for d in documents]
+        total = stored.version_id if since is None else \
+            self._store.count_versions(resource_type, stored.id, since=since)
         return HistoryResult(resources=rendered, total=total, decision=decision, more=more)
 
     def read_binary(self, id: str, *, answerable: Callable[[str], object] | None = None,
@@ -503,7 +526,7 @@ class ScopedReader:
         (refused, not sent, answered) takes ITI-68's shape. A Media's Binary stays a BALP read."""
         stored = self._load("Binary", id)
         decision = self.decide(stored.facts)
-        entities, patient = [f"Binary/{id}"], stored.facts.patient if stored.facts else None
+        entities, patient = [f"Binary/{stored.id}"], stored.facts.patient if stored.facts else None
         ctx = self.ctx
         if retrieve is not None and stored.facts is not None \
                 and stored.facts.governed_by.startswith("DocumentReference/"):
@@ -512,7 +535,8 @@ class ScopedReader:
             raise self._refused(ctx, "read", decision, entities, patient)
         blob = stored.blob_sha256
         if blob is None:
-            raise self._missing(ctx, "read", decision, entities, patient, f"Binary/{id} has no content")
+            raise self._missing(ctx, "read", decision, entities, patient, f"Binary/{stored.id} has no content",
+                                f"Binary/{id} has no content")
         content_type = str(stored.resource.get("contentType", "application/octet-stream"))
         if answerable is not None:
             try:
@@ -539,7 +563,16 @@ class ScopedReader:
         One pass over the candidates of every type, merged in (last_updated, id) order (reversed
         for _sort=-_lastUpdated) and read
         a batch at a time: each is decided, counted, and kept only when it falls on the page
-        asked for, so memory is bounded by the page whatever the number of matches."""
+        asked for, so memory is bounded by the page whatever the number of matches.
+
+        A restricted view gives its results in the order of its released ids instead (by
+        lastUpdated first when the pseudonymised view, which shows it, sorts by it): the
+        stored order is the order of ingest, which a de-identified copy must not tell
+        (adapter.services.view_search). Every permitted candidate is then read before the page
+        is known, keeping the ``offset + count`` first: memory is still bounded by the page (and
+        its offset), but ``_total=none`` no longer stops early. Like any offset paging, a page
+        may shift when records are stored meanwhile: in this order a new one can fall on a page
+        already read, where in lastUpdated order it comes last."""
         for rt in resource_types:
             if rt not in READABLE_TYPES:
                 raise NotSupported(f"{rt} is not served here")
@@ -547,35 +580,60 @@ class ScopedReader:
         # a refusal is audited: it may be an attempt to link a copy back to the patient
         try:
             criteria = criteria_in_view(request.criteria, self._purpose_view(),
-                                        pseudonym_system=self._pseudonymizer.system, resolve=self._pseudonymised)
+                                        pseudonym_system=self._pseudonymizer.system, resolve=self._pseudonymised,
+                                        sorted_by_last_updated=request.sorted_by_last_updated)
         except NotSupported as exc:
             self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None, entities=[],
                                  patient=None, reason=str(exc), refused=True)
             raise
         descending = request.descending
-        candidates = heapq.merge(*(self._store.search_index(rt, criteria, descending=descending)
-                                   for rt in resource_types),
-                                 key=lambda r: (r.last_updated, r.id), reverse=descending) \
-            if criteria is not None else iter(())
-        page: list[tuple[IndexRow, Decision]] = []
-        patients: dict[tuple[str, str], Identifier | None] = {}  # whose each one on the page is, for the audit
+        # the view's ids (_id, target) as stored, per type: an id names a resource of one type
+        typed = {rt: c for rt in resource_types
+                 if criteria is not None and (c := criteria_in_id_space(criteria, rt, self._ids)) is not None}
+        candidates = heapq.merge(*(self._store.search_index(rt, c, descending=descending) for rt, c in typed.items()),
+                                 key=lambda r: (r.last_updated, r.id), reverse=descending)
         permitted = denied = 0
         end = request.offset + request.count
-        for row in candidates:
-            if not request.total and permitted > end:
-                break  # _total=none: one match past the page says there is a next one
-            facts = row.facts
-            if facts is None and row.resource_type == "Consent":
-                stored = self._store.get("Consent", row.id)
-                facts = consent_facts(row.id, stored.resource) if stored else None
-            decision = self.decide(facts)
-            if not decision.permitted:
-                denied += 1
-                continue
-            if request.offset <= permitted < request.offset + request.count:
-                page.append((row, decision))
-                patients[(row.resource_type, row.id)] = facts.patient if facts is not None else None
-            permitted += 1
+
+        def permitted_rows() -> Iterator[tuple[IndexRow, Decision, Identifier | None]]:
+            """The candidates the purpose is permitted, each with its decision and patient; the
+            others counted as withheld."""
+            nonlocal denied
+            for row in candidates:
+                facts = row.facts
+                if facts is None and row.resource_type == "Consent":
+                    stored = self._store.get("Consent", row.id)
+                    facts = consent_facts(row.id, stored.resource) if stored else None
+                decision = self.decide(facts)
+                if decision.permitted:
+                    yield row, decision, facts.patient if facts is not None else None
+                else:
+                    denied += 1
+
+        def counted(rows: Iterator[tuple[IndexRow, Decision, Identifier | None]]
+                    ) -> Iterator[tuple[IndexRow, Decision, Identifier | None]]:
+            nonlocal permitted
+            for item in rows:
+                permitted += 1
+                yield item
+
+        order = self._released_order(request)
+        on_page: list[tuple[IndexRow, Decision, Identifier | None]] = []
+        if order is not None:  # every one read; the first ``end`` in the view's order kept
+            key, largest = order
+            first = heapq.nlargest if largest else heapq.nsmallest
+            rows = counted(permitted_rows())
+            on_page = first(end, rows, key=lambda item: key(item[0]))[request.offset:] if end > 0 else []
+            for _ in rows:  # counted all the same (_count=0 asks for the total alone)
+                pass
+        else:
+            for item in counted(permitted_rows()):
+                if request.offset < permitted <= end:
+                    on_page.append(item)
+                if not request.total and permitted > end:
+                    break  # _total=none: one match past the page says there is a next one
+        page = [(row, decision) for row, decision, _ in on_page]
+        patients = {(row.resource_type, row.id): patient for row, _, patient in on_page}  # for the audit
         resources: list[dict[str, Any]] = []
         by_type: dict[str, list[tuple[IndexRow, Decision]]] = {}
         for row, decision in page:
@@ -586,9 +644,9 @@ class ScopedReader:
                 loaded[(rt, stored.id)] = stored
         found: list[Found] = []
         for row, decision in page:
-            stored = loaded.get((row.resource_type, row.id))
-            if stored is not None:
-                resources.append(self._render(stored, decision))
+            match = loaded.get((row.resource_type, row.id))
+            if match is not None:
+                resources.append(self._render(match, decision))
                 found.append((f"{row.resource_type}/{row.id}", patients[(row.resource_type, row.id)], decision))
         included, included_glass = self._included(
             request, [loaded[k] for k in ((r.resource_type, r.id) for r, _ in page) if k in loaded], found)
@@ -597,6 +655,20 @@ class ScopedReader:
         return SearchResult(resources=resources, total=permitted if request.total else None,
                             break_glass=any(d.break_glass for _, d in page) or included_glass,
                             more=permitted > end, included=included)
+
+    def _released_order(self, request: SearchRequest) -> tuple[Callable[[IndexRow], Any], bool] | None:
+        """How a restricted view orders its results (:meth:`search`): a key of a candidate, and
+        whether the largest come first; None in care's full view (the store's order)."""
+        if not self._ids.released_ids:
+            return None
+        ids = self._ids
+
+        def released(row: IndexRow) -> str:
+            return ids.released(row.resource_type, row.id)
+
+        if request.sorted_by_last_updated:  # the pseudonymised view (the de-identified one refuses it)
+            return (lambda row: (row.last_updated, released(row))), request.descending
+        return released, False
 
     def _included(self, request: SearchRequest, matches: Sequence[StoredResource],
                   found: list[Found]) -> tuple[list[dict[str, Any]], bool]:
@@ -643,6 +715,8 @@ class ScopedReader:
                 glass = glass or decision.break_glass
                 out.append(self._render(stored, decision))
                 found.append((f"{rtype}/{rid}", facts.patient if facts is not None else None, decision))
+        if self._ids.released_ids:  # not in the order they were stored (:meth:`search`)
+            out.sort(key=lambda r: (str(r.get("resourceType")), str(r.get("id"))))
         return out, glass
 
     # -- DICOM: WADO-RS, QIDO-RS, Binary as application/dicom ----------------------------
@@ -915,11 +989,11 @@ class ScopedReader:
         stored = self._load("Binary", id)
         decision = self.decide(stored.facts)
         found = self._dicom_of_binary(stored)
-        entities, patient = [f"Binary/{id}"], stored.facts.patient if stored.facts else None
+        entities, patient = [f"Binary/{stored.id}"], stored.facts.patient if stored.facts else None
         dicom = DicomAudit.transferred(*([found[0].study_instance_uid] if found else []))
         if decision.permitted and stored.facts is not None and found is None:  # nothing to send: no transfer
             self._auditor.record_not_sent(self.ctx, entities=entities, patient=patient, dicom=dicom,
-                                          why=f"Binary/{id} has no DICOM object", decision=decision)
+                                          why=f"Binary/{stored.id} has no DICOM object", decision=decision)
             raise NotFound(f"Binary/{id} has no DICOM object")
         if not decision.permitted or stored.facts is None or found is None:  # found: for mypy, handled above
             self._auditor.record(self.ctx, interaction="read", action="R", decision=decision, entities=entities,

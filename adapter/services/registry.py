@@ -21,6 +21,7 @@ from adapter.mapping.dicom_tables import DicomTables, load_dicom_tables
 from adapter.mapping.dicom_uids import check_uid_root
 from adapter.mapping.fhir_r4 import RECORD_INDEX_VERSION, index_resource
 from adapter.mapping.pseudonym import Pseudonymizer
+from adapter.mapping.released_ids import ReleasedIds
 from adapter.mapping.tables import Tables, load_tables
 from adapter.model.purpose import RequestContext
 from adapter.services.access import ScopedReader
@@ -110,8 +111,8 @@ PSEUDONYM_KEY_FINGERPRINT = "pseudonym-key"
 #: key_fingerprints' row of the pseudonym index (adapter.store.sql): there in stores that had a
 #: key before PSEUDONYM_KEY_FINGERPRINT was kept.
 _PSEUDONYM_INDEX = "pseudonyms"
-_ACCEPT = ("or, deliberately, to give every patient new pseudonyms and mapped DICOM UIDs (the old ones then find "
-           "nothing), start once with ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY=true")
+_ACCEPT = ("or, deliberately, to give every patient new pseudonyms, mapped DICOM UIDs and released FHIR ids (the old "
+           "ones then find nothing), start once with ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY=true")
 
 
 def pseudonym_key_fingerprint(pseudonym_key: bytes) -> str:
@@ -147,7 +148,8 @@ def _derived_key(pseudonym_key: bytes, label: str) -> bytes:
     ``label``): stable as long as the pseudonyms are, and never the pseudonym key itself. Uses:
     ``dicom-uid-key`` maps UIDs in de-identified and pseudonymised DICOM objects,
     ``photo-uid-key`` keys a photo's own DICOM UIDs (adapter.mapping.dicom_uids.photo_uids),
-    ``search-page-key`` seals the paging links of a search by POST (adapter.services.search_pages)."""
+    ``search-page-key`` seals the paging links of a search by POST (adapter.services.search_pages),
+    ``fhir-id-key`` makes the logical ids of the restricted views (adapter.mapping.released_ids)."""
     return hmac.new(pseudonym_key, f"clinical-image-adapter/{label}/v1".encode(), hashlib.sha256).digest()
 
 
@@ -166,13 +168,17 @@ class Services:
     dicom_ingest: DicomIngestService  # objects received by the C-STORE SCP (adapter.dicom.scp)
     search_pages: SearchPages  # sealed paging links of a search by POST
     released_uids: ReleasedUidSpaces | None = None  # UIDs of the restricted DICOM views
+    released_ids: ReleasedIds | None = None  # logical ids of the restricted FHIR views
     forwarder: Forwarder | None = field(default=None, init=False)
 
     def reader(self, ctx: RequestContext) -> ScopedReader:
         """A reader scoped to one request context: the only way to read records."""
+        if self.released_ids is None:  # fail closed: a restricted view never shows stored ids
+            raise ConfigurationError("the services were built without the released-id key")
         return ScopedReader(ctx, store=self.store, blobs=self.blobs, tables=self.tables,
                             pseudonymizer=self.pseudonymizer, auditor=self.auditor, now=self.now,
-                            dicom_tables=self.dicom_ingest.dicom_tables, released_uids=self.released_uids)
+                            released_ids=self.released_ids, dicom_tables=self.dicom_ingest.dicom_tables,
+                            released_uids=self.released_uids)
 
     @property
     def outbox(self) -> OutboxService:
@@ -257,8 +263,8 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
     recorded = store.stored_fingerprints().get(PSEUDONYM_KEY_FINGERPRINT)
     if recorded != key_fingerprint:
         if recorded is not None:
-            _log.warning("a new pseudonym key (%s): the pseudonyms and mapped DICOM UIDs change, the old ones find "
-                         "nothing", "ADAPTER_PSEUDONYM_KEY" if settings.pseudonym_key else
+            _log.warning("a new pseudonym key (%s): the pseudonyms, mapped DICOM UIDs and released FHIR ids change, "
+                         "the old ones find nothing", "ADAPTER_PSEUDONYM_KEY" if settings.pseudonym_key else
                          "ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY")
         store.record_fingerprint(PSEUDONYM_KEY_FINGERPRINT, key_fingerprint)
     pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)
@@ -284,4 +290,4 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
         search_pages=SearchPages(_derived_key(pseudonym_key, "search-page-key"), now),
         dicom_ingest=DicomIngestService(store=store, blobs=blobs, tables=tables, dicom_tables=dicom_tables,
                                         auditor=auditor, now=now, released_uids=released_uids, grants=grants),
-        released_uids=released_uids)
+        released_uids=released_uids, released_ids=ReleasedIds(_derived_key(pseudonym_key, "fhir-id-key")))

@@ -100,6 +100,7 @@ class SearchRequest:
     offset: int
     total: bool = True  # count every match (Bundle.total); False for _total=none
     descending: bool = False  # _sort=-_lastUpdated: newest first
+    sorted_by_last_updated: bool = False  # _sort was given (the full view's order is _lastUpdated's without it)
     ignored: tuple[str, ...] = ()  # unknown parameters left out (Prefer: handling=lenient)
     include_targets: tuple[str, ...] = ()  # _include=Provenance:target[:Type]: the target types to include
     revinclude_provenance: bool = False  # _revinclude=Provenance:target
@@ -307,6 +308,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     status: list[str] | None = None
     tokens: list[tuple[TokenCriterion, ...]] = []
     count, offset, total, descending = DEFAULT_COUNT, 0, True, False
+    sorted_by_last_updated = False
     summary_count = False
     ignored: list[str] = []
     include_targets: list[str] = []
@@ -358,6 +360,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
                 raise NotSupported(f"_sort={value[:40]} is not supported: results are sorted by _lastUpdated "
                                    "(oldest first) or -_lastUpdated (newest first)", expression="_sort")
             descending = SORTS[value]
+            sorted_by_last_updated = True
         elif base == "_lastUpdated":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on _lastUpdated is not supported")
@@ -408,6 +411,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens),
         last_updated=tuple(last_updated))
     return SearchRequest(criteria=criteria, count=count, offset=offset, total=total, descending=descending,
+                         sorted_by_last_updated=sorted_by_last_updated,
                          ignored=tuple(dict.fromkeys(ignored)), include_targets=tuple(include_targets),
                          revinclude_provenance=revinclude)
 

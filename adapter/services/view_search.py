@@ -15,6 +15,13 @@ own terms:
   system only; dates as in the full view.
 - **FULL**: as given.
 
+Ids are the view's own too (adapter.mapping.released_ids): in a restricted view ``_id`` and a
+reference parameter (Provenance ``target``) take the ids the view shows, and a stored id (care's)
+finds nothing there. Nor does the order of the answer tell what the view hides: a restricted
+view's results come in the order of their released ids (keyed, so it means nothing), not in the
+order they were stored; ``_sort`` by ``_lastUpdated`` is refused in the de-identified view, which
+shows no lastUpdated (the pseudonymised view shows it, and may sort by it).
+
 A refusal is the same whatever the store holds, so it tells the reader nothing. DICOM QIDO-RS
 applies the same rule on its own keys (adapter.services.access: PatientID is matched in the
 released space).
@@ -27,15 +34,22 @@ from collections.abc import Callable, Sequence
 
 from adapter.errors import NotSupported
 from adapter.mapping.codes import SHA256_SYSTEM
+from adapter.mapping.released_ids import IdSpace
 from adapter.model.decision import View
 from adapter.model.photo import Identifier
-from adapter.store.port import DateCriterion, SearchCriteria
+from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
+
+#: The search parameters whose values are references (``Type/id``) to the adapter's resources.
+REFERENCE_PARAMS = frozenset({"target"})
 
 
 def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: str,
-                     resolve: Callable[[Sequence[str]], Sequence[Identifier]]) -> SearchCriteria | None:
+                     resolve: Callable[[Sequence[str]], Sequence[Identifier]],
+                     sorted_by_last_updated: bool = False) -> SearchCriteria | None:
     """``criteria`` in stored terms for a reader in ``view``; None when nothing can match (no
     pseudonym given is known). ``resolve``: the patients of the given pseudonyms.
+    ``sorted_by_last_updated``: the search has ``_sort`` on ``_lastUpdated``. Ids stay the
+    view's: :func:`criteria_in_id_space` takes them to stored ones, per resource type.
 
     Raises:
         NotSupported: a parameter on what the view hides (module docstring).
@@ -44,6 +58,10 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
         return criteria
     deid = view is View.DEIDENTIFIED
     name = "de-identified" if deid else "pseudonymised"
+    if deid and sorted_by_last_updated:
+        # in lastUpdated order the answer would tell in which order (and so, beside the years,
+        # about when) the records were stored, which the view hides
+        raise NotSupported("in the de-identified view records show no lastUpdated: _sort by it is not supported")
     if criteria.patient_reference:
         raise NotSupported(f"in the {name} view records cannot be searched by a patient reference"
                            + ("" if deid else f": use patient:identifier={pseudonym_system}|<pseudonym>"))
@@ -73,6 +91,31 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
     if not patients:
         return None
     return dataclasses.replace(criteria, patient=patients)
+
+
+def criteria_in_id_space(criteria: SearchCriteria, resource_type: str, ids: IdSpace) -> SearchCriteria | None:
+    """``criteria`` of a search of ``resource_type`` with the ids of the reader's view (``_id``,
+    and the ``Type/id`` of a reference parameter) as stored; None when nothing can match (no id
+    given is one the view shows). In care's full view, as given."""
+    if not ids.released_ids:
+        return criteria
+    found_ids = criteria.ids
+    if found_ids is not None:
+        found_ids = tuple(stored for id in found_ids if (stored := ids.stored(resource_type, id)) is not None)
+        if not found_ids:
+            return None
+    tokens: list[tuple[TokenCriterion, ...]] = []
+    for group in criteria.tokens:
+        kept: list[TokenCriterion] = []
+        for token in group:
+            if token.param not in REFERENCE_PARAMS:
+                kept.append(token)
+            elif (stored := ids.stored_reference(token.code)) is not None:
+                kept.append(dataclasses.replace(token, code=stored))
+        if not kept:  # an OR of references none of which is one the view shows
+            return None
+        tokens.append(tuple(kept))
+    return dataclasses.replace(criteria, ids=found_ids, tokens=tuple(tokens))
 
 
 def _whole_year(date: DateCriterion) -> bool:

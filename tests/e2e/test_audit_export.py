@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import ROOT, record_emitted
-from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo, seen_as
 from tests.support.audit import DCM, run_audit_export
 
 #: The operating-system account running the tests, as the password database names it.
@@ -31,10 +31,11 @@ def _export(tmp_path: Path, *args: str, environ: dict[str, str | None] | None = 
 
 
 def test_the_audit_trail_is_exported_and_the_export_audited(tmp_path: Path) -> None:
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         receipt = post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).json()
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
-        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN")).status_code == 403
+        trained = seen_as(services, "TRAIN", receipt["record"])  # as TRAIN names it
+        assert client.get(f"/fhir/{trained}", headers=as_purpose("TRAIN")).status_code == 403
 
     events, done = _export(tmp_path)
     assert done.returncode == 0, done.stderr

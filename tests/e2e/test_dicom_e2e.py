@@ -81,7 +81,9 @@ def test_storescu_to_the_running_adapter(server: RunningAdapter, tmp_path: Path)
         refused = http.get("/fhir/Media", params={"identifier": f"urn:dicom:uid|urn:oid:{sent_sc.SOPInstanceUID}"},
                            headers={"X-Purpose-Of-Use": "TRAIN"})
         assert refused.status_code == 400 and refused.json()["issue"][0]["code"] == "not-supported"
-        assert http.get(f"/fhir/Media/{media['id']}", headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 403
+        # TRAIN names records by its view's own ids: care's finds nothing there, and it is not permitted
+        assert http.get(f"/fhir/Media/{media['id']}", headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 404
+        assert http.get("/fhir/Media", headers={"X-Purpose-Of-Use": "TRAIN"}).json()["total"] == 0
 
         [doc] = _find(http, "DocumentReference", sent_pdf.SOPInstanceUID)
         attachment = doc["content"][0]["attachment"]

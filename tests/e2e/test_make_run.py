@@ -1,6 +1,6 @@
 """End to end: the server `make run` starts, as its own process, driven over HTTP the way a
-person with curl would: post a photo, read it for TREAT, be refused for TRAIN until a Consent
-permits it, and refused again after the Consent is withdrawn."""
+person with curl would: post a photo, read it for TREAT, find nothing for TRAIN until a Consent
+permits it (TRAIN names it by its own id), and be refused again after the Consent is withdrawn."""
 
 from __future__ import annotations
 
@@ -48,17 +48,21 @@ def test_the_demo_over_http(server: str) -> None:
         assert _json(http.get(media, headers={"X-Purpose-Of-Use": "TREAT"}))["resourceType"] == "Media"
         img = http.get(f"/fhir/{receipt['binary']}", headers={"X-Purpose-Of-Use": "TREAT", "Accept": "image/*"})
         assert img.status_code == 200 and img.content[:2] == b"\xff\xd8"
-        assert http.get(media, headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 403
+        # TRAIN names records by its view's own ids: care's id finds nothing there, and before a
+        # Consent its search finds nothing either
+        assert http.get(media, headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 404
+        assert _json(http.get("/fhir/Media", headers={"X-Purpose-Of-Use": "TRAIN"}))["total"] == 0
         consent = json.loads((ROOT / "samples" / "consent-train.json").read_text())
         created = http.post("/fhir/Consent", json=consent, headers={"Content-Type": "application/fhir+json"})
         assert created.status_code == 201, created.text
         stored = _json(created)
-        train = http.get(media, headers={"X-Purpose-Of-Use": "TRAIN"})
+        [entry] = _json(http.get("/fhir/Media", headers={"X-Purpose-Of-Use": "TRAIN"}))["entry"]
+        train = http.get(entry["fullUrl"], headers={"X-Purpose-Of-Use": "TRAIN"})
         assert train.status_code == 200 and meta["patient"]["value"] not in train.text
         stored["status"] = "inactive"
         assert http.put(f"/fhir/Consent/{stored['id']}", json=stored,
                         headers={"Content-Type": "application/fhir+json"}).status_code == 200
-        assert http.get(media, headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 403
+        assert http.get(entry["fullUrl"], headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 403
         assert http.get(media).status_code == 403
         cap = _json(http.get("/fhir/metadata"))
         assert cap["resourceType"] == "CapabilityStatement" and cap["fhirVersion"] == "4.0.1"

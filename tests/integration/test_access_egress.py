@@ -15,7 +15,15 @@ import pytest
 
 from adapter.services.registry import Services
 from tests.conftest import ROOT
-from tests.support.app import FhirClient, adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.app import (
+    FhirClient,
+    adapter_client,
+    as_purpose,
+    consent_resource,
+    metadata,
+    post_photo,
+    seen_as,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +62,9 @@ def _reads(receipt: dict[str, Any], study: str, series: str, sop: str) -> list[t
 
 def _refused_everywhere(client: FhirClient, services: Services, receipt: dict[str, Any], uids: tuple[str, str, str],
                         purpose: str) -> None:
+    # named as a reader of the purpose names them: by the ids its view shows (the UIDs likewise)
+    receipt = {k: seen_as(services, purpose, v) if k in ("record", "binary", "provenance") else v
+               for k, v in receipt.items()}
     record_id = receipt["record"].split("/")[1]
     for method, path, extra in _reads(receipt, *uids):
         before = len(services.store.list_audit(100000))
@@ -93,7 +104,7 @@ def test_a_consent_pending_photo_leaves_by_no_path_but_break_glass(tmp_path: Pat
         assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
         train = client.get("/dicomweb/instances", headers=as_purpose("TRAIN"))
         assert train.json() == []
-        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['record'])}", headers=as_purpose("TRAIN")).status_code == 403
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("BTG")).status_code == 200
 
 
@@ -109,7 +120,7 @@ def test_a_withdrawn_consent_closes_every_path_the_reader_kept(tmp_path: Path) -
 
 
 def test_a_consent_naming_one_photo_opens_no_other_of_its_encounter(tmp_path: Path) -> None:
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         encounter = {"reference": "Encounter/77"}
         named = post_photo(client, WOUND, metadata(encounter=encounter)).json()
         other = post_photo(client, LESION, metadata(encounter=encounter), content_type="image/png").json()
@@ -123,7 +134,7 @@ def test_a_consent_naming_one_photo_opens_no_other_of_its_encounter(tmp_path: Pa
         # the Consent names the photo, not itself nor the other photo's records
         assert client.get("/fhir/Consent?_summary=count", headers=as_purpose("TRAIN")).json()["total"] == 0
         for path in (other["record"], other["binary"], other["provenance"]):
-            assert client.get(f"/fhir/{path}", headers=as_purpose("TRAIN")).status_code == 403, path
+            assert client.get(f"/fhir/{seen_as(services, 'TRAIN', path)}", headers=as_purpose("TRAIN")).status_code == 403, path
         retrieved = client.get(f"/dicomweb/studies/{study[STUDY]['Value'][0]}/metadata", headers=as_purpose("TRAIN"))
         assert retrieved.status_code == 200 and len(retrieved.json()) == 1
 
@@ -134,7 +145,7 @@ def test_a_consent_for_operations_does_not_open_the_identified_record_to_records
     with adapter_client(tmp_path) as (client, services):
         receipt = post_photo(client, WOUND, metadata(note="seen at home")).json()
         assert client.post("/fhir/Consent", json=consent_resource(["HOPERAT"])).status_code == 201
-        train = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN"))
+        train = client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['record'])}", headers=as_purpose("TRAIN"))
         assert train.status_code == 200 and "seen at home" not in train.text
         _refused_everywhere(client, services, receipt, _treat_uids(receipt), "RECORDMGT")
         assert client.post("/fhir/Consent", json=consent_resource(["RECORDMGT"])).status_code == 201

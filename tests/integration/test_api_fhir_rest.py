@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from tests.conftest import ROOT, record_emitted
-from tests.support.app import adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.app import adapter_client, as_purpose, consent_resource, metadata, post_photo, seen_as
 from tests.support.postgres import postgres_schema
 
 SAMPLES = ROOT / "samples"
@@ -214,7 +214,7 @@ def test_a_consent_with_a_modifier_extension_is_refused_and_grants_nothing(tmp_p
     photo stays closed to TRAIN."""
     modifier = [{"url": "http://example.org/fhir/StructureDefinition/revoked-pending-verification",
                  "valueBoolean": True}]
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         record = post_photo(client, SAMPLES / "wound.jpg", metadata()).json()["record"]
         held = _consents(client)  # the photo's own consent for care
         top = {**consent_resource(["TRAIN"]), "modifierExtension": modifier}
@@ -226,7 +226,7 @@ def test_a_consent_with_a_modifier_extension_is_refused_and_grants_nothing(tmp_p
             assert r.json()["issue"][0]["code"] == "business-rule"
             assert r.json()["issue"][0]["expression"] == [where]
         assert _consents(client) == held
-        assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', record)}", headers=as_purpose("TRAIN")).status_code == 403
         plain = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=FHIR_JSON).json()
         update = client.put(f"/fhir/Consent/{plain['id']}", json={**plain, "modifierExtension": modifier},
                             headers=FHIR_JSON)

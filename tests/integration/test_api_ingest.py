@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from adapter.mapping.dicom_uids import stable_uid
 from tests.conftest import ROOT, record_emitted
-from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo, seen_as
 
 SAMPLES = ROOT / "samples"
 WOUND = SAMPLES / "wound.jpg"
@@ -144,7 +144,7 @@ def test_a_consent_given_with_a_photo_covers_that_photo_only(tmp_path: Path) -> 
     TRAIN and covered later photos sent without any consent. It is that photo's consent now:
     its record, Binary and Provenance, nothing else; a POST /fhir/Consent stays patient-wide."""
     from tests.support.app import consent_resource
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         earlier = post_photo(client, WOUND, metadata()).json()
         given = post_photo(client, SAMPLES / "lesion.png", metadata(consent={"purposes": ["TREAT", "TRAIN"],
                                                                              "method": "verbal"}),
@@ -156,9 +156,9 @@ def test_a_consent_given_with_a_photo_covers_that_photo_only(tmp_path: Path) -> 
                                                  "reference": {"reference": given_receipt["record"]}}]
         train = as_purpose("TRAIN")
         for ref in (given_receipt["record"], given_receipt["binary"], given_receipt["provenance"]):
-            assert client.get(f"/fhir/{ref}", headers=train).status_code == 200, ref
-        assert client.get(f"/fhir/{earlier['record']}", headers=train).status_code == 403
-        assert client.get(f"/fhir/{earlier['binary']}", headers=train).status_code == 403
+            assert client.get(f"/fhir/{seen_as(services, 'TRAIN', ref)}", headers=train).status_code == 200, ref
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', earlier['record'])}", headers=train).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', earlier['binary'])}", headers=train).status_code == 403
         # a later photo without a statement is not covered: refused as if nothing were on file
         body = _outcome(post_photo(client, SAMPLES / "document.jpg", metadata(consent=None)), 422)
         assert "no active Consent permitting TREAT" in body["issue"][0]["diagnostics"]
@@ -166,11 +166,11 @@ def test_a_consent_given_with_a_photo_covers_that_photo_only(tmp_path: Path) -> 
         written = post_photo(client, SAMPLES / "tiny.jpg", metadata(consent={
             "purposes": ["TREAT", "TRAIN"], "method": "written",
             "form": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()})).json()
-        assert client.get(f"/fhir/{written['record']}", headers=train).status_code == 200
-        assert client.get(f"/fhir/{earlier['record']}", headers=train).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', written['record'])}", headers=train).status_code == 200
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', earlier['record'])}", headers=train).status_code == 403
         # a Consent recorded on its own is the patient's: it covers every photo
         assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
-        assert client.get(f"/fhir/{earlier['record']}", headers=train).status_code == 200
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', earlier['record'])}", headers=train).status_code == 200
 
 
 def test_a_consent_given_with_a_photo_does_not_document_a_pending_one(tmp_path: Path) -> None:
@@ -178,15 +178,17 @@ def test_a_consent_given_with_a_photo_does_not_document_a_pending_one(tmp_path: 
     TREAT (and TRAIN) made the photo kept without consent readable for care and training. A
     pending photo opens only by a Consent that covers it (recorded for the patient, or naming it)."""
     from tests.support.app import consent_resource
-    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, _):
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, services):
         pending = post_photo(client, WOUND, metadata(consent=None)).json()
         assert pending["consentPending"] is True
         second = post_photo(client, SAMPLES / "document.jpg",
                             metadata(consent={"purposes": ["TREAT", "TRAIN"], "method": "verbal"})).json()
         assert second["consentPending"] is False
         for purpose in ("TREAT", "COC", "TRAIN"):
-            assert client.get(f"/fhir/{pending['record']}", headers=as_purpose(purpose)).status_code == 403
-            assert client.get(f"/fhir/{second['record']}", headers=as_purpose(purpose)).status_code == 200
+            assert client.get(f"/fhir/{seen_as(services, purpose, pending['record'])}",
+                              headers=as_purpose(purpose)).status_code == 403
+            assert client.get(f"/fhir/{seen_as(services, purpose, second['record'])}",
+                              headers=as_purpose(purpose)).status_code == 200
         # a third one sent without consent is pending too: the second photo's consent is not on file
         assert post_photo(client, SAMPLES / "tiny.jpg", metadata(consent=None)).json()["consentPending"] is True
         assert client.post("/fhir/Consent", json=consent_resource(["TREAT"])).status_code == 201
@@ -199,7 +201,7 @@ def test_a_consent_sent_in_a_transaction_covers_its_photo_only(tmp_path: Path) -
     consent = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
     consent["provision"]["purpose"].append({"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
                                             "code": "TRAIN"})
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         earlier = post_photo(client, SAMPLES / "document.jpg", metadata()).json()
         r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
         assert r.status_code == 200, r.text
@@ -208,19 +210,19 @@ def test_a_consent_sent_in_a_transaction_covers_its_photo_only(tmp_path: Path) -
         stored = client.get(f"/fhir/{next(loc for loc in locations if loc.startswith('Consent/'))}",
                             headers=as_purpose("TREAT")).json()
         assert stored["provision"]["data"] == [{"meaning": "instance", "reference": {"reference": record}}]
-        assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 200
-        assert client.get(f"/fhir/{earlier['record']}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', record)}", headers=as_purpose("TRAIN")).status_code == 200
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', earlier['record'])}", headers=as_purpose("TRAIN")).status_code == 403
 
 
 @pytest.mark.parametrize("kind,sample", [("document", "document.jpg"), ("secondary", "tiny.jpg")])
 def test_document_and_secondary_need_no_consent_for_care(tmp_path: Path, kind: str, sample: str) -> None:
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         r = post_photo(client, SAMPLES / sample, metadata(kind=kind, consent=None))
         assert r.status_code == 201, r.text
         record = r.json()["record"]
         assert record.startswith("DocumentReference/" if kind == "document" else "Media/")
         assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).status_code == 200
-        assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', record)}", headers=as_purpose("TRAIN")).status_code == 403
 
 
 @pytest.mark.parametrize("kind,sample", [("document", "document.jpg"), ("secondary", "tiny.jpg")])
@@ -244,7 +246,7 @@ def test_document_and_secondary_are_refused_while_a_consent_denies_treat(tmp_pat
 
 
 def test_patient_sent_photo_carries_implied_consent_for_treat_only(tmp_path: Path) -> None:
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         r = post_photo(client, WOUND, metadata(source="patient", consent=None))
         assert r.status_code == 201, r.text
         receipt = r.json()
@@ -253,7 +255,7 @@ def test_patient_sent_photo_carries_implied_consent_for_treat_only(tmp_path: Pat
         assert [p["code"] for p in consent["provision"]["purpose"]] == ["TREAT"]
         assert consent["provision"]["data"][0]["reference"]["reference"] == receipt["record"]
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
-        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['record'])}", headers=as_purpose("TRAIN")).status_code == 403
 
 
 def test_colleague_internal_provenance_names_the_sender(tmp_path: Path) -> None:
@@ -706,13 +708,13 @@ def test_consent_that_is_not_valid_fhir_is_refused_naming_the_element(tmp_path: 
 
 
 def test_colleague_internal_needs_no_consent_from_us_but_training_still_does(tmp_path: Path) -> None:
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         r = post_photo(client, WOUND, metadata(source="colleague-internal", consent=None,
                                               colleague={"name": "Dr Sender", "organisation": "Dermatology"}))
         assert r.status_code == 201, r.text
         record = r.json()["record"]
         assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).status_code == 200
-        assert client.get(f"/fhir/{record}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', record)}", headers=as_purpose("TRAIN")).status_code == 403
 
 
 def test_photo_record_names_its_stable_dicom_uids(tmp_path: Path) -> None:

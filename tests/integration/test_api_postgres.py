@@ -17,7 +17,15 @@ from adapter.mapping.dicom_photo import encode_dataset
 from adapter.model.photo import PhotoKind, PhotoMetadata
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from tests.conftest import ROOT
-from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.app import (
+    PATIENT,
+    adapter_client,
+    as_purpose,
+    consent_resource,
+    metadata,
+    post_photo,
+    seen_as,
+)
 from tests.support.dciodvfy import photo_object, stored_sample
 from tests.support.postgres import postgres_schema
 
@@ -34,12 +42,12 @@ def test_ingest_and_purpose_checked_reads_on_postgresql(tmp_path: Path, pg_url: 
         receipt = post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).json()
         media = receipt["record"]
         assert client.get(f"/fhir/{media}", headers=as_purpose("TREAT")).status_code == 200
-        assert client.get(f"/fhir/{media}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', media)}", headers=as_purpose("TRAIN")).status_code == 403
         consent = client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).json()
-        assert client.get(f"/fhir/{media}", headers=as_purpose("TRAIN")).status_code == 200
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', media)}", headers=as_purpose("TRAIN")).status_code == 200
         consent["status"] = "inactive"
         assert client.put(f"/fhir/Consent/{consent['id']}", json=consent).status_code == 200
-        assert client.get(f"/fhir/{media}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', media)}", headers=as_purpose("TRAIN")).status_code == 403
         ident = f"{PATIENT['system']}|{PATIENT['value']}"
         found = client.get(f"/fhir/Media?patient:identifier={ident}&created=ge2000", headers=as_purpose("TREAT"))
         assert found.json()["total"] == 1

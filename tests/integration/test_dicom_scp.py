@@ -57,7 +57,15 @@ from adapter.services import dicom_ingest as dicom_ingest_module
 from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
 from tests.conftest import record_emitted, require_or_skip, wait_until
-from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
+from tests.support.app import (
+    PATIENT,
+    FhirClient,
+    adapter_client,
+    consent_resource,
+    metadata,
+    post_photo,
+    seen_as,
+)
 from tests.support.audit import (
     DCM,
     INSTANCES_TRANSFERRED,
@@ -209,7 +217,7 @@ def test_storescu_secondary_capture_becomes_a_media_record(scp: StoreSCP, client
     errors = validate_r4([media, provenance, binary_json.json()])
     assert errors == []
     # readable for care, not for training without the patient's Consent
-    assert client.get(f"/fhir/Media/{media['id']}", headers=TRAIN).status_code == 403
+    assert client.get(f"/fhir/{seen_as(services, 'TRAIN', 'Media/' + media['id'])}", headers=TRAIN).status_code == 403
     assert client.get("/fhir/Media", headers=TRAIN).json()["total"] == 0
     creates = [e for e in services.store.list_audit(100) if e.get("action") == "C"]
     assert len(creates) == 1
@@ -226,7 +234,7 @@ def test_storescu_secondary_capture_becomes_a_media_record(scp: StoreSCP, client
 
 
 def test_vl_photographic_is_a_clinical_record_readable_for_care_only(scp: StoreSCP, client: FhirClient,
-                                                                     tmp_path: Path) -> None:
+                                                                     services: Services, tmp_path: Path) -> None:
     need_dcmtk()
     path = tmp_path / "vl.dcm"
     sent = vl_photo_file(path, AnatomicRegionSequence=None)
@@ -235,12 +243,13 @@ def test_vl_photographic_is_a_clinical_record_readable_for_care_only(scp: StoreS
     kind = [e["valueCode"] for e in media["extension"] if e["url"].endswith("/photo-kind")]
     assert kind == ["clinical"] and media["modality"]["coding"][0]["code"] == "XC"
     assert client.get(f"/fhir/Media/{media['id']}", headers=TREAT).status_code == 200
-    assert client.get(f"/fhir/Media/{media['id']}", headers=TRAIN).status_code == 403
+    trained = seen_as(services, "TRAIN", f"Media/{media['id']}")  # as TRAIN names it
+    assert client.get(f"/fhir/{trained}", headers=TRAIN).status_code == 403
     # an explicit Consent for TRAIN opens it for training
     created = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
                           headers={"Content-Type": "application/fhir+json"})
     assert created.status_code == 201, created.text
-    assert client.get(f"/fhir/Media/{media['id']}", headers=TRAIN).status_code == 200
+    assert client.get(f"/fhir/{trained}", headers=TRAIN).status_code == 200
 
 
 def test_pdf_becomes_a_document_reference(scp: StoreSCP, client: FhirClient, tmp_path: Path) -> None:
@@ -378,10 +387,12 @@ def test_a_pdf_is_released_for_a_consented_purpose(client: FhirClient, services:
                        headers={"Content-Type": "application/fhir+json"}).status_code == 201
     care = client.get(f"/fhir/{result.receipt['binary']}", headers={**TREAT, "Accept": "application/pdf"})
     for accept in ("application/pdf", "*/*"):
-        train = client.get(f"/fhir/{result.receipt['binary']}", headers={**TRAIN, "Accept": accept})
+        train = client.get(f"/fhir/{seen_as(services, 'TRAIN', result.receipt['binary'])}",
+                           headers={**TRAIN, "Accept": accept})
         assert train.status_code == 200 and train.headers["content-type"] == "application/pdf"
         assert page_contents(train.content) == page_contents(care.content) and care.content == PDF_BYTES
-    as_json = client.get(f"/fhir/{result.receipt['binary']}", headers={**TRAIN, "Accept": "application/fhir+json"})
+    as_json = client.get(f"/fhir/{seen_as(services, 'TRAIN', result.receipt['binary'])}",
+                         headers={**TRAIN, "Accept": "application/fhir+json"})
     assert as_json.status_code == 200 and as_json.json()["contentType"] == "application/pdf"
 
 

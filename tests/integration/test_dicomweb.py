@@ -42,7 +42,15 @@ from adapter.services.registry import Services
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.schema import SCHEMA_VERSION
 from tests.conftest import ROOT, record_emitted, require_or_skip
-from tests.support.app import PATIENT, FhirClient, adapter_client, consent_resource, metadata, post_photo
+from tests.support.app import (
+    PATIENT,
+    FhirClient,
+    adapter_client,
+    consent_resource,
+    metadata,
+    post_photo,
+    seen_as,
+)
 from tests.support.audit import (
     INSTANCES_TRANSFERRED,
     QUERY,
@@ -779,13 +787,13 @@ def test_gps_camera_notes_and_specimen_ids_do_not_survive_a_release(adapter: tup
 
 def test_hresch_gets_the_pseudonym_the_fhir_view_shows(adapter: tuple[FhirClient, Services],
                                                        checked: Checked) -> None:
-    client, _ = adapter
+    client, services = adapter
     vl = received()
     stow(client, vl)
     [media] = find(client, "Media", vl.SOPInstanceUID)
     assert wado(client, vl.StudyInstanceUID, headers=HRESCH).status_code in (403, 404)
     add_consent(client, ["HRESCH"])
-    fhir_view = client.get(f"/fhir/Media/{media['id']}", headers=HRESCH).json()
+    fhir_view = client.get(f"/fhir/{seen_as(services, 'HRESCH', 'Media/' + media['id'])}", headers=HRESCH).json()
     pseudonym = fhir_view["subject"]["identifier"]
     assert pseudonym["value"] != PATIENT["value"]
     [study] = qido(client, "studies", HRESCH)
@@ -860,12 +868,13 @@ def test_released_uids_follow_the_key_across_restarts(tmp_path: Path) -> None:
 
 def test_binary_as_dicom_follows_the_record_decision(adapter: tuple[FhirClient, Services],
                                                      checked: Checked) -> None:
-    client, _ = adapter
+    client, services = adapter
     receipt = post_photo(client, WOUND, metadata()).json()
     dicom = {"Accept": "application/dicom"}
-    assert client.get(f"/fhir/{receipt['binary']}", headers={**TRAIN, **dicom}).status_code == 403
+    trained = seen_as(services, "TRAIN", receipt["binary"])  # as TRAIN names it
+    assert client.get(f"/fhir/{trained}", headers={**TRAIN, **dicom}).status_code == 403
     add_consent(client, ["TRAIN"])
-    r = client.get(f"/fhir/{receipt['binary']}", headers={**TRAIN, **dicom})
+    r = client.get(f"/fhir/{trained}", headers={**TRAIN, **dicom})
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
     ds = checked("photo Binary, TRAIN", r.content)
     assert ds.PatientIdentityRemoved == "YES" and PATIENT["value"].encode() not in r.content
@@ -992,8 +1001,9 @@ def test_a_pdf_that_cannot_be_cleaned_is_not_released_in_a_restricted_view(
     assert stow(client, photo, sent).status_code == 200
     add_consent(client, ["TRAIN"])
     [record] = find(client, "DocumentReference", sent.SOPInstanceUID)
-    binary = record["content"][0]["attachment"]["url"].split("testserver")[-1]
-    assert client.get(binary, headers={**TREAT, "Accept": "application/pdf"}).content == encrypted.getvalue()
+    care_binary = record["content"][0]["attachment"]["url"].split("testserver")[-1]
+    assert client.get(care_binary, headers={**TREAT, "Accept": "application/pdf"}).content == encrypted.getvalue()
+    binary = "/fhir/" + seen_as(services, "TRAIN", care_binary.removeprefix("/fhir/"))  # the view's own id
     [item] = qido(client, "instances", TRAIN, SOPClassUID=PDF_CLASS)
     instance = value(item, "00081190").split("testserver")[-1]
     study = f"/dicomweb/studies/{value(item, '0020000D')}"
@@ -1236,7 +1246,9 @@ def test_rendered_is_the_binary_an_ehr_shows_in_the_purposes_view(adapter: tuple
     [item] = qido(client, "instances", TRAIN, Modality="XC")
     train = client.get(value(item, "00081190").split("testserver")[-1] + "/rendered", headers=TRAIN)
     assert train.status_code == 200 and train.content[:2] == b"\xff\xd8"
-    [media_train] = client.get("/fhir/Media", headers=TRAIN).json()["entry"][:1]
+    # the photo's (a TRAIN search lists its records in the order of their TRAIN ids, not as stored)
+    [media_train] = [e for e in client.get("/fhir/Media", headers=TRAIN).json()["entry"]
+                     if e["resource"]["content"]["contentType"] == "image/jpeg"]
     train_binary = client.get(media_train['resource']['content']['url'],
                               headers={**TRAIN, "Accept": "image/jpeg"})
     assert train.content == train_binary.content  # the de-identified Binary's bytes: no metadata at all
@@ -1883,7 +1895,8 @@ def test_dicom_exchanges_are_audited_as_dicom_audit_messages(adapter: tuple[Fhir
     photo_study = services.store.find_dicom_instance(receipt["dicom"]["sopInstanceUid"]).study_instance_uid
     [create] = new_events()
     assert create["type"]["code"] == "rest" and create["subtype"][0]["code"] == "create"
-    binary = client.get(f"/fhir/{receipt['binary']}", headers={**TRAIN, "Accept": "application/dicom"})
+    binary = client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['binary'])}",
+                        headers={**TRAIN, "Accept": "application/dicom"})
     assert binary.status_code == 403
     [refused] = new_events()
     assert dicom_events([refused], INSTANCES_TRANSFERRED) == [refused]

@@ -11,7 +11,7 @@ import httpx
 from prometheus_client import REGISTRY
 
 from tests.conftest import ROOT
-from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
+from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo, seen_as
 from tests.support.postgres import postgres_schema
 from tests.support.server import running_adapter
 
@@ -23,7 +23,7 @@ def sample(name: str, **labels: str) -> float:
 
 
 def test_metrics_count_ingests_decisions_and_responses_by_template(tmp_path: Path) -> None:
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         before = {
             "stored": sample("adapter_ingests_total", channel="http", result="stored"),
             "replayed": sample("adapter_ingests_total", channel="http", result="replayed"),
@@ -33,7 +33,7 @@ def test_metrics_count_ingests_decisions_and_responses_by_template(tmp_path: Pat
         receipt = post_photo(client, WOUND, metadata()).json()
         assert post_photo(client, WOUND, metadata()).json() == receipt  # a retry: replayed
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
-        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['record'])}", headers=as_purpose("TRAIN")).status_code == 403
         scraped = client.get("/metrics")
         assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
         text = scraped.text

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.app import (
+    PATIENT,
+    adapter_client,
+    as_purpose,
+    consent_resource,
+    metadata,
+    post_photo,
+    seen_as,
+)
 from tests.support.mhd import provide_document_bundle
 
 pytestmark = pytest.mark.integration
@@ -102,7 +110,7 @@ def test_what_cannot_be_honoured_is_refused_with_the_reason(tmp_path: Path, para
 
 
 def test_creation_is_searched_to_the_year_in_the_de_identified_view(tmp_path: Path) -> None:
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         doc = _document(client, "2026-03-05T10:00:00Z")
         consent = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
                               headers={"Content-Type": "application/fhir+json"})
@@ -112,7 +120,7 @@ def test_creation_is_searched_to_the_year_in_the_de_identified_view(tmp_path: Pa
         assert day.status_code == 400 and "year" in day.json()["issue"][0]["diagnostics"]
         year = client.get("/fhir/DocumentReference?creation=2026", headers=train)
         assert year.status_code == 200, year.text
-        assert [e["resource"]["id"] for e in year.json()["entry"]] == [doc["record"].split("/")[1]]
+        assert [e["resource"]["id"] for e in year.json()["entry"]] == [seen_as(services, "TRAIN", doc["record"]).split("/")[1]]
         assert client.get("/fhir/DocumentReference?creation=2025", headers=train).json()["total"] == 0
 
 
@@ -215,7 +223,7 @@ def test_a_document_sources_metadata_is_what_iti_67_finds_it_by(tmp_path: Path) 
     Document Source submitted (and by setting, facility, event, format) never found the document:
     the adapter stored its own type and category and dropped the rest. They are kept, searched,
     and shown in each view as it allows (codes, not the entryUUID, in TRAIN and HRESCH)."""
-    with adapter_client(tmp_path) as (client, _):
+    with adapter_client(tmp_path) as (client, services):
         doc, entry_uuid = _mhd_document(client)
         posted = _document(client, "2026-03-05T10:00:00Z", ROOT / "samples" / "tiny.jpg")["record"]  # own codes
         for query in (f"type={LOINC}|34108-1", "type=34108-1", f"category={LOINC}|11369-6",
@@ -249,7 +257,7 @@ def test_a_document_sources_metadata_is_what_iti_67_finds_it_by(tmp_path: Path) 
                               headers={"Content-Type": "application/fhir+json"})
         assert consent.status_code == 201, consent.text
         for purpose in ("TRAIN", "HRESCH"):
-            shown = client.get(f"/fhir/{doc}", headers=as_purpose(purpose))
+            shown = client.get(f"/fhir/{seen_as(services, purpose, doc)}", headers=as_purpose(purpose))
             assert shown.status_code == 200, shown.text
             view = shown.json()
             assert entry_uuid not in shown.text and "Outpatient Note" not in shown.text  # the sender's text
@@ -262,7 +270,7 @@ def test_a_document_sources_metadata_is_what_iti_67_finds_it_by(tmp_path: Path) 
             # a reader in the view selects by the codes too, never by the entryUUID
             r = client.get(f"/fhir/DocumentReference?type={LOINC}|34108-1&event={SNOMED}|71388002",
                            headers=as_purpose(purpose))
-            assert [e["resource"]["id"] for e in r.json()["entry"]] == [doc.split("/")[1]]
+            assert [e["resource"]["id"] for e in r.json()["entry"]] == [seen_as(services, purpose, doc).split("/")[1]]
             r = client.get(f"/fhir/DocumentReference?identifier=urn:ietf:rfc:3986|{entry_uuid}",
                            headers=as_purpose(purpose))
             assert r.status_code == 400, r.text

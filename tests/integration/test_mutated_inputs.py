@@ -29,7 +29,7 @@ from adapter.model.decision import View
 from adapter.services.dicom_ingest import ReceivedStore
 from adapter.services.registry import Services
 from tests.conftest import ROOT
-from tests.support.app import FhirClient, adapter_client, consent_resource
+from tests.support.app import FhirClient, adapter_client, consent_resource, seen_as
 from tests.support.dicom_files import jpeg, multiframe_file, native_sc_file, pdf_file, sc_file, vl_photo_file
 from tests.support.fhir_factories import tables
 
@@ -157,10 +157,11 @@ def test_mutated_dicom_objects_are_refused_or_released_in_every_view(
                 assert answer.status_code in (200, 403, 404, 406), (i, purpose, url, answer.text[:300])
                 if answer.status_code >= 400:
                     assert answer.json()["resourceType"] == "OperationOutcome"
-            record = client.get(f"/fhir/{result.record}", headers=headers)
+            record = client.get(f"/fhir/{seen_as(services, purpose, result.record)}", headers=headers)
             assert record.status_code in (200, 403), (i, purpose, record.text[:200])
             for accept in ("application/dicom", "*/*", "application/fhir+json"):  # the object, the bytes, JSON
-                binary = client.get(f"/fhir/{result.receipt['binary']}", headers={**headers, "Accept": accept})
+                binary = client.get(f"/fhir/{seen_as(services, purpose, result.receipt['binary'])}",
+                                    headers={**headers, "Accept": accept})
                 assert binary.status_code in (200, 403), (i, purpose, accept, binary.text[:200])
     assert stored and refused  # both ways were taken
 

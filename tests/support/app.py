@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from adapter.api.app import create_app
 from adapter.config import Settings
+from adapter.model.decision import View
 from adapter.services.registry import Services, build_services
 from tests.conftest import ROOT, record_emitted
 
@@ -94,6 +95,15 @@ def consent_resource(purposes: list[str], *, status: str = "active", patient: di
                       "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p}
                                   for p in purposes]},
     }
+
+
+def seen_as(services: Services, purpose: str, reference: str) -> str:
+    """``reference`` (``Type/<stored id>``, or ``Type/<stored id>/_history/<n>``) as a reader of
+    ``purpose`` names it: with the id its view shows (adapter.mapping.released_ids; a restricted
+    view's own, care's the stored one)."""
+    assert services.released_ids is not None
+    view = View(services.tables.purposes.codes[purpose].view)
+    return services.released_ids.space(view).reference(reference)
 
 
 def as_purpose(code: str, **extra: str) -> dict[str, str]:

@@ -18,11 +18,10 @@ from adapter.errors import NotSupported
 from adapter.mapping import codes
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.r5 import XVER_R4, to_r5
-from adapter.mapping.views import render
 from adapter.model.decision import View
 from tests.conftest import record_emitted
 from tests.support.fhir_factories import tables
-from tests.unit.test_mapping_views import (
+from tests.unit.test_mapping_views import (  # render: with the ids of the decision's view
     FACTORIES,
     KEY,
     PSEUDONYM_SYSTEM,
@@ -33,6 +32,7 @@ from tests.unit.test_mapping_views import (
     document_reference,
     media,
     provenance,
+    render,
 )
 
 pytestmark = pytest.mark.unit

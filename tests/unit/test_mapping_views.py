@@ -21,10 +21,11 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.provenance import Provenance
 
 from adapter.errors import ConfigurationError, Forbidden, NotSupported
-from adapter.mapping import codes
+from adapter.mapping import codes, views
 from adapter.mapping.pseudonym import Pseudonymizer
+from adapter.mapping.released_ids import ReleasedIds
 from adapter.mapping.tables import Tables
-from adapter.mapping.views import render, security_labels
+from adapter.mapping.views import security_labels
 from adapter.model.decision import Decision, View
 from adapter.model.purpose import PurposeOfUse
 from tests.support.fhir_factories import tables as shipped_tables
@@ -244,6 +245,20 @@ def pseudonymizer() -> Pseudonymizer:
     return Pseudonymizer(KEY, PSEUDONYM_SYSTEM)
 
 
+#: The ids the views show: each restricted view its own keyed ones (adapter.mapping.released_ids).
+IDS = ReleasedIds(b"i" * 32)
+
+
+def render(resource: JSON, decision: Decision, **kwargs: Any) -> JSON:
+    """The view of ``resource`` with the ids a reader of the decision's view is shown."""
+    return views.render(resource, decision, ids=IDS.space(decision.view), **kwargs)
+
+
+def released(view: View, resource_type: str, id: str) -> str:
+    """``id`` as a reader of ``view`` is shown it."""
+    return IDS.space(view).released(resource_type, id)
+
+
 def validate_r4(resource: JSON) -> None:
     MODELS[resource["resourceType"]].model_validate(resource)
 
@@ -274,7 +289,7 @@ def test_output_is_valid_r4_and_input_untouched(resource_type: str, view: View, 
     assert source == before
     assert out is not source
     validate_r4(out)
-    assert out["resourceType"] == resource_type and out["id"] == source["id"]
+    assert out["resourceType"] == resource_type and out["id"] == released(view, resource_type, source["id"])
     # the result shares no mutable structure with the input
     out.setdefault("meta", {})["versionId"] = "changed"
     assert source == before
@@ -366,7 +381,8 @@ def test_pseudonymised_keeps_dates_and_the_sha256(tables: Tables, pseudonymizer:
     assert out["meta"]["lastUpdated"] == "2024-03-01T09:16:02.120Z"
     # review finding: size and hash described the stored bytes, not the copy released under
     # HRESCH (no ICC profile: another length); left out, as in the de-identified view
-    assert out["content"] == {"contentType": "image/jpeg", "url": "Binary/wound-photo-1-bin",
+    assert out["content"] == {"contentType": "image/jpeg",
+                              "url": f"Binary/{released(View.PSEUDONYMISED, 'Binary', 'wound-photo-1-bin')}",
                               "creation": "2024-03-01T10:15:00+01:00"}
     doc = render(document_reference(), decision(View.PSEUDONYMISED), tables=tables, pseudonymizer=pseudonymizer)
     assert not {"size", "hash"} & set(doc["content"][0]["attachment"])
@@ -391,7 +407,9 @@ def test_deidentified_media_keeps_clinical_codes(tables: Tables, pseudonymizer: 
                                "coding": [{"system": codes.SNOMED, "code": "14975008", "display": "Forearm"}]}
     assert out["modality"]["coding"][0]["code"] == "XC"
     assert out["createdDateTime"] == "2024"
-    assert out["content"] == {"contentType": "image/jpeg", "url": "Binary/wound-photo-1-bin", "creation": "2024"}
+    assert out["content"] == {"contentType": "image/jpeg",
+                              "url": f"Binary/{released(View.DEIDENTIFIED, 'Binary', 'wound-photo-1-bin')}",
+                              "creation": "2024"}
     assert out["extension"] == [{"url": codes.EXT_PHOTO_KIND, "valueCode": "clinical"},
                                 {"url": codes.EXT_PHOTO_SOURCE, "valueCode": "clinician"},
                                 {"url": codes.EXT_CAPTURE_DEVICE, "valueCode": "personal"}]
@@ -409,20 +427,23 @@ def test_deidentified_consent_keeps_its_rules(tables: Tables, pseudonymizer: Pse
     assert provision["period"] == {"start": "2024", "end": "2025"}
     assert provision["actor"] == [{"role": consent()["provision"]["actor"][0]["role"],
                                    "reference": {"display": "redacted"}}]
-    assert provision["data"] == [{"meaning": "instance", "reference": {"reference": "Media/wound-photo-1"}}]
+    assert provision["data"] == [{"meaning": "instance", "reference": {
+        "reference": f"Media/{released(View.DEIDENTIFIED, 'Media', 'wound-photo-1')}"}}]
     assert provision["provision"] == [{"type": "deny",
                                        "purpose": [{"system": codes.V3_ACT_REASON, "code": "MLTRAINING"}]}]
 
 
 def test_deidentified_provenance(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
     out = render(provenance(), decision(View.DEIDENTIFIED), tables=tables, pseudonymizer=pseudonymizer)
-    assert out["target"] == [{"reference": "Media/wound-photo-1"}, {"reference": "Binary/wound-photo-1-bin"}]
+    media_id, binary_id = (released(View.DEIDENTIFIED, "Media", "wound-photo-1"),
+                           released(View.DEIDENTIFIED, "Binary", "wound-photo-1-bin"))
+    assert out["target"] == [{"reference": f"Media/{media_id}"}, {"reference": f"Binary/{binary_id}"}]
     assert out["occurredDateTime"] == "2024"
     assert [a["who"] for a in out["agent"]] == [{"display": "author (redacted)"},
                                                 {"display": "assembler (redacted)"}]
     assert all("onBehalfOf" not in a for a in out["agent"])
     assert out["entity"] == [{"role": "source", "what": {"display": "source (redacted)"}},
-                             {"role": "derivation", "what": {"reference": "Binary/wound-photo-1-bin"}}]
+                             {"role": "derivation", "what": {"reference": f"Binary/{binary_id}"}}]
     assert out["reason"] == [{"coding": [{"system": codes.V3_ACT_REASON, "code": "TREAT"}]}]
 
 
@@ -430,10 +451,55 @@ def test_deidentified_provenance(tables: Tables, pseudonymizer: Pseudonymizer) -
 def test_binary_keeps_content_and_a_literal_security_context(view: View, tables: Tables,
                                                             pseudonymizer: Pseudonymizer) -> None:
     out = render(binary(), decision(view), tables=tables, pseudonymizer=pseudonymizer)
-    assert without_security(out) == {"resourceType": "Binary", "id": "wound-photo-1-bin",
+    assert without_security(out) == {"resourceType": "Binary", "id": released(view, "Binary", "wound-photo-1-bin"),
                                      "contentType": "image/jpeg",
-                                     "securityContext": {"reference": "Media/wound-photo-1"},
+                                     "securityContext": {"reference": f"Media/{released(view, 'Media', 'wound-photo-1')}"},
                                      "data": "/9j/4AAQSkZJRgABAQAAAQABAAD/2Q=="}
+
+
+#: The stored ids of the factories' resources and of the records they reference.
+STORED_IDS = ("wound-photo-1", "doc-photo-1", "photo-consent-1", "photo-prov-1", "wound-photo-1-bin",
+              "doc-photo-1-bin")
+_LITERAL = re.compile(r"^(Media|DocumentReference|Binary|Consent|Provenance)/(.+)$")
+
+
+def _references(value: Any) -> list[str]:
+    """Every literal reference (Reference.reference, Attachment.url) in ``value``."""
+    if isinstance(value, list):
+        return [r for item in value for r in _references(item)]
+    if not isinstance(value, dict):
+        return []
+    own = [v for k, v in value.items() if k in ("reference", "url") and isinstance(v, str) and _LITERAL.match(v)]
+    return own + [r for v in value.values() if isinstance(v, (dict, list)) for r in _references(v)]
+
+
+@pytest.mark.parametrize(("resource_type", "view"), [(rt, v) for rt in FACTORIES
+                                                     for v in (View.DEIDENTIFIED, View.PSEUDONYMISED)])
+def test_restricted_views_show_their_own_ids(resource_type: str, view: View, tables: Tables,
+                                             pseudonymizer: Pseudonymizer) -> None:
+    """Found by the de-identification review (finding 3): every view kept the stored logical id,
+    and every reference to a stored one, so a TRAIN copy joined on its id with the HRESCH copy
+    (the pseudonym, the full dates) or with care's data (the patient). Each restricted view now
+    shows its own keyed ids, for the resource and for every reference it keeps, each of which
+    leads back (with the key) to the stored resource; none of the stored ids appears. Test seen
+    failing: the stored ids were shown."""
+    source = FACTORIES[resource_type]()
+    out = render(source, decision(view), tables=tables, pseudonymizer=pseudonymizer)
+    space = IDS.space(view)
+    assert out["id"] != source["id"]
+    assert space.stored(resource_type, out["id"]) == source["id"]
+    other = View.PSEUDONYMISED if view is View.DEIDENTIFIED else View.DEIDENTIFIED
+    assert out["id"] != released(other, resource_type, source["id"])
+    assert IDS.space(other).stored(resource_type, out["id"]) is None
+    assert not [stored for stored in STORED_IDS if stored in text_of(out)]
+    references = _references(out)
+    assert references  # each factory keeps one at least
+    for reference in references:
+        found = _LITERAL.match(reference)
+        assert found is not None
+        assert space.stored(found[1], found[2]) in STORED_IDS, reference
+    full = render(source, decision(View.FULL), tables=tables, pseudonymizer=pseudonymizer)
+    assert full["id"] == source["id"]  # care's view shows the stored ids
 
 
 # --- labels -----------------------------------------------------------------------------------
