@@ -41,9 +41,14 @@ Decisions:
 * **Anatomy**: bodySite's SNOMED coding → AnatomicRegionSequence (SCT, CodeMeaning from
   mappings/body_sites.yaml); the laterality extension → ImageLaterality (R/L/B) and an
   AnatomicRegionModifierSequence item (SCT 24028007/7771000/51440002). Series Laterality
-  (General Series, Type 2C) is then absent, as its condition requires (dciodvfy errors
-  otherwise); without a known laterality, or without a body site, it is present and empty
-  ("unknown": dciodvfy requires it when the body part is paired or absent, and warns).
+  (General Series, PS3.3 C.7.3.1) is Type 2C, required if the body part is paired and no
+  ImageLaterality is sent, and absent otherwise (dciodvfy errors when it is present on a part
+  it knows unpaired, or missing where it cannot tell). Whether a site is paired is data
+  (body_sites.yaml ``paired``). So: a side given → ImageLaterality, no Laterality (which takes R
+  or L only); an unpaired site → ImageLaterality U ("unpaired", C.7.6.1), no Laterality; a
+  paired site without a side, or no body site → Laterality empty (Type 2: unknown; dciodvfy
+  warns that empty is only for "actually unknown"), except for a kind that images no body part
+  with sides (dicom.yaml ``withoutBodySite: unpaired``, documents) → ImageLaterality U.
 * **Privacy**: RecognizableVisualFeatures from kinds.yaml ``recognizable``; BurnedInAnnotation
   from mappings/dicom.yaml (documents and screens carry text). Nothing from EXIF except the
   Orientation is used, so no GPS, serials, owner or capture software can reach the object.
@@ -80,7 +85,7 @@ from adapter.imaging import (
 )
 from adapter.imaging.sniff import check_declared
 from adapter.mapping.codes import EXT_LATERALITY, SNOMED
-from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_tables import DicomTables, KindIod
 from adapter.mapping.dicom_uids import PhotoUids
 from adapter.mapping.tables import Tables
 from adapter.model.photo import Identifier, PhotoKind
@@ -215,7 +220,7 @@ def _photo_header(record: Mapping[str, Any], *, kind: PhotoKind, patient: Identi
     ds.RecognizableVisualFeatures = "YES" if tables.kinds[kind].recognizable else "NO"
 
     _set_times(ds, record, now, secondary_capture=iod.is_secondary_capture)
-    _set_anatomy(ds, record, tables)
+    _set_anatomy(ds, record, tables, iod)
     return ds, iod
 
 
@@ -429,7 +434,7 @@ def _set_times(ds: Dataset, record: Mapping[str, Any], now: datetime, *, seconda
 # anatomy
 
 
-def _set_anatomy(ds: Dataset, record: Mapping[str, Any], tables: Tables) -> None:
+def _set_anatomy(ds: Dataset, record: Mapping[str, Any], tables: Tables, iod: KindIod) -> None:
     site = record.get("bodySite")
     code: str | None = None
     meaning: str | None = None
@@ -459,11 +464,20 @@ def _set_anatomy(ds: Dataset, record: Mapping[str, Any], tables: Tables) -> None
             modifier.CodeMeaning = side_code[1]
             item.AnatomicRegionModifierSequence = Sequence([modifier])
         ds.AnatomicRegionSequence = Sequence([item])
+    # Series Laterality (C.7.3.1) is Type 2C: required if the body part is paired and no
+    # ImageLaterality is sent, and then only; R or L, so a side (B too) goes in ImageLaterality.
     if side is not None:
-        ds.ImageLaterality = side  # series Laterality must then be absent (C.7.3.1 2C condition)
+        ds.ImageLaterality = side
+    elif code is not None and not tables.body_sites.paired.get(code, True):
+        # unpaired (mappings/body_sites.yaml; a code not there is not known to be): no Laterality,
+        # which dciodvfy refuses on a site it knows unpaired; ImageLaterality U says so to the
+        # readers that do not know the code (C.7.6.1)
+        ds.ImageLaterality = "U"
+    elif code is None and iod.without_body_site == "unpaired":
+        ds.ImageLaterality = "U"  # a kind that images no body part with sides (mappings/dicom.yaml)
     else:
-        # Type 2C, empty = unknown: whether the part is paired is not known (dciodvfy wants the
-        # attribute when the body part is paired or absent, and warns about the empty value).
+        # paired, or any body part, with its side unknown: Type 2, empty (dciodvfy warns that an
+        # empty value is only for "actually unknown", which it is)
         ds.Laterality = ""
 
 

@@ -154,6 +154,10 @@ class KindIod(_Strict):
     conversion_type: str | None = Field(None, alias="conversionType")
     burned_in_annotation: Literal["YES", "NO"] = Field(alias="burnedInAnnotation")
     series_number: int = Field(1, alias="seriesNumber", ge=1, le=2**31 - 1)
+    #: What a photo of this kind without a body site images: ``unknown`` (any body part, maybe a
+    #: paired one: series Laterality empty, PS3.3 C.7.3.1) or ``unpaired`` (no body part that has
+    #: sides, a sheet of paper: ImageLaterality U and no Laterality). adapter.mapping.dicom_photo.
+    without_body_site: Literal["unknown", "unpaired"] = Field("unknown", alias="withoutBodySite")
 
     @model_validator(mode="after")
     def _iod(self) -> KindIod:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapter.errors import PolicyError
 from adapter.model.photo import PhotoKind
@@ -97,13 +97,28 @@ class KindEntry(_Strict):
 class LateralityEntry(_Strict):
     code: str
     display: str
-    dicom: str
+    dicom: str = Field(pattern="^[RLB]$")  # ImageLaterality (PS3.3 C.7.6.1); U would say "unpaired"
 
 
 class BodySiteTable(_Strict):
     system: str
     codes: dict[str, str]
+    #: Whether each code is a paired body part (or one found on either side): series Laterality
+    #: (PS3.3 C.7.3.1, Type 2C) is written only for these (adapter.mapping.dicom_photo). Every
+    #: code is listed, so a site added without saying so stops start-up instead of giving objects
+    #: dciodvfy refuses.
+    paired: dict[str, bool]
     laterality: dict[str, LateralityEntry]
+
+    @model_validator(mode="after")
+    def _every_code_paired_or_not(self) -> BodySiteTable:
+        missing = [c for c in self.codes if c not in self.paired]
+        unknown = [c for c in self.paired if c not in self.codes]
+        if missing or unknown:
+            raise ValueError("must say for every code, and only those, whether it is paired"
+                             + (f"; not listed: {missing}" if missing else "")
+                             + (f"; not a code: {unknown}" if unknown else ""))
+        return self
 
 
 @dataclass(frozen=True)

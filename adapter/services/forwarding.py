@@ -8,6 +8,19 @@ one association and marks each item sent right after the PACS acknowledged it, o
 with exponential back-off and jitter, or gives up (status ``failed``) after
 ``ADAPTER_FORWARD_RETRY_MAX`` attempts or on a permanent refusal.
 
+A backlog goes over one association, also the one an outage leaves. Back-off is per destination
+for the items a PACS left unanswered (no association, no C-STORE response: it is down or
+unreachable, not refusing that object): they are all due again at one moment, the destination's
+next retry (:class:`_Backoff`), not each at its own jittered time, so they are claimed, and sent,
+together. And once the destination acknowledges an object again, the items this forwarder put on
+back-off for it are claimed at once and go over that association, in the same pass, rather than
+each when its retry falls due. They are claimed by their retry time: an item is claimed only if
+it still has the one this forwarder gave it, i.e. no forwarder claimed it since (a claim moves it
+a lease ahead; RecordStore.renew_outbox_claims compares and sets), so an item another forwarder
+holds is never taken from it. What this forwarder put on back-off is known in memory: after a
+restart the items keep their common retry time, and go together when it falls due. A failure
+the PACS answered (0xA7xx, say, for one object) keeps the item's own back-off.
+
 What the PACS receives is the object in the transfer syntax it is stored in (a JPEG photo in JPEG
 Baseline, a PNG or rotated one native) wherever the PACS accepts that syntax. For a PACS that
 accepts no compressed syntax (it need accept only Implicit VR Little Endian, PS3.5 10.1), the
@@ -65,7 +78,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -240,7 +253,8 @@ class ForwardOptions:
     retry_max: int = 300           # attempts before an item is failed (ADAPTER_FORWARD_RETRY_MAX)
     backoff_base: float = 2.0      # delay after the first failed attempt; doubles per attempt
     backoff_cap: float = 300.0     # longest delay between attempts
-    jitter: float = 0.2            # ± this fraction of the delay, so retries of many items spread out
+    jitter: float = 0.2            # ± this fraction of the delay, so retries of many items (of one
+                                   # destination: their back-off is the destination's) spread out
     poll_interval: float = 2.0     # look for due items at least this often (ingest also wakes it)
     claim_limit: int = 100         # items claimed at once (each claim is leased by the store)
     batch_size: int = 4            # objects regenerated and held in memory at once (a native 12 MP
@@ -319,6 +333,33 @@ class _Reader(Protocol):
     def decide(self, facts: AccessFacts | None) -> Decision: ...
 
 
+def _unanswered(result: SendResult) -> bool:
+    """Whether a send to be retried failed because the destination did not answer (no
+    association, no C-STORE response: down or unreachable), not because it refused the object."""
+    return result.outcome is SendOutcome.RETRY and result.status is None
+
+
+@dataclass
+class _Backoff:
+    """One destination's back-off, as this forwarder knows it (module docstring)."""
+
+    retry_at: datetime | None = None  # when the items it left unanswered are due again, together
+    steps: int = 0                    # the back-off step of retry_at (attempts, as backoff_delay counts)
+    answering: bool = False           # its last answer was an acknowledgement
+    #: the items this forwarder put on back-off for it, each as it left it (next_attempt_at: the
+    #: retry time it gave, the token it is claimed again by)
+    waiting: dict[int, OutboxItem] = field(default_factory=dict)
+
+    def retry(self, now: datetime, attempts: int, options: ForwardOptions, rng: random.Random) -> datetime:
+        """The retry time of an item left unanswered at ``now`` after ``attempts`` attempts: the
+        destination's, or, once that has passed, a new one a back-off step further (at least the
+        item's own: after a restart the steps start from its attempts)."""
+        if self.retry_at is None or self.retry_at <= now:
+            self.steps = max(self.steps + 1, attempts)
+            self.retry_at = now + backoff_delay(self.steps, options, rng)
+        return self.retry_at
+
+
 class Forwarder:
     """The outbox worker: a background thread (:meth:`start`/:meth:`stop`), woken by
     :meth:`wake` when ingest commits a photo with outbox items, and polling every
@@ -344,6 +385,7 @@ class Forwarder:
         self.options = options
         self._now = now
         self._rng = rng or random.Random()
+        self._backoff: dict[str, _Backoff] = {}  # by destination; used by the forwarder's thread only
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -398,26 +440,63 @@ class Forwarder:
 
     # -- one pass ----------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Claim the due items and send them, each destination's over one association; the
-        number of items claimed."""
+        """Claim the due items and send them, each destination's over one association, followed
+        there by the items this forwarder put on back-off for a destination that acknowledged
+        one (module docstring); the number of items claimed."""
         items = self._store.claim_outbox(self._now(), self.options.claim_limit)
         by_destination: dict[str, list[OutboxItem]] = {}
         for item in items:
             by_destination.setdefault(item.destination, []).append(item)
+            backoff = self._backoff.get(item.destination)
+            if backoff is not None:  # claimed again: no longer waiting as this forwarder left it
+                backoff.waiting.pop(item.id, None)
+        claimed = len(items)
         for destination, group in by_destination.items():
-            for start in range(0, len(group), self.options.batch_size):
-                if self._stopping.is_set():
-                    return len(items)  # the rest stays leased: claimed again after the lease
-                batch = group[start:start + self.options.batch_size]
-                # the claim of a later batch may have run out while earlier ones were sent, and
-                # another forwarder claimed (sent) its items meanwhile: only what is held goes
-                held = self._store.renew_outbox_claims(batch, self._now())
-                if len(held) < len(batch):
-                    log.info("%d outbox item(s) to %s were claimed by another forwarder meanwhile",
-                             len(batch) - len(held), destination)
-                if held:
-                    self._send(destination, held)
-        return len(items)
+            if not self._send_claimed(destination, group):
+                return claimed  # stopping: the rest stays leased, claimed again after the lease
+            claimed += self._send_waiting(destination)
+        return claimed
+
+    def _send_claimed(self, destination: str, items: list[OutboxItem]) -> bool:
+        """Send claimed ``items`` to ``destination`` in batches; False when stopping cut it short."""
+        for start in range(0, len(items), self.options.batch_size):
+            if self._stopping.is_set():
+                return False
+            batch = items[start:start + self.options.batch_size]
+            # the claim of a later batch may have run out while earlier ones were sent, and
+            # another forwarder claimed (sent) its items meanwhile: only what is held goes
+            held = self._store.renew_outbox_claims(batch, self._now())
+            if len(held) < len(batch):
+                log.info("%d outbox item(s) to %s were claimed by another forwarder meanwhile",
+                         len(batch) - len(held), destination)
+            if held:
+                self._send(destination, held)
+        return True
+
+    def _send_waiting(self, destination: str) -> int:
+        """The destination acknowledged an object: claim the items this forwarder put on
+        back-off for it and send them now, over the same association, ``claim_limit`` at a
+        time while it goes on acknowledging (module docstring). Each is claimed by the retry
+        time it was given (RecordStore.renew_outbox_claims): one another forwarder claimed
+        since is left to it. Each goes once in a pass: one left unanswered again waits for
+        the destination's next retry. Returns how many were claimed."""
+        backoff = self._backoff.get(destination)
+        if backoff is None or not backoff.answering or not backoff.waiting:
+            return 0
+        queue = sorted(backoff.waiting.values(), key=lambda i: i.id)
+        backoff.waiting.clear()
+        claimed = 0
+        while queue and backoff.answering and not self._stopping.is_set():
+            chunk, queue = queue[:self.options.claim_limit], queue[self.options.claim_limit:]
+            held = self._store.renew_outbox_claims(chunk, self._now())
+            if held:
+                log.info("%s answers again: %d outbox item(s) on back-off go now", destination, len(held))
+            claimed += len(held)
+            if not self._send_claimed(destination, held):
+                break
+        for item in queue:  # not tried in this pass: still waiting as they were
+            backoff.waiting.setdefault(item.id, item)
+        return claimed
 
     def _send(self, destination: str, items: list[OutboxItem]) -> None:
         """Send ``items`` (claimed, their claims just renewed), keeping them leased meanwhile."""
@@ -493,11 +572,11 @@ class Forwarder:
                 # (<the refusal>)"), naming the record and patient disclosed
                 self._settle(item, result, leases, instance=disclosure.instance,
                              decided=self._refusal_event(disclosure) if disclosure.refused and not sent_anyway
-                             else None)
+                             else None, unanswered=held is None and _unanswered(result))
 
     def _settle(self, item: OutboxItem, result: SendResult, leases: LeaseKeeper, *,
                 disclosed: dict[str, Any] | None = None, instance: DicomInstance | None = None,
-                decided: dict[str, Any] | None = None) -> None:
+                decided: dict[str, Any] | None = None, unanswered: bool = False) -> None:
         """Record the attempt at once, with its AuditEvent in the same transaction (module
         docstring): an acknowledged object is marked sent before anything else happens, so it
         is not sent again, with ``disclosed``, the AuditEvent of its disclosure. A failure is
@@ -507,16 +586,29 @@ class Forwarder:
         ``instance`` where it is known). An attempt that could not be recorded is audited all
         the same, in a transaction of its own, when its object went out (or may have) or
         consent refused it: that happened, whoever holds the item now; one that sent nothing
-        is left to the forwarder that holds the item."""
+        is left to the forwarder that holds the item.
+
+        ``unanswered``: the destination did not answer (:func:`_unanswered`); the item is then due
+        again at the destination's next retry, with the others it left unanswered, and waits
+        for it to answer again (module docstring). An acknowledgement says it answers."""
         now = self._now()
+        backoff = self._backoff.setdefault(item.destination, _Backoff())
         if result.acknowledged:
+            backoff.answering, backoff.retry_at, backoff.steps = True, None, 0
             leases.release(item)  # no longer renewed: a sent item has no claim to keep
             self._store.mark_outbox_sent(item.id, now, audit_events=[disclosed] if disclosed is not None else ())
             return
         attempts = item.attempts + 1
         error = result.error or "failed"
         give_up = result.outcome is SendOutcome.PERMANENT or attempts >= self.options.retry_max
-        retry_at = now if give_up else now + backoff_delay(attempts, self.options, self._rng)
+        if unanswered:
+            backoff.answering = False
+        if give_up:
+            retry_at = now
+        elif unanswered:
+            retry_at = backoff.retry(now, attempts, self.options, self._rng)
+        else:
+            retry_at = now + backoff_delay(attempts, self.options, self._rng)
         event = decided if decided is not None else self._failed_attempt(item, instance, result, give_up=give_up)
         if not self._store.mark_outbox_retry(item.id, next_attempt_at=retry_at, error=error, now=now,
                                              give_up=give_up, claimed_until=leases.release(item),
@@ -525,7 +617,11 @@ class Forwarder:
                 self._append_audit(item, event)
             log.info("outbox item %d to %s: attempt failed (%s) after another forwarder took it", item.id,
                      item.destination, error)
-        elif give_up:
+            return
+        if unanswered and not give_up:  # waiting for the destination, as this forwarder left it
+            backoff.waiting[item.id] = dataclasses.replace(item, attempts=attempts, next_attempt_at=retry_at,
+                                                           last_error=error, updated=now)
+        if give_up:
             log.warning("outbox item %d to %s failed for good after %d attempt(s): %s",
                         item.id, item.destination, attempts, error)
         else:

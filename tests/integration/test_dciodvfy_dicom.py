@@ -40,7 +40,7 @@ from tests.support.dciodvfy import (
     stored_bytes,
     stored_sample,
 )
-from tests.support.fhir_factories import PATIENT_SYSTEM, PATIENT_VALUE
+from tests.support.fhir_factories import PATIENT_SYSTEM, PATIENT_VALUE, tables
 
 pytestmark = pytest.mark.integration
 
@@ -201,3 +201,44 @@ def test_edge_cases(case: str) -> None:
     check(ds, case)
     if ds.BurnedInAnnotation == "NO":
         check(deidentify(reread(ds), uid_root=OUT_ROOT, key=UID_KEY), f"{case} TRAIN")
+
+
+# --------------------------------------------------------------------------------------------- laterality
+
+#: dciodvfy's reminder on an empty Laterality ("is only permitted to be empty when actually
+#: unknown; should be absent ... if an unpaired body part, and have a value if a paired body
+#: part"): it warns on every empty value, so it stays where the side is actually unknown.
+UNKNOWN_SIDE = "is only permitted to be empty when actually unknown"
+SITES = tables().body_sites
+ANATOMY = [(kind, site, side)
+           for kind in PhotoKind
+           for site in ([None, *SITES.codes] if kind is not PhotoKind.DOCUMENT else [None])
+           for side in (None, *SITES.laterality)]
+
+
+@pytest.mark.parametrize(("kind", "site", "side"), ANATOMY,
+                         ids=[f"{k.value}-{s or 'no-site'}-{d or 'no-side'}" for k, s, d in ANATOMY])
+def test_laterality_of_every_kind_body_site_and_side(kind: PhotoKind, site: str | None, side: str | None) -> None:
+    """Found by the DICOM review: a photo of the Head without a laterality carried an empty
+    series Laterality, "Error - Attribute present when condition unsatisfied ... Type 2C
+    Conditional Element=<Laterality>" (C.7.3.1: only for a paired body part), and documents
+    warned about theirs. Every kind, every body site of mappings/body_sites.yaml (and none), every
+    side (and none): 0 errors, and no Laterality warning but where the side is actually unknown
+    (a paired site without one, or a photo without a body site). Test seen failing with that
+    error for Head, Neck, Abdomen, Pelvis, Entire body and Scalp, and with the warning for Chest,
+    Face (codes dciodvfy does not know) and documents."""
+    sample = stored_sample("tiny.jpg")
+    ds = photo_object(kind, sample, record=photo_record(kind, sample, bodySite=site, laterality=side))
+    report = dciodvfy_report(ds)
+    assert report.errors == [], report.output
+    lines = [w for w in report.warnings if "Laterality" in w]
+    unknown = ((site is not None and side is None and SITES.paired[site])
+               or (site is None and kind is not PhotoKind.DOCUMENT))
+    if unknown:  # Type 2, empty: paired (or any part), side unknown
+        assert ds.Laterality == "" and "ImageLaterality" not in ds
+        assert len(lines) == 1 and UNKNOWN_SIDE in lines[0], report.output
+        return
+    assert lines == [], report.output
+    assert "Laterality" not in ds  # C.7.3.1: absent for an unpaired part, or with ImageLaterality
+    expected = SITES.laterality[side].dicom if site is not None and side is not None else "U"
+    assert ds.ImageLaterality == expected

@@ -9,8 +9,9 @@ The second half holds the DICOM test material the unit and integration tests sha
 samples/ photos as ingest stores them, their R4 records and the objects built from them.
 
 Facts (../shared/peers/README.md, checked here): dciodvfy does not decode pixels, does not flag
-RGB with JPEG Baseline, rejects YBR_FULL with JPEG Baseline, and requires Laterality when the
-body part is paired or absent. A missing tool raises RuntimeError; the test decides (skip
+RGB with JPEG Baseline, rejects YBR_FULL with JPEG Baseline, requires Laterality when the body
+part is paired or absent and no ImageLaterality is sent, refuses it on a part it knows unpaired,
+and warns on an empty one. A missing tool raises RuntimeError; the test decides (skip
 locally, fail in CI) with ``tests.conftest.require_or_skip``.
 """
 

@@ -342,21 +342,39 @@ def test_body_site_and_laterality() -> None:
     assert ds.ImageLaterality == "R" and "Laterality" not in ds
 
 
-@pytest.mark.parametrize(("laterality", "image", "series"), [
-    ("left", "L", None), ("bilateral", "B", None), (None, None, ""),
-])
-def test_laterality_variants(laterality: str | None, image: str | None, series: str | None) -> None:
+@pytest.mark.parametrize(("site", "laterality", "image", "series"), [
+    ("14975008", "left", "L", None), ("14975008", "bilateral", "B", None),
+    ("14975008", None, None, ""),     # paired, side unknown: Type 2, empty
+    ("69536005", None, "U", None),    # Head: unpaired
+    ("816094009", None, "U", None),   # Chest: unpaired (a code dciodvfy does not know)
+    ("69536005", "right", "R", None),  # a side of an unpaired site is still the image's side
+], ids=["paired-left", "paired-bilateral", "paired-unknown", "head", "chest", "head-right"])
+def test_laterality_variants(site: str, laterality: str | None, image: str | None, series: str | None) -> None:
+    """Found by the DICOM review: an unpaired body site (Head) got an empty series Laterality,
+    which C.7.3.1 (Type 2C, paired parts only) forbids and dciodvfy reports as an error; test
+    seen failing with Laterality '' and no ImageLaterality for Head and Chest."""
     sample = stored_sample("tiny.jpg")
-    record = photo_record(PhotoKind.CLINICAL, sample, laterality=laterality)
-    ds = photo_object(PhotoKind.CLINICAL, sample, record=record)
-    assert ds.get("ImageLaterality") == image
-    assert ds.get("Laterality") == series
+    for kind in (PhotoKind.CLINICAL, PhotoKind.SECONDARY):
+        record = photo_record(kind, sample, bodySite=site, laterality=laterality)
+        ds = photo_object(kind, sample, record=record)
+        assert ds.get("ImageLaterality") == image, kind
+        assert ds.get("Laterality") == series, kind
 
 
-def test_no_body_site_gives_an_empty_series_laterality() -> None:
+def test_without_a_body_site_a_document_is_unpaired_and_a_photo_unknown() -> None:
+    """Found by the DICOM review (dciodvfy warned on the empty Laterality of a document): a
+    photographed sheet of paper images no body part with sides (mappings/dicom.yaml
+    withoutBodySite: unpaired), so ImageLaterality U and no Laterality; a clinical or secondary
+    photo without a body site may show any part: Laterality empty (unknown). Test seen failing
+    with Laterality '' on the document."""
     ds = photo_object(PhotoKind.DOCUMENT, stored_sample("document.jpg"))
-    assert "AnatomicRegionSequence" not in ds and "ImageLaterality" not in ds
-    assert ds.Laterality == ""
+    assert "AnatomicRegionSequence" not in ds and "Laterality" not in ds
+    assert ds.ImageLaterality == "U"
+    sample = stored_sample("tiny.jpg")
+    for kind in (PhotoKind.CLINICAL, PhotoKind.SECONDARY):
+        ds = photo_object(kind, sample, record=photo_record(kind, sample, bodySite=None, laterality=None))
+        assert "AnatomicRegionSequence" not in ds and "ImageLaterality" not in ds
+        assert ds.Laterality == ""
 
 
 def test_equipment_vl_and_sc() -> None:

@@ -45,6 +45,8 @@ def test_the_project_table_loads_with_the_decided_iods() -> None:
     assert (document.sop_class, document.modality, document.conversion_type) == (SC_IMAGE, "DOC", "SD")
     assert (secondary.sop_class, secondary.modality, secondary.conversion_type) == (SC_IMAGE, "OT", "SI")
     assert clinical.burned_in_annotation == "NO"
+    assert (clinical.without_body_site, document.without_body_site, secondary.without_body_site) == (
+        "unknown", "unpaired", "unknown")
     assert document.burned_in_annotation == secondary.burned_in_annotation == "YES"
     assert set(t.receive.sop_classes) == {VL_PHOTOGRAPHIC, SC_IMAGE, MF_TRUE_COLOR_SC, ENCAPSULATED_PDF}
     assert t.receive.source is PhotoSource.COLLEAGUE_INTERNAL
@@ -138,6 +140,7 @@ def test_the_table_loads_from_a_copy(tmp_path: Path) -> None:
     lambda d: d["patientIdentifiers"]["issuers"][0].update(system="urn:x:" + "1" * 1019),  # over the bound
     lambda d: d["patientIdentifiers"].update(unknownIssuerPrefix="urn:" + "x" * 253),  # + 768 encoded
     lambda d: d.update(unexpected=True),
+    lambda d: d["kinds"]["document"].update(withoutBodySite="paired"),  # unknown or unpaired only
 ])
 def test_a_bad_table_stops_start_up(tmp_path: Path, change: Any) -> None:
     data = raw()

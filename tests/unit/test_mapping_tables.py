@@ -145,3 +145,32 @@ def test_a_duplicate_key_in_a_mapping_table_is_refused(tmp_path: Path) -> None:
     (mappings / "kinds.yaml").write_text(kinds + "\n" + kinds.split("\n\n")[0] + "\n")
     with pytest.raises(PolicyError, match="kinds.yaml: duplicate key 'clinical' at line 28"):
         load_tables(mappings, mappings / "policy.yaml")
+
+
+@pytest.mark.parametrize("change,named", [
+    (lambda b: b["paired"].pop("69536005"), "69536005"),
+    (lambda b: b.pop("paired"), "paired"),
+    (lambda b: b["paired"].update({"12345678": False}), "12345678"),
+    (lambda b: b["laterality"]["right"].update(dicom="U"), "laterality.right.dicom"),
+])
+def test_a_body_site_without_its_pairing_is_refused(tmp_path: Path, change, named: str) -> None:  # type: ignore[no-untyped-def]
+    """Found by the DICOM review: whether a body site is paired decides whether an object carries
+    series Laterality (PS3.3 C.7.3.1), so every code says so in mappings/body_sites.yaml; one added
+    without it would give objects dciodvfy refuses. ImageLaterality of a side is R, L or B (U means
+    unpaired)."""
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for name in ("purposes.yaml", "kinds.yaml", "dicom.yaml", "policy.yaml"):
+        (mappings / name).write_text((MAPPINGS / name).read_text())
+    sites = yaml.safe_load((MAPPINGS / "body_sites.yaml").read_text())
+    change(sites)
+    (mappings / "body_sites.yaml").write_text(yaml.safe_dump(sites))
+    with pytest.raises(PolicyError) as info:
+        load_tables(mappings, mappings / "policy.yaml")
+    assert "body_sites.yaml" in info.value.diagnostics and named in info.value.diagnostics
+
+
+def test_every_shipped_body_site_says_whether_it_is_paired() -> None:
+    sites = load_tables(MAPPINGS, MAPPINGS / "policy.yaml").body_sites
+    assert set(sites.paired) == set(sites.codes)
+    assert not sites.paired["69536005"] and sites.paired["14975008"]  # Head unpaired, forearm paired
