@@ -12,11 +12,12 @@ labels it (``meta.security``) with the FHIR security labels of the release
   attachment hash or size, dates cut to the year.
 - **PSEUDONYMISED** (PSEUDED; HRESCH and children, PUBHLTH): the same allow-list, but the
   subject (and Consent.patient) becomes a keyed pseudonym that is stable across resources and
-  requests, dates are kept, and the SHA-256 record identifier is kept so a finding can be
-  traced back to the stored bytes by the custodian (it reveals nothing about the patient to the
-  recipient; it identifies the record, it does not describe the copy released). The
-  attachment's size and hash go, as when de-identifying: they describe the stored bytes, not
-  the copy the view releases.
+  requests, dates are kept, and no record identifier either: the SHA-256 of the stored bytes,
+  kept until the de-identification review, is in the uploader's receipt, so whoever saw the
+  receipt found the patient's pseudonym by it; the custodian traces a finding back by the
+  view's keyed id, which the key inverts (adapter.mapping.released_ids). The attachment's size
+  and hash go, as when de-identifying: they describe the stored bytes, not the copy the view
+  releases.
 
 In both restricted views the resource's id and every literal reference it keeps (an attachment's
 url, Binary.securityContext, Provenance.target and entity.what, Consent.provision.data) are the
@@ -289,16 +290,6 @@ def _subject(value: Any, ctx: _Ctx) -> JSON | None:
     return None
 
 
-def _record_identifiers(values: Any, ctx: _Ctx) -> list[JSON]:
-    """Record identifiers in the view: none when de-identifying; only the SHA-256 of the stored
-    bytes when pseudonymising (research provenance; other identifiers such as DICOM UIDs are
-    keys into other systems)."""
-    if ctx.deid or not isinstance(values, list):
-        return []
-    return [{"system": v["system"], "value": v["value"]} for v in values
-            if isinstance(v, dict) and v.get("system") == codes.SHA256_SYSTEM and isinstance(v.get("value"), str)]
-
-
 def _extensions(values: Any) -> list[JSON]:
     if not isinstance(values, list):
         return []
@@ -372,7 +363,6 @@ def _copy(out: JSON, source: JSON, keys: Iterable[str]) -> None:
 def _media(r: JSON, ctx: _Ctx) -> JSON:
     """Media (https://hl7.org/fhir/R4/media.html): required status and content survive."""
     out = _base(r, ctx)
-    _put(out, "identifier", _record_identifiers(r.get("identifier"), ctx))
     _copy(out, r, ("status",))
     for key in ("type", "modality", "view"):
         _put(out, key, _concept(r.get(key)))
@@ -392,13 +382,9 @@ def _document_reference(r: JSON, ctx: _Ctx) -> JSON:
     instant: dropped when de-identifying. context keeps only coded facts and the period. The
     codes (type, category, securityLabel, context.event, facilityType, practiceSetting,
     content.format) may be an IHE MHD Document Source's (adapter.mapping.document_metadata): they
-    stay, without their displays (text the sender wrote); its identifiers (entryUUID) are record
-    identifiers, not released (:func:`_record_identifiers`)."""
+    stay, without their displays (text the sender wrote); its identifiers (masterIdentifier,
+    entryUUID) are record identifiers, not released (module docstring)."""
     out = _base(r, ctx)
-    master = _record_identifiers([r.get("masterIdentifier")], ctx)
-    if master:
-        out["masterIdentifier"] = master[0]
-    _put(out, "identifier", _record_identifiers(r.get("identifier"), ctx))
     _copy(out, r, ("status", "docStatus"))
     _put(out, "type", _concept(r.get("type"), display=False))
     _put(out, "category", _concepts(r.get("category"), display=False))

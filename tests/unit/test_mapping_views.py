@@ -373,9 +373,16 @@ def test_pseudonym_is_the_same_across_resources(tables: Tables) -> None:
     assert re.fullmatch(r"[a-z2-7]{26}", subjects[0]["identifier"]["value"])
 
 
-def test_pseudonymised_keeps_dates_and_the_sha256(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+def test_pseudonymised_keeps_dates_and_no_identifier_not_even_the_sha256(tables: Tables,
+                                                                        pseudonymizer: Pseudonymizer) -> None:
+    """De-identification review: the pseudonymised view kept the SHA-256 of the stored bytes as
+    the record's identifier (and a document's masterIdentifier), and searched by it; the
+    uploader's receipt gives that digest, so whoever saw the receipt (the photographer, the
+    sending app, the PACS) found the patient's pseudonym, and with it every pseudonymised
+    record of that patient. The view now keeps no record identifier (its own keyed id names
+    the record, adapter.mapping.released_ids)."""
     out = render(media(), decision(View.PSEUDONYMISED), tables=tables, pseudonymizer=pseudonymizer)
-    assert out["identifier"] == [{"system": codes.SHA256_SYSTEM, "value": STORED_SHA}]
+    assert "identifier" not in out and STORED_SHA not in str(out)
     assert out["createdDateTime"] == "2024-03-01T10:15:00+01:00"
     assert out["issued"] == "2024-03-01T09:16:02.120Z"
     assert out["meta"]["lastUpdated"] == "2024-03-01T09:16:02.120Z"
@@ -386,8 +393,7 @@ def test_pseudonymised_keeps_dates_and_the_sha256(tables: Tables, pseudonymizer:
                               "creation": "2024-03-01T10:15:00+01:00"}
     doc = render(document_reference(), decision(View.PSEUDONYMISED), tables=tables, pseudonymizer=pseudonymizer)
     assert not {"size", "hash"} & set(doc["content"][0]["attachment"])
-    assert doc["masterIdentifier"] == {"system": codes.SHA256_SYSTEM, "value": STORED_SHA}
-    assert "identifier" not in doc
+    assert "masterIdentifier" not in doc and "identifier" not in doc and STORED_SHA not in str(doc)
     assert doc["date"] == "2024-03-01T09:16:02.120Z"
     assert doc["context"]["period"] == {"start": "2024-03-01T10:00:00+01:00", "end": "2024-03-01T11:00:00+01:00"}
 
@@ -649,9 +655,9 @@ def test_a_document_sources_codes_stay_in_the_restricted_views_without_its_text_
     """The codes an MHD Document Source sent (type, category, securityLabel, context.event,
     facilityType, practiceSetting, content.format) identify no one and stay, so a reader in the
     view can select by them; their displays are the sender's text, which nothing vouches for, and
-    go; its entryUUID is a record identifier: never in the de-identified view, and in the
-    pseudonymised view only the SHA-256 of the stored bytes is. A confidentiality it raised (V)
-    labels the release."""
+    go; its entryUUID is a record identifier: in neither view (nor, since the de-identification
+    review, the SHA-256 of the stored bytes). A confidentiality it raised (V) labels the
+    release."""
     source = mhd_document_reference()
     out = render(source, decision(view), tables=tables, pseudonymizer=pseudonymizer)
     validate_r4(out)
@@ -665,10 +671,7 @@ def test_a_document_sources_codes_stay_in_the_restricted_views_without_its_text_
     assert _codes_of(out["context"]["event"]) == [(codes.SNOMED, "71388002")]
     assert _codes_of(out["context"]["facilityType"]) == [(codes.SNOMED, "225746001")]
     assert _codes_of(out["context"]["practiceSetting"]) == [(codes.SNOMED, "394582007")]
-    if view is View.DEIDENTIFIED:
-        assert "identifier" not in out
-    else:
-        assert out["identifier"] == [{"system": codes.SHA256_SYSTEM, "value": STORED_SHA}]
+    assert "identifier" not in out and "masterIdentifier" not in out  # no record identifier in either view
     assert out["meta"]["security"][0] == {"system": codes.V3_CONFIDENTIALITY, "code": "V",
                                           "display": "very restricted"}
     full = render(source, decision(View.FULL), tables=tables, pseudonymizer=pseudonymizer)
