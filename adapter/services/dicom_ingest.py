@@ -7,7 +7,9 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    nothing new is written, unless it names another patient than the stored one
    (:meth:`DicomIngestService._check_resend`: refused, InstanceConflict);
 2. the file is checked to be complete (every element's length within the file, every undefined
-   length closed by its delimiter), which also tells where its pixel data sits;
+   length closed by its delimiter) and encoded as PS3.5 says, as far as the element headers
+   tell (every value length even, no command or file meta element in the dataset:
+   :func:`_check_element`), which also tells where its pixel data sits;
 3. the attributes are read with pydicom (pixel data not read, or deferred): every element must
    be readable (:func:`check_elements`: the object is stored to be released again, which reads
    them all), and the dataset's SOP Class and SOP Instance UIDs must be those of the C-STORE
@@ -348,6 +350,7 @@ def _walk_dataset(buf: memoryview, pos: int, implicit: bool, depth: int, budget:
         budget.take()
         if tag == _ITEM_END and in_item:
             return value
+        _check_element(tag, length)
         top_pixels = pixels is not None and tag == 0x7FE00010
         if length != _UNDEFINED:
             element, pos = pos, _skip(buf, value, length)
@@ -371,14 +374,53 @@ def _walk_dataset(buf: memoryview, pos: int, implicit: bool, depth: int, budget:
     return pos
 
 
+def _check_element(tag: int, length: int) -> None:
+    """What the encoding alone says of an element of the dataset, read from its header as
+    received (pydicom pads some values and strips others when it reads them, so only the header
+    knows): its group is not 0000 (a command's, PS3.7 6.3) nor 0002 (the file meta's, which
+    PS3.10 7.1 and PS3.5 7.1 allow in the File Meta Information only, whatever its value), and
+    its value length is even (PS3.5 7.1.1: every value is padded to an even length) or
+    undefined. Item values (pixel data fragments) are not elements: the walk of the items sees
+    them."""
+    group = tag >> 16
+    if group in (0x0000, 0x0002):
+        raise InvalidInput(f"the dataset holds a {'command' if group == 0 else 'file meta'} element {_where(tag)}: "
+                           f"group {group:04X} belongs in the {'command set' if group == 0 else 'file meta'} only",
+                           expression=_where(tag))
+    if length & 1 and length != _UNDEFINED:
+        raise InvalidInput(f"the element {_where(tag)} has a value of odd length {length}: every value length "
+                           "is even (PS3.5 7.1.1)", expression=_where(tag))
+
+
+_GROUP_LENGTH = 0x00020000
+
+
 def _body_offset(buf: memoryview) -> int:
-    """Where the dataset starts: after the preamble, ``DICM`` and the File Meta group."""
+    """Where the dataset starts: after the preamble, ``DICM`` and the File Meta Information.
+
+    The file meta ends where its group length (0002,0000) says (PS3.10 7.1: Type 1, the length
+    of the elements after it), when that is where one of its elements ends: a group 0002 element
+    after that point is the dataset's, refused by :func:`_check_element` (pydicom would read it
+    into the file meta, overriding or repeating the real one, and WADO-RS would serve it back
+    inside the dataset). A group length that ends no element (absent, or wrong: pydicom and dcmtk
+    read on, so does this) leaves the elements of group 0002 in ascending order of tag to the
+    file meta (PS3.5 7.1), and one that repeats or goes back is the dataset's."""
     if len(buf) < 132 or bytes(buf[128:132]) != b"DICM":
         raise InvalidInput("the received file is not DICOM Part 10")
     pos = 132
-    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
-        _tag, _vr, length, value = _header(buf, pos, False)
-        pos = _skip(buf, value, length)
+    declared_end: int | None = None
+    previous = -1
+    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002 and pos != declared_end:
+        tag, vr, length, value = _header(buf, pos, False)
+        if length & 1 or length == _UNDEFINED:
+            raise InvalidInput(f"the file meta element {_where(tag)} has a value of odd or undefined length "
+                               "(PS3.5 7.1.1, PS3.10 7.1)", expression=_where(tag))
+        if tag <= previous:
+            _check_element(tag, length)  # refuses it: a group 0002 element of the dataset
+        end = _skip(buf, value, length)
+        if tag == _GROUP_LENGTH and pos == 132 and vr == b"UL" and length == 4:
+            declared_end = end + struct.unpack_from("<I", buf, value)[0]
+        previous, pos = tag, end
     return pos
 
 
@@ -394,8 +436,9 @@ class FileLayout:
 
 def check_complete(path: Path, transfer_syntax: str) -> FileLayout:
     """Check that the Part 10 file at ``path`` is structurally complete: every element's length
-    within the file, every undefined length closed by its delimiter. Returns where its pixel
-    data sits.
+    within the file, every undefined length closed by its delimiter; and what the element
+    headers tell of its encoding (:func:`_check_element`, :func:`_body_offset`). Returns where
+    its pixel data sits.
 
     pydicom reads a truncated file without complaint (a cut value comes back short, a missing
     delimiter is a warning), so completeness is checked here from the encoding alone.

@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_fragmented_frames
-from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
@@ -78,6 +78,7 @@ from tests.support.dicom_files import (
     native_sc_file,
     pdf_file,
     pynet_store,
+    pynet_store_dataset,
     sc_file,
     vl_photo_file,
 )
@@ -953,6 +954,92 @@ def test_an_element_the_adapter_could_not_release_is_refused(scp: StoreSCP, serv
     assert refused.value.expression == [where]
     if not where.startswith("(0000"):  # (that warning is an error under pytest, in the SCP's thread too)
         assert pynet_store(scp.port, path, chunked=True).Status == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def _stow_failure(client: FhirClient, part: bytes) -> int:
+    """The FailureReason of a STOW-RS request of the one ``part``, refused (409)."""
+    stowed = client.post("/dicomweb/studies", content=_related(part),
+                         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'})
+    assert stowed.status_code == 409, stowed.text
+    return int(stowed.json()["00081198"]["Value"][0]["00081197"]["Value"][0])
+
+
+def _after_file_meta(data: bytes) -> int:
+    """Where the dataset of a Part 10 file starts: after the group its group length counts."""
+    assert data[132:138] == b"\x02\x00\x00\x00UL"
+    return 144 + int.from_bytes(data[140:144], "little")
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_file_meta_element_inside_the_dataset_is_refused_whatever_its_value(
+        scp: StoreSCP, services: Services, client: FhirClient, tmp_path: Path, transfer_syntax: str) -> None:
+    """Found by the DICOM review (finding 2): a data set holding group 0002 elements whose values
+    agree with the negotiated transfer syntax ((0002,0010) the context's syntax, a
+    SourceApplicationEntityTitle) was stored with Success: pydicom read them into the file meta
+    pynetdicom wrote, and WADO-RS served them again inside the data set, where dcmtk and dciodvfy
+    cannot read the object. PS3.5 7.1 and PS3.10 7.1 allow group 0002 in the file meta only:
+    refused 0xC000 naming the tag, whatever the value, nothing stored; a STOW-RS part alike (its
+    own file meta is legitimate, a group 0002 element after it is not). Test seen failing with
+    Success (0x0000) in Explicit VR (in Implicit VR it was refused already, by chance: its
+    header was read in the file meta's Explicit VR, "has no known VR")."""
+    path = tmp_path / "native.dcm"
+    ds = native_sc_file(path, bytes(range(256)) * 18, rows=24, columns=64)
+    ds.add(DataElement(0x00020010, "UI", transfer_syntax))
+    ds.add(DataElement(0x00020016, "AE", "SPOOFAE"))
+    answer = pynet_store_dataset(scp.port, ds, transfer_syntax)
+    assert answer.Status == CANNOT_UNDERSTAND, hex(answer.Status)
+    assert "(0002,0010)" in answer.ErrorComment and PATIENT["value"] not in answer.ErrorComment
+    stored_nothing(services, ds.SOPInstanceUID, tmp_path / "data")
+    if transfer_syntax == ExplicitVRLittleEndian:  # the file native_sc_file wrote is in Explicit VR
+        data = path.read_bytes()
+        at = _after_file_meta(data)
+        element = b"\x02\x00\x16\x00AE\x08\x00SPOOFAE "
+        assert _stow_failure(client, data[:at] + element + data[at:]) == CANNOT_UNDERSTAND
+        stored_nothing(services, ds.SOPInstanceUID, tmp_path / "data")
+
+
+def test_where_the_file_meta_ends_without_a_group_length_that_says_it(tmp_path: Path) -> None:
+    """Finding 2 of the DICOM review, for a STOW-RS part whose file meta has no group length (or
+    a wrong one, which pydicom and dcmtk read past): the group 0002 elements in ascending order
+    of tag are the file meta, one that repeats or goes back is the dataset's and refused; a
+    group length that ends no element is read past, as they do, and the object is complete."""
+    path = tmp_path / "meta.dcm"
+    sc_file(path)
+    data = path.read_bytes()
+    at = _after_file_meta(data)
+    element = b"\x02\x00\x10\x00UI\x16\x00" + JPEGBaseline8Bit.encode() + b"\x00"
+    without_length = data[:132] + data[144:at] + element + data[at:]
+    path.write_bytes(without_length)
+    with pytest.raises(InvalidInput) as refused:
+        check_complete(path, JPEGBaseline8Bit)
+    assert refused.value.expression == ["(0002,0010)"]
+    wrong_length = data[:140] + (int.from_bytes(data[140:144], "little") + 2).to_bytes(4, "little") + data[144:]
+    path.write_bytes(wrong_length)
+    assert check_complete(path, JPEGBaseline8Bit).pixel_data is not None
+
+
+def test_a_value_of_odd_length_is_refused_as_received(scp: StoreSCP, services: Services, client: FhirClient,
+                                                     tmp_path: Path) -> None:
+    """Found by the DICOM review (finding 5): an LO of 5 bytes (PS3.5 7.1.1: every value length
+    is even) was stored with Success, kept as received, and WADO-RS served a file dciodvfy could
+    not read; a binary value of an odd length was refused already (pydicom cannot read it), a
+    string is read without complaint. The length is checked as received, in the element's
+    header (pydicom strips or pads values when it reads them): 0xC000 naming the tag, nothing
+    stored, over DIMSE and STOW-RS. Test seen failing with Success (0x0000)."""
+    path = tmp_path / "odd.dcm"
+    sent = sc_file(path, StudyDescription="ABCD")
+    data = path.read_bytes()
+    even = b"\x08\x00\x30\x10LO\x04\x00ABCD"
+    assert data.count(even) == 1
+    path.write_bytes(data.replace(even, b"\x08\x00\x30\x10LO\x05\x00ABCDE"))
+    with pytest.raises(InvalidInput) as refused:
+        check_complete(path, JPEGBaseline8Bit)
+    assert refused.value.expression == ["(0008,1030)"] and "odd length 5" in refused.value.diagnostics
+    answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == CANNOT_UNDERSTAND, hex(answer.Status)
+    assert "(0008,1030)" in answer.ErrorComment
+    assert _stow_failure(client, path.read_bytes()) == CANNOT_UNDERSTAND
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
