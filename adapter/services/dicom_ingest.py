@@ -80,7 +80,7 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import UID, JPEGBaseline8Bit
 
 from adapter.consent import IngestAssessment, assess_ingest
 from adapter.errors import (
@@ -90,6 +90,7 @@ from adapter.errors import (
     InvalidInput,
     InvalidResource,
     StorageError,
+    UndecodableImage,
 )
 from adapter.files import file_sha256, read_range
 from adapter.imaging import JPEG
@@ -393,6 +394,33 @@ def _check_element(tag: int, length: int) -> None:
 
 
 _GROUP_LENGTH = 0x00020000
+
+
+def check_pixel_data_encoding(pixels: PixelDataLayout | None, transfer_syntax: str) -> None:
+    """Pixel data is encapsulated (fragments in items, undefined length) exactly when the
+    transfer syntax the object came in is an encapsulated one (PS3.5 A.4 and 8.2: a native
+    transfer syntax carries the pixel values themselves, an encapsulated one their compressed
+    frames). Checked from the layout alone, before anything reads the pixels: a JPEG frame under
+    Explicit VR Little Endian was refused as native pixel data without a lossless PNG rendering,
+    which sent its sender looking at the Image Pixel module, not at its transfer syntax. A
+    transfer syntax pydicom does not know, and an empty Pixel Data element, are left to the
+    image extraction, which refuses them as such.
+
+    Raises:
+        UndecodableImage: naming the Pixel Data (7FE0,0010) and what is wrong with it (0xC000).
+    """
+    syntax = UID(transfer_syntax)
+    if pixels is None or not syntax.is_transfer_syntax or pixels.encapsulated == syntax.is_encapsulated:
+        return
+    if pixels.encapsulated:
+        raise UndecodableImage(f"pixel data is encapsulated, but the transfer syntax is native: {syntax} carries "
+                               "pixel values uncompressed, not compressed fragments (PS3.5 A.4)",
+                               expression="(7FE0,0010) PixelData")
+    if not pixels.items[0][1]:
+        return
+    raise UndecodableImage(f"pixel data is native, but the transfer syntax is encapsulated: {syntax} carries "
+                           "compressed frames in fragments of undefined length (PS3.5 A.4)",
+                           expression="(7FE0,0010) PixelData")
 
 
 def _body_offset(buf: memoryview) -> int:
@@ -1022,6 +1050,7 @@ class DicomIngestService:
             self._check_resend(received, stored, known)
             return self._replay(stored, received)
         layout = check_complete(received.path, received.transfer_syntax)
+        check_pixel_data_encoding(layout.pixel_data, received.transfer_syntax)
         work = _Work(self._blobs)
         try:
             # the object as received: hashed, and staged (a hard link) and fsynced, beside the rest
@@ -1274,4 +1303,4 @@ def _study_attributes(ds: Dataset) -> _Study:
 
 
 __all__ = ["STOW_SENDER", "DicomIngestResult", "DicomIngestService", "FileLayout", "PixelDataLayout", "ReceivedStore",
-           "check_complete", "read_dataset", "read_header"]
+           "check_complete", "check_pixel_data_encoding", "read_dataset", "read_header"]

@@ -1043,6 +1043,57 @@ def test_a_value_of_odd_length_is_refused_as_received(scp: StoreSCP, services: S
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
+def _naming_transfer_syntax(data: bytes, syntax: str) -> bytes:
+    """A Part 10 file whose file meta names ``syntax`` instead, its dataset left as it is."""
+    at = data.index(b"\x02\x00\x10\x00UI", 132)
+    length = int.from_bytes(data[at + 6:at + 8], "little")
+    value = syntax.encode() + b"\x00" * (len(syntax) % 2)
+    meta_length = int.from_bytes(data[140:144], "little") + len(value) - length
+    return (data[:140] + meta_length.to_bytes(4, "little") + data[144:at + 6] + len(value).to_bytes(2, "little")
+            + value + data[at + 8 + length:])
+
+
+def test_a_refusal_says_what_is_wrong_and_names_its_element_in_offending_element(
+        scp: StoreSCP, services: Services, client: FhirClient, tmp_path: Path) -> None:
+    """Found by the DICOM review (finding 11): a JPEG frame sent on an Explicit VR Little Endian
+    context was answered "3-sample YBR_FULL_422 pixel data has no lossless PNG rendering here",
+    which sends the sender to its Image Pixel module, not to its transfer syntax; and no failure
+    carried Offending Element (0000,0901) (PS3.4 Table B.2-1, PS3.7 C.4: the related field of
+    A9xx and Cxxx), the tag being only inside the comment, cut to 64 characters. Now the comment
+    says the pixel data is not what the transfer syntax says (and the reverse: native pixel data
+    under JPEG Baseline), and every refusal naming an element sends it as Offending Element;
+    one naming none (a truncated data set) sends none. Test seen failing with the PNG comment."""
+    path = tmp_path / "encapsulated.dcm"
+    sent = sc_file(path)
+    path.write_bytes(_naming_transfer_syntax(path.read_bytes(), ExplicitVRLittleEndian))  # pydicom would not write it
+    answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == CANNOT_UNDERSTAND, hex(answer.Status)
+    assert answer.ErrorComment.startswith("pixel data is encapsulated, but the transfer syntax is native")
+    assert answer.OffendingElement == 0x7FE00010  # VM 1: one tag
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    # native pixel data under JPEG Baseline: the same, the other way round (STOW-RS, no negotiation)
+    native = tmp_path / "native.dcm"
+    ds = native_sc_file(native, bytes(range(256)) * 18, rows=24, columns=64)
+    native.write_bytes(_naming_transfer_syntax(native.read_bytes(), JPEGBaseline8Bit))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    with pytest.raises(InvalidInput, match="^pixel data is native, but the transfer syntax is encapsulated"):
+        services.dicom_ingest.ingest_received(received_store(native, ds))
+    assert _stow_failure(client, native.read_bytes()) == CANNOT_UNDERSTAND
+    # a missing Type 1 attribute (0xA900) is named too
+    no_patient = tmp_path / "no-patient.dcm"
+    sent = sc_file(no_patient, PatientID=None)
+    answer = pynet_store(scp.port, no_patient)
+    assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
+    assert answer.OffendingElement == 0x00100020
+    # a truncated data set names no element
+    truncated = tmp_path / "truncated.dcm"
+    sent = sc_file(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    answer = pynet_store(scp.port, truncated, chunked=True)
+    assert answer.Status == CANNOT_UNDERSTAND and "OffendingElement" not in answer
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
 def test_sequence_cut_off_inside_a_defined_length_item_is_refused(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
     """A defined-length sequence whose item holds an undefined-length sequence cut off before
     its delimiter: malformed input (0xC000), not a bug (found by fuzzing the ingest, when the
