@@ -130,9 +130,23 @@ def read_orientation(data: bytes, content_type: str) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
+class FrameHeader:
+    """What the frame header of a JPEG stream says (T.81 B.2.2): its SOFn marker (the coding
+    process, Table B.1), sample precision P, number of lines Y, samples per line X and number
+    of components Nf."""
+
+    sof: int
+    precision: int
+    height: int
+    width: int
+    components: int
+
+
+@dataclass(frozen=True, slots=True)
 class EncapsulatedJpeg:
     """The stream :func:`jpeg_for_encapsulation` makes of ``data``, in pieces (views into
-    ``data`` where a segment is kept as it is), without assembling it.
+    ``data`` where a segment is kept as it is), without assembling it, and its frame header
+    (read from the segment the walk found, at no further cost).
 
     ``prefix`` is True when the stream is exactly ``data[:size]``: every byte up to and
     including EOI kept in place, nothing inserted (only bytes after EOI, such as the pad byte
@@ -143,6 +157,7 @@ class EncapsulatedJpeg:
     parts: tuple[bytes | memoryview, ...]
     size: int
     prefix: bool
+    header: FrameHeader
 
     def join(self) -> bytes:
         return b"".join(self.parts)
@@ -172,7 +187,12 @@ def encapsulated_jpeg(data: bytes, *, keep_icc: bool = True) -> EncapsulatedJpeg
             prefix = False
             break
         pos += len(part)
-    return EncapsulatedJpeg(tuple(parts), sum(len(part) for part in parts), prefix)
+    # the walk found exactly one frame header (a second is refused: hierarchical), and checked
+    # its length against its component count
+    sof, segment = next((marker, part) for marker, part in stripped.segments if marker in SOF_MARKERS)
+    precision, height, width, components = struct.unpack_from(">BHHB", segment, 4)
+    return EncapsulatedJpeg(tuple(parts), sum(len(part) for part in parts), prefix,
+                            FrameHeader(sof, precision, height, width, components))
 
 
 def jpeg_for_encapsulation(data: bytes) -> bytes:
@@ -196,4 +216,4 @@ def png_bit_depth(data: bytes) -> tuple[int, int]:
     return int(depth), int(colour_type)
 
 
-__all__ = ["EncapsulatedJpeg", "JpegFrameInfo", "encapsulated_jpeg", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]
+__all__ = ["EncapsulatedJpeg", "FrameHeader", "JpegFrameInfo", "encapsulated_jpeg", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]

@@ -17,7 +17,9 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 4. mapping (adapter.mapping.dicom_fhir): patient through mappings/dicom.yaml, kind, identifiers;
 5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation;
 6. the Binary's bytes: the JPEG frame as received (no re-encoding), a lossless PNG of native
-   pixel data, or the PDF;
+   pixel data, or the PDF; every JPEG frame checked against the Image Pixel module
+   (adapter.mapping.dicom_image_pixel: its Type 1 attributes present, Rows, Columns and Samples
+   per Pixel those of the frame, the coding process one JPEG Baseline allows);
 7. blobs fsynced to their content addresses (invisible until referenced): the object as received
    (Part 10) and, unless they are a byte range of it, the Binary's bytes;
 8. one database transaction: resources, DICOM instance and its UIDs as the restricted views
@@ -94,6 +96,7 @@ from adapter.errors import (
 )
 from adapter.files import file_sha256, read_range
 from adapter.imaging import JPEG
+from adapter.imaging.frame import FrameHeader
 from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
@@ -104,6 +107,7 @@ from adapter.mapping.dicom_fhir import (
     received_to_fhir,
     walk_other_frames,
 )
+from adapter.mapping.dicom_image_pixel import ImagePixel, check_jpeg_frame, image_pixel
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed, vr_tolerated
@@ -629,19 +633,23 @@ class _Work:
 @dataclass(frozen=True)
 class _Binary:
     """The Binary's bytes (``image``) and their digest; where they are being staged or, for a
-    frame kept in place, their ``offset`` in the received object (then nothing is staged)."""
+    frame kept in place, their ``offset`` in the received object (then nothing is staged);
+    the frame header of the JPEG frame they are, when walked before the dataset was read (to be
+    checked against it: adapter.mapping.dicom_image_pixel)."""
 
     image: ExtractedImage
     sha256: Future[str | None]  # None only for a fragment that turned out to need a cut
     staged: Path | None = None
     ready: Future[None] | None = None
     offset: int | None = None
+    frame: FrameHeader | None = None
 
 
-def _binary_of_bytes(work: _Work, image: ExtractedImage) -> _Binary:
+def _binary_of_bytes(work: _Work, image: ExtractedImage, frame: FrameHeader | None = None) -> _Binary:
     staged = work.staging_path()
     parts = (image.data,)
-    return _Binary(image, work.submit(_parts_sha256, parts), staged, work.submit(_stage_parts, staged, parts))
+    return _Binary(image, work.submit(_parts_sha256, parts), staged, work.submit(_stage_parts, staged, parts),
+                   frame=frame)
 
 
 def _fragment_sha256(frame: bytes, ahead: int, size: Future[int | None]) -> str | None:
@@ -681,9 +689,9 @@ def _binary_of_first_fragment(work: _Work, path: Path, fragment: tuple[int, int]
         raise
     if not plan.prefix:
         size.set_result(None)
-        return _binary_of_bytes(work, ExtractedImage(plan.join(), JPEG))
+        return _binary_of_bytes(work, ExtractedImage(plan.join(), JPEG), plan.header)
     size.set_result(plan.size)
-    return _Binary(ExtractedImage(memoryview(frame)[:plan.size], JPEG), sha256, offset=offset)
+    return _Binary(ExtractedImage(memoryview(frame)[:plan.size], JPEG), sha256, offset=offset, frame=plan.header)
 
 
 def _frame_fragments(pixels: PixelDataLayout, path: Path, stated: int) -> list[list[tuple[int, int]]] | None:
@@ -724,21 +732,25 @@ def _frame_fragments(pixels: PixelDataLayout, path: Path, stated: int) -> list[l
     return frames if all(frames) else None
 
 
-def _binary_of_frames(work: _Work, path: Path, frames: list[list[tuple[int, int]]]) -> _Binary:
+def _binary_of_frames(work: _Work, path: Path, frames: list[list[tuple[int, int]]], pixel: ImagePixel) -> _Binary:
     """The Binary of a JPEG Baseline object whose frames are ``frames`` (:func:`_frame_fragments`),
     as extract_image makes it without pydicom reading the pixel data: frame 1 (in place when it
     is one fragment: :func:`_binary_of_first_fragment`), then every other frame read from the
     file, one at a time, and walked (:func:`adapter.mapping.dicom_fhir.walk_other_frames`, the
-    same refusal)."""
+    same refusal); each checked against the Image Pixel module ``pixel``, as extract_image
+    checks them."""
     first, *others = frames
     if len(first) == 1:
         binary = _binary_of_first_fragment(work, path, first[0])
     else:
-        binary = _binary_of_bytes(work, ExtractedImage(jpeg_binary(_read_frame(path, first)).join(), JPEG))
+        plan = jpeg_binary(_read_frame(path, first))
+        binary = _binary_of_bytes(work, ExtractedImage(plan.join(), JPEG), plan.header)
+    assert binary.frame is not None
+    check_jpeg_frame(pixel, binary.frame, frame=1, transfer_syntax=JPEGBaseline8Bit)
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            walk_other_frames(b"".join(mapped[offset:offset + length] for offset, length in frame)
-                              for frame in others)
+            walk_other_frames((b"".join(mapped[offset:offset + length] for offset, length in frame)
+                               for frame in others), pixel)
     except (OSError, ValueError) as exc:  # the file, not its content (walk_other_frames wraps those)
         raise StorageError("the received dataset could not be read") from exc
     return binary
@@ -1079,6 +1091,8 @@ class DicomIngestService:
             try:
                 if (fast or in_place) and "EncapsulatedDocument" in head.ds:  # not an image: the general way
                     fast = in_place = False
+                # an image: its Image Pixel module, against which every JPEG frame is checked
+                pixel = image_pixel(head.ds) if pixels is not None and "EncapsulatedDocument" not in head.ds else None
                 if fast and head.obj.number_of_frames != 1:
                     # one fragment holds one frame (PS3.5 A.4): extract_image refuses the object
                     # whose NumberOfFrames states more
@@ -1088,14 +1102,18 @@ class DicomIngestService:
                     stated = head.obj.number_of_frames
                     frames = _frame_fragments(pixels, received.path, stated)
                     if frames is not None and len(frames) == stated:
-                        binary = _binary_of_frames(work, received.path, frames)
+                        assert pixel is not None
+                        binary = _binary_of_frames(work, received.path, frames, pixel)
                     else:  # the general way counts them as extract_image does, and refuses another count
                         in_place = False
                 if not fast and not in_place:
                     ds = head.ds if "PixelData" in head.ds or layout.pixel_data is None else read_dataset(received.path)
-                    binary = _binary_of_bytes(work, extract_image(ds))
+                    binary = _binary_of_bytes(work, extract_image(ds, pixel))
                 elif frame_error is not None:
                     raise frame_error
+                elif fast:  # frame 1 was walked before the dataset was read
+                    assert binary is not None and binary.frame is not None and pixel is not None
+                    check_jpeg_frame(pixel, binary.frame, frame=1, transfer_syntax=JPEGBaseline8Bit)
                 study = _study_attributes(head.ds)
             except _MALFORMED as exc:
                 raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc

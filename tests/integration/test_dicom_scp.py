@@ -69,6 +69,7 @@ from tests.support.audit import (
 )
 from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
 from tests.support.dicom_files import (
+    MF_SC,
     PDF_BYTES,
     SC,
     VL_PHOTO,
@@ -295,6 +296,91 @@ def test_a_multiframe_object_with_a_frame_that_does_not_walk_is_refused(scp: Sto
     assert "frame 2" in str(refused.value)
     assert pynet_store(scp.port, path).Status == CANNOT_UNDERSTAND
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def _jpeg_of(mode: str, size: tuple[int, int] = (64, 48), **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    colour = {"RGB": (30, 200, 100), "L": 120, "CMYK": (10, 20, 30, 40)}[mode]
+    Image.new(mode, size, colour).save(buffer, "JPEG", **save)
+    return buffer.getvalue()
+
+
+def _sc_holding(path: Path, frames: list[bytes], **attrs: Any) -> pydicom.Dataset:
+    """A JPEG Baseline SC of 64x48 RGB (sc_file) whose pixel data is ``frames`` instead,
+    ``attrs`` changed (None removes)."""
+    ds = sc_file(path)
+    ds.PixelData = encapsulate(frames, has_bot=len(frames) > 1)
+    ds["PixelData"].VR = "OB"
+    if len(frames) > 1:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MF_SC
+        ds.NumberOfFrames = len(frames)
+    for keyword, value in attrs.items():
+        if value is None:
+            del ds[keyword]
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+@pytest.mark.parametrize(("frame", "attrs", "status", "element", "words"), [
+    (_jpeg_of("RGB"), {"Rows": 1000}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280010, "Rows is 1000, but JPEG frame 1"),
+    (_jpeg_of("RGB"), {"Rows": None}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280010, "has no Rows"),
+    (_jpeg_of("RGB", (128, 96)), {}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280010, "Rows is 48, but"),
+    (_jpeg_of("RGB", (64, 50)), {}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280010, "has 50 lines"),
+    (_jpeg_of("RGB", (66, 48)), {}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280011, "Columns is 64"),
+    (_jpeg_of("L"), {}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280002, "SamplesPerPixel is 3, but JPEG frame 1 has 1"),
+    (_jpeg_of("CMYK"), {}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280002, "has 4 components"),
+    (_jpeg_of("RGB", progressive=True), {}, CANNOT_UNDERSTAND, 0x7FE00010, "progressive (SOF2, 8-bit)"),
+    (_jpeg_of("L"), {"SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2", "PlanarConfiguration": None},
+     SUCCESS, None, ""),
+])
+def test_the_image_pixel_module_must_describe_the_jpeg_frame(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path, frame: bytes, attrs: dict[str, Any],
+        status: int, element: int | None, words: str) -> None:
+    """Found by the DICOM review (finding 3): JPEG Baseline objects whose Rows, Columns or
+    SamplesPerPixel contradict the JPEG frame header, without Rows (Type 1), or whose frame is
+    progressive (SOF2) were stored with Success, Media.height/width taken from the attributes,
+    and dcmdjpeg failed on them ("buffer too small"). PS3.5 8.2.1: the Image Pixel module must be
+    consistent with the compressed stream (0xA900 naming the attribute: the data set does not
+    describe its pixel data); PS3.5 A.4.1: JPEG Baseline allows process 1 (SOF0, 8-bit) only
+    (0xC000 naming the pixel data: it is not what the transfer syntax says). A greyscale frame
+    described as one is stored. Test seen failing with Success (0x0000) for every refusal."""
+    path = tmp_path / "frame.dcm"
+    sent = _sc_holding(path, [frame], **attrs)
+    answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == status, (hex(answer.Status), answer.get("ErrorComment"))
+    if status == SUCCESS:
+        [media] = find(client, "Media", sent.SOPInstanceUID)
+        assert (media["width"], media["height"]) == (64, 48)
+        return
+    assert answer.OffendingElement == element
+    with pytest.raises(InvalidInput) as refused:
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert words in refused.value.diagnostics
+    assert _stow_failure(client, path.read_bytes()) == status
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+@pytest.mark.parametrize(("has_bot", "per_frame"), [(True, 1), (False, 2)])  # read in place; the general way
+def test_every_frame_of_a_multiframe_object_must_be_what_the_image_pixel_module_says(
+        services: Services, tmp_path: Path, has_bot: bool, per_frame: int) -> None:
+    """Finding 3 of the DICOM review, for every frame: frame 3 of 64x48 frames is 32x24, or
+    greyscale; refused naming the frame and the attribute (0xA900), whether its frames are read
+    in place or by pydicom. Test seen failing: stored."""
+    for odd, words in ((_jpeg_of("RGB", (32, 24)), "Rows is 48, but JPEG frame 3 has 24 lines"),
+                       (_jpeg_of("L"), "SamplesPerPixel is 3, but JPEG frame 3 has 1 components")):
+        path = tmp_path / "mf.dcm"
+        sent = _sc_holding(path, [_jpeg_of("RGB"), _jpeg_of("RGB")])
+        sent.PixelData = encapsulate([_jpeg_of("RGB"), _jpeg_of("RGB"), odd], has_bot=has_bot,
+                                     fragments_per_frame=per_frame)
+        sent.NumberOfFrames = 3
+        sent.save_as(path, enforce_file_format=True)
+        with pytest.raises(InvalidResource) as refused:
+            services.dicom_ingest.ingest_received(received_store(path, sent))
+        assert words in refused.value.diagnostics
+        assert dimse_status_for(refused.value) == DATASET_DOES_NOT_MATCH_SOP_CLASS
+        stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
 @pytest.mark.parametrize(("frames", "has_bot"), [(2, True), (1, False)])
