@@ -227,7 +227,9 @@ def _code_string(value: Any) -> str | None:
     """:func:`_text` of a CS the index and the record keep (the Modality), None when it is not
     one of its VR: longer than 16 characters (the index's column holds 16: PostgreSQL refused a
     longer one as a storage failure, SQLite kept it) or with a control character. The object keeps
-    it as received; the record and QIDO-RS go without it, as without an absent one."""
+    it as received; the record and QIDO-RS go without it, as without an absent one. (The ingest
+    refuses a longer one before: adapter.mapping.dicom_value_length; the bound stays for the
+    column.)"""
     text = _shown(value)
     return text if text is not None and len(text) <= _CS_MAX else None
 

@@ -110,6 +110,7 @@ from adapter.mapping.dicom_fhir import (
 from adapter.mapping.dicom_image_pixel import ImagePixel, check_jpeg_frame, image_pixel
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_value_length import check_value_lengths
 from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed, vr_tolerated
 from adapter.mapping.fhir_r4 import index_resource
 from adapter.mapping.tables import Tables
@@ -799,7 +800,8 @@ def check_elements(ds: Dataset, transfer_syntax: str) -> None:
     """Every element of ``ds`` and of its file meta, items of sequences included and pixel
     data aside, has a value pydicom can read; the dataset holds no command (0000,eeee) or file
     meta (0002,eeee) element; the file meta names the transfer syntax the object came in and
-    keeps its elements under their own VRs.
+    keeps its elements under their own VRs; the values the adapter keeps as text are within
+    their VR's length (adapter.mapping.dicom_value_length).
 
     The ingest reads only the attributes it maps, but an object is stored to be released
     again: re-encoded, de-identified or pseudonymised (WADO-RS, TRAIN and HRESCH), which reads
@@ -817,6 +819,7 @@ def check_elements(ds: Dataset, transfer_syntax: str) -> None:
             raise InvalidInput("the file meta names another transfer syntax than the one the object came in",
                                expression="(0002,0010) TransferSyntaxUID")
     _check_dataset(ds, file_meta=False)
+    check_value_lengths(ds)
 
 
 def _check_dataset(ds: Dataset, *, file_meta: bool) -> None:

@@ -563,14 +563,18 @@ def test_the_same_sop_instance_twice_creates_one_record(scp: StoreSCP, client: F
 
 def test_invalid_values_are_stored_and_never_logged(scp: StoreSCP, client: FhirClient, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Values pydicom would warn about, quoting them, in attributes the adapter does not keep as
+    text are stored as received (a PN over 64 characters the adapter does not read, a DA that
+    is no date: left out of the index). Over-long values of the attributes it keeps as text are
+    refused (test_a_value_longer_than_its_vr_allows_is_refused_where_the_adapter_keeps_it)."""
     path = tmp_path / "odd.dcm"
     settings = pydicom.config.settings
     previous = settings.reading_validation_mode, settings.writing_validation_mode
     settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
     try:
         # values pydicom would warn about, quoting them: a PN component over 64 characters, a bad DA
-        sent = sc_file(path, PatientName="Secretname^" + "X" * 70, StudyDate="SECRETDAY",
-                       OperatorsName="Secretop^" + "Y" * 70)
+        sent = sc_file(path, PerformingPhysicianName="Secretname^" + "X" * 70, StudyDate="SECRETDAY",
+                       NameOfPhysiciansReadingStudy="Secretop^" + "Y" * 70)
     finally:
         settings.reading_validation_mode, settings.writing_validation_mode = previous
     with caplog.at_level("DEBUG"):
@@ -578,6 +582,57 @@ def test_invalid_values_are_stored_and_never_logged(scp: StoreSCP, client: FhirC
     assert find(client, "Media", sent.SOPInstanceUID)
     logged = caplog.text
     assert "Secret" not in logged and "SECRETDAY" not in logged and PATIENT["value"] not in logged
+
+
+@pytest.mark.parametrize(("keyword", "value", "tag"), [
+    ("PatientID", "SECRETPID" * 10, 0x00100020),                     # LO: 64
+    ("PatientName", "Secret^" + "N" * 404, 0x00100010),               # PN: 64 per component group
+    ("IssuerOfPatientID", "H" * 65, 0x00100021),
+    ("AccessionNumber", "A" * 17, 0x00080050),                         # SH: 16
+    ("Modality", "OTOTOTOTOTOTOTOTO", 0x00080060),                     # CS: 16
+    ("StudyDescription", "D" * 66, 0x00081030),
+    ("OperatorsName", ["Op^One", "Secretop^" + "Y" * 70], 0x00081070),  # each value of VM 1-n
+    ("StudyInstanceUID", "1.2." + "3" * 62, 0x0020000D),             # UI: 64
+])
+def test_a_value_longer_than_its_vr_allows_is_refused_where_the_adapter_keeps_it(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        keyword: str, value: Any, tag: int) -> None:
+    """Found by the DICOM review (finding 7): a PatientID of 90 characters (LO allows 64,
+    PS3.5 6.2) was stored with Success, its record under an identifier the forwarder can never
+    send as a PatientID; a PatientName of 411 characters too. The attributes the adapter keeps
+    as text (identity, the index's text, what the records show) are refused over their VR's
+    length: 0xC000 naming the tag (Offending Element too), never the value, in the comment, the
+    audit or the log; STOW-RS alike. Test seen failing with Success (0x0000)."""
+    path = tmp_path / "long.dcm"
+    settings = pydicom.config.settings
+    previous = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        sent = sc_file(path, **{keyword: value})
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = previous
+    with caplog.at_level("DEBUG"):
+        answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == CANNOT_UNDERSTAND, hex(answer.Status)
+    assert answer.OffendingElement == tag
+    assert answer.ErrorComment.startswith(f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X}) is longer than")
+    assert "Secret" not in answer.ErrorComment and "SECRET" not in caplog.text and "Secret" not in caplog.text
+    assert _stow_failure(client, path.read_bytes()) == CANNOT_UNDERSTAND
+    refusals = audited(services)
+    assert refusals and all("SECRET" not in str(e) and "Secret" not in str(e) for e in refusals)
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) is None
+    assert list((tmp_path / "data" / "staging").iterdir()) == []
+
+
+def test_values_as_long_as_their_vr_allows_are_stored(scp: StoreSCP, client: FhirClient, tmp_path: Path) -> None:
+    """Finding 7 of the DICOM review, the other side: the maximum is in characters, not bytes
+    (a name of 64 characters in UTF-8 is 128 bytes), a PN's per component group, padding aside."""
+    path = tmp_path / "longest.dcm"
+    sent = sc_file(path, SpecificCharacterSet="ISO_IR 192", PatientName="Ö" * 32 + "^" + "ä" * 31,
+                   ReferringPhysicianName="A" * 64 + "=" + "B" * 64, PatientID="P" * 64, AccessionNumber="A" * 16,
+                   StudyDescription="D" * 64)
+    assert len(sent.PatientName.original_string) == 2 * 63 + 1
+    assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
 
 
 # -- misbehaving peers ------------------------------------------------------------------------
