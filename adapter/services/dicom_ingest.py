@@ -4,8 +4,10 @@ does over HTTP (adapter.services.ingest).
 
 Order of work (cheap refusals first, nothing visible until the single commit):
 1. idempotency by SOP Instance UID: an object stored before is answered with its record, and
-   nothing new is written, unless it names another patient than the stored one
-   (:meth:`DicomIngestService._check_resend`: refused, InstanceConflict);
+   nothing new is written: Success when its data set is the stored one byte for byte, Warning
+   0xB006 Elements Discarded when it is another content of the same instance, refused
+   (InstanceConflict) when it names another patient, study, series or SOP class
+   (:meth:`DicomIngestService._check_resend`);
 2. the file is checked to be complete (every element's length within the file, every undefined
    length closed by its delimiter) and encoded as PS3.5 says, as far as the element headers
    tell (every value length even, no command or file meta element in the dataset:
@@ -54,7 +56,8 @@ requested instance (before that they are not known, and not guessed). The edges 
 refusals of a request that never reached the ingest through :meth:`DicomIngestService.record_refusal`.
 A failure to write that audit is logged and changes nothing: the refusal is answered as such, and
 the SCP goes on. A replay (step 1) is no refusal: it is audited as a transfer answered with the
-record stored before (outcome 0), as a photo's retry is.
+record stored before (outcome 0), as a photo's retry is; one whose other content was discarded
+alike, with outcome 4 (minor failure: what was sent is not what is kept) and the reason.
 """
 
 from __future__ import annotations
@@ -135,9 +138,8 @@ _T = TypeVar("_T")
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _DEFER = 64 * 1024  # values larger than this are read from the file only when accessed
-#: A re-sent object of the stored size up to this many bytes is hashed before it is read
-#: (DicomIngestService._check_resend): hashing 1 MiB costs about what reading its dataset does.
-_HASH_FIRST_LIMIT = 1 << 20
+#: Bytes compared at a time when a re-sent data set is compared with the stored one.
+_COMPARE_CHUNK = 1 << 20
 _REASON_LENGTH = 256  # of a refusal's AuditEvent.outcomeDesc: the diagnostics are shorter
 
 
@@ -169,6 +171,10 @@ class ReceivedStore:
 class DicomIngestResult:
     receipt: dict[str, Any]
     replayed: bool
+    #: Why an object sent again was answered from its record with Warning 0xB006 Elements
+    #: Discarded (its content is not the stored one's: :meth:`DicomIngestService._check_resend`);
+    #: None for an object stored, or sent again as it was.
+    discarded: str | None = None
 
     @property
     def record(self) -> str:
@@ -931,23 +937,29 @@ class DicomIngestService:
         """The storage SOP classes the SCP negotiates (mappings/dicom.yaml ``receive``)."""
         return tuple(self._dicom_tables.receive.sop_classes)
 
-    def _replay(self, instance: DicomInstance, received: ReceivedStore) -> DicomIngestResult:
-        """The answer to an object stored before (its SOP Instance UID known, its patient the
-        stored one's): its record, nothing stored again. Audited, as a photo's retry is
-        (adapter.services.ingest): a transfer from the sender, naming the record it is answered
-        with, so a sender probing which instances exist is seen in the trail."""
+    def _replay(self, instance: DicomInstance, received: ReceivedStore,
+                discarded: str | None = None) -> DicomIngestResult:
+        """The answer to an object stored before (its SOP Instance UID known, its patient, study,
+        series and class the stored one's): its record, nothing stored again; ``discarded``
+        says why the object's content was not kept, when it is not the stored one's (Warning
+        0xB006). Audited, as a photo's retry is (adapter.services.ingest): a transfer from the
+        sender, naming the record it is answered with, so a sender probing which instances exist
+        is seen in the trail; outcome 0, or 4 (minor failure) with ``discarded`` as the reason."""
         sop_instance_uid = instance.sop_instance_uid
         receipt = self._store.find_receipt(patient=instance.patient, stored_sha256=instance.blob_sha256) \
             if instance.blob_sha256 else None
         self._store.append_audit(self._auditor.event(
             _sender_context(received.calling_ae, received.peer_address, received.sender), interaction="create",
-            action="C", permitted=True, reason="already stored: answered with its record, nothing stored again",
+            action="C", permitted=True,
+            reason=f"already stored: {discarded}" if discarded else
+            "already stored: answered with its record, nothing stored again",
+            outcome="4" if discarded else None,
             entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
             dicom=DicomAudit.transferred(instance.study_instance_uid, instances=(sop_instance_uid,))))
         return DicomIngestResult(
             receipt=receipt or {"record": f"{instance.record_type}/{instance.record_id}",
                                 "sopInstanceUid": sop_instance_uid},
-            replayed=True)
+            replayed=True, discarded=discarded)
 
     def ingest_received(self, received: ReceivedStore) -> DicomIngestResult:
         """Ingest one received object (module docstring); the object at ``received.path`` is
@@ -992,60 +1004,68 @@ class DicomIngestService:
             log.error("could not audit the refusal of an object from %s@%s (%s)", calling_ae, peer_address,
                       type(exc).__name__)
 
-    def _check_resend(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> None:
-        """An object whose SOP Instance UID is stored already: the same object byte for byte (the
-        usual retry) is answered from its record; another encoding or content is read as far as
-        its patient (steps 2-4, the checks a new object passes), and answered from its record
-        only when it names the stored patient.
+    def _check_resend(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> str | None:
+        """An object whose SOP Instance UID is stored already. A SOP Instance UID names one
+        instance (PS3.3 C.12.1.1.1) and the stored one stands: it may have been read, forwarded
+        and released since, and its record is what others hold. The answer says what became of
+        what was sent (PS3.4 B.2.3), found by the cheapest question first:
 
-        A SOP Instance UID identifies one instance of one patient (PS3.3 C.12.1.1.1): an object
-        under the stored UID naming another patient (a PatientID corrected with dcmodify) is not
-        the stored instance, and answering Success would tell the sender its correction was
-        kept while it was dropped. It is refused with InstanceConflict: 0xA900 over DIMSE (PS3.4
-        B.2.3 has no status of its own for it; A900 is the Storage Service's failure for a data
-        set that is not what its identity says, as for a SOP Instance UID differing from the
-        request's), a 409 FailedSOPSequence entry with FailureReason A900 in STOW-RS (PS3.18
-        10.5.3, a conflict the request holds). The stored record stands; correcting it is a
-        matter for the PACS administrator, not a re-send. Audited as every refusal after step
-        4 is, naming the patient and study the re-sent object names.
+        * its data set is the stored one's byte for byte (the usual retry; the file meta aside,
+          which pynetdicom or a STOW-RS client wrote): Success, answered from its record (None);
+        * else it is read as far as its identity (steps 2-4, the checks a new object passes), and
+          if it names another patient, study, series or SOP class than the stored instance it is
+          refused with InstanceConflict: 0xA900 over DIMSE (PS3.4 B.2.3 has no status of its own:
+          A900 is the Storage Service's failure for a data set that is not what its identity says,
+          as for a SOP Instance UID differing from the request's), a 409 FailedSOPSequence entry
+          in STOW-RS (PS3.18 10.5.3). Success, or a warning, would tell the sender the instance
+          is held where it says: a WADO-RS or QIDO-RS lookup at the study it reported found
+          nothing, the response's SOP class was not the stored object's. A patient corrected
+          with dcmodify is not a correction of the stored record: that is for the PACS
+          administrator;
+        * else it is another content of the same instance (other pixels, an attribute filled in,
+          another encoding): answered from its record with Warning 0xB006 Elements Discarded
+          (the string returned says why), not plain Success: what was sent is not what is kept.
 
-        Cost: the answer is Success exactly when the object is the stored one byte for byte or
-        passes the checks naming the stored patient, so whichever is cheaper is asked first. The
-        checks read the dataset before the pixel data (~1-2 ms whatever the size), a SHA-256 the
-        whole file (~1.1 ms a MB): an object of another size than the stored one is not the same
-        (no hash at all), one up to :data:`_HASH_FIRST_LIMIT` is hashed first, a larger one
-        checked first and hashed only when the checks refuse it (an object stored before a check
-        was added, sent again as it is, is still a retry).
+        Cost: the comparison reads the stored object's data set beside the received one's and
+        stops at the first difference (a data set of another length is not read at all); no
+        digest. The checks read the dataset before the pixel data (~1-2 ms whatever the size)
+        only for an object that is not the stored one. An object stored before a check was added,
+        sent again as it is, is a retry whatever the checks say of it now.
 
         Raises:
-            InstanceConflict: the object names another patient than the stored instance.
-            AdapterError: the refusals a new object would meet before its patient is known.
+            InstanceConflict: the object names another patient, study, series or SOP class.
+            AdapterError: the refusals a new object would meet before its identity is known.
         """
-        stored_sha256 = instance.blob_sha256
-        same_size = False
-        if stored_sha256 is not None:  # an object received as it is (one made from a photo has none)
-            try:
-                size = os.stat(received.path).st_size
-            except OSError as exc:
-                raise StorageError("the received dataset could not be read") from exc
-            stored_size = self._blobs.size(stored_sha256)
-            same_size = stored_size is None or stored_size == size  # no blob to compare with: the hash decides
-            if same_size and size <= _HASH_FIRST_LIMIT:
-                if _file_sha256(received.path) == stored_sha256:
-                    return
-                same_size = False  # hashed: not the same object
+        if self._same_data_set(received.path, instance):
+            return None
         checked = _Known()
         try:
-            self._check_resent_patient(received, instance, checked)
-        except Exception:
-            if same_size and _file_sha256(received.path) == stored_sha256:
-                return  # the stored object as it is: a retry, whatever the checks say of it now
+            self._check_resent_identity(received, instance, checked)
+        finally:
             known.obj = checked.obj
-            raise
-        known.obj = checked.obj
+        if instance.blob_sha256 is None:
+            return ("the SOP Instance UID is stored already, made here from a photo: the stored instance is kept, "
+                    "this object's elements were discarded")
+        return ("the SOP Instance UID is stored already with other content: the stored instance is kept, this "
+                "object's elements were discarded")
 
-    def _check_resent_patient(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> None:
-        """Steps 2-4 on a re-sent object, then its patient compared with the stored instance's."""
+    def _same_data_set(self, path: Path, instance: DicomInstance) -> bool:
+        """Whether the data set of the Part 10 file at ``path`` is the stored object's byte for
+        byte (their file meta aside). An instance made from a photo has no object as received:
+        nothing is the same as it."""
+        if instance.blob_sha256 is None:
+            return False
+        try:
+            stored = self._blobs.path(instance.blob_sha256)
+        except AdapterError:  # its blob gone (verify reports it): the object cannot be compared
+            return False
+        try:
+            return _same_data_set(path, stored)
+        except OSError as exc:
+            raise StorageError("the received dataset could not be read") from exc
+
+    def _check_resent_identity(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> None:
+        """Steps 2-4 on a re-sent object, then its identity compared with the stored instance's."""
         layout = check_complete(received.path, received.transfer_syntax)
         try:
             ds = read_header(layout.head) if layout.head is not None else read_dataset(received.path)
@@ -1056,14 +1076,13 @@ class DicomIngestService:
         except _MALFORMED as exc:
             raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
         known.obj = obj
-        _check_same_patient(obj, instance)
+        _check_same_instance(obj, instance)
 
     def _ingest(self, received: ReceivedStore, known: _Known) -> DicomIngestResult:
         self._check_request(received)
         stored = self._store.find_dicom_instance(received.affected_sop_instance)
         if stored is not None:
-            self._check_resend(received, stored, known)
-            return self._replay(stored, received)
+            return self._replay(stored, received, self._check_resend(received, stored, known))
         layout = check_complete(received.path, received.transfer_syntax)
         check_pixel_data_encoding(layout.pixel_data, received.transfer_syntax)
         work = _Work(self._blobs)
@@ -1201,13 +1220,16 @@ class DicomIngestService:
         try:
             self._store.save_ingest(unit)
         except Conflict:
-            # the same object over another association won the race: answer with its record,
-            # when it is of the same patient (_check_resend)
+            # the same object over another association won the race: answered as a re-sent one
+            # is (_check_resend), this one's checks passed already
             stored = self._store.find_dicom_instance(obj.sop_instance_uid)
             if stored is None:
                 raise
-            _check_same_patient(obj, stored)
-            return self._replay(stored, received)
+            if original_sha256 == stored.blob_sha256 or self._same_data_set(received.path, stored):
+                return self._replay(stored, received)
+            _check_same_instance(obj, stored)
+            return self._replay(stored, received, "the SOP Instance UID was stored meanwhile with other content: the "
+                                                  "stored instance is kept, this object's elements were discarded")
         return DicomIngestResult(receipt=unit.receipt, replayed=False)
 
     def _unit(self, received: ReceivedStore, obj: ReceivedObject, image: ExtractedImage, image_sha256: str,
@@ -1261,12 +1283,52 @@ class DicomIngestService:
                           released_uids=self._released_uids.rows(instance))
 
 
-def _check_same_patient(obj: ReceivedObject, instance: DicomInstance) -> None:
-    """Refuse an object naming another patient than the instance stored under its SOP Instance
-    UID (:meth:`DicomIngestService._check_resend`). The diagnostics name neither patient."""
+def _check_same_instance(obj: ReceivedObject, instance: DicomInstance) -> None:
+    """Refuse an object naming another patient, study, series or SOP class than the instance
+    stored under its SOP Instance UID (:meth:`DicomIngestService._check_resend`), naming the
+    attribute that differs. The diagnostics name neither value (a patient's, or UIDs some
+    modalities build from the patient's ID)."""
     if obj.patient != instance.patient:
         raise InstanceConflict("the SOP Instance UID is stored already for another patient than the object names: "
                                "the stored instance is kept", expression="(0008,0018) SOPInstanceUID")
+    for held, stored, keyword, tag, what in (
+            (obj.study_uid, instance.study_instance_uid, "StudyInstanceUID", "(0020,000D)", "another study"),
+            (obj.series_uid, instance.series_instance_uid, "SeriesInstanceUID", "(0020,000E)", "another series"),
+            (obj.sop_class_uid, instance.sop_class_uid, "SOPClassUID", "(0008,0016)", "another SOP class")):
+        if held != stored:
+            raise InstanceConflict(f"the SOP Instance UID is stored already in {what} than the object names: the "
+                                   "stored instance is kept", expression=f"{tag} {keyword}")
+
+
+def _same_data_set(path: Path, stored: Path) -> bool:
+    """Whether the data sets of the Part 10 files at ``path`` and ``stored`` (what follows their
+    file meta, :func:`_body_offset`) are the same bytes: compared a chunk at a time, from their
+    lengths on, so two that differ are rarely read far."""
+    with open(path, "rb") as fh, open(stored, "rb") as gh:
+        size, stored_size = os.fstat(fh.fileno()).st_size, os.fstat(gh.fileno()).st_size
+        if not size or not stored_size:
+            return False
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mine, \
+                mmap.mmap(gh.fileno(), 0, access=mmap.ACCESS_READ) as theirs:
+            try:
+                at, stored_at = _data_set_offset(mine), _data_set_offset(theirs)
+            except (InvalidInput, _Truncated):  # no Part 10 file: not the stored object
+                return False
+            if size - at != stored_size - stored_at:
+                return False
+            for start in range(0, size - at, _COMPARE_CHUNK):
+                if mine[at + start:at + start + _COMPARE_CHUNK] != theirs[stored_at + start:stored_at + start +
+                                                                          _COMPARE_CHUNK]:
+                    return False
+            return True
+
+
+def _data_set_offset(mapped: mmap.mmap) -> int:
+    buf = memoryview(mapped)
+    try:
+        return _body_offset(buf)
+    finally:
+        buf.release()
 
 
 def _sender_context(calling_ae: str, peer_address: str, sender: RequestContext | None = None) -> RequestContext:

@@ -37,6 +37,7 @@ from adapter.dicom import scp as scp_module
 from adapter.dicom.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    ELEMENTS_DISCARDED,
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
     SUCCESS,
@@ -1599,9 +1600,10 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     """The same SOP Instance UID again with another PatientID (a correction made with dcmodify)
     was answered Success and the correction silently dropped. The instance stands for one
     patient: the re-send is refused (0xA900: the data set is not the one the SOP Instance UID
-    names), audited naming the SOP Instance, nothing changes. The same object again, or with
-    the same patient and another byte (an attribute the sender filled in), stays Success
-    ("already stored", idempotent), as before."""
+    names), audited naming the SOP Instance, nothing changes. The same object again stays
+    Success ("already stored", idempotent); with the same patient and another byte (an
+    attribute the sender filled in) it was Success too, and is Warning 0xB006 since the DICOM
+    review (finding 6: test_a_resend_with_other_content_...)."""
     path = tmp_path / "first.dcm"
     sent = sc_file(path)
     assert pynet_store(scp.port, path).Status == SUCCESS
@@ -1623,23 +1625,22 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     assert pynet_store(scp.port, path).Status == SUCCESS  # the same object: Success, as before
     filled_in = tmp_path / "filled-in.dcm"
     sc_file(filled_in, InstitutionName="Example Hospital Dermatology", **same)
-    assert pynet_store(scp.port, filled_in).Status == SUCCESS
+    assert pynet_store(scp.port, filled_in).Status == ELEMENTS_DISCARDED
     assert audited(services)[-1]["outcomeDesc"].startswith("already stored")
     assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
 
 
-def test_a_resend_is_checked_without_hashing_a_large_object(services: Services, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A re-send is Success when it is the stored object byte for byte, or names the stored
-    patient after the checks a new object passes. A large one (over 1 MiB) is checked first,
-    from the dataset before its pixel data, and not hashed at all (a SHA-256 of 20 MB took
-    26 ms); one of another size than the stored object is never hashed; the hash still decides
-    when the checks refuse (an object stored before a check was added, sent again as it is, is a
-    retry). A small object of the stored size is hashed first, as before, and not read."""
+def test_a_resend_is_compared_without_hashing_and_read_only_when_it_differs(
+        services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-send is Success when its data set is the stored object's byte for byte, compared
+    with the stored object (no digest: a SHA-256 of 20 MB took 26 ms) and without the checks;
+    another content of the same patient, study, series and class is Warning 0xB006 once the
+    checks a new object passes read it; another patient is refused. The comparison decides
+    before the checks (an object stored before a check was added, sent again as it is, is a
+    retry); the checks decide what another content is."""
     ingest = services.dicom_ingest
     path = tmp_path / "large.dcm"
     sent = sc_file(path, frame=jpeg(1400, 1000, noise=True))
-    assert path.stat().st_size > dicom_ingest_module._HASH_FIRST_LIMIT
     assert not ingest.ingest_received(received_store(path, sent)).replayed
     same = {"SOPInstanceUID": sent.SOPInstanceUID, "StudyInstanceUID": sent.StudyInstanceUID,
             "SeriesInstanceUID": sent.SeriesInstanceUID, "PixelData": sent.PixelData}
@@ -1652,10 +1653,12 @@ def test_a_resend_is_checked_without_hashing_a_large_object(services: Services, 
 
     with monkeypatch.context() as patched:
         patched.setattr(dicom_ingest_module, "_file_sha256", hashed)
-        assert ingest.ingest_received(received_store(path, sent)).replayed
-        assert ingest.ingest_received(received_store(filled_in, sent)).replayed
-    with pytest.raises(InstanceConflict):  # of the stored size: hashed once the checks refuse it
-        ingest.ingest_received(received_store(other, sent))
+        again = ingest.ingest_received(received_store(path, sent))
+        assert again.replayed and again.discarded is None
+        filled = ingest.ingest_received(received_store(filled_in, sent))
+        assert filled.replayed and filled.discarded is not None and "other content" in filled.discarded
+        with pytest.raises(InstanceConflict):
+            ingest.ingest_received(received_store(other, sent))
     # the checks refuse what they did not when the object was stored: the same bytes are a retry
     with monkeypatch.context() as patched:
         def refuse(ds: Any, transfer_syntax: str) -> None:
@@ -1665,7 +1668,7 @@ def test_a_resend_is_checked_without_hashing_a_large_object(services: Services, 
         assert ingest.ingest_received(received_store(path, sent)).replayed
         with pytest.raises(InvalidInput):
             ingest.ingest_received(received_store(filled_in, sent))
-    # a small object of the stored size: hashed, not read
+    # the same bytes are not read as a new object is
     small = tmp_path / "small.dcm"
     kept = sc_file(small)
     assert not ingest.ingest_received(received_store(small, kept)).replayed
@@ -1674,6 +1677,86 @@ def test_a_resend_is_checked_without_hashing_a_large_object(services: Services, 
         assert ingest.ingest_received(received_store(small, kept)).replayed
     assert services.store.find_dicom_instance(sent.SOPInstanceUID).patient == services.store.find_dicom_instance(
         kept.SOPInstanceUID).patient
+
+
+@pytest.mark.parametrize(("change", "element"), [
+    ({"StudyInstanceUID": "2.25.1", "SeriesInstanceUID": "2.25.2"}, 0x0020000D),
+    ({"SeriesInstanceUID": "2.25.2"}, 0x0020000E),
+    ({"SOPClassUID": VL_PHOTO, "Modality": "XC", "ConversionType": None}, 0x00080016),
+])
+def test_a_resend_naming_another_study_series_or_class_is_refused(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path, change: dict[str, Any],
+        element: int) -> None:
+    """Found by the DICOM review (finding 6): the same SOP Instance UID again in another study
+    and series, or of another SOP class, was answered Success and dropped: a WADO-RS at the study
+    the sender reported then found nothing (404), and the response's AffectedSOPClassUID was the
+    new class while the stored object is of the other. The stored instance stands (it may have
+    been read and forwarded): the re-send is refused as one naming another patient is, 0xA900
+    naming the attribute that differs (Offending Element too), audited; STOW-RS 409. Test seen
+    failing with Success (0x0000)."""
+    path = tmp_path / "first.dcm"
+    sent = sc_file(path)
+    assert pynet_store(scp.port, path).Status == SUCCESS
+    before = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    moved = tmp_path / "moved.dcm"
+    kept = {"SOPInstanceUID": sent.SOPInstanceUID, "StudyInstanceUID": sent.StudyInstanceUID,
+            "SeriesInstanceUID": sent.SeriesInstanceUID}
+    sc_file(moved, **{**kept, **change})
+    answer = pynet_store(scp.port, moved, chunked=True)
+    assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
+    assert answer.OffendingElement == element
+    refusal = audited(services)[-1]
+    assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
+    assert "stored already in another" in refusal["outcomeDesc"]
+    assert _stow_failure(client, moved.read_bytes()) == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+
+
+def test_a_resend_with_other_content_is_a_warning_and_the_stored_instance_is_kept(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path) -> None:
+    """Found by the DICOM review (finding 6): the same SOP Instance UID again, same patient,
+    study, series and class, with other pixels, was answered Success and the new content
+    silently dropped: WADO-RS served the first object's pixels to a sender told its object was
+    stored. The stored instance is kept (it may have been read and forwarded), and the answer
+    says what was sent is not what is held: Warning 0xB006 Elements Discarded (PS3.4 B.2.3),
+    with an Error Comment; audited as a replay is, naming the record, outcome 4 (minor failure)
+    and why. STOW-RS: 202, the instance referenced with WarningReason 0xB006. The same data set
+    again is Success, over either, whatever file meta it came with. Test seen failing with
+    Success (0x0000)."""
+    path = tmp_path / "first.dcm"
+    sent = sc_file(path)
+    assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
+    before = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    assert before is not None and before.blob_sha256 is not None
+    stored_object = services.blobs.path(before.blob_sha256).read_bytes()
+    other = tmp_path / "other-pixels.dcm"
+    sc_file(other, frame=jpeg(shade=200), SOPInstanceUID=sent.SOPInstanceUID,
+            StudyInstanceUID=sent.StudyInstanceUID, SeriesInstanceUID=sent.SeriesInstanceUID)
+    answer = pynet_store(scp.port, other, chunked=True)
+    assert answer.Status == ELEMENTS_DISCARDED, hex(answer.Status)
+    assert answer.ErrorComment.startswith("the SOP Instance UID is stored already with other")
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+    assert services.blobs.path(before.blob_sha256).read_bytes() == stored_object
+    discarded = audited(services)[-1]
+    assert discarded["outcome"] == "4" and discarded["action"] == "C"
+    assert discarded["outcomeDesc"].startswith("already stored: the SOP Instance UID is stored already with other")
+    assert sop_instance_uids(discarded) == [sent.SOPInstanceUID]
+    assert f"{before.record_type}/{before.record_id}" in [e["what"].get("reference") for e in discarded["entity"]
+                                                          if "what" in e]
+    stowed = client.post("/dicomweb/studies", content=_related(other.read_bytes()),
+                         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'})
+    assert stowed.status_code == 202, stowed.text
+    [referenced] = stowed.json()["00081199"]["Value"]
+    assert referenced["00081196"] == {"vr": "US", "Value": [ELEMENTS_DISCARDED]}
+    assert "00081198" not in stowed.json()
+    # the first object again, over DIMSE and as a STOW-RS part with pydicom's file meta: Success
+    assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
+    again = client.post("/dicomweb/studies", content=_related(path.read_bytes()),
+                        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'})
+    assert again.status_code == 200, again.text
+    assert "00081196" not in again.json()["00081199"]["Value"][0]
+    assert audited(services)[-1]["outcome"] == "0"
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
 
 
 def test_a_refusal_whose_audit_cannot_be_written_is_still_refused_and_the_scp_serves_on(
