@@ -21,6 +21,15 @@ from adapter.imaging.png import walk as walk_png
 from adapter.imaging.sniff import JPEG, PNG, check_declared
 
 SOF0 = 0xC0       # baseline DCT, Huffman: the only process the JPEG Baseline TS (…4.50) allows
+
+
+def is_baseline_process(sof: int, precision: int) -> bool:
+    """Whether a frame header's SOFn marker and sample precision P are JPEG process 1, baseline
+    sequential DCT with Huffman coding (T.81 Table B.1 and B.2.2: SOF0, P = 8): the only process
+    the JPEG Baseline transfer syntax 1.2.840.10008.1.2.4.50 allows (PS3.5 A.4.1, Table F.1-5).
+    The one rule for what the adapter sends (:attr:`JpegFrameInfo.baseline`) and for what it
+    receives (adapter.mapping.dicom_image_pixel)."""
+    return sof == SOF0 and precision == 8
 _EXIF = b"Exif\x00"
 _JFIF = b"JFIF\x00"
 _ADOBE = b"Adobe"
@@ -49,7 +58,7 @@ class JpegFrameInfo:
     def baseline(self) -> bool:
         """True when the stream may go into the JPEG Baseline (Process 1) transfer syntax
         as-is: SOF0, 8-bit samples (T.81 Table B.1), 1 or 3 components (PS3.5 8.2.1)."""
-        return self.sof == SOF0 and self.precision == 8 and self.colour in ("GREY", "YBR", "RGB")
+        return is_baseline_process(self.sof, self.precision) and self.colour in ("GREY", "YBR", "RGB")
 
     @property
     def progressive(self) -> bool:
@@ -216,4 +225,4 @@ def png_bit_depth(data: bytes) -> tuple[int, int]:
     return int(depth), int(colour_type)
 
 
-__all__ = ["EncapsulatedJpeg", "FrameHeader", "JpegFrameInfo", "encapsulated_jpeg", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]
+__all__ = ["EncapsulatedJpeg", "FrameHeader", "JpegFrameInfo", "encapsulated_jpeg", "is_baseline_process", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]

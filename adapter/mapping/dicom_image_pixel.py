@@ -32,6 +32,7 @@ to check against then).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,13 +40,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit
 
 from adapter.errors import InvalidResource, RequiredElementMissing, UndecodableImage
-from adapter.imaging.frame import SOF0, FrameHeader
+from adapter.imaging.frame import FrameHeader, is_baseline_process
 from adapter.imaging.jpeg import SOF_MARKERS
 
-#: The frame headers (SOFn marker, sample precision P) each JPEG transfer syntax the adapter
-#: takes allows, with the process's name (module docstring).
-JPEG_PROCESSES: dict[str, tuple[frozenset[tuple[int, int]], str]] = {
-    JPEGBaseline8Bit: (frozenset({(SOF0, 8)}), "process 1 only (baseline: SOF0, 8-bit samples)"),
+#: Whether a frame header (SOFn marker, sample precision P) is of a process each JPEG transfer
+#: syntax the adapter takes allows, with what it allows (module docstring).
+JPEG_PROCESSES: dict[str, tuple[Callable[[int, int], bool], str]] = {
+    JPEGBaseline8Bit: (is_baseline_process, "process 1 only (baseline: SOF0, 8-bit samples)"),
 }
 _SOF_NAMES = {0xC0: "baseline", 0xC1: "extended sequential", 0xC2: "progressive", 0xC3: "lossless",
               0xC9: "arithmetic extended sequential", 0xCA: "arithmetic progressive", 0xCB: "arithmetic lossless"}
@@ -87,7 +88,7 @@ def check_jpeg_frame(pixel: ImagePixel, header: FrameHeader, *, frame: int, tran
         InvalidResource: Rows, Columns or Samples per Pixel is not what the frame holds (0xA900).
     """
     allowed, which = JPEG_PROCESSES[transfer_syntax]
-    if (header.sof, header.precision) not in allowed:
+    if not allowed(header.sof, header.precision):
         name = _SOF_NAMES.get(header.sof, "differential" if header.sof in SOF_MARKERS else "unknown")
         raise UndecodableImage(f"JPEG frame {frame} is {name} (SOF{header.sof - 0xC0}, {header.precision}-bit): "
                                f"the transfer syntax {transfer_syntax} allows {which} (PS3.5 A.4.1)",
