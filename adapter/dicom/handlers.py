@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any, cast
 from pydicom.dataset import Dataset
 
 from adapter.dicom.spool import BoundedSpool
-from adapter.dicom.status import BUG_STATUS, SUCCESS, dimse_status_for, error_comment
+from adapter.dicom.status import (
+    BUG_STATUS,
+    ELEMENTS_DISCARDED,
+    SUCCESS,
+    dimse_status_for,
+    error_comment,
+    offending_elements,
+)
 from adapter.errors import AdapterError, InvalidInput, PayloadTooLarge, Transient
 from adapter.mapping.audit_dicom import association_rejection
 from adapter.metrics import ASSOCIATIONS, C_STORES, INGESTS
@@ -75,8 +82,10 @@ def _check_data_set(event: Event) -> None:
 
 def handle_store(event: Event, ingest: DicomIngestService, stopping: threading.Event | None = None) -> int | Dataset:
     """C-STORE (Storage Service Class, PS3.4 Annex B): ingest the received object durably, then
-    answer. Refusals go through the one status table (adapter.dicom.status) with an Error
-    Comment; anything outside the error hierarchy is a bug and answered with BUG_STATUS. Every
+    answer: Success, or Warning 0xB006 for an object sent again with another content than the
+    stored one (adapter.services.dicom_ingest). Refusals go through the one status table (adapter.dicom.status) with an Error
+    Comment and, when the refusal names elements and its status has the field (A9xx, Cxxx),
+    Offending Element (0000,0901) (PS3.7 C.4, PS3.4 Table B.2-1); anything outside the error hierarchy is a bug and answered with BUG_STATUS. Every
     refusal is audited once: by the ingest, or here when the request never reached it. Once the
     SCP is ``stopping`` nothing is ingested any more (0xA700, to be sent again): an ingest started
     then could be cut off by the store closing after its sender was told it failed."""
@@ -98,15 +107,27 @@ def handle_store(event: Event, ingest: DicomIngestService, stopping: threading.E
         answer = Dataset()
         answer.Status = status
         answer.ErrorComment = error_comment(exc)
+        offending = offending_elements(exc, status)
+        if offending:  # the tags the refusal names, whole, where the comment is cut to 64 characters
+            answer.OffendingElement = offending
         C_STORES.labels(f"0x{status:04X}").inc()
         return answer
     except Exception:
         log.exception("C-STORE from %s failed with an unexpected error (a bug)", where)
         C_STORES.labels(f"0x{BUG_STATUS:04X}").inc()
         return BUG_STATUS
+    INGESTS.labels("dicom", "replayed" if result.replayed else "stored").inc()
+    if result.discarded is not None:
+        # the SOP Instance UID is held with other content: kept, and this object not (PS3.4 B.2.3)
+        log.info("C-STORE from %s: already stored as %s with other content, this one discarded (0x%04X)", where,
+                 result.record, ELEMENTS_DISCARDED)
+        C_STORES.labels(f"0x{ELEMENTS_DISCARDED:04X}").inc()
+        warning = Dataset()
+        warning.Status = ELEMENTS_DISCARDED
+        warning.ErrorComment = error_comment(result.discarded)
+        return warning
     log.info("C-STORE from %s: %s %s", where, "already stored as" if result.replayed else "stored as", result.record)
     C_STORES.labels(f"0x{SUCCESS:04X}").inc()
-    INGESTS.labels("dicom", "replayed" if result.replayed else "stored").inc()
     return SUCCESS
 
 

@@ -10,6 +10,7 @@ from adapter.mapping.dimse_status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     DIMSE_STATUS,
+    ELEMENTS_DISCARDED,
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
@@ -18,10 +19,12 @@ from adapter.mapping.dimse_status import (
     SUCCESS,
     dimse_status_for,
     error_comment,
+    offending_elements,
 )
 
 __all__ = [
-    "BUG_STATUS", "CANNOT_UNDERSTAND", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "DIMSE_STATUS", "NOT_AUTHORISED",
+    "BUG_STATUS", "CANNOT_UNDERSTAND", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "DIMSE_STATUS", "ELEMENTS_DISCARDED",
+    "NOT_AUTHORISED",
     "OUT_OF_RESOURCES", "PROCESSING_FAILURE", "REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED", "SOP_CLASS_NOT_SUPPORTED",
-    "SUCCESS", "dimse_status_for", "error_comment",
+    "SUCCESS", "dimse_status_for", "error_comment", "offending_elements",
 ]

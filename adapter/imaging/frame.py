@@ -21,6 +21,15 @@ from adapter.imaging.png import walk as walk_png
 from adapter.imaging.sniff import JPEG, PNG, check_declared
 
 SOF0 = 0xC0       # baseline DCT, Huffman: the only process the JPEG Baseline TS (…4.50) allows
+
+
+def is_baseline_process(sof: int, precision: int) -> bool:
+    """Whether a frame header's SOFn marker and sample precision P are JPEG process 1, baseline
+    sequential DCT with Huffman coding (T.81 Table B.1 and B.2.2: SOF0, P = 8): the only process
+    the JPEG Baseline transfer syntax 1.2.840.10008.1.2.4.50 allows (PS3.5 A.4.1, Table F.1-5).
+    The one rule for what the adapter sends (:attr:`JpegFrameInfo.baseline`) and for what it
+    receives (adapter.mapping.dicom_image_pixel)."""
+    return sof == SOF0 and precision == 8
 _EXIF = b"Exif\x00"
 _JFIF = b"JFIF\x00"
 _ADOBE = b"Adobe"
@@ -49,7 +58,7 @@ class JpegFrameInfo:
     def baseline(self) -> bool:
         """True when the stream may go into the JPEG Baseline (Process 1) transfer syntax
         as-is: SOF0, 8-bit samples (T.81 Table B.1), 1 or 3 components (PS3.5 8.2.1)."""
-        return self.sof == SOF0 and self.precision == 8 and self.colour in ("GREY", "YBR", "RGB")
+        return is_baseline_process(self.sof, self.precision) and self.colour in ("GREY", "YBR", "RGB")
 
     @property
     def progressive(self) -> bool:
@@ -130,9 +139,23 @@ def read_orientation(data: bytes, content_type: str) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
+class FrameHeader:
+    """What the frame header of a JPEG stream says (T.81 B.2.2): its SOFn marker (the coding
+    process, Table B.1), sample precision P, number of lines Y, samples per line X and number
+    of components Nf."""
+
+    sof: int
+    precision: int
+    height: int
+    width: int
+    components: int
+
+
+@dataclass(frozen=True, slots=True)
 class EncapsulatedJpeg:
     """The stream :func:`jpeg_for_encapsulation` makes of ``data``, in pieces (views into
-    ``data`` where a segment is kept as it is), without assembling it.
+    ``data`` where a segment is kept as it is), without assembling it, and its frame header
+    (read from the segment the walk found, at no further cost).
 
     ``prefix`` is True when the stream is exactly ``data[:size]``: every byte up to and
     including EOI kept in place, nothing inserted (only bytes after EOI, such as the pad byte
@@ -143,6 +166,7 @@ class EncapsulatedJpeg:
     parts: tuple[bytes | memoryview, ...]
     size: int
     prefix: bool
+    header: FrameHeader
 
     def join(self) -> bytes:
         return b"".join(self.parts)
@@ -172,7 +196,12 @@ def encapsulated_jpeg(data: bytes, *, keep_icc: bool = True) -> EncapsulatedJpeg
             prefix = False
             break
         pos += len(part)
-    return EncapsulatedJpeg(tuple(parts), sum(len(part) for part in parts), prefix)
+    # the walk found exactly one frame header (a second is refused: hierarchical), and checked
+    # its length against its component count
+    sof, segment = next((marker, part) for marker, part in stripped.segments if marker in SOF_MARKERS)
+    precision, height, width, components = struct.unpack_from(">BHHB", segment, 4)
+    return EncapsulatedJpeg(tuple(parts), sum(len(part) for part in parts), prefix,
+                            FrameHeader(sof, precision, height, width, components))
 
 
 def jpeg_for_encapsulation(data: bytes) -> bytes:
@@ -196,4 +225,4 @@ def png_bit_depth(data: bytes) -> tuple[int, int]:
     return int(depth), int(colour_type)
 
 
-__all__ = ["EncapsulatedJpeg", "JpegFrameInfo", "encapsulated_jpeg", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]
+__all__ = ["EncapsulatedJpeg", "FrameHeader", "JpegFrameInfo", "encapsulated_jpeg", "is_baseline_process", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]

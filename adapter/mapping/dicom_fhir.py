@@ -17,7 +17,9 @@ Decisions:
   builders write with date precision (adapter.mapping.fhir_r4: a zone is never guessed).
 * **Binary.** JPEG Baseline: the first frame's JPEG stream as received (no re-encoding); only
   APPn/COM metadata segments are cut out (lossless segment surgery, as for uploads: EXIF/XMP
-  copied into a frame must not reach FHIR). Native (uncompressed) pixel data: a lossless PNG of
+  copied into a frame must not reach FHIR). At ingest every frame is also checked against the
+  Image Pixel module and the coding process JPEG Baseline allows
+  (adapter.mapping.dicom_image_pixel). Native (uncompressed) pixel data: a lossless PNG of
   frame 1. Encapsulated PDF: the PDF bytes (``application/pdf``). Other transfer syntaxes
   (JPEG 2000, JPEG-LS, RLE, lossless JPEG…) are refused (UnsupportedTransferSyntax): the SCP
   does not accept them for these SOP classes; STOW-RS parts may still come in them. Native
@@ -65,6 +67,7 @@ from adapter.imaging import JPEG, PNG, Pixels, encode_png
 from adapter.imaging.frame import EncapsulatedJpeg, encapsulated_jpeg
 from adapter.mapping.codes import DCM, DICOM_UID_SYSTEM, EXT_LATERALITY, PROVENANCE_PARTICIPANT_TYPE, SNOMED
 from adapter.mapping.dicom_dates import is_utc_offset
+from adapter.mapping.dicom_image_pixel import ImagePixel, check_jpeg_frame
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import is_valid_uid
 from adapter.mapping.fhir_r4 import JSON, coding, concept, display_reference, extension
@@ -224,7 +227,9 @@ def _code_string(value: Any) -> str | None:
     """:func:`_text` of a CS the index and the record keep (the Modality), None when it is not
     one of its VR: longer than 16 characters (the index's column holds 16: PostgreSQL refused a
     longer one as a storage failure, SQLite kept it) or with a control character. The object keeps
-    it as received; the record and QIDO-RS go without it, as without an absent one."""
+    it as received; the record and QIDO-RS go without it, as without an absent one. (The ingest
+    refuses a longer one before: adapter.mapping.dicom_value_length; the bound stays for the
+    column.)"""
     text = _shown(value)
     return text if text is not None and len(text) <= _CS_MAX else None
 
@@ -334,13 +339,17 @@ def _created(ds: Dataset) -> datetime | None:
 # image
 
 
-def extract_image(ds: Dataset) -> ExtractedImage:
-    """The bytes for the Binary of a received object (module docstring).
+def extract_image(ds: Dataset, pixel: ImagePixel | None = None) -> ExtractedImage:
+    """The bytes for the Binary of a received object (module docstring). ``pixel``: the Image
+    Pixel module the ingest read (adapter.mapping.dicom_image_pixel), which every JPEG frame is
+    checked against; None when a stored object is released again (it was checked when it came).
 
     Raises:
         UnsupportedTransferSyntax: a transfer syntax without a lossless rendering here.
         UnsupportedPixelData: a native pixel layout without one.
-        UndecodableImage: pixel data missing, truncated or not a JPEG stream; a PDF that is not one.
+        UndecodableImage: pixel data missing, truncated or not a JPEG stream; a PDF that is not
+            one; a JPEG frame of a process its transfer syntax does not allow.
+        InvalidResource: a JPEG frame the Image Pixel module does not describe.
     """
     if "EncapsulatedDocument" in ds:
         return _pdf(ds)
@@ -360,8 +369,11 @@ def extract_image(ds: Dataset) -> ExtractedImage:
             raise UndecodableImage("the encapsulated pixel data holds no frame") from exc
         except ValueError as exc:  # pydicom: fewer fragments than NumberOfFrames, and no offset table
             raise _frames_not_held(frames, None) from exc
-        image = ExtractedImage(jpeg_binary(first).join(), JPEG)
-        n = walk_other_frames(every)
+        plan = jpeg_binary(first)
+        if pixel is not None:
+            check_jpeg_frame(pixel, plan.header, frame=1, transfer_syntax=syntax)
+        image = ExtractedImage(plan.join(), JPEG)
+        n = walk_other_frames(every, pixel)
         if n != frames:
             raise _frames_not_held(frames, n)
         return image
@@ -371,24 +383,34 @@ def extract_image(ds: Dataset) -> ExtractedImage:
                        expression="(0002,0010) TransferSyntaxUID")
 
 
-def walk_other_frames(frames: Iterable[bytes]) -> int:
-    """Walk frames 2 onwards of encapsulated JPEG pixel data; returns how many frames there are
-    in all (frame 1 included). They are not the Binary, but a release walks each of them
-    (de-identification cuts their metadata segments): one that does not walk is refused now, not
-    at every release. One frame at a time: a long multi-frame object is not copied whole.
+def walk_other_frames(frames: Iterable[bytes], pixel: ImagePixel | None = None) -> int:
+    """Walk frames 2 onwards of encapsulated JPEG Baseline pixel data; returns how many frames
+    there are in all (frame 1 included). They are not the Binary, but a release walks each of
+    them (de-identification cuts their metadata segments): one that does not walk is refused
+    now, not at every release; and each is checked against the Image Pixel module ``pixel``
+    when given (adapter.mapping.dicom_image_pixel). One frame at a time: a long multi-frame
+    object is not copied whole.
 
     Raises:
         UndecodableImage: naming the first frame that does not walk (or that ``frames`` could
-            not give: a ValueError from pydicom's generate_frames).
+            not give: a ValueError from pydicom's generate_frames), or of a process JPEG
+            Baseline does not allow.
+        InvalidResource: naming the attribute a frame contradicts.
     """
     n = 1
-    try:
-        for n, frame in enumerate(frames, start=2):  # n names the frame that failed
+    each = iter(frames)
+    while True:
+        try:
+            frame = next(each, None)
+            if frame is None:
+                return n
+            n += 1  # names the frame that fails
             # the walk jpeg_for_encapsulation does, without joining the stream it would make
-            encapsulated_jpeg(bytes(frame))
-    except (AdapterError, ValueError) as exc:
-        raise UndecodableImage(f"frame {n} is not a JPEG stream that can be read ({exc})") from exc
-    return n
+            header = encapsulated_jpeg(bytes(frame)).header
+        except (AdapterError, ValueError) as exc:
+            raise UndecodableImage(f"frame {n} is not a JPEG stream that can be read ({exc})") from exc
+        if pixel is not None:
+            check_jpeg_frame(pixel, header, frame=n, transfer_syntax=JPEGBaseline8Bit)
 
 
 def _frames_not_held(stated: int, held: int | None) -> UndecodableImage:

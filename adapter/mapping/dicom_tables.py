@@ -83,8 +83,9 @@ class PatientIdentifierTable(_Strict):
         A PatientID and IssuerOfPatientID of their VR (LO: at most 64 characters) always give an
         identifier within the bound of every identifier the adapter takes
         (adapter.model.photo.IDENTIFIER_MAX_BYTES; the table's systems and prefix are checked
-        against it at start). Longer values than LO allows are taken as modalities send them,
-        unless the identifier would be over that bound: then the object is refused.
+        against it at start). The ingest refuses longer ones before (they could never be sent
+        on as a PatientID: adapter.mapping.dicom_value_length); the bound is checked here too,
+        for any other caller.
 
         Raises:
             RequiredElementMissing: no PatientID (expression ``(0010,0020)``).

@@ -29,12 +29,21 @@ Statuses (PS3.4 B.2.3 Storage Service Class; PS3.7 Annex C general statuses):
 * ``0x0124`` Refused: Not authorised: the consent or policy rules refuse the object.
 * ``0x0110`` Processing failure: an error that names no cause of the sender's (a bad setting, a
   conflict the store could not resolve).
+* ``0xB006`` Warning: Elements Discarded: no error, the answer to an object sent again under a
+  SOP Instance UID stored already, of the same patient, study, series and class, with another
+  content: the stored instance is kept, what was sent is not (adapter.services.dicom_ingest).
+
+Every refusal carries its diagnostics as Error Comment (0000,0902) (:func:`error_comment`), and
+the tags it names as Offending Element (0000,0901) where the status has that field
+(:func:`offending_elements`).
 
 pynetdicom's "exception in the handler" status (``0xC211`` for C-STORE) is reserved for real
 bugs: :data:`BUG_STATUS` is answered only for exceptions outside the hierarchy.
 """
 
 from __future__ import annotations
+
+import re
 
 from adapter import errors as e
 
@@ -48,6 +57,8 @@ NOT_AUTHORISED = 0x0124
 PROCESSING_FAILURE = 0x0110
 #: pynetdicom's status for an exception escaping the C-STORE handler: a bug, never a refusal.
 BUG_STATUS = 0xC211
+#: Warning: what was sent was not all kept (module docstring); never an error's status.
+ELEMENTS_DISCARDED = 0xB006
 
 DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.AdapterError: PROCESSING_FAILURE,
@@ -99,17 +110,39 @@ def dimse_status_for(err: e.AdapterError) -> int:
     return PROCESSING_FAILURE
 
 
-def error_comment(err: e.AdapterError) -> str:
-    """The diagnostics as an Error Comment (0000,0902): LO in the default repertoire (the
-    command set has no Specific Character Set), ≤ 64 characters. Diagnostics never carry
-    patient data (adapter.errors)."""
-    text = "".join(ch if " " <= ch <= "~" and ch != "\\" else " " for ch in err.diagnostics).strip()
+#: A DICOM tag as the error hierarchy's expressions name one: ``(gggg,eeee)`` (adapter.errors).
+_TAG = re.compile(r"\(([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)")
+
+
+def offending_elements(err: e.AdapterError, status: int) -> list[int]:
+    """Offending Element (0000,0901) of the response answering ``err`` with ``status``: the tags
+    its expressions name, in order, for the statuses whose related fields list it (PS3.4 Table
+    B.2-1: A9xx Data Set does not match SOP Class, Cxxx Cannot understand, and the Bxxx
+    warnings; PS3.7 C.4). Empty for the others (out of resources, not authorised, processing
+    failure: they concern no element), and for an error naming none (a truncated data set)."""
+    if not (status >> 8 == 0xA9 or status >> 12 in (0xB, 0xC)):
+        return []
+    tags: list[int] = []
+    for expression in err.expression:
+        for group, element in _TAG.findall(expression):
+            tag = int(group, 16) << 16 | int(element, 16)
+            if tag not in tags:
+                tags.append(tag)
+    return tags
+
+
+def error_comment(err: e.AdapterError | str) -> str:
+    """The diagnostics (of an error, or of a warning) as an Error Comment (0000,0902): LO in the
+    default repertoire (the command set has no Specific Character Set), ≤ 64 characters.
+    Diagnostics never carry patient data (adapter.errors)."""
+    diagnostics = err if isinstance(err, str) else err.diagnostics
+    text = "".join(ch if " " <= ch <= "~" and ch != "\\" else " " for ch in diagnostics).strip()
     return text if len(text) <= _COMMENT_MAX else text[:_COMMENT_MAX - 3].rstrip() + "..."
 
 
 __all__ = [
-    "BUG_STATUS", "CANNOT_UNDERSTAND", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "DIMSE_STATUS", "NOT_AUTHORISED",
-    "OUT_OF_RESOURCES", "PROCESSING_FAILURE", "REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED", "SOP_CLASS_NOT_SUPPORTED",
-    "SUCCESS", "dimse_status_for",
-    "error_comment",
+    "BUG_STATUS", "CANNOT_UNDERSTAND", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "DIMSE_STATUS", "ELEMENTS_DISCARDED",
+    "NOT_AUTHORISED", "OUT_OF_RESOURCES", "PROCESSING_FAILURE", "REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED",
+    "SOP_CLASS_NOT_SUPPORTED", "SUCCESS", "dimse_status_for",
+    "error_comment", "offending_elements",
 ]

@@ -4,10 +4,14 @@ does over HTTP (adapter.services.ingest).
 
 Order of work (cheap refusals first, nothing visible until the single commit):
 1. idempotency by SOP Instance UID: an object stored before is answered with its record, and
-   nothing new is written, unless it names another patient than the stored one
-   (:meth:`DicomIngestService._check_resend`: refused, InstanceConflict);
+   nothing new is written: Success when its data set is the stored one byte for byte, Warning
+   0xB006 Elements Discarded when it is another content of the same instance, refused
+   (InstanceConflict) when it names another patient, study, series or SOP class
+   (:meth:`DicomIngestService._check_resend`);
 2. the file is checked to be complete (every element's length within the file, every undefined
-   length closed by its delimiter), which also tells where its pixel data sits;
+   length closed by its delimiter) and encoded as PS3.5 says, as far as the element headers
+   tell (every value length even, no command or file meta element in the dataset:
+   :func:`_check_element`), which also tells where its pixel data sits;
 3. the attributes are read with pydicom (pixel data not read, or deferred): every element must
    be readable (:func:`check_elements`: the object is stored to be released again, which reads
    them all), and the dataset's SOP Class and SOP Instance UIDs must be those of the C-STORE
@@ -15,7 +19,9 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 4. mapping (adapter.mapping.dicom_fhir): patient through mappings/dicom.yaml, kind, identifiers;
 5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation;
 6. the Binary's bytes: the JPEG frame as received (no re-encoding), a lossless PNG of native
-   pixel data, or the PDF;
+   pixel data, or the PDF; every JPEG frame checked against the Image Pixel module
+   (adapter.mapping.dicom_image_pixel: its Type 1 attributes present, Rows, Columns and Samples
+   per Pixel those of the frame, the coding process one JPEG Baseline allows);
 7. blobs fsynced to their content addresses (invisible until referenced): the object as received
    (Part 10) and, unless they are a byte range of it, the Binary's bytes;
 8. one database transaction: resources, DICOM instance and its UIDs as the restricted views
@@ -50,7 +56,8 @@ requested instance (before that they are not known, and not guessed). The edges 
 refusals of a request that never reached the ingest through :meth:`DicomIngestService.record_refusal`.
 A failure to write that audit is logged and changes nothing: the refusal is answered as such, and
 the SCP goes on. A replay (step 1) is no refusal: it is audited as a transfer answered with the
-record stored before (outcome 0), as a photo's retry is.
+record stored before (outcome 0), as a photo's retry is; one whose other content was discarded
+alike, with outcome 4 (minor failure: what was sent is not what is kept) and the reason.
 """
 
 from __future__ import annotations
@@ -78,7 +85,7 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import UID, JPEGBaseline8Bit
 
 from adapter.consent import IngestAssessment, assess_ingest
 from adapter.errors import (
@@ -88,9 +95,11 @@ from adapter.errors import (
     InvalidInput,
     InvalidResource,
     StorageError,
+    UndecodableImage,
 )
 from adapter.files import file_sha256, read_range
 from adapter.imaging import JPEG
+from adapter.imaging.frame import FrameHeader
 from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
@@ -101,8 +110,10 @@ from adapter.mapping.dicom_fhir import (
     received_to_fhir,
     walk_other_frames,
 )
+from adapter.mapping.dicom_image_pixel import ImagePixel, check_jpeg_frame, image_pixel
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_value_length import check_value_lengths
 from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed, vr_tolerated
 from adapter.mapping.fhir_r4 import index_resource
 from adapter.mapping.tables import Tables
@@ -127,9 +138,8 @@ _T = TypeVar("_T")
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _DEFER = 64 * 1024  # values larger than this are read from the file only when accessed
-#: A re-sent object of the stored size up to this many bytes is hashed before it is read
-#: (DicomIngestService._check_resend): hashing 1 MiB costs about what reading its dataset does.
-_HASH_FIRST_LIMIT = 1 << 20
+#: Bytes compared at a time when a re-sent data set is compared with the stored one.
+_COMPARE_CHUNK = 1 << 20
 _REASON_LENGTH = 256  # of a refusal's AuditEvent.outcomeDesc: the diagnostics are shorter
 
 
@@ -161,6 +171,10 @@ class ReceivedStore:
 class DicomIngestResult:
     receipt: dict[str, Any]
     replayed: bool
+    #: Why an object sent again was answered from its record with Warning 0xB006 Elements
+    #: Discarded (its content is not the stored one's: :meth:`DicomIngestService._check_resend`);
+    #: None for an object stored, or sent again as it was.
+    discarded: str | None = None
 
     @property
     def record(self) -> str:
@@ -348,6 +362,7 @@ def _walk_dataset(buf: memoryview, pos: int, implicit: bool, depth: int, budget:
         budget.take()
         if tag == _ITEM_END and in_item:
             return value
+        _check_element(tag, length)
         top_pixels = pixels is not None and tag == 0x7FE00010
         if length != _UNDEFINED:
             element, pos = pos, _skip(buf, value, length)
@@ -371,14 +386,80 @@ def _walk_dataset(buf: memoryview, pos: int, implicit: bool, depth: int, budget:
     return pos
 
 
+def _check_element(tag: int, length: int) -> None:
+    """What the encoding alone says of an element of the dataset, read from its header as
+    received (pydicom pads some values and strips others when it reads them, so only the header
+    knows): its group is not 0000 (a command's, PS3.7 6.3) nor 0002 (the file meta's, which
+    PS3.10 7.1 and PS3.5 7.1 allow in the File Meta Information only, whatever its value), and
+    its value length is even (PS3.5 7.1.1: every value is padded to an even length) or
+    undefined. Item values (pixel data fragments) are not elements: the walk of the items sees
+    them."""
+    group = tag >> 16
+    if group in (0x0000, 0x0002):
+        raise InvalidInput(f"the dataset holds a {'command' if group == 0 else 'file meta'} element {_where(tag)}: "
+                           f"group {group:04X} belongs in the {'command set' if group == 0 else 'file meta'} only",
+                           expression=_where(tag))
+    if length & 1 and length != _UNDEFINED:
+        raise InvalidInput(f"the element {_where(tag)} has a value of odd length {length}: every value length "
+                           "is even (PS3.5 7.1.1)", expression=_where(tag))
+
+
+_GROUP_LENGTH = 0x00020000
+
+
+def check_pixel_data_encoding(pixels: PixelDataLayout | None, transfer_syntax: str) -> None:
+    """Pixel data is encapsulated (fragments in items, undefined length) exactly when the
+    transfer syntax the object came in is an encapsulated one (PS3.5 A.4 and 8.2: a native
+    transfer syntax carries the pixel values themselves, an encapsulated one their compressed
+    frames). Checked from the layout alone, before anything reads the pixels: a JPEG frame under
+    Explicit VR Little Endian was refused as native pixel data without a lossless PNG rendering,
+    which sent its sender looking at the Image Pixel module, not at its transfer syntax. A
+    transfer syntax pydicom does not know, and an empty Pixel Data element, are left to the
+    image extraction, which refuses them as such.
+
+    Raises:
+        UndecodableImage: naming the Pixel Data (7FE0,0010) and what is wrong with it (0xC000).
+    """
+    syntax = UID(transfer_syntax)
+    if pixels is None or not syntax.is_transfer_syntax or pixels.encapsulated == syntax.is_encapsulated:
+        return
+    if pixels.encapsulated:
+        raise UndecodableImage(f"pixel data is encapsulated, but the transfer syntax is native: {syntax} carries "
+                               "pixel values uncompressed, not compressed fragments (PS3.5 A.4)",
+                               expression="(7FE0,0010) PixelData")
+    if not pixels.items[0][1]:
+        return
+    raise UndecodableImage(f"pixel data is native, but the transfer syntax is encapsulated: {syntax} carries "
+                           "compressed frames in fragments of undefined length (PS3.5 A.4)",
+                           expression="(7FE0,0010) PixelData")
+
+
 def _body_offset(buf: memoryview) -> int:
-    """Where the dataset starts: after the preamble, ``DICM`` and the File Meta group."""
+    """Where the dataset starts: after the preamble, ``DICM`` and the File Meta Information.
+
+    The file meta ends where its group length (0002,0000) says (PS3.10 7.1: Type 1, the length
+    of the elements after it), when that is where one of its elements ends: a group 0002 element
+    after that point is the dataset's, refused by :func:`_check_element` (pydicom would read it
+    into the file meta, overriding or repeating the real one, and WADO-RS would serve it back
+    inside the dataset). A group length that ends no element (absent, or wrong: pydicom and dcmtk
+    read on, so does this) leaves the elements of group 0002 in ascending order of tag to the
+    file meta (PS3.5 7.1), and one that repeats or goes back is the dataset's."""
     if len(buf) < 132 or bytes(buf[128:132]) != b"DICM":
         raise InvalidInput("the received file is not DICOM Part 10")
     pos = 132
-    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
-        _tag, _vr, length, value = _header(buf, pos, False)
-        pos = _skip(buf, value, length)
+    declared_end: int | None = None
+    previous = -1
+    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002 and pos != declared_end:
+        tag, vr, length, value = _header(buf, pos, False)
+        if length & 1 or length == _UNDEFINED:
+            raise InvalidInput(f"the file meta element {_where(tag)} has a value of odd or undefined length "
+                               "(PS3.5 7.1.1, PS3.10 7.1)", expression=_where(tag))
+        if tag <= previous:
+            _check_element(tag, length)  # refuses it: a group 0002 element of the dataset
+        end = _skip(buf, value, length)
+        if tag == _GROUP_LENGTH and pos == 132 and vr == b"UL" and length == 4:
+            declared_end = end + struct.unpack_from("<I", buf, value)[0]
+        previous, pos = tag, end
     return pos
 
 
@@ -394,8 +475,9 @@ class FileLayout:
 
 def check_complete(path: Path, transfer_syntax: str) -> FileLayout:
     """Check that the Part 10 file at ``path`` is structurally complete: every element's length
-    within the file, every undefined length closed by its delimiter. Returns where its pixel
-    data sits.
+    within the file, every undefined length closed by its delimiter; and what the element
+    headers tell of its encoding (:func:`_check_element`, :func:`_body_offset`). Returns where
+    its pixel data sits.
 
     pydicom reads a truncated file without complaint (a cut value comes back short, a missing
     delimiter is a warning), so completeness is checked here from the encoding alone.
@@ -558,19 +640,23 @@ class _Work:
 @dataclass(frozen=True)
 class _Binary:
     """The Binary's bytes (``image``) and their digest; where they are being staged or, for a
-    frame kept in place, their ``offset`` in the received object (then nothing is staged)."""
+    frame kept in place, their ``offset`` in the received object (then nothing is staged);
+    the frame header of the JPEG frame they are, when walked before the dataset was read (to be
+    checked against it: adapter.mapping.dicom_image_pixel)."""
 
     image: ExtractedImage
     sha256: Future[str | None]  # None only for a fragment that turned out to need a cut
     staged: Path | None = None
     ready: Future[None] | None = None
     offset: int | None = None
+    frame: FrameHeader | None = None
 
 
-def _binary_of_bytes(work: _Work, image: ExtractedImage) -> _Binary:
+def _binary_of_bytes(work: _Work, image: ExtractedImage, frame: FrameHeader | None = None) -> _Binary:
     staged = work.staging_path()
     parts = (image.data,)
-    return _Binary(image, work.submit(_parts_sha256, parts), staged, work.submit(_stage_parts, staged, parts))
+    return _Binary(image, work.submit(_parts_sha256, parts), staged, work.submit(_stage_parts, staged, parts),
+                   frame=frame)
 
 
 def _fragment_sha256(frame: bytes, ahead: int, size: Future[int | None]) -> str | None:
@@ -610,9 +696,9 @@ def _binary_of_first_fragment(work: _Work, path: Path, fragment: tuple[int, int]
         raise
     if not plan.prefix:
         size.set_result(None)
-        return _binary_of_bytes(work, ExtractedImage(plan.join(), JPEG))
+        return _binary_of_bytes(work, ExtractedImage(plan.join(), JPEG), plan.header)
     size.set_result(plan.size)
-    return _Binary(ExtractedImage(memoryview(frame)[:plan.size], JPEG), sha256, offset=offset)
+    return _Binary(ExtractedImage(memoryview(frame)[:plan.size], JPEG), sha256, offset=offset, frame=plan.header)
 
 
 def _frame_fragments(pixels: PixelDataLayout, path: Path, stated: int) -> list[list[tuple[int, int]]] | None:
@@ -653,21 +739,25 @@ def _frame_fragments(pixels: PixelDataLayout, path: Path, stated: int) -> list[l
     return frames if all(frames) else None
 
 
-def _binary_of_frames(work: _Work, path: Path, frames: list[list[tuple[int, int]]]) -> _Binary:
+def _binary_of_frames(work: _Work, path: Path, frames: list[list[tuple[int, int]]], pixel: ImagePixel) -> _Binary:
     """The Binary of a JPEG Baseline object whose frames are ``frames`` (:func:`_frame_fragments`),
     as extract_image makes it without pydicom reading the pixel data: frame 1 (in place when it
     is one fragment: :func:`_binary_of_first_fragment`), then every other frame read from the
     file, one at a time, and walked (:func:`adapter.mapping.dicom_fhir.walk_other_frames`, the
-    same refusal)."""
+    same refusal); each checked against the Image Pixel module ``pixel``, as extract_image
+    checks them."""
     first, *others = frames
     if len(first) == 1:
         binary = _binary_of_first_fragment(work, path, first[0])
     else:
-        binary = _binary_of_bytes(work, ExtractedImage(jpeg_binary(_read_frame(path, first)).join(), JPEG))
+        plan = jpeg_binary(_read_frame(path, first))
+        binary = _binary_of_bytes(work, ExtractedImage(plan.join(), JPEG), plan.header)
+    assert binary.frame is not None
+    check_jpeg_frame(pixel, binary.frame, frame=1, transfer_syntax=JPEGBaseline8Bit)
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            walk_other_frames(b"".join(mapped[offset:offset + length] for offset, length in frame)
-                              for frame in others)
+            walk_other_frames((b"".join(mapped[offset:offset + length] for offset, length in frame)
+                               for frame in others), pixel)
     except (OSError, ValueError) as exc:  # the file, not its content (walk_other_frames wraps those)
         raise StorageError("the received dataset could not be read") from exc
     return binary
@@ -716,7 +806,8 @@ def check_elements(ds: Dataset, transfer_syntax: str) -> None:
     """Every element of ``ds`` and of its file meta, items of sequences included and pixel
     data aside, has a value pydicom can read; the dataset holds no command (0000,eeee) or file
     meta (0002,eeee) element; the file meta names the transfer syntax the object came in and
-    keeps its elements under their own VRs.
+    keeps its elements under their own VRs; the values the adapter keeps as text are within
+    their VR's length (adapter.mapping.dicom_value_length).
 
     The ingest reads only the attributes it maps, but an object is stored to be released
     again: re-encoded, de-identified or pseudonymised (WADO-RS, TRAIN and HRESCH), which reads
@@ -734,6 +825,7 @@ def check_elements(ds: Dataset, transfer_syntax: str) -> None:
             raise InvalidInput("the file meta names another transfer syntax than the one the object came in",
                                expression="(0002,0010) TransferSyntaxUID")
     _check_dataset(ds, file_meta=False)
+    check_value_lengths(ds)
 
 
 def _check_dataset(ds: Dataset, *, file_meta: bool) -> None:
@@ -845,23 +937,29 @@ class DicomIngestService:
         """The storage SOP classes the SCP negotiates (mappings/dicom.yaml ``receive``)."""
         return tuple(self._dicom_tables.receive.sop_classes)
 
-    def _replay(self, instance: DicomInstance, received: ReceivedStore) -> DicomIngestResult:
-        """The answer to an object stored before (its SOP Instance UID known, its patient the
-        stored one's): its record, nothing stored again. Audited, as a photo's retry is
-        (adapter.services.ingest): a transfer from the sender, naming the record it is answered
-        with, so a sender probing which instances exist is seen in the trail."""
+    def _replay(self, instance: DicomInstance, received: ReceivedStore,
+                discarded: str | None = None) -> DicomIngestResult:
+        """The answer to an object stored before (its SOP Instance UID known, its patient, study,
+        series and class the stored one's): its record, nothing stored again; ``discarded``
+        says why the object's content was not kept, when it is not the stored one's (Warning
+        0xB006). Audited, as a photo's retry is (adapter.services.ingest): a transfer from the
+        sender, naming the record it is answered with, so a sender probing which instances exist
+        is seen in the trail; outcome 0, or 4 (minor failure) with ``discarded`` as the reason."""
         sop_instance_uid = instance.sop_instance_uid
         receipt = self._store.find_receipt(patient=instance.patient, stored_sha256=instance.blob_sha256) \
             if instance.blob_sha256 else None
         self._store.append_audit(self._auditor.event(
             _sender_context(received.calling_ae, received.peer_address, received.sender), interaction="create",
-            action="C", permitted=True, reason="already stored: answered with its record, nothing stored again",
+            action="C", permitted=True,
+            reason=f"already stored: {discarded}" if discarded else
+            "already stored: answered with its record, nothing stored again",
+            outcome="4" if discarded else None,
             entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
             dicom=DicomAudit.transferred(instance.study_instance_uid, instances=(sop_instance_uid,))))
         return DicomIngestResult(
             receipt=receipt or {"record": f"{instance.record_type}/{instance.record_id}",
                                 "sopInstanceUid": sop_instance_uid},
-            replayed=True)
+            replayed=True, discarded=discarded)
 
     def ingest_received(self, received: ReceivedStore) -> DicomIngestResult:
         """Ingest one received object (module docstring); the object at ``received.path`` is
@@ -906,60 +1004,68 @@ class DicomIngestService:
             log.error("could not audit the refusal of an object from %s@%s (%s)", calling_ae, peer_address,
                       type(exc).__name__)
 
-    def _check_resend(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> None:
-        """An object whose SOP Instance UID is stored already: the same object byte for byte (the
-        usual retry) is answered from its record; another encoding or content is read as far as
-        its patient (steps 2-4, the checks a new object passes), and answered from its record
-        only when it names the stored patient.
+    def _check_resend(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> str | None:
+        """An object whose SOP Instance UID is stored already. A SOP Instance UID names one
+        instance (PS3.3 C.12.1.1.1) and the stored one stands: it may have been read, forwarded
+        and released since, and its record is what others hold. The answer says what became of
+        what was sent (PS3.4 B.2.3), found by the cheapest question first:
 
-        A SOP Instance UID identifies one instance of one patient (PS3.3 C.12.1.1.1): an object
-        under the stored UID naming another patient (a PatientID corrected with dcmodify) is not
-        the stored instance, and answering Success would tell the sender its correction was
-        kept while it was dropped. It is refused with InstanceConflict: 0xA900 over DIMSE (PS3.4
-        B.2.3 has no status of its own for it; A900 is the Storage Service's failure for a data
-        set that is not what its identity says, as for a SOP Instance UID differing from the
-        request's), a 409 FailedSOPSequence entry with FailureReason A900 in STOW-RS (PS3.18
-        10.5.3, a conflict the request holds). The stored record stands; correcting it is a
-        matter for the PACS administrator, not a re-send. Audited as every refusal after step
-        4 is, naming the patient and study the re-sent object names.
+        * its data set is the stored one's byte for byte (the usual retry; the file meta aside,
+          which pynetdicom or a STOW-RS client wrote): Success, answered from its record (None);
+        * else it is read as far as its identity (steps 2-4, the checks a new object passes), and
+          if it names another patient, study, series or SOP class than the stored instance it is
+          refused with InstanceConflict: 0xA900 over DIMSE (PS3.4 B.2.3 has no status of its own:
+          A900 is the Storage Service's failure for a data set that is not what its identity says,
+          as for a SOP Instance UID differing from the request's), a 409 FailedSOPSequence entry
+          in STOW-RS (PS3.18 10.5.3). Success, or a warning, would tell the sender the instance
+          is held where it says: a WADO-RS or QIDO-RS lookup at the study it reported found
+          nothing, the response's SOP class was not the stored object's. A patient corrected
+          with dcmodify is not a correction of the stored record: that is for the PACS
+          administrator;
+        * else it is another content of the same instance (other pixels, an attribute filled in,
+          another encoding): answered from its record with Warning 0xB006 Elements Discarded
+          (the string returned says why), not plain Success: what was sent is not what is kept.
 
-        Cost: the answer is Success exactly when the object is the stored one byte for byte or
-        passes the checks naming the stored patient, so whichever is cheaper is asked first. The
-        checks read the dataset before the pixel data (~1-2 ms whatever the size), a SHA-256 the
-        whole file (~1.1 ms a MB): an object of another size than the stored one is not the same
-        (no hash at all), one up to :data:`_HASH_FIRST_LIMIT` is hashed first, a larger one
-        checked first and hashed only when the checks refuse it (an object stored before a check
-        was added, sent again as it is, is still a retry).
+        Cost: the comparison reads the stored object's data set beside the received one's and
+        stops at the first difference (a data set of another length is not read at all); no
+        digest. The checks read the dataset before the pixel data (~1-2 ms whatever the size)
+        only for an object that is not the stored one. An object stored before a check was added,
+        sent again as it is, is a retry whatever the checks say of it now.
 
         Raises:
-            InstanceConflict: the object names another patient than the stored instance.
-            AdapterError: the refusals a new object would meet before its patient is known.
+            InstanceConflict: the object names another patient, study, series or SOP class.
+            AdapterError: the refusals a new object would meet before its identity is known.
         """
-        stored_sha256 = instance.blob_sha256
-        same_size = False
-        if stored_sha256 is not None:  # an object received as it is (one made from a photo has none)
-            try:
-                size = os.stat(received.path).st_size
-            except OSError as exc:
-                raise StorageError("the received dataset could not be read") from exc
-            stored_size = self._blobs.size(stored_sha256)
-            same_size = stored_size is None or stored_size == size  # no blob to compare with: the hash decides
-            if same_size and size <= _HASH_FIRST_LIMIT:
-                if _file_sha256(received.path) == stored_sha256:
-                    return
-                same_size = False  # hashed: not the same object
+        if self._same_data_set(received.path, instance):
+            return None
         checked = _Known()
         try:
-            self._check_resent_patient(received, instance, checked)
-        except Exception:
-            if same_size and _file_sha256(received.path) == stored_sha256:
-                return  # the stored object as it is: a retry, whatever the checks say of it now
+            self._check_resent_identity(received, instance, checked)
+        finally:
             known.obj = checked.obj
-            raise
-        known.obj = checked.obj
+        if instance.blob_sha256 is None:
+            return ("the SOP Instance UID is stored already, made here from a photo: the stored instance is kept, "
+                    "this object's elements were discarded")
+        return ("the SOP Instance UID is stored already with other content: the stored instance is kept, this "
+                "object's elements were discarded")
 
-    def _check_resent_patient(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> None:
-        """Steps 2-4 on a re-sent object, then its patient compared with the stored instance's."""
+    def _same_data_set(self, path: Path, instance: DicomInstance) -> bool:
+        """Whether the data set of the Part 10 file at ``path`` is the stored object's byte for
+        byte (their file meta aside). An instance made from a photo has no object as received:
+        nothing is the same as it."""
+        if instance.blob_sha256 is None:
+            return False
+        try:
+            stored = self._blobs.path(instance.blob_sha256)
+        except AdapterError:  # its blob gone (verify reports it): the object cannot be compared
+            return False
+        try:
+            return _same_data_set(path, stored)
+        except OSError as exc:
+            raise StorageError("the received dataset could not be read") from exc
+
+    def _check_resent_identity(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> None:
+        """Steps 2-4 on a re-sent object, then its identity compared with the stored instance's."""
         layout = check_complete(received.path, received.transfer_syntax)
         try:
             ds = read_header(layout.head) if layout.head is not None else read_dataset(received.path)
@@ -970,15 +1076,15 @@ class DicomIngestService:
         except _MALFORMED as exc:
             raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
         known.obj = obj
-        _check_same_patient(obj, instance)
+        _check_same_instance(obj, instance)
 
     def _ingest(self, received: ReceivedStore, known: _Known) -> DicomIngestResult:
         self._check_request(received)
         stored = self._store.find_dicom_instance(received.affected_sop_instance)
         if stored is not None:
-            self._check_resend(received, stored, known)
-            return self._replay(stored, received)
+            return self._replay(stored, received, self._check_resend(received, stored, known))
         layout = check_complete(received.path, received.transfer_syntax)
+        check_pixel_data_encoding(layout.pixel_data, received.transfer_syntax)
         work = _Work(self._blobs)
         try:
             # the object as received: hashed, and staged (a hard link) and fsynced, beside the rest
@@ -1007,6 +1113,8 @@ class DicomIngestService:
             try:
                 if (fast or in_place) and "EncapsulatedDocument" in head.ds:  # not an image: the general way
                     fast = in_place = False
+                # an image: its Image Pixel module, against which every JPEG frame is checked
+                pixel = image_pixel(head.ds) if pixels is not None and "EncapsulatedDocument" not in head.ds else None
                 if fast and head.obj.number_of_frames != 1:
                     # one fragment holds one frame (PS3.5 A.4): extract_image refuses the object
                     # whose NumberOfFrames states more
@@ -1016,14 +1124,18 @@ class DicomIngestService:
                     stated = head.obj.number_of_frames
                     frames = _frame_fragments(pixels, received.path, stated)
                     if frames is not None and len(frames) == stated:
-                        binary = _binary_of_frames(work, received.path, frames)
+                        assert pixel is not None
+                        binary = _binary_of_frames(work, received.path, frames, pixel)
                     else:  # the general way counts them as extract_image does, and refuses another count
                         in_place = False
                 if not fast and not in_place:
                     ds = head.ds if "PixelData" in head.ds or layout.pixel_data is None else read_dataset(received.path)
-                    binary = _binary_of_bytes(work, extract_image(ds))
+                    binary = _binary_of_bytes(work, extract_image(ds, pixel))
                 elif frame_error is not None:
                     raise frame_error
+                elif fast:  # frame 1 was walked before the dataset was read
+                    assert binary is not None and binary.frame is not None and pixel is not None
+                    check_jpeg_frame(pixel, binary.frame, frame=1, transfer_syntax=JPEGBaseline8Bit)
                 study = _study_attributes(head.ds)
             except _MALFORMED as exc:
                 raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
@@ -1108,13 +1220,16 @@ class DicomIngestService:
         try:
             self._store.save_ingest(unit)
         except Conflict:
-            # the same object over another association won the race: answer with its record,
-            # when it is of the same patient (_check_resend)
+            # the same object over another association won the race: answered as a re-sent one
+            # is (_check_resend), this one's checks passed already
             stored = self._store.find_dicom_instance(obj.sop_instance_uid)
             if stored is None:
                 raise
-            _check_same_patient(obj, stored)
-            return self._replay(stored, received)
+            if original_sha256 == stored.blob_sha256 or self._same_data_set(received.path, stored):
+                return self._replay(stored, received)
+            _check_same_instance(obj, stored)
+            return self._replay(stored, received, "the SOP Instance UID was stored meanwhile with other content: the "
+                                                  "stored instance is kept, this object's elements were discarded")
         return DicomIngestResult(receipt=unit.receipt, replayed=False)
 
     def _unit(self, received: ReceivedStore, obj: ReceivedObject, image: ExtractedImage, image_sha256: str,
@@ -1168,12 +1283,52 @@ class DicomIngestService:
                           released_uids=self._released_uids.rows(instance))
 
 
-def _check_same_patient(obj: ReceivedObject, instance: DicomInstance) -> None:
-    """Refuse an object naming another patient than the instance stored under its SOP Instance
-    UID (:meth:`DicomIngestService._check_resend`). The diagnostics name neither patient."""
+def _check_same_instance(obj: ReceivedObject, instance: DicomInstance) -> None:
+    """Refuse an object naming another patient, study, series or SOP class than the instance
+    stored under its SOP Instance UID (:meth:`DicomIngestService._check_resend`), naming the
+    attribute that differs. The diagnostics name neither value (a patient's, or UIDs some
+    modalities build from the patient's ID)."""
     if obj.patient != instance.patient:
         raise InstanceConflict("the SOP Instance UID is stored already for another patient than the object names: "
                                "the stored instance is kept", expression="(0008,0018) SOPInstanceUID")
+    for held, stored, keyword, tag, what in (
+            (obj.study_uid, instance.study_instance_uid, "StudyInstanceUID", "(0020,000D)", "another study"),
+            (obj.series_uid, instance.series_instance_uid, "SeriesInstanceUID", "(0020,000E)", "another series"),
+            (obj.sop_class_uid, instance.sop_class_uid, "SOPClassUID", "(0008,0016)", "another SOP class")):
+        if held != stored:
+            raise InstanceConflict(f"the SOP Instance UID is stored already in {what} than the object names: the "
+                                   "stored instance is kept", expression=f"{tag} {keyword}")
+
+
+def _same_data_set(path: Path, stored: Path) -> bool:
+    """Whether the data sets of the Part 10 files at ``path`` and ``stored`` (what follows their
+    file meta, :func:`_body_offset`) are the same bytes: compared a chunk at a time, from their
+    lengths on, so two that differ are rarely read far."""
+    with open(path, "rb") as fh, open(stored, "rb") as gh:
+        size, stored_size = os.fstat(fh.fileno()).st_size, os.fstat(gh.fileno()).st_size
+        if not size or not stored_size:
+            return False
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mine, \
+                mmap.mmap(gh.fileno(), 0, access=mmap.ACCESS_READ) as theirs:
+            try:
+                at, stored_at = _data_set_offset(mine), _data_set_offset(theirs)
+            except (InvalidInput, _Truncated):  # no Part 10 file: not the stored object
+                return False
+            if size - at != stored_size - stored_at:
+                return False
+            for start in range(0, size - at, _COMPARE_CHUNK):
+                if mine[at + start:at + start + _COMPARE_CHUNK] != theirs[stored_at + start:stored_at + start +
+                                                                          _COMPARE_CHUNK]:
+                    return False
+            return True
+
+
+def _data_set_offset(mapped: mmap.mmap) -> int:
+    buf = memoryview(mapped)
+    try:
+        return _body_offset(buf)
+    finally:
+        buf.release()
 
 
 def _sender_context(calling_ae: str, peer_address: str, sender: RequestContext | None = None) -> RequestContext:
@@ -1231,4 +1386,4 @@ def _study_attributes(ds: Dataset) -> _Study:
 
 
 __all__ = ["STOW_SENDER", "DicomIngestResult", "DicomIngestService", "FileLayout", "PixelDataLayout", "ReceivedStore",
-           "check_complete", "read_dataset", "read_header"]
+           "check_complete", "check_pixel_data_encoding", "read_dataset", "read_header"]

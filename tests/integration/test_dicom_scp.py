@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_fragmented_frames
-from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
@@ -37,6 +37,7 @@ from adapter.dicom import scp as scp_module
 from adapter.dicom.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    ELEMENTS_DISCARDED,
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
     SUCCESS,
@@ -77,6 +78,7 @@ from tests.support.audit import (
 )
 from tests.support.dcmtk import dcmtk_missing, echoscu, storescu
 from tests.support.dicom_files import (
+    MF_SC,
     PDF_BYTES,
     SC,
     VL_PHOTO,
@@ -86,6 +88,7 @@ from tests.support.dicom_files import (
     native_sc_file,
     pdf_file,
     pynet_store,
+    pynet_store_dataset,
     sc_file,
     vl_photo_file,
 )
@@ -306,6 +309,91 @@ def test_a_multiframe_object_with_a_frame_that_does_not_walk_is_refused(scp: Sto
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
+def _jpeg_of(mode: str, size: tuple[int, int] = (64, 48), **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    colour = {"RGB": (30, 200, 100), "L": 120, "CMYK": (10, 20, 30, 40)}[mode]
+    Image.new(mode, size, colour).save(buffer, "JPEG", **save)
+    return buffer.getvalue()
+
+
+def _sc_holding(path: Path, frames: list[bytes], **attrs: Any) -> pydicom.Dataset:
+    """A JPEG Baseline SC of 64x48 RGB (sc_file) whose pixel data is ``frames`` instead,
+    ``attrs`` changed (None removes)."""
+    ds = sc_file(path)
+    ds.PixelData = encapsulate(frames, has_bot=len(frames) > 1)
+    ds["PixelData"].VR = "OB"
+    if len(frames) > 1:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MF_SC
+        ds.NumberOfFrames = len(frames)
+    for keyword, value in attrs.items():
+        if value is None:
+            del ds[keyword]
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+@pytest.mark.parametrize(("frame", "attrs", "status", "element", "words"), [
+    (_jpeg_of("RGB"), {"Rows": 1000}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280010, "Rows is 1000, but JPEG frame 1"),
+    (_jpeg_of("RGB"), {"Rows": None}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280010, "has no Rows"),
+    (_jpeg_of("RGB", (128, 96)), {}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280010, "Rows is 48, but"),
+    (_jpeg_of("RGB", (64, 50)), {}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280010, "has 50 lines"),
+    (_jpeg_of("RGB", (66, 48)), {}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280011, "Columns is 64"),
+    (_jpeg_of("L"), {}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280002, "SamplesPerPixel is 3, but JPEG frame 1 has 1"),
+    (_jpeg_of("CMYK"), {}, DATASET_DOES_NOT_MATCH_SOP_CLASS, 0x00280002, "has 4 components"),
+    (_jpeg_of("RGB", progressive=True), {}, CANNOT_UNDERSTAND, 0x7FE00010, "progressive (SOF2, 8-bit)"),
+    (_jpeg_of("L"), {"SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2", "PlanarConfiguration": None},
+     SUCCESS, None, ""),
+])
+def test_the_image_pixel_module_must_describe_the_jpeg_frame(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path, frame: bytes, attrs: dict[str, Any],
+        status: int, element: int | None, words: str) -> None:
+    """Found by the DICOM review (finding 3): JPEG Baseline objects whose Rows, Columns or
+    SamplesPerPixel contradict the JPEG frame header, without Rows (Type 1), or whose frame is
+    progressive (SOF2) were stored with Success, Media.height/width taken from the attributes,
+    and dcmdjpeg failed on them ("buffer too small"). PS3.5 8.2.1: the Image Pixel module must be
+    consistent with the compressed stream (0xA900 naming the attribute: the data set does not
+    describe its pixel data); PS3.5 A.4.1: JPEG Baseline allows process 1 (SOF0, 8-bit) only
+    (0xC000 naming the pixel data: it is not what the transfer syntax says). A greyscale frame
+    described as one is stored. Test seen failing with Success (0x0000) for every refusal."""
+    path = tmp_path / "frame.dcm"
+    sent = _sc_holding(path, [frame], **attrs)
+    answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == status, (hex(answer.Status), answer.get("ErrorComment"))
+    if status == SUCCESS:
+        [media] = find(client, "Media", sent.SOPInstanceUID)
+        assert (media["width"], media["height"]) == (64, 48)
+        return
+    assert answer.OffendingElement == element
+    with pytest.raises(InvalidInput) as refused:
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert words in refused.value.diagnostics
+    assert _stow_failure(client, path.read_bytes()) == status
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+@pytest.mark.parametrize(("has_bot", "per_frame"), [(True, 1), (False, 2)])  # read in place; the general way
+def test_every_frame_of_a_multiframe_object_must_be_what_the_image_pixel_module_says(
+        services: Services, tmp_path: Path, has_bot: bool, per_frame: int) -> None:
+    """Finding 3 of the DICOM review, for every frame: frame 3 of 64x48 frames is 32x24, or
+    greyscale; refused naming the frame and the attribute (0xA900), whether its frames are read
+    in place or by pydicom. Test seen failing: stored."""
+    for odd, words in ((_jpeg_of("RGB", (32, 24)), "Rows is 48, but JPEG frame 3 has 24 lines"),
+                       (_jpeg_of("L"), "SamplesPerPixel is 3, but JPEG frame 3 has 1 components")):
+        path = tmp_path / "mf.dcm"
+        sent = _sc_holding(path, [_jpeg_of("RGB"), _jpeg_of("RGB")])
+        sent.PixelData = encapsulate([_jpeg_of("RGB"), _jpeg_of("RGB"), odd], has_bot=has_bot,
+                                     fragments_per_frame=per_frame)
+        sent.NumberOfFrames = 3
+        sent.save_as(path, enforce_file_format=True)
+        with pytest.raises(InvalidResource) as refused:
+            services.dicom_ingest.ingest_received(received_store(path, sent))
+        assert words in refused.value.diagnostics
+        assert dimse_status_for(refused.value) == DATASET_DOES_NOT_MATCH_SOP_CLASS
+        stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
 @pytest.mark.parametrize(("frames", "has_bot"), [(2, True), (1, False)])
 def test_a_multiframe_object_stating_more_frames_than_it_holds_is_refused(
         scp: StoreSCP, services: Services, tmp_path: Path, frames: int, has_bot: bool) -> None:
@@ -488,14 +576,18 @@ def test_the_same_sop_instance_twice_creates_one_record(scp: StoreSCP, client: F
 
 def test_invalid_values_are_stored_and_never_logged(scp: StoreSCP, client: FhirClient, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Values pydicom would warn about, quoting them, in attributes the adapter does not keep as
+    text are stored as received (a PN over 64 characters the adapter does not read, a DA that
+    is no date: left out of the index). Over-long values of the attributes it keeps as text are
+    refused (test_a_value_longer_than_its_vr_allows_is_refused_where_the_adapter_keeps_it)."""
     path = tmp_path / "odd.dcm"
     settings = pydicom.config.settings
     previous = settings.reading_validation_mode, settings.writing_validation_mode
     settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
     try:
         # values pydicom would warn about, quoting them: a PN component over 64 characters, a bad DA
-        sent = sc_file(path, PatientName="Secretname^" + "X" * 70, StudyDate="SECRETDAY",
-                       OperatorsName="Secretop^" + "Y" * 70)
+        sent = sc_file(path, PerformingPhysicianName="Secretname^" + "X" * 70, StudyDate="SECRETDAY",
+                       NameOfPhysiciansReadingStudy="Secretop^" + "Y" * 70)
     finally:
         settings.reading_validation_mode, settings.writing_validation_mode = previous
     with caplog.at_level("DEBUG"):
@@ -503,6 +595,57 @@ def test_invalid_values_are_stored_and_never_logged(scp: StoreSCP, client: FhirC
     assert find(client, "Media", sent.SOPInstanceUID)
     logged = caplog.text
     assert "Secret" not in logged and "SECRETDAY" not in logged and PATIENT["value"] not in logged
+
+
+@pytest.mark.parametrize(("keyword", "value", "tag"), [
+    ("PatientID", "SECRETPID" * 10, 0x00100020),                     # LO: 64
+    ("PatientName", "Secret^" + "N" * 404, 0x00100010),               # PN: 64 per component group
+    ("IssuerOfPatientID", "H" * 65, 0x00100021),
+    ("AccessionNumber", "A" * 17, 0x00080050),                         # SH: 16
+    ("Modality", "OTOTOTOTOTOTOTOTO", 0x00080060),                     # CS: 16
+    ("StudyDescription", "D" * 66, 0x00081030),
+    ("OperatorsName", ["Op^One", "Secretop^" + "Y" * 70], 0x00081070),  # each value of VM 1-n
+    ("StudyInstanceUID", "1.2." + "3" * 62, 0x0020000D),             # UI: 64
+])
+def test_a_value_longer_than_its_vr_allows_is_refused_where_the_adapter_keeps_it(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        keyword: str, value: Any, tag: int) -> None:
+    """Found by the DICOM review (finding 7): a PatientID of 90 characters (LO allows 64,
+    PS3.5 6.2) was stored with Success, its record under an identifier the forwarder can never
+    send as a PatientID; a PatientName of 411 characters too. The attributes the adapter keeps
+    as text (identity, the index's text, what the records show) are refused over their VR's
+    length: 0xC000 naming the tag (Offending Element too), never the value, in the comment, the
+    audit or the log; STOW-RS alike. Test seen failing with Success (0x0000)."""
+    path = tmp_path / "long.dcm"
+    settings = pydicom.config.settings
+    previous = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        sent = sc_file(path, **{keyword: value})
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = previous
+    with caplog.at_level("DEBUG"):
+        answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == CANNOT_UNDERSTAND, hex(answer.Status)
+    assert answer.OffendingElement == tag
+    assert answer.ErrorComment.startswith(f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X}) is longer than")
+    assert "Secret" not in answer.ErrorComment and "SECRET" not in caplog.text and "Secret" not in caplog.text
+    assert _stow_failure(client, path.read_bytes()) == CANNOT_UNDERSTAND
+    refusals = audited(services)
+    assert refusals and all("SECRET" not in str(e) and "Secret" not in str(e) for e in refusals)
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) is None
+    assert list((tmp_path / "data" / "staging").iterdir()) == []
+
+
+def test_values_as_long_as_their_vr_allows_are_stored(scp: StoreSCP, client: FhirClient, tmp_path: Path) -> None:
+    """Finding 7 of the DICOM review, the other side: the maximum is in characters, not bytes
+    (a name of 64 characters in UTF-8 is 128 bytes), a PN's per component group, padding aside."""
+    path = tmp_path / "longest.dcm"
+    sent = sc_file(path, SpecificCharacterSet="ISO_IR 192", PatientName="Ö" * 32 + "^" + "ä" * 31,
+                   ReferringPhysicianName="A" * 64 + "=" + "B" * 64, PatientID="P" * 64, AccessionNumber="A" * 16,
+                   StudyDescription="D" * 64)
+    assert len(sent.PatientName.original_string) == 2 * 63 + 1
+    assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
 
 
 # -- misbehaving peers ------------------------------------------------------------------------
@@ -968,6 +1111,143 @@ def test_an_element_the_adapter_could_not_release_is_refused(scp: StoreSCP, serv
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
+def _stow_failure(client: FhirClient, part: bytes) -> int:
+    """The FailureReason of a STOW-RS request of the one ``part``, refused (409)."""
+    stowed = client.post("/dicomweb/studies", content=_related(part),
+                         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'})
+    assert stowed.status_code == 409, stowed.text
+    return int(stowed.json()["00081198"]["Value"][0]["00081197"]["Value"][0])
+
+
+def _after_file_meta(data: bytes) -> int:
+    """Where the dataset of a Part 10 file starts: after the group its group length counts."""
+    assert data[132:138] == b"\x02\x00\x00\x00UL"
+    return 144 + int.from_bytes(data[140:144], "little")
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_file_meta_element_inside_the_dataset_is_refused_whatever_its_value(
+        scp: StoreSCP, services: Services, client: FhirClient, tmp_path: Path, transfer_syntax: str) -> None:
+    """Found by the DICOM review (finding 2): a data set holding group 0002 elements whose values
+    agree with the negotiated transfer syntax ((0002,0010) the context's syntax, a
+    SourceApplicationEntityTitle) was stored with Success: pydicom read them into the file meta
+    pynetdicom wrote, and WADO-RS served them again inside the data set, where dcmtk and dciodvfy
+    cannot read the object. PS3.5 7.1 and PS3.10 7.1 allow group 0002 in the file meta only:
+    refused 0xC000 naming the tag, whatever the value, nothing stored; a STOW-RS part alike (its
+    own file meta is legitimate, a group 0002 element after it is not). Test seen failing with
+    Success (0x0000) in Explicit VR (in Implicit VR it was refused already, by chance: its
+    header was read in the file meta's Explicit VR, "has no known VR")."""
+    path = tmp_path / "native.dcm"
+    ds = native_sc_file(path, bytes(range(256)) * 18, rows=24, columns=64)
+    ds.add(DataElement(0x00020010, "UI", transfer_syntax))
+    ds.add(DataElement(0x00020016, "AE", "SPOOFAE"))
+    answer = pynet_store_dataset(scp.port, ds, transfer_syntax)
+    assert answer.Status == CANNOT_UNDERSTAND, hex(answer.Status)
+    assert "(0002,0010)" in answer.ErrorComment and PATIENT["value"] not in answer.ErrorComment
+    stored_nothing(services, ds.SOPInstanceUID, tmp_path / "data")
+    if transfer_syntax == ExplicitVRLittleEndian:  # the file native_sc_file wrote is in Explicit VR
+        data = path.read_bytes()
+        at = _after_file_meta(data)
+        element = b"\x02\x00\x16\x00AE\x08\x00SPOOFAE "
+        assert _stow_failure(client, data[:at] + element + data[at:]) == CANNOT_UNDERSTAND
+        stored_nothing(services, ds.SOPInstanceUID, tmp_path / "data")
+
+
+def test_where_the_file_meta_ends_without_a_group_length_that_says_it(tmp_path: Path) -> None:
+    """Finding 2 of the DICOM review, for a STOW-RS part whose file meta has no group length (or
+    a wrong one, which pydicom and dcmtk read past): the group 0002 elements in ascending order
+    of tag are the file meta, one that repeats or goes back is the dataset's and refused; a
+    group length that ends no element is read past, as they do, and the object is complete."""
+    path = tmp_path / "meta.dcm"
+    sc_file(path)
+    data = path.read_bytes()
+    at = _after_file_meta(data)
+    element = b"\x02\x00\x10\x00UI\x16\x00" + JPEGBaseline8Bit.encode() + b"\x00"
+    without_length = data[:132] + data[144:at] + element + data[at:]
+    path.write_bytes(without_length)
+    with pytest.raises(InvalidInput) as refused:
+        check_complete(path, JPEGBaseline8Bit)
+    assert refused.value.expression == ["(0002,0010)"]
+    wrong_length = data[:140] + (int.from_bytes(data[140:144], "little") + 2).to_bytes(4, "little") + data[144:]
+    path.write_bytes(wrong_length)
+    assert check_complete(path, JPEGBaseline8Bit).pixel_data is not None
+
+
+def test_a_value_of_odd_length_is_refused_as_received(scp: StoreSCP, services: Services, client: FhirClient,
+                                                     tmp_path: Path) -> None:
+    """Found by the DICOM review (finding 5): an LO of 5 bytes (PS3.5 7.1.1: every value length
+    is even) was stored with Success, kept as received, and WADO-RS served a file dciodvfy could
+    not read; a binary value of an odd length was refused already (pydicom cannot read it), a
+    string is read without complaint. The length is checked as received, in the element's
+    header (pydicom strips or pads values when it reads them): 0xC000 naming the tag, nothing
+    stored, over DIMSE and STOW-RS. Test seen failing with Success (0x0000)."""
+    path = tmp_path / "odd.dcm"
+    sent = sc_file(path, StudyDescription="ABCD")
+    data = path.read_bytes()
+    even = b"\x08\x00\x30\x10LO\x04\x00ABCD"
+    assert data.count(even) == 1
+    path.write_bytes(data.replace(even, b"\x08\x00\x30\x10LO\x05\x00ABCDE"))
+    with pytest.raises(InvalidInput) as refused:
+        check_complete(path, JPEGBaseline8Bit)
+    assert refused.value.expression == ["(0008,1030)"] and "odd length 5" in refused.value.diagnostics
+    answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == CANNOT_UNDERSTAND, hex(answer.Status)
+    assert "(0008,1030)" in answer.ErrorComment
+    assert _stow_failure(client, path.read_bytes()) == CANNOT_UNDERSTAND
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def _naming_transfer_syntax(data: bytes, syntax: str) -> bytes:
+    """A Part 10 file whose file meta names ``syntax`` instead, its dataset left as it is."""
+    at = data.index(b"\x02\x00\x10\x00UI", 132)
+    length = int.from_bytes(data[at + 6:at + 8], "little")
+    value = syntax.encode() + b"\x00" * (len(syntax) % 2)
+    meta_length = int.from_bytes(data[140:144], "little") + len(value) - length
+    return (data[:140] + meta_length.to_bytes(4, "little") + data[144:at + 6] + len(value).to_bytes(2, "little")
+            + value + data[at + 8 + length:])
+
+
+def test_a_refusal_says_what_is_wrong_and_names_its_element_in_offending_element(
+        scp: StoreSCP, services: Services, client: FhirClient, tmp_path: Path) -> None:
+    """Found by the DICOM review (finding 11): a JPEG frame sent on an Explicit VR Little Endian
+    context was answered "3-sample YBR_FULL_422 pixel data has no lossless PNG rendering here",
+    which sends the sender to its Image Pixel module, not to its transfer syntax; and no failure
+    carried Offending Element (0000,0901) (PS3.4 Table B.2-1, PS3.7 C.4: the related field of
+    A9xx and Cxxx), the tag being only inside the comment, cut to 64 characters. Now the comment
+    says the pixel data is not what the transfer syntax says (and the reverse: native pixel data
+    under JPEG Baseline), and every refusal naming an element sends it as Offending Element;
+    one naming none (a truncated data set) sends none. Test seen failing with the PNG comment."""
+    path = tmp_path / "encapsulated.dcm"
+    sent = sc_file(path)
+    path.write_bytes(_naming_transfer_syntax(path.read_bytes(), ExplicitVRLittleEndian))  # pydicom would not write it
+    answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == CANNOT_UNDERSTAND, hex(answer.Status)
+    assert answer.ErrorComment.startswith("pixel data is encapsulated, but the transfer syntax is native")
+    assert answer.OffendingElement == 0x7FE00010  # VM 1: one tag
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    # native pixel data under JPEG Baseline: the same, the other way round (STOW-RS, no negotiation)
+    native = tmp_path / "native.dcm"
+    ds = native_sc_file(native, bytes(range(256)) * 18, rows=24, columns=64)
+    native.write_bytes(_naming_transfer_syntax(native.read_bytes(), JPEGBaseline8Bit))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    with pytest.raises(InvalidInput, match="^pixel data is native, but the transfer syntax is encapsulated"):
+        services.dicom_ingest.ingest_received(received_store(native, ds))
+    assert _stow_failure(client, native.read_bytes()) == CANNOT_UNDERSTAND
+    # a missing Type 1 attribute (0xA900) is named too
+    no_patient = tmp_path / "no-patient.dcm"
+    sent = sc_file(no_patient, PatientID=None)
+    answer = pynet_store(scp.port, no_patient)
+    assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
+    assert answer.OffendingElement == 0x00100020
+    # a truncated data set names no element
+    truncated = tmp_path / "truncated.dcm"
+    sent = sc_file(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    answer = pynet_store(scp.port, truncated, chunked=True)
+    assert answer.Status == CANNOT_UNDERSTAND and "OffendingElement" not in answer
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
 def test_sequence_cut_off_inside_a_defined_length_item_is_refused(scp: StoreSCP, services: Services, tmp_path: Path) -> None:
     """A defined-length sequence whose item holds an undefined-length sequence cut off before
     its delimiter: malformed input (0xC000), not a bug (found by fuzzing the ingest, when the
@@ -1332,9 +1612,10 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     """The same SOP Instance UID again with another PatientID (a correction made with dcmodify)
     was answered Success and the correction silently dropped. The instance stands for one
     patient: the re-send is refused (0xA900: the data set is not the one the SOP Instance UID
-    names), audited naming the SOP Instance, nothing changes. The same object again, or with
-    the same patient and another byte (an attribute the sender filled in), stays Success
-    ("already stored", idempotent), as before."""
+    names), audited naming the SOP Instance, nothing changes. The same object again stays
+    Success ("already stored", idempotent); with the same patient and another byte (an
+    attribute the sender filled in) it was Success too, and is Warning 0xB006 since the DICOM
+    review (finding 6: test_a_resend_with_other_content_...)."""
     path = tmp_path / "first.dcm"
     sent = sc_file(path)
     assert pynet_store(scp.port, path).Status == SUCCESS
@@ -1356,23 +1637,22 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     assert pynet_store(scp.port, path).Status == SUCCESS  # the same object: Success, as before
     filled_in = tmp_path / "filled-in.dcm"
     sc_file(filled_in, InstitutionName="Example Hospital Dermatology", **same)
-    assert pynet_store(scp.port, filled_in).Status == SUCCESS
+    assert pynet_store(scp.port, filled_in).Status == ELEMENTS_DISCARDED
     assert audited(services)[-1]["outcomeDesc"].startswith("already stored")
     assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
 
 
-def test_a_resend_is_checked_without_hashing_a_large_object(services: Services, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A re-send is Success when it is the stored object byte for byte, or names the stored
-    patient after the checks a new object passes. A large one (over 1 MiB) is checked first,
-    from the dataset before its pixel data, and not hashed at all (a SHA-256 of 20 MB took
-    26 ms); one of another size than the stored object is never hashed; the hash still decides
-    when the checks refuse (an object stored before a check was added, sent again as it is, is a
-    retry). A small object of the stored size is hashed first, as before, and not read."""
+def test_a_resend_is_compared_without_hashing_and_read_only_when_it_differs(
+        services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-send is Success when its data set is the stored object's byte for byte, compared
+    with the stored object (no digest: a SHA-256 of 20 MB took 26 ms) and without the checks;
+    another content of the same patient, study, series and class is Warning 0xB006 once the
+    checks a new object passes read it; another patient is refused. The comparison decides
+    before the checks (an object stored before a check was added, sent again as it is, is a
+    retry); the checks decide what another content is."""
     ingest = services.dicom_ingest
     path = tmp_path / "large.dcm"
     sent = sc_file(path, frame=jpeg(1400, 1000, noise=True))
-    assert path.stat().st_size > dicom_ingest_module._HASH_FIRST_LIMIT
     assert not ingest.ingest_received(received_store(path, sent)).replayed
     same = {"SOPInstanceUID": sent.SOPInstanceUID, "StudyInstanceUID": sent.StudyInstanceUID,
             "SeriesInstanceUID": sent.SeriesInstanceUID, "PixelData": sent.PixelData}
@@ -1385,10 +1665,12 @@ def test_a_resend_is_checked_without_hashing_a_large_object(services: Services, 
 
     with monkeypatch.context() as patched:
         patched.setattr(dicom_ingest_module, "_file_sha256", hashed)
-        assert ingest.ingest_received(received_store(path, sent)).replayed
-        assert ingest.ingest_received(received_store(filled_in, sent)).replayed
-    with pytest.raises(InstanceConflict):  # of the stored size: hashed once the checks refuse it
-        ingest.ingest_received(received_store(other, sent))
+        again = ingest.ingest_received(received_store(path, sent))
+        assert again.replayed and again.discarded is None
+        filled = ingest.ingest_received(received_store(filled_in, sent))
+        assert filled.replayed and filled.discarded is not None and "other content" in filled.discarded
+        with pytest.raises(InstanceConflict):
+            ingest.ingest_received(received_store(other, sent))
     # the checks refuse what they did not when the object was stored: the same bytes are a retry
     with monkeypatch.context() as patched:
         def refuse(ds: Any, transfer_syntax: str) -> None:
@@ -1398,7 +1680,7 @@ def test_a_resend_is_checked_without_hashing_a_large_object(services: Services, 
         assert ingest.ingest_received(received_store(path, sent)).replayed
         with pytest.raises(InvalidInput):
             ingest.ingest_received(received_store(filled_in, sent))
-    # a small object of the stored size: hashed, not read
+    # the same bytes are not read as a new object is
     small = tmp_path / "small.dcm"
     kept = sc_file(small)
     assert not ingest.ingest_received(received_store(small, kept)).replayed
@@ -1407,6 +1689,86 @@ def test_a_resend_is_checked_without_hashing_a_large_object(services: Services, 
         assert ingest.ingest_received(received_store(small, kept)).replayed
     assert services.store.find_dicom_instance(sent.SOPInstanceUID).patient == services.store.find_dicom_instance(
         kept.SOPInstanceUID).patient
+
+
+@pytest.mark.parametrize(("change", "element"), [
+    ({"StudyInstanceUID": "2.25.1", "SeriesInstanceUID": "2.25.2"}, 0x0020000D),
+    ({"SeriesInstanceUID": "2.25.2"}, 0x0020000E),
+    ({"SOPClassUID": VL_PHOTO, "Modality": "XC", "ConversionType": None}, 0x00080016),
+])
+def test_a_resend_naming_another_study_series_or_class_is_refused(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path, change: dict[str, Any],
+        element: int) -> None:
+    """Found by the DICOM review (finding 6): the same SOP Instance UID again in another study
+    and series, or of another SOP class, was answered Success and dropped: a WADO-RS at the study
+    the sender reported then found nothing (404), and the response's AffectedSOPClassUID was the
+    new class while the stored object is of the other. The stored instance stands (it may have
+    been read and forwarded): the re-send is refused as one naming another patient is, 0xA900
+    naming the attribute that differs (Offending Element too), audited; STOW-RS 409. Test seen
+    failing with Success (0x0000)."""
+    path = tmp_path / "first.dcm"
+    sent = sc_file(path)
+    assert pynet_store(scp.port, path).Status == SUCCESS
+    before = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    moved = tmp_path / "moved.dcm"
+    kept = {"SOPInstanceUID": sent.SOPInstanceUID, "StudyInstanceUID": sent.StudyInstanceUID,
+            "SeriesInstanceUID": sent.SeriesInstanceUID}
+    sc_file(moved, **{**kept, **change})
+    answer = pynet_store(scp.port, moved, chunked=True)
+    assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
+    assert answer.OffendingElement == element
+    refusal = audited(services)[-1]
+    assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
+    assert "stored already in another" in refusal["outcomeDesc"]
+    assert _stow_failure(client, moved.read_bytes()) == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+
+
+def test_a_resend_with_other_content_is_a_warning_and_the_stored_instance_is_kept(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path) -> None:
+    """Found by the DICOM review (finding 6): the same SOP Instance UID again, same patient,
+    study, series and class, with other pixels, was answered Success and the new content
+    silently dropped: WADO-RS served the first object's pixels to a sender told its object was
+    stored. The stored instance is kept (it may have been read and forwarded), and the answer
+    says what was sent is not what is held: Warning 0xB006 Elements Discarded (PS3.4 B.2.3),
+    with an Error Comment; audited as a replay is, naming the record, outcome 4 (minor failure)
+    and why. STOW-RS: 202, the instance referenced with WarningReason 0xB006. The same data set
+    again is Success, over either, whatever file meta it came with. Test seen failing with
+    Success (0x0000)."""
+    path = tmp_path / "first.dcm"
+    sent = sc_file(path)
+    assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
+    before = services.store.find_dicom_instance(sent.SOPInstanceUID)
+    assert before is not None and before.blob_sha256 is not None
+    stored_object = services.blobs.path(before.blob_sha256).read_bytes()
+    other = tmp_path / "other-pixels.dcm"
+    sc_file(other, frame=jpeg(shade=200), SOPInstanceUID=sent.SOPInstanceUID,
+            StudyInstanceUID=sent.StudyInstanceUID, SeriesInstanceUID=sent.SeriesInstanceUID)
+    answer = pynet_store(scp.port, other, chunked=True)
+    assert answer.Status == ELEMENTS_DISCARDED, hex(answer.Status)
+    assert answer.ErrorComment.startswith("the SOP Instance UID is stored already with other")
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+    assert services.blobs.path(before.blob_sha256).read_bytes() == stored_object
+    discarded = audited(services)[-1]
+    assert discarded["outcome"] == "4" and discarded["action"] == "C"
+    assert discarded["outcomeDesc"].startswith("already stored: the SOP Instance UID is stored already with other")
+    assert sop_instance_uids(discarded) == [sent.SOPInstanceUID]
+    assert f"{before.record_type}/{before.record_id}" in [e["what"].get("reference") for e in discarded["entity"]
+                                                          if "what" in e]
+    stowed = client.post("/dicomweb/studies", content=_related(other.read_bytes()),
+                         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'})
+    assert stowed.status_code == 202, stowed.text
+    [referenced] = stowed.json()["00081199"]["Value"]
+    assert referenced["00081196"] == {"vr": "US", "Value": [ELEMENTS_DISCARDED]}
+    assert "00081198" not in stowed.json()
+    # the first object again, over DIMSE and as a STOW-RS part with pydicom's file meta: Success
+    assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
+    again = client.post("/dicomweb/studies", content=_related(path.read_bytes()),
+                        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'})
+    assert again.status_code == 200, again.text
+    assert "00081196" not in again.json()["00081199"]["Value"][0]
+    assert audited(services)[-1]["outcome"] == "0"
+    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
 
 
 def test_a_refusal_whose_audit_cannot_be_written_is_still_refused_and_the_scp_serves_on(

@@ -117,6 +117,26 @@ def frame_of(path: Path) -> bytes:
     return frame[:-1] if frame.endswith(b"\xff\xd9\x00") else frame  # the even-length pad is not JPEG
 
 
+def pynet_store_dataset(port: int, ds: Dataset, transfer_syntax: str, *, ae_title: str = "PYNETSCU") -> Dataset:
+    """C-STORE ``ds`` as it is (its elements encoded by pynetdicom in ``transfer_syntax``, group
+    0002 elements in it included: they are sent inside the data set) with a pynetdicom SCU."""
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(ds.SOPClassUID, transfer_syntax)
+    fresh = Dataset()  # without the encoding it was read in
+    for element in ds:
+        fresh.add(element)
+    fresh.file_meta = FileMetaDataset()
+    fresh.file_meta.TransferSyntaxUID = transfer_syntax
+    assoc = ae.associate("127.0.0.1", port, ae_title="ADAPTER")
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(fresh)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
 def pynet_store(port: int, path: Path, *, ae_title: str = "PYNETSCU", chunked: bool = False,
                 sop_class: str | None = None, transfer_syntax: str | None = None) -> Dataset:
     """C-STORE ``path`` with a pynetdicom SCU; ``chunked`` sends the file's dataset bytes as they

@@ -60,3 +60,21 @@ def test_error_comment_is_a_short_ascii_lo() -> None:
     assert error_comment(errors.InvalidInput("short")) == "short"
     long = error_comment(errors.InvalidInput("é\\x" + "y" * 100))
     assert len(long) <= 64 and long.isascii() and "\\" not in long and long.endswith("...")
+
+
+def test_offending_element_names_the_tags_of_a_refusal_where_its_status_has_the_field() -> None:
+    """Found by the DICOM review (finding 11): no failure carried Offending Element (0000,0901);
+    the tag was only inside the Error Comment, cut to 64 characters. The tags a refusal names
+    are its Offending Element for the statuses whose related fields list it (PS3.4 Table B.2-1:
+    A9xx, Cxxx; the Bxxx warnings too), none for the others. Test seen failing: no such
+    function."""
+    from adapter.dicom.status import offending_elements
+
+    missing = errors.RequiredElementMissing("x", expression="(0010,0020) PatientID")
+    assert offending_elements(missing, DATASET_DOES_NOT_MATCH_SOP_CLASS) == [0x00100020]
+    both = errors.InvalidInput("x", expression=["(0028,0010) Rows", "(7fe0,0010)", "(0028,0010)"])
+    assert offending_elements(both, CANNOT_UNDERSTAND) == [0x00280010, 0x7FE00010]
+    assert offending_elements(both, 0xB006) == [0x00280010, 0x7FE00010]
+    assert offending_elements(errors.InvalidInput("truncated"), CANNOT_UNDERSTAND) == []
+    assert offending_elements(errors.StorageError("x", expression="(0010,0020)"), OUT_OF_RESOURCES) == []
+    assert offending_elements(errors.Forbidden("x", expression="(0010,0020)"), NOT_AUTHORISED) == []

@@ -116,3 +116,20 @@ def test_frame_info_reads_the_colour_signalling_as_libjpeg_does() -> None:
     assert (info.jfif, info.adobe_transform, info.colour) == (False, 0, "RGB")
     with Image.open(io.BytesIO(crafted)) as im:
         assert im.info["adobe_transform"] == 0  # Pillow reads it so too
+
+
+def test_encapsulated_jpeg_reads_the_frame_header_of_the_walk() -> None:
+    """The frame header (T.81 B.2.2: SOFn, P, Y, X, Nf) comes with the walk the ingest does of
+    every frame anyway, so checking it against the Image Pixel module costs no second walk
+    (finding 3 of the DICOM review)."""
+    import io
+
+    from PIL import Image
+
+    from adapter.imaging.frame import FrameHeader
+
+    for mode, save, expected in (("RGB", {}, FrameHeader(0xC0, 8, 48, 64, 3)),
+                                 ("L", {"progressive": True}, FrameHeader(0xC2, 8, 48, 64, 1))):
+        buffer = io.BytesIO()
+        Image.new(mode, (64, 48)).save(buffer, "JPEG", **save)
+        assert encapsulated_jpeg(buffer.getvalue()).header == expected

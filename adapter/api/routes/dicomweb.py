@@ -11,7 +11,9 @@
   ReferencedSOPSequence (0008,1199) and FailedSOPSequence (0008,1198) with FailureReason
   (0008,1197) = the SCP's status for the same refusal, and the study's RetrieveURL (0008,1190):
   the URL's study, or the one study of the instances stored, else present and empty (type 2);
-  200 all stored, 202 some failed, 409 all failed; 415 for another media type; a part whose
+  an instance stored already with another content is referenced with WarningReason (0008,1196)
+  0xB006 Elements Discarded, as the SCP answers it; 200 all stored, 202 some failed or have a
+  warning, 409 all failed; 415 for another media type; a part whose
   StudyInstanceUID is not the URL's fails (0xA900).
   Each part refused is audited once (adapter.mapping.audit_dicom); so is a request refused as a
   whole before any part was looked at (over the size limits, not multipart/related of
@@ -151,7 +153,8 @@ router = APIRouter(prefix="/dicomweb", default_response_class=Response)
 _STOW_BODY = request_body({MULTIPART_DICOM: None}, "DICOM Part 10 objects, one per part")
 _STOW_ANSWER = {DICOM_JSON: DICOM_DATASET, DICOM_XML: None, MULTIPART_DICOM_XML: None}
 _STOW = answers(ok(200, "every instance stored (ReferencedSOPSequence)", _STOW_ANSWER),
-                ok(202, "some stored, the others in FailedSOPSequence with their FailureReason", _STOW_ANSWER),
+                ok(202, "some stored, the others in FailedSOPSequence with their FailureReason; or some stored "
+                   "with a WarningReason", _STOW_ANSWER),
                 ok(409, "none stored: FailedSOPSequence with each FailureReason", _STOW_ANSWER),
                 refusals(400, 403, 408, 413, 415, *INVALID, 503))
 #: WADO-RS retrieve: the objects as stored, in the purpose's view; 406 for another representation
@@ -171,7 +174,7 @@ _TAGS: dict[str, tuple[str, str]] = {  # keyword: (tag, VR)
     "SOPClassUID": ("00080016", "UI"), "SOPInstanceUID": ("00080018", "UI"), "StudyDate": ("00080020", "DA"),
     "Modality": ("00080060", "CS"), "ModalitiesInStudy": ("00080061", "CS"), "RetrieveURL": ("00081190", "UR"),
     "ReferencedSOPClassUID": ("00081150", "UI"), "ReferencedSOPInstanceUID": ("00081155", "UI"),
-    "FailureReason": ("00081197", "US"), "FailedSOPSequence": ("00081198", "SQ"),
+    "FailureReason": ("00081197", "US"), "FailedSOPSequence": ("00081198", "SQ"), "WarningReason": ("00081196", "US"),
     "ReferencedSOPSequence": ("00081199", "SQ"), "PatientID": ("00100020", "LO"),
     "IssuerOfPatientID": ("00100021", "LO"), "StudyInstanceUID": ("0020000D", "UI"),
     "SeriesInstanceUID": ("0020000E", "UI"), "NumberOfStudyRelatedSeries": ("00201206", "IS"),
@@ -352,8 +355,9 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
         ReferencedSOPSequence=[_dataset(
             ReferencedSOPClassUID=o.sop_class_uid, ReferencedSOPInstanceUID=o.sop_instance_uid,
             RetrieveURL=_instance_url(request, services, o.study_instance_uid or "", o.series_instance_uid or "",
-                                      o.sop_instance_uid or "")) for o in stored] or None)
-    status = 200 if not failed else 202 if stored else 409
+                                      o.sop_instance_uid or ""), WarningReason=o.warning_reason) for o in stored] or None)
+    # 202 when some failed, or were stored with a warning (PS3.18 Table 10.5.3-1)
+    status = 200 if not failed and not any(o.warning_reason for o in stored) else 202 if stored else 409
     model = _dicom_model(request.headers.get("accept"), single=True)
     try:
         if model == DICOM_XML:
