@@ -354,7 +354,7 @@ def extract_image(ds: Dataset, pixel: ImagePixel | None = None) -> ExtractedImag
     if "EncapsulatedDocument" in ds:
         return _pdf(ds)
     if "PixelData" not in ds:
-        raise UndecodableImage("the object has no pixel data")
+        raise UndecodableImage("the object has no pixel data", expression="(7FE0,0010) PixelData")
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     frames = _int(ds.get("NumberOfFrames")) or 1

@@ -1239,6 +1239,13 @@ def test_a_refusal_says_what_is_wrong_and_names_its_element_in_offending_element
     answer = pynet_store(scp.port, no_patient)
     assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
     assert answer.OffendingElement == 0x00100020
+    # and a missing PixelData (0xC000; found by the re-verification: it named none)
+    no_pixels = tmp_path / "no-pixels.dcm"
+    ds = sc_file(no_pixels)
+    del ds.PixelData
+    ds.save_as(no_pixels, enforce_file_format=True)
+    answer = pynet_store(scp.port, no_pixels)
+    assert answer.Status == CANNOT_UNDERSTAND and answer.OffendingElement == 0x7FE00010, answer
     # a truncated data set names no element
     truncated = tmp_path / "truncated.dcm"
     sent = sc_file(truncated)
