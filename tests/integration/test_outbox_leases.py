@@ -28,17 +28,27 @@ LEASE = timedelta(seconds=60)  # the store's (adapter.store.sql.OUTBOX_LEASE)
 
 
 class Clock:
+    """The forwarders' clock: it starts a second after the real time at its first use, so every
+    item posted before is due. It started when it was made, before the adapter started and the
+    photos were posted: on a busy machine (CI) that took over a second, no item was due yet, and
+    the first forwarder claimed nothing (seen failing once in CI: the slow PACS never reached)."""
+
     def __init__(self) -> None:
-        self._now = now_instant() + timedelta(seconds=1)  # the items are due
+        self._now: datetime | None = None
         self._lock = threading.Lock()
+
+    def _started(self) -> datetime:
+        if self._now is None:
+            self._now = now_instant() + timedelta(seconds=1)  # the items are due
+        return self._now
 
     def __call__(self) -> datetime:
         with self._lock:
-            return self._now
+            return self._started()
 
     def advance(self, delta: timedelta) -> None:
         with self._lock:
-            self._now += delta
+            self._now = self._started() + delta
 
 
 class Sender:
