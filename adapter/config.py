@@ -223,8 +223,9 @@ class Settings(BaseSettings):
             for name in unknown:
                 close = difflib.get_close_matches(name.upper(), sorted(known - INTERNAL_VARIABLES), n=1, cutoff=0.75)
                 said.append(f"{name} (did you mean {close[0]}?)" if close else name)
-            raise ValueError(f"no setting of the adapter is named {', '.join(said)}: the settings are listed in the "
-                             "README (Settings); unset it or correct its name")
+            # a ConfigurationError, not a ValueError: pydantic would render the settings, the key among them
+            raise ConfigurationError(f"no setting of the adapter is named {', '.join(said)}: the settings are "
+                                     "listed in the README (Settings); unset it or correct its name")
         return self
 
     @field_validator("environment")

@@ -79,12 +79,16 @@ def test_an_adapter_variable_that_is_no_setting_is_refused_naming_the_setting_me
     from adapter.__main__ import main
 
     monkeypatch.setenv("ADAPTER_DICOM_ALLOWED_AE_TITLE", "PACS")
-    with pytest.raises(ValidationError) as info:
+    monkeypatch.setenv("ADAPTER_PSEUDONYM_KEY", "SECRET-KEY-" + "k" * 40)
+    with pytest.raises(ConfigurationError) as info:
         Settings()
     assert "ADAPTER_DICOM_ALLOWED_AE_TITLE" in str(info.value) and "ADAPTER_DICOM_ALLOWED_AE_TITLES" in str(info.value)
     assert "PACS" not in str(info.value).replace("ADAPTER_DICOM_ALLOWED_AE_TITLE", "")  # the name, not the value
     assert main(["check"]) == 2
-    assert "ADAPTER_DICOM_ALLOWED_AE_TITLES" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    # and never another setting's value: pydantic's ValidationError printed the settings, the key among them
+    assert "ADAPTER_DICOM_ALLOWED_AE_TITLES" in said and "SECRET" not in said and "kkkk" not in said, said
+    monkeypatch.delenv("ADAPTER_PSEUDONYM_KEY")
     monkeypatch.delenv("ADAPTER_DICOM_ALLOWED_AE_TITLE")
     monkeypatch.setenv("adapter_http_port", "9998")  # read whatever its case, as pydantic-settings reads it
     monkeypatch.setenv("ADAPTER_SUPERVISOR_PID", "1")  # what serve sets for its workers
