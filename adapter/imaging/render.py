@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import sys
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image
@@ -91,16 +93,9 @@ def decode_pixels(data: bytes, content_type: str, *, orientation: int | None = N
         depth, colour_type = png_bit_depth(data)
         if depth == 16 and colour_type in (2, 6):  # Pillow opens 16-bit RGB(A) as 8-bit RGB
             changes.append("16-bit samples reduced to 8 bits")
-    try:
-        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
-            if max_pixels is not None and im.width * im.height > max_pixels:
-                raise ImageTooLarge(f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels}")
-            im.load()
-            out = _to_8bit(im, changes)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge("image has more pixels than the decoder allows") from exc
-    except DECODE_ERRORS as exc:
-        raise UndecodableImage(f"the {fmt} image does not decode") from exc
+    with opened(data, fmt, max_pixels=max_pixels) as im:
+        im.load()
+        out = _to_8bit(im, changes)
     if orientation not in (None, 1):
         assert orientation is not None
         method, words = _TRANSPOSE[orientation]
@@ -110,6 +105,27 @@ def decode_pixels(data: bytes, content_type: str, *, orientation: int | None = N
     return Pixels(rows=out.height, columns=out.width, samples=samples,
                   photometric="MONOCHROME2" if samples == 1 else "RGB", bits=8, data=out.tobytes(),
                   changes=tuple(changes))
+
+
+@contextmanager
+def opened(data: bytes, fmt: str, *, max_pixels: int | None) -> Iterator[Image.Image]:
+    """``data`` opened by Pillow as ``fmt`` ("JPEG" or "PNG"), for decoding in the ``with``
+    block: refused before anything is decoded when it has more than ``max_pixels`` pixels (None:
+    no bound but Pillow's own), and a failure to decode in the block raised as the adapter's.
+
+    Raises:
+        ImageTooLarge: over ``max_pixels``, or over what Pillow's decompression-bomb guard allows.
+        UndecodableImage: the image does not decode.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageTooLarge(f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels}")
+            yield im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge("image has more pixels than the decoder allows") from exc
+    except DECODE_ERRORS as exc:
+        raise UndecodableImage(f"the {fmt} image does not decode") from exc
 
 
 def _to_8bit(im: Image.Image, changes: list[str]) -> Image.Image:
@@ -189,4 +205,4 @@ def _grey8(v: int, mask: int, bits_stored: int, photometric: str) -> int:
     return value << (8 - bits_stored)
 
 
-__all__ = ["Pixels", "decode_pixels", "encode_png"]
+__all__ = ["Pixels", "decode_pixels", "encode_png", "opened"]

@@ -18,10 +18,8 @@ import threading
 
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from adapter.errors import ImageTooLarge, UndecodableImage
 from adapter.imaging.frame import read_orientation
-from adapter.imaging.probe import DECODE_ERRORS
-from adapter.imaging.render import Pixels, decode_pixels, encode_png
+from adapter.imaging.render import Pixels, decode_pixels, encode_png, opened
 from adapter.imaging.sniff import JPEG, check_declared
 
 #: JPEG quality of thumbnails: small files that still show a wound's edges.
@@ -58,20 +56,13 @@ def thumbnail_jpeg(data: bytes, content_type: str, *, rows: int, columns: int, m
             del pixels
             picture.thumbnail((columns, rows), Image.Resampling.LANCZOS)
             return _jpeg(picture)
-    try:
-        with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
-            if im.width * im.height > max_pixels:
-                raise ImageTooLarge(f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels}")
-            # the scale is chosen on the stored (unrotated) sides: the larger bound for both
-            side = max(rows, columns)
-            im.draft("L" if im.mode == "L" else "RGB", (side, side))
-            upright = ImageOps.exif_transpose(im)
-            picture = upright.convert("L" if upright.mode == "L" else "RGB")
-            picture.thumbnail((columns, rows), Image.Resampling.LANCZOS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge("image has more pixels than the decoder allows") from exc
-    except DECODE_ERRORS as exc:
-        raise UndecodableImage("the JPEG image does not decode") from exc
+    with opened(data, "JPEG", max_pixels=max_pixels) as im:
+        # the scale is chosen on the stored (unrotated) sides: the larger bound for both
+        side = max(rows, columns)
+        im.draft("L" if im.mode == "L" else "RGB", (side, side))
+        turned = ImageOps.exif_transpose(im)
+        picture = turned.convert("L" if turned.mode == "L" else "RGB")
+        picture.thumbnail((columns, rows), Image.Resampling.LANCZOS)
     return _jpeg(picture)
 
 
@@ -127,24 +118,17 @@ def upright(data: bytes, content_type: str, *, max_pixels: int) -> bytes | None:
     orientation = read_orientation(data, kind)
     if orientation is None or orientation == 1:
         return None
-    fmt = "JPEG" if kind == JPEG else "PNG"
-    try:
-        with _whole_decodes, Image.open(io.BytesIO(data), formats=[fmt]) as im:  # memory: WHOLE_DECODES_AT_ONCE
-            if im.width * im.height > max_pixels:
-                raise ImageTooLarge(f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels}")
-            turned = ImageOps.exif_transpose(im)  # its mode kept: alpha, palette, 16-bit grey
-            turned.info = {}
-            out = io.BytesIO()
-            if isinstance(im, JpegImagePlugin.JpegImageFile):
-                turned.save(out, format="JPEG", qtables=im.quantization,
-                            subsampling=max(JpegImagePlugin.get_sampling(im), 0), optimize=False, progressive=False)
-            else:
-                turned.save(out, format="PNG")
-            return out.getvalue()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge("image has more pixels than the decoder allows") from exc
-    except DECODE_ERRORS as exc:
-        raise UndecodableImage(f"the {fmt} image does not decode") from exc
+    # memory: see WHOLE_DECODES_AT_ONCE
+    with _whole_decodes, opened(data, "JPEG" if kind == JPEG else "PNG", max_pixels=max_pixels) as im:
+        turned = ImageOps.exif_transpose(im)  # its mode kept: alpha, palette, 16-bit grey
+        turned.info = {}
+        out = io.BytesIO()
+        if isinstance(im, JpegImagePlugin.JpegImageFile):
+            turned.save(out, format="JPEG", qtables=im.quantization,
+                        subsampling=max(JpegImagePlugin.get_sampling(im), 0), optimize=False, progressive=False)
+        else:
+            turned.save(out, format="PNG")
+        return out.getvalue()
 
 
 def _picture(pixels: Pixels) -> Image.Image:
