@@ -348,9 +348,9 @@ class ScopedReader:
         return stored
 
     def _render(self, stored: StoredResource, decision: Decision) -> dict[str, Any]:
-        return self._rendered(stored.resource, decision)
+        return self._in_view(stored.resource, decision)
 
-    def _rendered(self, resource: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    def _in_view(self, resource: dict[str, Any], decision: Decision) -> dict[str, Any]:
         """``resource`` (a stored version) in the decision's view, with the ids of the reader's."""
         return render(resource, decision, tables=self._tables, pseudonymizer=self._pseudonymizer, ids=self._ids)
 
@@ -453,7 +453,7 @@ class ScopedReader:
                                 f"{resource_type}/{id} has no version {version_id}")
         resource = self._answered(
             "vread", decision, entities, patient,
-            lambda: self._rendered(document, decision), precondition)
+            lambda: self._in_view(document, decision), precondition)
         return ReadResult(resource=resource, decision=decision)
 
     def _stricter_for_versions(self, decision: Decision, stored: StoredResource, facts: AccessFacts | None,
@@ -500,7 +500,7 @@ class ScopedReader:
                              entities=[f"{resource_type}/{stored.id}"], patient=facts.patient if facts else None)
         if not decision.permitted:
             raise Forbidden(_DENIED)
-        rendered = [self._rendered(d, decision) for d in documents]
+        rendered = [self._in_view(d, decision) for d in documents]
         total = stored.version_id if since is None else \
             self._store.count_versions(resource_type, stored.id, since=since)
         return HistoryResult(resources=rendered, total=total, decision=decision, more=more)
@@ -860,7 +860,7 @@ class ScopedReader:
         made: list[ReleasedImage] = []
 
         def rendered(content: DicomContent) -> None:
-            made.append(_rendered(content, self._tables.policy.limits.max_pixels))
+            made.append(self.rendered_from(content))
             if answerable is not None:
                 answerable(made[-1])
 
@@ -931,7 +931,7 @@ class ScopedReader:
                 continue
             permitted = True
             try:
-                self._released_and_audited(candidate, stored, decision, lambda content: shown(_rendered(content, self._tables.policy.limits.max_pixels)))
+                self._released_and_audited(candidate, stored, decision, lambda content: shown(self.rendered_from(content)))
             except (NotAcceptable, UncleanableDocument):  # no picture (a document), audited as not sent
                 continue
             return made[-1]
