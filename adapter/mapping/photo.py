@@ -222,8 +222,11 @@ def photo_to_media(meta: PhotoMetadata, image: StoredImage, *, record_id: str, b
     if image.device_name:
         resource["deviceName"] = image.device_name
     if image.height > 0 and image.width > 0:  # positiveInt; 0 is unknown (a DICOM object without Rows/Columns)
-        resource["height"] = image.height
-        resource["width"] = image.width
+        # The sides as the photo is shown: EXIF Orientation 5..8 turns the stored pixels a quarter
+        # turn, as every viewer (and the de-identified view's upright bytes, and the DICOM copy's
+        # Rows/Columns) shows them.
+        turned = image.orientation is not None and 5 <= image.orientation <= 8
+        resource["height"], resource["width"] = (image.width, image.height) if turned else (image.height, image.width)
     resource["content"] = _attachment(meta, image, binary_id, kind)
     sender, generated = _note_texts(meta, image, assessment_notes, assessment_warnings)
     notes = [{"text": t} for t in sender] + [{"time": fhir_instant(now), "text": t} for t in generated]

@@ -504,6 +504,12 @@ def test_a_turned_photo_is_shown_upright_in_the_de_identified_view(tmp_path: Pat
             r, _g, b = shown.convert("RGB").getpixel((shown.width - 4, 4))  # turned 90 clockwise: top-right
             assert b > 150 and r < 100, (r, b)
         assert b"Exif" not in train.content and b"eXIf" not in train.content
+        # the record gives the sides as the photo is shown (as every view's bytes show it), in
+        # every view: height 64, width 48, not the stored 48 x 64
+        for purpose in ("TREAT", "TRAIN"):
+            ref = receipt["record"] if purpose == "TREAT" else seen_as(services, purpose, receipt["record"])
+            record = client.get(f"/fhir/{ref}", headers=as_purpose(purpose)).json()
+            assert (record["height"], record["width"]) == (64, 48), (purpose, record)
 
 
 def test_a_consent_that_cannot_be_interpreted_fails_closed(tmp_path: Path) -> None:
