@@ -100,6 +100,17 @@ def without_unrecognised_items(pdu: bytes) -> tuple[bytes, list[int]]:
     return pdu[:2] + struct.pack(">L", len(body)) + bytes(body), removed
 
 
+def lacks_user_information(pdu: bytes) -> bool:
+    """Whether an A-ASSOCIATE-RQ whose items parse has no User Information item (PS3.8 9.3.2:
+    its variable items are one Application Context item, one or more Presentation Context items
+    and one User Information item; PS3.7 D.3.3.1: the Maximum Length a peer can receive is
+    negotiated there). False when the items do not parse: pynetdicom refuses the PDU as it is."""
+    if len(pdu) < _FIXED or pdu[0] != A_ASSOCIATE_RQ:
+        return False
+    items = _items(pdu, _FIXED, len(pdu))
+    return items is not None and not any(kind == USER_INFORMATION for kind, _, _ in items)
+
+
 def even_context_ids(pdu: bytes) -> list[int]:
     """The presentation context IDs of an A-ASSOCIATE-RQ that are not odd (PS3.8 9.3.2.2: odd
     integers 1 to 255); empty when there are none or the items do not parse (pynetdicom then
@@ -134,10 +145,14 @@ class NegotiationDUL(DULServiceProvider):
         """pynetdicom's, on the PDU without the items it cannot decode; an A-ASSOCIATE-RQ
         proposing a presentation context of even ID is an invalid PDU (ValueError: the caller
         aborts the association, Evt19): pynetdicom accepted it into negotiation, where its DUL
-        thread died on it (AE-6) and the connection closed without an A-ABORT."""
+        thread died on it (AE-6) and the connection closed without an A-ABORT; so is one without a
+        User Information item (:func:`lacks_user_information`), which pynetdicom accepted, logging
+        an AttributeError."""
         even = even_context_ids(bytes(bytestream)) if bytestream[:1] == bytes([A_ASSOCIATE_RQ]) else []
         if even:
             raise ValueError(f"A-ASSOCIATE-RQ with presentation context ID(s) {even[:4]}: IDs are odd (PS3.8 9.3.2.2)")
+        if lacks_user_information(bytes(bytestream)):
+            raise ValueError("A-ASSOCIATE-RQ without a User Information item (PS3.8 9.3.2)")
         if bytestream[:1] in (bytes([A_ASSOCIATE_RQ]), bytes([A_ASSOCIATE_AC])):
             kept, removed = without_unrecognised_items(bytes(bytestream))
             if removed:

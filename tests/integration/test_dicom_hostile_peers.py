@@ -177,6 +177,26 @@ def test_an_unknown_application_context_is_rejected_and_an_even_context_id_abort
     _still_serving(scp.port)
 
 
+def test_a_request_without_user_information_is_aborted(scp: StoreSCP, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An A-ASSOCIATE-RQ has one User Information item (PS3.8 9.3.2), where the peer says the
+    largest PDU it receives (PS3.7 D.3.3.1). One without it was accepted (pynetdicom logging an
+    AttributeError); it is an invalid PDU: aborted, no thread dying. A User Information item
+    without a Maximum Length sub-item is still accepted (pynetdicom reads it as no limit)."""
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    for user_information, answer in ((b"", A_ABORT), (sub_item(0x50, sub_item(0x52, b"1.2.3.4")), A_ASSOCIATE_AC)):
+        with socket.create_connection(("127.0.0.1", scp.port), timeout=15) as sock:
+            sock.sendall(associate_rq(abstract=VERIFICATION, transfer=IMPLICIT_LE, user_information=user_information))
+            kind, _ = read_pdu(sock)
+            assert kind == answer, (user_information.hex(), kind)
+            if kind == A_ASSOCIATE_AC:
+                sock.sendall(A_RELEASE_RQ)
+                read_pdu(sock)
+    time.sleep(0.2)
+    assert died == []
+    _still_serving(scp.port)
+
+
 def test_the_called_ae_title_is_checked_when_the_setting_asks(services: Services) -> None:
     """DICOM review: the called AE title was never checked, so an SCU configured for another AE
     on this host and port had its objects stored here with Success. By default it still is not

@@ -59,15 +59,18 @@ def p_data(context_id: int, data: bytes, *, is_command: bool, last: bool) -> byt
 def associate_rq(abstract: str = SECONDARY_CAPTURE, transfer: str = EXPLICIT_LE, calling: str = "PYNETSCU",
                  called: str = "ADAPTER", user_items: bytes = b"", items: bytes = b"",
                  context_items: bytes = b"", application_context: str = "1.2.840.10008.3.1.1.1",
-                 context_id: int = 1) -> bytes:
+                 context_id: int = 1, user_information: bytes | None = None) -> bytes:
     """An A-ASSOCIATE-RQ proposing one presentation context (``context_id``); ``context_items``
     are appended to that context's sub-items, ``user_items`` to its User Information item (after
-    Maximum Length and Implementation Class UID), ``items`` after that item."""
+    Maximum Length and Implementation Class UID), ``items`` after that item. ``user_information``,
+    when given, is that item whole instead (``b""``: none at all)."""
     body = struct.pack(">HH", 1, 0) + called.encode().ljust(16) + calling.encode().ljust(16) + b"\0" * 32
     body += _item(0x10, application_context.encode())
     body += _item(0x20, bytes([context_id, 0, 0, 0]) + _item(0x30, abstract.encode()) + _item(0x40, transfer.encode())
                   + context_items)
-    body += _item(0x50, _item(0x51, struct.pack(">L", 16384)) + _item(0x52, b"1.2.3.4") + user_items)
+    if user_information is None:
+        user_information = _item(0x50, _item(0x51, struct.pack(">L", 16384)) + _item(0x52, b"1.2.3.4") + user_items)
+    body += user_information
     body += items
     return struct.pack(">BBL", 1, 0, len(body)) + body
 
