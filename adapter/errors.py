@@ -15,7 +15,7 @@ class AdapterError(Exception):
     severity: str = "error"
 
     def __init__(self, diagnostics: str, *, expression: str | list[str] | None = None,
-                 details_code: str | None = None) -> None:
+                 details_code: str | None = None, details_text: str | None = None) -> None:
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
         if expression is None:
@@ -25,6 +25,9 @@ class AdapterError(Exception):
         else:
             self.expression = list(expression)
         self.details_code = details_code
+        #: A code without a system, given as the issue's details.text (an IHE Document Sharing
+        #: error code, ITI TF-3 Table 4.2.4.1-2, as ITI-65 answers carry them).
+        self.details_text = details_text
 
     def for_log(self) -> str:
         """The error as a log line may hold it: its type and the elements it points at (FHIR

@@ -95,10 +95,12 @@ _WHY = {
     "issued": "issued was stored as when the adapter stored the photo",
     "text": "the narrative was not stored (the adapter writes none)",
 }
-#: Of an attachment: what is read, or describes the bytes (recomputed from those stored).
-_KEPT_ATTACHMENT = frozenset({"contentType", "url", "title", "creation", "size", "hash"})
-#: Of DocumentReference.context: the first encounter and the period's start are read, the codes kept
-#: (those three only for a DocumentReference stored as one).
+#: Of an attachment: what is read, or describes the bytes (recomputed from those stored; ``size``
+#: and ``hash`` are first checked against the bytes sent, adapter.mapping.transaction).
+_KEPT_ATTACHMENT = frozenset({"contentType", "url", "title", "creation", "size"})
+#: Of DocumentReference.context: the first encounter is read; the codes and the period (its start
+#: and end) kept for a DocumentReference stored as one; of a Media, the period's start is read as
+#: when the photo was taken.
 _KEPT_CONTEXT = frozenset({"encounter", "period", "facilityType", "practiceSetting", "event"})
 #: The sender's document metadata (module docstring), kept only when the record is stored as a
 #: DocumentReference: ``(element of DocumentReference, of its context, of content[0])``.
@@ -217,6 +219,11 @@ def read_document_metadata(record: Mapping[str, Any], kind: PhotoKind, tables: T
             if concept is not None:
                 out[field] = concept
         out["event"] = [c for c in (kept_concept(v) for v in _list(context.get("event"))) if c is not None]
+        period = context.get("period")
+        if isinstance(period, Mapping):
+            kept = {key: period[key] for key in ("start", "end") if isinstance(period.get(key), str)}
+            if kept:
+                out["period"] = kept
     content = record.get("content")
     first = content[0] if isinstance(content, list) and content and isinstance(content[0], Mapping) else {}
     fmt = kept_coding(first.get("format"))
@@ -294,7 +301,11 @@ def _not_kept(r: Mapping[str, Any], path: str, kind: PhotoKind, tables: Tables) 
         for k in range(1, len(context.get("encounter") or [])):
             yield f"{path}.context.encounter[{k}]", "only the first encounter was stored"
         period = context.get("period")
-        if isinstance(period, Mapping):
+        if isinstance(period, Mapping) and as_document:
+            for key in period:
+                if key not in ("start", "end"):
+                    yield f"{path}.context.period.{key}", f"context.period.{key} was not stored"
+        elif isinstance(period, Mapping):
             if "end" in period:
                 yield f"{path}.context.period.end", "context.period.end was not stored"
             creation = attachment.get("creation") if isinstance(attachment, Mapping) else None
@@ -348,7 +359,10 @@ def _document_not_kept(r: Mapping[str, Any], path: str, tables: Tables) -> Itera
 
 def _attachment(attachment: Any, path: str) -> Iterator[tuple[str, str]]:
     for key in attachment if isinstance(attachment, Mapping) else ():
-        if key not in _KEPT_ATTACHMENT:
+        if key == "hash":
+            yield f"{path}.hash", ("attachment.hash (checked: the SHA-1 of the bytes sent) was not stored: the "
+                                   "document is stored without its metadata, its SHA-256 the record's identifier")
+        elif key not in _KEPT_ATTACHMENT:
             yield f"{path}.{key}", f"attachment.{key} was not stored"
 
 

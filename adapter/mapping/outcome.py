@@ -70,8 +70,10 @@ def coding_for_details(details_code: str) -> JSON:
 
 def outcome_from_error(err: AdapterError) -> JSON:
     """The OperationOutcome for an adapter error: issue code = ``err.issue_type``, severity =
-    ``err.severity``, diagnostics and expression as raised, details from ``err.details_code``."""
-    details = coding_for_details(err.details_code) if err.details_code else None
+    ``err.severity``, diagnostics and expression as raised, details from ``err.details_code`` (a
+    coding) or ``err.details_text``."""
+    details = coding_for_details(err.details_code) if err.details_code else \
+        {"text": err.details_text} if err.details_text else None
     severity = err.severity if err.severity in SEVERITIES else "error"
     return operation_outcome(severity, err.issue_type, err.diagnostics, err.expression or None, details)
 

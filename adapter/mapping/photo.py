@@ -258,7 +258,8 @@ def photo_to_document_reference(meta: PhotoMetadata, image: StoredImage, *, reco
     must mean one concept: the photo kind stays a category), the sender's categories after the
     kind's, the sender's confidentiality when more restrictive than the policy's (also in
     ``meta.security``, so every release carries it) and its other labels, its content.format,
-    context.event, facilityType and practiceSetting.
+    context.event, facilityType, practiceSetting and period (start and end as sent, instead of
+    when the photo was taken).
     """
     kind = tables.kinds[meta.kind]
     sent = meta.document if isinstance(meta, TransactionPhotoMetadata) else None
@@ -310,7 +311,9 @@ def photo_to_document_reference(meta: PhotoMetadata, image: StoredImage, *, reco
     if sent is not None and sent.event:
         context["event"] = copy.deepcopy(list(sent.event))
     taken = taken_time(meta, image)
-    if taken is not None:
+    if sent is not None and sent.period is not None:
+        context["period"] = copy.deepcopy(sent.period)
+    elif taken is not None:
         context["period"] = {"start": fhir_datetime(taken)}
     if sent is not None and sent.facility_type is not None:
         context["facilityType"] = copy.deepcopy(sent.facility_type)

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ from pydantic import ValidationError
 
 from adapter.consent.grants import names_read_action
 from adapter.errors import (
+    BusinessRuleViolation,
     InvalidInput,
     InvalidResource,
     NotSupported,
@@ -122,6 +124,8 @@ ROLE_SUBMISSION_SET = "submission-set"
 # The Patient a Document Source may carry in the Bundle (ITI-65 2:3.65.4.1.2.2): read for the
 # subject's identifier, acknowledged, not stored (the adapter owns no Patient).
 ROLE_PATIENT = "patient"
+#: The Document Sharing error for a document whose size or hash is not its own (ITI TF-3 Table 4.2.4.1-2).
+XDS_REPOSITORY_METADATA_ERROR = "XDSRepositoryMetadataError"
 #: Roles whose entries are acknowledged, not stored.
 ACKNOWLEDGED_ROLES = frozenset({ROLE_SUBMISSION_SET, ROLE_PATIENT})
 _ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD,
@@ -186,6 +190,9 @@ class TransactionSubmission:
     entry_roles: tuple[str, ...]
     entry_full_urls: dict[str, str] = field(default_factory=dict)
     entry_warnings: dict[int, tuple[EntryWarning, ...]] = field(default_factory=dict)
+    #: The record's entry index, the expression of its attachment.size and the size sent (checked
+    #: against the bytes sent), when sent: the stored bytes may be fewer (metadata removed).
+    sent_size: tuple[int, str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -779,6 +786,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
     if _str(declared) and declared != content_type:
         raise InvalidInput(f"attachment.contentType {declared} differs from Binary.contentType "
                            f"{content_type}", expression=f"{att_path}.contentType")
+    sent_size = _check_size_and_hash(attachment, att_path, image_bytes)
 
     # metadata
     r = record.resource
@@ -860,7 +868,33 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
     full_urls = {_ROLES[str(e.resource["resourceType"])]: e.full_url for e in entries if e.full_url}
     return TransactionSubmission(meta=photo_meta, image_bytes=image_bytes, content_type=content_type,
                                  entry_roles=roles, entry_full_urls=full_urls,
-                                 entry_warnings=_warnings(entries, record, photo_meta.kind, tables))
+                                 entry_warnings=_warnings(entries, record, photo_meta.kind, tables),
+                                 sent_size=(record.index, f"{att_path}.size", sent_size) if sent_size is not None
+                                 else None)
+
+
+def _check_size_and_hash(attachment: Mapping[str, Any], path: str, data: bytes) -> int | None:
+    """The document's ``size`` and ``hash`` (R4 Attachment: its length in bytes, the base64 of
+    its SHA-1), when its source gives them, must be those of the bytes sent (ITI-65
+    2:3.65.4.1.2.1: the source populates them accurately; a recipient that finds them wrong
+    refuses the document, as an XDS Repository does, XDSRepositoryMetadataError): a document
+    damaged or cut on its way is not stored as if whole. Returns the size sent."""
+    size = attachment.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size != len(data)):
+        raise BusinessRuleViolation(f"attachment.size {str(size)[:20]} is not the size of the document sent "
+                                    f"({len(data)} bytes): nothing was stored", expression=f"{path}.size",
+                                    details_text=XDS_REPOSITORY_METADATA_ERROR)
+    sent_hash = attachment.get("hash")
+    if sent_hash is not None:
+        try:
+            digest = base64.b64decode(str(sent_hash), validate=True)
+        except (binascii.Error, ValueError):
+            digest = b""
+        if digest != hashlib.sha1(data, usedforsecurity=False).digest():
+            raise BusinessRuleViolation("attachment.hash is not the SHA-1 (base64) of the document sent: nothing "
+                                        "was stored", expression=f"{path}.hash",
+                                        details_text=XDS_REPOSITORY_METADATA_ERROR)
+    return size if isinstance(size, int) else None
 
 
 def transaction_response(entries: Sequence[tuple[str, str, str]],

@@ -250,6 +250,9 @@ class DocumentMetadata(_Model):
     facility_type: FhirElement | None = None
     practice_setting: FhirElement | None = None
     event: tuple[FhirElement, ...] = ()
+    #: context.period (the service the document records: XDS serviceStartTime/serviceStopTime),
+    #: its start and end as sent.
+    period: FhirElement | None = None
     format: FhirElement | None = None
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from adapter.errors import Conflict, StorageError
+from adapter.mapping.document_metadata import NOT_SAVED
 from adapter.mapping.tables import Tables
 from adapter.mapping.transaction import (
     ACKNOWLEDGED_ROLES,
     ROLE_BINARY,
     ROLE_CONSENT,
     ROLE_RECORD,
+    EntryWarning,
     parse_transaction,
     transaction_response,
 )
@@ -52,7 +54,15 @@ class TransactionService:
                 entries.append(("", "200 OK", ""))
             else:
                 entries.append((f"{locations[role]}/_history/1", status, self._last_updated(locations[role])))
-        return transaction_response(entries, submission.entry_warnings), result
+        warnings = dict(submission.entry_warnings)
+        if submission.sent_size is not None:
+            index, where, sent = submission.sent_size
+            stored = int(receipt["size"]["stored"])
+            if stored != sent:
+                warnings[index] = warnings.get(index, ()) + (EntryWarning(
+                    NOT_SAVED, f"attachment.size was stored as {stored}, the size of the document stored without "
+                    f"its metadata ({sent} bytes sent)", where),)
+        return transaction_response(entries, warnings), result
 
     def _last_updated(self, reference: str) -> str:
         """The meta.lastUpdated of version 1 of ``reference`` (``Type/id``, just stored or stored

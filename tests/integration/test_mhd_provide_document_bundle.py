@@ -62,12 +62,15 @@ def test_a_minimal_provide_document_bundle_is_stored_and_answered_entry_by_entry
         assert note["severity"] == "information" and "not stored" in note["diagnostics"]
         assert "outcome" not in binary
         # what the Minimal DocumentReference carries that the adapter does not store as sent, each
-        # named (ITI-65 2:3.65.4.1.3): its date and confidentiality N (the policy's R is more
-        # restrictive); its entryUUID identifier and format are kept
+        # named (ITI-65 2:3.65.4.1.3): its date, confidentiality N (the policy's R is more
+        # restrictive), the SHA-1 and size of the document as sent (stored without its metadata);
+        # its entryUUID identifier and format are kept
         issues = document_reference["outcome"]["issue"]
         assert {i["details"]["text"] for i in issues} == {"XDSExtraMetadataNotSaved"}
         assert [i["expression"] for i in issues] == [
-            ["Bundle.entry[1].resource.date"], ["Bundle.entry[1].resource.securityLabel[0]"]]
+            ["Bundle.entry[1].resource.date"], ["Bundle.entry[1].resource.securityLabel[0]"],
+            ["Bundle.entry[1].resource.content[0].attachment.hash"],
+            ["Bundle.entry[1].resource.content[0].attachment.size"]]
         assert document_reference["status"] == binary["status"] == "201 Created"
         assert document_reference["location"].startswith("DocumentReference/")
         assert binary["location"].startswith("Binary/")
@@ -451,4 +454,58 @@ def test_metadata_kept_is_not_named_in_the_entry_outcome(tmp_path: Path) -> None
         response = r.json()["entry"][1]["response"]
         assert response["status"] == "201 Created"
         named = {i["expression"][0].removeprefix("Bundle.entry[1].resource") for i in response["outcome"]["issue"]}
-        assert named == {".date", ".securityLabel[0]", ".docStatus"}, named
+        assert named == {".date", ".securityLabel[0]", ".docStatus", ".content[0].attachment.hash",
+                         ".content[0].attachment.size"}, named
+
+
+@pytest.mark.parametrize("element,value", [("size", 5), ("size", "1436"), ("hash", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+                                           ("hash", "not base64")])
+def test_a_size_or_hash_that_is_not_the_documents_is_refused(tmp_path: Path, element: str, value: Any) -> None:
+    """MHD review: a source's attachment.size and hash (the SHA-1, base64) were neither checked nor
+    named as not stored. A source populates them accurately (ITI-65 2:3.65.4.1.2.1); a document
+    whose size or hash is not its own was damaged or cut on its way, or is another one: refused,
+    as an XDS Repository refuses it (XDSRepositoryMetadataError), nothing stored."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["resource"]["content"][0]["attachment"][element] = value
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code in (400, 422), r.text
+        [issue] = r.json()["issue"]
+        assert issue["expression"] == [f"Bundle.entry[1].resource.content[0].attachment.{element}"], issue
+        if r.status_code == 422:
+            assert issue["details"]["text"] == "XDSRepositoryMetadataError", issue
+        assert _stored(services) == 0
+
+
+def test_a_size_and_hash_that_are_the_documents_are_checked_and_said_not_stored_as_sent(tmp_path: Path) -> None:
+    """The document sent with its metadata is stored without it: fewer bytes, another hash. The
+    stored attachment's size is then that of the bytes stored, and the SHA-1 is not kept (the
+    record's identifier is the SHA-256 of the stored bytes): both named in the entry's outcome."""
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=provide_document_bundle(DOCUMENT), headers=FHIR)
+        assert r.status_code == 200, r.text
+        issues = r.json()["entry"][1]["response"]["outcome"]["issue"]
+        said = {i["expression"][0]: i["diagnostics"] for i in issues}
+        size = said["Bundle.entry[1].resource.content[0].attachment.size"]
+        [stored] = _found(client)
+        stored_size = stored["content"][0]["attachment"]["size"]
+        assert stored_size < len(DOCUMENT) and f"stored as {stored_size}" in size, size
+        assert "hash" not in stored["content"][0]["attachment"]
+        assert "SHA-1" in said["Bundle.entry[1].resource.content[0].attachment.hash"]
+
+
+def test_the_sources_context_period_is_kept_as_sent(tmp_path: Path) -> None:
+    """MHD review: context.period (XDS serviceStartTime/serviceStopTime) was replaced by the
+    photo's creation time, its end dropped: a value the source never sent, shown as the source's.
+    It is kept as sent; the de-identified view keeps its years."""
+    bundle = provide_document_bundle(DOCUMENT)
+    dr = bundle["entry"][1]["resource"]
+    dr["context"] = {"period": {"start": "2026-10-31T08:00:00Z", "end": "2026-10-31T11:00:00Z"}}
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        issues = r.json()["entry"][1]["response"]["outcome"]["issue"]
+        assert not [i for i in issues if "period" in i["expression"][0]], issues
+        [stored] = _found(client)
+        assert stored["context"]["period"] == {"start": "2026-10-31T08:00:00Z", "end": "2026-10-31T11:00:00Z"}
+        assert stored["content"][0]["attachment"]["creation"] == "2026-11-01T09:00:00+00:00"
