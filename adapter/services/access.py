@@ -153,6 +153,18 @@ class DicomRetrieval:
         return self._load()
 
 
+def named_resource(store: RecordStore, reference: str) -> StoredResource | None:
+    """The stored resource a Consent's ``provision.data`` names (``Type/id``, of a type a reader
+    may read): a Media also by the DocumentReference an R5 reader knows it as. None when none is."""
+    resource_type, _, id = reference.partition("/")
+    if resource_type not in READABLE_TYPES or not id:
+        return None
+    stored = store.get(resource_type, id)
+    if stored is None and resource_type == "DocumentReference":
+        stored = store.get("Media", id)  # R5's name of a Media
+    return stored
+
+
 def consent_facts(resource_id: str, resource: dict[str, Any]) -> AccessFacts | None:
     """A Consent is patient record data too: it is guarded like a document (care needs no
     further consent, any other purpose needs the patient's consent for it), except that care
@@ -287,12 +299,7 @@ class ScopedReader:
             return grant
         records: set[str] = set()
         for ref in grant.data_refs:
-            resource_type, _, id = ref.partition("/")
-            if resource_type not in READABLE_TYPES or not id:
-                continue
-            stored = self._store.get(resource_type, id)
-            if stored is None and resource_type == "DocumentReference":
-                stored = self._store.get("Media", id)  # R5's name of a Media
+            stored = named_resource(self._store, ref)
             if stored is not None and stored.facts is not None:
                 records.add(stored.facts.governed_by)
         if records <= grant.data_refs:

@@ -32,9 +32,10 @@ from adapter.mapping.fhir_json import validate_r4_resource
 from adapter.mapping.narrative import check_narratives
 from adapter.mapping.photo import index_resource
 from adapter.mapping.tables import Tables
+from adapter.model.photo import Identifier
 from adapter.model.purpose import V3_ACT_REASON, V3_ACT_REASON_SYSTEMS, RequestContext
 from adapter.model.record import NewResource, StoredResource
-from adapter.services.access import consent_facts
+from adapter.services.access import consent_facts, named_resource
 from adapter.services.audit import Auditor
 from adapter.store.port import RecordStore
 
@@ -96,6 +97,7 @@ class ConsentService:
                 raise InvalidInput(f"{where} is not a literal reference [base/]Type/id[/_history/vid] "
                                    "(https://hl7.org/fhir/R4/references.html#literal): the record it names "
                                    "cannot be told", expression=where)
+        self._check_data_of_the_patient(resource, current, Identifier(system=ident["system"], value=ident["value"]))
         try:
             grants_from_consent(resource)
         except (ValueError, ValidationError) as exc:
@@ -104,6 +106,29 @@ class ConsentService:
         if inverted is not None:  # fails basic FHIR validation: 400, as an invalid element
             raise InvalidResource("the period ends before it starts (FHIR invariant per-1)", expression=inverted)
         return resource
+
+    def _check_data_of_the_patient(self, resource: dict[str, Any], current: dict[str, Any] | None,
+                                   patient: Identifier) -> None:
+        """Each record a provision names (``data.reference``) is one held here of the Consent's
+        patient. A Consent naming another patient's record does nothing for it (the decision
+        applies a Consent to its own patient's data only: a deny written so protects nothing,
+        silently), and its restricted views would show that record's id in this patient's
+        Consent, telling a reader that a record exists for a patient who never consented.
+        Refused (422) with the same words whether the record is another patient's or not held,
+        so the answer tells the writer nothing of other patients. A reference the current
+        version already holds is not checked again: a withdrawal must not fail on it."""
+        held = {literal for _, literal in _data_references((current or {}).get("provision"), "")}
+        for where, literal in _data_references(resource.get("provision"), "Consent.provision"):
+            named = literal_type_id(literal)
+            if literal in held or named is None:
+                continue
+            stored = named_resource(self._store, named)
+            facts = stored.facts if stored is not None else None
+            if stored is not None and facts is None and stored.resource_type == "Consent":
+                facts = consent_facts(stored.id, stored.resource)
+            if facts is None or facts.patient != patient:
+                raise BusinessRuleViolation(f"{where} names no record of this Consent's patient held here: a "
+                                            "Consent governs its own patient's records", expression=where)
 
     def _clean_source_attachment(self, resource: dict[str, Any], current: dict[str, Any] | None) -> None:
         """The signed form a Consent carries in ``sourceAttachment.data`` is kept as the photo

@@ -1510,6 +1510,46 @@ def test_a_deny_naming_the_photo_by_another_of_its_resources_applies_to_the_phot
         assert len(instances) == 1  # the other photo's object, not this one's
 
 
+def test_a_consent_naming_a_record_not_of_its_patient_is_refused(tmp_path: Path) -> None:
+    """Security review: a Consent of one patient whose provision.data named another patient's
+    record was stored (201). It did nothing for that record (a Consent governs its own patient's
+    data: a deny written so protected nothing, silently), and the restricted views showed that
+    record's id inside this patient's Consent, where a reader's 403 on it (against 404 for an id
+    never used) told that a record exists for a patient who never consented. Refused (422), with
+    the same words for an id not held; the patient's own records, by any of their names, are
+    taken; a withdrawal of a Consent that holds such a reference (stored before) still goes."""
+    other = {"system": PATIENT["system"], "value": "MRN-OTHER-1"}
+    with adapter_client(tmp_path) as (client, services):
+        theirs = _ingest(client, patient=other)
+        mine = _ingest(client, path=SAMPLES / "lesion.png")
+
+        def naming(reference: str) -> dict[str, Any]:
+            deny = consent_resource(["TRAIN"])
+            deny["provision"]["type"] = "deny"
+            deny["provision"]["data"] = [{"meaning": "instance", "reference": {"reference": reference}}]
+            return deny
+
+        said = set()
+        for reference in (theirs["record"], theirs["binary"], "Media/not-a-record-id", "Patient/p1"):
+            r = client.post("/fhir/Consent", json=naming(reference))
+            assert r.status_code == 422, (reference, r.status_code, r.text)
+            [issue] = r.json()["issue"]
+            assert issue["expression"] == ["Consent.provision.data[0].reference.reference"], issue
+            said.add(issue["diagnostics"])
+        assert len(said) == 1, said  # nothing told of other patients' records
+        for reference in (mine["record"], mine["binary"], mine["provenance"],
+                          mine["record"].replace("Media/", "DocumentReference/")):
+            assert client.post("/fhir/Consent", json=naming(reference)).status_code == 201, reference
+        # stored before this check: its withdrawal is not refused for the reference it holds
+        from adapter.mapping.photo import index_resource
+        from adapter.model.record import NewResource
+        old = {**naming(theirs["record"]), "id": "held-before"}
+        services.store.create(NewResource("Consent", "held-before", old, index_resource(old)))
+        withdrawn = {**old, "status": "inactive"}
+        r = client.put("/fhir/Consent/held-before", json=withdrawn)
+        assert r.status_code == 200, r.text
+
+
 def test_written_required_a_pending_photo_opens_only_with_written_consent(tmp_path: Path) -> None:
     """Review finding: with ``writtenRequired`` a verbal Consent recorded after a pending photo
     opened it for care, though the ingest refuses the same Consent as a clinical photo's
