@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapter.errors import Conflict, StorageError
+from adapter.errors import AdapterError, Conflict, StorageError
 from adapter.mapping.document_metadata import NOT_SAVED
 from adapter.mapping.tables import Tables
 from adapter.mapping.transaction import (
@@ -35,8 +35,12 @@ class TransactionService:
         """``fhir_base``: this server's FHIR base, under which an absolute ``request.url`` names it."""
         submission = parse_transaction(bundle, self._tables, fhir_base)
         # the decoded Binary.data is already in memory: hand it over as bytes (no staging file)
-        result = self._ingest.ingest_photo(submission.image_bytes, submission.meta,
-                                           idempotency_key=idempotency_key, ctx=ctx)
+        try:
+            result = self._ingest.ingest_photo(submission.image_bytes, submission.meta,
+                                               idempotency_key=idempotency_key, ctx=ctx)
+        except AdapterError as exc:
+            exc.expression = [_in_bundle(e, submission.entry_roles) for e in exc.expression]
+            raise
         receipt = result.receipt
         locations: dict[str, str] = {ROLE_BINARY: receipt["binary"], ROLE_RECORD: receipt["record"]}
         if receipt["consents"]:
@@ -73,3 +77,29 @@ class TransactionService:
         if stored is None:  # written by this very request, or before it: never gone (no deletes)
             raise StorageError(f"{resource_type} just stored cannot be read back")
         return str(stored["meta"]["lastUpdated"])
+
+
+#: Where in the Bundle a refusal of the photo's metadata points (the ingest names the fields of
+#: ``POST /photos``' metadata): the element of the record, else the entry that holds it.
+_RECORD_ELEMENTS = {"masterIdentifier": "masterIdentifier", "bodySite": "bodySite"}
+
+
+def _in_bundle(expression: str, roles: tuple[str, ...]) -> str:
+    """An expression of the ingest (a ``POST /photos`` metadata field: ``consent.method``,
+    ``masterIdentifier``, ``file``…) as a FHIRPath into the transaction Bundle (FHIR
+    OperationOutcome.issue.expression): the record's element where it has one, else the entry
+    whose resource said it (the Consent's for consent, the Binary's for the file, the record's
+    for the rest). One already in the Bundle is kept."""
+    if expression.startswith("Bundle"):
+        return expression
+    def entry(role: str) -> str | None:
+        return f"Bundle.entry[{roles.index(role)}].resource" if role in roles else None
+    record = entry(ROLE_RECORD) or "Bundle"
+    head = expression.split(".", 1)[0].split("[", 1)[0]
+    if head in _RECORD_ELEMENTS:
+        return f"{record}.{_RECORD_ELEMENTS[head]}"
+    if head == "consent":
+        return entry(ROLE_CONSENT) or record
+    if head == "file":
+        return entry(ROLE_BINARY) or record
+    return record

@@ -333,7 +333,8 @@ def test_the_same_document_sent_again_under_another_master_identifier_is_refused
         stored = _stored(services)
         r = client.post("/fhir", json=again, headers=FHIR)
         assert r.status_code == 409, r.text
-        assert r.json()["issue"][0]["expression"] == ["masterIdentifier"]
+        # a FHIRPath into the Bundle (MHD review: it was the bare "masterIdentifier")
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.masterIdentifier"]
         assert _stored(services) == stored
         r = client.post("/fhir", json=copy.deepcopy(first), headers=FHIR)
         assert r.status_code == 200, r.text
@@ -509,3 +510,17 @@ def test_the_sources_context_period_is_kept_as_sent(tmp_path: Path) -> None:
         [stored] = _found(client)
         assert stored["context"]["period"] == {"start": "2026-10-31T08:00:00Z", "end": "2026-10-31T11:00:00Z"}
         assert stored["content"][0]["attachment"]["creation"] == "2026-11-01T09:00:00+00:00"
+
+
+def test_a_clinical_photo_without_consent_is_refused_pointing_into_the_bundle(tmp_path: Path) -> None:
+    """MHD review: the refusal of a clinical photo sent without its consent said expression
+    ["consent"], a field of POST /photos' metadata, not a FHIRPath into what was sent. It points
+    at the record's entry (no Consent entry to point at)."""
+    bundle = provide_document_bundle(DOCUMENT)
+    bundle["entry"][1]["resource"]["extension"] = [
+        {"url": "http://clinical-image-adapter.org/fhir/StructureDefinition/photo-kind", "valueCode": "clinical"}]
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource"], r.text
+        assert _stored(services) == 0
