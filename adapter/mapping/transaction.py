@@ -222,6 +222,11 @@ def _entries(bundle: Mapping[str, Any], fhir_base: str | None) -> list[_Entry]:
         if not isinstance(entry, Mapping):
             raise InvalidResource("a Bundle entry must be an object", expression=f"Bundle.entry[{i}]")
         resource = entry.get("resource")
+        method = entry.get("request", {}).get("method") if isinstance(entry.get("request"), Mapping) else None
+        if not isinstance(resource, Mapping) and method in _HTTP_VERBS and method not in _METHODS:
+            # a read or a delete in a transaction: not that it lacks a resource, that it is not taken
+            raise NotSupported(f"request.method {method} is not supported in a transaction: POST or PUT",
+                               expression=f"Bundle.entry[{i}].request.method")
         if not isinstance(resource, Mapping):
             raise RequiredElementMissing("every entry of the transaction needs a resource",
                                          expression=f"Bundle.entry[{i}].resource")
@@ -248,9 +253,9 @@ def _entries(bundle: Mapping[str, Any], fhir_base: str | None) -> list[_Entry]:
             seen.add(e.full_url)
     for e in entries:
         method = e.request.get("method")
-        if not e.request:
-            raise RequiredElementMissing("a transaction entry needs request",
-                                         expression=f"Bundle.entry[{e.index}].request")
+        if not e.request:  # FHIR invariant bdl-3: basic validation, 400
+            raise InvalidResource("a transaction entry needs request (FHIR invariant bdl-3)",
+                                  expression=f"Bundle.entry[{e.index}].request")
         if method not in _HTTP_VERBS:
             raise UnknownCode(f"request.method {str(method)[:20]!r} is not an HTTP verb of FHIR",
                               expression=f"Bundle.entry[{e.index}].request.method")
@@ -749,6 +754,8 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
     check_json_representation(dict(bundle), "Bundle")
     check_indexed_values(dict(bundle), "Bundle")
     btype = bundle.get("type")
+    if btype is None:  # Bundle.type is 1..1: basic validation, 400
+        raise InvalidResource("a Bundle needs its type (Bundle.type 1..1): transaction", expression="Bundle.type")
     if btype != "transaction":
         if not isinstance(btype, str) or btype not in _BUNDLE_TYPES:
             raise UnknownCode(f"Bundle.type {str(btype)[:40]!r} is not a Bundle type",

@@ -524,3 +524,25 @@ def test_a_clinical_photo_without_consent_is_refused_pointing_into_the_bundle(tm
         assert r.status_code == 422, r.text
         assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource"], r.text
         assert _stored(services) == 0
+
+
+def test_what_fails_basic_fhir_validation_is_400_and_a_read_in_a_transaction_not_supported(tmp_path: Path) -> None:
+    """MHD review: an entry without request (FHIR bdl-3), a Bundle without its type (1..1) and a
+    resource that is no Bundle posted to the base were 422 (business rules); FHIR http.html gives
+    400 for what fails basic validation. A GET entry (no resource) was 422 "needs a resource":
+    it is a read, which a transaction here does not take (400 not-supported)."""
+    no_request = provide_document_bundle(DOCUMENT)
+    del no_request["entry"][1]["request"]
+    no_type = provide_document_bundle(DOCUMENT)
+    del no_type["type"]
+    read = provide_document_bundle(DOCUMENT)
+    read["entry"].append({"request": {"method": "GET", "url": "DocumentReference?patient.identifier=x|y"}})
+    with adapter_client(tmp_path) as (client, services):
+        for body, where, code in ((no_request, "Bundle.entry[1].request", "structure"), (no_type, "Bundle.type", "structure"),
+                                  (read, "Bundle.entry[3].request.method", "not-supported"),
+                                  (consent_resource(["TREAT"]), "Bundle.resourceType", "structure")):
+            r = client.post("/fhir", json=body, headers=FHIR)
+            assert r.status_code == 400, (where, r.status_code, r.text)
+            [issue] = r.json()["issue"]
+            assert (issue["code"], issue["expression"]) == (code, [where]), issue
+        assert _stored(services) == 0

@@ -352,7 +352,8 @@ def test_unsupported_method(jpeg: bytes) -> None:
     bundle["entry"][0]["request"]["method"] = "FETCH"
     assert refused(bundle, UnknownCode).expression == ["Bundle.entry[0].request.method"]
     del bundle["entry"][0]["request"]
-    assert refused(bundle, RequiredElementMissing).expression == ["Bundle.entry[0].request"]
+    # FHIR invariant bdl-3, basic validation (400): InvalidResource (MHD review: was 422)
+    assert refused(bundle, InvalidResource).expression == ["Bundle.entry[0].request"]
 
 
 def test_binary_without_data_or_bad_base64(jpeg: bytes) -> None:

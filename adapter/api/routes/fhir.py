@@ -60,7 +60,6 @@ from adapter.api.outcome import fhir_response
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute, base
 from adapter.errors import (
-    InvalidInput,
     InvalidQuery,
     InvalidResource,
     NotAcceptable,
@@ -254,7 +253,7 @@ async def transaction(request: Request, services: ServicesDep,
 async def _transaction(request: Request, services: Services, idempotency_key: str | None,
                        bundle: dict[str, Any]) -> Response:
     if bundle.get("resourceType") != "Bundle":
-        raise InvalidInput("POST /fhir takes a transaction or batch Bundle", expression="Bundle.resourceType")
+        raise InvalidResource("POST /fhir takes a transaction or batch Bundle", expression="Bundle.resourceType")
     if bundle.get("type") == "batch":  # reads, each under the batch's purpose of use (adapter.api.batch)
         version = fhir_version(request.headers.get("accept"), request.query_params.get("_format"))
         types = R4_TYPES if version == "4" else tuple(t for t in R4_TYPES if t != "Media")
