@@ -697,7 +697,7 @@ def test_the_links_of_a_search_by_post_keep_the_identifier_out_of_the_urls_they_
         assert posted.status_code == 200, posted.text
         bundle = posted.json()
         links = {link["relation"]: link["url"] for link in bundle["link"]}
-        assert set(links) == {"self", "next"}
+        assert set(links) == {"self", "first", "next"}
         for url in links.values():
             assert PATIENT["value"] not in url and "identifier" not in url and "?_page=" in url, url
         seen = [bundle["entry"][0]["resource"]["id"]]
