@@ -714,7 +714,8 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     if resource_type == "Binary":  # read it (ITI-68), by the reference its record holds
         raise NotSupported("search on Binary is not supported")
     _no_media_in_r5(resource_type, version, "search DocumentReference")
-    req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")), r5=version == "5")
+    req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")), r5=version == "5",
+                       base_url=_fhir_base(request, services))
     how = parse_subsetting(params)
     if req.ignored:  # the links name only the parameters the search used (search.html#errors)
         params = [(k, v) for k, v in params if k[:40] not in req.ignored and f"{k[:40]}={v[:60]}" not in req.ignored]
