@@ -78,8 +78,16 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
     "Media": (*_COMMON, _Param("created", "date", "When the photo was taken."),
               _Param("date", "date", "As `created`."), _TYPE, _MODALITY, _CATEGORY, _STATUS, _IDENTIFIER,
               _KIND, _COUNT, _SORT, _TOTAL),
-    "DocumentReference": (*_COMMON, _Param("date", "date", "When the reference was created."), _TYPE,
-                          _CATEGORY, _STATUS, _IDENTIFIER, _MODALITY, _KIND,
+    "DocumentReference": (*_COMMON, _Param("date", "date", "When the reference was created (in R5, for a photo, "
+                                           "when it was stored: every parameter matches the resource as served "
+                                           "in the FHIR version asked for)."),
+                          _Param("type", "token", "Type code (in R5 a photo has none)."),
+                          _Param("category", "token", "Category, e.g. `urn:clinical-image-adapter:photo-kind|clinical` "
+                                 "(in R5 a photo's media type too, "
+                                 "`http://terminology.hl7.org/CodeSystem/media-type|image`)."),
+                          _Param("status", "token", "Resource status (in R5 a photo's is `current`, or "
+                                 "`entered-in-error`)."),
+                          _IDENTIFIER, _MODALITY, _KIND,
                           _Param("creation", "date", "When the document was photographed "
                                  "(content.attachment.creation; IHE MHD ITI-67).",
                                  "https://profiles.ihe.net/ITI/MHD/SearchParameter/DocumentReference-Creation"),
@@ -94,8 +102,12 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
                                  "Source sent it."),
                           _Param("event", "token", "Main clinical act (context.event), as an IHE MHD Document Source "
                                  "sent it."),
+                          _Param("period", "date", "Time of service documented (context.period; R5 period), as a "
+                                 "range: a period without end is still going on (IHE MHD ITI-67)."),
                           _COUNT, _SORT, _TOTAL),
-    "Consent": (*_COMMON, _Param("date", "date", "When the consent was given."), _STATUS,
+    "Consent": (*_COMMON, _Param("date", "date", "When the consent was given (in R5 the day: Consent.date)."),
+                _Param("status", "token", "Resource status (in R5 as R5 has it: R4 `proposed` is `draft`, "
+                       "`rejected` is `not-done`)."),
                 _Param("category", "token", "Category, e.g. `http://loinc.org|59284-0` (Patient Consent), which "
                        "every Consent the adapter records carries."),
                 _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT, _SORT, _TOTAL),
@@ -122,7 +134,8 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                               "identifier": "clinical-identifier",
                               "security-label": "DocumentReference-security-label",
                               "format": "DocumentReference-format", "setting": "DocumentReference-setting",
-                              "facility": "DocumentReference-facility", "event": "DocumentReference-event"},
+                              "facility": "DocumentReference-facility", "event": "DocumentReference-event",
+                              "period": "DocumentReference-period"},
         "Consent": {"patient": "clinical-patient", "date": "clinical-date", "status": "Consent-status",
                     "category": "Consent-category", "purpose": "Consent-purpose"},
         # not R4's Provenance-patient (Provenance.target being the Patient): here the patient of the
@@ -137,7 +150,8 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                               "identifier": "clinical-identifier",
                               "security-label": "DocumentReference-security-label",
                               "setting": "DocumentReference-setting", "facility": "DocumentReference-facility",
-                              "modality": "DocumentReference-modality", "creation": "DocumentReference-creation"},
+                              "modality": "DocumentReference-modality", "creation": "DocumentReference-creation",
+                              "period": "DocumentReference-period"},
         "Consent": {"patient": "clinical-patient", "subject": "Consent-subject", "date": "clinical-date",
                     "status": "Consent-status", "category": "Consent-category", "purpose": "Consent-purpose"},
         "Provenance": {"patient": "clinical-patient", "recorded": "Provenance-recorded",

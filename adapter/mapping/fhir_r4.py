@@ -18,17 +18,19 @@ Time values, decided once for every builder:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from adapter.errors import InvalidInput
+from adapter.errors import InvalidInput, NotSupported
 from adapter.mapping.codes import (
     EXT_PHOTO_KIND,
     EXT_PHOTO_SOURCE,
     PHOTO_KIND_SYSTEM,
     V3_ACT_REASON,
 )
+from adapter.mapping.r5 import to_r5
 from adapter.model.photo import Identifier, PatientRef, Reference
 from adapter.model.record import SearchIndex
 
@@ -188,6 +190,12 @@ def extension_code(resource: Mapping[str, Any], url: str) -> str | None:
 # search index
 
 
+#: A literal reference to a Patient, relative (``Patient/p1``) or absolute (an EHR's
+#: ``http://ehr.example.org/fhir/Patient/p9``, as IHE MHD ITI-65 recommends): indexed as sent, for
+#: ``patient``/``subject`` (adapter.services.search_params: search.html#reference).
+_PATIENT_REFERENCE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://[^?#]*/)?Patient/[^/?#]+(?:/_history/[^/?#]+)?$")
+
+
 def _patient_of(ref: Any) -> tuple[Identifier | None, str | None]:
     if not isinstance(ref, Mapping):
         return None, None
@@ -196,7 +204,9 @@ def _patient_of(ref: Any) -> tuple[Identifier | None, str | None]:
     if isinstance(ident, Mapping) and ident.get("system") and ident.get("value"):
         patient = Identifier(system=str(ident["system"]), value=str(ident["value"]))
     literal = ref.get("reference")
-    return patient, literal if isinstance(literal, str) and literal.startswith("Patient/") else None
+    if not isinstance(literal, str) or not _PATIENT_REFERENCE.match(literal):
+        return patient, None
+    return patient, literal.partition("/_history/")[0]  # the patient, whichever version was named
 
 
 def _concept_tokens(param: str, value: Any) -> list[tuple[str, str | None, str]]:
@@ -229,10 +239,78 @@ def _kind_tokens(resource: Mapping[str, Any]) -> list[tuple[str, str | None, str
     return out
 
 
-#: The version of what record_to_index derives: a store holding records indexed by another
-#: version re-indexes them at start (RecordStore.reindex_records). Bump it with any change here.
+#: The version of what record_to_index and consent_to_index derive: a store holding records
+#: indexed by another version re-indexes them at start (RecordStore.reindex_records). Bump it
+#: with any change here.
 #: 2: creation, and the IHE MHD ITI-67 tokens security-label, format, setting, facility, event.
-RECORD_INDEX_VERSION = "records:2"
+#: 3: the values an R5 reader searches (r5:status, r5:type, r5:category, the r5:date range), the
+#:    ``period`` range, an absolute Patient reference, a Media's creation as its R5 attachment's;
+#:    Consents too.
+RECORD_INDEX_VERSION = "records:3"
+
+#: The search values of a record or Consent as an R5 reader sees it (adapter.mapping.r5), where
+#: they differ from R4's: a token param or date range ``R5_PREFIX + <R5 search parameter>``
+#: (adapter.services.search_params searches them for an R5 reader).
+R5_PREFIX = "r5:"
+_DATE_ONLY = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$", re.ASCII)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _range_of(value: Any) -> tuple[datetime, datetime] | None:
+    """The first and last instants (UTC) of a FHIR date or dateTime: a date of year, month or
+    day precision covers all of it (search.html#date); a dateTime with a time is a point."""
+    if not isinstance(value, str):
+        return None
+    m = _DATE_ONLY.match(value)
+    if m is None:
+        point = _aware_utc(parse_fhir_datetime(value))
+        return (point, point) if point is not None else None
+    try:
+        y = int(m[1])
+        if m[2] is None:
+            first, after = datetime(y, 1, 1, tzinfo=UTC), (datetime(y + 1, 1, 1, tzinfo=UTC) if y < 9999 else None)
+        elif m[3] is None:
+            mo = int(m[2])
+            first = datetime(y, mo, 1, tzinfo=UTC)
+            after = datetime(y + (mo == 12), mo % 12 + 1, 1, tzinfo=UTC) if (y, mo) < (9999, 12) else None
+        else:
+            first = datetime(y, int(m[2]), int(m[3]), tzinfo=UTC)
+            after = first + timedelta(days=1) if first.date() < date(9999, 12, 31) else None
+    except ValueError:  # no such month or day
+        return None
+    return first, (after - _MICROSECOND) if after is not None else datetime.max.replace(tzinfo=UTC)
+
+
+def _period_range(param: str, period: Any) -> list[tuple[str, datetime | None, datetime | None]]:
+    """A Period as a range: from its start's first instant to its end's last, an end missing
+    being open (the period goes on, https://hl7.org/fhir/R4/datatypes.html#Period), as is a
+    start missing."""
+    if not isinstance(period, Mapping):
+        return []
+    start, end = _range_of(period.get("start")), _range_of(period.get("end"))
+    if start is None and end is None:
+        return []
+    return [(param, start[0] if start else None, end[1] if end else None)]
+
+
+def _r5_values(resource: Mapping[str, Any]) -> tuple[list[tuple[str, str | None, str]],
+                                                     list[tuple[str, datetime | None, datetime | None]]]:
+    """The tokens and ranges an R5 reader searches a record or Consent by, taken from the R5
+    resource it is served as (adapter.mapping.r5.to_r5): status, type and category (an R4 Media
+    is an R5 DocumentReference: status current, its media type a category, no type), and date
+    (a Media's is its issued; a Consent's the day of its dateTime). None for what R5 cannot
+    express (it is not served in R5 either)."""
+    try:
+        r5 = to_r5(dict(resource))
+    except NotSupported:
+        return [], []
+    tokens: list[tuple[str, str | None, str]] = []
+    if isinstance(r5.get("status"), str):
+        tokens.append((R5_PREFIX + "status", None, r5["status"]))
+    tokens += _concept_tokens(R5_PREFIX + "type", r5.get("type"))
+    tokens += _concept_tokens(R5_PREFIX + "category", r5.get("category") or [])
+    when = _range_of(r5.get("date"))
+    return tokens, [(R5_PREFIX + "date", *when)] if when is not None else []
 
 
 def _coding_tokens(param: str, value: Any) -> list[tuple[str, str | None, str]]:
@@ -275,16 +353,24 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     coding: R4 Media has no category element, the kinds table's category is that coding).
     DocumentReference: date = date; creation = content.attachment.creation (IHE MHD); tokens
     type, category, identifier (and masterIdentifier), kind, source and the ITI-67 ones
-    (:func:`_document_tokens`).
+    (:func:`_document_tokens`); the range ``period`` = context.period (ITI-67).
+    Both: patient_reference = a literal Patient reference, relative or absolute, as sent (its
+    version left out); and the values an R5 reader searches by (:func:`_r5_values`). A Media's
+    creation is its R5 attachment's (content.creation, else createdDateTime), searched in R5 only.
     """
     rtype = resource.get("resourceType")
     patient, patient_ref = _patient_of(resource.get("subject"))
     tokens: list[tuple[str, str | None, str]] = []
     tokens += _identifier_tokens(resource.get("identifier") or [])
     tokens += _concept_tokens("type", resource.get("type"))
+    ranges: list[tuple[str, datetime | None, datetime | None]] = []
     if rtype == "Media":
-        created = parse_fhir_datetime(resource.get("createdDateTime"))
-        when = created or parse_fhir_datetime(resource.get("issued"))
+        taken = parse_fhir_datetime(resource.get("createdDateTime"))
+        when = taken or parse_fhir_datetime(resource.get("issued"))
+        content = resource.get("content")
+        # creation: an R5 reader's (the Media is a DocumentReference there), its attachment's
+        created = (parse_fhir_datetime(content.get("creation")) if isinstance(content, Mapping) else None) or taken
+        ranges += _period_range("period", resource.get("createdPeriod"))
         tokens += _concept_tokens("modality", resource.get("modality"))
         tokens += _concept_tokens("site", resource.get("bodySite"))
         kind = extension_code(resource, EXT_PHOTO_KIND)
@@ -296,13 +382,16 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
         tokens += _concept_tokens("category", resource.get("category") or [])
         tokens += _identifier_tokens(resource.get("masterIdentifier") or [])
         tokens += _document_tokens(resource)
+        context = resource.get("context")
+        ranges += _period_range("period", context.get("period") if isinstance(context, Mapping) else None)
     else:
         raise ValueError(f"not a photo record: {rtype}")
     tokens += _kind_tokens(resource)
+    r5_tokens, r5_ranges = _r5_values(resource)
     status = resource.get("status")
     return SearchIndex(patient=patient, patient_reference=patient_ref, date=_aware_utc(when),
-                       status=status if isinstance(status, str) else None, tokens=tuple(tokens),
-                       creation=_aware_utc(created))
+                       status=status if isinstance(status, str) else None, tokens=tuple(tokens + r5_tokens),
+                       creation=_aware_utc(created), ranges=tuple(ranges + r5_ranges))
 
 
 def consent_to_index(resource: Mapping[str, Any]) -> SearchIndex:
@@ -327,10 +416,12 @@ def consent_to_index(resource: Mapping[str, Any]) -> SearchIndex:
             walk(child)
 
     walk(resource.get("provision"))
+    r5_tokens, r5_ranges = _r5_values(resource)
     status = resource.get("status")
     return SearchIndex(patient=patient, patient_reference=patient_ref,
                        date=_aware_utc(parse_fhir_datetime(resource.get("dateTime"))),
-                       status=status if isinstance(status, str) else None, tokens=tuple(tokens))
+                       status=status if isinstance(status, str) else None, tokens=tuple(tokens + r5_tokens),
+                       ranges=tuple(r5_ranges))
 
 
 def provenance_to_index(resource: Mapping[str, Any]) -> SearchIndex:
@@ -401,7 +492,7 @@ def purpose_coding(code: str, purposes: Mapping[str, Any] | None = None) -> JSON
 
 
 __all__ = [
-    "JSON", "RECORD_INDEX_VERSION", "audit_event_to_index", "coding", "concept", "consent_to_index", "display_reference",
+    "JSON", "R5_PREFIX", "RECORD_INDEX_VERSION", "audit_event_to_index", "coding", "concept", "consent_to_index", "display_reference",
     "extension", "extension_code", "fhir_date", "fhir_datetime", "fhir_instant", "find_extension",
     "identifier", "index_resource", "parse_fhir_datetime", "patient_reference", "provenance_to_index",
     "purpose_coding", "record_to_index", "reference",

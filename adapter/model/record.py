@@ -38,6 +38,8 @@ class SearchIndex:
     status: str | None = None
     tokens: tuple[tuple[str, str | None, str], ...] = ()  # (param, system, code)
     creation: datetime | None = None  # the attachment's creation (IHE MHD ``creation``)
+    #: Dates searched as ranges: (param, first instant, last instant), None an open end.
+    ranges: tuple[tuple[str, datetime | None, datetime | None], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from adapter.errors import InvalidQuery, NotSupported, TooCostly, UnsupportedResourceType
+from adapter.mapping.fhir_r4 import R5_PREFIX
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, identifier_too_long
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 from adapter.text import is_digits
@@ -45,23 +46,32 @@ _PARAMS: dict[str, dict[str, str]] = {
                           "identifier": "token", "modality": "token", "kind": "token",
                           # IHE MHD Find Document References [ITI-67]
                           "creation": "date", "security-label": "token", "format": "token", "setting": "token",
-                          "facility": "token", "event": "token"},
+                          "facility": "token", "event": "token", "period": "date"},
     "Binary": {},
     "Consent": {"date": "date", "status": "status", "category": "token", "purpose": "token"},
     "Provenance": {"recorded": "date", "date": "date", "target": "reference"},
 }
 #: The indexed date each date parameter searches (DateCriterion.param): MHD's ``creation`` is the
-#: attachment's creation; every other date parameter is the resource's search date.
-_DATE_PARAMS = {"creation": "creation"}
+#: attachment's creation, ``period`` the range of context.period (R5: DocumentReference.period);
+#: every other date parameter is the resource's search date.
+_DATE_PARAMS = {"creation": "creation", "period": "period"}
+#: The parameters whose values an R5 reader sees otherwise than R4's (adapter.mapping.r5: an R4
+#: Media is an R5 DocumentReference with status current, its media type a category, no type,
+#: its issued as date; an R4 Consent's status proposed is R5 draft, its dateTime an R5 date):
+#: searched, for an R5 reader, on the values of the R5 resource served (indexed with R5_PREFIX,
+#: adapter.mapping.fhir_r4). The others have the same values in both.
+_R5_VALUES = {"DocumentReference": frozenset({"status", "type", "category", "date"}),
+              "Consent": frozenset({"status", "date"})}
+#: Why IHE MHD ITI-67's author.given and author.family are refused.
+_NO_AUTHOR_NAME = ("an author is kept as its identifier and display name (an MHD Document Source's contained "
+                   "Practitioner is not stored), which has no given and family parts to match; search by "
+                   "patient, type, category or date")
 #: ITI-67 parameters the adapter cannot honour, and why: refused (400), since leaving one out would
 #: widen the search (with ``Prefer: handling=lenient`` they are left out, and named).
 _NOT_SUPPORTED = {
     "DocumentReference": {
-        "author.given": "the adapter holds no Practitioner resources to chain an author's name through; "
-                        "search by patient, type, category or date",
-        "author.family": "the adapter holds no Practitioner resources to chain an author's name through; "
-                         "search by patient, type, category or date",
-        "period": "search by creation (when the photo was taken) instead",
+        "author.given": _NO_AUTHOR_NAME,
+        "author.family": _NO_AUTHOR_NAME,
         "related": "the adapter keeps no related references",
     },
 }
@@ -194,21 +204,50 @@ def _stored_types(rtype: str, r5: bool) -> list[str]:
     return ["DocumentReference", "Media"] if r5 and rtype == "DocumentReference" else [rtype]
 
 
-def _references(value: str, param: str, modifier: str, types: Sequence[str], r5: bool) -> list[TokenCriterion]:
+#: An absolute reference: a URI with a scheme (http(s) URL, urn:uuid, urn:oid).
+_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _unversioned(reference: str) -> str:
+    """``reference`` without a version (``.../_history/n``): a reference search matches the
+    resource, whichever version is named (search.html#reference)."""
+    head, sep, version = reference.rpartition("/_history/")
+    return head if sep and version and "/" not in version else reference
+
+
+def _on_this_server(reference: str, base_url: str | None) -> str | None:
+    """A reference value as this server's relative ``Type/id``, or None for another server's
+    (search.html#reference: a relative reference is a resource on this server; an absolute URL
+    means the resource at that URL, and one on this server's own base its relative form)."""
+    reference = _unversioned(reference.strip())
+    if not _ABSOLUTE.match(reference):
+        return reference
+    base = (base_url or "").rstrip("/")
+    if base and reference.startswith(base + "/"):
+        return reference[len(base) + 1:]
+    return None
+
+
+def _references(value: str, param: str, modifier: str, types: Sequence[str], r5: bool,
+                base_url: str | None = None) -> list[TokenCriterion]:
     """A reference search (search.html#reference) on a literal reference as the index keeps it
-    (``Type/id``): ``Type/id``, an absolute URL ending in it, a version-specific one
-    (``.../_history/n``, the version left out), ``param:Type=id``, or a bare id, which may be
-    any of ``types``. For an R5 reader a DocumentReference is also the Media of that id."""
+    (``Type/id``, as the adapter writes them): ``Type/id``, this server's absolute URL of it, a
+    version-specific one (``.../_history/n``, the version left out), ``param:Type=id``, or a
+    bare id, which may be any of ``types``; another server's absolute URL matches only a
+    reference stored as that URL. For an R5 reader a DocumentReference is also the Media of that
+    id."""
     types = _r5_types(types, r5)
     if modifier and modifier not in types:
         raise NotSupported(f"modifier :{modifier[:20]} on {param} is not supported (one of {', '.join(types)})",
                            expression=param)
     out: list[TokenCriterion] = []
     for v in _or_values(value, param):
-        parts = [p for p in v.strip().split("/") if p]
-        if len(parts) >= 4 and parts[-2] == "_history":
-            parts = parts[:-2]
-        if not parts:
+        local = _on_this_server(v, base_url)
+        if local is None:  # another server's: the URL as given
+            out.append(TokenCriterion(param=param, code=_unversioned(v.strip())))
+            continue
+        parts = [p for p in local.split("/") if p]
+        if not parts or len(parts) > 2:
             raise InvalidQuery(f"{param} takes a reference Type/id", expression=param)
         if len(parts) == 1:
             rid, candidates = parts[0], [modifier] if modifier else list(types)
@@ -235,13 +274,24 @@ def _include(name: str, value: str, resource_type: str, r5: bool) -> tuple[str, 
     return tuple(s for t in ([target] if target else types) for s in _stored_types(t, r5))
 
 
-def _patient_refs(value: str) -> list[str]:
+def _patient_refs(value: str, param: str, base_url: str | None) -> list[str]:
+    """The stored references a ``patient``/``subject`` reference value matches (search.html#reference):
+    a relative one (``Patient/<id>``, or the id alone) means a Patient on this server, stored as
+    ``Patient/<id>`` or as this server's absolute URL of it; another server's absolute URL
+    (``http://ehr.example.org/fhir/Patient/p9``) only a reference stored as that URL; a
+    version-specific one, the resource whichever version."""
+    base = (base_url or "").rstrip("/")
     out = []
     for v in value.split(","):
-        v = v.strip()
-        if v.startswith(("http://", "https://")):
-            v = "/".join(v.rstrip("/").split("/")[-2:])
-        out.append(v if v.startswith("Patient/") else f"Patient/{v}")
+        local = _on_this_server(v, base_url)
+        if local is None:
+            out.append(_unversioned(v.strip()))
+            continue
+        rtype, sep, rid = local.rpartition("/")
+        if (sep and rtype != "Patient") or not rid:
+            raise InvalidQuery(f"{param} takes a Patient reference: Patient/<id>, its id, or an absolute URL",
+                               expression=param)
+        out += [f"Patient/{rid}"] + ([f"{base}/Patient/{rid}"] if base else [])
     return out
 
 
@@ -289,17 +339,20 @@ def _check_identifier_length(system: str, value: str, param: str) -> None:
 
 
 def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenient: bool = False,
-                 r5: bool = False) -> SearchRequest:
+                 r5: bool = False, base_url: str | None = None) -> SearchRequest:
     """Turn query parameters into criteria. Repeated parameters AND; comma-separated values OR.
 
     An unknown parameter is refused (422): leaving it out could widen the search past what the
     client meant (a misspelt ``patient`` would match every patient). ``lenient``
     (``Prefer: handling=lenient``, search.html#errors): the client accepts that, and unknown
     parameters are left out and named in ``ignored``. ``r5``: the reader speaks R5, where a photo
-    is a DocumentReference (a reference to one also finds the Media of its id)."""
+    is a DocumentReference (a reference to one also finds the Media of its id). ``base_url``:
+    this server's FHIR base, which an absolute reference on it names a resource of this server
+    by (search.html#reference)."""
     allowed = _PARAMS.get(resource_type)
     if allowed is None:
         raise UnsupportedResourceType(f"search on {resource_type} is not supported")
+    r5_values = _R5_VALUES.get(resource_type, frozenset()) if r5 else frozenset()
     ids: list[str] | None = None
     patients: list[Identifier] = []
     refs: list[str] = []
@@ -374,26 +427,30 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
             if modifier == "identifier":
                 patients += _identifiers(value, base)
             elif modifier in ("", "Patient"):
-                refs += _patient_refs(value)
+                refs += _patient_refs(value, base, base_url)
             else:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
         elif allowed[base] == "reference":
-            tokens.append(tuple(_references(value, base, modifier, TARGET_TYPES, r5)))
+            tokens.append(tuple(_references(value, base, modifier, TARGET_TYPES, r5, base_url)))
         elif allowed[base] == "date":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
-            dates.append(tuple(dataclasses.replace(parse_date_param(v), param=_DATE_PARAMS.get(base, "date"))
+            indexed = R5_PREFIX + base if base in r5_values else _DATE_PARAMS.get(base, "date")
+            dates.append(tuple(dataclasses.replace(parse_date_param(v), param=indexed)
                                for v in _or_values(value, base)))
         elif allowed[base] == "status":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported", expression=name[:40])
             codes = _statuses(value, STATUS_SYSTEMS.get(resource_type))
+            if base in r5_values:  # a token of the R5 resource's status; repeated: AND
+                tokens.append(tuple(TokenCriterion(param=R5_PREFIX + base, code=c) for c in codes or [_NO_STATUS]))
+                continue
             status = codes if status is None else [v for v in status if v in codes]  # repeated: AND
             status = status or [_NO_STATUS]
         else:
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
-            param = "category" if base == "category" and resource_type == "Media" else base
+            param = R5_PREFIX + base if base in r5_values else base
             alternatives = tuple(parse_token(v, param) for v in _or_values(value, base))
             if base == "identifier":
                 for token in alternatives:

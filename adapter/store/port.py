@@ -34,7 +34,9 @@ class DateCriterion:
     prefix: str
     start: datetime
     end: datetime | None
-    param: str = "date"  # the indexed date it is on: "date", or "creation" (IHE MHD)
+    #: the indexed date it is on: "date", "creation" (IHE MHD), or a range (SearchIndex.ranges:
+    #: "period", an R5 reader's "r5:date")
+    param: str = "date"
 
 
 @dataclass(frozen=True)

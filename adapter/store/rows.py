@@ -83,6 +83,13 @@ def token_rows(new: NewResource) -> list[dict[str, Any]]:
              "code": code} for param, system, code in dict.fromkeys(new.index.tokens)]
 
 
+def date_range_rows(new: NewResource) -> list[dict[str, Any]]:
+    """One ``date_ranges`` row per distinct (param, low, high) of the search index."""
+    return [{"resource_type": new.resource_type, "id": new.id, "param": param,
+             "low": to_utc(low) if low is not None else None, "high": to_utc(high) if high is not None else None}
+            for param, low, high in dict.fromkeys(new.index.ranges)]
+
+
 def facts_from_row(row: RowMapping) -> AccessFacts | None:
     if row["governed_by"] is None:
         return None

@@ -53,7 +53,9 @@ from adapter.store.dates import UtcDateTime, now_instant
 #:     Rows, Columns…), read from the objects at start for the instances stored before.
 #: 14: dicom_instances' study attributes of QIDO-RS (ReferringPhysicianName, PatientBirthDate,
 #:     PatientSex, StudyID), read with the others by the same start-up fill (every instance again).
-SCHEMA_VERSION = 14
+#: 15: date_ranges (a date search on a Period: ITI-67 ``period``; an R5 reader's ``date``, where a
+#:     record's R5 date is not its R4 one); records and Consents are re-indexed at start.
+SCHEMA_VERSION = 15
 
 
 #: A match key (dicom_instances.*_key): compared in code point order on both databases, so that
@@ -179,6 +181,22 @@ tokens = Table(
                          ondelete="CASCADE"),
     Index("ix_tokens_param_code_system", "param", "code", "system"),
     Index("ix_tokens_resource", "resource_type", "id"),
+)
+
+#: Dates searched as ranges (search.html#date: a Period, or a date of day precision), one row per
+#: (param, range) of a resource's search index: ``low`` its first instant, ``high`` its last (a
+#: point has both the same); NULL an open end (a Period without end is still going on).
+date_ranges = Table(
+    "date_ranges", metadata,
+    Column("resource_type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("low", UtcDateTime),
+    Column("high", UtcDateTime),
+    ForeignKeyConstraint(["resource_type", "id"], [resources.c.resource_type, resources.c.id],
+                         ondelete="CASCADE"),
+    Index("ix_date_ranges_param_low", "param", "low"),
+    Index("ix_date_ranges_resource", "resource_type", "id"),
 )
 
 receipts = Table(

@@ -20,14 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, or_, select, union
+from sqlalchemy import ColumnElement, Select, and_, false, or_, select, true, union
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from adapter.errors import InvalidInput, NotSupported
 from adapter.store.dates import to_utc
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
-from adapter.store.schema import resources, tokens
+from adapter.store.schema import date_ranges, resources, tokens
 
 _r = resources.c
 
@@ -64,7 +64,8 @@ _DATE_PREFIXES: dict[str, Callable[[Any, DateCriterion], ColumnElement[bool]]] =
 }
 
 
-#: The indexed dates a DateCriterion.param names.
+#: The indexed dates a DateCriterion.param names that are columns of ``resources``; any other
+#: param is a range of ``date_ranges``.
 _DATE_COLUMNS = {"date": _r.date, "creation": _r.creation}
 
 
@@ -77,6 +78,47 @@ def date_condition(criterion: DateCriterion, column: Any = _r.date) -> ColumnEle
             raise NotSupported("the date prefix 'ap' is not supported", expression="date")
         raise InvalidInput(f"unknown date prefix {criterion.prefix!r}", expression="date")
     return build(column, criterion)
+
+
+def _range_match(c: DateCriterion) -> ColumnElement[bool]:
+    """A stored range [low, high] (None: open) against the search value's range [start, end),
+    as search.html#date compares a search value with a target range: eq, the value's range
+    contains the target's; ne, it does not; gt/ge, the range above the value (from its start,
+    for ge) overlaps the target; lt/le, the range below it (to its end, for le) does; sa, the
+    target starts after the value; eb, it ends before it. A point (low = high) compares as the
+    ``resources`` dates do."""
+    d = date_ranges.c
+    low_open, high_open = d.low.is_(None), d.high.is_(None)
+    start = to_utc(c.start)
+    end = to_utc(c.end) if c.end is not None else None
+    within = and_(~low_open, d.low >= start, ~high_open, true() if end is None else d.high < end)
+    conditions: dict[str, ColumnElement[bool]] = {
+        "eq": within,
+        "ne": ~within,
+        "gt": or_(high_open, false() if end is None else d.high >= end),
+        "ge": or_(high_open, d.high >= start),
+        "lt": or_(low_open, d.low < start),
+        "le": or_(low_open, true() if end is None else d.low < end),
+        "sa": and_(~low_open, false() if end is None else d.low >= end),
+        "eb": and_(~high_open, d.high < start),
+    }
+    condition = conditions.get(c.prefix)
+    if condition is None:
+        date_condition(c)  # refuses the prefix as a date on a column does
+        raise InvalidInput(f"unknown date prefix {c.prefix!r}", expression="date")
+    return and_(d.param == c.param, condition)
+
+
+def range_condition(resource_type: str, criterion: DateCriterion) -> ColumnElement[bool]:
+    """The resource has a date range (DateCriterion.param) matching ``criterion``; as
+    :func:`token_condition`, an uncorrelated ``id IN (SELECT …)``."""
+    d = date_ranges.c
+    return _r.id.in_(select(d.id).where(d.resource_type == resource_type, _range_match(criterion)))
+
+
+def _date_criterion(resource_type: str, criterion: DateCriterion) -> ColumnElement[bool]:
+    column = _DATE_COLUMNS.get(criterion.param)
+    return date_condition(criterion, column) if column is not None else range_condition(resource_type, criterion)
 
 
 def _token_match(token: TokenCriterion) -> ColumnElement[bool]:
@@ -156,7 +198,7 @@ def search_statement(resource_type: str, criteria: SearchCriteria, *,
                            for system, values in values_by_system.items()]))
     if criteria.patient_reference is not None:
         where.append(_r.patient_reference.in_(criteria.patient_reference))
-    where.extend(_any([date_condition(d, _DATE_COLUMNS[d.param]) for d in group]) for group in criteria.dates)
+    where.extend(_any([_date_criterion(resource_type, d) for d in group]) for group in criteria.dates)
     where.extend(_any([date_condition(d, _r.last_updated) for d in group]) for group in criteria.last_updated)
     if criteria.status is not None:
         where.append(_r.status.in_(criteria.status))

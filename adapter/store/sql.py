@@ -51,6 +51,7 @@ from adapter.store.rows import (
     OUTBOX_PENDING,
     OUTBOX_SENT,
     attribute_columns,
+    date_range_rows,
     dicom_instance_from,
     dicom_instance_row,
     history_row,
@@ -69,6 +70,7 @@ from adapter.store.schema import (
     EncodedJson,
     audit,
     create_schema,
+    date_ranges,
     dicom_instances,
     dicom_released_uids,
     key_fingerprints,
@@ -108,8 +110,9 @@ _PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
 _AUDIT_LOCK = 0x1A6E5706
 _FINGERPRINT_LOCK = 0x1A6E5707  # record_fingerprint
 _MILLISECOND = timedelta(milliseconds=1)
-#: The resources reindex_records re-derives the search index of.
-_RECORD_TYPES = ("Media", "DocumentReference")
+#: The resources reindex_records re-derives the search index of (a Consent's too: its R5 status
+#: and date are indexed beside its R4 ones).
+_RECORD_TYPES = ("Media", "DocumentReference", "Consent")
 _p = patient_pseudonyms.c
 _k = key_fingerprints.c
 
@@ -426,6 +429,8 @@ class SqlRecordStore:
         run(conn, resource_history, history_row(new, document, version_id, now))
         if rows := token_rows(new):
             run(conn, tokens, rows)
+        if ranges := date_range_rows(new):
+            run(conn, date_ranges, ranges)
         now, (document,) = self._stamp(conn, [(new, version_id)], [document], now)
         self._insert_audit(conn, [{"recorded": now, "json": event} for event in audit_events], locked=True)
         return now, document
@@ -548,6 +553,8 @@ class SqlRecordStore:
                 run(conn, resource_history, [history_row(n, e, 1, now) for n, e in pairs])
                 if rows := [row for new in unit.resources for row in token_rows(new)]:
                     run(conn, tokens, rows)
+                if ranges := [row for new in unit.resources for row in date_range_rows(new)]:
+                    run(conn, date_ranges, ranges)
             if unit.outbox:
                 run(conn, outbox, [outbox_row(item, now) for item in unit.outbox])
             self._index_pseudonyms(conn, unit.resources)
@@ -590,8 +597,8 @@ class SqlRecordStore:
             result = conn.execute(update(resources).where(key, _r.version_id == current.version_id).values(row))
             if result.rowcount != 1:
                 raise Conflict(f"{new.resource_type}/{new.id} was changed concurrently")
-            conn.execute(delete(tokens).where(tokens.c.resource_type == new.resource_type,
-                                              tokens.c.id == new.id))
+            for table in (tokens, date_ranges):
+                conn.execute(delete(table).where(table.c.resource_type == new.resource_type, table.c.id == new.id))
             now, document = self._insert_version(conn, new, document, version, audit_events, now)
         return StoredResource(new.resource_type, new.id, version, now, document, new.facts, new.blob_sha256,
                               new.blob_range)
@@ -909,20 +916,28 @@ class SqlRecordStore:
                 rows = conn.execute(_resources_after(after, _r.resource_type.in_(_RECORD_TYPES), batch,
                                                      _r.json)).all()
                 # a batch at a time: one executemany of updates, one delete and one insert of tokens
-                values, token_values = [], []
+                # and of date ranges
+                values, token_values, range_values = [], [], []
                 for rtype, rid, document in rows:
                     index = index_of(document)
-                    values.append({"rt": rtype, "rid": rid, "d": index.date, "c": index.creation, "s": index.status})
-                    token_values += [{"resource_type": rtype, "id": rid, "param": p, "system": s, "code": c}
-                                     for p, s, c in dict.fromkeys(index.tokens)]
+                    values.append({"rt": rtype, "rid": rid, "d": index.date, "c": index.creation, "s": index.status,
+                                   "pr": index.patient_reference})
+                    new = NewResource(rtype, rid, document, index)
+                    token_values += token_rows(new)
+                    range_values += date_range_rows(new)
                 if values:
                     conn.execute(update(resources).where(_r.resource_type == bindparam("rt"), _r.id == bindparam("rid"))
-                                 .values(date=bindparam("d"), creation=bindparam("c"), status=bindparam("s")), values)
+                                 .values(date=bindparam("d"), creation=bindparam("c"), status=bindparam("s"),
+                                         patient_reference=bindparam("pr")), values)
                 for rtype in {v["rt"] for v in values}:
-                    conn.execute(delete(tokens).where(t.resource_type == rtype,
-                                                      t.id.in_([v["rid"] for v in values if v["rt"] == rtype])))
+                    rids = [v["rid"] for v in values if v["rt"] == rtype]
+                    conn.execute(delete(tokens).where(t.resource_type == rtype, t.id.in_(rids)))
+                    conn.execute(delete(date_ranges).where(date_ranges.c.resource_type == rtype,
+                                                           date_ranges.c.id.in_(rids)))
                 if token_values:
                     conn.execute(tokens.insert(), token_values)
+                if range_values:
+                    conn.execute(date_ranges.insert(), range_values)
                 count += len(rows)
                 if len(rows) < batch:
                     break

@@ -512,8 +512,8 @@ def test_the_versions_operation_names_the_fhir_versions_served_and_the_default(t
 def test_a_later_page_links_back_to_the_first_and_the_previous_one(tmp_path: Path) -> None:
     """Search and history pages linked only forwards (self, next): a client paging a result in
     a viewer could not go back but by rebuilding the query. A page after the first now links
-    ``first`` and ``previous`` (http.html#paging), with the same parameters; the first page
-    does not."""
+    ``first`` and ``previous`` (http.html#paging), with the same parameters. Review finding (mhd
+    11): the first page had no ``first`` link; it has one now (itself, without ``_offset``)."""
     def links(bundle: dict) -> dict[str, str]:
         return {link["relation"]: link["url"].split("/fhir/", 1)[1] for link in bundle["link"]}
 
@@ -524,7 +524,8 @@ def test_a_later_page_links_back_to_the_first_and_the_previous_one(tmp_path: Pat
         consents = [client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=FHIR_JSON).json()
                     for _ in range(3)]
         first = client.get("/fhir/Consent?_count=1", headers=TREAT).json()
-        assert set(links(first)) == {"self", "next"}
+        assert set(links(first)) == {"self", "first", "next"}
+        assert links(first)["first"] == "Consent?_count=1"
         second = client.get("/fhir/" + links(first)["next"], headers=TREAT).json()
         assert set(links(second)) == {"self", "first", "previous", "next"}
         assert ids(client.get("/fhir/" + links(second)["previous"], headers=TREAT).json()) == ids(first)
@@ -539,12 +540,26 @@ def test_a_later_page_links_back_to_the_first_and_the_previous_one(tmp_path: Pat
             stored = client.put(f"/fhir/Consent/{stored['id']}", json={**stored, "status": status},
                                 headers=FHIR_JSON).json()
         page1 = client.get(f"/fhir/Consent/{stored['id']}/_history?_count=1", headers=TREAT).json()
-        assert set(links(page1)) == {"self", "next"}
+        assert set(links(page1)) == {"self", "first", "next"}
         page2 = client.get("/fhir/" + links(page1)["next"], headers=TREAT).json()
         assert set(links(page2)) == {"self", "first", "previous", "next"}
         back = client.get("/fhir/" + links(page2)["previous"], headers=TREAT).json()
         assert [e["resource"]["meta"]["versionId"] for e in back["entry"]] == ["3"]
         assert client.get("/fhir/" + links(page2)["first"], headers=TREAT).json()["entry"] == back["entry"]
+
+
+def test_a_search_by_post_without_a_body_takes_the_url_parameters(tmp_path: Path) -> None:
+    """Review finding (mhd 11): ``POST [type]/_search?<params>`` with no body and no Content-Type
+    (the IHE ITI-67 example, 2:3.67.4.1.2.3.2) was refused with 415. An empty body needs no
+    Content-Type: the parameters of the URL are the search. A body still needs the form type."""
+    with adapter_client(tmp_path) as (client, _):
+        consent = client.post("/fhir/Consent", json=consent_resource(["TREAT"]), headers=FHIR_JSON).json()
+        r = client.post("/fhir/Consent/_search?status=active", headers=TREAT)
+        assert r.status_code == 200, r.text
+        assert [e["resource"]["id"] for e in r.json()["entry"]] == [consent["id"]]
+        assert client.post("/fhir/Consent/_search?status=inactive", headers=TREAT).json()["total"] == 0
+        r = client.post("/fhir/Consent/_search?status=active", content=b"status=inactive", headers=TREAT)
+        assert r.status_code == 415, r.text
 
 
 def test_format_with_a_fhir_version_and_a_quality_zero_accept(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from adapter.mapping.fhir_r4 import RECORD_INDEX_VERSION, index_resource
+from adapter.model.record import NewResource
 from tests.conftest import ROOT
 from tests.support.app import (
     PATIENT,
@@ -94,7 +96,7 @@ def test_status_is_a_token_and_its_modifiers_are_refused_not_dropped(tmp_path: P
             assert r.status_code == 400 and "modifier" in r.json()["issue"][0]["diagnostics"], query
 
 
-@pytest.mark.parametrize("param", ["author.given=Jane", "author.family=Doe", "period=ge2026", "related=x"])
+@pytest.mark.parametrize("param", ["author.given=Jane", "author.family=Doe", "related=x"])
 def test_what_cannot_be_honoured_is_refused_with_the_reason(tmp_path: Path, param: str) -> None:
     with adapter_client(tmp_path) as (client, _):
         _document(client, "2026-03-05T10:00:00Z")
@@ -138,19 +140,28 @@ def test_in_r5_creation_finds_photos_too(tmp_path: Path) -> None:
 
 
 def test_records_stored_before_the_parameters_existed_are_re_indexed_at_start(tmp_path: Path) -> None:
-    """A store of schema 9 has no creation column, no ITI-67 tokens and no index version: the
-    upgrade adds the column and the start re-derives every record's index from its JSON."""
+    """A store of schema 9 has no creation column, no ITI-67 tokens, no date ranges, no R5 values
+    and no index version: the upgrade adds the column and the table, and the start re-derives
+    every record's (and Consent's) index from its JSON."""
     with adapter_client(tmp_path) as (client, _):
         march = _document(client, "2026-03-05T10:00:00Z")["record"]
+        photo = post_photo(client, WOUND, metadata(takenAt="2026-03-05T08:00:00Z")).json()["record"]
+        consent = client.post("/fhir/Consent", json=consent_resource(["TREAT"], status="proposed"),
+                              headers={"Content-Type": "application/fhir+json"}).json()["id"]
     with sqlite3.connect(tmp_path / "data" / "adapter.db") as db:  # back to what schema 9 held
         db.execute("ALTER TABLE resources DROP COLUMN creation")
-        db.execute("DELETE FROM tokens WHERE param IN ('security-label', 'format')")
+        db.execute("DELETE FROM tokens WHERE param IN ('security-label', 'format') OR param LIKE 'r5:%'")
+        db.execute("DROP TABLE date_ranges")
         db.execute("DELETE FROM key_fingerprints WHERE name = 'search-index'")
         db.execute("UPDATE schema_version SET version = 9")  # as a version 9 database says
     with adapter_client(tmp_path) as (client, services):
         assert _found(client, "creation=2026-03-05") == [march]
         assert _found(client, f"security-label={CONFIDENTIALITY}|R&format={FORMAT}") == [march]
-        assert services.store.reindex_records("records:2", lambda _: pytest.fail("indexed again")) == 0
+        assert _found(client, "period=ge2026-03-05") == [march]
+        assert _r5_found(client, "status=current&category=http://terminology.hl7.org/CodeSystem/media-type|image"
+                         "&date=ge2020") == [photo.split("/")[1]]
+        assert _r5_found(client, "status=draft", "Consent") == [consent]
+        assert services.store.reindex_records(RECORD_INDEX_VERSION, lambda _: pytest.fail("indexed again")) == 0
 
 
 def test_document_location_is_a_full_url_the_consumer_retrieves_as_given(tmp_path: Path) -> None:
@@ -299,3 +310,138 @@ def test_a_document_source_may_raise_the_confidentiality(tmp_path: Path) -> None
         for resource in (record, binary):
             labels = [c["code"] for c in resource["meta"]["security"] if c["system"] == CONFIDENTIALITY]
             assert labels == ["V"], resource["resourceType"]
+
+
+def _r5_found(client: Any, query: str, rtype: str = "DocumentReference") -> list[str]:
+    r = client.get(f"/fhir/{rtype}?{query}", headers={**as_purpose("TREAT"), **R5})
+    assert r.status_code == 200, (query, r.text)
+    return sorted(e["resource"]["id"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match")
+
+
+def test_an_r5_search_matches_the_r5_resource_it_returns(tmp_path: Path) -> None:
+    """Review finding (mhd 1): in R5, where a photo (an R4 Media) is a DocumentReference with
+    status current, ``status=current`` found no photo and ``status=completed`` (no R5
+    DocumentReference status) did; ``category`` and ``type`` matched the Media's codes, not the
+    R5 resource's (the media type is its category; it has no type); ``date`` matched when the
+    photo was taken, not its R5 date (when it was stored). Every value is now the served one."""
+    media_type = "http://terminology.hl7.org/CodeSystem/media-type|image"
+    with adapter_client(tmp_path) as (client, _):
+        photo = post_photo(client, WOUND, metadata(takenAt="2020-03-05T08:00:00Z")).json()["record"]
+        doc = _document(client, "2020-03-05T10:00:00Z")["record"]
+        photo_id, doc_id = photo.split("/")[1], doc.split("/")[1]
+        both = sorted([photo_id, doc_id])
+        shown = client.get(f"/fhir/DocumentReference/{photo_id}", headers={**as_purpose("TREAT"), **R5}).json()
+        assert shown["status"] == "current" and "type" not in shown
+        patient = f"patient.identifier={PATIENT_ID}"
+        assert _r5_found(client, f"{patient}&status=current") == both
+        assert _r5_found(client, f"{patient}&status=http://hl7.org/fhir/document-reference-status|current") == both
+        assert _r5_found(client, f"{patient}&status=completed") == []
+        assert _r5_found(client, f"{patient}&status=entered-in-error") == []
+        assert _r5_found(client, f"{patient}&category={media_type}") == [photo_id]
+        assert _r5_found(client, f"{patient}&category=urn:clinical-image-adapter:photo-kind|clinical") == [photo_id]
+        assert _r5_found(client, f"{patient}&type={media_type}") == []
+        assert _r5_found(client, f"{patient}&type=image") == []
+        # the R5 date of a photo is Media.issued (when stored), of a document its date
+        assert _r5_found(client, f"{patient}&date=2020-03-05") == []
+        assert _r5_found(client, f"{patient}&date=ge2024") == both
+        assert _r5_found(client, f"{patient}&creation=2020-03-05") == both
+        # R4 keeps R4's values
+        r4 = client.get(f"/fhir/Media?{patient}&status=completed&type={media_type}&date=2020-03-05",
+                        headers=as_purpose("TREAT"))
+        assert [e["resource"]["id"] for e in r4.json()["entry"]] == [photo_id]
+        assert _found(client, "") == [doc]
+
+
+def test_an_r5_consent_search_matches_the_r5_consent(tmp_path: Path) -> None:
+    """R4 Consent status proposed is R5 draft (rejected: not-done), and R5 Consent.date is the
+    day of R4 dateTime: searched as R5 shows them."""
+    fhir_json = {"Content-Type": "application/fhir+json"}
+    with adapter_client(tmp_path) as (client, _):
+        proposed = client.post("/fhir/Consent", json=consent_resource(["TREAT"], status="proposed"), headers=fhir_json)
+        assert proposed.status_code == 201, proposed.text
+        cid = proposed.json()["id"]
+        patient = f"patient:identifier={PATIENT_ID}"
+        assert _r5_found(client, f"{patient}&status=draft", "Consent") == [cid]
+        assert _r5_found(client, f"{patient}&status=proposed", "Consent") == []
+        # R5 date 2026-11-26 (a day) overlaps what is after noon of that day; R4's instant (10:00Z) does not
+        assert _r5_found(client, f"{patient}&date=ge2026-11-26T12:00:00Z", "Consent") == [cid]
+        assert _r5_found(client, f"{patient}&date=gt2026-11-26", "Consent") == []
+        r4 = client.get(f"/fhir/Consent?{patient}&status=proposed&date=lt2026-11-26T12:00:00Z",
+                        headers=as_purpose("TREAT"))
+        assert [e["resource"]["id"] for e in r4.json()["entry"]] == [cid]
+
+
+def _mhd_document_of(client: Any, subject: dict[str, Any], path: Path = DOCUMENT) -> str:
+    bundle = provide_document_bundle(path.read_bytes())
+    for entry in bundle["entry"][:2]:
+        entry["resource"]["subject"] = subject
+    bundle["entry"][1]["resource"]["masterIdentifier"]["value"] += "." + str(len(path.name))
+    r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+    return str(r.json()["entry"][1]["response"]["location"].split("/")[1])
+
+
+def test_a_patient_reference_search_follows_fhir_reference_search(tmp_path: Path) -> None:
+    """Review finding (mhd 2): ``patient=<absolute URL>`` was cut to its last two segments: a
+    document filed with ``http://ehr.example.org/fhir/Patient/p9`` was not found by that URL, and
+    one filed with ``Patient/p11`` was found by another server's ``.../Patient/p11``. A relative
+    value (or an id) means a Patient of this server; an absolute URL only that URL, this server's
+    own base meaning the relative form (search.html#reference)."""
+    ehr = "http://ehr.example.org/fhir/Patient/p9"
+    with adapter_client(tmp_path) as (client, _):
+        absolute = _mhd_document_of(client, {"reference": ehr, "identifier": dict(PATIENT)})
+        relative = _mhd_document_of(client, {"reference": "Patient/p11", "identifier": dict(PATIENT)},
+                                    ROOT / "samples" / "tiny.jpg")
+        assert relative != absolute
+        for query in (f"patient={ehr}", f"subject={ehr}", f"patient:Patient={ehr}", f"subject={ehr}/_history/2"):
+            assert _r4_ids(client, query) == [absolute], query
+        for query in ("patient=Patient/p9", "patient=p9", "patient=http://other.example.net/fhir/Patient/p9"):
+            assert _r4_ids(client, query) == [], query
+        for query in ("patient=Patient/p11", "patient=p11", "subject:Patient=p11",
+                      "patient=http://testserver/fhir/Patient/p11"):
+            assert _r4_ids(client, query) == [relative], query
+        for query in ("patient=http://other.example.net/fhir/Patient/p11", "patient=http://ehr.example.org/fhir/Patient/p11"):
+            assert _r4_ids(client, query) == [], query
+        # the Provenance of each record, as the records were found (the same rule)
+        provenance = client.get(f"/fhir/Provenance?patient={ehr}", headers=as_purpose("TREAT")).json()
+        assert provenance["total"] == 1
+        r = client.get(f"/fhir/Provenance?target=http://testserver/fhir/DocumentReference/{absolute}",
+                       headers=as_purpose("TREAT"))
+        assert r.json()["total"] == 1, r.text
+        r = client.get(f"/fhir/Provenance?target=http://other.example.net/fhir/DocumentReference/{absolute}",
+                       headers=as_purpose("TREAT"))
+        assert r.status_code == 200 and r.json()["total"] == 0, r.text
+
+
+def _r4_ids(client: Any, query: str) -> list[str]:
+    r = client.get(f"/fhir/DocumentReference?{query}", headers=as_purpose("TREAT"))
+    assert r.status_code == 200, (query, r.text)
+    return sorted(e["resource"]["id"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match")
+
+
+def test_period_is_a_date_search_on_the_context_period(tmp_path: Path) -> None:
+    """Review finding (mhd 5): ITI-67 ``period`` was refused. It searches context.period as a
+    FHIR date search on a Period (search.html#date): a start without an end is open-ended."""
+    with adapter_client(tmp_path) as (client, services):
+        march = _document(client, "2026-03-05T10:00:00Z")["record"]  # context.period.start only
+        stored = services.store.get("DocumentReference", march.split("/")[1])
+        assert stored is not None and list(stored.resource["context"]["period"]) == ["start"]
+        span = _document(client, "2025-01-01T09:00:00Z", ROOT / "samples" / "tiny.jpg")["record"]
+        spanned = services.store.get("DocumentReference", span.split("/")[1])
+        assert spanned is not None
+        resource = {**spanned.resource, "context": {**spanned.resource["context"],
+                                                    "period": {"start": "2025-01-01T09:00:00Z", "end": "2025-01-03"}}}
+        services.store.update(NewResource("DocumentReference", spanned.id, resource, index_resource(resource),
+                                          spanned.facts, spanned.blob_sha256))
+        assert _found(client, "period=2026-03-05") == []  # open-ended: not within the day
+        assert _found(client, "period=ge2026-03-05") == [march]
+        assert _found(client, "period=ge2030") == [march]  # still going on
+        assert _found(client, "period=le2025-01-01") == [span]
+        assert _found(client, "period=2025-01") == [span]  # 1 to 3 January: within January
+        assert _found(client, "period=ge2025-01-03&period=le2025-01-03") == [span]
+        assert _found(client, "period=gt2025-01-03") == [march]
+        assert _found(client, "period=sa2024&period=eb2026") == [span]
+        assert _found(client, "period=ne2025-01") == [march]
+        r5 = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&period=2025-01",
+                        headers={**as_purpose("TREAT"), **R5})
+        assert [e["resource"]["id"] for e in r5.json()["entry"]] == [span.split("/")[1]]

@@ -1502,7 +1502,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 14
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 15
         assert "creation" in {c["name"] for c in inspector.get_columns("resources")}
         assert "ix_resources_blob" in {i["name"] for i in inspector.get_indexes("resources")}
         columns = {c["name"] for c in inspector.get_columns("dicom_instances")}
@@ -1512,7 +1512,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
     assert {"patient_name", "study_description", "accession_number", "study_time", *MATCH_KEYS} <= columns
     kept = upgraded.find_dicom_instance(instance.sop_instance_uid)
     assert kept is not None and kept.patient_name is None and kept.study_date == instance.study_date
-    assert {"key_fingerprints", "patient_pseudonyms"} <= tables and "dicom_uid_spaces" not in tables
+    assert {"key_fingerprints", "patient_pseudonyms", "date_ranges"} <= tables and "dicom_uid_spaces" not in tables
     assert upgraded.index_released_uids("fp", released_rows) == 1  # the fingerprint went with the old table
     assert upgraded.index_pseudonyms("pk", lambda p: f"ps-{p.value}") == 1
     assert upgraded.find_pseudonymised([f"ps-{PATIENT.value}"]) == [PATIENT]
@@ -1532,7 +1532,7 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 14
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 15
         assert {f"ix_dicom_instances_{c}" for c in MATCH_KEYS} <= \
             {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
         if conn.dialect.name == "postgresql":
@@ -1604,7 +1604,7 @@ def test_version_12_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 14
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 15
         inspector = sa.inspect(conn)
         assert set(ATTRIBUTE_COLUMNS) <= {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert "ix_dicom_instances_attributes_unread" in {i["name"] for i in inspector.get_indexes("dicom_instances")}
@@ -1640,7 +1640,7 @@ def test_version_13_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 14
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 15
         assert set(STUDY_ATTRIBUTE_COLUMNS) <= {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [None] * 3  # type: ignore[union-attr]
     assert upgraded.fill_dicom_attributes(lambda _: MULTIFRAME, batch=2) == 3
@@ -1740,8 +1740,9 @@ def test_referenced_blobs_are_those_a_resource_or_a_received_object_refers_to(st
 
 
 def test_reindex_records_derives_the_index_afresh_once_per_version(store: SqlRecordStore) -> None:
-    """Records indexed before (here: with no creation and no tokens) get the index of the new
-    version from their JSON, on both databases; the same version again does nothing."""
+    """Records and Consents indexed before (here: with no creation, no tokens, no date ranges)
+    get the index of the new version from their JSON, on both databases; the same version again
+    does nothing."""
     doc = make_resource("DocumentReference", "doc", status="current",
                         securityLabel=[{"coding": [{"system": "urn:conf", "code": "R"}]}],
                         content=[{"attachment": {"creation": "2026-03-05T10:00:00+01:00"}}])
@@ -1756,18 +1757,26 @@ def test_reindex_records_derives_the_index_afresh_once_per_version(store: SqlRec
         labels = [("security-label", c["system"], c["code"]) for s in resource.get("securityLabel", [])
                   for c in s["coding"]]
         return SearchIndex(patient=PATIENT, status="indexed", tokens=tuple(labels),
-                           creation=datetime.fromisoformat(creation) if creation else None)
+                           creation=datetime.fromisoformat(creation) if creation else None,
+                           patient_reference="Patient/p1",
+                           ranges=(("period", datetime(2026, 1, 1, tzinfo=UTC), None),))
 
-    assert store.reindex_records("v-test", index_of) == 2  # the records, not the Consent
+    assert store.reindex_records("v-test", index_of) == 3  # the records and the Consent
+    going_on = DateCriterion("ge", datetime(2030, 1, 1, tzinfo=UTC), datetime(2031, 1, 1, tzinfo=UTC), param="period")
+    before = DateCriterion("lt", datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC), param="period")
+    assert ids(store.search_index("Media", SearchCriteria(dates=((going_on,),)))) == ["photo"]
+    assert ids(store.search_index("Media", SearchCriteria(dates=((before,),)))) == []
+    assert ids(store.search_index("Consent", SearchCriteria(patient_reference=("Patient/p1",)))) == ["c1"]
     march = DateCriterion("eq", datetime(2026, 3, 5, 9, tzinfo=UTC), datetime(2026, 3, 5, 9, 0, 1, tzinfo=UTC),
                           param="creation")
     assert ids(store.search_index("DocumentReference", SearchCriteria(dates=((march,),)))) == ["doc"]
     assert ids(store.search_index("DocumentReference", SearchCriteria(
         tokens=((TokenCriterion("security-label", "R", "urn:conf"),),)))) == ["doc"]
     assert ids(store.search_index("Media", SearchCriteria(status=("indexed",)))) == ["photo"]
-    assert ids(store.search_index("Consent", SearchCriteria(status=("indexed",)))) == []
+    assert ids(store.search_index("Consent", SearchCriteria(status=("indexed",)))) == ["c1"]
     assert store.reindex_records("v-test", lambda _: pytest.fail("indexed again")) == 0
-    assert store.reindex_records("v-next", index_of, batch=1) == 2  # a new version: again, in batches of one
+    assert store.reindex_records("v-next", index_of, batch=1) == 3  # a new version: again, in batches of one
+    assert ids(store.search_index("Media", SearchCriteria(dates=((going_on,),)))) == ["photo"]  # not twice
 
 
 def test_a_late_failure_report_never_puts_an_acknowledged_item_back(open_records: StoreFactory) -> None:

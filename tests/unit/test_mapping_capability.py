@@ -58,7 +58,9 @@ def test_valid_and_complete(version: str) -> None:
                           "type": "token", "category": "token", "status": "token", "identifier": "token",
                           "modality": "token", "kind": "token", "_count": "number", "_sort": "special",
                           "_total": "token", "creation": "date", "security-label": "token", "format": "token",
-                          "setting": "token", "facility": "token", "event": "token"}
+                          "setting": "token", "facility": "token", "event": "token", "period": "date"}
+    [period] = [p for p in resources["DocumentReference"]["searchParam"] if p["name"] == "period"]
+    assert period["definition"] == "http://hl7.org/fhir/SearchParameter/DocumentReference-period"
     # review finding: an ITI-67 query by setting, facility or event could not be made (they were
     # dropped from here, since nothing stored had them); a Document Source's are kept now
     definitions = {p["name"]: p.get("definition") for p in resources["DocumentReference"]["searchParam"]}

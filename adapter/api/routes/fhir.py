@@ -637,10 +637,19 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
     """Search with the parameters in an application/x-www-form-urlencoded body (and any in the
     URL, combined), as FHIR's search by POST: a patient identifier then stays out of the URLs
     that proxies and servers log. The links of the answer are GET URLs holding the search sealed
-    (``?_page=``, adapter.services.search_pages), so following them keeps it out too."""
-    body = await _body(request, ("application/x-www-form-urlencoded",),
-                       "a search by POST takes application/x-www-form-urlencoded parameters", SEARCH_BODY_LIMIT,
-                       f"the search parameters are longer than {SEARCH_BODY_LIMIT} bytes")
+    (``?_page=``, adapter.services.search_pages), so following them keeps it out too.
+
+    A request with no body needs no Content-Type: the URL's parameters are the search (the IHE
+    MHD ITI-67 example, 2:3.67.4.1.2.3.2, POSTs ``DocumentReference/_search?<params>`` so)."""
+    form_type = "application/x-www-form-urlencoded"
+    refusal = f"a search by POST takes {form_type} parameters"
+    too_large = f"the search parameters are longer than {SEARCH_BODY_LIMIT} bytes"
+    if "content-type" in request.headers:
+        body = await _body(request, (form_type,), refusal, SEARCH_BODY_LIMIT, too_large)
+    elif await _body_is_empty(request):
+        body = b""
+    else:  # a body of a type not declared
+        raise UnsupportedMediaType(refusal)
     try:
         form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
                          max_num_fields=1000)
@@ -651,6 +660,14 @@ async def search_by_post(resource_type: str, request: Request, reader: ReaderDep
         raise InvalidQuery(f"{PAGE_PARAM} is a link to follow with GET", expression=PAGE_PARAM)
     _audit_search_as(reader, body)
     return await _search(resource_type, request, reader, services, accept, params, sealed=True)
+
+
+async def _body_is_empty(request: Request) -> bool:
+    """Whether the request has no body (reading at most one chunk of it)."""
+    async for chunk in request.stream():
+        if chunk:
+            return False
+    return True
 
 
 def _count_used(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -664,14 +681,16 @@ def _count_used(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def _page_links(link: Callable[[list[tuple[str, str]]], str], params: list[tuple[str, str]], *, offset: int,
                 count: int, more: bool) -> dict[str, str | None]:
     """The paging links of a search or history page (http.html#paging), each ``link`` of the
-    page's ``params`` with its own ``_offset``: ``next`` when more follow, ``first`` and
-    ``previous`` on a page after the first; none for ``_count=0`` (the total only)."""
+    page's ``params`` with its own ``_offset``: ``first`` (the page without ``_offset``, the
+    first page's own too), ``next`` when more follow, ``previous`` on a page after the first;
+    none for ``_count=0`` (the total only)."""
     kept = [(k, v) for k, v in params if k != "_offset"]
     pages: dict[str, str | None] = {"next_url": None, "first_url": None, "previous_url": None}
+    if count > 0:
+        pages["first_url"] = link(kept)
     if count > 0 and more:
         pages["next_url"] = link(kept + [("_offset", str(offset + count))])
     if count > 0 and offset > 0:  # a page after the first: the way back
-        pages["first_url"] = link(kept)
         pages["previous_url"] = link(kept + [("_offset", str(max(0, offset - count)))])
     return pages
 
@@ -694,7 +713,8 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     if resource_type == "Binary":  # read it (ITI-68), by the reference its record holds
         raise NotSupported("search on Binary is not supported")
     _no_media_in_r5(resource_type, version, "search DocumentReference")
-    req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")), r5=version == "5")
+    req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")), r5=version == "5",
+                       base_url=_fhir_base(request, services))
     how = parse_subsetting(params)
     if req.ignored:  # the links name only the parameters the search used (search.html#errors)
         params = [(k, v) for k, v in params if k[:40] not in req.ignored and f"{k[:40]}={v[:60]}" not in req.ignored]
