@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
@@ -1545,8 +1546,6 @@ def test_a_consent_naming_a_record_not_of_its_patient_is_refused(tmp_path: Path)
                           mine["record"].replace("Media/", "DocumentReference/")):
             assert client.post("/fhir/Consent", json=naming(reference)).status_code == 201, reference
         # stored before this check: its withdrawal is not refused for the reference it holds
-        from adapter.mapping.photo import index_resource
-        from adapter.model.record import NewResource
         old = {**naming(theirs["record"]), "id": "held-before"}
         services.store.create(NewResource("Consent", "held-before", old, index_resource(old)))
         withdrawn = {**old, "status": "inactive"}
