@@ -510,6 +510,12 @@ def test_the_sources_context_period_is_kept_as_sent(tmp_path: Path) -> None:
         [stored] = _found(client)
         assert stored["context"]["period"] == {"start": "2026-10-31T08:00:00Z", "end": "2026-10-31T11:00:00Z"}
         assert stored["content"][0]["attachment"]["creation"] == "2026-11-01T09:00:00+00:00"
+        # ITI-67 period finds it by the period sent, not by when it was photographed
+        for query, found in (("period=2026-10-31", 1), ("period=2026-11-01", 0), ("period=lt2026-10-31T09:00:00Z", 1),
+                             ("period=gt2026-10-31T12:00:00Z", 0)):
+            r = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&{query}",
+                           headers=as_purpose("TREAT"))
+            assert r.status_code == 200 and r.json()["total"] == found, (query, r.text)
 
 
 def test_a_clinical_photo_without_consent_is_refused_pointing_into_the_bundle(tmp_path: Path) -> None:
