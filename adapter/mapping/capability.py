@@ -7,6 +7,7 @@ server, so ``implementation`` is present (cpb-14).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -117,6 +118,10 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
                           "`DocumentReference/<id>` or `Consent/<id>` (also `target:Media=<id>`)."),
                    _COUNT, _SORT, _TOTAL),
 }
+#: The names R5 gives some parameters of R4 (R5 DocumentReference-format-code, -event-code; R4's
+#: format and event): an R5 reader searches by them (adapter.services.search_params, which takes
+#: the R4 names from an R5 reader too).
+R5_NAMES: dict[str, dict[str, str]] = {"DocumentReference": {"format": "format-code", "event": "event-code"}}
 #: The SearchParameter of the core specification each parameter is (its ``definition``, which
 #: CapabilityStatement.rest.resource.searchParam.definition says "SHALL be populated if the search
 #: parameter refers to a SearchParameter defined by the FHIR core specification"), per FHIR version and
@@ -151,7 +156,8 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                               "security-label": "DocumentReference-security-label",
                               "setting": "DocumentReference-setting", "facility": "DocumentReference-facility",
                               "modality": "DocumentReference-modality", "creation": "DocumentReference-creation",
-                              "period": "DocumentReference-period"},
+                              "period": "DocumentReference-period", "format-code": "DocumentReference-format-code",
+                              "event-code": "DocumentReference-event-code"},
         "Consent": {"patient": "clinical-patient", "subject": "Consent-subject", "date": "clinical-date",
                     "status": "Consent-status", "category": "Consent-category", "purpose": "Consent-purpose"},
         "Provenance": {"patient": "clinical-patient", "recorded": "Provenance-recorded",
@@ -212,7 +218,9 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
     params = SEARCH_PARAMS.get(resource_type)
     if params:
         out["searchParam"] = []
+        names = R5_NAMES.get(resource_type, {}) if fhir_version == "5.0.0" else {}
         for p in params:
+            p = dataclasses.replace(p, name=names[p.name]) if p.name in names else p
             definition = _definition(resource_type, p, fhir_version)
             out["searchParam"].append({"name": p.name, **({"definition": definition} if definition else {}),
                                        "type": p.type, "documentation": p.documentation})
@@ -272,5 +280,5 @@ def versions_plain() -> JSON:
     return {"versions": list(VERSION_PARAMETERS), "default": DEFAULT_VERSION_PARAMETER}
 
 
-__all__ = ["DEFAULT_VERSION_PARAMETER", "FHIR_VERSIONS", "PURPOSE_OF_USE_HEADER", "R4_TYPES", "SEARCH_PARAMS",
+__all__ = ["DEFAULT_VERSION_PARAMETER", "FHIR_VERSIONS", "PURPOSE_OF_USE_HEADER", "R4_TYPES", "R5_NAMES", "SEARCH_PARAMS",
            "VERSIONS_OPERATION", "VERSION_PARAMETERS", "capability_statement", "versions_parameters", "versions_plain"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from adapter.errors import InvalidQuery, NotSupported, TooCostly, UnsupportedResourceType
+from adapter.mapping.capability import R5_NAMES
 from adapter.mapping.fhir_r4 import R5_PREFIX
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, identifier_too_long
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
@@ -370,8 +371,10 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     if len(filters) > MAX_CRITERIA:
         raise TooCostly(f"a search takes at most {MAX_CRITERIA} criteria ({len(filters)} given); "
                         "combine values of one parameter with commas (OR)")
+    r5_names = {r5_name: name for name, r5_name in R5_NAMES.get(resource_type, {}).items()} if r5 else {}
     for name, value in params:
         base, _, modifier = _CHAINS.get(name, name).partition(":")
+        base = r5_names.get(base, base)  # format-code, event-code: R5's names of format, event
         if base in _IGNORED:
             continue
         if base == "_summary":

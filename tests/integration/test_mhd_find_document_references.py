@@ -445,3 +445,21 @@ def test_period_is_a_date_search_on_the_context_period(tmp_path: Path) -> None:
         r5 = client.get(f"/fhir/DocumentReference?patient.identifier={PATIENT_ID}&period=2025-01",
                         headers={**as_purpose("TREAT"), **R5})
         assert [e["resource"]["id"] for e in r5.json()["entry"]] == [span.split("/")[1]]
+
+
+def test_an_r5_reader_searches_format_and_event_by_their_r5_names(tmp_path: Path) -> None:
+    """R5 names R4's DocumentReference ``format`` and ``event`` parameters ``format-code`` and
+    ``event-code`` (hl7.fhir.r5.core SearchParameter DocumentReference-format-code, -event-code):
+    an R5 reader searches by them (400 before), and the R5 CapabilityStatement declares them so."""
+    with adapter_client(tmp_path) as (client, _):
+        doc, _entry_uuid = _mhd_document(client)
+        doc_id = doc.split("/")[1]
+        for query in (f"format-code={XPHR['system']}|{XPHR['code']}", f"event-code={SNOMED}|71388002"):
+            assert _r5_found(client, query) == [doc_id], query
+            assert _r5_found(client, query.replace("|", "|x")) == [], query
+        cs = client.get("/fhir/metadata", headers=R5).json()
+        [resource] = [r for r in cs["rest"][0]["resource"] if r["type"] == "DocumentReference"]
+        declared = {p["name"]: p.get("definition") for p in resource["searchParam"]}
+        assert declared["format-code"] == "http://hl7.org/fhir/SearchParameter/DocumentReference-format-code"
+        assert declared["event-code"] == "http://hl7.org/fhir/SearchParameter/DocumentReference-event-code"
+        assert "format" not in declared and "event" not in declared

@@ -57,8 +57,11 @@ def test_valid_and_complete(version: str) -> None:
                           "date": "date",
                           "type": "token", "category": "token", "status": "token", "identifier": "token",
                           "modality": "token", "kind": "token", "_count": "number", "_sort": "special",
-                          "_total": "token", "creation": "date", "security-label": "token", "format": "token",
-                          "setting": "token", "facility": "token", "event": "token", "period": "date"}
+                          "_total": "token", "creation": "date", "security-label": "token",
+                          # R5 names them format-code and event-code
+                          ("format" if version == "4.0.1" else "format-code"): "token",
+                          "setting": "token", "facility": "token",
+                          ("event" if version == "4.0.1" else "event-code"): "token", "period": "date"}
     [period] = [p for p in resources["DocumentReference"]["searchParam"] if p["name"] == "period"]
     assert period["definition"] == "http://hl7.org/fhir/SearchParameter/DocumentReference-period"
     # review finding: an ITI-67 query by setting, facility or event could not be made (they were
@@ -66,8 +69,9 @@ def test_valid_and_complete(version: str) -> None:
     definitions = {p["name"]: p.get("definition") for p in resources["DocumentReference"]["searchParam"]}
     core = "http://hl7.org/fhir/SearchParameter/DocumentReference-"
     assert definitions["setting"] == core + "setting" and definitions["facility"] == core + "facility"
-    # R5 names the event's code event-code: there event is this server's own, as format is
-    assert definitions["event"] == (core + "event" if version == "4.0.1" else None)
+    # R5 names the event's code event-code, the format's format-code (core's, there)
+    assert (definitions["event"] == core + "event") if version == "4.0.1" else \
+        (definitions["event-code"] == core + "event-code" and definitions["format-code"] == core + "format-code")
     creation = next(p for p in resources["DocumentReference"]["searchParam"] if p["name"] == "creation")
     # MHD's in R4; R5's core specification defines creation itself (its definition then SHALL be that one)
     assert creation["definition"] == ("https://profiles.ihe.net/ITI/MHD/SearchParameter/DocumentReference-Creation"
