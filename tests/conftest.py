@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
 
 # Every FHIR R4 (and R5) resource an adapter response carried, validated once at the end of the
-# session: R4 with tools/validate-fhir.mjs, R5 with tools/validate-fhir-r5.mjs.
-EMITTED_R4: list[dict[str, Any]] = []
-EMITTED_R5: list[dict[str, Any]] = []
+# session: R4 with tools/validate-fhir.mjs, R5 with tools/validate-fhir-r5.mjs. An R4 answer in
+# FHIR XML is validated as XML (the driver reads it with FHIR.js, not with the adapter's reader).
+EMITTED_R4: list[dict[str, Any] | bytes] = []
+EMITTED_R5: list[dict[str, Any] | bytes] = []
 
 
 def record_emitted(body: Any, fhir_version: str = "4") -> None:
@@ -33,6 +34,18 @@ def record_emitted(body: Any, fhir_version: str = "4") -> None:
             record_emitted(b, fhir_version)
     elif isinstance(body, dict) and "resourceType" in body:
         (EMITTED_R5 if fhir_version == "5" else EMITTED_R4).append(body)
+
+
+def record_emitted_xml(document: bytes, fhir_version: str = "4") -> None:
+    """Collect a FHIR XML response body for the end-of-session validation: R4 as XML (read by
+    FHIR.js in the validator); R5, for which no independent XML reader is installed, read by
+    the adapter's own (adapter.api.fhir_xml) and validated as the R5 JSON it is."""
+    if fhir_version == "5":
+        from adapter.api.fhir_xml import from_xml
+
+        record_emitted(from_xml(document, "5"), "5")
+    else:
+        EMITTED_R4.append(bytes(document))
 
 
 def wait_until(condition: Any, timeout: float = 10.0) -> None:
@@ -68,12 +81,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _validate_emitted(session: pytest.Session, version: str, emitted: list[dict[str, Any]],
+def _validate_emitted(session: pytest.Session, version: str, emitted: list[dict[str, Any] | bytes],
                       validate: Any) -> bool:
     """Validate the emitted resources of one FHIR version; report the count and errors; False
     on any error (in CI, missing validators are one)."""
     # identical bodies (the same record read many times) are validated once
-    unique = list({json.dumps(r, sort_keys=True): r for r in emitted}.values())
+    unique = list({r if isinstance(r, bytes) else json.dumps(r, sort_keys=True): r for r in emitted}.values())
     try:
         errors = validate(unique)
     except RuntimeError as exc:

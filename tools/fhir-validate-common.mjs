@@ -7,11 +7,15 @@
 //
 // The command line of both drivers: DRIVER [options] PATH...
 //   Each PATH is a JSON file (a resource or a Bundle) or a directory, searched recursively for
-//   *.json. Prints "OK <file>" or "FAIL <file>" and one line per error; exit 0 when every file
+//   *.json; a *.xml file is FHIR XML, read into its JSON by the driver's own XML reader (the R4
+//   driver's: FHIR.js), then validated as a JSON file is (a driver without one reports it as an
+//   error). Prints "OK <file>" or "FAIL <file>" and one line per error; exit 0 when every file
 //   is valid, 1 on any error, 2 on a usage or setup problem.
 //   -w, --warnings   also print warnings
 //   --json           print one JSON report {fhirVersion, files: [{file, resourceType, errors,
 //                    warnings}]} instead of text (used by tests/support/fhir_validator.py)
+//   --parsed         with --json: each XML file's entry also holds `parsed`, the JSON its XML
+//                    was read into (the tests compare it with the JSON answer of the same request)
 //   --only=a,b       run only these of the driver's passes
 //
 // An issue is {severity: 'error'|'warning', by: pass, where: FHIRPath-like location, msg}.
@@ -43,13 +47,14 @@ export const requireFromFhirval = createRequire(join(FHIRVAL_DIR, 'package.json'
 export function parseArgs(name, passes, argv = process.argv.slice(2)) {
   const usage = (msg) => {
     if (msg) console.error(`${name}: ${msg}`);
-    console.error(`usage: ${name}.mjs [-w|--warnings] [--json] [--only=${passes.join(',')}] PATH...`);
+    console.error(`usage: ${name}.mjs [-w|--warnings] [--json [--parsed]] [--only=${passes.join(',')}] PATH...`);
     process.exit(2);
   };
-  const opts = { warnings: false, json: false, passes: new Set(passes), paths: [] };
+  const opts = { warnings: false, json: false, parsed: false, passes: new Set(passes), paths: [] };
   for (const a of argv) {
     if (a === '-w' || a === '--warnings') opts.warnings = true;
     else if (a === '--json') opts.json = true;
+    else if (a === '--parsed') opts.parsed = true;
     else if (a.startsWith('--only=')) {
       opts.passes = new Set(a.slice(7).split(',').filter(Boolean));
       for (const p of opts.passes) if (!passes.includes(p)) usage(`unknown pass ${p}`);
@@ -62,7 +67,7 @@ export function parseArgs(name, passes, argv = process.argv.slice(2)) {
   return opts;
 }
 
-// A file, or every *.json below a directory (sorted); a path that does not exist is kept as
+// A file, or every *.json and *.xml below a directory (sorted); a path that does not exist is kept as
 // {missing: true} and reported as an error.
 function jsonFiles(path) {
   let st;
@@ -76,7 +81,7 @@ function jsonFiles(path) {
     .sort()
     .flatMap((name) => {
       const p = join(path, name);
-      return statSync(p).isDirectory() || name.endsWith('.json') ? jsonFiles(p) : [];
+      return statSync(p).isDirectory() || name.endsWith('.json') || name.endsWith('.xml') ? jsonFiles(p) : [];
     });
 }
 
@@ -87,10 +92,11 @@ function jsonFiles(path) {
  * Validate every input of `opts` with the passes in `passes` ({name: doc => issues}, run in
  * that order, those not chosen with --only skipped), print the report (text, or one JSON
  * object {fhirVersion, files} with --json) and set the exit code: 0 when every file is valid,
- * else 1.
+ * else 1. `readXml` (text => resource object; throws when it is not FHIR XML) reads the *.xml
+ * inputs; without it they are errors.
  */
-export function validateAndReport(opts, fhirVersion, passes) {
-  const report = opts.inputs.map(({ file, missing }) => validateFile(file, missing, opts, passes));
+export function validateAndReport(opts, fhirVersion, passes, readXml = null) {
+  const report = opts.inputs.map(({ file, missing }) => validateFile(file, missing, opts, passes, readXml));
   if (opts.json) {
     process.stdout.write(JSON.stringify({ fhirVersion, files: report }) + '\n');
   } else {
@@ -106,19 +112,22 @@ export function validateAndReport(opts, fhirVersion, passes) {
   process.exitCode = report.some((r) => r.errors.length) ? 1 : 0;
 }
 
-function validateFile(file, missing, opts, passes) {
+function validateFile(file, missing, opts, passes, readXml) {
   const entry = { file, resourceType: null, errors: [], warnings: [] };
   if (missing) {
     entry.errors.push({ by: 'input', where: '', msg: 'no such file' });
     return entry;
   }
+  const xml = file.endsWith('.xml');
   let doc;
   try {
-    doc = JSON.parse(readFileSync(file, 'utf8'));
+    if (xml && !readXml) throw new Error('this driver reads no FHIR XML');
+    doc = xml ? readXml(readFileSync(file, 'utf8')) : JSON.parse(readFileSync(file, 'utf8'));
   } catch (e) {
-    entry.errors.push({ by: 'json', where: '', msg: e.message });
+    entry.errors.push({ by: xml ? 'xml' : 'json', where: '', msg: e.message });
     return entry;
   }
+  if (xml && opts.parsed) entry.parsed = doc;
   if (!doc || typeof doc !== 'object' || Array.isArray(doc) || typeof doc.resourceType !== 'string') {
     entry.errors.push({ by: 'json', where: '', msg: 'not a FHIR resource (no resourceType)' });
     return entry;

@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // tools/validate-fhir.mjs [-w|--warnings] [--json] [--only=medplum,walk,bundle,fhirjs] PATH...
 //
-// Validates FHIR R4 (4.0.1) JSON: single resources or Bundles, one per file. The command line,
+// Validates FHIR R4 (4.0.1) JSON, and XML: single resources or Bundles, one per file; a *.xml
+// file is read into its JSON by FHIR.js (Fhir.xmlToObj, its own reader of the FHIR XML
+// representation, independent of the adapter's), which must see FHIR XML in it (a root in the
+// FHIR namespace naming a resource type), then validated by the passes as JSON is. The command line,
 // the text and --json reports and the exit codes (0 valid, 1 any error, 2 a usage or setup
 // problem, e.g. missing node modules: run tools/install-fhir-validators.sh) are those of
 // tools/fhir-validate-common.mjs, shared with the R5 driver tools/validate-fhir-r5.mjs.
@@ -158,4 +161,13 @@ function fhirjsIssues(doc) {
 // ---------------------------------------------------------------------------------------------
 // main
 
-common.validateAndReport(opts, '4.0.1', PASSES);
+// FHIR XML read by FHIR.js into the JSON the passes check.
+function readXml(text) {
+  const root = /<([A-Za-z]+)\s+xmlns="http:\/\/hl7\.org\/fhir"/.exec(text.slice(0, 512));
+  if (!root) throw new Error('not FHIR XML: the root is no element in the FHIR namespace');
+  const doc = fhirjs.xmlToObj(text);
+  if (!doc || doc.resourceType !== root[1]) throw new Error(`FHIR.js read no ${root[1]} from the XML`);
+  return doc;
+}
+
+common.validateAndReport(opts, '4.0.1', PASSES, readXml);

@@ -6,7 +6,8 @@ Each entry is served as the same request sent on its own would be, by this very 
 (an in-process ASGI call through httpx, so routing, the decision, the views, the audit and the
 metrics are the ones every GET gets): with the batch's ``X-Purpose-Of-Use``, the entry's
 ``ifNoneMatch`` and ``ifModifiedSince``, FHIR JSON (a batch answers resources, never
-image bytes: a Binary comes as its JSON), the caller's address (the audit names the real
+image bytes: a Binary comes as its JSON; an entry's ``_format=xml`` answer is read back into
+JSON, and the batch-response as a whole is written in the format the batch negotiated), the caller's address (the audit names the real
 client), and an ``X-Request-Id`` of the batch's id and the entry's index. Entries are
 independent: one refused (403) or not found (404) carries its OperationOutcome in
 ``response.outcome`` and the others are answered. Anything but a relative GET on a FHIR type
@@ -27,6 +28,7 @@ import httpx
 from fastapi import Request
 
 from adapter.api.deps import purpose_header
+from adapter.api.fhir_xml import from_xml
 from adapter.api.headers import BREAK_GLASS_HEADER
 from adapter.api.request_id import request_id_of
 from adapter.errors import InvalidInput
@@ -136,8 +138,11 @@ def _entry(answer: httpx.Response) -> dict[str, Any]:
         if header in answer.headers:
             response[element] = answer.headers[header]
     body: Any = None
-    if "json" in answer.headers.get("content-type", ""):
+    ctype = answer.headers.get("content-type", "")
+    if "json" in ctype:
         body = answer.json()
+    elif "fhir+xml" in ctype and answer.content:  # an entry's own _format=xml: the Bundle holds its JSON
+        body = from_xml(answer.content, "5" if "fhirversion=5" in ctype.lower().replace(" ", "") else "4")
     entry: dict[str, Any] = {}
     if answer.status_code < 300 and isinstance(body, dict) and "resourceType" in body:
         entry["resource"] = body

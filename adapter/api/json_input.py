@@ -25,6 +25,13 @@ def load_json(raw: bytes | str, *, what: str, expression: str | None = None,
         raise error(f"{what} is not valid JSON", expression=expression) from exc
     except RecursionError:
         raise error(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression) from None
+    return check_loaded(data, what=what, expression=expression, error=error)
+
+
+def check_loaded(data: Any, *, what: str, expression: str | None = None,
+                 error: type[InvalidInput] = InvalidInput) -> Any:
+    """``data`` (JSON parsed, or made from FHIR XML) when :func:`load_json` would take it: not
+    nested deeper than MAX_DEPTH, no lone surrogate, no U+0000; else ``error``."""
     problem = _problem(data)
     if problem == "depth":
         raise error(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression)

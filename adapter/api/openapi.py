@@ -11,7 +11,8 @@ see. So they declare it, with what is here, each concern once:
 
 :func:`install_openapi` adds what every operation shares: the schemas referred to, a 500
 OperationOutcome, and the OperationOutcome a validation error (422) really gets instead of
-FastAPI's own HTTPValidationError. tests/integration/test_openapi.py makes real requests and
+FastAPI's own HTTPValidationError; and, on the FHIR routes (``/fhir``), FHIR XML wherever FHIR
+JSON is declared, answers (refusals included) and request bodies alike (adapter.api.fhir_xml). tests/integration/test_openapi.py makes real requests and
 checks that each status and content type answered is declared for its path and method.
 """
 
@@ -26,6 +27,7 @@ from fastapi.openapi.utils import get_openapi
 from adapter.model.photo import PhotoMetadata
 
 FHIR_JSON = "application/fhir+json"
+FHIR_XML = "application/fhir+xml"
 JSON = "application/json"
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
@@ -213,13 +215,25 @@ def install_openapi(app: FastAPI) -> None:
             for name in ("HTTPValidationError", "ValidationError"):  # never answered: see below
                 schemas.pop(name, None)
             schemas.update(_components())
-            for operations in doc.get("paths", {}).values():
+            for path, operations in doc.get("paths", {}).items():
                 for operation in operations.values():
                     _shared_refusals(operation["responses"])
+                    if path == "/fhir" or path.startswith("/fhir/"):
+                        _fhir_xml_too(operation)
             app.openapi_schema = doc
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _fhir_xml_too(operation: dict[str, Any]) -> None:
+    """A FHIR route takes and answers FHIR XML wherever it does FHIR JSON (the same schema: the
+    resource, in the other representation)."""
+    contents = [answer.get("content", {}) for answer in operation["responses"].values()]
+    contents.append(operation.get("requestBody", {}).get("content", {}))
+    for content in contents:
+        if FHIR_JSON in content:
+            content.setdefault(FHIR_XML, content[FHIR_JSON])
 
 
 def _shared_refusals(responses: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,8 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from adapter import errors as e
+from adapter.api.fhir_xml import to_xml
+from adapter.api.negotiation import Format, check_acceptable, media_type, response_format
 from adapter.mapping.capability import R4_TYPES
 from adapter.mapping.outcome import operation_outcome, outcome_from_error
 
@@ -74,9 +77,40 @@ def status_for(err: e.AdapterError) -> int:
     return 500
 
 
-def fhir_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(content=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-                    status_code=status, media_type=FHIR_JSON, headers=headers)
+def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None, *, fmt: Format = "json",
+                  version: str | None = None) -> Response:
+    """``body`` as FHIR JSON, or FHIR XML (``fmt``: adapter.api.fhir_xml, written from the same
+    JSON); its media type names ``version`` (``fhirVersion=4.0``/``5.0``) when given."""
+    if fmt == "xml":
+        content = to_xml(body, "5" if version == "5" else "4")
+    else:
+        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    media = media_type(version, fmt) if version else f"application/fhir+{fmt}"
+    return Response(content=content, status_code=status, media_type=media, headers=headers)
+
+
+def answer_format(request: Request) -> Format:
+    """The format a FHIR answer to ``request`` takes, its refusals included: the one the route
+    negotiated (``request.state.fhir_format``), or else the one Accept and ``_format`` ask for;
+    FHIR JSON outside ``/fhir``, and when what they ask for is not produced (a 406 is answered
+    in JSON)."""
+    path = str(request.scope.get("path", ""))
+    if path != "/fhir" and not path.startswith("/fhir/"):
+        return "json"
+    chosen = getattr(request.state, "fhir_format", None)
+    if chosen in ("json", "xml"):
+        return "xml" if chosen == "xml" else "json"
+    accept, format_param = request.headers.get("accept"), request.query_params.get("_format")
+    try:
+        check_acceptable(accept, format_param, binary=True)
+        return response_format(accept, format_param)
+    except e.AdapterError:
+        return "json"
+
+
+def _outcome(request: Request, body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
+    """A refusal's OperationOutcome, in the format the request negotiated (:func:`answer_format`)."""
+    return fhir_response(body, status, headers, fmt=answer_format(request))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -88,18 +122,18 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
         if status == 405:  # RFC 9110 15.5.6: the methods the target allows, the refused one not among them
             headers = {"Allow": ", ".join(m for m in allowed_methods(request) if m != request.method)}
-        return fhir_response(outcome_from_error(exc), status, headers=headers)
+        return _outcome(request, outcome_from_error(exc), status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()[:10]
         if errors and all(tuple(err.get("loc", ()))[:1] == ("query",) for err in errors):
             # a query parameter that cannot be understood (GET /outbox?limit=x): 400, as
             # InvalidQuery is on every read; 422 stays for a body understood and not processable
             where = [".".join(str(p) for p in tuple(err["loc"])[1:]) for err in errors]
-            return fhir_response(operation_outcome("error", "invalid", "invalid query", expression=where), 400)
+            return _outcome(request, operation_outcome("error", "invalid", "invalid query", expression=where), 400)
         where = [".".join(str(p) for p in err.get("loc", ())) for err in errors]
-        return fhir_response(operation_outcome("error", "invalid", "invalid request", expression=where), 422)
+        return _outcome(request, operation_outcome("error", "invalid", "invalid request", expression=where), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -112,24 +146,24 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
-        return fhir_response(operation_outcome("error", code, str(exc.detail)[:200]), exc.status_code,
-                             headers=headers or None)
+        return _outcome(request, operation_outcome("error", code, str(exc.detail)[:200]), exc.status_code,
+                        headers=headers or None)
 
     @app.exception_handler(ClientDisconnect)
-    async def _gone(_: Request, exc: ClientDisconnect) -> Response:
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
         # the client closed the connection before its request was whole: nobody to answer, no
         # error of ours; the route stored nothing (its staging file is removed as it unwinds)
         log.info("the client disconnected before its request was whole")
-        return fhir_response(operation_outcome("error", "incomplete", "the request did not arrive whole"), 400)
+        return _outcome(request, operation_outcome("error", "incomplete", "the request did not arrive whole"), 400)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error (%s)", type(exc).__name__)
         # Starlette raises the exception again once this answer is sent, and uvicorn then closes
         # the connection: said here, a client's pool does not send its next request into a
         # connection being closed (an integration engine's next message failed with a reset)
-        return fhir_response(operation_outcome("fatal", "exception", "internal error"), 500,
-                             headers={"Connection": "close"})
+        return _outcome(request, operation_outcome("fatal", "exception", "internal error"), 500,
+                        headers={"Connection": "close"})
 
 
 def allowed_methods(request: Request) -> list[str]:

@@ -254,7 +254,9 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
         "software": {"name": SOFTWARE_NAME, "version": software_version},
         "implementation": {"description": "Clinical image adapter FHIR endpoint", "url": base_url.rstrip("/")},
         "fhirVersion": fhir_version,
-        "format": ["json"],
+        # http.html#mime-type: both encodings, each both ways (adapter.api.fhir_xml); no
+        # patchFormat, as no patch interaction is served
+        "format": ["json", "xml"],
         "rest": [{
             "mode": "server",
             "security": {"description": _SECURITY},

@@ -26,14 +26,15 @@ def _consents(client) -> int:
 
 def test_a_write_asking_for_a_format_not_produced_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
     """Review finding: a Consent create, a transaction and a batch asking (Accept, _format) only for
-    FHIR XML stored what they were sent and answered FHIR JSON the client cannot read (it then
-    sends the write again: a second Consent). They get 406, as reads do, and nothing is stored."""
+    a format the server does not produce (then FHIR XML; now Turtle) stored what they were sent
+    and answered FHIR JSON the client cannot read (it then sends the write again: a second
+    Consent). They get 406, as reads do, and nothing is stored."""
     bundle = (SAMPLES / "bundle-transaction.json").read_bytes()
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "metadata"}}]}
     with adapter_client(tmp_path) as (client, _):
-        xml = {**FHIR_JSON, "Accept": "application/fhir+xml"}
+        xml = {**FHIR_JSON, "Accept": "text/turtle"}
         answers = [client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=xml),
-                   client.post("/fhir/Consent?_format=xml", json=consent_resource(["TRAIN"]), headers=FHIR_JSON),
+                   client.post("/fhir/Consent?_format=ttl", json=consent_resource(["TRAIN"]), headers=FHIR_JSON),
                    client.post("/fhir", content=bundle, headers=xml),
                    client.post("/fhir", json=batch, headers={**xml, **TREAT})]
         for r in answers:
@@ -42,7 +43,7 @@ def test_a_write_asking_for_a_format_not_produced_is_refused_before_anything_is_
         assert _consents(client) == 0
         assert client.get("/fhir/Media?_summary=count", headers=TREAT).json()["total"] == 0
         stored = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=FHIR_JSON).json()
-        update = client.put(f"/fhir/Consent/{stored['id']}?_format=application/fhir%2Bxml",
+        update = client.put(f"/fhir/Consent/{stored['id']}?_format=text/turtle",
                             json={**stored, "status": "inactive"}, headers=FHIR_JSON)
         assert update.status_code == 406, update.text[:300]
         assert client.get(f"/fhir/Consent/{stored['id']}", headers=TREAT).json()["status"] == "active"
@@ -500,7 +501,9 @@ def test_the_versions_operation_names_the_fhir_versions_served_and_the_default(t
         plain = client.get("/fhir/$versions", headers={"Accept": "application/json"})
         assert plain.status_code == 200 and plain.headers["content-type"].startswith("application/json")
         assert plain.json() == {"versions": ["4.0", "5.0"], "default": "4.0"}
-        assert client.get("/fhir/$versions", headers={"Accept": "application/fhir+xml"}).status_code == 406
+        in_xml = client.get("/fhir/$versions", headers={"Accept": "application/fhir+xml"})
+        assert in_xml.status_code == 200 and in_xml.headers["content-type"] == "application/fhir+xml; fhirVersion=4.0"
+        assert client.get("/fhir/$versions", headers={"Accept": "text/turtle"}).status_code == 406
         for accept, version in (("application/fhir+json", "4"), ("application/fhir+json; fhirVersion=5.0", "5")):
             statement = client.get("/fhir/metadata", headers={"Accept": accept}).json()
             operations = statement["rest"][0].get("operation") or []

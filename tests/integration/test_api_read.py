@@ -772,11 +772,12 @@ def test_if_match_takes_any_or_a_list_of_etags_as_rfc_9110_writes_it(tmp_path: P
         assert client.get(url, headers=as_purpose("TREAT")).headers["etag"] == 'W/"5"'
 
 
-def test_only_fhir_json_is_produced_and_other_formats_get_406(tmp_path: Path) -> None:
-    """http.html#mime-type: the server answers in FHIR JSON; a client asking only for FHIR XML or
-    Turtle (Accept or _format, which overrides it) gets 406 with an OperationOutcome, not JSON it
-    did not ask for. JSON, wildcards and a browser's Accept are served; a Binary also answers
-    with its own content."""
+def test_fhir_json_and_xml_are_produced_and_turtle_gets_406(tmp_path: Path) -> None:
+    """http.html#mime-type: the server answers in FHIR JSON or FHIR XML (IHE MHD: a Document
+    Responder supports both); a client asking only for Turtle (Accept or _format, which overrides
+    it), or for nothing FHIR, gets 406 with an OperationOutcome, not a format it did not ask for.
+    JSON, XML, wildcards and a browser's Accept are served; a Binary also answers with its own
+    content."""
     with adapter_client(tmp_path) as (client, _):
         receipt = _ingest(client)
         record, binary = f"/fhir/{receipt['record']}", f"/fhir/{receipt['binary']}"
@@ -789,12 +790,20 @@ def test_only_fhir_json_is_produced_and_other_formats_get_406(tmp_path: Path) ->
                             ("/fhir/metadata", "application/fhir+json")):
             r = client.get(url, headers={**treat, **({"Accept": accept} if accept else {})})
             assert r.status_code == 200, (url, accept, r.text[:200])
-        for url, accept in ((record, "application/fhir+xml"), (record, "application/xml"), (record, "text/turtle"),
-                            (record, "image/jpeg"), (f"{record}?_format=xml", None),
-                            (f"{record}?_format=ttl", "application/fhir+json"), ("/fhir/Media?_format=xml", None),
+        for url, accept in ((record, "application/fhir+xml"), (record, "application/xml"), (record, browser),
+                            (f"{record}?_format=xml", None), ("/fhir/Media?_format=xml", None),
                             ("/fhir/Media", "application/fhir+xml, application/json;q=0"),
                             (binary, "application/fhir+xml"), ("/fhir/metadata?_format=xml", None),
                             (f"{record}/_history/1", "application/fhir+xml")):
+            r = client.get(url, headers={**treat, **({"Accept": accept} if accept else {})})
+            assert r.status_code == 200, (url, accept, r.text[:200])
+            # a browser ranks application/xml above */*: XML, as RFC 9110 12.5.1 reads its header
+            assert r.headers["content-type"] == "application/fhir+xml; fhirVersion=4.0", (url, accept)
+        for url, accept in ((record, "text/turtle"), (record, "image/jpeg"),
+                            (f"{record}?_format=ttl", "application/fhir+json"), ("/fhir/Media?_format=ttl", None),
+                            ("/fhir/Media", "application/fhir+turtle, application/json;q=0"),
+                            (binary, "text/turtle"), ("/fhir/metadata?_format=text/turtle", None),
+                            (f"{record}/_history/1", "text/turtle")):
             r = client.get(url, headers={**treat, **({"Accept": accept} if accept else {})})
             assert r.status_code == 406, (url, accept, r.text[:200])
             assert r.json()["resourceType"] == "OperationOutcome"
@@ -1175,7 +1184,8 @@ def test_conditional_read_and_what_a_consent_write_answers(tmp_path: Path) -> No
         assert client.get(f"/fhir/{receipt['binary']}", headers={**treat, "If-Modified-Since": later}).status_code == 304
         # _format overrides Accept (http.html#mime-type): JSON, also for a Binary (review finding)
         fhir_xml = {**treat, "Accept": "application/fhir+xml"}
-        assert client.get(f"/fhir/{receipt['record']}?_format=json", headers=fhir_xml).status_code == 200
+        over = client.get(f"/fhir/{receipt['record']}?_format=json", headers=fhir_xml)
+        assert over.status_code == 200 and over.headers["content-type"].startswith("application/fhir+json")
         as_json = client.get(f"/fhir/{receipt['binary']}?_format=json", headers=treat)
         assert as_json.json()["resourceType"] == "Binary"
 

@@ -23,6 +23,7 @@ import pydicom
 import pytest
 from pydicom import config as pydicom_config
 
+from adapter.api.fhir_xml import from_xml
 from adapter.errors import AdapterError
 from adapter.imaging.sanitize import sanitize
 from adapter.model.decision import View
@@ -294,6 +295,7 @@ def test_mutated_searches_never_answer_a_server_error(adapter: tuple[FhirClient,
                            headers={**purpose, "Accept": "application/dicom+json"})
         answers[r.status_code] = answers.get(r.status_code, 0) + 1
         assert r.status_code < 500, (i, query, purpose, r.text[:300])
-        if r.status_code >= 400:
-            assert r.json()["resourceType"] == "OperationOutcome"
+        if r.status_code >= 400:  # in the format asked for: FHIR XML for Accept application/fhir+xml
+            xml = r.headers["content-type"].startswith("application/fhir+xml")
+            assert (from_xml(r.content) if xml else r.json())["resourceType"] == "OperationOutcome"
     assert answers.get(200) and len(answers) > 1

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from adapter.api.fhir_xml import to_xml
 from tests.conftest import ROOT
 from tests.support.app import FhirClient, adapter_client, consent_resource, metadata
 
@@ -158,14 +159,17 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
 
     # -- FHIR reads
     assert api.get("/fhir/metadata").status_code == 200
-    assert api.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"}).status_code == 406
+    assert api.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"}).status_code == 200
+    assert api.get("/fhir/metadata", headers={"Accept": "text/turtle"}).status_code == 406
     assert api.get("/fhir/$versions").status_code == 200
     assert api.get("/fhir/$versions", headers={"Accept": "application/json"}).status_code == 200
-    assert api.get("/fhir/$versions", headers={"Accept": "application/fhir+xml"}).status_code == 406
+    assert api.get("/fhir/$versions", headers={"Accept": "application/fhir+xml"}).status_code == 200
     read = api.get(f"/fhir/{record}", headers=TREAT)
     assert read.status_code == 200
     assert api.get(f"/fhir/{record}", headers={**TREAT, "If-None-Match": read.headers["ETag"]}).status_code == 304
     assert api.get(f"/fhir/{record}").status_code == 403
+    assert api.get(f"/fhir/{record}", headers={"Accept": "application/fhir+xml"}).status_code == 403
+    assert api.get(f"/fhir/{record}", headers={**TREAT, "Accept": "application/fhir+xml"}).status_code == 200
     assert api.get(f"/fhir/{record}", headers={"X-Purpose-Of-Use": "NOPE"}).status_code == 400
     assert api.get("/fhir/Media/unknown", headers=TREAT).status_code == 404
     assert api.get("/fhir/Patient/1", headers=TREAT).status_code == 404
@@ -179,7 +183,8 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
     assert api.get("/fhir/Media?patient:identifier=urn:oid:2.999.1.1|MRN-0001", headers=TREAT).status_code == 200
     assert api.get("/fhir/Media?unknown=1", headers=TREAT).status_code == 400
     assert api.get("/fhir/Media?date=not-a-date", headers=TREAT).status_code == 400
-    assert api.get("/fhir/Media?_format=xml", headers=TREAT).status_code == 406
+    assert api.get("/fhir/Media?_format=xml", headers=TREAT).status_code == 200
+    assert api.get("/fhir/Media?_format=ttl", headers=TREAT).status_code == 406
     assert api.get("/fhir/Binary?_id=1", headers=TREAT).status_code == 400
     assert api.get("/fhir/Media?_page=sealed", headers=TREAT).status_code in (400, 410, 422)
     form = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -205,7 +210,10 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": record}}]}
     assert api.post("/fhir", content=json.dumps(batch), headers={**FHIR_JSON, **TREAT}).status_code == 200
     assert api.post("/fhir", content=json.dumps({"resourceType": "Patient"}), headers=FHIR_JSON).status_code == 422
-    assert api.post("/fhir", content=b"<Bundle/>", headers={"Content-Type": "application/fhir+xml"}).status_code == 415
+    assert api.post("/fhir", content=b"<Bundle/>", headers={"Content-Type": "application/fhir+xml"}).status_code == 400
+    assert api.post("/fhir", content=b"<Bundle/>", headers={"Content-Type": "text/turtle"}).status_code == 415
+    in_xml = {"Content-Type": "application/fhir+xml", "Accept": "application/fhir+xml"}
+    assert api.post("/fhir/Consent", content=to_xml(consent_resource(["TRAIN"])), headers=in_xml).status_code == 201
 
     # -- DICOMweb
     assert api.get("/dicomweb/studies", headers=TREAT).status_code == 200

@@ -16,7 +16,7 @@ from adapter.api.app import create_app
 from adapter.config import Settings
 from adapter.model.decision import View
 from adapter.services.registry import Services, build_services
-from tests.conftest import ROOT, record_emitted
+from tests.conftest import ROOT, record_emitted, record_emitted_xml
 
 PATIENT = {"system": "urn:oid:2.999.1.1", "value": "MRN-0001"}
 
@@ -35,15 +35,17 @@ def write_policy(folder: Path, **overrides: Any) -> Path:
 
 
 class FhirClient(TestClient):
-    """A TestClient that hands every FHIR response body to the session-wide validation: R5 when
-    its content type says fhirVersion=5.0, else R4."""
+    """A TestClient that hands every FHIR response body, JSON or XML, to the session-wide
+    validation: R5 when its content type says fhirVersion=5.0, else R4."""
 
     def request(self, *args: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
         response = super().request(*args, **kwargs)
         ctype = response.headers.get("content-type", "")
+        version = "5" if "fhirversion=5" in ctype.lower().replace(" ", "") else "4"
         if "fhir+json" in ctype and response.content:  # HEAD: none
-            version = "5" if "fhirversion=5" in ctype.lower().replace(" ", "") else "4"
             record_emitted(response.json(), version)
+        elif "fhir+xml" in ctype and response.content:
+            record_emitted_xml(response.content, version)
         return response
 
 

@@ -8,6 +8,11 @@ return one line per error. A missing node, missing validator modules or a missin
 raise RuntimeError: CI must fail, not skip. Install them with ``tools/install-fhir-validators.sh``
 (into ``.peers/fhirval``, or ``$FHIRVAL_DIR``).
 
+``validate_r4`` also takes FHIR XML documents (bytes): the driver reads them with FHIR.js, an
+XML reader independent of the adapter's, and validates the JSON it reads as any other;
+``read_r4_xml`` returns that JSON too, for a test to compare with the JSON answer of the same
+request.
+
 ``FhirValidationCollector`` gathers every resource emitted during a test session and validates
 them together at the end (a conftest fixture calls ``check()``).
 """
@@ -35,21 +40,31 @@ def fhirval_dir() -> Path:
     return Path(os.environ.get("FHIRVAL_DIR") or ROOT / ".peers" / "fhirval")
 
 
-def _label(resource: dict[str, Any], index: int) -> str:
+def _label(resource: dict[str, Any] | bytes, index: int) -> str:
+    if isinstance(resource, bytes):
+        return f"#{index} XML"
     rtype = str(resource.get("resourceType", "?"))
     rid = resource.get("id")
     return f"#{index} {rtype}/{rid}" if rid else f"#{index} {rtype}"
 
 
-def validate_r4(resources: Sequence[dict[str, Any]], *, timeout: float = 600.0) -> list[str]:
-    """Validate FHIR R4 resources (or Bundles) with the npm validators; return the error lines
-    (empty when all are valid), each prefixed with the resource's position and type/id.
+def validate_r4(resources: Sequence[dict[str, Any] | bytes], *, timeout: float = 600.0) -> list[str]:
+    """Validate FHIR R4 resources (or Bundles; JSON objects, or FHIR XML documents as bytes) with
+    the npm validators; return the error lines (empty when all are valid), each prefixed with
+    the resource's position and type/id.
 
     Raises:
         RuntimeError: node, the driver or the validator modules are missing, or the driver
             failed without a report.
     """
-    return _validate(resources, DRIVER, ("@medplum/core", "fhir"), timeout=timeout)
+    return _validate(resources, DRIVER, ("@medplum/core", "fhir"), timeout=timeout)[0]
+
+
+def read_r4_xml(documents: Sequence[bytes], *, timeout: float = 600.0) -> tuple[list[dict[str, Any] | None], list[str]]:
+    """FHIR R4 XML ``documents`` read by FHIR.js into JSON (None for one it could not read), and
+    the error lines of validating them as :func:`validate_r4` does."""
+    errors, parsed = _validate(documents, DRIVER, ("@medplum/core", "fhir"), timeout=timeout, parsed=True)
+    return [parsed.get(i) for i in range(len(documents))], errors
 
 
 def validate_r5(resources: Sequence[dict[str, Any]], *, timeout: float = 600.0) -> list[str]:
@@ -60,13 +75,15 @@ def validate_r5(resources: Sequence[dict[str, Any]], *, timeout: float = 600.0) 
         RuntimeError: node, the driver, @medplum/core or the hl7.fhir.r5.core package are
             missing, or the driver failed without a report.
     """
-    return _validate(resources, DRIVER_R5, ("@medplum/core", "hl7.fhir.r5.core"), timeout=timeout)
+    return _validate(resources, DRIVER_R5, ("@medplum/core", "hl7.fhir.r5.core"), timeout=timeout)[0]
 
 
-def _validate(resources: Sequence[dict[str, Any]], driver: Path, packages: Sequence[str], *,
-              timeout: float) -> list[str]:
+def _validate(resources: Sequence[dict[str, Any] | bytes], driver: Path, packages: Sequence[str], *,
+              timeout: float, parsed: bool = False) -> tuple[list[str], dict[int, dict[str, Any]]]:
+    """The error lines of validating ``resources`` (JSON objects, or FHIR XML as bytes) with
+    ``driver``, and (``parsed``) the JSON each XML document was read into, by position."""
     if not resources:
-        return []
+        return [], {}
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not on PATH: install Node.js >= 18, then run "
@@ -81,13 +98,19 @@ def _validate(resources: Sequence[dict[str, Any]], driver: Path, packages: Seque
 
     with tempfile.TemporaryDirectory(prefix="fhirval-") as tmp:
         labels: dict[str, str] = {}
+        positions: dict[str, int] = {}
         for i, resource in enumerate(resources):
-            name = f"{i:05d}-{resource.get('resourceType', 'unknown')}.json"
-            (Path(tmp) / name).write_text(json.dumps(resource), encoding="utf-8")
+            if isinstance(resource, bytes):
+                name = f"{i:05d}.xml"
+                (Path(tmp) / name).write_bytes(resource)
+            else:
+                name = f"{i:05d}-{resource.get('resourceType', 'unknown')}.json"
+                (Path(tmp) / name).write_text(json.dumps(resource), encoding="utf-8")
             labels[str(Path(tmp) / name)] = _label(resource, i)
+            positions[str(Path(tmp) / name)] = i
         env = {**os.environ, "FHIRVAL_DIR": str(fhirval_dir())}
-        proc = subprocess.run([node, str(driver), "--json", tmp], capture_output=True, text=True,
-                              timeout=timeout, env=env, check=False)
+        proc = subprocess.run([node, str(driver), "--json", *(["--parsed"] if parsed else []), tmp],
+                              capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{driver.name} failed (exit {proc.returncode}): {proc.stderr.strip()[:2000]}")
     try:
@@ -96,13 +119,16 @@ def _validate(resources: Sequence[dict[str, Any]], driver: Path, packages: Seque
         raise RuntimeError(f"{driver.name} gave no JSON report: {proc.stdout[:500]!r} "
                            f"{proc.stderr[:500]!r}") from exc
     errors: list[str] = []
+    read: dict[int, dict[str, Any]] = {}
     for file_report in report["files"]:
+        if "parsed" in file_report and file_report["file"] in positions:
+            read[positions[file_report["file"]]] = file_report["parsed"]
         label = labels.get(file_report["file"], file_report["file"])
         for err in file_report["errors"]:
             errors.append(f"{label}: [{err['by']}] {err['where']}: {err['msg']}")
     if proc.returncode == 1 and not errors:
         raise RuntimeError(f"{driver.name} reported failure without errors: {proc.stdout[:500]}")
-    return errors
+    return errors, read
 
 
 def errors_by_case(validate: Callable[[Sequence[dict[str, Any]]], list[str]],
@@ -163,3 +189,20 @@ class FhirValidationCollector:
             shown = "\n".join(errors[:50])
             raise AssertionError(f"{len(errors)} FHIR R{self.fhir_version} validation error(s) in {len(self)} "
                                  f"resources:\n{shown}")
+
+
+WRITER = Path(__file__).resolve().parent / "fhirjs_write_xml.mjs"
+
+
+def write_r4_xml(resources: Sequence[dict[str, Any]], *, timeout: float = 120.0) -> list[bytes]:
+    """FHIR R4 ``resources`` written as FHIR XML by FHIR.js (not by the adapter's writer), for a
+    test to send. Raises RuntimeError when node or FHIR.js is missing (CI must fail, not skip)."""
+    node = shutil.which("node")
+    if node is None or not (fhirval_dir() / "node_modules" / "fhir" / "package.json").is_file():
+        raise RuntimeError(f"node and FHIR.js are needed: run {INSTALLER}")
+    env = {**os.environ, "FHIRVAL_DIR": str(fhirval_dir())}
+    proc = subprocess.run([node, str(WRITER)], input=json.dumps(list(resources)), capture_output=True, text=True,
+                          timeout=timeout, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{WRITER.name} failed (exit {proc.returncode}): {proc.stderr.strip()[:2000]}")
+    return [document.encode("utf-8") for document in json.loads(proc.stdout)]

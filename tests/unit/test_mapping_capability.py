@@ -26,7 +26,8 @@ def test_valid_and_complete(version: str) -> None:
     MODELS[version].model_validate(cs)
     record_emitted(cs, version[0])  # validated with the npm R4 or R5 validator at the end of the session
     assert cs["status"] == "active" and cs["kind"] == "instance" and cs["fhirVersion"] == version
-    assert cs["format"] == ["json"]
+    assert cs["format"] == ["json", "xml"]  # both encodings, both ways (http.html#mime-type)
+    assert "patchFormat" not in cs  # no patch interaction
     assert cs["date"] == "2024-03-01T09:00:00+00:00"
     assert cs["implementation"]["url"] == "https://images.example.org/fhir"  # cpb-14
     assert cs["software"] == {"name": "clinical-image-adapter", "version": "0.1.0"}

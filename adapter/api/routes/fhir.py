@@ -1,6 +1,8 @@
 """FHIR REST at ``/fhir`` (https://hl7.org/fhir/R4/http.html): capabilities, transaction,
 Consent create/update, read and search under purpose of use. R4 by default; R5 with
-``Accept: application/fhir+json; fhirVersion=5.0``."""
+``Accept: application/fhir+json; fhirVersion=5.0``. FHIR JSON, or FHIR XML both ways
+(adapter.api.fhir_xml): a body sent as XML is read into the JSON a JSON client sends, and an
+answer negotiated as XML is written from the JSON the route built."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import partial
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode
 
 import anyio
@@ -24,14 +26,18 @@ from adapter import __version__
 from adapter.api.accept import media_ranges
 from adapter.api.batch import process_batch
 from adapter.api.deps import ReaderDep, ServicesDep, get_write_context
+from adapter.api.fhir_xml import from_xml
 from adapter.api.headers import break_glass_headers
 from adapter.api.json_input import load_json
 from adapter.api.negotiation import (
+    Format,
     binary_answer,
+    body_format,
     check_acceptable,
     fhir_version,
-    format_is_json,
+    format_is_fhir,
     media_type,
+    response_format,
     wants_dicom,
     wants_plain_json,
 )
@@ -119,10 +125,22 @@ def _fhir_base(request: Request, services: Services) -> str:
     return f"{base(request, services)}/fhir"
 
 
-def _out(body: Any, version: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    resp = fhir_response(body, status, headers)
-    resp.headers["content-type"] = media_type(version)
-    return resp
+def _out(body: Any, version: str, status: int = 200, headers: dict[str, str] | None = None, *,
+         fmt: Format = "json") -> Response:
+    """A FHIR answer of ``version`` in the format negotiated (``fmt``), its media type naming both."""
+    return fhir_response(body, status, headers, fmt=fmt, version=version)
+
+
+def _negotiate(request: Request, accept: str | None, format_param: str | None, *,
+               binary: bool = False) -> tuple[Literal["4", "5"], Format]:
+    """The FHIR version and format of the answer (adapter.api.negotiation: 406 for what is not
+    produced); the format is kept on the request, so a refusal after this point is answered in
+    it too (adapter.api.outcome.answer_format)."""
+    check_acceptable(accept, format_param, binary=binary)
+    version = fhir_version(accept, format_param)
+    fmt = response_format(accept, format_param)
+    request.state.fhir_format = fmt
+    return version, fmt
 
 
 def _glass_headers(decision: Decision) -> dict[str, str]:
@@ -168,20 +186,30 @@ async def _json_body(request: Request, services: Services, limit: int) -> AsyncI
     The file is unnamed (gone with the process, whatever happens)."""
     staging = str(services.blobs.staging_dir)
     with tempfile.SpooledTemporaryFile(max_size=LARGE_BODY_BYTES, mode="w+b", dir=staging) as spool:
-        size = await _read_body(request, ("application/fhir+json", "application/json"),
-                                "FHIR requests take application/fhir+json", limit,
+        size = await _read_body(request, _BODY_TYPES,
+                                "FHIR requests take application/fhir+json or application/fhir+xml", limit,
                                 f"the request body is larger than {limit} bytes", spool)
+        xml = body_format(request.headers.get("content-type")) == "xml"
         async with _large_body_turn(request, size):
             spool.seek(0)
             # in a worker thread: reading and parsing (and bounding) up to ~68 MB of JSON would
             # hold the event loop
-            data = await run_in_threadpool(partial(_load_resource, spool))
+            data = await run_in_threadpool(partial(_load_resource, spool, xml=xml))
             yield data
 
 
-def _load_resource(spool: IO[bytes]) -> dict[str, Any]:
-    """The resource of a FHIR body; a body that cannot be parsed as one is 400 (http.html#create,
-    #update, #transaction: "could not be parsed"), 422 being a parsed resource a rule refuses."""
+#: The media types of a FHIR request body: FHIR JSON and FHIR XML (http.html#mime-type), with
+#: the generic JSON and XML types.
+_BODY_TYPES = ("application/fhir+json", "application/json", "application/fhir+xml", "application/xml", "text/xml")
+
+
+def _load_resource(spool: IO[bytes], *, xml: bool = False) -> dict[str, Any]:
+    """The resource of a FHIR body, FHIR JSON or (``xml``) FHIR XML read into the JSON a JSON
+    client would have sent, before any check of it; a body that cannot be parsed as one is 400
+    (http.html#create, #update, #transaction: "could not be parsed"), 422 being a parsed resource
+    a rule refuses."""
+    if xml:
+        return from_xml(spool.read())
     data = load_json(spool.read(), what="the body", error=InvalidResource)
     if not isinstance(data, dict) or "resourceType" not in data:
         raise InvalidResource("the body is not a FHIR resource", expression="resourceType")
@@ -191,12 +219,11 @@ def _load_resource(spool: IO[bytes]) -> dict[str, Any]:
 @router.get("/metadata", responses=ok(200, "the CapabilityStatement (R4; R5 with fhirVersion=5.0)", FHIR_RESOURCE))
 async def metadata(request: Request, services: ServicesDep,
                    accept: Annotated[str | None, Header()] = None) -> Response:
-    check_acceptable(accept, request.query_params.get("_format"))
-    version = fhir_version(accept, request.query_params.get("_format"))
+    version, fmt = _negotiate(request, accept, request.query_params.get("_format"))
     body = capability_statement(base_url=absolute(request, services, "fhir"),
                                 fhir_version="5.0.0" if version == "5" else "4.0.1",
                                 software_version=__version__, now=services.now())
-    return _out(body, version)
+    return _out(body, version, fmt=fmt)
 
 
 _VERSIONS_PLAIN = {"type": "object", "required": ["versions", "default"],
@@ -212,10 +239,10 @@ async def versions(request: Request, accept: Annotated[str | None, Header()] = N
     """CapabilityStatement-versions: R4 and R5 are served here, told apart by the fhirVersion
     parameter of the media type (http.html#version-parameter); this operation is how a client
     finds out. No patient data: no purpose of use asked, as for the CapabilityStatement."""
-    check_acceptable(accept, request.query_params.get("_format"))
+    version, fmt = _negotiate(request, accept, request.query_params.get("_format"))
     if wants_plain_json(accept) and request.query_params.get("_format") is None:
         return JSONResponse(versions_plain())
-    return _out(versions_parameters(), fhir_version(accept, request.query_params.get("_format")))
+    return _out(versions_parameters(), version, fmt=fmt)
 
 
 #: Large FHIR JSON bodies (over LARGE_BODY_BYTES: transaction Bundles with their base64 images,
@@ -245,20 +272,20 @@ async def transaction(request: Request, services: ServicesDep,
                       idempotency_key: Annotated[str | None, Header()] = None) -> Response:
     """An ITI-65-shaped transaction Bundle (base64 image in Binary.data, hence the 4/3 limit), or
     a batch of reads."""
-    _answerable(request)
+    fmt = _answerable(request)
     async with _json_body(request, services, services.settings.max_upload_bytes * 4 // 3 + 1024 * 1024) as bundle:
-        return await _transaction(request, services, idempotency_key, bundle)
+        return await _transaction(request, services, idempotency_key, bundle, fmt)
 
 
 async def _transaction(request: Request, services: Services, idempotency_key: str | None,
-                       bundle: dict[str, Any]) -> Response:
+                       bundle: dict[str, Any], fmt: Format) -> Response:
     if bundle.get("resourceType") != "Bundle":
         raise InvalidResource("POST /fhir takes a transaction or batch Bundle", expression="Bundle.resourceType")
     if bundle.get("type") == "batch":  # reads, each under the batch's purpose of use (adapter.api.batch)
         version = fhir_version(request.headers.get("accept"), request.query_params.get("_format"))
         types = R4_TYPES if version == "4" else tuple(t for t in R4_TYPES if t != "Media")
         answer, glass = await process_batch(request, bundle, types, media_type(version))
-        return _out(answer, version, headers=break_glass_headers(glass))
+        return _out(answer, version, headers=break_glass_headers(glass), fmt=fmt)
     fhir_base = _fhir_base(request, services)
     # an ITI-65 Provide Document Bundle (one with a SubmissionSet) is audited as MHD's Import
     ctx = get_write_context(request, services, "create", provide_document_bundle(bundle, fhir_base))
@@ -266,14 +293,15 @@ async def _transaction(request: Request, services: Services, idempotency_key: st
     key = idempotency_key[:200] if idempotency_key else None
     response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx,
                                       fhir_base=fhir_base)
-    return _out(response, "4")
+    return _out(response, "4", fmt=fmt)
 
 
-def _answerable(request: Request) -> None:
-    """A write (or batch) whose Accept or ``_format`` wants only what this server does not produce
-    (FHIR XML) is refused (406) before its body is read: answered in JSON after it was stored,
-    the client could not read the answer and would send the write again."""
-    check_acceptable(request.headers.get("accept"), request.query_params.get("_format"))
+def _answerable(request: Request) -> Format:
+    """The format of a write's (or batch's) answer; one whose Accept or ``_format`` wants only
+    what this server does not produce (FHIR Turtle) is refused (406) before its body is read:
+    answered in another after it was stored, the client could not read the answer and would send
+    the write again."""
+    return _negotiate(request, request.headers.get("accept"), request.query_params.get("_format"))[1]
 
 
 def _r4_write(request: Request) -> None:
@@ -281,13 +309,13 @@ def _r4_write(request: Request) -> None:
     CapabilityStatement lists none): a body of another FHIR version (its Content-Type's
     fhirVersion: R5, STU3, R4B) is refused (415) rather than read as R4, and so is an Accept that
     wants only R5 (406), rather than answered in R4 under an R4 content type it did not ask for;
-    a charset other than UTF-8 is refused too (415)."""
+    a charset other than UTF-8 is refused too (415), FHIR JSON and XML alike."""
     ranges = media_ranges(request.headers.get("content-type"), default=None)
     charset = next((r.params.get("charset") for r in ranges), None)
     if charset is not None and charset.strip('"').lower() not in ("utf-8", "utf8"):
-        # FHIR's JSON is UTF-8 (http.html#mime-type, RFC 8259 8.1): a body said to be another
-        # encoding is not read as UTF-8 all the same
-        raise UnsupportedMediaType(f"FHIR JSON is UTF-8, not charset={charset[:20]}")
+        # FHIR's JSON and XML are UTF-8 (http.html#mime-type, RFC 8259 8.1): a body said to be
+        # another encoding is not read as UTF-8 all the same
+        raise UnsupportedMediaType(f"FHIR bodies are UTF-8, not charset={charset[:20]}")
     declared = next((r.params.get("fhirversion") for r in ranges), None)
     if declared is not None and not declared.startswith("4.0"):  # STU3, R4B, R5...: not read as R4
         raise UnsupportedMediaType(f"writes take FHIR R4 (fhirVersion=4.0), not fhirVersion={declared[:10]}"
@@ -296,7 +324,7 @@ def _r4_write(request: Request) -> None:
         raise NotAcceptable("writes answer in FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
 
 
-def _written(request: Request, services: Services, stored: Any, status: int) -> Response:
+def _written(request: Request, services: Services, stored: Any, status: int, fmt: Format) -> Response:
     """The answer to a create or update, as ``Prefer: return=`` asks (http.html#ops): the
     resource (``representation``, the default), nothing (``minimal``) or an OperationOutcome;
     with the version's Location and a read's validators (ETag, Last-Modified)."""
@@ -309,14 +337,14 @@ def _written(request: Request, services: Services, stored: Any, status: int) -> 
     if "return=operationoutcome" in preferences:
         done = "created" if status == 201 else "updated"
         return _out(information_outcome("informational", f"Consent/{stored.id} {done} (version {stored.version_id})",
-                                        None), "4", status, headers)
-    return _out(stored.resource, "4", status, headers)
+                                        None), "4", status, headers, fmt=fmt)
+    return _out(stored.resource, "4", status, headers, fmt=fmt)
 
 
 @router.post("/Consent", status_code=201, openapi_extra=_CONSENT_BODY,
              responses=answers(ok(201, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, *WRITE)))
 async def create_consent(request: Request, services: ServicesDep) -> Response:
-    _answerable(request)
+    fmt = _answerable(request)
     _r4_write(request)
     ctx = get_write_context(request, services, "create")
     if "if-none-exist" in request.headers:
@@ -326,20 +354,20 @@ async def create_consent(request: Request, services: ServicesDep) -> Response:
                            "Consent?patient:identifier=… first to find one recorded before")
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.create, resource, ctx)
-    return _written(request, services, stored, 201)
+    return _written(request, services, stored, 201, fmt)
 
 
 @router.put("/Consent/{id}", openapi_extra=_CONSENT_BODY,
             responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, *WRITE, 405, 409, 412)))
 async def update_consent(id: str, request: Request, services: ServicesDep,
                          if_match: Annotated[str | None, Header()] = None) -> Response:
-    _answerable(request)
+    fmt = _answerable(request)
     _r4_write(request)
     ctx = get_write_context(request, services, "update")
     expected = _if_match_versions(if_match)
     async with _json_body(request, services, 10 * 1024 * 1024) as resource:
         stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)
-    return _written(request, services, stored, 200)
+    return _written(request, services, stored, 200, fmt)
 
 
 def _if_match_versions(if_match: str | None) -> frozenset[int] | None:
@@ -365,7 +393,8 @@ async def read(resource_type: str, id: str, request: Request, reader: ReaderDep,
     if id == "_history":  # history-type: no resource has that id (FHIR ids take no "_")
         raise NotSupported(f"history of a resource type is not supported: ask for a resource's own, "
                            f"{resource_type[:40]}/<id>/_history", expression="_history")
-    return await _read(resource_type, id, reader, accept, format_=format_, fhir_base=_fhir_base(request, services),
+    return await _read(request, resource_type, id, reader, accept, format_=format_,
+                       fhir_base=_fhir_base(request, services),
                        how=_read_subsetting(request),
                        conditions=_Conditions.of(request))
 
@@ -390,7 +419,7 @@ async def vread(resource_type: str, id: str, vid: str, request: Request, reader:
     past versions are served from its history, under the decision a read gets now."""
     if not is_digits(vid) or len(vid) > 9:
         raise NotFound(f"{resource_type[:40]}/{id[:64]} has no version {vid[:20]}")
-    return await _read(resource_type, id, reader, accept, int(vid), format_=format_,
+    return await _read(request, resource_type, id, reader, accept, int(vid), format_=format_,
                        fhir_base=_fhir_base(request, services), how=_read_subsetting(request),
                        conditions=_Conditions.of(request))
 
@@ -407,8 +436,7 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     """history-instance: every version of a resource, newest first (a Consent's purposes added
     and withdrawn; a record's one version), under the decision a read gets now; ``_count``
     and the ``next`` link page through a long history."""
-    check_acceptable(accept, format_)
-    version = fhir_version(accept, format_)
+    version, fmt = _negotiate(request, accept, format_)
     if resource_type not in R4_TYPES:
         raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
     if resource_type == "Binary":  # bytes, never updated: read or vread it
@@ -446,10 +474,10 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     fhir_base = _fhir_base(request, services)
     bundle = history_bundle([subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources],
                             total=result.total, self_url=link(params), base_url=fhir_base, **pages)
-    return _out(bundle, version, headers=_glass_headers(result.decision))
+    return _out(bundle, version, headers=_glass_headers(result.decision), fmt=fmt)
 
 
-async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
+async def _read(request: Request, resource_type: str, id: str, reader: Any, accept: str | None,
                 version_id: int | None = None, *, format_: str | None = None, fhir_base: str,
                 how: Subsetting = WHOLE, conditions: _Conditions | None = None) -> Response:
     """A read or vread; ``how``: the _summary/_elements cut of a FHIR JSON answer (the image
@@ -457,17 +485,16 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
     9110 13), answered 304 or 412 after the decision as any read (:meth:`_Conditions.answer`); a 412
     sends nothing, so the reader checks If-Match before it audits (:meth:`_Conditions.check_match`)."""
     conditions = conditions or _Conditions()
-    check_acceptable(accept, format_, binary=resource_type == "Binary")
-    version = fhir_version(accept, format_)
+    version, fmt = _negotiate(request, accept, format_, binary=resource_type == "Binary")
     if resource_type == "Binary":
         if version_id is not None:
             await run_in_threadpool(reader.check_binary_version, id, version_id)
-        if not format_is_json(format_) and wants_dicom(accept):
+        if not format_is_fhir(format_) and wants_dicom(accept):
             # the record's DICOM object, one application/dicom body, under the same decision
             dicom = await run_in_threadpool(reader.read_binary_dicom, id)
             return Response(content=dicom.data, media_type="application/dicom",
                             headers=_glass_headers(dicom.decision))
-        answerable = None if format_is_json(format_) else partial(binary_answer, accept)  # 406 audited as such
+        answerable = None if format_is_fhir(format_) else partial(binary_answer, accept)  # 406 audited as such
         # a read (not a vread) is IHE MHD ITI-68 when the Binary is a DocumentReference's document
         content = await run_in_threadpool(partial(reader.read_binary, id, answerable=answerable,
                                                   precondition=conditions.check_match,
@@ -476,9 +503,9 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
         headers = {**_glass_headers(content.decision), **_etag(content.resource)}
         if conditions.answer(content.resource, vread=version_id is not None):
             return Response(status_code=304, headers=headers)
-        if format_is_json(format_) or binary_answer(accept, content.content_type) == "json":
+        if format_is_fhir(format_) or binary_answer(accept, content.content_type) == "resource":
             return _out(subset(_versioned(content.resource, version, fhir_base), how, fhir_version=version), version,
-                        headers=headers)
+                        headers=headers, fmt=fmt)
         return Response(content=content.data, media_type=content.content_type, headers=headers)
     if resource_type not in R4_TYPES:
         raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
@@ -491,7 +518,8 @@ async def _read(resource_type: str, id: str, reader: Any, accept: str | None,
     headers = {**_glass_headers(result.decision), **_etag(result.resource)}
     if conditions.answer(result.resource, vread=version_id is not None):
         return Response(status_code=304, headers=headers)
-    return _out(subset(_versioned(result.resource, version, fhir_base), how, fhir_version=version), version, headers=headers)
+    return _out(subset(_versioned(result.resource, version, fhir_base), how, fhir_version=version), version,
+                headers=headers, fmt=fmt)
 
 
 async def _as_r5_photo_too(load: Callable[[str], Any], resource_type: str, version: str) -> Any:
@@ -706,8 +734,7 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     """A search; ``sealed``: its links hold the parameters sealed (a search by POST, or a page
     of one)."""
     format_ = next((v for k, v in params if k == "_format"), None)
-    check_acceptable(accept, format_)
-    version = fhir_version(accept, format_)
+    version, fmt = _negotiate(request, accept, format_)
     if resource_type not in R4_TYPES:
         raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
     if resource_type == "Binary":  # read it (ITI-68), by the reference its record holds
@@ -745,4 +772,4 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
         bundle.setdefault("entry", []).append(outcome_entry(
             information_outcome("suppressed", "break-glass access: records shown under emergency access, audited",
                                 None), fhir_version=version))
-    return _out(bundle, version, headers=break_glass_headers(result.break_glass))
+    return _out(bundle, version, headers=break_glass_headers(result.break_glass), fmt=fmt)

@@ -1,0 +1,51 @@
+"""adapter.api.fhir_xml on its own: the cases of json.html's primitive representation that the
+adapter's own resources rarely have (xml.html, json.html#primitive)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapter.api.fhir_xml import from_xml, to_xml
+from adapter.errors import InvalidResource
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_repeated_primitive_pairs_its_values_and_extensions_by_position() -> None:
+    patient = {"resourceType": "Patient", "name": [{
+        "given": ["Ann", None, "Lee"],
+        "_given": [None, {"extension": [{"url": "http://example.org/x", "valueBoolean": True}]}, {"id": "g3"}]}]}
+    document = to_xml(patient)
+    assert b'<given value="Ann"/><given><extension url="http://example.org/x"><valueBoolean value="true"/>' \
+           b'</extension></given><given value="Lee" id="g3"/>' in document
+    assert from_xml(document) == patient
+
+
+def test_numbers_are_read_as_the_json_path_reads_them() -> None:
+    """A decimal's digits as json.loads reads them (1.50 is 1.5 either way), an integer an int,
+    a boolean a bool; R5's integer64 stays the string JSON has it as."""
+    document = (b'<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code><text value="x"/></code>'
+                b'<valueQuantity><value value="1.50"/></valueQuantity></Observation>')
+    assert from_xml(document)["valueQuantity"]["value"] == json.loads("1.50")
+    r5 = {"resourceType": "Binary", "contentType": "image/png", "data": "AA=="}
+    assert from_xml(to_xml(r5, "5"), "5") == r5
+    doc = {"resourceType": "DocumentReference", "status": "current",
+           "content": [{"attachment": {"contentType": "image/png", "size": "12"}}]}
+    assert b'<size value="12"/>' in to_xml(doc, "5") and from_xml(to_xml(doc, "5"), "5") == doc
+
+
+def test_what_the_adapter_would_write_wrongly_is_not_written() -> None:
+    with pytest.raises(ValueError, match="nonsense"):
+        to_xml({"resourceType": "Binary", "contentType": "image/png", "nonsense": 1})
+
+
+@pytest.mark.parametrize("document", [
+    b'<Binary xmlns="http://hl7.org/fhir"><contentType value="a"/><data value="AA=="/></Binary> trailing',
+    b'<Binary xmlns="http://hl7.org/fhir"><id value="1"/><text><div>no namespace</div></text></Binary>',
+    b'<Patient xmlns="http://hl7.org/fhir"><active value="yes"/></Patient>',
+])
+def test_not_fhir_xml(document: bytes) -> None:
+    with pytest.raises(InvalidResource):
+        from_xml(document)
