@@ -17,9 +17,14 @@
 #        of it), never as -p 8080:8080, which serves every network the host is on. The DICOM SCP
 #        admits only the calling AE titles listed (none by default), which any peer can claim:
 #        publish it only on the address the PACS reaches.
-# Health: the HEALTHCHECK asks /health/ready (database, data volume, DICOM SCP; 503 when one fails);
-#         an orchestrator's liveness probe wants /health (the process answers) instead.
-FROM python:3.11-slim-bookworm AS base
+# Health: the HEALTHCHECK asks /health (the process answers): a container is unhealthy when the
+#         adapter itself is, not when the database is down (Swarm would replace every replica);
+#         a load balancer's or orchestrator's readiness probe wants /health/ready (database, data
+#         volume, DICOM SCP; 503 when one fails).
+# Base image: PYTHON_IMAGE, a tag by default; pin a digest for change control
+#   (docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> .).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE} AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -32,15 +37,17 @@ RUN groupadd --system --gid 10001 adapter \
 # Built in /src, removed once installed: the adapter runs as installed (site-packages, and the
 # mapping tables with the example policy in /usr/local/share/clinical-image-adapter/mappings), from
 # /app, which holds no mappings/ of its own, so the example policy is never taken for the
-# organisation's (in production it is refused unless ADAPTER_POLICY names it).
+# organisation's (in production it is refused, and so is a copy of it left unedited: a policy
+# naming the example organisation, urn:oid:2.999.1).
 WORKDIR /src
 
-# Dependencies first (cached while only code changes): install from the metadata alone. The
-# package's readme only has to exist here: the real one, copied now, would re-install every
-# dependency whenever the documentation changes.
-COPY pyproject.toml ./
+# Dependencies first (cached while only code changes): install from the metadata alone, at the
+# versions the test suite ran (constraints.txt, made by `make lock`). The package's readme only has
+# to exist here: the real one, copied now, would re-install every dependency whenever the
+# documentation changes.
+COPY pyproject.toml constraints.txt ./
 RUN mkdir -p adapter && echo '__version__ = "0"' > adapter/__init__.py && touch README.md \
- && pip install '.[postgres]' \
+ && pip install -c constraints.txt '.[postgres]' \
  && pip uninstall -y clinical-image-adapter \
  && rm -rf adapter build *.egg-info README.md
 
@@ -51,7 +58,9 @@ COPY mappings ./mappings
 RUN pip install --no-deps '.[postgres]' && cd / && rm -rf /src
 
 WORKDIR /app
-RUN mkdir -p /data && chown adapter:adapter /data
+# owner only (mode 700): a named volume takes this mode, and the adapter warns of a data folder
+# others may read or enter
+RUN install -d -m 700 -o adapter -g adapter /data
 VOLUME ["/data"]
 
 ENV ADAPTER_ENVIRONMENT=production \
@@ -64,7 +73,8 @@ ENV ADAPTER_ENVIRONMENT=production \
 USER adapter
 EXPOSE 8080 11112
 
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('ADAPTER_HTTP_PORT','8080'), timeout=4).read()" || exit 1
+# start period: a first start after an upgrade may re-index the records before HTTP listens
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+  CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('ADAPTER_HTTP_PORT','8080'), timeout=4).read()" || exit 1
 
 CMD ["python", "-m", "adapter", "serve"]

@@ -7,7 +7,7 @@ PEERS_DIR ?= $(CURDIR)/.peers
 export PEERS_DIR
 export FHIRVAL_DIR ?= $(PEERS_DIR)/fhirval
 
-.PHONY: run test venv venv-test peers lint samples bench fuzz clean
+.PHONY: run test venv venv-test peers lint samples bench fuzz lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -17,12 +17,12 @@ $(BIN)/python:
 	  rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
 	@$(BIN)/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --disable-pip-version-check -e .
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e .
 	@touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed
@@ -52,6 +52,13 @@ lint: venv-test
 	$(BIN)/pip install -q ruff mypy types-PyYAML
 	$(BIN)/ruff check adapter tests fuzz
 	$(BIN)/mypy
+
+# constraints.txt anew: the runtime dependencies (postgres extra included) as pip resolves pyproject.toml today.
+lock: | $(BIN)/python
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --disable-pip-version-check '.[postgres]'
+	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -iv '^clinical-image-adapter' | LC_ALL=C sort; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv build *.egg-info
 
 clean:
 	rm -rf $(VENV) .peers data .pytest_cache

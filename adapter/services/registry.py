@@ -224,6 +224,13 @@ class Configuration:
     uid_root: str
 
 
+def names_the_example_organisation(identifier: str) -> bool:
+    """Whether an organisation identifier lies under the ISO/ITU-T example arc 2.999 (no real
+    organisation's OID; the example policy's is urn:oid:2.999.1)."""
+    oid = identifier.strip().lower().removeprefix("urn:oid:")
+    return oid == "2.999" or oid.startswith("2.999.")
+
+
 def check_configuration(settings: Settings) -> Configuration:
     """Validate ``settings``, the policy and the mapping tables as :func:`build_services` does,
     first, without opening the store or writing anything (``python -m adapter check`` runs this:
@@ -232,6 +239,13 @@ def check_configuration(settings: Settings) -> Configuration:
     settings.check_safe()
     check_database_url(settings.resolved_database_url)
     tables = load_tables(settings.resolved_mappings_dir, settings.resolved_policy)
+    if settings.environment == "production" and names_the_example_organisation(tables.policy.organisation.identifier.value):
+        # a copy of the example policy (verbal consent enough, break-glass on), wherever it lies:
+        # the README's Docker steps copy mappings/ for the organisation to edit
+        raise ConfigurationError(f"{settings.resolved_policy} names the example organisation "
+                                 f"({tables.policy.organisation.identifier.value}, under the ISO example arc 2.999): "
+                                 "in production the policy must be the organisation's own (edit organisation, "
+                                 "consent, breakGlass and devices)")
     dicom_tables = load_dicom_tables(settings.resolved_mappings_dir / "dicom.yaml")
     return Configuration(tables=tables, dicom_tables=dicom_tables, uid_root=check_uid_root(settings.uid_root))
 

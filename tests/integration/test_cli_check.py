@@ -76,3 +76,28 @@ def test_the_source_package_run_outside_its_checkout_finds_its_example_policy(tm
                           text=True, timeout=60, check=False)
     assert done.returncode == 2 and "ADAPTER_POLICY must name the organisation's policy" in done.stderr, done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_production_refuses_a_copy_of_the_example_policy_wherever_it_lies(tmp_path: Path) -> None:
+    """Ops review 4: production refused the example policy only when the package's own copy was
+    fallen back to; an unedited copy (the README's Docker steps copy mappings/ for the
+    organisation to edit) ran with no word: verbal consent enough, break-glass on, "Example
+    Hospital". A policy naming the example organisation (under the ISO example arc 2.999) is
+    refused in production, by check and serve; edited, it is taken. Development still runs it."""
+    copy = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", copy)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_POLICY=str(copy / "policy.yaml"))
+
+    def check(**more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "adapter", "check"], cwd=tmp_path, env={**env, **more},
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    production = {"ADAPTER_ENVIRONMENT": "production", "ADAPTER_PSEUDONYM_KEY": "k" * 40}
+    assert check().returncode == 0
+    refused = check(**production)
+    assert refused.returncode == 2 and "names the example organisation" in refused.stderr, refused.stderr
+    policy = copy / "policy.yaml"
+    policy.write_text(policy.read_text().replace("urn:oid:2.999.1", "urn:oid:1.2.826.0.1.3680043.10.1"))
+    taken = check(**production)
+    assert taken.returncode == 0 and "valid" in taken.stdout, taken.stderr

@@ -86,12 +86,18 @@ def test_the_image_keeps_its_example_policy_out_of_production() -> None:
     assert runtime not in {args for i, (instruction, args) in enumerate(instructions)
                            if instruction == "WORKDIR" and i < last_workdir}
     # and the image's other promises (new-user review 7)
-    assert instructions[0] == ("FROM", "python:3.11-slim-bookworm AS base")
+    assert instructions[:2] == [("ARG", "PYTHON_IMAGE=python:3.11-slim-bookworm"), ("FROM", "${PYTHON_IMAGE} AS base")]
     assert ("USER", "adapter") in instructions and ("VOLUME", '["/data"]') in instructions
     assert env["ADAPTER_DATA_DIR"] == "/data"
     assert ("CMD", '["python", "-m", "adapter", "serve"]') in instructions
+    # ops review 9: liveness, not readiness (a database outage would make Swarm replace every
+    # replica); the data folder the owner's alone (a named volume takes its mode; the adapter
+    # warns of one others may enter); the dependencies at the versions the suite ran
     healthcheck = next(args for instruction, args in instructions if instruction == "HEALTHCHECK")
-    assert "/health/ready" in healthcheck
+    assert "/health'" in healthcheck and "/health/ready" not in healthcheck
+    assert ("RUN", "install -d -m 700 -o adapter -g adapter /data") in instructions
+    assert any(instruction == "RUN" and "pip install -c constraints.txt '.[postgres]'" in args
+               for instruction, args in instructions)
 
 
 def _readme_docker_run() -> list[str]:
