@@ -30,15 +30,21 @@ if TYPE_CHECKING:
     from adapter.services.registry import Services
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "text") -> None:
     """One handler, on the root logger, for every record of the process (uvicorn's loggers are
     left unconfigured, so theirs come here too): exceptions are rendered without their messages
-    (adapter.logs), whichever library logs them."""
-    from adapter.logs import make_exceptions_safe
+    (adapter.logs), whichever library logs them; ``log_format`` json writes each record as one
+    JSON object (adapter.logs.JsonFormatter)."""
+    from adapter.logs import JsonFormatter, make_exceptions_safe
 
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     make_exceptions_safe()
+    # pikepdf says at INFO, on every start, that its C++ logger bridge is initialised
+    logging.getLogger("pikepdf").setLevel(max(logging.WARNING, logging.getLogger().level))
     # httpx logs every request's full URL at INFO: a batch's entries go through it in-process
     # (adapter.api.batch), and their query strings hold patient identifiers
     for name in ("httpx", "httpcore"):
@@ -355,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, AdapterError) as exc:  # say which setting
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     previous_umask = _keep_files_private(settings)
     try:
         return _run(args, settings)

@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     environment: str = Field(
         "development", description="development or production; production refuses unsafe defaults.")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
+    log_format: str = Field("text", description="text (one line a record) or json (one JSON object a line: "
+                            "time, level, logger, message, exception; for a log collector).")
 
     # -- DICOM bridge ------------------------------------------------------------------------
     dicom_enabled: bool = Field(True, description="Run the DICOM SCP (C-ECHO, C-STORE) beside the HTTP API.")
@@ -247,6 +249,13 @@ class Settings(BaseSettings):
             raise ValueError("must be an absolute http(s) URL without query or fragment, e.g. "
                              "https://adapter.hospital.example")
         return v
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_log_format(cls, v: str) -> str:
+        if v.lower() not in ("text", "json"):
+            raise ValueError("must be text or json")
+        return v.lower()
 
     @field_validator("log_level")
     @classmethod

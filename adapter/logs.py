@@ -13,8 +13,10 @@ The bug is found from that; the values are in the database the request read.
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
+from datetime import UTC, datetime
 from types import TracebackType
 
 #: How many chained exceptions (``__cause__``/``__context__``) are followed.
@@ -65,4 +67,18 @@ def make_exceptions_safe(logger: logging.Logger | None = None) -> None:
             handler.addFilter(SafeExceptions())
 
 
-__all__ = ["SafeExceptions", "exception_without_messages", "make_exceptions_safe"]
+class JsonFormatter(logging.Formatter):
+    """A record as one JSON object on one line (``ADAPTER_LOG_FORMAT=json``, for a log
+    collector): ``time`` (UTC, ISO 8601, milliseconds), ``level``, ``logger``, ``message`` and,
+    when the record has one, ``exception``, rendered as :class:`SafeExceptions` renders it (the
+    filter has set ``exc_text`` by then: frames and types, no messages)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+               "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info and record.exc_info[0] is not None:
+            out["exception"] = record.exc_text or exception_without_messages(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+__all__ = ["JsonFormatter", "SafeExceptions", "exception_without_messages", "make_exceptions_safe"]

@@ -597,6 +597,8 @@ class Forwarder:
             backoff.answering, backoff.retry_at, backoff.steps = True, None, 0
             leases.release(item)  # no longer renewed: a sent item has no claim to keep
             self._store.mark_outbox_sent(item.id, now, audit_events=[disclosed] if disclosed is not None else ())
+            # which forwarder sent which item, when several share the outbox (ops review 8)
+            log.info("outbox item %d to %s: sent (attempt %d)", item.id, item.destination, item.attempts + 1)
             return
         attempts = item.attempts + 1
         error = result.error or "failed"

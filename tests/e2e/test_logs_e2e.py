@@ -74,3 +74,29 @@ def test_debug_logs_hold_no_patient_data(tmp_path: Path) -> None:
     assert "unexpected error (ValueError)" in logged and "Traceback" in logged  # the bug is still located
     assert "DEBUG pynetdicom" in logged and "refused (0xC000" in logged  # the level was DEBUG
     assert "GET /fhir/{resource_type}/{id} 500" in logged  # the access log names the route and the status
+
+
+def test_json_logs_are_one_object_a_line_and_as_safe(tmp_path: Path) -> None:
+    """Ops review 8: logs were plain text only, for a log collector to parse, and every start
+    printed pikepdf's INFO line about its logger bridge. ``ADAPTER_LOG_FORMAT=json`` writes each
+    record as one JSON object (time, level, logger, message; an exception as its frames and
+    types, its message left out, as in text); pikepdf says nothing at INFO."""
+    with running_adapter(tmp_path, ADAPTER_LOG_FORMAT="json", ADAPTER_DICOM_ENABLED="false") as server:
+        meta = {"patient": {"system": "urn:oid:2.999.1.1", "value": MRN}, "kind": "clinical", "source": "clinician",
+                "consent": {"purposes": ["TREAT"], "method": "verbal"}}
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            posted = http.post("/photos", files={"file": ("p.jpg", jpeg(), "image/jpeg"),
+                                                 "metadata": (None, json.dumps(meta), "application/json")})
+            assert posted.status_code == 201, posted.text
+            media_id = posted.json()["record"].split("/")[1]
+            with sqlite3.connect(tmp_path / "data" / "adapter.db") as db:
+                db.execute("UPDATE resources SET last_updated = ? WHERE resource_type = 'Media' AND id = ?",
+                           (f"{FAMILY} {MRN}", media_id))
+            assert http.get(f"/fhir/Media/{media_id}", headers=TREAT).status_code == 500
+    records = [json.loads(line) for line in server.log.read_text().splitlines() if line.strip()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["logger"] == "adapter.access" and r["message"].startswith("POST /photos 201") for r in records)
+    failures = [r for r in records if "exception" in r]
+    assert failures and all("Traceback" in r["exception"] for r in failures)
+    assert MRN not in json.dumps(records) and FAMILY not in json.dumps(records)
+    assert not [r for r in records if r["logger"].startswith("pikepdf")]
