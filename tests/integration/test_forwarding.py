@@ -11,6 +11,7 @@ SCPs on ephemeral loopback ports, shut down in teardown.
 from __future__ import annotations
 
 import io
+import logging
 import random
 import subprocess
 import sys
@@ -191,8 +192,10 @@ def jobs(event: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- the photo arrives
 
 
-def test_posted_photo_arrives_in_orthanc_with_the_same_pixels(tmp_path: Path, pacs: OrthancPeer) -> None:
+def test_posted_photo_arrives_in_orthanc_with_the_same_pixels(tmp_path: Path, pacs: OrthancPeer,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     jpeg = photo_jpeg(tmp_path, 1)
+    caplog.set_level(logging.INFO, logger="adapter.services.forwarding")
     with forwarding(tmp_path, pacs) as (client, services, scu):
         r = post_photo(client, jpeg, meta_for(1))
         assert r.status_code == 201, r.text
@@ -231,6 +234,8 @@ def test_posted_photo_arrives_in_orthanc_with_the_same_pixels(tmp_path: Path, pa
         assert outbox(client, status="pending") == [] and outbox(client, status="failed") == []
         # the disclosure to the PACS is audited
         assert any(receipt["record"] in str(e) and "PACS ORTHANC" in str(e) for e in services.store.list_audit(20))
+        # and the log says which item went where (ops review 8: only failures were named)
+        assert f"outbox item {item['id']} to {destination(pacs)}: sent (attempt 1)" in caplog.text
     assert scu.sent == [sop_uid]
 
 
