@@ -552,3 +552,41 @@ def test_what_fails_basic_fhir_validation_is_400_and_a_read_in_a_transaction_not
             [issue] = r.json()["issue"]
             assert (issue["code"], issue["expression"]) == (code, [where]), issue
         assert _stored(services) == 0
+
+
+def test_a_deployment_may_file_clinical_photos_as_document_references(tmp_path: Path) -> None:
+    """MHD review 3: a DocumentReference sent as a clinical photo (the photo-kind extension) was
+    filed as a Media, as mappings/kinds.yaml maps the kind, so an R4 ITI-67 Document Consumer never
+    found it. The map is data: a deployment whose consumers use MHD maps clinical photos to
+    DocumentReference, and then the clinical photo's rules (documented consent for care) apply to
+    a DocumentReference that ITI-67 finds, sent over ITI-65 or POST /photos alike."""
+    import shutil
+
+    from adapter.api.app import create_app
+    from adapter.config import Settings
+    from adapter.services.registry import build_services
+    from tests.support.app import FhirClient, metadata, post_photo
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mappings)
+    kinds = mappings / "kinds.yaml"
+    kinds.write_text(kinds.read_text().replace("clinical:\n  resource: Media", "clinical:\n  resource: DocumentReference", 1))
+    services = build_services(Settings(data_dir=tmp_path / "data", policy=mappings / "policy.yaml",
+                                       mappings_dir=mappings))
+    clinical = [{"url": "http://clinical-image-adapter.org/fhir/StructureDefinition/photo-kind", "valueCode": "clinical"}]
+    with FhirClient(create_app(services), raise_server_exceptions=False) as client:
+        bundle = provide_document_bundle(DOCUMENT)
+        bundle["entry"][1]["resource"]["extension"] = clinical
+        refused = client.post("/fhir", json=bundle, headers=FHIR)  # a clinical photo: consent for care needed
+        assert refused.status_code == 422, refused.text
+        bundle["entry"].append({"fullUrl": "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000c1",
+                                "request": {"method": "POST", "url": "Consent"}, "resource": consent_resource(["TREAT"])})
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        assert r.json()["entry"][1]["response"]["location"].startswith("DocumentReference/")
+        posted = post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+        assert posted.status_code == 201 and posted.json()["record"].startswith("DocumentReference/"), posted.text
+        found = _found(client)
+        assert len(found) == 2
+        assert all(("urn:clinical-image-adapter:photo-kind", "clinical") in
+                   [(c["system"], c["code"]) for cat in d["category"] for c in cat["coding"]] for d in found), found
