@@ -12,6 +12,7 @@ Everything else (the store, the files, the DICOM association, the HTTP stack) is
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import shutil
 from collections.abc import Iterator
@@ -22,10 +23,14 @@ import pytest
 
 from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import OUT_OF_RESOURCES, SUCCESS
-from tests.support.app import adapter_client
+from tests.support.app import adapter_client, metadata, post_photo
 from tests.support.dicom_files import jpeg, pynet_store, sc_file
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+WOUND = ROOT / "samples" / "wound.jpg"
+
 
 @contextmanager
 def staging_replaced_by_a_file(data_dir: Path) -> Iterator[None]:
@@ -121,3 +126,44 @@ def test_a_c_store_whose_spool_file_cannot_be_written_is_answered_out_of_resourc
             assert services.store.find_dicom_instance(small.SOPInstanceUID) is not None
         finally:
             scp.stop()
+
+
+# -- POST /photos ------------------------------------------------------------------------------
+
+
+def test_a_photo_whose_staged_file_cannot_be_created_says_so_and_logs_the_errno(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the operations review: with the data folder read-only, POST /photos answered 503
+    "could not remove a staged upload" (the clean-up's failure hid the write's), and the log had
+    no errno. The answer says the staged upload could not be created; one ERROR line names the
+    errno (no path: a staging name says nothing of a patient, but none is needed)."""
+    data = tmp_path / "data"
+    with adapter_client(tmp_path, min_free_mb=0, dicom_enabled=False) as (client, _):
+        with caplog.at_level(logging.INFO), staging_replaced_by_a_file(data):
+            r = post_photo(client, WOUND, metadata())
+        assert r.status_code == 503, r.text
+        diagnostics = r.json()["issue"][0]["diagnostics"]
+        assert "remove" not in diagnostics and "staged upload could not be created" in diagnostics, diagnostics
+        assert errors(caplog) == ["request failed: StorageError (ENOTDIR)"], errors(caplog)
+        assert not [p for p in (data / "blobs").rglob("*") if p.is_file()]
+        assert post_photo(client, WOUND, metadata()).status_code == 201
+
+
+# -- readiness ---------------------------------------------------------------------------------
+
+
+def test_readiness_warns_when_the_data_folder_has_no_room_for_one_upload_whatever_the_reserve(
+        tmp_path: Path) -> None:
+    """Found by the operations review: with ADAPTER_MIN_FREE_MB=0 and 0 bytes free, readiness
+    said pass. Less free than one largest upload (ADAPTER_MAX_UPLOAD_BYTES) is a warning: a photo
+    or object of that size cannot be stored."""
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    with adapter_client(tmp_path, min_free_mb=0, dicom_enabled=False,
+                        max_upload_bytes=free + 1024 * 1024 * 1024) as (client, _):
+        r = client.get("/health/ready")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["status"] == "warn", body
+        storage = body["checks"]["storage:freeSpace"][0]
+        assert storage["status"] == "warn" and "largest upload" in storage["output"], storage
