@@ -7,6 +7,8 @@ each map that hierarchy through one table. Diagnostics never carry patient data.
 
 from __future__ import annotations
 
+import errno
+
 
 class AdapterError(Exception):
     """Base of every error the adapter raises on purpose."""
@@ -212,6 +214,26 @@ class Transient(AdapterError):
 class StorageError(Transient):
     """The store failed; nothing was committed."""
 
+    def for_log(self) -> str:
+        """As :meth:`AdapterError.for_log`, with the errno name of the operating system's error
+        that caused it (``StorageError (ENOSPC)``): a full, read-only or failing disk tells apart
+        at a glance, and an errno name carries no patient data (a path would: none is logged)."""
+        name = errno_name(self)
+        return f"{super().for_log()} ({name})" if name else super().for_log()
+
+
+def errno_name(exc: BaseException) -> str | None:
+    """The errno name (ENOSPC, EROFS, EACCES, EDQUOT, EIO...) of the OSError that ``exc`` is or
+    was raised from (its chain of ``__cause__``), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno:
+            return errno.errorcode.get(current.errno, str(current.errno))
+        current = current.__cause__
+    return None
+
 
 class InsufficientStorage(StorageError):
     """The data folder's free space is below the reserve kept for the database and the audit
@@ -274,4 +296,5 @@ __all__ = [
     "UnsupportedResourceType",
     "UnsupportedTransferSyntax",
     "UpdateCreateNotSupported",
+    "errno_name",
 ]

@@ -21,6 +21,7 @@ header line without a colon, part headers over ``HEADER_LIMIT`` bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import AsyncIterator
@@ -31,7 +32,7 @@ from typing import BinaryIO, Protocol
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from adapter.errors import InvalidInput, PayloadTooLarge, StorageError, UnsupportedMediaType
 
 SMALL_PART_LIMIT = 1024 * 1024  # metadata JSON, with room for a base64 consent form
 #: Parts one upload may have: a photo and its metadata, with room to spare. Parsing runs on the
@@ -219,21 +220,31 @@ class _Collector:
         """Write the collected file bytes to the staging file (run in a worker thread)."""
         pieces, self._pieces, self._pending = self._pieces, [], 0
         if self._sink is None:
-            self._sink = self._spill_path.open("wb")
+            try:
+                self._sink = self._spill_path.open("wb")
+            except OSError as exc:  # a read-only or missing staging folder: the disk's failure, not the client's
+                raise StorageError("the staged upload could not be created in the staging folder") from exc
             self.result.file_path = self._spill_path
-        self._sink.writelines(pieces)
+        try:
+            self._sink.writelines(pieces)
+        except OSError as exc:
+            raise StorageError("the staged upload could not be written to the staging folder") from exc
         self.result.release()  # on disk now: the memory is the budget's again
 
     def finish(self) -> None:
         """After the close delimiter: the staging file complete and closed."""
         if self._sink is not None:
-            self._sink.close()
-            self._sink = None
+            sink, self._sink = self._sink, None
+            try:
+                sink.close()  # writes what it buffers
+            except OSError as exc:
+                raise StorageError("the staged upload could not be written to the staging folder") from exc
 
     def close(self) -> None:
         if self._sink is not None:
-            self._sink.close()
-            self._sink = None
+            sink, self._sink = self._sink, None
+            with contextlib.suppress(OSError):  # a failure being raised already says what failed
+                sink.close()
         self.result.release()
 
 
@@ -391,6 +402,7 @@ async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes]
         collector.finish()
     except BaseException:
         collector.close()
-        spill_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never made, or a read-only folder: the staging sweep's
+            spill_path.unlink(missing_ok=True)
         raise
     return collector.result

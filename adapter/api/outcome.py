@@ -118,7 +118,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _adapter_error(request: Request, exc: e.AdapterError) -> Response:
         status = status_for(exc)
         if status >= 500:
-            log.error("request failed: %s", type(exc).__name__)
+            log.error("request failed: %s", exc.for_log())  # StorageError (ENOSPC): what failed, no patient data
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
         if status == 405:  # RFC 9110 15.5.6: the methods the target allows, the refused one not among them
             headers = {"Allow": ", ".join(m for m in allowed_methods(request) if m != request.method)}

@@ -58,6 +58,7 @@ import struct
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -85,8 +86,8 @@ from adapter.dicom.handlers import (
     handle_store,
 )
 from adapter.dicom.logs import make_pynetdicom_logs_safe
-from adapter.dicom.spool import BoundedSpool
-from adapter.errors import ConfigurationError
+from adapter.dicom.spool import BoundedSpool, UnopenedSpool
+from adapter.errors import ConfigurationError, errno_name
 from adapter.services.dicom_ingest import DicomIngestService
 
 log = logging.getLogger("adapter.dicom")
@@ -483,6 +484,11 @@ class _DIMSE(DIMSEServiceProvider):
             return
         try:
             super().receive_primitive(primitive)
+        except OSError as exc:  # a file of ours (the spool's are caught before: adapter.dicom.spool), not the peer
+            log.error("a local file operation failed while a DIMSE message was received (%s): association aborted",
+                      errno_name(exc) or type(exc).__name__)
+            self._abort(None)
+            return
         except Exception as exc:  # noqa: BLE001 - whatever pynetdicom's decoding raises
             self._abort(f"a DIMSE message that cannot be decoded ({type(exc).__name__})")
             return
@@ -523,8 +529,10 @@ class _DIMSE(DIMSEServiceProvider):
                 in_data_set = False  # the data set's last fragment: the message is whole
         return None
 
-    def _abort(self, what: str) -> None:
-        log.warning("DICOM peer sent %s: association aborted", what)
+    def _abort(self, what: str | None) -> None:
+        """A-ABORT, and log ``what`` the peer sent (None: the cause was logged already)."""
+        if what is not None:
+            log.warning("DICOM peer sent %s: association aborted", what)
         message, self.message = self.message, None
         if message is not None:
             discard_spooled(message)
@@ -746,7 +754,13 @@ def _spool_file(*args: Any, **kwargs: Any) -> Any:
         discard_spooled(message)
     if ae.spool_dir is not None:
         kwargs.setdefault("dir", ae.spool_dir)
-    spool = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - pynetdicom owns and closes it
+    # unbuffered: a write the disk refuses fails there, in BoundedSpool, and not again when closed
+    kwargs["buffering"] = 0
+    try:
+        spool = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - pynetdicom owns and closes it
+    except OSError as exc:  # the SCP's disk, not the peer: the object is read, dropped and refused (0xA700)
+        where = kwargs.get("dir") or tempfile.gettempdir()
+        return UnopenedSpool(os.path.join(where, f"unopened-{uuid.uuid4().hex}.dcm"), exc, ae.max_object_bytes)
     # every write goes through .file: pynetdicom's (the wrapper delegates) and _StreamingDUL's
     spool.file = BoundedSpool(spool.file, ae.max_object_bytes)  # type: ignore[assignment]
     return spool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -142,10 +143,17 @@ def strip_but_orientation(data: bytes, content_type: str) -> bytes:
 
 
 def _write(dst: Path, parts: list[bytes | memoryview]) -> None:
+    """Write the staged upload ``dst``; StorageError saying which step failed (its cause the
+    OSError: a read-only, full or missing staging folder), the file removed if it was made."""
     try:
-        with dst.open("wb") as out:
+        out = dst.open("wb")
+    except OSError as exc:
+        raise StorageError("the staged upload could not be created in the staging folder") from exc
+    try:
+        with out:
             out.writelines(parts)
             out.flush()
     except OSError as exc:
-        dst.unlink(missing_ok=True)
-        raise StorageError("the sanitized photo could not be written") from exc
+        with contextlib.suppress(OSError):  # the staging sweep removes it if this fails too
+            dst.unlink(missing_ok=True)
+        raise StorageError("the staged upload could not be written to the staging folder") from exc

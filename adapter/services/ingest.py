@@ -46,6 +46,7 @@ from adapter.errors import (
     InvalidInput,
     StorageError,
     UnknownCode,
+    errno_name,
 )
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
@@ -176,8 +177,18 @@ class IngestService:
         finally:
             if isinstance(upload, Path):
                 upload.unlink(missing_ok=True)
-            if staged is not None and not committed:
-                self._blobs.discard(staged)
+            if staged is not None and not committed:  # only on the way out of a failure
+                self._discard_after_failure(staged)
+
+    def _discard_after_failure(self, staged: Path) -> None:
+        """Remove the staged photo of an ingest that failed; a failure to remove it is logged and
+        does not replace the ingest's own failure (the answer says what failed first). The
+        staging sweep removes it later."""
+        try:
+            self._blobs.discard(staged)
+        except StorageError as exc:
+            log.warning("a staged photo could not be removed after a failed ingest (%s); the staging sweep "
+                        "removes it later", errno_name(exc) or type(exc).__name__)
 
     def _audit_failed_store(self, ctx: RequestContext, meta: PhotoMetadata, error: StorageError) -> None:
         """Audit a photo (a POST /photos, or the document of a transaction) the adapter failed to

@@ -6,7 +6,8 @@ the IETF draft "Health Check Response Format for HTTP APIs" (draft-inadarei-api-
 - ``database:responseTime``: the record store answers a read of its schema version;
 - ``storage:freeSpace``: the data folder's staging folder is writable, and its free space is
   above the reserve (ADAPTER_MIN_FREE_MB); below it is a warning, not a failure: reads, consent
-  changes and their audit go on, only new images are refused (HTTP 507, DIMSE 0xA700);
+  changes and their audit go on, only new images are refused (HTTP 507, DIMSE 0xA700); so is
+  less free space than one largest upload (ADAPTER_MAX_UPLOAD_BYTES), whatever the reserve;
 - ``dicom:listener``: the DICOM SCP accepts a TCP connection on its port (when it is enabled;
   it may run in another process than the HTTP worker asking).
 
@@ -76,7 +77,10 @@ def check_database(store: RecordStore) -> Check:
     return DATABASE.check(PASS, _elapsed_ms(start), "ms")
 
 
-def check_storage(blobs: BlobStore) -> Check:
+def check_storage(blobs: BlobStore, largest_upload: int = 0) -> Check:
+    """The staging folder writable, and room in the data folder: below the reserve, or below one
+    ``largest_upload`` (ADAPTER_MAX_UPLOAD_BYTES) whatever the reserve (with ADAPTER_MIN_FREE_MB=0
+    a full disk said pass), a warning."""
     if not os.access(blobs.staging_dir, os.W_OK | os.X_OK):
         return STORAGE.check(FAIL, output="the staging folder is not writable")
     try:
@@ -87,6 +91,10 @@ def check_storage(blobs: BlobStore) -> Check:
     if free < blobs.reserve_bytes:
         return STORAGE.check(WARN, free_mib, "MiB",
                              f"below the reserve of {blobs.reserve_bytes // _MIB} MiB: new images are refused")
+    if free < largest_upload:
+        return STORAGE.check(WARN, free_mib, "MiB",
+                             f"less free than the largest upload ({largest_upload // _MIB} MiB): an image of that "
+                             "size cannot be stored")
     return STORAGE.check(PASS, free_mib, "MiB")
 
 

@@ -238,10 +238,14 @@ class FileBlobStore:
         return changed[::-1]
 
     def discard(self, staged: Path) -> None:
-        """Remove a staged file if present."""
+        """Remove a staged file if present. One that was never made is no failure, even where
+        nothing can be removed (a read-only folder answers EROFS before it looks)."""
+        staged = self._check_staged(staged)
         try:
-            self._check_staged(staged).unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
         except OSError as exc:
+            if not staged.exists():
+                return
             raise StorageError("could not remove a staged upload") from exc
 
     def path(self, sha256: str) -> Path:

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import os
 import random
+import resource
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from python_multipart.multipart import MultipartParser as ReferenceParser
 
 from adapter.api.multipart import HEADER_LIMIT, SMALL_PART_LIMIT, ParsedUpload, parse_multipart
-from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from adapter.errors import InvalidInput, PayloadTooLarge, StorageError, UnsupportedMediaType, errno_name
 
 pytestmark = pytest.mark.unit
 
@@ -215,6 +216,34 @@ def test_a_file_over_the_memory_limit_is_spilled_whole(tmp_path: Path) -> None:
     assert parsed.file_size == len(photo) and parsed.fields == {"metadata": META}
     small = parse(pieces(body(photo[:999_999]), 65_536), tmp_path, memory_bytes=1_000_000)
     assert small.file_data == photo[:999_999] and small.file_path is None
+
+
+def test_a_spill_file_that_cannot_be_created_is_a_storage_failure(tmp_path: Path) -> None:
+    """Found with the operations review (a read-only data folder): opening the spill file raised
+    a bare OSError, answered 500 as a bug, and its clean-up raised again. The staging folder is a
+    file here (ENOTDIR, whoever runs the test): a StorageError saying what failed, its cause kept
+    for the log's errno name."""
+    staging = tmp_path / "staging"
+    staging.write_bytes(b"")
+    with pytest.raises(StorageError, match="staged upload could not be created") as caught:
+        asyncio.run(parse_multipart(CTYPE, _stream([body(b"x" * 5000)[:3000], body(b"x" * 5000)[3000:]]),
+                                    staging / "spill.part", 10_000_000, memory_bytes=1000))
+    assert errno_name(caught.value) == "ENOTDIR"
+
+
+def test_a_spill_file_that_cannot_be_written_is_a_storage_failure_and_removed(tmp_path: Path) -> None:
+    """A full disk (here: a file size limit on the process, EFBIG; Python ignores SIGXFSZ): a
+    StorageError saying the staged upload could not be written, and no spill file left."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    data = body(b"x" * (3 << 20))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(StorageError, match="staged upload could not be written") as caught:
+            parse([data[i:i + 65536] for i in range(0, len(data), 65536)], tmp_path, memory_bytes=1000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert errno_name(caught.value) == "EFBIG"
+    assert not (tmp_path / "spill.part").exists()
 
 
 def test_a_failed_spilled_upload_leaves_no_file(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ async def ready(request: Request) -> Response:
     settings = services.settings
     planned: list[tuple[Component, Callable[[], Check]]] = [
         (DATABASE, partial(check_database, services.store)),
-        (STORAGE, partial(check_storage, services.blobs)),
+        (STORAGE, partial(check_storage, services.blobs, settings.max_upload_bytes)),
     ]
     if settings.dicom_enabled:
         planned.append((DICOM_LISTENER, partial(check_dicom_listener, settings.dicom_host, settings.dicom_port)))
