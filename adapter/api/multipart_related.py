@@ -9,6 +9,7 @@ caller can answer for it (STOW-RS lists it as failed) without storing it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import BinaryIO
 from python_multipart.multipart import parse_options_header
 
 from adapter.api.multipart import MultipartParser
-from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from adapter.errors import InvalidInput, PayloadTooLarge, StorageError, UnsupportedMediaType
 
 DICOM = "application/dicom"
 
@@ -76,7 +77,10 @@ class _Collector:
         self._part = RelatedPart(content_type=media_type, path=path)
         self.result.parts.append(self._part)
         if path is not None:
-            self._sink = path.open("wb")
+            try:
+                self._sink = path.open("wb")
+            except OSError as exc:  # the staging folder: a local failure (read-only, full), 503 not a bare 500
+                raise StorageError("a received part could not be created in the staging folder") from exc
 
     def part_data(self, data: bytes | memoryview) -> None:
         if self._part is None:
@@ -85,7 +89,10 @@ class _Collector:
         if self._part.size > self._max_part_bytes:
             raise PayloadTooLarge(f"a part is larger than {self._max_part_bytes} bytes")
         if self._sink is not None:
-            self._sink.write(data)
+            try:
+                self._sink.write(data)
+            except OSError as exc:
+                raise StorageError("a received part could not be written to the staging folder") from exc
 
     def part_end(self) -> None:
         self.close()
@@ -138,9 +145,14 @@ async def parse_multipart_related(content_type: str | None, stream: AsyncIterato
 
 
 def _discard(collector: _Collector) -> None:
-    collector.close()
+    """Remove the parts received so far. A part that could not be removed (its folder failing,
+    or never created there) does not hide the error being raised: the staging sweep removes
+    what is left (adapter.store.blobs)."""
+    with contextlib.suppress(OSError):
+        collector.close()
     for path in collector.result.paths():
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 __all__ = ["DICOM", "ParsedRelated", "RelatedPart", "parse_multipart_related", "related_type"]

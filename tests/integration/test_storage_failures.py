@@ -149,6 +149,27 @@ def test_a_photo_whose_staged_file_cannot_be_created_says_so_and_logs_the_errno(
         assert post_photo(client, WOUND, metadata()).status_code == 201
 
 
+def test_a_stow_rs_part_that_cannot_be_staged_is_answered_503_not_a_bare_500(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """STOW-RS writes each application/dicom part to the staging folder as it arrives: with the
+    folder unusable it answered a bare 500 (an OSError out of the parser, as if a bug). A local
+    failure is 503 (retry later), saying what failed, one ERROR line with the errno; nothing stored."""
+    data = tmp_path / "data"
+    sent = sc_file(tmp_path / "sc.dcm")
+    boundary = "b0undary-1234"
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + (tmp_path / "sc.dcm").read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode())
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    with adapter_client(tmp_path, min_free_mb=0, dicom_enabled=False) as (client, services):
+        with caplog.at_level(logging.INFO), staging_replaced_by_a_file(data):
+            r = client.post("/dicomweb/studies", content=body, headers=headers)
+        assert r.status_code == 503, r.text
+        assert "could not be created in the staging folder" in r.text, r.text
+        assert errors(caplog) == ["request failed: StorageError (ENOTDIR)"], errors(caplog)
+        assert services.store.find_dicom_instance(sent.SOPInstanceUID) is None
+        assert client.post("/dicomweb/studies", content=body, headers=headers).status_code == 200
+
+
 # -- readiness ---------------------------------------------------------------------------------
 
 
