@@ -1,7 +1,7 @@
 # Clinical image adapter: HTTP API (FHIR R4/R5, POST /photos, DICOMweb) on 8080, DICOM SCP on 11112,
 # data in /data. README.md, "Deploy with Docker", says how to run it; in short:
 # Build: docker build -t clinical-image-adapter .
-# Run:   docker run -d --name adapter --stop-timeout 120 \
+# Run:   docker run -d --name adapter --stop-timeout 130 \
 #          -p 127.0.0.1:8080:8080 -p 10.0.0.7:11112:11112 -v adapter-data:/data \
 #          -v /etc/clinical-image-adapter/mappings:/app/mappings:ro \
 #          -v /etc/clinical-image-adapter/pseudonym.key:/run/secrets/adapter_pseudonym_key:ro \

@@ -259,16 +259,34 @@ def serve(settings: Settings) -> int:
             signal.raise_signal(ended_by)
 
 
-def _record_stop(services: Services, application: Application, ended_by: int | None, failure: str | None) -> None:
+#: How long the stop waits for its own AuditEvent to be written (README, Stopping).
+STOP_AUDIT_SECONDS = 10.0
+
+
+def _record_stop(services: Services, application: Application, ended_by: int | None, failure: str | None,
+                 wait: float = STOP_AUDIT_SECONDS) -> None:
     """The Application Stop of :func:`serve`: outcome 0 saying what stopped it (a signal, or the
     HTTP server ending), or 8 with ``failure``. A stop that cannot be recorded is logged: the
-    service stops all the same."""
+    service stops all the same. Written in a thread of its own, waited for ``wait`` seconds at
+    most: the database's timeouts bound a statement the server runs, not one it never answers (a
+    database frozen behind a network that still acknowledges), nor the wait for a pooled
+    connection that requests cancelled at the stop may still hold; the stop's bound must not
+    depend on them."""
     reason = failure or (f"stopped by {signal.Signals(ended_by).name}" if ended_by is not None else "stopped")
-    try:
-        services.auditor.record_application_activity(application, start=False, outcome="8" if failure else "0",
-                                                     reason=reason)
-    except Exception as exc:  # noqa: BLE001 - stopping goes on whatever the audit store does
-        logging.getLogger("adapter").error("could not audit the stop (%s)", type(exc).__name__)
+    log = logging.getLogger("adapter")
+
+    def record() -> None:
+        try:
+            services.auditor.record_application_activity(application, start=False, outcome="8" if failure else "0",
+                                                         reason=reason)
+        except Exception as exc:  # noqa: BLE001 - stopping goes on whatever the audit store does
+            log.error("could not audit the stop (%s)", type(exc).__name__)
+
+    writer = threading.Thread(target=record, name="audit of the stop", daemon=True)
+    writer.start()
+    writer.join(wait)
+    if writer.is_alive():
+        log.error("could not audit the stop: the database did not answer within %g s", wait)
 
 
 def _serve_http(settings: Settings, services: Services | None = None) -> int:
@@ -330,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adapter", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP API (and, when configured, the DICOM SCP)")
-    sub.add_parser("check", help="load settings, policy and mapping tables, then exit")
+    check = sub.add_parser("check", help="load settings, policy and mapping tables, connect to the database and "
+                                         "read its schema version, then exit")
+    check.add_argument("--offline", action="store_true",
+                       help="do not connect to the database (where it cannot be reached from)")
     audit = sub.add_parser("audit", help="write the stored AuditEvents as NDJSON (FHIR R4) to standard output, "
                                          "oldest first; the export is itself audited")
     audit.add_argument("--after", type=int, default=0, metavar="SEQ",
@@ -369,6 +390,41 @@ def main(argv: list[str] | None = None) -> int:
         os.umask(previous_umask)  # as it was, for a caller in this process (the tests)
 
 
+def _check_database(settings: Settings) -> int:
+    """``check`` without ``--offline``: whether the database answers (within
+    ADAPTER_DATABASE_CONNECT_TIMEOUT) and what ``serve`` would do with its schema; 0 when it would
+    start on it, 2 when it cannot be reached or holds a schema newer than this adapter's."""
+    from adapter.store.schema import SCHEMA_VERSION
+    from adapter.store.sql import read_schema_version
+
+    try:
+        version = read_schema_version(settings.resolved_database_url, settings.database_timeouts)
+    except AdapterError as exc:
+        print(f"invalid: {exc.diagnostics} (ADAPTER_DATABASE_URL; --offline skips the database)", file=sys.stderr)
+        return 2
+    if version is None:
+        print(f"database reachable: it holds no record store of the adapter yet; serve creates it (schema version "
+              f"{SCHEMA_VERSION})")
+    elif version < SCHEMA_VERSION:
+        print(f"database reachable: schema version {version}; serve upgrades it to {SCHEMA_VERSION} at start (stop "
+              "every instance of the older version first)")
+    elif version == SCHEMA_VERSION:
+        print(f"database reachable: schema version {version}, this adapter's")
+    else:
+        print(f"invalid: the database has schema version {version}, newer than this adapter's {SCHEMA_VERSION}: serve "
+              "refuses it (a newer version of the adapter upgraded it)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _long_running(settings: Settings) -> Settings:
+    """The settings of a maintenance command (``verify``, ``audit``): its statements may take as long
+    as the store's size makes them, and wait for a lock another process holds (the removal's), so
+    the database's statement and lock timeouts, which bound what ``serve`` answers, are not set;
+    connecting stays bounded."""
+    return settings.model_copy(update={"database_statement_timeout": 0, "database_lock_timeout": 0})
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "check":
         try:
@@ -377,12 +433,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"invalid: {exc.diagnostics}", file=sys.stderr)
             return 2
         print("settings, policy and mapping tables are valid")
-        return 0
+        return 0 if args.offline else _check_database(settings)
     if args.command == "audit":
-        return _export_audit(settings, args)
+        return _export_audit(_long_running(settings), args)
     if args.command == "verify":
         removal = _Removal(args.older_than, args.limit) if args.remove_unreferenced else None
-        return _verify(settings, digests=args.digests, removal=removal)
+        return _verify(_long_running(settings), digests=args.digests, removal=removal)
     return serve(settings)
 
 

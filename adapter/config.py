@@ -69,6 +69,22 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
+class DatabaseTimeouts:
+    """How long the adapter waits for PostgreSQL (seconds; SQLite waits its busy timeout): to
+    connect, for one statement to run, and for one lock (a row's, or an advisory lock); 0: no limit
+    (statement and lock). The statement and lock timeouts are PostgreSQL's own (``statement_timeout``,
+    ``lock_timeout``): the server cancels the statement, and the transaction is rolled back."""
+
+    connect: float = 5.0
+    statement: float = 30.0
+    lock: float = 10.0
+
+    def without_statement_limits(self) -> DatabaseTimeouts:
+        """The same connect timeout, statements and locks unbounded (the long commands: verify, audit)."""
+        return DatabaseTimeouts(connect=self.connect, statement=0, lock=0)
+
+
+@dataclass(frozen=True)
 class StoreOptions:
     """Where records and image bytes live."""
 
@@ -77,6 +93,7 @@ class StoreOptions:
     #: Free space the data folder keeps for the database and the audit trail: below it, new
     #: images are refused (0: no reserve).
     min_free_bytes: int = 0
+    timeouts: DatabaseTimeouts = DatabaseTimeouts()
 
     @property
     def blob_dir(self) -> Path:
@@ -115,6 +132,19 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the record store; default: SQLite file adapter.db in the data dir. "
         "postgresql+psycopg://… selects PostgreSQL.")
+    database_connect_timeout: float = Field(
+        5.0, ge=1, le=600, description="Seconds connecting to PostgreSQL may take (libpq's connect_timeout, "
+        "whole seconds, at least 2) before the request, readiness check or start fails; the URL's own "
+        "?connect_timeout= wins.")
+    database_statement_timeout: float = Field(
+        30.0, ge=0, le=86400, description="Seconds one PostgreSQL statement of `serve` may run (the server's "
+        "statement_timeout) before it is cancelled: the request gets 503 transient (DIMSE 0xA700) and nothing of "
+        "its transaction is kept; 0: no limit. Not for the schema upgrade and re-indexing at start, nor for "
+        "`verify` and `audit`; the URL's own ?options=-c statement_timeout=… wins.")
+    database_lock_timeout: float = Field(
+        10.0, ge=0, le=86400, description="Seconds a PostgreSQL statement of `serve` may wait for a lock (the "
+        "server's lock_timeout: a row another transaction holds, the audit trail's numbering lock) before it is "
+        "cancelled, as a statement timeout is; 0: no limit; the URL's own ?options=-c lock_timeout=… wins.")
     policy: Path = Field(DEFAULT_POLICY, description="The organisation's policy file; left at its default and with "
                          "no mappings/policy.yaml in the working directory, the copy the installed package carries.")
     mappings_dir: Path | None = Field(
@@ -325,7 +355,12 @@ class Settings(BaseSettings):
     @property
     def store(self) -> StoreOptions:
         return StoreOptions(database_url=self.resolved_database_url, data_dir=self.data_dir.resolve(),
-                            min_free_bytes=self.min_free_mb * 1024 * 1024)
+                            min_free_bytes=self.min_free_mb * 1024 * 1024, timeouts=self.database_timeouts)
+
+    @property
+    def database_timeouts(self) -> DatabaseTimeouts:
+        return DatabaseTimeouts(connect=self.database_connect_timeout, statement=self.database_statement_timeout,
+                                lock=self.database_lock_timeout)
 
     @property
     def http(self) -> HttpOptions:

@@ -18,6 +18,7 @@ from adapter.api.outcome import install_error_handlers
 from adapter.api.request_id import RequestIdMiddleware
 from adapter.api.request_limits import BodyTimeoutMiddleware
 from adapter.api.routes import dicomweb, fhir, health, outbox, photos, wado_bulk, wado_uri
+from adapter.api.stopping import CancelledRequestMiddleware
 from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services
 
@@ -44,6 +45,7 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(HeadMiddleware)  # innermost: the other middlewares see HEAD
+    app.add_middleware(CancelledRequestMiddleware)  # its 503 gets the headers of the ones outside it
     app.add_middleware(NoStoreMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyTimeoutMiddleware, seconds=services.settings.http_body_timeout)

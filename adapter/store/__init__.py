@@ -22,7 +22,7 @@ def open_store(options: StoreOptions, *, existing_only: bool = False) -> tuple[S
     ``postgresql+psycopg://…``; anything else raises ConfigurationError) and the blob store
     under ``options.data_dir``. ``existing_only``: a database without the adapter's tables is
     not given them (NoStore, a ConfigurationError)."""
-    records = SqlRecordStore(options.database_url, existing_only=existing_only)
+    records = SqlRecordStore(options.database_url, existing_only=existing_only, timeouts=options.timeouts)
     try:
         blobs = FileBlobStore(options)
     except BaseException:

@@ -3,8 +3,9 @@
 SQLite gets WAL journaling with ``synchronous=FULL`` (a commit is on disk when it returns),
 foreign keys, a 30 s busy timeout and ``BEGIN IMMEDIATE`` for write transactions, so that
 concurrent writers queue on the lock instead of failing with "database is locked" when a
-reader tries to upgrade. PostgreSQL needs nothing beyond an optional schema on the search
-path (used by tests to stay apart).
+reader tries to upgrade. PostgreSQL gets bounded waits (:class:`DatabaseTimeouts`, from the
+ADAPTER_DATABASE_*_TIMEOUT settings, each overridable by the URL's own libpq parameters) and an
+optional schema on the search path (used by tests to stay apart).
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from adapter.config import DatabaseTimeouts
 from adapter.errors import ConfigurationError, InvalidInput
 
 #: Execution option marking a connection whose transactions write (SQLite: ``BEGIN IMMEDIATE``).
 WRITE = "adapter_write"
+#: Execution option marking a connection whose transactions run without the statement and lock
+#: timeouts (PostgreSQL): the schema's upgrade and the re-indexing at start, which may take long
+#: and wait for another process doing the same.
+UNLIMITED = "adapter_unlimited"
+
+#: libpq's TCP keepalives (an idle pooled connection to a host gone without a reset is found dead
+#: in about idle + interval * count seconds) and tcp_user_timeout (ms: data sent and not
+#: acknowledged for that long drops the connection, where the kernel would retransmit ~15 min).
+_PG_TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+                    "keepalives_count": "3", "tcp_user_timeout": "30000"}
 
 BUSY_TIMEOUT_SECONDS = 30
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -72,10 +84,12 @@ def audit_log_uri(database_url: str) -> str:
 
 
 def create_store_engine(database_url: str, *, schema: str | None = None, pool_size: int = 5,
-                        max_overflow: int = 10) -> Engine:
+                        max_overflow: int = 10, timeouts: DatabaseTimeouts | None = None) -> Engine:
     """An Engine for ``sqlite:///<file>`` or ``postgresql+psycopg://…``.
 
     ``schema`` (PostgreSQL only) puts the tables in that schema, created if missing.
+    ``timeouts`` (PostgreSQL only; :func:`postgresql_connect_args`): default
+    ``DatabaseTimeouts(statement=0, lock=0)``, connecting bounded, statements not.
     Raises ConfigurationError for any other URL (:func:`check_database_url`). Its errors name no
     bound value (``hide_parameters``): those are patient identifiers and AuditEvents; a failure
     is logged with its cause as :func:`describe_failure` gives it (adapter.store.sql).
@@ -89,13 +103,48 @@ def create_store_engine(database_url: str, *, schema: str | None = None, pool_si
         event.listen(engine, "begin", _sqlite_on_begin)
         event.listen(engine, "before_cursor_execute", _refuse_nul)
         return engine
-    connect_args: dict[str, Any] = {}
-    if schema is not None:
-        connect_args["options"] = f"-csearch_path={schema}"
+    connect_args = postgresql_connect_args(url, timeouts or DatabaseTimeouts(statement=0, lock=0), schema=schema)
     engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
                            hide_parameters=True, connect_args=connect_args)
+    event.listen(engine, "begin", _postgresql_on_begin)
     event.listen(engine, "before_cursor_execute", _refuse_nul)
     return engine
+
+
+def _seconds_ms(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
+def postgresql_connect_args(url: URL, timeouts: DatabaseTimeouts, *, schema: str | None = None) -> dict[str, Any]:
+    """The libpq parameters the adapter gives a PostgreSQL connection beside the URL's: a bounded
+    connect (``connect_timeout``, whole seconds, at least 2 as libpq wants), TCP keepalives and
+    ``tcp_user_timeout`` (:data:`_PG_TCP_DEFAULTS`), and in ``options`` the server-side
+    ``statement_timeout`` and ``lock_timeout`` (0: none) and the schema's search_path. A parameter
+    the URL gives itself is left as the URL says (SQLAlchemy lets ``connect_args`` win over the
+    URL's query, so a default is only given where the URL has none); so is a setting its
+    ``options`` names (``?options=-c statement_timeout=0``)."""
+    query = {key: value if isinstance(value, str) else " ".join(value) for key, value in url.query.items()}
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = max(2, round(timeouts.connect))
+    args.update({key: value for key, value in _PG_TCP_DEFAULTS.items() if key not in query})
+    given = query.get("options", "")
+    options = [given] if given else []
+    for name, seconds in (("statement_timeout", timeouts.statement), ("lock_timeout", timeouts.lock)):
+        if seconds > 0 and name not in given:
+            options.append(f"-c {name}={_seconds_ms(seconds)}")
+    if schema is not None:
+        options.append(f"-csearch_path={schema}")
+    if options != ([given] if given else []):
+        args["options"] = " ".join(options)
+    return args
+
+
+def _postgresql_on_begin(conn: Connection) -> None:
+    """A transaction of a connection marked :data:`UNLIMITED` runs without the statement and lock
+    timeouts (transaction-local: the pooled connection keeps them for the next one)."""
+    if conn.get_execution_options().get(UNLIMITED):
+        conn.exec_driver_sql("SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout', '0', true)")
 
 
 #: The names of schema objects PostgreSQL's diagnostics give (psycopg's ``Diagnostic``): never a value.

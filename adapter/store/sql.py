@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from adapter.config import DatabaseTimeouts
 from adapter.errors import Conflict, InvalidInput, NoStore, NotFound, StorageError
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
 from adapter.store.dates import now_instant, to_utc
 from adapter.store.engine import (
+    UNLIMITED,
     WRITE,
     check_database_url,
     create_store_engine,
@@ -118,7 +120,9 @@ _k = key_fingerprints.c
 
 # Lookups on the hot paths (every ingest, every read), built once with bound parameters: built
 # anew for each call, SQLAlchemy computes the statement's cache key each time (see patient_consents).
-_LAST_AUDIT_SEQ = select(func.coalesce(func.max(audit.c.seq), 0))
+#: The last audit sequence number, and the database's schema version (:func:`_schema_moved`).
+_LAST_AUDIT_SEQ = select(func.coalesce(func.max(audit.c.seq), 0),
+                         select(func.max(schema_version.c.version)).scalar_subquery())
 _DICOM_INSTANCE = select(dicom_instances).where(_d.sop_instance_uid == bindparam("sop_instance_uid"))
 _KEYED_RECEIPT = select(receipts.c.receipt, receipts.c.patient_system, receipts.c.patient_value) \
     .where(receipts.c.idempotency_key == bindparam("idempotency_key"))
@@ -188,8 +192,20 @@ def _set_instance_columns(conn: Connection, changed: Sequence[tuple[str, Mapping
                  [{"uid": uid, **{f"v_{c}": values[c] for c in columns}} for uid, values in changed])
 
 
+def _schema_moved(version: int) -> StorageError:
+    """The database's schema is ``version``, no longer this code's: another version of the adapter
+    upgraded it under this running one (a rolling upgrade on a shared database). Its writes could
+    lack what the new schema holds, and its conflicts are the schema's, not the client's: every
+    request that writes (every one: each is audited) fails as transient (503, 0xA700) and
+    readiness fails (:meth:`SqlRecordStore.ping`), so the load balancer drains this instance."""
+    _log.error("the database's schema is version %d, this adapter runs %d: another version of the adapter "
+               "changed it while this one runs; stop this instance (nothing was saved)", version, SCHEMA_VERSION)
+    return StorageError(f"the database's schema is version {version}, this adapter instance runs {SCHEMA_VERSION}: "
+                        "it must be stopped or upgraded; nothing was saved, send again (another instance)")
+
+
 @contextmanager
-def _translated_errors() -> Iterator[None]:
+def _translated_errors(schema_version: Callable[[], int | None] | None = None) -> Iterator[None]:
     """Driver and SQLAlchemy errors as our own: unique violations are Conflict, a value over one
     of PostgreSQL's limits InvalidInput (422 / 0xC000: retrying cannot help), the rest
     StorageError (a failed transaction is rolled back, so nothing of it was saved). Values
@@ -197,11 +213,19 @@ def _translated_errors() -> Iterator[None]:
 
     A StorageError is logged here with its cause (engine.describe_failure: the exception
     classes, the SQLSTATE, a failure to connect's message; never a statement's message or
-    parameters), since its diagnostics, which a client reads, say only that the store failed."""
+    parameters), since its diagnostics, which a client reads, say only that the store failed.
+
+    ``schema_version`` (a write's): the database's schema version now, read after a unique
+    violation: one under a schema another version of the adapter upgraded to is no client's
+    conflict (:func:`_schema_moved`), and a real one (an idempotency key, a SOP Instance UID used
+    before) stays a Conflict."""
     try:
         yield
     except IntegrityError as exc:
         translated = _integrity_error(exc)
+        if isinstance(translated, Conflict) and schema_version is not None \
+                and (version := schema_version()) is not None and version != SCHEMA_VERSION:
+            raise _schema_moved(version) from exc
         if isinstance(translated, StorageError):
             _log.error("the record store rejected a write: %s", describe_failure(exc))
         raise translated from exc
@@ -361,7 +385,8 @@ class SqlRecordStore:
     """
 
     def __init__(self, database_url: str, *, schema: str | None = None, pool_size: int = 5,
-                 max_overflow: int = 10, outbox_lease: timedelta = OUTBOX_LEASE, existing_only: bool = False) -> None:
+                 max_overflow: int = 10, outbox_lease: timedelta = OUTBOX_LEASE, existing_only: bool = False,
+                 timeouts: DatabaseTimeouts | None = None) -> None:
         self._outbox_lease = outbox_lease
         if existing_only:
             database = check_database_url(database_url, schema=schema)
@@ -369,8 +394,11 @@ class SqlRecordStore:
                 # connecting would create it
                 raise NoStore(f"no database at {database.database} (ADAPTER_DATA_DIR, ADAPTER_DATABASE_URL)")
         self._engine = create_store_engine(database_url, schema=schema, pool_size=pool_size,
-                                           max_overflow=max_overflow)
+                                           max_overflow=max_overflow, timeouts=timeouts)
         self._writer = self._engine.execution_options(**{WRITE: True})
+        # the start's upgrade and re-indexing: no statement or lock timeout (engine.UNLIMITED)
+        self._maintainer = self._engine.execution_options(**{WRITE: True, UNLIMITED: True})
+        self._maintenance_reader = self._engine.execution_options(**{UNLIMITED: True})
         self._inserts = CompiledInserts(self._engine.dialect)
         self._dialect = self._engine.dialect.name
         # the hot paths' SELECTs, built once with bound parameters (see patient_consents)
@@ -382,7 +410,7 @@ class SqlRecordStore:
         self._insert_pseudonyms = (sqlite_insert if self._engine.dialect.name == "sqlite" else postgresql_insert)(
             patient_pseudonyms).on_conflict_do_nothing()
         try:
-            with self._write() as conn:
+            with self._maintain() as conn:
                 prepare_database(conn, schema, create=not existing_only)
                 if existing_only and not inspect(conn).has_table(schema_version.name):
                     raise NoStore("the database holds no record store of the adapter (no schema_version table): "
@@ -399,12 +427,32 @@ class SqlRecordStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with _translated_errors(), self._writer.begin() as conn:
+        with _translated_errors(self._schema_version), self._writer.begin() as conn:
             yield conn
+
+    def _schema_version(self) -> int | None:
+        """The database's schema version now, in a connection of its own; None if it cannot be read."""
+        try:
+            with self._engine.connect() as conn:
+                version = conn.execute(select(func.max(schema_version.c.version))).scalar()
+        except SQLAlchemyError:
+            return None
+        return None if version is None else int(version)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with _translated_errors(), self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _maintain(self) -> Iterator[Connection]:
+        """A write transaction of the start's upgrade or re-indexing: as long as it takes."""
+        with _translated_errors(), self._maintainer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _maintenance_read(self) -> Iterator[Connection]:
+        with _translated_errors(), self._maintenance_reader.connect() as conn:
             yield conn
 
     def _index_pseudonyms(self, conn: Connection, resources_written: Sequence[NewResource]) -> None:
@@ -520,7 +568,10 @@ class SqlRecordStore:
             return
         if conn.dialect.name == "postgresql" and not locked:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
-        last = int(conn.execute(_LAST_AUDIT_SEQ).scalar_one())
+        last, version = conn.execute(_LAST_AUDIT_SEQ).one()
+        if version is not None and version != SCHEMA_VERSION:
+            raise _schema_moved(int(version))
+        last = int(last)
         self._inserts.execute(conn, audit, [{"seq": last + n, **row} for n, row in enumerate(rows, 1)])
 
     # -- writes ---------------------------------------------------------------------------
@@ -815,7 +866,7 @@ class SqlRecordStore:
                             rows_of: Callable[[DicomInstance], Sequence[ReleasedUids]]) -> int:
         """See RecordStore.index_released_uids. One transaction (SQLite: BEGIN IMMEDIATE;
         PostgreSQL: under an advisory lock), so processes starting together index once."""
-        with self._write() as conn:
+        with self._maintain() as conn:
             if _fingerprint_locked(conn, _RELEASED_UIDS, _RELEASED_UIDS_LOCK) == fingerprint:
                 return 0
             conn.execute(delete(dicom_released_uids))
@@ -840,12 +891,12 @@ class SqlRecordStore:
         keyset walk reads each row once on both databases, where a repeated ``WHERE key IS
         NULL`` may be planned as a scan or a sort of what is left at each batch. Two processes
         filling at once write the same values."""
-        with self._read() as conn:
+        with self._maintenance_read() as conn:
             if conn.execute(select(_d.sop_instance_uid).where(_d.patient_name_key.is_(None)).limit(1)).first() is None:
                 return 0
         filled, after = 0, ""
         while True:
-            with self._write() as conn:
+            with self._maintain() as conn:
                 rows = conn.execute(select(_d.sop_instance_uid, _d.patient_name, _d.study_description,
                                            _d.patient_name_key).where(_d.sop_instance_uid > after)
                                     .order_by(_d.sop_instance_uid).limit(batch)).all()
@@ -866,7 +917,7 @@ class SqlRecordStore:
         for the next fill. Two processes filling at once write the same values."""
         filled, after = 0, ""
         while True:
-            with self._read() as conn:
+            with self._maintenance_read() as conn:
                 rows = conn.execute(select(dicom_instances).where(_d.attributes_read.is_(None),
                                                                   _d.sop_instance_uid > after)
                                     .order_by(_d.sop_instance_uid).limit(batch)).mappings().all()
@@ -874,7 +925,7 @@ class SqlRecordStore:
             read = [(i, attributes_of(i)) for i in instances]  # None: not now, left unread
             values = [(i.sop_instance_uid, attribute_columns(a)) for i, a in read if a is not None]
             if values:
-                with self._write() as conn:
+                with self._maintain() as conn:
                     _set_instance_columns(conn, values)
             filled += len(values)
             if len(rows) < batch:
@@ -888,7 +939,7 @@ class SqlRecordStore:
 
     def record_fingerprint(self, name: str, fingerprint: str) -> None:
         """See RecordStore.record_fingerprint."""
-        with self._write() as conn:
+        with self._maintain() as conn:
             if conn.dialect.name == "postgresql":  # processes starting together: one after the other
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FINGERPRINT_LOCK})
             self._set_fingerprint(conn, name, fingerprint)
@@ -903,12 +954,12 @@ class SqlRecordStore:
         """See RecordStore.reindex_records. One write transaction (the rebuild lock: another
         process starting at the same time finds the new version and does nothing); the rows are
         read in keyset batches inside it."""
-        with self._read() as conn:
+        with self._maintenance_read() as conn:
             if conn.execute(select(_k.fingerprint).where(_k.name == _SEARCH_INDEX)).scalar() == version:
                 return 0
         count = 0
         t = tokens.c
-        with self._write() as conn:
+        with self._maintain() as conn:
             if _fingerprint_locked(conn, _SEARCH_INDEX, _SEARCH_INDEX_LOCK) == version:
                 return 0
             after = ("", "")
@@ -950,11 +1001,11 @@ class SqlRecordStore:
         """See RecordStore.reindex_photo_study_dates. As :meth:`reindex_records`: one write
         transaction under the rebuild lock, the instances read with their records in keyset
         batches inside it; only a StudyDate that changes is written."""
-        with self._read() as conn:
+        with self._maintenance_read() as conn:
             if conn.execute(select(_k.fingerprint).where(_k.name == _PHOTO_STUDY_DATES)).scalar() == version:
                 return 0
         changed = 0
-        with self._write() as conn:
+        with self._maintain() as conn:
             if _fingerprint_locked(conn, _PHOTO_STUDY_DATES, _PHOTO_STUDY_DATES_LOCK) == version:
                 return 0
             after = ""
@@ -982,10 +1033,10 @@ class SqlRecordStore:
         insert that skips rows another process added meanwhile. From then on every write of this
         store adds the pseudonyms of the patients it names, in its own transaction."""
         self._pseudonym_of = pseudonym_of
-        with self._read() as conn:
+        with self._maintenance_read() as conn:
             current = conn.execute(select(_k.fingerprint).where(_k.name == _PSEUDONYMS)).scalar() == fingerprint
         if not current:
-            with self._write() as conn:
+            with self._maintain() as conn:
                 if _fingerprint_locked(conn, _PSEUDONYMS, _PSEUDONYMS_LOCK) != fingerprint:
                     conn.execute(delete(patient_pseudonyms))
                     self._set_fingerprint(conn, _PSEUDONYMS, fingerprint)
@@ -993,7 +1044,7 @@ class SqlRecordStore:
             resources.outerjoin(patient_pseudonyms, and_(_p.patient_system == _r.patient_system,
                                                          _p.patient_value == _r.patient_value))
         ).where(_r.patient_system.is_not(None), _r.patient_value.is_not(None), _p.pseudonym.is_(None))
-        with self._read() as conn:
+        with self._maintenance_read() as conn:
             # in the order every writer inserts them (_index_pseudonyms), whatever the scan's
             patients = sorted((Identifier(system=s, value=v) for s, v in conn.execute(missing)),
                               key=_insert_order)
@@ -1001,7 +1052,7 @@ class SqlRecordStore:
             return 0
         rows = [{"pseudonym": pseudonym_of(p), "patient_system": p.system, "patient_value": p.value}
                 for p in patients]  # computed before the write lock is taken
-        with self._write() as conn:
+        with self._maintain() as conn:
             for start in range(0, len(rows), _GET_MANY_CHUNK):
                 conn.execute(self._insert_pseudonyms, rows[start:start + _GET_MANY_CHUNK])
         return len(patients)
@@ -1208,6 +1259,10 @@ class SqlRecordStore:
             missing = sorted(set(metadata.tables) - set(inspect(conn).get_table_names()))
         if missing:
             raise StorageError(f"the database lacks table(s) of the adapter's schema: {', '.join(missing)}")
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"the database has schema version {version}, newer than this adapter's "
+                               f"{SCHEMA_VERSION}: another version of the adapter upgraded it; stop or upgrade "
+                               "this instance")
         if version != SCHEMA_VERSION:
             raise StorageError(f"the database has schema version {version}; this adapter runs {SCHEMA_VERSION}")
         return version
@@ -1215,3 +1270,40 @@ class SqlRecordStore:
     def close(self) -> None:
         """Close every pooled connection."""
         self._engine.dispose()
+
+
+def read_schema_version(database_url: str, timeouts: DatabaseTimeouts | None = None) -> int | None:
+    """The schema version of the database at ``database_url`` (``python -m adapter check``), None
+    when it holds no record store of the adapter yet (a SQLite file not made yet, an empty
+    PostgreSQL database): connects, bounded by the connect timeout, and creates and writes nothing
+    (SQLite: opened read-only). StorageError naming why (the driver's message for a failure to
+    connect: host, port, database, user; never a password) when it cannot be read."""
+    url = check_database_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        import sqlite3
+
+        path = Path(url.database or "").expanduser()
+        if not path.is_file():
+            return None
+        try:
+            with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                         timeout=(timeouts or DatabaseTimeouts()).connect)) as conn:
+                if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'") \
+                        .fetchone() is None:
+                    return None
+                found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"the SQLite database {path} cannot be read ({type(exc).__name__})") from exc
+        return None if found is None or found[0] is None else int(found[0])
+    engine = create_store_engine(database_url, pool_size=1, max_overflow=0,
+                                 timeouts=timeouts or DatabaseTimeouts(statement=10, lock=5))
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(schema_version.name):
+                return None
+            version = conn.execute(select(func.max(schema_version.c.version))).scalar()
+    except SQLAlchemyError as exc:
+        raise StorageError(f"the database cannot be reached or read: {describe_failure(exc)}") from exc
+    finally:
+        engine.dispose()
+    return None if version is None else int(version)

@@ -101,3 +101,47 @@ def test_production_refuses_a_copy_of_the_example_policy_wherever_it_lies(tmp_pa
     policy.write_text(policy.read_text().replace("urn:oid:2.999.1", "urn:oid:1.2.826.0.1.3680043.10.1"))
     taken = check(**production)
     assert taken.returncode == 0 and "valid" in taken.stdout, taken.stderr
+
+
+def test_check_connects_to_the_database_and_says_what_serve_would_do_with_its_schema(tmp_path: Path) -> None:
+    """check said "valid" for a database that does not exist, which serve then could not open (ops
+    review 7): it now connects, bounded by ADAPTER_DATABASE_CONNECT_TIMEOUT, and reads the schema
+    version; --offline leaves the database out."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from adapter.store.schema import SCHEMA_VERSION
+    from tests.support.postgres import PG_URL, postgres_schema
+
+    missing = make_url(PG_URL).set(database="ops_fix_no_such_database").render_as_string(hide_password=False)
+    unreachable = _run("check", tmp_path, ADAPTER_DATABASE_URL=missing)
+    assert unreachable.returncode == 2, unreachable.stdout + unreachable.stderr
+    assert "ops_fix_no_such_database" in unreachable.stderr and "--offline" in unreachable.stderr
+    assert _run("check", tmp_path, ADAPTER_DATABASE_URL=missing, ADAPTER_DATABASE_CONNECT_TIMEOUT="2").returncode == 2
+    offline = subprocess.run([sys.executable, "-m", "adapter", "check", "--offline"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, check=False,
+                             env={**{k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")},
+                                  "ADAPTER_DATABASE_URL": missing,
+                                  "ADAPTER_POLICY": str(ROOT / "mappings" / "policy.yaml")})
+    assert offline.returncode == 0, offline.stderr
+    with postgres_schema("test_cli_check") as url:
+        empty = _run("check", tmp_path, ADAPTER_DATABASE_URL=url)
+        assert empty.returncode == 0, empty.stderr
+        assert "creates it" in empty.stdout
+        engine = create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("CREATE TABLE schema_version (version integer PRIMARY KEY, applied text)"))
+                conn.execute(text("INSERT INTO schema_version VALUES (:v, 'x')"), {"v": SCHEMA_VERSION - 1})
+            older = _run("check", tmp_path, ADAPTER_DATABASE_URL=url)
+            assert older.returncode == 0 and "upgrades it" in older.stdout, older.stdout + older.stderr
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO schema_version VALUES (:v, 'x')"), {"v": SCHEMA_VERSION + 1})
+            newer = _run("check", tmp_path, ADAPTER_DATABASE_URL=url)
+            assert newer.returncode == 2 and f"schema version {SCHEMA_VERSION + 1}" in newer.stderr, newer.stderr
+        finally:
+            engine.dispose()
+    # SQLite: a file not made yet is made by serve; check makes nothing
+    fresh = _run("check", tmp_path)
+    assert fresh.returncode == 0 and "creates it" in fresh.stdout, fresh.stdout + fresh.stderr
+    assert not (tmp_path / "data").exists()
