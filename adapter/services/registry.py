@@ -170,6 +170,10 @@ class Services:
     released_uids: ReleasedUidSpaces | None = None  # UIDs of the restricted DICOM views
     released_ids: ReleasedIds | None = None  # logical ids of the restricted FHIR views
     forwarder: Forwarder | None = field(default=None, init=False)
+    #: When these services were built (the process started serving): the CapabilityStatement's
+    #: date, which FHIR has change with what it describes (this build, its policy and settings),
+    #: not with every request.
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def reader(self, ctx: RequestContext) -> ScopedReader:
         """A reader scoped to one request context: the only way to read records."""
@@ -300,7 +304,7 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) ->
         transactions=TransactionService(ingest=ingest, tables=tables, store=store),
         consents=ConsentService(store=store, auditor=auditor, known_purposes=set(tables.purposes.codes), now=now,
                                 tables=tables),
-        now=now,
+        now=now, started=now(),
         search_pages=SearchPages(_derived_key(pseudonym_key, "search-page-key"), now),
         dicom_ingest=DicomIngestService(store=store, blobs=blobs, tables=tables, dicom_tables=dicom_tables,
                                         auditor=auditor, now=now, released_uids=released_uids, grants=grants),

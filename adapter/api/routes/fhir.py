@@ -222,7 +222,7 @@ async def metadata(request: Request, services: ServicesDep,
     version, fmt = _negotiate(request, accept, request.query_params.get("_format"))
     body = capability_statement(base_url=absolute(request, services, "fhir"),
                                 fhir_version="5.0.0" if version == "5" else "4.0.1",
-                                software_version=__version__, now=services.now())
+                                software_version=__version__, now=services.started)
     return _out(body, version, fmt=fmt)
 
 
