@@ -494,6 +494,8 @@ def _ingest(client: FhirClient, services: Services, tmp_path: Path) -> None:
             resource["encounter"] = {"reference": ENCOUNTER_REF}
             resource["subject"]["display"] = f"{FAMILY} {GIVEN}"
             resource["content"]["title"] = f"{FAMILY} wound"
+            resource["content"].pop("size", None)  # the sample's; its Binary carries another image here
+            resource["content"].pop("hash", None)
             resource.pop("identifier", None)
         elif resource["resourceType"] == "Consent":
             resource["organization"] = [{"display": INSTITUTION}]
