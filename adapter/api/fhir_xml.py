@@ -43,7 +43,7 @@ from typing import Any, Literal
 from fhir_core.constraints import FHIR_PRIMITIVES_MAPS
 from lxml import etree  # type: ignore[import-untyped]  # no stubs; a dependency (pyproject)
 
-from adapter.api.json_input import MAX_DEPTH, check_loaded
+from adapter.api.json_input import MAX_CONTAINERS, MAX_DEPTH, check_loaded
 from adapter.errors import InvalidResource
 
 FHIR_NS = "http://hl7.org/fhir"
@@ -58,6 +58,9 @@ _JSON_DECIMAL = frozenset({"decimal"})
 _INTEGER = re.compile(r"[0]|[-+]?[1-9][0-9]*")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
+#: More digits than any FHIR integer (32-bit) or decimal (18 significant digits, datatypes.html)
+#: needs; Python refuses to convert an int of over 4300 digits (a ValueError, not a refusal).
+_MAX_DIGITS = 64
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,41 @@ def _is_extension(path: str) -> bool:
 
 
 # -- JSON to XML ---------------------------------------------------------------------------------
+
+#: What XML 1.0 cannot carry (its Char production): control characters but tab, line feed and
+#: carriage return, surrogates, U+FFFE and U+FFFF. The input refuses them (adapter.api.json_input);
+#: a value stored before that, or an error's words quoting a request, may still hold one.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _strings(value: Any) -> typing.Iterator[str]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def xml_cannot_carry(body: Any) -> bool:
+    """Whether a string of ``body`` holds a character XML 1.0 cannot carry."""
+    return any(_NOT_XML.search(text) for text in _strings(body))
+
+
+def replaced_for_xml(body: Any) -> Any:
+    """``body`` with each character XML 1.0 cannot carry replaced by U+FFFD: for the adapter's own
+    words (an OperationOutcome quoting what a request sent), never for a record."""
+    if isinstance(body, str):
+        return _NOT_XML.sub("\ufffd", body)
+    if isinstance(body, dict):
+        return {key: replaced_for_xml(value) for key, value in body.items()}
+    if isinstance(body, list):
+        return [replaced_for_xml(value) for value in body]
+    return body
+
 
 
 def to_xml(resource: dict[str, Any], version: Version = "4") -> bytes:
@@ -262,6 +300,8 @@ def from_xml(raw: bytes, version: Version = "4", *, what: str = "the body") -> d
         raise InvalidResource(f"{what} is not UTF-8: FHIR XML is UTF-8")
     if _DOCTYPE.search(raw):
         raise InvalidResource(f"{what} declares a DTD (<!DOCTYPE>), which FHIR XML does not use: not read")
+    if raw.count(b"<") > 4 * MAX_CONTAINERS:  # tags: an element a primitive, an object or an array's item
+        raise InvalidResource(f"{what} holds more than {2 * MAX_CONTAINERS} elements")
     try:
         tree = etree.fromstring(raw, _parser()).getroottree()
     except (etree.XMLSyntaxError, ValueError) as exc:
@@ -391,13 +431,16 @@ def _typed(raw: str, primitive: str, where: str) -> Any:
             raise _refuse(where, "is a boolean: true or false")
         return raw == "true"
     if primitive in _JSON_INTEGER:
-        if not _INTEGER.fullmatch(raw):
+        if not _INTEGER.fullmatch(raw) or len(raw) > _MAX_DIGITS:
             raise _refuse(where, f"is an {primitive}, a whole number")
         return int(raw)
     if primitive in _JSON_DECIMAL:
-        if not _DECIMAL.fullmatch(raw):
+        if not _DECIMAL.fullmatch(raw) or len(raw) > _MAX_DIGITS:
             raise _refuse(where, "is a decimal")
-        return json.loads(raw)  # as the JSON path reads the same digits
+        try:
+            return json.loads(raw)  # as the JSON path reads the same digits
+        except ValueError as exc:  # Python's bound on the digits of an int it converts
+            raise _refuse(where, "is a decimal") from exc
     return raw
 
 

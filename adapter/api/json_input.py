@@ -6,10 +6,21 @@ would only meet the same limit later, in validation or storage."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from adapter.errors import InvalidInput
 
+#: What a FHIR string should not hold (datatypes.html: no code point below 32 but tab, line feed and
+#: carriage return) and XML 1.0 cannot carry at all (its Char production: nor U+FFFE, U+FFFF); U+0000
+#: and lone surrogates are told apart (load_json). A record holding one could not be answered in
+#: FHIR XML.
+CONTROL = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+#: More objects and arrays than any resource or metadata the adapter takes holds (a transaction
+#: Bundle with a Consent has a few hundred): a body of hundreds of thousands of empty extensions
+#: cost the parser, the models and the store gigabytes and tens of seconds. FHIR XML is bounded
+#: alike (adapter.api.fhir_xml: its elements).
+MAX_CONTAINERS = 50_000
 #: Deeper than any resource or metadata the adapter takes (a transaction Bundle's Consent with
 #: nested provisions is about 12).
 MAX_DEPTH = 64
@@ -19,6 +30,10 @@ def load_json(raw: bytes | str, *, what: str, expression: str | None = None,
               error: type[InvalidInput] = InvalidInput) -> Any:
     """``raw`` parsed; ``error`` (InvalidInput, 422; a FHIR body's InvalidResource, 400) naming
     ``what`` when it is not JSON, nests deeper than MAX_DEPTH or holds a lone surrogate or U+0000."""
+    containers = raw.count(b"{") + raw.count(b"[") if isinstance(raw, bytes) else raw.count("{") + raw.count("[")
+    if containers > MAX_CONTAINERS:
+        # before parsing: each object costs the parser, the models and the store memory and time
+        raise error(f"{what} holds more than {MAX_CONTAINERS} objects and arrays", expression=expression)
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -31,12 +46,17 @@ def load_json(raw: bytes | str, *, what: str, expression: str | None = None,
 def check_loaded(data: Any, *, what: str, expression: str | None = None,
                  error: type[InvalidInput] = InvalidInput) -> Any:
     """``data`` (JSON parsed, or made from FHIR XML) when :func:`load_json` would take it: not
-    nested deeper than MAX_DEPTH, no lone surrogate, no U+0000; else ``error``."""
+    nested deeper than MAX_DEPTH, no lone surrogate, no U+0000, no other control character or
+    non-character (:data:`CONTROL`); else ``error``."""
     problem = _problem(data)
     if problem == "depth":
         raise error(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression)
     if problem == "nul":
         raise error(f"{what} holds the character U+0000, which FHIR strings do not allow", expression=expression)
+    if problem == "control":
+        raise error(f"{what} holds a control character (U+0001 to U+001F other than tab, line feed and carriage "
+                    "return) or a non-character (U+FFFE, U+FFFF), which FHIR strings should not hold (datatypes.html "
+                    "string) and FHIR XML cannot carry (XML 1.0 Char)", expression=expression)
     if problem == "surrogate":
         raise error(f"{what} holds an unpaired surrogate escape (\\ud800-\\udfff), which is no Unicode "
                     "character (RFC 8259 8.2)", expression=expression)
@@ -57,12 +77,16 @@ def _problem(value: Any) -> str | None:
                 return "nul"
             if not _is_text(item):
                 return "surrogate"
+            if CONTROL.search(item):
+                return "control"
             continue
         if isinstance(item, dict):
             if not all(_is_text(key) for key in item):
                 return "surrogate"
             if any("\x00" in key for key in item):
                 return "nul"
+            if any(CONTROL.search(key) for key in item):
+                return "control"
             children: Any = item.values()
         elif isinstance(item, list):
             children = item

@@ -16,8 +16,8 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from adapter import errors as e
-from adapter.api.fhir_xml import to_xml
-from adapter.api.negotiation import Format, check_acceptable, media_type, response_format
+from adapter.api.fhir_xml import replaced_for_xml, to_xml, xml_cannot_carry
+from adapter.api.negotiation import Format, check_acceptable, fhir_version, media_type, response_format
 from adapter.mapping.capability import R4_TYPES
 from adapter.mapping.outcome import operation_outcome, outcome_from_error
 
@@ -82,6 +82,12 @@ def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     """``body`` as FHIR JSON, or FHIR XML (``fmt``: adapter.api.fhir_xml, written from the same
     JSON); its media type names ``version`` (``fhirVersion=4.0``/``5.0``) when given."""
     if fmt == "xml":
+        if xml_cannot_carry(body):
+            if not (isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"):
+                # a record stored with a character XML 1.0 has none for (refused on input now)
+                raise e.NotAcceptable("this answer holds a character FHIR XML cannot carry (a control character): "
+                                      "ask for it in FHIR JSON")
+            body = replaced_for_xml(body)  # the adapter's words, quoting what a request sent
         content = to_xml(body, "5" if version == "5" else "4")
     else:
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -108,9 +114,26 @@ def answer_format(request: Request) -> Format:
         return "json"
 
 
+def answer_version(request: Request) -> str | None:
+    """The FHIR version a refusal of a ``/fhir`` request names in its media type, as its success
+    would (``fhirVersion=4.0``/``5.0``): the one the route negotiated, else the one Accept and
+    ``_format`` ask for (R4 when they ask for none or for one not served); None elsewhere."""
+    path = str(request.scope.get("path", ""))
+    if path != "/fhir" and not path.startswith("/fhir/"):
+        return None
+    chosen = getattr(request.state, "fhir_version", None)
+    if chosen in ("4", "5"):
+        return str(chosen)
+    try:
+        return fhir_version(request.headers.get("accept"), request.query_params.get("_format"))
+    except e.AdapterError:
+        return "4"
+
+
 def _outcome(request: Request, body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
-    """A refusal's OperationOutcome, in the format the request negotiated (:func:`answer_format`)."""
-    return fhir_response(body, status, headers, fmt=answer_format(request))
+    """A refusal's OperationOutcome, in the format and FHIR version the request negotiated
+    (:func:`answer_format`, :func:`answer_version`)."""
+    return fhir_response(body, status, headers, fmt=answer_format(request), version=answer_version(request))
 
 
 def install_error_handlers(app: FastAPI) -> None:

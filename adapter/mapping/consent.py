@@ -68,7 +68,7 @@ def _form_attachment(form: str, content_type: str | None, when: str, tables: Tab
     """Consent.sourceAttachment for a signed form (R4 Attachment: data is base64): see
     :func:`signed_form`, at ``consent.form``."""
     try:
-        raw = base64.b64decode(form, validate=True)
+        raw = base64.b64decode("".join(form.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput("consent.form must be base64", expression="consent.form") from exc
     content_type, raw = signed_form(raw, content_type, tables, "consent.form")

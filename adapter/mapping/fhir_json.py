@@ -61,7 +61,9 @@ def expression(prefix: str, loc: Sequence[int | str]) -> str:
 def check_json_representation(value: Any, path: str) -> None:
     """The rules of FHIR's JSON representation that the models let through
     (https://hl7.org/fhir/R4/json.html): no empty object, array or string, and no null except
-    in an array of primitives whose extensions sit in the ``_name`` sibling array. Raises
+    in an array of primitives whose extensions sit in the ``_name`` sibling array; and an
+    extension has either extensions or a value (ext-1: one with neither says nothing, yet every
+    reader must carry it). Raises
     InvalidResource naming the first offending element. Found by fuzzing: an empty
     ``Consent.category[0]``, ``performer[0]`` or ``Extension.url`` was stored and emitted."""
     if isinstance(value, dict):
@@ -81,6 +83,10 @@ def check_json_representation(value: Any, path: str) -> None:
                         continue
                     if element is None:
                         raise InvalidResource(f"{where}[{i}] is null", expression=f"{where}[{i}]")
+                    if key in ("extension", "modifierExtension") and isinstance(element, dict) and \
+                            any(k.startswith("value") for k in element) == ("extension" in element):
+                        raise InvalidResource(f"{where}[{i}] has either extensions or a value, not both and not "
+                                              "neither (FHIR invariant ext-1)", expression=f"{where}[{i}]")
                     check_json_representation(element, f"{where}[{i}]")
             else:
                 check_json_representation(item, where)

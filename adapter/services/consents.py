@@ -146,7 +146,7 @@ class ConsentService:
             return
         where = "Consent.sourceAttachment"
         try:
-            raw = base64.b64decode(str(attachment["data"]), validate=True)
+            raw = base64.b64decode("".join(str(attachment["data"]).split()), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidResource("sourceAttachment.data is not base64", expression=f"{where}.data") from exc
         content_type, kept = signed_form(raw, attachment.get("contentType"), self._tables, where)

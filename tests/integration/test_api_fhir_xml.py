@@ -153,7 +153,7 @@ def test_a_consent_created_and_updated_in_xml(tmp_path: Path) -> None:
         assert now["status"] == "inactive" and now["meta"]["versionId"] == "2"
 
         bad = client.post("/fhir/Consent", content=refused, headers=SEND_XML)
-        assert bad.status_code == 400 and bad.headers["content-type"] == "application/fhir+xml"
+        assert bad.status_code == 400 and bad.headers["content-type"] == XML  # fhirVersion too, as a success (MHD review 11)
         assert from_xml(bad.content)["resourceType"] == "OperationOutcome"
         assert client.get("/fhir/Consent?_summary=count", headers=TREAT).json()["total"] == 1
 
@@ -170,7 +170,7 @@ def test_refusals_are_answered_in_xml_when_xml_was_asked_for(tmp_path: Path) -> 
                    client.get("/fhir/Media/nope", headers={**TREAT, "Accept": "application/fhir+xml"})]
         assert [a.status_code for a in answers] == [403, 403, 400, 404]
         for answer in answers:
-            assert answer.headers["content-type"] == "application/fhir+xml"
+            assert answer.headers["content-type"] == XML
         parsed, errors = read_r4_xml([a.content for a in answers])
         assert errors == []
         assert all(p is not None and p["resourceType"] == "OperationOutcome" for p in parsed)
@@ -289,3 +289,93 @@ def test_a_photo_over_ten_megabytes_of_base64_is_taken_in_xml(tmp_path: Path) ->
         answer = client.post("/fhir", content=document, headers=SEND_XML)
         assert answer.status_code == 200, answer.text[:500]
         assert client.get("/fhir/DocumentReference", headers=TREAT).json()["total"] == 1
+
+
+# -- found by the re-verification review (N1-N6) ---------------------------------------------------
+
+
+def test_a_control_character_is_refused_on_input_and_never_a_500_in_xml(tmp_path: Path) -> None:
+    """N1/N2: a Consent or photo whose string held U+0001 (or U+FFFE) was stored; read as XML it was
+    a 500 (XML 1.0 cannot carry it), and one such Consent broke the XML Consent search for everyone.
+    A request quoting one in a refusal (an unknown parameter, an id) was a 500 in XML too. Such
+    characters are refused on input (FHIR strings should not hold them); a record stored before
+    is 406 in XML (JSON still serves it); the adapter's own words quoting a request are written
+    with U+FFFD in its place."""
+    from adapter.mapping.photo import index_resource
+    from adapter.model.record import NewResource
+
+    xml = {**TREAT, "Accept": "application/fhir+xml"}
+    with adapter_client(tmp_path) as (client, services):
+        for bad in ("Dr\u0001A", "Dr\ufffeA"):
+            consent = consent_resource(["TREAT"])
+            consent["performer"] = [{"display": bad}]
+            r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+            assert r.status_code == 400 and "control character" in r.text, r.text[:300]
+        r = post_photo(client, SAMPLES / "wound.jpg", metadata(note="a\u0002b"))
+        assert r.status_code == 422 and "control character" in r.text, r.text[:300]
+        old = {**consent_resource(["TREAT"]), "id": "stored-before", "performer": [{"display": "Dr\u0001A"}]}
+        services.store.create(NewResource("Consent", "stored-before", old, index_resource(old)))
+        assert client.get("/fhir/Consent/stored-before", headers=TREAT).status_code == 200
+        for url in ("/fhir/Consent/stored-before", "/fhir/Consent"):
+            r = client.get(url, headers=xml)
+            assert r.status_code == 406, (url, r.status_code, r.text[:300])
+        for url, status in (("/fhir/Media?%01bad=1", 400), ("/fhir/Media/%01abc", 404),
+                            ("/fhir/Media?date=2024%EF%BF%BE", 400), ("/fhir/Media?_sort=%0Bx", 400)):
+            r = client.get(url, headers=xml)
+            assert r.status_code == status and r.headers["content-type"] == XML, (url, r.status_code, r.text[:200])
+            assert from_xml(r.content)["resourceType"] == "OperationOutcome"
+
+
+def test_a_number_of_thousands_of_digits_in_xml_is_400_as_in_json(tmp_path: Path) -> None:
+    """N3: a 5000-digit integer or decimal in an XML body was a 500 (Python's int() refuses over
+    4300 digits: a ValueError out of the reader); the JSON twin was 400."""
+    digits = "9" * 5000
+    with adapter_client(tmp_path) as (client, _):
+        for value in (f'<valueInteger value="{digits}"/>', f'<valueDecimal value="{digits}"/>',
+                      f'<valueDecimal value="1.{digits}"/>'):
+            body = ('<Consent xmlns="http://hl7.org/fhir"><status value="active"><extension url="http://x">'
+                    f"{value}</extension></status></Consent>")
+            r = client.post("/fhir/Consent", content=body, headers=SEND_XML)
+            assert r.status_code == 400, (value[:30], r.status_code, r.text[:200])
+
+
+def test_a_body_of_more_elements_than_any_resource_has_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    """N4: a Consent of 400,000 empty extensions (8 MB of XML) took 24 s and ~1 GB and was stored;
+    a 16 MB Bundle 2 GB. Objects and arrays (JSON), elements (XML) are bounded as depth is, before
+    parsing; an extension with neither a value nor extensions is refused (FHIR invariant ext-1)."""
+    with adapter_client(tmp_path) as (client, _services):
+        consent = consent_resource(["TREAT"])
+        consent["_status"] = {"extension": [{"url": "http://x", "valueString": "y"}] * 60_000}
+        r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+        assert r.status_code == 400 and "more than 50000 objects and arrays" in r.text, r.text[:300]
+        body = ('<Consent xmlns="http://hl7.org/fhir"><status value="active">' + '<extension url="a"/>' * 210_000
+                + "</status></Consent>")
+        r = client.post("/fhir/Consent", content=body, headers=SEND_XML)
+        assert r.status_code == 400 and "elements" in r.text, r.text[:300]
+        empty = consent_resource(["TREAT"])
+        empty["_status"] = {"extension": [{"url": "http://example.org/x"}]}
+        r = client.post("/fhir/Consent", json=empty, headers=FHIR_JSON)
+        assert r.status_code == 400 and "ext-1" in r.text, r.text[:300]
+        assert client.get("/fhir/Consent", headers=TREAT).json()["total"] == 0
+
+
+def test_a_binary_whose_declared_type_its_bytes_contradict_is_refused_and_base64_may_be_wrapped(
+        tmp_path: Path) -> None:
+    """N5: a transaction whose Binary (and attachment) said application/pdf or image/jpeg over JPEG
+    or PNG bytes was stored as the bytes' type, nothing said; POST /photos answers 415 then, and so
+    does a transaction now, at Binary.contentType. N6: base64Binary may hold whitespace (R4
+    datatypes), as a MIME encoder wraps it at 76 characters: it was refused as not base64."""
+    import base64
+
+    with adapter_client(tmp_path) as (client, _services):
+        for declared, path in (("application/pdf", SAMPLES / "document.jpg"), ("image/jpeg", SAMPLES / "lesion.png")):
+            bundle = provide_document_bundle(path.read_bytes(), content_type=declared)
+            r = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+            assert r.status_code == 415, (declared, r.status_code, r.text[:300])
+            assert r.json()["issue"][0]["expression"] == ["Bundle.entry[2].resource.contentType"]
+        bundle = provide_document_bundle((SAMPLES / "document.jpg").read_bytes())
+        data = bundle["entry"][2]["resource"]["data"]
+        bundle["entry"][2]["resource"]["data"] = "\n".join(data[i:i + 76] for i in range(0, len(data), 76))
+        r = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+        assert r.status_code == 200, r.text[:300]
+        assert base64.b64decode(data) == (SAMPLES / "document.jpg").read_bytes()

@@ -1700,12 +1700,13 @@ def test_a_batch_entry_whose_url_or_etag_cannot_be_sent_is_refused_in_its_entry(
     lone surrogate (``Media/\\u0000``, ``Media/a\\tb``, ``Media?x=\\u0001``), or whose ifNoneMatch
     is not ASCII, could not be made into the inner request (httpx InvalidURL, UnicodeEncodeError):
     the whole batch was a 500. Such an entry is refused in its own entry (400), the others answered.
-    (U+0000 and a lone surrogate are now refused with the whole body as it is parsed: load_json.)"""
+    (U+0000, the other control characters but tab, line feed and carriage return, and a lone
+    surrogate are now refused with the whole body as it is parsed: load_json.)"""
     with adapter_client(tmp_path) as (client, _):
         receipt = _ingest(client)
         record = receipt["record"]
         bad = [{"request": {"method": "GET", "url": url}}
-               for url in ("Media/a\tb", "Media/a\x7f", "Media?x=\u0001")]
+               for url in ("Media/a\tb", "Media/a\x7f")]
         bad.append({"request": {"method": "GET", "url": record, "ifNoneMatch": "\u2603"}})
         batch = {"resourceType": "Bundle", "type": "batch",
                  "entry": [*bad, {"request": {"method": "GET", "url": record}}]}
@@ -1717,6 +1718,10 @@ def test_a_batch_entry_whose_url_or_etag_cannot_be_sent_is_refused_in_its_entry(
         assert [e["response"]["status"] for e in refused] == ["400 Bad Request"] * len(bad)
         assert all(e["response"]["outcome"]["resourceType"] == "OperationOutcome" for e in refused)
         assert read["resource"]["id"] == record.split("/")[1]
+        control = {**batch, "entry": [{"request": {"method": "GET", "url": "Media?x=\u0001"}}]}
+        whole = client.post("/fhir", content=json.dumps(control).encode(),
+                            headers={"Content-Type": "application/fhir+json", **as_purpose("TREAT")})
+        assert whole.status_code == 400 and "control character" in whole.text, whole.text[:300]
 
 
 def test_an_update_whose_if_match_loses_a_race_is_412_as_any_stale_if_match(tmp_path: Path,

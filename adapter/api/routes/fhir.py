@@ -140,6 +140,7 @@ def _negotiate(request: Request, accept: str | None, format_param: str | None, *
     version = fhir_version(accept, format_param)
     fmt = response_format(accept, format_param)
     request.state.fhir_format = fmt
+    request.state.fhir_version = version
     return version, fmt
 
 
