@@ -228,6 +228,10 @@ class Configuration:
     uid_root: str
 
 
+#: The example policy's organisation (mappings/policy.yaml), refused by name too in production.
+EXAMPLE_ORGANISATION = "example hospital"
+
+
 def names_the_example_organisation(identifier: str) -> bool:
     """Whether an organisation identifier lies under the ISO/ITU-T example arc 2.999 (no real
     organisation's OID; the example policy's is urn:oid:2.999.1)."""
@@ -243,11 +247,14 @@ def check_configuration(settings: Settings) -> Configuration:
     settings.check_safe()
     check_database_url(settings.resolved_database_url)
     tables = load_tables(settings.resolved_mappings_dir, settings.resolved_policy)
-    if settings.environment == "production" and names_the_example_organisation(tables.policy.organisation.identifier.value):
+    organisation = tables.policy.organisation
+    if settings.environment == "production" and (names_the_example_organisation(organisation.identifier.value)
+                                                 or organisation.name.strip().lower() == EXAMPLE_ORGANISATION):
         # a copy of the example policy (verbal consent enough, break-glass on), wherever it lies:
         # the README's Docker steps copy mappings/ for the organisation to edit
         raise ConfigurationError(f"{settings.resolved_policy} names the example organisation "
-                                 f"({tables.policy.organisation.identifier.value}, under the ISO example arc 2.999): "
+                                 f"({organisation.name[:40]}, {organisation.identifier.value[:60]}; the example's "
+                                 "OID is under the ISO example arc 2.999): "
                                  "in production the policy must be the organisation's own (edit organisation, "
                                  "consent, breakGlass and devices)")
     dicom_tables = load_dicom_tables(settings.resolved_mappings_dir / "dicom.yaml")

@@ -98,7 +98,15 @@ def test_production_refuses_a_copy_of_the_example_policy_wherever_it_lies(tmp_pa
     refused = check(**production)
     assert refused.returncode == 2 and "names the example organisation" in refused.stderr, refused.stderr
     policy = copy / "policy.yaml"
-    policy.write_text(policy.read_text().replace("urn:oid:2.999.1", "urn:oid:1.2.826.0.1.3680043.10.1"))
+    original = policy.read_text()
+    # its OID changed, still "Example Hospital" (re-verification: passed), and the other way round
+    for edited in (original.replace("urn:oid:2.999.1", "urn:oid:1.2.826.0.1.3680043.10.1"),
+                   original.replace("Example Hospital", "St Elsewhere")):
+        policy.write_text(edited)
+        assert check(**production).returncode == 2
+    policy.write_text(original)
+    policy.write_text(policy.read_text().replace("urn:oid:2.999.1", "urn:oid:1.2.826.0.1.3680043.10.1")
+                      .replace("Example Hospital", "St Elsewhere"))
     taken = check(**production)
     assert taken.returncode == 0 and "valid" in taken.stdout, taken.stderr
 
