@@ -219,3 +219,12 @@ def test_a_restart_names_the_settings_it_keeps(title: str) -> None:
             if line.endswith("make run")]
     assert runs and all("ADAPTER_DICOM_ALLOWED_AE_TITLES=PACS" in line for line in runs)
     assert all("ADAPTER_HTTP_PORT" not in line for line in runs)  # exported, not retyped
+
+
+def test_the_quick_start_is_exactly_make_run_and_make_test() -> None:
+    """DEVELOPERS.md: the README's quick start has exactly two commands for a fresh machine,
+    `make run` and `make test` (a third, `make peers`, had crept in: what it installs, `make test`
+    installs too)."""
+    [block] = _blocks(_section("Quick start"))[:1]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
+    assert commands == ["make run", "make test"], commands
