@@ -95,13 +95,18 @@ def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(content=content, status_code=status, media_type=media, headers=headers)
 
 
+def _is_fhir(request: Request) -> bool:
+    """Whether ``request`` is one of the FHIR API's (its path ``/fhir`` or under it)."""
+    path = str(request.scope.get("path", ""))
+    return path == "/fhir" or path.startswith("/fhir/")
+
+
 def answer_format(request: Request) -> Format:
     """The format a FHIR answer to ``request`` takes, its refusals included: the one the route
     negotiated (``request.state.fhir_format``), or else the one Accept and ``_format`` ask for;
     FHIR JSON outside ``/fhir``, and when what they ask for is not produced (a 406 is answered
     in JSON)."""
-    path = str(request.scope.get("path", ""))
-    if path != "/fhir" and not path.startswith("/fhir/"):
+    if not _is_fhir(request):
         return "json"
     chosen = getattr(request.state, "fhir_format", None)
     if chosen in ("json", "xml"):
@@ -118,8 +123,7 @@ def answer_version(request: Request) -> str | None:
     """The FHIR version a refusal of a ``/fhir`` request names in its media type, as its success
     would (``fhirVersion=4.0``/``5.0``): the one the route negotiated, else the one Accept and
     ``_format`` ask for (R4 when they ask for none or for one not served); None elsewhere."""
-    path = str(request.scope.get("path", ""))
-    if path != "/fhir" and not path.startswith("/fhir/"):
+    if not _is_fhir(request):
         return None
     chosen = getattr(request.state, "fhir_version", None)
     if chosen in ("4", "5"):

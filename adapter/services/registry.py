@@ -167,13 +167,13 @@ class Services:
     now: Callable[[], datetime]
     dicom_ingest: DicomIngestService  # objects received by the C-STORE SCP (adapter.dicom.scp)
     search_pages: SearchPages  # sealed paging links of a search by POST
-    released_uids: ReleasedUidSpaces | None = None  # UIDs of the restricted DICOM views
-    released_ids: ReleasedIds | None = None  # logical ids of the restricted FHIR views
-    forwarder: Forwarder | None = field(default=None, init=False)
     #: When these services were built (the process started serving): the CapabilityStatement's
     #: date, which FHIR has change with what it describes (this build, its policy and settings),
     #: not with every request.
-    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: datetime
+    released_uids: ReleasedUidSpaces | None = None  # UIDs of the restricted DICOM views
+    released_ids: ReleasedIds | None = None  # logical ids of the restricted FHIR views
+    forwarder: Forwarder | None = field(default=None, init=False)
 
     def reader(self, ctx: RequestContext) -> ScopedReader:
         """A reader scoped to one request context: the only way to read records."""
