@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from adapter.config import Settings
+from adapter.config import Settings, describe_invalid_settings
 from adapter.errors import AdapterError
 from adapter.services.unreferenced import DEFAULT_GRACE_SECONDS, MIN_GRACE_SECONDS
 
@@ -241,6 +241,11 @@ def serve(settings: Settings) -> int:
         if exc.code == 3:  # uvicorn's STARTUP_FAILURE: most often the address, which only its log names
             failure += (f" (it could not start: is {settings.http_host}:{settings.http_port} taken, or not "
                         "this host's? the log says why)")
+            # exit 2, as for a taken DICOM port and with several workers: every refused start is 2
+            # (README, Stopping), which a service manager can tell from a crash
+            log.error("cannot start: the HTTP server cannot listen on %s:%s (the log above says why)",
+                      settings.http_host, settings.http_port)
+            return 2
         raise
     except BaseException as exc:
         failure = f"ended by {type(exc).__name__}"
@@ -379,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings()
-    except (ValidationError, AdapterError) as exc:  # say which setting
+    except ValidationError as exc:  # say which setting, by its variable
+        print(f"invalid settings: {describe_invalid_settings(exc)}", file=sys.stderr)
+        return 2
+    except AdapterError as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level, settings.log_format)

@@ -12,7 +12,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapter.errors import ConfigurationError
@@ -379,3 +379,16 @@ class Settings(BaseSettings):
             raise ConfigurationError(
                 "ADAPTER_PSEUDONYM_KEY (or ADAPTER_PSEUDONYM_KEY_FILE) must be set to a secret of at least 32 "
                 "characters in production")
+
+
+def describe_invalid_settings(exc: ValidationError) -> str:
+    """What is wrong with the settings, each named by its variable (``ADAPTER_LOG_FORMAT: must be
+    text or json``), in the operator's words: not pydantic's report, which names the field
+    (``log_format``), quotes the value (a key, a password in a URL) and links to its own site."""
+    said = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error.get("loc", ())]
+        message = str(error.get("msg", "invalid"))
+        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        said.append(f"ADAPTER_{loc[0].upper()}: {message}" if loc else message)
+    return "; ".join(said)

@@ -47,13 +47,13 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     app.add_middleware(HeadMiddleware)  # innermost: the other middlewares see HEAD
     app.add_middleware(CancelledRequestMiddleware)  # its 503 gets the headers of the ones outside it
     app.add_middleware(NoStoreMiddleware)
-    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyTimeoutMiddleware, seconds=services.settings.http_body_timeout)
     origins = services.settings.allowed_cors_origins
-    if origins:  # outermost: preflights are answered here, and refusals carry the headers too
+    if origins:  # outside the others: preflights are answered here, and refusals carry the headers too
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT"], allow_headers=list(CORS_REQUEST_HEADERS),
                            expose_headers=list(CORS_EXPOSED_HEADERS), max_age=600)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer names its request, preflights too
     app.include_router(photos.router)
     app.include_router(fhir.router)
     app.include_router(outbox.router)

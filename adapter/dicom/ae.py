@@ -17,7 +17,9 @@ _AE_MAX = 16
 def _check_ae_title(title: str, what: str) -> str:
     title = title.strip()
     if not title or len(title) > _AE_MAX or any(ch == "\\" or not " " <= ch <= "~" for ch in title):
-        raise ConfigurationError(f"{what}: '{title[:20]}' is not an AE title (1-16 characters, no backslash)")
+        shown = title if len(title) <= 64 else f"{title[:64]}…"  # whole, as set (a long one, shortened visibly)
+        raise ConfigurationError(f"{what}: {shown!r} is not an AE title ({len(title)} characters; an AE title has "
+                                 "1-16 printable ASCII characters, no backslash)")
     return title
 
 

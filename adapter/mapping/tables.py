@@ -6,9 +6,10 @@ invalid policy stops start-up with a clear message.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -174,12 +175,38 @@ def _read_yaml(path: Path, not_found: str = _TABLE_NOT_FOUND) -> Any:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
 
 
+def _keys(model: type[BaseModel]) -> set[str]:
+    """Every key a table of ``model`` may have, at any depth (field aliases, as the YAML has them)."""
+    keys: set[str] = set()
+    pending, seen = [model], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for name, field in current.model_fields.items():
+            keys.add(field.alias or name)
+            for arg in (field.annotation, *get_args(field.annotation)):
+                for inner in (arg, *get_args(arg)):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        pending.append(inner)
+    return keys
+
+
+def _problem(err: Any, keys: set[str]) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "(root)"
+    if err["type"] == "extra_forbidden" and err["loc"]:
+        close = difflib.get_close_matches(str(err["loc"][-1]), sorted(keys), n=1, cutoff=0.75)
+        return f"{where}: no such key{f' (did you mean {close[0]}?)' if close else ''}"
+    return f"{where}: {err['msg']}"
+
+
 def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors())
+        keys = _keys(model)
+        problems = "; ".join(_problem(err, keys) for err in exc.errors())
         raise PolicyError(f"{path}: {problems}", expression=[
             ".".join(str(p) for p in err["loc"]) for err in exc.errors()]) from exc
 

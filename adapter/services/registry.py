@@ -133,8 +133,10 @@ def pseudonym_key_problem(settings: Settings, store: RecordStore) -> str | None:
     path = settings.data_dir / "pseudonym.key"
     if not path.exists():
         if PSEUDONYM_KEY_FINGERPRINT in stored or _PSEUDONYM_INDEX in stored:
-            return (f"{path} is missing, but the records were pseudonymised under a key: restore pseudonym.key from "
-                    f"the backup taken with the database (or set ADAPTER_PSEUDONYM_KEY to the key used); {_ACCEPT}")
+            return (f"{path} is missing, but the records were pseudonymised under a key: where serve reads the key "
+                    "from a file, give this command the same ADAPTER_PSEUDONYM_KEY_FILE (its whole environment); "
+                    "after a restore, restore pseudonym.key from the backup taken with the database (or set "
+                    f"ADAPTER_PSEUDONYM_KEY to the key used); {_ACCEPT}")
         return None
     recorded = stored.get(PSEUDONYM_KEY_FINGERPRINT)
     if recorded is not None and recorded != pseudonym_key_fingerprint(path.read_text().strip().encode("utf-8")):

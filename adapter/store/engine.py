@@ -10,6 +10,7 @@ optional schema on the search path (used by tests to stay apart).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ def check_database_url(database_url: str, *, schema: str | None = None) -> URL:
     if backend == "postgresql" and driver == "psycopg":
         if schema is not None and not _SCHEMA_NAME.match(schema):
             raise ConfigurationError("a schema name is lower-case letters, digits and underscores")
+        if importlib.util.find_spec("psycopg") is None:  # a dependency; an install that left it out
+            raise ConfigurationError("the PostgreSQL driver psycopg is not installed in this Python "
+                                     "(pip install 'psycopg[binary]>=3.1,<4', or reinstall the adapter)")
         return url
     raise ConfigurationError(_URL_SCHEMES)
 

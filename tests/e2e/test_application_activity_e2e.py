@@ -94,7 +94,8 @@ def test_a_serve_that_cannot_listen_records_its_stop_as_a_failure_and_one_refuse
         port = taken.getsockname()[1]
         done = subprocess.run([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, timeout=120, check=False,
                               env={**env, "ADAPTER_HTTP_PORT": str(port)}, capture_output=True, text=True)
-    assert done.returncode != 0, done.stderr[-1500:]
+    # exit 2 as every refused start (was uvicorn's 3: deployer review F3)
+    assert done.returncode == 2 and "cannot listen on" in done.stderr, done.stderr[-1500:]
     refused = subprocess.run([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, timeout=120, check=False,
                              env={**env, "ADAPTER_UID_ROOT": "not-a-uid-root"}, capture_output=True, text=True)
     assert refused.returncode == 2 and "cannot start" in refused.stderr, refused.stderr[-1500:]

@@ -1215,8 +1215,10 @@ def test_a_browser_page_of_a_configured_origin_may_call_the_api_and_no_other(tmp
         receipt = _ingest(client)
         preflight = client.options(f"/fhir/{receipt['record']}", headers={
             "Origin": viewer, "Access-Control-Request-Method": "GET",
-            "Access-Control-Request-Headers": "x-purpose-of-use, accept"})
+            "Access-Control-Request-Headers": "x-purpose-of-use, accept", "X-Request-Id": "pre-1"})
         assert preflight.status_code == 200
+        # the preflight is an answer too: it names its request (deployer review F4)
+        assert preflight.headers["x-request-id"] == "pre-1"
         assert preflight.headers["access-control-allow-origin"] == viewer
         assert "x-purpose-of-use" in preflight.headers["access-control-allow-headers"].lower()
         assert "access-control-allow-credentials" not in preflight.headers
@@ -1229,6 +1231,7 @@ def test_a_browser_page_of_a_configured_origin_may_call_the_api_and_no_other(tmp
             "Origin": "https://evil.example", "Access-Control-Request-Method": "GET",
             "Access-Control-Request-Headers": "x-purpose-of-use"})
         assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+        assert other.headers["x-request-id"]
         assert "access-control-allow-origin" not in client.get(
             f"/fhir/{receipt['record']}", headers={**as_purpose("TREAT"), "Origin": "https://evil.example"}).headers
     (tmp_path / "b").mkdir()

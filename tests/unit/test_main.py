@@ -35,6 +35,31 @@ def test_serve_refuses_a_database_url_of_no_known_dialect_naming_the_setting(
     assert "postgresql+psycopg://" in caplog.messages[-1] and "ADAPTER_DATABASE_URL" in caplog.messages[-1]
 
 
+def test_serve_and_check_say_the_postgresql_driver_is_missing_instead_of_a_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # deployer review F1: an install without psycopg printed "settings ... are valid" and then a
+    # ModuleNotFoundError traceback (exit 1), from check and from serve alike
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "psycopg" else real_find_spec(name, *a))
+    url = "postgresql+psycopg://adapter@127.0.0.1:1/adapter"
+    settings = Settings(policy=ROOT / "mappings" / "policy.yaml", data_dir=tmp_path / "data", database_url=url,
+                        dicom_enabled=False)
+    with caplog.at_level(logging.ERROR, logger="adapter"):
+        assert serve(settings) == 2
+    assert "psycopg is not installed" in caplog.messages[-1]
+    monkeypatch.setenv("ADAPTER_DATABASE_URL", url)
+    monkeypatch.setenv("ADAPTER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ADAPTER_POLICY", str(ROOT / "mappings" / "policy.yaml"))
+    assert main(["check", "--offline"]) == 2
+    err = capsys.readouterr()
+    assert "psycopg is not installed" in err.err and "valid" not in err.out
+    assert not (tmp_path / "data").exists()
+
+
 def test_serve_says_in_one_line_that_the_example_policy_is_in_force(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     # new-user review 2: `make run` logged "policy mappings/policy.yaml" and nothing said it was
@@ -60,3 +85,31 @@ def test_audit_refuses_a_limit_below_one(capsys: pytest.CaptureFixture[str]) -> 
         main(["audit", "--limit", "-1"])
     assert info.value.code == 2
     assert "not a positive whole number: -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("ADAPTER_LOG_FORMAT", "xml", "ADAPTER_LOG_FORMAT: must be text or json"),
+    ("ADAPTER_HTTP_PORT", "eighty", "ADAPTER_HTTP_PORT: Input should be a valid integer"),
+    ("ADAPTER_BASE_URL", "ftp://adapter:s3cret@x", "ADAPTER_BASE_URL: must be an absolute http(s) URL"),
+])
+def test_an_invalid_setting_is_named_by_its_variable_without_its_value_or_pydantic_s_report(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        variable: str, value: str, said: str) -> None:
+    # deployer review F5: pydantic's report named the field (log_format), quoted the value and
+    # linked to errors.pydantic.dev
+    monkeypatch.setenv("ADAPTER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv(variable, value)
+    assert main(["check", "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"invalid settings: {said}"), err
+    assert value not in err and "pydantic" not in err and variable.removeprefix("ADAPTER_").lower() + "\n" not in err
+
+
+def test_an_ae_title_too_long_is_quoted_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # deployer review F5: a 28-character title was quoted cut at 20, as if the value were mangled
+    monkeypatch.setenv("ADAPTER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ADAPTER_POLICY", str(ROOT / "mappings" / "policy.yaml"))
+    monkeypatch.setenv("ADAPTER_DICOM_ALLOWED_AE_TITLES", "THIS_IS_A_VERY_LONG_AE_TITLE")
+    assert main(["check", "--offline"]) == 2
+    assert "'THIS_IS_A_VERY_LONG_AE_TITLE' is not an AE title (28 characters" in capsys.readouterr().err

@@ -30,7 +30,10 @@ def test_the_shipped_policy_and_tables_load() -> None:
 
 
 @pytest.mark.parametrize("mutate,where", [
-    (lambda p: p.update(unknownKey=1), "unknownKey"),
+    (lambda p: p.update(unknownKey=1), "unknownKey: no such key"),
+    # a key misspelt: said so, with the one meant (deployer review F6; was pydantic's "Extra inputs")
+    (lambda p: p["consent"].update(writenRequired=True),
+     "consent.writenRequired: no such key (did you mean writtenRequired?)"),
     (lambda p: p["consent"].update(writtenRequired="sometimes"), "consent.writtenRequired"),
     (lambda p: p["consent"].update(explicitPurposes=["TRAIN", "EDU"]), "EDU"),
     (lambda p: p["consent"].update(carePurposes=["TREAT", "TRAIN"]), "TRAIN"),
