@@ -190,6 +190,7 @@ def serve(settings: Settings) -> int:
     KeyboardInterrupt traceback Python's own SIGINT handler would print.
     """
     from adapter.services.registry import build_services
+    from adapter.store.reach import unreachable
 
     log = logging.getLogger("adapter")
     log.info("policy %s, mapping tables in %s", settings.resolved_policy, settings.resolved_mappings_dir)
@@ -203,10 +204,14 @@ def serve(settings: Settings) -> int:
         _multiprocess_metrics(settings)
     try:
         # the SCP's, the forwarder's and the audit's; with one HTTP process, its too
-        services = build_services(settings)
+        services = build_services(settings, wait_for_database=True)
     except AdapterError as exc:
         # the policy, tables and store are checked here: each message names its own cause
-        log.error("cannot start: %s", exc.diagnostics)
+        if unreachable(exc):
+            log.error("cannot start: the database did not answer within ADAPTER_DATABASE_START_WAIT (%g s); the "
+                      "lines before say why", settings.database_start_wait)
+        else:
+            log.error("cannot start: %s", exc.diagnostics)
         return 2
     application = this_application(settings, serves_dicom=settings.dicom_enabled)
     try:

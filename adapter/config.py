@@ -136,6 +136,11 @@ class Settings(BaseSettings):
         5.0, ge=1, le=600, description="Seconds connecting to PostgreSQL may take (libpq's connect_timeout, "
         "whole seconds, at least 2) before the request, readiness check or start fails; the URL's own "
         "?connect_timeout= wins.")
+    database_start_wait: float = Field(
+        60.0, ge=0, le=3600, description="Seconds `serve` waits at start for a database that does not answer "
+        "(connection refused or timed out, a server starting up), trying again with growing pauses, before it "
+        "gives up (exit 2); a database that answered and refused (no such database, a password refused) is not "
+        "waited for; 0: one attempt.")
     database_statement_timeout: float = Field(
         30.0, ge=0, le=86400, description="Seconds one PostgreSQL statement of `serve` may run (the server's "
         "statement_timeout) before it is cancelled: the request gets 503 transient (DIMSE 0xA700) and nothing of "

@@ -38,6 +38,7 @@ from adapter.services.transaction import TransactionService
 from adapter.store import open_store
 from adapter.store.engine import check_database_url
 from adapter.store.port import BlobStore, RecordStore
+from adapter.store.reach import when_reachable
 
 _log = logging.getLogger(__name__)
 
@@ -263,10 +264,14 @@ def check_configuration(settings: Settings) -> Configuration:
     return Configuration(tables=tables, dicom_tables=dicom_tables, uid_root=check_uid_root(settings.uid_root))
 
 
-def build_services(settings: Settings, now: Callable[[], datetime] = utc_now) -> Services:
+def build_services(settings: Settings, now: Callable[[], datetime] = utc_now, *,
+                   wait_for_database: bool = False) -> Services:
+    """The services of ``settings``. ``wait_for_database`` (``serve``'s start): a database that
+    does not answer yet is waited for, up to ADAPTER_DATABASE_START_WAIT (adapter.store.reach)."""
     configuration = check_configuration(settings)
     tables, dicom_tables, uid_root = configuration.tables, configuration.dicom_tables, configuration.uid_root
-    store, blobs = open_store(settings.store)
+    wait = settings.database_start_wait if wait_for_database else 0.0
+    store, blobs = when_reachable(lambda: open_store(settings.store), wait)
     reindexed = store.reindex_records(RECORD_INDEX_VERSION, index_resource)
     if reindexed:
         _log.info("re-indexed the search values of %d record(s) (%s)", reindexed, RECORD_INDEX_VERSION)
