@@ -25,6 +25,12 @@ viewer asks for after a QIDO-RS search:
     (adapter.imaging.thumbnail.rendered_as): baseline JPEG at most :data:`RENDERED_JPEG_MAX_SIDE`
     a side, PNG lossless of the decoded pixels, GIF in 256 colours; from the bytes already
     released, so the read is decided and audited once. 406 when the client accepts none of these.
+    The rendering query parameters (PS3.18 8.3.5.1: ``viewport``, ``quality``, ``window``,
+    ``iccprofile=no``; adapter.api.rendered_query) make the picture anew as they ask
+    (adapter.imaging.rendition), after the same decision; ``annotation`` is 400 not-supported.
+``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/frames/{n}/rendered``
+    Rendered Frames (PS3.18 10.4.1): frame ``n`` as the instance's rendered resource gives its
+    first, one frame a request. Rendered studies and series are 400 not-supported.
 ``GET /dicomweb/studies/{s}[/series/{se}[/instances/{i}]]/thumbnail``
     a small image/jpeg (PS3.18 8.3.5.1.2) of the instance, or of the first permitted image of
     the series or study, re-encoded from decoded pixels: no metadata, whatever the view.
@@ -57,6 +63,7 @@ from adapter.api.openapi import (
     ok,
     refusals,
 )
+from adapter.api.rendered_query import rendering_parameters
 from adapter.api.routes.dicomweb import (
     _AS_DATASETS,
     _body_part,
@@ -66,7 +73,7 @@ from adapter.api.routes.dicomweb import (
     _model_refusal,
     _not_acceptable,
 )
-from adapter.errors import InvalidQuery, NotAcceptable
+from adapter.errors import InvalidQuery, NotAcceptable, NotSupported
 from adapter.mapping.dicom_json import (
     bulk_value,
     frames,
@@ -190,14 +197,63 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
     return _multipart(OCTET, [(OCTET, bulk_value(ds, tag))], break_glass=content.decision.break_glass)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered",
-            responses=ok(200, "the instance as its FHIR Binary gives it", dict.fromkeys(IMAGES)))
-async def retrieve_rendered(study: str, series: str, instance: str, reader: ReaderDep,
+_RENDERED = answers(ok(200, "the instance (or frame) as its FHIR Binary gives it, or made as the query asks",
+                        dict.fromkeys(IMAGES)), refusals(*INVALID))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered", responses=_RENDERED)
+async def retrieve_rendered(study: str, series: str, instance: str, request: Request, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _rendered(reader, request, accept, study, series, instance, frame=1)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}/rendered",
+            responses=_RENDERED)
+async def retrieve_rendered_frame(study: str, series: str, instance: str, frame_list: str, request: Request,
+                                  reader: ReaderDep, accept: Annotated[str | None, Header()] = None) -> Response:
+    """Rendered Frames (PS3.18 10.4.1, 8.3.5): one frame, as the instance's rendered resource
+    gives its first; a list of several would be a multi-frame picture (a video or multipart of
+    rendered frames), which is not made here: 400, one frame a request."""
+    wanted = parse_frame_list(frame_list)
+    if len(wanted) != 1:
+        raise NotSupported("rendered frames are served one frame a request (frames/{n}/rendered)",
+                           expression="frames")
+    return await _rendered(reader, request, accept, study, series, instance, frame=wanted[0])
+
+
+@router.get("/studies/{study}/rendered", responses=refusals(*INVALID))
+async def study_rendered(study: str) -> Response:
+    raise NotSupported(_NO_RENDERED_STUDY, expression="rendered")
+
+
+@router.get("/studies/{study}/series/{series}/rendered", responses=refusals(*INVALID))
+async def series_rendered(study: str, series: str) -> Response:
+    raise NotSupported(_NO_RENDERED_STUDY, expression="rendered")
+
+
+_NO_RENDERED_STUDY = ("rendered studies and series are not supported: ask for each instance's (or frame's) "
+                      "/rendered, or the study's or series' /thumbnail")
+
+
+async def _rendered(reader: Any, request: Request, accept: str | None, study: str, series: str, instance: str, *,
+                    frame: int) -> Response:
+    """The instance's (or one frame's) rendered resource; its query parameters read first (400
+    before any read), then the same decision as every retrieve of the instance."""
+    parameters = rendering_parameters(list(request.query_params.multi_items()))
     chosen: list[ReleasedImage] = []
 
     def answerable(rendered: ReleasedImage) -> None:  # after the decision, before the audit (406: not sent)
         for media, _ in by_preference(media_ranges(accept)):
+            if parameters.make_anew and rendered.content_type.startswith("image/"):
+                # made anew as the query asks, as the type asked for (a wildcard: the type it renders as)
+                target = rendered.content_type if accepts(media, rendered.content_type) else media
+                made = reader.rendered_with(rendered, target, viewport=parameters.viewport,
+                                            window=parameters.window, quality=parameters.quality,
+                                            max_side=RENDERED_JPEG_MAX_SIDE)
+                if made is not None:
+                    chosen.append(made)
+                    return
+                continue
             if accepts(media, rendered.content_type):
                 chosen.append(rendered)
                 return
@@ -212,7 +268,7 @@ async def retrieve_rendered(study: str, series: str, instance: str, reader: Read
                                else " (no transcoding)"))
 
     await run_in_threadpool(partial(reader.read_dicom_rendered, instance, study=study, series=series,
-                                    answerable=answerable))
+                                    answerable=answerable, frame=frame))
     return image_response(chosen[-1])
 
 
