@@ -1185,6 +1185,46 @@ def test_native_frames_are_served_as_octet_stream(adapter: tuple[FhirClient, Ser
     assert frame == pixels
 
 
+def test_one_bulk_value_or_frame_asked_for_as_octet_stream_itself_is_a_single_part(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """PS3.18 8.7.3.3.2: a single bulk data value may go as application/octet-stream itself. Bulk
+    data asked for so was answered multipart (a type the client did not accept) while a frame
+    was 406; now both are the bytes alone, a frame labelled with its transfer syntax; several
+    frames, or a compressed frame without transfer-syntax=* (it would need transcoding), 406;
+    the client's preference decides between single part and multipart."""
+    client, _ = adapter
+    pdf = pdf_object()
+    path = tmp_path / "native.dcm"
+    pixels = bytes(range(256)) * 18
+    native = native_sc_file(path, pixels, rows=24, columns=64)
+    photo = received(record_id="rec-a")
+    assert stow(client, pdf, path.read_bytes(), photo).status_code == 200
+
+    def base(obj: Any) -> str:
+        return f"/dicomweb/studies/{obj.StudyInstanceUID}/series/{obj.SeriesInstanceUID}/instances/{obj.SOPInstanceUID}"
+
+    octet = {**TREAT, "Accept": "application/octet-stream"}
+    bulk = client.get(f"{base(pdf)}/bulk/00420011", headers=octet)
+    assert bulk.status_code == 200 and bulk.headers["content-type"] == "application/octet-stream"
+    assert bulk.content == pdf.EncapsulatedDocument
+    preferred = client.get(f"{base(pdf)}/bulk/00420011", headers={
+        **TREAT, "Accept": 'application/octet-stream;q=0.5, multipart/related; type="application/octet-stream"'})
+    assert preferred.headers["content-type"].startswith("multipart/related")
+    assert client.get(f"{base(pdf)}/bulk/00420011", headers={**TREAT, "Accept": "application/pdf"}).status_code == 406
+    frame = client.get(f"{base(native)}/frames/1", headers=octet)
+    assert frame.status_code == 200 and frame.content == pixels
+    assert frame.headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    jpeg = client.get(f"{base(photo)}/frames/1", headers={**TREAT, "Accept": "application/octet-stream; transfer-syntax=*"})
+    assert jpeg.status_code == 200 and jpeg.content[:2] == b"\xff\xd8"
+    assert jpeg.headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50"
+    assert client.get(f"{base(photo)}/frames/1", headers=octet).status_code == 406  # would need decompressing
+    mf_path = tmp_path / "mf.dcm"
+    mf = multiframe_file(mf_path, frames=2)
+    assert stow(client, mf_path.read_bytes()).status_code == 200
+    many = {**TREAT, "Accept": "application/octet-stream; transfer-syntax=*"}
+    assert client.get(f"{base(mf)}/frames/1,2", headers=many).status_code == 406  # one part holds one value
+
+
 def test_a_study_with_a_lost_object_is_refused_before_the_answer_starts(adapter: tuple[FhirClient, Services]) -> None:
     """WADO-RS study retrieve makes the objects one by one while it streams; a blob gone from the
     disk is looked for first, so the client gets a 404 OperationOutcome, not a multipart answer
