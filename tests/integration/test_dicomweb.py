@@ -1822,6 +1822,37 @@ def test_qido_study_date_of_a_photo_stored_before_is_rederived_at_start(tmp_path
         assert services.store.reindex_photo_study_dates(STUDY_DATE_VERSION, lambda _: pytest.fail("again")) == 0
 
 
+def test_qido_study_time_of_a_photo_is_the_one_its_object_carries(tmp_path: Path) -> None:
+    """A posted photo's StudyTime was in its WADO-RS metadata but not in QIDO-RS (neither shown
+    nor matched), unlike a received object's; now both, in the view the purpose shows (HRESCH
+    keeps the time, TRAIN's copy has none); a photo stored before gets it at the next start."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = post_photo(client, WOUND, metadata(takenAt="2024-03-01T10:15:00+01:00")).json()
+        study, sop = receipt["dicom"]["studyInstanceUid"], receipt["dicom"]["sopInstanceUid"]
+        (obj,) = parts_of(client.get(f"/dicomweb/studies/{study}", headers=TREAT))
+        assert read(obj).StudyTime == "101500"
+        (found,) = qido(client, "studies", StudyInstanceUID=study, includefield="00080030")
+        assert value(found, "00080030") == "101500"
+        (instance,) = qido(client, "instances", StudyInstanceUID=study)
+        assert value(instance, "00080030") == "101500"
+        assert [value(s, "0020000D") for s in qido(client, "studies", StudyTime="1015")] == [study]
+        assert [value(s, "0020000D") for s in qido(client, "studies", StudyTime="1000-1100")] == [study]
+        assert qido(client, "studies", StudyTime="1016") == []
+        add_consent(client, ["HRESCH"])
+        (pseudonymised,) = qido(client, "studies", HRESCH)
+        assert value(pseudonymised, "00080030") == "101500"
+    # the store as the code before wrote it: no StudyTime for the photo, the version before kept
+    db = sqlite3.connect(tmp_path / "data" / "adapter.db")
+    try:
+        with db:
+            db.execute("UPDATE dicom_instances SET study_time = NULL WHERE sop_instance_uid = ?", (sop,))
+            db.execute("UPDATE key_fingerprints SET fingerprint = 'photo-study-date:1' WHERE name = 'study-dates'")
+    finally:
+        db.close()
+    with adapter_client(tmp_path) as (client, _):
+        assert [value(s, "0020000D") for s in qido(client, "studies", StudyTime="1015")] == [study]
+
+
 def test_stow_of_a_transfer_syntax_without_a_rendering_fails_as_such(adapter: tuple[FhirClient, Services]) -> None:
     """STOW-RS has no negotiation: a part in a transfer syntax the adapter cannot render losslessly
     (JPEG 2000 here) fails with FailureReason 0xC122 Referenced Transfer Syntax not supported
