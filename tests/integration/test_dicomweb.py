@@ -1225,6 +1225,22 @@ def test_one_bulk_value_or_frame_asked_for_as_octet_stream_itself_is_a_single_pa
     assert client.get(f"{base(mf)}/frames/1,2", headers=many).status_code == 406  # one part holds one value
 
 
+def test_an_empty_sequence_is_written_without_a_value_in_metadata(adapter: tuple[FhirClient, Services]) -> None:
+    """PS3.18 F.2.5: an attribute present with an empty value has no "Value"; an empty sequence
+    was written as "Value": [] (top level and in an item)."""
+    client, _ = adapter
+    pdf = pdf_object()
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "18842-5", "LN", "Discharge summary"
+    item.ConceptCodeSequence = Sequence()
+    pdf.ContentTemplateSequence = Sequence([item])
+    assert stow(client, pdf).status_code == 200
+    [meta] = client.get(f"/dicomweb/studies/{pdf.StudyInstanceUID}/series/{pdf.SeriesInstanceUID}/instances/"
+                        f"{pdf.SOPInstanceUID}/metadata", headers=TREAT).json()
+    assert meta["0040A043"] == {"vr": "SQ"}
+    assert meta["0040A504"]["Value"][0]["0040A168"] == {"vr": "SQ"}
+
+
 def test_a_study_with_a_lost_object_is_refused_before_the_answer_starts(adapter: tuple[FhirClient, Services]) -> None:
     """WADO-RS study retrieve makes the objects one by one while it streams; a blob gone from the
     disk is looked for first, so the client gets a 404 OperationOutcome, not a multipart answer
@@ -1575,12 +1591,13 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
     assert qido(client, "studies", HRESCH, StudyDescription="*") == qido(client, "studies", HRESCH) != []
     assert qido(client, "studies", TRAIN, StudyDescription="*") == qido(client, "studies", TRAIN) != []
     pseudonymised = [s for s in qido(client, "studies", HRESCH) if "00080030" in s]
-    [hresch] = pseudonymised
-    assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]
-    assert "00081030" not in hresch and "00080050" not in hresch and PATIENT_NAME not in json.dumps(hresch)
-    # what the study list says is what the released copy says
-    [data] = parts_of(client.get(value(hresch, "00081190").split("testserver")[-1], headers=HRESCH))
-    assert str(read(data).PatientName) == f"{value(hresch, '00100020')}^"
+    assert len(pseudonymised) == 2  # the received object's and the posted photo's (its StudyTime too)
+    for hresch in pseudonymised:
+        assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]
+        assert "00081030" not in hresch and "00080050" not in hresch and PATIENT_NAME not in json.dumps(hresch)
+        # what the study list says is what the released copy says
+        [data] = parts_of(client.get(value(hresch, "00081190").split("testserver")[-1], headers=HRESCH))
+        assert str(read(data).PatientName) == f"{value(hresch, '00100020')}^"
 
 
 def test_qido_matches_patient_name_as_a_viewer_searches_it_in_the_view_the_purpose_allows(
@@ -2336,7 +2353,7 @@ def test_qido_matches_series_number_instance_number_and_the_procedure_step_date(
     procedure step's start date and time and the StudyTime (a value or a range), on what the
     purpose's view shows."""
     client, _ = adapter
-    multiframe, photo, _ = viewer_objects(client, tmp_path)
+    multiframe, photo, posted = viewer_objects(client, tmp_path)
     assert [value(s, "0020000E") for s in qido(client, "series", SeriesNumber="7")] == [multiframe.SeriesInstanceUID]
     assert [value(s, "0020000E") for s in qido(client, f"studies/{photo.StudyInstanceUID}/series", **{"00200011": "3"})] \
         == [photo.SeriesInstanceUID]
@@ -2357,7 +2374,9 @@ def test_qido_matches_series_number_instance_number_and_the_procedure_step_date(
         assert [value(s, "0020000E") for s in qido(client, "series", **{key: match})] == [multiframe.SeriesInstanceUID], \
             (key, match)
     assert qido(client, "series", PerformedProcedureStepStartTime="0931-") == []
-    assert [value(s, "0020000D") for s in qido(client, "studies", StudyTime="1000-1030")] == [multiframe.StudyInstanceUID]
+    # the posted photo's StudyTime (its EXIF capture time, in the morning) is matched as a received one's
+    assert sorted(value(s, "0020000D") for s in qido(client, "studies", StudyTime="1000-1030")) == \
+        sorted([multiframe.StudyInstanceUID, posted["studyInstanceUid"]])
     for key, bad in (("StudyTime", "25:00"), ("PerformedProcedureStepStartTime", "9-10"), ("StudyTime", "-")):
         r = client.get("/dicomweb/series", params={key: bad}, headers=TREAT)
         assert r.status_code == 400, (key, r.text)
