@@ -32,6 +32,12 @@ RENDERED_QUALITY = 90
 WHOLE_DECODES_AT_ONCE = 2
 _whole_decodes = threading.BoundedSemaphore(WHOLE_DECODES_AT_ONCE)
 
+
+def whole_decode() -> threading.BoundedSemaphore:
+    """The bound on whole decodes at once (:data:`WHOLE_DECODES_AT_ONCE`), to hold in a ``with``
+    while a picture is decoded whole and made anew (adapter.imaging.rendition too)."""
+    return _whole_decodes
+
 #: The media types :func:`rendered_as` makes: those PS3.18 Table 8.7.4-1 gives a single-frame
 #: image (image/jpeg the default; image/png and image/gif required).
 RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")

@@ -38,6 +38,7 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -57,6 +58,7 @@ from adapter.errors import (
     AdapterError,
     InvalidInput,
     InvalidResource,
+    NotFound,
     NotSupported,
     RequiredElementMissing,
     UndecodableImage,
@@ -65,9 +67,11 @@ from adapter.errors import (
 )
 from adapter.imaging import JPEG, PNG, Pixels, encode_png
 from adapter.imaging.frame import EncapsulatedJpeg, encapsulated_jpeg
+from adapter.imaging.rendition import GreyLevels
 from adapter.mapping.codes import DCM, DICOM_UID_SYSTEM, EXT_LATERALITY, PROVENANCE_PARTICIPANT_TYPE, SNOMED
 from adapter.mapping.dicom_dates import is_utc_offset
 from adapter.mapping.dicom_image_pixel import ImagePixel, check_jpeg_frame
+from adapter.mapping.dicom_json import frames as frames_of
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import is_valid_uid
 from adapter.mapping.fhir_r4 import JSON, coding, concept, display_reference, extension
@@ -383,6 +387,56 @@ def extract_image(ds: Dataset, pixel: ImagePixel | None = None) -> ExtractedImag
                        expression="(0002,0010) TransferSyntaxUID")
 
 
+def extract_frame(ds: Dataset, number: int) -> ExtractedImage:
+    """Frame ``number`` (from 1) of a released object as :func:`extract_image` gives its first
+    (WADO-RS rendered frames, WADO-URI ``frameNumber``: PS3.18 8.3.5, 9.1.2.2): a JPEG Baseline
+    frame as its JPEG stream with APPn/COM metadata cut out, a native one as a lossless PNG.
+
+    Raises:
+        NotFound: the object has no such frame (a document has none).
+        the errors of :func:`extract_image`.
+    """
+    if number == 1:
+        return extract_image(ds)
+    if "PixelData" not in ds:
+        raise NotFound("the instance has no frames")
+    count = _int(ds.get("NumberOfFrames")) or 1
+    if number > count:
+        raise NotFound(f"the instance has {count} frame(s), not frame {number}")
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if syntax == JPEGBaseline8Bit:
+        [frame] = frames_of(ds, [number])
+        return ExtractedImage(jpeg_binary(frame).join(), JPEG)
+    if syntax in _NATIVE:
+        return ExtractedImage(encode_png(_native_frame(ds, count, number)), PNG)
+    raise UnsupportedTransferSyntax(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",
+                       expression="(0002,0010) TransferSyntaxUID")
+
+
+def grey_levels(ds: Dataset) -> GreyLevels | None:
+    """What a greyscale object's rendered values are, for a ``window`` (PS3.18 8.3.5.1.4) in the
+    units of its Modality LUT (PS3.3 C.11.1: Rescale Slope and Intercept, 1 and 0 when absent);
+    None for a colour one (or a document), which has no window."""
+    if "PixelData" not in ds or (_int(ds.get("SamplesPerPixel")) or 1) != 1:
+        return None
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    bits = _int(ds.get("BitsStored")) or _int(ds.get("BitsAllocated")) or 8
+    return GreyLevels(bits_stored=min(max(bits, 1), 16), slope=_number(ds.get("RescaleSlope"), 1.0),
+                      intercept=_number(ds.get("RescaleIntercept"), 0.0), monochrome1=photometric == "MONOCHROME1")
+
+
+def _number(value: Any, default: float) -> float:
+    value = _element_value(value)
+    try:
+        number = float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
+
+
 def walk_other_frames(frames: Iterable[bytes], pixel: ImagePixel | None = None) -> int:
     """Walk frames 2 onwards of encapsulated JPEG Baseline pixel data; returns how many frames
     there are in all (frame 1 included). They are not the Binary, but a release walks each of
@@ -438,9 +492,10 @@ def jpeg_binary(frame: bytes) -> EncapsulatedJpeg:
     return encapsulated_jpeg(frame)
 
 
-def _native_frame(ds: Dataset, frames: int = 1) -> Pixels:
-    """The first frame of native pixel data, whose length must hold the ``frames`` frames its
-    NumberOfFrames states (PS3.5 8.1.1: rows x columns x samples x bits allocated x frames)."""
+def _native_frame(ds: Dataset, frames: int = 1, index: int = 1) -> Pixels:
+    """Frame ``index`` (the first by default) of native pixel data, whose length must hold the
+    ``frames`` frames its NumberOfFrames states (PS3.5 8.1.1: rows x columns x samples x bits
+    allocated x frames)."""
     rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
     samples = _int(ds.get("SamplesPerPixel")) or 1
     bits = _int(ds.get("BitsAllocated")) or 0
@@ -461,7 +516,7 @@ def _native_frame(ds: Dataset, frames: int = 1) -> Pixels:
     if len(raw) < size * frames:
         raise UndecodableImage(f"the pixel data holds fewer frames than the {frames} its NumberOfFrames states",
                                expression="(0028,0008) NumberOfFrames")
-    frame = raw[:size]
+    frame = raw[(index - 1) * size:index * size]
     if samples == 3 and (_int(ds.get("PlanarConfiguration")) or 0) == 1:
         frame = _interleave(frame, rows * cols)
     return Pixels(rows=rows, columns=cols, samples=samples, photometric=photometric, bits=bits, data=frame,
@@ -591,6 +646,7 @@ def _agent(type_coding: JSON, who: JSON, on_behalf_of: JSON | None, *, text: str
 
 
 __all__ = [
-    "PDF", "ExtractedImage", "ReceivedObject", "dicom_identifiers", "extract_image", "jpeg_binary", "read_received",
+    "PDF", "ExtractedImage", "ReceivedObject", "dicom_identifiers", "extract_frame", "extract_image", "grey_levels",
+    "jpeg_binary", "read_received",
     "received_to_fhir", "walk_other_frames",
 ]

@@ -84,9 +84,23 @@ def metadata(ds: Dataset, instance_url: str) -> dict[str, Any]:
             bulk[f"{element.tag:08X}"] = {"vr": element.VR, "BulkDataURI": f"{instance_url}/bulk/{element.tag:08X}"}
         else:
             rest.add(element)
-    body: dict[str, Any] = rest.to_json_dict(bulk_data_threshold=2**62)
+    body: dict[str, Any] = _without_empty_values(rest.to_json_dict(bulk_data_threshold=2**62))
     body.update(bulk)
     return dict(sorted(body.items()))
+
+
+def _without_empty_values(body: dict[str, Any]) -> dict[str, Any]:
+    """PS3.18 F.2.5: an attribute with an empty value has no ``Value`` (pydicom writes an empty
+    sequence as ``"Value": []``), in sequence items too."""
+    for attribute in body.values():
+        values = attribute.get("Value")
+        if values == []:
+            del attribute["Value"]
+        elif attribute.get("vr") == "SQ" and isinstance(values, list):
+            for item in values:
+                if isinstance(item, dict):
+                    _without_empty_values(item)
+    return body
 
 
 def _resolve_ambiguous_vrs(ds: Dataset) -> None:

@@ -378,7 +378,7 @@ def _tm(moment: datetime) -> str:
 #: How :func:`study_date` derives a record's StudyDate; the store keeps the StudyDate of every
 #: posted photo's instance derived by this version (RecordStore.reindex_photo_study_dates, at
 #: start). Bump it with any change to what :func:`study_date` returns.
-STUDY_DATE_VERSION = "photo-study-date:1"
+STUDY_DATE_VERSION = "photo-study-date:2"  # 2: the StudyTime too
 
 
 def _offset(taken: _Moment | None) -> timedelta:
@@ -394,6 +394,17 @@ def study_date(record: Mapping[str, Any]) -> str | None:
     """The StudyDate (DA) the DICOM object of a photo's record carries (module docstring): the
     day it was taken, else filed, in the taken time's offset; None without either."""
     return _study_date(_taken(record), _filed(record))
+
+
+def study_time(record: Mapping[str, Any]) -> str | None:
+    """The StudyTime (TM) the DICOM object of a photo's record carries: the time of day it was
+    taken (else filed) in the taken time's offset, when that moment has a time and an offset;
+    None otherwise (the object's StudyTime is then empty)."""
+    taken = _taken(record)
+    study = taken if taken is not None else _filed(record)
+    if study is None or not study.has_time or study.offset is None:
+        return None
+    return _tm(_local(study, _offset(taken)))
 
 
 def _study_date(taken: _Moment | None, filed: _Moment | None) -> str | None:
@@ -413,7 +424,7 @@ def _set_times(ds: Dataset, record: Mapping[str, Any], now: datetime, *, seconda
     study = taken if taken is not None else filed
     if study is not None:
         ds.StudyDate = _study_date(taken, filed)
-        ds.StudyTime = _tm(local(study)) if study.has_time and study.offset is not None else ""
+        ds.StudyTime = study_time(record) or ""
     else:
         ds.StudyDate, ds.StudyTime = "", ""
     if taken is not None:
@@ -507,4 +518,5 @@ def _has_non_ascii(ds: Dataset) -> bool:
     return any(not text.isascii() for text in _walk_text(ds))
 
 
-__all__ = ["STUDY_DATE_VERSION", "Equipment", "encode_dataset", "encounter_key", "photo_to_dicom", "study_date"]
+__all__ = ["STUDY_DATE_VERSION", "Equipment", "encode_dataset", "encounter_key", "photo_to_dicom", "study_date",
+           "study_time"]

@@ -38,9 +38,10 @@ from adapter.errors import (
 )
 from adapter.imaging import strip_but_orientation, strip_to_pixels_only, thumbnail_jpeg
 from adapter.imaging.pdf import pdf_without_metadata
+from adapter.imaging.rendition import GreyLevels, Viewport, Window, rendered_with
 from adapter.imaging.thumbnail import RENDERED_TYPES, rendered_as, upright
 from adapter.mapping.codes import DICOM_UID_SYSTEM
-from adapter.mapping.dicom_fhir import PDF, extract_image
+from adapter.mapping.dicom_fhir import PDF, extract_frame, grey_levels
 from adapter.mapping.dicom_json import read_released
 from adapter.mapping.dicom_tables import ENCAPSULATED_PDF, DicomTables
 from adapter.mapping.pseudonym import Pseudonymizer
@@ -128,6 +129,7 @@ class ReleasedImage:
     data: bytes
     content_type: str
     break_glass: bool
+    grey: GreyLevels | None = None  # a greyscale image's values, for a window (None: colour, a document)
 
 
 @dataclass(frozen=True)
@@ -212,15 +214,17 @@ _RESULT_KEYS: dict[str, Callable[[DicomEntry], Any]] = {
 }
 
 
-def _rendered(content: DicomContent, max_pixels: int) -> ReleasedImage:
-    """A released DICOM object as its Binary's bytes and media type, in the decision's view. A
-    restricted view's object holds its PDF without metadata already (adapter.mapping.dicom_deid):
-    it is not cleaned a second time."""
-    image = extract_image(read_released(content.data))
+def _rendered(content: DicomContent, max_pixels: int, frame: int = 1) -> ReleasedImage:
+    """A released DICOM object as its Binary's bytes and media type, in the decision's view (or
+    its frame ``frame`` so: adapter.mapping.dicom_fhir.extract_frame). A restricted view's object
+    holds its PDF without metadata already (adapter.mapping.dicom_deid): it is not cleaned a
+    second time."""
+    ds = read_released(content.data)
+    image = extract_frame(ds, frame)
     data = bytes(image.data)
     if image.content_type != PDF:
         data = _image_in_view(data, image.content_type, content.decision.view, max_pixels)
-    return ReleasedImage(data, image.content_type, content.decision.break_glass)
+    return ReleasedImage(data, image.content_type, content.decision.break_glass, grey_levels(ds))
 
 
 def _made(content: DicomContent) -> DicomContent:
@@ -859,15 +863,18 @@ class ScopedReader:
         return self._released_and_audited(instance, stored, decision, answerable)
 
     def read_dicom_rendered(self, sop_instance_uid: str, *, study: str | None = None, series: str | None = None,
-                            answerable: Callable[[ReleasedImage], object] | None = None) -> ReleasedImage:
+                            answerable: Callable[[ReleasedImage], object] | None = None,
+                            frame: int = 1) -> ReleasedImage:
         """WADO-RS rendered: the released instance as its Binary's bytes and media type (the
         first JPEG frame, native pixels as PNG, a PDF), under :meth:`read_dicom_instance`'s
         decision; in the de-identified view image bytes with no metadata at all, as there.
-        ``answerable``: as there, given the rendered image."""
+        ``frame``: another frame so (WADO-RS rendered frames); a frame the instance does not
+        hold is 404, audited as a read that failed. ``answerable``: as there, given the
+        rendered image."""
         made: list[ReleasedImage] = []
 
         def rendered(content: DicomContent) -> None:
-            made.append(self.rendered_from(content))
+            made.append(self.rendered_from(content, frame=frame))
             if answerable is not None:
                 answerable(made[-1])
 
@@ -889,10 +896,27 @@ class ScopedReader:
             return None
         return ReleasedImage(data, media_type, rendered.break_glass)
 
-    def rendered_from(self, content: DicomContent) -> ReleasedImage:
+    def rendered_from(self, content: DicomContent, *, frame: int = 1) -> ReleasedImage:
         """``content`` (an object :meth:`read_dicom_instance` released: decided already) as
-        :meth:`read_dicom_rendered` renders it. Nothing is read, decided or audited."""
-        return _rendered(content, self._tables.policy.limits.max_pixels)
+        :meth:`read_dicom_rendered` renders it (its frame ``frame``). Nothing is read, decided or
+        audited."""
+        return _rendered(content, self._tables.policy.limits.max_pixels, frame)
+
+    def rendered_with(self, rendered: ReleasedImage, media_type: str, *, viewport: Viewport | None,
+                      window: Window | None, quality: int | None, max_side: int) -> ReleasedImage | None:
+        """``rendered`` (released: decided and audited already) made anew as ``media_type`` as
+        the client's rendering parameters ask (adapter.imaging.rendition: a window for a greyscale
+        image, the viewport's region scaled to fit it, a JPEG's quality; upright, no metadata);
+        None as :meth:`rendered_as`. Nothing is read, decided or audited again."""
+        if media_type not in RENDERED_TYPES or not rendered.content_type.startswith("image/"):
+            return None
+        try:
+            data = rendered_with(rendered.data, rendered.content_type, media_type, viewport=viewport, window=window,
+                                 quality=quality, grey=rendered.grey, max_side=max_side,
+                                 max_pixels=self._tables.policy.limits.max_pixels)
+        except (UndecodableImage, ImageTooLarge, UnsupportedPixelData):
+            return None
+        return ReleasedImage(data, media_type, rendered.break_glass, rendered.grey)
 
     def thumbnail_of(self, rendered: ReleasedImage, *, rows: int, columns: int) -> ReleasedImage | None:
         """A small JPEG, with no metadata, of ``rendered`` (what :meth:`read_dicom_rendered`

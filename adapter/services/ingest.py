@@ -51,7 +51,7 @@ from adapter.errors import (
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
-from adapter.mapping.dicom_photo import encounter_key, photo_without_pixels, study_date
+from adapter.mapping.dicom_photo import encounter_key, photo_without_pixels, study_date, study_time
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, photo_uids
@@ -347,7 +347,7 @@ class IngestService:
             # the StudyDate the object carries (adapter.mapping.dicom_photo): when the photo was
             # taken (takenAt, else the kept EXIF capture time, as the record's), else filed; derived
             # from the record, as at start for the photos stored before (reindex_photo_study_dates)
-            study_date=study_date(built.record), created=now,
+            study_date=study_date(built.record), study_time=study_time(built.record), created=now,
             attributes=self._photo_attributes(built.record, image, meta, uids, now))
         outbox = [NewOutboxItem(sop_instance_uid=uids.sop_instance, destination=d) for d in self._destinations
                   if meta.kind in self._tables.policy.forward_kinds]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from adapter.config import Settings
 from adapter.errors import ConfigurationError
-from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, study_date
+from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, study_date, study_time
 from adapter.mapping.dicom_tables import DicomTables, load_dicom_tables
 from adapter.mapping.dicom_uids import check_uid_root
 from adapter.mapping.fhir_r4 import RECORD_INDEX_VERSION, index_resource
@@ -275,9 +275,9 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now, *,
     reindexed = store.reindex_records(RECORD_INDEX_VERSION, index_resource)
     if reindexed:
         _log.info("re-indexed the search values of %d record(s) (%s)", reindexed, RECORD_INDEX_VERSION)
-    redated = store.reindex_photo_study_dates(STUDY_DATE_VERSION, study_date)
+    redated = store.reindex_photo_study_dates(STUDY_DATE_VERSION, study_date, study_time_of=study_time)
     if redated:
-        _log.info("re-derived the QIDO-RS StudyDate of %d posted photo(s) (%s)", redated, STUDY_DATE_VERSION)
+        _log.info("re-derived the QIDO-RS StudyDate and StudyTime of %d posted photo(s) (%s)", redated, STUDY_DATE_VERSION)
     filled = store.fill_dicom_match_keys()
     if filled:
         _log.info("derived the QIDO-RS PatientName and StudyDescription keys of %d DICOM instance(s)", filled)

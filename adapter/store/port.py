@@ -250,12 +250,13 @@ class RecordStore(Protocol):
         JSON, then store ``version``. Returns how many records were re-indexed now."""
 
     def reindex_photo_study_dates(self, version: str, study_date_of: Callable[[dict[str, Any]], str | None],
-                                  batch: int = 500) -> int:
-        """Keep the StudyDate of the DICOM instances made from a posted photo's record (those with
-        no object as received) the one ``version`` derives: when the stored version differs (or
-        there is none: a store made before it was kept), set each one's StudyDate to
-        ``study_date_of`` its record's JSON, then store ``version``. Returns how many instances
-        changed now."""
+                                  batch: int = 500,
+                                  study_time_of: Callable[[dict[str, Any]], str | None] | None = None) -> int:
+        """Keep the StudyDate (and, given ``study_time_of``, the StudyTime) of the DICOM instances
+        made from a posted photo's record (those with no object as received) the one ``version``
+        derives: when the stored version differs (or there is none: a store made before it was
+        kept), set each one's StudyDate to ``study_date_of`` its record's JSON (its StudyTime to
+        ``study_time_of`` it), then store ``version``. Returns how many instances changed now."""
 
     def stored_fingerprints(self) -> dict[str, str]:
         """Every fingerprint the store keeps, by name: of the keys and versions its derived

@@ -997,10 +997,11 @@ class SqlRecordStore:
         return count
 
     def reindex_photo_study_dates(self, version: str, study_date_of: Callable[[dict[str, Any]], str | None],
-                                  batch: int = _GET_MANY_CHUNK) -> int:
+                                  batch: int = _GET_MANY_CHUNK,
+                                  study_time_of: Callable[[dict[str, Any]], str | None] | None = None) -> int:
         """See RecordStore.reindex_photo_study_dates. As :meth:`reindex_records`: one write
         transaction under the rebuild lock, the instances read with their records in keyset
-        batches inside it; only a StudyDate that changes is written."""
+        batches inside it; only a StudyDate (or StudyTime) that changes is written."""
         with self._maintenance_read() as conn:
             if conn.execute(select(_k.fingerprint).where(_k.name == _PHOTO_STUDY_DATES)).scalar() == version:
                 return 0
@@ -1011,15 +1012,21 @@ class SqlRecordStore:
             after = ""
             while True:
                 rows = conn.execute(
-                    select(_d.sop_instance_uid, _d.study_date, _r.json)
+                    select(_d.sop_instance_uid, _d.study_date, _d.study_time, _r.json)
                     .join(resources, and_(_r.resource_type == _d.record_type, _r.id == _d.record_id))
                     .where(_d.blob_sha256.is_(None), _d.sop_instance_uid > after)
                     .order_by(_d.sop_instance_uid).limit(batch)).all()
-                values = [{"uid": uid, "sd": new} for uid, old, document in rows
-                          if (new := study_date_of(document)) is not None and new != old]
+                values = []
+                for uid, old, old_time, document in rows:
+                    new = study_date_of(document)
+                    if new is None:  # left as it is
+                        continue
+                    new_time = study_time_of(document) if study_time_of is not None else old_time
+                    if (new, new_time) != (old, old_time):
+                        values.append({"uid": uid, "sd": new, "st": new_time})
                 if values:
                     conn.execute(update(dicom_instances).where(_d.sop_instance_uid == bindparam("uid"))
-                                 .values(study_date=bindparam("sd")), values)
+                                 .values(study_date=bindparam("sd"), study_time=bindparam("st")), values)
                 changed += len(values)
                 if len(rows) < batch:
                     break

@@ -1185,6 +1185,62 @@ def test_native_frames_are_served_as_octet_stream(adapter: tuple[FhirClient, Ser
     assert frame == pixels
 
 
+def test_one_bulk_value_or_frame_asked_for_as_octet_stream_itself_is_a_single_part(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """PS3.18 8.7.3.3.2: a single bulk data value may go as application/octet-stream itself. Bulk
+    data asked for so was answered multipart (a type the client did not accept) while a frame
+    was 406; now both are the bytes alone, a frame labelled with its transfer syntax; several
+    frames, or a compressed frame without transfer-syntax=* (it would need transcoding), 406;
+    the client's preference decides between single part and multipart."""
+    client, _ = adapter
+    pdf = pdf_object()
+    path = tmp_path / "native.dcm"
+    pixels = bytes(range(256)) * 18
+    native = native_sc_file(path, pixels, rows=24, columns=64)
+    photo = received(record_id="rec-a")
+    assert stow(client, pdf, path.read_bytes(), photo).status_code == 200
+
+    def base(obj: Any) -> str:
+        return f"/dicomweb/studies/{obj.StudyInstanceUID}/series/{obj.SeriesInstanceUID}/instances/{obj.SOPInstanceUID}"
+
+    octet = {**TREAT, "Accept": "application/octet-stream"}
+    bulk = client.get(f"{base(pdf)}/bulk/00420011", headers=octet)
+    assert bulk.status_code == 200 and bulk.headers["content-type"] == "application/octet-stream"
+    assert bulk.content == pdf.EncapsulatedDocument
+    preferred = client.get(f"{base(pdf)}/bulk/00420011", headers={
+        **TREAT, "Accept": 'application/octet-stream;q=0.5, multipart/related; type="application/octet-stream"'})
+    assert preferred.headers["content-type"].startswith("multipart/related")
+    assert client.get(f"{base(pdf)}/bulk/00420011", headers={**TREAT, "Accept": "application/pdf"}).status_code == 406
+    frame = client.get(f"{base(native)}/frames/1", headers=octet)
+    assert frame.status_code == 200 and frame.content == pixels
+    assert frame.headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    jpeg = client.get(f"{base(photo)}/frames/1", headers={**TREAT, "Accept": "application/octet-stream; transfer-syntax=*"})
+    assert jpeg.status_code == 200 and jpeg.content[:2] == b"\xff\xd8"
+    assert jpeg.headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50"
+    assert client.get(f"{base(photo)}/frames/1", headers=octet).status_code == 406  # would need decompressing
+    mf_path = tmp_path / "mf.dcm"
+    mf = multiframe_file(mf_path, frames=2)
+    assert stow(client, mf_path.read_bytes()).status_code == 200
+    many = {**TREAT, "Accept": "application/octet-stream; transfer-syntax=*"}
+    assert client.get(f"{base(mf)}/frames/1,2", headers=many).status_code == 406  # one part holds one value
+
+
+def test_an_empty_sequence_is_written_without_a_value_in_metadata(adapter: tuple[FhirClient, Services]) -> None:
+    """PS3.18 F.2.5: an attribute present with an empty value has no "Value"; an empty sequence
+    was written as "Value": [] (top level and in an item)."""
+    client, _ = adapter
+    pdf = pdf_object()
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "18842-5", "LN", "Discharge summary"
+    item.ConceptCodeSequence = Sequence()
+    pdf.ContentTemplateSequence = Sequence([item])
+    assert stow(client, pdf).status_code == 200
+    [meta] = client.get(f"/dicomweb/studies/{pdf.StudyInstanceUID}/series/{pdf.SeriesInstanceUID}/instances/"
+                        f"{pdf.SOPInstanceUID}/metadata", headers=TREAT).json()
+    assert meta["0040A043"] == {"vr": "SQ"}
+    assert meta["0040A504"]["Value"][0]["0040A168"] == {"vr": "SQ"}
+
+
 def test_a_study_with_a_lost_object_is_refused_before_the_answer_starts(adapter: tuple[FhirClient, Services]) -> None:
     """WADO-RS study retrieve makes the objects one by one while it streams; a blob gone from the
     disk is looked for first, so the client gets a 404 OperationOutcome, not a multipart answer
@@ -1367,9 +1423,10 @@ def test_wado_uri_links_answer_as_wado_rs_does_under_the_same_decision(adapter: 
     assert wado(photo, requestType="WADO2").status_code == 400
     assert client.get("/wado", params={"requestType": "WADO", "objectUID": photo.SOPInstanceUID},
                       headers=TREAT).status_code == 400
-    for extra in ({"frameNumber": "2"}, {"windowCenter": "40"}, {"region": "0,0,1,1"}, {"anonymize": "yes"}):
+    for extra in ({"windowCenter": "40"}, {"region": "0,0,1,1"}, {"anonymize": "yes"}):
         r = wado(photo, **extra)
         assert r.status_code == 400 and r.json()["issue"][0]["code"] == "not-supported", extra
+    assert wado(photo, frameNumber="2").status_code == 404  # a frame it does not hold (was 400 for any but 1)
     assert wado(photo, rows="0").status_code == 400
     # optional parameters of PS3.18 9.1.2 a server may take without acting on them (they were 400):
     # charset (the answer is the object or a picture, no text to put in a character set) and
@@ -1534,12 +1591,13 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
     assert qido(client, "studies", HRESCH, StudyDescription="*") == qido(client, "studies", HRESCH) != []
     assert qido(client, "studies", TRAIN, StudyDescription="*") == qido(client, "studies", TRAIN) != []
     pseudonymised = [s for s in qido(client, "studies", HRESCH) if "00080030" in s]
-    [hresch] = pseudonymised
-    assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]
-    assert "00081030" not in hresch and "00080050" not in hresch and PATIENT_NAME not in json.dumps(hresch)
-    # what the study list says is what the released copy says
-    [data] = parts_of(client.get(value(hresch, "00081190").split("testserver")[-1], headers=HRESCH))
-    assert str(read(data).PatientName) == f"{value(hresch, '00100020')}^"
+    assert len(pseudonymised) == 2  # the received object's and the posted photo's (its StudyTime too)
+    for hresch in pseudonymised:
+        assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]
+        assert "00081030" not in hresch and "00080050" not in hresch and PATIENT_NAME not in json.dumps(hresch)
+        # what the study list says is what the released copy says
+        [data] = parts_of(client.get(value(hresch, "00081190").split("testserver")[-1], headers=HRESCH))
+        assert str(read(data).PatientName) == f"{value(hresch, '00100020')}^"
 
 
 def test_qido_matches_patient_name_as_a_viewer_searches_it_in_the_view_the_purpose_allows(
@@ -1779,6 +1837,37 @@ def test_qido_study_date_of_a_photo_stored_before_is_rederived_at_start(tmp_path
         (obj,) = parts_of(client.get(f"/dicomweb/studies/{study}", headers=TREAT))
         assert read(obj).StudyDate == taken
         assert services.store.reindex_photo_study_dates(STUDY_DATE_VERSION, lambda _: pytest.fail("again")) == 0
+
+
+def test_qido_study_time_of_a_photo_is_the_one_its_object_carries(tmp_path: Path) -> None:
+    """A posted photo's StudyTime was in its WADO-RS metadata but not in QIDO-RS (neither shown
+    nor matched), unlike a received object's; now both, in the view the purpose shows (HRESCH
+    keeps the time, TRAIN's copy has none); a photo stored before gets it at the next start."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = post_photo(client, WOUND, metadata(takenAt="2024-03-01T10:15:00+01:00")).json()
+        study, sop = receipt["dicom"]["studyInstanceUid"], receipt["dicom"]["sopInstanceUid"]
+        (obj,) = parts_of(client.get(f"/dicomweb/studies/{study}", headers=TREAT))
+        assert read(obj).StudyTime == "101500"
+        (found,) = qido(client, "studies", StudyInstanceUID=study, includefield="00080030")
+        assert value(found, "00080030") == "101500"
+        (instance,) = qido(client, "instances", StudyInstanceUID=study)
+        assert value(instance, "00080030") == "101500"
+        assert [value(s, "0020000D") for s in qido(client, "studies", StudyTime="1015")] == [study]
+        assert [value(s, "0020000D") for s in qido(client, "studies", StudyTime="1000-1100")] == [study]
+        assert qido(client, "studies", StudyTime="1016") == []
+        add_consent(client, ["HRESCH"])
+        (pseudonymised,) = qido(client, "studies", HRESCH)
+        assert value(pseudonymised, "00080030") == "101500"
+    # the store as the code before wrote it: no StudyTime for the photo, the version before kept
+    db = sqlite3.connect(tmp_path / "data" / "adapter.db")
+    try:
+        with db:
+            db.execute("UPDATE dicom_instances SET study_time = NULL WHERE sop_instance_uid = ?", (sop,))
+            db.execute("UPDATE key_fingerprints SET fingerprint = 'photo-study-date:1' WHERE name = 'study-dates'")
+    finally:
+        db.close()
+    with adapter_client(tmp_path) as (client, _):
+        assert [value(s, "0020000D") for s in qido(client, "studies", StudyTime="1015")] == [study]
 
 
 def test_stow_of_a_transfer_syntax_without_a_rendering_fails_as_such(adapter: tuple[FhirClient, Services]) -> None:
@@ -2264,7 +2353,7 @@ def test_qido_matches_series_number_instance_number_and_the_procedure_step_date(
     procedure step's start date and time and the StudyTime (a value or a range), on what the
     purpose's view shows."""
     client, _ = adapter
-    multiframe, photo, _ = viewer_objects(client, tmp_path)
+    multiframe, photo, posted = viewer_objects(client, tmp_path)
     assert [value(s, "0020000E") for s in qido(client, "series", SeriesNumber="7")] == [multiframe.SeriesInstanceUID]
     assert [value(s, "0020000E") for s in qido(client, f"studies/{photo.StudyInstanceUID}/series", **{"00200011": "3"})] \
         == [photo.SeriesInstanceUID]
@@ -2285,7 +2374,9 @@ def test_qido_matches_series_number_instance_number_and_the_procedure_step_date(
         assert [value(s, "0020000E") for s in qido(client, "series", **{key: match})] == [multiframe.SeriesInstanceUID], \
             (key, match)
     assert qido(client, "series", PerformedProcedureStepStartTime="0931-") == []
-    assert [value(s, "0020000D") for s in qido(client, "studies", StudyTime="1000-1030")] == [multiframe.StudyInstanceUID]
+    # the posted photo's StudyTime (its EXIF capture time, in the morning) is matched as a received one's
+    assert sorted(value(s, "0020000D") for s in qido(client, "studies", StudyTime="1000-1030")) == \
+        sorted([multiframe.StudyInstanceUID, posted["studyInstanceUid"]])
     for key, bad in (("StudyTime", "25:00"), ("PerformedProcedureStepStartTime", "9-10"), ("StudyTime", "-")):
         r = client.get("/dicomweb/series", params={key: bad}, headers=TREAT)
         assert r.status_code == 400, (key, r.text)

@@ -12,8 +12,10 @@ viewer asks for after a QIDO-RS search:
     transfer syntax; a native frame as ``application/octet-stream``. Nothing is transcoded:
     octet-stream without ``transfer-syntax=*`` for a compressed frame is 406, and so is a native
     frame asked for only in a compressed syntax.
+    One frame asked for as ``application/octet-stream`` itself is answered as a single part.
 ``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/bulk/{tag}``
-    multipart/related; type="application/octet-stream": one bulk data value the metadata named.
+    multipart/related; type="application/octet-stream": one bulk data value the metadata named;
+    asked for as ``application/octet-stream`` itself, that value as a single part.
 ``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/rendered``
     the instance as a picture an EHR can show (PS3.18 8.3.5, 10.4.1.1.3): the same bytes as its
     FHIR Binary (adapter.mapping.dicom_fhir.extract_image): the first JPEG frame as it is
@@ -25,6 +27,12 @@ viewer asks for after a QIDO-RS search:
     (adapter.imaging.thumbnail.rendered_as): baseline JPEG at most :data:`RENDERED_JPEG_MAX_SIDE`
     a side, PNG lossless of the decoded pixels, GIF in 256 colours; from the bytes already
     released, so the read is decided and audited once. 406 when the client accepts none of these.
+    The rendering query parameters (PS3.18 8.3.5.1: ``viewport``, ``quality``, ``window``,
+    ``iccprofile=no``; adapter.api.rendered_query) make the picture anew as they ask
+    (adapter.imaging.rendition), after the same decision; ``annotation`` is 400 not-supported.
+``GET /dicomweb/studies/{s}/series/{se}/instances/{i}/frames/{n}/rendered``
+    Rendered Frames (PS3.18 10.4.1): frame ``n`` as the instance's rendered resource gives its
+    first, one frame a request. Rendered studies and series are 400 not-supported.
 ``GET /dicomweb/studies/{s}[/series/{se}[/instances/{i}]]/thumbnail``
     a small image/jpeg (PS3.18 8.3.5.1.2) of the instance, or of the first permitted image of
     the series or study, re-encoded from decoded pixels: no metadata, whatever the view.
@@ -57,6 +65,7 @@ from adapter.api.openapi import (
     ok,
     refusals,
 )
+from adapter.api.rendered_query import rendering_parameters
 from adapter.api.routes.dicomweb import (
     _AS_DATASETS,
     _body_part,
@@ -66,7 +75,7 @@ from adapter.api.routes.dicomweb import (
     _model_refusal,
     _not_acceptable,
 )
-from adapter.errors import InvalidQuery, NotAcceptable
+from adapter.errors import InvalidQuery, NotAcceptable, NotSupported
 from adapter.mapping.dicom_json import (
     bulk_value,
     frames,
@@ -152,52 +161,121 @@ async def instance_metadata(study: str, series: str, instance: str, request: Req
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}", responses=answers(
     ok(200, "the frames as stored: a JPEG frame as image/jpeg, or any as octet-stream (no transcoding)",
-       {MULTIPART_JPEG: None, MULTIPART_OCTET: None}), refusals(*INVALID)))
+       {MULTIPART_JPEG: None, MULTIPART_OCTET: None, OCTET: None}), refusals(*INVALID)))
 async def retrieve_frames(study: str, series: str, instance: str, frame_list: str, reader: ReaderDep,
                           accept: Annotated[str | None, Header()] = None) -> Response:
     wanted = parse_frame_list(frame_list)
-    negotiated: list[tuple[Any, str]] = []  # the released data set and the media type its frames go as
+    negotiated: list[tuple[Any, str, bool]] = []  # the released data set, the media type, single part
 
     def answerable(content: DicomContent) -> None:  # after the decision, before the audit (406: not sent)
         ds = read_released(content.data)
         syntax = transfer_syntax(ds)
-        chosen = _frame_media_type(accept, syntax, compressed=is_encapsulated(ds))
+        chosen = _frame_media_type(accept, syntax, compressed=is_encapsulated(ds), single=len(wanted) == 1)
         if chosen is None:
             raise NotAcceptable(
                 f"the frames are stored in {syntax}, served as they are (no transcoding): ask for "
                 f'multipart/related; type="image/jpeg" or type="{OCTET}"; transfer-syntax=*'
-                if is_encapsulated(ds) else f'the frames are served as multipart/related; type="{OCTET}"')
-        negotiated.append((ds, chosen))
+                if is_encapsulated(ds) else f'the frames are served as multipart/related; type="{OCTET}", or one '
+                f"frame as {OCTET}")
+        negotiated.append((ds, *chosen))
 
     content = await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
                                               answerable=answerable))
-    ds, chosen = negotiated[-1]
+    ds, chosen, single_part = negotiated[-1]
     syntax = transfer_syntax(ds)
     data = await run_in_threadpool(frames, ds, wanted)
     part_type = f"{chosen}; transfer-syntax={syntax}"
+    if single_part:  # one frame, asked for as application/octet-stream itself (PS3.18 8.7.3.3.2)
+        return Response(content=data[0], media_type=None, headers={
+            "Content-Type": part_type, **break_glass_headers(content.decision.break_glass)})
     return _multipart(chosen, [(part_type, frame) for frame in data], break_glass=content.decision.break_glass)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}", responses=answers(
-    ok(200, "the bulk data value", {MULTIPART_OCTET: None}), refusals(*INVALID)))
+    ok(200, "the bulk data value", {MULTIPART_OCTET: None, OCTET: None}), refusals(*INVALID)))
 async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
-    if not any(media in ("*/*", "multipart/*", "multipart/related", OCTET)
-               and params.get("type", OCTET).lower() in (OCTET, "*/*") for media, params in media_ranges(accept)):
-        return _not_acceptable(f'bulk data is served as multipart/related; type="{OCTET}"')
+    single_part = _bulk_single_part(accept)
+    if single_part is None:
+        return _not_acceptable(f'bulk data is served as multipart/related; type="{OCTET}", or as {OCTET}')
     content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
     ds = await run_in_threadpool(read_released, content.data)
+    if single_part:
+        return Response(content=bulk_value(ds, tag), media_type=OCTET,
+                        headers=break_glass_headers(content.decision.break_glass))
     return _multipart(OCTET, [(OCTET, bulk_value(ds, tag))], break_glass=content.decision.break_glass)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered",
-            responses=ok(200, "the instance as its FHIR Binary gives it", dict.fromkeys(IMAGES)))
-async def retrieve_rendered(study: str, series: str, instance: str, reader: ReaderDep,
+def _bulk_single_part(accept: str | None) -> bool | None:
+    """How one bulk data value goes, in the client's order of preference: True as
+    ``application/octet-stream`` itself (single part, PS3.18 8.7.3.3.2: one bulk data value),
+    False as ``multipart/related; type="application/octet-stream"`` (also for ``*/*``, no Accept,
+    or a bare multipart), None when the client accepts neither (406)."""
+    for media, params in by_preference(media_ranges(accept)):
+        if media == OCTET:
+            return True
+        if media in ("*/*", "multipart/*", "multipart/related") and params.get("type", OCTET).lower() in (OCTET, "*/*"):
+            return False
+    return None
+
+
+_RENDERED = answers(ok(200, "the instance (or frame) as its FHIR Binary gives it, or made as the query asks",
+                        dict.fromkeys(IMAGES)), refusals(*INVALID))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered", responses=_RENDERED)
+async def retrieve_rendered(study: str, series: str, instance: str, request: Request, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
+    return await _rendered(reader, request, accept, study, series, instance, frame=1)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}/rendered",
+            responses=_RENDERED)
+async def retrieve_rendered_frame(study: str, series: str, instance: str, frame_list: str, request: Request,
+                                  reader: ReaderDep, accept: Annotated[str | None, Header()] = None) -> Response:
+    """Rendered Frames (PS3.18 10.4.1, 8.3.5): one frame, as the instance's rendered resource
+    gives its first; a list of several would be a multi-frame picture (a video or multipart of
+    rendered frames), which is not made here: 400, one frame a request."""
+    wanted = parse_frame_list(frame_list)
+    if len(wanted) != 1:
+        raise NotSupported("rendered frames are served one frame a request (frames/{n}/rendered)",
+                           expression="frames")
+    return await _rendered(reader, request, accept, study, series, instance, frame=wanted[0])
+
+
+@router.get("/studies/{study}/rendered", responses=refusals(*INVALID))
+async def study_rendered(study: str) -> Response:
+    raise NotSupported(_NO_RENDERED_STUDY, expression="rendered")
+
+
+@router.get("/studies/{study}/series/{series}/rendered", responses=refusals(*INVALID))
+async def series_rendered(study: str, series: str) -> Response:
+    raise NotSupported(_NO_RENDERED_STUDY, expression="rendered")
+
+
+_NO_RENDERED_STUDY = ("rendered studies and series are not supported: ask for each instance's (or frame's) "
+                      "/rendered, or the study's or series' /thumbnail")
+
+
+async def _rendered(reader: Any, request: Request, accept: str | None, study: str, series: str, instance: str, *,
+                    frame: int) -> Response:
+    """The instance's (or one frame's) rendered resource; its query parameters read first (400
+    before any read), then the same decision as every retrieve of the instance."""
+    parameters = rendering_parameters(list(request.query_params.multi_items()))
     chosen: list[ReleasedImage] = []
 
     def answerable(rendered: ReleasedImage) -> None:  # after the decision, before the audit (406: not sent)
         for media, _ in by_preference(media_ranges(accept)):
+            if parameters.make_anew and rendered.content_type.startswith("image/"):
+                # made anew as the query asks, as the type asked for (a wildcard: the type it renders as)
+                target = rendered.content_type if accepts(media, rendered.content_type) else media
+                made = reader.rendered_with(rendered, target, viewport=parameters.viewport,
+                                            window=parameters.window, quality=parameters.quality,
+                                            max_side=RENDERED_JPEG_MAX_SIDE)
+                if made is not None:
+                    chosen.append(made)
+                    return
+                continue
             if accepts(media, rendered.content_type):
                 chosen.append(rendered)
                 return
@@ -212,7 +290,7 @@ async def retrieve_rendered(study: str, series: str, instance: str, reader: Read
                                else " (no transcoding)"))
 
     await run_in_threadpool(partial(reader.read_dicom_rendered, instance, study=study, series=series,
-                                    answerable=answerable))
+                                    answerable=answerable, frame=frame))
     return image_response(chosen[-1])
 
 
@@ -263,25 +341,32 @@ async def _thumbnail(reader: Any, request: Request, accept: str | None, study: s
     return image_response(made)
 
 
-def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool) -> str | None:
-    """The media type to send the frames as, or None when nothing the client accepts fits."""
+def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool,
+                      single: bool) -> tuple[str, bool] | None:
+    """The media type to send the frames as and whether as a single part, or None when nothing
+    the client accepts fits. One frame (``single``) asked for as ``application/octet-stream``
+    itself goes as a single part (PS3.18 8.7.3.3.2), as a bulk data value does: a native frame,
+    or a compressed one with ``transfer-syntax=*`` or its own (never transcoded)."""
     for media, params in media_ranges(accept):
+        wanted_syntax = params.get("transfer-syntax")
+        if media == OCTET and single and (wanted_syntax in ("*", syntax)
+                                          or (not compressed and wanted_syntax in (None, *NATIVE_SYNTAXES))):
+            return OCTET, True
         if media not in ("*/*", "multipart/*", "multipart/related"):
             continue
         asked = params.get("type")
-        wanted_syntax = params.get("transfer-syntax")
         if asked is None:  # a bare multipart or */*: the default for what is stored
             if syntax == JPEG_BASELINE:
-                return "image/jpeg"
+                return "image/jpeg", False
             if not compressed:
-                return OCTET
+                return OCTET, False
             continue
         asked = asked.lower()
         if asked == "image/jpeg" and syntax == JPEG_BASELINE and wanted_syntax in (None, "*", syntax):
-            return "image/jpeg"
+            return "image/jpeg", False
         if asked == OCTET and (wanted_syntax in ("*", syntax)
                                or (not compressed and wanted_syntax in (None, *NATIVE_SYNTAXES))):
-            return OCTET
+            return OCTET, False
     return None
 
 

@@ -19,7 +19,9 @@ what is answered is made from the object the purpose's release produced:
 
 ``contentType`` may list several types, with qualities (``;q=``) or in order of preference, and
 the wildcards ``*/*`` and ``image/*``; without it an image is answered as image/jpeg (PS3.18
-7.1.2) and a document as it renders. ``frameNumber`` 1 only. ``anonymize=yes`` is refused unless the
+7.1.2) and a document as it renders. ``frameNumber`` names the frame of a multi-frame object
+to render (the first by default; a frame it does not hold is 404), as WADO-RS rendered frames
+render it; with ``contentType=application/dicom`` alone (the whole object) it is 400. ``anonymize=yes`` is refused unless the
 purpose's view is de-identified: the adapter de-identifies for a purpose the patient consented
 to, never on a request's say-so (de-identification does not replace consent). ``region``,
 windowing, presentation states and ``annotation`` are not supported (400).
@@ -82,8 +84,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     for name in _UNSUPPORTED:
         if name in q:
             raise NotSupported(f"{name} is not supported here", expression=name)
-    if q.get("frameNumber") not in (None, "1"):
-        raise NotSupported("only frameNumber 1 is served (the frame a record shows)", expression="frameNumber")
+    frame = _frame_number(q.get("frameNumber"))
     if q.get("anonymize") not in (None, "yes"):
         raise InvalidQuery("anonymize takes yes", expression="anonymize")
     if q.get("anonymize") == "yes" and reader.purpose_view is not View.DEIDENTIFIED:
@@ -95,6 +96,9 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     rows, columns = _side(q.get("rows"), "rows"), _side(q.get("columns"), "columns")
     wanted = _content_types(q.get("contentType"))
     syntax = q.get("transferSyntax")
+    if frame != 1 and wanted == [DICOM]:
+        raise InvalidQuery("frameNumber goes with a rendered contentType: application/dicom is the whole object",
+                           expression="frameNumber")
     if syntax is not None and DICOM not in wanted:
         raise InvalidQuery("transferSyntax goes with contentType=application/dicom", expression="transferSyntax")
     # in the client's order of preference; none: image/jpeg for an image (PS3.18 7.1.2, WADO-URI's
@@ -109,6 +113,8 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
         rendered: ReleasedImage | None = None
         for media in preference:
             if media == DICOM:
+                if frame != 1:  # the object is the whole object: a frame is a rendered picture (PS3.18 9.1.2.2)
+                    continue
                 if syntax not in (None, "*", content.transfer_syntax):  # served as stored: never transcoded
                     raise NotAcceptable(f"transferSyntax: this instance is stored in {content.transfer_syntax} and "
                                         "served as it is (no transcoding)", expression="transferSyntax")
@@ -120,7 +126,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
             if media is not None and media not in RENDERED and media != "image/*":
                 continue
             if rendered is None:
-                rendered = reader.rendered_from(content)
+                rendered = reader.rendered_from(content, frame=frame)
             if media == "image/jpeg" and (rows or columns):
                 made = reader.thumbnail_of(rendered, rows=rows or _MAX_SIDE, columns=columns or _MAX_SIDE)
                 if made is None:  # a document, or pixels that do not decode: a later type may do
@@ -148,6 +154,16 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
                                     answerable=answerable))
     return chosen[-1]
+
+
+def _frame_number(value: str | None) -> int:
+    """``frameNumber`` (PS3.18 9.1.2.2): the frame of a multi-frame object to render, from 1 (a
+    frame the object does not hold is 404, as WADO-RS frames answer it); 1 when absent."""
+    if value is None:
+        return 1
+    if not is_digits(value) or len(value) > 9 or int(value) < 1:
+        raise InvalidQuery("frameNumber takes a frame number from 1", expression="frameNumber")
+    return int(value)
 
 
 def _content_types(value: str | None) -> list[str]:
