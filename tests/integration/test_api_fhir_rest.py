@@ -582,3 +582,21 @@ def test_format_with_a_fhir_version_and_a_quality_zero_accept(tmp_path: Path) ->
         assert r.status_code == 200 and r.json()["fhirVersion"] == "4.0.1"
         r = client.get("/fhir/DocumentReference", headers={**TREAT, "Accept": "application/fhir+json;q=0"})
         assert r.status_code == 406 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_metadata_in_terminology_mode_is_refused_not_answered_with_the_capability_statement(tmp_path: Path) -> None:
+    """Review finding F4: ``metadata?mode=terminology`` (http.html#capabilities) asks for a
+    TerminologyCapabilities resource, and was answered with the CapabilityStatement. The server
+    has no terminology service: 400 not-supported, an OperationOutcome saying so; ``full`` (the
+    default) and ``normal`` answer the CapabilityStatement; another mode is 400 too. Test seen
+    failing: 200 CapabilityStatement."""
+    with adapter_client(tmp_path) as (client, _):
+        for query in ("", "?mode=full", "?mode=normal"):
+            answer = client.get(f"/fhir/metadata{query}")
+            assert answer.status_code == 200 and answer.json()["resourceType"] == "CapabilityStatement", query
+        for query in ("?mode=terminology", "?mode=everything", "?mode=full&mode=terminology"):
+            refused = client.get(f"/fhir/metadata{query}")
+            assert refused.status_code == 400, (query, refused.text[:200])
+            issue = refused.json()["issue"][0]
+            assert refused.json()["resourceType"] == "OperationOutcome" and issue["code"] == "not-supported"
+        assert "TerminologyCapabilities" in client.get("/fhir/metadata?mode=terminology").json()["issue"][0]["diagnostics"]

@@ -220,12 +220,24 @@ def _load_resource(spool: IO[bytes], *, xml: bool = False) -> dict[str, Any]:
 @router.get("/metadata", responses=ok(200, "the CapabilityStatement (R4; R5 with fhirVersion=5.0)", FHIR_RESOURCE))
 async def metadata(request: Request, services: ServicesDep,
                    accept: Annotated[str | None, Header()] = None) -> Response:
+    """The CapabilityStatement (http.html#capabilities). ``mode`` ``full`` (the default) and
+    ``normal`` answer it (the adapter's is the same in both); ``terminology`` asks for a
+    TerminologyCapabilities resource, which a server without a terminology service has none of:
+    refused (400 not-supported) rather than answered with another resource type."""
     version, fmt = _negotiate(request, accept, request.query_params.get("_format"))
+    modes = request.query_params.getlist("mode")
+    if any(mode not in _CAPABILITY_MODES for mode in modes) or len(modes) > 1:
+        why = "this server has no terminology service: no TerminologyCapabilities" \
+            if "terminology" in modes else f"mode takes one of {', '.join(_CAPABILITY_MODES)}"
+        raise NotSupported(f"metadata?mode={','.join(m[:20] for m in modes)[:60]}: {why}", expression="mode")
     body = capability_statement(base_url=absolute(request, services, "fhir"),
                                 fhir_version="5.0.0" if version == "5" else "4.0.1",
                                 software_version=__version__, now=services.started)
     return _out(body, version, fmt=fmt)
 
+
+#: The ``mode`` values of ``metadata`` answered with the CapabilityStatement (http.html#capabilities).
+_CAPABILITY_MODES = ("full", "normal")
 
 _VERSIONS_PLAIN = {"type": "object", "required": ["versions", "default"],
                    "properties": {"versions": {"type": "array", "items": {"type": "string"}},
