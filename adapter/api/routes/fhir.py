@@ -619,7 +619,9 @@ class _Conditions:
 
 def _etag(resource: dict[str, Any]) -> dict[str, str]:
     """The validators of a read (FHIR http.html#read, #versioning): ETag W/"<meta.versionId>"
-    and Last-Modified, meta.lastUpdated as an HTTP date."""
+    and Last-Modified, meta.lastUpdated as an HTTP date; never later than now (RFC 9110 8.8.2.1:
+    a modification time in the future by the server's clock is replaced by the message's date,
+    and the store may stamp a write a millisecond ahead of the clock, adapter.store.sql)."""
     meta = resource.get("meta") or {}
     out = {"ETag": f'W/"{meta["versionId"]}"'} if meta.get("versionId") else {}
     try:
@@ -627,7 +629,7 @@ def _etag(resource: dict[str, Any]) -> dict[str, str]:
     except ValueError:
         return out
     if updated.tzinfo is not None:
-        out["Last-Modified"] = format_datetime(updated.astimezone(UTC), usegmt=True)
+        out["Last-Modified"] = format_datetime(min(updated.astimezone(UTC), datetime.now(UTC)), usegmt=True)
     return out
 
 
