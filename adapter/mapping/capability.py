@@ -57,8 +57,9 @@ _RESULT_PARAMETERS = (
     "`_total` (`none` leaves Bundle.total out, so a page costs what it shows; `estimate` and `accurate`, the "
     "default, count every permitted match), `_summary`, `_elements`, `_include`/`_revinclude` as declared. Pages: "
     "follow the `next`, `previous` and `first` links as given; the first page fixes the search's snapshot, so a "
-    "record stored or a Consent updated while they are followed is on none of them (search "
-    "`_lastUpdated=gt` the last `meta.lastUpdated` seen for it), and the links are valid for an hour.")
+    "record stored while they are followed is on none of them (search `_lastUpdated=gt` the last "
+    "`meta.lastUpdated` seen for it), a Consent updated meanwhile keeps its place (shown once as it is now, if it still matches), "
+    "and the links are valid for an hour.")
 _PATIENT = _Param("patient", "reference",
                   "The patient. The adapter does not own Patient resources: use the `:identifier` modifier, "
                   "`patient:identifier=system|value` (or `patient.identifier=system|value`, as IHE MHD ITI-67 "

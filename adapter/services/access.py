@@ -66,7 +66,14 @@ from adapter.services.dicom_objects import (
     match_level,
 )
 from adapter.services.released_uids import ReleasedUidSpaces
-from adapter.services.search_paging import Key, instant_key, page_of, within_snapshot
+from adapter.services.search_paging import (
+    UPDATED_TYPES,
+    Key,
+    instant_key,
+    last_updated_at,
+    page_of,
+    within_snapshot,
+)
 from adapter.services.search_params import CURSOR_PARAM, PageCursor, SearchRequest
 from adapter.services.view_search import criteria_in_id_space, criteria_in_view
 from adapter.store.port import BlobStore, RecordStore, SearchCriteria, TokenCriterion
@@ -612,11 +619,14 @@ class ScopedReader:
         descending = request.descending
         # the view's ids (_id, target) as stored, per type: an id names a resource of one type;
         # within the snapshot (adapter.services.search_paging), a type with nothing then has none
-        typed = {rt: within_snapshot(c, snapshot[rt]) for rt in resource_types
+        # (a type whose resources are updated is bounded below: one updated since is in it)
+        typed = {rt: c if rt in UPDATED_TYPES else within_snapshot(c, snapshot[rt]) for rt in resource_types
                  if criteria is not None and snapshot[rt]
                  and (c := criteria_in_id_space(criteria, rt, self._ids)) is not None}
-        candidates = heapq.merge(*(self._store.search_index(rt, c, descending=descending) for rt, c in typed.items()),
-                                 key=lambda r: (r.last_updated, r.id), reverse=descending)
+        merged = heapq.merge(*(self._store.search_index(rt, c, descending=descending) for rt, c in typed.items()),
+                             key=lambda r: (r.last_updated, r.id), reverse=descending)
+        then: dict[tuple[str, str], str] = {}  # the lastUpdated at the snapshot of one updated since
+        candidates = self._as_of_snapshot(merged, snapshot, then)
         denied = 0
 
         def permitted_rows() -> Iterator[tuple[IndexRow, Decision, Identifier | None]]:
@@ -634,13 +644,15 @@ class ScopedReader:
                 else:
                     denied += 1
 
-        key, by_released = self._sort_key(request)
+        key, by_released = self._sort_key(request, then)
         cursor = request.cursor
+        # in the store's order, unless a restricted view's ids or a version at the snapshot order it
+        in_order = not by_released and not UPDATED_TYPES.intersection(typed)
         found_page = page_of(((key(item[0]), item) for item in permitted_rows()), count=request.count,
                              descending=descending,
                              offset=request.offset, after=cursor.after if cursor else None,
-                             before=cursor.before if cursor else None, ordered=not by_released,
-                             read_all=request.total or by_released)
+                             before=cursor.before if cursor else None, ordered=in_order,
+                             read_all=request.total or not in_order)
         permitted = found_page.seen
         on_page = [item for _, item in found_page.items]
         keys = [k for k, _ in found_page.items]
@@ -690,19 +702,47 @@ class ScopedReader:
                                "than this request's: search again", expression=CURSOR_PARAM)
         return snapshot, view
 
-    def _sort_key(self, request: SearchRequest) -> tuple[Callable[[IndexRow], Key], bool]:
+    def _as_of_snapshot(self, rows: Iterable[IndexRow], snapshot: dict[str, str],
+                        then: dict[tuple[str, str], str]) -> Iterator[IndexRow]:
+        """``rows`` as the snapshot held them (adapter.services.search_paging): a resource of a
+        type that is updated (a Consent) whose lastUpdated is past the snapshot was updated (or
+        created) since: kept, as of its version at the snapshot, whose lastUpdated it is ordered
+        by (put in ``then``), so that an update during a walk neither moves it onto a page read
+        already nor off the pages to come; left out when it did not exist then. Its content and
+        the decision are the current ones, as for any row."""
+        for row in rows:
+            if row.resource_type in UPDATED_TYPES and instant_key(row.last_updated) > snapshot[row.resource_type]:
+                at = last_updated_at(self._versions(row.resource_type, row.id), snapshot[row.resource_type])
+                if at is None:
+                    continue
+                then[(row.resource_type, row.id)] = at
+            yield row
+
+    def _versions(self, resource_type: str, id: str) -> Iterator[dict[str, Any]]:
+        """The stored versions of a resource, newest first, read a page at a time."""
+        offset = 0
+        while documents := self._store.list_versions(resource_type, id, offset=offset, limit=100):
+            yield from documents
+            offset += len(documents)
+
+    def _sort_key(self, request: SearchRequest, then: dict[tuple[str, str], str]
+                  ) -> tuple[Callable[[IndexRow], Key], bool]:
         """The key the results are ordered (and paged) by, and whether it is a restricted view's
         (:meth:`search`): care's view, (lastUpdated, id); a restricted view, its released id
-        (keyed, meaningless), after lastUpdated when the pseudonymised view sorts by it."""
+        (keyed, meaningless), after lastUpdated when the pseudonymised view sorts by it. The
+        lastUpdated is the snapshot's (``then``) for a resource updated since."""
+        def stamp(row: IndexRow) -> str:
+            return then.get((row.resource_type, row.id)) or instant_key(row.last_updated)
+
         if not self._ids.released_ids:
-            return (lambda row: (instant_key(row.last_updated), row.id)), False
+            return (lambda row: (stamp(row), row.id)), False
         ids = self._ids
 
         def released(row: IndexRow) -> Key:
             return (ids.released(row.resource_type, row.id),)
 
         if request.sorted_by_last_updated:  # the pseudonymised view (the de-identified one refuses it)
-            return (lambda row: (instant_key(row.last_updated), *released(row))), True
+            return (lambda row: (stamp(row), *released(row))), True
         return released, True
 
     def _included(self, request: SearchRequest, matches: Sequence[StoredResource],

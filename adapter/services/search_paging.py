@@ -10,9 +10,11 @@ already read, pulling the rest back. So a search's pages are:
 
 - **a snapshot**, fixed by the first page: per resource type, the latest ``meta.lastUpdated``
   stored then. The store stamps every write after every one committed before it of its type
-  (adapter.store.sql, ``_stamp``), so what is stored (or a Consent updated) later is on none of
-  the pages that follow, nor in their ``total``; ``_lastUpdated=gt`` the snapshot's time finds
-  it. Each page is still decided afresh for the request's purpose of use.
+  (adapter.store.sql, ``_stamp``), so what is stored later is on none of the pages that follow,
+  nor in their ``total``; ``_lastUpdated=gt`` the last instant seen finds it. A Consent updated
+  meanwhile stays in the walk at the place its version at the snapshot had (shown as it is now,
+  and once: an update would otherwise move it onto a page read already, or off the pages to
+  come). Each page is still decided afresh for the request's purpose of use.
 - **keyset pages** within it: a link names the sort key of the entry its page follows
   (``next``) or precedes (``previous``), not a position, so a record withheld or let through
   meanwhile moves no other.
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from operator import itemgetter
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from adapter.store.port import DateCriterion, SearchCriteria
 
@@ -38,6 +40,9 @@ Key = tuple[str, ...]
 
 #: The precision of a stored instant is a millisecond; a bound a microsecond on covers it.
 _TICK = timedelta(microseconds=1)
+#: The types whose resources are updated (new versions; every other is stored once): a
+#: resource of one is in the snapshot if a version of it was, ordered as that version.
+UPDATED_TYPES = frozenset({"Consent"})
 
 
 def instant_key(moment: datetime) -> str:
@@ -52,6 +57,17 @@ def within_snapshot(criteria: SearchCriteria, latest: str) -> SearchCriteria:
     bound = datetime.fromisoformat(latest)
     return dataclasses.replace(criteria, last_updated=criteria.last_updated + (
         (DateCriterion(prefix="le", start=bound, end=bound + _TICK),),))
+
+
+def last_updated_at(versions: Iterable[dict[str, Any]], latest: str) -> str | None:
+    """The lastUpdated (an :func:`instant_key`) of the version current at the snapshot
+    ``latest``: the newest of ``versions`` (newest first) stored at or before it; None when
+    none was (the resource was created since)."""
+    for version in versions:
+        stamp = (version.get("meta") or {}).get("lastUpdated")
+        if isinstance(stamp, str) and (key := instant_key(datetime.fromisoformat(stamp))) <= latest:
+            return key
+    return None
 
 
 @dataclass(frozen=True)
@@ -103,4 +119,4 @@ def page_of(items: Iterable[tuple[Key, T]], *, count: int, descending: bool = Fa
                 more=len(chosen) > offset + count, seen=seen)
 
 
-__all__ = ["Key", "Page", "instant_key", "page_of", "within_snapshot"]
+__all__ = ["UPDATED_TYPES", "Key", "Page", "instant_key", "last_updated_at", "page_of", "within_snapshot"]

@@ -113,9 +113,10 @@ class PageCursor:
     the server; adapter.services.search_paging).
 
     ``snapshot``: the search's snapshot, fixed by its first page: per resource type searched, the
-    latest meta.lastUpdated stored then (ISO, "" when none was), so that a record stored (or a
-    Consent updated) later, which the store stamps after every one before it, is not on the
-    pages that follow, nor in their total. ``view``: the purpose's view the keys belong to.
+    latest meta.lastUpdated stored then (ISO, "" when none was), so that a record stored later,
+    which the store stamps after every one before it, is not on the pages that follow, nor in
+    their total (a Consent updated since keeps the place its version then had). ``view``: the
+    purpose's view the keys belong to.
     ``after``/``before``: the sort key of the entry the page follows or precedes (keyset paging:
     a record added or withheld meanwhile shifts nothing); neither: the snapshot's first page."""
 

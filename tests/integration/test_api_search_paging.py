@@ -177,3 +177,33 @@ def test_a_patient_identifier_without_a_system_matches_it_in_any_system(tmp_path
         assert by_pseudonym.status_code == 200 and by_pseudonym.json()["total"] == 1
         assert client.get("/fhir/Media?patient:identifier=MRN-0001", headers=hresch).json()["total"] == 0
         assert client.get("/fhir/Media?patient:identifier=MRN-0001", headers=as_purpose("TRAIN")).status_code == 400
+
+
+@pytest.mark.parametrize("sort", ["", "-_lastUpdated"])
+def test_a_consent_updated_during_a_walk_of_consents_is_shown_once_in_its_place(tmp_path: Path, sort: str) -> None:
+    """A Consent search walked while Consents change: after the first page the one shown and one
+    not shown yet are updated, and after the second a new one is recorded. An update gives a
+    Consent a new lastUpdated: by it, the one shown would come again and the other go past the
+    snapshot (never shown). The walk shows each of the four once, as they are now, at the place
+    they had at the first page, with the same total; the new one is on no page. Test seen
+    failing: the Consent updated before it was shown was skipped (snapshot on lastUpdated alone)."""
+    with adapter_client(tmp_path) as (client, _):
+        stored = [client.post("/fhir/Consent", json=consent_resource(["TREAT"], start=f"202{n}-01-01")).json()
+                  for n in range(4)]
+        by_id = {c["id"]: c for c in stored}
+        treat = as_purpose("TREAT")
+
+        def change(page: int, seen: list[str]) -> None:
+            if page == 1:
+                for consent in (by_id[seen[0]], next(c for c in stored if c["id"] not in seen)):
+                    assert client.put(f"/fhir/Consent/{consent['id']}",
+                                      json={**consent, "status": "inactive"}).status_code == 200
+            elif page == 2:
+                assert client.post("/fhir/Consent", json=consent_resource(["TREAT"])).status_code == 201
+
+        first = client.get(f"/fhir/Consent?_count=1{'&_sort=' + sort if sort else ''}", headers=treat)
+        order = [e["resource"]["id"] for e in first.json()["entry"]]
+        seen, totals = _walk(client, first, treat, change)
+        assert sorted(seen) == sorted(by_id) and totals == {4}, (seen, totals)
+        assert seen[0] == order[0]
+        assert client.get("/fhir/Consent?_summary=count", headers=treat).json()["total"] == 5

@@ -60,3 +60,12 @@ def test_the_snapshot_bound_covers_its_own_instant() -> None:
     assert key == "2026-11-28T06:20:00.123000+00:00" and key < instant_key(moment.replace(microsecond=124000))
     [[bound]] = within_snapshot(SearchCriteria(), key).last_updated
     assert bound.prefix == "le" and bound.start == moment and bound.end is not None and bound.end > moment
+
+
+def test_the_version_at_the_snapshot_is_the_newest_stored_by_then() -> None:
+    from adapter.services.search_paging import last_updated_at
+
+    versions = [{"meta": {"lastUpdated": f"2026-11-28T06:2{n}:00.000Z"}} for n in (5, 3, 1)]  # newest first
+    latest = instant_key(datetime(2026, 11, 28, 6, 24, tzinfo=UTC))
+    assert last_updated_at(versions, latest) == instant_key(datetime(2026, 11, 28, 6, 23, tzinfo=UTC))
+    assert last_updated_at(versions, instant_key(datetime(2026, 11, 28, 6, 20, tzinfo=UTC))) is None
