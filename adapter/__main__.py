@@ -319,6 +319,9 @@ def _serve_http(settings: Settings, services: Services | None = None) -> int:
                                # no WebSocket route: without this uvicorn's websockets protocol answers
                                # upgrades itself, in plain text, and logs their query strings
                                "ws": "none",
+                               # adapter.api.headers sets Date from the clock: uvicorn's, refreshed
+                               # once a second, lagged it, and came before Last-Modified
+                               "date_header": False,
                                # uvicorn's loggers propagate to the root logger's handler (our
                                # format, exceptions without their messages) instead of its own
                                "log_config": None,

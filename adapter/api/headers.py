@@ -6,6 +6,12 @@ by a browser as another type.
   the purpose they were released for.
 * ``X-Content-Type-Options: nosniff``: a Binary is served with its own media type (an image, a
   PDF); a browser must not sniff it into something it would run.
+* ``Date`` (RFC 9110 6.6.1), the time the answer starts: uvicorn's own is refreshed once a
+  second (its ticks), so it lagged the clock by up to a second, and an answer's
+  ``Last-Modified`` (the instant just stored, read from the clock) came out later than its
+  ``Date``, which 8.8.2.1 forbids (review finding F7, a Consent update). uvicorn's is turned off
+  (adapter.__main__) and this one set from the clock when the answer starts, after anything it
+  answers was stored.
 
 A plain ASGI middleware, so request and response bodies stream through untouched.
 """
@@ -13,6 +19,7 @@ A plain ASGI middleware, so request and response bodies stream through untouched
 from __future__ import annotations
 
 from collections.abc import Callable
+from email.utils import formatdate
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -58,7 +65,8 @@ class HttpMiddleware:
 
 def _no_store(headers: RawHeaders) -> RawHeaders:
     present = {name.lower() for name, _ in headers}
-    return [*headers, *((name, value) for name, value in HEADERS if name not in present)]
+    dated = [] if b"date" in present else [(b"date", formatdate(usegmt=True).encode("ascii"))]
+    return [*headers, *((name, value) for name, value in HEADERS if name not in present), *dated]
 
 
 class NoStoreMiddleware(HttpMiddleware):

@@ -49,15 +49,22 @@ class _Param:
 
 
 _ID = _Param("_id", "token", "Logical id of the resource.")
-_COUNT = _Param("_count", "number", "Page size (the server may lower it); the `next` link gives the next page.")
-_SORT = _Param("_sort", "special", "Result order: `_lastUpdated` (oldest first, the default) or `-_lastUpdated` "
-               "(newest first); other keys are refused.")
-_TOTAL = _Param("_total", "token", "`none` leaves Bundle.total out, so a page costs what it shows; `estimate` "
-                "and `accurate` (the default) count every permitted match.")
+#: The result parameters (search.html#count, #sort, #total, #paging): not search parameters, so
+#: not in searchParam; told in rest.documentation.
+_RESULT_PARAMETERS = (
+    "Result parameters of every search: `_count` (page size, at most 200; the server may lower it), `_sort` "
+    "(`_lastUpdated`, oldest first, the default, or `-_lastUpdated`, newest first; other keys are refused), "
+    "`_total` (`none` leaves Bundle.total out, so a page costs what it shows; `estimate` and `accurate`, the "
+    "default, count every permitted match), `_summary`, `_elements`, `_include`/`_revinclude` as declared. Pages: "
+    "follow the `next`, `previous` and `first` links as given; the first page fixes the search's snapshot, so a "
+    "record stored while they are followed is on none of them (search `_lastUpdated=gt` the last "
+    "`meta.lastUpdated` seen for it), a Consent updated meanwhile keeps its place (shown once as it is now, if it still matches), "
+    "and the links are valid for an hour.")
 _PATIENT = _Param("patient", "reference",
                   "The patient. The adapter does not own Patient resources: use the `:identifier` modifier, "
                   "`patient:identifier=system|value` (or `patient.identifier=system|value`, as IHE MHD ITI-67 "
-                  "writes it), or a literal `Patient/<id>` of the EHR. Not in the "
+                  "writes it; a value alone matches it in any system), or a literal `Patient/<id>` of the EHR. "
+                  "Not in the "
                   "de-identified view (TRAIN); in the pseudonymised view (HRESCH) only the pseudonym it shows, "
                   "`patient:identifier=<pseudonym system>|<pseudonym>`.")
 _SUBJECT = _Param("subject", "reference", "As `patient` (`subject:identifier=system|value`).")
@@ -78,7 +85,7 @@ _COMMON = (_ID, _PATIENT, _SUBJECT, _LAST_UPDATED)
 SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
     "Media": (*_COMMON, _Param("created", "date", "When the photo was taken."),
               _Param("date", "date", "As `created`."), _TYPE, _MODALITY, _CATEGORY, _STATUS, _IDENTIFIER,
-              _KIND, _COUNT, _SORT, _TOTAL),
+              _KIND),
     "DocumentReference": (*_COMMON, _Param("date", "date", "When the reference was created (in R5, for a photo, "
                                            "when it was stored: every parameter matches the resource as served "
                                            "in the FHIR version asked for)."),
@@ -104,19 +111,17 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
                           _Param("event", "token", "Main clinical act (context.event), as an IHE MHD Document Source "
                                  "sent it."),
                           _Param("period", "date", "Time of service documented (context.period; R5 period), as a "
-                                 "range: a period without end is still going on (IHE MHD ITI-67)."),
-                          _COUNT, _SORT, _TOTAL),
+                                 "range: a period without end is still going on (IHE MHD ITI-67).")),
     "Consent": (*_COMMON, _Param("date", "date", "When the consent was given (in R5 the day: Consent.date)."),
                 _Param("status", "token", "Resource status (in R5 as R5 has it: R4 `proposed` is `draft`, "
                        "`rejected` is `not-done`)."),
                 _Param("category", "token", "Category, e.g. `http://loinc.org|59284-0` (Patient Consent), which "
                        "every Consent the adapter records carries."),
-                _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers."), _COUNT, _SORT, _TOTAL),
+                _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers.")),
     "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
                    _Param("date", "date", "As `recorded`."),
                    _Param("target", "reference", "The record the provenance is about: `Media/<id>`, "
-                          "`DocumentReference/<id>` or `Consent/<id>` (also `target:Media=<id>`)."),
-                   _COUNT, _SORT, _TOTAL),
+                          "`DocumentReference/<id>` or `Consent/<id>` (also `target:Media=<id>`).")),
 }
 #: The names R5 gives some parameters of R4 (R5 DocumentReference-format-code, -event-code; R4's
 #: format and event): an R5 reader searches by them (adapter.services.search_params, which takes
@@ -176,10 +181,11 @@ def _definition(resource_type: str, param: _Param, fhir_version: str) -> str | N
 
 #: _include / _revinclude (adapter.services.search_params): the records' Provenance, and a
 #: Provenance's records, each included resource decided on its own.
-_REVINCLUDE = {"Media": ("Provenance:target",), "DocumentReference": ("Provenance:target",),
-               "Consent": ("Provenance:target",)}
-_INCLUDE = {"Provenance": ("Provenance:target", "Provenance:target:Media", "Provenance:target:DocumentReference",
-                           "Provenance:target:Consent")}
+#: Only records have a Provenance (adapter.mapping.provenance: its targets are the record and
+#: its Binary): a Consent has none, so none is declared for it (its history and the audit trail
+#: tell who recorded or withdrew it).
+_REVINCLUDE = {"Media": ("Provenance:target",), "DocumentReference": ("Provenance:target",)}
+_INCLUDE = {"Provenance": ("Provenance:target", "Provenance:target:Media", "Provenance:target:DocumentReference")}
 _DOCUMENTATION = {
     "Media": "Clinical and secondary photos (R4). Read and search are filtered by consent and purpose of use.",
     "DocumentReference": "Photographed documents; in R5 also every photo (R5 has no Media: a photo keeps its "
@@ -259,6 +265,7 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
         "format": ["json", "xml"],
         "rest": [{
             "mode": "server",
+            "documentation": _RESULT_PARAMETERS,
             "security": {"description": _SECURITY},
             "resource": [_resource(t, fhir_version) for t in types],
             "interaction": [{"code": "transaction"}, {"code": "batch"}] if fhir_version == "4.0.1"

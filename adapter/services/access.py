@@ -28,6 +28,7 @@ from adapter.errors import (
     AdapterError,
     Forbidden,
     ImageTooLarge,
+    InvalidQuery,
     NotAcceptable,
     NotFound,
     NotSupported,
@@ -66,7 +67,15 @@ from adapter.services.dicom_objects import (
     match_level,
 )
 from adapter.services.released_uids import ReleasedUidSpaces
-from adapter.services.search_params import SearchRequest
+from adapter.services.search_paging import (
+    UPDATED_TYPES,
+    Key,
+    instant_key,
+    last_updated_at,
+    page_of,
+    within_snapshot,
+)
+from adapter.services.search_params import CURSOR_PARAM, PageCursor, SearchRequest
 from adapter.services.view_search import criteria_in_id_space, criteria_in_view
 from adapter.store.port import BlobStore, RecordStore, SearchCriteria, TokenCriterion
 
@@ -107,6 +116,17 @@ class SearchResult:
     break_glass: bool
     more: bool = False  # permitted matches beyond this page
     included: list[dict[str, Any]] = field(default_factory=list)  # _include/_revinclude, each decided
+    paging: SearchPaging | None = None  # the pages its links name
+
+
+@dataclass(frozen=True)
+class SearchPaging:
+    """The pages a search answer links (adapter.services.search_paging): the first of its
+    snapshot, the next (None: none follows) and the previous (None: none precedes)."""
+
+    first: PageCursor
+    next: PageCursor | None = None
+    previous: PageCursor | None = None
 
 
 @dataclass(frozen=True)
@@ -581,9 +601,11 @@ class ScopedReader:
         stored order is the order of ingest, which a de-identified copy must not tell
         (adapter.services.view_search). Every permitted candidate is then read before the page
         is known, keeping the ``offset + count`` first: memory is still bounded by the page (and
-        its offset), but ``_total=none`` no longer stops early. Like any offset paging, a page
-        may shift when records are stored meanwhile: in this order a new one can fall on a page
-        already read, where in lastUpdated order it comes last."""
+        its offset), but ``_total=none`` no longer stops early.
+
+        Pages are keyset pages of a snapshot (adapter.services.search_paging): the first page
+        fixes it, and a link names the key its page follows or precedes, so records stored or
+        withheld meanwhile neither repeat nor skip one; ``request.cursor`` names the page."""
         for rt in resource_types:
             if rt not in READABLE_TYPES:
                 raise NotSupported(f"{rt} is not served here")
@@ -597,14 +619,19 @@ class ScopedReader:
             self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None, entities=[],
                                  patient=None, reason=str(exc), refused=True)
             raise
+        snapshot, paging_view = self._snapshot(resource_types, request)
         descending = request.descending
-        # the view's ids (_id, target) as stored, per type: an id names a resource of one type
-        typed = {rt: c for rt in resource_types
-                 if criteria is not None and (c := criteria_in_id_space(criteria, rt, self._ids)) is not None}
-        candidates = heapq.merge(*(self._store.search_index(rt, c, descending=descending) for rt, c in typed.items()),
-                                 key=lambda r: (r.last_updated, r.id), reverse=descending)
-        permitted = denied = 0
-        end = request.offset + request.count
+        # the view's ids (_id, target) as stored, per type: an id names a resource of one type;
+        # within the snapshot (adapter.services.search_paging), a type with nothing then has none
+        # (a type whose resources are updated is bounded below: one updated since is in it)
+        typed = {rt: c if rt in UPDATED_TYPES else within_snapshot(c, snapshot[rt]) for rt in resource_types
+                 if criteria is not None and snapshot[rt]
+                 and (c := criteria_in_id_space(criteria, rt, self._ids)) is not None}
+        merged = heapq.merge(*(self._store.search_index(rt, c, descending=descending) for rt, c in typed.items()),
+                             key=lambda r: (r.last_updated, r.id), reverse=descending)
+        then: dict[tuple[str, str], str] = {}  # the lastUpdated at the snapshot of one updated since
+        candidates = self._as_of_snapshot(merged, snapshot, then)
+        denied = 0
 
         def permitted_rows() -> Iterator[tuple[IndexRow, Decision, Identifier | None]]:
             """The candidates the purpose is permitted, each with its decision and patient; the
@@ -621,28 +648,24 @@ class ScopedReader:
                 else:
                     denied += 1
 
-        def counted(rows: Iterator[tuple[IndexRow, Decision, Identifier | None]]
-                    ) -> Iterator[tuple[IndexRow, Decision, Identifier | None]]:
-            nonlocal permitted
-            for item in rows:
-                permitted += 1
-                yield item
-
-        order = self._released_order(request)
-        on_page: list[tuple[IndexRow, Decision, Identifier | None]] = []
-        if order is not None:  # every one read; the first ``end`` in the view's order kept
-            key, largest = order
-            first = heapq.nlargest if largest else heapq.nsmallest
-            rows = counted(permitted_rows())
-            on_page = first(end, rows, key=lambda item: key(item[0]))[request.offset:] if end > 0 else []
-            for _ in rows:  # counted all the same (_count=0 asks for the total alone)
-                pass
-        else:
-            for item in counted(permitted_rows()):
-                if request.offset < permitted <= end:
-                    on_page.append(item)
-                if not request.total and permitted > end:
-                    break  # _total=none: one match past the page says there is a next one
+        key, by_released = self._sort_key(request, then)
+        cursor = request.cursor
+        # in the store's order, unless a restricted view's ids or a version at the snapshot order it
+        in_order = not by_released and not UPDATED_TYPES.intersection(typed)
+        found_page = page_of(((key(item[0]), item) for item in permitted_rows()), count=request.count,
+                             descending=descending,
+                             offset=request.offset, after=cursor.after if cursor else None,
+                             before=cursor.before if cursor else None, ordered=in_order,
+                             read_all=request.total or not in_order)
+        permitted = found_page.seen
+        on_page = [item for _, item in found_page.items]
+        keys = [k for k, _ in found_page.items]
+        fixed = tuple(sorted(snapshot.items()))
+        paging = SearchPaging(
+            first=PageCursor(snapshot=fixed, view=paging_view),
+            next=PageCursor(snapshot=fixed, view=paging_view, after=keys[-1]) if found_page.more and keys else None,
+            previous=PageCursor(snapshot=fixed, view=paging_view, before=keys[0])
+            if found_page.has_previous and keys else None)
         page = [(row, decision) for row, decision, _ in on_page]
         patients = {(row.resource_type, row.id): patient for row, _, patient in on_page}  # for the audit
         resources: list[dict[str, Any]] = []
@@ -665,21 +688,66 @@ class ScopedReader:
         self._auditor.record_search(self.ctx, found=found, reason=reason)
         return SearchResult(resources=resources, total=permitted if request.total else None,
                             break_glass=any(d.break_glass for _, d in page) or included_glass,
-                            more=permitted > end, included=included)
+                            more=found_page.more, included=included, paging=paging)
 
-    def _released_order(self, request: SearchRequest) -> tuple[Callable[[IndexRow], Any], bool] | None:
-        """How a restricted view orders its results (:meth:`search`): a key of a candidate, and
-        whether the largest come first; None in care's full view (the store's order)."""
+    def _snapshot(self, resource_types: Sequence[str], request: SearchRequest) -> tuple[dict[str, str], str]:
+        """The snapshot of a search (adapter.services.search_paging) and the view its keys are
+        in: the cursor's, when the request follows a link; else now, the latest lastUpdated of
+        each type. A link of another view (another purpose's, whose keys are other ids) or of
+        other types (another FHIR version's) is refused (400): the search starts again."""
+        view = self._purpose_view().value
+        cursor = request.cursor
+        if cursor is None:
+            latest = {rt: self._store.latest_last_updated(rt) for rt in resource_types}
+            return {rt: instant_key(t) if t is not None else "" for rt, t in latest.items()}, view
+        snapshot = dict(cursor.snapshot)
+        if cursor.view != view or set(snapshot) != set(resource_types):
+            raise InvalidQuery(f"this {CURSOR_PARAM} link was issued for a search in another view or FHIR version "
+                               "than this request's: search again", expression=CURSOR_PARAM)
+        return snapshot, view
+
+    def _as_of_snapshot(self, rows: Iterable[IndexRow], snapshot: dict[str, str],
+                        then: dict[tuple[str, str], str]) -> Iterator[IndexRow]:
+        """``rows`` as the snapshot held them (adapter.services.search_paging): a resource of a
+        type that is updated (a Consent) whose lastUpdated is past the snapshot was updated (or
+        created) since: kept, as of its version at the snapshot, whose lastUpdated it is ordered
+        by (put in ``then``), so that an update during a walk neither moves it onto a page read
+        already nor off the pages to come; left out when it did not exist then. Its content and
+        the decision are the current ones, as for any row."""
+        for row in rows:
+            if row.resource_type in UPDATED_TYPES and instant_key(row.last_updated) > snapshot[row.resource_type]:
+                at = last_updated_at(self._versions(row.resource_type, row.id), snapshot[row.resource_type])
+                if at is None:
+                    continue
+                then[(row.resource_type, row.id)] = at
+            yield row
+
+    def _versions(self, resource_type: str, id: str) -> Iterator[dict[str, Any]]:
+        """The stored versions of a resource, newest first, read a page at a time."""
+        offset = 0
+        while documents := self._store.list_versions(resource_type, id, offset=offset, limit=100):
+            yield from documents
+            offset += len(documents)
+
+    def _sort_key(self, request: SearchRequest, then: dict[tuple[str, str], str]
+                  ) -> tuple[Callable[[IndexRow], Key], bool]:
+        """The key the results are ordered (and paged) by, and whether it is a restricted view's
+        (:meth:`search`): care's view, (lastUpdated, id); a restricted view, its released id
+        (keyed, meaningless), after lastUpdated when the pseudonymised view sorts by it. The
+        lastUpdated is the snapshot's (``then``) for a resource updated since."""
+        def stamp(row: IndexRow) -> str:
+            return then.get((row.resource_type, row.id)) or instant_key(row.last_updated)
+
         if not self._ids.released_ids:
-            return None
+            return (lambda row: (stamp(row), row.id)), False
         ids = self._ids
 
-        def released(row: IndexRow) -> str:
-            return ids.released(row.resource_type, row.id)
+        def released(row: IndexRow) -> Key:
+            return (ids.released(row.resource_type, row.id),)
 
         if request.sorted_by_last_updated:  # the pseudonymised view (the de-identified one refuses it)
-            return (lambda row: (row.last_updated, released(row))), request.descending
-        return released, False
+            return (lambda row: (stamp(row), *released(row))), True
+        return released, True
 
     def _included(self, request: SearchRequest, matches: Sequence[StoredResource],
                   found: list[Found]) -> tuple[list[dict[str, Any]], bool]:

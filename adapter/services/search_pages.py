@@ -12,6 +12,9 @@ process derives the same key, so any of them can follow any token.
 
 The token holds only the search; the request that follows it states its own purpose of use and
 is decided afresh, as any search.
+
+The ``_cursor`` of every search's paging links (GET or POST; adapter.services.search_paging) is
+sealed the same way, under its own associated data, and lives as long.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import json
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adapter.errors import Gone, InvalidQuery
+from adapter.services.search_params import CURSOR_PARAM, PageCursor
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -34,6 +38,8 @@ PAGE_PARAM = "_page"
 #: How long a sealed link can be followed.
 PAGE_LIFETIME = timedelta(hours=1)
 _VERSION = b"\x01"
+#: The associated data of a ``_cursor`` (with the resource type): a cursor is no ``_page`` token.
+_CURSOR_AAD = b"cursor:"
 _NONCE = 12
 #: A sealed search is at most a search body (64 KiB) and then some; anything longer is not ours.
 MAX_TOKEN_CHARS = 128 * 1024
@@ -59,16 +65,38 @@ class SearchPages:
 
     def seal(self, resource_type: str, params: list[tuple[str, str]]) -> str:
         """The token for a link to ``resource_type``'s search with ``params``."""
-        plain = json.dumps({"iat": int(self._now().timestamp()), "p": params}, separators=(",", ":")).encode()
-        nonce = os.urandom(_NONCE)
-        sealed = _VERSION + nonce + self._aead.encrypt(nonce, plain, resource_type.encode())
-        return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+        return self._seal(resource_type.encode(), params)
 
     def open(self, resource_type: str, token: str) -> list[tuple[str, str]]:
         """The parameters a token of this server holds. InvalidQuery (400) for a token this
         server did not issue for ``resource_type``; Gone (410) for one older than PAGE_LIFETIME."""
-        refused = InvalidQuery(f"the {PAGE_PARAM} link is not one this server issued for a {resource_type[:40]} "
-                               f"search: follow the links of a search answer unchanged", expression=PAGE_PARAM)
+        content = self._open(resource_type.encode(), token, PAGE_PARAM, resource_type)
+        return [(str(k), str(v)) for k, v in content]
+
+    def seal_cursor(self, resource_type: str, cursor: PageCursor) -> str:
+        """The ``_cursor`` of a paging link (adapter.services.search_paging): sealed as a search
+        by POST is, so the snapshot (when the latest record was stored, which the de-identified
+        view hides) and the keys (the stored ids, in care's view) are not shown, and a client
+        cannot make up a snapshot to learn when records were stored."""
+        return self._seal(_CURSOR_AAD + resource_type.encode(),
+                          {"s": cursor.snapshot, "v": cursor.view, "a": cursor.after, "b": cursor.before})
+
+    def open_cursor(self, resource_type: str, token: str) -> PageCursor:
+        """The PageCursor a ``_cursor`` of this server holds; refused as :meth:`open` refuses."""
+        content = self._open(_CURSOR_AAD + resource_type.encode(), token, CURSOR_PARAM, resource_type)
+        return PageCursor(snapshot=tuple((str(t), str(i)) for t, i in content["s"]), view=str(content["v"]),
+                          after=tuple(str(k) for k in content["a"]) if content["a"] is not None else None,
+                          before=tuple(str(k) for k in content["b"]) if content["b"] is not None else None)
+
+    def _seal(self, aad: bytes, content: Any) -> str:
+        plain = json.dumps({"iat": int(self._now().timestamp()), "p": content}, separators=(",", ":")).encode()
+        nonce = os.urandom(_NONCE)
+        sealed = _VERSION + nonce + self._aead.encrypt(nonce, plain, aad)
+        return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+
+    def _open(self, aad: bytes, token: str, param: str, resource_type: str) -> Any:
+        refused = InvalidQuery(f"the {param} link is not one this server issued for a {resource_type[:40]} "
+                               f"search: follow the links of a search answer unchanged", expression=param)
         if len(token) > MAX_TOKEN_CHARS:
             raise refused
         try:
@@ -80,7 +108,7 @@ class SearchPages:
         from cryptography.exceptions import InvalidTag
 
         try:
-            plain = self._aead.decrypt(raw[1:1 + _NONCE], raw[1 + _NONCE:], resource_type.encode())
+            plain = self._aead.decrypt(raw[1:1 + _NONCE], raw[1 + _NONCE:], aad)
         except InvalidTag:
             raise refused from None
         content = json.loads(plain)
@@ -88,4 +116,4 @@ class SearchPages:
         if self._now() - issued > PAGE_LIFETIME:
             raise Gone(f"this page of the search has expired (links are valid for "
                        f"{int(PAGE_LIFETIME.total_seconds() // 60)} minutes): search again")
-        return [(str(k), str(v)) for k, v in content["p"]]
+        return content["p"]

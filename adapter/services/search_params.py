@@ -92,9 +92,12 @@ TARGET_TYPES = ("Media", "DocumentReference", "Consent")
 #: resource gets its own decision. Nothing else, and no ``:iterate``.
 REVINCLUDES = ("Provenance:target",)
 INCLUDES = {"Provenance": ("Provenance:target",)}
-_COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total", "_lastUpdated", "_sort"}
+#: The paging parameter of the links a search answer gives (a server-defined parameter, as FHIR
+#: allows for paging, search.html#paging): the sealed PageCursor of the page it links to.
+CURSOR_PARAM = "_cursor"
+_COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total", "_lastUpdated", "_sort", CURSOR_PARAM}
 #: Parameters that shape the answer rather than filter it (not counted against MAX_CRITERIA).
-_CONTROL = _IGNORED | {"_count", "_offset", "_total", "_sort", "_summary", "_include", "_revinclude"}
+_CONTROL = _IGNORED | {"_count", "_offset", "_total", "_sort", "_summary", "_include", "_revinclude", CURSOR_PARAM}
 #: The chained forms IHE MHD's Find Document References [ITI-67] uses for the patient's identifier
 #: (``patient.identifier=system|value``): the same search as the ``:identifier`` modifier, since
 #: the adapter holds no Patient resources to chain through.
@@ -102,6 +105,25 @@ _CHAINS = {"patient.identifier": "patient:identifier", "subject.identifier": "su
 #: ``_sort`` (search.html#sort): results come in meta.lastUpdated order (then id), oldest first,
 #: the order of the store's index; newest first on request. Other keys are not supported.
 SORTS = {"_lastUpdated": False, "-_lastUpdated": True}
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """Where a page of a search lies, as its links hold it (search.html#paging leaves paging to
+    the server; adapter.services.search_paging).
+
+    ``snapshot``: the search's snapshot, fixed by its first page: per resource type searched, the
+    latest meta.lastUpdated stored then (ISO, "" when none was), so that a record stored later,
+    which the store stamps after every one before it, is not on the pages that follow, nor in
+    their total (a Consent updated since keeps the place its version then had). ``view``: the
+    purpose's view the keys belong to.
+    ``after``/``before``: the sort key of the entry the page follows or precedes (keyset paging:
+    a record added or withheld meanwhile shifts nothing); neither: the snapshot's first page."""
+
+    snapshot: tuple[tuple[str, str], ...]
+    view: str
+    after: tuple[str, ...] | None = None
+    before: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +137,8 @@ class SearchRequest:
     ignored: tuple[str, ...] = ()  # unknown parameters left out (Prefer: handling=lenient)
     include_targets: tuple[str, ...] = ()  # _include=Provenance:target[:Type]: the target types to include
     revinclude_provenance: bool = False  # _revinclude=Provenance:target
+    cursor_token: str | None = None  # _cursor: a sealed PageCursor, opened by the route
+    cursor: PageCursor | None = None  # the page a link names (None: the first page of a new snapshot)
 
 
 def _date_range(raw: str) -> tuple[datetime, datetime | None]:
@@ -319,15 +343,25 @@ def _or_values(value: str, param: str) -> list[str]:
     return values
 
 
-def _identifiers(value: str, param: str) -> list[Identifier]:
-    out = []
+def _identifiers(value: str, param: str) -> tuple[list[Identifier], list[str]]:
+    """The patient identifiers a ``:identifier`` value names (search.html#token, which the
+    modifier takes): ``system|value``, and a bare ``value``, which matches in any system (an EHR
+    with one MRN system sends the MRN alone). ``|value`` (no system) matches nothing a patient
+    identifier can be (the adapter keeps them with their system) and ``system|`` names no
+    patient: both refused."""
+    out: list[Identifier] = []
+    bare: list[str] = []
     for v in _or_values(value, f"{param}:identifier"):
         system, sep, code = v.partition("|")
-        if not sep or not system or not code:
-            raise InvalidQuery(f"{param}:identifier takes system|value", expression=param)
+        if not sep and v:
+            _check_identifier_length("", v, f"{param}:identifier")
+            bare.append(v)
+            continue
+        if not system or not code:
+            raise InvalidQuery(f"{param}:identifier takes system|value, or a value in any system", expression=param)
         _check_identifier_length(system, code, f"{param}:identifier")
         out.append(Identifier(system=system, value=code))
-    return out
+    return out, bare
 
 
 def _check_identifier_length(system: str, value: str, param: str) -> None:
@@ -356,6 +390,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     r5_values = _R5_VALUES.get(resource_type, frozenset()) if r5 else frozenset()
     ids: list[str] | None = None
     patients: list[Identifier] = []
+    patient_values: list[str] = []
     refs: list[str] = []
     dates: list[tuple[DateCriterion, ...]] = []
     last_updated: list[tuple[DateCriterion, ...]] = []
@@ -367,6 +402,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     ignored: list[str] = []
     include_targets: list[str] = []
     revinclude = False
+    cursor_token: str | None = None
     filters = [name for name, _ in params if name.partition(":")[0] not in _CONTROL]
     if len(filters) > MAX_CRITERIA:
         raise TooCostly(f"a search takes at most {MAX_CRITERIA} criteria ({len(filters)} given); "
@@ -411,6 +447,10 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
             count = page_param(name, value, MAX_COUNT)
         elif base == "_offset":
             offset = page_param(name, value, 10**9)
+        elif base == CURSOR_PARAM:
+            if cursor_token is not None:
+                raise InvalidQuery(f"one {CURSOR_PARAM}: follow a link as it was given", expression=CURSOR_PARAM)
+            cursor_token = value
         elif base == "_sort":
             if value not in SORTS:
                 raise NotSupported(f"_sort={value[:40]} is not supported: results are sorted by _lastUpdated "
@@ -428,7 +468,9 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
             ids = named if ids is None else [v for v in ids if v in named]  # repeated: AND
         elif base in ("patient", "subject"):
             if modifier == "identifier":
-                patients += _identifiers(value, base)
+                identified, bare = _identifiers(value, base)
+                patients += identified
+                patient_values += bare
             elif modifier in ("", "Patient"):
                 refs += _patient_refs(value, base, base_url)
             else:
@@ -459,21 +501,24 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
                 for token in alternatives:
                     _check_identifier_length(token.system or "", token.code, base)
             tokens.append(alternatives)
-    if len(patients) > MAX_VALUES:
-        raise TooCostly(f"a search names at most {MAX_VALUES} patient identifiers ({len(patients)} given); "
+    if len(patients) + len(patient_values) > MAX_VALUES:
+        raise TooCostly(f"a search names at most {MAX_VALUES} patient identifiers ({len(patients) + len(patient_values)} given); "
                         "split the search", expression="patient")
+    if cursor_token is not None and offset:
+        raise InvalidQuery(f"{CURSOR_PARAM} names the page: _offset cannot be given with it", expression="_offset")
     if summary_count:  # _summary=count: the total only, no entries
         count, total = 0, True
     criteria = SearchCriteria(
         ids=tuple(ids) if ids is not None else None,
         patient=tuple(patients) if patients else None,
+        patient_value=tuple(dict.fromkeys(patient_values)) if patient_values else None,
         patient_reference=tuple(refs) if refs else None,
         dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens),
         last_updated=tuple(last_updated))
     return SearchRequest(criteria=criteria, count=count, offset=offset, total=total, descending=descending,
                          sorted_by_last_updated=sorted_by_last_updated,
                          ignored=tuple(dict.fromkeys(ignored)), include_targets=tuple(include_targets),
-                         revinclude_provenance=revinclude)
+                         revinclude_provenance=revinclude, cursor_token=cursor_token)
 
 
 def page_param(name: str, value: str, high: int) -> int:

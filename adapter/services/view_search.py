@@ -69,7 +69,7 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
             if token.param == "identifier":  # the views show none (adapter.mapping.views)
                 raise NotSupported(f"in the {name} view records cannot be searched by identifier")
     if deid:
-        if criteria.patient:
+        if criteria.patient or criteria.patient_value:
             raise NotSupported("in the de-identified view records cannot be searched by patient: "
                                "the view has no subject")
         if criteria.last_updated:
@@ -80,15 +80,16 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
                 raise NotSupported("in the de-identified view dates are shown to the year only: "
                                    "search by year (e.g. date=2024 or date=ge2023)")
         return criteria
-    if not criteria.patient:
+    if not criteria.patient and not criteria.patient_value:
         return criteria
-    if any(p.system != pseudonym_system for p in criteria.patient):
+    if any(p.system != pseudonym_system for p in criteria.patient or ()):
         raise NotSupported(f"in the pseudonymised view the subject is a pseudonym: search by "
                            f"patient:identifier={pseudonym_system}|<pseudonym>")
-    patients = tuple(resolve([p.value for p in criteria.patient]))
+    # a value without a system is one in any system the view shows: a pseudonym
+    patients = tuple(resolve([p.value for p in criteria.patient or ()] + list(criteria.patient_value or ())))
     if not patients:
         return None
-    return dataclasses.replace(criteria, patient=patients)
+    return dataclasses.replace(criteria, patient=patients, patient_value=None)
 
 
 def criteria_in_id_space(criteria: SearchCriteria, resource_type: str, ids: IdSpace) -> SearchCriteria | None:

@@ -58,6 +58,9 @@ class SearchCriteria:
 
     ids: tuple[str, ...] | None = None
     patient: tuple[Identifier, ...] | None = None          # OR
+    #: OR with ``patient``: an identifier value in any system (``patient:identifier=<value>``,
+    #: a token without a system, search.html#token)
+    patient_value: tuple[str, ...] | None = None
     patient_reference: tuple[str, ...] | None = None       # OR ("Patient/123")
     dates: tuple[tuple[DateCriterion, ...], ...] = ()
     status: tuple[str, ...] | None = None                  # OR
@@ -175,6 +178,10 @@ class RecordStore(Protocol):
                      descending: bool = False) -> Iterator[IndexRow]:
         """Candidates ordered by last_updated then id, newest first when ``descending`` (no JSON
         loaded), read a batch at a time (bounded memory)."""
+
+    def latest_last_updated(self, resource_type: str) -> datetime | None:
+        """The latest last_updated of the resources of ``resource_type`` (None: there are none):
+        every write stored later has a later one (a search's snapshot, adapter.services.search_paging)."""
 
     def consents_for_patient(self, patient: Identifier) -> list[StoredResource]: ...
 

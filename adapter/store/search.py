@@ -187,15 +187,20 @@ def search_statement(resource_type: str, criteria: SearchCriteria, *,
     where: list[ColumnElement[bool]] = [_r.resource_type == resource_type]
     if criteria.ids is not None:
         where.append(_r.id.in_(criteria.ids))
-    if criteria.patient is not None:
+    if criteria.patient is not None or criteria.patient_value is not None:
         # one IN per system, which ix_resources_patient answers value by value (an OR of
         # (system, value) pairs used only its system column: every patient of the system)
         values_by_system: dict[str, list[str]] = {}
-        for p in criteria.patient:
+        for p in criteria.patient or ():
             values_by_system.setdefault(p.system, []).append(p.value)
-        where.append(_any([and_(_r.patient_system == system, _r.patient_value.in_(values))
-                           if len(values) > 1 else and_(_r.patient_system == system, _r.patient_value == values[0])
-                           for system, values in values_by_system.items()]))
+        named: list[ColumnElement[bool]] = [and_(_r.patient_system == system, _r.patient_value.in_(values))
+                 if len(values) > 1 else and_(_r.patient_system == system, _r.patient_value == values[0])
+                 for system, values in values_by_system.items()]
+        # a value in any system: no index leads with the value, so the type's rows are walked
+        # in order and tested, as for a category (not selective())
+        bare: list[ColumnElement[bool]] = [_r.patient_value.in_(criteria.patient_value)] \
+            if criteria.patient_value else []
+        where.append(_any(named + bare))
     if criteria.patient_reference is not None:
         where.append(_r.patient_reference.in_(criteria.patient_reference))
     where.extend(_any([_date_criterion(resource_type, d) for d in group]) for group in criteria.dates)

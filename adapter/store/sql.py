@@ -754,6 +754,14 @@ class SqlRecordStore:
                 return
             after = (rows[-1].last_updated, rows[-1].id)
 
+    def latest_last_updated(self, resource_type: str) -> datetime | None:
+        """The end of ix_resources_type_last_updated for the type (one row read)."""
+        statement = select(_r.last_updated).where(_r.resource_type == resource_type) \
+            .order_by(_r.last_updated.desc()).limit(1)
+        with self._read() as conn:
+            found = conn.execute(statement).scalar_one_or_none()
+        return to_utc(found) if found is not None else None
+
     def consents_for_patient(self, patient: Identifier) -> list[StoredResource]:
         """Consent resources whose patient is ``patient``, oldest first."""
         with self._read() as conn:

@@ -516,7 +516,8 @@ def test_a_later_page_links_back_to_the_first_and_the_previous_one(tmp_path: Pat
     """Search and history pages linked only forwards (self, next): a client paging a result in
     a viewer could not go back but by rebuilding the query. A page after the first now links
     ``first`` and ``previous`` (http.html#paging), with the same parameters. Review finding (mhd
-    11): the first page had no ``first`` link; it has one now (itself, without ``_offset``)."""
+    11): the first page had no ``first`` link; it has one now (the first page of the same
+    snapshot: the search's parameters and a ``_cursor``, adapter.services.search_paging)."""
     def links(bundle: dict) -> dict[str, str]:
         return {link["relation"]: link["url"].split("/fhir/", 1)[1] for link in bundle["link"]}
 
@@ -528,7 +529,8 @@ def test_a_later_page_links_back_to_the_first_and_the_previous_one(tmp_path: Pat
                     for _ in range(3)]
         first = client.get("/fhir/Consent?_count=1", headers=TREAT).json()
         assert set(links(first)) == {"self", "first", "next"}
-        assert links(first)["first"] == "Consent?_count=1"
+        assert links(first)["first"].startswith("Consent?_count=1&_cursor=")
+        assert ids(client.get("/fhir/" + links(first)["first"], headers=TREAT).json()) == ids(first)
         second = client.get("/fhir/" + links(first)["next"], headers=TREAT).json()
         assert set(links(second)) == {"self", "first", "previous", "next"}
         assert ids(client.get("/fhir/" + links(second)["previous"], headers=TREAT).json()) == ids(first)
@@ -582,3 +584,21 @@ def test_format_with_a_fhir_version_and_a_quality_zero_accept(tmp_path: Path) ->
         assert r.status_code == 200 and r.json()["fhirVersion"] == "4.0.1"
         r = client.get("/fhir/DocumentReference", headers={**TREAT, "Accept": "application/fhir+json;q=0"})
         assert r.status_code == 406 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_metadata_in_terminology_mode_is_refused_not_answered_with_the_capability_statement(tmp_path: Path) -> None:
+    """Review finding F4: ``metadata?mode=terminology`` (http.html#capabilities) asks for a
+    TerminologyCapabilities resource, and was answered with the CapabilityStatement. The server
+    has no terminology service: 400 not-supported, an OperationOutcome saying so; ``full`` (the
+    default) and ``normal`` answer the CapabilityStatement; another mode is 400 too. Test seen
+    failing: 200 CapabilityStatement."""
+    with adapter_client(tmp_path) as (client, _):
+        for query in ("", "?mode=full", "?mode=normal"):
+            answer = client.get(f"/fhir/metadata{query}")
+            assert answer.status_code == 200 and answer.json()["resourceType"] == "CapabilityStatement", query
+        for query in ("?mode=terminology", "?mode=everything", "?mode=full&mode=terminology"):
+            refused = client.get(f"/fhir/metadata{query}")
+            assert refused.status_code == 400, (query, refused.text[:200])
+            issue = refused.json()["issue"][0]
+            assert refused.json()["resourceType"] == "OperationOutcome" and issue["code"] == "not-supported"
+        assert "TerminologyCapabilities" in client.get("/fhir/metadata?mode=terminology").json()["issue"][0]["diagnostics"]

@@ -12,6 +12,7 @@ asked for in JSON); a body sent in XML must be taken exactly as its JSON would b
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,21 @@ def _twins(client: Any, url: str, headers: dict[str, str]) -> list[tuple[dict[st
     return out
 
 
+def _cursors_blanked(bundle: dict[str, Any]) -> dict[str, Any]:
+    """``bundle`` with each link's ``_cursor`` blanked: a sealed cursor is new in every answer
+    (its nonce; adapter.services.search_paging), its twin's holds the same page."""
+    if not isinstance(bundle.get("link"), list):
+        return bundle
+    links = [{**link, "url": re.sub(r"_cursor=[^&]*", "_cursor=", link["url"])} for link in bundle["link"]]
+    return {**bundle, "link": links}
+
+
 def assert_xml_is_its_json_twin(pairs: list[tuple[dict[str, Any], bytes]]) -> None:
     """Each XML answer, read by FHIR.js, is its JSON twin exactly, and validates (0 errors)."""
     parsed, errors = read_r4_xml([xml for _, xml in pairs])
     assert errors == [], errors[:20]
     for (twin, _), read in zip(pairs, parsed, strict=True):
-        assert read == twin
+        assert _cursors_blanked(read) == _cursors_blanked(twin)
 
 
 def _ingest(client: Any) -> dict[str, Any]:
@@ -190,7 +200,7 @@ def test_r5_in_xml(tmp_path: Path) -> None:
             twin = client.get(url, headers={**TREAT, "Accept": "application/fhir+json; fhirVersion=5.0"})
             xml = client.get(url, headers={**TREAT, "Accept": "application/fhir+xml; fhirVersion=5.0"})
             assert xml.status_code == 200 and xml.headers["content-type"] == "application/fhir+xml; fhirVersion=5.0"
-            assert from_xml(xml.content, "5") == twin.json()
+            assert _cursors_blanked(from_xml(xml.content, "5")) == _cursors_blanked(twin.json())
 
 
 def test_a_batch_in_xml(tmp_path: Path) -> None:

@@ -1796,8 +1796,9 @@ def test_a_followed_page_of_a_search_by_post_is_audited_with_the_search_it_holds
         [query] = _queries(page)
         line, _, held = query.partition(b"\n\n")
         assert line.startswith(b"GET /fhir/Media?_page="), query
-        assert dict(parse_qsl(held.decode())) == {"patient:identifier": f"{PATIENT['system']}|{PATIENT['value']}",
-                                                  "_count": "1", "_offset": "1"}, query
+        held_search = dict(parse_qsl(held.decode()))
+        assert held_search.pop("_cursor")  # the page: sealed, holds no search (adapter.services.search_paging)
+        assert held_search == {"patient:identifier": f"{PATIENT['system']}|{PATIENT['value']}", "_count": "1"}, query
 
 
 def _patients(event: dict) -> list[dict]:

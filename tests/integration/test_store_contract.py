@@ -206,6 +206,30 @@ def test_access_facts_round_trip(store: SqlRecordStore) -> None:
     assert got is not None and got.facts is None
 
 
+def test_latest_last_updated_is_the_type_s_latest_and_a_bound_of_what_its_search_finds(store: SqlRecordStore) -> None:
+    """A search's snapshot (adapter.services.search_paging) is the latest last_updated of each
+    type; every resource stored after it, and every update, has a later one, so a search within
+    it finds what was stored before (and a bare patient value matches it in any system)."""
+    assert store.latest_last_updated("Consent") is None
+    first = store.create(make_resource("Consent", status="active", with_facts=False))
+    assert store.latest_last_updated("Consent") == first.last_updated
+    snapshot = store.latest_last_updated("Consent")
+    second = store.create(make_resource("Consent", status="active", with_facts=False))
+    assert second.last_updated > first.last_updated and store.latest_last_updated("Consent") == second.last_updated
+    assert snapshot is not None
+    from adapter.services.search_paging import instant_key, within_snapshot
+
+    bounded = within_snapshot(SearchCriteria(), instant_key(snapshot))
+    assert [r.id for r in store.search_index("Consent", bounded)] == [first.id]
+    unit = make_unit()
+    store.save_ingest(unit)
+    record = next(r for r in unit.resources if r.index.patient is not None)
+    assert record.index.patient is not None
+    found = {r.id for r in store.search_index(record.resource_type,
+                                               SearchCriteria(patient_value=(record.index.patient.value,)))}
+    assert record.id in found
+
+
 def test_save_ingest_is_atomic_when_a_resource_id_repeats(store: SqlRecordStore) -> None:
     unit = make_unit()
     last = unit.resources[-1]

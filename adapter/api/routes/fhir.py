@@ -85,9 +85,11 @@ from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
 from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
 from adapter.model.decision import Decision
+from adapter.services.access import SearchPaging
 from adapter.services.registry import Services
 from adapter.services.search_pages import PAGE_PARAM
 from adapter.services.search_params import (
+    CURSOR_PARAM,
     DEFAULT_COUNT,
     MAX_COUNT,
     page_param,
@@ -220,12 +222,24 @@ def _load_resource(spool: IO[bytes], *, xml: bool = False) -> dict[str, Any]:
 @router.get("/metadata", responses=ok(200, "the CapabilityStatement (R4; R5 with fhirVersion=5.0)", FHIR_RESOURCE))
 async def metadata(request: Request, services: ServicesDep,
                    accept: Annotated[str | None, Header()] = None) -> Response:
+    """The CapabilityStatement (http.html#capabilities). ``mode`` ``full`` (the default) and
+    ``normal`` answer it (the adapter's is the same in both); ``terminology`` asks for a
+    TerminologyCapabilities resource, which a server without a terminology service has none of:
+    refused (400 not-supported) rather than answered with another resource type."""
     version, fmt = _negotiate(request, accept, request.query_params.get("_format"))
+    modes = request.query_params.getlist("mode")
+    if any(mode not in _CAPABILITY_MODES for mode in modes) or len(modes) > 1:
+        why = "this server has no terminology service: no TerminologyCapabilities" \
+            if "terminology" in modes else f"mode takes one of {', '.join(_CAPABILITY_MODES)}"
+        raise NotSupported(f"metadata?mode={','.join(m[:20] for m in modes)[:60]}: {why}", expression="mode")
     body = capability_statement(base_url=absolute(request, services, "fhir"),
                                 fhir_version="5.0.0" if version == "5" else "4.0.1",
                                 software_version=__version__, now=services.started)
     return _out(body, version, fmt=fmt)
 
+
+#: The ``mode`` values of ``metadata`` answered with the CapabilityStatement (http.html#capabilities).
+_CAPABILITY_MODES = ("full", "normal")
 
 _VERSIONS_PLAIN = {"type": "object", "required": ["versions", "default"],
                    "properties": {"versions": {"type": "array", "items": {"type": "string"}},
@@ -605,7 +619,9 @@ class _Conditions:
 
 def _etag(resource: dict[str, Any]) -> dict[str, str]:
     """The validators of a read (FHIR http.html#read, #versioning): ETag W/"<meta.versionId>"
-    and Last-Modified, meta.lastUpdated as an HTTP date."""
+    and Last-Modified, meta.lastUpdated as an HTTP date; never later than now (RFC 9110 8.8.2.1:
+    a modification time in the future by the server's clock is replaced by the message's date,
+    and the store may stamp a write a millisecond ahead of the clock, adapter.store.sql)."""
     meta = resource.get("meta") or {}
     out = {"ETag": f'W/"{meta["versionId"]}"'} if meta.get("versionId") else {}
     try:
@@ -613,7 +629,7 @@ def _etag(resource: dict[str, Any]) -> dict[str, str]:
     except ValueError:
         return out
     if updated.tzinfo is not None:
-        out["Last-Modified"] = format_datetime(updated.astimezone(UTC), usegmt=True)
+        out["Last-Modified"] = format_datetime(min(updated.astimezone(UTC), datetime.now(UTC)), usegmt=True)
     return out
 
 
@@ -709,7 +725,7 @@ def _count_used(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def _page_links(link: Callable[[list[tuple[str, str]]], str], params: list[tuple[str, str]], *, offset: int,
                 count: int, more: bool) -> dict[str, str | None]:
-    """The paging links of a search or history page (http.html#paging), each ``link`` of the
+    """The paging links of a history page (http.html#paging), each ``link`` of the
     page's ``params`` with its own ``_offset``: ``first`` (the page without ``_offset``, the
     first page's own too), ``next`` when more follow, ``previous`` on a page after the first;
     none for ``_count=0`` (the total only)."""
@@ -721,6 +737,22 @@ def _page_links(link: Callable[[list[tuple[str, str]]], str], params: list[tuple
         pages["next_url"] = link(kept + [("_offset", str(offset + count))])
     if count > 0 and offset > 0:  # a page after the first: the way back
         pages["previous_url"] = link(kept + [("_offset", str(max(0, offset - count)))])
+    return pages
+
+
+def _search_links(link: Callable[[list[tuple[str, str]]], str], params: list[tuple[str, str]], services: Services,
+                  resource_type: str, *, count: int, paging: SearchPaging | None) -> dict[str, str | None]:
+    """The paging links of a search page (http.html#paging): the page's ``params`` with the
+    sealed cursor of the page each names (adapter.services.search_paging) in place of its own
+    ``_cursor`` or ``_offset``: ``first`` (the first page of the same snapshot), ``next`` when
+    more follow, ``previous`` when some precede; none for ``_count=0`` (the total only)."""
+    pages: dict[str, str | None] = {"next_url": None, "first_url": None, "previous_url": None}
+    if count == 0 or paging is None:
+        return pages
+    kept = [(k, v) for k, v in params if k not in ("_offset", CURSOR_PARAM)]
+    for name, cursor in (("first_url", paging.first), ("next_url", paging.next), ("previous_url", paging.previous)):
+        if cursor is not None:
+            pages[name] = link(kept + [(CURSOR_PARAM, services.search_pages.seal_cursor(resource_type, cursor))])
     return pages
 
 
@@ -743,6 +775,8 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     _no_media_in_r5(resource_type, version, "search DocumentReference")
     req = parse_search(resource_type, params, lenient=_lenient(request.headers.get("prefer")), r5=version == "5",
                        base_url=_fhir_base(request, services))
+    if req.cursor_token is not None:  # a page a link names (adapter.services.search_paging)
+        req = dataclasses.replace(req, cursor=services.search_pages.open_cursor(resource_type, req.cursor_token))
     how = parse_subsetting(params)
     if req.ignored:  # the links name only the parameters the search used (search.html#errors)
         params = [(k, v) for k, v in params if k[:40] not in req.ignored and f"{k[:40]}={v[:60]}" not in req.ignored]
@@ -759,7 +793,7 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
             link_params = [(PAGE_PARAM, services.search_pages.seal(resource_type, link_params))]
         return f"{absolute(request, services, 'fhir/' + resource_type)}?{urlencode(link_params)}"
 
-    pages = _page_links(link, params, offset=req.offset, count=req.count, more=result.more)
+    pages = _search_links(link, params, services, resource_type, count=req.count, paging=result.paging)
     fhir_base = _fhir_base(request, services)
     entries = [subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources]
     bundle = searchset(entries, total=result.total, self_url=link(params), **pages,
