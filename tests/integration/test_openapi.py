@@ -246,6 +246,15 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
     assert api.get(f"{inst}/bulk/7FE00010", headers=TREAT).status_code in (200, 400, 404, 422)
     assert api.get(f"{inst}/rendered", headers=TREAT).status_code == 200
     assert api.get(f"{inst}/rendered", headers={**TREAT, "Accept": "application/pdf"}).status_code == 406
+    assert api.get(f"{inst}/rendered?viewport=64,64&quality=50", headers=TREAT).status_code == 200
+    assert api.get(f"{inst}/rendered?annotation=patient", headers=TREAT).status_code == 400
+    assert api.get(f"{inst}/frames/1/rendered", headers=TREAT).status_code == 200
+    assert api.get(f"{inst}/frames/9/rendered", headers=TREAT).status_code == 404
+    assert api.get(f"{inst}/frames/1,2/rendered", headers=TREAT).status_code == 400
+    assert api.get(f"{inst}/frames/1", headers={**TREAT, "Accept": "application/octet-stream"}).status_code in (
+        200, 406)
+    assert api.get(f"/dicomweb/studies/{study}/rendered", headers=TREAT).status_code == 400
+    assert api.get(f"/dicomweb/studies/{study}/series/{series}/rendered", headers=TREAT).status_code == 400
     assert api.get(f"/dicomweb/studies/{study}/thumbnail", headers=TREAT).status_code == 200
     assert api.get(f"/dicomweb/studies/{study}/series/{series}/thumbnail", headers=TREAT).status_code == 200
     assert api.get(f"{inst}/thumbnail?viewport=x", headers=TREAT).status_code == 400
