@@ -1286,11 +1286,15 @@ class DicomIngestService:
 def _check_same_instance(obj: ReceivedObject, instance: DicomInstance) -> None:
     """Refuse an object naming another patient, study, series or SOP class than the instance
     stored under its SOP Instance UID (:meth:`DicomIngestService._check_resend`), naming the
-    attribute that differs. The diagnostics name neither value (a patient's, or UIDs some
-    modalities build from the patient's ID)."""
+    attribute that differs (for another patient: PatientID, and IssuerOfPatientID where the
+    issuer, i.e. the identifier's system, differs; Offending Element, PS3.4 Table B.2-1). The
+    diagnostics name neither value (a patient's, or UIDs some modalities build from the
+    patient's ID)."""
     if obj.patient != instance.patient:
+        differs = ([] if obj.patient.value == instance.patient.value else ["(0010,0020) PatientID"]) + \
+                  ([] if obj.patient.system == instance.patient.system else ["(0010,0021) IssuerOfPatientID"])
         raise InstanceConflict("the SOP Instance UID is stored already for another patient than the object names: "
-                               "the stored instance is kept", expression="(0008,0018) SOPInstanceUID")
+                               "the stored instance is kept", expression=differs)
     for held, stored, keyword, tag, what in (
             (obj.study_uid, instance.study_instance_uid, "StudyInstanceUID", "(0020,000D)", "another study"),
             (obj.series_uid, instance.series_instance_uid, "SeriesInstanceUID", "(0020,000E)", "another series"),

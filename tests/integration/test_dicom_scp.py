@@ -1634,6 +1634,9 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     sc_file(other, PatientID="MRN-0002", **same)
     answer = pynet_store(scp.port, other)
     assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
+    # the PACS review (F2): the Offending Element names the attribute that differs, as the study
+    # and SOP class conflicts do (it named (0008,0018) SOPInstanceUID)
+    assert answer.OffendingElement == 0x00100020
     assert "MRN" not in answer.get("ErrorComment", "")
     refusal = audited(services)[-1]
     assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
@@ -1647,6 +1650,28 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     assert pynet_store(scp.port, filled_in).Status == ELEMENTS_DISCARDED
     assert audited(services)[-1]["outcomeDesc"].startswith("already stored")
     assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+
+
+@pytest.mark.parametrize(("patient", "offending"), [
+    ({"system": "urn:oid:1.2.3", "value": "MRN-0002"}, ["(0010,0020) PatientID"]),
+    ({"system": "urn:oid:9.9.9", "value": "MRN-0001"}, ["(0010,0021) IssuerOfPatientID"]),
+    ({"system": "urn:oid:9.9.9", "value": "MRN-0002"}, ["(0010,0020) PatientID", "(0010,0021) IssuerOfPatientID"]),
+], ids=["patient-id", "issuer", "both"])
+def test_a_resend_for_another_patient_names_the_patient_attributes_that_differ(
+        patient: dict[str, str], offending: list[str]) -> None:
+    """The PACS review (F2): the refusal of a re-send naming another patient named (0008,0018)
+    SOPInstanceUID; it names the attribute that differs, PatientID and/or IssuerOfPatientID (the
+    issuer is the identifier's system), as the study and SOP class conflicts do."""
+    from types import SimpleNamespace
+
+    from adapter.model.photo import Identifier
+
+    stored = SimpleNamespace(patient=Identifier(system="urn:oid:1.2.3", value="MRN-0001"))
+    obj = SimpleNamespace(patient=Identifier(**patient))
+    with pytest.raises(InstanceConflict) as refused:
+        dicom_ingest_module._check_same_instance(obj, stored)  # type: ignore[arg-type]
+    assert refused.value.expression == offending
+    assert "MRN" not in refused.value.diagnostics
 
 
 def test_a_resend_is_compared_without_hashing_and_read_only_when_it_differs(
