@@ -86,6 +86,7 @@ from adapter.mapping.dicom_decompress import (
     encapsulated_to_native,
     explicit_to_implicit,
 )
+from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adapter.services.forwarding import SendOutcome, SendResult
 from adapter.text import is_digits
 
@@ -462,6 +463,8 @@ class StoreSCU:
         if ae is None:
             o = self.options
             ae = _RequestorAE(ae_title=o.ae_title)
+            ae.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)  # the adapter's, not pynetdicom's
+            ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
             ae.connection_timeout = o.connection_timeout
             ae.acse_timeout = o.acse_timeout
             ae.dimse_timeout = o.dimse_timeout

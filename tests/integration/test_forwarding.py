@@ -973,6 +973,8 @@ def scp(*, status: int | Dataset = 0x0000, transfer_syntaxes: dict[str, list[str
     def handle_store(event: evt.Event) -> int | Dataset:
         ds = event.dataset
         ds.file_meta = event.file_meta  # the transfer syntax it came in
+        requestor = event.assoc.requestor
+        ds.implementation = [(requestor.implementation_class_uid, requestor.implementation_version_name)]
         received.append(ds)
         return status
 
@@ -1390,6 +1392,23 @@ def test_a_pacs_warning_is_kept_on_the_sent_item_and_its_disclosure(
         assert event["outcome"] == "0" and f'the PACS {said}; the PACS\'s Error Comment: "{comment}"' in \
             event["outcomeDesc"], event["outcomeDesc"]
     assert said in caplog.text and "MRN-0121" not in caplog.text
+
+
+def test_the_a_associate_rq_names_the_adapter_as_the_implementation() -> None:
+    """The PACS review (F1): the SCU's A-ASSOCIATE-RQ carried pynetdicom's Implementation Class
+    UID and Version Name; it carries the adapter's (PS3.7 D.3.3.2), as the PACS sees them."""
+    from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    seen: list[tuple[str, str]] = []
+    with scp() as (dest, received):
+        scu = StoreSCU()
+        try:
+            [result] = scu.send_batch(dest, [small_photo_dataset()])
+            seen.extend(received[0].implementation)
+        finally:
+            scu.release()
+    assert result.acknowledged
+    assert seen == [(IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)]
 
 
 def test_a_missing_status_is_retried() -> None:
