@@ -100,6 +100,7 @@ from adapter.errors import (
 from adapter.files import file_sha256, read_range
 from adapter.imaging import JPEG
 from adapter.imaging.frame import FrameHeader
+from adapter.mapping.dicom_charset import undefined_character_sets
 from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
@@ -1157,6 +1158,10 @@ class DicomIngestService:
         try:
             check_elements(ds, received.transfer_syntax)
             self._check_identity(ds, received)
+            undefined = undefined_character_sets(ds)
+            if undefined:  # decoded all the same, by pydicom's guess: said, by the value (no patient data)
+                log.warning("a received object's Specific Character Set (0008,0005) holds %s, not a defined term "
+                            "(PS3.3 C.12.1.1.2): its text is decoded by a guess", ", ".join(undefined))
             obj = read_received(ds, calling_ae=received.calling_ae, dicom_tables=self._dicom_tables,
                                 tables=self._tables)
             known.obj = obj
