@@ -35,7 +35,7 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
     left unconfigured, so theirs come here too): exceptions are rendered without their messages
     (adapter.logs), whichever library logs them; ``log_format`` json writes each record as one
     JSON object (adapter.logs.JsonFormatter)."""
-    from adapter.logs import JsonFormatter, make_exceptions_safe
+    from adapter.logs import JsonFormatter, OneLineWarnings, make_exceptions_safe
 
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -43,6 +43,12 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
     make_exceptions_safe()
+    # Python warnings (pydicom's: "Unknown encoding ...") as records of the py.warnings logger,
+    # in this format (one line; one JSON object), not raw lines on stderr (PACS review F6)
+    logging.captureWarnings(True)
+    warned = logging.getLogger("py.warnings")
+    if not any(isinstance(f, OneLineWarnings) for f in warned.filters):
+        warned.addFilter(OneLineWarnings())
     # pikepdf says at INFO, on every start, that its C++ logger bridge is initialised
     logging.getLogger("pikepdf").setLevel(max(logging.WARNING, logging.getLogger().level))
     # httpx logs every request's full URL at INFO: a batch's entries go through it in-process

@@ -67,6 +67,18 @@ def make_exceptions_safe(logger: logging.Logger | None = None) -> None:
             handler.addFilter(SafeExceptions())
 
 
+class OneLineWarnings(logging.Filter):
+    """A Python warning logged by ``logging.captureWarnings`` (the ``py.warnings`` logger) as one
+    line: ``file:line: Category: message``, without the source line ``warnings.formatwarning``
+    appends (code, and a second line in a text log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        first = text.splitlines()[0] if text else text
+        record.msg, record.args = first, None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """A record as one JSON object on one line (``ADAPTER_LOG_FORMAT=json``, for a log
     collector): ``time`` (UTC, ISO 8601, milliseconds), ``level``, ``logger``, ``message`` and,
@@ -81,4 +93,4 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-__all__ = ["JsonFormatter", "SafeExceptions", "exception_without_messages", "make_exceptions_safe"]
+__all__ = ["JsonFormatter", "OneLineWarnings", "SafeExceptions", "exception_without_messages", "make_exceptions_safe"]

@@ -65,12 +65,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from pydicom import config as pydicom_config
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import create_file_meta
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
@@ -88,6 +89,7 @@ from adapter.dicom.handlers import (
 from adapter.dicom.logs import make_pynetdicom_logs_safe
 from adapter.dicom.spool import BoundedSpool, UnopenedSpool
 from adapter.errors import ConfigurationError, errno_name
+from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adapter.services.dicom_ingest import DicomIngestService
 
 log = logging.getLogger("adapter.dicom")
@@ -766,11 +768,24 @@ def _spool_file(*args: Any, **kwargs: Any) -> Any:
     return spool
 
 
+def _file_meta(*args: Any, **kwargs: Any) -> Any:
+    """pynetdicom's ``create_file_meta`` for the File Meta it writes at the head of a spooled
+    C-STORE data set (the object the adapter keeps): naming the adapter, which writes the file,
+    as its implementation (PS3.10 7.1), for an association of the adapter's AE."""
+    ae = getattr(getattr(threading.current_thread(), "assoc", None), "ae", None)
+    if isinstance(ae, _ApplicationEntity):
+        kwargs.setdefault("implementation_uid", UID(IMPLEMENTATION_CLASS_UID))
+        kwargs.setdefault("implementation_version", IMPLEMENTATION_VERSION_NAME)
+    return create_file_meta(*args, **kwargs)
+
+
 def _spool_in_staging() -> None:
-    """Install :func:`_spool_file` in pynetdicom (once; process-wide, and a no-op for AEs that
-    are not the adapter's)."""
+    """Install :func:`_spool_file` and :func:`_file_meta` in pynetdicom (once; process-wide, and
+    a no-op for AEs that are not the adapter's)."""
     if getattr(dimse_messages, "NamedTemporaryFile", None) is tempfile.NamedTemporaryFile:
         setattr(dimse_messages, "NamedTemporaryFile", _spool_file)  # noqa: B010 - mypy: a module attribute
+    if getattr(dimse_messages, "create_file_meta", None) is create_file_meta:
+        setattr(dimse_messages, "create_file_meta", _file_meta)  # noqa: B010 - mypy: a module attribute
 
 
 class _ApplicationEntity(AE):
@@ -828,6 +843,9 @@ class StoreSCP:
     def _build_ae(self) -> _ApplicationEntity:
         o = self.options
         ae = _ApplicationEntity(o.ae_title, o.allowed_ae_titles, self._ingest.spool_dir, o.max_object_bytes)
+        # the adapter's, not pynetdicom's, in the A-ASSOCIATE-AC (PS3.7 D.3.3.2; README, DICOM conformance)
+        ae.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.maximum_pdu_size = o.max_pdu
         ae.acse_timeout = o.acse_timeout
         ae.dimse_timeout = o.dimse_timeout

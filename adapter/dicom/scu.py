@@ -65,12 +65,16 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom.datadict import keyword_for_tag
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from adapter.config import Settings
 from adapter.dicom.associate_pdu import NegotiationDUL
@@ -82,6 +86,7 @@ from adapter.mapping.dicom_decompress import (
     encapsulated_to_native,
     explicit_to_implicit,
 )
+from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adapter.services.forwarding import SendOutcome, SendResult
 from adapter.text import is_digits
 
@@ -254,13 +259,44 @@ def _tell_acknowledged(index: int, result: SendResult,
         log.exception("the caller failed to take note of an acknowledged C-STORE; the batch goes on")
 
 
-def _not_accepted(dest: Destination, pair: tuple[UID, UID] | None) -> str:
-    """lastError of an object the PACS accepted in none of the syntaxes proposed for it."""
+#: A-ASSOCIATE-AC presentation context results (PS3.8 9.3.3.2): 1 user-rejection,
+#: 2 no-reason (provider rejection), 3 abstract-syntax-not-supported, 4 transfer-syntaxes-not-supported.
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+_CONTEXT_RESULTS = {1: "user rejection", 2: "provider rejection, no reason given",
+                    ABSTRACT_SYNTAX_NOT_SUPPORTED: "abstract syntax not supported",
+                    4: "transfer syntaxes not supported"}
+
+
+def _rejections(assoc: Association) -> dict[UID, set[int]]:
+    """The results of the presentation contexts the PACS rejected, by SOP class (abstract syntax)."""
+    out: dict[UID, set[int]] = {}
+    for cx in assoc.rejected_contexts:
+        if cx.abstract_syntax and cx.result is not None:
+            out.setdefault(UID(cx.abstract_syntax), set()).add(int(cx.result))
+    return out
+
+
+def _refuses_sop_class(results: set[int]) -> bool:
+    """Whether the PACS's answers for a SOP class's contexts say it does not take the SOP class
+    at all (abstract-syntax-not-supported), rather than not in the syntaxes proposed."""
+    return ABSTRACT_SYNTAX_NOT_SUPPORTED in results and 4 not in results
+
+
+def _not_accepted(dest: Destination, pair: tuple[UID, UID] | None, results: set[int] | None = None) -> str:
+    """lastError of an object the PACS accepted in none of the syntaxes proposed for it, in the
+    words of the PACS's answer (``results``, :func:`_rejections`): a SOP class it does not take
+    at all (result 3) is said to be so, not taken for a transfer syntax mismatch (result 4)."""
     if pair is None:
         return f"{dest} did not accept ? in ? (not re-encoded)"
+    results = results or set()
+    if _refuses_sop_class(results):
+        return f"{dest} does not accept {pair[0].name} (presentation contexts rejected: abstract syntax not supported)"
+    why = ", ".join(_CONTEXT_RESULTS.get(r, f"result {r}") for r in sorted(results))
+    because = f" ({why})" if why else ""
     if pair[1] in FALLBACKS:
-        return f"{dest} accepted {pair[0].name} neither in {pair[1].name} nor in another uncompressed syntax"
-    return f"{dest} did not accept {pair[0].name} in {pair[1].name} (not re-encoded)"
+        return (f"{dest} accepted {pair[0].name} neither in {pair[1].name} nor in another uncompressed "
+                f"syntax{because}")
+    return f"{dest} did not accept {pair[0].name} in {pair[1].name}{because} (not re-encoded)"
 
 
 def classify_status(sop_instance_uid: str, status: Dataset) -> SendResult:
@@ -277,11 +313,65 @@ def _classify(sop_instance_uid: str, status: Dataset) -> SendResult:
     code = int(code)
     if code == 0x0000:
         return SendResult(sop_instance_uid, SendOutcome.ACKNOWLEDGED, code)
+    said = _what_the_pacs_said(code, status)
+    comment = pacs_error_comment(status)
     if code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF:
-        return SendResult(sop_instance_uid, SendOutcome.ACKNOWLEDGED, code, f"stored with warning 0x{code:04X}")
+        return SendResult(sop_instance_uid, SendOutcome.ACKNOWLEDGED, code, f"stored with warning {said}",
+                          error_comment=comment)
     if 0xA700 <= code <= 0xA7FF or code in _RETRYABLE_FAILURES:
-        return SendResult(sop_instance_uid, SendOutcome.RETRY, code, f"C-STORE failed 0x{code:04X}")
-    return SendResult(sop_instance_uid, SendOutcome.PERMANENT, code, f"C-STORE refused 0x{code:04X}")
+        return SendResult(sop_instance_uid, SendOutcome.RETRY, code, f"C-STORE failed {said}", error_comment=comment)
+    return SendResult(sop_instance_uid, SendOutcome.PERMANENT, code, f"C-STORE refused {said}", error_comment=comment)
+
+
+#: What is kept of a PACS's answer (PS3.7 C.4): at most this many Offending Element tags, and
+#: this many characters of its Error Comment (LO, 64 characters, though some PACSs send more).
+OFFENDING_ELEMENTS_MAX = 8
+ERROR_COMMENT_MAX = 200
+
+
+def _what_the_pacs_said(code: int, status: Dataset) -> str:
+    """A failure or warning status as the log, lastError and the audit say it: the code, its
+    meaning for the Storage Service Class (PS3.4 Annex B Table B.2-1, PS3.7 Annex C general
+    statuses) and the Offending Element(s) (0000,0901) the response lists, each as its tag and
+    keyword. No patient data: the PACS's Error Comment, which may quote some, is kept apart
+    (:func:`pacs_error_comment`)."""
+    _, meaning = STORAGE_SERVICE_CLASS_STATUS.get(code, ("", ""))
+    said = f"0x{code:04X} ({meaning or 'a status of no meaning defined for C-STORE'})"
+    tags = _offending_elements(status)
+    return f"{said}, Offending Element {', '.join(tags)}" if tags else said
+
+
+def _offending_elements(status: Dataset) -> list[str]:
+    """Offending Element (0000,0901) of a response, AT of VM 1-n: ``(gggg,eeee) Keyword`` each,
+    at most :data:`OFFENDING_ELEMENTS_MAX` (more: "..."); none when it is absent or unreadable."""
+    try:
+        value = status.get("OffendingElement")
+        if value is None or value == "":
+            return []
+        tags = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+        named = []
+        for tag in (Tag(t) for t in tags[:OFFENDING_ELEMENTS_MAX]):
+            keyword = keyword_for_tag(tag)
+            named.append(f"({tag.group:04X},{tag.element:04X})" + (f" {keyword}" if keyword else ""))
+    except (TypeError, ValueError, OverflowError, KeyError):
+        return ["(unreadable)"]
+    return named + (["..."] if len(tags) > OFFENDING_ELEMENTS_MAX else [])
+
+
+def pacs_error_comment(status: Dataset) -> str | None:
+    """Error Comment (0000,0902) of a response as the PACS sent it, control characters (C0, DEL,
+    C1) replaced by spaces and cut at :data:`ERROR_COMMENT_MAX` characters; None when absent or
+    empty. A PACS may quote patient data in it: it goes to lastError and the audit, never the log."""
+    try:
+        value = status.get("ErrorComment")
+    except (TypeError, ValueError, KeyError):
+        return None
+    if value is None:
+        return None
+    text = " ".join("".join(" " if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F else ch for ch in str(value)).split())
+    if not text:
+        return None
+    return text if len(text) <= ERROR_COMMENT_MAX else text[:ERROR_COMMENT_MAX - 3].rstrip() + "..."
 
 
 def _groups(pairs: Sequence[tuple[UID, UID]]) -> list[tuple[set[tuple[UID, UID]], list[tuple[UID, UID]]]]:
@@ -373,6 +463,8 @@ class StoreSCU:
         if ae is None:
             o = self.options
             ae = _RequestorAE(ae_title=o.ae_title)
+            ae.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)  # the adapter's, not pynetdicom's
+            ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
             ae.connection_timeout = o.connection_timeout
             ae.acse_timeout = o.acse_timeout
             ae.dimse_timeout = o.dimse_timeout
@@ -445,8 +537,11 @@ class StoreSCU:
             outcome = SendOutcome.PERMANENT if result == 0x01 else SendOutcome.RETRY
             return SendResult("", outcome, None, f"association rejected by {dest} ({reason})", transmitted=False)
         if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
+            refused = sorted(sop.name for sop, results in _rejections(assoc).items() if _refuses_sop_class(results))
+            which = f": it does not accept {', '.join(refused)} (abstract syntax not supported)" if refused else ""
             return SendResult("", SendOutcome.PERMANENT, None,
-                              f"{dest} accepted none of the presentation contexts proposed", transmitted=False)
+                              f"{dest} accepted none of the presentation contexts proposed{which}"[:300],
+                              transmitted=False)
         if assoc.is_aborted:
             return SendResult("", SendOutcome.RETRY, None, f"no association with {dest} (refused or aborted)",
                               transmitted=False)
@@ -465,6 +560,7 @@ class StoreSCU:
             return
         assoc = got
         accepted = self._accepted(assoc)
+        rejections = _rejections(assoc)
         lost: str | None = None
         for i, ds in todo:
             uid = str(ds.SOPInstanceUID)
@@ -474,7 +570,9 @@ class StoreSCU:
                 continue
             syntax = _syntax_for(pair, accepted) if pair is not None else None
             if pair is None or syntax is None:
-                results[i] = SendResult(uid, SendOutcome.PERMANENT, None, _not_accepted(dest, pair), transmitted=False)
+                results[i] = SendResult(uid, SendOutcome.PERMANENT, None,
+                                        _not_accepted(dest, pair, rejections.get(pair[0]) if pair else None),
+                                        transmitted=False)
                 continue
             held_back = _held_back(uid, i, withhold)
             if held_back is not None:

@@ -48,6 +48,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPE
 
 from adapter.errors import AdapterError, UndecodableImage, UnsupportedPixelData
 from adapter.imaging import JPEG, decode_pixels, jpeg_frame_info
+from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 #: Transfer syntaxes whose pixel data this module can decompress: the one the adapter stores
 #: compressed objects in (a photo's JPEG; what the SCP and STOW-RS accept, adapter.dicom.scp).
@@ -168,12 +169,15 @@ def explicit_to_implicit(ds: Dataset) -> Dataset:
 
 def _meta(meta: FileMetaDataset | None, transfer_syntax: UID) -> FileMetaDataset:
     """A new file meta: ``meta``'s elements but its TransferSyntaxUID, which names
-    ``transfer_syntax`` (the elements are shared: the one that changes is a new one)."""
+    ``transfer_syntax``, and the Implementation Class UID and Version Name, the adapter's, which
+    wrote the object in it (PS3.10 7.1) (the elements are shared: those that change are new ones)."""
     out = FileMetaDataset()
     for elem in meta or ():
-        if elem.keyword != "TransferSyntaxUID":
+        if elem.keyword not in ("TransferSyntaxUID", "ImplementationClassUID", "ImplementationVersionName"):
             out.add(elem)
     out.TransferSyntaxUID = transfer_syntax
+    out.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    out.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return out
 
 

@@ -86,7 +86,7 @@ from adapter.imaging import (
 from adapter.imaging.sniff import check_declared
 from adapter.mapping.codes import EXT_LATERALITY, SNOMED
 from adapter.mapping.dicom_tables import DicomTables, KindIod
-from adapter.mapping.dicom_uids import PhotoUids
+from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PhotoUids
 from adapter.mapping.tables import Tables
 from adapter.model.photo import Identifier, PhotoKind
 
@@ -140,6 +140,8 @@ def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = JPEGBaseline8Bit if encapsulated else ExplicitVRLittleEndian
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)  # the adapter wrote it (PS3.10 7.1)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     ds.file_meta = meta
     return ds
 

@@ -43,8 +43,17 @@ import hmac
 import re
 from dataclasses import dataclass
 
+from adapter import __version__
 from adapter.errors import ConfigurationError
 from adapter.model.photo import Identifier
+
+#: The adapter's Implementation Class UID (PS3.7 D.3.3.2 in A-ASSOCIATE, PS3.10 7.1 in the
+#: File Meta): one UID for this implementation, made once from a fixed random UUID (PS3.5
+#: B.2, under 2.25: no registration needed) and kept, whatever ADAPTER_UID_ROOT is; the
+#: version is told by the Implementation Version Name. A peer may recognise the adapter by it.
+IMPLEMENTATION_CLASS_UID = "2.25.15138414013536306882560336800188664005"
+#: Implementation Version Name (SH, at most 16 characters): "CIA_" and the package version.
+IMPLEMENTATION_VERSION_NAME = f"CIA_{__version__}"[:16]
 
 MAX_UID = 64
 UUID_ROOT = "2.25"     # PS3.5 §B.2: UUID-derived UIDs need no registered root
@@ -162,5 +171,5 @@ def photo_uids(root: str, key: bytes, *, record_id: str, encounter: str | None, 
     )
 
 
-__all__ = ["MAX_ROOT", "MAX_UID", "UUID_ROOT", "PhotoUids", "check_uid_root", "is_valid_uid", "keyed_uid", "photo_uids",
+__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "MAX_ROOT", "MAX_UID", "UUID_ROOT", "PhotoUids", "check_uid_root", "is_valid_uid", "keyed_uid", "photo_uids",
            "stable_uid"]

@@ -100,6 +100,7 @@ from adapter.errors import (
 from adapter.files import file_sha256, read_range
 from adapter.imaging import JPEG
 from adapter.imaging.frame import FrameHeader
+from adapter.mapping.dicom_charset import undefined_character_sets
 from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_fhir import (
     ExtractedImage,
@@ -1157,6 +1158,10 @@ class DicomIngestService:
         try:
             check_elements(ds, received.transfer_syntax)
             self._check_identity(ds, received)
+            undefined = undefined_character_sets(ds)
+            if undefined:  # decoded all the same, by pydicom's guess: said, by the value (no patient data)
+                log.warning("a received object's Specific Character Set (0008,0005) holds %s, not a defined term "
+                            "(PS3.3 C.12.1.1.2): its text is decoded by a guess", ", ".join(undefined))
             obj = read_received(ds, calling_ae=received.calling_ae, dicom_tables=self._dicom_tables,
                                 tables=self._tables)
             known.obj = obj
@@ -1286,11 +1291,15 @@ class DicomIngestService:
 def _check_same_instance(obj: ReceivedObject, instance: DicomInstance) -> None:
     """Refuse an object naming another patient, study, series or SOP class than the instance
     stored under its SOP Instance UID (:meth:`DicomIngestService._check_resend`), naming the
-    attribute that differs. The diagnostics name neither value (a patient's, or UIDs some
-    modalities build from the patient's ID)."""
+    attribute that differs (for another patient: PatientID, and IssuerOfPatientID where the
+    issuer, i.e. the identifier's system, differs; Offending Element, PS3.4 Table B.2-1). The
+    diagnostics name neither value (a patient's, or UIDs some modalities build from the
+    patient's ID)."""
     if obj.patient != instance.patient:
+        differs = ([] if obj.patient.value == instance.patient.value else ["(0010,0020) PatientID"]) + \
+                  ([] if obj.patient.system == instance.patient.system else ["(0010,0021) IssuerOfPatientID"])
         raise InstanceConflict("the SOP Instance UID is stored already for another patient than the object names: "
-                               "the stored instance is kept", expression="(0008,0018) SOPInstanceUID")
+                               "the stored instance is kept", expression=differs)
     for held, stored, keyword, tag, what in (
             (obj.study_uid, instance.study_instance_uid, "StudyInstanceUID", "(0020,000D)", "another study"),
             (obj.series_uid, instance.series_instance_uid, "SeriesInstanceUID", "(0020,000E)", "another series"),

@@ -127,8 +127,11 @@ class SendResult:
     sop_instance_uid: str
     outcome: SendOutcome
     status: int | None = None      # the DIMSE status, when the PACS answered
-    error: str | None = None       # for the outbox's lastError: no patient data
+    error: str | None = None       # for the outbox's lastError, the audit and the log: no patient data
     transmitted: bool | None = None
+    #: The PACS's Error Comment (0000,0902), as it sent it (bounded, no control characters). A
+    #: PACS may quote patient data in it: kept in lastError and the audit, never in the log.
+    error_comment: str | None = None
 
     @property
     def acknowledged(self) -> bool:
@@ -284,6 +287,26 @@ NOT_PERMITTED = "not forwarded: the consent decision for treatment does not perm
 LEASE_LOST = "not sent: this forwarder's claim on the item was lost while its batch was sent"
 
 
+#: Where a lastError goes on with the PACS's Error Comment (:func:`last_error`).
+ERROR_COMMENT_MARK = "; the PACS's Error Comment: "
+
+
+def last_error(result: SendResult) -> str:
+    """The lastError of an attempt (or the warning of an acknowledgement): the sender's error
+    (the PACS's status, its meaning and Offending Elements, or why nothing was sent), then the
+    PACS's Error Comment where it sent one (PS3.7 C.4), quoted, so that the integrator sees
+    what the PACS said without going to its logs. The outbox shows the comment only where it
+    shows the item's record in full (:func:`without_error_comment`)."""
+    error = result.error or "failed"
+    return f'{error}{ERROR_COMMENT_MARK}"{result.error_comment}"' if result.error_comment else error
+
+
+def without_error_comment(error: str | None) -> str | None:
+    """``error`` (a lastError) without the PACS's Error Comment: what a view that does not show
+    the item's record in full may show (a PACS may quote patient data in its comment)."""
+    return error.partition(ERROR_COMMENT_MARK)[0] if error is not None else None
+
+
 def attempt_outcome(*, give_up: bool) -> str:
     """The EventOutcomeIndicator (PS3.15 A.5.1, AuditEvent.outcome) of a forwarding attempt that
     failed, its object sent or not. A.5.1 grades how the action ended: ``4`` Minor failure is an
@@ -301,10 +324,10 @@ def attempt_outcome(*, give_up: bool) -> str:
 def attempt_reason(result: SendResult, *, give_up: bool) -> str:
     """The outcomeDesc of a forwarding attempt that failed: whether the object's data set went
     out ("sent: ...", "perhaps sent (not known): ...", or "not sent: ...; nothing was disclosed"),
-    the PACS's DIMSE status when it answered one, the sender's error (lastError: it names no
-    patient, only statuses, AE titles, addresses and exception types) and what becomes of the
-    item."""
-    error = result.error or "failed"
+    the PACS's DIMSE status when it answered one, the sender's error (it names no patient, only
+    statuses, Offending Elements, AE titles, addresses and exception types), the PACS's Error
+    Comment (:func:`last_error`) and what becomes of the item."""
+    error = last_error(result)
     if result.status is not None and f"0x{result.status:04X}" not in error:
         error = f"{error} (status 0x{result.status:04X})"
     then = "the item failed, not retried" if give_up else "to be retried"
@@ -534,7 +557,7 @@ class Forwarder:
                 if disclosure.held_back is None and disclosure.sent is None:
                     # marked sent before the next C-STORE-RQ, and audited in the same transaction:
                     # marked sent, it is never sent (nor audited) again
-                    self._settle(item, result, leases, disclosed=self._disclosed(disclosure))
+                    self._settle(item, result, leases, disclosed=self._disclosed(disclosure, warning=result))
                     disclosure.sent = result
 
             try:
@@ -565,7 +588,7 @@ class Forwarder:
             if disclosure.sent is not None:  # marked sent and audited when acknowledged, whatever came after
                 continue
             if result.acknowledged:
-                self._settle(item, result, leases, disclosed=self._disclosed(disclosure))
+                self._settle(item, result, leases, disclosed=self._disclosed(disclosure, warning=result))
             else:
                 # a consent refusal is audited as the transfer it refused, unless the object went
                 # all the same: then as the transfer made ("sent: acknowledged ... though held back
@@ -596,12 +619,16 @@ class Forwarder:
         if result.acknowledged:
             backoff.answering, backoff.retry_at, backoff.steps = True, None, 0
             leases.release(item)  # no longer renewed: a sent item has no claim to keep
-            self._store.mark_outbox_sent(item.id, now, audit_events=[disclosed] if disclosed is not None else ())
-            # which forwarder sent which item, when several share the outbox (ops review 8)
-            log.info("outbox item %d to %s: sent (attempt %d)", item.id, item.destination, item.attempts + 1)
+            self._store.mark_outbox_sent(item.id, now, audit_events=[disclosed] if disclosed is not None else (),
+                                         last_error=last_error(result) if result.error else None)
+            # which forwarder sent which item, when several share the outbox (ops review 8); a
+            # warning by its status and Offending Elements, never the PACS's Error Comment
+            log.info("outbox item %d to %s: sent (attempt %d)%s", item.id, item.destination, item.attempts + 1,
+                     f", {result.error}" if result.error else "")
             return
         attempts = item.attempts + 1
-        error = result.error or "failed"
+        error = last_error(result)
+        logged = result.error or "failed"  # the log: no Error Comment (it may quote patient data)
         give_up = result.outcome is SendOutcome.PERMANENT or attempts >= self.options.retry_max
         if unanswered:
             backoff.answering = False
@@ -618,17 +645,17 @@ class Forwarder:
             if decided is not None or result.transmitted is not False:
                 self._append_audit(item, event)
             log.info("outbox item %d to %s: attempt failed (%s) after another forwarder took it", item.id,
-                     item.destination, error)
+                     item.destination, logged)
             return
         if unanswered and not give_up:  # waiting for the destination, as this forwarder left it
             backoff.waiting[item.id] = dataclasses.replace(item, attempts=attempts, next_attempt_at=retry_at,
                                                            last_error=error, updated=now)
         if give_up:
             log.warning("outbox item %d to %s failed for good after %d attempt(s): %s",
-                        item.id, item.destination, attempts, error)
+                        item.id, item.destination, attempts, logged)
         else:
             log.info("outbox item %d to %s: attempt %d failed (%s), retrying", item.id, item.destination,
-                     attempts, error)
+                     attempts, logged)
 
     def _append_audit(self, item: OutboxItem, event: dict[str, Any]) -> None:
         try:
@@ -702,10 +729,16 @@ class Forwarder:
         reason = "not forwarded to PACS" + (f": {disclosure.decision.reason}" if disclosure.decision else "")
         return self._disclosed(disclosure, reason)
 
-    def _disclosed(self, disclosure: _Disclosure, reason: str | None = None) -> dict[str, Any]:
+    def _disclosed(self, disclosure: _Disclosure, reason: str | None = None, *,
+                   warning: SendResult | None = None) -> dict[str, Any]:
         """The AuditEvent of a disclosure to a PACS (or, with ``reason``, of its refusal):
         DICOM Instances Transferred, read by the sender (adapter.mapping.audit_dicom), its outcome
-        the decision's; stored with the item marked sent (or failed)."""
+        the decision's; stored with the item marked sent (or failed). An acknowledgement with a
+        Warning status (``warning``'s error) adds what the PACS said to the decision's reason."""
+        if warning is not None and warning.error and reason is None:
+            said = f"the PACS {last_error(warning)}"
+            why = disclosure.decision.reason if disclosure.decision is not None else None
+            reason = f"{why}; {said}" if why else said
         return self._auditor.decision_event(
             disclosure.context(), interaction="read", action="R", decision=disclosure.decision,
             entities=[f"{disclosure.instance.record_type}/{disclosure.instance.record_id}"],

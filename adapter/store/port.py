@@ -294,9 +294,11 @@ class RecordStore(Protocol):
         their next_attempt_at a lease ahead, so a second forwarder (another worker process)
         does not pick them up at the same time."""
 
-    def mark_outbox_sent(self, item_id: int, now: datetime, audit_events: Sequence[dict[str, Any]] = ()) -> None:
+    def mark_outbox_sent(self, item_id: int, now: datetime, audit_events: Sequence[dict[str, Any]] = (),
+                         last_error: str | None = None) -> None:
         """Status sent; counts the attempt; stores ``audit_events`` (the disclosure's) in the same
-        transaction. NotFound for an unknown id."""
+        transaction; lastError becomes ``last_error`` (a PACS's Warning status, or none).
+        NotFound for an unknown id."""
 
     def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,
                           give_up: bool = False, claimed_until: datetime | None = None,

@@ -1121,12 +1121,15 @@ class SqlRecordStore:
                 raise NotFound("no outbox item with this id")
         return False
 
-    def mark_outbox_sent(self, item_id: int, now: datetime, audit_events: Sequence[dict[str, Any]] = ()) -> None:
+    def mark_outbox_sent(self, item_id: int, now: datetime, audit_events: Sequence[dict[str, Any]] = (),
+                         last_error: str | None = None) -> None:
         """The item was stored by its destination: status sent; the attempt is counted. An
         acknowledgement is a fact whoever reports it, claim or no claim. ``audit_events`` (the
         disclosure's) commit with it: a process dying right after the commit has audited what
-        it marked sent, which is never sent, nor audited, again."""
-        self._finish_attempt(item_id, {"status": OUTBOX_SENT, "last_error": None, "updated": to_utc(now)},
+        it marked sent, which is never sent, nor audited, again. ``last_error``: the PACS's
+        Warning status, when it stored the object with one (cut as :meth:`mark_outbox_retry`)."""
+        error = last_error[:_LAST_ERROR_MAX] if last_error else None
+        self._finish_attempt(item_id, {"status": OUTBOX_SENT, "last_error": error, "updated": to_utc(now)},
                              audit_events=audit_events)
 
     def mark_outbox_retry(self, item_id: int, *, next_attempt_at: datetime, error: str, now: datetime,

@@ -100,3 +100,33 @@ def test_json_logs_are_one_object_a_line_and_as_safe(tmp_path: Path) -> None:
     assert failures and all("Traceback" in r["exception"] for r in failures)
     assert MRN not in json.dumps(records) and FAMILY not in json.dumps(records)
     assert not [r for r in records if r["logger"].startswith("pikepdf")]
+
+
+def test_an_undefined_character_set_is_said_in_the_log_and_pydicom_s_warnings_come_out_in_its_format(
+        tmp_path: Path) -> None:
+    """The PACS review (F6): an object whose Specific Character Set is no defined term (PS3.3
+    C.12.1.1.2; ``ISO_IR 999``) was stored with its text decoded by pydicom's guess, silently but
+    for pydicom's own lines and a raw Python warning (file, line and source line) on stderr that
+    broke ``ADAPTER_LOG_FORMAT=json``'s one object a line. It is still stored; the adapter says
+    in its log that the value is no defined term (the value named: not patient data), and
+    Python warnings go through its logging, in its format."""
+    import warnings
+
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+    path = tmp_path / "charset.dcm"
+    with warnings.catch_warnings():  # pydicom warns writing an unknown encoding's text
+        warnings.simplefilter("ignore")
+        sc_file(path, SpecificCharacterSet="ISO_IR 999", InstitutionName=b"H\xf4pital " + FAMILY.encode(),
+                PatientName=b"M\xfcller^" + GIVEN.encode() + b" ")
+    with running_adapter(tmp_path, ready=lambda s: echoscu(s.dicom_port, "ADAPTER", calling_aet="STORESCU",
+                                                           check=False).returncode == 0,
+                         ADAPTER_LOG_FORMAT="json", ADAPTER_DICOM_ALLOWED_AE_TITLES="STORESCU") as server:
+        done = storescu(server.dicom_port, "ADAPTER", [path], calling_aet="STORESCU", extra=["-v"])
+        assert "Received Store Response (Success)" in done.stderr + done.stdout, done.stderr
+    lines = [line for line in server.log.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line one JSON object
+    said = [r for r in records if r["logger"].startswith("adapter.") and "ISO_IR 999" in r["message"]]
+    assert said and said[0]["level"] == "WARNING" and "not a defined term" in said[0]["message"], records
+    assert any(r["logger"] == "py.warnings" for r in records), records
+    assert FAMILY not in json.dumps(records) and GIVEN not in json.dumps(records)

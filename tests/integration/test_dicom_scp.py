@@ -9,6 +9,7 @@ import hashlib
 import io
 import logging
 import random
+import re
 import socket
 import sqlite3
 import struct
@@ -53,6 +54,7 @@ from adapter.errors import (
 )
 from adapter.mapping import dicom_fhir as dicom_fhir_module
 from adapter.mapping.dicom_fhir import extract_image
+from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adapter.services import consent_grants as consent_grants_module
 from adapter.services import dicom_ingest as dicom_ingest_module
 from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
@@ -174,6 +176,16 @@ def test_echoscu_gets_an_answer(scp: StoreSCP) -> None:
     assert scp.host == "127.0.0.1"
 
 
+def test_the_a_associate_ac_names_the_adapter_as_the_implementation(scp: StoreSCP) -> None:
+    """The PACS review (F1): the A-ASSOCIATE-AC carried pynetdicom's Implementation Class UID and
+    Version Name (PYNETDICOM_304); it carries the adapter's (PS3.7 D.3.3.2), as echoscu -d shows."""
+    need_dcmtk()
+    done = echoscu(scp.port, "ADAPTER", calling_aet="ECHOSCU", extra=["-d"])
+    said = done.stdout + done.stderr
+    assert re.findall(r"Their Implementation Class UID: +(\S+)", said) == [IMPLEMENTATION_CLASS_UID], said
+    assert re.findall(r"Their Implementation Version Name: +(\S+)", said) == [IMPLEMENTATION_VERSION_NAME], said
+
+
 def test_storescu_secondary_capture_becomes_a_media_record(scp: StoreSCP, client: FhirClient, services: Services,
                                                            tmp_path: Path) -> None:
     need_dcmtk()
@@ -208,6 +220,9 @@ def test_storescu_secondary_capture_becomes_a_media_record(scp: StoreSCP, client
     assert hashlib.sha256(kept).hexdigest() == instance.blob_sha256
     as_kept = pydicom.dcmread(io.BytesIO(kept))
     assert as_kept.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    # the PACS review (F1): the file meta the adapter wrote names it, not pynetdicom
+    assert as_kept.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert as_kept.file_meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
     assert as_kept.PixelData == sent.PixelData and as_kept.SOPInstanceUID == sent.SOPInstanceUID
     # Provenance names the sending AE and its institution
     receipt = services.store.find_receipt(patient=instance.patient, stored_sha256=instance.blob_sha256)
@@ -1634,6 +1649,9 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     sc_file(other, PatientID="MRN-0002", **same)
     answer = pynet_store(scp.port, other)
     assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
+    # the PACS review (F2): the Offending Element names the attribute that differs, as the study
+    # and SOP class conflicts do (it named (0008,0018) SOPInstanceUID)
+    assert answer.OffendingElement == 0x00100020
     assert "MRN" not in answer.get("ErrorComment", "")
     refusal = audited(services)[-1]
     assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
@@ -1647,6 +1665,28 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     assert pynet_store(scp.port, filled_in).Status == ELEMENTS_DISCARDED
     assert audited(services)[-1]["outcomeDesc"].startswith("already stored")
     assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+
+
+@pytest.mark.parametrize(("patient", "offending"), [
+    ({"system": "urn:oid:1.2.3", "value": "MRN-0002"}, ["(0010,0020) PatientID"]),
+    ({"system": "urn:oid:9.9.9", "value": "MRN-0001"}, ["(0010,0021) IssuerOfPatientID"]),
+    ({"system": "urn:oid:9.9.9", "value": "MRN-0002"}, ["(0010,0020) PatientID", "(0010,0021) IssuerOfPatientID"]),
+], ids=["patient-id", "issuer", "both"])
+def test_a_resend_for_another_patient_names_the_patient_attributes_that_differ(
+        patient: dict[str, str], offending: list[str]) -> None:
+    """The PACS review (F2): the refusal of a re-send naming another patient named (0008,0018)
+    SOPInstanceUID; it names the attribute that differs, PatientID and/or IssuerOfPatientID (the
+    issuer is the identifier's system), as the study and SOP class conflicts do."""
+    from types import SimpleNamespace
+
+    from adapter.model.photo import Identifier
+
+    stored = SimpleNamespace(patient=Identifier(system="urn:oid:1.2.3", value="MRN-0001"))
+    obj = SimpleNamespace(patient=Identifier(**patient))
+    with pytest.raises(InstanceConflict) as refused:
+        dicom_ingest_module._check_same_instance(obj, stored)  # type: ignore[arg-type]
+    assert refused.value.expression == offending
+    assert "MRN" not in refused.value.diagnostics
 
 
 def test_a_resend_is_compared_without_hashing_and_read_only_when_it_differs(

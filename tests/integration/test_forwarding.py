@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -962,23 +963,27 @@ def test_the_outbox_is_read_with_a_purpose_and_names_records_only_where_it_shows
 
 
 @contextmanager
-def scp(*, status: int = 0x0000, transfer_syntaxes: dict[str, list[str]] | None = None,
+def scp(*, status: int | Dataset = 0x0000, transfer_syntaxes: dict[str, list[str]] | None = None,
         require_called_aet: bool = False) -> Iterator[tuple[str, list[Dataset]]]:
-    """A pynetdicom C-STORE SCP on a free loopback port answering every C-STORE with ``status``;
-    ``transfer_syntaxes`` per SOP class (default: JPEG Baseline and Explicit VR LE for both)."""
+    """A pynetdicom C-STORE SCP on a free loopback port answering every C-STORE with ``status``
+    (a Dataset: the status with its Offending Element and Error Comment); ``transfer_syntaxes``
+    per SOP class (default: JPEG Baseline and Explicit VR LE for both; none: not supported)."""
     received: list[Dataset] = []
 
-    def handle_store(event: evt.Event) -> int:
+    def handle_store(event: evt.Event) -> int | Dataset:
         ds = event.dataset
         ds.file_meta = event.file_meta  # the transfer syntax it came in
+        requestor = event.assoc.requestor
+        ds.implementation = [(requestor.implementation_class_uid, requestor.implementation_version_name)]
         received.append(ds)
         return status
 
     ae = AE(ae_title="PEER")
     ae.require_called_aet = require_called_aet
     for sop_class in (VLPhotographicImageStorage, SecondaryCaptureImageStorage):
-        ae.add_supported_context(sop_class, (transfer_syntaxes or {}).get(
-            sop_class, [JPEGBaseline8Bit, ExplicitVRLittleEndian]))
+        syntaxes = (transfer_syntaxes or {}).get(sop_class, [JPEGBaseline8Bit, ExplicitVRLittleEndian])
+        if syntaxes:
+            ae.add_supported_context(sop_class, syntaxes)
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
     try:
         yield f"PEER@127.0.0.1:{server.server_address[1]}", received
@@ -1077,6 +1082,36 @@ def test_an_object_goes_as_stored_where_accepted_and_is_decompressed_only_where_
         [result] = StoreSCU().send_batch(dest, [small_photo_dataset()])
     assert result.outcome is SendOutcome.PERMANENT and "accepted none" in (result.error or "")
     assert received == []
+
+
+def test_a_pacs_that_does_not_take_the_sop_class_is_said_to_not_take_it_not_the_transfer_syntax() -> None:
+    """The PACS review (F3): a PACS that rejected every VL Photographic context with result 3
+    abstract-syntax-not-supported (PS3.8 9.3.3.2) got the lastError "accepted VL Photographic
+    Image Storage neither in JPEG Baseline (Process 1) nor in another uncompressed syntax",
+    which sends the integrator to the transfer syntaxes; it now says the PACS does not accept
+    the SOP class. A PACS that takes the class in other syntaxes only (result 4) is still said
+    to take it in none of those proposed, naming the result."""
+    with scp(transfer_syntaxes={VLPhotographicImageStorage: []}) as (dest, received):
+        scu = StoreSCU()
+        try:
+            vl, sc = scu.send_batch(dest, [small_photo_dataset("1.2.3.1"),
+                                           small_photo_dataset("1.2.3.2", SecondaryCaptureImageStorage)])
+        finally:
+            scu.release()
+    assert sc.acknowledged and [ds.SOPInstanceUID for ds in received] == ["1.2.3.2"]
+    assert vl.outcome is SendOutcome.PERMANENT and vl.transmitted is False
+    assert vl.error == (f"{dest} does not accept VL Photographic Image Storage "
+                        "(presentation contexts rejected: abstract syntax not supported)")
+    with scp(transfer_syntaxes={VLPhotographicImageStorage: [ExplicitVRBigEndian]}) as (dest, received):
+        scu = StoreSCU()
+        try:
+            vl, sc = scu.send_batch(dest, [small_photo_dataset("1.2.3.1"),
+                                           small_photo_dataset("1.2.3.2", SecondaryCaptureImageStorage)])
+        finally:
+            scu.release()
+    assert sc.acknowledged and vl.outcome is SendOutcome.PERMANENT
+    assert vl.error == (f"{dest} accepted VL Photographic Image Storage neither in JPEG Baseline (Process 1) nor "
+                        "in another uncompressed syntax (transfer syntaxes not supported)")
 
 
 def test_an_object_that_cannot_be_decompressed_faithfully_fails_for_good_and_the_batch_goes_on() -> None:
@@ -1245,6 +1280,135 @@ def test_acknowledged_is_told_each_acknowledgement_before_the_next_object_goes()
         told.clear()
         [failed] = StoreSCU().send_batch(dest, [small_photo_dataset()], acknowledged=acknowledged)
     assert failed.outcome is SendOutcome.RETRY and told == []
+
+
+def refusal(code: int, comment: str | None = None, *offending: int) -> Dataset:
+    """A C-STORE response status as a PACS answers a refusal (PS3.7 C.4)."""
+    status = Dataset()
+    status.Status = code
+    if offending:
+        status.OffendingElement = list(offending)
+    if comment is not None:
+        status.ErrorComment = comment
+    return status
+
+
+ISSUER_COMMENT = "the IssuerOfPatientID is not in mappings/dicom.yaml"
+
+
+@pytest.mark.parametrize(("status", "outcome", "error"), [
+    (refusal(0xC000, ISSUER_COMMENT, 0x00100021), SendOutcome.PERMANENT,
+     "C-STORE refused 0xC000 (Cannot Understand), Offending Element (0010,0021) IssuerOfPatientID"),
+    (refusal(0xA900, "two wrong", 0x00100020, 0x00100021), SendOutcome.PERMANENT,
+     ("C-STORE refused 0xA900 (Data Set Does Not Match SOP Class), Offending Element (0010,0020) PatientID, "
+     "(0010,0021) IssuerOfPatientID")),
+    (refusal(0xA700, "the object is larger than 2000 bytes"), SendOutcome.RETRY,
+     "C-STORE failed 0xA700 (Refused: Out of Resources)"),
+    (refusal(0xB006, "stored already with other content", 0x00080020), SendOutcome.ACKNOWLEDGED,
+     "stored with warning 0xB006 (Element Discarded), Offending Element (0008,0020) StudyDate"),
+], ids=["cannot-understand", "two-elements", "out-of-resources", "warning"])
+def test_what_a_pacs_said_of_a_c_store_is_kept_its_meaning_offending_elements_and_error_comment(
+        status: Dataset, outcome: SendOutcome, error: str) -> None:
+    """The PACS review (F5): a refusal was kept as "C-STORE refused 0xC000", its Offending
+    Element (0000,0901) and Error Comment (0000,0902) dropped, so the integrator had to read the
+    PACS's logs to learn that the issuer was the problem. The result now says the status, its
+    meaning (PS3.4 Table B.2-1, PS3.7 Annex C) and the Offending Elements (no patient data: for
+    the log too), and carries the Error Comment apart (lastError and the audit only)."""
+    with scp(status=status) as (dest, received):
+        scu = StoreSCU()
+        try:
+            [result] = scu.send_batch(dest, [small_photo_dataset()])
+        finally:
+            scu.release()
+    assert (result.outcome, result.status, result.error) == (outcome, status.Status, error)
+    assert result.error_comment == status.ErrorComment and status.ErrorComment not in (result.error or "")
+    assert len(received) == 1
+
+
+def test_a_pacs_error_comment_is_kept_bounded_and_without_control_characters() -> None:
+    from adapter.dicom.scu import ERROR_COMMENT_MAX, pacs_error_comment
+
+    assert pacs_error_comment(refusal(0xC000, "a\x1b[31mb\r\nc\x85d\x7f")) == "a [31mb c d"
+    with warnings.catch_warnings():  # longer than LO allows, as some PACSs send it
+        warnings.simplefilter("ignore")
+        too_long = refusal(0xC000, "x" * 1000)
+    long = pacs_error_comment(too_long)
+    assert long is not None and len(long) == ERROR_COMMENT_MAX and long.endswith("...")
+    assert pacs_error_comment(refusal(0xC000)) is None and pacs_error_comment(refusal(0xC000, "  ")) is None
+    many = classify_status("1.2", refusal(0xA900, None, *range(0x00100010, 0x00100030)))
+    assert many.error is not None and many.error.endswith(", ...") and many.error.count("(0010,") == 8
+
+
+def test_a_pacs_refusal_reaches_the_outbox_and_the_audit_with_its_error_comment_and_the_log_without(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The PACS review (F5): outbox, audit and log said only "C-STORE refused 0xC000". lastError
+    (GET /outbox, for care) and the attempt's AuditEvent now say the status, its meaning, the
+    Offending Element and the PACS's Error Comment; the log the status and the element only (a
+    PACS may quote patient data in its comment); a view that withholds the item's record shows
+    lastError without the comment."""
+    caplog.set_level(logging.INFO, logger="adapter.services.forwarding")
+    comment = "IssuerOfPatientID HOSP unknown for MRN-0120"  # a PACS quoting patient data
+    with scp(status=refusal(0xC000, comment, 0x00100021)) as (dest, _received), \
+            adapter_client(tmp_path, forward_to=dest) as (client, services):
+        post_photo(client, photo_jpeg(tmp_path, 120), meta_for(120))
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN"]))
+        scu = StoreSCU()
+        forwarder = forwarder_for(services, scu)
+        try:
+            wait_for(lambda: forwarder.run_once() == 1, what="the attempt")
+        finally:
+            scu.release()
+        [item] = outbox(client, status="failed")
+        said = "C-STORE refused 0xC000 (Cannot Understand), Offending Element (0010,0021) IssuerOfPatientID"
+        assert item["lastError"] == f'{said}; the PACS\'s Error Comment: "{comment}"', item
+        [withheld] = client.get("/outbox", headers=as_purpose("TRAIN")).json()
+        assert withheld["withheld"] is True and withheld["lastError"] == said
+        [event] = forward_events(services)
+        assert event["outcomeDesc"] == f'sent: {said}; the PACS\'s Error Comment: "{comment}"; ' \
+                                       "the item failed, not retried"
+    assert said in caplog.text and "MRN-0120" not in caplog.text and "unknown for" not in caplog.text
+
+
+def test_a_pacs_warning_is_kept_on_the_sent_item_and_its_disclosure(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The PACS review (F5), for a Warning status: the object counts as stored (sent), and what
+    the PACS said of it is kept as lastError and in the disclosure's AuditEvent; the log says
+    the status and the element, not the comment."""
+    caplog.set_level(logging.INFO, logger="adapter.services.forwarding")
+    comment = "coerced PatientName for MRN-0121"
+    with scp(status=refusal(0xB000, comment, 0x00100010)) as (dest, _received), \
+            adapter_client(tmp_path, forward_to=dest) as (client, services):
+        post_photo(client, photo_jpeg(tmp_path, 121), meta_for(121))
+        scu = StoreSCU()
+        forwarder = forwarder_for(services, scu)
+        try:
+            wait_for(lambda: forwarder.run_once() == 1, what="the attempt")
+        finally:
+            scu.release()
+        [item] = outbox(client, status="sent")
+        said = "stored with warning 0xB000 (Coercion of Data Elements), Offending Element (0010,0010) PatientName"
+        assert item["lastError"] == f'{said}; the PACS\'s Error Comment: "{comment}"', item
+        [event] = forward_events(services)
+        assert event["outcome"] == "0" and f'the PACS {said}; the PACS\'s Error Comment: "{comment}"' in \
+            event["outcomeDesc"], event["outcomeDesc"]
+    assert said in caplog.text and "MRN-0121" not in caplog.text
+
+
+def test_the_a_associate_rq_names_the_adapter_as_the_implementation() -> None:
+    """The PACS review (F1): the SCU's A-ASSOCIATE-RQ carried pynetdicom's Implementation Class
+    UID and Version Name; it carries the adapter's (PS3.7 D.3.3.2), as the PACS sees them."""
+    from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    seen: list[tuple[str, str]] = []
+    with scp() as (dest, received):
+        scu = StoreSCU()
+        try:
+            [result] = scu.send_batch(dest, [small_photo_dataset()])
+            seen.extend(received[0].implementation)
+        finally:
+            scu.release()
+    assert result.acknowledged
+    assert seen == [(IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)]
 
 
 def test_a_missing_status_is_retried() -> None:
@@ -1590,6 +1754,9 @@ def test_a_pacs_taking_neither_the_jpeg_nor_uncompressed_for_the_sop_class_still
         wait_for(lambda: len(outbox(client, status="failed")) == 1, what="the item to fail")
         [item] = outbox(client)
         assert item["attempts"] == 1 and "accepted none" in item["lastError"], item
+        # the PACS review (F3): which SOP class the PACS does not take, as its answer says
+        assert item["lastError"].endswith(": it does not accept VL Photographic Image Storage "
+                                          "(abstract syntax not supported)"), item
         assert pacs.files() == []
         # the attempt is audited: nothing was sent, and the item failed for good
         [event] = forward_events(services)

@@ -69,10 +69,12 @@ def echoscu(
     calling_aet: str = "ECHOSCU",
     timeout: float = 30.0,
     check: bool = True,
+    extra: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """C-ECHO to ``called_aet@host:port``."""
+    """C-ECHO to ``called_aet@host:port``; ``extra`` options (``-d``: the negotiation shown)."""
     cmd = [
         _tool("echoscu"),
+        *extra,
         "-aet",
         calling_aet,
         "-aec",

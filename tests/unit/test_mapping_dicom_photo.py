@@ -121,6 +121,25 @@ def test_uids_are_the_records_and_regenerating_is_identical() -> None:
     assert encounter_key(record) == "Encounter/e-1"
 
 
+def test_the_file_meta_names_the_adapter_as_the_implementation() -> None:
+    """The PACS review (F1): the Part 10 objects the adapter writes said pydicom's Implementation
+    Class UID and Version Name (PS3.10 7.1); they say the adapter's: one fixed UUID-derived UID
+    (PS3.5 B.2), and CIA_<version> (SH, at most 16 characters)."""
+    from adapter import __version__
+    from adapter.mapping.dicom_decompress import encapsulated_to_native
+    from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, is_valid_uid
+
+    assert IMPLEMENTATION_CLASS_UID.startswith("2.25.") and is_valid_uid(IMPLEMENTATION_CLASS_UID)
+    assert IMPLEMENTATION_VERSION_NAME == f"CIA_{__version__}" and len(IMPLEMENTATION_VERSION_NAME) <= 16
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"`{IMPLEMENTATION_CLASS_UID}`" in readme  # documented as it is (DICOM conformance)
+    assert f"`{IMPLEMENTATION_VERSION_NAME}` for this version" in readme
+    made = photo_object(PhotoKind.CLINICAL, stored_sample("document.jpg"))
+    for ds in (reread(made), reread(encapsulated_to_native(made, ExplicitVRLittleEndian))):
+        assert ds.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+        assert ds.file_meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
+
+
 # ---------------------------------------------------------------------------------------------
 # pixels
 

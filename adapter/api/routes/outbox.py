@@ -7,7 +7,8 @@ record with its original SOP Instance UID, which a de-identified view maps so th
 followed to the PACS: the record reference and the UID are shown only if the record is, in care's
 full view, for that purpose (adapter.services.access.ScopedReader.shown_in_full); otherwise the
 item says ``"withheld": true`` and keeps what names no one (id, destination, status, attempts,
-times, the error), so operations still see, and can requeue, what failed.
+times, the error without the PACS's Error Comment, which may quote patient data), so operations
+still see, and can requeue, what failed.
 
 A requeue has patients' objects disclosed to a PACS again: it states its purpose of use too (none:
 403, unknown: 400), one of care or records management (RECORDMGT; another: 403,
@@ -28,7 +29,7 @@ from adapter.api.deps import ReaderDep, ServicesDep, UpdateContextDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.openapi import INVALID, JSON, READ, answers, ok, refusals
 from adapter.errors import InvalidQuery
-from adapter.services.forwarding import OUTBOX_STATUSES, OutboxEntry
+from adapter.services.forwarding import OUTBOX_STATUSES, OutboxEntry, without_error_comment
 
 router = APIRouter()
 
@@ -46,7 +47,7 @@ def _entry_json(entry: OutboxEntry, *, shown: bool) -> dict[str, Any]:
         "status": item.status,
         "attempts": item.attempts,
         "nextAttemptAt": _instant(item.next_attempt_at) if item.status == "pending" else None,
-        "lastError": item.last_error,
+        "lastError": item.last_error if shown else without_error_comment(item.last_error),
         "record": {"reference": entry.record} if entry.record and shown else None,
         "created": _instant(item.created),
         "updated": _instant(item.updated),
