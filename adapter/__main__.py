@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -208,26 +208,39 @@ def serve(settings: Settings) -> int:
                     "the organisation's policy (set ADAPTER_POLICY to the organisation's own)", settings.policy)
     if settings.http_workers > 1:
         _multiprocess_metrics(settings)
-    try:
-        # the SCP's, the forwarder's and the audit's; with one HTTP process, its too
-        services = build_services(settings, wait_for_database=True)
-    except AdapterError as exc:
-        # the policy, tables and store are checked here: each message names its own cause
-        if unreachable(exc):
-            log.error("cannot start: the database did not answer within ADAPTER_DATABASE_START_WAIT (%g s); the "
-                      "lines before say why", settings.database_start_wait)
-        else:
-            log.error("cannot start: %s", exc.diagnostics)
-        return 2
-    application = this_application(settings, serves_dicom=settings.dicom_enabled)
-    try:
-        services.auditor.record_application_activity(application, start=True, launcher=operating_system_account())
-    except AdapterError as exc:
-        services.close()
-        log.error("cannot start: its start cannot be audited: %s", exc.diagnostics)
-        return 2
+    # from here a stop signal ends the start too: the wait for the database (adapter.store.reach)
+    # can be long, and as a container's PID 1 a signal without a handler is ignored (docker stop
+    # would wait for its SIGKILL); Ctrl-C would print a traceback
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {signum: signal.signal(signum, _raise_terminated) for signum in _STOP_SIGNALS} if main_thread else {}
+    try:
+        try:
+            # the SCP's, the forwarder's and the audit's; with one HTTP process, its too
+            services = build_services(settings, wait_for_database=True)
+        except AdapterError as exc:
+            # the policy, tables and store are checked here: each message names its own cause
+            if unreachable(exc):
+                log.error("cannot start: the database did not answer within ADAPTER_DATABASE_START_WAIT (%g s); "
+                          "the lines before say why", settings.database_start_wait)
+            else:
+                log.error("cannot start: %s", exc.diagnostics)
+            _restore_handlers(previous)
+            return 2
+        application = this_application(settings, serves_dicom=settings.dicom_enabled)
+        try:
+            services.auditor.record_application_activity(application, start=True,
+                                                         launcher=operating_system_account())
+        except BaseException as exc:
+            services.close()
+            if isinstance(exc, AdapterError):
+                log.error("cannot start: its start cannot be audited: %s", exc.diagnostics)
+                _restore_handlers(previous)
+                return 2
+            raise
+    except _Terminated as stop:  # before the start was recorded: nothing ran, nothing to record
+        log.info("stopped by %s while starting: nothing was started", signal.Signals(stop.signum).name)
+        _end_by_signal(stop.signum, previous)
+        return 0
     ended_by: int | None = None
     scp: StoreSCP | None = None
     failure: str | None = None  # why the service did not run: the stop's outcomeDesc (outcome 8)
@@ -262,17 +275,28 @@ def serve(settings: Settings) -> int:
         failure = f"ended by {type(exc).__name__}"
         raise
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _restore_handlers(previous)
         if scp is not None:
             scp.stop()
         services.stop_forwarding()
         _record_stop(services, application, ended_by, failure)
         services.close()
         if ended_by is not None:
-            if previous.get(signal.Signals(ended_by)) is signal.default_int_handler:
-                signal.signal(ended_by, signal.SIG_DFL)  # ended by Ctrl-C, not by a traceback
-            signal.raise_signal(ended_by)
+            _end_by_signal(ended_by, previous)
+
+
+def _restore_handlers(previous: dict[signal.Signals, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _end_by_signal(signum: int, previous: dict[signal.Signals, Any]) -> None:
+    """End the process by ``signum`` under the handlers it had before ``serve`` (exit status 143
+    for SIGTERM from a shell, 130 for Ctrl-C without a traceback; as PID 1, 0)."""
+    _restore_handlers(previous)
+    if previous.get(signal.Signals(signum)) is signal.default_int_handler:
+        signal.signal(signum, signal.SIG_DFL)  # ended by Ctrl-C, not by a traceback
+    signal.raise_signal(signum)
 
 
 #: How long the stop waits for its own AuditEvent to be written (README, Stopping).
@@ -306,8 +330,6 @@ def _record_stop(services: Services, application: Application, ended_by: int | N
 
 
 def _serve_http(settings: Settings, services: Services | None = None) -> int:
-    from typing import Any
-
     import uvicorn
 
     from adapter.api.asgi import STARTUP_FAILURE, SUPERVISOR_PID_ENV, build_app, settings_environment

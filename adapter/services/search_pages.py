@@ -79,14 +79,16 @@ class SearchPages:
         view hides) and the keys (the stored ids, in care's view) are not shown, and a client
         cannot make up a snapshot to learn when records were stored."""
         return self._seal(_CURSOR_AAD + resource_type.encode(),
-                          {"s": cursor.snapshot, "v": cursor.view, "a": cursor.after, "b": cursor.before})
+                          {"s": cursor.snapshot, "v": cursor.view, "a": cursor.after, "b": cursor.before,
+                           "q": cursor.query})
 
     def open_cursor(self, resource_type: str, token: str) -> PageCursor:
         """The PageCursor a ``_cursor`` of this server holds; refused as :meth:`open` refuses."""
         content = self._open(_CURSOR_AAD + resource_type.encode(), token, CURSOR_PARAM, resource_type)
         return PageCursor(snapshot=tuple((str(t), str(i)) for t, i in content["s"]), view=str(content["v"]),
                           after=tuple(str(k) for k in content["a"]) if content["a"] is not None else None,
-                          before=tuple(str(k) for k in content["b"]) if content["b"] is not None else None)
+                          before=tuple(str(k) for k in content["b"]) if content["b"] is not None else None,
+                          query=str(content.get("q", "")))
 
     def _seal(self, aad: bytes, content: Any) -> str:
         plain = json.dumps({"iat": int(self._now().timestamp()), "p": content}, separators=(",", ":")).encode()

@@ -124,6 +124,9 @@ class PageCursor:
     view: str
     after: tuple[str, ...] | None = None
     before: tuple[str, ...] | None = None
+    #: The search the cursor pages (a digest of its parameters, adapter.api.routes.fhir): a link
+    #: followed with another filter or order is refused, not answered with a page of another search.
+    query: str = ""
 
 
 @dataclass(frozen=True)

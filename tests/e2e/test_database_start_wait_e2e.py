@@ -6,6 +6,8 @@ refused. Before, a database container started a moment after the adapter's ended
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,9 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_or_skip
 from tests.support.orthanc import free_ports
 from tests.support.postgres import postgres_schema
 from tests.support.server import running_adapter
@@ -122,3 +125,60 @@ def test_serve_does_not_wait_for_a_database_that_refused(tmp_path: Path) -> None
     assert done.returncode == 2, done.stderr[-2000:]
     assert "does not exist" in done.stderr and "trying again" not in done.stderr, done.stderr[-2000:]
     assert took < 30, f"waited {took:.0f} s for a database that does not exist"
+
+
+def _waiting(tmp_path: Path, command: list[str]) -> subprocess.Popen[str]:
+    """``command`` (serve, perhaps under unshare) waiting for a database nobody answers for."""
+    [port, http, dicom] = free_ports(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")} | {
+        "ADAPTER_DATA_DIR": str(tmp_path / "data"), "ADAPTER_HTTP_PORT": str(http), "ADAPTER_DICOM_PORT": str(dicom),
+        "ADAPTER_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{port}/test",
+        "ADAPTER_DATABASE_START_WAIT": "120", "ADAPTER_DICOM_ENABLED": "false"}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    lines: list[str] = []
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:  # until it waits
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "trying again in" in line or not line:
+            break
+    assert "trying again in" in lines[-1], "".join(lines)[-2000:]
+    return proc
+
+
+def _stopped(proc: subprocess.Popen[str], signum: int, *, pid: int | None = None) -> tuple[int, str]:
+    os.kill(pid or proc.pid, signum)
+    try:
+        out, _ = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"still waiting 15 s after the signal: {out[-2000:]}") from None
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_wait_at_once_without_a_traceback(tmp_path: Path, signum: signal.Signals) -> None:
+    # re-verification R2: Ctrl-C during the wait printed an 88-line traceback
+    proc = _waiting(tmp_path, [sys.executable, "-m", "adapter", "serve"])
+    status, out = _stopped(proc, signum)
+    assert status == -signum, out[-2000:]  # ended by the signal, as a stop while serving is
+    assert f"stopped by {signum.name} while starting" in out and "Traceback" not in out, out[-2000:]
+
+
+def test_as_pid_1_sigterm_ends_the_wait(tmp_path: Path) -> None:
+    """Re-verification R1: as a container's PID 1 (the Dockerfile's CMD) SIGTERM was ignored for
+    the whole wait (no handler yet, and the kernel ignores a PID 1's default action): docker
+    stop waited for its SIGKILL. In a PID namespace of its own, as the deployer review did."""
+    unshare = shutil.which("unshare")
+    require_or_skip(unshare is not None and os.geteuid() == 0, "unshare and root are needed for a PID namespace")
+    assert unshare is not None
+    proc = _waiting(tmp_path, [unshare, "--pid", "--fork", "--kill-child", sys.executable, "-m", "adapter", "serve"])
+    # the adapter is unshare's child, PID 1 in its namespace: signal it by its outer pid
+    child = int(subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True,
+                               check=True).stdout.split()[0])
+    status, out = _stopped(proc, signal.SIGTERM, pid=child)
+    assert status == 0, out[-2000:]  # as PID 1: exit 0 (README, Stopping)
+    assert "stopped by SIGTERM while starting" in out, out[-2000:]

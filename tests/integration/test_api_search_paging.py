@@ -151,6 +151,27 @@ def test_a_cursor_is_sealed_and_bound_to_its_view(tmp_path: Path) -> None:
         assert both.status_code == 400
 
 
+def test_a_cursor_is_bound_to_its_search_not_to_the_page_size_or_format(tmp_path: Path) -> None:
+    """Re-verification R4: a GET link's ``_cursor`` followed with another filter or order gave a
+    plausible page of another search; now 400. The page size and format may change on the way."""
+    with adapter_client(tmp_path) as (client, _):
+        for n in range(4):
+            _photo(client, n)
+        treat = as_purpose("TREAT")
+        url = _next(client.get("/fhir/Media?_count=1&_sort=-_lastUpdated", headers=treat).json())
+        assert url is not None
+        for changed in (url.replace("_sort=-_lastUpdated", "_sort=_lastUpdated"),
+                        url.replace("_sort=-_lastUpdated&", ""),
+                        url + "&patient:identifier=" + OTHER["value"],
+                        url + "&_revinclude=Provenance:target"):
+            refused = client.get(changed, headers=treat)
+            assert refused.status_code == 400, (changed, refused.text)
+            assert refused.json()["issue"][0]["expression"] == ["_cursor"]
+        assert client.get(url, headers=treat).status_code == 200
+        resized = client.get(url.replace("_count=1", "_count=2") + "&_format=xml", headers=treat)
+        assert resized.status_code == 200, resized.text
+
+
 def test_a_patient_identifier_without_a_system_matches_it_in_any_system(tmp_path: Path) -> None:
     """Review finding F3: ``patient:identifier=MRN-0001`` (a token without a system, which
     search.html#token matches in any system) was refused (400 "takes system|value"): an EHR with

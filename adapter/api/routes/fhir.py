@@ -7,7 +7,9 @@ answer negotiated as XML is written from the JSON the route built."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import json
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -750,10 +752,23 @@ def _search_links(link: Callable[[list[tuple[str, str]]], str], params: list[tup
     if count == 0 or paging is None:
         return pages
     kept = [(k, v) for k, v in params if k not in ("_offset", CURSOR_PARAM)]
+    query = _query_digest(kept)
     for name, cursor in (("first_url", paging.first), ("next_url", paging.next), ("previous_url", paging.previous)):
         if cursor is not None:
-            pages[name] = link(kept + [(CURSOR_PARAM, services.search_pages.seal_cursor(resource_type, cursor))])
+            sealed = services.search_pages.seal_cursor(resource_type, dataclasses.replace(cursor, query=query))
+            pages[name] = link(kept + [(CURSOR_PARAM, sealed)])
     return pages
+
+
+#: What a paging link's cursor does not bind: where the page starts and how it is shown.
+_NOT_THE_SEARCH = frozenset({"_offset", CURSOR_PARAM, "_count", "_format", "_summary", "_elements", "_pretty"})
+
+
+def _query_digest(params: list[tuple[str, str]]) -> str:
+    """The search ``params`` name, as a cursor binds it: its filters, order, includes and total,
+    in any order of the parameters; not the page's size, place or format."""
+    search = sorted((k, v) for k, v in params if k not in _NOT_THE_SEARCH)
+    return hashlib.sha256(json.dumps(search, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
 def _lenient(prefer: str | None) -> bool:
@@ -780,6 +795,9 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
     how = parse_subsetting(params)
     if req.ignored:  # the links name only the parameters the search used (search.html#errors)
         params = [(k, v) for k, v in params if k[:40] not in req.ignored and f"{k[:40]}={v[:60]}" not in req.ignored]
+    if req.cursor is not None and req.cursor.query != _query_digest(params):
+        raise InvalidQuery(f"this {CURSOR_PARAM} link pages another search (its filters or order were changed): "
+                           "follow the links of a search answer as they are, or search again", expression=CURSOR_PARAM)
     params = _count_used(params)
     types = ["DocumentReference", "Media"] if version == "5" and resource_type == "DocumentReference" \
         else [resource_type]
