@@ -396,10 +396,10 @@ def extract_frame(ds: Dataset, number: int) -> ExtractedImage:
         NotFound: the object has no such frame (a document has none).
         the errors of :func:`extract_image`.
     """
+    if "PixelData" not in ds:  # a document: rendered whole (extract_image), it has no frame 1 either
+        raise NotFound("the instance has no frames")
     if number == 1:
         return extract_image(ds)
-    if "PixelData" not in ds:
-        raise NotFound("the instance has no frames")
     count = _int(ds.get("NumberOfFrames")) or 1
     if number > count:
         raise NotFound(f"the instance has {count} frame(s), not frame {number}")

@@ -42,7 +42,7 @@ from adapter.imaging.pdf import pdf_without_metadata
 from adapter.imaging.rendition import GreyLevels, Viewport, Window, rendered_with
 from adapter.imaging.thumbnail import RENDERED_TYPES, rendered_as, upright
 from adapter.mapping.codes import DICOM_UID_SYSTEM
-from adapter.mapping.dicom_fhir import PDF, extract_frame, grey_levels
+from adapter.mapping.dicom_fhir import PDF, extract_frame, extract_image, grey_levels
 from adapter.mapping.dicom_json import read_released
 from adapter.mapping.dicom_tables import ENCAPSULATED_PDF, DicomTables
 from adapter.mapping.pseudonym import Pseudonymizer
@@ -234,13 +234,13 @@ _RESULT_KEYS: dict[str, Callable[[DicomEntry], Any]] = {
 }
 
 
-def _rendered(content: DicomContent, max_pixels: int, frame: int = 1) -> ReleasedImage:
+def _rendered(content: DicomContent, max_pixels: int, frame: int | None = None) -> ReleasedImage:
     """A released DICOM object as its Binary's bytes and media type, in the decision's view (or
     its frame ``frame`` so: adapter.mapping.dicom_fhir.extract_frame). A restricted view's object
     holds its PDF without metadata already (adapter.mapping.dicom_deid): it is not cleaned a
     second time."""
     ds = read_released(content.data)
-    image = extract_frame(ds, frame)
+    image = extract_image(ds) if frame is None else extract_frame(ds, frame)
     data = bytes(image.data)
     if image.content_type != PDF:
         data = _image_in_view(data, image.content_type, content.decision.view, max_pixels)
@@ -932,12 +932,12 @@ class ScopedReader:
 
     def read_dicom_rendered(self, sop_instance_uid: str, *, study: str | None = None, series: str | None = None,
                             answerable: Callable[[ReleasedImage], object] | None = None,
-                            frame: int = 1) -> ReleasedImage:
+                            frame: int | None = None) -> ReleasedImage:
         """WADO-RS rendered: the released instance as its Binary's bytes and media type (the
         first JPEG frame, native pixels as PNG, a PDF), under :meth:`read_dicom_instance`'s
         decision; in the de-identified view image bytes with no metadata at all, as there.
-        ``frame``: another frame so (WADO-RS rendered frames); a frame the instance does not
-        hold is 404, audited as a read that failed. ``answerable``: as there, given the
+        ``frame``: a frame so (WADO-RS rendered frames); a frame the instance does not hold
+        (a document holds none) is 404, audited as a read that failed. ``answerable``: as there, given the
         rendered image."""
         made: list[ReleasedImage] = []
 
@@ -964,7 +964,7 @@ class ScopedReader:
             return None
         return ReleasedImage(data, media_type, rendered.break_glass)
 
-    def rendered_from(self, content: DicomContent, *, frame: int = 1) -> ReleasedImage:
+    def rendered_from(self, content: DicomContent, *, frame: int | None = None) -> ReleasedImage:
         """``content`` (an object :meth:`read_dicom_instance` released: decided already) as
         :meth:`read_dicom_rendered` renders it (its frame ``frame``). Nothing is read, decided or
         audited."""

@@ -95,6 +95,8 @@ INCLUDES = {"Provenance": ("Provenance:target",)}
 #: The paging parameter of the links a search answer gives (a server-defined parameter, as FHIR
 #: allows for paging, search.html#paging): the sealed PageCursor of the page it links to.
 CURSOR_PARAM = "_cursor"
+#: The result parameters a search takes once: each says one thing of the whole answer.
+_ONCE = frozenset({"_count", "_offset", "_sort", "_total", CURSOR_PARAM})
 _COMMON = {"_id", "patient", "subject", "_count", "_offset", "_total", "_lastUpdated", "_sort", CURSOR_PARAM}
 #: Parameters that shape the answer rather than filter it (not counted against MAX_CRITERIA).
 _CONTROL = _IGNORED | {"_count", "_offset", "_total", "_sort", "_summary", "_include", "_revinclude", CURSOR_PARAM}
@@ -411,11 +413,16 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         raise TooCostly(f"a search takes at most {MAX_CRITERIA} criteria ({len(filters)} given); "
                         "combine values of one parameter with commas (OR)")
     r5_names = {r5_name: name for name, r5_name in R5_NAMES.get(resource_type, {}).items()} if r5 else {}
+    given_once: set[str] = set()
     for name, value in params:
         base, _, modifier = _CHAINS.get(name, name).partition(":")
         base = r5_names.get(base, base)  # format-code, event-code: R5's names of format, event
         if base in _IGNORED:
             continue
+        if base in _ONCE:  # which of two would a client mean? (the last was taken, in silence)
+            if base in given_once:
+                raise InvalidQuery(f"{base} is given more than once: give it once", expression=base)
+            given_once.add(base)
         if base == "_summary":
             summary_count = summary_count or value == "count"
             continue
@@ -451,8 +458,6 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         elif base == "_offset":
             offset = page_param(name, value, 10**9)
         elif base == CURSOR_PARAM:
-            if cursor_token is not None:
-                raise InvalidQuery(f"one {CURSOR_PARAM}: follow a link as it was given", expression=CURSOR_PARAM)
             cursor_token = value
         elif base == "_sort":
             if value not in SORTS:

@@ -243,3 +243,36 @@ def test_rendered_frames_and_wado_uri_frame_number_render_any_frame(adapter: tup
     train = client.get(value(item, "00081190").split("testserver")[-1] + "/frames/2/rendered", headers=TRAIN)
     assert abs(int(np.asarray(picture(train).convert("RGB"))[..., 0].mean()) - 20) <= 3
     assert client.get(url_of(mf, "/frames/2/rendered"), headers=TRAIN).status_code == 404  # care's UIDs
+
+
+def test_a_document_has_no_frames_to_render_not_even_frame_1(adapter: tuple[FhirClient, Services],
+                                                             tmp_path: Path) -> None:
+    """Re-verification R6: ``frames/1/rendered`` and WADO-URI ``frameNumber=1`` of an Encapsulated
+    PDF gave the PDF, while frame 2 said the instance has no frames; now 404 for every frame of
+    a document, which is rendered whole by its instance's rendered resource (and without
+    frameNumber)."""
+    client, _ = adapter
+    _, pdf, _ = _photo_pdf_and_native(client, tmp_path)
+    assert client.get(url_of(pdf), headers=TREAT).headers["content-type"] == "application/pdf"
+    for n in (1, 2):
+        framed = client.get(url_of(pdf, f"/frames/{n}/rendered"), headers=TREAT)
+        assert framed.status_code == 404 and "no frames" in framed.json()["issue"][0]["diagnostics"], n
+    base = {"requestType": "WADO", "studyUID": pdf.StudyInstanceUID, "seriesUID": pdf.SeriesInstanceUID,
+            "objectUID": pdf.SOPInstanceUID}
+    assert client.get("/wado", params=base, headers=TREAT).headers["content-type"] == "application/pdf"
+    assert client.get("/wado", params={**base, "frameNumber": "1"}, headers=TREAT).status_code == 404
+
+
+def test_a_wado_uri_parameter_given_twice_is_refused_naming_it(adapter: tuple[FhirClient, Services],
+                                                               tmp_path: Path) -> None:
+    """Re-verification R5: a repeated frameNumber took the last in silence."""
+    client, _ = adapter
+    path = tmp_path / "mf.dcm"
+    mf = multiframe_file(path, frames=3)
+    assert stow(client, path.read_bytes()).status_code == 200
+    base = [("requestType", "WADO"), ("studyUID", mf.StudyInstanceUID), ("seriesUID", mf.SeriesInstanceUID),
+            ("objectUID", mf.SOPInstanceUID)]
+    for name, values in (("frameNumber", ("1", "2")), ("contentType", ("image/jpeg", "image/png"))):
+        refused(client.get("/wado", params=[*base, *((name, v) for v in values)], headers=TREAT), name)
+    assert client.get("/wado", params=[*base, ("frameNumber", "2")], headers=TREAT).status_code == 200
+

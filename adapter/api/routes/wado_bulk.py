@@ -226,7 +226,7 @@ _RENDERED = answers(ok(200, "the instance (or frame) as its FHIR Binary gives it
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered", responses=_RENDERED)
 async def retrieve_rendered(study: str, series: str, instance: str, request: Request, reader: ReaderDep,
                             accept: Annotated[str | None, Header()] = None) -> Response:
-    return await _rendered(reader, request, accept, study, series, instance, frame=1)
+    return await _rendered(reader, request, accept, study, series, instance, frame=None)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}/rendered",
@@ -258,8 +258,8 @@ _NO_RENDERED_STUDY = ("rendered studies and series are not supported: ask for ea
 
 
 async def _rendered(reader: Any, request: Request, accept: str | None, study: str, series: str, instance: str, *,
-                    frame: int) -> Response:
-    """The instance's (or one frame's) rendered resource; its query parameters read first (400
+                    frame: int | None) -> Response:
+    """The instance's (or, ``frame`` given, that frame's) rendered resource; its query parameters read first (400
     before any read), then the same decision as every retrieve of the instance."""
     parameters = rendering_parameters(list(request.query_params.multi_items()))
     chosen: list[ReleasedImage] = []

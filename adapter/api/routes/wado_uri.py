@@ -36,6 +36,7 @@ adapter's one quality, adapter.imaging).
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import partial
 
 from fastapi import APIRouter, Request
@@ -74,6 +75,11 @@ def _side(value: str | None, name: str) -> int | None:
     refusals(*READ_ONE, 406, *INVALID)))
 async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     q = request.query_params
+    # each parameter is one value (PS3.18 9.1.2; contentType's several are one comma list): which
+    # of two would a client mean? (the last was taken, in silence)
+    repeated = [name for name, n in Counter(name for name, _ in q.multi_items()).items() if n > 1]
+    if repeated:
+        raise InvalidQuery(f"{repeated[0][:40]} is given more than once: give it once", expression=repeated[0][:40])
     if q.get("requestType") != "WADO":
         raise InvalidQuery("requestType must be WADO", expression="requestType")
     study, series, instance = q.get("studyUID"), q.get("seriesUID"), q.get("objectUID")
@@ -96,7 +102,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     rows, columns = _side(q.get("rows"), "rows"), _side(q.get("columns"), "columns")
     wanted = _content_types(q.get("contentType"))
     syntax = q.get("transferSyntax")
-    if frame != 1 and wanted == [DICOM]:
+    if frame is not None and wanted == [DICOM]:
         raise InvalidQuery("frameNumber goes with a rendered contentType: application/dicom is the whole object",
                            expression="frameNumber")
     if syntax is not None and DICOM not in wanted:
@@ -113,7 +119,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
         rendered: ReleasedImage | None = None
         for media in preference:
             if media == DICOM:
-                if frame != 1:  # the object is the whole object: a frame is a rendered picture (PS3.18 9.1.2.2)
+                if frame is not None:  # the object is the whole object: a frame is a rendered picture (9.1.2.2)
                     continue
                 if syntax not in (None, "*", content.transfer_syntax):  # served as stored: never transcoded
                     raise NotAcceptable(f"transferSyntax: this instance is stored in {content.transfer_syntax} and "
@@ -156,11 +162,12 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     return chosen[-1]
 
 
-def _frame_number(value: str | None) -> int:
+def _frame_number(value: str | None) -> int | None:
     """``frameNumber`` (PS3.18 9.1.2.2): the frame of a multi-frame object to render, from 1 (a
-    frame the object does not hold is 404, as WADO-RS frames answer it); 1 when absent."""
+    frame the object does not hold, and any of a document, is 404, as WADO-RS frames answer it);
+    None when absent: the object as it renders."""
     if value is None:
-        return 1
+        return None
     if not is_digits(value) or len(value) > 9 or int(value) < 1:
         raise InvalidQuery("frameNumber takes a frame number from 1", expression="frameNumber")
     return int(value)
