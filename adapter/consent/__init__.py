@@ -3,7 +3,13 @@
 No I/O and no clock: callers pass the tables, the patient's Consents as grants, and ``now``.
 """
 
-from adapter.consent.decision import decide, decide_audit_export, decide_outbox_requeue, permitted_purposes
+from adapter.consent.decision import (
+    decide,
+    decide_audit_export,
+    decide_outbox_list,
+    decide_outbox_requeue,
+    permitted_purposes,
+)
 from adapter.consent.grants import grant_from_consent, grants_from_consent, inverted_period
 from adapter.consent.ingest import IngestAssessment, assess_ingest
 from adapter.consent.rules import ANY_PURPOSE, PurposeClass, classify_purpose
@@ -16,6 +22,7 @@ __all__ = [
     "classify_purpose",
     "decide",
     "decide_audit_export",
+    "decide_outbox_list",
     "decide_outbox_requeue",
     "grant_from_consent",
     "grants_from_consent",

@@ -191,6 +191,32 @@ def decide_audit_export(purpose: PurposeOfUse, tables: Tables) -> Decision:
     return Decision(permitted=True, reason=f"audit trail export for {code}", purpose=purpose, view=View.FULL)
 
 
+#: The organisation's operations (v3-ActReason HOPERAT): besides the purposes with care's full view,
+#: the one purpose ``GET /outbox`` may state, seeing every item withheld.
+OUTBOX_LIST_OPERATION = "HOPERAT"
+
+
+def decide_outbox_list(purpose: PurposeOfUse, tables: Tables) -> Decision:
+    """May the forwarding outbox be listed for ``purpose``? It lists the items of every patient,
+    each naming its record and original SOP Instance UID only where the purpose sees that record
+    in care's full view (adapter.services.access.ScopedReader.shown_in_full), and otherwise its
+    destination, status and times. A purpose with care's full view (care, break-glass, records
+    management, a patient's request: each record is then decided on its own) or the
+    organisation's operations themselves (HOPERAT: every item withheld) may; the purposes of
+    education and research, de-identified or pseudonymised (TRAIN, MLTRAINING, HRESCH, …), have
+    nothing to do with forwarding identified photos to the PACS, and even a withheld item says
+    that a patient had a photo forwarded then, one who may have consented to none of them."""
+    code = purpose.code
+    if _purpose_class(purpose, tables) is PurposeClass.UNKNOWN:
+        return Decision(permitted=False, reason="unknown purpose of use", purpose=purpose)
+    view = View(tables.purposes.codes[code].view)
+    if view is View.FULL or code == OUTBOX_LIST_OPERATION:
+        return Decision(permitted=True, reason=f"forwarding outbox for {code}", purpose=purpose, view=view)
+    return Decision(permitted=False, reason=f"the forwarding outbox is read for care, records management or the "
+                                            f"organisation's operations ({OUTBOX_LIST_OPERATION}), not for {code}",
+                    purpose=purpose)
+
+
 #: The operation that puts failed forwarding back in hand (v3-ActReason RECORDMGT, records
 #: management): besides care, the one purpose ``POST /outbox/requeue`` may state.
 OUTBOX_REQUEUE_OPERATION = "RECORDMGT"

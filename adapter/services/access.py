@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from adapter.consent import ANY_PURPOSE, decide, grants_from_consent
+from adapter.consent import ANY_PURPOSE, decide, decide_outbox_list, grants_from_consent
 from adapter.errors import (
     AdapterError,
     Forbidden,
@@ -348,7 +348,13 @@ class ScopedReader:
         full view: an operational list (the forwarding outbox) names a record beside its
         original SOP Instance UID, which no restricted view shows; for the others (and a
         reference that names nothing) it leaves both out. One audit event for ``what``. Also
-        whether break-glass released any of them (the answer says so)."""
+        whether break-glass released any of them (the answer says so). A purpose that may not read
+        the outbox at all (adapter.consent.decide_outbox_list) is refused (403), audited."""
+        listing = decide_outbox_list(self.ctx.purpose, self._tables)
+        if not listing.permitted:
+            self._auditor.record(self.ctx, interaction="search-type", action="E", decision=listing, entities=[],
+                                 patient=None, reason=f"{what}: {listing.reason}", refused=True)
+            raise Forbidden(listing.reason)
         shown: dict[str, tuple[Identifier | None, Decision]] = {}
         glass = False
         withheld = 0

@@ -949,14 +949,20 @@ def test_the_outbox_is_read_with_a_purpose_and_names_records_only_where_it_shows
         [care] = outbox(client)
         assert care["record"] == {"reference": receipt["record"]} and "withheld" not in care
         assert care["sopInstanceUid"] == receipt["dicom"]["sopInstanceUid"]
-        for purpose in ("TRAIN", "HRESCH"):
-            r = client.get("/outbox", headers=as_purpose(purpose))
-            assert r.status_code == 200
-            [item] = r.json()
-            assert item["withheld"] is True and item["status"] == "pending" and item["id"] == care["id"]
-            assert receipt["record"].split("/")[1] not in r.text and receipt["dicom"]["sopInstanceUid"] not in r.text
+        # the organisation's operations see every item, withheld
+        r = client.get("/outbox", headers=as_purpose("HOPERAT"))
+        assert r.status_code == 200
+        [item] = r.json()
+        assert item["withheld"] is True and item["status"] == "pending" and item["id"] == care["id"]
+        assert receipt["record"].split("/")[1] not in r.text and receipt["dicom"]["sopInstanceUid"] not in r.text
+        # education and research not at all, though the patient consented to both (privacy review
+        # F3: a withheld item still says that some patient had a photo forwarded, and when)
+        for purpose in ("TRAIN", "HRESCH", "MLTRAINING", "CLINTRCH"):
+            refused = client.get("/outbox", headers=as_purpose(purpose))
+            assert refused.status_code == 403 and "forwarding outbox is read for care" in refused.text, purpose
         reads = [e for e in services.store.list_audit(10) if "forwarding outbox" in e.get("outcomeDesc", "")]
-        assert len(reads) == 3 and "1 records shown, 0 withheld" in reads[-1]["outcomeDesc"]
+        assert len(reads) == 6 and "1 records shown, 0 withheld" in reads[-1]["outcomeDesc"]
+        assert [e["outcome"] for e in reads[:4]] == ["4"] * 4  # newest first: the four refusals
 
 
 # --------------------------------------------------------------------------- statuses and refusals
@@ -1361,7 +1367,7 @@ def test_a_pacs_refusal_reaches_the_outbox_and_the_audit_with_its_error_comment_
         [item] = outbox(client, status="failed")
         said = "C-STORE refused 0xC000 (Cannot Understand), Offending Element (0010,0021) IssuerOfPatientID"
         assert item["lastError"] == f'{said}; the PACS\'s Error Comment: "{comment}"', item
-        [withheld] = client.get("/outbox", headers=as_purpose("TRAIN")).json()
+        [withheld] = client.get("/outbox", headers=as_purpose("HOPERAT")).json()
         assert withheld["withheld"] is True and withheld["lastError"] == said
         [event] = forward_events(services)
         assert event["outcomeDesc"] == f'sent: {said}; the PACS\'s Error Comment: "{comment}"; ' \

@@ -14,6 +14,7 @@ from adapter.consent import (
     classify_purpose,
     decide,
     decide_audit_export,
+    decide_outbox_list,
     decide_outbox_requeue,
     permitted_purposes,
 )
@@ -710,6 +711,21 @@ def test_failed_outbox_items_are_requeued_only_for_care_or_records_management(co
 def test_failed_outbox_items_are_not_requeued_for_an_unknown_purpose_or_another_system_s_code() -> None:
     assert decide_outbox_requeue(PurposeOfUse("NOPE"), policy_variant()).reason == "unknown purpose of use"
     assert not decide_outbox_requeue(PurposeOfUse("RECORDMGT", "urn:other"), policy_variant()).permitted
+
+
+@pytest.mark.parametrize(("code", "permitted"), [
+    ("TREAT", True), ("COC", True), ("BTG", True), ("RECORDMGT", True), ("PATRQT", True), ("HOPERAT", True),
+    ("TRAIN", False), ("MLTRAINING", False), ("HTEST", False), ("HRESCH", False), ("CLINTRCH", False),
+    ("PUBHLTH", False), ("NOPE", False)])
+def test_the_outbox_is_listed_for_care_records_management_and_operations_not_education_or_research(
+        code: str, permitted: bool) -> None:
+    """Privacy review F3: TRAIN and HRESCH listed every patient's items (withheld, with their
+    times); the outbox is the organisation's operations', care's or records management's."""
+    d = decide_outbox_list(PurposeOfUse(code), policy_variant())
+    assert d.permitted is permitted, d.reason
+    if not permitted and code != "NOPE":
+        assert d.reason == ("the forwarding outbox is read for care, records management or the organisation's "
+                            f"operations (HOPERAT), not for {code}")
 
 
 def test_permitted_purposes_end_on_a_purpose_hierarchy_with_a_cycle() -> None:
