@@ -38,7 +38,10 @@ is X, Z or D is acted on, by name or by its VR's rule).
   contexts, so their copies cannot be linked to each other by UID.
 * **Pixel data**: the pixels are never changed and never cleaned. Encapsulated JPEG frames lose
   every APPn segment but JFIF and Adobe (the ICC profile too, and the dataset's ICCProfile) and
-  every COM (lossless segment surgery; e.g. EXIF/GPS that ``img2dcm -ka`` copies into frames);
+  every COM (lossless segment surgery; e.g. EXIF/GPS that ``img2dcm -ka`` copies into frames),
+  and each is written in its view's own way (fill bytes before its first scan:
+  adapter.imaging.unlinkable), so that no frame is the stored frame byte for byte, nor the other
+  view's copy of it;
   native pixel data is cut to its frames' length.
 * An element under a VR its tag does not allow (adapter.mapping.dicom_vr) stops the copy
   (NonConformingVR): the rules go by VR, so a StudyInstanceUID sent as LO would otherwise keep
@@ -100,6 +103,8 @@ from pydicom.uid import UID
 from adapter.errors import InvalidInput, UncleanableDocument, UndecodableImage
 from adapter.imaging.frame import encapsulated_jpeg
 from adapter.imaging.pdf import pdf_without_metadata
+from adapter.imaging.sniff import JPEG
+from adapter.imaging.unlinkable import DEIDENTIFIED_COPY, PSEUDONYMISED_COPY, unlinkable_copy
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
 from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs, dictionary_vr, vr_tolerated
@@ -295,7 +300,7 @@ def deidentify(ds: Dataset, *, uid_root: str, key: bytes) -> Dataset:
     Raises:
         ConfigurationError: ``uid_root`` is not a usable root or ``key`` is empty.
     """
-    out = _basic(ds, uid_root=uid_root, key=key, context=TRAIN_CONTEXT, keep_dates=False)
+    out = _basic(ds, uid_root=uid_root, key=key, context=TRAIN_CONTEXT, keep_dates=False, view_copy=DEIDENTIFIED_COPY)
     out.PatientIdentityRemoved = "YES"
     out.LongitudinalTemporalInformationModified = "REMOVED"
     _method(out, [DCM_BASIC_PROFILE], _not_cleaned(ds))
@@ -314,7 +319,8 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
     for name, value in (("pseudonym", pseudonym), ("pseudonym_issuer", pseudonym_issuer)):
         if not _PSEUDONYM_OK.match(value):
             raise InvalidInput(f"{name} cannot be a DICOM LO value (1..64 characters, no backslash)")
-    out = _basic(ds, uid_root=uid_root, key=key, context=HRESCH_CONTEXT, keep_dates=True)
+    out = _basic(ds, uid_root=uid_root, key=key, context=HRESCH_CONTEXT, keep_dates=True,
+                 view_copy=PSEUDONYMISED_COPY)
     out.PatientID = pseudonym
     out.IssuerOfPatientID = pseudonym_issuer
     # family name = the pseudonym; the "^" keeps dciodvfy from reading a one-component name as
@@ -339,7 +345,7 @@ def _not_cleaned(ds: Dataset) -> list[str]:
     return []
 
 
-def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: bool) -> Dataset:
+def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: bool, view_copy: int) -> Dataset:
     check_uid_root(uid_root)
     out = copy.deepcopy(ds)
     mapper = _UidMapper(uid_root, key, context)
@@ -350,7 +356,7 @@ def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: 
             if keyword in ds and keyword not in out:
                 setattr(out, keyword, "")
         _document_without_metadata(out)
-    _clean_frames(out)
+    _clean_frames(out, view_copy)
     meta = getattr(out, "file_meta", None)
     if meta is not None:
         for keyword in _META_REMOVE:
@@ -438,11 +444,13 @@ def _empty(ds: Dataset, elem: DataElement) -> None:
         ds[elem.tag].value = ""
 
 
-def _clean_frames(ds: Dataset) -> None:
+def _clean_frames(ds: Dataset, view_copy: int) -> None:
     """Encapsulated JPEG frames keep what decoding needs (JFIF, Adobe and the decoding
     segments; no other APPn, no COM and, as in the de-identified FHIR view's image, no ICC
-    profile, whose text tags can name a device or a person); native pixel data is cut to the
-    frames' own length (anything after them is no pixel)."""
+    profile, whose text tags can name a device or a person), each written in the view's own way
+    (``view_copy``: adapter.imaging.unlinkable, so that no frame is byte for byte the stored one, or
+    the other view's); native pixel data is cut to the frames' own length (anything after them
+    is no pixel)."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "")) if meta is not None else ""
     if "PixelData" in ds and syntax and syntax not in _JPEG_SYNTAXES and not ds["PixelData"].is_undefined_length:
@@ -452,10 +460,9 @@ def _clean_frames(ds: Dataset) -> None:
         return
     frames = int(ds.get("NumberOfFrames") or 1)
     originals = [bytes(f) for f in generate_frames(ds.PixelData, number_of_frames=frames)]
-    cleaned = [encapsulated_jpeg(f, keep_icc=False).join() for f in originals]
-    if all(c == o[:len(c)] and not o[len(c):].strip(b"\x00") for c, o in zip(cleaned, originals, strict=True)):
-        return  # nothing to cut (only trailing padding differs): keep the pixel data as it was
-    ds.PixelData = encapsulate(cleaned)
+    ds.PixelData = encapsulate([
+        unlinkable_copy(encapsulated_jpeg(f, keep_icc=False).join(), JPEG, view_copy, source=f, unlike=f)
+        for f in originals])
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True  # PS3.5 A.4: encapsulated is undefined length
 

@@ -41,6 +41,7 @@ from adapter.imaging import strip_but_orientation, strip_to_pixels_only, thumbna
 from adapter.imaging.pdf import pdf_without_metadata
 from adapter.imaging.rendition import GreyLevels, Viewport, Window, rendered_with
 from adapter.imaging.thumbnail import RENDERED_TYPES, rendered_as, upright
+from adapter.imaging.unlinkable import DEIDENTIFIED_COPY, PSEUDONYMISED_COPY, unlinkable_copy
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import PDF, extract_frame, extract_image, grey_levels
 from adapter.mapping.dicom_json import read_released
@@ -205,22 +206,27 @@ def _why_not_sent(exc: Exception) -> str:
     return exc.diagnostics if isinstance(exc, AdapterError) else f"the answer could not be made ({type(exc).__name__})"
 
 
-def _image_in_view(data: bytes, content_type: str, view: View, max_pixels: int) -> bytes:
+def _image_in_view(data: bytes, content_type: str, view: View, max_pixels: int, *, stored: bool = True) -> bytes:
     """A Binary's bytes as ``view`` releases them: the de-identified view gets image bytes with no
     metadata at all, turned upright when they were stored with an EXIF Orientation (without the
     tag they would lie on their side: adapter.imaging.thumbnail.upright; ``max_pixels`` bounds
     that decode); the pseudonymised view the same but for the orientation (no ICC profile: its
     text tags can name a person or a device, and the DICOM copies of both views drop it too);
-    both get a PDF without its metadata, its content as it is (adapter.imaging.pdf; one that
-    cannot be cleaned raises UncleanableDocument: not released); care and break-glass get them
-    as stored."""
+    each written in its view's own way (adapter.imaging.unlinkable: unlike the stored bytes,
+    ``data`` when ``stored``, and the other view's copy, the pixels the same); both get a PDF
+    without its metadata, its content as it is (adapter.imaging.pdf; one that cannot be cleaned
+    raises UncleanableDocument: not released); care and break-glass get them as stored.
+    ``stored`` False: ``data`` is a released copy already (a released DICOM object's frame)."""
     if view is View.FULL:
         return data
     if content_type.startswith("image/"):
+        unlike = data if stored else None
         if view is View.DEIDENTIFIED:
-            return strip_to_pixels_only(upright(data, content_type, max_pixels=max_pixels) or data, content_type)
+            stripped = strip_to_pixels_only(upright(data, content_type, max_pixels=max_pixels) or data, content_type)
+            return unlinkable_copy(stripped, content_type, DEIDENTIFIED_COPY, source=data, unlike=unlike)
         if view is View.PSEUDONYMISED:
-            return strip_but_orientation(data, content_type)
+            stripped = strip_but_orientation(data, content_type)
+            return unlinkable_copy(stripped, content_type, PSEUDONYMISED_COPY, source=data, unlike=unlike)
     if content_type == PDF:
         return pdf_without_metadata(data)
     return data
@@ -243,7 +249,7 @@ def _rendered(content: DicomContent, max_pixels: int, frame: int | None = None) 
     image = extract_image(ds) if frame is None else extract_frame(ds, frame)
     data = bytes(image.data)
     if image.content_type != PDF:
-        data = _image_in_view(data, image.content_type, content.decision.view, max_pixels)
+        data = _image_in_view(data, image.content_type, content.decision.view, max_pixels, stored=False)
     return ReleasedImage(data, image.content_type, content.decision.break_glass, grey_levels(ds))
 
 

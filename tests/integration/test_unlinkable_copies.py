@@ -1,0 +1,188 @@
+"""No restricted copy of an image is the stored image byte for byte (adapter.imaging.unlinkable),
+over the real app: a posted JPEG and PNG with no ICC profile and no orientation (which the views'
+strips left as stored), and a JPEG frame received over STOW-RS, read as TREAT, TRAIN and HRESCH
+through the FHIR Binary (as the image and as application/dicom), WADO-RS rendered and frames and
+WADO-URI. TRAIN's and HRESCH's bytes differ from the stored bytes and from each other, their
+SHA-256 is neither the receipt's nor care's record identifier, and they decode to the very pixels
+care's do; the restricted DICOM objects pass dciodvfy and dcmtk decodes their frames."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.encaps import generate_frames
+
+from adapter.mapping.codes import DICOM_UID_SYSTEM
+from adapter.mapping.dicom_photo import encode_dataset
+from adapter.services.registry import Services
+from tests.conftest import require_or_skip
+from tests.support.app import FhirClient, adapter_client, as_purpose, consent_resource, post_photo, seen_as
+from tests.support.dciodvfy import dciodvfy, dciodvfy_missing, decode_check
+from tests.support.dcmtk import dcmtk_missing, wrap_jpeg_as_sc
+
+pytestmark = pytest.mark.integration
+
+SYSTEM, MRN = "urn:oid:2.999.1.1", "MRN-UNLINK-1"
+PATIENT = {"system": SYSTEM, "value": MRN}
+RESTRICTED = ("TRAIN", "HRESCH")
+
+
+def _plain_jpeg() -> bytes:
+    """A JPEG as a phone app may send it after its own cleaning: JFIF only, no ICC, no EXIF."""
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (180, 90, 60)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def _plain_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (20, 140, 200)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _pixels(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGBA").tobytes()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Iterator[tuple[FhirClient, Services]]:
+    with adapter_client(tmp_path) as pair:
+        client, _ = pair
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"], patient=PATIENT)).status_code \
+            == 201
+        yield pair
+
+
+def _posted(client: FhirClient, tmp_path: Path, name: str, data: bytes) -> dict[str, Any]:
+    path = tmp_path / name
+    path.write_bytes(data)
+    meta = {"patient": PATIENT, "kind": "clinical", "source": "clinician",
+            "consent": {"purposes": ["TREAT"], "method": "verbal"}}
+    r = post_photo(client, path, meta)
+    assert r.status_code == 201, r.text
+    receipt: dict[str, Any] = r.json()
+    return receipt
+
+
+def _care_identifiers(client: FhirClient) -> set[str]:
+    """Every SHA-256 care's records carry as an identifier."""
+    bundle = client.get("/fhir/Media?_count=100", headers=as_purpose("TREAT")).json()
+    return {ident["value"].removeprefix("urn:sha256:").lower()
+            for entry in bundle.get("entry", []) for ident in entry["resource"].get("identifier", [])
+            if "sha" in ident.get("system", "").lower() or len(ident.get("value", "")) == 64}
+
+
+def _binary(client: FhirClient, services: Services, purpose: str, binary: str, accept: str) -> bytes:
+    r = client.get(f"/fhir/{seen_as(services, purpose, binary)}", headers=as_purpose(purpose, Accept=accept))
+    assert r.status_code == 200, (purpose, r.status_code, r.text[:300])
+    return r.content
+
+
+def _check_views(copies: dict[str, bytes], stored: bytes, hashes: set[str]) -> None:
+    assert copies["TREAT"] == stored
+    assert _sha(stored) in hashes
+    train, hresch = copies["TRAIN"], copies["HRESCH"]
+    assert train != stored and hresch != stored and train != hresch
+    assert _sha(train) not in hashes and _sha(hresch) not in hashes
+    assert _pixels(train) == _pixels(stored) == _pixels(hresch)
+
+
+@pytest.mark.parametrize(("name", "make", "content_type"), [("plain.jpg", _plain_jpeg, "image/jpeg"),
+                                                             ("plain.png", _plain_png, "image/png")])
+def test_a_posted_photo_with_nothing_to_strip_is_another_file_in_each_restricted_view(
+        adapter: tuple[FhirClient, Services], tmp_path: Path, name: str, make: Any, content_type: str) -> None:
+    client, services = adapter
+    receipt = _posted(client, tmp_path, name, make())
+    stored = client.get(f"/fhir/{receipt['binary']}", headers=as_purpose("TREAT", Accept=content_type)).content
+    assert _sha(stored) == receipt["sha256"]["stored"]
+    hashes = {receipt["sha256"]["stored"], *_care_identifiers(client)}
+    copies = {p: _binary(client, services, p, receipt["binary"], content_type) for p in ("TREAT", *RESTRICTED)}
+    _check_views(copies, stored, hashes)
+    # the same bytes again: a copy is stable, not random
+    for purpose in RESTRICTED:
+        assert _binary(client, services, purpose, receipt["binary"], content_type) == copies[purpose]
+
+
+def _single_part(body: bytes, content_type: str) -> bytes:
+    message = BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    parts = [part.get_payload(decode=True) for part in message.walk() if not part.is_multipart()]
+    assert len(parts) == 1
+    payload = parts[0]
+    assert isinstance(payload, bytes)
+    return payload
+
+
+def _instance_url(client: FhirClient, purpose: str) -> str:
+    [found] = client.get("/dicomweb/instances", headers=as_purpose(purpose)).json()
+    study, series, sop = (found[tag]["Value"][0] for tag in ("0020000D", "0020000E", "00080018"))
+    return f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+
+
+def test_a_received_jpeg_frame_is_another_file_in_each_restricted_view(adapter: tuple[FhirClient, Services]) -> None:
+    client, services = adapter
+    ds = pydicom.dcmread(io.BytesIO(wrap_jpeg_as_sc(_plain_jpeg(), patient_id=MRN, strip=True)))
+    ds.IssuerOfPatientID, ds.Laterality = "HOSP", "R"
+    body = b"--b0\r\nContent-Type: application/dicom\r\n\r\n" + encode_dataset(ds) + b"\r\n--b0--\r\n"
+    r = client.post("/dicomweb/studies", content=body,
+                    headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0'})
+    assert r.status_code == 200, r.text
+    stored_frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    bundle = client.get(f"/fhir/Media?identifier={DICOM_UID_SYSTEM}|urn:oid:{ds.SOPInstanceUID}",
+                        headers=as_purpose("TREAT")).json()
+    [entry] = bundle["entry"]
+    binary = "Binary/" + entry["resource"]["content"]["url"].rsplit("Binary/", 1)[1]
+    hashes = _care_identifiers(client)
+    stored = client.get(f"/fhir/{binary}", headers=as_purpose("TREAT", Accept="image/jpeg")).content
+    assert stored.rstrip(b"\x00") == stored_frame.rstrip(b"\x00")
+
+    # the FHIR Binary as the image
+    _check_views({p: _binary(client, services, p, binary, "image/jpeg") for p in ("TREAT", *RESTRICTED)},
+                 stored, hashes)
+    # the DICOM object (FHIR Binary as application/dicom), its frame, WADO-RS frames and rendered, WADO-URI
+    objects: dict[str, bytes] = {}
+    for purpose in ("TREAT", *RESTRICTED):
+        obj = _binary(client, services, purpose, binary, "application/dicom")
+        objects[purpose] = obj
+        frame = bytes(next(generate_frames(pydicom.dcmread(io.BytesIO(obj)).PixelData, number_of_frames=1)))
+        url = _instance_url(client, purpose)
+        r = client.get(f"{url}/frames/1", headers=as_purpose(purpose, Accept='multipart/related; type="image/jpeg"'))
+        assert r.status_code == 200, r.text
+        wado_frame = _single_part(r.content, r.headers["content-type"])
+        rendered = client.get(f"{url}/rendered", headers=as_purpose(purpose, Accept="image/jpeg"))
+        assert rendered.status_code == 200
+        study, series, sop = url.split("/")[3::2]
+        wado = client.get(f"/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+                          "&contentType=application/dicom", headers=as_purpose(purpose))
+        assert wado.status_code == 200
+        wado_dicom_frame = bytes(next(generate_frames(pydicom.dcmread(io.BytesIO(wado.content)).PixelData,
+                                                      number_of_frames=1)))
+        for released in (frame, wado_frame, wado_dicom_frame, rendered.content):
+            if purpose == "TREAT":
+                assert released.rstrip(b"\x00") == stored.rstrip(b"\x00")
+                continue
+            assert released.rstrip(b"\x00") != stored.rstrip(b"\x00"), purpose
+            assert _sha(released) not in hashes and _sha(released.rstrip(b"\x00")) not in hashes
+            assert _pixels(released) == _pixels(stored)
+    train, hresch = (bytes(next(generate_frames(pydicom.dcmread(io.BytesIO(objects[p])).PixelData,
+                                                number_of_frames=1))) for p in RESTRICTED)
+    assert train != hresch
+
+    missing = dciodvfy_missing() or dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+    for purpose in ("TREAT", *RESTRICTED):  # the object as stored is valid, and so are its copies
+        released = pydicom.dcmread(io.BytesIO(objects[purpose]))
+        assert dciodvfy(released) == [], purpose
+        assert decode_check(released) == [], purpose
