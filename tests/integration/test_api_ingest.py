@@ -320,6 +320,26 @@ def test_personal_device_refused_when_policy_forbids(tmp_path: Path) -> None:
         assert post_photo(client, WOUND, metadata(device="organisation")).status_code == 201
 
 
+def test_where_personal_devices_are_forbidden_staff_state_theirs_and_patients_are_not_held_to_it(
+        tmp_path: Path) -> None:
+    """Review findings F8, F9: under ``personalAllowed: false`` a clinician's photo that left
+    ``device`` out was stored (the ban bypassed, the record silent on the device), while a
+    patient's upload truthfully marked ``device: personal`` was refused. Now the clinician's is
+    422 at ``device`` and the patient's is stored; over POST /fhir a record without its
+    capture-device extension is refused alike."""
+    with adapter_client(tmp_path, policy={"devices": {"personalAllowed": False}}) as (client, services):
+        body = _outcome(post_photo(client, WOUND, metadata()), 422)
+        assert body["issue"][0]["expression"] == ["device"] and _counts(services) == (0, 0)
+        patient = metadata(source="patient", consent=None, device="personal")
+        assert post_photo(client, WOUND, patient).status_code == 201
+        bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+        record = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media")
+        record["extension"] = [x for x in record["extension"] if not x["url"].endswith("/capture-device")]
+        counts = _counts(services)
+        _outcome(client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"}), 422)
+        assert _counts(services) == counts
+
+
 # -- failure cases: clear error, nothing stored --------------------------------------------------
 
 def test_not_an_image_is_415(tmp_path: Path) -> None:
