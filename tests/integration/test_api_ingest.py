@@ -424,12 +424,23 @@ def test_oversize_upload_is_413(tmp_path: Path) -> None:
       "consent": {"purposes": ["TREAT"], "method": "verbal", "date": "2024"}}, "consent.date"),
     ({"patient": PATIENT, "kind": "clinical", "source": "clinician",
       "consent": {"purposes": ["TREAT"], "method": "verbal", "date": 1715940000}}, "consent.date"),
+    # review F5: a time without its zone was cut to the date (FHIR dateTime needs the zone with a time)
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "takenAt": "2024-03-01T10:15:00"}, "takenAt"),
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "takenAt": "2024-03-01 10:15"}, "takenAt"),
 ])
 def test_invalid_metadata_points_at_the_element(tmp_path: Path, meta: dict, where: str) -> None:
     with adapter_client(tmp_path) as (client, services):
         body = _outcome(post_photo(client, WOUND, meta), 422)
         assert any(e.startswith(where) for e in body["issue"][0]["expression"]), body
         assert _counts(services) == (0, 0)
+
+
+@pytest.mark.parametrize("taken", ["2024-03-01", "2024-03-01T10:15:00Z", "2024-03-01T10:15:00.250+05:30",
+                                   "2024-03-01T10:15-08:00"])
+def test_a_taken_at_with_its_zone_or_a_date_alone_is_kept(tmp_path: Path, taken: str) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        r = post_photo(client, WOUND, metadata(takenAt=taken, bodySite="14975008", laterality="left"))
+        assert r.status_code == 201, r.text
 
 
 def test_missing_parts_and_wrong_content_type(tmp_path: Path) -> None:
