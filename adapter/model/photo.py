@@ -9,7 +9,15 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class PhotoKind(StrEnum):
@@ -242,6 +250,17 @@ class PhotoMetadata(_Model):
     _taken_as_text = field_validator("taken_at", mode="before")(_iso_text)
     _taken_with_zone = field_validator("taken_at", mode="before")(_time_with_zone)
     _taken_in_utc_calendar = field_validator("taken_at")(_in_utc_calendar)
+
+    @field_validator("laterality")
+    @classmethod
+    def _qualifies_a_body_site(cls, value: Laterality | None, info: ValidationInfo) -> Laterality | None:
+        """A laterality qualifies a body site (FHIR: the laterality extension of ``bodySite``;
+        DICOM ImageLaterality with the anatomic region): without ``bodySite`` it has nothing to
+        qualify and was dropped without a word. Refused; not when ``bodySite`` was given but
+        refused itself (not in ``info.data``), which its own error says."""
+        if value is not None and "body_site" in info.data and info.data["body_site"] is None:
+            raise ValueError("qualifies a body site: give bodySite (a SNOMED CT code) with it")
+        return value
 
 
 #: FHIR R4 JSON of an element as the stored record keeps it (a CodeableConcept, Coding or Identifier).

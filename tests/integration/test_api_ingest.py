@@ -427,11 +427,25 @@ def test_oversize_upload_is_413(tmp_path: Path) -> None:
     # review F5: a time without its zone was cut to the date (FHIR dateTime needs the zone with a time)
     ({"patient": PATIENT, "kind": "document", "source": "clinician", "takenAt": "2024-03-01T10:15:00"}, "takenAt"),
     ({"patient": PATIENT, "kind": "document", "source": "clinician", "takenAt": "2024-03-01 10:15"}, "takenAt"),
+    # review F6: a laterality without the body site it qualifies was dropped
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "laterality": "left"}, "laterality"),
 ])
 def test_invalid_metadata_points_at_the_element(tmp_path: Path, meta: dict, where: str) -> None:
     with adapter_client(tmp_path) as (client, services):
         body = _outcome(post_photo(client, WOUND, meta), 422)
         assert any(e.startswith(where) for e in body["issue"][0]["expression"]), body
+        assert _counts(services) == (0, 0)
+
+
+def test_a_laterality_without_its_body_site_is_refused_alone(tmp_path: Path) -> None:
+    """Review F6: ``laterality`` without ``bodySite`` was stored without it (the side lost, the
+    app told all was stored): 422 at laterality. A bodySite refused for its form is not also
+    blamed on the laterality."""
+    with adapter_client(tmp_path) as (client, services):
+        issue = _outcome(post_photo(client, WOUND, metadata(laterality="left")), 422)["issue"][0]
+        assert issue["expression"] == ["laterality"] and "bodySite" in issue["diagnostics"]
+        issue = _outcome(post_photo(client, WOUND, metadata(bodySite="forearm", laterality="left")), 422)["issue"][0]
+        assert issue["expression"] == ["bodySite"]
         assert _counts(services) == (0, 0)
 
 
