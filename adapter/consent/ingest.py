@@ -84,11 +84,15 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
     * ``consent.writtenRequired`` refuses verbal consent for clinical photos: consent recorded
       by staff (a statement, or the Consent on file the photo rests on). A photo the patient sent
       still carries their implied consent for care (the guidance: the purpose it was sent for),
-      which documents care under it too. ``devices.personalAllowed: false`` refuses
-      ``device: personal``.
+      which documents care under it too.
+    * ``devices.personalAllowed: false`` is about staff photographing patients on their own
+      phones: a photo from a clinician or a colleague is refused with ``device: personal``, and
+      without ``device`` (fail closed: the ban is not bypassed by leaving the field out). A photo
+      the patient sent is taken on the patient's own device by nature: not held to it.
 
     Raises:
-        RequiredElementMissing: ``colleague`` or ``colleague.discussionNote`` is missing.
+        RequiredElementMissing: ``colleague`` or ``colleague.discussionNote`` is missing, or
+            ``device`` from staff where the policy forbids personal devices.
         UnknownCode: a purpose in ``consent.purposes`` is not a v3-ActReason code we know.
         BusinessRuleViolation: a personal device where the policy forbids it.
         ConsentRequired: consent for TREAT is missing, refused by an active deny Consent (for
@@ -157,9 +161,18 @@ def _check_statement_codes(meta: PhotoMetadata, tables: Tables) -> None:
 
 
 def _check_device(meta: PhotoMetadata, policy: Policy) -> None:
-    if meta.device is DeviceOwnership.PERSONAL and not policy.devices.personal_allowed:
-        raise BusinessRuleViolation("the organisation's policy forbids clinical photography on personal "
-                                    "devices", expression="device")
+    """The guidance's personal-device rule, for the photos staff take (clinician, colleague): a
+    patient's own upload comes from the patient's own device, which the rule is not about."""
+    if policy.devices.personal_allowed or meta.source is PhotoSource.PATIENT:
+        return
+    if meta.device is None:
+        raise RequiredElementMissing(
+            "the organisation's policy forbids staff to take patient photos on personal devices, so a photo "
+            f"from a {meta.source.value} source must state its capture device ('device': organisation)",
+            expression="device")
+    if meta.device is DeviceOwnership.PERSONAL:
+        raise BusinessRuleViolation("the organisation's policy forbids staff to take patient photos on personal "
+                                    "devices; take it on a device of the organisation", expression="device")
 
 
 def _check_statement_method(meta: PhotoMetadata, tables: Tables) -> None:

@@ -9,7 +9,15 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class PhotoKind(StrEnum):
@@ -49,7 +57,8 @@ class _Model(BaseModel):
 
 
 #: A date or a date and time as JSON text: ISO 8601 / FHIR dateTime with a full date (a time
-#: without its zone is the writer's local time, see adapter.mapping.consent).
+#: without its zone is the writer's local time, kept to the date, see adapter.mapping.consent; a
+#: photo's ``takenAt`` refuses it, :func:`_time_with_zone`).
 _ISO_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
                             r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?")
 
@@ -64,6 +73,19 @@ def _iso_text(value: Any) -> Any:
     if not isinstance(value, str) or not _ISO_DATE_TIME.fullmatch(value):
         raise ValueError("must be an ISO 8601 date or date and time as text: YYYY-MM-DD or "
                          "YYYY-MM-DDThh:mm:ss with Z or an offset")
+    return value
+
+
+def _time_with_zone(value: Any) -> Any:
+    """A photo's time taken with its time of day needs its zone (FHIR dateTime: "if hours and
+    minutes are specified, a timezone offset SHALL be populated", datatypes.html#dateTime): a
+    local time without one (as EXIF DateTimeOriginal and many phone APIs give it) cannot be
+    stored as sent, and was cut to its date without a word, losing what tells apart the photos of
+    one wound taken on one day. Refused; a date alone (the time not known) is taken."""
+    match = _ISO_DATE_TIME.fullmatch(value) if isinstance(value, str) else None
+    if match is not None and match.group(1) and not match.group(4):
+        raise ValueError("a time needs its zone (FHIR dateTime): YYYY-MM-DDThh:mm:ss with Z or an offset "
+                         "such as +01:00, or a date alone (YYYY-MM-DD) when the time is not known")
     return value
 
 
@@ -226,7 +248,19 @@ class PhotoMetadata(_Model):
                     "DocumentReference.masterIdentifier, XDS uniqueId); else the adapter's")
 
     _taken_as_text = field_validator("taken_at", mode="before")(_iso_text)
+    _taken_with_zone = field_validator("taken_at", mode="before")(_time_with_zone)
     _taken_in_utc_calendar = field_validator("taken_at")(_in_utc_calendar)
+
+    @field_validator("laterality")
+    @classmethod
+    def _qualifies_a_body_site(cls, value: Laterality | None, info: ValidationInfo) -> Laterality | None:
+        """A laterality qualifies a body site (FHIR: the laterality extension of ``bodySite``;
+        DICOM ImageLaterality with the anatomic region): without ``bodySite`` it has nothing to
+        qualify and was dropped without a word. Refused; not when ``bodySite`` was given but
+        refused itself (not in ``info.data``), which its own error says."""
+        if value is not None and "body_site" in info.data and info.data["body_site"] is None:
+            raise ValueError("qualifies a body site: give bodySite (a SNOMED CT code) with it")
+        return value
 
 
 #: FHIR R4 JSON of an element as the stored record keeps it (a CodeableConcept, Coding or Identifier).

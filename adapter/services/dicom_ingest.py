@@ -119,7 +119,7 @@ from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed, vr_tolerated
 from adapter.mapping.fhir_r4 import index_resource
 from adapter.mapping.tables import Tables
 from adapter.model.dicom import DicomInstance, InstanceAttributes
-from adapter.model.photo import Colleague, Identifier, PatientRef, PhotoMetadata, PhotoSource
+from adapter.model.photo import Colleague, DeviceOwnership, Identifier, PatientRef, PhotoMetadata, PhotoSource
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.services.association_audit import RejectedAssociations
@@ -1197,9 +1197,12 @@ class DicomIngestService:
         the store when the rules look at them (for every kind, since a Consent denying TREAT
         refuses documents and secondary captures too): the versions on file, and only those not
         parsed before (:class:`ConsentGrantsCache`)."""
+        # device: the sender is a DICOM AE the deployment admits (a PACS, a modality), the
+        # organisation's equipment, not a staff phone the personal-device rule is about
         meta = PhotoMetadata(
             patient=PatientRef(system=obj.patient.system, value=obj.patient.value), kind=obj.kind,
-            source=RECEIVED_SOURCE, colleague=Colleague(name=f"AE {obj.calling_ae}", organisation=obj.institution))
+            source=RECEIVED_SOURCE, colleague=Colleague(name=f"AE {obj.calling_ae}", organisation=obj.institution),
+            device=DeviceOwnership.ORGANISATION)
         return assess_ingest(meta, _Lazy(lambda: self._grants.grants_for_patient(obj.patient)), self._tables, now)
 
     def _store_object(self, received: ReceivedStore, obj: ReceivedObject, binary: _Binary,

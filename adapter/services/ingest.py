@@ -3,8 +3,8 @@ DocumentReference, Binary, Consent, Provenance) in one atomic unit.
 
 Order of work (cheap refusals first, nothing visible until the single commit):
 1. idempotency replay by key (a replay, answered with the stored receipt, and a refused one, the
-   key reused for other bytes or the same photo with another consent statement, are audited as
-   every create is);
+   key reused for other bytes or the same photo with another consent statement or other metadata
+   (adapter.services.photo_description), are audited as every create is);
 2. the guidance and policy rules (adapter.consent.assess_ingest); a refusal by them is a
    decision, audited (an AuditEvent with outcome 4; nothing else is stored);
 3. metadata stripping by segment copy, decode proof, quality (adapter.imaging.sanitize); the
@@ -65,6 +65,7 @@ from adapter.model.purpose import RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.services.audit import Auditor
 from adapter.services.consent_grants import ConsentGrantsCache
+from adapter.services.photo_description import DESCRIPTION, answered, describe, differing
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
 
@@ -173,7 +174,7 @@ class IngestService:
                 return self._answer_replay(ctx, meta, lambda: IngestResult(receipt=previous, replayed=True))
             if unit.outbox and self.on_commit is not None:
                 self.on_commit()
-            return IngestResult(receipt=unit.receipt, replayed=False)
+            return IngestResult(receipt=answered(unit.receipt), replayed=False)
         finally:
             if isinstance(upload, Path):
                 upload.unlink(missing_ok=True)
@@ -223,24 +224,26 @@ class IngestService:
     def _answer_replay(self, ctx: RequestContext, meta: PhotoMetadata,
                        replay: Callable[[], IngestResult]) -> IngestResult:
         """The answer to a photo stored before: ``replay()``'s receipt if the request is a retry
-        of the one that stored it (same key, bytes, patient and consent statement), else its
-        refusal. Audited either way, as every other create is: the receipt answered (a create
+        of the one that stored it (same key, bytes, patient, consent statement and description),
+        else its refusal. Audited either way, as every other create is: the receipt answered (a create
         interaction that stored nothing new, naming the record it answers with) or the refusal
         (outcome 4, as the rules' refusals). A failure to write that audit fails the request
         (nothing was stored by it; the retry is answered the same)."""
         patient = meta.patient.identifier
         try:
-            result = self._same_master_identifier(self._same_statement(replay(), meta), meta)
+            result = self._same_description(
+                self._same_master_identifier(self._same_statement(replay(), meta), meta), meta)
         except (BusinessRuleViolation, Conflict) as exc:
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=patient, reason=exc.diagnostics, refused=True)
             raise
-        receipt = result.receipt
-        answered = [str(ref) for ref in (receipt.get("record"), receipt.get("binary"), *(receipt.get("consents") or ()),
+        receipt = answered(result.receipt)
+        result = IngestResult(receipt=receipt, replayed=True)
+        answered_refs = [str(ref) for ref in (receipt.get("record"), receipt.get("binary"), *(receipt.get("consents") or ()),
                                          receipt.get("provenance")) if ref]
         # no decision was taken (the metrics count decisions): the event alone
         self._store.append_audit(self._auditor.event(ctx, interaction="create", action="C", permitted=True,
-                                                     reason=REPLAYED, entities=answered, patient=patient))
+                                                     reason=REPLAYED, entities=answered_refs, patient=patient))
         return result
 
     def _same_statement(self, replay: IngestResult, meta: PhotoMetadata) -> IngestResult:
@@ -281,6 +284,23 @@ class IngestService:
         raise Conflict(f"this document is stored for the patient already ({replay.location}) under another "
                        "masterIdentifier: nothing was stored, this identifier neither (a document keeps the one it was "
                        "stored under)", expression="masterIdentifier")
+
+    @staticmethod
+    def _same_description(replay: IngestResult, meta: PhotoMetadata) -> IngestResult:
+        """``replay``, unless the request describes the photo otherwise than it was stored (its
+        kind, source, body site, laterality, note, takenAt, author, encounter, device,
+        colleague…: adapter.services.photo_description). A retry sends the same description;
+        answering another with the stored receipt would say the photo is stored as sent while
+        the difference is dropped (a corrected side, say): refused as a conflict (409), nothing
+        new stored, naming the fields that differ. A receipt stored before descriptions were
+        kept is answered as before."""
+        fields = differing(replay.receipt, meta)
+        if not fields:
+            return replay
+        raise Conflict(f"this photo is stored for the patient already as {replay.location} with other details "
+                       f"({', '.join(fields)}): nothing was stored, these details neither; a stored record is not "
+                       "updated here (a retry that describes the photo as it was stored gets its receipt)",
+                       expression=fields)
 
     @staticmethod
     def _replay(keyed: tuple[dict[str, Any], Identifier], meta: PhotoMetadata, upload: Path | bytes,
@@ -381,6 +401,8 @@ class IngestService:
             "warnings": warnings,
             "consentPending": assessment.consent_pending,
             "safeToDeleteFromDevice": True,
+            # kept with the receipt to compare a retry with, never answered (photo_description)
+            DESCRIPTION: describe(meta),
         }
         audit = self._auditor.event(ctx, interaction="create", action="C", permitted=True, reason=None,
                                     entities=created, patient=patient)

@@ -39,7 +39,8 @@ class TransactionService:
             result = self._ingest.ingest_photo(submission.image_bytes, submission.meta,
                                                idempotency_key=idempotency_key, ctx=ctx)
         except AdapterError as exc:
-            exc.expression = [_in_bundle(e, submission.entry_roles) for e in exc.expression]
+            # several fields of the record (a retry describing it otherwise) name its entry once
+            exc.expression = list(dict.fromkeys(_in_bundle(e, submission.entry_roles) for e in exc.expression))
             raise
         receipt = result.receipt
         locations: dict[str, str] = {ROLE_BINARY: receipt["binary"], ROLE_RECORD: receipt["record"]}

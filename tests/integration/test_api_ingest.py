@@ -320,6 +320,26 @@ def test_personal_device_refused_when_policy_forbids(tmp_path: Path) -> None:
         assert post_photo(client, WOUND, metadata(device="organisation")).status_code == 201
 
 
+def test_where_personal_devices_are_forbidden_staff_state_theirs_and_patients_are_not_held_to_it(
+        tmp_path: Path) -> None:
+    """Review findings F8, F9: under ``personalAllowed: false`` a clinician's photo that left
+    ``device`` out was stored (the ban bypassed, the record silent on the device), while a
+    patient's upload truthfully marked ``device: personal`` was refused. Now the clinician's is
+    422 at ``device`` and the patient's is stored; over POST /fhir a record without its
+    capture-device extension is refused alike."""
+    with adapter_client(tmp_path, policy={"devices": {"personalAllowed": False}}) as (client, services):
+        body = _outcome(post_photo(client, WOUND, metadata()), 422)
+        assert body["issue"][0]["expression"] == ["device"] and _counts(services) == (0, 0)
+        patient = metadata(source="patient", consent=None, device="personal")
+        assert post_photo(client, WOUND, patient).status_code == 201
+        bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+        record = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media")
+        record["extension"] = [x for x in record["extension"] if not x["url"].endswith("/capture-device")]
+        counts = _counts(services)
+        _outcome(client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"}), 422)
+        assert _counts(services) == counts
+
+
 # -- failure cases: clear error, nothing stored --------------------------------------------------
 
 def test_not_an_image_is_415(tmp_path: Path) -> None:
@@ -404,12 +424,37 @@ def test_oversize_upload_is_413(tmp_path: Path) -> None:
       "consent": {"purposes": ["TREAT"], "method": "verbal", "date": "2024"}}, "consent.date"),
     ({"patient": PATIENT, "kind": "clinical", "source": "clinician",
       "consent": {"purposes": ["TREAT"], "method": "verbal", "date": 1715940000}}, "consent.date"),
+    # review F5: a time without its zone was cut to the date (FHIR dateTime needs the zone with a time)
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "takenAt": "2024-03-01T10:15:00"}, "takenAt"),
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "takenAt": "2024-03-01 10:15"}, "takenAt"),
+    # review F6: a laterality without the body site it qualifies was dropped
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "laterality": "left"}, "laterality"),
 ])
 def test_invalid_metadata_points_at_the_element(tmp_path: Path, meta: dict, where: str) -> None:
     with adapter_client(tmp_path) as (client, services):
         body = _outcome(post_photo(client, WOUND, meta), 422)
         assert any(e.startswith(where) for e in body["issue"][0]["expression"]), body
         assert _counts(services) == (0, 0)
+
+
+def test_a_laterality_without_its_body_site_is_refused_alone(tmp_path: Path) -> None:
+    """Review F6: ``laterality`` without ``bodySite`` was stored without it (the side lost, the
+    app told all was stored): 422 at laterality. A bodySite refused for its form is not also
+    blamed on the laterality."""
+    with adapter_client(tmp_path) as (client, services):
+        issue = _outcome(post_photo(client, WOUND, metadata(laterality="left")), 422)["issue"][0]
+        assert issue["expression"] == ["laterality"] and "bodySite" in issue["diagnostics"]
+        issue = _outcome(post_photo(client, WOUND, metadata(bodySite="forearm", laterality="left")), 422)["issue"][0]
+        assert issue["expression"] == ["bodySite"]
+        assert _counts(services) == (0, 0)
+
+
+@pytest.mark.parametrize("taken", ["2024-03-01", "2024-03-01T10:15:00Z", "2024-03-01T10:15:00.250+05:30",
+                                   "2024-03-01T10:15-08:00"])
+def test_a_taken_at_with_its_zone_or_a_date_alone_is_kept(tmp_path: Path, taken: str) -> None:
+    with adapter_client(tmp_path) as (client, _):
+        r = post_photo(client, WOUND, metadata(takenAt=taken, bodySite="14975008", laterality="left"))
+        assert r.status_code == 201, r.text
 
 
 def test_missing_parts_and_wrong_content_type(tmp_path: Path) -> None:
@@ -532,6 +577,80 @@ def test_a_retry_with_another_consent_statement_is_refused_not_dropped(tmp_path:
         doc = post_photo(client, SAMPLES / "document.jpg", metadata(kind="document", consent=None))
         assert doc.status_code == 201 and doc.json()["consents"] == []
         _outcome(post_photo(client, SAMPLES / "document.jpg", metadata(kind="document")), 409)
+
+
+@pytest.mark.parametrize("changed", [{"laterality": "right"}, {"kind": "document", "consent": None},
+                                     {"note": "second note"}, {"takenAt": "2024-03-01T10:16:00Z"},
+                                     {"bodySite": "14975008"}, {"device": "personal"},
+                                     {"author": {"identifier": {"system": "urn:oid:2.999.1.2", "value": "dr-b"}}},
+                                     {"encounter": {"reference": "Encounter/78"}}, {"title": "other title"},
+                                     {"source": "colleague-internal", "colleague": {"name": "Dr C"}}])
+def test_a_retry_with_other_metadata_is_refused_not_dropped(tmp_path: Path, changed: dict[str, Any]) -> None:
+    """Review finding F1: the same photo re-sent for the same patient with other metadata (the
+    side corrected, another kind, a new note) got the original receipt, the change silently
+    dropped. Now 409 naming the differing fields, audited, nothing stored, by key and by bytes;
+    the same description still replays (the JSON spelled otherwise: the parsed content counts)."""
+    described = metadata(bodySite="14975008", laterality="left", note="first note",
+                         takenAt="2024-03-01T10:15:00+00:00", device="organisation",
+                         encounter={"reference": "Encounter/77"})
+    if "bodySite" in changed:
+        described["bodySite"] = "85562004"
+    with adapter_client(tmp_path) as (client, services):
+        first = post_photo(client, WOUND, described, headers={"Idempotency-Key": "md-1"})
+        assert first.status_code == 201, first.text
+        counts, audits = _counts(services), len(services.store.list_audit(100))
+        other = {k: v for k, v in {**described, **changed}.items() if v is not None}
+        for headers in ({"Idempotency-Key": "md-1"}, {}, {"Idempotency-Key": "md-2"}):
+            refused = post_photo(client, WOUND, other, headers=headers)
+            issue = _outcome(refused, 409)["issue"][0]
+            names = sorted(k for k in changed if k != "consent")
+            assert issue["expression"] == names, (issue, headers)
+            assert first.json()["record"] in issue["diagnostics"] and "not updat" in issue["diagnostics"]
+            assert "safeToDeleteFromDevice" not in refused.text and _counts(services) == counts
+            event = services.store.list_audit(1)[0]
+            assert event["outcome"] == "4" and names[0] in event["outcomeDesc"]
+        assert len(services.store.list_audit(100)) == audits + 3
+        # the same description replays, its JSON spelled otherwise (the offset as Z, keys reordered)
+        same = dict(reversed(list({**described, "takenAt": "2024-03-01T10:15:00Z"}.items())))
+        for headers in ({"Idempotency-Key": "md-1"}, {}):
+            again = post_photo(client, WOUND, same, headers=headers)
+            assert again.status_code == 201 and again.json() == first.json(), again.text
+            assert again.headers["idempotent-replayed"] == "true"
+        assert _counts(services) == counts
+
+
+def test_a_receipt_stored_without_its_description_still_replays(tmp_path: Path) -> None:
+    """Receipts stored before the description was kept with them (nothing to compare a retry
+    with) are answered as before: the original receipt."""
+    with adapter_client(tmp_path) as (client, services):
+        first = post_photo(client, WOUND, metadata(note="first"), headers={"Idempotency-Key": "old-1"})
+        assert first.status_code == 201
+        with services.store.engine.begin() as conn:  # type: ignore[attr-defined]
+            conn.execute(text("UPDATE receipts SET receipt = :r"), {"r": json.dumps(first.json())})
+        for headers in ({"Idempotency-Key": "old-1"}, {}):
+            again = post_photo(client, WOUND, metadata(note="changed"), headers=headers)
+            assert again.status_code == 201 and again.json() == first.json(), again.text
+
+
+def test_a_transaction_sent_again_replays_and_one_describing_otherwise_is_refused(tmp_path: Path) -> None:
+    """ITI-65 takes the same replay: the same Bundle again is answered as stored (200 OK each
+    entry); the Bundle with the record's note changed is 409 naming the record's element."""
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    headers = {"Content-Type": "application/fhir+json"}
+    with adapter_client(tmp_path) as (client, services):
+        first = client.post("/fhir", json=bundle, headers=headers)
+        assert first.status_code == 200, first.text
+        counts = _counts(services)
+        for extra in ({}, {"Idempotency-Key": "tx-md"}):
+            again = client.post("/fhir", json=bundle, headers={**headers, **extra})
+            assert again.status_code == 200, again.text
+            assert [e["response"]["status"] for e in again.json()["entry"]] == ["200 OK"] * len(bundle["entry"])
+        record = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media")
+        record["note"] = [{"text": "another note"}]
+        issue = _outcome(client.post("/fhir", json=bundle, headers=headers), 409)["issue"][0]
+        assert issue["expression"] == [f"Bundle.entry[{bundle['entry'].index(next(e for e in bundle['entry'] if e['resource'] is record))}].resource"]
+        assert "note" in issue["diagnostics"]
+        assert _counts(services) == counts
 
 
 def test_a_retry_of_a_patient_photo_with_its_implied_consent_statement_replays(tmp_path: Path) -> None:

@@ -267,6 +267,14 @@ def test_stow_stores_through_the_scp_path_and_answers_referenced_sops(adapter: t
     assert list((services.settings.data_dir / "staging").iterdir()) == []
 
 
+def test_stow_is_not_refused_for_want_of_a_device_where_personal_devices_are_forbidden(tmp_path: Path) -> None:
+    """An object a DICOM peer of the organisation sends (an admitted AE, not a staff phone) is not
+    held to the capture apps' duty to state their device under ``personalAllowed: false``."""
+    with adapter_client(tmp_path, policy={"devices": {"personalAllowed": False}}) as (client, _):
+        r = stow(client, received())
+        assert r.status_code == 200, r.text
+
+
 def test_stow_of_a_stored_instance_for_another_patient_is_a_conflict(adapter: tuple[FhirClient, Services]) -> None:
     """A SOP Instance UID stored for one patient, sent again for another: 409 with the instance in
     FailedSOPSequence, FailureReason 0xA900 (PS3.18 10.5.3: a conflict the request holds), audited,

@@ -384,10 +384,36 @@ def test_personal_device_is_refused_when_policy_forbids() -> None:
     assert type(err) is BusinessRuleViolation and err.expression == ["device"]
 
 
-@pytest.mark.parametrize("device", ["organisation", None])
-def test_other_devices_are_accepted_when_personal_is_forbidden(device: str | None) -> None:
-    meta = make_meta(device=device) if device else make_meta()
-    assert assess(meta, tables=policy_variant(devices={"personal_allowed": False})) == CLEAN
+def test_an_organisation_device_is_accepted_when_personal_is_forbidden() -> None:
+    assert assess(make_meta(device="organisation"), tables=policy_variant(devices={"personal_allowed": False})) == CLEAN
+
+
+@pytest.mark.parametrize("kind", ["clinical", "document"])
+@pytest.mark.parametrize("source", ["clinician", "colleague-internal", "colleague-external"])
+def test_a_staff_photo_not_stating_its_device_is_refused_when_personal_is_forbidden(source: str, kind: str) -> None:
+    """Review finding F9: the ban was bypassed by leaving ``device`` out (and the record then
+    said nothing of the device). Where personal devices are forbidden, staff state theirs."""
+    colleague = {"name": "Dr C", "discussionNote": "seen"} if source.startswith("colleague") else None
+    meta = make_meta(source=source, kind=kind, **({"colleague": colleague} if colleague else {}))
+    err = refused(meta, tables=policy_variant(devices={"personal_allowed": False}))
+    assert type(err) is RequiredElementMissing and err.expression == ["device"]
+    assert "device" in err.diagnostics
+    assert not assess(meta).consent_pending  # allowed by default: the device need not be stated
+
+
+@pytest.mark.parametrize("device", ["personal", None])
+def test_a_patients_own_photo_is_not_held_to_the_staff_device_rule(device: str | None) -> None:
+    """Review finding F8: a patient's upload from their own phone (``device: personal``, the
+    truth) was refused under ``personalAllowed: false``, a rule about staff photographing
+    patients on their own phones."""
+    meta = make_meta(source="patient", consent=None, **({"device": device} if device else {}))
+    assert assess(meta, tables=policy_variant(devices={"personal_allowed": False})).implied_purposes == ("TREAT",)
+
+
+def test_the_personal_device_refusal_fits_a_document_too() -> None:
+    err = refused(make_meta(kind="document", device="personal"),
+                  tables=policy_variant(devices={"personal_allowed": False}))
+    assert "clinical photography" not in err.diagnostics and "personal device" in err.diagnostics
 
 
 def test_personal_device_is_accepted_by_default() -> None:

@@ -1,0 +1,59 @@
+"""The description a photo was stored with, kept with its receipt so a retry can be compared with it.
+
+A retry of a stored photo (same patient and bytes, by ``Idempotency-Key`` or not) is answered with
+the original receipt only if it describes the photo as it was stored: a retry that corrects the
+side, the kind or the note would otherwise be told "stored" while the correction was dropped (a
+record is not updated by ``POST /photos`` or a transaction). The IETF Idempotency-Key draft
+(draft-ietf-httpapi-idempotency-key-header §2.7) refuses a key reused with another payload alike.
+
+What is compared is the parsed metadata (:class:`adapter.model.photo.PhotoMetadata`), not its
+JSON text: each field, as the model normalises it (``takenAt`` ``+00:00`` reads as ``Z``, keys in
+any order, an absent field as a null one), reduced to a digest. The consent statement is left
+out: it is compared with the Consent recorded (adapter.services.ingest ``_same_statement``),
+which may since have been updated. Digests, not values, so the receipts table holds no note or
+name of its own; one per field, so a refusal can name the fields that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from adapter.model.photo import PhotoMetadata
+
+#: The receipt's member holding the description (field name → digest). Stored with the receipt,
+#: never answered (:func:`answered`); a receipt stored before it was kept has none, and its
+#: retries are answered as before.
+DESCRIPTION = "_description"
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def describe(meta: PhotoMetadata) -> dict[str, str]:
+    """Each field of ``meta`` that says something (consent aside), by its name in the request
+    (``takenAt``, ``bodySite``…), with the digest of its normalised value. A field left at its
+    default (absent, null, an empty list) is not listed, so a field added to the model later
+    leaves the descriptions stored before it unchanged."""
+    fields = meta.model_dump(mode="json", by_alias=True, exclude={"consent"}, exclude_defaults=True)
+    return {name: _digest(value) for name, value in sorted(fields.items()) if value not in ({}, [], None)}
+
+
+def differing(receipt: Mapping[str, Any], meta: PhotoMetadata) -> list[str] | None:
+    """The fields in which ``meta`` describes the photo otherwise than the one ``receipt`` was
+    stored with (sorted; empty: the same description); None when the receipt keeps no description
+    (stored before descriptions were kept: nothing to compare)."""
+    stored = receipt.get(DESCRIPTION)
+    if not isinstance(stored, dict):
+        return None
+    wanted = describe(meta)
+    return sorted(name for name in stored.keys() | wanted.keys() if stored.get(name) != wanted.get(name))
+
+
+def answered(receipt: Mapping[str, Any]) -> dict[str, Any]:
+    """The receipt as the client gets it: without the description kept with it."""
+    return {key: value for key, value in receipt.items() if key != DESCRIPTION}
