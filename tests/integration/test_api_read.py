@@ -17,6 +17,7 @@ import pytest
 from adapter.mapping.photo import index_resource
 from adapter.model.record import NewResource
 from tests.conftest import ROOT, record_emitted
+from tests.integration.test_forwarding import photo_jpeg
 from tests.support.app import (
     PATIENT,
     adapter_client,
@@ -1618,9 +1619,12 @@ def test_every_r5_read_path_under_every_purpose(tmp_path: Path, purpose: str) ->
         receipts = [_ingest(client, **{k: v for k, v in meta.items() if k != "patient"}),
                     _ingest(client, SAMPLES / "document.jpg", kind="document"),
                     _ingest(client, SAMPLES / "lesion.png", kind="secondary", source="patient", consent=None),
-                    _ingest(client, kind="clinical", source="colleague-external", consent=None,
+                    # photos of their own: the wound again, described otherwise, is no retry (409); it
+                    # was answered with the first photo's receipt, and these two records were never made
+                    _ingest(client, photo_jpeg(tmp_path, 1), kind="clinical", source="colleague-external",
+                            consent=None,
                             colleague={"name": "Dr B", "organisation": "Other Trust", "discussionNote": "Seen"}),
-                    _ingest(client, kind="clinical", consent=None)]  # consent pending: break-glass only
+                    _ingest(client, photo_jpeg(tmp_path, 2), kind="clinical", consent=None)]  # pending: BTG only
         created = client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"], end="2099-01-01"),
                               headers={"Content-Type": "application/fhir+json"}).json()
         client.put(f"/fhir/Consent/{created['id']}", json={**created, "status": "inactive"},
