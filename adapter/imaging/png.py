@@ -235,7 +235,7 @@ def _image_data(view: memoryview, chunks: tuple[Chunk, ...]) -> tuple[list[memor
                 return whole, False
             stream = [view[c.start + 8:c.end - 4] for c in idats[:i]]
             stream.append(view[chunk.start + 8:chunk.start + 8 + fed - tail])
-            return [_chunk(b"IDAT", b"".join(stream))], True
+            return [make_chunk(b"IDAT", b"".join(stream))], True
     return whole, False
 
 
@@ -300,7 +300,7 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
                 if canonical is None:
                     removed.append("PNG iCCP that is no ICC profile")
                 elif bytes(payload) != canonical:
-                    kept.append(_chunk(b"iCCP", canonical))
+                    kept.append(make_chunk(b"iCCP", canonical))
                     removed.append("PNG iCCP profile name")
                 else:
                     kept.append(view[chunk.start:chunk.end])
@@ -311,7 +311,7 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
                 elif len(trns) == len(payload):
                     kept.append(view[chunk.start:chunk.end])
                 else:
-                    kept.append(_chunk(b"tRNS", bytes(trns)))
+                    kept.append(make_chunk(b"tRNS", bytes(trns)))
                     removed.append("PNG tRNS data after its defined length")
             elif _well_formed(chunk.type, payload, colour_type, palette):
                 kept.append(view[chunk.start:chunk.end])
@@ -327,7 +327,7 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
     if exif is not None and exif.orientation not in (None, 1):
         assert exif.orientation is not None
         # After the signature and IHDR (walk() checked that IHDR comes first).
-        kept.insert(2, _chunk(b"eXIf", orientation_only_tiff(exif.orientation)))
+        kept.insert(2, make_chunk(b"eXIf", orientation_only_tiff(exif.orientation)))
     stored = b"".join(kept)
     return Stripped(stored, layout.width, layout.height, tuple(dict.fromkeys(removed)), exif)
 
@@ -359,7 +359,7 @@ def strip_png_to_pixels_only(data: bytes) -> bytes:
             trns = _trns(view[chunk.start + 8:chunk.end - 4], colour_type, palette)
             if trns is not None:  # cut to its defined length, as in strip_png
                 parts.append(view[chunk.start:chunk.end] if len(trns) == chunk.end - chunk.start - 12
-                             else _chunk(b"tRNS", bytes(trns)))
+                             else make_chunk(b"tRNS", bytes(trns)))
         elif chunk.type == b"PLTE" and not _palette_kept(colour_type):
             continue
         elif chunk.type in CRITICAL or (chunk.type in PIXELS_ONLY_ANCILLARY and _well_formed(
@@ -376,6 +376,7 @@ def _check_crc(view: memoryview, chunk: Chunk) -> None:
         raise UndecodableImage(f"PNG {chunk.type.decode('ascii')} chunk fails its CRC check")
 
 
-def _chunk(ctype: bytes, payload: bytes) -> bytes:
+def make_chunk(ctype: bytes, payload: bytes) -> bytes:
+    """A chunk of type ``ctype`` holding ``payload``, with its length and CRC (§5.3)."""
     body = ctype + payload
     return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))

@@ -27,17 +27,16 @@ recognise it. Only the file hash stops being a key.
 
 from __future__ import annotations
 
-import struct
-import zlib
-
-from adapter.imaging.sniff import JPEG, PNG, PNG_SIGNATURE
+from adapter.errors import ImageTooLarge, UndecodableImage
+from adapter.imaging.jpeg import SOS
+from adapter.imaging.jpeg import walk as walk_jpeg
+from adapter.imaging.png import make_chunk
+from adapter.imaging.png import walk as walk_png
+from adapter.imaging.sniff import JPEG, PNG
 
 #: Which restricted copy (its counts: this + 1 and this + 3).
 DEIDENTIFIED_COPY = 0
 PSEUDONYMISED_COPY = 1
-
-_SOI, _SOS = 0xD8, 0xDA
-_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTm: no length
 
 
 def unlinkable_copy(data: bytes, content_type: str, copy: int, *, source: bytes | None = None,
@@ -45,7 +44,7 @@ def unlinkable_copy(data: bytes, content_type: str, copy: int, *, source: bytes 
     """``data`` (a view's stripped JPEG or PNG) as view ``copy`` (:data:`DEIDENTIFIED_COPY`,
     :data:`PSEUDONYMISED_COPY`) releases it (module docstring); ``source``: what ``data`` was made
     from (its count is kept when it is one of the view's); ``unlike``: bytes the copy must not be.
-    Anything that is not a JPEG or PNG whose header can be walked is returned as it is."""
+    Anything that is not a JPEG or PNG the project's walkers read is returned as it is."""
     counts = (1 + copy, 3 + copy)
     if content_type == JPEG:
         write, count_of = _jpeg_with_fill, _jpeg_fill
@@ -68,28 +67,19 @@ def _same(out: bytes, unlike: bytes) -> bool:
 
 def _first_scan(data: bytes) -> tuple[int, int] | None:
     """Where the first SOS marker's ``FF`` is and how many fill bytes precede it (after the
-    segment before it); None when the header does not walk by its lengths."""
-    n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != _SOI:
+    segment before it); None when the stream does not walk (adapter.imaging.jpeg.walk)."""
+    try:
+        layout = walk_jpeg(data)
+    except (UndecodableImage, ImageTooLarge):
         return None
-    pos = 2
-    while pos < n:
-        if data[pos] != 0xFF:
-            return None
-        code = pos
-        while code < n and data[code] == 0xFF:
-            code += 1
-        if code >= n or data[code] == 0x00:
-            return None
-        marker, start = data[code], code - 1
-        if marker == _SOS:
-            return start, start - pos
-        if marker in _STANDALONE:
-            pos = code + 1
-            continue
-        if code + 3 > n:
-            return None
-        pos = code + 1 + struct.unpack_from(">H", data, code + 1)[0]
+    before = 2  # after SOI
+    for segment in layout.segments:
+        if segment.marker == SOS:
+            fill = segment.start
+            while fill > before and data[fill - 1] == 0xFF:
+                fill -= 1
+            return segment.start, segment.start - fill
+        before = segment.end
     return None
 
 
@@ -107,20 +97,13 @@ def _jpeg_with_fill(data: bytes, count: int) -> bytes | None:
 
 
 def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
-    """Each chunk's type and where its data is (start, end); None when they do not walk."""
-    if not data.startswith(PNG_SIGNATURE):
+    """Each chunk's type and where its data is (start, end); None when the stream does not walk
+    (adapter.imaging.png.walk)."""
+    try:
+        layout = walk_png(data)
+    except UndecodableImage:
         return None
-    chunks, pos, n = [], len(PNG_SIGNATURE), len(data)
-    while pos + 12 <= n:
-        length, ctype = struct.unpack_from(">I4s", data, pos)
-        end = pos + 8 + length
-        if end + 4 > n:
-            return None
-        chunks.append((ctype, pos + 8, end))
-        pos = end + 4
-        if ctype == b"IEND":
-            return chunks
-    return None
+    return [(chunk.type, chunk.start + 8, chunk.end - 4) for chunk in layout.chunks]
 
 
 def _png_first_idat(data: bytes) -> int | None:
@@ -141,12 +124,7 @@ def _png_split(data: bytes, count: int) -> bytes | None:
         return None
     head = chunks[at[0]][1] - 8  # where the first IDAT chunk starts
     tail = chunks[at[-1]][2] + 4  # where the last one ends
-    return data[:head] + _chunk(b"IDAT", stream[:count]) + _chunk(b"IDAT", stream[count:]) + data[tail:]
-
-
-def _chunk(ctype: bytes, payload: bytes) -> bytes:
-    body = ctype + payload
-    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+    return data[:head] + make_chunk(b"IDAT", stream[:count]) + make_chunk(b"IDAT", stream[count:]) + data[tail:]
 
 
 __all__ = ["DEIDENTIFIED_COPY", "PSEUDONYMISED_COPY", "unlinkable_copy"]
