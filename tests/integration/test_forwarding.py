@@ -1345,6 +1345,16 @@ def test_a_pacs_error_comment_is_kept_bounded_and_without_control_characters() -
     assert many.error is not None and many.error.endswith(", ...") and many.error.count("(0010,") == 8
 
 
+def _one_attempt(services: Any) -> None:
+    """One forwarding attempt of the one item due, in this thread, over a real StoreSCU."""
+    scu = StoreSCU()
+    forwarder = forwarder_for(services, scu)
+    try:
+        wait_for(lambda: forwarder.run_once() == 1, what="the attempt")
+    finally:
+        scu.release()
+
+
 def test_a_pacs_refusal_reaches_the_outbox_and_the_audit_with_its_error_comment_and_the_log_without(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The PACS review (F5): outbox, audit and log said only "C-STORE refused 0xC000". lastError
@@ -1358,12 +1368,7 @@ def test_a_pacs_refusal_reaches_the_outbox_and_the_audit_with_its_error_comment_
             adapter_client(tmp_path, forward_to=dest) as (client, services):
         post_photo(client, photo_jpeg(tmp_path, 120), meta_for(120))
         client.post("/fhir/Consent", json=consent_resource(["TRAIN"]))
-        scu = StoreSCU()
-        forwarder = forwarder_for(services, scu)
-        try:
-            wait_for(lambda: forwarder.run_once() == 1, what="the attempt")
-        finally:
-            scu.release()
+        _one_attempt(services)
         [item] = outbox(client, status="failed")
         said = "C-STORE refused 0xC000 (Cannot Understand), Offending Element (0010,0021) IssuerOfPatientID"
         assert item["lastError"] == f'{said}; the PACS\'s Error Comment: "{comment}"', item
@@ -1385,12 +1390,7 @@ def test_a_pacs_warning_is_kept_on_the_sent_item_and_its_disclosure(
     with scp(status=refusal(0xB000, comment, 0x00100010)) as (dest, _received), \
             adapter_client(tmp_path, forward_to=dest) as (client, services):
         post_photo(client, photo_jpeg(tmp_path, 121), meta_for(121))
-        scu = StoreSCU()
-        forwarder = forwarder_for(services, scu)
-        try:
-            wait_for(lambda: forwarder.run_once() == 1, what="the attempt")
-        finally:
-            scu.release()
+        _one_attempt(services)
         [item] = outbox(client, status="sent")
         said = "stored with warning 0xB000 (Coercion of Data Elements), Offending Element (0010,0010) PatientName"
         assert item["lastError"] == f'{said}; the PACS\'s Error Comment: "{comment}"', item
