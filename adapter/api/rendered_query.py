@@ -73,7 +73,7 @@ def rendering_parameters(query: Sequence[tuple[str, str]]) -> RenderingParameter
             raise NotSupported("iccprofile: only no is supported (a rendered image carries no ICC profile)",
                                expression="iccprofile")
         raise InvalidQuery("iccprofile takes no, yes, srgb, adobergb or rommrgb", expression="iccprofile")
-    return RenderingParameters(viewport=_viewport(given.get("viewport")), quality=_quality(given.get("quality")),
+    return RenderingParameters(viewport=_viewport(given.get("viewport")), quality=quality_of(given.get("quality")),
                                window=_window(given.get("window")), no_icc_profile=icc is not None)
 
 
@@ -108,11 +108,13 @@ def _viewport(text: str | None) -> Viewport | None:
     return Viewport(vw, vh, sx, sy, sw, sh)
 
 
-def _quality(text: str | None) -> int | None:
+def quality_of(text: str | None, name: str = "quality") -> int | None:
+    """A lossy answer's quality, 1 to 100 (WADO-RS ``quality``, WADO-URI ``imageQuality``: ``name``);
+    None when not given. Raises InvalidQuery naming ``name`` for anything else."""
     if text is None:
         return None
     if not (is_digits(text) and len(text) <= 3 and 1 <= int(text) <= 100):
-        raise InvalidQuery("quality takes an integer from 1 to 100", expression="quality")
+        raise InvalidQuery(f"{name} takes an integer from 1 to 100", expression=name)
     return int(text)
 
 
@@ -135,4 +137,4 @@ def _window(text: str | None) -> Window | None:
     return Window(center, width, function)
 
 
-__all__ = ["MAX_SIDE", "RenderingParameters", "rendering_parameters"]
+__all__ = ["MAX_SIDE", "RenderingParameters", "quality_of", "rendering_parameters"]

@@ -29,7 +29,14 @@ from adapter.errors import InvalidQuery
 from adapter.imaging.frame import read_orientation
 from adapter.imaging.render import decode_pixels, opened
 from adapter.imaging.sniff import JPEG, PNG, check_declared
-from adapter.imaging.thumbnail import RENDERED_QUALITY, RENDERED_TYPES, whole_decode
+from adapter.imaging.thumbnail import (
+    RENDERED_QUALITY,
+    RENDERED_TYPES,
+    baseline_jpeg,
+    gif_of,
+    picture_of,
+    whole_decode,
+)
 
 #: The VOI LUT functions the ``window`` parameter names (PS3.18 8.3.5.1.4).
 WINDOW_FUNCTIONS = ("linear", "linear-exact", "sigmoid")
@@ -91,8 +98,7 @@ def rendered_with(data: bytes, content_type: str, media_type: str, *, viewport: 
             picture = _windowed(data, kind, window, grey, max_pixels)
         else:
             pixels = decode_pixels(data, kind, orientation=read_orientation(data, kind), max_pixels=max_pixels)
-            picture = Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows),
-                                      pixels.data)
+            picture = picture_of(pixels)
             del pixels
         if viewport is not None:
             picture = _in_viewport(picture, viewport)
@@ -157,17 +163,13 @@ def _in_viewport(picture: Image.Image, viewport: Viewport) -> Image.Image:
 
 def _encoded(picture: Image.Image, media_type: str, quality: int | None) -> bytes:
     """``picture`` as ``media_type``, with nothing but the pixels (and JFIF's header)."""
+    if media_type == "image/jpeg":
+        return baseline_jpeg(picture, quality=quality or RENDERED_QUALITY)
+    if media_type == "image/gif":
+        return gif_of(picture)
     picture.info = {}
     out = io.BytesIO()
-    if media_type == "image/jpeg":
-        picture.save(out, format="JPEG", quality=quality or RENDERED_QUALITY, optimize=False, progressive=False)
-    elif media_type == "image/png":
-        picture.save(out, format="PNG", optimize=False, compress_level=6)
-    else:
-        if picture.mode == "RGB":
-            picture = picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-        picture.info = {}
-        picture.save(out, format="GIF")
+    picture.save(out, format="PNG", optimize=False, compress_level=6)
     return out.getvalue()
 
 

@@ -58,10 +58,10 @@ def thumbnail_jpeg(data: bytes, content_type: str, *, rows: int, columns: int, m
     if kind != JPEG:  # a PNG: decoded whole to 8-bit samples (16-bit by their high bits), as rendered
         with _whole_decodes:  # memory: see WHOLE_DECODES_AT_ONCE
             pixels = decode_pixels(data, kind, max_pixels=max_pixels)
-            picture = _picture(pixels)
+            picture = picture_of(pixels)
             del pixels
             picture.thumbnail((columns, rows), Image.Resampling.LANCZOS)
-            return _jpeg(picture)
+            return baseline_jpeg(picture)
     with opened(data, "JPEG", max_pixels=max_pixels) as im:
         # the scale is chosen on the stored (unrotated) sides: the larger bound for both
         side = max(rows, columns)
@@ -69,7 +69,7 @@ def thumbnail_jpeg(data: bytes, content_type: str, *, rows: int, columns: int, m
         turned = ImageOps.exif_transpose(im)
         picture = turned.convert("L" if turned.mode == "L" else "RGB")
         picture.thumbnail((columns, rows), Image.Resampling.LANCZOS)
-    return _jpeg(picture)
+    return baseline_jpeg(picture)
 
 
 def rendered_as(data: bytes, content_type: str, media_type: str, *, max_side: int, max_pixels: int) -> bytes:
@@ -93,17 +93,12 @@ def rendered_as(data: bytes, content_type: str, media_type: str, *, max_side: in
         pixels = decode_pixels(data, kind, orientation=read_orientation(data, kind), max_pixels=max_pixels)
         if media_type == "image/png":
             return encode_png(pixels)
-        picture = _picture(pixels)
+        picture = picture_of(pixels)
         del pixels
         if media_type == "image/jpeg":
             picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            return _jpeg(picture, quality=RENDERED_QUALITY)
-        if picture.mode == "RGB":
-            picture = picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-        picture.info = {}
-        out = io.BytesIO()
-        picture.save(out, format="GIF")
-        return out.getvalue()
+            return baseline_jpeg(picture, quality=RENDERED_QUALITY)
+        return gif_of(picture)
 
 
 def upright(data: bytes, content_type: str, *, max_pixels: int) -> bytes | None:
@@ -137,12 +132,12 @@ def upright(data: bytes, content_type: str, *, max_pixels: int) -> bytes | None:
         return out.getvalue()
 
 
-def _picture(pixels: Pixels) -> Image.Image:
+def picture_of(pixels: Pixels) -> Image.Image:
     """Decoded 8-bit pixels (adapter.imaging.render.decode_pixels) as a Pillow image to encode anew."""
     return Image.frombytes("L" if pixels.samples == 1 else "RGB", (pixels.columns, pixels.rows), pixels.data)
 
 
-def _jpeg(picture: Image.Image, *, quality: int = THUMBNAIL_QUALITY) -> bytes:
+def baseline_jpeg(picture: Image.Image, *, quality: int = THUMBNAIL_QUALITY) -> bytes:
     """A baseline JPEG with nothing but the JFIF header. Pillow would write a comment (and may
     write other info) carried over from the source image's ``info``: it is emptied first."""
     picture.info = {}
@@ -151,11 +146,25 @@ def _jpeg(picture: Image.Image, *, quality: int = THUMBNAIL_QUALITY) -> bytes:
     return out.getvalue()
 
 
+def gif_of(picture: Image.Image) -> bytes:
+    """``picture`` as a GIF, in a palette of 256 colours of its own (GIF holds no more), with
+    nothing but the pixels."""
+    if picture.mode == "RGB":
+        picture = picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    picture.info = {}
+    out = io.BytesIO()
+    picture.save(out, format="GIF")
+    return out.getvalue()
+
+
 __all__ = [
     "RENDERED_QUALITY",
     "RENDERED_TYPES",
     "THUMBNAIL_QUALITY",
     "WHOLE_DECODES_AT_ONCE",
+    "baseline_jpeg",
+    "gif_of",
+    "picture_of",
     "rendered_as",
     "thumbnail_jpeg",
     "upright",

@@ -47,6 +47,7 @@ from adapter.api.accept import by_preference, media_ranges
 from adapter.api.deps import ReaderDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.openapi import INVALID, READ_ONE, answers, ok, refusals
+from adapter.api.rendered_query import quality_of
 from adapter.api.routes.wado_bulk import RENDERED_JPEG_MAX_SIDE, image_response
 from adapter.errors import InvalidQuery, NotAcceptable, NotSupported
 from adapter.model.decision import View
@@ -96,9 +97,7 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
     if q.get("anonymize") == "yes" and reader.purpose_view is not View.DEIDENTIFIED:
         raise NotSupported("anonymize=yes: de-identified objects are released for a purpose the patient consented "
                            "to (e.g. X-Purpose-Of-Use: TRAIN), not on request", expression="anonymize")
-    quality = q.get("imageQuality")
-    if quality is not None and not (is_digits(quality) and len(quality) <= 3 and 1 <= int(quality) <= 100):
-        raise InvalidQuery("imageQuality takes an integer from 1 to 100", expression="imageQuality")
+    quality_of(q.get("imageQuality"), "imageQuality")  # checked; it changes nothing (module docstring)
     rows, columns = _side(q.get("rows"), "rows"), _side(q.get("columns"), "columns")
     wanted = _content_types(q.get("contentType"))
     syntax = q.get("transferSyntax")
