@@ -81,14 +81,19 @@ def _via(url: str, port: int) -> tuple[str, tuple[str, int]]:
             (parsed.host or "127.0.0.1", parsed.port or 5432))
 
 
-def _serve(tmp_path: Path, url: str, wait: str) -> subprocess.CompletedProcess[str]:
+def _serve_env(tmp_path: Path, url: str, wait: str) -> dict[str, str]:
+    """The environment of a ``serve`` on free ports with its own data dir, the database at
+    ``url`` waited for ``wait`` seconds; no other ADAPTER_* setting of this process."""
     port, dicom = free_ports(2)
-    env = {"ADAPTER_DATA_DIR": str(tmp_path / "data"), "ADAPTER_HTTP_PORT": str(port),
-           "ADAPTER_DICOM_PORT": str(dicom), "ADAPTER_DATABASE_URL": url, "ADAPTER_DATABASE_START_WAIT": wait,
-           "ADAPTER_DATABASE_CONNECT_TIMEOUT": "2", "ADAPTER_DICOM_ENABLED": "false"}
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")} | env
-    return subprocess.run([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, env=full, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")} | {
+        "ADAPTER_DATA_DIR": str(tmp_path / "data"), "ADAPTER_HTTP_PORT": str(port), "ADAPTER_DICOM_PORT": str(dicom),
+        "ADAPTER_DATABASE_URL": url, "ADAPTER_DATABASE_START_WAIT": wait, "ADAPTER_DATABASE_CONNECT_TIMEOUT": "2",
+        "ADAPTER_DICOM_ENABLED": "false"}
+
+
+def _serve(tmp_path: Path, url: str, wait: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, env=_serve_env(tmp_path, url, wait),
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_serve_waits_for_a_database_that_answers_a_moment_later(tmp_path: Path) -> None:
@@ -129,11 +134,8 @@ def test_serve_does_not_wait_for_a_database_that_refused(tmp_path: Path) -> None
 
 def _waiting(tmp_path: Path, command: list[str]) -> subprocess.Popen[str]:
     """``command`` (serve, perhaps under unshare) waiting for a database nobody answers for."""
-    [port, http, dicom] = free_ports(3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")} | {
-        "ADAPTER_DATA_DIR": str(tmp_path / "data"), "ADAPTER_HTTP_PORT": str(http), "ADAPTER_DICOM_PORT": str(dicom),
-        "ADAPTER_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{port}/test",
-        "ADAPTER_DATABASE_START_WAIT": "120", "ADAPTER_DICOM_ENABLED": "false"}
+    [port] = free_ports(1)  # nothing listens there
+    env = _serve_env(tmp_path, f"postgresql+psycopg://postgres@127.0.0.1:{port}/test", "120")
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 60
