@@ -67,6 +67,7 @@ import errno
 import hashlib
 import io
 import logging
+import math
 import mmap
 import os
 import shutil
@@ -78,6 +79,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -85,6 +87,7 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, JPEGBaseline8Bit
 
 from adapter.consent import IngestAssessment, assess_ingest
@@ -855,8 +858,21 @@ def _check_dataset(ds: Dataset, *, file_meta: bool) -> None:
             error = NonConformingVR(tag, element.VR)
             raise InvalidInput(f"the {'file meta ' if file_meta else ''}element {error}",
                                expression=_where(tag)) from error
+        if element.VR in _NUMBER_VRS and not _are_finite_numbers(element.value):
+            raise InvalidInput(f"the element {_where(tag)} ({element.VR}) holds a value that is not a finite number",
+                               expression=_where(tag))
         for item in items or ():
             _check_dataset(item, file_meta=False)
+
+
+#: Decimal and integer strings: released as JSON numbers (DICOM JSON, PS3.18 F.2.3.1), which a
+#: value pydicom kept as text ("1,5") or read as NaN or infinity cannot be.
+_NUMBER_VRS = frozenset({"DS", "IS"})
+
+
+def _are_finite_numbers(value: Any) -> bool:
+    values = value if isinstance(value, MultiValue | list | tuple) else (value,)
+    return all(v is None or v == "" or (isinstance(v, int | float | Decimal) and math.isfinite(v)) for v in values)
 
 
 def _where(tag: int) -> str:

@@ -1126,6 +1126,40 @@ def test_an_element_the_adapter_could_not_release_is_refused(scp: StoreSCP, serv
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
+@pytest.mark.parametrize("value", [b"\xce     ", b"1,5   ", b"nan   ", b"-inf  ", b"1e400 ", b"12 x  "])
+@pytest.mark.parametrize("where", ["PatientWeight", "ReferencedImageSequence"])
+def test_a_number_that_is_not_a_finite_number_is_refused(scp: StoreSCP, services: Services, tmp_path: Path,
+                                                         value: bytes, where: str) -> None:
+    """An IS or DS value is released as a JSON number (DICOM JSON, PS3.18 F.2.3.1): one that is
+    no number, or no finite one, could not be, and is refused at ingest (0xC000, the element
+    named), in a sequence item too, instead of failing every WADO-RS metadata read later with a
+    server error (found by the seeded fuzzing of test_mutated_inputs)."""
+    path = tmp_path / "odd.dcm"
+    if where == "PatientWeight":
+        sent, tag = sc_file(path, PatientWeight="123456"), "(0010,1030)"
+    else:
+        item = pydicom.Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
+        item.ReferencedFrameNumber = "123456"
+        sent, tag = sc_file(path, ReferencedImageSequence=[item]), "(0008,1160)"  # the item's element
+    data = path.read_bytes()
+    assert data.count(b"123456") == 1
+    path.write_bytes(data.replace(b"123456", value))
+    with pytest.raises(InvalidInput) as refused, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the value it cannot read as a number
+        services.dicom_ingest.ingest_received(received_store(path, sent))
+    assert refused.value.expression == [tag]
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+@pytest.mark.parametrize("value", [b"70.5  ", b"-1e-3 ", b"+12   ", b" 7    "])
+def test_numbers_as_dicom_writes_them_are_stored(services: Services, tmp_path: Path, value: bytes) -> None:
+    path = tmp_path / "weight.dcm"
+    sent = sc_file(path, PatientWeight="123456")
+    path.write_bytes(path.read_bytes().replace(b"123456", value))
+    assert services.dicom_ingest.ingest_received(received_store(path, sent)).record
+
+
 def _stow_failure(client: FhirClient, part: bytes) -> int:
     """The FailureReason of a STOW-RS request of the one ``part``, refused (409)."""
     stowed = client.post("/dicomweb/studies", content=_related(part),

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode
 import pydicom
 import pytest
 from pydicom import config as pydicom_config
+from pydicom.uid import generate_uid
 
 from adapter.api.fhir_xml import from_xml
 from adapter.errors import AdapterError
@@ -109,7 +110,12 @@ def test_mutated_dicom_objects_are_refused_or_released_in_every_view(
     seeds = []
     for name, make in SEEDS.items():
         path = tmp_path / f"seed-{name}.dcm"
-        make(path)
+        ds = make(path)
+        # the same UIDs every run (the factories draw new ones), so the same mutations, the same objects
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(ds, keyword, generate_uid(entropy_srcs=[name, keyword]))
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(path, enforce_file_format=True)
         seeds.append((path.read_bytes(), pydicom.dcmread(path)))
     rnd = random.Random(1126)
     stored = refused = 0
