@@ -116,11 +116,11 @@ def test_mutated_dicom_objects_are_refused_or_released_in_every_view(
             setattr(ds, keyword, generate_uid(entropy_srcs=[name, keyword]))
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(path, enforce_file_format=True)
-        seeds.append((path.read_bytes(), pydicom.dcmread(path)))
+        seeds.append((name, path.read_bytes(), pydicom.dcmread(path)))
     rnd = random.Random(1126)
     stored = refused = 0
     for i in range(250):
-        raw, ds = rnd.choice(seeds)
+        name, raw, ds = rnd.choice(seeds)
         uid = str(ds.SOPInstanceUID)
         fresh = uid[:-12] + str(rnd.randrange(10**11, 10**12))  # same length: the lengths stay valid
         data = mutations(raw.replace(uid.encode(), fresh.encode()), rnd, start=132, head=1200)
@@ -144,9 +144,12 @@ def test_mutated_dicom_objects_are_refused_or_released_in_every_view(
         assert instance is not None
         for purpose in PURPOSES:
             headers = {"X-Purpose-Of-Use": purpose}
+            # a PDF a restricted view cannot take the metadata out of (damaged beyond what qpdf
+            # repairs) is refused in that view, 422, never released as stored (UncleanableDocument)
+            uncleanable = (422,) if name == "pdf" and purpose != "TREAT" else ()
             wado = client.get(f"/dicomweb/studies/{instance.study_instance_uid}/series/"
                               f"{instance.series_instance_uid}/instances/{fresh}", headers=headers)
-            assert wado.status_code in (200, 403, 404), (i, purpose, wado.text[:200])
+            assert wado.status_code in (200, 403, 404, *uncleanable), (i, purpose, wado.text[:200])
             # what a viewer asks next, in the purpose's released space: metadata, frames, bulk data
             view = VIEWS[purpose]
             released = "/".join(services.released_uids.uid(view, u) for u in (
@@ -161,15 +164,19 @@ def test_mutated_dicom_objects_are_refused_or_released_in_every_view(
                                 (f"{base}/thumbnail", "*/*"), (f"/dicomweb/studies/{study}/thumbnail", "image/*"),
                                 (f"{wado}", "*/*"), (f"{wado}&contentType=image/jpeg&rows=32", "*/*")):
                 answer = client.get(url, headers={**headers, "Accept": accept})
-                assert answer.status_code in (200, 403, 404, 406), (i, purpose, url, answer.text[:300])
+                assert answer.status_code in (200, 403, 404, 406, *uncleanable), (i, purpose, url, answer.text[:300])
                 if answer.status_code >= 400:
                     assert answer.json()["resourceType"] == "OperationOutcome"
+                if answer.status_code == 422:
+                    assert answer.json()["issue"][0]["diagnostics"].startswith("the PDF"), answer.text
             record = client.get(f"/fhir/{seen_as(services, purpose, result.record)}", headers=headers)
             assert record.status_code in (200, 403), (i, purpose, record.text[:200])
             for accept in ("application/dicom", "*/*", "application/fhir+json"):  # the object, the bytes, JSON
                 binary = client.get(f"/fhir/{seen_as(services, purpose, result.receipt['binary'])}",
                                     headers={**headers, "Accept": accept})
-                assert binary.status_code in (200, 403), (i, purpose, accept, binary.text[:200])
+                assert binary.status_code in (200, 403, *uncleanable), (i, purpose, accept, binary.text[:200])
+                if binary.status_code == 422:
+                    assert binary.json()["issue"][0]["diagnostics"].startswith("the PDF"), binary.text
     assert stored and refused  # both ways were taken
 
 
