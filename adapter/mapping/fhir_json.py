@@ -5,10 +5,14 @@ errors point at the element."""
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.reference import Reference
+from pydantic import BaseModel, ValidationError
 
 from adapter.errors import InvalidInput, InvalidResource
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long, unmatchable
@@ -24,7 +28,7 @@ def validate_model(resource_type: str, data: Mapping[str, Any], prefix: str) -> 
     become InvalidResource with FHIRPath-like expressions under ``prefix``."""
     model = getattr(importlib.import_module(f"fhir.resources.R4B.{R4B_MODULES[resource_type]}"), resource_type)
     try:
-        model.model_validate(data)
+        instance = model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
         where = [expression(prefix, e["loc"]) for e in errors[:10]]
@@ -34,6 +38,78 @@ def validate_model(resource_type: str, data: Mapping[str, Any], prefix: str) -> 
         # fhir.resources raises these (not ValidationError) for some wrong JSON types
         raise InvalidResource(f"invalid {resource_type}: an element has the wrong type ({type(exc).__name__})",
                               expression=prefix) from exc
+    check_as_read(instance, data, prefix)
+
+
+def check_as_read(instance: BaseModel, data: Mapping[str, Any], path: str) -> None:
+    """What the models read leniently, held against FHIR's JSON (https://hl7.org/fhir/R4/json.html)
+    and datatypes, walking the model read from ``data`` beside ``data`` itself:
+
+    * every primitive has its JSON type: a boolean ``true``/``false``, a number a JSON number, and
+      every other primitive a string (the models take ``"true"`` for a boolean, ``"5"`` for an
+      integer, and ``0`` for a dateTime, which they read as 1970, while the resource kept and
+      emitted says ``0``);
+    * a Reference's ``type`` names a resource type the element may refer to (Consent.patient a
+      Patient: https://hl7.org/fhir/R4/references.html#Reference, Reference.type).
+
+    Raises InvalidResource naming the element. Found by the seeded fuzzing of the Consent API, whose
+    stored Consents an independent validator then refused."""
+    for name, field in type(instance).model_fields.items():
+        key = field.alias or name
+        if key not in data:
+            continue
+        raw, read = data[key], getattr(instance, name, None)
+        pairs = (list(enumerate(zip(raw, read, strict=False))) if isinstance(raw, list) and isinstance(read, list)
+                 else [(None, (raw, read))])
+        for index, (raw_item, read_item) in pairs:
+            where = f"{path}.{key}" if index is None else f"{path}.{key}[{index}]"
+            if raw_item is None or read_item is None:
+                continue
+            if isinstance(read_item, BaseModel):
+                if isinstance(raw_item, Mapping):
+                    if isinstance(read_item, Reference) and read_item.type is not None:
+                        _check_reference_type(str(read_item.type), field.json_schema_extra, f"{where}.type")
+                    check_as_read(read_item, raw_item, where)
+            elif not _json_type_fits(raw_item, read_item):
+                raise InvalidResource(f"{where} has the wrong JSON type for its FHIR datatype ({_json_name(raw_item)}, "
+                                      f"not {_json_name_of_read(read_item)})", expression=where)
+
+
+def _json_type_fits(raw: Any, read: Any) -> bool:
+    if isinstance(read, bool):
+        return isinstance(raw, bool)
+    if isinstance(read, int | float | Decimal):
+        return isinstance(raw, int | float) and not isinstance(raw, bool)
+    return isinstance(raw, str)
+
+
+def _json_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an object" if isinstance(value, Mapping) else "an array" if isinstance(value, list) else "another type"
+
+
+def _json_name_of_read(read: Any) -> str:
+    if isinstance(read, bool):
+        return "a boolean"
+    return "a number" if isinstance(read, int | float | Decimal) else "a string"
+
+
+def _check_reference_type(value: str, extra: Any, where: str) -> None:
+    allowed = extra.get("enum_reference_types") if isinstance(extra, Mapping) else None
+    if allowed and "Resource" not in allowed:
+        if value not in allowed:
+            raise InvalidResource(f"{where} names a resource type this reference may not refer to (one of "
+                                  f"{', '.join(allowed)})", expression=where)
+        return
+    try:
+        get_fhir_model_class(value)
+    except (ValueError, KeyError):
+        raise InvalidResource(f"{where} is not a FHIR resource type", expression=where) from None
 
 
 def validate_r4_resource(resource: Mapping[str, Any]) -> None:
@@ -56,6 +132,10 @@ def expression(prefix: str, loc: Sequence[int | str]) -> str:
         elif part and not any(c in part for c in "[]()"):
             out += f".{part}"
     return out
+
+
+#: An absolute URI (RFC 3986 section 4.3): a scheme, a colon, and what follows it.
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s]+\Z")
 
 
 def check_json_representation(value: Any, path: str) -> None:
@@ -87,6 +167,11 @@ def check_json_representation(value: Any, path: str) -> None:
                             any(k.startswith("value") for k in element) == ("extension" in element):
                         raise InvalidResource(f"{where}[{i}] has either extensions or a value, not both and not "
                                               "neither (FHIR invariant ext-1)", expression=f"{where}[{i}]")
+                    if key in ("extension", "modifierExtension") and isinstance(element, dict) and \
+                            isinstance(element.get("url"), str) and not _ABSOLUTE_URI.match(element["url"]):
+                        raise InvalidResource(f"{where}[{i}].url is not an absolute URI (FHIR extensibility.html: "
+                                              "an extension's url identifies its definition)",
+                                              expression=f"{where}[{i}].url")
                     check_json_representation(element, f"{where}[{i}]")
             else:
                 check_json_representation(item, where)
