@@ -325,6 +325,33 @@ def _patient_refs(value: str, param: str, base_url: str | None) -> list[str]:
     return out
 
 
+def _patients_in_every(groups: Sequence[tuple[list[Identifier], list[str]]]) -> tuple[list[Identifier], list[str]]:
+    """The patient identifiers each of ``groups`` (repeats of ``patient:identifier``, each an OR
+    of identifiers and values in any system) names: repeated parameters AND (search.html#combining),
+    and a record has one patient, so it matches the repeats only by an identifier they all name.
+    A value in any system and an identifier of that value meet in the identifier."""
+    if not groups:
+        return [], []
+    identified, bare = list(groups[0][0]), list(groups[0][1])
+    for more_identified, more_bare in groups[1:]:
+        pairs = {(i.system, i.value) for i in more_identified}
+        kept = [i for i in identified if (i.system, i.value) in pairs or i.value in more_bare]
+        kept += [i for i in more_identified if i.value in bare and i not in kept]
+        identified, bare = kept, [v for v in bare if v in more_bare]
+    return list(dict.fromkeys(identified)), bare
+
+
+def _references_in_every(groups: Sequence[list[str]]) -> list[str]:
+    """The stored references each of ``groups`` (repeats of ``patient``, each an OR) matches:
+    repeated parameters AND, and a record has one patient reference."""
+    if not groups:
+        return []
+    common = list(dict.fromkeys(groups[0]))
+    for more in groups[1:]:
+        common = [r for r in common if r in more]
+    return common
+
+
 def _statuses(value: str, system: str | None) -> list[str]:
     """The codes a ``status`` value names (comma-separated, OR; ``code``, ``system|code`` or
     ``|code``): a code of another system matches nothing (search.html#token)."""
@@ -394,9 +421,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         raise UnsupportedResourceType(f"search on {resource_type} is not supported")
     r5_values = _R5_VALUES.get(resource_type, frozenset()) if r5 else frozenset()
     ids: list[str] | None = None
-    patients: list[Identifier] = []
-    patient_values: list[str] = []
-    refs: list[str] = []
+    patient_groups: list[tuple[list[Identifier], list[str]]] = []  # each a repeat of patient:identifier
+    ref_groups: list[list[str]] = []  # each a repeat of patient (a reference)
     dates: list[tuple[DateCriterion, ...]] = []
     last_updated: list[tuple[DateCriterion, ...]] = []
     status: list[str] | None = None
@@ -476,11 +502,9 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
             ids = named if ids is None else [v for v in ids if v in named]  # repeated: AND
         elif base in ("patient", "subject"):
             if modifier == "identifier":
-                identified, bare = _identifiers(value, base)
-                patients += identified
-                patient_values += bare
+                patient_groups.append(_identifiers(value, base))
             elif modifier in ("", "Patient"):
-                refs += _patient_refs(value, base, base_url)
+                ref_groups.append(_patient_refs(value, base, base_url))
             else:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
         elif allowed[base] == "reference":
@@ -509,9 +533,18 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
                 for token in alternatives:
                     _check_identifier_length(token.system or "", token.code, base)
             tokens.append(alternatives)
-    if len(patients) + len(patient_values) > MAX_VALUES:
-        raise TooCostly(f"a search names at most {MAX_VALUES} patient identifiers ({len(patients) + len(patient_values)} given); "
+    identifiers_given = sum(len(identified) + len(bare) for identified, bare in patient_groups)
+    if identifiers_given > MAX_VALUES:
+        raise TooCostly(f"a search names at most {MAX_VALUES} patient identifiers ({identifiers_given} given); "
                         "split the search", expression="patient")
+    patients, patient_values = _patients_in_every(patient_groups)
+    refs = _references_in_every(ref_groups)
+    if (patient_groups and not patients and not patient_values) or (ref_groups and not refs):
+        # repeats naming no patient in common: a record has one patient, so none matches (the
+        # first repeat is kept, so a view refusing a search by patient still refuses this one)
+        ids = []
+        patients, patient_values = patient_groups[0] if patient_groups else ([], [])
+        refs = ref_groups[0] if ref_groups else []
     if cursor_token is not None and offset:
         raise InvalidQuery(f"{CURSOR_PARAM} names the page: _offset cannot be given with it", expression="_offset")
     if summary_count:  # _summary=count: the total only, no entries

@@ -12,7 +12,15 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from tests.conftest import ROOT, record_emitted
-from tests.support.app import adapter_client, as_purpose, consent_resource, metadata, post_photo, seen_as
+from tests.support.app import (
+    PATIENT,
+    adapter_client,
+    as_purpose,
+    consent_resource,
+    metadata,
+    post_photo,
+    seen_as,
+)
 from tests.support.postgres import postgres_schema
 
 SAMPLES = ROOT / "samples"
@@ -602,3 +610,36 @@ def test_metadata_in_terminology_mode_is_refused_not_answered_with_the_capabilit
             issue = refused.json()["issue"][0]
             assert refused.json()["resourceType"] == "OperationOutcome" and issue["code"] == "not-supported"
         assert "TerminologyCapabilities" in client.get("/fhir/metadata?mode=terminology").json()["issue"][0]["diagnostics"]
+
+
+def test_repeated_patient_parameters_and_so_never_widen_a_search_to_another_patient(tmp_path: Path) -> None:
+    """Review finding (integration engine): ``patient.identifier=A&patient.identifier=B`` answered
+    both patients' records (an OR), so an engine adding its own patient filter to a caller's query
+    widened it to a second patient. Repeated parameters AND (search.html#combining); a record
+    has one patient, so repeats naming different patients match nothing; commas still OR."""
+    system = PATIENT["system"]
+    with adapter_client(tmp_path) as (client, _):
+        for mrn in ("MRN-0001", "MRN-0002"):
+            patient = {"system": system, "value": mrn, "reference": f"Patient/{mrn.lower()}"}
+            assert post_photo(client, SAMPLES / "wound.jpg", metadata(patient=patient)).status_code == 201
+
+        def total(query: str, resource: str = "Media") -> int:
+            answer = client.get(f"/fhir/{resource}?{query}", headers=TREAT)
+            assert answer.status_code == 200, answer.text
+            return int(answer.json()["total"])
+
+        one, two = f"{system}|MRN-0001", f"{system}|MRN-0002"
+        for param in ("patient:identifier", "patient.identifier", "subject:identifier"):
+            assert total(f"{param}={one}") == 1
+            assert total(f"{param}={one},{two}") == 2                      # a comma: OR
+            assert total(f"{param}={one}&{param}={two}") == 0              # repeated: AND
+            assert total(f"{param}={one}&{param}={one},{two}") == 1        # AND of ORs
+            assert total(f"{param}={one}&{param}=MRN-0001") == 1           # the value in any system
+            assert total(f"{param}=MRN-0001&{param}=MRN-0002") == 0
+            assert total(f"{param}={one}&{param}=urn:oid:2.999.9|MRN-0001") == 0  # another system
+        assert total(f"patient:identifier={one}&patient:identifier={two}", "Consent") == 0
+        for param in ("patient", "subject"):
+            assert total(f"{param}=Patient/mrn-0001") == 1
+            assert total(f"{param}=Patient/mrn-0001&{param}=Patient/mrn-0002") == 0
+            assert total(f"{param}=Patient/mrn-0001&{param}=mrn-0001,Patient/mrn-0002") == 1
+        assert total(f"patient:identifier={one}&patient=Patient/mrn-0002") == 0  # as before: both must hold
