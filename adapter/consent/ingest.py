@@ -62,13 +62,18 @@ class IngestAssessment:
 
 
 def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables: Tables,
-                  now: datetime) -> IngestAssessment:
+                  now: datetime, *, sender_responsible: bool = False) -> IngestAssessment:
     """Apply the guidance's ingest rules to one photo.
 
-    * A photo from a colleague inside the organisation (``colleague-internal``, which includes a
-      PACS of the organisation): the sender is responsible for consent, so no documented consent
-      is required here (an active Consent denying TREAT still refuses it); non-care purposes
-      still need the patient's explicit Consent at read time.
+    * An object a system of the organisation sends (``sender_responsible``: a PACS, an allowed
+      calling AE of the DICOM bridge, whose images are already the organisation's record): the
+      sender is responsible for consent, so no documented consent is required here (an active
+      Consent denying TREAT still refuses it); non-care purposes still need the patient's
+      explicit Consent at read time.
+    * A photo a person sends is held to the rules below whoever took it: a colleague inside the
+      organisation (``colleague-internal``) shares its one record, where the guidance wants the
+      patient's consent documented, as a clinician's photo does (it was the way round
+      ``writtenRequired``: a photo refused for verbal consent was stored when it stated none).
     * ``clinical`` photos need documented consent for TREAT: a ``consent`` statement listing
       TREAT, the implied consent of a patient who sent the photo, or an active Consent on file
       for this patient that permits TREAT now and is not limited to other records
@@ -85,10 +90,13 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
       by staff (a statement, or the Consent on file the photo rests on). A photo the patient sent
       still carries their implied consent for care (the guidance: the purpose it was sent for),
       which documents care under it too.
-    * ``devices.personalAllowed: false`` is about staff photographing patients on their own
-      phones: a photo from a clinician or a colleague is refused with ``device: personal``, and
-      without ``device`` (fail closed: the ban is not bypassed by leaving the field out). A photo
-      the patient sent is taken on the patient's own device by nature: not held to it.
+    * ``devices.personalAllowed: false`` is about the organisation's staff photographing patients
+      on their own phones: a photo from a clinician or a colleague inside the organisation is
+      refused with ``device: personal``, and without ``device`` (fail closed: the ban is not
+      bypassed by leaving the field out). A photo the patient sent is taken on the patient's own
+      device by nature, and an external colleague's on a device no policy of this organisation
+      governs, already taken: neither is held to it (refusing it would leave it on the phone or
+      messaging app it arrived in).
 
     Raises:
         RequiredElementMissing: ``colleague`` or ``colleague.discussionNote`` is missing, or
@@ -125,8 +133,7 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
     _check_care_not_denied(meta, existing, tables, now)
     pending = False
     if tables.kinds[meta.kind].needs_care_consent:
-        pending = _needs_pending(meta, implied, existing, tables, now,
-                                 sender_responsible=meta.source is PhotoSource.COLLEAGUE_INTERNAL)
+        pending = _needs_pending(meta, implied, existing, tables, now, sender_responsible=sender_responsible)
         if pending:
             warnings.append(PENDING_WARNING if policy.break_glass.enabled else PENDING_WARNING_NO_BREAK_GLASS)
 
@@ -161,9 +168,10 @@ def _check_statement_codes(meta: PhotoMetadata, tables: Tables) -> None:
 
 
 def _check_device(meta: PhotoMetadata, policy: Policy) -> None:
-    """The guidance's personal-device rule, for the photos staff take (clinician, colleague): a
-    patient's own upload comes from the patient's own device, which the rule is not about."""
-    if policy.devices.personal_allowed or meta.source is PhotoSource.PATIENT:
+    """The guidance's personal-device rule, for the photos the organisation's staff take
+    (clinician, colleague inside it): a patient's own upload comes from the patient's own device,
+    and an external colleague's from a device of another organisation, which the rule is not about."""
+    if policy.devices.personal_allowed or meta.source in (PhotoSource.PATIENT, PhotoSource.COLLEAGUE_EXTERNAL):
         return
     if meta.device is None:
         raise RequiredElementMissing(

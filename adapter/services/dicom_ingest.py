@@ -1219,7 +1219,8 @@ class DicomIngestService:
             patient=PatientRef(system=obj.patient.system, value=obj.patient.value), kind=obj.kind,
             source=RECEIVED_SOURCE, colleague=Colleague(name=f"AE {obj.calling_ae}", organisation=obj.institution),
             device=DeviceOwnership.ORGANISATION)
-        return assess_ingest(meta, _Lazy(lambda: self._grants.grants_for_patient(obj.patient)), self._tables, now)
+        return assess_ingest(meta, _Lazy(lambda: self._grants.grants_for_patient(obj.patient)), self._tables, now,
+                             sender_responsible=True)  # RECEIVED_SOURCE: a PACS of the organisation
 
     def _store_object(self, received: ReceivedStore, obj: ReceivedObject, binary: _Binary,
                       assessment: IngestAssessment, work: _Work, original: Path, original_ready: Future[None],

@@ -826,10 +826,13 @@ def test_consent_that_is_not_valid_fhir_is_refused_naming_the_element(tmp_path: 
         assert outcome["issue"][0]["expression"] == [where]
 
 
-def test_colleague_internal_needs_no_consent_from_us_but_training_still_does(tmp_path: Path) -> None:
+def test_colleague_internal_needs_documented_consent_and_training_its_own(tmp_path: Path) -> None:
     with adapter_client(tmp_path) as (client, services):
-        r = post_photo(client, WOUND, metadata(source="colleague-internal", consent=None,
-                                              colleague={"name": "Dr Sender", "organisation": "Dermatology"}))
+        colleague = {"name": "Dr Sender", "organisation": "Dermatology"}
+        refused = post_photo(client, WOUND, metadata(source="colleague-internal", consent=None, colleague=colleague))
+        assert refused.status_code == 422, refused.text  # no consent documented: as a clinician's photo
+        assert refused.json()["issue"][0]["expression"] == ["consent"]
+        r = post_photo(client, WOUND, metadata(source="colleague-internal", colleague=colleague))
         assert r.status_code == 201, r.text
         record = r.json()["record"]
         assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).status_code == 200

@@ -276,10 +276,29 @@ def test_internal_colleague_discussion_note_goes_on_the_record() -> None:
     assert assess(meta).notes == ("Discussed with Dr A: wound check on ward 3",)
 
 
-def test_internal_colleague_is_responsible_for_consent() -> None:
-    # "the sender is responsible for consent": no documented consent is required from us
-    result = assess(make_meta(source="colleague-internal", consent=None, colleague={"name": "Dr A"}))
+def test_an_internal_colleagues_photo_needs_documented_consent_as_a_clinicians_does() -> None:
+    """Review finding (clinical safety): a body photo posted as ``colleague-internal`` with no
+    consent at all was stored, where the same photo with verbal consent was refused under
+    ``writtenRequired``: giving less got round the rule. Inside one organisation there is one
+    record, and the patient's consent is documented in it."""
+    bare = make_meta(source="colleague-internal", consent=None, colleague={"name": "Dr A"})
+    err = refused(bare)
+    assert type(err) is ConsentRequired and err.expression == ["consent"]
+    written = policy_variant(consent={"written_required": True})
+    verbal = make_meta(source="colleague-internal", colleague={"name": "Dr A"},
+                       consent={"purposes": ["TREAT"], "method": "verbal"})
+    assert type(refused(bare, tables=written)) is type(refused(verbal, tables=written)) is ConsentRequired
+    assert assess(bare, (make_grant("TREAT"),)) == CLEAN  # a Consent on file documents it
+    assert assess(bare, tables=policy_variant(consent={"allow_pending": True})).consent_pending
+
+
+def test_a_system_of_the_organisation_is_responsible_for_consent() -> None:
+    # a PACS (the DICOM bridge's sender_responsible): its images are the organisation's record already
+    meta = make_meta(source="colleague-internal", consent=None, colleague={"name": "PACS"})
+    result = assess_ingest(meta, (), policy_variant(), NOW, sender_responsible=True)
     assert not result.consent_pending and result.implied_purposes == ()
+    with pytest.raises(ConsentRequired):
+        assess_ingest(meta, (make_grant("TREAT", decision="deny"),), policy_variant(), NOW, sender_responsible=True)
 
 
 def test_internal_colleague_photo_is_still_refused_when_a_consent_denies_treat() -> None:
@@ -389,7 +408,7 @@ def test_an_organisation_device_is_accepted_when_personal_is_forbidden() -> None
 
 
 @pytest.mark.parametrize("kind", ["clinical", "document"])
-@pytest.mark.parametrize("source", ["clinician", "colleague-internal", "colleague-external"])
+@pytest.mark.parametrize("source", ["clinician", "colleague-internal"])
 def test_a_staff_photo_not_stating_its_device_is_refused_when_personal_is_forbidden(source: str, kind: str) -> None:
     """Review finding F9: the ban was bypassed by leaving ``device`` out (and the record then
     said nothing of the device). Where personal devices are forbidden, staff state theirs."""
@@ -399,6 +418,16 @@ def test_a_staff_photo_not_stating_its_device_is_refused_when_personal_is_forbid
     assert type(err) is RequiredElementMissing and err.expression == ["device"]
     assert "device" in err.diagnostics
     assert not assess(meta).consent_pending  # allowed by default: the device need not be stated
+
+
+@pytest.mark.parametrize("device", ["personal", None])
+def test_an_external_colleagues_photo_is_not_held_to_the_staff_device_rule(device: str | None) -> None:
+    """Review finding (clinical safety): under ``personalAllowed: false`` an external colleague's
+    photo, already taken on a device of another organisation, was refused unless the sender
+    claimed it was taken on one of this organisation's, and so stayed on the phone it came in."""
+    meta = make_meta(source="colleague-external", colleague={"name": "Dr B", "discussionNote": "seen"},
+                     **({"device": device} if device else {}))
+    assert assess(meta, tables=policy_variant(devices={"personal_allowed": False})).notes == ("Discussed with Dr B: seen",)
 
 
 @pytest.mark.parametrize("device", ["personal", None])

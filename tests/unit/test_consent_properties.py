@@ -724,8 +724,6 @@ def test_the_ingest_rules_by_kind_and_source(meta: PhotoMetadata, existing: list
         assert isinstance(result, tuple) and result[0] is ConsentRequired
     if isinstance(result, IngestAssessment):
         assert not result.consent_pending or (meta.kind is PhotoKind.CLINICAL and rules.allow_pending)
-        if meta.source is PhotoSource.COLLEAGUE_INTERNAL:
-            assert not result.consent_pending
         expected = tuple(rules.patient_implied_purposes) if (
             meta.source is PhotoSource.PATIENT and meta.consent is None) else ()
         assert result.implied_purposes == expected
