@@ -251,6 +251,18 @@ class PhotoMetadata(_Model):
     _taken_with_zone = field_validator("taken_at", mode="before")(_time_with_zone)
     _taken_in_utc_calendar = field_validator("taken_at")(_in_utc_calendar)
 
+    @field_validator("body_site")
+    @classmethod
+    def _of_a_body(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A photographed document (``kind: document``) shows no part of the body: a body site
+        with it says the photo is of the patient's body, which needs consent, and was dropped
+        without a word (a document needs no consent for care, and its record has no body site):
+        the usual cause is a body photo filed under the wrong kind. Refused, naming the field."""
+        if value is not None and info.data.get("kind") is PhotoKind.DOCUMENT:
+            raise ValueError("a photographed document shows no body site: a photo of the patient's body is of "
+                             "kind clinical (which needs the patient's consent), or leave bodySite out")
+        return value
+
     @field_validator("laterality")
     @classmethod
     def _qualifies_a_body_site(cls, value: Laterality | None, info: ValidationInfo) -> Laterality | None:

@@ -429,6 +429,11 @@ def test_oversize_upload_is_413(tmp_path: Path) -> None:
     ({"patient": PATIENT, "kind": "document", "source": "clinician", "takenAt": "2024-03-01 10:15"}, "takenAt"),
     # review F6: a laterality without the body site it qualifies was dropped
     ({"patient": PATIENT, "kind": "document", "source": "clinician", "laterality": "left"}, "laterality"),
+    # clinical safety review: a "document" with a body site (a body photo filed under the wrong
+    # kind, so needing no consent) was stored without consent and the body site dropped
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "bodySite": "14975008"}, "bodySite"),
+    ({"patient": PATIENT, "kind": "document", "source": "clinician", "bodySite": "14975008",
+      "laterality": "right"}, "bodySite"),
 ])
 def test_invalid_metadata_points_at_the_element(tmp_path: Path, meta: dict, where: str) -> None:
     with adapter_client(tmp_path) as (client, services):
@@ -579,7 +584,7 @@ def test_a_retry_with_another_consent_statement_is_refused_not_dropped(tmp_path:
         _outcome(post_photo(client, SAMPLES / "document.jpg", metadata(kind="document")), 409)
 
 
-@pytest.mark.parametrize("changed", [{"laterality": "right"}, {"kind": "document", "consent": None},
+@pytest.mark.parametrize("changed", [{"laterality": "right"}, {"kind": "document", "consent": None, "bodySite": None, "laterality": None},
                                      {"note": "second note"}, {"takenAt": "2024-03-01T10:16:00Z"},
                                      {"bodySite": "14975008"}, {"device": "personal"},
                                      {"author": {"identifier": {"system": "urn:oid:2.999.1.2", "value": "dr-b"}}},
