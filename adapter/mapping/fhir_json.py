@@ -39,6 +39,38 @@ def validate_model(resource_type: str, data: Mapping[str, Any], prefix: str) -> 
         raise InvalidResource(f"invalid {resource_type}: an element has the wrong type ({type(exc).__name__})",
                               expression=prefix) from exc
     check_as_read(instance, data, prefix)
+    check_closed_codes(data, prefix)
+
+
+#: Small HL7 code systems whose whole content FHIR R4 gives (so a code not listed is certainly no
+#: code of the system), which a Coding of a resource taken in may name.
+CLOSED_CODE_SYSTEMS: dict[str, frozenset[str]] = {
+    "http://terminology.hl7.org/CodeSystem/consentscope": frozenset({"adr", "research", "patient-privacy",
+                                                                      "treatment"}),
+    "http://terminology.hl7.org/CodeSystem/consentaction": frozenset({"collect", "access", "use", "disclose",
+                                                                       "correct"}),
+    "http://terminology.hl7.org/CodeSystem/v3-Confidentiality": frozenset({"U", "L", "M", "N", "R", "V"}),
+    "http://terminology.hl7.org/CodeSystem/media-type": frozenset({"image", "video", "audio"}),
+    "http://terminology.hl7.org/CodeSystem/provenance-participant-type": frozenset({
+        "enterer", "performer", "author", "verifier", "legal", "attester", "informant", "custodian", "assembler",
+        "composer"}),
+}
+
+
+def check_closed_codes(value: Any, path: str) -> None:
+    """Every Coding (an object with ``system`` and ``code``) of one of :data:`CLOSED_CODE_SYSTEMS`
+    names a code of it: a Consent whose scope was consentscope#TREAT was stored, and emitted as
+    a Consent no validator accepts. Raises InvalidResource naming the code."""
+    if isinstance(value, Mapping):
+        codes = CLOSED_CODE_SYSTEMS.get(value.get("system")) if isinstance(value.get("system"), str) else None
+        if codes is not None and isinstance(value.get("code"), str) and value["code"] not in codes:
+            raise InvalidResource(f"{path}.code is not a code of {value['system']} ({', '.join(sorted(codes))})",
+                                  expression=f"{path}.code")
+        for key, item in value.items():
+            check_closed_codes(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_closed_codes(item, f"{path}[{i}]")
 
 
 def check_as_read(instance: BaseModel, data: Mapping[str, Any], path: str) -> None:

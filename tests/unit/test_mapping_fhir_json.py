@@ -101,3 +101,23 @@ def test_an_extension_url_is_an_absolute_uri(url: str) -> None:
     with pytest.raises(InvalidResource) as refused:
         validate_r4_resource(nested)
     assert refused.value.expression == ["Consent.provision.extension[0].extension[0].url"]
+
+
+@pytest.mark.parametrize(("path", "value", "where"), [
+    (("scope", "coding", 0, "code"), "TREAT", "Consent.scope.coding[0].code"),
+    (("scope", "coding", 0, "code"), "Binary/x", "Consent.scope.coding[0].code"),
+    (("provision", "action"), [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                                            "code": "read"}]}], "Consent.provision.action[0].coding[0].code"),
+    (("scope", "coding", 0, "code"), "research", None),
+    (("provision", "action"), [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                                            "code": "use"}]}], None),
+])
+def test_a_code_of_a_closed_hl7_code_system_is_one_of_its_codes(path: tuple[Any, ...], value: Any,
+                                                                  where: str | None) -> None:
+    resource = changed(path, value)
+    if where is None:
+        validate_r4_resource(resource)
+        return
+    with pytest.raises(InvalidResource) as refused:
+        validate_r4_resource(resource)
+    assert refused.value.expression == [where]
