@@ -62,7 +62,8 @@ def check_closed_codes(value: Any, path: str) -> None:
     names a code of it: a Consent whose scope was consentscope#TREAT was stored, and emitted as
     a Consent no validator accepts. Raises InvalidResource naming the code."""
     if isinstance(value, Mapping):
-        codes = CLOSED_CODE_SYSTEMS.get(value.get("system")) if isinstance(value.get("system"), str) else None
+        system = value.get("system")
+        codes = CLOSED_CODE_SYSTEMS.get(system) if isinstance(system, str) else None
         if codes is not None and isinstance(value.get("code"), str) and value["code"] not in codes:
             raise InvalidResource(f"{path}.code is not a code of {value['system']} ({', '.join(sorted(codes))})",
                                   expression=f"{path}.code")
