@@ -871,8 +871,12 @@ _NUMBER_VRS = frozenset({"DS", "IS"})
 
 
 def _are_finite_numbers(value: Any) -> bool:
+    """No value, or numbers every one: an empty value among several (``1\\``) has no JSON number
+    either (pydicom's DICOM JSON fails on it)."""
+    if value is None or value == "":
+        return True
     values = value if isinstance(value, MultiValue | list | tuple) else (value,)
-    return all(v is None or v == "" or (isinstance(v, int | float | Decimal) and math.isfinite(v)) for v in values)
+    return all(isinstance(v, int | float | Decimal) and math.isfinite(v) for v in values)
 
 
 def _where(tag: int) -> str:

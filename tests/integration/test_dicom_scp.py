@@ -1126,7 +1126,8 @@ def test_an_element_the_adapter_could_not_release_is_refused(scp: StoreSCP, serv
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 
-@pytest.mark.parametrize("value", [b"\xce     ", b"1,5   ", b"nan   ", b"-inf  ", b"1e400 ", b"12 x  "])
+@pytest.mark.parametrize("value", [b"\xce     ", b"1,5   ", b"nan   ", b"-inf  ", b"1e400 ", b"12 x  ", b"1\\    ",
+                                   b"\\2    "])
 @pytest.mark.parametrize("where", ["PatientWeight", "ReferencedImageSequence"])
 def test_a_number_that_is_not_a_finite_number_is_refused(scp: StoreSCP, services: Services, tmp_path: Path,
                                                          value: bytes, where: str) -> None:

@@ -142,42 +142,51 @@ def test_mutated_dicom_objects_are_refused_or_released_in_every_view(
         stored += 1
         instance = services.store.find_dicom_instance(fresh)
         assert instance is not None
-        for purpose in PURPOSES:
-            headers = {"X-Purpose-Of-Use": purpose}
-            # a PDF a restricted view cannot take the metadata out of (damaged beyond what qpdf
-            # repairs) is refused in that view, 422, never released as stored (UncleanableDocument)
-            uncleanable = (422,) if name == "pdf" and purpose != "TREAT" else ()
-            wado = client.get(f"/dicomweb/studies/{instance.study_instance_uid}/series/"
-                              f"{instance.series_instance_uid}/instances/{fresh}", headers=headers)
-            assert wado.status_code in (200, 403, 404, *uncleanable), (i, purpose, wado.text[:200])
-            # what a viewer asks next, in the purpose's released space: metadata, frames, bulk data
-            view = VIEWS[purpose]
-            released = "/".join(services.released_uids.uid(view, u) for u in (
-                instance.study_instance_uid, instance.series_instance_uid, fresh))
-            study, series, sop = released.split("/")
-            base = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
-            wado = f"/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
-            for url, accept in ((f"{base}/metadata", "application/dicom+json"),
-                                (f"/dicomweb/studies/{study}/metadata", "*/*"), (f"{base}/frames/1", "*/*"),
-                                (f"{base}/frames/1", OCTET_ANY_SYNTAX),
-                                (f"{base}/bulk/00420011", "*/*"), (f"{base}/rendered", "*/*"),
-                                (f"{base}/thumbnail", "*/*"), (f"/dicomweb/studies/{study}/thumbnail", "image/*"),
-                                (f"{wado}", "*/*"), (f"{wado}&contentType=image/jpeg&rows=32", "*/*")):
-                answer = client.get(url, headers={**headers, "Accept": accept})
-                assert answer.status_code in (200, 403, 404, 406, *uncleanable), (i, purpose, url, answer.text[:300])
-                if answer.status_code >= 400:
-                    assert answer.json()["resourceType"] == "OperationOutcome"
-                if answer.status_code == 422:
-                    assert answer.json()["issue"][0]["diagnostics"].startswith("the PDF"), answer.text
-            record = client.get(f"/fhir/{seen_as(services, purpose, result.record)}", headers=headers)
-            assert record.status_code in (200, 403), (i, purpose, record.text[:200])
-            for accept in ("application/dicom", "*/*", "application/fhir+json"):  # the object, the bytes, JSON
-                binary = client.get(f"/fhir/{seen_as(services, purpose, result.receipt['binary'])}",
-                                    headers={**headers, "Accept": accept})
-                assert binary.status_code in (200, 403, *uncleanable), (i, purpose, accept, binary.text[:200])
-                if binary.status_code == 422:
-                    assert binary.json()["issue"][0]["diagnostics"].startswith("the PDF"), binary.text
+        with warnings.catch_warnings():
+            # pydicom's warnings on mangled values (an unknown escape sequence: decoded by a
+            # guess), which the service logs (logging.captureWarnings) and pytest makes errors
+            warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+            _read_in_every_view(client, services, instance, fresh, name, result, i)
     assert stored and refused  # both ways were taken
+
+
+def _read_in_every_view(client: FhirClient, services: Services, instance: Any, fresh: str, name: str,
+                        result: Any, i: int) -> None:
+    for purpose in PURPOSES:
+        headers = {"X-Purpose-Of-Use": purpose}
+        # a PDF a restricted view cannot take the metadata out of (damaged beyond what qpdf
+        # repairs) is refused in that view, 422, never released as stored (UncleanableDocument)
+        uncleanable = (422,) if name == "pdf" and purpose != "TREAT" else ()
+        wado = client.get(f"/dicomweb/studies/{instance.study_instance_uid}/series/"
+                          f"{instance.series_instance_uid}/instances/{fresh}", headers=headers)
+        assert wado.status_code in (200, 403, 404, *uncleanable), (i, purpose, wado.text[:200])
+        # what a viewer asks next, in the purpose's released space: metadata, frames, bulk data
+        view = VIEWS[purpose]
+        released = "/".join(services.released_uids.uid(view, u) for u in (
+            instance.study_instance_uid, instance.series_instance_uid, fresh))
+        study, series, sop = released.split("/")
+        base = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+        wado = f"/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+        for url, accept in ((f"{base}/metadata", "application/dicom+json"),
+                            (f"/dicomweb/studies/{study}/metadata", "*/*"), (f"{base}/frames/1", "*/*"),
+                            (f"{base}/frames/1", OCTET_ANY_SYNTAX),
+                            (f"{base}/bulk/00420011", "*/*"), (f"{base}/rendered", "*/*"),
+                            (f"{base}/thumbnail", "*/*"), (f"/dicomweb/studies/{study}/thumbnail", "image/*"),
+                            (f"{wado}", "*/*"), (f"{wado}&contentType=image/jpeg&rows=32", "*/*")):
+            answer = client.get(url, headers={**headers, "Accept": accept})
+            assert answer.status_code in (200, 403, 404, 406, *uncleanable), (i, purpose, url, answer.text[:300])
+            if answer.status_code >= 400:
+                assert answer.json()["resourceType"] == "OperationOutcome"
+            if answer.status_code == 422:
+                assert answer.json()["issue"][0]["diagnostics"].startswith("the PDF"), answer.text
+        record = client.get(f"/fhir/{seen_as(services, purpose, result.record)}", headers=headers)
+        assert record.status_code in (200, 403), (i, purpose, record.text[:200])
+        for accept in ("application/dicom", "*/*", "application/fhir+json"):  # the object, the bytes, JSON
+            binary = client.get(f"/fhir/{seen_as(services, purpose, result.receipt['binary'])}",
+                                headers={**headers, "Accept": accept})
+            assert binary.status_code in (200, 403, *uncleanable), (i, purpose, accept, binary.text[:200])
+            if binary.status_code == 422:
+                assert binary.json()["issue"][0]["diagnostics"].startswith("the PDF"), binary.text
 
 
 # -- FHIR JSON ------------------------------------------------------------------------------------
