@@ -68,7 +68,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -105,6 +105,7 @@ from adapter.mapping.document_metadata import (
 )
 from adapter.mapping.fhir_json import check_indexed_values, check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, find_extension, parse_fhir_datetime, utc_instant
+from adapter.mapping.mhd_provide_bundle import FOLDER, check_provide_bundle, list_type
 from adapter.mapping.outcome import issue, outcome
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
@@ -120,8 +121,9 @@ from adapter.model.purpose import V3_ACT_REASON_SYSTEMS
 ROLE_BINARY = "binary"
 ROLE_RECORD = "record"
 ROLE_CONSENT = "consent"
-# IHE MHD ITI-65 always sends a SubmissionSet List: it is validated and acknowledged, not stored
-# (the adapter keeps no document registry of its own).
+# IHE MHD ITI-65 always sends a SubmissionSet List: it is checked as the ProvideBundle profiles
+# require (adapter.mapping.mhd_provide_bundle) and acknowledged, not stored (the adapter keeps no
+# document registry of its own).
 ROLE_SUBMISSION_SET = "submission-set"
 # The Patient a Document Source may carry in the Bundle (ITI-65 2:3.65.4.1.2.2): read for the
 # subject's identifier, acknowledged, not stored (the adapter owns no Patient).
@@ -150,9 +152,6 @@ _STATUS = {
 }
 _COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
 _HISTORY = re.compile(r"/_history/([^/]+)$")
-#: IHE MHD's List types (https://profiles.ihe.net/ITI/MHD/CodeSystem-MHDlistTypes.html): a Folder
-#: is acknowledged with PartialFolderContentNotProcessed (ITI-65 2:3.65.4.1.3).
-_MHD_LIST_TYPES = "MHDlistTypes"
 #: The warning ITI-65 Table 2:3.65.4.1.3-1 gives for each relatesTo.code a recipient does not keep
 #: (``signs``, which the table leaves out, with the Document Sharing code for relationships:
 #: ITI TF-3 Table 4.2.4.1-2).
@@ -566,6 +565,19 @@ def _names(reference: str, entry: _Entry, aliases: frozenset[str]) -> bool:
     return reference in aliases or _resolved_url(reference, entry.full_url) in aliases
 
 
+def _entry_namer(entries: Sequence[_Entry]) -> Callable[[str, Any], bool]:
+    """Does a reference, written in an entry, name an entry of the Bundle: one of its aliases,
+    as it is or resolved against the writing entry's RESTful fullUrl; a relative ``Type/id`` also
+    names the entry whose RESTful fullUrl ends so (as servers resolve it in a transaction)."""
+    every: frozenset[str] = frozenset().union(*(_aliases(e) for e in entries))
+    tails = frozenset("/".join(e.full_url.rsplit("/", 2)[-2:]) for e in entries
+                      if e.full_url and _RESTFUL_URL.match(e.full_url))
+
+    def names(reference: str, entry: Any) -> bool:
+        return (isinstance(entry, _Entry) and _names(reference, entry, every)) or reference in tails
+    return names
+
+
 def _lists_of_the_patient(entries: Sequence[_Entry], patient: Mapping[str, str], patient_entry: _Entry | None,
                           patient_aliases: frozenset[str]) -> None:
     """A SubmissionSet (or Folder) List for another patient than the document's is refused
@@ -703,10 +715,9 @@ def _warnings(entries: Sequence[_Entry], record: _Entry, kind: PhotoKind,
             continue
         if e.resource["resourceType"] != "List":
             continue
-        code = e.resource.get("code")
-        codings = code.get("coding") if isinstance(code, Mapping) else None
-        if any(isinstance(c, Mapping) and c.get("code") == "folder" and str(c.get("system", "")).endswith(_MHD_LIST_TYPES)
-               for c in codings or []):
+        # IHE MHD's List types (MHDlistTypes): a Folder is acknowledged with
+        # PartialFolderContentNotProcessed (ITI-65 2:3.65.4.1.3)
+        if list_type(e.resource) == FOLDER:
             out[e.index] = EntryWarning("PartialFolderContentNotProcessed", "the adapter keeps no folders: this "
                                         "Folder was not created or updated", e.path)
         else:
@@ -764,6 +775,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
                               expression="Bundle.type")
         raise InvalidInput(f"Bundle.type must be 'transaction', not {btype!r}", expression="Bundle.type")
     entries = _entries(bundle, fhir_base)
+    check_provide_bundle(bundle, entries, _entry_namer(entries))
     binary = _one(entries, ROLE_BINARY, "Binary", required=True)
     record = _one(entries, ROLE_RECORD, "Media or DocumentReference", required=True)
     consent = _one(entries, ROLE_CONSENT, "Consent", required=False)
