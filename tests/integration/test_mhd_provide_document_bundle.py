@@ -690,3 +690,30 @@ def test_a_submission_set_marked_as_mhd_4_2_marks_it_is_taken(tmp_path: Path) ->
         identifier["use"] = "usual" if identifier["value"].startswith("urn:oid:") else "official"
     with adapter_client(tmp_path) as (client, _):
         assert client.post("/fhir", json=bundle, headers=FHIR).status_code == 200
+
+
+def test_a_retry_that_describes_the_document_otherwise_is_refused_naming_the_elements(tmp_path: Path) -> None:
+    """MHD review m2: a resend with another entryUUID (an engine that regenerates its urn:uuids)
+    or another type got 409 naming only "(document)". It names the DocumentReference's elements
+    that differ, in the message and as FHIRPaths into the Bundle; the same Bundle with only its
+    date and timestamp changed is still answered as the retry it is."""
+    first = provide_document_bundle(DOCUMENT)
+    first["entry"][1]["resource"]["type"] = {"coding": [{"system": "http://loinc.org", "code": "34108-1"}]}
+    again = copy.deepcopy(first)
+    again["entry"][1]["resource"]["identifier"] = [{"system": "urn:ietf:rfc:3986",
+                                                    "value": "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000d1"}]
+    again["entry"][1]["resource"]["type"] = {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]}
+    with adapter_client(tmp_path) as (client, services):
+        assert client.post("/fhir", json=first, headers=FHIR).status_code == 200
+        stored = _stored(services)
+        r = client.post("/fhir", json=again, headers=FHIR)
+        assert r.status_code == 409, r.text
+        [issue] = r.json()["issue"]
+        assert "DocumentReference.identifier" in issue["diagnostics"] and "DocumentReference.type" in issue["diagnostics"]
+        assert "(document)" not in issue["diagnostics"]
+        assert issue["expression"] == ["Bundle.entry[1].resource.identifier", "Bundle.entry[1].resource.type"]
+        assert _stored(services) == stored
+        resent = copy.deepcopy(first)
+        resent["timestamp"] = resent["entry"][1]["resource"]["date"] = "2026-11-02T10:00:00Z"
+        r = client.post("/fhir", json=resent, headers=FHIR)
+        assert r.status_code == 200 and r.json()["entry"][1]["response"]["status"] == "200 OK", r.text
