@@ -717,3 +717,43 @@ def test_a_retry_that_describes_the_document_otherwise_is_refused_naming_the_ele
         resent["timestamp"] = resent["entry"][1]["resource"]["date"] = "2026-11-02T10:00:00Z"
         r = client.post("/fhir", json=resent, headers=FHIR)
         assert r.status_code == 200 and r.json()["entry"][1]["response"]["status"] == "200 OK", r.text
+
+
+def test_a_conditional_reference_names_the_patient_by_the_identifier_it_holds(tmp_path: Path) -> None:
+    """MHD review M3: ``subject.reference`` ``Patient?identifier=system|value`` (FHIR R4
+    http.html#trules, conditional references) was refused, 422 "the subject must carry the
+    patient's identifier", though it names one. It is resolved as that identifier (the query is
+    not kept); a conditional reference by anything else is refused (400), not guessed."""
+    conditional = {"reference": f"Patient?identifier={PATIENT['system']}|{PATIENT['value']}"}
+    bundle = provide_document_bundle(DOCUMENT)
+    for entry in bundle["entry"][:2]:
+        entry["resource"]["subject"] = dict(conditional)
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        [found] = _found(client)
+        assert found["subject"]["identifier"] == PATIENT and "reference" not in found["subject"]
+        other = provide_document_bundle((ROOT / "samples" / "tiny.jpg").read_bytes())
+        other["entry"][1]["resource"]["subject"] = {"reference": "Patient?name=Muster"}
+        r = client.post("/fhir", json=other, headers=FHIR)
+        assert r.status_code == 400, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.subject.reference"]
+        # a SubmissionSet naming another patient so is a misfiled submission, as by identifier
+        other = provide_document_bundle((ROOT / "samples" / "tiny.jpg").read_bytes())
+        other["entry"][0]["resource"]["subject"] = {"reference": f"Patient?identifier={OTHER_ID['system']}|x"}
+        assert client.post("/fhir", json=other, headers=FHIR).status_code == 422
+        assert len(_found(client)) == 1
+
+
+def test_a_conditional_update_of_the_patient_is_refused_as_such(tmp_path: Path) -> None:
+    """MHD review M3: ``PUT Patient?identifier=…`` got "request.url … names no resource of this
+    server" (the colon of the OID taken for a scheme). It says conditional update is not supported."""
+    bundle = _with_patient(provide_document_bundle(DOCUMENT), {"resourceType": "Patient",
+                                                               "identifier": [dict(PATIENT)]})
+    bundle["entry"][3]["request"] = {"method": "PUT", "url": f"Patient?identifier={PATIENT_ID}"}
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 400, r.text
+        [issue] = r.json()["issue"]
+        assert "conditional update" in issue["diagnostics"] and issue["expression"] == ["Bundle.entry[3].request.url"]
+        assert _stored(services) == 0
