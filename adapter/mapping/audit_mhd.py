@@ -22,7 +22,7 @@ rested on, the X-Request-Id, the outcome and its description.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from adapter.mapping.codes import (
     URN_IETF_RFC_3986,
 )
 from adapter.mapping.fhir_r4 import JSON, coding
+from adapter.mapping.mhd_provide_bundle import submission_set_unique_id
 from adapter.model.purpose import MhdTransaction
 
 PROVIDE_DOCUMENT_BUNDLE = "ITI-65"
@@ -100,14 +101,13 @@ def _is_submission_set(resource: Mapping[str, Any]) -> bool:
 
 
 def _unique_id(entry: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The SubmissionSet's uniqueId: its ``official`` identifier (MHD: uniqueId is the official
-    one, entryUUID the usual one); without one, its entry's ``urn:`` fullUrl (an RFC 3986 URI)."""
-    identifiers = resource.get("identifier")
-    for identifier in identifiers if isinstance(identifiers, Sequence) and not isinstance(identifiers, str) else ():
-        if isinstance(identifier, Mapping) and identifier.get("use") == "official":
-            system, value = _text(identifier.get("system")), _text(identifier.get("value"))
-            if system and value:
-                return system, value
+    """The SubmissionSet's uniqueId: its identifier holding an OID (MHD 4.2
+    IHE.MHD.SubmissionSetUniqueIdIdentifier, marked ``usual``; the entryUUID, an ``urn:uuid:``,
+    is the ``official`` one: adapter.mapping.mhd_provide_bundle.submission_set_unique_id); without
+    one (a Bundle refused for that), its entry's ``urn:`` fullUrl (an RFC 3986 URI)."""
+    found = submission_set_unique_id(resource)
+    if found is not None and _text(found[0]) and _text(found[1]):
+        return found
     full_url = _text(entry.get("fullUrl"))
     return (URN_IETF_RFC_3986, full_url) if full_url and full_url.startswith("urn:") else None
 

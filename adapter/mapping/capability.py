@@ -120,8 +120,9 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
                 _Param("purpose", "token", "A v3-ActReason purpose of use the consent covers.")),
     "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
                    _Param("date", "date", "As `recorded`."),
-                   _Param("target", "reference", "The record the provenance is about: `Media/<id>`, "
-                          "`DocumentReference/<id>` or `Consent/<id>` (also `target:Media=<id>`).")),
+                   _Param("target", "reference", "The record the provenance is about: `Media/<id>` or "
+                          "`DocumentReference/<id>` (also `target:Media=<id>`), or its Binary; never a Consent "
+                          "(who recorded or withdrew one is in its history and the audit trail).")),
 }
 #: The names R5 gives some parameters of R4 (R5 DocumentReference-format-code, -event-code; R4's
 #: format and event): an R5 reader searches by them (adapter.services.search_params, which takes
@@ -169,6 +170,11 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                        "target": "Provenance-target"},
     },
 }
+
+
+#: Parameters of an element only R5 has: R4 DocumentReference has no ``modality`` (R5's, where a
+#: photo is a DocumentReference); declared in R4 it would match nothing.
+_R5_ONLY: dict[str, frozenset[str]] = {"DocumentReference": frozenset({"modality"})}
 
 
 def _definition(resource_type: str, param: _Param, fhir_version: str) -> str | None:
@@ -226,6 +232,8 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
         out["searchParam"] = []
         names = R5_NAMES.get(resource_type, {}) if fhir_version == "5.0.0" else {}
         for p in params:
+            if p.name in _R5_ONLY.get(resource_type, ()) and fhir_version == "4.0.1":
+                continue
             p = dataclasses.replace(p, name=names[p.name]) if p.name in names else p
             definition = _definition(resource_type, p, fhir_version)
             out["searchParam"].append({"name": p.name, **({"definition": definition} if definition else {}),
@@ -244,6 +252,11 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
     Provenance; system interactions ``transaction`` (ingest Bundles, R4) and ``batch`` (reads). ``now`` is the
     statement's date (timezone-naive values are taken as UTC).
     """
+    # No ``instantiates`` of IHE MHD's DocumentRecipient or DocumentResponder CapabilityStatements:
+    # the Responder serves Find Document Lists [ITI-66], which the adapter does not (it keeps no
+    # Lists), and the Recipient takes a SubmissionSet of several documents, which the adapter takes
+    # one per Bundle; claiming either would send an engine that discovers MHD from /metadata down a
+    # path that fails.
     if fhir_version not in FHIR_VERSIONS:
         raise NotSupported(f"unsupported FHIR version {fhir_version!r}; supported: {', '.join(FHIR_VERSIONS)}")
     when = now if now.tzinfo is not None else now.replace(tzinfo=UTC)

@@ -25,7 +25,9 @@ of the status codes, ``request.method``, base64 of ``Binary.data``.
 How metadata is read (``PhotoMetadata`` of ``POST /photos``):
 
 ======================  ==================================================================
-patient                 subject.identifier and subject.reference; when the subject references
+patient                 subject.identifier and subject.reference (a conditional reference
+                        ``Patient?identifier=system|value``, http.html#trules, as the identifier
+                        it names; a reference alone is not resolved); when the subject references
                         the Patient the Bundle carries (its fullUrl), that Patient's identifier
                         (subject.identifier names which when it has several) and no reference
                         (a fullUrl means nothing outside the Bundle)
@@ -68,10 +70,11 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import ValidationError
 
@@ -105,6 +108,7 @@ from adapter.mapping.document_metadata import (
 )
 from adapter.mapping.fhir_json import check_indexed_values, check_json_representation, validate_model
 from adapter.mapping.fhir_r4 import JSON, find_extension, parse_fhir_datetime, utc_instant
+from adapter.mapping.mhd_provide_bundle import FOLDER, check_provide_bundle, list_type
 from adapter.mapping.outcome import issue, outcome
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
@@ -120,8 +124,9 @@ from adapter.model.purpose import V3_ACT_REASON_SYSTEMS
 ROLE_BINARY = "binary"
 ROLE_RECORD = "record"
 ROLE_CONSENT = "consent"
-# IHE MHD ITI-65 always sends a SubmissionSet List: it is validated and acknowledged, not stored
-# (the adapter keeps no document registry of its own).
+# IHE MHD ITI-65 always sends a SubmissionSet List: it is checked as the ProvideBundle profiles
+# require (adapter.mapping.mhd_provide_bundle) and acknowledged, not stored (the adapter keeps no
+# document registry of its own).
 ROLE_SUBMISSION_SET = "submission-set"
 # The Patient a Document Source may carry in the Bundle (ITI-65 2:3.65.4.1.2.2): read for the
 # subject's identifier, acknowledged, not stored (the adapter owns no Patient).
@@ -150,9 +155,6 @@ _STATUS = {
 }
 _COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
 _HISTORY = re.compile(r"/_history/([^/]+)$")
-#: IHE MHD's List types (https://profiles.ihe.net/ITI/MHD/CodeSystem-MHDlistTypes.html): a Folder
-#: is acknowledged with PartialFolderContentNotProcessed (ITI-65 2:3.65.4.1.3).
-_MHD_LIST_TYPES = "MHDlistTypes"
 #: The warning ITI-65 Table 2:3.65.4.1.3-1 gives for each relatesTo.code a recipient does not keep
 #: (``signs``, which the table leaves out, with the Document Sharing code for relationships:
 #: ITI TF-3 Table 4.2.4.1-2).
@@ -308,13 +310,19 @@ def _check_request(e: _Entry, fhir_base: str | None) -> None:
     url = e.request.get("url")
     if not isinstance(url, str) or not url:
         raise RequiredElementMissing("a transaction entry's request needs its url", expression=f"{where}.url")
+    if "?" in url.split("#", 1)[0]:  # before the url's server is judged: "Patient?identifier=urn:oid:…" has a colon
+        raise NotSupported(f"a request.url with a query is a conditional {'update' if method == 'PUT' else 'create'}, "
+                           "which is not supported in a transaction: " + (
+                               "the adapter owns no Patient; name the patient in the subject's identifier (or as "
+                               "Patient?identifier=system|value in subject.reference), or send the Patient with POST "
+                               "Patient or PUT Patient/<id>" if rtype == "Patient" else f"send it with POST {rtype}"),
+                           expression=f"{where}.url")
     path = _relative_url(url, fhir_base)
     if path is None:
         raise NotSupported(f"request.url {url[:80]!r} names no resource of this server: give it relative to the "
                            f"FHIR base ({rtype}), or absolute under this server's base", expression=f"{where}.url")
-    if "?" in path or "#" in path:
-        raise NotSupported("a request.url with a query (a conditional update) is not supported",
-                           expression=f"{where}.url")
+    if "#" in path:
+        raise NotSupported("a request.url with a fragment names no resource", expression=f"{where}.url")
     if method == "POST":
         if path != rtype:
             raise InvalidResource(f"a POST of a {rtype} goes to {rtype}, not {path[:80]}", expression=f"{where}.url")
@@ -336,7 +344,8 @@ def _check_request(e: _Entry, fhir_base: str | None) -> None:
 def _one(entries: Sequence[_Entry], role: str, what: str, required: bool) -> _Entry | None:
     found = [e for e in entries if _ROLES[str(e.resource["resourceType"])] == role]
     if len(found) > 1:
-        raise NotSupported(f"one photo per transaction: more than one {what}",
+        raise NotSupported(f"one photo per transaction: more than one {what} (send each document of a "
+                           "SubmissionSet in a Bundle of its own)",
                            expression=f"Bundle.entry[{found[1].index}]")
     if not found and required:
         raise RequiredElementMissing(f"the transaction has no {what}", expression="Bundle.entry")
@@ -467,6 +476,9 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables,
         raise NotSupported("a Consent sent with a photo must be active", expression=f"{path}.status")
     named: Mapping[str, Any] = r["patient"] if isinstance(r.get("patient"), Mapping) else {}
     ident = named.get("identifier")
+    conditional = _conditional_identifier(_str(named.get("reference")), f"{path}.patient")
+    if conditional is not None and not isinstance(ident, Mapping):
+        ident = {"system": conditional[0], "value": conditional[1]}
     if isinstance(ident, Mapping):
         if (ident.get("system"), ident.get("value")) != (patient["system"], patient["value"]):
             raise InvalidInput("the Consent is for another patient than the photo",
@@ -566,6 +578,19 @@ def _names(reference: str, entry: _Entry, aliases: frozenset[str]) -> bool:
     return reference in aliases or _resolved_url(reference, entry.full_url) in aliases
 
 
+def _entry_namer(entries: Sequence[_Entry]) -> Callable[[str, Any], bool]:
+    """Does a reference, written in an entry, name an entry of the Bundle: one of its aliases,
+    as it is or resolved against the writing entry's RESTful fullUrl; a relative ``Type/id`` also
+    names the entry whose RESTful fullUrl ends so (as servers resolve it in a transaction)."""
+    every: frozenset[str] = frozenset().union(*(_aliases(e) for e in entries))
+    tails = frozenset("/".join(e.full_url.rsplit("/", 2)[-2:]) for e in entries
+                      if e.full_url and _RESTFUL_URL.match(e.full_url))
+
+    def names(reference: str, entry: Any) -> bool:
+        return (isinstance(entry, _Entry) and _names(reference, entry, every)) or reference in tails
+    return names
+
+
 def _lists_of_the_patient(entries: Sequence[_Entry], patient: Mapping[str, str], patient_entry: _Entry | None,
                           patient_aliases: frozenset[str]) -> None:
     """A SubmissionSet (or Folder) List for another patient than the document's is refused
@@ -581,6 +606,11 @@ def _lists_of_the_patient(entries: Sequence[_Entry], patient: Mapping[str, str],
             continue
         named = _identifier_of(subject.get("identifier"))
         reference = _str(subject.get("reference"))
+        conditional = _conditional_identifier(reference, f"{e.path}.subject")
+        if conditional is not None:
+            named, reference = named or conditional, None
+            if conditional not in same:
+                raise InvalidInput("the List is for another patient than the document", expression=f"{e.path}.subject")
         if named is not None and named not in same:
             raise InvalidInput("the List is for another patient than the document", expression=f"{e.path}.subject")
         if named is None and reference and reference.startswith("urn:") and not _names(reference, e, patient_aliases):
@@ -639,6 +669,28 @@ def _identifiers_of(resource: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [i for i in (_identifier_of(v) for v in (raw if isinstance(raw, list) else [])) if i is not None]
 
 
+#: A conditional reference naming a patient by one identifier (FHIR R4 http.html#trules,
+#: "Conditional References"): ``Patient?identifier=system|value``, nothing else in the query.
+_CONDITIONAL_PATIENT = re.compile(r"^Patient\?identifier=([^&#|,\\]+)\|([^&#|,\\]+)$")
+
+
+def _conditional_identifier(reference: str | None, where: str) -> tuple[str, str] | None:
+    """The identifier a conditional reference ``Patient?identifier=system|value`` names (FHIR R4
+    http.html#trules: in a transaction the server resolves it by that search), which is how the
+    adapter matches patients anyway; None for a reference that is not conditional. A conditional
+    reference by other criteria (a name, a birth date, several identifiers, an identifier without
+    system) would need a Patient registry the adapter does not keep: refused, not guessed."""
+    if not reference or "?" not in reference:
+        return None
+    match = _CONDITIONAL_PATIENT.match(reference)
+    system, value = (unquote(match.group(1)), unquote(match.group(2))) if match else ("", "")
+    if not (system.strip() and value.strip()):
+        raise NotSupported("a conditional reference is resolved only as Patient?identifier=system|value (one "
+                           "identifier, with its system): the adapter keeps no Patient registry to search otherwise",
+                           expression=f"{where}.reference")
+    return system, value
+
+
 def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: _Entry | None,
                      patient_aliases: frozenset[str]) -> dict[str, str]:
     """The photo's patient: ``subject.identifier``, or the identifier of the Patient the Bundle
@@ -651,6 +703,12 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
     where = f"{record.path}.subject"
     named = _identifier_of(subject.get("identifier"))
     reference = _str(subject.get("reference"))
+    conditional = _conditional_identifier(reference, where)
+    if conditional is not None:  # resolved as the identifier it names; the query itself is not kept
+        if named is not None and named != conditional:
+            raise InvalidInput("the subject's identifier and its conditional reference name different patients",
+                               expression=f"{where}.reference")
+        named, reference = conditional, None
     if patient_entry is None:
         if named is None:
             raise RequiredElementMissing("the subject must carry the patient's identifier (system and value), or "
@@ -703,10 +761,9 @@ def _warnings(entries: Sequence[_Entry], record: _Entry, kind: PhotoKind,
             continue
         if e.resource["resourceType"] != "List":
             continue
-        code = e.resource.get("code")
-        codings = code.get("coding") if isinstance(code, Mapping) else None
-        if any(isinstance(c, Mapping) and c.get("code") == "folder" and str(c.get("system", "")).endswith(_MHD_LIST_TYPES)
-               for c in codings or []):
+        # IHE MHD's List types (MHDlistTypes): a Folder is acknowledged with
+        # PartialFolderContentNotProcessed (ITI-65 2:3.65.4.1.3)
+        if list_type(e.resource) == FOLDER:
             out[e.index] = EntryWarning("PartialFolderContentNotProcessed", "the adapter keeps no folders: this "
                                         "Folder was not created or updated", e.path)
         else:
@@ -764,6 +821,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
                               expression="Bundle.type")
         raise InvalidInput(f"Bundle.type must be 'transaction', not {btype!r}", expression="Bundle.type")
     entries = _entries(bundle, fhir_base)
+    check_provide_bundle(bundle, entries, _entry_namer(entries))
     binary = _one(entries, ROLE_BINARY, "Binary", required=True)
     record = _one(entries, ROLE_RECORD, "Media or DocumentReference", required=True)
     consent = _one(entries, ROLE_CONSENT, "Consent", required=False)

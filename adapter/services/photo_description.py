@@ -34,23 +34,48 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def describe(meta: PhotoMetadata) -> dict[str, str]:
+#: What a transaction's DocumentReference says of the document (``document``,
+#: :class:`adapter.model.photo.DocumentMetadata`), each part by the element of the
+#: DocumentReference that holds it, so a refusal names the element (its entryUUID
+#: ``identifier``, its ``type``…) rather than "document".
+DOCUMENT_ELEMENTS = {"type": "type", "category": "category", "security_label": "securityLabel",
+                     "confidentiality": "securityLabel", "identifier": "identifier",
+                     "facility_type": "context.facilityType", "practice_setting": "context.practiceSetting",
+                     "event": "context.event", "period": "context.period", "format": "content[0].format"}
+#: The whole ``document`` as one field: how descriptions were stored before its parts were.
+_DOCUMENT = "document"
+
+
+def describe(meta: PhotoMetadata, *, document_whole: bool = False) -> dict[str, str]:
     """Each field of ``meta`` that says something (consent aside), by its name in the request
-    (``takenAt``, ``bodySite``…), with the digest of its normalised value. A field left at its
-    default (absent, null, an empty list) is not listed, so a field added to the model later
-    leaves the descriptions stored before it unchanged."""
+    (``takenAt``, ``bodySite``…), with the digest of its normalised value; what a DocumentReference
+    says of the document, each part by its element (``DocumentReference.identifier``…,
+    :data:`DOCUMENT_ELEMENTS`; with ``document_whole`` as the one field ``document``, as
+    descriptions stored before were). A field left at its default (absent, null, an empty list) is
+    not listed, so a field added to the model later leaves the descriptions stored before it
+    unchanged."""
     fields = meta.model_dump(mode="json", by_alias=True, exclude={"consent"}, exclude_defaults=True)
-    return {name: _digest(value) for name, value in sorted(fields.items()) if value not in ({}, [], None)}
+    out = {name: _digest(value) for name, value in sorted(fields.items())
+           if value not in ({}, [], None) and (document_whole or name != _DOCUMENT)}
+    document = fields.get(_DOCUMENT)
+    if not document_whole and isinstance(document, dict):
+        parts: dict[str, list[Any]] = {}
+        for name, value in sorted(document.items()):
+            if value not in ({}, [], None):
+                parts.setdefault(f"DocumentReference.{DOCUMENT_ELEMENTS.get(name, name)}", []).append([name, value])
+        out.update({element: _digest(value) for element, value in parts.items()})
+    return dict(sorted(out.items()))
 
 
 def differing(receipt: Mapping[str, Any], meta: PhotoMetadata) -> list[str] | None:
     """The fields in which ``meta`` describes the photo otherwise than the one ``receipt`` was
     stored with (sorted; empty: the same description); None when the receipt keeps no description
-    (stored before descriptions were kept: nothing to compare)."""
+    (stored before descriptions were kept: nothing to compare). A description stored with the
+    document as one field is compared so."""
     stored = receipt.get(DESCRIPTION)
     if not isinstance(stored, dict):
         return None
-    wanted = describe(meta)
+    wanted = describe(meta, document_whole=_DOCUMENT in stored)
     return sorted(name for name in stored.keys() | wanted.keys() if stored.get(name) != wanted.get(name))
 
 

@@ -87,7 +87,8 @@ _RECORD_ELEMENTS = {"masterIdentifier": "masterIdentifier", "bodySite": "bodySit
 
 def _in_bundle(expression: str, roles: tuple[str, ...]) -> str:
     """An expression of the ingest (a ``POST /photos`` metadata field: ``consent.method``,
-    ``masterIdentifier``, ``file``…) as a FHIRPath into the transaction Bundle (FHIR
+    ``masterIdentifier``, ``file``…; ``DocumentReference.identifier``, an element of the record a
+    retry describes otherwise) as a FHIRPath into the transaction Bundle (FHIR
     OperationOutcome.issue.expression): the record's element where it has one, else the entry
     whose resource said it (the Consent's for consent, the Binary's for the file, the record's
     for the rest). One already in the Bundle is kept."""
@@ -97,6 +98,8 @@ def _in_bundle(expression: str, roles: tuple[str, ...]) -> str:
         return f"Bundle.entry[{roles.index(role)}].resource" if role in roles else None
     record = entry(ROLE_RECORD) or "Bundle"
     head = expression.split(".", 1)[0].split("[", 1)[0]
+    if head == "DocumentReference" and "." in expression:  # an element of the record (photo_description)
+        return f"{record}.{expression.split('.', 1)[1]}"
     if head in _RECORD_ELEMENTS:
         return f"{record}.{_RECORD_ELEMENTS[head]}"
     if head == "consent":

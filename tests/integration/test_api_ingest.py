@@ -778,14 +778,12 @@ def test_invalid_transaction_gets_an_outcome_pointing_at_the_element(tmp_path: P
 
 
 def test_mhd_submission_set_list_is_acknowledged(tmp_path: Path) -> None:
+    from tests.support.mhd import submission_set_resource
     bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
     submission_set = {
         "fullUrl": "urn:uuid:5a0b6e2c-0000-4000-8000-00000000005e",
-        "resource": {"resourceType": "List", "status": "current", "mode": "working",
-                     "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
-                                          "code": "submissionset"}]},
-                     "entry": [{"item": {"reference": e["fullUrl"]}} for e in bundle["entry"]
-                               if e["resource"]["resourceType"] in ("Media", "DocumentReference")]},
+        "resource": submission_set_resource([e["fullUrl"] for e in bundle["entry"]
+                                             if e["resource"]["resourceType"] in ("Media", "DocumentReference")]),
         "request": {"method": "POST", "url": "List"}}
     bundle["entry"].insert(0, submission_set)
     with adapter_client(tmp_path) as (client, _):

@@ -97,6 +97,7 @@ def test_a_transaction_without_a_submission_set_stays_a_balp_create(tmp_path: Pa
     with adapter_client(tmp_path) as (client, services):
         bundle = provide_document_bundle(DOCUMENT)
         bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] != "List"]
+        del bundle["meta"]  # no MHD ProvideBundle profile either: a Bundle that claims one needs its SubmissionSet
         before = _count(services)
         assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 200
         [event] = _new_events(services, before)
@@ -202,16 +203,21 @@ def test_a_photos_binary_stays_a_balp_read(tmp_path: Path) -> None:
         assert _role(binary) == "4"
 
 
-def test_a_submission_set_without_an_official_identifier_is_named_by_its_full_url(tmp_path: Path) -> None:
-    """The SubmissionSet's uniqueId is its official identifier; one sent without (MHD requires
-    it, a lenient Recipient takes the Bundle) is named by its entry's urn:uuid fullUrl."""
+def test_a_submission_set_without_a_unique_id_is_named_by_its_full_url(tmp_path: Path) -> None:
+    """The SubmissionSet's uniqueId is its identifier holding an OID (MHD 4.2 marks it usual,
+    this suite's Bundles official); one sent without (MHD requires it: the Bundle is refused, 422,
+    as it is read) is named in the audit of a refusal that comes before (a purpose that may not
+    write, 403) by its entry's urn:uuid fullUrl."""
     with adapter_client(tmp_path) as (client, services):
         bundle = copy.deepcopy(provide_document_bundle(DOCUMENT))
         submission_set = bundle["entry"][0]
         submission_set["resource"]["identifier"] = [i for i in submission_set["resource"]["identifier"]
-                                                    if i["use"] != "official"]
+                                                    if not i["value"].startswith("urn:oid:")]
         before = _count(services)
-        assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 200
+        assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 422
+        assert _new_events(services, before) == []  # a Bundle refused as read is not audited
+        r = client.post("/fhir", json=bundle, headers={**FHIR_JSON, **as_purpose("TRAIN")})
+        assert r.status_code == 403, r.text
         [event] = _new_events(services, before)
         [entity] = [e for e in event["entity"] if _role(e) == "20"]
         assert entity["what"]["identifier"] == {"system": "urn:ietf:rfc:3986", "value": submission_set["fullUrl"]}

@@ -288,6 +288,7 @@ def test_restful_full_urls_resolve_the_subjects_reference_to_the_bundles_patient
     Patient entry's (bundle.html#references)."""
     bundle = provide_document_bundle(DOCUMENT)
     bundle["entry"][1]["fullUrl"] = "http://example.org/fhir/DocumentReference/456"
+    bundle["entry"][0]["resource"]["entry"][0]["item"]["reference"] = "http://example.org/fhir/DocumentReference/456"
     bundle = _with_patient(bundle, {"resourceType": "Patient", "identifier": [dict(PATIENT)]},
                            subject={"reference": "Patient/p-9"}, full_url="http://example.org/fhir/Patient/p-9")
     bundle["entry"][0]["resource"]["subject"] = {"reference": "http://example.org/fhir/Patient/p-9"}
@@ -590,3 +591,169 @@ def test_a_deployment_may_file_clinical_photos_as_document_references(tmp_path: 
         assert len(found) == 2
         assert all(("urn:clinical-image-adapter:photo-kind", "clinical") in
                    [(c["system"], c["code"]) for cat in d["category"] for c in cat["coding"]] for d in found), found
+
+
+def _without(bundle: dict[str, Any], index: int, *keys: str) -> dict[str, Any]:
+    for key in keys:
+        bundle["entry"][index]["resource"].pop(key, None)
+    return bundle
+
+
+def _bogus_list_code(bundle: dict[str, Any]) -> dict[str, Any]:
+    bundle["entry"][0]["resource"]["code"]["coding"][0]["code"] = "bogus"
+    return bundle
+
+
+def _no_source_id(bundle: dict[str, Any]) -> dict[str, Any]:
+    return _without(bundle, 0, "extension")
+
+
+def _no_unique_id(bundle: dict[str, Any]) -> dict[str, Any]:
+    ss = bundle["entry"][0]["resource"]
+    ss["identifier"] = [i for i in ss["identifier"] if not i["value"].startswith("urn:oid:")]
+    return bundle
+
+
+def _dangling_item(bundle: dict[str, Any]) -> dict[str, Any]:
+    bundle["entry"][0]["resource"]["entry"].append({"item": {"reference": "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000ee"}})
+    return bundle
+
+
+def _bad_profile(bundle: dict[str, Any]) -> dict[str, Any]:
+    bundle["meta"]["profile"] = ["https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Bogus.ProvideBundle"]
+    return bundle
+
+
+def _no_content_type(bundle: dict[str, Any]) -> dict[str, Any]:
+    del bundle["entry"][1]["resource"]["content"][0]["attachment"]["contentType"]
+    return bundle
+
+
+def _no_submission_set(bundle: dict[str, Any]) -> dict[str, Any]:
+    bundle["entry"] = bundle["entry"][1:]  # the Minimal ProvideBundle profile stays
+    return bundle
+
+
+def _two_submission_sets(bundle: dict[str, Any]) -> dict[str, Any]:
+    second = copy.deepcopy(bundle["entry"][0])
+    second["fullUrl"] = "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000e5"
+    bundle["entry"].append(second)
+    return bundle
+
+
+@pytest.mark.parametrize(("malform", "status", "where"), [
+    (_no_submission_set, 422, "Bundle.entry"),
+    (_two_submission_sets, 422, "Bundle.entry[3].resource"),
+    (_bogus_list_code, 422, "Bundle.entry[0].resource.code"),
+    (_no_source_id, 422, "Bundle.entry[0].resource.extension"),
+    (_no_unique_id, 422, "Bundle.entry[0].resource.identifier"),
+    (lambda b: _without(b, 0, "date"), 422, "Bundle.entry[0].resource.date"),
+    (_dangling_item, 422, "Bundle.entry[0].resource.entry[1].item"),
+    (_bad_profile, 400, "Bundle.meta.profile[0]"),
+    (_no_content_type, 422, "Bundle.entry[1].resource.content[0].attachment.contentType"),
+], ids=["no SubmissionSet", "two SubmissionSets", "List code bogus", "no sourceId", "no uniqueId",
+        "no submissionTime", "item naming no entry", "unknown MHD profile", "no contentType"])
+def test_an_mhd_submission_that_is_not_whole_is_refused_and_nothing_stored(tmp_path: Path, malform: Any, status: int,
+                                                                           where: str) -> None:
+    """MHD review M4: each of these was answered 200 and stored. A Bundle that says it is an MHD
+    submission (an MHD ProvideBundle profile, or a List) is held to the ProvideBundle profiles:
+    SubmissionSet 1..1 coded MHDlistTypes#submissionset, with its sourceId, uniqueId and date
+    (IHE.MHD.Minimal.SubmissionSet), items that name entries of the Bundle, a DocumentReference
+    with its contentType (IHE.MHD.Minimal.DocumentReference), and no MHD profile that is no
+    ProvideBundle. Refused naming the element, nothing stored."""
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=malform(provide_document_bundle(DOCUMENT)), headers=FHIR)
+        assert r.status_code == status, r.text
+        [issue] = r.json()["issue"]
+        assert issue["expression"] == [where], issue
+        assert _stored(services) == 0
+
+
+def test_a_plain_transaction_without_a_list_or_mhd_profile_is_not_held_to_mhd(tmp_path: Path) -> None:
+    """The adapter's own transaction (a Binary and its DocumentReference, no SubmissionSet, no
+    MHD profile) is no MHD submission: taken as before, also without the attachment's contentType
+    (the Binary's is the document's)."""
+    bundle = _no_submission_set(_no_content_type(provide_document_bundle(DOCUMENT)))
+    del bundle["meta"]
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        assert len(_found(client)) == 1
+
+
+def test_a_submission_set_marked_as_mhd_4_2_marks_it_is_taken(tmp_path: Path) -> None:
+    """MHD 4.2 marks the SubmissionSet's uniqueId (an OID) ``usual`` and its entryUUID ``official``
+    (IHE.MHD.SubmissionSetUniqueIdIdentifier, IHE.MHD.EntryUUID.Identifier); the uniqueId is found
+    by its OID value whichever way a source labels them."""
+    bundle = provide_document_bundle(DOCUMENT)
+    for identifier in bundle["entry"][0]["resource"]["identifier"]:
+        identifier["use"] = "usual" if identifier["value"].startswith("urn:oid:") else "official"
+    with adapter_client(tmp_path) as (client, _):
+        assert client.post("/fhir", json=bundle, headers=FHIR).status_code == 200
+
+
+def test_a_retry_that_describes_the_document_otherwise_is_refused_naming_the_elements(tmp_path: Path) -> None:
+    """MHD review m2: a resend with another entryUUID (an engine that regenerates its urn:uuids)
+    or another type got 409 naming only "(document)". It names the DocumentReference's elements
+    that differ, in the message and as FHIRPaths into the Bundle; the same Bundle with only its
+    date and timestamp changed is still answered as the retry it is."""
+    first = provide_document_bundle(DOCUMENT)
+    first["entry"][1]["resource"]["type"] = {"coding": [{"system": "http://loinc.org", "code": "34108-1"}]}
+    again = copy.deepcopy(first)
+    again["entry"][1]["resource"]["identifier"] = [{"system": "urn:ietf:rfc:3986",
+                                                    "value": "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000d1"}]
+    again["entry"][1]["resource"]["type"] = {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]}
+    with adapter_client(tmp_path) as (client, services):
+        assert client.post("/fhir", json=first, headers=FHIR).status_code == 200
+        stored = _stored(services)
+        r = client.post("/fhir", json=again, headers=FHIR)
+        assert r.status_code == 409, r.text
+        [issue] = r.json()["issue"]
+        assert "DocumentReference.identifier" in issue["diagnostics"] and "DocumentReference.type" in issue["diagnostics"]
+        assert "(document)" not in issue["diagnostics"]
+        assert issue["expression"] == ["Bundle.entry[1].resource.identifier", "Bundle.entry[1].resource.type"]
+        assert _stored(services) == stored
+        resent = copy.deepcopy(first)
+        resent["timestamp"] = resent["entry"][1]["resource"]["date"] = "2026-11-02T10:00:00Z"
+        r = client.post("/fhir", json=resent, headers=FHIR)
+        assert r.status_code == 200 and r.json()["entry"][1]["response"]["status"] == "200 OK", r.text
+
+
+def test_a_conditional_reference_names_the_patient_by_the_identifier_it_holds(tmp_path: Path) -> None:
+    """MHD review M3: ``subject.reference`` ``Patient?identifier=system|value`` (FHIR R4
+    http.html#trules, conditional references) was refused, 422 "the subject must carry the
+    patient's identifier", though it names one. It is resolved as that identifier (the query is
+    not kept); a conditional reference by anything else is refused (400), not guessed."""
+    conditional = {"reference": f"Patient?identifier={PATIENT['system']}|{PATIENT['value']}"}
+    bundle = provide_document_bundle(DOCUMENT)
+    for entry in bundle["entry"][:2]:
+        entry["resource"]["subject"] = dict(conditional)
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        [found] = _found(client)
+        assert found["subject"]["identifier"] == PATIENT and "reference" not in found["subject"]
+        other = provide_document_bundle((ROOT / "samples" / "tiny.jpg").read_bytes())
+        other["entry"][1]["resource"]["subject"] = {"reference": "Patient?name=Muster"}
+        r = client.post("/fhir", json=other, headers=FHIR)
+        assert r.status_code == 400, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.subject.reference"]
+        # a SubmissionSet naming another patient so is a misfiled submission, as by identifier
+        other = provide_document_bundle((ROOT / "samples" / "tiny.jpg").read_bytes())
+        other["entry"][0]["resource"]["subject"] = {"reference": f"Patient?identifier={OTHER_ID['system']}|x"}
+        assert client.post("/fhir", json=other, headers=FHIR).status_code == 422
+        assert len(_found(client)) == 1
+
+
+def test_a_conditional_update_of_the_patient_is_refused_as_such(tmp_path: Path) -> None:
+    """MHD review M3: ``PUT Patient?identifier=…`` got "request.url … names no resource of this
+    server" (the colon of the OID taken for a scheme). It says conditional update is not supported."""
+    bundle = _with_patient(provide_document_bundle(DOCUMENT), {"resourceType": "Patient",
+                                                               "identifier": [dict(PATIENT)]})
+    bundle["entry"][3]["request"] = {"method": "PUT", "url": f"Patient?identifier={PATIENT_ID}"}
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 400, r.text
+        [issue] = r.json()["issue"]
+        assert "conditional update" in issue["diagnostics"] and issue["expression"] == ["Bundle.entry[3].request.url"]
+        assert _stored(services) == 0

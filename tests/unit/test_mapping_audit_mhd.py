@@ -107,3 +107,16 @@ def test_what_a_client_sends_badly_is_not_taken_as_the_submission_sets_id() -> N
     assert provide_document_bundle(bundle) == MhdTransaction("ITI-65")
     assert provide_document_bundle({"type": "transaction", "entry": "x"}) is None
     assert provide_document_bundle({"type": "transaction", "entry": [None, {"resource": []}]}) is None
+
+
+def test_the_submission_sets_unique_id_is_its_oid_as_mhd_4_2_marks_it() -> None:
+    """MHD 4.2 marks the SubmissionSet's uniqueId (an OID) ``usual`` and its entryUUID (a UUID)
+    ``official`` (IHE.MHD.SubmissionSetUniqueIdIdentifier, IHE.MHD.EntryUUID.Identifier). The
+    audit took the ``official`` one as the uniqueId, so a Bundle marked as MHD marks it was audited
+    under its entryUUID."""
+    bundle = iti65_request(b"\xff\xd8\xff")
+    identifiers = bundle["entry"][0]["resource"]["identifier"]
+    for identifier in identifiers:
+        identifier["use"] = "usual" if identifier["value"].startswith("urn:oid:") else "official"
+    found = provide_document_bundle(bundle)
+    assert found is not None and found.submission_set == ("urn:ietf:rfc:3986", "urn:oid:1.2.3.4.99.1")

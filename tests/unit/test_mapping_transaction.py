@@ -40,6 +40,7 @@ from tests.support.fhir_factories import (
     transaction_bundle,
 )
 from tests.support.fhir_validator import validate_r4
+from tests.support.mhd import submission_set_resource
 
 pytestmark = pytest.mark.unit
 
@@ -186,7 +187,7 @@ def test_a_put_of_a_list_or_the_patient_is_acknowledged(jpeg: bytes) -> None:
     """ITI-65 lets a Document Source PUT a Folder List or the Patient of the push case: the
     adapter stores neither, so a PUT of them is taken, its url naming the entry's type and id."""
     bundle = transaction_bundle(jpeg)
-    bundle["entry"].append({"resource": {"resourceType": "List", "id": "f-1", "status": "current", "mode": "working"},
+    bundle["entry"].append({"resource": {**submission_set_resource([bundle["entry"][1]["fullUrl"]]), "id": "f-1"},
                             "request": {"method": "PUT", "url": "List/f-1"}})
     assert parse(bundle).entry_roles[-1] == "submission-set"
     bundle["entry"][-1]["request"]["url"] = "List/f-2"
@@ -340,9 +341,12 @@ def test_unsupported_resource_type(jpeg: bytes) -> None:
 def test_mhd_submission_set_list_is_accepted(jpeg: bytes) -> None:
     bundle = transaction_bundle(jpeg)
     bundle["entry"].append({"fullUrl": "urn:uuid:9d1c2b8e-4f3a-4c1e-9b6d-0a1b2c3d4e09",
-                            "resource": {"resourceType": "List", "status": "current", "mode": "working"},
+                            "resource": submission_set_resource([bundle["entry"][1]["fullUrl"]]),
                             "request": {"method": "POST", "url": "List"}})
     assert parse_transaction(bundle, tables()).entry_roles[-1] == "submission-set"
+    # a List that is no MHD SubmissionSet or Folder (its code) makes no submission (IHE.MHD.List)
+    bundle["entry"][-1]["resource"]["code"] = {"text": "a list"}
+    assert refused(bundle, UnknownCode).expression == ["Bundle.entry[3].resource.code"]
 
 
 def test_unsupported_method(jpeg: bytes) -> None:
