@@ -901,6 +901,29 @@ def test_summary_count_answers_the_total_only(tmp_path: Path) -> None:
         assert client.get("/fhir/Media?_summary=count", headers=as_purpose("TRAIN")).json()["total"] == 0
 
 
+def test_a_secondary_images_kind_survives_summary_and_elements(tmp_path: Path) -> None:
+    """Clinical review finding 3: _summary=true and _elements answers of a secondary image (a
+    photo of an x-ray) dropped its photo-kind extension, so a list could not tell it from any
+    photo. Every cut answer keeps it (still tagged SUBSETTED), under care and TRAIN alike."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client, path=SAMPLES / "document.jpg", kind="secondary", consent=None,
+                          note="photo of chest x-ray from screen")
+        media_id = receipt["record"].split("/")[1]
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN"]))
+        answers = [
+            client.get(f"/fhir/Media?_id={media_id}&_summary=true", headers=as_purpose("TREAT")).json()["entry"][0]
+            ["resource"],
+            client.get(f"/fhir/{receipt['record']}?_elements=content,subject", headers=as_purpose("TREAT")).json(),
+            client.get(f"/fhir/{receipt['record']}?_summary=text", headers=as_purpose("TREAT")).json(),
+            client.get("/fhir/Media?_summary=true", headers=as_purpose("TRAIN")).json()["entry"][0]["resource"],
+        ]
+        for cut in answers:
+            assert "SUBSETTED" in [t["code"] for t in cut["meta"]["tag"]], cut
+            kinds = [e["valueCode"] for e in cut.get("extension", []) if e["url"].endswith("/photo-kind")]
+            assert kinds == ["secondary"], cut
+            assert "photo of chest x-ray" not in json.dumps(cut)
+
+
 def test_summary_and_elements_cut_what_the_view_shows_and_say_so(tmp_path: Path) -> None:
     """_summary=true|text|data and _elements on search, read and vread: the resource in the
     purpose's view, cut to what was asked, tagged SUBSETTED, its security labels kept; the
@@ -913,18 +936,19 @@ def test_summary_and_elements_cut_what_the_view_shows_and_say_so(tmp_path: Path)
         whole = client.get(f"/fhir/{receipt['record']}", headers=treat).json()
         summary = client.get(f"/fhir/{receipt['record']}?_summary=true", headers=treat).json()
         assert subsetted in summary["meta"]["tag"] and "note" not in summary and "text" not in summary
+        assert summary["extension"] == [e for e in whole["extension"] if e["url"].endswith("/photo-kind")]
         assert summary["meta"]["security"] == whole["meta"]["security"]
         assert summary["subject"] == whole["subject"] and summary["content"] == whole["content"]
         versioned = client.get(f"/fhir/{receipt['record']}/_history/1?_elements=note", headers=treat).json()
-        assert set(versioned) == {"resourceType", "id", "meta", "note", "status", "content"}
+        assert set(versioned) == {"resourceType", "id", "meta", "note", "status", "content", "extension"}
         found = client.get("/fhir/Media?_elements=subject&_revinclude=Provenance:target", headers=treat).json()
         assert found["total"] == 1 and "_elements=subject" in found["link"][0]["url"]
         media, provenance = (e["resource"] for e in found["entry"])
-        assert set(media) == {"resourceType", "id", "meta", "subject", "status", "content"}
+        assert set(media) == {"resourceType", "id", "meta", "subject", "status", "content", "extension"}
         assert set(provenance) == {"resourceType", "id", "meta", "target", "recorded", "agent"}
         assert all(subsetted in e["resource"]["meta"]["tag"] for e in found["entry"])
         text = client.get("/fhir/Media?_summary=text", headers=treat).json()["entry"][0]["resource"]
-        assert set(text) == {"resourceType", "id", "meta", "status", "content"} | ({"text"} & set(whole))
+        assert set(text) == {"resourceType", "id", "meta", "status", "content", "extension"} | ({"text"} & set(whole))
         data = client.get("/fhir/Media?_summary=data", headers=treat).json()["entry"][0]["resource"]
         assert set(data) == set(whole) - {"text"}
         assert "tag" not in client.get("/fhir/Media?_summary=false", headers=treat).json()["entry"][0]["resource"]["meta"]
