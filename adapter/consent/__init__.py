@@ -9,6 +9,7 @@ from adapter.consent.decision import (
     decide_outbox_list,
     decide_outbox_requeue,
     permitted_purposes,
+    refused_for_every_record,
 )
 from adapter.consent.grants import grant_from_consent, grants_from_consent, inverted_period
 from adapter.consent.ingest import IngestAssessment, assess_ingest
@@ -28,4 +29,5 @@ __all__ = [
     "grants_from_consent",
     "inverted_period",
     "permitted_purposes",
+    "refused_for_every_record",
 ]

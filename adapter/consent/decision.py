@@ -97,17 +97,14 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
                         consents=_refs(used), permitted_purposes=permitted, policy=policy)
 
     klass = _purpose_class(purpose, tables)
-    if klass is PurposeClass.UNKNOWN:
-        return deny("unknown purpose of use")
+    refusal = _refusal_of(klass, code, tables)
+    if refusal is not None:
+        return deny(refusal)
     if klass is PurposeClass.BREAK_GLASS:
-        if not tables.policy.break_glass.enabled:
-            return deny(f"break-glass ({code}) is not enabled by policy")
         overridden = [g for g in in_force if g.decision == DENY and grant_covers(g, code, tables)]
         return Decision(permitted=True, reason=f"break-glass ({code}): consent not evaluated; access audited",
                         purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted,
                         overridden=_refs(overridden), policy=policy)
-    if klass is PurposeClass.NOT_PERMITTED:
-        return deny(f"purpose {code} not permitted by policy")
     verdict = _by_consent(code, klass, facts, consents, in_force, tables, now)
     if not verdict.permitted:
         return deny(verdict.reason, verdict.used)
@@ -115,6 +112,24 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     return Decision(permitted=True, reason=verdict.reason, purpose=purpose, view=view,
                     consent_ids=_ids(verdict.used), consents=_refs(verdict.used), permitted_purposes=permitted,
                     obligations=OBLIGATIONS[view], policy=policy)
+
+
+def refused_for_every_record(purpose: PurposeOfUse, tables: Tables) -> str | None:
+    """Why :func:`decide` denies ``purpose`` whatever the record and its Consents (steps 1 to 3:
+    an unknown purpose, break-glass the policy does not enable, a purpose the policy does not
+    permit), else None. A search under such a purpose is refused outright, not an ordinary
+    search that found nothing it may show: its audit says so (adapter.services.access)."""
+    return _refusal_of(_purpose_class(purpose, tables), purpose.code, tables)
+
+
+def _refusal_of(klass: PurposeClass, code: str, tables: Tables) -> str | None:
+    if klass is PurposeClass.UNKNOWN:
+        return "unknown purpose of use"
+    if klass is PurposeClass.BREAK_GLASS and not tables.policy.break_glass.enabled:
+        return f"break-glass ({code}) is not enabled by policy"
+    if klass is PurposeClass.NOT_PERMITTED:
+        return f"purpose {code} not permitted by policy"
+    return None
 
 
 class _Verdict(NamedTuple):

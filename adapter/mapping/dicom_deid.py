@@ -76,6 +76,16 @@ Decisions:
   (PS3.5 7.1.1, PS3.3 C.24.2), and DeidentificationMethod says both what was done and what not
   (:data:`NOT_CLEANED_DOCUMENT`). A document that cannot be cleaned (not a PDF, encrypted, not
   readable) stops the copy (UncleanableDocument): never released with its metadata.
+* **The secondary image's warning is kept.** Table E.1-1 removes ImageComments and
+  SeriesDescription (X: free text). The adapter writes a fixed text of its own into both for
+  a photo of an x-ray, ECG or screen (adapter.mapping.dicom_photo: "Secondary image: …
+  Review the original on its platform before diagnosis."). It holds no patient data, and a
+  training or research reader needs it as much as a clinician does, so the caller passes those
+  texts (``fixed_texts``: mappings/kinds.yaml ``warning``, mappings/dicom.yaml
+  ``seriesDescription``) and a value equal to one of them word for word is written back after
+  cleaning (:data:`FIXED_TEXT_ATTRIBUTES`, top level only). Any other value (a sender's
+  comment, a PACS's description) is removed as before. The FHIR views keep the photo-kind
+  extension likewise, and drop notes (the sender's note may identify).
 * **RecognizableVisualFeatures** is kept as it is (YES for clinical photos): the Clean
   Recognizable Visual Features option (113102) is not claimed; releasing a recognisable photo
   for TRAIN/HRESCH rests on the patient's explicit consent, checked before this is called.
@@ -92,6 +102,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Collection
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -287,30 +298,36 @@ _PSEUDONYM_OK = re.compile(r"^[^\\\x00-\x1f]{1,64}$")
 DCM_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
 DCM_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Full Dates Option")
 #: DeidentificationMethod (LO) values for what is released without being cleaned.
+#: The attributes a copy keeps when their value is one of the adapter's fixed texts (module docstring).
+FIXED_TEXT_ATTRIBUTES = ("ImageComments", "SeriesDescription")
 NOT_CLEANED_PIXELS = "Pixel data not cleaned: burned-in text may identify"
 NOT_CLEANED_DOCUMENT = "PDF metadata removed; content not cleaned: it may identify"
 #: Type 2 attributes of the Encapsulated Document module (PS3.3 C.24.2) that the rules would remove.
 _DOCUMENT_TYPE2 = ("DocumentTitle", "ContentTime", "AcquisitionDateTime")
 
 
-def deidentify(ds: Dataset, *, uid_root: str, key: bytes) -> Dataset:
+def deidentify(ds: Dataset, *, uid_root: str, key: bytes, fixed_texts: Collection[str] = ()) -> Dataset:
     """The TRAIN copy: PS3.15 Basic Profile, dates removed, UIDs replaced consistently
-    (module docstring).
+    (module docstring). ``fixed_texts``: the adapter's own ImageComments and SeriesDescription
+    texts (the secondary image's warning), kept when the object carries one word for word.
 
     Raises:
         ConfigurationError: ``uid_root`` is not a usable root or ``key`` is empty.
     """
-    out = _basic(ds, uid_root=uid_root, key=key, context=TRAIN_CONTEXT, keep_dates=False, view_copy=DEIDENTIFIED_COPY)
+    out = _basic(ds, uid_root=uid_root, key=key, context=TRAIN_CONTEXT, keep_dates=False, view_copy=DEIDENTIFIED_COPY,
+                 fixed_texts=fixed_texts)
     out.PatientIdentityRemoved = "YES"
     out.LongitudinalTemporalInformationModified = "REMOVED"
     _method(out, [DCM_BASIC_PROFILE], _not_cleaned(ds))
     return out
 
 
-def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root: str, key: bytes) -> Dataset:
+def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root: str, key: bytes,
+                 fixed_texts: Collection[str] = ()) -> Dataset:
     """The HRESCH copy: Basic Profile with full dates retained, PatientID = ``pseudonym``
     (the keyed pseudonym the FHIR pseudonymised view shows), IssuerOfPatientID =
-    ``pseudonym_issuer`` (the pseudonym identifier system), PatientName = ``pseudonym``.
+    ``pseudonym_issuer`` (the pseudonym identifier system), PatientName = ``pseudonym``;
+    ``fixed_texts`` as :func:`deidentify`.
 
     Raises:
         InvalidInput: ``pseudonym`` or ``pseudonym_issuer`` cannot be a LO value.
@@ -320,7 +337,7 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
         if not _PSEUDONYM_OK.match(value):
             raise InvalidInput(f"{name} cannot be a DICOM LO value (1..64 characters, no backslash)")
     out = _basic(ds, uid_root=uid_root, key=key, context=HRESCH_CONTEXT, keep_dates=True,
-                 view_copy=PSEUDONYMISED_COPY)
+                 view_copy=PSEUDONYMISED_COPY, fixed_texts=fixed_texts)
     out.PatientID = pseudonym
     out.IssuerOfPatientID = pseudonym_issuer
     # family name = the pseudonym; the "^" keeps dciodvfy from reading a one-component name as
@@ -345,12 +362,17 @@ def _not_cleaned(ds: Dataset) -> list[str]:
     return []
 
 
-def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: bool, view_copy: int) -> Dataset:
+def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: bool, view_copy: int,
+           fixed_texts: Collection[str]) -> Dataset:
     check_uid_root(uid_root)
     out = copy.deepcopy(ds)
     mapper = _UidMapper(uid_root, key, context)
     out.remove_private_tags()
     _clean(out, mapper, keep_dates=keep_dates)
+    for keyword in FIXED_TEXT_ATTRIBUTES:  # the adapter's own warning (module docstring)
+        value = ds.get(keyword)
+        if isinstance(value, str) and value and value in fixed_texts:
+            setattr(out, keyword, value)
     if "EncapsulatedDocument" in out:
         for keyword in _DOCUMENT_TYPE2:
             if keyword in ds and keyword not in out:
@@ -521,6 +543,7 @@ def _method(ds: Dataset, codes: list[tuple[str, str]], notes: list[str]) -> None
 
 
 __all__ = [
-    "BASIC_PROFILE_REMOVE", "BASIC_PROFILE_ZERO", "DATES_REMOVE", "DATES_ZERO", "HRESCH_CONTEXT", "KEEP_UIDS",
+    "BASIC_PROFILE_REMOVE", "BASIC_PROFILE_ZERO", "DATES_REMOVE", "DATES_ZERO", "FIXED_TEXT_ATTRIBUTES",
+    "HRESCH_CONTEXT", "KEEP_UIDS",
     "NOT_CLEANED_DOCUMENT", "NOT_CLEANED_PIXELS", "TRAIN_CONTEXT", "deidentify", "pseudonymise",
 ]

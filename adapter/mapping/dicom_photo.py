@@ -52,7 +52,14 @@ Decisions:
 * **Privacy**: RecognizableVisualFeatures from kinds.yaml ``recognizable``; BurnedInAnnotation
   from mappings/dicom.yaml (documents and screens carry text). Nothing from EXIF except the
   Orientation is used, so no GPS, serials, owner or capture software can reach the object.
-  OperatorsName and DeviceSerialNumber are never written; no free text from the record is.
+  OperatorsName and DeviceSerialNumber are never written; no free text from the record is (not
+  the sender's note: it may name the patient).
+* **Secondary image warning**: a photo of an x-ray, ECG or screen is to be reviewed on its
+  original platform before diagnosis. The FHIR record says so in a note; the object says it to
+  a PACS reader in ImageComments (0020,4000, General Image: the kind's ``warning`` of
+  mappings/kinds.yaml, word for word) and SeriesDescription (0008,103E: the kind's
+  ``seriesDescription`` of mappings/dicom.yaml, a short form for series lists). Both are fixed
+  texts of the adapter; the restricted copies keep them (adapter.mapping.dicom_deid).
 * **Equipment**: :class:`Equipment` (make/model from the camera's structured data) or the
   record's deviceName as ManufacturerModelName; Manufacturer is Type 2 and empty when unknown.
   For SC the camera is the secondary-capture device (SC Equipment); General Equipment
@@ -198,6 +205,8 @@ def _photo_header(record: Mapping[str, Any], *, kind: PhotoKind, patient: Identi
     ds.Modality = iod.modality
     ds.SeriesInstanceUID = UID(uids.series)
     ds.SeriesNumber = iod.series_number
+    if iod.series_description:
+        ds.SeriesDescription = iod.series_description
     # --- General Equipment (C.7.5.1) / SC Equipment (C.8.6.1)
     model = _lo(equipment.model if equipment and equipment.model else record.get("deviceName"))
     make = _lo(equipment.manufacturer if equipment else None)
@@ -220,6 +229,9 @@ def _photo_header(record: Mapping[str, Any], *, kind: PhotoKind, patient: Identi
     ds.PatientOrientation = ""
     ds.BurnedInAnnotation = iod.burned_in_annotation
     ds.RecognizableVisualFeatures = "YES" if tables.kinds[kind].recognizable else "NO"
+    warning = tables.kinds[kind].warning
+    if warning:  # the kind's fixed warning, as the FHIR record's note (LT: one line, no VM split)
+        ds.ImageComments = warning
 
     _set_times(ds, record, now, secondary_capture=iod.is_secondary_capture)
     _set_anatomy(ds, record, tables, iod)
@@ -238,6 +250,15 @@ def _finish(ds: Dataset, iod: Any, *, derived: bool | None) -> None:
         ds.AcquisitionContextSequence = Sequence()
     if _has_non_ascii(ds):
         ds.SpecificCharacterSet = "ISO_IR 192"
+
+
+def fixed_texts(tables: Tables, dicom_tables: DicomTables) -> frozenset[str]:
+    """The texts :func:`photo_to_dicom` writes into ImageComments and SeriesDescription: the
+    kinds' warnings and series descriptions, fixed by the tables, holding no patient data (so
+    the restricted copies may keep them: adapter.mapping.dicom_deid)."""
+    warnings = (entry.warning for entry in tables.kinds.values())
+    descriptions = (iod.series_description for iod in dicom_tables.kinds.values())
+    return frozenset(text for text in (*warnings, *descriptions) if text)
 
 
 def encode_dataset(ds: Dataset) -> bytes:
@@ -520,5 +541,5 @@ def _has_non_ascii(ds: Dataset) -> bool:
     return any(not text.isascii() for text in _walk_text(ds))
 
 
-__all__ = ["STUDY_DATE_VERSION", "Equipment", "encode_dataset", "encounter_key", "photo_to_dicom", "study_date",
-           "study_time"]
+__all__ = ["STUDY_DATE_VERSION", "Equipment", "encode_dataset", "encounter_key", "fixed_texts", "photo_to_dicom",
+           "study_date", "study_time"]

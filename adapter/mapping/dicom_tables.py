@@ -159,9 +159,15 @@ class KindIod(_Strict):
     #: paired one: series Laterality empty, PS3.3 C.7.3.1) or ``unpaired`` (no body part that has
     #: sides, a sheet of paper: ImageLaterality U and no Laterality). adapter.mapping.dicom_photo.
     without_body_site: Literal["unknown", "unpaired"] = Field("unknown", alias="withoutBodySite")
+    #: SeriesDescription (LO) of the kind's objects: a fixed text that tells a PACS list what the
+    #: series is (the secondary image's warning, in short; mappings/kinds.yaml has it in full).
+    #: Each photo's object is a series of its own, so the kind's text describes the whole series.
+    series_description: str | None = Field(None, alias="seriesDescription", min_length=1, max_length=64)
 
     @model_validator(mode="after")
     def _iod(self) -> KindIod:
+        if self.series_description is not None and _LO_FORBIDDEN.search(self.series_description):
+            raise ValueError("seriesDescription must not contain a backslash or control characters (VR LO)")
         if self.sop_class not in _WRITABLE_SOP_CLASSES:
             raise ValueError(f"the adapter writes only SC ({SC_IMAGE}) and VL Photographic ({VL_PHOTOGRAPHIC})")
         if self.sop_class == SC_IMAGE and self.conversion_type not in CONVERSION_TYPES:

@@ -9,6 +9,13 @@ the rest) and the elements the resource type requires. A cut resource carries th
 ``v3-ObservationValue#SUBSETTED`` in ``meta.tag``, as the specification asks, so it is never
 mistaken for the whole.
 
+A photo record also keeps its photo-kind extension (:data:`_SAFETY_EXTENSIONS`; the record's
+other extensions go unless asked for), though ``extension`` is no summary element: without it a
+list of ``_summary=true`` or ``_elements`` answers cannot tell a photo of an x-ray or ECG (a
+secondary image, to be reviewed on its original platform before diagnosis) from a clinical
+photo; R4 Media has no category, and its modality ``OT`` says nothing of the kind. search.html
+#summary lets a server return more than the summary elements; the SUBSETTED tag stays.
+
 - ``_summary=true``: the elements marked "summary" in the base definition of the type (read off
   the fhir.resources models of the FHIR version: R4B for R4, which has the same flags for the
   types served here, and R5);
@@ -43,6 +50,11 @@ _ALWAYS = frozenset({"resourceType", "id", "meta", "implicitRules", "modifierExt
 #: first the resource has is kept, so the cut resource stays valid. Consent ppc-1: "Either a
 #: Policy or PolicyRule" (policy is not a summary element in R4).
 _ONE_OF = {"Consent": ("policyRule", "policy")}
+
+#: Extensions a cut photo record keeps whatever is asked (module docstring).
+_SAFETY_EXTENSIONS = frozenset({codes.EXT_PHOTO_KIND})
+#: The types whose cut keeps them.
+_PHOTO_TYPES = frozenset({"Media", "DocumentReference"})
 
 #: The types cut (their fhir.resources module is the type's name in lower case); anything else,
 #: such as an OperationOutcome entry of a search, is left whole.
@@ -149,6 +161,10 @@ def subset(resource: JSON, how: Subsetting, *, fhir_version: str) -> JSON:
         name = key.removeprefix("_")  # a primitive's extensions follow it
         if (name != "text" if kept is None else name in kept):
             out[key] = value
+        elif key == "extension" and resource_type in _PHOTO_TYPES and isinstance(value, list):
+            safety = [e for e in value if isinstance(e, dict) and e.get("url") in _SAFETY_EXTENSIONS]
+            if safety:
+                out[key] = safety
     meta = dict(out.get("meta") or {})
     tags = [t for t in meta.get("tag") or [] if not (isinstance(t, dict) and t.get("code") == "SUBSETTED"
                                                      and t.get("system") == SUBSETTED["system"])]

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from adapter.consent import ANY_PURPOSE, decide, decide_outbox_list, grants_from_consent
+from adapter.consent import (
+    ANY_PURPOSE,
+    decide,
+    decide_outbox_list,
+    grants_from_consent,
+    refused_for_every_record,
+)
 from adapter.errors import (
     AdapterError,
     Forbidden,
@@ -45,6 +51,7 @@ from adapter.imaging.unlinkable import DEIDENTIFIED_COPY, PSEUDONYMISED_COPY, un
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import PDF, extract_frame, extract_image, grey_levels
 from adapter.mapping.dicom_json import read_released
+from adapter.mapping.dicom_photo import fixed_texts
 from adapter.mapping.dicom_tables import ENCAPSULATED_PDF, DicomTables
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.released_ids import IdSpace, ReleasedIds
@@ -348,6 +355,19 @@ class ScopedReader:
         if facts is None:  # nothing says whose data this is: fail closed
             return Decision(permitted=False, reason="no access facts for this resource", purpose=self.ctx.purpose)
         return decide(self.ctx.purpose, facts, self._grants_for(facts.patient), self._tables, self._now())
+
+    def _record_search(self, found: Sequence[Found], *, reason: str, dicom: DicomAudit | None = None) -> None:
+        """Audit a search (FHIR or QIDO-RS) that returned ``found``. One under a purpose the
+        decision refuses whatever the record (adapter.consent.refused_for_every_record: break-glass
+        the policy does not enable, a purpose it does not permit) is a refusal, outcome 4 with
+        why, not an ordinary search that found nothing it may show (outcome 0), so a refused
+        break-glass attempt stands out in the trail. The answer is the same: nothing shown."""
+        refusal = refused_for_every_record(self.ctx.purpose, self._tables)
+        if refusal is None:
+            self._auditor.record_search(self.ctx, found=found, reason=reason, dicom=dicom)
+        else:
+            self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None, entities=[],
+                                 patient=None, reason=f"{refusal}: {reason}", refused=True, dicom=dicom)
 
     def shown_in_full(self, records: Sequence[str], *, what: str) -> tuple[set[str], bool]:
         """Of the record references ``records`` ("Media/abc"), those the purpose may see in care's
@@ -697,7 +717,7 @@ class ScopedReader:
         included, included_glass = self._included(
             request, [loaded[k] for k in ((r.resource_type, r.id) for r, _ in page) if k in loaded], found)
         reason = f"{permitted} permitted, {denied} withheld" + (f", {len(included)} included" if included else "")
-        self._auditor.record_search(self.ctx, found=found, reason=reason)
+        self._record_search(found, reason=reason)
         return SearchResult(resources=resources, total=permitted if request.total else None,
                             break_glass=any(d.break_glass for _, d in page) or included_glass,
                             more=found_page.more, included=included, paging=paging)
@@ -819,7 +839,7 @@ class ScopedReader:
         if self._dicom_tables is None:
             raise NotSupported("DICOM is not served here")
         return DicomRelease(view, uids=self._released_uids, pseudonymizer=self._pseudonymizer,
-                            dicom_tables=self._dicom_tables)
+                            dicom_tables=self._dicom_tables, fixed_texts=fixed_texts(self._tables, self._dicom_tables))
 
     @property
     def purpose_view(self) -> View:
@@ -1211,10 +1231,8 @@ class ScopedReader:
                 close()  # a streamed read stopped early ends here
         page = list(results.values())[offset:None if limit is None else offset + limit]
         result = [entry for members in page for entry in members]
-        self._auditor.record_search(self.ctx, found=[(r, patient_of.get(r), decided_by.get(r))
-                                                     for r in sorted({e.record for e in result})],
-                                    reason=f"{len(result)} instances permitted, {withheld} withheld",
-                                    dicom=DicomAudit.query())
+        self._record_search([(r, patient_of.get(r), decided_by.get(r)) for r in sorted({e.record for e in result})],
+                            reason=f"{len(result)} instances permitted, {withheld} withheld", dicom=DicomAudit.query())
         more = tell_more and limit is not None and len(results) > offset + limit
         return DicomSearchResult(result, glass and bool(result), more)
 

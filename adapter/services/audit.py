@@ -14,7 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from adapter.consent import decide_audit_export
-from adapter.errors import BusinessRuleViolation, Forbidden, PurposeOfUseMissing, UnknownPurposeOfUse
+from adapter.errors import (
+    AdapterError,
+    BusinessRuleViolation,
+    Forbidden,
+    PurposeOfUseMissing,
+    UnknownPurposeOfUse,
+)
 from adapter.mapping.audit import audit_event, consent_entity, outbox_item_entity, patient_entity
 from adapter.mapping.audit_application import Application, application_activity_event, audit_log_used_event
 from adapter.mapping.audit_dicom import (
@@ -165,6 +171,18 @@ class Auditor:
         self._store.append_audit(self.event(ctx, interaction="create", action="C", permitted=False, reason=reason,
                                             entities=[], patient=patient, dicom=dicom,
                                             outcome=refusal_outcome(error)))
+
+    def record_refused_write(self, ctx: RequestContext, *, interaction: str, action: str, error: AdapterError,
+                             entities: Sequence[str], patient: Identifier | None) -> None:
+        """Store the AuditEvent of a write refused (a Consent create or update the adapter turned
+        down: invalid, against a rule, a stale If-Match…): outcome 4 with the refusal's
+        diagnostics, as a refused POST /photos is, naming ``patient`` (the patient the write
+        concerns, where known) and ``entities``. A refusal by a rule (BusinessRuleViolation) is a
+        decision, counted as one in the metrics, as :meth:`record_refused_transfer` counts it."""
+        if isinstance(error, BusinessRuleViolation):
+            DECISIONS.labels(interaction, ctx.purpose.code, "refused").inc()
+        self._store.append_audit(self.event(ctx, interaction=interaction, action=action, permitted=False,
+                                            reason=error.diagnostics, entities=entities, patient=patient))
 
     def record_failed_write(self, ctx: RequestContext, *, interaction: str, action: str, reason: str,
                             patient: Identifier | None) -> None:

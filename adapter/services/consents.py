@@ -1,13 +1,21 @@
 """Consent lifecycle: create, update (add a purpose, withdraw with status inactive).
 
 A change is committed before the response, and the read path loads consents on every request,
-so it takes effect on the very next request."""
+so it takes effect on the very next request.
+
+Every write is audited: a stored one in its own transaction (outcome 0), a refused one (invalid,
+against a rule, a stale If-Match, an id never made…) as a refused POST /photos is (outcome 4 with
+the refusal's diagnostics), and one the store failed to make as a failed write (outcome 8). A
+refusal names the patient the Consent concerns (the stored Consent's for an update, else the
+one the request names, when it names one that can be an identifier) and, for an update, the
+Consent; never a record the request named (it may be another patient's)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -18,11 +26,13 @@ from pydantic import ValidationError
 from adapter.consent import grants_from_consent, inverted_period
 from adapter.consent.grants import literal_type_id
 from adapter.errors import (
+    AdapterError,
     BusinessRuleViolation,
     Conflict,
     InvalidInput,
     InvalidResource,
     PreconditionFailed,
+    StorageError,
     UnknownCode,
     UpdateCreateNotSupported,
 )
@@ -32,12 +42,15 @@ from adapter.mapping.fhir_json import validate_r4_resource
 from adapter.mapping.narrative import check_narratives
 from adapter.mapping.photo import index_resource
 from adapter.mapping.tables import Tables
-from adapter.model.photo import Identifier
+from adapter.model.photo import Identifier, identifier_too_long
 from adapter.model.purpose import V3_ACT_REASON, V3_ACT_REASON_SYSTEMS, RequestContext
 from adapter.model.record import NewResource, StoredResource
 from adapter.services.access import consent_facts, named_resource
 from adapter.services.audit import Auditor
 from adapter.store.port import RecordStore
+from adapter.text import has_control_character
+
+log = logging.getLogger(__name__)
 
 CONSENT_STATUS = frozenset({"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"})
 #: http://terminology.hl7.org/CodeSystem/consentaction (R4), bound required to provision.action
@@ -157,6 +170,44 @@ class ConsentService:
         resource["sourceAttachment"] = cleaned
 
     def create(self, resource: dict[str, Any], ctx: RequestContext) -> StoredResource:
+        try:
+            return self._create(resource, ctx)
+        except AdapterError as exc:
+            self._audit_refusal(ctx, "create", exc, consent_id=None, patient=_named_patient(resource))
+            raise
+
+    def update(self, id: str, resource: dict[str, Any], ctx: RequestContext,
+               if_match: frozenset[int] | None) -> StoredResource:
+        """Write the next version of Consent ``id``; ``if_match``: the versions the client's
+        If-Match accepts (None: any)."""
+        held: list[StoredResource] = []
+        try:
+            return self._update(id, resource, ctx, if_match, held)
+        except AdapterError as exc:
+            stored = consent_facts(id, held[0].resource) if held else None
+            patient = stored.patient if stored is not None else _named_patient(resource)
+            self._audit_refusal(ctx, "update", exc, consent_id=id, patient=patient)
+            raise
+
+    def _audit_refusal(self, ctx: RequestContext, interaction: str, error: AdapterError, *,
+                       consent_id: str | None, patient: Identifier | None) -> None:
+        """Audit a write not made (module docstring): refused, outcome 4; failed in the store,
+        outcome 8, whose audit, written in its own transaction, may fail too (the store is what
+        failed): then logged by the request id, without patient data, and the failure stands."""
+        action = "C" if interaction == "create" else "U"
+        entities = [f"Consent/{consent_id}"] if consent_id is not None else []
+        if not isinstance(error, StorageError):
+            self._auditor.record_refused_write(ctx, interaction=interaction, action=action, error=error,
+                                               entities=entities, patient=patient)
+            return
+        try:
+            self._auditor.record_failed_write(ctx, interaction=interaction, action=action, reason=error.diagnostics,
+                                              patient=patient)
+        except Exception as exc:  # noqa: BLE001 - the failure stands whatever the audit store does
+            log.error("could not audit the failed %s of a Consent (request %s): %s", interaction,
+                      ctx.request_id or "-", type(exc).__name__)
+
+    def _create(self, resource: dict[str, Any], ctx: RequestContext) -> StoredResource:
         resource = self._check({k: v for k, v in resource.items() if k != "id"}, str(uuid.uuid4()))
         facts = consent_facts(resource["id"], resource)
         audit = self._auditor.event(ctx, interaction="create", action="C", permitted=True, reason=None,
@@ -164,15 +215,17 @@ class ConsentService:
         return self._store.create(NewResource("Consent", resource["id"], resource, index_resource(resource)),
                                   audit_events=[audit])
 
-    def update(self, id: str, resource: dict[str, Any], ctx: RequestContext,
-               if_match: frozenset[int] | None) -> StoredResource:
-        """Write the next version of Consent ``id``; ``if_match``: the versions the client's
-        If-Match accepts (None: any)."""
+    def _update(self, id: str, resource: dict[str, Any], ctx: RequestContext, if_match: frozenset[int] | None,
+                held: list[StoredResource]) -> StoredResource:
+        """:meth:`update`; the current version, once read, is put in ``held`` (its patient is
+        the one a refusal names)."""
         if isinstance(resource, dict) and resource.get("resourceType") == "Consent" and resource.get("id") is None:
             # http.html#update: "If no id element is provided, or the id disagrees with the id in
             # the URL, the server SHALL respond with an HTTP 400 error code"
             raise InvalidResource("an update carries the resource's id, the same as in the URL", expression="Consent.id")
         current = self._store.get("Consent", id)
+        if current is not None:
+            held.append(current)
         resource = self._check(resource, id, current.resource if current is not None else None)
         if current is None:  # ids are the server's: an update never creates (http.html#update: 405)
             raise UpdateCreateNotSupported(f"Consent/{id} does not exist, and an update does not create one: "
@@ -198,6 +251,22 @@ class ConsentService:
             # another writer committed after the version was read above: the If-Match is as stale
             # as if it had been seen there (http.html#concurrency: 412)
             raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version differs") from exc
+
+
+def _named_patient(resource: Any) -> Identifier | None:
+    """The patient identifier a Consent in a request names, when it names one that can be an
+    identifier (a system and a value, each a string within the bound, no control character);
+    else None (an audit then names no patient rather than text that is no identifier)."""
+    patient = resource.get("patient") if isinstance(resource, dict) else None
+    ident = patient.get("identifier") if isinstance(patient, dict) else None
+    if not isinstance(ident, dict):
+        return None
+    system, value = ident.get("system"), ident.get("value")
+    parts = (system, value)
+    if not all(isinstance(p, str) and p.strip() and not identifier_too_long(p) and not has_control_character(p)
+               for p in parts):
+        return None
+    return Identifier(system=str(system), value=str(value))
 
 
 def _versions(if_match: frozenset[int]) -> str:

@@ -211,13 +211,16 @@ class DicomRelease:
     """DICOM objects and their attributes in one read view (module docstring)."""
 
     def __init__(self, view: View, *, uids: ReleasedUidSpaces | None, pseudonymizer: Pseudonymizer,
-                 dicom_tables: DicomTables) -> None:
+                 dicom_tables: DicomTables, fixed_texts: frozenset[str] = frozenset()) -> None:
+        """``fixed_texts``: the adapter's own ImageComments/SeriesDescription texts
+        (adapter.mapping.dicom_photo.fixed_texts), which the restricted copies keep."""
         if view is not View.FULL and uids is None:
             raise StorageError("no DICOM UID key is configured")
         self.view = view
         self._uids = uids
         self._pseudonymizer = pseudonymizer
         self._dicom_tables = dicom_tables
+        self._fixed_texts = fixed_texts
 
     def uid(self, original: str) -> str:
         """``original`` in this view's UID space (the value the released object carries)."""
@@ -258,12 +261,14 @@ class DicomRelease:
     def attributes(self, stored: InstanceAttributes) -> InstanceAttributes:
         """The QIDO-RS study, series and instance attributes as this view's copy of the object
         carries them (adapter.mapping.dicom_deid): both restricted copies lose SeriesDescription
-        (PS3.15 Table E.1-1, X) and have ReferringPhysicianName, PatientBirthDate, PatientSex and
+        (PS3.15 Table E.1-1, X) unless it is one of the adapter's fixed texts (the secondary
+        image's warning), and have ReferringPhysicianName, PatientBirthDate, PatientSex and
         StudyID emptied (Z); TRAIN's loses the dates and times and TimezoneOffsetFromUTC too,
         HRESCH's keeps them (full dates retained). Numbers and the image's size stay in every view."""
         if self.view is View.FULL:
             return stored
-        restricted = dataclasses.replace(stored, series_description=None, referring_physician_name=None,
+        kept = stored.series_description if stored.series_description in self._fixed_texts else None
+        restricted = dataclasses.replace(stored, series_description=kept, referring_physician_name=None,
                                          patient_birth_date=None, patient_sex=None, study_id=None)
         if self.view is View.PSEUDONYMISED:
             return restricted
@@ -286,10 +291,11 @@ class DicomRelease:
         uids = self._uids
         try:
             if self.view is View.DEIDENTIFIED and uids is not None:
-                ds = deidentify(ds, uid_root=uids.root, key=uids.key)
+                ds = deidentify(ds, uid_root=uids.root, key=uids.key, fixed_texts=self._fixed_texts)
             elif self.view is View.PSEUDONYMISED and uids is not None:
                 ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
-                                  pseudonym_issuer=self._pseudonymizer.system, uid_root=uids.root, key=uids.key)
+                                  pseudonym_issuer=self._pseudonymizer.system, uid_root=uids.root, key=uids.key,
+                                  fixed_texts=self._fixed_texts)
             return _released(encode_dataset(ds), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID, ds.SOPInstanceUID)
         except (StorageError, ConfigurationError, UncleanableDocument):
             # a document whose metadata cannot be removed is not released in this view (422):

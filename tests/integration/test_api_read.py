@@ -287,6 +287,29 @@ def test_break_glass_disabled_is_refused(tmp_path: Path) -> None:
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("BTG")).status_code == 403
 
 
+def test_a_search_under_a_purpose_refused_outright_is_audited_as_refused(tmp_path: Path) -> None:
+    """Clinical review finding 12: with break-glass disabled a BTG search was audited as outcome 0
+    "0 permitted, 1 withheld", as an ordinary search that found nothing, so a refused break-glass
+    attempt did not stand out. A search (FHIR or QIDO-RS) under a purpose the decision refuses
+    whatever the record is audited outcome 4 with why; an ordinary search stays outcome 0."""
+    with adapter_client(tmp_path, policy={"breakGlass": {"enabled": False}}) as (client, services):
+        _ingest(client)
+        before = len(services.store.list_audit(1000))
+        assert client.get("/fhir/Media", headers=as_purpose("BTG")).json()["total"] == 0
+        assert client.get("/dicomweb/studies", headers=as_purpose("BTG")).status_code in (200, 204)
+        assert client.get("/fhir/Media?_id=nope", headers=as_purpose("TREAT")).status_code == 200
+        events = services.store.list_audit(1000)
+        assert len(events) == before + 3
+        treat, qido, fhir = events[0], events[1], events[2]
+        for event in (fhir, qido):
+            assert event["outcome"] == "4", event
+            assert event["outcomeDesc"].startswith("break-glass (BTG) is not enabled by policy: "), event
+            assert "1 withheld" in event["outcomeDesc"] and not patients(event)
+        assert fhir["subtype"][0]["code"] == "search-type"
+        assert qido["type"]["code"] == "110112"  # DICOM Query
+        assert treat["outcome"] == "0" and treat["outcomeDesc"] == "0 permitted, 0 withheld"
+
+
 def test_provenance_and_consent_follow_the_same_decision(tmp_path: Path) -> None:
     with adapter_client(tmp_path) as (client, services):
         receipt = _ingest(client)
@@ -878,6 +901,29 @@ def test_summary_count_answers_the_total_only(tmp_path: Path) -> None:
         assert client.get("/fhir/Media?_summary=count", headers=as_purpose("TRAIN")).json()["total"] == 0
 
 
+def test_a_secondary_images_kind_survives_summary_and_elements(tmp_path: Path) -> None:
+    """Clinical review finding 3: _summary=true and _elements answers of a secondary image (a
+    photo of an x-ray) dropped its photo-kind extension, so a list could not tell it from any
+    photo. Every cut answer keeps it (still tagged SUBSETTED), under care and TRAIN alike."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client, path=SAMPLES / "document.jpg", kind="secondary", consent=None,
+                          note="photo of chest x-ray from screen")
+        media_id = receipt["record"].split("/")[1]
+        client.post("/fhir/Consent", json=consent_resource(["TRAIN"]))
+        answers = [
+            client.get(f"/fhir/Media?_id={media_id}&_summary=true", headers=as_purpose("TREAT")).json()["entry"][0]
+            ["resource"],
+            client.get(f"/fhir/{receipt['record']}?_elements=content,subject", headers=as_purpose("TREAT")).json(),
+            client.get(f"/fhir/{receipt['record']}?_summary=text", headers=as_purpose("TREAT")).json(),
+            client.get("/fhir/Media?_summary=true", headers=as_purpose("TRAIN")).json()["entry"][0]["resource"],
+        ]
+        for cut in answers:
+            assert "SUBSETTED" in [t["code"] for t in cut["meta"]["tag"]], cut
+            kinds = [e["valueCode"] for e in cut.get("extension", []) if e["url"].endswith("/photo-kind")]
+            assert kinds == ["secondary"], cut
+            assert "photo of chest x-ray" not in json.dumps(cut)
+
+
 def test_summary_and_elements_cut_what_the_view_shows_and_say_so(tmp_path: Path) -> None:
     """_summary=true|text|data and _elements on search, read and vread: the resource in the
     purpose's view, cut to what was asked, tagged SUBSETTED, its security labels kept; the
@@ -890,18 +936,19 @@ def test_summary_and_elements_cut_what_the_view_shows_and_say_so(tmp_path: Path)
         whole = client.get(f"/fhir/{receipt['record']}", headers=treat).json()
         summary = client.get(f"/fhir/{receipt['record']}?_summary=true", headers=treat).json()
         assert subsetted in summary["meta"]["tag"] and "note" not in summary and "text" not in summary
+        assert summary["extension"] == [e for e in whole["extension"] if e["url"].endswith("/photo-kind")]
         assert summary["meta"]["security"] == whole["meta"]["security"]
         assert summary["subject"] == whole["subject"] and summary["content"] == whole["content"]
         versioned = client.get(f"/fhir/{receipt['record']}/_history/1?_elements=note", headers=treat).json()
-        assert set(versioned) == {"resourceType", "id", "meta", "note", "status", "content"}
+        assert set(versioned) == {"resourceType", "id", "meta", "note", "status", "content", "extension"}
         found = client.get("/fhir/Media?_elements=subject&_revinclude=Provenance:target", headers=treat).json()
         assert found["total"] == 1 and "_elements=subject" in found["link"][0]["url"]
         media, provenance = (e["resource"] for e in found["entry"])
-        assert set(media) == {"resourceType", "id", "meta", "subject", "status", "content"}
+        assert set(media) == {"resourceType", "id", "meta", "subject", "status", "content", "extension"}
         assert set(provenance) == {"resourceType", "id", "meta", "target", "recorded", "agent"}
         assert all(subsetted in e["resource"]["meta"]["tag"] for e in found["entry"])
         text = client.get("/fhir/Media?_summary=text", headers=treat).json()["entry"][0]["resource"]
-        assert set(text) == {"resourceType", "id", "meta", "status", "content"} | ({"text"} & set(whole))
+        assert set(text) == {"resourceType", "id", "meta", "status", "content", "extension"} | ({"text"} & set(whole))
         data = client.get("/fhir/Media?_summary=data", headers=treat).json()["entry"][0]["resource"]
         assert set(data) == set(whole) - {"text"}
         assert "tag" not in client.get("/fhir/Media?_summary=false", headers=treat).json()["entry"][0]["resource"]["meta"]
@@ -1565,6 +1612,67 @@ def test_a_consent_naming_a_record_not_of_its_patient_is_refused(tmp_path: Path)
         withdrawn = {**old, "status": "inactive"}
         r = client.put("/fhir/Consent/held-before", json=withdrawn)
         assert r.status_code == 200, r.text
+
+
+def test_every_refused_consent_write_is_audited(tmp_path: Path) -> None:
+    """Clinical review finding 12: a POST /fhir/Consent refused (422: provision.data names
+    another patient's record) left no AuditEvent, though it tries to attach another patient's
+    record and its answer tells whether an id is held. Every refused create or update is audited
+    as a refused POST /photos is: outcome 4 with the reason, naming the Consent's patient (the
+    one the request names, or the stored Consent's) and, for an update, the Consent."""
+    other = {"system": PATIENT["system"], "value": "MRN-OTHER-1"}
+    with adapter_client(tmp_path) as (client, services):
+        theirs = _ingest(client, patient=other)
+        held = client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).json()
+        attach = consent_resource(["TRAIN"])
+        attach["provision"]["data"] = [{"meaning": "instance", "reference": {"reference": theirs["record"]}}]
+        no_policy = {k: v for k, v in consent_resource(["TRAIN"]).items() if k not in ("policy", "policyRule")}
+        moved = {**held, "patient": {"identifier": other}}
+        stale = {**held, "status": "inactive"}
+        before = len(services.store.list_audit(1000))
+        refused = [
+            (client.post("/fhir/Consent", json=attach), 422, "create", None),
+            (client.post("/fhir/Consent", json=no_policy), 400, "create", None),
+            (client.put(f"/fhir/Consent/{held['id']}", json={**attach, "id": held["id"]}), 422, "update", held["id"]),
+            (client.put(f"/fhir/Consent/{held['id']}", json=moved), 422, "update", held["id"]),
+            (client.put(f"/fhir/Consent/{held['id']}", json=stale, headers={"If-Match": 'W/"9"'}), 412, "update",
+             held["id"]),
+            (client.put("/fhir/Consent/never-made", json={**stale, "id": "never-made"}), 405, "update", "never-made"),
+        ]
+        trail = services.store.list_audit(1000)
+        assert len(trail) == before + len(refused)
+        events = trail[:len(refused)][::-1]  # newest first: in the order of the requests
+        for (answer, status, interaction, consent_id), event in zip(refused, events, strict=True):
+            assert answer.status_code == status, answer.text
+            diagnostics = answer.json()["issue"][0]["diagnostics"]
+            assert event["outcome"] == "4", event
+            assert event["subtype"][0]["code"] == interaction
+            assert event["action"] == ("C" if interaction == "create" else "U")
+            assert event["outcomeDesc"] == diagnostics
+            assert [p["value"] for p in patients(event)] == [PATIENT["value"]], event
+            named = [e["what"]["reference"] for e in event["entity"] if "reference" in e.get("what", {})]
+            assert (f"Consent/{consent_id}" in named) is (consent_id is not None), named
+            assert theirs["record"] not in json.dumps(event)  # the other patient's record is not named
+
+
+def test_a_consent_the_store_fails_to_write_is_audited_as_a_failed_write(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Consent create the store fails to make (503) is audited as a failed photo store is:
+    outcome 8 with the reason, naming the patient the request named."""
+    from adapter.errors import StorageError
+
+    with adapter_client(tmp_path) as (client, services):
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            raise StorageError("the record store is not available")
+
+        before = len(services.store.list_audit(1000))
+        monkeypatch.setattr(services.consents._store, "create", failing)
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 503
+        events = services.store.list_audit(1000)
+        assert len(events) == before + 1
+        event = events[0]
+        assert event["outcome"] == "8" and event["subtype"][0]["code"] == "create"
+        assert [p["value"] for p in patients(event)] == [PATIENT["value"]]
 
 
 def test_written_required_a_pending_photo_opens_only_with_written_consent(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from adapter.mapping.dicom_decompress import NATIVE_SYNTAXES, encapsulated_to_native
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
-from adapter.mapping.dicom_photo import encode_dataset
+from adapter.mapping.dicom_photo import encode_dataset, fixed_texts
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.model.photo import PhotoKind
 from tests.conftest import require_or_skip
@@ -32,6 +32,7 @@ from tests.support.dciodvfy import (
     dciodvfy_report,
     decode_check,
     decode_missing,
+    dicom_tables,
     jpeg_of,
     photo_object,
     photo_record,
@@ -111,6 +112,23 @@ def test_deidentified_and_pseudonymised_copies(name: str, orientation: int | Non
     pseudonym = PSEUDONYMS.pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
     check(pseudonymise(ds, pseudonym=pseudonym, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
                        key=UID_KEY), f"{name} HRESCH orientation={orientation}")
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_a_secondary_images_warning_and_its_copies(name: str) -> None:
+    """The secondary image's ImageComments and SeriesDescription (its warning), as written and
+    as the restricted copies keep them."""
+    ds = reread(photo_object(PhotoKind.SECONDARY, stored_sample(name)))
+    texts = fixed_texts(tables(), dicom_tables())
+    assert ds.ImageComments in texts and ds.SeriesDescription in texts
+    check(ds, f"{name} secondary")
+    train = deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY, fixed_texts=texts)
+    pseudonym = PSEUDONYMS.pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
+    hresch = pseudonymise(ds, pseudonym=pseudonym, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                          key=UID_KEY, fixed_texts=texts)
+    for label, out in (("TRAIN", train), ("HRESCH", hresch)):
+        assert out.ImageComments == ds.ImageComments, label
+        check(out, f"{name} secondary {label}")
 
 
 DECOMPRESSED: dict[str, Callable[[], Dataset]] = {

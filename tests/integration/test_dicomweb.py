@@ -536,6 +536,45 @@ def test_wado_of_a_photo_is_regenerated_with_its_fixed_uids(adapter: tuple[FhirC
     assert binary.content == a
 
 
+def test_a_secondary_images_object_warns_every_reader_and_a_clinical_photos_does_not(
+        adapter: tuple[FhirClient, Services], checked: Checked) -> None:
+    """A photo of an x-ray or ECG is to be reviewed on its original platform: the object the
+    adapter serves (and forwards: the one object dicom_object_for makes) says so in
+    ImageComments, as the FHIR record's note does, and in SeriesDescription; the TRAIN and
+    HRESCH copies keep those fixed texts. The sender's own note is never in the object."""
+    client, services = adapter
+    note = "photo of chest x-ray from screen, bed 4"
+    secondary = post_photo(client, ROOT / "samples" / "document.jpg",
+                           metadata(kind="secondary", note=note, consent=None)).json()
+    clinical = post_photo(client, WOUND, metadata(note=note)).json()
+    warning = services.tables.kinds[PhotoKind.SECONDARY].warning
+    assert warning and "Review the original on its platform before diagnosis." in warning
+    record = client.get(f"/fhir/{secondary['record']}", headers=TREAT).json()
+    assert warning in [n["text"] for n in record["note"]]  # the same words as the FHIR record
+
+    def served(receipt: dict[str, Any], headers: dict[str, str]) -> tuple[bytes, Dataset]:
+        answer = client.get(f"/fhir/{seen_as(services, headers['X-Purpose-Of-Use'], receipt['binary'])}",
+                            headers={**headers, "Accept": "application/dicom"})
+        assert answer.status_code == 200, answer.text
+        return answer.content, read(answer.content)
+
+    data, ds = served(secondary, TREAT)
+    checked("secondary photo, TREAT", data)
+    assert ds.ImageComments == warning
+    assert "review the original" in ds.SeriesDescription
+    assert note.encode() not in data
+    data, ds = served(clinical, TREAT)
+    assert "ImageComments" not in ds and "SeriesDescription" not in ds and note.encode() not in data
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for headers in (TRAIN, HRESCH):
+        data, ds = served(secondary, headers)
+        checked(f"secondary photo, {headers['X-Purpose-Of-Use']}", data)
+        assert ds.ImageComments == warning and "review the original" in ds.SeriesDescription
+        assert ds.PatientIdentityRemoved == "YES" and note.encode() not in data
+        series = [item for item in qido(client, "series", headers) if value(item, "00080060") == "OT"]
+        assert [value(item, "0008103E") for item in series] == [ds.SeriesDescription]
+
+
 def test_purpose_header_and_accept_are_checked(adapter: tuple[FhirClient, Services]) -> None:
     client, _ = adapter
     vl = received()

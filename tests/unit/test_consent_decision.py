@@ -17,6 +17,7 @@ from adapter.consent import (
     decide_outbox_list,
     decide_outbox_requeue,
     permitted_purposes,
+    refused_for_every_record,
 )
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
@@ -426,6 +427,24 @@ def test_care_after_withdrawal_does_not_open_pending_records() -> None:
 
 
 # -- unknown and unlisted purposes -----------------------------------------------------------------
+
+
+def test_a_purpose_refused_for_every_record_says_why_as_the_decision_does() -> None:
+    """refused_for_every_record is decide's steps 1 to 3, whatever the record: the search audit
+    (adapter.services.access) tells a refused break-glass search from one that found nothing."""
+    no_glass = policy_variant(break_glass={"enabled": False})
+    explicit = [c for c in policy_variant().policy.consent.explicit_purposes if c != "PUBHLTH"]
+    no_pubhlth = policy_variant(consent={"explicit_purposes": explicit})
+    cases = [("BTG", no_glass), ("ETREAT", no_glass), ("NOPE", policy_variant()), ("PUBHLTH", no_pubhlth)]
+    for code, tables in cases:
+        why = refused_for_every_record(PurposeOfUse(code), tables)
+        assert why is not None, code
+        for facts, grants in ((make_facts(), (make_grant(code),)), (make_facts(PhotoKind.DOCUMENT), ())):
+            assert run(code, facts, grants, tables=tables).reason == why
+    for code in ("BTG", "TREAT", "TRAIN", "COC"):
+        assert refused_for_every_record(PurposeOfUse(code), policy_variant()) is None, code
+    assert refused_for_every_record(PurposeOfUse("TREAT"), no_glass) is None
+
 
 @pytest.mark.parametrize("code", ["EDU", "treat", "", "PurposeOfUse"])
 def test_unknown_purpose_is_denied(code: str) -> None:

@@ -292,6 +292,34 @@ def test_pseudonymised_copy_carries_the_pseudonym_and_keeps_dates() -> None:
     assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100", "113106"]
 
 
+def test_the_secondary_images_warning_stays_in_both_copies_and_nothing_else_of_the_kind() -> None:
+    """ImageComments and SeriesDescription are free text (Table E.1-1: X). The adapter's own
+    fixed texts (the secondary image's warning) hold no patient data and are kept word for
+    word; any other value of them, or the warning without the caller naming it, is removed."""
+    from adapter.mapping.dicom_photo import fixed_texts
+    from tests.support.dciodvfy import dicom_tables
+    from tests.support.fhir_factories import tables
+
+    texts = fixed_texts(tables(), dicom_tables())
+    warning = tables().kinds[PhotoKind.SECONDARY].warning
+    assert warning in texts and len(texts) == 2
+    secondary = reread(photo_object(PhotoKind.SECONDARY, stored_sample("document.jpg")))
+    copies = (lambda ds, **kw: deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY, **kw),
+              lambda ds, **kw: pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system,
+                                            uid_root=OUT_ROOT, key=UID_KEY, **kw))
+    for make in copies:
+        out = make(secondary, fixed_texts=texts)
+        assert out.ImageComments == warning
+        assert out.SeriesDescription == secondary.SeriesDescription
+        bare = make(secondary)
+        assert "ImageComments" not in bare and "SeriesDescription" not in bare
+        other = copy.deepcopy(secondary)
+        other.ImageComments = warning + " Jane Doe"
+        other.SeriesDescription = "Chest of Doe^Jane"
+        out = make(other, fixed_texts=texts)
+        assert "ImageComments" not in out and "SeriesDescription" not in out
+
+
 @pytest.mark.parametrize("pseudonym", ["", "a\\b", "x" * 65])
 def test_a_pseudonym_that_is_not_a_lo_value_is_refused(pseudonym: str) -> None:
     with pytest.raises(InvalidInput):

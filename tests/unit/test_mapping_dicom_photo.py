@@ -272,6 +272,45 @@ def test_no_exif_gps_or_planted_metadata_ever_reaches_the_object(kind: PhotoKind
         assert ms.gps_rational_bytes(ms.GPS_LATITUDE, "<") not in data
 
 
+@pytest.mark.parametrize("kind", list(PhotoKind))
+def test_a_secondary_images_object_carries_its_warning_and_no_other_kind_does(kind: PhotoKind) -> None:
+    """A photo of an x-ray or ECG is to be reviewed on its original platform: the PACS reader
+    is told so in ImageComments (the warning of mappings/kinds.yaml, as the FHIR record's note)
+    and SeriesDescription (mappings/dicom.yaml). The user's own note is free text that may name
+    the patient: it never reaches the object."""
+    from tests.support.dciodvfy import dicom_tables
+    from tests.support.fhir_factories import tables
+
+    sample = stored_sample("document.jpg")
+    note = "photo of chest x-ray from Jane Example's screen"
+    record = photo_record(kind, sample, note=note)
+    for ds in (reread(photo_object(kind, sample, record=record)),
+               _without_pixels(record, sample, kind)):
+        warning = tables().kinds[kind].warning
+        description = dicom_tables().kinds[kind].series_description
+        if kind is PhotoKind.SECONDARY:
+            assert warning and "Review the original on its platform before diagnosis" in warning
+            assert ds.ImageComments == warning
+            assert ds.SeriesDescription == description
+            assert "review the original" in ds.SeriesDescription
+        else:
+            assert "ImageComments" not in ds and "SeriesDescription" not in ds
+    assert note.encode() not in encode_dataset(photo_object(kind, sample, record=record))
+
+
+def _without_pixels(record: dict[str, Any], sample: Any, kind: PhotoKind) -> Dataset:
+    from adapter.mapping.dicom_photo import photo_without_pixels
+    from tests.support.dciodvfy import dicom_tables
+    from tests.support.fhir_factories import tables
+
+    patient = Identifier(system=PATIENT_SYSTEM, value=PATIENT_VALUE)
+    return photo_without_pixels(record, width=sample.width, height=sample.height, orientation=sample.orientation,
+                                kind=kind, patient=patient,
+                                uids=photo_uids(UID_ROOT, UID_KEY, record_id=record["id"],
+                                                encounter=encounter_key(record), patient=patient),
+                                tables=tables(), dicom_tables=dicom_tables(), now=NOW)
+
+
 def test_the_record_is_not_changed() -> None:
     sample = stored_sample("document.jpg")
     record = photo_record(PhotoKind.CLINICAL, sample)

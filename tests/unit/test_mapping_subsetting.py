@@ -36,7 +36,8 @@ def test_every_cut_is_a_valid_resource_that_says_it_was_cut(resource_type: str, 
     assert _tagged(out)
     assert out["id"] == source["id"] and out["meta"].get("security") == source.get("meta", {}).get("security")
     assert set(out) <= set(source) | {"meta"}
-    assert all(out[k] == source[k] for k in out if k != "meta")
+    assert all(out[k] == source[k] for k in out if k not in ("meta", "extension"))
+    assert all(e in source["extension"] for e in out.get("extension", []))  # a photo's kind kept, nothing added
     assert next(iter(out)) == "resourceType"
 
 
@@ -52,12 +53,35 @@ def test_the_same_in_r5(resource_type: str) -> None:
 def test_summary_true_keeps_the_summary_elements_of_media() -> None:
     out = subset(media(), Subsetting(summary="true"), fhir_version="4")
     assert {"status", "subject", "createdDateTime", "content", "identifier", "bodySite", "modality"} <= set(out)
-    assert not {"text", "note", "extension"} & set(out)  # not summary elements in R4 Media
+    assert not {"text", "note"} & set(out)  # not summary elements in R4 Media
+    assert out["extension"] == [{"url": codes.EXT_PHOTO_KIND, "valueCode": "clinical"}]  # the kind alone
+
+
+@pytest.mark.parametrize("fhir_version", ["4", "5"])
+@pytest.mark.parametrize("how", [Subsetting(summary="true"), Subsetting(summary="text"), Subsetting(summary="data"),
+                                 Subsetting(elements=("subject",)), Subsetting(elements=("extension",))])
+def test_a_cut_photo_record_keeps_its_kind(how: Subsetting, fhir_version: str) -> None:
+    """Clinical review finding 3: a secondary image (a photo of an x-ray or ECG) lost its
+    photo-kind extension in _summary and _elements answers, so a list could not tell it from a
+    clinical photo. Every cut photo record keeps that extension (and only that one, unless the
+    reader asked for the extensions), and is still tagged SUBSETTED."""
+    source = media()
+    source["extension"][0]["valueCode"] = "secondary"
+    if fhir_version == "5":
+        source = to_r5(source)
+    out = subset(source, how, fhir_version=fhir_version)
+    assert _tagged(out)
+    kinds = [e for e in out["extension"] if e["url"] == codes.EXT_PHOTO_KIND]
+    assert [e["valueCode"] for e in kinds] == ["secondary"]
+    whole = how.summary == "data" or how.elements == ("extension",)
+    assert out["extension"] == source["extension"] if whole else kinds
+    if fhir_version == "5":
+        validate_r5(out)
 
 
 def test_summary_text_keeps_the_narrative_and_what_is_required() -> None:
     out = subset(media(), Subsetting(summary="text"), fhir_version="4")
-    assert set(out) == {"resourceType", "id", "meta", "text", "status", "content"}
+    assert set(out) == {"resourceType", "id", "meta", "text", "status", "content", "extension"}
 
 
 def test_summary_data_drops_the_narrative_only() -> None:
@@ -72,7 +96,7 @@ def test_elements_by_choice_name_with_the_required_and_the_modifiers() -> None:
     source["_status"] = {"extension": [{"url": "urn:example:ext", "valueString": "x"}]}
     out = subset(source, Subsetting(elements=("created", "note")), fhir_version="4")
     assert set(out) == {"resourceType", "id", "meta", "createdDateTime", "note", "status", "_status", "content",
-                        "modifierExtension"}
+                        "modifierExtension", "extension"}  # the photo's kind alone
 
 
 def test_nothing_is_cut_or_tagged_without_asking() -> None:
