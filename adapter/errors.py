@@ -178,6 +178,14 @@ class NotFound(AdapterError):
     issue_type = "not-found"
 
 
+class MissingImage(AdapterError):
+    """A record's stored image (or received DICOM file) is not in the data folder: a fault of
+    the deployment, not a resource that does not exist (500, logged as an error, never 404,
+    which a client would take for "no such image" and an operator would never see): a data
+    folder other than the one the database's images are in, or an image removed by hand.
+    ``python -m adapter verify`` lists every one."""
+
+
 class Gone(NotFound):
     """What was there is no longer (HTTP 410): an expired page of a search."""
 

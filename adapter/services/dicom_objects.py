@@ -45,6 +45,7 @@ from adapter.errors import (
     InvalidInput,
     InvalidQuery,
     InvalidResource,
+    MissingImage,
     NotFound,
     NotSupported,
     StorageError,
@@ -85,7 +86,8 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
     the identical object.
 
     Raises:
-        NotFound: the received file or the record's photo is missing.
+        MissingImage: the received file or the record's photo is missing from the data folder.
+        NotFound: the record has no stored photo.
         InvalidInput: the record names no content type.
         AdapterError: the object cannot be made (photo_to_dicom's errors, e.g. UnknownCode for a
             patient identifier system without an IssuerOfPatientID).
@@ -93,8 +95,9 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
     if instance.blob_sha256 is not None:
         try:
             return blobs.path(instance.blob_sha256)
-        except AdapterError as exc:
-            raise NotFound("the received DICOM file is missing") from exc
+        except MissingImage as exc:
+            raise MissingImage("the received DICOM file is missing from the data folder (python -m adapter verify "
+                               "lists every missing file)") from exc
     if stored.blob_sha256 is None or stored.facts is None:
         raise NotFound("the record has no stored photo")
     image = blobs.read(stored.blob_sha256, stored.blob_range)

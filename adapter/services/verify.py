@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from adapter.consent import grants_from_consent
-from adapter.errors import AdapterError, NotFound
+from adapter.errors import AdapterError, MissingImage
 from adapter.store.port import BlobStore, RecordStore, SearchCriteria
 
 MISSING = "missing"
@@ -76,7 +76,7 @@ def _check_blob(blobs: BlobStore, sha256: str, digests: bool, report: VerifyRepo
         return size, True
     try:
         actual = blobs.digest(sha256)
-    except NotFound:  # removed meanwhile
+    except MissingImage:  # removed meanwhile
         return None, True
     report.digests_checked += 1
     return size, actual == sha256

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from adapter.config import StoreOptions
-from adapter.errors import InsufficientStorage, InvalidInput, NotFound, StorageError
+from adapter.errors import InsufficientStorage, InvalidInput, MissingImage, StorageError
 from adapter.files import file_sha256, read_range
 
 _log = logging.getLogger(__name__)
@@ -249,14 +249,16 @@ class FileBlobStore:
             raise StorageError("could not remove a staged upload") from exc
 
     def path(self, sha256: str) -> Path:
-        """Path of a committed blob (raises NotFound if absent)."""
+        """Path of a committed blob (raises MissingImage if absent: a record or instance names
+        every digest asked for here, so its image is missing from the data folder)."""
         if not self.exists(sha256):
-            raise NotFound("no stored image with this digest")
+            raise MissingImage("the stored image is missing from the data folder (python -m adapter verify lists "
+                               "every missing image)")
         return self._address(sha256)
 
     def read(self, sha256: str, byte_range: tuple[int, int] | None = None) -> bytes:
         """The bytes of a committed blob, or the (offset, length) range of them (raises
-        NotFound if absent, StorageError if the blob is shorter than the range)."""
+        MissingImage if absent, StorageError if the blob is shorter than the range)."""
         path = self.path(sha256)
         try:
             return path.read_bytes() if byte_range is None else read_range(path, *byte_range)
@@ -281,7 +283,7 @@ class FileBlobStore:
 
     def digest(self, sha256: str) -> str:
         """The SHA-256 of the bytes at address ``sha256``, computed afresh (equal to it unless
-        the file was damaged). NotFound if absent."""
+        the file was damaged). MissingImage if absent."""
         path = self.path(sha256)
         try:
             return file_sha256(path)

@@ -438,7 +438,9 @@ def test_a_binary_whose_stored_image_is_missing_is_audited_as_not_sent(tmp_path:
         blob.unlink()
         before = len(services.store.list_audit(1000))
         r = client.get(f"/fhir/{receipt['binary']}", headers={**as_purpose("TREAT"), "Accept": "image/*"})
-        assert r.status_code in (404, 503), r.text
+        # a fault of the deployment (review finding, operations: an instance on another data
+        # folder answered 404 "no stored image", which no one sees in the logs): 500, logged
+        assert r.status_code == 500 and "missing from the data folder" in r.text, r.text
         events = services.store.list_audit(1000)
         assert len(events) == before + 1
         assert events[0]["outcome"] == "4" and events[0]["outcomeDesc"].startswith("not sent: "), events[0]

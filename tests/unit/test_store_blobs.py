@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from adapter.config import StoreOptions
-from adapter.errors import InsufficientStorage, InvalidInput, NotFound, StorageError
+from adapter.errors import InsufficientStorage, InvalidInput, MissingImage, StorageError
 from adapter.store import blobs as blobs_module
 from adapter.store.blobs import FileBlobStore
 
@@ -66,7 +66,7 @@ def test_read_gives_the_blob_or_a_range_of_it(tmp_path: Path) -> None:
     assert store.read(sha, (12, 11)) == b"frame bytes"
     with pytest.raises(StorageError):  # a range past the end: the record and the blob disagree
         store.read(sha, (12, 100))
-    with pytest.raises(NotFound):
+    with pytest.raises(MissingImage):  # a record's image missing from the data folder: a fault, not a 404
         store.read("0" * 64)
 
 
@@ -147,12 +147,12 @@ def test_discard(tmp_path: Path) -> None:
 
 def test_missing_and_malformed_addresses(tmp_path: Path) -> None:
     store = make_store(tmp_path)
-    with pytest.raises(NotFound):
+    with pytest.raises(MissingImage):
         store.path("0" * 64)
     assert not store.exists("0" * 64)
     for bad in ("../../etc/passwd", "A" * 64, "0" * 63, ""):
         assert not store.exists(bad)
-        with pytest.raises(NotFound):
+        with pytest.raises(MissingImage):
             store.path(bad)
     staged, _ = stage(store, b"x")
     with pytest.raises(InvalidInput):
