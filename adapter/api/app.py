@@ -21,8 +21,8 @@ from adapter.api.request_id import RequestIdMiddleware
 from adapter.api.request_limits import BodyTimeoutMiddleware
 from adapter.api.routes import dicomweb, fhir, health, outbox, photos, wado_bulk, wado_uri
 from adapter.api.stopping import CancelledRequestMiddleware
-from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.errors import StorageError
+from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services
 
 log = logging.getLogger("adapter.api")
