@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -176,8 +177,10 @@ def _multiprocess_metrics(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> int:
-    """The HTTP API in this thread and, when enabled, the DICOM SCP beside it; the SCP stops
-    (associations finish their ingest first) when the HTTP server does.
+    """The HTTP API in this thread and, when enabled, the DICOM SCP beside it; a stop signal
+    stops the SCP at once (no new association, associations finish their ingest first) while
+    HTTP lets its requests under way finish (:class:`_StopAtOnce`); the HTTP server ending by
+    itself stops it too.
 
     The start and the stop are audited (IHE ATNA ITI-20 Actor-start-stop, DICOM PS3.15 A.5.3.1
     Application Activity), once for the service, by this process whatever the number of HTTP
@@ -243,6 +246,7 @@ def serve(settings: Settings) -> int:
         return 0
     ended_by: int | None = None
     scp: StoreSCP | None = None
+    dicom_stop: _StopAtOnce | None = None
     failure: str | None = None  # why the service did not run: the stop's outcomeDesc (outcome 8)
     try:
         try:
@@ -251,9 +255,12 @@ def serve(settings: Settings) -> int:
             log.error("cannot start: %s", exc.diagnostics)
             failure = f"could not start: {exc.diagnostics}"
             return 2
+        if scp is not None:
+            dicom_stop = _StopAtOnce(scp.stop)
         # one HTTP process: it shares the SCP's and forwarder's services, so an ingest wakes the
         # forwarder at once (workers in other processes rely on its poll)
-        status = _serve_http(settings, services if settings.http_workers == 1 else None)
+        status = _serve_http(settings, services if settings.http_workers == 1 else None,
+                             on_stop=dicom_stop.start if dicom_stop is not None else None)
         if status != 0:
             failure = "the HTTP server could not start"
         return status
@@ -276,13 +283,42 @@ def serve(settings: Settings) -> int:
         raise
     finally:
         _restore_handlers(previous)
+        if dicom_stop is not None:
+            dicom_stop.join()  # the SCP's stop the signal began, before the store it ingests into closes
         if scp is not None:
-            scp.stop()
+            scp.stop()  # the HTTP server ended by itself, or the stop did not begin: at once (idempotent)
         services.stop_forwarding()
         _record_stop(services, application, ended_by, failure)
         services.close()
         if ended_by is not None:
             _end_by_signal(ended_by, previous)
+
+
+class _StopAtOnce:
+    """The SCP's stop, begun in a thread of its own when the stop signal arrives (README,
+    Stopping): no new association is accepted and C-STOREs are refused from then on, while HTTP
+    requests under way get their ADAPTER_HTTP_BODY_TIMEOUT to finish. Begun only after HTTP had
+    finished (as before), the SCP went on accepting associations and storing objects for up to
+    that long, and load balancers and modalities kept sending to an instance that was stopping.
+    A thread: the signal arrives in the thread that runs HTTP's event loop, which the SCP's stop
+    (up to 30 s for associations in flight) must not hold."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self._thread = threading.Thread(target=stop, name="DICOM SCP stop", daemon=True)
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start(self) -> None:
+        with self._lock:  # a second signal (Ctrl-C twice) begins nothing more
+            if not self._started:
+                self._started = True
+                self._thread.start()
+
+    def join(self) -> None:
+        with self._lock:
+            started = self._started
+        if started:
+            self._thread.join()
 
 
 def _restore_handlers(previous: dict[signal.Signals, Any]) -> None:
@@ -329,7 +365,11 @@ def _record_stop(services: Services, application: Application, ended_by: int | N
         log.error("could not audit the stop: the database did not answer within %g s", wait)
 
 
-def _serve_http(settings: Settings, services: Services | None = None) -> int:
+def _serve_http(settings: Settings, services: Services | None = None, *,
+                on_stop: Callable[[], None] | None = None) -> int:
+    """uvicorn, in this process or as the supervisor of its worker processes, until a stop
+    signal; ``on_stop`` is called as soon as one arrives, before HTTP's graceful shutdown (which
+    lets requests under way finish), so that what else listens stops taking work at once."""
     import uvicorn
 
     from adapter.api.asgi import STARTUP_FAILURE, SUPERVISOR_PID_ENV, build_app, settings_environment
@@ -363,7 +403,13 @@ def _serve_http(settings: Settings, services: Services | None = None) -> int:
         except AdapterError as exc:
             log.error("cannot start: %s", exc.diagnostics)
             return 2
-        uvicorn.Server(uvicorn.Config(app, **options)).run()
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                if on_stop is not None and sig in _STOP_SIGNALS:
+                    on_stop()
+                super().handle_exit(sig, frame)
+
+        Server(uvicorn.Config(app, **options)).run()
         return 0
     # Worker processes are spawned (not forked) and each builds its own services from the
     # environment, where these settings are put first; this process (uvicorn's supervisor)
@@ -380,7 +426,18 @@ def _serve_http(settings: Settings, services: Services | None = None) -> int:
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     config = uvicorn.Config("adapter.api.asgi:create_app_from_env", factory=True,
                             workers=settings.http_workers, **options)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    class Supervisor(Multiprocess):
+        def handle_int(self) -> None:
+            if on_stop is not None:
+                on_stop()
+            super().handle_int()
+
+        def handle_term(self) -> None:
+            if on_stop is not None:
+                on_stop()
+            super().handle_term()
+
+    supervisor = Supervisor(config, sockets=[config.bind_socket()])
     supervisor.run()
     return 2 if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
 

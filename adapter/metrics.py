@@ -11,7 +11,11 @@ outbox states.
   and refusal, permitted or denied (the consent decision at work);
 * ``adapter_dicom_c_store_total{status}`` and ``adapter_dicom_associations_total``;
 * ``adapter_outbox_items{status}``: the forwarding outbox, counted in the store at each scrape
-  (a growing ``failed`` or ``pending`` is a PACS that does not take what is sent to it).
+  (a growing ``failed`` or ``pending`` is a PACS that does not take what is sent to it), and
+  ``adapter_outbox_scrape_error``: 1 when the store could not be read for it at this scrape (the
+  database down or not answering in time; the items' series are then left out), else 0. A scrape
+  never fails for the database: the counts that describe its outage (503s, C-STORE 0xA700) are
+  wanted most while it lasts.
 
 With several HTTP worker processes the counters of every process are summed (prometheus_client's
 multiprocess mode, in a folder of the instance's own that ``serve`` empties at start: in the host's
@@ -55,16 +59,23 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class _Outbox(Collector):
-    """The outbox's items by status, read from the store when scraped."""
+    """The outbox's items by status, as read from the store for this scrape; ``None``: it could
+    not be read (only the scrape error is reported: no stale or made-up counts)."""
 
-    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, counts: Mapping[str, int] | None) -> None:
         self._counts = counts
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily("adapter_outbox_items", "Forwarding outbox items, by status", labels=["status"])
-        for status, count in sorted(self._counts().items()):
-            family.add_metric([status], count)
-        yield family
+        if self._counts is not None:
+            family = GaugeMetricFamily("adapter_outbox_items", "Forwarding outbox items, by status",
+                                       labels=["status"])
+            for status, count in sorted(self._counts.items()):
+                family.add_metric([status], count)
+            yield family
+        yield GaugeMetricFamily("adapter_outbox_scrape_error",
+                                "1: the outbox could not be read from the database at this scrape "
+                                "(adapter_outbox_items left out), 0: it was",
+                                value=0 if self._counts is not None else 1)
 
 
 class _DataFolder(Collector):
@@ -88,10 +99,11 @@ class _DataFolder(Collector):
                                 "refused", value=self._reserve_bytes)
 
 
-def exposition(outbox_counts: Callable[[], Mapping[str, int]], free_bytes: Callable[[], int] | None = None,
+def exposition(outbox_counts: Mapping[str, int] | None, free_bytes: Callable[[], int] | None = None,
                reserve_bytes: int = 0) -> bytes:
     """The metrics of this process (or, in multiprocess mode, of every process), then the
-    outbox and the data folder's free space."""
+    outbox (its counts read beforehand, within a time limit, by the caller; ``None``: they could
+    not be) and the data folder's free space."""
     if os.environ.get(MULTIPROCESS_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

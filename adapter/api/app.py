@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
@@ -19,8 +21,11 @@ from adapter.api.request_id import RequestIdMiddleware
 from adapter.api.request_limits import BodyTimeoutMiddleware
 from adapter.api.routes import dicomweb, fhir, health, outbox, photos, wado_bulk, wado_uri
 from adapter.api.stopping import CancelledRequestMiddleware
+from adapter.errors import StorageError
 from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services
+
+log = logging.getLogger("adapter.api")
 
 #: What a browser page may send (CORS) besides the safelisted headers: the purpose of use and
 #: the FHIR/HTTP conditionals and preferences the API reads.
@@ -67,8 +72,25 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     async def metrics() -> Response:
         """Prometheus metrics (adapter.metrics): counts by route, purpose, outcome and status,
         the outbox by status and the data folder's free space; nothing about a patient."""
-        body = await run_in_threadpool(exposition, services.store.outbox_counts, services.blobs.free_bytes,
+        body = await run_in_threadpool(exposition, await _outbox_counts(services), services.blobs.free_bytes,
                                        services.blobs.reserve_bytes)
         return Response(content=body, media_type=CONTENT_TYPE)
 
     return app
+
+
+async def _outbox_counts(services: Services) -> Mapping[str, int] | None:
+    """The outbox's counts for a scrape, or ``None`` when the database fails or does not answer
+    within ADAPTER_DATABASE_CONNECT_TIMEOUT (a silent partition, a lock held): the scrape answers
+    without them rather than failing, or outlasting Prometheus's scrape timeout, when the process's
+    own counts matter most. A read that does not answer is left to finish in its thread, as
+    readiness leaves its check."""
+    seconds = services.settings.database_connect_timeout
+    with anyio.move_on_after(seconds):
+        try:
+            return await anyio.to_thread.run_sync(services.store.outbox_counts, abandon_on_cancel=True)
+        except StorageError as exc:
+            log.warning("/metrics: the outbox was not counted, the record store failed (%s)", type(exc).__name__)
+            return None
+    log.warning("/metrics: the outbox was not counted, the record store did not answer within %g s", seconds)
+    return None

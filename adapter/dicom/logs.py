@@ -10,6 +10,11 @@ are not logged at all (``_config.LOG_REQUEST_IDENTIFIERS``, set by the SCP). At 
 each DIMSE message's SOP Instance UID, received and sent: the value is replaced (some modalities
 build UIDs from the patient's ID and birth date; PS3.15 E.1-1 treats them as identifying), and
 each A-ASSOCIATE-RQ with its User Identity: a passcode is replaced too.
+
+pynetdicom logs a peer it cannot connect to (the forwarder's PACS is down) as two ERROR lines
+per attempt; the forwarder retries it as routine, and says so itself (a WARNING; an ERROR when
+it gives an item up), so those two are WARNINGs here: an alert on the rate of ERROR lines does
+not page on a PACS's restart.
 """
 
 from __future__ import annotations
@@ -28,8 +33,15 @@ def _escaped(text: str) -> str:
                    for c in text)
 
 
+#: pynetdicom.transport's lines for a connection that could not be made (a refused port, a
+#: timeout, an unknown host): each attempt the forwarder retries
+_UNREACHABLE = ("Association request failed: unable to connect to remote", "TCP Initialisation Error: ")
+
+
 class SafeRecords(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and isinstance(record.msg, str) and record.msg.startswith(_UNREACHABLE):
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         if isinstance(record.msg, BaseException):
             # pynetdicom's ``LOGGER.exception(exc)``: the message is the exception's text, which
             # pydicom writes with the element's value (its name, a patient's): the type only

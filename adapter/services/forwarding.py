@@ -650,12 +650,14 @@ class Forwarder:
         if unanswered and not give_up:  # waiting for the destination, as this forwarder left it
             backoff.waiting[item.id] = dataclasses.replace(item, attempts=attempts, next_attempt_at=retry_at,
                                                            last_error=error, updated=now)
+        # A retried attempt is routine while a PACS is down (a WARNING); an item given up needs
+        # someone (requeue, or the PACS's own fix): the ERROR an alert on error lines should see.
         if give_up:
-            log.warning("outbox item %d to %s failed for good after %d attempt(s): %s",
-                        item.id, item.destination, attempts, logged)
+            log.error("outbox item %d to %s failed for good after %d attempt(s): %s",
+                      item.id, item.destination, attempts, logged)
         else:
-            log.info("outbox item %d to %s: attempt %d failed (%s), retrying", item.id, item.destination,
-                     attempts, logged)
+            log.warning("outbox item %d to %s: attempt %d failed (%s), retrying", item.id, item.destination,
+                        attempts, logged)
 
     def _append_audit(self, item: OutboxItem, event: dict[str, Any]) -> None:
         try:

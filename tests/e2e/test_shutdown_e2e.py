@@ -99,6 +99,10 @@ def test_sigterm_with_an_upload_and_a_c_store_in_flight(tmp_path: Path) -> None:
             server.dicom_port, "ADAPTER", [big], jpeg=False, check=False, extra=["-v"])))
         sender.start()
         _wait_until_spooled(tmp_path / "data" / "staging", big.stat().st_size)
+        # its last bytes arrived, the ingest (about a second) under way: the signal now stops the
+        # SCP at once, not after HTTP has drained, and a C-STORE whose handler had not begun yet
+        # would be refused (0xA700), which is what this test does not look at
+        time.sleep(0.3)
         os.killpg(server.pid, signal.SIGTERM)  # the C-STORE is being ingested, the upload half sent
         time.sleep(0.5)
         upload.sendall(body[len(body) // 2:])
@@ -127,6 +131,36 @@ def test_sigterm_with_an_upload_and_a_c_store_in_flight(tmp_path: Path) -> None:
                             env={**os.environ, "ADAPTER_DATA_DIR": str(tmp_path / "data")})
     assert verify.returncode == 0 and " 0 problem(s)" in verify.stdout, verify.stdout + verify.stderr
     assert pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID == sent.SOPInstanceUID
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_new_associations_at_once_while_an_upload_finishes(tmp_path: Path, workers: str) -> None:
+    """Found by the ops review (3): the SCP was stopped only once HTTP's graceful shutdown had
+    returned, so while an upload was still arriving (up to ADAPTER_HTTP_BODY_TIMEOUT) new
+    associations were accepted and objects stored after SIGTERM, against README Stopping. The
+    signal now stops the SCP at once; the upload under way is still served to the end."""
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+    head, body = _photo_request()
+    env = {"ADAPTER_DICOM_ALLOWED_AE_TITLES": "ECHOSCU", "ADAPTER_HTTP_BODY_TIMEOUT": "20",
+           "ADAPTER_HTTP_WORKERS": workers}
+    ready = lambda s: echoscu(s.dicom_port, "ADAPTER", check=False).returncode == 0
+    with running_adapter(tmp_path, ready=ready, **env) as server:
+        upload = socket.create_connection(("127.0.0.1", server.http_port))
+        upload.sendall(head + body[: len(body) // 2])  # HTTP has a request under way: it drains
+        time.sleep(0.5)
+        os.killpg(server.pid, signal.SIGTERM)
+        time.sleep(2)
+        assert not _exits(server.pid, within=0.1)  # still draining the upload
+        echo = echoscu(server.dicom_port, "ADAPTER", check=False, timeout=10)
+        upload.sendall(body[len(body) // 2:])
+        answer = _answer(upload)
+        upload.close()
+        assert _exits(server.pid, within=30)
+        log = server.log.read_text()
+    assert echo.returncode != 0, echo.stdout + echo.stderr  # the association was not accepted
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]  # the upload under way was served
+    assert log.index("DICOM SCP stopped") < log.index("POST /photos 201"), log[-2000:]
 
 
 def test_sigterm_with_an_upload_trickling_in_ends_within_the_body_timeout(tmp_path: Path) -> None:

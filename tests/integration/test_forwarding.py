@@ -369,6 +369,32 @@ def test_items_fail_after_the_retry_limit(tmp_path: Path) -> None:
         record_emitted(events)
 
 
+def test_retried_attempts_log_warnings_and_only_giving_up_logs_an_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the ops review (5): with the PACS down every attempt logged two ERROR lines
+    (pynetdicom's "unable to connect" and "TCP Initialisation Error"), 78 in 5 minutes for one
+    PACS, so an alert on the rate of ERROR lines paged on routine retries. An attempt that will be
+    retried is a WARNING (the adapter's line and pynetdicom's); an item given up is an ERROR."""
+    caplog.set_level(logging.INFO)
+    closed = f"NOBODY@127.0.0.1:{free_port()}"
+    with adapter_client(tmp_path, forward_to=closed, forward_retry_max=3) as (client, services):
+        assert post_photo(client, photo_jpeg(tmp_path, 21), meta_for(21)).status_code == 201
+        services.start_forwarding(StoreSCU(ScuOptions(connection_timeout=2)),
+                                  ForwardOptions.from_settings(services.settings, poll_interval=0.05,
+                                                               backoff_base=0.1, backoff_cap=0.2))
+        wait_for(lambda: len(outbox(client, status="failed")) == 1, what="the item to fail")
+        services.stop_forwarding()
+    [item] = outbox_records = [r for r in caplog.records if r.name == "adapter.services.forwarding"
+                               and "failed for good" in r.getMessage()]
+    assert item.levelno == logging.ERROR, outbox_records
+    retried = [r for r in caplog.records if r.name == "adapter.services.forwarding" and "retrying" in r.getMessage()]
+    assert len(retried) == 2 and {r.levelno for r in retried} == {logging.WARNING}
+    unreachable = [r for r in caplog.records if r.name.startswith("pynetdicom")
+                   and ("unable to connect" in r.getMessage() or "TCP Initialisation Error" in r.getMessage())]
+    assert len(unreachable) == 6 and {r.levelno for r in unreachable} == {logging.WARNING}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [item.getMessage()]
+
+
 def test_failed_items_are_requeued_and_sent_once_the_pacs_is_back(tmp_path: Path) -> None:
     missing = dcmtk_missing()
     require_or_skip(missing is None, missing or "")

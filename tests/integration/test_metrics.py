@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, text
 
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo, seen_as
 from tests.support.postgres import postgres_schema
 from tests.support.server import running_adapter
+from tests.support.tcp_proxy import REFUSE, SILENT, tcp_relay
 
 WOUND = ROOT / "samples" / "wound.jpg"
 
@@ -124,3 +129,58 @@ def test_two_instances_on_one_data_folder_each_report_their_own_counts(tmp_path:
             _post_wound(second.url, "MRN-8100")
             for _ in range(4):  # whichever worker answers
                 assert (_stored(first.url), _stored(second.url)) == (2.0, 1.0)
+
+
+def _families(text_: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    return {f.name: [(s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(text_)}
+
+
+@pytest.mark.parametrize("outage", [REFUSE, SILENT])
+def test_metrics_answer_while_the_database_is_unreachable(tmp_path: Path, outage: str) -> None:
+    """Found by the ops review (1): with the database refusing connections, or silent (a network
+    partition), /metrics answered 503 (after the connect timeout when silent), so Prometheus lost
+    every series exactly while they described the outage. The process's own series are still
+    there; the outbox, which is read from the database, is left out and
+    ``adapter_outbox_scrape_error`` says so; the wait for the database is bounded."""
+    with postgres_schema("metrics_outage") as pg_url, tcp_relay(pg_url) as relay, \
+            adapter_client(tmp_path, database_url=relay.url_for(pg_url), dicom_enabled=False,
+                           database_connect_timeout=2) as (client, _services):
+        assert post_photo(client, WOUND, metadata()).status_code == 201
+        up = _families(client.get("/metrics").text)
+        assert up["adapter_outbox_scrape_error"] == [({}, 0.0)]
+        assert "adapter_outbox_items" in up
+        relay.cut(outage)
+        assert post_photo(client, WOUND, metadata(patient={"system": PATIENT["system"], "value": "MRN-7001"})
+                          ).status_code == 503  # the outage, as the store sees it
+        started = time.monotonic()
+        scraped = client.get("/metrics")
+        took = time.monotonic() - started
+        assert scraped.status_code == 200, scraped.text
+        assert scraped.headers["content-type"].startswith("text/plain")
+        assert took < 4.5
+        down = _families(scraped.text)
+        assert down["adapter_outbox_scrape_error"] == [({}, 1.0)]
+        assert "adapter_outbox_items" not in down
+        assert {"channel": "http", "result": "stored"} in [labels for labels, _ in down["adapter_ingests"]]
+        assert "adapter_data_free_bytes" in down and "adapter_data_reserve_bytes" in down
+
+
+def test_metrics_do_not_wait_on_a_locked_outbox_longer_than_the_connect_timeout(tmp_path: Path) -> None:
+    """A database that answers but keeps the outbox's count waiting (a lock held, up to the lock
+    timeout): the scrape gives up on it after ADAPTER_DATABASE_CONNECT_TIMEOUT, not the lock's 10 s."""
+    with postgres_schema("metrics_locked") as pg_url, \
+            adapter_client(tmp_path, database_url=pg_url, dicom_enabled=False, database_connect_timeout=2,
+                           database_lock_timeout=10) as (client, _services):
+        holder = create_engine(pg_url)
+        try:
+            with holder.connect() as other:
+                other.execute(text("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE"))
+                started = time.monotonic()
+                scraped = client.get("/metrics")
+                took = time.monotonic() - started
+                other.rollback()
+        finally:
+            holder.dispose()
+        assert scraped.status_code == 200 and took < 4.5, (scraped.status_code, took)
+        assert _families(scraped.text)["adapter_outbox_scrape_error"] == [({}, 1.0)]
+        assert _families(client.get("/metrics").text)["adapter_outbox_scrape_error"] == [({}, 0.0)]
