@@ -656,6 +656,7 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
     store cannot be opened. With ``removal``, a sound store then has its unreferenced images
     older than the grace period removed (adapter.services.unreferenced); a store with problems
     keeps them (exit 1: what is wrong is looked at first), and a removal that fails exits 2."""
+    from adapter.services.data_folder import data_folder_problem
     from adapter.services.registry import pseudonym_key_problem
     from adapter.services.unreferenced import remove_unreferenced
     from adapter.services.verify import unreadable_consents, verify_store
@@ -679,12 +680,15 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
         key_problem = pseudonym_key_problem(settings, store)
         if key_problem is not None:
             print(f"pseudonym key: {key_problem}")
+        folder_problem = data_folder_problem(settings.data_dir, store)
+        if folder_problem is not None:
+            print(f"data folder: {folder_problem}")
         # a Consent the decision cannot read denies every purpose of its patient, care included
         unreadable = list(unreadable_consents(store))
         for consent_id, why in unreadable:
             print(f"Consent/{consent_id}: the consent decision cannot read it ({why}): read as a denial of every "
                   "purpose of its patient, care included, and every ingest for the patient is refused")
-        problems = len(report.findings) + (key_problem is not None) + len(unreadable)
+        problems = len(report.findings) + (key_problem is not None) + (folder_problem is not None) + len(unreadable)
         ok = problems == 0
         checked = f", {report.digests_checked} re-hashed" if digests else " (sizes only; --digests re-hashes them)"
         print(f"{report.references} reference(s) to {report.blobs} stored image(s){checked}; "

@@ -28,6 +28,7 @@ from adapter.services.access import ScopedReader
 from adapter.services.audit import Auditor
 from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.consents import ConsentService
+from adapter.services.data_folder import claim_data_folder
 from adapter.services.dicom_ingest import DicomIngestService
 from adapter.services.dicom_objects import object_attributes
 from adapter.services.forwarding import Forwarder, ForwardOptions, OutboxService, StoreSender
@@ -290,6 +291,11 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now, *,
     if problem is not None:
         store.close()
         raise ConfigurationError(problem)
+    try:
+        claim_data_folder(settings.data_dir, store)
+    except ConfigurationError:
+        store.close()
+        raise
     pseudonym_key = _pseudonym_key(settings)
     key_fingerprint = pseudonym_key_fingerprint(pseudonym_key)
     recorded = store.stored_fingerprints().get(PSEUDONYM_KEY_FINGERPRINT)

@@ -252,8 +252,9 @@ _DERIVED = (
 
 #: Every start-up fill made to run again, as after an upgrade that changes what they derive.
 _STALE = (
-    # the fills' fingerprints; not the pseudonym key's own, which names the key, no derivation
-    "UPDATE key_fingerprints SET fingerprint = 'stale' WHERE name <> 'pseudonym-key'",
+    # the fills' fingerprints; not the pseudonym key's own, which names the key, nor the data
+    # folder's, which names the folder (adapter.services.data_folder): no derivation
+    "UPDATE key_fingerprints SET fingerprint = 'stale' WHERE name NOT IN ('pseudonym-key', 'data-folder')",
     "DELETE FROM tokens WHERE resource_type IN ('Media', 'DocumentReference')",
     ("UPDATE resources SET date = NULL, status = NULL, creation = NULL "
      "WHERE resource_type IN ('Media', 'DocumentReference')"),
