@@ -314,7 +314,10 @@ def photo_to_document_reference(meta: PhotoMetadata, image: StoredImage, *, reco
     if sent is not None and sent.period is not None:
         context["period"] = copy.deepcopy(sent.period)
     elif taken is not None:
-        context["period"] = {"start": fhir_datetime(taken)}
+        # a photograph is taken at an instant: the period of the service it records begins and
+        # ends then (a start alone is a period still going on, which ITI-67 period=ge<any future
+        # date> matched: MHD review m3)
+        context["period"] = {"start": fhir_datetime(taken), "end": fhir_datetime(taken)}
     if sent is not None and sent.facility_type is not None:
         context["facilityType"] = copy.deepcopy(sent.facility_type)
     if sent is not None and sent.practice_setting is not None:

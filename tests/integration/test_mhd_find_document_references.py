@@ -421,11 +421,14 @@ def _r4_ids(client: Any, query: str) -> list[str]:
 
 def test_period_is_a_date_search_on_the_context_period(tmp_path: Path) -> None:
     """Review finding (mhd 5): ITI-67 ``period`` was refused. It searches context.period as a
-    FHIR date search on a Period (search.html#date): a start without an end is open-ended."""
+    FHIR date search on a Period (search.html#date): a start without an end is open-ended. A
+    photo's own period is the instant it was taken (MHD review m3: a start alone was a service
+    still going on, found by period=ge<any future date>)."""
     with adapter_client(tmp_path) as (client, services):
-        march = _document(client, "2026-03-05T10:00:00Z")["record"]  # context.period.start only
+        march = _document(client, "2026-03-05T10:00:00Z")["record"]  # context.period: the instant taken
         stored = services.store.get("DocumentReference", march.split("/")[1])
-        assert stored is not None and list(stored.resource["context"]["period"]) == ["start"]
+        assert stored is not None
+        assert stored.resource["context"]["period"] == {"start": "2026-03-05T10:00:00+00:00", "end": "2026-03-05T10:00:00+00:00"}
         span = _document(client, "2025-01-01T09:00:00Z", ROOT / "samples" / "tiny.jpg")["record"]
         spanned = services.store.get("DocumentReference", span.split("/")[1])
         assert spanned is not None
@@ -433,9 +436,10 @@ def test_period_is_a_date_search_on_the_context_period(tmp_path: Path) -> None:
                                                     "period": {"start": "2025-01-01T09:00:00Z", "end": "2025-01-03"}}}
         services.store.update(NewResource("DocumentReference", spanned.id, resource, index_resource(resource),
                                           spanned.facts, spanned.blob_sha256))
-        assert _found(client, "period=2026-03-05") == []  # open-ended: not within the day
+        assert _found(client, "period=2026-03-05") == [march]  # an instant: within the day
         assert _found(client, "period=ge2026-03-05") == [march]
-        assert _found(client, "period=ge2030") == [march]  # still going on
+        assert _found(client, "period=ge2030") == []  # not going on
+        assert sorted(_found(client, "period=lt2026-03-06")) == sorted([march, span])
         assert _found(client, "period=le2025-01-01") == [span]
         assert _found(client, "period=2025-01") == [span]  # 1 to 3 January: within January
         assert _found(client, "period=ge2025-01-03&period=le2025-01-03") == [span]

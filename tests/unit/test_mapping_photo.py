@@ -195,7 +195,7 @@ def test_document_reference_for_document_kind() -> None:
     assert content["attachment"]["url"] == "Binary/bin-1" and "hash" not in content["attachment"]
     assert content["format"] == {"system": codes.IHE_FORMAT_CODE, "code": codes.FORMAT_MIME_TYPE_SUFFICIENT}
     assert doc["context"] == {"encounter": [{"reference": "Encounter/e-1", "type": "Encounter"}],
-                              "period": {"start": "2024-03-01T10:15:00+01:00"}}
+                              "period": {"start": "2024-03-01T10:15:00+01:00", "end": "2024-03-01T10:15:00+01:00"}}
     assert [e["valueBoolean"] for e in ext(doc, codes.EXT_CONSENT_PENDING)] == [True]
     assert "bodySite" not in doc
 
@@ -231,7 +231,7 @@ def test_a_document_sources_metadata_is_on_the_document_reference() -> None:
     assert doc["identifier"] == [{"system": codes.SHA256_SYSTEM, "value": "a" * 64}, ENTRY_UUID]
     assert doc["content"][0]["format"] == fmt
     assert doc["context"] == {"encounter": [{"reference": "Encounter/e-1", "type": "Encounter"}], "event": [event],
-                              "period": {"start": "2024-03-01T10:15:00+01:00"}, "facilityType": facility,
+                              "period": {"start": "2024-03-01T10:15:00+01:00", "end": "2024-03-01T10:15:00+01:00"}, "facilityType": facility,
                               "practiceSetting": setting}
     assert doc["securityLabel"] == [{"coding": [{"system": codes.V3_CONFIDENTIALITY, "code": "R",
                                                  "display": "restricted"}]}]
