@@ -14,6 +14,9 @@ def parse_purpose_of_use(value: str | None, tables: Tables) -> PurposeOfUse:
         raise PurposeOfUseMissing(
             "every read must state its purpose of use (X-Purpose-Of-Use: a v3-ActReason code such as TREAT)")
     raw = value.strip()
+    if "," in raw:  # a list, as HTTP joins repeated headers: one read is decided and audited for one purpose
+        raise UnknownPurposeOfUse("X-Purpose-Of-Use states one purpose: several were given, separated by commas",
+                                  expression="X-Purpose-Of-Use")
     system = V3_ACT_REASON
     code = raw
     if "|" in raw:

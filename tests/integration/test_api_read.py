@@ -152,6 +152,9 @@ def test_no_purpose_is_403_and_unknown_purpose_is_400(tmp_path: Path) -> None:
             assert client.get(path, headers=as_purpose("http://example.org|TREAT")).status_code == 400
         sys_code = "http://terminology.hl7.org/CodeSystem/v3-ActReason|TREAT"
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose(sys_code)).status_code == 200
+        # a list in one header (MHD review m7: reported as the unknown code "TREAT, ETREAT"): one purpose
+        listed = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT, ETREAT"))
+        assert listed.status_code == 400 and "one purpose" in listed.json()["issue"][0]["diagnostics"], listed.text
         # given twice: refused whatever the order (first-wins let a caller's own header override a
         # gateway's, break-glass included), on reads, searches, QIDO-RS and batches alike
         for first, second in (("TREAT", "TRAIN"), ("TRAIN", "TREAT"), ("BTG", "TREAT"), ("TREAT", "TREAT")):
