@@ -234,7 +234,7 @@ def _translated_errors(schema_version: Callable[[], int | None] | None = None) -
             raise InvalidInput("a value of the request is too large for the record store (an identifier or "
                                "code of thousands of characters); nothing was saved") from exc
         _log.error("the record store failed: %s", describe_failure(exc))
-        raise StorageError("the record store failed; nothing was saved") from exc
+        raise StorageError("the record store failed (unreachable, or it refused the request); nothing was changed") from exc
 
 
 #: Rows of a search read at a time (SqlRecordStore.search_index).

@@ -1,7 +1,7 @@
 """End to end: ``serve`` waits at start for a PostgreSQL that does not answer yet
 (ADAPTER_DATABASE_START_WAIT, adapter.store.reach), and does not wait for one that answered and
 refused. Before, a database container started a moment after the adapter's ended the start at once
-(exit 2, "the record store failed; nothing was saved")."""
+(exit 2, "the record store failed ...")."""
 
 from __future__ import annotations
 
