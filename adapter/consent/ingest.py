@@ -85,7 +85,8 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
     * A photo from the patient implies consent for ``consent.patientImpliedPurposes`` only.
     * Colleague sources need ``colleague``; an external colleague also ``discussionNote``.
     * A statement sent with a photo from the patient covers care purposes only; one dated in
-      the future is refused.
+      the future is refused; one dated after the day the photo was taken is kept with a warning
+      and a note saying so (retrospective consent).
     * ``consent.writtenRequired`` refuses verbal consent for clinical photos: consent recorded
       by staff (a statement, or the Consent on file the photo rests on). A photo the patient sent
       still carries their implied consent for care (the guidance: the purpose it was sent for),
@@ -129,6 +130,10 @@ def assess_ingest(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables:
     if kind_warning:
         warnings.append(kind_warning)
         notes.append(kind_warning)
+    retrospective = _retrospective_consent(meta)
+    if retrospective:
+        warnings.append(retrospective)
+        notes.append(retrospective)
 
     _check_care_not_denied(meta, existing, tables, now)
     pending = False
@@ -235,6 +240,23 @@ def _check_statement_date(meta: PhotoMetadata, now: datetime) -> None:
     if given is not None and utc_instant(given) > now + CONSENT_DATE_SLACK:
         raise ConsentRequired("the consent is dated in the future: give the date it was given",
                               expression="consent.date")
+
+
+def _retrospective_consent(meta: PhotoMetadata) -> str | None:
+    """The guidance has consent come before the photo. A statement dated after the day the photo
+    was taken (each as its sender gave it: a consent obtained once an unconscious patient could
+    give it, or one documented late) is kept, as the consent it is, and said: a warning and a note
+    on the record, so that no reader takes it for consent given beforehand (clinical safety review:
+    it was recorded without a word)."""
+    given = meta.consent.date if meta.consent is not None else None
+    if given is None or meta.taken_at is None:
+        return None
+    given_day = given.date() if isinstance(given, datetime) else given
+    taken_day = meta.taken_at.date()
+    if given_day <= taken_day:
+        return None
+    return (f"consent documented as given on {given_day.isoformat()}, after the photo was taken on "
+            f"{taken_day.isoformat()} (retrospective consent)")
 
 
 def _needs_pending(meta: PhotoMetadata, implied: tuple[str, ...], existing: Sequence[ConsentGrant],

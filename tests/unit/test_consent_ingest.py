@@ -473,3 +473,23 @@ def test_a_colleagues_photo_needs_the_senders_name_not_blanks() -> None:
     """Rules review: a colleague named "   " was accepted, and the Provenance named no one."""
     err = refused(make_meta(source="colleague-internal", consent=None, colleague={"name": "   "}))
     assert type(err) is RequiredElementMissing and err.expression == ["colleague.name"]
+
+
+@pytest.mark.parametrize(("taken", "given", "said"), [
+    ("2024-03-01T10:15:00+01:00", "2024-06-01", True),       # three months after
+    ("2024-03-01", "2024-03-02T08:00:00Z", True),            # the next day
+    ("2024-03-01T10:15:00+01:00", "2024-03-01", False),      # the same day
+    ("2024-03-01T10:15:00+01:00", "2024-02-20", False),      # before
+    (None, "2024-06-01", False),                              # not known when it was taken
+])
+def test_a_consent_given_after_the_photo_was_taken_is_kept_and_said(taken: str | None, given: str, said: bool) -> None:
+    """Clinical safety review: a consent dated months after the photo was recorded without a
+    word. The guidance has consent come first; a retrospective one is the patient's consent all the
+    same (kept), and said: a warning and a note on the record."""
+    meta = make_meta(consent={"purposes": ["TREAT"], "method": "written", "date": given},
+                     **({"takenAt": taken} if taken else {}))
+    result = assess(meta, now=datetime(2025, 6, 1, 12, 0, tzinfo=UTC))
+    expected = ("consent documented as given on " + given[:10] + ", after the photo was taken on "
+                + (taken or "")[:10] + " (retrospective consent)")
+    assert result.warnings == ((expected,) if said else ())
+    assert result.notes == ((expected,) if said else ())
