@@ -282,6 +282,7 @@ __all__ = [
     "InvalidInput",
     "InvalidQuery",
     "InvalidResource",
+    "MissingImage",
     "NoStore",
     "NotAcceptable",
     "NotFound",

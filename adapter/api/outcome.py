@@ -50,6 +50,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.Forbidden: 403,
     e.PurposeOfUseMissing: 403,
     e.NotFound: 404,
+    e.MissingImage: 500,  # the deployment's fault, not a resource that does not exist
     e.Gone: 410,
     e.UnsupportedResourceType: 404,
     e.Conflict: 409,

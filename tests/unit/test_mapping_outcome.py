@@ -34,7 +34,10 @@ def subclasses(cls: type) -> set[type]:
 
 
 def test_every_error_class_is_listed() -> None:
-    assert subclasses(errors.AdapterError) | {errors.AdapterError} == set(ERROR_CLASSES)
+    # the adapter's own: a test may subclass one for its purpose (test_dicom_status's Unlisted),
+    # which lives on among the subclasses until it is collected
+    ours = {c for c in subclasses(errors.AdapterError) if c.__module__ == errors.__name__}
+    assert ours | {errors.AdapterError} == set(ERROR_CLASSES)
 
 
 @pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
