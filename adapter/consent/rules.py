@@ -87,6 +87,12 @@ def grant_covers(grant: ConsentGrant, code: str, tables: Tables) -> bool:
     is a use in that purpose's view, so a child purpose shown more fully is not agreed to."""
     if grant.decision == DENY:
         return ANY_PURPOSE in grant.purposes or purposes_cover(grant.purposes, code, tables)
+    if grant.implied:
+        # the guidance: a photo the patient sent carries consent only for the purpose it was sent
+        # for, not for that purpose's children (TREAT's CLINTRL, care within a clinical trial, read
+        # it in the full view: clinical safety review); a policy wanting more lists them in
+        # consent.patientImpliedPurposes
+        return code in grant.purposes
     codes = tables.purposes.codes
     if code not in codes:
         return False

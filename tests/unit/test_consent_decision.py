@@ -216,7 +216,16 @@ def _implied(*purposes: str, data_refs: tuple[str, ...] = (RECORD,)) -> ConsentG
 def test_implied_consent_covers_treat_for_its_record() -> None:
     d = run("TREAT", grants=(_implied("TREAT"),))
     assert d.permitted and d.consent_ids == ("implied-1",)
-    assert run("COC", grants=(_implied("TREAT"),)).permitted
+
+
+@pytest.mark.parametrize("code", ["CLINTRL", "COC"])
+def test_implied_consent_covers_its_purposes_not_their_children(code: str) -> None:
+    """Clinical safety review: a photo the patient sent, under the implied consent for their care
+    (TREAT), was read in care's full view for CLINTRL (care within a clinical trial), a child of
+    TREAT. The guidance gives it consent only for the purpose it was sent for; a policy wanting a
+    child lists it in patientImpliedPurposes."""
+    assert not run(code, grants=(_implied("TREAT"),)).permitted
+    assert run(code, grants=(_implied("TREAT", code),)).permitted
 
 
 def test_implied_consent_does_not_cover_training() -> None:
