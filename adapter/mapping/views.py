@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import re
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -383,8 +384,11 @@ def _document_reference(r: JSON, ctx: _Ctx) -> JSON:
     codes (type, category, securityLabel, context.event, facilityType, practiceSetting,
     content.format) may be an IHE MHD Document Source's (adapter.mapping.document_metadata): they
     stay, without their displays (text the sender wrote); its identifiers (masterIdentifier,
-    entryUUID) are record identifiers, not released (module docstring)."""
+    entryUUID) are record identifiers, not released (module docstring). The view's own
+    masterIdentifier stands in (:func:`_released_master_identifier`)."""
     out = _base(r, ctx)
+    if "id" in out:
+        out["masterIdentifier"] = _released_master_identifier(out["id"])
     _copy(out, r, ("status", "docStatus"))
     _put(out, "type", _concept(r.get("type"), display=False))
     _put(out, "category", _concepts(r.get("category"), display=False))
@@ -407,6 +411,21 @@ def _document_reference(r: JSON, ctx: _Ctx) -> JSON:
         _put(context, "practiceSetting", _concept(src.get("practiceSetting"), display=False))
         _put(out, "context", context)
     return out
+
+
+#: The namespace of :func:`_released_master_identifier`'s name-based UUIDs (RFC 9562 5.5).
+_RELEASED_DOCUMENT_NAMESPACE = uuid.UUID("5b0c8f7e-3f4a-5d9b-9c1e-2a6f0d4b7c11")
+
+
+def _released_master_identifier(released_id: str) -> JSON:
+    """A restricted view's masterIdentifier of a DocumentReference: IHE MHD requires one (1..1 in
+    the Minimal DocumentReference; the document's uniqueId, an OID, that a Document Consumer keys
+    documents by: MHD review m6), and the stored one is the record's identifier, not released. The
+    view's own is an OID under 2.25 (ITU-T X.667: a UUID as an OID) of the name-based UUID of the
+    view's released id: the same document has the same one in every answer of the view, and it
+    is made from the released id alone, so it links to nothing the released id does not."""
+    value = uuid.uuid5(_RELEASED_DOCUMENT_NAMESPACE, f"DocumentReference/{released_id}").int
+    return {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:2.25.{value}"}
 
 
 def _provision(p: JSON, ctx: _Ctx) -> JSON:

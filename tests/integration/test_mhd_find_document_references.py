@@ -275,7 +275,8 @@ def test_a_document_sources_metadata_is_what_iti_67_finds_it_by(tmp_path: Path) 
             assert shown.status_code == 200, shown.text
             view = shown.json()
             assert entry_uuid not in shown.text and "Outpatient Note" not in shown.text  # the sender's text
-            assert "identifier" not in view and "masterIdentifier" not in view  # no record identifier
+            assert "identifier" not in view  # no record identifier: the masterIdentifier is the view's own
+            assert view["masterIdentifier"]["value"].startswith("urn:oid:2.25.")
             assert view["type"] == {"coding": [{"system": LOINC, "code": "34108-1"}]}
             assert [c["coding"][0]["code"] for c in view["category"]] == ["document", "11369-6"]
             assert view["context"]["practiceSetting"]["coding"][0]["code"] == "394802001"

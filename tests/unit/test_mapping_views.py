@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -331,10 +332,13 @@ def test_deidentified_leaves_nothing_identifying(resource_type: str, tables: Tab
     text = text_of(out)
     for needle in IDENTIFYING + [STORED_SHA, "2jmj7l5rSw0yVb", PSEUDONYM_SYSTEM]:
         assert needle not in text, needle
-    for key in ("subject", "patient", "encounter", "identifier", "masterIdentifier", "note", "text",
+    for key in ("subject", "patient", "encounter", "identifier", "note", "text",
                 "operator", "author", "performer", "organization", "sourceAttachment", "description",
                 "deviceName", "custodian", "authenticator", "location", "issued", "date", "contained"):
         assert key not in out, key
+    # a DocumentReference's masterIdentifier is the view's own, made of its released id alone
+    assert out.get("masterIdentifier") == (_view_master_identifier(out["id"]) if resource_type == "DocumentReference"
+                                           else None)
     assert "lastUpdated" not in out.get("meta", {})
     # dates: the year only; the one required instant (Provenance.recorded) is 1 January UTC
     if resource_type == "Provenance":
@@ -393,7 +397,8 @@ def test_pseudonymised_keeps_dates_and_no_identifier_not_even_the_sha256(tables:
                               "creation": "2024-03-01T10:15:00+01:00"}
     doc = render(document_reference(), decision(View.PSEUDONYMISED), tables=tables, pseudonymizer=pseudonymizer)
     assert not {"size", "hash"} & set(doc["content"][0]["attachment"])
-    assert "masterIdentifier" not in doc and "identifier" not in doc and STORED_SHA not in str(doc)
+    assert "identifier" not in doc and STORED_SHA not in str(doc)
+    assert doc["masterIdentifier"] == _view_master_identifier(doc["id"])
     assert doc["date"] == "2024-03-01T09:16:02.120Z"
     assert doc["context"]["period"] == {"start": "2024-03-01T10:00:00+01:00", "end": "2024-03-01T11:00:00+01:00"}
 
@@ -671,8 +676,26 @@ def test_a_document_sources_codes_stay_in_the_restricted_views_without_its_text_
     assert _codes_of(out["context"]["event"]) == [(codes.SNOMED, "71388002")]
     assert _codes_of(out["context"]["facilityType"]) == [(codes.SNOMED, "225746001")]
     assert _codes_of(out["context"]["practiceSetting"]) == [(codes.SNOMED, "394582007")]
-    assert "identifier" not in out and "masterIdentifier" not in out  # no record identifier in either view
+    assert "identifier" not in out  # no record identifier in either view: the masterIdentifier is the view's
+    assert out["masterIdentifier"] == _view_master_identifier(out["id"])
     assert out["meta"]["security"][0] == {"system": codes.V3_CONFIDENTIALITY, "code": "V",
                                           "display": "very restricted"}
     full = render(source, decision(View.FULL), tables=tables, pseudonymizer=pseudonymizer)
     assert without_security(full) == without_security(source)  # care sees what the sender sent
+
+
+def _view_master_identifier(released_id: str) -> dict[str, str]:
+    """What a restricted view gives a DocumentReference as its masterIdentifier: an OID of the
+    name-based UUID of its released id (MHD review m6: IHE MHD requires one; none was given)."""
+    value = uuid.uuid5(uuid.UUID("5b0c8f7e-3f4a-5d9b-9c1e-2a6f0d4b7c11"), f"DocumentReference/{released_id}").int
+    return {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:2.25.{value}"}
+
+
+def test_the_views_masterIdentifier_is_their_own_and_differs_between_them(tables: Tables,
+                                                                          pseudonymizer: Pseudonymizer) -> None:
+    deid = render(document_reference(), decision(View.DEIDENTIFIED), tables=tables, pseudonymizer=pseudonymizer)
+    pseud = render(document_reference(), decision(View.PSEUDONYMISED), tables=tables, pseudonymizer=pseudonymizer)
+    values = {deid["masterIdentifier"]["value"], pseud["masterIdentifier"]["value"],
+              document_reference()["masterIdentifier"]["value"]}
+    assert len(values) == 3  # none is the stored one, nor the other view's
+    assert all(v.startswith("urn:oid:2.25.") for v in values - {document_reference()["masterIdentifier"]["value"]})
