@@ -175,6 +175,14 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
                                "only under break-glass")
     grants = [g for g in in_force
               if g.decision == PERMIT and not g.implied and grant_covers(g, code, tables)]
+    if grants and tables.policy.consent.written_required_for_explicit:
+        # the organisation's policy: consent for education, research... is written (clinical
+        # safety review 7: writtenRequired, which concerns care, let verbal consent open them)
+        written = [g for g in grants if g.method is ConsentMethod.WRITTEN]
+        if not written:
+            return _Verdict(False, f"the Consent permitting {code} is not documented as written, which the "
+                                   "organisation's policy requires for this purpose", grants)
+        grants = written
     if grants:
         return _Verdict(True, f"active Consent permits {code}", grants)
     return _Verdict(False, f"no active consent permitting {code}")

@@ -22,6 +22,9 @@ class Organisation(_Strict):
 class ConsentRules(_Strict):
     written_required: bool = Field(False, alias="writtenRequired",
                                    description="verbal consent is refused for clinical photos")
+    written_required_for_explicit: bool = Field(
+        False, alias="writtenRequiredForExplicitPurposes",
+        description="a Consent permitting an explicit purpose (education, research...) counts only when written")
     allow_pending: bool = Field(False, alias="allowPending",
                                 description="accept clinical photos without consent, flagged, break-glass only")
     explicit_purposes: list[str] = Field(alias="explicitPurposes", min_length=1,

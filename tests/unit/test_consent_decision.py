@@ -772,3 +772,20 @@ def test_permitted_purposes_end_on_a_purpose_hierarchy_with_a_cycle() -> None:
     worker.start()
     worker.join(5)
     assert out == [frozenset()]
+
+
+@pytest.mark.parametrize("code", ["TRAIN", "HRESCH"])
+def test_a_policy_requiring_written_consent_for_explicit_purposes_counts_only_a_written_one(code: str) -> None:
+    """Clinical safety review 7: an organisation requiring written consent had no way to require it
+    for education and research (writtenRequired concerns care): a verbal Consent for TRAIN opened
+    the photos for training. writtenRequiredForExplicitPurposes does; off by default."""
+    verbal = make_grant(code, method=ConsentMethod.VERBAL)
+    written = make_grant(code, method=ConsentMethod.WRITTEN, id="written-1")
+    strict = policy_variant(consent={"written_required_for_explicit": True})
+    assert run(code, grants=(verbal,)).permitted  # the default: as before
+    refused = run(code, grants=(verbal,), tables=strict)
+    assert not refused.permitted and "not documented as written" in refused.reason
+    allowed = run(code, grants=(verbal, written), tables=strict)
+    assert allowed.permitted and allowed.consent_ids == ("written-1",)
+    assert run("TREAT", grants=(make_grant("TREAT", method=ConsentMethod.VERBAL),), tables=strict).permitted
+    assert code not in permitted_purposes(make_facts(), (verbal,), strict, NOW)
