@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
+from adapter.api.cross_site import CrossSiteWriteMiddleware
 from adapter.api.head import HeadMiddleware
 from adapter.api.headers import NoStoreMiddleware
 from adapter.api.openapi import install_openapi, ok
@@ -51,6 +52,8 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     install_openapi(app)
     app.add_middleware(HeadMiddleware)  # innermost: the other middlewares see HEAD
     app.add_middleware(CancelledRequestMiddleware)  # its 503 gets the headers of the ones outside it
+    # inside NoStore: its refusals carry the headers every answer does; a simple POST needs no preflight
+    app.add_middleware(CrossSiteWriteMiddleware, allowed_origins=services.settings.allowed_cors_origins)
     app.add_middleware(NoStoreMiddleware)
     app.add_middleware(BodyTimeoutMiddleware, seconds=services.settings.http_body_timeout)
     origins = services.settings.allowed_cors_origins

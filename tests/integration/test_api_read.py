@@ -1293,6 +1293,36 @@ def test_a_browser_page_of_a_configured_origin_may_call_the_api_and_no_other(tmp
         assert "access-control-allow-origin" not in plain.headers
 
 
+def test_a_web_page_of_another_origin_cannot_write_by_a_simple_post(tmp_path: Path) -> None:
+    """Security review 4: a form's multipart POST is a CORS "simple" request, sent without a
+    preflight, so any page open on the workstation running the adapter filed photos and consent
+    statements (201; the answer unreadable to the page, the write done). A write naming an origin
+    not listed, or marked cross-site, is now refused (403) before anything is read; the listed
+    origin, the adapter's own pages and clients that are not browsers (no Origin) write as before."""
+    viewer = "https://viewer.example.org"
+    with adapter_client(tmp_path, cors_origins=viewer) as (client, services):
+        before = len(services.store.list_audit(1000))
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                        {"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example", "Sec-Fetch-Site": "same-site"}):
+            refused = post_photo(client, SAMPLES / "wound.jpg", metadata(), headers=headers)
+            assert refused.status_code == 403, (headers, refused.text)
+            assert refused.json()["resourceType"] == "OperationOutcome"
+            assert "ADAPTER_CORS_ORIGINS" in refused.json()["issue"][0]["diagnostics"]
+            assert refused.headers["cache-control"] == "no-store"
+            consent = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
+                                  headers={"Content-Type": "application/fhir+json", **headers})
+            assert consent.status_code == 403, consent.text
+        assert len(services.store.list_audit(1000)) == before  # nothing was read, nothing stored
+        assert post_photo(client, SAMPLES / "wound.jpg", metadata(), headers={"Origin": viewer}).status_code == 201
+        own = "http://testserver"  # the adapter's own /docs page: the origin is the request's Host
+        assert post_photo(client, SAMPLES / "lesion.png", metadata(), headers={
+            "Origin": own, "Sec-Fetch-Site": "same-origin"}).status_code == 201
+        assert post_photo(client, SAMPLES / "tiny.jpg", metadata(kind="document", consent=None)).status_code == 201
+        # a read from another origin is CORS's to refuse (no header lets the page read it), not this
+        assert client.get("/fhir/Media", headers={**as_purpose("TREAT"), "Origin": "https://evil.example"}
+                          ).status_code == 200
+
+
 def test_every_answer_names_its_request_and_the_audit_records_it(tmp_path: Path) -> None:
     """X-Request-Id: the caller's, when a plain token, echoed on every answer (refusals too) and
     recorded in the AuditEvent (BALP XrequestId); otherwise a new one."""
