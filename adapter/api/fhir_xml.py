@@ -61,6 +61,10 @@ _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 #: More digits than any FHIR integer (32-bit) or decimal (18 significant digits, datatypes.html)
 #: needs; Python refuses to convert an int of over 4300 digits (a ValueError, not a refusal).
 _MAX_DIGITS = 64
+#: Attributes one element may carry: FHIR XML gives an element at most ``value``, ``id`` and
+#: ``url``, beside another namespace's few (xsi:schemaLocation). 90,000 on one element took 11 s
+#: of CPU to read one by one, the whole API waiting (security review 1): refused before.
+_MAX_ATTRIBUTES = 8
 
 
 @dataclass(frozen=True)
@@ -360,7 +364,10 @@ def _read(element: Any, path: str, version: Version, where: str, *, resource: bo
         allowed.add("value")
     if _is_extension(path):
         allowed.add("url")
-    for name, value in element.attrib.items():
+    attributes = element.attrib
+    if len(attributes) > _MAX_ATTRIBUTES:  # lxml's items() costs the square of their number, holding the GIL
+        raise _refuse(where, f"has more attributes than a FHIR XML element has ({_MAX_ATTRIBUTES} at most here)")
+    for name, value in attributes.items():
         if name.startswith("{"):  # another namespace's (xsi:schemaLocation): not FHIR's, left
             continue
         if name not in allowed:
