@@ -112,6 +112,8 @@ pynetdicom_log = logging.getLogger("pynetdicom")
 # A faster receive path for accepted associations (module docstring, "Speed")
 
 _P_DATA_TF = 0x04
+#: The PDU types of PS3.8 9.3: A-ASSOCIATE-RQ/AC/RJ, P-DATA-TF, A-RELEASE-RQ/RP, A-ABORT.
+_PDU_TYPES = frozenset(range(0x01, 0x08))
 _SPOOL_CHUNK = 256 * 1024     # socket -> spool file in pieces of this size (one multi-MB write is slow)
 _RECV_PIECE = 1024 * 1024     # a PDU read into memory grows by at most this much per read
 #: PDV items in one P-DATA-TF PDU: SCUs send one or two; 690,000 empty ones in a 4 MB PDU cost
@@ -349,6 +351,17 @@ class _StreamingDUL(NegotiationDUL):
 
     def _read_one_pdu(self) -> bool:
         """Read one PDU. True when it needed nothing from pynetdicom (no event queued)."""
+        if getattr(self, "_invalid_pdu", False) and isinstance(self.socket, _AssociationSocket):
+            # after an invalid PDU (aborted at its header) what follows is no PDU: read and
+            # dropped, unlogged, until the peer closes or the abort's timer closes the connection
+            # (PS3.8 9.2 Sta13); handed to pynetdicom, each 6 bytes were another ERROR line
+            raw = self.socket.socket
+            try:
+                if raw is None or not raw.recv(64 * 1024):  # what has arrived, at most that: dropped
+                    self.event_queue.put("Evt17")
+            except (OSError, TimeoutError):
+                self.event_queue.put("Evt17")
+            return False
         sock = self.socket
         if isinstance(sock, _AssociationSocket) and not sock._pushback:
             sock.begin_pdu()  # a PDU put back is one begun already
@@ -360,8 +373,9 @@ class _StreamingDUL(NegotiationDUL):
         except (OSError, TimeoutError):
             self.event_queue.put("Evt17")
             return False
-        if len(header) == 6 and self._too_long(header):
+        if len(header) == 6 and (self._unknown_type(header) or self._too_long(header)):
             self.event_queue.put("Evt19")  # an invalid PDU: pynetdicom aborts (AA-8) and closes
+            self._invalid_pdu = True
             return False
         spool = self._spool()
         if spool is None or len(header) != 6 or header[0] != _P_DATA_TF:
@@ -409,6 +423,17 @@ class _StreamingDUL(NegotiationDUL):
                     raise ValueError(f"more than {MAX_PDVS_PER_PDU} PDV items in one PDU")
                 offset += 4 + struct.unpack_from(">L", bytestream, offset)[0]
         return super()._decode_pdu(bytestream)
+
+    @staticmethod
+    def _unknown_type(header: bytes) -> bool:
+        """Whether the PDU this header starts is of no type PS3.8 9.3 defines (0x01 to 0x07): an
+        invalid PDU at its header. Handed to pynetdicom, each 6 bytes after it were read as
+        another header and logged as an ERROR of their own (zero bytes streamed at the port:
+        ~20,000 lines a second, security review 5); one line, and the abort, here."""
+        if header[0] in _PDU_TYPES:
+            return False
+        pynetdicom_log.error("A PDU of unknown type 0x%02X: aborting", header[0])
+        return True
 
     def _too_long(self, header: bytes) -> bool:
         """Whether the PDU this header starts is longer than the peer may send: a P-DATA-TF

@@ -365,6 +365,27 @@ def test_a_peer_cannot_forge_or_flood_log_lines(scp: StoreSCP, caplog: pytest.Lo
     _still_serving(scp.port)
 
 
+@pytest.mark.parametrize("first", [b"\x00", b"\x08", b"\xff"])
+def test_a_pdu_of_an_unknown_type_aborts_at_its_header_and_logs_one_line(
+        scp: StoreSCP, caplog: pytest.LogCaptureFixture, first: bytes) -> None:
+    """Security review 5: zero bytes streamed at the port, no association asked for, gave one
+    ERROR line per 6-byte "header" read (Unknown PDU type received '0x00'), ~20,000 a second for
+    the 30 s the connection stayed open: a log flood anyone reaching the port could start, where
+    the README has operators alert on ERROR. A PDU of no type PS3.8 9.3 defines is now an invalid
+    PDU at its header, as one too long is: aborted and closed, one line."""
+    caplog.set_level(logging.DEBUG)
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as sock:
+        try:
+            sock.sendall(first + b"\x00" * (256 * 1024 - 1))
+        except OSError:
+            pass  # closed while sending: the abort came first
+        assert closed_or_aborted(sock)
+    time.sleep(0.5)
+    lines = [r for r in caplog.records if r.name.startswith("pynetdicom") and r.levelno >= logging.WARNING]
+    assert len(lines) <= 3, [r.getMessage() for r in lines[:5]]
+    _still_serving(scp.port)
+
+
 def test_identifiers_of_other_services_are_never_logged(scp: StoreSCP, caplog: pytest.LogCaptureFixture) -> None:
     """pynetdicom chooses the service class from the command's SOP class, not the context, and
     logged a C-FIND identifier (patient name and ID) sent on the Secondary Capture context."""
