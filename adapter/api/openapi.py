@@ -70,7 +70,8 @@ REFUSALS: dict[int, str] = {
     422: "Unprocessable: an invalid or unknown parameter, element, code or image, a broken business rule, or a "
          "request too costly to answer",
     500: "Internal error (the body holds no internals)",
-    503: "The store or the data folder failed to read or write; nothing was stored, retry later",
+    503: ("The store or the data folder failed to read or write, or the adapter is making as many large "
+          "images as it makes at once; nothing was stored, retry later (Retry-After)"),
     507: "Insufficient storage: the data folder is down to its reserve (ADAPTER_MIN_FREE_MB); nothing stored",
 }
 

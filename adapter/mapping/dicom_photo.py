@@ -289,6 +289,15 @@ def encounter_key(record: Mapping[str, Any]) -> str | None:
 # pixels
 
 
+def pixels_decoded(image: bytes, content_type: str, orientation: int) -> bool:
+    """Whether :func:`photo_to_dicom` decodes ``image`` (its checked media type
+    ``content_type``, EXIF ``orientation``) into native pixels for its object, rather than
+    encapsulating the JPEG frame as stored: a PNG, a JPEG that is not baseline, or one that is
+    turned. A decoded object is the photo's full size uncompressed (240 MB for 80 MP in colour),
+    which a reader making it waits its turn for (adapter.services.dicom_objects.regenerating)."""
+    return content_type != JPEG or orientation != 1 or not jpeg_frame_info(image).baseline
+
+
 def _set_pixels(ds: Dataset, image: bytes, content_type: str, orientation: int) -> tuple[bool, bool]:
     """Image Pixel module (C.7.6.3) and the lossy-compression attributes.
 
@@ -542,4 +551,4 @@ def _has_non_ascii(ds: Dataset) -> bool:
 
 
 __all__ = ["STUDY_DATE_VERSION", "Equipment", "encode_dataset", "encounter_key", "fixed_texts", "photo_to_dicom",
-           "study_date", "study_time"]
+           "pixels_decoded", "study_date", "study_time"]

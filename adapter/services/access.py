@@ -73,6 +73,7 @@ from adapter.services.dicom_objects import (
     DicomRelease,
     dicom_object_for,
     match_level,
+    regenerating,
 )
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.services.search_paging import (
@@ -908,11 +909,17 @@ class ScopedReader:
                 out.append((instance, stored, self.decide(stored.facts)))
         return out
 
-    def _dicom_content(self, instance: DicomInstance, stored: StoredResource, decision: Decision) -> DicomContent:
+    def _dicom_content(self, instance: DicomInstance, stored: StoredResource, decision: Decision, *,
+                       bounded: bool = True) -> DicomContent:
+        """The released object of ``instance``; a posted photo's made from decoded pixels (a PNG, a
+        progressive JPEG) waits its turn (adapter.services.dicom_objects.regenerating; ``bounded``:
+        at most REGENERATION_WAIT_SECONDS, then Transient, 503)."""
         if self._dicom_tables is None:
             raise NotSupported("DICOM is not served here")
-        obj = dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables)
-        released = self._release(decision.view).release(obj, instance.patient)
+        with regenerating(instance, stored, self._blobs, bounded=bounded):
+            obj = dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables)
+            released = self._release(decision.view).release(obj, instance.patient)
+            del obj  # the native dataset: its memory is given back inside the bound
         return DicomContent(data=released.data, decision=decision, transfer_syntax=released.transfer_syntax,
                             sop_class_uid=released.sop_class_uid, sop_instance_uid=released.sop_instance_uid)
 
@@ -1091,7 +1098,8 @@ class ScopedReader:
         try:
             for instance, stored, decision in decided:
                 if decision.permitted and decision.view is release.view:
-                    load = functools.partial(self._dicom_content, instance, stored, decision)
+                    # made while the answer streams, when a 503 can no longer be sent: it waits its turn
+                    load = functools.partial(self._dicom_content, instance, stored, decision, bounded=False)
                     if release.view is not View.FULL and instance.sop_class_uid == ENCAPSULATED_PDF:
                         # its PDF's metadata is removed now (adapter.imaging.pdf): one that cannot be
                         # fails the answer before it starts (422), as a missing object does below

@@ -29,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -54,9 +55,10 @@ from adapter.errors import (
 )
 from adapter.imaging import jpeg_pixel_size, png_pixel_size, read_orientation
 from adapter.imaging.sniff import check_declared
+from adapter.imaging.thumbnail import whole_decode
 from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
-from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom, photo_without_pixels
+from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom, photo_without_pixels, pixels_decoded
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, is_valid_uid
@@ -107,6 +109,52 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
         tables=tables, dicom_tables=dicom_tables,
         # the creation time fixed at ingest: a resend is the identical object
         now=instance.created or stored.last_updated)
+
+
+#: How long a read waits for its turn to make a posted photo's object from decoded pixels
+#: (:func:`regenerating`) before it is answered 503 with Retry-After (Transient): an 80 MP photo's
+#: object takes 1-4 s and about 1 GB to make, so a reader still waiting after this is behind a
+#: queue it had better come back to than lengthen.
+REGENERATION_WAIT_SECONDS = 30.0
+
+
+@contextmanager
+def regenerating(instance: DicomInstance, stored: StoredResource, blobs: BlobStore, *,
+                 bounded: bool = True) -> Iterator[None]:
+    """Hold, while ``instance``'s object is made (:func:`dicom_object_for`) and released, a turn
+    of the whole-decode bound (adapter.imaging.thumbnail.WHOLE_DECODES_AT_ONCE) when the object
+    is made from decoded pixels (adapter.mapping.dicom_photo.pixels_decoded: a PNG, a progressive
+    or turned JPEG): uncompressed, up to 240 MB for an 80 MP photo, about 1 GB at its peak while it
+    is decoded, built and encoded, so readers asking for many at once wait their turn rather than
+    exhaust memory. A received object (its file, as stored) or a baseline JPEG's (the frame as
+    stored) costs no decode and waits for nothing. ``bounded``: wait at most
+    :data:`REGENERATION_WAIT_SECONDS` for a turn; False: as long as it takes, for an answer that
+    has started already and could no longer say 503.
+
+    Raises:
+        Transient: no turn came in time (503, Retry-After).
+        As :func:`dicom_object_for`, for the photo and its record.
+    """
+    if not _made_from_decoded_pixels(instance, stored, blobs):
+        yield
+        return
+    bound = whole_decode()
+    if not bound.acquire(timeout=REGENERATION_WAIT_SECONDS if bounded else None):
+        raise Transient("too many large images are being prepared at once: retry later")
+    try:
+        yield
+    finally:
+        bound.release()
+
+
+def _made_from_decoded_pixels(instance: DicomInstance, stored: StoredResource, blobs: BlobStore) -> bool:
+    """Whether :func:`dicom_object_for` decodes the photo for ``instance``'s object (False for a
+    received object, and for a record without a photo: nothing is made, it raises)."""
+    if instance.blob_sha256 is not None or stored.blob_sha256 is None or stored.facts is None:
+        return False
+    image = blobs.read(stored.blob_sha256, stored.blob_range)
+    kind = check_declared(image, _content_type(stored.resource))  # as photo_to_dicom checks it
+    return pixels_decoded(image, kind, read_orientation(image, kind) or 1)
 
 
 def object_attributes(instance: DicomInstance, store: RecordStore, blobs: BlobStore, tables: Tables,
@@ -712,6 +760,7 @@ __all__ = [
     "LEVELS",
     "LEVEL_KEYS",
     "ONLINE",
+    "REGENERATION_WAIT_SECONDS",
     "SERIES",
     "STOW_SENDER",
     "STUDY",
@@ -729,6 +778,7 @@ __all__ = [
     "literal_prefix",
     "match_level",
     "object_attributes",
+    "regenerating",
     "series_shown",
     "stow_instance",
     "stow_sender",
