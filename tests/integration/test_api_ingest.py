@@ -1177,3 +1177,52 @@ def test_a_photo_the_store_fails_to_keep_is_audited_as_a_failed_create(tmp_path:
         assert _counts(services) == (0, 0) and _staging_empty(services)
         taken.rmdir()
         assert post_photo(client, WOUND, metadata()).status_code == 201
+
+
+def test_transactions_take_the_turns_photo_ingests_take(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security review 3: a transaction Bundle's photo is decoded and proved as an upload's, but
+    Bundles took no turn of the ingest's (16 at once reached 2.6 GB). They now share POST /photos'
+    turns: with one turn, never two photos ingested at once, whichever way they came."""
+    import threading
+    import time
+
+    from adapter.api.routes import photos
+    from tests.support.fhir_factories import transaction_bundle
+
+    monkeypatch.setattr(photos, "INGEST_THREADS", 1)
+    with adapter_client(tmp_path) as (client, services):
+        running, most, lock = 0, 0, threading.Lock()
+        ingest = services.ingest.ingest_photo
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            try:
+                time.sleep(0.2)
+                return ingest(*args, **kwargs)
+            finally:
+                with lock:
+                    running -= 1
+
+        monkeypatch.setattr(services.ingest, "ingest_photo", counted)
+        picture = WOUND.read_bytes()
+        answers: list[int] = []
+
+        def send(n: int) -> None:
+            patient = {"system": PATIENT["system"], "value": f"MRN-T{n}"}
+            if n % 2:
+                r = client.post("/fhir", json=transaction_bundle(picture, patient=patient),
+                                headers={"Content-Type": "application/fhir+json"})
+            else:
+                r = post_photo(client, WOUND, metadata(patient=patient))
+            answers.append(r.status_code)
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(answers) == [200, 200, 201, 201], answers
+        assert most == 1

@@ -66,6 +66,7 @@ from adapter.api.openapi import (
 )
 from adapter.api.outcome import fhir_response
 from adapter.api.request_limits import refuse_declared_over
+from adapter.api.routes.photos import ingest_limiter
 from adapter.api.urls import absolute, base
 from adapter.errors import (
     InvalidQuery,
@@ -308,8 +309,9 @@ async def _transaction(request: Request, services: Services, idempotency_key: st
     ctx = get_write_context(request, services, "create", provide_document_bundle(bundle, fhir_base))
     _r4_write(request)
     key = idempotency_key[:200] if idempotency_key else None
-    response, _ = await run_in_threadpool(services.transactions.process, bundle, idempotency_key=key, ctx=ctx,
-                                      fhir_base=fhir_base)
+    response, _ = await anyio.to_thread.run_sync(  # a photo's ingest: the turns POST /photos takes
+        partial(services.transactions.process, bundle, idempotency_key=key, ctx=ctx, fhir_base=fhir_base),
+        limiter=ingest_limiter(request))
     return _out(response, "4", fmt=fmt)
 
 
