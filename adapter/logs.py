@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import traceback
 from datetime import UTC, datetime
 from types import TracebackType
@@ -60,11 +61,33 @@ class SafeExceptions(logging.Filter):
         return True
 
 
+#: Control characters a log line must not carry as they are: a line break forges a line, an
+#: escape sequence rewrites a terminal (tab aside).
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class EscapedControls(logging.Filter):
+    """A handler filter: the message of a record from a library's logger (pydicom quoting a DICOM
+    value: a SpecificCharacterSet of CR LF and a forged line, over C-STORE or STOW-RS, security
+    review 6) has its control characters written as escapes (``\\x0d``), so one record is one
+    line, as the adapter's own are (they quote values with ``!r``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("adapter"):
+            text = record.getMessage()
+            if _CONTROLS.search(text):
+                record.msg, record.args = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text), None
+        return True
+
+
 def make_exceptions_safe(logger: logging.Logger | None = None) -> None:
-    """Put :class:`SafeExceptions` on every handler of ``logger`` (the root logger); idempotent."""
+    """Put :class:`SafeExceptions` and :class:`EscapedControls` on every handler of ``logger``
+    (the root logger); idempotent."""
     for handler in (logger or logging.getLogger()).handlers:
         if not any(isinstance(f, SafeExceptions) for f in handler.filters):
             handler.addFilter(SafeExceptions())
+        if not any(isinstance(f, EscapedControls) for f in handler.filters):
+            handler.addFilter(EscapedControls())
 
 
 class OneLineWarnings(logging.Filter):
@@ -93,4 +116,4 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-__all__ = ["JsonFormatter", "OneLineWarnings", "SafeExceptions", "exception_without_messages", "make_exceptions_safe"]
+__all__ = ["EscapedControls", "JsonFormatter", "OneLineWarnings", "SafeExceptions", "exception_without_messages", "make_exceptions_safe"]
