@@ -35,12 +35,34 @@ def load_json(raw: bytes | str, *, what: str, expression: str | None = None,
         # before parsing: each object costs the parser, the models and the store memory and time
         raise error(f"{what} holds more than {MAX_CONTAINERS} objects and arrays", expression=expression)
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_names)
+    except _DuplicateName as exc:
+        raise error(f"{what} names the member {str(exc)[:40]!r} twice in one object: which is meant cannot be told "
+                    "(a reader taking the first would see another resource than the one kept)",
+                    expression=expression) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise error(f"{what} is not valid JSON", expression=expression) from exc
     except RecursionError:
         raise error(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression) from None
     return check_loaded(data, what=what, expression=expression, error=error)
+
+
+class _DuplicateName(ValueError):
+    """A member name given twice in one JSON object."""
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members, each name once (RFC 8259 4: names SHOULD be unique; Python's parser
+    kept the last in silence, so a gateway reading the first saw another resource than the one
+    stored: security review 11)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateName(name)
+            seen.add(name)
+    return out
 
 
 def check_loaded(data: Any, *, what: str, expression: str | None = None,

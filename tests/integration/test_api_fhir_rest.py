@@ -643,3 +643,21 @@ def test_repeated_patient_parameters_and_so_never_widen_a_search_to_another_pati
             assert total(f"{param}=Patient/mrn-0001&{param}=Patient/mrn-0002") == 0
             assert total(f"{param}=Patient/mrn-0001&{param}=mrn-0001,Patient/mrn-0002") == 1
         assert total(f"patient:identifier={one}&patient=Patient/mrn-0002") == 0  # as before: both must hold
+
+
+def test_a_member_named_twice_in_one_object_is_refused_not_read_last_wins(tmp_path: Path) -> None:
+    """Security review 11: duplicate member names were taken, the last one winning, so a gateway or
+    audit reading the first saw another resource than the one stored. Refused (400 for a FHIR
+    body, 422 at metadata for a photo's), nothing stored."""
+    with adapter_client(tmp_path) as (client, _services):
+        consent = json.dumps(consent_resource(["TRAIN"]))
+        twice = consent.replace('"status": "active"', '"status": "inactive", "status": "active"', 1)
+        assert twice != consent
+        r = client.post("/fhir/Consent", content=twice, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 400 and "'status' twice" in r.text, r.text
+        meta = json.dumps(metadata()).replace('"kind": "clinical"', '"kind": "document", "kind": "clinical"', 1)
+        r = client.post("/photos", files={"file": ("w.jpg", (SAMPLES / "wound.jpg").read_bytes(), "image/jpeg"),
+                                          "metadata": (None, meta, "application/json")})
+        assert r.status_code == 422 and r.json()["issue"][0]["expression"] == ["metadata"], r.text
+        assert client.get("/fhir/Consent", headers=TREAT).json()["total"] == 0
+        assert client.get("/fhir/Media", headers=TREAT).json()["total"] == 0
