@@ -1,5 +1,6 @@
 """Plain file reads shared by the blob store and the DICOM ingest (the received object is a file,
-not yet a blob), and the kernel's writeback of a file being received (the SCP's spool)."""
+not yet a blob), the kernel's writeback of a file being received (the SCP's spool), and the small
+files the data folder keeps once made (the pseudonym key, the folder's identity)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import ctypes
 import hashlib
 import mmap
 import os
+import secrets
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -60,3 +63,55 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     an early fdatasync it commits no journal transaction and flushes no disk cache."""
     if _SYNC_FILE_RANGE is not None and length > 0:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a failure costs only the head start
+
+
+def publish_once(path: Path, text: str) -> bool:
+    """Make the file ``path`` holding ``text`` unless it exists; True when this call made it.
+
+    Several processes (HTTP workers, instances sharing the folder) may start at once: each writes
+    a candidate beside it (``.<name>.<pid>.<hex>``, 0600, synced) and publishes it with ``link``,
+    which fails if ``path`` exists; so the file appears complete or not at all, and a loser reads
+    the winner's. Raises OSError when it cannot be written."""
+    candidate = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(candidate, path)
+        except FileExistsError:
+            return False  # another process published its own first: that one is the file
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return True
+    finally:
+        candidate.unlink(missing_ok=True)
+
+
+def remove_abandoned_candidates(path: Path) -> None:
+    """Remove the candidates of :func:`publish_once` for ``path`` (``.<name>.<pid>.<hex>``) of
+    processes that are gone: a start killed while it made the file leaves its candidate (its
+    ``finally`` never ran), a file never used or, killed after publishing, a second name of the
+    file itself. A candidate of a live process is its own, in the middle of being published:
+    left alone (a recycled pid only keeps a file, never removes one in use), and so is one younger
+    than a minute (a candidate lives milliseconds; a process of another container on the same
+    volume has a pid this one cannot see)."""
+    for candidate in path.parent.glob(f".{path.name}.*.*"):
+        pid = candidate.name[len(path.name) + 2:].split(".")[0]
+        try:
+            young = time.time() - candidate.stat().st_mtime < 60
+        except FileNotFoundError:
+            continue
+        if not pid.isdigit() or young:
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            candidate.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            continue  # a process of another user has that pid (alive), or no pid at all

@@ -20,11 +20,11 @@ Writes only :func:`claim_data_folder`, and only where neither has an identity.
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
 from adapter.errors import ConfigurationError
+from adapter.files import publish_once, remove_abandoned_candidates
 from adapter.store.port import RecordStore
 
 #: The file in the data folder holding its identity.
@@ -77,29 +77,14 @@ def claim_data_folder(data_dir: Path, store: RecordStore) -> None:
 
 
 def _create_folder_id(data_dir: Path) -> str:
-    """The folder's identity: made now (written whole and synced, then linked into place, so no
-    reader sees it half written), or the one another instance sharing the folder made first."""
+    """The folder's identity: made now (adapter.files.publish_once: written whole and synced, then
+    linked into place, so no reader sees it half written), or the one another instance sharing the
+    folder made first."""
     path = data_dir / FOLDER_ID_FILE
     identity = secrets.token_hex(16)
-    candidate = data_dir / f".{FOLDER_ID_FILE}.{identity}"
     try:
-        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # as the adapter's other files
-        try:
-            os.write(fd, f"{identity}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(candidate, path)
-        except FileExistsError:
-            return _folder_id(data_dir) or identity
-        dir_fd = os.open(data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        made = publish_once(path, f"{identity}\n")
+        remove_abandoned_candidates(path)
     except OSError as exc:
         raise ConfigurationError(f"{path} cannot be written ({type(exc).__name__})") from exc
-    finally:
-        candidate.unlink(missing_ok=True)
-    return identity
+    return identity if made else (_folder_id(data_dir) or identity)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +14,7 @@ from pathlib import Path
 
 from adapter.config import Settings
 from adapter.errors import ConfigurationError
+from adapter.files import publish_once, remove_abandoned_candidates
 from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, study_date, study_time
 from adapter.mapping.dicom_tables import DicomTables, load_dicom_tables
 from adapter.mapping.dicom_uids import check_uid_root
@@ -50,61 +49,16 @@ def utc_now() -> datetime:
 
 def _pseudonym_key(settings: Settings) -> bytes:
     """The configured key, or one generated once and kept (0600) in the data dir, so
-    pseudonyms stay stable across restarts.
-
-    Several processes (HTTP workers) may start at once: each writes a candidate to a private
-    temporary file and publishes it with ``link``, which fails if the key exists; so the key
-    appears complete or not at all, and a loser reads the winner's."""
+    pseudonyms stay stable across restarts (adapter.files.publish_once: several processes may
+    start at once, and one key is published, whole)."""
     if settings.pseudonym_key:
         return settings.pseudonym_key.encode("utf-8")
     path: Path = settings.data_dir / "pseudonym.key"
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        candidate = path.with_name(f".pseudonym.key.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(candidate, path)
-            except FileExistsError:
-                pass  # another process published its key first: use that one
-            else:
-                dir_fd = os.open(settings.data_dir, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-        finally:
-            candidate.unlink(missing_ok=True)
-    _remove_abandoned_candidates(settings.data_dir)
+        publish_once(path, secrets.token_hex(32))
+    remove_abandoned_candidates(path)
     return path.read_text().strip().encode("utf-8")
-
-
-def _remove_abandoned_candidates(data_dir: Path) -> None:
-    """Remove the key candidates (``.pseudonym.key.<pid>.<hex>``) of processes that are gone: a
-    start killed while it made the key leaves its candidate (its ``finally`` never ran), a key
-    never used or, killed after publishing, a second name of the key itself. A candidate of a
-    live process is its own, in the middle of being published: left alone (a recycled pid only
-    keeps a file, never removes one in use), and so is one younger than a minute (a candidate
-    lives milliseconds; a process of another container on the same volume has a pid this one
-    cannot see)."""
-    for candidate in data_dir.glob(".pseudonym.key.*.*"):
-        pid = candidate.name.split(".")[3]
-        try:
-            young = time.time() - candidate.stat().st_mtime < 60
-        except FileNotFoundError:
-            continue
-        if not pid.isdigit() or young:
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            candidate.unlink(missing_ok=True)
-        except (PermissionError, OverflowError):
-            continue  # a process of another user has that pid (alive), or no pid at all
 
 
 #: key_fingerprints' row naming the pseudonym key itself (the index rows name key and system,
