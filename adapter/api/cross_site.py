@@ -16,13 +16,11 @@ before.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapter.api.headers import HttpMiddleware
-from adapter.mapping.outcome import operation_outcome
+from adapter.api.headers import HttpMiddleware, send_outcome
 
 log = logging.getLogger("adapter.api")
 
@@ -45,10 +43,7 @@ class CrossSiteWriteMiddleware(HttpMiddleware):
             await self.app(scope, receive, send)
             return
         log.warning("refused a write from a web page of an unlisted origin (%s %s)", scope["method"], scope["path"])
-        body = json.dumps(operation_outcome("error", "forbidden", _DIAGNOSTICS), separators=(",", ":")).encode()
-        await send({"type": "http.response.start", "status": 403, "headers": [
-            (b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_outcome(send, 403, "forbidden", _DIAGNOSTICS)
 
     def _same_site(self, scope: Scope) -> bool:
         """Not a page of another origin: none named (not a browser), the adapter's own (its

@@ -18,10 +18,13 @@ A plain ASGI middleware, so request and response bodies stream through untouched
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from email.utils import formatdate
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adapter.mapping.outcome import operation_outcome
 
 HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
 #: Said on an answer released under break-the-glass (FHIR: information / suppressed / BTG).
@@ -44,6 +47,16 @@ def editing_response_headers(send: Send, edit: Callable[[RawHeaders], RawHeaders
         await send(message)
 
     return _send
+
+
+async def send_outcome(send: Send, status: int, code: str, diagnostics: str,
+                       headers: RawHeaders | None = None) -> None:
+    """Answer, from a plain ASGI middleware, with an OperationOutcome of one error issue (FHIR
+    IssueType ``code``) and ``status``; ``headers`` beside its content type and length."""
+    body = json.dumps(operation_outcome("error", code, diagnostics), separators=(",", ":")).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class HttpMiddleware:

@@ -14,13 +14,11 @@ says it may be stored; a photo sent again is stored once (its receipt, with or w
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from starlette.types import Message, Receive, Scope, Send
 
-from adapter.api.headers import HttpMiddleware
-from adapter.mapping.outcome import operation_outcome
+from adapter.api.headers import HttpMiddleware, send_outcome
 
 log = logging.getLogger("adapter.api")
 
@@ -48,11 +46,7 @@ class CancelledRequestMiddleware(HttpMiddleware):
                 raise
             log.warning("a request under way was cancelled at the stop (ADAPTER_HTTP_BODY_TIMEOUT passed): "
                         "answered 503")
-            body = json.dumps(operation_outcome("error", "transient", _DIAGNOSTICS), separators=(",", ":")).encode()
             # answered, not raised again: the cancellation came from uvicorn's stop, which waits for
             # nothing of this task any more, and raised it would be answered 500 with a traceback
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"application/fhir+json"),
-                                    (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
-                                    (b"retry-after", b"30")]})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            await send_outcome(send, 503, "transient", _DIAGNOSTICS,
+                               [(b"connection", b"close"), (b"retry-after", b"30")])
