@@ -916,8 +916,8 @@ class ScopedReader:
         at most REGENERATION_WAIT_SECONDS, then Transient, 503)."""
         if self._dicom_tables is None:
             raise NotSupported("DICOM is not served here")
-        with regenerating(instance, stored, self._blobs, bounded=bounded):
-            obj = dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables)
+        with regenerating(instance, stored, self._blobs, bounded=bounded) as image:
+            obj = dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables, image=image)
             released = self._release(decision.view).release(obj, instance.patient)
             del obj  # the native dataset: its memory is given back inside the bound
         return DicomContent(data=released.data, decision=decision, transfer_syntax=released.transfer_syntax,

@@ -81,11 +81,11 @@ log = logging.getLogger(__name__)
 
 
 def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: BlobStore, tables: Tables,
-                     dicom_tables: DicomTables) -> Dataset | Path:
+                     dicom_tables: DicomTables, *, image: bytes | None = None) -> Dataset | Path:
     """The DICOM object of ``instance`` (whose record is ``stored``): a received object's
     stored Part 10 file, or the photo's object regenerated from the record and its stored bytes
     with the UIDs fixed at ingest and the creation time fixed at ingest, so every regeneration is
-    the identical object.
+    the identical object. ``image``: the photo's stored bytes, when read already (:func:`regenerating`).
 
     Raises:
         MissingImage: the received file or the record's photo is missing from the data folder.
@@ -102,7 +102,8 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
                                "lists every missing file)") from exc
     if stored.blob_sha256 is None or stored.facts is None:
         raise NotFound("the record has no stored photo")
-    image = blobs.read(stored.blob_sha256, stored.blob_range)
+    if image is None:
+        image = blobs.read(stored.blob_sha256, stored.blob_range)
     return photo_to_dicom(
         stored.resource, image, _content_type(stored.resource), kind=stored.facts.kind,
         patient=instance.patient, uids=_photo_uids(instance),
@@ -120,7 +121,7 @@ REGENERATION_WAIT_SECONDS = 30.0
 
 @contextmanager
 def regenerating(instance: DicomInstance, stored: StoredResource, blobs: BlobStore, *,
-                 bounded: bool = True) -> Iterator[None]:
+                 bounded: bool = True) -> Iterator[bytes | None]:
     """Hold, while ``instance``'s object is made (:func:`dicom_object_for`) and released, a turn
     of the whole-decode bound (adapter.imaging.thumbnail.WHOLE_DECODES_AT_ONCE) when the object
     is made from decoded pixels (adapter.mapping.dicom_photo.pixels_decoded: a PNG, a progressive
@@ -129,32 +130,28 @@ def regenerating(instance: DicomInstance, stored: StoredResource, blobs: BlobSto
     exhaust memory. A received object (its file, as stored) or a baseline JPEG's (the frame as
     stored) costs no decode and waits for nothing. ``bounded``: wait at most
     :data:`REGENERATION_WAIT_SECONDS` for a turn; False: as long as it takes, for an answer that
-    has started already and could no longer say 503.
+    has started already and could no longer say 503. Yields the photo's stored bytes, read to
+    decide, for :func:`dicom_object_for` (``image``), or None when there is no photo to read.
 
     Raises:
         Transient: no turn came in time (503, Retry-After).
         As :func:`dicom_object_for`, for the photo and its record.
     """
-    if not _made_from_decoded_pixels(instance, stored, blobs):
-        yield
+    if instance.blob_sha256 is not None or stored.blob_sha256 is None or stored.facts is None:
+        yield None  # a received object, or a record without a photo: nothing is decoded (or it raises)
+        return
+    image = blobs.read(stored.blob_sha256, stored.blob_range)
+    kind = check_declared(image, _content_type(stored.resource))  # as photo_to_dicom checks it
+    if not pixels_decoded(image, kind, read_orientation(image, kind) or 1):
+        yield image
         return
     bound = whole_decode()
     if not bound.acquire(timeout=REGENERATION_WAIT_SECONDS if bounded else None):
         raise Transient("too many large images are being prepared at once: retry later")
     try:
-        yield
+        yield image
     finally:
         bound.release()
-
-
-def _made_from_decoded_pixels(instance: DicomInstance, stored: StoredResource, blobs: BlobStore) -> bool:
-    """Whether :func:`dicom_object_for` decodes the photo for ``instance``'s object (False for a
-    received object, and for a record without a photo: nothing is made, it raises)."""
-    if instance.blob_sha256 is not None or stored.blob_sha256 is None or stored.facts is None:
-        return False
-    image = blobs.read(stored.blob_sha256, stored.blob_range)
-    kind = check_declared(image, _content_type(stored.resource))  # as photo_to_dicom checks it
-    return pixels_decoded(image, kind, read_orientation(image, kind) or 1)
 
 
 def object_attributes(instance: DicomInstance, store: RecordStore, blobs: BlobStore, tables: Tables,
