@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from adapter.errors import InvalidInput, NotSupported, RequiredElementMissing, UnknownCode
+from adapter.mapping.fhir_r4 import find_extension
 
 #: MHD's canonical namespace of StructureDefinitions (profiles and extensions).
 MHD_STRUCTURE_DEFINITION = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/"
@@ -152,10 +153,8 @@ def _check_submission_set(e: BundleEntry, names_an_entry: Callable[[str, BundleE
     """IHE.MHD.Minimal.SubmissionSet: sourceId, uniqueId, date (submissionTime), and items that
     name entries of the Bundle."""
     r = e.resource
-    extensions = r.get("extension")
-    source_ids = [x for x in (extensions if isinstance(extensions, list) else [])
-                  if isinstance(x, Mapping) and x.get("url") == EXT_SOURCE_ID]
-    value = source_ids[0].get("valueIdentifier") if source_ids else None
+    source_id = find_extension(r, EXT_SOURCE_ID)  # the entries were read by their models: a list
+    value = source_id.get("valueIdentifier") if source_id is not None else None
     if not (isinstance(value, Mapping) and isinstance(value.get("value"), str) and value["value"].strip()):
         raise RequiredElementMissing(f"the SubmissionSet needs its sourceId (extension {EXT_SOURCE_ID}, a "
                                      "valueIdentifier with a value: IHE.MHD.Minimal.SubmissionSet 1..1)",
