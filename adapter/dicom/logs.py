@@ -14,13 +14,17 @@ each A-ASSOCIATE-RQ with its User Identity: a passcode is replaced too.
 pynetdicom logs a peer it cannot connect to (the forwarder's PACS is down) as two ERROR lines
 per attempt; the forwarder retries it as routine, and says so itself (a WARNING; an ERROR when
 it gives an item up), so those two are WARNINGs here: an alert on the rate of ERROR lines does
-not page on a PACS's restart.
+not page on a PACS's restart. So are the lines for what a peer did on an association (closed
+the connection inside a PDU, sent one that cannot be decoded, let the association idle past the
+network timeout), with the exception pynetdicom logs after some of them: the adapter's answer
+(an abort) is routine; its own failures stay ERRORs.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 
 MAX_MESSAGE = 300
 #: pynetdicom's "Affected SOP Instance UID     : 1.2.3..." (and Requested, in N- services), and
@@ -38,10 +42,32 @@ def _escaped(text: str) -> str:
 _UNREACHABLE = ("Association request failed: unable to connect to remote", "TCP Initialisation Error: ")
 
 
+#: pynetdicom's lines for what a peer did on an association (dul.py, association.py): routine
+_PEER_EVENTS = ("Connection closed before the entire PDU was received", "The received PDU is shorter than expected",
+                "Unable to decode the received PDU data", "Unknown PDU type received", "Network timeout reached")
+
+
+def _warning(record: logging.LogRecord) -> None:
+    record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+
+
 class SafeRecords(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._after_peer_event = threading.local()  # the thread's last record was one of _PEER_EVENTS
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR and isinstance(record.msg, str) and record.msg.startswith(_UNREACHABLE):
-            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        if record.levelno == logging.ERROR:
+            if isinstance(record.msg, str) and record.msg.startswith(_UNREACHABLE + _PEER_EVENTS):
+                _warning(record)
+                self._after_peer_event.seen = isinstance(record.msg, str) and record.msg.startswith(_PEER_EVENTS)
+            elif isinstance(record.msg, BaseException) and getattr(self._after_peer_event, "seen", False):
+                _warning(record)  # pynetdicom's ``LOGGER.exception(exc)`` after the line that said what
+                self._after_peer_event.seen = False
+            else:
+                self._after_peer_event.seen = False
+        else:
+            self._after_peer_event.seen = False
         if isinstance(record.msg, BaseException):
             # pynetdicom's ``LOGGER.exception(exc)``: the message is the exception's text, which
             # pydicom writes with the element's value (its name, a patient's): the type only

@@ -151,6 +151,7 @@ class _AssociationSocket(AssociationSocket):
     #: read must be whole (:meth:`begin_pdu`).
     opened: float | None = None
     _pdu_deadline: float | None = None
+    _pdu_limit: float | None = None  # the timeout that set the deadline
 
     def open_wakeup(self) -> None:
         self._wakeup_lock = threading.Lock()
@@ -214,9 +215,12 @@ class _AssociationSocket(AssociationSocket):
             self._pdu_deadline = None
             return
         assoc = getattr(self, "assoc", None)
-        start = self.opened if self.opened is not None and not getattr(assoc, "is_established", False) \
-            else time.monotonic()
+        # ARTIM counts from the connection only while the association is being set up; after
+        # it ended (an abort: the peer's last PDUs are drained) a PDU has its own time again
+        starting = not any(getattr(assoc, flag, False) for flag in ("is_established", "is_aborted", "is_released"))
+        start = self.opened if self.opened is not None and starting else time.monotonic()
         self._pdu_deadline = start + limit
+        self._pdu_limit = limit
 
     def recv_into(self, view: memoryview) -> int:
         """Fill ``view`` from the socket; fewer bytes only when the connection is closed.
@@ -233,7 +237,7 @@ class _AssociationSocket(AssociationSocket):
             if self._pdu_deadline is not None:
                 left = self._pdu_deadline - time.monotonic()
                 if left <= 0:
-                    log.warning("DICOM peer did not send a whole PDU within %s s: connection closed", limit)
+                    log.warning("DICOM peer did not send a whole PDU within %s s: connection closed", self._pdu_limit)
                     raise TimeoutError("the PDU was not whole by its deadline")
                 wait = left if wait is None else min(wait, left)
             if sock.gettimeout() != wait:
@@ -386,11 +390,11 @@ class _StreamingDUL(NegotiationDUL):
             kept, spooled_only = self._stream_pdvs(sock, spool, struct.unpack_from(">L", header, 2)[0],
                                                    getattr(self._message(), "context_id", None))
         except (OSError, TimeoutError, EOFError):
-            pynetdicom_log.error("Connection closed before the entire PDU was received")
+            pynetdicom_log.warning("Connection closed before the entire PDU was received")
             self.event_queue.put("Evt17")
             return False
         except ValueError:
-            pynetdicom_log.error("Unable to decode the received PDU data")
+            pynetdicom_log.warning("Unable to decode the received PDU data")
             self.event_queue.put("Evt19")
             return False
         if spooled_only:
@@ -404,7 +408,7 @@ class _StreamingDUL(NegotiationDUL):
         try:
             pdu, event = self._decode_pdu(bytearray(header[:2] + struct.pack(">L", len(kept)) + kept))
         except Exception:  # noqa: BLE001 - as pynetdicom: an undecodable PDU
-            pynetdicom_log.exception("Unable to decode the received PDU data")
+            pynetdicom_log.warning("Unable to decode the received PDU data", exc_info=True)
             self.event_queue.put("Evt19")
             return False
         self.event_queue.put(event)
@@ -432,7 +436,7 @@ class _StreamingDUL(NegotiationDUL):
         ~20,000 lines a second, security review 5); one line, and the abort, here."""
         if header[0] in _PDU_TYPES:
             return False
-        pynetdicom_log.error("A PDU of unknown type 0x%02X: aborting", header[0])
+        pynetdicom_log.warning("A PDU of unknown type 0x%02X: aborting", header[0])
         return True
 
     def _too_long(self, header: bytes) -> bool:
@@ -447,8 +451,8 @@ class _StreamingDUL(NegotiationDUL):
             limit = MAX_CONTROL_PDU
         if not limit or length <= limit:
             return False
-        pynetdicom_log.error("A PDU of type 0x%02X and %d bytes is longer than %d bytes: aborting", header[0],
-                             length, limit)
+        pynetdicom_log.warning("A PDU of type 0x%02X and %d bytes is longer than %d bytes: aborting", header[0],
+                               length, limit)
         return True
 
     def _stream_pdvs(self, sock: _AssociationSocket, spool: Any, length: int,
@@ -677,7 +681,9 @@ class _Association(Association):
                 self.kill()
                 return
             if self.dul.idle_timer_expired():
-                pynetdicom_log.error("Network timeout reached")
+                # what the peer did (left the association idle): a WARNING, not an ERROR to page on
+                log.warning("DICOM association idle for %s s (the network timeout): %s", self.network_timeout,
+                            "released" if self.network_timeout_response == "A-RELEASE" else "aborted")
                 if self.network_timeout_response == "A-RELEASE":
                     self._is_paused = True
                     self._reactor_checkpoint.wait()

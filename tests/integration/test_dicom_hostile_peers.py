@@ -461,3 +461,42 @@ def test_a_peers_user_identity_passcode_is_never_logged(scp: StoreSCP, caplog: p
     time.sleep(0.2)
     assert "Requested User Identity Negotiation" in caplog.text  # the dump was logged
     assert "S3cret-passcode" not in caplog.text
+
+
+@pytest.mark.parametrize("event", ["idle association", "closed inside a PDU", "PDU too long", "PDU of unknown type"])
+def test_what_a_peer_does_is_never_logged_as_an_error(quick_scp: StoreSCP, caplog: pytest.LogCaptureFixture,
+                                                       event: str) -> None:
+    """PACS review 4: the README has operators alert on ERROR lines, and a sender switched off
+    in the middle of an object, an association left idle past the network timeout or a PDU the
+    SCP refuses at its header were ERROR lines (pynetdicom's "Network timeout reached",
+    "Connection closed before the entire PDU was received" and the exception after it): each
+    would page someone for what a peer did. They are WARNINGs; and an idle association's abort
+    said "did not send a whole PDU within 30.0 s" (the ACSE timeout, counted from the
+    connection) where it had been idle for the network timeout."""
+    caplog.set_level(logging.DEBUG)
+    scp = quick_scp
+    if event == "idle association":
+        sock = associate(scp.port)
+        with sock:
+            assert closed_or_aborted(sock)  # after TIMEOUT
+    elif event == "closed inside a PDU":
+        sock = associate(scp.port)
+        sock.sendall(struct.pack(">BBL", P_DATA_TF, 0, 1000) + b"\0\0\0\x10")  # 4 of 1000 bytes
+        time.sleep(0.2)
+        sock.close()
+    else:
+        sock = associate(scp.port)
+        header = struct.pack(">BBL", P_DATA_TF, 0, 64 * 1024 * 1024) if event == "PDU too long" else b"\x09\0\0\0\0\x04"
+        with sock:
+            sock.sendall(header + b"\0" * 4)
+            assert closed_or_aborted(sock)
+    wait_until(lambda: not scp._ae.active_associations, timeout=10)  # type: ignore[union-attr]
+    time.sleep(0.2)
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings, "the event is logged, as a WARNING"
+    assert not any("whole PDU" in w for w in warnings) or event == "closed inside a PDU", warnings
+    if event == "idle association":
+        assert any(f"idle for {TIMEOUT} s" in w for w in warnings), warnings
+    _still_serving(scp.port)
