@@ -3,32 +3,23 @@ so the SCP never reads the environment and tests build it directly."""
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from dataclasses import dataclass
 
 from adapter.config import Settings
 from adapter.errors import ConfigurationError
+from adapter.model.ae_title import Network, check_ae_title, split_caller
 from adapter.model.policy import Policy
-
-#: PS3.5 6.2: an AE title is 1..16 characters of the default repertoire, no backslash or control
-#: characters; leading and trailing spaces are not significant.
-_AE_MAX = 16
-
-
-def _check_ae_title(title: str, what: str) -> str:
-    title = title.strip()
-    if not title or len(title) > _AE_MAX or any(ch == "\\" or not " " <= ch <= "~" for ch in title):
-        shown = title if len(title) <= 64 else f"{title[:64]}…"  # whole, as set (a long one, shortened visibly)
-        raise ConfigurationError(f"{what}: {shown!r} is not an AE title ({len(title)} characters; an AE title has "
-                                 "1-16 printable ASCII characters, no backslash)")
-    return title
 
 
 @dataclass(frozen=True)
 class AeOptions:
     """Where and as whom the SCP listens, and whom it lets in.
 
-    ``allowed_ae_titles`` are the calling AE titles accepted at association; empty means every
-    caller is refused (fail closed). Timeouts are in seconds; ``max_pdu`` 0 means no limit.
+    ``allowed_ae_titles`` are the calling AE titles accepted at association, each from any host
+    or, written ``AE@address`` or ``AE@network``, from those hosts only (:attr:`callers`); empty
+    means every caller is refused (fail closed). Timeouts are in seconds; ``max_pdu`` 0 means no limit.
     """
 
     ae_title: str = "ADAPTER"
@@ -42,11 +33,36 @@ class AeOptions:
     maximum_associations: int = 32   # concurrent associations (each has its own thread)
     max_object_bytes: int = 50 * 1024 * 1024  # a received data set's largest size on disk; 0: no limit
     require_called_ae_title: bool = False  # reject a request calling another AE title than ae_title
+    #: each allowed title and the networks it may call from (None: any host); from allowed_ae_titles
+    callers: dict[str, tuple[Network, ...] | None] = dataclasses.field(default_factory=dict, compare=False,
+                                                                         repr=False)
+
+    def may_call(self, title: str, address: str) -> bool:
+        """Whether the allowed calling AE ``title`` may call from ``address`` (an IP address)."""
+        if title not in self.callers:
+            return False
+        networks = self.callers[title]
+        if networks is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in networks)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ae_title", _check_ae_title(self.ae_title, "ADAPTER_AE_TITLE"))
-        titles = tuple(dict.fromkeys(_check_ae_title(t, "allowed AE titles") for t in self.allowed_ae_titles))
-        object.__setattr__(self, "allowed_ae_titles", titles)
+        object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "ADAPTER_AE_TITLE"))
+        callers: dict[str, tuple[Network, ...] | None] = {}
+        for entry in self.allowed_ae_titles:
+            title, network = split_caller(entry, "allowed AE titles")
+            hosts = callers.get(title, ())
+            # a title allowed from any host somewhere is allowed from any host
+            callers[title] = None if network is None or (title in callers and hosts is None) \
+                else (*(hosts or ()), network)
+        object.__setattr__(self, "allowed_ae_titles", tuple(callers))
+        object.__setattr__(self, "callers", callers)
         if not 0 <= self.port <= 65535:
             raise ConfigurationError("ADAPTER_DICOM_PORT must be 0..65535")
         if self.max_pdu < 0:
@@ -65,4 +81,4 @@ class AeOptions:
                    require_called_ae_title=settings.dicom_require_called_ae_title)
 
 
-__all__ = ["AeOptions"]
+__all__ = ["AeOptions", "split_caller"]

@@ -59,7 +59,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -709,13 +709,24 @@ class _ACSE(ACSE):
         request = self.requestor.primitive
         name = str(getattr(request, "application_context_name", "") or "").rstrip("\0 ")
         if request is not None and name != DICOM_APPLICATION_CONTEXT:
-            self.requestor.ae_title = request.calling_ae_title
-            pynetdicom_log.info("Rejecting Association: application context name not supported")
-            self.send_reject(0x01, 0x01, 0x02)
-            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-            self.assoc.kill()
+            self._reject(request, "application context name not supported", 0x02)
+            return
+        may_call = getattr(self.assoc.ae, "may_call", None)
+        calling = str(getattr(request, "calling_ae_title", "") or "").strip()
+        if request is not None and may_call is not None and calling in self.assoc.ae.require_calling_aet \
+                and not may_call(calling, str(getattr(self.requestor, "address", "") or "")):
+            # an allowed title from a host it is not bound to: an unknown caller (reason 3)
+            self._reject(request, "calling AE title not allowed from this host", 0x03)
             return
         super()._negotiate_as_acceptor()
+
+    def _reject(self, request: Any, why: str, reason: int) -> None:
+        """A-ASSOCIATE-RJ rejected-permanent by the service user for ``reason`` (PS3.8 Table 9-21)."""
+        self.requestor.ae_title = request.calling_ae_title
+        pynetdicom_log.info("Rejecting Association: %s", why)
+        self.send_reject(0x01, 0x01, reason)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
 
 
 def _accelerate(assoc: Association) -> None:
@@ -765,6 +776,9 @@ class _RequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         _accelerate(assoc)
+        if getattr(self.ae, "may_call", None) is not None and not isinstance(assoc.acse, _ACSE):
+            # the check of a title's hosts lives in _ACSE: without it every caller is refused
+            raise RuntimeError("pynetdicom's ACSE is not the one the adapter checks callers' hosts in")
         sock = getattr(getattr(assoc, "dul", None), "socket", None)
         if isinstance(sock, _AssociationSocket):
             sock.opened = time.monotonic()  # ARTIM starts at the connection (PS3.8 9.1.5)
@@ -825,9 +839,11 @@ class _ApplicationEntity(AE):
     data sets are spooled in ``spool_dir``, at most ``max_object_bytes`` each (:func:`_spool_file`)."""
 
     def __init__(self, ae_title: str, allowed: tuple[str, ...], spool_dir: Path | None = None,
-                 max_object_bytes: int = 0) -> None:
+                 max_object_bytes: int = 0, may_call: Callable[[str, str], bool] | None = None) -> None:
         super().__init__(ae_title=ae_title)
         self._allowed = list(allowed)
+        #: whether an allowed title may call from an address (None: from any; AeOptions.may_call)
+        self.may_call = may_call
         self.spool_dir = spool_dir
         self.max_object_bytes = max_object_bytes
 
@@ -873,7 +889,9 @@ class StoreSCP:
 
     def _build_ae(self) -> _ApplicationEntity:
         o = self.options
-        ae = _ApplicationEntity(o.ae_title, o.allowed_ae_titles, self._ingest.spool_dir, o.max_object_bytes)
+        bound = any(hosts is not None for hosts in o.callers.values())
+        ae = _ApplicationEntity(o.ae_title, o.allowed_ae_titles, self._ingest.spool_dir, o.max_object_bytes,
+                                o.may_call if bound else None)
         # the adapter's, not pynetdicom's, in the A-ASSOCIATE-AC (PS3.7 D.3.3.2; README, DICOM conformance)
         ae.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
         ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -936,8 +954,10 @@ class StoreSCP:
         if not self.options.allowed_ae_titles:
             log.warning("no calling AE title is allowed (ADAPTER_DICOM_ALLOWED_AE_TITLES and the policy's "
                         "allowedAETitles are empty): every association will be rejected")
+        callers = [title if hosts is None else f"{title} from {' '.join(map(str, hosts))}"
+                   for title, hosts in self.options.callers.items()]
         log.info("DICOM SCP %s on %s:%d (calling AE titles allowed: %s)", self.options.ae_title, self.host,
-                 self.port, ", ".join(self.options.allowed_ae_titles) or "none")
+                 self.port, ", ".join(callers) or "none")
 
     @property
     def host(self) -> str:

@@ -14,7 +14,8 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adapter.errors import PolicyError
+from adapter.errors import ConfigurationError, PolicyError
+from adapter.model.ae_title import split_caller
 from adapter.model.photo import PhotoKind
 from adapter.model.policy import Policy
 
@@ -221,11 +222,12 @@ def load_policy(path: Path, purposes: PurposeTable) -> Policy:
     if unknown:
         raise PolicyError(f"{path}: unknown purpose-of-use code(s): {', '.join(unknown)}")
     for i, title in enumerate(policy.allowed_ae_titles):
-        # PS3.5 6.2 (as adapter.dicom.ae checks, which named neither this file nor the element)
-        stripped = title.strip()
-        if not stripped or len(stripped) > 16 or any(ch == "\\" or not " " <= ch <= "~" for ch in stripped):
-            raise PolicyError(f"{path}: allowedAETitles[{i}]: {title[:40]!r} is not an AE title (1-16 characters "
-                              "of the default repertoire, no backslash)", expression=f"allowedAETitles[{i}]")
+        # PS3.5 6.2, and the hosts it is bound to (adapter.dicom.ae, which names neither this
+        # file nor the element)
+        try:
+            split_caller(title, f"{path}: allowedAETitles[{i}]")
+        except ConfigurationError as exc:
+            raise PolicyError(exc.diagnostics, expression=f"allowedAETitles[{i}]") from None
     overlap = set(policy.consent.explicit_purposes) & set(policy.consent.care_purposes)
     if overlap:
         raise PolicyError(f"{path}: purposes both care and explicit-consent: {sorted(overlap)}")

@@ -219,6 +219,40 @@ def test_the_called_ae_title_is_checked_when_the_setting_asks(services: Services
             server.stop()
 
 
+@pytest.mark.parametrize(("allowed", "source", "accepted"), [
+    ("PYNETSCU@127.0.0.2", "127.0.0.1", False), ("PYNETSCU@127.0.0.2", "127.0.0.2", True),
+    ("PYNETSCU@127.0.0.0/30", "127.0.0.2", True), ("PYNETSCU@127.0.0.0/30", "127.0.0.9", False),
+    ("PYNETSCU", "127.0.0.9", True)])
+def test_a_calling_ae_title_bound_to_hosts_is_accepted_from_them_only(services: Services, allowed: str, source: str,
+                                                                       accepted: bool) -> None:
+    """PACS review 3: a calling AE title is a name any peer can send, and it was the SCP's only
+    access control: any host that reached the port and called itself PACS filed objects into
+    any patient's record, released for care. ``AE@address`` or ``AE@network`` (CIDR) binds an
+    allowed title to the hosts it may call from, as PACSs bind their modalities (Orthanc's
+    DicomCheckModalityHost); from another host it is rejected as an unknown caller (PS3.8
+    Table 9-21: rejected-permanent, service-user, reason 3), and the rejection audited."""
+    server = StoreSCP(AeOptions(port=0, allowed_ae_titles=(allowed,)), services.dicom_ingest)
+    server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(15)
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(associate_rq(abstract=VERIFICATION, transfer=IMPLICIT_LE))
+            kind, data = read_pdu(sock)
+        assert kind == (A_ASSOCIATE_AC if accepted else A_ASSOCIATE_RJ), kind
+        if not accepted:
+            assert tuple(data[1:4]) == (1, 1, 3)
+            wait_until(lambda: len(services.store.list_audit(10)) >= 1)
+    finally:
+        server.stop()
+    alerts = [e for e in services.store.list_audit(10) if e["type"]["code"] == "110113"]
+    assert len(alerts) == (0 if accepted else 1)
+    for alert in alerts:
+        assert alert["agent"][0]["network"]["address"] == source
+        assert "reason 3 (calling-AE-title-not-recognized)" in alert["outcomeDesc"]
+
+
 def test_a_command_before_the_last_data_set_ended_aborts_and_leaves_no_spool_file(
         scp: StoreSCP, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """pynetdicom opens a spool file per C-STORE command and dropped the previous one, unclosed,

@@ -43,6 +43,11 @@ def test_the_shipped_policy_and_tables_load() -> None:
     # named neither the file nor the element, and quoted the title truncated (ops review 12)
     (lambda p: p.update(allowedAETitles=["PACS", "THIS_AE_TITLE_IS_TOO_LONG"]),
      "allowedAETitles[1]: 'THIS_AE_TITLE_IS_TOO_LONG' is not an AE title"),
+    # a title bound to its hosts takes an address or a network, not a name (PACS review 3)
+    (lambda p: p.update(allowedAETitles=["PACS@pacs.hospital.example"]),
+     "allowedAETitles[0]: 'PACS@pacs.hospital.example': after '@' an IP address or a network"),
+    (lambda p: p.update(allowedAETitles=["THIS_AE_TITLE_IS_TOO_LONG@10.0.0.1"]),
+     "allowedAETitles[0]: 'THIS_AE_TITLE_IS_TOO_LONG' is not an AE title"),
 ])
 def test_an_invalid_policy_is_refused_naming_the_element(tmp_path: Path, mutate, where: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(PolicyError) as info:
@@ -177,3 +182,9 @@ def test_every_shipped_body_site_says_whether_it_is_paired() -> None:
     sites = load_tables(MAPPINGS, MAPPINGS / "policy.yaml").body_sites
     assert set(sites.paired) == set(sites.codes)
     assert not sites.paired["69536005"] and sites.paired["14975008"]  # Head unpaired, forearm paired
+
+
+def test_a_policy_may_bind_an_allowed_ae_title_to_its_hosts(tmp_path: Path) -> None:
+    tables = load_tables(MAPPINGS, _policy(tmp_path, lambda p: p.update(
+        allowedAETitles=["PACS@10.1.2.0/24", "PACS@192.0.2.7", "MODALITY", "WS@2001:db8::1"])))
+    assert tables.policy.allowed_ae_titles == ["PACS@10.1.2.0/24", "PACS@192.0.2.7", "MODALITY", "WS@2001:db8::1"]
