@@ -2734,3 +2734,50 @@ def test_metadata_xml_cannot_carry_is_audited_as_a_read_that_failed(adapter: tup
         assert fresh[0]["outcomeDesc"].startswith("not sent"), (url, fresh[0]["outcomeDesc"])
         assert client.get(url, headers=TREAT).status_code == 200
         assert services.store.list_audit(1)[0]["outcome"] == "0"
+
+
+def test_photos_of_one_encounter_are_one_study_with_one_study_date_and_time(
+        adapter: tuple[FhirClient, Services], checked: Checked) -> None:
+    """Photos of one encounter taken on different days (and on either side of a change of the
+    clock) share one Study Instance UID, so they carry one StudyDate, StudyTime and
+    TimezoneOffsetFromUTC (General Study module, PS3.3 C.7.2.1): those of the first photo stored
+    for the study, which a later one never moves; each keeps its own day in ContentDate and
+    AcquisitionDateTime. QIDO-RS answers one StudyDate for the study and matches a date filter
+    on it. Before, each object carried the day its own photo was taken as its StudyDate, and a
+    study matched disjoint date ranges with a different StudyDate each time."""
+    client, services = adapter
+    samples = ROOT / "samples"
+    visit = {"reference": "Encounter/ENC-42"}
+    first = post_photo(client, WOUND, metadata(encounter=visit, takenAt="2024-03-30T10:15:00+01:00")).json()
+    study = first["dicom"]["studyInstanceUid"]
+    before = wado(client, study, first["dicom"]["seriesInstanceUid"], first["dicom"]["sopInstanceUid"])
+    second = post_photo(client, samples / "lesion.png", metadata(encounter=visit, takenAt="2024-04-02T09:00:00+02:00"),
+                        content_type="image/png").json()
+    third = post_photo(client, samples / "tiny.jpg", metadata(encounter=visit, takenAt="2024-03-01T08:00:00+01:00")).json()
+    alone = post_photo(client, samples / "document.jpg", metadata(takenAt="2024-04-03T09:00:00+02:00")).json()
+    assert second["dicom"]["studyInstanceUid"] == third["dicom"]["studyInstanceUid"] == study
+    assert alone["dicom"]["studyInstanceUid"] != study  # a photo of no encounter is a study of its own
+    objects = {read(part).SOPInstanceUID: checked("encounter photo", part) for part in parts_of(wado(client, study))}
+    assert len(objects) == 3
+    assert {(o.StudyDate, o.StudyTime, o.TimezoneOffsetFromUTC) for o in objects.values()} == \
+        {("20240330", "101500", "+0100")}
+    own = {receipt["dicom"]["sopInstanceUid"]: (objects[receipt["dicom"]["sopInstanceUid"]].ContentDate,
+                                               objects[receipt["dicom"]["sopInstanceUid"]].AcquisitionDateTime)
+           for receipt in (first, second, third)}
+    assert own == {first["dicom"]["sopInstanceUid"]: ("20240330", "20240330101500+0100"),
+                   second["dicom"]["sopInstanceUid"]: ("20240402", "20240402080000+0100"),
+                   third["dicom"]["sopInstanceUid"]: ("20240301", "20240301080000+0100")}
+    # the first photo's object is the one made (and forwarded) before the others joined
+    assert parts_of(wado(client, study, first["dicom"]["seriesInstanceUid"], first["dicom"]["sopInstanceUid"])) \
+        == parts_of(before)
+    [listed] = [s for s in qido(client, "studies") if value(s, "0020000D") == study]
+    assert (value(listed, "00080020"), value(listed, "00080030"), value(listed, "00201208")) == ("20240330", "101500", 3)
+    for date in ("20240330", "20240329-20240331", "-20240330"):
+        [found] = qido(client, "studies", StudyDate=date, ModalitiesInStudy="XC")
+        assert (value(found, "0020000D"), value(found, "00080020"), value(found, "00201208")) == (study, "20240330", 3)
+    for date in ("20240402", "20240301", "20240331-", "-20240329"):
+        assert [value(s, "0020000D") for s in qido(client, "studies", StudyDate=date)
+                if value(s, "0020000D") == study] == [], date
+    assert {value(i, "00080020") for i in qido(client, "instances", StudyInstanceUID=study)} == {"20240330"}
+    assert {(i.study_date, i.study_time) for i in services.store.search_dicom_instances(study=study)} == \
+        {("20240330", "101500")}
