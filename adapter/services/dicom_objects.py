@@ -795,6 +795,6 @@ __all__ = [
     "regenerating",
     "series_shown",
     "stow_instance",
-    "study_of",
     "stow_sender",
+    "study_of",
 ]

@@ -21,7 +21,15 @@ import pytest
 import sqlalchemy as sa
 
 from adapter.config import StoreOptions
-from adapter.errors import ConfigurationError, Conflict, InvalidInput, NotFound, NotSupported, StorageError, StudyStarted
+from adapter.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    NotSupported,
+    StorageError,
+    StudyStarted,
+)
 from adapter.model.dicom import DicomInstance, InstanceAttributes, NewOutboxItem, ReleasedUids
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.record import AccessFacts, BlobReference, IngestUnit, NewResource, SearchIndex
