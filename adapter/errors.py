@@ -219,6 +219,12 @@ class Transient(AdapterError):
     issue_type = "transient"
 
 
+class StudyStarted(Transient):
+    """A posted photo that was to open its DICOM study (the first photo of its encounter) found
+    the study opened by another photo meanwhile (two stored at once): nothing was written; made
+    again, it joins that study, with its StudyDate and StudyTime (adapter.services.ingest)."""
+
+
 class StorageError(Transient):
     """The store failed; nothing was committed."""
 
@@ -294,6 +300,7 @@ __all__ = [
     "RequestTimeout",
     "RequiredElementMissing",
     "StorageError",
+    "StudyStarted",
     "TooCostly",
     "Transient",
     "UncleanableDocument",

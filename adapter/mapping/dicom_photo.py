@@ -30,12 +30,19 @@ Decisions:
 * **Patient module**: PatientID and IssuerOfPatientID from the record's subject identifier
   through mappings/dicom.yaml (reverse lookup; an unknown system is refused). PatientName,
   PatientBirthDate and PatientSex are Type 2 and empty: the adapter owns no demographics.
-* **Study module**: StudyDate/Time = when the photo was taken (createdDateTime, or for a
-  DocumentReference context.period.start / attachment.creation), else when it was filed
-  (issued / date). AccessionNumber, ReferringPhysicianName and StudyID are empty (Type 2).
+* **Study module**: the photos of one encounter are one study (adapter.mapping.dicom_uids), and
+  StudyDate/Time are attributes of the study (PS3.3 C.7.2.1), the same in every instance of it:
+  those of the first photo stored for the study (:class:`PhotoStudy`, kept with each instance:
+  adapter.services.ingest), which a later photo never moves, so an object made (and forwarded)
+  before another photo joined is never contradicted. A photo's own StudyDate/Time
+  (:func:`photo_study`) is when it was taken (createdDateTime, or for a DocumentReference
+  context.period.start / attachment.creation), else when it was filed (issued / date); a photo
+  of no encounter is a study of its own. Each photo's own day and time are its ContentDate/Time
+  and AcquisitionDateTime. AccessionNumber, ReferringPhysicianName and StudyID are empty (Type 2).
 * **Times.** DICOM DA/TM have no zone; TimezoneOffsetFromUTC (0008,0201) gives one for the
-  whole dataset. Every date and time is written in the taken time's offset, or UTC when that is
-  unknown or date-only. A date-only taken time (a naive EXIF time, see adapter.mapping.fhir_r4)
+  whole dataset. Every date and time is written in the study's offset (its first photo's taken
+  time's, or UTC when that is unknown or date-only), so StudyTime reads the same in every
+  instance of the study. A date-only taken time (a naive EXIF time, see adapter.mapping.fhir_r4)
   gives StudyDate/ContentDate with empty StudyTime and no ContentTime. Without any taken time
   there is no ContentDate/Time and no AcquisitionDateTime (Type 2C/3: not temporally related).
 * **Anatomy**: bodySite's SNOMED coding → AnatomicRegionSequence (SCT, CodeMeaning from
@@ -119,15 +126,27 @@ class _Moment:
     offset: timedelta | None
 
 
+@dataclass(frozen=True, slots=True)
+class PhotoStudy:
+    """The General Study module's StudyDate and StudyTime of a photo's study, and the
+    TimezoneOffsetFromUTC every object of the study is written in: its first photo's
+    (:func:`photo_study`), kept with every instance of the study (module docstring)."""
+
+    date: str | None      # DA; None: the object's StudyDate is empty
+    time: str | None      # TM; None: empty
+    offset: str           # TimezoneOffsetFromUTC, ±HHMM
+
+
 def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *, kind: PhotoKind,
                    patient: Identifier, uids: PhotoUids, tables: Tables, dicom_tables: DicomTables,
                    orientation: int | None = None, institution: str | None = None,
-                   equipment: Equipment | None = None, now: datetime) -> Dataset:
+                   equipment: Equipment | None = None, now: datetime, study: PhotoStudy | None = None) -> Dataset:
     """The DICOM dataset (with file meta) of a stored photo; see the module docstring.
 
     ``record`` is the stored R4 Media or DocumentReference; ``image`` its stored bytes (as
     ingest wrote them); ``orientation`` the EXIF Orientation to apply (default: read from the
-    stored bytes); ``now`` the instance creation time (aware).
+    stored bytes); ``now`` the instance creation time (aware); ``study`` the study's date, time
+    and offset (default: the photo's own, :func:`photo_study`: the first photo of its study).
 
     Raises:
         UnknownCode: the patient identifier system has no IssuerOfPatientID.
@@ -136,7 +155,8 @@ def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *
         ValueError: ``now`` is naive.
     """
     ds, iod = _photo_header(record, kind=kind, patient=patient, uids=uids, tables=tables,
-                            dicom_tables=dicom_tables, institution=institution, equipment=equipment, now=now)
+                            dicom_tables=dicom_tables, institution=institution, equipment=equipment, now=now,
+                            study=study)
     kind_format = check_declared(image, content_type)
     if orientation is None:
         orientation = read_orientation(image, kind_format) or 1
@@ -155,7 +175,7 @@ def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *
 
 def photo_without_pixels(record: Mapping[str, Any], *, width: int, height: int, orientation: int | None,
                          kind: PhotoKind, patient: Identifier, uids: PhotoUids, tables: Tables,
-                         dicom_tables: DicomTables, now: datetime) -> Dataset:
+                         dicom_tables: DicomTables, now: datetime, study: PhotoStudy | None = None) -> Dataset:
     """What :func:`photo_to_dicom` writes of a photo stored ``width`` x ``height`` pixels (its
     stored, unrotated size) with EXIF ``orientation``, but its Image Pixel module: Rows and
     Columns as its pixels are displayed (swapped by an Orientation of 5 to 8, which turn it a
@@ -166,7 +186,8 @@ def photo_without_pixels(record: Mapping[str, Any], *, width: int, height: int, 
 
     Raises: as :func:`photo_to_dicom` for the record and the patient."""
     ds, iod = _photo_header(record, kind=kind, patient=patient, uids=uids, tables=tables,
-                            dicom_tables=dicom_tables, institution=None, equipment=None, now=now)
+                            dicom_tables=dicom_tables, institution=None, equipment=None, now=now,
+                            study=study)
     turned = orientation is not None and 5 <= orientation <= 8
     ds.Rows, ds.Columns = (width, height) if turned else (height, width)
     ds.BitsAllocated = 8
@@ -176,7 +197,7 @@ def photo_without_pixels(record: Mapping[str, Any], *, width: int, height: int, 
 
 def _photo_header(record: Mapping[str, Any], *, kind: PhotoKind, patient: Identifier, uids: PhotoUids,
                   tables: Tables, dicom_tables: DicomTables, institution: str | None,
-                  equipment: Equipment | None, now: datetime) -> tuple[Dataset, Any]:
+                  equipment: Equipment | None, now: datetime, study: PhotoStudy | None) -> tuple[Dataset, Any]:
     """Every module of the photo's object up to the Image Pixel module, and its IOD's entry."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
@@ -233,7 +254,8 @@ def _photo_header(record: Mapping[str, Any], *, kind: PhotoKind, patient: Identi
     if warning:  # the kind's fixed warning, as the FHIR record's note (LT: one line, no VM split)
         ds.ImageComments = warning
 
-    _set_times(ds, record, now, secondary_capture=iod.is_secondary_capture)
+    _set_times(ds, record, now, secondary_capture=iod.is_secondary_capture,
+               study=study if study is not None else photo_study(record))
     _set_anatomy(ds, record, tables, iod)
     return ds, iod
 
@@ -407,10 +429,10 @@ def _tm(moment: datetime) -> str:
     return moment.strftime("%H%M%S") + (f".{moment.microsecond:06d}" if moment.microsecond else "")
 
 
-#: How :func:`study_date` derives a record's StudyDate; the store keeps the StudyDate of every
-#: posted photo's instance derived by this version (RecordStore.reindex_photo_study_dates, at
-#: start). Bump it with any change to what :func:`study_date` returns.
-STUDY_DATE_VERSION = "photo-study-date:2"  # 2: the StudyTime too
+#: How :func:`photo_study_values` derives a study's StudyDate, StudyTime and offset; the store
+#: keeps those of every posted photo's instance derived by this version
+#: (RecordStore.reindex_photo_study_dates, at start). Bump it with any change to what it returns.
+STUDY_DATE_VERSION = "photo-study-date:3"  # 2: the StudyTime too; 3: the study's first photo's, and its offset
 
 
 def _offset(taken: _Moment | None) -> timedelta:
@@ -439,26 +461,45 @@ def study_time(record: Mapping[str, Any]) -> str | None:
     return _tm(_local(study, _offset(taken)))
 
 
+def photo_study(record: Mapping[str, Any]) -> PhotoStudy:
+    """The study a photo's record gives as the first photo of its study: its own StudyDate
+    (:func:`study_date`), StudyTime (:func:`study_time`) and offset (its taken time's, else UTC)."""
+    return PhotoStudy(study_date(record), study_time(record), _zone_offset(_offset(_taken(record))))
+
+
+def photo_study_values(record: Mapping[str, Any]) -> tuple[str | None, str | None, str]:
+    """:func:`photo_study` of the study's first photo's ``record`` as the store keeps it:
+    (StudyDate, StudyTime, TimezoneOffsetFromUTC)."""
+    study = photo_study(record)
+    return study.date, study.time, study.offset
+
+
+def _parse_zone_offset(value: str) -> timedelta:
+    """A TimezoneOffsetFromUTC (``&ZZXX``) as written by :func:`_zone_offset`."""
+    if len(value) != 5 or value[0] not in "+-" or not value[1:].isdigit():
+        raise InvalidInput("the study's TimezoneOffsetFromUTC is not ±HHMM", expression="TimezoneOffsetFromUTC")
+    minutes = int(value[1:3]) * 60 + int(value[3:5])
+    return timedelta(minutes=-minutes if value[0] == "-" else minutes)
+
+
 def _study_date(taken: _Moment | None, filed: _Moment | None) -> str | None:
     study = taken if taken is not None else filed
     return _da(_local(study, _offset(taken))) if study is not None else None
 
 
-def _set_times(ds: Dataset, record: Mapping[str, Any], now: datetime, *, secondary_capture: bool) -> None:
+def _set_times(ds: Dataset, record: Mapping[str, Any], now: datetime, *, secondary_capture: bool,
+               study: PhotoStudy) -> None:
+    """The study's date and time (``study``), the photo's own as its content and acquisition
+    time, the instance's creation; all in the study's offset."""
     taken = _taken(record)
-    filed = _filed(record)
-    offset = _offset(taken)
+    offset = _parse_zone_offset(study.offset)
     zone = timezone(offset)
 
     def local(m: _Moment) -> datetime:
         return _local(m, offset)
 
-    study = taken if taken is not None else filed
-    if study is not None:
-        ds.StudyDate = _study_date(taken, filed)
-        ds.StudyTime = study_time(record) or ""
-    else:
-        ds.StudyDate, ds.StudyTime = "", ""
+    ds.StudyDate = study.date or ""
+    ds.StudyTime = study.time or ""
     if taken is not None:
         ds.ContentDate = _da(local(taken))
         if taken.has_time and taken.offset is not None:
@@ -470,7 +511,7 @@ def _set_times(ds: Dataset, record: Mapping[str, Any], now: datetime, *, seconda
     if secondary_capture:
         ds.DateOfSecondaryCapture = _da(created)
         ds.TimeOfSecondaryCapture = _tm(created)
-    ds.TimezoneOffsetFromUTC = _zone_offset(offset)
+    ds.TimezoneOffsetFromUTC = study.offset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,5 +591,5 @@ def _has_non_ascii(ds: Dataset) -> bool:
     return any(not text.isascii() for text in _walk_text(ds))
 
 
-__all__ = ["STUDY_DATE_VERSION", "Equipment", "encode_dataset", "encounter_key", "fixed_texts", "photo_to_dicom",
-           "pixels_decoded", "study_date", "study_time"]
+__all__ = ["STUDY_DATE_VERSION", "Equipment", "PhotoStudy", "encode_dataset", "encounter_key", "fixed_texts",
+           "photo_study", "photo_study_values", "photo_to_dicom", "pixels_decoded", "study_date", "study_time"]

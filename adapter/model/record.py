@@ -93,6 +93,9 @@ class IngestUnit:
     dicom_instance: DicomInstance | None = None       # the SOP instance of this record, if any
     released_uids: list[ReleasedUids] = field(default_factory=list)  # its UIDs in the restricted views
     outbox: list[NewOutboxItem] = field(default_factory=list)  # forwarding, committed with the record
+    # a posted photo's instance that opens its study (no posted photo of the study is stored):
+    # saved only if none is by then (StudyStarted), as it carries its own StudyDate and StudyTime
+    opens_study: bool = False
 
 
 @dataclass(frozen=True)

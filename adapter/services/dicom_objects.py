@@ -58,7 +58,13 @@ from adapter.imaging.sniff import check_declared
 from adapter.imaging.thumbnail import whole_decode
 from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_deid import deidentify, pseudonymise
-from adapter.mapping.dicom_photo import encode_dataset, photo_to_dicom, photo_without_pixels, pixels_decoded
+from adapter.mapping.dicom_photo import (
+    PhotoStudy,
+    encode_dataset,
+    photo_to_dicom,
+    photo_without_pixels,
+    pixels_decoded,
+)
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, is_valid_uid
@@ -107,7 +113,7 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
     return photo_to_dicom(
         stored.resource, image, _content_type(stored.resource), kind=stored.facts.kind,
         patient=instance.patient, uids=_photo_uids(instance),
-        tables=tables, dicom_tables=dicom_tables,
+        tables=tables, dicom_tables=dicom_tables, study=study_of(instance),
         # the creation time fixed at ingest: a resend is the identical object
         now=instance.created or stored.last_updated)
 
@@ -199,7 +205,18 @@ def _photo_without_pixels(instance: DicomInstance, stored: StoredResource, blobs
     return photo_without_pixels(
         stored.resource, width=width, height=height, orientation=read_orientation(image, kind) or 1,
         kind=stored.facts.kind, patient=instance.patient, uids=_photo_uids(instance),
-        tables=tables, dicom_tables=dicom_tables, now=instance.created or stored.last_updated)
+        tables=tables, dicom_tables=dicom_tables, now=instance.created or stored.last_updated,
+        study=study_of(instance))
+
+
+def study_of(instance: DicomInstance) -> PhotoStudy | None:
+    """The StudyDate, StudyTime and offset a posted photo's instance was given at ingest
+    (adapter.services.ingest: its study's, those of the first photo stored for it), as its row
+    keeps them: StudyDate, StudyTime and the TimezoneOffsetFromUTC its object is written in, so
+    every regeneration is the object first made. None when the row has no offset (its attributes
+    not read yet: an instance stored before schema 13): the photo's own then, as it was made."""
+    offset = instance.attributes.timezone_offset_from_utc if instance.attributes is not None else None
+    return PhotoStudy(instance.study_date, instance.study_time, offset) if offset is not None else None
 
 
 def _photo_uids(instance: DicomInstance) -> PhotoUids:
@@ -779,4 +796,5 @@ __all__ = [
     "series_shown",
     "stow_instance",
     "stow_sender",
+    "study_of",
 ]

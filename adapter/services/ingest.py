@@ -45,13 +45,14 @@ from adapter.errors import (
     Conflict,
     InvalidInput,
     StorageError,
+    StudyStarted,
     UnknownCode,
     errno_name,
 )
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
-from adapter.mapping.dicom_photo import encounter_key, photo_without_pixels, study_date, study_time
+from adapter.mapping.dicom_photo import PhotoStudy, encounter_key, photo_study, photo_without_pixels
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, photo_uids
@@ -65,6 +66,7 @@ from adapter.model.purpose import RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.services.audit import Auditor
 from adapter.services.consent_grants import ConsentGrantsCache
+from adapter.services.dicom_objects import study_of
 from adapter.services.photo_description import DESCRIPTION, answered, describe, differing
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
@@ -160,7 +162,13 @@ class IngestService:
             self._blobs.commit(staged, facts.stored_sha256)
             committed = True
             try:
-                self._store.save_ingest(unit)
+                try:
+                    self._store.save_ingest(unit)
+                except StudyStarted:
+                    # another photo of the encounter opened its study meanwhile: this one joins it,
+                    # made again with that study's StudyDate and StudyTime (once: a study opens once)
+                    unit = self._unit(meta, image, assessment, idempotency_key, ctx, now)
+                    self._store.save_ingest(unit)
             except Conflict:
                 # stored before (a retry without the key, or a concurrent retry that won the
                 # race): answer with its receipt
@@ -321,7 +329,7 @@ class IngestService:
         return IngestResult(receipt=receipt, replayed=True)
 
     def _photo_attributes(self, record: dict[str, Any], image: StoredImage, meta: PhotoMetadata,
-                          uids: PhotoUids, now: datetime) -> InstanceAttributes:
+                          uids: PhotoUids, now: datetime, study: PhotoStudy) -> InstanceAttributes:
         """What the photo's DICOM object says of its series and itself (QIDO-RS: SeriesNumber,
         InstanceNumber, Rows and Columns as the object is oriented…): read from the object as
         every regeneration makes it (adapter.services.dicom_objects.dicom_object_for) but its
@@ -332,7 +340,7 @@ class IngestService:
             ds = photo_without_pixels(record, width=image.width, height=image.height,
                                       orientation=image.orientation, kind=meta.kind,
                                       patient=meta.patient.identifier, uids=uids, tables=self._tables,
-                                      dicom_tables=self._dicom_tables, now=now)
+                                      dicom_tables=self._dicom_tables, now=now, study=study)
         except AdapterError:
             return InstanceAttributes()
         return instance_attributes(ds)
@@ -359,16 +367,19 @@ class IngestService:
                           encounter=encounter_key(built.record), patient=patient)
         built.record.setdefault("identifier", []).append(
             {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{uids.sop_instance}"})
+        # StudyDate and StudyTime are the study's (PS3.3 C.7.2.1: the same in every instance of
+        # it): those of the first photo stored for it, which every photo of the study stored
+        # carries (any one will do), else this photo's own, the first (adapter.mapping.dicom_photo)
+        study, opens_study = self._photo_study(built.record, uids)
         iod = self._dicom_tables.kinds[meta.kind]
         dicom_instance = DicomInstance(
             sop_instance_uid=uids.sop_instance, study_instance_uid=uids.study,
             series_instance_uid=uids.series, sop_class_uid=iod.sop_class, modality=iod.modality,
             record_type=record_type, record_id=record_id, patient=patient, blob_sha256=None,
-            # the StudyDate the object carries (adapter.mapping.dicom_photo): when the photo was
-            # taken (takenAt, else the kept EXIF capture time, as the record's), else filed; derived
-            # from the record, as at start for the photos stored before (reindex_photo_study_dates)
-            study_date=study_date(built.record), study_time=study_time(built.record), created=now,
-            attributes=self._photo_attributes(built.record, image, meta, uids, now))
+            # the StudyDate and StudyTime the object carries (adapter.mapping.dicom_photo), kept
+            # with the offset its object is written in (its attributes) for every regeneration
+            study_date=study.date, study_time=study.time, created=now,
+            attributes=self._photo_attributes(built.record, image, meta, uids, now, study))
         outbox = [NewOutboxItem(sop_instance_uid=uids.sop_instance, destination=d) for d in self._destinations
                   if meta.kind in self._tables.policy.forward_kinds]
         created_consent_ids = tuple(str(c["id"]) for c in built.consents)
@@ -412,4 +423,15 @@ class IngestService:
         return IngestUnit(resources=resources, receipt=receipt, idempotency_key=idempotency_key,
                           patient=patient, stored_sha256=image.sha256, audit_events=[audit],
                           dicom_instance=dicom_instance, released_uids=self._released_uids.rows(dicom_instance),
-                          outbox=outbox)
+                          outbox=outbox, opens_study=opens_study)
+
+    def _photo_study(self, record: dict[str, Any], uids: PhotoUids) -> tuple[PhotoStudy, bool]:
+        """The study's date, time and offset for the photo's object, and whether the photo opens
+        its study: a stored photo's of the study (one lookup of the study's index), else its own.
+        A stored photo whose offset is not read yet (stored before schema 13) gives its date and
+        time, in this photo's offset."""
+        own = photo_study(record)
+        joined = self._store.find_study_photo(uids.study)
+        if joined is None:
+            return own, True
+        return study_of(joined) or PhotoStudy(joined.study_date, joined.study_time, own.offset), False

@@ -15,7 +15,7 @@ from pathlib import Path
 from adapter.config import Settings
 from adapter.errors import ConfigurationError
 from adapter.files import publish_once, remove_abandoned_candidates
-from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, study_date, study_time
+from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, photo_study_values
 from adapter.mapping.dicom_tables import DicomTables, load_dicom_tables
 from adapter.mapping.dicom_uids import check_uid_root
 from adapter.mapping.fhir_r4 import RECORD_INDEX_VERSION, index_resource
@@ -230,9 +230,6 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now, *,
     reindexed = store.reindex_records(RECORD_INDEX_VERSION, index_resource)
     if reindexed:
         _log.info("re-indexed the search values of %d record(s) (%s)", reindexed, RECORD_INDEX_VERSION)
-    redated = store.reindex_photo_study_dates(STUDY_DATE_VERSION, study_date, study_time_of=study_time)
-    if redated:
-        _log.info("re-derived the QIDO-RS StudyDate and StudyTime of %d posted photo(s) (%s)", redated, STUDY_DATE_VERSION)
     filled = store.fill_dicom_match_keys()
     if filled:
         _log.info("derived the QIDO-RS PatientName and StudyDescription keys of %d DICOM instance(s)", filled)
@@ -240,6 +237,11 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now, *,
                                                dicom_tables=dicom_tables))
     if read:
         _log.info("read the QIDO-RS study, series and instance attributes of %d DICOM instance(s)", read)
+    # after the attributes are read: a study's offset is its instances' TimezoneOffsetFromUTC
+    redated = store.reindex_photo_study_dates(STUDY_DATE_VERSION, photo_study_values)
+    if redated:
+        _log.info("re-derived the StudyDate, StudyTime and offset of %d posted photo(s) (%s)", redated,
+                  STUDY_DATE_VERSION)
     auditor = Auditor(store, now)
     problem = pseudonym_key_problem(settings, store)
     if problem is not None:

@@ -210,6 +210,13 @@ class RecordStore(Protocol):
 
     def find_dicom_instance(self, sop_instance_uid: str) -> DicomInstance | None: ...
 
+    def find_study_photo(self, study_instance_uid: str) -> DicomInstance | None:
+        """A posted photo's instance (no object as received) of the study, any one (every one
+        carries the study's StudyDate, StudyTime and offset); None when none is stored. One lookup
+        of the study's index. save_ingest of a unit that ``opens_study`` raises StudyStarted, and
+        writes nothing, when one is stored by then (serialised per study: PostgreSQL's advisory
+        lock, SQLite's single writer)."""
+
     def search_dicom_instances(self, *, study: str | None = None, series: str | None = None,
                                sop_instance: str | None = None, patient: Identifier | None = None,
                                patient_value: str | None = None, modality: str | None = None,
@@ -256,14 +263,16 @@ class RecordStore(Protocol):
         derive each record's date, creation, status and tokens afresh with ``index_of`` from its
         JSON, then store ``version``. Returns how many records were re-indexed now."""
 
-    def reindex_photo_study_dates(self, version: str, study_date_of: Callable[[dict[str, Any]], str | None],
-                                  batch: int = 500,
-                                  study_time_of: Callable[[dict[str, Any]], str | None] | None = None) -> int:
-        """Keep the StudyDate (and, given ``study_time_of``, the StudyTime) of the DICOM instances
-        made from a posted photo's record (those with no object as received) the one ``version``
+    def reindex_photo_study_dates(self, version: str,
+                                  study_of: Callable[[dict[str, Any]], tuple[str | None, str | None, str] | None],
+                                  batch: int = 500) -> int:
+        """Keep the StudyDate, StudyTime and TimezoneOffsetFromUTC of the DICOM instances made
+        from a posted photo's record (those with no object as received) the ones ``version``
         derives: when the stored version differs (or there is none: a store made before it was
-        kept), set each one's StudyDate to ``study_date_of`` its record's JSON (its StudyTime to
-        ``study_time_of`` it), then store ``version``. Returns how many instances changed now."""
+        kept), set those of every such instance of a study to what ``study_of`` gives of the
+        record of the study's first (by created, then SOP Instance UID), ``(date, time, offset)``
+        (None: the study is left as it is), then store ``version``. Returns how many instances
+        changed now."""
 
     def stored_fingerprints(self) -> dict[str, str]:
         """Every fingerprint the store keeps, by name: of the keys and versions its derived

@@ -4,10 +4,12 @@ dialect differences live in ``engine.py`` and ``dates.py``)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from adapter.config import DatabaseTimeouts
-from adapter.errors import Conflict, InvalidInput, NoStore, NotFound, StorageError
+from adapter.errors import Conflict, InvalidInput, NoStore, NotFound, StorageError, StudyStarted
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
@@ -112,6 +114,15 @@ _PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
 _AUDIT_LOCK = 0x1A6E5706
 _FINGERPRINT_LOCK = 0x1A6E5707  # record_fingerprint
 _MILLISECOND = timedelta(milliseconds=1)
+#: The advisory lock (PostgreSQL) of a study a posted photo opens: the lock space's first half
+#: word, then 32 bits of the study's UID (a collision only makes two studies' openings wait in turn).
+_STUDY_LOCK = 0x1A6E
+
+
+def _study_lock(study_instance_uid: str) -> tuple[int, int]:
+    """The two-key advisory lock of opening the study (save_ingest of a unit that opens_study)."""
+    digest = hashlib.sha256(study_instance_uid.encode()).digest()
+    return _STUDY_LOCK, int.from_bytes(digest[:4], "big", signed=True)
 #: The resources reindex_records re-derives the search index of (a Consent's too: its R5 status
 #: and date are indexed beside its R4 ones).
 _RECORD_TYPES = ("Media", "DocumentReference", "Consent")
@@ -124,6 +135,9 @@ _k = key_fingerprints.c
 _LAST_AUDIT_SEQ = select(func.coalesce(func.max(audit.c.seq), 0),
                          select(func.max(schema_version.c.version)).scalar_subquery())
 _DICOM_INSTANCE = select(dicom_instances).where(_d.sop_instance_uid == bindparam("sop_instance_uid"))
+#: A posted photo's instance of a study (ix_dicom_instances_study): find_study_photo.
+_STUDY_PHOTO = select(dicom_instances).where(_d.study_instance_uid == bindparam("study"),
+                                             _d.blob_sha256.is_(None)).limit(1)
 _KEYED_RECEIPT = select(receipts.c.receipt, receipts.c.patient_system, receipts.c.patient_value) \
     .where(receipts.c.idempotency_key == bindparam("idempotency_key"))
 _RESOURCE = select(resources).where(_r.resource_type == bindparam("resource_type"), _r.id == bindparam("id"))
@@ -589,6 +603,8 @@ class SqlRecordStore:
         documents = [with_meta(new, 1, now) for new in unit.resources]
         run = self._inserts.execute
         with self._write() as conn:
+            if unit.dicom_instance is not None and unit.opens_study:
+                self._check_study_unopened(conn, unit.dicom_instance.study_instance_uid)
             if unit.dicom_instance is not None:  # first: a repeated SOP instance fails cheapest
                 run(conn, dicom_instances, dicom_instance_row(unit.dicom_instance, now))
                 if unit.released_uids:
@@ -613,6 +629,18 @@ class SqlRecordStore:
             self._insert_audit(conn, [{"recorded": now, "json": e} for e in unit.audit_events], locked=True)  # last
         for new, document in zip(unit.resources, documents, strict=True):
             new.resource["meta"] = document["meta"]
+
+    @staticmethod
+    def _check_study_unopened(conn: Connection, study_instance_uid: str) -> None:
+        """StudyStarted when a posted photo of the study is stored (RecordStore.find_study_photo),
+        in the writing transaction, after every other opening of the study committed: PostgreSQL
+        waits for the study's advisory lock (READ COMMITTED: the statement after it sees what was
+        committed before it was granted); SQLite's write transaction is the only one."""
+        if conn.dialect.name == "postgresql":
+            first, second = _study_lock(study_instance_uid)
+            conn.execute(text("SELECT pg_advisory_xact_lock(:first, :second)"), {"first": first, "second": second})
+        if conn.execute(_STUDY_PHOTO, {"study": study_instance_uid}).first() is not None:
+            raise StudyStarted("another photo of the encounter was stored at the same time: nothing was stored")
 
     def create(self, new: NewResource, audit_events: Sequence[dict[str, Any]] = ()) -> StoredResource:
         """Insert version 1 (sets meta.versionId and meta.lastUpdated). Conflict if it exists."""
@@ -822,6 +850,12 @@ class SqlRecordStore:
             row = conn.execute(_DICOM_INSTANCE, {"sop_instance_uid": sop_instance_uid}).mappings().first()
         return dicom_instance_from(row) if row is not None else None
 
+    def find_study_photo(self, study_instance_uid: str) -> DicomInstance | None:
+        """See RecordStore.find_study_photo."""
+        with self._read() as conn:
+            row = conn.execute(_STUDY_PHOTO, {"study": study_instance_uid}).mappings().first()
+        return dicom_instance_from(row) if row is not None else None
+
     def search_dicom_instances(self, *, study: str | None = None, series: str | None = None,
                                sop_instance: str | None = None, patient: Identifier | None = None,
                                patient_value: str | None = None, modality: str | None = None,
@@ -1004,12 +1038,12 @@ class SqlRecordStore:
             self._set_fingerprint(conn, _SEARCH_INDEX, version)
         return count
 
-    def reindex_photo_study_dates(self, version: str, study_date_of: Callable[[dict[str, Any]], str | None],
-                                  batch: int = _GET_MANY_CHUNK,
-                                  study_time_of: Callable[[dict[str, Any]], str | None] | None = None) -> int:
+    def reindex_photo_study_dates(self, version: str,
+                                  study_of: Callable[[dict[str, Any]], tuple[str | None, str | None, str] | None],
+                                  batch: int = _GET_MANY_CHUNK) -> int:
         """See RecordStore.reindex_photo_study_dates. As :meth:`reindex_records`: one write
-        transaction under the rebuild lock, the instances read with their records in keyset
-        batches inside it; only a StudyDate (or StudyTime) that changes is written."""
+        transaction under the rebuild lock, the studies read with their instances and records in
+        keyset batches of studies inside it; only an instance whose values change is written."""
         with self._maintenance_read() as conn:
             if conn.execute(select(_k.fingerprint).where(_k.name == _PHOTO_STUDY_DATES)).scalar() == version:
                 return 0
@@ -1019,26 +1053,34 @@ class SqlRecordStore:
                 return 0
             after = ""
             while True:
+                studies = conn.execute(
+                    select(_d.study_instance_uid).where(_d.blob_sha256.is_(None), _d.study_instance_uid > after)
+                    .group_by(_d.study_instance_uid).order_by(_d.study_instance_uid).limit(batch)).scalars().all()
+                if not studies:
+                    break
                 rows = conn.execute(
-                    select(_d.sop_instance_uid, _d.study_date, _d.study_time, _r.json)
+                    select(_d.study_instance_uid, _d.sop_instance_uid, _d.study_date, _d.study_time,
+                           _d.timezone_offset, _r.json)
                     .join(resources, and_(_r.resource_type == _d.record_type, _r.id == _d.record_id))
-                    .where(_d.blob_sha256.is_(None), _d.sop_instance_uid > after)
-                    .order_by(_d.sop_instance_uid).limit(batch)).all()
+                    .where(_d.blob_sha256.is_(None), _d.study_instance_uid.in_(studies))
+                    .order_by(_d.study_instance_uid, _d.created, _d.sop_instance_uid)).all()
                 values = []
-                for uid, old, old_time, document in rows:
-                    new = study_date_of(document)
-                    if new is None:  # left as it is
+                for _study, members in groupby(rows, key=lambda row: row[0]):
+                    group = list(members)
+                    study = study_of(group[0][5])  # the study's first photo's
+                    if study is None:  # left as it is
                         continue
-                    new_time = study_time_of(document) if study_time_of is not None else old_time
-                    if (new, new_time) != (old, old_time):
-                        values.append({"uid": uid, "sd": new, "st": new_time})
+                    values += [{"uid": uid, "sd": study[0], "st": study[1], "tz": study[2]}
+                               for _, uid, old_date, old_time, old_offset, _document in group
+                               if (old_date, old_time, old_offset) != study]
                 if values:
                     conn.execute(update(dicom_instances).where(_d.sop_instance_uid == bindparam("uid"))
-                                 .values(study_date=bindparam("sd"), study_time=bindparam("st")), values)
+                                 .values(study_date=bindparam("sd"), study_time=bindparam("st"),
+                                         timezone_offset=bindparam("tz")), values)
                 changed += len(values)
-                if len(rows) < batch:
+                if len(studies) < batch:
                     break
-                after = rows[-1][0]
+                after = studies[-1]
             self._set_fingerprint(conn, _PHOTO_STUDY_DATES, version)
         return changed
 

@@ -163,6 +163,12 @@ def value(item: dict[str, Any], tag: str) -> Any:
     return values[0] if values else None
 
 
+def valued(result: dict[str, Any]) -> set[str]:
+    """The tags of a DICOM JSON result that carry a value: a Type 2 attribute of a study result
+    is there empty (no Value, PS3.18 F.2.5) when the view shows none."""
+    return {tag for tag, element in result.items() if "Value" in element}
+
+
 def find(client: FhirClient, resource_type: str, sop_uid: str, headers: dict[str, str] = TREAT) -> list[dict]:
     r = client.get(f"/fhir/{resource_type}", params={"identifier": f"urn:dicom:uid|urn:oid:{sop_uid}"},
                    headers=headers)
@@ -1628,10 +1634,10 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
         == [obj.StudyInstanceUID]
     assert qido(client, "studies", StudyDescription="Wound") == []
     [photo] = [s for uid, s in studies.items() if uid != obj.StudyInstanceUID]
-    assert not {"00100010", "00081030", "00080050"} & set(photo)
+    assert not {"00100010", "00081030", "00080050"} & valued(photo)
     add_consent(client, ["TRAIN", "HRESCH"])
     for study in qido(client, "studies", TRAIN):
-        assert not {"00100010", "00081030", "00080050", "00080030"} & set(study)
+        assert not {"00100010", "00081030", "00080050", "00080030"} & valued(study)
         assert PATIENT_NAME not in json.dumps(study) and "ACC-77" not in json.dumps(study)
     assert qido(client, "studies", TRAIN, AccessionNumber="ACC-77") == []
     assert qido(client, "studies", HRESCH, AccessionNumber="ACC-77") == []
@@ -1642,7 +1648,7 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
     assert len(pseudonymised) == 2  # the received object's and the posted photo's (its StudyTime too)
     for hresch in pseudonymised:
         assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]
-        assert "00081030" not in hresch and "00080050" not in hresch and PATIENT_NAME not in json.dumps(hresch)
+        assert not {"00081030", "00080050"} & valued(hresch) and PATIENT_NAME not in json.dumps(hresch)
         # what the study list says is what the released copy says
         [data] = parts_of(client.get(value(hresch, "00081190").split("testserver")[-1], headers=HRESCH))
         assert str(read(data).PatientName) == f"{value(hresch, '00100020')}^"
@@ -2306,7 +2312,7 @@ def test_qido_relational_searches_show_each_results_study(adapter: tuple[FhirCli
     assert "00100020" not in hierarchical  # the study is the one searched in
     add_consent(client, ["TRAIN"])
     for item in (*qido(client, "series", TRAIN), *qido(client, "instances", TRAIN)):
-        assert not {"00100010", "00100020", "00080020", "00080050", "00081030"} & set(item)  # TRAIN shows none
+        assert not {"00100010", "00100020", "00080020", "00080050", "00081030"} & valued(item)  # TRAIN shows none
         assert value(item, "0020000D") != a.StudyInstanceUID
 
 
@@ -2513,7 +2519,7 @@ def test_qido_returns_the_referring_physician_birth_date_sex_and_study_id_as_the
         [item] = qido(client, path, StudyInstanceUID=photo.StudyInstanceUID)
         assert shown(item, STUDY_TAGS) == shown(study, STUDY_TAGS)
     [mine] = qido(client, "studies", StudyInstanceUID=posted["studyInstanceUid"])
-    assert not set(STUDY_TAGS) & set(mine)
+    assert not set(STUDY_TAGS) & valued(mine)
     add_consent(client, ["TRAIN", "HRESCH"])
     for headers in (TREAT, TRAIN, HRESCH):
         items = qido(client, "instances", headers)
@@ -2521,11 +2527,11 @@ def test_qido_returns_the_referring_physician_birth_date_sex_and_study_id_as_the
         for item in items:
             url = value(item, "00081190").split("testserver")[-1]
             [meta] = client.get(f"{url}/metadata", headers=headers).json()
-            assert shown(item, STUDY_TAGS) == {t: v for t, v in shown(meta, STUDY_TAGS).items() if v[1]}, headers
+            assert {t: v for t, v in shown(item, STUDY_TAGS).items() if v[1]} == {t: v for t, v in shown(meta, STUDY_TAGS).items() if v[1]}, headers
         for item in qido(client, "studies", headers):
             [member, *_] = qido(client, "instances", headers, StudyInstanceUID=value(item, "0020000D"))
             assert shown(item, STUDY_TAGS) == shown(member, STUDY_TAGS)
-    assert not any(set(STUDY_TAGS) & set(i) for h in (TRAIN, HRESCH) for i in qido(client, "studies", h))
+    assert not any(set(STUDY_TAGS) & valued(i) for h in (TRAIN, HRESCH) for i in qido(client, "studies", h))
 
 
 def test_qido_matches_referring_physician_name_and_study_id(adapter: tuple[FhirClient, Services]) -> None:
@@ -2651,7 +2657,7 @@ def test_a_date_or_time_that_names_no_real_day_is_kept_as_received_and_left_out_
     assert stow(client, photo).status_code == 200
     for path in ("studies", "series", "instances"):
         [item] = qido(client, path)
-        assert not set(DATE_AND_TIME_TAGS) & set(item), path
+        assert not set(DATE_AND_TIME_TAGS) & valued(item), path
     url = value(qido(client, "instances")[0], "00081190").split("testserver")[-1]
     [meta] = client.get(f"{url}/metadata", headers=TREAT).json()
     assert value(meta, "00100030") == "20240231" and value(meta, "00080030") == "256199"  # as received
@@ -2686,7 +2692,7 @@ def test_a_date_or_time_indexed_before_it_was_checked_is_left_out_of_answers(tmp
     with adapter_client(tmp_path) as (client, _):
         for path in ("studies", "series", "instances"):
             [item] = qido(client, path)
-            assert not (set(DATE_AND_TIME_TAGS) | {"00100010", "00081030"}) & set(item), path
+            assert not (set(DATE_AND_TIME_TAGS) | {"00100010", "00081030"}) & valued(item), path
 
 
 def test_a_name_or_description_with_a_control_character_is_kept_as_received_and_left_out_of_answers(
@@ -2701,7 +2707,7 @@ def test_a_name_or_description_with_a_control_character_is_kept_as_received_and_
     assert stow(client, photo).status_code == 200
     for path in ("studies", "instances"):
         [item] = qido(client, path)
-        assert not {"00100010", "00081030", "00080090"} & set(item), path
+        assert not {"00100010", "00081030", "00080090"} & valued(item), path
     r = client.get("/dicomweb/studies", headers={**TREAT, "Accept": 'multipart/related; type="application/dicom+xml"'})
     assert r.status_code == 200
     [media] = find(client, "Media", photo.SOPInstanceUID)
@@ -2734,3 +2740,91 @@ def test_metadata_xml_cannot_carry_is_audited_as_a_read_that_failed(adapter: tup
         assert fresh[0]["outcomeDesc"].startswith("not sent"), (url, fresh[0]["outcomeDesc"])
         assert client.get(url, headers=TREAT).status_code == 200
         assert services.store.list_audit(1)[0]["outcome"] == "0"
+
+
+def test_photos_of_one_encounter_are_one_study_with_one_study_date_and_time(
+        adapter: tuple[FhirClient, Services], checked: Checked) -> None:
+    """Photos of one encounter taken on different days (and on either side of a change of the
+    clock) share one Study Instance UID, so they carry one StudyDate, StudyTime and
+    TimezoneOffsetFromUTC (General Study module, PS3.3 C.7.2.1): those of the first photo stored
+    for the study, which a later one never moves; each keeps its own day in ContentDate and
+    AcquisitionDateTime. QIDO-RS answers one StudyDate for the study and matches a date filter
+    on it. Before, each object carried the day its own photo was taken as its StudyDate, and a
+    study matched disjoint date ranges with a different StudyDate each time."""
+    client, services = adapter
+    samples = ROOT / "samples"
+    visit = {"reference": "Encounter/ENC-42"}
+    first = post_photo(client, WOUND, metadata(encounter=visit, takenAt="2024-03-30T10:15:00+01:00")).json()
+    study = first["dicom"]["studyInstanceUid"]
+    before = wado(client, study, first["dicom"]["seriesInstanceUid"], first["dicom"]["sopInstanceUid"])
+    second = post_photo(client, samples / "lesion.png", metadata(encounter=visit, takenAt="2024-04-02T09:00:00+02:00"),
+                        content_type="image/png").json()
+    third = post_photo(client, samples / "tiny.jpg", metadata(encounter=visit, takenAt="2024-03-01T08:00:00+01:00")).json()
+    alone = post_photo(client, samples / "document.jpg", metadata(takenAt="2024-04-03T09:00:00+02:00")).json()
+    assert second["dicom"]["studyInstanceUid"] == third["dicom"]["studyInstanceUid"] == study
+    assert alone["dicom"]["studyInstanceUid"] != study  # a photo of no encounter is a study of its own
+    objects = {read(part).SOPInstanceUID: checked("encounter photo", part) for part in parts_of(wado(client, study))}
+    assert len(objects) == 3
+    assert {(o.StudyDate, o.StudyTime, o.TimezoneOffsetFromUTC) for o in objects.values()} == \
+        {("20240330", "101500", "+0100")}
+    own = {receipt["dicom"]["sopInstanceUid"]: (objects[receipt["dicom"]["sopInstanceUid"]].ContentDate,
+                                               objects[receipt["dicom"]["sopInstanceUid"]].AcquisitionDateTime)
+           for receipt in (first, second, third)}
+    assert own == {first["dicom"]["sopInstanceUid"]: ("20240330", "20240330101500+0100"),
+                   second["dicom"]["sopInstanceUid"]: ("20240402", "20240402080000+0100"),
+                   third["dicom"]["sopInstanceUid"]: ("20240301", "20240301080000+0100")}
+    # the first photo's object is the one made (and forwarded) before the others joined
+    assert parts_of(wado(client, study, first["dicom"]["seriesInstanceUid"], first["dicom"]["sopInstanceUid"])) \
+        == parts_of(before)
+    [listed] = [s for s in qido(client, "studies") if value(s, "0020000D") == study]
+    assert (value(listed, "00080020"), value(listed, "00080030"), value(listed, "00201208")) == ("20240330", "101500", 3)
+    for date in ("20240330", "20240329-20240331", "-20240330"):
+        [found] = qido(client, "studies", StudyDate=date, ModalitiesInStudy="XC")
+        assert (value(found, "0020000D"), value(found, "00080020"), value(found, "00201208")) == (study, "20240330", 3)
+    for date in ("20240402", "20240301", "20240331-", "-20240329"):
+        assert [value(s, "0020000D") for s in qido(client, "studies", StudyDate=date)
+                if value(s, "0020000D") == study] == [], date
+    assert {value(i, "00080020") for i in qido(client, "instances", StudyInstanceUID=study)} == {"20240330"}
+    assert {(i.study_date, i.study_time) for i in services.store.search_dicom_instances(study=study)} == \
+        {("20240330", "101500")}
+
+
+def test_qido_includefield_adds_what_is_kept_and_study_results_carry_their_type_2_attributes(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """``includefield`` (PS3.18 8.3.4.3) adds the attributes it names, by keyword or tag, and
+    every one the adapter keeps at the level for ``all``; a name that is no attribute is 400 (the
+    parameter takes attributes, PS3.18 8.3.4.1), as is ``all`` beside another; an attribute the
+    adapter does not keep is a return key with no value to return (PS3.4 C.2.2.2.3). A study
+    result carries the Type 2 attributes of PS3.18 Table 10.6.3-3 empty (F.2.5: no Value) when
+    the view shows none, never a value the view withholds. Before, includefield was ignored and
+    the empty attributes left out."""
+    client, _ = adapter
+    visit = {"reference": "Encounter/ENC-42"}
+    photo = post_photo(client, WOUND, metadata(encounter=visit, takenAt="2024-03-30T10:15:00+01:00")).json()
+    study = photo["dicom"]["studyInstanceUid"]
+    [plain] = qido(client, f"studies/{study}/instances")
+    assert "00080020" not in plain and "00080030" not in plain
+    for asked in ({"includefield": "00080020"}, {"includefield": "StudyDate,StudyTime"}):
+        [timed] = qido(client, f"studies/{study}/instances", **asked)
+        assert value(timed, "00080020") == "20240330" and set(timed) - set(plain) <= {"00080020", "00080030"}
+    [every] = qido(client, f"studies/{study}/instances", includefield="all")
+    assert (value(every, "00080020"), value(every, "00080030"), value(every, "00100020")) == \
+        ("20240330", "101500", PATIENT["value"])
+    assert set(plain) < set(every)
+    assert qido(client, f"studies/{study}/instances", includefield="ContentDate")[0] == plain  # not kept
+    for wrong in ({"includefield": "NotAKeyword"}, {"includefield": "all,StudyDate"}, {"includefield": "0008002"}):
+        r = client.get(f"/dicomweb/studies/{study}/instances", params=wrong, headers=TREAT)
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", wrong
+    type_2 = {"00100010": "PN", "00100030": "DA", "00100040": "CS", "00080050": "SH", "00080090": "PN",
+              "00200010": "SH"}
+    [listed] = [s for s in qido(client, "studies") if value(s, "0020000D") == study]
+    assert {tag: listed.get(tag) for tag in type_2} == {tag: {"vr": vr} for tag, vr in type_2.items()}
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for headers in (TRAIN, HRESCH):
+        [restricted] = qido(client, "studies", headers)
+        assert set(type_2) <= set(restricted)
+        shown = {tag: restricted[tag] for tag in type_2 if "Value" in restricted[tag]}
+        assert shown == ({} if headers is TRAIN else
+                         {"00100010": {"vr": "PN", "Value": [{"Alphabetic": f"{value(restricted, '00100020')}^"}]}})
+        [everything] = qido(client, "instances", headers, includefield="all")
+        assert PATIENT["value"] not in json.dumps(everything) and "Value" not in everything["00100030"]

@@ -21,7 +21,15 @@ import pytest
 import sqlalchemy as sa
 
 from adapter.config import StoreOptions
-from adapter.errors import ConfigurationError, Conflict, InvalidInput, NotFound, NotSupported, StorageError
+from adapter.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    NotSupported,
+    StorageError,
+    StudyStarted,
+)
 from adapter.model.dicom import DicomInstance, InstanceAttributes, NewOutboxItem, ReleasedUids
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.record import AccessFacts, BlobReference, IngestUnit, NewResource, SearchIndex
@@ -929,34 +937,69 @@ def test_what_a_received_object_says_of_its_study_round_trips(store: SqlRecordSt
     assert [i for batch in store.iter_dicom_instances(accession_number="ACC-1") for i in batch] == [found]
 
 
-def test_reindex_photo_study_dates_derives_them_from_the_records_once_per_version(store: SqlRecordStore) -> None:
-    """The StudyDate of an instance made from a posted photo's record (no object as received) is
-    derived afresh from its record when the version changes, on both databases; a received
-    object's own StudyDate is left as it came; the same version again does nothing."""
-    def stored(blob_sha256: str | None, study_date: str | None) -> DicomInstance:
+def test_reindex_photo_study_dates_gives_each_study_its_first_photos_once_per_version(store: SqlRecordStore) -> None:
+    """The StudyDate, StudyTime and offset of the instances made from posted photos' records (no
+    object as received) are derived afresh when the version changes, on both databases: every
+    instance of a study gets those of the record of the study's first photo (by created), the
+    same in every instance (PS3.3 C.7.2.1); a received object's own are left as they came; the
+    same version again does nothing."""
+    start = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+
+    def stored(blob_sha256: str | None, study_date: str | None, study: str, minutes: int) -> DicomInstance:
         unit = make_dicom_unit()  # the instance of its record, the unit's Media
-        unit.dicom_instance = make_instance(patient=unit.patient, record_id=unit.resources[0].id,
-                                            blob_sha256=blob_sha256, study_date=study_date)
+        unit.dicom_instance = make_instance(patient=unit.patient, record_id=unit.resources[0].id, study=study,
+                                            blob_sha256=blob_sha256, study_date=study_date,
+                                            created=start + timedelta(minutes=minutes))
+        unit.resources[0].resource["issued"] = f"2024-03-01T09:{minutes:02d}:00Z"  # which one study_of read
         store.save_ingest(unit)
         return unit.dicom_instance
 
-    stale, current = stored(None, "20261127"), stored(None, "20240301")
-    undated, received = stored(None, None), stored("b" * 64, "20200101")
+    later, first = stored(None, "20261127", "1.2.7", 5), stored(None, "20240301", "1.2.7", 1)
+    alone, received = stored(None, None, "1.2.8", 2), stored("b" * 64, "20200101", "1.2.7", 0)
     seen: list[str] = []
 
-    def study_date_of(record: dict[str, Any]) -> str:
-        seen.append(record["resourceType"])
-        return "20240301"
+    def study_of(record: dict[str, Any]) -> tuple[str, str, str]:
+        seen.append(record["issued"])
+        return "20240301", f"09{record['issued'][14:16]}00", "+0100"
 
-    assert store.reindex_photo_study_dates("v-test", study_date_of, batch=2) == 2  # stale and undated
-    assert seen == ["Media"] * 3
-    dates = {i.sop_instance_uid: store.find_dicom_instance(i.sop_instance_uid).study_date  # type: ignore[union-attr]
-             for i in (stale, current, undated, received)}
-    assert list(dates.values()) == ["20240301", "20240301", "20240301", "20200101"]
+    assert store.reindex_photo_study_dates("v-test", study_of, batch=1) == 3  # later, first, alone
+    assert sorted(seen) == ["2024-03-01T09:01:00Z", "2024-03-01T09:02:00Z"]  # each study's first photo's
+    found = {i.sop_instance_uid: store.find_dicom_instance(i.sop_instance_uid) for i in (later, first, alone, received)}
+    assert [(f.study_date, f.study_time) for f in found.values() if f is not None] == \
+        [("20240301", "090100"), ("20240301", "090100"), ("20240301", "090200"), ("20200101", None)]
+    with store.engine.connect() as conn:
+        offsets = dict(conn.execute(sa.text("SELECT sop_instance_uid, timezone_offset FROM dicom_instances")).all())
+    assert [offsets[i.sop_instance_uid] for i in (later, first, alone, received)] == ["+0100", "+0100", "+0100", None]
     assert {i.sop_instance_uid for i in store.search_dicom_instances(study_dates=("20240301", "20240301"))} \
-        == {stale.sop_instance_uid, current.sop_instance_uid, undated.sop_instance_uid}
+        == {later.sop_instance_uid, first.sop_instance_uid, alone.sop_instance_uid}
     assert store.reindex_photo_study_dates("v-test", lambda _: pytest.fail("derived again")) == 0
     assert store.reindex_photo_study_dates("v-next", lambda _: None) == 0  # None: left as it is
+
+
+def test_a_photo_opening_its_study_is_refused_once_another_opened_it(store: SqlRecordStore) -> None:
+    """A posted photo's instance is saved as the first of its study (``opens_study``: it carries
+    its own StudyDate) only while no posted photo of the study is stored; one stored by then (two
+    photos of an encounter stored at once) makes it StudyStarted with nothing written, so the
+    ingest makes it again to join the study. A received object of the study does not open it."""
+    assert store.find_study_photo("1.2.9") is None
+    received = make_dicom_unit(make_instance(study="1.2.9"))
+    store.save_ingest(received)
+    assert store.find_study_photo("1.2.9") is None
+    opening = make_dicom_unit(make_instance(study="1.2.9", blob_sha256=None))
+    opening.opens_study = True
+    store.save_ingest(opening)
+    assert opening.dicom_instance is not None
+    found = store.find_study_photo("1.2.9")
+    assert found is not None and found.sop_instance_uid == opening.dicom_instance.sop_instance_uid
+    late = make_dicom_unit(make_instance(study="1.2.9", blob_sha256=None))
+    late.opens_study = True
+    with pytest.raises(StudyStarted):
+        store.save_ingest(late)
+    assert late.dicom_instance is not None and store.find_dicom_instance(late.dicom_instance.sop_instance_uid) is None
+    assert store.get("Media", late.resources[0].id) is None
+    late.opens_study = False  # made again, joining the study
+    store.save_ingest(late)
+    assert store.find_dicom_instance(late.dicom_instance.sop_instance_uid) is not None
 
 
 def test_search_dicom_instances_by_study_date(store: SqlRecordStore) -> None:

@@ -40,15 +40,21 @@
   of characters, the empty one too, ``?`` one character; a value of only ``*`` is universal matching for any key,
   as an empty one: it matches everything, empty and absent values included; ``limit``, ``offset`` (results at the level,
   after the decision; a limit over :data:`QIDO_MAX_LIMIT`, or none, gives that many, with the
-  Warning of PS3.18 8.3.4.4 when more follow); ``includefield`` is accepted and ignored (the
-  attributes returned are fixed per level; a study also shows PatientName, StudyDescription,
-  AccessionNumber, StudyTime, ReferringPhysicianName, PatientBirthDate, PatientSex and StudyID
-  where the view does, and so do the results of All Series and All
-  Instances, with the PatientID and StudyDate of their study; a series and an instance show what
+  Warning of PS3.18 8.3.4.4 when more follow); ``includefield`` (PS3.18 8.3.4.3: keywords or
+  tags, comma-separated or repeated, or ``all``) adds to a level's default attributes those the
+  adapter keeps that it names (``all``: every one): a study shows all it keeps by default
+  (PatientName, PatientBirthDate, PatientSex, AccessionNumber, ReferringPhysicianName and StudyID,
+  Type 2 in PS3.18 Table 10.6.3-3, empty where the view shows none; StudyDescription, StudyTime,
+  TimezoneOffsetFromUTC where it does), and so do the results of All Series and All
+  Instances, with the PatientID and StudyDate of their study; a study's series and instances add
+  those study attributes when includefield names them; a series and an instance show what
   PS3.18 Tables 10.6.3-4 and 10.6.3-5 list as the view's copy of the object carries them,
-  adapter.services.dicom_objects.series_shown and instance_shown), and so is any other attribute with an
+  adapter.services.dicom_objects.series_shown and instance_shown. Everything is read from the
+  store's index, never from the objects' files: an attribute kept only in the object (WADO-RS
+  metadata has it) is a return key not returned, as is any other attribute with an
   empty value (a return key: universal matching, PS3.4 C.2.2.2.3, matches everything); another
-  key, or a name that is no attribute, is refused (400), never read as matching everything.
+  key, or a name that is no attribute (as a key or in includefield, or ``all`` beside another
+  includefield), is refused (400), never read as matching everything.
   ``fuzzymatching=true`` is answered with literal matching and the Warning of PS3.18 8.3.4.2. Keys are matched against what the view
   shows: under TRAIN/HRESCH the UIDs are the mapped ones (exact match on mapped UIDs only),
   HRESCH's PatientID (and PatientName) is the pseudonym; TRAIN shows no PatientID, PatientName or dates, and neither shows an
@@ -488,6 +494,31 @@ class _Search(NamedTuple):
     offset: int
     capped: bool   # the client's limit (or none) was more than QIDO_MAX_LIMIT
     fuzzy: bool    # fuzzymatching=true: not performed, said in a Warning
+    include: frozenset[str] | None = frozenset()  # includefield's keywords; None: all (_includefield)
+
+
+def _includefield(values: list[str]) -> frozenset[str] | None:
+    """The attributes ``includefield`` names (PS3.18 8.3.4.3): keywords (a tag is read as its
+    keyword), or None for ``all``. The parameter takes attributes (8.3.4.1: a keyword or a tag),
+    so a name that is neither is refused (400) rather than answered as though it had not been
+    asked for, and so is ``all`` beside another includefield, which the standard forbids. An
+    attribute the adapter does not keep is a return key with no value (PS3.4 C.2.2.2.3): taken,
+    not returned."""
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    if "all" in names:
+        if len(names) > 1:
+            raise InvalidQuery("includefield=all may not be given with other includefield values",
+                               expression="includefield")
+        return None
+    for name in names:
+        if not all(attribute_tag(part) is not None for part in name.split(".")):
+            raise InvalidQuery(f"includefield names no attribute: {name[:40]}", expression="includefield")
+    return frozenset(_KEYWORD_OF_TAG.get(name.upper(), name) for name in names)
+
+
+def _included(available: dict[str, Any], include: frozenset[str] | None) -> dict[str, Any]:
+    """Of the attributes ``available`` beyond a level's defaults, those ``include`` asks for."""
+    return {k: v for k, v in available.items() if include is None or k in include}
 
 
 def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
@@ -499,9 +530,11 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
     limit: int | None = None
     offset = 0
     fuzzy = False
+    included: list[str] = []
     for name, value in params:
         lowered = name.lower()
         if lowered == "includefield":
+            included.append(value)
             continue
         if lowered == "fuzzymatching":
             fuzzy = value.strip().lower() == "true"
@@ -556,30 +589,43 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
         study_time=TimeRange.parse(keys["StudyTime"], "StudyTime") if "StudyTime" in keys else None,
         referring_physician_name=keys.get("ReferringPhysicianName"), study_id=keys.get("StudyID"))
     capped = limit is None or limit > QIDO_MAX_LIMIT
-    return _Search(query, QIDO_MAX_LIMIT if capped or limit is None else limit, offset, capped, fuzzy)
+    return _Search(query, QIDO_MAX_LIMIT if capped or limit is None else limit, offset, capped, fuzzy,
+                   _includefield(included))
 
 
 def _study_shown(members: list[DicomEntry]) -> dict[str, Any]:
     """The attributes of a study (PS3.18 Table 10.6.3-3) that ``members``, instances of it,
     show in the purpose's view (keywords of :func:`_dataset`): the patient (name, birth date,
-    sex), the date, time, accession number, StudyID, referring physician and description, each of
-    the first instance that has it; not the counts or modalities, which need every instance."""
+    sex), the date, time, offset, accession number, StudyID, referring physician and description,
+    each of the first instance that has it; not the counts or modalities, which need every
+    instance. The table's Type 2 attributes are there empty (no Value, F.2.5) when the view shows
+    none (:func:`_type_2`)."""
     first, shown = members[0], partial(first_shown, members)
     return {
-        "ReferringPhysicianName": _person_name(shown("referring_physician_name")),
-        "PatientBirthDate": shown("patient_birth_date"), "PatientSex": shown("patient_sex"),
-        "StudyID": shown("study_id"),
-        "PatientName": _person_name(next((m.patient_name for m in members if m.patient_name), None)),
+        "ReferringPhysicianName": _type_2(_person_name(shown("referring_physician_name"))),
+        "PatientBirthDate": _type_2(shown("patient_birth_date")), "PatientSex": _type_2(shown("patient_sex")),
+        "StudyID": _type_2(shown("study_id")), "TimezoneOffsetFromUTC": shown("timezone_offset_from_utc"),
+        "PatientName": _type_2(_person_name(next((m.patient_name for m in members if m.patient_name), None))),
         "StudyDescription": next((m.study_description for m in members if m.study_description), None),
-        "AccessionNumber": next((m.accession_number for m in members if m.accession_number), None),
+        "AccessionNumber": _type_2(next((m.accession_number for m in members if m.accession_number), None)),
         "StudyTime": next((m.study_time for m in members if m.study_time), None),
         "StudyDate": next((m.study_date for m in members if m.study_date), None),
         "PatientID": first.patient_id, "IssuerOfPatientID": first.issuer_of_patient_id,
         "StudyInstanceUID": first.study_instance_uid}
 
 
+def _type_2(value: Any) -> Any:
+    """A Type 2 attribute of a study result (PS3.18 Table 10.6.3-3: PatientName, PatientBirthDate,
+    PatientSex, AccessionNumber, ReferringPhysicianName, StudyID): its value, else present and
+    empty (an empty list: :func:`_dataset` writes it without Value, F.2.5). Empty too where the
+    view withholds it (TRAIN's and HRESCH's copies empty them, PS3.15 Table E.1-1 Z)."""
+    return [] if value is None else value
+
+
 def _studies(request: Request, services: Services, entries: list[DicomEntry], *,
-             relational: bool = False) -> list[dict[str, Any]]:
+             relational: bool = False, include: frozenset[str] | None = frozenset()) -> list[dict[str, Any]]:
+    """Study results: every attribute the adapter keeps of a study is returned already, so
+    ``include`` adds none."""
     groups: dict[str, list[DicomEntry]] = {}
     for e in entries:
         groups.setdefault(e.study_instance_uid, []).append(e)
@@ -591,25 +637,28 @@ def _studies(request: Request, services: Services, entries: list[DicomEntry], *,
 
 
 def _series(request: Request, services: Services, entries: list[DicomEntry], *,
-            relational: bool = False) -> list[dict[str, Any]]:
+            relational: bool = False, include: frozenset[str] | None = frozenset()) -> list[dict[str, Any]]:
     """Series results; of All Series (``relational``) with their study's attributes too (PS3.18
-    10.6.3.3.2)."""
+    10.6.3.3.2), and of a study's series those ``include`` asks for (includefield)."""
     groups: dict[tuple[str, str], list[DicomEntry]] = {}
     for e in entries:
         groups.setdefault((e.study_instance_uid, e.series_instance_uid), []).append(e)
     return [_result(**{
-        **(_study_shown(members) if relational else {}), **series_shown(members),
+        **(_study_shown(members) if relational else _included(_study_shown(members), include)),
+        **series_shown(members),
         "Modality": members[0].modality or None, "RetrieveURL": _series_url(request, services, study, series),
         "StudyInstanceUID": study, "SeriesInstanceUID": series, "NumberOfSeriesRelatedInstances": len(members)})
         for (study, series), members in groups.items()]
 
 
 def _instances(request: Request, services: Services, entries: list[DicomEntry], *,
-               relational: bool = False) -> list[dict[str, Any]]:
+               relational: bool = False, include: frozenset[str] | None = frozenset()) -> list[dict[str, Any]]:
     """Instance results; of All Instances (``relational``) with their study's attributes too
-    (PS3.18 10.6.3.3.3); each with its series' Modality and attributes (series_shown)."""
+    (PS3.18 10.6.3.3.3), and of a study's or series' instances those ``include`` asks for
+    (includefield); each with its series' Modality and attributes (series_shown)."""
     return [_result(**{
-        **(_study_shown([e]) if relational else {}), **series_shown([e]), **instance_shown(e),
+        **(_study_shown([e]) if relational else _included(_study_shown([e]), include)),
+        **series_shown([e]), **instance_shown(e),
         "SOPClassUID": e.sop_class_uid, "SOPInstanceUID": e.sop_instance_uid, "Modality": e.modality or None,
         "RetrieveURL": _instance_url(request, services, e.study_instance_uid, e.series_instance_uid,
                                      e.sop_instance_uid),
@@ -627,8 +676,8 @@ async def _search(request: Request, reader: Any, services: Services, accept: str
     render = {STUDY: _studies, SERIES: _series, INSTANCE: _instances}[level]
     # All Series, All Instances: searches across studies (PS3.18 Table 10.6.1-1, "relational")
     relational = "StudyInstanceUID" not in fixed
-    response = _datasets(render(request, services, found.entries, relational=relational), model,
-                         break_glass=found.break_glass)
+    response = _datasets(render(request, services, found.entries, relational=relational, include=search.include),
+                         model, break_glass=found.break_glass)
     warnings = ([_FUZZY_NOT_SUPPORTED] if search.fuzzy else []) + ([_MORE_RESULTS] if found.more else [])
     if warnings:
         # PS3.18 8.3.4.2 and 8.3.4.4: "299 <service>: <text>", the service being the base URI
