@@ -1,11 +1,14 @@
 """Transaction Bundle (IHE MHD ITI-65 shape, https://profiles.ihe.net/ITI/MHD/ITI-65.html) →
-one photo submission, and the transaction-response Bundle
-(https://hl7.org/fhir/R4/http.html#transaction-response).
+a submission of one or more photos (documents) of one patient, and the transaction-response
+Bundle (https://hl7.org/fhir/R4/http.html#transaction-response).
 
-Accepted: ``Bundle.type`` transaction with exactly one Binary (the image, base64 in ``data``),
-exactly one Media or DocumentReference whose attachment url references that Binary (its
-fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``, also relative to the record's RESTful fullUrl)
-and at most one Consent; every entry has ``request.method`` POST to its resource type (a Binary,
+Accepted: ``Bundle.type`` transaction with one or more documents, at most :data:`MAX_DOCUMENTS`
+(more: 413): each a Media or DocumentReference whose attachment url references its own Binary
+(the image, base64 in ``data``; by its fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``, also
+relative to the record's RESTful fullUrl). A Binary no record references, or one that two
+records reference, is refused; so is a record of another patient than the first record's (an
+ITI-65 submission is of one patient, 2:3.65.4.1.2.1). At most one Consent, which applies to
+every document (the ingest records it once, restricted to all of their records). Every entry has ``request.method`` POST to its resource type (a Binary,
 the record and the Consent: the adapter assigns their ids) or, for a List or the Patient, PUT to
 its ``Type/id``, and no conditional element (``ifNoneExist``…): see ``_check_request``. The SubmissionSet List
 IHE MHD always sends, and at most one Patient (the push case, ITI-65 2:3.65.4.1.2.2), are read and

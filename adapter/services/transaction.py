@@ -1,7 +1,20 @@
-"""``POST /fhir`` transaction Bundles (IHE MHD ITI-65 shape): a Binary, the Media or
-DocumentReference that references it and optionally a Consent (a SubmissionSet List and the
-Patient are acknowledged, not stored). The same rules, stripping and
-storage as ``POST /photos`` apply; the answer is a transaction-response Bundle."""
+"""``POST /fhir`` transaction Bundles (IHE MHD ITI-65 shape): one or more documents of one
+patient, each a Media or DocumentReference with the Binary it references, and optionally a
+Consent for all of them (a SubmissionSet List and the Patient are acknowledged, not stored). The
+same rules, stripping and storage as ``POST /photos`` apply; the answer is a transaction-response
+Bundle, one entry per request entry in its order.
+
+A Bundle of one document is ingested as a ``POST /photos`` photo is (IngestService.ingest_photo),
+answered as it always was. One of several is processed as a whole (FHIR http.html#transaction,
+ITI-65 2:3.65.4.1.3: IngestService.ingest_documents): every document checked before any is
+stored, all stored in one database transaction or none, a refusal naming the refused document's
+entry. Idempotency (sent again): with the ``Idempotency-Key`` it was stored under, the Bundle is
+answered as a whole with what was stored (each entry ``200 OK``, the same locations, nothing new;
+the key with another Bundle: 422); without a key, every document stored for the patient before is
+answered as a replay, and some stored and some not is refused (409, naming the entries of those
+stored, nothing stored): storing the new ones while answering the others as replays would say
+the Bundle was processed as a whole when it was not, and leave the client unsure which
+documents are whose."""
 
 from __future__ import annotations
 
