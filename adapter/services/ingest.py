@@ -22,6 +22,10 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    the common case (a new photo) costs one round trip less.
 ``safeToDeleteFromDevice`` is true only after step 5 returned.
 
+The documents of one submission (a transaction Bundle of several, IHE MHD ITI-65:
+:meth:`IngestService.ingest_documents`) go through steps 2 and 3 each before any blob is committed,
+then step 5 writes every one of them in one database transaction: all stored, or none.
+
 A photo the adapter fails to store (StorageError: the data folder down to its reserve, 507, or
 the disk or the database failing, 503) is audited as a create that failed, outcome 8, in its own
 transaction (:meth:`IngestService._audit_failed_store`), as a DICOM object it fails to keep is.
@@ -244,8 +248,8 @@ class IngestService:
                     units.append(self._unit(meta, image, assessment, idempotency_key if k == 0 else None, ctx, now,
                                             record_id=record_refs[k].partition("/")[2], shared=shared))
             units[0].receipt[SUBMISSION] = [unit.stored_sha256 for unit in units]
-            while staged:  # each committed blob is no longer staged: not discarded below
-                self._blobs.commit(staged[0], units[len(units) - len(staged)].stored_sha256)
+            for unit in units:  # a committed blob is no longer staged: not discarded below
+                self._blobs.commit(staged[0], unit.stored_sha256)
                 staged.pop(0)
             try:
                 self._store.save_ingests(units)
