@@ -254,9 +254,9 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
     """
     # No ``instantiates`` of IHE MHD's DocumentRecipient or DocumentResponder CapabilityStatements:
     # the Responder serves Find Document Lists [ITI-66], which the adapter does not (it keeps no
-    # Lists), and the Recipient takes a SubmissionSet of several documents, which the adapter takes
-    # one per Bundle; claiming either would send an engine that discovers MHD from /metadata down a
-    # path that fails.
+    # Lists), and the Recipient takes documents of any type, where the adapter takes JPEG and PNG
+    # only (and keeps no Folders or relationships); claiming either would send an engine that
+    # discovers MHD from /metadata down a path that fails.
     if fhir_version not in FHIR_VERSIONS:
         raise NotSupported(f"unsupported FHIR version {fhir_version!r}; supported: {', '.join(FHIR_VERSIONS)}")
     when = now if now.tzinfo is not None else now.replace(tzinfo=UTC)

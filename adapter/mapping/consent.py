@@ -172,14 +172,15 @@ def build_consent_resource(*, consent_id: str, patient: PatientRef, purposes: Se
 
 def consent_from_statement(statement: ConsentStatement, *, consent_id: str, patient: PatientRef,
                            tables: Tables, now: datetime, recorded_by: Reference | None = None,
-                           record_ref: str | None = None) -> JSON:
+                           record_ref: str | None = None, record_refs: Sequence[str] = ()) -> JSON:
     """The Consent for a ``consent`` statement sent with a photo.
 
     ``statement.recordedBy`` wins over ``recorded_by`` (the caller's fallback, e.g. the photo's
     author). Whatever its method, the statement is restricted to ``record_ref`` ("Media/abc"),
     the record the submission creates: the metadata speaks of one photo, so what the patient
     agreed to there is that photo's use, not the use of their earlier or later photos (nor does
-    it document a photo kept as consent pending).
+    it document a photo kept as consent pending). A statement sent once for several documents
+    (the Consent of a transaction of several) is restricted to their records, ``record_refs``.
     """
     given = statement.date
     # A date (or a time without its zone) is local to whoever wrote it: "today" east of UTC is
@@ -193,7 +194,7 @@ def consent_from_statement(statement: ConsentStatement, *, consent_id: str, pati
         tables=tables, now=now, consent_date=given,
         recorded_by=statement.recorded_by or recorded_by, form=statement.form,
         form_content_type=statement.form_content_type,
-        data_refs=(record_ref,) if record_ref else ())
+        data_refs=tuple(record_refs) or ((record_ref,) if record_ref else ()))
 
 
 __all__ = ["POLICY_RULE", "build_consent_resource", "consent_from_statement"]

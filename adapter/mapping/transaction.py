@@ -1,11 +1,14 @@
 """Transaction Bundle (IHE MHD ITI-65 shape, https://profiles.ihe.net/ITI/MHD/ITI-65.html) →
-one photo submission, and the transaction-response Bundle
-(https://hl7.org/fhir/R4/http.html#transaction-response).
+a submission of one or more photos (documents) of one patient, and the transaction-response
+Bundle (https://hl7.org/fhir/R4/http.html#transaction-response).
 
-Accepted: ``Bundle.type`` transaction with exactly one Binary (the image, base64 in ``data``),
-exactly one Media or DocumentReference whose attachment url references that Binary (its
-fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``, also relative to the record's RESTful fullUrl)
-and at most one Consent; every entry has ``request.method`` POST to its resource type (a Binary,
+Accepted: ``Bundle.type`` transaction with one or more documents, at most :data:`MAX_DOCUMENTS`
+(more: 413): each a Media or DocumentReference whose attachment url references its own Binary
+(the image, base64 in ``data``; by its fullUrl, e.g. ``urn:uuid:…``, or ``Binary/<id>``, also
+relative to the record's RESTful fullUrl). A Binary no record references, or one that two
+records reference, is refused; so is a record of another patient than the first record's (an
+ITI-65 submission is of one patient, 2:3.65.4.1.2.1). At most one Consent, which applies to
+every document (the ingest records it once, restricted to all of their records). Every entry has ``request.method`` POST to its resource type (a Binary,
 the record and the Consent: the adapter assigns their ids) or, for a List or the Patient, PUT to
 its ``Type/id``, and no conditional element (``ifNoneExist``…): see ``_check_request``. The SubmissionSet List
 IHE MHD always sends, and at most one Patient (the push case, ITI-65 2:3.65.4.1.2.2), are read and
@@ -84,6 +87,7 @@ from adapter.errors import (
     InvalidInput,
     InvalidResource,
     NotSupported,
+    PayloadTooLarge,
     RequiredElementMissing,
     UnknownCode,
     UnsupportedMediaType,
@@ -133,6 +137,9 @@ ROLE_SUBMISSION_SET = "submission-set"
 ROLE_PATIENT = "patient"
 #: The Document Sharing error for a document whose size or hash is not its own (ITI TF-3 Table 4.2.4.1-2).
 XDS_REPOSITORY_METADATA_ERROR = "XDSRepositoryMetadataError"
+#: The most documents (records, each with its Binary) one transaction may carry: a bound on the work of
+#: one request beside its size (ADAPTER_MAX_UPLOAD_BYTES), answered 413 beyond it.
+MAX_DOCUMENTS = 20
 #: Roles whose entries are acknowledged, not stored.
 ACKNOWLEDGED_ROLES = frozenset({ROLE_SUBMISSION_SET, ROLE_PATIENT})
 _ROLES = {"Binary": ROLE_BINARY, "Media": ROLE_RECORD, "DocumentReference": ROLE_RECORD,
@@ -178,25 +185,57 @@ class EntryWarning:
 
 
 @dataclass(frozen=True)
-class TransactionSubmission:
-    """A transaction Bundle read as one photo submission.
+class TransactionDocument:
+    """One document of the transaction: a record (Media or DocumentReference) read as photo
+    metadata, and the Binary it references.
 
-    ``entry_roles`` has one role per Bundle entry, in request order ("binary", "record",
-    "consent"), so the response can answer entry by entry; ``entry_full_urls`` maps each role
-    to its entry's fullUrl (roles whose entry has none are absent); ``entry_warnings`` maps an
-    entry's index to what of it was not processed (a Folder, a relationship, each element of the
-    record not stored as sent).
-    """
+    ``record_index`` and ``binary_index`` are their entries' indexes; ``sent_size`` the record's
+    entry index, the expression of its attachment.size and the size sent (checked against the
+    bytes sent), when sent: the stored bytes may be fewer (metadata removed)."""
 
     meta: TransactionPhotoMetadata
     image_bytes: bytes
     content_type: str
+    record_index: int
+    binary_index: int
+    sent_size: tuple[int, str, int] | None = None
+
+
+@dataclass(frozen=True)
+class TransactionSubmission:
+    """A transaction Bundle read as a submission of one or more documents of one patient.
+
+    ``documents`` in the order of their records in the Bundle; ``entry_roles`` has one role per
+    Bundle entry, in request order ("binary", "record", "consent"…), so the response can answer
+    entry by entry; ``entry_full_urls`` maps each role to (the last of) its entries' fullUrl
+    (roles whose entry has none are absent); ``entry_warnings`` maps an entry's index to what of
+    it was not processed (a Folder, a relationship, each element of a record not stored as sent);
+    ``consent_index`` is the Consent's entry, which applies to every document.
+    """
+
+    documents: tuple[TransactionDocument, ...]
     entry_roles: tuple[str, ...]
     entry_full_urls: dict[str, str] = field(default_factory=dict)
     entry_warnings: dict[int, tuple[EntryWarning, ...]] = field(default_factory=dict)
-    #: The record's entry index, the expression of its attachment.size and the size sent (checked
-    #: against the bytes sent), when sent: the stored bytes may be fewer (metadata removed).
-    sent_size: tuple[int, str, int] | None = None
+    consent_index: int | None = None
+
+    @property
+    def meta(self) -> TransactionPhotoMetadata:
+        """The first document's metadata."""
+        return self.documents[0].meta
+
+    @property
+    def image_bytes(self) -> bytes:
+        """The first document's bytes."""
+        return self.documents[0].image_bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.documents[0].content_type
+
+    @property
+    def sent_size(self) -> tuple[int, str, int] | None:
+        return self.documents[0].sent_size
 
 
 @dataclass(frozen=True)
@@ -341,14 +380,19 @@ def _check_request(e: _Entry, fhir_base: str | None) -> None:
                               expression=f"Bundle.entry[{e.index}].resource.id")
 
 
-def _one(entries: Sequence[_Entry], role: str, what: str, required: bool) -> _Entry | None:
+def _all(entries: Sequence[_Entry], role: str, what: str) -> list[_Entry]:
+    """The entries of ``role``; at least one."""
+    found = [e for e in entries if _ROLES[str(e.resource["resourceType"])] == role]
+    if not found:
+        raise RequiredElementMissing(f"the transaction has no {what}", expression="Bundle.entry")
+    return found
+
+
+def _one(entries: Sequence[_Entry], role: str, what: str, why: str) -> _Entry | None:
+    """The entry of ``role``, None when there is none; a second is refused, saying ``why``."""
     found = [e for e in entries if _ROLES[str(e.resource["resourceType"])] == role]
     if len(found) > 1:
-        raise NotSupported(f"one photo per transaction: more than one {what} (send each document of a "
-                           "SubmissionSet in a Bundle of its own)",
-                           expression=f"Bundle.entry[{found[1].index}]")
-    if not found and required:
-        raise RequiredElementMissing(f"the transaction has no {what}", expression="Bundle.entry")
+        raise NotSupported(f"more than one {what}: {why}", expression=f"Bundle.entry[{found[1].index}]")
     return found[0] if found else None
 
 
@@ -745,11 +789,11 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
     return out
 
 
-def _warnings(entries: Sequence[_Entry], record: _Entry, kind: PhotoKind,
+def _warnings(entries: Sequence[_Entry], records: Sequence[tuple[_Entry, PhotoKind]],
               tables: Tables) -> dict[int, tuple[EntryWarning, ...]]:
     """What ITI-65 2:3.65.4.1.3 has a recipient that does not process it say so of: a Folder
-    type List (the adapter keeps no folders), each relationship of the record (``relatesTo``:
-    the adapter keeps none) and each element of the record it does not store as sent
+    type List (the adapter keeps no folders), each relationship of a record (``relatesTo``:
+    the adapter keeps none) and each element of a record it does not store as sent
     (adapter.mapping.document_metadata, ``XDSExtraMetadataNotSaved``); and, as a note, the
     entries acknowledged without being stored (the SubmissionSet, the Patient), whose answer has
     no location to give."""
@@ -770,19 +814,22 @@ def _warnings(entries: Sequence[_Entry], record: _Entry, kind: PhotoKind,
             out[e.index] = EntryWarning(None, "acknowledged, not stored: the adapter keeps no registry of "
                                         "submissions; the documents it names are stored as their entries say",
                                         e.path, "information")
-    relations = record.resource.get("relatesTo") if record.resource["resourceType"] == "DocumentReference" else None
-    for k, relation in enumerate(relations if isinstance(relations, list) else []):
-        code = relation.get("code") if isinstance(relation, Mapping) else None
-        if code in _RELATIONSHIP_WARNINGS and record.index not in out:
-            out[record.index] = EntryWarning(_RELATIONSHIP_WARNINGS[str(code)],
-                                             f"the adapter keeps no relationships between documents: the document "
-                                             f"was stored, its {code} relationship was not recorded",
-                                             f"{record.path}.relatesTo[{k}]")
+    for record, _kind in records:
+        relations = record.resource.get("relatesTo") if record.resource["resourceType"] == "DocumentReference" \
+            else None
+        for k, relation in enumerate(relations if isinstance(relations, list) else []):
+            code = relation.get("code") if isinstance(relation, Mapping) else None
+            if code in _RELATIONSHIP_WARNINGS and record.index not in out:
+                out[record.index] = EntryWarning(_RELATIONSHIP_WARNINGS[str(code)],
+                                                 f"the adapter keeps no relationships between documents: the document "
+                                                 f"was stored, its {code} relationship was not recorded",
+                                                 f"{record.path}.relatesTo[{k}]")
     together: dict[int, tuple[EntryWarning, ...]] = {index: (warning,) for index, warning in out.items()}
-    dropped = tuple(EntryWarning(NOT_SAVED, f"{why}: the document was stored without it", where)
-                    for where, why in not_kept(record.resource, record.path, kind, tables))
-    if dropped:
-        together[record.index] = together.get(record.index, ()) + dropped
+    for record, kind in records:
+        dropped = tuple(EntryWarning(NOT_SAVED, f"{why}: the document was stored without it", where)
+                        for where, why in not_kept(record.resource, record.path, kind, tables))
+        if dropped:
+            together[record.index] = together.get(record.index, ()) + dropped
     return together
 
 
@@ -791,22 +838,26 @@ def _warnings(entries: Sequence[_Entry], record: _Entry, kind: PhotoKind,
 
 
 def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str | None = None) -> TransactionSubmission:
-    """Read an ITI-65-shaped transaction Bundle as one photo submission (module docstring);
-    ``fhir_base``: this server's FHIR base, under which an absolute ``request.url`` names it.
+    """Read an ITI-65-shaped transaction Bundle as a submission of one or more documents of one
+    patient (module docstring); ``fhir_base``: this server's FHIR base, under which an absolute
+    ``request.url`` names it.
 
     Raises:
         InvalidResource: not a Bundle, or an element fails its R4 model (expression names it).
-        InvalidInput: ``Bundle.type`` is not transaction; the record does not reference the
-            Binary; the Binary data is not base64; content types disagree; the Consent is for
-            another patient; the subject and the Bundle's Patient name different patients; a
+        InvalidInput: ``Bundle.type`` is not transaction; a record does not reference a Binary, or
+            references one another record references; the Binary data is not base64; content
+            types disagree; the records are of different patients; the Consent is for another
+            patient; the subject and the Bundle's Patient name different patients; a
             masterIdentifier without system or value; a local reference to nothing contained.
         RequiredElementMissing: no Binary, no record, no Binary.data, no subject.identifier (nor
             a Patient in the Bundle it references, with one identifier), no colleague name, no
             consent purposes.
         UnknownCode: an invalid status, method, extension code, body site or purpose.
-        NotSupported: another resource type, more than one photo, Consent or Patient, a method
-            other than POST/PUT, a PUT of what the adapter stores, a conditional request, a
-            request.url on another server, a Consent that is not an active permit.
+        NotSupported: another resource type, a Binary no record references, more than one Consent
+            or Patient, a method other than POST/PUT, a PUT of what the adapter stores, a
+            conditional request, a request.url on another server, a Consent that is not an active
+            permit.
+        PayloadTooLarge: more than :data:`MAX_DOCUMENTS` documents (413).
     """
     if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
         raise InvalidResource("expected a Bundle", expression="resourceType")
@@ -822,13 +873,35 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
         raise InvalidInput(f"Bundle.type must be 'transaction', not {btype!r}", expression="Bundle.type")
     entries = _entries(bundle, fhir_base)
     check_provide_bundle(bundle, entries, _entry_namer(entries))
-    binary = _one(entries, ROLE_BINARY, "Binary", required=True)
-    record = _one(entries, ROLE_RECORD, "Media or DocumentReference", required=True)
-    consent = _one(entries, ROLE_CONSENT, "Consent", required=False)
-    assert binary is not None and record is not None
-    refuse_not_understood(bundle, record.resource, record.path)
+    binaries = _all(entries, ROLE_BINARY, "Binary")
+    records = _all(entries, ROLE_RECORD, "Media or DocumentReference")
+    if len(records) > MAX_DOCUMENTS:
+        raise PayloadTooLarge(f"a transaction carries at most {MAX_DOCUMENTS} documents: send the others in a "
+                              "Bundle of their own", expression=f"Bundle.entry[{records[MAX_DOCUMENTS].index}]")
+    consent = _one(entries, ROLE_CONSENT, "Consent", "one Consent applies to every document of the transaction")
+    for record in records:
+        refuse_not_understood(bundle, record.resource, record.path)
+    images = {binary.index: _image(binary) for binary in binaries}
+    patient_entry = _one(entries, ROLE_PATIENT, "Patient", "the documents of a transaction are of one patient")
+    patient_aliases = _aliases(patient_entry) if patient_entry is not None else frozenset()
+    read = _DocumentReader(entries, binaries, images, consent, patient_entry, patient_aliases, tables)
+    documents = tuple(read.document(record) for record in records)
+    unreferenced = next((b for b in binaries if b.index not in read.taken), None)
+    if unreferenced is not None:
+        raise NotSupported("this Binary is the content of no Media or DocumentReference of the transaction: the adapter "
+                           "stores a Binary only as a document's content", expression=f"Bundle.entry[{unreferenced.index}]")
 
-    # the image
+    roles = tuple(_ROLES[str(e.resource["resourceType"])] for e in entries)
+    full_urls = {_ROLES[str(e.resource["resourceType"])]: e.full_url for e in entries if e.full_url}
+    return TransactionSubmission(documents=documents, entry_roles=roles, entry_full_urls=full_urls,
+                                 entry_warnings=_warnings(entries, [(r, d.meta.kind) for r, d in zip(
+                                     records, documents, strict=True)], tables),
+                                 consent_index=consent.index if consent is not None else None)
+
+
+def _image(binary: _Entry) -> tuple[bytes, str]:
+    """The document a Binary carries (base64 in ``data``) and its contentType, which its bytes
+    must not contradict (as ``POST /photos`` refuses it)."""
     data = binary.resource.get("data")
     if not _str(data):
         raise RequiredElementMissing("the Binary must carry the image in data (base64)",
@@ -844,106 +917,145 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
     except UnsupportedMediaType as exc:
         raise UnsupportedMediaType(exc.diagnostics.replace("the photo is declared", "Binary.contentType is"),
                                    expression=f"{binary.path}.contentType") from exc
+    return image_bytes, content_type
 
-    # the record references the Binary
-    attachment, att_path = _attachment(record)
-    url = attachment.get("url")
-    aliases = _aliases(binary)
-    if not _str(url):
-        raise RequiredElementMissing("the attachment must reference the Binary (url)",
-                                     expression=f"{att_path}.url")
-    if not _names(str(url), record, aliases):
-        raise InvalidInput(f"{url!s:.80} does not reference the Binary of this Bundle",
-                           expression=f"{att_path}.url")
-    declared = attachment.get("contentType")
-    if _str(declared) and declared != content_type:
-        raise InvalidInput(f"attachment.contentType {declared} differs from Binary.contentType "
-                           f"{content_type}", expression=f"{att_path}.contentType")
-    sent_size = _check_size_and_hash(attachment, att_path, image_bytes)
 
-    # metadata
-    r = record.resource
-    is_media = r["resourceType"] == "Media"
-    subject = r.get("subject") or {}
-    patient_entry = _one(entries, ROLE_PATIENT, "Patient", required=False)
-    patient_aliases = _aliases(patient_entry) if patient_entry is not None else frozenset()
-    patient = _subject_patient(record, subject if isinstance(subject, Mapping) else {}, patient_entry,
-                               patient_aliases)
-    _lists_of_the_patient(entries, patient, patient_entry, patient_aliases)
+class _DocumentReader:
+    """Reads each record of the transaction with the Binary it references as one document; every
+    document of one patient (ITI-65 2:3.65.4.1.2.1: a submission is of one patient), the
+    transaction's Consent (if any) the statement of each. ``taken``: the entry index of each
+    Binary a record referenced."""
 
-    source = PhotoSource(_ext_code(r, EXT_PHOTO_SOURCE, [s.value for s in PhotoSource], record.path)
-                         or PhotoSource.CLINICIAN.value)
-    meta: dict[str, Any] = {"patient": patient, "kind": _kind(record).value, "source": source.value}
-    author_raw = r.get("operator") if is_media else next(iter(r.get("author") or []), None)
-    author_path = f"{record.path}.operator" if is_media else f"{record.path}.author[0]"
-    author_raw = _contained_resolved(author_raw, r, author_path)
-    title = _str(attachment.get("title"))
-    note = _notes(record, title)
-    if source in _COLLEAGUE_SOURCES:
-        name = _str(author_raw.get("display")) if isinstance(author_raw, Mapping) else None
-        if name is None:
-            raise RequiredElementMissing(f"a photo from a {source.value} source needs the colleague's name "
-                                         "in the display of its author", expression=f"{author_path}.display")
-        colleague: dict[str, Any] = {"name": name}
-        if source is PhotoSource.COLLEAGUE_EXTERNAL and note:
-            colleague["discussionNote"] = note
-            note = None
-        meta["colleague"] = colleague
-    else:
-        author = _reference(author_raw)
-        if author is not None:
-            meta["author"] = author
-    encounter_raw = r.get("encounter") if is_media else next(
-        iter((r.get("context") or {}).get("encounter") or []), None)
-    encounter_path = f"{record.path}.encounter" if is_media else f"{record.path}.context.encounter[0]"
-    encounter = _reference(_contained_resolved(encounter_raw, r, encounter_path))
-    if encounter is not None:
-        meta["encounter"] = encounter
-    taken: datetime | None = parse_fhir_datetime(r.get("createdDateTime")) if is_media else None
-    taken = taken or parse_fhir_datetime(attachment.get("creation"))
-    if taken is None and not is_media:
-        taken = parse_fhir_datetime(((r.get("context") or {}).get("period") or {}).get("start"))
-    if taken is not None:
-        meta["takenAt"] = taken
-    if is_media:
-        site, laterality = _body_site(record, tables)
-        if site is not None:
-            meta["bodySite"] = site
-        if laterality is not None:
-            meta["laterality"] = laterality
-    if note:
-        meta["note"] = note
-    device = _ext_code(r, EXT_CAPTURE_DEVICE, [d.value for d in DeviceOwnership], record.path)
-    if device is not None:
-        meta["device"] = device
-    if title is not None:
-        meta["title"] = title
-    if not is_media and r.get("masterIdentifier") is not None:
-        master = _identifier_of(r["masterIdentifier"])
-        if master is None:
-            raise InvalidInput("masterIdentifier is the document's own id: it needs system and value (e.g. "
-                               "urn:ietf:rfc:3986 and urn:oid:…)", expression=f"{record.path}.masterIdentifier")
-        meta["masterIdentifier"] = {"system": master[0], "value": master[1]}
-    if consent is not None:
-        meta["consent"] = _consent(consent, patient, tables, patient_aliases)
-    document = read_document_metadata(r, PhotoKind(meta["kind"]), tables)
-    if document is not None:
-        meta["document"] = document
+    def __init__(self, entries: Sequence[_Entry], binaries: Sequence[_Entry], images: Mapping[int, tuple[bytes, str]],
+                 consent: _Entry | None, patient_entry: _Entry | None, patient_aliases: frozenset[str],
+                 tables: Tables) -> None:
+        self._entries = entries
+        self._binaries = binaries
+        self._images = images
+        self._consent = consent
+        self._patient_entry = patient_entry
+        self._patient_aliases = patient_aliases
+        self._tables = tables
+        self._patient: dict[str, str] | None = None
+        self._statement: dict[str, Any] | None = None
+        self.taken: dict[int, int] = {}  # a Binary's entry index -> the record's that references it
 
-    try:
-        photo_meta = TransactionPhotoMetadata.model_validate(meta)
-    except ValidationError as exc:
-        text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        raise InvalidInput(f"the Bundle does not give valid photo metadata: {text}",
-                           expression=record.path) from exc
+    def _binary_of(self, record: _Entry, attachment: Mapping[str, Any], att_path: str) -> _Entry:
+        url = attachment.get("url")
+        if not _str(url):
+            raise RequiredElementMissing("the attachment must reference the Binary (url)",
+                                         expression=f"{att_path}.url")
+        binary = next((b for b in self._binaries if _names(str(url), record, _aliases(b))), None)
+        if binary is None:
+            raise InvalidInput(f"{url!s:.80} does not reference the Binary of this Bundle",
+                               expression=f"{att_path}.url")
+        if binary.index in self.taken:
+            raise InvalidInput(f"{url!s:.80} references the Binary of another document (Bundle.entry["
+                               f"{self.taken[binary.index]}]): each document has a Binary of its own",
+                               expression=f"{att_path}.url")
+        self.taken[binary.index] = record.index
+        return binary
 
-    roles = tuple(_ROLES[str(e.resource["resourceType"])] for e in entries)
-    full_urls = {_ROLES[str(e.resource["resourceType"])]: e.full_url for e in entries if e.full_url}
-    return TransactionSubmission(meta=photo_meta, image_bytes=image_bytes, content_type=content_type,
-                                 entry_roles=roles, entry_full_urls=full_urls,
-                                 entry_warnings=_warnings(entries, record, photo_meta.kind, tables),
-                                 sent_size=(record.index, f"{att_path}.size", sent_size) if sent_size is not None
-                                 else None)
+    def _subject(self, record: _Entry) -> dict[str, str]:
+        subject = record.resource.get("subject") or {}
+        patient = _subject_patient(record, subject if isinstance(subject, Mapping) else {}, self._patient_entry,
+                                   self._patient_aliases)
+        if self._patient is None:
+            self._patient = patient
+            _lists_of_the_patient(self._entries, patient, self._patient_entry, self._patient_aliases)
+        elif (patient["system"], patient["value"]) != (self._patient["system"], self._patient["value"]):
+            raise InvalidInput("this document is of another patient than the transaction's first: the documents of a "
+                               "submission are of one patient (ITI-65); send each patient's in a Bundle of its own",
+                               expression=f"{record.path}.subject")
+        return patient
+
+    def document(self, record: _Entry) -> TransactionDocument:
+        """The record's document and metadata (module docstring)."""
+        tables = self._tables
+        attachment, att_path = _attachment(record)
+        binary = self._binary_of(record, attachment, att_path)
+        image_bytes, content_type = self._images[binary.index]
+        declared = attachment.get("contentType")
+        if _str(declared) and declared != content_type:
+            raise InvalidInput(f"attachment.contentType {declared} differs from Binary.contentType "
+                               f"{content_type}", expression=f"{att_path}.contentType")
+        sent_size = _check_size_and_hash(attachment, att_path, image_bytes)
+
+        # metadata
+        r = record.resource
+        is_media = r["resourceType"] == "Media"
+        patient = self._subject(record)
+        source = PhotoSource(_ext_code(r, EXT_PHOTO_SOURCE, [s.value for s in PhotoSource], record.path)
+                             or PhotoSource.CLINICIAN.value)
+        meta: dict[str, Any] = {"patient": patient, "kind": _kind(record).value, "source": source.value}
+        author_raw = r.get("operator") if is_media else next(iter(r.get("author") or []), None)
+        author_path = f"{record.path}.operator" if is_media else f"{record.path}.author[0]"
+        author_raw = _contained_resolved(author_raw, r, author_path)
+        title = _str(attachment.get("title"))
+        note = _notes(record, title)
+        if source in _COLLEAGUE_SOURCES:
+            name = _str(author_raw.get("display")) if isinstance(author_raw, Mapping) else None
+            if name is None:
+                raise RequiredElementMissing(f"a photo from a {source.value} source needs the colleague's name "
+                                             "in the display of its author", expression=f"{author_path}.display")
+            colleague: dict[str, Any] = {"name": name}
+            if source is PhotoSource.COLLEAGUE_EXTERNAL and note:
+                colleague["discussionNote"] = note
+                note = None
+            meta["colleague"] = colleague
+        else:
+            author = _reference(author_raw)
+            if author is not None:
+                meta["author"] = author
+        encounter_raw = r.get("encounter") if is_media else next(
+            iter((r.get("context") or {}).get("encounter") or []), None)
+        encounter_path = f"{record.path}.encounter" if is_media else f"{record.path}.context.encounter[0]"
+        encounter = _reference(_contained_resolved(encounter_raw, r, encounter_path))
+        if encounter is not None:
+            meta["encounter"] = encounter
+        taken: datetime | None = parse_fhir_datetime(r.get("createdDateTime")) if is_media else None
+        taken = taken or parse_fhir_datetime(attachment.get("creation"))
+        if taken is None and not is_media:
+            taken = parse_fhir_datetime(((r.get("context") or {}).get("period") or {}).get("start"))
+        if taken is not None:
+            meta["takenAt"] = taken
+        if is_media:
+            site, laterality = _body_site(record, tables)
+            if site is not None:
+                meta["bodySite"] = site
+            if laterality is not None:
+                meta["laterality"] = laterality
+        if note:
+            meta["note"] = note
+        device = _ext_code(r, EXT_CAPTURE_DEVICE, [d.value for d in DeviceOwnership], record.path)
+        if device is not None:
+            meta["device"] = device
+        if title is not None:
+            meta["title"] = title
+        if not is_media and r.get("masterIdentifier") is not None:
+            master = _identifier_of(r["masterIdentifier"])
+            if master is None:
+                raise InvalidInput("masterIdentifier is the document's own id: it needs system and value (e.g. "
+                                   "urn:ietf:rfc:3986 and urn:oid:…)", expression=f"{record.path}.masterIdentifier")
+            meta["masterIdentifier"] = {"system": master[0], "value": master[1]}
+        if self._consent is not None:
+            if self._statement is None:  # read once: one Consent for every document
+                self._statement = _consent(self._consent, patient, tables, self._patient_aliases)
+            meta["consent"] = self._statement
+        document = read_document_metadata(r, PhotoKind(meta["kind"]), tables)
+        if document is not None:
+            meta["document"] = document
+
+        try:
+            photo_meta = TransactionPhotoMetadata.model_validate(meta)
+        except ValidationError as exc:
+            text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+            raise InvalidInput(f"the Bundle does not give valid photo metadata: {text}",
+                               expression=record.path) from exc
+        return TransactionDocument(meta=photo_meta, image_bytes=image_bytes, content_type=content_type,
+                                   record_index=record.index, binary_index=binary.index,
+                                   sent_size=(record.index, f"{att_path}.size", sent_size) if sent_size is not None
+                                   else None)
 
 
 def _check_size_and_hash(attachment: Mapping[str, Any], path: str, data: bytes) -> int | None:
@@ -996,5 +1108,5 @@ def transaction_response(entries: Sequence[tuple[str, str, str]],
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
 
 
-__all__ = ["ACKNOWLEDGED_ROLES", "ROLE_BINARY", "ROLE_CONSENT", "ROLE_PATIENT", "ROLE_RECORD", "ROLE_SUBMISSION_SET",
-           "EntryWarning", "TransactionSubmission", "parse_transaction", "transaction_response"]
+__all__ = ["ACKNOWLEDGED_ROLES", "MAX_DOCUMENTS", "ROLE_BINARY", "ROLE_CONSENT", "ROLE_PATIENT", "ROLE_RECORD", "ROLE_SUBMISSION_SET",
+           "EntryWarning", "TransactionDocument", "TransactionSubmission", "parse_transaction", "transaction_response"]

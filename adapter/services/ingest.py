@@ -22,6 +22,10 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    the common case (a new photo) costs one round trip less.
 ``safeToDeleteFromDevice`` is true only after step 5 returned.
 
+The documents of one submission (a transaction Bundle of several, IHE MHD ITI-65:
+:meth:`IngestService.ingest_documents`) go through steps 2 and 3 each before any blob is committed,
+then step 5 writes every one of them in one database transaction: all stored, or none.
+
 A photo the adapter fails to store (StorageError: the data folder down to its reserve, 507, or
 the disk or the database failing, 503) is audited as a create that failed, outcome 8, in its own
 transaction (:meth:`IngestService._audit_failed_store`), as a DICOM object it fails to keep is.
@@ -32,9 +36,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,7 @@ from adapter.errors import (
 from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
+from adapter.mapping.consent import consent_from_statement
 from adapter.mapping.dicom_photo import PhotoStudy, encounter_key, photo_study, photo_without_pixels
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
@@ -86,6 +93,26 @@ class IngestResult:
 
 #: The outcome description of the audit of a replay (adapter.services.ingest._answer_replay).
 REPLAYED = "stored before: the stored receipt is the answer, nothing new was stored"
+#: The member of the first document's receipt (the one stored under the Idempotency-Key) of a
+#: submission of several documents that lists the stored SHA-256 of each, in order: a retry by the
+#: key finds the others' receipts by them. Kept, never answered (photo_description.answered).
+SUBMISSION = "_submission"
+
+
+@dataclass(frozen=True)
+class _SharedConsent:
+    """The Consent of a statement sent once for several documents (a transaction's Consent):
+    recorded once, with the unit of ``created_with`` (a record reference), restricted to all of
+    their ``records`` and named by each document's receipt."""
+
+    id: str
+    records: tuple[str, ...]
+    created_with: str
+
+
+#: Where a refusal of a submission's document points: its index in the submission and the
+#: refusal's expressions (POST /photos metadata fields) → the expressions to answer.
+Locate = Callable[[int, Sequence[str]], list[str]]
 
 def _new_id() -> str:
     return str(uuid.uuid4())
@@ -135,31 +162,13 @@ class IngestService:
                     return self._answer_replay(ctx, meta, lambda: self._replay(keyed, meta, upload, received_sha256))
             patient = meta.patient.identifier
             now = self._now()
-            try:
-                assessment = assess_ingest(meta, self._grants.grants_for_patient(patient), self._tables, now)
-                self._check_forwardable(meta)
-            except (BusinessRuleViolation, InvalidInput) as exc:  # every refusal of the rules is a decision:
-                # audited, as reads are (a missing discussion note or colleague, an unknown purpose too)
-                self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
-                                     patient=patient, reason=exc.diagnostics, refused=True)
-                raise
+            assessment = self._assessed(meta, ctx, now)
             staged = self._blobs.new_staging_path()
-            policy = self._tables.policy
-            facts = sanitize(upload, staged, quality=policy.quality, limits=policy.limits,
-                             received_sha256=received_sha256)
-            device_name = None
-            if policy.metadata.keep_device_model and (facts.device_make or facts.device_model):
-                device_name = " ".join(p for p in (facts.device_make, facts.device_model) if p)
-            image = StoredImage(
-                content_type=facts.content_type, width=facts.width, height=facts.height,
-                size=facts.stored_size, sha256=facts.stored_sha256, received_sha256=facts.received_sha256,
-                removed=facts.removed,
-                capture_time=facts.capture_time if policy.metadata.keep_capture_time else None,
-                device_name=device_name, quality_warnings=facts.quality_warnings, orientation=facts.orientation)
+            image = self._sanitized(upload, staged, received_sha256)
             # built before the blob is committed: a refusal while building (a consent form over
             # the pixel limit, say) leaves nothing behind, the staged photo discarded
             unit = self._unit(meta, image, assessment, idempotency_key, ctx, now)
-            self._blobs.commit(staged, facts.stored_sha256)
+            self._blobs.commit(staged, image.sha256)
             committed = True
             try:
                 try:
@@ -175,8 +184,8 @@ class IngestService:
                 again = self._store.find_keyed_receipt(idempotency_key) if idempotency_key else None
                 if again is not None:
                     return self._answer_replay(ctx, meta,
-                                               lambda: self._replay(again, meta, upload, facts.received_sha256))
-                previous = self._store.find_receipt(patient=patient, stored_sha256=facts.stored_sha256)
+                                               lambda: self._replay(again, meta, upload, image.received_sha256))
+                previous = self._store.find_receipt(patient=patient, stored_sha256=image.sha256)
                 if previous is None:
                     raise
                 return self._answer_replay(ctx, meta, lambda: IngestResult(receipt=previous, replayed=True))
@@ -188,6 +197,176 @@ class IngestService:
                 upload.unlink(missing_ok=True)
             if staged is not None and not committed:  # only on the way out of a failure
                 self._discard_after_failure(staged)
+
+    def ingest_documents(self, documents: Sequence[tuple[bytes, PhotoMetadata]], *, idempotency_key: str | None,
+                         ctx: RequestContext, locate: Locate) -> list[IngestResult]:
+        """Ingest the documents of one submission (a transaction of several: IHE MHD ITI-65, FHIR
+        http.html#transaction), all or none. Of one patient, and one consent statement if any
+        (the Consent sent once: recorded once, restricted to all of their records).
+
+        Every document goes through the rules, stripping and proof as :meth:`ingest_photo`'s
+        photo does, and the resources of each are built, before anything is stored; a refusal
+        of any refuses them all, its expressions as ``locate(document index, expressions)`` says.
+        Then every blob is committed and every unit written in ONE database transaction
+        (RecordStore.save_ingests). The same document twice is refused (422).
+
+        Stored before: with ``idempotency_key``, the submission stored under it is the answer as a
+        whole, each document checked as a retry of it (the same bytes, patient, statement and
+        description), else refused, nothing new stored; a key used for another request is refused
+        (422). Without a key, the documents' receipts decide: all stored for the patient before (a
+        resend) is answered with their receipts, each checked as a retry; some stored and some
+        not is refused (409, naming the stored ones), nothing stored (a client resending part of a
+        submission with new documents must send the new ones alone, or all as stored)."""
+        try:
+            results = self._ingest_documents(documents, idempotency_key=idempotency_key, ctx=ctx, locate=locate)
+        except StorageError as exc:
+            self._audit_failed_store(ctx, documents[0][1], exc)
+            raise
+        for result in results:
+            INGESTS.labels(ctx.channel, "replayed" if result.replayed else "stored").inc()
+        return results
+
+    def _ingest_documents(self, documents: Sequence[tuple[bytes, PhotoMetadata]], *, idempotency_key: str | None,
+                          ctx: RequestContext, locate: Locate) -> list[IngestResult]:
+        if idempotency_key:
+            keyed = self._store.find_keyed_receipt(idempotency_key)
+            if keyed is not None:
+                return self._replay_documents(ctx, documents, keyed, locate)
+        now = self._now()
+        record_refs = [f"{self._tables.kinds[meta.kind].resource}/{_new_id()}" for _, meta in documents]
+        shared = _SharedConsent(_new_id(), tuple(record_refs), record_refs[0]) \
+            if documents[0][1].consent is not None else None
+        staged: list[Path] = []
+        units: list[IngestUnit] = []
+        try:
+            seen: dict[str, int] = {}
+            opened: dict[str, PhotoStudy] = {}  # a study opened by a document: the later ones of it join it
+            for k, (data, meta) in enumerate(documents):
+                with _of_document(k, locate):
+                    assessment = self._assessed(meta, ctx, now)
+                    staged.append(self._blobs.new_staging_path())
+                    try:
+                        image = self._sanitized(data, staged[-1], None)
+                    except AdapterError as exc:  # the image's fault: its Binary is named
+                        exc.expression = exc.expression or ["file"]
+                        raise
+                    if image.sha256 in seen:  # its receipt would take the first one's place
+                        raise InvalidInput(f"this document is the transaction's document {seen[image.sha256] + 1} again "
+                                           "(the same image once stored): nothing was stored", expression="file")
+                    seen[image.sha256] = k
+                    units.append(self._unit(meta, image, assessment, idempotency_key if k == 0 else None, ctx, now,
+                                            record_id=record_refs[k].partition("/")[2], shared=shared,
+                                            opened=opened))
+            units[0].receipt[SUBMISSION] = [unit.stored_sha256 for unit in units]
+            for unit in units:  # a committed blob is no longer staged: not discarded below
+                self._blobs.commit(staged[0], unit.stored_sha256)
+                staged.pop(0)
+            try:
+                self._store.save_ingests(units)
+            except Conflict as exc:
+                return self._documents_stored_before(ctx, documents, units, idempotency_key, locate, exc)
+        finally:
+            for path in staged:  # only on the way out of a failure
+                self._discard_after_failure(path)
+        if any(unit.outbox for unit in units) and self.on_commit is not None:
+            self.on_commit()
+        return [IngestResult(receipt=answered(unit.receipt), replayed=False) for unit in units]
+
+    def _documents_stored_before(self, ctx: RequestContext, documents: Sequence[tuple[bytes, PhotoMetadata]],
+                                 units: Sequence[IngestUnit], idempotency_key: str | None, locate: Locate,
+                                 conflict: Conflict) -> list[IngestResult]:
+        """The answer to a submission whose units conflict with what is stored (nothing of it was):
+        the submission stored under the key (a concurrent retry that won the race), else the
+        receipts of its documents if every one was stored for the patient before, else a refusal
+        naming those that were (:meth:`ingest_documents`)."""
+        if idempotency_key:
+            again = self._store.find_keyed_receipt(idempotency_key)
+            if again is not None:
+                return self._replay_documents(ctx, documents, again, locate)
+        previous = [self._store.find_receipt(patient=unit.patient, stored_sha256=unit.stored_sha256) for unit in units]
+        stored = [k for k, receipt in enumerate(previous) if receipt is not None]
+        if not stored:
+            raise conflict
+        if len(stored) < len(units):
+            refusal = Conflict(
+                f"{len(stored)} of the {len(units)} documents of this transaction are stored for the patient already, "
+                "the others not: nothing was stored; send the new documents without the stored ones",
+                expression=[where for k in stored for where in locate(k, ["record"])])
+            self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
+                                 patient=units[0].patient, reason=refusal.diagnostics, refused=True)
+            raise refusal
+        return self._answer_replays(ctx, documents, [partial(IngestResult, receipt, True) for receipt in previous
+                                                     if receipt is not None], locate)
+
+    def _replay_documents(self, ctx: RequestContext, documents: Sequence[tuple[bytes, PhotoMetadata]],
+                          keyed: tuple[dict[str, Any], Identifier], locate: Locate) -> list[IngestResult]:
+        """The submission stored under the request's Idempotency-Key, if the request is the one it
+        was stored for: as many documents, each the same (:meth:`_replay`); else refused (422)."""
+        receipt, patient = keyed
+        hashes = receipt.get(SUBMISSION)
+        if not isinstance(hashes, list) or len(hashes) != len(documents):
+            refusal = BusinessRuleViolation("this Idempotency-Key was used for another request: nothing was stored; "
+                                            "send this transaction with a new key", expression="Idempotency-Key")
+            self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
+                                 patient=documents[0][1].patient.identifier, reason=refusal.diagnostics, refused=True)
+            raise refusal
+        receipts = [receipt]
+        for sha256 in hashes[1:]:
+            found = self._store.find_receipt(patient=patient, stored_sha256=str(sha256))
+            if found is None:  # stored in the same transaction as the first: never gone (no deletes)
+                raise StorageError("a document stored with this Idempotency-Key cannot be read back")
+            receipts.append(found)
+        try:  # each the same bytes and patient as stored under the key, else the key was another request's
+            for k, ((data, meta), stored) in enumerate(zip(documents, receipts, strict=True)):
+                with _of_document(k, locate):
+                    self._replay((stored, patient), meta, data, None)
+        except BusinessRuleViolation as exc:
+            self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
+                                 patient=documents[0][1].patient.identifier, reason=exc.diagnostics, refused=True)
+            raise
+        return self._answer_replays(ctx, documents, [partial(IngestResult, stored, True) for stored in receipts],
+                                    locate)
+
+    def _answer_replays(self, ctx: RequestContext, documents: Sequence[tuple[bytes, PhotoMetadata]],
+                        replays: Sequence[Callable[[], IngestResult]], locate: Locate) -> list[IngestResult]:
+        """Each document's ``replays`` receipt, if every document is a retry of the one it was
+        stored as (:meth:`_answer_replay`); the answers audited together, once all are checked."""
+        results: list[IngestResult] = []
+        for k, ((_data, meta), replay) in enumerate(zip(documents, replays, strict=True)):
+            with _of_document(k, locate):
+                results.append(self._checked_replay(ctx, meta, replay))
+        self._audit_replays(ctx, [(meta, result) for (_data, meta), result in zip(documents, results, strict=True)])
+        return results
+
+    def _assessed(self, meta: PhotoMetadata, ctx: RequestContext, now: datetime) -> Any:
+        """The guidance and policy rules' assessment of the photo (adapter.consent.assess_ingest)
+        and whether it can be forwarded; a refusal by them is a decision, audited."""
+        patient = meta.patient.identifier
+        try:
+            assessment = assess_ingest(meta, self._grants.grants_for_patient(patient), self._tables, now)
+            self._check_forwardable(meta)
+        except (BusinessRuleViolation, InvalidInput) as exc:  # every refusal of the rules is a decision:
+            # audited, as reads are (a missing discussion note or colleague, an unknown purpose too)
+            self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
+                                 patient=patient, reason=exc.diagnostics, refused=True)
+            raise
+        return assessment
+
+    def _sanitized(self, upload: Path | bytes, staged: Path, received_sha256: str | None) -> StoredImage:
+        """The photo stripped of its metadata into ``staged``, proven and measured
+        (adapter.imaging.sanitize), as it is stored."""
+        policy = self._tables.policy
+        facts = sanitize(upload, staged, quality=policy.quality, limits=policy.limits,
+                         received_sha256=received_sha256)
+        device_name = None
+        if policy.metadata.keep_device_model and (facts.device_make or facts.device_model):
+            device_name = " ".join(p for p in (facts.device_make, facts.device_model) if p)
+        return StoredImage(
+            content_type=facts.content_type, width=facts.width, height=facts.height,
+            size=facts.stored_size, sha256=facts.stored_sha256, received_sha256=facts.received_sha256,
+            removed=facts.removed,
+            capture_time=facts.capture_time if policy.metadata.keep_capture_time else None,
+            device_name=device_name, quality_warnings=facts.quality_warnings, orientation=facts.orientation)
 
     def _discard_after_failure(self, staged: Path) -> None:
         """Remove the staged photo of an ingest that failed; a failure to remove it is logged and
@@ -237,22 +416,34 @@ class IngestService:
         interaction that stored nothing new, naming the record it answers with) or the refusal
         (outcome 4, as the rules' refusals). A failure to write that audit fails the request
         (nothing was stored by it; the retry is answered the same)."""
-        patient = meta.patient.identifier
+        result = self._checked_replay(ctx, meta, replay)
+        self._audit_replays(ctx, [(meta, result)])
+        return result
+
+    def _checked_replay(self, ctx: RequestContext, meta: PhotoMetadata,
+                        replay: Callable[[], IngestResult]) -> IngestResult:
+        """``replay()``'s receipt as answered, if the request is a retry of the one that stored it
+        (:meth:`_answer_replay`); its refusal audited."""
         try:
             result = self._same_description(
                 self._same_master_identifier(self._same_statement(replay(), meta), meta), meta)
         except (BusinessRuleViolation, Conflict) as exc:
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
-                                 patient=patient, reason=exc.diagnostics, refused=True)
+                                 patient=meta.patient.identifier, reason=exc.diagnostics, refused=True)
             raise
-        receipt = answered(result.receipt)
-        result = IngestResult(receipt=receipt, replayed=True)
-        answered_refs = [str(ref) for ref in (receipt.get("record"), receipt.get("binary"), *(receipt.get("consents") or ()),
-                                         receipt.get("provenance")) if ref]
-        # no decision was taken (the metrics count decisions): the event alone
-        self._store.append_audit(self._auditor.event(ctx, interaction="create", action="C", permitted=True,
-                                                     reason=REPLAYED, entities=answered_refs, patient=patient))
-        return result
+        return IngestResult(receipt=answered(result.receipt), replayed=True)
+
+    def _audit_replays(self, ctx: RequestContext, replays: Sequence[tuple[PhotoMetadata, IngestResult]]) -> None:
+        """Audit the receipts answered to retries, a create event each naming the record it answers
+        with, in one transaction. No decision was taken (the metrics count decisions): the events alone."""
+        events = []
+        for meta, result in replays:
+            receipt = result.receipt
+            answered_refs = [str(ref) for ref in (receipt.get("record"), receipt.get("binary"),
+                                                  *(receipt.get("consents") or ()), receipt.get("provenance")) if ref]
+            events.append(self._auditor.event(ctx, interaction="create", action="C", permitted=True, reason=REPLAYED,
+                                              entities=answered_refs, patient=meta.patient.identifier))
+        self._store.append_audit(*events)
 
     def _same_statement(self, replay: IngestResult, meta: PhotoMetadata) -> IngestResult:
         """``replay``, if the request's consent statement is the one recorded with the photo
@@ -346,18 +537,30 @@ class IngestService:
         return instance_attributes(ds)
 
     def _unit(self, meta: PhotoMetadata, image: StoredImage, assessment: Any, idempotency_key: str | None,
-              ctx: RequestContext, now: datetime) -> IngestUnit:
+              ctx: RequestContext, now: datetime, *, record_id: str | None = None,
+              shared: _SharedConsent | None = None, opened: dict[str, PhotoStudy] | None = None) -> IngestUnit:
+        """What the ingest of the photo writes. ``record_id``: its record's id, when chosen before;
+        ``shared``: the Consent of the statement sent once for every document of a submission
+        (instead of one of this photo's own), created with this photo when it names it;
+        ``opened``: the studies opened by the submission's documents before this one (by Study
+        Instance UID), which this one joins, and to which it adds the one it opens."""
         kind_entry = self._tables.kinds[meta.kind]
         record_type = kind_entry.resource
-        record_id, binary_id, provenance_id = _new_id(), _new_id(), _new_id()
-        n_consents = (1 if meta.consent is not None else 0) + (1 if assessment.implied_purposes else 0)
+        record_id = record_id or _new_id()
+        binary_id, provenance_id = _new_id(), _new_id()
+        own_statement = meta if shared is None else meta.model_copy(update={"consent": None})
+        n_consents = (1 if own_statement.consent is not None else 0) + (1 if assessment.implied_purposes else 0)
         consent_ids = [_new_id() for _ in range(n_consents)]
         built = build_photo_resources(
-            meta, image, record_id=record_id, binary_id=binary_id, provenance_id=provenance_id,
+            own_statement, image, record_id=record_id, binary_id=binary_id, provenance_id=provenance_id,
             consent_ids=consent_ids, assessment_notes=assessment.notes,
             assessment_warnings=assessment.warnings, consent_pending=assessment.consent_pending,
             implied_purposes=assessment.implied_purposes, tables=self._tables, now=now)
         record_ref = f"{record_type}/{record_id}"
+        if shared is not None and shared.created_with == record_ref and meta.consent is not None:
+            built.consents.insert(0, consent_from_statement(
+                meta.consent, consent_id=shared.id, patient=meta.patient, tables=self._tables, now=now,
+                recorded_by=meta.author, record_refs=shared.records))
         patient = meta.patient.identifier
         # The photo's DICOM identity is fixed now, so the record names it and every regeneration
         # of the object (forwarding, WADO-RS) carries the same UIDs. The encounter is the record's
@@ -370,7 +573,12 @@ class IngestService:
         # StudyDate and StudyTime are the study's (PS3.3 C.7.2.1: the same in every instance of
         # it): those of the first photo stored for it, which every photo of the study stored
         # carries (any one will do), else this photo's own, the first (adapter.mapping.dicom_photo)
-        study, opens_study = self._photo_study(built.record, uids)
+        if opened is not None and uids.study in opened:  # opened by a document before it in the submission
+            study, opens_study = opened[uids.study], False
+        else:
+            study, opens_study = self._photo_study(built.record, uids)
+            if opened is not None and opens_study:
+                opened[uids.study] = study
         iod = self._dicom_tables.kinds[meta.kind]
         dicom_instance = DicomInstance(
             sop_instance_uid=uids.sop_instance, study_instance_uid=uids.study,
@@ -382,9 +590,10 @@ class IngestService:
             attributes=self._photo_attributes(built.record, image, meta, uids, now, study))
         outbox = [NewOutboxItem(sop_instance_uid=uids.sop_instance, destination=d) for d in self._destinations
                   if meta.kind in self._tables.policy.forward_kinds]
-        created_consent_ids = tuple(str(c["id"]) for c in built.consents)
+        named_consent_ids = tuple(dict.fromkeys(((shared.id,) if shared is not None else ())
+                                                  + tuple(str(c["id"]) for c in built.consents)))
         facts = AccessFacts(governed_by=record_ref, patient=patient, kind=meta.kind, source=meta.source,
-                            consent_pending=assessment.consent_pending, consent_ids=created_consent_ids)
+                            consent_pending=assessment.consent_pending, consent_ids=named_consent_ids)
         patient_index = SearchIndex(patient=patient, patient_reference=meta.patient.reference)
         provenance_index = index_resource(built.provenance)
         provenance_index = SearchIndex(patient=patient, patient_reference=meta.patient.reference,
@@ -403,7 +612,7 @@ class IngestService:
         receipt: dict[str, Any] = {
             "record": record_ref,
             "binary": f"Binary/{binary_id}",
-            "consents": [f"Consent/{c}" for c in created_consent_ids],
+            "consents": [f"Consent/{c}" for c in named_consent_ids],
             "provenance": f"Provenance/{provenance_id}",
             "created": created,
             "sha256": {"received": image.received_sha256, "stored": image.sha256},
@@ -435,3 +644,17 @@ class IngestService:
         if joined is None:
             return own, True
         return study_of(joined) or PhotoStudy(joined.study_date, joined.study_time, own.offset), False
+
+
+@contextmanager
+def _of_document(index: int, locate: Locate) -> Iterator[None]:
+    """A refusal raised while working on the submission's document ``index`` points at it (at
+    its record when it names nothing else: several documents were sent). A failure of the
+    adapter's own (StorageError) is no document's."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except AdapterError as exc:
+        exc.expression = locate(index, exc.expression or ["record"])
+        raise

@@ -80,5 +80,6 @@ def differing(receipt: Mapping[str, Any], meta: PhotoMetadata) -> list[str] | No
 
 
 def answered(receipt: Mapping[str, Any]) -> dict[str, Any]:
-    """The receipt as the client gets it: without the description kept with it."""
-    return {key: value for key, value in receipt.items() if key != DESCRIPTION}
+    """The receipt as the client gets it: without what is kept with it for the adapter only (each
+    member whose name starts with ``_``: the description, a submission's documents)."""
+    return {key: value for key, value in receipt.items() if not key.startswith("_")}

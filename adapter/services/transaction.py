@@ -1,10 +1,24 @@
-"""``POST /fhir`` transaction Bundles (IHE MHD ITI-65 shape): a Binary, the Media or
-DocumentReference that references it and optionally a Consent (a SubmissionSet List and the
-Patient are acknowledged, not stored). The same rules, stripping and
-storage as ``POST /photos`` apply; the answer is a transaction-response Bundle."""
+"""``POST /fhir`` transaction Bundles (IHE MHD ITI-65 shape): one or more documents of one
+patient, each a Media or DocumentReference with the Binary it references, and optionally a
+Consent for all of them (a SubmissionSet List and the Patient are acknowledged, not stored). The
+same rules, stripping and storage as ``POST /photos`` apply; the answer is a transaction-response
+Bundle, one entry per request entry in its order.
+
+A Bundle of one document is ingested as a ``POST /photos`` photo is (IngestService.ingest_photo),
+answered as it always was. One of several is processed as a whole (FHIR http.html#transaction,
+ITI-65 2:3.65.4.1.3: IngestService.ingest_documents): every document checked before any is
+stored, all stored in one database transaction or none, a refusal naming the refused document's
+entry. Idempotency (sent again): with the ``Idempotency-Key`` it was stored under, the Bundle is
+answered as a whole with what was stored (each entry ``200 OK``, the same locations, nothing new;
+the key with another Bundle: 422); without a key, every document stored for the patient before is
+answered as a replay, and some stored and some not is refused (409, naming the entries of those
+stored, nothing stored): storing the new ones while answering the others as replays would say
+the Bundle was processed as a whole when it was not, and leave the client unsure which
+documents are whose."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from adapter.errors import AdapterError, Conflict, StorageError
@@ -12,10 +26,8 @@ from adapter.mapping.document_metadata import NOT_SAVED
 from adapter.mapping.tables import Tables
 from adapter.mapping.transaction import (
     ACKNOWLEDGED_ROLES,
-    ROLE_BINARY,
-    ROLE_CONSENT,
-    ROLE_RECORD,
     EntryWarning,
+    TransactionSubmission,
     parse_transaction,
     transaction_response,
 )
@@ -31,43 +43,58 @@ class TransactionService:
         self._store = store
 
     def process(self, bundle: dict[str, Any], *, idempotency_key: str | None, ctx: RequestContext,
-                fhir_base: str | None = None) -> tuple[dict[str, Any], IngestResult]:
-        """``fhir_base``: this server's FHIR base, under which an absolute ``request.url`` names it."""
+                fhir_base: str | None = None) -> tuple[dict[str, Any], list[IngestResult]]:
+        """The transaction-response Bundle, and each document's ingest result in the order of
+        their records; ``fhir_base``: this server's FHIR base, under which an absolute
+        ``request.url`` names it."""
         submission = parse_transaction(bundle, self._tables, fhir_base)
-        # the decoded Binary.data is already in memory: hand it over as bytes (no staging file)
-        try:
-            result = self._ingest.ingest_photo(submission.image_bytes, submission.meta,
-                                               idempotency_key=idempotency_key, ctx=ctx)
-        except AdapterError as exc:
-            # several fields of the record (a retry describing it otherwise) name its entry once
-            exc.expression = list(dict.fromkeys(_in_bundle(e, submission.entry_roles) for e in exc.expression))
-            raise
-        receipt = result.receipt
-        locations: dict[str, str] = {ROLE_BINARY: receipt["binary"], ROLE_RECORD: receipt["record"]}
-        if receipt["consents"]:
-            locations[ROLE_CONSENT] = receipt["consents"][0]
-        elif ROLE_CONSENT in submission.entry_roles:
-            # a replay: the photo was stored for the patient before, without a Consent, and this
-            # Bundle's Consent was not stored (a response naming one would say it was)
-            raise Conflict("this photo is stored for the patient already, without a Consent: nothing was stored, "
-                           "the Bundle's Consent neither; record the Consent with POST /fhir/Consent",
-                           expression="Bundle.entry")
-        status = "200 OK" if result.replayed else "201 Created"
+        documents = submission.documents
+        if len(documents) == 1:
+            document = documents[0]
+            # the decoded Binary.data is already in memory: hand it over as bytes (no staging file)
+            try:
+                results = [self._ingest.ingest_photo(document.image_bytes, document.meta,
+                                                     idempotency_key=idempotency_key, ctx=ctx)]
+            except AdapterError as exc:
+                # several fields of the record (a retry describing it otherwise) name its entry once
+                exc.expression = _located(submission, 0, exc.expression)
+                raise
+        else:
+            results = self._ingest.ingest_documents(
+                [(d.image_bytes, d.meta) for d in documents], idempotency_key=idempotency_key, ctx=ctx,
+                locate=lambda k, expressions: _located(submission, k, expressions))
+        locations: dict[int, tuple[str, IngestResult]] = {}
+        for document, result in zip(documents, results, strict=True):
+            locations[document.record_index] = (result.receipt["record"], result)
+            locations[document.binary_index] = (result.receipt["binary"], result)
+        if submission.consent_index is not None:
+            first = results[0]
+            if not all(result.receipt["consents"] for result in results):
+                # a replay: the photo was stored for the patient before, without a Consent, and this
+                # Bundle's Consent was not stored (a response naming one would say it was)
+                raise Conflict("this photo is stored for the patient already, without a Consent: nothing was stored, "
+                               "the Bundle's Consent neither; record the Consent with POST /fhir/Consent",
+                               expression="Bundle.entry")
+            locations[submission.consent_index] = (first.receipt["consents"][0], first)
         entries = []
-        for role in submission.entry_roles:
+        for index, role in enumerate(submission.entry_roles):
             if role in ACKNOWLEDGED_ROLES:
                 entries.append(("", "200 OK", ""))
             else:
-                entries.append((f"{locations[role]}/_history/1", status, self._last_updated(locations[role])))
+                location, result = locations[index]
+                status = "200 OK" if result.replayed else "201 Created"
+                entries.append((f"{location}/_history/1", status, self._last_updated(location)))
         warnings = dict(submission.entry_warnings)
-        if submission.sent_size is not None:
-            index, where, sent = submission.sent_size
-            stored = int(receipt["size"]["stored"])
+        for document, result in zip(documents, results, strict=True):
+            if document.sent_size is None:
+                continue
+            index, where, sent = document.sent_size
+            stored = int(result.receipt["size"]["stored"])
             if stored != sent:
                 warnings[index] = warnings.get(index, ()) + (EntryWarning(
                     NOT_SAVED, f"attachment.size was stored as {stored}, the size of the document stored without "
                     f"its metadata ({sent} bytes sent)", where),)
-        return transaction_response(entries, warnings), result
+        return transaction_response(entries, warnings), results
 
     def _last_updated(self, reference: str) -> str:
         """The meta.lastUpdated of version 1 of ``reference`` (``Type/id``, just stored or stored
@@ -80,30 +107,36 @@ class TransactionService:
         return str(stored["meta"]["lastUpdated"])
 
 
+def _located(submission: TransactionSubmission, document: int, expressions: Sequence[str]) -> list[str]:
+    """The expressions of a refusal of the submission's ``document`` (by its index) as FHIRPaths
+    into the Bundle (:func:`_in_bundle`), each once."""
+    d = submission.documents[document]
+    return list(dict.fromkeys(_in_bundle(e, d.record_index, d.binary_index, submission.consent_index)
+                              for e in expressions))
+
+
 #: Where in the Bundle a refusal of the photo's metadata points (the ingest names the fields of
 #: ``POST /photos``' metadata): the element of the record, else the entry that holds it.
 _RECORD_ELEMENTS = {"masterIdentifier": "masterIdentifier", "bodySite": "bodySite"}
 
 
-def _in_bundle(expression: str, roles: tuple[str, ...]) -> str:
+def _in_bundle(expression: str, record_index: int, binary_index: int, consent_index: int | None) -> str:
     """An expression of the ingest (a ``POST /photos`` metadata field: ``consent.method``,
     ``masterIdentifier``, ``file``…; ``DocumentReference.identifier``, an element of the record a
     retry describes otherwise) as a FHIRPath into the transaction Bundle (FHIR
-    OperationOutcome.issue.expression): the record's element where it has one, else the entry
-    whose resource said it (the Consent's for consent, the Binary's for the file, the record's
-    for the rest). One already in the Bundle is kept."""
+    OperationOutcome.issue.expression): the document's record's element where it has one, else
+    the entry whose resource said it (the Consent's for consent, the document's Binary's for the
+    file, its record's for the rest). One already in the Bundle is kept."""
     if expression.startswith("Bundle"):
         return expression
-    def entry(role: str) -> str | None:
-        return f"Bundle.entry[{roles.index(role)}].resource" if role in roles else None
-    record = entry(ROLE_RECORD) or "Bundle"
+    record = f"Bundle.entry[{record_index}].resource"
     head = expression.split(".", 1)[0].split("[", 1)[0]
     if head == "DocumentReference" and "." in expression:  # an element of the record (photo_description)
         return f"{record}.{expression.split('.', 1)[1]}"
     if head in _RECORD_ELEMENTS:
         return f"{record}.{_RECORD_ELEMENTS[head]}"
     if head == "consent":
-        return entry(ROLE_CONSENT) or record
+        return f"Bundle.entry[{consent_index}].resource" if consent_index is not None else record
     if head == "file":
-        return entry(ROLE_BINARY) or record
+        return f"Bundle.entry[{binary_index}].resource"
     return record

@@ -143,6 +143,10 @@ class RecordStore(Protocol):
         """Write every resource, the receipt, the idempotency entries and the audit events in ONE
         transaction. Raises Conflict if the idempotency key or (patient, stored sha256) is taken."""
 
+    def save_ingests(self, units: Sequence[IngestUnit]) -> None:
+        """What :meth:`save_ingest` writes of each unit, all of them in ONE transaction (the
+        documents of one submission): Conflict, and nothing written, if any of them conflicts."""
+
     def find_receipt(self, *, idempotency_key: str | None = None, patient: Identifier | None = None,
                      stored_sha256: str | None = None) -> dict[str, Any] | None: ...
 

@@ -599,35 +599,46 @@ class SqlRecordStore:
         pending and due now. After the commit, each resource dict of ``unit`` carries the stored
         ``meta`` (versionId, lastUpdated).
         """
+        self.save_ingests([unit])
+
+    def save_ingests(self, units: Sequence[IngestUnit]) -> None:
+        """What :meth:`save_ingest` writes of each unit, every unit in ONE transaction (the
+        documents of one submission, FHIR http.html#transaction: all or none); Conflict, and
+        nothing written, as soon as any of them conflicts."""
         now = now_instant()
-        documents = [with_meta(new, 1, now) for new in unit.resources]
+        news = [new for unit in units for new in unit.resources]
+        documents = [with_meta(new, 1, now) for new in news]
         run = self._inserts.execute
         with self._write() as conn:
-            if unit.dicom_instance is not None and unit.opens_study:
-                self._check_study_unopened(conn, unit.dicom_instance.study_instance_uid)
-            if unit.dicom_instance is not None:  # first: a repeated SOP instance fails cheapest
-                run(conn, dicom_instances, dicom_instance_row(unit.dicom_instance, now))
-                if unit.released_uids:
-                    run(conn, dicom_released_uids, [released_uids_row(r) for r in unit.released_uids])
-            run(conn, receipts, {
+            for unit in units:  # a photo opening its study: only while none of the study is stored
+                if unit.dicom_instance is not None and unit.opens_study:
+                    self._check_study_unopened(conn, unit.dicom_instance.study_instance_uid)
+            if instances := [unit for unit in units if unit.dicom_instance is not None]:
+                # first: a repeated SOP instance fails cheapest
+                run(conn, dicom_instances, [dicom_instance_row(unit.dicom_instance, now) for unit in instances
+                                            if unit.dicom_instance is not None])
+                if released := [released_uids_row(r) for unit in instances for r in unit.released_uids]:
+                    run(conn, dicom_released_uids, released)
+            run(conn, receipts, [{
                 "idempotency_key": unit.idempotency_key, "patient_system": unit.patient.system,
                 "patient_value": unit.patient.value, "stored_sha256": unit.stored_sha256,
-                "recorded": now, "receipt": unit.receipt})
-            if unit.resources:
+                "recorded": now, "receipt": unit.receipt} for unit in units])
+            if news:
                 # each document encoded once, for its resource row and its history row
-                pairs = [(n, EncodedJson.of(d)) for n, d in zip(unit.resources, documents, strict=True)]
+                pairs = [(n, EncodedJson.of(d)) for n, d in zip(news, documents, strict=True)]
                 run(conn, resources, [resource_row(n, e, 1, now) for n, e in pairs])
                 run(conn, resource_history, [history_row(n, e, 1, now) for n, e in pairs])
-                if rows := [row for new in unit.resources for row in token_rows(new)]:
+                if rows := [row for new in news for row in token_rows(new)]:
                     run(conn, tokens, rows)
-                if ranges := [row for new in unit.resources for row in date_range_rows(new)]:
+                if ranges := [row for new in news for row in date_range_rows(new)]:
                     run(conn, date_ranges, ranges)
-            if unit.outbox:
-                run(conn, outbox, [outbox_row(item, now) for item in unit.outbox])
-            self._index_pseudonyms(conn, unit.resources)
-            now, documents = self._stamp(conn, [(new, 1) for new in unit.resources], documents, now)
-            self._insert_audit(conn, [{"recorded": now, "json": e} for e in unit.audit_events], locked=True)  # last
-        for new, document in zip(unit.resources, documents, strict=True):
+            if items := [item for unit in units for item in unit.outbox]:
+                run(conn, outbox, [outbox_row(item, now) for item in items])
+            self._index_pseudonyms(conn, news)
+            now, documents = self._stamp(conn, [(new, 1) for new in news], documents, now)
+            self._insert_audit(conn, [{"recorded": now, "json": e} for unit in units for e in unit.audit_events],
+                               locked=True)  # last
+        for new, document in zip(news, documents, strict=True):
             new.resource["meta"] = document["meta"]
 
     @staticmethod

@@ -266,6 +266,26 @@ def test_save_ingest_is_atomic_when_a_constraint_fails_late(store: SqlRecordStor
     assert_nothing_visible(store, unit)
 
 
+def test_save_ingests_writes_several_units_in_one_transaction(store: SqlRecordStore) -> None:
+    """The documents of one submission (a transaction of several, FHIR http.html#transaction):
+    every unit written, each resource with its meta, each receipt found; one unit conflicting
+    with what is stored (the second's patient and sha256 taken) writes none of them."""
+    first, second = make_unit(), make_unit(key=None)
+    store.save_ingests([first, second])
+    for unit in (first, second):
+        assert store.find_receipt(patient=PATIENT, stored_sha256=unit.stored_sha256) == unit.receipt
+        for new in unit.resources:
+            stored = store.get(new.resource_type, new.id)
+            assert stored is not None and new.resource["meta"]["versionId"] == "1"
+    assert len(store.list_audit()) == 2
+    third, again = make_unit(), make_unit(key=None, sha=second.stored_sha256)
+    with pytest.raises(Conflict):
+        store.save_ingests([third, again])
+    assert all(store.get(r.resource_type, r.id) is None for r in third.resources + again.resources)
+    assert store.find_receipt(patient=PATIENT, stored_sha256=third.stored_sha256) is None
+    assert len(store.list_audit()) == 2
+
+
 def test_a_nul_character_in_a_text_value_is_invalid_input_on_every_backend(store: SqlRecordStore) -> None:
     """PostgreSQL cannot keep U+0000 in text, SQLite can, and FHIR strings do not allow it: both
     refuse it, as the client's error (not a transient store failure, which a capture app or a

@@ -37,16 +37,12 @@ def submission_set_resource(items: list[str], *, entry_uuid: str | None = None,
     return out
 
 
-def provide_document_bundle(document: bytes, *, content_type: str = "image/jpeg",
-                            patient: dict[str, str] | None = None) -> dict[str, Any]:
-    """An ITI-65 request for one document of the patient (by identifier, and a reference as a
-    PIXm/PDQm lookup gives it)."""
-    ss, dr, binary = (uuid.uuid4().urn for _ in range(3))
-    subject = {"reference": "Patient/p-1", "identifier": dict(patient or PATIENT)}
-    submission_set = submission_set_resource([dr], entry_uuid=ss, subject=subject)
+def _document_entries(document: bytes, subject: dict[str, Any], *, content_type: str, dr: str, binary: str,
+                      unique_id: str) -> list[dict[str, Any]]:
+    """The DocumentReference entry of one document and its Binary entry."""
     document_reference = {
         "resourceType": "DocumentReference", "meta": {"profile": [MHD + "IHE.MHD.Minimal.DocumentReference"]},
-        "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4.99.2"},
+        "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": unique_id},
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": dr}],
         "status": "current", "subject": subject, "date": "2026-11-01T10:00:00Z",
         "securityLabel": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
@@ -55,11 +51,52 @@ def provide_document_bundle(document: bytes, *, content_type: str = "image/jpeg"
                                     "hash": base64.b64encode(hashlib.sha1(document).digest()).decode(),
                                     "creation": "2026-11-01T09:00:00Z"},
                      "format": {"system": FORMAT_CODE, "code": "urn:ihe:iti:xds:2017:mimeTypeSufficient"}}]}
+    return [{"fullUrl": dr, "resource": document_reference, "request": {"method": "POST", "url": "DocumentReference"}},
+            {"fullUrl": binary, "request": {"method": "POST", "url": "Binary"},
+             "resource": {"resourceType": "Binary", "contentType": content_type,
+                          "data": base64.b64encode(document).decode("ascii")}}]
+
+
+def _subject(patient: dict[str, str] | None) -> dict[str, Any]:
+    return {"reference": "Patient/p-1", "identifier": dict(patient or PATIENT)}
+
+
+def _provide_bundle(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "meta": {"profile": [MHD + "IHE.MHD.Minimal.ProvideBundle"]},
-            "type": "transaction", "timestamp": "2026-11-01T10:00:00Z", "entry": [
-                {"fullUrl": ss, "resource": submission_set, "request": {"method": "POST", "url": "List"}},
-                {"fullUrl": dr, "resource": document_reference,
-                 "request": {"method": "POST", "url": "DocumentReference"}},
-                {"fullUrl": binary, "request": {"method": "POST", "url": "Binary"},
-                 "resource": {"resourceType": "Binary", "contentType": content_type,
-                              "data": base64.b64encode(document).decode("ascii")}}]}
+            "type": "transaction", "timestamp": "2026-11-01T10:00:00Z", "entry": entries}
+
+
+def provide_document_bundle(document: bytes, *, content_type: str = "image/jpeg",
+                            patient: dict[str, str] | None = None) -> dict[str, Any]:
+    """An ITI-65 request for one document of the patient (by identifier, and a reference as a
+    PIXm/PDQm lookup gives it)."""
+    ss, dr, binary = (uuid.uuid4().urn for _ in range(3))
+    subject = _subject(patient)
+    submission_set = submission_set_resource([dr], entry_uuid=ss, subject=subject)
+    return _provide_bundle([
+        {"fullUrl": ss, "resource": submission_set, "request": {"method": "POST", "url": "List"}},
+        *_document_entries(document, subject, content_type=content_type, dr=dr, binary=binary,
+                           unique_id="urn:oid:1.2.3.4.99.2")])
+
+
+def provide_documents_bundle(documents: list[bytes], *, content_type: str = "image/jpeg",
+                             patients: list[dict[str, str] | None] | None = None,
+                             consent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An ITI-65 request for several documents in one SubmissionSet (ITI-65 2:3.65.4.1.2): the
+    SubmissionSet first, listing every DocumentReference, then each DocumentReference followed by
+    its own Binary (entries 1, 3, 5… the records, 2, 4, 6… their Binaries), then ``consent`` when
+    given. ``patients``: each document's patient (default: all the suite's PATIENT); the
+    SubmissionSet is the first document's."""
+    chosen = patients or [None] * len(documents)
+    refs = [(uuid.uuid4().urn, uuid.uuid4().urn) for _ in documents]
+    ss = uuid.uuid4().urn
+    entries: list[dict[str, Any]] = [
+        {"fullUrl": ss, "resource": submission_set_resource([dr for dr, _ in refs], entry_uuid=ss,
+                                                            subject=_subject(chosen[0])),
+         "request": {"method": "POST", "url": "List"}}]
+    for k, (document, (dr, binary)) in enumerate(zip(documents, refs, strict=True)):
+        entries += _document_entries(document, _subject(chosen[k]), content_type=content_type, dr=dr, binary=binary,
+                                     unique_id=f"urn:oid:1.2.3.4.99.2.{k + 1}")
+    if consent is not None:
+        entries.append({"fullUrl": uuid.uuid4().urn, "resource": consent, "request": {"method": "POST", "url": "Consent"}})
+    return _provide_bundle(entries)

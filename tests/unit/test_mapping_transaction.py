@@ -21,14 +21,16 @@ from adapter.errors import (
     InvalidInput,
     InvalidResource,
     NotSupported,
+    PayloadTooLarge,
     RequiredElementMissing,
     UnknownCode,
 )
 from adapter.mapping import codes
 from adapter.mapping.photo import build_photo_resources
 from adapter.mapping.photo import index_resource as build_index
-from adapter.mapping.transaction import parse_transaction, transaction_response
+from adapter.mapping.transaction import MAX_DOCUMENTS, parse_transaction, transaction_response
 from adapter.model.photo import ConsentMethod, Laterality, PhotoKind, PhotoMetadata, PhotoSource
+from tests.support.app import PATIENT, consent_resource
 from tests.support.fhir_factories import (
     NOW,
     PATIENT_SYSTEM,
@@ -40,7 +42,7 @@ from tests.support.fhir_factories import (
     transaction_bundle,
 )
 from tests.support.fhir_validator import validate_r4
-from tests.support.mhd import submission_set_resource
+from tests.support.mhd import provide_documents_bundle, submission_set_resource
 
 pytestmark = pytest.mark.unit
 
@@ -288,6 +290,7 @@ def test_two_photos(jpeg: bytes) -> None:
     bundle["entry"].append(copy.deepcopy(bundle["entry"][0]))
     assert refused(bundle, InvalidResource).expression == ["Bundle.entry[3].fullUrl"]  # bdl-7 first
     bundle["entry"][3]["fullUrl"] = "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000b2"
+    # a second Binary that no record references: the adapter stores a Binary only as a document's content
     assert refused(bundle, NotSupported).expression == ["Bundle.entry[3]"]
 
 
@@ -764,3 +767,43 @@ def test_a_document_reference_stored_as_a_media_keeps_none_of_it(jpeg: bytes) ->
     warned = {w.expression.removeprefix("Bundle.entry[1].resource") for w in sub.entry_warnings[1]}
     assert {".type", ".category", ".identifier", ".content[0].format", ".context.facilityType",
             ".context.practiceSetting", ".context.event"} <= warned
+
+
+# ---------------------------------------------------------------------------------------------
+# several documents (ITI-65: a SubmissionSet of several DocumentReferences, each with its Binary)
+
+
+def test_several_documents_each_with_its_binary_and_the_one_consent() -> None:
+    images = [jpeg_bytes(64 + k, 48) for k in range(3)]
+    consent = consent_resource(["TREAT"])
+    sub = parse(provide_documents_bundle(images, consent=consent))
+    assert [d.image_bytes for d in sub.documents] == images
+    assert [(d.record_index, d.binary_index) for d in sub.documents] == [(1, 2), (3, 4), (5, 6)]
+    assert sub.consent_index == 7
+    assert {d.meta.patient.identifier.value for d in sub.documents} == {PATIENT["value"]}
+    assert all(d.meta.consent is not None and d.meta.consent.purposes == ["TREAT"] for d in sub.documents)
+    assert [d.meta.master_identifier.value for d in sub.documents if d.meta.master_identifier] == [
+        "urn:oid:1.2.3.4.99.2.1", "urn:oid:1.2.3.4.99.2.2", "urn:oid:1.2.3.4.99.2.3"]
+    # what each record does not keep as sent is said of its own entry
+    assert {1, 3, 5} <= set(sub.entry_warnings)
+
+
+def test_documents_of_two_patients_are_refused_naming_the_second() -> None:
+    bundle = provide_documents_bundle([jpeg_bytes(64, 48), jpeg_bytes(65, 48)],
+                                      patients=[None, {"system": PATIENT["system"], "value": "MRN-0002"}])
+    assert refused(bundle, InvalidInput).expression == ["Bundle.entry[3].resource.subject"]
+
+
+def test_two_records_naming_one_binary_are_refused() -> None:
+    bundle = provide_documents_bundle([jpeg_bytes(64, 48), jpeg_bytes(65, 48)])
+    attachment = bundle["entry"][3]["resource"]["content"][0]["attachment"]
+    attachment["url"] = bundle["entry"][2]["fullUrl"]
+    del attachment["size"], attachment["hash"]
+    assert refused(bundle, InvalidInput).expression == ["Bundle.entry[3].resource.content[0].attachment.url"]
+
+
+def test_more_documents_than_a_transaction_carries_are_too_large() -> None:
+    images = [jpeg_bytes(16 + k, 16) for k in range(MAX_DOCUMENTS + 1)]
+    err = refused(provide_documents_bundle(images), PayloadTooLarge)
+    assert err.expression == [f"Bundle.entry[{1 + 2 * MAX_DOCUMENTS}]"]
+    assert len(parse(provide_documents_bundle(images[:MAX_DOCUMENTS])).documents) == MAX_DOCUMENTS
