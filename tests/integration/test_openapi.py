@@ -287,6 +287,8 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
     assert api.get("/health/ready").status_code in (200, 503)  # 503: no DICOM listener in this test
     assert api.get("/metrics").status_code == 200
 
+    _patch_answers(api, record)
+
     documented = {(method, path) for path, operations in api.doc["paths"].items() for method in operations}
     assert documented - api.seen == set(), "an operation without a representative request here"
 
@@ -310,9 +312,8 @@ def test_the_openapi_document_and_its_page_are_logged_by_their_route(tmp_path: P
     assert logged == ["GET /openapi.json 200", "GET /docs 200", "GET unmatched 404", "GET /health 200"]
 
 
-def test_a_record_s_patch_is_declared_with_its_media_type_and_refusals(api: CheckedClient) -> None:
-    """PATCH /fhir/Media/{id} (marking it entered-in-error): every answer declared."""
-    record = _photo(api).json()["record"]
+def _patch_answers(api: CheckedClient, record: str) -> None:
+    """PATCH /fhir/Media/{id} (marking it entered-in-error: last, as it withdraws the record)."""
     patch = {"Content-Type": "application/json-patch+json", "X-Purpose-Of-Use": "RECORDMGT"}
     mark = json.dumps([{"op": "replace", "path": "/status", "value": "entered-in-error"}])
     assert api.request("PATCH", f"/fhir/{record}", content=mark, headers={**patch, "X-Purpose-Of-Use": "TREAT"}) \
