@@ -20,7 +20,7 @@ from adapter.api.openapi import install_openapi, ok
 from adapter.api.outcome import install_error_handlers
 from adapter.api.request_id import RequestIdMiddleware
 from adapter.api.request_limits import BodyTimeoutMiddleware
-from adapter.api.routes import dicomweb, fhir, health, outbox, photos, wado_bulk, wado_uri
+from adapter.api.routes import corrections, dicomweb, fhir, health, outbox, photos, wado_bulk, wado_uri
 from adapter.api.stopping import CancelledRequestMiddleware
 from adapter.errors import StorageError
 from adapter.metrics import CONTENT_TYPE, exposition
@@ -59,11 +59,12 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     origins = services.settings.allowed_cors_origins
     if origins:  # outside the others: preflights are answered here, and refusals carry the headers too
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
-                           allow_methods=["GET", "POST", "PUT"], allow_headers=list(CORS_REQUEST_HEADERS),
+                           allow_methods=["GET", "POST", "PUT", "PATCH"], allow_headers=list(CORS_REQUEST_HEADERS),
                            expose_headers=list(CORS_EXPOSED_HEADERS), max_age=600)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer names its request, preflights too
     app.include_router(photos.router)
     app.include_router(fhir.router)
+    app.include_router(corrections.router)
     app.include_router(outbox.router)
     app.include_router(dicomweb.router)
     app.include_router(wado_bulk.router)

@@ -11,6 +11,7 @@ that applies overrides every ``permit`` (deny wins).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
@@ -43,8 +44,17 @@ OBLIGATIONS: dict[View, tuple[str, ...]] = {
 
 
 def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[ConsentGrant], tables: Tables,
-           now: datetime) -> Decision:
+           now: datetime, *, resource_only: bool = False) -> Decision:
     """Decide whether the record described by ``facts`` may be read for ``purpose`` at ``now``.
+
+    A record entered in error (``facts.entered_in_error``; FHIR R4 status ``entered-in-error``)
+    is decided as below, then (:func:`_entered_in_error`): its image is released to no purpose
+    (Binary bytes, the DICOM object, WADO-RS, forwarding), and its resources (the record itself,
+    its Provenance: ``resource_only``, asked by a caller that sends no image bytes) only to the
+    purposes that read the record in care's full view for care (care, break-glass), so an EHR can
+    reconcile what it holds; every other purpose (TRAIN, HRESCH and kin) is refused as for a
+    record it is not permitted. The default is the image's decision: a caller that forgets to
+    say otherwise releases nothing of such a record.
 
     In order (the clinical images guidance, issue text):
 
@@ -102,16 +112,40 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
         return deny(refusal)
     if klass is PurposeClass.BREAK_GLASS:
         overridden = [g for g in in_force if g.decision == DENY and grant_covers(g, code, tables)]
-        return Decision(permitted=True, reason=f"break-glass ({code}): consent not evaluated; access audited",
-                        purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted,
-                        overridden=_refs(overridden), policy=policy)
+        decision = Decision(permitted=True, reason=f"break-glass ({code}): consent not evaluated; access audited",
+                            purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted,
+                            overridden=_refs(overridden), policy=policy)
+        return _entered_in_error(decision, klass, facts, resource_only)
     verdict = _by_consent(code, klass, facts, consents, in_force, tables, now)
     if not verdict.permitted:
         return deny(verdict.reason, verdict.used)
     view = View(tables.purposes.codes[code].view)
-    return Decision(permitted=True, reason=verdict.reason, purpose=purpose, view=view,
-                    consent_ids=_ids(verdict.used), consents=_refs(verdict.used), permitted_purposes=permitted,
-                    obligations=OBLIGATIONS[view], policy=policy)
+    decision = Decision(permitted=True, reason=verdict.reason, purpose=purpose, view=view,
+                        consent_ids=_ids(verdict.used), consents=_refs(verdict.used), permitted_purposes=permitted,
+                        obligations=OBLIGATIONS[view], policy=policy)
+    return _entered_in_error(decision, klass, facts, resource_only)
+
+
+#: Why an entered-in-error record's image is refused to a purpose that sees its resource.
+ENTERED_IN_ERROR_IMAGE = "the record was entered in error: its image is not released"
+#: Why an entered-in-error record is refused to a purpose that is not care's.
+ENTERED_IN_ERROR_RECORD = "the record was entered in error: it is released to care only"
+
+
+def _entered_in_error(decision: Decision, klass: PurposeClass, facts: AccessFacts, resource_only: bool) -> Decision:
+    """A permit of :func:`decide` for a record entered in error: kept for its resources under
+    care or break-glass in the full view (FHIR R4 event-status: the record "should not have
+    existed", yet a reader holding it must learn that it is withdrawn); refused otherwise, for
+    its image always. No permitted purposes for its labels: it is released to none."""
+    if not facts.entered_in_error:
+        return decision
+    cared = klass in (PurposeClass.CARE, PurposeClass.BREAK_GLASS) and decision.view is View.FULL
+    if cared and resource_only:
+        return dataclasses.replace(decision, reason=f"{decision.reason}; {ENTERED_IN_ERROR_IMAGE}",
+                                   permitted_purposes=frozenset(), entered_in_error=True)
+    return Decision(permitted=False, reason=ENTERED_IN_ERROR_IMAGE if cared else ENTERED_IN_ERROR_RECORD,
+                    purpose=decision.purpose, consent_ids=decision.consent_ids, consents=decision.consents,
+                    permitted_purposes=frozenset(), policy=decision.policy, entered_in_error=cared)
 
 
 def refused_for_every_record(purpose: PurposeOfUse, tables: Tables) -> str | None:
@@ -266,6 +300,28 @@ def decide_outbox_requeue(purpose: PurposeOfUse, tables: Tables) -> Decision:
         return Decision(permitted=True, reason=f"outbox requeue for {code}", purpose=purpose, view=View.FULL)
     return Decision(permitted=False, reason=f"failed outbox items are requeued for care or records management "
                                             f"({OUTBOX_REQUEUE_OPERATION}), not for {code}", purpose=purpose)
+
+
+#: The one purpose that marks a record entered in error (v3-ActReason RECORDMGT, records management).
+ENTERED_IN_ERROR_OPERATION = "RECORDMGT"
+
+
+def decide_mark_entered_in_error(purpose: PurposeOfUse, tables: Tables) -> Decision:
+    """May a record be marked ``entered-in-error`` (PATCH of its status) for ``purpose``? It
+    withdraws the record from every reader and its image from every path, for good: a correction
+    of the record, which is records management (RECORDMGT or a descendant, with care's full
+    view), not care, a break-glass read nor any other purpose. No consent is decided: the mark
+    releases nothing (the answer is an OperationOutcome, not the record)."""
+    code = purpose.code
+    klass = _purpose_class(purpose, tables)
+    if klass is PurposeClass.UNKNOWN:
+        return Decision(permitted=False, reason="unknown purpose of use", purpose=purpose)
+    full = View(tables.purposes.codes[code].view) is View.FULL
+    if full and klass is not PurposeClass.BREAK_GLASS and ENTERED_IN_ERROR_OPERATION in tables.purposes.ancestors(code):
+        return Decision(permitted=True, reason=f"records management ({code}): record marked entered-in-error",
+                        purpose=purpose, view=View.FULL)
+    return Decision(permitted=False, reason=f"a record is marked entered-in-error for records management "
+                                            f"({ENTERED_IN_ERROR_OPERATION}), not for {code}", purpose=purpose)
 
 
 def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tables: Tables,

@@ -64,7 +64,8 @@ from adapter.mapping.fhir_r4 import JSON, coding, concept, fhir_instant
 from adapter.model.photo import Identifier
 from adapter.model.purpose import MhdTransaction
 
-INTERACTIONS = frozenset({"read", "vread", "history-instance", "search-type", "create", "update", "delete"})
+INTERACTIONS = frozenset({"read", "vread", "history-instance", "search-type", "create", "update", "patch",
+                          "delete"})
 ACTIONS = frozenset({"C", "R", "U", "D", "E"})
 OUTCOMES = frozenset({"0", "4", "8", "12"})
 #: Interactions where the client is the Destination (BALP Read). Not a search: BALP Query types

@@ -200,9 +200,17 @@ _DOCUMENTATION = {
     "Consent": "The patient's consent for clinical photography and its uses.",
     "Provenance": "Where a photo came from (colleagues, external clinicians, the patient).",
 }
+#: What PATCH of a record does (R4 only: the R5 endpoint is read-only); adapter.mapping.status_patch.
+_PATCH_DOCUMENTATION = (" PATCH takes a JSON Patch (application/json-patch+json) that only marks the record "
+                        'entered-in-error: one {"op": "replace", "path": "/status", "value": "entered-in-error"} '
+                        "(test operations may come before it), stated for records management (X-Purpose-Of-Use: "
+                        'RECORDMGT), If-Match W/"n" honoured. It is irreversible: the image is then released to no '
+                        "one and the record to care only. Any other patch is refused (422); FHIRPath Patch and merge "
+                        "patches are not supported (415).")
+_PATCHED = ("Media", "DocumentReference")
 _INTERACTIONS = {
-    "Media": ("read", "vread", "history-instance", "search-type"),
-    "DocumentReference": ("read", "vread", "history-instance", "search-type"),
+    "Media": ("read", "vread", "patch", "history-instance", "search-type"),
+    "DocumentReference": ("read", "vread", "patch", "history-instance", "search-type"),
     "Binary": ("read", "vread"),
     "Consent": ("read", "vread", "history-instance", "search-type", "create", "update"),
     "Provenance": ("read", "vread", "history-instance", "search-type"),
@@ -210,18 +218,22 @@ _INTERACTIONS = {
 #: Every resource carries meta.versionId and an ETag; a Consent update honours If-Match, and its
 #: past versions are served by vread (the others are never updated: one version each).
 _VERSIONING = {"Consent": "versioned-update"}
+_VERSIONED_UPDATE_R4 = frozenset({"Consent", *_PATCHED})  # a record's PATCH honours If-Match too
+_READ_HISTORY = frozenset({"Consent", *_PATCHED})  # a record marked entered-in-error has a version 1 before it
 
 
 def _resource(resource_type: str, fhir_version: str) -> JSON:
     out: JSON = {
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
-        "documentation": _DOCUMENTATION[resource_type],
+        "documentation": _DOCUMENTATION[resource_type]
+        + (_PATCH_DOCUMENTATION if resource_type in _PATCHED and fhir_version == "4.0.1" else ""),
         # the R5 endpoint is read-only: writes take and answer R4 (adapter.api.routes.fhir)
         "interaction": [{"code": code} for code in _INTERACTIONS[resource_type]
-                        if fhir_version == "4.0.1" or code not in ("create", "update")],
-        "versioning": _VERSIONING.get(resource_type, "versioned"),
-        "readHistory": resource_type in _VERSIONING,
+                        if fhir_version == "4.0.1" or code not in ("create", "update", "patch")],
+        "versioning": "versioned-update" if resource_type in (_VERSIONED_UPDATE_R4 if fhir_version == "4.0.1"
+                                                              else _VERSIONING) else "versioned",
+        "readHistory": resource_type in _READ_HISTORY,
         # the server assigns ids: an update of an id it does not hold is refused (405), never a create
         **({"updateCreate": False} if "update" in _INTERACTIONS[resource_type] and fhir_version == "4.0.1" else {}),
         # a read answers If-None-Match (its ETag) and If-Modified-Since (its Last-Modified)
@@ -273,9 +285,10 @@ def capability_statement(*, base_url: str, fhir_version: str, software_version: 
         "software": {"name": SOFTWARE_NAME, "version": software_version},
         "implementation": {"description": "Clinical image adapter FHIR endpoint", "url": base_url.rstrip("/")},
         "fhirVersion": fhir_version,
-        # http.html#mime-type: both encodings, each both ways (adapter.api.fhir_xml); no
-        # patchFormat, as no patch interaction is served
+        # http.html#mime-type: both encodings, each both ways (adapter.api.fhir_xml); R4's PATCH
+        # of a record takes a JSON Patch only
         "format": ["json", "xml"],
+        **({"patchFormat": ["application/json-patch+json"]} if fhir_version == "4.0.1" else {}),
         "rest": [{
             "mode": "server",
             "documentation": _RESULT_PARAMETERS,

@@ -118,4 +118,31 @@ def build_provenance(meta: PhotoMetadata, image: StoredImage, *, provenance_id: 
     return resource
 
 
-__all__ = ["build_provenance", "taken_time"]
+def build_entered_in_error_provenance(*, provenance_id: str, record_version: str, binary_ref: str | None,
+                                      actor: str | None, tables: Tables, now: datetime) -> JSON:
+    """The Provenance of marking a record ``entered-in-error``: target = the record's new
+    version (``Media/<id>/_history/<n>``) and its Binary; activity v3-DataOperation#NULLIFY
+    ("treated as though it never happened", the meaning of entered-in-error); reason
+    v3-ActReason#RECORDMGT (records management); agents: ``author`` = the requester, when the
+    request named one, and ``enterer`` = the adapter."""
+    agents: list[JSON] = []
+    if actor:
+        agents.append(_agent("author", display_reference(actor)))
+    agents.append(_agent("enterer", display_reference(ADAPTER_NAME)))
+    targets: list[JSON] = [{"reference": record_version}]
+    if binary_ref is not None:
+        targets.append({"reference": binary_ref})
+    entry = tables.purposes.codes.get("RECORDMGT")
+    return {
+        "resourceType": "Provenance",
+        "id": provenance_id,
+        "target": targets,
+        "recorded": fhir_instant(now),
+        "policy": [tables.policy.uri],
+        "reason": [concept(coding(V3_ACT_REASON, "RECORDMGT", entry.display if entry else "records management"))],
+        "activity": concept(coding(V3_DATA_OPERATION, "NULLIFY", "nullify")),
+        "agent": agents,
+    }
+
+
+__all__ = ["build_entered_in_error_provenance", "build_provenance", "taken_time"]

@@ -40,3 +40,6 @@ class Decision:
     consents: tuple[str, ...] = ()
     overridden: tuple[str, ...] = ()
     policy: str | None = None
+    #: The record was entered in error and this purpose may still see its resource (care,
+    #: break-glass), so a refusal of its image may say why (a restricted purpose is told nothing).
+    entered_in_error: bool = False

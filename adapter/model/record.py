@@ -26,6 +26,9 @@ class AccessFacts:
     consent_pending: bool = False
     consent_ids: tuple[str, ...] = ()
     consent_directive: bool = False  # the resource is a Consent itself (adapter.consent.decision, step 5)
+    #: the record's status is ``entered-in-error`` (R4 event-status, document-reference-status):
+    #: set on the record and on every resource it governs when it is marked so, never cleared
+    entered_in_error: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from adapter.consent import (
     grants_from_consent,
     refused_for_every_record,
 )
+from adapter.consent.decision import ENTERED_IN_ERROR_IMAGE
 from adapter.errors import (
     AdapterError,
     Forbidden,
@@ -94,6 +95,14 @@ READABLE_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance
 #: At most this many resources are included (_include/_revinclude) in one page of a search.
 MAX_INCLUDED = 1000
 _DENIED = "access denied for this purpose of use"
+
+
+def _denial(decision: Decision) -> str:
+    """What a refusal says: little (:data:`_DENIED`), unless the purpose sees the record and is
+    refused its image because the record was entered in error (adapter.consent.decision), which
+    it may be told: the record it reads says so. A 403, not 410 Gone: nothing was deleted (FHIR
+    http.html#read keeps 410 for a deleted resource); the record and its history stand."""
+    return ENTERED_IN_ERROR_IMAGE if decision.entered_in_error else _DENIED
 
 
 @dataclass(frozen=True)
@@ -352,10 +361,19 @@ class ScopedReader:
             return consent_facts(id, resource)
         return None
 
-    def decide(self, facts: AccessFacts | None) -> Decision:
+    def decide(self, facts: AccessFacts | None, *, resource_only: bool = False) -> Decision:
+        """The decision on a record's facts; by default for its image (every DICOM and byte path),
+        ``resource_only`` for a read that sends a resource and no image bytes (adapter.consent.decide:
+        it differs for a record entered in error)."""
         if facts is None:  # nothing says whose data this is: fail closed
             return Decision(permitted=False, reason="no access facts for this resource", purpose=self.ctx.purpose)
-        return decide(self.ctx.purpose, facts, self._grants_for(facts.patient), self._tables, self._now())
+        return decide(self.ctx.purpose, facts, self._grants_for(facts.patient), self._tables, self._now(),
+                      resource_only=resource_only)
+
+    def _decide_resource(self, resource_type: str, facts: AccessFacts | None) -> Decision:
+        """The decision on a read of a ``resource_type`` resource: one with no image bytes but a
+        Binary, whose JSON carries them (Binary.data)."""
+        return self.decide(facts, resource_only=resource_type != "Binary")
 
     def _record_search(self, found: Sequence[Found], *, reason: str, dicom: DicomAudit | None = None) -> None:
         """Audit a search (FHIR or QIDO-RS) that returned ``found``. One under a purpose the
@@ -423,7 +441,7 @@ class ScopedReader:
         """Audit a read ``decision`` that refuses; the Forbidden to raise (403, saying little)."""
         self._auditor.record(ctx, interaction=interaction, action="R", decision=decision, entities=entities,
                              patient=patient)
-        return Forbidden(_DENIED)
+        return Forbidden(_denial(decision))
 
     def _missing(self, ctx: RequestContext, interaction: str, decision: Decision, entities: Sequence[str],
                  patient: Identifier | None, what: str, asked: str) -> NotFound:
@@ -472,7 +490,7 @@ class ScopedReader:
         ``precondition``: as :meth:`_answered` (412 audited as nothing sent)."""
         stored = self._load(resource_type, id)
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
-        decision = self.decide(facts)
+        decision = self._decide_resource(resource_type, facts)
         entities, patient = [f"{resource_type}/{stored.id}"], facts.patient if facts else None
         if not decision.permitted:
             raise self._refused(self.ctx, "read", decision, entities, patient)
@@ -506,7 +524,7 @@ class ScopedReader:
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
         document = stored.resource if version_id == stored.version_id else \
             self._store.get_version(resource_type, stored.id, version_id)
-        decision = self._stricter_for_versions(self.decide(facts), stored, facts,
+        decision = self._stricter_for_versions(self._decide_resource(resource_type, facts), stored, facts,
                                                [document] if document is not None else [])
         entities, patient = [f"{resource_type}/{stored.id}"], facts.patient if facts else None
         if not decision.permitted:
@@ -532,7 +550,7 @@ class ScopedReader:
                 continue
             then = self._facts(stored.resource_type, stored.id, stored.facts, document)
             if then != facts:
-                earlier = self.decide(then)
+                earlier = self._decide_resource(stored.resource_type, then)
                 if not earlier.permitted:
                     decision = earlier
         return decision
@@ -555,7 +573,7 @@ class ScopedReader:
             raise NotSupported(reason, expression="_since")
         stored = self._load(resource_type, id)
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
-        decision = self.decide(facts)
+        decision = self._decide_resource(resource_type, facts)
         documents = self._store.list_versions(resource_type, stored.id, offset=offset, limit=count + 1, since=since) \
             if decision.permitted and count > 0 else []
         more, documents = len(documents) > count, documents[:count]
@@ -563,7 +581,7 @@ class ScopedReader:
         self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=decision,
                              entities=[f"{resource_type}/{stored.id}"], patient=facts.patient if facts else None)
         if not decision.permitted:
-            raise Forbidden(_DENIED)
+            raise Forbidden(_denial(decision))
         rendered = [self._in_view(d, decision) for d in documents]
         total = stored.version_id if since is None else \
             self._store.count_versions(resource_type, stored.id, since=since)
@@ -675,7 +693,7 @@ class ScopedReader:
                 if facts is None and row.resource_type == "Consent":
                     stored = self._store.get("Consent", row.id)
                     facts = consent_facts(row.id, stored.resource) if stored else None
-                decision = self.decide(facts)
+                decision = self._decide_resource(row.resource_type, facts)
                 if decision.permitted:
                     yield row, decision, facts.patient if facts is not None else None
                 else:
@@ -822,7 +840,7 @@ class ScopedReader:
             if stored is None:
                 continue
             facts = self._facts(rtype, rid, stored.facts, stored.resource)
-            decision = self.decide(facts)
+            decision = self._decide_resource(rtype, facts)
             if decision.permitted:
                 glass = glass or decision.break_glass
                 out.append(self._render(stored, decision))
@@ -966,7 +984,7 @@ class ScopedReader:
         instance, stored, decision = decided[0]
         if not decision.permitted or decision.view is not release.view:
             self._audit_dicom(instance, decision)
-            raise Forbidden(_DENIED)
+            raise Forbidden(_denial(decision))
         return self._released_and_audited(instance, stored, decision, answerable)
 
     def read_dicom_rendered(self, sop_instance_uid: str, *, study: str | None = None, series: str | None = None,
@@ -1137,7 +1155,7 @@ class ScopedReader:
         if not decision.permitted or stored.facts is None or found is None:  # found: for mypy, handled above
             self._auditor.record(self.ctx, interaction="read", action="R", decision=decision, entities=entities,
                                  patient=patient, dicom=dicom)
-            raise Forbidden(_DENIED)
+            raise Forbidden(_denial(decision))
         instance, record = found
         try:
             content = self._dicom_content(instance, record, decision)

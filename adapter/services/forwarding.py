@@ -168,7 +168,7 @@ class StoreSender(Protocol):
 # --------------------------------------------------------------------------- the outbox, read
 
 
-OUTBOX_STATUSES = ("pending", "sent", "failed")
+OUTBOX_STATUSES = ("pending", "sent", "failed", "cancelled")
 
 
 @dataclass(frozen=True)

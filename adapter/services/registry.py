@@ -27,6 +27,7 @@ from adapter.services.access import ScopedReader
 from adapter.services.audit import Auditor
 from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.consents import ConsentService
+from adapter.services.corrections import RecordCorrections
 from adapter.services.data_folder import claim_data_folder
 from adapter.services.dicom_ingest import DicomIngestService
 from adapter.services.dicom_objects import object_attributes
@@ -122,6 +123,7 @@ class Services:
     ingest: IngestService
     transactions: TransactionService
     consents: ConsentService
+    corrections: RecordCorrections  # a record marked entered-in-error (PATCH of its status)
     now: Callable[[], datetime]
     dicom_ingest: DicomIngestService  # objects received by the C-STORE SCP (adapter.dicom.scp)
     search_pages: SearchPages  # sealed paging links of a search by POST
@@ -280,6 +282,7 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now, *,
         transactions=TransactionService(ingest=ingest, tables=tables, store=store),
         consents=ConsentService(store=store, auditor=auditor, known_purposes=set(tables.purposes.codes), now=now,
                                 tables=tables),
+        corrections=RecordCorrections(store=store, tables=tables, auditor=auditor, now=now),
         now=now, started=now(),
         search_pages=SearchPages(_derived_key(pseudonym_key, "search-page-key"), now),
         dicom_ingest=DicomIngestService(store=store, blobs=blobs, tables=tables, dicom_tables=dicom_tables,

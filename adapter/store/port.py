@@ -178,6 +178,13 @@ class RecordStore(Protocol):
         """Write the next version, keeping history. Conflict if ``if_match`` is not current;
         NotFound if absent."""
 
+    def mark_entered_in_error(self, new: NewResource, *, if_match: int | None = None,
+                              created: Sequence[NewResource] = (),
+                              audit_events: Sequence[dict[str, Any]] = ()) -> tuple[StoredResource, int]:
+        """Write the next version of a record now ``entered-in-error`` with ``created`` and
+        ``audit_events`` in one transaction: every resource it governs is marked so and its
+        outbox items not sent are cancelled; the version and how many items were cancelled."""
+
     def search_index(self, resource_type: str, criteria: SearchCriteria, *,
                      descending: bool = False) -> Iterator[IndexRow]:
         """Candidates ordered by last_updated then id, newest first when ``descending`` (no JSON

@@ -25,6 +25,8 @@ from adapter.store.schema import EncodedJson
 
 #: Outbox item states (``OutboxItem.status``).
 OUTBOX_PENDING, OUTBOX_SENT, OUTBOX_FAILED = "pending", "sent", "failed"
+#: An item whose record was marked entered-in-error before it was sent: never sent.
+OUTBOX_CANCELLED = "cancelled"
 
 
 def with_meta(new: NewResource, version_id: int, last_updated: datetime) -> dict[str, Any]:
@@ -65,6 +67,7 @@ def resource_row(new: NewResource, document: dict[str, Any] | EncodedJson, versi
         "source": facts.source.value if facts else None,
         "consent_pending": facts.consent_pending if facts else None,
         "consent_ids": list(facts.consent_ids) if facts else None,
+        "entered_in_error": facts.entered_in_error if facts else None,
         "blob_sha256": new.blob_sha256,
         "blob_offset": new.blob_range[0] if new.blob_range else None,
         "blob_length": new.blob_range[1] if new.blob_range else None,
@@ -100,6 +103,7 @@ def facts_from_row(row: RowMapping) -> AccessFacts | None:
         source=PhotoSource(row["source"]),
         consent_pending=bool(row["consent_pending"]),
         consent_ids=tuple(row["consent_ids"] or ()),
+        entered_in_error=bool(row["entered_in_error"]),
     )
 
 

@@ -55,7 +55,8 @@ from adapter.store.dates import UtcDateTime, now_instant
 #:     PatientSex, StudyID), read with the others by the same start-up fill (every instance again).
 #: 15: date_ranges (a date search on a Period: ITI-67 ``period``; an R5 reader's ``date``, where a
 #:     record's R5 date is not its R4 one); records and Consents are re-indexed at start.
-SCHEMA_VERSION = 15
+#: 16: resources.entered_in_error (a record marked entered-in-error, and what it governs).
+SCHEMA_VERSION = 16
 
 
 #: A match key (dicom_instances.*_key): compared in code point order on both databases, so that
@@ -145,6 +146,9 @@ resources = Table(
     Column("source", String(32)),
     Column("consent_pending", Boolean),
     Column("consent_ids", JsonText),
+    # the record is entered-in-error (AccessFacts.entered_in_error): set on it and on every resource
+    # it governs when it is so marked (schema 16; NULL for rows stored before: not in error)
+    Column("entered_in_error", Boolean),
     Column("blob_sha256", String(64)),
     Column("blob_offset", BigInteger),  # with blob_length: the bytes are this range of the blob
     Column("blob_length", BigInteger),
@@ -381,7 +385,8 @@ def _migrate(conn: Connection, found: int) -> None:
     are read at start (SqlRecordStore.fill_dicom_attributes), in batches;
     13 → 14 adds four nullable columns to ``dicom_instances`` (the study attributes) and sets
     ``attributes_read`` NULL again on every instance (read with INSTANCE_ATTRIBUTES_VERSION 1,
-    which had no study attributes), so the same fill reads each object once more.
+    which had no study attributes), so the same fill reads each object once more;
+    15 → 16 adds a nullable column to ``resources`` (existing rows: not entered in error).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -421,6 +426,7 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | TypeEngine[Any]], ...]] = 
          ("dicom_instances", "attributes_read", "INTEGER")),
     14: (("dicom_instances", "referring_physician_name", "TEXT"), ("dicom_instances", "patient_birth_date", "VARCHAR(8)"),
          ("dicom_instances", "patient_sex", "VARCHAR(16)"), ("dicom_instances", "study_id", "VARCHAR(16)")),
+    16: (("resources", "entered_in_error", "BOOLEAN"),),
 }
 
 

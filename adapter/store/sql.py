@@ -51,6 +51,7 @@ from adapter.store.engine import (
 from adapter.store.inserts import CompiledInserts
 from adapter.store.port import NamePrefix, SearchCriteria
 from adapter.store.rows import (
+    OUTBOX_CANCELLED,
     OUTBOX_FAILED,
     OUTBOX_PENDING,
     OUTBOX_SENT,
@@ -692,6 +693,59 @@ class SqlRecordStore:
             now, document = self._insert_version(conn, new, document, version, audit_events, now)
         return StoredResource(new.resource_type, new.id, version, now, document, new.facts, new.blob_sha256,
                               new.blob_range)
+
+    def mark_entered_in_error(self, new: NewResource, *, if_match: int | None = None,
+                              created: Sequence[NewResource] = (),
+                              audit_events: Sequence[dict[str, Any]] = ()) -> tuple[StoredResource, int]:
+        """Write ``new``, the next version of a record whose status is now ``entered-in-error``
+        (its history row, tokens and date ranges), with ``created`` (version 1: its Provenance)
+        and ``audit_events``, in one transaction, which also marks every resource the record
+        governs entered in error (AccessFacts.entered_in_error: its Binary, its Provenance) and
+        cancels its outbox items not sent (pending or failed: never sent, nor requeued; one sent
+        stays sent). Conflict and NotFound as :meth:`update`. Returns the version stored and how
+        many outbox items were cancelled."""
+        key = and_(_r.resource_type == new.resource_type, _r.id == new.id)
+        run = self._inserts.execute
+        with self._write() as conn:
+            current = conn.execute(select(_r.version_id, _r.last_updated).where(key).with_for_update()).first()
+            if current is None:
+                raise NotFound(f"{new.resource_type}/{new.id} does not exist")
+            if if_match is not None and if_match != current.version_id:
+                raise Conflict(f"version {if_match} is not the current version of "
+                               f"{new.resource_type}/{new.id}")
+            version = current.version_id + 1
+            now = max(now_instant(), current.last_updated + _MILLISECOND)
+            written = [(new, version), *((c, 1) for c in created)]
+            documents = [with_meta(n, v, now) for n, v in written]
+            row = resource_row(new, documents[0], version, now)
+            del row["resource_type"], row["id"]
+            if conn.execute(update(resources).where(key, _r.version_id == current.version_id)
+                            .values(row)).rowcount != 1:
+                raise Conflict(f"{new.resource_type}/{new.id} was changed concurrently")
+            for table in (tokens, date_ranges):
+                conn.execute(delete(table).where(table.c.resource_type == new.resource_type, table.c.id == new.id))
+            for extra, document in zip(created, documents[1:], strict=True):
+                run(conn, resources, resource_row(extra, document, 1, now))
+            for (n, v), document in zip(written, documents, strict=True):
+                run(conn, resource_history, history_row(n, document, v, now))
+                if rows := token_rows(n):
+                    run(conn, tokens, rows)
+                if ranges := date_range_rows(n):
+                    run(conn, date_ranges, ranges)
+            conn.execute(update(resources).where(_r.governed_by == f"{new.resource_type}/{new.id}")
+                         .values(entered_in_error=True))
+            its_objects = select(_d.sop_instance_uid).where(_d.record_type == new.resource_type,
+                                                            _d.record_id == new.id)
+            cancelled = int(conn.execute(update(outbox).where(
+                _o.sop_instance_uid.in_(its_objects), _o.status.in_([OUTBOX_PENDING, OUTBOX_FAILED]))
+                .values(status=OUTBOX_CANCELLED, updated=now)).rowcount)
+            self._index_pseudonyms(conn, [n for n, _ in written])
+            now, documents = self._stamp(conn, written, documents, now)
+            self._insert_audit(conn, [{"recorded": now, "json": e} for e in audit_events], locked=True)  # last
+        for extra, document in zip(created, documents[1:], strict=True):
+            extra.resource["meta"] = document["meta"]
+        return StoredResource(new.resource_type, new.id, version, now, documents[0], new.facts, new.blob_sha256,
+                              new.blob_range), cancelled
 
     def append_audit(self, *events: dict[str, Any]) -> None:
         if not events:

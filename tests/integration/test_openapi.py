@@ -287,6 +287,8 @@ def test_answers_are_declared_for_their_route(api: CheckedClient) -> None:
     assert api.get("/health/ready").status_code in (200, 503)  # 503: no DICOM listener in this test
     assert api.get("/metrics").status_code == 200
 
+    _patch_answers(api, record)
+
     documented = {(method, path) for path, operations in api.doc["paths"].items() for method in operations}
     assert documented - api.seen == set(), "an operation without a representative request here"
 
@@ -308,3 +310,20 @@ def test_the_openapi_document_and_its_page_are_logged_by_their_route(tmp_path: P
         assert client.get("/health").status_code == 200
     logged = [" ".join(r.getMessage().split()[:3]) for r in caplog.records if r.name == "adapter.access"]
     assert logged == ["GET /openapi.json 200", "GET /docs 200", "GET unmatched 404", "GET /health 200"]
+
+
+def _patch_answers(api: CheckedClient, record: str) -> None:
+    """PATCH /fhir/Media/{id} (marking it entered-in-error: last, as it withdraws the record)."""
+    patch = {"Content-Type": "application/json-patch+json", "X-Purpose-Of-Use": "RECORDMGT"}
+    mark = json.dumps([{"op": "replace", "path": "/status", "value": "entered-in-error"}])
+    assert api.request("PATCH", f"/fhir/{record}", content=mark, headers={**patch, "X-Purpose-Of-Use": "TREAT"}) \
+        .status_code == 403
+    assert api.request("PATCH", f"/fhir/{record}", content=mark, headers={**patch, "Content-Type": "application/json"}) \
+        .status_code == 415
+    assert api.request("PATCH", f"/fhir/{record}", content=b"[{", headers=patch).status_code == 400
+    assert api.request("PATCH", f"/fhir/{record}", content=b"[]", headers=patch).status_code == 422
+    assert api.request("PATCH", f"/fhir/{record}", content=mark, headers={**patch, "If-Match": 'W/"9"'}).status_code == 412
+    assert api.request("PATCH", "/fhir/DocumentReference/unknown", content=mark, headers=patch).status_code == 404
+    assert api.request("PATCH", f"/fhir/{record}", content=mark, headers=patch).status_code == 200
+    assert api.request("PATCH", f"/fhir/{record}", content=mark,
+                       headers={**patch, "Accept": "application/fhir+json; fhirVersion=5.0"}).status_code == 406

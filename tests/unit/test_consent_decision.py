@@ -14,6 +14,7 @@ from adapter.consent import (
     classify_purpose,
     decide,
     decide_audit_export,
+    decide_mark_entered_in_error,
     decide_outbox_list,
     decide_outbox_requeue,
     permitted_purposes,
@@ -789,3 +790,55 @@ def test_a_policy_requiring_written_consent_for_explicit_purposes_counts_only_a_
     assert allowed.permitted and allowed.consent_ids == ("written-1",)
     assert run("TREAT", grants=(make_grant("TREAT", method=ConsentMethod.VERBAL),), tables=strict).permitted
     assert code not in permitted_purposes(make_facts(), (verbal,), strict, NOW)
+
+
+# -- a record entered in error (FHIR R4 status entered-in-error) ----------------------------------
+
+def _in_error(kind: PhotoKind = PhotoKind.CLINICAL) -> AccessFacts:
+    return dataclasses.replace(make_facts(kind), entered_in_error=True)
+
+
+@pytest.mark.parametrize("code", ["TREAT", "COC", "ETREAT", "BTG"])
+def test_an_entered_in_error_record_is_shown_to_care_but_its_image_to_nobody(code: str) -> None:
+    """PACS review finding 1: a misfiled record withdrawn (status entered-in-error) stays
+    readable as a resource under care and break-glass, with its status, so an EHR can reconcile;
+    its image is refused there too (the default decision is the image's: fail closed)."""
+    facts, grants = _in_error(), (make_grant("TREAT"),)
+    shown = decide(PurposeOfUse(code), facts, grants, policy_variant(), NOW, resource_only=True)
+    assert shown.permitted and shown.view is View.FULL and shown.entered_in_error
+    assert shown.reason.endswith("the record was entered in error: its image is not released")
+    assert shown.permitted_purposes == frozenset()  # no label names a purpose it is released to
+    image = decide(PurposeOfUse(code), facts, grants, policy_variant(), NOW)
+    assert not image.permitted and image.entered_in_error
+    assert image.reason == "the record was entered in error: its image is not released"
+    # the same record, not in error: both permitted
+    assert run(code, make_facts(), grants).permitted
+
+
+@pytest.mark.parametrize("code", ["TRAIN", "MLTRAINING", "HRESCH", "PUBHLTH", "RECORDMGT", "PATRQT"])
+@pytest.mark.parametrize("resource_only", [True, False])
+def test_an_entered_in_error_record_is_released_to_no_other_purpose(code: str, resource_only: bool) -> None:
+    """Even with a Consent permitting the purpose, which opens the same record not in error."""
+    grants = (make_grant("TREAT", code, method=ConsentMethod.WRITTEN),)
+    assert run(code, make_facts(), grants).permitted
+    d = decide(PurposeOfUse(code), _in_error(), grants, policy_variant(), NOW, resource_only=resource_only)
+    assert not d.permitted and not d.entered_in_error  # a restricted reader is told nothing of why
+    assert d.reason == "the record was entered in error: it is released to care only"
+    assert d.permitted_purposes == frozenset()
+
+
+def test_an_entered_in_error_record_refused_anyway_keeps_the_ordinary_refusal() -> None:
+    d = decide(PurposeOfUse("TREAT"), _in_error(), (), policy_variant(), NOW, resource_only=True)
+    assert not d.permitted and not d.entered_in_error and d.reason == "no active consent for TREAT"
+
+
+@pytest.mark.parametrize(("code", "permitted"), [
+    ("RECORDMGT", True), ("TREAT", False), ("BTG", False), ("ETREAT", False), ("HOPERAT", False),
+    ("TRAIN", False), ("HRESCH", False), ("PATRQT", False),
+])
+def test_a_record_is_marked_entered_in_error_for_records_management_only(code: str, permitted: bool) -> None:
+    d = decide_mark_entered_in_error(PurposeOfUse(code), policy_variant())
+    assert d.permitted is permitted, d.reason
+    if not permitted:
+        assert d.reason == f"a record is marked entered-in-error for records management (RECORDMGT), not for {code}"
+    assert not decide_mark_entered_in_error(PurposeOfUse("RECORDMGT", "urn:other"), policy_variant()).permitted

@@ -157,7 +157,7 @@ def test_an_outbox_requeue_names_each_item_as_a_job_and_each_patient() -> None:
 
 
 def test_refuses_unknown_codes() -> None:
-    for bad in ({"interaction": "patch"}, {"action": "X"}, {"outcome": "1"}):
+    for bad in ({"interaction": "frobnicate"}, {"action": "X"}, {"outcome": "1"}):
         with pytest.raises(ValueError):
             event(**bad)
     with pytest.raises(ValueError):

@@ -27,7 +27,8 @@ def test_valid_and_complete(version: str) -> None:
     record_emitted(cs, version[0])  # validated with the npm R4 or R5 validator at the end of the session
     assert cs["status"] == "active" and cs["kind"] == "instance" and cs["fhirVersion"] == version
     assert cs["format"] == ["json", "xml"]  # both encodings, both ways (http.html#mime-type)
-    assert "patchFormat" not in cs  # no patch interaction
+    # R4: PATCH of a record marks it entered-in-error, with a JSON Patch only; R5 is read-only
+    assert cs.get("patchFormat") == (["application/json-patch+json"] if version == "4.0.1" else None)
     assert cs["date"] == "2024-03-01T09:00:00+00:00"
     assert cs["implementation"]["url"] == "https://images.example.org/fhir"  # cpb-14
     assert cs["software"] == {"name": "clinical-image-adapter", "version": "0.1.0"}
@@ -47,8 +48,12 @@ def test_valid_and_complete(version: str) -> None:
         interactions = {i["code"] for i in r["interaction"]}
         assert {"read", "vread"} <= interactions  # every Location names Type/id/_history/n
         assert ("history-instance" in interactions) is (r["type"] != "Binary")
-        assert r["versioning"] == ("versioned-update" if r["type"] == "Consent" else "versioned")
-        assert r["readHistory"] is (r["type"] == "Consent")
+        patched = r["type"] in ("Media", "DocumentReference")
+        assert ("patch" in interactions) is (patched and version == "4.0.1")
+        assert ("entered-in-error" in r["documentation"]) is (patched and version == "4.0.1")
+        assert r["versioning"] == ("versioned-update" if r["type"] == "Consent" or (patched and version == "4.0.1")
+                                   else "versioned")
+        assert r["readHistory"] is (r["type"] == "Consent" or patched)
     writes = {"create", "update"} if version == "4.0.1" else set()
     assert {i["code"] for i in resources["Consent"]["interaction"]} == {"read", "vread", "history-instance",
                                                                         "search-type"} | writes
