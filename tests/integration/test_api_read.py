@@ -8,6 +8,9 @@ import base64
 import hashlib
 import io
 import json
+import time
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -425,8 +428,10 @@ def test_a_read_that_sends_nothing_is_audited_as_failed_not_as_a_disclosure(tmp_
             assert _refs(event)[0] == "/".join(url.split("/")[2:4]) and patients(event) == [PATIENT], url
             if not url.startswith("/fhir/Consent"):  # care reads a Consent on no Consent; a photo on its own
                 assert any(e["type"]["code"] == "Consent" for e in event["entity"]), url
-        current = client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-Match": 'W/"1"',
-                                                                      "If-None-Match": 'W/"1"'})
+        # a photo taken after the Consent: its version names its labels (one before it was relabelled)
+        taken = _ingest(client, SAMPLES / "lesion.png")
+        current = client.get(f"/fhir/{taken['record']}", headers={**treat, "If-Match": 'W/"1"',
+                                                                    "If-None-Match": 'W/"1"'})
         assert current.status_code == 304
         assert services.store.list_audit(1)[0]["outcome"] == "0"
 
@@ -2181,6 +2186,65 @@ def test_conditional_vread_if_match_and_a_later_version_within_the_second(tmp_pa
             assert answer.status_code == 200 and answer.json()["status"] == "inactive"
         assert client.get(f"/fhir/Consent/{consent['id']}", headers={
             **treat, "If-Modified-Since": "Sat, 01 Jan 2100 00:00:00 GMT"}).status_code == 304
+
+
+def test_a_consent_change_revalidates_the_reads_whose_labels_it_changes(tmp_path: Path) -> None:
+    """Review finding (EHR F1): a Consent created or withdrawn changes the purposes a record's
+    meta.security lists, but its ETag (W/"1") and Last-Modified stayed those of the ingest, so
+    If-None-Match and If-Modified-Since answered 304 and an EHR kept a copy labelled TRAIN after
+    the withdrawal. The ETag stays the version (FHIR http.html), but a conditional read answers
+    304 only when no Consent of the patient changed after the version, Last-Modified is the
+    later of the two, on every read that shows the labels (Media, Binary as JSON and as bytes,
+    Provenance, vread, HEAD, R5); another patient's records are not affected."""
+    json_type = {"Content-Type": "application/fhir+json"}
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        other = _ingest(client, patient={"system": PATIENT["system"], "value": "MRN-0002"})
+        treat = as_purpose("TREAT")
+        binary_json = f"/fhir/{receipt['binary']}?_format=json"
+        urls = [f"/fhir/{receipt['record']}", f"/fhir/{receipt['record']}/_history/1", binary_json,
+                f"/fhir/{receipt['provenance']}"]
+        held = client.get(f"/fhir/{receipt['record']}", headers=treat)
+        ingested = held.headers["last-modified"]
+        assert "TRAIN" not in {c["code"] for c in held.json()["meta"]["security"]}
+        for url in urls:
+            assert client.get(url, headers={**treat, "If-None-Match": 'W/"1"'}).status_code == 304
+
+        created = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=json_type)
+        assert created.status_code == 201, created.text
+        for url in urls:
+            answer = client.get(url, headers={**treat, "If-None-Match": 'W/"1"'})
+            assert answer.status_code == 200, url
+            assert answer.headers["etag"] == 'W/"1"'  # the version is still 1 (meta may change without one)
+            assert "TRAIN" in {c["code"] for c in answer.json()["meta"]["security"]}, url
+            assert client.get(url, headers={**treat, "If-Modified-Since": ingested}).status_code == 200, url
+        image = client.get(f"/fhir/{receipt['binary']}", headers={**treat, "Accept": "image/*", "If-None-Match": 'W/"1"'})
+        assert image.status_code == 200 and image.content
+        head = client.head(f"/fhir/{receipt['record']}", headers={**treat, "If-None-Match": 'W/"1"'})
+        assert head.status_code == 200
+        r5 = {**treat, "Accept": "application/fhir+json; fhirVersion=5.0", "If-None-Match": 'W/"1"'}
+        media_id = receipt["record"].split("/")[1]
+        assert client.get(f"/fhir/DocumentReference/{media_id}", headers=r5).status_code == 200
+        # Last-Modified names the Consent's change: given back (once its second is over), 304
+        time.sleep(1.05)
+        now = client.get(f"/fhir/{receipt['record']}", headers=treat)
+        assert parsedate_to_datetime(now.headers["last-modified"]) >= \
+            datetime.fromisoformat(created.json()["meta"]["lastUpdated"])
+        assert client.get(f"/fhir/{receipt['record']}", headers={
+            **treat, "If-Modified-Since": now.headers["last-modified"]}).status_code == 304
+        assert client.head(f"/fhir/{receipt['record']}", headers=treat).headers["last-modified"] \
+            == now.headers["last-modified"] != ingested
+        # another patient's records are not revalidated by this patient's Consents
+        assert client.get(f"/fhir/{other['record']}", headers={**treat, "If-None-Match": 'W/"1"'}).status_code == 304
+
+        consent = created.json()
+        consent["status"] = "inactive"
+        assert client.put(f"/fhir/Consent/{consent['id']}", json=consent, headers=json_type).status_code == 200
+        withdrawn = client.get(f"/fhir/{receipt['record']}", headers={
+            **treat, "If-Modified-Since": now.headers["last-modified"]})
+        assert withdrawn.status_code == 200
+        assert "TRAIN" not in {c["code"] for c in withdrawn.json()["meta"]["security"]}
+        assert client.get(binary_json, headers={**treat, "If-None-Match": 'W/"1"'}).status_code == 200
 
 
 def _what(events: list[dict]) -> set[str]:
