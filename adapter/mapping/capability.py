@@ -121,8 +121,10 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
     "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
                    _Param("date", "date", "As `recorded`."),
                    _Param("target", "reference", "The record the provenance is about: `Media/<id>` or "
-                          "`DocumentReference/<id>` (also `target:Media=<id>`), or its Binary; never a Consent "
-                          "(who recorded or withdrew one is in its history and the audit trail).")),
+                          "`DocumentReference/<id>` (also `target:Media=<id>`), or its Binary: `Binary/<id>` "
+                          "(also `target:Binary=<id>`); never a Consent (who recorded or withdrew one is in its "
+                          "history and the audit trail). `_include=Provenance:target` adds the record, not the "
+                          "Binary (the image itself: read it at the record's `content.url`).")),
 }
 #: The names R5 gives some parameters of R4 (R5 DocumentReference-format-code, -event-code; R4's
 #: format and event): an R5 reader searches by them (adapter.services.search_params, which takes

@@ -84,8 +84,14 @@ STATUS_SYSTEMS = {
 }
 #: A status no resource has: what a ``status`` criterion holds when nothing can match it.
 _NO_STATUS = ""
-#: The types a Provenance ``target`` may name (the records and Consents the adapter holds).
-TARGET_TYPES = ("Media", "DocumentReference", "Consent")
+#: The types a Provenance ``target`` may name: the record it is about, or the record's Binary,
+#: which every Provenance of a photo or document names beside it (adapter.mapping.provenance);
+#: never a Consent (who recorded or withdrew one is in its history and the audit trail).
+TARGET_TYPES = ("Media", "DocumentReference", "Binary")
+#: The targets ``_include=Provenance:target`` adds: the records. Not the Binary: that would put
+#: the image itself, base64, in the searchset (up to MAX_INCLUDED of them on one page) beside the
+#: record that already links to it (content.url); the CapabilityStatement says so.
+INCLUDED_TARGET_TYPES = ("Media", "DocumentReference")
 #: ``_include`` / ``_revinclude`` (search.html#include): the Provenance of the records found
 #: (``Media?patient=...&_revinclude=Provenance:target``) and the records a Provenance search
 #: found the Provenance of (``Provenance?...&_include=Provenance:target``); each included
@@ -298,7 +304,7 @@ def _include(name: str, value: str, resource_type: str, r5: bool) -> tuple[str, 
     allowed = INCLUDES.get(resource_type, ())
     source, _, rest = value.partition(":")
     param, _, target = rest.partition(":")
-    types = _r5_types(TARGET_TYPES, r5)
+    types = _r5_types(INCLUDED_TARGET_TYPES, r5)
     if f"{source}:{param}" not in allowed or (target and target not in types):
         return None
     return tuple(s for t in ([target] if target else types) for s in _stored_types(t, r5))

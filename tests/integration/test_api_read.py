@@ -1066,7 +1066,7 @@ def test_provenance_is_found_by_its_target_and_included_with_the_records(tmp_pat
                                headers=treat)
         assert elsewhere.status_code == 200 and elsewhere.json()["total"] == 0, elsewhere.text
         assert client.get("/fhir/Provenance?target=Patient/1", headers=treat).status_code == 400
-        assert client.get("/fhir/Provenance?target:Binary=1", headers=treat).status_code == 400
+        assert client.get("/fhir/Provenance?target:Patient=1", headers=treat).status_code == 400
 
         bundle = client.get("/fhir/Media?_revinclude=Provenance:target&_sort=_lastUpdated", headers=treat).json()
         assert bundle["total"] == 2
@@ -1096,6 +1096,50 @@ def test_provenance_is_found_by_its_target_and_included_with_the_records(tmp_pat
         assert kinds == ["Media", "Media", "Provenance", "Provenance"]
         assert PATIENT["value"] not in json.dumps(train)
         assert "Dr Out" not in json.dumps(train)
+
+
+def test_provenance_is_found_by_its_binary_target_under_the_purpose(tmp_path: Path) -> None:
+    """Review finding (EHR F4): a Provenance names its record and the record's Binary in target,
+    and the CapabilityStatement offers target "or its Binary", but Provenance?target=Binary/<id>
+    (and target:Binary=) answered 400 whose diagnostics named Consent as a target, which no
+    Provenance is about. The Binary now finds its Provenance, in the ids of the reader's view and
+    under its decision; _include=Provenance:target adds the record, not the image (said in the
+    CapabilityStatement); a Consent is refused as a target, and the diagnostics say which are."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        binary_id = receipt["binary"].split("/")[1]
+        provenance_id = receipt["provenance"].split("/")[1]
+        treat = as_purpose("TREAT")
+        for query in (f"target={receipt['binary']}", f"target:Binary={binary_id}", f"target={binary_id}",
+                      f"target=http://testserver/fhir/{receipt['binary']}"):
+            found = client.get(f"/fhir/Provenance?{query}", headers=treat)
+            assert found.status_code == 200, (query, found.text)
+            assert [e["resource"]["id"] for e in found.json()["entry"]] == [provenance_id], query
+        both = client.get(f"/fhir/Provenance?target={receipt['binary']}&_include=Provenance:target", headers=treat).json()
+        assert [(e["search"]["mode"], e["resource"]["resourceType"]) for e in both["entry"]] == \
+            [("match", "Provenance"), ("include", "Media")]
+        r5 = as_purpose("TREAT", Accept="application/fhir+json; fhirVersion=5.0")
+        assert client.get(f"/fhir/Provenance?target={receipt['binary']}", headers=r5).json()["total"] == 1
+        # TRAIN: nothing without a Consent for it; then only by the Binary's id in TRAIN's view
+        train = as_purpose("TRAIN")
+        assert client.get(f"/fhir/Provenance?target={receipt['binary']}", headers=train).json()["total"] == 0
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
+        assert client.get(f"/fhir/Provenance?target={receipt['binary']}", headers=train).json()["total"] == 0
+        seen = client.get(f"/fhir/Provenance?target={seen_as(services, 'TRAIN', receipt['binary'])}",
+                          headers=train).json()
+        assert [e["resource"]["id"] for e in seen["entry"]] == [seen_as(services, "TRAIN", receipt["provenance"])
+                                                                .split("/")[1]]
+        # a Consent is no target; the diagnostics name the types that are
+        for query in ("target=Consent/1", "target:Consent=1", "_include=Provenance:target:Binary"):
+            refused = client.get(f"/fhir/Provenance?{query}", headers=treat)
+            assert refused.status_code == 400, query
+            assert "Consent resources" not in refused.text and "Consent)" not in refused.text, refused.text
+        assert "Media, DocumentReference, Binary" in client.get("/fhir/Provenance?target=Consent/1",
+                                                                headers=treat).json()["issue"][0]["diagnostics"]
+        provenance = next(r for r in client.get("/fhir/metadata").json()["rest"][0]["resource"]
+                          if r["type"] == "Provenance")
+        target = next(p for p in provenance["searchParam"] if p["name"] == "target")
+        assert "target:Binary" in target["documentation"] and "not the Binary" in target["documentation"]
 
 
 def test_only_provenance_can_be_included_and_nothing_iterates(tmp_path: Path) -> None:
