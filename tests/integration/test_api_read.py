@@ -1157,6 +1157,30 @@ def test_only_provenance_can_be_included_and_nothing_iterates(tmp_path: Path) ->
         assert "Provenance:target" in by_type["Provenance"]["searchInclude"]
 
 
+def test_what_the_capability_statement_does_not_declare_is_refused(tmp_path: Path) -> None:
+    """Review finding (EHR F5): R4 DocumentReference?modality= answered a false total 0 though the
+    R4 CapabilityStatement leaves modality out (R4 DocumentReference has none), and
+    Consent?_revinclude=Provenance:target was taken though Consent declares no searchRevInclude;
+    every other undeclared parameter is 400, so a client learns it is unsupported."""
+    with adapter_client(tmp_path) as (client, _):
+        _ingest(client)
+        treat = as_purpose("TREAT")
+        r5 = as_purpose("TREAT", Accept="application/fhir+json; fhirVersion=5.0")
+        declared = {r["type"]: r for r in client.get("/fhir/metadata").json()["rest"][0]["resource"]}
+        for query in ("DocumentReference?modality=XC", "Consent?_revinclude=Provenance:target",
+                      "Provenance?_revinclude=Provenance:target", "Binary?_revinclude=Provenance:target"):
+            refused = client.get(f"/fhir/{query}", headers=treat)
+            assert refused.status_code == 400, (query, refused.text)
+            assert refused.json()["resourceType"] == "OperationOutcome"
+        assert "modality" not in {p["name"] for p in declared["DocumentReference"]["searchParam"]}
+        assert "searchRevInclude" not in declared["Consent"]
+        assert client.get("/fhir/DocumentReference?modality=XC", headers=r5).json()["total"] == 1
+        assert client.get("/fhir/Media?modality=XC", headers=treat).status_code == 200
+        assert client.get("/fhir/DocumentReference?_revinclude=Provenance:target", headers=treat).status_code == 200
+        lenient = client.get("/fhir/DocumentReference?modality=XC", headers={**treat, "Prefer": "handling=lenient"})
+        assert lenient.status_code == 200
+
+
 def test_r5_readers_find_and_include_provenance_in_their_own_terms(tmp_path: Path) -> None:
     """R5 has no Media: its readers name a photo DocumentReference/<id>, in a target search and
     in _include=Provenance:target:DocumentReference, and get its Provenance pointing there."""
