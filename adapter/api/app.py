@@ -22,6 +22,7 @@ from adapter.api.request_id import RequestIdMiddleware
 from adapter.api.request_limits import BodyTimeoutMiddleware
 from adapter.api.routes import corrections, dicomweb, fhir, health, outbox, photos, wado_bulk, wado_uri
 from adapter.api.stopping import CancelledRequestMiddleware
+from adapter.api.trailing_slash import TrailingSlashMiddleware
 from adapter.errors import StorageError
 from adapter.metrics import CONTENT_TYPE, exposition
 from adapter.services.registry import Services
@@ -46,10 +47,13 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
             services.close()
 
     app = FastAPI(title="Clinical image adapter", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+                  docs_url="/docs", redoc_url=None,
+                  # never Starlette's 307 built from the Host header: adapter.api.trailing_slash
+                  redirect_slashes=False)
     app.state.services = services
     install_error_handlers(app)
     install_openapi(app)
+    app.add_middleware(TrailingSlashMiddleware)  # innermost: routed (and logged) without the slash
     app.add_middleware(HeadMiddleware)  # innermost: the other middlewares see HEAD
     app.add_middleware(CancelledRequestMiddleware)  # its 503 gets the headers of the ones outside it
     # inside NoStore: its refusals carry the headers every answer does; a simple POST needs no preflight

@@ -121,8 +121,10 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
     "Provenance": (*_COMMON, _Param("recorded", "date", "When the provenance was recorded."),
                    _Param("date", "date", "As `recorded`."),
                    _Param("target", "reference", "The record the provenance is about: `Media/<id>` or "
-                          "`DocumentReference/<id>` (also `target:Media=<id>`), or its Binary; never a Consent "
-                          "(who recorded or withdrew one is in its history and the audit trail).")),
+                          "`DocumentReference/<id>` (also `target:Media=<id>`), or its Binary: `Binary/<id>` "
+                          "(also `target:Binary=<id>`); never a Consent (who recorded or withdrew one is in its "
+                          "history and the audit trail). `_include=Provenance:target` adds the record, not the "
+                          "Binary (the image itself: read it at the record's `content.url`).")),
 }
 #: The names R5 gives some parameters of R4 (R5 DocumentReference-format-code, -event-code; R4's
 #: format and event): an R5 reader searches by them (adapter.services.search_params, which takes
@@ -174,7 +176,7 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
 
 #: Parameters of an element only R5 has: R4 DocumentReference has no ``modality`` (R5's, where a
 #: photo is a DocumentReference); declared in R4 it would match nothing.
-_R5_ONLY: dict[str, frozenset[str]] = {"DocumentReference": frozenset({"modality"})}
+R5_ONLY: dict[str, frozenset[str]] = {"DocumentReference": frozenset({"modality"})}
 
 
 def _definition(resource_type: str, param: _Param, fhir_version: str) -> str | None:
@@ -189,8 +191,8 @@ def _definition(resource_type: str, param: _Param, fhir_version: str) -> str | N
 #: Provenance's records, each included resource decided on its own.
 #: Only records have a Provenance (adapter.mapping.provenance: its targets are the record and
 #: its Binary): a Consent has none, so none is declared for it (its history and the audit trail
-#: tell who recorded or withdrew it).
-_REVINCLUDE = {"Media": ("Provenance:target",), "DocumentReference": ("Provenance:target",)}
+#: tell who recorded or withdrew it). The search refuses what is not declared here (400).
+REVINCLUDES: dict[str, tuple[str, ...]] = {"Media": ("Provenance:target",), "DocumentReference": ("Provenance:target",)}
 _INCLUDE = {"Provenance": ("Provenance:target", "Provenance:target:Media", "Provenance:target:DocumentReference")}
 _DOCUMENTATION = {
     "Media": "Clinical and secondary photos (R4). Read and search are filtered by consent and purpose of use.",
@@ -215,7 +217,8 @@ _INTERACTIONS = {
     "Consent": ("read", "vread", "history-instance", "search-type", "create", "update"),
     "Provenance": ("read", "vread", "history-instance", "search-type"),
 }
-#: Every resource carries meta.versionId and an ETag; a Consent update honours If-Match, and its
+#: Every resource carries meta.versionId and an ETag; a Consent update honours If-Match
+#: (versioned-update, where update is an interaction: R4's; the R5 endpoint is read-only), and its
 #: past versions are served by vread (the others are never updated: one version each).
 _VERSIONING = {"Consent": "versioned-update"}
 _VERSIONED_UPDATE_R4 = frozenset({"Consent", *_PATCHED})  # a record's PATCH honours If-Match too
@@ -231,8 +234,10 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
         # the R5 endpoint is read-only: writes take and answer R4 (adapter.api.routes.fhir)
         "interaction": [{"code": code} for code in _INTERACTIONS[resource_type]
                         if fhir_version == "4.0.1" or code not in ("create", "update", "patch")],
-        "versioning": "versioned-update" if resource_type in (_VERSIONED_UPDATE_R4 if fhir_version == "4.0.1"
-                                                              else _VERSIONING) else "versioned",
+        # versioned-update: updates (and a record's PATCH) honour If-Match, where there are any
+        # (R4's; the R5 endpoint is read-only: review EHR F5)
+        "versioning": "versioned-update" if fhir_version == "4.0.1" and resource_type in _VERSIONED_UPDATE_R4
+        else "versioned",
         "readHistory": resource_type in _READ_HISTORY,
         # the server assigns ids: an update of an id it does not hold is refused (405), never a create
         **({"updateCreate": False} if "update" in _INTERACTIONS[resource_type] and fhir_version == "4.0.1" else {}),
@@ -244,7 +249,7 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
         out["searchParam"] = []
         names = R5_NAMES.get(resource_type, {}) if fhir_version == "5.0.0" else {}
         for p in params:
-            if p.name in _R5_ONLY.get(resource_type, ()) and fhir_version == "4.0.1":
+            if p.name in R5_ONLY.get(resource_type, ()) and fhir_version == "4.0.1":
                 continue
             p = dataclasses.replace(p, name=names[p.name]) if p.name in names else p
             definition = _definition(resource_type, p, fhir_version)
@@ -252,8 +257,8 @@ def _resource(resource_type: str, fhir_version: str) -> JSON:
                                        "type": p.type, "documentation": p.documentation})
     if resource_type in _INCLUDE:  # R5 has no Media
         out["searchInclude"] = [i for i in _INCLUDE[resource_type] if fhir_version == "4.0.1" or not i.endswith(":Media")]
-    if resource_type in _REVINCLUDE:
-        out["searchRevInclude"] = list(_REVINCLUDE[resource_type])
+    if resource_type in REVINCLUDES:
+        out["searchRevInclude"] = list(REVINCLUDES[resource_type])
     return out
 
 

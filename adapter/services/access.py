@@ -109,6 +109,8 @@ def _denial(decision: Decision) -> str:
 class ReadResult:
     resource: dict[str, Any]
     decision: Decision
+    #: when a Consent of the patient changed after the version read (:meth:`ScopedReader.relabelled`)
+    relabelled: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class BinaryContent:
     data: bytes
     resource: dict[str, Any]
     decision: Decision
+    relabelled: datetime | None = None  # as ReadResult's
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,8 @@ class ScopedReader:
         self._auditor = auditor
         self._now = now
         self._grants: dict[Identifier, list[ConsentGrant]] = {}
+        # the last change (lastUpdated) of each patient's Consents, read with their grants
+        self._consents_changed: dict[Identifier, datetime | None] = {}
         # DICOM egress (WADO-RS, QIDO-RS, Binary as application/dicom); released_uids maps the
         # UIDs of the restricted views (adapter.services.dicom_objects.DicomRelease)
         self._dicom_tables = dicom_tables
@@ -321,7 +326,9 @@ class ScopedReader:
     def _grants_for(self, patient: Identifier) -> list[ConsentGrant]:
         if patient not in self._grants:
             grants: list[ConsentGrant] = []
+            changed: datetime | None = None
             for stored in self._store.consents_for_patient(patient):
+                changed = stored.last_updated if changed is None else max(changed, stored.last_updated)
                 # each grant knows its Consent's version, which the decision's audit names
                 try:
                     grants.extend(dataclasses.replace(g, version=stored.version_id)
@@ -333,7 +340,32 @@ class ScopedReader:
                     grants.append(ConsentGrant(id=stored.id, patient=patient, status="active", decision="deny",
                                                purposes=frozenset({ANY_PURPOSE}), version=stored.version_id))
             self._grants[patient] = [self._denial_of_the_photo(g) for g in grants]
+            self._consents_changed[patient] = changed
         return self._grants[patient]
+
+    def relabelled(self, facts: AccessFacts | None, updated: datetime | str | None) -> datetime | None:
+        """When a Consent of the patient ``facts`` names was last changed (created, updated,
+        withdrawn: any status), if after ``updated``, the lastUpdated of the version read; else
+        None. A resource's ``meta.security`` lists the purposes the patient's Consents permit now
+        (adapter.mapping.views.security_labels), so a change of them changes the representation
+        without a new version (FHIR lets meta change so): the read's validators must say so
+        (RFC 9110 8.8.1, a weak validator only for semantically equivalent representations;
+        adapter.api.routes.fhir). Read with the patient's grants, which the decision loaded
+        (no query of its own); a version whose lastUpdated cannot be read counts as changed."""
+        if facts is None:
+            return None
+        self._grants_for(facts.patient)
+        changed = self._consents_changed.get(facts.patient)
+        if changed is None:
+            return None
+        if isinstance(updated, str):
+            try:
+                updated = datetime.fromisoformat(updated)
+            except ValueError:
+                updated = None
+        if isinstance(updated, datetime) and updated.tzinfo is not None and changed <= updated:
+            return None
+        return changed
 
     def _denial_of_the_photo(self, grant: ConsentGrant) -> ConsentGrant:
         """A deny grant whose provision.data names a resource of a photo other than its record
@@ -496,7 +528,7 @@ class ScopedReader:
             raise self._refused(self.ctx, "read", decision, entities, patient)
         resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
                                   precondition)
-        return ReadResult(resource=resource, decision=decision)
+        return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, stored.last_updated))
 
     def check_binary_version(self, id: str, version_id: int) -> None:
         """A vread of a Binary: returns when ``version_id`` is its version (a Binary has one; the
@@ -536,7 +568,8 @@ class ScopedReader:
         resource = self._answered(
             "vread", decision, entities, patient,
             lambda: self._in_view(document, decision), precondition)
-        return ReadResult(resource=resource, decision=decision)
+        updated = stored.last_updated if document is stored.resource else (document.get("meta") or {}).get("lastUpdated")
+        return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, updated))
 
     def _stricter_for_versions(self, decision: Decision, stored: StoredResource, facts: AccessFacts | None,
                                documents: Sequence[dict[str, Any]]) -> Decision:
@@ -637,7 +670,8 @@ class ScopedReader:
         resource = self._answered("read", decision, entities, patient, make, precondition, ctx)
         data = made[0]
         resource["data"] = base64.b64encode(data).decode("ascii")
-        return BinaryContent(content_type=content_type, data=data, resource=resource, decision=decision)
+        return BinaryContent(content_type=content_type, data=data, resource=resource, decision=decision,
+                             relabelled=self.relabelled(stored.facts, stored.last_updated))
 
     def search(self, resource_types: Sequence[str], request: SearchRequest) -> SearchResult:
         """Search; records not permitted for the purpose are left out and not counted.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from adapter.errors import InvalidQuery, NotSupported, TooCostly, UnsupportedResourceType
-from adapter.mapping.capability import R5_NAMES
+from adapter.mapping.capability import R5_NAMES, R5_ONLY, REVINCLUDES
 from adapter.mapping.fhir_r4 import R5_PREFIX
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, identifier_too_long
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
@@ -84,13 +84,19 @@ STATUS_SYSTEMS = {
 }
 #: A status no resource has: what a ``status`` criterion holds when nothing can match it.
 _NO_STATUS = ""
-#: The types a Provenance ``target`` may name (the records and Consents the adapter holds).
-TARGET_TYPES = ("Media", "DocumentReference", "Consent")
+#: The types a Provenance ``target`` may name: the record it is about, or the record's Binary,
+#: which every Provenance of a photo or document names beside it (adapter.mapping.provenance);
+#: never a Consent (who recorded or withdrew one is in its history and the audit trail).
+TARGET_TYPES = ("Media", "DocumentReference", "Binary")
+#: The targets ``_include=Provenance:target`` adds: the records. Not the Binary: that would put
+#: the image itself, base64, in the searchset (up to MAX_INCLUDED of them on one page) beside the
+#: record that already links to it (content.url); the CapabilityStatement says so.
+INCLUDED_TARGET_TYPES = ("Media", "DocumentReference")
 #: ``_include`` / ``_revinclude`` (search.html#include): the Provenance of the records found
-#: (``Media?patient=...&_revinclude=Provenance:target``) and the records a Provenance search
-#: found the Provenance of (``Provenance?...&_include=Provenance:target``); each included
-#: resource gets its own decision. Nothing else, and no ``:iterate``.
-REVINCLUDES = ("Provenance:target",)
+#: (``Media?patient=...&_revinclude=Provenance:target``, on the types the CapabilityStatement
+#: declares it for: REVINCLUDES) and the records a Provenance search found the Provenance of
+#: (``Provenance?...&_include=Provenance:target``); each included resource gets its own
+#: decision. Nothing else, and no ``:iterate``.
 INCLUDES = {"Provenance": ("Provenance:target",)}
 #: The paging parameter of the links a search answer gives (a server-defined parameter, as FHIR
 #: allows for paging, search.html#paging): the sealed PageCursor of the page it links to.
@@ -294,11 +300,11 @@ def _include(name: str, value: str, resource_type: str, r5: bool) -> tuple[str, 
     """What an ``_include``/``_revinclude`` value asks for, if supported here (else None): for
     ``_include=Provenance:target[:Type]`` the stored target types to include."""
     if name == "_revinclude":
-        return () if value in REVINCLUDES else None
+        return () if value in REVINCLUDES.get(resource_type, ()) else None
     allowed = INCLUDES.get(resource_type, ())
     source, _, rest = value.partition(":")
     param, _, target = rest.partition(":")
-    types = _r5_types(TARGET_TYPES, r5)
+    types = _r5_types(INCLUDED_TARGET_TYPES, r5)
     if f"{source}:{param}" not in allowed or (target and target not in types):
         return None
     return tuple(s for t in ([target] if target else types) for s in _stored_types(t, r5))
@@ -419,6 +425,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     allowed = _PARAMS.get(resource_type)
     if allowed is None:
         raise UnsupportedResourceType(f"search on {resource_type} is not supported")
+    if not r5:  # an element only R5 has (R4 DocumentReference has no modality): not declared in R4
+        allowed = {name: kind for name, kind in allowed.items() if name not in R5_ONLY.get(resource_type, ())}
     r5_values = _R5_VALUES.get(resource_type, frozenset()) if r5 else frozenset()
     ids: list[str] | None = None
     patient_groups: list[tuple[list[Identifier], list[str]]] = []  # each a repeat of patient:identifier
@@ -457,7 +465,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
             if wanted is None and lenient:
                 ignored.append(f"{name[:40]}={value[:60]}")
             elif wanted is None:
-                supported = REVINCLUDES if base == "_revinclude" else INCLUDES.get(resource_type, ())
+                supported = (REVINCLUDES if base == "_revinclude" else INCLUDES).get(resource_type, ())
                 raise NotSupported(f"{name[:40]}={value[:60]} is not supported on {resource_type}"
                                    + (f" (supported: {', '.join(supported)})" if supported else ""),
                                    expression=name[:40])

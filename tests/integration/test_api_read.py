@@ -8,6 +8,9 @@ import base64
 import hashlib
 import io
 import json
+import time
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -425,8 +428,10 @@ def test_a_read_that_sends_nothing_is_audited_as_failed_not_as_a_disclosure(tmp_
             assert _refs(event)[0] == "/".join(url.split("/")[2:4]) and patients(event) == [PATIENT], url
             if not url.startswith("/fhir/Consent"):  # care reads a Consent on no Consent; a photo on its own
                 assert any(e["type"]["code"] == "Consent" for e in event["entity"]), url
-        current = client.get(f"/fhir/{receipt['record']}", headers={**treat, "If-Match": 'W/"1"',
-                                                                      "If-None-Match": 'W/"1"'})
+        # a photo taken after the Consent: its version names its labels (one before it was relabelled)
+        taken = _ingest(client, SAMPLES / "lesion.png")
+        current = client.get(f"/fhir/{taken['record']}", headers={**treat, "If-Match": 'W/"1"',
+                                                                    "If-None-Match": 'W/"1"'})
         assert current.status_code == 304
         assert services.store.list_audit(1)[0]["outcome"] == "0"
 
@@ -1061,7 +1066,7 @@ def test_provenance_is_found_by_its_target_and_included_with_the_records(tmp_pat
                                headers=treat)
         assert elsewhere.status_code == 200 and elsewhere.json()["total"] == 0, elsewhere.text
         assert client.get("/fhir/Provenance?target=Patient/1", headers=treat).status_code == 400
-        assert client.get("/fhir/Provenance?target:Binary=1", headers=treat).status_code == 400
+        assert client.get("/fhir/Provenance?target:Patient=1", headers=treat).status_code == 400
 
         bundle = client.get("/fhir/Media?_revinclude=Provenance:target&_sort=_lastUpdated", headers=treat).json()
         assert bundle["total"] == 2
@@ -1093,6 +1098,50 @@ def test_provenance_is_found_by_its_target_and_included_with_the_records(tmp_pat
         assert "Dr Out" not in json.dumps(train)
 
 
+def test_provenance_is_found_by_its_binary_target_under_the_purpose(tmp_path: Path) -> None:
+    """Review finding (EHR F4): a Provenance names its record and the record's Binary in target,
+    and the CapabilityStatement offers target "or its Binary", but Provenance?target=Binary/<id>
+    (and target:Binary=) answered 400 whose diagnostics named Consent as a target, which no
+    Provenance is about. The Binary now finds its Provenance, in the ids of the reader's view and
+    under its decision; _include=Provenance:target adds the record, not the image (said in the
+    CapabilityStatement); a Consent is refused as a target, and the diagnostics say which are."""
+    with adapter_client(tmp_path) as (client, services):
+        receipt = _ingest(client)
+        binary_id = receipt["binary"].split("/")[1]
+        provenance_id = receipt["provenance"].split("/")[1]
+        treat = as_purpose("TREAT")
+        for query in (f"target={receipt['binary']}", f"target:Binary={binary_id}", f"target={binary_id}",
+                      f"target=http://testserver/fhir/{receipt['binary']}"):
+            found = client.get(f"/fhir/Provenance?{query}", headers=treat)
+            assert found.status_code == 200, (query, found.text)
+            assert [e["resource"]["id"] for e in found.json()["entry"]] == [provenance_id], query
+        both = client.get(f"/fhir/Provenance?target={receipt['binary']}&_include=Provenance:target", headers=treat).json()
+        assert [(e["search"]["mode"], e["resource"]["resourceType"]) for e in both["entry"]] == \
+            [("match", "Provenance"), ("include", "Media")]
+        r5 = as_purpose("TREAT", Accept="application/fhir+json; fhirVersion=5.0")
+        assert client.get(f"/fhir/Provenance?target={receipt['binary']}", headers=r5).json()["total"] == 1
+        # TRAIN: nothing without a Consent for it; then only by the Binary's id in TRAIN's view
+        train = as_purpose("TRAIN")
+        assert client.get(f"/fhir/Provenance?target={receipt['binary']}", headers=train).json()["total"] == 0
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
+        assert client.get(f"/fhir/Provenance?target={receipt['binary']}", headers=train).json()["total"] == 0
+        seen = client.get(f"/fhir/Provenance?target={seen_as(services, 'TRAIN', receipt['binary'])}",
+                          headers=train).json()
+        assert [e["resource"]["id"] for e in seen["entry"]] == [seen_as(services, "TRAIN", receipt["provenance"])
+                                                                .split("/")[1]]
+        # a Consent is no target; the diagnostics name the types that are
+        for query in ("target=Consent/1", "target:Consent=1", "_include=Provenance:target:Binary"):
+            refused = client.get(f"/fhir/Provenance?{query}", headers=treat)
+            assert refused.status_code == 400, query
+            assert "Consent resources" not in refused.text and "Consent)" not in refused.text, refused.text
+        assert "Media, DocumentReference, Binary" in client.get("/fhir/Provenance?target=Consent/1",
+                                                                headers=treat).json()["issue"][0]["diagnostics"]
+        provenance = next(r for r in client.get("/fhir/metadata").json()["rest"][0]["resource"]
+                          if r["type"] == "Provenance")
+        target = next(p for p in provenance["searchParam"] if p["name"] == "target")
+        assert "target:Binary" in target["documentation"] and "not the Binary" in target["documentation"]
+
+
 def test_only_provenance_can_be_included_and_nothing_iterates(tmp_path: Path) -> None:
     with adapter_client(tmp_path) as (client, _):
         _ingest(client)
@@ -1106,6 +1155,30 @@ def test_only_provenance_can_be_included_and_nothing_iterates(tmp_path: Path) ->
         by_type = {r["type"]: r for r in supported}
         assert by_type["Media"]["searchRevInclude"] == ["Provenance:target"]
         assert "Provenance:target" in by_type["Provenance"]["searchInclude"]
+
+
+def test_what_the_capability_statement_does_not_declare_is_refused(tmp_path: Path) -> None:
+    """Review finding (EHR F5): R4 DocumentReference?modality= answered a false total 0 though the
+    R4 CapabilityStatement leaves modality out (R4 DocumentReference has none), and
+    Consent?_revinclude=Provenance:target was taken though Consent declares no searchRevInclude;
+    every other undeclared parameter is 400, so a client learns it is unsupported."""
+    with adapter_client(tmp_path) as (client, _):
+        _ingest(client)
+        treat = as_purpose("TREAT")
+        r5 = as_purpose("TREAT", Accept="application/fhir+json; fhirVersion=5.0")
+        declared = {r["type"]: r for r in client.get("/fhir/metadata").json()["rest"][0]["resource"]}
+        for query in ("DocumentReference?modality=XC", "Consent?_revinclude=Provenance:target",
+                      "Provenance?_revinclude=Provenance:target", "Binary?_revinclude=Provenance:target"):
+            refused = client.get(f"/fhir/{query}", headers=treat)
+            assert refused.status_code == 400, (query, refused.text)
+            assert refused.json()["resourceType"] == "OperationOutcome"
+        assert "modality" not in {p["name"] for p in declared["DocumentReference"]["searchParam"]}
+        assert "searchRevInclude" not in declared["Consent"]
+        assert client.get("/fhir/DocumentReference?modality=XC", headers=r5).json()["total"] == 1
+        assert client.get("/fhir/Media?modality=XC", headers=treat).status_code == 200
+        assert client.get("/fhir/DocumentReference?_revinclude=Provenance:target", headers=treat).status_code == 200
+        lenient = client.get("/fhir/DocumentReference?modality=XC", headers={**treat, "Prefer": "handling=lenient"})
+        assert lenient.status_code == 200
 
 
 def test_r5_readers_find_and_include_provenance_in_their_own_terms(tmp_path: Path) -> None:
@@ -2181,6 +2254,65 @@ def test_conditional_vread_if_match_and_a_later_version_within_the_second(tmp_pa
             assert answer.status_code == 200 and answer.json()["status"] == "inactive"
         assert client.get(f"/fhir/Consent/{consent['id']}", headers={
             **treat, "If-Modified-Since": "Sat, 01 Jan 2100 00:00:00 GMT"}).status_code == 304
+
+
+def test_a_consent_change_revalidates_the_reads_whose_labels_it_changes(tmp_path: Path) -> None:
+    """Review finding (EHR F1): a Consent created or withdrawn changes the purposes a record's
+    meta.security lists, but its ETag (W/"1") and Last-Modified stayed those of the ingest, so
+    If-None-Match and If-Modified-Since answered 304 and an EHR kept a copy labelled TRAIN after
+    the withdrawal. The ETag stays the version (FHIR http.html), but a conditional read answers
+    304 only when no Consent of the patient changed after the version, Last-Modified is the
+    later of the two, on every read that shows the labels (Media, Binary as JSON and as bytes,
+    Provenance, vread, HEAD, R5); another patient's records are not affected."""
+    json_type = {"Content-Type": "application/fhir+json"}
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        other = _ingest(client, patient={"system": PATIENT["system"], "value": "MRN-0002"})
+        treat = as_purpose("TREAT")
+        binary_json = f"/fhir/{receipt['binary']}?_format=json"
+        urls = [f"/fhir/{receipt['record']}", f"/fhir/{receipt['record']}/_history/1", binary_json,
+                f"/fhir/{receipt['provenance']}"]
+        held = client.get(f"/fhir/{receipt['record']}", headers=treat)
+        ingested = held.headers["last-modified"]
+        assert "TRAIN" not in {c["code"] for c in held.json()["meta"]["security"]}
+        for url in urls:
+            assert client.get(url, headers={**treat, "If-None-Match": 'W/"1"'}).status_code == 304
+
+        created = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=json_type)
+        assert created.status_code == 201, created.text
+        for url in urls:
+            answer = client.get(url, headers={**treat, "If-None-Match": 'W/"1"'})
+            assert answer.status_code == 200, url
+            assert answer.headers["etag"] == 'W/"1"'  # the version is still 1 (meta may change without one)
+            assert "TRAIN" in {c["code"] for c in answer.json()["meta"]["security"]}, url
+            assert client.get(url, headers={**treat, "If-Modified-Since": ingested}).status_code == 200, url
+        image = client.get(f"/fhir/{receipt['binary']}", headers={**treat, "Accept": "image/*", "If-None-Match": 'W/"1"'})
+        assert image.status_code == 200 and image.content
+        head = client.head(f"/fhir/{receipt['record']}", headers={**treat, "If-None-Match": 'W/"1"'})
+        assert head.status_code == 200
+        r5 = {**treat, "Accept": "application/fhir+json; fhirVersion=5.0", "If-None-Match": 'W/"1"'}
+        media_id = receipt["record"].split("/")[1]
+        assert client.get(f"/fhir/DocumentReference/{media_id}", headers=r5).status_code == 200
+        # Last-Modified names the Consent's change: given back (once its second is over), 304
+        time.sleep(1.05)
+        now = client.get(f"/fhir/{receipt['record']}", headers=treat)
+        assert parsedate_to_datetime(now.headers["last-modified"]) >= \
+            datetime.fromisoformat(created.json()["meta"]["lastUpdated"])
+        assert client.get(f"/fhir/{receipt['record']}", headers={
+            **treat, "If-Modified-Since": now.headers["last-modified"]}).status_code == 304
+        assert client.head(f"/fhir/{receipt['record']}", headers=treat).headers["last-modified"] \
+            == now.headers["last-modified"] != ingested
+        # another patient's records are not revalidated by this patient's Consents
+        assert client.get(f"/fhir/{other['record']}", headers={**treat, "If-None-Match": 'W/"1"'}).status_code == 304
+
+        consent = created.json()
+        consent["status"] = "inactive"
+        assert client.put(f"/fhir/Consent/{consent['id']}", json=consent, headers=json_type).status_code == 200
+        withdrawn = client.get(f"/fhir/{receipt['record']}", headers={
+            **treat, "If-Modified-Since": now.headers["last-modified"]})
+        assert withdrawn.status_code == 200
+        assert "TRAIN" not in {c["code"] for c in withdrawn.json()["meta"]["security"]}
+        assert client.get(binary_json, headers={**treat, "If-None-Match": 'W/"1"'}).status_code == 200
 
 
 def _what(events: list[dict]) -> set[str]:

@@ -13,7 +13,7 @@ import json
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import partial
 from typing import IO, Annotated, Any, Literal
@@ -519,8 +519,8 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
                                                   precondition=conditions.check_match,
                                                   retrieve=retrieve_document(fhir_base) if version_id is None
                                                   else None))
-        headers = {**_glass_headers(content.decision), **_etag(content.resource)}
-        if conditions.answer(content.resource, vread=version_id is not None):
+        headers = {**_glass_headers(content.decision), **_etag(content.resource, content.relabelled)}
+        if conditions.answer(content.resource, vread=version_id is not None, relabelled=content.relabelled):
             return Response(status_code=304, headers=headers)
         if format_is_fhir(format_) or binary_answer(accept, content.content_type) == "resource":
             return _out(subset(_versioned(content.resource, version, fhir_base), how, fhir_version=version), version,
@@ -534,8 +534,8 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
         lambda rt: reader.read(rt, id, precondition=conditions.check_match) if version_id is None
         else reader.read_version(rt, id, version_id, precondition=conditions.check_match),
         resource_type, version)
-    headers = {**_glass_headers(result.decision), **_etag(result.resource)}
-    if conditions.answer(result.resource, vread=version_id is not None):
+    headers = {**_glass_headers(result.decision), **_etag(result.resource, result.relabelled)}
+    if conditions.answer(result.resource, vread=version_id is not None, relabelled=result.relabelled):
         return Response(status_code=304, headers=headers)
     return _out(subset(_versioned(result.resource, version, fhir_base), how, fhir_version=version), version,
                 headers=headers, fmt=fmt)
@@ -584,7 +584,7 @@ class _Conditions:
             raise PreconditionFailed(f"If-Match names {self.if_match.strip()[:60]}; the version read is "
                                      f"W/\"{version}\"")
 
-    def answer(self, resource: dict[str, Any], *, vread: bool = False) -> bool:
+    def answer(self, resource: dict[str, Any], *, vread: bool = False, relabelled: datetime | None = None) -> bool:
         """Whether the read of ``resource`` (the version selected: the current one, or the one a
         ``vread`` names) is answered 304 Not Modified; If-Match is checked first (RFC 9110 13.2.2:
         :meth:`check_match`, again here, should a reader not have). If-None-Match (13.1.2, weak
@@ -598,7 +598,14 @@ class _Conditions:
         (vread: it always names the same content) and a resource never updated (version 1: all
         records and Binaries); for a later version of a read ``meta.lastUpdated`` is compared
         whole, 304 only when it is at or before the instant given (when in doubt, 200: never a
-        304 for a change the client has not seen; If-None-Match has no such doubt)."""
+        304 for a change the client has not seen; If-None-Match has no such doubt).
+
+        ``relabelled``: when a Consent of the patient changed after the version (the reader's
+        ``relabelled``): its ``meta.security`` (the purposes permitted) may have changed with no
+        new version, which the ETag names (FHIR http.html: W/"<versionId>"), so If-None-Match
+        naming the version is no longer enough (RFC 9110 8.8.1: a weak validator is shared only
+        by semantically equivalent representations; review finding: a copy labelled TRAIN kept
+        after the withdrawal), and If-Modified-Since must be at or after that change, whole."""
         meta = resource.get("meta") or {}
         version = str(meta.get("versionId") or "")
         self.check_match(resource)
@@ -606,7 +613,7 @@ class _Conditions:
             if not version:
                 return False
             tags = {t.strip().removeprefix("W/") for t in self.if_none_match.split(",")}
-            return "*" in tags or f'"{version}"' in tags
+            return "*" in tags or (f'"{version}"' in tags and relabelled is None)
         if not self.if_modified_since:
             return False
         try:
@@ -618,14 +625,20 @@ class _Conditions:
             return False
         if vread or version == "1":
             updated = updated.replace(microsecond=0)
-        return updated <= since
+        return updated <= since and (relabelled is None or relabelled <= since)
 
 
-def _etag(resource: dict[str, Any]) -> dict[str, str]:
+def _etag(resource: dict[str, Any], relabelled: datetime | None = None) -> dict[str, str]:
     """The validators of a read (FHIR http.html#read, #versioning): ETag W/"<meta.versionId>"
     and Last-Modified, meta.lastUpdated as an HTTP date; never later than now (RFC 9110 8.8.2.1:
     a modification time in the future by the server's clock is replaced by the message's date,
-    and the store may stamp a write a millisecond ahead of the clock, adapter.store.sql)."""
+    and the store may stamp a write a millisecond ahead of the clock, adapter.store.sql).
+
+    ``relabelled`` (a Consent of the patient changed after the version, :meth:`_Conditions.answer`):
+    Last-Modified is that change, rounded up to its next second (If-Modified-Since compares it
+    whole, so the second it began in would never match; not later than now, which in the same
+    second gives one a change can still follow: not matched either). None in a view that
+    shows no lastUpdated (the de-identified one): the header does not show it either."""
     meta = resource.get("meta") or {}
     out = {"ETag": f'W/"{meta["versionId"]}"'} if meta.get("versionId") else {}
     try:
@@ -633,7 +646,11 @@ def _etag(resource: dict[str, Any]) -> dict[str, str]:
     except ValueError:
         return out
     if updated.tzinfo is not None:
-        out["Last-Modified"] = format_datetime(min(updated.astimezone(UTC), datetime.now(UTC)), usegmt=True)
+        modified = updated.astimezone(UTC)
+        if relabelled is not None:
+            whole = relabelled.astimezone(UTC).replace(microsecond=0)
+            modified = max(modified, whole if whole == relabelled else whole + timedelta(seconds=1))
+        out["Last-Modified"] = format_datetime(min(modified, datetime.now(UTC)), usegmt=True)
     return out
 
 
