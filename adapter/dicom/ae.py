@@ -36,6 +36,8 @@ class AeOptions:
     #: each allowed title and the networks it may call from (None: any host); from allowed_ae_titles
     callers: dict[str, tuple[Network, ...] | None] = dataclasses.field(default_factory=dict, compare=False,
                                                                          repr=False)
+    #: titles bound to hosts in one list and allowed bare in the other: allowed from any host
+    unbound: tuple[str, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
     def may_call(self, title: str, address: str) -> bool:
         """Whether the allowed calling AE ``title`` may call from ``address`` (an IP address)."""
@@ -55,14 +57,18 @@ class AeOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "ADAPTER_AE_TITLE"))
         callers: dict[str, tuple[Network, ...] | None] = {}
+        bound: set[str] = set()
         for entry in self.allowed_ae_titles:
             title, network = split_caller(entry, "allowed AE titles")
             hosts = callers.get(title, ())
+            if network is not None:
+                bound.add(title)
             # a title allowed from any host somewhere is allowed from any host
             callers[title] = None if network is None or (title in callers and hosts is None) \
                 else (*(hosts or ()), network)
         object.__setattr__(self, "allowed_ae_titles", tuple(callers))
         object.__setattr__(self, "callers", callers)
+        object.__setattr__(self, "unbound", tuple(t for t in callers if t in bound and callers[t] is None))
         if not 0 <= self.port <= 65535:
             raise ConfigurationError("ADAPTER_DICOM_PORT must be 0..65535")
         if self.max_pdu < 0:

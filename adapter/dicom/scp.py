@@ -954,6 +954,10 @@ class StoreSCP:
         if not self.options.allowed_ae_titles:
             log.warning("no calling AE title is allowed (ADAPTER_DICOM_ALLOWED_AE_TITLES and the policy's "
                         "allowedAETitles are empty): every association will be rejected")
+        if self.options.unbound:  # an operator's binding voided by a bare title elsewhere (the policy, say)
+            log.warning("calling AE title(s) %s bound to hosts are also allowed without a host "
+                        "(ADAPTER_DICOM_ALLOWED_AE_TITLES and the policy's allowedAETitles together): "
+                        "allowed from any host", ", ".join(self.options.unbound))
         callers = [title if hosts is None else f"{title} from {' '.join(map(str, hosts))}"
                    for title, hosts in self.options.callers.items()]
         log.info("DICOM SCP %s on %s:%d (calling AE titles allowed: %s)", self.options.ae_title, self.host,

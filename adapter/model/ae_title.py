@@ -30,11 +30,19 @@ def split_caller(entry: str, what: str) -> tuple[str, Network | None]:
     title, at, host = entry.strip().rpartition("@")
     if not at:
         return check_ae_title(entry, what), None
+    host = host.strip()
+    if "%" in host:  # an IPv6 zone (fe80::1%eth0): the address alone would match on every interface
+        raise ConfigurationError(f"{what}: {entry.strip()[:80]!r}: an IPv6 zone (%...) cannot be bound to: "
+                                 "give the address without it, or a global address")
     try:
-        network = ipaddress.ip_network(host.strip(), strict=False)
+        network = ipaddress.ip_network(host, strict=False)
     except ValueError:
         raise ConfigurationError(f"{what}: {entry.strip()[:80]!r}: after '@' an IP address or a network "
                                  "(10.1.2.0/24) the AE title may call from, not a host name") from None
+    if "/" in host and str(network.network_address) != host.split("/", 1)[0].strip():
+        # 10.0.0.1/8 would silently widen to 10.0.0.0/8: a typo in the mask or the address
+        raise ConfigurationError(f"{what}: {entry.strip()[:80]!r}: the network has host bits set "
+                                 f"(did you mean {network}, or an address alone?)")
     return check_ae_title(title, what), network
 
 

@@ -253,6 +253,19 @@ def test_a_calling_ae_title_bound_to_hosts_is_accepted_from_them_only(services: 
         assert "reason 3 (calling-AE-title-not-recognized)" in alert["outcomeDesc"]
 
 
+def test_a_binding_voided_by_the_same_title_allowed_bare_is_warned_of_at_start(
+        services: Services, caplog: pytest.LogCaptureFixture) -> None:
+    """Review newwrites F4: ADAPTER_DICOM_ALLOWED_AE_TITLES=PACS@10.0.0.20 and the policy's
+    allowedAETitles [PACS] together allow PACS from any host (as documented); the operator who
+    set the binding is told at start, not left to find a PACS calling from elsewhere."""
+    caplog.set_level(logging.INFO, logger="adapter")
+    server = StoreSCP(AeOptions(port=0, allowed_ae_titles=("PYNETSCU@127.0.0.2", "PYNETSCU")), services.dicom_ingest)
+    server.start()
+    server.stop()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "PYNETSCU" in r.getMessage()]
+    assert len(warned) == 1 and "allowed from any host" in warned[0], warned
+
+
 def test_a_command_before_the_last_data_set_ended_aborts_and_leaves_no_spool_file(
         scp: StoreSCP, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """pynetdicom opens a spool file per C-STORE command and dropped the previous one, unclosed,

@@ -22,10 +22,15 @@ def test_a_bound_title_may_call_from_its_hosts_only() -> None:
 
 @pytest.mark.parametrize("entries", [("PACS", "PACS@10.0.0.1"), ("PACS@10.0.0.1", "PACS")])
 def test_a_title_allowed_from_any_host_anywhere_is_allowed_from_any_host(entries: tuple[str, ...]) -> None:
-    assert AeOptions(allowed_ae_titles=entries).may_call("PACS", "192.0.2.1")
+    options = AeOptions(allowed_ae_titles=entries)
+    assert options.may_call("PACS", "192.0.2.1")
+    assert options.unbound == ("PACS",)  # which the SCP warns of at start (review newwrites F4)
+    assert AeOptions(allowed_ae_titles=("PACS@10.0.0.1", "ANY")).unbound == ()
 
 
-@pytest.mark.parametrize("entry", ["PACS@pacs.example.org", "PACS@", "@10.0.0.1", "PACS@10.0.0.0/33"])
+@pytest.mark.parametrize("entry", ["PACS@pacs.example.org", "PACS@", "@10.0.0.1", "PACS@10.0.0.0/33",
+                                   # review newwrites F4: silently widened, or bound on every interface
+                                   "PACS@10.0.0.1/8", "PACS@fe80::1%eth0", "PACS@2001:db8::1/64"])
 def test_a_binding_that_is_not_an_address_or_network_is_refused(entry: str) -> None:
     with pytest.raises(ConfigurationError):
         AeOptions(allowed_ae_titles=(entry,))
