@@ -11,7 +11,8 @@ own terms:
 - **DEIDENTIFIED**: ``patient`` and ``subject`` (by reference or identifier) and ``identifier``
   are not supported (400 not-supported, saying why); dates to the year only.
 - **PSEUDONYMISED**: ``patient``/``subject`` by identifier in the pseudonym system only (the
-  pseudonym the view shows), looked up in the pseudonym index; ``identifier`` in the SHA-256
+  pseudonym the view shows; a value without a system only if it has a pseudonym's form),
+  looked up in the pseudonym index; ``identifier`` in the SHA-256
   system only; dates as in the full view.
 - **FULL**: as given.
 
@@ -33,6 +34,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from adapter.errors import NotSupported
+from adapter.mapping.pseudonym import is_pseudonym
 from adapter.mapping.released_ids import IdSpace
 from adapter.model.decision import View
 from adapter.model.photo import Identifier
@@ -82,7 +84,10 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
         return criteria
     if not criteria.patient and not criteria.patient_value:
         return criteria
-    if any(p.system != pseudonym_system for p in criteria.patient or ()):
+    if any(p.system != pseudonym_system for p in criteria.patient or ()) \
+            or not all(is_pseudonym(v) for v in criteria.patient_value or ()):
+        # a value in any system that is no pseudonym (an MRN) is the real identity's, as
+        # system|value is: refused alike, by its form alone (review EHR F8)
         raise NotSupported(f"in the pseudonymised view the subject is a pseudonym: search by "
                            f"patient:identifier={pseudonym_system}|<pseudonym>")
     # a value without a system is one in any system the view shows: a pseudonym
