@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from adapter.errors import InvalidQuery, NotSupported, TooCostly, UnsupportedResourceType
 from adapter.mapping.capability import R5_NAMES, R5_ONLY, REVINCLUDES
-from adapter.mapping.fhir_r4 import R5_PREFIX
+from adapter.mapping.fhir_r4 import ENCOUNTER_IDENTIFIER, R5_PREFIX
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, identifier_too_long
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 from adapter.text import is_digits
@@ -42,12 +42,12 @@ _DATE_RE = re.compile(  # ASCII: \d would take other scripts' digits too
 # resource type -> supported search parameters -> kind
 _PARAMS: dict[str, dict[str, str]] = {
     "Media": {"created": "date", "date": "date", "type": "token", "modality": "token", "category": "token",
-              "status": "status", "identifier": "token", "kind": "token"},
+              "status": "status", "identifier": "token", "kind": "token", "encounter": "encounter"},
     "DocumentReference": {"date": "date", "type": "token", "category": "token", "status": "status",
                           "identifier": "token", "modality": "token", "kind": "token",
                           # IHE MHD Find Document References [ITI-67]
                           "creation": "date", "security-label": "token", "format": "token", "setting": "token",
-                          "facility": "token", "event": "token", "period": "date"},
+                          "facility": "token", "event": "token", "period": "date", "encounter": "encounter"},
     "Binary": {},
     "Consent": {"date": "date", "status": "status", "category": "token", "purpose": "token"},
     "Provenance": {"recorded": "date", "date": "date", "target": "reference"},
@@ -310,25 +310,47 @@ def _include(name: str, value: str, resource_type: str, r5: bool) -> tuple[str, 
     return tuple(s for t in ([target] if target else types) for s in _stored_types(t, r5))
 
 
+def _encounters(value: str, modifier: str, base_url: str | None) -> list[TokenCriterion]:
+    """The index tokens an ``encounter`` value matches (adapter.mapping.fhir_r4._encounter_tokens):
+    a reference (search.html#reference, as ``patient``'s: ``Encounter/<id>``, the id alone, this
+    server's absolute URL, ``encounter:Encounter=<id>``; another server's URL as stored) or, with
+    ``:identifier``, the encounter's logical identifier as a token (``system|value``, a value in
+    any system, ``|value`` one without a system)."""
+    values = _or_values(value, "encounter")
+    if modifier == "identifier":
+        out = [parse_token(v, ENCOUNTER_IDENTIFIER) for v in values]
+        for token in out:
+            _check_identifier_length(token.system or "", token.code, "encounter:identifier")
+        return out
+    if modifier not in ("", "Encounter"):
+        raise NotSupported(f"modifier :{modifier[:20]} on encounter is not supported (:identifier or :Encounter)",
+                           expression="encounter")
+    return [TokenCriterion(param="encounter", code=ref)
+            for v in values for ref in _typed_refs(v, "encounter", "Encounter", base_url)]
+
+
 def _patient_refs(value: str, param: str, base_url: str | None) -> list[str]:
     """The stored references a ``patient``/``subject`` reference value matches (search.html#reference):
     a relative one (``Patient/<id>``, or the id alone) means a Patient on this server, stored as
     ``Patient/<id>`` or as this server's absolute URL of it; another server's absolute URL
     (``http://ehr.example.org/fhir/Patient/p9``) only a reference stored as that URL; a
     version-specific one, the resource whichever version."""
+    return [ref for v in value.split(",") for ref in _typed_refs(v, param, "Patient", base_url)]
+
+
+def _typed_refs(value: str, param: str, rtype: str, base_url: str | None) -> list[str]:
+    """The stored literal references one value of a reference parameter to ``rtype`` matches:
+    ``rtype/<id>`` and this server's absolute URL of it for a relative one, the URL as given for
+    another server's."""
     base = (base_url or "").rstrip("/")
-    out = []
-    for v in value.split(","):
-        local = _on_this_server(v, base_url)
-        if local is None:
-            out.append(_unversioned(v.strip()))
-            continue
-        rtype, sep, rid = local.rpartition("/")
-        if (sep and rtype != "Patient") or not rid:
-            raise InvalidQuery(f"{param} takes a Patient reference: Patient/<id>, its id, or an absolute URL",
-                               expression=param)
-        out += [f"Patient/{rid}"] + ([f"{base}/Patient/{rid}"] if base else [])
-    return out
+    local = _on_this_server(value, base_url)
+    if local is None:
+        return [_unversioned(value.strip())]
+    named, sep, rid = local.rpartition("/")
+    if (sep and named != rtype) or not rid:
+        raise InvalidQuery(f"{param} takes a {rtype} reference: {rtype}/<id>, its id, or an absolute URL",
+                           expression=param)
+    return [f"{rtype}/{rid}"] + ([f"{base}/{rtype}/{rid}"] if base else [])
 
 
 def _patients_in_every(groups: Sequence[tuple[list[Identifier], list[str]]]) -> tuple[list[Identifier], list[str]]:
@@ -515,6 +537,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
                 ref_groups.append(_patient_refs(value, base, base_url))
             else:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
+        elif allowed[base] == "encounter":
+            tokens.append(tuple(_encounters(value, modifier, base_url)))
         elif allowed[base] == "reference":
             tokens.append(tuple(_references(value, base, modifier, TARGET_TYPES, r5, base_url)))
         elif allowed[base] == "date":

@@ -8,12 +8,12 @@ de-identified photos of MRN-0001" links every copy returned to the patient, and 
 2024-03-05?" asked day by day reads the dates that were cut. So a search is taken in the view's
 own terms:
 
-- **DEIDENTIFIED**: ``patient`` and ``subject`` (by reference or identifier) and ``identifier``
-  are not supported (400 not-supported, saying why); dates to the year only.
+- **DEIDENTIFIED**: ``patient`` and ``subject`` (by reference or identifier), ``identifier`` and
+  ``encounter`` are not supported (400 not-supported, saying why); dates to the year only.
 - **PSEUDONYMISED**: ``patient``/``subject`` by identifier in the pseudonym system only (the
   pseudonym the view shows; a value without a system only if it has a pseudonym's form),
   looked up in the pseudonym index; ``identifier`` in the SHA-256
-  system only; dates as in the full view.
+  system only; ``encounter`` not supported (the view shows none); dates as in the full view.
 - **FULL**: as given.
 
 Ids are the view's own too (adapter.mapping.released_ids): in a restricted view ``_id`` and a
@@ -34,12 +34,15 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from adapter.errors import NotSupported
+from adapter.mapping.fhir_r4 import ENCOUNTER_IDENTIFIER
 from adapter.mapping.pseudonym import is_pseudonym
 from adapter.mapping.released_ids import IdSpace
 from adapter.model.decision import View
 from adapter.model.photo import Identifier
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 
+#: The index tokens of a record's encounter (adapter.mapping.fhir_r4), which no restricted view shows.
+ENCOUNTER_PARAMS = frozenset({"encounter", ENCOUNTER_IDENTIFIER})
 #: The search parameters whose values are references (``Type/id``) to the adapter's resources.
 REFERENCE_PARAMS = frozenset({"target"})
 
@@ -70,6 +73,9 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
         for token in group:
             if token.param == "identifier":  # the views show none (adapter.mapping.views)
                 raise NotSupported(f"in the {name} view records cannot be searched by identifier")
+            if token.param in ENCOUNTER_PARAMS:  # nor an encounter: it would link the copies to the admission
+                raise NotSupported(f"in the {name} view records cannot be searched by encounter: the view "
+                                   "shows none")
     if deid:
         if criteria.patient or criteria.patient_value:
             raise NotSupported("in the de-identified view records cannot be searched by patient: "

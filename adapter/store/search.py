@@ -170,7 +170,7 @@ def _sort_key_sqlite(element: SortKey, compiler: Any, **kw: Any) -> str:
 
 
 #: Token parameters whose codes name one thing (an identifier, a target record), not a kind.
-SELECTIVE_TOKEN_PARAMS = frozenset({"identifier", "target", "entity"})
+SELECTIVE_TOKEN_PARAMS = frozenset({"identifier", "target", "entity", "encounter", "encounter:identifier"})
 
 
 def selective(criteria: SearchCriteria) -> bool:
