@@ -53,7 +53,9 @@ _ID = _Param("_id", "token", "Logical id of the resource.")
 #: not in searchParam; told in rest.documentation.
 _RESULT_PARAMETERS = (
     "Result parameters of every search: `_count` (page size, at most 200; the server may lower it), `_sort` "
-    "(`_lastUpdated`, oldest first, the default, or `-_lastUpdated`, newest first; other keys are refused), "
+    "(`_lastUpdated`, oldest first, the default, or `-_lastUpdated`, newest first; on Media also `date` and "
+    "`created`, on DocumentReference `date` and `creation` (R5: `creation`), by the record's date, `-` newest first, "
+    "the id breaking ties, not in the de-identified view; one key; other keys are refused), "
     "`_total` (`none` leaves Bundle.total out, so a page costs what it shows; `estimate` and `accurate`, the "
     "default, count every permitted match), `_summary`, `_elements`, `_include`/`_revinclude` as declared. Pages: "
     "follow the `next`, `previous` and `first` links as given; the first page fixes the search's snapshot, so a "

@@ -113,6 +113,14 @@ _CHAINS = {"patient.identifier": "patient:identifier", "subject.identifier": "su
 #: ``_sort`` (search.html#sort): results come in meta.lastUpdated order (then id), oldest first,
 #: the order of the store's index; newest first on request. Other keys are not supported.
 SORTS = {"_lastUpdated": False, "-_lastUpdated": True}
+#: ``_sort`` by a record's clinical date (review EHR F8: a documents tab's "newest first"), per
+#: type: the parameter to the indexed date it sorts by (IndexRow.date, the one ``date`` and
+#: ``created`` search; IndexRow.creation, MHD's ``creation``), oldest first, newest first with
+#: ``-``; ties broken by id. An R5 reader's ``date`` is another value (a photo's issued, a
+#: range), not indexed as a point: only ``creation`` there.
+DATE_SORTS = {"Media": {"date": "date", "created": "date"},
+              "DocumentReference": {"date": "date", "creation": "creation"}}
+R5_DATE_SORTS = {"DocumentReference": {"creation": "creation"}}
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,7 @@ class SearchRequest:
     total: bool = True  # count every match (Bundle.total); False for _total=none
     descending: bool = False  # _sort=-_lastUpdated: newest first
     sorted_by_last_updated: bool = False  # _sort was given (the full view's order is _lastUpdated's without it)
+    sort_by_date: str | None = None  # _sort by a clinical date: the IndexRow date sorted by (DATE_SORTS)
     ignored: tuple[str, ...] = ()  # unknown parameters left out (Prefer: handling=lenient)
     include_targets: tuple[str, ...] = ()  # _include=Provenance:target[:Type]: the target types to include
     revinclude_provenance: bool = False  # _revinclude=Provenance:target
@@ -459,6 +468,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     tokens: list[tuple[TokenCriterion, ...]] = []
     count, offset, total, descending = DEFAULT_COUNT, 0, True, False
     sorted_by_last_updated = False
+    sort_by_date: str | None = None
+    date_sorts = (R5_DATE_SORTS if r5 else DATE_SORTS).get(resource_type, {})
     summary_count = False
     ignored: list[str] = []
     include_targets: list[str] = []
@@ -516,11 +527,15 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         elif base == CURSOR_PARAM:
             cursor_token = value
         elif base == "_sort":
-            if value not in SORTS:
-                raise NotSupported(f"_sort={value[:40]} is not supported: results are sorted by _lastUpdated "
-                                   "(oldest first) or -_lastUpdated (newest first)", expression="_sort")
-            descending = SORTS[value]
-            sorted_by_last_updated = True
+            if value in SORTS:
+                descending = SORTS[value]
+                sorted_by_last_updated = True
+            elif value.removeprefix("-") in date_sorts:
+                descending, sort_by_date = value.startswith("-"), date_sorts[value.removeprefix("-")]
+            else:
+                keys = ", ".join(f"{k} or -{k}" for k in ("_lastUpdated", *date_sorts))
+                raise NotSupported(f"_sort={value[:40]} is not supported on {resource_type}: results are sorted "
+                                   f"by {keys} (- newest first), one key", expression="_sort")
         elif base == "_lastUpdated":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on _lastUpdated is not supported")
@@ -589,7 +604,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens),
         last_updated=tuple(last_updated))
     return SearchRequest(criteria=criteria, count=count, offset=offset, total=total, descending=descending,
-                         sorted_by_last_updated=sorted_by_last_updated,
+                         sorted_by_last_updated=sorted_by_last_updated, sort_by_date=sort_by_date,
                          ignored=tuple(dict.fromkeys(ignored)), include_targets=tuple(include_targets),
                          revinclude_provenance=revinclude, cursor_token=cursor_token)
 

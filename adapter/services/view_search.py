@@ -21,7 +21,9 @@ reference parameter (Provenance ``target``) take the ids the view shows, and a s
 finds nothing there. Nor does the order of the answer tell what the view hides: a restricted
 view's results come in the order of their released ids (keyed, so it means nothing), not in the
 order they were stored; ``_sort`` by ``_lastUpdated`` is refused in the de-identified view, which
-shows no lastUpdated (the pseudonymised view shows it, and may sort by it).
+shows no lastUpdated (the pseudonymised view shows it, and may sort by it), and so is ``_sort`` by
+a clinical date, which it shows to the year only (the pseudonymised view sorts by it, its own ids
+breaking ties).
 
 A refusal is the same whatever the store holds, so it tells the reader nothing. DICOM QIDO-RS
 applies the same rule on its own keys (adapter.services.access: PatientID is matched in the
@@ -49,10 +51,11 @@ REFERENCE_PARAMS = frozenset({"target"})
 
 def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: str,
                      resolve: Callable[[Sequence[str]], Sequence[Identifier]],
-                     sorted_by_last_updated: bool = False) -> SearchCriteria | None:
+                     sorted_by_last_updated: bool = False, sorted_by_date: bool = False) -> SearchCriteria | None:
     """``criteria`` in stored terms for a reader in ``view``; None when nothing can match (no
     pseudonym given is known). ``resolve``: the patients of the given pseudonyms.
-    ``sorted_by_last_updated``: the search has ``_sort`` on ``_lastUpdated``. Ids stay the
+    ``sorted_by_last_updated``: the search has ``_sort`` on ``_lastUpdated``; ``sorted_by_date``:
+    on a clinical date (search_params.DATE_SORTS). Ids stay the
     view's: :func:`criteria_in_id_space` takes them to stored ones, per resource type.
 
     Raises:
@@ -66,6 +69,10 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
         # in lastUpdated order the answer would tell in which order (and so, beside the years,
         # about when) the records were stored, which the view hides
         raise NotSupported("in the de-identified view records show no lastUpdated: _sort by it is not supported")
+    if deid and sorted_by_date:
+        # in the order of the day (and time) taken, the answer would tell what the years shown hide
+        raise NotSupported("in the de-identified view dates are shown to the year only: _sort by a date is not "
+                           "supported")
     if criteria.patient_reference:
         raise NotSupported(f"in the {name} view records cannot be searched by a patient reference"
                            + ("" if deid else f": use patient:identifier={pseudonym_system}|<pseudonym>"))
