@@ -53,7 +53,9 @@ _ID = _Param("_id", "token", "Logical id of the resource.")
 #: not in searchParam; told in rest.documentation.
 _RESULT_PARAMETERS = (
     "Result parameters of every search: `_count` (page size, at most 200; the server may lower it), `_sort` "
-    "(`_lastUpdated`, oldest first, the default, or `-_lastUpdated`, newest first; other keys are refused), "
+    "(`_lastUpdated`, oldest first, the default, or `-_lastUpdated`, newest first; on Media also `date` and "
+    "`created`, on DocumentReference `date` and `creation` (R5: `creation`), by the record's date, `-` newest first, "
+    "the id breaking ties, not in the de-identified view; one key; other keys are refused), "
     "`_total` (`none` leaves Bundle.total out, so a page costs what it shows; `estimate` and `accurate`, the "
     "default, count every permitted match), `_summary`, `_elements`, `_include`/`_revinclude` as declared. Pages: "
     "follow the `next`, `previous` and `first` links as given; the first page fixes the search's snapshot, so a "
@@ -79,13 +81,18 @@ _LAST_UPDATED = _Param("_lastUpdated", "date", "When the resource was stored or 
                        "e.g. `_lastUpdated=gt2026-11-26T10:00:00Z` for what arrived since a sync. Not in the "
                        "de-identified view (TRAIN), which shows no lastUpdated.")
 _COMMON = (_ID, _PATIENT, _SUBJECT, _LAST_UPDATED)
+_ENCOUNTER = _Param("encounter", "reference",
+                    "The encounter the record was made in, as the record names it: `Encounter/<id>` (its id alone, "
+                    "or this server's absolute URL of it), another server's absolute URL as stored, or its identifier, "
+                    "`encounter:identifier=system|value` (a value alone matches it in any system). Not in the "
+                    "de-identified (TRAIN) or pseudonymised (HRESCH) view, which show no encounter.")
 
 #: Search parameters per resource type, as the search service accepts them
 #: (adapter.services.search_params); unknown parameters are refused with 400.
 SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
     "Media": (*_COMMON, _Param("created", "date", "When the photo was taken."),
               _Param("date", "date", "As `created`."), _TYPE, _MODALITY, _CATEGORY, _STATUS, _IDENTIFIER,
-              _KIND),
+              _KIND, _ENCOUNTER),
     "DocumentReference": (*_COMMON, _Param("date", "date", "When the reference was created (in R5, for a photo, "
                                            "when it was stored: every parameter matches the resource as served "
                                            "in the FHIR version asked for)."),
@@ -111,7 +118,10 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
                           _Param("event", "token", "Main clinical act (context.event), as an IHE MHD Document Source "
                                  "sent it."),
                           _Param("period", "date", "Time of service documented (context.period; R5 period), as a "
-                                 "range: a period without end is still going on (IHE MHD ITI-67).")),
+                                 "range: a period without end is still going on (IHE MHD ITI-67)."),
+                          dataclasses.replace(_ENCOUNTER, documentation=_ENCOUNTER.documentation + " R4: "
+                                              "context.encounter; R5 names it `context` (DocumentReference.context), "
+                                              "where a photo's encounter is too.")),
     "Consent": (*_COMMON, _Param("date", "date", "When the consent was given (in R5 the day: Consent.date)."),
                 _Param("status", "token", "Resource status (in R5 as R5 has it: R4 `proposed` is `draft`, "
                        "`rejected` is `not-done`)."),
@@ -129,7 +139,8 @@ SEARCH_PARAMS: dict[str, tuple[_Param, ...]] = {
 #: The names R5 gives some parameters of R4 (R5 DocumentReference-format-code, -event-code; R4's
 #: format and event): an R5 reader searches by them (adapter.services.search_params, which takes
 #: the R4 names from an R5 reader too).
-R5_NAMES: dict[str, dict[str, str]] = {"DocumentReference": {"format": "format-code", "event": "event-code"}}
+R5_NAMES: dict[str, dict[str, str]] = {"DocumentReference": {"format": "format-code", "event": "event-code",
+                                                               "encounter": "context"}}
 #: The SearchParameter of the core specification each parameter is (its ``definition``, which
 #: CapabilityStatement.rest.resource.searchParam.definition says "SHALL be populated if the search
 #: parameter refers to a SearchParameter defined by the FHIR core specification"), per FHIR version and
@@ -140,7 +151,7 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
         "*": {"_id": "Resource-id", "_lastUpdated": "Resource-lastUpdated"},
         "Media": {"patient": "Media-patient", "subject": "Media-subject", "created": "Media-created",
                   "type": "Media-type", "modality": "Media-modality", "status": "Media-status",
-                  "identifier": "Media-identifier"},
+                  "identifier": "Media-identifier", "encounter": "Media-encounter"},
         "DocumentReference": {"patient": "clinical-patient", "subject": "DocumentReference-subject",
                               "date": "DocumentReference-date", "type": "clinical-type",
                               "category": "DocumentReference-category", "status": "DocumentReference-status",
@@ -148,7 +159,7 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                               "security-label": "DocumentReference-security-label",
                               "format": "DocumentReference-format", "setting": "DocumentReference-setting",
                               "facility": "DocumentReference-facility", "event": "DocumentReference-event",
-                              "period": "DocumentReference-period"},
+                              "period": "DocumentReference-period", "encounter": "clinical-encounter"},
         "Consent": {"patient": "clinical-patient", "date": "clinical-date", "status": "Consent-status",
                     "category": "Consent-category", "purpose": "Consent-purpose"},
         # not R4's Provenance-patient (Provenance.target being the Patient): here the patient of the
@@ -165,7 +176,7 @@ _CORE_DEFINITIONS: dict[str, dict[str, dict[str, str]]] = {
                               "setting": "DocumentReference-setting", "facility": "DocumentReference-facility",
                               "modality": "DocumentReference-modality", "creation": "DocumentReference-creation",
                               "period": "DocumentReference-period", "format-code": "DocumentReference-format-code",
-                              "event-code": "DocumentReference-event-code"},
+                              "event-code": "DocumentReference-event-code", "context": "DocumentReference-context"},
         "Consent": {"patient": "clinical-patient", "subject": "Consent-subject", "date": "clinical-date",
                     "status": "Consent-status", "category": "Consent-category", "purpose": "Consent-purpose"},
         "Provenance": {"patient": "clinical-patient", "recorded": "Provenance-recorded",

@@ -246,7 +246,11 @@ def _kind_tokens(resource: Mapping[str, Any]) -> list[tuple[str, str | None, str
 #: 3: the values an R5 reader searches (r5:status, r5:type, r5:category, the r5:date range), the
 #:    ``period`` range, an absolute Patient reference, a Media's creation as its R5 attachment's;
 #:    Consents too.
-RECORD_INDEX_VERSION = "records:3"
+#: 4: the record's encounter (tokens ``encounter``, ``encounter:identifier``).
+RECORD_INDEX_VERSION = "records:4"
+#: The token param a record's encounter is indexed under by its logical identifier (``encounter``:
+#: by its literal reference).
+ENCOUNTER_IDENTIFIER = "encounter:identifier"
 
 #: The search values of a record or Consent as an R5 reader sees it (adapter.mapping.r5), where
 #: they differ from R4's: a token param or date range ``R5_PREFIX + <R5 search parameter>``
@@ -336,6 +340,27 @@ def _document_tokens(resource: Mapping[str, Any]) -> list[tuple[str, str | None,
     return tokens
 
 
+def _encounter_tokens(refs: Any) -> list[tuple[str, str | None, str]]:
+    """The tokens of a record's encounters (Media.encounter, DocumentReference.context.encounter;
+    R4 Media-encounter, clinical-encounter): ``encounter`` = the literal reference as sent, its
+    version left out (search.html#reference: a search matches the resource whichever version);
+    ``encounter:identifier`` = the logical identifier (references.html#logical). A reference to a
+    contained resource (``#…``) names nothing a search can name."""
+    tokens: list[tuple[str, str | None, str]] = []
+    for ref in refs if isinstance(refs, list) else [refs]:
+        if not isinstance(ref, Mapping):
+            continue
+        literal = ref.get("reference")
+        if isinstance(literal, str) and literal and not literal.startswith("#"):
+            head, sep, version = literal.rpartition("/_history/")
+            tokens.append(("encounter", None, head if sep and version and "/" not in version else literal))
+        ident = ref.get("identifier")
+        if isinstance(ident, Mapping) and isinstance(ident.get("value"), str) and ident["value"]:
+            system = ident.get("system")
+            tokens.append((ENCOUNTER_IDENTIFIER, system if isinstance(system, str) else None, ident["value"]))
+    return tokens
+
+
 def _attachment_creation(resource: Mapping[str, Any]) -> datetime | None:
     for content in resource.get("content") or []:
         attachment = content.get("attachment") if isinstance(content, Mapping) else None
@@ -353,7 +378,8 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     coding: R4 Media has no category element, the kinds table's category is that coding).
     DocumentReference: date = date; creation = content.attachment.creation (IHE MHD); tokens
     type, category, identifier (and masterIdentifier), kind, source and the ITI-67 ones
-    (:func:`_document_tokens`); the range ``period`` = context.period (ITI-67).
+    (:func:`_document_tokens`), encounter (context.encounter); the range ``period`` = context.period
+    (ITI-67).
     Both: patient_reference = a literal Patient reference, relative or absolute, as sent (its
     version left out); and the values an R5 reader searches by (:func:`_r5_values`). A Media's
     creation is its R5 attachment's (content.creation, else createdDateTime), searched in R5 only.
@@ -376,6 +402,7 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
         kind = extension_code(resource, EXT_PHOTO_KIND)
         if kind:
             tokens.append(("category", PHOTO_KIND_SYSTEM, kind))
+        tokens += _encounter_tokens(resource.get("encounter"))
     elif rtype == "DocumentReference":
         when = parse_fhir_datetime(resource.get("date"))
         created = _attachment_creation(resource)
@@ -384,6 +411,7 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
         tokens += _document_tokens(resource)
         context = resource.get("context")
         ranges += _period_range("period", context.get("period") if isinstance(context, Mapping) else None)
+        tokens += _encounter_tokens(context.get("encounter") if isinstance(context, Mapping) else None)
     else:
         raise ValueError(f"not a photo record: {rtype}")
     tokens += _kind_tokens(resource)
@@ -492,7 +520,7 @@ def purpose_coding(code: str, purposes: Mapping[str, Any] | None = None) -> JSON
 
 
 __all__ = [
-    "JSON", "R5_PREFIX", "RECORD_INDEX_VERSION", "audit_event_to_index", "coding", "concept", "consent_to_index", "display_reference",
+    "ENCOUNTER_IDENTIFIER", "JSON", "R5_PREFIX", "RECORD_INDEX_VERSION", "audit_event_to_index", "coding", "concept", "consent_to_index", "display_reference",
     "extension", "extension_code", "fhir_date", "fhir_datetime", "fhir_instant", "find_extension",
     "identifier", "index_resource", "parse_fhir_datetime", "patient_reference", "provenance_to_index",
     "purpose_coding", "record_to_index", "reference",

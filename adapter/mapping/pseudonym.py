@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from typing import Any
 
 from adapter.errors import ConfigurationError
@@ -22,6 +23,13 @@ from adapter.errors import ConfigurationError
 _CONTEXT = b"clinical-image-adapter/patient-pseudonym/v1"
 # 128 bits of the MAC: collisions are negligible (birthday bound 2^64) and base32 makes 26 chars.
 _DIGEST_BYTES = 16
+#: What every pseudonym looks like (:meth:`Pseudonymizer.pseudonym`): 26 lower-case base32 characters.
+_PSEUDONYM = re.compile(r"[a-z2-7]{26}", re.ASCII)
+
+
+def is_pseudonym(value: str) -> bool:
+    """Could ``value`` be a pseudonym (of any key)? Tells by its form only, never by the store."""
+    return _PSEUDONYM.fullmatch(value) is not None
 
 
 def _field(value: str) -> bytes:
@@ -89,4 +97,4 @@ class Pseudonymizer:
         return {"type": "Patient", "identifier": self.identifier(identifier_system, value)}
 
 
-__all__ = ["Pseudonymizer"]
+__all__ = ["Pseudonymizer", "is_pseudonym"]

@@ -65,6 +65,10 @@ class IndexRow:
     id: str
     last_updated: datetime
     facts: AccessFacts | None
+    #: The indexed dates a search may be sorted by (``_sort=date``/``creation``): the resource's
+    #: search date and a record's creation (None when it has none).
+    date: datetime | None = None
+    creation: datetime | None = None
 
 
 @dataclass

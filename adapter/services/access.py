@@ -699,7 +699,8 @@ class ScopedReader:
         try:
             criteria = criteria_in_view(request.criteria, self._purpose_view(),
                                         pseudonym_system=self._pseudonymizer.system, resolve=self._pseudonymised,
-                                        sorted_by_last_updated=request.sorted_by_last_updated)
+                                        sorted_by_last_updated=request.sorted_by_last_updated,
+                                        sorted_by_date=request.sort_by_date is not None)
         except NotSupported as exc:
             self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None, entities=[],
                                  patient=None, reason=str(exc), refused=True)
@@ -735,8 +736,9 @@ class ScopedReader:
 
         key, by_released = self._sort_key(request, then)
         cursor = request.cursor
-        # in the store's order, unless a restricted view's ids or a version at the snapshot order it
-        in_order = not by_released and not UPDATED_TYPES.intersection(typed)
+        # in the store's order, unless a restricted view's ids, a version at the snapshot or a
+        # clinical date (_sort=-date: every match read, the page's kept) order it
+        in_order = not by_released and not UPDATED_TYPES.intersection(typed) and request.sort_by_date is None
         found_page = page_of(((key(item[0]), item) for item in permitted_rows()), count=request.count,
                              descending=descending,
                              offset=request.offset, after=cursor.after if cursor else None,
@@ -823,6 +825,19 @@ class ScopedReader:
         def stamp(row: IndexRow) -> str:
             return then.get((row.resource_type, row.id)) or instant_key(row.last_updated)
 
+        if request.sort_by_date is not None:  # a clinical date (search_params.DATE_SORTS), then the id
+            column = request.sort_by_date
+
+            def dated(row: IndexRow) -> str:
+                # a record without the date sorts before every dated one ("": oldest first), after
+                # them newest first; FHIR leaves where missing values go to the server
+                moment = row.date if column == "date" else row.creation
+                return instant_key(moment) if moment is not None else ""
+
+            if not self._ids.released_ids:
+                return (lambda row: (dated(row), row.id)), False
+            released_ids = self._ids
+            return (lambda row: (dated(row), released_ids.released(row.resource_type, row.id))), True
         if not self._ids.released_ids:
             return (lambda row: (stamp(row), row.id)), False
         ids = self._ids

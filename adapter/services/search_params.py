@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from adapter.errors import InvalidQuery, NotSupported, TooCostly, UnsupportedResourceType
 from adapter.mapping.capability import R5_NAMES, R5_ONLY, REVINCLUDES
-from adapter.mapping.fhir_r4 import R5_PREFIX
+from adapter.mapping.fhir_r4 import ENCOUNTER_IDENTIFIER, R5_PREFIX
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, identifier_too_long
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 from adapter.text import is_digits
@@ -42,12 +42,12 @@ _DATE_RE = re.compile(  # ASCII: \d would take other scripts' digits too
 # resource type -> supported search parameters -> kind
 _PARAMS: dict[str, dict[str, str]] = {
     "Media": {"created": "date", "date": "date", "type": "token", "modality": "token", "category": "token",
-              "status": "status", "identifier": "token", "kind": "token"},
+              "status": "status", "identifier": "token", "kind": "token", "encounter": "encounter"},
     "DocumentReference": {"date": "date", "type": "token", "category": "token", "status": "status",
                           "identifier": "token", "modality": "token", "kind": "token",
                           # IHE MHD Find Document References [ITI-67]
                           "creation": "date", "security-label": "token", "format": "token", "setting": "token",
-                          "facility": "token", "event": "token", "period": "date"},
+                          "facility": "token", "event": "token", "period": "date", "encounter": "encounter"},
     "Binary": {},
     "Consent": {"date": "date", "status": "status", "category": "token", "purpose": "token"},
     "Provenance": {"recorded": "date", "date": "date", "target": "reference"},
@@ -113,6 +113,14 @@ _CHAINS = {"patient.identifier": "patient:identifier", "subject.identifier": "su
 #: ``_sort`` (search.html#sort): results come in meta.lastUpdated order (then id), oldest first,
 #: the order of the store's index; newest first on request. Other keys are not supported.
 SORTS = {"_lastUpdated": False, "-_lastUpdated": True}
+#: ``_sort`` by a record's clinical date (review EHR F8: a documents tab's "newest first"), per
+#: type: the parameter to the indexed date it sorts by (IndexRow.date, the one ``date`` and
+#: ``created`` search; IndexRow.creation, MHD's ``creation``), oldest first, newest first with
+#: ``-``; ties broken by id. An R5 reader's ``date`` is another value (a photo's issued, a
+#: range), not indexed as a point: only ``creation`` there.
+DATE_SORTS = {"Media": {"date": "date", "created": "date"},
+              "DocumentReference": {"date": "date", "creation": "creation"}}
+R5_DATE_SORTS = {"DocumentReference": {"creation": "creation"}}
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,7 @@ class SearchRequest:
     total: bool = True  # count every match (Bundle.total); False for _total=none
     descending: bool = False  # _sort=-_lastUpdated: newest first
     sorted_by_last_updated: bool = False  # _sort was given (the full view's order is _lastUpdated's without it)
+    sort_by_date: str | None = None  # _sort by a clinical date: the IndexRow date sorted by (DATE_SORTS)
     ignored: tuple[str, ...] = ()  # unknown parameters left out (Prefer: handling=lenient)
     include_targets: tuple[str, ...] = ()  # _include=Provenance:target[:Type]: the target types to include
     revinclude_provenance: bool = False  # _revinclude=Provenance:target
@@ -310,25 +319,47 @@ def _include(name: str, value: str, resource_type: str, r5: bool) -> tuple[str, 
     return tuple(s for t in ([target] if target else types) for s in _stored_types(t, r5))
 
 
+def _encounters(value: str, modifier: str, base_url: str | None) -> list[TokenCriterion]:
+    """The index tokens an ``encounter`` value matches (adapter.mapping.fhir_r4._encounter_tokens):
+    a reference (search.html#reference, as ``patient``'s: ``Encounter/<id>``, the id alone, this
+    server's absolute URL, ``encounter:Encounter=<id>``; another server's URL as stored) or, with
+    ``:identifier``, the encounter's logical identifier as a token (``system|value``, a value in
+    any system, ``|value`` one without a system)."""
+    values = _or_values(value, "encounter")
+    if modifier == "identifier":
+        out = [parse_token(v, ENCOUNTER_IDENTIFIER) for v in values]
+        for token in out:
+            _check_identifier_length(token.system or "", token.code, "encounter:identifier")
+        return out
+    if modifier not in ("", "Encounter"):
+        raise NotSupported(f"modifier :{modifier[:20]} on encounter is not supported (:identifier or :Encounter)",
+                           expression="encounter")
+    return [TokenCriterion(param="encounter", code=ref)
+            for v in values for ref in _typed_refs(v, "encounter", "Encounter", base_url)]
+
+
 def _patient_refs(value: str, param: str, base_url: str | None) -> list[str]:
     """The stored references a ``patient``/``subject`` reference value matches (search.html#reference):
     a relative one (``Patient/<id>``, or the id alone) means a Patient on this server, stored as
     ``Patient/<id>`` or as this server's absolute URL of it; another server's absolute URL
     (``http://ehr.example.org/fhir/Patient/p9``) only a reference stored as that URL; a
     version-specific one, the resource whichever version."""
+    return [ref for v in value.split(",") for ref in _typed_refs(v, param, "Patient", base_url)]
+
+
+def _typed_refs(value: str, param: str, rtype: str, base_url: str | None) -> list[str]:
+    """The stored literal references one value of a reference parameter to ``rtype`` matches:
+    ``rtype/<id>`` and this server's absolute URL of it for a relative one, the URL as given for
+    another server's."""
     base = (base_url or "").rstrip("/")
-    out = []
-    for v in value.split(","):
-        local = _on_this_server(v, base_url)
-        if local is None:
-            out.append(_unversioned(v.strip()))
-            continue
-        rtype, sep, rid = local.rpartition("/")
-        if (sep and rtype != "Patient") or not rid:
-            raise InvalidQuery(f"{param} takes a Patient reference: Patient/<id>, its id, or an absolute URL",
-                               expression=param)
-        out += [f"Patient/{rid}"] + ([f"{base}/Patient/{rid}"] if base else [])
-    return out
+    local = _on_this_server(value, base_url)
+    if local is None:
+        return [_unversioned(value.strip())]
+    named, sep, rid = local.rpartition("/")
+    if (sep and named != rtype) or not rid:
+        raise InvalidQuery(f"{param} takes a {rtype} reference: {rtype}/<id>, its id, or an absolute URL",
+                           expression=param)
+    return [f"{rtype}/{rid}"] + ([f"{base}/{rtype}/{rid}"] if base else [])
 
 
 def _patients_in_every(groups: Sequence[tuple[list[Identifier], list[str]]]) -> tuple[list[Identifier], list[str]]:
@@ -437,6 +468,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     tokens: list[tuple[TokenCriterion, ...]] = []
     count, offset, total, descending = DEFAULT_COUNT, 0, True, False
     sorted_by_last_updated = False
+    sort_by_date: str | None = None
+    date_sorts = (R5_DATE_SORTS if r5 else DATE_SORTS).get(resource_type, {})
     summary_count = False
     ignored: list[str] = []
     include_targets: list[str] = []
@@ -494,11 +527,15 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         elif base == CURSOR_PARAM:
             cursor_token = value
         elif base == "_sort":
-            if value not in SORTS:
-                raise NotSupported(f"_sort={value[:40]} is not supported: results are sorted by _lastUpdated "
-                                   "(oldest first) or -_lastUpdated (newest first)", expression="_sort")
-            descending = SORTS[value]
-            sorted_by_last_updated = True
+            if value in SORTS:
+                descending = SORTS[value]
+                sorted_by_last_updated = True
+            elif value.removeprefix("-") in date_sorts:
+                descending, sort_by_date = value.startswith("-"), date_sorts[value.removeprefix("-")]
+            else:
+                keys = ", ".join(f"{k} or -{k}" for k in ("_lastUpdated", *date_sorts))
+                raise NotSupported(f"_sort={value[:40]} is not supported on {resource_type}: results are sorted "
+                                   f"by {keys} (- newest first), one key", expression="_sort")
         elif base == "_lastUpdated":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on _lastUpdated is not supported")
@@ -515,6 +552,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
                 ref_groups.append(_patient_refs(value, base, base_url))
             else:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
+        elif allowed[base] == "encounter":
+            tokens.append(tuple(_encounters(value, modifier, base_url)))
         elif allowed[base] == "reference":
             tokens.append(tuple(_references(value, base, modifier, TARGET_TYPES, r5, base_url)))
         elif allowed[base] == "date":
@@ -565,7 +604,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         dates=tuple(dates), status=tuple(status) if status else None, tokens=tuple(tokens),
         last_updated=tuple(last_updated))
     return SearchRequest(criteria=criteria, count=count, offset=offset, total=total, descending=descending,
-                         sorted_by_last_updated=sorted_by_last_updated,
+                         sorted_by_last_updated=sorted_by_last_updated, sort_by_date=sort_by_date,
                          ignored=tuple(dict.fromkeys(ignored)), include_targets=tuple(include_targets),
                          revinclude_provenance=revinclude, cursor_token=cursor_token)
 

@@ -18,10 +18,11 @@ documents are whose."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapter.errors import AdapterError, Conflict, StorageError
+from adapter.mapping.document_location import with_document_location
 from adapter.mapping.document_metadata import NOT_SAVED
 from adapter.mapping.tables import Tables
 from adapter.mapping.transaction import (
@@ -35,6 +36,11 @@ from adapter.model.purpose import RequestContext
 from adapter.services.ingest import IngestResult, IngestService
 from adapter.store.port import RecordStore
 
+#: ``Prefer: return=`` of a transaction (FHIR R4 http.html#ops): what each entry carries (_returned).
+RETURN_MINIMAL = "minimal"
+RETURN_REPRESENTATION = "representation"
+RETURN_OPERATION_OUTCOME = "OperationOutcome"
+
 
 class TransactionService:
     def __init__(self, *, ingest: IngestService, tables: Tables, store: RecordStore) -> None:
@@ -43,10 +49,11 @@ class TransactionService:
         self._store = store
 
     def process(self, bundle: dict[str, Any], *, idempotency_key: str | None, ctx: RequestContext,
-                fhir_base: str | None = None) -> tuple[dict[str, Any], list[IngestResult]]:
+                fhir_base: str | None = None, returned: str = RETURN_MINIMAL) -> tuple[dict[str, Any], list[IngestResult]]:
         """The transaction-response Bundle, and each document's ingest result in the order of
         their records; ``fhir_base``: this server's FHIR base, under which an absolute
-        ``request.url`` names it."""
+        ``request.url`` names it. ``returned``: what ``Prefer: return=`` asks of each entry
+        (http.html#ops, #transaction-response; :func:`_returned`)."""
         submission = parse_transaction(bundle, self._tables, fhir_base)
         documents = submission.documents
         if len(documents) == 1:
@@ -77,13 +84,15 @@ class TransactionService:
                                expression="Bundle.entry")
             locations[submission.consent_index] = (first.receipt["consents"][0], first)
         entries = []
+        written: dict[int, dict[str, Any]] = {}  # version 1 of each entry's resource
         for index, role in enumerate(submission.entry_roles):
             if role in ACKNOWLEDGED_ROLES:
                 entries.append(("", "200 OK", ""))
             else:
                 location, result = locations[index]
                 status = "200 OK" if result.replayed else "201 Created"
-                entries.append((f"{location}/_history/1", status, self._last_updated(location)))
+                written[index] = self._version_1(location)
+                entries.append((f"{location}/_history/1", status, str(written[index]["meta"]["lastUpdated"])))
         warnings = dict(submission.entry_warnings)
         for document, result in zip(documents, results, strict=True):
             if document.sent_size is None:
@@ -94,17 +103,46 @@ class TransactionService:
                 warnings[index] = warnings.get(index, ()) + (EntryWarning(
                     NOT_SAVED, f"attachment.size was stored as {stored}, the size of the document stored without "
                     f"its metadata ({sent} bytes sent)", where),)
-        return transaction_response(entries, warnings), results
+        resources, informed = _returned(returned, entries, written, warnings, fhir_base)
+        return transaction_response(entries, warnings, resources=resources, informed=informed), results
 
-    def _last_updated(self, reference: str) -> str:
-        """The meta.lastUpdated of version 1 of ``reference`` (``Type/id``, just stored or stored
-        before: a replay), which its entry's lastModified states; the time stored was taken by the
-        store, in the transaction that wrote it."""
+    def _version_1(self, reference: str) -> dict[str, Any]:
+        """Version 1 of ``reference`` (``Type/id``, just stored or stored before: a replay), whose
+        meta.lastUpdated its entry's lastModified states (the time stored was taken by the store,
+        in the transaction that wrote it)."""
         resource_type, _, id = reference.partition("/")
         stored = self._store.get_version(resource_type, id, 1)
         if stored is None:  # written by this very request, or before it: never gone (no deletes)
             raise StorageError(f"{resource_type} just stored cannot be read back")
-        return str(stored["meta"]["lastUpdated"])
+        return stored
+
+
+def _returned(returned: str, entries: Sequence[tuple[str, str, str]], stored: Mapping[int, dict[str, Any]],
+              warnings: Mapping[int, Sequence[EntryWarning]], fhir_base: str | None,
+              ) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """What each entry carries besides its response, as ``Prefer: return=`` asks (FHIR R4
+    http.html#ops; #transaction-response: "the server MAY return the resource"):
+    ``representation``: each stored record and Consent as stored (the writer's own: the
+    Consent as POST /fhir/Consent answers it), the record's attachment url absolute (IHE MHD
+    Document Location); never a Binary, whose resource would be the image again in base64
+    (read it at its location, as the record's url says), nor what was acknowledged and not
+    stored. ``OperationOutcome``: an informational outcome per entry (created, or stored
+    before: a replay; acknowledged), beside the entry's warnings. ``minimal``, the default:
+    neither (the response's location, etag and lastModified)."""
+    resources: dict[int, dict[str, Any]] = {}
+    informed: dict[int, str] = {}
+    for index, (location, status, _) in enumerate(entries):
+        if returned == RETURN_REPRESENTATION and index in stored and stored[index]["resourceType"] != "Binary":
+            resources[index] = with_document_location(stored[index], fhir_base) if fhir_base else stored[index]
+        elif returned == RETURN_OPERATION_OUTCOME:
+            if not location:
+                if not warnings.get(index):  # else its note says so already
+                    informed[index] = "acknowledged, not stored"
+                continue
+            reference = location.split("/_history/")[0]
+            informed[index] = f"{reference} created (version 1)" if status.startswith("201") \
+                else f"{reference} was stored before (version 1): answered as stored, nothing new"
+    return resources, informed
 
 
 def _located(submission: TransactionSubmission, document: int, expressions: Sequence[str]) -> list[str]:

@@ -8,11 +8,12 @@ de-identified photos of MRN-0001" links every copy returned to the patient, and 
 2024-03-05?" asked day by day reads the dates that were cut. So a search is taken in the view's
 own terms:
 
-- **DEIDENTIFIED**: ``patient`` and ``subject`` (by reference or identifier) and ``identifier``
-  are not supported (400 not-supported, saying why); dates to the year only.
+- **DEIDENTIFIED**: ``patient`` and ``subject`` (by reference or identifier), ``identifier`` and
+  ``encounter`` are not supported (400 not-supported, saying why); dates to the year only.
 - **PSEUDONYMISED**: ``patient``/``subject`` by identifier in the pseudonym system only (the
-  pseudonym the view shows), looked up in the pseudonym index; ``identifier`` in the SHA-256
-  system only; dates as in the full view.
+  pseudonym the view shows; a value without a system only if it has a pseudonym's form),
+  looked up in the pseudonym index; ``identifier`` in the SHA-256
+  system only; ``encounter`` not supported (the view shows none); dates as in the full view.
 - **FULL**: as given.
 
 Ids are the view's own too (adapter.mapping.released_ids): in a restricted view ``_id`` and a
@@ -20,7 +21,9 @@ reference parameter (Provenance ``target``) take the ids the view shows, and a s
 finds nothing there. Nor does the order of the answer tell what the view hides: a restricted
 view's results come in the order of their released ids (keyed, so it means nothing), not in the
 order they were stored; ``_sort`` by ``_lastUpdated`` is refused in the de-identified view, which
-shows no lastUpdated (the pseudonymised view shows it, and may sort by it).
+shows no lastUpdated (the pseudonymised view shows it, and may sort by it), and so is ``_sort`` by
+a clinical date, which it shows to the year only (the pseudonymised view sorts by it, its own ids
+breaking ties).
 
 A refusal is the same whatever the store holds, so it tells the reader nothing. DICOM QIDO-RS
 applies the same rule on its own keys (adapter.services.access: PatientID is matched in the
@@ -33,21 +36,26 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from adapter.errors import NotSupported
+from adapter.mapping.fhir_r4 import ENCOUNTER_IDENTIFIER
+from adapter.mapping.pseudonym import is_pseudonym
 from adapter.mapping.released_ids import IdSpace
 from adapter.model.decision import View
 from adapter.model.photo import Identifier
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 
+#: The index tokens of a record's encounter (adapter.mapping.fhir_r4), which no restricted view shows.
+ENCOUNTER_PARAMS = frozenset({"encounter", ENCOUNTER_IDENTIFIER})
 #: The search parameters whose values are references (``Type/id``) to the adapter's resources.
 REFERENCE_PARAMS = frozenset({"target"})
 
 
 def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: str,
                      resolve: Callable[[Sequence[str]], Sequence[Identifier]],
-                     sorted_by_last_updated: bool = False) -> SearchCriteria | None:
+                     sorted_by_last_updated: bool = False, sorted_by_date: bool = False) -> SearchCriteria | None:
     """``criteria`` in stored terms for a reader in ``view``; None when nothing can match (no
     pseudonym given is known). ``resolve``: the patients of the given pseudonyms.
-    ``sorted_by_last_updated``: the search has ``_sort`` on ``_lastUpdated``. Ids stay the
+    ``sorted_by_last_updated``: the search has ``_sort`` on ``_lastUpdated``; ``sorted_by_date``:
+    on a clinical date (search_params.DATE_SORTS). Ids stay the
     view's: :func:`criteria_in_id_space` takes them to stored ones, per resource type.
 
     Raises:
@@ -61,6 +69,10 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
         # in lastUpdated order the answer would tell in which order (and so, beside the years,
         # about when) the records were stored, which the view hides
         raise NotSupported("in the de-identified view records show no lastUpdated: _sort by it is not supported")
+    if deid and sorted_by_date:
+        # in the order of the day (and time) taken, the answer would tell what the years shown hide
+        raise NotSupported("in the de-identified view dates are shown to the year only: _sort by a date is not "
+                           "supported")
     if criteria.patient_reference:
         raise NotSupported(f"in the {name} view records cannot be searched by a patient reference"
                            + ("" if deid else f": use patient:identifier={pseudonym_system}|<pseudonym>"))
@@ -68,6 +80,9 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
         for token in group:
             if token.param == "identifier":  # the views show none (adapter.mapping.views)
                 raise NotSupported(f"in the {name} view records cannot be searched by identifier")
+            if token.param in ENCOUNTER_PARAMS:  # nor an encounter: it would link the copies to the admission
+                raise NotSupported(f"in the {name} view records cannot be searched by encounter: the view "
+                                   "shows none")
     if deid:
         if criteria.patient or criteria.patient_value:
             raise NotSupported("in the de-identified view records cannot be searched by patient: "
@@ -82,7 +97,10 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
         return criteria
     if not criteria.patient and not criteria.patient_value:
         return criteria
-    if any(p.system != pseudonym_system for p in criteria.patient or ()):
+    if any(p.system != pseudonym_system for p in criteria.patient or ()) \
+            or not all(is_pseudonym(v) for v in criteria.patient_value or ()):
+        # a value in any system that is no pseudonym (an MRN) is the real identity's, as
+        # system|value is: refused alike, by its form alone (review EHR F8)
         raise NotSupported(f"in the pseudonymised view the subject is a pseudonym: search by "
                            f"patient:identifier={pseudonym_system}|<pseudonym>")
     # a value without a system is one in any system the view shows: a pseudonym

@@ -122,7 +122,7 @@ def stored_from_row(row: RowMapping) -> StoredResource:
 
 def index_row_from(row: RowMapping) -> IndexRow:
     return IndexRow(resource_type=row["resource_type"], id=row["id"], last_updated=row["last_updated"],
-                    facts=facts_from_row(row))
+                    facts=facts_from_row(row), date=row["date"], creation=row["creation"])
 
 
 def dicom_instance_row(instance: DicomInstance, created: datetime) -> dict[str, Any]:

@@ -34,7 +34,7 @@ _r = resources.c
 #: The columns an IndexRow is built from.
 INDEX_COLUMNS = (_r.resource_type, _r.id, _r.last_updated, _r.governed_by, _r.fact_patient_system,
                  _r.fact_patient_value, _r.kind, _r.source, _r.consent_pending, _r.consent_ids,
-                 _r.entered_in_error)
+                 _r.entered_in_error, _r.date, _r.creation)
 
 
 def _any(conditions: list[ColumnElement[bool]]) -> ColumnElement[bool]:
@@ -170,7 +170,7 @@ def _sort_key_sqlite(element: SortKey, compiler: Any, **kw: Any) -> str:
 
 
 #: Token parameters whose codes name one thing (an identifier, a target record), not a kind.
-SELECTIVE_TOKEN_PARAMS = frozenset({"identifier", "target", "entity"})
+SELECTIVE_TOKEN_PARAMS = frozenset({"identifier", "target", "entity", "encounter", "encounter:identifier"})
 
 
 def selective(criteria: SearchCriteria) -> bool:

@@ -186,3 +186,51 @@ def test_documents_of_one_encounter_in_one_submission_are_one_study_with_the_fir
     assert len(rows) == 2
     assert len({row[0] for row in rows}) == 1, rows
     assert {(row[1], row[2]) for row in rows} == {("20240401", "090000")}, rows
+
+
+def test_prefer_return_representation_and_operation_outcome_per_entry(tmp_path: Path, documents: list[bytes]) -> None:
+    """Review EHR F6: a transaction answered the same whatever ``Prefer: return=`` asked (FHIR R4
+    http.html#ops, #transaction-response). ``representation``: each stored record and the Consent
+    in ``entry.resource``, as stored (the Consent as POST /fhir/Consent returns it), the record's
+    attachment url absolute; a Binary's entry has none (it would be the image again, base64: read
+    it at its location); the SubmissionSet, acknowledged and not stored, none either.
+    ``OperationOutcome``: an informational one in every entry's ``response.outcome``. None (the
+    default) and ``minimal``: neither. Test seen failing: no entry.resource, no outcome."""
+    with adapter_client(tmp_path) as (client, _):
+        bundle = provide_documents_bundle(documents[:2], consent=consent_resource(["TREAT"]))
+        r = client.post("/fhir", json=bundle, headers={**FHIR, "Prefer": "return=representation"})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert validate_r4([answer]) == []
+        entries = answer["entry"]
+        assert [("resource" in e) for e in entries] == [False, True, False, True, False, True]
+        for e in entries:
+            if "resource" in e:
+                resource, location = e["resource"], e["response"]["location"]
+                assert location == f"{resource['resourceType']}/{resource['id']}/_history/1"
+                assert resource["meta"]["versionId"] == "1"
+                read = client.get(f"/fhir/{location.split('/_history')[0]}", headers=as_purpose("TREAT")).json()
+                assert {k: v for k, v in resource.items() if k != "meta"} == {
+                    k: v for k, v in read.items() if k != "meta"}
+        assert entries[1]["resource"]["content"][0]["attachment"]["url"] \
+            == "http://testserver/fhir/" + entries[2]["response"]["location"].split("/_history")[0]
+        assert entries[5]["resource"]["resourceType"] == "Consent"
+        # no outcome of its own (an entry's ITI-65 warnings, a SubmissionSet's note, are there as ever)
+        assert not any("created (version" in str(e["response"].get("outcome")) for e in entries)
+        # sent again with its answer asked as OperationOutcomes: replays, each entry told so
+        again = client.post("/fhir", json=bundle, headers={**FHIR, "Prefer": "return=OperationOutcome"})
+        assert again.status_code == 200, again.text
+        assert validate_r4([again.json()]) == []
+        for e in again.json()["entry"]:
+            assert "resource" not in e and e["response"]["outcome"]["issue"], e
+            said = e["response"]["outcome"]["issue"]
+            assert any(i["severity"] == "information" for i in said), said
+            if "location" in e["response"]:
+                assert e["response"]["status"] == "200 OK"
+                assert any(e["response"]["location"].split("/_history")[0] in i["diagnostics"] for i in said)
+        for k, prefer in enumerate((None, "return=minimal")):
+            fresh = provide_documents_bundle([jpeg_bytes(500 + 40 * k, 300)], consent=consent_resource(["TREAT"]))
+            plain = client.post("/fhir", json=fresh, headers={**FHIR, **({"Prefer": prefer} if prefer else {})})
+            assert plain.status_code == 200, plain.text
+            assert all(set(e) == {"response"} for e in plain.json()["entry"])
+            assert not any("created (version" in str(e["response"].get("outcome")) for e in plain.json()["entry"])

@@ -70,7 +70,9 @@ def test_valid_and_complete(version: str) -> None:
                           # R5 names them format-code and event-code
                           ("format" if version == "4.0.1" else "format-code"): "token",
                           "setting": "token", "facility": "token",
-                          ("event" if version == "4.0.1" else "event-code"): "token", "period": "date"}
+                          ("event" if version == "4.0.1" else "event-code"): "token", "period": "date",
+                          # R5 names it context (DocumentReference.context, review EHR F8)
+                          ("encounter" if version == "4.0.1" else "context"): "reference"}
     [target] = [p for p in resources["Provenance"]["searchParam"] if p["name"] == "target"]
     assert "Consent/<id>" not in target["documentation"]  # a Provenance never targets a Consent (README)
     [period] = [p for p in resources["DocumentReference"]["searchParam"] if p["name"] == "period"]

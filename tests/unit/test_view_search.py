@@ -56,6 +56,8 @@ def test_the_pseudonymised_view_searches_by_the_pseudonym_it_shows() -> None:
         == criteria("Consent", f"patient:identifier={MRN.system}|{MRN.value}")
     # a pseudonym nobody has: nothing can match (not an error: the reader holds a pseudonym)
     assert in_view(View.PSEUDONYMISED, "Media", f"subject:identifier={PSEUDONYMS}|unknown") is None
+    # a value in the form of a pseudonym, without its system: the pseudonym searched (none known: nothing)
+    assert in_view(View.PSEUDONYMISED, "Media", f"patient:identifier={'a' * 26}") is None
     with pytest.raises(NotSupported):  # no identifier is shown, none is searched (a receipt's digest found the pseudonym)
         in_view(View.PSEUDONYMISED, "Media", f"identifier={SHA256_SYSTEM}|ab")
 
@@ -63,6 +65,8 @@ def test_the_pseudonymised_view_searches_by_the_pseudonym_it_shows() -> None:
 @pytest.mark.parametrize("query", [
     f"patient:identifier={MRN.system}|{MRN.value}", f"patient:identifier={PSEUDONYMS}|p1,{MRN.system}|{MRN.value}",
     "patient=Patient/123", "identifier=urn:dicom:uid|urn:oid:1.2.3", "identifier=ab",
+    # a value without a system that is no pseudonym (an MRN): refused as system|value is (review EHR F8)
+    "patient:identifier=MRN-0001", "subject:identifier=p1", f"patient:identifier={'a' * 26},MRN-0001",
 ])
 def test_the_pseudonymised_view_refuses_the_real_identity(query: str) -> None:
     with pytest.raises(NotSupported):

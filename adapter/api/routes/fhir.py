@@ -99,6 +99,7 @@ from adapter.services.search_params import (
     parse_date_param,
     parse_search,
 )
+from adapter.services.transaction import RETURN_MINIMAL, RETURN_OPERATION_OUTCOME, RETURN_REPRESENTATION
 from adapter.text import is_digits
 
 #: Every FHIR route negotiates the format and FHIR version (406) and answers as it builds it.
@@ -310,7 +311,8 @@ async def _transaction(request: Request, services: Services, idempotency_key: st
     _r4_write(request)
     key = idempotency_key[:200] if idempotency_key else None
     response, _ = await anyio.to_thread.run_sync(  # a photo's ingest: the turns POST /photos takes
-        partial(services.transactions.process, bundle, idempotency_key=key, ctx=ctx, fhir_base=fhir_base),
+        partial(services.transactions.process, bundle, idempotency_key=key, ctx=ctx, fhir_base=fhir_base,
+                returned=_return_preference(request, RETURN_MINIMAL)),
         limiter=ingest_limiter(request))
     return _out(response, "4", fmt=fmt)
 
@@ -343,17 +345,27 @@ def _r4_write(request: Request) -> None:
         raise NotAcceptable("writes answer in FHIR R4 (fhirVersion=4.0): the R5 endpoint is read-only")
 
 
+def _return_preference(request: Request, default: str) -> str:
+    """What ``Prefer: return=`` asks (http.html#ops): ``minimal``, ``representation`` or
+    ``OperationOutcome`` (case aside); ``default`` when it asks none of them."""
+    preferences = {p.strip().lower().replace(" ", "") for item in (request.headers.get("prefer") or "").split(",")
+                   for p in item.split(";")}
+    for returned in (RETURN_MINIMAL, RETURN_OPERATION_OUTCOME, RETURN_REPRESENTATION):
+        if f"return={returned.lower()}" in preferences:
+            return returned
+    return default
+
+
 def _written(request: Request, services: Services, stored: Any, status: int, fmt: Format) -> Response:
     """The answer to a create or update, as ``Prefer: return=`` asks (http.html#ops): the
     resource (``representation``, the default), nothing (``minimal``) or an OperationOutcome;
     with the version's Location and a read's validators (ETag, Last-Modified)."""
-    preferences = {p.strip().lower().replace(" ", "") for item in (request.headers.get("prefer") or "").split(",")
-                   for p in item.split(";")}
+    returned = _return_preference(request, RETURN_REPRESENTATION)
     headers = {"Location": absolute(request, services, f"fhir/Consent/{stored.id}/_history/{stored.version_id}"),
                **_etag(stored.resource)}
-    if "return=minimal" in preferences:
+    if returned == RETURN_MINIMAL:
         return Response(status_code=status, headers=headers)
-    if "return=operationoutcome" in preferences:
+    if returned == RETURN_OPERATION_OUTCOME:
         done = "created" if status == 201 else "updated"
         return _out(information_outcome("informational", f"Consent/{stored.id} {done} (version {stored.version_id})",
                                         None), "4", status, headers, fmt=fmt)
