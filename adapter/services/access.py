@@ -340,12 +340,18 @@ class ScopedReader:
                     grants.append(ConsentGrant(id=stored.id, patient=patient, status="active", decision="deny",
                                                purposes=frozenset({ANY_PURPOSE}), version=stored.version_id))
             self._grants[patient] = [self._denial_of_the_photo(g) for g in grants]
+            # a period's start or end that has passed changed what the Consents permit, as a write does
+            now = self._now()
+            for boundary in (b for g in grants for b in (g.period_start, g.period_end)):
+                if boundary is not None and boundary <= now and (changed is None or boundary > changed):
+                    changed = boundary
             self._consents_changed[patient] = changed
         return self._grants[patient]
 
     def relabelled(self, facts: AccessFacts | None, updated: datetime | str | None) -> datetime | None:
         """When a Consent of the patient ``facts`` names was last changed (created, updated,
-        withdrawn: any status), if after ``updated``, the lastUpdated of the version read; else
+        withdrawn: any status; or its period started or ended), if after ``updated``, the
+        lastUpdated of the version read; else
         None. A resource's ``meta.security`` lists the purposes the patient's Consents permit now
         (adapter.mapping.views.security_labels), so a change of them changes the representation
         without a new version (FHIR lets meta change so): the read's validators must say so

@@ -9,7 +9,7 @@ import hashlib
 import io
 import json
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -2314,6 +2314,32 @@ def test_a_consent_change_revalidates_the_reads_whose_labels_it_changes(tmp_path
         assert withdrawn.status_code == 200
         assert "TRAIN" not in {c["code"] for c in withdrawn.json()["meta"]["security"]}
         assert client.get(binary_json, headers={**treat, "If-None-Match": 'W/"1"'}).status_code == 200
+
+
+def test_a_consent_period_that_ends_revalidates_the_reads_whose_labels_it_changes(tmp_path: Path) -> None:
+    """Review finding (EHR F1, what its fix left): a Consent whose provision.period ends changes
+    the purposes a record's meta.security lists with no Consent written, so If-Modified-Since
+    with the Last-Modified of a read inside the period answered 304 after it, and the EHR kept
+    the copy labelled TRAIN. A period's start or end that has passed counts as a change of the
+    patient's Consents, as a write does."""
+    json_type = {"Content-Type": "application/fhir+json"}
+    treat = as_purpose("TREAT")
+    with adapter_client(tmp_path) as (client, _):
+        receipt = _ingest(client)
+        end = (datetime.now(UTC) + timedelta(seconds=2)).isoformat(timespec="seconds")
+        created = client.post("/fhir/Consent", json=consent_resource(["TRAIN"], end=end), headers=json_type)
+        assert created.status_code == 201, created.text
+        time.sleep(1.05)
+        inside = client.get(f"/fhir/{receipt['record']}", headers=treat)
+        assert "TRAIN" in {c["code"] for c in inside.json()["meta"]["security"]}
+        assert client.get(f"/fhir/{receipt['record']}", headers={
+            **treat, "If-Modified-Since": inside.headers["last-modified"]}).status_code == 304
+        time.sleep(max(0.0, (datetime.fromisoformat(end) - datetime.now(UTC)).total_seconds()) + 1.1)
+        after = client.get(f"/fhir/{receipt['record']}", headers={
+            **treat, "If-Modified-Since": inside.headers["last-modified"]})
+        assert after.status_code == 200
+        assert "TRAIN" not in {c["code"] for c in after.json()["meta"]["security"]}
+        assert parsedate_to_datetime(after.headers["last-modified"]) >= datetime.fromisoformat(end)
 
 
 def _what(events: list[dict]) -> set[str]:
