@@ -24,7 +24,11 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 
 The documents of one submission (a transaction Bundle of several, IHE MHD ITI-65:
 :meth:`IngestService.ingest_documents`) go through steps 2 and 3 each before any blob is committed,
-then step 5 writes every one of them in one database transaction: all stored, or none.
+then step 5 writes every one of them in one database transaction: all stored, or none. Their
+receipts are looked up before step 4 (one lookup per document): a submission some of whose
+documents were stored before is answered from there (their receipts, or 409), with no blob
+committed; only a concurrent submission storing some of them in between leaves blobs for
+``verify --remove-unreferenced``.
 
 A photo the adapter fails to store (StorageError: the data folder down to its reserve, 507, or
 the disk or the database failing, 503) is audited as a create that failed, outcome 8, in its own
@@ -258,12 +262,17 @@ class IngestService:
                                             record_id=record_refs[k].partition("/")[2], shared=shared,
                                             opened=opened))
             units[0].receipt[SUBMISSION] = [unit.stored_sha256 for unit in units]
+            # documents stored before are answered before any blob is committed: a partial resend
+            # (409) leaves no image of its new documents behind
+            previous = self._receipts_of(units)
+            if any(receipt is not None for receipt in previous):
+                return self._answer_stored_before(ctx, documents, units, previous, locate)
             for unit in units:  # a committed blob is no longer staged: not discarded below
                 self._blobs.commit(staged[0], unit.stored_sha256)
                 staged.pop(0)
             try:
                 self._store.save_ingests(units)
-            except Conflict as exc:
+            except Conflict as exc:  # a concurrent submission stored some of them meanwhile
                 return self._documents_stored_before(ctx, documents, units, idempotency_key, locate, exc)
         finally:
             for path in staged:  # only on the way out of a failure
@@ -275,18 +284,33 @@ class IngestService:
     def _documents_stored_before(self, ctx: RequestContext, documents: Sequence[tuple[bytes, PhotoMetadata]],
                                  units: Sequence[IngestUnit], idempotency_key: str | None, locate: Locate,
                                  conflict: Conflict) -> list[IngestResult]:
-        """The answer to a submission whose units conflict with what is stored (nothing of it was):
-        the submission stored under the key (a concurrent retry that won the race), else the
-        receipts of its documents if every one was stored for the patient before, else a refusal
-        naming those that were (:meth:`ingest_documents`)."""
+        """The answer to a submission whose units conflicted with what a concurrent request stored
+        after they were looked up (nothing of it was stored): the submission stored under the key
+        (a concurrent retry that won the race), else :meth:`_answer_stored_before`. Its blobs
+        were committed already and are left to ``verify --remove-unreferenced``: removing one is
+        not safe here, a content-addressed blob being perhaps another record's (the racing
+        request's own), and that removal waits a grace period for this very reason."""
         if idempotency_key:
             again = self._store.find_keyed_receipt(idempotency_key)
             if again is not None:
                 return self._replay_documents(ctx, documents, again, locate)
-        previous = [self._store.find_receipt(patient=unit.patient, stored_sha256=unit.stored_sha256) for unit in units]
-        stored = [k for k, receipt in enumerate(previous) if receipt is not None]
-        if not stored:
+        previous = self._receipts_of(units)
+        if not any(receipt is not None for receipt in previous):
             raise conflict
+        return self._answer_stored_before(ctx, documents, units, previous, locate)
+
+    def _receipts_of(self, units: Sequence[IngestUnit]) -> list[dict[str, Any] | None]:
+        """The receipt of each unit's document stored for its patient before (same stored
+        SHA-256), None for one that was not."""
+        return [self._store.find_receipt(patient=unit.patient, stored_sha256=unit.stored_sha256) for unit in units]
+
+    def _answer_stored_before(self, ctx: RequestContext, documents: Sequence[tuple[bytes, PhotoMetadata]],
+                              units: Sequence[IngestUnit], previous: Sequence[dict[str, Any] | None],
+                              locate: Locate) -> list[IngestResult]:
+        """The answer to a submission some of whose documents were stored for the patient before
+        (``previous``: their receipts): the receipts if every one was, each checked as a retry,
+        else a refusal (409, audited) naming those that were (:meth:`ingest_documents`)."""
+        stored = [k for k, receipt in enumerate(previous) if receipt is not None]
         if len(stored) < len(units):
             refusal = Conflict(
                 f"{len(stored)} of the {len(units)} documents of this transaction are stored for the patient already, "
