@@ -150,7 +150,10 @@ class IngestService:
             result = self._ingest_photo(upload, meta, idempotency_key=idempotency_key, ctx=ctx,
                                         received_sha256=received_sha256)
         except StorageError as exc:
-            self._audit_failed_store(ctx, meta, exc)
+            self._audit_failed_store(ctx, meta.patient.identifier, exc)
+            raise
+        except AdapterError as exc:  # not an image, undecodable...: refused, audited once
+            self.audit_refusal(ctx, exc, meta.patient.identifier)
             raise
         INGESTS.labels(ctx.channel, "replayed" if result.replayed else "stored").inc()
         return result
@@ -224,7 +227,10 @@ class IngestService:
         try:
             results = self._ingest_documents(documents, idempotency_key=idempotency_key, ctx=ctx, locate=locate)
         except StorageError as exc:
-            self._audit_failed_store(ctx, documents[0][1], exc)
+            self._audit_failed_store(ctx, documents[0][1].patient.identifier, exc)
+            raise
+        except AdapterError as exc:
+            self.audit_refusal(ctx, exc, documents[0][1].patient.identifier)
             raise
         for result in results:
             INGESTS.labels(ctx.channel, "replayed" if result.replayed else "stored").inc()
@@ -318,6 +324,7 @@ class IngestService:
                 expression=[where for k in stored for where in locate(k, ["record"])])
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=units[0].patient, reason=refusal.diagnostics, refused=True)
+            refusal.audited = True
             raise refusal
         return self._answer_replays(ctx, documents, [partial(IngestResult, receipt, True) for receipt in previous
                                                      if receipt is not None], locate)
@@ -333,6 +340,7 @@ class IngestService:
                                             "send this transaction with a new key", expression="Idempotency-Key")
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=documents[0][1].patient.identifier, reason=refusal.diagnostics, refused=True)
+            refusal.audited = True
             raise refusal
         receipts = [receipt]
         for sha256 in hashes[1:]:
@@ -347,6 +355,7 @@ class IngestService:
         except BusinessRuleViolation as exc:
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=documents[0][1].patient.identifier, reason=exc.diagnostics, refused=True)
+            exc.audited = True
             raise
         return self._answer_replays(ctx, documents, [partial(IngestResult, stored, True) for stored in receipts],
                                     locate)
@@ -373,6 +382,7 @@ class IngestService:
             # audited, as reads are (a missing discussion note or colleague, an unknown purpose too)
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=patient, reason=exc.diagnostics, refused=True)
+            exc.audited = True
             raise
         return assessment
 
@@ -402,7 +412,25 @@ class IngestService:
             log.warning("a staged photo could not be removed after a failed ingest (%s); the staging sweep "
                         "removes it later", errno_name(exc) or type(exc).__name__)
 
-    def _audit_failed_store(self, ctx: RequestContext, meta: PhotoMetadata, error: StorageError) -> None:
+    def audit_refusal(self, ctx: RequestContext, error: AdapterError, patient: Identifier | None) -> None:
+        """Audit a create of a photo or a submission refused with ``error`` (the request could not
+        be read, its image is not one, the Bundle breaks a rule of its shape...), unless it is
+        audited already (``error.audited``: by the rules, a replay's check, a failed store): a
+        refused create, outcome 4, with the refusal's diagnostics (what the OperationOutcome says;
+        no more patient data than the rules' refusals carry), naming ``patient`` where the request
+        was read far enough to know it (IHE BALP; "every decision is audited"). A StorageError
+        (the adapter failed, not the request) is audited as :meth:`_audit_failed_store` does.
+        The error is marked audited; the request fails with it whatever the audit does."""
+        if error.audited:
+            return
+        if isinstance(error, StorageError):
+            self._audit_failed_store(ctx, patient, error)
+            return
+        error.audited = True
+        self._auditor.record_refused_write(ctx, interaction="create", action="C", error=error, entities=[],
+                                           patient=patient)
+
+    def _audit_failed_store(self, ctx: RequestContext, patient: Identifier | None, error: StorageError) -> None:
         """Audit a photo (a POST /photos, or the document of a transaction) the adapter failed to
         store: refused for want of room (507) or lost to a failing disk or database (503). A
         create that failed, outcome 8 Serious failure (ATNA; a C-STORE or STOW-RS object the
@@ -410,9 +438,10 @@ class IngestService:
         named and the request; nothing of the photo was stored. The event is written in its own
         transaction; when that fails too (the database is what failed), it is logged by the
         request id, without patient data, and the request fails as it would have."""
+        error.audited = True
         try:
             self._auditor.record_failed_write(ctx, interaction="create", action="C", reason=error.diagnostics,
-                                              patient=meta.patient.identifier)
+                                              patient=patient)
         except Exception as exc:  # noqa: BLE001 - the failure stands whatever the audit store does
             log.error("could not audit the failed store of a photo (request %s): %s", ctx.request_id or "-",
                       type(exc).__name__)
@@ -454,6 +483,7 @@ class IngestService:
         except (BusinessRuleViolation, Conflict) as exc:
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=meta.patient.identifier, reason=exc.diagnostics, refused=True)
+            exc.audited = True
             raise
         return IngestResult(receipt=answered(result.receipt), replayed=True)
 

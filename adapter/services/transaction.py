@@ -31,6 +31,7 @@ from adapter.mapping.transaction import (
     parse_transaction,
     transaction_response,
 )
+from adapter.model.photo import Identifier
 from adapter.model.purpose import RequestContext
 from adapter.services.ingest import IngestResult, IngestService
 from adapter.store.port import RecordStore
@@ -47,7 +48,7 @@ class TransactionService:
         """The transaction-response Bundle, and each document's ingest result in the order of
         their records; ``fhir_base``: this server's FHIR base, under which an absolute
         ``request.url`` names it."""
-        submission = parse_transaction(bundle, self._tables, fhir_base)
+        submission = self._parsed(bundle, ctx, fhir_base)
         documents = submission.documents
         if len(documents) == 1:
             document = documents[0]
@@ -72,9 +73,10 @@ class TransactionService:
             if not all(result.receipt["consents"] for result in results):
                 # a replay: the photo was stored for the patient before, without a Consent, and this
                 # Bundle's Consent was not stored (a response naming one would say it was)
-                raise Conflict("this photo is stored for the patient already, without a Consent: nothing was stored, "
-                               "the Bundle's Consent neither; record the Consent with POST /fhir/Consent",
-                               expression="Bundle.entry")
+                raise self._refused(ctx, documents[0].meta.patient.identifier, Conflict(
+                    "this photo is stored for the patient already, without a Consent: nothing was stored, "
+                    "the Bundle's Consent neither; record the Consent with POST /fhir/Consent",
+                    expression="Bundle.entry"))
             locations[submission.consent_index] = (first.receipt["consents"][0], first)
         entries = []
         for index, role in enumerate(submission.entry_roles):
@@ -95,6 +97,20 @@ class TransactionService:
                     NOT_SAVED, f"attachment.size was stored as {stored}, the size of the document stored without "
                     f"its metadata ({sent} bytes sent)", where),)
         return transaction_response(entries, warnings), results
+
+    def _parsed(self, bundle: dict[str, Any], ctx: RequestContext, fhir_base: str | None) -> TransactionSubmission:
+        """The Bundle read (parse_transaction); a refusal of its shape is audited as a refused
+        create (IngestService.audit_refusal), naming no patient: none is known yet."""
+        try:
+            return parse_transaction(bundle, self._tables, fhir_base)
+        except AdapterError as exc:
+            self._ingest.audit_refusal(ctx, exc, None)
+            raise
+
+    def _refused(self, ctx: RequestContext, patient: Identifier | None, error: AdapterError) -> AdapterError:
+        """``error``, audited once as the refusal of this transaction (IngestService.audit_refusal)."""
+        self._ingest.audit_refusal(ctx, error, patient)
+        return error
 
     def _last_updated(self, reference: str) -> str:
         """The meta.lastUpdated of version 1 of ``reference`` (``Type/id``, just stored or stored
