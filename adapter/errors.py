@@ -15,6 +15,9 @@ class AdapterError(Exception):
 
     issue_type: str = "exception"
     severity: str = "error"
+    #: The refusal (or failure) has its AuditEvent already: whoever catches it further out does
+    #: not audit it again (adapter.services.ingest.IngestService.audit_refusal).
+    audited: bool = False
 
     def __init__(self, diagnostics: str, *, expression: str | list[str] | None = None,
                  details_code: str | None = None, details_text: str | None = None) -> None:

@@ -324,6 +324,20 @@ def decide_mark_entered_in_error(purpose: PurposeOfUse, tables: Tables) -> Decis
                                             f"({ENTERED_IN_ERROR_OPERATION}), not for {code}", purpose=purpose)
 
 
+def decide_outbox_follow_up(purpose: PurposeOfUse, tables: Tables) -> Decision | None:
+    """For the forwarding outbox only: may ``purpose`` see the record reference and SOP Instance
+    UID of an item whose record was entered in error? Records management (the purposes that may
+    mark a record so, :func:`decide_mark_entered_in_error`) may: an item of such a record that
+    was sent (or was being sent when it was marked) is a copy it must correct at the PACS (IHE
+    IOCM), and nothing else tells it which. None for every other purpose, which keeps the
+    record's own decision (:func:`decide`: withheld, as its image is released to no one)."""
+    if not decide_mark_entered_in_error(purpose, tables).permitted:
+        return None
+    return Decision(permitted=True, reason=f"records management ({purpose.code}): the record was entered in error; "
+                                           "its outbox items are shown to correct a copy forwarded at the PACS",
+                    purpose=purpose, view=View.FULL, policy=tables.policy.uri)
+
+
 def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tables: Tables,
                        now: datetime) -> frozenset[str]:
     """The purposes the record may be read for without break-glass, for its security labels.

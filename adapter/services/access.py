@@ -26,6 +26,7 @@ from typing import Any
 from adapter.consent import (
     ANY_PURPOSE,
     decide,
+    decide_outbox_follow_up,
     decide_outbox_list,
     grants_from_consent,
     refused_for_every_record,
@@ -430,7 +431,9 @@ class ScopedReader:
         """Of the record references ``records`` ("Media/abc"), those the purpose may see in care's
         full view: an operational list (the forwarding outbox) names a record beside its
         original SOP Instance UID, which no restricted view shows; for the others (and a
-        reference that names nothing) it leaves both out. One audit event for ``what``. Also
+        reference that names nothing) it leaves both out. A record entered in error is shown
+        to records management (adapter.consent.decide_outbox_follow_up), who must correct its
+        copies at the PACS, and to no other purpose. One audit event for ``what``. Also
         whether break-glass released any of them (the answer says so). A purpose that may not read
         the outbox at all (adapter.consent.decide_outbox_list) is refused (403), audited."""
         listing = decide_outbox_list(self.ctx.purpose, self._tables)
@@ -445,6 +448,9 @@ class ScopedReader:
             resource_type, _, id = ref.partition("/")
             stored = self._store.get(resource_type, id) if resource_type in READABLE_TYPES and id else None
             decision = self.decide(stored.facts if stored is not None else None)
+            if stored is not None and stored.facts is not None and stored.facts.entered_in_error:
+                # records management follows up its copies at the PACS (decide_outbox_follow_up)
+                decision = decide_outbox_follow_up(self.ctx.purpose, self._tables) or decision
             if decision.permitted and decision.view is View.FULL and stored is not None and stored.facts is not None:
                 shown[ref] = (stored.facts.patient, decision)
                 glass = glass or decision.break_glass

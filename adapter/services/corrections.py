@@ -7,7 +7,9 @@ adapter.api.routes.corrections) and it cannot be undone: a record filed in error
 and the photo is posted again under the right patient. It is written as the record's next
 version, with its history row, search tokens, a Provenance (activity NULLIFY) and the AuditEvent,
 in one transaction that also marks every resource the record governs (its Binary, its
-Provenance) and cancels its outbox items not yet sent (adapter.store.sql.mark_entered_in_error).
+Provenance) and cancels its outbox items not yet sent (adapter.store.sql.mark_entered_in_error),
+except an item whose C-STORE the forwarder has started (RecordStore.start_outbox_send, ordered
+with the mark on the item's row): that one is counted as being sent, and may reach the PACS.
 From then on the consent decision (adapter.consent.decision) releases its image to no one and the
 record to care and break-glass only. A copy already forwarded to a PACS is not recalled: it is
 corrected at the PACS.
@@ -43,11 +45,13 @@ CORRECTABLE_TYPES = ("Media", "DocumentReference")
 @dataclass(frozen=True)
 class Marked:
     """The record as stored after the mark; ``changed`` False when it was entered in error
-    already (nothing written); ``cancelled``: the outbox items cancelled with it."""
+    already (nothing written); ``cancelled``: the outbox items cancelled with it; ``sending``:
+    those whose C-STORE had started (not cancelled: they may have reached the PACS)."""
 
     stored: StoredResource
     changed: bool
     cancelled: int = 0
+    sending: int = 0
 
 
 class RecordCorrections:
@@ -116,14 +120,14 @@ class RecordCorrections:
                                     entities=[f"{resource_type}/{id}", f"Provenance/{provenance.id}"],
                                     patient=facts.patient)
         try:
-            stored, cancelled = self._store.mark_entered_in_error(record, if_match=current.version_id,
+            stored, cancelled, sending = self._store.mark_entered_in_error(record, if_match=current.version_id,
                                                                   created=[provenance], audit_events=[audit])
         except Conflict as exc:
             # another writer committed after the version was read above (http.html#concurrency)
             if if_match is None:
                 raise
             raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version differs") from exc
-        return Marked(stored=stored, changed=True, cancelled=cancelled)
+        return Marked(stored=stored, changed=True, cancelled=cancelled, sending=sending)
 
     def _provenance(self, current: StoredResource, ctx: RequestContext, patient: Identifier,
                     record_index: SearchIndex) -> NewResource:

@@ -287,6 +287,10 @@ NOT_PERMITTED = "not forwarded: the consent decision for treatment does not perm
 LEASE_LOST = "not sent: this forwarder's claim on the item was lost while its batch was sent"
 
 
+#: The item was no longer pending under this forwarder's claim when its C-STORE-RQ was to go: a
+#: mark entered-in-error cancelled it meanwhile, or another forwarder claimed it.
+NOT_STARTED = "not sent: the item was no longer pending under this forwarder's claim (cancelled, or claimed again)"
+
 #: Where a lastError goes on with the PACS's Error Comment (:func:`last_error`).
 ERROR_COMMENT_MARK = "; the PACS's Error Comment: "
 
@@ -550,7 +554,7 @@ class Forwarder:
                 if not leases.holds(item):  # lost at a renewal: another forwarder may send it
                     disclosure.held_back = _Skip(LEASE_LOST, permanent=False)
                     return LEASE_LOST
-                return self._withhold(disclosure)
+                return self._withhold(disclosure) or self._start(item, disclosure, leases)
 
             def acknowledged(index: int, result: SendResult) -> None:  # and tells each acknowledgement
                 item, _, disclosure = ready[index]
@@ -723,6 +727,22 @@ class Forwarder:
             disclosure.held_back = _Skip(f"{NOT_PERMITTED} (decided again right before it was sent)", permanent=True)
             return disclosure.held_back.reason
         return None
+
+    def _start(self, item: OutboxItem, disclosure: _Disclosure, leases: LeaseKeeper) -> str | None:
+        """The last step before the C-STORE-RQ, once the decision let the object go: record in the
+        item's row that it goes now (LeaseKeeper.start_send), a conditional update that a mark
+        entered-in-error is ordered against. None lets it go; else it is held back: the item is
+        no longer pending under this claim (the mark cancelled it, or the claim was lost), or
+        the store failed (retried)."""
+        try:
+            if leases.start_send(item, self._now()):
+                return None
+            disclosure.held_back = _Skip(NOT_STARTED, permanent=False)
+        except Exception as exc:
+            log.exception("recording the start of outbox item %d's C-STORE failed", item.id)
+            disclosure.held_back = _Skip(f"not sent: its start could not be recorded ({type(exc).__name__})",
+                                         permanent=False)
+        return disclosure.held_back.reason
 
     def _refusal_event(self, disclosure: _Disclosure) -> dict[str, Any]:
         """The AuditEvent of a refusal, by the consent decision, to make a disclosure to a PACS:

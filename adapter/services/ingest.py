@@ -24,7 +24,11 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 
 The documents of one submission (a transaction Bundle of several, IHE MHD ITI-65:
 :meth:`IngestService.ingest_documents`) go through steps 2 and 3 each before any blob is committed,
-then step 5 writes every one of them in one database transaction: all stored, or none.
+then step 5 writes every one of them in one database transaction: all stored, or none. Their
+receipts are looked up before step 4 (one lookup per document): a submission some of whose
+documents were stored before is answered from there (their receipts, or 409), with no blob
+committed; only a concurrent submission storing some of them in between leaves blobs for
+``verify --remove-unreferenced``.
 
 A photo the adapter fails to store (StorageError: the data folder down to its reserve, 507, or
 the disk or the database failing, 503) is audited as a create that failed, outcome 8, in its own
@@ -146,7 +150,10 @@ class IngestService:
             result = self._ingest_photo(upload, meta, idempotency_key=idempotency_key, ctx=ctx,
                                         received_sha256=received_sha256)
         except StorageError as exc:
-            self._audit_failed_store(ctx, meta, exc)
+            self._audit_failed_store(ctx, meta.patient.identifier, exc)
+            raise
+        except AdapterError as exc:  # not an image, undecodable...: refused, audited once
+            self.audit_refusal(ctx, exc, meta.patient.identifier)
             raise
         INGESTS.labels(ctx.channel, "replayed" if result.replayed else "stored").inc()
         return result
@@ -220,7 +227,10 @@ class IngestService:
         try:
             results = self._ingest_documents(documents, idempotency_key=idempotency_key, ctx=ctx, locate=locate)
         except StorageError as exc:
-            self._audit_failed_store(ctx, documents[0][1], exc)
+            self._audit_failed_store(ctx, documents[0][1].patient.identifier, exc)
+            raise
+        except AdapterError as exc:
+            self.audit_refusal(ctx, exc, documents[0][1].patient.identifier)
             raise
         for result in results:
             INGESTS.labels(ctx.channel, "replayed" if result.replayed else "stored").inc()
@@ -258,12 +268,17 @@ class IngestService:
                                             record_id=record_refs[k].partition("/")[2], shared=shared,
                                             opened=opened))
             units[0].receipt[SUBMISSION] = [unit.stored_sha256 for unit in units]
+            # documents stored before are answered before any blob is committed: a partial resend
+            # (409) leaves no image of its new documents behind
+            previous = self._receipts_of(units)
+            if any(receipt is not None for receipt in previous):
+                return self._answer_stored_before(ctx, documents, units, previous, locate)
             for unit in units:  # a committed blob is no longer staged: not discarded below
                 self._blobs.commit(staged[0], unit.stored_sha256)
                 staged.pop(0)
             try:
                 self._store.save_ingests(units)
-            except Conflict as exc:
+            except Conflict as exc:  # a concurrent submission stored some of them meanwhile
                 return self._documents_stored_before(ctx, documents, units, idempotency_key, locate, exc)
         finally:
             for path in staged:  # only on the way out of a failure
@@ -275,18 +290,33 @@ class IngestService:
     def _documents_stored_before(self, ctx: RequestContext, documents: Sequence[tuple[bytes, PhotoMetadata]],
                                  units: Sequence[IngestUnit], idempotency_key: str | None, locate: Locate,
                                  conflict: Conflict) -> list[IngestResult]:
-        """The answer to a submission whose units conflict with what is stored (nothing of it was):
-        the submission stored under the key (a concurrent retry that won the race), else the
-        receipts of its documents if every one was stored for the patient before, else a refusal
-        naming those that were (:meth:`ingest_documents`)."""
+        """The answer to a submission whose units conflicted with what a concurrent request stored
+        after they were looked up (nothing of it was stored): the submission stored under the key
+        (a concurrent retry that won the race), else :meth:`_answer_stored_before`. Its blobs
+        were committed already and are left to ``verify --remove-unreferenced``: removing one is
+        not safe here, a content-addressed blob being perhaps another record's (the racing
+        request's own), and that removal waits a grace period for this very reason."""
         if idempotency_key:
             again = self._store.find_keyed_receipt(idempotency_key)
             if again is not None:
                 return self._replay_documents(ctx, documents, again, locate)
-        previous = [self._store.find_receipt(patient=unit.patient, stored_sha256=unit.stored_sha256) for unit in units]
-        stored = [k for k, receipt in enumerate(previous) if receipt is not None]
-        if not stored:
+        previous = self._receipts_of(units)
+        if not any(receipt is not None for receipt in previous):
             raise conflict
+        return self._answer_stored_before(ctx, documents, units, previous, locate)
+
+    def _receipts_of(self, units: Sequence[IngestUnit]) -> list[dict[str, Any] | None]:
+        """The receipt of each unit's document stored for its patient before (same stored
+        SHA-256), None for one that was not."""
+        return [self._store.find_receipt(patient=unit.patient, stored_sha256=unit.stored_sha256) for unit in units]
+
+    def _answer_stored_before(self, ctx: RequestContext, documents: Sequence[tuple[bytes, PhotoMetadata]],
+                              units: Sequence[IngestUnit], previous: Sequence[dict[str, Any] | None],
+                              locate: Locate) -> list[IngestResult]:
+        """The answer to a submission some of whose documents were stored for the patient before
+        (``previous``: their receipts): the receipts if every one was, each checked as a retry,
+        else a refusal (409, audited) naming those that were (:meth:`ingest_documents`)."""
+        stored = [k for k, receipt in enumerate(previous) if receipt is not None]
         if len(stored) < len(units):
             refusal = Conflict(
                 f"{len(stored)} of the {len(units)} documents of this transaction are stored for the patient already, "
@@ -294,6 +324,7 @@ class IngestService:
                 expression=[where for k in stored for where in locate(k, ["record"])])
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=units[0].patient, reason=refusal.diagnostics, refused=True)
+            refusal.audited = True
             raise refusal
         return self._answer_replays(ctx, documents, [partial(IngestResult, receipt, True) for receipt in previous
                                                      if receipt is not None], locate)
@@ -309,6 +340,7 @@ class IngestService:
                                             "send this transaction with a new key", expression="Idempotency-Key")
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=documents[0][1].patient.identifier, reason=refusal.diagnostics, refused=True)
+            refusal.audited = True
             raise refusal
         receipts = [receipt]
         for sha256 in hashes[1:]:
@@ -323,6 +355,7 @@ class IngestService:
         except BusinessRuleViolation as exc:
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=documents[0][1].patient.identifier, reason=exc.diagnostics, refused=True)
+            exc.audited = True
             raise
         return self._answer_replays(ctx, documents, [partial(IngestResult, stored, True) for stored in receipts],
                                     locate)
@@ -349,6 +382,7 @@ class IngestService:
             # audited, as reads are (a missing discussion note or colleague, an unknown purpose too)
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=patient, reason=exc.diagnostics, refused=True)
+            exc.audited = True
             raise
         return assessment
 
@@ -378,7 +412,25 @@ class IngestService:
             log.warning("a staged photo could not be removed after a failed ingest (%s); the staging sweep "
                         "removes it later", errno_name(exc) or type(exc).__name__)
 
-    def _audit_failed_store(self, ctx: RequestContext, meta: PhotoMetadata, error: StorageError) -> None:
+    def audit_refusal(self, ctx: RequestContext, error: AdapterError, patient: Identifier | None) -> None:
+        """Audit a create of a photo or a submission refused with ``error`` (the request could not
+        be read, its image is not one, the Bundle breaks a rule of its shape...), unless it is
+        audited already (``error.audited``: by the rules, a replay's check, a failed store): a
+        refused create, outcome 4, with the refusal's diagnostics (what the OperationOutcome says;
+        no more patient data than the rules' refusals carry), naming ``patient`` where the request
+        was read far enough to know it (IHE BALP; "every decision is audited"). A StorageError
+        (the adapter failed, not the request) is audited as :meth:`_audit_failed_store` does.
+        The error is marked audited; the request fails with it whatever the audit does."""
+        if error.audited:
+            return
+        if isinstance(error, StorageError):
+            self._audit_failed_store(ctx, patient, error)
+            return
+        error.audited = True
+        self._auditor.record_refused_write(ctx, interaction="create", action="C", error=error, entities=[],
+                                           patient=patient)
+
+    def _audit_failed_store(self, ctx: RequestContext, patient: Identifier | None, error: StorageError) -> None:
         """Audit a photo (a POST /photos, or the document of a transaction) the adapter failed to
         store: refused for want of room (507) or lost to a failing disk or database (503). A
         create that failed, outcome 8 Serious failure (ATNA; a C-STORE or STOW-RS object the
@@ -386,9 +438,10 @@ class IngestService:
         named and the request; nothing of the photo was stored. The event is written in its own
         transaction; when that fails too (the database is what failed), it is logged by the
         request id, without patient data, and the request fails as it would have."""
+        error.audited = True
         try:
             self._auditor.record_failed_write(ctx, interaction="create", action="C", reason=error.diagnostics,
-                                              patient=meta.patient.identifier)
+                                              patient=patient)
         except Exception as exc:  # noqa: BLE001 - the failure stands whatever the audit store does
             log.error("could not audit the failed store of a photo (request %s): %s", ctx.request_id or "-",
                       type(exc).__name__)
@@ -430,6 +483,7 @@ class IngestService:
         except (BusinessRuleViolation, Conflict) as exc:
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=meta.patient.identifier, reason=exc.diagnostics, refused=True)
+            exc.audited = True
             raise
         return IngestResult(receipt=answered(result.receipt), replayed=True)
 

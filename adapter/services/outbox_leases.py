@@ -53,6 +53,16 @@ class LeaseKeeper:
         with self._lock:
             return item.id in self._items
 
+    def start_send(self, item: OutboxItem, now: datetime) -> bool:
+        """Record that ``item``'s C-STORE-RQ goes now (RecordStore.start_outbox_send), under the
+        claim held (False when it is lost, or the item is no longer pending: a mark
+        entered-in-error cancelled it). Under the lock, so a renewal cannot move the lease end
+        between reading it and the conditional update."""
+        with self._lock:
+            held = self._items.get(item.id)
+            return held is not None and self._store.start_outbox_send(item.id, claimed_until=held.next_attempt_at,
+                                                                       now=now)
+
     def renew(self) -> None:
         """Renew every item still held once; an item lost (claimed by another forwarder) is
         logged and no longer renewed (its send is in flight and cannot be called back). The

@@ -32,6 +32,7 @@ from adapter.mapping.transaction import (
     parse_transaction,
     transaction_response,
 )
+from adapter.model.photo import Identifier
 from adapter.model.purpose import RequestContext
 from adapter.services.ingest import IngestResult, IngestService
 from adapter.store.port import RecordStore
@@ -54,7 +55,7 @@ class TransactionService:
         their records; ``fhir_base``: this server's FHIR base, under which an absolute
         ``request.url`` names it. ``returned``: what ``Prefer: return=`` asks of each entry
         (http.html#ops, #transaction-response; :func:`_returned`)."""
-        submission = parse_transaction(bundle, self._tables, fhir_base)
+        submission = self._parsed(bundle, ctx, fhir_base)
         documents = submission.documents
         if len(documents) == 1:
             document = documents[0]
@@ -79,9 +80,10 @@ class TransactionService:
             if not all(result.receipt["consents"] for result in results):
                 # a replay: the photo was stored for the patient before, without a Consent, and this
                 # Bundle's Consent was not stored (a response naming one would say it was)
-                raise Conflict("this photo is stored for the patient already, without a Consent: nothing was stored, "
-                               "the Bundle's Consent neither; record the Consent with POST /fhir/Consent",
-                               expression="Bundle.entry")
+                raise self._refused(ctx, documents[0].meta.patient.identifier, Conflict(
+                    "this photo is stored for the patient already, without a Consent: nothing was stored, "
+                    "the Bundle's Consent neither; record the Consent with POST /fhir/Consent",
+                    expression="Bundle.entry"))
             locations[submission.consent_index] = (first.receipt["consents"][0], first)
         entries = []
         written: dict[int, dict[str, Any]] = {}  # version 1 of each entry's resource
@@ -105,6 +107,20 @@ class TransactionService:
                     f"its metadata ({sent} bytes sent)", where),)
         resources, informed = _returned(returned, entries, written, warnings, fhir_base)
         return transaction_response(entries, warnings, resources=resources, informed=informed), results
+
+    def _parsed(self, bundle: dict[str, Any], ctx: RequestContext, fhir_base: str | None) -> TransactionSubmission:
+        """The Bundle read (parse_transaction); a refusal of its shape is audited as a refused
+        create (IngestService.audit_refusal), naming no patient: none is known yet."""
+        try:
+            return parse_transaction(bundle, self._tables, fhir_base)
+        except AdapterError as exc:
+            self._ingest.audit_refusal(ctx, exc, None)
+            raise
+
+    def _refused(self, ctx: RequestContext, patient: Identifier | None, error: AdapterError) -> AdapterError:
+        """``error``, audited once as the refusal of this transaction (IngestService.audit_refusal)."""
+        self._ingest.audit_refusal(ctx, error, patient)
+        return error
 
     def _version_1(self, reference: str) -> dict[str, Any]:
         """Version 1 of ``reference`` (``Type/id``, just stored or stored before: a replay), whose

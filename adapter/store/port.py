@@ -180,10 +180,12 @@ class RecordStore(Protocol):
 
     def mark_entered_in_error(self, new: NewResource, *, if_match: int | None = None,
                               created: Sequence[NewResource] = (),
-                              audit_events: Sequence[dict[str, Any]] = ()) -> tuple[StoredResource, int]:
+                              audit_events: Sequence[dict[str, Any]] = ()) -> tuple[StoredResource, int, int]:
         """Write the next version of a record now ``entered-in-error`` with ``created`` and
         ``audit_events`` in one transaction: every resource it governs is marked so and its
-        outbox items not sent are cancelled; the version and how many items were cancelled."""
+        outbox items not sent are cancelled, except those whose C-STORE has started
+        (:meth:`start_outbox_send`), left pending; the version, how many items were cancelled
+        and how many were being sent."""
 
     def search_index(self, resource_type: str, criteria: SearchCriteria, *,
                      descending: bool = False) -> Iterator[IndexRow]:
@@ -313,6 +315,13 @@ class RecordStore(Protocol):
         """Pending items due at ``now`` (next_attempt_at <= now), oldest first. Claiming pushes
         their next_attempt_at a lease ahead, so a second forwarder (another worker process)
         does not pick them up at the same time."""
+
+    def start_outbox_send(self, item_id: int, *, claimed_until: datetime, now: datetime) -> bool:
+        """The forwarder's last step before an item's C-STORE-RQ: record that it goes now, if the
+        item is still pending under the claim whose lease end is ``claimed_until``; False (it is
+        not to be sent) when it is not, e.g. a mark entered-in-error cancelled it. Ordered with
+        :meth:`mark_entered_in_error` on the item's row: a mark after it leaves the item
+        pending, counted as being sent."""
 
     def mark_outbox_sent(self, item_id: int, now: datetime, audit_events: Sequence[dict[str, Any]] = (),
                          last_error: str | None = None) -> None:

@@ -56,7 +56,8 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 15: date_ranges (a date search on a Period: ITI-67 ``period``; an R5 reader's ``date``, where a
 #:     record's R5 date is not its R4 one); records and Consents are re-indexed at start.
 #: 16: resources.entered_in_error (a record marked entered-in-error, and what it governs).
-SCHEMA_VERSION = 16
+#: 17: outbox.sending_since (the forwarder's last check passed: the item's C-STORE-RQ goes out).
+SCHEMA_VERSION = 17
 
 
 #: A match key (dicom_instances.*_key): compared in code point order on both databases, so that
@@ -353,6 +354,10 @@ outbox = Table(
     Column("last_error", Text),
     Column("created", UtcDateTime, nullable=False),
     Column("updated", UtcDateTime, nullable=False),
+    # set when the forwarder's last check before the C-STORE-RQ passed, in a conditional update
+    # that a mark entered-in-error is ordered against (SqlRecordStore.start_outbox_send); cleared
+    # when the attempt is recorded. Set on a pending item: its object is (or may be) at the PACS.
+    Column("sending_since", UtcDateTime),
     ForeignKeyConstraint(["sop_instance_uid"], [dicom_instances.c.sop_instance_uid]),
     UniqueConstraint("sop_instance_uid", "destination", name="uq_outbox_sop_instance_uid_destination"),
     Index("ix_outbox_due", "status", "next_attempt_at", "id"),
@@ -386,7 +391,8 @@ def _migrate(conn: Connection, found: int) -> None:
     13 → 14 adds four nullable columns to ``dicom_instances`` (the study attributes) and sets
     ``attributes_read`` NULL again on every instance (read with INSTANCE_ATTRIBUTES_VERSION 1,
     which had no study attributes), so the same fill reads each object once more;
-    15 → 16 adds a nullable column to ``resources`` (existing rows: not entered in error).
+    15 → 16 adds a nullable column to ``resources`` (existing rows: not entered in error);
+    16 → 17 adds a nullable column to ``outbox`` (existing rows: no C-STORE under way).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -427,6 +433,7 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | TypeEngine[Any]], ...]] = 
     14: (("dicom_instances", "referring_physician_name", "TEXT"), ("dicom_instances", "patient_birth_date", "VARCHAR(8)"),
          ("dicom_instances", "patient_sex", "VARCHAR(16)"), ("dicom_instances", "study_id", "VARCHAR(16)")),
     16: (("resources", "entered_in_error", "BOOLEAN"),),
+    17: (("outbox", "sending_since", UtcDateTime()),),
 }
 
 

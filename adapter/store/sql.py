@@ -696,14 +696,19 @@ class SqlRecordStore:
 
     def mark_entered_in_error(self, new: NewResource, *, if_match: int | None = None,
                               created: Sequence[NewResource] = (),
-                              audit_events: Sequence[dict[str, Any]] = ()) -> tuple[StoredResource, int]:
+                              audit_events: Sequence[dict[str, Any]] = ()) -> tuple[StoredResource, int, int]:
         """Write ``new``, the next version of a record whose status is now ``entered-in-error``
         (its history row, tokens and date ranges), with ``created`` (version 1: its Provenance)
         and ``audit_events``, in one transaction, which also marks every resource the record
         governs entered in error (AccessFacts.entered_in_error: its Binary, its Provenance) and
         cancels its outbox items not sent (pending or failed: never sent, nor requeued; one sent
-        stays sent). Conflict and NotFound as :meth:`update`. Returns the version stored and how
-        many outbox items were cancelled."""
+        stays sent). A pending item whose C-STORE has started (:meth:`start_outbox_send`) is not
+        cancelled: it is being sent, or may have been, and stays pending for its forwarder to
+        record what became of it (sent; a failure is refused at its next claim, the record being
+        entered in error). The items are read locked (PostgreSQL FOR UPDATE, SQLite's write
+        lock), so a forwarder's start of a C-STORE is ordered before or after this mark, never
+        between. Conflict and NotFound as :meth:`update`. Returns the version stored, how many
+        outbox items were cancelled and how many were being sent."""
         key = and_(_r.resource_type == new.resource_type, _r.id == new.id)
         run = self._inserts.execute
         with self._write() as conn:
@@ -736,16 +741,20 @@ class SqlRecordStore:
                          .values(entered_in_error=True))
             its_objects = select(_d.sop_instance_uid).where(_d.record_type == new.resource_type,
                                                             _d.record_id == new.id)
-            cancelled = int(conn.execute(update(outbox).where(
+            not_sent = conn.execute(select(_o.id, _o.sending_since).where(
                 _o.sop_instance_uid.in_(its_objects), _o.status.in_([OUTBOX_PENDING, OUTBOX_FAILED]))
-                .values(status=OUTBOX_CANCELLED, updated=now)).rowcount)
+                .order_by(_o.id).with_for_update()).all()
+            to_cancel = [row.id for row in not_sent if row.sending_since is None]
+            cancelled = int(conn.execute(update(outbox).where(_o.id.in_(to_cancel))
+                                         .values(status=OUTBOX_CANCELLED, updated=now)).rowcount) if to_cancel else 0
+            sending = len(not_sent) - len(to_cancel)
             self._index_pseudonyms(conn, [n for n, _ in written])
             now, documents = self._stamp(conn, written, documents, now)
             self._insert_audit(conn, [{"recorded": now, "json": e} for e in audit_events], locked=True)  # last
         for extra, document in zip(created, documents[1:], strict=True):
             extra.resource["meta"] = document["meta"]
         return StoredResource(new.resource_type, new.id, version, now, documents[0], new.facts, new.blob_sha256,
-                              new.blob_range), cancelled
+                              new.blob_range), cancelled, sending
 
     def append_audit(self, *events: dict[str, Any]) -> None:
         if not events:
@@ -1220,13 +1229,23 @@ class SqlRecordStore:
         does not exist), and nothing is audited."""
         with self._write() as conn:
             result = conn.execute(update(outbox).where(_o.id == item_id, *conditions)
-                                  .values(attempts=_o.attempts + 1, **values))
+                                  .values(attempts=_o.attempts + 1, sending_since=None, **values))
             if result.rowcount == 1:
                 self._insert_audit(conn, [{"recorded": now_instant(), "json": e} for e in audit_events])  # last
                 return True
             if conn.execute(select(_o.id).where(_o.id == item_id)).first() is None:
                 raise NotFound("no outbox item with this id")
         return False
+
+    def start_outbox_send(self, item_id: int, *, claimed_until: datetime, now: datetime) -> bool:
+        """See RecordStore.start_outbox_send: one conditional update of the item's row (pending,
+        its lease end still ``claimed_until``), which a mark entered-in-error that cancelled the
+        item first (status cancelled) makes fail, and which that mark, coming after, finds done
+        (the row locked by whichever writes first: PostgreSQL's row lock, SQLite's write lock)."""
+        with self._write() as conn:
+            return int(conn.execute(update(outbox).where(
+                _o.id == item_id, _o.status == OUTBOX_PENDING, _o.next_attempt_at == to_utc(claimed_until))
+                .values(sending_since=to_utc(now))).rowcount) == 1
 
     def mark_outbox_sent(self, item_id: int, now: datetime, audit_events: Sequence[dict[str, Any]] = (),
                          last_error: str | None = None) -> None:
@@ -1297,7 +1316,7 @@ class SqlRecordStore:
         if destination is not None:
             matching.append(_o.destination == destination)
         requeue = update(outbox).values(status=OUTBOX_PENDING, attempts=0, next_attempt_at=to_utc(now),
-                                        updated=to_utc(now))
+                                        updated=to_utc(now), sending_since=None)
         with self._write() as conn:
             if audit is None:
                 return int(conn.execute(requeue.where(*matching)).rowcount)

@@ -1579,6 +1579,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
             conn.execute(sa.text(f"ALTER TABLE dicom_instances DROP COLUMN {column}"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation"))  # added by 10
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN entered_in_error"))  # added by 16
+        conn.execute(sa.text("ALTER TABLE outbox DROP COLUMN sending_since"))  # added by 17
         conn.execute(sa.text("DROP TABLE key_fingerprints"))
         conn.execute(sa.text("DROP TABLE patient_pseudonyms"))
         conn.execute(sa.text("CREATE TABLE dicom_uid_spaces (name VARCHAR(16) PRIMARY KEY, fingerprint VARCHAR(64))"))
@@ -1590,8 +1591,9 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 16
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 17
         assert {"creation", "entered_in_error"} <= {c["name"] for c in inspector.get_columns("resources")}
+        assert "sending_since" in {c["name"] for c in inspector.get_columns("outbox")}
         assert "ix_resources_blob" in {i["name"] for i in inspector.get_indexes("resources")}
         columns = {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert {i["name"] for i in inspector.get_indexes("audit")} == {"ix_audit_recorded"}
@@ -1620,7 +1622,7 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 16
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 17
         assert {f"ix_dicom_instances_{c}" for c in MATCH_KEYS} <= \
             {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
         if conn.dialect.name == "postgresql":
@@ -1692,7 +1694,7 @@ def test_version_12_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 16
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 17
         inspector = sa.inspect(conn)
         assert set(ATTRIBUTE_COLUMNS) <= {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert "ix_dicom_instances_attributes_unread" in {i["name"] for i in inspector.get_indexes("dicom_instances")}
@@ -1728,7 +1730,7 @@ def test_version_13_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 16
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 17
         assert set(STUDY_ATTRIBUTE_COLUMNS) <= {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [None] * 3  # type: ignore[union-attr]
     assert upgraded.fill_dicom_attributes(lambda _: MULTIFRAME, batch=2) == 3

@@ -85,6 +85,9 @@ async def _patch(request: Request, services: ServicesDep, resource_type: str, id
         text = (f"{resource_type}/{id} marked entered-in-error (version {stored.version_id}); this cannot be undone. "
                 f"Its image is released to no one and the record to care only; {marked.cancelled} outbox item(s) not "
                 "yet sent were cancelled (a copy already forwarded must be corrected at the PACS)")
+        if marked.sending:
+            text += (f"; {marked.sending} outbox item(s) were being sent at the time and may have reached the PACS "
+                     "(check /outbox)")
     else:
         text = f"{resource_type}/{id} was entered-in-error already (version {stored.version_id}): nothing changed"
     return _out(information_outcome("informational", text), "4", 200, headers, fmt=fmt)

@@ -5,7 +5,8 @@ logical id, never a patient identifier or a name.
 The list is read as any read is, with a purpose of use (none: 403), and audited. An item pairs a
 record with its original SOP Instance UID, which a de-identified view maps so that it cannot be
 followed to the PACS: the record reference and the UID are shown only if the record is, in care's
-full view, for that purpose (adapter.services.access.ScopedReader.shown_in_full); otherwise the
+full view, for that purpose (adapter.services.access.ScopedReader.shown_in_full; a record entered
+in error: for records management only, who must correct its copies at the PACS); otherwise the
 item says ``"withheld": true`` and keeps what names no one (id, destination, status, attempts,
 times, the error without the PACS's Error Comment, which may quote patient data), so operations
 still see, and can requeue, what failed.

@@ -16,7 +16,7 @@ from adapter.api.multipart import parse_multipart
 from adapter.api.openapi import BODY, JSON, NEW_IMAGES, PHOTO_UPLOAD, WRITE, answers, ok, refusals
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
-from adapter.errors import InvalidInput, RequiredElementMissing
+from adapter.errors import AdapterError, InvalidInput, RequiredElementMissing
 from adapter.imaging.sniff import check_declared_upload
 from adapter.model.photo import PhotoMetadata
 
@@ -82,10 +82,14 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
     parsed = await parse_multipart(request.headers.get("content-type"), request.stream(), spill, limit)
     try:
         upload = parsed.upload
-        if upload is None:
-            raise RequiredElementMissing("the 'file' part (the photo) is required", expression="file")
-        check_declared_upload(parsed.head(), parsed.file_content_type)
-        meta = _metadata(parsed.fields.get("metadata"))
+        try:
+            if upload is None:
+                raise RequiredElementMissing("the 'file' part (the photo) is required", expression="file")
+            check_declared_upload(parsed.head(), parsed.file_content_type)
+            meta = _metadata(parsed.fields.get("metadata"))
+        except AdapterError as exc:  # refused before the ingest reads it: audited as its refusals are
+            await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
+            raise
         key = idempotency_key[:200] if idempotency_key else None
         result = await anyio.to_thread.run_sync(
             partial(services.ingest.ingest_photo, upload, meta, idempotency_key=key, ctx=ctx,
