@@ -58,6 +58,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.InstanceConflict: 409,
     e.Transient: 503,
     e.StorageError: 503,
+    e.StudyStarted: 503,  # two photos opening one study at once: sent again, it joins the study
     e.InsufficientStorage: 507,
     e.PolicyError: 500,
     e.ConfigurationError: 500,

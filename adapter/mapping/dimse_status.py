@@ -93,6 +93,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.InstanceConflict: DATASET_DOES_NOT_MATCH_SOP_CLASS,
     e.Transient: OUT_OF_RESOURCES,
     e.StorageError: OUT_OF_RESOURCES,
+    e.StudyStarted: OUT_OF_RESOURCES,  # an HTTP ingest's: never raised over DIMSE
     e.InsufficientStorage: OUT_OF_RESOURCES,
     e.PolicyError: PROCESSING_FAILURE,
     e.ConfigurationError: PROCESSING_FAILURE,
