@@ -294,9 +294,15 @@ def _needs_pending(meta: PhotoMetadata, implied: tuple[str, ...], existing: Sequ
     else:
         missing = "no consent was given with the photo"
         expression = "consent"
+    elsewhere = [g for g in existing if g.data_refs and g.decision == PERMIT and grant_covers(g, TREAT, tables)
+                 and grant_in_force(g, patient, next(iter(g.data_refs)), now)]
     if on_file:
         on_file_text = ("the Consent on file for TREAT is not documented as written, which the "
                         "organisation's policy requires")
+    elif elsewhere:  # one given with other photos (a submission's, restricted by provision.data)
+        on_file_text = ("the patient's active Consent permitting TREAT on file is restricted to other records "
+                        "(provision.data): send the photo with its consent statement, or, if it was stored "
+                        "before, again with the Idempotency-Key it was stored under")
     else:
         on_file_text = "no active Consent permitting TREAT is on file for this patient"
     raise ConsentRequired(f"a clinical photo needs documented consent for TREAT: {missing}, and "

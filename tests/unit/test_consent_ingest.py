@@ -493,3 +493,18 @@ def test_a_consent_given_after_the_photo_was_taken_is_kept_and_said(taken: str |
                 + (taken or "")[:10] + " (retrospective consent)")
     assert result.warnings == ((expected,) if said else ())
     assert result.notes == ((expected,) if said else ())
+
+
+def test_a_consent_restricted_to_other_records_is_named_not_denied_to_exist() -> None:
+    """Review newwrites F6: a photo sent again without its consent statement, whose patient's
+    only Consent for TREAT is restricted to the records it was given with (provision.data, as a
+    submission's one Consent is), was refused saying "no active Consent permitting TREAT is on
+    file for this patient": an engine concluded the consent was lost. It says there is one, for
+    other records only, and what to send."""
+    bare = make_meta(consent=None)
+    err = refused(bare, (make_grant("TREAT", data_refs=("Media/m1", "Media/m2")),))
+    assert type(err) is ConsentRequired
+    assert "no active Consent permitting TREAT is on file" not in err.diagnostics
+    assert "restricted to other records" in err.diagnostics and "Idempotency-Key" in err.diagnostics
+    # none at all: said as before
+    assert "no active Consent permitting TREAT is on file" in refused(bare).diagnostics
