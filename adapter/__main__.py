@@ -393,6 +393,10 @@ def _serve_http(settings: Settings, services: Services | None = None, *,
                                # uvicorn's loggers propagate to the root logger's handler (our
                                # format, exceptions without their messages) instead of its own
                                "log_config": None,
+                               # uvicorn believed X-Forwarded-For from 127.0.0.1 by default and put it
+                               # in place of the TCP peer the audit names: adapter.api.forwarded reads
+                               # it from ADAPTER_TRUSTED_PROXIES only, and keeps the peer (review F1)
+                               "proxy_headers": False,
                                # at SIGTERM, requests under way get as long as a stalled upload
                                # would, then are cancelled (nothing stored that was not committed):
                                # an upload trickling a byte now and then held the stop for ever

@@ -16,6 +16,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapter.errors import ConfigurationError
+from adapter.model.ae_title import Network
+from adapter.model.network import proxy_network
 from adapter.text import is_digits
 
 #: ADAPTER_ variables the adapter sets for its own processes, which are no settings.
@@ -213,6 +215,11 @@ class Settings(BaseSettings):
                                    "(300: about a day, at one attempt every 5 minutes once backed off); "
                                    "POST /outbox/requeue puts failed items back.")
 
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses or networks (10.0.0.5, 10.0.0.0/28, IPv6 too) of the reverse "
+        "proxies whose X-Forwarded-For (and X-Forwarded-Proto) the adapter believes; empty: nobody's, the caller "
+        "is its TCP peer. A forwarded address is recorded beside the proxy's, never instead of it.")
+
     cors_origins: str = Field(
         "", description="Comma-separated web origins (scheme://host[:port]) whose pages may call the API from a "
         "browser (CORS), e.g. a DICOMweb viewer; empty: none. '*' is refused.")
@@ -230,6 +237,13 @@ class Settings(BaseSettings):
                 raise ConfigurationError(f"ADAPTER_CORS_ORIGINS: '{item[:60]}' is not an origin scheme://host[:port]")
             out.append(item)
         return out
+
+    @property
+    def trusted_proxy_networks(self) -> list[Network]:
+        """The proxies of ADAPTER_TRUSTED_PROXIES, each an address (a /32 or /128) or a network;
+        ConfigurationError for anything else: a host name (resolved when? to what?), a network
+        with host bits set (10.0.0.1/8 would silently widen to 10.0.0.0/8), an IPv6 zone."""
+        return [proxy_network(item) for item in (p.strip() for p in self.trusted_proxies.split(",")) if item]
 
     @property
     def allowed_ae_titles(self) -> list[str]:
@@ -283,6 +297,15 @@ class Settings(BaseSettings):
                 or any(c in v for c in "?# "):
             raise ValueError("must be an absolute http(s) URL without query or fragment, e.g. "
                              "https://adapter.hospital.example")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, v: str) -> str:
+        # at start, and in `check`: not at the first request (a ConfigurationError, naming the setting)
+        for item in (p.strip() for p in v.split(",")):
+            if item:
+                proxy_network(item)
         return v
 
     @field_validator("log_format")

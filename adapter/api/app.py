@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
 from adapter.api.cross_site import CrossSiteWriteMiddleware
+from adapter.api.forwarded import ForwardedForMiddleware
 from adapter.api.head import HeadMiddleware
 from adapter.api.headers import NoStoreMiddleware
 from adapter.api.openapi import install_openapi, ok
@@ -65,6 +66,8 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT", "PATCH"], allow_headers=list(CORS_REQUEST_HEADERS),
                            expose_headers=list(CORS_EXPOSED_HEADERS), max_age=600)
+    # a trusted proxy's X-Forwarded-For, beside the TCP peer (uvicorn's handling is off: __main__)
+    app.add_middleware(ForwardedForMiddleware, trusted=services.settings.trusted_proxy_networks)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer names its request, preflights too
     app.include_router(photos.router)
     app.include_router(fhir.router)

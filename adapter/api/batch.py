@@ -29,6 +29,7 @@ from fastapi import Request
 
 from adapter.api.deps import purpose_header
 from adapter.api.fhir_xml import from_xml
+from adapter.api.forwarded import forwarded_for_of
 from adapter.api.headers import BREAK_GLASS_HEADER
 from adapter.api.request_id import request_id_of
 from adapter.errors import InvalidInput
@@ -76,6 +77,9 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
         raise InvalidInput(f"a batch takes at most {MAX_BATCH_ENTRIES} entries", expression="Bundle.entry")
     purpose = purpose_header(request)  # every entry is sent with the batch's purpose of use
     forwarded = {"x-purpose-of-use": purpose} if purpose else {}
+    address = forwarded_for_of(request.scope)  # a trusted proxy's: the entries come from its client too
+    if address is not None:
+        forwarded["x-forwarded-for"] = address
     batch_id = request_id_of(request.scope)[:48]
     client = (request.client.host, request.client.port) if request.client else ("127.0.0.1", 0)
     out: list[dict[str, Any]] = []

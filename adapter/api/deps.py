@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from adapter.api.forwarded import forwarded_for_of
 from adapter.api.negotiation import fhir_version
-from adapter.api.request_id import request_id_of
+from adapter.api.request_id import client_request_id_of, own_request_id_of, request_id_of
 from adapter.api.urls import absolute, base
 from adapter.errors import Forbidden, NotAcceptable, PurposeOfUseMissing, UnknownPurposeOfUse
 from adapter.mapping.audit_mhd import find_document_references, retrieve_document
@@ -33,9 +34,19 @@ def _request_id(request: Request) -> str:
     return request_id_of(request.scope)
 
 
+def _peer(request: Request) -> str | None:
+    """The TCP connection's peer (a proxy's address, behind one): the network access point an
+    AuditEvent names (uvicorn's proxy headers are off: adapter.api.forwarded)."""
+    return request.client.host if request.client else None
+
+
 def _actor(request: Request) -> str:
-    # Until OAuth2 tokens arrive, the caller is known only by its address.
-    return f"client {request.client.host}" if request.client else "client"
+    # Until OAuth2 tokens arrive, the caller is known only by its address: the one a trusted
+    # proxy forwarded, with the proxy's, else the peer's
+    peer, forwarded = _peer(request), forwarded_for_of(request.scope)
+    if forwarded is not None:
+        return f"client {forwarded} (forwarded by {peer})"
+    return f"client {peer}" if peer else "client"
 
 
 def purpose_header(request: Request) -> str | None:
@@ -102,8 +113,9 @@ def _audit_refused_purpose(request: Request, services: Services,
         mhd = _mhd_read(request, services, route)
     named = _named_resource(request, route)
     services.auditor.record_refused_purpose(
-        interaction=interaction, actor=_actor(request), request_id=_request_id(request),
-        client_address=request.client.host if request.client else None,
+        interaction=interaction, actor=_actor(request), request_id=own_request_id_of(request.scope),
+        client_address=_peer(request), forwarded_for=forwarded_for_of(request.scope),
+        client_request_id=client_request_id_of(request.scope),
         missing=isinstance(exc, PurposeOfUseMissing), reason=f"{request.method} {route}: {exc.diagnostics}",
         entities=[named] if named else [], query=_request_line(request) if interaction == "search-type" else None,
         mhd=mhd, server_url=base(request, services), dicom=dicom)
@@ -164,7 +176,8 @@ def _context(request: Request, services: Services, purpose: PurposeOfUse, query:
     the adapter's base URL (and ``query``, a read's request line; ``mhd``, the IHE MHD
     transaction it is)."""
     return RequestContext(purpose=purpose, actor=_actor(request), request_id=_request_id(request),
-                          client_address=request.client.host if request.client else None, query=query, mhd=mhd,
+                          client_address=_peer(request), forwarded_for=forwarded_for_of(request.scope),
+                          own_request_id=own_request_id_of(request.scope), query=query, mhd=mhd,
                           server_url=base(request, services))
 
 

@@ -52,6 +52,9 @@ class AccessLogMiddleware(HttpMiddleware):
             elapsed = time.perf_counter() - start
             state = scope.get("state")
             rid = state.get("request_id", "-") if isinstance(state, dict) else "-"
+            own = state.get("own_request_id") if isinstance(state, dict) else None
+            if own and own != rid:  # the caller's id, which another request may carry too: and the adapter's
+                rid = f"{rid} ({own})"
             route = route_template(scope)
             method = str(scope.get("method") or "")
             if method not in _METHODS:  # any token is a method to the parser: logs and labels stay bounded

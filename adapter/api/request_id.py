@@ -7,6 +7,11 @@ The caller's ``X-Request-Id`` is kept when it is a plain token (letters, digits,
 into logs and AuditEvents, so it can never carry a line break or a patient's name of any
 length. A plain ASGI middleware (bodies stream through untouched); the id is in
 ``scope["state"]["request_id"]`` for the routes and the access log.
+
+The caller chooses its id, and two requests may carry the same one (audit review F1): the
+adapter also gives every request an id of its own, a new UUID, unique
+(``scope["state"]["own_request_id"]``; the one answered when the caller sent none), which its
+AuditEvents name, the caller's beside it (``scope["state"]["client_request_id"]``).
 """
 
 from __future__ import annotations
@@ -29,11 +34,30 @@ def request_id_of(scope: Scope) -> str:
     return rid if isinstance(rid, str) else uuid.uuid4().hex
 
 
+def own_request_id_of(scope: Scope) -> str:
+    """The adapter's own id of the request, unique (RequestIdMiddleware), or a new one."""
+    state = scope.get("state")
+    rid = state.get("own_request_id") if isinstance(state, dict) else None
+    return rid if isinstance(rid, str) else uuid.uuid4().hex
+
+
+def client_request_id_of(scope: Scope) -> str | None:
+    """The caller's own X-Request-Id (a plain token), or None when it sent none usable."""
+    state = scope.get("state")
+    rid = state.get("client_request_id") if isinstance(state, dict) else None
+    return rid if isinstance(rid, str) else None
+
+
 class RequestIdMiddleware(HttpMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = next((value for name, value in scope.get("headers", []) if name.lower() == HEADER), b"")
-        rid = given.decode("ascii") if _TOKEN.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        own = uuid.uuid4().hex
+        client = given.decode("ascii") if _TOKEN.fullmatch(given) else None
+        rid = client or own
+        state = scope.setdefault("state", {})
+        state.update(request_id=rid, own_request_id=own)
+        if client is not None:
+            state["client_request_id"] = client
         raw = rid.encode("ascii")
         await self.app(scope, receive, editing_response_headers(
             send, lambda headers: [*(h for h in headers if h[0].lower() != HEADER), (HEADER, raw)]))

@@ -22,10 +22,16 @@ Every read, search and write, permitted or refused, becomes one AuditEvent; a DI
   Source) is the requestor and carries the purposeOfUse, and agent[client] (the peer, the
   Destination, named by ``actor``) is not;
 * source.observer = the adapter, type security-source-type#4 (application server);
+* a client address a trusted proxy forwarded (X-Forwarded-For, adapter.api.forwarded) is an
+  agent of its own after the others (type ``urn:clinical-image-adapter:audit-agent-type#
+  forwarded-client``, requestor false, its address as network): agent[client]'s network stays the
+  TCP connection's peer, the proxy, as BALP and DICOM PS3.15 A.5 (Network Access Point) have it;
 * entity[data] per resource: audit-entity-type#2 System Object, object-role#4 Domain Resource;
   entity[patient]: #1 Person / #1 Patient with what.identifier; entity[query] for searches:
   #2 / object-role#24 Query, ``query`` = the search request as received, base64; entity[transaction]: BALP
-  BasicAuditEntityType#XrequestId with what.identifier.value = X-Request-Id;
+  BasicAuditEntityType#XrequestId with what.identifier the adapter's own id of the request, unique
+  (system ``urn:clinical-image-adapter:request-id``), and the caller's X-Request-Id, when it sent
+  one, as a detail ``X-Request-Id`` (two requests may carry the same);
 * entity[consent] per Consent a decision rested on (BALP AuthZconsent, the R4 example
   auditevent-example-consent-authz): what = Reference(Consent/<id>/_history/<version>), type
   resource-types#Consent, role object-role#13 Security Resource (one break-glass overrode says
@@ -49,12 +55,14 @@ from datetime import datetime
 from adapter.mapping.audit_mhd import mhd_shape
 from adapter.mapping.codes import (
     ADAPTER_NAME,
+    AUDIT_AGENT_TYPE_SYSTEM,
     AUDIT_ENTITY_TYPE,
     AUDIT_EVENT_TYPE,
     BALP_ENTITY_TYPE,
     DCM,
     OBJECT_ROLE,
     OUTBOX_ITEM_SYSTEM,
+    REQUEST_ID_SYSTEM,
     RESOURCE_TYPES,
     RESTFUL_INTERACTION,
     SECURITY_SOURCE_TYPE,
@@ -113,7 +121,8 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
                 client_address: str | None, actor: str, purpose: tuple[str, str] | None, request_id: str,
                 entities: Sequence[str], patient: Identifier | None, query: bytes | None,
                 event_id: str | None = None, client_ae_title: str | None = None, more_entities: Sequence[JSON] = (),
-                policy: str | None = None, mhd: MhdTransaction | None = None, server_url: str | None = None) -> JSON:
+                policy: str | None = None, mhd: MhdTransaction | None = None, server_url: str | None = None,
+                forwarded_for: str | None = None, client_request_id: str | None = None) -> JSON:
     """One BALP-shaped AuditEvent (see the module docstring), or, for a request that is an IHE MHD
     transaction (``mhd``: ITI-65, ITI-67, ITI-68), that transaction's shape
     (adapter.mapping.audit_mhd): its type and subtypes and the entities MHD adds, all else alike.
@@ -124,7 +133,10 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
     the body of a search by POST); ``more_entities`` go after the records (outbox items, the
     patients of an event naming several, the Consents of the decision: :func:`consent_entity`);
     ``policy``: the policy the decision applied; ``server_url``: this server's network address
-    (its base URL, a URI), that of agent[server] (an MHD transaction's FHIR base instead).
+    (its base URL, a URI), that of agent[server] (an MHD transaction's FHIR base instead);
+    ``forwarded_for``: the client address a trusted proxy forwarded (``client_address`` is the
+    proxy's); ``request_id``: the adapter's own id of the request, ``client_request_id`` the
+    caller's X-Request-Id, when it sent one.
 
     Raises:
         ValueError: an unknown interaction, action or outcome code, or a naive ``recorded``.
@@ -144,7 +156,8 @@ def audit_event(*, interaction: str, action: str, outcome: str, outcome_desc: st
         recipient=interaction in _RECIPIENT, client_address=client_address, client_ae_title=client_ae_title,
         actor=actor, purpose=purpose, request_id=request_id, entities=entities, patient=patient, query=query,
         event_id=event_id, more_entities=more_entities, policy=policy, data_role=data_role,
-        server_url=mhd.server_url if mhd is not None and mhd.server_url else server_url)
+        server_url=mhd.server_url if mhd is not None and mhd.server_url else server_url,
+        forwarded_for=forwarded_for, client_request_id=client_request_id)
 
 
 def consent_entity(reference: str, description: str | None = None) -> JSON:
@@ -168,7 +181,8 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
                          event_id: str | None = None, more_entities: Sequence[JSON] = (),
                          policy: str | None = None, adapter_requestor: bool = False,
                          more_subtypes: Sequence[JSON] = (), data_role: JSON | None = None,
-                         server_url: str | None = None) -> JSON:
+                         server_url: str | None = None, forwarded_for: str | None = None,
+                         client_request_id: str | None = None) -> JSON:
     """The AuditEvent of type ``type_`` (and ``subtype``): the agents, source and entities the
     module docstring describes, shared by the BALP events and the DICOM audit messages
     (adapter.mapping.audit_dicom). ``to_client``: the data flows to the client (it is the
@@ -180,7 +194,8 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
     purpose of use, agent[client] the peer named ``actor``, and there is no agent[user].
     ``more_subtypes``: after ``subtype`` (an IHE transaction's code); ``data_role``: the role
     of the records' entities when not Domain Resource (an MHD document retrieved: Report);
-    ``server_url``: the server agent's network address, a URI (this server's FHIR base).
+    ``server_url``: the server agent's network address, a URI (this server's FHIR base);
+    ``forwarded_for``, ``client_request_id``: as :func:`audit_event` takes them.
 
     Raises:
         ValueError: an unknown action or outcome code, a naive ``recorded``, or
@@ -230,15 +245,33 @@ def assemble_audit_event(*, type_: JSON, subtype: JSON | None, action: str, outc
             "query": base64.b64encode(query).decode("ascii"),
         })
     if request_id:
-        entity.append({
-            "what": {"identifier": {"value": request_id}},
+        transaction: JSON = {
+            "what": {"identifier": {"system": REQUEST_ID_SYSTEM, "value": request_id}},
             "type": coding(BALP_ENTITY_TYPE, "XrequestId"),
-        })
+        }
+        if client_request_id:
+            transaction["detail"] = [{"type": "X-Request-Id", "valueString": client_request_id}]
+        entity.append(transaction)
 
+    agents = [client, server] if adapter_requestor else [client, server, user]
+    if forwarded_for:
+        agents.append(forwarded_client_agent(forwarded_for))
     return audit_event_frame(type_=type_, subtypes=[subtype, *more_subtypes] if subtype is not None else [],
                              action=action, outcome=outcome, outcome_desc=outcome_desc, recorded=recorded,
-                             agents=[client, server] if adapter_requestor else [client, server, user],
-                             entities=entity, event_id=event_id)
+                             agents=agents, entities=entity, event_id=event_id)
+
+
+def forwarded_client_agent(address: str) -> JSON:
+    """The agent of a client address a trusted proxy forwarded (module docstring): not the
+    requestor (the user agent is), and not agent[client], whose network access point is the TCP
+    connection's peer; only what the proxy said, by a type of the adapter's own."""
+    return {
+        "type": {"coding": [coding(AUDIT_AGENT_TYPE_SYSTEM, "forwarded-client", "forwarded client")],
+                 "text": "client address forwarded by a trusted proxy (X-Forwarded-For)"},
+        "who": {"display": address},
+        "requestor": False,
+        "network": network_access_point(address),
+    }
 
 
 def check_action_and_outcome(action: str, outcome: str) -> None:
@@ -279,5 +312,5 @@ def audit_event_frame(*, type_: JSON, subtypes: Sequence[JSON], action: str, out
 
 
 __all__ = ["ACTIONS", "INTERACTIONS", "OUTCOMES", "assemble_audit_event", "audit_event", "audit_event_frame",
-           "check_action_and_outcome", "consent_entity", "network_access_point", "outbox_item_entity",
+           "check_action_and_outcome", "consent_entity", "forwarded_client_agent", "network_access_point", "outbox_item_entity",
            "patient_entity"]

@@ -206,7 +206,8 @@ def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: st
                       query: bytes | None, event_id: str | None = None,
                       client_ae_title: str | None = None, instances: Sequence[str] = (),
                       more_entities: Sequence[JSON] = (), policy: str | None = None,
-                      adapter_requestor: bool = False, server_url: str | None = None) -> JSON:
+                      adapter_requestor: bool = False, server_url: str | None = None,
+                      forwarded_for: str | None = None, client_request_id: str | None = None) -> JSON:
     """One DICOM audit message as an R4 AuditEvent (see the module docstring): ``event`` is its
     DICOM EventID, ``studies`` the Study Instance UIDs it names (each once, in order), ``instances``
     the SOP Instance UIDs (each once, after the studies); the other arguments are those of
@@ -237,7 +238,8 @@ def dicom_audit_event(*, event: str, action: str, outcome: str, outcome_desc: st
         request_id=request_id, entities=entities, patient=patient, query=query, event_id=event_id, policy=policy,
         more_entities=[*(study_entity(uid) for uid in dict.fromkeys(studies)),
                        *(sop_instance_entity(uid) for uid in dict.fromkeys(instances)), *more_entities],
-        adapter_requestor=adapter_requestor, server_url=server_url)
+        adapter_requestor=adapter_requestor, server_url=server_url, forwarded_for=forwarded_for,
+        client_request_id=client_request_id)
 
 
 __all__ = ["EVENT_IDS", "INSTANCES_TRANSFERRED", "NODE_AUTHENTICATION", "QUERY", "SECURITY_ALERT",

@@ -36,6 +36,10 @@ EXT_QUALITY_WARNING = SD_BASE + "quality-warning"    # valueString
 SHA256_SYSTEM = "urn:clinical-image-adapter:sha256"  # value: hex SHA-256 of the stored bytes
 PHOTO_KIND_SYSTEM = "urn:clinical-image-adapter:photo-kind"
 OUTBOX_ITEM_SYSTEM = "urn:clinical-image-adapter:outbox-item"  # value: an outbox item's id (an audited job)
+#: The adapter's own id of a request (unique: the caller's X-Request-Id is recorded beside it).
+REQUEST_ID_SYSTEM = "urn:clinical-image-adapter:request-id"
+#: AuditEvent.agent.type of the client address a trusted proxy forwarded (X-Forwarded-For).
+AUDIT_AGENT_TYPE_SYSTEM = "urn:clinical-image-adapter:audit-agent-type"
 
 # Added for the R4 builders (adapter.mapping.photo, consent, provenance, audit, outcome).
 EXT_LATERALITY = SD_BASE + "laterality"              # valueCoding (SNOMED CID 244) on bodySite

@@ -39,8 +39,17 @@ class RequestContext:
 
     purpose: PurposeOfUse
     actor: str = "anonymous"
+    #: The request's id as its answer and the logs give it: for HTTP the caller's X-Request-Id
+    #: when it sent one, which another request may carry too, else the adapter's own.
     request_id: str = ""
+    #: The network address of the peer: for HTTP the TCP connection's (a proxy's, behind one).
     client_address: str | None = None
+    #: The client address a trusted proxy forwarded (X-Forwarded-For from one of
+    #: ADAPTER_TRUSTED_PROXIES: adapter.api.forwarded), recorded beside ``client_address``.
+    forwarded_for: str | None = None
+    #: The adapter's own id of the request, unique (adapter.api.request_id); empty: ``request_id``
+    #: is the adapter's own (a DICOM exchange, a forwarding job).
+    own_request_id: str = ""
     channel: str = "http"
     #: The request as it was received (its request line; a search by POST adds its body, a
     #: followed ``_page`` link the search it holds): the
@@ -56,3 +65,14 @@ class RequestContext:
     #: The adapter's network address for an HTTP request, a URI (its public base URL): the
     #: AuditEvent's agent[server] gives it (IHE BALP; an MHD transaction gives its FHIR base).
     server_url: str | None = None
+
+    @property
+    def audit_request_id(self) -> str:
+        """The id the AuditEvents give the request: the adapter's own, unique."""
+        return self.own_request_id or self.request_id
+
+    @property
+    def client_request_id(self) -> str | None:
+        """The X-Request-Id the caller chose, when it sent one: recorded beside
+        :attr:`audit_request_id`, which it does not replace (two requests may carry the same)."""
+        return self.request_id if self.own_request_id and self.request_id != self.own_request_id else None

@@ -127,16 +127,18 @@ class Auditor:
             return dicom_audit_event(
                 event=dicom.event, action=action, outcome=outcome, outcome_desc=reason,
                 recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
-                purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
+                purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.audit_request_id, entities=entities,
                 patient=patient, studies=dicom.studies, query=ctx.query if dicom.event == QUERY else None,
                 client_ae_title=ctx.ae_title, instances=dicom.instances, more_entities=consents, policy=policy,
-                adapter_requestor=dicom.pushed, server_url=ctx.server_url)
+                adapter_requestor=dicom.pushed, server_url=ctx.server_url, forwarded_for=ctx.forwarded_for,
+                client_request_id=ctx.client_request_id)
         return audit_event(
             interaction=interaction, action=action, outcome=outcome, outcome_desc=reason,
             recorded=self._now(), client_address=ctx.client_address, actor=ctx.actor,
-            purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.request_id, entities=entities,
+            purpose=(ctx.purpose.system, ctx.purpose.code), request_id=ctx.audit_request_id, entities=entities,
             patient=patient, query=ctx.query if interaction == "search-type" else None, client_ae_title=ctx.ae_title,
-            more_entities=consents, policy=policy, mhd=ctx.mhd, server_url=ctx.server_url)
+            more_entities=consents, policy=policy, mhd=ctx.mhd, server_url=ctx.server_url,
+            forwarded_for=ctx.forwarded_for, client_request_id=ctx.client_request_id)
 
     def record(self, ctx: RequestContext, *, interaction: str, action: str, decision: Decision | None,
                entities: Sequence[str], patient: Identifier | None, reason: str | None = None,
@@ -272,9 +274,10 @@ class Auditor:
         return audit_event(
             interaction="update", action="U", outcome="0", outcome_desc=reason, recorded=self._now(),
             client_address=ctx.client_address, actor=ctx.actor, purpose=(ctx.purpose.system, ctx.purpose.code),
-            request_id=ctx.request_id, entities=records, patient=None, query=None, client_ae_title=ctx.ae_title,
+            request_id=ctx.audit_request_id, entities=records, patient=None, query=None, client_ae_title=ctx.ae_title,
             more_entities=[*(outbox_item_entity(item.id, item.destination) for item, _ in requeued),
-                           *(patient_entity(p) for p in patients)], server_url=ctx.server_url)
+                           *(patient_entity(p) for p in patients)], server_url=ctx.server_url,
+            forwarded_for=ctx.forwarded_for, client_request_id=ctx.client_request_id)
 
     @staticmethod
     def count_decision(interaction: str, ctx: RequestContext, *, permitted: bool) -> None:
@@ -294,7 +297,8 @@ class Auditor:
     def record_refused_purpose(self, *, interaction: str, actor: str, client_address: str | None,
                                request_id: str, missing: bool, reason: str, entities: Sequence[str] = (),
                                query: bytes | None = None, mhd: MhdTransaction | None = None,
-                               server_url: str | None = None, dicom: DicomAudit | None = None) -> None:
+                               server_url: str | None = None, dicom: DicomAudit | None = None,
+                               forwarded_for: str | None = None, client_request_id: str | None = None) -> None:
         """Store the AuditEvent of a read (or a write: ``interaction`` create or update) refused for
         its purpose of use: none stated (403) or one that is not known (400). There is no purpose
         to record, and the metric's label is ``none`` or ``unknown`` (never the caller's text).
@@ -302,19 +306,22 @@ class Auditor:
         resource its path names (nothing read, so no patient), ``query`` a search's request;
         ``mhd``: the IHE MHD transaction the request is, whose shape the refusal takes;
         ``server_url``: the adapter's base URL (agent[server]'s network address); ``dicom``: the
-        DICOM audit message the refusal is (STOW-RS), instead of a BALP event."""
+        DICOM audit message the refusal is (STOW-RS), instead of a BALP event; ``forwarded_for``,
+        ``client_request_id``: as RequestContext has them."""
         DECISIONS.labels(interaction, "none" if missing else "unknown", "refused").inc()
         if dicom is not None:
             self._store.append_audit(dicom_audit_event(
                 event=dicom.event, action="C", outcome="4", outcome_desc=reason, recorded=self._now(),
                 client_address=client_address, actor=actor, purpose=None, request_id=request_id, entities=entities,
-                patient=None, studies=dicom.studies, query=None, server_url=server_url))
+                patient=None, studies=dicom.studies, query=None, server_url=server_url, forwarded_for=forwarded_for,
+                client_request_id=client_request_id))
             return
         self._store.append_audit(audit_event(
             interaction=interaction, action={"read": "R", "create": "C", "update": "U"}.get(interaction, "E"),
             outcome="4",
             outcome_desc=reason, recorded=self._now(), client_address=client_address, actor=actor, purpose=None,
-            request_id=request_id, entities=entities, patient=None, query=query, mhd=mhd, server_url=server_url))
+            request_id=request_id, entities=entities, patient=None, query=query, mhd=mhd, server_url=server_url,
+            forwarded_for=forwarded_for, client_request_id=client_request_id))
 
     def record_application_activity(self, application: Application, *, start: bool, launcher: str | None = None,
                                     outcome: str = "0", reason: str | None = None) -> None:

@@ -210,15 +210,32 @@ class ConsentService:
     def _create(self, resource: dict[str, Any], ctx: RequestContext) -> StoredResource:
         resource = self._check({k: v for k, v in resource.items() if k != "id"}, str(uuid.uuid4()))
         facts = consent_facts(resource["id"], resource)
-        audit = self._auditor.event(ctx, interaction="create", action="C", permitted=True, reason=None,
-                                    entities=[f"Consent/{resource['id']}"], patient=facts.patient if facts else None)
+        audit = self._auditor.event(ctx, interaction="create", action="C", permitted=True,
+                                    reason=consent_change(None, resource, 1),
+                                    entities=[f"Consent/{resource['id']}/_history/1"],
+                                    patient=facts.patient if facts else None)
         return self._store.create(NewResource("Consent", resource["id"], resource, index_resource(resource)),
                                   audit_events=[audit])
 
     def _update(self, id: str, resource: dict[str, Any], ctx: RequestContext, if_match: frozenset[int] | None,
                 held: list[StoredResource]) -> StoredResource:
         """:meth:`update`; the current version, once read, is put in ``held`` (its patient is
-        the one a refusal names)."""
+        the one a refusal names). The version is written only over the version read (the store's
+        If-Match), so that the AuditEvent, built before, names the version written and what
+        changed from the one before it; without the client's If-Match, a writer that came in
+        between makes it read and decide again, a few times at most."""
+        for _ in range(_ATTEMPTS - 1):
+            try:
+                return self._update_once(id, resource, ctx, if_match, held)
+            except _ChangedMeanwhile:
+                held.clear()
+        try:
+            return self._update_once(id, resource, ctx, if_match, held)
+        except _ChangedMeanwhile as exc:
+            raise Conflict(f"Consent/{id} was changed concurrently, again and again: send the update again") from exc
+
+    def _update_once(self, id: str, resource: dict[str, Any], ctx: RequestContext, if_match: frozenset[int] | None,
+                     held: list[StoredResource]) -> StoredResource:
         if isinstance(resource, dict) and resource.get("resourceType") == "Consent" and resource.get("id") is None:
             # http.html#update: "If no id element is provided, or the id disagrees with the id in
             # the URL, the server SHALL respond with an HTTP 400 error code"
@@ -239,18 +256,60 @@ class ConsentService:
             # consent is a new Consent
             raise BusinessRuleViolation("a Consent's patient cannot change: record the other patient's consent as a "
                                         "new Consent", expression="Consent.patient")
-        audit = self._auditor.event(ctx, interaction="update", action="U", permitted=True, reason=None,
-                                    entities=[f"Consent/{id}"], patient=facts.patient if facts else None)
+        version = current.version_id + 1  # the store's next (RecordStore.update), written over current only
+        audit = self._auditor.event(ctx, interaction="update", action="U", permitted=True,
+                                    reason=consent_change(current.resource, resource, version),
+                                    entities=[f"Consent/{id}/_history/{version}"],
+                                    patient=facts.patient if facts else None)
         try:
             return self._store.update(NewResource("Consent", id, resource, index_resource(resource)),
-                                      if_match=None if if_match is None else current.version_id,
-                                      audit_events=[audit])
+                                      if_match=current.version_id, audit_events=[audit])
         except Conflict as exc:
             if if_match is None:
-                raise
+                raise _ChangedMeanwhile from exc
             # another writer committed after the version was read above: the If-Match is as stale
             # as if it had been seen there (http.html#concurrency: 412)
             raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version differs") from exc
+
+
+#: How many times an update without If-Match reads and decides again when another writer came in between.
+_ATTEMPTS = 3
+
+
+class _ChangedMeanwhile(Exception):
+    """The Consent changed between the read of its current version and the write of the next."""
+
+
+def consent_change(before: dict[str, Any] | None, after: dict[str, Any], version: int) -> str:
+    """What a Consent write changed, for its AuditEvent's outcomeDesc (IHE BALP Update names the
+    version written; this says what it is, so a withdrawal is found in the trail alone): the
+    status (``active -> inactive (withdrawn)``, ``inactive -> active (re-activated)``), the
+    top provision's type (permit, deny) and the purposes its provisions name, added and
+    removed; codes only, nothing of the patient. ``before``: the version replaced (None: a create)."""
+    status, kind, purposes = _consent_summary(after)
+    if before is None:
+        return f"Consent created (version {version}): status {status}; {kind or 'no provision'}" \
+               f"{' ' + ', '.join(sorted(purposes)) if purposes else ''}"
+    was_status, was_kind, was_purposes = _consent_summary(before)
+    changes = []
+    if status != was_status:
+        said = {("active", "inactive"): " (withdrawn)", ("inactive", "active"): " (re-activated)"}
+        changes.append(f"status {was_status} -> {status}{said.get((was_status, status), '')}")
+    if kind != was_kind:
+        changes.append(f"provision {was_kind or 'none'} -> {kind or 'none'}")
+    added, removed = sorted(purposes - was_purposes), sorted(was_purposes - purposes)
+    if added or removed:
+        changes.append("purposes" + (f" added {', '.join(added)}" if added else "")
+                       + (";" if added and removed else "") + (f" removed {', '.join(removed)}" if removed else ""))
+    return f"Consent version {version}: " + ("; ".join(changes) or "status, provision type and purposes unchanged")
+
+
+def _consent_summary(resource: dict[str, Any]) -> tuple[str, str | None, set[str]]:
+    """A checked Consent's status, top provision type and the purpose codes of its provisions."""
+    provision = resource.get("provision")
+    kind = provision.get("type") if isinstance(provision, dict) else None
+    purposes = {str(c.get("code")) for _, c in _purpose_codings(provision, "")}
+    return str(resource.get("status")), kind if isinstance(kind, str) else None, purposes
 
 
 def _named_patient(resource: Any) -> Identifier | None:

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from adapter.mapping.dicom_uids import stable_uid
 from tests.conftest import ROOT, record_emitted
 from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo, seen_as
+from tests.support.audit import caller_request_ids
 
 SAMPLES = ROOT / "samples"
 WOUND = SAMPLES / "wound.jpg"
@@ -1177,7 +1178,9 @@ def test_a_photo_the_store_fails_to_keep_is_audited_as_a_failed_create(tmp_path:
         assert failure["outcomeDesc"] == "could not store the image bytes"
         assert _purpose_of_use(failure)[0][1] == "BTG"
         # the patient and the request: no record (none was stored)
-        assert [e["what"] for e in failure["entity"]] == [{"identifier": PATIENT}, {"identifier": {"value": "photo-503"}}]
+        patient, request = failure["entity"]
+        assert patient["what"] == {"identifier": PATIENT} and request["type"]["code"] == "XrequestId"
+        assert caller_request_ids(failure) == ["photo-503"]
         assert _counts(services) == (0, 0) and _staging_empty(services)
         taken.rmdir()
         assert post_photo(client, WOUND, metadata()).status_code == 201

@@ -39,7 +39,14 @@ from adapter.services.forwarding import Forwarder, ForwardOptions, SendOutcome, 
 from adapter.services.registry import Services
 from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata, post_photo
-from tests.support.audit import INSTANCES_TRANSFERRED, agent_roles, dicom_events, patients, study_uids
+from tests.support.audit import (
+    INSTANCES_TRANSFERRED,
+    agent_roles,
+    caller_request_ids,
+    dicom_events,
+    patients,
+    study_uids,
+)
 from tests.support.dcmtk import StoreSCP, dcmtk_missing
 from tests.support.orthanc import OrthancPeer, free_port, free_ports, orthanc_missing
 
@@ -176,13 +183,9 @@ def assert_pushed_by_the_adapter(event: dict[str, Any], pacs_ae: str | None = No
         assert pacs["altId"] == pacs_ae
 
 
-def request_ids(event: dict[str, Any]) -> list[str]:
-    return [e["what"]["identifier"]["value"] for e in event.get("entity", [])
-            if e.get("type", {}).get("code") == "XrequestId"]
-
-
 def requeue_events(services: Services, request_id: str) -> list[dict[str, Any]]:
-    return [e for e in services.store.list_audit(200) if request_ids(e) == [request_id]]
+    """The events of the requests that sent X-Request-Id ``request_id``."""
+    return [e for e in services.store.list_audit(200) if caller_request_ids(e) == [request_id]]
 
 
 def jobs(event: dict[str, Any]) -> list[str]:
@@ -479,7 +482,7 @@ def test_a_requeue_states_a_purpose_of_care_or_records_management_and_every_refu
             r = client.post("/outbox/requeue", json={"ids": [failed.id]}, headers={**headers, "X-Request-Id": request_id})
             assert r.status_code == status, (headers, r.text)
             assert r.json()["resourceType"] == "OperationOutcome"
-            [event] = [e for e in services.store.list_audit(50) if request_ids(e) == [request_id]]
+            [event] = [e for e in services.store.list_audit(50) if caller_request_ids(e) == [request_id]]
             assert (event["action"], event["outcome"], event["subtype"][0]["code"]) == ("U", "4", "update"), event
             assert "/outbox/requeue" in event["outcomeDesc"] or "outbox requeue" in event["outcomeDesc"]
             record_emitted([event])

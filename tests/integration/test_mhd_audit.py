@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo, seen_as
+from tests.support.audit import caller_request_ids
 from tests.support.mhd import provide_document_bundle
 
 pytestmark = pytest.mark.integration
@@ -86,7 +87,7 @@ def test_a_provide_document_bundle_is_audited_as_mhds_import_naming_the_submissi
         stored = [e["what"]["reference"] for e in event["entity"] if _role(e) == "4"]
         assert any(ref.startswith("DocumentReference/") for ref in stored)
         assert any(ref.startswith("Binary/") for ref in stored)
-        assert {"value": "iti65-1"} in [e["what"].get("identifier") for e in event["entity"]]
+        assert caller_request_ids(event) == ["iti65-1"]
         [user] = [a for a in event["agent"] if a["requestor"]]
         assert user["purposeOfUse"][0]["coding"][0]["code"] == "TREAT"
 

@@ -24,7 +24,14 @@ from adapter.services.readiness import check_dicom_listener
 from tests.conftest import record_emitted
 from tests.integration.test_dicomweb import stow
 from tests.support.app import PATIENT, adapter_client, consent_resource, metadata, post_photo
-from tests.support.audit import INSTANCES_TRANSFERRED, dicom_events, patients, sop_instance_uids, study_uids
+from tests.support.audit import (
+    INSTANCES_TRANSFERRED,
+    caller_request_ids,
+    dicom_events,
+    patients,
+    sop_instance_uids,
+    study_uids,
+)
 from tests.support.dicom_files import pynet_store, sc_file
 from tests.support.mhd import provide_document_bundle
 from tests.support.orthanc import free_port
@@ -62,8 +69,7 @@ def assert_failed_create(event: dict[str, Any], request_id: str, purpose: str = 
     assert "ADAPTER_MIN_FREE_MB" in event["outcomeDesc"]
     assert [e["what"]["identifier"] for e in event["entity"] if e.get("role", {}).get("code") == "1"] == [PATIENT]
     assert not [e for e in event["entity"] if "reference" in e["what"]]
-    assert [e["what"]["identifier"]["value"] for e in event["entity"]
-            if e["type"].get("code") == "XrequestId"] == [request_id]
+    assert caller_request_ids(event) == [request_id]
     assert event["agent"][2]["purposeOfUse"][0]["coding"][0]["code"] == purpose
 
 

@@ -56,6 +56,19 @@ def patients(event: dict[str, Any]) -> list[dict[str, Any]]:
             if entity.get("role", {}).get("code") == "1"]
 
 
+def caller_request_ids(event: dict[str, Any]) -> list[str]:
+    """The X-Request-Id the caller sent, as an AuditEvent records it: a detail of its XrequestId
+    entity, beside the adapter's own id of the request (its what.identifier)."""
+    return [d["valueString"] for e in event.get("entity", []) if e.get("type", {}).get("code") == "XrequestId"
+            for d in e.get("detail", []) if d.get("type") == "X-Request-Id"]
+
+
+def own_request_ids(event: dict[str, Any]) -> list[str]:
+    """The adapter's own id of the request an AuditEvent records (its XrequestId entity's identifier)."""
+    return [e["what"]["identifier"]["value"] for e in event.get("entity", [])
+            if e.get("type", {}).get("code") == "XrequestId"]
+
+
 def run_audit_export(data_dir: Path, *args: str, environ: Mapping[str, str | None] | None = None,
                      ) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
     """``python -m adapter audit *args`` on the store in ``data_dir``, from the repository root

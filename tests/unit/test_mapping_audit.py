@@ -51,6 +51,7 @@ CASES = {
     "sparse": event(client_address=None, purpose=None, request_id="", entities=[], patient=None, actor=""),
     "hostname": event(client_address="ward-3-tablet.local", event_id="ae-1"),
     "c-store": event(interaction="create", action="C", client_ae_title="STORESCU", request_id=""),
+    "forwarded": event(forwarded_for="203.0.113.66", client_request_id="eng-7", actor="client 203.0.113.66"),
     "outbox requeue": event(
         interaction="update", action="U", purpose=(codes.V3_ACT_REASON, "RECORDMGT"), entities=["Media/m-1", "Media/m-2"],
         patient=None, outcome_desc="outbox requeue of every failed item: 2 failed item(s) back to pending",
@@ -91,7 +92,27 @@ def test_read_shape() -> None:
     assert patient["role"]["code"] == "1"
     (transaction,) = entity(ev, "XrequestId")
     assert transaction["type"]["system"] == codes.BALP_ENTITY_TYPE
-    assert transaction["what"] == {"identifier": {"value": "req-42"}}
+    # the adapter's own id of the request; no caller's X-Request-Id here
+    assert transaction["what"] == {"identifier": {"system": codes.REQUEST_ID_SYSTEM, "value": "req-42"}}
+    assert "detail" not in transaction
+
+
+def test_a_forwarded_client_is_an_agent_of_its_own_the_peer_stays_the_network_access_point() -> None:
+    """Audit review F1: the address a trusted proxy forwarded is recorded beside the TCP peer,
+    not instead of it; the caller's X-Request-Id beside the adapter's own id."""
+    ev = CASES["forwarded"]
+    client, _, user, forwarded = ev["agent"]
+    assert client["network"] == {"address": "127.0.0.1", "type": "2"}
+    assert forwarded == {
+        "type": {"coding": [{"system": codes.AUDIT_AGENT_TYPE_SYSTEM, "code": "forwarded-client",
+                             "display": "forwarded client"}],
+                 "text": "client address forwarded by a trusted proxy (X-Forwarded-For)"},
+        "who": {"display": "203.0.113.66"}, "requestor": False,
+        "network": {"address": "203.0.113.66", "type": "2"}}
+    assert user["requestor"] is True
+    (transaction,) = entity(ev, "XrequestId")
+    assert transaction["what"] == {"identifier": {"system": codes.REQUEST_ID_SYSTEM, "value": "req-42"}}
+    assert transaction["detail"] == [{"type": "X-Request-Id", "valueString": "eng-7"}]
 
 
 def test_create_swaps_client_and_server_roles() -> None:
