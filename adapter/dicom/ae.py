@@ -4,12 +4,12 @@ so the SCP never reads the environment and tests build it directly."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from dataclasses import dataclass
 
 from adapter.config import Settings
 from adapter.errors import ConfigurationError
 from adapter.model.ae_title import Network, check_ae_title, split_caller
+from adapter.model.network import is_in
 from adapter.model.policy import Policy
 
 
@@ -44,15 +44,7 @@ class AeOptions:
         if title not in self.callers:
             return False
         networks = self.callers[title]
-        if networks is None:
-            return True
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in networks)
+        return networks is None or is_in(address.split("%", 1)[0], list(networks))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "ADAPTER_AE_TITLE"))

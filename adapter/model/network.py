@@ -6,26 +6,34 @@ from __future__ import annotations
 import ipaddress
 
 from adapter.errors import ConfigurationError
-from adapter.model.ae_title import Network
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def network_of(text: str, what: str) -> Network:
+    """An IP address (a /32 or /128) or a network (CIDR) named in a setting, ``what`` naming
+    where in the message. Refused (ConfigurationError): a host name (resolving it would make the
+    setting's meaning depend on DNS), an IPv6 zone (the address alone would match on every
+    interface), a network with host bits set (10.0.0.1/8 would silently widen to 10.0.0.0/8)."""
+    text = text.strip()
+    shown = text[:80]
+    if "%" in text:
+        raise ConfigurationError(f"{what}: {shown!r}: an IPv6 zone (%...) cannot be used: give the address without "
+                                 "it, or a global address")
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ConfigurationError(f"{what}: {shown!r} is not an IP address or a network (10.1.2.0/24): a host name "
+                                 "cannot be used") from None
+    if "/" in text and str(network.network_address) != text.split("/", 1)[0].strip():
+        raise ConfigurationError(f"{what}: {shown!r}: the network has host bits set "
+                                 f"(did you mean {network}, or an address alone?)")
+    return network
 
 
 def proxy_network(entry: str) -> Network:
-    """A trusted proxy of ADAPTER_TRUSTED_PROXIES: an IP address (a /32 or /128) or a network
-    (CIDR). Refused (ConfigurationError) as an AE title's host is (adapter.model.ae_title): a host
-    name, an IPv6 zone, a network with host bits set."""
-    shown = entry[:80]
-    if "%" in entry:
-        raise ConfigurationError(f"ADAPTER_TRUSTED_PROXIES: {shown!r}: an IPv6 zone (%...) cannot be trusted: "
-                                 "give the address without it")
-    try:
-        network = ipaddress.ip_network(entry, strict=False)
-    except ValueError:
-        raise ConfigurationError(f"ADAPTER_TRUSTED_PROXIES: {shown!r} is not an IP address or a network "
-                                 "(10.1.2.0/24), nor a host name") from None
-    if "/" in entry and str(network.network_address) != entry.split("/", 1)[0].strip():
-        raise ConfigurationError(f"ADAPTER_TRUSTED_PROXIES: {shown!r}: the network has host bits set "
-                                 f"(did you mean {network}, or an address alone?)")
-    return network
+    """A trusted proxy of ADAPTER_TRUSTED_PROXIES (:func:`network_of`)."""
+    return network_of(entry, "ADAPTER_TRUSTED_PROXIES")
 
 
 def is_in(address: str, networks: list[Network]) -> bool:
@@ -41,4 +49,4 @@ def is_in(address: str, networks: list[Network]) -> bool:
     return any(ip in network for network in networks)
 
 
-__all__ = ["is_in", "proxy_network"]
+__all__ = ["Network", "is_in", "network_of", "proxy_network"]

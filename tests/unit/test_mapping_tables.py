@@ -45,7 +45,7 @@ def test_the_shipped_policy_and_tables_load() -> None:
      "allowedAETitles[1]: 'THIS_AE_TITLE_IS_TOO_LONG' is not an AE title"),
     # a title bound to its hosts takes an address or a network, not a name (PACS review 3)
     (lambda p: p.update(allowedAETitles=["PACS@pacs.hospital.example"]),
-     "allowedAETitles[0]: 'PACS@pacs.hospital.example': after '@' an IP address or a network"),
+     "allowedAETitles[0]: 'PACS@pacs.hospital.example': after '@': 'pacs.hospital.example' is not an IP address or a network"),
     (lambda p: p.update(allowedAETitles=["THIS_AE_TITLE_IS_TOO_LONG@10.0.0.1"]),
      "allowedAETitles[0]: 'THIS_AE_TITLE_IS_TOO_LONG' is not an AE title"),
 ])
