@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from adapter.dicom import StoreSCP
     from adapter.mapping.audit_application import Application
     from adapter.services.registry import Services
+    from adapter.store.port import RecordStore
 
 
 def _configure_logging(level: str, log_format: str = "text") -> None:
@@ -645,13 +646,37 @@ def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
             count, last = count + 1, seq
         sys.stdout.flush()
+        # the end of the hash chain, for the copy kept off the host: a later verify compares it
+        mac = services.store.audit_chain_mac(last) if count else None
     except AdapterError as exc:
         print(f"audit export failed: {exc.diagnostics}", file=sys.stderr)
         return 2
     finally:
         services.close()
-    print(f"{count} AuditEvent(s); last sequence number {last} (continue with --after {last})", file=sys.stderr)
+    print(f"{count} AuditEvent(s); last sequence number {last} (continue with --after {last})"
+          + (f"; its chain MAC {mac}" if mac else "") + (" (no chain MAC: check with python -m adapter verify)"
+                                                          if count and not mac else ""), file=sys.stderr)
     return 0
+
+
+def _audit_chain_problems(store: RecordStore) -> list[str]:
+    """``verify``'s check of the audit trail's hash chain (adapter.store.audit_chain): one pass; the
+    problems (the key, the first broken event), and what the chain covers said on standard output."""
+    key_problem = store.audit_key_problem()
+    if key_problem is not None:
+        return [key_problem]
+    chain = store.check_audit_chain()
+    if chain.start is None:
+        return ["the chain's start is not recorded (key_fingerprints audit-start): removed from the database"]
+    covered = (f"events {chain.start}..{chain.last} chained" if chain.last >= chain.start else "no event chained yet")
+    before = f"; events 1..{chain.start - 1}, stored before the chain (schema 18), are not covered" \
+        if chain.start > 1 else ""
+    print(f"audit trail: {chain.events} event(s), {covered}{before}; last sequence number {chain.last}, its MAC "
+          f"{chain.last_mac or '-'} (compare with the last export kept off the host: a cut-off end is not seen here)")
+    if chain.first_broken is None:
+        return []
+    return [(f"the hash chain breaks at event {chain.first_broken} ({chain.first_problem}); {chain.broken} event(s) "
+             "break it in all: the trail was edited, or events removed, added or reordered, in the database")]
 
 
 def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = None) -> int:
@@ -687,12 +712,16 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
         folder_problem = data_folder_problem(settings.data_dir, store)
         if folder_problem is not None:
             print(f"data folder: {folder_problem}")
+        audit_problems = _audit_chain_problems(store)
+        for problem in audit_problems:
+            print(f"audit trail: {problem}")
         # a Consent the decision cannot read denies every purpose of its patient, care included
         unreadable = list(unreadable_consents(store))
         for consent_id, why in unreadable:
             print(f"Consent/{consent_id}: the consent decision cannot read it ({why}): read as a denial of every "
                   "purpose of its patient, care included, and every ingest for the patient is refused")
-        problems = len(report.findings) + (key_problem is not None) + (folder_problem is not None) + len(unreadable)
+        problems = (len(report.findings) + (key_problem is not None) + (folder_problem is not None) + len(unreadable)
+                    + len(audit_problems))
         ok = problems == 0
         checked = f", {report.digests_checked} re-hashed" if digests else " (sizes only; --digests re-hashes them)"
         print(f"{report.references} reference(s) to {report.blobs} stored image(s){checked}; "

@@ -251,6 +251,7 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now, *,
         raise ConfigurationError(problem)
     try:
         claim_data_folder(settings.data_dir, store)
+        store.claim_audit_key()  # the folder is the database's: its audit.key must be the chain's
     except ConfigurationError:
         store.close()
         raise

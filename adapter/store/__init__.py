@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from adapter.config import StoreOptions
 from adapter.errors import NoStore
+from adapter.store.audit_chain import read_audit_key
 from adapter.store.blobs import FileBlobStore
 from adapter.store.port import (
     BlobStore,
@@ -21,8 +22,11 @@ def open_store(options: StoreOptions, *, existing_only: bool = False) -> tuple[S
     """The record store for ``options.database_url`` (``sqlite:///…`` or
     ``postgresql+psycopg://…``; anything else raises ConfigurationError) and the blob store
     under ``options.data_dir``. ``existing_only``: a database without the adapter's tables is
-    not given them (NoStore, a ConfigurationError)."""
-    records = SqlRecordStore(options.database_url, existing_only=existing_only, timeouts=options.timeouts)
+    not given them (NoStore, a ConfigurationError), nor is the data folder's audit.key made (the
+    audit chain's key: adapter.store.audit_chain; without it the store writes no audit event)."""
+    audit_key = read_audit_key(options.data_dir, create=not existing_only)
+    records = SqlRecordStore(options.database_url, existing_only=existing_only, timeouts=options.timeouts,
+                             audit_key=audit_key)
     try:
         blobs = FileBlobStore(options)
     except BaseException:

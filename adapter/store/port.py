@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
+from adapter.store.audit_chain import ChainReport
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,18 @@ class RecordStore(Protocol):
         """(sequence number, AuditEvent) of the events stored after sequence number ``after``,
         recorded at ``since`` or later and before ``until``, in the order they were stored, read
         a batch at a time."""
+
+    def check_audit_chain(self, batch: int = 1000) -> ChainReport:
+        """Walk the whole trail once and check its keyed hash chain (adapter.store.audit_chain)."""
+
+    def audit_chain_mac(self, seq: int) -> str | None:
+        """The chain MAC stored with event ``seq`` (hex), None if it has none."""
+
+    def audit_key_problem(self) -> str | None:
+        """Why the data folder's audit.key is not the chain's key, or None."""
+
+    def claim_audit_key(self) -> None:
+        """Record the chain's key (its fingerprint), or raise ConfigurationError for another."""
 
     # -- DICOM -------------------------------------------------------------------------------
     # save_ingest also writes unit.dicom_instance (unique SOP Instance UID: Conflict when taken)

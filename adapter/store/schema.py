@@ -57,7 +57,9 @@ from adapter.store.dates import UtcDateTime, now_instant
 #:     record's R5 date is not its R4 one); records and Consents are re-indexed at start.
 #: 16: resources.entered_in_error (a record marked entered-in-error, and what it governs).
 #: 17: outbox.sending_since (the forwarder's last check passed: the item's C-STORE-RQ goes out).
-SCHEMA_VERSION = 17
+#: 18: audit.chain_mac (the audit trail's keyed hash chain, adapter.store.audit_chain) and the
+#:     chain's start in key_fingerprints: the first sequence number after the events stored before.
+SCHEMA_VERSION = 18
 
 
 #: A match key (dicom_instances.*_key): compared in code point order on both databases, so that
@@ -222,6 +224,9 @@ audit = Table(
     Column("seq", _Serial, primary_key=True, autoincrement=True),
     Column("recorded", UtcDateTime, nullable=False),
     Column("json", JsonText, nullable=False),
+    # HMAC-SHA256 chaining the row to the one before (adapter.store.audit_chain), 64 hex digits;
+    # NULL for the events stored before schema 18 (before the chain's recorded start)
+    Column("chain_mac", String(64)),
     Index("ix_audit_recorded", "recorded"),  # the audit export from an instant (iter_audit)
 )
 
@@ -393,6 +398,8 @@ def _migrate(conn: Connection, found: int) -> None:
     which had no study attributes), so the same fill reads each object once more;
     15 → 16 adds a nullable column to ``resources`` (existing rows: not entered in error);
     16 → 17 adds a nullable column to ``outbox`` (existing rows: no C-STORE under way).
+    17 → 18 adds a nullable column to ``audit`` and records where the chain starts: the number
+    after the last event stored before, which the chain does not cover (they stay without a MAC).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -411,6 +418,8 @@ def _migrate(conn: Connection, found: int) -> None:
                 conn.execute(text(f"DROP TABLE {table}"))
         for statement in _READ_AGAIN.get(version, ()):
             conn.execute(text(statement))
+        if version == AUDIT_CHAIN_VERSION:
+            _record_chain_start(conn)
         conn.execute(insert(schema_version).values(version=version, applied=now_instant()))
 
 
@@ -434,7 +443,22 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | TypeEngine[Any]], ...]] = 
          ("dicom_instances", "patient_sex", "VARCHAR(16)"), ("dicom_instances", "study_id", "VARCHAR(16)")),
     16: (("resources", "entered_in_error", "BOOLEAN"),),
     17: (("outbox", "sending_since", UtcDateTime()),),
+    18: (("audit", "chain_mac", "VARCHAR(64)"),),
 }
+
+#: The version that began the audit chain.
+AUDIT_CHAIN_VERSION = 18
+#: key_fingerprints' row holding the chain's first sequence number (adapter.store.audit_chain).
+AUDIT_CHAIN_START = "audit-start"
+
+
+def _record_chain_start(conn: Connection) -> None:
+    """Record the chain's start (the number after the last event stored), unless recorded."""
+    k = key_fingerprints.c
+    if conn.execute(select(k.fingerprint).where(k.name == AUDIT_CHAIN_START)).scalar() is None:
+        last = conn.execute(select(func.coalesce(func.max(audit.c.seq), 0))).scalar_one()
+        conn.execute(insert(key_fingerprints).values(name=AUDIT_CHAIN_START, fingerprint=str(int(last) + 1),
+                                                     updated=now_instant()))
 
 
 #: The indexes each version adds to an existing table.
@@ -471,6 +495,7 @@ def create_schema(conn: Connection) -> None:
     found = conn.execute(select(func.max(schema_version.c.version))).scalar()
     if found is None:
         conn.execute(insert(schema_version).values(version=SCHEMA_VERSION, applied=now_instant()))
+        _record_chain_start(conn)
     elif found > SCHEMA_VERSION:
         raise ConfigurationError(
             f"the database has schema version {found}; this adapter supports up to {SCHEMA_VERSION}")

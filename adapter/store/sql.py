@@ -35,10 +35,27 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from adapter.config import DatabaseTimeouts
-from adapter.errors import Conflict, InvalidInput, NoStore, NotFound, StorageError, StudyStarted
+from adapter.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    NoStore,
+    NotFound,
+    StorageError,
+    StudyStarted,
+)
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
+from adapter.store.audit_chain import (
+    CHAIN_KEY_FINGERPRINT,
+    CHAIN_START,
+    ChainReport,
+    chain_mac,
+    check_chain,
+    genesis,
+)
+from adapter.store.audit_chain import key_fingerprint as audit_key_fingerprint
 from adapter.store.dates import now_instant, to_utc
 from adapter.store.engine import (
     UNLIMITED,
@@ -132,8 +149,9 @@ _k = key_fingerprints.c
 
 # Lookups on the hot paths (every ingest, every read), built once with bound parameters: built
 # anew for each call, SQLAlchemy computes the statement's cache key each time (see patient_consents).
-#: The last audit sequence number, and the database's schema version (:func:`_schema_moved`).
-_LAST_AUDIT_SEQ = select(func.coalesce(func.max(audit.c.seq), 0),
+#: The last audit sequence number, its chain MAC, and the database's schema version (:func:`_schema_moved`).
+_LAST_AUDIT = select(audit.c.seq, audit.c.chain_mac).order_by(audit.c.seq.desc()).limit(1).subquery()
+_LAST_AUDIT_SEQ = select(select(_LAST_AUDIT.c.seq).scalar_subquery(), select(_LAST_AUDIT.c.chain_mac).scalar_subquery(),
                          select(func.max(schema_version.c.version)).scalar_subquery())
 _DICOM_INSTANCE = select(dicom_instances).where(_d.sop_instance_uid == bindparam("sop_instance_uid"))
 #: A posted photo's instance of a study (ix_dicom_instances_study): find_study_photo.
@@ -401,8 +419,10 @@ class SqlRecordStore:
 
     def __init__(self, database_url: str, *, schema: str | None = None, pool_size: int = 5,
                  max_overflow: int = 10, outbox_lease: timedelta = OUTBOX_LEASE, existing_only: bool = False,
-                 timeouts: DatabaseTimeouts | None = None) -> None:
+                 timeouts: DatabaseTimeouts | None = None, audit_key: bytes | None = None) -> None:
         self._outbox_lease = outbox_lease
+        # the audit chain's key (adapter.store.audit_chain.read_audit_key): none, no audit is written
+        self._audit_key = audit_key
         if existing_only:
             database = check_database_url(database_url, schema=schema)
             if database.get_backend_name() == "sqlite" and not Path(database.database or "").expanduser().is_file():
@@ -434,6 +454,34 @@ class SqlRecordStore:
         except BaseException:
             self._engine.dispose()
             raise
+
+    def audit_key_problem(self) -> str | None:
+        """Why this store's audit chain key is not the one its trail is chained with, or None
+        (read only: ``verify``)."""
+        recorded = self.stored_fingerprints().get(CHAIN_KEY_FINGERPRINT)
+        if self._audit_key is None:
+            return ("the data folder has no audit.key: the audit trail's chain cannot be checked, and serve would "
+                    "make a new key" + (" the trail was not chained with" if recorded is not None else ""))
+        if recorded is not None and recorded != audit_key_fingerprint(self._audit_key):
+            return ("the data folder's audit.key is not the key this database's audit trail is chained with: restore "
+                    "the audit.key backed up with the database (ADAPTER_DATA_DIR), or point at the folder that holds it")
+        return None
+
+    def claim_audit_key(self) -> None:
+        """Record which key the audit chain is made with, or refuse another (fail closed: a lost
+        or other audit.key would chain new events under a key the earlier ones do not verify with).
+        ``serve`` and the export call it once the data folder is known to be the database's."""
+        if self._audit_key is None:
+            raise ConfigurationError("the store was opened without the audit chain's key (audit.key)")
+        with self._maintain() as conn:
+            if conn.dialect.name == "postgresql":  # processes starting together: one after the other
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FINGERPRINT_LOCK})
+            recorded = conn.execute(select(_k.fingerprint).where(_k.name == CHAIN_KEY_FINGERPRINT)).scalar()
+            if recorded is None:
+                self._set_fingerprint(conn, CHAIN_KEY_FINGERPRINT, audit_key_fingerprint(self._audit_key))
+        problem = self.audit_key_problem()
+        if problem is not None:
+            raise ConfigurationError(problem)
 
     @property
     def engine(self) -> Engine:
@@ -581,13 +629,28 @@ class SqlRecordStore:
         from an event deleted (found by the crash review)."""
         if not rows:
             return
+        key = self._audit_key
+        if key is None:  # fail closed: an event the chain does not cover would read as tampered with
+            raise ConfigurationError("the store was opened without the audit chain's key (audit.key): "
+                                     "no audit event can be written")
         if conn.dialect.name == "postgresql" and not locked:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
-        last, version = conn.execute(_LAST_AUDIT_SEQ).one()
+        last, last_mac, version = conn.execute(_LAST_AUDIT_SEQ).one()
         if version is not None and version != SCHEMA_VERSION:
             raise _schema_moved(int(version))
-        last = int(last)
-        self._inserts.execute(conn, audit, [{"seq": last + n, **row} for n, row in enumerate(rows, 1)])
+        last = int(last or 0)
+        # chained to the last row's MAC, read under the lock that serialises the numbers; the first
+        # row after the chain's start (none before it has a MAC) to what the start gives
+        previous = bytes.fromhex(last_mac) if last_mac else genesis(key, last + 1)
+        chained = []
+        for n, row in enumerate(rows, 1):
+            try:
+                mac = chain_mac(key, previous, last + n, row["recorded"], row["json"])
+            except (TypeError, ValueError) as exc:  # not JSON: as the insert would have refused it
+                raise StorageError("an audit event could not be encoded; nothing was changed") from exc
+            chained.append({"seq": last + n, "chain_mac": mac.hex(), **row})
+            previous = mac
+        self._inserts.execute(conn, audit, chained)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -916,6 +979,35 @@ class SqlRecordStore:
                 last = int(seq)
             if len(rows) < batch:
                 return
+
+    def check_audit_chain(self, batch: int = 1000) -> ChainReport:
+        """Walk the audit trail once, in sequence order, a batch at a time (bounded memory), and
+        check its chain (adapter.store.audit_chain.check_chain) with this store's key."""
+        if self._audit_key is None:
+            raise ConfigurationError("the audit chain's key (audit.key in the data folder) is missing: the chain "
+                                     "cannot be checked")
+        with self._read() as conn:
+            start = conn.execute(select(_k.fingerprint).where(_k.name == CHAIN_START)).scalar()
+        return check_chain(self._audit_key, int(start) if start is not None and start.isdigit() else None,
+                           self._audit_rows(batch))
+
+    def audit_chain_mac(self, seq: int) -> str | None:
+        """The chain MAC stored with event ``seq`` (hex), None if it has none."""
+        with self._read() as conn:
+            mac: str | None = conn.execute(select(audit.c.chain_mac).where(audit.c.seq == seq)).scalar()
+        return mac
+
+    def _audit_rows(self, batch: int) -> Iterator[tuple[int, datetime, Any, str | None]]:
+        a, last = audit.c, None
+        while True:
+            with self._maintenance_read() as conn:
+                statement = select(a.seq, a.recorded, a.json, a.chain_mac).order_by(a.seq).limit(batch)
+                rows = conn.execute(statement if last is None else statement.where(a.seq > last)).all()
+            for seq, recorded, event, mac in rows:
+                yield int(seq), to_utc(recorded), event, mac
+            if len(rows) < batch:
+                return
+            last = int(rows[-1][0])
 
     # -- DICOM instances and the outbox --------------------------------------------------
 

@@ -224,3 +224,35 @@ def test_verify_lists_a_consent_the_decision_cannot_read(tmp_path: Path) -> None
             "Consent.modifierExtension)") in done.stdout
     assert "1 problem(s)" in done.stdout
     assert "Consent/" not in done.stdout.replace("Consent/legacy-1", ""), done.stdout  # the photo's own is readable
+
+
+def test_verify_finds_an_audit_trail_edited_or_renumbered(tmp_path: Path) -> None:
+    """Review audit F2: an event rewritten in the database (a read's purpose changed), or one
+    deleted and the later ones renumbered so no number is missing, went unnoticed (exit 0). The
+    hash chain breaks at the event touched; the export names the end of the chain to keep off
+    the host."""
+    with adapter_client(tmp_path) as (client, _):
+        receipt = post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).json()
+        for _ in range(3):
+            assert client.get(f"/fhir/{receipt['record']}", headers={"X-Purpose-Of-Use": "TREAT"}).status_code == 200
+    clean = _verify(tmp_path)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "0 problem(s)" in clean.stdout
+    db = tmp_path / "data" / "adapter.db"
+    with sqlite3.connect(db) as conn:
+        count = conn.execute("SELECT count(*) FROM audit").fetchone()[0]
+        assert count >= 4
+        conn.execute("UPDATE audit SET json = replace(json, 'TREAT', 'RECORDMGT') WHERE seq = 3")
+    edited = _verify(tmp_path)
+    assert edited.returncode == 1, edited.stdout + edited.stderr
+    assert "the hash chain breaks at event 3 " in edited.stdout and "1 problem(s)" in edited.stdout
+    with sqlite3.connect(db) as conn:  # back as it was, then event 2 removed and the rest renumbered
+        conn.execute("UPDATE audit SET json = replace(json, 'RECORDMGT', 'TREAT') WHERE seq = 3")
+        conn.commit()
+        restored = _verify(tmp_path)
+        assert restored.returncode == 0 and f"audit trail: {count} event(s), events 1..{count} chained" in restored.stdout
+        conn.execute("DELETE FROM audit WHERE seq = 2")
+        conn.execute("UPDATE audit SET seq = seq - 1 WHERE seq > 2")
+    renumbered = _verify(tmp_path)
+    assert renumbered.returncode == 1, renumbered.stdout + renumbered.stderr
+    assert "the hash chain breaks at event 2 " in renumbered.stdout

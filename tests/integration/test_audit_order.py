@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from adapter.store import SqlRecordStore
 from tests.conftest import wait_until
+from tests.support.audit import TEST_AUDIT_KEY
 from tests.support.postgres import named_postgres_schema, sessions_waiting_on_a_lock
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def _event(marker: str) -> dict[str, str]:
 def test_an_event_committed_after_a_later_numbered_one_is_not_skipped_by_the_export(
         database: tuple[str, str]) -> None:
     url, name = database
-    store = SqlRecordStore(url)
+    store = SqlRecordStore(url, audit_key=TEST_AUDIT_KEY)
     admin = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         with admin.begin() as conn:

@@ -17,6 +17,7 @@ from adapter.services.registry import Services
 from adapter.store.sql import SqlRecordStore
 from tests.conftest import ROOT
 from tests.support.app import adapter_client, as_purpose, metadata, post_photo
+from tests.support.audit import TEST_AUDIT_KEY
 from tests.support.postgres import postgres_schema
 
 #: The advisory lock every audited write takes (adapter.store.sql._AUDIT_LOCK).
@@ -77,7 +78,7 @@ def test_a_read_running_past_the_statement_timeout_answers_503(tmp_path: Path, p
 
 
 def test_the_start_s_upgrade_and_reindexing_run_without_the_statement_and_lock_timeouts(pg_url: str) -> None:
-    store = SqlRecordStore(pg_url, timeouts=DatabaseTimeouts(connect=3, statement=2, lock=1.5))
+    store = SqlRecordStore(pg_url, timeouts=DatabaseTimeouts(connect=3, statement=2, lock=1.5), audit_key=TEST_AUDIT_KEY)
     try:
         with store.engine.connect() as conn:
             assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "2s"
@@ -90,7 +91,7 @@ def test_the_start_s_upgrade_and_reindexing_run_without_the_statement_and_lock_t
     finally:
         store.close()
     # a URL's own options win over the settings; the tests' search_path stays
-    overridden = SqlRecordStore(f"{pg_url}%20-c%20statement_timeout%3D0", timeouts=DatabaseTimeouts())
+    overridden = SqlRecordStore(f"{pg_url}%20-c%20statement_timeout%3D0", timeouts=DatabaseTimeouts(), audit_key=TEST_AUDIT_KEY)
     try:
         with overridden.engine.connect() as conn:
             assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "0"

@@ -30,6 +30,7 @@ from adapter.store import SearchCriteria, SqlRecordStore
 from adapter.store.dates import format_instant
 from adapter.store.schema import resources
 from tests.conftest import wait_until
+from tests.support.audit import TEST_AUDIT_KEY
 from tests.support.postgres import named_postgres_schema, sessions_waiting_on_a_lock
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,7 @@ def database() -> Iterator[tuple[str, str]]:
 
 def test_a_record_stamped_earlier_never_commits_after_one_a_sync_has_seen(database: tuple[str, str]) -> None:
     url, name = database
-    store = SqlRecordStore(url)
+    store = SqlRecordStore(url, audit_key=TEST_AUDIT_KEY)
     admin = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         with admin.begin() as conn:
@@ -121,7 +122,7 @@ def test_writes_in_one_millisecond_get_increasing_instants(tmp_path: Path, backe
     """Consecutive writes of a type get strictly increasing lastUpdated, whatever the clock says
     (here: many in one millisecond), so ``gt`` the instant of one never leaves out the next."""
     url = request.getfixturevalue("database")[0] if backend == "postgresql" else f"sqlite:///{tmp_path}/a.db"
-    store = SqlRecordStore(url)
+    store = SqlRecordStore(url, audit_key=TEST_AUDIT_KEY)
     try:
         for n in range(30):
             store.create(_media(f"m{n}"), audit_events=[_event(f"m{n}")])
@@ -140,7 +141,7 @@ def test_a_write_stamped_before_the_latest_instant_of_its_type_is_moved_after_it
     the instant it was moved to (here past a record stamped an hour ahead: as if it had committed
     first)."""
     url = request.getfixturevalue("database")[0] if backend == "postgresql" else f"sqlite:///{tmp_path}/a.db"
-    store = SqlRecordStore(url)
+    store = SqlRecordStore(url, audit_key=TEST_AUDIT_KEY)
     try:
         store.create(_media("ahead"), audit_events=[_event("ahead")])
         ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)

@@ -29,6 +29,7 @@ from tests.conftest import ROOT
 from tests.integration.test_dicomweb import stow
 from tests.integration.test_store_contract import make_dicom_unit, make_instance, make_unit
 from tests.support.app import PATIENT, adapter_client, metadata, post_photo
+from tests.support.audit import TEST_AUDIT_KEY
 from tests.support.dicom_files import jpeg, pynet_store, sc_file
 from tests.support.fhir_factories import transaction_bundle
 from tests.support.postgres import postgres_schema
@@ -51,7 +52,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 def stores(database_url: str, tmp_path: Path) -> Iterator[tuple[SqlRecordStore, FileBlobStore]]:
     (tmp_path / "data").mkdir(exist_ok=True)
-    records = SqlRecordStore(database_url)
+    records = SqlRecordStore(database_url, audit_key=TEST_AUDIT_KEY)
     yield records, FileBlobStore(StoreOptions(database_url=database_url, data_dir=tmp_path / "data"))
     records.close()
 

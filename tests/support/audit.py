@@ -11,9 +11,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from adapter.store.audit_chain import chain_key
 from tests.conftest import ROOT, record_emitted
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
+#: The audit chain key of a store a test opens itself (open_store reads the data folder's audit.key).
+TEST_AUDIT_KEY = chain_key(b"test audit key")
 INSTANCES_TRANSFERRED = "110104"
 QUERY = "110112"
 
