@@ -621,13 +621,15 @@ class IngestService:
         # (encounter_key: its literal reference, else system|value of its identifier), so photos
         # of one encounter share a study however the encounter is referenced.
         uids = photo_uids(self._uid_root, self._uid_key, record_id=record_id,
-                          encounter=encounter_key(built.record), patient=patient)
+                          encounter=(encounter := encounter_key(built.record)), patient=patient)
         built.record.setdefault("identifier", []).append(
             {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{uids.sop_instance}"})
         # StudyDate and StudyTime are the study's (PS3.3 C.7.2.1: the same in every instance of
         # it): those of the first photo stored for it, which every photo of the study stored
         # carries (any one will do), else this photo's own, the first (adapter.mapping.dicom_photo)
-        if opened is not None and uids.study in opened:  # opened by a document before it in the submission
+        if encounter is None:  # a study of its own (its UID made from the record's id): nothing to join or check
+            study, opens_study = photo_study(built.record), False
+        elif opened is not None and uids.study in opened:  # opened by a document before it in the submission
             study, opens_study = opened[uids.study], False
         else:
             study, opens_study = self._photo_study(built.record, uids)

@@ -161,9 +161,10 @@ def test_a_consent_given_with_a_photo_covers_that_photo_only(tmp_path: Path) -> 
             assert client.get(f"/fhir/{seen_as(services, 'TRAIN', ref)}", headers=train).status_code == 200, ref
         assert client.get(f"/fhir/{seen_as(services, 'TRAIN', earlier['record'])}", headers=train).status_code == 403
         assert client.get(f"/fhir/{seen_as(services, 'TRAIN', earlier['binary'])}", headers=train).status_code == 403
-        # a later photo without a statement is not covered: refused as if nothing were on file
+        # a later photo without a statement is not covered: refused, saying the Consent on file is
+        # for other records (review newwrites F6: it said none was on file)
         body = _outcome(post_photo(client, SAMPLES / "document.jpg", metadata(consent=None)), 422)
-        assert "no active Consent permitting TREAT" in body["issue"][0]["diagnostics"]
+        assert "Consent permitting TREAT on file is restricted to other records" in body["issue"][0]["diagnostics"]
         # a written statement (with its form) is the photo's too
         written = post_photo(client, SAMPLES / "tiny.jpg", metadata(consent={
             "purposes": ["TREAT", "TRAIN"], "method": "written",
