@@ -734,28 +734,41 @@ class SqlRecordStore:
         Conflict if ``if_match`` is not the current version (or another writer won the race);
         NotFound if the resource does not exist.
         """
-        key = and_(_r.resource_type == new.resource_type, _r.id == new.id)
         with self._write() as conn:
-            current = conn.execute(select(_r.version_id, _r.last_updated).where(key).with_for_update()).first()
-            if current is None:
-                raise NotFound(f"{new.resource_type}/{new.id} does not exist")
-            if if_match is not None and if_match != current.version_id:
-                raise Conflict(f"version {if_match} is not the current version of "
-                               f"{new.resource_type}/{new.id}")
-            version = current.version_id + 1
-            # after the version a sync may have seen (_stamp compares with the other resources only)
-            now = max(now_instant(), current.last_updated + _MILLISECOND)
+            version, now = self._next_version(conn, new, if_match)
             document = with_meta(new, version, now)
-            row = resource_row(new, document, version, now)
-            del row["resource_type"], row["id"]
-            result = conn.execute(update(resources).where(key, _r.version_id == current.version_id).values(row))
-            if result.rowcount != 1:
-                raise Conflict(f"{new.resource_type}/{new.id} was changed concurrently")
-            for table in (tokens, date_ranges):
-                conn.execute(delete(table).where(table.c.resource_type == new.resource_type, table.c.id == new.id))
+            self._replace_current(conn, new, document, version, now)
             now, document = self._insert_version(conn, new, document, version, audit_events, now)
         return StoredResource(new.resource_type, new.id, version, now, document, new.facts, new.blob_sha256,
                               new.blob_range)
+
+    @staticmethod
+    def _next_version(conn: Connection, new: NewResource, if_match: int | None) -> tuple[int, datetime]:
+        """The version ``new`` is written as and its lastUpdated, its current row locked (FOR
+        UPDATE): NotFound if it does not exist, Conflict if ``if_match`` is not its version. The
+        instant is after the version a sync may have seen (_stamp compares with the other
+        resources only)."""
+        key = and_(_r.resource_type == new.resource_type, _r.id == new.id)
+        current = conn.execute(select(_r.version_id, _r.last_updated).where(key).with_for_update()).first()
+        if current is None:
+            raise NotFound(f"{new.resource_type}/{new.id} does not exist")
+        if if_match is not None and if_match != current.version_id:
+            raise Conflict(f"version {if_match} is not the current version of {new.resource_type}/{new.id}")
+        return current.version_id + 1, max(now_instant(), current.last_updated + _MILLISECOND)
+
+    @staticmethod
+    def _replace_current(conn: Connection, new: NewResource, document: dict[str, Any], version: int,
+                         now: datetime) -> None:
+        """Overwrite the resource's row with ``document`` (``version``, the one after the current)
+        unless another writer changed it meanwhile (Conflict), and drop its index rows (the
+        caller writes the new version's)."""
+        key = and_(_r.resource_type == new.resource_type, _r.id == new.id)
+        row = resource_row(new, document, version, now)
+        del row["resource_type"], row["id"]
+        if conn.execute(update(resources).where(key, _r.version_id == version - 1).values(row)).rowcount != 1:
+            raise Conflict(f"{new.resource_type}/{new.id} was changed concurrently")
+        for table in (tokens, date_ranges):
+            conn.execute(delete(table).where(table.c.resource_type == new.resource_type, table.c.id == new.id))
 
     def mark_entered_in_error(self, new: NewResource, *, if_match: int | None = None,
                               created: Sequence[NewResource] = (),
@@ -772,26 +785,12 @@ class SqlRecordStore:
         lock), so a forwarder's start of a C-STORE is ordered before or after this mark, never
         between. Conflict and NotFound as :meth:`update`. Returns the version stored, how many
         outbox items were cancelled and how many were being sent."""
-        key = and_(_r.resource_type == new.resource_type, _r.id == new.id)
         run = self._inserts.execute
         with self._write() as conn:
-            current = conn.execute(select(_r.version_id, _r.last_updated).where(key).with_for_update()).first()
-            if current is None:
-                raise NotFound(f"{new.resource_type}/{new.id} does not exist")
-            if if_match is not None and if_match != current.version_id:
-                raise Conflict(f"version {if_match} is not the current version of "
-                               f"{new.resource_type}/{new.id}")
-            version = current.version_id + 1
-            now = max(now_instant(), current.last_updated + _MILLISECOND)
+            version, now = self._next_version(conn, new, if_match)
             written = [(new, version), *((c, 1) for c in created)]
             documents = [with_meta(n, v, now) for n, v in written]
-            row = resource_row(new, documents[0], version, now)
-            del row["resource_type"], row["id"]
-            if conn.execute(update(resources).where(key, _r.version_id == current.version_id)
-                            .values(row)).rowcount != 1:
-                raise Conflict(f"{new.resource_type}/{new.id} was changed concurrently")
-            for table in (tokens, date_ranges):
-                conn.execute(delete(table).where(table.c.resource_type == new.resource_type, table.c.id == new.id))
+            self._replace_current(conn, new, documents[0], version, now)
             for extra, document in zip(created, documents[1:], strict=True):
                 run(conn, resources, resource_row(extra, document, 1, now))
             for (n, v), document in zip(written, documents, strict=True):
