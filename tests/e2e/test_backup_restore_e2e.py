@@ -26,20 +26,23 @@ TREAT = {"X-Purpose-Of-Use": "TREAT"}
 def _readme_commands() -> tuple[str, str, str, str]:
     """The backup's commands and the restore's file copies, as the README gives them (SQLite's, not
     PostgreSQL's): what makes the backup folder, the database copy, the files' copy, and the
-    restore's commands up to ``verify``; each run with the umask the README sets first."""
+    restore's commands up to ``verify``; each run with the umask the README sets first. The files'
+    copy includes the audit chain's key (step 3)."""
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Backup, restore, verify"):readme.index("### Removing images")]
     umask = re.findall(r"^umask 077\b.*$", section, re.MULTILINE)
     folder = re.search(r"^install -d -m 700 /backup$", section, re.MULTILINE)
     database = re.search(r"^\.venv/bin/python -c \"import sqlite3;.*$", section, re.MULTILINE)
     files = re.search(r"^rsync -a data/blobs/ /backup/blobs/.*$", section, re.MULTILINE)
+    audit_key = re.search(r"^cp -p data/audit\.key /backup/audit\.key$", section, re.MULTILINE)
     restore = re.search(r"^install -d -m 700 restored && cp /backup/adapter\.db restored/.*\n(?:.*\n)*?"
                         r"^rsync -a /backup/blobs/ restored/blobs/.*$", section, re.MULTILINE)
-    assert len(umask) == 2 and folder and database and files and restore, "the README's backup commands moved"
+    assert len(umask) == 2 and folder and database and files and audit_key and restore, \
+        "the README's backup commands moved"
     keep = [line for line in restore.group(0).splitlines()
             if line.startswith(("install ", "rsync "))]  # not PostgreSQL's createdb and pg_restore
-    return (f"umask 077\n{folder.group(0)}", f"umask 077\n{database.group(0)}", f"umask 077\n{files.group(0)}",
-            "umask 077\n" + "\n".join(keep))
+    return (f"umask 077\n{folder.group(0)}", f"umask 077\n{database.group(0)}",
+            f"umask 077\n{files.group(0)}\n{audit_key.group(0)}", "umask 077\n" + "\n".join(keep))
 
 
 def _here(command: str, backup: Path) -> str:

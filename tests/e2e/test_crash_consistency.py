@@ -253,8 +253,10 @@ _DERIVED = (
 #: Every start-up fill made to run again, as after an upgrade that changes what they derive.
 _STALE = (
     # the fills' fingerprints; not the pseudonym key's own, which names the key, nor the data
-    # folder's, which names the folder (adapter.services.data_folder): no derivation
-    "UPDATE key_fingerprints SET fingerprint = 'stale' WHERE name NOT IN ('pseudonym-key', 'data-folder')",
+    # folder's, which names the folder (adapter.services.data_folder), nor the audit chain's key and start
+    # (adapter.store.audit_chain): no derivation
+    ("UPDATE key_fingerprints SET fingerprint = 'stale' "
+     "WHERE name NOT IN ('pseudonym-key', 'data-folder', 'audit-key', 'audit-start')"),
     "DELETE FROM tokens WHERE resource_type IN ('Media', 'DocumentReference')",
     ("UPDATE resources SET date = NULL, status = NULL, creation = NULL "
      "WHERE resource_type IN ('Media', 'DocumentReference')"),
@@ -351,8 +353,11 @@ def _check_audit(data: Path, env: dict[str, str], stored: dict[str, Any]) -> lis
         for entity in event.get("entity") or ():
             ref = (entity.get("what") or {}).get("reference") or ""
             rtype, _, rid = ref.partition("/")
+            rid, _, version = rid.partition("/_history/")  # a Consent write names the version it wrote
             if rtype in (*RECORD_TYPES, "Binary", "Provenance", "Consent"):
                 assert (rtype, rid) in resources, f"the audit names {rtype}/… that was never committed"
+                assert not version or int(version) <= resources[(rtype, rid)][0], \
+                    f"the audit names a version of {rtype}/… that was never committed"
                 if event["action"] == "C":
                     created.add((rtype, rid))
                 if event["action"] == "U" and rtype == "Consent":

@@ -180,7 +180,8 @@ def test_sigterm_with_an_upload_trickling_in_ends_within_the_body_timeout(tmp_pa
         assert _exits(server.pid, within=0.1), "the stop waited for the trickling upload"
     verify = subprocess.run([sys.executable, "-m", "adapter", "verify"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120, check=False, env={**os.environ, "ADAPTER_DATA_DIR": str(tmp_path / "data")})
-    assert verify.returncode == 0 and verify.stdout.startswith("0 reference(s) to 0 stored image(s)"), verify.stdout
+    assert verify.returncode == 0, verify.stdout
+    assert "\n0 reference(s) to 0 stored image(s)" in verify.stdout and " 0 problem(s)" in verify.stdout, verify.stdout
     assert not list((tmp_path / "data" / "staging").iterdir())
 
 
