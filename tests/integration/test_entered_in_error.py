@@ -13,23 +13,26 @@ import pytest
 
 from tests.conftest import ROOT, record_emitted
 from tests.integration.test_access_egress import _refused_everywhere, _treat_uids
-from tests.support.app import FhirClient, adapter_client, as_purpose, consent_resource, metadata, post_photo
+from tests.support.app import (
+    MARK_ENTERED_IN_ERROR,
+    adapter_client,
+    as_purpose,
+    consent_resource,
+    mark_entered_in_error,
+    metadata,
+    post_photo,
+)
 from tests.support.orthanc import free_port
 
 pytestmark = pytest.mark.integration
 
 WOUND = ROOT / "samples" / "wound.jpg"
 PATCH = "application/json-patch+json"
-MARK = [{"op": "replace", "path": "/status", "value": "entered-in-error"}]
+MARK = MARK_ENTERED_IN_ERROR
 IMAGE_REFUSED = "the record was entered in error: its image is not released"
 
 
-def _mark(client: FhirClient, record: str, ops: Any = None, *, purpose: str = "RECORDMGT",
-          content_type: str = PATCH, **headers: str) -> Any:
-    import json
-
-    return client.patch(f"/fhir/{record}", content=json.dumps(MARK if ops is None else ops).encode(),
-                        headers={"Content-Type": content_type, **as_purpose(purpose), **headers})
+_mark = mark_entered_in_error
 
 
 def test_a_record_marked_entered_in_error_is_a_new_version_with_history_tokens_provenance_and_audit(

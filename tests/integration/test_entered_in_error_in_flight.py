@@ -6,7 +6,6 @@ pynetdicom SCP holds the C-STORE until the PATCH has been answered."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -21,14 +20,13 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage, VLPhotographicIma
 
 from adapter.dicom.scu import ScuOptions, StoreSCU
 from adapter.services.forwarding import NOT_PERMITTED, ForwardOptions
-from tests.conftest import ROOT
-from tests.support.app import adapter_client, as_purpose, metadata, post_photo
+from tests.conftest import ROOT, wait_until
+from tests.support.app import adapter_client, as_purpose, mark_entered_in_error, metadata, post_photo
 from tests.support.orthanc import free_port
 
 pytestmark = pytest.mark.integration
 
 WOUND = ROOT / "samples" / "wound.jpg"
-MARK = json.dumps([{"op": "replace", "path": "/status", "value": "entered-in-error"}]).encode()
 FAST = ForwardOptions(poll_interval=0.05, backoff_base=0.2, backoff_cap=0.5, jitter=0.2)
 
 
@@ -57,39 +55,36 @@ def slow_scp(status: int) -> Iterator[tuple[str, list[str], threading.Event, thr
         ae.shutdown()
 
 
-def _wait(condition: Any, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _mark(client: Any, record: str) -> Any:
-    return client.patch(f"/fhir/{record}", content=MARK,
-                        headers={"Content-Type": "application/json-patch+json", **as_purpose("RECORDMGT")})
-
-
 def _status(services: Any) -> str:
     [item] = services.store.list_outbox()
     return str(item.status)
+
+
+@contextmanager
+def _marked_while_sending(tmp_path: Path, status: int) -> Iterator[tuple[Any, Any, dict[str, Any], Any, list[str]]]:
+    """A photo posted with forwarding to a slow SCP answering ``status``, its record marked
+    entered-in-error while the SCP holds its C-STORE: (client, services, receipt, the PATCH's
+    answer, the SOP Instance UIDs the SCP received)."""
+    with slow_scp(status) as (destination, received, arrived, release), \
+            adapter_client(tmp_path, forward_to=destination) as (client, services):
+        receipt = post_photo(client, WOUND, metadata()).json()
+        services.start_forwarding(StoreSCU(ScuOptions(connection_timeout=2)), FAST)
+        assert arrived.wait(20), "the C-STORE did not arrive"
+        marked = mark_entered_in_error(client, receipt["record"])
+        release.set()
+        yield client, services, receipt, marked, received
 
 
 def test_a_mark_while_the_object_is_being_sent_says_so_and_records_it_sent(tmp_path: Path) -> None:
     """Found by review: the answer said "1 outbox item(s) not yet sent were cancelled" while the
     C-STORE was under way; the PACS stored it, the item ended sent, and /outbox hid its record and
     UID from every purpose. Test seen failing."""
-    with slow_scp(0x0000) as (destination, received, arrived, release), \
-            adapter_client(tmp_path, forward_to=destination) as (client, services):
-        receipt = post_photo(client, WOUND, metadata()).json()
-        services.start_forwarding(StoreSCU(ScuOptions(connection_timeout=2)), FAST)
-        assert arrived.wait(20), "the C-STORE did not arrive"
-        marked = _mark(client, receipt["record"])
-        release.set()
+    with _marked_while_sending(tmp_path, 0x0000) as (client, services, receipt, marked, received):
         assert marked.status_code == 200, marked.text
         text = marked.json()["issue"][0]["diagnostics"]
         assert "0 outbox item(s) not yet sent were cancelled" in text
         assert "1 outbox item(s) were being sent at the time and may have reached the PACS (check /outbox)" in text
-        _wait(lambda: _status(services) == "sent", "the item to be recorded sent")
+        wait_until(lambda: _status(services) == "sent", timeout=20)  # the item recorded sent
         assert received == [receipt["dicom"]["sopInstanceUid"]]
         # records management sees which record, and which SOP instance, has a copy at the PACS
         [shown] = client.get("/outbox", headers=as_purpose("RECORDMGT")).json()
@@ -104,15 +99,9 @@ def test_a_mark_while_the_object_is_being_sent_says_so_and_records_it_sent(tmp_p
 def test_a_mark_while_the_object_is_being_sent_and_its_send_fails_is_never_retried(tmp_path: Path) -> None:
     """The C-STORE under way when the record was marked fails (0xA700, to be retried): the item
     is not sent again; the forwarder's check refuses it, for good."""
-    with slow_scp(0xA700) as (destination, received, arrived, release), \
-            adapter_client(tmp_path, forward_to=destination) as (client, services):
-        receipt = post_photo(client, WOUND, metadata()).json()
-        services.start_forwarding(StoreSCU(ScuOptions(connection_timeout=2)), FAST)
-        assert arrived.wait(20), "the C-STORE did not arrive"
-        marked = _mark(client, receipt["record"])
-        release.set()
+    with _marked_while_sending(tmp_path, 0xA700) as (_, services, receipt, marked, received):
         assert "1 outbox item(s) were being sent at the time" in marked.text
-        _wait(lambda: _status(services) == "failed", "the item to be refused for good")
+        wait_until(lambda: _status(services) == "failed", timeout=20)  # the item refused for good
         [item] = services.store.list_outbox()
         assert item.last_error == NOT_PERMITTED
         time.sleep(1.0)  # several polls and back-offs later
@@ -131,11 +120,11 @@ def test_the_mark_and_the_last_check_before_a_c_store_are_ordered_on_the_outbox_
         claimed = {i.sop_instance_uid: i for i in store.claim_outbox(services.now(), 10)}
         one, two = claimed[first["dicom"]["sopInstanceUid"]], claimed[second["dicom"]["sopInstanceUid"]]
         # the mark first: cancelled, and its C-STORE may not start
-        assert "1 outbox item(s) not yet sent were cancelled" in _mark(client, first["record"]).text
+        assert "1 outbox item(s) not yet sent were cancelled" in mark_entered_in_error(client, first["record"]).text
         assert store.start_outbox_send(one.id, claimed_until=one.next_attempt_at, now=services.now()) is False
         # the C-STORE first: the mark does not count it cancelled
         assert store.start_outbox_send(two.id, claimed_until=two.next_attempt_at, now=services.now()) is True
-        text = _mark(client, second["record"]).text
+        text = mark_entered_in_error(client, second["record"]).text
         assert "0 outbox item(s) not yet sent were cancelled" in text and "1 outbox item(s) were being sent" in text
         statuses = {i.sop_instance_uid: i.status for i in store.list_outbox()}
         assert statuses == {one.sop_instance_uid: "cancelled", two.sop_instance_uid: "pending"}
