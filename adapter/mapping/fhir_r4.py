@@ -172,6 +172,14 @@ def extension(url: str, value_type: str, value: Any) -> JSON:
     return {"url": url, f"value{value_type}": value}
 
 
+def record_attachment(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A photo record's Attachment: Media.content, or DocumentReference.content[0].attachment."""
+    content: Any = record.get("content")
+    if isinstance(content, list):
+        content = content[0].get("attachment") if content and isinstance(content[0], Mapping) else None
+    return content if isinstance(content, Mapping) else None
+
+
 def find_extension(resource: Mapping[str, Any], url: str) -> Mapping[str, Any] | None:
     """The first extension with ``url`` on an element, or None."""
     for ext in resource.get("extension") or []:
@@ -523,5 +531,5 @@ __all__ = [
     "ENCOUNTER_IDENTIFIER", "JSON", "R5_PREFIX", "RECORD_INDEX_VERSION", "audit_event_to_index", "coding", "concept", "consent_to_index", "display_reference",
     "extension", "extension_code", "fhir_date", "fhir_datetime", "fhir_instant", "find_extension",
     "identifier", "index_resource", "parse_fhir_datetime", "patient_reference", "provenance_to_index",
-    "purpose_coding", "record_to_index", "reference",
+    "purpose_coding", "record_attachment", "record_to_index", "reference",
 ]

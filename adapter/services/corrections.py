@@ -26,7 +26,7 @@ from typing import Any
 
 from adapter.consent import decide_mark_entered_in_error
 from adapter.errors import AdapterError, Conflict, Forbidden, NotFound, PreconditionFailed, StorageError
-from adapter.mapping.fhir_r4 import index_resource
+from adapter.mapping.fhir_r4 import index_resource, record_attachment
 from adapter.mapping.provenance import build_entered_in_error_provenance
 from adapter.mapping.status_patch import StatusPatch
 from adapter.mapping.tables import Tables
@@ -146,12 +146,9 @@ class RecordCorrections:
 
 
 def _binary_of(resource: dict[str, Any]) -> str | None:
-    """The Binary the record's attachment points at (Media.content, DocumentReference.content[0])."""
-    content = resource.get("content")
-    attachment = content if isinstance(content, dict) else None
-    if isinstance(content, list) and content and isinstance(content[0], dict):
-        attachment = content[0].get("attachment")
-    url = attachment.get("url") if isinstance(attachment, dict) else None
+    """The Binary the record's attachment points at (fhir_r4.record_attachment)."""
+    attachment = record_attachment(resource)
+    url = attachment.get("url") if attachment is not None else None
     return url if isinstance(url, str) and url.startswith("Binary/") else None
 
 

@@ -69,6 +69,7 @@ from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, is_valid_uid
 from adapter.mapping.dimse_status import ELEMENTS_DISCARDED, dimse_status_for
+from adapter.mapping.fhir_r4 import record_attachment
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import Tables
 from adapter.model.decision import View
@@ -227,10 +228,8 @@ def _photo_uids(instance: DicomInstance) -> PhotoUids:
 
 def _content_type(record: Mapping[str, Any]) -> str:
     """The stored photo's media type: Media.content or DocumentReference.content[0].attachment."""
-    content: Any = record.get("content")
-    if isinstance(content, list):
-        content = (content[0] or {}).get("attachment") if content else None
-    value = content.get("contentType") if isinstance(content, Mapping) else None
+    attachment = record_attachment(record)
+    value = attachment.get("contentType") if attachment is not None else None
     if not isinstance(value, str) or not value:
         raise InvalidInput("the record names no content type", expression="content.contentType")
     return value
