@@ -306,7 +306,10 @@ class _StopAtOnce:
 
     def __init__(self, stop: Callable[[], None]) -> None:
         self._thread = threading.Thread(target=stop, name="DICOM SCP stop", daemon=True)
-        self._lock = threading.Lock()
+        # re-entrant: a second signal's handler runs in the main thread in the middle of the
+        # first's (make stopped by SIGTERM sends its child another), and found a plain Lock held
+        # by that same thread: it waited for ever and the process never stopped
+        self._lock = threading.RLock()
         self._started = False
 
     def start(self) -> None:

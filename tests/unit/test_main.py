@@ -113,3 +113,29 @@ def test_an_ae_title_too_long_is_quoted_whole(tmp_path: Path, capsys: pytest.Cap
     monkeypatch.setenv("ADAPTER_DICOM_ALLOWED_AE_TITLES", "THIS_IS_A_VERY_LONG_AE_TITLE")
     assert main(["check", "--offline"]) == 2
     assert "'THIS_IS_A_VERY_LONG_AE_TITLE' is not an AE title (28 characters" in capsys.readouterr().err
+
+
+def test_a_second_stop_signal_arriving_while_the_scp_s_stop_begins_does_not_hang_the_process() -> None:
+    # `make run` stopped by SIGTERM to its process group: the adapter got the signal from the
+    # group and again from make as it died. The second handler ran in the main thread while
+    # the first held the stop's lock (inside Thread.start), waited on that lock for ever, and
+    # the process never stopped (test_make_run's server needed SIGKILL after 30 s).
+    import threading
+
+    from adapter.__main__ import _StopAtOnce
+
+    stopped = threading.Event()
+    stopper = _StopAtOnce(stopped.set)
+    first_start = stopper._thread.start
+
+    def start_interrupted_by_a_second_signal() -> None:
+        stopper.start()  # the second signal's handler, run in the middle of the first's
+        first_start()
+
+    stopper._thread.start = start_interrupted_by_a_second_signal  # type: ignore[method-assign]
+    signalled = threading.Thread(target=stopper.start, daemon=True)  # stands for the main thread
+    signalled.start()
+    signalled.join(5)
+    assert not signalled.is_alive(), "the second stop signal waited for ever on the first one's lock"
+    assert stopped.wait(5)
+    stopper.join()
