@@ -25,7 +25,6 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
-    text,
     union,
     update,
 )
@@ -66,6 +65,7 @@ from adapter.store.engine import (
     prepare_database,
 )
 from adapter.store.inserts import CompiledInserts
+from adapter.store.locks import lock_in_schema, lock_pair_in_schema
 from adapter.store.port import NamePrefix, SearchCriteria
 from adapter.store.rows import (
     OUTBOX_CANCELLED,
@@ -132,15 +132,15 @@ _PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
 _AUDIT_LOCK = 0x1A6E5706
 _FINGERPRINT_LOCK = 0x1A6E5707  # record_fingerprint
 _MILLISECOND = timedelta(milliseconds=1)
-#: The advisory lock (PostgreSQL) of a study a posted photo opens: the lock space's first half
-#: word, then 32 bits of the study's UID (a collision only makes two studies' openings wait in turn).
-_STUDY_LOCK = 0x1A6E
+#: Each key is taken in the space of the tables' schema (adapter.store.locks).
 
 
-def _study_lock(study_instance_uid: str) -> tuple[int, int]:
-    """The two-key advisory lock of opening the study (save_ingest of a unit that opens_study)."""
+def _study_lock(study_instance_uid: str) -> int:
+    """The second key of the two-key advisory lock of opening the study (save_ingest of a unit
+    that opens_study): 32 bits of the study's UID (a collision only makes two studies' openings
+    wait in turn); the first is the schema's (adapter.store.locks)."""
     digest = hashlib.sha256(study_instance_uid.encode()).digest()
-    return _STUDY_LOCK, int.from_bytes(digest[:4], "big", signed=True)
+    return int.from_bytes(digest[:4], "big", signed=True)
 #: The resources reindex_records re-derives the search index of (a Consent's too: its R5 status
 #: and date are indexed beside its R4 ones).
 _RECORD_TYPES = ("Media", "DocumentReference", "Consent")
@@ -302,7 +302,7 @@ def _fingerprint_locked(conn: Connection, name: str, lock: int) -> str | None:
     """The stored fingerprint of the derived index ``name``, read under its rebuild lock
     (PostgreSQL; on SQLite the write transaction is the lock)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock})
+        lock_in_schema(conn, lock)
     stored: str | None = conn.execute(select(_k.fingerprint).where(_k.name == name)).scalar()
     return stored
 
@@ -475,7 +475,7 @@ class SqlRecordStore:
             raise ConfigurationError("the store was opened without the audit chain's key (audit.key)")
         with self._maintain() as conn:
             if conn.dialect.name == "postgresql":  # processes starting together: one after the other
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FINGERPRINT_LOCK})
+                lock_in_schema(conn, _FINGERPRINT_LOCK)
             recorded = conn.execute(select(_k.fingerprint).where(_k.name == CHAIN_KEY_FINGERPRINT)).scalar()
             if recorded is None:
                 self._set_fingerprint(conn, CHAIN_KEY_FINGERPRINT, audit_key_fingerprint(self._audit_key))
@@ -564,7 +564,7 @@ class SqlRecordStore:
         the lock is held for as little as the audit's was. Under more than a thousand writes of a
         type a second the instants run ahead of the clock, and catch up after."""
         if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
+            lock_in_schema(conn, _AUDIT_LOCK)
         own: dict[str, list[str]] = {}
         for new, _version in written:
             own.setdefault(new.resource_type, []).append(new.id)
@@ -634,7 +634,7 @@ class SqlRecordStore:
             raise ConfigurationError("the store was opened without the audit chain's key (audit.key): "
                                      "no audit event can be written")
         if conn.dialect.name == "postgresql" and not locked:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
+            lock_in_schema(conn, _AUDIT_LOCK)
         last, last_mac, version = conn.execute(_LAST_AUDIT_SEQ).one()
         if version is not None and version != SCHEMA_VERSION:
             raise _schema_moved(int(version))
@@ -712,8 +712,7 @@ class SqlRecordStore:
         waits for the study's advisory lock (READ COMMITTED: the statement after it sees what was
         committed before it was granted); SQLite's write transaction is the only one."""
         if conn.dialect.name == "postgresql":
-            first, second = _study_lock(study_instance_uid)
-            conn.execute(text("SELECT pg_advisory_xact_lock(:first, :second)"), {"first": first, "second": second})
+            lock_pair_in_schema(conn, _study_lock(study_instance_uid))
         if conn.execute(_STUDY_PHOTO, {"study": study_instance_uid}).first() is not None:
             raise StudyStarted("another photo of the encounter was stored at the same time: nothing was stored")
 
@@ -1148,7 +1147,7 @@ class SqlRecordStore:
         """See RecordStore.record_fingerprint."""
         with self._maintain() as conn:
             if conn.dialect.name == "postgresql":  # processes starting together: one after the other
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FINGERPRINT_LOCK})
+                lock_in_schema(conn, _FINGERPRINT_LOCK)
             self._set_fingerprint(conn, name, fingerprint)
 
     def _set_fingerprint(self, conn: Connection, name: str, fingerprint: str) -> None:

@@ -16,12 +16,14 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from adapter.__main__ import STOP_AUDIT_SECONDS
+from adapter.store.locks import SCHEMA_KEY
 from tests.conftest import wait_until
 from tests.e2e.test_shutdown_e2e import _answer, _exits, _photo_request
 from tests.support.postgres import named_postgres_schema, sessions_waiting_on_a_lock
 from tests.support.server import running_adapter
 
-#: The advisory lock every audited write takes (adapter.store.sql._AUDIT_LOCK).
+#: The advisory lock every audited write takes (adapter.store.sql._AUDIT_LOCK), in the test
+#: schema's space (adapter.store.locks).
 AUDIT_LOCK = 0x1A6E5706
 
 
@@ -34,7 +36,7 @@ def test_sigterm_while_the_database_holds_a_request_answers_503_and_ends_within_
                     tmp_path, ADAPTER_DATABASE_URL=url, ADAPTER_DICOM_ENABLED="false", ADAPTER_HTTP_BODY_TIMEOUT="2",
                     # no statement or lock timeout: the database holds the request as a hung one would
                     ADAPTER_DATABASE_LOCK_TIMEOUT="0", ADAPTER_DATABASE_STATEMENT_TIMEOUT="0") as server:
-                other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": AUDIT_LOCK})
+                other.execute(text(f"SELECT pg_advisory_lock({SCHEMA_KEY})"), {"key": AUDIT_LOCK})
                 with socket.create_connection(("127.0.0.1", server.http_port)) as upload:
                     upload.sendall(head + body)
                     wait_until(lambda: sessions_waiting_on_a_lock(holder, name) >= 1, timeout=20)
@@ -49,7 +51,7 @@ def test_sigterm_while_the_database_holds_a_request_answers_503_and_ends_within_
                 # the grace (2 s), then the stop's audit, which cannot take the lock (STOP_AUDIT_SECONDS)
                 assert _exits(server.pid, within=2 + STOP_AUDIT_SECONDS + 15), "the stop waited for the database"
                 took = time.monotonic() - stopped
-                other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": AUDIT_LOCK})
+                other.execute(text(f"SELECT pg_advisory_unlock({SCHEMA_KEY})"), {"key": AUDIT_LOCK})
                 other.commit()
             log = server.log.read_text()
             assert "could not audit the stop" in log, log[-3000:]

@@ -14,13 +14,15 @@ from sqlalchemy import create_engine, text
 
 from adapter.config import DatabaseTimeouts
 from adapter.services.registry import Services
+from adapter.store.locks import SCHEMA_KEY
 from adapter.store.sql import SqlRecordStore
 from tests.conftest import ROOT
 from tests.support.app import adapter_client, as_purpose, metadata, post_photo
 from tests.support.audit import TEST_AUDIT_KEY
 from tests.support.postgres import postgres_schema
 
-#: The advisory lock every audited write takes (adapter.store.sql._AUDIT_LOCK).
+#: The advisory lock every audited write takes (adapter.store.sql._AUDIT_LOCK), in the test
+#: schema's space (adapter.store.locks).
 AUDIT_LOCK = 0x1A6E5706
 
 
@@ -42,11 +44,11 @@ def test_a_write_waiting_on_a_lock_past_the_lock_timeout_answers_503_and_stores_
         holder = create_engine(pg_url)
         try:
             with holder.connect() as other:
-                other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": AUDIT_LOCK})  # a hung instance's
+                other.execute(text(f"SELECT pg_advisory_lock({SCHEMA_KEY})"), {"key": AUDIT_LOCK})  # a hung instance's
                 started = time.monotonic()
                 r = post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
                 took = time.monotonic() - started
-                other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": AUDIT_LOCK})
+                other.execute(text(f"SELECT pg_advisory_unlock({SCHEMA_KEY})"), {"key": AUDIT_LOCK})
         finally:
             holder.dispose()
         assert r.status_code == 503, r.text
