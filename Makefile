@@ -34,8 +34,10 @@ run: venv
 peers:
 	bash tools/install-peers.sh
 
+# TEST_WORKERS processes run the suite (pytest-xdist), each test file in one of them; 0: in this one.
+TEST_WORKERS ?= 2
 test: venv-test peers
-	$(BIN)/python -m pytest -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 samples: venv
 	$(BIN)/python samples/make_samples.py samples

@@ -4,6 +4,7 @@ independent npm validators (0 errors)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -73,7 +74,50 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, parts[0]))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_EmittedAcrossWorkers(), "emitted-across-workers")
+
+
+class _EmittedAcrossWorkers:
+    """Under pytest-xdist (``make test`` runs ``-n``) each worker process collects what its own
+    tests emitted: it writes them to a folder the controller made, and the controller validates
+    them all once at its session's end (a worker's exit status would not fail the run)."""
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+
+    @pytest.hookimpl
+    def pytest_configure_node(self, node: Any) -> None:
+        if self.folder is None:
+            import tempfile
+
+            self.folder = Path(tempfile.mkdtemp(prefix="emitted-fhir-"))
+        node.workerinput["emitted_fhir_folder"] = str(self.folder)
+
+
+def _worker_input(config: pytest.Config) -> dict[str, Any] | None:
+    return getattr(config, "workerinput", None)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    worker = _worker_input(session.config)
+    if worker is not None:  # an xdist worker: hand its resources to the controller
+        folder = Path(worker["emitted_fhir_folder"])
+        for version, emitted in (("R4", EMITTED_R4), ("R5", EMITTED_R5)):
+            records = [{"xml": base64.b64encode(r).decode()} if isinstance(r, bytes) else {"json": r}
+                       for r in emitted]
+            (folder / f"{worker['workerid']}-{version}.json").write_text(json.dumps(records))
+        return
+    plugin = session.config.pluginmanager.get_plugin("emitted-across-workers")
+    if plugin is not None and plugin.folder is not None:  # the controller: read what workers left
+        import shutil
+
+        for path in sorted(plugin.folder.glob("*.json")):
+            target = EMITTED_R5 if path.stem.endswith("-R5") else EMITTED_R4
+            target.extend(base64.b64decode(r["xml"]) if "xml" in r else r["json"]
+                          for r in json.loads(path.read_text()))
+        shutil.rmtree(plugin.folder, ignore_errors=True)
     from tests.support.fhir_validator import validate_r4, validate_r5
 
     for version, emitted, validate in (("R4", EMITTED_R4, validate_r4), ("R5", EMITTED_R5, validate_r5)):
