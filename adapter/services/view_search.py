@@ -1,9 +1,9 @@
 """What a reader may search on in a restricted view, and in which terms.
 
 A restricted view (adapter.mapping.views) hides the subject (DEIDENTIFIED: TRAIN and its kin) or
-replaces it by a keyed pseudonym (PSEUDONYMISED: HRESCH and its kin), shows no record identifiers
-but the SHA-256 of the stored bytes (and that only when pseudonymising), and cuts dates to the
-year when de-identifying. Search parameters on what the view hides would undo it: "the
+replaces it by a keyed pseudonym (PSEUDONYMISED: HRESCH and its kin), shows no record identifier
+(not even the SHA-256 of the stored bytes: the uploader's receipt carries it), and cuts dates to
+the year when de-identifying. Search parameters on what the view hides would undo it: "the
 de-identified photos of MRN-0001" links every copy returned to the patient, and "created on
 2024-03-05?" asked day by day reads the dates that were cut. So a search is taken in the view's
 own terms:
@@ -12,8 +12,8 @@ own terms:
   ``encounter`` are not supported (400 not-supported, saying why); dates to the year only.
 - **PSEUDONYMISED**: ``patient``/``subject`` by identifier in the pseudonym system only (the
   pseudonym the view shows; a value without a system only if it has a pseudonym's form),
-  looked up in the pseudonym index; ``identifier`` in the SHA-256
-  system only; ``encounter`` not supported (the view shows none); dates as in the full view.
+  looked up in the pseudonym index; ``identifier`` and ``encounter`` not supported (the view
+  shows neither); dates as in the full view.
 - **FULL**: as given.
 
 Ids are the view's own too (adapter.mapping.released_ids): in a restricted view ``_id`` and a
