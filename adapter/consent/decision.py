@@ -93,7 +93,9 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     The decision names what it rested on, for its AuditEvent (IHE BALP AuthZconsent: the Consent
     used): the Consents that permit (5 to 7) or deny (4, 5) it, none where the policy alone
     decided (1 to 3) or care needed no consent (a document, a colleague's photo, a consent
-    directive); under break-glass the denials it overrode (``overridden``); and the policy's URI.
+    directive); under break-glass the denials it overrode (``overridden``); of a refusal for want
+    of an active permit (6, 7), the withdrawn Consents that would have given it (``withdrawn``);
+    and the policy's URI.
     """
     require_aware(now)
     code = purpose.code
@@ -102,9 +104,10 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
 
     policy = tables.policy.uri
 
-    def deny(reason: str, used: Sequence[ConsentGrant] = ()) -> Decision:
+    def deny(reason: str, used: Sequence[ConsentGrant] = (), withdrawn: Sequence[ConsentGrant] = ()) -> Decision:
         return Decision(permitted=False, reason=reason, purpose=purpose, consent_ids=_ids(used),
-                        consents=_refs(used), permitted_purposes=permitted, policy=policy)
+                        consents=_refs(used), permitted_purposes=permitted, policy=policy,
+                        withdrawn=_refs(withdrawn))
 
     klass = _purpose_class(purpose, tables)
     refusal = _refusal_of(klass, code, tables)
@@ -118,7 +121,7 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
         return _entered_in_error(decision, klass, facts, resource_only)
     verdict = _by_consent(code, klass, facts, consents, in_force, tables, now)
     if not verdict.permitted:
-        return deny(verdict.reason, verdict.used)
+        return deny(verdict.reason, verdict.used, verdict.withdrawn)
     view = View(tables.purposes.codes[code].view)
     decision = Decision(permitted=True, reason=verdict.reason, purpose=purpose, view=view,
                         consent_ids=_ids(verdict.used), consents=_refs(verdict.used), permitted_purposes=permitted,
@@ -170,6 +173,8 @@ class _Verdict(NamedTuple):
     permitted: bool
     reason: str
     used: Sequence[ConsentGrant] = ()
+    #: of a refusal: the withdrawn Consents that would have permitted the purpose (its audit names them)
+    withdrawn: Sequence[ConsentGrant] = ()
 
 
 def _in_force(facts: AccessFacts, consents: Sequence[ConsentGrant], now: datetime) -> list[ConsentGrant]:
@@ -202,7 +207,7 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
         withdrawn = _withdrawn(facts, consents, code, tables, now)
         if withdrawn and tables.policy.consent.care_after_withdrawal and not facts.consent_pending:
             return _Verdict(True, f"consent withdrawn; policy keeps clinical photos readable for {code}", withdrawn)
-        return _Verdict(False, f"no active consent for {code}")
+        return _Verdict(False, f"no active consent for {code}", withdrawn=withdrawn)
 
     if facts.consent_pending and not _care_documented(in_force, tables):
         return _Verdict(False, "consent pending: no consent for care is documented for this photo; readable "
@@ -219,7 +224,8 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
         grants = written
     if grants:
         return _Verdict(True, f"active Consent permits {code}", grants)
-    return _Verdict(False, f"no active consent permitting {code}")
+    withdrawn = [g for g in _withdrawn(facts, consents, code, tables, now) if not g.implied]
+    return _Verdict(False, f"no active consent permitting {code}", withdrawn=withdrawn)
 
 
 #: The purpose the audit trail's export must be (or descend from): the organisation's own

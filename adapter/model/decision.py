@@ -40,6 +40,10 @@ class Decision:
     consents: tuple[str, ...] = ()
     overridden: tuple[str, ...] = ()
     policy: str | None = None
+    #: Of a refusal for want of an active permit: the withdrawn Consents that would have given
+    #: it, so its AuditEvent tells a withdrawal from a purpose never consented to (not said to
+    #: the caller, who is told no more than of any refusal).
+    withdrawn: tuple[str, ...] = ()
     #: The record was entered in error and this purpose may still see its resource (care,
     #: break-glass), so a refusal of its image may say why (a restricted purpose is told nothing).
     entered_in_error: bool = False

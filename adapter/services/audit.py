@@ -78,15 +78,19 @@ def not_sent_reason(why: str) -> str:
 
 #: entity.description of a Consent break-glass set aside (Decision.overridden).
 OVERRIDDEN = "denies this purpose; overridden by break-glass"
+#: entity.description of a withdrawn Consent that would have permitted a refused read (Decision.withdrawn).
+WITHDRAWN = "withdrawn: would have permitted this purpose"
 
 
 def _decided_by(decision: Decision | None) -> tuple[list[dict[str, Any]], str | None]:
     """The Consent entities and the policy URI of ``decision`` for its AuditEvent: the Consents
-    it rested on, then those break-glass overrode (IHE BALP AuthZconsent)."""
+    it rested on, then those break-glass overrode, then those whose withdrawal refused it (IHE
+    BALP AuthZconsent)."""
     if decision is None:
         return [], None
     return ([consent_entity(ref) for ref in decision.consents]
-            + [consent_entity(ref, OVERRIDDEN) for ref in decision.overridden]), decision.policy
+            + [consent_entity(ref, OVERRIDDEN) for ref in decision.overridden]
+            + [consent_entity(ref, WITHDRAWN) for ref in decision.withdrawn]), decision.policy
 
 
 #: A result of a search as its audit names it: the record ("Media/abc"), its patient, and the
@@ -96,12 +100,13 @@ Found = tuple[str, Identifier | None, Decision | None]
 
 def _merged(decisions: Sequence[Decision | None]) -> Decision | None:
     """One decision naming what ``decisions`` (a search's, of one patient's results) rested on:
-    each Consent once, in order, those break-glass overrode, and the policy."""
+    each Consent once, in order, those break-glass overrode, those withdrawn, and the policy."""
     made = [d for d in decisions if d is not None]
     if not made:
         return None
     return dataclasses.replace(made[0], consents=tuple(dict.fromkeys(c for d in made for c in d.consents)),
                                overridden=tuple(dict.fromkeys(c for d in made for c in d.overridden)),
+                               withdrawn=tuple(dict.fromkeys(c for d in made for c in d.withdrawn)),
                                policy=next((d.policy for d in made if d.policy), None))
 
 

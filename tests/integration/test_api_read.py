@@ -490,6 +490,20 @@ def test_a_consent_decision_names_the_consent_and_the_policy_it_rested_on(tmp_pa
         assert next(a for a in glass["agent"] if a["requestor"])["policy"]
         record_emitted(glass)
 
+        # a refusal after the patient withdrew the Consent names it, as withdrawn (it named none)
+        train["status"] = "inactive"
+        assert client.put(f"/fhir/Consent/{train['id']}", json=train,
+                          headers={**json_type, "If-Match": 'W/"1"'}).status_code == 200
+        refused = client.get(f"/fhir/{seen_as(services, 'TRAIN', media)}", headers=as_purpose("TRAIN"))
+        assert refused.status_code in (403, 404)
+        assert "withdrawn" not in refused.text  # the caller is told no more than of any refusal
+        withdrawal = services.store.list_audit(1)[0]
+        assert withdrawal["outcome"] == "4"
+        [named] = [e for e in withdrawal["entity"] if e["type"]["code"] == "Consent"]
+        assert named["what"]["reference"] == f"Consent/{train['id']}/_history/2"
+        assert named["description"].startswith("withdrawn")
+        record_emitted(withdrawal)
+
 
 @pytest.mark.parametrize("purpose", ["TREAT", "TRAIN", "HRESCH", "BTG", "COC", "MLTRAINING"])
 def test_every_read_path_under_every_purpose(tmp_path: Path, purpose: str) -> None:

@@ -312,6 +312,25 @@ def test_withdrawn_training_consent_is_denied_even_with_care_after_withdrawal() 
     assert not run("TRAIN", grants=(make_grant("TRAIN", status="inactive"),), tables=tables).permitted
 
 
+def test_a_refusal_after_withdrawal_names_the_withdrawn_consent() -> None:
+    # the AuditEvent of such a refusal named no Consent: an auditor could not tell a purpose
+    # never consented to from one whose consent the patient withdrew (privacy review leftover)
+    train = make_grant("TRAIN", id="w", status="inactive")
+    d = run("TRAIN", grants=(train,))
+    assert not d.permitted and d.withdrawn == (train.reference,) and d.consents == ()
+    assert d.reason == "no active consent permitting TRAIN"  # the caller is told no more than before
+    care = make_grant("TREAT", id="t", status="inactive", end=NOW - timedelta(days=2))
+    d = run("TREAT", grants=(care,), tables=policy_variant(consent={"care_after_withdrawal": False}))
+    assert not d.permitted and d.withdrawn == (care.reference,)
+    # only a Consent that would have permitted the purpose: not an implied one for TRAIN, not
+    # another purpose's, not one of another record
+    for grant in (make_grant("TRAIN", status="inactive", implied=True), make_grant("HRESCH", status="inactive"),
+                  make_grant("TRAIN", status="inactive", data_refs=("Media/m2",))):
+        assert run("TRAIN", grants=(grant,)).withdrawn == (), grant
+    # a permit names none
+    assert run("TRAIN", grants=(train, make_grant("TRAIN", id="a"))).withdrawn == ()
+
+
 def test_clintrch_is_covered_by_a_consent_for_hresch() -> None:
     d = run("CLINTRCH", grants=(make_grant("HRESCH"),))
     assert d.permitted and d.view is View.PSEUDONYMISED and d.obligations == ("PSEUD",)
