@@ -78,9 +78,10 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
        Consent hid itself, and the ETag its withdrawal needs, from care).
     6. Care: ``document`` and ``secondary`` photos need no consent, nor does a photo (not
        consent-pending) from a colleague inside the organisation, who answers for consent for
-       care (adapter.consent.ingest); a ``clinical`` photo needs an applicable active permit
-       covering the purpose (a Consent for TREAT covers COC); when there is none but such a
-       Consent was withdrawn (status ``inactive``), the policy's ``careAfterWithdrawal`` decides.
+       care (adapter.consent.ingest), until a Consent covering it for the purpose is withdrawn;
+       a ``clinical`` photo needs an applicable active permit covering the purpose (a Consent
+       for TREAT covers COC); when there is none but such a Consent was withdrawn (status
+       ``inactive``), the policy's ``careAfterWithdrawal`` decides, for a colleague's photo too.
     7. Explicit-consent purposes (TRAIN, HRESCH, ...) need an applicable active permit that is
        not an implied consent; the view is the purpose's (mappings/purposes.yaml) and a
        de-identified or pseudonymised view never stands in for consent. A permit for a parent
@@ -198,7 +199,10 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
     if klass is PurposeClass.CARE:
         if not tables.kinds[facts.kind].needs_care_consent:
             return _Verdict(True, f"{facts.kind.value} photos need no consent for care")
-        if facts.source is PhotoSource.COLLEAGUE_INTERNAL and not facts.consent_pending:
+        if facts.source is PhotoSource.COLLEAGUE_INTERNAL and not facts.consent_pending \
+                and not _withdrawn(facts, consents, code, tables, now):
+            # the colleague answered for consent; a Consent covering the photo that the patient
+            # has since withdrawn is decided below as for any clinical photo (safety review 3)
             return _Verdict(True, "sent by a colleague inside the organisation, who is responsible for consent")
         grants = [g for g in (_care_documented(in_force, tables) if facts.consent_pending else in_force)
                   if g.decision == PERMIT and grant_covers(g, code, tables)]

@@ -66,6 +66,27 @@ def test_demo_treat_then_train_refused_until_consent_then_withdrawn(tmp_path: Pa
         assert client.get(f"/fhir/{media}", headers=as_purpose("TREAT")).status_code == 200
 
 
+
+def test_a_withdrawal_of_consent_for_care_applies_to_a_colleague_s_photo_as_to_a_clinician_s(tmp_path: Path) -> None:
+    # the colleague's photo stayed readable for TREAT after its Consent was withdrawn, the
+    # clinician's was refused (clinical safety review 3; the example policy: careAfterWithdrawal false)
+    with adapter_client(tmp_path) as (client, _services):
+        records = {}
+        for seed, (source, extra) in enumerate((("clinician", {}),
+                                                ("colleague-internal", {"colleague": {"name": "Dr C"}}))):
+            receipt = _ingest(client, photo_jpeg(tmp_path, seed), source=source, **extra)
+            [consent_ref] = receipt["consents"]
+            records[source] = receipt["record"], receipt["binary"], consent_ref
+        for source, (record, binary, consent_ref) in records.items():
+            assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).status_code == 200, source
+            consent = client.get(f"/fhir/{consent_ref}", headers=as_purpose("TREAT"))
+            body = consent.json()
+            body["status"] = "inactive"
+            assert client.put(f"/fhir/{consent_ref}", json=body, headers={
+                "Content-Type": "application/fhir+json", "If-Match": consent.headers["etag"]}).status_code == 200
+            for path in (record, binary):
+                assert client.get(f"/fhir/{path}", headers=as_purpose("TREAT")).status_code == 403, (source, path)
+
 def test_treat_view_is_the_record_with_labels(tmp_path: Path) -> None:
     with adapter_client(tmp_path) as (client, _):
         receipt = _ingest(client, note="after debridement")

@@ -712,6 +712,33 @@ def test_internal_colleague_photo_is_denied_for_care_when_a_consent_denies_treat
     assert not run("TREAT", facts, grants=(make_grant("TREAT", decision="deny"),)).permitted
 
 
+
+def test_internal_colleague_photo_follows_the_withdrawal_of_a_consent_for_care_as_any_clinical_photo() -> None:
+    # a colleague's photo (and every object received from the PACS) stayed readable for care after
+    # the patient withdrew the Consent covering it, whatever careAfterWithdrawal said, while the
+    # same photo taken by a clinician was refused (clinical safety review 3)
+    facts = make_facts(source=PhotoSource.COLLEAGUE_INTERNAL)
+    withdrawn = make_grant("TREAT", id="w", status="inactive", end=NOW - timedelta(days=2))
+    keep = policy_variant(consent={"care_after_withdrawal": True})
+    stop = policy_variant(consent={"care_after_withdrawal": False})
+    for source in (PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.CLINICIAN):
+        facts = make_facts(source=source)
+        refused = run("TREAT", facts, grants=(withdrawn,), tables=stop)
+        assert not refused.permitted and refused.withdrawn == (withdrawn.reference,), source
+        assert "TREAT" not in refused.permitted_purposes
+        kept = run("TREAT", facts, grants=(withdrawn,), tables=keep)
+        assert kept.permitted and "withdrawn" in kept.reason and kept.consent_ids == ("w",), source
+    facts = make_facts(source=PhotoSource.COLLEAGUE_INTERNAL)
+    # a withdrawn Consent of another record, or for another purpose, changes nothing
+    for other in (make_grant("TREAT", status="inactive", data_refs=("Media/m2",)),
+                  make_grant("TRAIN", status="inactive")):
+        assert run("TREAT", facts, grants=(other,), tables=stop).permitted, other
+    # nor does one withdrawn beside an active permit
+    assert run("TREAT", facts, grants=(withdrawn, make_grant("TREAT", id="a")), tables=stop).permitted
+    # documents and secondary images need no consent for care, withdrawn or not
+    assert run("TREAT", make_facts(PhotoKind.SECONDARY, source=PhotoSource.COLLEAGUE_INTERNAL),
+               grants=(withdrawn,), tables=stop).permitted
+
 # -- the audit trail's export ---------------------------------------------------------------------
 
 NOT_OPERATIONS = "the audit trail is exported for the organisation's operations (HOPERAT or a descendant), not for "
