@@ -38,9 +38,11 @@ from adapter.model.policy import Policy
 
 _COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
 
-PENDING_WARNING = ("consent pending: readable only under break-glass until a Consent permitting TREAT "
-                   "is recorded")
-PENDING_WARNING_NO_BREAK_GLASS = ("consent pending: not readable until consent for TREAT is recorded "
+#: How the consent-pending warning begins, whatever the policy (each version of its words so far):
+#: a receipt's warning is told by it (adapter.mapping.ingest_warnings).
+PENDING_PREFIX = "consent pending: "
+PENDING_WARNING = PENDING_PREFIX + "readable only under break-glass until a Consent permitting TREAT is recorded"
+PENDING_WARNING_NO_BREAK_GLASS = (PENDING_PREFIX + "not readable until consent for TREAT is recorded "
                                   "(break-glass is disabled by policy)")
 
 

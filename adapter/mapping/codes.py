@@ -40,6 +40,9 @@ OUTBOX_ITEM_SYSTEM = "urn:clinical-image-adapter:outbox-item"  # value: an outbo
 REQUEST_ID_SYSTEM = "urn:clinical-image-adapter:request-id"
 #: AuditEvent.agent.type of the client address a trusted proxy forwarded (X-Forwarded-For).
 AUDIT_AGENT_TYPE_SYSTEM = "urn:clinical-image-adapter:audit-agent-type"
+#: OperationOutcome.issue.details of an ingest's warning a client may act on (a transaction-response
+#: entry's outcome, adapter.mapping.ingest_warnings): consent-pending | image-quality.
+INGEST_WARNING_SYSTEM = "urn:clinical-image-adapter:ingest-warning"
 
 # Added for the R4 builders (adapter.mapping.photo, consent, provenance, audit, outcome).
 EXT_LATERALITY = SD_BASE + "laterality"              # valueCoding (SNOMED CID 244) on bodySite

@@ -1085,7 +1085,8 @@ def _check_size_and_hash(attachment: Mapping[str, Any], path: str, data: bytes) 
 def transaction_response(entries: Sequence[tuple[str, str, str]],
                          warnings: Mapping[int, Sequence[EntryWarning]] | None = None, *,
                          resources: Mapping[int, JSON] | None = None,
-                         informed: Mapping[int, str] | None = None) -> JSON:
+                         informed: Mapping[int, str] | None = None,
+                         ingested: Mapping[int, Sequence[JSON]] | None = None) -> JSON:
     """The transaction-response Bundle: one entry per request entry, in request order, each
     ``(location, status, last_modified)`` with response.status (e.g. "201 Created"), location
     ("Media/abc/_history/1"), etag (W/"<version>", the version taken from the location's
@@ -1093,9 +1094,11 @@ def transaction_response(entries: Sequence[tuple[str, str, str]],
     (https://hl7.org/fhir/R4/bundle.html, Bundle.entry.response: "the date/time that the resource
     was modified on the server"); an entry of ``warnings`` (by index) also ``outcome``, an
     OperationOutcome with an issue per warning (its Document Sharing code in ``details.text``,
-    IHE MHD ITI-65 2:3.65.4.2.2). ``Prefer: return=`` (http.html#ops): an entry of ``resources``
-    carries its resource (representation), one of ``informed`` an informational issue in its
-    outcome (OperationOutcome)."""
+    IHE MHD ITI-65 2:3.65.4.2.2); an entry of ``ingested`` (a record's: the ingest's warnings as
+    issues, adapter.mapping.ingest_warnings) those issues first, whatever ``Prefer`` asks.
+    ``Prefer: return=`` (http.html#ops): an entry of ``resources`` carries its resource
+    (representation), one of ``informed`` an informational issue in its outcome
+    (OperationOutcome)."""
     out: list[JSON] = []
     for index, (location, status, modified) in enumerate(entries):
         response: JSON = {"status": status}
@@ -1103,8 +1106,9 @@ def transaction_response(entries: Sequence[tuple[str, str, str]],
             match = _HISTORY.search(location)
             version = match.group(1) if match else "1"
             response.update({"location": location, "etag": f'W/"{version}"', "lastModified": modified})
-        issues = [issue(w.severity, "not-supported" if w.code else "informational", w.diagnostics, w.expression,
-                        {"text": w.code} if w.code else None) for w in (warnings or {}).get(index, ())]
+        issues = list((ingested or {}).get(index, ()))
+        issues += [issue(w.severity, "not-supported" if w.code else "informational", w.diagnostics, w.expression,
+                         {"text": w.code} if w.code else None) for w in (warnings or {}).get(index, ())]
         note = (informed or {}).get(index)
         if note:
             issues.append(issue("information", "informational", note))

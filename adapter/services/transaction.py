@@ -14,7 +14,9 @@ the key with another Bundle: 422); without a key, every document stored for the 
 answered as a replay, and some stored and some not is refused (409, naming the entries of those
 stored, nothing stored): storing the new ones while answering the others as replays would say
 the Bundle was processed as a whole when it was not, and leave the client unsure which
-documents are whose."""
+documents are whose. Each document's record entry tells the warnings its receipt gives (consent
+pending, quality: what ``POST /photos`` answers in ``warnings``), whatever ``Prefer`` asks
+(adapter.mapping.ingest_warnings)."""
 
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapter.errors import AdapterError, Conflict, StorageError
+from adapter.mapping.codes import EXT_QUALITY_WARNING
 from adapter.mapping.document_location import with_document_location
 from adapter.mapping.document_metadata import NOT_SAVED
+from adapter.mapping.ingest_warnings import warning_issues
 from adapter.mapping.tables import Tables
 from adapter.mapping.transaction import (
     ACKNOWLEDGED_ROLES,
@@ -105,8 +109,11 @@ class TransactionService:
                 warnings[index] = warnings.get(index, ()) + (EntryWarning(
                     NOT_SAVED, f"attachment.size was stored as {stored}, the size of the document stored without "
                     f"its metadata ({sent} bytes sent)", where),)
+        ingested = {document.record_index: _ingest_issues(result, written[document.record_index])
+                    for document, result in zip(documents, results, strict=True)}
         resources, informed = _returned(returned, entries, written, warnings, fhir_base)
-        return transaction_response(entries, warnings, resources=resources, informed=informed), results
+        return transaction_response(entries, warnings, resources=resources, informed=informed,
+                                    ingested=ingested), results
 
     def _parsed(self, bundle: dict[str, Any], ctx: RequestContext, fhir_base: str | None) -> TransactionSubmission:
         """The Bundle read (parse_transaction); a refusal of its shape is audited as a refused
@@ -131,6 +138,15 @@ class TransactionService:
         if stored is None:  # written by this very request, or before it: never gone (no deletes)
             raise StorageError(f"{resource_type} just stored cannot be read back")
         return stored
+
+
+def _ingest_issues(result: IngestResult, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The warnings of the document's receipt (as ``POST /photos`` answers it: a replay's as
+    stored) as issues of its record's entry (adapter.mapping.ingest_warnings); which are of the
+    image's quality, the stored record's quality-warning extensions say."""
+    quality = {str(e.get("valueString")) for e in record.get("extension", ()) if e.get("url") == EXT_QUALITY_WARNING}
+    return warning_issues(result.receipt.get("warnings") or (), consent_pending=bool(result.receipt.get("consentPending")),
+                          quality=quality)
 
 
 def _returned(returned: str, entries: Sequence[tuple[str, str, str]], stored: Mapping[int, dict[str, Any]],

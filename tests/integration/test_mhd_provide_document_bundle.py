@@ -5,15 +5,17 @@ with its SubmissionSet List, and the push case where the Bundle carries the Pati
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import ROOT
-from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource
-from tests.support.mhd import provide_document_bundle
+from tests.conftest import ROOT, record_emitted
+from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata
+from tests.support.fhir_factories import jpeg_bytes
+from tests.support.mhd import ingest_warnings, provide_document_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -21,6 +23,7 @@ DOCUMENT = (ROOT / "samples" / "document.jpg").read_bytes()
 FHIR = {"Content-Type": "application/fhir+json"}
 PATIENT_ID = f"{PATIENT['system']}|{PATIENT['value']}"
 OTHER_ID = {"system": "urn:oid:2.16.756.5.30.1.123.100.1.1", "value": "756.1234.5678.97"}
+PHOTO_KIND = "http://clinical-image-adapter.org/fhir/StructureDefinition/photo-kind"
 
 
 def _stored(services: Any) -> int:
@@ -757,3 +760,38 @@ def test_a_conditional_update_of_the_patient_is_refused_as_such(tmp_path: Path) 
         [issue] = r.json()["issue"]
         assert "conditional update" in issue["diagnostics"] and issue["expression"] == ["Bundle.entry[3].request.url"]
         assert _stored(services) == 0
+
+
+@pytest.mark.parametrize("prefer", [None, "return=minimal", "return=representation", "return=OperationOutcome"])
+def test_the_ingest_warnings_are_in_the_record_entry_outcome(tmp_path: Path, prefer: str | None) -> None:
+    """Clinical safety review finding 6: ``POST /photos`` answers a photo's warnings (consent
+    pending, below the quality minimums) in its receipt, the transaction-response said none of
+    them, so the capture app was not told, while the patient is there, that the photo cannot be
+    read until consent is recorded or should be taken again. Each is in the record entry's
+    ``response.outcome`` now, one warning issue each with the receipt's words in ``details.text``,
+    whatever ``Prefer`` asks, and again in a replay (answered from the stored receipt, as ``POST
+    /photos`` answers one); consent pending and quality coded in the adapter's ingest-warning
+    system. Seen failing: no such issue."""
+    image = jpeg_bytes(320, 240, quality=30)
+    bundle = provide_document_bundle(image)
+    bundle["entry"][1]["resource"]["extension"] = [{"url": PHOTO_KIND, "valueCode": "clinical"}]
+    headers = {**FHIR, **({"Prefer": prefer} if prefer else {})}
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, _):
+        # the same photo of another patient, over POST /photos: the words the receipt gives
+        receipt = client.post("/photos", files={
+            "file": ("p.jpg", image, "image/jpeg"),
+            "metadata": (None, json.dumps(metadata(patient=OTHER_ID, consent=None)), "application/json")}).json()
+        assert receipt["consentPending"] is True and len(receipt["warnings"]) == 4, receipt  # size, blur, JPEG quality
+        pending, *quality = receipt["warnings"]
+        expected = [("business-rule", "consent-pending", pending),
+                    *(("informational", "image-quality", w) for w in quality)]
+        for attempt in ("stored", "replayed"):
+            r = client.post("/fhir", json=bundle, headers=headers)
+            assert r.status_code == 200, r.text
+            record_emitted(r.json())
+            submission_set, record, binary = r.json()["entry"]
+            assert record["response"]["status"] == ("201 Created" if attempt == "stored" else "200 OK")
+            assert ingest_warnings(record) == expected, attempt
+            assert ingest_warnings(submission_set) == ingest_warnings(binary) == []
+            # the Document Sharing warnings stay (the DocumentReference's date, …)
+            assert any(i["code"] == "not-supported" for i in record["response"]["outcome"]["issue"])

@@ -100,3 +100,22 @@ def provide_documents_bundle(documents: list[bytes], *, content_type: str = "ima
     if consent is not None:
         entries.append({"fullUrl": uuid.uuid4().urn, "resource": consent, "request": {"method": "POST", "url": "Consent"}})
     return _provide_bundle(entries)
+
+
+#: The adapter's codes of an ingest's warnings (README POST /fhir).
+INGEST_WARNING = "urn:clinical-image-adapter:ingest-warning"
+
+
+def ingest_warnings(entry: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    """The warnings of the ingest (a ``POST /photos`` receipt's) in a transaction-response
+    entry's ``response.outcome``: each issue of severity warning that is no Document Sharing
+    warning (``not-supported``, ITI-65), as (its IssueType, its code in the adapter's
+    ingest-warning system, its ``details.text``)."""
+    issues = entry["response"].get("outcome", {}).get("issue", [])
+    out: list[tuple[str, str | None, str]] = []
+    for issue in issues:
+        if issue["severity"] != "warning" or issue["code"] == "not-supported":
+            continue
+        codes = [c["code"] for c in issue["details"].get("coding", []) if c["system"] == INGEST_WARNING]
+        out.append((issue["code"], codes[0] if codes else None, issue["details"]["text"]))
+    return out
