@@ -85,7 +85,7 @@ Decisions:
   ``seriesDescription``) and a value equal to one of them word for word is written back after
   cleaning (:data:`FIXED_TEXT_ATTRIBUTES`, top level only). Any other value (a sender's
   comment, a PACS's description) is removed as before. The FHIR views keep the photo-kind
-  extension likewise, and drop notes (the sender's note may identify).
+  extension likewise, and of the notes (the sender's note may identify) the warning alone.
 * **RecognizableVisualFeatures** is kept as it is (YES for clinical photos): the Clean
   Recognizable Visual Features option (113102) is not claimed; releasing a recognisable photo
   for TRAIN/HRESCH rests on the patient's explicit consent, checked before this is called.

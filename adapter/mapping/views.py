@@ -7,7 +7,8 @@ labels it (``meta.security``) with the FHIR security labels of the release
 - **FULL** (care): the stored content unchanged.
 - **DEIDENTIFIED** (ANONYED; TRAIN, MLTRAINING, HOPERAT, HTEST): built from an allow-list, so
   an element this module does not know is left out rather than leaked. No subject, no
-  encounter, no names or displays, no notes, narrative, titles, descriptions or device names,
+  encounter, no names or displays, no notes, narrative, titles, descriptions or device names
+  (but the adapter's own secondary-image warning, word for word: :class:`_Ctx`),
   no record identifiers (the SHA-256 of the bytes links the copy back to the record), no
   attachment hash or size, dates cut to the year.
 - **PSEUDONYMISED** (PSEUDED; HRESCH and children, PUBHLTH): the same allow-list, but the
@@ -174,6 +175,10 @@ class _Ctx:
     view: View
     pseudonymizer: Pseudonymizer
     ids: IdSpace
+    #: The adapter's own texts (mappings/kinds.yaml ``warning``: the secondary image's "review the
+    #: original"), holding no patient data: a note or a description paragraph equal to one word
+    #: for word is kept, as the restricted DICOM copies keep it (adapter.mapping.dicom_deid)
+    fixed_texts: frozenset[str] = frozenset()
 
     @property
     def deid(self) -> bool:
@@ -375,6 +380,8 @@ def _media(r: JSON, ctx: _Ctx) -> JSON:
     _put(out, "bodySite", _concept(r.get("bodySite")))
     _copy(out, r, ("height", "width", "frames", "duration"))
     out["content"] = _attachment(r.get("content"), ctx)
+    _put(out, "note", [{"text": n["text"]} for n in r.get("note") or []
+                       if isinstance(n, dict) and n.get("text") in ctx.fixed_texts])
     return out
 
 
@@ -394,6 +401,7 @@ def _document_reference(r: JSON, ctx: _Ctx) -> JSON:
     _put(out, "category", _concepts(r.get("category"), display=False))
     _put(out, "subject", _subject(r.get("subject"), ctx))
     _put(out, "date", _instant(r.get("date"), ctx))
+    _put(out, "description", _fixed_paragraph(r.get("description"), ctx))
     _put(out, "securityLabel", _concepts(r.get("securityLabel"), display=False))
     content: list[JSON] = []
     for item in r.get("content") or []:
@@ -411,6 +419,14 @@ def _document_reference(r: JSON, ctx: _Ctx) -> JSON:
         _put(context, "practiceSetting", _concept(src.get("practiceSetting"), display=False))
         _put(out, "context", context)
     return out
+
+
+def _fixed_paragraph(value: Any, ctx: _Ctx) -> str | None:
+    """The adapter's own text among the paragraphs of a description (the record's description is
+    the sender's title and note, then the kind's warning: adapter.mapping.photo), else None."""
+    if not isinstance(value, str):
+        return None
+    return next((p for p in value.split("\n\n") if p in ctx.fixed_texts), None)
 
 
 #: The namespace of :func:`_released_master_identifier`'s name-based UUIDs (RFC 9562 5.5).
@@ -565,7 +581,8 @@ def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer:
             raise NotSupported(f"no {decision.view.value} view of {resource_type}")
         if first_modifier(resource, str(resource_type)) is not None:
             raise NotSupported(f"no {decision.view.value} view of a resource with a modifierExtension")
-        out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer, ids))
+        fixed = frozenset(entry.warning for entry in tables.kinds.values() if entry.warning)
+        out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer, ids, fixed))
     meta = resource.get("meta")
     stored = meta.get("security") if isinstance(meta, dict) else None
     return _apply_labels(out, stored if isinstance(stored, list) else [], security_labels(decision, tables))

@@ -28,6 +28,7 @@ from adapter.mapping.released_ids import ReleasedIds
 from adapter.mapping.tables import Tables
 from adapter.mapping.views import security_labels
 from adapter.model.decision import Decision, View
+from adapter.model.photo import PhotoKind
 from adapter.model.purpose import PurposeOfUse
 from tests.support.fhir_factories import tables as shipped_tables
 
@@ -699,3 +700,29 @@ def test_the_views_masterIdentifier_is_their_own_and_differs_between_them(tables
               document_reference()["masterIdentifier"]["value"]}
     assert len(values) == 3  # none is the stored one, nor the other view's
     assert all(v.startswith("urn:oid:2.25.") for v in values - {document_reference()["masterIdentifier"]["value"]})
+
+
+@pytest.mark.parametrize("view", [View.DEIDENTIFIED, View.PSEUDONYMISED])
+def test_restricted_views_keep_the_secondary_image_warning_word_for_word(
+        view: View, tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    # the de-identified and pseudonymised views dropped every note and description, the adapter's
+    # own "review the original before diagnosis" with them, which the restricted DICOM copies
+    # keep (clinical safety review 9): a training or research reader needs it as a clinician does
+    warning = tables.kinds[PhotoKind.SECONDARY].warning
+    assert warning
+    photo = media()
+    photo["note"] = [{"authorString": "Dr. Alice Example", "text": "ECG of Jane Roe"}, {"text": warning},
+                     {"text": f"{warning} Jane Roe"}]
+    out = render(photo, decision(view), tables=tables, pseudonymizer=pseudonymizer)
+    assert out["note"] == [{"text": warning}]
+    validate_r4(out)
+    document = document_reference()
+    document["description"] = f"ECG\n\nECG of Jane Roe, monitor bay 3\n\n{warning}"
+    out = render(document, decision(view), tables=tables, pseudonymizer=pseudonymizer)
+    assert out["description"] == warning
+    validate_r4(out)
+    # a note or description holding no such text whole is left out as before
+    photo["note"] = [{"text": f"{warning} Jane Roe"}]
+    document["description"] = f"{warning} Jane Roe"
+    assert "note" not in render(photo, decision(view), tables=tables, pseudonymizer=pseudonymizer)
+    assert "description" not in render(document, decision(view), tables=tables, pseudonymizer=pseudonymizer)
