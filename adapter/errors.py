@@ -211,9 +211,12 @@ class PreconditionFailed(Conflict):
 
 
 class InstanceConflict(Conflict):
-    """A DICOM object sent again under a SOP Instance UID already stored, naming another patient
-    than the stored one: one instance is one patient's, and the stored record stands (HTTP 409,
-    DIMSE 0xA900: adapter.mapping.dimse_status)."""
+    """A DICOM instance that contradicts what is stored under a UID it names: an object sent
+    again under a SOP Instance UID already stored, naming another patient, study, series or SOP
+    class than the stored one (the stored record stands); or a new instance whose Study Instance
+    UID is held for another patient, or whose Series Instance UID is held in another study (one
+    patient per study, one study per series: PS3.3 A.1.2), whether received or made from a
+    posted photo. Nothing is stored (HTTP 409, DIMSE 0xA900: adapter.mapping.dimse_status)."""
 
 
 class Transient(AdapterError):

@@ -12,11 +12,16 @@ Statuses (PS3.4 B.2.3 Storage Service Class; PS3.7 Annex C general statuses):
   costly to take (too many pixels, too large).
 * ``0xA900`` Error: Data Set does not match SOP Class: the dataset is not what its SOP class
   requires (a Type 1 attribute missing, a structure the IOD forbids, a SOP Class or SOP Instance
-  UID in the dataset that differs from the C-STORE request's), and a SOP Instance UID already
-  stored for another patient than the data set names (:class:`adapter.errors.InstanceConflict`).
+  UID in the dataset that differs from the C-STORE request's), and a data set that contradicts
+  what is stored under a UID it names (:class:`adapter.errors.InstanceConflict`): a SOP Instance
+  UID already stored for another patient, study, series or class than the data set names, a
+  Study Instance UID held for another patient, a Series Instance UID held in another study.
   PS3.4 B.2.3 has no status of its own for it: A900 is the Storage Service's failure that says
-  the data set is not the one its identity (here its SOP Instance UID) stands for; 0110
-  Processing failure would say the fault is the SCP's, and Cxxx that it could not be read.
+  the data set is not the one its identity (its SOP Instance, Study or Series Instance UID)
+  stands for, a failure of the data set the sender does not cure by sending it again (as it
+  would 0xA7xx); 0110 Processing failure would say the fault is the SCP's, 0124 Not authorised
+  that the sender lacks a permission, and Cxxx that it could not be read. Offending Element
+  names the UID.
 * ``0xC000`` Error: Cannot understand: the dataset does not parse (truncated, malformed), its
   pixel data cannot be read, or a coded value has no mapping (unknown IssuerOfPatientID).
 * ``0xC122`` Referenced Transfer Syntax not supported (a Cxxx Cannot understand for C-STORE;

@@ -17,6 +17,10 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    them all), and the dataset's SOP Class and SOP Instance UIDs must be those of the C-STORE
    request and its presentation context;
 4. mapping (adapter.mapping.dicom_fhir): patient through mappings/dicom.yaml, kind, identifiers;
+   then where it is to be filed: an object whose Study Instance UID is held for another patient,
+   or whose Series Instance UID is held in another study, is refused (InstanceConflict: one
+   patient per study, one study per series, PS3.3 A.1.2), checked again in the transaction of
+   step 8 (RecordStore.check_hierarchy);
 5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation;
 6. the Binary's bytes: the JPEG frame as received (no re-encoding), a lossless PNG of native
    pixel data, or the PDF; every JPEG frame checked against the Image Pixel module
@@ -25,7 +29,9 @@ Order of work (cheap refusals first, nothing visible until the single commit):
 7. blobs fsynced to their content addresses (invisible until referenced): the object as received
    (Part 10) and, unless they are a byte range of it, the Binary's bytes;
 8. one database transaction: resources, DICOM instance and its UIDs as the restricted views
-   release them (adapter.services.released_uids), receipt, audit event.
+   release them (adapter.services.released_uids), receipt, audit event; the study and series
+   checked once more in it, after any other object of the study or series committed (two
+   objects of two patients sent at once cannot both open one study).
 
 Speed without shortcuts: the work that waits on the disk or hashes (SHA-256 of the object and of
 the Binary, staging both in the staging folder and fsyncing them) runs in helper threads beside
@@ -1185,6 +1191,9 @@ class DicomIngestService:
             obj = read_received(ds, calling_ae=received.calling_ae, dicom_tables=self._dicom_tables,
                                 tables=self._tables)
             known.obj = obj
+            # where it would be filed: refused before its pixel data is worked on (step 4)
+            self._store.check_hierarchy(study_instance_uid=obj.study_uid, series_instance_uid=obj.series_uid,
+                                        patient=obj.patient)
             now = self._now()
             assessment = self._assess(obj, now)  # a refusal by the consent rules is a decision, audited
             return _Head(ds, obj, assessment, now)
@@ -1248,6 +1257,8 @@ class DicomIngestService:
             blob.result()
         try:
             self._store.save_ingest(unit)
+        except InstanceConflict:  # its study or series held elsewhere by now (step 8): a refusal
+            raise
         except Conflict:
             # the same object over another association won the race: answered as a re-sent one
             # is (_check_resend), this one's checks passed already

@@ -142,7 +142,9 @@ class RecordStore(Protocol):
 
     def save_ingest(self, unit: IngestUnit) -> None:
         """Write every resource, the receipt, the idempotency entries and the audit events in ONE
-        transaction. Raises Conflict if the idempotency key or (patient, stored sha256) is taken."""
+        transaction. Raises Conflict if the idempotency key or (patient, stored sha256) is taken,
+        and InstanceConflict if the unit's DICOM instance cannot be filed where it says
+        (:meth:`check_hierarchy`, checked in the transaction)."""
 
     def save_ingests(self, units: Sequence[IngestUnit]) -> None:
         """What :meth:`save_ingest` writes of each unit, all of them in ONE transaction (the
@@ -235,6 +237,14 @@ class RecordStore(Protocol):
     # refuses one that names none (StorageError), and one (object, destination) is queued once.
 
     def find_dicom_instance(self, sop_instance_uid: str) -> DicomInstance | None: ...
+
+    def check_hierarchy(self, *, study_instance_uid: str, series_instance_uid: str, patient: Identifier) -> None:
+        """InstanceConflict, naming the UID and never the other patient, when an instance of
+        ``patient`` in that study and series could not be filed: its Study Instance UID is held
+        for another patient (system or value), or its Series Instance UID in another study (one
+        patient per study, one study per series: PS3.3 A.1.2). save_ingest checks the same in its
+        transaction, after every other filing into the study and series committed (PostgreSQL's
+        advisory locks of the two UIDs, SQLite's single writer); this read refuses early."""
 
     def find_study_photo(self, study_instance_uid: str) -> DicomInstance | None:
         """A posted photo's instance (no object as received) of the study, any one (every one

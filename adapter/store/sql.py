@@ -37,6 +37,7 @@ from adapter.config import DatabaseTimeouts
 from adapter.errors import (
     ConfigurationError,
     Conflict,
+    InstanceConflict,
     InvalidInput,
     NoStore,
     NotFound,
@@ -135,11 +136,13 @@ _MILLISECOND = timedelta(milliseconds=1)
 #: Each key is taken in the space of the tables' schema (adapter.store.locks).
 
 
-def _study_lock(study_instance_uid: str) -> int:
-    """The second key of the two-key advisory lock of opening the study (save_ingest of a unit
-    that opens_study): 32 bits of the study's UID (a collision only makes two studies' openings
-    wait in turn); the first is the schema's (adapter.store.locks)."""
-    digest = hashlib.sha256(study_instance_uid.encode()).digest()
+def _uid_lock(uid: str) -> int:
+    """The second key of the two-key advisory lock of filing an instance into the study or series
+    ``uid`` names (save_ingests: :func:`_check_hierarchy`, and a posted photo opening its study):
+    32 bits of the UID (a collision only makes two studies' or series' instances wait in turn; a
+    study's key is the one earlier versions took to open a study, so both wait for each other on
+    one database); the first is the schema's (adapter.store.locks)."""
+    digest = hashlib.sha256(uid.encode()).digest()
     return int.from_bytes(digest[:4], "big", signed=True)
 #: The resources reindex_records re-derives the search index of (a Consent's too: its R5 status
 #: and date are indexed beside its R4 ones).
@@ -157,6 +160,20 @@ _DICOM_INSTANCE = select(dicom_instances).where(_d.sop_instance_uid == bindparam
 #: A posted photo's instance of a study (ix_dicom_instances_study): find_study_photo.
 _STUDY_PHOTO = select(dicom_instances).where(_d.study_instance_uid == bindparam("study"),
                                              _d.blob_sha256.is_(None)).limit(1)
+#: The instances whose record is not entered in error (each its record's row, by primary key;
+#: an instance without one is held): a withdrawn one is released to no one, and holds its study
+#: and series no longer.
+_HELD = select(_d.sop_instance_uid) \
+    .outerjoin(resources, and_(_r.resource_type == _d.record_type, _r.id == _d.record_id)) \
+    .where(or_(_r.entered_in_error.is_(None), _r.entered_in_error == false()))
+#: A held instance of the study filed under another patient than the one named
+#: (ix_dicom_instances_study): _check_hierarchy.
+_STUDY_OF_ANOTHER_PATIENT = _HELD.where(
+    _d.study_instance_uid == bindparam("study"),
+    or_(_d.patient_system != bindparam("system"), _d.patient_value != bindparam("value"))).limit(1)
+#: A held instance of the series in another study than the one named (ix_dicom_instances_series).
+_SERIES_IN_ANOTHER_STUDY = _HELD.where(
+    _d.series_instance_uid == bindparam("series"), _d.study_instance_uid != bindparam("study")).limit(1)
 _KEYED_RECEIPT = select(receipts.c.receipt, receipts.c.patient_system, receipts.c.patient_value) \
     .where(receipts.c.idempotency_key == bindparam("idempotency_key"))
 _RESOURCE = select(resources).where(_r.resource_type == bindparam("resource_type"), _r.id == bindparam("id"))
@@ -204,6 +221,32 @@ def _integrity_error(exc: IntegrityError) -> Conflict | StorageError:
         if any(marker in found for marker in markers):
             return Conflict(diagnostics)
     return Conflict("the write conflicts with stored data")
+
+
+def _check_hierarchy(conn: Connection, *, study_instance_uid: str, series_instance_uid: str,
+                     patient: Identifier) -> None:
+    """InstanceConflict, naming the UID, when an instance of ``patient``, study and series cannot
+    be filed there: its Study Instance UID is held for another patient (an instance of the study is
+    filed under another patient identifier, system or value), or its Series Instance UID is held
+    in another study. The information model has one patient per study and one study per series
+    (PS3.3 A.1.2, C.7.2.1, C.7.3.1): such an instance would show another patient's images to
+    whoever retrieves the study. With both checks passed every instance of the series is of the
+    study, hence of its patient. An instance whose record is entered in error holds nothing: it is
+    released to no one (README: Correcting a misfiled record), and the corrected object a PACS
+    sends again keeps its study and series. The diagnostics (a DIMSE Error Comment, at most 64 characters)
+    never name the patient the UID is held for. One lookup of each index, stopping at the first
+    instance that differs: for a study of one patient (the usual answer) every row of the study,
+    and of the series, is read."""
+    held_for_another = conn.execute(_STUDY_OF_ANOTHER_PATIENT, {
+        "study": study_instance_uid, "system": patient.system, "value": patient.value}).first()
+    if held_for_another is not None:
+        raise InstanceConflict("the study is held for another patient: nothing was stored",
+                               expression="(0020,000D) StudyInstanceUID")
+    in_another_study = conn.execute(_SERIES_IN_ANOTHER_STUDY, {
+        "series": series_instance_uid, "study": study_instance_uid}).first()
+    if in_another_study is not None:
+        raise InstanceConflict("the series is held in another study: nothing was stored",
+                               expression="(0020,000E) SeriesInstanceUID")
 
 
 def _insert_order(patient: Identifier) -> tuple[str, str]:
@@ -659,7 +702,9 @@ class SqlRecordStore:
         and the outbox items in one transaction.
 
         Raises Conflict if the SOP Instance UID, the idempotency key or (patient, stored sha256)
-        is taken, or a resource exists already; then nothing is written. Outbox items start
+        is taken, or a resource exists already, and InstanceConflict if the DICOM instance's study
+        is held for another patient or its series in another study (:func:`_check_hierarchy`);
+        then nothing is written. Outbox items start
         pending and due now. After the commit, each resource dict of ``unit`` carries the stored
         ``meta`` (versionId, lastUpdated).
         """
@@ -674,9 +719,13 @@ class SqlRecordStore:
         documents = [with_meta(new, 1, now) for new in news]
         run = self._inserts.execute
         with self._write() as conn:
-            for unit in units:  # a photo opening its study: only while none of the study is stored
-                if unit.dicom_instance is not None and unit.opens_study:
-                    self._check_study_unopened(conn, unit.dicom_instance.study_instance_uid)
+            self._lock_hierarchy(conn, [unit.dicom_instance for unit in units if unit.dicom_instance is not None])
+            for unit in units:
+                if (instance := unit.dicom_instance) is not None:
+                    _check_hierarchy(conn, study_instance_uid=instance.study_instance_uid,
+                                     series_instance_uid=instance.series_instance_uid, patient=instance.patient)
+                    if unit.opens_study:  # a photo opening its study: only while no photo of it is stored
+                        self._check_study_unopened(conn, instance.study_instance_uid)
             if instances := [unit for unit in units if unit.dicom_instance is not None]:
                 # first: a repeated SOP instance fails cheapest
                 run(conn, dicom_instances, [dicom_instance_row(unit.dicom_instance, now) for unit in instances
@@ -706,13 +755,24 @@ class SqlRecordStore:
             new.resource["meta"] = document["meta"]
 
     @staticmethod
+    def _lock_hierarchy(conn: Connection, instances: Sequence[DicomInstance]) -> None:
+        """Wait until every other transaction filing an instance into the studies and series of
+        ``instances`` has committed, so that :func:`_check_hierarchy` and
+        :meth:`_check_study_unopened` see them (two objects of two patients sent at once must not
+        both open one study): PostgreSQL takes the advisory lock of each UID (READ COMMITTED: the
+        statements after it see what was committed before it was granted), in one order for every
+        transaction, so two never wait on each other; SQLite's write transaction is the only one."""
+        if conn.dialect.name != "postgresql":
+            return
+        uids = {uid for instance in instances for uid in (instance.study_instance_uid, instance.series_instance_uid)}
+        for key in sorted({_uid_lock(uid) for uid in uids}):
+            lock_pair_in_schema(conn, key)
+
+    @staticmethod
     def _check_study_unopened(conn: Connection, study_instance_uid: str) -> None:
         """StudyStarted when a posted photo of the study is stored (RecordStore.find_study_photo),
-        in the writing transaction, after every other opening of the study committed: PostgreSQL
-        waits for the study's advisory lock (READ COMMITTED: the statement after it sees what was
-        committed before it was granted); SQLite's write transaction is the only one."""
-        if conn.dialect.name == "postgresql":
-            lock_pair_in_schema(conn, _study_lock(study_instance_uid))
+        in the writing transaction, after every other filing into the study committed
+        (:meth:`_lock_hierarchy`)."""
         if conn.execute(_STUDY_PHOTO, {"study": study_instance_uid}).first() is not None:
             raise StudyStarted("another photo of the encounter was stored at the same time: nothing was stored")
 
@@ -1013,6 +1073,12 @@ class SqlRecordStore:
         with self._read() as conn:
             row = conn.execute(_DICOM_INSTANCE, {"sop_instance_uid": sop_instance_uid}).mappings().first()
         return dicom_instance_from(row) if row is not None else None
+
+    def check_hierarchy(self, *, study_instance_uid: str, series_instance_uid: str, patient: Identifier) -> None:
+        """See RecordStore.check_hierarchy."""
+        with self._read() as conn:
+            _check_hierarchy(conn, study_instance_uid=study_instance_uid, series_instance_uid=series_instance_uid,
+                             patient=patient)
 
     def find_study_photo(self, study_instance_uid: str) -> DicomInstance | None:
         """See RecordStore.find_study_photo."""

@@ -59,12 +59,13 @@ from adapter.services import consent_grants as consent_grants_module
 from adapter.services import dicom_ingest as dicom_ingest_module
 from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
-from tests.conftest import record_emitted, require_or_skip, wait_until
+from tests.conftest import ROOT, record_emitted, require_or_skip, wait_until
 from tests.support.app import (
     PATIENT,
     FhirClient,
     adapter_client,
     consent_resource,
+    mark_entered_in_error,
     metadata,
     post_photo,
     seen_as,
@@ -1804,6 +1805,128 @@ def test_a_resend_naming_another_study_series_or_class_is_refused(
     assert "stored already in another" in refusal["outcomeDesc"]
     assert _stow_failure(client, moved.read_bytes()) == DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+
+
+def test_storescu_object_of_another_patient_in_a_photos_study_is_refused_and_audited(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path) -> None:
+    """The clinical safety review (finding 1): an object of patient B naming the study (and the
+    series) of a photo posted for patient A was answered Success and filed into A's study, so a
+    viewer finding A's study (QIDO-RS by A's PatientID) and retrieving it got B's image beside
+    A's. One study is one patient's (PS3.3 A.1.2): the object is refused with 0xA900, as a
+    re-send naming another patient is, nothing stored, audited naming the instance and the
+    sender's patient, never A's identifier; A's study holds A's photo alone. Seen failing with
+    Success (0x0000)."""
+    need_dcmtk()
+    photo = post_photo(client, ROOT / "samples" / "wound.jpg", metadata(encounter={"reference": "Encounter/77"}))
+    assert photo.status_code == 201, photo.text
+    study, series = photo.json()["dicom"]["studyInstanceUid"], photo.json()["dicom"]["seriesInstanceUid"]
+    held = services.store.search_dicom_instances(study=study)
+    for n, uids in enumerate(({"StudyInstanceUID": study}, {"StudyInstanceUID": study, "SeriesInstanceUID": series})):
+        path = tmp_path / f"other-patient-{n}.dcm"
+        sent = sc_file(path, PatientID="MRN-0002", PatientName="Other^Patient", **uids)
+        done = storescu(scp.port, "ADAPTER", [path], check=False, extra=["-v"])
+        assert "Error: DataSetDoesNotMatchSOPClass" in done.stderr + done.stdout, done.stderr
+        refusal = audited(services)[-1]
+        assert_refusal(refusal, outcome="4", ae_title="STORESCU", sop_uid=sent.SOPInstanceUID)
+        assert "the study is held for another patient" in refusal["outcomeDesc"]
+        assert [p["value"] for p in patients(refusal)] == ["MRN-0002"] and PATIENT["value"] not in str(refusal)
+        assert services.store.find_dicom_instance(sent.SOPInstanceUID) is None
+        assert find(client, "Media", sent.SOPInstanceUID) == []
+        assert list((tmp_path / "data" / "staging").iterdir()) == []
+    assert services.store.search_dicom_instances(study=study) == held
+    found = client.get(f"/dicomweb/studies/{study}/metadata", headers=TREAT)  # what a viewer retrieves
+    assert found.status_code == 200, found.text
+    assert [i["00100020"]["Value"] for i in found.json()] == [[PATIENT["value"]]]
+
+
+def test_an_object_is_refused_where_its_study_or_series_is_held_for_another_patient_or_study(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path) -> None:
+    """The clinical safety review (finding 1), over pynetdicom associations: after an object of
+    patient A, A's next object of the study and series is stored; an object of patient B in A's
+    study is refused 0xA900 naming StudyInstanceUID (Offending Element), its Error Comment saying
+    why without A's identifier; an object in A's series under another study is refused naming
+    SeriesInstanceUID (a series is one study's, PS3.3 A.1.2); B's own study is B's. Seen failing
+    with Success (0x0000)."""
+    first = tmp_path / "first.dcm"
+    sent = sc_file(first)
+    assert pynet_store(scp.port, first).Status == SUCCESS
+    kept = {"StudyInstanceUID": sent.StudyInstanceUID, "SeriesInstanceUID": sent.SeriesInstanceUID}
+    second = tmp_path / "second.dcm"
+    sc_file(second, **kept)
+    assert pynet_store(scp.port, second).Status == SUCCESS
+    for name, attrs, element, said in (
+            ("patient-b", {"PatientID": "MRN-0002", **kept}, 0x0020000D, "the study is held for another patient"),
+            ("patient-b-study", {"PatientID": "MRN-0002", "StudyInstanceUID": sent.StudyInstanceUID}, 0x0020000D,
+             "the study is held for another patient"),
+            ("other-study", {"SeriesInstanceUID": sent.SeriesInstanceUID}, 0x0020000E,
+             "the series is held in another study"),
+            ("patient-b-other-study", {"PatientID": "MRN-0002", "SeriesInstanceUID": sent.SeriesInstanceUID},
+             0x0020000E, "the series is held in another study")):
+        path = tmp_path / f"{name}.dcm"
+        refused = sc_file(path, **attrs)
+        answer = pynet_store(scp.port, path)
+        assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, (name, hex(answer.Status))
+        assert answer.OffendingElement == element, name
+        assert answer.ErrorComment.startswith(said) and "MRN" not in answer.ErrorComment, answer.ErrorComment
+        assert services.store.find_dicom_instance(refused.SOPInstanceUID) is None
+        refusal = audited(services)[-1]
+        assert_refusal(refusal, outcome="4", ae_title="PYNETSCU", sop_uid=refused.SOPInstanceUID)
+        assert refusal["outcomeDesc"].startswith(said)
+    assert {i.patient.value for i in services.store.search_dicom_instances(study=sent.StudyInstanceUID)} == \
+        {PATIENT["value"]}
+    own = tmp_path / "patient-b-own.dcm"
+    sc_file(own, PatientID="MRN-0002")
+    assert pynet_store(scp.port, own).Status == SUCCESS
+
+
+def test_an_object_whose_study_is_taken_while_it_is_read_is_refused_by_the_transaction(
+        services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two objects of two patients arriving together in one new study: both pass the early check
+    (the study is held by neither yet), the transaction that stores the later one finds the study
+    held and refuses it as the early check would (InstanceConflict: 0xA900), audited once with
+    the instance and its patient; it is not taken for a concurrent copy of itself (the race of
+    one object over two associations, answered from the stored record)."""
+    first, other = tmp_path / "first.dcm", tmp_path / "other.dcm"
+    sent = sc_file(first)
+    refused = sc_file(other, PatientID="MRN-0002", StudyInstanceUID=sent.StudyInstanceUID)
+    monkeypatch.setattr(services.store, "check_hierarchy", lambda **instance: None)  # both read before either stored
+    assert not services.dicom_ingest.ingest_received(received_store(first, sent)).replayed
+    with pytest.raises(InstanceConflict) as conflict:
+        services.dicom_ingest.ingest_received(received_store(other, refused))
+    assert dimse_status_for(conflict.value) == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert conflict.value.expression == ["(0020,000D) StudyInstanceUID"]
+    assert services.store.find_dicom_instance(refused.SOPInstanceUID) is None
+    refusal = audited(services)[-1]
+    assert_refusal(refusal, outcome="4", ae_title="STORESCU", sop_uid=refused.SOPInstanceUID)
+    assert [p["value"] for p in patients(refusal)] == ["MRN-0002"]
+    assert list((tmp_path / "data" / "staging").iterdir()) == []
+
+
+def test_a_study_whose_misfiled_objects_are_withdrawn_takes_the_corrected_ones(
+        scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path) -> None:
+    """README, Correcting a misfiled record: an object filed under the wrong patient is marked
+    entered-in-error and sent again, corrected, under a new SOP Instance UID; a PACS's
+    correction keeps its study and series. The withdrawn instance is released to no one (QIDO-RS
+    leaves it out), so it holds its study and series no longer: the corrected object is stored
+    once every instance of the wrong patient in the study is withdrawn, and refused before."""
+    wrong, kept = tmp_path / "wrong.dcm", tmp_path / "wrong-too.dcm"
+    misfiled = sc_file(wrong, PatientID="MRN-0002")
+    uids = {"StudyInstanceUID": misfiled.StudyInstanceUID, "SeriesInstanceUID": misfiled.SeriesInstanceUID}
+    also = sc_file(kept, PatientID="MRN-0002", **uids)
+    for path in (wrong, kept):
+        assert pynet_store(scp.port, path).Status == SUCCESS
+    corrected = tmp_path / "corrected.dcm"
+    right = sc_file(corrected, **uids)  # MRN-0001, a new SOP Instance UID
+    records = [services.store.find_dicom_instance(ds.SOPInstanceUID) for ds in (misfiled, also)]
+    for n, instance in enumerate(records):
+        assert instance is not None
+        answer = pynet_store(scp.port, corrected)
+        assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)  # MRN-0002's still
+        marked = mark_entered_in_error(client, f"{instance.record_type}/{instance.record_id}", **{"If-Match": 'W/"1"'})
+        assert marked.status_code == 200, marked.text
+    assert pynet_store(scp.port, corrected).Status == SUCCESS
+    [media] = find(client, "Media", right.SOPInstanceUID)
+    assert media["subject"]["identifier"] == PATIENT
 
 
 def test_a_resend_with_other_content_is_a_warning_and_the_stored_instance_is_kept(

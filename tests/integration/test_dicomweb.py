@@ -304,6 +304,69 @@ def test_stow_of_a_stored_instance_for_another_patient_is_a_conflict(adapter: tu
     assert stow(client, first).status_code == 200
 
 
+def test_stow_of_another_patients_object_into_a_held_study_is_a_conflict(adapter: tuple[FhirClient, Services]) -> None:
+    """The clinical safety review (finding 1): an object of patient B sent to the study of a
+    photo posted for patient A (``POST /dicomweb/studies/{A's study}``) was stored (200), and
+    A's study metadata then held B's instance. One study is one patient's (PS3.3 A.1.2): 409,
+    the instance in FailedSOPSequence with FailureReason 0xA900 (as a re-send naming another
+    patient), audited naming the instance, never A's identifier; nothing stored. So is one
+    naming A's series under another study. Seen failing with 200."""
+    client, services = adapter
+    photo = post_photo(client, WOUND, metadata(encounter={"reference": "Encounter/77"}))
+    assert photo.status_code == 201, photo.text
+    study, series = photo.json()["dicom"]["studyInstanceUid"], photo.json()["dicom"]["seriesInstanceUid"]
+    other = received(record_id="rec-b", PatientID="MRN-0002", PatientName="Other^Patient", StudyInstanceUID=study)
+    elsewhere = received(record_id="rec-a2", SeriesInstanceUID=series, StudyInstanceUID=generate_uid(prefix="2.25."))
+    for sent, url_study, said in ((other, study, "the study is held for another patient"),
+                                  (elsewhere, None, "the series is held in another study")):
+        r = stow(client, sent, study=url_study)
+        assert r.status_code == 409, r.text
+        [failed] = r.json()["00081198"]["Value"]
+        assert (value(failed, "00081155"), value(failed, "00081197")) == (sent.SOPInstanceUID,
+                                                                          DATASET_DOES_NOT_MATCH_SOP_CLASS)
+        [refusal] = dicom_events(services.store.list_audit(1), INSTANCES_TRANSFERRED)
+        record_emitted([refusal])
+        assert refusal["outcome"] == "4" and sop_instance_uids(refusal) == [sent.SOPInstanceUID]
+        assert refusal["outcomeDesc"].startswith(said)
+        if sent is other:
+            assert [p["value"] for p in patients(refusal)] == ["MRN-0002"] and PATIENT["value"] not in json.dumps(refusal)
+        assert services.store.find_dicom_instance(sent.SOPInstanceUID) is None
+        assert find(client, "Media", sent.SOPInstanceUID) == []
+    metadata_of_study = client.get(f"/dicomweb/studies/{study}/metadata", headers=TREAT)
+    assert metadata_of_study.status_code == 200, metadata_of_study.text
+    assert [value(i, "00100020") for i in metadata_of_study.json()] == [PATIENT["value"]]
+    assert list((services.settings.data_dir / "staging").iterdir()) == []
+
+
+def test_a_photo_whose_encounters_study_is_held_for_another_patient_is_refused(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """The HTTP side of the clinical safety review's finding 1. A posted photo's study is a hash
+    of its patient and encounter under ADAPTER_UID_ROOT (adapter.mapping.dicom_uids), so two
+    patients with the same encounter identifier get two studies; but an object received for
+    another patient may name the very UID (a PACS's error, or one stored before studies were
+    checked). The photo then does not join that patient's study: 409, nothing stored, the
+    refusal audited, without the other patient's identifier. Seen failing: stored (201), in the
+    other patient's study."""
+    from adapter.mapping.dicom_uids import photo_uids
+    from adapter.model.photo import Identifier
+
+    client, services = adapter
+    study = photo_uids(services.settings.uid_root, b"any key", record_id="any", encounter="Encounter/77",
+                       patient=Identifier(**PATIENT)).study
+    other = received(record_id="rec-b", PatientID="MRN-0002", PatientName="Other^Patient", StudyInstanceUID=study)
+    assert stow(client, other).status_code == 200
+    photo = post_photo(client, WOUND, metadata(encounter={"reference": "Encounter/77"}))
+    assert photo.status_code == 409, photo.text
+    assert "held for another patient" in photo.text and "MRN-0002" not in photo.text
+    assert [i.patient.value for i in services.store.search_dicom_instances(study=study)] == ["MRN-0002"]
+    [refusal] = services.store.list_audit(1)
+    record_emitted([refusal])
+    assert refusal["outcome"] == "4" and "held for another patient" in refusal["outcomeDesc"]
+    assert "MRN-0002" not in json.dumps(refusal)
+    other_encounter = post_photo(client, WOUND, metadata(encounter={"reference": "Encounter/78"}))
+    assert other_encounter.status_code == 201, other_encounter.text
+
+
 def test_stow_failures_are_listed_and_nothing_is_stored(adapter: tuple[FhirClient, Services]) -> None:
     client, services = adapter
     good = received()
@@ -1799,12 +1862,24 @@ def test_qido_finds_by_name_what_a_store_of_schema_11_holds(tmp_path: Path) -> N
         assert services.store.fill_dicom_match_keys() == 0
 
 
-def test_a_study_retrieve_leaves_out_what_is_not_permitted(adapter: tuple[FhirClient, Services]) -> None:
-    """Two patients' objects in one study UID: TRAIN consent for one patient only returns that one."""
+def stored_before_studies_were_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the objects a test stores next into a study held for another patient, as they were
+    stored before the clinical safety review (finding 1) refused them: a database may hold such
+    studies, which every read must still handle."""
+    from adapter.store import sql
+
+    monkeypatch.setattr(sql, "_check_hierarchy", lambda conn, **instance: None)
+
+
+def test_a_study_retrieve_leaves_out_what_is_not_permitted(adapter: tuple[FhirClient, Services],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two patients' objects in one study UID (stored before such an object was refused): TRAIN
+    consent for one patient only returns that one."""
     client, _ = adapter
     mine = received(record_id="rec-a")
     theirs = received(record_id="rec-b", PatientID="MRN-0002", PatientName="Roe^Rick")
-    stow(client, mine, theirs)
+    stored_before_studies_were_checked(monkeypatch)
+    assert stow(client, mine, theirs).status_code == 200
     add_consent(client, ["TRAIN"])  # for MRN-0001 only
     [study] = qido(client, "studies", TRAIN)
     assert value(study, "00201208") == 1
@@ -2111,15 +2186,18 @@ def test_an_instance_not_sent_for_the_type_asked_is_audited_as_a_read_that_faile
     assert event["outcome"] == "4" and not event["outcomeDesc"].startswith("not sent")
 
 
-def test_a_study_retrieve_is_audited_once_per_patient_and_outcome(adapter: tuple[FhirClient, Services]) -> None:
+def test_a_study_retrieve_is_audited_once_per_patient_and_outcome(adapter: tuple[FhirClient, Services],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """WADO-RS of a study wrote one AuditEvent per instance (a study of 500 images: 500 events,
     each its own commit). It is one DICOM Instances Transferred message per patient and
-    outcome now (IHE BALP: one AuditEvent per patient), naming each record and the study."""
+    outcome now (IHE BALP: one AuditEvent per patient), naming each record and the study (here
+    a study of two patients, stored before such an object was refused)."""
     client, services = adapter
     first = received(record_id="rec-a")
     same_patient = [received(record_id=f"rec-{c}", StudyInstanceUID=first.StudyInstanceUID) for c in "bc"]
     other_patient = received(record_id="rec-d", StudyInstanceUID=first.StudyInstanceUID, PatientID="MRN-0002",
                              PatientName="Roe^Rick")
+    stored_before_studies_were_checked(monkeypatch)
     assert stow(client, first, *same_patient, other_patient).status_code == 200
     records = {ds.SOPInstanceUID: services.store.find_dicom_instance(ds.SOPInstanceUID)
                for ds in (first, *same_patient, other_patient)}

@@ -24,6 +24,7 @@ from adapter.config import StoreOptions
 from adapter.errors import (
     ConfigurationError,
     Conflict,
+    InstanceConflict,
     InvalidInput,
     NotFound,
     NotSupported,
@@ -969,6 +970,7 @@ def test_reindex_photo_study_dates_gives_each_study_its_first_photos_once_per_ve
     def stored(blob_sha256: str | None, study_date: str | None, study: str, minutes: int) -> DicomInstance:
         unit = make_dicom_unit()  # the instance of its record, the unit's Media
         unit.dicom_instance = make_instance(patient=unit.patient, record_id=unit.resources[0].id, study=study,
+                                            series=f"{study}.1",  # a series is one study's
                                             blob_sha256=blob_sha256, study_date=study_date,
                                             created=start + timedelta(minutes=minutes))
         unit.resources[0].resource["issued"] = f"2024-03-01T09:{minutes:02d}:00Z"  # which one study_of read
@@ -1021,6 +1023,99 @@ def test_a_photo_opening_its_study_is_refused_once_another_opened_it(store: SqlR
     late.opens_study = False  # made again, joining the study
     store.save_ingest(late)
     assert store.find_dicom_instance(late.dicom_instance.sop_instance_uid) is not None
+
+
+def test_an_instance_of_another_patient_is_not_filed_into_a_held_study_or_series(store: SqlRecordStore) -> None:
+    """The clinical safety review (finding 1): an instance of another patient whose study (and
+    series) another patient's instance holds was written, so the study held both patients'
+    images. One study is one patient's, and one series one study's (PS3.3 A.1.2): save_ingest
+    refuses an instance whose Study Instance UID is held for another patient, or whose Series
+    Instance UID is held in another study, with InstanceConflict naming the UID (never the other
+    patient's identifier), and writes nothing; the same patient's next instance of the study and
+    series is written. A posted photo's instance (no object as received) holds its study alike.
+    Seen failing: the other patient's instance was written."""
+    held = make_dicom_unit(make_instance(study="1.2.9", series="1.2.9.1", blob_sha256=None))
+    store.save_ingest(held)
+    same = make_dicom_unit(make_instance(study="1.2.9", series="1.2.9.1"))
+    store.save_ingest(same)  # the same patient's: its study and series
+    refused = [
+        (make_dicom_unit(make_instance(study="1.2.9", series="1.2.9.2", patient=OTHER_PATIENT),
+                         patient=OTHER_PATIENT), ["(0020,000D) StudyInstanceUID"], "study is held for another patient"),
+        (make_dicom_unit(make_instance(study="1.2.9", series="1.2.9.1", patient=OTHER_PATIENT),
+                         patient=OTHER_PATIENT), ["(0020,000D) StudyInstanceUID"], "study is held for another patient"),
+        (make_dicom_unit(make_instance(study="1.2.9", series="1.2.9.1",
+                                       patient=Identifier(system="urn:oid:9.9.9", value=PATIENT.value))),
+         ["(0020,000D) StudyInstanceUID"], "study is held for another patient"),
+        (make_dicom_unit(make_instance(study="1.2.10", series="1.2.9.1")), ["(0020,000E) SeriesInstanceUID"],
+         "series is held in another study"),
+        (make_dicom_unit(make_instance(study="1.2.10", series="1.2.9.1", patient=OTHER_PATIENT),
+                         patient=OTHER_PATIENT), ["(0020,000E) SeriesInstanceUID"], "series is held in another study"),
+    ]
+    audited = store.list_audit(1000)
+    for unit, expression, said in refused:
+        with pytest.raises(InstanceConflict) as conflict:
+            store.save_ingest(unit)
+        assert conflict.value.expression == expression and said in conflict.value.diagnostics
+        assert PATIENT.value not in conflict.value.diagnostics and OTHER_PATIENT.value not in conflict.value.diagnostics
+        assert unit.dicom_instance is not None and store.find_dicom_instance(unit.dicom_instance.sop_instance_uid) is None
+        assert all(store.get(new.resource_type, new.id) is None for new in unit.resources)
+    assert store.list_audit(1000) == audited
+    assert {i.patient for i in store.search_dicom_instances(study="1.2.9")} == {PATIENT}
+    assert store.search_dicom_instances(study="1.2.10") == []
+    # another study of the other patient is theirs to open
+    store.save_ingest(make_dicom_unit(make_instance(study="1.2.10", series="1.2.10.1", patient=OTHER_PATIENT),
+                                      patient=OTHER_PATIENT))
+
+
+@pytest.mark.parametrize("second_uids", [
+    {"study": "1.2.20", "series": "1.2.20.2", "patient": OTHER_PATIENT},  # the other patient, the same study
+    {"study": "1.2.21", "series": "1.2.20.1", "patient": PATIENT},  # the same series, another study
+], ids=["study", "series"])
+def test_two_patients_opening_one_study_at_once_do_not_both_get_it(store: SqlRecordStore,
+                                                                   second_uids: dict[str, Any]) -> None:
+    """Two instances of two patients in one study not held yet, saved at once: the first
+    writer's transaction is held open after it wrote its instance (an after-execute hook) while
+    the second saves. The second waits for the first to commit (SQLite's single writer,
+    PostgreSQL's advisory lock of the study) and is then refused: one study is one patient's.
+    The same holds for one series opened in two studies at once. Seen failing on PostgreSQL:
+    without the locks both were written."""
+    first = make_instance(study="1.2.20", series="1.2.20.1")
+    second = make_instance(**second_uids)
+    units = [make_dicom_unit(first, patient=first.patient), make_dicom_unit(second, patient=second.patient)]
+    wrote, second_done = threading.Event(), threading.Event()
+    holder: list[threading.Thread] = []
+    outcomes: dict[int, BaseException | None] = {}
+
+    def hold(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if threading.current_thread() in holder and statement.lstrip().upper().startswith(
+                "INSERT INTO DICOM_INSTANCES"):
+            wrote.set()
+            second_done.wait(1.5)  # the second's save, were it not to wait for this one
+
+    def save(n: int) -> None:
+        try:
+            store.save_ingest(units[n])
+            outcomes[n] = None
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            outcomes[n] = exc
+        finally:
+            if n == 1:
+                second_done.set()
+
+    sa.event.listen(store.engine, "after_cursor_execute", hold)
+    try:
+        threads = [threading.Thread(target=save, args=(n,)) for n in range(2)]
+        holder.append(threads[0])
+        threads[0].start()
+        assert wrote.wait(10)
+        threads[1].start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sa.event.remove(store.engine, "after_cursor_execute", hold)
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], InstanceConflict), outcomes[1]
+    assert store.find_dicom_instance(second.sop_instance_uid) is None
 
 
 def test_search_dicom_instances_by_study_date(store: SqlRecordStore) -> None:
