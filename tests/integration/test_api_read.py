@@ -2362,7 +2362,9 @@ def test_a_consent_period_that_ends_revalidates_the_reads_whose_labels_it_change
     treat = as_purpose("TREAT")
     with adapter_client(tmp_path) as (client, _):
         receipt = _ingest(client)
-        end = (datetime.now(UTC) + timedelta(seconds=2)).isoformat(timespec="seconds")
+        # the period ends a few seconds on (whole seconds: at least 4 s), time enough on a
+        # loaded machine for the writes and reads inside it (2 s failed under four test workers)
+        end = (datetime.now(UTC) + timedelta(seconds=5)).isoformat(timespec="seconds")
         created = client.post("/fhir/Consent", json=consent_resource(["TRAIN"], end=end), headers=json_type)
         assert created.status_code == 201, created.text
         time.sleep(1.05)
