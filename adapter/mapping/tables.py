@@ -94,6 +94,11 @@ class KindEntry(_Strict):
     needs_care_consent: bool = Field(alias="needsCareConsent")
     recognizable: bool
     warning: str | None = None
+    #: The DocumentReference types that say, without the adapter's photo-kind extension, that a
+    #: record sent over ``POST /fhir`` is of this kind (adapter.mapping.transaction): the
+    #: ``document`` kind's only, since a code that made a record clinical or secondary would decide
+    #: its consent from a guess at what the sender meant (safety review finding 2).
+    document_types: tuple[Coding, ...] = Field((), alias="documentTypes")
 
 
 class LateralityEntry(_Strict):
@@ -265,6 +270,11 @@ def load_tables(mappings_dir: Path, policy_path: Path) -> Tables:
     if not isinstance(kinds_raw, dict) or set(kinds_raw) != {k.value for k in PhotoKind}:
         raise PolicyError(f"{mappings_dir / 'kinds.yaml'}: must map exactly {[k.value for k in PhotoKind]}")
     kinds = {PhotoKind(k): _validate(KindEntry, v, mappings_dir / "kinds.yaml") for k, v in kinds_raw.items()}
+    for kind, entry in kinds.items():
+        if entry.document_types and kind is not PhotoKind.DOCUMENT:
+            raise PolicyError(f"{mappings_dir / 'kinds.yaml'}: {kind.value}.documentTypes: only the document kind "
+                              "lists DocumentReference types (a type that made a photo clinical or secondary would "
+                              "decide its consent from a code)")
     body_sites: BodySiteTable = _validate(BodySiteTable, _read_yaml(mappings_dir / "body_sites.yaml"),
                                           mappings_dir / "body_sites.yaml")
     policy = load_policy(policy_path, purposes)

@@ -34,8 +34,10 @@ patient                 subject.identifier and subject.reference (a conditional 
                         the Patient the Bundle carries (its fullUrl), that Patient's identifier
                         (subject.identifier names which when it has several) and no reference
                         (a fullUrl means nothing outside the Bundle)
-kind                    extension photo-kind; else DocumentReference → document; Media
-                        with modality DCM#XC or none → clinical; other modality → secondary
+kind                    extension photo-kind; else, for a DocumentReference, document when its
+                        type is one mappings/kinds.yaml lists (document.documentTypes: a report,
+                        a result, a form); else clinical, whatever the modality or resource
+                        type (:func:`_kind`: fail closed, a clinical photo needs consent)
 source                  extension photo-source; else clinician
 author                  Media.operator / DocumentReference.author[0]; for colleague sources
                         its display is the colleague's name (required); a local reference to a
@@ -94,7 +96,6 @@ from adapter.errors import (
 )
 from adapter.imaging.sniff import check_declared_upload
 from adapter.mapping.codes import (
-    DCM,
     EXT_CAPTURE_DEVICE,
     EXT_CONSENT_METHOD,
     EXT_CONSENT_RECORDED_BY,
@@ -433,17 +434,30 @@ def _ext_code(resource: Mapping[str, Any], url: str, allowed: Sequence[str], pat
     return str(value)
 
 
-def _kind(record: _Entry) -> PhotoKind:
+def _kind(record: _Entry, tables: Tables) -> PhotoKind:
+    """What the record shows, as its sender said it: the photo-kind extension; else, for a
+    DocumentReference, a ``type`` that mappings/kinds.yaml lists under ``document.documentTypes``
+    (a report, a result, a form: what an IHE MHD Document Source, which knows nothing of the
+    extension, says of a photographed document), provided no other coding of the type in the same
+    system names another concept; else clinical. A photo not said to be of a document or of an
+    image on another platform may be of the patient's body, which needs the patient's consent, so
+    it is not guessed to need none (fail closed; safety review finding 2): neither a DICOM
+    modality (ophthalmic OP and endoscopy ES photos are of the body) nor the resource type (a
+    Document Source sends every photo as a DocumentReference) nor a category (MHD's classCode
+    groups documents coarsely) decides it."""
     r = record.resource
     code = _ext_code(r, EXT_PHOTO_KIND, [k.value for k in PhotoKind], record.path)
     if code is not None:
         return PhotoKind(code)
-    if r["resourceType"] == "DocumentReference":
+    listed = {(c.system, c.code) for c in tables.kinds[PhotoKind.DOCUMENT].document_types}
+    concept = r.get("type") if r["resourceType"] == "DocumentReference" else None
+    codings = concept.get("coding") if isinstance(concept, Mapping) else None
+    said = [(c.get("system"), c.get("code")) for c in codings if isinstance(c, Mapping)] \
+        if isinstance(codings, list) else []
+    systems = {system for system, _ in listed}
+    if any(s in listed for s in said) and all(s in listed for s in said if s[0] in systems):
         return PhotoKind.DOCUMENT
-    modality = r.get("modality")
-    codings = modality.get("coding") if isinstance(modality, Mapping) else None
-    codes = [c.get("code") for c in codings or [] if isinstance(c, Mapping) and c.get("system") == DCM]
-    return PhotoKind.CLINICAL if not codes or "XC" in codes else PhotoKind.SECONDARY
+    return PhotoKind.CLINICAL
 
 
 def _attachment(record: _Entry) -> tuple[Mapping[str, Any], str]:
@@ -987,7 +1001,7 @@ class _DocumentReader:
         patient = self._subject(record)
         source = PhotoSource(_ext_code(r, EXT_PHOTO_SOURCE, [s.value for s in PhotoSource], record.path)
                              or PhotoSource.CLINICIAN.value)
-        meta: dict[str, Any] = {"patient": patient, "kind": _kind(record).value, "source": source.value}
+        meta: dict[str, Any] = {"patient": patient, "kind": _kind(record, tables).value, "source": source.value}
         author_raw = r.get("operator") if is_media else next(iter(r.get("author") or []), None)
         author_path = f"{record.path}.operator" if is_media else f"{record.path}.author[0]"
         author_raw = _contained_resolved(author_raw, r, author_path)
@@ -1049,9 +1063,12 @@ class _DocumentReader:
         try:
             photo_meta = TransactionPhotoMetadata.model_validate(meta)
         except ValidationError as exc:
-            text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-            raise InvalidInput(f"the Bundle does not give valid photo metadata: {text}",
-                               expression=record.path) from exc
+            errors = exc.errors()
+            text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+            # a body site with kind document (refused as POST /photos refuses it): the record's bodySite
+            where = f"{record.path}.bodySite" if is_media and errors and errors[0]["loc"][:1] == ("bodySite",) \
+                else record.path
+            raise InvalidInput(f"the Bundle does not give valid photo metadata: {text}", expression=where) from exc
         return TransactionDocument(meta=photo_meta, image_bytes=image_bytes, content_type=content_type,
                                    record_index=record.index, binary_index=binary.index,
                                    sent_size=(record.index, f"{att_path}.size", sent_size) if sent_size is not None

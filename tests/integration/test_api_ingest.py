@@ -738,6 +738,104 @@ def test_transaction_bundle_is_stored_like_a_photo(tmp_path: Path) -> None:
         assert again.status_code == 200 and _counts(services)[1] == 1
 
 
+def _unsaid_kind_bundles() -> list[tuple[str, dict[str, Any]]]:
+    """Photos of the body sent over POST /fhir without the adapter's photo-kind extension and
+    without a Consent (safety review finding 2): a Media of a forearm of DCM modality OP
+    (ophthalmic photography) and ES (endoscopy), and an IHE MHD DocumentReference of a pressure
+    ulcer, type LOINC 72170-4 "Photographic image"."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for modality, photo in (("OP", "wound.jpg"), ("ES", "lesion.png")):  # each its own bytes (else a replay)
+        bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+        bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] != "Consent"]
+        image = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary")
+        image.update(data=base64.b64encode((SAMPLES / photo).read_bytes()).decode(),
+                     contentType="image/png" if photo.endswith(".png") else "image/jpeg")
+        media = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media")
+        media["extension"] = [x for x in media["extension"] if not x["url"].endswith("/photo-kind")]
+        media["modality"] = {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": modality}]}
+        media["content"] = {**{k: v for k, v in media["content"].items() if k not in ("size", "hash")},
+                            "contentType": image["contentType"]}
+        for element in ("height", "width", "identifier"):  # the sample's, of its own bytes
+            media.pop(element, None)
+        out.append((modality, bundle))
+    binary = next(e for e in json.loads((SAMPLES / "bundle-transaction.json").read_text())["entry"]
+                  if e["resource"]["resourceType"] == "Binary")
+    binary["resource"] = {**binary["resource"], "data": base64.b64encode((SAMPLES / "tiny.jpg").read_bytes()).decode()}
+    document = {"resourceType": "DocumentReference", "status": "current",
+                "type": {"coding": [{"system": "http://loinc.org", "code": "72170-4", "display": "Photographic image"}]},
+                "subject": {"identifier": dict(PATIENT)}, "description": "Photo of pressure ulcer, sacrum",
+                "content": [{"attachment": {"contentType": "image/jpeg", "url": binary["fullUrl"]}}]}
+    out.append(("DocumentReference", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": binary["fullUrl"], "resource": {k: v for k, v in binary["resource"].items() if k != "securityContext"},
+         "request": {"method": "POST", "url": "Binary"}},
+        {"fullUrl": "urn:uuid:22222222-2222-4222-8222-222222222222", "resource": document,
+         "request": {"method": "POST", "url": "DocumentReference"}}]}))
+    return out
+
+
+def test_a_record_that_does_not_say_its_kind_needs_consent_as_a_clinical_photo(tmp_path: Path) -> None:
+    """Safety review finding 2 (HIGH): without the photo-kind extension a Media of DCM modality OP
+    or ES was stored as a ``secondary`` image (no consent, and the false warning "review the
+    original before diagnosis", in its DICOM copy too), and a DocumentReference of a wound photo as
+    a ``document`` (no consent). The sender has not said it is not a photo of the body: it is
+    clinical, refused without documented consent as ``POST /photos`` refuses a clinical photo
+    (422 at the consent), nothing stored; sent with a Consent, stored as a clinical photo."""
+    with adapter_client(tmp_path) as (client, services):
+        for what, bundle in _unsaid_kind_bundles():
+            body = _outcome(client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"}), 422)
+            assert "consent" in body["issue"][0]["diagnostics"].lower(), what
+            assert _counts(services) == (0, 0), what
+        consent = consent_resource_entry()
+        for what, bundle in _unsaid_kind_bundles():
+            bundle["entry"].append(consent)
+            r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json",
+                                                           "Prefer": "return=representation"})
+            assert r.status_code == 200, (what, r.text)
+            record = next(e["resource"] for e in r.json()["entry"]
+                          if e.get("resource", {}).get("resourceType") in ("Media", "DocumentReference"))
+            assert record["resourceType"] == "Media", what  # mappings/kinds.yaml: clinical photos are Media
+            kinds = [x["valueCode"] for x in record["extension"] if x["url"].endswith("/photo-kind")]
+            assert kinds == ["clinical"], what
+            assert not any("Secondary image" in n["text"] for n in record.get("note", [])), what
+
+
+def test_a_record_that_does_not_say_its_kind_is_consent_pending_under_allow_pending(tmp_path: Path) -> None:
+    """As ``POST /photos`` keeps a clinical photo without consent under ``allowPending``."""
+    with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, _):
+        for what, bundle in _unsaid_kind_bundles():
+            r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json",
+                                                           "Prefer": "return=representation"})
+            assert r.status_code == 200, (what, r.text)
+            record = next(e["resource"] for e in r.json()["entry"]
+                          if e.get("resource", {}).get("resourceType") in ("Media", "DocumentReference"))
+            assert any(x["url"].endswith("/consent-pending") for x in record["extension"]), what
+            assert client.get(f"/fhir/Media/{record['id']}", headers=as_purpose("TREAT")).status_code == 403, what
+
+
+def test_a_document_reference_of_a_listed_document_type_needs_no_consent(tmp_path: Path) -> None:
+    """A DocumentReference whose type mappings/kinds.yaml lists under ``document.documentTypes``
+    (LOINC 11502-2 Laboratory report) is a photographed document without the extension: stored
+    without consent, as ``POST /photos`` stores ``kind: document``."""
+    _, bundle = _unsaid_kind_bundles()[-1]
+    document = bundle["entry"][1]["resource"]
+    document["type"] = {"coding": [{"system": "http://loinc.org", "code": "11502-2", "display": "Laboratory report"}]}
+    document["description"] = "Photo of a laboratory report"
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text
+        location = r.json()["entry"][1]["response"]["location"]
+        assert location.startswith("DocumentReference/")
+        stored = client.get("/fhir/" + "/".join(location.split("/")[:2]), headers=as_purpose("TREAT"))
+        assert stored.status_code == 200
+        assert stored.json()["category"][0]["coding"][0]["code"] == "document"
+
+
+def consent_resource_entry() -> dict[str, Any]:
+    """The sample Bundle's Consent entry (TREAT, verbal), for the suite's patient."""
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    return next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+
+
 def test_a_bundle_with_a_consent_for_a_photo_stored_without_one_is_refused(tmp_path: Path) -> None:
     """The photo is stored for the patient already (same stored SHA-256), posted without a
     Consent: the Bundle's retry is answered from that receipt, which names no Consent to put in

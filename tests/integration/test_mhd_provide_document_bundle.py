@@ -536,6 +536,54 @@ def test_a_clinical_photo_without_consent_is_refused_pointing_into_the_bundle(tm
         assert _stored(services) == 0
 
 
+@pytest.mark.parametrize("document_type", [None, {"system": "http://loinc.org", "code": "72170-4",
+                                                   "display": "Photographic image"}])
+def test_a_document_source_that_does_not_say_the_kind_sends_a_clinical_photo(tmp_path: Path,
+                                                                             document_type: Any) -> None:
+    """Safety review finding 2 (HIGH): a Document Source knows nothing of the adapter's
+    photo-kind extension, and every DocumentReference without it was stored as a photographed
+    document, which needs no consent, whatever it showed (a wound photo, type LOINC 72170-4
+    "Photographic image"). Not said to be a document, it is a clinical photo: refused without
+    documented consent (422 at the record, as a clinical photo), nothing stored; with a Consent,
+    stored as one."""
+    bundle = provide_document_bundle(DOCUMENT)
+    document = bundle["entry"][1]["resource"]
+    del document["extension"]
+    if document_type is not None:
+        document["type"] = {"coding": [document_type]}
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 422, r.text
+        [issue] = r.json()["issue"]
+        assert "consent" in issue["diagnostics"] and issue["expression"] == ["Bundle.entry[1].resource"]
+        assert _stored(services) == 0
+        bundle["entry"].append({"fullUrl": "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000c1",
+                                "request": {"method": "POST", "url": "Consent"}, "resource": consent_resource(["TREAT"])})
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        location = r.json()["entry"][1]["response"]["location"]
+        assert location.startswith("Media/")  # mappings/kinds.yaml files a clinical photo as a Media
+        stored = client.get("/fhir/" + "/".join(location.split("/")[:2]), headers=as_purpose("TREAT")).json()
+        assert [x["valueCode"] for x in stored["extension"] if x["url"].endswith("/photo-kind")] == ["clinical"]
+
+
+def test_a_document_source_says_a_document_by_a_type_the_kinds_table_lists(tmp_path: Path) -> None:
+    """Without the extension, a DocumentReference whose type mappings/kinds.yaml lists under
+    ``document.documentTypes`` (LOINC 11502-2 Laboratory report) is a photographed document:
+    stored without consent, its type kept, found by ITI-67."""
+    bundle = provide_document_bundle(DOCUMENT)
+    document = bundle["entry"][1]["resource"]
+    del document["extension"]
+    document["type"] = {"coding": [{"system": "http://loinc.org", "code": "11502-2", "display": "Laboratory report"}]}
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers=FHIR)
+        assert r.status_code == 200, r.text
+        assert r.json()["entry"][1]["response"]["location"].startswith("DocumentReference/")
+        [found] = _found(client)
+        assert found["type"]["coding"][0]["code"] == "11502-2"
+        assert found["category"][0]["coding"][0]["code"] == "document"
+
+
 def test_what_fails_basic_fhir_validation_is_400_and_a_read_in_a_transaction_not_supported(tmp_path: Path) -> None:
     """MHD review: an entry without request (FHIR bdl-3), a Bundle without its type (1..1) and a
     resource that is no Bundle posted to the base were 422 (business rules); FHIR http.html gives

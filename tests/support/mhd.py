@@ -2,7 +2,12 @@
 (https://profiles.ihe.net/ITI/MHD/ITI-65.html): the Minimal ProvideBundle profile on the Bundle, a
 SubmissionSet List first whose ``entry.item`` names the DocumentReference, the DocumentReference
 (masterIdentifier, securityLabel, format, hash and size of the document) and the Binary, each
-with a ``urn:uuid`` fullUrl and ``request`` POST to its type."""
+with a ``urn:uuid`` fullUrl and ``request`` POST to its type.
+
+Each DocumentReference says it is a photographed document with the adapter's photo-kind
+extension (:data:`DOCUMENT_KIND`): without it a record is a clinical photo, which needs the
+patient's consent (safety review finding 2), and these documents are sent without one. A test of
+what a Document Source that knows nothing of the extension sends removes it."""
 
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ from tests.support.app import PATIENT
 MHD = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/"
 MHD_LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
 FORMAT_CODE = "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode"
+PHOTO_KIND = "http://clinical-image-adapter.org/fhir/StructureDefinition/photo-kind"
+#: The adapter's photo-kind extension saying the record is a photographed document (no consent for care).
+DOCUMENT_KIND = {"url": PHOTO_KIND, "valueCode": "document"}
 
 
 def submission_set_resource(items: list[str], *, entry_uuid: str | None = None,
@@ -42,6 +50,7 @@ def _document_entries(document: bytes, subject: dict[str, Any], *, content_type:
     """The DocumentReference entry of one document and its Binary entry."""
     document_reference = {
         "resourceType": "DocumentReference", "meta": {"profile": [MHD + "IHE.MHD.Minimal.DocumentReference"]},
+        "extension": [dict(DOCUMENT_KIND)],
         "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": unique_id},
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": dr}],
         "status": "current", "subject": subject, "date": "2026-11-01T10:00:00Z",

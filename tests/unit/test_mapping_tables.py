@@ -151,7 +151,7 @@ def test_a_duplicate_key_in_a_mapping_table_is_refused(tmp_path: Path) -> None:
         (mappings / name).write_text((MAPPINGS / name).read_text())
     kinds = (MAPPINGS / "kinds.yaml").read_text()
     (mappings / "kinds.yaml").write_text(kinds + "\n" + kinds.split("\n\n")[0] + "\n")
-    with pytest.raises(PolicyError, match="kinds.yaml: duplicate key 'clinical' at line 28"):
+    with pytest.raises(PolicyError, match="kinds.yaml: duplicate key 'clinical' at line 40"):
         load_tables(mappings, mappings / "policy.yaml")
 
 
@@ -188,3 +188,32 @@ def test_a_policy_may_bind_an_allowed_ae_title_to_its_hosts(tmp_path: Path) -> N
     tables = load_tables(MAPPINGS, _policy(tmp_path, lambda p: p.update(
         allowedAETitles=["PACS@10.1.2.0/24", "PACS@192.0.2.7", "MODALITY", "WS@2001:db8::1"])))
     assert tables.policy.allowed_ae_titles == ["PACS@10.1.2.0/24", "PACS@192.0.2.7", "MODALITY", "WS@2001:db8::1"]
+
+
+@pytest.mark.parametrize("kind", ["clinical", "secondary"])
+def test_document_types_are_for_the_document_kind_only(tmp_path: Path, kind: str) -> None:
+    """Safety review finding 2: a code that made a record secondary or clinical by itself would
+    decide its consent from what a sender's code was guessed to mean; only ``document`` lists the
+    DocumentReference types that say a record is a photographed document (over ``POST /fhir``)."""
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for name in ("purposes.yaml", "body_sites.yaml", "dicom.yaml", "policy.yaml"):
+        (mappings / name).write_text((MAPPINGS / name).read_text())
+    kinds = yaml.safe_load((MAPPINGS / "kinds.yaml").read_text())
+    kinds[kind]["documentTypes"] = [{"system": "http://loinc.org", "code": "11502-2"}]
+    (mappings / "kinds.yaml").write_text(yaml.safe_dump(kinds))
+    with pytest.raises(PolicyError) as info:
+        load_tables(mappings, mappings / "policy.yaml")
+    assert "kinds.yaml" in info.value.diagnostics and "documentTypes" in info.value.diagnostics
+
+
+def test_a_kinds_table_without_document_types_takes_no_code_as_a_document(tmp_path: Path) -> None:
+    """A deployment's own kinds.yaml written before ``documentTypes`` loads, and lists none."""
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for name in ("purposes.yaml", "body_sites.yaml", "dicom.yaml", "policy.yaml"):
+        (mappings / name).write_text((MAPPINGS / name).read_text())
+    kinds = yaml.safe_load((MAPPINGS / "kinds.yaml").read_text())
+    kinds["document"].pop("documentTypes", None)
+    (mappings / "kinds.yaml").write_text(yaml.safe_dump(kinds))
+    assert all(not k.document_types for k in load_tables(mappings, mappings / "policy.yaml").kinds.values())

@@ -120,17 +120,103 @@ def test_document_reference_bundle(jpeg: bytes) -> None:
     assert sub.entry_roles == ("binary", "record")
 
 
-def test_kind_inferred_without_extension(jpeg: bytes) -> None:
+def _without_kind(record: dict[str, Any]) -> dict[str, Any]:
+    record["extension"] = [e for e in record["extension"] if e["url"] not in (codes.EXT_PHOTO_KIND,
+                                                                              codes.EXT_PHOTO_SOURCE)]
+    return record
+
+
+@pytest.mark.parametrize("modality", ["XC", "OT", "OP", "ES", "SM", None])
+def test_a_media_that_does_not_say_its_kind_is_clinical_whatever_its_modality(jpeg: bytes,
+                                                                               modality: str | None) -> None:
+    """Safety review finding 2: without the photo-kind extension a Media of any DCM modality but XC
+    (ophthalmic photography OP, endoscopy ES…) was taken as ``secondary``, a photo of an x-ray or
+    screen, which needs no consent and is stamped "review the original before diagnosis": a body
+    photo skipped consent. The sender has not said it is not of the body: clinical (fail closed)."""
     bundle = transaction_bundle(jpeg)
-    media = bundle["entry"][1]["resource"]
-    media["extension"] = [e for e in media["extension"] if e["url"] not in (codes.EXT_PHOTO_KIND,
-                                                                            codes.EXT_PHOTO_SOURCE)]
-    assert parse(bundle).meta.kind is PhotoKind.CLINICAL
-    media["modality"]["coding"][0]["code"] = "OT"
-    assert parse(bundle).meta.kind is PhotoKind.SECONDARY
-    del media["modality"]
+    media = _without_kind(bundle["entry"][1]["resource"])
+    if modality is None:
+        del media["modality"]
+    else:
+        media["modality"]["coding"][0]["code"] = modality
     sub = parse(bundle)
     assert sub.meta.kind is PhotoKind.CLINICAL and sub.meta.source is PhotoSource.CLINICIAN
+    assert sub.meta.body_site == "14975008"
+
+
+PHOTOGRAPHIC_IMAGE = {"system": codes.LOINC, "code": "72170-4", "display": "Photographic image"}
+LABORATORY_REPORT = {"system": codes.LOINC, "code": "11502-2", "display": "Laboratory report"}
+
+
+@pytest.mark.parametrize("type_codings, category", [
+    (None, None),
+    ([PHOTOGRAPHIC_IMAGE], None),
+    ([{"system": "urn:oid:2.999.9", "code": "wound-photo"}], None),
+    # two LOINC concepts in one type contradict each other: not taken as the report
+    ([LABORATORY_REPORT, PHOTOGRAPHIC_IMAGE], None),
+    # a category (MHD classCode) groups documents coarsely: it does not say what this one is
+    (None, [LABORATORY_REPORT]),
+    ([PHOTOGRAPHIC_IMAGE], [LABORATORY_REPORT]),
+])
+def test_a_document_reference_that_does_not_say_its_kind_is_clinical(jpeg: bytes, type_codings: Any,
+                                                                     category: Any) -> None:
+    """Safety review finding 2: a DocumentReference without the photo-kind extension was taken as
+    a photographed ``document``, which needs no consent, whatever it showed: an IHE MHD Document
+    Source's wound photo (type LOINC 72170-4 "Photographic image") skipped consent. Only a type
+    mappings/kinds.yaml lists as a document's (``documentTypes``) says so; else clinical."""
+    bundle = _document_bundle(jpeg)
+    document = _without_kind(bundle["entry"][1]["resource"])
+    document.pop("type", None)
+    document.pop("category", None)
+    if type_codings is not None:
+        document["type"] = {"coding": type_codings}
+    if category is not None:
+        document["category"] = [{"coding": category}]
+    assert parse(bundle).meta.kind is PhotoKind.CLINICAL
+
+
+@pytest.mark.parametrize("code", ["11502-2", "18842-5", "59284-0"])
+def test_a_document_reference_of_a_document_type_the_kinds_table_lists_is_a_document(jpeg: bytes,
+                                                                                    code: str) -> None:
+    """A standard MHD Document Source does not know the adapter's extension; a DocumentReference
+    whose type is one mappings/kinds.yaml lists under ``document.documentTypes`` (a report, a
+    result, a consent form) says it is a document, with a translation in another system beside."""
+    bundle = _document_bundle(jpeg)
+    document = _without_kind(bundle["entry"][1]["resource"])
+    document["type"] = {"coding": [{"system": codes.LOINC, "code": code},
+                                   {"system": "urn:oid:2.999.9", "code": "local-report"}]}
+    assert parse(bundle).meta.kind is PhotoKind.DOCUMENT
+
+
+def test_the_photo_kind_extension_decides_over_a_document_type(jpeg: bytes) -> None:
+    bundle = _document_bundle(jpeg)
+    document = bundle["entry"][1]["resource"]
+    document["type"] = {"coding": [LABORATORY_REPORT]}
+    next(e for e in document["extension"] if e["url"] == codes.EXT_PHOTO_KIND)["valueCode"] = "clinical"
+    assert parse(bundle).meta.kind is PhotoKind.CLINICAL
+
+
+def test_documents_types_are_listed_for_documents_only_and_no_photographic_image() -> None:
+    kinds = tables().kinds
+    assert kinds[PhotoKind.DOCUMENT].document_types
+    assert not kinds[PhotoKind.CLINICAL].document_types and not kinds[PhotoKind.SECONDARY].document_types
+    assert "72170-4" not in {c.code for c in kinds[PhotoKind.DOCUMENT].document_types}
+
+
+def test_a_media_of_a_document_with_a_body_site_is_refused_as_post_photos_refuses_it(jpeg: bytes) -> None:
+    """A photographed document shows no part of the body: ``POST /photos`` refuses ``bodySite``
+    with ``kind: document`` (422 at ``bodySite``), and so does a transaction, naming the record's
+    bodySite. A secondary image (a photo of an x-ray of the forearm) may say its site, as over
+    ``POST /photos``."""
+    bundle = transaction_bundle(jpeg)
+    media = bundle["entry"][1]["resource"]
+    next(e for e in media["extension"] if e["url"] == codes.EXT_PHOTO_KIND)["valueCode"] = "document"
+    err = refused(bundle, InvalidInput)
+    assert err.expression == ["Bundle.entry[1].resource.bodySite"]
+    assert "clinical" in err.diagnostics
+    next(e for e in media["extension"] if e["url"] == codes.EXT_PHOTO_KIND)["valueCode"] = "secondary"
+    sub = parse(bundle)
+    assert sub.meta.kind is PhotoKind.SECONDARY and sub.meta.body_site == "14975008"
 
 
 def test_binary_referenced_by_id(jpeg: bytes) -> None:
