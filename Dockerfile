@@ -14,7 +14,11 @@
 #        -e ADAPTER_ENVIRONMENT=development to try the image (or ADAPTER_POLICY naming it).
 #        The HTTP API authenticates no caller (README, "Before you deploy"): it listens on 0.0.0.0
 #        inside the container, so publish it on the host's loopback (or only to the gateway in front
-#        of it), never as -p 8080:8080, which serves every network the host is on. The DICOM SCP
+#        of it), never as -p 8080:8080, which serves every network the host is on. It answers only
+#        requests naming ADAPTER_BASE_URL's host, ADAPTER_ALLOWED_HOSTS, 127.0.0.1/localhost/[::1] at its
+#        port (the HEALTHCHECK's) or the address a connection arrived at (others: 421, against DNS
+#        rebinding): published on another host port, or behind a gateway forwarding its own name in
+#        Host, list that host[:port] in ADAPTER_ALLOWED_HOSTS. The DICOM SCP
 #        admits only the calling AE titles listed (none by default), which any peer can claim:
 #        publish it only on the address the PACS reaches.
 # Health: the HEALTHCHECK asks /health (the process answers): a container is unhealthy when the

@@ -376,6 +376,7 @@ def _serve_http(settings: Settings, services: Services | None = None, *,
     lets requests under way finish), so that what else listens stops taking work at once."""
     import uvicorn
 
+    from adapter.api.allowed_hosts import AllowedHosts
     from adapter.api.asgi import STARTUP_FAILURE, SUPERVISOR_PID_ENV, build_app, settings_environment
     from adapter.api.request_limits import bounded_http_protocol
 
@@ -384,6 +385,9 @@ def _serve_http(settings: Settings, services: Services | None = None, *,
              settings.http_port, settings.http_workers, "es" if settings.http_workers > 1 else "",
              "SQLite" if settings.resolved_database_url.startswith("sqlite") else "PostgreSQL",
              settings.data_dir)
+    # what a request's Host may name (others: 421), so that an operator sees what to list
+    log.info("HTTP answers for the hosts %s; ADAPTER_ALLOWED_HOSTS adds others",
+             AllowedHosts.of(settings).describe())
     # uvicorn's access log prints query strings (patient identifiers): ours prints paths only.
     options: dict[str, Any] = {"host": settings.http_host, "port": settings.http_port, "access_log": False,
                                "log_level": settings.log_level.lower(), "timeout_keep_alive": 30,

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapter.errors import ConfigurationError
 from adapter.model.ae_title import Network
+from adapter.model.authority import Authority, parse_authority
 from adapter.model.network import proxy_network
 from adapter.text import is_digits
 
@@ -64,6 +65,22 @@ def installed_policy() -> Path | None:
     copy first), when there is one."""
     found = example_policies()
     return found[0] if found else None
+
+
+def allowed_hosts_of(setting: str) -> list[Authority]:
+    """The hosts of ADAPTER_ALLOWED_HOSTS ``setting``, each ``host[:port]``; ConfigurationError
+    for anything else (a scheme, a path, a wildcard: a name any domain could match would let a
+    rebinding page in again: adapter.api.allowed_hosts)."""
+    out = []
+    for item in (h.strip() for h in setting.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(parse_authority(item))
+        except ValueError:
+            raise ConfigurationError(f"ADAPTER_ALLOWED_HOSTS: '{item[:60]}' is not a host[:port] (a name, an IPv4 "
+                                     "address or an IPv6 one in brackets; no scheme, path or wildcard)") from None
+    return out
 
 
 #: The log levels ADAPTER_LOG_LEVEL takes, most verbose first.
@@ -220,6 +237,11 @@ class Settings(BaseSettings):
         "proxies whose X-Forwarded-For (and X-Forwarded-Proto) the adapter believes; empty: nobody's, the caller "
         "is its TCP peer. A forwarded address is recorded beside the proxy's, never instead of it.")
 
+    allowed_hosts: str = Field(
+        "", description="Comma-separated host[:port] names the HTTP API answers for besides ADAPTER_BASE_URL's host "
+        "and the names of its listening address (the Host a reverse proxy forwards, e.g. adapter.hospital.example); "
+        "a request naming another host gets 421. No wildcard.")
+
     cors_origins: str = Field(
         "", description="Comma-separated web origins (scheme://host[:port]) whose pages may call the API from a "
         "browser (CORS), e.g. a DICOMweb viewer; empty: none. '*' is refused.")
@@ -237,6 +259,11 @@ class Settings(BaseSettings):
                 raise ConfigurationError(f"ADAPTER_CORS_ORIGINS: '{item[:60]}' is not an origin scheme://host[:port]")
             out.append(item)
         return out
+
+    @property
+    def allowed_host_authorities(self) -> list[Authority]:
+        """The hosts of ADAPTER_ALLOWED_HOSTS (:func:`allowed_hosts_of`)."""
+        return allowed_hosts_of(self.allowed_hosts)
 
     @property
     def trusted_proxy_networks(self) -> list[Network]:
@@ -293,10 +320,21 @@ class Settings(BaseSettings):
         if v is None:
             return v
         scheme, sep, rest = v.partition("://")
+        try:  # its host[:port] is admitted (adapter.api.allowed_hosts): no user information either
+            parse_authority(rest.split("/", 1)[0])
+        except ValueError:
+            rest = ""
         if scheme not in ("http", "https") or not sep or not rest or rest.startswith("/") \
                 or any(c in v for c in "?# "):
             raise ValueError("must be an absolute http(s) URL without query or fragment, e.g. "
                              "https://adapter.hospital.example")
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_authorities(cls, v: str) -> str:
+        # at start, and in `check` (a ConfigurationError, naming the setting)
+        allowed_hosts_of(v)
         return v
 
     @field_validator("trusted_proxies")

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
+from adapter.api.allowed_hosts import AllowedHosts, AllowedHostsMiddleware
 from adapter.api.cross_site import CrossSiteWriteMiddleware
 from adapter.api.forwarded import ForwardedForMiddleware
 from adapter.api.head import HeadMiddleware
@@ -57,8 +58,12 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     app.add_middleware(TrailingSlashMiddleware)  # innermost: routed (and logged) without the slash
     app.add_middleware(HeadMiddleware)  # innermost: the other middlewares see HEAD
     app.add_middleware(CancelledRequestMiddleware)  # its 503 gets the headers of the ones outside it
+    hosts = AllowedHosts.of(services.settings)
     # inside NoStore: its refusals carry the headers every answer does; a simple POST needs no preflight
-    app.add_middleware(CrossSiteWriteMiddleware, allowed_origins=services.settings.allowed_cors_origins)
+    app.add_middleware(CrossSiteWriteMiddleware, allowed_origins=services.settings.allowed_cors_origins, hosts=hosts)
+    # a Host the adapter does not answer for (DNS rebinding), refused before anything else is read;
+    # inside ForwardedFor, whose X-Forwarded-Proto from a trusted proxy sets the scheme
+    app.add_middleware(AllowedHostsMiddleware, hosts=hosts)
     app.add_middleware(NoStoreMiddleware)
     app.add_middleware(BodyTimeoutMiddleware, seconds=services.settings.http_body_timeout)
     origins = services.settings.allowed_cors_origins

@@ -9,7 +9,10 @@ the page, the write was done. A browser names the page's origin in ``Origin`` on
 POST and PUT (Fetch standard), and ``Sec-Fetch-Site: cross-site`` on modern ones: a write carrying
 an origin not listed in ``ADAPTER_CORS_ORIGINS`` (``null`` included: a sandboxed page, a file), or
 marked cross-site without one, is refused before anything is read of it; the adapter's own pages
-(``/docs``, whose origin is the request's Host) write as before. Integration engines,
+(``/docs``, whose origin names a host the adapter answers for: adapter.api.allowed_hosts) write as
+before. An origin equal to the request's ``Host`` is not enough: a page whose domain an attacker
+re-pointed at the adapter (DNS rebinding) names its domain in both (security review finding 1).
+Integration engines,
 PACS, curl and the capture apps send neither, and are not concerned; a listed origin writes as
 before.
 """
@@ -20,7 +23,9 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from adapter.api.allowed_hosts import AllowedHosts
 from adapter.api.headers import HttpMiddleware, send_outcome
+from adapter.model.authority import parse_authority
 
 log = logging.getLogger("adapter.api")
 
@@ -34,9 +39,10 @@ _DIAGNOSTICS = ("a write from a web page of another origin is refused: list the 
 class CrossSiteWriteMiddleware(HttpMiddleware):
     """Refuses (403 OperationOutcome) a write from a page of an unlisted origin (module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, allowed_origins: list[str]) -> None:
+    def __init__(self, app: ASGIApp, *, allowed_origins: list[str], hosts: AllowedHosts) -> None:
         super().__init__(app)
         self._allowed = frozenset(allowed_origins)
+        self._hosts = hosts
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] in _SAFE_METHODS or self._same_site(scope):
@@ -47,21 +53,27 @@ class CrossSiteWriteMiddleware(HttpMiddleware):
 
     def _same_site(self, scope: Scope) -> bool:
         """Not a page of another origin: none named (not a browser), the adapter's own (its
-        /docs page: the origin's host is the request's Host), or one listed."""
+        /docs page: the origin names a host the adapter answers for), or one listed."""
         origin: str | None = None
-        host = ""
         cross_site = False
         for name, value in scope.get("headers", ()):
             if name == b"origin":
                 origin = value.decode("latin-1").strip().rstrip("/")
-            elif name == b"host":
-                host = value.decode("latin-1").strip().lower()
             elif name == b"sec-fetch-site":
                 cross_site = value.decode("latin-1").strip().lower() == "cross-site"
         if origin is None:
             return not cross_site
         if origin in self._allowed:
             return True
+        return not cross_site and self._own(origin, scope)
+
+    def _own(self, origin: str, scope: Scope) -> bool:
+        """Whether ``origin`` is a page of the adapter's own: one of the hosts it answers for."""
         scheme, sep, authority = origin.partition("://")
-        return bool(sep) and scheme in ("http", "https") and bool(host) and authority.lower() == host \
-            and not cross_site
+        scheme = scheme.lower()
+        if not sep or scheme not in ("http", "https"):
+            return False
+        try:
+            return self._hosts.admits(parse_authority(authority), scheme, scope.get("server"))
+        except ValueError:
+            return False

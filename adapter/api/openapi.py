@@ -10,7 +10,8 @@ see. So they declare it, with what is here, each concern once:
 * the request bodies (:func:`request_body`) the routes read from the stream themselves.
 
 :func:`install_openapi` adds what every operation shares: the schemas referred to, a 500
-OperationOutcome, and the OperationOutcome a validation error (422) really gets instead of
+OperationOutcome, a 400 and a 421 for a Host header that names no host or another host
+(adapter.api.allowed_hosts), and the OperationOutcome a validation error (422) really gets instead of
 FastAPI's own HTTPValidationError; and, on the FHIR routes (``/fhir``), FHIR XML wherever FHIR
 JSON is declared, answers (refusals included) and request bodies alike (adapter.api.fhir_xml). tests/integration/test_openapi.py makes real requests and
 checks that each status and content type answered is declared for its path and method.
@@ -52,7 +53,8 @@ BYTES_SCHEMA = {"type": "string", "format": "binary"}
 #: PS3.18 for DICOMweb); a route lists the ones it answers through the concern sets below.
 REFUSALS: dict[int, str] = {
     400: "Bad request: X-Purpose-Of-Use unknown or given more than once, a parameter or element not supported "
-         "here, a malformed resource or body, or a request that did not arrive whole",
+         "here, a malformed resource or body, a request that did not arrive whole, or a Host header that names no "
+         "host",
     403: "Forbidden: no X-Purpose-Of-Use, or what was asked is not permitted for that purpose (consent, policy); "
          "a refusal on consent grounds says little; a write stating a purpose that sees less than the whole record "
          "(TRAIN, HRESCH...)",
@@ -67,6 +69,8 @@ REFUSALS: dict[int, str] = {
     412: "Precondition failed: If-Match names another version than the current one",
     413: "Payload too large (ADAPTER_MAX_UPLOAD_BYTES and the request's own limits); nothing stored",
     415: "Unsupported media type: the request body's Content-Type is not one this operation takes",
+    421: "Misdirected request: the Host header names a host this adapter does not answer for (ADAPTER_BASE_URL's, "
+         "ADAPTER_ALLOWED_HOSTS, its listening address); nothing was read",
     422: "Unprocessable: an invalid or unknown parameter, element, code or image, a broken business rule, or a "
          "request too costly to answer",
     500: "Internal error (the body holds no internals)",
@@ -238,12 +242,12 @@ def _fhir_xml_too(operation: dict[str, Any]) -> None:
 
 
 def _shared_refusals(responses: dict[str, Any]) -> None:
-    """What every operation may answer: 500 (adapter.api.outcome), and a validation error of a
-    parameter or body FastAPI validates (422) as the OperationOutcome it gets instead of FastAPI's
-    HTTPValidationError."""
+    """What every operation may answer: 500 (adapter.api.outcome), 400 and 421 (a Host that names
+    no host, or another: adapter.api.allowed_hosts), and a validation error of a parameter or body
+    FastAPI validates (422) as the OperationOutcome it gets instead of FastAPI's HTTPValidationError."""
     answer = responses.get("422")
     if answer and "HTTPValidationError" in str(answer.get("content", {}).get(JSON)):
         answer["content"] = {FHIR_JSON: {"schema": OUTCOME_SCHEMA}}
         answer["description"] = REFUSALS[422]
-    for status, answer in refusals(500).items():
+    for status, answer in refusals(400, 421, 500).items():
         responses.setdefault(str(status), answer)

@@ -27,8 +27,10 @@ TREAT = {"X-Purpose-Of-Use": "TREAT"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAdapter]:
+    # the raw requests name the adapter "adapter" (Host), as a proxy in front would: a host it answers for
     with running_adapter(tmp_path_factory.mktemp("timeouts"), ADAPTER_HTTP_HEADER_TIMEOUT=str(TIMEOUT),
-                         ADAPTER_HTTP_BODY_TIMEOUT=str(TIMEOUT), ADAPTER_DICOM_ENABLED="false") as running:
+                         ADAPTER_HTTP_BODY_TIMEOUT=str(TIMEOUT), ADAPTER_DICOM_ENABLED="false",
+                         ADAPTER_ALLOWED_HOSTS="adapter") as running:
         yield running
 
 

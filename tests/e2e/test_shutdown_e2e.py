@@ -32,6 +32,10 @@ from tests.support.server import running_adapter
 TREAT = {"X-Purpose-Of-Use": "TREAT"}
 
 
+#: The host the raw requests name (Host), as a proxy in front would: one the adapter answers for.
+NAMED = {"ADAPTER_ALLOWED_HOSTS": "adapter"}
+
+
 def _photo_request() -> tuple[bytes, bytes]:
     meta = json.dumps({"patient": PATIENT, "kind": "clinical", "source": "clinician",
                        "consent": {"purposes": ["TREAT"], "method": "verbal"}}).encode()
@@ -89,7 +93,7 @@ def test_sigterm_with_an_upload_and_a_c_store_in_flight(tmp_path: Path) -> None:
     rows, columns = 1500, 2000  # native RGB noise: its lossless PNG keeps the ingest busy about a second
     sent = native_sc_file(big, os.urandom(rows * columns * 3), rows, columns)
     head, body = _photo_request()
-    env = {"ADAPTER_DICOM_ALLOWED_AE_TITLES": "STORESCU", "ADAPTER_HTTP_BODY_TIMEOUT": "5"}
+    env = {"ADAPTER_DICOM_ALLOWED_AE_TITLES": "STORESCU", "ADAPTER_HTTP_BODY_TIMEOUT": "5", **NAMED}
     ready = lambda s: echoscu(s.dicom_port, "ADAPTER", calling_aet="STORESCU", check=False).returncode == 0
     with running_adapter(tmp_path, ready=ready, **env) as server:
         upload = socket.create_connection(("127.0.0.1", server.http_port))
@@ -143,7 +147,7 @@ def test_sigterm_stops_new_associations_at_once_while_an_upload_finishes(tmp_pat
     require_or_skip(missing is None, missing or "")
     head, body = _photo_request()
     env = {"ADAPTER_DICOM_ALLOWED_AE_TITLES": "ECHOSCU", "ADAPTER_HTTP_BODY_TIMEOUT": "20",
-           "ADAPTER_HTTP_WORKERS": workers}
+           "ADAPTER_HTTP_WORKERS": workers, **NAMED}
     ready = lambda s: echoscu(s.dicom_port, "ADAPTER", check=False).returncode == 0
     with running_adapter(tmp_path, ready=ready, **env) as server:
         upload = socket.create_connection(("127.0.0.1", server.http_port))
@@ -168,7 +172,7 @@ def test_sigterm_with_an_upload_trickling_in_ends_within_the_body_timeout(tmp_pa
     uvicorn waited for it without limit: the stop took as long as the client wished. It now gets
     the body timeout, is cancelled, and nothing of it is stored."""
     head, body = _photo_request()
-    with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false", ADAPTER_HTTP_BODY_TIMEOUT="2") as server, \
+    with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false", ADAPTER_HTTP_BODY_TIMEOUT="2", **NAMED) as server, \
             socket.create_connection(("127.0.0.1", server.http_port)) as upload:
         upload.sendall(head + body[:300])
         os.killpg(server.pid, signal.SIGTERM)

@@ -29,8 +29,10 @@ DICOM_RELATED = f'multipart/related; type="application/dicom"; boundary={BOUNDAR
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAdapter]:
+    # the raw requests name the adapter "adapter" (Host), as a proxy in front would: a host it answers for
     with running_adapter(tmp_path_factory.mktemp("stow"), ADAPTER_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
-                         ADAPTER_HTTP_BODY_TIMEOUT=str(TIMEOUT), ADAPTER_DICOM_ENABLED="false") as running:
+                         ADAPTER_HTTP_BODY_TIMEOUT=str(TIMEOUT), ADAPTER_DICOM_ENABLED="false",
+                         ADAPTER_ALLOWED_HOSTS="adapter") as running:
         yield running
 
 

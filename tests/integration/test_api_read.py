@@ -1423,7 +1423,7 @@ def test_a_web_page_of_another_origin_cannot_write_by_a_simple_post(tmp_path: Pa
             assert consent.status_code == 403, consent.text
         assert len(services.store.list_audit(1000)) == before  # nothing was read, nothing stored
         assert post_photo(client, SAMPLES / "wound.jpg", metadata(), headers={"Origin": viewer}).status_code == 201
-        own = "http://testserver"  # the adapter's own /docs page: the origin is the request's Host
+        own = "http://testserver"  # the adapter's own /docs page: a host it answers for
         assert post_photo(client, SAMPLES / "lesion.png", metadata(), headers={
             "Origin": own, "Sec-Fetch-Site": "same-origin"}).status_code == 201
         assert post_photo(client, SAMPLES / "tiny.jpg", metadata(kind="document", consent=None)).status_code == 201

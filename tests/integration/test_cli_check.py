@@ -45,6 +45,7 @@ def test_check_passes_the_shipped_configuration_and_writes_nothing(tmp_path: Pat
      "dicom.yaml: patientIdentifiers.unknownIssuer"),
     (lambda t: {"ADAPTER_DATABASE_URL": "postgres://adapter@127.0.0.1/adapter"}, "ADAPTER_DATABASE_URL"),
     (lambda t: {"ADAPTER_DICOM_ALLOWED_AE_TITLES": "THIS_AE_TITLE_IS_TOO_LONG"}, "AE title"),
+    (lambda t: {"ADAPTER_ALLOWED_HOSTS": "adapter.hospital.example, *.hospital.example"}, "ADAPTER_ALLOWED_HOSTS"),
 ])
 def test_check_refuses_what_serve_refuses(tmp_path: Path, setup, named: str) -> None:  # type: ignore[no-untyped-def]
     # check said "valid" for a dicom.yaml and a UID root serve then refused (ops review 3)

@@ -617,14 +617,14 @@ def test_a_deployment_may_file_clinical_photos_as_document_references(tmp_path: 
     from adapter.api.app import create_app
     from adapter.config import Settings
     from adapter.services.registry import build_services
-    from tests.support.app import FhirClient, metadata, post_photo
+    from tests.support.app import TEST_HOST, FhirClient, metadata, post_photo
 
     mappings = tmp_path / "mappings"
     shutil.copytree(ROOT / "mappings", mappings)
     kinds = mappings / "kinds.yaml"
     kinds.write_text(kinds.read_text().replace("clinical:\n  resource: Media", "clinical:\n  resource: DocumentReference", 1))
     services = build_services(Settings(data_dir=tmp_path / "data", policy=mappings / "policy.yaml",
-                                       mappings_dir=mappings))
+                                       mappings_dir=mappings, allowed_hosts=TEST_HOST))
     clinical = [{"url": "http://clinical-image-adapter.org/fhir/StructureDefinition/photo-kind", "valueCode": "clinical"}]
     with FhirClient(create_app(services), raise_server_exceptions=False) as client:
         bundle = provide_document_bundle(DOCUMENT)

@@ -121,18 +121,21 @@ def test_declares_media_types_with_their_parameters() -> None:
 
 
 def test_every_operation_declares_its_refusals_as_operation_outcomes(api: CheckedClient) -> None:
-    """Every operation declares 500, and every 4xx/5xx it answers with FHIR JSON is an
-    OperationOutcome; no operation keeps FastAPI's HTTPValidationError, which is never answered."""
+    """Every operation declares 500, 400 and 421 (a Host that names no host, or one the adapter
+    does not answer for), and every 4xx/5xx it answers with FHIR JSON is an OperationOutcome; no
+    operation keeps FastAPI's HTTPValidationError, which is never answered."""
     schemas = api.doc["components"]["schemas"]
     assert "OperationOutcome" in schemas and "HTTPValidationError" not in schemas
     for path, operations in api.doc["paths"].items():
         for method, operation in operations.items():
             responses = operation["responses"]
-            assert "500" in responses, f"{method} {path}"
+            assert {"500", "421", "400"} <= set(responses), f"{method} {path}"
             for status, answer in responses.items():
                 fhir = answer.get("content", {}).get("application/fhir+json")
                 if int(status) >= 400 and fhir is not None:
                     assert fhir["schema"] == {"$ref": "#/components/schemas/OperationOutcome"}, (method, path, status)
+    assert api.get("/health", headers={"Host": "rebind.attacker.example"}).status_code == 421
+    assert api.get("/fhir/metadata", headers={"Host": "rebind attacker"}).status_code == 400
 
 
 def test_photo_upload_is_declared_as_multipart_form_data(api: CheckedClient) -> None:

@@ -19,6 +19,9 @@ from adapter.services.registry import Services, build_services
 from tests.conftest import ROOT, record_emitted, record_emitted_xml
 
 PATIENT = {"system": "urn:oid:2.999.1.1", "value": "MRN-0001"}
+#: The host TestClient names in every request (Host: testserver): an app it calls lists it in
+#: ADAPTER_ALLOWED_HOSTS, as a deployment lists the names its reverse proxy forwards.
+TEST_HOST = "testserver"
 
 
 def write_policy(folder: Path, **overrides: Any) -> Path:
@@ -53,6 +56,7 @@ class FhirClient(TestClient):
 def adapter_client(tmp_path: Path, *, database_url: str | None = None, policy: dict[str, Any] | None = None,
                    **settings: Any) -> Iterator[tuple[FhirClient, Services]]:
     policy_path = write_policy(tmp_path, **(policy or {}))
+    settings.setdefault("allowed_hosts", TEST_HOST)
     s = Settings(data_dir=tmp_path / "data", policy=policy_path, mappings_dir=ROOT / "mappings",
                  database_url=database_url, **settings)
     services = build_services(s)
