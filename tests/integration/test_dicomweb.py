@@ -695,8 +695,14 @@ def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[Fhir
                    if e["agent"][2].get("purposeOfUse", [{}])[0].get("coding", [{}])[0].get("code") == "TRAIN"
                    and e["action"] == "R"]
     assert {e["outcome"] for e in train_reads} == {"0", "4"}
+    # the original UIDs found nothing (the instance, then the study): audited so, naming the UIDs
+    # as asked, no record
+    missed = [e for e in train_reads if e.get("outcomeDesc") == "not found in the de-identified view of TRAIN"]
+    assert [(study_uids(e), sop_instance_uids(e)) for e in missed] == [([a.StudyInstanceUID], []),
+                                                                       ([a.StudyInstanceUID], [a.SOPInstanceUID])]
+    assert not any("reference" in x["what"] for e in missed for x in e["entity"])
     assert all(any(x.get("what", {}).get("reference", "").startswith(("Media/", "DocumentReference/"))
-                   for x in e["entity"]) for e in train_reads)
+                   for x in e["entity"]) for e in train_reads if e not in missed)
 
 
 def rewrite_stored(services: Services, sop_uid: str, header: bytes, vr: bytes) -> None:
