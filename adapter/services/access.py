@@ -238,8 +238,9 @@ def _image_in_view(data: bytes, content_type: str, view: View, max_pixels: int, 
     """A Binary's bytes as ``view`` releases them: the de-identified view gets image bytes with no
     metadata at all, turned upright when they were stored with an EXIF Orientation (without the
     tag they would lie on their side: adapter.imaging.thumbnail.upright; ``max_pixels`` bounds
-    that decode); the pseudonymised view the same but for the orientation (no ICC profile: its
-    text tags can name a person or a device, and the DICOM copies of both views drop it too);
+    that decode); the pseudonymised view the same but for the orientation, kept as an
+    Orientation-only EXIF (adapter.imaging.strip_but_orientation: no ICC profile, whose text tags
+    can name a person or a device, and the DICOM copies of both views drop it too);
     each written in its view's own way (adapter.imaging.unlinkable: unlike the stored bytes,
     ``data`` when ``stored``, and the other view's copy, the pixels the same); both get a PDF
     without its metadata, its content as it is (adapter.imaging.pdf; one that cannot be cleaned
