@@ -471,8 +471,10 @@ class ScopedReader:
 
     # -- reads --------------------------------------------------------------------------
     def _stored(self, resource_type: str, id: str) -> StoredResource | None:
-        """The stored resource ``resource_type``/``id`` (an id of the reader's view) names, or None."""
-        stored_id = self._ids.stored(resource_type, id)
+        """The stored resource ``resource_type``/``id`` (an id of the reader's view) names, or
+        None. An id holding U+0000 names nothing (no stored id holds it, and the record store
+        refuses it in any value, as a write's: "nothing was saved"): it is not looked up."""
+        stored_id = self._ids.stored(resource_type, id) if "\x00" not in id else None
         return self._store.get(resource_type, stored_id) if stored_id is not None else None
 
     def _load(self, resource_type: str, id: str, interaction: str = "read", *, dicom: bool = False) -> StoredResource:
@@ -489,7 +491,8 @@ class ScopedReader:
             asked = self._asked(resource_type, id)
             self._audit_not_found(interaction, [asked] if asked else [],
                                   dicom=DicomAudit.transferred() if dicom else None)
-            raise NotFound(f"{resource_type}/{id} is not known")
+            raise NotFound(f"{resource_type}/{id} is not known" if _FHIR_ID.fullmatch(id)
+                           else f"no {resource_type} has this id")  # not echoed: it may hold anything
         return stored
 
     def r5_document_type(self, id: str) -> str:
@@ -667,9 +670,9 @@ class ScopedReader:
         if since is not None and self._purpose_view() is View.DEIDENTIFIED:
             reason = "in the de-identified view versions show no lastUpdated: _since is not supported"
             # the audit names the stored resource (nothing is read: the id is only deciphered)
-            named = self._ids.stored(resource_type, id) or id
+            named = self._asked(resource_type, id)
             self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=None,
-                                 entities=[f"{resource_type}/{named}"], patient=None, reason=reason, refused=True)
+                                 entities=[named] if named else [], patient=None, reason=reason, refused=True)
             raise NotSupported(reason, expression="_since")
         stored = self._load(resource_type, id, "history-instance")
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
@@ -1013,6 +1016,8 @@ class ScopedReader:
         through the store's match keys (candidates: matched afterwards as every key)."""
         if release.view is View.DEIDENTIFIED:
             study_dates = None
+        if any(uid is not None and "\x00" in uid for uid in (study, series, sop_instance)):
+            return []  # no UID holds U+0000 (and the record store refuses it): not looked up
         if release.view is View.FULL:
             return self._store.search_dicom_instances(
                 study=study, series=series, sop_instance=sop_instance, patient_value=patient_id,
