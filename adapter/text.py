@@ -25,6 +25,12 @@ def pixel_count(text: str, cap: int) -> int | None:
     return min(int(text[:6]), cap)
 
 
+#: Why a search (FHIR, QIDO-RS) whose value holds U+0000 is refused (400): no stored value holds
+#: it, and the record store refuses it in any value it is given ("nothing was saved", a write's
+#: refusal, was a read's answer too: security review finding 6).
+NUL_IN_SEARCH = "a search value holds the character U+0000, which no stored value holds (nor FHIR strings, nor DICOM)"
+
+
 def has_control_character(text: str) -> bool:
     """``text`` holds a C0 control character. No DICOM short string, long string, code string or
     person name has one (PS3.5 6.1.2.3, 6.2: ESC only, for the code extensions of ISO 2022,

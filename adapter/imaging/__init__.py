@@ -4,7 +4,7 @@ no database.
 ``sanitize`` removes identifying metadata from an uploaded JPEG or PNG losslessly (by JPEG
 segment / PNG chunk surgery, never re-encoding) and reports what it removed and what it
 measured; ``strip_to_pixels_only`` gives the bytes for the de-identified view, and
-``strip_but_orientation`` those for the pseudonymised one (no ICC profile either).
+``strip_but_orientation`` those for the pseudonymised one (the same, with an Orientation-only EXIF).
 
 For the DICOM bridge: ``jpeg_frame_info``, ``read_orientation`` and ``jpeg_for_encapsulation``
 read the stored bytes without decoding (``frame``); ``decode_pixels`` and ``encode_png`` (in

@@ -373,15 +373,22 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
 
 
 def strip_jpeg_but_orientation(data: bytes) -> bytes:
-    """:func:`strip_jpeg` without the ICC profile: no metadata but an Orientation-only EXIF.
+    """What :func:`strip_jpeg_to_pixels_only` keeps, and the Orientation-only EXIF
+    :func:`strip_jpeg` makes (an Orientation other than 1), after the JFIF (or SOI): no metadata
+    but the orientation a viewer needs. This is what the pseudonymised view releases.
 
     An ICC profile is kept at ingest for care (colours), but its description, copyright and
     device tags are free text, and any tag it holds may be private: it can name a person, a
-    device or a place. This is what the pseudonymised view releases (the DICOM copies drop the
-    profile for the same reason), keeping the orientation a viewer needs."""
-    stripped = strip_jpeg_segments(data)
-    parts = [part for marker, part in stripped.segments if not (marker == APP2 and bytes(part[4:16]) == _ICC)]
-    return b"".join([b"\xff\xd8", *parts, b"\xff\xd9"])
+    device or a place (the DICOM copies drop the profile for the same reason). The JFIF is the
+    de-identified copy's canonical one, not the uploader's version, density unit and densities,
+    which no decoder needs for the pixels (as PNG's pHYs)."""
+    exif = strip_jpeg_segments(data).exif
+    pixels = strip_jpeg_to_pixels_only(data)
+    if exif is None or exif.orientation in (None, 1):
+        return pixels
+    assert exif.orientation is not None
+    at = 2 + (len(_segment(APP0, _CANONICAL_JFIF)) if pixels[2:4] == b"\xff\xe0" else 0)  # after SOI, JFIF
+    return pixels[:at] + _segment(APP1, b"Exif\x00\x00" + orientation_only_tiff(exif.orientation)) + pixels[at:]
 
 
 def strip_jpeg_to_pixels_only(data: bytes) -> bytes:

@@ -333,12 +333,21 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
 
 
 def strip_png_but_orientation(data: bytes) -> bytes:
-    """:func:`strip_png` without the iCCP chunk: no metadata but an Orientation-only eXIf (see
-    :func:`adapter.imaging.jpeg.strip_jpeg_but_orientation`: the profile's own tags are free text)."""
+    """What :func:`strip_png_to_pixels_only` keeps, and an Orientation-only eXIf right after IHDR
+    when the photo has an Orientation other than 1 (as :func:`strip_png` makes it), so that the
+    pseudonymised view shows it upright. Nothing else: not iCCP (see
+    :func:`adapter.imaging.jpeg.strip_jpeg_but_orientation`: the profile's own tags are free
+    text), nor the other colour chunks the stored photo keeps for care (cHRM, sBIT, bKGD, pHYs,
+    cICP, mDCV, cLLI, a palette's hIST): the uploader's numbers, which the de-identified copy
+    has none of either. Of the chunks that change how the pixels render, each view keeps the
+    same: tRNS (§11.3.2.1, the transparency of decoded samples), gAMA and sRGB (§11.3.3.2,
+    §11.3.3.5: what the samples mean)."""
     stored = strip_png(data).data
     view = memoryview(stored)
-    return b"".join([view[:len(PNG_SIGNATURE)], *(view[chunk.start:chunk.end] for chunk in walk(stored).chunks
-                                                   if chunk.type != b"iCCP")])
+    orientation = [view[chunk.start:chunk.end] for chunk in walk(stored).chunks if chunk.type == b"eXIf"]
+    pixels = strip_png_to_pixels_only(stored)
+    after_ihdr = len(PNG_SIGNATURE) + 25  # walk() checked IHDR comes first, 13 bytes of data
+    return b"".join([pixels[:after_ihdr], *orientation, pixels[after_ihdr:]])
 
 
 def strip_png_to_pixels_only(data: bytes) -> bytes:

@@ -132,11 +132,13 @@ def strip_to_pixels_only(data: bytes, content_type: str) -> bytes:
 
 
 def strip_but_orientation(data: bytes, content_type: str) -> bytes:
-    """Bytes for the pseudonymised (HRESCH) view: the stored photo's strip without its ICC
-    profile, whose description, copyright and device tags (and any private tag) are free text
-    that can identify; only an Orientation-only EXIF stays, so the photo shows upright. The
-    pixels are identical. ``content_type`` must match the magic bytes, as for
-    :func:`strip_to_pixels_only`."""
+    """Bytes for the pseudonymised (HRESCH) view: what :func:`strip_to_pixels_only` keeps, and an
+    Orientation-only EXIF (a PNG's eXIf), so the photo shows upright. No ICC profile, whose
+    description, copyright and device tags (and any private tag) are free text that can
+    identify, nor the uploader's other colour and density values the stored photo keeps for care
+    (JFIF densities; PNG cHRM, sBIT, bKGD, pHYs...): of what changes how the pixels render, this
+    view keeps what the de-identified one keeps. The pixels are identical. ``content_type`` must
+    match the magic bytes, as for :func:`strip_to_pixels_only`."""
     if check_declared(data, content_type) == JPEG:
         return strip_jpeg_but_orientation(data)
     return strip_png_but_orientation(data)

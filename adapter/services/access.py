@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import heapq
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -96,6 +97,12 @@ READABLE_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance
 #: At most this many resources are included (_include/_revinclude) in one page of a search.
 MAX_INCLUDED = 1000
 _DENIED = "access denied for this purpose of use"
+#: A FHIR id (https://hl7.org/fhir/R4/datatypes.html#id): what a read that found nothing may name as asked.
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)
+#: What a DICOM UID is made of (PS3.5 9.1): what a retrieve that found nothing may name as asked.
+_UID_AS_SENT = re.compile(r"[0-9.]{1,64}", re.ASCII)
+#: The views as a read that found nothing in one is audited ("not found in the de-identified view of TRAIN").
+_VIEW_NAMES = {View.FULL: "full", View.DEIDENTIFIED: "de-identified", View.PSEUDONYMISED: "pseudonymised"}
 
 
 def _denial(decision: Decision) -> str:
@@ -231,8 +238,9 @@ def _image_in_view(data: bytes, content_type: str, view: View, max_pixels: int, 
     """A Binary's bytes as ``view`` releases them: the de-identified view gets image bytes with no
     metadata at all, turned upright when they were stored with an EXIF Orientation (without the
     tag they would lie on their side: adapter.imaging.thumbnail.upright; ``max_pixels`` bounds
-    that decode); the pseudonymised view the same but for the orientation (no ICC profile: its
-    text tags can name a person or a device, and the DICOM copies of both views drop it too);
+    that decode); the pseudonymised view the same but for the orientation, kept as an
+    Orientation-only EXIF (adapter.imaging.strip_but_orientation: no ICC profile, whose text tags
+    can name a person or a device, and the DICOM copies of both views drop it too);
     each written in its view's own way (adapter.imaging.unlinkable: unlike the stored bytes,
     ``data`` when ``stored``, and the other view's copy, the pixels the same); both get a PDF
     without its metadata, its content as it is (adapter.imaging.pdf; one that cannot be cleaned
@@ -462,16 +470,66 @@ class ScopedReader:
         return set(shown), glass
 
     # -- reads --------------------------------------------------------------------------
-    def _load(self, resource_type: str, id: str) -> StoredResource:
+    def _stored(self, resource_type: str, id: str) -> StoredResource | None:
+        """The stored resource ``resource_type``/``id`` (an id of the reader's view) names, or
+        None. An id holding U+0000 names nothing (no stored id holds it, and the record store
+        refuses it in any value, as a write's: "nothing was saved"): it is not looked up."""
+        stored_id = self._ids.stored(resource_type, id) if "\x00" not in id else None
+        return self._store.get(resource_type, stored_id) if stored_id is not None else None
+
+    def _load(self, resource_type: str, id: str, interaction: str = "read", *, dicom: bool = False) -> StoredResource:
         """The stored resource the reader names ``resource_type``/``id``, an id of its view; its
-        ``id`` is the stored one, which the decision and the audit name."""
+        ``id`` is the stored one, which the decision and the audit name. One that is not there
+        (in this view: care's id in a restricted view, or the other view's, is not there) is 404,
+        audited as a read of ``interaction`` that found nothing (:meth:`_audit_not_found`;
+        ``dicom``: a Binary asked for as its DICOM object, a DICOM transfer); the answer is the
+        same whether the id is another view's or nobody's."""
         if resource_type not in READABLE_TYPES:
             raise UnsupportedResourceType(f"{resource_type} is not served here")
-        stored_id = self._ids.stored(resource_type, id)
-        stored = self._store.get(resource_type, stored_id) if stored_id is not None else None
+        stored = self._stored(resource_type, id)
         if stored is None:
-            raise NotFound(f"{resource_type}/{id} is not known")
+            asked = self._asked(resource_type, id)
+            self._audit_not_found(interaction, [asked] if asked else [],
+                                  dicom=DicomAudit.transferred() if dicom else None)
+            raise NotFound(f"{resource_type}/{id} is not known" if _FHIR_ID.fullmatch(id)
+                           else f"no {resource_type} has this id")  # not echoed: it may hold anything
         return stored
+
+    def r5_document_type(self, id: str) -> str:
+        """What an R5 reader's ``DocumentReference/<id>`` is stored as: a DocumentReference, or
+        a photo's Media (R5 has no Media: it knows a photo as the DocumentReference of its
+        Media's id, adapter.mapping.r5); DocumentReference when it is neither (its read then
+        finds nothing, audited once as such). Only looked up: nothing is decided or audited."""
+        if self._stored("DocumentReference", id) is None and self._stored("Media", id) is not None:
+            return "Media"
+        return "DocumentReference"
+
+    def _asked(self, resource_type: str, id: str) -> str | None:
+        """``resource_type``/``id`` as the audit of a read that found it nowhere names it: by the
+        stored id a restricted view's id deciphers to (the trail names stored resources), else as
+        the caller sent it, if a FHIR id (care's id asked in a restricted view is named so: the
+        trail then leads to the record it was copied from, which is not looked up); else None
+        (nothing that could name a resource is echoed)."""
+        stored_id = self._ids.stored(resource_type, id)
+        named = stored_id if stored_id is not None else id
+        return f"{resource_type}/{named}" if _FHIR_ID.fullmatch(named) else None
+
+    def _audit_not_found(self, interaction: str, entities: Sequence[str], *, dicom: DicomAudit | None = None) -> None:
+        """Audit a read by an id (or DICOM UIDs) that names nothing in the purpose's view: a read
+        that failed, outcome 4, "not found in the <view> view of <purpose>", naming what was asked
+        (``entities``, ``dicom``'s UIDs) and no patient (adapter.services.audit.Auditor.record_not_found)."""
+        reason = f"not found in the {_VIEW_NAMES[self._purpose_view()]} view of {self.ctx.purpose.code}"
+        self._auditor.record_not_found(self.ctx, interaction=interaction, entities=entities, reason=reason,
+                                       dicom=dicom)
+
+    def _dicom_not_found(self, what: str, *, study: str | None, sop_instance: str | None = None) -> NotFound:
+        """Audit a DICOM retrieve (WADO-RS, WADO-URI) whose UIDs name nothing in the purpose's
+        view, naming the Study and SOP Instance UIDs as the caller sent them (those that look
+        like UIDs: digits and dots); the NotFound to raise, saying ``what``."""
+        studies = (study,) if study is not None and _UID_AS_SENT.fullmatch(study) else ()
+        instances = (sop_instance,) if sop_instance is not None and _UID_AS_SENT.fullmatch(sop_instance) else ()
+        self._audit_not_found("read", [], dicom=DicomAudit.transferred(*studies, instances=instances))
+        return NotFound(what)
 
     def _render(self, stored: StoredResource, decision: Decision) -> dict[str, Any]:
         return self._in_view(stored.resource, decision)
@@ -548,7 +606,7 @@ class ScopedReader:
         other type is, then refused: 403 when the purpose is refused (a refused reader learns
         nothing of which versions exist), else 404, audited as a vread that sent nothing
         (outcome 4). Unknown Binary: 404."""
-        stored = self._load("Binary", id)
+        stored = self._load("Binary", id, "vread")
         if version_id == stored.version_id:
             return
         decision = self.decide(stored.facts)
@@ -564,7 +622,7 @@ class ScopedReader:
         version is rendered through the same view; a past Consent version naming another patient
         must be permitted for that patient too (fail closed). Unknown version: 404, audited (when
         permitted) as a vread that sent nothing, outcome 4. ``precondition``: as :meth:`read`."""
-        stored = self._load(resource_type, id)
+        stored = self._load(resource_type, id, "vread")
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
         document = stored.resource if version_id == stored.version_id else \
             self._store.get_version(resource_type, stored.id, version_id)
@@ -612,11 +670,11 @@ class ScopedReader:
         if since is not None and self._purpose_view() is View.DEIDENTIFIED:
             reason = "in the de-identified view versions show no lastUpdated: _since is not supported"
             # the audit names the stored resource (nothing is read: the id is only deciphered)
-            named = self._ids.stored(resource_type, id) or id
+            named = self._asked(resource_type, id)
             self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=None,
-                                 entities=[f"{resource_type}/{named}"], patient=None, reason=reason, refused=True)
+                                 entities=[named] if named else [], patient=None, reason=reason, refused=True)
             raise NotSupported(reason, expression="_since")
-        stored = self._load(resource_type, id)
+        stored = self._load(resource_type, id, "history-instance")
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
         decision = self._decide_resource(resource_type, facts)
         documents = self._store.list_versions(resource_type, stored.id, offset=offset, limit=count + 1, since=since) \
@@ -958,6 +1016,8 @@ class ScopedReader:
         through the store's match keys (candidates: matched afterwards as every key)."""
         if release.view is View.DEIDENTIFIED:
             study_dates = None
+        if any(uid is not None and "\x00" in uid for uid in (study, series, sop_instance)):
+            return []  # no UID holds U+0000 (and the record store refuses it): not looked up
         if release.view is View.FULL:
             return self._store.search_dicom_instances(
                 study=study, series=series, sop_instance=sop_instance, patient_value=patient_id,
@@ -1041,7 +1101,7 @@ class ScopedReader:
         candidates = self._dicom_candidates(release, study=study, series=series, sop_instance=sop_instance_uid)
         decided = self._dicom_decided(candidates[:1])
         if not decided:
-            raise NotFound("no such DICOM instance")
+            raise self._dicom_not_found("no such DICOM instance", study=study, sop_instance=sop_instance_uid)
         instance, stored, decision = decided[0]
         if not decision.permitted or decision.view is not release.view:
             self._audit_dicom(instance, decision)
@@ -1140,7 +1200,7 @@ class ScopedReader:
         release = self._purpose_release()
         decided = self._dicom_decided(self._dicom_candidates(release, study=study, series=series))
         if not decided:
-            raise NotFound("no such DICOM study or series")
+            raise self._dicom_not_found("no such DICOM study or series", study=study)
         permitted = False
         for candidate, stored, decision in decided:
             if not decision.permitted or decision.view is not release.view:
@@ -1170,7 +1230,7 @@ class ScopedReader:
         candidates = self._dicom_candidates(release, study=study, series=series)
         decided = self._dicom_decided(candidates)
         if not decided:
-            raise NotFound("no such DICOM study or series")
+            raise self._dicom_not_found("no such DICOM study or series", study=study)
         transferred = [(f"{i.record_type}/{i.record_id}", i.patient, i.study_instance_uid, decision)
                        for i, _, decision in decided]
         out: list[DicomRetrieval] = []
@@ -1204,7 +1264,7 @@ class ScopedReader:
         object (DICOM Instances Transferred, naming its study), allowed or denied; an object that
         cannot be made in the decision's view (a document whose metadata cannot be removed) as a
         read that failed (outcome 4), once it is known that nothing is sent."""
-        stored = self._load("Binary", id)
+        stored = self._load("Binary", id, dicom=True)
         decision = self.decide(stored.facts)
         found = self._dicom_of_binary(stored)
         entities, patient = [f"Binary/{stored.id}"], stored.facts.patient if stored.facts else None

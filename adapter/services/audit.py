@@ -235,6 +235,19 @@ class Auditor:
                                             entities=entities, patient=patient, reason=not_sent_reason(why),
                                             dicom=dicom, decision=decision))
 
+    def record_not_found(self, ctx: RequestContext, *, interaction: str, entities: Sequence[str], reason: str,
+                         dicom: DicomAudit | None = None) -> None:
+        """Store the AuditEvent of a read by an id (a read, vread or history; ``dicom``: a DICOM
+        retrieve by UIDs) that names nothing in the view of the caller's purpose (404): a read
+        that failed, outcome 4 with ``reason``, naming what was asked as the caller sent it
+        (``entities``: its ``Type/id``; ``dicom``'s studies and instances: its UIDs) and no
+        patient: nothing was found, and nothing is looked up in another view to name one. IHE
+        BALP and ATNA record failed attempts: one with an id copied from care's receipts, under a
+        purpose whose view shows other ids, shows in the trail as an attempt on that record. Not
+        a decision: the metrics do not count it as one."""
+        self._store.append_audit(self.event(ctx, interaction=interaction, action="R", permitted=False, reason=reason,
+                                            entities=entities, patient=None, dicom=dicom))
+
     def record_transfers(self, ctx: RequestContext, *,
                          transferred: Sequence[tuple[str, Identifier, str, Decision]],
                          not_sent: str | None = None) -> None:

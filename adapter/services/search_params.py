@@ -15,7 +15,7 @@ from adapter.mapping.capability import R5_NAMES, R5_ONLY, REVINCLUDES
 from adapter.mapping.fhir_r4 import ENCOUNTER_IDENTIFIER, R5_PREFIX
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, identifier_too_long
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
-from adapter.text import is_digits
+from adapter.text import NUL_IN_SEARCH, is_digits
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 200
@@ -482,6 +482,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     r5_names = {r5_name: name for name, r5_name in R5_NAMES.get(resource_type, {}).items()} if r5 else {}
     given_once: set[str] = set()
     for name, value in params:
+        if "\x00" in name or "\x00" in value:
+            raise InvalidQuery(NUL_IN_SEARCH)
         base, _, modifier = _CHAINS.get(name, name).partition(":")
         base = r5_names.get(base, base)  # format-code, event-code: R5's names of format, event
         if base in _IGNORED:

@@ -1984,6 +1984,56 @@ def test_a_batch_entry_whose_url_or_etag_cannot_be_sent_is_refused_in_its_entry(
         assert whole.status_code == 400 and "control character" in whole.text, whole.text[:300]
 
 
+def test_a_read_naming_u0000_is_answered_as_a_read_not_as_a_write(tmp_path: Path) -> None:
+    """Security review finding 6: GET /fhir/Media/a%00b answered 422 "a text value holds the
+    character U+0000 ... nothing was saved", the record store's refusal of a write, though a
+    read saves nothing. An id or UIDs holding U+0000 name nothing (no stored one holds it), so
+    they are not looked up: 404, as for any id that names nothing (FHIR http.html#read), audited
+    as such, in every view alike (a restricted view's ids never held it); a QIDO-RS value holding
+    it, or a FHIR search's, is a search that cannot be made: 400 (FHIR search.html, PS3.18), saying
+    so. A write keeps its wording. Seen failing: 422 "nothing was saved" for each read and search
+    (a search in an empty store was 200)."""
+    with adapter_client(tmp_path) as (client, services):
+        _ingest(client)
+        assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
+        for purpose in ("TREAT", "TRAIN"):
+            for path, headers in (("/fhir/Media/a%00b", {}), ("/fhir/Media/a%00b/_history", {}),
+                                  ("/fhir/Media/a%00b/_history/1", {}), ("/fhir/Consent/a%00b", {}),
+                                  ("/fhir/Binary/a%00b", {"Accept": "image/*"}),
+                                  ("/fhir/Binary/a%00b", {"Accept": "application/dicom"}),
+                                  ("/fhir/Binary/a%00b/_history/1", {}),
+                                  ("/fhir/DocumentReference/a%00b", {"Accept": "application/fhir+json; fhirVersion=5.0"}),
+                                  ("/dicomweb/studies/1.2%003", {}), ("/dicomweb/studies/1.2/series/1.3%00/metadata", {}),
+                                  ("/dicomweb/studies/1.2/series/1.3/instances/1.4%00/rendered", {}),
+                                  ("/dicomweb/studies/1.2%003/thumbnail", {}),
+                                  ("/wado?requestType=WADO&studyUID=1.2%003&seriesUID=1.3&objectUID=1.4", {})):
+                before = len(services.store.list_audit(100000))
+                r = client.get(path, headers={**as_purpose(purpose), **headers})
+                assert r.status_code == 404, (purpose, path, r.status_code, r.text[:200])
+                assert "saved" not in r.text and "\\u0000" not in r.text, (purpose, path, r.text[:200])
+                fresh = services.store.list_audit(100000)[: len(services.store.list_audit(100000)) - before]
+                assert [e["outcome"] for e in fresh] == ["4"], (purpose, path)
+                assert fresh[0]["outcomeDesc"].startswith("not found in the "), (purpose, path)
+                assert "\x00" not in json.dumps(fresh[0], ensure_ascii=False), (purpose, path)
+            for path in ("/dicomweb/studies?PatientID=a%00b", "/dicomweb/studies?AccessionNumber=a%00b",
+                         "/dicomweb/studies?StudyInstanceUID=1.2%003", "/dicomweb/studies/1.2%003/series",
+                         "/dicomweb/series?SeriesInstanceUID=1.3%00", "/dicomweb/instances?SOPInstanceUID=1.4%00",
+                         "/dicomweb/studies?PatientName=Doe%00*", "/fhir/Media?_id=a%00b",
+                         "/fhir/Media?identifier=a%00b", "/fhir/Consent?patient:identifier=s|a%00b"):
+                r = client.get(path, headers=as_purpose(purpose))
+                assert r.status_code == 400, (purpose, path, r.status_code, r.text[:200])
+                assert r.json()["issue"][0]["diagnostics"].startswith("a search value holds the character U+0000")
+        # the de-identified view's refusal of _since names what it was asked only when it is an id
+        before = len(services.store.list_audit(100000))
+        since = client.get("/fhir/Media/a%00b/_history?_since=2020-01-01T00:00:00Z", headers=as_purpose("TRAIN"))
+        assert since.status_code == 400
+        [refusal] = services.store.list_audit(100000)[: len(services.store.list_audit(100000)) - before]
+        assert "\x00" not in json.dumps(refusal, ensure_ascii=False) and refusal["outcome"] == "4"
+        # a write whose value holds U+0000 keeps its answer: 422, nothing was saved
+        refused = post_photo(client, WOUND, metadata(title="a\u0000b"))
+        assert refused.status_code == 422 and "U+0000" in refused.text
+
+
 def test_an_update_whose_if_match_loses_a_race_is_412_as_any_stale_if_match(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Concurrency (http robustness): 16 parallel PUT /fhir/Consent/{id} with If-Match: W/"1"
@@ -2463,10 +2513,14 @@ def test_each_restricted_view_names_a_record_by_its_own_ids(tmp_path: Path) -> N
             # no stored id anywhere in what the view answered
             assert stored not in json.dumps([media, binary, found, consents, answer["entry"][0]])
 
-        # the audit trail is the custodian's: it names the stored resources, never a view's ids
+        # the audit trail is the custodian's: it names the stored resources, never a view's ids,
+        # but as what a read that found nothing was asked for (the other view's id, as sent)
         events = services.store.list_audit(1000)
         assert receipt["record"] in _what(events)
-        assert not {ref for ref in _what(events) if shown["TRAIN"] in ref or shown["HRESCH"] in ref}
+        found_events = [e for e in events if not e.get("outcomeDesc", "").startswith("not found in the ")]
+        assert not {ref for ref in _what(found_events) if shown["TRAIN"] in ref or shown["HRESCH"] in ref}
+        assert {ref for ref in _what(events) if shown["TRAIN"] in ref or shown["HRESCH"] in ref} \
+            == {f"Media/{shown['TRAIN']}", f"Media/{shown['HRESCH']}"}
 
     with adapter_client(tmp_path) as (client, services):  # a restart: the same ids
         for purpose in ("TRAIN", "HRESCH"):

@@ -758,8 +758,14 @@ def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[Fhir
                    if e["agent"][2].get("purposeOfUse", [{}])[0].get("coding", [{}])[0].get("code") == "TRAIN"
                    and e["action"] == "R"]
     assert {e["outcome"] for e in train_reads} == {"0", "4"}
+    # the original UIDs found nothing (the instance, then the study): audited so, naming the UIDs
+    # as asked, no record
+    missed = [e for e in train_reads if e.get("outcomeDesc") == "not found in the de-identified view of TRAIN"]
+    assert [(study_uids(e), sop_instance_uids(e)) for e in missed] == [([a.StudyInstanceUID], []),
+                                                                       ([a.StudyInstanceUID], [a.SOPInstanceUID])]
+    assert not any("reference" in x["what"] for e in missed for x in e["entity"])
     assert all(any(x.get("what", {}).get("reference", "").startswith(("Media/", "DocumentReference/"))
-                   for x in e["entity"]) for e in train_reads)
+                   for x in e["entity"]) for e in train_reads if e not in missed)
 
 
 def rewrite_stored(services: Services, sop_uid: str, header: bytes, vr: bytes) -> None:
@@ -1802,11 +1808,14 @@ def test_qido_patient_name_in_cares_view_reads_only_its_candidates_and_finds_eve
             ("Yamada^Taro=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046^^", ["MRN-0004"]),
             ("YAMADA^TARO=\u5c71*", ["MRN-0004"]),
             ("\u5c71\u7530^\u592a\u90ce=*", []),  # several groups: matched against the whole name
-            ("SMITH*", ["MRN-0005"]), ("Smith^Anna^^^", ["MRN-0005"]), ("X*", []),
-            ("Smith\x00*", [])):  # U+0000 is in no name (the store refuses it in a query's values too)
+            ("SMITH*", ["MRN-0005"]), ("Smith^Anna^^^", ["MRN-0005"]), ("X*", [])):
         read.clear()
         assert found(PatientName=pattern) == expected, pattern
         assert len(read) == 1 and len(expected) <= read[0] <= 1, (pattern, read)  # its candidate, if any
+    # U+0000 is in no name (nor any stored value): a search that cannot be made, 400, nothing read
+    read.clear()
+    nul = client.get("/dicomweb/studies", params={"PatientName": "Smith\x00*"}, headers=TREAT)
+    assert nul.status_code == 400 and "U+0000" in nul.text and read == []
     read.clear()
     assert found(PatientName="*john") == ["MRN-0001"] and read == [len(NAMES)]  # no prefix: every instance
     read.clear()
@@ -1823,10 +1832,13 @@ def test_qido_study_description_in_cares_view_reads_only_its_candidates(
                 named("MRN-0002", StudyDescription="wound check"), named("MRN-0005")).status_code == 200
     read = read_counted(services, monkeypatch)
     for pattern, expected in (("Wound*", ["MRN-0001"]), ("wound*", ["MRN-0002"]), ("Wound care, left heel", ["MRN-0001"]),
-                              ("W?und*", ["MRN-0001"]), ("Wound", []), ("Wound\x00*", [])):
+                              ("W?und*", ["MRN-0001"]), ("Wound", [])):
         read.clear()
         assert sorted(value(s, "00100020") for s in qido(client, "studies", StudyDescription=pattern)) == expected
         assert len(read) == 1 and len(expected) <= read[0] <= 1, (pattern, read)
+    read.clear()  # U+0000 is in no description: a search that cannot be made, 400, nothing read
+    nul = client.get("/dicomweb/studies", params={"StudyDescription": "Wound\x00*"}, headers=TREAT)
+    assert nul.status_code == 400 and read == []
     read.clear()
     assert len(qido(client, "studies", StudyDescription="*care*")) == 1 and read == [3]
 

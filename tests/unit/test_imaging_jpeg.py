@@ -423,21 +423,43 @@ def test_strip_to_pixels_only(tmp_path: Path, name: str) -> None:
         assert ms.TRAILER not in trained and b"ICC_PROFILE" not in trained
 
 
+def _with_orientation(pixels_only: bytes, orientation: int) -> bytes:
+    """A de-identified copy (SOI, its canonical JFIF, ...) with an Orientation-only EXIF after the JFIF."""
+    return pixels_only[:20] + segment(0xE1, b"Exif\x00\x00" + orientation_only_tiff(orientation)) + pixels_only[20:]
+
+
 @pytest.mark.parametrize("name", JPEG_SAMPLES)
 def test_strip_but_orientation(tmp_path: Path, name: str) -> None:
-    """The pseudonymised view's bytes: the stored strip without its ICC profile (free-text tags),
-    the Orientation-only EXIF kept, the pixels identical."""
+    """The pseudonymised view's bytes: what the de-identified view keeps (no ICC profile: free-text
+    tags), and the Orientation-only EXIF, the pixels identical."""
     received = (SAMPLES / name).read_bytes()
     _, stored = run(tmp_path, received)
     assert (b"ICC_PROFILE" in stored) is (name == "wound.jpg")  # the one sample with a profile
+    orientation = 6 if name == "wound.jpg" else None
+    assert (b"Exif" in stored) is (orientation is not None)
     for source in (received, stored):
         released = strip_but_orientation(source, "image/jpeg")
         assert b"ICC_PROFILE" not in released and ms.TRAILER not in released
-        assert released == stored.replace(b"".join(bytes((0xFF, m)) + struct.pack(">H", len(p) + 2) + p
-                                                   for m, p in app_segments(stored) if m == 0xE2), b"")
+        pixels_only = strip_to_pixels_only(source, "image/jpeg")
+        assert released == (pixels_only if orientation is None else _with_orientation(pixels_only, orientation))
         assert np.array_equal(pixels(released), pixels(received))
     with pytest.raises(UnsupportedMediaType):
         strip_but_orientation(stored, "image/png")
+
+
+def test_strip_but_orientation_keeps_no_jfif_of_the_uploaders() -> None:
+    """Security review finding 5 (its PNG chunks bKGD, pHYs, sBIT, cHRM), for JPEG: the
+    pseudonymised copy kept the uploader's JFIF, its version, density unit and densities (as PNG's
+    pHYs), where the de-identified copy has a canonical one. It now keeps what the de-identified
+    copy keeps and the Orientation-only EXIF. Seen failing: the JFIF of 4711 x 815 dpi was kept."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    received = jpeg(ms.photo((64, 48), seed=7), dpi=(4711, 815), exif=exif.tobytes())
+    assert struct.pack(">BHH", 1, 4711, 815) in header(received)
+    released = strip_but_orientation(received, "image/jpeg")
+    assert released == _with_orientation(strip_to_pixels_only(received, "image/jpeg"), 6)
+    assert struct.pack(">HH", 4711, 815) not in header(released)
+    assert np.array_equal(pixels(released), pixels(received))
 
 
 def test_strip_to_pixels_only_checks_the_declared_type(wound: bytes) -> None:

@@ -263,6 +263,42 @@ def test_strip_but_orientation(tmp_path: Path, lesion: bytes) -> None:
         assert np.array_equal(pixels(released), pixels(lesion))
 
 
+@pytest.mark.parametrize("colour_type", [2, 3])
+def test_strip_but_orientation_keeps_what_the_deidentified_copy_keeps_and_the_orientation(colour_type: int) -> None:
+    """Security review finding 5: the pseudonymised (HRESCH) copy kept every colour chunk the
+    stored photo keeps but iCCP, so the uploader's bKGD, pHYs, sBIT and cHRM (and cICP, mDCV,
+    cLLI, a palette's hIST) reached the research extract, which the de-identified copy has none
+    of. It now keeps what the de-identified copy keeps (the critical chunks, tRNS, gAMA, sRGB:
+    what decoding and the samples' meaning need) and the Orientation-only eXIf; the pixels are
+    identical. Seen failing: those chunks were kept."""
+    if colour_type == 3:
+        im = ms.photo((64, 48), seed=31).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        base, trns, bkgd, sbit = png(im), chunk(b"tRNS", b"\x00\x80"), chunk(b"bKGD", b"\x05"), b"\x08\x08\x08"
+        extra = [chunk(b"hIST", bytes(range(32)))]
+    else:
+        base = png(ms.photo((64, 48), seed=31))
+        trns, bkgd, sbit, extra = chunk(b"tRNS", struct.pack(">HHH", 1, 2, 3)), \
+            chunk(b"bKGD", struct.pack(">HHH", 47, 11, 23)), b"\x05\x06\x07", []
+    uploaders = [chunk(b"cHRM", struct.pack(">8I", *range(31270, 31278))), chunk(b"sBIT", sbit),
+                 chunk(b"pHYs", struct.pack(">IIB", 4711, 815, 1)), bkgd, chunk(b"cICP", bytes([9, 16, 0, 1])),
+                 chunk(b"mDCV", bytes(range(24))), chunk(b"cLLI", struct.pack(">II", 4711, 815))]
+    kept = [chunk(b"gAMA", struct.pack(">I", 45455)), chunk(b"sRGB", b"\x00")]
+    crafted = _insert_after_ihdr(base, chunk(b"eXIf", orientation_only_tiff(6)), *kept, *uploaders)
+    if colour_type == 3:  # tRNS and hIST after PLTE (§5.6)
+        at = crafted.index(b"IDAT") - 4
+        crafted = crafted[:at] + trns + b"".join(extra) + crafted[at:]
+    else:
+        crafted = _insert_after_ihdr(crafted, trns)
+    released = strip_but_orientation(crafted, "image/png")
+    pixels_only = chunks(strip_to_pixels_only(crafted, "image/png"))
+    assert chunks(released) == [pixels_only[0], (b"eXIf", chunk(b"eXIf", orientation_only_tiff(6))), *pixels_only[1:]]
+    assert {t for t, _ in chunks(released)} - {b"IHDR", b"PLTE", b"IDAT", b"IEND"} == {b"eXIf", b"tRNS", b"gAMA",
+                                                                                      b"sRGB"}
+    assert not any(c in released for c in uploaders + extra)
+    assert all(c in released for c in [trns, *kept])
+    assert np.array_equal(pixels(released), pixels(crafted))
+
+
 def test_strip_to_pixels_only(tmp_path: Path, lesion: bytes) -> None:
     _, stored = run(tmp_path, lesion)
     for source in (lesion, stored):

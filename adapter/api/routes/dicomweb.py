@@ -147,7 +147,7 @@ from adapter.services.dicom_objects import (
     stow_sender,
 )
 from adapter.services.registry import Services
-from adapter.text import has_control_character, is_digits
+from adapter.text import NUL_IN_SEARCH, has_control_character, is_digits
 
 DICOM_JSON = "application/dicom+json"
 #: The DICOM data sets of an answer as the client prefers them (:func:`_dicom_model`).
@@ -531,6 +531,8 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
     offset = 0
     fuzzy = False
     included: list[str] = []
+    if any("\x00" in text for pair in (*params, *fixed.items()) for text in pair):
+        raise InvalidQuery(NUL_IN_SEARCH)
     for name, value in params:
         lowered = name.lower()
         if lowered == "includefield":

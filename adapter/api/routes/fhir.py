@@ -494,7 +494,8 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
         count = 0
 
     result = await _as_r5_photo_too(
-        lambda rt: reader.read_history(rt, id, offset=offset, count=count, since=since), resource_type, version)
+        lambda rt: reader.read_history(rt, id, offset=offset, count=count, since=since), resource_type, version,
+        reader, id)
     params = _count_used(params)
     url = absolute(request, services, f"fhir/{resource_type}/{id}/_history")
 
@@ -545,7 +546,7 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
     result = await _as_r5_photo_too(
         lambda rt: reader.read(rt, id, precondition=conditions.check_match) if version_id is None
         else reader.read_version(rt, id, version_id, precondition=conditions.check_match),
-        resource_type, version)
+        resource_type, version, reader, id)
     headers = {**_glass_headers(result.decision), **_etag(result.resource, result.relabelled)}
     if conditions.answer(result.resource, vread=version_id is not None, relabelled=result.relabelled):
         return Response(status_code=304, headers=headers)
@@ -553,15 +554,15 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
                 headers=headers, fmt=fmt)
 
 
-async def _as_r5_photo_too(load: Callable[[str], Any], resource_type: str, version: str) -> Any:
+async def _as_r5_photo_too(load: Callable[[str], Any], resource_type: str, version: str, reader: Any,
+                           id: str) -> Any:
     """``load(resource_type)`` in the thread pool; for an R5 reader a DocumentReference that is
-    not one may be a photo, which R5 knows as the DocumentReference of its Media's id."""
-    try:
-        return await run_in_threadpool(load, resource_type)
-    except NotFound:
-        if version == "5" and resource_type == "DocumentReference":
-            return await run_in_threadpool(load, "Media")
-        raise
+    not one may be a photo, which R5 knows as the DocumentReference of its Media's id: which one
+    ``id`` is, is looked up first, so that one read is made and audited (a read that found
+    nothing is audited too: not a first try's miss before the photo is found)."""
+    if version == "5" and resource_type == "DocumentReference":
+        resource_type = await run_in_threadpool(reader.r5_document_type, id)
+    return await run_in_threadpool(load, resource_type)
 
 
 def _no_media_in_r5(resource_type: str, version: str, hint: str = "photos are DocumentReference in R5") -> None:
