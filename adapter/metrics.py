@@ -11,7 +11,8 @@ outbox states.
   and refusal, permitted or denied (the consent decision at work);
 * ``adapter_dicom_c_store_total{status}`` and ``adapter_dicom_associations_total``;
 * ``adapter_outbox_items{status}``: the forwarding outbox, counted in the store at each scrape
-  (a growing ``failed`` or ``pending`` is a PACS that does not take what is sent to it), and
+  (a growing ``failed`` or ``pending`` is a PACS that does not take what is sent to it;
+  ``held``, consent-pending photos awaiting documented consent for care), and
   ``adapter_outbox_scrape_error``: 1 when the store could not be read for it at this scrape (the
   database down or not answering in time; the items' series are then left out), else 0. A scrape
   never fails for the database: the counts that describe its outage (503s, C-STORE 0xA700) are

@@ -44,6 +44,17 @@ PENDING_PREFIX = "consent pending: "
 PENDING_WARNING = PENDING_PREFIX + "readable only under break-glass until a Consent permitting TREAT is recorded"
 PENDING_WARNING_NO_BREAK_GLASS = (PENDING_PREFIX + "not readable until consent for TREAT is recorded "
                                   "(break-glass is disabled by policy)")
+#: What a consent-pending record says of itself (a note), until consent for care is documented.
+PENDING_NOTES = (PENDING_WARNING, PENDING_WARNING_NO_BREAK_GLASS)
+
+
+def documented_later(consents: Sequence[str], when: str) -> str:
+    """The note of a consent-pending record once Consent versions ``consents`` document its
+    consent for care (recorded at ``when``, an instant), in place of its pending note: what was
+    documented then, and by what; not that the consent is still in force (a withdrawal later
+    changes the decision, not the note)."""
+    return (f"consent for care documented after the photo was stored: {', '.join(consents)}, recorded {when} "
+            "(consent pending until then)")
 
 
 @dataclass(frozen=True)

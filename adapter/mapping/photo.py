@@ -20,6 +20,10 @@ Decisions (also in the builders' docstrings):
   discussion, secondary-image warning), then assessment warnings not already among the notes,
   then "Quality warning: …" per quality warning; generated notes carry the ingest time. R4
   DocumentReference has no note: the same texts go, after the title, into ``description``.
+* **Consent pending, then documented.** A record kept consent pending carries the
+  consent-pending extension and the ingest's warning as a note; the version written when a
+  Consent documents consent for care (:func:`consent_documented`) has neither, and a note saying
+  when and by which Consent in the warning's place.
 * **Naive times** become date-only dateTimes (adapter.mapping.fhir_r4).
 """
 
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -389,8 +393,45 @@ def build_photo_resources(meta: PhotoMetadata, image: StoredImage, *, record_id:
     return PhotoResources(record=record, binary=binary, consents=consents, provenance=provenance)
 
 
+def consent_documented(record: JSON, *, note: str, replaced: Sequence[str], now: datetime) -> JSON:
+    """The next version of consent-pending ``record`` (Media or DocumentReference), once a
+    Consent documents its consent for care: without the consent-pending extension, and with
+    ``note`` (when, by which Consent) where the record said it was pending (a note, or a
+    paragraph of a DocumentReference's description, whose text is one of ``replaced``), or last
+    when it said so nowhere (an object received over DICOM carries the extension alone). A
+    Media's note is an Annotation of ``now``, as the ingest's generated notes. Everything else is
+    kept as it is; ``record`` is not changed."""
+    out = copy.deepcopy(record)
+    extensions = [x for x in out.get("extension", []) if x.get("url") != EXT_CONSENT_PENDING]
+    if extensions:
+        out["extension"] = extensions
+    else:
+        out.pop("extension", None)
+    if out.get("resourceType") == "DocumentReference":
+        paragraphs = out["description"].split("\n\n") if out.get("description") else []
+        out["description"] = "\n\n".join(_in_place(paragraphs, note, lambda p: p in replaced))
+        return out
+    annotation: JSON = {"time": fhir_instant(now), "text": note}
+    out["note"] = _in_place(out.get("note") or [], annotation, lambda n: n.get("text") in replaced)
+    return out
+
+
+def _in_place(items: list[Any], new: Any, is_old: Callable[[Any], bool]) -> list[Any]:
+    """``items`` with ``new`` in place of the first of them ``is_old`` holds of, without the
+    others it holds of; ``new`` last when there is none."""
+    out: list[Any] = []
+    placed = False
+    for item in items:
+        if not is_old(item):
+            out.append(item)
+        elif not placed:
+            out.append(new)
+            placed = True
+    return out if placed else [*out, new]
+
+
 __all__ = [
     "PhotoResources", "audit_event_to_index", "body_site_concept", "build_photo_resources",
-    "consent_to_index", "index_resource", "photo_to_binary", "photo_to_document_reference",
+    "consent_documented", "consent_to_index", "index_resource", "photo_to_binary", "photo_to_document_reference",
     "photo_to_media", "provenance_to_index", "record_to_index",
 ]

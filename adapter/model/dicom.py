@@ -100,7 +100,7 @@ class OutboxItem:
     id: int
     sop_instance_uid: str
     destination: str
-    status: str                  # pending | sent | failed
+    status: str                  # pending | held | sent | failed | cancelled
     attempts: int
     next_attempt_at: datetime
     last_error: str | None = None

@@ -307,6 +307,38 @@ def _whole_studies(batches: Iterable[list[DicomInstance]]) -> Iterator[list[Dico
         yield held
 
 
+def consent_grants(stored: StoredResource, patient: Identifier) -> list[ConsentGrant]:
+    """The grants of Consent version ``stored`` of ``patient`` as every read decision takes them,
+    each knowing its Consent's version (the decision's audit names it). Fail closed: a Consent
+    that cannot be interpreted might have denied something, so it is read as a denial of every
+    purpose for this patient."""
+    try:
+        return [dataclasses.replace(g, version=stored.version_id) for g in grants_from_consent(stored.resource)]
+    except AdapterError:
+        log.warning("Consent/%s cannot be interpreted; read as a denial", stored.id)
+        return [ConsentGrant(id=stored.id, patient=patient, status="active", decision="deny",
+                             purposes=frozenset({ANY_PURPOSE}), version=stored.version_id)]
+
+
+def denial_of_the_photo(store: RecordStore, grant: ConsentGrant) -> ConsentGrant:
+    """A deny grant whose provision.data names a resource of a photo other than its record (its
+    Binary: the image itself; its Provenance; the DocumentReference an R5 reader knows a Media
+    as) also names that record, which every decision of the photo is made on (a Binary and the
+    DICOM object are decided on their record's facts): a deny of the image is a deny of the
+    photo. Fail closed: a deny naming only the Provenance denies the photo too. Permits are left
+    as they are (a permit naming a Binary permits nothing)."""
+    if grant.decision != "deny" or not grant.data_refs:
+        return grant
+    records: set[str] = set()
+    for ref in grant.data_refs:
+        stored = named_resource(store, ref)
+        if stored is not None and stored.facts is not None:
+            records.add(stored.facts.governed_by)
+    if records <= grant.data_refs:
+        return grant
+    return dataclasses.replace(grant, data_refs=grant.data_refs | records)
+
+
 class ScopedReader:
     """All reads for one request context."""
 
@@ -338,17 +370,8 @@ class ScopedReader:
             changed: datetime | None = None
             for stored in self._store.consents_for_patient(patient):
                 changed = stored.last_updated if changed is None else max(changed, stored.last_updated)
-                # each grant knows its Consent's version, which the decision's audit names
-                try:
-                    grants.extend(dataclasses.replace(g, version=stored.version_id)
-                                  for g in grants_from_consent(stored.resource))
-                except AdapterError:
-                    # A Consent we cannot interpret might have denied something: fail closed by
-                    # reading it as a denial of every purpose for this patient.
-                    log.warning("Consent/%s cannot be interpreted; read as a denial", stored.id)
-                    grants.append(ConsentGrant(id=stored.id, patient=patient, status="active", decision="deny",
-                                               purposes=frozenset({ANY_PURPOSE}), version=stored.version_id))
-            self._grants[patient] = [self._denial_of_the_photo(g) for g in grants]
+                grants.extend(consent_grants(stored, patient))
+            self._grants[patient] = [denial_of_the_photo(self._store, g) for g in grants]
             # a period's start or end that has passed changed what the Consents permit, as a write does
             now = self._now()
             for boundary in (b for g in grants for b in (g.period_start, g.period_end)):
@@ -381,24 +404,6 @@ class ScopedReader:
         if isinstance(updated, datetime) and updated.tzinfo is not None and changed <= updated:
             return None
         return changed
-
-    def _denial_of_the_photo(self, grant: ConsentGrant) -> ConsentGrant:
-        """A deny grant whose provision.data names a resource of a photo other than its record
-        (its Binary: the image itself; its Provenance; the DocumentReference an R5 reader knows
-        a Media as) also names that record, which every decision of the photo is made on (a
-        Binary and the DICOM object are decided on their record's facts): a deny of the image
-        is a deny of the photo. Fail closed: a deny naming only the Provenance denies the photo
-        too. Permits are left as they are (a permit naming a Binary permits nothing)."""
-        if grant.decision != "deny" or not grant.data_refs:
-            return grant
-        records: set[str] = set()
-        for ref in grant.data_refs:
-            stored = named_resource(self._store, ref)
-            if stored is not None and stored.facts is not None:
-                records.add(stored.facts.governed_by)
-        if records <= grant.data_refs:
-            return grant
-        return dataclasses.replace(grant, data_refs=grant.data_refs | records)
 
     def _facts(self, resource_type: str, id: str, facts: AccessFacts | None,
                resource: dict[str, Any] | None) -> AccessFacts | None:

@@ -1,7 +1,9 @@
 """Consent lifecycle: create, update (add a purpose, withdraw with status inactive).
 
 A change is committed before the response, and the read path loads consents on every request,
-so it takes effect on the very next request.
+so it takes effect on the very next request. A Consent that documents consent for care for the
+patient's photos kept consent pending releases their held forwarding and writes their records'
+next versions, in its own transaction (adapter.services.consent_pending).
 
 Every write is audited: a stored one in its own transaction (outcome 0), a refused one (invalid,
 against a rule, a stale If-Match, an id never made…) as a refused POST /photos is (outcome 4 with
@@ -44,9 +46,10 @@ from adapter.mapping.photo import index_resource
 from adapter.mapping.tables import Tables
 from adapter.model.photo import Identifier, identifier_too_long
 from adapter.model.purpose import V3_ACT_REASON, V3_ACT_REASON_SYSTEMS, RequestContext
-from adapter.model.record import NewResource, StoredResource
+from adapter.model.record import AccessFacts, NewResource, StoredResource
 from adapter.services.access import consent_facts, named_resource
 from adapter.services.audit import Auditor
+from adapter.services.consent_pending import Documented, PendingRecords
 from adapter.store.port import RecordStore
 from adapter.text import has_control_character
 
@@ -65,6 +68,10 @@ class ConsentService:
         self._auditor = auditor
         self._known = known_purposes
         self._now = now
+        self._pending = PendingRecords(store=store, tables=tables, auditor=auditor)
+        #: Called after a write released held outbox items (Services.start_forwarding: the
+        #: forwarder's wake), so they go at once rather than at its next poll.
+        self.on_released: Callable[[], None] | None = None
 
     def _check(self, resource: dict[str, Any], id: str, current: dict[str, Any] | None = None) -> dict[str, Any]:
         """Validate a Consent and return a copy carrying ``id`` and no client-supplied meta;
@@ -214,8 +221,26 @@ class ConsentService:
                                     reason=consent_change(None, resource, 1),
                                     entities=[f"Consent/{resource['id']}/_history/1"],
                                     patient=facts.patient if facts else None)
-        return self._store.create(NewResource("Consent", resource["id"], resource, index_resource(resource)),
-                                  audit_events=[audit])
+        return self._save(NewResource("Consent", resource["id"], resource, index_resource(resource)), 1, ctx, facts,
+                          audit)
+
+    def _save(self, new: NewResource, version: int, ctx: RequestContext, facts: AccessFacts | None,
+              audit: dict[str, Any]) -> StoredResource:
+        """Write version ``version`` of Consent ``new`` (RecordStore.save_consent: Conflict as a
+        create or an update over the version before) with its AuditEvent, and what it does for
+        the patient's consent-pending records (adapter.services.consent_pending), in one
+        transaction; the forwarder is woken when held items were released."""
+        now = self._now()
+        documented = Documented() if facts is None else self._pending.documented_by(
+            StoredResource("Consent", new.id, version, now, new.resource), facts.patient, now)
+        stored, released = self._store.save_consent(
+            new, version=version, now=now, audit_events=[audit], documented=documented.versions,
+            released=documented.released,
+            audit_documented=None if facts is None else self._pending.audit(
+                ctx, f"Consent/{new.id}/_history/{version}", facts.patient))
+        if released and self.on_released is not None:
+            self.on_released()
+        return stored
 
     def _update(self, id: str, resource: dict[str, Any], ctx: RequestContext, if_match: frozenset[int] | None,
                 held: list[StoredResource]) -> StoredResource:
@@ -262,8 +287,8 @@ class ConsentService:
                                     entities=[f"Consent/{id}/_history/{version}"],
                                     patient=facts.patient if facts else None)
         try:
-            return self._store.update(NewResource("Consent", id, resource, index_resource(resource)),
-                                      if_match=current.version_id, audit_events=[audit])
+            return self._save(NewResource("Consent", id, resource, index_resource(resource)), version, ctx, facts,
+                              audit)
         except Conflict as exc:
             if if_match is None:
                 raise _ChangedMeanwhile from exc

@@ -39,6 +39,16 @@ else (no regeneration). Either refusal fails the item for good, says why in its 
 audited once, as the transfer it refused; a decision that cannot be taken (the store fails) holds
 the object back and retries it.
 
+Except for a photo stored consent pending (policy ``allowPending``; adapter.consent.decision
+step 4), refused for want of documented consent for care (no Consent denying it): its item is
+held (status ``held``, lastError :data:`AWAITING_CONSENT`), audited once as that refusal, and no
+longer claimed, so neither decided nor audited again at each poll. A Consent that documents care
+for it releases it, in the Consent's own transaction (adapter.services.consent_pending): pending
+and due again, decided again like any item. The hold (RecordStore.hold_outbox) is recorded only
+while the patient's Consents are the versions read before the decision: a Consent written in
+between found the item pending, released nothing, and would otherwise leave it held for good;
+the attempt is then recorded as one to be retried, decided again at its retry.
+
 Every attempt is audited, once, as DICOM Instances Transferred (PS3.15 A.5.3.7, which the sender
 records for each transfer, with its outcome; adapter.mapping.audit_dicom), in the transaction
 that records the attempt in the outbox: an acknowledgement as the disclosure it is (outcome 0); a
@@ -100,6 +110,7 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
     from adapter.config import Settings
+    from adapter.model.photo import Identifier
     from adapter.model.record import AccessFacts, StoredResource
 
 log = logging.getLogger(__name__)
@@ -168,7 +179,7 @@ class StoreSender(Protocol):
 # --------------------------------------------------------------------------- the outbox, read
 
 
-OUTBOX_STATUSES = ("pending", "sent", "failed", "cancelled")
+OUTBOX_STATUSES = ("pending", "held", "sent", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -282,6 +293,9 @@ def backoff_delay(attempts: int, options: ForwardOptions, rng: random.Random) ->
 
 #: lastError of an item the consent decision refuses (no patient data: the reason stays in the audit).
 NOT_PERMITTED = "not forwarded: the consent decision for treatment does not permit it"
+#: lastError of an item of a consent-pending record refused for want of documented consent for
+#: care: it is held (or, when the patient's Consents changed since its decision, retried).
+AWAITING_CONSENT = "not forwarded until consent for care is documented (the photo was stored consent pending)"
 #: The claim of an item was lost while its batch was sent (its lease could not be renewed in
 #: time and another forwarder may have claimed it): not sent by this forwarder.
 LEASE_LOST = "not sent: this forwarder's claim on the item was lost while its batch was sent"
@@ -342,18 +356,42 @@ def attempt_reason(result: SendResult, *, give_up: bool) -> str:
     return f"perhaps sent (not known): {error}; {then}"[:500]
 
 
+@dataclass(frozen=True)
+class _Hold:
+    """An item to hold: its record is consent pending and the decision refused it for want of
+    documented consent for care, taken after ``patient``'s Consents were ``consents`` (their
+    versions, RecordStore.consent_versions_for_patient), the hold's condition."""
+
+    patient: Identifier
+    consents: tuple[tuple[str, int], ...]
+
+
+def _hold_for(facts: AccessFacts | None, decision: Decision,
+              consents: tuple[tuple[str, int], ...] | None) -> _Hold | None:
+    """The hold of an item the decision refused (module docstring): its record is consent pending
+    (not entered in error) and no Consent denies it, so it awaits documented consent for care;
+    None for any other refusal, which fails the item for good."""
+    if facts is None or consents is None or not facts.consent_pending or facts.entered_in_error:
+        return None
+    if decision.permitted or decision.consents:  # a Consent denying TREAT is the patient's refusal
+        return None
+    return _Hold(facts.patient, consents)
+
+
 class _Skip(Exception):
     """An item that cannot be sent: ``permanent`` ones fail at once, others are retried.
     ``instance``: its DICOM instance, when it was found (the audit names its record, patient and
-    study); ``event``: the AuditEvent that already records the attempt (a consent refusal)."""
+    study); ``event``: the AuditEvent that already records the attempt (a consent refusal);
+    ``hold``: the item is held rather than retried (:func:`_hold_for`)."""
 
     def __init__(self, reason: str, *, permanent: bool, instance: DicomInstance | None = None,
-                 event: dict[str, Any] | None = None) -> None:
+                 event: dict[str, Any] | None = None, hold: _Hold | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.instance = instance
         self.event = event
+        self.hold = hold
 
 
 class _Reader(Protocol):
@@ -396,7 +434,8 @@ class Forwarder:
     Each forwarded record passes the consent decision for treatment (purpose TREAT, the PACS
     being part of the care record) when its batch is prepared and again right before its
     C-STORE-RQ, and every disclosure to a PACS (or refusal of one) is audited: a photo whose
-    patient withdrew consent before it went out is not sent (module docstring).
+    patient withdrew consent before it went out is not sent, and a consent-pending photo's item
+    is held until a Consent documents its consent for care (module docstring).
     """
 
     def __init__(self, *, store: RecordStore, blobs: BlobStore, tables: Tables, dicom_tables: DicomTables,
@@ -536,7 +575,7 @@ class Forwarder:
                     self._settle(item, SendResult(item.sop_instance_uid,
                                                   SendOutcome.PERMANENT if skip.permanent else SendOutcome.RETRY,
                                                   None, skip.reason, transmitted=False), leases,
-                                 instance=skip.instance, decided=skip.event)
+                                 instance=skip.instance, decided=skip.event, hold=skip.hold)
                     continue
                 except Exception as exc:
                     log.exception("preparing outbox item %d failed", item.id)
@@ -599,11 +638,12 @@ class Forwarder:
                 # (<the refusal>)"), naming the record and patient disclosed
                 self._settle(item, result, leases, instance=disclosure.instance,
                              decided=self._refusal_event(disclosure) if disclosure.refused and not sent_anyway
-                             else None, unanswered=held is None and _unanswered(result))
+                             else None, unanswered=held is None and _unanswered(result),
+                             hold=held.hold if held is not None and not sent_anyway else None)
 
     def _settle(self, item: OutboxItem, result: SendResult, leases: LeaseKeeper, *,
                 disclosed: dict[str, Any] | None = None, instance: DicomInstance | None = None,
-                decided: dict[str, Any] | None = None, unanswered: bool = False) -> None:
+                decided: dict[str, Any] | None = None, unanswered: bool = False, hold: _Hold | None = None) -> None:
         """Record the attempt at once, with its AuditEvent in the same transaction (module
         docstring): an acknowledged object is marked sent before anything else happens, so it
         is not sent again, with ``disclosed``, the AuditEvent of its disclosure. A failure is
@@ -617,7 +657,11 @@ class Forwarder:
 
         ``unanswered``: the destination did not answer (:func:`_unanswered`); the item is then due
         again at the destination's next retry, with the others it left unanswered, and waits
-        for it to answer again (module docstring). An acknowledgement says it answers."""
+        for it to answer again (module docstring). An acknowledgement says it answers.
+
+        ``hold``: the item awaits documented consent for care: held (RecordStore.hold_outbox),
+        with its one AuditEvent, unless the patient's Consents changed since its decision (or
+        the claim was lost): then recorded as an attempt to be retried, decided again then."""
         now = self._now()
         backoff = self._backoff.setdefault(item.destination, _Backoff())
         if result.acknowledged:
@@ -643,8 +687,14 @@ class Forwarder:
         else:
             retry_at = now + backoff_delay(attempts, self.options, self._rng)
         event = decided if decided is not None else self._failed_attempt(item, instance, result, give_up=give_up)
+        claimed = leases.release(item)
+        if hold is not None and self._store.hold_outbox(item.id, claimed_until=claimed, patient=hold.patient,
+                                                        consents=hold.consents, error=error, now=now,
+                                                        audit_events=[event]):
+            log.info("outbox item %d to %s: held until consent for care is documented", item.id, item.destination)
+            return
         if not self._store.mark_outbox_retry(item.id, next_attempt_at=retry_at, error=error, now=now,
-                                             give_up=give_up, claimed_until=leases.release(item),
+                                             give_up=give_up, claimed_until=claimed,
                                              audit_events=[event]):
             if decided is not None or result.transmitted is not False:
                 self._append_audit(item, event)
@@ -681,9 +731,14 @@ class Forwarder:
         try:
             stored = self._record_of(instance)
             disclosure = _Disclosure(item, instance, stored.facts)
+            consents = self._consents_seen(stored.facts)
             decision = self._reader(disclosure.context()).decide(stored.facts)
             disclosure.decision = decision
             if not decision.permitted:
+                hold = _hold_for(stored.facts, decision, consents)
+                disclosure.awaiting = hold is not None
+                if hold is not None:
+                    raise _Skip(AWAITING_CONSENT, permanent=False, event=self._refusal_event(disclosure), hold=hold)
                 raise _Skip(NOT_PERMITTED, permanent=True, event=self._refusal_event(disclosure))
             try:
                 return dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables), disclosure
@@ -696,6 +751,13 @@ class Forwarder:
             log.exception("preparing outbox item %d failed", item.id)
             raise _Skip(f"could not prepare the object: {type(exc).__name__}", permanent=False,
                         instance=instance) from exc
+
+    def _consents_seen(self, facts: AccessFacts | None) -> tuple[tuple[str, int], ...] | None:
+        """The versions of the patient's Consents, read before the decision on a consent-pending
+        record: the condition of its hold (:class:`_Hold`); None for any other record."""
+        if facts is None or not facts.consent_pending:
+            return None
+        return tuple(self._store.consent_versions_for_patient(facts.patient))
 
     def _record_of(self, instance: DicomInstance) -> StoredResource:
         """The record an instance belongs to, as stored now; a permanent _Skip if it is gone."""
@@ -712,7 +774,9 @@ class Forwarder:
         Fail closed: when the decision cannot be taken, the object is held back and retried."""
         instance = disclosure.instance
         try:
-            decision = self._reader(disclosure.context()).decide(self._record_of(instance).facts)
+            facts = self._record_of(instance).facts
+            consents = self._consents_seen(facts)
+            decision = self._reader(disclosure.context()).decide(facts)
         except _Skip as skip:
             disclosure.held_back = skip
             return skip.reason
@@ -724,7 +788,10 @@ class Forwarder:
         disclosure.decision = decision  # what the object leaves under, or is refused by, is audited
         if not decision.permitted:
             disclosure.refused = True
-            disclosure.held_back = _Skip(f"{NOT_PERMITTED} (decided again right before it was sent)", permanent=True)
+            hold = _hold_for(facts, decision, consents)
+            disclosure.awaiting = hold is not None
+            disclosure.held_back = _Skip(f"{AWAITING_CONSENT if hold else NOT_PERMITTED} (decided again right before "
+                                         "it was sent)", permanent=hold is None, hold=hold)
             return disclosure.held_back.reason
         return None
 
@@ -747,8 +814,11 @@ class Forwarder:
     def _refusal_event(self, disclosure: _Disclosure) -> dict[str, Any]:
         """The AuditEvent of a refusal, by the consent decision, to make a disclosure to a PACS:
         DICOM Instances Transferred, read by the sender (adapter.mapping.audit_dicom), outcome 4
-        with the decision's reason; counted as a decision. Stored with the attempt (:meth:`_settle`)."""
-        reason = "not forwarded to PACS" + (f": {disclosure.decision.reason}" if disclosure.decision else "")
+        with the decision's reason; counted as a decision. Stored with the attempt (:meth:`_settle`).
+        One that awaits documented consent for care (a consent-pending record) says so."""
+        reason = "not forwarded to PACS" + (" until consent for care is documented (consent pending)"
+                                            if disclosure.awaiting else "") \
+            + (f": {disclosure.decision.reason}" if disclosure.decision else "")
         return self._disclosed(disclosure, reason)
 
     def _disclosed(self, disclosure: _Disclosure, reason: str | None = None, *,
@@ -808,6 +878,7 @@ class _Disclosure:
         self.held_back: _Skip | None = None  # by the check right before its C-STORE-RQ
         self.sent: SendResult | None = None  # its acknowledgement, once marked sent
         self.refused = False                 # that check's consent decision refused it
+        self.awaiting = False                # a refusal for want of documented consent for care: held
         self.asked = False                   # the sender asked that check: its C-STORE-RQ was about to go
 
     def context(self) -> RequestContext:

@@ -164,6 +164,7 @@ class Services:
                 options=options or ForwardOptions.from_settings(self.settings), now=self.now)
             self.forwarder.start()
             self.ingest.on_commit = self.forwarder.wake
+            self.consents.on_released = self.forwarder.wake
         return self.forwarder
 
     def stop_forwarding(self) -> None:

@@ -190,6 +190,25 @@ class RecordStore(Protocol):
         (:meth:`start_outbox_send`), left pending; the version, how many items were cancelled
         and how many were being sent."""
 
+    def save_consent(self, new: NewResource, *, version: int, now: datetime,
+                     audit_events: Sequence[dict[str, Any]] = (),
+                     documented: Sequence[tuple[NewResource, int]] = (), released: Sequence[str] = (),
+                     audit_documented: Callable[[Sequence[str]], Sequence[dict[str, Any]]] | None = None,
+                     ) -> tuple[StoredResource, int]:
+        """Write version ``version`` of Consent ``new`` (1: create it, Conflict if it exists; a
+        later one: over version ``version - 1``, Conflict if that is not current, NotFound if
+        there is none) with ``audit_events``, and in the same transaction: the next version of
+        each consent-pending record of ``documented`` (the record as it is to be, and the version
+        it replaces; one whose current version is another, changed meanwhile, is left as it is),
+        and the outbox items of the records ``released`` ("Media/<id>") that are held released:
+        pending, due ``now``, attempts counted afresh. ``audit_documented`` is given the versions
+        of the records written ("Media/<id>/_history/<n>"), if any, and returns the AuditEvents
+        stored with them. Returns the Consent as stored and how many items were released."""
+
+    def consent_pending_records(self, patient: Identifier) -> list[StoredResource]:
+        """The photo records (Media, DocumentReference) of ``patient`` stored consent pending
+        (AccessFacts.consent_pending) and not entered in error, oldest first."""
+
     def search_index(self, resource_type: str, criteria: SearchCriteria, *,
                      descending: bool = False) -> Iterator[IndexRow]:
         """Candidates ordered by last_updated then id, newest first when ``descending`` (no JSON
@@ -360,6 +379,18 @@ class RecordStore(Protocol):
         lease end is not ``claimed_until`` when given (another forwarder claimed it since);
         returns whether the attempt was recorded. ``audit_events`` (the attempt's) are stored in
         the same transaction, and only when it was recorded. NotFound for an unknown id."""
+
+    def hold_outbox(self, item_id: int, *, claimed_until: datetime, patient: Identifier,
+                    consents: Sequence[tuple[str, int]], error: str, now: datetime,
+                    audit_events: Sequence[dict[str, Any]] = ()) -> bool:
+        """Count an attempt of a pending item and hold it (status held, ``error`` its last error):
+        the consent decision refused it for want of documented consent for care, and it waits,
+        unclaimed, for a Consent that documents care (:meth:`save_consent` releases it). Only
+        while the claim whose lease end is ``claimed_until`` holds, and while ``patient``'s
+        Consents are still ``consents`` (:meth:`consent_versions_for_patient`, read before the
+        decision): a Consent written since may document care, and its release found the item
+        pending, not held. Returns whether the item was held; ``audit_events`` (the attempt's)
+        are stored in the same transaction, and only then."""
 
     def renew_outbox_claims(self, items: Sequence[OutboxItem], now: datetime) -> list[OutboxItem]:
         """Of ``items`` (as claim_outbox or an earlier renewal returned them), those whose claim

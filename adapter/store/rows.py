@@ -27,6 +27,9 @@ from adapter.store.schema import EncodedJson
 OUTBOX_PENDING, OUTBOX_SENT, OUTBOX_FAILED = "pending", "sent", "failed"
 #: An item whose record was marked entered-in-error before it was sent: never sent.
 OUTBOX_CANCELLED = "cancelled"
+#: An item of a consent-pending record that the consent decision refused for want of documented
+#: consent for care: not claimed until a Consent documenting care releases it (pending again).
+OUTBOX_HELD = "held"
 
 
 def with_meta(new: NewResource, version_id: int, last_updated: datetime) -> dict[str, Any]:

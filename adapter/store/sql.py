@@ -25,6 +25,7 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
+    true,
     union,
     update,
 )
@@ -71,6 +72,7 @@ from adapter.store.port import NamePrefix, SearchCriteria
 from adapter.store.rows import (
     OUTBOX_CANCELLED,
     OUTBOX_FAILED,
+    OUTBOX_HELD,
     OUTBOX_PENDING,
     OUTBOX_SENT,
     attribute_columns,
@@ -147,6 +149,8 @@ def _uid_lock(uid: str) -> int:
 #: The resources reindex_records re-derives the search index of (a Consent's too: its R5 status
 #: and date are indexed beside its R4 ones).
 _RECORD_TYPES = ("Media", "DocumentReference", "Consent")
+#: The photo records (a Binary and a Provenance carry their record's facts too).
+_PHOTO_RECORD_TYPES = ("Media", "DocumentReference")
 _p = patient_pseudonyms.c
 _k = key_fingerprints.c
 
@@ -448,6 +452,10 @@ def _after_prefixed(prefix: str) -> str | None:
 def _dicom_ordered(statement: Select[Any]) -> Select[Any]:
     """By study, series, created (then SOP Instance UID): a study's instances together."""
     return statement.order_by(_d.study_instance_uid, _d.series_instance_uid, _d.created, _d.sop_instance_uid)
+
+
+class _ConsentsChanged(Exception):
+    """A patient's Consents changed since the decision a write rests on (SqlRecordStore.hold_outbox)."""
 
 
 class SqlRecordStore:
@@ -836,8 +844,8 @@ class SqlRecordStore:
         (its history row, tokens and date ranges), with ``created`` (version 1: its Provenance)
         and ``audit_events``, in one transaction, which also marks every resource the record
         governs entered in error (AccessFacts.entered_in_error: its Binary, its Provenance) and
-        cancels its outbox items not sent (pending or failed: never sent, nor requeued; one sent
-        stays sent). A pending item whose C-STORE has started (:meth:`start_outbox_send`) is not
+        cancels its outbox items not sent (pending, held or failed: never sent, nor requeued; one
+        sent stays sent). A pending item whose C-STORE has started (:meth:`start_outbox_send`) is not
         cancelled: it is being sent, or may have been, and stays pending for its forwarder to
         record what became of it (sent; a failure is refused at its next claim, the record being
         entered in error). The items are read locked (PostgreSQL FOR UPDATE, SQLite's write
@@ -863,7 +871,7 @@ class SqlRecordStore:
             its_objects = select(_d.sop_instance_uid).where(_d.record_type == new.resource_type,
                                                             _d.record_id == new.id)
             not_sent = conn.execute(select(_o.id, _o.sending_since).where(
-                _o.sop_instance_uid.in_(its_objects), _o.status.in_([OUTBOX_PENDING, OUTBOX_FAILED]))
+                _o.sop_instance_uid.in_(its_objects), _o.status.in_([OUTBOX_PENDING, OUTBOX_HELD, OUTBOX_FAILED]))
                 .order_by(_o.id).with_for_update()).all()
             to_cancel = [row.id for row in not_sent if row.sending_since is None]
             cancelled = int(conn.execute(update(outbox).where(_o.id.in_(to_cancel))
@@ -876,6 +884,83 @@ class SqlRecordStore:
             extra.resource["meta"] = document["meta"]
         return StoredResource(new.resource_type, new.id, version, now, documents[0], new.facts, new.blob_sha256,
                               new.blob_range), cancelled, sending
+
+    def save_consent(self, new: NewResource, *, version: int, now: datetime,
+                     audit_events: Sequence[dict[str, Any]] = (),
+                     documented: Sequence[tuple[NewResource, int]] = (), released: Sequence[str] = (),
+                     audit_documented: Callable[[Sequence[str]], Sequence[dict[str, Any]]] | None = None,
+                     ) -> tuple[StoredResource, int]:
+        """See RecordStore.save_consent. The Consent's row (and the current one it replaces) and
+        each documented record's are locked first (FOR UPDATE), so that one instant, after each
+        of their versions', stamps them all; then the outbox items of ``released`` in status
+        pending or held are read locked (PostgreSQL FOR UPDATE; SQLite's write lock), and the
+        held ones released: a forwarder recording a hold (:meth:`hold_outbox`) on such an item
+        either committed first, and its item is released here, or waits for this commit and then
+        finds the patient's Consents changed."""
+        run = self._inserts.execute
+        with self._write() as conn:
+            instant = now_instant()
+            if version > 1:
+                _, instant = self._next_version(conn, new, version - 1)
+            records: list[tuple[NewResource, int]] = []
+            for record, over in documented:
+                current = conn.execute(select(_r.version_id, _r.last_updated).where(
+                    _r.resource_type == record.resource_type, _r.id == record.id).with_for_update()).first()
+                if current is None or current.version_id != over:
+                    continue  # changed meanwhile (entered in error, or documented by another Consent): left so
+                instant = max(instant, current.last_updated + _MILLISECOND)
+                records.append((record, over + 1))
+            written = [(new, version), *records]
+            documents = [with_meta(n, v, instant) for n, v in written]
+            if version == 1:
+                run(conn, resources, resource_row(new, documents[0], 1, instant))
+            for (n, v), document in zip(written, documents, strict=True):
+                if v > 1:
+                    self._replace_current(conn, n, document, v, instant)
+                run(conn, resource_history, history_row(n, document, v, instant))
+                if rows := token_rows(n):
+                    run(conn, tokens, rows)
+                if ranges := date_range_rows(n):
+                    run(conn, date_ranges, ranges)
+            count = self._release_held(conn, released, to_utc(now))
+            self._index_pseudonyms(conn, [n for n, _ in written])
+            instant, documents = self._stamp(conn, written, documents, instant)
+            events = [*audit_events]
+            if records and audit_documented is not None:
+                events += audit_documented([f"{n.resource_type}/{n.id}/_history/{v}" for n, v in records])
+            self._insert_audit(conn, [{"recorded": instant, "json": e} for e in events], locked=True)  # last
+        return StoredResource(new.resource_type, new.id, version, instant, documents[0], new.facts, new.blob_sha256,
+                              new.blob_range), count
+
+    @staticmethod
+    def _release_held(conn: Connection, records: Sequence[str], now: datetime) -> int:
+        """Release the held outbox items of ``records`` ("Media/<id>"): pending, due ``now``,
+        attempts counted afresh, no last error. Their items pending or held are read locked first
+        (:meth:`save_consent`). How many were released."""
+        pairs = [tuple(r.split("/", 1)) for r in dict.fromkeys(records) if "/" in r]
+        if not pairs:
+            return 0
+        its_objects = select(_d.sop_instance_uid).where(or_(*(and_(_d.record_type == t, _d.record_id == i)
+                                                              for t, i in pairs)))
+        rows = conn.execute(select(_o.id, _o.status).where(
+            _o.sop_instance_uid.in_(its_objects), _o.status.in_([OUTBOX_PENDING, OUTBOX_HELD]))
+            .order_by(_o.id).with_for_update()).all()
+        held = [row.id for row in rows if row.status == OUTBOX_HELD]
+        if not held:
+            return 0
+        return int(conn.execute(update(outbox).where(_o.id.in_(held), _o.status == OUTBOX_HELD).values(
+            status=OUTBOX_PENDING, attempts=0, next_attempt_at=now, last_error=None, sending_since=None,
+            updated=now)).rowcount)
+
+    def consent_pending_records(self, patient: Identifier) -> list[StoredResource]:
+        """See RecordStore.consent_pending_records (by the index of the facts' patient)."""
+        with self._read() as conn:
+            rows = conn.execute(select(resources).where(
+                _r.fact_patient_system == patient.system, _r.fact_patient_value == patient.value,
+                _r.resource_type.in_(_PHOTO_RECORD_TYPES), _r.consent_pending == true(),
+                or_(_r.entered_in_error.is_(None), _r.entered_in_error == false()))
+                .order_by(_r.last_updated, _r.id)).mappings()
+            return [stored_from_row(row) for row in rows]
 
     def append_audit(self, *events: dict[str, Any]) -> None:
         if not events:
@@ -1433,6 +1518,33 @@ class SqlRecordStore:
         return self._finish_attempt(item_id, {
             "status": OUTBOX_FAILED if give_up else OUTBOX_PENDING, "next_attempt_at": to_utc(next_attempt_at),
             "last_error": error[:_LAST_ERROR_MAX], "updated": to_utc(now)}, *conditions, audit_events=audit_events)
+
+    def hold_outbox(self, item_id: int, *, claimed_until: datetime, patient: Identifier,
+                    consents: Sequence[tuple[str, int]], error: str, now: datetime,
+                    audit_events: Sequence[dict[str, Any]] = ()) -> bool:
+        """See RecordStore.hold_outbox: one conditional update of the item's row (pending, its
+        lease end still ``claimed_until``), which locks it, then the patient's Consent versions
+        read: not ``consents`` any more, the transaction is rolled back (False). A Consent write
+        releasing the item (:meth:`save_consent`) reads the row locked: ordered with this hold on
+        it, it either finds the item held, or has committed its Consent before the versions are
+        read here (PostgreSQL READ COMMITTED: the statement after the lock sees it; SQLite: one
+        writer at a time)."""
+        try:
+            with self._write() as conn:
+                held = conn.execute(update(outbox).where(
+                    _o.id == item_id, _o.status == OUTBOX_PENDING, _o.next_attempt_at == to_utc(claimed_until))
+                    .values(status=OUTBOX_HELD, attempts=_o.attempts + 1, sending_since=None,
+                            last_error=error[:_LAST_ERROR_MAX], updated=to_utc(now))).rowcount == 1
+                if not held:
+                    return False
+                found = [(row[0], row[1]) for row in conn.execute(self._patient_consent_versions,
+                                                                    patient_params(patient))]
+                if found != list(consents):
+                    raise _ConsentsChanged
+                self._insert_audit(conn, [{"recorded": now_instant(), "json": e} for e in audit_events])  # last
+        except _ConsentsChanged:
+            return False
+        return True
 
     def renew_outbox_claims(self, items: Sequence[OutboxItem], now: datetime) -> list[OutboxItem]:
         """See RecordStore.renew_outbox_claims: a claim is held while the item is pending and its

@@ -1811,7 +1811,7 @@ def test_a_consent_the_store_fails_to_write_is_audited_as_a_failed_write(tmp_pat
             raise StorageError("the record store is not available")
 
         before = len(services.store.list_audit(1000))
-        monkeypatch.setattr(services.consents._store, "create", failing)
+        monkeypatch.setattr(services.consents._store, "save_consent", failing)
         assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 503
         events = services.store.list_audit(1000)
         assert len(events) == before + 1

@@ -17,11 +17,17 @@ from fhir.resources.R4B import get_fhir_model_class
 from PIL import Image, PngImagePlugin
 
 from adapter.consent import grants_from_consent
+from adapter.consent.ingest import (
+    PENDING_NOTES,
+    PENDING_WARNING,
+    PENDING_WARNING_NO_BREAK_GLASS,
+    documented_later,
+)
 from adapter.errors import ImageTooLarge, InvalidInput, UndecodableImage, UnknownCode, UnsupportedMediaType
 from adapter.mapping import codes
 from adapter.mapping.consent import build_consent_resource
 from adapter.mapping.fhir_r4 import fhir_date, fhir_datetime, fhir_instant
-from adapter.mapping.photo import PhotoResources, build_photo_resources, index_resource
+from adapter.mapping.photo import PhotoResources, build_photo_resources, consent_documented, index_resource
 from adapter.model.image import StoredImage
 from adapter.model.photo import (
     Colleague,
@@ -198,6 +204,37 @@ def test_document_reference_for_document_kind() -> None:
                               "period": {"start": "2024-03-01T10:15:00+01:00", "end": "2024-03-01T10:15:00+01:00"}}
     assert [e["valueBoolean"] for e in ext(doc, codes.EXT_CONSENT_PENDING)] == [True]
     assert "bodySite" not in doc
+
+
+def test_a_consent_pending_record_documented_later_says_when_and_by_which_consent_in_place_of_pending() -> None:
+    """Clinical safety review 5: a consent-pending record kept saying "consent pending: readable
+    only under break-glass" and its consent-pending extension once a Consent documented its
+    consent for care. Its next version has no such extension, and the note saying when and by
+    which Consent stands where the pending note stood (a Media's note, a DocumentReference's
+    description paragraph), or last where there was none; the rest is as it was."""
+    later = NOW + timedelta(days=2)
+    note = documented_later(["Consent/c-9/_history/1"], fhir_instant(later))
+    assert note.startswith("consent for care documented after the photo was stored: Consent/c-9/_history/1, "
+                           f"recorded {fhir_instant(later)}")
+    media = build(metadata("clinical", "clinician", note="Pressure wound"), pending=True,
+                  warnings=(PENDING_WARNING,)).record
+    texts = [n["text"] for n in media["note"]]
+    documented = consent_documented(media, note=note, replaced=PENDING_NOTES, now=later)
+    assert ext(documented, codes.EXT_CONSENT_PENDING) == [] and ext(media, codes.EXT_CONSENT_PENDING) != []
+    assert [n["text"] for n in documented["note"]] == [note if t == PENDING_WARNING else t for t in texts]
+    assert {"time": fhir_instant(later), "text": note} in documented["note"]
+    assert {k: v for k, v in documented.items() if k not in ("note", "extension")} == \
+        {k: v for k, v in media.items() if k not in ("note", "extension")}
+    doc = build(metadata("document", "clinician", note="Lab result, paper copy"), pending=True,
+                warnings=(PENDING_WARNING_NO_BREAK_GLASS,)).record
+    paragraphs = doc["description"].split("\n\n")
+    documented_doc = consent_documented(doc, note=note, replaced=PENDING_NOTES, now=later)
+    assert documented_doc["description"].split("\n\n") == \
+        [note if p == PENDING_WARNING_NO_BREAK_GLASS else p for p in paragraphs]
+    assert ext(documented_doc, codes.EXT_CONSENT_PENDING) == []
+    received = {**media, "note": [n for n in media["note"] if n["text"] != PENDING_WARNING]}  # none to replace
+    assert consent_documented(received, note=note, replaced=PENDING_NOTES, now=later)["note"][-1]["text"] == note
+    assert validate_r4([documented, documented_doc]) == []
 
 
 def _sent(**document: Any) -> TransactionPhotoMetadata:

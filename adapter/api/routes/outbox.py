@@ -60,8 +60,9 @@ def _entry_json(entry: OutboxEntry, *, shown: bool) -> dict[str, Any]:
     "type": "object"}}}), refusals(*READ)))
 async def list_outbox(services: ServicesDep, reader: ReaderDep, status: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
-    """Outbox items, oldest first; ``status`` one of pending, sent, failed; the record and UID
-    of an item only where the purpose of use may see the record in full (module docstring)."""
+    """Outbox items, oldest first; ``status`` one of pending, held, sent, failed, cancelled; the
+    record and UID of an item only where the purpose of use may see the record in full (module
+    docstring)."""
     if status is not None and status not in OUTBOX_STATUSES:
         raise InvalidQuery(f"status must be one of {', '.join(OUTBOX_STATUSES)}", expression="status")
 
