@@ -15,28 +15,65 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from PIL import Image, ImageOps, JpegImagePlugin
 
+from adapter.errors import Transient
 from adapter.imaging.frame import read_orientation
 from adapter.imaging.render import Pixels, decode_pixels, encode_png, opened
 from adapter.imaging.sniff import JPEG, check_declared
+from adapter.memory import give_back
 
 #: JPEG quality of thumbnails: small files that still show a wound's edges.
 THUMBNAIL_QUALITY = 80
 #: JPEG quality of an image rendered anew as JPEG: close to what it shows at full size.
 RENDERED_QUALITY = 90
 #: Pictures made from a whole decode at once in a process (:func:`rendered_as`, a PNG's
-#: thumbnail): an 80 MP image (the policy's default limit) takes ~0.7 GB while it is decoded and
-#: encoded again, so readers asking for many at once wait their turn rather than exhaust memory.
+#: thumbnail), and read pipelines of a large DICOM object (adapter.services.dicom_objects.regenerating):
+#: an 80 MP image (the policy's default limit) takes ~0.7 GB while it is decoded and encoded again,
+#: its DICOM object and the picture made of it ~1.5 GB, so readers asking for many at once wait
+#: their turn rather than exhaust memory.
 WHOLE_DECODES_AT_ONCE = 2
+#: How long a reader waits for a turn (:func:`whole_decode`) before it is answered 503 with
+#: Retry-After (Transient): a reader still waiting after this is behind a queue it had better come
+#: back to than lengthen.
+WHOLE_DECODE_WAIT_SECONDS = 30.0
 _whole_decodes = threading.BoundedSemaphore(WHOLE_DECODES_AT_ONCE)
+#: The turn the calling thread holds (``bound``: the semaphore it was taken of), if any.
+_holder = threading.local()
 
 
-def whole_decode() -> threading.BoundedSemaphore:
-    """The bound on whole decodes at once (:data:`WHOLE_DECODES_AT_ONCE`), to hold in a ``with``
-    while a picture is decoded whole and made anew (adapter.imaging.rendition too)."""
-    return _whole_decodes
+@contextmanager
+def whole_decode(*, bounded: bool = True) -> Iterator[None]:
+    """Hold a turn of the bound on whole decodes (:data:`WHOLE_DECODES_AT_ONCE`) while a picture
+    is decoded whole and made anew, or a large DICOM object made and read (adapter.services.access:
+    the object, its frame, its picture and the answer under one turn). A thread holding a turn
+    already keeps it: a request never waits for a second turn holding what it made under its first,
+    so the memory of the large images being worked on is that of the turns, whatever the number of
+    requests waiting, which hold nothing large. When the turn is given back, memory the C allocator
+    kept is returned to the system (:func:`adapter.memory.give_back`).
+
+    ``bounded``: wait at most :data:`WHOLE_DECODE_WAIT_SECONDS` for a turn; False: as long as it
+    takes, for an answer that has started already and could no longer say 503.
+
+    Raises:
+        Transient: no turn came in time (503, Retry-After).
+    """
+    if getattr(_holder, "bound", None) is not None:
+        yield  # the request's own turn
+        return
+    bound = _whole_decodes
+    if not bound.acquire(timeout=WHOLE_DECODE_WAIT_SECONDS if bounded else None):
+        raise Transient("too many large images are being prepared at once: retry later")
+    _holder.bound = bound
+    try:
+        yield
+    finally:
+        _holder.bound = None
+        bound.release()
+        give_back()
 
 #: The media types :func:`rendered_as` makes: those PS3.18 Table 8.7.4-1 gives a single-frame
 #: image (image/jpeg the default; image/png and image/gif required).
@@ -56,7 +93,7 @@ def thumbnail_jpeg(data: bytes, content_type: str, *, rows: int, columns: int, m
         raise ValueError("a thumbnail needs at least one row and one column")
     kind = check_declared(data, content_type)
     if kind != JPEG:  # a PNG: decoded whole to 8-bit samples (16-bit by their high bits), as rendered
-        with _whole_decodes:  # memory: see WHOLE_DECODES_AT_ONCE
+        with whole_decode():  # memory: see WHOLE_DECODES_AT_ONCE
             pixels = decode_pixels(data, kind, max_pixels=max_pixels)
             picture = picture_of(pixels)
             del pixels
@@ -89,7 +126,7 @@ def rendered_as(data: bytes, content_type: str, media_type: str, *, max_side: in
     if media_type not in RENDERED_TYPES:
         raise ValueError(f"cannot render as {media_type}")
     kind = check_declared(data, content_type)
-    with _whole_decodes:  # memory: see WHOLE_DECODES_AT_ONCE
+    with whole_decode():  # memory: see WHOLE_DECODES_AT_ONCE
         pixels = decode_pixels(data, kind, orientation=read_orientation(data, kind), max_pixels=max_pixels)
         if media_type == "image/png":
             return encode_png(pixels)
@@ -120,7 +157,7 @@ def upright(data: bytes, content_type: str, *, max_pixels: int) -> bytes | None:
     if orientation is None or orientation == 1:
         return None
     # memory: see WHOLE_DECODES_AT_ONCE
-    with _whole_decodes, opened(data, "JPEG" if kind == JPEG else "PNG", max_pixels=max_pixels) as im:
+    with whole_decode(), opened(data, "JPEG" if kind == JPEG else "PNG", max_pixels=max_pixels) as im:
         turned = ImageOps.exif_transpose(im)  # its mode kept: alpha, palette, 16-bit grey
         turned.info = {}
         out = io.BytesIO()
@@ -162,10 +199,12 @@ __all__ = [
     "RENDERED_TYPES",
     "THUMBNAIL_QUALITY",
     "WHOLE_DECODES_AT_ONCE",
+    "WHOLE_DECODE_WAIT_SECONDS",
     "baseline_jpeg",
     "gif_of",
     "picture_of",
     "rendered_as",
     "thumbnail_jpeg",
     "upright",
+    "whole_decode",
 ]

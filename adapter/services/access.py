@@ -20,9 +20,10 @@ import heapq
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from adapter.consent import (
     ANY_PURPOSE,
@@ -103,6 +104,7 @@ _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)
 _UID_AS_SENT = re.compile(r"[0-9.]{1,64}", re.ASCII)
 #: The views as a read that found nothing in one is audited ("not found in the de-identified view of TRAIN").
 _VIEW_NAMES = {View.FULL: "full", View.DEIDENTIFIED: "de-identified", View.PSEUDONYMISED: "pseudonymised"}
+T = TypeVar("T")
 
 
 def _denial(decision: Decision) -> str:
@@ -193,15 +195,21 @@ class DicomSearchResult:
 
 class DicomRetrieval:
     """One permitted instance of a study or series retrieve (WADO-RS), decided and audited;
-    :meth:`load` makes its released object (one at a time, so a large study streams)."""
+    :meth:`answer` makes its released object and what is answered of it (one at a time, so a large
+    study streams)."""
 
-    def __init__(self, entry: DicomEntry, decision: Decision, load: Callable[[], DicomContent]) -> None:
+    def __init__(self, entry: DicomEntry, decision: Decision,
+                 load: Callable[[], AbstractContextManager[DicomContent]]) -> None:
         self.entry = entry
         self.decision = decision
         self._load = load
 
-    def load(self) -> DicomContent:
-        return self._load()
+    def answer(self, make: Callable[[DicomContent], T]) -> T:
+        """``make(content)`` of the released object, made under the object's turn
+        (adapter.services.dicom_objects.regenerating), which is given back once the object is
+        dropped: only what ``make`` returns outlives it."""
+        with self._load() as content:
+            return make(content)
 
 
 def named_resource(store: RecordStore, reference: str) -> StoredResource | None:
@@ -282,9 +290,10 @@ def _rendered(content: DicomContent, max_pixels: int, frame: int | None = None) 
     return ReleasedImage(data, image.content_type, content.decision.break_glass, grey_levels(ds))
 
 
-def _made(content: DicomContent) -> DicomContent:
+@contextmanager
+def _made(content: DicomContent) -> Iterator[DicomContent]:
     """A released object made already (:meth:`ScopedReader.read_dicom`)."""
-    return content
+    yield content
 
 
 def _whole_studies(batches: Iterable[list[DicomInstance]]) -> Iterator[list[DicomInstance]]:
@@ -1053,19 +1062,29 @@ class ScopedReader:
                 out.append((instance, stored, self.decide(stored.facts)))
         return out
 
-    def _dicom_content(self, instance: DicomInstance, stored: StoredResource, decision: Decision, *,
-                       bounded: bool = True) -> DicomContent:
-        """The released object of ``instance``; a posted photo's made from decoded pixels (a PNG, a
-        progressive JPEG) waits its turn (adapter.services.dicom_objects.regenerating; ``bounded``:
-        at most REGENERATION_WAIT_SECONDS, then Transient, 503)."""
+    def _dicom_content(self, instance: DicomInstance, stored: StoredResource, decision: Decision) -> DicomContent:
+        """The released object of ``instance`` (:meth:`_released`), for an answer that is the
+        object itself: once made, it is sent outside its turn."""
+        with self._released(instance, stored, decision) as content:
+            return content
+
+    @contextmanager
+    def _released(self, instance: DicomInstance, stored: StoredResource, decision: Decision, *,
+                  bounded: bool = True) -> Iterator[DicomContent]:
+        """The released object of ``instance``, held while the caller makes its answer of it: a
+        large one (a posted photo's made from decoded pixels, a large received one) under one turn
+        of the whole-decode bound, taken before anything is decoded and given back when the caller
+        is done (adapter.services.dicom_objects.regenerating; ``bounded``: at most
+        WHOLE_DECODE_WAIT_SECONDS, then Transient, 503), so that its frame and picture are made
+        under the turn its object was made in, and no reader waits for a turn holding an object."""
         if self._dicom_tables is None:
             raise NotSupported("DICOM is not served here")
         with regenerating(instance, stored, self._blobs, bounded=bounded) as image:
             obj = dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables, image=image)
             released = self._release(decision.view).release(obj, instance.patient)
-            del obj  # the native dataset: its memory is given back inside the bound
-        return DicomContent(data=released.data, decision=decision, transfer_syntax=released.transfer_syntax,
-                            sop_class_uid=released.sop_class_uid, sop_instance_uid=released.sop_instance_uid)
+            del obj  # the native dataset: its memory is given back before the answer is made
+            yield DicomContent(data=released.data, decision=decision, transfer_syntax=released.transfer_syntax,
+                               sop_class_uid=released.sop_class_uid, sop_instance_uid=released.sop_instance_uid)
 
     def _audit_dicom(self, instance: DicomInstance, decision: Decision) -> None:
         """A retrieval of an instance (WADO-RS, WADO-URI), allowed or denied: DICOM Instances
@@ -1081,17 +1100,19 @@ class ScopedReader:
         NotAcceptable from it (406: nothing is sent) is audited as a read that failed, outcome 4
         saying why, not as a disclosure, as a FHIR Binary's is (:meth:`read_binary`); so is any
         failure to make the object (a document whose metadata cannot be removed, 422; a stored
-        object missing or unreadable): nothing is sent either."""
-        try:
-            content = self._dicom_content(instance, stored, decision)
-            if answerable is not None:
-                answerable(content)
-        except Exception as exc:
-            self._auditor.record_not_sent(self.ctx, entities=[f"{instance.record_type}/{instance.record_id}"],
-                                          patient=instance.patient, why=_why_not_sent(exc), decision=decision,
-                                          dicom=DicomAudit.transferred(instance.study_instance_uid))
-            raise
-        self._audit_dicom(instance, decision)
+        object missing or unreadable): nothing is sent either. The object, what ``answerable``
+        makes of it and the audit are under one turn (:meth:`_released`)."""
+        with ExitStack() as held:
+            try:
+                content = held.enter_context(self._released(instance, stored, decision))
+                if answerable is not None:
+                    answerable(content)
+            except Exception as exc:
+                self._auditor.record_not_sent(self.ctx, entities=[f"{instance.record_type}/{instance.record_id}"],
+                                              patient=instance.patient, why=_why_not_sent(exc), decision=decision,
+                                              dicom=DicomAudit.transferred(instance.study_instance_uid))
+                raise
+            self._audit_dicom(instance, decision)
         return content
 
     def read_dicom_instance(self, sop_instance_uid: str, *, study: str | None = None, series: str | None = None,
@@ -1243,11 +1264,13 @@ class ScopedReader:
             for instance, stored, decision in decided:
                 if decision.permitted and decision.view is release.view:
                     # made while the answer streams, when a 503 can no longer be sent: it waits its turn
-                    load = functools.partial(self._dicom_content, instance, stored, decision, bounded=False)
+                    load: Callable[[], AbstractContextManager[DicomContent]] = functools.partial(
+                        self._released, instance, stored, decision, bounded=False)
                     if release.view is not View.FULL and instance.sop_class_uid == ENCAPSULATED_PDF:
                         # its PDF's metadata is removed now (adapter.imaging.pdf): one that cannot be
                         # fails the answer before it starts (422), as a missing object does below
-                        load = functools.partial(_made, load())
+                        cleaned = self._dicom_content(instance, stored, decision)
+                        load = functools.partial(_made, cleaned)
                     out.append(DicomRetrieval(release.entry(instance), decision, load))
                     # the objects are made one by one while the answer streams: a missing blob found
                     # then could only cut the answer short, so it is looked for now (NotFound)

@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -119,46 +119,48 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
         now=instance.created or stored.last_updated)
 
 
-#: How long a read waits for its turn to make a posted photo's object from decoded pixels
-#: (:func:`regenerating`) before it is answered 503 with Retry-After (Transient): an 80 MP photo's
-#: object takes 1-4 s and about 1 GB to make, so a reader still waiting after this is behind a
-#: queue it had better come back to than lengthen.
-REGENERATION_WAIT_SECONDS = 30.0
+#: A received object whose stored file is at least this large is made and read under a turn
+#: (:func:`regenerating`): its pixels read back, a frame or picture made of them (a native 50 MB
+#: object's PNG, its GIF), cost several times its size.
+LARGE_OBJECT_BYTES = 16 * 1024 * 1024
 
 
 @contextmanager
 def regenerating(instance: DicomInstance, stored: StoredResource, blobs: BlobStore, *,
                  bounded: bool = True) -> Iterator[bytes | None]:
-    """Hold, while ``instance``'s object is made (:func:`dicom_object_for`) and released, a turn
-    of the whole-decode bound (adapter.imaging.thumbnail.WHOLE_DECODES_AT_ONCE) when the object
-    is made from decoded pixels (adapter.mapping.dicom_photo.pixels_decoded: a PNG, a progressive
-    or turned JPEG): uncompressed, up to 240 MB for an 80 MP photo, about 1 GB at its peak while it
-    is decoded, built and encoded, so readers asking for many at once wait their turn rather than
-    exhaust memory. A received object (its file, as stored) or a baseline JPEG's (the frame as
-    stored) costs no decode and waits for nothing. ``bounded``: wait at most
-    :data:`REGENERATION_WAIT_SECONDS` for a turn; False: as long as it takes, for an answer that
-    has started already and could no longer say 503. Yields the photo's stored bytes, read to
-    decide, for :func:`dicom_object_for` (``image``), or None when there is no photo to read.
+    """Hold, while ``instance``'s object is made (:func:`dicom_object_for`) and released and what
+    the read answers is made of it (its frames, its picture, its parts: adapter.services.access), a
+    turn of the whole-decode bound (adapter.imaging.thumbnail.whole_decode) when the object is large:
+    made from decoded pixels (adapter.mapping.dicom_photo.pixels_decoded: a PNG, a progressive or
+    turned JPEG), uncompressed, up to 240 MB for an 80 MP photo, about 1.5 GB at its peak while it is
+    decoded, built, encoded and rendered; or a received object of at least
+    :data:`LARGE_OBJECT_BYTES`. Readers asking for many at once wait their turn, holding nothing of
+    it, rather than exhaust memory. A smaller received object or a baseline JPEG's (the frame as
+    stored) costs no decode and waits for nothing here. ``bounded``: wait at most
+    adapter.imaging.thumbnail.WHOLE_DECODE_WAIT_SECONDS for a turn; False: as long as it takes, for
+    an answer that has started already and could no longer say 503. Yields the photo's stored
+    bytes, read to decide, for :func:`dicom_object_for` (``image``), or None when there is no photo
+    to read.
 
     Raises:
         Transient: no turn came in time (503, Retry-After).
         As :func:`dicom_object_for`, for the photo and its record.
     """
-    if instance.blob_sha256 is not None or stored.blob_sha256 is None or stored.facts is None:
-        yield None  # a received object, or a record without a photo: nothing is decoded (or it raises)
+    if instance.blob_sha256 is not None:  # a received object, as stored
+        with whole_decode(bounded=bounded) if (blobs.size(instance.blob_sha256) or 0) >= LARGE_OBJECT_BYTES \
+                else nullcontext():
+            yield None
+        return
+    if stored.blob_sha256 is None or stored.facts is None:
+        yield None  # a record without a photo: nothing is decoded (it raises)
         return
     image = blobs.read(stored.blob_sha256, stored.blob_range)
     kind = check_declared(image, _content_type(stored.resource))  # as photo_to_dicom checks it
     if not pixels_decoded(image, kind, read_orientation(image, kind) or 1):
         yield image
         return
-    bound = whole_decode()
-    if not bound.acquire(timeout=REGENERATION_WAIT_SECONDS if bounded else None):
-        raise Transient("too many large images are being prepared at once: retry later")
-    try:
+    with whole_decode(bounded=bounded):
         yield image
-    finally:
-        bound.release()
 
 
 def object_attributes(instance: DicomInstance, store: RecordStore, blobs: BlobStore, tables: Tables,
@@ -770,10 +772,10 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
 
 __all__ = [
     "INSTANCE",
+    "LARGE_OBJECT_BYTES",
     "LEVELS",
     "LEVEL_KEYS",
     "ONLINE",
-    "REGENERATION_WAIT_SECONDS",
     "SERIES",
     "STOW_SENDER",
     "STUDY",

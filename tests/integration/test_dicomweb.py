@@ -1385,6 +1385,28 @@ def test_a_study_with_a_lost_object_is_refused_before_the_answer_starts(adapter:
     assert fresh[0]["outcomeDesc"].startswith("not sent"), fresh[0]["outcomeDesc"]
 
 
+def test_a_frame_or_bulk_data_the_instance_does_not_hold_is_audited_as_a_read_that_failed(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """A frame beyond the instance's frames, or bulk data it does not hold, is 404: nothing is sent.
+    It was cut out after the retrieval was audited as one that sent the instance (outcome 0); it is
+    now cut out under the object's turn, before the audit (security review 2), and audited as a read
+    that failed (outcome 4, saying why), as a rendered frame it does not hold is."""
+    client, services = adapter
+    photo, pdf, _ = _photo_pdf_and_native(client, tmp_path)
+
+    def base(obj: Any) -> str:
+        return f"/dicomweb/studies/{obj.StudyInstanceUID}/series/{obj.SeriesInstanceUID}/instances/{obj.SOPInstanceUID}"
+
+    for url in (base(photo) + "/frames/2", base(photo) + "/bulk/00420011", base(pdf) + "/bulk/00282000"):
+        done = len(services.store.list_audit(10000))
+        r = client.get(url, headers=TREAT)
+        assert r.status_code == 404, (url, r.status_code)
+        events = services.store.list_audit(10000)
+        fresh = events[: len(events) - done]
+        assert [(e["action"], e["outcome"]) for e in dicom_events(fresh, INSTANCES_TRANSFERRED)] == [("R", "4")], url
+        assert fresh[0]["outcomeDesc"].startswith("not sent"), (url, fresh[0]["outcomeDesc"])
+
+
 def _photo_pdf_and_native(client: FhirClient, tmp_path: Path) -> tuple[Any, Any, Any]:
     """Three objects stored by STOW-RS: a JPEG photo, an Encapsulated PDF and a native Secondary
     Capture (rendered as JPEG, PDF and PNG)."""

@@ -133,3 +133,49 @@ def test_whole_decodes_run_at_most_two_at_once(monkeypatch: pytest.MonkeyPatch) 
     for r in readers:
         r.join()
     assert len(made) == 6 and most[0] == thumbnail.WHOLE_DECODES_AT_ONCE
+
+
+def test_a_reader_that_gets_no_turn_in_time_is_transient_and_a_turn_given_back_returns_free_memory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security review 2: a picture made anew waited for its turn as long as it took, and the memory
+    its work freed stayed with the process (5.6 GB resident after twelve reads, none running). Now a
+    reader waits at most WHOLE_DECODE_WAIT_SECONDS (then Transient: 503 with Retry-After), and each
+    turn given back hands the C allocator's free memory back to the system (adapter.memory)."""
+    import threading
+
+    from adapter.errors import Transient
+    from adapter.imaging import thumbnail
+
+    source = _jpeg(64, 48)
+    given_back: list[None] = []
+    monkeypatch.setattr(thumbnail, "give_back", lambda: given_back.append(None), raising=False)
+    thumbnail.rendered_as(source, "image/jpeg", "image/png", max_side=100, max_pixels=10_000)
+    assert len(given_back) == 1
+
+    bound = threading.BoundedSemaphore(1)
+    monkeypatch.setattr(thumbnail, "_whole_decodes", bound)
+    monkeypatch.setattr(thumbnail, "WHOLE_DECODE_WAIT_SECONDS", 0.05, raising=False)
+    raised: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            thumbnail.rendered_as(source, "image/jpeg", "image/png", max_side=100, max_pixels=10_000)
+        except Exception as exc:  # noqa: BLE001 - what it raises is the test's
+            raised.append(exc)
+
+    assert bound.acquire(timeout=1)  # every turn taken (another reader's large image)
+    waiting = threading.Thread(target=reader)
+    try:
+        waiting.start()
+        waiting.join(timeout=10)
+        assert not waiting.is_alive()  # it waited as long as it took
+        assert [type(e) for e in raised] == [Transient]
+    finally:
+        bound.release()
+        waiting.join()
+
+
+def test_give_back_returns_the_allocators_free_memory_or_does_nothing() -> None:
+    from adapter.memory import give_back
+
+    give_back()  # glibc: malloc_trim(0); another C library: nothing

@@ -406,14 +406,17 @@ def _syntax_refusal(syntaxes: frozenset[str], stored: str) -> str | None:
             f"or {stored} (not {', '.join(sorted(syntaxes))[:64]})")
 
 
-def _body_part(boundary: str, content_type: str, data: bytes) -> bytes:
-    """One part of a multipart/related body (RFC 2387), its delimiter first."""
+def _body_part(boundary: str, content_type: str, data: bytes, *, last: bool = False) -> bytes:
+    """One part of a multipart/related body (RFC 2387), its delimiter first; ``last``: the closing
+    delimiter after it. One copy of ``data`` (a DICOM object may be hundreds of MB)."""
     head = f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n\r\n"
-    return head.encode("ascii") + data + b"\r\n"
+    return b"".join((head.encode("ascii"), data, b"\r\n", f"--{boundary}--\r\n".encode("ascii") if last else b""))
 
 
-def _part(boundary: str, content: DicomContent) -> bytes:
-    return _body_part(boundary, f"application/dicom; transfer-syntax={content.transfer_syntax}", content.data)
+def _part(boundary: str, content: DicomContent, *, last: bool = False) -> bytes:
+    """One object's part of a multipart/related body; ``last``: the closing delimiter after it."""
+    return _body_part(boundary, f"application/dicom; transfer-syntax={content.transfer_syntax}", content.data,
+                      last=last)
 
 
 def _multipart_headers(boundary: str, break_glass: bool) -> dict[str, str]:
@@ -427,17 +430,20 @@ async def retrieve_instance(study: str, series: str, instance: str, reader: Read
     syntaxes, refusal = _dicom_accept(accept)
     if refusal:
         return _not_acceptable(refusal)
+    answered: list[Response] = []
+
     def answerable(content: DicomContent) -> None:  # after the decision, before the audit (406: not sent)
         refusal = _syntax_refusal(syntaxes, content.transfer_syntax)
         if refusal:
             raise NotAcceptable(refusal)
+        # the body is made under the object's turn (adapter.services.access), the object dropped then
+        boundary = uuid.uuid4().hex
+        answered.append(Response(content=_part(boundary, content, last=True), media_type=None,
+                                 headers=_multipart_headers(boundary, content.decision.break_glass)))
 
-    content = await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
-                                              answerable=answerable))
-    boundary = uuid.uuid4().hex
-    headers = _multipart_headers(boundary, content.decision.break_glass)
-    return Response(content=_part(boundary, content) + f"--{boundary}--\r\n".encode("ascii"),
-                    headers=headers, media_type=None)
+    await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
+                                    answerable=answerable))
+    return answered[-1]
 
 
 @router.get("/studies/{study}/series/{series}", responses=_RETRIEVE)
@@ -455,29 +461,29 @@ async def _retrieve(reader: Any, accept: str | None, study: str, series: str | N
     syntaxes, refusal = _dicom_accept(accept)
     if refusal:
         return _not_acceptable(refusal)
-    made: list[DicomContent] = []
+    boundary = uuid.uuid4().hex
+    # each object's part made under its turn (adapter.services.access), the object dropped then
+    made: list[bytes] = []
 
     def answerable(retrievals: list[DicomRetrieval]) -> None:  # before the audit (406: not sent)
         # the first object is made before the response starts, so its failure is a proper error
-        made.append(retrievals[0].load())
+        syntax, part = retrievals[0].answer(lambda content: (content.transfer_syntax, _part(boundary, content)))
+        made.append(part)
         if ANY_SYNTAX not in syntaxes:
             # named syntaxes: every object's is known before the answer starts (each is made again
             # as it streams), so one stored in another is a 406, not an answer cut short
-            later = [r.load().transfer_syntax for r in retrievals[1:]]
-            refusal = next(filter(None, (_syntax_refusal(syntaxes, s) for s in [made[0].transfer_syntax, *later])),
-                           None)
+            later = [r.answer(lambda content: content.transfer_syntax) for r in retrievals[1:]]
+            refusal = next(filter(None, (_syntax_refusal(syntaxes, s) for s in [syntax, *later])), None)
             if refusal:
                 raise NotAcceptable(refusal)
 
     retrievals: list[DicomRetrieval] = await run_in_threadpool(partial(reader.read_dicom, study, series,
                                                                        answerable=answerable))
-    first = made[-1]
-    boundary = uuid.uuid4().hex
 
     def body() -> Iterator[bytes]:  # runs in the threadpool (StreamingResponse iterates it there)
-        yield _part(boundary, first)
+        yield made.pop()
         for retrieval in retrievals[1:]:
-            yield _part(boundary, retrieval.load())
+            yield retrieval.answer(partial(_part, boundary))
         yield f"--{boundary}--\r\n".encode("ascii")
 
     return StreamingResponse(body(), headers=_multipart_headers(boundary, any(r.decision.break_glass

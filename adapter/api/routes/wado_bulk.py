@@ -105,7 +105,7 @@ _METADATA = ok(200, "one DICOM JSON object (XML: one part) per permitted instanc
 _THUMBNAIL = answers(ok(200, "a small JPEG, re-encoded: no metadata", {"image/jpeg": None}), refusals(*INVALID))
 
 
-def _metadata_of(request: Request, services: Services, content: DicomContent, study: str,
+def _metadata_of(request: Request, services: Services, content: DicomContent, *, study: str,
                  series: str) -> dict[str, Any]:
     ds = read_released(content.data)
     return metadata(ds, _instance_url(request, services, study, series, content.sop_instance_uid))
@@ -132,8 +132,8 @@ async def _series_metadata(request: Request, reader: Any, services: Services, ac
     answered: list[Response] = []
 
     def answerable(retrievals: list[DicomRetrieval]) -> None:  # before the audit (406, XML: not sent)
-        body = [_metadata_of(request, services, r.load(), r.entry.study_instance_uid, r.entry.series_instance_uid)
-                for r in retrievals]
+        body = [r.answer(partial(_metadata_of, request, services, study=r.entry.study_instance_uid,
+                                 series=r.entry.series_instance_uid)) for r in retrievals]
         answered.append(_datasets(body, model, break_glass=any(r.decision.break_glass for r in retrievals)))
 
     # decided, permitted ones only, audited once the answer is made
@@ -151,7 +151,7 @@ async def instance_metadata(study: str, series: str, instance: str, request: Req
     answered: list[Response] = []
 
     def answerable(content: DicomContent) -> None:  # after the decision, before the audit (406, XML: not sent)
-        body = _metadata_of(request, services, content, study, series)
+        body = _metadata_of(request, services, content, study=study, series=series)
         answered.append(_datasets([body], model, break_glass=content.decision.break_glass))
 
     await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
@@ -165,30 +165,33 @@ async def instance_metadata(study: str, series: str, instance: str, request: Req
 async def retrieve_frames(study: str, series: str, instance: str, frame_list: str, reader: ReaderDep,
                           accept: Annotated[str | None, Header()] = None) -> Response:
     wanted = parse_frame_list(frame_list)
-    negotiated: list[tuple[Any, str, bool]] = []  # the released data set, the media type, single part
+    answered: list[Response] = []
 
     def answerable(content: DicomContent) -> None:  # after the decision, before the audit (406: not sent)
+        # the answer is made under the object's turn (adapter.services.access), the object dropped then
         ds = read_released(content.data)
         syntax = transfer_syntax(ds)
-        chosen = _frame_media_type(accept, syntax, compressed=is_encapsulated(ds), single=len(wanted) == 1)
-        if chosen is None:
+        negotiated = _frame_media_type(accept, syntax, compressed=is_encapsulated(ds), single=len(wanted) == 1)
+        if negotiated is None:
             raise NotAcceptable(
                 f"the frames are stored in {syntax}, served as they are (no transcoding): ask for "
                 f'multipart/related; type="image/jpeg" or type="{OCTET}"; transfer-syntax=*'
                 if is_encapsulated(ds) else f'the frames are served as multipart/related; type="{OCTET}", or one '
                 f"frame as {OCTET}")
-        negotiated.append((ds, *chosen))
+        chosen, single_part = negotiated
+        data = frames(ds, wanted)
+        del ds
+        part_type = f"{chosen}; transfer-syntax={syntax}"
+        glass = content.decision.break_glass
+        if single_part:  # one frame, asked for as application/octet-stream itself (PS3.18 8.7.3.3.2)
+            answered.append(Response(content=data[0], media_type=None, headers={
+                "Content-Type": part_type, **break_glass_headers(glass)}))
+        else:
+            answered.append(_multipart(chosen, [(part_type, frame) for frame in data], break_glass=glass))
 
-    content = await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
-                                              answerable=answerable))
-    ds, chosen, single_part = negotiated[-1]
-    syntax = transfer_syntax(ds)
-    data = await run_in_threadpool(frames, ds, wanted)
-    part_type = f"{chosen}; transfer-syntax={syntax}"
-    if single_part:  # one frame, asked for as application/octet-stream itself (PS3.18 8.7.3.3.2)
-        return Response(content=data[0], media_type=None, headers={
-            "Content-Type": part_type, **break_glass_headers(content.decision.break_glass)})
-    return _multipart(chosen, [(part_type, frame) for frame in data], break_glass=content.decision.break_glass)
+    await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
+                                    answerable=answerable))
+    return answered[-1]
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}", responses=answers(
@@ -198,12 +201,17 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
     single_part = _bulk_single_part(accept)
     if single_part is None:
         return _not_acceptable(f'bulk data is served as multipart/related; type="{OCTET}", or as {OCTET}')
-    content = await run_in_threadpool(reader.read_dicom_instance, instance, study=study, series=series)
-    ds = await run_in_threadpool(read_released, content.data)
-    if single_part:
-        return Response(content=bulk_value(ds, tag), media_type=OCTET,
-                        headers=break_glass_headers(content.decision.break_glass))
-    return _multipart(OCTET, [(OCTET, bulk_value(ds, tag))], break_glass=content.decision.break_glass)
+    answered: list[Response] = []
+
+    def answerable(content: DicomContent) -> None:  # made under the object's turn (adapter.services.access)
+        value = bulk_value(read_released(content.data), tag)
+        glass = content.decision.break_glass
+        answered.append(Response(content=value, media_type=OCTET, headers=break_glass_headers(glass)) if single_part
+                        else _multipart(OCTET, [(OCTET, value)], break_glass=glass))
+
+    await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
+                                    answerable=answerable))
+    return answered[-1]
 
 
 def _bulk_single_part(accept: str | None) -> bool | None:
