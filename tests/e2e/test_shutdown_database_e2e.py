@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from adapter.__main__ import STOP_AUDIT_SECONDS
 from adapter.store.locks import SCHEMA_KEY
 from tests.conftest import wait_until
-from tests.e2e.test_shutdown_e2e import _answer, _exits, _photo_request
+from tests.e2e.test_shutdown_e2e import NAMED, _answer, _exits, _photo_request
 from tests.support.postgres import named_postgres_schema, sessions_waiting_on_a_lock
 from tests.support.server import running_adapter
 
@@ -34,6 +34,7 @@ def test_sigterm_while_the_database_holds_a_request_answers_503_and_ends_within_
         try:
             with holder.connect() as other, running_adapter(
                     tmp_path, ADAPTER_DATABASE_URL=url, ADAPTER_DICOM_ENABLED="false", ADAPTER_HTTP_BODY_TIMEOUT="2",
+                    **NAMED,  # the Host its raw request names
                     # no statement or lock timeout: the database holds the request as a hung one would
                     ADAPTER_DATABASE_LOCK_TIMEOUT="0", ADAPTER_DATABASE_STATEMENT_TIMEOUT="0") as server:
                 other.execute(text(f"SELECT pg_advisory_lock({SCHEMA_KEY})"), {"key": AUDIT_LOCK})
