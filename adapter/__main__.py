@@ -727,8 +727,13 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
         for consent_id, why in unreadable:
             print(f"Consent/{consent_id}: the consent decision cannot read it ({why}): read as a denial of every "
                   "purpose of its patient, care included, and every ingest for the patient is refused")
+        # one patient per study (PS3.3 A.1.2): studies stored before such an instance was refused
+        mixed = store.studies_of_several_patients()
+        for study, records in mixed:
+            print(f"study {study}: its instances are filed under more than one patient ({', '.join(records)}): "
+                  "withdraw the misfiled ones (README: Correcting a misfiled record)")
         problems = (len(report.findings) + (key_problem is not None) + (folder_problem is not None) + len(unreadable)
-                    + len(audit_problems))
+                    + len(audit_problems) + len(mixed))
         ok = problems == 0
         checked = f", {report.digests_checked} re-hashed" if digests else " (sizes only; --digests re-hashes them)"
         print(f"{report.references} reference(s) to {report.blobs} stored image(s){checked}; "

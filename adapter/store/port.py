@@ -265,6 +265,12 @@ class RecordStore(Protocol):
         transaction, after every other filing into the study and series committed (PostgreSQL's
         advisory locks of the two UIDs, SQLite's single writer); this read refuses early."""
 
+    def studies_of_several_patients(self) -> list[tuple[str, list[str]]]:
+        """Each study whose instances (those whose record is not entered in error) are filed
+        under more than one patient identifier, with the records of its instances ("Media/<id>"),
+        in study order: stored before check_hierarchy refused such instances (python -m adapter
+        verify names them)."""
+
     def find_study_photo(self, study_instance_uid: str) -> DicomInstance | None:
         """A posted photo's instance (no object as received) of the study, any one (every one
         carries the study's StudyDate, StudyTime and offset); None when none is stored. One lookup

@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    distinct,
     false,
     func,
     inspect,
@@ -1164,6 +1165,24 @@ class SqlRecordStore:
         with self._read() as conn:
             _check_hierarchy(conn, study_instance_uid=study_instance_uid, series_instance_uid=series_instance_uid,
                              patient=patient)
+
+    def studies_of_several_patients(self) -> list[tuple[str, list[str]]]:
+        """See RecordStore.studies_of_several_patients. One grouped scan of the held instances
+        (verify's, not a hot path)."""
+        held = _HELD.add_columns(_d.study_instance_uid, _d.patient_system, _d.patient_value).subquery()
+        mixed = (select(held.c.study_instance_uid)
+                 .group_by(held.c.study_instance_uid)
+                 .having(or_(func.count(distinct(held.c.patient_system)) > 1,
+                             func.count(distinct(held.c.patient_value)) > 1)))
+        with self._read() as conn:
+            studies = [row[0] for row in conn.execute(mixed.order_by(held.c.study_instance_uid))]
+            found: list[tuple[str, list[str]]] = []
+            for study in studies:
+                records = conn.execute(_HELD.with_only_columns(_d.record_type, _d.record_id)
+                                       .where(_d.study_instance_uid == study)
+                                       .order_by(_d.record_type, _d.record_id)).all()
+                found.append((study, [f"{t}/{i}" for t, i in records if t and i]))
+        return found
 
     def find_study_photo(self, study_instance_uid: str) -> DicomInstance | None:
         """See RecordStore.find_study_photo."""

@@ -256,3 +256,24 @@ def test_verify_finds_an_audit_trail_edited_or_renumbered(tmp_path: Path) -> Non
     renumbered = _verify(tmp_path)
     assert renumbered.returncode == 1, renumbered.stdout + renumbered.stderr
     assert "the hash chain breaks at event 2 " in renumbered.stdout
+
+
+def test_verify_names_a_study_whose_instances_are_filed_under_two_patients(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a study of two patients stored before such an instance was refused (clinical safety review
+    # finding 1) stood unreported: a retrieve of it shows both patients' images to care
+    from tests.integration.test_dicomweb import received, stored_before_studies_were_checked, stow
+
+    with adapter_client(tmp_path) as (client, services):
+        mine = received(record_id="rec-a")
+        theirs = received(record_id="rec-b", PatientID="MRN-0002", PatientName="Roe^Rick")
+        stored_before_studies_were_checked(monkeypatch)
+        assert stow(client, mine, theirs).status_code == 200
+        records = sorted(f"{i.record_type}/{i.record_id}"
+                         for i in services.store.search_dicom_instances(study=mine.StudyInstanceUID))
+    done = _verify(tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (f"study {mine.StudyInstanceUID}: its instances are filed under more than one patient "
+            f"({', '.join(records)})") in done.stdout
+    assert "1 problem(s)" in done.stdout
+    assert "MRN-000" not in done.stdout and "Roe" not in done.stdout  # names records, not patients

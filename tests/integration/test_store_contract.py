@@ -2045,3 +2045,24 @@ def test_a_failure_to_connect_is_logged_with_the_drivers_message(
     with caplog.at_level(logging.ERROR, logger="adapter.store"), pytest.raises(StorageError):
         SqlRecordStore(url, audit_key=TEST_AUDIT_KEY)
     assert cause in " ".join(caplog.messages)
+
+
+def test_studies_of_several_patients_are_named_with_their_records(store: SqlRecordStore,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """python -m adapter verify names the studies stored before an instance of another patient was
+    refused (one patient per study, PS3.3 A.1.2): each with the records of its instances, a study
+    of one patient (under two instances) and an entered-in-error instance's record not."""
+    from adapter.store import sql
+
+    store.save_ingest(make_dicom_unit(make_instance(study="1.2.7", series="1.2.7.1")))
+    store.save_ingest(make_dicom_unit(make_instance(study="1.2.7", series="1.2.7.1")))
+    assert store.studies_of_several_patients() == []
+    first = make_dicom_unit(make_instance(study="1.2.8", series="1.2.8.1"))
+    store.save_ingest(first)
+    monkeypatch.setattr(sql, "_check_hierarchy", lambda conn, **instance: None)  # as stored before the check
+    other = make_dicom_unit(make_instance(study="1.2.8", series="1.2.8.2", patient=OTHER_PATIENT), patient=OTHER_PATIENT)
+    store.save_ingest(other)
+    assert first.dicom_instance is not None and other.dicom_instance is not None
+    records = sorted(f"{u.dicom_instance.record_type}/{u.dicom_instance.record_id}"
+                     for u in (first, other) if u.dicom_instance is not None)
+    assert store.studies_of_several_patients() == [("1.2.8", records)]
