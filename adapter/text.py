@@ -7,6 +7,14 @@ import re
 
 #: C0 control characters, U+0000 to U+001F.
 _C0 = re.compile(r"[\x00-\x1f]")
+#: A FHIR id (https://hl7.org/fhir/R4/datatypes.html#id).
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)
+
+
+def is_fhir_id(text: str) -> bool:
+    """``text`` is a FHIR id (datatypes.html#id: 1 to 64 of A-Z, a-z, 0-9, '-' and '.'), what a
+    route's ``{id}`` must be to be named (an audit, a message) as sent."""
+    return _FHIR_ID.fullmatch(text) is not None
 
 
 def is_digits(text: str) -> bool:

@@ -19,6 +19,7 @@ from adapter.services.access import ScopedReader
 from adapter.services.audit import DicomAudit
 from adapter.services.purpose import parse_purpose_of_use
 from adapter.services.registry import Services
+from adapter.text import is_fhir_id
 
 
 def get_services(request: Request) -> Services:
@@ -81,8 +82,6 @@ def _request_line(request: Request) -> bytes:
     return request.method.encode() + b" " + path + (b"?" + query if query else b"")
 
 
-#: A FHIR id (datatypes.html#id) after the resource type in a route's template.
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)
 _TYPE_BEFORE_ID = re.compile(r"/(\{resource_type\}|[A-Z][A-Za-z]*)/\{id\}")
 
 
@@ -92,7 +91,7 @@ def _named_resource(request: Request, route: str) -> str | None:
     looked up: the caller learns nothing, and no record is read for a refused request."""
     found = _TYPE_BEFORE_ID.search(route)
     id = request.path_params.get("id")
-    if found is None or not isinstance(id, str) or not _FHIR_ID.fullmatch(id):
+    if found is None or not isinstance(id, str) or not is_fhir_id(id):
         return None
     resource_type = request.path_params.get("resource_type") if found[1] == "{resource_type}" else found[1]
     return f"{resource_type}/{id}" if resource_type in R4_TYPES else None
@@ -162,7 +161,7 @@ def _mhd_read(request: Request, services: Services, route: str) -> MhdTransactio
         return find_document_references(base) if accepted == "4" else None
     id = request.path_params.get("id")
     if (route == _READ_ROUTE and resource_type == "Binary" and request.method in ("GET", "HEAD")
-            and isinstance(id, str) and _FHIR_ID.fullmatch(id)):
+            and isinstance(id, str) and is_fhir_id(id)):
         stored = services.store.get("Binary", id)
         facts = stored.facts if stored is not None else None
         if facts is not None and facts.governed_by.startswith("DocumentReference/"):

@@ -91,6 +91,7 @@ from adapter.services.search_paging import (
 from adapter.services.search_params import CURSOR_PARAM, PageCursor, SearchRequest
 from adapter.services.view_search import criteria_in_id_space, criteria_in_view
 from adapter.store.port import BlobStore, RecordStore, SearchCriteria, TokenCriterion
+from adapter.text import is_fhir_id
 
 log = logging.getLogger("adapter.access")
 
@@ -98,8 +99,6 @@ READABLE_TYPES = ("Media", "DocumentReference", "Binary", "Consent", "Provenance
 #: At most this many resources are included (_include/_revinclude) in one page of a search.
 MAX_INCLUDED = 1000
 _DENIED = "access denied for this purpose of use"
-#: A FHIR id (https://hl7.org/fhir/R4/datatypes.html#id): what a read that found nothing may name as asked.
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)
 #: What a DICOM UID is made of (PS3.5 9.1): what a retrieve that found nothing may name as asked.
 _UID_AS_SENT = re.compile(r"[0-9.]{1,64}", re.ASCII)
 #: The views as a read that found nothing in one is audited ("not found in the de-identified view of TRAIN").
@@ -505,7 +504,7 @@ class ScopedReader:
             asked = self._asked(resource_type, id)
             self._audit_not_found(interaction, [asked] if asked else [],
                                   dicom=DicomAudit.transferred() if dicom else None)
-            raise NotFound(f"{resource_type}/{id} is not known" if _FHIR_ID.fullmatch(id)
+            raise NotFound(f"{resource_type}/{id} is not known" if is_fhir_id(id)
                            else f"no {resource_type} has this id")  # not echoed: it may hold anything
         return stored
 
@@ -526,7 +525,7 @@ class ScopedReader:
         (nothing that could name a resource is echoed)."""
         stored_id = self._ids.stored(resource_type, id)
         named = stored_id if stored_id is not None else id
-        return f"{resource_type}/{named}" if _FHIR_ID.fullmatch(named) else None
+        return f"{resource_type}/{named}" if is_fhir_id(named) else None
 
     def _audit_not_found(self, interaction: str, entities: Sequence[str], *, dicom: DicomAudit | None = None) -> None:
         """Audit a read by an id (or DICOM UIDs) that names nothing in the purpose's view: a read
