@@ -14,6 +14,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from adapter.model.network import ip_address_of
+
 #: RFC 3986 reg-name as host names are written (no percent-encoding or sub-delimiters: no name
 #: in DNS has them); a label may not be empty (no leading or doubled dot; a trailing one, the
 #: root's, is a name of its own: ``localhost.`` is not ``localhost``).
@@ -35,13 +37,7 @@ class Authority:
     @property
     def address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         """The host as an IP address (an IPv4-mapped IPv6 one as its IPv4), None for a name."""
-        try:
-            ip = ipaddress.ip_address(self.host.removeprefix("[").removesuffix("]"))
-        except ValueError:
-            return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        return ip
+        return ip_address_of(self.host.removeprefix("[").removesuffix("]"))
 
     def under(self, scheme: str) -> Authority:
         """The same authority with ``scheme``'s default port said as none."""

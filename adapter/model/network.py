@@ -36,17 +36,23 @@ def proxy_network(entry: str) -> Network:
     return network_of(entry, "ADAPTER_TRUSTED_PROXIES")
 
 
+def ip_address_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address, None when it is none; an IPv4-mapped IPv6 one
+    (::ffff:10.0.0.5, a dual-stack socket's peer) as its IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def is_in(address: str, networks: list[Network]) -> bool:
     """``address`` (an IP address, as a connection's peer or a header gives it) is in one of
-    ``networks``; False for anything that is no IP address. An IPv4-mapped IPv6 peer
-    (::ffff:10.0.0.5, a dual-stack socket's) is its IPv4 address."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
+    ``networks`` (:func:`ip_address_of`); False for anything that is no IP address."""
+    ip = ip_address_of(address)
+    return ip is not None and any(ip in network for network in networks)
 
 
-__all__ = ["Network", "is_in", "network_of", "proxy_network"]
+__all__ = ["Network", "ip_address_of", "is_in", "network_of", "proxy_network"]
