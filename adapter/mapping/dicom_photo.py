@@ -278,9 +278,8 @@ def fixed_texts(tables: Tables, dicom_tables: DicomTables) -> frozenset[str]:
     """The texts :func:`photo_to_dicom` writes into ImageComments and SeriesDescription: the
     kinds' warnings and series descriptions, fixed by the tables, holding no patient data (so
     the restricted copies may keep them: adapter.mapping.dicom_deid)."""
-    warnings = (entry.warning for entry in tables.kinds.values())
     descriptions = (iod.series_description for iod in dicom_tables.kinds.values())
-    return frozenset(text for text in (*warnings, *descriptions) if text)
+    return tables.kind_warnings | {text for text in descriptions if text}
 
 
 def encode_dataset(ds: Dataset) -> bytes:

@@ -137,6 +137,12 @@ class Tables:
     kinds: dict[PhotoKind, KindEntry]
     body_sites: BodySiteTable
 
+    @property
+    def kind_warnings(self) -> frozenset[str]:
+        """The kinds' fixed warnings (kinds.yaml ``warning``: the secondary image's "review the
+        original"), holding no patient data: what the restricted views keep word for word."""
+        return frozenset(entry.warning for entry in self.kinds.values() if entry.warning)
+
 
 #: What a missing file's message says, so that the operator knows which setting to correct.
 _POLICY_NOT_FOUND = "policy file not found (ADAPTER_POLICY)"

@@ -581,8 +581,7 @@ def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer:
             raise NotSupported(f"no {decision.view.value} view of {resource_type}")
         if first_modifier(resource, str(resource_type)) is not None:
             raise NotSupported(f"no {decision.view.value} view of a resource with a modifierExtension")
-        fixed = frozenset(entry.warning for entry in tables.kinds.values() if entry.warning)
-        out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer, ids, fixed))
+        out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer, ids, tables.kind_warnings))
     meta = resource.get("meta")
     stored = meta.get("security") if isinstance(meta, dict) else None
     return _apply_labels(out, stored if isinstance(stored, list) else [], security_labels(decision, tables))
