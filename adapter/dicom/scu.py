@@ -73,6 +73,7 @@ from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
@@ -176,6 +177,15 @@ def _close_raw_socket(assoc: Association) -> None:
     raw = getattr(assoc, "adapter_raw_socket", None)
     if isinstance(raw, socket.socket):
         raw.close()
+
+
+def _keep_rejection(event: evt.Event) -> None:
+    """EVT_PDU_RECV: keep the peer's A-ASSOCIATE-RJ on the association. pynetdicom's DUL thread
+    reads it and closes the connection; a requesting thread that looks only after that (a loaded
+    machine) finds the connection gone and reports an abort, though the peer rejected."""
+    pdu = getattr(event, "pdu", None)
+    if isinstance(pdu, A_ASSOCIATE_RJ):
+        setattr(event.assoc, "adapter_rejection", pdu.to_primitive())  # noqa: B010 - read by _why_not
 
 
 def _nodelay(event: evt.Event) -> None:
@@ -514,7 +524,8 @@ class StoreSCU:
         contexts = [build_context(sop_class, [ts]) for sop_class, ts in proposal]
         try:
             assoc = self._ae(dest).associate(dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title,
-                                             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+                                             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay),
+                                                           (evt.EVT_PDU_RECV, _keep_rejection)])
         except (OSError, RuntimeError, ValueError) as exc:
             return SendResult("", SendOutcome.RETRY, None, f"association with {dest} failed: {type(exc).__name__}",
                               transmitted=False)
@@ -529,8 +540,9 @@ class StoreSCU:
 
     @staticmethod
     def _why_not(dest: Destination, assoc: Association) -> SendResult:
-        if assoc.is_rejected:
-            rsp: Any = assoc.acceptor.primitive
+        rejection = getattr(assoc, "adapter_rejection", None)
+        if assoc.is_rejected or rejection is not None:
+            rsp: Any = assoc.acceptor.primitive if assoc.is_rejected else rejection
             result = getattr(rsp, "result", None)
             reason = f"{getattr(rsp, 'result_str', '?')}, {getattr(rsp, 'source_str', '?')}: " \
                      f"{getattr(rsp, 'reason_str', '?')}"

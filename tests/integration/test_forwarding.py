@@ -15,6 +15,7 @@ import logging
 import random
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -1606,6 +1607,49 @@ def test_an_association_the_pacs_refuses_is_audited_as_a_transfer_that_sent_noth
         assert descriptions(spy.with_attempt) == [desc] and spy.alone == []
         assert pacs.files() == []
         record_emitted([event])
+
+
+class _RequestorSlowerThanThePeer(StoreSCU):
+    """The thread that asked for the association looks at the answer only once the connection is
+    closed again: as on a loaded machine, where the DUL thread has already read the PACS's
+    A-ASSOCIATE-RJ and closed the transport (pynetdicom then reports an abort, not a rejection)."""
+
+    def _ae(self, dest: Destination) -> AE:
+        ae = super()._ae(dest)
+        associate = ae.associate
+
+        def late(*args: Any, evt_handlers: list[Any] | None = None, **kwargs: Any) -> Any:
+            closed = threading.Event()
+            return associate(*args, evt_handlers=[*(evt_handlers or []),
+                                                  (evt.EVT_CONN_CLOSE, lambda _: closed.set()),
+                                                  (evt.EVT_REQUESTED, lambda _: closed.wait(10))], **kwargs)
+
+        setattr(ae, "associate", late)  # noqa: B010 - this instance only
+        return ae
+
+
+def test_a_rejection_read_after_the_pacs_closed_the_connection_is_still_a_rejection(tmp_path: Path) -> None:
+    """Found by CI under load: the PACS's A-ASSOCIATE-RJ (rejected-permanent) was read by pynetdicom's
+    DUL thread, which closed the connection before the requesting thread looked; pynetdicom then
+    reported the association as aborted, and the item was retried as though the network had failed.
+    The rejection the PACS sent is what counts: the item fails, not retried, and the error names it."""
+    missing = dcmtk_missing()
+    require_or_skip(missing is None, missing or "")
+    with StoreSCP(tmp_path / "received", aet="PACS", refuse=True) as pacs, \
+            adapter_client(tmp_path, forward_to=f"PACS@127.0.0.1:{pacs.port}") as (client, services):
+        post_photo(client, photo_jpeg(tmp_path, 114), meta_for(114))
+        scu = _RequestorSlowerThanThePeer()
+        try:
+            assert forwarder_for(services, scu).run_once() == 1
+        finally:
+            scu.release()
+        [item] = services.store.list_outbox(status="failed")
+        assert item.attempts == 1
+        assert (item.last_error or "").startswith(f"association rejected by PACS@127.0.0.1:{pacs.port} "
+                                                  "(Rejected Permanent, Service User: No reason given)")
+        [event] = forward_events(services)
+        assert (event["action"], event["outcome"]) == ("R", "8")
+        assert pacs.files() == []
 
 
 def test_a_failed_c_store_is_audited_even_when_another_forwarder_took_the_item_meanwhile(tmp_path: Path) -> None:
