@@ -176,6 +176,7 @@ def test_a_photo_acknowledged_after_an_outage_takes_the_backlog_with_it_before_i
         assert retry - clock() > timedelta(seconds=60)
         pacs.up = True
         new = post(client, 99)
+        clock.catch_up()
         assert a_pass(f, pacs) == 5
         assert pacs.sent[0] == new and sorted(pacs.sent[1:]) == sorted(backlog)
         assert pacs.associations == 1 and services.store.list_outbox(status="pending") == []
@@ -203,6 +204,7 @@ def test_an_item_another_forwarder_claimed_is_not_taken_with_the_backlog(
             other.close()
         pacs.up = True
         new = post(client, 99)
+        clock.catch_up()
         assert a_pass(f, pacs) == 3  # the new photo, and the two items of the backlog still waiting
         rest = [u for u in backlog if u != taken.sop_instance_uid]
         assert taken.sop_instance_uid in backlog
@@ -237,5 +239,6 @@ def test_a_refusal_the_pacs_answers_keeps_the_item_s_own_back_off(
         [item] = services.store.list_outbox(status="pending")
         assert item.attempts == 1 and item.next_attempt_at > clock() + timedelta(seconds=40)
         new = post(client, 2)
+        clock.catch_up()
         assert a_pass(f, pacs) == 1
         assert pacs.sent == [refused, new]

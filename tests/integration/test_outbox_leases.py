@@ -50,6 +50,12 @@ class Clock:
         with self._lock:
             self._now = self._started() + delta
 
+    def catch_up(self) -> None:
+        """Not behind the real time: a photo just posted is due (its item is due at the real time it
+        was posted, and on a busy machine posting takes longer than the clock has been advanced)."""
+        with self._lock:
+            self._now = max(self._started(), now_instant())
+
 
 class Sender:
     """Acknowledges everything, each object right after it went (as StoreSCU tells
