@@ -199,8 +199,8 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
     if klass is PurposeClass.CARE:
         if not tables.kinds[facts.kind].needs_care_consent:
             return _Verdict(True, f"{facts.kind.value} photos need no consent for care")
-        if facts.source is PhotoSource.COLLEAGUE_INTERNAL and not facts.consent_pending \
-                and not _withdrawn(facts, consents, code, tables, now):
+        withdrawn = _withdrawn(facts, consents, code, tables, now)
+        if facts.source is PhotoSource.COLLEAGUE_INTERNAL and not facts.consent_pending and not withdrawn:
             # the colleague answered for consent; a Consent covering the photo that the patient
             # has since withdrawn is decided below as for any clinical photo (safety review 3)
             return _Verdict(True, "sent by a colleague inside the organisation, who is responsible for consent")
@@ -208,7 +208,6 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
                   if g.decision == PERMIT and grant_covers(g, code, tables)]
         if grants:
             return _Verdict(True, f"active Consent permits {code}", grants)
-        withdrawn = _withdrawn(facts, consents, code, tables, now)
         if withdrawn and tables.policy.consent.care_after_withdrawal and not facts.consent_pending:
             return _Verdict(True, f"consent withdrawn; policy keeps clinical photos readable for {code}", withdrawn)
         return _Verdict(False, f"no active consent for {code}", withdrawn=withdrawn)
