@@ -228,16 +228,17 @@ class ConsentService:
               audit: dict[str, Any]) -> StoredResource:
         """Write version ``version`` of Consent ``new`` (RecordStore.save_consent: Conflict as a
         create or an update over the version before) with its AuditEvent, and what it does for
-        the patient's consent-pending records (adapter.services.consent_pending), in one
+        the patient's consent-pending records (adapter.services.consent_pending: those it leaves
+        held are looked at again when a Consent of the patient comes into force), in one
         transaction; the forwarder is woken when held items were released."""
         now = self._now()
         documented = Documented() if facts is None else self._pending.documented_by(
             StoredResource("Consent", new.id, version, now, new.resource), facts.patient, now)
         stored, released = self._store.save_consent(
             new, version=version, now=now, audit_events=[audit], documented=documented.versions,
-            released=documented.released,
+            released=documented.released, waiting=documented.waiting, recheck_at=documented.recheck_at,
             audit_documented=None if facts is None else self._pending.audit(
-                ctx, f"Consent/{new.id}/_history/{version}", facts.patient))
+                ctx, f"written with Consent/{new.id}/_history/{version}", facts.patient))
         if released and self.on_released is not None:
             self.on_released()
         return stored

@@ -44,7 +44,11 @@ step 4), refused for want of documented consent for care (no Consent denying it)
 held (status ``held``, lastError :data:`AWAITING_CONSENT`), audited once as that refusal, and no
 longer claimed, so neither decided nor audited again at each poll. A Consent that documents care
 for it releases it, in the Consent's own transaction (adapter.services.consent_pending): pending
-and due again, decided again like any item. The hold (RecordStore.hold_outbox) is recorded only
+and due again, decided again like any item. One that documents care from later on (its period
+starts after it is written) releases it at the first pass after its start: each pass first
+looks at the holds due (RecordStore.holds_due: a held item's next_attempt_at is when a Consent of
+its patient next comes into force) with PendingRecords.release_in_force, then claims what it
+released with the rest. The hold (RecordStore.hold_outbox) is recorded only
 while the patient's Consents are the versions read before the decision: a Consent written in
 between found the item pending, released nothing, and would otherwise leave it held for good;
 the attempt is then recorded as one to be retried, decided again at its retry.
@@ -102,6 +106,7 @@ from adapter.model.decision import Decision
 from adapter.model.dicom import DicomInstance, OutboxItem
 from adapter.model.purpose import PurposeOfUse, RequestContext
 from adapter.services.audit import Auditor, DicomAudit
+from adapter.services.consent_pending import PendingRecords, next_change
 from adapter.services.dicom_objects import dicom_object_for
 from adapter.services.outbox_leases import LeaseKeeper
 from adapter.store.port import BlobStore, RecordStore
@@ -451,6 +456,7 @@ class Forwarder:
         self.options = options
         self._now = now
         self._rng = rng or random.Random()
+        self._pending = PendingRecords(store=store, tables=tables, auditor=auditor)
         self._backoff: dict[str, _Backoff] = {}  # by destination; used by the forwarder's thread only
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -506,9 +512,11 @@ class Forwarder:
 
     # -- one pass ----------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Claim the due items and send them, each destination's over one association, followed
-        there by the items this forwarder put on back-off for a destination that acknowledged
-        one (module docstring); the number of items claimed."""
+        """Release the held items a Consent that came into force since releases, then claim the
+        due items and send them, each destination's over one association, followed there by the
+        items this forwarder put on back-off for a destination that acknowledged one (module
+        docstring); the number of items claimed."""
+        self._release_in_force()
         items = self._store.claim_outbox(self._now(), self.options.claim_limit)
         by_destination: dict[str, list[OutboxItem]] = {}
         for item in items:
@@ -522,6 +530,29 @@ class Forwarder:
                 return claimed  # stopping: the rest stays leased, claimed again after the lease
             claimed += self._send_waiting(destination)
         return claimed
+
+    def _release_in_force(self) -> None:
+        """The holds due (RecordStore.holds_due: a Consent of their patient came into force), each
+        patient's looked at by PendingRecords.release_in_force at this pass's now, as a Consent
+        write would have then (adapter.services.consent_pending); what it releases is due now,
+        claimed by this very pass. One read of the outbox's due index when none is due. A
+        patient whose look fails (the store) keeps its holds due, for the next pass."""
+        now = self._now()
+        due = self._store.holds_due(now, self.options.claim_limit)
+        by_patient: dict[Identifier, list[int]] = {}
+        for item_id, patient in due:
+            by_patient.setdefault(patient, []).append(item_id)
+        for patient, item_ids in by_patient.items():
+            try:
+                released = self._pending.release_in_force(patient, item_ids, now)
+            except Exception:
+                log.exception("looking again at %d held outbox item(s) failed", len(item_ids))
+                continue
+            if released is None:
+                log.info("%d held outbox item(s): the patient's Consents changed meanwhile, looked at again next pass",
+                         len(item_ids))
+            elif released:
+                log.info("%d held outbox item(s) released: a Consent documenting care came into force", released)
 
     def _send_claimed(self, destination: str, items: list[OutboxItem]) -> bool:
         """Send claimed ``items`` to ``destination`` in batches; False when stopping cut it short."""
@@ -688,9 +719,7 @@ class Forwarder:
             retry_at = now + backoff_delay(attempts, self.options, self._rng)
         event = decided if decided is not None else self._failed_attempt(item, instance, result, give_up=give_up)
         claimed = leases.release(item)
-        if hold is not None and self._store.hold_outbox(item.id, claimed_until=claimed, patient=hold.patient,
-                                                        consents=hold.consents, error=error, now=now,
-                                                        audit_events=[event]):
+        if hold is not None and self._hold(item, hold, claimed_until=claimed, error=error, now=now, event=event):
             log.info("outbox item %d to %s: held until consent for care is documented", item.id, item.destination)
             return
         if not self._store.mark_outbox_retry(item.id, next_attempt_at=retry_at, error=error, now=now,
@@ -712,6 +741,19 @@ class Forwarder:
         else:
             log.warning("outbox item %d to %s: attempt %d failed (%s), retrying", item.id, item.destination,
                         attempts, logged)
+
+    def _hold(self, item: OutboxItem, hold: _Hold, *, claimed_until: datetime, error: str, now: datetime,
+              event: dict[str, Any]) -> bool:
+        """Hold ``item`` (RecordStore.hold_outbox), to be looked at again when one of its patient's
+        Consents comes into force (adapter.services.consent_pending.next_change), read as they
+        were for the decision: False, not held, when they changed since (then the hold's
+        condition fails anyway: the attempt is retried, decided again)."""
+        consents = self._store.consents_for_patient(hold.patient)
+        if [(c.id, c.version_id) for c in consents] != list(hold.consents):
+            return False
+        return self._store.hold_outbox(item.id, claimed_until=claimed_until, patient=hold.patient,
+                                       consents=hold.consents, error=error, now=now, audit_events=[event],
+                                       recheck_at=next_change(consents, hold.patient, now))
 
     def _append_audit(self, item: OutboxItem, event: dict[str, Any]) -> None:
         try:

@@ -193,6 +193,7 @@ class RecordStore(Protocol):
     def save_consent(self, new: NewResource, *, version: int, now: datetime,
                      audit_events: Sequence[dict[str, Any]] = (),
                      documented: Sequence[tuple[NewResource, int]] = (), released: Sequence[str] = (),
+                     waiting: Sequence[str] = (), recheck_at: datetime | None = None,
                      audit_documented: Callable[[Sequence[str]], Sequence[dict[str, Any]]] | None = None,
                      ) -> tuple[StoredResource, int]:
         """Write version ``version`` of Consent ``new`` (1: create it, Conflict if it exists; a
@@ -201,9 +202,29 @@ class RecordStore(Protocol):
         each consent-pending record of ``documented`` (the record as it is to be, and the version
         it replaces; one whose current version is another, changed meanwhile, is left as it is),
         and the outbox items of the records ``released`` ("Media/<id>") that are held released:
-        pending, due ``now``, attempts counted afresh. ``audit_documented`` is given the versions
-        of the records written ("Media/<id>/_history/<n>"), if any, and returns the AuditEvents
-        stored with them. Returns the Consent as stored and how many items were released."""
+        pending, due ``now``, attempts counted afresh. The held items of the records ``waiting``
+        are looked at again (:meth:`holds_due`) at ``recheck_at`` when that is earlier than the
+        moment they had (None: no change). ``audit_documented`` is given the versions of the
+        records written ("Media/<id>/_history/<n>"), if any, and returns the AuditEvents stored
+        with them. Returns the Consent as stored and how many items were released."""
+
+    def holds_due(self, now: datetime, limit: int) -> list[tuple[int, Identifier]]:
+        """Held outbox items whose hold is to be looked at again at ``now`` (a Consent of their
+        patient came into force: :meth:`hold_outbox`'s ``recheck_at``), each with its patient,
+        the earliest due first, at most ``limit``; none, cheaply, when none is due."""
+
+    def release_in_force(self, patient: Identifier, *, consents: Sequence[tuple[str, int]], items: Sequence[int],
+                         now: datetime, documented: Sequence[tuple[NewResource, int]] = (),
+                         released: Sequence[str] = (), recheck_at: datetime | None = None,
+                         audit_documented: Callable[[Sequence[str]], Sequence[dict[str, Any]]] | None = None,
+                         ) -> int | None:
+        """What a Consent of ``patient`` coming into force does, in one transaction, as
+        :meth:`save_consent` does it for a Consent written (``documented``, ``released``,
+        ``audit_documented`` alike), without a Consent to write: and the held ``items`` (due
+        holds of the patient) not released are looked at again at ``recheck_at`` (None: not by
+        the clock). Only while the patient's Consents are still ``consents``
+        (:meth:`consent_versions_for_patient`, read before the decision); else nothing is written
+        and None returned. Returns how many items were released."""
 
     def consent_pending_records(self, patient: Identifier) -> list[StoredResource]:
         """The photo records (Media, DocumentReference) of ``patient`` stored consent pending
@@ -388,10 +409,12 @@ class RecordStore(Protocol):
 
     def hold_outbox(self, item_id: int, *, claimed_until: datetime, patient: Identifier,
                     consents: Sequence[tuple[str, int]], error: str, now: datetime,
-                    audit_events: Sequence[dict[str, Any]] = ()) -> bool:
+                    audit_events: Sequence[dict[str, Any]] = (), recheck_at: datetime | None = None) -> bool:
         """Count an attempt of a pending item and hold it (status held, ``error`` its last error):
         the consent decision refused it for want of documented consent for care, and it waits,
-        unclaimed, for a Consent that documents care (:meth:`save_consent` releases it). Only
+        unclaimed, for a Consent that documents care (:meth:`save_consent` releases it), or for
+        ``recheck_at``, when one of the patient's ``consents`` comes into force (:meth:`holds_due`;
+        None: never by the clock alone). Only
         while the claim whose lease end is ``claimed_until`` holds, and while ``patient``'s
         Consents are still ``consents`` (:meth:`consent_versions_for_patient`, read before the
         decision): a Consent written since may document care, and its release found the item

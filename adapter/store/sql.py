@@ -8,7 +8,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,10 @@ _PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
 _AUDIT_LOCK = 0x1A6E5706
 _FINGERPRINT_LOCK = 0x1A6E5707  # record_fingerprint
 _MILLISECOND = timedelta(milliseconds=1)
+#: The next_attempt_at of a held outbox item that no moment of its patient's Consents may release
+#: (RecordStore.hold_outbox's ``recheck_at`` None): after every moment holds_due is asked about.
+#: The column is not nullable, and a held item's is the moment its hold is looked at again.
+_NOT_BY_THE_CLOCK = datetime(9999, 12, 31, tzinfo=UTC)
 #: Each key is taken in the space of the tables' schema (adapter.store.locks).
 
 
@@ -889,41 +893,25 @@ class SqlRecordStore:
     def save_consent(self, new: NewResource, *, version: int, now: datetime,
                      audit_events: Sequence[dict[str, Any]] = (),
                      documented: Sequence[tuple[NewResource, int]] = (), released: Sequence[str] = (),
+                     waiting: Sequence[str] = (), recheck_at: datetime | None = None,
                      audit_documented: Callable[[Sequence[str]], Sequence[dict[str, Any]]] | None = None,
                      ) -> tuple[StoredResource, int]:
         """See RecordStore.save_consent. The Consent's row (and the current one it replaces) and
         each documented record's are locked first (FOR UPDATE), so that one instant, after each
-        of their versions', stamps them all; then the outbox items of ``released`` in status
-        pending or held are read locked (PostgreSQL FOR UPDATE; SQLite's write lock), and the
-        held ones released: a forwarder recording a hold (:meth:`hold_outbox`) on such an item
-        either committed first, and its item is released here, or waits for this commit and then
-        finds the patient's Consents changed."""
-        run = self._inserts.execute
+        of their versions', stamps them all; then the outbox items of ``released`` and
+        ``waiting`` in status pending or held are read locked (:meth:`_settle_holds`), the held
+        ones of ``released`` released, those of ``waiting`` given ``recheck_at`` when earlier:
+        a forwarder recording a hold (:meth:`hold_outbox`) on such an item either committed
+        first, and its item is released (or looked at again) here, or waits for this commit and
+        then finds the patient's Consents changed."""
         with self._write() as conn:
             instant = now_instant()
             if version > 1:
                 _, instant = self._next_version(conn, new, version - 1)
-            records: list[tuple[NewResource, int]] = []
-            for record, over in documented:
-                current = conn.execute(select(_r.version_id, _r.last_updated).where(
-                    _r.resource_type == record.resource_type, _r.id == record.id).with_for_update()).first()
-                if current is None or current.version_id != over:
-                    continue  # changed meanwhile (entered in error, or documented by another Consent): left so
-                instant = max(instant, current.last_updated + _MILLISECOND)
-                records.append((record, over + 1))
+            records, instant = self._lock_documented(conn, documented, instant)
             written = [(new, version), *records]
-            documents = [with_meta(n, v, instant) for n, v in written]
-            if version == 1:
-                run(conn, resources, resource_row(new, documents[0], 1, instant))
-            for (n, v), document in zip(written, documents, strict=True):
-                if v > 1:
-                    self._replace_current(conn, n, document, v, instant)
-                run(conn, resource_history, history_row(n, document, v, instant))
-                if rows := token_rows(n):
-                    run(conn, tokens, rows)
-                if ranges := date_range_rows(n):
-                    run(conn, date_ranges, ranges)
-            count = self._release_held(conn, released, to_utc(now))
+            documents = self._write_versions(conn, written, instant)
+            count = self._settle_holds(conn, now=now, released=released, waiting=waiting, recheck_at=recheck_at)
             self._index_pseudonyms(conn, [n for n, _ in written])
             instant, documents = self._stamp(conn, written, documents, instant)
             events = [*audit_events]
@@ -933,25 +921,128 @@ class SqlRecordStore:
         return StoredResource(new.resource_type, new.id, version, instant, documents[0], new.facts, new.blob_sha256,
                               new.blob_range), count
 
+    def holds_due(self, now: datetime, limit: int) -> list[tuple[int, Identifier]]:
+        """See RecordStore.holds_due: one range of ix_outbox_due (status held, next_attempt_at up
+        to ``now``), each item's patient from its DICOM instance; no lock (the release locks)."""
+        if limit <= 0:
+            return []
+        due = select(_o.id, _d.patient_system, _d.patient_value) \
+            .join(dicom_instances, _d.sop_instance_uid == _o.sop_instance_uid) \
+            .where(_o.status == OUTBOX_HELD, _o.next_attempt_at <= to_utc(now)) \
+            .order_by(_o.next_attempt_at, _o.id).limit(limit)
+        with self._read() as conn:
+            return [(row.id, Identifier(system=row.patient_system, value=row.patient_value))
+                    for row in conn.execute(due)]
+
+    def release_in_force(self, patient: Identifier, *, consents: Sequence[tuple[str, int]], items: Sequence[int],
+                         now: datetime, documented: Sequence[tuple[NewResource, int]] = (),
+                         released: Sequence[str] = (), recheck_at: datetime | None = None,
+                         audit_documented: Callable[[Sequence[str]], Sequence[dict[str, Any]]] | None = None,
+                         ) -> int | None:
+        """See RecordStore.release_in_force: in :meth:`save_consent`'s order (the documented
+        records' rows locked, then the items), then the patient's Consent versions read: not
+        ``consents`` any more, the transaction is rolled back (None). A Consent write ordered
+        after this one (waiting for its locks) finds the records written and the items
+        released; one ordered before it is seen by that read (PostgreSQL READ COMMITTED: the
+        statement after the locks sees it; SQLite: one writer at a time)."""
+        try:
+            with self._write() as conn:
+                records, instant = self._lock_documented(conn, documented, now_instant())
+                count = self._settle_holds(conn, now=now, released=released, items=items, recheck_at=recheck_at,
+                                           earlier_only=False)
+                found = [(row[0], row[1]) for row in conn.execute(self._patient_consent_versions,
+                                                                    patient_params(patient))]
+                if found != list(consents):
+                    raise _ConsentsChanged
+                if records:
+                    documents = self._write_versions(conn, records, instant)
+                    self._index_pseudonyms(conn, [n for n, _ in records])
+                    instant, documents = self._stamp(conn, records, documents, instant)
+                    events = audit_documented([f"{n.resource_type}/{n.id}/_history/{v}" for n, v in records]) \
+                        if audit_documented is not None else []
+                    self._insert_audit(conn, [{"recorded": instant, "json": e} for e in events], locked=True)  # last
+        except _ConsentsChanged:
+            return None
+        return count
+
     @staticmethod
-    def _release_held(conn: Connection, records: Sequence[str], now: datetime) -> int:
-        """Release the held outbox items of ``records`` ("Media/<id>"): pending, due ``now``,
-        attempts counted afresh, no last error. Their items pending or held are read locked first
-        (:meth:`save_consent`). How many were released."""
-        pairs = [tuple(r.split("/", 1)) for r in dict.fromkeys(records) if "/" in r]
-        if not pairs:
+    def _lock_documented(conn: Connection, documented: Sequence[tuple[NewResource, int]],
+                         instant: datetime) -> tuple[list[tuple[NewResource, int]], datetime]:
+        """Lock (FOR UPDATE) the rows of the consent-pending records ``documented`` (each with the
+        version it replaces) and return those still at that version, each with the version it is
+        written as, and an instant after each of their versions' (and ``instant``)."""
+        records: list[tuple[NewResource, int]] = []
+        for record, over in documented:
+            current = conn.execute(select(_r.version_id, _r.last_updated).where(
+                _r.resource_type == record.resource_type, _r.id == record.id).with_for_update()).first()
+            if current is None or current.version_id != over:
+                continue  # changed meanwhile (entered in error, or documented by another Consent): left so
+            instant = max(instant, current.last_updated + _MILLISECOND)
+            records.append((record, over + 1))
+        return records, instant
+
+    def _write_versions(self, conn: Connection, written: Sequence[tuple[NewResource, int]],
+                        instant: datetime) -> list[dict[str, Any]]:
+        """Write the versions ``written`` (a first one inserted, a later one over the version
+        before it, its row locked already) with their history and index rows, stamped
+        ``instant``; their documents."""
+        run = self._inserts.execute
+        documents = [with_meta(n, v, instant) for n, v in written]
+        for (n, v), document in zip(written, documents, strict=True):
+            if v == 1:
+                run(conn, resources, resource_row(n, document, 1, instant))
+            else:
+                self._replace_current(conn, n, document, v, instant)
+            run(conn, resource_history, history_row(n, document, v, instant))
+            if rows := token_rows(n):
+                run(conn, tokens, rows)
+            if ranges := date_range_rows(n):
+                run(conn, date_ranges, ranges)
+        return documents
+
+    @staticmethod
+    def _settle_holds(conn: Connection, *, now: datetime, released: Sequence[str] = (), waiting: Sequence[str] = (),
+                      items: Sequence[int] = (), recheck_at: datetime | None = None,
+                      earlier_only: bool = True) -> int:
+        """Release the held outbox items of the records ``released`` ("Media/<id>"): pending, due
+        ``now``, attempts counted afresh, no last error; and look at the other held items of the
+        records ``waiting``, and the held ``items``, again at ``recheck_at`` (``earlier_only``: only
+        where that is earlier than the moment they have, and None changes nothing; otherwise
+        None is never). All their items pending or held are read locked first, in one statement
+        in the order of their ids (PostgreSQL FOR UPDATE; SQLite's write lock), so that two
+        transactions settling the same items wait for each other rather than deadlock. How many
+        were released."""
+        def objects_of(records: Sequence[str]) -> Any:
+            pairs = [tuple(r.split("/", 1)) for r in dict.fromkeys(records) if "/" in r]
+            return select(_d.sop_instance_uid).where(or_(*(and_(_d.record_type == t, _d.record_id == i)
+                                                           for t, i in pairs))) if pairs else None
+
+        releasing, looking = objects_of(released), objects_of(waiting)
+        which = [_o.sop_instance_uid.in_(q) for q in (releasing, looking) if q is not None]
+        if items:
+            which.append(_o.id.in_(list(items)))
+        if not which:
             return 0
-        its_objects = select(_d.sop_instance_uid).where(or_(*(and_(_d.record_type == t, _d.record_id == i)
-                                                              for t, i in pairs)))
-        rows = conn.execute(select(_o.id, _o.status).where(
-            _o.sop_instance_uid.in_(its_objects), _o.status.in_([OUTBOX_PENDING, OUTBOX_HELD]))
-            .order_by(_o.id).with_for_update()).all()
-        held = [row.id for row in rows if row.status == OUTBOX_HELD]
+        rows = conn.execute(select(_o.id, _o.status, _o.sop_instance_uid).where(
+            or_(*which), _o.status.in_([OUTBOX_PENDING, OUTBOX_HELD])).order_by(_o.id).with_for_update()).all()
+        held = [row for row in rows if row.status == OUTBOX_HELD]
         if not held:
             return 0
-        return int(conn.execute(update(outbox).where(_o.id.in_(held), _o.status == OUTBOX_HELD).values(
-            status=OUTBOX_PENDING, attempts=0, next_attempt_at=now, last_error=None, sending_since=None,
-            updated=now)).rowcount)
+        going = set(conn.execute(releasing).scalars()) if releasing is not None else set()
+        release = [row.id for row in held if row.sop_instance_uid in going]
+        recheck = [row.id for row in held if row.sop_instance_uid not in going]
+        count = 0
+        if release:
+            count = int(conn.execute(update(outbox).where(_o.id.in_(release), _o.status == OUTBOX_HELD).values(
+                status=OUTBOX_PENDING, attempts=0, next_attempt_at=to_utc(now), last_error=None,
+                sending_since=None, updated=to_utc(now))).rowcount)
+        if recheck and (recheck_at is not None or not earlier_only):
+            moment = to_utc(recheck_at) if recheck_at is not None else _NOT_BY_THE_CLOCK
+            looked = update(outbox).where(_o.id.in_(recheck), _o.status == OUTBOX_HELD)
+            if earlier_only:
+                looked = looked.where(_o.next_attempt_at > moment)
+            conn.execute(looked.values(next_attempt_at=moment))
+        return count
 
     def consent_pending_records(self, patient: Identifier) -> list[StoredResource]:
         """See RecordStore.consent_pending_records (by the index of the facts' patient)."""
@@ -1540,9 +1631,10 @@ class SqlRecordStore:
 
     def hold_outbox(self, item_id: int, *, claimed_until: datetime, patient: Identifier,
                     consents: Sequence[tuple[str, int]], error: str, now: datetime,
-                    audit_events: Sequence[dict[str, Any]] = ()) -> bool:
+                    audit_events: Sequence[dict[str, Any]] = (), recheck_at: datetime | None = None) -> bool:
         """See RecordStore.hold_outbox: one conditional update of the item's row (pending, its
-        lease end still ``claimed_until``), which locks it, then the patient's Consent versions
+        lease end still ``claimed_until``; held, its next_attempt_at the moment its hold is looked
+        at again, or :data:`_NOT_BY_THE_CLOCK`), which locks it, then the patient's Consent versions
         read: not ``consents`` any more, the transaction is rolled back (False). A Consent write
         releasing the item (:meth:`save_consent`) reads the row locked: ordered with this hold on
         it, it either finds the item held, or has committed its Consent before the versions are
@@ -1553,7 +1645,9 @@ class SqlRecordStore:
                 held = conn.execute(update(outbox).where(
                     _o.id == item_id, _o.status == OUTBOX_PENDING, _o.next_attempt_at == to_utc(claimed_until))
                     .values(status=OUTBOX_HELD, attempts=_o.attempts + 1, sending_since=None,
-                            last_error=error[:_LAST_ERROR_MAX], updated=to_utc(now))).rowcount == 1
+                            last_error=error[:_LAST_ERROR_MAX], updated=to_utc(now),
+                            next_attempt_at=to_utc(recheck_at) if recheck_at is not None else _NOT_BY_THE_CLOCK,
+                            )).rowcount == 1
                 if not held:
                     return False
                 found = [(row[0], row[1]) for row in conn.execute(self._patient_consent_versions,
