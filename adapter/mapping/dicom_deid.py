@@ -83,8 +83,12 @@ Decisions:
   training or research reader needs it as much as a clinician does, so the caller passes those
   texts (``fixed_texts``: mappings/kinds.yaml ``warning``, mappings/dicom.yaml
   ``seriesDescription``) and a value equal to one of them word for word is written back after
-  cleaning (:data:`FIXED_TEXT_ATTRIBUTES`, top level only). Any other value (a sender's
-  comment, a PACS's description) is removed as before. The FHIR views keep the photo-kind
+  cleaning (:data:`FIXED_TEXT_ATTRIBUTES`, top level only); so is a value of several lines
+  (CR LF) each of which is one of them: the adapter's ImageComments of a photo is the kind's
+  warning and then the record's quality warnings ("Quality warning: image looks blurred …",
+  adapter.mapping.dicom_photo.image_comments: numbers about the image and the policy's limits,
+  no patient data), which the caller adds to ``fixed_texts`` for the record's own object. Any
+  other value (a sender's comment, a PACS's description, a line of either) is removed as before. The FHIR views keep the photo-kind
   extension likewise, and of the notes (the sender's note may identify) the warning alone.
 * **RecognizableVisualFeatures** is kept as it is (YES for clinical photos): the Clean
   Recognizable Visual Features option (113102) is not claimed; releasing a recognisable photo
@@ -352,6 +356,11 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
 # ---------------------------------------------------------------------------------------------
 
 
+def _fixed(value: str, fixed_texts: Collection[str]) -> bool:
+    """Whether ``value`` is one of ``fixed_texts``, or lines (CR LF: PS3.5 6.1.3) each of which is one."""
+    return value in fixed_texts or all(line in fixed_texts for line in value.split("\r\n"))
+
+
 def _not_cleaned(ds: Dataset) -> list[str]:
     """DeidentificationMethod values saying what was released without being cleaned (module
     docstring): the document, or pixels that may show burned-in text."""
@@ -369,9 +378,9 @@ def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: 
     mapper = _UidMapper(uid_root, key, context)
     out.remove_private_tags()
     _clean(out, mapper, keep_dates=keep_dates)
-    for keyword in FIXED_TEXT_ATTRIBUTES:  # the adapter's own warning (module docstring)
+    for keyword in FIXED_TEXT_ATTRIBUTES:  # the adapter's own warnings (module docstring)
         value = ds.get(keyword)
-        if isinstance(value, str) and value and value in fixed_texts:
+        if isinstance(value, str) and value and _fixed(value, fixed_texts):
             setattr(out, keyword, value)
     if "EncapsulatedDocument" in out:
         for keyword in _DOCUMENT_TYPE2:

@@ -60,13 +60,24 @@ Decisions:
   from mappings/dicom.yaml (documents and screens carry text). Nothing from EXIF except the
   Orientation is used, so no GPS, serials, owner or capture software can reach the object.
   OperatorsName and DeviceSerialNumber are never written; no free text from the record is (not
-  the sender's note: it may name the patient).
+  the sender's note: it may name the patient), only the adapter's own texts it carries (below).
 * **Secondary image warning**: a photo of an x-ray, ECG or screen is to be reviewed on its
   original platform before diagnosis. The FHIR record says so in a note; the object says it to
   a PACS reader in ImageComments (0020,4000, General Image: the kind's ``warning`` of
   mappings/kinds.yaml, word for word) and SeriesDescription (0008,103E: the kind's
   ``seriesDescription`` of mappings/dicom.yaml, a short form for series lists). Both are fixed
   texts of the adapter; the restricted copies keep them (adapter.mapping.dicom_deid).
+* **Quality warnings**: what ingest judged of the image (adapter.imaging.quality: below the
+  policy's size, blurred, low JPEG quality) is in the record (an extension each, and a note
+  "Quality warning: …" each: adapter.mapping.photo); the object says it to a PACS reader in
+  ImageComments too, after the kind's warning, one line each (CR LF, PS3.5 6.1.3 and J.2), in
+  the note's words (:func:`image_comments`), so a reader of the image in the PACS is told that
+  the adapter found it e.g. too small or blurred for diagnosis. They are the adapter's own
+  texts (numbers about the image and the policy's limits, no patient data): the FHIR restricted
+  views keep them (the extension) and so do the restricted copies (:func:`quality_texts`).
+* **Versions** (:data:`PHOTO_OBJECT_VERSION`): the object is made afresh at every read and
+  forward, and one made (and sent) before is never changed: the store keeps with each instance
+  the version its object was first made with, and every regeneration makes that one.
 * **Equipment**: :class:`Equipment` (make/model from the camera's structured data) or the
   record's deviceName as ManufacturerModelName; Manufacturer is Type 2 and empty when unknown.
   For SC the camera is the secondary-capture device (SC Equipment); General Equipment
@@ -98,14 +109,26 @@ from adapter.imaging import (
     read_orientation,
 )
 from adapter.imaging.sniff import check_declared
-from adapter.mapping.codes import EXT_LATERALITY, SNOMED
+from adapter.mapping.codes import EXT_LATERALITY, EXT_QUALITY_WARNING, SNOMED
 from adapter.mapping.dicom_tables import DicomTables, KindIod
 from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PhotoUids
+from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
 from adapter.model.photo import Identifier, PhotoKind
 
 _PHOTOMETRIC_OF_JPEG = {"GREY": "MONOCHROME2", "YBR": "YBR_FULL_422", "RGB": "RGB"}
 _LO_MAX = 64
+_LT_MAX = 10240      # LT: at most 10240 characters (PS3.5 6.2)
+_LT_NEW_LINE = "\r\n"  # a line break in LT/ST/UT text (PS3.5 6.1.3; the CR LF of Annex J.2's examples)
+
+#: How :func:`photo_to_dicom` makes a posted photo's object. The object is made afresh at every
+#: read and forward (with the UIDs, creation time and study fixed at ingest), so the store keeps
+#: with each instance the version its object was first made with (dicom_instances.object_version,
+#: schema 19), and every regeneration makes that version: an object made, read and forwarded
+#: before a change is never changed. Bump it with any change to what an object says.
+#: 1 (an instance stored before schema 19): ImageComments is the kind's warning alone;
+#: 2: the record's quality warnings follow it (:func:`image_comments`).
+PHOTO_OBJECT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +163,15 @@ class PhotoStudy:
 def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *, kind: PhotoKind,
                    patient: Identifier, uids: PhotoUids, tables: Tables, dicom_tables: DicomTables,
                    orientation: int | None = None, institution: str | None = None,
-                   equipment: Equipment | None = None, now: datetime, study: PhotoStudy | None = None) -> Dataset:
+                   equipment: Equipment | None = None, now: datetime, study: PhotoStudy | None = None,
+                   version: int = PHOTO_OBJECT_VERSION) -> Dataset:
     """The DICOM dataset (with file meta) of a stored photo; see the module docstring.
 
     ``record`` is the stored R4 Media or DocumentReference; ``image`` its stored bytes (as
     ingest wrote them); ``orientation`` the EXIF Orientation to apply (default: read from the
     stored bytes); ``now`` the instance creation time (aware); ``study`` the study's date, time
-    and offset (default: the photo's own, :func:`photo_study`: the first photo of its study).
+    and offset (default: the photo's own, :func:`photo_study`: the first photo of its study);
+    ``version`` the :data:`PHOTO_OBJECT_VERSION` the instance's object was first made with.
 
     Raises:
         UnknownCode: the patient identifier system has no IssuerOfPatientID.
@@ -156,7 +181,7 @@ def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *
     """
     ds, iod = _photo_header(record, kind=kind, patient=patient, uids=uids, tables=tables,
                             dicom_tables=dicom_tables, institution=institution, equipment=equipment, now=now,
-                            study=study)
+                            study=study, version=version)
     kind_format = check_declared(image, content_type)
     if orientation is None:
         orientation = read_orientation(image, kind_format) or 1
@@ -175,7 +200,8 @@ def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *
 
 def photo_without_pixels(record: Mapping[str, Any], *, width: int, height: int, orientation: int | None,
                          kind: PhotoKind, patient: Identifier, uids: PhotoUids, tables: Tables,
-                         dicom_tables: DicomTables, now: datetime, study: PhotoStudy | None = None) -> Dataset:
+                         dicom_tables: DicomTables, now: datetime, study: PhotoStudy | None = None,
+                         version: int = PHOTO_OBJECT_VERSION) -> Dataset:
     """What :func:`photo_to_dicom` writes of a photo stored ``width`` x ``height`` pixels (its
     stored, unrotated size) with EXIF ``orientation``, but its Image Pixel module: Rows and
     Columns as its pixels are displayed (swapped by an Orientation of 5 to 8, which turn it a
@@ -187,7 +213,7 @@ def photo_without_pixels(record: Mapping[str, Any], *, width: int, height: int, 
     Raises: as :func:`photo_to_dicom` for the record and the patient."""
     ds, iod = _photo_header(record, kind=kind, patient=patient, uids=uids, tables=tables,
                             dicom_tables=dicom_tables, institution=None, equipment=None, now=now,
-                            study=study)
+                            study=study, version=version)
     turned = orientation is not None and 5 <= orientation <= 8
     ds.Rows, ds.Columns = (width, height) if turned else (height, width)
     ds.BitsAllocated = 8
@@ -197,7 +223,8 @@ def photo_without_pixels(record: Mapping[str, Any], *, width: int, height: int, 
 
 def _photo_header(record: Mapping[str, Any], *, kind: PhotoKind, patient: Identifier, uids: PhotoUids,
                   tables: Tables, dicom_tables: DicomTables, institution: str | None,
-                  equipment: Equipment | None, now: datetime, study: PhotoStudy | None) -> tuple[Dataset, Any]:
+                  equipment: Equipment | None, now: datetime, study: PhotoStudy | None,
+                  version: int) -> tuple[Dataset, Any]:
     """Every module of the photo's object up to the Image Pixel module, and its IOD's entry."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
@@ -250,9 +277,9 @@ def _photo_header(record: Mapping[str, Any], *, kind: PhotoKind, patient: Identi
     ds.PatientOrientation = ""
     ds.BurnedInAnnotation = iod.burned_in_annotation
     ds.RecognizableVisualFeatures = "YES" if tables.kinds[kind].recognizable else "NO"
-    warning = tables.kinds[kind].warning
-    if warning:  # the kind's fixed warning, as the FHIR record's note (LT: one line, no VM split)
-        ds.ImageComments = warning
+    comments = image_comments(record, kind=kind, tables=tables, version=version)
+    if comments:  # the kind's warning and the quality warnings, as the FHIR record's notes
+        ds.ImageComments = comments
 
     _set_times(ds, record, now, secondary_capture=iod.is_secondary_capture,
                study=study if study is not None else photo_study(record))
@@ -274,10 +301,46 @@ def _finish(ds: Dataset, iod: Any, *, derived: bool | None) -> None:
         ds.SpecificCharacterSet = "ISO_IR 192"
 
 
+def image_comments(record: Mapping[str, Any], *, kind: PhotoKind, tables: Tables,
+                   version: int = PHOTO_OBJECT_VERSION) -> str | None:
+    """ImageComments (0020,4000, General Image, PS3.3 C.7.6.1: the comments a viewer shows with
+    the image) of a photo's object: the kind's ``warning`` (mappings/kinds.yaml), then, from
+    version 2, each of the record's quality warnings as its note says it (:func:`quality_texts`),
+    one line each. None when there is none. LT holds at most 10240 characters (PS3.5 6.2): a line
+    that would not fit is left out whole, never cut, so every line is word for word a text the
+    restricted copies keep (three quality warnings of about 80 characters each are far from it)."""
+    warning = tables.kinds[kind].warning
+    if version < 2:  # as version 1 made it
+        return warning or None
+    kept: list[str] = []
+    for line in (text for text in (warning, *quality_texts(record)) if text):
+        if len(_LT_NEW_LINE.join([*kept, line])) <= _LT_MAX:
+            kept.append(line)
+    return _LT_NEW_LINE.join(kept) or None
+
+
+def quality_texts(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """The record's quality warnings (its quality-warning extensions, written by ingest from
+    adapter.imaging.quality) in the words its notes say them: "Quality warning: …" (adapter.mapping
+    .photo). One line each: a value with a control character, which ingest never writes, is left
+    out (it could break the line it belongs to). The adapter's own texts, holding no patient data
+    (numbers about the image and the policy's limits): the restricted copies of the record's
+    object keep them (adapter.services.dicom_objects.DicomRelease.release), as the FHIR restricted
+    views keep the extension."""
+    out: list[str] = []
+    for ext in record.get("extension") or ():
+        if isinstance(ext, Mapping) and ext.get("url") == EXT_QUALITY_WARNING:
+            value = ext.get("valueString")
+            if isinstance(value, str) and value.strip() and value.isprintable():
+                out.append(QUALITY_WARNING_PREFIX + value)
+    return tuple(dict.fromkeys(out))
+
+
 def fixed_texts(tables: Tables, dicom_tables: DicomTables) -> frozenset[str]:
-    """The texts :func:`photo_to_dicom` writes into ImageComments and SeriesDescription: the
-    kinds' warnings and series descriptions, fixed by the tables, holding no patient data (so
-    the restricted copies may keep them: adapter.mapping.dicom_deid)."""
+    """The texts :func:`photo_to_dicom` writes into ImageComments and SeriesDescription for any
+    record: the kinds' warnings and series descriptions, fixed by the tables, holding no patient
+    data (so the restricted copies may keep them: adapter.mapping.dicom_deid). A record's own
+    quality warnings are added per record (:func:`quality_texts`)."""
     descriptions = (iod.series_description for iod in dicom_tables.kinds.values())
     return tables.kind_warnings | {text for text in descriptions if text}
 
@@ -590,5 +653,6 @@ def _has_non_ascii(ds: Dataset) -> bool:
     return any(not text.isascii() for text in _walk_text(ds))
 
 
-__all__ = ["STUDY_DATE_VERSION", "Equipment", "PhotoStudy", "encode_dataset", "encounter_key", "fixed_texts",
-           "photo_study", "photo_study_values", "photo_to_dicom", "pixels_decoded", "study_date", "study_time"]
+__all__ = ["PHOTO_OBJECT_VERSION", "STUDY_DATE_VERSION", "Equipment", "PhotoStudy", "encode_dataset", "encounter_key",
+           "fixed_texts", "image_comments", "photo_study", "photo_study_values", "photo_to_dicom", "pixels_decoded",
+           "quality_texts", "study_date", "study_time"]

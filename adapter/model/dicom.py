@@ -68,6 +68,10 @@ class DicomInstance:
     # None: not read yet (stored before schema 13, or read before 14 without the study's;
     # SqlRecordStore.fill_dicom_attributes reads them at start)
     attributes: InstanceAttributes | None = None
+    # how a posted photo's object is made (adapter.mapping.dicom_photo.PHOTO_OBJECT_VERSION),
+    # fixed at ingest so every regeneration is the object first made (schema 19); None for a
+    # received object, and for a photo stored before (made as version 1)
+    object_version: int | None = None
 
 
 def person_name_key(value: str | None) -> str:

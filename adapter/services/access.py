@@ -55,7 +55,7 @@ from adapter.imaging.unlinkable import DEIDENTIFIED_COPY, PSEUDONYMISED_COPY, un
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import PDF, extract_frame, extract_image, grey_levels
 from adapter.mapping.dicom_json import read_released
-from adapter.mapping.dicom_photo import fixed_texts
+from adapter.mapping.dicom_photo import fixed_texts, quality_texts
 from adapter.mapping.dicom_tables import ENCAPSULATED_PDF, DicomTables
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.released_ids import IdSpace, ReleasedIds
@@ -1080,7 +1080,8 @@ class ScopedReader:
             raise NotSupported("DICOM is not served here")
         with regenerating(instance, stored, self._blobs, bounded=bounded) as image:
             obj = dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables, image=image)
-            released = self._release(decision.view).release(obj, instance.patient)
+            released = self._release(decision.view).release(obj, instance.patient,
+                                                            record_texts=quality_texts(stored.resource))
             del obj  # the native dataset: its memory is given back before the answer is made
             yield DicomContent(data=released.data, decision=decision, transfer_syntax=released.transfer_syntax,
                                sop_class_uid=released.sop_class_uid, sop_instance_uid=released.sop_instance_uid)

@@ -115,8 +115,8 @@ def dicom_object_for(instance: DicomInstance, stored: StoredResource, blobs: Blo
         stored.resource, image, _content_type(stored.resource), kind=stored.facts.kind,
         patient=instance.patient, uids=_photo_uids(instance),
         tables=tables, dicom_tables=dicom_tables, study=study_of(instance),
-        # the creation time fixed at ingest: a resend is the identical object
-        now=instance.created or stored.last_updated)
+        # the creation time and the way of making it fixed at ingest: a resend is the identical object
+        now=instance.created or stored.last_updated, version=object_version_of(instance))
 
 
 #: A received object whose stored file is at least this large is made and read under a turn
@@ -209,7 +209,14 @@ def _photo_without_pixels(instance: DicomInstance, stored: StoredResource, blobs
         stored.resource, width=width, height=height, orientation=read_orientation(image, kind) or 1,
         kind=stored.facts.kind, patient=instance.patient, uids=_photo_uids(instance),
         tables=tables, dicom_tables=dicom_tables, now=instance.created or stored.last_updated,
-        study=study_of(instance))
+        study=study_of(instance), version=object_version_of(instance))
+
+
+def object_version_of(instance: DicomInstance) -> int:
+    """The adapter.mapping.dicom_photo.PHOTO_OBJECT_VERSION a posted photo's object was first made
+    with, as its row keeps it: every regeneration makes that object. 1 for an instance stored
+    before the version was kept (schema 19): its object was made so then, and sent so."""
+    return instance.object_version if instance.object_version is not None else 1
 
 
 def study_of(instance: DicomInstance) -> PhotoStudy | None:
@@ -341,11 +348,13 @@ class DicomRelease:
         return dataclasses.replace(restricted, performed_procedure_step_start_date=None,
                                    performed_procedure_step_start_time=None, timezone_offset_from_utc=None)
 
-    def release(self, obj: Dataset | Path, patient: Identifier) -> ReleasedObject:
+    def release(self, obj: Dataset | Path, patient: Identifier, *, record_texts: Iterable[str] = ()) -> ReleasedObject:
         """The Part 10 bytes of ``obj`` in this view, in the transfer syntax it is stored in
         (no transcoding; de-identification only cuts metadata segments out of JPEG frames, and
         the metadata out of an encapsulated PDF: adapter.imaging.pdf). UncleanableDocument when
-        the PDF's metadata cannot be removed: not released in this view."""
+        the PDF's metadata cannot be removed: not released in this view. ``record_texts``: the
+        adapter's own texts of the record ``obj`` belongs to, which a restricted copy keeps beside
+        the fixed texts: its quality warnings (adapter.mapping.dicom_photo.quality_texts)."""
         if self.view is View.FULL and isinstance(obj, Path):
             try:
                 meta = read_file_meta_info(obj)
@@ -355,13 +364,14 @@ class DicomRelease:
                 raise StorageError("the stored DICOM object cannot be read") from exc
         ds = _read(obj) if isinstance(obj, Path) else obj
         uids = self._uids
+        fixed = self._fixed_texts.union(record_texts)
         try:
             if self.view is View.DEIDENTIFIED and uids is not None:
-                ds = deidentify(ds, uid_root=uids.root, key=uids.key, fixed_texts=self._fixed_texts)
+                ds = deidentify(ds, uid_root=uids.root, key=uids.key, fixed_texts=fixed)
             elif self.view is View.PSEUDONYMISED and uids is not None:
                 ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
                                   pseudonym_issuer=self._pseudonymizer.system, uid_root=uids.root, key=uids.key,
-                                  fixed_texts=self._fixed_texts)
+                                  fixed_texts=fixed)
             return _released(encode_dataset(ds), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID, ds.SOPInstanceUID)
         except (StorageError, ConfigurationError, UncleanableDocument):
             # a document whose metadata cannot be removed is not released in this view (422):
@@ -793,6 +803,7 @@ __all__ = [
     "literal_prefix",
     "match_level",
     "object_attributes",
+    "object_version_of",
     "regenerating",
     "series_shown",
     "stow_instance",

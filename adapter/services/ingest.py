@@ -63,7 +63,13 @@ from adapter.files import file_sha256
 from adapter.imaging import sanitize
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.consent import consent_from_statement
-from adapter.mapping.dicom_photo import PhotoStudy, encounter_key, photo_study, photo_without_pixels
+from adapter.mapping.dicom_photo import (
+    PHOTO_OBJECT_VERSION,
+    PhotoStudy,
+    encounter_key,
+    photo_study,
+    photo_without_pixels,
+)
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, photo_uids
@@ -643,7 +649,9 @@ class IngestService:
             # the StudyDate and StudyTime the object carries (adapter.mapping.dicom_photo), kept
             # with the offset its object is written in (its attributes) for every regeneration
             study_date=study.date, study_time=study.time, created=now,
-            attributes=self._photo_attributes(built.record, image, meta, uids, now, study))
+            attributes=self._photo_attributes(built.record, image, meta, uids, now, study),
+            # how its object is made, kept so that every regeneration is this one
+            object_version=PHOTO_OBJECT_VERSION)
         outbox = [NewOutboxItem(sop_instance_uid=uids.sop_instance, destination=d) for d in self._destinations
                   if meta.kind in self._tables.policy.forward_kinds]
         named_consent_ids = tuple(dict.fromkeys(((shared.id,) if shared is not None else ())

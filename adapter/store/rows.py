@@ -149,6 +149,7 @@ def dicom_instance_row(instance: DicomInstance, created: datetime) -> dict[str, 
         "study_time": instance.study_time,
         **match_keys(instance.patient_name, instance.study_description),
         **attribute_columns(instance.attributes),
+        "object_version": instance.object_version,
     }
 
 
@@ -217,6 +218,7 @@ def dicom_instance_from(row: RowMapping) -> DicomInstance:
         accession_number=row.get("accession_number"),
         study_time=row.get("study_time"),
         attributes=_attributes_from(row),
+        object_version=row.get("object_version"),
     )
 
 

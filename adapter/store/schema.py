@@ -59,7 +59,9 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 17: outbox.sending_since (the forwarder's last check passed: the item's C-STORE-RQ goes out).
 #: 18: audit.chain_mac (the audit trail's keyed hash chain, adapter.store.audit_chain) and the
 #:     chain's start in key_fingerprints: the first sequence number after the events stored before.
-SCHEMA_VERSION = 18
+#: 19: dicom_instances.object_version (how a posted photo's object is made, fixed at ingest:
+#:     adapter.mapping.dicom_photo.PHOTO_OBJECT_VERSION; the instances stored before have none: 1).
+SCHEMA_VERSION = 19
 
 
 #: A match key (dicom_instances.*_key): compared in code point order on both databases, so that
@@ -287,6 +289,10 @@ dicom_instances = Table(
     Column("patient_birth_date", String(8)),
     Column("patient_sex", String(16)),
     Column("study_id", String(16)),
+    # How a posted photo's object is made (schema 19; adapter.mapping.dicom_photo
+    # PHOTO_OBJECT_VERSION), fixed at ingest: every regeneration makes the object first made and
+    # sent. NULL for a received object, and for a photo stored before (its object: version 1).
+    Column("object_version", Integer),
     PrimaryKeyConstraint("sop_instance_uid", name="pk_dicom_instances"),
     Index("ix_dicom_instances_study", "study_instance_uid", "series_instance_uid", "created"),
     Index("ix_dicom_instances_series", "series_instance_uid"),
@@ -399,7 +405,9 @@ def _migrate(conn: Connection, found: int) -> None:
     15 → 16 adds a nullable column to ``resources`` (existing rows: not entered in error);
     16 → 17 adds a nullable column to ``outbox`` (existing rows: no C-STORE under way).
     17 → 18 adds a nullable column to ``audit`` and records where the chain starts: the number
-    after the last event stored before, which the chain does not cover (they stay without a MAC).
+    after the last event stored before, which the chain does not cover (they stay without a MAC);
+    18 → 19 adds a nullable column to ``dicom_instances`` (the photos stored before: their objects
+    stay as they were made, version 1).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -444,6 +452,7 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | TypeEngine[Any]], ...]] = 
     16: (("resources", "entered_in_error", "BOOLEAN"),),
     17: (("outbox", "sending_since", UtcDateTime()),),
     18: (("audit", "chain_mac", "VARCHAR(64)"),),
+    19: (("dicom_instances", "object_version", "INTEGER"),),
 }
 
 #: The version that began the audit chain.

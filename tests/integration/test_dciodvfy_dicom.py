@@ -131,6 +131,28 @@ def test_a_secondary_images_warning_and_its_copies(name: str) -> None:
         check(out, f"{name} secondary {label}")
 
 
+@pytest.mark.parametrize("kind", list(PhotoKind))
+def test_quality_warnings_in_image_comments_and_the_copies(kind: PhotoKind) -> None:
+    """The record's quality warnings after the kind's warning in ImageComments (LT, CR LF between
+    lines), as written and as the restricted copies keep them (the record's own texts with the
+    fixed ones): 0 errors."""
+    from adapter.mapping.dicom_photo import quality_texts
+
+    sample = stored_sample("tiny.jpg")
+    record = photo_record(kind, sample, quality_warnings=(
+        "image is 120x90 pixels, below the policy minimum of 640x480", "JPEG quality estimated at 10, below 40"))
+    ds = reread(photo_object(kind, sample, record=record))
+    assert ds.ImageComments.split("\r\n")[-2:] == list(quality_texts(record))
+    check(ds, f"tiny.jpg {kind.value} with quality warnings")
+    texts = fixed_texts(tables(), dicom_tables()) | set(quality_texts(record))
+    pseudonym = PSEUDONYMS.pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
+    for label, out in (("TRAIN", deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY, fixed_texts=texts)),
+                       ("HRESCH", pseudonymise(ds, pseudonym=pseudonym, pseudonym_issuer=PSEUDONYMS.system,
+                                               uid_root=OUT_ROOT, key=UID_KEY, fixed_texts=texts))):
+        assert out.ImageComments == ds.ImageComments, label
+        check(out, f"tiny.jpg {kind.value} with quality warnings {label}")
+
+
 DECOMPRESSED: dict[str, Callable[[], Dataset]] = {
     **{f"{name} {kind.value}": (lambda name=name, kind=kind: photo_object(kind, stored_sample(name), orientation=1))
        for name in SAMPLES if name.endswith(".jpg") for kind in PhotoKind},

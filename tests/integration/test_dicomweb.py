@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pikepdf
 import PIL.Image
+import PIL.ImageFilter
 import PIL.ImageOps
 import pydicom
 import pytest
@@ -639,6 +640,79 @@ def test_a_secondary_images_object_warns_every_reader_and_a_clinical_photos_does
         assert ds.PatientIdentityRemoved == "YES" and note.encode() not in data
         series = [item for item in qido(client, "series", headers) if value(item, "00080060") == "OT"]
         assert [value(item, "0008103E") for item in series] == [ds.SeriesDescription]
+
+
+QUALITY_WARNING = "Quality warning: "
+
+
+def blurred_photo(path: Path) -> Path:
+    """samples/wound.jpg blurred (Gaussian, radius 20): ingest warns "image looks blurred"."""
+    out = io.BytesIO()
+    with PIL.Image.open(WOUND) as image:
+        image.filter(PIL.ImageFilter.GaussianBlur(20)).save(out, "JPEG", quality=90)
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def test_a_photos_quality_warnings_reach_its_object_in_the_records_words(
+        adapter: tuple[FhirClient, Services], checked: Checked, tmp_path: Path) -> None:
+    """Clinical-safety review ("quality warnings never reach DICOM"): what ingest judged of the
+    photo (too small, blurred…), which its receipt and its FHIR record's notes say, a PACS reader
+    is told too: the object WADO-RS serves (the one object dicom_object_for makes, also forwarded)
+    carries it in ImageComments, after the kind's warning, one line each, in the notes' words;
+    the TRAIN and HRESCH copies keep those lines (no patient data). dciodvfy: 0 errors."""
+    client, services = adapter
+    small = post_photo(client, ROOT / "samples" / "tiny.jpg", metadata()).json()
+    shaky = post_photo(client, blurred_photo(tmp_path / "blurred.jpg"),
+                       metadata(kind="secondary", consent=None)).json()
+    warning = services.tables.kinds[PhotoKind.SECONDARY].warning
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for receipt, first, said in ((small, [], "below the policy minimum of 640x480"),
+                                 (shaky, [warning], "image looks blurred (sharpness ")):
+        record = client.get(f"/fhir/{receipt['record']}", headers=TREAT).json()
+        quality = [n["text"] for n in record["note"] if n["text"].startswith(QUALITY_WARNING)]
+        assert any(said in text for text in quality), quality
+        assert all(text.removeprefix(QUALITY_WARNING) in receipt["warnings"] for text in quality)  # its words too
+        uids = receipt["dicom"]
+        [data] = parts_of(wado(client, uids["studyInstanceUid"], uids["seriesInstanceUid"], uids["sopInstanceUid"]))
+        ds = checked(f"{receipt['record']} with quality warnings, TREAT", data)
+        assert ds.ImageComments.split("\r\n") == first + quality
+        for headers in (TRAIN, HRESCH):
+            answer = client.get(f"/fhir/{seen_as(services, headers['X-Purpose-Of-Use'], receipt['binary'])}",
+                                headers={**headers, "Accept": "application/dicom"})
+            assert answer.status_code == 200, answer.text
+            copy_ds = checked(f"{receipt['record']} with quality warnings, {headers['X-Purpose-Of-Use']}",
+                              answer.content)
+            assert copy_ds.PatientIdentityRemoved == "YES" and copy_ds.ImageComments == ds.ImageComments
+
+
+def test_a_photo_stored_before_its_object_carried_quality_warnings_keeps_its_object(tmp_path: Path) -> None:
+    """The object is made afresh at every read and forward: an instance stored before (schema 18,
+    no object_version) is made as it was then and sent, its ImageComments without the quality
+    warnings (the identical object every time: a PACS holding it is never contradicted under
+    its SOP Instance UID); a photo posted after the upgrade carries them."""
+    with adapter_client(tmp_path) as (client, _):
+        before = post_photo(client, ROOT / "samples" / "tiny.jpg", metadata()).json()
+    db = sqlite3.connect(tmp_path / "data" / "adapter.db")
+    try:
+        with db:  # one transaction: the tables as schema 18 made them
+            db.execute("ALTER TABLE dicom_instances DROP COLUMN object_version")
+            db.execute("UPDATE schema_version SET version = 18")
+    finally:
+        db.close()
+    with adapter_client(tmp_path) as (client, services):
+        with services.store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT max(version) FROM schema_version").scalar() == SCHEMA_VERSION
+        record = client.get(f"/fhir/{before['record']}", headers=TREAT).json()
+        assert any(n["text"].startswith(QUALITY_WARNING) for n in record["note"])
+        uids = before["dicom"]
+        served = [parts_of(wado(client, uids["studyInstanceUid"], uids["seriesInstanceUid"],
+                                uids["sopInstanceUid"]))[0] for _ in range(2)]
+        assert served[0] == served[1] and "ImageComments" not in read(served[0])
+        after = post_photo(client, blurred_photo(tmp_path / "blurred.jpg"), metadata()).json()
+        uids = after["dicom"]
+        [data] = parts_of(wado(client, uids["studyInstanceUid"], uids["seriesInstanceUid"], uids["sopInstanceUid"]))
+        assert read(data).ImageComments.startswith(QUALITY_WARNING + "image looks blurred")
 
 
 def test_purpose_header_and_accept_are_checked(adapter: tuple[FhirClient, Services]) -> None:

@@ -1688,7 +1688,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 18
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 19
         assert {"creation", "entered_in_error"} <= {c["name"] for c in inspector.get_columns("resources")}
         assert "sending_since" in {c["name"] for c in inspector.get_columns("outbox")}
         assert "ix_resources_blob" in {i["name"] for i in inspector.get_indexes("resources")}
@@ -1719,7 +1719,7 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 18
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 19
         assert {f"ix_dicom_instances_{c}" for c in MATCH_KEYS} <= \
             {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
         if conn.dialect.name == "postgresql":
@@ -1791,7 +1791,7 @@ def test_version_12_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 18
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 19
         inspector = sa.inspect(conn)
         assert set(ATTRIBUTE_COLUMNS) <= {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert "ix_dicom_instances_attributes_unread" in {i["name"] for i in inspector.get_indexes("dicom_instances")}
@@ -1827,12 +1827,33 @@ def test_version_13_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 18
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 19
         assert set(STUDY_ATTRIBUTE_COLUMNS) <= {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [None] * 3  # type: ignore[union-attr]
     assert upgraded.fill_dicom_attributes(lambda _: MULTIFRAME, batch=2) == 3
     assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [MULTIFRAME] * 3  # type: ignore[union-attr]
     assert upgraded.fill_dicom_attributes(lambda _: pytest.fail("read again")) == 0
+
+
+def test_version_18_is_upgraded(open_records: StoreFactory) -> None:
+    """18 → 19 adds dicom_instances.object_version: how a posted photo's object is made, kept from
+    ingest (adapter.mapping.dicom_photo.PHOTO_OBJECT_VERSION); the instances stored before have
+    none (their objects stay as version 1 made them), an instance stored after keeps its own."""
+    store = open_records()
+    before = make_instance(blob_sha256=None)  # a posted photo's
+    store.save_ingest(make_dicom_unit(before))
+    with store.engine.begin() as conn:  # the tables as schema 18 made them
+        conn.execute(sa.text("ALTER TABLE dicom_instances DROP COLUMN object_version"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 18"))
+    store.close()
+    upgraded = open_records()
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 19
+        assert "object_version" in {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
+    assert upgraded.find_dicom_instance(before.sop_instance_uid).object_version is None  # type: ignore[union-attr]
+    after = dataclasses.replace(make_instance(blob_sha256=None), object_version=2)
+    upgraded.save_ingest(make_dicom_unit(after))
+    assert upgraded.find_dicom_instance(after.sop_instance_uid).object_version == 2  # type: ignore[union-attr]
 
 
 # -- SQLite specifics and the factory ---------------------------------------------------------

@@ -200,15 +200,17 @@ def dicom_tables() -> Any:
     return load_dicom_tables(ROOT / "mappings" / "dicom.yaml")
 
 
-def photo_record(kind: Any, sample: StoredSample, *, record_id: str = RECORD_ID, **meta_overrides: Any) -> dict[str, Any]:
+def photo_record(kind: Any, sample: StoredSample, *, record_id: str = RECORD_ID,
+                 quality_warnings: tuple[str, ...] = (), **meta_overrides: Any) -> dict[str, Any]:
     """The stored R4 record (Media or DocumentReference) of ``sample`` as ``kind``, built with
-    the adapter's own builder and the FHIR test factories."""
+    the adapter's own builder and the FHIR test factories; ``quality_warnings``: those ingest
+    found (adapter.imaging.quality), none by default."""
     from adapter.mapping.photo import build_photo_resources
     from tests.support.fhir_factories import NOW, metadata, stored_image, tables
 
     meta = metadata(kind, **meta_overrides)
     image = stored_image(content_type=sample.content_type, width=sample.width, height=sample.height,
-                         size=len(sample.data))
+                         size=len(sample.data), quality_warnings=quality_warnings)
     built = build_photo_resources(meta, image, record_id=record_id, binary_id="bin-1", provenance_id="prov-1",
                                   consent_ids=["c-1", "c-2"], assessment_notes=(), assessment_warnings=(),
                                   consent_pending=False, implied_purposes=(), tables=tables(), now=NOW)

@@ -320,6 +320,34 @@ def test_the_secondary_images_warning_stays_in_both_copies_and_nothing_else_of_t
         assert "ImageComments" not in out and "SeriesDescription" not in out
 
 
+def test_the_records_quality_warnings_stay_in_both_copies_only_beside_fixed_texts() -> None:
+    """The adapter's ImageComments of a photo is the kind's warning and then the record's quality
+    warnings, one line each (adapter.mapping.dicom_photo.image_comments): the adapter's own texts,
+    no patient data, kept by both copies when the caller names them (the FHIR restricted views
+    keep the quality-warning extension likewise). A value with any other line, or the same lines
+    the caller did not name, is removed whole."""
+    from adapter.mapping.dicom_photo import fixed_texts, quality_texts
+    from tests.support.dciodvfy import dicom_tables, photo_record
+    from tests.support.fhir_factories import tables
+
+    sample = stored_sample("tiny.jpg")
+    for kind in (PhotoKind.SECONDARY, PhotoKind.CLINICAL):
+        record = photo_record(kind, sample, quality_warnings=("image looks blurred (sharpness 0.4 < 2)",))
+        ds = reread(photo_object(kind, sample, record=record))
+        assert ds.ImageComments.endswith("\r\nQuality warning: image looks blurred (sharpness 0.4 < 2)") \
+            or ds.ImageComments == "Quality warning: image looks blurred (sharpness 0.4 < 2)"
+        texts = fixed_texts(tables(), dicom_tables()) | set(quality_texts(record))
+        copies = (lambda ds, **kw: deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY, **kw),
+                  lambda ds, **kw: pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system,
+                                                uid_root=OUT_ROOT, key=UID_KEY, **kw))
+        for make in copies:
+            assert make(ds, fixed_texts=texts).ImageComments == ds.ImageComments
+            assert "ImageComments" not in make(ds, fixed_texts=fixed_texts(tables(), dicom_tables()))
+            other = copy.deepcopy(ds)
+            other.ImageComments = ds.ImageComments + "\r\nseen by Dr Jane Doe"
+            assert "ImageComments" not in make(other, fixed_texts=texts)
+
+
 @pytest.mark.parametrize("pseudonym", ["", "a\\b", "x" * 65])
 def test_a_pseudonym_that_is_not_a_lo_value_is_refused(pseudonym: str) -> None:
     with pytest.raises(InvalidInput):

@@ -298,6 +298,64 @@ def test_a_secondary_images_object_carries_its_warning_and_no_other_kind_does(ki
     assert note.encode() not in encode_dataset(photo_object(kind, sample, record=record))
 
 
+QUALITY = ("image is 120x90 pixels, below the policy minimum of 640x480", "image looks blurred (sharpness 0.4 < 2)")
+
+
+@pytest.mark.parametrize("kind", list(PhotoKind))
+def test_the_records_quality_warnings_follow_the_kinds_warning_in_image_comments(kind: PhotoKind) -> None:
+    """Clinical-safety review ("quality warnings never reach DICOM"): what ingest judged of the
+    image (too small, blurred…) is in the record's notes; a PACS reader is told it in
+    ImageComments (PS3.3 C.7.6.1), after the kind's warning, one line each (CR LF), in the notes'
+    own words. The object without pixels (what ingest indexes) says the same."""
+    from tests.support.fhir_factories import tables
+
+    sample = stored_sample("tiny.jpg")
+    record = photo_record(kind, sample, quality_warnings=QUALITY)
+    said = ([n["text"] for n in record["note"]] if record["resourceType"] == "Media"
+            else record["description"].split("\n\n"))
+    quality = [text for text in said if text.startswith("Quality warning: ")]
+    assert quality == [f"Quality warning: {w}" for w in QUALITY]
+    warning = tables().kinds[kind].warning
+    for ds in (reread(photo_object(kind, sample, record=record)), _without_pixels(record, sample, kind)):
+        assert ds.ImageComments.split("\r\n") == ([warning] if warning else []) + quality
+    without = photo_record(kind, sample)
+    assert ("ImageComments" in photo_object(kind, sample, record=without)) is bool(warning)
+
+
+def test_an_object_made_before_the_quality_warnings_were_written_is_made_so_again() -> None:
+    """The object is made afresh at every read and forward: an instance whose object was first
+    made by version 1 (stored before; dicom_instances.object_version) is made so again, the
+    kind's warning alone, so an object already sent is never changed."""
+    from adapter.mapping.dicom_photo import PHOTO_OBJECT_VERSION
+    from tests.support.fhir_factories import tables
+
+    assert PHOTO_OBJECT_VERSION == 2
+    sample = stored_sample("tiny.jpg")
+    for kind in PhotoKind:
+        record = photo_record(kind, sample, quality_warnings=QUALITY)
+        old = photo_object(kind, sample, record=record, version=1)
+        assert encode_dataset(old) == encode_dataset(photo_object(kind, sample, record=photo_record(kind, sample)))
+        assert old.get("ImageComments") == tables().kinds[kind].warning
+
+
+def test_image_comments_stay_within_lt_and_never_cut_a_line() -> None:
+    """LT holds at most 10240 characters (PS3.5 6.2): a warning that would not fit is left out
+    whole, so every line the object keeps is one the restricted copies recognise word for word."""
+    from adapter.mapping.dicom_photo import image_comments
+    from tests.support.fhir_factories import tables
+
+    sample = stored_sample("tiny.jpg")
+    many = tuple(f"warning {n} " + "x" * 1000 for n in range(12))
+    record = photo_record(PhotoKind.SECONDARY, sample, quality_warnings=many)
+    comments = image_comments(record, kind=PhotoKind.SECONDARY, tables=tables())
+    assert comments is not None and len(comments) <= 10240
+    lines = comments.split("\r\n")
+    assert lines[0] == tables().kinds[PhotoKind.SECONDARY].warning
+    assert lines[1:] == [f"Quality warning: {w}" for w in many[:len(lines) - 1]] and len(lines) < 13
+    ds = reread(photo_object(PhotoKind.SECONDARY, sample, record=record))
+    assert ds.ImageComments == comments
+
+
 def _without_pixels(record: dict[str, Any], sample: Any, kind: PhotoKind) -> Dataset:
     from adapter.mapping.dicom_photo import photo_without_pixels
     from tests.support.dciodvfy import dicom_tables
