@@ -9,8 +9,10 @@ deviceName; Rows/Columns â†’ height/width; the calling AE and InstitutionName â†
 
 Decisions:
 
-* **Kind** from the SOP class, then (SC) ConversionType and Modality (mappings/dicom.yaml
-  ``receive``). A SOP class not listed is refused (NotSupported).
+* **Kind** from the SOP class, or for Secondary Capture from its Modality, ConversionType and
+  whether it names a body part, failing closed to ``clinical`` (mappings/dicom.yaml ``receive``;
+  adapter.mapping.dicom_sc_kind). A SOP class not listed is refused (NotSupported); an SC object
+  without Modality or ConversionType (Type 1) too (RequiredElementMissing, 0xA900).
 * **Time.** createdDateTime = AcquisitionDateTime, else ContentDate+ContentTime, else
   AcquisitionDate+AcquisitionTime, else ContentDate alone. The zone is the DT value's own
   offset, else TimezoneOffsetFromUTC; without one the datetime stays naive, which the R4
@@ -142,7 +144,8 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
 
     Raises:
         NotSupported: the SOP class is not accepted (mappings/dicom.yaml ``receive``).
-        RequiredElementMissing: no SOP Instance, Study or Series UID, or no PatientID.
+        RequiredElementMissing: no SOP Instance, Study or Series UID, or no PatientID; a
+            Secondary Capture object without Modality or ConversionType, which decide its kind.
         InvalidInput: a UID that breaks the UID grammar; a NumberOfFrames, Rows or Columns that
             is not a positive integer (frames are split by the first whenever the object is
             released; the others become Media.height and width, positiveInt in FHIR).
@@ -163,8 +166,8 @@ def read_received(ds: Dataset, *, calling_ae: str, dicom_tables: DicomTables, ta
     patient = dicom_tables.patient_identifiers.to_fhir(_single(ds, "PatientID", "(0010,0020)"),
                                                        _single(ds, "IssuerOfPatientID", "(0010,0021)"))
     modality = _code_string(ds.get("Modality"))
-    kind = dicom_tables.receive.kind_of(sop_class, conversion_type=_text(ds.get("ConversionType")),
-                                        modality=modality)
+    kind = dicom_tables.receive.kind_of(sop_class, conversion_types=_texts(ds.get("ConversionType")),
+                                        modalities=_texts(ds.get("Modality")), names_body_part=_names_body_part(ds))
     code, meaning, modifier = _anatomy(ds)
     sc = "SecondaryCaptureDeviceManufacturer" in ds or "SecondaryCaptureDeviceManufacturerModelName" in ds
     manufacturer = _shown(ds.get("SecondaryCaptureDeviceManufacturer" if sc else "Manufacturer"))
@@ -243,6 +246,18 @@ def _values(value: Any) -> list[Any]:
     if value is None or value == "":
         return []
     return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+
+
+def _texts(value: Any) -> list[str]:
+    """The values of a multi-valued-capable text element (each :func:`_text`), without empty ones."""
+    return [t for t in (_text(v) for v in _values(value)) if t]
+
+
+def _names_body_part(ds: Dataset) -> bool:
+    """Whether the object names a body part: an AnatomicRegionSequence or
+    PrimaryAnatomicStructureSequence item (in any coding scheme), or a BodyPartExamined."""
+    return bool(ds.get("AnatomicRegionSequence") or ds.get("PrimaryAnatomicStructureSequence")
+                or _text(ds.get("BodyPartExamined")))
 
 
 def _int(value: Any) -> int | None:

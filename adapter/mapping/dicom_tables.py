@@ -8,6 +8,7 @@ bad table stops start-up (as adapter.mapping.tables does for the other tables).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,18 +17,21 @@ from urllib.parse import quote, unquote
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapter.errors import InvalidInput, PolicyError, RequiredElementMissing, UnknownCode
+from adapter.mapping.dicom_sc_kind import CONVERSION_TYPES, SecondaryCaptureKinds
 from adapter.mapping.tables import _read_yaml, _validate
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, PhotoKind, PhotoSource, identifier_too_long
 from adapter.text import has_control_character
 
 # PS3.5 9.1: UID components are digits with no leading zero (except "0" itself); ≤ 64 chars.
 UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
-# Conversion Type (0008,0064) defined terms (PS3.3 C.8.6.1, standards.md §4.2).
-CONVERSION_TYPES = frozenset({"DV", "DI", "DF", "WSD", "SD", "SI", "DRW", "SYN"})
 _LO_FORBIDDEN = re.compile(r"[\\\x00-\x1f]")
 
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
 MF_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
+#: The Secondary Capture classes (PS3.4 B.5): single-frame, and multi-frame single bit,
+#: grayscale byte and word, true colour. An image of any of them may be a photo of the body.
+SC_CLASSES = frozenset({SC_IMAGE, "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
+                        "1.2.840.10008.5.1.4.1.1.7.3", MF_TRUE_COLOR_SC})
 VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 _WRITABLE_SOP_CLASSES = frozenset({SC_IMAGE, VL_PHOTOGRAPHIC})
@@ -182,30 +186,56 @@ class KindIod(_Strict):
 
 
 class ReceiveClass(_Strict):
+    """A SOP class the SCP accepts, and the kind of its objects: ``kind`` for every object of the
+    class, or ``kindBy: secondaryCapture``, the object's own ConversionType, Modality and body
+    part through ``receive.secondaryCapture`` (adapter.mapping.dicom_sc_kind). Never a fixed
+    ``secondary`` (only an object can say it is a picture of an image), nor a fixed ``document``
+    for a Secondary Capture class (its images may be photos of the body): both failed open."""
+
     name: str
-    kind: PhotoKind
-    by_conversion_type: dict[str, PhotoKind] = Field({}, alias="byConversionType")
-    by_modality: dict[str, PhotoKind] = Field({}, alias="byModality")
+    kind: PhotoKind | None = None
+    kind_by: Literal["secondaryCapture"] | None = Field(None, alias="kindBy")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ReceiveClass:
+        if (self.kind is None) == (self.kind_by is None):
+            raise ValueError("give either kind or kindBy: secondaryCapture")
+        if self.kind is PhotoKind.SECONDARY:
+            raise ValueError("kind secondary for a whole class fails open: only the object can say it is a picture "
+                             "of an image (kindBy: secondaryCapture)")
+        return self
 
 
 class ReceiveTable(_Strict):
     source: PhotoSource = PhotoSource.COLLEAGUE_INTERNAL
     sop_classes: dict[str, ReceiveClass] = Field(alias="sopClasses", min_length=1)
+    secondary_capture: SecondaryCaptureKinds | None = Field(None, alias="secondaryCapture")
 
     @model_validator(mode="after")
     def _uids(self) -> ReceiveTable:
         bad = [uid for uid in self.sop_classes if not re.match(UID_PATTERN, uid) or len(uid) > 64]
         if bad:
             raise ValueError(f"not valid UIDs: {bad}")
+        documents = [uid for uid, entry in self.sop_classes.items()
+                     if uid in SC_CLASSES and entry.kind is PhotoKind.DOCUMENT]
+        if documents:
+            raise ValueError(f"Secondary Capture classes {documents} may hold photos of the body: not kind document "
+                             "for the whole class (kindBy: secondaryCapture)")
+        if self.secondary_capture is None and any(e.kind_by for e in self.sop_classes.values()):
+            raise ValueError("kindBy: secondaryCapture needs receive.secondaryCapture")
         return self
 
-    def kind_of(self, sop_class: str, *, conversion_type: str | None, modality: str | None) -> PhotoKind:
+    def kind_of(self, sop_class: str, *, conversion_types: Sequence[str], modalities: Sequence[str],
+                names_body_part: bool) -> PhotoKind:
+        """The kind of a received object of ``sop_class`` (one listed): the class's, or the SC
+        rule's (:meth:`adapter.mapping.dicom_sc_kind.SecondaryCaptureKinds.kind_of`, which raises
+        RequiredElementMissing for an object without ConversionType or Modality)."""
         entry = self.sop_classes[sop_class]
-        if conversion_type and conversion_type in entry.by_conversion_type:
-            return entry.by_conversion_type[conversion_type]
-        if modality and modality in entry.by_modality:
-            return entry.by_modality[modality]
-        return entry.kind
+        if entry.kind is not None:
+            return entry.kind
+        assert self.secondary_capture is not None  # checked at load
+        return self.secondary_capture.kind_of(conversion_types=conversion_types, modalities=modalities,
+                                              names_body_part=names_body_part)
 
 
 class _DicomFile(_Strict):
@@ -246,6 +276,7 @@ def load_dicom_tables(path: Path) -> DicomTables:
 
 
 __all__ = [
-    "CONVERSION_TYPES", "ENCAPSULATED_PDF", "MF_TRUE_COLOR_SC", "SC_IMAGE", "VL_PHOTOGRAPHIC", "DicomTables",
+    "CONVERSION_TYPES", "ENCAPSULATED_PDF", "MF_TRUE_COLOR_SC", "SC_CLASSES", "SC_IMAGE", "VL_PHOTOGRAPHIC",
+    "DicomTables",
     "IssuerEntry", "KindIod", "PatientIdentifierTable", "ReceiveClass", "ReceiveTable", "load_dicom_tables",
 ]

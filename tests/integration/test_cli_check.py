@@ -43,6 +43,10 @@ def test_check_passes_the_shipped_configuration_and_writes_nothing(tmp_path: Pat
     (lambda t: {"ADAPTER_POLICY": str(_mappings_with(t, "dicom.yaml", "unknownIssuer: refuse",
                                                       "unknownIssuer: maybe"))},
      "dicom.yaml: patientIdentifiers.unknownIssuer"),
+    # a receive rule that would fail open: camera photos filed as secondary images (dicomsafety F1)
+    (lambda t: {"ADAPTER_POLICY": str(_mappings_with(t, "dicom.yaml", "imageModalities: [CR,",
+                                                      "imageModalities: [XC, CR,"))},
+     "dicom.yaml: receive.secondaryCapture"),
     (lambda t: {"ADAPTER_DATABASE_URL": "postgres://adapter@127.0.0.1/adapter"}, "ADAPTER_DATABASE_URL"),
     (lambda t: {"ADAPTER_DICOM_ALLOWED_AE_TITLES": "THIS_AE_TITLE_IS_TOO_LONG"}, "AE title"),
     (lambda t: {"ADAPTER_ALLOWED_HOSTS": "adapter.hospital.example, *.hospital.example"}, "ADAPTER_ALLOWED_HOSTS"),

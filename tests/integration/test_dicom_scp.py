@@ -5,6 +5,7 @@ one test also validates directly."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -54,9 +55,12 @@ from adapter.errors import (
 )
 from adapter.mapping import dicom_fhir as dicom_fhir_module
 from adapter.mapping.dicom_fhir import extract_image
+from adapter.mapping.dicom_tables import DicomTables, ReceiveClass, load_dicom_tables
 from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from adapter.model.photo import PhotoKind
 from adapter.services import consent_grants as consent_grants_module
 from adapter.services import dicom_ingest as dicom_ingest_module
+from adapter.services import registry as registry_module
 from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
 from adapter.services.registry import Services
 from tests.conftest import ROOT, record_emitted, require_or_skip, wait_until
@@ -293,6 +297,69 @@ def test_secondary_capture_of_a_document_becomes_a_document_reference(scp: Store
     [doc] = find(client, "DocumentReference", sent.SOPInstanceUID)
     assert doc["content"][0]["attachment"]["contentType"] == "image/jpeg"
     assert find(client, "Media", sent.SOPInstanceUID) == []
+
+
+def _earlier_kind_rule(path: Path) -> DicomTables:
+    """mappings/dicom.yaml with the receive rule before dicomsafety F1 for Secondary Capture: the
+    class's kind, ``secondary`` (which the current table refuses at start, hence unvalidated)."""
+    tables = load_dicom_tables(path)
+    earlier = ReceiveClass.model_construct(name="Secondary Capture Image Storage", kind=PhotoKind.SECONDARY,
+                                           kind_by=None)
+    receive = tables.receive.model_copy(update={"sop_classes": {**tables.receive.sop_classes, SC: earlier}})
+    return dataclasses.replace(tables, receive=receive)
+
+
+def test_a_record_stored_under_the_earlier_kind_rule_keeps_its_kind(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kind is decided when an object is stored and kept with its record (its access facts):
+    a camera's SC of the elbow filed `secondary` by the earlier rule stays `secondary` once the
+    adapter runs the fail-closed rule on the same data folder: read (no new version), sent again
+    as it was (Success, from its record) or with other content (0xB006), and after a withdrawal
+    (still read for care, as a secondary image is). Re-filing it is the PACS administrator's
+    decision (README: Correcting a misfiled record), not a side effect of an upgrade."""
+    need_dcmtk()
+    path = tmp_path / "elbow.dcm"
+    sent = sc_file(path, Modality="XC", ConversionType="WSD")
+    other = tmp_path / "elbow-again.dcm"
+    sc_file(other, Modality="XC", ConversionType="WSD", SOPInstanceUID=sent.SOPInstanceUID,
+            StudyInstanceUID=sent.StudyInstanceUID, SeriesInstanceUID=sent.SeriesInstanceUID,
+            ImageComments="filled in")
+
+    def kind_of(media: dict[str, Any]) -> list[str]:
+        return [e["valueCode"] for e in media["extension"] if e["url"].endswith("/photo-kind")]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(registry_module, "load_dicom_tables", _earlier_kind_rule)
+        with adapter_client(tmp_path) as (client, services):
+            server = start_scp(services)
+            try:
+                assert storescu(server.port, "ADAPTER", [path]).returncode == 0
+            finally:
+                server.stop()
+            [before] = find(client, "Media", sent.SOPInstanceUID)
+            assert kind_of(before) == ["secondary"]
+    with adapter_client(tmp_path) as (client, services):  # the current rule, the same data folder
+        assert services.dicom_ingest.dicom_tables.receive.kind_of(SC, conversion_types=["WSD"], modalities=["XC"],
+                                                                   names_body_part=False) is PhotoKind.CLINICAL
+        server = start_scp(services)
+        try:
+            [media] = find(client, "Media", sent.SOPInstanceUID)
+            assert kind_of(media) == ["secondary"] and media["meta"]["versionId"] == before["meta"]["versionId"]
+            done = storescu(server.port, "ADAPTER", [path], extra=["-v"])
+            assert "Received Store Response (Success)" in done.stderr + done.stdout, done.stderr
+            done = storescu(server.port, "ADAPTER", [other], check=False, extra=["-v"])
+            assert "Received Store Response (Warning: ElementsDiscarded)" in done.stderr + done.stdout, done.stderr
+        finally:
+            server.stop()
+        [media] = find(client, "Media", sent.SOPInstanceUID)
+        assert kind_of(media) == ["secondary"] and media["meta"]["versionId"] == before["meta"]["versionId"]
+        created = client.post("/fhir/Consent", json=consent_resource(["TREAT"]),
+                              headers={"Content-Type": "application/fhir+json"})
+        assert created.status_code == 201, created.text
+        withdrawn = client.put(f"/fhir/Consent/{created.json()['id']}", json={**created.json(), "status": "inactive"},
+                               headers={"Content-Type": "application/fhir+json"})
+        assert withdrawn.status_code == 200, withdrawn.text
+        assert client.get(f"/fhir/Media/{media['id']}", headers=TREAT).status_code == 200
 
 
 def test_multiframe_true_colour_secondary_capture_is_accepted(scp: StoreSCP, client: FhirClient,

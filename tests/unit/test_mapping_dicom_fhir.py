@@ -170,7 +170,7 @@ def test_a_peer_sc_without_issuer_is_refused_by_default_and_mapped_when_configur
 
     received = read(ds, t=replace(t, patient_identifiers=PatientIdentifierTable.model_validate(lenient)))
     assert received.patient == Identifier(system=PATIENT_SYSTEM, value="PEER-1")
-    assert received.kind is PhotoKind.SECONDARY  # ConversionType DI
+    assert received.kind is PhotoKind.CLINICAL  # ConversionType DI from Modality OT: nothing says it is an image's
     assert received.created == datetime(2024, 1, 1, 12, 0)  # no zone given: naive
     assert received.operators == ()
 
@@ -232,6 +232,52 @@ def test_sc_document_conversion_gives_a_document_reference() -> None:
     assert resources.record["resourceType"] == "DocumentReference"
 
 
+@pytest.mark.parametrize("kind", list(PhotoKind))
+def test_the_adapters_own_objects_come_back_as_the_kind_they_were_written(kind: PhotoKind) -> None:
+    """An object the adapter made from a photo (VL Photographic XC; SC DOC/SD; SC OT/SI), sent back
+    by a PACS, is filed as the same kind under the fail-closed receive rule."""
+    ds = reread(photo_object(kind, stored_sample("tiny.jpg")))
+    assert read(ds).kind is kind
+
+
+@pytest.mark.parametrize(("keyword", "value"), [
+    ("BodyPartExamined", "ELBOW"),
+    ("AnatomicRegionSequence", [{"CodeValue": "T-D8300", "CodingSchemeDesignator": "SRT", "CodeMeaning": "Elbow"}]),
+    ("PrimaryAnatomicStructureSequence",
+     [{"CodeValue": "127949000", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Elbow"}]),
+])
+def test_a_scanned_document_naming_a_body_part_is_not_a_document(keyword: str, value: Any) -> None:
+    """dicomsafety F1: an SD object naming the elbow became a document, its site dropped (a
+    document has no body site: POST /photos refuses one). Naming a body part in any of the three
+    attributes, in any coding scheme, makes it clinical."""
+    ds = reread(photo_object(PhotoKind.DOCUMENT, stored_sample("tiny.jpg")))
+    assert read(ds).kind is PhotoKind.DOCUMENT
+    if isinstance(value, list):
+        items = []
+        for fields in value:
+            item = Dataset()
+            for name, text in fields.items():
+                setattr(item, name, text)
+            items.append(item)
+        value = items
+    setattr(ds, keyword, value)
+    assert read(ds).kind is PhotoKind.CLINICAL
+
+
+def test_an_sc_without_conversion_type_or_modality_is_refused_naming_them() -> None:
+    """dicomsafety F4: both are Type 1 and decide the kind; the object is refused (0xA900 with
+    Offending Element over DIMSE), as README says of a required attribute missing."""
+    ds = reread(photo_object(PhotoKind.SECONDARY, stored_sample("tiny.jpg")))
+    del ds.ConversionType
+    with pytest.raises(RequiredElementMissing) as refused:
+        read(ds)
+    assert refused.value.expression == ["(0008,0064) ConversionType"]
+    ds.ConversionType, ds.Modality = "SI", ""
+    with pytest.raises(RequiredElementMissing) as refused:
+        read(ds)
+    assert refused.value.expression == ["(0008,0060) Modality"]
+
+
 def test_encapsulated_pdf() -> None:
     pdf = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
     ds = base(ENCAPSULATED_PDF)
@@ -262,7 +308,7 @@ def test_multi_frame_true_colour_sc_gives_frame_one() -> None:
     ds.ConversionType = "WSD"
     ds = native(ds, rows=rows, cols=cols, samples=3, bits=8, photometric="RGB", data=f1 + f2, frames=2)
     received, image, resources = to_fhir(ds)
-    assert received.number_of_frames == 2 and received.kind is PhotoKind.SECONDARY
+    assert received.number_of_frames == 2 and received.kind is PhotoKind.CLINICAL  # OT, WSD: fails closed
     assert png_array(image.data).tobytes() == f1
     assert any("Frame 1 of 2" in n["text"] for n in resources.record["note"])
 

@@ -113,12 +113,54 @@ def test_every_identifier_of_an_lo_patient_id_and_issuer_is_within_the_bound_and
 
 def test_receive_rules_pick_the_kind() -> None:
     receive = dicom_tables().receive
-    assert receive.kind_of(VL_PHOTOGRAPHIC, conversion_type=None, modality="XC") is PhotoKind.CLINICAL
-    assert receive.kind_of(SC_IMAGE, conversion_type="SD", modality="OT") is PhotoKind.DOCUMENT
-    assert receive.kind_of(SC_IMAGE, conversion_type="SI", modality="DOC") is PhotoKind.DOCUMENT
-    assert receive.kind_of(SC_IMAGE, conversion_type="DF", modality="OT") is PhotoKind.SECONDARY
-    assert receive.kind_of(MF_TRUE_COLOR_SC, conversion_type="WSD", modality="OT") is PhotoKind.SECONDARY
-    assert receive.kind_of(ENCAPSULATED_PDF, conversion_type=None, modality="DOC") is PhotoKind.DOCUMENT
+    fixed = {"conversion_types": [], "modalities": [], "names_body_part": False}
+    assert receive.kind_of(VL_PHOTOGRAPHIC, **fixed) is PhotoKind.CLINICAL
+    assert receive.kind_of(ENCAPSULATED_PDF, **fixed) is PhotoKind.DOCUMENT
+
+
+C, D, S = PhotoKind.CLINICAL, PhotoKind.DOCUMENT, PhotoKind.SECONDARY
+
+
+@pytest.mark.parametrize(("conversion", "modality", "body_part", "kind"), [
+    # a photo of the body (the equipment that acquired it, PS3.3 C.8.6.1) whatever its ConversionType
+    ("WSD", "XC", True, C), ("DV", "XC", False, C), ("DI", "XC", False, C), ("SYN", "XC", False, C),
+    ("DV", "ES", False, C), ("SD", "XC", True, C), ("SD", "XC", False, C), ("SI", "XC", False, C),
+    ("DF", "OP", False, C), ("WSD", "GM", False, C), ("WSD", "SM", False, C), ("DI", "DMS", False, C),
+    # a document, unless it names a body part
+    ("SD", "OT", False, D), ("SD", "DX", False, D), ("WSD", "DOC", False, D), ("SI", "DOC", False, D),
+    ("SD", "OT", True, C), ("SD", "DOC", True, C), ("WSD", "DOC", True, C),
+    # a picture of an image: scanned or digitized film, whatever the (non-photo) equipment
+    ("SI", "OT", False, S), ("DF", "OT", True, S), ("SI", "DX", True, S),
+    # a video, interface or workstation capture of imaging or waveform equipment
+    ("WSD", "DX", True, S), ("DI", "US", False, S), ("DV", "XA", False, S), ("WSD", "ECG", False, S),
+    # nothing says it is an image of an image: clinical
+    ("WSD", "OT", False, C), ("WSD", "OT", True, C), ("DI", "OT", False, C), ("DV", "OT", False, C),
+    ("SYN", "CT", False, C), ("DRW", "US", False, C), ("XYZ", "DX", False, C), ("WSD", "ZZ", False, C),
+    ("wsd", "DX", False, C), ("WSD", "dx", False, C),
+])
+def test_the_secondary_capture_rule_fails_closed(conversion: str, modality: str, body_part: bool,
+                                                 kind: PhotoKind) -> None:
+    """dicomsafety F1: every SC was `secondary` (no consent for care, readable after a
+    withdrawal) unless SD or DOC made it a `document` (SD first, so a camera's SD with the elbow
+    too). Seen failing before the rule: secondary for XC, ES, OT… and document for SD+XC."""
+    receive = dicom_tables().receive
+    for sop_class in (SC_IMAGE, MF_TRUE_COLOR_SC):
+        assert receive.kind_of(sop_class, conversion_types=[conversion], modalities=[modality],
+                               names_body_part=body_part) is kind, (sop_class, conversion, modality, body_part)
+
+
+def test_two_values_where_one_is_allowed_are_unclear_and_none_is_refused() -> None:
+    receive = dicom_tables().receive
+    assert receive.kind_of(SC_IMAGE, conversion_types=["SD", "WSD"], modalities=["OT"],
+                           names_body_part=False) is PhotoKind.CLINICAL
+    assert receive.kind_of(SC_IMAGE, conversion_types=["SI"], modalities=["DX", "OT"],
+                           names_body_part=False) is PhotoKind.CLINICAL
+    for conversion, modality, named in (([], ["XC"], ["(0008,0064) ConversionType"]),
+                                        (["SI"], [], ["(0008,0060) Modality"]),
+                                        ([], [], ["(0008,0060) Modality", "(0008,0064) ConversionType"])):
+        with pytest.raises(RequiredElementMissing) as refused:
+            receive.kind_of(MF_TRUE_COLOR_SC, conversion_types=conversion, modalities=modality, names_body_part=False)
+        assert refused.value.expression == named
 
 
 def test_the_table_loads_from_a_copy(tmp_path: Path) -> None:
@@ -141,6 +183,25 @@ def test_the_table_loads_from_a_copy(tmp_path: Path) -> None:
     lambda d: d["patientIdentifiers"].update(unknownIssuerPrefix="urn:" + "x" * 253),  # + 768 encoded
     lambda d: d.update(unexpected=True),
     lambda d: d["kinds"]["document"].update(withoutBodySite="paired"),  # unknown or unpaired only
+    # the receive rule fails closed (dicomsafety F1): a table that would make it fail open stops start-up
+    lambda d: d["receive"]["sopClasses"][SC_IMAGE].update(kind="secondary"),  # both kind and kindBy
+    lambda d: d["receive"]["sopClasses"][SC_IMAGE].pop("kindBy"),  # neither
+    lambda d: d["receive"]["sopClasses"][SC_IMAGE].update(kindBy=None, kind="secondary"),
+    lambda d: d["receive"]["sopClasses"][MF_TRUE_COLOR_SC].update(kindBy=None, kind="document"),
+    lambda d: d["receive"]["sopClasses"][ENCAPSULATED_PDF].update(kind="secondary"),
+    lambda d: d["receive"]["sopClasses"][SC_IMAGE].update(byConversionType={"SD": "document"}),  # the old keys
+    lambda d: d["receive"].pop("secondaryCapture"),
+    lambda d: d["receive"]["secondaryCapture"]["bodyPhotoModalities"].remove("ES"),
+    lambda d: d["receive"]["secondaryCapture"]["imageModalities"].append("XC"),
+    lambda d: d["receive"]["secondaryCapture"]["documentModalities"].append("OP"),
+    lambda d: d["receive"]["secondaryCapture"]["imageModalities"].append("OT"),
+    lambda d: d["receive"]["secondaryCapture"]["documentModalities"].append("OT"),
+    lambda d: d["receive"]["secondaryCapture"]["documentModalities"].append("DX"),  # also an image modality
+    lambda d: d["receive"]["secondaryCapture"]["imageConversionTypes"].append("SD"),  # also a document's
+    lambda d: d["receive"]["secondaryCapture"]["captureConversionTypes"].append("SI"),
+    lambda d: d["receive"]["secondaryCapture"]["captureConversionTypes"].append("XX"),  # not a defined term
+    lambda d: d["receive"]["secondaryCapture"]["imageModalities"].append("d x"),
+    lambda d: d["receive"]["secondaryCapture"].update(unexpected=["WSD"]),
 ])
 def test_a_bad_table_stops_start_up(tmp_path: Path, change: Any) -> None:
     data = raw()
