@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from adapter.errors import ConfigurationError
 from adapter.model.ae_title import Network
 from adapter.model.authority import Authority, parse_authority
-from adapter.model.network import proxy_network
+from adapter.model.network import proxy_network, stow_sender_network
 from adapter.text import is_digits
 
 #: ADAPTER_ variables the adapter sets for its own processes, which are no settings.
@@ -237,6 +237,13 @@ class Settings(BaseSettings):
         "proxies whose X-Forwarded-For (and X-Forwarded-Proto) the adapter believes; empty: nobody's, the caller "
         "is its TCP peer. A forwarded address is recorded beside the proxy's, never instead of it.")
 
+    stow_trusted_senders: str = Field(
+        "", description="Comma-separated addresses or networks (10.0.0.5, 10.0.0.0/28, IPv6 too) of the DICOMweb "
+        "clients trusted as the DICOM SCP's allowed AEs are: the organisation's PACS or modalities, which answer for "
+        "the consent of what they send over STOW-RS. The client is the TCP peer, or the client a proxy of "
+        "ADAPTER_TRUSTED_PROXIES forwards for. Empty: nobody; a clinical object from any other client needs a "
+        "Consent on file permitting care, as a photo posted without a consent statement does.")
+
     allowed_hosts: str = Field(
         "", description="Comma-separated host[:port] names the HTTP API answers for besides ADAPTER_BASE_URL's host "
         "and the names of its listening address (the Host a reverse proxy forwards, e.g. adapter.hospital.example); "
@@ -271,6 +278,13 @@ class Settings(BaseSettings):
         ConfigurationError for anything else: a host name (resolved when? to what?), a network
         with host bits set (10.0.0.1/8 would silently widen to 10.0.0.0/8), an IPv6 zone."""
         return [proxy_network(item) for item in (p.strip() for p in self.trusted_proxies.split(",")) if item]
+
+    @property
+    def stow_trusted_sender_networks(self) -> list[Network]:
+        """The networks of ADAPTER_STOW_TRUSTED_SENDERS, each an address or a network
+        (adapter.model.network.network_of: ConfigurationError for a host name, host bits set, a zone)."""
+        return [stow_sender_network(item) for item in (p.strip() for p in self.stow_trusted_senders.split(","))
+                if item]
 
     @property
     def allowed_ae_titles(self) -> list[str]:
@@ -344,6 +358,15 @@ class Settings(BaseSettings):
         for item in (p.strip() for p in v.split(",")):
             if item:
                 proxy_network(item)
+        return v
+
+    @field_validator("stow_trusted_senders")
+    @classmethod
+    def _stow_senders_are_addresses(cls, v: str) -> str:
+        # at start, and in `check`, as ADAPTER_TRUSTED_PROXIES
+        for item in (p.strip() for p in v.split(",")):
+            if item:
+                stow_sender_network(item)
         return v
 
     @field_validator("log_format")

@@ -1,5 +1,6 @@
 """IP addresses and networks named in settings: the reverse proxies the adapter believes
-(ADAPTER_TRUSTED_PROXIES), and whether an address is one of them."""
+(ADAPTER_TRUSTED_PROXIES), the DICOMweb clients it trusts as senders (ADAPTER_STOW_TRUSTED_SENDERS),
+and whether an address is one of them."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def proxy_network(entry: str) -> Network:
     return network_of(entry, "ADAPTER_TRUSTED_PROXIES")
 
 
+def stow_sender_network(entry: str) -> Network:
+    """A trusted STOW-RS sender of ADAPTER_STOW_TRUSTED_SENDERS (:func:`network_of`)."""
+    return network_of(entry, "ADAPTER_STOW_TRUSTED_SENDERS")
+
+
 def ip_address_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """``text`` as an IP address, None when it is none; an IPv4-mapped IPv6 one
     (::ffff:10.0.0.5, a dual-stack socket's peer) as its IPv4 address."""
@@ -55,4 +61,4 @@ def is_in(address: str, networks: list[Network]) -> bool:
     return ip is not None and any(ip in network for network in networks)
 
 
-__all__ = ["Network", "ip_address_of", "is_in", "network_of", "proxy_network"]
+__all__ = ["Network", "ip_address_of", "is_in", "network_of", "proxy_network", "stow_sender_network"]

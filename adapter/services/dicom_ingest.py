@@ -21,7 +21,9 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    or whose Series Instance UID is held in another study, is refused (InstanceConflict: one
    patient per study, one study per series, PS3.3 A.1.2), checked again in the transaction of
    step 8 (RecordStore.check_hierarchy);
-5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation;
+5. the consent rules (adapter.consent.assess_ingest) for a source inside the organisation
+   (a C-STORE's admitted AE, a trusted STOW-RS sender); a STOW-RS part from any other client is
+   held to the rules of a photo posted without a consent statement (:data:`UNTRUSTED_STOW_SOURCE`);
 6. the Binary's bytes: the JPEG frame as received (no re-encoding), a lossless PNG of native
    pixel data, or the PDF; every JPEG frame checked against the Image Pixel module
    (adapter.mapping.dicom_image_pixel: its Type 1 attributes present, Rows, Columns and Samples
@@ -143,6 +145,12 @@ log = logging.getLogger(__name__)
 #: The issue's rule: a PACS inside the organisation (an allowed calling AE) is a colleague
 #: inside the organisation, responsible for the consent of what it sends for care.
 RECEIVED_SOURCE = PhotoSource.COLLEAGUE_INTERNAL
+#: The source of an object a STOW-RS client sends that ADAPTER_STOW_TRUSTED_SENDERS does not name
+#: (clinical safety review dicomsafety F2: any HTTP caller filed clinical photos as a colleague's,
+#: without consent): a photo posted without a photo-source (POST /fhir) is a clinician's, so it
+#: needs a Consent on file permitting care at ingest (or is consent pending, or refused) and the
+#: patient's Consents decide every read of it; no colleague answers for its consent.
+UNTRUSTED_STOW_SOURCE = PhotoSource.CLINICIAN
 
 _T = TypeVar("_T")
 
@@ -175,6 +183,23 @@ class ReceivedStore:
     #: Who sent it over HTTP, for a STOW-RS part (:func:`stow_sender`): the audit names that
     #: client, its request id and its purpose; None for a C-STORE (the sending AE).
     sender: RequestContext | None = None
+    #: A STOW-RS part's client is one ADAPTER_STOW_TRUSTED_SENDERS names: trusted as the SCP's
+    #: allowed AEs are (:attr:`sender_responsible`). Fail closed: a part is not, unless its edge
+    #: says so. Not read for a C-STORE, whose AE the SCP admitted by its calling AE title.
+    trusted_sender: bool = False
+
+    @property
+    def sender_responsible(self) -> bool:
+        """Whether the sender is the organisation's PACS or modality, a colleague inside it who
+        answers for the consent of what it sends (adapter.consent.assess_ingest): a C-STORE's
+        admitted AE, or a trusted STOW-RS client."""
+        return self.sender is None or self.trusted_sender
+
+    @property
+    def source(self) -> PhotoSource:
+        """The source its record is filed under: :data:`RECEIVED_SOURCE` from a sender
+        responsible for consent, else :data:`UNTRUSTED_STOW_SOURCE`."""
+        return RECEIVED_SOURCE if self.sender_responsible else UNTRUSTED_STOW_SOURCE
 
 
 @dataclass(frozen=True)
@@ -941,8 +966,9 @@ class DicomIngestService:
         self._tables = tables
         self._dicom_tables = dicom_tables
         # Records say the source the consent rules used (the photo-source extension).
-        self._record_tables = dataclasses.replace(
-            dicom_tables, receive=dicom_tables.receive.model_copy(update={"source": RECEIVED_SOURCE}))
+        self._record_tables = {source: dataclasses.replace(
+            dicom_tables, receive=dicom_tables.receive.model_copy(update={"source": source}))
+            for source in (RECEIVED_SOURCE, UNTRUSTED_STOW_SOURCE)}
         self._auditor = auditor
         self._now = now
         #: The audit of the associations the SCP rejects (one per process, whichever SCP rejects).
@@ -1195,7 +1221,7 @@ class DicomIngestService:
             self._store.check_hierarchy(study_instance_uid=obj.study_uid, series_instance_uid=obj.series_uid,
                                         patient=obj.patient)
             now = self._now()
-            assessment = self._assess(obj, now)  # a refusal by the consent rules is a decision, audited
+            assessment = self._assess(obj, received, now)  # a refusal by the consent rules: a decision, audited
             return _Head(ds, obj, assessment, now)
         except _MALFORMED as exc:
             raise InvalidInput(f"the dataset cannot be read ({type(exc).__name__})") from exc
@@ -1220,20 +1246,32 @@ class DicomIngestService:
                 raise InvalidResource(f"the file meta's {keyword} is not the one of the request",
                                       expression=f"{tag} {keyword}")
 
-    def _assess(self, obj: ReceivedObject, now: datetime) -> IngestAssessment:
-        """The ingest consent rules for the object, sent by a colleague inside the organisation
-        (the sending AE on behalf of its institution). The patient's Consents are read from
-        the store when the rules look at them (for every kind, since a Consent denying TREAT
-        refuses documents and secondary captures too): the versions on file, and only those not
-        parsed before (:class:`ConsentGrantsCache`)."""
+    def _assess(self, obj: ReceivedObject, received: ReceivedStore, now: datetime) -> IngestAssessment:
+        """The ingest consent rules for the object: sent by a colleague inside the organisation
+        (the sending AE on behalf of its institution) when its sender is responsible for consent
+        (:attr:`ReceivedStore.sender_responsible`); else, from a STOW-RS client the deployment
+        does not trust, as a photo posted without a consent statement (a Consent on file
+        permitting care, or consent pending under ``allowPending``, or refused:
+        :data:`UNTRUSTED_STOW_SOURCE`). The patient's Consents are read from the store when the
+        rules look at them (for every kind, since a Consent denying TREAT refuses documents and
+        secondary captures too): the versions on file, and only those not parsed before
+        (:class:`ConsentGrantsCache`)."""
+        patient = PatientRef(system=obj.patient.system, value=obj.patient.value)
+        grants = _Lazy(lambda: self._grants.grants_for_patient(obj.patient))
         # device: the sender is a DICOM AE the deployment admits (a PACS, a modality), the
-        # organisation's equipment, not a staff phone the personal-device rule is about
-        meta = PhotoMetadata(
-            patient=PatientRef(system=obj.patient.system, value=obj.patient.value), kind=obj.kind,
-            source=RECEIVED_SOURCE, colleague=Colleague(name=f"AE {obj.calling_ae}", organisation=obj.institution),
-            device=DeviceOwnership.ORGANISATION)
-        return assess_ingest(meta, _Lazy(lambda: self._grants.grants_for_patient(obj.patient)), self._tables, now,
-                             sender_responsible=True)  # RECEIVED_SOURCE: a PACS of the organisation
+        # organisation's equipment, not a staff phone the personal-device rule is about. A DICOM
+        # object has no field for it: an untrusted STOW-RS client's is not held to that rule
+        # either, as before (its consent is what this distinction is about)
+        if received.sender_responsible:
+            meta = PhotoMetadata(
+                patient=patient, kind=obj.kind, source=RECEIVED_SOURCE,
+                colleague=Colleague(name=f"AE {obj.calling_ae}", organisation=obj.institution),
+                device=DeviceOwnership.ORGANISATION)
+            return assess_ingest(meta, grants, self._tables, now,
+                                 sender_responsible=True)  # RECEIVED_SOURCE: a PACS of the organisation
+        meta = PhotoMetadata(patient=patient, kind=obj.kind, source=UNTRUSTED_STOW_SOURCE,
+                             device=DeviceOwnership.ORGANISATION)
+        return assess_ingest(meta, grants, self._tables, now)
 
     def _store_object(self, received: ReceivedStore, obj: ReceivedObject, binary: _Binary,
                       assessment: IngestAssessment, work: _Work, original: Path, original_ready: Future[None],
@@ -1278,14 +1316,18 @@ class DicomIngestService:
         """The ingest unit; ``image_blob`` is where the Binary's bytes are: a blob, and the
         (offset, length) range of it when they are part of the received object."""
         record_id, binary_id, provenance_id = _new_id(), _new_id(), _new_id()
+        if not received.sender_responsible:
+            # its InstitutionName is the sender's own word: no agent of the Provenance acts on
+            # behalf of it (the object keeps it, as sent)
+            obj = dataclasses.replace(obj, institution=None)
         built = received_to_fhir(obj, image, record_id=record_id, binary_id=binary_id, provenance_id=provenance_id,
                                  received_sha256=original_sha256, tables=self._tables,
-                                 dicom_tables=self._record_tables, now=now,
+                                 dicom_tables=self._record_tables[received.source], now=now,
                                  consent_pending=assessment.consent_pending, image_sha256=image_sha256)
         record_type = built.record_type
         record_ref = built.record_ref
         patient = obj.patient
-        facts = AccessFacts(governed_by=record_ref, patient=patient, kind=obj.kind, source=RECEIVED_SOURCE,
+        facts = AccessFacts(governed_by=record_ref, patient=patient, kind=obj.kind, source=received.source,
                             consent_pending=assessment.consent_pending)
         provenance_index = index_resource(built.provenance)
         resources = [
@@ -1429,5 +1471,6 @@ def _study_attributes(ds: Dataset) -> _Study:
                   time=time if time is not None and is_time(time) else None, attributes=instance_attributes(ds))
 
 
-__all__ = ["STOW_SENDER", "DicomIngestResult", "DicomIngestService", "FileLayout", "PixelDataLayout", "ReceivedStore",
-           "check_complete", "check_pixel_data_encoding", "read_dataset", "read_header"]
+__all__ = ["STOW_SENDER", "UNTRUSTED_STOW_SOURCE", "DicomIngestResult", "DicomIngestService", "FileLayout",
+           "PixelDataLayout", "ReceivedStore", "check_complete", "check_pixel_data_encoding", "read_dataset",
+           "read_header"]

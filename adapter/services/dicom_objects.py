@@ -720,11 +720,16 @@ def _text(ds: Dataset, keyword: str) -> str | None:
 
 
 def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
-                  study_instance_uid: str | None = None, sender: RequestContext | None = None) -> StowOutcome:
+                  study_instance_uid: str | None = None, sender: RequestContext | None = None,
+                  trusted: bool = False) -> StowOutcome:
     """Store one STOW-RS part (a Part 10 file at ``path``, left in place) through the C-STORE
     SCP's ingest (same checks, same record, same idempotency by SOP Instance UID), sent by
-    :data:`STOW_SENDER` from ``peer_address``, as a colleague inside the organisation; audited as
-    sent by ``sender``, the request's (adapter.services.dicom_ingest.stow_sender).
+    :data:`STOW_SENDER` from ``peer_address``: as a colleague inside the organisation when the
+    client is ``trusted`` (ADAPTER_STOW_TRUSTED_SENDERS names it), else held to the consent rules
+    of a photo posted without a consent statement (a clinical object without a Consent on file
+    permitting care fails with 0x0124, unless kept consent pending:
+    adapter.services.dicom_ingest.UNTRUSTED_STOW_SOURCE); audited as sent by ``sender``, the
+    request's (adapter.services.dicom_ingest.stow_sender).
 
     The file meta stands in for the C-STORE request: MediaStorageSOPClassUID is the negotiated
     and requested SOP class, MediaStorageSOPInstanceUID the requested instance, so a dataset
@@ -758,7 +763,8 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
         received = ReceivedStore(
             path=path, calling_ae=STOW_SENDER, peer_address=peer_address, context_sop_class=requested_class,
             transfer_syntax=transfer_syntax, affected_sop_class=requested_class,
-            affected_sop_instance=requested_instance, answered_sop_instance=sop_instance, sender=sender)
+            affected_sop_instance=requested_instance, answered_sop_instance=sop_instance, sender=sender,
+            trusted_sender=trusted)
         result = ingest.ingest_received(received)
     except AdapterError as exc:
         if received is None:  # refused before the ingest

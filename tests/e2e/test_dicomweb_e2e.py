@@ -25,7 +25,8 @@ TREAT = {"X-Purpose-Of-Use": "TREAT"}
 
 @pytest.fixture()
 def adapter_url(tmp_path: Path) -> Iterator[str]:
-    with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false") as server:
+    # Orthanc, on loopback, is the organisation's PACS: a trusted STOW-RS sender
+    with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false", ADAPTER_STOW_TRUSTED_SENDERS="127.0.0.1") as server:
         yield server.url
 
 

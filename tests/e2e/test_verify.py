@@ -21,7 +21,7 @@ from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import SUCCESS
 from adapter.services.verify import DAMAGED, MISSING, verify_store
 from tests.conftest import ROOT
-from tests.support.app import PATIENT, adapter_client, metadata, post_photo
+from tests.support.app import PATIENT, adapter_client, metadata, pacs_client, post_photo
 from tests.support.dicom_files import pynet_store, sc_file
 from tests.support.postgres import postgres_schema
 
@@ -264,7 +264,7 @@ def test_verify_names_a_study_whose_instances_are_filed_under_two_patients(
     # finding 1) stood unreported: a retrieve of it shows both patients' images to care
     from tests.integration.test_dicomweb import received, stored_before_studies_were_checked, stow
 
-    with adapter_client(tmp_path) as (client, services):
+    with pacs_client(tmp_path) as (client, services):
         mine = received(record_id="rec-a")
         theirs = received(record_id="rec-b", PatientID="MRN-0002", PatientName="Roe^Rick")
         stored_before_studies_were_checked(monkeypatch)

@@ -27,10 +27,10 @@ from tests.conftest import ROOT
 from tests.support.app import (
     PATIENT,
     FhirClient,
-    adapter_client,
     as_purpose,
     consent_resource,
     metadata,
+    pacs_client,
     post_photo,
 )
 from tests.support.dciodvfy import photo_object, stored_sample
@@ -61,10 +61,10 @@ def incompressible(size: int, *, wide: bool = False) -> str:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FhirClient]:
     if request.param == "postgresql":
-        with postgres_schema("test_ident") as url, adapter_client(tmp_path, database_url=url) as (c, _):
+        with postgres_schema("test_ident") as url, pacs_client(tmp_path, database_url=url) as (c, _):
             yield c
     else:
-        with adapter_client(tmp_path) as (c, _):
+        with pacs_client(tmp_path) as (c, _):
             yield c
 
 

@@ -56,7 +56,7 @@ from adapter.mapping.dicom_photo import encode_dataset
 from adapter.services.registry import Services
 from samples.make_samples import insert_segments
 from tests.conftest import ROOT, require_or_skip
-from tests.support.app import FhirClient, adapter_client, consent_resource, post_photo
+from tests.support.app import FhirClient, consent_resource, pacs_client, post_photo
 from tests.support.dcmtk import dcmtk_missing, storescu, wrap_jpeg_as_sc
 from tests.support.mhd import provide_document_bundle
 from tests.support.pdf import minimal_pdf
@@ -459,7 +459,7 @@ class Egress:
 
 @pytest.fixture
 def adapter(tmp_path: Path) -> Iterator[tuple[FhirClient, Services]]:
-    with adapter_client(tmp_path) as pair:
+    with pacs_client(tmp_path) as pair:
         yield pair
 
 

@@ -44,11 +44,12 @@ from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.schema import SCHEMA_VERSION
 from tests.conftest import ROOT, record_emitted, require_or_skip
 from tests.support.app import (
+    PACS_PEER,
     PATIENT,
     FhirClient,
-    adapter_client,
     consent_resource,
     metadata,
+    pacs_client,
     post_photo,
     seen_as,
 )
@@ -239,7 +240,7 @@ def checked(tmp_path: Path) -> Iterator[Checked]:
 
 @pytest.fixture
 def adapter(tmp_path: Path) -> Iterator[tuple[FhirClient, Services]]:
-    with adapter_client(tmp_path) as pair:
+    with pacs_client(tmp_path) as pair:
         yield pair
 
 
@@ -279,7 +280,7 @@ def test_stow_stores_through_the_scp_path_and_answers_referenced_sops(adapter: t
 def test_stow_is_not_refused_for_want_of_a_device_where_personal_devices_are_forbidden(tmp_path: Path) -> None:
     """An object a DICOM peer of the organisation sends (an admitted AE, not a staff phone) is not
     held to the capture apps' duty to state their device under ``personalAllowed: false``."""
-    with adapter_client(tmp_path, policy={"devices": {"personalAllowed": False}}) as (client, _):
+    with pacs_client(tmp_path, policy={"devices": {"personalAllowed": False}}) as (client, _):
         r = stow(client, received())
         assert r.status_code == 200, r.text
 
@@ -455,7 +456,7 @@ def test_every_refused_stow_part_is_audited_once(adapter: tuple[FhirClient, Serv
         assert refusal["action"] == "C" and refusal["outcomeDesc"]
         assert agent_roles(refusal) == ["110153", "110152", "AUT"]
         source = refusal["agent"][0]
-        assert source["network"]["address"] == "testclient" and "altId" not in source  # DICOMweb has no AE title
+        assert source["network"]["address"] == PACS_PEER and "altId" not in source  # DICOMweb has no AE title
         assert patients(refusal) == [] and study_uids(refusal) == []
         assert PATIENT["value"] not in json.dumps(refusal) and PATIENT_NAME not in json.dumps(refusal)
     assert [r["outcomeDesc"] for r in refusals] == [
@@ -495,8 +496,8 @@ def test_every_stow_rs_event_names_the_http_client_its_request_id_and_stated_pur
     assert study_uids(events[0]) == [good.StudyInstanceUID] and sop_instance_uids(events[1]) == [ct.SOPInstanceUID]
     for event in events:
         source, _, user = event["agent"]
-        assert "altId" not in source and source["network"]["address"] == "testclient"
-        assert user["who"]["display"] == "client testclient (STOW-RS)"
+        assert "altId" not in source and source["network"]["address"] == PACS_PEER
+        assert user["who"]["display"] == f"client {PACS_PEER} (STOW-RS)"
         assert "DICOMWEB" not in json.dumps(event) and "C-STORE" not in json.dumps(event)
     assert [e["agent"][2]["purposeOfUse"][0]["coding"][0]["code"] for e in events] == ["RECORDMGT"] * 4 + ["TREAT"]
 
@@ -555,7 +556,7 @@ def test_stow_refuses_a_body_cut_before_its_closing_boundary(adapter: tuple[Fhir
 
 def test_stow_size_limits_answer_413_and_leave_nothing(tmp_path: Path) -> None:
     data = encode_dataset(received())
-    with adapter_client(tmp_path, max_upload_bytes=len(data) - 1) as (client, services):
+    with pacs_client(tmp_path, max_upload_bytes=len(data) - 1) as (client, services):
         r = stow(client, data)  # one part over the limit
         assert r.status_code == 413, r.text
         assert r.json()["resourceType"] == "OperationOutcome"
@@ -1030,20 +1031,20 @@ def test_released_uids_follow_the_key_across_restarts(tmp_path: Path) -> None:
         return sorted((value(i, "0020000D"), value(i, "0020000E"), value(i, "00080018"))
                       for i in qido(client, "instances", TRAIN))
 
-    with adapter_client(tmp_path, pseudonym_key="k" * 32) as (client, _):
+    with pacs_client(tmp_path, pseudonym_key="k" * 32) as (client, _):
         assert stow(client, obj).status_code == 200
         assert post_photo(client, WOUND, metadata()).status_code == 201
         add_consent(client, ["TRAIN", "HRESCH"])
         before = mapped(client)
         for study, series, instance in before:
             assert wado(client, study, series, instance, headers=TRAIN).status_code == 200
-    with adapter_client(tmp_path, pseudonym_key="k" * 32) as (client, services):  # same key: kept
+    with pacs_client(tmp_path, pseudonym_key="k" * 32) as (client, services):  # same key: kept
         assert services.released_uids is not None
         assert services.store.index_released_uids(
             ReleasedUidSpaces(services.settings.uid_root, services.released_uids.key).fingerprint,
             lambda _: pytest.fail("the index is current")) == 0
         assert mapped(client) == before
-    with adapter_client(tmp_path, pseudonym_key="n" * 32) as (client, _):
+    with pacs_client(tmp_path, pseudonym_key="n" * 32) as (client, _):
         after = mapped(client)
         assert len(after) == 2 and {u for t in after for u in t}.isdisjoint({u for t in before for u in t})
         for (study, series, instance), (old_study, _, old_instance) in zip(after, before, strict=True):
@@ -1943,7 +1944,7 @@ def test_qido_finds_by_name_what_a_store_of_schema_11_holds(tmp_path: Path) -> N
     """A store written by the code before schema 12 (no match keys) opened by this code: the
     upgrade adds the key columns, the start derives the keys of the instances stored before, and
     QIDO-RS by PatientName and StudyDescription finds them through the index."""
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         assert stow(client, named("MRN-0002", StudyDescription="Wound care"), named("MRN-0004"),
                     named("MRN-0005")).status_code == 200
     db = sqlite3.connect(tmp_path / "data" / "adapter.db")
@@ -1956,7 +1957,7 @@ def test_qido_finds_by_name_what_a_store_of_schema_11_holds(tmp_path: Path) -> N
             db.execute("UPDATE schema_version SET version = 11")  # as a version 11 database says
     finally:
         db.close()
-    with adapter_client(tmp_path) as (client, services):
+    with pacs_client(tmp_path) as (client, services):
         with services.store.engine.connect() as conn:
             keys = conn.exec_driver_sql("SELECT patient_name_key, patient_name_ideographic_key, "
                                         "study_description_key FROM dicom_instances").all()
@@ -2048,7 +2049,7 @@ def test_qido_study_date_of_a_photo_stored_before_is_rederived_at_start(tmp_path
     """A photo stored before its QIDO-RS StudyDate was the day it was taken kept the day it was
     filed in the index; opened by this code, the store derives it afresh from the record, once:
     QIDO shows and matches the day the record and the object say it was taken."""
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         receipt = post_photo(client, WOUND, metadata()).json()  # no takenAt: the EXIF capture time
         record = client.get(f"/fhir/{receipt['record']}", headers=TREAT).json()
     study, sop = receipt["dicom"]["studyInstanceUid"], receipt["dicom"]["sopInstanceUid"]
@@ -2063,7 +2064,7 @@ def test_qido_study_date_of_a_photo_stored_before_is_rederived_at_start(tmp_path
             db.execute("DELETE FROM key_fingerprints WHERE name = 'study-dates'")
     finally:
         db.close()
-    with adapter_client(tmp_path) as (client, services):
+    with pacs_client(tmp_path) as (client, services):
         (found,) = qido(client, "studies", StudyInstanceUID=study)
         assert value(found, "00080020") == taken
         assert [value(s, "0020000D") for s in qido(client, "studies", StudyDate=taken)] == [study]
@@ -2077,7 +2078,7 @@ def test_qido_study_time_of_a_photo_is_the_one_its_object_carries(tmp_path: Path
     """A posted photo's StudyTime was in its WADO-RS metadata but not in QIDO-RS (neither shown
     nor matched), unlike a received object's; now both, in the view the purpose shows (HRESCH
     keeps the time, TRAIN's copy has none); a photo stored before gets it at the next start."""
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         receipt = post_photo(client, WOUND, metadata(takenAt="2024-03-01T10:15:00+01:00")).json()
         study, sop = receipt["dicom"]["studyInstanceUid"], receipt["dicom"]["sopInstanceUid"]
         (obj,) = parts_of(client.get(f"/dicomweb/studies/{study}", headers=TREAT))
@@ -2100,7 +2101,7 @@ def test_qido_study_time_of_a_photo_is_the_one_its_object_carries(tmp_path: Path
             db.execute("UPDATE key_fingerprints SET fingerprint = 'photo-study-date:1' WHERE name = 'study-dates'")
     finally:
         db.close()
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         assert [value(s, "0020000D") for s in qido(client, "studies", StudyTime="1015")] == [study]
 
 
@@ -2628,7 +2629,7 @@ def test_qido_attributes_of_a_store_of_schema_12_are_read_from_its_objects_at_st
     """A store written before schema 13 opened by this code: the upgrade adds the columns and the
     start reads the attributes from each stored object (a received file's header, a posted photo's
     object made as a retrieve makes it), once; QIDO-RS then shows and matches them."""
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         multiframe, _, posted = viewer_objects(client, tmp_path)
         before = sorted(json.dumps(i, sort_keys=True) for i in qido(client, "instances"))
     db = sqlite3.connect(tmp_path / "data" / "adapter.db")
@@ -2642,7 +2643,7 @@ def test_qido_attributes_of_a_store_of_schema_12_are_read_from_its_objects_at_st
             db.execute("UPDATE schema_version SET version = 12")
     finally:
         db.close()
-    with adapter_client(tmp_path) as (client, services):
+    with pacs_client(tmp_path) as (client, services):
         assert sorted(json.dumps(i, sort_keys=True) for i in qido(client, "instances")) == before
         assert [value(i, "00080018") for i in qido(client, "instances", InstanceNumber="2")] == [multiframe.SOPInstanceUID]
         [mine] = qido(client, f"studies/{posted['studyInstanceUid']}/instances")
@@ -2656,7 +2657,7 @@ def test_qido_attributes_an_object_could_not_give_at_start_are_read_at_a_later_s
     yet, a blob store being restored), so once the files were back a viewer never saw that
     object's SeriesNumber, InstanceNumber or size, and a search by them left it out. An object
     not read is left for the next start instead."""
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         multiframe, _, _ = viewer_objects(client, tmp_path)
     db = sqlite3.connect(tmp_path / "data" / "adapter.db")
     try:
@@ -2668,11 +2669,11 @@ def test_qido_attributes_an_object_could_not_give_at_start_are_read_at_a_later_s
     blobs = tmp_path / "data" / "blobs"
     away = tmp_path / "blobs-away"
     blobs.rename(away)  # the files are not there at this start
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         assert qido(client, "instances", InstanceNumber="2") == []
     shutil.rmtree(blobs)
     away.rename(blobs)  # and are back at the next
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         assert [value(i, "00080018") for i in qido(client, "instances", InstanceNumber="2")] == [multiframe.SOPInstanceUID]
 
 
@@ -2791,7 +2792,7 @@ def test_qido_study_attributes_of_a_store_of_schema_13_are_read_from_its_objects
     start reads ReferringPhysicianName, PatientBirthDate, PatientSex and StudyID from each stored
     object, once (the attributes of schema 13 are read again with them); QIDO-RS then shows and
     matches them as a new store does."""
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         photo = received(record_id="rec-ref", **REFERRED)
         assert stow(client, photo).status_code == 200
         post_photo(client, WOUND, metadata())
@@ -2804,7 +2805,7 @@ def test_qido_study_attributes_of_a_store_of_schema_13_are_read_from_its_objects
             db.execute("UPDATE schema_version SET version = 13")
     finally:
         db.close()
-    with adapter_client(tmp_path) as (client, services):
+    with pacs_client(tmp_path) as (client, services):
         assert sorted(json.dumps(i, sort_keys=True) for p in ("studies", "instances") for i in qido(client, p)) \
             == before
         assert studies_of(client, StudyID="S-42") == [photo.StudyInstanceUID]
@@ -2859,7 +2860,7 @@ def test_a_date_or_time_indexed_before_it_was_checked_is_left_out_of_answers(tmp
     test above), or a name with a control character (the test below), still holds them in the
     store's index: QIDO-RS leaves them out of its answers all the same, at every level, rather
     than answer a value that is not one of its VR."""
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         photo = received(record_id="rec-old", PatientBirthDate="19700521", PerformedProcedureStepStartDate="20240301",
                          PerformedProcedureStepStartTime="101500")
         assert stow(client, photo).status_code == 200
@@ -2872,7 +2873,7 @@ def test_a_date_or_time_indexed_before_it_was_checked_is_left_out_of_answers(tmp
                        "patient_name = 'Doe' || char(5) || '^Jane', study_description = 'Wound' || char(8)")
     finally:
         db.close()
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         for path in ("studies", "series", "instances"):
             [item] = qido(client, path)
             assert not (set(DATE_AND_TIME_TAGS) | {"00100010", "00081030"}) & valued(item), path

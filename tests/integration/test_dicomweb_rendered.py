@@ -34,9 +34,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def adapter(tmp_path: Path) -> Any:
-    from tests.support.app import adapter_client
+    from tests.support.app import pacs_client
 
-    with adapter_client(tmp_path) as pair:
+    with pacs_client(tmp_path) as pair:
         yield pair
 
 

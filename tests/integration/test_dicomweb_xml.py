@@ -28,7 +28,7 @@ from tests.integration.test_dicomweb import (
     related,
     value,
 )
-from tests.support.app import PATIENT, FhirClient, adapter_client
+from tests.support.app import PATIENT, FhirClient, pacs_client
 from tests.support.audit import agent_roles, patients, sop_instance_uids, study_uids
 from tests.support.native_dicom import check_structure, comparable, to_json_model, xml_parts
 from tests.support.pdf import minimal_pdf
@@ -41,7 +41,7 @@ DICOM_JSON = "application/dicom+json"
 
 @pytest.fixture
 def adapter(tmp_path: Path) -> Iterator[tuple[FhirClient, Services]]:
-    with adapter_client(tmp_path) as pair:
+    with pacs_client(tmp_path) as pair:
         yield pair
 
 

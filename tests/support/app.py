@@ -54,15 +54,29 @@ class FhirClient(TestClient):
 
 @contextmanager
 def adapter_client(tmp_path: Path, *, database_url: str | None = None, policy: dict[str, Any] | None = None,
-                   **settings: Any) -> Iterator[tuple[FhirClient, Services]]:
+                   peer: str = "testclient", **settings: Any) -> Iterator[tuple[FhirClient, Services]]:
+    """The app on a store in ``tmp_path``; ``peer``: the address every request comes from (the
+    TCP peer the app sees; TestClient's own name by default, which is no IP address)."""
     policy_path = write_policy(tmp_path, **(policy or {}))
     settings.setdefault("allowed_hosts", TEST_HOST)
     s = Settings(data_dir=tmp_path / "data", policy=policy_path, mappings_dir=ROOT / "mappings",
                  database_url=database_url, **settings)
     services = build_services(s)
     app = create_app(services)
-    with FhirClient(app, raise_server_exceptions=False) as client:
+    with FhirClient(app, raise_server_exceptions=False, client=(peer, 50000)) as client:
         yield client, services
+
+
+#: The address the STOW-RS tests' PACS sends from (TestClient's peer), trusted as a DICOMweb sender
+#: (ADAPTER_STOW_TRUSTED_SENDERS) as the SCP trusts an allowed calling AE.
+PACS_PEER = "10.0.0.5"
+
+
+def pacs_client(tmp_path: Path, **kwargs: Any) -> Any:
+    """:func:`adapter_client` whose requests come from :data:`PACS_PEER`, a trusted STOW-RS sender:
+    for tests that send objects as a PACS of the organisation does (clinical ones without a
+    Consent on file, as the SCP takes them)."""
+    return adapter_client(tmp_path, peer=PACS_PEER, stow_trusted_senders=PACS_PEER, **kwargs)
 
 
 def metadata(**fields: Any) -> dict[str, Any]:

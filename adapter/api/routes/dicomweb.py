@@ -3,9 +3,16 @@
 * **STOW-RS** (PS3.18 10.5) ``POST /dicomweb/studies[/{study}]``, ``multipart/related;
   type="application/dicom"``: every part is spooled to a staging file and goes through the C-STORE
   SCP's ingest (adapter.services.dicom_objects.stow_instance), sender ``DICOMWEB`` from the
-  client's address, a colleague inside the organisation (its records' Provenance says so; its
-  AuditEvents name the HTTP client, the request's X-Request-Id and the purpose it stated:
-  adapter.services.dicom_ingest.stow_sender). The answer (application/dicom+json; or,
+  client's address (its AuditEvents name the HTTP client, the request's X-Request-Id and the
+  purpose it stated: adapter.services.dicom_ingest.stow_sender). A client
+  ADAPTER_STOW_TRUSTED_SENDERS names (:func:`_trusted_sender`) is trusted as the SCP's allowed AEs
+  are: the organisation's PACS or modality, a colleague inside the organisation answering for
+  consent (its records' Provenance says so, on behalf of the object's InstitutionName). Any other
+  client's clinical object is held to the rules of a photo posted without a consent statement
+  (clinical safety review dicomsafety F2): stored on a Consent on file permitting care, kept
+  consent pending under ``allowPending``, else failed with 0x0124 Not authorised, nothing stored
+  (its record, when stored, is a clinician's, its Provenance on behalf of nobody the object
+  names). The answer (application/dicom+json; or,
   asked for, the Native DICOM Model: ``application/dicom+xml``, one document, or ``multipart/related;
   type="application/dicom+xml"``, one part; see below) lists
   ReferencedSOPSequence (0008,1199) and FailedSOPSequence (0008,1198) with FailureReason
@@ -91,6 +98,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapter.api.accept import by_preference, media_ranges
 from adapter.api.deps import ReaderDep, ServicesDep, get_write_context
+from adapter.api.forwarded import forwarded_for_of
 from adapter.api.headers import break_glass_headers
 from adapter.api.multipart_related import parse_multipart_related
 from adapter.api.openapi import (
@@ -123,6 +131,7 @@ from adapter.mapping.dicom_vr import attribute_tag
 from adapter.mapping.dicom_xml import native_dicom_model
 from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
 from adapter.mapping.outcome import operation_outcome
+from adapter.model.network import is_in
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long
 from adapter.services.access import DicomContent, DicomRetrieval
 from adapter.services.audit import DicomAudit
@@ -314,12 +323,21 @@ async def stow_study(study: str, request: Request, services: ServicesDep) -> Res
     return await _stow(request, services, study)
 
 
+def _trusted_sender(request: Request, services: Services) -> bool:
+    """Whether the STOW-RS client is one ADAPTER_STOW_TRUSTED_SENDERS names: the client a proxy of
+    ADAPTER_TRUSTED_PROXIES forwards for (adapter.api.forwarded; nobody else's X-Forwarded-For is
+    believed), else the TCP peer. Fail closed: no address, or an empty setting, is no trust."""
+    client = forwarded_for_of(request.scope) or (request.client.host if request.client else "")
+    return is_in(client, services.settings.stow_trusted_sender_networks)
+
+
 async def _stow(request: Request, services: Services, study: str | None) -> Response:
     # audited as the HTTP client's, under its request id and stated purpose (not a C-STORE's AE)
     sender = stow_sender(get_write_context(request, services, "create", dicom=DicomAudit.transferred()))
     limit = services.settings.max_upload_bytes
     total = limit * STOW_TOTAL_FACTOR
     peer = request.client.host if request.client else ""
+    trusted = _trusted_sender(request, services)
     try:
         refuse_declared_over(request, total, f"the request is larger than {total} bytes")
         parsed = await parse_multipart_related(request.headers.get("content-type"), request.stream(),
@@ -344,7 +362,8 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
                                             diagnostics=refusal.diagnostics))
                 continue
             outcomes.append(await run_in_threadpool(stow_instance, services.dicom_ingest, part.path,
-                                                    peer_address=peer, study_instance_uid=study, sender=sender))
+                                                    peer_address=peer, study_instance_uid=study, sender=sender,
+                                                    trusted=trusted))
     finally:
         for path in parsed.paths():
             path.unlink(missing_ok=True)
