@@ -98,7 +98,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAdapter]
     with running_adapter(
             workdir, ready=lambda s: echoscu(s.dicom_port, "ADAPTER", calling_aet="ECHOSCU",
                                              check=False).returncode == 0,
-            ADAPTER_DICOM_ALLOWED_AE_TITLES="PACS, ECHOSCU", ADAPTER_AE_TITLE="ADAPTER") as running:
+            ADAPTER_DICOM_ALLOWED_AE_TITLES="PACS, ECHOSCU", ADAPTER_AE_TITLE="ADAPTER",
+            # STOW-RS from the PACS, trusted as its C-STOREs are (its AE title listed)
+            ADAPTER_STOW_TRUSTED_SENDERS="127.0.0.1") as running:
         yield running
     assert PATIENT["value"] not in running.log.read_text()  # logs carry no patient data
 
