@@ -1,7 +1,8 @@
 """``python -m adapter serve``: build settings, services, then run the HTTP API and the DICOM SCP.
 ``check`` validates the settings, policy and tables; ``audit`` exports the audit trail; ``verify``
 checks that every image the records refer to is stored, whole (and with ``--remove-unreferenced``
-removes the images no record refers to, past a grace period)."""
+removes the images no record refers to, past a grace period); ``copy-store`` copies the record store
+into an empty database (SQLite to PostgreSQL), which then serves with the same data folder."""
 
 from __future__ import annotations
 
@@ -486,6 +487,13 @@ def main(argv: list[str] | None = None) -> int:
                              f"{MIN_GRACE_HOURS:g})")
     verify.add_argument("--limit", type=_count, metavar="N",
                         help="delete at most N images in this run (the rest in a later one)")
+    copy = sub.add_parser("copy-store", help="copy the record store (every table: records, history, indexes, the "
+                                             "audit trail with its hash chain, receipts, outbox, fingerprints) into "
+                                             "an empty database, in one transaction, counts checked; the data "
+                                             "folder then belongs to the copy too (stop every instance first)")
+    copy.add_argument("--to", required=True, metavar="DATABASE_URL",
+                      help="the empty database, as ADAPTER_DATABASE_URL names one (postgresql+psycopg://…; "
+                           "password in PGPASSFILE)")
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -552,6 +560,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "verify":
         removal = _Removal(args.older_than, args.limit) if args.remove_unreferenced else None
         return _verify(_long_running(settings), digests=args.digests, removal=removal)
+    if args.command == "copy-store":
+        return _copy_store(_long_running(settings), args.to)
     return serve(settings)
 
 
@@ -692,7 +702,7 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
     store cannot be opened. With ``removal``, a sound store then has its unreferenced images
     older than the grace period removed (adapter.services.unreferenced); a store with problems
     keeps them (exit 1: what is wrong is looked at first), and a removal that fails exits 2."""
-    from adapter.services.data_folder import data_folder_problem
+    from adapter.services.data_folder import data_folder_problem, removal_problems
     from adapter.services.registry import pseudonym_key_problem
     from adapter.services.unreferenced import remove_unreferenced
     from adapter.services.verify import unreadable_consents, verify_store
@@ -743,6 +753,12 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
         if not ok:
             print("unreferenced images not removed: the store has problems (above); look at them first")
             return 1
+        # images another store in the folder refers to read as unreferenced here (ops review 1)
+        not_ours = removal_problems(settings.data_dir, settings.resolved_database_url)
+        for problem in not_ours:
+            print(f"unreferenced images not removed: {problem}")
+        if not_ours:
+            return 1
         hours = f"{removal.older_than_hours:g} hour(s)"
         try:
             removed = remove_unreferenced(store, blobs, older_than_seconds=removal.older_than_hours * 3600,
@@ -763,6 +779,53 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
     print(f"removed {removed.removed} image(s) no record refers to, older than {hours} ({removed.removed_bytes} "
           f"bytes); {max(0, report.unreferenced - removed.removed)} left"
           + (f"; stopped at --limit {removal.limit}" if removed.limited else ""))
+    return 0
+
+
+def _copy_store(settings: Settings, target_url: str) -> int:
+    """``python -m adapter copy-store --to URL`` (adapter.store.copy): the configured store, its
+    data folder claimed as serve's start does (refused when the folder is another database's: the
+    copy would have records without their images), copied whole into the empty database at
+    ``target_url``; exit 0 when copied, 2 when not (nothing kept)."""
+    from adapter.services.data_folder import claim_data_folder
+    from adapter.store import NoStore, open_store
+    from adapter.store.copy import copy_record_store
+    from adapter.store.engine import audit_log_uri
+
+    try:
+        target = audit_log_uri(target_url).removesuffix("#audit")  # names no user or password
+    except AdapterError as exc:
+        print(f"invalid --to: {exc.diagnostics}", file=sys.stderr)
+        return 2
+    try:
+        store, _ = open_store(settings.store, existing_only=True)
+    except NoStore as exc:
+        print(f"{exc.diagnostics}; nothing to copy", file=sys.stderr)
+        return 2
+    except AdapterError as exc:
+        print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
+        return 2
+    try:
+        claim_data_folder(settings.data_dir, store)
+    except AdapterError as exc:
+        print(f"not copied: {exc.diagnostics}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    try:
+        report = copy_record_store(settings.resolved_database_url, target_url, settings.database_timeouts)
+    except AdapterError as exc:
+        print(f"not copied: {exc.diagnostics}", file=sys.stderr)
+        return 2
+    for table, rows in report.rows.items():
+        print(f"{table}: {rows} row(s)")
+    events = report.rows.get("audit", 0)
+    end = (f" (last sequence number {report.last_audit[0]}, its chain MAC {report.last_audit[1] or '-'})"
+           if report.last_audit else "")
+    print(f"copied the record store to {target}: {sum(report.rows.values())} row(s) in {len(report.rows)} table(s), "
+          f"counts checked, {events} audit event(s){end}; the data folder {settings.data_dir} is the copy's too. "
+          "Next: serve with ADAPTER_DATABASE_URL set to it and this ADAPTER_DATA_DIR, verify --digests, then move "
+          "adapter.db out of the data folder (README: Moving the records to another database)")
     return 0
 
 

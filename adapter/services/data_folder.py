@@ -13,9 +13,19 @@ key_fingerprints row ``data-folder``, and every later start (and ``verify``) com
 * the database names one and the folder has none: the folder is not the database's (``serve``
   refuses to start, exit 2, naming ADAPTER_DATA_DIR);
 * the folder has one the database does not name (another database's folder, or a database
-  restored without it, or a new one over an old folder): refused too, saying how to start anew.
+  restored without it, or a new one over an old folder): refused too. Never to be "fixed" by
+  deleting ``store.id``: the folder's images are then no record's of this database, and
+  ``verify --remove-unreferenced`` deleted every one of them (operations review 1). A new
+  database takes a new, empty folder; a store moves to another database with its records
+  (``python -m adapter copy-store``, which copies the ``data-folder`` row with them).
+
+The claim is made under the lock every write of a fingerprint takes (RecordStore.claim_fingerprint),
+the folder's file written before that transaction commits: an instance starting beside another on a
+new shared store reads the folder only once the other's claim is committed, never its store.id
+without the database's row (which it took for another database's folder: operations review 5).
 
 Writes only :func:`claim_data_folder`, and only where neither has an identity.
+:func:`removal_problems` says when the folder's unreferenced images are not this database's to remove.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from pathlib import Path
 
 from adapter.errors import ConfigurationError
 from adapter.files import publish_once, remove_abandoned_candidates
+from adapter.store.engine import SQLITE_FILE, sqlite_path
 from adapter.store.port import RecordStore
 
 #: The file in the data folder holding its identity.
@@ -55,8 +66,10 @@ def data_folder_problem(data_dir: Path, store: RecordStore) -> str | None:
                 "restore, restore the data folder taken with the database backup")
     if recorded is None:
         return (f"{data_dir} is the data folder of another database ({path} names one this database does not): point "
-                "ADAPTER_DATABASE_URL at its database, or restore the database backed up with this folder; to start "
-                f"this database anew with this folder's images, delete {path}")
+                "ADAPTER_DATABASE_URL at its database, or restore the database backed up with this folder; a new "
+                "database needs a new, empty data folder (ADAPTER_DATA_DIR); to move that database's records to this "
+                "one, with this folder, run python -m adapter copy-store --to <this database's URL> against that "
+                "database (README: Moving the records to another database)")
     return (f"{data_dir} is the data folder of another database ({path} differs from the one this database "
             "names): point ADAPTER_DATA_DIR and ADAPTER_DATABASE_URL at a folder and a database that belong together")
 
@@ -67,13 +80,40 @@ def claim_data_folder(data_dir: Path, store: RecordStore) -> None:
     Raises:
         ConfigurationError: the folder is not the database's (:func:`data_folder_problem`).
     """
-    if store.stored_fingerprints().get(DATA_FOLDER_FINGERPRINT) is None and _folder_id(data_dir) is None:
-        identity = _create_folder_id(data_dir)  # another instance starting at once may have made it
-        if store.stored_fingerprints().get(DATA_FOLDER_FINGERPRINT) is None:
-            store.record_fingerprint(DATA_FOLDER_FINGERPRINT, identity)
+    def folder_identity() -> str | None:
+        # the database names none, read under its lock: a folder with one is another database's
+        return _create_folder_id(data_dir) if _folder_id(data_dir) is None else None
+
+    store.claim_fingerprint(DATA_FOLDER_FINGERPRINT, folder_identity)
     problem = data_folder_problem(data_dir, store)
     if problem is not None:
         raise ConfigurationError(problem)
+
+
+def removal_problems(data_dir: Path, database_url: str) -> list[str]:
+    """Why the images in ``data_dir`` that no record of the database at ``database_url`` refers to
+    must not be removed (``verify --remove-unreferenced``): they may be another store's. Empty
+    when the folder is the database's alone.
+
+    * no ``store.id``: no start of this database claimed the folder (the file deleted, as the
+      refusal of another database's folder once advised; a folder of another database);
+    * an ``adapter.db`` (a SQLite record store) in the folder while the configured database is
+      another: its records refer to images here that this database's need not (a store moved to
+      PostgreSQL, or a new database over its folder).
+    """
+    problems = []
+    if _folder_id(data_dir) is None:
+        problems.append(f"{data_dir / FOLDER_ID_FILE} is missing: no start of this database claimed {data_dir}, so "
+                        "its images may be another database's; start serve on the database whose folder it is (it "
+                        "claims it), or restore the store.id backed up with the database")
+    sqlite = data_dir / SQLITE_FILE
+    configured = sqlite_path(database_url)
+    if sqlite.exists() and (configured is None or configured.resolve() != sqlite.resolve()):
+        problems.append(f"{sqlite} is a SQLite record store in this data folder, and the configured database is "
+                        "another: its records refer to images here that the configured database's may not; once its "
+                        "records are copied (python -m adapter copy-store) and verified, move adapter.db (and "
+                        "adapter.db-wal, adapter.db-shm) out of the data folder, or point ADAPTER_DATABASE_URL at it")
+    return problems
 
 
 def _create_folder_id(data_dir: Path) -> str:

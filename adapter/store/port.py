@@ -363,6 +363,11 @@ class RecordStore(Protocol):
     def record_fingerprint(self, name: str, fingerprint: str) -> None:
         """Keep ``fingerprint`` under ``name`` (at most 16 characters), replacing the one there."""
 
+    def claim_fingerprint(self, name: str, make: Callable[[], str | None]) -> str | None:
+        """The fingerprint kept under ``name``; when there is none, ``make()`` kept there (unless
+        it gives None) and returned. Under the lock every write of a fingerprint takes, to its
+        commit: of processes sharing the database, one makes it, the others read what it kept."""
+
     def index_pseudonyms(self, fingerprint: str, pseudonym_of: Callable[[Identifier], str]) -> int:
         """Keep the pseudonym index current: when the stored fingerprint differs (or there is
         none), empty it and store ``fingerprint``; then add ``pseudonym_of(patient)`` for every

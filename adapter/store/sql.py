@@ -1411,6 +1411,19 @@ class SqlRecordStore:
                 lock_in_schema(conn, _FINGERPRINT_LOCK)
             self._set_fingerprint(conn, name, fingerprint)
 
+    def claim_fingerprint(self, name: str, make: Callable[[], str | None]) -> str | None:
+        """See RecordStore.claim_fingerprint (SQLite: the write transaction is the lock)."""
+        with self._maintain() as conn:
+            if conn.dialect.name == "postgresql":
+                lock_in_schema(conn, _FINGERPRINT_LOCK)
+            recorded: str | None = conn.execute(select(_k.fingerprint).where(_k.name == name)).scalar()
+            if recorded is not None:
+                return recorded
+            made = make()
+            if made is not None:
+                self._set_fingerprint(conn, name, made)
+            return made
+
     def _set_fingerprint(self, conn: Connection, name: str, fingerprint: str) -> None:
         conn.execute(delete(key_fingerprints).where(_k.name == name))
         self._inserts.execute(conn, key_fingerprints, {"name": name, "fingerprint": fingerprint,

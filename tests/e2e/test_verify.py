@@ -277,3 +277,78 @@ def test_verify_names_a_study_whose_instances_are_filed_under_two_patients(
             f"({', '.join(records)})") in done.stdout
     assert "1 problem(s)" in done.stdout
     assert "MRN-000" not in done.stdout and "Roe" not in done.stdout  # names records, not patients
+
+
+def _images(data: Path) -> list[Path]:
+    return sorted(p for p in (data / "blobs").rglob("*") if p.is_file())
+
+
+def test_the_removal_keeps_the_images_of_a_sqlite_store_left_in_the_folder(tmp_path: Path) -> None:
+    """Operations review 1: the SQLite folder pointed at a new PostgreSQL database, store.id deleted as
+    the refusal advised, and the nightly ``--remove-unreferenced`` deleted every photo taken under
+    SQLite, whose records were still in the folder's adapter.db. Refused while the folder has no
+    store.id (never claimed by the database), and while it holds an adapter.db beside another
+    configured database: exit 1, nothing removed."""
+    from adapter.config import Settings
+    from adapter.errors import ConfigurationError
+    from adapter.services.registry import build_services
+
+    data = tmp_path / "data"
+    with adapter_client(tmp_path) as (client, services):
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+        post_photo(client, ROOT / "samples" / "lesion.png", metadata(), content_type="image/png")
+        services.close()
+    photos = _images(data)
+    assert len(photos) == 2
+    for photo in photos:
+        _age(photo, 2)
+    with postgres_schema("verify_moved") as url:
+        settings = Settings(data_dir=data, database_url=url, policy=tmp_path / "policy.yaml",
+                            mappings_dir=ROOT / "mappings")
+        with pytest.raises(ConfigurationError, match="data folder of another database"):
+            build_services(settings)  # serve's refusal; the database now holds the tables
+        sqlite_claim = (data / "store.id").read_text()
+        (data / "store.id").unlink()  # what the refusal used to advise
+        done = _verify(tmp_path, "--remove-unreferenced", env={"ADAPTER_DATABASE_URL": url})
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "2 image(s) no record refers to" in done.stdout
+        assert "unreferenced images not removed" in done.stdout and "adapter.db" in done.stdout
+        assert "store.id" in done.stdout
+        assert _images(data) == photos
+
+        build_services(settings).close()  # started: the folder claimed anew for PostgreSQL
+        claimed = _verify(tmp_path, "--remove-unreferenced", env={"ADAPTER_DATABASE_URL": url})
+        assert claimed.returncode == 1, claimed.stdout + claimed.stderr
+        assert "unreferenced images not removed" in claimed.stdout and "adapter.db" in claimed.stdout
+        assert _images(data) == photos
+    # the SQLite store itself, configured, its store.id put back: its own folder, the removal as before
+    (data / "store.id").write_text(sqlite_claim)
+    sqlite_removal = _verify(tmp_path, "--remove-unreferenced")
+    assert sqlite_removal.returncode == 0, sqlite_removal.stdout + sqlite_removal.stderr
+    assert "removed 0 image(s)" in sqlite_removal.stdout and _images(data) == photos
+
+
+def test_the_removal_refuses_a_folder_no_start_claimed(tmp_path: Path) -> None:
+    """A data folder without store.id is no folder this database's start claimed (an old store.id
+    deleted by hand, another database's folder): its images are not this database's to remove,
+    whatever database holds their records (here one outside the folder)."""
+    from adapter.config import Settings
+    from adapter.errors import ConfigurationError
+    from adapter.services.registry import build_services
+
+    data = tmp_path / "data"
+    elsewhere = f"sqlite:///{tmp_path / 'records.db'}"
+    with adapter_client(tmp_path, database_url=elsewhere) as (client, services):
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+        services.close()
+    (photo,) = _images(data)
+    _age(photo, 2)
+    with postgres_schema("verify_unclaimed") as url:
+        with pytest.raises(ConfigurationError):
+            build_services(Settings(data_dir=data, database_url=url, policy=tmp_path / "policy.yaml",
+                                    mappings_dir=ROOT / "mappings"))
+        (data / "store.id").unlink()
+        done = _verify(tmp_path, "--remove-unreferenced", env={"ADAPTER_DATABASE_URL": url})
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "unreferenced images not removed" in done.stdout and "store.id" in done.stdout
+        assert _images(data) == [photo]
