@@ -72,6 +72,13 @@ def check_database_url(database_url: str, *, schema: str | None = None) -> URL:
     raise ConfigurationError(_URL_SCHEMES)
 
 
+def sqlite_file(database_url: str) -> Path | None:
+    """The file of the SQLite store at ``database_url``; None for PostgreSQL (its files are the
+    server's). Raises ConfigurationError as :func:`check_database_url` does."""
+    url = check_database_url(database_url)
+    return Path(url.database or "").expanduser() if url.get_backend_name() == "sqlite" else None
+
+
 def audit_log_uri(database_url: str) -> str:
     """The URI that names the audit trail of the store at ``database_url`` in an AuditEvent (the
     audit log's ParticipantObjectID, DICOM PS3.15 A.5.3.2): its database (a SQLite file as a
