@@ -201,6 +201,7 @@ def serve(settings: Settings) -> int:
     KeyboardInterrupt traceback Python's own SIGINT handler would print.
     """
     from adapter.services.registry import build_services
+    from adapter.services.staging_sweep import StagingSweep
     from adapter.store.reach import unreachable
 
     log = logging.getLogger("adapter")
@@ -250,7 +251,10 @@ def serve(settings: Settings) -> int:
     scp: StoreSCP | None = None
     dicom_stop: _StopAtOnce | None = None
     failure: str | None = None  # why the service did not run: the stop's outcomeDesc (outcome 8)
+    # what a crash left in staging/ (the photos as received) goes once stale, uploads or none
+    sweep = StagingSweep(services.blobs)
     try:
+        sweep.start()
         try:
             scp = _start_dicom(settings, services)
         except AdapterError as exc:
@@ -290,6 +294,7 @@ def serve(settings: Settings) -> int:
         if scp is not None:
             scp.stop()  # the HTTP server ended by itself, or the stop did not begin: at once (idempotent)
         services.stop_forwarding()
+        sweep.stop()
         _record_stop(services, application, ended_by, failure)
         services.close()
         if ended_by is not None:
@@ -630,7 +635,8 @@ def _instant(value: str) -> datetime:
 
 
 def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
-    """``python -m adapter audit``: NDJSON on standard output, a summary on standard error. The
+    """``python -m adapter audit``: NDJSON on standard output, a summary on standard error (none,
+    and exit 1, when the reader closes the pipe first). The
     export is audited (adapter.services.audit.export_audit) naming the operating-system account
     that ran it (:func:`operating_system_account`) and this process on this host: no network
     address, it came over none."""
@@ -665,6 +671,14 @@ def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
         sys.stdout.flush()
         # the end of the hash chain, for the copy kept off the host: a later verify compares it
         mac = services.store.audit_chain_mac(last) if count else None
+    except BrokenPipeError:
+        # the reader stopped reading (``| head``): ended quietly, as Unix tools end, not with a
+        # traceback; exit 1, its reader did not get the export whole. What is still buffered for
+        # the closed pipe goes nowhere, not into a second error as Python exits.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
     except AdapterError as exc:
         print(f"audit export failed: {exc.diagnostics}", file=sys.stderr)
         return 2
@@ -746,6 +760,10 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
                     + len(audit_problems) + len(mixed))
         ok = problems == 0
         checked = f", {report.digests_checked} re-hashed" if digests else " (sizes only; --digests re-hashes them)"
+        if report.staged:
+            print(f"staging: {report.staged} staged upload(s) ({report.staged_bytes} bytes) in the staging folder: "
+                  "uploads under way, or left by a crash less than an hour ago (the photos as received, their "
+                  "metadata not yet removed); removed once an hour old, by a running adapter or the next verify")
         print(f"{report.references} reference(s) to {report.blobs} stored image(s){checked}; "
               f"{problems} problem(s); {report.unreferenced} image(s) no record refers to", flush=True)
         if removal is None:

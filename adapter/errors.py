@@ -263,6 +263,22 @@ class InsufficientStorage(StorageError):
     issue_type = "no-store"
 
 
+#: The operating system's errors for a file system with no room left for what is written: full
+#: (ENOSPC), or the account's quota reached (EDQUOT).
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def staging_failure(diagnostics: str, exc: OSError) -> StorageError:
+    """The error for an upload that could not be written to the staging folder: for want of room
+    (ENOSPC, EDQUOT), the reserve's answer (InsufficientStorage: 507 no-store, DIMSE 0xA700),
+    since sending it again helps only once room is made; else a failure of the disk
+    (StorageError: 503, retry). Raise it ``from exc``: the log names the errno."""
+    if exc.errno in NO_ROOM_ERRNOS:
+        return InsufficientStorage("the data folder has no room left for the upload (its disk is full): nothing "
+                                   "was stored; reads and consent changes go on while room is made")
+    return StorageError(diagnostics)
+
+
 class PolicyError(AdapterError):
     """The organisation's policy or a mapping table is invalid: start-up stops."""
 
@@ -281,6 +297,7 @@ class NoStore(ConfigurationError):
 
 
 __all__ = [
+    "NO_ROOM_ERRNOS",
     "AdapterError",
     "BusinessRuleViolation",
     "ConfigurationError",
@@ -319,4 +336,5 @@ __all__ = [
     "UnsupportedTransferSyntax",
     "UpdateCreateNotSupported",
     "errno_name",
+    "staging_failure",
 ]

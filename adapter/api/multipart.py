@@ -32,7 +32,7 @@ from typing import BinaryIO, Protocol
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from adapter.errors import InvalidInput, PayloadTooLarge, StorageError, UnsupportedMediaType
+from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, staging_failure
 
 SMALL_PART_LIMIT = 1024 * 1024  # metadata JSON, with room for a base64 consent form
 #: Parts one upload may have: a photo and its metadata, with room to spare. Parsing runs on the
@@ -217,18 +217,20 @@ class _Collector:
         return self._pending >= SPILL_BLOCK or self._file_done
 
     def spill(self) -> None:
-        """Write the collected file bytes to the staging file (run in a worker thread)."""
+        """Write the collected file bytes to the staging file (run in a worker thread). A disk
+        without room for them is the reserve's refusal (507 no-store), any other failure of it
+        503 (adapter.errors.staging_failure); the caller removes the partial file."""
         pieces, self._pieces, self._pending = self._pieces, [], 0
         if self._sink is None:
             try:
                 self._sink = self._spill_path.open("wb")
             except OSError as exc:  # a read-only or missing staging folder: the disk's failure, not the client's
-                raise StorageError("the staged upload could not be created in the staging folder") from exc
+                raise staging_failure("the staged upload could not be created in the staging folder", exc) from exc
             self.result.file_path = self._spill_path
         try:
             self._sink.writelines(pieces)
         except OSError as exc:
-            raise StorageError("the staged upload could not be written to the staging folder") from exc
+            raise staging_failure("the staged upload could not be written to the staging folder", exc) from exc
         self.result.release()  # on disk now: the memory is the budget's again
 
     def finish(self) -> None:
@@ -238,7 +240,7 @@ class _Collector:
             try:
                 sink.close()  # writes what it buffers
             except OSError as exc:
-                raise StorageError("the staged upload could not be written to the staging folder") from exc
+                raise staging_failure("the staged upload could not be written to the staging folder", exc) from exc
 
     def close(self) -> None:
         if self._sink is not None:

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 from pathlib import Path
 
-from adapter.errors import StorageError, UndecodableImage
+from adapter.errors import StorageError, UndecodableImage, staging_failure
 from adapter.imaging.facts import ImageFacts, Stripped
 from adapter.imaging.jpeg import (
     StrippedJpeg,
@@ -146,11 +146,12 @@ def strip_but_orientation(data: bytes, content_type: str) -> bytes:
 
 def _write(dst: Path, parts: list[bytes | memoryview]) -> None:
     """Write the staged upload ``dst``; StorageError saying which step failed (its cause the
-    OSError: a read-only, full or missing staging folder), the file removed if it was made."""
+    OSError: a read-only, full or missing staging folder; for want of room InsufficientStorage,
+    adapter.errors.staging_failure), the file removed if it was made."""
     try:
         out = dst.open("wb")
     except OSError as exc:
-        raise StorageError("the staged upload could not be created in the staging folder") from exc
+        raise staging_failure("the staged upload could not be created in the staging folder", exc) from exc
     try:
         with out:
             out.writelines(parts)
@@ -158,4 +159,4 @@ def _write(dst: Path, parts: list[bytes | memoryview]) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):  # the staging sweep removes it if this fails too
             dst.unlink(missing_ok=True)
-        raise StorageError("the staged upload could not be written to the staging folder") from exc
+        raise staging_failure("the staged upload could not be written to the staging folder", exc) from exc

@@ -8,6 +8,10 @@ the IETF draft "Health Check Response Format for HTTP APIs" (draft-inadarei-api-
   above the reserve (ADAPTER_MIN_FREE_MB); below it is a warning, not a failure: reads, consent
   changes and their audit go on, only new images are refused (HTTP 507, DIMSE 0xA700); so is
   less free space than one largest upload (ADAPTER_MAX_UPLOAD_BYTES), whatever the reserve;
+- ``database:freeSpace`` (a SQLite store): the file system holding the database file has at
+  least DATABASE_FLOOR_BYTES free; under it the readiness fails: every request writes there
+  (each read is audited), and with the disk full every one of them failed 503 (SQLITE_FULL)
+  while this answered 200 "warn" (operations review 3). PostgreSQL's files are its server's;
 - ``dicom:listener``: the DICOM SCP accepts a TCP connection on its port (when it is enabled;
   it may run in another process than the HTTP worker asking).
 
@@ -23,14 +27,23 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from adapter.errors import AdapterError
+from adapter.store.engine import sqlite_path
 from adapter.store.port import BlobStore, RecordStore
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 _ORDER = {PASS: 0, WARN: 1, FAIL: 2}
 _MIB = 1024 * 1024
+#: Free space under which the database's file system cannot be trusted to take its writes.
+#: SQLite in WAL mode appends each transaction's pages to the WAL and starts it over only at a
+#: checkpoint (every 1000 pages: 4 MiB at its default page size of 4 KiB), so with less free than
+#: that its next transactions, an audit event for every request, may find no room. A small
+#: floor of its own, not the image reserve (ADAPTER_MIN_FREE_MB, 0 allowed): below the reserve
+#: reads and consent changes go on (a warning); below this floor they fail.
+DATABASE_FLOOR_BYTES = 4 * _MIB
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,7 @@ class Component:
 
 
 DATABASE = Component("database:responseTime", "datastore")
+DATABASE_ROOM = Component("database:freeSpace", "datastore")
 STORAGE = Component("storage:freeSpace", "system")
 DICOM_LISTENER = Component("dicom:listener", "component")
 
@@ -75,6 +89,31 @@ def check_database(store: RecordStore) -> Check:
     except Exception as exc:  # noqa: BLE001 - a check reports, it does not raise
         return DATABASE.check(FAIL, _elapsed_ms(start), "ms", type(exc).__name__)
     return DATABASE.check(PASS, _elapsed_ms(start), "ms")
+
+
+def database_folder(database_url: str) -> Path | None:
+    """The folder of the SQLite database file (``check_database_room`` looks at its file system);
+    None for PostgreSQL, whose files are its server's."""
+    database_file = sqlite_path(database_url)
+    return None if database_file is None else database_file.parent
+
+
+def check_database_room(folder: Path, floor: int = DATABASE_FLOOR_BYTES) -> Check:
+    """The free space of the file system holding the database file (its ``folder``): below
+    ``floor``, fail. Free space rather than a write probe: it is one statvfs, and what SQLite's
+    writes fail on; a probe row would take SQLite's one write lock at every probe (ingests wait
+    on it) and grow the WAL, and a probe file beside the database would prove only that its own
+    few bytes fit (and, to be true on a file system that allocates late, cost an fsync)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return DATABASE_ROOM.check(FAIL, output="the free space of the database's folder cannot be read")
+    free = st.f_bavail * st.f_frsize
+    if free < floor:
+        return DATABASE_ROOM.check(FAIL, free // _MIB, "MiB",
+                                   f"less than {floor // _MIB} MiB free where the database is: its writes, "
+                                   "and the audit event every request records, fail (make room on that disk)")
+    return DATABASE_ROOM.check(PASS, free // _MIB, "MiB")
 
 
 def check_storage(blobs: BlobStore, largest_upload: int = 0) -> Check:

@@ -7,7 +7,9 @@ no record refers to is counted, not a problem: it is what a failed transaction o
 the blob's commit and the database's leaves (ingest commits the blob first), and it holds nobody's
 record; ``verify --remove-unreferenced`` then removes those past a grace period
 (adapter.services.unreferenced); one that removal holds aside in ``quarantine/`` for an instant is
-not counted.
+not counted. Files in ``staging/`` are counted too (not a problem): uploads under way, or what a
+crash left there, the photos as received with their metadata, which a backup of the whole folder
+would copy; opening the store sweeps the stale ones (adapter.store.blobs).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class VerifyReport:
     blobs: int = 0  # distinct blobs they refer to
     digests_checked: int = 0
     unreferenced: int = 0  # stored blobs no record refers to
+    #: files in the staging folder, and their bytes: uploads under way, or a crash's leftovers
+    #: (the photos as received) younger than the sweep's age (opening the store swept older ones)
+    staged: int = 0
+    staged_bytes: int = 0
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -67,6 +73,7 @@ def verify_store(store: RecordStore, blobs: BlobStore, *, digests: bool = False)
             report.findings.append(Finding(ref.owner, ref.sha256, TOO_SHORT))
     report.blobs = len(seen)
     report.unreferenced = sum(1 for address in blobs.iter_addresses() if bytes.fromhex(address) not in seen)
+    report.staged, report.staged_bytes = blobs.staged_uploads()
     return report
 
 

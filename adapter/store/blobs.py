@@ -31,9 +31,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 #: Staged files older than this are left over from a crash or an aborted upload.
 STALE_STAGING_SECONDS = 3600
-#: How often a running store sweeps its staging folder (from new_staging_path). A crash's
-#: leftovers are fresh when the adapter restarts at once, so the sweep at start keeps them: this
-#: one removes them once they are stale, instead of at a later start (weeks away, perhaps).
+#: How often a running store sweeps its staging folder: on a timer in the serving process
+#: (adapter.services.staging_sweep), and when an upload asks for a staging path after as long. A
+#: crash's leftovers are fresh when the adapter restarts at once, so the sweep at start keeps
+#: them: these remove them once they are stale, instead of at a later start (weeks away, perhaps).
 STAGING_SWEEP_SECONDS = 600
 
 
@@ -116,6 +117,12 @@ class FileBlobStore:
             _log.info("removed %d stale staged upload(s)", removed)
         return removed
 
+    def sweep_staging(self) -> int:
+        """Delete the staged files older than this store's stale age (STALE_STAGING_SECONDS):
+        what a crash or an aborted upload left; return how many. OSError when the folder cannot
+        be listed."""
+        return self.remove_stale_staging(self._stale_after)
+
     @property
     def staging_dir(self) -> Path:
         return self._staging_dir
@@ -135,17 +142,42 @@ class FileBlobStore:
         """Refuse (InsufficientStorage) a new image of ``incoming`` bytes, not yet written, when
         it would leave less free than the reserve, or when the reserve is already reached. The
         reserve keeps the database and the audit trail writable on a filling disk: reads, and
-        the consent changes a patient asks for, must never wait for photos to be moved away."""
-        if self._reserve <= 0:
+        the consent changes a patient asks for, must never wait for photos to be moved away.
+        Bytes that do not fit at all are refused so even without a reserve (ADAPTER_MIN_FREE_MB=0):
+        their write would fail half-way (ENOSPC) with the same answer."""
+        incoming = max(0, incoming)
+        if self._reserve <= 0 and incoming == 0:
             return
         try:
             free = self.free_bytes()
         except OSError as exc:
             raise StorageError("cannot read the free space of the data folder") from exc
-        if free - max(0, incoming) < self._reserve:
+        if free < self._reserve:
             raise InsufficientStorage(
                 "the data folder is down to the free space it keeps for the database and the audit trail "
                 "(ADAPTER_MIN_FREE_MB): no new image is stored; reads and consent changes go on")
+        if free - incoming < self._reserve:
+            raise InsufficientStorage(
+                "the data folder has no room for an upload of this size above the free space it keeps for the "
+                "database and the audit trail (ADAPTER_MIN_FREE_MB): nothing was stored; reads and consent "
+                "changes go on")
+
+    def staged_uploads(self) -> tuple[int, int]:
+        """How many files are in the staging folder, and their bytes: uploads under way, or left by
+        a crash (the photos as received, their metadata not yet removed) until they are swept."""
+        count = size = 0
+        try:
+            with os.scandir(self._staging_dir) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_file(follow_symlinks=False):
+                            size += entry.stat(follow_symlinks=False).st_size
+                            count += 1
+                    except FileNotFoundError:
+                        continue  # committed or removed meanwhile
+        except OSError as exc:
+            raise StorageError("could not list the staging folder") from exc
+        return count, size
 
     def new_staging_path(self) -> Path:
         """A fresh path in the staging folder (same file system as the blobs). Every
@@ -154,7 +186,7 @@ class FileBlobStore:
         if now >= self._next_sweep:
             self._next_sweep = now + STAGING_SWEEP_SECONDS
             try:
-                self.remove_stale_staging(self._stale_after)
+                self.sweep_staging()
             except OSError:  # the upload goes on; the next sweep tries again
                 _log.warning("could not sweep the staging folder", exc_info=True)
         return self._staging_dir / f"{uuid.uuid4().hex}.part"

@@ -90,6 +90,13 @@ class BlobStore(Protocol):
         """Raise InsufficientStorage when ``incoming`` more bytes would leave less free than
         the reserve (commit checks it too)."""
 
+    def sweep_staging(self) -> int:
+        """Delete the staged files left stale (a crash's, an aborted upload's); return how many.
+        Raises OSError when the staging folder cannot be listed."""
+
+    def staged_uploads(self) -> tuple[int, int]:
+        """How many files are in the staging folder, and their bytes."""
+
     def commit(self, staged: Path, sha256: str) -> Path:
         """fsync ``staged``, move it to its content address, fsync the folder; return the final
         path. If the blob exists already, ``staged`` is removed. Idempotent."""

@@ -8,6 +8,7 @@ import os
 import pwd
 import socket
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,23 @@ def test_an_export_refused_for_an_unknown_purpose_is_audited(tmp_path: Path) -> 
     assert "purposeOfUse" not in user and user["who"]["identifier"]["value"] == ACCOUNT
     assert refused["entity"] == export["entity"]  # the same audit log, which it did not get
     record_emitted(events)
+
+
+def test_an_export_whose_reader_stops_reading_ends_quietly(tmp_path: Path) -> None:
+    """Operations review: ``python -m adapter audit --limit 3 | head -c 1500`` ended with a
+    BrokenPipeError traceback. A reader that closes the pipe ends the export quietly, as Unix
+    tools do: no traceback, exit 1 (the export did not reach its reader whole, so not 0). The
+    reader here closes its end before the export writes a byte: every write meets the closed pipe."""
+    with adapter_client(tmp_path) as (client, _):
+        assert post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).status_code == 201
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env.update(ADAPTER_DATA_DIR=str(tmp_path / "data"), ADAPTER_POLICY=str(tmp_path / "policy.yaml"),
+               ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
+    export = subprocess.Popen([sys.executable, "-m", "adapter", "audit", "--limit", "3"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert export.stdout is not None and export.stderr is not None
+    export.stdout.close()
+    with export.stderr:
+        stderr = export.stderr.read().decode()
+    assert export.wait(timeout=120) == 1, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr and "Exception ignored" not in stderr, stderr

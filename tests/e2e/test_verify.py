@@ -101,6 +101,23 @@ def test_verify_counts_images_no_record_refers_to(tmp_path: Path) -> None:
     assert "0 problem(s); 1 image(s) no record refers to" in done.stdout
 
 
+def test_verify_counts_the_uploads_left_in_the_staging_folder(tmp_path: Path) -> None:
+    """Operations review: after ``kill -9`` mid-upload, the photos as received (EXIF, GPS, serial
+    numbers not yet removed) stayed in ``staging/`` and verify said nothing of them; an operator
+    backing up the whole folder copied them. verify counts them, with their size; not a problem
+    (an upload under way is staged too), and the ones stale enough are swept at its start."""
+    with adapter_client(tmp_path) as (client, services):
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+        left = services.blobs.new_staging_path()
+        left.write_bytes(b"a photo as received, its metadata not yet removed")
+    done = _verify(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"1 staged upload(s) ({left.stat().st_size} bytes) in the staging folder" in done.stdout, done.stdout
+    assert "0 problem(s)" in done.stdout
+    left.unlink()
+    assert "staged upload" not in _verify(tmp_path).stdout
+
+
 def test_verify_refuses_a_folder_with_no_store(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text((ROOT / "mappings" / "policy.yaml").read_text())
     done = _verify(tmp_path)

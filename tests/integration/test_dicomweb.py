@@ -692,7 +692,7 @@ def test_a_photo_stored_before_its_object_carried_quality_warnings_keeps_its_obj
     no object_version) is made as it was then and sent, its ImageComments without the quality
     warnings (the identical object every time: a PACS holding it is never contradicted under
     its SOP Instance UID); a photo posted after the upgrade carries them."""
-    with adapter_client(tmp_path) as (client, _):
+    with pacs_client(tmp_path) as (client, _):
         before = post_photo(client, ROOT / "samples" / "tiny.jpg", metadata()).json()
     db = sqlite3.connect(tmp_path / "data" / "adapter.db")
     try:
@@ -701,7 +701,7 @@ def test_a_photo_stored_before_its_object_carried_quality_warnings_keeps_its_obj
             db.execute("UPDATE schema_version SET version = 18")
     finally:
         db.close()
-    with adapter_client(tmp_path) as (client, services):
+    with pacs_client(tmp_path) as (client, services):
         with services.store.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT max(version) FROM schema_version").scalar() == SCHEMA_VERSION
         record = client.get(f"/fhir/{before['record']}", headers=TREAT).json()

@@ -204,7 +204,9 @@ def test_ready_when_the_database_and_the_data_folder_answer(tmp_path: Path) -> N
         assert r.headers["cache-control"] == "no-store"
         body = r.json()
         assert body["status"] == "pass"
-        assert set(body["checks"]) == {"database:responseTime", "storage:freeSpace"}
+        assert set(body["checks"]) == {"database:responseTime", "storage:freeSpace", "database:freeSpace"}
+        room = body["checks"]["database:freeSpace"][0]
+        assert room["status"] == "pass" and room["observedUnit"] == "MiB" and room["componentType"] == "datastore"
         storage = body["checks"]["storage:freeSpace"][0]
         assert storage["status"] == "pass" and storage["observedUnit"] == "MiB" and storage["observedValue"] > 0
         assert body["checks"]["database:responseTime"][0]["componentType"] == "datastore"

@@ -203,7 +203,12 @@ def test_free_space_is_what_statvfs_says_is_available(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     assert abs(store.free_bytes() - free_here(tmp_path)) < 64 * MIB  # the rest of the machine writes too
     assert store.reserve_bytes == 0
-    store.ensure_room(10**18)  # no reserve: never refused here (the write itself may fail)
+    store.ensure_room(0)  # no reserve: nothing is kept back
+    store.ensure_room(MIB)
+    # ... but bytes that cannot fit at all are refused before their write fails half-way (ENOSPC,
+    # which answers the same 507 no-store: adapter.errors.staging_failure)
+    with pytest.raises(InsufficientStorage):
+        store.ensure_room(10**18)
 
 
 def test_ensure_room_counts_the_incoming_bytes_against_the_reserve(tmp_path: Path) -> None:

@@ -17,14 +17,17 @@ from adapter.api.deps import get_services
 from adapter.api.openapi import JSON, answers, ok
 from adapter.services.readiness import (
     DATABASE,
+    DATABASE_ROOM,
     DICOM_LISTENER,
     FAIL,
     STORAGE,
     Check,
     Component,
     check_database,
+    check_database_room,
     check_dicom_listener,
     check_storage,
+    database_folder,
     health_document,
 )
 
@@ -60,13 +63,17 @@ _HEALTH = {HEALTH_JSON: {"type": "object", "required": ["status"],
             responses=answers(ok(200, "ready: every check passes or warns", _HEALTH), ok(503, "a check fails", _HEALTH)))
 async def ready(request: Request) -> Response:
     """Readiness: 200 when every check passes or only warns (the data folder is down to its
-    reserve: reads go on, new images are refused), 503 when one fails; the checks in the body."""
+    reserve: reads go on, new images are refused), 503 when one fails (the SQLite database's disk
+    has no room left for its writes, say); the checks in the body."""
     services = get_services(request)
     settings = services.settings
     planned: list[tuple[Component, Callable[[], Check]]] = [
         (DATABASE, partial(check_database, services.store)),
         (STORAGE, partial(check_storage, services.blobs, settings.max_upload_bytes)),
     ]
+    folder = database_folder(settings.resolved_database_url)
+    if folder is not None:  # the database writes where the adapter can look
+        planned.append((DATABASE_ROOM, partial(check_database_room, folder)))
     if settings.dicom_enabled:
         planned.append((DICOM_LISTENER, partial(check_dicom_listener, settings.dicom_host, settings.dicom_port)))
     checks: list[Check | None] = [None] * len(planned)

@@ -12,13 +12,14 @@ from pydantic import ValidationError
 
 from adapter.api.deps import get_services, get_write_context
 from adapter.api.json_input import load_json
-from adapter.api.multipart import parse_multipart
+from adapter.api.multipart import MEMORY_LIMIT, parse_multipart
 from adapter.api.openapi import BODY, JSON, NEW_IMAGES, PHOTO_UPLOAD, WRITE, answers, ok, refusals
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
-from adapter.errors import AdapterError, InvalidInput, RequiredElementMissing
+from adapter.errors import AdapterError, InvalidInput, RequiredElementMissing, StorageError
 from adapter.imaging.sniff import check_declared_upload
 from adapter.model.photo import PhotoMetadata
+from adapter.text import is_digits
 
 router = APIRouter()
 
@@ -79,7 +80,20 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
     # while the process-wide MEMORY_BUDGET allows; otherwise it streams to this staging file
     # (adapter.api.multipart), so memory stays bounded whatever the number of clients.
     spill = services.blobs.new_staging_path()
-    parsed = await parse_multipart(request.headers.get("content-type"), request.stream(), spill, limit)
+    try:
+        # A photo too large to be kept in memory is staged twice (as received, then stripped):
+        # one that cannot be so above the reserve (ADAPTER_MIN_FREE_MB) is refused before a byte
+        # of it is written, as the commit would refuse it; staged, it ran the disk out half-way
+        # (503, "retry", for ever) where the answer is 507 (ops review 4). A smaller one is read
+        # first: its stripped copy alone is staged, the commit checks the reserve and names the
+        # patient in its audit event, and a retry of a stored one still gets its receipt.
+        declared = request.headers.get("content-length")
+        if declared and is_digits(declared) and int(declared) > MEMORY_LIMIT:
+            services.blobs.ensure_room(2 * int(declared))
+        parsed = await parse_multipart(request.headers.get("content-type"), request.stream(), spill, limit)
+    except StorageError as exc:  # no room (507), or a failing disk (503): a create that failed, audited
+        await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
+        raise
     try:
         upload = parsed.upload
         try:
