@@ -126,7 +126,8 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     view = View(tables.purposes.codes[code].view)
     decision = Decision(permitted=True, reason=verdict.reason, purpose=purpose, view=view,
                         consent_ids=_ids(verdict.used), consents=_refs(verdict.used), permitted_purposes=permitted,
-                        obligations=OBLIGATIONS[view], policy=policy)
+                        obligations=OBLIGATIONS[view], policy=policy,
+                        pixels_may_identify=tables.pixels_may_identify(facts.kind))
     return _entered_in_error(decision, klass, facts, resource_only)
 
 

@@ -49,8 +49,9 @@ is X, Z or D is acted on, by name or by its VR's rule).
   are the mismatches no rule tells apart (``vr_tolerated``: a CS or SH sent as LO, a US as SS):
   such an element is cleaned as under its own VR, and one given a new value (emptied, a dummy,
   the pseudonym) is written under its dictionary VR.
-* Then PatientIdentityRemoved YES, DeidentificationMethod (text),
-  DeidentificationMethodCodeSequence (CID 7050), LongitudinalTemporalInformationModified.
+* Then PatientIdentityRemoved (YES only when nothing identifying may be left in the pixels or
+  the document: below), DeidentificationMethod (text), DeidentificationMethodCodeSequence (CID
+  7050), LongitudinalTemporalInformationModified.
 
 Decisions:
 
@@ -64,7 +65,11 @@ Decisions:
   BurnedInAnnotation is kept as it is (YES for documents and screens), Clean Pixel Data
   (113101) is never put in DeidentificationMethodCodeSequence, and DeidentificationMethod says
   in words that the pixel data (or the document) was not cleaned whenever BurnedInAnnotation is
-  not NO (absent counts as "may be present") or the object is an Encapsulated Document.
+  not NO (absent counts as "may be present") or the record's kind is text by nature (kinds.yaml
+  ``textInPixels``: a document, a screen), or the object is an Encapsulated Document. Such a copy
+  says PatientIdentityRemoved NO (PS3.3 C.7.1.1: YES means the identity was removed "from the
+  Attributes and the Pixel Data"), as the FHIR views label its record REDACTED, not ANONYED or
+  PSEUDED (adapter.mapping.views; clinical-safety review F3).
   Type 2 attributes of the Encapsulated Document module that the rules remove (DocumentTitle,
   and ContentTime/AcquisitionDateTime when dates are removed) are kept empty instead, so the
   copy stays a valid Encapsulated PDF.
@@ -92,7 +97,10 @@ Decisions:
   extension likewise, and of the notes (the sender's note may identify) the warning alone.
 * **RecognizableVisualFeatures** is kept as it is (YES for clinical photos): the Clean
   Recognizable Visual Features option (113102) is not claimed; releasing a recognisable photo
-  for TRAIN/HRESCH rests on the patient's explicit consent, checked before this is called.
+  for TRAIN/HRESCH rests on the patient's explicit consent, checked before this is called. When
+  it is not NO (absent counts as "may") or the record's kind is recognizable (kinds.yaml), the
+  DeidentificationMethod says the person may be recognised (:data:`NOT_CLEANED_FEATURES`) and
+  PatientIdentityRemoved is NO, as above.
 * **TRAIN** (:func:`deidentify`): Basic Profile only (113100); dates removed
   (LongitudinalTemporalInformationModified REMOVED), like the FHIR de-identified view, which
   keeps only the year (a DICOM DA cannot hold only a year).
@@ -305,33 +313,39 @@ DCM_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Ful
 #: The attributes a copy keeps when their value is one of the adapter's fixed texts (module docstring).
 FIXED_TEXT_ATTRIBUTES = ("ImageComments", "SeriesDescription")
 NOT_CLEANED_PIXELS = "Pixel data not cleaned: burned-in text may identify"
+NOT_CLEANED_FEATURES = "Pixel data not cleaned: the person may be recognised"
 NOT_CLEANED_DOCUMENT = "PDF metadata removed; content not cleaned: it may identify"
 #: Type 2 attributes of the Encapsulated Document module (PS3.3 C.24.2) that the rules would remove.
 _DOCUMENT_TYPE2 = ("DocumentTitle", "ContentTime", "AcquisitionDateTime")
 
 
-def deidentify(ds: Dataset, *, uid_root: str, key: bytes, fixed_texts: Collection[str] = ()) -> Dataset:
+def deidentify(ds: Dataset, *, uid_root: str, key: bytes, fixed_texts: Collection[str] = (),
+               text_in_pixels: bool = False, recognizable: bool = False) -> Dataset:
     """The TRAIN copy: PS3.15 Basic Profile, dates removed, UIDs replaced consistently
     (module docstring). ``fixed_texts``: the adapter's own ImageComments and SeriesDescription
     texts (the secondary image's warning), kept when the object carries one word for word.
+    ``text_in_pixels``, ``recognizable``: what the record's kind says its picture may show
+    (kinds.yaml), beside what the object says (:func:`_not_cleaned`).
 
     Raises:
         ConfigurationError: ``uid_root`` is not a usable root or ``key`` is empty.
     """
     out = _basic(ds, uid_root=uid_root, key=key, context=TRAIN_CONTEXT, keep_dates=False, view_copy=DEIDENTIFIED_COPY,
                  fixed_texts=fixed_texts)
-    out.PatientIdentityRemoved = "YES"
+    notes = _not_cleaned(ds, text_in_pixels=text_in_pixels, recognizable=recognizable)
+    out.PatientIdentityRemoved = _identity_removed(notes)
     out.LongitudinalTemporalInformationModified = "REMOVED"
-    _method(out, [DCM_BASIC_PROFILE], _not_cleaned(ds))
+    _method(out, [DCM_BASIC_PROFILE], notes)
     return out
 
 
 def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root: str, key: bytes,
-                 fixed_texts: Collection[str] = ()) -> Dataset:
+                 fixed_texts: Collection[str] = (), text_in_pixels: bool = False,
+                 recognizable: bool = False) -> Dataset:
     """The HRESCH copy: Basic Profile with full dates retained, PatientID = ``pseudonym``
     (the keyed pseudonym the FHIR pseudonymised view shows), IssuerOfPatientID =
     ``pseudonym_issuer`` (the pseudonym identifier system), PatientName = ``pseudonym``;
-    ``fixed_texts`` as :func:`deidentify`.
+    ``fixed_texts``, ``text_in_pixels`` and ``recognizable`` as :func:`deidentify`.
 
     Raises:
         InvalidInput: ``pseudonym`` or ``pseudonym_issuer`` cannot be a LO value.
@@ -347,9 +361,10 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
     # family name = the pseudonym; the "^" keeps dciodvfy from reading a one-component name as
     # the retired (pre-1993) PN form
     out.PatientName = f"{pseudonym}^"
-    out.PatientIdentityRemoved = "YES"
+    notes = _not_cleaned(ds, text_in_pixels=text_in_pixels, recognizable=recognizable)
+    out.PatientIdentityRemoved = _identity_removed(notes)
     out.LongitudinalTemporalInformationModified = "UNMODIFIED"
-    _method(out, [DCM_BASIC_PROFILE, DCM_RETAIN_FULL_DATES], _not_cleaned(ds))
+    _method(out, [DCM_BASIC_PROFILE, DCM_RETAIN_FULL_DATES], notes)
     return out
 
 
@@ -361,14 +376,28 @@ def _fixed(value: str, fixed_texts: Collection[str]) -> bool:
     return value in fixed_texts or all(line in fixed_texts for line in value.split("\r\n"))
 
 
-def _not_cleaned(ds: Dataset) -> list[str]:
+def _not_cleaned(ds: Dataset, *, text_in_pixels: bool, recognizable: bool) -> list[str]:
     """DeidentificationMethod values saying what was released without being cleaned (module
-    docstring): the document, or pixels that may show burned-in text."""
+    docstring): the document; pixels that may show burned-in text (the object's
+    BurnedInAnnotation is not NO, or its kind's picture is text by nature); pixels that may show
+    the person (RecognizableVisualFeatures not NO, or the kind is recognizable). Absent counts as
+    "may" (fail closed)."""
     if "EncapsulatedDocument" in ds:
         return [NOT_CLEANED_DOCUMENT]
-    if ds.get("BurnedInAnnotation") != "NO":
-        return [NOT_CLEANED_PIXELS]
-    return []
+    notes = []
+    if text_in_pixels or ds.get("BurnedInAnnotation") != "NO":
+        notes.append(NOT_CLEANED_PIXELS)
+    if recognizable or ds.get("RecognizableVisualFeatures") != "NO":
+        notes.append(NOT_CLEANED_FEATURES)
+    return notes
+
+
+def _identity_removed(notes: list[str]) -> str:
+    """PatientIdentityRemoved: YES says "the true identity of the patient has been removed from
+    the Attributes and the Pixel Data" (PS3.3 C.7.1.1), which a copy whose pixels (or document)
+    were released uncleaned cannot say: NO then, so that a reader (or a research PACS gating on it)
+    is not told more than was done; the DeidentificationMethod says what was."""
+    return "NO" if notes else "YES"
 
 
 def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: bool, view_copy: int,
@@ -554,5 +583,5 @@ def _method(ds: Dataset, codes: list[tuple[str, str]], notes: list[str]) -> None
 __all__ = [
     "BASIC_PROFILE_REMOVE", "BASIC_PROFILE_ZERO", "DATES_REMOVE", "DATES_ZERO", "FIXED_TEXT_ATTRIBUTES",
     "HRESCH_CONTEXT", "KEEP_UIDS",
-    "NOT_CLEANED_DOCUMENT", "NOT_CLEANED_PIXELS", "TRAIN_CONTEXT", "deidentify", "pseudonymise",
+    "NOT_CLEANED_DOCUMENT", "NOT_CLEANED_FEATURES", "NOT_CLEANED_PIXELS", "TRAIN_CONTEXT", "deidentify", "pseudonymise",
 ]

@@ -92,7 +92,11 @@ class KindEntry(_Strict):
     category: Coding
     type: Coding | None = None
     needs_care_consent: bool = Field(alias="needsCareConsent")
+    #: What the picture may show that no view cleans (the adapter never changes pixels): the
+    #: person (DICOM RecognizableVisualFeatures), text naming the patient by nature (a document,
+    #: a screen: BurnedInAnnotation YES). Either keeps a restricted view from claiming anonymised.
     recognizable: bool
+    text_in_pixels: bool = Field(alias="textInPixels")
     warning: str | None = None
     #: The DocumentReference types that say, without the adapter's photo-kind extension, that a
     #: record sent over ``POST /fhir`` is of this kind (adapter.mapping.transaction): the
@@ -136,6 +140,12 @@ class Tables:
     purposes: PurposeTable
     kinds: dict[PhotoKind, KindEntry]
     body_sites: BodySiteTable
+
+    def pixels_may_identify(self, kind: PhotoKind) -> bool:
+        """Whether a picture of ``kind`` may identify its patient (kinds.yaml ``recognizable`` or
+        ``textInPixels``); True for a kind the tables do not know (fail closed)."""
+        entry = self.kinds.get(kind)
+        return entry is None or entry.recognizable or entry.text_in_pixels
 
     @property
     def kind_warnings(self) -> frozenset[str]:

@@ -20,6 +20,13 @@ labels it (``meta.security``) with the FHIR security labels of the release
   and hash go, as when de-identifying: they describe the stored bytes, not the copy the view
   releases.
 
+Neither view changes a picture. A Media, DocumentReference or Binary whose picture may identify the
+patient (kinds.yaml ``recognizable`` or ``textInPixels``: a photo of the person, a document, a
+screen; ``Decision.pixels_may_identify``) is labelled REDACTED, not ANONYED or PSEUDED, and the
+record says so in words (:data:`PIXELS_NOT_CLEANED_NOTE`), as its DICOM copy does
+(adapter.mapping.dicom_deid: PatientIdentityRemoved NO): a label never claims more than was done
+(clinical-safety review F3). Consent and Provenance, which hold no picture, keep the view's label.
+
 In both restricted views the resource's id and every literal reference it keeps (an attachment's
 url, Binary.securityContext, Provenance.target and entity.what, Consent.provision.data) are the
 view's own keyed ids (adapter.mapping.released_ids), so a copy cannot be joined on its id with
@@ -69,9 +76,23 @@ _ACT_CODE_LABELS = frozenset(OBLIGATION_DISPLAY) | {
     "CPLYCD", "NOREUSE", "NORDSCLCD", "NODSCLCD", "NOAUTH", "NOCOLLECT", "NOINTEGRATE", "NOPERSISTP", "ORCON",
 }
 #: v3-ObservationValue integrity labels for the views.
-INTEGRITY_DISPLAY: dict[str, str] = {"ANONYED": "anonymized", "PSEUDED": "pseudonymized"}
+INTEGRITY_DISPLAY: dict[str, str] = {"ANONYED": "anonymized", "PSEUDED": "pseudonymized", "REDACTED": "redacted"}
 _INTEGRITY_LABELS = frozenset({"ANONYED", "PSEUDED", "REDACTED", "MASKED", "SUBSETTED"})
 _VIEW_INTEGRITY: dict[View, str] = {View.DEIDENTIFIED: "ANONYED", View.PSEUDONYMISED: "PSEUDED"}
+#: The integrity label of a restricted view of an image whose picture may identify the patient
+#: (Decision.pixels_may_identify): ANONYED ("strip portions of the resource that could allow the
+#: identification of ... the information subject") and PSEUDED would claim it of the pixels too,
+#: which no view cleans; REDACTED ("remove any portion of the resource that is not authorized to be
+#: accessed, used, or disclosed") is what was done: identifiers, names, notes and dates removed.
+#: (MASKED is for data made unintelligible, e.g. encrypted: not this.)
+PIXELS_MAY_IDENTIFY_INTEGRITY = "REDACTED"
+#: The resources that carry the picture (or, a Binary, are it).
+_IMAGE_TYPES = frozenset({"Media", "DocumentReference", "Binary"})
+#: What a restricted view of such an image says in words (Media.note; a paragraph of
+#: DocumentReference.description), as the DICOM copy's DeidentificationMethod does
+#: (adapter.mapping.dicom_deid): the labels alone do not tell a reader what to look out for.
+PIXELS_NOT_CLEANED_NOTE = ("Pixel data not cleaned: the picture may show the patient or text that names them. "
+                           "Not anonymised; released on the patient's consent for this purpose.")
 BREAK_GLASS = "BTG"
 
 # Extensions of ours that carry coded, non-identifying facts; every other extension is left out
@@ -102,7 +123,7 @@ def confidentiality_coding(code: str) -> JSON:
     return out
 
 
-def security_labels(decision: Decision, tables: Tables) -> list[JSON]:
+def security_labels(decision: Decision, tables: Tables, *, image: bool = False) -> list[JSON]:
     """The ``meta.security`` Codings of a resource released under ``decision``
     (https://hl7.org/fhir/R4/security-labels.html, HCS categories):
 
@@ -111,7 +132,10 @@ def security_labels(decision: Decision, tables: Tables) -> list[JSON]:
        on data a PoU code states its permitted uses. A break-glass release adds ``BTG``: the copy
        was released for that emergency only and must not be reused for anything else;
     3. the obligations of the decision (v3-ActCode, e.g. DEID, PSEUD), in the decision's order;
-    4. the integrity label of a restricted view (v3-ObservationValue ANONYED or PSEUDED).
+    4. the integrity label of a restricted view (v3-ObservationValue ANONYED or PSEUDED); of an
+       ``image`` (a Media, DocumentReference or Binary) whose picture may identify the patient
+       (``decision.pixels_may_identify``) REDACTED, since no view cleans pixels
+       (:data:`PIXELS_MAY_IDENTIFY_INTEGRITY`).
     """
     labels: list[JSON] = [confidentiality_coding(tables.policy.labels.confidentiality)]
     purposes = set(decision.permitted_purposes)
@@ -133,6 +157,8 @@ def security_labels(decision: Decision, tables: Tables) -> list[JSON]:
             coding["display"] = OBLIGATION_DISPLAY[code]
         labels.append(coding)
     integrity = _VIEW_INTEGRITY.get(decision.view)
+    if integrity is not None and image and decision.pixels_may_identify:
+        integrity = PIXELS_MAY_IDENTIFY_INTEGRITY
     if integrity is not None:
         labels.append({"system": codes.V3_OBSERVATION_VALUE, "code": integrity,
                        "display": INTEGRITY_DISPLAY[integrity]})
@@ -179,6 +205,8 @@ class _Ctx:
     #: original"), holding no patient data: a note or a description paragraph equal to one word
     #: for word is kept, as the restricted DICOM copies keep it (adapter.mapping.dicom_deid)
     fixed_texts: frozenset[str] = frozenset()
+    #: The picture may identify the patient: the view says so in words (:data:`PIXELS_NOT_CLEANED_NOTE`)
+    pixels_may_identify: bool = True
 
     @property
     def deid(self) -> bool:
@@ -380,8 +408,11 @@ def _media(r: JSON, ctx: _Ctx) -> JSON:
     _put(out, "bodySite", _concept(r.get("bodySite")))
     _copy(out, r, ("height", "width", "frames", "duration"))
     out["content"] = _attachment(r.get("content"), ctx)
-    _put(out, "note", [{"text": n["text"]} for n in r.get("note") or []
-                       if isinstance(n, dict) and n.get("text") in ctx.fixed_texts])
+    notes = [{"text": n["text"]} for n in r.get("note") or []
+             if isinstance(n, dict) and n.get("text") in ctx.fixed_texts]
+    if ctx.pixels_may_identify:
+        notes.append({"text": PIXELS_NOT_CLEANED_NOTE})
+    _put(out, "note", notes)
     return out
 
 
@@ -401,7 +432,9 @@ def _document_reference(r: JSON, ctx: _Ctx) -> JSON:
     _put(out, "category", _concepts(r.get("category"), display=False))
     _put(out, "subject", _subject(r.get("subject"), ctx))
     _put(out, "date", _instant(r.get("date"), ctx))
-    _put(out, "description", _fixed_paragraph(r.get("description"), ctx))
+    paragraphs = [p for p in (_fixed_paragraph(r.get("description"), ctx),
+                              PIXELS_NOT_CLEANED_NOTE if ctx.pixels_may_identify else None) if p]
+    _put(out, "description", "\n\n".join(paragraphs) or None)
     _put(out, "securityLabel", _concepts(r.get("securityLabel"), display=False))
     content: list[JSON] = []
     for item in r.get("content") or []:
@@ -581,14 +614,17 @@ def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer:
             raise NotSupported(f"no {decision.view.value} view of {resource_type}")
         if first_modifier(resource, str(resource_type)) is not None:
             raise NotSupported(f"no {decision.view.value} view of a resource with a modifierExtension")
-        out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer, ids, tables.kind_warnings))
+        out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer, ids, tables.kind_warnings,
+                                                  decision.pixels_may_identify))
     meta = resource.get("meta")
     stored = meta.get("security") if isinstance(meta, dict) else None
-    return _apply_labels(out, stored if isinstance(stored, list) else [], security_labels(decision, tables))
+    labels = security_labels(decision, tables, image=resource_type in _IMAGE_TYPES)
+    return _apply_labels(out, stored if isinstance(stored, list) else [], labels)
 
 
 __all__ = [
     "BREAK_GLASS", "CONFIDENTIALITY_DISPLAY", "CONFIDENTIALITY_ORDER", "INTEGRITY_DISPLAY",
-    "LITERAL_REFERENCE_SYSTEM", "OBLIGATION_DISPLAY", "confidentiality_coding", "confidentiality_rank",
+    "LITERAL_REFERENCE_SYSTEM", "OBLIGATION_DISPLAY", "PIXELS_MAY_IDENTIFY_INTEGRITY", "PIXELS_NOT_CLEANED_NOTE",
+    "confidentiality_coding", "confidentiality_rank",
     "is_release_label", "render", "security_labels",
 ]

@@ -47,3 +47,8 @@ class Decision:
     #: The record was entered in error and this purpose may still see its resource (care,
     #: break-glass), so a refusal of its image may say why (a restricted purpose is told nothing).
     entered_in_error: bool = False
+    #: The record's picture may identify its patient (a photo of the person, text in a document
+    #: or a screen: adapter.mapping.tables.Tables.pixels_may_identify), which no view cleans: a
+    #: restricted view of its image then claims no anonymisation (adapter.mapping.views,
+    #: adapter.mapping.dicom_deid). True unless the decision knew otherwise (fail closed).
+    pixels_may_identify: bool = True

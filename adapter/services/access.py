@@ -1080,7 +1080,8 @@ class ScopedReader:
             raise NotSupported("DICOM is not served here")
         with regenerating(instance, stored, self._blobs, bounded=bounded) as image:
             obj = dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables, image=image)
-            released = self._release(decision.view).release(obj, instance.patient,
+            kind = self._tables.kinds.get(stored.facts.kind) if stored.facts is not None else None
+            released = self._release(decision.view).release(obj, instance.patient, kind=kind,
                                                             record_texts=quality_texts(stored.resource))
             del obj  # the native dataset: its memory is given back before the answer is made
             yield DicomContent(data=released.data, decision=decision, transfer_syntax=released.transfer_syntax,

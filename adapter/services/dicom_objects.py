@@ -71,7 +71,7 @@ from adapter.mapping.dicom_uids import PhotoUids, is_valid_uid
 from adapter.mapping.dimse_status import ELEMENTS_DISCARDED, dimse_status_for
 from adapter.mapping.fhir_r4 import record_attachment
 from adapter.mapping.pseudonym import Pseudonymizer
-from adapter.mapping.tables import Tables
+from adapter.mapping.tables import KindEntry, Tables
 from adapter.model.decision import View
 from adapter.model.dicom import DicomInstance, InstanceAttributes, person_name_key
 from adapter.model.photo import Identifier
@@ -348,13 +348,19 @@ class DicomRelease:
         return dataclasses.replace(restricted, performed_procedure_step_start_date=None,
                                    performed_procedure_step_start_time=None, timezone_offset_from_utc=None)
 
-    def release(self, obj: Dataset | Path, patient: Identifier, *, record_texts: Iterable[str] = ()) -> ReleasedObject:
+    def release(self, obj: Dataset | Path, patient: Identifier, *, kind: KindEntry | None = None,
+                record_texts: Iterable[str] = ()) -> ReleasedObject:
         """The Part 10 bytes of ``obj`` in this view, in the transfer syntax it is stored in
         (no transcoding; de-identification only cuts metadata segments out of JPEG frames, and
         the metadata out of an encapsulated PDF: adapter.imaging.pdf). UncleanableDocument when
-        the PDF's metadata cannot be removed: not released in this view. ``record_texts``: the
-        adapter's own texts of the record ``obj`` belongs to, which a restricted copy keeps beside
-        the fixed texts: its quality warnings (adapter.mapping.dicom_photo.quality_texts)."""
+        the PDF's metadata cannot be removed: not released in this view. ``kind``: the record's
+        kind (kinds.yaml), whose picture may show the person or text beside what the object says
+        (adapter.mapping.dicom_deid); None (not known) counts as both (fail closed).
+        ``record_texts``: the adapter's own texts of the record ``obj`` belongs to, which a
+        restricted copy keeps beside the fixed texts: its quality warnings
+        (adapter.mapping.dicom_photo.quality_texts)."""
+        text_in_pixels = kind is None or kind.text_in_pixels
+        recognizable = kind is None or kind.recognizable
         if self.view is View.FULL and isinstance(obj, Path):
             try:
                 meta = read_file_meta_info(obj)
@@ -367,11 +373,12 @@ class DicomRelease:
         fixed = self._fixed_texts.union(record_texts)
         try:
             if self.view is View.DEIDENTIFIED and uids is not None:
-                ds = deidentify(ds, uid_root=uids.root, key=uids.key, fixed_texts=fixed)
+                ds = deidentify(ds, uid_root=uids.root, key=uids.key, fixed_texts=fixed,
+                                text_in_pixels=text_in_pixels, recognizable=recognizable)
             elif self.view is View.PSEUDONYMISED and uids is not None:
                 ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
                                   pseudonym_issuer=self._pseudonymizer.system, uid_root=uids.root, key=uids.key,
-                                  fixed_texts=fixed)
+                                  fixed_texts=fixed, text_in_pixels=text_in_pixels, recognizable=recognizable)
             return _released(encode_dataset(ds), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID, ds.SOPInstanceUID)
         except (StorageError, ConfigurationError, UncleanableDocument):
             # a document whose metadata cannot be removed is not released in this view (422):

@@ -131,7 +131,9 @@ def test_train_view_is_deidentified_with_metadata_free_bytes(tmp_path: Path) -> 
         assert "2026-03-04" not in text
         body = r.json()
         codes = {c["code"] for c in body["meta"]["security"]}
-        assert "ANONYED" in codes
+        # a photo of the person: its pixels may identify, so the view says what was done, REDACTED,
+        # and does not claim it anonymised (clinical-safety review F3)
+        assert "REDACTED" in codes and "ANONYED" not in codes
         img = client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['binary'])}", headers=as_purpose("TRAIN", Accept="image/jpeg"))
         assert img.status_code == 200
         data = img.content
@@ -154,7 +156,7 @@ def test_hresch_view_is_pseudonymised_and_stable(tmp_path: Path) -> None:
         assert PATIENT["value"] not in json.dumps(a)
         assert a["subject"]["identifier"]["value"] == b["subject"]["identifier"]["value"]
         assert a["subject"]["identifier"]["system"] != PATIENT["system"]
-        assert "PSEUDED" in {c["code"] for c in a["meta"]["security"]}
+        assert "REDACTED" in {c["code"] for c in a["meta"]["security"]}  # a photo: not claimed pseudonymised
         # review finding: content.size (and R5's attachment.size) was the stored bytes' length, not
         # that of the Binary released under HRESCH (no ICC profile): left out, as under TRAIN
         assert not {"size", "hash"} & set(a["content"])

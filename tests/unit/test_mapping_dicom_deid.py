@@ -29,6 +29,7 @@ from adapter.mapping.dicom_deid import (
     DUMMY_VALUE,
     KEEP_UIDS,
     NOT_CLEANED_DOCUMENT,
+    NOT_CLEANED_FEATURES,
     NOT_CLEANED_PIXELS,
     deidentify,
     pseudonymise,
@@ -130,14 +131,13 @@ def test_deidentified_copy_has_nothing_identifying() -> None:
     source = loaded()
     out = deidentify(source, uid_root=OUT_ROOT, key=UID_KEY)
     assert_nothing_identifying(out, dates=False)
-    assert out.PatientIdentityRemoved == "YES"
+    assert out.PatientIdentityRemoved == "NO"  # a photo of the person: not removed from its pixels
     assert (out.PatientName, out.PatientID, out.PatientBirthDate, out.PatientSex) == ("", "", "", "")
     assert "IssuerOfPatientID" not in out
     assert (out.StudyDate, out.StudyTime, out.ContentDate, out.AccessionNumber, out.StudyID) == ("",) * 5
     assert "ContentTime" not in out and "TimezoneOffsetFromUTC" not in out
     assert out.LongitudinalTemporalInformationModified == "REMOVED"
-    assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile"] or \
-        out.DeidentificationMethod == "Basic Application Confidentiality Profile"
+    assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile", NOT_CLEANED_FEATURES]
     (code,) = out.DeidentificationMethodCodeSequence
     assert (code.CodeValue, code.CodingSchemeDesignator) == ("113100", "DCM")
     # kept: what the image is and what it shows
@@ -288,7 +288,7 @@ def test_pseudonymised_copy_carries_the_pseudonym_and_keeps_dates() -> None:
                                                                   source.ContentTime)
     assert out.TimezoneOffsetFromUTC == source.TimezoneOffsetFromUTC
     assert out.LongitudinalTemporalInformationModified == "UNMODIFIED"
-    assert out.PatientIdentityRemoved == "YES"
+    assert out.PatientIdentityRemoved == "NO"
     assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100", "113106"]
 
 
@@ -385,7 +385,7 @@ def test_burned_in_annotation_is_released_and_says_the_pixels_are_not_cleaned(ki
             (deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY), ["113100"]),
             (pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY),
              ["113100", "113106"])):
-        assert out.BurnedInAnnotation == "YES" and out.PatientIdentityRemoved == "YES"
+        assert out.BurnedInAnnotation == "YES" and out.PatientIdentityRemoved == "NO"
         assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == codes
         assert "113101" not in [c.CodeValue for c in out.DeidentificationMethodCodeSequence]
         assert NOT_CLEANED_PIXELS in list(out.DeidentificationMethod)
@@ -404,7 +404,39 @@ def test_absent_burned_in_annotation_counts_as_may_be_present() -> None:
     del ds.BurnedInAnnotation
     out = deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY)
     assert "BurnedInAnnotation" not in out
-    assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile", NOT_CLEANED_PIXELS]
+    assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile", NOT_CLEANED_PIXELS,
+                                                NOT_CLEANED_FEATURES]
+
+
+@pytest.mark.parametrize(("text_in_pixels", "recognizable", "burned_in", "features", "notes"), [
+    (False, False, "NO", "NO", []),
+    (True, False, "NO", "NO", [NOT_CLEANED_PIXELS]),    # a document or screen: text by nature
+    (False, True, "NO", "NO", [NOT_CLEANED_FEATURES]),  # the kind shows the person
+    (False, False, "YES", "NO", [NOT_CLEANED_PIXELS]),  # the object says so
+    (False, False, "NO", None, [NOT_CLEANED_FEATURES]),  # absent: may be
+])
+def test_patient_identity_removed_only_when_nothing_may_be_left_in_the_pixels(
+        text_in_pixels: bool, recognizable: bool, burned_in: str, features: str | None, notes: list[str]) -> None:
+    """Clinical-safety review F3: every copy said PatientIdentityRemoved YES ("removed from the
+    Attributes and the Pixel Data", PS3.3 C.7.1.1) though no pixel is cleaned (test seen failing:
+    YES whatever the pixels). Now YES only when neither the object (BurnedInAnnotation,
+    RecognizableVisualFeatures) nor its kind (kinds.yaml) says the picture may identify; the
+    method says why otherwise, as the FHIR views label the record REDACTED."""
+    ds = clinical()
+    ds.BurnedInAnnotation = burned_in
+    if features is None:
+        del ds.RecognizableVisualFeatures
+    else:
+        ds.RecognizableVisualFeatures = features
+    for out in (deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY, text_in_pixels=text_in_pixels,
+                           recognizable=recognizable),
+                pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY,
+                             text_in_pixels=text_in_pixels, recognizable=recognizable)):
+        assert out.PatientIdentityRemoved == ("NO" if notes else "YES")
+        methods = list(out.DeidentificationMethod) if out["DeidentificationMethod"].VM > 1 \
+            else [out.DeidentificationMethod]
+        assert [m for m in methods if m.startswith("Pixel data")] == notes
+        assert not {"113101", "113102"} & {c.CodeValue for c in out.DeidentificationMethodCodeSequence}
 
 
 def pdf() -> Dataset:
@@ -463,7 +495,7 @@ def test_the_encapsulated_pdf_loses_its_metadata(copy_of: str) -> None:
     cleaned = document[:out.EncapsulatedDocumentLength]
     assert cleaned == pdf_without_metadata(PDF_DOCUMENT) and cleaned.endswith(b"%%EOF\n")
     assert page_contents(cleaned) == page_contents(PDF_DOCUMENT)
-    assert out.PatientIdentityRemoved == "YES"
+    assert out.PatientIdentityRemoved == "NO"  # its content was not cleaned
     methods = list(out.DeidentificationMethod)
     assert NOT_CLEANED_DOCUMENT in methods and "metadata removed" in NOT_CLEANED_DOCUMENT
     assert source.EncapsulatedDocument.startswith(PDF_DOCUMENT)  # the input untouched

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from adapter.errors import PolicyError
+from adapter.mapping.dicom_tables import load_dicom_tables
 from adapter.mapping.tables import load_tables
 from tests.conftest import ROOT
 
@@ -151,7 +152,7 @@ def test_a_duplicate_key_in_a_mapping_table_is_refused(tmp_path: Path) -> None:
         (mappings / name).write_text((MAPPINGS / name).read_text())
     kinds = (MAPPINGS / "kinds.yaml").read_text()
     (mappings / "kinds.yaml").write_text(kinds + "\n" + kinds.split("\n\n")[0] + "\n")
-    with pytest.raises(PolicyError, match="kinds.yaml: duplicate key 'clinical' at line 40"):
+    with pytest.raises(PolicyError, match="kinds.yaml: duplicate key 'clinical' at line 57"):
         load_tables(mappings, mappings / "policy.yaml")
 
 
@@ -217,3 +218,15 @@ def test_a_kinds_table_without_document_types_takes_no_code_as_a_document(tmp_pa
     kinds["document"].pop("documentTypes", None)
     (mappings / "kinds.yaml").write_text(yaml.safe_dump(kinds))
     assert all(not k.document_types for k in load_tables(mappings, mappings / "policy.yaml").kinds.values())
+
+
+def test_a_kind_whose_picture_is_text_is_burned_in_annotation_yes_in_its_dicom_object() -> None:
+    """kinds.yaml ``textInPixels`` (the FHIR views' REDACTED, clinical-safety review F3) and
+    dicom.yaml's ``burnedInAnnotation`` of the kind's DICOM object say one thing; and every kind
+    the adapter ships may identify its patient by its picture (a photo of the person, a document,
+    a screen), so that no restricted view of a posted photo claims it anonymised."""
+    tables = load_tables(MAPPINGS, MAPPINGS / "policy.yaml")
+    dicom = load_dicom_tables(MAPPINGS / "dicom.yaml")
+    for kind, entry in tables.kinds.items():
+        assert (dicom.kinds[kind].burned_in_annotation == "YES") == entry.text_in_pixels, kind
+        assert tables.pixels_may_identify(kind), kind
