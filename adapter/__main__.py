@@ -518,8 +518,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_database(settings: Settings) -> int:
     """``check`` without ``--offline``: whether the database answers (within
-    ADAPTER_DATABASE_CONNECT_TIMEOUT) and what ``serve`` would do with its schema; 0 when it would
-    start on it, 2 when it cannot be reached or holds a schema newer than this adapter's."""
+    ADAPTER_DATABASE_CONNECT_TIMEOUT), what ``serve`` would do with its schema, and whether it
+    would refuse the keys and data folder given for it (adapter.services.registry.start_refusals:
+    the pseudonym key, the data folder's identity, audit.key), writing nothing; 0 when it would
+    start on them, 2 when it cannot be reached, holds a schema newer than this adapter's, or serve
+    would refuse to start."""
+    from adapter.services.registry import check_start_refusals
     from adapter.store.schema import SCHEMA_VERSION
     from adapter.store.sql import read_schema_version
 
@@ -540,6 +544,17 @@ def _check_database(settings: Settings) -> int:
         print(f"invalid: the database has schema version {version}, newer than this adapter's {SCHEMA_VERSION}: serve "
               "refuses it (a newer version of the adapter upgraded it)", file=sys.stderr)
         return 2
+    try:
+        refusals = check_start_refusals(settings)
+    except AdapterError as exc:
+        print(f"invalid: {exc.diagnostics}", file=sys.stderr)
+        return 2
+    for refusal in refusals:
+        print(f"invalid: serve would refuse to start: {refusal}", file=sys.stderr)
+    if refusals:
+        return 2
+    print("the pseudonym key, the data folder and its audit.key are the ones the database records (or it records "
+          "none yet)")
     return 0
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 from adapter.config import Settings
 from adapter.errors import ConfigurationError
@@ -28,7 +29,7 @@ from adapter.services.audit import Auditor
 from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.consents import ConsentService
 from adapter.services.corrections import RecordCorrections
-from adapter.services.data_folder import claim_data_folder
+from adapter.services.data_folder import claim_data_folder, data_folder_problem
 from adapter.services.dicom_ingest import DicomIngestService
 from adapter.services.dicom_objects import object_attributes
 from adapter.services.forwarding import Forwarder, ForwardOptions, OutboxService, StoreSender
@@ -37,9 +38,11 @@ from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.services.search_pages import SearchPages
 from adapter.services.transaction import TransactionService
 from adapter.store import open_store
+from adapter.store.audit_chain import CHAIN_KEY_FINGERPRINT, audit_key_refusal, make_audit_key, read_audit_key
 from adapter.store.engine import check_database_url
 from adapter.store.port import BlobStore, RecordStore
 from adapter.store.reach import when_reachable
+from adapter.store.sql import read_key_fingerprints
 
 _log = logging.getLogger(__name__)
 
@@ -79,27 +82,78 @@ def pseudonym_key_fingerprint(pseudonym_key: bytes) -> str:
 
 def pseudonym_key_problem(settings: Settings, store: RecordStore) -> str | None:
     """Why the key these settings give is not the one the store's pseudonyms and mapped UIDs were
-    made with, or None. Fail closed after a restore that left pseudonym.key behind: a new key was
-    generated and every earlier pseudonym became unlinkable, with an INFO line. Changing
-    ADAPTER_PSEUDONYM_KEY is the documented rotation (README, Settings) and is no problem; a
-    missing or other pseudonym.key file in the data folder is one, unless
-    ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY says it is deliberate. Reads the key file, writes nothing."""
-    if settings.pseudonym_key or settings.accept_new_pseudonym_key:
+    made with, or None; reads the key file, writes nothing.
+
+    Fail closed: a start given another key than the one recorded would give every patient new
+    pseudonyms, mapped DICOM UIDs and released FHIR ids, and the old ones (the research and
+    training data sets' linkage) would find nothing. Refused whether the key comes from
+    ADAPTER_PSEUDONYM_KEY_FILE or ADAPTER_PSEUDONYM_KEY (production's way: a disaster recovery that
+    followed the Docker steps' "generate a key once" with a new key was taken with a WARNING) or
+    from the data folder's pseudonym.key (a restore that left it behind: a new one was generated),
+    unless ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY says it is deliberate (a rotation, then recorded).
+    The message names where the key came from, never the key."""
+    if settings.accept_new_pseudonym_key:
         return None
     stored = store.stored_fingerprints()
+    recorded = stored.get(PSEUDONYM_KEY_FINGERPRINT)
+    if settings.pseudonym_key:
+        source = (f"ADAPTER_PSEUDONYM_KEY_FILE ({settings.pseudonym_key_file})" if settings.pseudonym_key_file
+                  else "ADAPTER_PSEUDONYM_KEY")
+        if recorded is not None and recorded != pseudonym_key_fingerprint(settings.pseudonym_key.encode("utf-8")):
+            return (f"the key {source} gives is not the key the records were pseudonymised under: give the key "
+                    "backed up with the database (after a restore, the original key file, never a new one); "
+                    f"{_ACCEPT}")
+        return None
     path = settings.data_dir / "pseudonym.key"
     if not path.exists():
-        if PSEUDONYM_KEY_FINGERPRINT in stored or _PSEUDONYM_INDEX in stored:
+        if recorded is not None or _PSEUDONYM_INDEX in stored:
             return (f"{path} is missing, but the records were pseudonymised under a key: where serve reads the key "
                     "from a file, give this command the same ADAPTER_PSEUDONYM_KEY_FILE (its whole environment); "
                     "after a restore, restore pseudonym.key from the backup taken with the database (or set "
                     f"ADAPTER_PSEUDONYM_KEY to the key used); {_ACCEPT}")
         return None
-    recorded = stored.get(PSEUDONYM_KEY_FINGERPRINT)
     if recorded is not None and recorded != pseudonym_key_fingerprint(path.read_text().strip().encode("utf-8")):
         return (f"{path} is not the key the records were pseudonymised under: restore the pseudonym.key backed up with "
                 f"the database; {_ACCEPT}")
     return None
+
+
+def start_refusals(settings: Settings, store: RecordStore) -> list[str]:
+    """What ``serve`` refuses to start on, each said with what it concerns: the pseudonym key
+    (:func:`pseudonym_key_problem`), the data folder (adapter.services.data_folder) and the
+    audit chain's key, as the store records them. Reads only: :func:`build_services` asks before
+    it writes anything (the folder's identity, audit.key, a fingerprint), ``check`` the same."""
+    found = (("pseudonym key", pseudonym_key_problem(settings, store)),
+             ("data folder", data_folder_problem(settings.data_dir, store)),
+             ("audit key", store.audit_key_refusal()))
+    return [f"{what}: {problem}" for what, problem in found if problem is not None]
+
+
+class _Recorded:
+    """What ``check`` knows of a store without opening it (opening upgrades an older schema, and a
+    SQLite store writes its journal): its key_fingerprints rows, read read-only, and the data
+    folder's audit.key, read only. Stands in for the store in :func:`start_refusals`, which asks
+    no more of it."""
+
+    def __init__(self, stored: dict[str, str], audit_key: bytes | None) -> None:
+        self._stored = stored
+        self._audit_key = audit_key
+
+    def stored_fingerprints(self) -> dict[str, str]:
+        return dict(self._stored)
+
+    def audit_key_refusal(self) -> str | None:
+        return audit_key_refusal(self._stored.get(CHAIN_KEY_FINGERPRINT), self._audit_key)
+
+
+def check_start_refusals(settings: Settings) -> list[str]:
+    """:func:`start_refusals` for ``python -m adapter check``, reading the database's
+    key_fingerprints and the data folder, writing nothing: no key generated, no fingerprint
+    recorded, no audit.key or store.id made. Raises StorageError when the database cannot be read,
+    ConfigurationError when a key file cannot."""
+    stored = read_key_fingerprints(settings.resolved_database_url, settings.database_timeouts)
+    recorded = _Recorded(stored, read_audit_key(settings.data_dir.resolve(), create=False))
+    return start_refusals(settings, cast(RecordStore, recorded))
 
 
 def _derived_key(pseudonym_key: bytes, label: str) -> bytes:
@@ -229,7 +283,7 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now, *,
     configuration = check_configuration(settings)
     tables, dicom_tables, uid_root = configuration.tables, configuration.dicom_tables, configuration.uid_root
     wait = settings.database_start_wait if wait_for_database else 0.0
-    store, blobs = when_reachable(lambda: open_store(settings.store), wait)
+    store, blobs = when_reachable(lambda: open_store(settings.store, make_audit_key=False), wait)
     reindexed = store.reindex_records(RECORD_INDEX_VERSION, index_resource)
     if reindexed:
         _log.info("re-indexed the search values of %d record(s) (%s)", reindexed, RECORD_INDEX_VERSION)
@@ -246,13 +300,13 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now, *,
         _log.info("re-derived the StudyDate, StudyTime and offset of %d posted photo(s) (%s)", redated,
                   STUDY_DATE_VERSION)
     auditor = Auditor(store, now)
-    problem = pseudonym_key_problem(settings, store)
-    if problem is not None:
-        store.close()
-        raise ConfigurationError(problem)
     try:
+        refusals = start_refusals(settings, store)
+        if refusals:  # before anything is written: a refused start leaves no key or identity behind
+            raise ConfigurationError("; ".join(refusals))
         claim_data_folder(settings.data_dir, store)
-        store.claim_audit_key()  # the folder is the database's: its audit.key must be the chain's
+        # the folder is the database's: its audit.key must be the chain's (made now for a new trail)
+        store.claim_audit_key(partial(make_audit_key, settings.data_dir.resolve()))
     except ConfigurationError:
         store.close()
         raise
@@ -260,10 +314,10 @@ def build_services(settings: Settings, now: Callable[[], datetime] = utc_now, *,
     key_fingerprint = pseudonym_key_fingerprint(pseudonym_key)
     recorded = store.stored_fingerprints().get(PSEUDONYM_KEY_FINGERPRINT)
     if recorded != key_fingerprint:
-        if recorded is not None:
-            _log.warning("a new pseudonym key (%s): the pseudonyms, mapped DICOM UIDs and released FHIR ids change, "
-                         "the old ones find nothing", "ADAPTER_PSEUDONYM_KEY" if settings.pseudonym_key else
-                         "ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY")
+        if recorded is not None:  # accepted (ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY): start_refusals refuses it otherwise
+            _log.warning("a new pseudonym key, accepted by ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY: the pseudonyms, mapped "
+                         "DICOM UIDs and released FHIR ids change, the old ones find nothing; it is recorded as the "
+                         "store's key (unset ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY now)")
         store.record_fingerprint(PSEUDONYM_KEY_FINGERPRINT, key_fingerprint)
     pseudonymizer = Pseudonymizer(pseudonym_key, tables.policy.pseudonyms.system)
     indexed = store.index_pseudonyms(pseudonymizer.fingerprint, pseudonymizer.of)

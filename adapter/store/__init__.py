@@ -18,13 +18,16 @@ from adapter.store.port import (
 from adapter.store.sql import SqlRecordStore
 
 
-def open_store(options: StoreOptions, *, existing_only: bool = False) -> tuple[SqlRecordStore, FileBlobStore]:
+def open_store(options: StoreOptions, *, existing_only: bool = False,
+               make_audit_key: bool = True) -> tuple[SqlRecordStore, FileBlobStore]:
     """The record store for ``options.database_url`` (``sqlite:///…`` or
     ``postgresql+psycopg://…``; anything else raises ConfigurationError) and the blob store
     under ``options.data_dir``. ``existing_only``: a database without the adapter's tables is
     not given them (NoStore, a ConfigurationError), nor is the data folder's audit.key made (the
-    audit chain's key: adapter.store.audit_chain; without it the store writes no audit event)."""
-    audit_key = read_audit_key(options.data_dir, create=not existing_only)
+    audit chain's key: adapter.store.audit_chain; without it the store writes no audit event).
+    Nor is it without ``make_audit_key``: ``serve``'s start has the store's claim_audit_key make
+    it, once nothing refuses the start (a refused start left a new audit.key in the folder)."""
+    audit_key = read_audit_key(options.data_dir, create=make_audit_key and not existing_only)
     records = SqlRecordStore(options.database_url, existing_only=existing_only, timeouts=options.timeouts,
                              audit_key=audit_key)
     try:

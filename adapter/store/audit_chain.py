@@ -60,7 +60,9 @@ def key_fingerprint(key: bytes) -> str:
 
 def read_audit_key(data_dir: Path, *, create: bool) -> bytes | None:
     """The chain key from ``data_dir/audit.key``; made once when missing and ``create`` (several
-    processes may start at once: one is published, whole), else None when missing."""
+    processes may start at once: one is published, whole), else None when missing. Without
+    ``create`` it only reads (``check``, ``verify``): the candidates a killed start left are
+    removed by the next start that may make the key."""
     path = data_dir / AUDIT_KEY_FILE
     try:
         if not path.exists():
@@ -68,13 +70,39 @@ def read_audit_key(data_dir: Path, *, create: bool) -> bytes | None:
                 return None
             data_dir.mkdir(parents=True, exist_ok=True)
             publish_once(path, secrets.token_hex(32))
-        remove_abandoned_candidates(path)
+        if create:
+            remove_abandoned_candidates(path)
         secret = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{path} cannot be read ({type(exc).__name__})") from exc
     if not secret:
         raise ConfigurationError(f"{path} is empty: restore the audit.key backed up with the database")
     return chain_key(secret.encode("ascii"))
+
+
+def make_audit_key(data_dir: Path) -> bytes:
+    """The chain key from ``data_dir/audit.key``, made now when missing (:func:`read_audit_key`):
+    what a start gives a store opened without a key, once nothing refuses the start."""
+    key = read_audit_key(data_dir, create=True)
+    if key is None:  # made when missing: not reached
+        raise ConfigurationError(f"{data_dir / AUDIT_KEY_FILE} could not be made")
+    return key
+
+
+def audit_key_refusal(recorded: str | None, key: bytes | None) -> str | None:
+    """Why a start must not chain new events under ``key`` (the data folder's, None when it has no
+    audit.key) for a trail whose key's fingerprint is ``recorded`` (None: no event chained under a
+    key yet, so a start makes and records one), or None. Fail closed: a lost or other audit.key
+    would chain new events under a key the earlier ones do not verify with."""
+    if recorded is None:
+        return None
+    if key is None:
+        return ("the data folder has no audit.key, but this database's audit trail is chained with one: restore the "
+                "audit.key backed up with the database (ADAPTER_DATA_DIR), or point at the folder that holds it")
+    if recorded != key_fingerprint(key):
+        return ("the data folder's audit.key is not the key this database's audit trail is chained with: restore "
+                "the audit.key backed up with the database (ADAPTER_DATA_DIR), or point at the folder that holds it")
+    return None
 
 
 def genesis(key: bytes, start: int) -> bytes:

@@ -273,8 +273,13 @@ class RecordStore(Protocol):
     def audit_key_problem(self) -> str | None:
         """Why the data folder's audit.key is not the chain's key, or None."""
 
-    def claim_audit_key(self) -> None:
-        """Record the chain's key (its fingerprint), or raise ConfigurationError for another."""
+    def audit_key_refusal(self) -> str | None:
+        """Why a start must not chain under the data folder's audit.key (missing or another than
+        the one recorded for the trail), or None; reads only."""
+
+    def claim_audit_key(self, make_key: Callable[[], bytes] | None = None) -> None:
+        """Record the chain's key (its fingerprint), made by ``make_key`` when the store was opened
+        without one and none is recorded, or raise ConfigurationError for another."""
 
     # -- DICOM -------------------------------------------------------------------------------
     # save_ingest also writes unit.dicom_instance (unique SOP Instance UID: Conflict when taken)

@@ -53,6 +53,7 @@ from adapter.store.audit_chain import (
     CHAIN_KEY_FINGERPRINT,
     CHAIN_START,
     ChainReport,
+    audit_key_refusal,
     chain_mac,
     check_chain,
     genesis,
@@ -513,31 +514,40 @@ class SqlRecordStore:
 
     def audit_key_problem(self) -> str | None:
         """Why this store's audit chain key is not the one its trail is chained with, or None
-        (read only: ``verify``)."""
+        (read only: ``verify``): also a data folder without audit.key whose trail has no key
+        recorded yet, whose chain cannot be checked."""
         recorded = self.stored_fingerprints().get(CHAIN_KEY_FINGERPRINT)
-        if self._audit_key is None:
-            return ("the data folder has no audit.key: the audit trail's chain cannot be checked, and serve would "
-                    "make a new key" + (" the trail was not chained with" if recorded is not None else ""))
-        if recorded is not None and recorded != audit_key_fingerprint(self._audit_key):
-            return ("the data folder's audit.key is not the key this database's audit trail is chained with: restore "
-                    "the audit.key backed up with the database (ADAPTER_DATA_DIR), or point at the folder that holds it")
-        return None
+        refusal = audit_key_refusal(recorded, self._audit_key)
+        if refusal is None and self._audit_key is None:
+            return "the data folder has no audit.key: the audit trail's chain cannot be checked"
+        return refusal
 
-    def claim_audit_key(self) -> None:
+    def audit_key_refusal(self) -> str | None:
+        """See RecordStore.audit_key_refusal."""
+        return audit_key_refusal(self.stored_fingerprints().get(CHAIN_KEY_FINGERPRINT), self._audit_key)
+
+    def claim_audit_key(self, make_key: Callable[[], bytes] | None = None) -> None:
         """Record which key the audit chain is made with, or refuse another (fail closed: a lost
         or other audit.key would chain new events under a key the earlier ones do not verify with).
-        ``serve`` and the export call it once the data folder is known to be the database's."""
-        if self._audit_key is None:
-            raise ConfigurationError("the store was opened without the audit chain's key (audit.key)")
+        ``serve`` and the export call it once the data folder is known to be the database's; a
+        store opened without a key gets ``make_key``'s (the folder's audit.key, made then) when
+        its trail has none recorded yet, so a start that is refused makes no audit.key."""
         with self._maintain() as conn:
             if conn.dialect.name == "postgresql":  # processes starting together: one after the other
                 lock_in_schema(conn, _FINGERPRINT_LOCK)
             recorded = conn.execute(select(_k.fingerprint).where(_k.name == CHAIN_KEY_FINGERPRINT)).scalar()
+            refusal = audit_key_refusal(recorded, self._audit_key)
+            if refusal is not None:
+                raise ConfigurationError(refusal)
+            if self._audit_key is None and make_key is not None:
+                self._audit_key = make_key()
+            if self._audit_key is None:
+                raise ConfigurationError("the store was opened without the audit chain's key (audit.key)")
             if recorded is None:
                 self._set_fingerprint(conn, CHAIN_KEY_FINGERPRINT, audit_key_fingerprint(self._audit_key))
-        problem = self.audit_key_problem()
-        if problem is not None:
-            raise ConfigurationError(problem)
+        refusal = self.audit_key_refusal()  # another process's start may have recorded its key meanwhile
+        if refusal is not None:
+            raise ConfigurationError(refusal)
 
     @property
     def engine(self) -> Engine:
@@ -1808,6 +1818,40 @@ class SqlRecordStore:
     def close(self) -> None:
         """Close every pooled connection."""
         self._engine.dispose()
+
+
+def read_key_fingerprints(database_url: str, timeouts: DatabaseTimeouts | None = None) -> dict[str, str]:
+    """The key_fingerprints rows (name to fingerprint) of the database at ``database_url``
+    (``python -m adapter check``: the keys and data folder the store was made with), empty when
+    it holds none; reads only, as :func:`read_schema_version` does."""
+    url = check_database_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        import sqlite3
+
+        path = Path(url.database or "").expanduser()
+        if not path.is_file():
+            return {}
+        try:
+            with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                         timeout=(timeouts or DatabaseTimeouts()).connect)) as conn:
+                if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                (key_fingerprints.name,)).fetchone() is None:
+                    return {}
+                rows = conn.execute(f"SELECT name, fingerprint FROM {key_fingerprints.name}").fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"the SQLite database {path} cannot be read ({type(exc).__name__})") from exc
+        return {str(name): str(fingerprint) for name, fingerprint in rows}
+    engine = create_store_engine(database_url, pool_size=1, max_overflow=0,
+                                 timeouts=timeouts or DatabaseTimeouts(statement=10, lock=5))
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(key_fingerprints.name):
+                return {}
+            return {name: fingerprint for name, fingerprint in conn.execute(select(_k.name, _k.fingerprint))}
+    except SQLAlchemyError as exc:
+        raise StorageError(f"the database cannot be read: {describe_failure(exc)}") from exc
+    finally:
+        engine.dispose()
 
 
 def read_schema_version(database_url: str, timeouts: DatabaseTimeouts | None = None) -> int | None:

@@ -664,7 +664,8 @@ def test_a_new_pseudonym_key_gives_new_pseudonyms_to_search_by(tmp_path: Path) -
         client.post("/fhir/Consent", json=consent_resource(["HRESCH"]),
                     headers={"Content-Type": "application/fhir+json"})
         old = shown_pseudonym(client)
-    with adapter_client(tmp_path, pseudonym_key="b" * 32) as (client, _):
+    # a deliberate rotation (without ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY another key is refused)
+    with adapter_client(tmp_path, pseudonym_key="b" * 32, accept_new_pseudonym_key=True) as (client, _):
         new = shown_pseudonym(client)
         assert new != old
         hresch = as_purpose("HRESCH")

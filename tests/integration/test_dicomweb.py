@@ -1045,7 +1045,8 @@ def test_released_uids_follow_the_key_across_restarts(tmp_path: Path) -> None:
             ReleasedUidSpaces(services.settings.uid_root, services.released_uids.key).fingerprint,
             lambda _: pytest.fail("the index is current")) == 0
         assert mapped(client) == before
-    with pacs_client(tmp_path, pseudonym_key="n" * 32) as (client, _):
+    # a deliberate rotation (without ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY another key is refused)
+    with pacs_client(tmp_path, pseudonym_key="n" * 32, accept_new_pseudonym_key=True) as (client, _):
         after = mapped(client)
         assert len(after) == 2 and {u for t in after for u in t}.isdisjoint({u for t in before for u in t})
         for (study, series, instance), (old_study, _, old_instance) in zip(after, before, strict=True):

@@ -1,7 +1,7 @@
 """The pseudonym key against the store's record of it (adapter.services.registry): a restore that
-left pseudonym.key behind is refused rather than given a new key (ops review 8); changing
-ADAPTER_PSEUDONYM_KEY stays the documented rotation; ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY accepts a new key
-deliberately. Real SQLite files."""
+left pseudonym.key behind is refused rather than given a new key (ops review 8), and so is another
+ADAPTER_PSEUDONYM_KEY (ops review 2); ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY accepts a new key deliberately.
+Real SQLite files."""
 
 from __future__ import annotations
 
@@ -57,13 +57,20 @@ def test_a_new_key_is_accepted_deliberately_then_kept(tmp_path: Path) -> None:
     assert _start(_settings(tmp_path)) == second  # the new key is the store's from then on
 
 
-def test_changing_the_configured_key_is_the_documented_rotation(tmp_path: Path,
+def test_changing_the_configured_key_is_refused_unless_accepted(tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
+    # ops review 2: another ADAPTER_PSEUDONYM_KEY (or key file) was taken with a WARNING, re-keying the store
     first = _start(_settings(tmp_path, pseudonym_key="a" * 32))
+    with pytest.raises(ConfigurationError) as info:
+        _start(_settings(tmp_path, pseudonym_key="b" * 32))
+    assert "ADAPTER_PSEUDONYM_KEY gives is not the key the records were pseudonymised under" in info.value.diagnostics
+    assert "a" * 32 not in info.value.diagnostics and "b" * 32 not in info.value.diagnostics
+    assert _start(_settings(tmp_path, pseudonym_key="a" * 32)) == first  # still the store's key
     with caplog.at_level(logging.WARNING, logger="adapter.services.registry"):
-        second = _start(_settings(tmp_path, pseudonym_key="b" * 32))
+        second = _start(_settings(tmp_path, pseudonym_key="b" * 32, accept_new_pseudonym_key=True))
     assert second != first
-    assert any("a new pseudonym key" in m for m in caplog.messages)
+    assert any("a new pseudonym key, accepted by ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY" in m for m in caplog.messages)
+    assert _start(_settings(tmp_path, pseudonym_key="b" * 32)) == second  # the rotation is recorded
     # the key then unset, and no key file: the records' key is missing
     with pytest.raises(ConfigurationError, match="pseudonym.key is missing"):
         _start(_settings(tmp_path))
