@@ -49,9 +49,12 @@ WORKDIR /src
 # versions the test suite ran (constraints.txt, made by `make lock`). The package's readme only has
 # to exist here: the real one, copied now, would re-install every dependency whenever the
 # documentation changes.
-COPY pyproject.toml constraints.txt ./
-RUN mkdir -p adapter && echo '__version__ = "0"' > adapter/__init__.py && touch README.md \
- && pip install -c constraints.txt '.[postgres]' \
+# The build backend too (build-constraints.txt): installed at its pinned version and built with
+# (--no-build-isolation), since pip's -c reaches no isolated build environment.
+COPY pyproject.toml constraints.txt build-constraints.txt ./
+RUN pip install -r build-constraints.txt \
+ && mkdir -p adapter && echo '__version__ = "0"' > adapter/__init__.py && touch README.md \
+ && pip install --no-build-isolation -c constraints.txt '.[postgres]' \
  && pip uninstall -y clinical-image-adapter \
  && rm -rf adapter build *.egg-info README.md
 
@@ -59,7 +62,7 @@ RUN mkdir -p adapter && echo '__version__ = "0"' > adapter/__init__.py && touch 
 COPY README.md LICENSE ./
 COPY adapter ./adapter
 COPY mappings ./mappings
-RUN pip install --no-deps '.[postgres]' && cd / && rm -rf /src
+RUN pip install --no-deps --no-build-isolation '.[postgres]' && cd / && rm -rf /src
 
 WORKDIR /app
 # owner only (mode 700): a named volume takes this mode, and the adapter warns of a data folder
