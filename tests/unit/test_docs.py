@@ -96,7 +96,7 @@ def test_the_image_keeps_its_example_policy_out_of_production() -> None:
     healthcheck = next(args for instruction, args in instructions if instruction == "HEALTHCHECK")
     assert "/health'" in healthcheck and "/health/ready" not in healthcheck
     assert ("RUN", "install -d -m 700 -o adapter -g adapter /data") in instructions
-    assert any(instruction == "RUN" and "pip install -c constraints.txt '.[postgres]'" in args
+    assert any(instruction == "RUN" and "pip install --no-build-isolation -c constraints.txt '.[postgres]'" in args
                for instruction, args in instructions)
 
 
