@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -195,6 +195,20 @@ class ReceiveClass(_Strict):
     name: str
     kind: PhotoKind | None = None
     kind_by: Literal["secondaryCapture"] | None = Field(None, alias="kindBy")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_the_old_rule(cls, data: Any) -> Any:
+        """A dicom.yaml from before the fail-closed rule (``kind: secondary`` with
+        ``byConversionType``/``byModality``) is told what replaces it, not only that the keys are
+        unknown (review of the day's merges: an organisation's edited copy stopped the adapter with
+        a "did you mean" that pointed the wrong way)."""
+        if isinstance(data, dict) and ({"byConversionType", "byModality"} & data.keys()):
+            raise ValueError("byConversionType and byModality are replaced by the fail-closed rule for Secondary "
+                             "Captures: write `kindBy: secondaryCapture` for this class (no kind, no byConversionType, "
+                             "no byModality) and copy the `receive.secondaryCapture` block of the shipped "
+                             "mappings/dicom.yaml (README, DICOM: how a received object's kind is decided)")
+        return data
 
     @model_validator(mode="after")
     def _one_way(self) -> ReceiveClass:

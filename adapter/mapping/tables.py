@@ -96,7 +96,8 @@ class KindEntry(_Strict):
     #: person (DICOM RecognizableVisualFeatures), text naming the patient by nature (a document,
     #: a screen: BurnedInAnnotation YES). Either keeps a restricted view from claiming anonymised.
     recognizable: bool
-    text_in_pixels: bool = Field(alias="textInPixels")
+    #: Absent (a kinds.yaml from before it was read): True, the picture may identify (fail closed).
+    text_in_pixels: bool = Field(True, alias="textInPixels")
     warning: str | None = None
     #: The DocumentReference types that say, without the adapter's photo-kind extension, that a
     #: record sent over ``POST /fhir`` is of this kind (adapter.mapping.transaction): the

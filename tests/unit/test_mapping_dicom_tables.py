@@ -213,3 +213,17 @@ def test_a_bad_table_stops_start_up(tmp_path: Path, change: Any) -> None:
 def test_a_missing_file_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="not found"):
         load_dicom_tables(tmp_path / "absent.yaml")
+
+
+def test_a_dicom_table_from_before_the_fail_closed_rule_is_told_what_replaces_it(tmp_path: Path) -> None:
+    """Review of the day's merges: an organisation's dicom.yaml with the old ``kind: secondary`` and
+    ``byConversionType``/``byModality`` keys was refused as unknown keys, with a "did you mean" that
+    pointed elsewhere; the refusal names ``kindBy: secondaryCapture`` and the block to copy."""
+    data = raw()
+    data["receive"]["sopClasses"]["1.2.840.10008.5.1.4.1.1.7"] = {
+        "name": "Secondary Capture Image Storage", "kind": "secondary",
+        "byConversionType": {"SD": "document"}, "byModality": {"DOC": "document"}}
+    with pytest.raises(PolicyError) as info:
+        load_dicom_tables(write(tmp_path, data))
+    assert "kindBy: secondaryCapture" in info.value.diagnostics
+    assert "receive.secondaryCapture" in info.value.diagnostics

@@ -230,3 +230,19 @@ def test_a_kind_whose_picture_is_text_is_burned_in_annotation_yes_in_its_dicom_o
     for kind, entry in tables.kinds.items():
         assert (dicom.kinds[kind].burned_in_annotation == "YES") == entry.text_in_pixels, kind
         assert tables.pixels_may_identify(kind), kind
+
+
+def test_a_kinds_table_from_before_text_in_pixels_loads_and_claims_no_anonymity(tmp_path: Path) -> None:
+    """Review of the day's merges: an organisation's kinds.yaml edited before ``textInPixels`` was
+    read stopped the adapter (a required field). Absent, it is True: the picture may identify, so
+    no restricted view claims anonymised (fail closed), and the adapter starts."""
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for name in ("purposes.yaml", "body_sites.yaml", "dicom.yaml"):
+        (mappings / name).write_text((MAPPINGS / name).read_text())
+    kinds = yaml.safe_load((MAPPINGS / "kinds.yaml").read_text())
+    for entry in kinds["kinds"].values() if "kinds" in kinds else kinds.values():
+        entry.pop("textInPixels", None)
+    (mappings / "kinds.yaml").write_text(yaml.safe_dump(kinds))
+    tables = load_tables(mappings, _policy(tmp_path, lambda p: None))
+    assert all(tables.pixels_may_identify(kind) for kind in tables.kinds)
