@@ -214,8 +214,9 @@ def _kill(server: RunningAdapter) -> None:
 @contextmanager
 def _adapter(workdir: Path, data: Path, env: dict[str, str]) -> Iterator[RunningAdapter]:
     workdir.mkdir(parents=True, exist_ok=True)
+    # the STOW-RS client is the PACS, trusted as its C-STOREs are (ADAPTER_STOW_TRUSTED_SENDERS)
     with running_adapter(workdir, ADAPTER_DATA_DIR=str(data), ADAPTER_DICOM_ALLOWED_AE_TITLES="STORESCU",
-                         ADAPTER_AE_TITLE="ADAPTER", **env) as server:
+                         ADAPTER_AE_TITLE="ADAPTER", ADAPTER_STOW_TRUSTED_SENDERS="127.0.0.1", **env) as server:
         yield server
 
 

@@ -71,7 +71,8 @@ def test_storescu_to_the_running_adapter(server: RunningAdapter, tmp_path: Path)
         assert ready.headers["content-type"].startswith("application/health+json")
         assert ready.json()["status"] == "pass"
         assert {name: c[0]["status"] for name, c in ready.json()["checks"].items()} == {
-            "database:responseTime": "pass", "storage:freeSpace": "pass", "dicom:listener": "pass"}
+            "database:responseTime": "pass", "database:freeSpace": "pass", "storage:freeSpace": "pass",
+            "dicom:listener": "pass"}
 
         [media] = _find(http, "Media", sent_sc.SOPInstanceUID)
         assert media["subject"]["identifier"] == PATIENT

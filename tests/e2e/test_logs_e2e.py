@@ -31,7 +31,8 @@ def test_debug_logs_hold_no_patient_data(tmp_path: Path) -> None:
     require_or_skip(missing is None, missing or "")
     with running_adapter(tmp_path, ready=lambda s: echoscu(s.dicom_port, "ADAPTER", calling_aet="STORESCU",
                                                            check=False).returncode == 0,
-                         ADAPTER_LOG_LEVEL="DEBUG", ADAPTER_DICOM_ALLOWED_AE_TITLES="STORESCU") as server:
+                         ADAPTER_LOG_LEVEL="DEBUG", ADAPTER_DICOM_ALLOWED_AE_TITLES="STORESCU",
+                         ADAPTER_STOW_TRUSTED_SENDERS="127.0.0.1") as server:  # STOW-RS: the PACS
         meta = {"patient": {"system": "urn:oid:2.999.1.1", "value": MRN}, "kind": "clinical",
                 "source": "colleague-internal", "note": NOTE, "consent": {"purposes": ["TREAT"], "method": "verbal"},
                 "colleague": {"name": COLLEAGUE, "organisation": "Other Trust", "discussionNote": NOTE}}

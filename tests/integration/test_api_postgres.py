@@ -23,6 +23,7 @@ from tests.support.app import (
     as_purpose,
     consent_resource,
     metadata,
+    pacs_client,
     post_photo,
     seen_as,
 )
@@ -37,7 +38,7 @@ def pg_url() -> Iterator[str]:
 
 
 def test_ingest_and_purpose_checked_reads_on_postgresql(tmp_path: Path, pg_url: str) -> None:
-    with adapter_client(tmp_path, database_url=pg_url) as (client, services):
+    with pacs_client(tmp_path, database_url=pg_url) as (client, services):
         assert services.settings.resolved_database_url.startswith("postgresql")
         receipt = post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).json()
         media = receipt["record"]

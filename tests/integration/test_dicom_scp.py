@@ -71,6 +71,7 @@ from tests.support.app import (
     consent_resource,
     mark_entered_in_error,
     metadata,
+    pacs_client,
     post_photo,
     seen_as,
 )
@@ -126,7 +127,7 @@ ALLOWED = ("STORESCU", "ECHOSCU", "PYNETSCU")
 
 @pytest.fixture
 def adapter(tmp_path: Path) -> Iterator[tuple[FhirClient, Services]]:
-    with adapter_client(tmp_path) as pair:
+    with pacs_client(tmp_path) as pair:  # STOW-RS as the PACS sends it
         yield pair
 
 

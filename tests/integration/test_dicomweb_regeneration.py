@@ -24,7 +24,7 @@ from adapter.imaging import thumbnail
 from adapter.services import access, dicom_objects
 from adapter.services.registry import Services
 from tests.conftest import ROOT
-from tests.support.app import FhirClient, adapter_client, metadata, post_photo
+from tests.support.app import FhirClient, metadata, pacs_client, post_photo
 from tests.support.dciodvfy import png_of
 from tests.support.dicom_files import native_sc_file
 
@@ -35,7 +35,7 @@ TREAT = {"X-Purpose-Of-Use": "TREAT"}
 
 @pytest.fixture
 def adapter(tmp_path: Path) -> Iterator[tuple[FhirClient, Services]]:
-    with adapter_client(tmp_path) as pair:
+    with pacs_client(tmp_path) as pair:
         yield pair
 
 

@@ -28,7 +28,7 @@ from adapter.store import FileBlobStore, SqlRecordStore
 from tests.conftest import ROOT
 from tests.integration.test_dicomweb import stow
 from tests.integration.test_store_contract import make_dicom_unit, make_instance, make_unit
-from tests.support.app import PATIENT, adapter_client, metadata, post_photo
+from tests.support.app import PATIENT, metadata, pacs_client, post_photo
 from tests.support.audit import TEST_AUDIT_KEY
 from tests.support.dicom_files import jpeg, pynet_store, sc_file
 from tests.support.fhir_factories import transaction_bundle
@@ -109,7 +109,7 @@ def test_what_a_failed_ingest_leaves_is_removed_after_the_grace_period_and_not_b
         send: Any) -> None:
     caplog.set_level(logging.DEBUG)
     data = tmp_path / "data"
-    with adapter_client(tmp_path, database_url=database_url) as (client, services):
+    with pacs_client(tmp_path, database_url=database_url) as (client, services):
         stored = post_photo(client, ROOT / "samples" / "lesion.png", metadata(), content_type="image/png")
         assert stored.status_code == 201, stored.text
         kept = blob_files(data)
@@ -146,7 +146,7 @@ def test_what_a_failed_c_store_leaves_is_removed_after_the_grace_period(
 
     caplog.set_level(logging.DEBUG)
     data = tmp_path / "data"
-    with adapter_client(tmp_path, database_url=database_url) as (_client, services):
+    with pacs_client(tmp_path, database_url=database_url) as (_client, services):
         scp = StoreSCP(AeOptions(port=0, allowed_ae_titles=("PYNETSCU",)), services.dicom_ingest)
         scp.start()
         try:
@@ -174,7 +174,7 @@ def test_a_key_used_concurrently_for_another_photo_leaves_an_orphan_that_is_remo
     before the first commits (played here by hiding the first's receipt from that lookup),
     commits its image, then loses in the database (422): its image is an orphan."""
     data = tmp_path / "data"
-    with adapter_client(tmp_path, database_url=database_url) as (client, services):
+    with pacs_client(tmp_path, database_url=database_url) as (client, services):
         first = post_photo(client, ROOT / "samples" / "wound.jpg", metadata(), headers={"Idempotency-Key": "k1"})
         assert first.status_code == 201, first.text
         real = services.store.find_keyed_receipt

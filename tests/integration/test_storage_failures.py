@@ -23,7 +23,7 @@ import pytest
 
 from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import OUT_OF_RESOURCES, SUCCESS
-from tests.support.app import adapter_client, metadata, post_photo
+from tests.support.app import adapter_client, metadata, pacs_client, post_photo
 from tests.support.dicom_files import jpeg, pynet_store, sc_file
 
 pytestmark = pytest.mark.integration
@@ -160,7 +160,7 @@ def test_a_stow_rs_part_that_cannot_be_staged_is_answered_503_not_a_bare_500(
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + (tmp_path / "sc.dcm").read_bytes()
             + f"\r\n--{boundary}--\r\n".encode())
     headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
-    with adapter_client(tmp_path, min_free_mb=0, dicom_enabled=False) as (client, services):
+    with pacs_client(tmp_path, min_free_mb=0, dicom_enabled=False) as (client, services):
         with caplog.at_level(logging.INFO), staging_replaced_by_a_file(data):
             r = client.post("/dicomweb/studies", content=body, headers=headers)
         assert r.status_code == 503, r.text

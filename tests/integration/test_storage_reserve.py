@@ -23,7 +23,7 @@ from adapter.dicom.status import OUT_OF_RESOURCES, SUCCESS
 from adapter.services.readiness import check_dicom_listener
 from tests.conftest import record_emitted
 from tests.integration.test_dicomweb import stow
-from tests.support.app import PATIENT, adapter_client, consent_resource, metadata, post_photo
+from tests.support.app import PATIENT, adapter_client, consent_resource, metadata, pacs_client, post_photo
 from tests.support.audit import (
     INSTANCES_TRANSFERRED,
     caller_request_ids,
@@ -181,7 +181,7 @@ def test_a_c_store_is_refused_with_out_of_resources_and_nothing_is_stored(tmp_pa
 
 
 def test_stow_rs_lists_the_object_as_failed_out_of_resources(tmp_path: Path) -> None:
-    with adapter_client(tmp_path, min_free_mb=over_free_mb(tmp_path)) as (client, services):
+    with pacs_client(tmp_path, min_free_mb=over_free_mb(tmp_path)) as (client, services):
         sent = sc_file(tmp_path / "sc.dcm")
         r = stow(client, pydicom.dcmread(tmp_path / "sc.dcm"))
         assert r.status_code == 409, r.text

@@ -24,7 +24,14 @@ from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_photo import encode_dataset
 from adapter.services.registry import Services
 from tests.conftest import require_or_skip
-from tests.support.app import FhirClient, adapter_client, as_purpose, consent_resource, post_photo, seen_as
+from tests.support.app import (
+    FhirClient,
+    as_purpose,
+    consent_resource,
+    pacs_client,
+    post_photo,
+    seen_as,
+)
 from tests.support.dciodvfy import dciodvfy, dciodvfy_missing, decode_check
 from tests.support.dcmtk import dcmtk_missing, wrap_jpeg_as_sc
 
@@ -59,7 +66,7 @@ def _sha(data: bytes) -> str:
 
 @pytest.fixture
 def adapter(tmp_path: Path) -> Iterator[tuple[FhirClient, Services]]:
-    with adapter_client(tmp_path) as pair:
+    with pacs_client(tmp_path) as pair:
         client, _ = pair
         assert client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"], patient=PATIENT)).status_code \
             == 201
