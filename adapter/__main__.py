@@ -822,13 +822,18 @@ def _copy_store(settings: Settings, target_url: str) -> int:
     ``target_url``; exit 0 when copied, 2 when not (nothing kept)."""
     from adapter.services.data_folder import claim_data_folder
     from adapter.store import NoStore, open_store
-    from adapter.store.copy import copy_record_store
+    from adapter.store.copy import check_source, copy_record_store
     from adapter.store.engine import audit_log_uri
 
     try:
         target = audit_log_uri(target_url).removesuffix("#audit")  # names no user or password
     except AdapterError as exc:
         print(f"invalid --to: {exc.diagnostics}", file=sys.stderr)
+        return 2
+    try:
+        check_source(settings.resolved_database_url, settings.database_timeouts)  # before open_store upgrades it
+    except AdapterError as exc:
+        print(f"not copied: {exc.diagnostics}", file=sys.stderr)
         return 2
     try:
         store, _ = open_store(settings.store, existing_only=True)

@@ -40,7 +40,14 @@ from sqlalchemy.types import Text
 
 from adapter.config import DatabaseTimeouts
 from adapter.errors import ConfigurationError, StorageError
-from adapter.store.engine import UNLIMITED, WRITE, create_store_engine, describe_failure, prepare_database
+from adapter.store.engine import (
+    UNLIMITED,
+    WRITE,
+    create_store_engine,
+    describe_failure,
+    prepare_database,
+    sqlite_path,
+)
 from adapter.store.schema import SCHEMA_VERSION, EncodedJson, JsonText, audit, metadata, schema_version
 
 #: Rows read and inserted at a time: memory holds one batch.
@@ -86,6 +93,21 @@ def copy_record_store(source_url: str, target_url: str, timeouts: DatabaseTimeou
     return report
 
 
+def check_source(source_url: str, timeouts: DatabaseTimeouts) -> None:
+    """ConfigurationError unless ``source_url`` holds a record store at this adapter's schema
+    version, read without writing: the copy command asks before it opens the store (which would
+    upgrade an older one: a source the operator keeps as the way back would no longer be one for
+    the version that wrote it; review of the day's merges)."""
+    database_file = sqlite_path(source_url)
+    if database_file is not None and not database_file.is_file():
+        return  # no SQLite store at all: the store's own opening says so (connecting would create the file)
+    try:
+        with _engine(source_url, timeouts) as source, _snapshot(source) as origin:
+            _check_source(origin)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"the configured database could not be read: {describe_failure(exc)}") from exc
+
+
 @contextmanager
 def _engine(url: str, timeouts: DatabaseTimeouts) -> Iterator[Engine]:
     engine = create_store_engine(url, pool_size=1, max_overflow=0, timeouts=timeouts)
@@ -111,8 +133,8 @@ def _check_source(conn: Connection) -> None:
     version = conn.execute(select(func.max(schema_version.c.version))).scalar()
     if version != SCHEMA_VERSION:
         raise ConfigurationError(f"the configured database has schema version {version}, this adapter's is "
-                                 f"{SCHEMA_VERSION}: start this version of the adapter on it once (it upgrades it), "
-                                 "then copy")
+                                 f"{SCHEMA_VERSION}: nothing was changed; back it up, start this version of the adapter "
+                                 "on it once (it upgrades it), then copy")
 
 
 def _copy_table(origin: Connection, into: Connection, table: Table) -> int:

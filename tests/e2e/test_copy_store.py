@@ -132,3 +132,36 @@ def test_copy_store_refuses_a_folder_that_is_not_the_databases(tmp_path: Path) -
                 assert sa.inspect(conn).get_table_names() == []
         finally:
             engine.dispose()
+
+
+def test_copy_store_refuses_a_source_of_an_older_schema_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """Review of the day's merges: the copy opened its source as serve does, which upgraded a store
+    of an older schema version before refusing it, so the SQLite file the operator kept as the way
+    back no longer was one for the version that wrote it. It is refused now before anything is
+    written: its schema version and tables stay, and the target gets nothing."""
+    source = tmp_path / "data" / "adapter.db"
+    with adapter_client(tmp_path) as (client, services):
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+        services.close()
+    (tmp_path / "policy.yaml").write_text((ROOT / "mappings" / "policy.yaml").read_text())
+    engine = sa.create_engine(f"sqlite:///{source}")
+    try:
+        with engine.begin() as conn:  # the tables as schema 18 made them
+            conn.exec_driver_sql("ALTER TABLE dicom_instances DROP COLUMN object_version")
+            conn.exec_driver_sql("UPDATE schema_version SET version = 18 WHERE version = 19")
+        with postgres_schema("copy_store_older") as url:
+            done = _adapter(tmp_path, "copy-store", "--to", url)
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert "schema version 18" in done.stderr and "nothing was changed" in done.stderr, done.stderr
+            target = sa.create_engine(url)
+            try:
+                with target.connect() as conn:
+                    assert sa.inspect(conn).get_table_names() == []
+            finally:
+                target.dispose()
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT max(version) FROM schema_version").scalar() == 18
+            columns = [c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")]
+            assert "object_version" not in columns
+    finally:
+        engine.dispose()
