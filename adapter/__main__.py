@@ -200,6 +200,7 @@ def serve(settings: Settings) -> int:
     the process ends by it (exit status 143 for SIGTERM, 130 for Ctrl-C), without the
     KeyboardInterrupt traceback Python's own SIGINT handler would print.
     """
+    from adapter.services.readiness import staging_write_problem
     from adapter.services.registry import build_services
     from adapter.services.staging_sweep import StagingSweep
     from adapter.store.reach import unreachable
@@ -251,6 +252,11 @@ def serve(settings: Settings) -> int:
     scp: StoreSCP | None = None
     dicom_stop: _StopAtOnce | None = None
     failure: str | None = None  # why the service did not run: the stop's outcomeDesc (outcome 8)
+    staging_problem = staging_write_problem(services.blobs.staging_dir)
+    if staging_problem is not None:  # it starts all the same: reads go on, and the folder may be mended while it runs
+        log.warning("the staging folder %s cannot be written (%s): every upload (a photo, a STOW-RS or C-STORE "
+                    "object, a large FHIR body) is refused (HTTP 503, DIMSE 0xA700) and /health/ready fails "
+                    "(storage) until it can be", services.blobs.staging_dir, staging_problem)
     # what a crash left in staging/ (the photos as received) goes once stale, uploads or none
     sweep = StagingSweep(services.blobs)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,20 @@ def installed_policy() -> Path | None:
     copy first), when there is one."""
     found = example_policies()
     return found[0] if found else None
+
+
+def _not_a_directory(path: Path) -> Path | None:
+    """The path, or the nearest of its parents that exists, when it is not a folder (a regular
+    file, say); None when it is one, or cannot be looked at (what then uses it says why)."""
+    for candidate in (path, *path.parents):
+        try:
+            is_dir = stat.S_ISDIR(candidate.stat().st_mode)
+        except (FileNotFoundError, NotADirectoryError):  # not there (a file above it: found further up)
+            continue
+        except OSError:
+            return None
+        return None if is_dir else candidate
+    return None
 
 
 def allowed_hosts_of(setting: str) -> list[Authority]:
@@ -319,6 +334,19 @@ class Settings(BaseSettings):
             raise ConfigurationError(f"no setting of the adapter is named {', '.join(said)}: the settings are "
                                      "listed in the README (Settings); unset it or correct its name")
         return self
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_a_directory(cls, v: Path) -> Path:
+        # at start and in every command, before anything is made in it: a regular file there was
+        # found by the first file made under it ("…/audit.key cannot be read (FileExistsError)",
+        # a traceback from serve), where the setting is what is wrong
+        blocking = _not_a_directory(v)
+        if blocking is not None:
+            where = "" if blocking == v else ", in its path,"
+            raise ConfigurationError(f"ADAPTER_DATA_DIR is not a directory: {blocking}{where} is a file, not a "
+                                     "folder (name a folder, or one the adapter may create)")
+        return v
 
     @field_validator("environment")
     @classmethod

@@ -5,11 +5,19 @@ and the number of parts.
 
 A part of another media type is not written anywhere: it is recorded (``path`` None) so the
 caller can answer for it (STOW-RS lists it as failed) without storing it.
+
+A staging folder with no room left (ENOSPC, EDQUOT) fails the part being written, not the
+request: its partial file is removed at once and it is recorded with ``no_room`` (the reserve's
+refusal, adapter.errors.staging_failure), the rest of the body is read and dropped, every later
+application/dicom part recorded so too, and the parts received whole before it are the caller's
+to store as usual (STOW-RS lists the others as failed with 0xA700, as for the reserve). Any
+other failure of the folder (read-only, failing) is the request's: StorageError, 503.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,18 +26,28 @@ from typing import BinaryIO
 from python_multipart.multipart import parse_options_header
 
 from adapter.api.multipart import MultipartParser
-from adapter.errors import InvalidInput, PayloadTooLarge, StorageError, UnsupportedMediaType
+from adapter.errors import (
+    InsufficientStorage,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    staging_failure,
+)
 
 DICOM = "application/dicom"
+
+log = logging.getLogger("adapter.api")
 
 
 @dataclass
 class RelatedPart:
-    """One body part: ``path`` holds its bytes when it is ``application/dicom``."""
+    """One body part: ``path`` holds its bytes when it is ``application/dicom``; ``no_room``
+    when it is one the staging folder had no room for (``path`` None: nothing of it kept)."""
 
     content_type: str
     path: Path | None
     size: int = 0
+    no_room: InsufficientStorage | None = None
 
 
 @dataclass
@@ -67,20 +85,24 @@ class _Collector:
         self._max_parts = max_parts
         self._part: RelatedPart | None = None
         self._sink: BinaryIO | None = None
+        #: The staging folder ran out of room: nothing more is written (module docstring).
+        self._no_room: InsufficientStorage | None = None
 
     def part_begin(self, headers: dict[bytes, bytes]) -> None:
         if len(self.result.parts) >= self._max_parts:
             raise PayloadTooLarge(f"more than {self._max_parts} parts in one request")
         ctype, _ = parse_options_header(headers.get(b"content-type", b""))
         media_type = ctype.decode("latin-1").lower() or DICOM  # RFC 2387: the root type by default
-        path = self._new_path() if media_type == DICOM else None
+        path = self._new_path() if media_type == DICOM and self._no_room is None else None
         self._part = RelatedPart(content_type=media_type, path=path)
         self.result.parts.append(self._part)
+        if media_type == DICOM and self._no_room is not None:
+            self._part.no_room = self._no_room
         if path is not None:
             try:
                 self._sink = path.open("wb")
             except OSError as exc:  # the staging folder: a local failure (read-only, full), 503 not a bare 500
-                raise StorageError("a received part could not be created in the staging folder") from exc
+                self._fail(exc, "a received part could not be created in the staging folder")
 
     def part_data(self, data: bytes | memoryview) -> None:
         if self._part is None:
@@ -92,16 +114,38 @@ class _Collector:
             try:
                 self._sink.write(data)
             except OSError as exc:
-                raise StorageError("a received part could not be written to the staging folder") from exc
+                self._fail(exc, "a received part could not be written to the staging folder")
+
+    def _fail(self, exc: OSError, diagnostics: str) -> None:
+        """The staging folder refused the current part: for want of room, that part fails (its
+        partial file removed now: its bytes are the room the answer's audit events need) and
+        nothing more is written; else the request fails (StorageError)."""
+        error = staging_failure(diagnostics, exc)
+        if not isinstance(error, InsufficientStorage) or self._part is None:
+            raise error from exc
+        error.__cause__ = exc  # the log names its errno (StorageError.for_log)
+        self._no_room = self._part.no_room = error
+        # once, as the C-STORE spool's (adapter.dicom.spool); each part's refusal is logged as refused
+        log.error("a STOW-RS part could not be staged: %s; the rest of the request is read and dropped, its "
+                  "instances refused with 0xA700 (Out of Resources)", error.for_log())
+        path, self._part.path = self._part.path, None
+        with contextlib.suppress(OSError):  # what cannot be removed now the staging sweep removes
+            self.close()
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
     def part_end(self) -> None:
-        self.close()
+        try:
+            self.close()  # what the file's buffer held is written now, and may not fit
+        except OSError as exc:
+            self._fail(exc, "a received part could not be written to the staging folder")
         self._part = None
 
     def close(self) -> None:
-        if self._sink is not None:
-            self._sink.close()
-            self._sink = None
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.close()
 
 
 async def parse_multipart_related(content_type: str | None, stream: AsyncIterator[bytes],
@@ -115,12 +159,14 @@ async def parse_multipart_related(content_type: str | None, stream: AsyncIterato
     body arrives in chunks (python-multipart's did, for malformed bodies: found by fuzzing).
 
     On any error every part file is removed and the error raised (nothing half-received is
-    left); on success the caller owns (and removes) the files.
+    left); on success the caller owns (and removes) the files. A part the staging folder had no
+    room for is no error: it has ``no_room`` and no file (module docstring).
 
     Raises:
         UnsupportedMediaType: see :func:`related_type`.
         InvalidInput: no boundary, or a malformed body.
         PayloadTooLarge: a limit was passed.
+        StorageError: the staging folder failed, other than for want of room.
     """
     related_type(content_type)
     _, params = parse_options_header(content_type or "")

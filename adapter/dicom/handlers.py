@@ -31,7 +31,7 @@ from adapter.dicom.status import (
     error_comment,
     offending_elements,
 )
-from adapter.errors import AdapterError, InvalidInput, PayloadTooLarge, StorageError, Transient
+from adapter.errors import AdapterError, InvalidInput, PayloadTooLarge, Transient, staging_failure
 from adapter.mapping.audit_dicom import association_rejection
 from adapter.metrics import ASSOCIATIONS, C_STORES, INGESTS
 from adapter.services.association_audit import RejectedAssociations, Rejection
@@ -71,15 +71,20 @@ def _received_store(event: Event) -> ReceivedStore:
 def _check_data_set(event: Event) -> None:
     """InvalidInput when the C-STORE request came without a data set (Command Data Set Type
     0101H: there is no object to store); StorageError when its spool file could not be created
-    or written (adapter.dicom.spool: the rest was read and dropped); PayloadTooLarge when the data set outgrew its spool
+    or written (adapter.dicom.spool: the rest was read and dropped), InsufficientStorage where
+    that was for want of room (adapter.errors.staging_failure); PayloadTooLarge when the data set outgrew its spool
     file (adapter.dicom.spool): what arrived past the limit was dropped, so the file holds part
     of the object."""
     if getattr(event.request, "_dataset_path", None) is None:
         raise InvalidInput("the C-STORE request has no data set")
     spool = getattr(getattr(event.request, "_dataset_file", None), "file", None)
     if isinstance(spool, BoundedSpool) and spool.failed is not None:
-        # the SCP's disk failed (logged with its errno where it did): Out of Resources, to be sent again
-        raise StorageError("could not spool the object in the staging folder") from spool.failed
+        # the SCP's disk failed (logged with its errno where it did): Out of Resources, to be sent
+        # again; for want of room (ENOSPC, EDQUOT) said and audited as the reserve's refusal is.
+        # The partial spool file goes first: on a full disk its bytes are the room the refusal's
+        # audit event needs (pynetdicom's own removal after the handler then finds nothing)
+        discard_spooled(event.request)
+        raise staging_failure("could not spool the object in the staging folder", spool.failed) from spool.failed
     if isinstance(spool, BoundedSpool) and spool.overflowed:
         raise PayloadTooLarge(f"the object is larger than {spool.limit} bytes")
 

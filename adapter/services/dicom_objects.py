@@ -793,6 +793,19 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
     return StowOutcome(sop_class, sop_instance, study, series, record=result.record, replayed=result.replayed)
 
 
+def stow_not_staged(ingest: DicomIngestService, error: AdapterError, *, peer_address: str,
+                    sender: RequestContext | None = None) -> StowOutcome:
+    """A STOW-RS part the staging folder had no room for (ENOSPC, EDQUOT:
+    adapter.api.multipart_related): it fails as the reserve's refusal fails an instance, 0xA700
+    Out of Resources (sent again once room is made), audited so (outcome 8, the error's
+    diagnostics), naming no instance: nothing of it was read, and nothing of it is kept."""
+    ingest.record_refusal(calling_ae=STOW_SENDER, peer_address=peer_address, sop_instance_uid=None, error=error,
+                          sender=sender)
+    status = dimse_status_for(error)
+    log.warning("STOW-RS from %s refused (0x%04X %s)", peer_address, status, error.for_log())
+    return StowOutcome(None, None, None, None, failure_reason=status, diagnostics=error.diagnostics)
+
+
 __all__ = [
     "INSTANCE",
     "LARGE_OBJECT_BYTES",
@@ -820,6 +833,7 @@ __all__ = [
     "regenerating",
     "series_shown",
     "stow_instance",
+    "stow_not_staged",
     "stow_sender",
     "study_of",
 ]

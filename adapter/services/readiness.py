@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from adapter.errors import AdapterError
+from adapter.errors import AdapterError, errno_name
 from adapter.store.engine import sqlite_path
 from adapter.store.port import BlobStore, RecordStore
 
@@ -135,6 +136,20 @@ def check_storage(blobs: BlobStore, largest_upload: int = 0) -> Check:
                              f"less free than the largest upload ({largest_upload // _MIB} MiB): an image of that "
                              "size cannot be stored")
     return STORAGE.check(PASS, free_mib, "MiB")
+
+
+def staging_write_problem(staging_dir: Path) -> str | None:
+    """Why no file can be made in the staging folder (the errno name of the refusal: EROFS,
+    EACCES, ENOSPC...), or None when one can. ``serve`` says it at start: every upload is staged
+    there first, and a folder that cannot take one otherwise shows only in this readiness
+    (:func:`check_storage`) and in each upload's 503. The probe is a real file, unnamed where the
+    file system allows it (O_TMPFILE), removed at once."""
+    try:
+        with tempfile.TemporaryFile(dir=staging_dir):
+            pass
+    except OSError as exc:
+        return errno_name(exc) or type(exc).__name__
+    return None
 
 
 def _connect_address(host: str) -> str:

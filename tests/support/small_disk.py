@@ -17,10 +17,12 @@ MIB = 1024 * 1024
 
 
 @contextmanager
-def small_disk(mount_point: Path, size_mib: int) -> Iterator[Path]:
-    """A tmpfs of ``size_mib`` MiB mounted on ``mount_point`` (made) for the duration."""
+def small_disk(mount_point: Path, size_mib: int, *, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of ``size_mib`` MiB mounted on ``mount_point`` (made) for the duration;
+    ``read_only``: mounted read-only (EROFS for every write, root's too, where chmod stops no root)."""
     mount_point.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=700", "tmpfs", str(mount_point)],
+    options = f"size={size_mib}m,mode=700{',ro' if read_only else ''}"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
                           capture_output=True, text=True, check=False)
     require_or_skip(done.returncode == 0, f"cannot mount a tmpfs (root needed): {done.stderr.strip()}")
     try:

@@ -153,6 +153,7 @@ from adapter.services.dicom_objects import (
     is_universal,
     series_shown,
     stow_instance,
+    stow_not_staged,
     stow_sender,
 )
 from adapter.services.registry import Services
@@ -354,6 +355,10 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
     outcomes: list[StowOutcome] = []
     try:
         for part in parsed.parts:
+            if part.no_room is not None:  # the staging folder had no room for it: failed, the others go on
+                outcomes.append(await run_in_threadpool(stow_not_staged, services.dicom_ingest, part.no_room,
+                                                        peer_address=peer, sender=sender))
+                continue
             if part.path is None:  # another media type in a type="application/dicom" request
                 refusal = InvalidInput(f"a part of type {part.content_type[:60]}")
                 await run_in_threadpool(services.dicom_ingest.record_refusal, calling_ae=STOW_SENDER,
