@@ -38,8 +38,13 @@ def proxy_network(entry: str) -> Network:
 
 
 def stow_sender_network(entry: str) -> Network:
-    """A trusted STOW-RS sender of ADAPTER_STOW_TRUSTED_SENDERS (:func:`network_of`)."""
-    return network_of(entry, "ADAPTER_STOW_TRUSTED_SENDERS")
+    """A trusted STOW-RS sender of ADAPTER_STOW_TRUSTED_SENDERS (:func:`network_of`); never every
+    address (0.0.0.0/0, ::/0): every caller would answer for consent, as before the setting."""
+    network = network_of(entry, "ADAPTER_STOW_TRUSTED_SENDERS")
+    if network.prefixlen == 0:
+        raise ConfigurationError(f"ADAPTER_STOW_TRUSTED_SENDERS: {entry.strip()[:80]!r} names every address: every "
+                                 "caller would answer for consent; list the PACS's and modalities' addresses")
+    return network
 
 
 def ip_address_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

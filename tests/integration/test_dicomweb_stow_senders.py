@@ -157,3 +157,11 @@ def test_an_untrusted_callers_photo_is_kept_consent_pending_where_the_policy_all
 def test_stow_trusted_senders_are_addresses_or_networks(setting: str) -> None:
     with pytest.raises(ConfigurationError, match="ADAPTER_STOW_TRUSTED_SENDERS"):
         Settings(stow_trusted_senders=setting)
+
+
+@pytest.mark.parametrize("setting", ["0.0.0.0/0", "::/0", "10.0.0.5, 0.0.0.0/0"])
+def test_stow_trusted_senders_cannot_be_everyone(setting: str) -> None:
+    """Review of the day's merges: 0.0.0.0/0 or ::/0 was accepted, so every caller answered for
+    consent again, as before the setting existed, with nothing said."""
+    with pytest.raises(ConfigurationError, match="every address"):
+        Settings(stow_trusted_senders=setting)
