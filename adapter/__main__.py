@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from adapter.dicom import StoreSCP
     from adapter.mapping.audit_application import Application
     from adapter.services.registry import Services
-    from adapter.store.port import RecordStore
+    from adapter.store.port import BlobStore, RecordStore
 
 
 def _configure_logging(level: str, log_format: str = "text") -> None:
@@ -655,6 +655,22 @@ def _instant(value: str) -> datetime:
     return parsed
 
 
+def _existing_store(settings: Settings, what: str) -> tuple[RecordStore, BlobStore] | None:
+    """The configured record store and its blobs, opened only if it exists (nothing created: a
+    command run on the wrong folder or database must not make a new, empty store there); None,
+    said on standard error, when it does not or cannot be opened (the command exits 2).
+    ``what``: the command's verb ("nothing to <what>")."""
+    from adapter.store import NoStore, open_store
+
+    try:
+        return open_store(settings.store, existing_only=True)
+    except NoStore as exc:
+        print(f"{exc.diagnostics}; nothing to {what}", file=sys.stderr)
+    except AdapterError as exc:
+        print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
+    return None
+
+
 def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
     """``python -m adapter audit``: NDJSON on standard output, a summary on standard error (none,
     and exit 1, when the reader closes the pipe first). The
@@ -665,18 +681,16 @@ def _export_audit(settings: Settings, args: argparse.Namespace) -> int:
 
     from adapter.services.audit import export_audit
     from adapter.services.registry import build_services
-    from adapter.store import NoStore, open_store
     from adapter.store.engine import audit_log_uri
 
-    try:
-        # an export from the wrong folder or database must not make a new, empty store there and
-        # report 0 events: the store is looked for first, as verify does, creating nothing
-        store, _ = open_store(settings.store, existing_only=True)
-        store.close()
-        services = build_services(settings)
-    except NoStore as exc:
-        print(f"{exc.diagnostics}; nothing to export", file=sys.stderr)
+    # an export from the wrong folder or database must not make a new, empty store there and
+    # report 0 events: the store is looked for first, as verify does, creating nothing
+    opened = _existing_store(settings, "export")
+    if opened is None:
         return 2
+    opened[0].close()
+    try:
+        services = build_services(settings)
     except AdapterError as exc:
         print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
         return 2
@@ -741,18 +755,13 @@ def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = Non
     from adapter.services.registry import pseudonym_key_problem
     from adapter.services.unreferenced import remove_unreferenced
     from adapter.services.verify import unreadable_consents, verify_store
-    from adapter.store import NoStore, open_store
 
-    try:
-        # never created: a restore to the wrong place (a new SQLite file, an empty PostgreSQL
-        # database) must not pass as a clean, empty store
-        store, blobs = open_store(settings.store, existing_only=True)
-    except NoStore as exc:
-        print(f"{exc.diagnostics}; nothing to verify", file=sys.stderr)
+    # never created: a restore to the wrong place (a new SQLite file, an empty PostgreSQL
+    # database) must not pass as a clean, empty store
+    opened = _existing_store(settings, "verify")
+    if opened is None:
         return 2
-    except AdapterError as exc:
-        print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
-        return 2
+    store, blobs = opened
     try:
         report = verify_store(store, blobs, digests=digests)
         for finding in report.findings:
@@ -827,7 +836,6 @@ def _copy_store(settings: Settings, target_url: str) -> int:
     copy would have records without their images), copied whole into the empty database at
     ``target_url``; exit 0 when copied, 2 when not (nothing kept)."""
     from adapter.services.data_folder import claim_data_folder
-    from adapter.store import NoStore, open_store
     from adapter.store.copy import check_source, copy_record_store
     from adapter.store.engine import audit_log_uri
 
@@ -841,14 +849,10 @@ def _copy_store(settings: Settings, target_url: str) -> int:
     except AdapterError as exc:
         print(f"not copied: {exc.diagnostics}", file=sys.stderr)
         return 2
-    try:
-        store, _ = open_store(settings.store, existing_only=True)
-    except NoStore as exc:
-        print(f"{exc.diagnostics}; nothing to copy", file=sys.stderr)
+    opened = _existing_store(settings, "copy")
+    if opened is None:
         return 2
-    except AdapterError as exc:
-        print(f"cannot open the store: {exc.diagnostics}", file=sys.stderr)
-        return 2
+    store = opened[0]
     try:
         claim_data_folder(settings.data_dir, store)
     except AdapterError as exc:
