@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, consent_resource, metadata, post_photo
 from tests.support.dicom_files import pynet_store, sc_file
 from tests.support.orthanc import free_port
-from tests.support.postgres import postgres_schema
+from tests.support.postgres import postgres_schema, table_names
 
 
 def _adapter(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -126,12 +126,7 @@ def test_copy_store_refuses_a_folder_that_is_not_the_databases(tmp_path: Path) -
                         env={"ADAPTER_DATABASE_URL": f"sqlite:///{tmp_path / 'records.db'}"})
         assert done.returncode == 2, done.stdout + done.stderr
         assert "store.id" in done.stderr
-        engine = sa.create_engine(url)
-        try:
-            with engine.connect() as conn:
-                assert sa.inspect(conn).get_table_names() == []
-        finally:
-            engine.dispose()
+        assert table_names(url) == []
 
 
 def test_copy_store_refuses_a_source_of_an_older_schema_and_leaves_it_as_it_was(tmp_path: Path) -> None:
@@ -153,12 +148,7 @@ def test_copy_store_refuses_a_source_of_an_older_schema_and_leaves_it_as_it_was(
             done = _adapter(tmp_path, "copy-store", "--to", url)
             assert done.returncode == 2, done.stdout + done.stderr
             assert "schema version 18" in done.stderr and "nothing was changed" in done.stderr, done.stderr
-            target = sa.create_engine(url)
-            try:
-                with target.connect() as conn:
-                    assert sa.inspect(conn).get_table_names() == []
-            finally:
-                target.dispose()
+            assert table_names(url) == []
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT max(version) FROM schema_version").scalar() == 18
             columns = [c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")]

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import SUCCESS
@@ -23,7 +22,7 @@ from adapter.services.verify import DAMAGED, MISSING, verify_store
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, metadata, pacs_client, post_photo
 from tests.support.dicom_files import pynet_store, sc_file
-from tests.support.postgres import postgres_schema
+from tests.support.postgres import postgres_schema, table_names
 
 
 def _verify(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -145,12 +144,7 @@ def test_verify_refuses_an_empty_postgresql_schema_and_creates_nothing_in_it(tmp
         done = _verify(tmp_path, env={"ADAPTER_DATABASE_URL": url})
         assert done.returncode == 2, done.stdout + done.stderr
         assert "holds no record store of the adapter" in done.stderr
-        engine = sa.create_engine(url)
-        try:
-            with engine.connect() as conn:
-                assert sa.inspect(conn).get_table_names() == []
-        finally:
-            engine.dispose()
+        assert table_names(url) == []
 
 
 def test_verify_reports_a_restore_without_the_pseudonym_key(tmp_path: Path) -> None:

@@ -28,25 +28,24 @@ from adapter.mapping.fhir_r4 import fhir_instant
 from adapter.services.forwarding import Forwarder
 from adapter.services.registry import Services, build_services
 from tests.conftest import ROOT
-from tests.integration.test_forwarding import meta_for, photo_jpeg
+from tests.integration.test_forwarding_consent_pending import (
+    BTG,
+    FHIR_JSON,
+    PENDING,
+    TREAT,
+    patient,
+    pending_photo,
+)
 from tests.integration.test_outbox_leases import PACS, Clock, Sender, forwarder
 from tests.support.app import (
-    PATIENT,
     TEST_HOST,
     FhirClient,
-    as_purpose,
     consent_resource,
-    post_photo,
     write_policy,
 )
 from tests.support.audit import patients
 from tests.support.postgres import postgres_schema
 
-TREAT = as_purpose("TREAT")
-BTG = as_purpose("BTG")
-FHIR_JSON = {"Content-Type": "application/fhir+json"}
-#: Clinical photos without consent are kept, flagged, readable only under break-glass.
-PENDING = {"consent": {"allowPending": True}}
 HOUR = timedelta(hours=1)
 
 
@@ -79,19 +78,6 @@ def another_process(services: Services, clock: Clock) -> Iterator[Services]:
         yield other
     finally:
         other.close()
-
-
-def patient(n: int) -> dict[str, str]:
-    return {"system": PATIENT["system"], "value": f"MRN-{n:04d}"}
-
-
-def pending_photo(client: Any, folder: Path, n: int) -> dict[str, Any]:
-    """POST /photos: a clinical photo of patient MRN-<n> without consent (kept consent pending)."""
-    r = post_photo(client, photo_jpeg(folder, n, size=(320, 240)), meta_for(n, consent=None))
-    assert r.status_code == 201, r.text
-    receipt: dict[str, Any] = r.json()
-    assert receipt["consentPending"] is True
-    return receipt
 
 
 def consent_from(client: Any, n: int, start: datetime, end: datetime | None = None) -> str:

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from tests.conftest import require_or_skip
 
@@ -50,3 +50,13 @@ def sessions_waiting_on_a_lock(engine: Engine, name: str) -> int:
         return int(conn.execute(text(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
             "AND wait_event_type = 'Lock'"), {"name": name}).scalar_one())
+
+
+def table_names(url: str) -> list[str]:
+    """The tables the database (schema) at ``url`` holds: [] when nothing was created there."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
