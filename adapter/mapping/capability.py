@@ -64,12 +64,15 @@ _RESULT_PARAMETERS = (
     "and the links are valid for an hour.")
 _PATIENT = _Param("patient", "reference",
                   "The patient. The adapter does not own Patient resources: use the `:identifier` modifier, "
-                  "`patient:identifier=system|value` (or `patient.identifier=system|value`, as IHE MHD ITI-67 "
-                  "writes it; a value alone matches it in any system), or a literal `Patient/<id>` of the EHR. "
+                  "`patient:identifier=system|value` (or chained, `patient.identifier=system|value`, as IHE MHD "
+                  "ITI-67 writes it, or with the type, `patient:Patient.identifier`: the only chain taken, a chain "
+                  "through another type is refused; a value alone matches it in any system), or a literal "
+                  "`Patient/<id>` of the EHR. "
                   "Not in the "
                   "de-identified view (TRAIN); in the pseudonymised view (HRESCH) only the pseudonym it shows, "
                   "`patient:identifier=<pseudonym system>|<pseudonym>`.")
-_SUBJECT = _Param("subject", "reference", "As `patient` (`subject:identifier=system|value`).")
+_SUBJECT = _Param("subject", "reference", "As `patient` (`subject:identifier=system|value`, chained "
+                  "`subject.identifier` or `subject:Patient.identifier`).")
 _IDENTIFIER = _Param("identifier", "token", "A record identifier, e.g. `urn:clinical-image-adapter:sha256|<hex>` "
                      "(not in the de-identified view; only that system in the pseudonymised view).")
 _STATUS = _Param("status", "token", "Resource status.")

@@ -184,7 +184,7 @@ class ConsentService:
             raise
 
     def update(self, id: str, resource: dict[str, Any], ctx: RequestContext,
-               if_match: frozenset[int] | None) -> StoredResource:
+               if_match: frozenset[str] | None) -> StoredResource:
         """Write the next version of Consent ``id``; ``if_match``: the versions the client's
         If-Match accepts (None: any)."""
         held: list[StoredResource] = []
@@ -243,7 +243,7 @@ class ConsentService:
             self.on_released()
         return stored
 
-    def _update(self, id: str, resource: dict[str, Any], ctx: RequestContext, if_match: frozenset[int] | None,
+    def _update(self, id: str, resource: dict[str, Any], ctx: RequestContext, if_match: frozenset[str] | None,
                 held: list[StoredResource]) -> StoredResource:
         """:meth:`update`; the current version, once read, is put in ``held`` (its patient is
         the one a refusal names). The version is written only over the version read (the store's
@@ -260,7 +260,7 @@ class ConsentService:
         except _ChangedMeanwhile as exc:
             raise Conflict(f"Consent/{id} was changed concurrently, again and again: send the update again") from exc
 
-    def _update_once(self, id: str, resource: dict[str, Any], ctx: RequestContext, if_match: frozenset[int] | None,
+    def _update_once(self, id: str, resource: dict[str, Any], ctx: RequestContext, if_match: frozenset[str] | None,
                      held: list[StoredResource]) -> StoredResource:
         if isinstance(resource, dict) and resource.get("resourceType") == "Consent" and resource.get("id") is None:
             # http.html#update: "If no id element is provided, or the id disagrees with the id in
@@ -273,7 +273,7 @@ class ConsentService:
         if current is None:  # ids are the server's: an update never creates (http.html#update: 405)
             raise UpdateCreateNotSupported(f"Consent/{id} does not exist, and an update does not create one: "
                                            "create a Consent with POST /fhir/Consent (the server assigns its id)")
-        if if_match is not None and current.version_id not in if_match:
+        if if_match is not None and str(current.version_id) not in if_match:
             raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version differs")
         facts = consent_facts(id, resource)
         before = consent_facts(id, current.resource)
@@ -354,8 +354,8 @@ def _named_patient(resource: Any) -> Identifier | None:
     return Identifier(system=str(system), value=str(value))
 
 
-def _versions(if_match: frozenset[int]) -> str:
-    return ("version " if len(if_match) == 1 else "versions ") + ", ".join(str(v) for v in sorted(if_match))
+def _versions(if_match: frozenset[str]) -> str:
+    return ("version " if len(if_match) == 1 else "versions ") + ", ".join(sorted(if_match, key=lambda v: (len(v), v)))
 
 
 def _purpose_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -64,7 +64,7 @@ class RecordCorrections:
         self._now = now
 
     def mark_entered_in_error(self, resource_type: str, id: str, ctx: RequestContext,
-                              if_match: frozenset[int] | None, patch: StatusPatch | None = None) -> Marked:
+                              if_match: frozenset[str] | None, patch: StatusPatch | None = None) -> Marked:
         """Mark ``resource_type``/``id`` entered-in-error (module docstring); ``if_match``: the
         versions the client's If-Match accepts (None: any); ``patch``: the request's, whose test
         operations must hold on the record as stored. Every refusal is audited: the purpose
@@ -93,7 +93,7 @@ class RecordCorrections:
                                                entities=[f"{resource_type}/{id}"], patient=None)
             raise error
 
-    def _mark(self, resource_type: str, id: str, ctx: RequestContext, if_match: frozenset[int] | None,
+    def _mark(self, resource_type: str, id: str, ctx: RequestContext, if_match: frozenset[str] | None,
               patch: StatusPatch, held: list[StoredResource]) -> Marked:
         decision = decide_mark_entered_in_error(ctx.purpose, self._tables)
         if not decision.permitted:
@@ -102,7 +102,7 @@ class RecordCorrections:
         if current is None or current.facts is None:
             raise NotFound(f"{resource_type}/{id} is not known")
         held.append(current)
-        if if_match is not None and current.version_id not in if_match:
+        if if_match is not None and str(current.version_id) not in if_match:
             raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version is "
                                      f"{current.version_id}")
         patch.check(current.resource)
@@ -152,5 +152,5 @@ def _binary_of(resource: dict[str, Any]) -> str | None:
     return url if isinstance(url, str) and url.startswith("Binary/") else None
 
 
-def _versions(if_match: frozenset[int]) -> str:
-    return ("version " if len(if_match) == 1 else "versions ") + ", ".join(str(v) for v in sorted(if_match))
+def _versions(if_match: frozenset[str]) -> str:
+    return ("version " if len(if_match) == 1 else "versions ") + ", ".join(sorted(if_match, key=lambda v: (len(v), v)))

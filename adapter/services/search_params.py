@@ -110,6 +110,8 @@ _CONTROL = _IGNORED | {"_count", "_offset", "_total", "_sort", "_summary", "_inc
 #: (``patient.identifier=system|value``): the same search as the ``:identifier`` modifier, since
 #: the adapter holds no Patient resources to chain through.
 _CHAINS = {"patient.identifier": "patient:identifier", "subject.identifier": "subject:identifier"}
+#: The references a chain goes through: a record's ``patient`` and ``subject`` are a Patient.
+_CHAINED_THROUGH = {"patient": "Patient", "subject": "Patient"}
 #: ``_sort`` (search.html#sort): results come in meta.lastUpdated order (then id), oldest first,
 #: the order of the store's index; newest first on request. Other keys are not supported.
 SORTS = {"_lastUpdated": False, "-_lastUpdated": True}
@@ -442,6 +444,23 @@ def _check_identifier_length(system: str, value: str, param: str) -> None:
                            "UTF-8 for its system and for its value)", expression=param)
 
 
+def _untyped_chain(name: str) -> str:
+    """``name`` with the chain's type left out: ``subject:Patient.identifier`` is
+    ``subject.identifier`` (search.html#chaining: the type modifier names which of the types a
+    reference may point to the chain goes through; here a Patient, the only one a record's
+    ``patient`` and ``subject`` are). A chain through another type names nothing the adapter
+    holds: refused (400), not left out, which would widen the search to every patient."""
+    base, colon, rest = name.partition(":")
+    target, dot, chained = rest.partition(".")
+    through = _CHAINED_THROUGH.get(base)
+    if not (colon and dot and through):
+        return name
+    if target != through:
+        raise NotSupported(f"{name[:60]}: a {base} here is a {through}, not a {target[:40]}; chain as "
+                           f"{base}:{through}.identifier or {base}.identifier", expression=name[:60])
+    return f"{base}.{chained}"
+
+
 def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenient: bool = False,
                  r5: bool = False, base_url: str | None = None) -> SearchRequest:
     """Turn query parameters into criteria. Repeated parameters AND; comma-separated values OR.
@@ -484,7 +503,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     for name, value in params:
         if "\x00" in name or "\x00" in value:
             raise InvalidQuery(NUL_IN_SEARCH)
-        base, _, modifier = _CHAINS.get(name, name).partition(":")
+        chain = _untyped_chain(name)
+        base, _, modifier = _CHAINS.get(chain, chain).partition(":")
         base = r5_names.get(base, base)  # format-code, event-code: R5's names of format, event
         if base in _IGNORED:
             continue

@@ -401,9 +401,11 @@ async def update_consent(id: str, request: Request, services: ServicesDep,
     return _written(request, services, stored, 200, fmt)
 
 
-def _if_match_versions(if_match: str | None) -> frozenset[int] | None:
-    """The versions an ``If-Match`` accepts (RFC 9110 13.1.1: ``*`` or a list of entity tags;
-    FHIR's are weak, ``W/"<version>"``); None when any version will do (no header, or ``*``)."""
+def _if_match_versions(if_match: str | None) -> frozenset[str] | None:
+    """The version ids an ``If-Match`` accepts (RFC 9110 13.1.1: ``*`` or a list of entity tags;
+    FHIR's are weak, ``W/"<versionId>"``); None when any version will do (no header, or ``*``).
+    A version id is an ``id`` (datatypes.html#id), compared as a string: ``W/"01"`` names no
+    version of the adapter's ("1", "2"…), so it accepts none, not version 1."""
     if if_match is None or not if_match.strip() or if_match.strip() == "*":
         return None
     versions = set()
@@ -413,7 +415,7 @@ def _if_match_versions(if_match: str | None) -> frozenset[int] | None:
             # a header that cannot be parsed: the request is not understood (400), as a search
             # parameter's value is; 422 is for a body understood and not processable
             raise InvalidQuery("If-Match takes ETags W/\"<version>\" (a list of them, or *)", expression="If-Match")
-        versions.add(int(digits[1:-1]))
+        versions.add(digits[1:-1])
     return frozenset(versions)
 
 
@@ -448,7 +450,7 @@ async def vread(resource_type: str, id: str, vid: str, request: Request, reader:
     """vread: the version-specific URL every Location and transaction-response location names.
     Binary and the records are never updated (their one version is the current one); a Consent's
     past versions are served from its history, under the decision a read gets now."""
-    if not is_digits(vid) or len(vid) > 9:
+    if not is_digits(vid) or len(vid) > 9 or vid != str(int(vid)):  # an id, as a string: "01" is not "1"
         raise NotFound(f"{resource_type[:40]}/{id[:64]} has no version {vid[:20]}")
     return await _read(request, resource_type, id, reader, accept, int(vid), format_=format_,
                        fhir_base=_fhir_base(request, services), how=_read_subsetting(request),
@@ -593,7 +595,7 @@ class _Conditions:
             return
         version = str((resource.get("meta") or {}).get("versionId") or "")
         accepted = _if_match_versions(self.if_match)
-        if accepted is not None and (not is_digits(version) or int(version) not in accepted):
+        if accepted is not None and version not in accepted:
             raise PreconditionFailed(f"If-Match names {self.if_match.strip()[:60]}; the version read is "
                                      f"W/\"{version}\"")
 
