@@ -1,6 +1,8 @@
 """FHIR search parameters (https://hl7.org/fhir/R4/search.html) parsed into store criteria.
 
-Unknown parameters are refused (400) rather than ignored, so a typo never widens a search."""
+Unknown parameters are refused (400) rather than ignored, so a typo never widens a search. Every
+value is split on ``,`` and ``|`` and unescaped by adapter.services.search_escaping
+(search.html#escaping: ``\\,`` ``\\|`` ``\\$`` ``\\\\``), nowhere else."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from adapter.errors import InvalidQuery, NotSupported, TooCostly, UnsupportedRes
 from adapter.mapping.capability import R5_NAMES, R5_ONLY, REVINCLUDES
 from adapter.mapping.fhir_r4 import ENCOUNTER_IDENTIFIER, R5_PREFIX
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, Identifier, identifier_too_long
+from adapter.services.search_escaping import search_values, token_parts, unescape
 from adapter.store.port import DateCriterion, SearchCriteria, TokenCriterion
 from adapter.text import NUL_IN_SEARCH, is_digits
 
@@ -225,6 +228,7 @@ def _covered(m: re.Match[str]) -> tuple[datetime, datetime | None]:
 
 
 def parse_date_param(value: str) -> DateCriterion:
+    """One date value (search.html#date: a prefix, then a FHIR date, dateTime or instant)."""
     prefix = "eq"
     if value[:2] in _DATE_PREFIXES:
         prefix, value = value[:2], value[2:]
@@ -233,12 +237,12 @@ def parse_date_param(value: str) -> DateCriterion:
 
 
 def parse_token(value: str, param: str) -> TokenCriterion:
-    if "|" in value:
-        system, _, code = value.partition("|")
-        if not code:
-            raise NotSupported(f"{param}: a token with a system and no code is not supported")
-        return TokenCriterion(param=param, code=code, system=system)  # "" = no system (FHIR |code)
-    return TokenCriterion(param=param, code=value)
+    """One token value, still escaped (search.html#token and #escaping): ``system|code``,
+    ``|code`` (a code without a system), or ``code`` in any system."""
+    system, code = token_parts(value, param)
+    if system is not None and not code:
+        raise NotSupported(f"{param}: a token with a system and no code is not supported")
+    return TokenCriterion(param=param, code=code, system=system)  # "" = no system (FHIR |code)
 
 
 def _r5_types(types: Sequence[str], r5: bool) -> tuple[str, ...]:
@@ -288,7 +292,7 @@ def _references(value: str, param: str, modifier: str, types: Sequence[str], r5:
         raise NotSupported(f"modifier :{modifier[:20]} on {param} is not supported (one of {', '.join(types)})",
                            expression=param)
     out: list[TokenCriterion] = []
-    for v in _or_values(value, param):
+    for v in (unescape(v, param) for v in _or_values(value, param)):
         local = _on_this_server(v, base_url)
         if local is None:  # another server's: the URL as given
             out.append(TokenCriterion(param=param, code=_unversioned(v.strip())))
@@ -337,7 +341,7 @@ def _encounters(value: str, modifier: str, base_url: str | None) -> list[TokenCr
         raise NotSupported(f"modifier :{modifier[:20]} on encounter is not supported (:identifier or :Encounter)",
                            expression="encounter")
     return [TokenCriterion(param="encounter", code=ref)
-            for v in values for ref in _typed_refs(v, "encounter", "Encounter", base_url)]
+            for v in values for ref in _typed_refs(unescape(v, "encounter"), "encounter", "Encounter", base_url)]
 
 
 def _patient_refs(value: str, param: str, base_url: str | None) -> list[str]:
@@ -346,7 +350,7 @@ def _patient_refs(value: str, param: str, base_url: str | None) -> list[str]:
     ``Patient/<id>`` or as this server's absolute URL of it; another server's absolute URL
     (``http://ehr.example.org/fhir/Patient/p9``) only a reference stored as that URL; a
     version-specific one, the resource whichever version."""
-    return [ref for v in value.split(",") for ref in _typed_refs(v, param, "Patient", base_url)]
+    return [ref for v in search_values(value, param) for ref in _typed_refs(unescape(v, param), param, "Patient", base_url)]
 
 
 def _typed_refs(value: str, param: str, rtype: str, base_url: str | None) -> list[str]:
@@ -395,19 +399,18 @@ def _statuses(value: str, system: str | None) -> list[str]:
     """The codes a ``status`` value names (comma-separated, OR; ``code``, ``system|code`` or
     ``|code``): a code of another system matches nothing (search.html#token)."""
     out = []
-    for v in value.split(","):
-        named_system, sep, code = v.partition("|")
-        if not sep:
-            out.append(v)
-        elif named_system in ("", system) and code:
+    for v in search_values(value, "status"):
+        named_system, code = token_parts(v, "status")
+        if named_system is None or (named_system in ("", system) and code):
             out.append(code)
     return out
 
 
 def _or_values(value: str, param: str) -> list[str]:
     """The comma-separated values of a parameter (an OR: a token, identifier, reference or
-    date); TooCostly past MAX_VALUES."""
-    values = value.split(",")
+    date), each still escaped (adapter.services.search_escaping: an escaped comma separates
+    nothing); TooCostly past MAX_VALUES."""
+    values = search_values(value, param)
     if len(values) > MAX_VALUES:
         raise TooCostly(f"{param[:40]} takes at most {MAX_VALUES} comma-separated values ({len(values)} given); "
                         "split the search", expression=param[:40])
@@ -423,10 +426,10 @@ def _identifiers(value: str, param: str) -> tuple[list[Identifier], list[str]]:
     out: list[Identifier] = []
     bare: list[str] = []
     for v in _or_values(value, f"{param}:identifier"):
-        system, sep, code = v.partition("|")
-        if not sep and v:
-            _check_identifier_length("", v, f"{param}:identifier")
-            bare.append(v)
+        system, code = token_parts(v, f"{param}:identifier")
+        if system is None and code:
+            _check_identifier_length("", code, f"{param}:identifier")
+            bare.append(code)
             continue
         if not system or not code:
             raise InvalidQuery(f"{param}:identifier takes system|value, or a value in any system", expression=param)
@@ -561,11 +564,11 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
         elif base == "_lastUpdated":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on _lastUpdated is not supported")
-            last_updated.append(tuple(parse_date_param(v) for v in _or_values(value, base)))
+            last_updated.append(tuple(parse_date_param(unescape(v, base)) for v in _or_values(value, base)))
         elif base == "_id":
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on _id is not supported", expression=name[:40])
-            named = [v for v in value.split(",") if v]
+            named = [unescape(v, base) for v in search_values(value, base) if v]
             ids = named if ids is None else [v for v in ids if v in named]  # repeated: AND
         elif base in ("patient", "subject"):
             if modifier == "identifier":
@@ -582,7 +585,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
             if modifier:
                 raise NotSupported(f"modifier :{modifier[:20]} on {base} is not supported")
             indexed = R5_PREFIX + base if base in r5_values else _DATE_PARAMS.get(base, "date")
-            dates.append(tuple(dataclasses.replace(parse_date_param(v), param=indexed)
+            dates.append(tuple(dataclasses.replace(parse_date_param(unescape(v, base)), param=indexed)
                                for v in _or_values(value, base)))
         elif allowed[base] == "status":
             if modifier:

@@ -594,6 +594,13 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
             # as a FHIR search naming an identifier (adapter.services.search_params): none is that long
             raise InvalidQuery(f"{keyword} is longer than a patient identifier may be ({IDENTIFIER_MAX_BYTES} bytes "
                                "in UTF-8)", expression=keyword)
+        if keyword in ("PatientID", "IssuerOfPatientID") and "\\" in value:
+            # LO of VM 1 (PS3.6), where \ separates values (PS3.5 6.4): ``A\B`` is two PatientIDs,
+            # which single value matching (PS3.4 C.2.2.2.1) does not take as either, nor as a FHIR
+            # identifier holding a \, which no PatientID can be (a received object with two is
+            # refused): never read so as to match another patient
+            raise InvalidQuery(f"{keyword} takes one value: a \\ separates values of a DICOM attribute, and "
+                               f"{keyword} has one (VM 1)", expression=keyword)
         if not is_universal(value):  # empty or only "*" (universal matching, PS3.4 C.2.2.2.4) matches everything
             keys[keyword] = value.strip()
     keys.update(fixed)
