@@ -32,7 +32,8 @@ The mapping, and where it fails closed:
   decision that meets a stored one reads it as a denial of every purpose.
 * ``policyRule`` v3-ActCode#IMPLIED, or the consent-method extension ``implied``, marks an
   implied consent; the method comes from the consent-method extension, else IMPLIED for an
-  implied consent, else None.
+  implied consent, else WRITTEN when ``sourceAttachment`` holds or links the signed form
+  (``data`` or ``url``), else None (:func:`consent_method`).
 """
 
 from __future__ import annotations
@@ -154,6 +155,20 @@ def _implied(resource: Mapping[str, Any]) -> bool:
                for c in codings)
 
 
+def consent_method(resource: Mapping[str, Any]) -> ConsentMethod | None:
+    """How the consent was given, as every path reads it (a Consent posted alone, or carried by
+    a transaction Bundle: review "ingest" finding 2): the consent-method extension when present;
+    else ``implied`` for policyRule v3-ActCode#IMPLIED; else ``written`` when ``sourceAttachment``
+    holds the signed form (``data``) or links it (``url``), the evidence of a written consent (an
+    attachment with neither, a title only, is none); else None (not said: neither written nor
+    implied).
+
+    Raises:
+        InvalidResource: a consent-method extension whose code is not a method.
+    """
+    return _method(resource, _implied(resource))
+
+
 def _method(resource: Mapping[str, Any], implied: bool) -> ConsentMethod | None:
     for i, ext in enumerate(_array(resource.get("extension"), "Consent.extension")):
         if isinstance(ext, Mapping) and ext.get("url") == CONSENT_METHOD_EXTENSION:
@@ -163,7 +178,15 @@ def _method(resource: Mapping[str, Any], implied: bool) -> ConsentMethod | None:
             except ValueError as exc:
                 raise InvalidResource(f"consent-method must be one of {[m.value for m in ConsentMethod]}",
                                       expression=f"Consent.extension[{i}].valueCode") from exc
-    return ConsentMethod.IMPLIED if implied else None
+    if implied:
+        return ConsentMethod.IMPLIED
+    return ConsentMethod.WRITTEN if signed_form_given(resource.get("sourceAttachment")) else None
+
+
+def signed_form_given(attachment: Any) -> bool:
+    """Does a Consent's ``sourceAttachment`` hold the signed form (``data``) or link it (``url``)?"""
+    return isinstance(attachment, Mapping) and any(
+        isinstance(attachment.get(k), str) and attachment[k].strip() for k in ("data", "url"))
 
 
 def _scope(provision: Mapping[str, Any], expr: str, parent: _Scope | None) -> _Scope:

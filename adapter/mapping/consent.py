@@ -42,13 +42,20 @@ from adapter.mapping.fhir_r4 import (
     concept,
     extension,
     fhir_datetime,
+    parse_fhir_datetime,
     patient_reference,
     purpose_coding,
     reference,
     utc_instant,
 )
 from adapter.mapping.tables import Tables
-from adapter.model.photo import ConsentMethod, ConsentStatement, PatientRef, Reference
+from adapter.model.photo import (
+    ConsentMethod,
+    ConsentStatement,
+    PatientRef,
+    Reference,
+    TransactionConsentStatement,
+)
 
 #: v3-ActCode ActConsentDirective codes (standards.md §3.4) per consent method.
 POLICY_RULE: dict[ConsentMethod, tuple[str, str]] = {
@@ -181,7 +188,15 @@ def consent_from_statement(statement: ConsentStatement, *, consent_id: str, pati
     agreed to there is that photo's use, not the use of their earlier or later photos (nor does
     it document a photo kept as consent pending). A statement sent once for several documents
     (the Consent of a transaction of several) is restricted to their records, ``record_refs``.
+
+    The Consent a transaction Bundle carries (a :class:`TransactionConsentStatement`) is stored
+    as sent, as ``POST /fhir/Consent`` stores it (:func:`_consent_from_resource`), not rebuilt
+    from the statement: who consented (a guardian), its verification and its signed form's link
+    are kept (review "ingest" finding 1).
     """
+    if isinstance(statement, TransactionConsentStatement):
+        return _consent_from_resource(statement.resource, consent_id=consent_id, now=now,
+                                      data_refs=tuple(record_refs) or ((record_ref,) if record_ref else ()))
     given = statement.date
     # A date (or a time without its zone) is local to whoever wrote it: "today" east of UTC is
     # tomorrow in UTC, and a clock may run ahead. The ingest refuses what lies more than a day
@@ -195,6 +210,25 @@ def consent_from_statement(statement: ConsentStatement, *, consent_id: str, pati
         recorded_by=statement.recorded_by or recorded_by, form=statement.form,
         form_content_type=statement.form_content_type,
         data_refs=tuple(record_refs) or ((record_ref,) if record_ref else ()))
+
+
+def _consent_from_resource(resource: JSON, *, consent_id: str, now: datetime, data_refs: Sequence[str]) -> JSON:
+    """The Consent a transaction Bundle carries, checked as ``POST /fhir/Consent`` checks one
+    (adapter.mapping.consent_checks, adapter.mapping.transaction), with ``consent_id`` and
+    restricted to the Bundle's records (``provision.data``, meaning instance: it is their
+    consent, as a statement's is its photo's). A ``provision.period.start`` ahead of ``now``
+    (the ingest refuses one more than a day ahead: a date east of UTC) starts now, as a
+    statement's date does, so that the photos are readable for care from the time they are
+    stored."""
+    provision = dict(resource["provision"])
+    start = parse_fhir_datetime((provision.get("period") or {}).get("start"))
+    if start is not None and utc_instant(start) > now:
+        given: datetime | date = now if start.tzinfo is not None else now.astimezone(UTC).date()  # a date: a date
+        provision["period"] = {**provision["period"], "start": fhir_datetime(given)}
+    if data_refs:
+        provision["data"] = [{"meaning": "instance", "reference": {"reference": ref}} for ref in data_refs]
+    return {"resourceType": "Consent", "id": consent_id, **{k: v for k, v in resource.items() if k != "provision"},
+            "provision": provision}
 
 
 __all__ = ["POLICY_RULE", "build_consent_resource", "consent_from_statement"]

@@ -59,13 +59,15 @@ masterIdentifier        DocumentReference.masterIdentifier (system and value): t
 document                a DocumentReference's type, category, securityLabel, identifier
                         (MHD's entryUUID), context.facilityType, practiceSetting, event and
                         content.format, as adapter.mapping.document_metadata keeps them
-consent                 the Consent: purposes = provision.purpose (v3-ActReason); method =
-                        extension consent-method, else ``written`` when sourceAttachment is
-                        present, else ``implied`` for policyRule v3-ActCode#IMPLIED, else
-                        ``verbal`` (OPTIN alone does not say whether it was written);
+consent                 the Consent: purposes = provision.purpose (v3-ActReason); method as
+                        every Consent is read (adapter.consent.grants.consent_method: extension
+                        consent-method, else ``implied`` for policyRule v3-ActCode#IMPLIED,
+                        else ``written`` when sourceAttachment holds data or a url, else
+                        ``verbal``: OPTIN alone does not say whether it was written);
                         date = dateTime; recordedBy = extension consent-recorded-by; form =
                         sourceAttachment.data. It must be active, a permit, and for the
-                        subject's patient.
+                        subject's patient. The Consent itself is stored as POST /fhir/Consent
+                        stores it, every element as sent (:func:`_consent_as_stored`).
 ======================  ==================================================================
 """
 
@@ -73,9 +75,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -83,8 +86,9 @@ from urllib.parse import unquote
 
 from pydantic import ValidationError
 
-from adapter.consent.grants import names_read_action
+from adapter.consent.grants import consent_method, names_read_action
 from adapter.errors import (
+    AdapterError,
     BusinessRuleViolation,
     InvalidInput,
     InvalidResource,
@@ -102,9 +106,9 @@ from adapter.mapping.codes import (
     EXT_LATERALITY,
     EXT_PHOTO_KIND,
     EXT_PHOTO_SOURCE,
-    V3_ACT_CODE,
     V3_ACT_REASON,
 )
+from adapter.mapping.consent_checks import check_consent
 from adapter.mapping.document_metadata import (
     NOT_SAVED,
     not_kept,
@@ -525,9 +529,12 @@ _UNCARRIED_PROVISION = ("actor", "securityLabel", "class", "code", "dataPeriod",
 
 
 def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables,
-             patient_aliases: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """``patient_aliases``: the references that name the Patient the Bundle carries, which is the
-    photo's patient."""
+             patient_aliases: frozenset[str] = frozenset(),
+             names_entry: Callable[[str, Any], bool] = lambda _reference, _entry: False) -> dict[str, Any]:
+    """The Bundle's Consent as a statement of the photo's consent (module docstring) and, in
+    ``resource``, as it is stored (:func:`_consent_as_stored`). ``patient_aliases``: the
+    references that name the Patient the Bundle carries, which is the photo's patient;
+    ``names_entry``: does a reference, written in an entry, name an entry of the Bundle."""
     r = entry.resource
     path = entry.path
     if r.get("status") != "active":
@@ -551,8 +558,9 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables,
     if not isinstance(provision, Mapping):
         raise RequiredElementMissing("the Consent needs a provision with the purposes it permits",
                                      expression=f"{path}.provision")
-    # The Consent recorded is built from the purposes, method, date, recorder and form; a
-    # restriction it cannot carry would be dropped, and the Consent would grant more than it said.
+    # The Consent is stored as sent, but restricted to the Bundle's photos (provision.data): a
+    # restriction of its own would be lost in that (or read as nothing by the decision), and the
+    # Consent would grant other than it said.
     actions = provision.get("action")
     if actions and not (isinstance(actions, list) and names_read_action(actions)):
         raise NotSupported("a Consent sent with a photo must permit its use (provision.action use or access)",
@@ -574,16 +582,12 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables,
     if not purposes:
         raise RequiredElementMissing("the Consent must name the purposes it permits",
                                      expression=f"{path}.provision.purpose")
-    attachment = r.get("sourceAttachment")
-    method = _ext_code(r, EXT_CONSENT_METHOD, [m.value for m in ConsentMethod], path)
-    if method is None:
-        rule = r.get("policyRule")
-        codings = rule.get("coding") if isinstance(rule, Mapping) else None
-        implied = any(isinstance(c, Mapping) and c.get("system") == V3_ACT_CODE and c.get("code") == "IMPLIED"
-                      for c in codings or [])
-        method = (ConsentMethod.WRITTEN if isinstance(attachment, Mapping)
-                  else ConsentMethod.IMPLIED if implied else ConsentMethod.VERBAL).value
-    out: dict[str, Any] = {"purposes": purposes, "method": method}
+    _ext_code(r, EXT_CONSENT_METHOD, [m.value for m in ConsentMethod], path)  # an unknown method, named
+    stored = _consent_as_stored(entry, patient, tables, patient_aliases, names_entry)
+    # as every Consent is read (adapter.consent.grants.consent_method); a Consent that does not say
+    # how it was given is no written one, so the rules judge it as verbal
+    method = consent_method(stored) or ConsentMethod.VERBAL
+    out: dict[str, Any] = {"purposes": purposes, "method": method.value, "resource": stored}
     when = parse_fhir_datetime(r.get("dateTime"))
     period = provision.get("period")
     if isinstance(period, Mapping):
@@ -599,11 +603,72 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables,
     recorded_by = _reference(recorded.get("valueReference")) if recorded is not None else None
     if recorded_by is not None:
         out["recordedBy"] = recorded_by
+    attachment = stored.get("sourceAttachment")
     if isinstance(attachment, Mapping) and _str(attachment.get("data")):
         out["form"] = attachment["data"]
-        if _str(attachment.get("contentType")):
-            out["formContentType"] = attachment["contentType"]
+        out["formContentType"] = attachment["contentType"]
     return out
+
+
+#: The id the Consent is checked under (adapter.mapping.consent_checks); the ingest gives it its own.
+_CHECKED_ID = "bundle-consent"
+
+
+def _consent_as_stored(entry: _Entry, patient: Mapping[str, str], tables: Tables, patient_aliases: frozenset[str],
+                       names_entry: Callable[[str, Any], bool]) -> dict[str, Any]:
+    """The Bundle's Consent as ``POST /fhir/Consent`` stores it (adapter.mapping.consent_checks:
+    the same checks, its signed form kept alike), every element as sent (who consented, its
+    verification, the link to its signed form…: review "ingest" finding 1), but for what only
+    means something inside the Bundle: its ``patient`` is the photo's patient by identifier (a
+    reference to the Patient the Bundle carries, or a conditional one, resolved to it), and so is
+    any other reference to that Patient. A reference to another entry of the Bundle, or to a
+    ``urn:`` no entry has, is refused: stored, it would name nothing (no id the adapter assigns
+    is known to the sender). Without its id: the ingest gives it one, and the provision.data of
+    the Bundle's photos."""
+    r = copy.deepcopy(dict(entry.resource))
+    identifier = {"system": patient["system"], "value": patient["value"]}
+    sent = r.get("patient")
+    named: dict[str, Any] = sent if isinstance(sent, dict) else {}
+    kept = {k: v for k, v in named.items() if k != "reference"}
+    kept.setdefault("identifier", identifier)
+    reference = _str(named.get("reference"))
+    if reference and "?" not in reference and not reference.lower().startswith("urn:") \
+            and not _names(reference, entry, patient_aliases):
+        kept["reference"] = reference
+    r["patient"] = kept
+    for where, ref in _references({k: v for k, v in r.items() if k != "patient"}, entry.path):
+        literal = _str(ref.get("reference"))
+        if literal is None or literal.startswith("#"):  # none, or a contained resource, kept with it
+            continue
+        if _names(literal, entry, patient_aliases):
+            del ref["reference"]
+            ref.setdefault("identifier", dict(identifier))
+        elif literal.lower().startswith("urn:") or names_entry(literal, entry):
+            raise InvalidInput(f"{literal[:80]} names an entry of the Bundle (or nothing): stored, the Consent would "
+                               "name nothing there; name it by its server URL or identifier",
+                               expression=f"{where}.reference")
+    try:
+        checked = check_consent(r, _CHECKED_ID, tables=tables, known_purposes=set(tables.purposes.codes))
+    except AdapterError as exc:
+        exc.expression = [entry.path + e[len("Consent"):] if e.startswith("Consent") else e for e in exc.expression]
+        raise
+    checked.pop("id")
+    return checked
+
+
+def _references(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, object) of every Reference in ``value`` (an object with a string ``reference``), at
+    any depth, contained resources aside (their references name what the resource holding them
+    names)."""
+    if isinstance(value, dict):
+        if isinstance(value.get("reference"), str):
+            yield path, value
+        for key, item in value.items():
+            if key != "contained":
+                yield from _references(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _references(item, f"{path}[{i}]")
 
 
 def _aliases(entry: _Entry) -> frozenset[str]:
@@ -1054,7 +1119,8 @@ class _DocumentReader:
             meta["masterIdentifier"] = {"system": master[0], "value": master[1]}
         if self._consent is not None:
             if self._statement is None:  # read once: one Consent for every document
-                self._statement = _consent(self._consent, patient, tables, self._patient_aliases)
+                self._statement = _consent(self._consent, patient, tables, self._patient_aliases,
+                                           _entry_namer(self._entries))
             meta["consent"] = self._statement
         document = read_document_metadata(r, PhotoKind(meta["kind"]), tables)
         if document is not None:

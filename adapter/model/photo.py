@@ -302,8 +302,18 @@ class DocumentMetadata(_Model):
     format: FhirElement | None = None
 
 
+class TransactionConsentStatement(ConsentStatement):
+    """The Consent a transaction Bundle carries, read as a statement (its purposes, method and
+    date, which the ingest's rules judge) and ``resource``: the Consent as it is stored (as
+    ``POST /fhir/Consent`` stores it, adapter.mapping.consent_checks), without its id and the
+    ``provision.data`` the ingest restricts it with."""
+
+    resource: dict[str, Any]
+
+
 class TransactionPhotoMetadata(PhotoMetadata):
     """A photo read from a transaction Bundle: :class:`PhotoMetadata` and, for a
     DocumentReference, what its Document Source said of the document (:class:`DocumentMetadata`)."""
 
+    consent: TransactionConsentStatement | None = None
     document: DocumentMetadata | None = None

@@ -14,38 +14,27 @@ Consent; never a record the request named (it may be another patient's)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from adapter.consent import grants_from_consent, inverted_period
 from adapter.consent.grants import literal_type_id
 from adapter.errors import (
     AdapterError,
     BusinessRuleViolation,
     Conflict,
-    InvalidInput,
     InvalidResource,
     PreconditionFailed,
     StorageError,
-    UnknownCode,
     UpdateCreateNotSupported,
 )
-from adapter.mapping.codes import CONSENT_ACTION
-from adapter.mapping.consent import signed_form
-from adapter.mapping.fhir_json import validate_r4_resource
-from adapter.mapping.narrative import check_narratives
+from adapter.mapping.consent_checks import check_consent, data_references, purpose_codings
 from adapter.mapping.photo import index_resource
 from adapter.mapping.tables import Tables
 from adapter.model.photo import Identifier, identifier_too_long
-from adapter.model.purpose import V3_ACT_REASON, V3_ACT_REASON_SYSTEMS, RequestContext
+from adapter.model.purpose import RequestContext
 from adapter.model.record import AccessFacts, NewResource, StoredResource
 from adapter.services.access import consent_facts, named_resource
 from adapter.services.audit import Auditor
@@ -54,10 +43,6 @@ from adapter.store.port import RecordStore
 from adapter.text import has_control_character
 
 log = logging.getLogger(__name__)
-
-CONSENT_STATUS = frozenset({"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"})
-#: http://terminology.hl7.org/CodeSystem/consentaction (R4), bound required to provision.action
-CONSENT_ACTIONS = frozenset({"collect", "access", "use", "disclose", "correct"})
 
 
 class ConsentService:
@@ -74,57 +59,13 @@ class ConsentService:
         self.on_released: Callable[[], None] | None = None
 
     def _check(self, resource: dict[str, Any], id: str, current: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Validate a Consent and return a copy carrying ``id`` and no client-supplied meta;
-        ``current``: the version an update replaces."""
-        if resource.get("resourceType") != "Consent":
-            raise InvalidResource("expected a Consent resource", expression="Consent.resourceType")
-        if resource.get("id") not in (None, id):
-            raise InvalidResource("the resource id must match the URL", expression="Consent.id")
-        resource = {**resource, "id": id}
-        resource.pop("meta", None)
-        validate_r4_resource(resource)
-        if not resource.get("policy") and not resource.get("policyRule"):
-            # FHIR invariant ppc-1 (https://hl7.org/fhir/R4/consent.html#invs): fails basic validation, 400
-            raise InvalidResource("a Consent names the policy it is given under: policy or policyRule (FHIR "
-                                  "invariant ppc-1; e.g. policyRule v3-ActCode OPTIN)", expression="Consent.policyRule")
-        check_narratives(resource, "Consent")
-        self._clean_source_attachment(resource, current)
-        # required bindings fhir.resources does not check (https://hl7.org/fhir/R4/consent.html)
-        if resource.get("status") not in CONSENT_STATUS:
-            raise UnknownCode(f"Consent.status must be one of {', '.join(sorted(CONSENT_STATUS))}",
-                              expression="Consent.status")
-        provision_type = (resource.get("provision") or {}).get("type")
-        if provision_type not in (None, "permit", "deny"):
-            raise UnknownCode("Consent.provision.type must be permit or deny", expression="Consent.provision.type")
-        ident = (resource.get("patient") or {}).get("identifier") or {}
-        if not ident.get("system") or not ident.get("value"):
-            # FHIR allows a Consent without one: a rule of this server, 422 (http.html#create)
-            raise BusinessRuleViolation("Consent.patient must carry an identifier (system and value): the adapter "
-                                        "matches patients by identifier", expression="Consent.patient.identifier")
-        for where, coding in _action_codings(resource.get("provision"), "Consent.provision"):
-            if coding.get("code") not in CONSENT_ACTIONS:
-                raise UnknownCode(f"{where}.code is not a code of {CONSENT_ACTION}", expression=f"{where}.code")
-        for where, coding in _purpose_codings(resource.get("provision"), "Consent.provision"):
-            if coding.get("system") not in V3_ACT_REASON_SYSTEMS or coding.get("code") not in self._known:
-                # a purpose the decision cannot read would make a deny deny everything, a
-                # permit permit nothing: refused when written, in nested provisions too
-                raise InvalidInput(f"{where} is not a known v3-ActReason purpose-of-use code ({V3_ACT_REASON})",
-                                   expression=where)
-        for where, literal in _data_references(resource.get("provision"), "Consent.provision"):
-            if literal_type_id(literal) is None:
-                # read, it would name no record: a deny would then deny all the patient's data,
-                # a permit permit none; refused rather than half-applied
-                raise InvalidInput(f"{where} is not a literal reference [base/]Type/id[/_history/vid] "
-                                   "(https://hl7.org/fhir/R4/references.html#literal): the record it names "
-                                   "cannot be told", expression=where)
+        """Validate a Consent and return a copy carrying ``id`` and no client-supplied meta
+        (adapter.mapping.consent_checks.check_consent, which a transaction Bundle's Consent goes
+        through too), each record it names one of its own patient's; ``current``: the version an
+        update replaces."""
+        resource = check_consent(resource, id, tables=self._tables, known_purposes=self._known, current=current)
+        ident = resource["patient"]["identifier"]
         self._check_data_of_the_patient(resource, current, Identifier(system=ident["system"], value=ident["value"]))
-        try:
-            grants_from_consent(resource)
-        except (ValueError, ValidationError) as exc:
-            raise InvalidResource(f"Consent cannot be interpreted: {exc}", expression="Consent") from exc
-        inverted = inverted_period(resource)
-        if inverted is not None:  # fails basic FHIR validation: 400, as an invalid element
-            raise InvalidResource("the period ends before it starts (FHIR invariant per-1)", expression=inverted)
         return resource
 
     def _check_data_of_the_patient(self, resource: dict[str, Any], current: dict[str, Any] | None,
@@ -137,8 +78,8 @@ class ConsentService:
         Refused (422) with the same words whether the record is another patient's or not held,
         so the answer tells the writer nothing of other patients. A reference the current
         version already holds is not checked again: a withdrawal must not fail on it."""
-        held = {literal for _, literal in _data_references((current or {}).get("provision"), "")}
-        for where, literal in _data_references(resource.get("provision"), "Consent.provision"):
+        held = {literal for _, literal in data_references((current or {}).get("provision"), "")}
+        for where, literal in data_references(resource.get("provision"), "Consent.provision"):
             named = literal_type_id(literal)
             if literal in held or named is None:
                 continue
@@ -149,32 +90,6 @@ class ConsentService:
             if facts is None or facts.patient != patient:
                 raise BusinessRuleViolation(f"{where} names no record of this Consent's patient held here: a "
                                             "Consent governs its own patient's records", expression=where)
-
-    def _clean_source_attachment(self, resource: dict[str, Any], current: dict[str, Any] | None) -> None:
-        """The signed form a Consent carries in ``sourceAttachment.data`` is kept as the photo
-        path keeps one (adapter.mapping.consent.signed_form): a PDF, or a scan as JPEG or PNG
-        without its metadata (GPS, serials, the owner's name), within the policy's pixel limit
-        and proven to decode; its size (and hash, when given: SHA-1, R4 Attachment.hash) then
-        describe the bytes kept. A form given by url only is not fetched. An update carrying the
-        form the current version holds keeps it as it is: it was cleaned when written, and a
-        withdrawal must not fail on a form a later policy (a lower pixel limit) would refuse."""
-        attachment = resource.get("sourceAttachment")
-        if not isinstance(attachment, dict) or attachment.get("data") is None:
-            return
-        held = (current or {}).get("sourceAttachment")
-        if isinstance(held, dict) and held.get("data") == attachment["data"]:
-            return
-        where = "Consent.sourceAttachment"
-        try:
-            raw = base64.b64decode("".join(str(attachment["data"]).split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidResource("sourceAttachment.data is not base64", expression=f"{where}.data") from exc
-        content_type, kept = signed_form(raw, attachment.get("contentType"), self._tables, where)
-        cleaned = {**attachment, "contentType": content_type, "data": base64.b64encode(kept).decode("ascii"),
-                   "size": len(kept)}
-        if "hash" in attachment:
-            cleaned["hash"] = base64.b64encode(hashlib.sha1(kept).digest()).decode("ascii")  # R4 Attachment.hash is SHA-1
-        resource["sourceAttachment"] = cleaned
 
     def create(self, resource: dict[str, Any], ctx: RequestContext) -> StoredResource:
         try:
@@ -334,7 +249,7 @@ def _consent_summary(resource: dict[str, Any]) -> tuple[str, str | None, set[str
     """A checked Consent's status, top provision type and the purpose codes of its provisions."""
     provision = resource.get("provision")
     kind = provision.get("type") if isinstance(provision, dict) else None
-    purposes = {str(c.get("code")) for _, c in _purpose_codings(provision, "")}
+    purposes = {str(c.get("code")) for _, c in purpose_codings(provision, "")}
     return str(resource.get("status")), kind if isinstance(kind, str) else None, purposes
 
 
@@ -356,42 +271,3 @@ def _named_patient(resource: Any) -> Identifier | None:
 
 def _versions(if_match: frozenset[str]) -> str:
     return ("version " if len(if_match) == 1 else "versions ") + ", ".join(sorted(if_match, key=lambda v: (len(v), v)))
-
-
-def _purpose_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(path, coding) of every purpose coding in ``provision`` and its nested provisions."""
-    if not isinstance(provision, dict):
-        return
-    for i, coding in enumerate(provision.get("purpose") or []):
-        yield f"{path}.purpose[{i}]", coding if isinstance(coding, dict) else {}
-    for k, nested in enumerate(provision.get("provision") or []):
-        yield from _purpose_codings(nested, f"{path}.provision[{k}]")
-
-
-def _data_references(provision: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(path, literal reference) of every ``data[].reference`` in ``provision`` and its nested
-    provisions: its ``reference``, or "" for one naming its record otherwise (by identifier or
-    display only), which the decision cannot match either (the model has checked the shapes)."""
-    if not isinstance(provision, dict):
-        return
-    for i, data in enumerate(provision.get("data") or []):
-        ref = data.get("reference") if isinstance(data, dict) else None
-        if isinstance(ref, dict):
-            literal = ref.get("reference")
-            yield f"{path}.data[{i}].reference.reference", literal if isinstance(literal, str) else ""
-    for k, nested in enumerate(provision.get("provision") or []):
-        yield from _data_references(nested, f"{path}.provision[{k}]")
-
-
-def _action_codings(provision: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(path, coding) of every consentaction coding in ``provision`` and its nested provisions
-    (the model has checked the shapes; anything else is skipped)."""
-    if not isinstance(provision, dict):
-        return
-    for i, action in enumerate(provision.get("action") or []):
-        codings = action.get("coding") if isinstance(action, dict) else None
-        for j, coding in enumerate(codings if isinstance(codings, list) else []):
-            if isinstance(coding, dict) and coding.get("system") == CONSENT_ACTION:
-                yield f"{path}.action[{i}].coding[{j}]", coding
-    for k, nested in enumerate(provision.get("provision") or []):
-        yield from _action_codings(nested, f"{path}.provision[{k}]")

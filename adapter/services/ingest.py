@@ -78,7 +78,7 @@ from adapter.mapping.tables import Tables
 from adapter.metrics import INGESTS
 from adapter.model.dicom import DicomInstance, InstanceAttributes, NewOutboxItem
 from adapter.model.image import StoredImage
-from adapter.model.photo import Identifier, PhotoMetadata
+from adapter.model.photo import ConsentMethod, Identifier, PhotoMetadata
 from adapter.model.purpose import RequestContext
 from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.services.audit import Auditor
@@ -518,7 +518,9 @@ class IngestService:
         for reference in replay.receipt.get("consents") or ():
             first = self._store.get_version("Consent", str(reference).partition("/")[2], 1)
             grants = grants_from_consent(first) if first is not None else []
-            recorded = (frozenset(p for g in grants for p in g.purposes), grants[0].method if grants else None)
+            # a Consent that does not say how it was given (a Bundle's, stored as sent) was judged verbal
+            recorded = (frozenset(p for g in grants for p in g.purposes),
+                        (grants[0].method or ConsentMethod.VERBAL) if grants else None)
             # an implied statement reads as an implied grant (method IMPLIED): the method compares
             if grants and recorded == wanted:
                 return replay

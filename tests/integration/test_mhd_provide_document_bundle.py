@@ -843,3 +843,119 @@ def test_the_ingest_warnings_are_in_the_record_entry_outcome(tmp_path: Path, pre
             assert ingest_warnings(submission_set) == ingest_warnings(binary) == []
             # the Document Sharing warnings stay (the DocumentReference's date, …)
             assert any(i["code"] == "not-supported" for i in record["response"]["outcome"]["issue"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The Bundle's Consent is stored as POST /fhir/Consent stores it (review "ingest" findings 1, 2)
+
+CONSENT_METHOD = "http://clinical-image-adapter.org/fhir/StructureDefinition/consent-method"
+GUARDIAN = {"reference": "RelatedPerson/mother-1", "display": "Jane Doe (mother, legal guardian)"}
+VERIFICATION = [{"verified": True, "verifiedWith": {"display": "Jane Doe"}, "verificationDate": "2026-11-20"}]
+SIGNED_FORM = {"contentType": "application/pdf", "url": "https://ehr.example.org/documents/consent-form-123.pdf",
+               "title": "Signed photography consent"}
+WRITTEN_REQUIRED = {"consent": {"writtenRequired": True}}
+
+
+def _clinical_bundle_with(consent: dict[str, Any]) -> dict[str, Any]:
+    """One clinical photo (a Document Source's DocumentReference without the photo-kind
+    extension) and ``consent``."""
+    bundle = provide_document_bundle(jpeg_bytes(700, 500))
+    del bundle["entry"][1]["resource"]["extension"]
+    bundle["entry"].append({"fullUrl": "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000c9", "resource": consent,
+                            "request": {"method": "POST", "url": "Consent"}})
+    return bundle
+
+
+def _guardian_consent(patient: dict[str, str] | None = None) -> dict[str, Any]:
+    consent = consent_resource(["TREAT"], patient=patient)
+    consent["extension"] = [{"url": CONSENT_METHOD, "valueCode": "written"}]
+    consent["performer"] = [dict(GUARDIAN)]
+    consent["organization"] = [{"display": "Example Hospital"}]
+    consent["verification"] = copy.deepcopy(VERIFICATION)
+    consent["sourceAttachment"] = dict(SIGNED_FORM)
+    return consent
+
+
+def _as_sent(consent: dict[str, Any]) -> dict[str, Any]:
+    """A stored Consent without what the server gives every one (id, meta) and without the
+    provision.data the Consent of a Bundle is restricted to (its photos)."""
+    out = {k: v for k, v in consent.items() if k not in ("id", "meta")}
+    out["provision"] = {k: v for k, v in consent["provision"].items() if k != "data"}
+    return out
+
+
+def test_a_bundle_consent_keeps_who_consented_its_verification_and_its_form(tmp_path: Path) -> None:
+    """Review "ingest" finding 1 and 2a: a Consent in a Bundle was rebuilt from its purposes,
+    method and date: its performer (the legal guardian who consented) became the patient, its
+    verification was dropped, and so was its sourceAttachment.url (the signed form in the EHR),
+    while the same Consent posted to POST /fhir/Consent kept them all. It is stored as POST
+    /fhir/Consent stores it now (one path), restricted to the Bundle's photo."""
+    with adapter_client(tmp_path, policy=WRITTEN_REQUIRED) as (client, _):
+        r = client.post("/fhir", json=_clinical_bundle_with(_guardian_consent()), headers=FHIR)
+        assert r.status_code == 200, r.text
+        location = r.json()["entry"][3]["response"]["location"].split("/_history/")[0]
+        stored = client.get(f"/fhir/{location}", headers=as_purpose("TREAT")).json()
+        assert stored["performer"] == [GUARDIAN]
+        assert stored["verification"] == VERIFICATION
+        assert stored["sourceAttachment"] == SIGNED_FORM
+        record = r.json()["entry"][1]["response"]["location"].split("/_history/")[0]
+        assert stored["provision"]["data"] == [{"meaning": "instance", "reference": {"reference": record}}]
+        alone = client.post("/fhir/Consent", json=_guardian_consent(OTHER_ID), headers=FHIR)
+        assert alone.status_code == 201, alone.text
+        expected = _as_sent(alone.json())
+        expected["patient"] = {"identifier": PATIENT}
+        assert _as_sent(stored) == expected
+
+
+def test_a_bundle_consent_naming_a_bundle_entry_it_cannot_keep_is_refused(tmp_path: Path) -> None:
+    """A reference to another entry of the Bundle (a urn: that names nothing once stored) would
+    be kept naming nothing: the Bundle is refused, nothing stored, the element named."""
+    consent = _guardian_consent()
+    consent["performer"] = [{"reference": "urn:uuid:0c0c0c0c-0000-4000-8000-0000000000dd"}]
+    with adapter_client(tmp_path) as (client, services):
+        r = client.post("/fhir", json=_clinical_bundle_with(consent), headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[3].resource.performer[0].reference"]
+        assert _stored(services) == 0
+
+
+def test_an_empty_source_attachment_is_no_written_consent_in_a_bundle_or_alone(tmp_path: Path) -> None:
+    """Review "ingest" finding 2b: a Bundle's Consent with a sourceAttachment holding neither data
+    nor url (a title only) was taken as written consent and stored saying ``written``, while the
+    same Consent posted alone was not written. Under writtenRequired neither is: the Bundle is
+    refused (nothing stored), and a photo resting on the Consent posted alone too."""
+    def empty_form(patient: dict[str, str] | None = None) -> dict[str, Any]:
+        consent = consent_resource(["TREAT"], patient=patient)
+        consent["sourceAttachment"] = {"title": "form"}
+        return consent
+
+    with adapter_client(tmp_path, policy=WRITTEN_REQUIRED) as (client, services):
+        r = client.post("/fhir", json=_clinical_bundle_with(empty_form()), headers=FHIR)
+        assert r.status_code == 422, r.text
+        assert "written" in r.json()["issue"][0]["diagnostics"]
+        assert _stored(services) == 0
+        alone = client.post("/fhir/Consent", json=empty_form(), headers=FHIR)
+        assert alone.status_code == 201, alone.text
+        r = client.post("/photos", files={"file": ("p.jpg", jpeg_bytes(700, 500), "image/jpeg"),
+                                          "metadata": (None, json.dumps(metadata(consent=None)), "application/json")})
+        assert r.status_code == 422, r.text
+        assert "not documented as written" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_a_signed_form_linked_by_url_is_written_consent_in_a_bundle_and_alone(tmp_path: Path) -> None:
+    """The other side of the same rule: a Consent without the consent-method extension whose
+    sourceAttachment links the signed form (url) is written consent, in a Bundle and alone."""
+    def linked_form(patient: dict[str, str] | None = None) -> dict[str, Any]:
+        consent = consent_resource(["TREAT"], patient=patient)
+        consent["sourceAttachment"] = dict(SIGNED_FORM)
+        return consent
+
+    with adapter_client(tmp_path, policy=WRITTEN_REQUIRED) as (client, _):
+        r = client.post("/fhir", json=_clinical_bundle_with(linked_form()), headers=FHIR)
+        assert r.status_code == 200, r.text
+        alone = client.post("/fhir/Consent", json=linked_form(OTHER_ID), headers=FHIR)
+        assert alone.status_code == 201, alone.text
+        r = client.post("/photos", files={"file": ("p.jpg", jpeg_bytes(700, 500), "image/jpeg"),
+                                          "metadata": (None, json.dumps(metadata(patient=OTHER_ID, consent=None)),
+                                                       "application/json")})
+        assert r.status_code == 201, r.text

@@ -76,6 +76,24 @@ def test_method_comes_from_the_extension() -> None:
     assert grant_from_consent(make_consent(extension=ext)).method is ConsentMethod.WRITTEN
 
 
+@pytest.mark.parametrize(("attachment", "method"), [
+    ({"contentType": "application/pdf", "url": "https://ehr.example.org/forms/1.pdf"}, ConsentMethod.WRITTEN),
+    ({"contentType": "application/pdf", "data": "JVBERi0xLjQK"}, ConsentMethod.WRITTEN),
+    ({"title": "form"}, None),
+    ({"contentType": "application/pdf", "url": "  "}, None),
+])
+def test_without_the_extension_a_signed_form_and_only_a_signed_form_says_written(attachment: dict[str, Any],
+                                                                                   method: ConsentMethod | None) -> None:
+    """Review "ingest" finding 2: a transaction's Consent with a sourceAttachment holding nothing
+    (a title only) was written consent, the same Consent posted alone was not, and one linking its
+    signed form by url was written in a Bundle only. One rule for both now
+    (adapter.consent.grants.consent_method): the form itself (data) or its link (url) is written
+    consent when the consent-method extension says nothing; an attachment without either is not."""
+    assert grant_from_consent(make_consent(sourceAttachment=attachment)).method is method
+    said = [{"url": CONSENT_METHOD_EXTENSION, "valueCode": "verbal"}]
+    assert grant_from_consent(make_consent(sourceAttachment=attachment, extension=said)).method is ConsentMethod.VERBAL
+
+
 def test_invalid_method_is_refused() -> None:
     ext = [{"url": "urn:other", "valueString": "x"}, {"url": CONSENT_METHOD_EXTENSION, "valueCode": "nodded"}]
     with pytest.raises(InvalidResource) as info:

@@ -238,8 +238,9 @@ def test_a_consent_pending_record_documented_later_says_when_and_by_which_consen
 
 
 def _sent(**document: Any) -> TransactionPhotoMetadata:
-    """The metadata of a document read from a transaction, with what its Document Source said."""
-    data = metadata("document", "clinician").model_dump(by_alias=True, exclude_none=True)
+    """The metadata of a document read from a transaction, with what its Document Source said
+    (no consent: a transaction's is the Consent it carries, adapter.mapping.transaction)."""
+    data = metadata("document", "clinician").model_dump(by_alias=True, exclude_none=True, exclude={"consent"})
     return TransactionPhotoMetadata.model_validate({**data, "document": document})
 
 

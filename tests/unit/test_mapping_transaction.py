@@ -296,6 +296,44 @@ def test_consent_method_without_extension(jpeg: bytes) -> None:
     assert meta.consent.form == "JVBERi0xLjQK" and meta.consent.form_content_type == "application/pdf"
 
 
+def test_a_bundle_consent_is_stored_as_sent_with_who_consented_and_its_form(jpeg: bytes) -> None:
+    """Review "ingest" finding 1: the Consent a Bundle carries was rebuilt from its purposes,
+    method, date and form: the performer (a legal guardian) became the patient, verification and
+    sourceAttachment.url were dropped. It is stored as sent now (as POST /fhir/Consent stores it),
+    with the adapter's id, the photo's patient by identifier and provision.data naming the photo."""
+    bundle = transaction_bundle(jpeg)
+    sent = bundle["entry"][2]["resource"]
+    sent["performer"] = [{"reference": "RelatedPerson/mother-1", "display": "Jane Doe (mother, legal guardian)"}]
+    sent["verification"] = [{"verified": True, "verifiedWith": {"display": "Jane Doe"},
+                             "verificationDate": "2024-03-01"}]
+    sent["sourceAttachment"] = {"contentType": "application/pdf", "title": "Signed photography consent",
+                                "url": "https://ehr.example.org/documents/consent-form-123.pdf"}
+    sub = parse(bundle)
+    built = build_photo_resources(
+        sub.meta, stored_image(size=len(jpeg), capture_time=None, device_name=None), record_id="r",
+        binary_id="bin", provenance_id="p", consent_ids=["c"], assessment_notes=(), assessment_warnings=(),
+        consent_pending=False, implied_purposes=(), tables=tables(), now=NOW)
+    [stored] = built.consents
+    record = f"{built.record['resourceType']}/r"
+    assert stored == {**sent, "id": "c", "provision": {**sent["provision"], "data": [
+        {"meaning": "instance", "reference": {"reference": record}}]}}
+    assert sub.meta.consent.method is ConsentMethod.VERBAL  # its consent-method extension says so
+
+
+def test_a_bundle_consent_with_an_empty_source_attachment_is_not_written(jpeg: bytes) -> None:
+    """Review "ingest" finding 2b: a sourceAttachment with neither data nor url (a title only)
+    made the Consent written consent. It documents nothing: the Consent is read as POST
+    /fhir/Consent reads it (no method said: not written)."""
+    bundle = transaction_bundle(jpeg)
+    consent = bundle["entry"][2]["resource"]
+    consent["extension"] = [e for e in consent["extension"] if e["url"] != codes.EXT_CONSENT_METHOD]
+    consent["sourceAttachment"] = {"title": "form"}
+    sub = parse(bundle)
+    assert sub.meta.consent is not None and sub.meta.consent.method is not ConsentMethod.WRITTEN
+    consent["sourceAttachment"] = {"contentType": "application/pdf", "url": "https://ehr.example.org/f.pdf"}
+    assert parse(bundle).meta.consent.method is ConsentMethod.WRITTEN
+
+
 def test_external_colleague_bundle(jpeg: bytes) -> None:
     bundle = transaction_bundle(jpeg)
     media = bundle["entry"][1]["resource"]
