@@ -52,7 +52,8 @@ class InvalidInput(AdapterError):
 class InvalidQuery(InvalidInput):
     """A request's query that cannot be understood: a search parameter's value (FHIR search, a
     ``_page`` link, ``_summary``/``_elements``), a QIDO-RS key or paging parameter, a WADO-URI or
-    WADO-RS parameter, a frame list; or a request header that cannot be parsed (If-Match). 400
+    WADO-RS parameter, a frame list; or a request header that cannot be parsed (If-Match) or is
+    over its bound (an Idempotency-Key over 200 characters). 400
     Bad Request where the request is a read (FHIR R4
     search.html "Handling Errors"; PS3.18 8.3.x, 9.x, 10.4.x, 10.6.x), not 422, which FHIR keeps
     for content (a resource, a photo) that was understood and cannot be processed."""
@@ -187,6 +188,13 @@ class MissingImage(AdapterError):
     which a client would take for "no such image" and an operator would never see): a data
     folder other than the one the database's images are in, or an image removed by hand.
     ``python -m adapter verify`` lists every one."""
+
+
+class UnreleasableObject(AdapterError):
+    """A stored DICOM object that cannot be released: made, cleaned for a restricted view or
+    encoded, it fails the same way at every try (an element no encoder can write, say). A fault of
+    what is stored, never a passing one: 500, logged as an error, no Retry-After (it was a
+    StorageError, 503 "transient", which told clients to retry what no retry cures)."""
 
 
 class Gone(NotFound):
@@ -330,6 +338,7 @@ __all__ = [
     "UndecodableImage",
     "UnknownCode",
     "UnknownPurposeOfUse",
+    "UnreleasableObject",
     "UnsupportedMediaType",
     "UnsupportedPixelData",
     "UnsupportedResourceType",

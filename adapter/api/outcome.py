@@ -51,6 +51,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.PurposeOfUseMissing: 403,
     e.NotFound: 404,
     e.MissingImage: 500,  # the deployment's fault, not a resource that does not exist
+    e.UnreleasableObject: 500,  # what is stored: no retry cures it (no 503, no Retry-After)
     e.Gone: 410,
     e.UnsupportedResourceType: 404,
     e.Conflict: 409,

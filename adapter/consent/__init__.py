@@ -14,7 +14,12 @@ from adapter.consent.decision import (
     refused_for_every_record,
 )
 from adapter.consent.grants import grant_from_consent, grants_from_consent, inverted_period
-from adapter.consent.ingest import IngestAssessment, assess_ingest
+from adapter.consent.ingest import (
+    IngestAssessment,
+    assess_ingest,
+    check_capture_time,
+    check_exif_capture_time,
+)
 from adapter.consent.rules import ANY_PURPOSE, PurposeClass, classify_purpose
 
 __all__ = [
@@ -22,6 +27,8 @@ __all__ = [
     "IngestAssessment",
     "PurposeClass",
     "assess_ingest",
+    "check_capture_time",
+    "check_exif_capture_time",
     "classify_purpose",
     "decide",
     "decide_audit_export",

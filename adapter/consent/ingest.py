@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from adapter.consent.rules import (
     DENY,
@@ -23,13 +23,14 @@ from adapter.consent.rules import (
     require_aware,
 )
 from adapter.errors import BusinessRuleViolation, ConsentRequired, RequiredElementMissing, UnknownCode
-from adapter.mapping.fhir_r4 import utc_instant
+from adapter.mapping.fhir_r4 import parse_fhir_datetime, utc_instant
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
 from adapter.model.photo import (
     Colleague,
     ConsentMethod,
     DeviceOwnership,
+    DocumentMetadata,
     PhotoKind,
     PhotoMetadata,
     PhotoSource,
@@ -242,17 +243,67 @@ def _check_statement_source(meta: PhotoMetadata, tables: Tables) -> None:
                 "(POST /fhir/Consent)", expression=f"consent.purposes[{i}]")
 
 
-#: How far in the future a consent's date may lie (clocks and time zones of the capture devices).
-CONSENT_DATE_SLACK = timedelta(days=1)
+#: How far ahead of the adapter's clock a date its sender gives may lie (the clocks and time zones
+#: of capture devices): a consent's date, and the time the photo was taken, alike.
+DATE_AHEAD_SLACK = timedelta(days=1)
+
+
+def dated_ahead(value: datetime | date, now: datetime) -> bool:
+    """Whether ``value`` lies more than :data:`DATE_AHEAD_SLACK` after ``now``: a date from its
+    first instant in UTC, a time without a zone read as UTC (the slack covers any zone)."""
+    return utc_instant(value) > now + DATE_AHEAD_SLACK
 
 
 def _check_statement_date(meta: PhotoMetadata, now: datetime) -> None:
     """A consent is documented when it was given: a date in the future is refused (the Consent
     would not be in force, and the photo unreadable for care without a word)."""
     given = meta.consent.date if meta.consent is not None else None
-    if given is not None and utc_instant(given) > now + CONSENT_DATE_SLACK:
+    if given is not None and dated_ahead(given, now):
         raise ConsentRequired("the consent is dated in the future: give the date it was given",
                               expression="consent.date")
+
+
+def check_capture_time(meta: PhotoMetadata, now: datetime) -> None:
+    """A photo is taken before it is received: a time it was taken that its sender gives in the
+    future is refused, as a consent's date is (:func:`_check_statement_date`, the same slack).
+    Stored, it would be the record's created time and its DICOM StudyDate, sort the photo first
+    in every search by date, and keep a consent given after it from being said to be
+    retrospective. What a sender gives: ``takenAt`` (in a transaction Bundle a Media's
+    ``createdDateTime``, a DocumentReference's ``attachment.creation``, else its
+    ``context.period.start``), and a DocumentReference's ``context.period.start`` kept as sent
+    (the object's StudyDate is read from it first). Checked before the photo is decoded.
+
+    Raises:
+        BusinessRuleViolation: a time more than DATE_AHEAD_SLACK ahead of ``now`` (422,
+            ``takenAt``, or ``DocumentReference.context.period.start``).
+    """
+    require_aware(now)
+    if meta.taken_at is not None and dated_ahead(meta.taken_at, now):
+        raise BusinessRuleViolation(f"the photo is dated in the future ({meta.taken_at.isoformat()}): give the time "
+                                    "it was taken: nothing was stored", expression="takenAt")
+    document = getattr(meta, "document", None)  # a transaction's DocumentReference (TransactionPhotoMetadata)
+    period = document.period if isinstance(document, DocumentMetadata) else None
+    start = parse_fhir_datetime(period.get("start")) if period else None
+    if start is not None and dated_ahead(start, now):
+        raise BusinessRuleViolation(f"the document's service period starts in the future ({start.isoformat()}): "
+                                    "give when the photo was taken: nothing was stored",
+                                    expression="DocumentReference.context.period.start")
+
+
+def check_exif_capture_time(meta: PhotoMetadata, capture_time: datetime | None, now: datetime) -> None:
+    """The photo's EXIF capture time (kept under ``metadata.keepCaptureTime``) is when it was
+    taken unless its sender gives ``takenAt`` (adapter.mapping.provenance.taken_time): held then
+    to :func:`check_capture_time`'s rule. A camera's clock set wrong is the usual cause; the
+    sender can say when the photo was taken with ``takenAt``, which is kept instead.
+
+    Raises:
+        BusinessRuleViolation: no ``takenAt``, and the EXIF time is more than DATE_AHEAD_SLACK
+            ahead of ``now`` (422, at ``file``: the image says it).
+    """
+    if meta.taken_at is None and capture_time is not None and dated_ahead(capture_time, now):
+        raise BusinessRuleViolation(f"the photo's EXIF capture time ({capture_time.isoformat()}) is in the future "
+                                    "(the camera's clock?): send takenAt with the time it was taken: nothing was "
+                                    "stored", expression="file")
 
 
 def _retrospective_consent(meta: PhotoMetadata) -> str | None:

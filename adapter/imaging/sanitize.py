@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from adapter.errors import StorageError, UndecodableImage, staging_failure
@@ -20,13 +21,19 @@ from adapter.imaging.quality import quality_warnings
 from adapter.imaging.sniff import JPEG, check_declared, sniff_content_type
 from adapter.model.policy import Limits, Quality
 
+#: A check of the image's size (width, height), read from its header, that raises to refuse it.
+SizeCheck = Callable[[int, int], None]
+
 
 def sanitize(src: Path | bytes, dst: Path, *, quality: Quality, limits: Limits,
-             received_sha256: str | None = None) -> ImageFacts:
+             received_sha256: str | None = None, check_size: SizeCheck | None = None) -> ImageFacts:
     """Strip identifying metadata from the upload (``src``: its bytes, or the file holding them)
     losslessly and write the result to ``dst`` (written, flushed and closed; the caller fsyncs
     and moves it). ``received_sha256``: the upload's SHA-256 when the caller hashed it already
     (as it streamed in); the caller vouches for it. Otherwise it is computed here.
+    ``check_size``: the caller's own bound on the image's sides (what it is to become can hold:
+    adapter.mapping.dicom_photo.check_rows_columns), applied to the header's width and height
+    before anything is decoded.
 
     Follows standards.md §5.3: the type is sniffed from the magic bytes; JPEG segments and PNG
     chunks are removed by surgery, never by re-encoding, so decoded pixels are bit-identical.
@@ -37,8 +44,8 @@ def sanitize(src: Path | bytes, dst: Path, *, quality: Quality, limits: Limits,
     (``adapter.imaging.probe``).
 
     Raises :class:`UnsupportedMediaType` (not JPEG/PNG), :class:`UndecodableImage`,
-    :class:`ImageTooLarge` (over ``limits.max_pixels``) or :class:`StorageError` (``src``
-    unreadable or ``dst`` unwritable). ``dst`` is opened only once every check has passed, so
+    :class:`ImageTooLarge` (over ``limits.max_pixels``), what ``check_size`` raises, or
+    :class:`StorageError` (``src`` unreadable or ``dst`` unwritable). ``dst`` is opened only once every check has passed, so
     a refusal never creates or touches it; a failed write removes it.
     """
     if isinstance(src, bytes):
@@ -52,7 +59,8 @@ def sanitize(src: Path | bytes, dst: Path, *, quality: Quality, limits: Limits,
         received_sha256 = hashlib.sha256(received).hexdigest()
 
     content_type = sniff_content_type(received)
-    stripped, parts, decoded = _strip_and_prove(received, content_type, quality=quality, limits=limits)
+    stripped, parts, decoded = _strip_and_prove(received, content_type, quality=quality, limits=limits,
+                                                check_size=check_size)
 
     digest = hashlib.sha256()
     for part in parts:
@@ -92,11 +100,12 @@ def sanitize_scan(data: bytes, *, quality: Quality, limits: Limits) -> tuple[str
     return content_type, b"".join(parts)
 
 
-def _strip_and_prove(received: bytes, content_type: str, *, quality: Quality,
-                     limits: Limits) -> tuple[Stripped | StrippedJpeg, list[bytes | memoryview], Decoded]:
+def _strip_and_prove(received: bytes, content_type: str, *, quality: Quality, limits: Limits,
+                     check_size: SizeCheck | None = None,
+                     ) -> tuple[Stripped | StrippedJpeg, list[bytes | memoryview], Decoded]:
     """Strip ``received`` (of ``content_type``, sniffed) and prove the result decodes: the pixel
-    limit is checked from the header before any inflation or decoding. (stripped, the stored
-    stream's parts, what the decode proof measured)."""
+    limit is checked from the header before any inflation or decoding, ``check_size`` before any
+    decoding. (stripped, the stored stream's parts, what the decode proof measured)."""
     stripped: Stripped | StrippedJpeg
     parts: list[bytes | memoryview]
     if content_type == JPEG:
@@ -104,6 +113,8 @@ def _strip_and_prove(received: bytes, content_type: str, *, quality: Quality,
         # piece by piece, assembled only for a full decode.
         stripped = strip_jpeg_segments(received, max_pixels=limits.max_pixels, check_decoding=True)
         parts = stripped.parts()
+        if check_size is not None:
+            check_size(stripped.width, stripped.height)
         if quality.decode_proof == "prefix":
             decoded = decode_jpeg_prefix(stripped)
         else:
@@ -111,6 +122,8 @@ def _strip_and_prove(received: bytes, content_type: str, *, quality: Quality,
     else:
         stripped = strip_png(received, max_pixels=limits.max_pixels)
         parts = [stripped.data]
+        if check_size is not None:
+            check_size(stripped.width, stripped.height)
         decoded = decode_reduced(stripped.data, content_type)
     if (decoded.width, decoded.height) != (stripped.width, stripped.height):
         raise UndecodableImage("the decoder disagrees with the image header about its size")

@@ -99,13 +99,15 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from adapter.errors import InvalidInput
+from adapter.errors import ImageTooLarge, InvalidInput
 from adapter.imaging import (
     JPEG,
     Pixels,
     decode_pixels,
     jpeg_for_encapsulation,
     jpeg_frame_info,
+    jpeg_pixel_size,
+    png_pixel_size,
     read_orientation,
 )
 from adapter.imaging.sniff import check_declared
@@ -129,6 +131,26 @@ _LT_NEW_LINE = "\r\n"  # a line break in LT/ST/UT text (PS3.5 6.1.3; the CR LF o
 #: 1 (an instance stored before schema 19): ImageComments is the kind's warning alone;
 #: 2: the record's quality warnings follow it (:func:`image_comments`).
 PHOTO_OBJECT_VERSION = 2
+
+#: The longest side of a picture a DICOM image holds: Rows (0028,0010) and Columns (0028,0011)
+#: are US (PS3.3 C.7.6.3; PS3.5 6.2: 0 to 65535).
+MAX_ROWS_COLUMNS = 0xFFFF
+
+
+def check_rows_columns(width: int, height: int) -> None:
+    """Refuse a picture of ``width`` x ``height`` pixels with a side over
+    :data:`MAX_ROWS_COLUMNS`: no DICOM object can hold it, whichever way it is turned (PS3.3
+    C.7.6.3). Ingest refuses such a photo before it is decoded (adapter.imaging.sanitize), since
+    every posted photo becomes a DICOM object; one stored before is refused here, the same way at
+    every regeneration (never made with a Columns no encoder can write, which failed only when it
+    was encoded, as a failure of the store that a retry would cure).
+
+    Raises:
+        ImageTooLarge: a side is over MAX_ROWS_COLUMNS (422 too-costly; DIMSE 0xA700).
+    """
+    if width > MAX_ROWS_COLUMNS or height > MAX_ROWS_COLUMNS:
+        raise ImageTooLarge(f"image is {width}x{height} pixels: a DICOM image has at most {MAX_ROWS_COLUMNS} rows "
+                            f"and {MAX_ROWS_COLUMNS} columns (PS3.3 C.7.6.3), so no DICOM object can be made of it")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,12 +199,14 @@ def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *
         UnknownCode: the patient identifier system has no IssuerOfPatientID.
         InvalidInput: the identifier value cannot be a PatientID; ``record`` is not a photo record.
         UnsupportedMediaType / UndecodableImage: ``image`` is not the JPEG/PNG it claims to be.
+        ImageTooLarge: a side of ``image`` is over :data:`MAX_ROWS_COLUMNS`.
         ValueError: ``now`` is naive.
     """
     ds, iod = _photo_header(record, kind=kind, patient=patient, uids=uids, tables=tables,
                             dicom_tables=dicom_tables, institution=institution, equipment=equipment, now=now,
                             study=study, version=version)
     kind_format = check_declared(image, content_type)
+    check_rows_columns(*(jpeg_pixel_size(image) if kind_format == JPEG else png_pixel_size(image)))
     if orientation is None:
         orientation = read_orientation(image, kind_format) or 1
     derived, encapsulated = _set_pixels(ds, image, kind_format, orientation)
@@ -210,7 +234,9 @@ def photo_without_pixels(record: Mapping[str, Any], *, width: int, height: int, 
     reads its QIDO-RS attributes from this without decoding the photo (a rotated JPEG or a PNG is
     decoded for its object) or reading it back.
 
-    Raises: as :func:`photo_to_dicom` for the record and the patient."""
+    Raises: as :func:`photo_to_dicom` for the record and the patient, and for a side over
+    :data:`MAX_ROWS_COLUMNS`."""
+    check_rows_columns(width, height)
     ds, iod = _photo_header(record, kind=kind, patient=patient, uids=uids, tables=tables,
                             dicom_tables=dicom_tables, institution=None, equipment=None, now=now,
                             study=study, version=version)
@@ -653,6 +679,6 @@ def _has_non_ascii(ds: Dataset) -> bool:
     return any(not text.isascii() for text in _walk_text(ds))
 
 
-__all__ = ["PHOTO_OBJECT_VERSION", "STUDY_DATE_VERSION", "Equipment", "PhotoStudy", "encode_dataset", "encounter_key",
-           "fixed_texts", "image_comments", "photo_study", "photo_study_values", "photo_to_dicom", "pixels_decoded",
+__all__ = ["MAX_ROWS_COLUMNS", "PHOTO_OBJECT_VERSION", "STUDY_DATE_VERSION", "Equipment", "PhotoStudy",
+           "check_rows_columns", "encode_dataset", "encounter_key", "fixed_texts", "image_comments", "photo_study", "photo_study_values", "photo_to_dicom", "pixels_decoded",
            "quality_texts", "study_date", "study_time"]

@@ -90,6 +90,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.Forbidden: NOT_AUTHORISED,
     e.PurposeOfUseMissing: NOT_AUTHORISED,
     e.NotFound: PROCESSING_FAILURE,
+    e.UnreleasableObject: PROCESSING_FAILURE,  # a stored object no try can release
     e.MissingImage: PROCESSING_FAILURE,  # a stored image gone from the data folder (a resend compared with it)
     e.Gone: PROCESSING_FAILURE,  # an expired page of a FHIR search: never raised over DIMSE
     e.UnsupportedResourceType: PROCESSING_FAILURE,  # a FHIR resource type: never raised over DIMSE

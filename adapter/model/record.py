@@ -87,6 +87,12 @@ class NewResource:
     blob_range: tuple[int, int] | None = None
 
 
+#: The longest Idempotency-Key a POST /photos or a transaction takes (the receipts' column,
+#: adapter.store.schema): a longer one is refused (400, adapter.api.idempotency), never cut, which
+#: made two keys alike in their first 200 characters one key.
+MAX_IDEMPOTENCY_KEY = 200
+
+
 @dataclass
 class IngestUnit:
     """Everything one ingest writes, in one transaction."""

@@ -52,6 +52,7 @@ from adapter.errors import (
     StorageError,
     Transient,
     UncleanableDocument,
+    UnreleasableObject,
 )
 from adapter.imaging import jpeg_pixel_size, png_pixel_size, read_orientation
 from adapter.imaging.sniff import check_declared
@@ -384,11 +385,14 @@ class DicomRelease:
             # a document whose metadata cannot be removed is not released in this view (422):
             # the object is sound, the view cannot be made of it (adapter.imaging.pdf)
             raise
+        except MemoryError as exc:  # the one failure here a later try may not meet
+            raise StorageError("the stored DICOM object cannot be released in this view for now") from exc
         except Exception as exc:  # an AdapterError too: the object is ours, not the reader's request
             # The ingest refuses what it could not read whole (dicom_ingest.check_elements); an
             # object stored before that check may still hold such an element. It is not released
-            # (it could not be cleaned): a storage fault, logged as such, never a partial object.
-            raise StorageError("the stored DICOM object cannot be released in this view") from exc
+            # (it could not be cleaned), never as a partial object; it fails so at every try, so
+            # it is no transient failure (503 with Retry-After told clients to retry in vain).
+            raise UnreleasableObject("the stored DICOM object cannot be released in this view") from exc
 
 
 def _released(data: bytes, transfer_syntax: Any, sop_class: Any, sop_instance: Any) -> ReleasedObject:

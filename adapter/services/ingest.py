@@ -48,7 +48,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from adapter.consent import assess_ingest, grants_from_consent
+from adapter.consent import assess_ingest, check_capture_time, check_exif_capture_time, grants_from_consent
 from adapter.errors import (
     AdapterError,
     BusinessRuleViolation,
@@ -66,6 +66,7 @@ from adapter.mapping.consent import consent_from_statement
 from adapter.mapping.dicom_photo import (
     PHOTO_OBJECT_VERSION,
     PhotoStudy,
+    check_rows_columns,
     encounter_key,
     photo_study,
     photo_without_pixels,
@@ -383,6 +384,7 @@ class IngestService:
         patient = meta.patient.identifier
         try:
             assessment = assess_ingest(meta, self._grants.grants_for_patient(patient), self._tables, now)
+            check_capture_time(meta, now)  # a time it was taken ahead: refused as a consent's date is
             self._check_forwardable(meta)
         except (BusinessRuleViolation, InvalidInput) as exc:  # every refusal of the rules is a decision:
             # audited, as reads are (a missing discussion note or colleague, an unknown purpose too)
@@ -394,10 +396,11 @@ class IngestService:
 
     def _sanitized(self, upload: Path | bytes, staged: Path, received_sha256: str | None) -> StoredImage:
         """The photo stripped of its metadata into ``staged``, proven and measured
-        (adapter.imaging.sanitize), as it is stored."""
+        (adapter.imaging.sanitize), as it is stored. A photo with a side no DICOM object can hold
+        (check_rows_columns) is refused before it is decoded: every photo stored becomes one."""
         policy = self._tables.policy
         facts = sanitize(upload, staged, quality=policy.quality, limits=policy.limits,
-                         received_sha256=received_sha256)
+                         received_sha256=received_sha256, check_size=_check_sides)
         device_name = None
         if policy.metadata.keep_device_model and (facts.device_make or facts.device_model):
             device_name = " ".join(p for p in (facts.device_make, facts.device_model) if p)
@@ -606,6 +609,7 @@ class IngestService:
         (instead of one of this photo's own), created with this photo when it names it;
         ``opened``: the studies opened by the submission's documents before this one (by Study
         Instance UID), which this one joins, and to which it adds the one it opens."""
+        check_exif_capture_time(meta, image.capture_time, now)  # when it says when the photo was taken
         kind_entry = self._tables.kinds[meta.kind]
         record_type = kind_entry.resource
         record_id = record_id or _new_id()
@@ -710,6 +714,16 @@ class IngestService:
         if joined is None:
             return own, True
         return study_of(joined) or PhotoStudy(joined.study_date, joined.study_time, own.offset), False
+
+
+def _check_sides(width: int, height: int) -> None:
+    """A photo with a side no DICOM object can hold (check_rows_columns) is refused, naming the
+    image (``file``; in a transaction, its Binary's entry)."""
+    try:
+        check_rows_columns(width, height)
+    except AdapterError as exc:
+        exc.expression = exc.expression or ["file"]
+        raise
 
 
 @contextmanager

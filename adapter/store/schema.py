@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from adapter.errors import ConfigurationError
+from adapter.model.record import MAX_IDEMPOTENCY_KEY
 from adapter.store.dates import UtcDateTime, now_instant
 
 #: Bump when the tables change, and add a migration step that upgrades the previous version.
@@ -211,7 +212,7 @@ date_ranges = Table(
 receipts = Table(
     "receipts", metadata,
     Column("seq", _Serial, primary_key=True, autoincrement=True),
-    Column("idempotency_key", String(200)),
+    Column("idempotency_key", String(MAX_IDEMPOTENCY_KEY)),
     Column("patient_system", Text, nullable=False),
     Column("patient_value", Text, nullable=False),
     Column("stored_sha256", String(64), nullable=False),

@@ -859,8 +859,9 @@ def rewrite_stored(services: Services, sop_uid: str, header: bytes, vr: bytes) -
 def test_a_stored_object_that_cannot_be_cleaned_is_not_released(adapter: tuple[FhirClient, Services]) -> None:
     """Defence behind the ingest's check (dicom_ingest.check_elements): an object stored before
     it, holding an element that cannot be read, is not released de-identified (it could not be
-    cleaned): 503 with an OperationOutcome, not a 500 or a partial object; TREAT still gets the
-    object as stored."""
+    cleaned): 500 with an OperationOutcome saying so, never a partial object, and no Retry-After: it
+    fails so at every try (it was 503 "transient", review "ingest" 3); TREAT still gets the object
+    as stored."""
     client, services = adapter
     a = received(record_id="rec-a")
     assert stow(client, a).status_code == 200
@@ -869,7 +870,7 @@ def test_a_stored_object_that_cannot_be_cleaned_is_not_released(adapter: tuple[F
     add_consent(client, ["TRAIN"])
     [item] = qido(client, "instances", TRAIN)
     refused = client.get(value(item, "00081190").split("testserver")[-1], headers=TRAIN)
-    assert refused.status_code == 503, refused.text
+    assert refused.status_code == 500 and "retry-after" not in refused.headers, refused.text
     assert refused.json()["resourceType"] == "OperationOutcome" and PATIENT["value"] not in refused.text
     assert wado(client, a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID).status_code == 200
 
@@ -877,8 +878,8 @@ def test_a_stored_object_that_cannot_be_cleaned_is_not_released(adapter: tuple[F
 def test_a_stored_frame_that_cannot_be_cleaned_is_a_storage_fault_not_the_readers(
         adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
     """A multi-frame object stored before the ingest walked every frame, one of them no longer
-    walkable: the TRAIN release cannot cut its segments. That is 503 (the stored object), not
-    the 422 the reader's request got before (found by fuzzing)."""
+    walkable: the TRAIN release cannot cut its segments. That is 500 (the stored object, at every
+    try: no Retry-After), not the 422 the reader's request got before (found by fuzzing)."""
     client, services = adapter
     path = tmp_path / "mf.dcm"
     sent = multiframe_file(path, frames=3)
@@ -893,14 +894,14 @@ def test_a_stored_frame_that_cannot_be_cleaned_is_a_storage_fault_not_the_reader
     add_consent(client, ["TRAIN"])
     [item] = qido(client, "instances", TRAIN)
     refused = client.get(value(item, "00081190").split("testserver")[-1], headers=TRAIN)
-    assert refused.status_code == 503, refused.text
+    assert refused.status_code == 500 and "retry-after" not in refused.headers, refused.text
     assert wado(client, sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID).status_code == 200
 
 
 def test_a_stored_object_with_a_uid_under_another_vr_is_not_released(adapter: tuple[FhirClient, Services]) -> None:
     """Defence behind the ingest's VR check: a StudyInstanceUID stored as LO (by an adapter
     before the check) would keep its original value through the de-identification, which maps
-    UI values; the release refuses it (503) under TRAIN and HRESCH instead of leaking it."""
+    UI values; the release refuses it (500, at every try) under TRAIN and HRESCH instead of leaking it."""
     client, services = adapter
     a = received(record_id="rec-a")
     assert stow(client, a).status_code == 200
@@ -909,7 +910,7 @@ def test_a_stored_object_with_a_uid_under_another_vr_is_not_released(adapter: tu
     for headers in (TRAIN, HRESCH):
         [item] = qido(client, "instances", headers)
         refused = client.get(value(item, "00081190").split("testserver")[-1], headers=headers)
-        assert refused.status_code == 503, refused.text
+        assert refused.status_code == 500 and "retry-after" not in refused.headers, refused.text
         assert a.StudyInstanceUID not in refused.text and refused.json()["resourceType"] == "OperationOutcome"
     assert wado(client, a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID).status_code == 200
 

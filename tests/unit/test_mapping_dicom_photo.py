@@ -558,3 +558,39 @@ def test_the_object_without_pixels_says_what_the_object_says_of_its_series_and_i
     assert (header.Rows, header.Columns) == (whole.Rows, whole.Columns)
     if sample.orientation in (5, 6, 7, 8):
         assert (header.Rows, header.Columns) == (sample.width, sample.height)  # turned a quarter
+
+
+def _grey_png(width: int, height: int) -> bytes:
+    """A greyscale PNG of black pixels, a few kB however wide."""
+    import struct
+    import zlib
+
+    def chunk(ctype: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
+    deflate = zlib.compressobj(9)
+    idat = b"".join([deflate.compress(b"\x00" * (1 + width)) for _ in range(height)] + [deflate.flush()])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(("width", "height"), [(65_536, 1), (1, 65_536)])
+def test_no_object_is_made_with_a_side_over_65535(width: int, height: int) -> None:
+    """Rows and Columns are US (PS3.3 C.7.6.3, PS3.5 6.2): a photo stored with a longer side
+    (before the ingest refused one) made an object with Columns 100000, which failed only when it
+    was encoded (struct.error, a StorageError: 503 "transient" for ever, a forwarding retried in
+    vain). Its object is refused as the image it is, with or without its pixels. Seen failing."""
+    from adapter.errors import ImageTooLarge
+    from adapter.mapping.dicom_photo import photo_without_pixels
+    from tests.support.dciodvfy import StoredSample, dicom_tables
+    from tests.support.fhir_factories import tables
+
+    sample = StoredSample("wide", _grey_png(width, height), "image/png", width, height, None)
+    record = photo_record(PhotoKind.CLINICAL, sample)
+    with pytest.raises(ImageTooLarge, match="65535"):
+        photo_object(PhotoKind.CLINICAL, sample, record=record)
+    patient = Identifier(system=PATIENT_SYSTEM, value=PATIENT_VALUE)
+    with pytest.raises(ImageTooLarge, match="65535"):
+        photo_without_pixels(record, width=width, height=height, orientation=None, kind=PhotoKind.CLINICAL,
+                             patient=patient, uids=photo_uids(UID_ROOT, UID_KEY, record_id=record["id"],
+                                                              encounter=encounter_key(record), patient=patient),
+                             tables=tables(), dicom_tables=dicom_tables(), now=NOW)

@@ -30,6 +30,7 @@ from adapter.api.batch import process_batch
 from adapter.api.deps import ReaderDep, ServicesDep, get_write_context
 from adapter.api.fhir_xml import from_xml
 from adapter.api.headers import break_glass_headers
+from adapter.api.idempotency import idempotency_key as checked_key
 from adapter.api.json_input import load_json
 from adapter.api.negotiation import (
     Format,
@@ -69,6 +70,7 @@ from adapter.api.request_limits import refuse_declared_over
 from adapter.api.routes.photos import ingest_limiter
 from adapter.api.urls import absolute, base
 from adapter.errors import (
+    AdapterError,
     InvalidQuery,
     InvalidResource,
     NotAcceptable,
@@ -309,7 +311,11 @@ async def _transaction(request: Request, services: Services, idempotency_key: st
     # an ITI-65 Provide Document Bundle (one with a SubmissionSet) is audited as MHD's Import
     ctx = get_write_context(request, services, "create", provide_document_bundle(bundle, fhir_base))
     _r4_write(request)
-    key = idempotency_key[:200] if idempotency_key else None
+    try:
+        key = checked_key(idempotency_key)
+    except AdapterError as exc:  # a refused create, audited as the transaction's other refusals are
+        await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
+        raise
     response, _ = await anyio.to_thread.run_sync(  # a photo's ingest: the turns POST /photos takes
         partial(services.transactions.process, bundle, idempotency_key=key, ctx=ctx, fhir_base=fhir_base,
                 returned=_return_preference(request, RETURN_MINIMAL)),

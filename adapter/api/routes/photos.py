@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from adapter.api.deps import get_services, get_write_context
+from adapter.api.idempotency import idempotency_key as checked_key
 from adapter.api.json_input import load_json
 from adapter.api.multipart import MEMORY_LIMIT, parse_multipart
 from adapter.api.openapi import BODY, JSON, NEW_IMAGES, PHOTO_UPLOAD, WRITE, answers, ok, refusals
@@ -74,6 +75,11 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
     # round trips to a worker thread per request before any work is done.
     services = get_services(request)
     ctx = get_write_context(request, services, "create")
+    try:
+        key = checked_key(idempotency_key)  # before a byte of the body is read
+    except AdapterError as exc:
+        await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
+        raise
     limit = services.settings.max_upload_bytes
     refuse_declared_over(request, limit + 1024 * 1024, f"the upload is larger than {limit} bytes")
     # A photo of up to MEMORY_LIMIT bytes stays in memory from the socket to the imaging code
@@ -104,7 +110,6 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
         except AdapterError as exc:  # refused before the ingest reads it: audited as its refusals are
             await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
             raise
-        key = idempotency_key[:200] if idempotency_key else None
         result = await anyio.to_thread.run_sync(
             partial(services.ingest.ingest_photo, upload, meta, idempotency_key=key, ctx=ctx,
                     received_sha256=parsed.file_sha256),
