@@ -50,7 +50,8 @@ class _Param:
 
 _ID = _Param("_id", "token", "Logical id of the resource.")
 #: The result parameters (search.html#count, #sort, #total, #paging): not search parameters, so
-#: not in searchParam; told in rest.documentation.
+#: not in searchParam; told in rest.documentation, with how every date parameter compares (R4's
+#: searchParam has no place for the prefixes a server supports).
 _RESULT_PARAMETERS = (
     "Result parameters of every search: `_count` (page size, at most 200; the server may lower it), `_sort` "
     "(`_lastUpdated`, oldest first, the default, or `-_lastUpdated`, newest first; on Media also `date` and "
@@ -61,7 +62,11 @@ _RESULT_PARAMETERS = (
     "follow the `next`, `previous` and `first` links as given; the first page fixes the search's snapshot, so a "
     "record stored while they are followed is on none of them (search `_lastUpdated=gt` the last "
     "`meta.lastUpdated` seen for it), a Consent updated meanwhile keeps its place (shown once as it is now, if it still matches), "
-    "and the links are valid for an hour.")
+    "and the links are valid for an hour. "
+    "Date parameters (search.html#date) compare the implicit range of the value searched with that of the "
+    "resource's date, each its precision: a photo taken `2024-06-10` covers that day (`created=gt2024-06-10T12:00:00Z` "
+    "finds it, `created=2024-06-10T00:00:00Z` does not), a time its second; prefixes `eq` (the resource's range "
+    "within the value's), `ne`, `gt`, `ge`, `lt`, `le`, `sa`, `eb`; `ap` is not supported (400 not-supported).")
 _PATIENT = _Param("patient", "reference",
                   "The patient. The adapter does not own Patient resources: use the `:identifier` modifier, "
                   "`patient:identifier=system|value` (or chained, `patient.identifier=system|value`, as IHE MHD "

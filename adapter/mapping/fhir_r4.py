@@ -255,7 +255,10 @@ def _kind_tokens(resource: Mapping[str, Any]) -> list[tuple[str, str | None, str
 #:    ``period`` range, an absolute Patient reference, a Media's creation as its R5 attachment's;
 #:    Consents too.
 #: 4: the record's encounter (tokens ``encounter``, ``encounter:identifier``).
-RECORD_INDEX_VERSION = "records:4"
+#: 5: every date as the implicit range of its precision (search.html#date): ``date`` and
+#:    ``creation`` with their last instants (a date-only value its day, a year or month too, a
+#:    time its second), and the ranges' ends of a time (``period``, ``r5:date``) at its second's last.
+RECORD_INDEX_VERSION = "records:5"
 #: The token param a record's encounter is indexed under by its logical identifier (``encounter``:
 #: by its literal reference).
 ENCOUNTER_IDENTIFIER = "encounter:identifier"
@@ -268,15 +271,38 @@ _DATE_ONLY = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$", re.ASCII)
 _MICROSECOND = timedelta(microseconds=1)
 
 
+#: The time of a dateTime or instant, for its precision: minutes, seconds, the digits of a fraction.
+_TIME = re.compile(r"T\d{2}:\d{2}(?::\d{2}(?:\.(\d+))?)?", re.ASCII)
+_LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
+
+
+def _time_step(value: str) -> timedelta:
+    """The span a dateTime's time covers: a second (FHIR's times have seconds), a minute without
+    them, 10^-n s with n digits of fraction (to the microsecond a datetime holds)."""
+    m = _TIME.search(value)
+    if m is None:
+        return _MICROSECOND
+    if m[1] is not None:
+        return timedelta(microseconds=10 ** (6 - min(len(m[1]), 6)))
+    return timedelta(seconds=1) if m[0].count(":") == 2 else timedelta(minutes=1)
+
+
 def _range_of(value: Any) -> tuple[datetime, datetime] | None:
-    """The first and last instants (UTC) of a FHIR date or dateTime: a date of year, month or
-    day precision covers all of it (search.html#date); a dateTime with a time is a point."""
+    """The first and last instants (UTC) of a FHIR date, dateTime or instant: the implicit range
+    of its precision (https://hl7.org/fhir/R4/search.html#date): a date of year, month or day
+    precision covers all of it, a time its second (or the digits of its fraction: an instant to
+    the millisecond, that millisecond). A time without its zone is read as UTC (utc_instant)."""
     if not isinstance(value, str):
         return None
     m = _DATE_ONLY.match(value)
     if m is None:
-        point = _aware_utc(parse_fhir_datetime(value))
-        return (point, point) if point is not None else None
+        first = _aware_utc(parse_fhir_datetime(value))
+        if first is None:
+            return None
+        try:
+            return first, first + _time_step(value) - _MICROSECOND
+        except OverflowError:  # its second is the last a datetime holds
+            return first, _LAST_INSTANT
     try:
         y = int(m[1])
         if m[2] is None:
@@ -290,7 +316,13 @@ def _range_of(value: Any) -> tuple[datetime, datetime] | None:
             after = first + timedelta(days=1) if first.date() < date(9999, 12, 31) else None
     except ValueError:  # no such month or day
         return None
-    return first, (after - _MICROSECOND) if after is not None else datetime.max.replace(tzinfo=UTC)
+    return first, (after - _MICROSECOND) if after is not None else _LAST_INSTANT
+
+
+def _first_last(value: Any) -> tuple[datetime | None, datetime | None]:
+    """:func:`_range_of` as a SearchIndex date and its last instant; (None, None) for no date."""
+    span = _range_of(value)
+    return span if span is not None else (None, None)
 
 
 def _period_range(param: str, period: Any) -> list[tuple[str, datetime | None, datetime | None]]:
@@ -369,17 +401,19 @@ def _encounter_tokens(refs: Any) -> list[tuple[str, str | None, str]]:
     return tokens
 
 
-def _attachment_creation(resource: Mapping[str, Any]) -> datetime | None:
+def _attachment_creation(resource: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
     for content in resource.get("content") or []:
         attachment = content.get("attachment") if isinstance(content, Mapping) else None
         if isinstance(attachment, Mapping) and isinstance(attachment.get("creation"), str):
-            return parse_fhir_datetime(attachment["creation"])
+            return _range_of(attachment["creation"])
     return None
 
 
 def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     """The SearchIndex of a Media or DocumentReference we built.
 
+    Every date is the implicit range of its precision (:func:`_range_of`): ``date`` and
+    ``creation`` its first instant, ``date_last`` and ``creation_last`` its last.
     Media: date = createdDateTime, else issued (https://hl7.org/fhir/R4/media.html#search);
     creation = createdDateTime (its attachment's creation once it is an R5 DocumentReference);
     tokens type, modality, identifier, site, kind, source and ``category`` (the photo-kind
@@ -399,11 +433,11 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     tokens += _concept_tokens("type", resource.get("type"))
     ranges: list[tuple[str, datetime | None, datetime | None]] = []
     if rtype == "Media":
-        taken = parse_fhir_datetime(resource.get("createdDateTime"))
-        when = taken or parse_fhir_datetime(resource.get("issued"))
+        taken = _range_of(resource.get("createdDateTime"))
+        when = taken or _range_of(resource.get("issued"))
         content = resource.get("content")
         # creation: an R5 reader's (the Media is a DocumentReference there), its attachment's
-        created = (parse_fhir_datetime(content.get("creation")) if isinstance(content, Mapping) else None) or taken
+        created = (_range_of(content.get("creation")) if isinstance(content, Mapping) else None) or taken
         ranges += _period_range("period", resource.get("createdPeriod"))
         tokens += _concept_tokens("modality", resource.get("modality"))
         tokens += _concept_tokens("site", resource.get("bodySite"))
@@ -412,7 +446,7 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
             tokens.append(("category", PHOTO_KIND_SYSTEM, kind))
         tokens += _encounter_tokens(resource.get("encounter"))
     elif rtype == "DocumentReference":
-        when = parse_fhir_datetime(resource.get("date"))
+        when = _range_of(resource.get("date"))
         created = _attachment_creation(resource)
         tokens += _concept_tokens("category", resource.get("category") or [])
         tokens += _identifier_tokens(resource.get("masterIdentifier") or [])
@@ -425,14 +459,16 @@ def record_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     tokens += _kind_tokens(resource)
     r5_tokens, r5_ranges = _r5_values(resource)
     status = resource.get("status")
-    return SearchIndex(patient=patient, patient_reference=patient_ref, date=_aware_utc(when),
+    date, date_last = when or (None, None)
+    creation, creation_last = created or (None, None)
+    return SearchIndex(patient=patient, patient_reference=patient_ref, date=date, date_last=date_last,
                        status=status if isinstance(status, str) else None, tokens=tuple(tokens + r5_tokens),
-                       creation=_aware_utc(created), ranges=tuple(ranges + r5_ranges))
+                       creation=creation, creation_last=creation_last, ranges=tuple(ranges + r5_ranges))
 
 
 def consent_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     """The SearchIndex of an R4 Consent (https://hl7.org/fhir/R4/consent.html#search): patient,
-    date = dateTime, status, tokens category, scope, purpose (provision.purpose at any depth),
+    date = dateTime (its range: :func:`_range_of`), status, tokens category, scope, purpose (provision.purpose at any depth),
     action and policy-rule."""
     patient, patient_ref = _patient_of(resource.get("patient"))
     tokens: list[tuple[str, str | None, str]] = []
@@ -454,8 +490,8 @@ def consent_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     walk(resource.get("provision"))
     r5_tokens, r5_ranges = _r5_values(resource)
     status = resource.get("status")
-    return SearchIndex(patient=patient, patient_reference=patient_ref,
-                       date=_aware_utc(parse_fhir_datetime(resource.get("dateTime"))),
+    date, date_last = _first_last(resource.get("dateTime"))
+    return SearchIndex(patient=patient, patient_reference=patient_ref, date=date, date_last=date_last,
                        status=status if isinstance(status, str) else None, tokens=tuple(tokens + r5_tokens),
                        ranges=tuple(r5_ranges))
 
@@ -468,7 +504,8 @@ def provenance_to_index(resource: Mapping[str, Any]) -> SearchIndex:
         if isinstance(target, Mapping) and isinstance(target.get("reference"), str):
             tokens.append(("target", None, target["reference"]))
     tokens += _concept_tokens("activity", resource.get("activity"))
-    return SearchIndex(date=_aware_utc(parse_fhir_datetime(resource.get("recorded"))), tokens=tuple(tokens))
+    date, date_last = _first_last(resource.get("recorded"))
+    return SearchIndex(date=date, date_last=date_last, tokens=tuple(tokens))
 
 
 def audit_event_to_index(resource: Mapping[str, Any]) -> SearchIndex:
@@ -494,8 +531,8 @@ def audit_event_to_index(resource: Mapping[str, Any]) -> SearchIndex:
     for param in ("action", "outcome"):
         if isinstance(resource.get(param), str):
             tokens.append((param, None, resource[param]))
-    return SearchIndex(patient=patient, date=_aware_utc(parse_fhir_datetime(resource.get("recorded"))),
-                       tokens=tuple(tokens))
+    date, date_last = _first_last(resource.get("recorded"))
+    return SearchIndex(patient=patient, date=date, date_last=date_last, tokens=tuple(tokens))
 
 
 def index_resource(resource: Mapping[str, Any]) -> SearchIndex:

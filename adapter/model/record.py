@@ -37,10 +37,15 @@ class SearchIndex:
 
     patient: Identifier | None = None
     patient_reference: str | None = None
+    #: The search date (``date``, Media ``created``) as the implicit range of its precision
+    #: (https://hl7.org/fhir/R4/search.html#date): its first and its last instant; a date-only
+    #: value covers its day. ``date_last`` None with a ``date``: an instant (first = last).
     date: datetime | None = None
     status: str | None = None
     tokens: tuple[tuple[str, str | None, str], ...] = ()  # (param, system, code)
-    creation: datetime | None = None  # the attachment's creation (IHE MHD ``creation``)
+    creation: datetime | None = None  # the attachment's creation (IHE MHD ``creation``), first instant
+    date_last: datetime | None = None
+    creation_last: datetime | None = None  # the creation's last instant (as ``date_last``)
     #: Dates searched as ranges: (param, first instant, last instant), None an open end.
     ranges: tuple[tuple[str, datetime | None, datetime | None], ...] = ()
 

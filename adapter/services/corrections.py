@@ -142,7 +142,7 @@ class RecordCorrections:
         tokens = (*index.tokens, ("target", None, f"{current.resource_type}/{current.id}"))
         return NewResource("Provenance", provenance_id, resource,
                            SearchIndex(patient=patient, patient_reference=record_index.patient_reference,
-                                       date=index.date, tokens=tokens))
+                                       date=index.date, date_last=index.date_last, tokens=tokens))
 
 
 def _binary_of(resource: dict[str, Any]) -> str | None:

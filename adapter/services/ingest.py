@@ -667,7 +667,8 @@ class IngestService:
         patient_index = SearchIndex(patient=patient, patient_reference=meta.patient.reference)
         provenance_index = index_resource(built.provenance)
         provenance_index = SearchIndex(patient=patient, patient_reference=meta.patient.reference,
-                                       date=provenance_index.date, status=provenance_index.status,
+                                       date=provenance_index.date, date_last=provenance_index.date_last,
+                                       status=provenance_index.status,
                                        tokens=provenance_index.tokens)
         resources = [
             NewResource(record_type, record_id, built.record, index_resource(built.record), facts,

@@ -37,7 +37,11 @@ _IGNORED = {"_format", "_pretty", "_elements"}
 #: ``_total`` (https://hl7.org/fhir/R4/search.html#total): "none" skips the count, so a page costs
 #: what it shows, not what matches; "estimate" is answered accurately.
 TOTAL_MODES = ("none", "estimate", "accurate")
-_DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+_DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+#: Why ``ap`` (approximately, search.html#prefix: "implementation-defined", e.g. 10% of the gap
+#: to now) is refused: a match that changes with the clock cannot be paged over a fixed snapshot.
+_NO_APPROXIMATE = ("the date prefix 'ap' (approximately) is not supported: give the range wanted with ge and le, "
+                   "or a value of the precision wanted (a day, a month)")
 _DATE_RE = re.compile(  # ASCII: \d would take other scripts' digits too
     r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.(?P<f>\d+))?)?"
     r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$", re.ASCII)
@@ -228,10 +232,13 @@ def _covered(m: re.Match[str]) -> tuple[datetime, datetime | None]:
 
 
 def parse_date_param(value: str) -> DateCriterion:
-    """One date value (search.html#date: a prefix, then a FHIR date, dateTime or instant)."""
+    """A date search value (search.html#date): its prefix and the range its precision covers.
+    ``ap`` is read as a prefix and refused as not supported (NotSupported), not as a malformed date."""
     prefix = "eq"
     if value[:2] in _DATE_PREFIXES:
         prefix, value = value[:2], value[2:]
+    if prefix == "ap":
+        raise NotSupported(_NO_APPROXIMATE)
     start, end = _date_range(value)
     return DateCriterion(prefix=prefix, start=start, end=end)
 

@@ -62,6 +62,8 @@ def resource_row(new: NewResource, document: dict[str, Any] | EncodedJson, versi
         "patient_reference": index.patient_reference,
         "date": to_utc(index.date) if index.date is not None else None,
         "creation": to_utc(index.creation) if index.creation is not None else None,
+        "date_last": last_instant(index.date, index.date_last),
+        "creation_last": last_instant(index.creation, index.creation_last),
         "status": index.status,
         "governed_by": facts.governed_by if facts else None,
         "fact_patient_system": facts.patient.system if facts else None,
@@ -75,6 +77,14 @@ def resource_row(new: NewResource, document: dict[str, Any] | EncodedJson, versi
         "blob_offset": new.blob_range[0] if new.blob_range else None,
         "blob_length": new.blob_range[1] if new.blob_range else None,
     }
+
+
+def last_instant(first: datetime | None, last: datetime | None) -> datetime | None:
+    """The last instant of a SearchIndex date's range, in UTC: ``last``, or ``first`` when the date
+    is given as an instant (no last); None without a date."""
+    if first is None:
+        return None
+    return to_utc(last if last is not None else first)
 
 
 def history_row(new: NewResource, document: dict[str, Any] | EncodedJson, version_id: int,

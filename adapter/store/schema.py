@@ -62,7 +62,11 @@ from adapter.store.dates import UtcDateTime, now_instant
 #:     chain's start in key_fingerprints: the first sequence number after the events stored before.
 #: 19: dicom_instances.object_version (how a posted photo's object is made, fixed at ingest:
 #:     adapter.mapping.dicom_photo.PHOTO_OBJECT_VERSION; the instances stored before have none: 1).
-SCHEMA_VERSION = 19
+#: 20: resources.date_last and creation_last (the last instants of a date's implicit range,
+#:     search.html#date) and an index of date_last; records and Consents are re-indexed at start.
+SCHEMA_VERSION = 20
+#: key_fingerprints' row holding the version of the records' search index (SqlRecordStore.reindex_records).
+SEARCH_INDEX = "search-index"
 
 
 #: A match key (dicom_instances.*_key): compared in code point order on both databases, so that
@@ -141,9 +145,13 @@ resources = Table(
     Column("patient_system", Text),
     Column("patient_value", Text),
     Column("patient_reference", Text),
+    # a date is searched as the implicit range of its precision (search.html#date): ``date`` and
+    # ``creation`` its first instant (also the key of ``_sort``), ``*_last`` its last (schema 20)
     Column("date", UtcDateTime),
     Column("status", String(64)),
     Column("creation", UtcDateTime),  # content.attachment.creation (IHE MHD ITI-67 ``creation``)
+    Column("date_last", UtcDateTime),
+    Column("creation_last", UtcDateTime),
     # access facts (AccessFacts); governed_by NULL means the resource has none
     Column("governed_by", String(140)),
     Column("fact_patient_system", Text),
@@ -166,6 +174,7 @@ resources = Table(
     Index("ix_resources_patient", "resource_type", "patient_system", "patient_value", "last_updated", "id"),
     Index("ix_resources_patient_reference", "resource_type", "patient_reference"),
     Index("ix_resources_date", "resource_type", "date"),
+    Index("ix_resources_date_last", "resource_type", "date_last"),  # gt, ge, eb: by the range's end
     Index("ix_resources_fact_patient", "fact_patient_system", "fact_patient_value"),
     _blob_index("ix_resources_blob"),
 )
@@ -408,7 +417,12 @@ def _migrate(conn: Connection, found: int) -> None:
     17 → 18 adds a nullable column to ``audit`` and records where the chain starts: the number
     after the last event stored before, which the chain does not cover (they stay without a MAC);
     18 → 19 adds a nullable column to ``dicom_instances`` (the photos stored before: their objects
-    stay as they were made, version 1).
+    stay as they were made, version 1);
+    19 → 20 adds two nullable columns to ``resources`` and an index of one: each row's last instant
+    is set to its first (the instant it was searched as), and the records' search index version is
+    cleared, so the start re-indexes the records and Consents from their JSON (reindex_records),
+    giving each date the range of its precision. A Provenance keeps its instant (to the
+    millisecond, which compares as that millisecond for any search value to the millisecond).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -454,6 +468,7 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | TypeEngine[Any]], ...]] = 
     17: (("outbox", "sending_since", UtcDateTime()),),
     18: (("audit", "chain_mac", "VARCHAR(64)"),),
     19: (("dicom_instances", "object_version", "INTEGER"),),
+    20: (("resources", "date_last", UtcDateTime()), ("resources", "creation_last", UtcDateTime())),
 }
 
 #: The version that began the audit chain.
@@ -480,6 +495,7 @@ _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
     11: tuple(i for t in (resources, dicom_instances) for i in t.indexes if i.name and i.name.endswith("_blob")),
     12: tuple(i for i in dicom_instances.indexes if i.name and i.name.endswith("_key")),
     13: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_attributes_unread"),
+    20: tuple(i for i in resources.indexes if i.name == "ix_resources_date_last"),
 }
 
 
@@ -487,6 +503,8 @@ _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
 #: SQLite and PostgreSQL).
 _READ_AGAIN: dict[int, tuple[str, ...]] = {
     14: ("UPDATE dicom_instances SET attributes_read = NULL WHERE attributes_read IS NOT NULL",),
+    20: ("UPDATE resources SET date_last = date, creation_last = creation",
+         f"DELETE FROM key_fingerprints WHERE name = '{SEARCH_INDEX}'"),
 }
 
 

@@ -1,7 +1,8 @@
 """SearchCriteria to one SELECT over the ``resources`` index columns (no JSON is read).
 
-Date prefixes follow FHIR search (https://hl7.org/fhir/R4/search.html#prefix) for a stored
-point in time ``d`` against a search value whose precision is the range [start, end).
+Date prefixes follow FHIR search (https://hl7.org/fhir/R4/search.html#prefix, #date): a stored
+date is the implicit range of its precision (a date-only value its day), compared with the search
+value's range [start, end) (:func:`_compare_ranges`); ``ap`` is not supported.
 Token parameters follow https://hl7.org/fhir/R4/search.html#token: ``system`` None matches any
 system, an empty ``system`` matches only codes without one (``|code``).
 
@@ -18,7 +19,7 @@ status), the order index stays the right plan. Other databases get the plain col
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import ColumnElement, Select, and_, false, or_, select, true, union
 from sqlalchemy.ext.compiler import compiles
@@ -53,6 +54,9 @@ def _from_end(col: Any, c: DateCriterion) -> ColumnElement[bool]:
     return false() if c.end is None else col >= to_utc(c.end)
 
 
+#: An instant (``last_updated``: meta.lastUpdated, to the millisecond) against the search value's
+#: range: the comparisons of :func:`_compare_ranges` for a range whose first and last instants are
+#: one. For a search value to the millisecond or coarser they are those of the instant's millisecond.
 _DATE_PREFIXES: dict[str, Callable[[Any, DateCriterion], ColumnElement[bool]]] = {
     "eq": lambda col, c: and_(col >= to_utc(c.start), _before_end(col, c)),
     "ne": lambda col, c: or_(col < to_utc(c.start), _from_end(col, c)),
@@ -65,49 +69,58 @@ _DATE_PREFIXES: dict[str, Callable[[Any, DateCriterion], ColumnElement[bool]]] =
 }
 
 
-#: The indexed dates a DateCriterion.param names that are columns of ``resources``; any other
-#: param is a range of ``date_ranges``.
-_DATE_COLUMNS = {"date": _r.date, "creation": _r.creation}
+#: The indexed dates a DateCriterion.param names that are columns of ``resources``: the first and
+#: last instants of the date's implicit range; any other param is a range of ``date_ranges``.
+_DATE_COLUMNS = {"date": (_r.date, _r.date_last), "creation": (_r.creation, _r.creation_last)}
 
 
-def date_condition(criterion: DateCriterion, column: Any = _r.date) -> ColumnElement[bool]:
-    """The condition for one date criterion on ``column`` (the resource's search date, or
-    ``last_updated`` for _lastUpdated); resources without a date never match."""
+def _refuse_prefix(prefix: str) -> NoReturn:
+    if prefix == "ap":
+        raise NotSupported("the date prefix 'ap' is not supported", expression="date")
+    raise InvalidInput(f"unknown date prefix {prefix!r}", expression="date")
+
+
+def date_condition(criterion: DateCriterion, column: Any = _r.last_updated) -> ColumnElement[bool]:
+    """The condition for one date criterion on an instant ``column`` (``last_updated`` for
+    _lastUpdated); resources without one never match."""
     build = _DATE_PREFIXES.get(criterion.prefix)
     if build is None:
-        if criterion.prefix == "ap":
-            raise NotSupported("the date prefix 'ap' is not supported", expression="date")
-        raise InvalidInput(f"unknown date prefix {criterion.prefix!r}", expression="date")
+        _refuse_prefix(criterion.prefix)
     return build(column, criterion)
 
 
-def _range_match(c: DateCriterion) -> ColumnElement[bool]:
-    """A stored range [low, high] (None: open) against the search value's range [start, end),
-    as search.html#date compares a search value with a target range: eq, the value's range
-    contains the target's; ne, it does not; gt/ge, the range above the value (from its start,
-    for ge) overlaps the target; lt/le, the range below it (to its end, for le) does; sa, the
-    target starts after the value; eb, it ends before it. A point (low = high) compares as the
-    ``resources`` dates do."""
-    d = date_ranges.c
-    low_open, high_open = d.low.is_(None), d.high.is_(None)
+def _compare_ranges(low: Any, high: Any, c: DateCriterion, *, open_ends: bool) -> ColumnElement[bool]:
+    """A stored range [low, high] (its first and last instants) against the search value's range
+    [start, end), as search.html#date compares a search value with a target range: eq, the
+    value's range contains the target's; ne, it does not; gt/ge, the range above the value (from
+    its start, for ge) overlaps the target; lt/le, the range below it (to its end, for le) does;
+    sa, the target starts after the value; eb, it ends before it. ``open_ends``: a NULL end is
+    open (a Period without end is still going on); else a row without the date never matches."""
+    low_open, high_open = (low.is_(None), high.is_(None)) if open_ends else (false(), false())
     start = to_utc(c.start)
     end = to_utc(c.end) if c.end is not None else None
-    within = and_(~low_open, d.low >= start, ~high_open, true() if end is None else d.high < end)
+    within = and_(~low_open, low >= start, ~high_open, true() if end is None else high < end)
     conditions: dict[str, ColumnElement[bool]] = {
         "eq": within,
         "ne": ~within,
-        "gt": or_(high_open, false() if end is None else d.high >= end),
-        "ge": or_(high_open, d.high >= start),
-        "lt": or_(low_open, d.low < start),
-        "le": or_(low_open, true() if end is None else d.low < end),
-        "sa": and_(~low_open, false() if end is None else d.low >= end),
-        "eb": and_(~high_open, d.high < start),
+        "gt": or_(high_open, false() if end is None else high >= end),
+        "ge": or_(high_open, high >= start),
+        "lt": or_(low_open, low < start),
+        "le": or_(low_open, true() if end is None else low < end),
+        "sa": and_(~low_open, false() if end is None else low >= end),
+        "eb": and_(~high_open, high < start),
     }
     condition = conditions.get(c.prefix)
     if condition is None:
-        date_condition(c)  # refuses the prefix as a date on a column does
-        raise InvalidInput(f"unknown date prefix {c.prefix!r}", expression="date")
-    return and_(d.param == c.param, condition)
+        _refuse_prefix(c.prefix)
+    return condition if open_ends else and_(low.is_not(None), high.is_not(None), condition)
+
+
+def _range_match(c: DateCriterion) -> ColumnElement[bool]:
+    """A ``date_ranges`` row of the criterion's param matching it (:func:`_compare_ranges`; an
+    open end is a Period's)."""
+    d = date_ranges.c
+    return and_(d.param == c.param, _compare_ranges(d.low, d.high, c, open_ends=True))
 
 
 def range_condition(resource_type: str, criterion: DateCriterion) -> ColumnElement[bool]:
@@ -118,8 +131,10 @@ def range_condition(resource_type: str, criterion: DateCriterion) -> ColumnEleme
 
 
 def _date_criterion(resource_type: str, criterion: DateCriterion) -> ColumnElement[bool]:
-    column = _DATE_COLUMNS.get(criterion.param)
-    return date_condition(criterion, column) if column is not None else range_condition(resource_type, criterion)
+    columns = _DATE_COLUMNS.get(criterion.param)
+    if columns is None:
+        return range_condition(resource_type, criterion)
+    return _compare_ranges(*columns, criterion, open_ends=False)
 
 
 def _token_match(token: TokenCriterion) -> ColumnElement[bool]:

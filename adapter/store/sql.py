@@ -83,6 +83,7 @@ from adapter.store.rows import (
     dicom_instance_row,
     history_row,
     index_row_from,
+    last_instant,
     match_keys,
     outbox_item_from,
     outbox_row,
@@ -94,6 +95,7 @@ from adapter.store.rows import (
 )
 from adapter.store.schema import (
     SCHEMA_VERSION,
+    SEARCH_INDEX,
     EncodedJson,
     audit,
     create_schema,
@@ -128,7 +130,7 @@ _RELEASED_UIDS = "released"
 _RELEASED_UIDS_LOCK = 0x1A6E5702
 _PSEUDONYMS = "pseudonyms"
 _PSEUDONYMS_LOCK = 0x1A6E5703
-_SEARCH_INDEX = "search-index"  # the version of the records' search index (reindex_records)
+_SEARCH_INDEX = SEARCH_INDEX  # the version of the records' search index (reindex_records)
 _SEARCH_INDEX_LOCK = 0x1A6E5704
 _PHOTO_STUDY_DATES = "study-dates"  # the version of the posted photos' StudyDate (reindex_photo_study_dates)
 _PHOTO_STUDY_DATES_LOCK = 0x1A6E5705
@@ -1462,14 +1464,16 @@ class SqlRecordStore:
                 for rtype, rid, document in rows:
                     index = index_of(document)
                     values.append({"rt": rtype, "rid": rid, "d": index.date, "c": index.creation, "s": index.status,
-                                   "pr": index.patient_reference})
+                                   "pr": index.patient_reference, "dl": last_instant(index.date, index.date_last),
+                                   "cl": last_instant(index.creation, index.creation_last)})
                     new = NewResource(rtype, rid, document, index)
                     token_values += token_rows(new)
                     range_values += date_range_rows(new)
                 if values:
                     conn.execute(update(resources).where(_r.resource_type == bindparam("rt"), _r.id == bindparam("rid"))
                                  .values(date=bindparam("d"), creation=bindparam("c"), status=bindparam("s"),
-                                         patient_reference=bindparam("pr")), values)
+                                         patient_reference=bindparam("pr"), date_last=bindparam("dl"),
+                                         creation_last=bindparam("cl")), values)
                 for rtype in {v["rt"] for v in values}:
                     rids = [v["rid"] for v in values if v["rt"] == rtype]
                     conn.execute(delete(tokens).where(t.resource_type == rtype, t.id.in_(rids)))

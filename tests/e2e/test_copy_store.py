@@ -143,7 +143,10 @@ def test_copy_store_refuses_a_source_of_an_older_schema_and_leaves_it_as_it_was(
     try:
         with engine.begin() as conn:  # the tables as schema 18 made them
             conn.exec_driver_sql("ALTER TABLE dicom_instances DROP COLUMN object_version")
-            conn.exec_driver_sql("UPDATE schema_version SET version = 18 WHERE version = 19")
+            conn.exec_driver_sql("DROP INDEX ix_resources_date_last")  # added by 20, with its columns
+            conn.exec_driver_sql("ALTER TABLE resources DROP COLUMN date_last")
+            conn.exec_driver_sql("ALTER TABLE resources DROP COLUMN creation_last")
+            conn.exec_driver_sql("UPDATE schema_version SET version = 18 WHERE version = 20")
         with postgres_schema("copy_store_older") as url:
             done = _adapter(tmp_path, "copy-store", "--to", url)
             assert done.returncode == 2, done.stdout + done.stderr

@@ -602,6 +602,47 @@ def test_search_dates_in_other_offsets_and_combined(store: SqlRecordStore) -> No
     assert sorted(ids(store.search_index("Media", SearchCriteria(dates=tuple((d,) for d in window))))) == ["boundary", "late"]
 
 
+# Stored implicit ranges (search.html#date: a target's date covers its precision), first and last
+# instant; the search value is 2024-06-10T12:00:00Z, one second.
+RANGES = {
+    "day": (datetime(2024, 6, 10, tzinfo=UTC), datetime(2024, 6, 10, 23, 59, 59, 999999, tzinfo=UTC)),
+    "earlier": (datetime(2024, 6, 10, 9, tzinfo=UTC), datetime(2024, 6, 10, 9, 0, 0, 999999, tzinfo=UTC)),
+    "noon": (datetime(2024, 6, 10, 12, tzinfo=UTC), datetime(2024, 6, 10, 12, 0, 0, 999999, tzinfo=UTC)),
+    "later": (datetime(2024, 6, 10, 12, 30, tzinfo=UTC), datetime(2024, 6, 10, 12, 30, 0, 999999, tzinfo=UTC)),
+}
+NOON = (datetime(2024, 6, 10, 12, tzinfo=UTC), datetime(2024, 6, 10, 12, 0, 1, tzinfo=UTC))
+
+
+def make_dated(id: str, param: str, first: datetime, last: datetime) -> NewResource:
+    """A DocumentReference whose ``param`` (``date`` or ``creation``) is the range [first, last]."""
+    new = make_resource("DocumentReference", id, status="current")
+    values = {"date": first, "date_last": last} if param == "date" else {"creation": first, "creation_last": last}
+    return dataclasses.replace(new, index=dataclasses.replace(new.index, **values))
+
+
+@pytest.mark.parametrize("param", ["date", "creation"])
+@pytest.mark.parametrize(("prefix", "expected"), [
+    ("eq", ["noon"]),
+    ("ne", ["day", "earlier", "later"]),
+    ("gt", ["day", "later"]),
+    ("sa", ["later"]),
+    ("ge", ["day", "later", "noon"]),
+    ("lt", ["day", "earlier"]),
+    ("eb", ["earlier"]),
+    ("le", ["day", "earlier", "noon"]),
+])
+def test_search_date_prefixes_on_ranges(store: SqlRecordStore, param: str, prefix: str, expected: list[str]) -> None:
+    """A target date is the range of its precision (search.html#date, #prefix): a date-only value
+    covers its day, and is compared with the search value's range as ``period`` is. Test seen
+    failing: a day was one instant at its first (``gt`` noon missed it)."""
+    for id, (first, last) in RANGES.items():
+        store.create(make_dated(id, param, first, last))
+    store.create(make_resource("DocumentReference", "undated", status="current"))
+    criterion = DateCriterion(prefix, *NOON, param=param)
+    found = list(store.search_index("DocumentReference", SearchCriteria(dates=((criterion,),))))
+    assert sorted(ids(found)) == expected
+
+
 def test_search_date_prefix_errors(store: SqlRecordStore) -> None:
     with pytest.raises(NotSupported):
         list(store.search_index("Media", SearchCriteria(dates=((DateCriterion("ap", *DAY),),))))
@@ -1626,6 +1667,9 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_offset"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_length"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation"))
+        conn.execute(sa.text("DROP INDEX ix_resources_date_last"))  # added by 20, with its columns
+        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN date_last"))
+        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation_last"))
         conn.execute(sa.text("DELETE FROM schema_version"))
         conn.execute(sa.text("INSERT INTO schema_version (version, applied) VALUES (1, :t)"),
                      {"t": "2026-01-01T00:00:00.000000+00:00" if conn.dialect.name == "sqlite"
@@ -1677,6 +1721,9 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation"))  # added by 10
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN entered_in_error"))  # added by 16
         conn.execute(sa.text("ALTER TABLE outbox DROP COLUMN sending_since"))  # added by 17
+        conn.execute(sa.text("DROP INDEX ix_resources_date_last"))  # added by 20, with its columns
+        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN date_last"))
+        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation_last"))
         conn.execute(sa.text("DROP TABLE key_fingerprints"))
         conn.execute(sa.text("DROP TABLE patient_pseudonyms"))
         conn.execute(sa.text("CREATE TABLE dicom_uid_spaces (name VARCHAR(16) PRIMARY KEY, fingerprint VARCHAR(64))"))
@@ -1688,10 +1735,11 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 19
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 20
         assert {"creation", "entered_in_error"} <= {c["name"] for c in inspector.get_columns("resources")}
         assert "sending_since" in {c["name"] for c in inspector.get_columns("outbox")}
-        assert "ix_resources_blob" in {i["name"] for i in inspector.get_indexes("resources")}
+        assert {"ix_resources_blob", "ix_resources_date_last"} <= {i["name"] for i in inspector.get_indexes("resources")}
+        assert {"date_last", "creation_last"} <= {c["name"] for c in inspector.get_columns("resources")}
         columns = {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert {i["name"] for i in inspector.get_indexes("audit")} == {"ix_audit_recorded"}
     assert {"ix_dicom_instances_patient_value", "ix_dicom_instances_study_date",
@@ -1719,7 +1767,7 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 19
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 20
         assert {f"ix_dicom_instances_{c}" for c in MATCH_KEYS} <= \
             {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
         if conn.dialect.name == "postgresql":
@@ -1791,7 +1839,7 @@ def test_version_12_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 19
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 20
         inspector = sa.inspect(conn)
         assert set(ATTRIBUTE_COLUMNS) <= {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert "ix_dicom_instances_attributes_unread" in {i["name"] for i in inspector.get_indexes("dicom_instances")}
@@ -1827,7 +1875,7 @@ def test_version_13_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 19
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 20
         assert set(STUDY_ATTRIBUTE_COLUMNS) <= {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [None] * 3  # type: ignore[union-attr]
     assert upgraded.fill_dicom_attributes(lambda _: MULTIFRAME, batch=2) == 3
@@ -1848,12 +1896,44 @@ def test_version_18_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 19
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 20
         assert "object_version" in {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert upgraded.find_dicom_instance(before.sop_instance_uid).object_version is None  # type: ignore[union-attr]
     after = dataclasses.replace(make_instance(blob_sha256=None), object_version=2)
     upgraded.save_ingest(make_dicom_unit(after))
     assert upgraded.find_dicom_instance(after.sop_instance_uid).object_version == 2  # type: ignore[union-attr]
+
+
+def test_version_19_is_upgraded(open_records: StoreFactory) -> None:
+    """19 → 20 adds resources.date_last and creation_last (the last instant of the search date's
+    and of the creation's implicit range) and an index of date_last: a row stored before keeps
+    its instant (first = last, as it was searched) until the start re-derives the records' and
+    Consents' index from their JSON, which the step asks for (the index version is cleared)."""
+    store = open_records()
+    store.create(make_dated("doc", "date", *RANGES["day"]))
+    assert store.reindex_records("v-old", lambda _: SearchIndex(date=RANGES["day"][0])) == 1
+    with store.engine.begin() as conn:  # the tables as schema 19 made them
+        conn.execute(sa.text("DROP INDEX ix_resources_date_last"))
+        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN date_last"))
+        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation_last"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 19"))  # as a version 19 database says
+    store.close()
+    upgraded = open_records()
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 20
+        inspector = sa.inspect(conn)
+        assert {"date_last", "creation_last"} <= {c["name"] for c in inspector.get_columns("resources")}
+        assert "ix_resources_date_last" in {i["name"] for i in inspector.get_indexes("resources")}
+
+    def found(prefix: str) -> list[str]:
+        criterion = DateCriterion(prefix, *NOON)
+        return ids(upgraded.search_index("DocumentReference", SearchCriteria(dates=((criterion,),))))
+
+    assert found("lt") == ["doc"] and found("gt") == []  # its instant, the day's first, as before
+    assert upgraded.reindex_records("v-old", lambda _: SearchIndex(date=RANGES["day"][0], date_last=RANGES["day"][1])) \
+        == 1  # the same index version is derived again: the step cleared it
+    assert found("lt") == ["doc"] and found("gt") == ["doc"]
+    assert upgraded.reindex_records("v-old", lambda _: pytest.fail("indexed again")) == 0
 
 
 # -- SQLite specifics and the factory ---------------------------------------------------------

@@ -552,6 +552,39 @@ def test_index_of_document_reference_consent_provenance_binary() -> None:
 
 
 
+_LAST_US = 999999
+
+
+@pytest.mark.parametrize(("value", "first", "last"), [
+    ("2024", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 12, 31, 23, 59, 59, _LAST_US, tzinfo=UTC)),
+    ("2024-02", datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 2, 29, 23, 59, 59, _LAST_US, tzinfo=UTC)),
+    ("2024-06-10", datetime(2024, 6, 10, tzinfo=UTC), datetime(2024, 6, 10, 23, 59, 59, _LAST_US, tzinfo=UTC)),
+    ("2024-06-10T14:30:00+02:00", datetime(2024, 6, 10, 12, 30, tzinfo=UTC),
+     datetime(2024, 6, 10, 12, 30, 0, _LAST_US, tzinfo=UTC)),
+    ("2024-06-10T12:30:00.12Z", datetime(2024, 6, 10, 12, 30, 0, 120000, tzinfo=UTC),
+     datetime(2024, 6, 10, 12, 30, 0, 129999, tzinfo=UTC)),
+    # a time without its zone: read as UTC, as every zone-less value the adapter indexes
+    ("2024-06-10T12:30:00", datetime(2024, 6, 10, 12, 30, tzinfo=UTC),
+     datetime(2024, 6, 10, 12, 30, 0, _LAST_US, tzinfo=UTC)),
+    ("9999-12-31T23:59:59Z", datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), datetime.max.replace(tzinfo=UTC)),
+])
+def test_a_date_is_indexed_as_the_range_of_its_precision(value: str, first: datetime, last: datetime) -> None:
+    """search.html#date: a target date is an implicit range (a day, a month, a second, the
+    digits of a fraction): Media created/date, DocumentReference creation and Consent date are
+    indexed as their first and last instants (test seen failing: a day was its first instant
+    alone, a month none)."""
+    media = index_resource({"resourceType": "Media", "status": "completed", "createdDateTime": value,
+                            "content": {"contentType": "image/jpeg"}})
+    assert (media.date, media.date_last) == (first, last)
+    doc = index_resource({"resourceType": "DocumentReference", "status": "current", "date": "2024-06-10T12:30:00.120Z",
+                          "content": [{"attachment": {"contentType": "image/jpeg", "creation": value}}]})
+    assert (doc.creation, doc.creation_last) == (first, last)
+    assert (doc.date, doc.date_last) == (datetime(2024, 6, 10, 12, 30, 0, 120000, tzinfo=UTC),
+                                         datetime(2024, 6, 10, 12, 30, 0, 120999, tzinfo=UTC))
+    consent = index_resource({"resourceType": "Consent", "status": "active", "dateTime": value})
+    assert (consent.date, consent.date_last) == (first, last)
+
+
 def test_a_consent_form_scan_over_the_pixel_limit_is_refused_before_it_is_inflated(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Review finding: a PNG form was inflated whole (a decompression bomb), with no pixel limit
