@@ -46,7 +46,9 @@ def _check_clean(out: bytes, *, pixels_only: bool) -> None:
             assert bytes(payload) in _ORIENTATION_EXIF, "stripped PNG keeps more eXIf than the Orientation"
         elif chunk.type == b"iCCP":
             assert bytes(payload).split(b"\x00", 1)[0] in png.USUAL_ICC_NAMES, "iCCP keeps an unusual name"
-            assert png._canonical_iccp(payload) is not None, "iCCP that is no ICC profile kept"
+            canonical, _ = png._canonical_iccp(payload)
+            assert canonical is not None, "iCCP that is no ICC profile kept"
+            assert canonical == bytes(payload), "iCCP keeps text its profile should not have (adapter.imaging.icc)"
         elif chunk.type == b"tRNS":
             assert png._trns(payload, colour_type, palette) == payload, "tRNS longer than its definition kept"
         else:

@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - exercised by forcing the regex path in
 from adapter.errors import ImageTooLarge, UndecodableImage
 from adapter.imaging.exif import ExifSummary, orientation_only_tiff, parse_exif
 from adapter.imaging.facts import Stripped
+from adapter.imaging.icc import NOT_REWRITABLE, TEXT_REWRITTEN, icc_profile_without_text
 
 SOI, EOI, SOS, DQT, DHT, DAC, DRI, DNL, COM = 0xD8, 0xD9, 0xDA, 0xDB, 0xC4, 0xCC, 0xDD, 0xDC, 0xFE
 TEM = 0x01
@@ -292,7 +293,8 @@ class StrippedJpeg:
 def strip_jpeg(data: bytes, *, max_pixels: int | None = None, check_decoding: bool = False) -> Stripped:
     """Keep what decoding and colour need, drop every metadata segment (standards.md §5.3).
 
-    Kept: JFIF APP0 (its thumbnail zeroed), APP2 ICC_PROFILE, APP14 Adobe and the marker
+    Kept: JFIF APP0 (its thumbnail zeroed), APP2 ICC_PROFILE (its text tags rewritten in place:
+    adapter.imaging.icc; dropped if they cannot be), APP14 Adobe and the marker
     segments decoding reads (SOFn, DQT, DHT, DAC, DRI, SOS) with the entropy-coded data.
     Dropped: APP1 Exif and XMP, APP2 MPF, APP13 Photoshop/IPTC, any other APPn, COM, DNL, the
     segments of reserved markers (RESn, JPG, JPGn) and of hierarchical DHP/EXP (libjpeg reads
@@ -323,7 +325,9 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
     kept: list[tuple[int, bytes | memoryview] | None] = []
     adobe_at: int | None = None  # where in ``kept`` the Adobe APP14 libjpeg uses is
     scanned = False  # past the first SOS: what decoders read of the header is read
-    icc_ok = _icc_profile_is_whole(view, layout.segments)
+    icc_parts, icc_note = _icc_profile(view, layout.segments)
+    if icc_note is not None:
+        removed.append(icc_note)
     for seg in layout.segments:
         payload = view[seg.start + 4:seg.end]
         marker = seg.marker
@@ -335,10 +339,9 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
                 exif = parse_exif(bytes(payload[6:]))
                 removed.extend(exif.categories)
         elif marker == APP2 and payload[:12] == _ICC:
-            if icc_ok:
-                kept.append((marker, view[seg.start:seg.end]))
-            else:
-                removed.append("APP2 ICC_PROFILE that is no ICC profile")
+            part = icc_parts.get(seg.start)
+            if part is not None:
+                kept.append((marker, part))
         elif marker == APP14 and payload[:5] == _ADOBE and len(payload) >= _ADOBE_LENGTH and not scanned:
             if adobe_at is not None:  # libjpeg and Pillow take the transform of the last one
                 kept[adobe_at] = None
@@ -708,29 +711,50 @@ _ADOBE_LENGTH = 12
 _ICC_HEADER = 128
 
 
-def _icc_profile_is_whole(view: memoryview, segments: tuple[Segment, ...]) -> bool:
-    """Do the APP2 ICC_PROFILE chunks (ICC.1 Annex B.4: sequence number, count, data) make one
-    profile: numbered 1..count, each once, their data as long as the profile header says, with
-    its "acsp" signature? Anything else is refused as a profile (and dropped): arbitrary bytes
-    behind the ICC_PROFILE prefix would otherwise be kept."""
-    chunks: dict[int, bytes] = {}
+_NO_ICC_PROFILE = "APP2 ICC_PROFILE that is no ICC profile"
+
+
+def _icc_profile(view: memoryview, segments: tuple[Segment, ...]) -> tuple[dict[int, bytes | memoryview], str | None]:
+    """What the stored stream keeps of the APP2 ICC_PROFILE segments, by where each starts, and
+    what to list as removed. The chunks (ICC.1 Annex B.4: sequence number, count, data) must make
+    one profile: numbered 1..count, each once, their data as long as the profile header says, with
+    its "acsp" signature; anything else is no profile (dropped: arbitrary bytes behind the
+    ICC_PROFILE prefix would otherwise be kept). A profile's text is rewritten
+    (adapter.imaging.icc, privacy review F3), chunk by chunk in place: each segment keeps its
+    number and length, only its data changes; one that cannot be rewritten is dropped."""
+    chunks: dict[int, tuple[Segment, int]] = {}
     count = None
     for seg in segments:
         payload = view[seg.start + 4:seg.end]
         if seg.marker != APP2 or payload[:12] != _ICC:
             continue
         if len(payload) < 14:
-            return False
+            return {}, _NO_ICC_PROFILE
         number, total = payload[12], payload[13]
         if count not in (None, total) or number in chunks or not 1 <= number <= total:
-            return False
+            return {}, _NO_ICC_PROFILE
         count = total
-        chunks[number] = bytes(payload[14:])
+        chunks[number] = (seg, len(payload) - 14)
     if count is None:
-        return True  # none: nothing to keep or drop
+        return {}, None  # none: nothing to keep or drop
     if len(chunks) != count:
-        return False
-    return icc_profile_is_whole(b"".join(chunks[n] for n in range(1, count + 1)))
+        return {}, _NO_ICC_PROFILE
+    ordered = [chunks[n][0] for n in range(1, count + 1)]
+    profile = b"".join(bytes(view[seg.start + 18:seg.end]) for seg in ordered)
+    if not icc_profile_is_whole(profile):
+        return {}, _NO_ICC_PROFILE
+    cleaned = icc_profile_without_text(profile)
+    if cleaned is None:
+        return {}, NOT_REWRITABLE
+    if cleaned == profile:
+        return {seg.start: view[seg.start:seg.end] for seg in ordered}, None
+    parts: dict[int, bytes | memoryview] = {}
+    pos = 0
+    for number, seg in enumerate(ordered, 1):
+        length = chunks[number][1]
+        parts[seg.start] = _segment(APP2, _ICC + bytes((number, count)) + cleaned[pos:pos + length])
+        pos += length
+    return parts, TEXT_REWRITTEN
 
 
 def icc_profile_is_whole(profile: bytes) -> bool:

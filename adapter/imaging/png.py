@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from adapter.errors import ImageTooLarge, UndecodableImage
 from adapter.imaging.exif import ExifSummary, orientation_only_tiff, parse_exif
 from adapter.imaging.facts import Stripped
+from adapter.imaging.icc import NOT_REWRITABLE, TEXT_REWRITTEN, icc_profile_without_text
 from adapter.imaging.jpeg import icc_profile_is_whole
 from adapter.imaging.sniff import PNG_SIGNATURE
 
@@ -169,26 +170,41 @@ def _trns(payload: memoryview, colour_type: int, palette: int) -> memoryview | N
     return payload[:length] if length is not None and len(payload) >= length else None
 
 
-def _canonical_iccp(payload: memoryview) -> bytes | None:
-    """An iCCP chunk's data with the profile name replaced by :data:`ICC_NAME`, if its
-    compressed profile (§11.3.3.3: name, NUL, method 0, zlib) inflates to an ICC profile (ICC.1
-    §7.2: its size, the "acsp" signature) and nothing follows the zlib stream; else None."""
+_NO_ICC_PROFILE = "PNG iCCP that is no ICC profile"
+
+
+def _canonical_iccp(payload: memoryview) -> tuple[bytes | None, list[str]]:
+    """An iCCP chunk's data with the profile name replaced by :data:`ICC_NAME` unless it is one
+    of :data:`USUAL_ICC_NAMES`, and the profile's text rewritten (adapter.imaging.icc, privacy
+    review F3: recompressed only then; the pixels are not in it), if its compressed profile
+    (§11.3.3.3: name, NUL, method 0, zlib) inflates to an ICC profile (ICC.1 §7.2: its size, the
+    "acsp" signature) and nothing follows the zlib stream; else None (the chunk is dropped). With
+    what to list as removed."""
     raw = bytes(payload)
     nul = raw.find(b"\x00", 0, 80)
     if nul < 1 or len(raw) < nul + 2 or raw[nul + 1] != 0:
-        return None
+        return None, [_NO_ICC_PROFILE]
     compressed = raw[nul + 2:]
     inflater = zlib.decompressobj()
     try:
         profile = inflater.decompress(compressed, _MAX_ICC)
     except zlib.error:
-        return None
+        return None, [_NO_ICC_PROFILE]
     if not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
-        return None
+        return None, [_NO_ICC_PROFILE]
     if not icc_profile_is_whole(profile):
-        return None
+        return None, [_NO_ICC_PROFILE]
+    cleaned = icc_profile_without_text(profile)
+    if cleaned is None:
+        return None, [NOT_REWRITABLE]
+    notes = []
+    if raw[:nul] not in USUAL_ICC_NAMES:
+        notes.append("PNG iCCP profile name")
+    if cleaned != profile:
+        compressed = zlib.compress(cleaned, 9)
+        notes.append(TEXT_REWRITTEN)
     name = raw[:nul] if raw[:nul] in USUAL_ICC_NAMES else ICC_NAME
-    return name + b"\x00\x00" + compressed
+    return name + b"\x00\x00" + compressed, notes
 
 
 #: Samples per pixel by IHDR colour type (§11.2.1).
@@ -263,7 +279,8 @@ def _palette_kept(colour_type: int) -> bool:
 
 def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
     """Keep critical chunks (PLTE only for an indexed-colour image: :func:`_palette_kept`) and
-    colour/rendering ancillary chunks (``KEEP_ANCILLARY``); drop tEXt, zTXt, iTXt (XMP included),
+    colour/rendering ancillary chunks (``KEEP_ANCILLARY``; an iCCP under a plain name, its
+    profile's text rewritten: :func:`_canonical_iccp`); drop tEXt, zTXt, iTXt (XMP included),
     eXIf, tIME, APNG animation chunks (acTL/fcTL/fdAT: frames other than the default image could
     show anything), sPLT (it has a name), a suggested palette's PLTE and hIST, and every unknown
     ancillary chunk; cut anything after IEND. An eXIf Orientation other than 1 comes back as
@@ -296,12 +313,12 @@ def strip_png(data: bytes, *, max_pixels: int | None = None) -> Stripped:
         if chunk.type in KEEP_ANCILLARY:
             _check_crc(view, chunk)
             if chunk.type == b"iCCP":
-                canonical = _canonical_iccp(payload)
+                canonical, notes = _canonical_iccp(payload)
+                removed.extend(notes)
                 if canonical is None:
-                    removed.append("PNG iCCP that is no ICC profile")
+                    pass
                 elif bytes(payload) != canonical:
                     kept.append(make_chunk(b"iCCP", canonical))
-                    removed.append("PNG iCCP profile name")
                 else:
                     kept.append(view[chunk.start:chunk.end])
             elif chunk.type == b"tRNS":

@@ -26,7 +26,18 @@ is X, Z or D is acted on, by name or by its VR's rule).
   public element the data dictionary does not know (a newer standard's attribute, read as UN:
   what it holds cannot be judged) and group lengths; the file
   meta's AE titles. Unless dates are retained, every other DA/TM/DT element and
-  TimezoneOffsetFromUTC (kept with the dates: it gives them their zone).
+  TimezoneOffsetFromUTC (kept with the dates: it gives them their zone, if it is an offset).
+  Beyond the table, every other **LO, SH, UC and AE** value (by the tag's own VR), at any depth,
+  but a code's (CodeValue, CodingSchemeDesignator, CodingSchemeVersion, LongCodeValue): the
+  descriptions, comments, labels and names a sender writes in its own words, which Table E.1-1
+  lists only in part (ViewName, ContentDescription, a LUT's explanation, a protocol's name…;
+  PS3.15 E.3.5 keeps a descriptor only once cleaned, and no rule tells a clean one from a name);
+  and BodyPartExamined, a CS whose Defined Terms any upper-case words fit (privacy review F2).
+* **Code meanings** (PS3.3 8.8): every CodeMeaning, at any depth, is written anew from the
+  code it names: the adapter's tables (``code_meanings``: mappings/body_sites.yaml), else the
+  PS3.16 codes pydicom carries, else the code value itself
+  (adapter.mapping.dicom_code_meanings); never the sender's words ("Forearm of Jane Doe").
+  The code stays: it is what the image shows, as the FHIR views keep codes without displays.
 * **D** (a dummy value): the labels and identifiers Table E.1-1 marks D (Type 1 where they
   occur: ContainerIdentifier, SpecimenIdentifier, DeviceLabel…) become ``DEIDENTIFIED``.
 * **U** (replaced consistently): every UI value that is not a well-known DICOM UID (SOP
@@ -51,7 +62,11 @@ is X, Z or D is acted on, by name or by its VR's rule).
   the pseudonym) is written under its dictionary VR.
 * Then PatientIdentityRemoved (YES only when nothing identifying may be left in the pixels or
   the document: below), DeidentificationMethod (text), DeidentificationMethodCodeSequence (CID
-  7050), LongitudinalTemporalInformationModified.
+  7050), LongitudinalTemporalInformationModified. The method says what was done: the profile
+  and options in codes and words; the Clean Descriptors Option (113105) when the copy keeps the
+  adapter's own ImageComments or SeriesDescription (below: Table E.1-1 removes them, so only
+  that option lets a cleaned one stay); :data:`REPLACED_CODE_MEANINGS` when a code meaning the
+  object carried was not the one written.
 
 Decisions:
 
@@ -114,7 +129,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -128,6 +143,7 @@ from adapter.imaging.frame import encapsulated_jpeg
 from adapter.imaging.pdf import pdf_without_metadata
 from adapter.imaging.sniff import JPEG
 from adapter.imaging.unlinkable import DEIDENTIFIED_COPY, PSEUDONYMISED_COPY, unlinkable_copy
+from adapter.mapping.dicom_code_meanings import code_meaning
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
 from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs, dictionary_vr, vr_tolerated
@@ -270,6 +286,10 @@ BASIC_PROFILE_REMOVE = frozenset({
     # the dataset's own ICC profile, as the frames' (its text tags can name a device or a person;
     # the de-identified FHIR image has none)
     "ICCProfile",
+    # a CS whose Defined Terms (PS3.16 Annex L) are not enumerated: any upper-case words fit
+    # ("JANE DOE"), and the adapter has no table of them; the site stays coded in
+    # AnatomicRegionSequence, with the adapter's meaning (privacy review F2)
+    "BodyPartExamined",
 })
 #: Table E.1-1 "D" attributes (Type 1 where they occur): a dummy value of their VR.
 BASIC_PROFILE_DUMMY = frozenset({
@@ -302,6 +322,13 @@ _FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
 _CONCEPT_VALUES = frozenset({"CodingSchemeURL", "URNCodeValue", "LongCodeValue"})
 _URL_VRS = frozenset({"UR", "UC"})
 _DATE_VRS = frozenset({"DA", "TM", "DT"})
+#: The VRs of text a sender writes in its own words (LT, ST, UT and PN are removed above, by VR).
+_SENDER_TEXT_VRS = frozenset({"LO", "SH", "UC", "AE"})
+#: Of those, what names a concept (PS3.3 8.8, Code Sequence Macro) and stays: the code itself. Its
+#: Code Meaning is written anew (adapter.mapping.dicom_code_meanings).
+_CODE_TEXT = frozenset({"CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "LongCodeValue", "CodeMeaning"})
+#: TimezoneOffsetFromUTC (SH, PS3.3 C.12.1.1.8): "+HHMM" or "-HHMM"; any other value is text.
+_UTC_OFFSET = re.compile(r"^[+-][0-9]{4}$")
 _JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                             "1.2.840.10008.1.2.4.70"})
 _PSEUDONYM_OK = re.compile(r"^[^\\\x00-\x1f]{1,64}$")
@@ -309,43 +336,52 @@ _PSEUDONYM_OK = re.compile(r"^[^\\\x00-\x1f]{1,64}$")
 # CID 7050 De-identification Method (DCM), meanings as in PS3.16.
 DCM_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
 DCM_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Full Dates Option")
+DCM_CLEAN_DESCRIPTORS = ("113105", "Clean Descriptors Option")
 #: DeidentificationMethod (LO) values for what is released without being cleaned.
 #: The attributes a copy keeps when their value is one of the adapter's fixed texts (module docstring).
 FIXED_TEXT_ATTRIBUTES = ("ImageComments", "SeriesDescription")
 NOT_CLEANED_PIXELS = "Pixel data not cleaned: burned-in text may identify"
 NOT_CLEANED_FEATURES = "Pixel data not cleaned: the person may be recognised"
 NOT_CLEANED_DOCUMENT = "PDF metadata removed; content not cleaned: it may identify"
+#: DeidentificationMethod value when a code meaning the object carried was not the adapter's.
+REPLACED_CODE_MEANINGS = "Code meanings replaced: the adapter's tables, else the code"
+#: MIMETypeOfEncapsulatedDocument of the only document a copy releases (PS3.3 C.24.2.1).
+PDF_MIME_TYPE = "application/pdf"
 #: Type 2 attributes of the Encapsulated Document module (PS3.3 C.24.2) that the rules would remove.
 _DOCUMENT_TYPE2 = ("DocumentTitle", "ContentTime", "AcquisitionDateTime")
 
 
 def deidentify(ds: Dataset, *, uid_root: str, key: bytes, fixed_texts: Collection[str] = (),
+               code_meanings: Mapping[tuple[str, str], str] | None = None,
                text_in_pixels: bool = False, recognizable: bool = False) -> Dataset:
     """The TRAIN copy: PS3.15 Basic Profile, dates removed, UIDs replaced consistently
     (module docstring). ``fixed_texts``: the adapter's own ImageComments and SeriesDescription
     texts (the secondary image's warning), kept when the object carries one word for word.
+    ``code_meanings``: the adapter's own meanings of codes, (Coding Scheme Designator, Code
+    Value) -> meaning (adapter.mapping.dicom_photo.code_meanings), written as every code's
+    meaning (adapter.mapping.dicom_code_meanings).
     ``text_in_pixels``, ``recognizable``: what the record's kind says its picture may show
     (kinds.yaml), beside what the object says (:func:`_not_cleaned`).
 
     Raises:
         ConfigurationError: ``uid_root`` is not a usable root or ``key`` is empty.
     """
-    out = _basic(ds, uid_root=uid_root, key=key, context=TRAIN_CONTEXT, keep_dates=False, view_copy=DEIDENTIFIED_COPY,
-                 fixed_texts=fixed_texts)
+    out, replaced = _basic(ds, uid_root=uid_root, key=key, context=TRAIN_CONTEXT, keep_dates=False,
+                           view_copy=DEIDENTIFIED_COPY, fixed_texts=fixed_texts, code_meanings=code_meanings or {})
     notes = _not_cleaned(ds, text_in_pixels=text_in_pixels, recognizable=recognizable)
     out.PatientIdentityRemoved = _identity_removed(notes)
     out.LongitudinalTemporalInformationModified = "REMOVED"
-    _method(out, [DCM_BASIC_PROFILE], notes)
+    _method(out, _descriptors([DCM_BASIC_PROFILE], out), _replaced(replaced) + notes)
     return out
 
 
 def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root: str, key: bytes,
-                 fixed_texts: Collection[str] = (), text_in_pixels: bool = False,
-                 recognizable: bool = False) -> Dataset:
+                 fixed_texts: Collection[str] = (), code_meanings: Mapping[tuple[str, str], str] | None = None,
+                 text_in_pixels: bool = False, recognizable: bool = False) -> Dataset:
     """The HRESCH copy: Basic Profile with full dates retained, PatientID = ``pseudonym``
     (the keyed pseudonym the FHIR pseudonymised view shows), IssuerOfPatientID =
     ``pseudonym_issuer`` (the pseudonym identifier system), PatientName = ``pseudonym``;
-    ``fixed_texts``, ``text_in_pixels`` and ``recognizable`` as :func:`deidentify`.
+    ``fixed_texts``, ``code_meanings``, ``text_in_pixels`` and ``recognizable`` as :func:`deidentify`.
 
     Raises:
         InvalidInput: ``pseudonym`` or ``pseudonym_issuer`` cannot be a LO value.
@@ -354,8 +390,8 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
     for name, value in (("pseudonym", pseudonym), ("pseudonym_issuer", pseudonym_issuer)):
         if not _PSEUDONYM_OK.match(value):
             raise InvalidInput(f"{name} cannot be a DICOM LO value (1..64 characters, no backslash)")
-    out = _basic(ds, uid_root=uid_root, key=key, context=HRESCH_CONTEXT, keep_dates=True,
-                 view_copy=PSEUDONYMISED_COPY, fixed_texts=fixed_texts)
+    out, replaced = _basic(ds, uid_root=uid_root, key=key, context=HRESCH_CONTEXT, keep_dates=True,
+                           view_copy=PSEUDONYMISED_COPY, fixed_texts=fixed_texts, code_meanings=code_meanings or {})
     out.PatientID = pseudonym
     out.IssuerOfPatientID = pseudonym_issuer
     # family name = the pseudonym; the "^" keeps dciodvfy from reading a one-component name as
@@ -364,7 +400,7 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
     notes = _not_cleaned(ds, text_in_pixels=text_in_pixels, recognizable=recognizable)
     out.PatientIdentityRemoved = _identity_removed(notes)
     out.LongitudinalTemporalInformationModified = "UNMODIFIED"
-    _method(out, [DCM_BASIC_PROFILE, DCM_RETAIN_FULL_DATES], notes)
+    _method(out, _descriptors([DCM_BASIC_PROFILE, DCM_RETAIN_FULL_DATES], out), _replaced(replaced) + notes)
     return out
 
 
@@ -392,6 +428,20 @@ def _not_cleaned(ds: Dataset, *, text_in_pixels: bool, recognizable: bool) -> li
     return notes
 
 
+def _descriptors(codes: list[tuple[str, str]], out: Dataset) -> list[tuple[str, str]]:
+    """``codes`` and, when the copy keeps a descriptor Table E.1-1 removes (ImageComments,
+    SeriesDescription: the adapter's own texts, written back after cleaning), the Clean
+    Descriptors Option (PS3.15 E.3.5), under which alone a descriptor may stay, cleaned."""
+    if any(keyword in out for keyword in FIXED_TEXT_ATTRIBUTES):
+        return [*codes, DCM_CLEAN_DESCRIPTORS]
+    return codes
+
+
+def _replaced(replaced: bool) -> list[str]:
+    """The DeidentificationMethod value saying the object's code meanings were replaced, if any was."""
+    return [REPLACED_CODE_MEANINGS] if replaced else []
+
+
 def _identity_removed(notes: list[str]) -> str:
     """PatientIdentityRemoved: YES says "the true identity of the patient has been removed from
     the Attributes and the Pixel Data" (PS3.3 C.7.1.1), which a copy whose pixels (or document)
@@ -401,12 +451,13 @@ def _identity_removed(notes: list[str]) -> str:
 
 
 def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: bool, view_copy: int,
-           fixed_texts: Collection[str]) -> Dataset:
+           fixed_texts: Collection[str], code_meanings: Mapping[tuple[str, str], str]) -> tuple[Dataset, bool]:
+    """The copy, and whether a code meaning of the object was replaced (:func:`_clean`)."""
     check_uid_root(uid_root)
     out = copy.deepcopy(ds)
     mapper = _UidMapper(uid_root, key, context)
     out.remove_private_tags()
-    _clean(out, mapper, keep_dates=keep_dates)
+    replaced = _clean(out, mapper, keep_dates=keep_dates, meanings=code_meanings)
     for keyword in FIXED_TEXT_ATTRIBUTES:  # the adapter's own warnings (module docstring)
         value = ds.get(keyword)
         if isinstance(value, str) and value and _fixed(value, fixed_texts):
@@ -415,6 +466,10 @@ def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: 
         for keyword in _DOCUMENT_TYPE2:
             if keyword in ds and keyword not in out:
                 setattr(out, keyword, "")
+        if str(ds.get("MIMETypeOfEncapsulatedDocument", "")).strip() == PDF_MIME_TYPE:
+            # the value the copy writes itself (the sender's LO went with the other text): the
+            # only type it releases; any other leaves it out, and the document is refused below
+            out.MIMETypeOfEncapsulatedDocument = PDF_MIME_TYPE
         _document_without_metadata(out)
     _clean_frames(out, view_copy)
     meta = getattr(out, "file_meta", None)
@@ -424,7 +479,7 @@ def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: 
                 delattr(meta, keyword)
         if "SOPInstanceUID" in out:
             meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
-    return out
+    return out, replaced
 
 
 class _UidMapper:
@@ -443,8 +498,10 @@ class _UidMapper:
         return self._cache[uid]
 
 
-def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool) -> None:
-    """Apply the rules to ``ds`` and, recursively, to every sequence item."""
+def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool, meanings: Mapping[tuple[str, str], str]) -> bool:
+    """Apply the rules to ``ds`` and, recursively, to every sequence item; a code's meaning is
+    written anew (:func:`_write_code_meaning`). Whether a meaning the object carried was replaced."""
+    replaced = False
     for tag in list(ds.keys()):
         elem = ds[tag]
         allowed = allowed_vrs(tag)
@@ -464,7 +521,7 @@ def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool) -> None:
             _empty(ds, elem)
         elif keyword in BASIC_PROFILE_DUMMY:
             elem.value = DUMMY_VALUE
-        elif _removed(elem, keep_dates=keep_dates):
+        elif _removed(elem, keep_dates=keep_dates) or _sender_text(elem):
             del ds[tag]
         elif elem.VR == "UI" and keyword not in KEEP_UIDS and elem.value:
             if elem.VM > 1:
@@ -473,12 +530,44 @@ def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool) -> None:
                 elem.value = UID(mapper(elem.value))
         elif elem.VR == "SQ":
             for item in elem.value:
-                _clean(item, mapper, keep_dates=keep_dates)
+                replaced = _clean(item, mapper, keep_dates=keep_dates, meanings=meanings) or replaced
+    if "CodeMeaning" in ds:
+        replaced = _write_code_meaning(ds, meanings) or replaced
+    return replaced
+
+
+def _sender_text(elem: DataElement) -> bool:
+    """Text in the sender's own words that no rule above removed, emptied or replaced: a value of
+    an LO, SH, UC or AE attribute (by the tag's own VR: a CS sent as LO stays a code) that is no
+    code (:data:`_CODE_TEXT`) nor a time zone offset that is one. Descriptions, comments, labels
+    and names beyond Table E.1-1's list (ViewName, ContentDescription, a LUT's explanation, a
+    protocol's name…) go: PS3.15 E.3.5 keeps a descriptor only when cleaned, and the adapter
+    cannot tell a clean one from a name (privacy review F2)."""
+    keyword = elem.keyword
+    if dictionary_vr(elem.tag) not in _SENDER_TEXT_VRS or keyword in _CODE_TEXT:
+        return False
+    if keyword == "TimezoneOffsetFromUTC":
+        return not (isinstance(elem.value, str) and _UTC_OFFSET.match(elem.value.strip()))
+    return True
+
+
+def _write_code_meaning(item: Dataset, meanings: Mapping[tuple[str, str], str]) -> bool:
+    """The item's Code Meaning as the adapter's tables give it, or the standard's, or its code
+    (adapter.mapping.dicom_code_meanings); removed when the item holds no code value. Whether
+    that changed what the object said."""
+    before = item.CodeMeaning
+    meaning = code_meaning(item, meanings)
+    if meaning is None:
+        del item.CodeMeaning
+        return bool(before)
+    item.CodeMeaning = meaning
+    return str(before).strip() != meaning
 
 
 #: Attributes a release gives a value of its own (beside the emptied and dummy ones).
 _WRITTEN = frozenset({"PatientID", "IssuerOfPatientID", "PatientName", "PatientIdentityRemoved",
-                      "LongitudinalTemporalInformationModified", "DeidentificationMethod"})
+                      "LongitudinalTemporalInformationModified", "DeidentificationMethod", "CodeMeaning",
+                      "MIMETypeOfEncapsulatedDocument"})
 
 
 def _writes_value(keyword: str, *, keep_dates: bool) -> bool:
@@ -583,5 +672,6 @@ def _method(ds: Dataset, codes: list[tuple[str, str]], notes: list[str]) -> None
 __all__ = [
     "BASIC_PROFILE_REMOVE", "BASIC_PROFILE_ZERO", "DATES_REMOVE", "DATES_ZERO", "FIXED_TEXT_ATTRIBUTES",
     "HRESCH_CONTEXT", "KEEP_UIDS",
-    "NOT_CLEANED_DOCUMENT", "NOT_CLEANED_FEATURES", "NOT_CLEANED_PIXELS", "TRAIN_CONTEXT", "deidentify", "pseudonymise",
+    "NOT_CLEANED_DOCUMENT", "NOT_CLEANED_FEATURES", "NOT_CLEANED_PIXELS", "REPLACED_CODE_MEANINGS", "TRAIN_CONTEXT",
+    "deidentify", "pseudonymise",
 ]

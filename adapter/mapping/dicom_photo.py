@@ -371,6 +371,15 @@ def fixed_texts(tables: Tables, dicom_tables: DicomTables) -> frozenset[str]:
     return tables.kind_warnings | {text for text in descriptions if text}
 
 
+def code_meanings(tables: Tables) -> dict[tuple[str, str], str]:
+    """(Coding Scheme Designator, Code Value) -> the Code Meaning :func:`photo_to_dicom` writes:
+    the body sites and lateralities of mappings/body_sites.yaml (SCT). The restricted copies write
+    these meanings, never the sender's (adapter.mapping.dicom_code_meanings)."""
+    meanings = {("SCT", code): display for code, display in tables.body_sites.codes.items()}
+    meanings.update((("SCT", side.code), side.display) for side in tables.body_sites.laterality.values())
+    return meanings
+
+
 def encode_dataset(ds: Dataset) -> bytes:
     """The Part 10 file bytes of ``ds`` (preamble, DICM, file meta, dataset)."""
     buf = io.BytesIO()
@@ -680,5 +689,6 @@ def _has_non_ascii(ds: Dataset) -> bool:
 
 
 __all__ = ["MAX_ROWS_COLUMNS", "PHOTO_OBJECT_VERSION", "STUDY_DATE_VERSION", "Equipment", "PhotoStudy",
-           "check_rows_columns", "encode_dataset", "encounter_key", "fixed_texts", "image_comments", "photo_study", "photo_study_values", "photo_to_dicom", "pixels_decoded",
+           "check_rows_columns", "code_meanings", "encode_dataset", "encounter_key", "fixed_texts", "image_comments",
+           "photo_study", "photo_study_values", "photo_to_dicom", "pixels_decoded",
            "quality_texts", "study_date", "study_time"]

@@ -55,7 +55,7 @@ from adapter.imaging.unlinkable import DEIDENTIFIED_COPY, PSEUDONYMISED_COPY, un
 from adapter.mapping.codes import DICOM_UID_SYSTEM
 from adapter.mapping.dicom_fhir import PDF, extract_frame, extract_image, grey_levels
 from adapter.mapping.dicom_json import read_released
-from adapter.mapping.dicom_photo import fixed_texts, quality_texts
+from adapter.mapping.dicom_photo import code_meanings, fixed_texts, quality_texts
 from adapter.mapping.dicom_tables import ENCAPSULATED_PDF, DicomTables
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.released_ids import IdSpace, ReleasedIds
@@ -990,7 +990,8 @@ class ScopedReader:
         if self._dicom_tables is None:
             raise NotSupported("DICOM is not served here")
         return DicomRelease(view, uids=self._released_uids, pseudonymizer=self._pseudonymizer,
-                            dicom_tables=self._dicom_tables, fixed_texts=fixed_texts(self._tables, self._dicom_tables))
+                            dicom_tables=self._dicom_tables, fixed_texts=fixed_texts(self._tables, self._dicom_tables),
+                            code_meanings=code_meanings(self._tables))
 
     @property
     def purpose_view(self) -> View:

@@ -285,9 +285,12 @@ class DicomRelease:
     """DICOM objects and their attributes in one read view (module docstring)."""
 
     def __init__(self, view: View, *, uids: ReleasedUidSpaces | None, pseudonymizer: Pseudonymizer,
-                 dicom_tables: DicomTables, fixed_texts: frozenset[str] = frozenset()) -> None:
+                 dicom_tables: DicomTables, fixed_texts: frozenset[str] = frozenset(),
+                 code_meanings: Mapping[tuple[str, str], str] | None = None) -> None:
         """``fixed_texts``: the adapter's own ImageComments/SeriesDescription texts
-        (adapter.mapping.dicom_photo.fixed_texts), which the restricted copies keep."""
+        (adapter.mapping.dicom_photo.fixed_texts), which the restricted copies keep;
+        ``code_meanings``: the adapter's own meanings of codes
+        (adapter.mapping.dicom_photo.code_meanings), which the restricted copies write."""
         if view is not View.FULL and uids is None:
             raise StorageError("no DICOM UID key is configured")
         self.view = view
@@ -295,6 +298,7 @@ class DicomRelease:
         self._pseudonymizer = pseudonymizer
         self._dicom_tables = dicom_tables
         self._fixed_texts = fixed_texts
+        self._code_meanings = dict(code_meanings or {})
 
     def uid(self, original: str) -> str:
         """``original`` in this view's UID space (the value the released object carries)."""
@@ -375,11 +379,13 @@ class DicomRelease:
         try:
             if self.view is View.DEIDENTIFIED and uids is not None:
                 ds = deidentify(ds, uid_root=uids.root, key=uids.key, fixed_texts=fixed,
-                                text_in_pixels=text_in_pixels, recognizable=recognizable)
+                                code_meanings=self._code_meanings, text_in_pixels=text_in_pixels,
+                                recognizable=recognizable)
             elif self.view is View.PSEUDONYMISED and uids is not None:
                 ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
                                   pseudonym_issuer=self._pseudonymizer.system, uid_root=uids.root, key=uids.key,
-                                  fixed_texts=fixed, text_in_pixels=text_in_pixels, recognizable=recognizable)
+                                  fixed_texts=fixed, code_meanings=self._code_meanings,
+                                  text_in_pixels=text_in_pixels, recognizable=recognizable)
             return _released(encode_dataset(ds), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID, ds.SOPInstanceUID)
         except (StorageError, ConfigurationError, UncleanableDocument):
             # a document whose metadata cannot be removed is not released in this view (422):

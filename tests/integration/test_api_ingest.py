@@ -1332,3 +1332,34 @@ def test_transactions_take_the_turns_photo_ingests_take(tmp_path: Path, monkeypa
             t.join()
         assert sorted(answers) == [200, 200, 201, 201], answers
         assert most == 1
+
+
+def test_an_icc_profiles_text_is_rewritten_in_cares_copy_and_listed_in_the_receipt(tmp_path: Path) -> None:
+    """Privacy review F3: a JPEG's ICC profile naming "JaneDoe MRN01" in its desc, cprt, dmnd and
+    dmdd tags was kept word for word in the stored copy (and so in care's Binary and DICOM
+    object, and what is forwarded to a PACS), and the receipt's metadataRemoved did not list it,
+    though the README says owner names are removed at ingest (test seen failing). The profile
+    stays for the colours, its text rewritten, and the receipt says so."""
+    import io
+
+    from PIL import Image
+
+    from tests.unit.test_imaging_icc import NEEDLES, identifying
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (150, 90, 60)).save(buf, "JPEG", quality=90, icc_profile=identifying())
+    photo = tmp_path / "icc.jpg"
+    photo.write_bytes(buf.getvalue())
+    with adapter_client(tmp_path) as (client, services):
+        r = post_photo(client, photo, metadata())
+        assert r.status_code == 201, r.text
+        receipt = r.json()
+        assert "ICC profile text" in receipt["metadataRemoved"]
+        stored = next((services.settings.data_dir / "blobs").rglob(receipt["sha256"]["stored"])).read_bytes()
+        binary = client.get(f"/fhir/{receipt['binary']}", headers=as_purpose("TREAT", Accept="image/jpeg"))
+        dicom = client.get(f"/fhir/{receipt['binary']}", headers=as_purpose("TREAT", Accept="application/dicom"))
+        assert binary.status_code == dicom.status_code == 200
+        for data in (stored, binary.content, dicom.content):
+            assert b"ICC_PROFILE" in data
+            for needle in NEEDLES:
+                assert needle not in data, needle

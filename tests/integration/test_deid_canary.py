@@ -241,6 +241,16 @@ def canary_dicom(*, photo: bool = True) -> Dataset:
         ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"
         ds.Modality = "XC"
         del ds.ConversionType
+        # the body site as a sender may code it: the code standard, its meaning and the
+        # laterality's the sender's words, a CS anyone can fill, a view's name (privacy review F2)
+        side = Dataset()
+        side.CodeValue, side.CodingSchemeDesignator, side.CodeMeaning = "24028007", "SCT", f"Right arm of {GIVEN}"
+        site = Dataset()
+        site.CodeValue, site.CodingSchemeDesignator, site.CodeMeaning = "14975008", "SCT", f"Forearm of {FAMILY}"
+        site.AnatomicRegionModifierSequence = Sequence([side])
+        ds.AnatomicRegionSequence = Sequence([site])
+        ds.BodyPartExamined = FAMILY.upper()
+        ds.ViewName = FAMILY
     ds.IssuerOfPatientID = "HOSP"
     ds.PatientBirthDate, ds.PatientSex, ds.PatientAddress = BIRTH, "F", ADDRESS
     ds.PatientBirthName = f"{FAMILY}^Maiden"

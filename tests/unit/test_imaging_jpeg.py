@@ -141,10 +141,13 @@ def test_orientation_1_leaves_no_exif_at_all(tmp_path: Path) -> None:
 
 
 def test_icc_profile_kept(tmp_path: Path, wound: bytes) -> None:
+    """Kept for colour, its text rewritten (privacy review F3: adapter.imaging.icc)."""
+    from adapter.imaging.icc import icc_profile_without_text
+
     _, stored = run(tmp_path, wound)
     with Image.open(io.BytesIO(wound)) as before, Image.open(io.BytesIO(stored)) as after:
         assert before.info["icc_profile"] == ms.srgb_icc()
-        assert after.info["icc_profile"] == before.info["icc_profile"]
+        assert after.info["icc_profile"] == icc_profile_without_text(before.info["icc_profile"])
 
 
 def test_trailer_and_mpf_image_removed(tmp_path: Path, wound: bytes) -> None:
@@ -630,3 +633,44 @@ def test_a_photo_thinner_than_its_dct_scale_is_stored(tmp_path: Path, proof: str
     data = jpeg(Image.new("RGB", size, (120, 80, 40)))
     facts, stored = run(tmp_path, data, quality=Quality(decodeProof=proof))
     assert (facts.width, facts.height) == size and np.array_equal(pixels(stored), pixels(data))
+
+
+def _icc_segments(data: bytes) -> list[bytes]:
+    return [p for m, p in app_segments(data) if m == 0xE2 and p.startswith(b"ICC_PROFILE\x00")]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_icc_profiles_text_is_rewritten_at_ingest_its_colours_and_pixels_kept(tmp_path: Path,
+                                                                                chunked: bool) -> None:
+    """Privacy review F3: an ICC profile whose desc, cprt, dmnd and dmdd named "JaneDoe MRN01" was
+    kept as it was in care's copy, and the receipt did not list it (test seen failing). The
+    profile stays (wound colours matter) with its text tags rewritten, by segment copy: the
+    pixels are the same, the colour transform too, and the receipt lists "ICC profile text".
+    A profile over one APP2's 65519 bytes is chunked (ICC.1 Annex B.4): rewritten chunk by chunk."""
+    from tests.unit.test_imaging_icc import NEEDLES, identifying, transformed
+
+    profile = identifying()
+    if chunked:  # a private tag of 70,000 bytes: emptied, and the profile spans two APP2 segments
+        from tests.unit.test_imaging_icc import build, tags_of
+        profile = build([*tags_of(profile), (b"jbig", b"zzzz" + bytes(4) + b"JaneDoe" * 10_000)])
+    data = jpeg(Image.new("RGB", (64, 48), (150, 90, 60)), quality=90, icc_profile=profile)
+    assert len(_icc_segments(data)) == (2 if chunked else 1)
+    facts, stored = run(tmp_path, data)
+    for needle in NEEDLES:
+        assert needle not in stored
+    assert "ICC profile text" in facts.removed
+    assert len(_icc_segments(stored)) == len(_icc_segments(data))
+    with Image.open(io.BytesIO(data)) as before, Image.open(io.BytesIO(stored)) as after:
+        assert np.array_equal(np.asarray(before), np.asarray(after))
+        kept = after.info["icc_profile"]
+    assert len(kept) == len(profile) and transformed(kept) == transformed(profile)
+
+
+def test_a_profile_whose_text_cannot_be_rewritten_is_dropped(tmp_path: Path) -> None:
+    from tests.unit.test_imaging_icc import build, mluc
+
+    profile = build([(b"desc", mluc("JaneDoe")[:20])])  # too small for any rewrite
+    data = jpeg(Image.new("RGB", (64, 48), (150, 90, 60)), quality=90, icc_profile=profile)
+    facts, stored = run(tmp_path, data)
+    assert not _icc_segments(stored) and "JaneDoe".encode("utf-16-be")[:8] not in stored
+    assert "ICC profile whose text cannot be rewritten" in facts.removed

@@ -92,10 +92,14 @@ def test_pixels_identical(tmp_path: Path, lesion: bytes) -> None:
 
 
 def test_critical_and_colour_chunks_identical(tmp_path: Path, lesion: bytes) -> None:
+    from adapter.imaging.icc import icc_profile_without_text
+
     _, stored = run(tmp_path, lesion)
-    keep = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"pHYs"}
+    keep = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"sRGB", b"gAMA", b"cHRM", b"pHYs"}
     assert [c for c in chunks(lesion) if c[0] in keep] == [c for c in chunks(stored) if c[0] in keep]
-    assert b"iCCP" in [t for t, _ in chunks(stored)]
+    # the iCCP stays, its profile's text rewritten (privacy review F3)
+    with Image.open(io.BytesIO(lesion)) as before, Image.open(io.BytesIO(stored)) as after:
+        assert after.info["icc_profile"] == icc_profile_without_text(before.info["icc_profile"])
 
 
 def test_metadata_chunks_removed(tmp_path: Path, lesion: bytes) -> None:
@@ -397,8 +401,9 @@ def test_nothing_rides_in_the_chunks_decoding_keeps(tmp_path: Path, case: str) -
         with Image.open(io.BytesIO(crafted)) as before, Image.open(io.BytesIO(out)) as after:
             assert np.array_equal(np.asarray(before), np.asarray(after))
     if case.startswith("iCCP"):
-        with Image.open(io.BytesIO(stored)) as after:
-            assert after.info["icc_profile"] == ms.srgb_icc()  # the profile stays, under a plain name
+        from adapter.imaging.icc import icc_profile_without_text
+        with Image.open(io.BytesIO(stored)) as after:  # the profile stays, under a plain name, its text rewritten
+            assert after.info["icc_profile"] == icc_profile_without_text(ms.srgb_icc())
 
 
 def test_image_data_inflating_past_the_image_is_refused_without_inflating_it_all(tmp_path: Path) -> None:
@@ -485,3 +490,24 @@ def test_the_palette_of_a_palette_image_is_kept(tmp_path: Path) -> None:
     assert not any("PLTE" in r for r in facts.removed)
     assert b"PLTE" in {t for t, _ in chunks(strip_to_pixels_only(crafted, "image/png"))}
     assert np.array_equal(pixels(stored), pixels(crafted))
+
+
+def test_an_iccp_profiles_text_is_rewritten_at_ingest_its_colours_and_pixels_kept(tmp_path: Path) -> None:
+    """Privacy review F3, the PNG path: an iCCP whose profile names the patient in its text tags
+    keeps its colour transform and loses the text (test seen failing); its name is the plain one,
+    the pixels are the same, and the receipt lists both."""
+    from tests.unit.test_imaging_icc import NEEDLES, identifying, transformed
+
+    profile = identifying()
+    crafted = _insert_after_ihdr(_png(), chunk(b"iCCP", b"JaneDoe MRN01\x00\x00" + zlib.compress(profile)))
+    facts, stored = run(tmp_path, crafted)
+    iccp = [whole for ctype, whole in chunks(stored) if ctype == b"iCCP"]
+    assert len(iccp) == 1
+    inflated = zlib.decompress(iccp[0][8:-4].split(b"\x00", 1)[1][1:])
+    for needle in NEEDLES:
+        assert needle not in stored and needle not in inflated
+    assert {"ICC profile text", "PNG iCCP profile name"} <= set(facts.removed)
+    with Image.open(io.BytesIO(crafted)) as before, Image.open(io.BytesIO(stored)) as after:
+        assert np.array_equal(np.asarray(before), np.asarray(after))
+        kept = after.info["icc_profile"]
+    assert len(kept) == len(profile) and transformed(kept) == transformed(profile)

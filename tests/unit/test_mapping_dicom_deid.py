@@ -31,6 +31,7 @@ from adapter.mapping.dicom_deid import (
     NOT_CLEANED_DOCUMENT,
     NOT_CLEANED_FEATURES,
     NOT_CLEANED_PIXELS,
+    REPLACED_CODE_MEANINGS,
     deidentify,
     pseudonymise,
 )
@@ -137,7 +138,9 @@ def test_deidentified_copy_has_nothing_identifying() -> None:
     assert (out.StudyDate, out.StudyTime, out.ContentDate, out.AccessionNumber, out.StudyID) == ("",) * 5
     assert "ContentTime" not in out and "TimezoneOffsetFromUTC" not in out
     assert out.LongitudinalTemporalInformationModified == "REMOVED"
-    assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile", NOT_CLEANED_FEATURES]
+    # the nested item's meaning "x" is the sender's: replaced (privacy review F2)
+    assert list(out.DeidentificationMethod) == ["Basic Application Confidentiality Profile", REPLACED_CODE_MEANINGS,
+                                                NOT_CLEANED_FEATURES]
     (code,) = out.DeidentificationMethodCodeSequence
     assert (code.CodeValue, code.CodingSchemeDesignator) == ("113100", "DCM")
     # kept: what the image is and what it shows
@@ -210,7 +213,7 @@ def test_mismatches_no_rule_tells_apart_are_cleaned_as_under_their_own_vr() -> N
     source["StationName"].VR = "LO"                    # SH: removed
     source["DeviceSerialNumber"].VR = "SH"             # LO: removed
     source.add_new(Tag("DeviceLabel"), "SH", "LABEL-1")  # LO, dummy
-    source.add_new(Tag("BodyPartExamined"), "LO", "ARM")  # CS: kept as sent
+    source.add_new(Tag("Modality"), "LO", "XC")       # CS: kept as sent
     source.add_new(Tag("SliceThickness"), "IS", "2")   # DS: kept as sent
     source.add_new(Tag("PatientAge"), "LO", "054Y")    # AS: removed
     source["Rows"].VR = "SS"                           # US: kept
@@ -223,7 +226,7 @@ def test_mismatches_no_rule_tells_apart_are_cleaned_as_under_their_own_vr() -> N
         for keyword in ("StationName", "DeviceSerialNumber", "PatientAge"):
             assert keyword not in copy_
         assert copy_["DeviceLabel"].VR == "LO" and copy_.DeviceLabel == DUMMY_VALUE
-        assert copy_["BodyPartExamined"].VR == "LO" and copy_.BodyPartExamined == "ARM"
+        assert copy_["Modality"].VR == "LO" and copy_.Modality == "XC"  # a code, though sent as LO
         assert copy_["SliceThickness"].VR == "IS" and copy_["Rows"].VR == "SS" and copy_.Rows == source.Rows
         assert copy_["PatientID"].VR == "LO"
     assert train.PatientID == ""
@@ -693,3 +696,139 @@ def test_native_pixel_data_is_cut_to_its_frames() -> None:
     ds.PixelData = ds.PixelData + b"GPS-LEAK-47.123~"
     copy_ = deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY)
     assert len(copy_.PixelData) == expected and b"GPS-LEAK" not in copy_.PixelData
+
+
+# -- free text the sender wrote (privacy review F2: "Forearm of Jane Doe" in a code meaning) -------
+
+
+def _copies(ds: Dataset, **kw: object) -> list[Dataset]:
+    return [deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY, **kw),  # type: ignore[arg-type]
+            pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer=PSEUDONYMS.system, uid_root=OUT_ROOT,
+                         key=UID_KEY, **kw)]  # type: ignore[arg-type]
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _methods(ds: Dataset) -> list[str]:
+    return list(ds.DeidentificationMethod) if ds["DeidentificationMethod"].VM > 1 else [ds.DeidentificationMethod]
+
+
+def test_code_meanings_the_sender_wrote_are_replaced_by_the_adapters_in_both_copies() -> None:
+    """Privacy review F2: a received object's AnatomicRegionSequence CodeMeaning "Forearm of Jane
+    Doe" came out word for word in the TRAIN and HRESCH copies (test seen failing). Every code
+    meaning, at any depth, is now the one the adapter's tables give (mappings/body_sites.yaml,
+    then the PS3.16 codes pydicom carries), else the code value itself; the codes stay, and
+    the method says the meanings were replaced."""
+    from adapter.mapping.dicom_photo import code_meanings
+    from tests.support.fhir_factories import tables
+
+    ds = loaded()
+    region = ds.AnatomicRegionSequence[0]
+    region.CodeMeaning = "Forearm of Jane Doe"
+    region.AnatomicRegionModifierSequence[0].CodeMeaning = "Right, said Jane Doe"
+    region.MappingResourceName = "Jane Doe's own mapping"
+    structure = _code("L-123", "99LOCAL", "Mole Jane Doe showed us")
+    structure.EquivalentCodeSequence = Sequence([_code("113100", "DCM", "Jane Doe equivalent")])
+    ds.PrimaryAnatomicStructureSequence = Sequence([structure])
+    for out in _copies(ds, code_meanings=code_meanings(tables())):
+        assert b"jane" not in encode_dataset(out).lower()
+        region_out = out.AnatomicRegionSequence[0]
+        assert (region_out.CodeValue, region_out.CodingSchemeDesignator, region_out.CodeMeaning) == (
+            "14975008", "SCT", "Forearm")                                   # body_sites.yaml
+        assert region_out.AnatomicRegionModifierSequence[0].CodeMeaning == "Right"  # its laterality table
+        assert "MappingResourceName" not in region_out
+        structure_out = out.PrimaryAnatomicStructureSequence[0]
+        assert structure_out.CodeMeaning == "L-123"                          # known to no table: the code
+        assert structure_out.EquivalentCodeSequence[0].CodeMeaning == "Basic Application Confidentiality Profile"
+        assert REPLACED_CODE_MEANINGS in _methods(out)
+
+
+def test_the_adapters_own_code_meanings_are_no_replacement() -> None:
+    """An object the adapter made carries its tables' meanings: the copy keeps them, and says
+    nothing was replaced."""
+    from adapter.mapping.dicom_photo import code_meanings
+    from tests.support.fhir_factories import tables
+
+    for out in _copies(clinical(), code_meanings=code_meanings(tables())):
+        assert out.AnatomicRegionSequence[0].CodeMeaning == "Forearm"
+        assert REPLACED_CODE_MEANINGS not in _methods(out)
+
+
+def test_body_part_examined_and_every_description_the_sender_wrote_leave_both_copies() -> None:
+    """BodyPartExamined is a CS, but its Defined Terms (PS3.16 Annex L) are not enumerated and any
+    upper-case words fit ("JANE DOE"); the adapter has no table of them: removed (the site stays
+    coded in AnatomicRegionSequence). Descriptions, comments, labels and names the sender wrote,
+    listed in Table E.1-1 or not, go at every depth: ViewName, ContentDescription, a LUT's
+    explanation, the acquisition protocol's name... (test seen failing for the unlisted ones)."""
+    ds = loaded()
+    ds.BodyPartExamined = "JANE DOE"
+    ds.ImageComments = "Jane Doe ImageComments"
+    ds.StudyDescription, ds.SeriesDescription = "Jane Doe study", "Jane Doe series"
+    ds.DerivationDescription = "Jane Doe derivation"
+    ds.ViewName = "JANE DOE VIEW"
+    ds.ContentDescription = "Jane Doe content"
+    ds.AcquisitionProtocolName = "Jane Doe protocol"
+    ds.WindowCenterWidthExplanation = "Jane Doe window"
+    ds.TimezoneOffsetFromUTC = "JANE"                                     # not ±HHMM
+    ds.ReferencedImageSequence[0].ContentDescription = "Jane Doe nested"
+    for out in _copies(ds):
+        assert b"jane" not in encode_dataset(out).lower()
+        for keyword in ("BodyPartExamined", "ViewName", "ContentDescription", "AcquisitionProtocolName",
+                        "WindowCenterWidthExplanation", "TimezoneOffsetFromUTC", "ImageComments", "StudyDescription",
+                        "SeriesDescription", "DerivationDescription"):
+            assert keyword not in out, keyword
+    hresch = _copies(clinical())[1]
+    assert hresch.TimezoneOffsetFromUTC == "+0100"  # an offset (the dates' zone) stays with the dates
+
+
+#: What of the sender's LO/SH/UC/AE values may stay in a copy: the codes (a code meaning is
+#: replaced), and a time zone offset that is one (checked apart).
+CODED_TEXT = frozenset({"CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "LongCodeValue",
+                        "CodeMeaning", "TimezoneOffsetFromUTC"})
+_SENDER_TEXT = {"LO": "Jane Doe LO", "SH": "JANEDOE SH", "UC": "Jane Doe UC", "AE": "JANEDOE",
+                "LT": "Jane Doe LT", "ST": "Jane Doe ST", "UT": "Jane Doe UT", "PN": "Doe^Jane"}
+
+
+def test_no_free_text_attribute_of_the_dictionary_keeps_the_senders_words() -> None:
+    """Every free-text attribute of the data dictionary (LO, SH, UC, AE, LT, ST, UT, PN; none
+    retired) holding a name, through both copies: the name is nowhere; each attribute is gone,
+    emptied, a dummy or a value the copy writes itself (the pseudonym, the method)."""
+    ds = Dataset()
+    for tag, (vr, _vm, _name, retired, keyword) in DicomDictionary.items():
+        vr = vr.split(" or ")[0]
+        if retired or not keyword or tag >> 16 in (0x0000, 0x0002) or vr not in _SENDER_TEXT:
+            continue
+        if keyword not in CODED_TEXT:
+            ds.add(DataElement(tag, vr, _SENDER_TEXT[vr]))
+    ds.CodeValue, ds.CodingSchemeDesignator, ds.CodeMeaning = "14975008", "SCT", "Forearm of Jane Doe"
+    ds.SOPClassUID = SC_IMAGE
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for out in _copies(ds):
+        left = {elem.keyword: elem.value for _, elem in walk(out)  # type: ignore[attr-defined]
+                if "jane" in str(elem.value).lower()}  # type: ignore[attr-defined]
+        assert left == {}
+        assert out.CodeMeaning == "Forearm"  # PS3.16 (pydicom's codes) when no table is given
+
+
+def test_a_copy_that_keeps_the_adapters_descriptors_claims_clean_descriptors() -> None:
+    """Table E.1-1 removes ImageComments and SeriesDescription (X); keeping them, even as the
+    adapter's own warning, is the Clean Descriptors Option (PS3.15 E.3.5; CID 7050 113105), which
+    the copy then says in codes and words. Without them it claims only what it did."""
+    from adapter.mapping.dicom_photo import fixed_texts
+    from tests.support.dciodvfy import dicom_tables
+    from tests.support.fhir_factories import tables
+
+    secondary = reread(photo_object(PhotoKind.SECONDARY, stored_sample("document.jpg")))
+    for out in _copies(secondary, fixed_texts=fixed_texts(tables(), dicom_tables())):
+        assert "ImageComments" in out
+        assert "113105" in [c.CodeValue for c in out.DeidentificationMethodCodeSequence]
+        assert "Clean Descriptors Option" in _methods(out)
+    for out in _copies(secondary):
+        assert "ImageComments" not in out and "SeriesDescription" not in out
+        assert "113105" not in [c.CodeValue for c in out.DeidentificationMethodCodeSequence]
+        assert "Clean Descriptors Option" not in _methods(out)
