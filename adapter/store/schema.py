@@ -61,7 +61,10 @@ from adapter.store.dates import UtcDateTime, now_instant
 #:     chain's start in key_fingerprints: the first sequence number after the events stored before.
 #: 19: dicom_instances.object_version (how a posted photo's object is made, fixed at ingest:
 #:     adapter.mapping.dicom_photo.PHOTO_OBJECT_VERSION; the instances stored before have none: 1).
-SCHEMA_VERSION = 19
+#: 20: the audit chain's start sealed under the chain's key, key_fingerprints audit-start-mac
+#:     (adapter.store.audit_start): no table changes; written by the upgrade when the store is
+#:     opened with its key, else by the start that makes the data folder's audit.key.
+SCHEMA_VERSION = 20
 
 
 #: A match key (dicom_instances.*_key): compared in code point order on both databases, so that
@@ -407,7 +410,10 @@ def _migrate(conn: Connection, found: int) -> None:
     17 → 18 adds a nullable column to ``audit`` and records where the chain starts: the number
     after the last event stored before, which the chain does not cover (they stay without a MAC);
     18 → 19 adds a nullable column to ``dicom_instances`` (the photos stored before: their objects
-    stay as they were made, version 1).
+    stay as they were made, version 1);
+    19 → 20 changes no table: the chain's start is sealed under the chain's key, which the
+    migration does not have (SqlRecordStore seals it in the upgrade's transaction when opened
+    with its key: adapter.store.audit_start).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -493,12 +499,12 @@ _READ_AGAIN: dict[int, tuple[str, ...]] = {
 _DROPPED_TABLES: dict[int, tuple[str, ...]] = {6: ("dicom_uid_spaces",)}
 
 
-def create_schema(conn: Connection) -> None:
+def create_schema(conn: Connection) -> int | None:
     """Create missing tables and record the schema version, inside the caller's transaction.
 
     An older database is upgraded (``_migrate``). Raises ConfigurationError when the database
     was written by a newer schema than this code knows: running old code against it could lose
-    data.
+    data. Returns the version found (None: the store was made now).
     """
     metadata.create_all(conn)
     found = conn.execute(select(func.max(schema_version.c.version))).scalar()
@@ -510,3 +516,4 @@ def create_schema(conn: Connection) -> None:
             f"the database has schema version {found}; this adapter supports up to {SCHEMA_VERSION}")
     elif found < SCHEMA_VERSION:
         _migrate(conn, found)
+    return None if found is None else int(found)
