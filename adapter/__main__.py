@@ -732,17 +732,21 @@ def _audit_chain_problems(store: RecordStore) -> list[str]:
     if key_problem is not None:
         return [key_problem]
     chain = store.check_audit_chain()
-    if chain.start is None:
-        return ["the chain's start is not recorded (key_fingerprints audit-start): removed from the database"]
-    covered = (f"events {chain.start}..{chain.last} chained" if chain.last >= chain.start else "no event chained yet")
-    before = f"; events 1..{chain.start - 1}, stored before the chain (schema 18), are not covered" \
-        if chain.start > 1 else ""
-    print(f"audit trail: {chain.events} event(s), {covered}{before}; last sequence number {chain.last}, its MAC "
-          f"{chain.last_mac or '-'} (compare with the last export kept off the host: a cut-off end is not seen here)")
-    if chain.first_broken is None:
-        return []
-    return [(f"the hash chain breaks at event {chain.first_broken} ({chain.first_problem}); {chain.broken} event(s) "
-             "break it in all: the trail was edited, or events removed, added or reordered, in the database")]
+    # the start decides which events the chain exempts: trusted only as sealed under the key
+    problems = [chain.start_problem] if chain.start_problem is not None else []
+    if chain.start is not None and chain.start_problem is None:
+        covered = (f"events {chain.start}..{chain.last} chained" if chain.last >= chain.start
+                   else "no event chained yet")
+        before = (f"; events 1..{chain.start - 1}, stored before the chain (schema 17 or older), are not covered "
+                  "(the start is sealed with the last of them)" if chain.start > 1 else "")
+        print(f"audit trail: {chain.events} event(s), {covered}{before}; last sequence number {chain.last}, its MAC "
+              f"{chain.last_mac or '-'} (compare with the last export kept off the host: a cut-off end is not seen "
+              "here)")
+    if chain.first_broken is not None:
+        problems.append(f"the hash chain breaks at event {chain.first_broken} ({chain.first_problem}); {chain.broken} "
+                        "event(s) break it in all: the trail was edited, or events removed, added or reordered, in the "
+                        "database")
+    return problems
 
 
 def _verify(settings: Settings, *, digests: bool, removal: _Removal | None = None) -> int:

@@ -120,12 +120,13 @@ def pseudonym_key_problem(settings: Settings, store: RecordStore) -> str | None:
 
 def start_refusals(settings: Settings, store: RecordStore) -> list[str]:
     """What ``serve`` refuses to start on, each said with what it concerns: the pseudonym key
-    (:func:`pseudonym_key_problem`), the data folder (adapter.services.data_folder) and the
-    audit chain's key, as the store records them. Reads only: :func:`build_services` asks before
+    (:func:`pseudonym_key_problem`), the data folder (adapter.services.data_folder), the
+    audit chain's key and the chain's sealed start (adapter.store.audit_start), as the store
+    records them. Reads only: :func:`build_services` asks before
     it writes anything (the folder's identity, audit.key, a fingerprint), ``check`` the same."""
     found = (("pseudonym key", pseudonym_key_problem(settings, store)),
              ("data folder", data_folder_problem(settings.data_dir, store)),
-             ("audit key", store.audit_key_refusal()))
+             ("audit key", store.audit_key_refusal()), ("audit trail", store.audit_start_refusal()))
     return [f"{what}: {problem}" for what, problem in found if problem is not None]
 
 
@@ -144,6 +145,11 @@ class _Recorded:
 
     def audit_key_refusal(self) -> str | None:
         return audit_key_refusal(self._stored.get(CHAIN_KEY_FINGERPRINT), self._audit_key)
+
+    def audit_start_refusal(self) -> str | None:
+        """None: the start's seal is checked against the trail's events, which ``check`` does not
+        read (serve and verify do)."""
+        return None
 
 
 def check_start_refusals(settings: Settings) -> list[str]:

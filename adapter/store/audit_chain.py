@@ -14,7 +14,9 @@ The MAC of the row of sequence number ``seq``::
 * ``previous``: the 32-byte MAC of row ``seq - 1``; for the chain's first row, ``seq`` equal to the
   start recorded in key_fingerprints (``audit-start``: 1 for a store made with the chain, the
   first number after the events of a store upgraded to schema 18), HMAC-SHA256(K, ``genesis`` ||
-  seq as 8 bytes): the start is bound into the chain, so moving it is seen too.
+  seq as 8 bytes): the start is bound into the chain, so moving it is seen where a chained event
+  stands on it; and the start itself is sealed under K (adapter.store.audit_start), so it cannot
+  be moved past the last event with every MAC cleared, nor deleted (privacy review F1).
 * ``recorded``: the row's instant in UTC as ASCII ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (27 bytes).
 * ``canonical json``: the event as UTF-8 JSON, keys sorted, no spaces (``,`` and ``:``), non-ASCII
   as itself, last (so the message needs no length prefix).
@@ -126,10 +128,12 @@ class ChainReport:
     """What :func:`check_chain` found: ``events`` rows read, ``start`` the first chained sequence
     number, ``first_broken`` the first row that does not verify (None: none), ``broken`` how many
     do not, ``last`` the last sequence number and ``last_mac`` its MAC (hex), to compare with a copy
-    kept off the host (a chain cannot show that its newest rows were cut off)."""
+    kept off the host (a chain cannot show that its newest rows were cut off). ``start_problem``:
+    why the start itself cannot be trusted (adapter.store.audit_start.start_problem), or None."""
 
     events: int = 0
     start: int | None = None
+    start_problem: str | None = None
     first_broken: int | None = None
     first_problem: str = ""
     broken: int = 0

@@ -265,7 +265,8 @@ class RecordStore(Protocol):
         a batch at a time."""
 
     def check_audit_chain(self, batch: int = 1000) -> ChainReport:
-        """Walk the whole trail once and check its keyed hash chain (adapter.store.audit_chain)."""
+        """Walk the whole trail once and check its keyed hash chain (adapter.store.audit_chain)
+        and its start's seal (adapter.store.audit_start)."""
 
     def audit_chain_mac(self, seq: int) -> str | None:
         """The chain MAC stored with event ``seq`` (hex), None if it has none."""
@@ -277,9 +278,15 @@ class RecordStore(Protocol):
         """Why a start must not chain under the data folder's audit.key (missing or another than
         the one recorded for the trail), or None; reads only."""
 
+    def audit_start_refusal(self) -> str | None:
+        """Why a start must not chain on from the audit trail's start (missing, not sealed, its
+        seal not this start's under the store's key, inconsistent with the events at its edges:
+        adapter.store.audit_start), or None; reads only."""
+
     def claim_audit_key(self, make_key: Callable[[], bytes] | None = None) -> None:
         """Record the chain's key (its fingerprint), made by ``make_key`` when the store was opened
-        without one and none is recorded, or raise ConfigurationError for another."""
+        without one and none is recorded (the trail's start then sealed with it), or raise
+        ConfigurationError for another, or for a start :meth:`audit_start_refusal` refuses."""
 
     # -- DICOM -------------------------------------------------------------------------------
     # save_ingest also writes unit.dicom_instance (unique SOP Instance UID: Conflict when taken)

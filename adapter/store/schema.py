@@ -64,7 +64,10 @@ from adapter.store.dates import UtcDateTime, now_instant
 #:     adapter.mapping.dicom_photo.PHOTO_OBJECT_VERSION; the instances stored before have none: 1).
 #: 20: resources.date_last and creation_last (the last instants of a date's implicit range,
 #:     search.html#date) and an index of date_last; records and Consents are re-indexed at start.
-SCHEMA_VERSION = 20
+#: 21: the audit chain's start sealed under the chain's key, key_fingerprints audit-start-mac
+#:     (adapter.store.audit_start): no table changes; written by the upgrade when the store is
+#:     opened with its key, else by the start that makes the data folder's audit.key.
+SCHEMA_VERSION = 21
 #: key_fingerprints' row holding the version of the records' search index (SqlRecordStore.reindex_records).
 SEARCH_INDEX = "search-index"
 
@@ -422,7 +425,10 @@ def _migrate(conn: Connection, found: int) -> None:
     is set to its first (the instant it was searched as), and the records' search index version is
     cleared, so the start re-indexes the records and Consents from their JSON (reindex_records),
     giving each date the range of its precision. A Provenance keeps its instant (to the
-    millisecond, which compares as that millisecond for any search value to the millisecond).
+    millisecond, which compares as that millisecond for any search value to the millisecond);
+    20 → 21 changes no table: the chain's start is sealed under the chain's key, which the
+    migration does not have (SqlRecordStore seals it in the upgrade's transaction when opened
+    with its key: adapter.store.audit_start).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -512,12 +518,12 @@ _READ_AGAIN: dict[int, tuple[str, ...]] = {
 _DROPPED_TABLES: dict[int, tuple[str, ...]] = {6: ("dicom_uid_spaces",)}
 
 
-def create_schema(conn: Connection) -> None:
+def create_schema(conn: Connection) -> int | None:
     """Create missing tables and record the schema version, inside the caller's transaction.
 
     An older database is upgraded (``_migrate``). Raises ConfigurationError when the database
     was written by a newer schema than this code knows: running old code against it could lose
-    data.
+    data. Returns the version found (None: the store was made now).
     """
     metadata.create_all(conn)
     found = conn.execute(select(func.max(schema_version.c.version))).scalar()
@@ -529,3 +535,4 @@ def create_schema(conn: Connection) -> None:
             f"the database has schema version {found}; this adapter supports up to {SCHEMA_VERSION}")
     elif found < SCHEMA_VERSION:
         _migrate(conn, found)
+    return None if found is None else int(found)

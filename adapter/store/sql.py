@@ -51,7 +51,6 @@ from adapter.model.photo import Identifier
 from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
 from adapter.store.audit_chain import (
     CHAIN_KEY_FINGERPRINT,
-    CHAIN_START,
     ChainReport,
     audit_key_refusal,
     chain_mac,
@@ -59,6 +58,14 @@ from adapter.store.audit_chain import (
     genesis,
 )
 from adapter.store.audit_chain import key_fingerprint as audit_key_fingerprint
+from adapter.store.audit_start import (
+    START_SEAL_VERSION,
+    StartFacts,
+    read_start_facts,
+    seal_start,
+    sealing_refusal,
+    start_problem,
+)
 from adapter.store.dates import now_instant, to_utc
 from adapter.store.engine import (
     UNLIMITED,
@@ -94,6 +101,7 @@ from adapter.store.rows import (
     with_meta,
 )
 from adapter.store.schema import (
+    AUDIT_CHAIN_VERSION,
     SCHEMA_VERSION,
     SEARCH_INDEX,
     EncodedJson,
@@ -509,7 +517,12 @@ class SqlRecordStore:
                 if existing_only and not inspect(conn).has_table(schema_version.name):
                     raise NoStore("the database holds no record store of the adapter (no schema_version table): "
                                   "a new or wrong database (ADAPTER_DATABASE_URL, ADAPTER_DATA_DIR)")
-                create_schema(conn)
+                found = create_schema(conn)
+                if audit_key is not None and (found is None or found < START_SEAL_VERSION):
+                    # sealed in the transaction that made or upgraded the store (audit_start); a
+                    # start recorded by this one (made now, or upgraded from before the chain) is
+                    # the number after the last event, one recorded before must be chained from
+                    seal_start(conn, audit_key, fresh=found is None or found < AUDIT_CHAIN_VERSION)
         except BaseException:
             self._engine.dispose()
             raise
@@ -528,12 +541,25 @@ class SqlRecordStore:
         """See RecordStore.audit_key_refusal."""
         return audit_key_refusal(self.stored_fingerprints().get(CHAIN_KEY_FINGERPRINT), self._audit_key)
 
+    def audit_start_refusal(self) -> str | None:
+        """See RecordStore.audit_start_refusal."""
+        with self._read() as conn:
+            recorded = conn.execute(select(_k.fingerprint).where(_k.name == CHAIN_KEY_FINGERPRINT)).scalar()
+            facts = read_start_facts(conn)
+        if self._audit_key is not None:
+            return start_problem(self._audit_key, facts)
+        if recorded is not None:  # chained under a key this folder lacks: audit_key_refusal says so
+            return None
+        return _unsealable_as_the_key_is_made(facts)
+
     def claim_audit_key(self, make_key: Callable[[], bytes] | None = None) -> None:
         """Record which key the audit chain is made with, or refuse another (fail closed: a lost
         or other audit.key would chain new events under a key the earlier ones do not verify with).
         ``serve`` and the export call it once the data folder is known to be the database's; a
         store opened without a key gets ``make_key``'s (the folder's audit.key, made then) when
-        its trail has none recorded yet, so a start that is refused makes no audit.key."""
+        its trail has none recorded yet, so a start that is refused makes no audit.key; the
+        trail's start is sealed with the key so made (adapter.store.audit_start), and a start
+        that cannot be trusted is refused (ConfigurationError), before any key is made."""
         with self._maintain() as conn:
             if conn.dialect.name == "postgresql":  # processes starting together: one after the other
                 lock_in_schema(conn, _FINGERPRINT_LOCK)
@@ -542,9 +568,16 @@ class SqlRecordStore:
             if refusal is not None:
                 raise ConfigurationError(refusal)
             if self._audit_key is None and make_key is not None:
+                why = _unsealable_as_the_key_is_made(read_start_facts(conn))
+                if why is not None:
+                    raise ConfigurationError(f"audit trail: {why}")
                 self._audit_key = make_key()
+                seal_start(conn, self._audit_key, fresh=True)
             if self._audit_key is None:
                 raise ConfigurationError("the store was opened without the audit chain's key (audit.key)")
+            problem = start_problem(self._audit_key, read_start_facts(conn))
+            if problem is not None:
+                raise ConfigurationError(f"audit trail: {problem}")
             if recorded is None:
                 self._set_fingerprint(conn, CHAIN_KEY_FINGERPRINT, audit_key_fingerprint(self._audit_key))
         refusal = self.audit_key_refusal()  # another process's start may have recorded its key meanwhile
@@ -1229,14 +1262,16 @@ class SqlRecordStore:
 
     def check_audit_chain(self, batch: int = 1000) -> ChainReport:
         """Walk the audit trail once, in sequence order, a batch at a time (bounded memory), and
-        check its chain (adapter.store.audit_chain.check_chain) with this store's key."""
+        check its chain (adapter.store.audit_chain.check_chain) with this store's key, and the
+        start's seal (adapter.store.audit_start.start_problem: ``start_problem``)."""
         if self._audit_key is None:
             raise ConfigurationError("the audit chain's key (audit.key in the data folder) is missing: the chain "
                                      "cannot be checked")
         with self._read() as conn:
-            start = conn.execute(select(_k.fingerprint).where(_k.name == CHAIN_START)).scalar()
-        return check_chain(self._audit_key, int(start) if start is not None and start.isdigit() else None,
-                           self._audit_rows(batch))
+            facts = read_start_facts(conn)
+        report = check_chain(self._audit_key, facts.start, self._audit_rows(batch))
+        report.start_problem = start_problem(self._audit_key, facts)
+        return report
 
     def audit_chain_mac(self, seq: int) -> str | None:
         """The chain MAC stored with event ``seq`` (hex), None if it has none."""
@@ -1822,6 +1857,17 @@ class SqlRecordStore:
     def close(self) -> None:
         """Close every pooled connection."""
         self._engine.dispose()
+
+
+def _unsealable_as_the_key_is_made(facts: StartFacts) -> str | None:
+    """Why a start that makes the audit key now must not seal the trail's start (so refuses to
+    start), or None: one already sealed has a key this folder lacks; else the start must be one
+    no event could be chained from (adapter.store.audit_start.sealing_refusal)."""
+    if facts.seal is not None:
+        return ("the chain's start is sealed (key_fingerprints audit-start-mac), so under an audit key, but the data "
+                "folder has no audit.key: restore the audit.key backed up with the database")
+    why = sealing_refusal(None, facts, fresh=True)
+    return f"the chain's start cannot be sealed under a new audit key: {why}" if why else None
 
 
 def read_key_fingerprints(database_url: str, timeouts: DatabaseTimeouts | None = None) -> dict[str, str]:

@@ -141,20 +141,17 @@ def test_copy_store_refuses_a_source_of_an_older_schema_and_leaves_it_as_it_was(
     (tmp_path / "policy.yaml").write_text((ROOT / "mappings" / "policy.yaml").read_text())
     engine = sa.create_engine(f"sqlite:///{source}")
     try:
-        with engine.begin() as conn:  # the tables as schema 18 made them
-            conn.exec_driver_sql("ALTER TABLE dicom_instances DROP COLUMN object_version")
-            conn.exec_driver_sql("DROP INDEX ix_resources_date_last")  # added by 20, with its columns
-            conn.exec_driver_sql("ALTER TABLE resources DROP COLUMN date_last")
-            conn.exec_driver_sql("ALTER TABLE resources DROP COLUMN creation_last")
-            conn.exec_driver_sql("UPDATE schema_version SET version = 18 WHERE version = 20")
+        with engine.begin() as conn:  # the store as schema 20 left it: its audit chain's start not sealed
+            conn.exec_driver_sql("DELETE FROM key_fingerprints WHERE name = 'audit-start-mac'")
+            conn.exec_driver_sql("UPDATE schema_version SET version = 20 WHERE version = 21")
         with postgres_schema("copy_store_older") as url:
             done = _adapter(tmp_path, "copy-store", "--to", url)
             assert done.returncode == 2, done.stdout + done.stderr
-            assert "schema version 18" in done.stderr and "nothing was changed" in done.stderr, done.stderr
+            assert "schema version 20" in done.stderr and "nothing was changed" in done.stderr, done.stderr
             assert table_names(url) == []
         with engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT max(version) FROM schema_version").scalar() == 18
-            columns = [c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")]
-            assert "object_version" not in columns
+            assert conn.exec_driver_sql("SELECT max(version) FROM schema_version").scalar() == 20
+            assert conn.exec_driver_sql("SELECT count(*) FROM key_fingerprints WHERE name = 'audit-start-mac'"
+                                        ).scalar() == 0
     finally:
         engine.dispose()

@@ -255,9 +255,9 @@ _DERIVED = (
 _STALE = (
     # the fills' fingerprints; not the pseudonym key's own, which names the key, nor the data
     # folder's, which names the folder (adapter.services.data_folder), nor the audit chain's key and start
-    # (adapter.store.audit_chain): no derivation
+    # (adapter.store.audit_chain, audit_start): no derivation
     ("UPDATE key_fingerprints SET fingerprint = 'stale' "
-     "WHERE name NOT IN ('pseudonym-key', 'data-folder', 'audit-key', 'audit-start')"),
+     "WHERE name NOT IN ('pseudonym-key', 'data-folder', 'audit-key', 'audit-start', 'audit-start-mac')"),
     "DELETE FROM tokens WHERE resource_type IN ('Media', 'DocumentReference')",
     ("UPDATE resources SET date = NULL, status = NULL, creation = NULL "
      "WHERE resource_type IN ('Media', 'DocumentReference')"),

@@ -204,3 +204,33 @@ def test_a_refused_start_makes_no_audit_key(tmp_path: Path, database_url: str) -
     missing = sa.make_url(PG_URL).set(database="key_guard_no_such_database").render_as_string(hide_password=False)
     _refused_start(tmp_path, fresh, missing, ADAPTER_PSEUDONYM_KEY_FILE=str(key))
     assert not (fresh / "audit.key").exists()
+
+
+def test_an_audit_trail_whose_chain_start_was_moved_is_refused(tmp_path: Path, database_url: str) -> None:
+    """Privacy review F1: a database writer without audit.key cleared every event's chain MAC and
+    moved the chain's start (key_fingerprints ``audit-start``) past the last event; ``verify``
+    passed (exit 0, every event "stored before the chain") and serve chained on from there, so
+    every earlier event could be rewritten unseen. The start is sealed under the chain's key:
+    verify finds it (exit 1), serve refuses to start (exit 2), both saying why."""
+    data = tmp_path / "data"
+    key, _ = _key_file(tmp_path, "pseudonym.key")
+    _start_and_stop(tmp_path, data, database_url, ADAPTER_PSEUDONYM_KEY_FILE=str(key))
+    sound = _cli(tmp_path, "verify", data, database_url, ADAPTER_PSEUDONYM_KEY_FILE=str(key))
+    assert sound.returncode == 0, sound.stdout + sound.stderr
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            last = conn.execute(sa.text("SELECT max(seq) FROM audit")).scalar_one()
+            assert last >= 2  # the start and the stop, at least
+            conn.execute(sa.text("UPDATE audit SET json = replace(json, '\"outcome\":\"0\"', '\"outcome\":\"4\"') "
+                                 "WHERE seq = 1"))
+            conn.execute(sa.text("UPDATE audit SET chain_mac = NULL"))
+            conn.execute(sa.text("UPDATE key_fingerprints SET fingerprint = :start WHERE name = 'audit-start'"),
+                         {"start": str(last + 1)})
+    finally:
+        engine.dispose()
+    verified = _cli(tmp_path, "verify", data, database_url, ADAPTER_PSEUDONYM_KEY_FILE=str(key))
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "audit trail: the chain's start" in verified.stdout and "audit-start" in verified.stdout, verified.stdout
+    out = _refused_start(tmp_path, data, database_url, ADAPTER_PSEUDONYM_KEY_FILE=str(key))
+    assert "audit trail: the chain's start" in out, out[-2000:]
