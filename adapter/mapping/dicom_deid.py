@@ -145,7 +145,12 @@ from adapter.imaging.sniff import JPEG
 from adapter.imaging.unlinkable import DEIDENTIFIED_COPY, PSEUDONYMISED_COPY, unlinkable_copy
 from adapter.mapping.dicom_code_meanings import code_meaning
 from adapter.mapping.dicom_fhir import extract_image
-from adapter.mapping.dicom_uids import check_uid_root, keyed_uid
+from adapter.mapping.dicom_uids import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    check_uid_root,
+    keyed_uid,
+)
 from adapter.mapping.dicom_vr import NonConformingVR, allowed_vrs, dictionary_vr, vr_tolerated
 from adapter.mapping.release_contexts import HRESCH_CONTEXT, TRAIN_CONTEXT
 
@@ -479,6 +484,10 @@ def _basic(ds: Dataset, *, uid_root: str, key: bytes, context: str, keep_dates: 
                 delattr(meta, keyword)
         if "SOPInstanceUID" in out:
             meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+        # the copy is the adapter's writing (PS3.10 7.1), whoever wrote the stored object (a
+        # STOW-RS sender's object is kept with its own File Meta)
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return out, replaced
 
 

@@ -1358,7 +1358,9 @@ class ScopedReader:
         # (match_level below checks it again, as every key)
         dates = (query.study_date.start, query.study_date.end) if query.study_date is not None else None
         batches: Iterable[list[DicomInstance]]
-        if release.view is View.DEIDENTIFIED and (query.patient_id is not None or query.patient_name is not None
+        if query.matches_nothing:
+            batches = ()  # a key no instance holds has a value (adapter.services.dicom_objects.DicomQuery)
+        elif release.view is View.DEIDENTIFIED and (query.patient_id is not None or query.patient_name is not None
                                                   or query.study_date is not None):
             batches = ()  # the view shows no PatientID, PatientName or dates: nothing can match, nothing to load
         elif release.view is not View.FULL and (query.accession_number is not None

@@ -543,9 +543,13 @@ class DicomQuery:
     study_time: TimeRange | None = None    # what the view shows: TRAIN's copies have none
     referring_physician_name: str | None = None  # as PatientName; only care's view shows one
     study_id: str | None = None            # wildcards; only care's view shows one
+    matches_nothing: bool = False          # a value for a key no instance holds (a series' request
+                                           # attributes, PS3.18 Table 10.6.1-5): no match
 
     def matches(self, entry: DicomEntry) -> bool:
         """Every key but Modality, which :func:`match_level` applies per level."""
+        if self.matches_nothing:
+            return False
         if self.study_uids and entry.study_instance_uid not in self.study_uids:
             return False
         if self.series_uids and entry.series_instance_uid not in self.series_uids:

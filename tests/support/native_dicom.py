@@ -183,16 +183,17 @@ def comparable(model: Any) -> Any:
 
 def xml_parts(response: httpx.Response) -> list[bytes]:
     """The parts of a ``multipart/related; type="application/dicom+xml"`` answer, each checked to be
-    of Content-Type application/dicom+xml; none for an empty body."""
+    of Content-Type application/dicom+xml; none for a body of the closing delimiter alone (no
+    result)."""
     ctype = response.headers["content-type"]
     assert ctype.startswith("multipart/related") and 'type="application/dicom+xml"' in ctype, ctype
     match = re.search(r"boundary=([^;\s]+)", ctype)
     assert match, ctype
     boundary = match.group(1).strip('"')
     body = response.content
-    if not body:
-        return []
     delimiter = f"--{boundary}".encode()
+    if body == delimiter + b"--\r\n":
+        return []
     assert body.startswith(delimiter) and body.endswith(delimiter + b"--\r\n"), body[-80:]
     out = []
     for chunk in body[len(delimiter):-len(delimiter) - 4].split(b"\r\n" + delimiter):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapter.api.accept import MediaRange, accepts, media_ranges
+from adapter.api.accept import MediaRange, accepts, media_ranges, quality
 
 
 def test_ranges_in_order_with_their_parameters() -> None:
@@ -37,3 +37,18 @@ def test_accepts_with_wildcards() -> None:
     assert accepts(None, "image/jpeg")
     assert not accepts("image/png", "image/jpeg")
     assert not accepts("image/jpeg;q=0, */*;q=0", "image/jpeg")
+
+XML_PARTS = 'multipart/related; type="application/dicom+xml"'
+
+
+@pytest.mark.parametrize(("accept", "media_type", "expected"), [
+    ("application/dicom+json;q=0, */*", "application/dicom+json", 0.0),
+    ("application/dicom+json;q=0, */*", XML_PARTS, 1.0),
+    ('multipart/*;q=0.3, multipart/related; type="application/dicom+xml";q=0', XML_PARTS, 0.0),
+    ("multipart/*;q=0.3, application/*;q=0.1", XML_PARTS, 0.3),
+    ("image/jpeg", "application/dicom+json", 0.0),
+    (None, "application/dicom+json", 1.0),
+])
+def test_the_most_specific_range_gives_a_types_quality(accept: str | None, media_type: str, expected: float) -> None:
+    """RFC 9110 12.5.1: a more specific range (or one with parameters) overrides a wildcard."""
+    assert quality(accept, media_type) == expected

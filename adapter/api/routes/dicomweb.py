@@ -17,14 +17,16 @@
   type="application/dicom+xml"``, one part; see below) lists
   ReferencedSOPSequence (0008,1199) and FailedSOPSequence (0008,1198) with FailureReason
   (0008,1197) = the SCP's status for the same refusal, and the study's RetrieveURL (0008,1190):
-  the URL's study, or the one study of the instances stored, else present and empty (type 2);
+  the one study of the instances stored, else (several, or none stored, whatever the URL names)
+  present and empty (type 2);
   an instance stored already with another content is referenced with WarningReason (0008,1196)
   0xB006 Elements Discarded, as the SCP answers it; 200 all stored, 202 some failed or have a
   warning, 409 all failed; 415 for another media type; a part whose
-  StudyInstanceUID is not the URL's fails (0xA900).
+  StudyInstanceUID is not the URL's fails (0xA900). The Accept header is negotiated before the
+  body is read: one taking none of these answers is 406, nothing stored (refused as a whole, below).
   Each part refused is audited once (adapter.mapping.audit_dicom); so is a request refused as a
   whole before any part was looked at (over the size limits, not multipart/related of
-  application/dicom, no boundary, malformed or cut short, no part at all): one DICOM Instances
+  application/dicom, no boundary, malformed or cut short, no part at all, an Accept it cannot answer): one DICOM Instances
   Transferred message, action C, outcome 4, naming no instance (none was read).
 * **WADO-RS** (PS3.18 10.4) ``GET /dicomweb/studies/{study}[/series/{series}[/instances/{instance}]]``:
   ``multipart/related; type="application/dicom"``, one part per object, each the Part 10 object in
@@ -42,7 +44,9 @@
   dcm4chee answers a viewer's modality filter such as OHIF's ``ModalitiesInStudy=CT,MR``; each with wildcards), StudyDate (``YYYYMMDD``,
   ``A-B``, ``A-``, ``-B``), AccessionNumber and StudyID (wildcards), ReferringPhysicianName (as
   PatientName), StudyDescription (wildcards), SeriesNumber and
-  InstanceNumber (one integer), PerformedProcedureStepStartDate (as StudyDate), StudyTime and
+  InstanceNumber (one integer), RequestAttributesSequence's ScheduledProcedureStepID and
+  RequestedProcedureID at series and instance level (:data:`_REQUEST_KEYS`: a value matches nothing),
+  PerformedProcedureStepStartDate (as StudyDate), StudyTime and
   PerformedProcedureStepStartTime (``HHMMSS``, ``A-B``, ``A-``, ``-B``). Wildcards (PS3.4 C.2.2.2.4): ``*`` any run
   of characters, the empty one too, ``?`` one character; a value of only ``*`` is universal matching for any key,
   as an empty one: it matches everything, empty and absent values included; ``limit``, ``offset`` (results at the level,
@@ -66,13 +70,14 @@
   shows: under TRAIN/HRESCH the UIDs are the mapped ones (exact match on mapped UIDs only),
   HRESCH's PatientID (and PatientName) is the pseudonym; TRAIN shows no PatientID, PatientName or dates, and neither shows an
   AccessionNumber, StudyDescription, ReferringPhysicianName or StudyID, so keys on them match nothing but ``*``. Instances not permitted are left out and not
-  counted. No match is 200 with ``[]``. Metadata, frames and bulk data: adapter.api.routes.wado_bulk.
+  counted. No match is 200 with ``[]`` (PS3.18 2026a, CP-2473: an empty list of results, not 204). Metadata, frames and bulk data: adapter.api.routes.wado_bulk.
 
 **XML** (PS3.18 Table 10.4.4-1, 8.7.3.2: required beside the default JSON). QIDO-RS results, WADO-RS
 metadata (adapter.api.routes.wado_bulk) and the STOW-RS response are served as ``multipart/related;
 type="application/dicom+xml"``, one part (``Content-Type: application/dicom+xml``) per result or per
 instance, each a PS3.19 NativeDicomModel document (adapter.mapping.dicom_xml), when the client
-prefers it (Accept, by quality; JSON stays the default); no result is an empty body. The XML is
+prefers it (Accept, by quality, a representation's being that of the most specific range naming it:
+RFC 9110 12.5.1; JSON stays the default); no result is the closing delimiter alone (no part). The XML is
 written from the very DICOM JSON the answer would have been, after the same decision and audit,
 so it carries nothing more. A bare ``application/dicom+xml`` is no answer of several data sets
 (PS3.18 10.4.4) and is 406 there; STOW-RS, one data set, also answers it as one document. A
@@ -96,7 +101,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from adapter.api.accept import by_preference, media_ranges
+from adapter.api.accept import by_preference, media_ranges, quality
 from adapter.api.deps import ReaderDep, ServicesDep, get_write_context
 from adapter.api.forwarded import forwarded_for_of
 from adapter.api.headers import break_glass_headers
@@ -264,14 +269,26 @@ def _dicom_model(accept: str | None, *, single: bool = False) -> str | None:
     required beside the JSON, PS3.18 Table 10.4.4-1) for exactly that; with ``single`` (an answer
     that is one data set, the STOW-RS response) :data:`DICOM_XML` too, one document. None when
     the client takes none of them: a bare application/dicom+xml is no answer of several data sets
-    (PS3.18 10.4.4)."""
+    (PS3.18 10.4.4). A representation the most specific range matching it refuses (``q=0``,
+    :func:`adapter.api.accept.quality`) is never chosen: ``application/dicom+json;q=0, */*``
+    takes the wildcard's other representation, the Native DICOM Model."""
+
+    def acceptable(representation: str) -> bool:
+        return quality(accept, representation) > 0
+
+    one_document = (DICOM_XML,) if single else ()
+    by_range: dict[str, tuple[str, ...]] = {  # the representations a range takes, the default first
+        "*/*": (DICOM_JSON, MULTIPART_DICOM_XML, *one_document), "application/*": (DICOM_JSON, *one_document),
+        DICOM_JSON: (DICOM_JSON,), "application/json": (DICOM_JSON,)}
     for media, params in by_preference(media_ranges(accept)):
-        if media in ("*/*", "application/*", DICOM_JSON, "application/json"):
-            return DICOM_JSON
+        wanted = by_range.get(media, ())
         if media in ("multipart/*", "multipart/related") and params.get("type", "").lower() == DICOM_XML:
-            return MULTIPART_DICOM_XML
+            wanted = (MULTIPART_DICOM_XML,)
         if single and media == DICOM_XML:
-            return DICOM_XML
+            wanted = (DICOM_XML,)
+        for representation in wanted:
+            if acceptable(representation):
+                return representation
     return None
 
 
@@ -281,13 +298,14 @@ def _model_refusal(service: str) -> str:
 
 def _datasets(datasets: list[dict[str, Any]], model: str, *, break_glass: bool = False) -> Response:
     """DICOM data sets (DICOM JSON objects, made under the decision) in ``model``: the JSON array,
-    or one Native DICOM Model part each (no part at all, an empty body, for none)."""
+    or one Native DICOM Model part each. None is 200 with an empty list of results either way
+    (PS3.18 2026a, CP-2473: not 204), in XML a body of the closing delimiter alone, which
+    multipart parsers read as no part."""
     if model == DICOM_JSON:
         return _json(datasets, break_glass=break_glass)
     boundary = uuid.uuid4().hex
     content = b"".join(_body_part(boundary, DICOM_XML, native_dicom_model(ds)) for ds in datasets)
-    if content:
-        content += f"--{boundary}--\r\n".encode("ascii")
+    content += f"--{boundary}--\r\n".encode("ascii")
     return Response(content=content, media_type=None, headers={
         "Content-Type": f"{MULTIPART_DICOM_XML}; boundary={boundary}", **break_glass_headers(break_glass)})
 
@@ -340,6 +358,10 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
     peer = request.client.host if request.client else ""
     trusted = _trusted_sender(request, services)
     try:
+        # negotiated before the body is read: a client that takes no answer STOW-RS gives stores nothing
+        model = _dicom_model(request.headers.get("accept"), single=True)
+        if model is None:
+            raise NotAcceptable(f"STOW-RS here answers {DICOM_JSON}, {DICOM_XML} or {MULTIPART_DICOM_XML}")
         refuse_declared_over(request, total, f"the request is larger than {total} bytes")
         parsed = await parse_multipart_related(request.headers.get("content-type"), request.stream(),
                                                services.blobs.new_staging_path, max_part_bytes=limit,
@@ -374,9 +396,10 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
             path.unlink(missing_ok=True)
     stored = [o for o in outcomes if o.stored]
     failed = [o for o in outcomes if not o.stored]
-    # type 2 (PS3.18 Table I.1-1): the study's URL, or present and empty when there is no one study
+    # type 2 (PS3.18 Table I.1-1): the one study of the instances stored (the URL's, when it names
+    # one), else present and empty: never a study nothing was stored in
     studies = {o.study_instance_uid for o in stored if o.study_instance_uid}
-    one_study = study or (next(iter(studies)) if len(studies) == 1 else None)
+    one_study = next(iter(studies)) if len(studies) == 1 else None
     body = _dataset(
         RetrieveURL=_study_url(request, services, one_study) if one_study else [],
         FailedSOPSequence=[_dataset(ReferencedSOPClassUID=o.sop_class_uid or [],
@@ -388,7 +411,6 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
                                       o.sop_instance_uid or ""), WarningReason=o.warning_reason) for o in stored] or None)
     # 202 when some failed, or were stored with a warning (PS3.18 Table 10.5.3-1)
     status = 200 if not failed and not any(o.warning_reason for o in stored) else 202 if stored else 409
-    model = _dicom_model(request.headers.get("accept"), single=True)
     try:
         if model == DICOM_XML:
             return Response(content=native_dicom_model(body), status_code=status, media_type=DICOM_XML)
@@ -551,6 +573,13 @@ def _included(available: dict[str, Any], include: frozenset[str] | None) -> dict
     return {k: v for k, v in available.items() if include is None or k in include}
 
 
+#: RequestAttributesSequence > ScheduledProcedureStepID and > RequestedProcedureID, as tag paths:
+#: series keys an origin server supports (PS3.18 Table 10.6.1-5; instances take series keys
+#: too). A photo has no request, so the adapter holds neither: a value matches nothing (single
+#: value matching against an absent value, PS3.4 C.2.2.2.1), universal matching everything.
+_REQUEST_KEYS = frozenset({(0x00400275, 0x00400009), (0x00400275, 0x00401001)})
+
+
 def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
     """The match keys, limit and offset of a QIDO-RS request (module docstring). An attribute
     with an empty value that is not a match key here is a return key (universal matching, PS3.4
@@ -560,6 +589,7 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
     limit: int | None = None
     offset = 0
     fuzzy = False
+    absent_matched = False  # a value given for a key of _REQUEST_KEYS: nothing matches
     included: list[str] = []
     if any("\x00" in text for pair in (*params, *fixed.items()) for text in pair):
         raise InvalidQuery(NUL_IN_SEARCH)
@@ -578,6 +608,9 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
                 limit = int(value)
             else:
                 offset = int(value)
+            continue
+        if level != STUDY and tuple(attribute_tag(part) for part in name.split(".")) in _REQUEST_KEYS:
+            absent_matched = absent_matched or not is_universal(value)
             continue
         keyword = _KEYWORD_OF_TAG.get(name.upper(), name)
         if level == STUDY and keyword == "Modality":
@@ -626,7 +659,8 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
                                                             "PerformedProcedureStepStartTime")
         if "PerformedProcedureStepStartTime" in keys else None,
         study_time=TimeRange.parse(keys["StudyTime"], "StudyTime") if "StudyTime" in keys else None,
-        referring_physician_name=keys.get("ReferringPhysicianName"), study_id=keys.get("StudyID"))
+        referring_physician_name=keys.get("ReferringPhysicianName"), study_id=keys.get("StudyID"),
+        matches_nothing=absent_matched)
     capped = limit is None or limit > QIDO_MAX_LIMIT
     return _Search(query, QIDO_MAX_LIMIT if capped or limit is None else limit, offset, capped, fuzzy,
                    _includefield(included))
