@@ -623,9 +623,10 @@ def _consent_as_stored(entry: _Entry, patient: Mapping[str, str], tables: Tables
     reference to the Patient the Bundle carries, or a conditional one, resolved to it), and so is
     any other reference to that Patient. A reference to another entry of the Bundle, or to a
     ``urn:`` no entry has, is refused: stored, it would name nothing (no id the adapter assigns
-    is known to the sender). Without its id: the ingest gives it one, and the provision.data of
-    the Bundle's photos."""
-    r = copy.deepcopy(dict(entry.resource))
+    is known to the sender). Without its id: the id a POST entry's resource carries is ignored
+    (https://hl7.org/fhir/R4/http.html#transaction, as ``POST /fhir/Consent`` ignores it; review
+    "merges" finding 2), the ingest gives it one, and the provision.data of the Bundle's photos."""
+    r = copy.deepcopy({k: v for k, v in entry.resource.items() if k != "id"})
     identifier = {"system": patient["system"], "value": patient["value"]}
     sent = r.get("patient")
     named: dict[str, Any] = sent if isinstance(sent, dict) else {}

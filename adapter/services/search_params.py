@@ -119,6 +119,18 @@ _CONTROL = _IGNORED | {"_count", "_offset", "_total", "_sort", "_summary", "_inc
 _CHAINS = {"patient.identifier": "patient:identifier", "subject.identifier": "subject:identifier"}
 #: The references a chain goes through: a record's ``patient`` and ``subject`` are a Patient.
 _CHAINED_THROUGH = {"patient": "Patient", "subject": "Patient"}
+#: FHIR R4 search parameters of each type whose reference may be a Patient (its list of target
+#: types names Patient), which the adapter does not take: the operator, author, actor, consentor
+#: or agent may be the patient. Like ``patient`` and ``subject`` in any form the adapter cannot
+#: read, each is refused even under lenient handling (:func:`_names_patient`), but for the chains
+#: :data:`_NOT_SUPPORTED` names (ITI-67's ``author.given``, ``author.family``: a name, left out
+#: leniently and said so).
+_PATIENT_REFERENCES = {"Media": frozenset({"operator"}), "DocumentReference": frozenset({"author"}),
+                       "Consent": frozenset({"actor", "consentor"}), "Provenance": frozenset({"agent"})}
+#: Parameters whose criterion may name a patient in any of its parts, which the adapter cannot
+#: read: a reverse chain (search.html#has), a filter (``_filter=patient eq …``).
+_OPEN_CRITERIA = frozenset({"_has", "_filter"})
+_NAME_PARTS = re.compile(r"[:.]")
 #: ``_sort`` (search.html#sort): results come in meta.lastUpdated order (then id), oldest first,
 #: the order of the store's index; newest first on request. Other keys are not supported.
 SORTS = {"_lastUpdated": False, "-_lastUpdated": True}
@@ -471,6 +483,21 @@ def _untyped_chain(name: str) -> str:
     return f"{base}.{chained}"
 
 
+def _names_patient(resource_type: str, name: str) -> bool:
+    """Might the parameter ``name`` restrict the search to a patient? ``patient`` or ``subject``
+    in any case, chain or modifier, mistyped or not (``patient:Patient.identifer``,
+    ``patient.identifier:exact``, ``Patient.identifier``, ``_has:Provenance:target:patient``), a
+    reference parameter a Patient may be the value of (:data:`_PATIENT_REFERENCES`), a reverse
+    chain or a filter. Such a parameter the adapter cannot read is refused even under
+    ``Prefer: handling=lenient``: left out, it would widen the search to every patient's records,
+    more than the search without lenient handling answers (review "merges" finding 6)."""
+    parts = [part.lower() for part in _NAME_PARTS.split(name)]
+    if name in _NOT_SUPPORTED.get(resource_type, {}):
+        return False
+    return (not {"patient", "subject"}.isdisjoint(parts) or parts[0] in _OPEN_CRITERIA
+            or parts[0] in _PATIENT_REFERENCES.get(resource_type, frozenset()))
+
+
 def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenient: bool = False,
                  r5: bool = False, base_url: str | None = None) -> SearchRequest:
     """Turn query parameters into criteria. Repeated parameters AND; comma-separated values OR.
@@ -478,7 +505,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
     An unknown parameter is refused (422): leaving it out could widen the search past what the
     client meant (a misspelt ``patient`` would match every patient). ``lenient``
     (``Prefer: handling=lenient``, search.html#errors): the client accepts that, and unknown
-    parameters are left out and named in ``ignored``. ``r5``: the reader speaks R5, where a photo
+    parameters are left out and named in ``ignored``, but for one that may name a patient
+    (:func:`_names_patient`), refused as without it. ``r5``: the reader speaks R5, where a photo
     is a DocumentReference (a reference to one also finds the Media of its id). ``base_url``:
     this server's FHIR base, which an absolute reference on it names a resource of this server
     by (search.html#reference)."""
@@ -539,7 +567,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, lenie
             else:
                 include_targets += [t for t in wanted if t not in include_targets]
             continue
-        if base not in _COMMON and base not in allowed and lenient:
+        if base not in _COMMON and base not in allowed and lenient and not _names_patient(resource_type, name):
             ignored.append(name[:40])
             continue
         why = _NOT_SUPPORTED.get(resource_type, {}).get(base)

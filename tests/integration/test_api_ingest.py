@@ -217,6 +217,27 @@ def test_a_consent_sent_in_a_transaction_covers_its_photo_only(tmp_path: Path) -
         assert client.get(f"/fhir/{seen_as(services, 'TRAIN', earlier['record'])}", headers=as_purpose("TRAIN")).status_code == 403
 
 
+def test_a_consent_with_an_id_in_a_transaction_is_created_under_an_id_the_server_assigns(tmp_path: Path) -> None:
+    """Review "merges" finding 2: a POST entry's resource id is ignored (FHIR R4 http.html#transaction,
+    #create), as POST /fhir/Consent ignores it; the Bundle's Consent with an id got the whole
+    transaction refused (400 "the resource id must match the URL")."""
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    consent = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+    consent["id"] = "consent-1"
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/fhir", json=bundle, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text
+        assert [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created"] * 3
+        location = next(e["response"]["location"] for e in r.json()["entry"]
+                        if e["response"]["location"].startswith("Consent/"))
+        assigned = location.split("/")[1]
+        assert assigned != "consent-1"
+        stored = client.get(f"/fhir/Consent/{assigned}", headers=as_purpose("TREAT"))
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["id"] == assigned
+        assert client.get("/fhir/Consent/consent-1", headers=as_purpose("TREAT")).status_code == 404
+
+
 @pytest.mark.parametrize("kind,sample", [("document", "document.jpg"), ("secondary", "tiny.jpg")])
 def test_document_and_secondary_need_no_consent_for_care(tmp_path: Path, kind: str, sample: str) -> None:
     with adapter_client(tmp_path) as (client, services):

@@ -89,3 +89,47 @@ def test_the_capability_statement_names_exactly_the_chains_taken(tmp_path: Path)
                 assert "subject.identifier" in docs["subject"] and "subject:Patient.identifier" in docs["subject"]
             assert not any("encounter.identifier" in d or "encounter:Encounter.identifier" in d
                            for d in docs.values()), resource["type"]
+
+
+#: Parameters that would restrict a search by patient, mistyped or in a form the adapter does not
+#: take: each per type searched. A lenient search left them out and answered every patient's.
+_PATIENT_NAMED_UNREADABLE = [
+    # the typed chain with a typo, or a modifier after it (review "merges" finding 6), and the untyped
+    "patient:Patient.identifer=urn:oid:9|NOBODY", "subject:Patient.identifer=urn:oid:9|NOBODY",
+    "patient:Patient.identifier:exact=urn:oid:9|NOBODY", "patient.identifer=urn:oid:9|NOBODY",
+    "subject.identifer=urn:oid:9|NOBODY", "patient.identifier:exact=urn:oid:9|NOBODY",
+    # a chain to another parameter of the Patient, typed or not; another case
+    "patient.name=nobody", "patient:Patient.name=nobody", "Patient.identifier=urn:oid:9|NOBODY",
+    "PATIENT:identifier=urn:oid:9|NOBODY", "Subject=Patient/nobody",
+    # a modifier the adapter does not take (refused before too)
+    "patient:identifer=urn:oid:9|NOBODY", "patient:missing=false",
+    # a reverse chain or a filter naming a patient
+    "_has:Provenance:target:patient=Patient/nobody", "_filter=patient eq Patient/nobody",
+]
+#: FHIR R4 search parameters of each type whose reference may be a Patient (an author, operator,
+#: consentor, actor or agent may be the patient), not taken by the adapter, and their forms.
+_PATIENT_REFERENCES = {"Media": ["operator"], "DocumentReference": ["author", "author:Patient"],
+                       "Consent": ["actor", "consentor:Patient"], "Provenance": ["agent", "agent:identifier"]}
+
+
+def test_a_parameter_naming_a_patient_the_adapter_cannot_read_is_refused_even_leniently(tmp_path: Path) -> None:
+    """Review "merges" finding 6: under Prefer: handling=lenient an unknown parameter is left out
+    (search.html#errors), but one that would restrict the search to a patient, left out, widens it
+    to every patient's records: refused (400) as without lenient handling. Test seen failing:
+    ``patient:Patient.identifer`` answered 200 with every record."""
+    with adapter_client(tmp_path) as (client, _):
+        for path, patient in ((SAMPLES / "wound.jpg", PATIENT), (SAMPLES / "lesion.png", OTHER)):
+            assert post_photo(client, path, metadata(patient=patient)).status_code == 201
+        treat = as_purpose("TREAT")
+        lenient = {**treat, "Prefer": "handling=lenient"}
+        for rtype in ("Media", "DocumentReference", "Consent", "Provenance"):
+            queries = _PATIENT_NAMED_UNREADABLE + [f"{p}=Patient/nobody" for p in _PATIENT_REFERENCES[rtype]]
+            for query in queries:
+                for headers in (treat, lenient):
+                    r = client.get(f"/fhir/{rtype}?{query}", headers=headers)
+                    assert r.status_code == 400, (rtype, query, headers.get("Prefer"), r.text[:300])
+                    assert r.json()["resourceType"] == "OperationOutcome"
+        # what names no patient is still left out leniently, and named
+        r = client.get("/fhir/Media?foo=1", headers=lenient)
+        assert r.status_code == 200 and r.json()["total"] == 2, r.text
+        assert client.get("/fhir/Media?foo=1", headers=treat).status_code == 400
