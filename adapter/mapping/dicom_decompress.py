@@ -167,6 +167,43 @@ def explicit_to_implicit(ds: Dataset) -> Dataset:
     return out
 
 
+def implicit_to_explicit(ds: Dataset) -> Dataset:
+    """A new dataset: ``ds`` in Implicit VR Little Endian as Explicit VR Little Endian, the
+    syntax DICOMweb answers in by default (PS3.18 8.7.3.4: Implicit VR Little Endian is not used
+    there). The elements are ``ds``'s own; each VR is written as the data dictionary gives it
+    (an element it does not know as UN). Raises UnsupportedPixelData for another syntax."""
+    meta = getattr(ds, "file_meta", None)
+    source = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    if source != ImplicitVRLittleEndian:
+        raise UnsupportedPixelData(f"only Implicit VR Little Endian is written with explicit VRs here, not {source}",
+                                   expression="(0002,0010) TransferSyntaxUID")
+    out = Dataset()
+    for elem in ds:
+        out.add(elem)
+    out.file_meta = _meta(meta, UID(ExplicitVRLittleEndian))
+    return out
+
+
+def to_explicit_vr_little_endian(ds: Dataset) -> Dataset:
+    """``ds`` in Explicit VR Little Endian, the default transfer syntax of DICOMweb (PS3.18
+    8.7.3.4, 9.4.2.4): itself when it is in it already, a JPEG Baseline object decompressed
+    (:func:`encapsulated_to_native`: the same instance, RGB or monochrome samples colour-by-pixel,
+    LossyImageCompression "01" with its ratio and method kept or added), an Implicit VR Little
+    Endian one with explicit VRs (:func:`implicit_to_explicit`). Raises UnsupportedPixelData for
+    any other syntax, UndecodableImage or ImageTooLarge when the frames cannot be decoded."""
+    meta = getattr(ds, "file_meta", None)
+    source = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    if source == ExplicitVRLittleEndian:
+        return ds
+    if source == ImplicitVRLittleEndian:
+        return implicit_to_explicit(ds)
+    return encapsulated_to_native(ds, ExplicitVRLittleEndian)
+
+
+#: The syntaxes an object may be stored in that :func:`to_explicit_vr_little_endian` converts.
+TO_EXPLICIT = frozenset({UID(ExplicitVRLittleEndian), UID(ImplicitVRLittleEndian), *DECOMPRESSIBLE})
+
+
 def _meta(meta: FileMetaDataset | None, transfer_syntax: UID) -> FileMetaDataset:
     """A new file meta: ``meta``'s elements but its TransferSyntaxUID, which names
     ``transfer_syntax``, and the Implementation Class UID and Version Name, the adapter's, which
@@ -208,4 +245,5 @@ def _int(ds: Dataset, keyword: str, default: int = 0) -> int:
         return -1
 
 
-__all__ = ["DECOMPRESSIBLE", "FALLBACKS", "NATIVE_SYNTAXES", "encapsulated_to_native", "explicit_to_implicit"]
+__all__ = ["DECOMPRESSIBLE", "FALLBACKS", "NATIVE_SYNTAXES", "TO_EXPLICIT", "encapsulated_to_native",
+           "explicit_to_implicit", "implicit_to_explicit", "to_explicit_vr_little_endian"]

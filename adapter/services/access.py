@@ -1251,17 +1251,19 @@ class ScopedReader:
         403 when none of them is permitted. ``answerable(retrievals)``: the caller's content
         negotiation on the permitted ones, asked before they are audited; the NotAcceptable it
         raises (406: nothing is sent) has them audited as reads that failed, as has a stored
-        object missing or unreadable (404, 500: nothing is sent either) or, in a restricted view,
-        a document whose metadata cannot be removed (422): those objects are made before the
-        answer starts, the others while it streams."""
+        object missing or unreadable (404, 500: nothing is sent either): those objects are made
+        before the answer starts, the others while it streams. In a restricted view a document
+        whose metadata cannot be removed (adapter.imaging.pdf) cannot be released under the
+        purpose: it is left out as an instance not permitted is, and audited as a read that
+        failed saying why, the other instances answered (review dicomweb F2); when nothing else
+        was permitted the answer is its 422, as a direct retrieve of it is."""
         release = self._purpose_release()
         candidates = self._dicom_candidates(release, study=study, series=series)
         decided = self._dicom_decided(candidates)
         if not decided:
             raise self._dicom_not_found("no such DICOM study or series", study=study)
-        transferred = [(f"{i.record_type}/{i.record_id}", i.patient, i.study_instance_uid, decision)
-                       for i, _, decision in decided]
         out: list[DicomRetrieval] = []
+        unreleasable: list[tuple[DicomInstance, Decision, UncleanableDocument]] = []
         try:
             for instance, stored, decision in decided:
                 if decision.permitted and decision.view is release.view:
@@ -1270,8 +1272,12 @@ class ScopedReader:
                         self._released, instance, stored, decision, bounded=False)
                     if release.view is not View.FULL and instance.sop_class_uid == ENCAPSULATED_PDF:
                         # its PDF's metadata is removed now (adapter.imaging.pdf): one that cannot be
-                        # fails the answer before it starts (422), as a missing object does below
-                        cleaned = self._dicom_content(instance, stored, decision)
+                        # is left out (docstring)
+                        try:
+                            cleaned = self._dicom_content(instance, stored, decision)
+                        except UncleanableDocument as exc:
+                            unreleasable.append((instance, decision, exc))
+                            continue
                         load = functools.partial(_made, cleaned)
                     out.append(DicomRetrieval(release.entry(instance), decision, load))
                     # the objects are made one by one while the answer streams: a missing blob found
@@ -1279,14 +1285,51 @@ class ScopedReader:
                     self._blobs.path(instance.blob_sha256 or stored.blob_sha256 or "")
             if out and answerable is not None:
                 answerable(out)
-        except Exception as exc:  # a 406, a stored object missing or unreadable, a document that cannot be
-            # cleaned: nothing is sent
-            self._auditor.record_transfers(self.ctx, transferred=transferred, not_sent=_why_not_sent(exc))
+        except Exception as exc:  # a 406, a stored object missing or unreadable: nothing is sent
+            self._audit_unreleasable(unreleasable)
+            self._auditor.record_transfers(self.ctx, transferred=self._transfers(decided, unreleasable),
+                                           not_sent=_why_not_sent(exc))
             raise
-        self._auditor.record_transfers(self.ctx, transferred=transferred)
+        self._audit_unreleasable(unreleasable)
+        self._auditor.record_transfers(self.ctx, transferred=self._transfers(decided, unreleasable))
+        if not out and unreleasable:
+            raise unreleasable[0][2]  # nothing else permitted: the document's own refusal (422)
         if not out:
             raise Forbidden(_DENIED)
         return out
+
+    @staticmethod
+    def _transfers(decided: Sequence[tuple[DicomInstance, StoredResource, Decision]],
+                   unreleasable: Sequence[tuple[DicomInstance, Decision, UncleanableDocument]]
+                   ) -> list[tuple[str, Identifier, str, Decision]]:
+        """The decided instances of a study or series retrieve as its audit names them (record,
+        patient, study, decision), but those left out as unreleasable (audited on their own)."""
+        left_out = {id(instance) for instance, _, _ in unreleasable}
+        return [(f"{i.record_type}/{i.record_id}", i.patient, i.study_instance_uid, decision)
+                for i, _, decision in decided if id(i) not in left_out]
+
+    def _audit_unreleasable(self, unreleasable: Sequence[tuple[DicomInstance, Decision, UncleanableDocument]]
+                            ) -> None:
+        """Each instance a retrieve left out because it cannot be released under the purpose: a
+        read its decision permitted that failed, outcome 4 saying why (nothing of it was sent)."""
+        for instance, decision, exc in unreleasable:
+            self._auditor.record_not_sent(self.ctx, entities=[f"{instance.record_type}/{instance.record_id}"],
+                                          patient=instance.patient, why=_why_not_sent(exc), decision=decision,
+                                          dicom=DicomAudit.transferred(instance.study_instance_uid))
+
+    def _releasable(self, release: DicomRelease, instance: DicomInstance, stored: StoredResource,
+                    decision: Decision) -> bool:
+        """Whether a permitted instance can be released in ``release``'s view: not a document whose
+        metadata cannot be removed (adapter.imaging.pdf), which only a restricted view cleans.
+        Finding out means cleaning it (a PDF at most adapter.imaging.pdf.MAX_PDF_BYTES), done for
+        documents only; what is made is dropped, nothing is sent or audited here."""
+        if release.view is View.FULL or instance.sop_class_uid != ENCAPSULATED_PDF:
+            return True
+        try:
+            self._dicom_content(instance, stored, decision)
+        except UncleanableDocument:
+            return False
+        return True
 
     def read_binary_dicom(self, id: str) -> DicomContent:
         """The DICOM object of a Binary's record (Binary.securityContext), under that record's
@@ -1427,8 +1470,11 @@ class ScopedReader:
         permitted: list[DicomEntry] = []
         glass = False
         withheld = 0
-        for instance, _, decision in self._dicom_decided(matched):
-            if decision.permitted and decision.view is release.view:
+        for instance, stored, decision in self._dicom_decided(matched):
+            # an instance that cannot be released under the purpose is withheld as one not
+            # permitted is: listed, it could never be retrieved (read_dicom leaves it out too)
+            if decision.permitted and decision.view is release.view and \
+                    self._releasable(release, instance, stored, decision):
                 permitted.append(entries[id(instance)])
                 decided_by[f"{instance.record_type}/{instance.record_id}"] = decision
                 glass = glass or decision.break_glass

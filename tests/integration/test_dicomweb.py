@@ -38,6 +38,7 @@ from adapter.mapping.dimse_status import (
     REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED,
     SOP_CLASS_NOT_SUPPORTED,
 )
+from adapter.model.decision import View
 from adapter.model.photo import PhotoKind
 from adapter.services.registry import Services
 from adapter.services.released_uids import ReleasedUidSpaces
@@ -191,11 +192,17 @@ def withdraw(client: FhirClient, consent: dict[str, Any]) -> None:
     assert r.status_code == 200, r.text
 
 
+#: WADO-RS as stored (``transfer-syntax=*``); with none named a JPEG object comes decompressed
+#: (tests.integration.test_dicomweb_transfer_syntax).
+AS_STORED = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+
+
 def wado(client: FhirClient, study: str, series: str | None = None, instance: str | None = None, *,
          headers: dict[str, str] = TREAT) -> httpx.Response:
+    """A WADO-RS retrieve, the objects as stored unless ``headers`` has an Accept of its own."""
     url = f"/dicomweb/studies/{study}" + (f"/series/{series}" if series else "") + \
         (f"/instances/{instance}" if instance else "")
-    return client.get(url, headers=headers)
+    return client.get(url, headers={**AS_STORED, **headers})
 
 
 def qido(client: FhirClient, path: str, headers: dict[str, str] = TREAT, **params: str) -> list[dict[str, Any]]:
@@ -1186,9 +1193,8 @@ def test_a_pdf_leaves_the_restricted_views_without_its_metadata(adapter: tuple[F
 def test_a_pdf_that_cannot_be_cleaned_is_not_released_in_a_restricted_view(
         adapter: tuple[FhirClient, Services]) -> None:
     """Fail closed: an encrypted PDF (its metadata cannot be removed) is refused under TRAIN on
-    every path (422, nothing sent), each read audited as one that failed (outcome 4, saying why),
-    as a missing image is; a study retrieve is refused before its answer starts. Care still gets
-    it as stored."""
+    every path that names it (422, nothing sent), each read audited as one that failed (outcome
+    4, saying why), as a missing image is. Care still gets it as stored."""
     client, services = adapter
     encrypted = io.BytesIO()
     with pikepdf.open(io.BytesIO(identifying_pdf())) as pdf:
@@ -1201,14 +1207,15 @@ def test_a_pdf_that_cannot_be_cleaned_is_not_released_in_a_restricted_view(
     care_binary = record["content"][0]["attachment"]["url"].split("testserver")[-1]
     assert client.get(care_binary, headers={**TREAT, "Accept": "application/pdf"}).content == encrypted.getvalue()
     binary = "/fhir/" + seen_as(services, "TRAIN", care_binary.removeprefix("/fhir/"))  # the view's own id
-    [item] = qido(client, "instances", TRAIN, SOPClassUID=PDF_CLASS)
-    instance = value(item, "00081190").split("testserver")[-1]
-    study = f"/dicomweb/studies/{value(item, '0020000D')}"
-    uri = f"/wado?requestType=WADO&studyUID={value(item, '0020000D')}&seriesUID={value(item, '0020000E')}" \
-          f"&objectUID={value(item, '00080018')}&contentType=application/pdf"
+    assert services.released_uids is not None
+    study_uid, series_uid, sop_uid = (services.released_uids.uid(View.DEIDENTIFIED, u) for u in (
+        sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID))
+    instance = f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+    uri = f"/wado?requestType=WADO&studyUID={study_uid}&seriesUID={series_uid}" \
+          f"&objectUID={sop_uid}&contentType=application/pdf"
     for path, accept in ((binary, "application/pdf"), (binary, "application/fhir+json"),
                          (binary, "application/dicom"), (instance, None), (f"{instance}/rendered", None),
-                         (f"{instance}/metadata", None), (uri, None), (study, None)):
+                         (f"{instance}/metadata", None), (uri, None)):
         done = len(services.store.list_audit(10000))
         r = client.get(path, headers={**TRAIN, **({"Accept": accept} if accept else {})})
         assert r.status_code == 422 and r.json()["resourceType"] == "OperationOutcome", (path, r.status_code)
@@ -1217,8 +1224,50 @@ def test_a_pdf_that_cannot_be_cleaned_is_not_released_in_a_restricted_view(
         fresh = events[: len(events) - done]
         assert [e["outcome"] for e in fresh] == ["4"], (path, [(e["outcome"], e.get("outcomeDesc")) for e in fresh])
         assert "encrypted" in fresh[0]["outcomeDesc"], fresh[0]["outcomeDesc"]
-    # the study's photo alone is no answer to a study retrieve: refused whole, not cut short
-    assert client.get(f"{study}/thumbnail", headers=TRAIN).status_code == 200  # the photo's
+
+
+def test_a_pdf_that_cannot_be_cleaned_is_left_out_of_its_studys_answers_in_a_restricted_view(
+        adapter: tuple[FhirClient, Services]) -> None:
+    """One document that cannot be released under the purpose does not take its study down
+    (review dicomweb F2): the study's and series' retrieve and metadata return the releasable
+    instances, the PDF left out as an instance not permitted is, and audited as not sent; QIDO
+    neither lists nor counts it. A study or series holding nothing else releasable is still the
+    PDF's clear 422."""
+    client, services = adapter
+    encrypted = io.BytesIO()
+    with pikepdf.open(io.BytesIO(identifying_pdf())) as pdf:
+        pdf.save(encrypted, encryption=pikepdf.Encryption(owner="owner", user=""))
+    sent = pdf_object(encrypted.getvalue())
+    photo = received(StudyInstanceUID=sent.StudyInstanceUID)
+    assert stow(client, photo, sent).status_code == 200
+    add_consent(client, ["TRAIN"])
+    assert len(qido(client, "instances", TREAT)) == 2  # care: both
+    [item] = qido(client, "instances", TRAIN)
+    assert value(item, "00080016") != PDF_CLASS
+    assert qido(client, "instances", TRAIN, SOPClassUID=PDF_CLASS) == []
+    [study_result] = qido(client, "studies", TRAIN)
+    assert value(study_result, "00201208") == 1 and value(study_result, "00201206") == 1
+    assert len(qido(client, "series", TRAIN)) == 1
+    study = f"/dicomweb/studies/{value(item, '0020000D')}"
+    # the study holds both; the photo's series only the photo, the PDF's only the PDF
+    for path, outcomes in ((study, ["0", "4"]), (f"{study}/series/{value(item, '0020000E')}", ["0"])):
+        done = len(services.store.list_audit(10000))
+        r = client.get(path, headers=TRAIN)
+        assert r.status_code == 200, (path, r.text)
+        [part] = parts_of(r)
+        assert read(part).SOPInstanceUID == value(item, "00080018") and b"SMITH" not in r.content
+        events = services.store.list_audit(10000)
+        fresh = events[: len(events) - done]
+        assert sorted(e["outcome"] for e in fresh) == outcomes, [(e["outcome"], e.get("outcomeDesc")) for e in fresh]
+        assert all("encrypted" in e["outcomeDesc"] for e in fresh if e["outcome"] == "4")
+        metadata = client.get(f"{path}/metadata", headers=TRAIN)
+        assert metadata.status_code == 200, metadata.text
+        assert [value(m, "00080018") for m in metadata.json()] == [value(item, "00080018")]
+    assert services.released_uids is not None
+    pdf_study = services.released_uids.uid(View.DEIDENTIFIED, sent.StudyInstanceUID)
+    pdf_series = services.released_uids.uid(View.DEIDENTIFIED, sent.SeriesInstanceUID)
+    r = client.get(f"/dicomweb/studies/{pdf_study}/series/{pdf_series}", headers=TRAIN)  # the PDF's own series
+    assert r.status_code == 422 and "encrypted" in r.text, r.text
 
 
 # -- WADO-RS metadata, frames, bulk data ----------------------------------------------------------
@@ -2008,7 +2057,8 @@ def test_a_study_retrieve_leaves_out_what_is_not_permitted(adapter: tuple[FhirCl
 def test_wado_serves_an_object_asked_for_in_the_transfer_syntax_it_is_stored_in(
         adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
     """PS3.18 8.7.3.5: a transfer-syntax parameter names what the client accepts. An object stored
-    in that syntax is served as it is (it needs no transcoding); only another syntax is 406."""
+    in that syntax is served as it is (it needs no transcoding); a JPEG one in Explicit VR Little
+    Endian too (decompressed); any other syntax is 406."""
     client, _ = adapter
     vl = received()  # JPEG Baseline
     native = native_sc_file(tmp_path / "native.dcm", bytes(range(48)), 4, 4)  # Explicit VR Little Endian
@@ -2019,7 +2069,8 @@ def test_wado_serves_an_object_asked_for_in_the_transfer_syntax_it_is_stored_in(
         return {**TREAT, "Accept": ", ".join(f'multipart/related; type="application/dicom"; transfer-syntax={s}'
                                              for s in syntaxes)}
 
-    for ds, stored, other in ((vl, jpeg_baseline, explicit), (native, explicit, jpeg_baseline)):
+    jpeg_2000 = "1.2.840.10008.1.2.4.90"
+    for ds, stored, other in ((vl, jpeg_baseline, jpeg_2000), (native, explicit, jpeg_baseline)):
         instance = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
                     f"/instances/{ds.SOPInstanceUID}")
         study = f"/dicomweb/studies/{ds.StudyInstanceUID}"

@@ -31,10 +31,14 @@
 * **WADO-RS** (PS3.18 10.4) ``GET /dicomweb/studies/{study}[/series/{series}[/instances/{instance}]]``:
   ``multipart/related; type="application/dicom"``, one part per object, each the Part 10 object in
   the view the consent decision gives (FULL as stored, TRAIN de-identified, HRESCH pseudonymised),
-  in the transfer syntax it is stored in (no transcoding: ``transfer-syntax=*``, none, or the
-  syntax the object is stored in is served; a request naming only other syntaxes is answered
-  406, for a study or series before the answer starts). A study or series retrieve
-  returns the permitted instances and silently leaves the others out (as a FHIR search does);
+  as stored for ``transfer-syntax=*`` or the syntax it is stored in, in Explicit VR Little
+  Endian for that syntax or none named (the default, PS3.18 8.7.3.4, 8.7.8.2: a JPEG object
+  decompressed, adapter.services.transcode, after the decision; with none named one whose
+  frames cannot be decoded goes as stored, as 8.7.3.4 permits a lossy object); a request naming
+  only syntaxes an object cannot be sent in is answered 406, for a study or series before the
+  answer starts. A study or series retrieve
+  returns the permitted instances and silently leaves the others out (as a FHIR search does),
+  and so a document the purpose's view cannot release (adapter.services.access.read_dicom);
   404 when nothing has the UIDs, 403 when nothing of it is permitted, as for a FHIR read.
 * **QIDO-RS** (PS3.18 10.6) ``GET /dicomweb/studies``, ``/studies/{study}/series``, ``/series``,
   ``/studies/{study}/series/{series}/instances``, ``/studies/{study}/instances``, ``/instances``:
@@ -93,7 +97,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Annotated, Any, NamedTuple
 
@@ -125,11 +129,14 @@ from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
 from adapter.errors import (
     AdapterError,
+    ImageTooLarge,
     InvalidInput,
     InvalidQuery,
     InvalidResource,
     NotAcceptable,
     NotSupported,
+    UndecodableImage,
+    UnsupportedPixelData,
 )
 from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_vr import attribute_tag
@@ -162,6 +169,11 @@ from adapter.services.dicom_objects import (
     stow_sender,
 )
 from adapter.services.registry import Services
+from adapter.services.transcode import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    can_be_explicit,
+    in_explicit_vr_little_endian,
+)
 from adapter.text import NUL_IN_SEARCH, has_control_character, is_digits
 
 DICOM_JSON = "application/dicom+json"
@@ -180,7 +192,7 @@ _STOW = answers(ok(200, "every instance stored (ReferencedSOPSequence)", _STOW_A
                 refusals(400, 403, 408, 413, 415, *INVALID, 503))
 #: WADO-RS retrieve: the objects as stored, in the purpose's view; 406 for another representation
 #: or transfer syntax.
-_RETRIEVE = answers(ok(200, "the instances permitted, as stored (no transcoding)", {MULTIPART_DICOM: None}),
+_RETRIEVE = answers(ok(200, "the instances permitted, as stored or in Explicit VR Little Endian", {MULTIPART_DICOM: None}),
                     refusals(*READ_ONE, 406))
 #: QIDO-RS: the matches permitted (none: an empty array); 406 for another representation.
 _QIDO = answers(ok(200, "the matches permitted, at the level asked for (XML: one part per match)", _AS_DATASETS),
@@ -426,16 +438,20 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
 # -- WADO-RS ------------------------------------------------------------------------------------
 
 
-#: The transfer syntaxes of ``transfer-syntax=*`` (or none named): any, as the object is stored.
+#: ``transfer-syntax=*``: any, as the object is stored.
 ANY_SYNTAX = "*"
+#: A range naming no transfer-syntax: the default, Explicit VR Little Endian (PS3.18 8.7.8.2,
+#: 8.7.3.4), or the object as stored when it cannot be converted (8.7.3.4 permits a lossy
+#: object as received).
+DEFAULT_SYNTAX = ""
 
 
 def _dicom_accept(accept: str | None) -> tuple[frozenset[str], str | None]:
     """The transfer syntaxes the client takes ``multipart/related; type="application/dicom"``
     (the only representation served) in, from every such range of its Accept header (PS3.18
-    8.7.3.5: ``transfer-syntax`` names one; :data:`ANY_SYNTAX` for ``*`` or none), and the
-    reason for a 406 when it takes no such range."""
-    syntaxes = frozenset(params.get("transfer-syntax", ANY_SYNTAX) for media, params in media_ranges(accept)
+    8.7.3.5: ``transfer-syntax`` names one; :data:`ANY_SYNTAX` for ``*``, :data:`DEFAULT_SYNTAX`
+    for none), and the reason for a 406 when it takes no such range."""
+    syntaxes = frozenset(params.get("transfer-syntax", DEFAULT_SYNTAX) for media, params in media_ranges(accept)
                          if media in ("*/*", "multipart/*", "multipart/related")
                          and params.get("type", "application/dicom").lower() == "application/dicom")
     if not syntaxes:
@@ -443,13 +459,48 @@ def _dicom_accept(accept: str | None) -> tuple[frozenset[str], str | None]:
     return syntaxes, None
 
 
-def _syntax_refusal(syntaxes: frozenset[str], stored: str) -> str | None:
-    """The reason for a 406 when an object stored in ``stored`` is in none of ``syntaxes``
-    (objects are served as they are stored: never transcoded)."""
-    if ANY_SYNTAX in syntaxes or stored in syntaxes:
-        return None
-    return (f"objects are served in the transfer syntax they are stored in: ask with transfer-syntax=* "
-            f"or {stored} (not {', '.join(sorted(syntaxes))[:64]})")
+def chosen_syntax(syntaxes: Iterable[str], stored: str) -> str | None:
+    """The transfer syntax an object stored in ``stored`` is sent in, of those the client takes
+    (PS3.18 8.7.8.2): as stored for ``*`` or ``stored`` itself; else Explicit VR Little Endian,
+    named or the default, when the object can be converted to it (a JPEG Baseline object
+    decompressed, adapter.services.transcode); the default alone, for one that cannot be, as
+    stored (8.7.3.4). None: none of them (406)."""
+    wanted = set(syntaxes)
+    if ANY_SYNTAX in wanted or stored in wanted:
+        return stored
+    if wanted & {EXPLICIT_VR_LITTLE_ENDIAN, DEFAULT_SYNTAX} and can_be_explicit(stored):
+        return EXPLICIT_VR_LITTLE_ENDIAN
+    return stored if DEFAULT_SYNTAX in wanted else None
+
+
+def _syntax_refusal(syntaxes: frozenset[str], stored: str) -> str:
+    """The reason for a 406: an object stored in ``stored`` is sent in none of ``syntaxes``."""
+    offered = sorted({stored, *([EXPLICIT_VR_LITTLE_ENDIAN] if can_be_explicit(stored) else [])})
+    return (f"this object is served in {' or '.join(offered)} (or transfer-syntax=*), "
+            f"not {', '.join(sorted(syntaxes))[:64]}")
+
+
+def in_syntax(content: DicomContent, syntax: str, *, default: bool = False) -> DicomContent:
+    """``content`` (released under its decision) in ``syntax`` (:func:`chosen_syntax`): as it is,
+    or in Explicit VR Little Endian. ``default``: the client named no syntax, so an object whose
+    frames cannot be decoded goes as stored (PS3.18 8.7.3.4) rather than not at all."""
+    if syntax == content.transfer_syntax:
+        return content
+    try:
+        return in_explicit_vr_little_endian(content)
+    except (UnsupportedPixelData, UndecodableImage, ImageTooLarge) as exc:
+        if default:
+            return content
+        raise NotAcceptable(f"this object cannot be sent in {syntax}: {exc.diagnostics}"[:200]) from exc
+
+
+def _in_chosen(syntaxes: frozenset[str], content: DicomContent) -> DicomContent:
+    """``content`` in the syntax chosen for it (406 when there is none)."""
+    syntax = chosen_syntax(syntaxes, content.transfer_syntax)
+    if syntax is None:
+        raise NotAcceptable(_syntax_refusal(syntaxes, content.transfer_syntax))
+    return in_syntax(content, syntax, default=syntax == EXPLICIT_VR_LITTLE_ENDIAN
+                     and EXPLICIT_VR_LITTLE_ENDIAN not in syntaxes)
 
 
 def _body_part(boundary: str, content_type: str, data: bytes, *, last: bool = False) -> bytes:
@@ -479,12 +530,10 @@ async def retrieve_instance(study: str, series: str, instance: str, reader: Read
     answered: list[Response] = []
 
     def answerable(content: DicomContent) -> None:  # after the decision, before the audit (406: not sent)
-        refusal = _syntax_refusal(syntaxes, content.transfer_syntax)
-        if refusal:
-            raise NotAcceptable(refusal)
         # the body is made under the object's turn (adapter.services.access), the object dropped then
+        sent = _in_chosen(syntaxes, content)
         boundary = uuid.uuid4().hex
-        answered.append(Response(content=_part(boundary, content, last=True), media_type=None,
+        answered.append(Response(content=_part(boundary, sent, last=True), media_type=None,
                                  headers=_multipart_headers(boundary, content.decision.break_glass)))
 
     await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
@@ -513,15 +562,14 @@ async def _retrieve(reader: Any, accept: str | None, study: str, series: str | N
 
     def answerable(retrievals: list[DicomRetrieval]) -> None:  # before the audit (406: not sent)
         # the first object is made before the response starts, so its failure is a proper error
-        syntax, part = retrievals[0].answer(lambda content: (content.transfer_syntax, _part(boundary, content)))
-        made.append(part)
+        made.append(retrievals[0].answer(lambda content: _part(boundary, _in_chosen(syntaxes, content))))
         if ANY_SYNTAX not in syntaxes:
             # named syntaxes: every object's is known before the answer starts (each is made again
-            # as it streams), so one stored in another is a 406, not an answer cut short
+            # as it streams), so one that cannot be sent in any is a 406, not an answer cut short
             later = [r.answer(lambda content: content.transfer_syntax) for r in retrievals[1:]]
-            refusal = next(filter(None, (_syntax_refusal(syntaxes, s) for s in [syntax, *later])), None)
-            if refusal:
-                raise NotAcceptable(refusal)
+            refused = next((s for s in later if chosen_syntax(syntaxes, s) is None), None)
+            if refused is not None:
+                raise NotAcceptable(_syntax_refusal(syntaxes, refused))
 
     retrievals: list[DicomRetrieval] = await run_in_threadpool(partial(reader.read_dicom, study, series,
                                                                        answerable=answerable))
@@ -529,7 +577,7 @@ async def _retrieve(reader: Any, accept: str | None, study: str, series: str | N
     def body() -> Iterator[bytes]:  # runs in the threadpool (StreamingResponse iterates it there)
         yield made.pop()
         for retrieval in retrievals[1:]:
-            yield retrieval.answer(partial(_part, boundary))
+            yield retrieval.answer(lambda content: _part(boundary, _in_chosen(syntaxes, content)))
         yield f"--{boundary}--\r\n".encode("ascii")
 
     return StreamingResponse(body(), headers=_multipart_headers(boundary, any(r.decision.break_glass

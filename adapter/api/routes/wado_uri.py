@@ -5,8 +5,10 @@ The same decision, audit and release as WADO-RS (adapter.api.routes.dicomweb, wa
 purpose of use comes in ``X-Purpose-Of-Use``, UIDs are in the purpose's released space, and
 what is answered is made from the object the purpose's release produced:
 
-- ``contentType=application/dicom``: the object (one body, not multipart), in the transfer syntax
-  it is stored in; ``transferSyntax`` (with application/dicom only) naming another is 406;
+- ``contentType=application/dicom``: the object (one body, not multipart), in Explicit VR Little
+  Endian without ``transferSyntax`` or naming it (PS3.18 9.4.2.4: a JPEG object decompressed,
+  as WADO-RS sends it), as stored with ``*`` or the syntax it is stored in;
+  ``transferSyntax`` (with application/dicom only) naming another is 406;
 - ``image/jpeg``, ``image/png``, ``application/pdf``: the instance rendered, as WADO-RS rendered
   and the FHIR Binary give it (the JPEG frame as it is, native pixels as PNG, a PDF); native
   pixels asked for as ``image/jpeg`` are encoded as JPEG baseline (lossy, no metadata, at most
@@ -48,10 +50,12 @@ from adapter.api.deps import ReaderDep
 from adapter.api.headers import break_glass_headers
 from adapter.api.openapi import INVALID, READ_ONE, answers, ok, refusals
 from adapter.api.rendered_query import quality_of
+from adapter.api.routes.dicomweb import DEFAULT_SYNTAX, chosen_syntax, in_syntax
 from adapter.api.routes.wado_bulk import RENDERED_JPEG_MAX_SIDE, image_response
 from adapter.errors import InvalidQuery, NotAcceptable, NotSupported
 from adapter.model.decision import View
 from adapter.services.access import DicomContent, ReleasedImage
+from adapter.services.transcode import EXPLICIT_VR_LITTLE_ENDIAN, can_be_explicit
 from adapter.text import is_digits, pixel_count
 
 router = APIRouter()
@@ -120,10 +124,15 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
             if media == DICOM:
                 if frame is not None:  # the object is the whole object: a frame is a rendered picture (9.1.2.2)
                     continue
-                if syntax not in (None, "*", content.transfer_syntax):  # served as stored: never transcoded
-                    raise NotAcceptable(f"transferSyntax: this instance is stored in {content.transfer_syntax} and "
-                                        "served as it is (no transcoding)", expression="transferSyntax")
-                chosen.append(Response(content=content.data, media_type=DICOM,
+                # PS3.18 9.4.2.4: none named is the default, Explicit VR Little Endian; ``*`` as stored
+                target = chosen_syntax([syntax if syntax is not None else DEFAULT_SYNTAX], content.transfer_syntax)
+                if target is None:
+                    raise NotAcceptable(f"transferSyntax: this instance is served as stored "
+                                        f"({content.transfer_syntax})"
+                                        + (f" or in {EXPLICIT_VR_LITTLE_ENDIAN}" if can_be_explicit(
+                                            content.transfer_syntax) else ""), expression="transferSyntax")
+                sent = in_syntax(content, target, default=syntax is None)
+                chosen.append(Response(content=sent.data, media_type=DICOM,
                                        headers=break_glass_headers(content.decision.break_glass)))
                 return
             if media == "*/*":
