@@ -33,6 +33,11 @@ is X, Z or D is acted on, by name or by its VR's rule).
   lists only in part (ViewName, ContentDescription, a LUT's explanation, a protocol's name…;
   PS3.15 E.3.5 keeps a descriptor only once cleaned, and no rule tells a clean one from a name);
   and BodyPartExamined, a CS whose Defined Terms any upper-case words fit (privacy review F2).
+* **Coded strings the sender fills** (adapter.mapping.dicom_defined_terms, at any depth): ImageType
+  keeps values 1-2 of their Enumerated Values (values 3 on, implementation-defined words, go),
+  ContentLabel becomes the adapter's own (``DEIDENTIFIED``), ViewPosition stays only as one of its
+  Defined Terms and PatientOrientation only of its grammar (else removed, emptied: Type 2C)
+  (review of the merges F4).
 * **Code meanings** (PS3.3 8.8): every CodeMeaning, at any depth, is written anew from the
   code it names: the adapter's tables (``code_meanings``: mappings/body_sites.yaml), else the
   PS3.16 codes pydicom carries, else the code value itself
@@ -144,6 +149,8 @@ from adapter.imaging.pdf import pdf_without_metadata
 from adapter.imaging.sniff import JPEG
 from adapter.imaging.unlinkable import DEIDENTIFIED_COPY, PSEUDONYMISED_COPY, unlinkable_copy
 from adapter.mapping.dicom_code_meanings import code_meaning
+from adapter.mapping.dicom_defined_terms import CHECKED as DEFINED_TERMS_CHECKED
+from adapter.mapping.dicom_defined_terms import keep_defined_terms
 from adapter.mapping.dicom_fhir import extract_image
 from adapter.mapping.dicom_uids import (
     IMPLEMENTATION_CLASS_UID,
@@ -530,6 +537,8 @@ def _clean(ds: Dataset, mapper: _UidMapper, *, keep_dates: bool, meanings: Mappi
             _empty(ds, elem)
         elif keyword in BASIC_PROFILE_DUMMY:
             elem.value = DUMMY_VALUE
+        elif keyword in DEFINED_TERMS_CHECKED:
+            keep_defined_terms(ds, elem)  # CS values the sender wrote: only defined terms stay
         elif _removed(elem, keep_dates=keep_dates) or _sender_text(elem):
             del ds[tag]
         elif elem.VR == "UI" and keyword not in KEEP_UIDS and elem.value:
@@ -582,6 +591,7 @@ _WRITTEN = frozenset({"PatientID", "IssuerOfPatientID", "PatientName", "PatientI
 def _writes_value(keyword: str, *, keep_dates: bool) -> bool:
     """Does a release give the attribute a value of its own (empty, a dummy, the pseudonym…)?"""
     return (keyword in BASIC_PROFILE_ZERO or keyword in BASIC_PROFILE_DUMMY or keyword in _WRITTEN
+            or keyword in DEFINED_TERMS_CHECKED
             or (not keep_dates and keyword in DATES_ZERO))
 
 

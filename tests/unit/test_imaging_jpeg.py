@@ -669,7 +669,8 @@ def test_an_icc_profiles_text_is_rewritten_at_ingest_its_colours_and_pixels_kept
 def test_a_profile_whose_text_cannot_be_rewritten_is_dropped(tmp_path: Path) -> None:
     from tests.unit.test_imaging_icc import build, mluc
 
-    profile = build([(b"desc", mluc("JaneDoe")[:20])])  # too small for any rewrite
+    # a curve shorter than its count says: not laid out so that it can be rewritten safely
+    profile = build([(b"desc", mluc("JaneDoe")), (b"rTRC", b"curv" + bytes(4) + struct.pack(">I", 9))])
     data = jpeg(Image.new("RGB", (64, 48), (150, 90, 60)), quality=90, icc_profile=profile)
     facts, stored = run(tmp_path, data)
     assert not _icc_segments(stored) and "JaneDoe".encode("utf-16-be")[:8] not in stored

@@ -785,6 +785,43 @@ def test_body_part_examined_and_every_description_the_sender_wrote_leave_both_co
     assert hresch.TimezoneOffsetFromUTC == "+0100"  # an offset (the dates' zone) stays with the dates
 
 
+def test_coded_strings_keep_only_their_defined_terms_in_both_copies() -> None:
+    """Review of the merges F4: CS attributes hold the sender's words too. ImageType values 3 on
+    (implementation-defined, PS3.3 C.7.6.1.1.2), a ContentLabel, a ViewPosition or a
+    PatientOrientation not of their defined terms or grammar came out word for word (test seen
+    failing). ImageType keeps values 1-2 only, ContentLabel is the adapter's own, the others go
+    (PatientOrientation, Type 2C, is emptied)."""
+    ds = loaded()
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "JANE DOE", "MRN 0012345"]
+    ds.ContentLabel = "JANE_DOE"
+    ds.ViewPosition = "JANEDOE MRN1"
+    ds.PatientOrientation = ["JANE", "DOE"]
+    for out in _copies(ds):
+        encoded = encode_dataset(out).lower()
+        assert b"jane" not in encoded and b"mrn" not in encoded
+        assert list(out.ImageType) == ["ORIGINAL", "PRIMARY"]
+        assert out.ContentLabel == DUMMY_VALUE
+        assert "ViewPosition" not in out
+        assert out.PatientOrientation == ""
+
+
+@pytest.mark.parametrize(("keyword", "value", "written"), [
+    ("ImageType", ["DERIVED", "SECONDARY"], ["DERIVED", "SECONDARY"]),
+    ("ImageType", ["JANE", "DOE"], ["DERIVED", "SECONDARY"]),     # not claimed ORIGINAL nor PRIMARY
+    ("ImageType", ["ORIGINAL", "DOE", "X"], ["ORIGINAL", "SECONDARY"]),
+    ("ViewPosition", "PA", "PA"),
+    ("ViewPosition", "MLO", "MLO"),
+    ("PatientOrientation", ["A", "FR"], ["A", "FR"]),
+    ("PatientOrientation", ["A"], ""),                             # VM 2
+])
+def test_coded_strings_of_their_defined_terms_stay(keyword: str, value: object, written: object) -> None:
+    ds = loaded()
+    setattr(ds, keyword, value)
+    for out in _copies(ds):
+        kept = out[keyword].value
+        assert (list(kept) if isinstance(kept, list) or out[keyword].VM > 1 else kept) == written
+
+
 #: What of the sender's LO/SH/UC/AE values may stay in a copy: the codes (a code meaning is
 #: replaced), and a time zone offset that is one (checked apart).
 CODED_TEXT = frozenset({"CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "LongCodeValue",
