@@ -2,7 +2,7 @@
 dataset: VL Photographic Image for ``clinical`` photos (Modality XC), Secondary Capture for
 ``document`` and ``secondary`` photos (mappings/dicom.yaml; standards.md §4.2-4.5).
 
-Modules written (PS3.3 A.33.4 VL Photographic, A.8.1 SC; standards.md §4.3, types §4.4):
+Modules written (PS3.3 A.32.4 VL Photographic, A.8.1 SC; standards.md §4.3, types §4.4):
 Patient, General Study, General Series, General Equipment (+ SC Equipment), General
 Acquisition, General Image, Image Pixel, VL Image + Acquisition Context or SC Image, SOP Common.
 
