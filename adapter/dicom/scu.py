@@ -1,14 +1,16 @@
 """C-STORE SCU: sends DICOM objects to a PACS (PS3.4 Annex B, Storage Service Class).
 
-One :class:`StoreSCU` serves every destination (``AE@host:port``), with one pynetdicom AE per
-destination. A batch goes over ONE association; the association is kept open for the next batch
+One :class:`StoreSCU` serves every destination (``AE@host:port``), with one pynetdicom AE and one
+lock per destination: destinations are sent to at once from the forwarder's workers, each
+destination's batches one after the other. A batch goes over ONE association; the association is kept open for the next batch
 to the same destination when it was negotiated with every presentation context that batch needs
 (accepted or not: the PACS has answered for each), until :meth:`StoreSCU.release`. The forwarder
 sends a claim in small batches (bounded memory) and releases when the outbox is drained, so a
 backlog of N photos costs one association.
 
 Presentation contexts (PS3.8 §7.1.1.13) are proposed for the SOP Class × Transfer Syntax pairs
-actually in the batch, each context with exactly one transfer syntax, so that the PACS's answer
+actually in the batch, and for no others (none carried over from an earlier association to the
+destination: PACS review finding 4), each context with exactly one transfer syntax, so that the PACS's answer
 says which syntaxes it takes: an object in its own syntax and, for a PACS that accepts no
 compressed syntax or no explicit VRs (it need accept only Implicit VR Little Endian, PS3.5
 10.1), in the uncompressed ones it can fall back on (adapter.mapping.dicom_decompress.FALLBACKS):
@@ -27,6 +29,11 @@ values, its element headers written without VRs (nothing decoded). An object the
 none of the proposed syntaxes, or one that cannot be decompressed faithfully, fails permanently. With three
 contexts for a compressed object the 128 contexts of one association (``MAX_CONTEXTS``) hold at
 least 42 SOP classes; a batch with more goes over more associations.
+
+A PACS that does not answer is said to time out, not to refuse: an A-ASSOCIATE-RQ unanswered within
+the ACSE timeout, a C-STORE unanswered within the DIMSE timeout (the PACS may have stored it: the
+retry resends the same SOP Instance UID), told apart from a rejection, a refused connection and an
+abort (PACS review finding 2).
 
 Results (PS3.7 Annex C, PS3.4 B.2.3): Success and every Warning (0xB000 coercion, 0xB006 element
 discarded, 0xB007 data set does not match SOP class, ...) mean the PACS stored the object:
@@ -59,6 +66,7 @@ import dataclasses
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,14 +190,18 @@ def _close_raw_socket(assoc: Association) -> None:
 def _keep_rejection(event: evt.Event) -> None:
     """EVT_PDU_RECV: keep the peer's A-ASSOCIATE-RJ on the association. pynetdicom's DUL thread
     reads it and closes the connection; a requesting thread that looks only after that (a loaded
-    machine) finds the connection gone and reports an abort, though the peer rejected."""
+    machine) finds the connection gone and reports an abort, though the peer rejected. Any PDU
+    received says the peer answered (:meth:`StoreSCU._why_not`: not an ACSE timeout)."""
+    setattr(event.assoc, "adapter_answered", True)  # noqa: B010 - read by _why_not
     pdu = getattr(event, "pdu", None)
     if isinstance(pdu, A_ASSOCIATE_RJ):
         setattr(event.assoc, "adapter_rejection", pdu.to_primitive())  # noqa: B010 - read by _why_not
 
 
 def _nodelay(event: evt.Event) -> None:
-    """EVT_CONN_OPEN: switch Nagle's algorithm off before the A-ASSOCIATE-RQ goes out."""
+    """EVT_CONN_OPEN: switch Nagle's algorithm off before the A-ASSOCIATE-RQ goes out; note when
+    the connection opened (:meth:`StoreSCU._why_not` tells an ACSE timeout from a refusal)."""
+    setattr(event.assoc, "adapter_opened_at", time.monotonic())  # noqa: B010 - read by _why_not
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket is not None else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -404,8 +416,10 @@ def _groups(pairs: Sequence[tuple[UID, UID]]) -> list[tuple[set[tuple[UID, UID]]
 class StoreSCU:
     """C-STORE SCU for every forwarding destination (satisfies ``services.forwarding.StoreSender``).
 
-    Not for concurrent use by several threads at once (a lock serialises calls): the forwarder is
-    its only user. ``associations_opened`` counts established associations (operations, tests).
+    Destinations are independent: calls for different destinations run at once (the forwarder
+    sends each destination from its own worker, so a hung PACS holds up only its own); calls for
+    one destination are serialised by that destination's lock. ``associations_opened`` counts
+    established associations (operations, tests).
     """
 
     def __init__(self, options: ScuOptions | None = None) -> None:
@@ -413,10 +427,10 @@ class StoreSCU:
         make_pynetdicom_logs_safe()  # a forwarder without the SCP: pynetdicom's records made safe too
         self._aes: dict[Destination, AE] = {}
         self._held: dict[Destination, Association] = {}
-        self._known: dict[Destination, list[tuple[UID, UID]]] = {}
         self._proposed: dict[Destination, set[tuple[UID, UID]]] = {}  # by the held association
         self._message_id: dict[Destination, int] = {}  # last Message ID used on the held association
-        self._lock = threading.Lock()
+        self._locks: dict[Destination, threading.Lock] = {}  # one per destination
+        self._count_lock = threading.Lock()  # the dict above and the count below
         self.associations_opened = 0
 
     @classmethod
@@ -450,7 +464,7 @@ class StoreSCU:
                                         transmitted=False)
             elif pair not in pairs:
                 pairs.append(pair)
-        with self._lock:
+        with self._lock_for(dest):
             # more contexts than one association can carry: one association per group
             for group, contexts in _groups(pairs):
                 todo = [i for i, ds in enumerate(items) if results[i] is None and _pair(ds) in group]
@@ -459,15 +473,21 @@ class StoreSCU:
                                                    "not attempted", transmitted=False)
                 for r, ds in zip(results, items, strict=True)]
 
-    def release(self) -> None:
-        """Release (A-RELEASE) every association held open between batches."""
-        with self._lock:
-            for dest in list(self._held):
+    def release(self, destination: str | None = None) -> None:
+        """Release (A-RELEASE) the association held open between batches for ``destination``, or
+        every one (None; waits for a batch in flight to each)."""
+        dests = [Destination.parse(destination)] if destination is not None else list(self._held)
+        for dest in dests:
+            with self._lock_for(dest):
                 self._drop(dest)
 
     close = release
 
     # -- internals ---------------------------------------------------------------------------
+    def _lock_for(self, dest: Destination) -> threading.Lock:
+        with self._count_lock:
+            return self._locks.setdefault(dest, threading.Lock())
+
     def _ae(self, dest: Destination) -> AE:
         ae = self._aes.get(dest)
         if ae is None:
@@ -507,21 +527,17 @@ class StoreSCU:
     def _association(self, dest: Destination, group: Sequence[tuple[UID, UID]]) -> Association | SendResult:
         """The held association when it was negotiated with every context of ``group`` (accepted
         or not: the PACS has answered for each, a new association would be answered the same),
-        else a new one proposing ``group`` (plus contexts proposed to this destination before,
-        so the next batch can reuse it). A SendResult template (uid left empty) when no
-        association could be established."""
+        else a new one proposing exactly ``group``: the contexts the objects of this batch need,
+        nothing carried over from an earlier association (PACS review finding 4). A SendResult
+        template (uid left empty) when no association could be established."""
         held = self._held.get(dest)
         if held is not None:
             if held.is_established and all(p in self._proposed.get(dest, ()) for p in group):
                 return held
             self._drop(dest)
-        known = self._known.setdefault(dest, [])
-        proposal = list(group) + [p for p in known if p not in group]
-        proposal = proposal[:MAX_CONTEXTS]
-        for p in group:
-            if p not in known:
-                known.append(p)
+        proposal = list(group)
         contexts = [build_context(sop_class, [ts]) for sop_class, ts in proposal]
+        started = time.monotonic()
         try:
             assoc = self._ae(dest).associate(dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title,
                                              evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay),
@@ -530,16 +546,20 @@ class StoreSCU:
             return SendResult("", SendOutcome.RETRY, None, f"association with {dest} failed: {type(exc).__name__}",
                               transmitted=False)
         if assoc.is_established:
-            self.associations_opened += 1
+            with self._count_lock:
+                self.associations_opened += 1
             self._held[dest] = assoc
             self._proposed[dest] = set(proposal)
             self._message_id[dest] = 0
             return assoc
         _close_raw_socket(assoc)
-        return self._why_not(dest, assoc)
+        return self._why_not(dest, assoc, started)
 
-    @staticmethod
-    def _why_not(dest: Destination, assoc: Association) -> SendResult:
+    def _why_not(self, dest: Destination, assoc: Association, started: float) -> SendResult:
+        """Why no association was established, in the words of what happened (PACS review finding
+        2): rejected (A-ASSOCIATE-RJ), no context accepted, no answer to the A-ASSOCIATE-RQ within
+        the ACSE timeout (pynetdicom aborts it then: a hung PACS, not a refusal), the connection
+        closed or aborted by the PACS, the TCP connection timed out or refused."""
         rejection = getattr(assoc, "adapter_rejection", None)
         if assoc.is_rejected or rejection is not None:
             rsp: Any = assoc.acceptor.primitive if assoc.is_rejected else rejection
@@ -554,10 +574,37 @@ class StoreSCU:
             return SendResult("", SendOutcome.PERMANENT, None,
                               f"{dest} accepted none of the presentation contexts proposed{which}"[:300],
                               transmitted=False)
-        if assoc.is_aborted:
-            return SendResult("", SendOutcome.RETRY, None, f"no association with {dest} (refused or aborted)",
+        o = self.options
+        opened_at: float | None = getattr(assoc, "adapter_opened_at", None)
+        if opened_at is None:  # no TCP connection
+            waited = time.monotonic() - started
+            why = f"no TCP connection within {o.connection_timeout:g} s (connect timeout)" \
+                if waited >= o.connection_timeout * 0.9 else "could not connect (the connection was refused)"
+            return SendResult("", SendOutcome.RETRY, None, f"no association with {dest}: {why}", transmitted=False)
+        if not getattr(assoc, "adapter_answered", False) and time.monotonic() - opened_at >= o.acse_timeout * 0.9:
+            return SendResult("", SendOutcome.RETRY, None,
+                              f"no association with {dest}: no answer to the A-ASSOCIATE-RQ within "
+                              f"{o.acse_timeout:g} s (ACSE timeout): the PACS took the connection and did not answer",
                               transmitted=False)
-        return SendResult("", SendOutcome.RETRY, None, f"could not connect to {dest}", transmitted=False)
+        return SendResult("", SendOutcome.RETRY, None,
+                          f"no association with {dest}: it closed the connection or aborted the association "
+                          "(A-ABORT) before accepting", transmitted=False)
+
+    def _unanswered(self, dest: Destination, result: SendResult, *, waited: float) -> tuple[SendResult, str]:
+        """A C-STORE that got no response (PACS review finding 2): the DIMSE timeout (pynetdicom
+        waited ``dimse_timeout`` and aborted the association; the PACS may have stored the
+        object, so the retry sends the same SOP Instance UID again, PS3.4 B.2.3), or the
+        association ended first (aborted, connection closed). Its result, and the lastError of
+        the objects of the batch not sent after it."""
+        timeout = self.options.dimse_timeout
+        if waited >= timeout * 0.9:
+            error = (f"no C-STORE response within {timeout:g} s (DIMSE timeout) from {dest}: the PACS may have "
+                     "stored it; the retry sends the same SOP Instance UID again")
+            lost = f"not sent: the association with {dest} was aborted at the DIMSE timeout of an earlier object"
+        else:
+            error = f"no C-STORE response from {dest}: the association was aborted or its connection closed"
+            lost = f"not sent: the association with {dest} ended during the batch"
+        return dataclasses.replace(result, error=error), lost
 
     def _send_group(self, dest: Destination, group: Sequence[tuple[UID, UID]],
                     todo: Sequence[tuple[int, Dataset]], results: list[SendResult | None],
@@ -611,6 +658,7 @@ class StoreSCU:
             message_id = self._message_id[dest] = self._message_id.get(dest, 0) % 65535 + 1
             if isinstance(assoc, _RequestorAssociation):
                 assoc.awaiting_response = message_id
+            sent_at = time.monotonic()
             try:
                 status = assoc.send_c_store(outgoing, msg_id=message_id)
             except ValueError as exc:  # pynetdicom could not encode it: retrying will not help
@@ -628,11 +676,14 @@ class StoreSCU:
                 del outgoing  # a decompressed object (~36 MB for 12 MP) is not kept past its C-STORE
                 if isinstance(assoc, _RequestorAssociation):
                     assoc.awaiting_response = None
-            result = results[i] = classify_status(uid, status)
+            result = classify_status(uid, status)
+            if "Status" not in status:  # no response: the DIMSE timeout, or the association ended
+                result, lost = self._unanswered(dest, result, waited=time.monotonic() - sent_at)
+            results[i] = result
             _tell_acknowledged(i, result, acknowledged)
             # No response means pynetdicom saw an abort or the DIMSE timeout, even when the
             # association does not say so yet: sending more would wait a DIMSE timeout each.
-            if "Status" not in status or not assoc.is_established:
-                lost = f"association with {dest} ended during the batch"
+            if lost is None and not assoc.is_established:
+                lost = f"not sent: the association with {dest} ended during the batch"
         if lost is not None or not assoc.is_established:
             self._drop(dest)

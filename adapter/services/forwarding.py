@@ -83,6 +83,11 @@ same instance (Orthanc overwrites it; others answer a duplicate warning), never 
 Services never import pynetdicom (STYLE §1): the C-STORE SCU lives in ``adapter.dicom.scu`` and
 satisfies :class:`StoreSender`; ``__main__`` injects it with :meth:`Services.start_forwarding`.
 The SCU knows nothing of consent either: it only asks ``withhold`` before each send.
+
+Destinations are independent (adapter.services.outbox_workers): a pass looks at the holds due once,
+then claims the due items of the destinations whose worker is idle, and each destination's items
+are sent from a worker thread of its own, so a PACS that hangs (ACSE or DIMSE timeout) holds up
+only its own items. Each worker does for its destination what is described above.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ import dataclasses
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -109,6 +115,7 @@ from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.consent_pending import PendingRecords, next_change
 from adapter.services.dicom_objects import dicom_object_for
 from adapter.services.outbox_leases import LeaseKeeper
+from adapter.services.outbox_workers import DestinationWorkers
 from adapter.store.port import BlobStore, RecordStore
 
 if TYPE_CHECKING:
@@ -177,8 +184,10 @@ class StoreSender(Protocol):
 
         Each result says whether its data set was transmitted (:class:`SendResult`)."""
 
-    def release(self) -> None:
-        """Release every association kept open between batches."""
+    def release(self, destination: str | None = None) -> None:
+        """Release the association kept open between batches for ``destination``, or every one
+        (None). Calls for different destinations may run at once, each from its own thread
+        (adapter.services.outbox_workers); those for one destination never do."""
 
 
 # --------------------------------------------------------------------------- the outbox, read
@@ -278,7 +287,7 @@ class ForwardOptions:
     claim_limit: int = 100         # items claimed at once (each claim is leased by the store)
     batch_size: int = 4            # objects regenerated and held in memory at once (a native 12 MP
                                    # photo is 36 MB; the association outlives the batch anyway)
-    stop_timeout: float = 30.0     # how long stop() waits for the current batch
+    stop_timeout: float = 30.0     # how long stop() waits for the batches in flight (all destinations)
     lease_renewal: float = 20.0    # renew the leases of a batch in flight this often (a third of
                                    # the store's 60 s lease; adapter.services.outbox_leases)
 
@@ -436,6 +445,14 @@ class Forwarder:
     ``poll_interval`` seconds for retries that fell due. :meth:`run_once` is one pass (tests
     call it directly).
 
+    Destinations are independent (PACS review finding 1): each pass looks at the holds due once
+    (:meth:`_release_in_force`), then claims the due items of the destinations whose worker is
+    idle and sends each destination's from a worker thread of its own
+    (adapter.services.outbox_workers), so a PACS that hangs (the SCU's ACSE or DIMSE timeout)
+    holds up only its own items. Everything else is per item and per destination as before:
+    leases, the consent decision right before each C-STORE-RQ, the audit of each attempt, the
+    destination's back-off and association.
+
     Each forwarded record passes the consent decision for treatment (purpose TREAT, the PACS
     being part of the care record) when its batch is prepared and again right before its
     C-STORE-RQ, and every disclosure to a PACS (or refusal of one) is audited: a photo whose
@@ -457,10 +474,12 @@ class Forwarder:
         self._now = now
         self._rng = rng or random.Random()
         self._pending = PendingRecords(store=store, tables=tables, auditor=auditor)
-        self._backoff: dict[str, _Backoff] = {}  # by destination; used by the forwarder's thread only
+        self._backoff: dict[str, _Backoff] = {}  # by destination; each used by its destination's worker only
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._workers = DestinationWorkers(on_done=self._wake.set)  # a destination idle again: claim
+        self._holding: set[str] = set()  # destinations whose association a backlog keeps open
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -475,16 +494,22 @@ class Forwarder:
         self._wake.set()
 
     def stop(self) -> None:
-        """Finish the batch in flight, release the associations and end the thread. Items
-        claimed but not yet sent stay leased and are claimed again after the lease."""
+        """Finish the batches in flight (one per destination at most, all within
+        ``stop_timeout``), release the associations and end the threads. Items claimed but not
+        yet sent stay leased and are claimed again after the lease."""
         self._stopping.set()
         self._wake.set()
+        deadline = time.monotonic() + self.options.stop_timeout
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(self.options.stop_timeout)
-            if thread.is_alive():  # stuck in a send (DIMSE timeout): leave the sender to it
-                log.warning("the forwarder did not stop within %.0f s", self.options.stop_timeout)
-                return
+        if (thread is not None and thread.is_alive()) or not self._workers.join(deadline):
+            # stuck in a send (ACSE or DIMSE timeout): leave that sender to it, release the others
+            log.warning("the forwarder did not stop within %.0f s", self.options.stop_timeout)
+            busy = self._workers.busy()
+            for destination in sorted(self._holding - busy):
+                self._release(destination)
+            return
         self._release()
 
     @property
@@ -495,41 +520,69 @@ class Forwarder:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                claimed = self.run_once()
+                self._dispatch(release=True)
             except Exception:
                 log.exception("forwarding pass failed")
-                claimed = 0
-            if claimed >= self.options.claim_limit and not self._stopping.is_set():
-                continue  # a backlog: keep the association, claim the next items
-            self._release()
-            self._wake.wait(self.options.poll_interval)
+            self._wake.wait(self.options.poll_interval)  # a worker done wakes it too
 
-    def _release(self) -> None:
+    def _release(self, destination: str | None = None) -> None:
         try:
-            self._sender.release()
+            self._sender.release(destination) if destination is not None else self._sender.release()
         except Exception:
             log.warning("releasing DICOM associations failed", exc_info=True)
 
     # -- one pass ----------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Release the held items a Consent that came into force since releases, then claim the
-        due items and send them, each destination's over one association, followed there by the
-        items this forwarder put on back-off for a destination that acknowledged one (module
-        docstring); the number of items claimed."""
+        """One pass, waited for: release the held items a Consent that came into force since
+        releases, then claim the due items and send them, each destination's from its own worker
+        over one association, followed there by the items this forwarder put on back-off for a
+        destination that acknowledged one (module docstring); the number of items claimed."""
+        counts = self._dispatch(release=False)
+        self._workers.join()
+        return sum(counts.values())
+
+    def _dispatch(self, *, release: bool) -> dict[str, int]:
+        """A pass (:meth:`run_once`) not waited for: the holds due looked at once, then the due
+        items of the destinations whose worker is idle claimed, each destination's handed to a
+        worker of its own. ``release``: a worker releases its destination's association once it
+        is done, unless the claim was full (a backlog: the next pass goes on over it). Returns
+        the items claimed per destination, filled in by the workers as they go."""
         self._release_in_force()
-        items = self._store.claim_outbox(self._now(), self.options.claim_limit)
+        busy = self._workers.busy()
+        items = self._store.claim_outbox(self._now(), self.options.claim_limit, exclude=busy)
         by_destination: dict[str, list[OutboxItem]] = {}
         for item in items:
             by_destination.setdefault(item.destination, []).append(item)
-            backoff = self._backoff.get(item.destination)
-            if backoff is not None:  # claimed again: no longer waiting as this forwarder left it
-                backoff.waiting.pop(item.id, None)
-        claimed = len(items)
+        backlog = len(items) >= self.options.claim_limit
+        counts: dict[str, int] = {}
+        for destination in sorted(self._holding - busy - by_destination.keys()):  # its backlog is over
+            self._holding.discard(destination)
+            if release:
+                self._release(destination)
         for destination, group in by_destination.items():
-            if not self._send_claimed(destination, group):
-                return claimed  # stopping: the rest stays leased, claimed again after the lease
-            claimed += self._send_waiting(destination)
-        return claimed
+            counts[destination] = len(group)
+
+            def work(destination: str = destination, group: list[OutboxItem] = group) -> None:
+                counts[destination] += self._forward(destination, group)
+                if release and not (backlog and not self._stopping.is_set()):
+                    self._release(destination)
+                elif release:
+                    self._holding.add(destination)
+
+            if self._workers.start(destination, work) is None:  # cannot be (excluded), but never twice
+                log.error("the worker for %s was already running", destination)
+        return counts
+
+    def _forward(self, destination: str, items: list[OutboxItem]) -> int:
+        """A destination's worker: send its claimed ``items``, then the items on back-off for it
+        if it answers again; the items claimed for it meanwhile (:meth:`_send_waiting`)."""
+        backoff = self._backoff.get(destination)
+        if backoff is not None:  # claimed again: no longer waiting as this forwarder left it
+            for item in items:
+                backoff.waiting.pop(item.id, None)
+        if not self._send_claimed(destination, items):
+            return 0  # stopping: the rest stays leased, claimed again after the lease
+        return self._send_waiting(destination)
 
     def _release_in_force(self) -> None:
         """The holds due (RecordStore.holds_due: a Consent of their patient came into force), each

@@ -4,7 +4,7 @@ files). Services depend on these Protocols only."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -404,10 +404,11 @@ class RecordStore(Protocol):
         ``rows_of(instance)`` and store ``fingerprint``, in one transaction. Returns how many
         instances were indexed (0 when the index was current)."""
 
-    def claim_outbox(self, now: datetime, limit: int) -> list[OutboxItem]:
-        """Pending items due at ``now`` (next_attempt_at <= now), oldest first. Claiming pushes
-        their next_attempt_at a lease ahead, so a second forwarder (another worker process)
-        does not pick them up at the same time."""
+    def claim_outbox(self, now: datetime, limit: int, *, exclude: Collection[str] = ()) -> list[OutboxItem]:
+        """Pending items due at ``now`` (next_attempt_at <= now), oldest first, none for a
+        destination in ``exclude`` (those whose worker is busy: adapter.services.outbox_workers).
+        Claiming pushes their next_attempt_at a lease ahead, so a second forwarder (another
+        worker process) does not pick them up at the same time."""
 
     def start_outbox_send(self, item_id: int, *, claimed_until: datetime, now: datetime) -> bool:
         """The forwarder's last step before an item's C-STORE-RQ: record that it goes now, if the

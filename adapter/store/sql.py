@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import groupby
@@ -1611,7 +1611,7 @@ class SqlRecordStore:
                                 .order_by(_p.patient_system, _p.patient_value))
             return [Identifier(system=s, value=v) for s, v in rows]
 
-    def claim_outbox(self, now: datetime, limit: int) -> list[OutboxItem]:
+    def claim_outbox(self, now: datetime, limit: int, *, exclude: Collection[str] = ()) -> list[OutboxItem]:
         """Pending items due at ``now``, oldest due first, leased: their next_attempt_at moves
         ``outbox_lease`` ahead in the same transaction, so another forwarder (thread or process)
         does not claim them until the lease runs out. A forwarder that dies mid-send leaves its
@@ -1624,8 +1624,10 @@ class SqlRecordStore:
             return []
         now = to_utc(now)
         lease_end = now + self._outbox_lease
-        due = select(_o.id).where(_o.status == OUTBOX_PENDING, _o.next_attempt_at <= now) \
-            .order_by(_o.next_attempt_at, _o.id).limit(limit).with_for_update(skip_locked=True)
+        due = select(_o.id).where(_o.status == OUTBOX_PENDING, _o.next_attempt_at <= now)
+        if exclude:
+            due = due.where(_o.destination.not_in(sorted(exclude)))
+        due = due.order_by(_o.next_attempt_at, _o.id).limit(limit).with_for_update(skip_locked=True)
         with self._write() as conn:
             claimed = list(conn.execute(due).scalars())
             if not claimed:

@@ -59,7 +59,7 @@ class Pacs:
             results.append(result)
         return results
 
-    def release(self) -> None:
+    def release(self, destination: str | None = None) -> None:
         self._held = False
 
 

@@ -88,7 +88,7 @@ class Sender:
             results.append(result)
         return results
 
-    def release(self) -> None:
+    def release(self, destination: str | None = None) -> None:
         pass
 
 

@@ -1478,6 +1478,16 @@ def test_pseudonym_index_follows_the_patients_and_the_key(open_records: StoreFac
     assert store.find_pseudonymised([of("k2")(PATIENT)]) == [PATIENT]
 
 
+def test_claiming_the_outbox_leaves_out_the_destinations_excluded(store: SqlRecordStore) -> None:
+    """A destination whose worker is busy (a hung PACS) is left out of a claim, so its items stay
+    for its own worker (adapter.services.outbox_workers)."""
+    store.save_ingest(make_dicom_unit(destinations=(PACS, ARCHIVE)))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    assert [i.destination for i in store.claim_outbox(now, 10, exclude={PACS})] == [ARCHIVE]
+    assert store.claim_outbox(now, 10, exclude={PACS}) == []
+    assert [i.destination for i in store.claim_outbox(now, 10, exclude=())] == [PACS]
+
+
 def test_outbox_lifecycle(store: SqlRecordStore) -> None:
     unit = make_dicom_unit(destinations=(PACS, ARCHIVE))
     before = datetime.now(UTC) - timedelta(seconds=1)
