@@ -539,8 +539,9 @@ class StoreSCU:
         contexts = [build_context(sop_class, [ts]) for sop_class, ts in proposal]
         started = time.monotonic()
         try:
+            # max_pdu: associate() announces its own argument (default 16382), not the AE's maximum_pdu_size
             assoc = self._ae(dest).associate(dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title,
-                                             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay),
+                                             max_pdu=self.options.max_pdu, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay),
                                                            (evt.EVT_PDU_RECV, _keep_rejection)])
         except (OSError, RuntimeError, ValueError) as exc:
             return SendResult("", SendOutcome.RETRY, None, f"association with {dest} failed: {type(exc).__name__}",

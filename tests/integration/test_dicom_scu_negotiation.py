@@ -143,3 +143,29 @@ def test_a_held_association_lacking_a_context_a_batch_needs_is_replaced_by_one_p
     sc = str(SecondaryCaptureImageStorage)
     assert proposals == [{(VLP, ExplicitVRLittleEndian), (VLP, ImplicitVRLittleEndian)},
                          {(sc, JPEGBaseline8Bit), (sc, ExplicitVRLittleEndian), (sc, ImplicitVRLittleEndian)}]
+
+
+# --------------------------------------------------------------------------- Maximum Length Received
+
+
+def test_an_association_announces_the_maximum_length_the_scu_receives() -> None:
+    """PS3.8 D.1: the A-ASSOCIATE-RQ's Maximum Length Received is the SCU's own (ScuOptions.max_pdu,
+    ADAPTER_DICOM_MAX_PDU). Seen failing: pynetdicom's associate() announced its own default, 16382,
+    whatever the AE was set to (conformance statement review)."""
+    announced: list[int] = []
+
+    def handle_requested(event: evt.Event) -> None:
+        announced.append(event.assoc.requestor.maximum_length)
+
+    ae = AE(ae_title="PEER")
+    ae.add_supported_context(VLPhotographicImageStorage, [JPEGBaseline8Bit, ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_ACCEPTED, handle_requested),
+                                                                          (evt.EVT_C_STORE, lambda event: 0x0000)])
+    scu = StoreSCU(ScuOptions(max_pdu=262_144))
+    try:
+        assert scu.send_batch(f"PEER@127.0.0.1:{server.server_address[1]}", [small_photo_dataset("1.2.3.30")])[0].acknowledged
+    finally:
+        scu.release()
+        server.shutdown()
+        ae.shutdown()
+    assert announced == [262_144]
