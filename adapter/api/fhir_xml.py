@@ -43,8 +43,17 @@ from typing import Any, Literal
 from fhir_core.constraints import FHIR_PRIMITIVES_MAPS
 from lxml import etree  # type: ignore[import-untyped]  # no stubs; a dependency (pyproject)
 
-from adapter.api.json_input import MAX_CONTAINERS, MAX_DEPTH, check_loaded
+from adapter.api.json_input import (
+    MAX_CONTAINERS,
+    MAX_DEPTH,
+    MAX_NUMBER_CHARS,
+    MAX_STRING_BYTES,
+    MAX_STRUCTURE_BYTES,
+    MAX_VALUES,
+    check_loaded,
+)
 from adapter.errors import InvalidResource
+from adapter.json_decimal import JsonDecimal, parse_float
 
 FHIR_NS = "http://hl7.org/fhir"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
@@ -59,12 +68,23 @@ _INTEGER = re.compile(r"[0]|[-+]?[1-9][0-9]*")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 #: More digits than any FHIR integer (32-bit) or decimal (18 significant digits, datatypes.html)
-#: needs; Python refuses to convert an int of over 4300 digits (a ValueError, not a refusal).
-_MAX_DIGITS = 64
+#: needs; Python refuses to convert an int of over 4300 digits (a ValueError, not a refusal). The
+#: JSON path's bound, so what one takes the other does (security review 6).
+_MAX_DIGITS = MAX_NUMBER_CHARS
 #: Attributes one element may carry: FHIR XML gives an element at most ``value``, ``id`` and
 #: ``url``, beside another namespace's few (xsi:schemaLocation). 90,000 on one element took 11 s
 #: of CPU to read one by one, the whole API waiting (security review 1): refused before.
 _MAX_ATTRIBUTES = 8
+#: Namespace declarations (``xmlns``, ``xmlns:x``) in a whole document: FHIR XML needs FHIR's,
+#: XHTML's in each narrative and perhaps xsi's. 64 MB of them on the root took 1.1 GB to parse
+#: (security review 2); lxml does not list them among the attributes :data:`_MAX_ATTRIBUTES` bounds.
+MAX_NAMESPACE_DECLARATIONS = 1000
+#: Attributes and namespace declarations one start tag may have, counted before the parse.
+_MAX_TAG_ATTRIBUTES = 16
+_ATTRIBUTE = re.compile(rb"""[\s"'][^\s=<>"']+\s*=\s*["']""")
+#: The element whose ``value`` may be longer than MAX_STRING_BYTES: base64Binary (Binary.data,
+#: Attachment.data), as in JSON.
+_BULK_TAG = re.compile(rb"(?:[A-Za-z_][-.\w]*:)?data[\s/>]")
 
 
 @dataclass(frozen=True)
@@ -261,6 +281,8 @@ def _lexical(value: Any) -> str:
     """A JSON primitive as the ``value`` attribute writes it (a decimal as JSON writes it)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, JsonDecimal):
+        return value.text  # as it was read (adapter.json_decimal)
     if isinstance(value, (int, float)):
         return json.dumps(value)
     return str(value)
@@ -306,6 +328,9 @@ def from_xml(raw: bytes, version: Version = "4", *, what: str = "the body") -> d
         raise InvalidResource(f"{what} declares a DTD (<!DOCTYPE>), which FHIR XML does not use: not read")
     if raw.count(b"<") > 4 * MAX_CONTAINERS:  # tags: an element a primitive, an object or an array's item
         raise InvalidResource(f"{what} holds more than {2 * MAX_CONTAINERS} elements")
+    problem = _scan(raw)
+    if problem is not None:
+        raise InvalidResource(f"{what} {problem}")
     try:
         tree = etree.fromstring(raw, _parser()).getroottree()
     except (etree.XMLSyntaxError, ValueError) as exc:
@@ -321,6 +346,35 @@ def from_xml(raw: bytes, version: Version = "4", *, what: str = "the body") -> d
         raise InvalidResource(f"{what} nests deeper than {MAX_DEPTH} levels")
     data = _read_resource(root, version, _local(root))
     return dict(check_loaded(data, what=what, error=InvalidResource))
+
+
+def _scan(raw: bytes) -> str | None:
+    """What of the JSON path's bounds (adapter.api.json_input) and of the attributes' ``raw``
+    passes, looked at tag by tag (at most 4 * MAX_CONTAINERS of them, bounded above) before libxml2
+    reads it; None when within them. A tag's text runs to the next ``<``, which no attribute value
+    may hold (XML 1.0 AttValue): its attributes and namespace declarations, then any text after it."""
+    if raw.count(b"xmlns") > MAX_NAMESPACE_DECLARATIONS:
+        return f"holds more than {MAX_NAMESPACE_DECLARATIONS} namespace declarations (xmlns)"
+    attributes = bulk = 0
+    start = raw.find(b"<")
+    while start >= 0:
+        end = raw.find(b"<", start + 1)
+        stop = len(raw) if end < 0 else end
+        if raw.count(b"=", start, stop) > _MAX_TAG_ATTRIBUTES:  # '=' also in values: then counted exactly
+            count = sum(1 for _ in zip(_ATTRIBUTE.finditer(raw, start, stop), range(_MAX_TAG_ATTRIBUTES + 1)))
+            if count > _MAX_TAG_ATTRIBUTES:
+                return f"has an element of more attributes than a FHIR XML element has ({_MAX_TAG_ATTRIBUTES} at most)"
+        attributes += raw.count(b"=", start, stop)
+        if attributes > MAX_VALUES:
+            return f"holds more than {MAX_VALUES} attributes"
+        if stop - start > MAX_STRING_BYTES:
+            if not _BULK_TAG.match(raw, start + 1):
+                return f"holds a string longer than {MAX_STRING_BYTES} bytes (datatypes.html string: 1 MB)"
+            bulk += stop - start
+        start = end
+    if len(raw) - bulk > MAX_STRUCTURE_BYTES:
+        return f"holds more than {MAX_STRUCTURE_BYTES} bytes outside base64 data (Binary.data, Attachment.data)"
+    return None
 
 
 def _depth(root: Any) -> int:
@@ -445,7 +499,7 @@ def _typed(raw: str, primitive: str, where: str) -> Any:
         if not _DECIMAL.fullmatch(raw) or len(raw) > _MAX_DIGITS:
             raise _refuse(where, "is a decimal")
         try:
-            return json.loads(raw)  # as the JSON path reads the same digits
+            return json.loads(raw, parse_float=parse_float)  # as the JSON path reads the same digits
         except ValueError as exc:  # Python's bound on the digits of an int it converts
             raise _refuse(where, "is a decimal") from exc
     return raw

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from adapter.errors import InvalidInput
+from adapter.json_decimal import parse_float
 
 #: What a FHIR string should not hold (datatypes.html: no code point below 32 but tab, line feed and
 #: carriage return) and XML 1.0 cannot carry at all (its Char production: nor U+FFFE, U+FFFF); U+0000
@@ -24,18 +25,38 @@ MAX_CONTAINERS = 50_000
 #: Deeper than any resource or metadata the adapter takes (a transaction Bundle's Consent with
 #: nested provisions is about 12).
 MAX_DEPTH = 64
+#: Values (strings, member names, numbers, true/false/null, objects, arrays) a body may hold: a
+#: 66 MB transaction Bundle of plain numbers (34 M of them, which the container bound did not see)
+#: took 3.6 GB and 67 s, and 1.4 GB of it stayed (security review 2). A transaction Bundle with a
+#: Consent holds a few thousand.
+MAX_VALUES = 200_000
+#: The longest string, in bytes as the body writes it: FHIR's own bound on a string ("SHALL NOT
+#: exceed 1MB", datatypes.html string). base64Binary (``data``: Binary.data, Attachment.data) is
+#: bounded only by the route's body limit (a transaction's photo, a Consent's scanned form).
+MAX_STRING_BYTES = 1024 * 1024
+#: The body outside its base64 ``data`` values: what becomes many small objects when parsed (the
+#: route's limit, the upload limit for a transaction, is for its image).
+MAX_STRUCTURE_BYTES = 4 * 1024 * 1024
+#: The longest number, in characters: more than any FHIR integer (32-bit) or decimal needs (18
+#: significant digits do; datatypes.html decimal) and well within what a decimal keeps as written
+#: (adapter.json_decimal); a longer one is refused, never cut (security review 6). FHIR XML's
+#: values are bounded alike (adapter.api.fhir_xml).
+MAX_NUMBER_CHARS = 64
 
 
 def load_json(raw: bytes | str, *, what: str, expression: str | None = None,
               error: type[InvalidInput] = InvalidInput) -> Any:
-    """``raw`` parsed; ``error`` (InvalidInput, 422; a FHIR body's InvalidResource, 400) naming
-    ``what`` when it is not JSON, nests deeper than MAX_DEPTH or holds a lone surrogate or U+0000."""
-    containers = raw.count(b"{") + raw.count(b"[") if isinstance(raw, bytes) else raw.count("{") + raw.count("[")
-    if containers > MAX_CONTAINERS:
-        # before parsing: each object costs the parser, the models and the store memory and time
-        raise error(f"{what} holds more than {MAX_CONTAINERS} objects and arrays", expression=expression)
+    """``raw`` parsed (a decimal kept as written: adapter.json_decimal); ``error`` (InvalidInput,
+    422; a FHIR body's InvalidResource, 400) naming ``what`` when it is not JSON, holds more than
+    the bounds above allow (looked at before it is parsed), nests deeper than MAX_DEPTH or holds a
+    lone surrogate or U+0000."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    problem = _scan(data)
+    if problem is not None:
+        # before parsing: each value costs the parser, the models and the store memory and time
+        raise error(f"{what} {problem}", expression=expression)
     try:
-        data = json.loads(raw, object_pairs_hook=_unique_names)
+        parsed = json.loads(raw, object_pairs_hook=_unique_names, parse_float=parse_float)
     except _DuplicateName as exc:
         raise error(f"{what} names the member {str(exc)[:40]!r} twice in one object: which is meant cannot be told "
                     "(a reader taking the first would see another resource than the one kept)",
@@ -44,7 +65,68 @@ def load_json(raw: bytes | str, *, what: str, expression: str | None = None,
         raise error(f"{what} is not valid JSON", expression=expression) from exc
     except RecursionError:
         raise error(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression) from None
-    return check_loaded(data, what=what, expression=expression, error=error)
+    return check_loaded(parsed, what=what, expression=expression, error=error)
+
+
+#: A token of JSON that is, or begins, a value (or the colon after a member name): a string is
+#: only its opening quote here (:func:`_string_end` finds its end).
+_TOKEN = re.compile(rb'"|-?[0-9][-+.0-9eE]*|[:{\[]|true|false|null')
+_STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+#: The member whose string may be longer than MAX_STRING_BYTES: base64Binary (Binary.data,
+#: Attachment.data).
+_BULK_NAME = b'"data"'
+
+
+def _scan(raw: bytes) -> str | None:
+    """What of the bounds above ``raw`` passes, looked at in one pass that stops at the first
+    (nothing parsed, nothing kept but counts); None when within them. What is not JSON is left to
+    the parser to refuse."""
+    values = containers = 0
+    bulk = 0
+    name: bytes | None = None  # the last string, while the colon after it may come
+    after_name = False
+    pos = 0
+    find = _TOKEN.search
+    while (token := find(raw, pos)) is not None:
+        start, pos = token.span()
+        first = raw[start]
+        if first == 0x3A:  # ':' after a member name
+            after_name = name is not None
+            continue
+        values += 1
+        if values > MAX_VALUES:
+            return f"holds more than {MAX_VALUES} values (strings, numbers, objects and arrays)"
+        if first == 0x22:  # '"'
+            pos = _string_end(raw, pos)
+            length = pos - start
+            if length > MAX_STRING_BYTES:
+                if not (after_name and name == _BULK_NAME):
+                    return f"holds a string longer than {MAX_STRING_BYTES} bytes (datatypes.html string: 1 MB)"
+                bulk += length
+            name = raw[start:pos] if length <= len(_BULK_NAME) else b""
+        elif first in (0x7B, 0x5B):  # '{', '['
+            name = None
+            containers += 1
+            if containers > MAX_CONTAINERS:
+                return f"holds more than {MAX_CONTAINERS} objects and arrays"
+        else:
+            name = None
+            if pos - start > MAX_NUMBER_CHARS:
+                return f"holds a number of more than {MAX_NUMBER_CHARS} characters"
+        after_name = False
+    if len(raw) - bulk > MAX_STRUCTURE_BYTES:
+        return f"holds more than {MAX_STRUCTURE_BYTES} bytes outside base64 data (Binary.data, Attachment.data)"
+    return None
+
+
+def _string_end(raw: bytes, pos: int) -> int:
+    """Where the string whose content begins at ``pos`` ends (after its closing quote; the end of
+    ``raw`` when it has none). Base64 has no escape: one ``find``."""
+    close = raw.find(b'"', pos)
+    if close >= 0 and raw.find(b"\\", pos, close) < 0:
+        return close + 1
+    match = _STRING_REST.match(raw, pos)
+    return match.end() if match is not None else len(raw)
 
 
 class _DuplicateName(ValueError):
@@ -95,20 +177,15 @@ def _problem(value: Any) -> str | None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
-                return "nul"
-            if not _is_text(item):
-                return "surrogate"
-            if CONTROL.search(item):
-                return "control"
+            problem = _string_problem(item)
+            if problem is not None:
+                return problem
             continue
         if isinstance(item, dict):
-            if not all(_is_text(key) for key in item):
-                return "surrogate"
-            if any("\x00" in key for key in item):
-                return "nul"
-            if any(CONTROL.search(key) for key in item):
-                return "control"
+            for key in item:
+                problem = _string_problem(key)
+                if problem is not None:
+                    return problem
             children: Any = item.values()
         elif isinstance(item, list):
             children = item
@@ -116,7 +193,25 @@ def _problem(value: Any) -> str | None:
             continue
         if depth >= MAX_DEPTH and children:
             return "depth"
-        stack.extend((child, depth + 1) for child in children)
+        for child in children:
+            # a string or number looked at here, not stacked: one tuple per scalar of a body of
+            # millions cost gigabytes (security review 2)
+            if isinstance(child, str):
+                problem = _string_problem(child)
+                if problem is not None:
+                    return problem
+            elif isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return None
+
+
+def _string_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "nul"
+    if not _is_text(text):
+        return "surrogate"
+    if CONTROL.search(text):
+        return "control"
     return None
 
 

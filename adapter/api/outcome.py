@@ -4,7 +4,6 @@ along the MRO wins). Anything unexpected is a 500 OperationOutcome without inter
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from starlette.routing import Match
 from adapter import errors as e
 from adapter.api.fhir_xml import replaced_for_xml, to_xml, xml_cannot_carry
 from adapter.api.negotiation import Format, check_acceptable, fhir_version, media_type, response_format
+from adapter.json_decimal import dumps
 from adapter.mapping.capability import R4_TYPES
 from adapter.mapping.outcome import operation_outcome, outcome_from_error
 
@@ -93,7 +93,7 @@ def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None =
             body = replaced_for_xml(body)  # the adapter's words, quoting what a request sent
         content = to_xml(body, "5" if version == "5" else "4")
     else:
-        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        content = dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     media = media_type(version, fmt) if version else f"application/fhir+{fmt}"
     return Response(content=content, status_code=status, media_type=media, headers=headers)
 

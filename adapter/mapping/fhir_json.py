@@ -112,14 +112,14 @@ def _json_type_fits(raw: Any, read: Any) -> bool:
     if isinstance(read, bool):
         return isinstance(raw, bool)
     if isinstance(read, int | float | Decimal):
-        return isinstance(raw, int | float) and not isinstance(raw, bool)
+        return isinstance(raw, int | float | Decimal) and not isinstance(raw, bool)
     return isinstance(raw, str)
 
 
 def _json_name(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Decimal):
         return "a number"
     if isinstance(value, str):
         return "a string"

@@ -9,7 +9,6 @@ have columns of their own.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import (
@@ -35,6 +34,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from adapter.errors import ConfigurationError
+from adapter.json_decimal import dumps, loads
 from adapter.model.record import MAX_IDEMPOTENCY_KEY
 from adapter.store.dates import UtcDateTime, now_instant
 
@@ -101,7 +101,7 @@ class EncodedJson(str):
 
     @classmethod
     def of(cls, value: Any) -> EncodedJson:
-        return cls(json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
+        return cls(dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
 
 
 class JsonText(TypeDecorator[Any]):
@@ -115,10 +115,10 @@ class JsonText(TypeDecorator[Any]):
             return None
         if type(value) is EncodedJson:
             return str.__str__(value)  # a plain str for the driver
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
-        return None if value is None else json.loads(value)
+        return None if value is None else loads(value)  # a FHIR decimal as it was written
 
 
 metadata = MetaData(naming_convention={

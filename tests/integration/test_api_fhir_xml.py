@@ -358,6 +358,10 @@ def test_a_body_of_more_elements_than_any_resource_has_is_refused_before_it_is_p
         consent = consent_resource(["TREAT"])
         consent["_status"] = {"extension": [{"url": "http://x", "valueString": "y"}] * 60_000}
         r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
+        # the values bound (security review 2) sees it first: five values an extension
+        assert r.status_code == 400 and "more than 200000 values" in r.text, r.text[:300]
+        consent["_status"] = {"extension": [{"url": "x", "extension": [{}]}] * 30_000}
+        r = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON)
         assert r.status_code == 400 and "more than 50000 objects and arrays" in r.text, r.text[:300]
         body = ('<Consent xmlns="http://hl7.org/fhir"><status value="active">' + '<extension url="a"/>' * 210_000
                 + "</status></Consent>")
@@ -405,3 +409,28 @@ def test_an_element_of_more_attributes_than_fhir_xml_has_is_refused_at_once(tmp_
         # refused by their number, before any is read (the cost is not asserted here: benchmarks time)
         assert r.status_code == 400 and "more attributes than a FHIR XML element has" in r.text, r.text[:300]
         assert client.get("/fhir/Consent", headers=TREAT).json()["total"] == 0
+
+
+@pytest.mark.parametrize("number", ["1.50", "0.010", "1e2", "0.12345678901234567890123456789", "2.5"])
+def test_a_decimal_is_kept_as_sent_through_the_store_json_and_xml(tmp_path: Path, number: str) -> None:
+    """Security review 6: FHIR R4 decimal's precision has significance; the adapter's own XML of
+    what it took is taken back unchanged. More digits than the bound: 400, nothing stored."""
+    consent = consent_resource(["TREAT"])
+    consent["extension"] = [{"url": "http://example.org/x", "valueDecimal": "@"}]
+    body = json.dumps(consent).replace('"@"', number)
+    with adapter_client(tmp_path) as (client, _services):
+        created = client.post("/fhir/Consent", content=body, headers=FHIR_JSON)
+        assert created.status_code == 201, created.text[:300]
+        url = created.headers["location"].split("/_history")[0].split("testserver")[1]
+        read = client.get(url, headers={**TREAT, "Accept": "application/fhir+json"})
+        assert f'"valueDecimal":{number}' in read.text
+        document = client.get(f"{url}?_format=xml", headers=TREAT).content
+        assert f'<valueDecimal value="{number}"/>'.encode() in document
+        again = client.post("/fhir/Consent", content=document, headers=SEND_XML)
+        assert again.status_code == 201, again.text[:300]
+        url2 = again.headers["location"].split("/_history")[0].split("testserver")[1]
+        assert f'"valueDecimal":{number}' in client.get(url2, headers=TREAT).text
+        for refused in ("0." + "1" * 100_000, "1" + "0" * 4000, "1e400"):
+            r = client.post("/fhir/Consent", content=json.dumps(consent).replace('"@"', refused), headers=FHIR_JSON)
+            assert r.status_code == 400, (refused[:20], r.status_code, r.text[:200])
+        assert client.get("/fhir/Consent?_summary=count", headers=TREAT).json()["total"] == 2

@@ -89,6 +89,7 @@ from adapter.mapping.document_location import with_document_location
 from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
 from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
+from adapter.memory import give_back
 from adapter.model.decision import Decision
 from adapter.services.access import SearchPaging
 from adapter.services.registry import Services
@@ -203,8 +204,14 @@ async def _json_body(request: Request, services: Services, limit: int) -> AsyncI
             spool.seek(0)
             # in a worker thread: reading and parsing (and bounding) up to ~68 MB of JSON would
             # hold the event loop
-            data = await run_in_threadpool(partial(_load_resource, spool, xml=xml))
-            yield data
+            try:
+                data = await run_in_threadpool(partial(_load_resource, spool, xml=xml))
+                yield data
+            finally:
+                if size > LARGE_BODY_BYTES:
+                    # the parse's and the work's freed blocks given back to the system, as an
+                    # image's are (1.4 GB stayed after one body: security review 2)
+                    await run_in_threadpool(give_back)
 
 
 #: The media types of a FHIR request body: FHIR JSON and FHIR XML (http.html#mime-type), with
