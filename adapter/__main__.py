@@ -74,6 +74,19 @@ def check_startup(settings: Settings) -> None:
         AeOptions.from_settings(settings, configuration.tables.policy)
 
 
+def _descriptor_problem(settings: Settings) -> str | None:
+    """Why the open-file limit cannot hold the connections the settings allow (adapter.descriptors)."""
+    from adapter.descriptors import limit_problem
+
+    dicom = 0
+    if settings.dicom_enabled:
+        from adapter.dicom import AeOptions
+        from adapter.dicom.connections import CONNECTIONS_PER_ASSOCIATION
+
+        dicom = CONNECTIONS_PER_ASSOCIATION * AeOptions().maximum_associations
+    return limit_problem(settings.http_max_connections, dicom, one_process=settings.http_workers == 1)
+
+
 def _start_dicom(settings: Settings, services: Services) -> StoreSCP | None:
     """The DICOM SCP and the outbox forwarder (C-STORE SCU, when ADAPTER_FORWARD_TO is set) in
     background threads of this process (never in HTTP worker processes: one listener per port,
@@ -213,6 +226,10 @@ def serve(settings: Settings) -> int:
     elif settings.policy_is_the_example:  # `make run` in a checkout: its mappings/policy.yaml
         log.warning("%s is the example policy the adapter's source comes with: fine for trying the adapter, not "
                     "the organisation's policy (set ADAPTER_POLICY to the organisation's own)", settings.policy)
+    descriptors = _descriptor_problem(settings)
+    if descriptors is not None:
+        log.error("cannot start: %s", descriptors)
+        return 2
     if settings.http_workers > 1:
         _multiprocess_metrics(settings)
     # from here a stop signal ends the start too: the wait for the database (adapter.store.reach)
@@ -403,7 +420,8 @@ def _serve_http(settings: Settings, services: Services | None = None, *,
     # uvicorn's access log prints query strings (patient identifiers): ours prints paths only.
     options: dict[str, Any] = {"host": settings.http_host, "port": settings.http_port, "access_log": False,
                                "log_level": settings.log_level.lower(), "timeout_keep_alive": 30,
-                               "http": bounded_http_protocol(settings.http_header_timeout, settings.http_body_timeout),
+                               "http": bounded_http_protocol(settings.http_header_timeout, settings.http_body_timeout,
+                                                             settings.http_max_connections),
                                # no WebSocket route: without this uvicorn's websockets protocol answers
                                # upgrades itself, in plain text, and logs their query strings
                                "ws": "none",

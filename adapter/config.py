@@ -206,6 +206,11 @@ class Settings(BaseSettings):
         "connection is closed); also how long a client may read nothing of its answer, and how long the rest "
         "of a body answered unread (a refusal) may take, before the connection is closed; and how long requests "
         "under way get to finish at a stop (SIGTERM) before they are cancelled.")
+    http_max_connections: int = Field(
+        256, ge=1, le=100_000, description="HTTP connections one process holds open at once (each worker process "
+        "of ADAPTER_HTTP_WORKERS its own); one more is answered 503 at once and closed, so that slow clients "
+        "cannot take every file descriptor of the process (the DICOM SCP's among them). The start is refused "
+        "when this and the DICOM SCP's connections do not fit the open-file limit.")
     min_free_mb: int = Field(
         128, ge=0, description="Free space (MiB) the data folder keeps for the database and the audit trail: "
         "an image that would leave less is refused (HTTP 507, DIMSE 0xA700), while reads, consent changes and "
@@ -239,6 +244,13 @@ class Settings(BaseSettings):
         False, description="Reject an association whose called AE title is not ADAPTER_AE_TITLE (A-ASSOCIATE-RJ "
         "reason 7); by default any called title is accepted, as a PACS may call the adapter by another title.")
     dicom_max_pdu: int = Field(4 * 1024 * 1024, ge=0, description="Maximum PDU size received (bytes; 0 = no limit).")
+    dicom_acse_timeout: float = Field(
+        5.0, gt=0, le=600, description="Seconds a connection to the DICOM SCP has to send its whole A-ASSOCIATE-RQ "
+        "(the ARTIM timer, PS3.8 9.1.5, counted from the connection); a connection that has not is closed.")
+    dicom_max_pending_per_address: int = Field(
+        4, ge=1, le=1024, description="Connections to the DICOM SCP from one IP address that have not associated "
+        "yet (no A-ASSOCIATE-RQ answered); one more from that address is closed on arrival, so that one address "
+        "cannot hold every connection the SCP takes.")
     uid_root: str = Field("2.25", description="Org root for the DICOM UIDs the adapter creates "
                           "(2.25 = UUID-derived, PS3.5 B.2, when the organisation has no root of its own).")
     forward_to: str = Field("", description="Comma-separated C-STORE destinations AE@host:port; every new "

@@ -20,6 +20,12 @@ end. These bounds close that, as a reverse proxy's would (nginx's ``client_heade
   its answer for ``ADAPTER_HTTP_BODY_TIMEOUT`` loses the connection, and the answer it held in
   memory; and a request answered before its body was read (a refusal) has that long for the
   rest of the body to arrive (and be dropped) before the connection closes.
+* **How many** (``ADAPTER_HTTP_MAX_CONNECTIONS``, nginx's ``worker_connections``): a connection
+  beyond them is answered 503 with ``Retry-After`` at once and closed, before it has sent
+  anything, so that its descriptor is given back (each slow upload holds one, and at the
+  common limit of 1,024 they took the DICOM SCP's). uvicorn's ``limit_concurrency`` answers
+  only once a request's header has arrived, a header timeout later for a silent client, and
+  in plain text; so it is not used.
 * :class:`BodyTimeoutMiddleware` (``ADAPTER_HTTP_BODY_TIMEOUT``): while a route reads a request
   body, each wait for the next part of it is bounded (the time between two reads, not the whole
   upload: a large photo on a slow line is fine while it keeps moving). A wait past the bound
@@ -51,21 +57,26 @@ log = logging.getLogger("adapter.api")
 MAX_HEADER_BYTES = 64 * 1024
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-            501: b"Not Implemented"}
+            501: b"Not Implemented", 503: b"Service Unavailable"}
 
 
-def _answer(status: int, code: str, diagnostics: str) -> bytes:
+def _answer(status: int, code: str, diagnostics: str, extra: bytes = b"") -> bytes:
     """A whole HTTP/1.1 answer carrying an OperationOutcome, after which the connection closes."""
     body = json.dumps(operation_outcome("error", code, diagnostics), separators=(",", ":")).encode()
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/fhir+json\r\ncache-control: no-store\r\n"
-            b"x-content-type-options: nosniff\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
-            % (status, _REASONS[status], len(body))) + body
+            b"x-content-type-options: nosniff\r\nconnection: close\r\n%scontent-length: %d\r\n\r\n"
+            % (status, _REASONS[status], extra, len(body))) + body
 
 
 _HEADER_TOO_LARGE = _answer(431, "too-long", f"the request header is larger than {MAX_HEADER_BYTES} bytes")
 _NOT_HTTP = _answer(400, "invalid", "the request is not valid HTTP/1.1")
 _UNKNOWN_CODING = _answer(501, "not-supported", "the only transfer coding taken is chunked (RFC 9112 6.1)")
+_TOO_MANY_CONNECTIONS = _answer(503, "transient", "the server holds as many connections as it takes; try again "
+                                "shortly", b"retry-after: 5\r\n")
 _NO_ONE_HOST = _answer(400, "invalid", "an HTTP/1.1 request carries exactly one Host header (RFC 9112 3.2)")
+
+
+_last_full_logged = -3600.0
 
 
 class _Refused(Exception):
@@ -77,10 +88,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounds on a request header's arrival and size (module
     docstring)."""
 
-    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, max_connections: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.max_connections = max_connections
         self._header_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None  # the client reads nothing of its answer
         self._linger_timer: asyncio.TimerHandle | None = None  # answered, the body still coming
@@ -93,6 +106,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.max_connections is not None and len(self.connections) > self.max_connections:
+            # ADAPTER_HTTP_MAX_CONNECTIONS: one more is answered and let go at once, so that slow
+            # clients cannot take every file descriptor (review 4: the DICOM SCP lost its own)
+            global _last_full_logged
+            if self.loop.time() - _last_full_logged > 60:  # a flood logs once a minute
+                _last_full_logged = self.loop.time()
+                log.warning("HTTP connections answered 503 on arrival: %d are open (ADAPTER_HTTP_MAX_CONNECTIONS)",
+                            self.max_connections)
+            transport.write(_TOO_MANY_CONNECTIONS)
+            transport.close()  # after the answer is written; the descriptor is given back then
+            return
         # a new connection's first request must come within the same bound (as nginx's
         # client_header_timeout): one that never sends a byte is closed, without an answer
         self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
@@ -251,10 +275,11 @@ def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
     return None
 
 
-def bounded_http_protocol(header_timeout: float, body_timeout: float) -> Any:
+def bounded_http_protocol(header_timeout: float, body_timeout: float, max_connections: int | None = None) -> Any:
     """The protocol class to give uvicorn (``Config(http=...)``); a partial, so it pickles into
     the worker processes of ``ADAPTER_HTTP_WORKERS`` > 1."""
-    return functools.partial(BoundedHttpProtocol, header_timeout=header_timeout, body_timeout=body_timeout)
+    return functools.partial(BoundedHttpProtocol, header_timeout=header_timeout, body_timeout=body_timeout,
+                             max_connections=max_connections)
 
 
 def refuse_declared_over(request: Request, limit: int, message: str) -> None:
@@ -262,7 +287,7 @@ def refuse_declared_over(request: Request, limit: int, message: str) -> None:
     than ``limit`` bytes: refused before any of the body is read, and before uvicorn sends a
     ``100 Continue`` for it. A body without one is bounded as it is read."""
     declared = request.headers.get("content-length")
-    if declared and is_digits(declared) and int(declared) > limit:
+    if declared and is_digits(declared) and (len(declared) > 18 or int(declared) > limit):
         raise PayloadTooLarge(message)
 
 

@@ -27,12 +27,14 @@ class AeOptions:
     port: int = 11112
     allowed_ae_titles: tuple[str, ...] = ()
     max_pdu: int = 4 * 1024 * 1024
-    acse_timeout: float = 30.0       # waiting for A-ASSOCIATE-RQ / A-RELEASE-RP
+    acse_timeout: float = 5.0        # ARTIM: the whole A-ASSOCIATE-RQ within this of the connection
     dimse_timeout: float = 60.0      # waiting for the rest of a DIMSE message
     network_timeout: float = 60.0    # an idle association is aborted after this
     maximum_associations: int = 32   # concurrent associations (each has its own thread)
     max_object_bytes: int = 50 * 1024 * 1024  # a received data set's largest size on disk; 0: no limit
     require_called_ae_title: bool = False  # reject a request calling another AE title than ae_title
+    #: connections from one address not associated yet (the rest from it are closed on arrival)
+    max_pending_per_address: int = 4
     #: each allowed title and the networks it may call from (None: any host); from allowed_ae_titles
     callers: dict[str, tuple[Network, ...] | None] = dataclasses.field(default_factory=dict, compare=False,
                                                                          repr=False)
@@ -65,6 +67,10 @@ class AeOptions:
             raise ConfigurationError("ADAPTER_DICOM_PORT must be 0..65535")
         if self.max_pdu < 0:
             raise ConfigurationError("ADAPTER_DICOM_MAX_PDU must not be negative")
+        if self.acse_timeout <= 0:
+            raise ConfigurationError("ADAPTER_DICOM_ACSE_TIMEOUT must be positive")
+        if self.max_pending_per_address < 1:
+            raise ConfigurationError("ADAPTER_DICOM_MAX_PENDING_PER_ADDRESS must be at least 1")
         if self.max_object_bytes < 0:
             raise ConfigurationError("the largest DICOM object must not be negative")
 
@@ -72,11 +78,13 @@ class AeOptions:
     def from_settings(cls, settings: Settings, policy: Policy) -> AeOptions:
         """The options of ``settings``; the allowed callers are ADAPTER_DICOM_ALLOWED_AE_TITLES
         together with the policy's ``allowedAETitles``; the largest object received is
-        ADAPTER_MAX_UPLOAD_BYTES, as for STOW-RS."""
+        ADAPTER_MAX_UPLOAD_BYTES, as for STOW-RS; the ARTIM timeout ADAPTER_DICOM_ACSE_TIMEOUT."""
         return cls(ae_title=settings.ae_title, host=settings.dicom_host, port=settings.dicom_port,
                    allowed_ae_titles=(*settings.allowed_ae_titles, *policy.allowed_ae_titles),
                    max_pdu=settings.dicom_max_pdu, max_object_bytes=settings.max_upload_bytes,
-                   require_called_ae_title=settings.dicom_require_called_ae_title)
+                   require_called_ae_title=settings.dicom_require_called_ae_title,
+                   acse_timeout=settings.dicom_acse_timeout,
+                   max_pending_per_address=settings.dicom_max_pending_per_address)
 
 
 __all__ = ["AeOptions", "split_caller"]

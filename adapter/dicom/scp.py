@@ -73,10 +73,17 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from adapter.dicom.ae import AeOptions
 from adapter.dicom.associate_pdu import NegotiationDUL
+from adapter.dicom.connections import (
+    ThreadedServer,
+    admission,
+    out_of_descriptors,
+    refusal,
+    warn_out_of_descriptors,
+)
 from adapter.dicom.handlers import (
     discard_spooled,
     handle_accepted,
@@ -131,9 +138,6 @@ PDUS_PER_READ = 64
 _DUL_WAIT = 0.02              # the DUL blocks in select this long at most (timers are checked between)
 _REACTOR_WAIT = 0.005         # the association loop waits this long for a message at most
 _POLL_DELAY = 0.001           # pynetdicom's DUL loop delay
-#: Connections (associations, and peers yet to ask for one) per association the AE accepts.
-CONNECTIONS_PER_ASSOCIATION = 2
-_last_refusal_logged = -3600.0
 _STOPPED_WAIT = 0.05          # how often a wait for a primitive looks whether the DUL has stopped
 
 
@@ -153,12 +157,21 @@ class _AssociationSocket(AssociationSocket):
     _pdu_deadline: float | None = None
     _pdu_limit: float | None = None  # the timeout that set the deadline
 
-    def open_wakeup(self) -> None:
+    def open_wakeup(self) -> bool:
+        """Open the wake-up pipe; False when the process has no file descriptor for it (the
+        DUL then polls, as pynetdicom's: security review 4, the thread died there)."""
         self._wakeup_lock = threading.Lock()
-        read_end, write_end = os.pipe()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as exc:
+            if not out_of_descriptors(exc):
+                raise
+            warn_out_of_descriptors("a DICOM association's wake-up pipe")
+            return False
         os.set_blocking(read_end, False)
         os.set_blocking(write_end, False)
         self._wakeup = (read_end, write_end)
+        return True
 
     def close_wakeup(self) -> None:
         """Close the pipe, from the DUL thread or once it has ended (it selects on the pipe);
@@ -614,8 +627,7 @@ class _Association(Association):
 
     def _run_reactor(self) -> None:
         sock = self.dul.socket
-        if isinstance(sock, _AssociationSocket):
-            sock.open_wakeup()
+        if isinstance(sock, _AssociationSocket) and sock.open_wakeup():
             self.dul._run_loop_delay = 0  # the DUL now blocks in select instead
         try:
             self._serve()
@@ -757,21 +769,17 @@ def _accelerate(assoc: Association) -> None:
 class _RequestHandler(RequestHandler):
     def handle(self) -> None:
         """pynetdicom's, except that a connection beyond CONNECTIONS_PER_ASSOCIATION times the
-        AE's maximum associations is closed at once. pynetdicom gives every connection two
-        threads, and refuses only at negotiation (maximum_associations): peers that connect
-        and stay silent would each hold them until the ACSE timeout, without limit."""
-        ae = self.server.ae
-        open_now = len(ae.active_associations)
-        if open_now >= CONNECTIONS_PER_ASSOCIATION * max(1, ae.maximum_associations):
-            global _last_refusal_logged
-            if time.monotonic() - _last_refusal_logged > 60:  # a flood of them logs once a minute
-                _last_refusal_logged = time.monotonic()
-                log.warning("DICOM connections closed on arrival: %d connections are open already", open_now)
-            with contextlib.suppress(OSError):
-                self.request.shutdown(socket.SHUT_RDWR)
-            self.request.close()
-            return
-        super().handle()
+        AE's maximum associations, or beyond the connections not associated yet that one address
+        may hold, is closed at once (adapter.dicom.connections). pynetdicom gives every
+        connection two threads, and refuses only at negotiation (maximum_associations): peers
+        that connect and stay silent would each hold them until the ACSE timeout, without limit."""
+        with admission():
+            if refusal(self.server, str(self.client_address[0])) is None:
+                super().handle()  # started under the lock: the next connection counts this one
+                return
+        with contextlib.suppress(OSError):
+            self.request.shutdown(socket.SHUT_RDWR)
+        self.request.close()
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
@@ -846,6 +854,8 @@ class _ApplicationEntity(AE):
         self.may_call = may_call
         self.spool_dir = spool_dir
         self.max_object_bytes = max_object_bytes
+        #: connections from one address not associated yet (adapter.dicom.connections)
+        self.max_pending_per_address: int | None = None
 
     @property
     def require_calling_aet(self) -> list[str]:
@@ -858,6 +868,8 @@ class _ApplicationEntity(AE):
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         """pynetdicom's server, its accepted associations given the faster receive path."""
         kwargs.setdefault("request_handler", _RequestHandler)
+        if kwargs.get("server_class") is ThreadedAssociationServer:
+            kwargs["server_class"] = ThreadedServer
         return super().make_server(*args, **kwargs)
 
 
@@ -900,6 +912,7 @@ class StoreSCP:
         ae.dimse_timeout = o.dimse_timeout
         ae.network_timeout = o.network_timeout
         ae.maximum_associations = o.maximum_associations
+        ae.max_pending_per_address = o.max_pending_per_address
         # by default a PACS may call us by another configured title (ADAPTER_DICOM_REQUIRE_CALLED_AE_TITLE)
         ae.require_called_aet = o.require_called_ae_title
         ae.add_supported_context(VERIFICATION)

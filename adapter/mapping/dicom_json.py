@@ -162,7 +162,7 @@ def parse_frame_list(text: str) -> list[int]:
     numbers = []
     for raw in text.split(","):
         part = raw.strip()
-        if not is_digits(part) or int(part) < 1 or len(part) > 9:
+        if not is_digits(part) or len(part) > 9 or int(part) < 1:  # the length first: int() refuses 4,301 digits
             raise InvalidQuery("frames takes a comma-separated list of frame numbers from 1", expression="frames")
         numbers.append(int(part))
     if not numbers or len(numbers) > 10_000:

@@ -70,7 +70,7 @@ def _pointed(document: Any, pointer: str) -> Any:
                 return _MISSING
             node = node[token]
         elif isinstance(node, Sequence) and not isinstance(node, str) and token.isascii() and token.isdigit() \
-                and (token == "0" or not token.startswith("0")) and int(token) < len(node):
+                and (token == "0" or not token.startswith("0")) and len(token) <= 18 and int(token) < len(node):
             node = node[int(token)]
         else:
             return _MISSING

@@ -900,7 +900,7 @@ def test_connections_beyond_twice_the_maximum_associations_are_closed_on_arrival
     it; pynetdicom bounds associations only at negotiation. Peers that connect and stay silent
     are held to twice maximum_associations; beyond, a connection is closed at once. Once they
     leave, the SCP serves again."""
-    server = start_scp(services, maximum_associations=3)
+    server = start_scp(services, maximum_associations=3, max_pending_per_address=10)  # one address here
     silent = []
     try:
         for _ in range(6):  # 2 x 3: held open, silent

@@ -650,8 +650,9 @@ def _query(level: str, params: list[tuple[str, str]], **fixed: str) -> _Search:
             fuzzy = value.strip().lower() == "true"
             continue
         if lowered in ("limit", "offset"):
-            if not is_digits(value):
-                raise InvalidQuery(f"{lowered} takes a non-negative integer", expression=lowered)
+            # the length first: int() refuses more than 4,300 digits (a 500, not the client's 400)
+            if not is_digits(value) or len(value) > 9:
+                raise InvalidQuery(f"{lowered} takes a non-negative integer of at most 9 digits", expression=lowered)
             if lowered == "limit":
                 limit = int(value)
             else:

@@ -94,7 +94,7 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
         # first: its stripped copy alone is staged, the commit checks the reserve and names the
         # patient in its audit event, and a retry of a stored one still gets its receipt.
         declared = request.headers.get("content-length")
-        if declared and is_digits(declared) and int(declared) > MEMORY_LIMIT:
+        if declared and is_digits(declared) and len(declared) <= 18 and int(declared) > MEMORY_LIMIT:
             services.blobs.ensure_room(2 * int(declared))
         parsed = await parse_multipart(request.headers.get("content-type"), request.stream(), spill, limit)
     except StorageError as exc:  # no room (507), or a failing disk (503): a create that failed, audited
