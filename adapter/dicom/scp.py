@@ -65,7 +65,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from pydicom import config as pydicom_config
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import UID
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
@@ -96,6 +96,7 @@ from adapter.dicom.handlers import (
 from adapter.dicom.logs import make_pynetdicom_logs_safe
 from adapter.dicom.spool import BoundedSpool, UnopenedSpool
 from adapter.errors import ConfigurationError, errno_name
+from adapter.mapping.dicom_tables import IMAGE_SYNTAXES, UNCOMPRESSED_SYNTAXES, accepted_transfer_syntaxes
 from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adapter.services.dicom_ingest import DicomIngestService
 
@@ -103,11 +104,6 @@ log = logging.getLogger("adapter.dicom")
 
 #: Verification SOP Class (C-ECHO, PS3.4 Annex A).
 VERIFICATION = "1.2.840.10008.1.1"
-#: Encapsulated PDF Storage: a document, no pixel data.
-ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-
-UNCOMPRESSED_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-IMAGE_SYNTAXES = (*UNCOMPRESSED_SYNTAXES, JPEGBaseline8Bit)
 
 # A calling AE title arrives in a 16-byte field: a longer required title matches no caller.
 _NOBODY = "<no-caller-is-allowed>"
@@ -873,11 +869,6 @@ class _ApplicationEntity(AE):
         return super().make_server(*args, **kwargs)
 
 
-def syntaxes_for(sop_class: str) -> tuple[str, ...]:
-    """The transfer syntaxes accepted for ``sop_class``."""
-    return UNCOMPRESSED_SYNTAXES if sop_class == ENCAPSULATED_PDF else IMAGE_SYNTAXES
-
-
 class StoreSCP:
     """The SCP on ``options.host:options.port`` (port 0: an ephemeral one, see :attr:`port`).
 
@@ -917,7 +908,8 @@ class StoreSCP:
         ae.require_called_aet = o.require_called_ae_title
         ae.add_supported_context(VERIFICATION)
         for sop_class in self._sop_classes:
-            ae.add_supported_context(sop_class, list(syntaxes_for(sop_class)))
+            # the table STOW-RS checks its parts against (one list for both edges)
+            ae.add_supported_context(sop_class, list(accepted_transfer_syntaxes(sop_class)))
         return ae
 
     def start(self) -> None:
@@ -1039,4 +1031,4 @@ class StoreSCP:
         self.stop()
 
 
-__all__ = ["IMAGE_SYNTAXES", "UNCOMPRESSED_SYNTAXES", "StoreSCP", "syntaxes_for"]
+__all__ = ["IMAGE_SYNTAXES", "UNCOMPRESSED_SYNTAXES", "StoreSCP", "accepted_transfer_syntaxes"]

@@ -54,13 +54,15 @@ bytes that are not a PDF qpdf can read (qpdf repairs a damaged cross-reference t
 do; only what it parses is written, so nothing it could not read goes out), an encrypted PDF
 (its metadata cannot be told from its content without the password, and removing the
 encryption is not this module's to decide), a JPEG image that does not parse, a PDF over
-:data:`MAX_PDF_BYTES` or one with more than :data:`MAX_PDF_OBJECTS` objects. The bounds keep the
-cost of one read proportionate: qpdf reads the cross-reference table and parses objects lazily,
+:data:`MAX_PDF_BYTES`, one with a stream inflating past :data:`MAX_INFLATED_BYTES`, or one with
+more than :data:`MAX_PDF_OBJECTS` objects. The bounds keep the cost of one read proportionate: qpdf reads the cross-reference table and parses objects lazily,
 and this module visits each object once, so the time and memory go with the number of objects
 (about 5 s for the bound's 100,000 on a laptop; a clinical letter has hundreds, a 1,000-page
 report tens of thousands); a claimed /Size over the bound is refused before any is read. No
 stream is decoded (but a JPEG's marker segments walked), so a stream that inflates a
-thousandfold costs its stored size. The document itself is within the upload limit
+thousandfold costs its stored size; qpdf itself inflates only object and cross-reference
+streams, to read the objects in them, and never past :data:`MAX_INFLATED_BYTES` (a PDF one
+would inflate further is refused). The document itself is within the upload limit
 (ADAPTER_MAX_UPLOAD_BYTES, 50 MiB by default) it was received under.
 """
 
@@ -81,6 +83,15 @@ from adapter.imaging.frame import encapsulated_jpeg
 MAX_PDF_BYTES = 256 * 1024 * 1024
 #: A PDF of more objects than this is not cleaned (refused in the restricted views).
 MAX_PDF_OBJECTS = 100_000
+#: The most one Flate stream may inflate to in qpdf. No stream is decoded here, but qpdf inflates
+#: an object stream (ISO 32000-2 7.5.7) or a cross-reference stream (7.5.8) whole to read what it
+#: holds: a thousandfold, unbounded, before (security review, finding 1: 1 MB of PDF, 2 GB).
+#: Those hold objects, never content: a real one is kilobytes to a few megabytes.
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
+# qpdf's limits are process-wide; this is the only module that uses qpdf. Past it qpdf gives up
+# the stream with a warning (:data:`_INFLATE_LIMIT_WARNING`), and the PDF is refused.
+pikepdf.settings.set_qpdf_limits(flate_max_memory=MAX_INFLATED_BYTES)
+_INFLATE_LIMIT_WARNING = "memory limit exceeded"
 
 PDF_MAGIC = b"%PDF-"
 
@@ -144,6 +155,10 @@ def pdf_without_metadata(data: bytes) -> bytes:
             pdf.save(out, deterministic_id=True, fix_metadata_version=False, compress_streams=True,
                      stream_decode_level=pikepdf.StreamDecodeLevel.none,
                      object_stream_mode=pikepdf.ObjectStreamMode.preserve)
+            if any(_INFLATE_LIMIT_WARNING in warning for warning in pdf.get_warnings()):
+                # the objects of that stream were not read (nor written): not the document as sent
+                raise UncleanableDocument(f"the PDF inflates past {MAX_INFLATED_BYTES} bytes in one stream: "
+                                          "its metadata is not removed")
             return out.getvalue()
     except UncleanableDocument:
         raise

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from adapter.errors import InvalidInput, PolicyError, RequiredElementMissing, UnknownCode
 from adapter.mapping.dicom_sc_kind import CONVERSION_TYPES, SecondaryCaptureKinds
@@ -35,6 +36,23 @@ SC_CLASSES = frozenset({SC_IMAGE, "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.
 VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 _WRITABLE_SOP_CLASSES = frozenset({SC_IMAGE, VL_PHOTOGRAPHIC})
+
+#: Explicit and Implicit VR Little Endian (PS3.5 A.2, A.1; Implicit is the default every SCP takes).
+UNCOMPRESSED_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+#: An image's: uncompressed, or JPEG Baseline (Process 1, PS3.5 A.4.1), whose frame is kept as received.
+IMAGE_SYNTAXES = (*UNCOMPRESSED_SYNTAXES, JPEGBaseline8Bit)
+
+
+def accepted_transfer_syntaxes(sop_class: str) -> tuple[str, ...]:
+    """The transfer syntaxes an object of ``sop_class`` is accepted in: the presentation contexts
+    the C-STORE SCP negotiates (adapter.dicom.scp) and the syntaxes a STOW-RS part may name in
+    its File Meta (adapter.services.dicom_objects.stow_instance), one list for both edges. No
+    other: Deflated Explicit VR Little Endian (PS3.5 A.5) would be inflated whole by pydicom
+    before anything is read (a decompression bomb), and the compressed syntaxes but JPEG
+    Baseline have no lossless rendering here. An Encapsulated PDF has no pixel data to
+    compress: uncompressed only."""
+    return UNCOMPRESSED_SYNTAXES if sop_class == ENCAPSULATED_PDF else IMAGE_SYNTAXES
+
 
 
 class _Strict(BaseModel):
@@ -290,7 +308,9 @@ def load_dicom_tables(path: Path) -> DicomTables:
 
 
 __all__ = [
-    "CONVERSION_TYPES", "ENCAPSULATED_PDF", "MF_TRUE_COLOR_SC", "SC_CLASSES", "SC_IMAGE", "VL_PHOTOGRAPHIC",
+    "CONVERSION_TYPES", "ENCAPSULATED_PDF", "IMAGE_SYNTAXES", "MF_TRUE_COLOR_SC", "SC_CLASSES", "SC_IMAGE",
+    "UNCOMPRESSED_SYNTAXES", "VL_PHOTOGRAPHIC",
     "DicomTables",
-    "IssuerEntry", "KindIod", "PatientIdentifierTable", "ReceiveClass", "ReceiveTable", "load_dicom_tables",
+    "IssuerEntry", "KindIod", "PatientIdentifierTable", "ReceiveClass", "ReceiveTable", "accepted_transfer_syntaxes",
+    "load_dicom_tables",
 ]

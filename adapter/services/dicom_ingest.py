@@ -107,6 +107,7 @@ from adapter.errors import (
     InvalidResource,
     StorageError,
     UndecodableImage,
+    UnsupportedTransferSyntax,
 )
 from adapter.files import file_sha256, read_range
 from adapter.imaging import JPEG
@@ -124,7 +125,7 @@ from adapter.mapping.dicom_fhir import (
 )
 from adapter.mapping.dicom_image_pixel import ImagePixel, check_jpeg_frame, image_pixel
 from adapter.mapping.dicom_qido import instance_attributes
-from adapter.mapping.dicom_tables import DicomTables
+from adapter.mapping.dicom_tables import DicomTables, accepted_transfer_syntaxes
 from adapter.mapping.dicom_value_length import check_value_lengths
 from adapter.mapping.dicom_vr import NonConformingVR, vr_allowed, vr_tolerated
 from adapter.mapping.fhir_r4 import index_resource
@@ -816,6 +817,23 @@ _MALFORMED = (InvalidDicomError, BytesLengthException, ValueError, TypeError, Ke
               OverflowError, NotImplementedError, struct.error, RecursionError, zlib.error)
 
 
+def check_transfer_syntax(sop_class: str, transfer_syntax: str) -> None:
+    """The object's transfer syntax is one the SCP accepts for its SOP class
+    (adapter.mapping.dicom_tables.accepted_transfer_syntaxes), checked before a byte of the data
+    set is read. Over DIMSE the presentation context has settled it already; a STOW-RS part
+    names its own in its File Meta, so it is checked there first and here again, whatever edge
+    hands the object over: Deflated Explicit VR Little Endian, for one, would be inflated whole
+    by pydicom, with no bound, as soon as the data set is read (a decompression bomb).
+
+    Raises:
+        UnsupportedTransferSyntax: another (FailureReason / status 0xC122).
+    """
+    if transfer_syntax not in accepted_transfer_syntaxes(sop_class):
+        raise UnsupportedTransferSyntax(
+            f"transfer syntax {transfer_syntax[:64] or '(none)'} is not accepted for SOP class {sop_class[:64]}",
+            expression="(0002,0010) TransferSyntaxUID")
+
+
 def read_dataset(path: Path) -> Dataset:
     """The dataset at ``path`` with values over 64 KiB (pixel data) left in the file until used.
     Call :func:`check_complete` first: pydicom does not notice a truncated file.
@@ -1203,6 +1221,7 @@ class DicomIngestService:
         if received.affected_sop_class != received.context_sop_class:
             raise InvalidResource("the request's SOP Class UID is not its presentation context's",
                                   expression="(0000,0002) AffectedSOPClassUID")
+        check_transfer_syntax(received.context_sop_class, received.transfer_syntax)
 
     def _read_head(self, ds: Dataset, received: ReceivedStore, known: _Known) -> _Head:
         """Steps 3-5 on a parsed dataset (its pixel data not needed). ``known.obj``: what steps
@@ -1472,5 +1491,5 @@ def _study_attributes(ds: Dataset) -> _Study:
 
 
 __all__ = ["STOW_SENDER", "UNTRUSTED_STOW_SOURCE", "DicomIngestResult", "DicomIngestService", "FileLayout",
-           "PixelDataLayout", "ReceivedStore", "check_complete", "check_pixel_data_encoding", "read_dataset",
-           "read_header"]
+           "PixelDataLayout", "ReceivedStore", "check_complete", "check_pixel_data_encoding", "check_transfer_syntax",
+           "read_dataset", "read_header"]

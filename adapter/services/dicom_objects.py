@@ -78,7 +78,13 @@ from adapter.model.dicom import DicomInstance, InstanceAttributes, person_name_k
 from adapter.model.photo import Identifier
 from adapter.model.purpose import RequestContext
 from adapter.model.record import StoredResource
-from adapter.services.dicom_ingest import STOW_SENDER, DicomIngestService, ReceivedStore, stow_sender
+from adapter.services.dicom_ingest import (
+    STOW_SENDER,
+    DicomIngestService,
+    ReceivedStore,
+    check_transfer_syntax,
+    stow_sender,
+)
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, NamePrefix, RecordStore
 
@@ -757,27 +763,38 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
     that contradicts its own file meta fails as it would over DIMSE (0xA900). A SOP class the
     SCP would not negotiate fails with 0x0122; a StudyInstanceUID other than the one of the
     request URL (``study_instance_uid``, PS3.18 10.5.1) with 0xA900; anything that does not
-    parse with 0xC000. Refusals never raise: they are the outcome's ``failure_reason``, and
+    parse with 0xC000. The class and the transfer syntax are checked from the File Meta alone
+    (group 0002), before the data set is parsed: a syntax the SCP would not negotiate for the
+    class (adapter.mapping.dicom_tables.accepted_transfer_syntaxes; Deflated, say, which pydicom
+    would inflate whole, unbounded) fails with 0xC122 Referenced Transfer Syntax not supported
+    (PS3.18 I.2.2) and is never read further. Refusals never raise: they are the outcome's ``failure_reason``, and
     audited once, naming the part by the SOP Instance UID its outcome names (the ingest audits
     its own refusals; those before it are audited here).
     """
     sop_class = sop_instance = study = series = None
     received: ReceivedStore | None = None
     try:
-        try:
-            head = dcmread(path, stop_before_pixels=True)
-            meta = head.file_meta
+        try:  # the File Meta alone (group 0002, always Explicit VR Little Endian): no data set read yet
+            meta = read_file_meta_info(path)
             requested_class = str(meta.MediaStorageSOPClassUID).strip("\x00 ")
             requested_instance = str(meta.MediaStorageSOPInstanceUID).strip("\x00 ")
             transfer_syntax = str(meta.TransferSyntaxUID).strip("\x00 ")
         except Exception as exc:  # pydicom raises many kinds on a non-DICOM part
             raise InvalidInput("the part is not a DICOM Part 10 object") from exc
-        sop_class = _text(head, "SOPClassUID") or requested_class
-        sop_instance = _text(head, "SOPInstanceUID") or requested_instance
-        study, series = _text(head, "StudyInstanceUID"), _text(head, "SeriesInstanceUID")
+        sop_class, sop_instance = requested_class or None, requested_instance or None
         if requested_class not in ingest.accepted_sop_classes:
             raise NotSupported(f"SOP class {requested_class[:64]} is not accepted",
                                expression="(0002,0002) MediaStorageSOPClassUID")
+        # what the SCP would not negotiate for the class is refused before the data set is parsed:
+        # pydicom inflates a Deflated one whole, unbounded, as it opens it (a decompression bomb)
+        check_transfer_syntax(requested_class, transfer_syntax)
+        try:
+            head = dcmread(path, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises many kinds on a malformed data set
+            raise InvalidInput("the part is not a DICOM Part 10 object") from exc
+        sop_class = _text(head, "SOPClassUID") or requested_class
+        sop_instance = _text(head, "SOPInstanceUID") or requested_instance
+        study, series = _text(head, "StudyInstanceUID"), _text(head, "SeriesInstanceUID")
         if study_instance_uid is not None and study != study_instance_uid:
             raise InvalidResource("the instance's Study Instance UID is not the one of the request URL",
                                   expression="(0020,000D) StudyInstanceUID")

@@ -42,6 +42,7 @@ from adapter.dicom.status import (
     ELEMENTS_DISCARDED,
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
+    REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED,
     SUCCESS,
     dimse_status_for,
 )
@@ -1141,7 +1142,9 @@ def test_a_file_meta_naming_deflate_over_an_uncompressed_dataset_is_cannot_under
     """Found by the fuzzing review (fuzz_dicom): a file meta whose Transfer Syntax UID is
     Deflated Explicit VR Little Endian makes pydicom inflate the dataset, and zlib's error on a
     dataset that is not deflated was not among the errors ingest expects: BUG_STATUS over DIMSE.
-    (STOW-RS, where the file meta alone names the transfer syntax, refused it before ingest.)"""
+    (STOW-RS, where the file meta alone names the transfer syntax, refuses it from the file meta
+    before the data set is parsed, as a transfer syntax not accepted: 0xC122, security review
+    finding 1, tests.integration.test_dicomweb_stow_transfer_syntax.)"""
     path = tmp_path / "deflate.dcm"
     sent = sc_file(path)
     data = path.read_bytes()
@@ -1153,7 +1156,7 @@ def test_a_file_meta_naming_deflate_over_an_uncompressed_dataset_is_cannot_under
     stowed = client.post("/dicomweb/studies", content=_related(path.read_bytes()),
                          headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'})
     assert stowed.status_code == 409, stowed.text
-    assert stowed.json()["00081198"]["Value"][0]["00081197"]["Value"] == [CANNOT_UNDERSTAND]
+    assert stowed.json()["00081198"]["Value"][0]["00081197"]["Value"] == [REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED]
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
 
 

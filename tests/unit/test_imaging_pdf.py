@@ -6,6 +6,7 @@ CreationDate, the Producer naming the hospital) and its XMP packet, byte for byt
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pikepdf
 import pytest
@@ -183,3 +184,67 @@ def test_form_field_values_are_content_and_stay() -> None:
         [kept] = copy.Root.AcroForm.Fields
         assert (kept.T, kept.V) == ("diagnosis", "Wound healing well")
         assert copy.Root.OpenAction[1] == Name.Fit
+
+
+def _object_stream_bomb(inflated: int) -> bytes:
+    """A PDF 1.5 whose catalog references an object kept in an object stream (ISO 32000-2
+    7.5.7) that Flate-inflates to ``inflated`` bytes (spaces after the object): about 1/1000 of
+    it. qpdf has to inflate an object stream to read any object in it."""
+    import struct
+    import zlib
+
+    head = b"4 0 "
+    deflater = zlib.compressobj(9)
+    chunk = b" " * (1 << 22)
+    compressed = deflater.compress(head + b"<< /A 1 >>") + b"".join(
+        deflater.compress(chunk) for _ in range(inflated // len(chunk))) + deflater.flush()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R /X 4 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>",
+               b"<< /Type /ObjStm /N 1 /First %d /Filter /FlateDecode /Length %d >>\nstream\n"
+               % (len(head), len(compressed)) + compressed + b"\nendstream"]
+    out = io.BytesIO()
+    out.write(b"%PDF-1.5\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
+    xref = out.tell()
+    rows = [b"\x00" + struct.pack(">I", 0) + b"\xff\xff"]
+    rows += [b"\x01" + struct.pack(">I", offset) + b"\x00\x00" for offset in offsets]
+    rows += [b"\x02" + struct.pack(">I", 3) + b"\x00\x00", b"\x01" + struct.pack(">I", xref) + b"\x00\x00"]
+    table = b"".join(rows)
+    out.write(b"5 0 obj\n<< /Type /XRef /Size 6 /W [1 4 2] /Root 1 0 R /Length %d >>\nstream\n" % len(table)
+              + table + b"\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n" % xref)
+    return out.getvalue()
+
+
+def test_an_object_stream_that_inflates_past_the_bound_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """Security review (finding 1, other decompressors): no stream is decoded here, but qpdf
+    inflates an object stream whole to read the objects in it. ~260 KB inflating to 256 MiB cost
+    ~600 MB of memory (1 MB to 1 GiB: 2 GB) and was released cleaned; now qpdf's Flate output is
+    bounded (MAX_INFLATED_BYTES) and the PDF is refused as uncleanable (seen failing: cleaned,
+    and the peak). Measured in a fresh process (qpdf's memory is not Python's)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.pdf"
+    path.write_bytes(_object_stream_bomb(256 * 1024 * 1024))
+    assert path.stat().st_size < 300_000
+    script = (
+        "import resource, sys\n"
+        "from adapter.errors import UncleanableDocument\n"
+        "from adapter.imaging.pdf import pdf_without_metadata\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    pdf_without_metadata(data)\n"
+        "    outcome = 'cleaned'\n"
+        "except UncleanableDocument as exc:\n"
+        "    outcome = exc.diagnostics\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+        "print(outcome)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300,
+                          check=True)
+    grown_kib, outcome = done.stdout.splitlines()[-2:]
+    print(f"peak grew by {int(grown_kib) // 1024} MiB: {outcome}")
+    assert outcome.startswith("the PDF inflates past"), outcome
+    assert int(grown_kib) < 160 * 1024
