@@ -179,10 +179,11 @@ class _Collector:
         raw_name = params.get("name")
         self._name = raw_name.encode("latin-1").decode("utf-8", "replace") if raw_name else None
         self._is_file = self._name == "file"
+        # every part's, not only the file's: a repeated charset of the metadata is as ambiguous
+        ctype, _ = parse_parameters(headers.get(b"content-type"), "Content-Type")
         if self._is_file:
             if self._file_done or self._pieces or self._sink is not None:
                 raise InvalidInput("more than one 'file' part", expression="file")
-            ctype, _ = parse_parameters(headers.get(b"content-type"), "Content-Type")
             self.result.file_content_type = ctype or None
             self.result.file_size = 0
         else:

@@ -416,3 +416,11 @@ def test_an_ambiguous_boundary_is_refused(tmp_path: Path, content_type: str) -> 
     read a different body."""
     with pytest.raises(InvalidInput):
         parse([body()], tmp_path, content_type=content_type)
+
+
+def test_a_repeated_charset_of_the_metadata_part_is_refused(tmp_path: Path) -> None:
+    """The metadata part's Content-Type is held to the same rule as the file part's: which
+    ``charset`` a gateway decoded the JSON with cannot be told."""
+    headers = b'Content-Disposition: form-data; name="metadata"\r\nContent-Type: application/json; charset=utf-8; charset=utf-16'
+    with pytest.raises(InvalidInput, match="parameter 'charset' more than once"):
+        parse([_part(headers, META) + f"--{B}--".encode()], tmp_path)
