@@ -59,6 +59,14 @@ class InvalidQuery(InvalidInput):
     for content (a resource, a photo) that was understood and cannot be processed."""
 
 
+class AmbiguousRequest(InvalidInput):
+    """A request that two parsers may read differently, so a gateway may have checked another
+    than the one the adapter would act on: a header field given twice (Content-Type), a
+    parameter of a media type or Content-Disposition given twice or in RFC 2231 extended form,
+    a multipart part header line given twice (security review 3; adapter.api.media_type). 400
+    Bad Request: the request was not understood, nothing stored."""
+
+
 class InvalidResource(InvalidInput):
     """A FHIR resource or Bundle that does not validate (FHIR 'structure')."""
 
@@ -307,6 +315,7 @@ class NoStore(ConfigurationError):
 __all__ = [
     "NO_ROOM_ERRNOS",
     "AdapterError",
+    "AmbiguousRequest",
     "BusinessRuleViolation",
     "ConfigurationError",
     "Conflict",

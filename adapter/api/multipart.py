@@ -16,7 +16,12 @@ RFC 2046 has it: a preamble before the first delimiter (which may open the body 
 CRLF) and an epilogue after the close delimiter (both ignored), transport padding (spaces,
 tabs) after a delimiter, parts without headers. Refused as malformed (400): a body that ends
 before the close delimiter, a delimiter followed by anything but ``--``, padding and CRLF, a
-header line without a colon, part headers over ``HEADER_LIMIT`` bytes.
+header line without a colon or whose name is no token, part headers over ``HEADER_LIMIT`` bytes.
+
+Nothing a gateway could read otherwise is taken (security review 3; README ``POST /photos``):
+a part header line repeated, a parameter of the Content-Type or of a part's Content-Disposition
+or Content-Type repeated, in RFC 2231 extended form or malformed (400,
+:func:`adapter.api.media_type.parse_parameters`).
 """
 
 from __future__ import annotations
@@ -29,10 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from adapter.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, staging_failure
+from adapter.api.media_type import is_token, parse_parameters
+from adapter.errors import (
+    AmbiguousRequest,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    staging_failure,
+)
 
 SMALL_PART_LIMIT = 1024 * 1024  # metadata JSON, with room for a base64 consent form
 #: Parts one upload may have: a photo and its metadata, with room to spare. Parsing runs on the
@@ -127,7 +138,14 @@ def _part_headers(block: bytes) -> dict[bytes, bytes]:
         name, colon, value = line.partition(b":")
         if not colon or not name.strip():
             raise _malformed("a part header line has no name and colon")
-        headers[name.strip().lower()] = value.strip(b" \t")
+        if not is_token(name):  # "Content-Disposition :" is another header to some parsers
+            raise AmbiguousRequest("malformed multipart body: a part header name is not a token (RFC 9110 5.1)")
+        name = name.lower()
+        if name in headers:
+            # the last line would win here and the first in other parsers (security review 3)
+            raise AmbiguousRequest(f"malformed multipart body: a part has header {name.decode('latin-1')[:40]!r} "
+                                   "more than once")
+        headers[name] = value.strip(b" \t")
     return headers
 
 
@@ -157,15 +175,16 @@ class _Collector:
         self._parts += 1
         if self._parts > MAX_PARTS:
             raise _malformed(f"more than {MAX_PARTS} parts (a photo upload has two: file and metadata)")
-        _, params = parse_options_header(headers.get(b"content-disposition", b""))
-        raw_name = params.get(b"name")
-        self._name = raw_name.decode("utf-8", "replace") if raw_name else None
+        _, params = parse_parameters(headers.get(b"content-disposition"), "Content-Disposition")
+        raw_name = params.get("name")
+        self._name = raw_name.encode("latin-1").decode("utf-8", "replace") if raw_name else None
         self._is_file = self._name == "file"
+        # every part's, not only the file's: a repeated charset of the metadata is as ambiguous
+        ctype, _ = parse_parameters(headers.get(b"content-type"), "Content-Type")
         if self._is_file:
             if self._file_done or self._pieces or self._sink is not None:
                 raise InvalidInput("more than one 'file' part", expression="file")
-            ctype, _ = parse_options_header(headers.get(b"content-type", b""))
-            self.result.file_content_type = ctype.decode("latin-1") or None
+            self.result.file_content_type = ctype or None
             self.result.file_size = 0
         else:
             if self._name is not None and self._name in self.result.fields:
@@ -379,10 +398,10 @@ async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes]
     ``spill_path``. The caller calls ``release()`` on the result when done with it.
 
     On any error the partial file is removed and the error raised (nothing half-stored)."""
-    ctype, params = parse_options_header(content_type or "")
-    if ctype != b"multipart/form-data":
+    ctype, params = parse_parameters(content_type, "Content-Type")
+    if ctype != "multipart/form-data":
         raise UnsupportedMediaType("POST /photos takes multipart/form-data with parts 'file' and 'metadata'")
-    boundary = params.get(b"boundary")
+    boundary = params.get("boundary", "").encode("latin-1")
     if not boundary:
         raise InvalidInput("multipart/form-data without a boundary")
     if len(boundary) > _MAX_BOUNDARY:

@@ -12,6 +12,11 @@ refusal, adapter.errors.staging_failure), the rest of the body is read and dropp
 application/dicom part recorded so too, and the parts received whole before it are the caller's
 to store as usual (STOW-RS lists the others as failed with 0xA700, as for the reserve). Any
 other failure of the folder (read-only, failing) is the request's: StorageError, 503.
+
+Nothing another parser could read otherwise is taken (security review 3): a parameter of the
+Content-Type (``boundary``, ``type``, ``start``, ``start-info``, ``charset``...) or of a part's
+Content-Type repeated, in RFC 2231 extended form or malformed, or a part header line repeated:
+400 (:func:`adapter.api.media_type.parse_parameters`), nothing stored.
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.multipart import parse_options_header
-
+from adapter.api.media_type import parse_parameters
 from adapter.api.multipart import MultipartParser
 from adapter.errors import (
     InsufficientStorage,
@@ -63,12 +67,13 @@ def related_type(content_type: str | None) -> str:
     when absent, as STOW-RS clients mean it).
 
     Raises:
+        InvalidInput: a parameter repeated or malformed (:func:`~adapter.api.media_type.parse_parameters`).
         UnsupportedMediaType: not multipart/related, or a root type other than application/dicom.
     """
-    ctype, params = parse_options_header(content_type or "")
-    if ctype != b"multipart/related":
+    ctype, params = parse_parameters(content_type, "Content-Type")
+    if ctype != "multipart/related":
         raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom"')
-    root = params.get(b"type", DICOM.encode()).decode("latin-1").strip().lower()
+    root = params.get("type", DICOM).strip().lower()
     if root != DICOM:
         raise UnsupportedMediaType(f'STOW-RS here takes type="{DICOM}" only (not {root[:60]!r})')
     return root
@@ -91,8 +96,8 @@ class _Collector:
     def part_begin(self, headers: dict[bytes, bytes]) -> None:
         if len(self.result.parts) >= self._max_parts:
             raise PayloadTooLarge(f"more than {self._max_parts} parts in one request")
-        ctype, _ = parse_options_header(headers.get(b"content-type", b""))
-        media_type = ctype.decode("latin-1").lower() or DICOM  # RFC 2387: the root type by default
+        ctype, _ = parse_parameters(headers.get(b"content-type"), "Content-Type")
+        media_type = ctype or DICOM  # RFC 2387: the root type by default
         path = self._new_path() if media_type == DICOM and self._no_room is None else None
         self._part = RelatedPart(content_type=media_type, path=path)
         self.result.parts.append(self._part)
@@ -164,13 +169,13 @@ async def parse_multipart_related(content_type: str | None, stream: AsyncIterato
 
     Raises:
         UnsupportedMediaType: see :func:`related_type`.
-        InvalidInput: no boundary, or a malformed body.
+        InvalidInput: no boundary, a parameter or part header repeated, or a malformed body.
         PayloadTooLarge: a limit was passed.
         StorageError: the staging folder failed, other than for want of room.
     """
     related_type(content_type)
-    _, params = parse_options_header(content_type or "")
-    boundary = params.get(b"boundary")
+    _, params = parse_parameters(content_type, "Content-Type")
+    boundary = params.get("boundary", "").encode("latin-1")
     if not boundary:
         raise InvalidInput("multipart/related without a boundary")
     collector = _Collector(new_path, max_part_bytes, max_parts)

@@ -30,6 +30,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.InvalidInput: 422,
     e.InvalidResource: 400,
     e.InvalidQuery: 400,
+    e.AmbiguousRequest: 400,
     e.RequiredElementMissing: 422,
     e.UnknownCode: 422,
     e.UndecodableImage: 422,

@@ -70,6 +70,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.InvalidInput: CANNOT_UNDERSTAND,
     e.InvalidResource: DATASET_DOES_NOT_MATCH_SOP_CLASS,
     e.InvalidQuery: CANNOT_UNDERSTAND,  # an HTTP read's query: never raised over DIMSE
+    e.AmbiguousRequest: CANNOT_UNDERSTAND,  # an HTTP request's headers: never raised over DIMSE
     e.RequiredElementMissing: DATASET_DOES_NOT_MATCH_SOP_CLASS,
     e.UnknownCode: CANNOT_UNDERSTAND,
     e.UndecodableImage: CANNOT_UNDERSTAND,

@@ -340,6 +340,22 @@ def test_a_write_whose_charset_is_not_utf_8_is_415(tmp_path: Path) -> None:
             assert r.status_code == 201, r.text[:300]
 
 
+
+def test_a_write_with_a_repeated_charset_or_content_type_is_400(tmp_path: Path) -> None:
+    """Security review 3: a repeated parameter or Content-Type header was read first here and may
+    be read last by a gateway (``charset=utf-8; charset=iso-8859-1`` passed as UTF-8). Each
+    parameter at most once, one Content-Type: else 400, nothing stored."""
+    body = json.dumps(consent_resource(["TRAIN"])).encode()
+    with adapter_client(tmp_path) as (client, _):
+        for ctype in ("application/fhir+json; charset=utf-8; charset=iso-8859-1",
+                      "application/fhir+json; fhirVersion=4.0; fhirVersion=5.0"):
+            r = client.post("/fhir/Consent", content=body, headers={"Content-Type": ctype})
+            assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", r.text[:300]
+        r = client.post("/fhir/Consent", content=body, headers=[("Content-Type", "application/fhir+json"),
+                                                                 ("Content-Type", "application/fhir+xml")])
+        assert r.status_code == 400 and "Content-Type" in r.text, r.text[:300]
+        assert _consents(client) == 0
+
 def test_a_consent_form_posted_with_a_consent_is_kept_as_a_photo_s_form_is(tmp_path: Path) -> None:
     """Review finding: POST /fhir/Consent stored sourceAttachment as sent: a phone's scan of the
     signed form kept its EXIF (GPS, the owner's name) for every care reader, and a PNG bomb went

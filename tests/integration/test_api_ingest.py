@@ -1384,3 +1384,55 @@ def test_an_icc_profiles_text_is_rewritten_in_cares_copy_and_listed_in_the_recei
             assert b"ICC_PROFILE" in data
             for needle in NEEDLES:
                 assert needle not in data, needle
+
+
+# -- security review finding 3: a gateway and the adapter read the same upload ------------------
+
+def _smuggling_body(case: str) -> tuple[bytes, str]:
+    """The review's ``mpdiff.py`` bodies: a first-wins parser (a gateway, Python's ``email``)
+    reads metadata A (MRN-GATEWAY-OK), a last-wins one metadata B (MRN-SMUGGLED)."""
+    jpg = (SAMPLES / "tiny.jpg").read_bytes()
+    meta_a = json.dumps(metadata(patient={**PATIENT, "value": "MRN-GATEWAY-OK"})).encode()
+    meta_b = json.dumps(metadata(patient={**PATIENT, "value": "MRN-SMUGGLED"})).encode()
+
+    def parts(b: bytes, meta: bytes) -> bytes:
+        return (b"--" + b + b'\r\nContent-Disposition: form-data; name="metadata"\r\nContent-Type: application/json'
+                b"\r\n\r\n" + meta + b"\r\n--" + b + b'\r\nContent-Disposition: form-data; name="file"; '
+                b'filename="x.jpg"\r\nContent-Type: image/jpeg\r\n\r\n' + jpg + b"\r\n--" + b + b"--\r\n")
+
+    file_part = (b'\r\n--bbbb\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+                 b"Content-Type: image/jpeg\r\n\r\n" + jpg + b"\r\n--bbbb--\r\n")
+    if case == "boundary":
+        return parts(b"aaaa", meta_a) + parts(b"bbbb", meta_b), "multipart/form-data; boundary=aaaa; boundary=bbbb"
+    if case == "cdhdr":
+        return (b'--bbbb\r\nContent-Disposition: form-data; name="metadata"\r\nContent-Disposition: form-data; '
+                b'name="x1"\r\n\r\n' + meta_a + b'\r\n--bbbb\r\nContent-Disposition: form-data; name="x2"\r\n'
+                b'Content-Disposition: form-data; name="metadata"\r\n\r\n' + meta_b + file_part,
+                "multipart/form-data; boundary=bbbb")
+    assert case == "nameparam"
+    return (b'--bbbb\r\nContent-Disposition: form-data; name="metadata"; name="x1"\r\n\r\n' + meta_a
+            + b'\r\n--bbbb\r\nContent-Disposition: form-data; name="x2"; name="metadata"\r\n\r\n' + meta_b
+            + file_part, "multipart/form-data; boundary=bbbb")
+
+
+@pytest.mark.parametrize("case", ["boundary", "cdhdr", "nameparam"])
+def test_an_upload_read_differently_by_a_gateway_is_400_and_nothing_stored(tmp_path: Path, case: str) -> None:
+    """Security review 3: a repeated ``boundary``, part header line or ``name`` parameter was read
+    last here and first by gateways: the gateway approved MRN-GATEWAY-OK, the photo was filed
+    under MRN-SMUGGLED (201). Refused now (400), nothing stored."""
+    content, ctype = _smuggling_body(case)
+    with adapter_client(tmp_path) as (client, services):
+        before = _counts(services)
+        body = _outcome(client.post("/photos", content=content, headers={"Content-Type": ctype}), 400)
+        assert "more than once" in body["issue"][0]["diagnostics"]
+        assert _counts(services) == before and _staging_empty(services)
+
+
+def test_an_upload_with_two_content_type_headers_is_400(tmp_path: Path) -> None:
+    content, _ = _smuggling_body("boundary")
+    with adapter_client(tmp_path) as (client, services):
+        before = _counts(services)
+        r = client.post("/photos", content=content, headers=[("Content-Type", "multipart/form-data; boundary=aaaa"),
+                                                             ("Content-Type", "multipart/form-data; boundary=bbbb")])
+        assert "Content-Type" in _outcome(r, 400)["issue"][0]["diagnostics"]
+        assert _counts(services) == before and _staging_empty(services)

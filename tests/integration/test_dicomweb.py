@@ -425,6 +425,31 @@ def test_stow_refuses_other_media_types(adapter: tuple[FhirClient, Services]) ->
     assert value(r.json()["00081198"]["Value"][0], "00081197") == CANNOT_UNDERSTAND
 
 
+
+@pytest.mark.parametrize("ctype", [
+    'multipart/related; type="application/dicom"; boundary=b0undary-1234; boundary=other',
+    'multipart/related; type="application/dicom+xml"; type="application/dicom"; boundary=b0undary-1234',
+    'multipart/related; type="application/dicom"; start="<a>"; start="<b>"; boundary=b0undary-1234',
+    None,  # two Content-Type headers
+    "part",  # a part with two Content-Type lines
+])
+def test_stow_refuses_a_repeated_parameter_or_header(adapter: tuple[FhirClient, Services], ctype: str | None) -> None:
+    """Security review 3: the last of a repeated parameter or part header won here, the first in
+    other parsers. Refused (400), nothing stored."""
+    client, services = adapter
+    data = encode_dataset(received())
+    body, plain = related(("application/dicom", data))
+    headers: list[tuple[str, str]] = [("Content-Type", ctype or plain)]
+    if ctype is None:
+        headers.append(("Content-Type", plain.replace("b0undary-1234", "other")))
+    elif ctype == "part":
+        body, _ = related(("image/jpeg\r\nContent-Type: application/dicom", data))
+        headers = [("Content-Type", plain)]
+    r = client.post("/dicomweb/studies", content=body, headers=headers)
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", r.text[:300]
+    for folder in ("staging", "blobs"):
+        assert not [p for p in (services.settings.data_dir / folder).rglob("*") if p.is_file()], folder
+
 def test_every_refused_stow_part_is_audited_once(adapter: tuple[FhirClient, Services]) -> None:
     """IHE ATNA / DICOM PS3.15 A.5.3.7: each part the adapter does not keep is one DICOM
     Instances Transferred message with a failure outcome, the client the Source, naming the SOP

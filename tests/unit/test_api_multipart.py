@@ -351,3 +351,76 @@ def test_more_parts_than_an_upload_has_are_refused_at_once(tmp_path: Path) -> No
     with pytest.raises(InvalidInput, match="more than 16 parts"):
         parse([extra(100_000) + whole], tmp_path)
     assert not (tmp_path / "spill.part").exists()
+
+
+# -- security review finding 3: nothing a gateway could read otherwise ---------------------------
+
+def _part(headers: bytes, data: bytes) -> bytes:
+    return f"--{B}\r\n".encode() + headers + b"\r\n\r\n" + data + b"\r\n"
+
+
+@pytest.mark.parametrize("headers", [
+    b'Content-Disposition: form-data; name="metadata"\r\nContent-Disposition: form-data; name="x1"',
+    b'Content-Disposition: form-data; name="x2"\r\ncontent-disposition: form-data; name="metadata"',
+    b'Content-Disposition: form-data; name="file"\r\nContent-Type: image/jpeg\r\nContent-Type: image/png',
+    (b'Content-Disposition: form-data; name="file"\r\nContent-Transfer-Encoding: binary\r\n'
+     b"Content-Transfer-Encoding: base64"),
+])
+def test_a_repeated_part_header_is_refused(tmp_path: Path, headers: bytes) -> None:
+    """The last line won here and the first in other parsers: a gateway read part 1 as the
+    metadata while the adapter read part 2 (security review 3, ``mpdiff.py cdhdr``)."""
+    with pytest.raises(InvalidInput, match="more than once"):
+        parse(pieces(_part(headers, META) + f"--{B}--".encode(), 5), tmp_path)
+
+
+@pytest.mark.parametrize("disposition", [
+    b'form-data; name="metadata"; name="x1"',
+    b'form-data; name="x2"; name="metadata"',
+    b'form-data; name="file"; filename="a.jpg"; filename="b.jpg"',
+    b"form-data; name*=utf-8''metadata",
+    b'form-data; name="metadata',
+])
+def test_an_ambiguous_content_disposition_is_refused(tmp_path: Path, disposition: bytes) -> None:
+    """``mpdiff.py nameparam``: the last ``name`` won here, the first in other parsers; an RFC
+    2231 ``name*`` was ignored here and read by others."""
+    with pytest.raises(InvalidInput):
+        parse([_part(b"Content-Disposition: " + disposition, META) + f"--{B}--".encode()], tmp_path)
+
+
+def test_parameter_names_are_case_insensitive(tmp_path: Path) -> None:
+    """``NAME="metadata"`` is the part ``metadata`` (RFC 9110 5.6.6): it was ignored here and read
+    by others, so a second ``metadata`` part was a differential too."""
+    data = _part(b'Content-Disposition: form-data; NAME="metadata"', META) + f"--{B}--".encode()
+    assert parse([data], tmp_path).fields == {"metadata": META}
+    twice = _part(b'Content-Disposition: form-data; NAME="metadata"', b"{}") + data
+    with pytest.raises(InvalidInput, match="more than one 'metadata' part"):
+        parse([twice], tmp_path)
+
+
+@pytest.mark.parametrize("name", [b"Content-Disposition ", b" Content-Disposition", b"Content Disposition"])
+def test_a_part_header_name_that_is_no_token_is_refused(tmp_path: Path, name: bytes) -> None:
+    data = _part(name + b': form-data; name="metadata"', META) + f"--{B}--".encode()
+    with pytest.raises(InvalidInput, match="malformed multipart body"):
+        parse([data], tmp_path)
+
+
+@pytest.mark.parametrize("content_type", [
+    f"multipart/form-data; boundary={B}; boundary=bbbb",
+    f"multipart/form-data; boundary=bbbb; boundary={B}",
+    f'multipart/form-data; boundary="{B}"; Boundary={B}',
+    f"multipart/form-data; charset=utf-8; charset=latin1; boundary={B}",
+    f"multipart/form-data; boundary*={B}",
+])
+def test_an_ambiguous_boundary_is_refused(tmp_path: Path, content_type: str) -> None:
+    """``mpdiff.py boundary``: the last ``boundary`` won here, the first in other parsers, so each
+    read a different body."""
+    with pytest.raises(InvalidInput):
+        parse([body()], tmp_path, content_type=content_type)
+
+
+def test_a_repeated_charset_of_the_metadata_part_is_refused(tmp_path: Path) -> None:
+    """The metadata part's Content-Type is held to the same rule as the file part's: which
+    ``charset`` a gateway decoded the JSON with cannot be told."""
+    headers = b'Content-Disposition: form-data; name="metadata"\r\nContent-Type: application/json; charset=utf-8; charset=utf-16'
+    with pytest.raises(InvalidInput, match="parameter 'charset' more than once"):
+        parse([_part(headers, META) + f"--{B}--".encode()], tmp_path)

@@ -81,3 +81,48 @@ def test_no_boundary_is_invalid(tmp_path: Path) -> None:
         asyncio.run(parse_multipart_related('multipart/related; type="application/dicom"', _stream([b"x"]),
                                             lambda: tmp_path / "p", max_part_bytes=1, max_total_bytes=1,
                                             max_parts=1))
+
+
+# -- security review finding 3: nothing another parser could read otherwise ----------------------
+
+def _parse_as(content_type: str, data: bytes, tmp_path: Path) -> ParsedRelated | str:
+    try:
+        return asyncio.run(parse_multipart_related(content_type, _stream([data]), lambda: tmp_path / "part",
+                                                   max_part_bytes=1 << 20, max_total_bytes=1 << 21, max_parts=8))
+    except AdapterError as exc:
+        assert not list(tmp_path.iterdir()), "a refused request left part files"
+        return f"{type(exc).__name__}: {exc}"
+
+
+_ONE = b"--fuzzBOUNDARY\r\nContent-Type: application/dicom\r\n\r\nDICM\r\n--fuzzBOUNDARY--"
+
+
+@pytest.mark.parametrize("content_type", [
+    'multipart/related; type="application/dicom"; boundary=fuzzBOUNDARY; boundary=other',
+    'multipart/related; type="application/dicom"; boundary=other; boundary=fuzzBOUNDARY',
+    'multipart/related; type="application/dicom"; type="application/dicom+xml"; boundary=fuzzBOUNDARY',
+    'multipart/related; type="application/dicom+xml"; type="application/dicom"; boundary=fuzzBOUNDARY',
+    'multipart/related; type="application/dicom"; start="<a>"; start="<b>"; boundary=fuzzBOUNDARY',
+    'multipart/related; type="application/dicom"; charset=utf-8; charset=latin1; boundary=fuzzBOUNDARY',
+    "multipart/related; type*=utf-8''application%2Fdicom; boundary=fuzzBOUNDARY",
+])
+def test_a_repeated_or_extended_content_type_parameter_is_refused(tmp_path: Path, content_type: str) -> None:
+    """Security review 3: the last of a repeated parameter won here (python-multipart), the first
+    in other parsers."""
+    assert _parse_as(content_type, _ONE, tmp_path).startswith("AmbiguousRequest")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("headers", [
+    b"Content-Type: application/dicom\r\nContent-Type: image/jpeg",
+    b"Content-Type: image/jpeg\r\nContent-Type: application/dicom",
+    b'Content-Type: application/dicom; transfer-syntax="1.2.840.10008.1.2.1"; transfer-syntax="1.2.840.10008.1.2"',
+    b"Content-ID: <a>\r\nContent-Type: application/dicom\r\nContent-ID: <b>",
+])
+def test_a_repeated_part_header_or_parameter_is_refused(tmp_path: Path, headers: bytes) -> None:
+    data = b"--fuzzBOUNDARY\r\n" + headers + b"\r\n\r\nDICM\r\n--fuzzBOUNDARY--"
+    assert _parse_as(CTYPE, data, tmp_path).startswith("AmbiguousRequest")  # type: ignore[union-attr]
+
+
+def test_the_first_part_is_kept_when_nothing_is_repeated(tmp_path: Path) -> None:
+    parsed = _parse_as(CTYPE + '; start="<a>"; start-info="x"', _ONE, tmp_path)
+    assert isinstance(parsed, ParsedRelated) and [p.content_type for p in parsed.parts] == ["application/dicom"]

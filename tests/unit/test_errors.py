@@ -28,6 +28,7 @@ def test_statuses_that_clients_rely_on() -> None:
     assert status_for(errors.RequestTimeout("x")) == 408
     assert status_for(errors.PreconditionFailed("x")) == 412
     assert status_for(errors.StorageError("x")) == 503
+    assert status_for(errors.AmbiguousRequest("x")) == 400  # security review 3
 
 
 def test_every_error_renders_a_valid_operation_outcome() -> None:

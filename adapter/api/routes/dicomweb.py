@@ -109,6 +109,7 @@ from adapter.api.accept import by_preference, media_ranges, quality
 from adapter.api.deps import ReaderDep, ServicesDep, get_write_context
 from adapter.api.forwarded import forwarded_for_of
 from adapter.api.headers import break_glass_headers
+from adapter.api.media_type import content_type
 from adapter.api.multipart_related import parse_multipart_related
 from adapter.api.openapi import (
     DICOM_DATASET,
@@ -375,7 +376,7 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
         if model is None:
             raise NotAcceptable(f"STOW-RS here answers {DICOM_JSON}, {DICOM_XML} or {MULTIPART_DICOM_XML}")
         refuse_declared_over(request, total, f"the request is larger than {total} bytes")
-        parsed = await parse_multipart_related(request.headers.get("content-type"), request.stream(),
+        parsed = await parse_multipart_related(content_type(request), request.stream(),
                                                services.blobs.new_staging_path, max_part_bytes=limit,
                                                max_total_bytes=total, max_parts=STOW_MAX_PARTS)
         if not parsed.parts:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from adapter.api.deps import get_services, get_write_context
 from adapter.api.idempotency import idempotency_key as checked_key
 from adapter.api.json_input import load_json
+from adapter.api.media_type import content_type
 from adapter.api.multipart import MEMORY_LIMIT, parse_multipart
 from adapter.api.openapi import BODY, JSON, NEW_IMAGES, PHOTO_UPLOAD, WRITE, answers, ok, refusals
 from adapter.api.request_limits import refuse_declared_over
@@ -96,7 +97,7 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
         declared = request.headers.get("content-length")
         if declared and is_digits(declared) and len(declared) <= 18 and int(declared) > MEMORY_LIMIT:
             services.blobs.ensure_room(2 * int(declared))
-        parsed = await parse_multipart(request.headers.get("content-type"), request.stream(), spill, limit)
+        parsed = await parse_multipart(content_type(request), request.stream(), spill, limit)
     except StorageError as exc:  # no room (507), or a failing disk (503): a create that failed, audited
         await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
         raise
