@@ -10,7 +10,9 @@ AmbiguousRequest), as Go's ``mime.ParseMediaType`` refuses a duplicate parameter
 
 * a parameter named twice (names are case-insensitive);
 * an RFC 2231 extended parameter (``name*=``, ``name*0=``): RFC 7578 4.2 forbids it in form-data,
-  no STOW-RS client sends one, and some parsers decode it while others ignore it;
+  no STOW-RS client sends one, and some parsers decode it while others ignore it; except a
+  Content-Disposition's ``filename*`` (once), which .NET's MultipartFormDataContent writes beside
+  ``filename`` and which decides nothing here (no file name is read);
 * a parameter that is not ``token=token`` or ``token="quoted-string"`` (an unterminated quote,
   a value followed by anything but ``;``, a parameter without ``=``): where it ends is each
   parser's guess;
@@ -36,6 +38,9 @@ _VALUE = re.compile(r'[^;"\s]*')
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 _OWS = " \t"
+#: The one extended parameter taken (once): .NET's MultipartFormDataContent writes it beside
+#: ``filename``, and the adapter reads no file name, so no two parsers can file a photo otherwise.
+_FILENAME_STAR = "filename*"
 
 
 def is_token(name: bytes | str) -> bool:
@@ -82,7 +87,7 @@ def parse_parameters(value: str | bytes | None, field: str) -> tuple[str, dict[s
         if pos < n and rest[pos] != ";":
             raise _malformed(field, f"the value of parameter '{name[:40]}' does not end where a parameter ends")
         pos += 1
-        if "*" in name:
+        if "*" in name and not (name == _FILENAME_STAR and field == "Content-Disposition"):
             raise AmbiguousRequest(f"{field}: RFC 2231 extended parameters ({name[:40]}) are not taken")
         if name in params:
             # the last would win here and the first in other parsers (security review 3)

@@ -1436,3 +1436,18 @@ def test_an_upload_with_two_content_type_headers_is_400(tmp_path: Path) -> None:
                                                              ("Content-Type", "multipart/form-data; boundary=bbbb")])
         assert "Content-Type" in _outcome(r, 400)["issue"][0]["diagnostics"]
         assert _counts(services) == before and _staging_empty(services)
+
+
+def test_an_upload_as_dotnet_writes_it_filename_and_filename_star_is_stored(tmp_path: Path) -> None:
+    """.NET's MultipartFormDataContent.Add(content, "file", "wound.jpg") writes the part's
+    Content-Disposition ``form-data; name=file; filename=wound.jpg; filename*=utf-8''wound.jpg``
+    (unquoted, both names): an integration engine built on it is served (201)."""
+    jpg = (SAMPLES / "tiny.jpg").read_bytes()
+    meta = json.dumps(metadata()).encode()
+    content = (b"--dotnet\r\nContent-Type: application/json; charset=utf-8\r\nContent-Disposition: form-data; "
+               b"name=metadata\r\n\r\n" + meta + b"\r\n--dotnet\r\nContent-Type: image/jpeg\r\nContent-Disposition: "
+               b"form-data; name=file; filename=wound.jpg; filename*=utf-8''wound.jpg\r\n\r\n" + jpg
+               + b"\r\n--dotnet--\r\n")
+    with adapter_client(tmp_path) as (client, _):
+        r = client.post("/photos", content=content, headers={"Content-Type": 'multipart/form-data; boundary="dotnet"'})
+        assert r.status_code == 201, r.text

@@ -42,11 +42,26 @@ def test_a_repeated_parameter_is_refused(value: str, name: str) -> None:
     "form-data; name*=utf-8''metadata",               # RFC 2231 extended: read by some parsers only
     'form-data; name="x"; name*=utf-8\'\'metadata',
     'form-data; name*0="meta"; name*1="data"',
-    'form-data; name="file"; filename*=utf-8\'\'a.jpg',
+    'form-data; name="file"; filename*0="a.jpg"',
+    'form-data; name="file"; filename="a.jpg"; filename*=utf-8\'\'a.jpg; filename*=utf-8\'\'b.jpg',
 ])
 def test_an_extended_parameter_is_refused(value: str) -> None:
-    with pytest.raises(InvalidInput, match="RFC 2231"):
+    with pytest.raises(InvalidInput, match="RFC 2231|more than once"):
         parse_parameters(value, "Content-Disposition")
+
+
+def test_a_dotnet_filename_star_beside_filename_is_taken() -> None:
+    """.NET's MultipartFormDataContent.Add(content, name, fileName) writes ``filename`` and
+    ``filename*`` (RFC 5987) both, as many integration engines built on it send. The adapter reads
+    no file name, so the one extended parameter a client commonly sends is taken, once; ``name*``,
+    which decides the part, is not."""
+    assert parse_parameters("form-data; name=file; filename=wound.jpg; filename*=utf-8''wound.jpg",
+                            "Content-Disposition") == ("form-data", {"name": "file", "filename": "wound.jpg",
+                                                                     "filename*": "utf-8''wound.jpg"})
+    with pytest.raises(InvalidInput, match="RFC 2231"):
+        parse_parameters("form-data; name*=utf-8''file; filename*=utf-8''wound.jpg", "Content-Disposition")
+    with pytest.raises(InvalidInput, match="RFC 2231"):
+        parse_parameters("image/jpeg; filename*=utf-8''wound.jpg", "Content-Type")
 
 
 @pytest.mark.parametrize("value", [
