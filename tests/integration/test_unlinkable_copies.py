@@ -172,7 +172,8 @@ def test_a_received_jpeg_frame_is_another_file_in_each_restricted_view(adapter: 
         assert rendered.status_code == 200
         study, series, sop = url.split("/")[3::2]
         wado = client.get(f"/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
-                          "&contentType=application/dicom", headers=as_purpose(purpose))
+                          "&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2.4.50",  # as stored:
+                          headers=as_purpose(purpose))  # with none named, WADO-URI answers Explicit VR LE
         assert wado.status_code == 200
         wado_dicom_frame = bytes(next(generate_frames(pydicom.dcmread(io.BytesIO(wado.content)).PixelData,
                                                       number_of_frames=1)))
