@@ -2,7 +2,7 @@
 // tools/validate-fhir.mjs [-w|--warnings] [--json] [--only=medplum,walk,bundle,fhirjs] PATH...
 //
 // Validates FHIR R4 (4.0.1) JSON, and XML: single resources or Bundles, one per file; a *.xml
-// file is read into its JSON by FHIR.js (Fhir.xmlToObj, its own reader of the FHIR XML
+// file is read into its JSON by FHIR.js (Fhir.xmlToJson, its own reader of the FHIR XML
 // representation, independent of the adapter's), which must see FHIR XML in it (a root in the
 // FHIR namespace naming a resource type), then validated by the passes as JSON is. The command line,
 // the text and --json reports and the exit codes (0 valid, 1 any error, 2 a usage or setup
@@ -161,11 +161,43 @@ function fhirjsIssues(doc) {
 // ---------------------------------------------------------------------------------------------
 // main
 
-// FHIR XML read by FHIR.js into the JSON the passes check.
+// A FHIR R4 decimal in exponent form (datatypes.html#decimal: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?)
+// written without it: FHIR.js's XML reader takes no exponent ("Value should be a decimal number but got:
+// 1e2", its regex lacks the exponent part the specification has), so such a value is read in plain
+// notation, the same number, rather than the file being reported for a limit of the reader.
+const EXPONENT = /^(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?[eE]([+-]?[0-9]+)$/;
+function plainDecimal(text) {
+  const m = EXPONENT.exec(text);
+  if (!m) return null;
+  const [, sign, int, frac = '', exp] = m;
+  let digits = (int + frac).replace(/^0+(?=\d)/, '');
+  let point = int.length - (int.length + frac.length - digits.length) + parseInt(exp, 10);
+  if (point <= 0) { digits = '0'.repeat(1 - point) + digits; point = 1; }
+  if (point >= digits.length) digits += '0'.repeat(point - digits.length);
+  const whole = digits.slice(0, point).replace(/^0+(?=\d)/, '');
+  const rest = digits.slice(point);
+  return sign + whole + (rest ? '.' + rest : '');
+}
+
+// FHIR XML read by FHIR.js into the JSON the passes check: xmlToJson, whose JSON has each decimal as
+// the number written (xmlToObj leaves decimals strings, which the passes then report as "number
+// expected").
 function readXml(text) {
   const root = /<([A-Za-z]+)\s+xmlns="http:\/\/hl7\.org\/fhir"/.exec(text.slice(0, 512));
   if (!root) throw new Error('not FHIR XML: the root is no element in the FHIR namespace');
-  const doc = fhirjs.xmlToObj(text);
+  let json;
+  for (;;) {
+    try {
+      json = fhirjs.xmlToJson(text);
+      break;
+    } catch (err) {
+      const bad = /^Value should be a decimal number but got: (.*)$/.exec(err.message || '');
+      const plain = bad && plainDecimal(bad[1]);
+      if (!plain) throw err;
+      text = text.split(`value="${bad[1]}"`).join(`value="${plain}"`);
+    }
+  }
+  const doc = json === undefined ? undefined : JSON.parse(json);
   if (!doc || doc.resourceType !== root[1]) throw new Error(`FHIR.js read no ${root[1]} from the XML`);
   return doc;
 }

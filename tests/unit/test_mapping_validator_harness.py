@@ -12,6 +12,7 @@ from tests.support.fhir_validator import (
     DRIVER,
     FhirValidationCollector,
     errors_by_case,
+    read_r4_xml,
     run_driver,
     validate_r4,
 )
@@ -55,6 +56,28 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
 def test_good_resource_passes() -> None:
     assert validate_r4([GOOD_MEDIA]) == []
     assert validate_r4([]) == []
+
+
+def _xml_consent(decimal: str) -> bytes:
+    return ('<Consent xmlns="http://hl7.org/fhir"><extension url="http://example.org/fhir/x"><valueDecimal value="'
+            + decimal + '"/></extension><status value="active"/><scope><coding><system value="http://terminology'
+            '.hl7.org/CodeSystem/consentscope"/><code value="patient-privacy"/></coding></scope><category><coding>'
+            '<system value="http://loinc.org"/><code value="59284-0"/></coding></category><policyRule><coding>'
+            '<system value="http://terminology.hl7.org/CodeSystem/v3-ActCode"/><code value="OPTIN"/></coding>'
+            "</policyRule></Consent>").encode()
+
+
+def test_xml_decimals_are_read_as_numbers_exponents_included() -> None:
+    """FHIR.js's xmlToObj left each XML decimal a string (reported "number expected" by every pass),
+    and its reader takes no exponent, which FHIR R4 decimal allows (datatypes.html#decimal): the
+    harness reads XML with xmlToJson and an exponent in plain notation (seen failing: 18 errors in CI
+    on the adapter's own XML of a Consent's valueDecimal 1.50, 0.010, 1e2)."""
+    values = ["1.50", "0.010", "1e2", "-1.5E-3", "2.5"]
+    documents = [_xml_consent(v) for v in values]
+    assert validate_r4(documents) == []
+    parsed, errors = read_r4_xml(documents)
+    assert errors == []
+    assert [p["extension"][0]["valueDecimal"] for p in parsed if p] == [1.5, 0.01, 100, -0.0015, 2.5]
 
 
 @pytest.fixture(scope="module")
