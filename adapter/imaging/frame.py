@@ -172,18 +172,19 @@ class EncapsulatedJpeg:
         return b"".join(self.parts)
 
 
-def encapsulated_jpeg(data: bytes, *, keep_icc: bool = True) -> EncapsulatedJpeg:
+def encapsulated_jpeg(data: bytes, *, keep_icc: bool = True, rewrite_icc: bool = True) -> EncapsulatedJpeg:
     """:func:`jpeg_for_encapsulation` in one walk of ``data``, as pieces (see
     :class:`EncapsulatedJpeg`). ``data`` must stay unchanged while the pieces are used.
     ``keep_icc=False`` drops the ICC profile too (a de-identified copy: its text tags can name a
-    device or a person).
+    device or a person); ``rewrite_icc=False`` keeps it as it is (the frame of a received object,
+    whose object keeps its profile as received: adapter.mapping.dicom_fhir.jpeg_binary).
 
     Raises:
         UndecodableImage: the stream is broken (see :func:`adapter.imaging.jpeg.walk`).
     """
     if not isinstance(data, (bytes, bytearray)):
         data = bytes(data)
-    stripped = strip_jpeg_segments(data)
+    stripped = strip_jpeg_segments(data, rewrite_icc=rewrite_icc)
     # strip_jpeg keeps no APP1 of the input; the only one it writes is the Orientation-only EXIF,
     # which DICOM must not carry either (jpeg_for_encapsulation)
     parts: list[bytes | memoryview] = [b"\xff\xd8"]

@@ -313,10 +313,11 @@ def strip_jpeg(data: bytes, *, max_pixels: int | None = None, check_decoding: bo
 
 
 def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
-                        check_decoding: bool = False) -> StrippedJpeg:
+                        check_decoding: bool = False, rewrite_icc: bool = True) -> StrippedJpeg:
     """:func:`strip_jpeg` without assembling the result: its segments are views into ``data``
     (which must stay unchanged while they are used). ``check_decoding`` is passed to
-    :func:`walk`."""
+    :func:`walk`. ``rewrite_icc=False`` keeps a whole ICC profile as it is (its text tags not
+    rewritten): the frame of a received DICOM object, whose object keeps it as received."""
     layout = walk(data, max_pixels=max_pixels, check_decoding=check_decoding)
     view = memoryview(data)
     removed: list[str] = []
@@ -325,7 +326,7 @@ def strip_jpeg_segments(data: bytes, *, max_pixels: int | None = None,
     kept: list[tuple[int, bytes | memoryview] | None] = []
     adobe_at: int | None = None  # where in ``kept`` the Adobe APP14 libjpeg uses is
     scanned = False  # past the first SOS: what decoders read of the header is read
-    icc_parts, icc_note = _icc_profile(view, layout.segments)
+    icc_parts, icc_note = _icc_profile(view, layout.segments, rewrite=rewrite_icc)
     if icc_note is not None:
         removed.append(icc_note)
     for seg in layout.segments:
@@ -714,7 +715,8 @@ _ICC_HEADER = 128
 _NO_ICC_PROFILE = "APP2 ICC_PROFILE that is no ICC profile"
 
 
-def _icc_profile(view: memoryview, segments: tuple[Segment, ...]) -> tuple[dict[int, bytes | memoryview], str | None]:
+def _icc_profile(view: memoryview, segments: tuple[Segment, ...], *,
+                 rewrite: bool = True) -> tuple[dict[int, bytes | memoryview], str | None]:
     """What the stored stream keeps of the APP2 ICC_PROFILE segments, by where each starts, and
     what to list as removed. The chunks (ICC.1 Annex B.4: sequence number, count, data) must make
     one profile: numbered 1..count, each once, their data as long as the profile header says, with
@@ -743,6 +745,8 @@ def _icc_profile(view: memoryview, segments: tuple[Segment, ...]) -> tuple[dict[
     profile = b"".join(bytes(view[seg.start + 18:seg.end]) for seg in ordered)
     if not icc_profile_is_whole(profile):
         return {}, _NO_ICC_PROFILE
+    if not rewrite:
+        return {seg.start: view[seg.start:seg.end] for seg in ordered}, None
     cleaned = icc_profile_without_text(profile)
     if cleaned is None:
         return {}, NOT_REWRITABLE
