@@ -20,7 +20,6 @@ import functools
 from collections.abc import Mapping
 
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import Collection
 
 #: PS3.5 6.2: LO holds 64 characters.
 _LO = 64
@@ -29,7 +28,11 @@ _LO = 64
 @functools.cache
 def _standard(designator: str) -> Mapping[str, str]:
     """Code value -> meaning of one coding scheme in pydicom's PS3.16 code dictionary (loaded once
-    a scheme, on first use: SNOMED CT's is some 10,000 codes); empty for a scheme it lacks."""
+    a scheme, on first use: SNOMED CT's is some 10,000 codes); empty for a scheme it lacks.
+    Imported here, at the first restricted copy of a coded item: the dictionary's module holds
+    every PS3.16 concept, some 20 MB that a process serving no restricted DICOM copy need not hold."""
+    from pydicom.sr.codedict import Collection
+
     try:
         concepts = Collection(designator).concepts
     except (ValueError, KeyError, AttributeError):

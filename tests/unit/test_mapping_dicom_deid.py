@@ -869,3 +869,16 @@ def test_a_copy_that_keeps_the_adapters_descriptors_claims_clean_descriptors() -
         assert "ImageComments" not in out and "SeriesDescription" not in out
         assert "113105" not in [c.CodeValue for c in out.DeidentificationMethodCodeSequence]
         assert "Clean Descriptors Option" not in _methods(out)
+
+
+def test_the_standards_code_dictionary_is_loaded_only_when_a_restricted_copy_needs_it() -> None:
+    """pydicom's PS3.16 code dictionary (every concept: ~20 MB of resident memory) was imported with
+    the application; a process serving no restricted DICOM copy of a coded item never needs it
+    (seen failing: loaded at import)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, adapter.__main__, adapter.api.app, adapter.mapping.dicom_deid; "
+             "print('pydicom.sr._concepts_dict' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "False", done.stdout + done.stderr
