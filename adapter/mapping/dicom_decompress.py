@@ -93,8 +93,7 @@ def encapsulated_to_native(ds: Dataset, transfer_syntax: str) -> Dataset:
         ImageTooLarge: a frame has more pixels than the decoder allows.
     """
     target = UID(transfer_syntax)
-    meta = getattr(ds, "file_meta", None)
-    source = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    meta, source = _file_meta(ds)
     if source not in DECOMPRESSIBLE or target not in NATIVE_SYNTAXES:
         raise UnsupportedPixelData(f"no decompression from {source.name or '(none)'} to {target.name}",
                                    expression="(0002,0010) TransferSyntaxUID")
@@ -155,16 +154,7 @@ def explicit_to_implicit(ds: Dataset) -> Dataset:
     for a PACS that takes nothing else (module docstring). The elements are ``ds``'s own (shared,
     not changed: only how their headers are written differs); the file meta is a new one naming
     the new syntax. Raises UnsupportedPixelData for an object in any other syntax."""
-    meta = getattr(ds, "file_meta", None)
-    source = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
-    if source != ExplicitVRLittleEndian:
-        raise UnsupportedPixelData(f"only Explicit VR Little Endian is written with implicit VRs here, not {source}",
-                                   expression="(0002,0010) TransferSyntaxUID")
-    out = Dataset()
-    for elem in ds:
-        out.add(elem)
-    out.file_meta = _meta(meta, UID(ImplicitVRLittleEndian))
-    return out
+    return _vrs_rewritten(ds, ExplicitVRLittleEndian, ImplicitVRLittleEndian, "written with implicit VRs")
 
 
 def implicit_to_explicit(ds: Dataset) -> Dataset:
@@ -172,15 +162,20 @@ def implicit_to_explicit(ds: Dataset) -> Dataset:
     syntax DICOMweb answers in by default (PS3.18 8.7.3.4: Implicit VR Little Endian is not used
     there). The elements are ``ds``'s own; each VR is written as the data dictionary gives it
     (an element it does not know as UN). Raises UnsupportedPixelData for another syntax."""
-    meta = getattr(ds, "file_meta", None)
-    source = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
-    if source != ImplicitVRLittleEndian:
-        raise UnsupportedPixelData(f"only Implicit VR Little Endian is written with explicit VRs here, not {source}",
+    return _vrs_rewritten(ds, ImplicitVRLittleEndian, ExplicitVRLittleEndian, "written with explicit VRs")
+
+
+def _vrs_rewritten(ds: Dataset, source: UID, target: UID, done: str) -> Dataset:
+    """A new dataset of ``ds``'s own elements (shared: only how their headers are written
+    differs) whose file meta names ``target``; ``ds`` must be in ``source``."""
+    meta, found = _file_meta(ds)
+    if found != source:
+        raise UnsupportedPixelData(f"only {source.name} is {done} here, not {found}",
                                    expression="(0002,0010) TransferSyntaxUID")
     out = Dataset()
     for elem in ds:
         out.add(elem)
-    out.file_meta = _meta(meta, UID(ExplicitVRLittleEndian))
+    out.file_meta = _meta(meta, UID(target))
     return out
 
 
@@ -191,8 +186,7 @@ def to_explicit_vr_little_endian(ds: Dataset) -> Dataset:
     LossyImageCompression "01" with its ratio and method kept or added), an Implicit VR Little
     Endian one with explicit VRs (:func:`implicit_to_explicit`). Raises UnsupportedPixelData for
     any other syntax, UndecodableImage or ImageTooLarge when the frames cannot be decoded."""
-    meta = getattr(ds, "file_meta", None)
-    source = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    _, source = _file_meta(ds)
     if source == ExplicitVRLittleEndian:
         return ds
     if source == ImplicitVRLittleEndian:
@@ -202,6 +196,12 @@ def to_explicit_vr_little_endian(ds: Dataset) -> Dataset:
 
 #: The syntaxes an object may be stored in that :func:`to_explicit_vr_little_endian` converts.
 TO_EXPLICIT = frozenset({UID(ExplicitVRLittleEndian), UID(ImplicitVRLittleEndian), *DECOMPRESSIBLE})
+
+
+def _file_meta(ds: Dataset) -> tuple[FileMetaDataset | None, UID]:
+    """``ds``'s file meta (None without one) and the transfer syntax it names ("" for none)."""
+    meta = getattr(ds, "file_meta", None)
+    return meta, UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
 
 
 def _meta(meta: FileMetaDataset | None, transfer_syntax: UID) -> FileMetaDataset:
