@@ -65,7 +65,12 @@ from tests.support.audit import (
     sop_instance_uids,
     study_uids,
 )
-from tests.support.dciodvfy import dciodvfy_missing, dciodvfy_report, photo_object, stored_sample
+from tests.support.dciodvfy import (
+    dciodvfy_failures,
+    dciodvfy_missing,
+    photo_object,
+    stored_sample,
+)
 from tests.support.dicom_files import multiframe_file, native_sc_file
 from tests.support.pdf import IDENTIFYING, identifying_pdf, minimal_pdf, page_contents
 
@@ -234,15 +239,7 @@ def checked(tmp_path: Path) -> Iterator[Checked]:
         return
     missing = dciodvfy_missing()
     require_or_skip(missing is None, missing or "")
-    failures = []
-    for n, (label, data) in enumerate(seen.objects):
-        path = tmp_path / f"wado-{n}.dcm"
-        path.write_bytes(data)
-        report = dciodvfy_report(path)
-        print(f"dciodvfy {label}: {report.iod}, {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
-        if report.errors:
-            failures.append(f"{label}: {report.errors}")
-    assert failures == []
+    assert dciodvfy_failures(seen.objects, tmp_path) == []
 
 
 @pytest.fixture
@@ -1215,22 +1212,28 @@ def test_a_pdf_leaves_the_restricted_views_without_its_metadata(adapter: tuple[F
     assert copy.PatientIdentityRemoved == "NO" and NOT_CLEANED_DOCUMENT in list(copy.DeidentificationMethod)
 
 
+def _encrypted_pdf_beside_a_photo(client: FhirClient) -> tuple[bytes, Dataset]:
+    """An encrypted PDF (its metadata cannot be removed) and a photo of its study, stored over
+    STOW-RS, and a Consent permitting TRAIN: the PDF's bytes and its object."""
+    encrypted = io.BytesIO()
+    with pikepdf.open(io.BytesIO(identifying_pdf())) as pdf:
+        pdf.save(encrypted, encryption=pikepdf.Encryption(owner="owner", user=""))
+    sent = pdf_object(encrypted.getvalue())
+    assert stow(client, received(StudyInstanceUID=sent.StudyInstanceUID), sent).status_code == 200
+    add_consent(client, ["TRAIN"])
+    return encrypted.getvalue(), sent
+
+
 def test_a_pdf_that_cannot_be_cleaned_is_not_released_in_a_restricted_view(
         adapter: tuple[FhirClient, Services]) -> None:
     """Fail closed: an encrypted PDF (its metadata cannot be removed) is refused under TRAIN on
     every path that names it (422, nothing sent), each read audited as one that failed (outcome
     4, saying why), as a missing image is. Care still gets it as stored."""
     client, services = adapter
-    encrypted = io.BytesIO()
-    with pikepdf.open(io.BytesIO(identifying_pdf())) as pdf:
-        pdf.save(encrypted, encryption=pikepdf.Encryption(owner="owner", user=""))
-    sent = pdf_object(encrypted.getvalue())
-    photo = received(StudyInstanceUID=sent.StudyInstanceUID)
-    assert stow(client, photo, sent).status_code == 200
-    add_consent(client, ["TRAIN"])
+    encrypted, sent = _encrypted_pdf_beside_a_photo(client)
     [record] = find(client, "DocumentReference", sent.SOPInstanceUID)
     care_binary = record["content"][0]["attachment"]["url"].split("testserver")[-1]
-    assert client.get(care_binary, headers={**TREAT, "Accept": "application/pdf"}).content == encrypted.getvalue()
+    assert client.get(care_binary, headers={**TREAT, "Accept": "application/pdf"}).content == encrypted
     binary = "/fhir/" + seen_as(services, "TRAIN", care_binary.removeprefix("/fhir/"))  # the view's own id
     assert services.released_uids is not None
     study_uid, series_uid, sop_uid = (services.released_uids.uid(View.DEIDENTIFIED, u) for u in (
@@ -1259,13 +1262,7 @@ def test_a_pdf_that_cannot_be_cleaned_is_left_out_of_its_studys_answers_in_a_res
     neither lists nor counts it. A study or series holding nothing else releasable is still the
     PDF's clear 422."""
     client, services = adapter
-    encrypted = io.BytesIO()
-    with pikepdf.open(io.BytesIO(identifying_pdf())) as pdf:
-        pdf.save(encrypted, encryption=pikepdf.Encryption(owner="owner", user=""))
-    sent = pdf_object(encrypted.getvalue())
-    photo = received(StudyInstanceUID=sent.StudyInstanceUID)
-    assert stow(client, photo, sent).status_code == 200
-    add_consent(client, ["TRAIN"])
+    _, sent = _encrypted_pdf_beside_a_photo(client)
     assert len(qido(client, "instances", TREAT)) == 2  # care: both
     [item] = qido(client, "instances", TRAIN)
     assert value(item, "00080016") != PDF_CLASS

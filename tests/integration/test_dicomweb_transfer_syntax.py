@@ -28,7 +28,7 @@ from tests.integration.test_dicomweb import (
     value,
 )
 from tests.support.app import FhirClient, pacs_client
-from tests.support.dciodvfy import dciodvfy_missing, dciodvfy_report
+from tests.support.dciodvfy import dciodvfy_failures, dciodvfy_missing
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +46,7 @@ def checked(tmp_path: Path) -> Iterator[Checked]:
     yield seen
     missing = dciodvfy_missing()
     require_or_skip(missing is None, missing or "")
-    failures = []
-    for n, (label, data) in enumerate(seen.objects):
-        path = tmp_path / f"wado-{n}.dcm"
-        path.write_bytes(data)
-        report = dciodvfy_report(path)
-        print(f"dciodvfy {label}: {report.iod}, {len(report.errors)} error(s), {report.warnings}")
-        if report.errors:
-            failures.append(f"{label}: {report.errors}")
-    assert failures == []
+    assert dciodvfy_failures(seen.objects, tmp_path) == []
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"

@@ -84,6 +84,20 @@ def dciodvfy_report(source: Path | str | Dataset, *, timeout: float = 120.0) -> 
     return DciodvfyReport(iod=iod, errors=errors, warnings=warnings, output=output, returncode=proc.returncode)
 
 
+def dciodvfy_failures(objects: list[tuple[str, bytes]], folder: Path) -> list[str]:
+    """Each ``(label, Part 10 bytes)`` written to ``folder`` and checked by dciodvfy (its report
+    printed); ``"label: errors"`` for each that has errors."""
+    failures = []
+    for n, (label, data) in enumerate(objects):
+        path = folder / f"wado-{n}.dcm"
+        path.write_bytes(data)
+        report = dciodvfy_report(path)
+        print(f"dciodvfy {label}: {report.iod}, {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+        if report.errors:
+            failures.append(f"{label}: {report.errors}")
+    return failures
+
+
 def dciodvfy(source: Path | str | Dataset) -> list[str]:
     """The Error/Abort lines of :func:`dciodvfy_report` (empty = the object is valid).
 
