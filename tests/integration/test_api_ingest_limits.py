@@ -15,16 +15,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
-import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from tests.conftest import ROOT
+from tests.integration.test_api_ingest import _counts, _outcome, _png_bomb
 from tests.support.app import adapter_client, as_purpose, metadata, post_photo
 from tests.support.fhir_factories import jpeg_bytes, transaction_bundle
 from tests.support.mhd import provide_document_bundle
@@ -33,32 +30,6 @@ pytestmark = pytest.mark.integration
 
 FHIR = {"Content-Type": "application/fhir+json"}
 WOUND = ROOT / "samples" / "wound.jpg"
-
-
-def _counts(services: Any) -> tuple[int, int]:
-    """(resources in the database, committed blob files)."""
-    with services.store.engine.connect() as conn:
-        rows = conn.execute(text("SELECT COUNT(*) FROM resources")).scalar_one()
-    blobs = [p for p in (services.settings.data_dir / "blobs").rglob("*") if p.is_file()]
-    return int(rows), len(blobs)
-
-
-def _outcome(r: Any, status: int) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["resourceType"] == "OperationOutcome"
-    return body
-
-
-def _png(width: int, height: int) -> bytes:
-    """A greyscale PNG of ``width`` x ``height`` black pixels (a few kB however wide)."""
-    def chunk(ctype: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
-    deflate = zlib.compressobj(9)
-    row = b"\x00" * (1 + width)
-    idat = b"".join([deflate.compress(row) for _ in range(height)] + [deflate.flush()])
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def _file(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -73,7 +44,7 @@ def _file(tmp_path: Path, name: str, data: bytes) -> Path:
 def test_a_photo_with_a_side_over_65535_is_refused_over_photos(tmp_path: Path, width: int, height: int) -> None:
     """Seen failing: 201, safeToDeleteFromDevice true."""
     with adapter_client(tmp_path) as (client, services):
-        body = _outcome(post_photo(client, _file(tmp_path, "wide.png", _png(width, height)), metadata()), 422)
+        body = _outcome(post_photo(client, _file(tmp_path, "wide.png", _png_bomb(width, height)), metadata()), 422)
         issue = body["issue"][0]
         assert issue["code"] == "too-costly" and issue["expression"] == ["file"]
         assert "65535" in issue["diagnostics"] and "DICOM" in issue["diagnostics"]
@@ -83,13 +54,13 @@ def test_a_photo_with_a_side_over_65535_is_refused_over_photos(tmp_path: Path, w
 def test_a_photo_of_65535_pixels_a_side_is_stored(tmp_path: Path) -> None:
     """The largest side a DICOM image has (Rows, Columns: US) is taken."""
     with adapter_client(tmp_path) as (client, _):
-        r = post_photo(client, _file(tmp_path, "wide.png", _png(65_535, 2)), metadata())
+        r = post_photo(client, _file(tmp_path, "wide.png", _png_bomb(65_535, 2)), metadata())
         assert r.status_code == 201, r.text
 
 
 def test_a_photo_with_a_side_over_65535_is_refused_in_a_transaction(tmp_path: Path) -> None:
     """Seen failing: 200, the document stored."""
-    bundle = provide_document_bundle(_png(65_536, 1), content_type="image/png")
+    bundle = provide_document_bundle(_png_bomb(65_536, 1), content_type="image/png")
     binary = next(i for i, e in enumerate(bundle["entry"]) if e["resource"]["resourceType"] == "Binary")
     with adapter_client(tmp_path) as (client, services):
         body = _outcome(client.post("/fhir", json=bundle, headers=FHIR), 422)
@@ -107,7 +78,7 @@ def test_a_stored_photo_no_dicom_object_can_be_made_of_is_no_transient_failure(
 
     monkeypatch.setattr(ingest, "check_rows_columns", lambda width, height: None)  # as before the bound
     with adapter_client(tmp_path) as (client, _):
-        r = post_photo(client, _file(tmp_path, "wide.png", _png(100_000, 2)), metadata())
+        r = post_photo(client, _file(tmp_path, "wide.png", _png_bomb(100_000, 2)), metadata())
         assert r.status_code == 201, r.text
         uids = r.json()["dicom"]
         url = (f"/dicomweb/studies/{uids['studyInstanceUid']}/series/{uids['seriesInstanceUid']}"
