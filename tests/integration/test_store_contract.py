@@ -1638,6 +1638,14 @@ def test_outbox_lease_runs_out(open_records: StoreFactory) -> None:
     assert again.id == first.id and again.attempts == 0
 
 
+def _undo_schema_20(conn: sa.Connection) -> None:
+    """Take away what schema 20 added (resources.date_last and creation_last, the index of
+    date_last), as a store of an earlier schema has it."""
+    conn.execute(sa.text("DROP INDEX ix_resources_date_last"))
+    conn.execute(sa.text("ALTER TABLE resources DROP COLUMN date_last"))
+    conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation_last"))
+
+
 def test_concurrent_claims_do_not_double_send(open_records: StoreFactory) -> None:
     writer = open_records()
     for _ in range(10):
@@ -1678,9 +1686,7 @@ def test_older_schema_is_upgraded(open_records: StoreFactory) -> None:
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_offset"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN blob_length"))
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation"))
-        conn.execute(sa.text("DROP INDEX ix_resources_date_last"))  # added by 20, with its columns
-        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN date_last"))
-        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation_last"))
+        _undo_schema_20(conn)
         conn.execute(sa.text("DELETE FROM schema_version"))
         conn.execute(sa.text("INSERT INTO schema_version (version, applied) VALUES (1, :t)"),
                      {"t": "2026-01-01T00:00:00.000000+00:00" if conn.dialect.name == "sqlite"
@@ -1732,9 +1738,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation"))  # added by 10
         conn.execute(sa.text("ALTER TABLE resources DROP COLUMN entered_in_error"))  # added by 16
         conn.execute(sa.text("ALTER TABLE outbox DROP COLUMN sending_since"))  # added by 17
-        conn.execute(sa.text("DROP INDEX ix_resources_date_last"))  # added by 20, with its columns
-        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN date_last"))
-        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation_last"))
+        _undo_schema_20(conn)
         conn.execute(sa.text("DROP TABLE key_fingerprints"))
         conn.execute(sa.text("DROP TABLE patient_pseudonyms"))
         conn.execute(sa.text("CREATE TABLE dicom_uid_spaces (name VARCHAR(16) PRIMARY KEY, fingerprint VARCHAR(64))"))
@@ -1924,9 +1928,7 @@ def test_version_19_is_upgraded(open_records: StoreFactory) -> None:
     store.create(make_dated("doc", "date", *RANGES["day"]))
     assert store.reindex_records("v-old", lambda _: SearchIndex(date=RANGES["day"][0])) == 1
     with store.engine.begin() as conn:  # the tables as schema 19 made them
-        conn.execute(sa.text("DROP INDEX ix_resources_date_last"))
-        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN date_last"))
-        conn.execute(sa.text("ALTER TABLE resources DROP COLUMN creation_last"))
+        _undo_schema_20(conn)
         conn.execute(sa.text("UPDATE schema_version SET version = 19"))  # as a version 19 database says
     store.close()
     upgraded = open_records()
