@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Literal
 
 from adapter.errors import UndecodableImage
 from adapter.imaging.exif import parse_exif
@@ -172,23 +173,28 @@ class EncapsulatedJpeg:
         return b"".join(self.parts)
 
 
-def encapsulated_jpeg(data: bytes, *, keep_icc: bool = True, rewrite_icc: bool = True) -> EncapsulatedJpeg:
+#: What :func:`encapsulated_jpeg` does with an ICC profile.
+IccProfile = Literal["rewritten", "as received", "dropped"]
+
+
+def encapsulated_jpeg(data: bytes, *, icc: IccProfile = "rewritten") -> EncapsulatedJpeg:
     """:func:`jpeg_for_encapsulation` in one walk of ``data``, as pieces (see
     :class:`EncapsulatedJpeg`). ``data`` must stay unchanged while the pieces are used.
-    ``keep_icc=False`` drops the ICC profile too (a de-identified copy: its text tags can name a
-    device or a person); ``rewrite_icc=False`` keeps it as it is (the frame of a received object,
-    whose object keeps its profile as received: adapter.mapping.dicom_fhir.jpeg_binary).
+    ``icc``: the ICC profile ``"rewritten"`` (its text tags: adapter.imaging.icc), ``"dropped"``
+    (a de-identified copy: its text tags can name a device or a person), or kept ``"as received"``
+    (the frame of a received object, whose object keeps its profile as received:
+    adapter.mapping.dicom_fhir.jpeg_binary).
 
     Raises:
         UndecodableImage: the stream is broken (see :func:`adapter.imaging.jpeg.walk`).
     """
     if not isinstance(data, (bytes, bytearray)):
         data = bytes(data)
-    stripped = strip_jpeg_segments(data, rewrite_icc=rewrite_icc)
+    stripped = strip_jpeg_segments(data, rewrite_icc=icc == "rewritten")
     # strip_jpeg keeps no APP1 of the input; the only one it writes is the Orientation-only EXIF,
     # which DICOM must not carry either (jpeg_for_encapsulation)
     parts: list[bytes | memoryview] = [b"\xff\xd8"]
-    parts.extend(part for marker, part in stripped.segments if marker != APP1 and (keep_icc or marker != APP2))
+    parts.extend(part for marker, part in stripped.segments if marker != APP1 and (icc != "dropped" or marker != APP2))
     parts.append(b"\xff\xd9")
     pos = 0
     prefix = True
@@ -226,4 +232,4 @@ def png_bit_depth(data: bytes) -> tuple[int, int]:
     return int(depth), int(colour_type)
 
 
-__all__ = ["EncapsulatedJpeg", "FrameHeader", "JpegFrameInfo", "encapsulated_jpeg", "is_baseline_process", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]
+__all__ = ["EncapsulatedJpeg", "FrameHeader", "IccProfile", "JpegFrameInfo", "encapsulated_jpeg", "is_baseline_process", "jpeg_for_encapsulation", "jpeg_frame_info", "png_bit_depth", "read_orientation"]

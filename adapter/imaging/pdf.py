@@ -278,7 +278,7 @@ def _clean_jpeg(stream: Stream) -> None:
     if only != Name.DCTDecode or not isinstance(given, Name | Array):
         return
     raw = stream.read_raw_bytes()
-    cleaned = encapsulated_jpeg(raw, keep_icc=False).join()
+    cleaned = encapsulated_jpeg(raw, icc="dropped").join()
     if cleaned != raw:
         parms = stream.get("/DecodeParms")
         stream.write(cleaned, filter=given, decode_parms=parms if isinstance(parms, Dictionary | Array) else None)

@@ -629,7 +629,7 @@ def _clean_frames(ds: Dataset, view_copy: int) -> None:
     frames = int(ds.get("NumberOfFrames") or 1)
     originals = [bytes(f) for f in generate_frames(ds.PixelData, number_of_frames=frames)]
     ds.PixelData = encapsulate([
-        unlinkable_copy(encapsulated_jpeg(f, keep_icc=False).join(), JPEG, view_copy, source=f, unlike=f)
+        unlinkable_copy(encapsulated_jpeg(f, icc="dropped").join(), JPEG, view_copy, source=f, unlike=f)
         for f in originals])
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True  # PS3.5 A.4: encapsulated is undefined length

@@ -509,7 +509,7 @@ def jpeg_binary(frame: bytes) -> EncapsulatedJpeg:
     Raises:
         UndecodableImage: the frame is not a JPEG stream (or a broken one).
     """
-    return encapsulated_jpeg(frame, rewrite_icc=False)
+    return encapsulated_jpeg(frame, icc="as received")
 
 
 def _native_frame(ds: Dataset, frames: int = 1, index: int = 1) -> Pixels:
