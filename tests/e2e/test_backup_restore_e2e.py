@@ -1,4 +1,5 @@
-"""End to end: the README's SQLite backup and restore, run as written while ``python -m adapter serve``
+"""End to end: the SQLite backup and restore of docs/operations.md (the README's Backup, restore, verify
+moved there), run as written while ``python -m adapter serve``
 ingests photos. The restored data folder passes ``verify --digests``, and every receipt issued before
 the backup began is served by an adapter started on it (operations review drill)."""
 
@@ -24,12 +25,12 @@ TREAT = {"X-Purpose-Of-Use": "TREAT"}
 
 
 def _readme_commands() -> tuple[str, str, str, str]:
-    """The backup's commands and the restore's file copies, as the README gives them (SQLite's, not
+    """The backup's commands and the restore's file copies, as docs/operations.md gives them (SQLite's, not
     PostgreSQL's): what makes the backup folder, the database copy, the files' copy, and the
-    restore's commands up to ``verify``; each run with the umask the README sets first. The files'
+    restore's commands up to ``verify``; each run with the umask the document sets first. The files'
     copy includes the audit chain's key (step 3)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Backup, restore, verify"):readme.index("### Removing images")]
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    section = operations[operations.index("\n## Backup, restore, verify\n"):operations.index("\n### Removing images")]
     umask = re.findall(r"^umask 077\b.*$", section, re.MULTILINE)
     folder = re.search(r"^install -d -m 700 /backup$", section, re.MULTILINE)
     database = re.search(r"^\.venv/bin/python -c \"import sqlite3;.*$", section, re.MULTILINE)
@@ -38,7 +39,7 @@ def _readme_commands() -> tuple[str, str, str, str]:
     restore = re.search(r"^install -d -m 700 restored && cp /backup/adapter\.db restored/.*\n(?:.*\n)*?"
                         r"^rsync -a /backup/blobs/ restored/blobs/.*$", section, re.MULTILINE)
     assert len(umask) == 2 and folder and database and files and audit_key and restore, \
-        "the README's backup commands moved"
+        "docs/operations.md's backup commands moved"
     keep = [line for line in restore.group(0).splitlines()
             if line.startswith(("install ", "rsync "))]  # not PostgreSQL's createdb and pg_restore
     return (f"umask 077\n{folder.group(0)}", f"umask 077\n{database.group(0)}",
@@ -46,7 +47,7 @@ def _readme_commands() -> tuple[str, str, str, str]:
 
 
 def _here(command: str, backup: Path) -> str:
-    """A README command with this test's interpreter and backup folder (restored/ is relative: the
+    """A command of docs/operations.md with this test's interpreter and backup folder (restored/ is relative: the
     commands run in the test's folder)."""
     return re.sub(r"/backup\b", str(backup), command.replace(".venv/bin/python", sys.executable))
 
@@ -63,7 +64,7 @@ def test_the_readme_backup_taken_while_ingesting_restores_whole(tmp_path: Path) 
     backup_folder, backup_db, backup_files, restore_files = _readme_commands()
     backup = tmp_path / "backup"
     python = sys.executable
-    # from a shell of the usual umask (022): the README's commands set their own
+    # from a shell of the usual umask (022): the documented commands set their own
     here = lambda command: "umask 022\n" + _here(command, backup)
     receipts: list[tuple[float, dict]] = []
     stop = threading.Event()
@@ -119,12 +120,12 @@ def test_the_readme_backup_taken_while_ingesting_restores_whole(tmp_path: Path) 
 
 def test_the_readme_backup_from_a_mistyped_path_fails_and_creates_nothing(tmp_path: Path) -> None:
     # sqlite3.connect('data/adapter.db') made an empty database there, and the backup of it
-    # passed a restore drill (ops review 1): the README's command opens its source read-only
+    # passed a restore drill (ops review 1): the documented command opens its source read-only
     backup_folder, backup_db, _, _ = _readme_commands()
     backup = tmp_path / "backup"
     (tmp_path / "data").mkdir()  # the wrong folder: no adapter.db in it
     command = _here(backup_db, backup)
-    # without the backup folder, which the README makes first, the same message (new-user review 4)
+    # without the backup folder, which the documented steps make first, the same message (new-user review 4)
     done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0 and "unable to open database file" in done.stderr
     subprocess.run(_here(backup_folder, backup), shell=True, cwd=tmp_path, check=True, timeout=60)
