@@ -1,7 +1,7 @@
 """What docs/conformance-statement.md (the DICOM Conformance Statement, PS3.2 Annex A) says agrees
 with the code: the SOP classes and transfer syntaxes the SCP accepts, the presentation contexts the
 forwarder proposes, the IOD each kind of photo is made as and its SeriesNumber, the defaults of the
-configurable parameters, and that the README links it (review pacs F3, F5)."""
+configurable parameters, and that the README and docs/dicom.md link it (review pacs F3, F5)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,19 @@ def _table(caption: str) -> list[list[str]]:
     return rows[2:]
 
 
-def test_the_readme_links_the_statement_from_its_conformance_section() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### DICOM Conformance Statement"):readme.index("\n## Forwarding to PACS")]
-    assert "(docs/conformance-statement.md)" in section
+def test_the_docs_link_the_statement_from_their_conformance_section() -> None:
+    """The conformance section moved from the README to docs/dicom.md; the README's DICOM summary links
+    it and the whole statement."""
+    dicom = (ROOT / "docs" / "dicom.md").read_text()
+    section = dicom[dicom.index("\n### DICOM Conformance Statement\n"):]
+    assert "\n## " not in section  # the last section of docs/dicom.md
+    assert "(conformance-statement.md)" in section
     for part in ("Network services", "Media Interchange", "Network Interfaces", "Configuration"):
         assert part in section, part
+    readme = (ROOT / "README.md").read_text()
+    summary = readme[readme.index("\n## DICOM\n"):readme.index("\n## Forwarding to PACS\n")]
+    assert "(docs/dicom.md#dicom-conformance-statement)" in summary
+    assert "(docs/conformance-statement.md)" in summary
 
 
 def test_the_network_services_overview_lists_what_the_scp_and_scu_do() -> None:

@@ -1,6 +1,6 @@
-"""What README.md, the Dockerfile and LICENSE say agrees with the code and with each other: the table
-of contents, the image's settings and the README's `docker run`, the forwarding example's Orthanc
-steps (run here with a stand-in Orthanc), and the licence text pyproject.toml names."""
+"""What README.md, docs/, the Dockerfile and LICENSE say agrees with the code and with each other: the
+table of contents, the image's settings and the README's `docker run`, the forwarding example's Orthanc
+steps (docs/forwarding.md, run here with a stand-in Orthanc), and the licence text pyproject.toml names."""
 
 from __future__ import annotations
 
@@ -23,10 +23,18 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 SETTINGS = {f"ADAPTER_{name.upper()}" for name in Settings.model_fields}
 
 
-def _section(title: str) -> str:
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start:end if end != -1 else len(README)]
+def _section(title: str, text: str = README) -> str:
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+#: The reference documents the README's DICOM sections moved to, by their ## title.
+DICOM_DOCS = {"DICOM": ROOT / "docs" / "dicom.md", "Forwarding to PACS": ROOT / "docs" / "forwarding.md"}
+
+
+def _doc_section(title: str) -> str:
+    return _section(title, DICOM_DOCS[title].read_text())
 
 
 def _blocks(text: str) -> list[str]:
@@ -134,7 +142,7 @@ def test_the_readmes_docker_run_matches_the_image() -> None:
 
 
 def _forwarding_orthanc_steps() -> str:
-    block = next(b for b in _blocks(_section("Forwarding to PACS")) if "Orthanc" in b)
+    block = next(b for b in _blocks(_doc_section("Forwarding to PACS")) if "Orthanc" in b)
     terminal_1 = block[:block.index("\n\n")]
     steps = [line for line in re.sub(r"\\\n\s*", " ", terminal_1).splitlines()
              if line and not line.startswith("#") and "make run" not in line]
@@ -144,9 +152,10 @@ def _forwarding_orthanc_steps() -> str:
 
 def test_the_forwarding_example_starts_orthanc_only_with_the_shim(tmp_path: Path) -> None:
     """new-user review 1: the example preloaded a shim only `make test` builds; without it the
-    loader only warns, and Orthanc listened on every network of the host. The README's steps, run
-    with a stand-in Orthanc: without the shim nothing starts; with it, Orthanc gets its own
-    folder and ports, the shim preloaded, and the step that ends the example stops it."""
+    loader only warns, and Orthanc listened on every network of the host. The example's steps
+    (docs/forwarding.md, once the README's), run with a stand-in Orthanc: without the shim nothing
+    starts; with it, Orthanc gets its own folder and ports, the shim preloaded, and the step that
+    ends the example stops it."""
     start, done = _forwarding_orthanc_steps()
     assert start.splitlines()[0] == "ORTHANC_DIR=/tmp/orthanc ORTHANC_DICOM_PORT=4242 ORTHANC_HTTP_PORT=8042   " \
                                     "# others if these are taken"
@@ -215,10 +224,19 @@ def test_a_restart_names_the_settings_it_keeps(title: str) -> None:
     and the forwarding one the DICOM one's AE title: ports are exported once (Quick start), and a
     restart adds to what the one before it set."""
     assert "export ADAPTER_HTTP_PORT=8081 ADAPTER_DICOM_PORT=11113" in _section("Quick start")
-    runs = [line for block in _blocks(_section(title)) for line in block.splitlines()
+    runs = [line for block in _blocks(_doc_section(title)) for line in block.splitlines()
             if line.endswith("make run")]
     assert runs and all("ADAPTER_DICOM_ALLOWED_AE_TITLES=PACS" in line for line in runs)
     assert all("ADAPTER_HTTP_PORT" not in line for line in runs)  # exported, not retyped
+
+
+@pytest.mark.parametrize("title, doc", [("DICOM", "docs/dicom.md"), ("Forwarding to PACS", "docs/forwarding.md"),
+                                        ("DICOMweb", "docs/dicomweb.md")])
+def test_the_readme_summarises_a_moved_section_and_links_its_reference(title: str, doc: str) -> None:
+    """The README kept a short summary of each DICOM section under its ## title, linking the document
+    it moved to, which holds the section under the same title (so its anchor is unchanged)."""
+    assert f"Reference: [{doc}]({doc})" in _section(title)
+    assert f"\n## {title}\n" in (ROOT / doc).read_text()
 
 
 def test_the_quick_start_is_exactly_make_run_and_make_test() -> None:

@@ -131,9 +131,9 @@ def test_the_file_meta_names_the_adapter_as_the_implementation() -> None:
 
     assert IMPLEMENTATION_CLASS_UID.startswith("2.25.") and is_valid_uid(IMPLEMENTATION_CLASS_UID)
     assert IMPLEMENTATION_VERSION_NAME == f"CIA_{__version__}" and len(IMPLEMENTATION_VERSION_NAME) <= 16
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert f"`{IMPLEMENTATION_CLASS_UID}`" in readme  # documented as it is (DICOM conformance)
-    assert f"`{IMPLEMENTATION_VERSION_NAME}` for this version" in readme
+    dicom_doc = (Path(__file__).parents[2] / "docs" / "dicom.md").read_text()
+    assert f"`{IMPLEMENTATION_CLASS_UID}`" in dicom_doc  # documented as it is (DICOM conformance)
+    assert f"`{IMPLEMENTATION_VERSION_NAME}` for this version" in dicom_doc
     made = photo_object(PhotoKind.CLINICAL, stored_sample("document.jpg"))
     for ds in (reread(made), reread(encapsulated_to_native(made, ExplicitVRLittleEndian))):
         assert ds.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
