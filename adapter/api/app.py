@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapter import __version__
 from adapter.api.allowed_hosts import AllowedHosts, AllowedHostsMiddleware
+from adapter.api.content_coding import ContentCodingMiddleware
 from adapter.api.cross_site import CrossSiteWriteMiddleware
 from adapter.api.forwarded import ForwardedForMiddleware
 from adapter.api.head import HeadMiddleware
@@ -58,6 +59,8 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     app.add_middleware(TrailingSlashMiddleware)  # innermost: routed (and logged) without the slash
     app.add_middleware(HeadMiddleware)  # innermost: the other middlewares see HEAD
     app.add_middleware(CancelledRequestMiddleware)  # its 503 gets the headers of the ones outside it
+    # a compressed request body, refused before a byte of it is read (RFC 9110 8.4.1, 15.5.16)
+    app.add_middleware(ContentCodingMiddleware)
     hosts = AllowedHosts.of(services.settings)
     # inside NoStore: its refusals carry the headers every answer does; a simple POST needs no preflight
     app.add_middleware(CrossSiteWriteMiddleware, allowed_origins=services.settings.allowed_cors_origins, hosts=hosts)

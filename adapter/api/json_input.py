@@ -45,13 +45,14 @@ MAX_NUMBER_CHARS = 64
 
 
 def load_json(raw: bytes | str, *, what: str, expression: str | None = None,
-              error: type[InvalidInput] = InvalidInput) -> Any:
+              error: type[InvalidInput] = InvalidInput, bulk: tuple[str, ...] = ("data",)) -> Any:
     """``raw`` parsed (a decimal kept as written: adapter.json_decimal); ``error`` (InvalidInput,
     422; a FHIR body's InvalidResource, 400) naming ``what`` when it is not JSON, holds more than
     the bounds above allow (looked at before it is parsed), nests deeper than MAX_DEPTH or holds a
-    lone surrogate or U+0000."""
+    lone surrogate or U+0000. ``bulk``: the members whose strings are base64 bounded only by the
+    route (a FHIR body's ``data``; photo metadata's ``form`` too, its consent form scan)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    problem = _scan(data)
+    problem = _scan(data, tuple(f'"{name}"'.encode() for name in bulk))
     if problem is not None:
         # before parsing: each value costs the parser, the models and the store memory and time
         raise error(f"{what} {problem}", expression=expression)
@@ -77,7 +78,7 @@ _STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _BULK_NAME = b'"data"'
 
 
-def _scan(raw: bytes) -> str | None:
+def _scan(raw: bytes, bulk_names: tuple[bytes, ...] = (_BULK_NAME,)) -> str | None:
     """What of the bounds above ``raw`` passes, looked at in one pass that stops at the first
     (nothing parsed, nothing kept but counts); None when within them. What is not JSON is left to
     the parser to refuse."""
@@ -100,10 +101,10 @@ def _scan(raw: bytes) -> str | None:
             pos = _string_end(raw, pos)
             length = pos - start
             if length > MAX_STRING_BYTES:
-                if not (after_name and name == _BULK_NAME):
+                if not (after_name and name in bulk_names):
                     return f"holds a string longer than {MAX_STRING_BYTES} bytes (datatypes.html string: 1 MB)"
                 bulk += length
-            name = raw[start:pos] if length <= len(_BULK_NAME) else b""
+            name = raw[start:pos] if length <= 40 else b""
         elif first in (0x7B, 0x5B):  # '{', '['
             name = None
             containers += 1

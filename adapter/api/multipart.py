@@ -5,9 +5,13 @@ being copied: up to ``memory_bytes`` it is, while the process-wide ``MEMORY_BUDG
 uploads in flight together) allows, kept in memory (a list of views of the received chunks, joined once at the end), so a photo
 goes from the socket to the imaging code without a round trip through the disk; a larger one is
 spilled to a staging file as it streams in, written in blocks of ``SPILL_BLOCK`` bytes from a
-worker thread (never held whole in memory, never written from the event loop). Other parts
-(``metadata``) are kept in memory up to ``SMALL_PART_LIMIT``. Over-size uploads stop early
-with 413.
+worker thread (never held whole in memory, never written from the event loop). The ``metadata``
+part is kept in memory up to ``METADATA_PART_LIMIT`` (room for a phone's scan of a consent form
+in base64), its bytes past ``SMALL_PART_LIMIT`` counted in the process-wide ``METADATA_BUDGET``
+(503 when it is full); a part of another name is ignored, read and dropped as it arrives (its
+name is kept, for the refusal of an upload without ``file``: review mobile finding 8, a photo
+sent as ``photo`` was refused as too large). Over-size uploads stop early with 413, naming the
+part (``expression``).
 
 The parser looks for the delimiter (CRLF ``--boundary``) with ``bytes.find`` in each received
 chunk (plus the few bytes kept back from the chunk before, which may hold the start of a
@@ -41,11 +45,28 @@ from adapter.errors import (
     AmbiguousRequest,
     InvalidInput,
     PayloadTooLarge,
+    Transient,
     UnsupportedMediaType,
     staging_failure,
 )
 
-SMALL_PART_LIMIT = 1024 * 1024  # metadata JSON, with room for a base64 consent form
+#: The metadata up to this size is taken without a turn of METADATA_BUDGET (any photo's is far
+#: smaller without a consent form).
+SMALL_PART_LIMIT = 1024 * 1024
+#: The ``metadata`` part: its JSON with a consent form scanned by a phone in ``consent.form``
+#: (base64: 4/3 of the scan's bytes; a 12 MP camera scan is 1-4 MB). A 1 MiB bound refused any
+#: form over ~768 KB (review mobile finding 4); a larger one goes as a Consent (POST /fhir/Consent).
+METADATA_PART_LIMIT = 16 * 1024 * 1024
+#: What a body may hold besides the photo: the metadata, part headers, preamble and padding.
+UPLOAD_OVERHEAD = METADATA_PART_LIMIT + 1024 * 1024
+#: Bytes of metadata past SMALL_PART_LIMIT all uploads in flight together hold (a slow client's
+#: are held while it sends): beyond it an upload with a large form is answered 503, retry later,
+#: so the memory large metadata can take stays bounded however many clients post at once.
+METADATA_BUDGET_BYTES = 64 * 1024 * 1024
+#: The part names ``POST /photos`` reads; a part of another name is ignored.
+PART_NAMES = ("file", "metadata")
+#: Names of ignored parts a refusal may quote (each cut to 40 characters).
+_IGNORED_KEPT = 4
 #: Parts one upload may have: a photo and its metadata, with room to spare. Parsing runs on the
 #: event loop; 50 MB of empty parts (over a million) would hold it for tens of seconds.
 MAX_PARTS = 16
@@ -86,6 +107,7 @@ class MemoryBudget:
 
 
 MEMORY_BUDGET = MemoryBudget(MEMORY_BUDGET_BYTES)
+METADATA_BUDGET = MemoryBudget(METADATA_BUDGET_BYTES)
 
 
 @dataclass
@@ -101,9 +123,19 @@ class ParsedUpload:
     fields: dict[str, bytes] = field(default_factory=dict)
     held: int = 0  # bytes of MEMORY_BUDGET this upload holds until release()
     budget: MemoryBudget | None = None
+    ignored: list[str] = field(default_factory=list)  # names of parts ignored (the first few)
+    metadata_held: int = 0  # bytes of METADATA_BUDGET this upload holds until release()
+    metadata_budget: MemoryBudget | None = None
 
     def release(self) -> None:
-        """Give the in-memory bytes back to the budget (after the ingest used them)."""
+        """Give the in-memory bytes back to the budgets (after the ingest used them)."""
+        self.release_file()
+        if self.metadata_budget is not None and self.metadata_held:
+            self.metadata_budget.give_back(self.metadata_held)
+        self.metadata_held = 0
+
+    def release_file(self) -> None:
+        """Give the file part's in-memory bytes back to its budget (spilled, or done with)."""
         if self.budget is not None and self.held:
             self.budget.give_back(self.held)
         self.held = 0
@@ -152,8 +184,9 @@ def _part_headers(block: bytes) -> dict[bytes, bytes]:
 class _Collector:
     """Where part bytes go; decides memory or disk for the ``file`` part."""
 
-    def __init__(self, spill_path: Path, max_bytes: int, memory_bytes: int, budget: MemoryBudget) -> None:
-        self.result = ParsedUpload(budget=budget)
+    def __init__(self, spill_path: Path, max_bytes: int, memory_bytes: int, budget: MemoryBudget,
+                 metadata_budget: MemoryBudget | None = None) -> None:
+        self.result = ParsedUpload(budget=budget, metadata_budget=metadata_budget or METADATA_BUDGET)
         self._budget = budget
         self._over_budget = False
         self._spill_path = spill_path
@@ -186,18 +219,21 @@ class _Collector:
                 raise InvalidInput("more than one 'file' part", expression="file")
             self.result.file_content_type = ctype or None
             self.result.file_size = 0
-        else:
-            if self._name is not None and self._name in self.result.fields:
+        elif self._name in PART_NAMES:
+            if self._name in self.result.fields:
                 # the last one would win: a gateway that checked the first would have approved
                 # another patient or consent than the one stored (refused as a second file is)
                 raise InvalidInput(f"more than one '{self._name}' part", expression=self._name)
             self._small = bytearray()
+        elif len(self.result.ignored) < _IGNORED_KEPT:  # read and dropped, whatever its size
+            self.result.ignored.append("" if self._name is None else self._name[:40])
 
     def part_data(self, data: bytes | memoryview) -> None:
         if self._is_file:
             size = self.result.file_size + len(data)
             if size > self._max_bytes:
-                raise PayloadTooLarge(f"the photo is larger than {self._max_bytes} bytes")
+                raise PayloadTooLarge(f"the photo is larger than {self._max_bytes} bytes (ADAPTER_MAX_UPLOAD_BYTES)",
+                                      expression="file")
             self.result.file_size = size
             self._digest.update(data)  # releases the GIL (for more than 2 KiB)
             if self._sink is None and not self._over_budget:
@@ -208,9 +244,22 @@ class _Collector:
             self._pieces.append(data)
             self._pending += len(data)
         elif self._small is not None:
+            before = len(self._small)
             self._small += data
-            if len(self._small) > SMALL_PART_LIMIT:
-                raise PayloadTooLarge(f"part '{self._name}' is larger than {SMALL_PART_LIMIT} bytes")
+            after = len(self._small)
+            if after > METADATA_PART_LIMIT:
+                raise PayloadTooLarge(
+                    f"the 'metadata' part is larger than {METADATA_PART_LIMIT} bytes (16 MiB): a consent form "
+                    f"scan in consent.form (base64, 4/3 of its size) must be under about 12 MiB; make the scan "
+                    "smaller, or record the form as a Consent with POST /fhir/Consent and send the photo "
+                    "without it", expression="metadata")
+            over = after - max(before, SMALL_PART_LIMIT)
+            if over > 0:
+                result = self.result
+                if result.metadata_budget is None or not result.metadata_budget.take(over):
+                    raise Transient("the server holds as much upload metadata (consent form scans) in memory as "
+                                    "it takes: try again shortly", expression="metadata")
+                result.metadata_held += over
 
     def part_end(self) -> None:
         if self._is_file:
@@ -250,7 +299,7 @@ class _Collector:
             self._sink.writelines(pieces)
         except OSError as exc:
             raise staging_failure("the staged upload could not be written to the staging folder", exc) from exc
-        self.result.release()  # on disk now: the memory is the budget's again
+        self.result.release_file()  # on disk now: the memory is the budget's again
 
     def finish(self) -> None:
         """After the close delimiter: the staging file complete and closed."""
@@ -392,7 +441,8 @@ class MultipartParser:
 
 async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes], spill_path: Path,
                           max_bytes: int, *, memory_bytes: int | None = None,
-                          budget: MemoryBudget = MEMORY_BUDGET) -> ParsedUpload:
+                          budget: MemoryBudget = MEMORY_BUDGET,
+                          metadata_budget: MemoryBudget = METADATA_BUDGET) -> ParsedUpload:
     """Parse a multipart/form-data body. The ``file`` part comes back in memory when it has at
     most ``memory_bytes`` (default MEMORY_LIMIT) and ``budget`` has room, else in the file
     ``spill_path``. The caller calls ``release()`` on the result when done with it.
@@ -406,14 +456,16 @@ async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes]
         raise InvalidInput("multipart/form-data without a boundary")
     if len(boundary) > _MAX_BOUNDARY:
         raise InvalidInput(f"the multipart boundary is longer than {_MAX_BOUNDARY} characters")
-    collector = _Collector(spill_path, max_bytes, MEMORY_LIMIT if memory_bytes is None else memory_bytes, budget)
+    collector = _Collector(spill_path, max_bytes, MEMORY_LIMIT if memory_bytes is None else memory_bytes, budget,
+                           metadata_budget)
     parser = MultipartParser(boundary, collector)
     total = 0
     try:
         async for chunk in stream:
             total += len(chunk)
-            if total > max_bytes + SMALL_PART_LIMIT:
-                raise PayloadTooLarge(f"the upload is larger than {max_bytes} bytes")
+            if total > max_bytes + UPLOAD_OVERHEAD:
+                raise PayloadTooLarge(f"the upload is larger than {max_bytes + UPLOAD_OVERHEAD} bytes (a photo of at "
+                                      f"most {max_bytes} and its metadata of at most {METADATA_PART_LIMIT})")
             parser.feed(chunk)
             if collector.spill_due():
                 await run_in_threadpool(collector.spill)

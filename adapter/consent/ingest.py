@@ -308,19 +308,34 @@ def check_exif_capture_time(meta: PhotoMetadata, capture_time: datetime | None, 
 
 def _retrospective_consent(meta: PhotoMetadata) -> str | None:
     """The guidance has consent come before the photo. A statement dated after the day the photo
-    was taken (each as its sender gave it: a consent obtained once an unconscious patient could
-    give it, or one documented late) is kept, as the consent it is, and said: a warning and a note
-    on the record, so that no reader takes it for consent given beforehand (clinical safety review:
-    it was recorded without a word)."""
+    was taken (a consent obtained once an unconscious patient could give it, or one documented
+    late) is kept, as the consent it is, and said: a warning and a note on the record, so that no
+    reader takes it for consent given beforehand (clinical safety review: it was recorded without
+    a word).
+
+    The two are compared on one clock (review mobile finding 3: a phone writing ``takenAt`` in UTC
+    and the consent in local time got a false note): both with a time and a zone, the consent's
+    instant is read in ``takenAt``'s offset, and flagged when it falls on a later day there (after
+    the end of the photo's day, so a consent minutes after the photo, the same day, is not); a
+    date alone (a consent's ``date``, or a ``takenAt`` without a time) has no zone, and is compared
+    with the other value's date in that value's own offset."""
     given = meta.consent.date if meta.consent is not None else None
-    if given is None or meta.taken_at is None:
+    taken = meta.taken_at
+    if given is None or taken is None:
         return None
+    if isinstance(given, datetime) and _zoned(given) and _zoned(taken):
+        given = given.astimezone(taken.tzinfo)
     given_day = given.date() if isinstance(given, datetime) else given
-    taken_day = meta.taken_at.date()
+    taken_day = taken.date()
     if given_day <= taken_day:
         return None
     return (f"consent documented as given on {given_day.isoformat()}, after the photo was taken on "
             f"{taken_day.isoformat()} (retrospective consent)")
+
+
+def _zoned(value: datetime) -> bool:
+    """A time with its zone (a date-only ``takenAt`` is read as a naive midnight)."""
+    return value.tzinfo is not None and value.utcoffset() is not None
 
 
 def _needs_pending(meta: PhotoMetadata, implied: tuple[str, ...], existing: Sequence[ConsentGrant],

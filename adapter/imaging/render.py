@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageChops
 
 from adapter.errors import ImageTooLarge, UndecodableImage, UnsupportedPixelData
 from adapter.imaging.frame import png_bit_depth
@@ -67,13 +67,17 @@ class Pixels:
 
 
 def decode_pixels(data: bytes, content_type: str, *, orientation: int | None = None,
-                  max_pixels: int | None = None) -> Pixels:
+                  max_pixels: int | None = None, drop_alpha: bool = False) -> Pixels:
     """Decode a stored JPEG or PNG at full resolution to 8-bit ``MONOCHROME2`` or ``RGB``
     samples, displayed upright: ``orientation`` (EXIF 1..8) is applied with an exact transpose
     (no resampling).
 
     Conversions, each named in ``Pixels.changes`` when it alters what a viewer shows:
-    an alpha channel is dropped (named only when some pixel was not fully opaque); a palette
+    transparency (an alpha channel, a tRNS chunk) is composited over black, so a pixel shows as
+    much of its colour as its alpha lets through: a fully transparent one is black, never the
+    colour hidden under it (review mobile finding 12: a screenshot's part erased to transparency
+    showed again); named only when some pixel was not fully opaque. ``drop_alpha`` (what objects
+    of PHOTO_OBJECT_VERSION 2 and before were made with) drops the alpha instead; a palette
     is expanded (lossless, not named); 1-bit becomes 0/255 (lossless, not named); 16-bit
     samples are reduced to their high 8 bits (named); CMYK/YCCK JPEGs are converted to RGB
     (named). JPEG YCbCr is converted to RGB by the decoder, which is how every viewer shows
@@ -95,7 +99,7 @@ def decode_pixels(data: bytes, content_type: str, *, orientation: int | None = N
             changes.append("16-bit samples reduced to 8 bits")
     with opened(data, fmt, max_pixels=max_pixels) as im:
         im.load()
-        out = _to_8bit(im, changes)
+        out = _to_8bit(im, changes, drop_alpha=drop_alpha)
     if orientation not in (None, 1):
         assert orientation is not None
         method, words = _TRANSPOSE[orientation]
@@ -128,13 +132,16 @@ def opened(data: bytes, fmt: str, *, max_pixels: int | None) -> Iterator[Image.I
         raise UndecodableImage(f"the {fmt} image does not decode") from exc
 
 
-def _to_8bit(im: Image.Image, changes: list[str]) -> Image.Image:
-    """``L`` or ``RGB`` from any mode Pillow opens a JPEG or PNG in."""
+def _to_8bit(im: Image.Image, changes: list[str], *, drop_alpha: bool = False) -> Image.Image:
+    """``L`` or ``RGB`` from any mode Pillow opens a JPEG or PNG in (transparency: decode_pixels)."""
     mode = im.mode
-    if mode in ("L", "RGB"):
+    if mode in ("L", "RGB") and ("transparency" not in im.info or drop_alpha):
         return im.copy()
     if mode == "1":
         return im.convert("L")
+    if mode in ("L", "RGB"):  # a tRNS chunk: the one grey level or colour it names is transparent
+        im = im.convert("LA" if mode == "L" else "RGBA")
+        mode = im.mode
     if mode == "P":
         has_alpha = "transparency" in im.info or im.palette is not None and im.palette.mode == "RGBA"
         im = im.convert("RGBA" if has_alpha else "RGB")
@@ -142,10 +149,19 @@ def _to_8bit(im: Image.Image, changes: list[str]) -> Image.Image:
         if mode == "RGB":
             return im
     if mode in ("RGBA", "LA", "PA"):
+        if mode == "PA":
+            im, mode = im.convert("RGBA"), "RGBA"
         alpha = im.getchannel("A")
-        if alpha.getextrema() != (255, 255):
+        opaque = alpha.getextrema() == (255, 255)
+        colour = im.convert("RGB") if mode == "RGBA" else im.getchannel("L")
+        if opaque:
+            return colour
+        if drop_alpha:
             changes.append("alpha channel dropped (transparent pixels shown with their colour samples)")
-        return im.convert("RGB") if mode in ("RGBA", "PA") else im.getchannel("L")
+            return colour
+        changes.append("transparency composited over black (a fully transparent pixel is black)")
+        # over black: each sample times its alpha, /255 rounded (ImageChops.multiply)
+        return ImageChops.multiply(colour, alpha if mode == "LA" else Image.merge("RGB", (alpha, alpha, alpha)))
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         changes.append("16-bit samples reduced to 8 bits")
         return im.convert("I").point(lambda v: v / 256).convert("L")

@@ -23,9 +23,11 @@ Decisions:
   and only works on whole MCUs), so a rotated JPEG is stored uncompressed: ImageType DERIVED,
   DerivationDescription says what happened, LossyImageCompression stays 01 (PS3.3 C.7.6.1.1.5:
   once lossy, never reset). The frame is ~3 bytes per pixel (a 12 MP photo: 36 MB).
-* **Alpha** is dropped and 16-bit samples are reduced to 8 bits (one 8-bit pixel path for
-  every IOD, as photo viewers show them); both are named in DerivationDescription and make the
-  image DERIVED when they change what is shown. An ICC profile inside a stored JPEG stays in
+* **Transparency** (a PNG's alpha channel or tRNS) is composited over black (a fully
+  transparent pixel is black, never the colour under it; objects of version 2 and before drop
+  the alpha) and 16-bit samples are reduced to 8 bits (one 8-bit pixel path for every IOD, as
+  photo viewers show them); both are named in DerivationDescription and make the image DERIVED
+  when they change what is shown. An ICC profile inside a stored JPEG stays in
   the encapsulated frame; decoded pixels carry none (no ICC Profile module is written).
 * **Patient module**: PatientID and IssuerOfPatientID from the record's subject identifier
   through mappings/dicom.yaml (reverse lookup; an unknown system is refused). PatientName,
@@ -129,8 +131,10 @@ _LT_NEW_LINE = "\r\n"  # a line break in LT/ST/UT text (PS3.5 6.1.3; the CR LF o
 #: schema 19), and every regeneration makes that version: an object made, read and forwarded
 #: before a change is never changed. Bump it with any change to what an object says.
 #: 1 (an instance stored before schema 19): ImageComments is the kind's warning alone;
-#: 2: the record's quality warnings follow it (:func:`image_comments`).
-PHOTO_OBJECT_VERSION = 2
+#: 2: the record's quality warnings follow it (:func:`image_comments`);
+#: 3: a PNG's transparency is composited over black, not dropped (review mobile finding 12: the
+#: colour hidden under a fully transparent pixel showed): adapter.imaging.render.decode_pixels.
+PHOTO_OBJECT_VERSION = 3
 
 #: The longest side of a picture a DICOM image holds: Rows (0028,0010) and Columns (0028,0011)
 #: are US (PS3.3 C.7.6.3; PS3.5 6.2: 0 to 65535).
@@ -209,7 +213,7 @@ def photo_to_dicom(record: Mapping[str, Any], image: bytes, content_type: str, *
     check_rows_columns(*(jpeg_pixel_size(image) if kind_format == JPEG else png_pixel_size(image)))
     if orientation is None:
         orientation = read_orientation(image, kind_format) or 1
-    derived, encapsulated = _set_pixels(ds, image, kind_format, orientation)
+    derived, encapsulated = _set_pixels(ds, image, kind_format, orientation, version)
     _finish(ds, iod, derived=derived)
 
     meta = FileMetaDataset()
@@ -417,8 +421,10 @@ def pixels_decoded(image: bytes, content_type: str, orientation: int) -> bool:
     return content_type != JPEG or orientation != 1 or not jpeg_frame_info(image).baseline
 
 
-def _set_pixels(ds: Dataset, image: bytes, content_type: str, orientation: int) -> tuple[bool, bool]:
-    """Image Pixel module (C.7.6.3) and the lossy-compression attributes.
+def _set_pixels(ds: Dataset, image: bytes, content_type: str, orientation: int,
+                version: int = PHOTO_OBJECT_VERSION) -> tuple[bool, bool]:
+    """Image Pixel module (C.7.6.3) and the lossy-compression attributes; a PNG's transparency
+    composited over black from ``version`` 3, dropped before it.
 
     Returns (derived, encapsulated)."""
     jpeg = content_type == JPEG
@@ -439,7 +445,7 @@ def _set_pixels(ds: Dataset, image: bytes, content_type: str, orientation: int) 
             ds["PixelData"].VR = "OB"
             ds["PixelData"].is_undefined_length = True  # PS3.5 A.4: encapsulated is undefined length
             return False, True
-    pixels = decode_pixels(image, content_type, orientation=orientation)
+    pixels = decode_pixels(image, content_type, orientation=orientation, drop_alpha=version < 3)
     _set_native(ds, pixels)
     if jpeg:
         ds.LossyImageCompression = "01"

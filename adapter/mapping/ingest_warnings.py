@@ -14,16 +14,25 @@ enforces (a photo below the quality minimums is never refused). Those a client m
 the patient is there carry a code of the adapter's own (``details.coding``,
 :data:`INGEST_WARNING_SYSTEM`): ``consent-pending`` (record the consent) and ``image-quality``
 (take the photo again).
+
+The ``POST /photos`` receipt carries the same issues as an OperationOutcome (its ``outcome``,
+:func:`receipt_outcome`), beside the plain ``warnings`` it always had (review mobile finding 7:
+an app could tell "take it again now" from information only by matching English words).
+
+A capture time EXIF gives without an offset (``OffsetTimeOriginal``), kept when ``takenAt`` is not
+sent, is kept as its date alone (FHIR dateTime needs a zone with a time): said as a warning
+(:func:`capture_time_warnings`; review mobile finding 11), so that the app sends ``takenAt``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import datetime
 
 from adapter.consent.ingest import PENDING_PREFIX
 from adapter.mapping.codes import INGEST_WARNING_SYSTEM
 from adapter.mapping.fhir_r4 import JSON, coding
-from adapter.mapping.outcome import issue
+from adapter.mapping.outcome import issue, outcome
 
 CONSENT_PENDING = "consent-pending"
 IMAGE_QUALITY = "image-quality"
@@ -42,10 +51,32 @@ def warning_issues(warnings: Sequence[str], *, consent_pending: bool, quality: C
     return out
 
 
+#: The receipt's ``warnings`` entry for a capture time kept as its date (:func:`capture_time_warnings`).
+DATE_ONLY_CAPTURE_TIME = ("the photo's EXIF capture time has no offset (no OffsetTimeOriginal), so it was kept as its "
+                          "date alone: send takenAt with the time and its zone to keep the time")
+
+
+def capture_time_warnings(taken_at: datetime | None, capture_time: datetime | None) -> list[str]:
+    """The warning for a photo whose time taken is the EXIF capture time (no ``takenAt``), which
+    is kept as its date because EXIF gave no offset (a naive time); else none."""
+    if taken_at is None and capture_time is not None and capture_time.utcoffset() is None:
+        return [DATE_ONLY_CAPTURE_TIME]
+    return []
+
+
+def receipt_outcome(warnings: Sequence[str], *, consent_pending: bool, quality: Collection[str] = ()) -> JSON:
+    """The receipt's ``outcome``: an OperationOutcome of :func:`warning_issues` (the issues the
+    transaction-response gives the record's entry), or, without warnings, of one ``information``
+    issue saying the photo was stored (an OperationOutcome has at least one issue)."""
+    issues = warning_issues(warnings, consent_pending=consent_pending, quality=quality)
+    return outcome(issues or [issue("information", "informational", details={"text": "the photo was stored"})])
+
+
 def _issue(issue_type: str, text: str, code: str | None) -> JSON:
     details: JSON = {"coding": [coding(INGEST_WARNING_SYSTEM, code, _DISPLAY[code])]} if code else {}
     details["text"] = text
     return issue("warning", issue_type, details=details)
 
 
-__all__ = ["CONSENT_PENDING", "IMAGE_QUALITY", "warning_issues"]
+__all__ = ["CONSENT_PENDING", "DATE_ONLY_CAPTURE_TIME", "IMAGE_QUALITY", "capture_time_warnings", "receipt_outcome",
+           "warning_issues"]

@@ -74,6 +74,7 @@ from adapter.mapping.dicom_photo import (
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, photo_uids
+from adapter.mapping.ingest_warnings import capture_time_warnings, receipt_outcome
 from adapter.mapping.photo import build_photo_resources, index_resource
 from adapter.mapping.tables import Tables
 from adapter.metrics import INGESTS
@@ -178,7 +179,7 @@ class IngestService:
             now = self._now()
             assessment = self._assessed(meta, ctx, now)
             staged = self._blobs.new_staging_path()
-            image = self._sanitized(upload, staged, received_sha256)
+            image = _of_file(self._sanitized, upload, staged, received_sha256)
             # built before the blob is committed: a refusal while building (a consent form over
             # the pixel limit, say) leaves nothing behind, the staged photo discarded
             unit = self._unit(meta, image, assessment, idempotency_key, ctx, now)
@@ -679,7 +680,7 @@ class IngestService:
         for consent in built.consents:
             resources.append(NewResource("Consent", str(consent["id"]), consent, index_resource(consent), None))
         created = [f"{r.resource_type}/{r.id}" for r in resources]
-        warnings = list(assessment.warnings) + list(image.quality_warnings)
+        warnings = [*assessment.warnings, *image.quality_warnings, *capture_time_warnings(meta.taken_at, image.capture_time)]
         receipt: dict[str, Any] = {
             "record": record_ref,
             "binary": f"Binary/{binary_id}",
@@ -690,6 +691,9 @@ class IngestService:
             "size": {"stored": image.size},
             "metadataRemoved": list(image.removed),
             "warnings": warnings,
+            # the same as FHIR issues, coded (adapter.mapping.ingest_warnings)
+            "outcome": receipt_outcome(warnings, consent_pending=assessment.consent_pending,
+                                       quality=image.quality_warnings),
             "consentPending": assessment.consent_pending,
             "safeToDeleteFromDevice": True,
             # kept with the receipt to compare a retry with, never answered (photo_description)
@@ -722,6 +726,19 @@ def _check_sides(width: int, height: int) -> None:
     image (``file``; in a transaction, its Binary's entry)."""
     try:
         check_rows_columns(width, height)
+    except AdapterError as exc:
+        exc.expression = exc.expression or ["file"]
+        raise
+
+
+def _of_file(sanitized: Callable[[Path | bytes, Path, str | None], StoredImage], upload: Path | bytes, staged: Path,
+             received_sha256: str | None) -> StoredImage:
+    """The photo sanitized; a refusal of its bytes (not decoding, truncated, HEIC…) names the
+    ``file`` part, as a transaction's names its Binary (review mobile finding 9)."""
+    try:
+        return sanitized(upload, staged, received_sha256)
+    except StorageError:
+        raise
     except AdapterError as exc:
         exc.expression = exc.expression or ["file"]
         raise

@@ -203,6 +203,18 @@ def _with_private_characteristics() -> Dataset:
     return ds
 
 
+def _rgb_with_trns() -> bytes:
+    """An RGB PNG whose tRNS chunk makes one of its colours transparent (composited over black)."""
+    import io
+
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(png_of("RGB"))).convert("RGB")
+    out = io.BytesIO()
+    im.save(out, format="PNG", transparency=im.getpixel((0, 0)))
+    return out.getvalue()
+
+
 EDGE_CASES: dict[str, Callable[[], Dataset]] = {
     "private element characteristics": _with_private_characteristics,
     "greyscale JPEG": lambda: photo_object(PhotoKind.DOCUMENT, stored_bytes(jpeg_of("L"), "image/jpeg")),
@@ -216,6 +228,11 @@ EDGE_CASES: dict[str, Callable[[], Dataset]] = {
                                                    orientation=8),
     "RGBA PNG with transparency": lambda: photo_object(PhotoKind.CLINICAL,
                                                        stored_bytes(png_of("RGBA", transparent=True), "image/png")),
+    "LA PNG with transparency": lambda: photo_object(PhotoKind.CLINICAL,
+                                                     stored_bytes(png_of("LA", transparent=True), "image/png")),
+    "RGB PNG with tRNS": lambda: photo_object(PhotoKind.SECONDARY, stored_bytes(_rgb_with_trns(), "image/png")),
+    "RGBA PNG as version 2 made it": lambda: photo_object(
+        PhotoKind.CLINICAL, stored_bytes(png_of("RGBA", transparent=True), "image/png"), version=2),
     "greyscale PNG": lambda: photo_object(PhotoKind.CLINICAL, stored_bytes(png_of("L"), "image/png")),
     "palette PNG": lambda: photo_object(PhotoKind.DOCUMENT, stored_bytes(png_of("P"), "image/png")),
     "16-bit PNG": lambda: photo_object(PhotoKind.CLINICAL, stored_bytes(png_of("I;16"), "image/png")),

@@ -15,8 +15,22 @@ from pathlib import Path
 import pytest
 from python_multipart.multipart import MultipartParser as ReferenceParser
 
-from adapter.api.multipart import HEADER_LIMIT, SMALL_PART_LIMIT, ParsedUpload, parse_multipart
-from adapter.errors import InvalidInput, PayloadTooLarge, StorageError, UnsupportedMediaType, errno_name
+from adapter.api.multipart import (
+    HEADER_LIMIT,
+    METADATA_PART_LIMIT,
+    SMALL_PART_LIMIT,
+    UPLOAD_OVERHEAD,
+    ParsedUpload,
+    parse_multipart,
+)
+from adapter.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    StorageError,
+    Transient,
+    UnsupportedMediaType,
+    errno_name,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -199,10 +213,43 @@ def test_limits(tmp_path: Path) -> None:
     with pytest.raises(PayloadTooLarge, match="photo is larger"):
         parse(pieces(body(file=b"x" * 1001), 100), tmp_path, max_bytes=1000)
     assert parse([body(file=b"x" * 1000)], tmp_path, max_bytes=1000).file_size == 1000
-    with pytest.raises(PayloadTooLarge, match="metadata"):
-        parse(pieces(body(metadata=b"x" * (SMALL_PART_LIMIT + 1)), 1 << 16), tmp_path)
+    with pytest.raises(PayloadTooLarge, match="'metadata' part is larger") as too_large:
+        parse(pieces(body(metadata=b"x" * (METADATA_PART_LIMIT + 1)), 1 << 16), tmp_path)
+    assert too_large.value.expression == ["metadata"] and "POST /fhir/Consent" in too_large.value.diagnostics
     with pytest.raises(PayloadTooLarge, match="upload is larger"):
-        parse(pieces(b"p" * (SMALL_PART_LIMIT + 2000) + body(), 1 << 16), tmp_path, max_bytes=1000)
+        parse(pieces(b"p" * (UPLOAD_OVERHEAD + 2000) + body(), 1 << 16), tmp_path, max_bytes=1000)
+
+
+def test_metadata_with_a_phone_scan_of_a_consent_form_is_taken(tmp_path: Path) -> None:
+    """Review mobile finding 4: the metadata part was bound to 1 MiB, so a consent form scanned
+    with the phone (1-4 MB, 4/3 of it in base64) could not be attached. Up to
+    METADATA_PART_LIMIT it is; its bytes past SMALL_PART_LIMIT are held in METADATA_BUDGET until
+    release(), and an upload past that budget is 503, retry, nothing kept."""
+    from adapter.api.multipart import MemoryBudget
+
+    meta = b'{"consent": {"form": "' + b"A" * (5 * 1024 * 1024) + b'"}}'
+    budget = MemoryBudget(8 * 1024 * 1024)
+    content_type = f"multipart/form-data; boundary={B}"
+    parsed = asyncio.run(parse_multipart(content_type, _stream(pieces(body(metadata=meta), 1 << 16)), tmp_path / "a",
+                                          10_000_000, metadata_budget=budget))
+    assert parsed.fields["metadata"] == meta and budget.used == len(meta) - SMALL_PART_LIMIT
+    with pytest.raises(Transient, match="try again") as busy:
+        asyncio.run(parse_multipart(content_type, _stream(pieces(body(metadata=meta), 1 << 16)), tmp_path / "b",
+                                    10_000_000, metadata_budget=budget))
+    assert busy.value.expression == ["metadata"] and budget.used == len(meta) - SMALL_PART_LIMIT
+    parsed.release()
+    assert budget.used == 0
+
+
+def test_a_part_of_another_name_is_ignored_whatever_its_size_and_named(tmp_path: Path) -> None:
+    """Review mobile finding 8: a photo sent as ``photo`` was read as a small part and refused 413
+    "too large". A part of a name the endpoint does not read is ignored as it arrives, whatever its
+    size; its name is kept for the refusal of an upload without ``file``."""
+    photo = b"\xff\xd8" + b"x" * (3 * SMALL_PART_LIMIT)
+    data = (_part(b'Content-Disposition: form-data; name="photo"; filename="a.jpg"', photo)
+            + _part(b'Content-Disposition: form-data; name="metadata"', META) + f"--{B}--".encode())
+    parsed = parse(pieces(data, 1 << 16), tmp_path)
+    assert not parsed.has_file and parsed.fields == {"metadata": META} and parsed.ignored == ["photo"]
 
 
 # -- spilling to disk --------------------------------------------------------------------------

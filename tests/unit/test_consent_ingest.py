@@ -495,6 +495,30 @@ def test_a_consent_given_after_the_photo_was_taken_is_kept_and_said(taken: str |
     assert result.notes == ((expected,) if said else ())
 
 
+@pytest.mark.parametrize(("taken", "given", "said"), [
+    # review mobile finding 3: a Sydney phone writes takenAt in UTC, its consent screen local time
+    ("2026-11-27T23:30:00Z", "2026-11-28T10:25:00+11:00", None),          # 5 minutes before the photo
+    ("2026-11-27T23:30:00Z", "2026-11-28T10:30:00+11:00", None),          # the same instant
+    ("2026-11-28T10:30:00+11:00", "2026-11-27T23:35:00Z", None),          # minutes after, the same day in +11:00
+    ("2026-11-27T23:30:00Z", "2026-11-28T11:00:00+11:00", "2026-11-28"),  # 00:00Z: the next day of the photo's
+    ("2026-11-28T10:30:00+11:00", "2026-11-28T13:00:00Z", "2026-11-29"),  # 00:00+11:00 on the 29th
+    # a date alone is compared with the other value's date in that value's own offset
+    ("2026-11-27T23:30:00Z", "2026-11-28", "2026-11-28"),
+    ("2026-11-28T10:30:00+11:00", "2026-11-28", None),
+    ("2026-11-27", "2026-11-28T08:00:00+11:00", "2026-11-28"),
+    ("2026-11-27", "2026-11-27T23:00:00-05:00", None),
+])
+def test_a_consent_and_takenat_in_other_offsets_are_compared_on_one_clock(taken: str, given: str,
+                                                                           said: str | None) -> None:
+    meta = make_meta(consent={"purposes": ["TREAT"], "method": "written", "date": given}, takenAt=taken)
+    result = assess(meta, now=datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
+    if said is None:
+        assert result.warnings == () and result.notes == ()
+    else:
+        expected = f"consent documented as given on {said}, after the photo was taken on {taken[:10]}"
+        assert result.warnings == (expected + " (retrospective consent)",)
+
+
 def test_a_consent_restricted_to_other_records_is_named_not_denied_to_exist() -> None:
     """Review newwrites F6: a photo sent again without its consent statement, whose patient's
     only Consent for TREAT is restricted to the records it was given with (provision.data, as a

@@ -329,7 +329,7 @@ def test_an_object_made_before_the_quality_warnings_were_written_is_made_so_agai
     from adapter.mapping.dicom_photo import PHOTO_OBJECT_VERSION
     from tests.support.fhir_factories import tables
 
-    assert PHOTO_OBJECT_VERSION == 2
+    assert PHOTO_OBJECT_VERSION == 3
     sample = stored_sample("tiny.jpg")
     for kind in PhotoKind:
         record = photo_record(kind, sample, quality_warnings=QUALITY)
@@ -594,3 +594,65 @@ def test_no_object_is_made_with_a_side_over_65535(width: int, height: int) -> No
                              patient=patient, uids=photo_uids(UID_ROOT, UID_KEY, record_id=record["id"],
                                                               encounter=encounter_key(record), patient=patient),
                              tables=tables(), dicom_tables=dicom_tables(), now=NOW)
+
+
+# ------------------------------------------------------------------------------- transparency
+
+#: What an editor leaves under a part of a screenshot erased to transparency: the colour is still
+#: in the samples, alpha 0 over it (review mobile finding 12).
+HIDDEN = (124, 54, 103)
+
+
+def _transparent_png(mode: str) -> bytes:
+    """A 24x12 PNG in ``mode``: rows 0-3 fully transparent over HIDDEN, rows 4-7 at alpha 128,
+    rows 8-11 opaque. ``RGB+tRNS``/``L+tRNS``: the hidden colour is the tRNS colour instead."""
+    if mode in ("RGB+tRNS", "L+tRNS"):
+        base = Image.new("RGB", (24, 12), (10, 200, 30))
+        base.paste(HIDDEN, (0, 0, 24, 4))
+        out = io.BytesIO()
+        if mode == "RGB+tRNS":
+            base.save(out, format="PNG", transparency=HIDDEN)
+        else:
+            base.convert("L").save(out, format="PNG", transparency=base.convert("L").getpixel((0, 0)))
+        return out.getvalue()
+    im = Image.new("RGBA", (24, 12), (*HIDDEN, 255))
+    for y in range(12):
+        for x in range(24):
+            im.putpixel((x, y), (*HIDDEN, 0 if y < 4 else 128 if y < 8 else 255))
+    if mode == "LA":
+        im = im.convert("LA")
+    out = io.BytesIO()
+    im.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _object_pixels(png: bytes, **options: Any) -> tuple[Dataset, np.ndarray]:
+    ds = photo_object(PhotoKind.CLINICAL, stored_bytes(png, "image/png"), **options)
+    shape = (ds.Rows, ds.Columns, ds.SamplesPerPixel) if ds.SamplesPerPixel == 3 else (ds.Rows, ds.Columns)
+    return ds, np.frombuffer(ds.PixelData, dtype=np.uint8)[:ds.Rows * ds.Columns * ds.SamplesPerPixel].reshape(shape)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "RGB+tRNS", "L+tRNS"])
+def test_a_transparent_pixel_is_black_in_the_object_never_the_colour_under_it(mode: str) -> None:
+    """Review mobile finding 12: the object of an RGBA PNG dropped the alpha, so the part of a
+    screenshot erased to transparency showed in the PACS and in /rendered. Transparency (an alpha
+    channel, a tRNS chunk) is composited over black, and DerivationDescription says so."""
+    ds, pixels = _object_pixels(_transparent_png(mode))
+    assert not pixels[0:4].any()  # fully transparent: black
+    assert "composited over black" in ds.DerivationDescription
+    assert "DERIVED" in ds.ImageType
+    if mode in ("RGBA", "LA"):
+        opaque, half = pixels[8:12], pixels[4:8]
+        assert (opaque == opaque[0, 0]).all() and (half == half[0, 0]).all() and opaque.any()
+        expected = np.rint(opaque[0, 0].astype(float) * 128 / 255)
+        assert (np.abs(half[0, 0].astype(int) - expected) <= 1).all()
+    else:
+        assert pixels[4:].any()
+
+
+def test_an_object_made_before_keeps_its_pixels() -> None:
+    """An object of version 2 (made, perhaps sent, before) is made as it was: the alpha dropped
+    (dicom_photo.PHOTO_OBJECT_VERSION: an object once made is never changed)."""
+    ds, pixels = _object_pixels(_transparent_png("RGBA"), version=2)
+    assert (pixels[0:4] == HIDDEN).all()
+    assert "alpha channel dropped" in ds.DerivationDescription

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -14,7 +15,13 @@ from adapter.api.deps import get_services, get_write_context
 from adapter.api.idempotency import idempotency_key as checked_key
 from adapter.api.json_input import load_json
 from adapter.api.media_type import content_type
-from adapter.api.multipart import MEMORY_LIMIT, parse_multipart
+from adapter.api.multipart import (
+    MEMORY_LIMIT,
+    SMALL_PART_LIMIT,
+    UPLOAD_OVERHEAD,
+    ParsedUpload,
+    parse_multipart,
+)
 from adapter.api.openapi import BODY, JSON, NEW_IMAGES, PHOTO_UPLOAD, WRITE, answers, ok, refusals
 from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
@@ -50,7 +57,8 @@ def ingest_limiter(request: Request) -> anyio.CapacityLimiter:
 def _metadata(raw: bytes | None) -> PhotoMetadata:
     if raw is None:
         raise RequiredElementMissing("the 'metadata' part (JSON) is required", expression="metadata")
-    data = load_json(raw, what="the 'metadata' part", expression="metadata")
+    # consent.form: the scan of a consent form in base64, bounded by the part (METADATA_PART_LIMIT)
+    data = load_json(raw, what="the 'metadata' part", expression="metadata", bulk=("form",))
     try:
         return PhotoMetadata.model_validate(data)
     except ValidationError as exc:
@@ -58,6 +66,21 @@ def _metadata(raw: bytes | None) -> PhotoMetadata:
         where = [".".join(str(p) for p in err["loc"]) for err in errs[:10]]
         text = "; ".join(f"{w or 'metadata'}: {err['msg']}" for w, err in zip(where, errs[:10], strict=False))
         raise InvalidInput(f"invalid metadata: {text}", expression=where) from exc
+
+
+def _file_part(parsed: ParsedUpload) -> bytes | Path:
+    """The ``file`` part's bytes or file, when it is there and holds bytes (review mobile finding 8 and 9: a photo sent as
+    ``photo`` is named; iOS gives 0 bytes for a photo not yet downloaded from iCloud)."""
+    upload = parsed.upload
+    if upload is None:
+        named = [f"'{name}'" if name else "one without a name" for name in parsed.ignored]
+        besides = (f": this upload has the part{'s' if len(named) > 1 else ''} {', '.join(named)}, which this "
+                   "endpoint does not read (it reads 'file' and 'metadata'); send the photo in 'file'") if named else ""
+        raise RequiredElementMissing(f"the 'file' part (the photo) is required{besides}", expression="file")
+    if parsed.file_size == 0:
+        raise InvalidInput("the file part is empty (0 bytes): send the photo's bytes (a photo still in the cloud, "
+                           "such as iCloud's, must be downloaded to the device first)", expression="file")
+    return upload
 
 
 #: The receipt: what was stored (references, digests, what metadata was removed, the DICOM UIDs).
@@ -82,7 +105,8 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
         await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
         raise
     limit = services.settings.max_upload_bytes
-    refuse_declared_over(request, limit + 1024 * 1024, f"the upload is larger than {limit} bytes")
+    refuse_declared_over(request, limit + UPLOAD_OVERHEAD, f"the upload is larger than {limit + UPLOAD_OVERHEAD} bytes "
+                         f"(a photo of at most {limit} and its metadata)")
     # A photo of up to MEMORY_LIMIT bytes stays in memory from the socket to the imaging code
     # while the process-wide MEMORY_BUDGET allows; otherwise it streams to this staging file
     # (adapter.api.multipart), so memory stays bounded whatever the number of clients.
@@ -102,12 +126,14 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
         await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
         raise
     try:
-        upload = parsed.upload
         try:
-            if upload is None:
-                raise RequiredElementMissing("the 'file' part (the photo) is required", expression="file")
+            upload = _file_part(parsed)
             check_declared_upload(parsed.head(), parsed.file_content_type)
-            meta = _metadata(parsed.fields.get("metadata"))
+            raw = parsed.fields.get("metadata")
+            if raw is not None and len(raw) > SMALL_PART_LIMIT:  # a consent form's scan: parsed off the event loop
+                meta = await anyio.to_thread.run_sync(_metadata, raw)
+            else:
+                meta = _metadata(raw)
         except AdapterError as exc:  # refused before the ingest reads it: audited as its refusals are
             await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
             raise
