@@ -95,6 +95,13 @@ class ConsentRequired(BusinessRuleViolation):
     """A photo that needs documented consent arrived without it."""
 
 
+class PatientReferenceConflict(BusinessRuleViolation):
+    """A photo or Consent whose literal Patient reference (``Patient/<id>``) is held already with
+    another patient identifier: one reference names one patient, else a search by it would
+    return several patients' photos (safety review 1). Nothing is stored (HTTP 422; never raised
+    over DIMSE, whose objects carry no reference). The diagnostics never name the other patient."""
+
+
 class UnsupportedMediaType(AdapterError):
     """Content that is not a JPEG or PNG (HTTP 415)."""
 

@@ -38,6 +38,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.UnknownPurposeOfUse: 400,
     e.BusinessRuleViolation: 422,
     e.ConsentRequired: 422,
+    e.PatientReferenceConflict: 422,
     e.UnsupportedMediaType: 415,
     e.NotSupported: 400,
     e.NotAcceptable: 406,

@@ -33,7 +33,11 @@ The mapping, and where it fails closed:
 * ``policyRule`` v3-ActCode#IMPLIED, or the consent-method extension ``implied``, marks an
   implied consent; the method comes from the consent-method extension, else IMPLIED for an
   implied consent, else WRITTEN when ``sourceAttachment`` holds or links the signed form
-  (``data`` or ``url``), else None (:func:`consent_method`).
+  (``data`` or ``url``), else None (:func:`consent_method`). The extension's ``written`` beside a
+  ``sourceAttachment`` that neither holds nor links the form (a title only) is None: that
+  attachment documents nothing, and cannot make the claim written (safety review 3); without any
+  ``sourceAttachment`` the claim stands, the recorder's word, as ``POST /photos``' ``method:
+  written`` without ``form``.
 """
 
 from __future__ import annotations
@@ -157,7 +161,8 @@ def _implied(resource: Mapping[str, Any]) -> bool:
 
 def consent_method(resource: Mapping[str, Any]) -> ConsentMethod | None:
     """How the consent was given, as every path reads it (a Consent posted alone, or carried by
-    a transaction Bundle: review "ingest" finding 2): the consent-method extension when present;
+    a transaction Bundle: review "ingest" finding 2): the consent-method extension when present
+    (``written`` beside a ``sourceAttachment`` with neither ``data`` nor ``url``: None);
     else ``implied`` for policyRule v3-ActCode#IMPLIED; else ``written`` when ``sourceAttachment``
     holds the signed form (``data``) or links it (``url``), the evidence of a written consent (an
     attachment with neither, a title only, is none); else None (not said: neither written nor
@@ -174,10 +179,16 @@ def _method(resource: Mapping[str, Any], implied: bool) -> ConsentMethod | None:
         if isinstance(ext, Mapping) and ext.get("url") == CONSENT_METHOD_EXTENSION:
             value = ext.get("valueCode")
             try:
-                return ConsentMethod(str(value))
+                method = ConsentMethod(str(value))
             except ValueError as exc:
                 raise InvalidResource(f"consent-method must be one of {[m.value for m in ConsentMethod]}",
                                       expression=f"Consent.extension[{i}].valueCode") from exc
+            attachment = resource.get("sourceAttachment")
+            if method is ConsentMethod.WRITTEN and attachment is not None and not signed_form_given(attachment):
+                # safety review 3: an attachment that neither holds nor links the form (a title
+                # only) documents nothing, so it cannot back a claim of written consent either
+                return None
+            return method
     if implied:
         return ConsentMethod.IMPLIED
     return ConsentMethod.WRITTEN if signed_form_given(resource.get("sourceAttachment")) else None

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -573,14 +573,16 @@ def _pdf(ds: Dataset) -> ExtractedImage:
 def received_to_fhir(received: ReceivedObject, image: ExtractedImage | tuple[bytes, str], *, record_id: str,
                      binary_id: str, provenance_id: str, received_sha256: str, tables: Tables,
                      dicom_tables: DicomTables, now: datetime, consent_pending: bool = False,
-                     image_sha256: str | None = None) -> PhotoResources:
+                     image_sha256: str | None = None, pending_notes: Sequence[str] = ()) -> PhotoResources:
     """R4 record (Media, or DocumentReference for documents), Binary and Provenance of a
     received object, built with adapter.mapping.photo's builders and completed with the DICOM
     identifiers, modality, body site and the sending AE (module docstring).
 
     ``received_sha256`` is the SHA-256 of the object as received (the Part 10 bytes);
     ``image_sha256`` that of the image's bytes when the caller has it already (else computed).
-    No Consent is created: consent for a received object is the ingest service's decision.
+    No Consent is created: consent for a received object is the ingest service's decision;
+    ``pending_notes``: the note a consent-pending record carries (adapter.consent.ingest
+    PENDING_NOTES, as a posted photo's: safety review 4), with ``consent_pending``.
     """
     data, content_type = image
     kind_entry = tables.kinds[received.kind]
@@ -603,7 +605,8 @@ def received_to_fhir(received: ReceivedObject, image: ExtractedImage | tuple[byt
         device_name=received.device_name)
     resources = build_photo_resources(
         meta, stored, record_id=record_id, binary_id=binary_id, provenance_id=provenance_id, consent_ids=(),
-        assessment_notes=notes, assessment_warnings=(), consent_pending=consent_pending, implied_purposes=(),
+        assessment_notes=notes, assessment_warnings=pending_notes, consent_pending=consent_pending,
+        implied_purposes=(),
         tables=tables, now=now)
     record = resources.record
     record["identifier"] = [*record.get("identifier", []), *dicom_identifiers(received)]

@@ -78,6 +78,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.UnknownPurposeOfUse: CANNOT_UNDERSTAND,
     e.BusinessRuleViolation: NOT_AUTHORISED,
     e.ConsentRequired: NOT_AUTHORISED,
+    e.PatientReferenceConflict: PROCESSING_FAILURE,  # a FHIR reference: never raised over DIMSE
     e.UnsupportedMediaType: CANNOT_UNDERSTAND,
     e.NotSupported: SOP_CLASS_NOT_SUPPORTED,
     e.UnsupportedPixelData: CANNOT_UNDERSTAND,

@@ -99,6 +99,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, JPEGBaseline8Bit
 
 from adapter.consent import IngestAssessment, assess_ingest
+from adapter.consent.ingest import PENDING_PREFIX
 from adapter.errors import (
     AdapterError,
     Conflict,
@@ -1342,7 +1343,8 @@ class DicomIngestService:
         built = received_to_fhir(obj, image, record_id=record_id, binary_id=binary_id, provenance_id=provenance_id,
                                  received_sha256=original_sha256, tables=self._tables,
                                  dicom_tables=self._record_tables[received.source], now=now,
-                                 consent_pending=assessment.consent_pending, image_sha256=image_sha256)
+                                 consent_pending=assessment.consent_pending, image_sha256=image_sha256,
+                                 pending_notes=[w for w in assessment.warnings if w.startswith(PENDING_PREFIX)])
         record_type = built.record_type
         record_ref = built.record_ref
         patient = obj.patient

@@ -40,6 +40,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 
+from adapter.consent.ingest import PENDING_PREFIX, PENDING_WARNING
 from adapter.errors import (
     AdapterError,
     ConfigurationError,
@@ -720,7 +721,9 @@ def match_level(level: str, query: DicomQuery, entries: Iterable[DicomEntry]) ->
 @dataclass(frozen=True)
 class StowOutcome:
     """What became of one STOW-RS part: stored (``failure_reason`` None; ``warning_reason`` set
-    when it was stored already with another content, 0xB006) or failed."""
+    when it was stored already with another content, 0xB006; ``consent_pending`` when it was
+    stored consent pending, ``diagnostics`` then the record's pending note) or failed
+    (``diagnostics`` the refusal's words)."""
 
     sop_class_uid: str | None
     sop_instance_uid: str | None
@@ -731,10 +734,16 @@ class StowOutcome:
     record: str | None = None
     replayed: bool = False
     warning_reason: int | None = None
+    consent_pending: bool = False
 
     @property
     def stored(self) -> bool:
         return self.failure_reason is None
+
+    @property
+    def warned(self) -> bool:
+        """Stored with a warning: a WarningReason, or kept consent pending (answered 202)."""
+        return self.stored and (self.warning_reason is not None or self.consent_pending)
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -821,6 +830,13 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
                            warning_reason=ELEMENTS_DISCARDED, diagnostics=result.discarded)
     log.info("STOW-RS from %s: %s %s", peer_address, "already stored as" if result.replayed else "stored as",
              result.record)
+    if result.receipt.get("consentPending") and not result.replayed:
+        # safety review 4: stored, but readable for care only once consent is documented: the
+        # sender is told so (202 and a Warning: adapter.api.routes.dicomweb), in the record's words
+        note = next((w for w in result.receipt.get("warnings") or () if str(w).startswith(PENDING_PREFIX)),
+                    PENDING_WARNING)
+        return StowOutcome(sop_class, sop_instance, study, series, record=result.record, replayed=result.replayed,
+                           consent_pending=True, diagnostics=str(note))
     return StowOutcome(sop_class, sop_instance, study, series, record=result.record, replayed=result.replayed)
 
 

@@ -54,6 +54,7 @@ from adapter.errors import (
     BusinessRuleViolation,
     Conflict,
     InvalidInput,
+    PatientReferenceConflict,
     StorageError,
     StudyStarted,
     UnknownCode,
@@ -193,6 +194,9 @@ class IngestService:
                     # made again with that study's StudyDate and StudyTime (once: a study opens once)
                     unit = self._unit(meta, image, assessment, idempotency_key, ctx, now)
                     self._store.save_ingest(unit)
+            except PatientReferenceConflict as exc:  # the metadata's element (the store names the record's)
+                exc.expression = ["patient.reference"]
+                raise
             except Conflict:
                 # stored before (a retry without the key, or a concurrent retry that won the
                 # race): answer with its receipt

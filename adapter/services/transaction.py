@@ -203,6 +203,8 @@ def _in_bundle(expression: str, record_index: int, binary_index: int, consent_in
     head = expression.split(".", 1)[0].split("[", 1)[0]
     if head == "DocumentReference" and "." in expression:  # an element of the record (photo_description)
         return f"{record}.{expression.split('.', 1)[1]}"
+    if expression == "patient.reference":  # the Patient reference of the record's subject
+        return f"{record}.subject.reference"
     if head in _RECORD_ELEMENTS:
         return f"{record}.{_RECORD_ELEMENTS[head]}"
     if head == "consent":

@@ -9,6 +9,7 @@ have columns of their own.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import (
@@ -67,7 +68,10 @@ from adapter.store.dates import UtcDateTime, now_instant
 #: 21: the audit chain's start sealed under the chain's key, key_fingerprints audit-start-mac
 #:     (adapter.store.audit_start): no table changes; written by the upgrade when the store is
 #:     opened with its key, else by the start that makes the data folder's audit.key.
-SCHEMA_VERSION = 21
+#: 22: patient_references (one literal Patient reference, one patient identifier: safety review 1),
+#:     filled at the upgrade from the records and Consents stored (adapter.store.patient_references).
+SCHEMA_VERSION = 22
+_log = logging.getLogger(__name__)
 #: key_fingerprints' row holding the version of the records' search index (SqlRecordStore.reindex_records).
 SEARCH_INDEX = "search-index"
 
@@ -355,6 +359,22 @@ patient_pseudonyms = Table(
     Index("ix_patient_pseudonyms_patient", "patient_system", "patient_value"),
 )
 
+# Which patient identifier each literal Patient reference names (schema 22): a record or Consent
+# naming the reference with another identifier is refused in its writing transaction
+# (adapter.store.patient_references); the primary key makes two concurrent writers of one
+# reference wait for each other, so only one identifier is ever held. ``reference`` is the
+# reference's ``Patient/<id>`` (an absolute URL's last two segments); ``disputed``: the upgrade to
+# schema 22 found records of several identifiers holding it (the first stored kept it).
+patient_references = Table(
+    "patient_references", metadata,
+    Column("reference", Text, nullable=False),
+    Column("patient_system", Text, nullable=False),
+    Column("patient_value", Text, nullable=False),
+    Column("recorded", UtcDateTime, nullable=False),
+    Column("disputed", Boolean, nullable=False),
+    PrimaryKeyConstraint("reference", name="pk_patient_references"),
+)
+
 # The fingerprint of the key each derived index (dicom_released_uids, patient_pseudonyms) was
 # computed with, one row per index, so a new key makes the adapter rebuild it at start.
 key_fingerprints = Table(
@@ -428,7 +448,11 @@ def _migrate(conn: Connection, found: int) -> None:
     millisecond, which compares as that millisecond for any search value to the millisecond);
     20 → 21 changes no table: the chain's start is sealed under the chain's key, which the
     migration does not have (SqlRecordStore seals it in the upgrade's transaction when opened
-    with its key: adapter.store.audit_start).
+    with its key: adapter.store.audit_start);
+    21 → 22 adds a table (patient_references), which ``create_all`` has made, filled from the
+    records and Consents stored (:func:`_fill_patient_references`): each reference goes to the
+    identifier of the first resource stored with it, and one held with several is marked
+    ``disputed`` (logged as a count, never the references).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -449,6 +473,8 @@ def _migrate(conn: Connection, found: int) -> None:
             conn.execute(text(statement))
         if version == AUDIT_CHAIN_VERSION:
             _record_chain_start(conn)
+        if version == PATIENT_REFERENCES_VERSION:
+            _fill_patient_references(conn)
         conn.execute(insert(schema_version).values(version=version, applied=now_instant()))
 
 
@@ -490,6 +516,47 @@ def _record_chain_start(conn: Connection) -> None:
         last = conn.execute(select(func.coalesce(func.max(audit.c.seq), 0))).scalar_one()
         conn.execute(insert(key_fingerprints).values(name=AUDIT_CHAIN_START, fingerprint=str(int(last) + 1),
                                                      updated=now_instant()))
+
+
+#: The version that began patient_references.
+PATIENT_REFERENCES_VERSION = 22
+
+
+def patient_reference_key(reference: str) -> str:
+    """The key of a literal Patient reference (``Patient/<id>``, or an absolute URL ending so,
+    its version left out: adapter.mapping.fhir_r4) in patient_references: its ``Patient/<id>``.
+    A search by ``Patient/<id>`` finds it stored relative or as this server's absolute URL, and
+    the store cannot tell this server's URL (which may come from the request) from another's: so
+    every URL counts by its id, which refuses rather than mixes (fail closed)."""
+    return "/".join(reference.rsplit("/", 2)[-2:])
+
+
+def _fill_patient_references(conn: Connection) -> None:
+    """Fill patient_references from the resources stored (Media, DocumentReference, Consent; a
+    Provenance repeats its record's), oldest first: a reference goes to the identifier it was
+    first stored with; a reference stored with several is marked disputed. Logs how many were."""
+    r = resources.c
+    rows = conn.execute(select(r.patient_reference, r.patient_system, r.patient_value, r.last_updated).where(
+        r.resource_type.in_(("Media", "DocumentReference", "Consent")), r.patient_reference.is_not(None),
+        r.patient_system.is_not(None), r.patient_value.is_not(None)).order_by(r.last_updated, r.resource_type, r.id))
+    held: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = patient_reference_key(row.patient_reference)
+        claim = held.get(key)
+        if claim is None:
+            held[key] = {"reference": key, "patient_system": row.patient_system, "patient_value": row.patient_value,
+                         "recorded": row.last_updated, "disputed": False}
+        elif (claim["patient_system"], claim["patient_value"]) != (row.patient_system, row.patient_value):
+            claim["disputed"] = True
+    claims = list(held.values())
+    conn.execute(patient_references.delete())  # derived whole from the resources (empty at schema 21)
+    for start in range(0, len(claims), 500):
+        conn.execute(insert(patient_references), claims[start:start + 500])
+    disputed = sum(1 for claim in claims if claim["disputed"])
+    if disputed:
+        _log.warning("schema 22: %d Patient references are held by records of more than one patient identifier; "
+                     "each stays with the first identifier stored with it (patient_references.disputed): review "
+                     "them (docs: Upgrading to schema 22)", disputed)
 
 
 #: The indexes each version adds to an existing table.

@@ -77,6 +77,7 @@ from adapter.store.engine import (
 )
 from adapter.store.inserts import CompiledInserts
 from adapter.store.locks import lock_in_schema, lock_pair_in_schema
+from adapter.store.patient_references import claim_patient_references
 from adapter.store.port import NamePrefix, SearchCriteria
 from adapter.store.rows import (
     OUTBOX_CANCELLED,
@@ -619,6 +620,14 @@ class SqlRecordStore:
         with _translated_errors(), self._maintenance_reader.connect() as conn:
             yield conn
 
+    def _index_patients(self, conn: Connection, resources_written: Sequence[NewResource]) -> None:
+        """The pseudonyms of the patients these resources name (:meth:`_index_pseudonyms`), then the
+        literal Patient references they name, claimed for their identifiers
+        (adapter.store.patient_references: PatientReferenceConflict, and nothing written, when one is
+        held for another): in every writing transaction, in this order."""
+        self._index_pseudonyms(conn, resources_written)
+        claim_patient_references(conn, resources_written)
+
     def _index_pseudonyms(self, conn: Connection, resources_written: Sequence[NewResource]) -> None:
         """The pseudonyms of the patients these resources name, in the writing transaction (see
         index_pseudonyms); a patient indexed already is skipped. In the patients' order, as
@@ -637,7 +646,7 @@ class SqlRecordStore:
         """The history row, tokens and audit of a version whose resources row is written; its
         stamp (:meth:`_stamp`): the instant and document as stored."""
         run = self._inserts.execute
-        self._index_pseudonyms(conn, [new])
+        self._index_patients(conn, [new])
         run(conn, resource_history, history_row(new, document, version_id, now))
         if rows := token_rows(new):
             run(conn, tokens, rows)
@@ -805,7 +814,7 @@ class SqlRecordStore:
                     run(conn, date_ranges, ranges)
             if items := [item for unit in units for item in unit.outbox]:
                 run(conn, outbox, [outbox_row(item, now) for item in items])
-            self._index_pseudonyms(conn, news)
+            self._index_patients(conn, news)
             now, documents = self._stamp(conn, [(new, 1) for new in news], documents, now)
             self._insert_audit(conn, [{"recorded": now, "json": e} for unit in units for e in unit.audit_events],
                                locked=True)  # last
@@ -927,7 +936,7 @@ class SqlRecordStore:
             cancelled = int(conn.execute(update(outbox).where(_o.id.in_(to_cancel))
                                          .values(status=OUTBOX_CANCELLED, updated=now)).rowcount) if to_cancel else 0
             sending = len(not_sent) - len(to_cancel)
-            self._index_pseudonyms(conn, [n for n, _ in written])
+            self._index_patients(conn, [n for n, _ in written])
             now, documents = self._stamp(conn, written, documents, now)
             self._insert_audit(conn, [{"recorded": now, "json": e} for e in audit_events], locked=True)  # last
         for extra, document in zip(created, documents[1:], strict=True):
@@ -957,7 +966,7 @@ class SqlRecordStore:
             written = [(new, version), *records]
             documents = self._write_versions(conn, written, instant)
             count = self._settle_holds(conn, now=now, released=released, waiting=waiting, recheck_at=recheck_at)
-            self._index_pseudonyms(conn, [n for n, _ in written])
+            self._index_patients(conn, [n for n, _ in written])
             instant, documents = self._stamp(conn, written, documents, instant)
             events = [*audit_events]
             if records and audit_documented is not None:
@@ -1001,7 +1010,7 @@ class SqlRecordStore:
                     raise _ConsentsChanged
                 if records:
                     documents = self._write_versions(conn, records, instant)
-                    self._index_pseudonyms(conn, [n for n, _ in records])
+                    self._index_patients(conn, [n for n, _ in records])
                     instant, documents = self._stamp(conn, records, documents, instant)
                     events = audit_documented([f"{n.resource_type}/{n.id}/_history/{v}" for n, v in records]) \
                         if audit_documented is not None else []

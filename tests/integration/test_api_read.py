@@ -1846,6 +1846,31 @@ def test_written_required_a_pending_photo_opens_only_with_written_consent(tmp_pa
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
 
 
+def test_written_said_over_a_title_only_attachment_documents_neither_care_nor_training(tmp_path: Path) -> None:
+    """Safety review 3: under writtenRequired and writtenRequiredForExplicitPurposes a Consent whose
+    consent-method extension says written, its sourceAttachment a title only (no data, no url:
+    it documents nothing), documented a pending photo's care and opened TRAIN. It does neither
+    now; the same Consent linking its form (url) does both."""
+    method = "http://clinical-image-adapter.org/fhir/StructureDefinition/consent-method"
+    policy = {"consent": {"allowPending": True, "writtenRequired": True, "writtenRequiredForExplicitPurposes": True}}
+    with adapter_client(tmp_path, policy=policy) as (client, services):
+        receipt = _ingest(client, consent=None)
+        assert receipt["consentPending"] is True
+        titled = consent_resource(["TREAT", "TRAIN"])
+        titled["extension"] = [{"url": method, "valueCode": "written"}]
+        titled["sourceAttachment"] = {"title": "signed form"}
+        assert client.post("/fhir/Consent", json=titled).status_code == 201
+        for purpose in ("TREAT", "TRAIN"):
+            assert client.get(f"/fhir/{seen_as(services, purpose, receipt['record'])}",
+                              headers=as_purpose(purpose)).status_code == 403
+        linked = {**titled, "sourceAttachment": {"contentType": "application/pdf", "title": "signed form",
+                                                 "url": "https://ehr.example.org/forms/1.pdf"}}
+        assert client.post("/fhir/Consent", json=linked).status_code == 201
+        for purpose in ("TREAT", "TRAIN"):
+            assert client.get(f"/fhir/{seen_as(services, purpose, receipt['record'])}",
+                              headers=as_purpose(purpose)).status_code == 200
+
+
 def test_a_consent_recorded_as_implied_does_not_permit_training(tmp_path: Path) -> None:
     """Review finding: a Consent whose consent-method extension says the consent was implied,
     without policyRule IMPLIED, permitted TRAIN and HRESCH as an express consent would; implied

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from adapter.config import Settings
+from adapter.consent.ingest import PENDING_WARNING
 from adapter.errors import ConfigurationError
 from adapter.mapping.codes import EXT_CONSENT_PENDING, EXT_PHOTO_SOURCE
 from adapter.mapping.dicom_photo import encode_dataset
@@ -65,6 +66,10 @@ def _assert_refused(client: FhirClient, services: Services, r: httpx.Response, d
     assert "consent" in refusal["outcomeDesc"] and patients(refusal)
     assert services.store.find_dicom_instance(ds.SOPInstanceUID) is None
     assert [m for m in find(client, "Media", ds.SOPInstanceUID, headers=BTG) if m["resourceType"] == "Media"] == []
+    # safety review 7: the reason in words, in the Warning PS3.18 8.3.4.2 shapes (FailureReason is a number)
+    [warning] = r.headers.get_list("Warning")
+    assert warning.startswith("299 http") and f"instance {ds.SOPInstanceUID}: FailureReason 0x0124" in warning
+    assert "consent" in warning.lower()
 
 
 @pytest.mark.parametrize(("peer", "trusted"), [("testclient", None), (CAPTURE_APP, TRUSTED)],
@@ -136,12 +141,22 @@ def test_an_untrusted_callers_photo_is_kept_consent_pending_where_the_policy_all
     with adapter_client(tmp_path, peer=CAPTURE_APP, policy={"consent": {"allowPending": True}}) as (client, _):
         face = _face()
         r = stow(client, face)
-        assert r.status_code == 200, r.text
+        # safety review 4: stored with a warning, 202 (PS3.18 Table 10.5.3-1), said in words in the
+        # Warning (PS3.18 has no WarningReason for it: the item has none), as POST /photos warns
+        assert r.status_code == 202, r.text
+        [item] = r.json()["00081199"]["Value"]
+        assert value(item, "00081155") == face.SOPInstanceUID and "00081196" not in item
+        [warning] = r.headers.get_list("Warning")
+        assert warning.startswith("299 http") and warning.endswith(f"instance {face.SOPInstanceUID}: stored {PENDING_WARNING}")
         assert find(client, "Media", face.SOPInstanceUID) == []
         assert wado(client, face.StudyInstanceUID, face.SeriesInstanceUID, face.SOPInstanceUID).status_code == 403
         # (a break-glass search answers an OperationOutcome entry beside the matches)
         [media] = [m for m in find(client, "Media", face.SOPInstanceUID, headers=BTG) if m["resourceType"] == "Media"]
         assert {"url": EXT_CONSENT_PENDING, "valueBoolean": True} in media["extension"]
+        # the record's pending note, as a posted photo's (one text: adapter.consent.ingest)
+        assert PENDING_WARNING in [n["text"] for n in media["note"]]
+        # sent again: answered from its record, 200 (nothing new stored, no warning repeated)
+        assert stow(client, face).status_code == 200
         add_consent(client, ["TREAT"])
         assert len(find(client, "Media", face.SOPInstanceUID)) == 1
     # a trusted sender's object is not consent pending: its sender answers for consent
@@ -149,7 +164,8 @@ def test_an_untrusted_callers_photo_is_kept_consent_pending_where_the_policy_all
     with adapter_client(tmp_path / "trusted", peer=PACS, stow_trusted_senders=TRUSTED,
                         policy={"consent": {"allowPending": True}}) as (client, _):
         face = _face()
-        assert stow(client, face).status_code == 200
+        trusted = stow(client, face)
+        assert trusted.status_code == 200 and "Warning" not in trusted.headers
         assert len(find(client, "Media", face.SOPInstanceUID)) == 1
 
 

@@ -866,6 +866,23 @@ def _clinical_bundle_with(consent: dict[str, Any]) -> dict[str, Any]:
     return bundle
 
 
+def test_under_written_required_a_bundle_consent_saying_written_over_a_title_only_form_is_refused(
+        tmp_path: Path) -> None:
+    """Safety review 3: the consent-method extension's written won over a sourceAttachment that
+    documents nothing (a title only): the Bundle was stored under writtenRequired. Refused now,
+    as the same Consent without the extension is; with the form linked it is stored."""
+    consent = consent_resource(["TREAT"])
+    consent["extension"] = [{"url": CONSENT_METHOD, "valueCode": "written"}]
+    consent["sourceAttachment"] = {"title": "signed form"}
+    with adapter_client(tmp_path, policy=WRITTEN_REQUIRED) as (client, _services):
+        refused = client.post("/fhir", json=_clinical_bundle_with(consent))
+        assert refused.status_code == 422, refused.text
+        assert "written" in refused.json()["issue"][0]["diagnostics"]
+        consent["sourceAttachment"] = dict(SIGNED_FORM)
+        stored = client.post("/fhir", json=_clinical_bundle_with(consent))
+        assert stored.status_code == 200, stored.text
+
+
 def _guardian_consent(patient: dict[str, str] | None = None) -> dict[str, Any]:
     consent = consent_resource(["TREAT"], patient=patient)
     consent["extension"] = [{"url": CONSENT_METHOD, "valueCode": "written"}]

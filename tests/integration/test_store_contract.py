@@ -28,6 +28,7 @@ from adapter.errors import (
     InvalidInput,
     NotFound,
     NotSupported,
+    PatientReferenceConflict,
     StorageError,
     StudyStarted,
 )
@@ -1750,7 +1751,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 21
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
         assert {"creation", "entered_in_error"} <= {c["name"] for c in inspector.get_columns("resources")}
         assert "sending_since" in {c["name"] for c in inspector.get_columns("outbox")}
         assert {"ix_resources_blob", "ix_resources_date_last"} <= {i["name"] for i in inspector.get_indexes("resources")}
@@ -1782,7 +1783,7 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 21
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
         assert {f"ix_dicom_instances_{c}" for c in MATCH_KEYS} <= \
             {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
         if conn.dialect.name == "postgresql":
@@ -1854,7 +1855,7 @@ def test_version_12_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 21
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
         inspector = sa.inspect(conn)
         assert set(ATTRIBUTE_COLUMNS) <= {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert "ix_dicom_instances_attributes_unread" in {i["name"] for i in inspector.get_indexes("dicom_instances")}
@@ -1890,7 +1891,7 @@ def test_version_13_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 21
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
         assert set(STUDY_ATTRIBUTE_COLUMNS) <= {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [None] * 3  # type: ignore[union-attr]
     assert upgraded.fill_dicom_attributes(lambda _: MULTIFRAME, batch=2) == 3
@@ -1911,7 +1912,7 @@ def test_version_18_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 21
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
         assert "object_version" in {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert upgraded.find_dicom_instance(before.sop_instance_uid).object_version is None  # type: ignore[union-attr]
     after = dataclasses.replace(make_instance(blob_sha256=None), object_version=2)
@@ -1933,7 +1934,7 @@ def test_version_19_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 21
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
         inspector = sa.inspect(conn)
         assert {"date_last", "creation_last"} <= {c["name"] for c in inspector.get_columns("resources")}
         assert "ix_resources_date_last" in {i["name"] for i in inspector.get_indexes("resources")}
@@ -2180,3 +2181,31 @@ def test_studies_of_several_patients_are_named_with_their_records(store: SqlReco
     records = sorted(f"{u.dicom_instance.record_type}/{u.dicom_instance.record_id}"
                      for u in (first, other) if u.dicom_instance is not None)
     assert store.studies_of_several_patients() == [("1.2.8", records)]
+
+
+def test_version_21_is_upgraded_with_each_patient_reference_held_by_its_first_identifier(
+        open_records: StoreFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """21 → 22 fills patient_references from the records and Consents stored: a reference goes to
+    the identifier first stored with it; one stored with several (before the rule) is marked
+    disputed and counted in the log, never named; the rule holds for the writes after."""
+    store = open_records()
+    other = Identifier(system=PATIENT.system, value="MRN-OTHER")
+    first = make_resource("Media", patient=PATIENT, reference="Patient/p-1")
+    store.create(first)
+    store.create(make_resource("Consent", patient=other, reference="Patient/p-2", status="active"))
+    store.create(make_resource("Media", patient=PATIENT, reference="https://ehr.example.org/fhir/Patient/p-3"))
+    with store.engine.begin() as conn:  # as schema 21 held it: another patient under p-1 too
+        conn.execute(sa.text("UPDATE resources SET patient_reference = 'Patient/p-1' WHERE resource_type = 'Consent'"))
+        conn.execute(sa.text("DROP TABLE patient_references"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 21"))
+    store.close()
+    with caplog.at_level(logging.WARNING, logger="adapter.store.schema"):
+        upgraded = open_records()
+    with upgraded.engine.connect() as conn:
+        held = conn.execute(sa.text("SELECT reference, patient_value, disputed FROM patient_references "
+                                    "ORDER BY reference")).all()
+    assert [tuple(row) for row in held] == [("Patient/p-1", PATIENT.value, True), ("Patient/p-3", PATIENT.value, False)]
+    assert "1 Patient references" in caplog.text and "p-1" not in caplog.text and "MRN" not in caplog.text
+    with pytest.raises(PatientReferenceConflict):
+        upgraded.create(make_resource("Media", patient=other, reference="Patient/p-3"))
+    upgraded.create(make_resource("Media", patient=PATIENT, reference="Patient/p-1"))

@@ -94,6 +94,38 @@ def test_without_the_extension_a_signed_form_and_only_a_signed_form_says_written
     assert grant_from_consent(make_consent(sourceAttachment=attachment, extension=said)).method is ConsentMethod.VERBAL
 
 
+@pytest.mark.parametrize(("attachment", "method"), [
+    (None, ConsentMethod.WRITTEN),  # said written, no attachment: the recorder's word (docs/rules.md)
+    ({"contentType": "application/pdf", "url": "https://ehr.example.org/forms/1.pdf"}, ConsentMethod.WRITTEN),
+    ({"contentType": "application/pdf", "data": "JVBERi0xLjQK"}, ConsentMethod.WRITTEN),
+    ({"title": "signed form"}, None),
+    ({"contentType": "application/pdf", "url": " ", "data": ""}, None),
+])
+def test_written_said_with_an_attachment_that_documents_nothing_is_not_written(
+        attachment: dict[str, Any] | None, method: ConsentMethod | None) -> None:
+    """Safety review 3: the extension's ``written`` won before the attachment was looked at, so a
+    title-only sourceAttachment, which documents nothing (docs/fhir-api.md), met writtenRequired.
+    A claim of written whose attachment holds and links no form is no written consent (method
+    not said); without an attachment the claim stands, as POST /photos' ``method: written``
+    without ``form`` does."""
+    said = [{"url": CONSENT_METHOD_EXTENSION, "valueCode": "written"}]
+    extra = {} if attachment is None else {"sourceAttachment": attachment}
+    assert grant_from_consent(make_consent(extension=said, **extra)).method is method
+
+
+@pytest.mark.parametrize("attachment", [{"title": "signed form"}, None])
+def test_written_required_policies_take_no_title_only_attachment(attachment: dict[str, Any] | None) -> None:
+    """Under writtenRequiredForExplicitPurposes a Consent saying written with a title-only
+    attachment does not open TRAIN (its claim is discredited); saying written without one does."""
+    strict = policy_variant(consent={"written_required": True, "written_required_for_explicit": True})
+    said = [{"url": CONSENT_METHOD_EXTENSION, "valueCode": "written"}]
+    extra = {} if attachment is None else {"sourceAttachment": attachment}
+    consent = make_consent({"type": "permit", "period": {"start": "2025-01-01"}, "purpose": purpose("TRAIN")},
+                           extension=said, **extra)
+    decision = decide(PurposeOfUse("TRAIN"), facts(), grants_from_consent(consent), strict, NOW)
+    assert decision.permitted is (attachment is None)
+
+
 def test_invalid_method_is_refused() -> None:
     ext = [{"url": "urn:other", "valueString": "x"}, {"url": CONSENT_METHOD_EXTENSION, "valueCode": "nodded"}]
     with pytest.raises(InvalidResource) as info:

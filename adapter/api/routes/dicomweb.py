@@ -20,7 +20,10 @@
   the one study of the instances stored, else (several, or none stored, whatever the URL names)
   present and empty (type 2);
   an instance stored already with another content is referenced with WarningReason (0008,1196)
-  0xB006 Elements Discarded, as the SCP answers it; 200 all stored, 202 some failed or have a
+  0xB006 Elements Discarded, as the SCP answers it; one kept consent pending has no WarningReason
+  (PS3.18 defines none for it) but makes the answer 202 too; an HTTP Warning (``299 <service>:
+  …``, :func:`_stow_warnings`) says in words why an instance failed 0x0124 and that one is consent
+  pending (safety review 4 and 7); 200 all stored, 202 some failed or have a
   warning, 409 all failed; 415 for another media type; a part whose
   StudyInstanceUID is not the URL's fails (0xA900). The Accept header is negotiated before the
   body is read: one taking none of these answers is 406, nothing stored (refused as a whole, below).
@@ -142,7 +145,7 @@ from adapter.errors import (
 from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_vr import attribute_tag
 from adapter.mapping.dicom_xml import native_dicom_model
-from adapter.mapping.dimse_status import CANNOT_UNDERSTAND
+from adapter.mapping.dimse_status import CANNOT_UNDERSTAND, NOT_AUTHORISED
 from adapter.mapping.outcome import operation_outcome
 from adapter.model.network import is_in
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long
@@ -422,18 +425,50 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
             ReferencedSOPClassUID=o.sop_class_uid, ReferencedSOPInstanceUID=o.sop_instance_uid,
             RetrieveURL=_instance_url(request, services, o.study_instance_uid or "", o.series_instance_uid or "",
                                       o.sop_instance_uid or ""), WarningReason=o.warning_reason) for o in stored] or None)
-    # 202 when some failed, or were stored with a warning (PS3.18 Table 10.5.3-1)
-    status = 200 if not failed and not any(o.warning_reason for o in stored) else 202 if stored else 409
+    # 202 when some failed, or were stored with a warning (PS3.18 Table 10.5.3-1): a WarningReason,
+    # or kept consent pending (safety review 4)
+    status = 200 if not failed and not any(o.warned for o in stored) else 202 if stored else 409
+    response: Response | None = None
     try:
         if model == DICOM_XML:
-            return Response(content=native_dicom_model(body), status_code=status, media_type=DICOM_XML)
-        if model == MULTIPART_DICOM_XML:
+            response = Response(content=native_dicom_model(body), status_code=status, media_type=DICOM_XML)
+        elif model == MULTIPART_DICOM_XML:
             response = _datasets([body], model)
             response.status_code = status
-            return response
     except NotAcceptable:
         pass  # the instances are stored: the default representation says what became of them
-    return _json(body, status)
+    if response is None:
+        response = _json(body, status)
+    service = absolute(request, services, "dicomweb")
+    for text in _stow_warnings(outcomes):
+        response.headers.append("Warning", f"299 {service}: {text}")
+    return response
+
+
+#: The Warning text's longest instance reason (a header line is read by people and logged by proxies).
+_WARNING_TEXT_MAX = 300
+
+
+def _stow_warnings(outcomes: list[StowOutcome]) -> list[str]:
+    """What the STOW-RS answer tells in words, one HTTP Warning per instance (PS3.18 8.3.4.2's
+    form, ``299 <service>: <text>``, as QIDO-RS's warnings): why an instance failed with 0x0124
+    Not Authorised (the consent rule it did not meet: safety review 7; FailureReason carries the
+    code only), and that an instance stored is consent pending (safety review 4: stored, yet no
+    care reader sees it until a Consent documents care; PS3.18 Table I.2-1 has no WarningReason
+    for that, so the item has none and this says it). Each names its SOP Instance UID (the
+    sender's own) and is printable ASCII: the diagnostics may quote what was sent."""
+    said: list[str] = []
+    for o in outcomes:
+        if o.failure_reason == NOT_AUTHORISED and o.diagnostics:
+            what = f"FailureReason 0x{NOT_AUTHORISED:04X} (not authorised): {o.diagnostics}"
+        elif o.stored and o.consent_pending and o.diagnostics:
+            what = f"stored {o.diagnostics}"
+        else:
+            continue
+        instance = f"instance {o.sop_instance_uid}: " if o.sop_instance_uid else ""
+        text = "".join(c if " " <= c <= "~" else "?" for c in instance + what)
+        said.append(text[:_WARNING_TEXT_MAX])
+    return said
 
 
 # -- WADO-RS ------------------------------------------------------------------------------------
