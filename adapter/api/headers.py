@@ -19,7 +19,7 @@ A plain ASGI middleware, so request and response bodies stream through untouched
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.utils import formatdate
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,9 +33,15 @@ BREAK_GLASS_HEADER = "X-Break-Glass"
 RawHeaders = list[tuple[bytes, bytes]]
 
 
-def break_glass_headers(break_glass: bool) -> dict[str, str]:
-    """The header an answer released under break-the-glass carries; none otherwise."""
-    return {BREAK_GLASS_HEADER: "suppressed; v3-ActReason#BTG; break-glass access, audited"} if break_glass else {}
+def break_glass_headers(break_glass: bool, overrode: Iterable[str] = ()) -> dict[str, str]:
+    """The header an answer released under break-the-glass carries; none otherwise. ``overrode``:
+    what break-glass set aside that would have refused care alone (adapter.services.access.
+    overrode_for_care: "consent withdrawn: …"), said after it (clinical-safety review 6)."""
+    if not break_glass:
+        return {}
+    said = "suppressed; v3-ActReason#BTG; break-glass access, audited"
+    overridden = "; ".join(overrode)
+    return {BREAK_GLASS_HEADER: f"{said}; overrode: {overridden}" if overridden else said}
 
 
 def editing_response_headers(send: Send, edit: Callable[[RawHeaders], RawHeaders]) -> Send:

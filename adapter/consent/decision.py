@@ -30,10 +30,22 @@ from adapter.consent.rules import (
 )
 from adapter.mapping.tables import Tables
 from adapter.model.consent import ConsentGrant
-from adapter.model.decision import Decision, View
+from adapter.model.decision import CareRefusal, Decision, View
 from adapter.model.photo import ConsentMethod, PhotoSource
 from adapter.model.purpose import PurposeOfUse
 from adapter.model.record import AccessFacts
+
+#: What a care reader is told of a refusal (Decision.care_refusal), and what break-glass overrode
+#: (Decision.overrode): never a value of the record, only which rule of the patient's Consents
+#: (which care reads anyway) applies, and what would let care read it.
+CARE_REFUSALS: dict[CareRefusal, str] = {
+    CareRefusal.CONSENT_DENIES: "denied by the patient's Consent: a Consent in force denies this purpose",
+    CareRefusal.CONSENT_WITHDRAWN: "consent withdrawn: the patient withdrew the Consent that permitted care",
+    CareRefusal.CONSENT_PENDING: "consent pending: no consent for care is documented for this photo; record a "
+                                 "Consent permitting TREAT (written, where the organisation's policy requires it)",
+    CareRefusal.NO_CONSENT: "no Consent in force permits care for this photo (none recorded, or its period has "
+                            "ended): record a Consent permitting TREAT",
+}
 
 #: v3-ActCode obligation codes for the view a permitted purpose gets (standards.md §3.3).
 OBLIGATIONS: dict[View, tuple[str, ...]] = {
@@ -97,6 +109,12 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     directive); under break-glass the denials it overrode (``overridden``); of a refusal for want
     of an active permit (6, 7), the withdrawn Consents that would have given it (``withdrawn``);
     and the policy's URI.
+
+    What a care reader may be told (clinical-safety review 6): a refusal of a care purpose by
+    steps 4 to 6 says why (``care_refusal``: a Consent denies it, the consent was withdrawn, the
+    photo is consent pending, no Consent in force permits it; :data:`CARE_REFUSALS`); a break-glass
+    permit says why care (TREAT) alone would have been refused (``overrode``). No other refusal,
+    and no refusal of another purpose, carries a reason for the caller.
     """
     require_aware(now)
     code = purpose.code
@@ -105,10 +123,11 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
 
     policy = tables.policy.uri
 
-    def deny(reason: str, used: Sequence[ConsentGrant] = (), withdrawn: Sequence[ConsentGrant] = ()) -> Decision:
+    def deny(reason: str, used: Sequence[ConsentGrant] = (), withdrawn: Sequence[ConsentGrant] = (),
+             care_refusal: CareRefusal | None = None) -> Decision:
         return Decision(permitted=False, reason=reason, purpose=purpose, consent_ids=_ids(used),
                         consents=_refs(used), permitted_purposes=permitted, policy=policy,
-                        withdrawn=_refs(withdrawn))
+                        withdrawn=_refs(withdrawn), care_refusal=care_refusal)
 
     klass = _purpose_class(purpose, tables)
     refusal = _refusal_of(klass, code, tables)
@@ -116,13 +135,18 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
         return deny(refusal)
     if klass is PurposeClass.BREAK_GLASS:
         overridden = [g for g in in_force if g.decision == DENY and grant_covers(g, code, tables)]
-        decision = Decision(permitted=True, reason=f"break-glass ({code}): consent not evaluated; access audited",
+        overrode = _care_would_refuse(facts, consents, in_force, tables, now)
+        reason = f"break-glass ({code}): consent not evaluated; access audited"
+        if overrode is not None:
+            reason += f"; overrode what refuses care: {CARE_REFUSALS[overrode]}"
+        decision = Decision(permitted=True, reason=reason,
                             purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted,
-                            overridden=_refs(overridden), policy=policy)
+                            overridden=_refs(overridden), policy=policy, overrode=overrode)
         return _entered_in_error(decision, klass, facts, resource_only)
     verdict = _by_consent(code, klass, facts, consents, in_force, tables, now)
     if not verdict.permitted:
-        return deny(verdict.reason, verdict.used, verdict.withdrawn)
+        return deny(verdict.reason, verdict.used, verdict.withdrawn,
+                    verdict.care_refusal if klass is PurposeClass.CARE else None)
     view = View(tables.purposes.codes[code].view)
     decision = Decision(permitted=True, reason=verdict.reason, purpose=purpose, view=view,
                         consent_ids=_ids(verdict.used), consents=_refs(verdict.used), permitted_purposes=permitted,
@@ -177,6 +201,19 @@ class _Verdict(NamedTuple):
     used: Sequence[ConsentGrant] = ()
     #: of a refusal: the withdrawn Consents that would have permitted the purpose (its audit names them)
     withdrawn: Sequence[ConsentGrant] = ()
+    #: of a refusal: why, as a care reader is told it (kept by :func:`decide` for care purposes only)
+    care_refusal: CareRefusal | None = None
+
+
+def _care_would_refuse(facts: AccessFacts, consents: Sequence[ConsentGrant], in_force: Sequence[ConsentGrant],
+                       tables: Tables, now: datetime) -> CareRefusal | None:
+    """Of a break-glass read: why care (TREAT, steps 4 to 6) alone would be refused the record,
+    which break-glass overrides; None when care would read it, or the policy knows TREAT as no
+    care purpose (nothing to compare with)."""
+    if classify_purpose(TREAT, tables) is not PurposeClass.CARE:
+        return None
+    verdict = _by_consent(TREAT, PurposeClass.CARE, facts, consents, in_force, tables, now)
+    return None if verdict.permitted else verdict.care_refusal
 
 
 def _in_force(facts: AccessFacts, consents: Sequence[ConsentGrant], now: datetime) -> list[ConsentGrant]:
@@ -195,7 +232,7 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
     # until a Consent permitting TREAT is recorded for the patient (then it is documented).
     denials = [g for g in in_force if g.decision == DENY and grant_covers(g, code, tables)]
     if denials:
-        return _Verdict(False, f"a Consent denies {code}", denials)
+        return _Verdict(False, f"a Consent denies {code}", denials, care_refusal=CareRefusal.CONSENT_DENIES)
 
     if klass is PurposeClass.CARE:
         if not tables.kinds[facts.kind].needs_care_consent:
@@ -211,7 +248,9 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
             return _Verdict(True, f"active Consent permits {code}", grants)
         if withdrawn and tables.policy.consent.care_after_withdrawal and not facts.consent_pending:
             return _Verdict(True, f"consent withdrawn; policy keeps clinical photos readable for {code}", withdrawn)
-        return _Verdict(False, f"no active consent for {code}", withdrawn=withdrawn)
+        why = CareRefusal.CONSENT_PENDING if facts.consent_pending else \
+            CareRefusal.CONSENT_WITHDRAWN if withdrawn else CareRefusal.NO_CONSENT
+        return _Verdict(False, f"no active consent for {code}", withdrawn=withdrawn, care_refusal=why)
 
     if facts.consent_pending and not _care_documented(in_force, tables):
         return _Verdict(False, "consent pending: no consent for care is documented for this photo; readable "

@@ -84,7 +84,11 @@ Decisions:
   record's deviceName as ManufacturerModelName; Manufacturer is Type 2 and empty when unknown.
   For SC the camera is the secondary-capture device (SC Equipment); General Equipment
   describes the original (unknown: film, screen or paper). InstitutionName = the policy's
-  organisation unless ``institution`` is given.
+  organisation unless ``institution`` is given; none for a photo from a colleague outside the
+  organisation (``colleague-external``, version 4: it was taken under another organisation's
+  policy, which this one must not claim; Type 3 in General Equipment, PS3.3 C.7.5.1), whose
+  ImageComments says so instead (:data:`EXTERNAL_COLLEAGUE_COMMENT`, a fixed text the restricted
+  copies keep; the colleague's organisation and note stay in the record, not in the object).
 * **Character set**: SpecificCharacterSet ``ISO_IR 192`` (UTF-8) only when a value is not ASCII.
 """
 
@@ -113,12 +117,12 @@ from adapter.imaging import (
     read_orientation,
 )
 from adapter.imaging.sniff import check_declared
-from adapter.mapping.codes import EXT_LATERALITY, EXT_QUALITY_WARNING, SNOMED
+from adapter.mapping.codes import EXT_LATERALITY, EXT_PHOTO_SOURCE, EXT_QUALITY_WARNING, SNOMED
 from adapter.mapping.dicom_tables import DicomTables, KindIod
 from adapter.mapping.dicom_uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PhotoUids
 from adapter.mapping.photo import QUALITY_WARNING_PREFIX
 from adapter.mapping.tables import Tables
-from adapter.model.photo import Identifier, PhotoKind
+from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 
 _PHOTOMETRIC_OF_JPEG = {"GREY": "MONOCHROME2", "YBR": "YBR_FULL_422", "RGB": "RGB"}
 _LO_MAX = 64
@@ -133,8 +137,16 @@ _LT_NEW_LINE = "\r\n"  # a line break in LT/ST/UT text (PS3.5 6.1.3; the CR LF o
 #: 1 (an instance stored before schema 19): ImageComments is the kind's warning alone;
 #: 2: the record's quality warnings follow it (:func:`image_comments`);
 #: 3: a PNG's transparency is composited over black, not dropped (review mobile finding 12: the
-#: colour hidden under a fully transparent pixel showed): adapter.imaging.render.decode_pixels.
-PHOTO_OBJECT_VERSION = 3
+#: colour hidden under a fully transparent pixel showed): adapter.imaging.render.decode_pixels;
+#: 4: a ``colleague-external`` photo names no InstitutionName and says where it came from
+#: (:data:`EXTERNAL_COLLEAGUE_COMMENT`, clinical-safety review 5).
+PHOTO_OBJECT_VERSION = 4
+
+#: What the object of a ``colleague-external`` photo says in ImageComments, after the kind's
+#: warning (version 4): the adapter's own words, never the sender's (the colleague's name, their
+#: organisation and the discussion note are in the record: its Media.note and Provenance).
+EXTERNAL_COLLEAGUE_COMMENT = ("Photo from a colleague outside the organisation: see the record's discussion "
+                              "note before relying on it.")
 
 #: The longest side of a picture a DICOM image holds: Rows (0028,0010) and Columns (0028,0011)
 #: are US (PS3.3 C.7.6.3; PS3.5 6.2: 0 to 65535).
@@ -288,7 +300,9 @@ def _photo_header(record: Mapping[str, Any], *, kind: PhotoKind, patient: Identi
     # --- General Equipment (C.7.5.1) / SC Equipment (C.8.6.1)
     model = _lo(equipment.model if equipment and equipment.model else record.get("deviceName"))
     make = _lo(equipment.manufacturer if equipment else None)
-    org = _lo(institution if institution is not None else tables.policy.organisation.name)
+    # none for a photo taken under another organisation's policy (module docstring)
+    org = "" if version >= 4 and _from_outside(record) else \
+        _lo(institution if institution is not None else tables.policy.organisation.name)
     if iod.is_secondary_capture:
         ds.Manufacturer = ""
         ds.ConversionType = iod.conversion_type
@@ -335,6 +349,7 @@ def image_comments(record: Mapping[str, Any], *, kind: PhotoKind, tables: Tables
                    version: int = PHOTO_OBJECT_VERSION) -> str | None:
     """ImageComments (0020,4000, General Image, PS3.3 C.7.6.1: the comments a viewer shows with
     the image) of a photo's object: the kind's ``warning`` (mappings/kinds.yaml), then, from
+    version 4, :data:`EXTERNAL_COLLEAGUE_COMMENT` for a ``colleague-external`` photo, then, from
     version 2, each of the record's quality warnings as its note says it (:func:`quality_texts`),
     one line each. None when there is none. LT holds at most 10240 characters (PS3.5 6.2): a line
     that would not fit is left out whole, never cut, so every line is word for word a text the
@@ -342,11 +357,42 @@ def image_comments(record: Mapping[str, Any], *, kind: PhotoKind, tables: Tables
     warning = tables.kinds[kind].warning
     if version < 2:  # as version 1 made it
         return warning or None
+    outside = EXTERNAL_COLLEAGUE_COMMENT if version >= 4 and _from_outside(record) else None
     kept: list[str] = []
-    for line in (text for text in (warning, *quality_texts(record)) if text):
+    for line in (text for text in (warning, outside, *quality_texts(record)) if text):
         if len(_LT_NEW_LINE.join([*kept, line])) <= _LT_MAX:
             kept.append(line)
     return _LT_NEW_LINE.join(kept) or None
+
+
+def warned_received(ds: Dataset, warning: str, *, keep_sender_text: bool) -> bool:
+    """Put the record's kind ``warning`` (mappings/kinds.yaml: the secondary image's "review the
+    original") first in the ImageComments of ``ds``, a received object's image as released
+    (clinical-safety review 2: an object received over C-STORE or STOW-RS that ingest files as
+    ``secondary`` said it on its FHIR record only). ``keep_sender_text``: the sender's own
+    comments follow on the next line (CR LF, PS3.5 6.1.3), cut to what LT holds (10240
+    characters, PS3.5 6.2) after the warning (care's copy; the stored file keeps them whole);
+    else the warning alone (a restricted copy removes the sender's text: adapter.mapping.dicom_deid
+    keeps the warning, a fixed text). Nothing is changed for an object with no pixel data (no
+    General Image module), or whose comments hold the warning as a line already (the adapter's
+    own object, sent back); returns whether ``ds`` was changed."""
+    if "PixelData" not in ds:
+        return False
+    value = ds.get("ImageComments")
+    sender = str(value) if value else ""
+    if warning in sender.split(_LT_NEW_LINE):
+        return False
+    room = _LT_MAX - len(warning) - len(_LT_NEW_LINE)
+    kept = sender[:room] if keep_sender_text and room > 0 else ""
+    ds.ImageComments = _LT_NEW_LINE.join(line for line in (warning, kept) if line)
+    return True
+
+
+def _from_outside(record: Mapping[str, Any]) -> bool:
+    """Whether the record's photo-source extension says ``colleague-external``."""
+    return any(isinstance(ext, Mapping) and ext.get("url") == EXT_PHOTO_SOURCE
+               and ext.get("valueCode") == PhotoSource.COLLEAGUE_EXTERNAL.value
+               for ext in record.get("extension") or ())
 
 
 def quality_texts(record: Mapping[str, Any]) -> tuple[str, ...]:
@@ -368,11 +414,11 @@ def quality_texts(record: Mapping[str, Any]) -> tuple[str, ...]:
 
 def fixed_texts(tables: Tables, dicom_tables: DicomTables) -> frozenset[str]:
     """The texts :func:`photo_to_dicom` writes into ImageComments and SeriesDescription for any
-    record: the kinds' warnings and series descriptions, fixed by the tables, holding no patient
-    data (so the restricted copies may keep them: adapter.mapping.dicom_deid). A record's own
+    record: the kinds' warnings and series descriptions, fixed by the tables, and
+    :data:`EXTERNAL_COLLEAGUE_COMMENT`, holding no patient data (so the restricted copies may keep them: adapter.mapping.dicom_deid). A record's own
     quality warnings are added per record (:func:`quality_texts`)."""
     descriptions = (iod.series_description for iod in dicom_tables.kinds.values())
-    return tables.kind_warnings | {text for text in descriptions if text}
+    return tables.kind_warnings | {text for text in descriptions if text} | {EXTERNAL_COLLEAGUE_COMMENT}
 
 
 def code_meanings(tables: Tables) -> dict[tuple[str, str], str]:
@@ -694,7 +740,7 @@ def _has_non_ascii(ds: Dataset) -> bool:
     return any(not text.isascii() for text in _walk_text(ds))
 
 
-__all__ = ["MAX_ROWS_COLUMNS", "PHOTO_OBJECT_VERSION", "STUDY_DATE_VERSION", "Equipment", "PhotoStudy",
+__all__ = ["EXTERNAL_COLLEAGUE_COMMENT", "MAX_ROWS_COLUMNS", "PHOTO_OBJECT_VERSION", "STUDY_DATE_VERSION", "Equipment", "PhotoStudy",
            "check_rows_columns", "code_meanings", "encode_dataset", "encounter_key", "fixed_texts", "image_comments",
            "photo_study", "photo_study_values", "photo_to_dicom", "pixels_decoded",
-           "quality_texts", "study_date", "study_time"]
+           "quality_texts", "study_date", "study_time", "warned_received"]

@@ -8,6 +8,19 @@ from enum import StrEnum
 from adapter.model.purpose import PurposeOfUse
 
 
+class CareRefusal(StrEnum):
+    """Why the consent decision refuses a record to a care purpose (TREAT and its kin), or what
+    break-glass set aside that care alone would have been refused (clinical-safety review 6).
+    Care may read the patient's Consents anyway (adapter.consent.decision, step 5), so the reason
+    tells a care reader nothing new; it is never given for any other purpose (it would say that a
+    record exists). What is said of each: adapter.consent.decision.CARE_REFUSALS."""
+
+    CONSENT_DENIES = "consent-denies"          # a Consent in force denies the purpose (deny wins)
+    CONSENT_WITHDRAWN = "consent-withdrawn"    # the Consent that permitted care was withdrawn
+    CONSENT_PENDING = "consent-pending"        # stored without documented consent for care
+    NO_CONSENT = "no-consent"                  # no Consent in force permits care (none, or its period ended)
+
+
 class View(StrEnum):
     """How a permitted record is shown."""
 
@@ -52,3 +65,10 @@ class Decision:
     #: restricted view of its image then claims no anonymisation (adapter.mapping.views,
     #: adapter.mapping.dicom_deid). True unless the decision knew otherwise (fail closed).
     pixels_may_identify: bool = True
+    #: Of a refusal to a care purpose by the Consents (steps 4 to 6 of adapter.consent.decide):
+    #: why, which a care reader is told (adapter.consent.decision.CARE_REFUSALS). None for every
+    #: other refusal and every other purpose, which are told no more than "access denied".
+    care_refusal: CareRefusal | None = None
+    #: Of a break-glass permit: why care (TREAT) alone would have been refused the record, which
+    #: the answer and its AuditEvent say break-glass overrode; None when care would read it too.
+    overrode: CareRefusal | None = None

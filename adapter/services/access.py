@@ -19,6 +19,7 @@ import functools
 import heapq
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from adapter.consent import (
     grants_from_consent,
     refused_for_every_record,
 )
-from adapter.consent.decision import ENTERED_IN_ERROR_IMAGE
+from adapter.consent.decision import CARE_REFUSALS, ENTERED_IN_ERROR_IMAGE
 from adapter.errors import (
     AdapterError,
     Forbidden,
@@ -62,7 +63,7 @@ from adapter.mapping.released_ids import IdSpace, ReleasedIds
 from adapter.mapping.tables import Tables
 from adapter.mapping.views import render
 from adapter.model.consent import ConsentGrant
-from adapter.model.decision import Decision, View
+from adapter.model.decision import CareRefusal, Decision, View
 from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.purpose import MhdTransaction, RequestContext
@@ -109,9 +110,39 @@ T = TypeVar("T")
 def _denial(decision: Decision) -> str:
     """What a refusal says: little (:data:`_DENIED`), unless the purpose sees the record and is
     refused its image because the record was entered in error (adapter.consent.decision), which
-    it may be told: the record it reads says so. A 403, not 410 Gone: nothing was deleted (FHIR
-    http.html#read keeps 410 for a deleted resource); the record and its history stand."""
-    return ENTERED_IN_ERROR_IMAGE if decision.entered_in_error else _DENIED
+    it may be told: the record it reads says so; or the purpose is care, refused by the patient's
+    Consents, which care reads anyway: then why (Decision.care_refusal, in the decision module's
+    words: adapter.consent.decision.CARE_REFUSALS; clinical-safety review 6), so that a clinician
+    knows what refuses it and what would let care read it, rather than breaking glass. A 403, not
+    410 Gone: nothing was deleted (FHIR http.html#read keeps 410 for a deleted resource); the
+    record and its history stand."""
+    if decision.entered_in_error:
+        return ENTERED_IN_ERROR_IMAGE
+    if decision.care_refusal is not None:
+        return CARE_REFUSALS[decision.care_refusal]
+    return _DENIED
+
+
+def _denial_of_all(decisions: Iterable[Decision]) -> str:
+    """What the refusal of a whole study or series says (none of its instances permitted): to
+    care, each reason its instances were refused for, once (:func:`_denial`); else little."""
+    reasons = dict.fromkeys(CARE_REFUSALS[d.care_refusal] for d in decisions if d.care_refusal is not None)
+    return "; ".join(reasons) if reasons else _DENIED
+
+
+def withheld_from_care(withheld: Counter[CareRefusal], what: str) -> tuple[str, ...]:
+    """What a care search says of the matches it withheld (``withheld``: how many for each
+    reason, Decision.care_refusal), one text a reason: "2 <what> withheld: consent withdrawn: …".
+    Only a care purpose's refusals carry a reason, so another purpose's search says nothing (a
+    count would tell that records exist)."""
+    return tuple(f"{count} {what} withheld from this search: {CARE_REFUSALS[why]}"
+                 for why, count in sorted(withheld.items()) if count)
+
+
+def overrode_for_care(decisions: Iterable[Decision]) -> tuple[str, ...]:
+    """What break-glass overrode in releasing ``decisions``' records (Decision.overrode), each
+    reason once: what would have refused care alone."""
+    return tuple(dict.fromkeys(CARE_REFUSALS[d.overrode] for d in decisions if d.overrode is not None))
 
 
 @dataclass(frozen=True)
@@ -147,6 +178,10 @@ class SearchResult:
     more: bool = False  # permitted matches beyond this page
     included: list[dict[str, Any]] = field(default_factory=list)  # _include/_revinclude, each decided
     paging: SearchPaging | None = None  # the pages its links name
+    #: to a care purpose: what the matches withheld were withheld for (:func:`withheld_from_care`)
+    withheld: tuple[str, ...] = ()
+    #: what break-glass overrode in releasing the page (:func:`overrode_for_care`)
+    overrode: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,6 +225,8 @@ class DicomSearchResult:
     entries: list[DicomEntry]
     break_glass: bool
     more: bool = False
+    withheld: tuple[str, ...] = ()  # as SearchResult's
+    overrode: tuple[str, ...] = ()  # as SearchResult's
 
 
 class DicomRetrieval:
@@ -801,6 +838,7 @@ class ScopedReader:
         then: dict[tuple[str, str], str] = {}  # the lastUpdated at the snapshot of one updated since
         candidates = self._as_of_snapshot(merged, snapshot, then)
         denied = 0
+        for_care: Counter[CareRefusal] = Counter()  # the denied a care reader is told of, by reason
 
         def permitted_rows() -> Iterator[tuple[IndexRow, Decision, Identifier | None]]:
             """The candidates the purpose is permitted, each with its decision and patient; the
@@ -816,6 +854,8 @@ class ScopedReader:
                     yield row, decision, facts.patient if facts is not None else None
                 else:
                     denied += 1
+                    if decision.care_refusal is not None:
+                        for_care[decision.care_refusal] += 1
 
         key, by_released = self._sort_key(request, then)
         cursor = request.cursor
@@ -856,9 +896,13 @@ class ScopedReader:
             request, [loaded[k] for k in ((r.resource_type, r.id) for r, _ in page) if k in loaded], found)
         reason = f"{permitted} permitted, {denied} withheld" + (f", {len(included)} included" if included else "")
         self._record_search(found, reason=reason)
+        # every match is read when the total is (read_all): the count is the search's, else those read
+        withheld = withheld_from_care(for_care, "matching resources" if request.total or not in_order
+                                      else "or more matching resources")
         return SearchResult(resources=resources, total=permitted if request.total else None,
                             break_glass=any(d.break_glass for _, d in page) or included_glass,
-                            more=found_page.more, included=included, paging=paging)
+                            more=found_page.more, included=included, paging=paging, withheld=withheld,
+                            overrode=overrode_for_care(d for _, d in page))
 
     def _snapshot(self, resource_types: Sequence[str], request: SearchRequest) -> tuple[dict[str, str], str]:
         """The snapshot of a search (adapter.services.search_paging) and the view its keys are
@@ -1241,7 +1285,7 @@ class ScopedReader:
                 continue
             return made[-1]
         if not permitted:
-            raise Forbidden(_DENIED)
+            raise Forbidden(_denial_of_all(d for _, _, d in decided))
         raise NotAcceptable("this study or series has no image to show as a thumbnail")
 
     def read_dicom(self, study: str, series: str | None = None, *,
@@ -1295,7 +1339,7 @@ class ScopedReader:
         if not out and unreleasable:
             raise unreleasable[0][2]  # nothing else permitted: the document's own refusal (422)
         if not out:
-            raise Forbidden(_DENIED)
+            raise Forbidden(_denial_of_all(d for _, _, d in decided))
         return out
 
     @staticmethod
@@ -1435,12 +1479,14 @@ class ScopedReader:
         glass = False  # break-glass released an instance (then every permitted one: it is the purpose's)
         wanted = None if limit is None else offset + limit + (1 if tell_more else 0)
         withheld = 0
+        for_care: Counter[CareRefusal] = Counter()  # the withheld a care reader is told of, by reason
         patient_of: dict[str, Identifier] = {}  # record -> its patient, for the audit
         decided_by: dict[str, Decision] = {}    # record -> the decision that released it, for the audit
         try:
             for studies in _whole_studies(batches):
                 patient_of.update((f"{i.record_type}/{i.record_id}", i.patient) for i in studies)
-                permitted, held, by_glass = self._qido_permitted(release, level, query, studies, decided_by)
+                permitted, held, by_glass = self._qido_permitted(release, level, query, studies, decided_by,
+                                                                 for_care)
                 withheld += held
                 glass = glass or by_glass
                 for entry in permitted:
@@ -1456,14 +1502,20 @@ class ScopedReader:
         self._record_search([(r, patient_of.get(r), decided_by.get(r)) for r in sorted({e.record for e in result})],
                             reason=f"{len(result)} instances permitted, {withheld} withheld", dicom=DicomAudit.query())
         more = tell_more and limit is not None and len(results) > offset + limit
-        return DicomSearchResult(result, glass and bool(result), more)
+        # the studies read (a page stops at the results it needs): "or more" unless every one was
+        counted = "matching instances" if wanted is None else "or more matching instances"
+        return DicomSearchResult(result, glass and bool(result), more, withheld=withheld_from_care(for_care, counted),
+                                 overrode=overrode_for_care(decided_by[r] for r in sorted({e.record for e in result})
+                                                            if r in decided_by))
 
     def _qido_permitted(self, release: DicomRelease, level: str, query: DicomQuery,
                         candidates: Sequence[DicomInstance],
-                        decided_by: dict[str, Decision]) -> tuple[list[DicomEntry], int, bool]:
+                        decided_by: dict[str, Decision],
+                        for_care: Counter[CareRefusal]) -> tuple[list[DicomEntry], int, bool]:
         """The permitted entries making up matching results among ``candidates`` (whole
         studies), how many matching instances were withheld, and whether break-glass released
-        any of them; the decision that released each adds to ``decided_by`` (its record's)."""
+        any of them; the decision that released each adds to ``decided_by`` (its record's), the
+        reason each was withheld from care (Decision.care_refusal) to ``for_care``."""
         entries = {id(i): release.entry(i) for i in candidates}
         matched_ids = {id(e) for e in match_level(level, query, entries.values())}
         matched = [i for i in candidates if id(entries[id(i)]) in matched_ids]
@@ -1480,5 +1532,7 @@ class ScopedReader:
                 glass = glass or decision.break_glass
             else:
                 withheld += 1
+                if decision.care_refusal is not None:
+                    for_care[decision.care_refusal] += 1
         # again: a withheld instance may have made the match
         return match_level(level, query, permitted), withheld, glass

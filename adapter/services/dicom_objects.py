@@ -66,6 +66,7 @@ from adapter.mapping.dicom_photo import (
     photo_to_dicom,
     photo_without_pixels,
     pixels_decoded,
+    warned_received,
 )
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
@@ -367,13 +368,18 @@ class DicomRelease:
         the metadata out of an encapsulated PDF: adapter.imaging.pdf). UncleanableDocument when
         the PDF's metadata cannot be removed: not released in this view. ``kind``: the record's
         kind (kinds.yaml), whose picture may show the person or text beside what the object says
-        (adapter.mapping.dicom_deid); None (not known) counts as both (fail closed).
+        (adapter.mapping.dicom_deid); None (not known) counts as both (fail closed). A received
+        object (``obj`` a stored file) of a kind with a ``warning`` (secondary) carries it first in
+        ImageComments in every view: care's copy before the sender's comments, made anew (the
+        stored file is unchanged; released byte for byte when it says the warning already), a
+        restricted copy alone (adapter.mapping.dicom_photo.warned_received).
         ``record_texts``: the adapter's own texts of the record ``obj`` belongs to, which a
         restricted copy keeps beside the fixed texts: its quality warnings
         (adapter.mapping.dicom_photo.quality_texts)."""
         text_in_pixels = kind is None or kind.text_in_pixels
         recognizable = kind is None or kind.recognizable
-        if self.view is View.FULL and isinstance(obj, Path):
+        warning = kind.warning if kind is not None else None
+        if self.view is View.FULL and isinstance(obj, Path) and warning is None:
             try:
                 meta = read_file_meta_info(obj)
                 return _released(obj.read_bytes(), meta.TransferSyntaxUID, meta.MediaStorageSOPClassUID,
@@ -381,6 +387,22 @@ class DicomRelease:
             except Exception as exc:  # our own stored file: unreadable is a storage fault
                 raise StorageError("the stored DICOM object cannot be read") from exc
         ds = _read(obj) if isinstance(obj, Path) else obj
+        if isinstance(obj, Path) and warning is not None:
+            # a received object of a kind with a warning (secondary) says it in every view, as the
+            # adapter's own object does (adapter.mapping.dicom_photo.warned_received); the stored
+            # file stays as received
+            changed = warned_received(ds, warning, keep_sender_text=self.view is View.FULL)
+            if self.view is View.FULL:
+                if not changed:
+                    return _released(obj.read_bytes(), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID,
+                                     ds.SOPInstanceUID)
+                try:
+                    return _released(encode_dataset(ds), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID,
+                                     ds.SOPInstanceUID)
+                except StorageError:
+                    raise
+                except Exception as exc:  # as below: the object is ours, it fails at every try
+                    raise UnreleasableObject("the stored DICOM object cannot be released in this view") from exc
         uids = self._uids
         fixed = self._fixed_texts.union(record_texts)
         try:

@@ -2,8 +2,9 @@
 store (the egress review): a consent-pending clinical photo read for care, and for TRAIN with a
 TRAIN Consent but no consent for care; a photo whose TRAIN Consent was withdrawn, asked for again
 by the URLs a TRAIN reader kept (its released UIDs); and a photo of an encounter beside one a
-Consent names (provision.data). Each read is refused (403, saying nothing of the record) and
-audited once as a refusal; each search, count, include, QIDO-RS, batch and outbox leaves it out.
+Consent names (provision.data). Each read is refused (403, saying nothing of the record; to care,
+why: clinical-safety review 6) and audited once as a refusal; each search, count, include, QIDO-RS,
+batch and outbox leaves it out (a care search saying how many it withheld, and why).
 tests/integration/test_deid_canary.py checks what permitted reads carry."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from adapter.consent.decision import CARE_REFUSALS
+from adapter.model.decision import CareRefusal
 from adapter.services.registry import Services
 from tests.conftest import ROOT
 from tests.support.app import (
@@ -60,8 +63,15 @@ def _reads(receipt: dict[str, Any], study: str, series: str, sop: str) -> list[t
     ]
 
 
+DENIED = "access denied for this purpose of use"
+
+
 def _refused_everywhere(client: FhirClient, services: Services, receipt: dict[str, Any], uids: tuple[str, str, str],
-                        purpose: str) -> None:
+                        purpose: str, told: str = DENIED) -> None:
+    """Every read refused, saying ``told`` (to care, why: CARE_REFUSALS; to another purpose, only
+    :data:`DENIED`); every search leaves the record out, a care search saying so in a search.mode
+    ``outcome`` entry (FHIR) or a Warning (QIDO-RS), another purpose's saying nothing."""
+    care = told != DENIED
     # named as a reader of the purpose names them: by the ids its view shows (the UIDs likewise)
     receipt = {k: seen_as(services, purpose, v) if k in ("record", "binary", "provenance") else v
                for k, v in receipt.items()}
@@ -72,15 +82,28 @@ def _refused_everywhere(client: FhirClient, services: Services, receipt: dict[st
         events = services.store.list_audit(100000)
         fresh = events[: len(events) - before]
         assert r.status_code == 403, (purpose, method, path, extra, r.status_code)
-        assert method == "HEAD" or "access denied for this purpose of use" in r.text
+        assert method == "HEAD" or told in r.text, (method, path, extra, r.text)
+        assert care or method == "HEAD" or "consent" not in r.text.lower()
         assert len(fresh) == 1 and fresh[0]["outcome"] == "4", (path, extra, [e["outcome"] for e in fresh])
     for query in ("/fhir/Media?_summary=count", "/fhir/Provenance?_summary=count", f"/fhir/Media?_id={record_id}",
                   f"/fhir/Provenance?target={receipt['record']}", "/fhir/Media?_revinclude=Provenance:target",
                   "/fhir/Provenance?_include=Provenance:target"):
         found = client.get(query, headers=as_purpose(purpose)).json()
-        assert found["total"] == 0 and "entry" not in found, (purpose, query)
+        assert found["total"] == 0, (purpose, query)
+        outcomes = [e for e in found.get("entry", [])]
+        assert all(e["search"]["mode"] == "outcome" for e in outcomes), (purpose, query)
+        said = [i["diagnostics"] for e in outcomes for i in e["resource"]["issue"]]
+        if care:
+            assert len(said) == 1 and said[0].endswith(f"withheld from this search: {told}"), (query, said)
+            assert said[0].split()[0].isdigit() and outcomes[0]["resource"]["issue"][0]["code"] == "suppressed"
+        else:
+            assert said == [], (purpose, query, said)
     for query in ("/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances", f"/dicomweb/studies/{uids[0]}/instances"):
-        assert client.get(query, headers=as_purpose(purpose)).json() == [], (purpose, query)
+        qido = client.get(query, headers=as_purpose(purpose))
+        assert qido.json() == [], (purpose, query)
+        warnings = qido.headers.get_list("Warning")
+        assert [w.endswith(f"withheld from this search: {told}") for w in warnings] == ([True] if care else []), \
+            (purpose, query, warnings)
     listed = client.get("/outbox", headers=as_purpose(purpose))  # TRAIN: not read at all (privacy review F3)
     assert listed.status_code == 403 if purpose == "TRAIN" else all(item.get("withheld") for item in listed.json())
     batch = client.post("/fhir", headers=as_purpose(purpose), json={"resourceType": "Bundle", "type": "batch", "entry": [
@@ -88,6 +111,7 @@ def _refused_everywhere(client: FhirClient, services: Services, receipt: dict[st
                                                                receipt["provenance"], f"Media?_id={record_id}")]})
     entries = batch.json()["entry"]
     assert [e["response"]["status"] for e in entries[:3]] == ["403 Forbidden"] * 3
+    assert all(told in str(e["response"].get("outcome")) for e in entries[:3]), entries[:3]
     assert entries[3]["resource"]["total"] == 0
 
 
@@ -100,7 +124,8 @@ def test_a_consent_pending_photo_leaves_by_no_path_but_break_glass(tmp_path: Pat
     with adapter_client(tmp_path, policy={"consent": {"allowPending": True}}) as (client, services):
         receipt = post_photo(client, WOUND, metadata(consent=None)).json()
         assert receipt["consentPending"]
-        _refused_everywhere(client, services, receipt, _treat_uids(receipt), "TREAT")
+        _refused_everywhere(client, services, receipt, _treat_uids(receipt), "TREAT",
+                            CARE_REFUSALS[CareRefusal.CONSENT_PENDING])
         # a Consent for training alone does not open a photo whose taking has no documented consent
         assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
         train = client.get("/dicomweb/instances", headers=as_purpose("TRAIN"))
@@ -151,3 +176,51 @@ def test_a_consent_for_operations_does_not_open_the_identified_record_to_records
         _refused_everywhere(client, services, receipt, _treat_uids(receipt), "RECORDMGT")
         assert client.post("/fhir/Consent", json=consent_resource(["RECORDMGT"])).status_code == 201
         assert "seen at home" in client.get(f"/fhir/{receipt['record']}", headers=as_purpose("RECORDMGT")).text
+
+
+def test_care_is_told_why_and_break_glass_says_what_it_overrode(tmp_path: Path) -> None:
+    """Clinical-safety review 6: a care reader refused by the patient's Consents is told why (the
+    Consent withdrawn, denied by a Consent), a care search says how many it withheld and why, and
+    a break-glass read that releases what care would not says what it overrode, in X-Break-Glass,
+    in a break-glass search's outcome entry and in the AuditEvent. Another purpose is told nothing."""
+    with adapter_client(tmp_path, policy={"consent": {"careAfterWithdrawal": False}}) as (client, services):
+        receipt = post_photo(client, WOUND, metadata()).json()
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
+        for entry in client.get("/fhir/Consent", headers=as_purpose("TREAT")).json()["entry"]:
+            consent = entry["resource"]
+            assert client.put(f"/fhir/Consent/{consent['id']}", json={**consent, "status": "inactive"}).status_code == 200
+        withdrawn = CARE_REFUSALS[CareRefusal.CONSENT_WITHDRAWN]
+        _refused_everywhere(client, services, receipt, _treat_uids(receipt), "TREAT", withdrawn)
+        glass = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("ETREAT"))
+        assert glass.status_code == 200
+        assert glass.headers["X-Break-Glass"].endswith(f"; overrode: {withdrawn}")
+        [event] = [e for e in services.store.list_audit(100)
+                   if e.get("outcomeDesc", "").startswith("break-glass (ETREAT)")][:1]
+        assert withdrawn in event["outcomeDesc"]
+        search = client.get("/fhir/Media", headers=as_purpose("ETREAT"))
+        assert search.headers["X-Break-Glass"].endswith(f"; overrode: {withdrawn}")
+        said = [i["diagnostics"] for e in search.json()["entry"] if e["search"]["mode"] == "outcome"
+                for i in e["resource"]["issue"]]
+        assert any(withdrawn in s and "overrode" in s for s in said), said
+        study = receipt["dicom"]["studyInstanceUid"]
+        wado = client.get(f"/dicomweb/studies/{study}", headers=as_purpose("ETREAT"))
+        assert wado.status_code == 200 and wado.headers["X-Break-Glass"].endswith(withdrawn)
+        # a photo care reads without consent (secondary): break-glass overrides nothing
+        posted = post_photo(client, ROOT / "samples" / "document.jpg", metadata(kind="secondary", consent=None))
+        assert posted.status_code == 201, posted.text
+        other = posted.json()
+        plain = client.get(f"/fhir/{other['record']}", headers=as_purpose("ETREAT"))
+        assert plain.headers["X-Break-Glass"] == "suppressed; v3-ActReason#BTG; break-glass access, audited"
+        # a Consent denying care: said so; break-glass overrides it, and says so
+        deny = consent_resource(["TREAT"])
+        deny["provision"]["type"] = "deny"
+        assert client.post("/fhir/Consent", json=deny).status_code == 201
+        denied = CARE_REFUSALS[CareRefusal.CONSENT_DENIES]
+        r = client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT"))
+        assert r.status_code == 403 and denied in r.text
+        assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("ETREAT")).headers[
+            "X-Break-Glass"].endswith(denied)
+        # TRAIN is told nothing, and its searches say nothing of what they left out
+        train = client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['record'])}", headers=as_purpose("TRAIN"))
+        assert train.status_code == 403 and DENIED in train.text
+        assert "entry" not in client.get("/fhir/Media", headers=as_purpose("TRAIN")).json()

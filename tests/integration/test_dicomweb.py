@@ -31,7 +31,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 
 from adapter.mapping.codes import EXT_PHOTO_SOURCE
 from adapter.mapping.dicom_deid import NOT_CLEANED_DOCUMENT, NOT_CLEANED_PIXELS
-from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, encode_dataset
+from adapter.mapping.dicom_photo import EXTERNAL_COLLEAGUE_COMMENT, STUDY_DATE_VERSION, encode_dataset
 from adapter.mapping.dimse_status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -670,6 +670,82 @@ def test_a_secondary_images_object_warns_every_reader_and_a_clinical_photos_does
         assert ds.PatientIdentityRemoved == "NO" and note.encode() not in data
         series = [item for item in qido(client, "series", headers) if value(item, "00080060") == "OT"]
         assert [value(item, "0008103E") for item in series] == [ds.SeriesDescription]
+
+
+def test_a_received_secondary_images_object_carries_the_warning_in_every_view(
+        adapter: tuple[FhirClient, Services], checked: Checked) -> None:
+    """Clinical-safety review 2: an object received over STOW-RS (or C-STORE) that the adapter
+    files as ``secondary`` carried the "review the original" warning on its FHIR record only.
+    Care's copy now says it first in ImageComments, the sender's comments after it (the stored
+    file stays as received); the TRAIN and HRESCH copies say it alone (the sender's text is
+    removed there). Study metadata says it too. dciodvfy: 0 errors."""
+    client, services = adapter
+    warning = services.tables.kinds[PhotoKind.SECONDARY].warning
+    assert warning
+    bare = received(PhotoKind.SECONDARY, record_id="rec-s1")
+    del bare.ImageComments, bare.SeriesDescription
+    commented = received(PhotoKind.SECONDARY, record_id="rec-s2", ImageComments="screen of bay 4, see PACS")
+    del commented.SeriesDescription
+    sent = {o.SOPInstanceUID: encode_dataset(o) for o in (bare, commented)}
+    assert stow(client, *sent.values()).status_code == 200
+    expected = {bare.SOPInstanceUID: [warning], commented.SOPInstanceUID: [warning, "screen of bay 4, see PACS"]}
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for obj in (bare, commented):
+        sop, lines = obj.SOPInstanceUID, expected[obj.SOPInstanceUID]
+        [media] = find(client, "Media", sop)
+        assert warning in [n["text"] for n in media["note"]]  # filed as secondary
+        [data] = parts_of(wado(client, obj.StudyInstanceUID, obj.SeriesInstanceUID, sop))
+        ds = checked("received secondary, TREAT", data)
+        assert ds.ImageComments.split("\r\n") == lines
+        stored = services.store.find_dicom_instance(sop)
+        assert stored is not None and stored.blob_sha256 is not None
+        assert services.blobs.path(stored.blob_sha256).read_bytes() == sent[sop]  # kept as received
+        binary = media["content"]["url"].split("/fhir/")[-1]
+        for headers in (TRAIN, HRESCH):
+            answer = client.get(f"/fhir/{seen_as(services, headers['X-Purpose-Of-Use'], binary)}",
+                                headers={**headers, "Accept": "application/dicom"})
+            assert answer.status_code == 200, answer.text
+            copy_ds = checked(f"received secondary, {headers['X-Purpose-Of-Use']}", answer.content)
+            assert copy_ds.ImageComments == warning and b"bay 4" not in answer.content
+            assert "113105" in [c.CodeValue for c in copy_ds.DeidentificationMethodCodeSequence]
+    metadata_of = client.get(f"/dicomweb/studies/{bare.StudyInstanceUID}/metadata", headers=TREAT)
+    assert metadata_of.status_code == 200, metadata_of.text
+    assert all(value(item, "00204000").startswith(warning) for item in metadata_of.json())
+    # a received clinical photo is released for care as received, byte for byte
+    clinical = received(record_id="rec-c1")
+    assert stow(client, clinical).status_code == 200
+    [data] = parts_of(wado(client, clinical.StudyInstanceUID, clinical.SeriesInstanceUID, clinical.SOPInstanceUID))
+    assert data == encode_dataset(clinical)
+
+
+def test_an_external_colleagues_photo_names_no_institution_and_says_where_it_came_from(
+        adapter: tuple[FhirClient, Services], checked: Checked) -> None:
+    """Clinical-safety review 5: the object of a ``colleague-external`` photo named this
+    organisation as InstitutionName (Type 3, General Equipment) and said nothing of its origin. It
+    now carries no InstitutionName and says in ImageComments, in the adapter's fixed words (never
+    the sender's), that the photo came from outside and its discussion note is in the record; the
+    TRAIN and HRESCH copies keep that text (no organisation: they remove InstitutionName)."""
+    client, services = adapter
+    colleague = {"name": "Dr X Ext", "organisation": "Other Trust", "discussionNote": "Discussed by phone, bed 4"}
+    posted = post_photo(client, WOUND, metadata(source="colleague-external", colleague=colleague))
+    assert posted.status_code == 201, posted.text
+    external = posted.json()
+    own = post_photo(client, ROOT / "samples" / "tiny.jpg", metadata()).json()
+    add_consent(client, ["TRAIN", "HRESCH"])
+    for receipt, purpose in ((own, "TREAT"), (external, "TREAT"), (external, "TRAIN"), (external, "HRESCH")):
+        answer = client.get(f"/fhir/{seen_as(services, purpose, receipt['binary'])}",
+                            headers={"X-Purpose-Of-Use": purpose, "Accept": "application/dicom"})
+        assert answer.status_code == 200, answer.text
+        ds = checked(f"{receipt['record']}, {purpose}", answer.content)
+        assert b"Other Trust" not in answer.content and b"Dr X Ext" not in answer.content
+        assert b"bed 4" not in answer.content
+        if receipt is own:
+            assert ds.InstitutionName == services.tables.policy.organisation.name
+            assert EXTERNAL_COLLEAGUE_COMMENT not in str(ds.get("ImageComments", ""))
+            continue
+        assert "InstitutionName" not in ds
+        assert ds.ImageComments == EXTERNAL_COLLEAGUE_COMMENT
+        assert "outside the organisation" in ds.ImageComments and "discussion note" in ds.ImageComments
 
 
 QUALITY_WARNING = "Quality warning: "

@@ -888,3 +888,37 @@ def test_a_record_is_marked_entered_in_error_for_records_management_only(code: s
     if not permitted:
         assert d.reason == f"a record is marked entered-in-error for records management (RECORDMGT), not for {code}"
     assert not decide_mark_entered_in_error(PurposeOfUse("RECORDMGT", "urn:other"), policy_variant()).permitted
+
+
+# -- what a care reader is told (clinical-safety review 6) ----------------------------------------
+
+def test_a_care_refusal_says_why_as_a_code_and_no_other_purposes_refusal_does() -> None:
+    """The decision gives care (TREAT and its kin) the reason for a refusal by the Consents, as
+    data (Decision.care_refusal, said in CARE_REFUSALS' words); an explicit-consent purpose, a
+    purpose the policy does not permit and an unknown one get none (it would reveal the record)."""
+    from adapter.consent.decision import CARE_REFUSALS
+    from adapter.model.decision import CareRefusal
+
+    withdrawn = make_grant("TREAT", status="inactive")
+    cases = {
+        CareRefusal.CONSENT_DENIES: (make_facts(), (make_grant("TREAT"), make_grant("TREAT", id="c2",
+                                                                                    decision="deny"))),
+        CareRefusal.CONSENT_WITHDRAWN: (make_facts(), (withdrawn,)),
+        CareRefusal.CONSENT_PENDING: (make_facts(pending=True), (withdrawn,)),
+        CareRefusal.NO_CONSENT: (make_facts(), (make_grant("TREAT", end=NOW - timedelta(days=1)),)),
+    }
+    tables = policy_variant(consent={"careAfterWithdrawal": False})
+    for why, (facts, grants) in cases.items():
+        for code in ("TREAT", "COC", "CLINTRL"):
+            d = run(code, facts, grants, tables=tables)
+            assert not d.permitted and d.care_refusal is why, (code, why, d)
+        assert CARE_REFUSALS[why]
+        for code in ("TRAIN", "HRESCH", "HMARKT"):
+            assert run(code, facts, grants, tables=tables).care_refusal is None, (code, why)
+        glass = run("ETREAT", facts, grants, tables=tables)
+        assert glass.permitted and glass.overrode is why and CARE_REFUSALS[why] in glass.reason
+    assert run("TREAT", make_facts(), (make_grant("TREAT"),)).care_refusal is None  # permitted
+    # break-glass where care reads the record too overrides nothing
+    assert run("ETREAT", make_facts(), (make_grant("TREAT"),)).overrode is None
+    assert run("ETREAT", make_facts(PhotoKind.SECONDARY)).overrode is None
+    assert CARE_REFUSALS[CareRefusal.CONSENT_PENDING].startswith("consent pending")

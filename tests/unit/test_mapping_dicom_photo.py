@@ -329,13 +329,44 @@ def test_an_object_made_before_the_quality_warnings_were_written_is_made_so_agai
     from adapter.mapping.dicom_photo import PHOTO_OBJECT_VERSION
     from tests.support.fhir_factories import tables
 
-    assert PHOTO_OBJECT_VERSION == 3
+    assert PHOTO_OBJECT_VERSION == 4
     sample = stored_sample("tiny.jpg")
     for kind in PhotoKind:
         record = photo_record(kind, sample, quality_warnings=QUALITY)
         old = photo_object(kind, sample, record=record, version=1)
         assert encode_dataset(old) == encode_dataset(photo_object(kind, sample, record=photo_record(kind, sample)))
         assert old.get("ImageComments") == tables().kinds[kind].warning
+
+
+def test_an_external_colleagues_photo_claims_no_institution_and_says_where_it_came_from() -> None:
+    """Clinical-safety review 5: from object version 4 a ``colleague-external`` photo's object
+    names no InstitutionName (Type 3, PS3.3 C.7.5.1: taken under another organisation's policy)
+    and says in ImageComments, in the adapter's fixed words, that it came from outside and that
+    the record holds the discussion note; never the colleague, the organisation or the note. An
+    object first made by version 3 is made so again; other sources keep the policy's organisation."""
+    from adapter.mapping.dicom_photo import EXTERNAL_COLLEAGUE_COMMENT, fixed_texts
+    from adapter.model.photo import PhotoSource
+    from tests.support.dciodvfy import dicom_tables
+    from tests.support.fhir_factories import tables
+
+    sample = stored_sample("wound.jpg")
+    organisation = tables().policy.organisation.name
+    assert EXTERNAL_COLLEAGUE_COMMENT in fixed_texts(tables(), dicom_tables())  # the restricted copies keep it
+    for kind in PhotoKind:
+        warning = tables().kinds[kind].warning
+        for source in PhotoSource:
+            record = photo_record(kind, sample, source=source)
+            ds = reread(photo_object(kind, sample, record=record))
+            data = encode_dataset(ds)
+            assert b"Other Hospital" not in data and b"Dr B" not in data and b"plastics" not in data
+            old = reread(photo_object(kind, sample, record=record, version=3))
+            assert old.InstitutionName == organisation
+            if source is PhotoSource.COLLEAGUE_EXTERNAL:
+                assert "InstitutionName" not in ds
+                assert ds.ImageComments.split("\r\n") == [*([warning] if warning else []), EXTERNAL_COLLEAGUE_COMMENT]
+                assert EXTERNAL_COLLEAGUE_COMMENT not in str(old.get("ImageComments", ""))
+            else:
+                assert ds.InstitutionName == organisation and encode_dataset(old) == data
 
 
 def test_image_comments_stay_within_lt_and_never_cut_a_line() -> None:

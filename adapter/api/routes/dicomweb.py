@@ -100,7 +100,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Annotated, Any, NamedTuple
 
@@ -147,9 +147,10 @@ from adapter.mapping.dicom_vr import attribute_tag
 from adapter.mapping.dicom_xml import native_dicom_model
 from adapter.mapping.dimse_status import CANNOT_UNDERSTAND, NOT_AUTHORISED
 from adapter.mapping.outcome import operation_outcome
+from adapter.model.decision import Decision
 from adapter.model.network import is_in
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long
-from adapter.services.access import DicomContent, DicomRetrieval
+from adapter.services.access import DicomContent, DicomRetrieval, overrode_for_care
 from adapter.services.audit import DicomAudit
 from adapter.services.dicom_objects import (
     INSTANCE,
@@ -273,9 +274,9 @@ def _person_name(value: str | None) -> dict[str, str] | None:
     return {name: group for name, group in groups.items() if group} or None
 
 
-def _json(body: Any, status: int = 200, *, break_glass: bool = False) -> Response:
+def _json(body: Any, status: int = 200, *, break_glass: bool = False, overrode: tuple[str, ...] = ()) -> Response:
     return Response(content=json.dumps(body, separators=(",", ":")), status_code=status, media_type=DICOM_JSON,
-                    headers=break_glass_headers(break_glass))
+                    headers=break_glass_headers(break_glass, overrode))
 
 
 def _dicom_model(accept: str | None, *, single: bool = False) -> str | None:
@@ -312,18 +313,19 @@ def _model_refusal(service: str) -> str:
     return f"{service} here answers {DICOM_JSON} or {MULTIPART_DICOM_XML}"
 
 
-def _datasets(datasets: list[dict[str, Any]], model: str, *, break_glass: bool = False) -> Response:
+def _datasets(datasets: list[dict[str, Any]], model: str, *, break_glass: bool = False,
+              overrode: tuple[str, ...] = ()) -> Response:
     """DICOM data sets (DICOM JSON objects, made under the decision) in ``model``: the JSON array,
     or one Native DICOM Model part each. None is 200 with an empty list of results either way
     (PS3.18 2026a, CP-2473: not 204), in XML a body of the closing delimiter alone, which
     multipart parsers read as no part."""
     if model == DICOM_JSON:
-        return _json(datasets, break_glass=break_glass)
+        return _json(datasets, break_glass=break_glass, overrode=overrode)
     boundary = uuid.uuid4().hex
     content = b"".join(_body_part(boundary, DICOM_XML, native_dicom_model(ds)) for ds in datasets)
     content += f"--{boundary}--\r\n".encode("ascii")
     return Response(content=content, media_type=None, headers={
-        "Content-Type": f"{MULTIPART_DICOM_XML}; boundary={boundary}", **break_glass_headers(break_glass)})
+        "Content-Type": f"{MULTIPART_DICOM_XML}; boundary={boundary}", **break_glass_headers(break_glass, overrode)})
 
 
 def _not_acceptable(message: str) -> Response:
@@ -552,9 +554,11 @@ def _part(boundary: str, content: DicomContent, *, last: bool = False) -> bytes:
                       last=last)
 
 
-def _multipart_headers(boundary: str, break_glass: bool) -> dict[str, str]:
+def _multipart_headers(boundary: str, decisions: Sequence[Decision]) -> dict[str, str]:
+    """A WADO-RS retrieve's headers: X-Break-Glass when break-glass released any of
+    ``decisions``' objects, saying what it overrode (adapter.services.access.overrode_for_care)."""
     return {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            **break_glass_headers(break_glass)}
+            **break_glass_headers(any(d.break_glass for d in decisions), overrode_for_care(decisions))}
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}", responses=_RETRIEVE)
@@ -570,7 +574,7 @@ async def retrieve_instance(study: str, series: str, instance: str, reader: Read
         sent = _in_chosen(syntaxes, content)
         boundary = uuid.uuid4().hex
         answered.append(Response(content=_part(boundary, sent, last=True), media_type=None,
-                                 headers=_multipart_headers(boundary, content.decision.break_glass)))
+                                 headers=_multipart_headers(boundary, [content.decision])))
 
     await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
                                     answerable=answerable))
@@ -616,8 +620,7 @@ async def _retrieve(reader: Any, accept: str | None, study: str, series: str | N
             yield retrieval.answer(lambda content: _part(boundary, _in_chosen(syntaxes, content)))
         yield f"--{boundary}--\r\n".encode("ascii")
 
-    return StreamingResponse(body(), headers=_multipart_headers(boundary, any(r.decision.break_glass
-                                                                             for r in retrievals)))
+    return StreamingResponse(body(), headers=_multipart_headers(boundary, [r.decision for r in retrievals]))
 
 
 # -- QIDO-RS ------------------------------------------------------------------------------------
@@ -835,8 +838,10 @@ async def _search(request: Request, reader: Any, services: Services, accept: str
     # All Series, All Instances: searches across studies (PS3.18 Table 10.6.1-1, "relational")
     relational = "StudyInstanceUID" not in fixed
     response = _datasets(render(request, services, found.entries, relational=relational, include=search.include),
-                         model, break_glass=found.break_glass)
-    warnings = ([_FUZZY_NOT_SUPPORTED] if search.fuzzy else []) + ([_MORE_RESULTS] if found.more else [])
+                         model, break_glass=found.break_glass, overrode=found.overrode)
+    # to care, why matching instances were withheld (clinical-safety review 6; none for another purpose)
+    warnings = ([_FUZZY_NOT_SUPPORTED] if search.fuzzy else []) + ([_MORE_RESULTS] if found.more else []) \
+        + list(found.withheld)
     if warnings:
         # PS3.18 8.3.4.2 and 8.3.4.4: "299 <service>: <text>", the service being the base URI
         service = absolute(request, services, "dicomweb")

@@ -91,7 +91,7 @@ from adapter.mapping.r5 import to_r5
 from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
 from adapter.memory import give_back
 from adapter.model.decision import Decision
-from adapter.services.access import SearchPaging
+from adapter.services.access import SearchPaging, overrode_for_care
 from adapter.services.registry import Services
 from adapter.services.search_pages import PAGE_PARAM
 from adapter.services.search_params import (
@@ -154,7 +154,7 @@ def _negotiate(request: Request, accept: str | None, format_param: str | None, *
 
 
 def _glass_headers(decision: Decision) -> dict[str, str]:
-    return break_glass_headers(decision.break_glass)
+    return break_glass_headers(decision.break_glass, overrode_for_care([decision]))
 
 
 async def _read_body(request: Request, media_types: tuple[str, ...], refusal: str, limit: int,
@@ -870,8 +870,13 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
         bundle.setdefault("entry", []).append(outcome_entry(
             operation_outcome("warning", "not-supported", f"parameters not supported, left out "
                               f"(Prefer: handling=lenient): {', '.join(req.ignored)}"), fhir_version=version))
-    if result.break_glass:
+    for withheld in result.withheld:  # to care only: why matches were left out (clinical-safety review 6)
         bundle.setdefault("entry", []).append(outcome_entry(
-            information_outcome("suppressed", "break-glass access: records shown under emergency access, audited",
-                                None), fhir_version=version))
-    return _out(bundle, version, headers=break_glass_headers(result.break_glass), fmt=fmt)
+            operation_outcome("warning", "suppressed", withheld), fhir_version=version))
+    if result.break_glass:
+        said = "break-glass access: records shown under emergency access, audited"
+        if result.overrode:
+            said += f"; overrode what refuses care: {'; '.join(result.overrode)}"
+        bundle.setdefault("entry", []).append(outcome_entry(
+            information_outcome("suppressed", said, None), fhir_version=version))
+    return _out(bundle, version, headers=break_glass_headers(result.break_glass, result.overrode), fmt=fmt)

@@ -54,7 +54,7 @@ from adapter.api.routes.dicomweb import DEFAULT_SYNTAX, chosen_syntax, in_syntax
 from adapter.api.routes.wado_bulk import RENDERED_JPEG_MAX_SIDE, image_response
 from adapter.errors import InvalidQuery, NotAcceptable, NotSupported
 from adapter.model.decision import View
-from adapter.services.access import DicomContent, ReleasedImage
+from adapter.services.access import DicomContent, ReleasedImage, overrode_for_care
 from adapter.services.transcode import EXPLICIT_VR_LITTLE_ENDIAN, can_be_explicit
 from adapter.text import is_digits, pixel_count
 
@@ -133,7 +133,8 @@ async def wado_uri(request: Request, reader: ReaderDep) -> Response:
                                             content.transfer_syntax) else ""), expression="transferSyntax")
                 sent = in_syntax(content, target, default=syntax is None)
                 chosen.append(Response(content=sent.data, media_type=DICOM,
-                                       headers=break_glass_headers(content.decision.break_glass)))
+                                       headers=break_glass_headers(content.decision.break_glass,
+                                                                   overrode_for_care([content.decision]))))
                 return
             if media == "*/*":
                 media = None  # anything: as it renders
