@@ -18,6 +18,9 @@ class AdapterError(Exception):
     #: The refusal (or failure) has its AuditEvent already: whoever catches it further out does
     #: not audit it again (adapter.services.ingest.IngestService.audit_refusal).
     audited: bool = False
+    #: The record (``Type/id``) a refusal is about when it is stored and held (a retry of a photo
+    #: stored with other details: 409), answered as ``Location`` (adapter.api.outcome); else None.
+    location: str | None = None
 
     def __init__(self, diagnostics: str, *, expression: str | list[str] | None = None,
                  details_code: str | None = None, details_text: str | None = None) -> None:

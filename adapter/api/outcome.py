@@ -17,6 +17,7 @@ from starlette.routing import Match
 from adapter import errors as e
 from adapter.api.fhir_xml import replaced_for_xml, to_xml, xml_cannot_carry
 from adapter.api.negotiation import Format, check_acceptable, fhir_version, media_type, response_format
+from adapter.api.urls import absolute
 from adapter.json_decimal import dumps
 from adapter.mapping.capability import R4_TYPES
 from adapter.mapping.outcome import operation_outcome, outcome_from_error
@@ -154,6 +155,10 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
         if status == 405:  # RFC 9110 15.5.6: the methods the target allows, the refused one not among them
             headers = {"Allow": ", ".join(m for m in allowed_methods(request) if m != request.method)}
+        if exc.location and (services := getattr(request.app.state, "services", None)) is not None:
+            # the record the refusal is about, stored and held (a photo stored before with other
+            # details: adapter.services.ingest): where the photo is, as a 201's Location says
+            headers = {**(headers or {}), "Location": absolute(request, services, f"fhir/{exc.location}")}
         return _outcome(request, outcome_from_error(exc), status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

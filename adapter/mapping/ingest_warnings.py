@@ -13,7 +13,15 @@ is recorded, and until then reads are refused; ``informational`` for the others,
 enforces (a photo below the quality minimums is never refused). Those a client may act on while
 the patient is there carry a code of the adapter's own (``details.coding``,
 :data:`INGEST_WARNING_SYSTEM`): ``consent-pending`` (record the consent) and ``image-quality``
-(take the photo again).
+(take the photo again), ``filed-for-another-patient`` (the same image is filed for another
+patient: if that filing was the mistake, mark it entered-in-error).
+
+The same system codes the refusals of a photo stored before (``details.coding`` of a 409's
+issue): ``stored-with-other-details`` (the photo IS stored and held, as the record its
+``Location`` names, with other details than the request's: keep the record, or correct it as
+docs/operations.md says) and ``stored-entered-in-error`` (the record it was stored as is marked
+entered-in-error, its image released to no one: the device keeps the photo and files it again,
+with corrected details, under a new Idempotency-Key).
 
 The ``POST /photos`` receipt carries the same issues as an OperationOutcome (its ``outcome``,
 :func:`receipt_outcome`), beside the plain ``warnings`` it always had (review mobile finding 7:
@@ -36,7 +44,25 @@ from adapter.mapping.outcome import issue, outcome
 
 CONSENT_PENDING = "consent-pending"
 IMAGE_QUALITY = "image-quality"
-_DISPLAY = {CONSENT_PENDING: "consent pending", IMAGE_QUALITY: "image quality below the policy's minimum"}
+FILED_FOR_ANOTHER_PATIENT = "filed-for-another-patient"
+STORED_WITH_OTHER_DETAILS = "stored-with-other-details"
+STORED_ENTERED_IN_ERROR = "stored-entered-in-error"
+_DISPLAY = {CONSENT_PENDING: "consent pending", IMAGE_QUALITY: "image quality below the policy's minimum",
+            FILED_FOR_ANOTHER_PATIENT: "the same image is filed for another patient",
+            STORED_WITH_OTHER_DETAILS: "stored before, with other details",
+            STORED_ENTERED_IN_ERROR: "stored before, as a record since marked entered-in-error"}
+
+#: The receipt's warning when the same stored image is filed for another patient (a record not
+#: marked entered-in-error): it names neither that patient nor that record. Only a caller holding
+#: the photo's bytes learns it, and learns no more than that the photo is in another chart.
+FILED_FOR_ANOTHER_PATIENT_WARNING = (
+    "the same image is filed for another patient already; if it was filed under the wrong patient, have that "
+    "record marked entered-in-error (docs/operations.md, Correcting a misfiled record)")
+
+
+def details_code(code: str) -> str:
+    """``code`` of :data:`INGEST_WARNING_SYSTEM` as an error's ``details_code`` (``system#code``)."""
+    return f"{INGEST_WARNING_SYSTEM}#{code}"
 
 
 def warning_issues(warnings: Sequence[str], *, consent_pending: bool, quality: Collection[str] = ()) -> list[JSON]:
@@ -46,6 +72,8 @@ def warning_issues(warnings: Sequence[str], *, consent_pending: bool, quality: C
     for text in warnings:
         if consent_pending and text.startswith(PENDING_PREFIX):
             out.append(_issue("business-rule", text, CONSENT_PENDING))
+        elif text == FILED_FOR_ANOTHER_PATIENT_WARNING:
+            out.append(_issue("informational", text, FILED_FOR_ANOTHER_PATIENT))
         else:
             out.append(_issue("informational", text, IMAGE_QUALITY if text in quality else None))
     return out
@@ -78,5 +106,7 @@ def _issue(issue_type: str, text: str, code: str | None) -> JSON:
     return issue("warning", issue_type, details=details)
 
 
-__all__ = ["CONSENT_PENDING", "DATE_ONLY_CAPTURE_TIME", "IMAGE_QUALITY", "capture_time_warnings", "receipt_outcome",
+__all__ = ["CONSENT_PENDING", "DATE_ONLY_CAPTURE_TIME", "FILED_FOR_ANOTHER_PATIENT",
+           "FILED_FOR_ANOTHER_PATIENT_WARNING", "IMAGE_QUALITY", "STORED_ENTERED_IN_ERROR",
+           "STORED_WITH_OTHER_DETAILS", "capture_time_warnings", "details_code", "receipt_outcome",
            "warning_issues"]

@@ -125,3 +125,9 @@ class BlobReference:
     sha256: str
     offset: int | None = None
     length: int | None = None
+
+#: The member a stored receipt carries when its record was marked entered-in-error since (the
+#: store adds it to a receipt read from withdrawn_receipts, adapter.store.schema): its photo is
+#: released to no one, so no retry is answered with it. Never answered (the receipt's members
+#: starting with ``_`` are the adapter's own: adapter.services.photo_description.answered).
+WITHDRAWN = "_enteredInError"

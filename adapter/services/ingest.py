@@ -20,7 +20,13 @@ Order of work (cheap refusals first, nothing visible until the single commit):
    so nothing of the transaction is kept, and the stored receipt is the answer (a replay). No
    lookup before the transaction: the constraint decides, also between concurrent uploads, and
    the common case (a new photo) costs one round trip less.
-``safeToDeleteFromDevice`` is true only after step 5 returned.
+``safeToDeleteFromDevice`` is true only after step 5 returned, and is never answered for a record
+marked entered-in-error since: a retry of the request that stored one (by its key, or without a key
+and with the same description, looked up before step 4) is refused (409
+``stored-entered-in-error``), the device keeping the photo. That record's receipt no longer holds
+the (patient, stored SHA-256) unique (adapter.store.schema withdrawn_receipts), so the photo can be
+filed again with corrected details, or under a new key. Step 3 also looks up whether the same
+stored image is filed for another patient: the receipt then warns, naming no one.
 
 The documents of one submission (a transaction Bundle of several, IHE MHD ITI-65:
 :meth:`IngestService.ingest_documents`) go through steps 2 and 3 each before any blob is committed,
@@ -75,7 +81,14 @@ from adapter.mapping.dicom_photo import (
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, photo_uids
-from adapter.mapping.ingest_warnings import capture_time_warnings, receipt_outcome
+from adapter.mapping.ingest_warnings import (
+    FILED_FOR_ANOTHER_PATIENT_WARNING,
+    STORED_ENTERED_IN_ERROR,
+    STORED_WITH_OTHER_DETAILS,
+    capture_time_warnings,
+    details_code,
+    receipt_outcome,
+)
 from adapter.mapping.photo import build_photo_resources, index_resource
 from adapter.mapping.tables import Tables
 from adapter.metrics import INGESTS
@@ -83,7 +96,7 @@ from adapter.model.dicom import DicomInstance, InstanceAttributes, NewOutboxItem
 from adapter.model.image import StoredImage
 from adapter.model.photo import ConsentMethod, Identifier, PhotoMetadata
 from adapter.model.purpose import RequestContext
-from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchIndex
+from adapter.model.record import WITHDRAWN, AccessFacts, IngestUnit, NewResource, SearchIndex
 from adapter.services.audit import Auditor
 from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.dicom_objects import study_of
@@ -181,6 +194,8 @@ class IngestService:
             assessment = self._assessed(meta, ctx, now)
             staged = self._blobs.new_staging_path()
             image = _of_file(self._sanitized, upload, staged, received_sha256)
+            if not idempotency_key and (withdrawn := self._withdrawn_retry(meta, image.sha256)) is not None:
+                return self._answer_replay(ctx, meta, lambda: IngestResult(receipt=withdrawn, replayed=True))
             # built before the blob is committed: a refusal while building (a consent form over
             # the pixel limit, say) leaves nothing behind, the staged photo discarded
             unit = self._unit(meta, image, assessment, idempotency_key, ctx, now)
@@ -285,6 +300,8 @@ class IngestService:
             previous = self._receipts_of(units)
             if any(receipt is not None for receipt in previous):
                 return self._answer_stored_before(ctx, documents, units, previous, locate)
+            if not idempotency_key:
+                self._refuse_withdrawn_retries(ctx, documents, units, locate)
             for unit in units:  # a committed blob is no longer staged: not discarded below
                 self._blobs.commit(staged[0], unit.stored_sha256)
                 staged.pop(0)
@@ -317,6 +334,28 @@ class IngestService:
             raise conflict
         return self._answer_stored_before(ctx, documents, units, previous, locate)
 
+    def _withdrawn_retry(self, meta: PhotoMetadata, stored_sha256: str) -> dict[str, Any] | None:
+        """The receipt of a record stored for the patient with this image and marked
+        entered-in-error since, of which a request without an Idempotency-Key is a retry: one
+        that describes the photo as it was stored (or was stored without its description kept:
+        a retry cannot be told apart, so it is one). None: the request files the photo again
+        (with corrected details), as docs/operations.md says; the withdrawn record does not hold
+        the patient's (photo) unique any more (adapter.store.schema withdrawn_receipts)."""
+        for receipt in self._store.find_withdrawn_receipts(patient=meta.patient.identifier,
+                                                           stored_sha256=stored_sha256):
+            if not differing(receipt, meta):
+                return receipt
+        return None
+
+    def _refuse_withdrawn_retries(self, ctx: RequestContext, documents: Sequence[tuple[bytes, PhotoMetadata]],
+                                  units: Sequence[IngestUnit], locate: Locate) -> None:
+        """Refuse (409, audited) a submission without an Idempotency-Key any of whose documents
+        is a retry of a record marked entered-in-error since (:meth:`_withdrawn_retry`)."""
+        for k, ((_data, meta), unit) in enumerate(zip(documents, units, strict=True)):
+            if (withdrawn := self._withdrawn_retry(meta, unit.stored_sha256)) is not None:
+                with _of_document(k, locate):
+                    self._checked_replay(ctx, meta, partial(IngestResult, withdrawn, True))
+
     def _receipts_of(self, units: Sequence[IngestUnit]) -> list[dict[str, Any] | None]:
         """The receipt of each unit's document stored for its patient before (same stored
         SHA-256), None for one that was not."""
@@ -348,15 +387,16 @@ class IngestService:
         receipt, patient = keyed
         hashes = receipt.get(SUBMISSION)
         if not isinstance(hashes, list) or len(hashes) != len(documents):
-            refusal = BusinessRuleViolation("this Idempotency-Key was used for another request: nothing was stored; "
-                                            "send this transaction with a new key", expression="Idempotency-Key")
+            refusal = BusinessRuleViolation(f"this Idempotency-Key was used for another request: nothing was stored; "
+                                            f"{_KEY_REUSED_ADVICE}", expression="Idempotency-Key")
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=documents[0][1].patient.identifier, reason=refusal.diagnostics, refused=True)
             refusal.audited = True
             raise refusal
         receipts = [receipt]
         for sha256 in hashes[1:]:
-            found = self._store.find_receipt(patient=patient, stored_sha256=str(sha256))
+            found = self._store.find_receipt(patient=patient, stored_sha256=str(sha256)) or next(
+                iter(self._store.find_withdrawn_receipts(patient=patient, stored_sha256=str(sha256))), None)
             if found is None:  # stored in the same transaction as the first: never gone (no deletes)
                 raise StorageError("a document stored with this Idempotency-Key cannot be read back")
             receipts.append(found)
@@ -493,7 +533,7 @@ class IngestService:
         (:meth:`_answer_replay`); its refusal audited."""
         try:
             result = self._same_description(
-                self._same_master_identifier(self._same_statement(replay(), meta), meta), meta)
+                self._same_master_identifier(self._same_statement(self._held(replay()), meta), meta), meta)
         except (BusinessRuleViolation, Conflict) as exc:
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=meta.patient.identifier, reason=exc.diagnostics, refused=True)
@@ -512,6 +552,20 @@ class IngestService:
             events.append(self._auditor.event(ctx, interaction="create", action="C", permitted=True, reason=REPLAYED,
                                               entities=answered_refs, patient=meta.patient.identifier))
         self._store.append_audit(*events)
+
+    @staticmethod
+    def _held(replay: IngestResult) -> IngestResult:
+        """``replay``, unless the record it was stored as is marked entered-in-error since
+        (WITHDRAWN): its image is released to no one, so the receipt (``safeToDeleteFromDevice``)
+        would have the device delete the last usable copy. Refused as a conflict (409, code
+        ``stored-entered-in-error``, no Location: the photo is held nowhere), nothing stored: the
+        device keeps the photo and files it again, corrected, under a new Idempotency-Key."""
+        if not replay.receipt.get(WITHDRAWN):
+            return replay
+        raise Conflict(f"this request was stored as {replay.location}, which has since been marked entered-in-error: "
+                       "its image is released to no one and nothing was stored now; keep the photo on the device and "
+                       "file it again with corrected details under a new Idempotency-Key (docs/operations.md, "
+                       "Correcting a misfiled record)", details_code=details_code(STORED_ENTERED_IN_ERROR))
 
     def _same_statement(self, replay: IngestResult, meta: PhotoMetadata) -> IngestResult:
         """``replay``, if the request's consent statement is the one recorded with the photo
@@ -532,9 +586,9 @@ class IngestService:
             # an implied statement reads as an implied grant (method IMPLIED): the method compares
             if grants and recorded == wanted:
                 return replay
-        raise Conflict(f"this photo is stored for the patient already ({replay.location}) with another consent "
-                       f"statement: nothing was stored, this statement neither; record it with POST /fhir/Consent",
-                       expression="consent")
+        raise _stored_otherwise(f"this photo is stored for the patient already ({replay.location}) with another "
+                                f"consent statement: nothing was stored, this statement neither; record it with "
+                                f"POST /fhir/Consent", replay, expression="consent")
 
     def _same_master_identifier(self, replay: IngestResult, meta: PhotoMetadata) -> IngestResult:
         """``replay``, unless the request names the document by another masterIdentifier than
@@ -550,9 +604,9 @@ class IngestService:
         master = stored.resource.get("masterIdentifier") if stored is not None else None
         if isinstance(master, dict) and (master.get("system"), master.get("value")) == (wanted.system, wanted.value):
             return replay
-        raise Conflict(f"this document is stored for the patient already ({replay.location}) under another "
-                       "masterIdentifier: nothing was stored, this identifier neither (a document keeps the one it was "
-                       "stored under)", expression="masterIdentifier")
+        raise _stored_otherwise(f"this document is stored for the patient already ({replay.location}) under "
+                                "another masterIdentifier: nothing was stored, this identifier neither (a document keeps "
+                                "the one it was stored under)", replay, expression="masterIdentifier")
 
     @staticmethod
     def _same_description(replay: IngestResult, meta: PhotoMetadata) -> IngestResult:
@@ -566,10 +620,12 @@ class IngestService:
         fields = differing(replay.receipt, meta)
         if not fields:
             return replay
-        raise Conflict(f"this photo is stored for the patient already as {replay.location} with other details "
-                       f"({', '.join(fields)}): nothing was stored, these details neither; a stored record is not "
-                       "updated here (a retry that describes the photo as it was stored gets its receipt)",
-                       expression=fields)
+        raise _stored_otherwise(f"this photo is stored for the patient already as {replay.location} with other "
+                                f"details ({', '.join(fields)}): nothing was stored, these details neither; a stored "
+                                "record is not updated here (a retry that describes the photo as it was stored gets "
+                                "its receipt; a record filed with wrong details is marked entered-in-error and the "
+                                "photo filed again: docs/operations.md, Correcting a misfiled record)",
+                                replay, expression=fields)
 
     @staticmethod
     def _replay(keyed: tuple[dict[str, Any], Identifier], meta: PhotoMetadata, upload: Path | bytes,
@@ -585,8 +641,8 @@ class IngestService:
         stored_for = hashes.get("received") if isinstance(hashes, dict) else None
         if patient != meta.patient.identifier or stored_for != received_sha256:
             raise BusinessRuleViolation(
-                "this Idempotency-Key was used for another photo or patient: nothing was stored; send this "
-                "photo with a new key", expression="Idempotency-Key")
+                f"this Idempotency-Key was used for another photo or patient: nothing was stored; {_KEY_REUSED_ADVICE}",
+                expression="Idempotency-Key")
         return IngestResult(receipt=receipt, replayed=True)
 
     def _photo_attributes(self, record: dict[str, Any], image: StoredImage, meta: PhotoMetadata,
@@ -685,6 +741,8 @@ class IngestService:
             resources.append(NewResource("Consent", str(consent["id"]), consent, index_resource(consent), None))
         created = [f"{r.resource_type}/{r.id}" for r in resources]
         warnings = [*assessment.warnings, *image.quality_warnings, *capture_time_warnings(meta.taken_at, image.capture_time)]
+        if self._store.filed_for_another_patient(patient=meta.patient.identifier, stored_sha256=image.sha256):
+            warnings.append(FILED_FOR_ANOTHER_PATIENT_WARNING)  # the receipt's only: not in the record
         receipt: dict[str, Any] = {
             "record": record_ref,
             "binary": f"Binary/{binary_id}",
@@ -723,6 +781,26 @@ class IngestService:
         if joined is None:
             return own, True
         return study_of(joined) or PhotoStudy(joined.study_date, joined.study_time, own.offset), False
+
+
+#: What a refusal of an Idempotency-Key reused for another photo or patient advises: a new key
+#: for a photo of its own; for the same photo sent again to correct its patient, the correction
+#: (a new key alone would file it under a second patient, the wrong record staying in care).
+_KEY_REUSED_ADVICE = ("if the photo stored under this key was filed under the wrong patient (or with other wrong "
+                      "details), have that record marked entered-in-error and then file this photo again under a new "
+                      "key (docs/operations.md, Correcting a misfiled record); a photo of its own needs a key of its "
+                      "own")
+
+
+def _stored_otherwise(diagnostics: str, replay: IngestResult, *, expression: str | list[str]) -> Conflict:
+    """The refusal (409) of a retry of a photo stored and held with other details than the
+    request's: ``Location`` names the stored record and ``details.coding`` says
+    ``stored-with-other-details`` (adapter.mapping.ingest_warnings), so an app can tell "stored,
+    your details differ" (the photo is held: it may be deleted from the device once the record
+    is checked) from "not stored"."""
+    refusal = Conflict(diagnostics, expression=expression, details_code=details_code(STORED_WITH_OTHER_DETAILS))
+    refusal.location = replay.location
+    return refusal
 
 
 def _check_sides(width: int, height: int) -> None:

@@ -158,10 +158,22 @@ class RecordStore(Protocol):
         documents of one submission): Conflict, and nothing written, if any of them conflicts."""
 
     def find_receipt(self, *, idempotency_key: str | None = None, patient: Identifier | None = None,
-                     stored_sha256: str | None = None) -> dict[str, Any] | None: ...
+                     stored_sha256: str | None = None) -> dict[str, Any] | None:
+        """The receipt of a record not marked entered-in-error stored under ``idempotency_key``,
+        else under (``patient``, ``stored_sha256``)."""
 
     def find_keyed_receipt(self, idempotency_key: str) -> tuple[dict[str, Any], Identifier] | None:
-        """The receipt stored under ``idempotency_key`` and the patient it was stored for."""
+        """The receipt stored under ``idempotency_key`` and the patient it was stored for; the
+        receipt carries WITHDRAWN (adapter.model.record) when its record was marked
+        entered-in-error since (:meth:`mark_entered_in_error`)."""
+
+    def find_withdrawn_receipts(self, *, patient: Identifier, stored_sha256: str) -> list[dict[str, Any]]:
+        """The receipts of the records stored for ``patient`` with the stored image
+        ``stored_sha256`` and marked entered-in-error since (each with WITHDRAWN), newest first."""
+
+    def filed_for_another_patient(self, *, patient: Identifier, stored_sha256: str) -> bool:
+        """Whether a photo record (Media, DocumentReference) not marked entered-in-error holds
+        the stored image ``stored_sha256`` for a patient other than ``patient``."""
 
     def get(self, resource_type: str, id: str) -> StoredResource | None: ...
 

@@ -70,7 +70,10 @@ from adapter.store.dates import UtcDateTime, now_instant
 #:     opened with its key, else by the start that makes the data folder's audit.key.
 #: 22: patient_references (one literal Patient reference, one patient identifier: safety review 1),
 #:     filled at the upgrade from the records and Consents stored (adapter.store.patient_references).
-SCHEMA_VERSION = 22
+#: 23: withdrawn_receipts: the receipts of the records marked entered-in-error, moved out of
+#:     ``receipts`` (whose unique (patient, stored SHA-256) they no longer hold, so the photo can be
+#:     filed again); those of the records marked before are moved by the upgrade.
+SCHEMA_VERSION = 23
 _log = logging.getLogger(__name__)
 #: key_fingerprints' row holding the version of the records' search index (SqlRecordStore.reindex_records).
 SEARCH_INDEX = "search-index"
@@ -236,6 +239,26 @@ receipts = Table(
     Column("receipt", JsonText, nullable=False),
     UniqueConstraint("idempotency_key", name="uq_receipts_idempotency_key"),
     UniqueConstraint("patient_system", "patient_value", "stored_sha256", name="uq_receipts_patient_sha"),
+)
+
+#: The receipts of the records marked entered-in-error (adapter.store.sql mark_entered_in_error
+#: moves a record's receipt here, in the mark's transaction): kept to answer a retry of the request
+#: that stored it (refused: the device keeps the photo), no longer holding the unique (patient,
+#: stored SHA-256) of ``receipts``, so the photo can be filed again for the patient (one more
+#: withdrawn receipt per withdrawal). Its Idempotency-Key stays taken: an ingest looks a key up in
+#: both tables before it stores anything. ``seq`` is its own (SQLite reuses a deleted row's
+#: number in ``receipts``).
+withdrawn_receipts = Table(
+    "withdrawn_receipts", metadata,
+    Column("seq", _Serial, primary_key=True, autoincrement=True),
+    Column("idempotency_key", String(MAX_IDEMPOTENCY_KEY)),
+    Column("patient_system", Text, nullable=False),
+    Column("patient_value", Text, nullable=False),
+    Column("stored_sha256", String(64), nullable=False),
+    Column("recorded", UtcDateTime, nullable=False),
+    Column("receipt", JsonText, nullable=False),
+    UniqueConstraint("idempotency_key", name="uq_withdrawn_receipts_idempotency_key"),
+    Index("ix_withdrawn_receipts_patient_sha", "patient_system", "patient_value", "stored_sha256"),
 )
 
 audit = Table(
@@ -453,6 +476,9 @@ def _migrate(conn: Connection, found: int) -> None:
     records and Consents stored (:func:`_fill_patient_references`): each reference goes to the
     identifier of the first resource stored with it, and one held with several is marked
     ``disputed`` (logged as a count, never the references).
+    22 → 23 adds a table (withdrawn_receipts) and moves into it the receipts of the photo records
+    marked entered-in-error before (their statement in ``_READ_AGAIN``), which then no longer keep
+    the photo from being filed again for the patient.
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -572,12 +598,25 @@ _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
 }
 
 
+#: A row of ``receipts`` whose photo record is marked entered-in-error (schema 23's upgrade).
+_WITHDRAWN_RECEIPT = (
+    "EXISTS (SELECT 1 FROM resources x WHERE x.resource_type IN ('Media', 'DocumentReference') "
+    "AND x.entered_in_error = TRUE AND x.blob_sha256 = receipts.stored_sha256 "
+    "AND x.fact_patient_system = receipts.patient_system AND x.fact_patient_value = receipts.patient_value)")
+
+
 #: What each version derives again at start: the rows it sets "not derived yet" (the same DDL on
 #: SQLite and PostgreSQL).
 _READ_AGAIN: dict[int, tuple[str, ...]] = {
     14: ("UPDATE dicom_instances SET attributes_read = NULL WHERE attributes_read IS NOT NULL",),
     20: ("UPDATE resources SET date_last = date, creation_last = creation",
          f"DELETE FROM key_fingerprints WHERE name = '{SEARCH_INDEX}'"),
+    # the receipts of the photo records marked entered-in-error before: moved (the record's
+    # (patient, stored SHA-256) was unique in receipts, so the record's row is the one matched)
+    23: (("INSERT INTO withdrawn_receipts (idempotency_key, patient_system, patient_value, stored_sha256, "
+          "recorded, receipt) SELECT idempotency_key, patient_system, patient_value, stored_sha256, recorded, "
+          f"receipt FROM receipts WHERE {_WITHDRAWN_RECEIPT}"),
+         f"DELETE FROM receipts WHERE {_WITHDRAWN_RECEIPT}"),
 }
 
 

@@ -48,7 +48,15 @@ from adapter.errors import (
 )
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
-from adapter.model.record import BlobReference, IndexRow, IngestUnit, NewResource, SearchIndex, StoredResource
+from adapter.model.record import (
+    WITHDRAWN,
+    BlobReference,
+    IndexRow,
+    IngestUnit,
+    NewResource,
+    SearchIndex,
+    StoredResource,
+)
 from adapter.store.audit_chain import (
     CHAIN_KEY_FINGERPRINT,
     ChainReport,
@@ -120,6 +128,7 @@ from adapter.store.schema import (
     resources,
     schema_version,
     tokens,
+    withdrawn_receipts,
 )
 from adapter.store.search import search_statement
 
@@ -197,6 +206,10 @@ _SERIES_IN_ANOTHER_STUDY = _HELD.where(
     _d.series_instance_uid == bindparam("series"), _d.study_instance_uid != bindparam("study")).limit(1)
 _KEYED_RECEIPT = select(receipts.c.receipt, receipts.c.patient_system, receipts.c.patient_value) \
     .where(receipts.c.idempotency_key == bindparam("idempotency_key"))
+_w = withdrawn_receipts.c
+#: A receipt under the key whose record was marked entered-in-error since (withdrawn_receipts).
+_KEYED_WITHDRAWN_RECEIPT = select(_w.receipt, _w.patient_system, _w.patient_value) \
+    .where(_w.idempotency_key == bindparam("idempotency_key"))
 _RESOURCE = select(resources).where(_r.resource_type == bindparam("resource_type"), _r.id == bindparam("id"))
 
 #: Rows named at once in an IN (...) of a statement over many (SQLite binds at most 32766
@@ -927,6 +940,7 @@ class SqlRecordStore:
                     run(conn, date_ranges, ranges)
             conn.execute(update(resources).where(_r.governed_by == f"{new.resource_type}/{new.id}")
                          .values(entered_in_error=True))
+            self._withdraw_receipt(conn, new)
             its_objects = select(_d.sop_instance_uid).where(_d.record_type == new.resource_type,
                                                             _d.record_id == new.id)
             not_sent = conn.execute(select(_o.id, _o.sending_since).where(
@@ -943,6 +957,25 @@ class SqlRecordStore:
             extra.resource["meta"] = document["meta"]
         return StoredResource(new.resource_type, new.id, version, now, documents[0], new.facts, new.blob_sha256,
                               new.blob_range), cancelled, sending
+
+    def _withdraw_receipt(self, conn: Connection, record: NewResource) -> None:
+        """Move the receipt of ``record`` (a photo record being marked entered-in-error) from
+        ``receipts`` to ``withdrawn_receipts``: it no longer holds the unique (patient, stored
+        SHA-256), so the photo can be filed again for the patient, and is kept to refuse a retry
+        of the request that stored it (find_keyed_receipt, find_withdrawn_receipts). Found by its
+        (patient, stored SHA-256), which is unique in ``receipts``, and checked to be the record's
+        (a record received otherwise has none)."""
+        facts = record.facts
+        if record.blob_sha256 is None or facts is None:
+            return
+        row = conn.execute(select(receipts).where(
+            receipts.c.patient_system == facts.patient.system, receipts.c.patient_value == facts.patient.value,
+            receipts.c.stored_sha256 == record.blob_sha256)).mappings().first()
+        if row is None or not isinstance(row["receipt"], dict) \
+                or row["receipt"].get("record") != f"{record.resource_type}/{record.id}":
+            return
+        self._inserts.execute(conn, withdrawn_receipts, [{k: v for k, v in row.items() if k != "seq"}])
+        conn.execute(delete(receipts).where(receipts.c.seq == row["seq"]))
 
     def save_consent(self, new: NewResource, *, version: int, now: datetime,
                      audit_events: Sequence[dict[str, Any]] = (),
@@ -1137,12 +1170,36 @@ class SqlRecordStore:
         return None
 
     def find_keyed_receipt(self, idempotency_key: str) -> tuple[dict[str, Any], Identifier] | None:
-        """See RecordStore.find_keyed_receipt."""
+        """See RecordStore.find_keyed_receipt: in ``receipts``, else in ``withdrawn_receipts``
+        (the receipt then carries WITHDRAWN). One read transaction: a mark moving the receipt
+        between the two lookups is seen before or after, never neither."""
+        params = {"idempotency_key": idempotency_key}
         with self._read() as conn:
-            row = conn.execute(_KEYED_RECEIPT, {"idempotency_key": idempotency_key}).first()
+            row = conn.execute(_KEYED_RECEIPT, params).first()
+            withdrawn = row is None
+            if withdrawn:
+                row = conn.execute(_KEYED_WITHDRAWN_RECEIPT, params).first()
         if row is None:
             return None
-        return row[0], Identifier(system=row[1], value=row[2])
+        receipt = {**row[0], WITHDRAWN: True} if withdrawn else row[0]
+        return receipt, Identifier(system=row[1], value=row[2])
+
+    def find_withdrawn_receipts(self, *, patient: Identifier, stored_sha256: str) -> list[dict[str, Any]]:
+        """See RecordStore.find_withdrawn_receipts (ix_withdrawn_receipts_patient_sha)."""
+        with self._read() as conn:
+            found = conn.execute(select(_w.receipt).where(
+                _w.patient_system == patient.system, _w.patient_value == patient.value,
+                _w.stored_sha256 == stored_sha256).order_by(_w.seq.desc())).scalars().all()
+        return [{**receipt, WITHDRAWN: True} for receipt in found]
+
+    def filed_for_another_patient(self, *, patient: Identifier, stored_sha256: str) -> bool:
+        """See RecordStore.filed_for_another_patient (ix_resources_blob: the rows of the blob)."""
+        with self._read() as conn:
+            return conn.execute(select(_r.id).where(
+                _r.blob_sha256 == stored_sha256, _r.resource_type.in_(_PHOTO_RECORD_TYPES),
+                or_(_r.entered_in_error.is_(None), _r.entered_in_error == false()),
+                or_(_r.fact_patient_system != patient.system, _r.fact_patient_value != patient.value))
+                .limit(1)).first() is not None
 
     def get(self, resource_type: str, id: str) -> StoredResource | None:
         with self._read() as conn:

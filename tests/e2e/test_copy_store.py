@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from adapter.dicom import AeOptions, StoreSCP
 from adapter.dicom.status import SUCCESS
+from adapter.store.schema import SCHEMA_VERSION
 from adapter.store.schema import metadata as tables
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, consent_resource, metadata, post_photo
@@ -143,7 +144,7 @@ def test_copy_store_refuses_a_source_of_an_older_schema_and_leaves_it_as_it_was(
     try:
         with engine.begin() as conn:  # the store as schema 20 left it: its audit chain's start not sealed
             conn.exec_driver_sql("DELETE FROM key_fingerprints WHERE name = 'audit-start-mac'")
-            conn.exec_driver_sql("UPDATE schema_version SET version = 20 WHERE version = 21")
+            conn.exec_driver_sql(f"UPDATE schema_version SET version = 20 WHERE version = {SCHEMA_VERSION}")
         with postgres_schema("copy_store_older") as url:
             done = _adapter(tmp_path, "copy-store", "--to", url)
             assert done.returncode == 2, done.stdout + done.stderr

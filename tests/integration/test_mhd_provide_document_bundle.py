@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from adapter.mapping.ingest_warnings import FILED_FOR_ANOTHER_PATIENT_WARNING
 from tests.conftest import ROOT, record_emitted
 from tests.support.app import PATIENT, adapter_client, as_purpose, consent_resource, metadata
 from tests.support.fhir_factories import jpeg_bytes
@@ -831,8 +832,10 @@ def test_the_ingest_warnings_are_in_the_record_entry_outcome(tmp_path: Path, pre
             "metadata": (None, json.dumps(metadata(patient=OTHER_ID, consent=None)), "application/json")}).json()
         assert receipt["consentPending"] is True and len(receipt["warnings"]) == 4, receipt  # size, blur, JPEG quality
         pending, *quality = receipt["warnings"]
+        # and, that photo being filed for that other patient, the warning saying so (naming no one)
         expected = [("business-rule", "consent-pending", pending),
-                    *(("informational", "image-quality", w) for w in quality)]
+                    *(("informational", "image-quality", w) for w in quality),
+                    ("informational", "filed-for-another-patient", FILED_FOR_ANOTHER_PATIENT_WARNING)]
         for attempt in ("stored", "replayed"):
             r = client.post("/fhir", json=bundle, headers=headers)
             assert r.status_code == 200, r.text

@@ -1751,7 +1751,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
         assert {"creation", "entered_in_error"} <= {c["name"] for c in inspector.get_columns("resources")}
         assert "sending_since" in {c["name"] for c in inspector.get_columns("outbox")}
         assert {"ix_resources_blob", "ix_resources_date_last"} <= {i["name"] for i in inspector.get_indexes("resources")}
@@ -1783,7 +1783,7 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
         assert {f"ix_dicom_instances_{c}" for c in MATCH_KEYS} <= \
             {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
         if conn.dialect.name == "postgresql":
@@ -1855,7 +1855,7 @@ def test_version_12_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
         inspector = sa.inspect(conn)
         assert set(ATTRIBUTE_COLUMNS) <= {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert "ix_dicom_instances_attributes_unread" in {i["name"] for i in inspector.get_indexes("dicom_instances")}
@@ -1891,7 +1891,7 @@ def test_version_13_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
         assert set(STUDY_ATTRIBUTE_COLUMNS) <= {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [None] * 3  # type: ignore[union-attr]
     assert upgraded.fill_dicom_attributes(lambda _: MULTIFRAME, batch=2) == 3
@@ -1912,7 +1912,7 @@ def test_version_18_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
         assert "object_version" in {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert upgraded.find_dicom_instance(before.sop_instance_uid).object_version is None  # type: ignore[union-attr]
     after = dataclasses.replace(make_instance(blob_sha256=None), object_version=2)
@@ -1934,7 +1934,7 @@ def test_version_19_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 22
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
         inspector = sa.inspect(conn)
         assert {"date_last", "creation_last"} <= {c["name"] for c in inspector.get_columns("resources")}
         assert "ix_resources_date_last" in {i["name"] for i in inspector.get_indexes("resources")}

@@ -67,7 +67,10 @@ def _document_entries(document: bytes, subject: dict[str, Any], *, content_type:
 
 
 def _subject(patient: dict[str, str] | None) -> dict[str, Any]:
-    return {"reference": "Patient/p-1", "identifier": dict(patient or PATIENT)}
+    """The suite's patient is Patient/p-1; another has a reference of its own (one Patient
+    reference names one patient identifier: a second would be refused, 422)."""
+    reference = "Patient/p-1" if patient is None or patient == PATIENT else f"Patient/p-{patient['value']}"
+    return {"reference": reference, "identifier": dict(patient or PATIENT)}
 
 
 def _provide_bundle(entries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -40,3 +40,26 @@ def test_a_description_stored_with_the_document_whole_is_compared_so() -> None:
     assert "document" in stored[DESCRIPTION]
     assert differing(stored, first) == []
     assert differing(stored, _meta(type={"coding": [{"system": LOINC, "code": "11488-4"}]})) == ["document"]
+
+
+def _photo(taken_at: str) -> TransactionPhotoMetadata:
+    return TransactionPhotoMetadata.model_validate({
+        "patient": {"system": "urn:oid:2.999.1.1", "value": "MRN-0001"}, "kind": "clinical",
+        "source": "clinician", "takenAt": taken_at})
+
+
+def test_the_same_instant_in_another_offset_is_the_same_taken_at() -> None:
+    """Mobile review 2, finding 5: ``+01:00`` and ``Z`` for one instant were "other details"."""
+    stored = {DESCRIPTION: describe(_photo("2026-11-28T10:15:30+01:00"))}
+    assert differing(stored, _photo("2026-11-28T09:15:30Z")) == []
+    assert differing(stored, _photo("2026-11-28T20:15:30+11:00")) == []
+    assert differing(stored, _photo("2026-11-28T10:15:30Z")) == ["takenAt"]
+    assert differing(stored, _photo("2026-11-28")) == ["takenAt"]
+
+
+def test_a_description_stored_with_the_offset_as_sent_still_matches_its_retry() -> None:
+    """A receipt stored before instants were described in UTC holds the digest of the offset as
+    sent: the same text still matches it (another offset cannot: a digest is no instant)."""
+    stored = {DESCRIPTION: describe(_photo("2026-11-28T10:15:30+01:00"), instants_as_sent=True)}
+    assert differing(stored, _photo("2026-11-28T10:15:30+01:00")) == []
+    assert differing(stored, _photo("2026-11-28T11:15:30+01:00")) == ["takenAt"]
