@@ -129,7 +129,9 @@ Decisions:
 * **HRESCH** (:func:`pseudonymise`): Basic Profile + Retain Longitudinal Temporal Information
   Full Dates (113100, 113106), like the FHIR pseudonymised view, which keeps dates;
   PatientID = the keyed pseudonym the FHIR view uses, IssuerOfPatientID = the pseudonym
-  system, PatientName = ``<pseudonym>^`` (so a PACS shows something that is not a name).
+  system, PatientName = ``<pseudonym>^`` (so a PACS shows something that is not a name);
+  InstanceCreationTime and TimeOfSecondaryCapture removed (:data:`CREATION_TIMES`), their
+  dates kept, as the FHIR view cuts the adapter's instants to the day.
 """
 
 from __future__ import annotations
@@ -176,6 +178,10 @@ BASIC_PROFILE_ZERO = frozenset({
     # free text from a photo's EXIF Make or the sender (see ManufacturerModelName)
     "Manufacturer",
 })
+#: Removed from the pseudonymised copy though it retains dates (Type 3): the time an object was
+#: made (the adapter's: when it stored the photo), which whoever knows when a photo was uploaded
+#: would find the patient's pseudonym by (research review finding 3); the dates stay.
+CREATION_TIMES = ("InstanceCreationTime", "TimeOfSecondaryCapture")
 #: Dates emptied (Type 2 / 2C) unless dates are retained (113106).
 DATES_ZERO = frozenset({"StudyDate", "StudyTime", "ContentDate"})
 #: Table E.1-1 attributes removed (the ones the adapter's objects, typical VL/SC objects from a
@@ -416,6 +422,9 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
     out.PatientIdentityRemoved = _identity_removed(notes)
     _recognizable_features(out, recognizable=recognizable)
     out.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    for keyword in CREATION_TIMES:  # the instant the object was made, to the microsecond: its day stays
+        if keyword in out:
+            del out[keyword]
     _method(out, _descriptors([DCM_BASIC_PROFILE, DCM_RETAIN_FULL_DATES], out), _replaced(replaced) + notes)
     return out
 
