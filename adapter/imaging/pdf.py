@@ -31,6 +31,11 @@ Removed (ISO 32000-2 section in brackets):
   their page's /Annots and emptied of their file or sound);
 * scripts and automatic actions (12.6): every /AA (additional actions), the text of every
   JavaScript action (left empty), the form's XFA (12.7.9, XML packets that can hold anything);
+* of a page object, a page tree node and an annotation, every key but those ISO 32000-2 defines
+  for it and a reader needs (:data:`PAGE_KEPT`, Table 31; :data:`PAGES_KEPT`, Table 30;
+  :data:`ANNOTATION_KEPT`, Table 166, with the markup entries of Table 172 and the entries of its
+  type, Tables 175-195, a widget's with its form field's): an allow-list, as the catalog's, so a
+  producer's private key (/ZZPagePriv: research review finding 2) goes with the known ones;
 * of annotations (12.5) the author of a markup annotation (/T; a widget's /T is its form field's
   name and stays), its /NM (a name unique to it), and its dates; a page's thumbnail (/Thumb, 12.3.4:
   it can show an earlier state of the page than its content does); an article thread's
@@ -115,6 +120,59 @@ NAMES_KEPT = frozenset({"/Dests", "/AP"})
 #: additional actions, document parts' metadata.
 REMOVED_EVERYWHERE = ("/Metadata", "/PieceInfo", "/LastModified", "/CreationDate", "/ModDate", "/AF", "/AA",
                       "/EF", "/RF", "/DPM")
+#: Entries of a page object (ISO 32000-2 Table 31) kept: what a reader needs to draw and navigate
+#: the page. Every other key goes, one the standard does not define (a producer's private key)
+#: as well as /LastModified, /Thumb, /AA, /Metadata, /PieceInfo, /ID (its web capture's digital
+#: identifier), /AF and /DPart (document parts' metadata, whose root the catalog loses).
+PAGE_KEPT = frozenset({
+    "/Type", "/Parent", "/Resources", "/MediaBox", "/CropBox", "/BleedBox", "/TrimBox", "/ArtBox", "/BoxColorInfo",
+    "/Contents", "/Rotate", "/Group", "/B", "/Dur", "/Trans", "/Annots", "/StructParents", "/PZ",
+    "/SeparationInfo", "/Tabs", "/TemplateInstantiated", "/PresSteps", "/UserUnit", "/VP", "/OutputIntents",
+})
+#: Entries of a page tree node (Table 30), with the inheritable page attributes (7.7.3.4).
+PAGES_KEPT = frozenset({"/Type", "/Parent", "/Kids", "/Count", "/Resources", "/MediaBox", "/CropBox", "/Rotate"})
+#: Entries common to all annotations (Table 166) kept (/NM, /M and /AF go).
+ANNOTATION_KEPT = frozenset({
+    "/Type", "/Subtype", "/Rect", "/Contents", "/P", "/F", "/AP", "/AS", "/Border", "/C", "/StructParent", "/OC",
+    "/ca", "/CA", "/BM", "/Lang",
+})
+#: Entries of markup annotations (Table 172) kept: the popup, the reply threading, the rich text
+#: and subject a reader is shown (/T, the author, and /CreationDate go; /ExData, Table 173, too).
+MARKUP_KEPT = frozenset({"/Popup", "/RC", "/IRT", "/Subj", "/RT", "/IT"})
+#: A form field's entries (Tables 226, 228-231), which a widget annotation merged with its field
+#: carries; a field's /T is its name, not an author.
+FIELD_KEPT = frozenset({
+    "/FT", "/Parent", "/Kids", "/T", "/TU", "/TM", "/Ff", "/V", "/DV", "/DA", "/Q", "/DS", "/RV", "/Opt",
+    "/MaxLen", "/TI", "/I", "/Lock", "/SV",
+})
+#: Entries specific to each annotation type (Tables 175-195, and 3D and rich media annotations,
+#: 13.6 and 13.7) kept. A type not listed keeps Table 166's alone.
+ANNOTATION_TYPE_KEPT: dict[str, frozenset[str]] = {
+    "/Text": frozenset({"/Open", "/Name", "/State", "/StateModel"}),
+    "/Link": frozenset({"/A", "/Dest", "/H", "/PA", "/QuadPoints", "/BS"}),
+    "/FreeText": frozenset({"/DA", "/Q", "/DS", "/CL", "/BE", "/RD", "/BS", "/LE"}),
+    "/Line": frozenset({"/L", "/BS", "/LE", "/IC", "/LL", "/LLE", "/Cap", "/LLO", "/CP", "/Measure", "/CO"}),
+    "/Square": frozenset({"/BS", "/IC", "/BE", "/RD"}),
+    "/Circle": frozenset({"/BS", "/IC", "/BE", "/RD"}),
+    "/Polygon": frozenset({"/Vertices", "/LE", "/BS", "/IC", "/BE", "/Measure", "/Path"}),
+    "/PolyLine": frozenset({"/Vertices", "/LE", "/BS", "/IC", "/BE", "/Measure", "/Path"}),
+    "/Highlight": frozenset({"/QuadPoints"}),
+    "/Underline": frozenset({"/QuadPoints"}),
+    "/Squiggly": frozenset({"/QuadPoints"}),
+    "/StrikeOut": frozenset({"/QuadPoints"}),
+    "/Caret": frozenset({"/RD", "/Sy"}),
+    "/Stamp": frozenset({"/Name"}),
+    "/Ink": frozenset({"/InkList", "/BS", "/Path"}),
+    "/Popup": frozenset({"/Parent", "/Open"}),
+    "/Movie": frozenset({"/T", "/Movie", "/A"}),
+    "/Screen": frozenset({"/T", "/MK", "/A"}),
+    "/Widget": frozenset({"/H", "/MK", "/A", "/BS"}) | FIELD_KEPT,
+    "/PrinterMark": frozenset({"/MN"}),
+    "/Watermark": frozenset({"/FixedPrint"}),
+    "/Redact": frozenset({"/QuadPoints", "/IC", "/RO", "/OverlayText", "/Repeat", "/DA", "/Q"}),
+    "/3D": frozenset({"/3DD", "/3DV", "/3DA", "/3DI", "/3DB", "/3DU"}),
+    "/RichMedia": frozenset({"/RichMediaSettings", "/RichMediaContent"}),
+}
 #: Markup annotations (Table 171), whose /T is their author; a Popup shows its parent's.
 MARKUP = frozenset({
     "/Text", "/FreeText", "/Line", "/Square", "/Circle", "/Polygon", "/PolyLine", "/Highlight", "/Underline",
@@ -247,18 +305,20 @@ def _clean_dictionary(obj: Dictionary | Stream) -> None:
     if isinstance(obj.get("/M"), String):
         del obj["/M"]  # a date (an annotation's, a signature's); a transition's /M is a name
     subtype = _subtype(obj)
-    if "/Rect" in obj and subtype is not None:  # an annotation (12.5.2)
-        gone = ["/NM"]
-        if subtype in MARKUP:
-            gone.append("/T")
-        if subtype in ATTACHMENTS:  # its file (name, description, content) or recording
-            gone.extend(("/FS", "/Sound", "/Contents"))
-        for key in gone:
-            if key in obj:
-                del obj[key]
     kind = obj.get("/Type")
-    if kind == Name.Page and "/Thumb" in obj:
-        del obj["/Thumb"]
+    if "/Rect" in obj and subtype is not None:  # an annotation (12.5.2)
+        kept = ANNOTATION_KEPT | ANNOTATION_TYPE_KEPT.get(subtype, frozenset())
+        if subtype in MARKUP and subtype != "/Popup":
+            kept |= MARKUP_KEPT
+        if subtype in MARKUP:
+            kept -= {"/T"}  # the author (a Movie's or Screen's /T is its title, a widget's its field's name)
+        if subtype in ATTACHMENTS:  # its file (name, description, content) or recording
+            kept -= {"/Contents"}
+        _keep_only(obj, kept)
+    elif kind in (Name.Page, Name.Template) and isinstance(obj, Dictionary):  # a page object (7.7.3.3)
+        _keep_only(obj, PAGE_KEPT)
+    elif kind == Name.Pages and isinstance(obj, Dictionary):  # a page tree node (7.7.3.2)
+        _keep_only(obj, PAGES_KEPT)
     elif kind == Name.Thread and "/I" in obj:
         del obj["/I"]
     if obj.get("/S") == Name.JavaScript and "/JS" in obj:
@@ -267,6 +327,13 @@ def _clean_dictionary(obj: Dictionary | Stream) -> None:
         for key in SIGNER:
             if key in obj:
                 del obj[key]
+
+
+def _keep_only(obj: Dictionary | Stream, kept: frozenset[str]) -> None:
+    """Remove every key of ``obj`` that is not in ``kept`` (an allow-list of the standard's keys)."""
+    for key in list(obj.keys()):
+        if key not in kept:
+            del obj[key]
 
 
 def _clean_jpeg(stream: Stream) -> None:

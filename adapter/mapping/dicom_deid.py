@@ -115,10 +115,12 @@ Decisions:
   no patient data), which the caller adds to ``fixed_texts`` for the record's own object. Any
   other value (a sender's comment, a PACS's description, a line of either) is removed as before. The FHIR views keep the photo-kind
   extension likewise, and of the notes (the sender's note may identify) the warning alone.
-* **RecognizableVisualFeatures** is kept as it is (YES for clinical photos): the Clean
+* **RecognizableVisualFeatures** is kept as it is (YES for clinical photos), but written YES
+  when the record's kind is recognizable (kinds.yaml) whatever the sender said (a received
+  object's NO would contradict the rest of the copy: research review finding 4): the Clean
   Recognizable Visual Features option (113102) is not claimed; releasing a recognisable photo
   for TRAIN/HRESCH rests on the patient's explicit consent, checked before this is called. When
-  it is not NO (absent counts as "may") or the record's kind is recognizable (kinds.yaml), the
+  it is not NO (absent counts as "may") or the record's kind is recognizable, the
   DeidentificationMethod says the person may be recognised (:data:`NOT_CLEANED_FEATURES`) and
   PatientIdentityRemoved is NO, as above.
 * **TRAIN** (:func:`deidentify`): Basic Profile only (113100); dates removed
@@ -127,7 +129,9 @@ Decisions:
 * **HRESCH** (:func:`pseudonymise`): Basic Profile + Retain Longitudinal Temporal Information
   Full Dates (113100, 113106), like the FHIR pseudonymised view, which keeps dates;
   PatientID = the keyed pseudonym the FHIR view uses, IssuerOfPatientID = the pseudonym
-  system, PatientName = ``<pseudonym>^`` (so a PACS shows something that is not a name).
+  system, PatientName = ``<pseudonym>^`` (so a PACS shows something that is not a name);
+  InstanceCreationTime and TimeOfSecondaryCapture removed (:data:`CREATION_TIMES`), their
+  dates kept, as the FHIR view cuts the adapter's instants to the day.
 """
 
 from __future__ import annotations
@@ -174,6 +178,10 @@ BASIC_PROFILE_ZERO = frozenset({
     # free text from a photo's EXIF Make or the sender (see ManufacturerModelName)
     "Manufacturer",
 })
+#: Removed from the pseudonymised copy though it retains dates (Type 3): the time an object was
+#: made (the adapter's: when it stored the photo), which whoever knows when a photo was uploaded
+#: would find the patient's pseudonym by (research review finding 3); the dates stay.
+CREATION_TIMES = ("InstanceCreationTime", "TimeOfSecondaryCapture")
 #: Dates emptied (Type 2 / 2C) unless dates are retained (113106).
 DATES_ZERO = frozenset({"StudyDate", "StudyTime", "ContentDate"})
 #: Table E.1-1 attributes removed (the ones the adapter's objects, typical VL/SC objects from a
@@ -382,6 +390,7 @@ def deidentify(ds: Dataset, *, uid_root: str, key: bytes, fixed_texts: Collectio
                            view_copy=DEIDENTIFIED_COPY, fixed_texts=fixed_texts, code_meanings=code_meanings or {})
     notes = _not_cleaned(ds, text_in_pixels=text_in_pixels, recognizable=recognizable)
     out.PatientIdentityRemoved = _identity_removed(notes)
+    _recognizable_features(out, recognizable=recognizable)
     out.LongitudinalTemporalInformationModified = "REMOVED"
     _method(out, _descriptors([DCM_BASIC_PROFILE], out), _replaced(replaced) + notes)
     return out
@@ -411,7 +420,11 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
     out.PatientName = f"{pseudonym}^"
     notes = _not_cleaned(ds, text_in_pixels=text_in_pixels, recognizable=recognizable)
     out.PatientIdentityRemoved = _identity_removed(notes)
+    _recognizable_features(out, recognizable=recognizable)
     out.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    for keyword in CREATION_TIMES:  # the instant the object was made, to the microsecond: its day stays
+        if keyword in out:
+            del out[keyword]
     _method(out, _descriptors([DCM_BASIC_PROFILE, DCM_RETAIN_FULL_DATES], out), _replaced(replaced) + notes)
     return out
 
@@ -438,6 +451,17 @@ def _not_cleaned(ds: Dataset, *, text_in_pixels: bool, recognizable: bool) -> li
     if recognizable or ds.get("RecognizableVisualFeatures") != "NO":
         notes.append(NOT_CLEANED_FEATURES)
     return notes
+
+
+def _recognizable_features(out: Dataset, *, recognizable: bool) -> None:
+    """RecognizableVisualFeatures YES when the record's kind shows the person (kinds.yaml
+    ``recognizable``), whatever the sender wrote: the copy's DeidentificationMethod then says the
+    person may be recognised and PatientIdentityRemoved NO, and a pipeline selecting images by
+    this attribute (PS3.3 C.7.6.1.1.6) must not be told NO of them (research review finding 4).
+    Otherwise the object's value stays as it is (absent: absent, it is Type 3). Not written into
+    an encapsulated document, whose module has no such picture to describe."""
+    if recognizable and "EncapsulatedDocument" not in out:
+        out.RecognizableVisualFeatures = "YES"
 
 
 def _descriptors(codes: list[tuple[str, str]], out: Dataset) -> list[tuple[str, str]]:
@@ -584,6 +608,7 @@ def _write_code_meaning(item: Dataset, meanings: Mapping[tuple[str, str], str]) 
 
 #: Attributes a release gives a value of its own (beside the emptied and dummy ones).
 _WRITTEN = frozenset({"PatientID", "IssuerOfPatientID", "PatientName", "PatientIdentityRemoved",
+                      "RecognizableVisualFeatures",
                       "LongitudinalTemporalInformationModified", "DeidentificationMethod", "CodeMeaning",
                       "MIMETypeOfEncapsulatedDocument"})
 

@@ -7,13 +7,21 @@ labels it (``meta.security``) with the FHIR security labels of the release
 - **FULL** (care): the stored content unchanged.
 - **DEIDENTIFIED** (ANONYED; TRAIN, MLTRAINING, HOPERAT, HTEST): built from an allow-list, so
   an element this module does not know is left out rather than leaked. No subject, no
-  encounter, no names or displays, no notes, narrative, titles, descriptions or device names
+  encounter, no names, no displays but the adapter's own (:func:`_site`: a body site's from
+  mappings/body_sites.yaml; a Consent's, a Provenance's and a DocumentReference's codes go
+  without theirs, which a sender wrote or may have: research review finding 1), no policy URI
+  but the adapter's own (``policy.uri``), no extension value outside the adapter's vocabulary,
+  no notes, narrative, titles, descriptions or device names
   (but the adapter's own secondary-image warning, word for word: :class:`_Ctx`),
   no record identifiers (the SHA-256 of the bytes links the copy back to the record), no
   attachment hash or size, dates cut to the year.
 - **PSEUDONYMISED** (PSEUDED; HRESCH and children, PUBHLTH): the same allow-list, but the
   subject (and Consent.patient) becomes a keyed pseudonym that is stable across resources and
-  requests, dates are kept, and no record identifier either: the SHA-256 of the stored bytes,
+  requests, clinical dates are kept, the adapter's own instants (meta.lastUpdated, Media.issued,
+  DocumentReference.date, Provenance.recorded: when it stored the record) are cut to their UTC
+  day (:func:`_instant`: to the millisecond, whoever knows when a photo was uploaded - the
+  uploader, a gateway's access log - would find its pseudonym by it, as by the hash: research
+  review finding 3), and no record identifier either: the SHA-256 of the stored bytes,
   kept until the de-identification review, is in the uploader's receipt, so whoever saw the
   receipt found the patient's pseudonym by it; the custodian traces a finding back by the
   view's keyed id, which the key inverts (adapter.mapping.released_ids). The attachment's size
@@ -43,8 +51,9 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from adapter.errors import Forbidden, NotSupported
@@ -54,6 +63,7 @@ from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.released_ids import IdSpace
 from adapter.mapping.tables import Tables
 from adapter.model.decision import Decision, View
+from adapter.model.photo import ConsentMethod, DeviceOwnership, PhotoKind, PhotoSource
 
 JSON = dict[str, Any]
 
@@ -95,12 +105,26 @@ PIXELS_NOT_CLEANED_NOTE = ("Pixel data not cleaned: the picture may show the pat
                            "Not anonymised; released on the patient's consent for this purpose.")
 BREAK_GLASS = "BTG"
 
-# Extensions of ours that carry coded, non-identifying facts; every other extension is left out
-# of the restricted views (consent-recorded-by is a Reference to a person).
-_SAFE_EXTENSIONS = frozenset({
-    codes.EXT_PHOTO_KIND, codes.EXT_PHOTO_SOURCE, codes.EXT_CONSENT_PENDING, codes.EXT_CAPTURE_DEVICE,
-    codes.EXT_CONSENT_METHOD, codes.EXT_QUALITY_WARNING,
-})
+# Extensions of ours that carry coded, non-identifying facts, and the values each may keep (a code
+# of its vocabulary, True, or - a record's quality warning - the adapter's own text); every other
+# extension, and one of these with another value, is left out of the restricted views
+# (consent-recorded-by is a Reference to a person). Keyed by the resource types the adapter writes
+# them on: a Consent is stored as its sender wrote it, so its extensions are the sender's, and only
+# a consent method of the vocabulary stays (research review finding 1).
+_CODED_EXTENSIONS: dict[str, frozenset[str]] = {
+    codes.EXT_PHOTO_KIND: frozenset(k.value for k in PhotoKind),
+    codes.EXT_PHOTO_SOURCE: frozenset(s.value for s in PhotoSource),
+    codes.EXT_CAPTURE_DEVICE: frozenset(d.value for d in DeviceOwnership),
+    codes.EXT_CONSENT_METHOD: frozenset(m.value for m in ConsentMethod),
+}
+_RECORD_EXTENSIONS = frozenset({codes.EXT_PHOTO_KIND, codes.EXT_PHOTO_SOURCE, codes.EXT_CONSENT_PENDING,
+                                codes.EXT_CAPTURE_DEVICE, codes.EXT_QUALITY_WARNING})
+_SAFE_EXTENSIONS: dict[str, frozenset[str]] = {
+    "Media": _RECORD_EXTENSIONS, "DocumentReference": _RECORD_EXTENSIONS,
+    "Consent": frozenset({codes.EXT_CONSENT_METHOD}),
+}
+#: A language tag (BCP 47's shape): Resource.language is a code, nothing else stays.
+_LANGUAGE = re.compile(r"^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*$", re.ASCII)
 # Coded extensions on a CodeableConcept that are kept (valueCoding only).
 _SAFE_CONCEPT_EXTENSIONS = frozenset({codes.EXT_LATERALITY})
 # Identifier.system under which a subject known only by a literal reference is pseudonymised.
@@ -207,6 +231,13 @@ class _Ctx:
     fixed_texts: frozenset[str] = frozenset()
     #: The picture may identify the patient: the view says so in words (:data:`PIXELS_NOT_CLEANED_NOTE`)
     pixels_may_identify: bool = True
+    #: The adapter's own policy URI (policy.yaml ``uri``): the only Consent.policy.uri and
+    #: Provenance.policy a restricted view keeps (another is the sender's, and may name anyone)
+    policy_uri: str | None = None
+    #: The body sites' system and displays (mappings/body_sites.yaml): the only displays of a
+    #: bodySite a restricted view keeps (a received object's site outside it has its sender's words)
+    site_system: str | None = None
+    site_displays: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def deid(self) -> bool:
@@ -227,14 +258,30 @@ def _date_time(value: Any, ctx: _Ctx) -> str | None:
 
 
 def _instant(value: Any, ctx: _Ctx, *, required: bool = False) -> str | None:
-    """An instant in the view. An instant cannot be cut to a year, so an optional one is left
-    out when de-identifying; a required one (Provenance.recorded) becomes YYYY-01-01T00:00:00Z."""
+    """One of the adapter's instants (when it stored the record: meta.lastUpdated, Media.issued,
+    DocumentReference.date, Provenance.recorded) in the view. An instant cannot be cut to a year,
+    so an optional one is left out when de-identifying; a required one (Provenance.recorded)
+    becomes YYYY-01-01T00:00:00Z. The pseudonymised view cuts it to its day (UTC midnight: an
+    instant needs a time), which the search and paging, on the stored values, do not change."""
     if not isinstance(value, str):
         return None
     if not ctx.deid:
-        return value
+        day = _day(value)
+        if day is not None or not required:
+            return day
     year = _year(value)
     return f"{year}-01-01T00:00:00Z" if required and year else None
+
+
+def _day(value: str) -> str | None:
+    """A FHIR instant as 00:00:00Z of its UTC day; None when it is no instant with a zone."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return f"{moment.astimezone(UTC):%Y-%m-%d}T00:00:00Z"
 
 
 def _period(value: Any, ctx: _Ctx) -> JSON | None:
@@ -288,6 +335,19 @@ def _concepts(values: Any, *, required: bool = False, display: bool = True) -> l
     return out
 
 
+def _site(value: Any, ctx: _Ctx) -> JSON | None:
+    """A bodySite: its codings without displays, but a body site of mappings/body_sites.yaml with
+    the table's (a received object's site outside the table keeps its sender's CodeMeaning as
+    the display: adapter.mapping.dicom_fhir; the DICOM copies write the table's, PS3.16's or the
+    code itself, never the sender's words). The laterality extension is the adapter's."""
+    out = _concept(value, display=False)
+    for coding in (out or {}).get("coding", []):
+        code = coding.get("code")
+        if coding.get("system") == ctx.site_system and isinstance(code, str) and code in ctx.site_displays:
+            coding["display"] = ctx.site_displays[code]
+    return out
+
+
 def _literal(value: Any, ctx: _Ctx) -> JSON | None:
     """A Reference reduced to its literal ``Type/id``, in the view's ids (display, identifier
     and contained references dropped)."""
@@ -324,15 +384,26 @@ def _subject(value: Any, ctx: _Ctx) -> JSON | None:
     return None
 
 
-def _extensions(values: Any) -> list[JSON]:
+def _extensions(values: Any, resource_type: str) -> list[JSON]:
+    """Our extensions the resource type carries (:data:`_SAFE_EXTENSIONS`), each with a value of
+    its vocabulary only: a coded one's code, consent-pending's True, a quality warning's text."""
     if not isinstance(values, list):
         return []
+    allowed = _SAFE_EXTENSIONS.get(resource_type, frozenset())
     out: list[JSON] = []
     for ext in values:
-        if isinstance(ext, dict) and ext.get("url") in _SAFE_EXTENSIONS:
-            value = {k: v for k, v in ext.items() if k.startswith("value") and isinstance(v, (str, bool, int))}
-            if value:
-                out.append({"url": ext["url"], **value})
+        url = ext.get("url") if isinstance(ext, dict) else None
+        if url not in allowed:
+            continue
+        if url in _CODED_EXTENSIONS:
+            code = ext.get("valueCode")
+            if isinstance(code, str) and code in _CODED_EXTENSIONS[url]:
+                out.append({"url": url, "valueCode": code})
+        elif url == codes.EXT_CONSENT_PENDING:
+            if ext.get("valueBoolean") is True:
+                out.append({"url": url, "valueBoolean": True})
+        elif isinstance(ext.get("valueString"), str):  # a quality warning: the adapter's (records are rebuilt)
+            out.append({"url": url, "valueString": ext["valueString"]})
     return out
 
 
@@ -357,11 +428,13 @@ def _attachment(value: Any, ctx: _Ctx) -> JSON:
 
 def _meta(value: Any, ctx: _Ctx) -> JSON:
     """meta without source and tags (free URIs and workflow codes); lastUpdated is an instant
-    and goes when de-identifying. Security labels are set by ``render``."""
+    and goes when de-identifying, and is cut to its day when pseudonymising (:func:`_instant`).
+    Security labels are set by ``render``."""
     if not isinstance(value, dict):
         return {}
-    keys = ("versionId", "profile") if ctx.deid else ("versionId", "lastUpdated", "profile")
-    return {k: value[k] for k in keys if k in value}
+    out = {k: value[k] for k in ("versionId", "profile") if k in value}
+    _put(out, "lastUpdated", _instant(value.get("lastUpdated"), ctx))
+    return {k: out[k] for k in ("versionId", "lastUpdated", "profile") if k in out}
 
 
 def _base(resource: JSON, ctx: _Ctx) -> JSON:
@@ -371,9 +444,10 @@ def _base(resource: JSON, ctx: _Ctx) -> JSON:
     meta = _meta(resource.get("meta"), ctx)
     if meta:
         out["meta"] = meta
-    if "language" in resource:
-        out["language"] = resource["language"]
-    extension = _extensions(resource.get("extension"))
+    language = resource.get("language")
+    if isinstance(language, str) and _LANGUAGE.match(language):
+        out["language"] = language
+    extension = _extensions(resource.get("extension"), resource["resourceType"])
     if extension:
         out["extension"] = extension
     return out
@@ -405,7 +479,7 @@ def _media(r: JSON, ctx: _Ctx) -> JSON:
     _put(out, "createdPeriod", _period(r.get("createdPeriod"), ctx))
     _put(out, "issued", _instant(r.get("issued"), ctx))
     _put(out, "reasonCode", _concepts(r.get("reasonCode")))
-    _put(out, "bodySite", _concept(r.get("bodySite")))
+    _put(out, "bodySite", _site(r.get("bodySite"), ctx))
     _copy(out, r, ("height", "width", "frames", "duration"))
     out["content"] = _attachment(r.get("content"), ctx)
     notes = [{"text": n["text"]} for n in r.get("note") or []
@@ -477,28 +551,32 @@ def _released_master_identifier(released_id: str) -> JSON:
     return {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:2.25.{value}"}
 
 
+#: Consent.provision.data.meaning (R4 consent-data-meaning, a required binding).
+_DATA_MEANINGS = frozenset({"instance", "related", "dependents", "authoredby"})
+
+
 def _provision(p: JSON, ctx: _Ctx) -> JSON:
     """Consent.provision (recursive). Actors keep their role, their Reference becomes
     "redacted" (dropping the actor would widen the rule); data keeps the literal reference to
-    our record."""
+    our record. Codes go without their displays: the Consent is as its sender wrote it."""
     out: JSON = {}
     _copy(out, p, ("type",))
     _put(out, "period", _period(p.get("period"), ctx))
     actors = []
     for actor in p.get("actor") or []:
         if isinstance(actor, dict):
-            actors.append({"role": _concept(actor.get("role"), required=True),
+            actors.append({"role": _concept(actor.get("role"), required=True, display=False),
                            "reference": {"display": REDACTED}})
     _put(out, "actor", actors)
-    _put(out, "action", _concepts(p.get("action")))
-    _put(out, "securityLabel", _codings(p.get("securityLabel")))
-    _put(out, "purpose", _codings(p.get("purpose")))
-    _put(out, "class", _codings(p.get("class")))
-    _put(out, "code", _concepts(p.get("code")))
+    _put(out, "action", _concepts(p.get("action"), display=False))
+    _put(out, "securityLabel", _codings(p.get("securityLabel"), display=False))
+    _put(out, "purpose", _codings(p.get("purpose"), display=False))
+    _put(out, "class", _codings(p.get("class"), display=False))
+    _put(out, "code", _concepts(p.get("code"), display=False))
     _put(out, "dataPeriod", _period(p.get("dataPeriod"), ctx))
     data = []
     for item in p.get("data") or []:
-        if isinstance(item, dict) and isinstance(item.get("meaning"), str):
+        if isinstance(item, dict) and item.get("meaning") in _DATA_MEANINGS:
             data.append({"meaning": item["meaning"], "reference": _literal_or_redacted(item.get("reference"), ctx)})
     _put(out, "data", data)
     _put(out, "provision", [_provision(n, ctx) for n in p.get("provision") or [] if isinstance(n, dict)])
@@ -507,18 +585,22 @@ def _provision(p: JSON, ctx: _Ctx) -> JSON:
 
 def _consent(r: JSON, ctx: _Ctx) -> JSON:
     """Consent (https://hl7.org/fhir/R4/consent.html): scope, category and policy/policyRule
-    (ppc-1) survive; patient is dropped or pseudonymised; performer, organization, the signed
-    form (sourceAttachment) and other sources are left out."""
+    (ppc-1) survive, codes without their displays (a Consent is stored as its sender wrote it,
+    and a display can name the patient: research review finding 1); of the policies only the
+    adapter's own URI (``policy.uri``; another, and every authority, is the sender's URL and may
+    identify), and when none is left and no policyRule either, a policyRule of text "redacted"
+    keeps ppc-1; patient is dropped or pseudonymised; performer, organization, the signed form
+    (sourceAttachment) and other sources are left out."""
     out = _base(r, ctx)
     _copy(out, r, ("status",))
-    _put(out, "scope", _concept(r.get("scope"), required=True))
-    _put(out, "category", _concepts(r.get("category"), required=True))
+    _put(out, "scope", _concept(r.get("scope"), required=True, display=False))
+    _put(out, "category", _concepts(r.get("category"), required=True, display=False))
     _put(out, "patient", _subject(r.get("patient"), ctx))
     _put(out, "dateTime", _date_time(r.get("dateTime"), ctx))
-    policies = [{k: v for k, v in p.items() if k in ("authority", "uri")}
-                for p in r.get("policy") or [] if isinstance(p, dict)]
-    _put(out, "policy", [p for p in policies if p])
-    _put(out, "policyRule", _concept(r.get("policyRule")))
+    policies = [{"uri": ctx.policy_uri} for p in r.get("policy") or []
+                if isinstance(p, dict) and ctx.policy_uri is not None and p.get("uri") == ctx.policy_uri]
+    _put(out, "policy", policies[:1])
+    _put(out, "policyRule", _concept(r.get("policyRule"), display=False, required=not policies))
     verification = []
     for v in r.get("verification") or []:
         if isinstance(v, dict) and "verified" in v:
@@ -543,21 +625,22 @@ def _provenance(r: JSON, ctx: _Ctx) -> JSON:
     every agent.who (required) becomes a display-only Reference naming only its type, e.g.
     "author (redacted)"; onBehalfOf, location and signatures are left out; entity.what keeps a
     literal reference or becomes "<role> (redacted)" (the original file's hash and message id
-    are identifiers)."""
+    are identifiers). Codes go without displays and policy keeps only the adapter's own URI, as
+    in a Consent: the view does not rest on the Provenance being the adapter's alone."""
     out = _base(r, ctx)
     _put(out, "target", [_literal_or_redacted(t, ctx) for t in r.get("target") or []])
     _put(out, "occurredDateTime", _date_time(r.get("occurredDateTime"), ctx))
     _put(out, "occurredPeriod", _period(r.get("occurredPeriod"), ctx))
     _put(out, "recorded", _instant(r.get("recorded"), ctx, required=True))
-    _put(out, "policy", [p for p in r.get("policy") or [] if isinstance(p, str)])
-    _put(out, "reason", _concepts(r.get("reason")))
-    _put(out, "activity", _concept(r.get("activity")))
+    _put(out, "policy", [p for p in r.get("policy") or [] if ctx.policy_uri is not None and p == ctx.policy_uri])
+    _put(out, "reason", _concepts(r.get("reason"), display=False))
+    _put(out, "activity", _concept(r.get("activity"), display=False))
     agents = []
     for agent in r.get("agent") or []:
         if isinstance(agent, dict):
             item: JSON = {}
-            _put(item, "type", _concept(agent.get("type")))
-            _put(item, "role", _concepts(agent.get("role")))
+            _put(item, "type", _concept(agent.get("type"), display=False))
+            _put(item, "role", _concepts(agent.get("role"), display=False))
             item["who"] = {"display": _agent_label(agent)}
             agents.append(item)
     _put(out, "agent", agents)
@@ -615,7 +698,8 @@ def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer:
         if first_modifier(resource, str(resource_type)) is not None:
             raise NotSupported(f"no {decision.view.value} view of a resource with a modifierExtension")
         out = build(copy.deepcopy(resource), _Ctx(decision.view, pseudonymizer, ids, tables.kind_warnings,
-                                                  decision.pixels_may_identify))
+                                                  decision.pixels_may_identify, tables.policy.uri,
+                                                  tables.body_sites.system, tables.body_sites.codes))
     meta = resource.get("meta")
     stored = meta.get("security") if isinstance(meta, dict) else None
     labels = security_labels(decision, tables, image=resource_type in _IMAGE_TYPES)

@@ -13,7 +13,10 @@ own terms:
 - **PSEUDONYMISED**: ``patient``/``subject`` by identifier in the pseudonym system only (the
   pseudonym the view shows; a value without a system only if it has a pseudonym's form),
   looked up in the pseudonym index; ``identifier`` and ``encounter`` not supported (the view
-  shows neither); dates as in the full view.
+  shows neither); ``_lastUpdated`` and ``date`` (a Media's is its issued when no time taken is
+  known, a DocumentReference's and a Provenance's are the adapter's instants) by whole UTC days
+  only, as the view shows the adapter's instants to the day (research review finding 3); the
+  other dates as in the full view.
 - **FULL**: as given.
 
 Ids are the view's own too (adapter.mapping.released_ids): in a restricted view ``_id`` and a
@@ -21,7 +24,7 @@ reference parameter (Provenance ``target``) take the ids the view shows, and a s
 finds nothing there. Nor does the order of the answer tell what the view hides: a restricted
 view's results come in the order of their released ids (keyed, so it means nothing), not in the
 order they were stored; ``_sort`` by ``_lastUpdated`` is refused in the de-identified view, which
-shows no lastUpdated (the pseudonymised view shows it, and may sort by it), and so is ``_sort`` by
+shows no lastUpdated (the pseudonymised view shows it to the day, and may sort by it), and so is ``_sort`` by
 a clinical date, which it shows to the year only (the pseudonymised view sorts by it, its own ids
 breaking ties).
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from adapter.errors import NotSupported
 from adapter.mapping.fhir_r4 import ENCOUNTER_IDENTIFIER
@@ -95,6 +99,9 @@ def criteria_in_view(criteria: SearchCriteria, view: View, *, pseudonym_system: 
                 raise NotSupported("in the de-identified view dates are shown to the year only: "
                                    "search by year (e.g. date=2024 or date=ge2023)")
         return criteria
+    if any(not _whole_days(d) for d in _instant_criteria(criteria)):
+        raise NotSupported("in the pseudonymised view the times the adapter stored records are shown to the day: "
+                           "search _lastUpdated and date by whole days (e.g. date=2024-03-05 or _lastUpdated=ge2024-03-05)")
     if not criteria.patient and not criteria.patient_value:
         return criteria
     if any(p.system != pseudonym_system for p in criteria.patient or ()) \
@@ -133,6 +140,20 @@ def criteria_in_id_space(criteria: SearchCriteria, resource_type: str, ids: IdSp
             return None
         tokens.append(tuple(kept))
     return dataclasses.replace(criteria, ids=found_ids, tokens=tuple(tokens))
+
+
+def _instant_criteria(criteria: SearchCriteria) -> list[DateCriterion]:
+    """The criteria on values that may be the adapter's instants: ``_lastUpdated`` and ``date``."""
+    return [d for group in criteria.last_updated for d in group] + \
+        [d for group in criteria.dates for d in group if d.param == "date"]
+
+
+def _whole_days(date: DateCriterion) -> bool:
+    """Whether ``date`` runs from a UTC midnight to a UTC midnight (or past the end of time)."""
+    def midnight(moment: datetime) -> bool:
+        utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment
+        return (utc.hour, utc.minute, utc.second, utc.microsecond) == (0, 0, 0, 0)
+    return midnight(date.start) and (date.end is None or midnight(date.end))
 
 
 def _whole_year(date: DateCriterion) -> bool:

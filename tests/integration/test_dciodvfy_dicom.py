@@ -114,6 +114,19 @@ def test_deidentified_and_pseudonymised_copies(name: str, orientation: int | Non
                        key=UID_KEY), f"{name} HRESCH orientation={orientation}")
 
 
+def test_copies_of_a_received_recognisable_object_that_says_no() -> None:
+    """A received object saying RecognizableVisualFeatures NO, of a kind that shows the person:
+    its copies say YES (research review finding 4), with 0 errors."""
+    ds = reread(photo_object(PhotoKind.CLINICAL, stored_sample("tiny.jpg")))
+    ds.RecognizableVisualFeatures = "NO"
+    pseudonym = PSEUDONYMS.pseudonym(PATIENT_SYSTEM, PATIENT_VALUE)
+    for label, out in (("TRAIN", deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY, recognizable=True)),
+                       ("HRESCH", pseudonymise(ds, pseudonym=pseudonym, pseudonym_issuer=PSEUDONYMS.system,
+                                               uid_root=OUT_ROOT, key=UID_KEY, recognizable=True))):
+        assert out.RecognizableVisualFeatures == "YES" and out.PatientIdentityRemoved == "NO", label
+        check(out, f"tiny.jpg received recognisable {label}")
+
+
 @pytest.mark.parametrize("name", SAMPLES)
 def test_a_secondary_images_warning_and_its_copies(name: str) -> None:
     """The secondary image's ImageComments and SeriesDescription (its warning), as written and

@@ -52,6 +52,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from adapter.dicom import AeOptions, StoreSCP
+from adapter.mapping import codes
 from adapter.mapping.dicom_photo import encode_dataset
 from adapter.services.registry import Services
 from samples.make_samples import insert_segments
@@ -91,6 +92,8 @@ RECORDER_REF = "Practitioner/canary-recorder"
 ENCOUNTER_REF = "Encounter/canary-enc-77"
 PATIENT_REF = "Patient/canary-patient-77"
 OTHER_ID = "OTHERID-CANARY"
+DISPLAY = "Canarydisplay"  # in the displays a Consent's sender writes, and a received site's meaning
+POLICY = "https://forms.example/consent?canarypolicy"  # a Consent's policy uri and authority
 PDF_CANARY = "Pdfcanary Wilhelmina MRN-PDF-88"  # in the PDF's metadata (its /Info Author)
 PDF_CONTENT = "Pdfvisible Ottoline letter text"  # on its page: content, released as stored
 TAKEN = "2023-07-13T08:09:10+00:00"
@@ -103,7 +106,7 @@ GPS_LON = ((98, 1), (7, 1), (65, 10))
 CANARIES = (MRN, FAMILY, GIVEN, BIRTH, "1931-02-17", ADDRESS, SERIAL, OPERATOR, PHYSICIAN, INSTITUTION,
             COLLEAGUE, NOTE, ARTIST, XMP_NAME, IPTC_NAME, COMMENT, ICC_DESC, MAKER, PNG_TEXT, ACCESSION,
             STUDY_ID, PRIVATE, "canary-author", "canary-recorder", "canary-enc-77", "canary-patient-77",
-            OTHER_ID, PDF_CANARY)
+            OTHER_ID, PDF_CANARY, DISPLAY, "canarypolicy")
 #: Dates beyond the year: never under TRAIN (HRESCH keeps dates, by design).
 TRAIN_DATES = (STUDY_DATE, "2023-07-13", "2023:07:13")
 
@@ -219,22 +222,47 @@ def canary_consent(purposes: list[str]) -> dict[str, Any]:
     consent["sourceAttachment"] = {"contentType": "application/pdf", "title": f"{FAMILY} form",
                                    "data": base64.b64encode(canary_pdf()).decode()}
     consent["provision"]["actor"] = [{"role": {"coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}],
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP",
+         "display": f"{DISPLAY} {FAMILY}"}],
         "text": f"{COLLEAGUE}"}, "reference": {"reference": AUTHOR_REF, "display": COLLEAGUE}}]
+    return with_sender_text(consent)
+
+
+def with_sender_text(consent: dict[str, Any]) -> dict[str, Any]:
+    """``consent`` with the canaries in what a sender writes beside the codes (research review
+    finding 1): every coding's display, a policy of its own (its uri and authority), and an
+    extension of the adapter's (a photo's quality warning) with a value of the sender's."""
+    said = f"{DISPLAY} {FAMILY} {MRN}"
+    def coded(system: str, code: str) -> dict[str, Any]:
+        return {"system": system, "code": code, "display": said}
+    consent["scope"]["coding"][0]["display"] = said
+    consent["category"][0]["coding"][0]["display"] = said
+    consent["policyRule"] = {"coding": [coded("http://terminology.hl7.org/CodeSystem/v3-ActCode", "OPTIN")]}
+    consent["policy"] = [*consent.get("policy", []), {"authority": POLICY, "uri": f"{POLICY}&mrn={MRN}"}]
+    consent["extension"] = [{"url": codes.EXT_QUALITY_WARNING, "valueString": said}]
+    provision = consent["provision"]
+    for purpose in provision["purpose"]:
+        purpose["display"] = said
+    provision["action"] = [{"coding": [coded("http://terminology.hl7.org/CodeSystem/consentaction", "use")]}]
+    provision["securityLabel"] = [coded("http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "R")]
+    provision["class"] = [coded("http://hl7.org/fhir/resource-types", "Media")]
+    provision["code"] = [{"coding": [coded("http://loinc.org", "72170-4")]}]
     return consent
 
 
 def canary_pdf() -> bytes:
-    """A PDF whose metadata (its document information's Author) names the patient, and whose
-    page shows a text of its own: what no de-identification of the attributes reaches, and what
-    the restricted views release of it (adapter.imaging.pdf)."""
+    """A PDF whose metadata (its document information's Author, a private key of its page) names
+    the patient, and whose page shows a text of its own: what no de-identification of the
+    attributes reaches, and what the restricted views release of it (adapter.imaging.pdf)."""
     return minimal_pdf(f"BT /F1 12 Tf 10 100 Td ({PDF_CONTENT}) Tj ET".encode(),
-                       info=f"<</Author({PDF_CANARY})/CreationDate(D:{STUDY_DATE}080910)>>".encode())
+                       info=f"<</Author({PDF_CANARY})/CreationDate(D:{STUDY_DATE}080910)>>".encode(),
+                       page_entries=f"/ZZPagePriv({PDF_CANARY})".encode())
 
 
-def canary_dicom(*, photo: bool = True) -> Dataset:
+def canary_dicom(*, photo: bool = True, site_code: str = "14975008") -> Dataset:
     """A JPEG Baseline VL Photographic (or SC) object as a PACS sends it, with the canaries in
-    every attribute a sender fills in, and in its frame's EXIF, ICC and COM."""
+    every attribute a sender fills in, and in its frame's EXIF, ICC and COM. ``site_code``: its body
+    site's SNOMED CT code (one outside mappings/body_sites.yaml is kept as the sender coded it)."""
     ds = pydicom.dcmread(io.BytesIO(wrap_jpeg_as_sc(canary_jpeg(), patient_id=MRN,
                                                     patient_name=f"{FAMILY}^{GIVEN}", strip=False)))
     if photo:
@@ -246,7 +274,7 @@ def canary_dicom(*, photo: bool = True) -> Dataset:
         side = Dataset()
         side.CodeValue, side.CodingSchemeDesignator, side.CodeMeaning = "24028007", "SCT", f"Right arm of {GIVEN}"
         site = Dataset()
-        site.CodeValue, site.CodingSchemeDesignator, site.CodeMeaning = "14975008", "SCT", f"Forearm of {FAMILY}"
+        site.CodeValue, site.CodingSchemeDesignator, site.CodeMeaning = site_code, "SCT", f"{DISPLAY} of {FAMILY}"
         site.AnatomicRegionModifierSequence = Sequence([side])
         ds.AnatomicRegionSequence = Sequence([site])
         ds.BodyPartExamined = FAMILY.upper()
@@ -538,9 +566,10 @@ def _ingest(client: FhirClient, services: Services, tmp_path: Path) -> None:
     # the canary Consent names an actor, which a permit cannot be evaluated by (it permits
     # nothing), and a consent sent with a photo covers that photo only: the patient's Consent
     # for every photo, recorded on its own, lets the rest go out
-    r = client.post("/fhir/Consent", json=consent_resource(["TRAIN", "HRESCH"], patient={"system": SYSTEM,
-                                                                                         "value": MRN}),
-                    headers={"Content-Type": "application/fhir+json"})
+    permit = with_sender_text(consent_resource(["TRAIN", "HRESCH"], patient={"system": SYSTEM, "value": MRN}))
+    for key in ("securityLabel", "class", "code"):  # a permit of those would not cover every record
+        del permit["provision"][key]
+    r = client.post("/fhir/Consent", json=permit, headers={"Content-Type": "application/fhir+json"})
     assert r.status_code == 201, r.text
     # DICOM over the real SCP (dcmtk's storescu) and over STOW-RS
     missing = dcmtk_missing()
@@ -548,10 +577,11 @@ def _ingest(client: FhirClient, services: Services, tmp_path: Path) -> None:
     scp = StoreSCP(AeOptions(port=0, allowed_ae_titles=("STORESCU",)), services.dicom_ingest)
     scp.start()
     try:
-        for n, ds in enumerate((canary_dicom(), canary_dicom(photo=False), canary_pdf_object())):
+        for n, ds in enumerate((canary_dicom(), canary_dicom(photo=False), canary_pdf_object(),
+                                canary_dicom(site_code="71854001"))):
             path = tmp_path / f"canary-{n}.dcm"
             ds.save_as(path, enforce_file_format=True)
-            storescu(scp.port, "ADAPTER", [path], jpeg=n < 2)
+            storescu(scp.port, "ADAPTER", [path], jpeg=n != 2)
     finally:
         scp.stop()
     parts = [encode_dataset(canary_dicom()), encode_dataset(canary_pdf_object())]

@@ -194,3 +194,47 @@ def test_a_received_jpeg_frame_is_another_file_in_each_restricted_view(adapter: 
         released = pydicom.dcmread(io.BytesIO(objects[purpose]))
         assert dciodvfy(released) == [], purpose
         assert decode_check(released) == [], purpose
+
+
+def test_the_pseudonymised_view_shows_when_a_record_was_stored_to_the_day_only(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """Research review finding 3: under HRESCH a record showed the instant it was stored, to the
+    millisecond (meta.lastUpdated, Media.issued, Provenance.recorded, Last-Modified; the DICOM
+    copy's InstanceCreationTime to the microsecond), which whoever knows when a photo was
+    uploaded (the uploader, a gateway's access log) finds the patient's pseudonym by, as by the
+    SHA-256 the view leaves out (test seen failing: the instants as stored). Now they are cut to
+    the UTC day, a search cannot ask finer, and search and paging still find every record."""
+    client, _ = adapter
+    _posted(client, tmp_path, "day.jpg", _plain_jpeg())
+    _posted(client, tmp_path, "day.png", _plain_png())
+    care = client.get("/fhir/Media?_count=10", headers=as_purpose("TREAT")).json()
+    stored = care["entry"][0]["resource"]["meta"]["lastUpdated"]
+    day = stored[:10]
+    assert not stored.endswith("T00:00:00Z")  # the premise: a stored instant has a time
+    r = client.get("/fhir/Media?_revinclude=Provenance:target&_count=10", headers=as_purpose("HRESCH"))
+    assert r.status_code == 200, r.text
+    resources = [e["resource"] for e in r.json()["entry"]]
+    assert {x["resourceType"] for x in resources} == {"Media", "Provenance"}
+    for resource in resources:
+        assert resource["meta"]["lastUpdated"] == f"{day}T00:00:00Z", resource["meta"]
+        for key in ("issued", "recorded"):
+            assert resource.get(key, f"{day}T00:00:00Z") == f"{day}T00:00:00Z", resource
+    media = next(x for x in resources if x["resourceType"] == "Media")
+    read = client.get(f"/fhir/Media/{media['id']}", headers=as_purpose("HRESCH"))
+    assert read.headers["Last-Modified"].endswith(" 00:00:00 GMT"), read.headers
+    # a search finer than the day would read the instant back; by whole days it finds them all
+    for query in (f"_lastUpdated=ge{stored}", f"_lastUpdated=lt{stored}", f"date=ge{stored}"):
+        refused = client.get(f"/fhir/Media?{query}", headers=as_purpose("HRESCH"))
+        assert refused.status_code == 400, (query, refused.text)
+    first = client.get(f"/fhir/Media?_lastUpdated=ge{day}&_count=1", headers=as_purpose("HRESCH")).json()
+    assert first["total"] == 2 and len(first["entry"]) == 1
+    following = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    second = client.get(following.split("/fhir", 1)[1].join(("/fhir", "")), headers=as_purpose("HRESCH")).json()
+    assert {e["resource"]["id"] for e in first["entry"] + second["entry"]} == \
+        {x["id"] for x in resources if x["resourceType"] == "Media"}
+    # the DICOM copy keeps the day it was made, not the time
+    binary = "Binary/" + media["content"]["url"].rsplit("Binary/", 1)[1]
+    r = client.get(f"/fhir/{binary}", headers=as_purpose("HRESCH", Accept="application/dicom"))
+    assert r.status_code == 200, (binary, r.text[:300])
+    ds = pydicom.dcmread(io.BytesIO(r.content))
+    assert "InstanceCreationTime" not in ds and ds.InstanceCreationDate

@@ -40,14 +40,16 @@ XMP = (f'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="a
        f'</x:xmpmeta><?xpacket end="w"?>').encode()
 
 
-def minimal_pdf(content: bytes = b"BT /F1 12 Tf 20 100 Td (Letter) Tj ET", *, info: bytes | None = None) -> bytes:
+def minimal_pdf(content: bytes = b"BT /F1 12 Tf 20 100 Td (Letter) Tj ET", *, info: bytes | None = None,
+                page_entries: bytes = b"") -> bytes:
     """A one-page PDF showing ``content`` (a page content stream), with a cross-reference table
     whose offsets are right (ISO 32000-2 7.5.4); ``info``: a document information dictionary
-    (``<</Author(...)>>``) for the trailer to name."""
+    (``<</Author(...)>>``) for the trailer to name; ``page_entries``: more entries of the page
+    object (``/ZZPriv(...)``)."""
     objects = [b"<</Type/Catalog/Pages 2 0 R>>",
                b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
                (b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]/Contents 4 0 R"
-                b"/Resources<</Font<</F1<</Type/Font/Subtype/Type1/BaseFont/Helvetica>>>>>>>>"),
+                b"/Resources<</Font<</F1<</Type/Font/Subtype/Type1/BaseFont/Helvetica>>>>>>" + page_entries + b">>"),
                b"<</Length %d>>stream\n" % len(content) + content + b"\nendstream"]
     if info is not None:
         objects.append(info)

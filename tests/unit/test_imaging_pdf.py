@@ -248,3 +248,49 @@ def test_an_object_stream_that_inflates_past_the_bound_is_refused_in_bounded_mem
     print(f"peak grew by {int(grown_kib) // 1024} MiB: {outcome}")
     assert outcome.startswith("the PDF inflates past"), outcome
     assert int(grown_kib) < 160 * 1024
+
+
+def test_keys_a_page_annotation_or_page_tree_node_does_not_define_go() -> None:
+    """Research review finding 2: a private key on a page (/ZZPagePriv) reached the restricted
+    copies: only the catalog was an allow-list. Now a page (ISO 32000-2 Table 31), a page tree
+    node (Table 30) and an annotation (Table 166, the markup entries of Table 172 and its
+    subtype's, a widget's with its form field's: Tables 226-231) keep the keys the standard
+    defines for them and nothing else; what a reader needs to show the page stays."""
+    pdf = pikepdf.Pdf.new()
+    pdf.add_blank_page(page_size=(100, 100))
+    page = pdf.pages[0].obj
+    page.Contents = pdf.make_stream(b"BT /F1 12 Tf 10 50 Td (Visible) Tj ET")
+    page.Resources = Dictionary(Font=Dictionary(F1=Dictionary(Type=Name.Font, Subtype=Name.Type1,
+                                                              BaseFont=Name.Helvetica)))
+    page.CropBox, page.Rotate, page.UserUnit = Array([0, 0, 90, 90]), 90, 1
+    page.ZZPagePriv = String("Pagepriv MRN-77")
+    pdf.Root.Pages.ZZPagesPriv = String("Pagespriv MRN-77")
+    popup = pdf.make_indirect(Dictionary(Type=Name.Annot, Subtype=Name.Popup, Rect=[0, 0, 9, 9], Open=False,
+                                         ZZPopupPriv=String("Popuppriv MRN-77")))
+    note = pdf.make_indirect(Dictionary(Type=Name.Annot, Subtype=Name.Text, Rect=[0, 0, 5, 5],
+                                        Contents=String("Shown comment"), Popup=popup, Name=Name.Comment,
+                                        C=Array([1, 1, 0]), F=4, ZZAnnotPriv=String("Annotpriv MRN-77")))
+    popup.Parent = note
+    field = pdf.make_indirect(Dictionary(Type=Name.Annot, Subtype=Name.Widget, FT=Name.Tx, T=String("diagnosis"),
+                                         V=String("Wound healing well"), DA=String("/F1 10 Tf 0 g"),
+                                         Rect=[0, 50, 50, 60], P=page, MK=Dictionary(BG=Array([1])),
+                                         ZZWidgetPriv=String("Widgetpriv MRN-77")))
+    page.Annots = Array([note, popup, field])
+    pdf.Root.AcroForm = Dictionary(Fields=Array([field]))
+    written = io.BytesIO()
+    pdf.save(written, compress_streams=False)
+    data = written.getvalue()
+    assert data.count(b"priv MRN-77") == 5  # the test's own premise
+    out = pdf_without_metadata(data)
+    assert b"priv MRN-77" not in out and b"/ZZ" not in out, out
+    with _open(out) as copy:
+        kept = copy.pages[0].obj
+        assert kept.CropBox == [0, 0, 90, 90] and kept.Rotate == 90 and kept.MediaBox == [0, 0, 100, 100]
+        assert kept.Resources.Font.F1.BaseFont == Name.Helvetica
+        assert page_contents(out) == [b"BT /F1 12 Tf 10 50 Td (Visible) Tj ET"]
+        kept_note, kept_popup, kept_field = kept.Annots
+        assert (kept_note.Contents, kept_note.Name, kept_note.F) == ("Shown comment", Name.Comment, 4)
+        assert kept_note.Popup.Parent.Contents == "Shown comment" and kept_popup.Open is False
+        assert (kept_field.T, kept_field.V, kept_field.DA, kept_field.FT) == (
+            "diagnosis", "Wound healing well", "/F1 10 Tf 0 g", Name.Tx)
+        assert kept_field.MK.BG == [1]

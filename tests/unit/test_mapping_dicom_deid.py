@@ -442,6 +442,33 @@ def test_patient_identity_removed_only_when_nothing_may_be_left_in_the_pixels(
         assert not {"113101", "113102"} & {c.CodeValue for c in out.DeidentificationMethodCodeSequence}
 
 
+@pytest.mark.parametrize(("recognizable", "features", "expected"), [
+    (True, "NO", "YES"),    # the sender said NO; the kind shows the person
+    (True, None, "YES"),    # absent: the kind says it
+    (True, "YES", "YES"),
+    (False, "NO", "NO"),    # neither says so: the sender's NO stands
+    (False, "YES", "YES"),
+    (False, None, None),    # absent stays absent (Type 3)
+])
+def test_recognizable_visual_features_agrees_with_the_kind(recognizable: bool, features: str | None,
+                                                          expected: str | None) -> None:
+    """Research review finding 4: a received object's copies kept the sender's
+    RecognizableVisualFeatures NO while PatientIdentityRemoved said NO and the method "the person
+    may be recognised" for a recognisable kind (test seen failing: NO). A pipeline selecting images
+    by RecognizableVisualFeatures (PS3.3 C.7.6.1.1.6) must not be told NO of a body photo."""
+    ds = clinical()
+    if features is None:
+        del ds.RecognizableVisualFeatures
+    else:
+        ds.RecognizableVisualFeatures = features
+    for out in (deidentify(ds, uid_root=OUT_ROOT, key=UID_KEY, recognizable=recognizable),
+                pseudonymise(ds, pseudonym=PSEUDONYM, pseudonym_issuer="urn:p", uid_root=OUT_ROOT, key=UID_KEY,
+                             recognizable=recognizable)):
+        assert out.get("RecognizableVisualFeatures") == expected
+        if expected == "YES":
+            assert out.PatientIdentityRemoved == "NO"
+
+
 def pdf() -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()

@@ -90,7 +90,7 @@ from adapter.mapping.outcome import information_outcome, operation_outcome
 from adapter.mapping.r5 import to_r5
 from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
 from adapter.memory import give_back
-from adapter.model.decision import Decision
+from adapter.model.decision import Decision, View
 from adapter.services.access import SearchPaging, overrode_for_care
 from adapter.services.registry import Services
 from adapter.services.search_pages import PAGE_PARAM
@@ -549,8 +549,10 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
                                                   precondition=conditions.check_match,
                                                   retrieve=retrieve_document(fhir_base) if version_id is None
                                                   else None))
-        headers = {**_glass_headers(content.decision), **_etag(content.resource, content.relabelled)}
-        if conditions.answer(content.resource, vread=version_id is not None, relabelled=content.relabelled):
+        whole = content.decision.view is not View.PSEUDONYMISED
+        headers = {**_glass_headers(content.decision), **_etag(content.resource, content.relabelled, whole=whole)}
+        if conditions.answer(content.resource, vread=version_id is not None, relabelled=content.relabelled,
+                             whole=whole):
             return Response(status_code=304, headers=headers)
         if format_is_fhir(format_) or binary_answer(accept, content.content_type) == "resource":
             return _out(subset(_versioned(content.resource, version, fhir_base), how, fhir_version=version), version,
@@ -564,8 +566,10 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
         lambda rt: reader.read(rt, id, precondition=conditions.check_match) if version_id is None
         else reader.read_version(rt, id, version_id, precondition=conditions.check_match),
         resource_type, version, reader, id)
-    headers = {**_glass_headers(result.decision), **_etag(result.resource, result.relabelled)}
-    if conditions.answer(result.resource, vread=version_id is not None, relabelled=result.relabelled):
+    whole = result.decision.view is not View.PSEUDONYMISED
+    headers = {**_glass_headers(result.decision), **_etag(result.resource, result.relabelled, whole=whole)}
+    if conditions.answer(result.resource, vread=version_id is not None, relabelled=result.relabelled,
+                         whole=whole):
         return Response(status_code=304, headers=headers)
     return _out(subset(_versioned(result.resource, version, fhir_base), how, fhir_version=version), version,
                 headers=headers, fmt=fmt)
@@ -614,7 +618,8 @@ class _Conditions:
             raise PreconditionFailed(f"If-Match names {self.if_match.strip()[:60]}; the version read is "
                                      f"W/\"{version}\"")
 
-    def answer(self, resource: dict[str, Any], *, vread: bool = False, relabelled: datetime | None = None) -> bool:
+    def answer(self, resource: dict[str, Any], *, vread: bool = False, relabelled: datetime | None = None,
+               whole: bool = True) -> bool:
         """Whether the read of ``resource`` (the version selected: the current one, or the one a
         ``vread`` names) is answered 304 Not Modified; If-Match is checked first (RFC 9110 13.2.2:
         :meth:`check_match`, again here, should a reader not have). If-None-Match (13.1.2, weak
@@ -635,7 +640,12 @@ class _Conditions:
         new version, which the ETag names (FHIR http.html: W/"<versionId>"), so If-None-Match
         naming the version is no longer enough (RFC 9110 8.8.1: a weak validator is shared only
         by semantically equivalent representations; review finding: a copy labelled TRAIN kept
-        after the withdrawal), and If-Modified-Since must be at or after that change, whole."""
+        after the withdrawal), and If-Modified-Since must be at or after that change, whole.
+
+        ``whole`` False: the view shows lastUpdated cut to its day (the pseudonymised one,
+        adapter.mapping.views), which cannot tell two versions of one day apart: If-Modified-Since
+        then answers 304 only where the second was enough (a vread, version 1), and never after
+        a relabelling (whose instant a 304 or 200 would tell to the second)."""
         meta = resource.get("meta") or {}
         version = str(meta.get("versionId") or "")
         self.check_match(resource)
@@ -653,12 +663,16 @@ class _Conditions:
             return False
         if since.tzinfo is None or updated.tzinfo is None:
             return False
+        if not whole and relabelled is not None:
+            return False
         if vread or version == "1":
             updated = updated.replace(microsecond=0)
+        elif not whole:
+            return False
         return updated <= since and (relabelled is None or relabelled <= since)
 
 
-def _etag(resource: dict[str, Any], relabelled: datetime | None = None) -> dict[str, str]:
+def _etag(resource: dict[str, Any], relabelled: datetime | None = None, *, whole: bool = True) -> dict[str, str]:
     """The validators of a read (FHIR http.html#read, #versioning): ETag W/"<meta.versionId>"
     and Last-Modified, meta.lastUpdated as an HTTP date; never later than now (RFC 9110 8.8.2.1:
     a modification time in the future by the server's clock is replaced by the message's date,
@@ -668,7 +682,9 @@ def _etag(resource: dict[str, Any], relabelled: datetime | None = None) -> dict[
     Last-Modified is that change, rounded up to its next second (If-Modified-Since compares it
     whole, so the second it began in would never match; not later than now, which in the same
     second gives one a change can still follow: not matched either). None in a view that
-    shows no lastUpdated (the de-identified one): the header does not show it either."""
+    shows no lastUpdated (the de-identified one): the header does not show it either. ``whole``
+    False (the pseudonymised view, which shows the adapter's instants to the day): Last-Modified
+    is the UTC midnight of that day, not the relabelling's second."""
     meta = resource.get("meta") or {}
     out = {"ETag": f'W/"{meta["versionId"]}"'} if meta.get("versionId") else {}
     try:
@@ -678,9 +694,12 @@ def _etag(resource: dict[str, Any], relabelled: datetime | None = None) -> dict[
     if updated.tzinfo is not None:
         modified = updated.astimezone(UTC)
         if relabelled is not None:
-            whole = relabelled.astimezone(UTC).replace(microsecond=0)
-            modified = max(modified, whole if whole == relabelled else whole + timedelta(seconds=1))
-        out["Last-Modified"] = format_datetime(min(modified, datetime.now(UTC)), usegmt=True)
+            second = relabelled.astimezone(UTC).replace(microsecond=0)
+            modified = max(modified, second if second == relabelled else second + timedelta(seconds=1))
+        modified = min(modified, datetime.now(UTC))
+        if not whole:
+            modified = modified.replace(hour=0, minute=0, second=0, microsecond=0)
+        out["Last-Modified"] = format_datetime(modified, usegmt=True)
     return out
 
 
