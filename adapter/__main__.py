@@ -38,14 +38,23 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
     left unconfigured, so theirs come here too): exceptions are rendered without their messages
     (adapter.logs), whichever library logs them; ``log_format`` json writes each record as one
     JSON object (adapter.logs.JsonFormatter)."""
-    from adapter.logs import JsonFormatter, OneLineWarnings, make_exceptions_safe
+    from adapter.logs import (
+        JsonFormatter,
+        OneLineWarnings,
+        RoutineStopAsWarning,
+        TextFormatter,
+        make_exceptions_safe,
+    )
 
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if log_format == "json":
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), stream=sys.stderr)
+    # text: the time in UTC with its offset, as json has it (adapter.logs.TextFormatter)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     make_exceptions_safe()
+    # a stop cancelling an upload past ADAPTER_HTTP_BODY_TIMEOUT is no ERROR (adapter.logs)
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, RoutineStopAsWarning) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(RoutineStopAsWarning())
     # Python warnings (pydicom's: "Unknown encoding ...") as records of the py.warnings logger,
     # in this format (one line; one JSON object), not raw lines on stderr (PACS review F6)
     logging.captureWarnings(True)
@@ -154,6 +163,35 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+#: The lock on this instance's metrics folder (:func:`_multiprocess_metrics`), held while the
+#: process lives: its file descriptor, kept open.
+_metrics_lock: int | None = None
+
+
+def _lock_metrics_folder(folder: Path) -> bool:
+    """Take the lock on ``folder`` (an flock on ``<folder>.lock`` beside it, this user's own plain
+    file), held for the life of this process; False when another process holds it (an instance
+    running with the same settings), or the lock file is not this user's own."""
+    import fcntl
+    import stat
+
+    global _metrics_lock
+    try:
+        fd = os.open(folder.with_name(f"{folder.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            raise PermissionError(str(folder))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _metrics_lock = fd
+    return True
+
+
 def _multiprocess_metrics(settings: Settings) -> None:
     """Several HTTP worker processes (and this one, with the SCP): their metrics are summed by
     prometheus_client's multiprocess mode (adapter.metrics), in a folder of this instance's own,
@@ -163,9 +201,12 @@ def _multiprocess_metrics(settings: Settings) -> None:
     and the HTTP address: not in the data folder, which instances behind a load balancer share,
     on one host or several, with the same settings (in one folder each reported the other's
     counts too, and the one starting second emptied it under the first: found by the
-    two-instance review). Two instances on one host cannot hold one HTTP address; a restart finds,
-    and empties, the folder it left. A folder there that is not this user's own plain directory
-    (another user's, a symlink) is not used: a new one is made instead."""
+    two-instance review). It is emptied only under its lock (an flock this process holds while it
+    lives): the same settings started again beside a running instance (by hand, to see the error;
+    a duplicated unit) emptied the running one's folder before it failed to listen, and its counts
+    were gone (ops review 3); such a start now finds the lock held, and takes a new folder of its
+    own. A restart finds, and empties, the folder it left. A folder there that is not this user's
+    own plain directory (another user's, a symlink) is not used: a new one is made instead."""
     import hashlib
     import os
     import stat
@@ -175,6 +216,8 @@ def _multiprocess_metrics(settings: Settings) -> None:
 
     key = f"{settings.data_dir.resolve()}|{settings.http_host}|{settings.http_port}"
     folder = Path(tempfile.gettempdir()) / f"adapter-metrics-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if not _lock_metrics_folder(folder):  # another instance's (running), or not ours to lock
+        folder = Path(tempfile.mkdtemp(prefix="adapter-metrics-"))
     try:
         shutil.rmtree(folder)
     except FileNotFoundError:
@@ -560,8 +603,10 @@ def _check_database(settings: Settings) -> int:
         print(f"database reachable: it holds no record store of the adapter yet; serve creates it (schema version "
               f"{SCHEMA_VERSION})")
     elif version < SCHEMA_VERSION:
-        print(f"database reachable: schema version {version}; serve upgrades it to {SCHEMA_VERSION} at start (stop "
-              "every instance of the older version first)")
+        print(f"database reachable: schema version {version}; serve upgrades it to {SCHEMA_VERSION} at start: back up "
+              "the database and the data folder's keys (pseudonym.key, audit.key, store.id) first, and stop every "
+              "instance of the older version; the older version cannot open the upgraded store, and there is no "
+              "downgrade (the way back is that backup: docs/operations.md, Upgrading)")
     elif version == SCHEMA_VERSION:
         print(f"database reachable: schema version {version}, this adapter's")
     else:

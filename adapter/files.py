@@ -5,6 +5,7 @@ files the data folder keeps once made (the pseudonym key, the folder's identity)
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import mmap
 import os
@@ -115,3 +116,25 @@ def remove_abandoned_candidates(path: Path) -> None:
             candidate.unlink(missing_ok=True)
         except (PermissionError, OverflowError):
             continue  # a process of another user has that pid (alive), or no pid at all
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError as its errno's name and text (``EROFS, read-only file system``), what an operator
+    looks up; its class name when it has no errno."""
+    if not exc.errno:
+        return type(exc).__name__
+    return f"{errno.errorcode.get(exc.errno, str(exc.errno))}, {os.strerror(exc.errno).lower()}"
+
+
+def folder_write_problem(folder: Path) -> str | None:
+    """Why files cannot be made in ``folder`` (a read-only file system, or no write permission
+    for this user), said with the path and the errno it gives; None when they can, or when the
+    folder cannot be looked at (its own error says why)."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"{folder} is on a read-only file system (EROFS): mount it read-write"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"{folder} cannot be written by this user (EACCES): give the adapter's user write access"
+    except OSError:
+        return None
+    return None

@@ -109,11 +109,47 @@ class JsonFormatter(logging.Formatter):
     filter has set ``exc_text`` by then: frames and types, no messages)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        out = {"time": utc_time(record),
                "level": record.levelname, "logger": record.name, "message": record.getMessage()}
         if record.exc_info and record.exc_info[0] is not None:
             out["exception"] = record.exc_text or exception_without_messages(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
 
 
-__all__ = ["EscapedControls", "JsonFormatter", "OneLineWarnings", "SafeExceptions", "exception_without_messages", "make_exceptions_safe"]
+def utc_time(record: logging.LogRecord) -> str:
+    """A record's instant in UTC, ISO 8601 with its offset, to the millisecond
+    (``2026-11-28T23:35:26.864+00:00``): the text and JSON formats alike."""
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+class TextFormatter(logging.Formatter):
+    """``ADAPTER_LOG_FORMAT=text``: ``<time> <LEVEL> <logger>: <message>``, the time in UTC with
+    its offset (:func:`utc_time`), as the JSON format, the audit export and /health/ready give
+    theirs. The host's local time without an offset made an hour of log ambiguous at the autumn
+    DST change, and its join with the audit trail needed the host's zone (ops review 7)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return utc_time(record)
+
+
+#: What uvicorn logs at ERROR when requests under way outlive the graceful shutdown's timeout.
+_GRACEFUL_SHUTDOWN_EXCEEDED = "timeout graceful shutdown exceeded"
+
+
+class RoutineStopAsWarning(logging.Filter):
+    """On ``uvicorn.error``: its "Cancel N running task(s), timeout graceful shutdown exceeded",
+    an ERROR, lowered to WARNING. A stop (a deploy, docker stop) with one slow upload under way
+    cancels it after ADAPTER_HTTP_BODY_TIMEOUT, as it is meant to, and the adapter's own WARNING
+    says so (answered 503): an alert on ERROR lines must not page for it (ops review 6)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and _GRACEFUL_SHUTDOWN_EXCEEDED in str(record.msg):
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+__all__ = ["EscapedControls", "JsonFormatter", "OneLineWarnings", "RoutineStopAsWarning", "SafeExceptions", "TextFormatter",
+           "exception_without_messages", "make_exceptions_safe", "utc_time"]

@@ -85,7 +85,7 @@ def create_app_from_env() -> FastAPI:
 
     _end_with_the_supervisor()
     settings = Settings()
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     try:
         return build_app(settings)
     except AdapterError as exc:

@@ -57,6 +57,11 @@ def data_folder_problem(data_dir: Path, store: RecordStore) -> str | None:
     """Why ``data_dir`` is not the folder of ``store``'s images (module docstring), or None."""
     recorded = store.stored_fingerprints().get(DATA_FOLDER_FINGERPRINT)
     present = _folder_id(data_dir)
+    if recorded is None and present is not None:
+        # another instance's claim may be under way (its store.id published, the database's row not
+        # yet committed): read the row again under the lock its claim holds, writing nothing
+        # (two instances started together on a new shared store: one was refused, ops review 2)
+        recorded = store.claim_fingerprint(DATA_FOLDER_FINGERPRINT, lambda: None)
     if recorded == present:
         return None
     path = data_dir / FOLDER_ID_FILE

@@ -143,6 +143,10 @@ class _Recorded:
     def stored_fingerprints(self) -> dict[str, str]:
         return dict(self._stored)
 
+    def claim_fingerprint(self, name: str, make: Callable[[], str | None]) -> str | None:
+        """The row as read (``check`` claims nothing)."""
+        return self._stored.get(name)
+
     def audit_key_refusal(self) -> str | None:
         return audit_key_refusal(self._stored.get(CHAIN_KEY_FINGERPRINT), self._audit_key)
 

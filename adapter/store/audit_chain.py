@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ AUDIT_KEY_FILE = "audit.key"
 CHAIN_KEY_FINGERPRINT = "audit-key"
 _LABEL = b"clinical-image-adapter/audit-chain/v1"
 
+_log = logging.getLogger(__name__)
+
 
 def chain_key(secret: bytes) -> bytes:
     """The chain's HMAC key, derived from the data folder's secret (domain-separated)."""
@@ -64,14 +67,18 @@ def read_audit_key(data_dir: Path, *, create: bool) -> bytes | None:
     """The chain key from ``data_dir/audit.key``; made once when missing and ``create`` (several
     processes may start at once: one is published, whole), else None when missing. Without
     ``create`` it only reads (``check``, ``verify``): the candidates a killed start left are
-    removed by the next start that may make the key."""
+    removed by the next start that may make the key. The key made is said in one INFO line: a new
+    secret every later start needs, which backups made before it (and a container's secrets,
+    kept outside the volume) do not hold (ops review 4e)."""
     path = data_dir / AUDIT_KEY_FILE
     try:
         if not path.exists():
             if not create:
                 return None
             data_dir.mkdir(parents=True, exist_ok=True)
-            publish_once(path, secrets.token_hex(32))
+            if publish_once(path, secrets.token_hex(32)):
+                _log.info("made %s, the audit trail's chain key: back it up with the database, as pseudonym.key and "
+                          "store.id (every later start needs it: without it serve refuses to start)", path)
         if create:
             remove_abandoned_candidates(path)
         secret = path.read_text(encoding="ascii").strip()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from adapter.config import StoreOptions
 from adapter.errors import InsufficientStorage, InvalidInput, MissingImage, StorageError
-from adapter.files import file_sha256, read_range
+from adapter.files import describe_os_error, file_sha256, read_range
 
 _log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -93,8 +93,9 @@ class FileBlobStore:
             self._blob_dir.mkdir(parents=True, exist_ok=True)
             self._staging_dir.mkdir(parents=True, exist_ok=True)
             self._quarantine_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError("cannot create the blob folders") from exc
+        except OSError as exc:  # the path and errno: a read-only data folder says EROFS (ops review 5)
+            raise StorageError(f"cannot create the blob folders: {exc.filename or self._blob_dir} "
+                               f"({describe_os_error(exc)})") from exc
         self._stale_after = stale_after_seconds
         self.remove_stale_staging(stale_after_seconds)
         self._next_sweep = time.monotonic() + STAGING_SWEEP_SECONDS

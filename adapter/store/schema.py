@@ -10,6 +10,7 @@ have columns of their own.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from sqlalchemy import (
@@ -38,6 +39,8 @@ from adapter.errors import ConfigurationError
 from adapter.json_decimal import dumps, loads
 from adapter.model.record import MAX_IDEMPOTENCY_KEY
 from adapter.store.dates import UtcDateTime, now_instant
+
+_log = logging.getLogger(__name__)
 
 #: Bump when the tables change, and add a migration step that upgrades the previous version.
 #: 1: resources, history, tokens, receipts, audit. 2: dicom_instances and outbox (DICOM bridge).
@@ -582,7 +585,7 @@ def _fill_patient_references(conn: Connection) -> None:
     if disputed:
         _log.warning("schema 22: %d Patient references are held by records of more than one patient identifier; "
                      "each stays with the first identifier stored with it (patient_references.disputed): review "
-                     "them (docs: Upgrading to schema 22)", disputed)
+                     "them (docs/operations.md: Upgrading to schemas 22 and 23)", disputed)
 
 
 #: The indexes each version adds to an existing table.
@@ -624,13 +627,39 @@ _READ_AGAIN: dict[int, tuple[str, ...]] = {
 _DROPPED_TABLES: dict[int, tuple[str, ...]] = {6: ("dicom_uid_spaces",)}
 
 
-def create_schema(conn: Connection) -> int | None:
+def other_schema_refusal(found: int) -> str | None:
+    """Why a command that does not upgrade (``audit``, ``verify``, ``copy-store``) must not open a
+    store of schema version ``found``, or None when it is this adapter's. Only ``serve`` upgrades:
+    a maintenance command run with a new version installed before the restart (a cron job's audit
+    export, a verify "to check before upgrading") upgraded the schema under the older instances
+    still running, which then answered 503, and with no backup taken (ops review 1)."""
+    if found < SCHEMA_VERSION:
+        return (f"the database has schema version {found}, this adapter's is {SCHEMA_VERSION}: nothing was changed "
+                "(only serve upgrades a store); stop every instance of the older version, back up the database and "
+                "the data folder's keys (pseudonym.key, audit.key, store.id), then start serve of this version once: "
+                "it upgrades the schema (docs/operations.md, Upgrading)")
+    if found > SCHEMA_VERSION:
+        return (f"the database has schema version {found}, newer than this adapter's {SCHEMA_VERSION}: nothing was "
+                "changed; a newer version of the adapter upgraded it: run the command with that version")
+    return None
+
+
+def create_schema(conn: Connection, *, upgrade: bool = True) -> int | None:
     """Create missing tables and record the schema version, inside the caller's transaction.
 
-    An older database is upgraded (``_migrate``). Raises ConfigurationError when the database
-    was written by a newer schema than this code knows: running old code against it could lose
-    data. Returns the version found (None: the store was made now).
+    An older database is upgraded (``_migrate``), said in one INFO line with how long it took.
+    Without ``upgrade`` (a command that only reads or checks the store) a database of another
+    version is refused (:func:`other_schema_refusal`) before anything is created or changed.
+    Raises ConfigurationError when the database was written by a newer schema than this code
+    knows: running old code against it could lose data. Returns the version found (None: the
+    store was made now).
     """
+    if not upgrade:
+        present = conn.execute(select(func.max(schema_version.c.version))).scalar()
+        refusal = None if present is None else other_schema_refusal(int(present))
+        if refusal is not None:
+            raise ConfigurationError(refusal)
+    started = time.monotonic()
     metadata.create_all(conn)
     found = conn.execute(select(func.max(schema_version.c.version))).scalar()
     if found is None:
@@ -641,4 +670,6 @@ def create_schema(conn: Connection) -> int | None:
             f"the database has schema version {found}; this adapter supports up to {SCHEMA_VERSION}")
     elif found < SCHEMA_VERSION:
         _migrate(conn, found)
+        # the older version cannot open the store from now on (docs/operations.md, Upgrading)
+        _log.info("schema upgraded from %d to %d in %.1f s", found, SCHEMA_VERSION, time.monotonic() - started)
     return None if found is None else int(found)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,7 @@ from adapter.errors import (
     StorageError,
     StudyStarted,
 )
+from adapter.files import folder_write_problem
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import (
@@ -82,6 +84,7 @@ from adapter.store.engine import (
     create_store_engine,
     describe_failure,
     prepare_database,
+    sqlite_path,
 )
 from adapter.store.inserts import CompiledInserts
 from adapter.store.locks import lock_in_schema, lock_pair_in_schema
@@ -500,10 +503,13 @@ class SqlRecordStore:
 
     def __init__(self, database_url: str, *, schema: str | None = None, pool_size: int = 5,
                  max_overflow: int = 10, outbox_lease: timedelta = OUTBOX_LEASE, existing_only: bool = False,
-                 timeouts: DatabaseTimeouts | None = None, audit_key: bytes | None = None) -> None:
+                 timeouts: DatabaseTimeouts | None = None, audit_key: bytes | None = None,
+                 read_audit_key: Callable[[], bytes | None] | None = None) -> None:
         self._outbox_lease = outbox_lease
         # the audit chain's key (adapter.store.audit_chain.read_audit_key): none, no audit is written
         self._audit_key = audit_key
+        # reads the data folder's audit.key again (None: not there): see _audit_key_as_recorded
+        self._read_audit_key = read_audit_key
         if existing_only:
             database = check_database_url(database_url, schema=schema)
             if database.get_backend_name() == "sqlite" and not Path(database.database or "").expanduser().is_file():
@@ -531,37 +537,57 @@ class SqlRecordStore:
                 if existing_only and not inspect(conn).has_table(schema_version.name):
                     raise NoStore("the database holds no record store of the adapter (no schema_version table): "
                                   "a new or wrong database (ADAPTER_DATABASE_URL, ADAPTER_DATA_DIR)")
-                found = create_schema(conn)
+                found = create_schema(conn, upgrade=not existing_only)
                 if audit_key is not None and (found is None or found < START_SEAL_VERSION):
                     # sealed in the transaction that made or upgraded the store (audit_start); a
                     # start recorded by this one (made now, or upgraded from before the chain) is
                     # the number after the last event, one recorded before must be chained from
                     seal_start(conn, audit_key, fresh=found is None or found < AUDIT_CHAIN_VERSION)
+        except StorageError as exc:
+            self._engine.dispose()
+            database_file = sqlite_path(database_url)
+            problem = folder_write_problem(database_file.parent) if database_file is not None else None
+            if problem is not None:  # not "unreachable": its folder cannot be written (ops review 5)
+                raise StorageError(f"the SQLite database {database_file} cannot be opened: {problem}") from exc
+            raise
         except BaseException:
             self._engine.dispose()
             raise
+
+    def _audit_key_as_recorded(self, recorded: object | None) -> bytes | None:
+        """The chain's key, read again from the data folder when the store was opened without one
+        and the trail now records one (``recorded``: its fingerprint, or the start's seal): another instance starting beside this one on a new shared
+        store made audit.key and recorded its fingerprint after this one opened the store (which
+        refused to start, saying to restore a backup that does not exist: ops review 2). The file
+        is published before the transaction recording its fingerprint commits, so a fingerprint
+        read first finds its file."""
+        if self._audit_key is None and recorded is not None and self._read_audit_key is not None:
+            self._audit_key = self._read_audit_key()
+        return self._audit_key
 
     def audit_key_problem(self) -> str | None:
         """Why this store's audit chain key is not the one its trail is chained with, or None
         (read only: ``verify``): also a data folder without audit.key whose trail has no key
         recorded yet, whose chain cannot be checked."""
         recorded = self.stored_fingerprints().get(CHAIN_KEY_FINGERPRINT)
-        refusal = audit_key_refusal(recorded, self._audit_key)
+        refusal = audit_key_refusal(recorded, self._audit_key_as_recorded(recorded))
         if refusal is None and self._audit_key is None:
             return "the data folder has no audit.key: the audit trail's chain cannot be checked"
         return refusal
 
     def audit_key_refusal(self) -> str | None:
         """See RecordStore.audit_key_refusal."""
-        return audit_key_refusal(self.stored_fingerprints().get(CHAIN_KEY_FINGERPRINT), self._audit_key)
+        recorded = self.stored_fingerprints().get(CHAIN_KEY_FINGERPRINT)
+        return audit_key_refusal(recorded, self._audit_key_as_recorded(recorded))
 
     def audit_start_refusal(self) -> str | None:
         """See RecordStore.audit_start_refusal."""
         with self._read() as conn:
             recorded = conn.execute(select(_k.fingerprint).where(_k.name == CHAIN_KEY_FINGERPRINT)).scalar()
             facts = read_start_facts(conn)
-        if self._audit_key is not None:
-            return start_problem(self._audit_key, facts)
+        key = self._audit_key_as_recorded(recorded if recorded is not None else facts.seal)
+        if key is not None:
+            return start_problem(key, facts)
         if recorded is not None:  # chained under a key this folder lacks: audit_key_refusal says so
             return None
         return _unsealable_as_the_key_is_made(facts)
@@ -578,7 +604,8 @@ class SqlRecordStore:
             if conn.dialect.name == "postgresql":  # processes starting together: one after the other
                 lock_in_schema(conn, _FINGERPRINT_LOCK)
             recorded = conn.execute(select(_k.fingerprint).where(_k.name == CHAIN_KEY_FINGERPRINT)).scalar()
-            refusal = audit_key_refusal(recorded, self._audit_key)
+            # under the lock the folder's claim takes: another start's key, recorded, is read now
+            refusal = audit_key_refusal(recorded, self._audit_key_as_recorded(recorded))
             if refusal is not None:
                 raise ConfigurationError(refusal)
             if self._audit_key is None and make_key is not None:
@@ -1938,6 +1965,16 @@ def _unsealable_as_the_key_is_made(facts: StartFacts) -> str | None:
     return f"the chain's start cannot be sealed under a new audit key: {why}" if why else None
 
 
+def _sqlite_unreadable(path: Path, exc: sqlite3.Error) -> StorageError:
+    """A SQLite database that ``check`` could not open read-only: a WAL database in a folder that
+    cannot be written cannot be opened at all (its shared-memory file cannot be made), which is
+    said as such, with the folder and errno, not as a file that "cannot be read" (ops review 5)."""
+    problem = folder_write_problem(path.parent)
+    if problem is not None:
+        return StorageError(f"the SQLite database {path} cannot be opened ({type(exc).__name__}): {problem}")
+    return StorageError(f"the SQLite database {path} cannot be read ({type(exc).__name__})")
+
+
 def read_key_fingerprints(database_url: str, timeouts: DatabaseTimeouts | None = None) -> dict[str, str]:
     """The key_fingerprints rows (name to fingerprint) of the database at ``database_url``
     (``python -m adapter check``: the keys and data folder the store was made with), empty when
@@ -1957,7 +1994,7 @@ def read_key_fingerprints(database_url: str, timeouts: DatabaseTimeouts | None =
                     return {}
                 rows = conn.execute(f"SELECT name, fingerprint FROM {key_fingerprints.name}").fetchall()
         except sqlite3.Error as exc:
-            raise StorageError(f"the SQLite database {path} cannot be read ({type(exc).__name__})") from exc
+            raise _sqlite_unreadable(path, exc) from exc
         return {str(name): str(fingerprint) for name, fingerprint in rows}
     engine = create_store_engine(database_url, pool_size=1, max_overflow=0,
                                  timeouts=timeouts or DatabaseTimeouts(statement=10, lock=5))
@@ -1993,7 +2030,7 @@ def read_schema_version(database_url: str, timeouts: DatabaseTimeouts | None = N
                     return None
                 found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         except sqlite3.Error as exc:
-            raise StorageError(f"the SQLite database {path} cannot be read ({type(exc).__name__})") from exc
+            raise _sqlite_unreadable(path, exc) from exc
         return None if found is None or found[0] is None else int(found[0])
     engine = create_store_engine(database_url, pool_size=1, max_overflow=0,
                                  timeouts=timeouts or DatabaseTimeouts(statement=10, lock=5))

@@ -5,15 +5,21 @@ the kernel's EROFS, which stops root too, tests.support.small_disk)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import ROOT
+from tests.support.orthanc import free_ports
+from tests.support.postgres import postgres_schema
 from tests.support.server import running_adapter
 from tests.support.small_disk import small_disk
 
@@ -56,3 +62,78 @@ def test_a_staging_folder_that_cannot_be_written_is_said_at_start(tmp_path: Path
         said = [line for line in lines if str(staging) in line]
         assert len(said) == 1, lines
         assert " WARNING " in said[0] and "EROFS" in said[0], said
+
+
+def _serve(workdir: Path, data_dir: Path, url: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    http_port, dicom_port = free_ports(2)
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")},
+           "ADAPTER_DATA_DIR": str(data_dir), "ADAPTER_DATABASE_URL": url, "ADAPTER_HTTP_PORT": str(http_port),
+           "ADAPTER_DICOM_PORT": str(dicom_port), "TMPDIR": str(workdir)}
+    log = workdir / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{http_port}", log
+
+
+def _up(proc: subprocess.Popen[bytes], url: str, within: float = 60) -> bool:
+    """Whether ``serve`` answers /health within ``within`` s (False: it exited first)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_two_instances_started_together_on_a_new_shared_store_both_start(tmp_path: Path, run: int) -> None:
+    """Ops review 2: one of two instances started at the same moment on a new PostgreSQL database
+    and a new shared data folder refused to start, telling the operator to "restore the audit.key
+    backed up with the database", a backup that does not exist: it had read the folder's audit.key
+    (none yet) when it opened the store, before the other made it and recorded its fingerprint.
+    It reads it again once a key is recorded, after the other's claim."""
+    data = tmp_path / "shared"
+    with postgres_schema("data_folder_race") as url:
+        started = [_serve(tmp_path / name, data, url) for name in ("a", "b")]
+        try:
+            up = [_up(proc, http) for proc, http, _ in started]
+            logs = [log.read_text() for _, _, log in started]
+            assert up == [True, True], [log[-1500:] for log in logs]
+            assert all("cannot start" not in log for log in logs), logs
+            # both chain under the one key made, and both serve
+            assert (data / "audit.key").is_file()
+        finally:
+            for proc, _, _ in started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc, _, _ in started:
+                proc.wait(timeout=30)
+
+
+def test_a_read_only_data_folder_is_said_to_be_read_only(tmp_path: Path) -> None:
+    """Ops review 5: a data folder on a read-only file system was refused as "the record store
+    failed (unreachable, …)", check said the SQLite database "cannot be read" (it can), and with
+    PostgreSQL serve said "cannot create the blob folders", with no path and no errno."""
+    from adapter.config import Settings
+    from adapter.errors import StorageError
+    from adapter.store import FileBlobStore, open_store
+
+    data = tmp_path / "ro" / "data"
+    with small_disk(tmp_path / "ro", 40):
+        store, _ = open_store(Settings(data_dir=data).store)
+        store.close()
+        shutil.rmtree(data / "blobs")
+        subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "ro")], check=True)
+        for command in (("serve",), ("check",)):
+            done = _run(tmp_path, *command, data_dir=data)
+            said = done.stderr
+            assert done.returncode == 2, (command, done.stdout + said)
+            assert "read-only" in said and str(data) in said and "EROFS" in said, (command, said)
+            assert "unreachable" not in said and "cannot be read" not in said, (command, said)
+        with pytest.raises(StorageError) as refused:
+            FileBlobStore(Settings(data_dir=data, database_url="postgresql+psycopg://x@127.0.0.1/x").store)
+        assert "read-only" in refused.value.diagnostics and str(data / "blobs") in refused.value.diagnostics
+        assert "EROFS" in refused.value.diagnostics

@@ -131,3 +131,15 @@ def test_an_undefined_character_set_is_said_in_the_log_and_pydicom_s_warnings_co
     assert said and said[0]["level"] == "WARNING" and "not a defined term" in said[0]["message"], records
     assert any(r["logger"] == "py.warnings" for r in records), records
     assert FAMILY not in json.dumps(records) and GIVEN not in json.dumps(records)
+
+
+def test_text_log_times_are_utc_with_their_offset_whatever_the_hosts_zone(tmp_path: Path) -> None:
+    """Ops review 7: text lines carried the host's local time without an offset (an hour of log
+    ambiguous at the autumn DST change, and a join with the audit trail needing the host's zone):
+    ISO 8601 in UTC with its offset now, as the JSON format writes it."""
+    import re
+
+    with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false", TZ="America/New_York") as server:
+        lines = server.log.read_text().splitlines()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 (INFO|WARNING|ERROR|DEBUG) ")
+    assert lines and all(stamp.match(line) for line in lines if line[:1].isdigit()), lines[:5]

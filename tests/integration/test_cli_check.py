@@ -148,6 +148,9 @@ def test_check_connects_to_the_database_and_says_what_serve_would_do_with_its_sc
                 conn.execute(text("INSERT INTO schema_version VALUES (:v, 'x')"), {"v": SCHEMA_VERSION - 1})
             older = _run("check", tmp_path, ADAPTER_DATABASE_URL=url)
             assert older.returncode == 0 and "upgrades it" in older.stdout, older.stdout + older.stderr
+            # ops review 4: a backup first, and no way back but that backup
+            assert "back up the database and the data folder's keys" in older.stdout
+            assert "no downgrade" in older.stdout and "cannot open the upgraded store" in older.stdout
             with engine.begin() as conn:
                 conn.execute(text("INSERT INTO schema_version VALUES (:v, 'x')"), {"v": SCHEMA_VERSION + 1})
             newer = _run("check", tmp_path, ADAPTER_DATABASE_URL=url)

@@ -131,6 +131,40 @@ def test_two_instances_on_one_data_folder_each_report_their_own_counts(tmp_path:
                 assert (_stored(first.url), _stored(second.url)) == (2.0, 1.0)
 
 
+def test_a_second_start_on_the_same_address_leaves_the_running_instances_metrics(tmp_path: Path) -> None:
+    """Ops review 3: the same settings started a second time (by hand "to see the error", or a
+    duplicated unit) emptied the running instance's metrics folder before failing to listen: every
+    HTTP counter of the running service vanished, and new requests were counted in files unlinked.
+    The folder is emptied only by the instance that holds its lock, for its whole life."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.orthanc import free_port
+
+    def health_count(url: str) -> float:
+        text_ = httpx.get(f"{url}/metrics", timeout=30).text
+        found = re.search(r'^adapter_http_responses_total\{method="GET",route="/health",status="200"\} (\S+)$',
+                          text_, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    with running_adapter(tmp_path, ADAPTER_HTTP_WORKERS="2") as server:
+        for _ in range(5):
+            assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+        before = health_count(server.url)
+        assert before >= 5
+        env = {**os.environ, "ADAPTER_HTTP_WORKERS": "2", "ADAPTER_HTTP_PORT": str(server.http_port),
+               "ADAPTER_DICOM_PORT": str(free_port()), "ADAPTER_DATA_DIR": str(tmp_path / "data"),
+               "TMPDIR": str(tmp_path / "tmp")}
+        second = subprocess.run([sys.executable, "-m", "adapter", "serve"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert second.returncode == 2 and "cannot listen" in second.stderr, second.stderr[-2000:]
+        for _ in range(3):
+            assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+        for _ in range(4):  # whichever worker answers
+            assert health_count(server.url) == before + 3
+
+
 def _families(text_: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return {f.name: [(s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(text_)}
 

@@ -246,3 +246,20 @@ def test_the_quick_start_is_exactly_make_run_and_make_test() -> None:
     [block] = _blocks(_section("Quick start"))[:1]
     commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
     assert commands == ["make run", "make test"], commands
+
+
+def test_the_docker_run_bounds_its_log_and_the_upgrade_has_its_own_section() -> None:
+    """Ops review 7: Docker's json-file driver kept the log without limit; ops review 4: the upgrade
+    procedure sat in the middle of ## Tests, with no backup and no way back."""
+    args = _readme_docker_run()
+    options = [args[i + 1] for i, a in enumerate(args) if a == "--log-opt"]
+    assert any(o.startswith("max-size=") for o in options) and any(o.startswith("max-file=") for o in options)
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    upgrading = operations[operations.index("\n## Upgrading\n"):]
+    upgrading = upgrading[:upgrading.index("\n## ", 1)]
+    assert "back up the database, the data folder's keys (`pseudonym.key`, `audit.key`, `store.id`) first" \
+        in upgrading.lower().replace("**", "")
+    assert "no downgrade" in upgrading and "Upgrading to schema 21" in upgrading
+    assert "- [Upgrading](#upgrading)" in operations and "- [Logs](#logs)" in operations
+    assert "Upgrading to schema" not in _section("Tests")
+    assert "(docs/operations.md#upgrading)" in _section("Backup, restore, verify")
