@@ -343,6 +343,7 @@ __all__ = [
     "NotAcceptable",
     "NotFound",
     "NotSupported",
+    "PatientReferenceConflict",
     "PayloadTooLarge",
     "PolicyError",
     "PreconditionFailed",
