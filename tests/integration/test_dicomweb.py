@@ -183,7 +183,8 @@ def find(client: FhirClient, resource_type: str, sop_uid: str, headers: dict[str
     r = client.get(f"/fhir/{resource_type}", params={"identifier": f"urn:dicom:uid|urn:oid:{sop_uid}"},
                    headers=headers)
     assert r.status_code == 200, r.text
-    return [e["resource"] for e in r.json().get("entry", [])]
+    # the matches: not the outcome entry a care search has when it withheld some (search.mode outcome)
+    return [e["resource"] for e in r.json().get("entry", []) if e.get("search", {}).get("mode") != "outcome"]
 
 
 def add_consent(client: FhirClient, purposes: list[str]) -> dict[str, Any]:
