@@ -562,22 +562,13 @@ def patient_reference_key(reference: str) -> str:
 
 def _fill_patient_references(conn: Connection) -> None:
     """Fill patient_references from the resources stored (Media, DocumentReference, Consent; a
-    Provenance repeats its record's), oldest first: a reference goes to the identifier it was
-    first stored with; a reference stored with several is marked disputed. Logs how many were."""
-    r = resources.c
-    rows = conn.execute(select(r.patient_reference, r.patient_system, r.patient_value, r.last_updated).where(
-        r.resource_type.in_(("Media", "DocumentReference", "Consent")), r.patient_reference.is_not(None),
-        r.patient_system.is_not(None), r.patient_value.is_not(None)).order_by(r.last_updated, r.resource_type, r.id))
-    held: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        key = patient_reference_key(row.patient_reference)
-        claim = held.get(key)
-        if claim is None:
-            held[key] = {"reference": key, "patient_system": row.patient_system, "patient_value": row.patient_value,
-                         "recorded": row.last_updated, "disputed": False}
-        elif (claim["patient_system"], claim["patient_value"]) != (row.patient_system, row.patient_value):
-            claim["disputed"] = True
-    claims = list(held.values())
+    Provenance repeats its record's), oldest first, by the rule the writes claim by
+    (adapter.store.patient_references.first_claims: what is entered in error holds nothing): a
+    reference goes to the identifier it was first stored with; a reference held with several is
+    marked disputed. Logs how many were."""
+    from adapter.store.patient_references import first_claims  # it imports this module's tables
+
+    claims = first_claims(conn)
     conn.execute(patient_references.delete())  # derived whole from the resources (empty at schema 21)
     for start in range(0, len(claims), 500):
         conn.execute(insert(patient_references), claims[start:start + 500])

@@ -88,7 +88,7 @@ from adapter.store.engine import (
 )
 from adapter.store.inserts import CompiledInserts
 from adapter.store.locks import lock_in_schema, lock_pair_in_schema
-from adapter.store.patient_references import claim_patient_references
+from adapter.store.patient_references import CLAIM_COLUMNS, Claim, claim_of_row, claim_patient_references
 from adapter.store.port import NamePrefix, SearchCriteria
 from adapter.store.rows import (
     OUTBOX_CANCELLED,
@@ -660,13 +660,15 @@ class SqlRecordStore:
         with _translated_errors(), self._maintenance_reader.connect() as conn:
             yield conn
 
-    def _index_patients(self, conn: Connection, resources_written: Sequence[NewResource]) -> None:
+    def _index_patients(self, conn: Connection, resources_written: Sequence[NewResource],
+                        replaced: Mapping[tuple[str, str], Claim | None] | None = None) -> None:
         """The pseudonyms of the patients these resources name (:meth:`_index_pseudonyms`), then the
         literal Patient references they name, claimed for their identifiers
         (adapter.store.patient_references: PatientReferenceConflict, and nothing written, when one is
-        held for another): in every writing transaction, in this order."""
+        held for another; ``replaced``: what the versions they replace claimed, from
+        :meth:`_replace_current`): in every writing transaction, in this order."""
         self._index_pseudonyms(conn, resources_written)
-        claim_patient_references(conn, resources_written)
+        claim_patient_references(conn, resources_written, replaced)
 
     def _index_pseudonyms(self, conn: Connection, resources_written: Sequence[NewResource]) -> None:
         """The pseudonyms of the patients these resources name, in the writing transaction (see
@@ -682,11 +684,13 @@ class SqlRecordStore:
                 for p in sorted(patients, key=_insert_order)])
 
     def _insert_version(self, conn: Connection, new: NewResource, document: dict[str, Any], version_id: int,
-                        audit_events: Sequence[dict[str, Any]], now: datetime) -> tuple[datetime, dict[str, Any]]:
-        """The history row, tokens and audit of a version whose resources row is written; its
-        stamp (:meth:`_stamp`): the instant and document as stored."""
+                        audit_events: Sequence[dict[str, Any]], now: datetime,
+                        replaced: Claim | None = None) -> tuple[datetime, dict[str, Any]]:
+        """The history row, tokens and audit of a version whose resources row is written
+        (``replaced``: what the version it replaced claimed); its stamp (:meth:`_stamp`): the
+        instant and document as stored."""
         run = self._inserts.execute
-        self._index_patients(conn, [new])
+        self._index_patients(conn, [new], {(new.resource_type, new.id): replaced} if version_id > 1 else None)
         run(conn, resource_history, history_row(new, document, version_id, now))
         if rows := token_rows(new):
             run(conn, tokens, rows)
@@ -903,8 +907,8 @@ class SqlRecordStore:
         with self._write() as conn:
             version, now = self._next_version(conn, new, if_match)
             document = with_meta(new, version, now)
-            self._replace_current(conn, new, document, version, now)
-            now, document = self._insert_version(conn, new, document, version, audit_events, now)
+            replaced = self._replace_current(conn, new, document, version, now)
+            now, document = self._insert_version(conn, new, document, version, audit_events, now, replaced)
         return StoredResource(new.resource_type, new.id, version, now, document, new.facts, new.blob_sha256,
                               new.blob_range)
 
@@ -924,17 +928,22 @@ class SqlRecordStore:
 
     @staticmethod
     def _replace_current(conn: Connection, new: NewResource, document: dict[str, Any], version: int,
-                         now: datetime) -> None:
+                         now: datetime) -> Claim | None:
         """Overwrite the resource's row with ``document`` (``version``, the one after the current)
         unless another writer changed it meanwhile (Conflict), and drop its index rows (the
-        caller writes the new version's)."""
+        caller writes the new version's). Returns the Patient reference the version replaced
+        claimed (adapter.store.patient_references.claim_of_row), read from its row (locked by
+        the caller): a version claiming the same claims nothing anew."""
         key = and_(_r.resource_type == new.resource_type, _r.id == new.id)
+        before = conn.execute(select(*CLAIM_COLUMNS).where(key, _r.version_id == version - 1)).first()
         row = resource_row(new, document, version, now)
         del row["resource_type"], row["id"]
-        if conn.execute(update(resources).where(key, _r.version_id == version - 1).values(row)).rowcount != 1:
+        if before is None or conn.execute(update(resources).where(key, _r.version_id == version - 1)
+                                          .values(row)).rowcount != 1:
             raise Conflict(f"{new.resource_type}/{new.id} was changed concurrently")
         for table in (tokens, date_ranges):
             conn.execute(delete(table).where(table.c.resource_type == new.resource_type, table.c.id == new.id))
+        return claim_of_row(before)
 
     def mark_entered_in_error(self, new: NewResource, *, if_match: int | None = None,
                               created: Sequence[NewResource] = (),
@@ -956,7 +965,7 @@ class SqlRecordStore:
             version, now = self._next_version(conn, new, if_match)
             written = [(new, version), *((c, 1) for c in created)]
             documents = [with_meta(n, v, now) for n, v in written]
-            self._replace_current(conn, new, documents[0], version, now)
+            replaced = {(new.resource_type, new.id): self._replace_current(conn, new, documents[0], version, now)}
             for extra, document in zip(created, documents[1:], strict=True):
                 run(conn, resources, resource_row(extra, document, 1, now))
             for (n, v), document in zip(written, documents, strict=True):
@@ -977,7 +986,7 @@ class SqlRecordStore:
             cancelled = int(conn.execute(update(outbox).where(_o.id.in_(to_cancel))
                                          .values(status=OUTBOX_CANCELLED, updated=now)).rowcount) if to_cancel else 0
             sending = len(not_sent) - len(to_cancel)
-            self._index_patients(conn, [n for n, _ in written])
+            self._index_patients(conn, [n for n, _ in written], replaced)
             now, documents = self._stamp(conn, written, documents, now)
             self._insert_audit(conn, [{"recorded": now, "json": e} for e in audit_events], locked=True)  # last
         for extra, document in zip(created, documents[1:], strict=True):
@@ -1024,9 +1033,9 @@ class SqlRecordStore:
                 _, instant = self._next_version(conn, new, version - 1)
             records, instant = self._lock_documented(conn, documented, instant)
             written = [(new, version), *records]
-            documents = self._write_versions(conn, written, instant)
+            documents, replaced = self._write_versions(conn, written, instant)
             count = self._settle_holds(conn, now=now, released=released, waiting=waiting, recheck_at=recheck_at)
-            self._index_patients(conn, [n for n, _ in written])
+            self._index_patients(conn, [n for n, _ in written], replaced)
             instant, documents = self._stamp(conn, written, documents, instant)
             events = [*audit_events]
             if records and audit_documented is not None:
@@ -1069,8 +1078,8 @@ class SqlRecordStore:
                 if found != list(consents):
                     raise _ConsentsChanged
                 if records:
-                    documents = self._write_versions(conn, records, instant)
-                    self._index_patients(conn, [n for n, _ in records])
+                    documents, replaced = self._write_versions(conn, records, instant)
+                    self._index_patients(conn, [n for n, _ in records], replaced)
                     instant, documents = self._stamp(conn, records, documents, instant)
                     events = audit_documented([f"{n.resource_type}/{n.id}/_history/{v}" for n, v in records]) \
                         if audit_documented is not None else []
@@ -1095,24 +1104,26 @@ class SqlRecordStore:
             records.append((record, over + 1))
         return records, instant
 
-    def _write_versions(self, conn: Connection, written: Sequence[tuple[NewResource, int]],
-                        instant: datetime) -> list[dict[str, Any]]:
+    def _write_versions(self, conn: Connection, written: Sequence[tuple[NewResource, int]], instant: datetime,
+                        ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], Claim | None]]:
         """Write the versions ``written`` (a first one inserted, a later one over the version
         before it, its row locked already) with their history and index rows, stamped
-        ``instant``; their documents."""
+        ``instant``; their documents, and what each version replaced claimed (by type and id:
+        :meth:`_replace_current`)."""
         run = self._inserts.execute
         documents = [with_meta(n, v, instant) for n, v in written]
+        replaced: dict[tuple[str, str], Claim | None] = {}
         for (n, v), document in zip(written, documents, strict=True):
             if v == 1:
                 run(conn, resources, resource_row(n, document, 1, instant))
             else:
-                self._replace_current(conn, n, document, v, instant)
+                replaced[(n.resource_type, n.id)] = self._replace_current(conn, n, document, v, instant)
             run(conn, resource_history, history_row(n, document, v, instant))
             if rows := token_rows(n):
                 run(conn, tokens, rows)
             if ranges := date_range_rows(n):
                 run(conn, date_ranges, ranges)
-        return documents
+        return documents, replaced
 
     @staticmethod
     def _settle_holds(conn: Connection, *, now: datetime, released: Sequence[str] = (), waiting: Sequence[str] = (),

@@ -97,18 +97,14 @@ def test_a_reference_held_for_another_identifier_is_refused_on_every_path(tmp_pa
 
 def test_a_reference_whose_records_are_all_entered_in_error_passes_to_the_right_patient(
         tmp_path: Path, database_url: str | None) -> None:
-    """A photo misfiled under the wrong reference, marked entered-in-error, frees the reference
-    once nothing of its patient names it any more (its Consent included)."""
+    """A photo misfiled under the wrong reference, marked entered-in-error, frees the reference:
+    its own Consent (the photo's consent statement, restricted to it) holds it no longer."""
     with adapter_client(tmp_path, database_url=database_url) as (client, _services):
         misfiled = post_photo(client, WOUND, metadata(patient=_patient("MRN-W1"))).json()
         _refused_at(post_photo(client, WOUND, metadata(patient=_patient("MRN-W2"))), "patient.reference")
+        # the documented correction: the PATCH of the record alone; its own Consent (restricted to
+        # it, provision.data) no longer holds the reference with it
         assert mark_entered_in_error(client, misfiled["record"]).status_code == 200
-        # its Consent (the photo's consent statement) names the reference still
-        _refused_at(post_photo(client, WOUND, metadata(patient=_patient("MRN-W2"))), "patient.reference")
-        for consent_ref in misfiled["consents"]:
-            consent = client.get(f"/fhir/{consent_ref}", headers=as_purpose("TREAT")).json()
-            consent["status"] = "entered-in-error"
-            assert client.put(f"/fhir/{consent_ref}", json=consent).status_code == 200
         assert post_photo(client, WOUND, metadata(patient=_patient("MRN-W2"))).status_code == 201
         _refused_at(post_photo(client, ROOT / "samples" / "tiny.jpg", metadata(patient=_patient("MRN-W1"))),
                     "patient.reference")
@@ -147,3 +143,80 @@ def test_two_patients_sent_at_once_with_one_reference_store_one(tmp_path: Path, 
         with services.store.engine.connect() as conn:  # type: ignore[attr-defined]
             held = conn.execute(text("SELECT reference, patient_value FROM patient_references")).all()
         assert [tuple(row) for row in held] == [("Patient/p-777", next(iter(winners)))]
+
+
+def _withdrawn(client: Any, consent_ref: str, status: str = "inactive") -> Any:
+    """PUT of the Consent ``consent_ref`` with ``status``: the patient withdraws it (inactive),
+    or it is marked entered-in-error."""
+    consent = client.get(f"/fhir/{consent_ref}", headers=as_purpose("TREAT")).json()
+    consent["status"] = status
+    return client.put(f"/fhir/{consent_ref}", json=consent)
+
+
+def test_the_other_patients_withdrawals_and_marks_are_never_refused(tmp_path: Path, database_url: str | None) -> None:
+    """Only a version that names a reference first, or names it with another identifier than the
+    version before, claims it: once the reference has passed to another patient, the first one's
+    Consent can still be withdrawn and marked; naming the reference again is refused."""
+    with adapter_client(tmp_path, database_url=database_url) as (client, _services):
+        misfiled = post_photo(client, WOUND, metadata(patient=_patient("MRN-W1"))).json()
+        assert mark_entered_in_error(client, misfiled["record"]).status_code == 200
+        assert post_photo(client, WOUND, metadata(patient=_patient("MRN-W2"))).status_code == 201
+        [consent_ref] = misfiled["consents"]
+        assert _withdrawn(client, consent_ref).status_code == 200, "the withdrawal of MRN-W1's Consent"
+        assert _withdrawn(client, consent_ref, "entered-in-error").status_code == 200
+        # made active again, it would name the reference anew with MRN-W1: refused
+        _refused_at(_withdrawn(client, consent_ref, "active"), "Consent.patient.reference")
+        consent = consent_resource(["TREAT"], patient={"system": PATIENT["system"], "value": "MRN-W1"})
+        consent["patient"]["reference"] = "Patient/p-777"
+        _refused_at(client.post("/fhir/Consent", json=consent), "Consent.patient.reference")
+
+
+def _build_mixed_chart_at_schema_21(tmp_path: Path, database_url: str | None,
+                                    monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
+    """The chart safety review 1 found, as schema 21 held it (no claims then): ``Patient/u-1``
+    stored for MRN-U1 (the photo marked entered-in-error before the upgrade), then MRN-U2, then
+    MRN-U3 by an absolute URL; then the store put back to schema 21 (as the migration tests do)."""
+    from adapter.store import sql
+
+    monkeypatch.setattr(sql, "claim_patient_references", lambda *args, **kwargs: None)
+    receipts: dict[str, dict[str, Any]] = {}
+    with adapter_client(tmp_path, database_url=database_url) as (client, services):
+        for mrn, reference in (("MRN-U1", "Patient/u-1"), ("MRN-U2", "Patient/u-1"),
+                               ("MRN-U3", "http://ehr.example/fhir/Patient/u-1")):
+            stored = post_photo(client, WOUND, metadata(patient=_patient(mrn, reference)))
+            assert stored.status_code == 201, stored.text
+            receipts[mrn] = stored.json()
+        assert mark_entered_in_error(client, receipts["MRN-U1"]["record"]).status_code == 200
+        with services.store.engine.begin() as conn:  # type: ignore[attr-defined]
+            conn.execute(text("DROP TABLE patient_references"))
+            conn.execute(text("UPDATE schema_version SET version = 21"))
+    monkeypatch.undo()
+    return receipts
+
+
+def test_after_the_upgrade_a_disputed_reference_is_corrected_as_documented(
+        tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """21 → 22 on the mixed chart: the records and Consents marked entered-in-error before the
+    upgrade hold nothing (the reference goes to MRN-U2, disputed with MRN-U3); the other patient's
+    Consent can be withdrawn and its record marked; marking the holder's misfiled photo (its own
+    Consent with it) frees the reference for the right patient."""
+    receipts = _build_mixed_chart_at_schema_21(tmp_path, database_url, monkeypatch)
+    with adapter_client(tmp_path, database_url=database_url) as (client, services):
+        with services.store.engine.connect() as conn:  # type: ignore[attr-defined]
+            held = conn.execute(text("SELECT reference, patient_value, disputed FROM patient_references")).all()
+        assert [(row[0], row[1], bool(row[2])) for row in held] == [("Patient/u-1", "MRN-U2", True)]
+        # MRN-U3, who does not hold it: its withdrawal and its record's mark go through
+        [u3_consent] = receipts["MRN-U3"]["consents"]
+        assert _withdrawn(client, u3_consent).status_code == 200
+        assert mark_entered_in_error(client, receipts["MRN-U3"]["record"]).status_code == 200
+        # the right patient's new photo is refused while MRN-U2's holds the reference, and told how to free it
+        issue = _refused_at(post_photo(client, ROOT / "samples" / "tiny.jpg",
+                                       metadata(patient=_patient("MRN-U3", "Patient/u-1"))), "patient.reference")
+        assert "entered-in-error" in issue["diagnostics"] and "Correcting a misfiled record" in issue["diagnostics"]
+        assert "MRN-U2" not in issue["diagnostics"]
+        # the documented correction: MRN-U2's misfiled photo marked, nothing else
+        assert mark_entered_in_error(client, receipts["MRN-U2"]["record"]).status_code == 200
+        assert post_photo(client, ROOT / "samples" / "tiny.jpg",
+                          metadata(patient=_patient("MRN-U3", "Patient/u-1"))).status_code == 201
+        _refused_at(post_photo(client, ROOT / "samples" / "tiny.jpg",
+                               metadata(patient=_patient("MRN-U2", "Patient/u-1"))), "patient.reference")
