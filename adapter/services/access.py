@@ -209,12 +209,13 @@ class DicomContent:
 @dataclass(frozen=True)
 class ReleasedImage:
     """An image (or document) made from a released DICOM object: its bytes, media type, and
-    whether break-glass released it (the answer says so)."""
+    whether break-glass released it and what it overrode (the answer says so: overrode_for_care)."""
 
     data: bytes
     content_type: str
     break_glass: bool
     grey: GreyLevels | None = None  # a greyscale image's values, for a window (None: colour, a document)
+    overrode: tuple[str, ...] = ()  # what break-glass set aside (overrode_for_care)
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,8 @@ def _rendered(content: DicomContent, max_pixels: int, frame: int | None = None) 
     data = bytes(image.data)
     if image.content_type != PDF:
         data = _image_in_view(data, image.content_type, content.decision.view, max_pixels, stored=False)
-    return ReleasedImage(data, image.content_type, content.decision.break_glass, grey_levels(ds))
+    return ReleasedImage(data, image.content_type, content.decision.break_glass, grey_levels(ds),
+                         overrode_for_care([content.decision]))
 
 
 @contextmanager
@@ -485,14 +487,15 @@ class ScopedReader:
             self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None, entities=[],
                                  patient=None, reason=f"{refusal}: {reason}", refused=True, dicom=dicom)
 
-    def shown_in_full(self, records: Sequence[str], *, what: str) -> tuple[set[str], bool]:
+    def shown_in_full(self, records: Sequence[str], *, what: str) -> tuple[set[str], bool, tuple[str, ...]]:
         """Of the record references ``records`` ("Media/abc"), those the purpose may see in care's
         full view: an operational list (the forwarding outbox) names a record beside its
         original SOP Instance UID, which no restricted view shows; for the others (and a
         reference that names nothing) it leaves both out. A record entered in error is shown
         to records management (adapter.consent.decide_outbox_follow_up), who must correct its
         copies at the PACS, and to no other purpose. One audit event for ``what``. Also
-        whether break-glass released any of them (the answer says so). A purpose that may not read
+        whether break-glass released any of them, and what it overrode (:func:`overrode_for_care`:
+        the answer says both). A purpose that may not read
         the outbox at all (adapter.consent.decide_outbox_list) is refused (403), audited."""
         listing = decide_outbox_list(self.ctx.purpose, self._tables)
         if not listing.permitted:
@@ -517,7 +520,7 @@ class ScopedReader:
         self._auditor.record_search(self.ctx, found=[(ref, *shown[ref]) for ref in sorted(shown)],
                                     reason=f"{what}: {len(shown)} records shown, {withheld} withheld"
                                            f"{' (break-glass)' if glass else ''}")
-        return set(shown), glass
+        return set(shown), glass, overrode_for_care(decision for _, decision in shown.values())
 
     # -- reads --------------------------------------------------------------------------
     def _stored(self, resource_type: str, id: str) -> StoredResource | None:
@@ -1212,7 +1215,7 @@ class ScopedReader:
                                max_pixels=self._tables.policy.limits.max_pixels)
         except (UndecodableImage, ImageTooLarge, UnsupportedPixelData):
             return None
-        return ReleasedImage(data, media_type, rendered.break_glass)
+        return dataclasses.replace(rendered, data=data, content_type=media_type, grey=None)
 
     def rendered_from(self, content: DicomContent, *, frame: int | None = None) -> ReleasedImage:
         """``content`` (an object :meth:`read_dicom_instance` released: decided already) as
@@ -1234,7 +1237,7 @@ class ScopedReader:
                                  max_pixels=self._tables.policy.limits.max_pixels)
         except (UndecodableImage, ImageTooLarge, UnsupportedPixelData):
             return None
-        return ReleasedImage(data, media_type, rendered.break_glass, rendered.grey)
+        return dataclasses.replace(rendered, data=data, content_type=media_type)
 
     def thumbnail_of(self, rendered: ReleasedImage, *, rows: int, columns: int) -> ReleasedImage | None:
         """A small JPEG, with no metadata, of ``rendered`` (what :meth:`read_dicom_rendered`
@@ -1248,7 +1251,7 @@ class ScopedReader:
                                   max_pixels=self._tables.policy.limits.max_pixels)
         except (UndecodableImage, ImageTooLarge):
             return None
-        return ReleasedImage(data, "image/jpeg", rendered.break_glass)
+        return dataclasses.replace(rendered, data=data, content_type="image/jpeg", grey=None)
 
     def read_dicom_thumbnail(self, study: str, *, series: str | None = None, instance: str | None = None,
                              rows: int, columns: int) -> ReleasedImage:
