@@ -90,7 +90,12 @@ from adapter.services.search_paging import (
     within_snapshot,
 )
 from adapter.services.search_params import CURSOR_PARAM, PageCursor, SearchRequest
-from adapter.services.view_search import criteria_in_id_space, criteria_in_view
+from adapter.services.view_search import (
+    criteria_in_id_space,
+    criteria_in_view,
+    since_refusal,
+    sort_key_in_view,
+)
 from adapter.store.port import BlobStore, RecordStore, SearchCriteria, TokenCriterion
 from adapter.text import is_fhir_id
 
@@ -718,10 +723,10 @@ class ScopedReader:
         permitted for that patient too; if one on the page is not, nothing is shown (fail
         closed: leaving it out would hide that the resource changed hands). ``since`` (_since):
         only the versions stored at that instant or later; not in the de-identified view, which
-        shows no lastUpdated (asked instant by instant, it would tell when each change was made,
-        as _lastUpdated would: adapter.services.view_search). Unknown: 404."""
-        if since is not None and self._purpose_view() is View.DEIDENTIFIED:
-            reason = "in the de-identified view versions show no lastUpdated: _since is not supported"
+        shows no lastUpdated, and a UTC midnight only in the pseudonymised one, which shows it to
+        the day (asked instant by instant, it would tell when each change was made, as
+        _lastUpdated would: adapter.services.view_search.since_refusal). Unknown: 404."""
+        if since is not None and (reason := since_refusal(since, self._purpose_view())) is not None:
             # the audit names the stored resource (nothing is read: the id is only deciphered)
             named = self._asked(resource_type, id)
             self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=None,
@@ -950,10 +955,13 @@ class ScopedReader:
                   ) -> tuple[Callable[[IndexRow], Key], bool]:
         """The key the results are ordered (and paged) by, and whether it is a restricted view's
         (:meth:`search`): care's view, (lastUpdated, id); a restricted view, its released id
-        (keyed, meaningless), after lastUpdated when the pseudonymised view sorts by it. The
-        lastUpdated is the snapshot's (``then``) for a resource updated since."""
+        (keyed, meaningless), after lastUpdated when the pseudonymised view sorts by it (its UTC
+        day: view_search.sort_key_in_view, as for a date). The lastUpdated is the snapshot's
+        (``then``) for a resource updated since."""
+        view = self._purpose_view()
+
         def stamp(row: IndexRow) -> str:
-            return then.get((row.resource_type, row.id)) or instant_key(row.last_updated)
+            return sort_key_in_view(then.get((row.resource_type, row.id)) or instant_key(row.last_updated), view)
 
         if request.sort_by_date is not None:  # a clinical date (search_params.DATE_SORTS), then the id
             column = request.sort_by_date
@@ -962,7 +970,7 @@ class ScopedReader:
                 # a record without the date sorts before every dated one ("": oldest first), after
                 # them newest first; FHIR leaves where missing values go to the server
                 moment = row.date if column == "date" else row.creation
-                return instant_key(moment) if moment is not None else ""
+                return sort_key_in_view(instant_key(moment), view) if moment is not None else ""
 
             if not self._ids.released_ids:
                 return (lambda row: (dated(row), row.id)), False
