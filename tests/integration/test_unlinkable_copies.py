@@ -284,3 +284,49 @@ def test_the_pseudonymised_view_takes_no_instant_finer_than_the_day_anywhere(
         found = client.get(f"/fhir/Media?_sort={sort}&_count=10", headers=as_purpose("HRESCH")).json()
         ids = [e["resource"]["id"] for e in found["entry"]]
         assert len(ids) == 4 and ids == sorted(ids, reverse=descending), (sort, ids)
+
+
+def test_the_pseudonymised_dicom_copy_shows_no_filing_instant_as_its_study_time(
+        adapter: tuple[FhirClient, Services], tmp_path: Path) -> None:
+    """Merges review finding 4: a photo posted with no time taken (no takenAt, no EXIF time) has
+    the instant the adapter filed it as its StudyTime, to the millisecond, and the HRESCH copy and
+    QIDO-RS kept it (test seen failing). The copy cannot tell that from a time taken (the study's
+    is its first photo's), so a posted photo's copy has an empty StudyTime (Type 2), and QIDO-RS
+    shows and matches none; each photo's time taken stays as its ContentTime. A received object's
+    StudyTime is its sender's: kept."""
+    client, services = adapter
+    receipt = _posted(client, tmp_path, "untimed.jpg", _plain_jpeg())
+    path = tmp_path / "timed.png"
+    path.write_bytes(_plain_png())
+    timed = post_photo(client, path, {"patient": PATIENT, "kind": "clinical", "source": "clinician",
+                                      "takenAt": "2024-03-05T10:15:00+01:00",
+                                      "consent": {"purposes": ["TREAT"], "method": "verbal"}})
+    assert timed.status_code == 201, timed.text
+
+    def dicom(purpose: str, binary: str) -> pydicom.Dataset:
+        r = client.get(f"/fhir/{seen_as(services, purpose, binary)}",
+                       headers=as_purpose(purpose, Accept="application/dicom"))
+        assert r.status_code == 200, r.text[:300]
+        return pydicom.dcmread(io.BytesIO(r.content))
+
+    care = dicom("TREAT", receipt["binary"])
+    assert len(care.StudyTime) >= 6 and "ContentTime" not in care  # the premise: the filing instant
+    copy = dicom("HRESCH", receipt["binary"])
+    assert "StudyTime" in copy and copy.StudyTime == "" and copy.StudyDate == care.StudyDate
+    taken = dicom("HRESCH", timed.json()["binary"])
+    assert taken.StudyTime == "" and taken.ContentTime == "101500" and taken.StudyDate == "20240305"
+    study = copy.StudyInstanceUID
+    for path in ("/dicomweb/studies?includefield=all", f"/dicomweb/studies/{study}/instances?includefield=all",
+                 f"/dicomweb/studies/{study}/metadata"):
+        answer = client.get(path, headers=as_purpose("HRESCH")).json()
+        for dataset in answer:
+            assert not dataset.get("00080030", {}).get("Value"), (path, dataset.get("00080030"))
+    hour = care.StudyTime[:2]
+    found = client.get(f"/dicomweb/studies?StudyTime={hour}0000-{hour}5959", headers=as_purpose("HRESCH")).json()
+    assert found == []
+    assert client.get(f"/dicomweb/studies?StudyTime={hour}0000-{hour}5959", headers=as_purpose("TREAT")).json()
+
+    missing = dciodvfy_missing()
+    require_or_skip(missing is None, missing or "")
+    for released in (copy, taken):
+        assert dciodvfy(released) == []
