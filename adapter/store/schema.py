@@ -77,7 +77,6 @@ _log = logging.getLogger(__name__)
 #:     ``receipts`` (whose unique (patient, stored SHA-256) they no longer hold, so the photo can be
 #:     filed again); those of the records marked before are moved by the upgrade.
 SCHEMA_VERSION = 23
-_log = logging.getLogger(__name__)
 #: key_fingerprints' row holding the version of the records' search index (SqlRecordStore.reindex_records).
 SEARCH_INDEX = "search-index"
 
