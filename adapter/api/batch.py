@@ -30,7 +30,7 @@ from fastapi import Request
 from adapter.api.deps import purpose_header
 from adapter.api.fhir_xml import from_xml
 from adapter.api.forwarded import forwarded_for_of
-from adapter.api.headers import BREAK_GLASS_HEADER
+from adapter.api.headers import BREAK_GLASS_HEADER, overrode_said
 from adapter.api.request_id import request_id_of
 from adapter.errors import InvalidInput
 from adapter.mapping.outcome import operation_outcome
@@ -67,9 +67,10 @@ def _target(entry: Any, types: tuple[str, ...]) -> str | None:
 
 
 async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[str, ...],
-                        accept: str = "application/fhir+json") -> tuple[dict[str, Any], bool]:
-    """The batch-response Bundle, and whether any entry was answered under break-glass; each
-    entry is asked for as ``accept`` (the batch's FHIR version)."""
+                        accept: str = "application/fhir+json") -> tuple[dict[str, Any], bool, tuple[str, ...]]:
+    """The batch-response Bundle, whether any entry was answered under break-glass and what
+    break-glass overrode in answering them (each once); each entry is asked for as ``accept``
+    (the batch's FHIR version)."""
     entries = bundle.get("entry")
     if not isinstance(entries, list) or not entries:
         raise InvalidInput("a batch needs entries", expression="Bundle.entry")
@@ -84,6 +85,7 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
     client = (request.client.host, request.client.port) if request.client else ("127.0.0.1", 0)
     out: list[dict[str, Any]] = []
     glass = False
+    overrode: dict[str, None] = {}  # in the order the entries said them
     transport = httpx.ASGITransport(app=request.app, client=client)
     answered = 0
     # the entries are answered as if sent alone, to this server as the batch was: their links
@@ -118,8 +120,9 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
             answer = await inner.get(f"/fhir/{url}", headers=headers)
             answered += len(answer.content)
             glass = glass or BREAK_GLASS_HEADER in answer.headers
+            overrode.update(dict.fromkeys(overrode_said(answer.headers.get(BREAK_GLASS_HEADER))))
             out.append(_entry(answer))
-    return {"resourceType": "Bundle", "type": "batch-response", "entry": out}, glass
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": out}, glass, tuple(overrode)
 
 
 def _http_date(instant: Any) -> str | None:

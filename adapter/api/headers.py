@@ -39,9 +39,20 @@ def break_glass_headers(break_glass: bool, overrode: Iterable[str] = ()) -> dict
     overrode_for_care: "consent withdrawn: …"), said after it (clinical-safety review 6)."""
     if not break_glass:
         return {}
-    said = "suppressed; v3-ActReason#BTG; break-glass access, audited"
     overridden = "; ".join(overrode)
-    return {BREAK_GLASS_HEADER: f"{said}; overrode: {overridden}" if overridden else said}
+    return {BREAK_GLASS_HEADER: f"{_BREAK_GLASS_SAID}{_OVERRODE}{overridden}" if overridden else _BREAK_GLASS_SAID}
+
+
+_BREAK_GLASS_SAID = "suppressed; v3-ActReason#BTG; break-glass access, audited"
+_OVERRODE = "; overrode: "
+
+
+def overrode_said(header: str | None) -> tuple[str, ...]:
+    """What an X-Break-Glass made by :func:`break_glass_headers` says break-glass overrode (a
+    batch's entries are answered as requests of their own: the batch's answer says what theirs
+    said); () for none."""
+    _, found, overridden = (header or "").partition(_OVERRODE)
+    return tuple(overridden.split("; ")) if found and overridden else ()
 
 
 def editing_response_headers(send: Send, edit: Callable[[RawHeaders], RawHeaders]) -> Send:

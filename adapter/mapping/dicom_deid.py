@@ -131,7 +131,8 @@ Decisions:
   PatientID = the keyed pseudonym the FHIR view uses, IssuerOfPatientID = the pseudonym
   system, PatientName = ``<pseudonym>^`` (so a PACS shows something that is not a name);
   InstanceCreationTime and TimeOfSecondaryCapture removed (:data:`CREATION_TIMES`), their
-  dates kept, as the FHIR view cuts the adapter's instants to the day.
+  dates kept, as the FHIR view cuts the adapter's instants to the day; a posted photo's
+  StudyTime, which may be the instant it was filed, emptied (:data:`FILED_TIMES`), its StudyDate kept.
 """
 
 from __future__ import annotations
@@ -182,6 +183,12 @@ BASIC_PROFILE_ZERO = frozenset({
 #: made (the adapter's: when it stored the photo), which whoever knows when a photo was uploaded
 #: would find the patient's pseudonym by (research review finding 3); the dates stay.
 CREATION_TIMES = ("InstanceCreationTime", "TimeOfSecondaryCapture")
+#: The times of a posted photo's object (adapter.mapping.dicom_photo) the HRESCH copy empties: its
+#: StudyTime is its study's first photo's time taken or, none known, the instant the adapter filed
+#: it, to the millisecond (merges review finding 4), which the object cannot tell apart (Type 2:
+#: emptied, not removed). Each photo's time taken stays: its ContentTime and AcquisitionDateTime
+#: (the first photo's is the StudyTime a taken time gave). A received object's are its sender's.
+FILED_TIMES = ("StudyTime",)
 #: Dates emptied (Type 2 / 2C) unless dates are retained (113106).
 DATES_ZERO = frozenset({"StudyDate", "StudyTime", "ContentDate"})
 #: Table E.1-1 attributes removed (the ones the adapter's objects, typical VL/SC objects from a
@@ -398,11 +405,13 @@ def deidentify(ds: Dataset, *, uid_root: str, key: bytes, fixed_texts: Collectio
 
 def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root: str, key: bytes,
                  fixed_texts: Collection[str] = (), code_meanings: Mapping[tuple[str, str], str] | None = None,
-                 text_in_pixels: bool = False, recognizable: bool = False) -> Dataset:
+                 text_in_pixels: bool = False, recognizable: bool = False, posted_photo: bool = False) -> Dataset:
     """The HRESCH copy: Basic Profile with full dates retained, PatientID = ``pseudonym``
     (the keyed pseudonym the FHIR pseudonymised view shows), IssuerOfPatientID =
     ``pseudonym_issuer`` (the pseudonym identifier system), PatientName = ``pseudonym``;
     ``fixed_texts``, ``code_meanings``, ``text_in_pixels`` and ``recognizable`` as :func:`deidentify`.
+    ``posted_photo``: ``ds`` is the adapter's own object of a posted photo, whose StudyTime is
+    emptied (:data:`FILED_TIMES`).
 
     Raises:
         InvalidInput: ``pseudonym`` or ``pseudonym_issuer`` cannot be a LO value.
@@ -425,6 +434,9 @@ def pseudonymise(ds: Dataset, *, pseudonym: str, pseudonym_issuer: str, uid_root
     for keyword in CREATION_TIMES:  # the instant the object was made, to the microsecond: its day stays
         if keyword in out:
             del out[keyword]
+    for keyword in FILED_TIMES if posted_photo else ():  # may be the instant it was filed: its day stays
+        if keyword in out:
+            setattr(out, keyword, "")
     _method(out, _descriptors([DCM_BASIC_PROFILE, DCM_RETAIN_FULL_DATES], out), _replaced(replaced) + notes)
     return out
 

@@ -90,7 +90,12 @@ from adapter.services.search_paging import (
     within_snapshot,
 )
 from adapter.services.search_params import CURSOR_PARAM, PageCursor, SearchRequest
-from adapter.services.view_search import criteria_in_id_space, criteria_in_view
+from adapter.services.view_search import (
+    criteria_in_id_space,
+    criteria_in_view,
+    since_refusal,
+    sort_key_in_view,
+)
 from adapter.store.port import BlobStore, RecordStore, SearchCriteria, TokenCriterion
 from adapter.text import is_fhir_id
 
@@ -209,12 +214,13 @@ class DicomContent:
 @dataclass(frozen=True)
 class ReleasedImage:
     """An image (or document) made from a released DICOM object: its bytes, media type, and
-    whether break-glass released it (the answer says so)."""
+    whether break-glass released it and what it overrode (the answer says so: overrode_for_care)."""
 
     data: bytes
     content_type: str
     break_glass: bool
     grey: GreyLevels | None = None  # a greyscale image's values, for a window (None: colour, a document)
+    overrode: tuple[str, ...] = ()  # what break-glass set aside (overrode_for_care)
 
 
 @dataclass(frozen=True)
@@ -323,7 +329,8 @@ def _rendered(content: DicomContent, max_pixels: int, frame: int | None = None) 
     data = bytes(image.data)
     if image.content_type != PDF:
         data = _image_in_view(data, image.content_type, content.decision.view, max_pixels, stored=False)
-    return ReleasedImage(data, image.content_type, content.decision.break_glass, grey_levels(ds))
+    return ReleasedImage(data, image.content_type, content.decision.break_glass, grey_levels(ds),
+                         overrode_for_care([content.decision]))
 
 
 @contextmanager
@@ -485,14 +492,15 @@ class ScopedReader:
             self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None, entities=[],
                                  patient=None, reason=f"{refusal}: {reason}", refused=True, dicom=dicom)
 
-    def shown_in_full(self, records: Sequence[str], *, what: str) -> tuple[set[str], bool]:
+    def shown_in_full(self, records: Sequence[str], *, what: str) -> tuple[set[str], bool, tuple[str, ...]]:
         """Of the record references ``records`` ("Media/abc"), those the purpose may see in care's
         full view: an operational list (the forwarding outbox) names a record beside its
         original SOP Instance UID, which no restricted view shows; for the others (and a
         reference that names nothing) it leaves both out. A record entered in error is shown
         to records management (adapter.consent.decide_outbox_follow_up), who must correct its
         copies at the PACS, and to no other purpose. One audit event for ``what``. Also
-        whether break-glass released any of them (the answer says so). A purpose that may not read
+        whether break-glass released any of them, and what it overrode (:func:`overrode_for_care`:
+        the answer says both). A purpose that may not read
         the outbox at all (adapter.consent.decide_outbox_list) is refused (403), audited."""
         listing = decide_outbox_list(self.ctx.purpose, self._tables)
         if not listing.permitted:
@@ -517,7 +525,7 @@ class ScopedReader:
         self._auditor.record_search(self.ctx, found=[(ref, *shown[ref]) for ref in sorted(shown)],
                                     reason=f"{what}: {len(shown)} records shown, {withheld} withheld"
                                            f"{' (break-glass)' if glass else ''}")
-        return set(shown), glass
+        return set(shown), glass, overrode_for_care(decision for _, decision in shown.values())
 
     # -- reads --------------------------------------------------------------------------
     def _stored(self, resource_type: str, id: str) -> StoredResource | None:
@@ -715,10 +723,10 @@ class ScopedReader:
         permitted for that patient too; if one on the page is not, nothing is shown (fail
         closed: leaving it out would hide that the resource changed hands). ``since`` (_since):
         only the versions stored at that instant or later; not in the de-identified view, which
-        shows no lastUpdated (asked instant by instant, it would tell when each change was made,
-        as _lastUpdated would: adapter.services.view_search). Unknown: 404."""
-        if since is not None and self._purpose_view() is View.DEIDENTIFIED:
-            reason = "in the de-identified view versions show no lastUpdated: _since is not supported"
+        shows no lastUpdated, and a UTC midnight only in the pseudonymised one, which shows it to
+        the day (asked instant by instant, it would tell when each change was made, as
+        _lastUpdated would: adapter.services.view_search.since_refusal). Unknown: 404."""
+        if since is not None and (reason := since_refusal(since, self._purpose_view())) is not None:
             # the audit names the stored resource (nothing is read: the id is only deciphered)
             named = self._asked(resource_type, id)
             self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=None,
@@ -947,10 +955,13 @@ class ScopedReader:
                   ) -> tuple[Callable[[IndexRow], Key], bool]:
         """The key the results are ordered (and paged) by, and whether it is a restricted view's
         (:meth:`search`): care's view, (lastUpdated, id); a restricted view, its released id
-        (keyed, meaningless), after lastUpdated when the pseudonymised view sorts by it. The
-        lastUpdated is the snapshot's (``then``) for a resource updated since."""
+        (keyed, meaningless), after lastUpdated when the pseudonymised view sorts by it (its UTC
+        day: view_search.sort_key_in_view, as for a date). The lastUpdated is the snapshot's
+        (``then``) for a resource updated since."""
+        view = self._purpose_view()
+
         def stamp(row: IndexRow) -> str:
-            return then.get((row.resource_type, row.id)) or instant_key(row.last_updated)
+            return sort_key_in_view(then.get((row.resource_type, row.id)) or instant_key(row.last_updated), view)
 
         if request.sort_by_date is not None:  # a clinical date (search_params.DATE_SORTS), then the id
             column = request.sort_by_date
@@ -959,7 +970,7 @@ class ScopedReader:
                 # a record without the date sorts before every dated one ("": oldest first), after
                 # them newest first; FHIR leaves where missing values go to the server
                 moment = row.date if column == "date" else row.creation
-                return instant_key(moment) if moment is not None else ""
+                return sort_key_in_view(instant_key(moment), view) if moment is not None else ""
 
             if not self._ids.released_ids:
                 return (lambda row: (dated(row), row.id)), False
@@ -1212,7 +1223,7 @@ class ScopedReader:
                                max_pixels=self._tables.policy.limits.max_pixels)
         except (UndecodableImage, ImageTooLarge, UnsupportedPixelData):
             return None
-        return ReleasedImage(data, media_type, rendered.break_glass)
+        return dataclasses.replace(rendered, data=data, content_type=media_type, grey=None)
 
     def rendered_from(self, content: DicomContent, *, frame: int | None = None) -> ReleasedImage:
         """``content`` (an object :meth:`read_dicom_instance` released: decided already) as
@@ -1234,7 +1245,7 @@ class ScopedReader:
                                  max_pixels=self._tables.policy.limits.max_pixels)
         except (UndecodableImage, ImageTooLarge, UnsupportedPixelData):
             return None
-        return ReleasedImage(data, media_type, rendered.break_glass, rendered.grey)
+        return dataclasses.replace(rendered, data=data, content_type=media_type)
 
     def thumbnail_of(self, rendered: ReleasedImage, *, rows: int, columns: int) -> ReleasedImage | None:
         """A small JPEG, with no metadata, of ``rendered`` (what :meth:`read_dicom_rendered`
@@ -1248,7 +1259,7 @@ class ScopedReader:
                                   max_pixels=self._tables.policy.limits.max_pixels)
         except (UndecodableImage, ImageTooLarge):
             return None
-        return ReleasedImage(data, "image/jpeg", rendered.break_glass)
+        return dataclasses.replace(rendered, data=data, content_type="image/jpeg", grey=None)
 
     def read_dicom_thumbnail(self, study: str, *, series: str | None = None, instance: str | None = None,
                              rows: int, columns: int) -> ReleasedImage:

@@ -341,8 +341,16 @@ class DicomRelease:
             record=f"{instance.record_type}/{instance.record_id}", patient_name=patient_name,
             study_description=instance.study_description if full else None,
             accession_number=instance.accession_number if full else None,
-            study_time=instance.study_time if self.view is not View.DEIDENTIFIED else None,
+            study_time=self._study_time(instance),
             attributes=self.attributes(instance.attributes or InstanceAttributes()))
+
+    def _study_time(self, instance: DicomInstance) -> str | None:
+        """The StudyTime this view's copy carries: none when de-identifying, nor when
+        pseudonymising a posted photo's object (blob_sha256 None), whose StudyTime may be the
+        instant the adapter filed it (adapter.mapping.dicom_deid.FILED_TIMES)."""
+        if self.view is View.DEIDENTIFIED or (self.view is View.PSEUDONYMISED and instance.blob_sha256 is None):
+            return None
+        return instance.study_time
 
     def attributes(self, stored: InstanceAttributes) -> InstanceAttributes:
         """The QIDO-RS study, series and instance attributes as this view's copy of the object
@@ -414,7 +422,8 @@ class DicomRelease:
                 ds = pseudonymise(ds, pseudonym=self._pseudonymizer.pseudonym(patient.system, patient.value),
                                   pseudonym_issuer=self._pseudonymizer.system, uid_root=uids.root, key=uids.key,
                                   fixed_texts=fixed, code_meanings=self._code_meanings,
-                                  text_in_pixels=text_in_pixels, recognizable=recognizable)
+                                  text_in_pixels=text_in_pixels, recognizable=recognizable,
+                                  posted_photo=not isinstance(obj, Path))
             return _released(encode_dataset(ds), ds.file_meta.TransferSyntaxUID, ds.SOPClassUID, ds.SOPInstanceUID)
         except (StorageError, ConfigurationError, UncleanableDocument):
             # a document whose metadata cannot be removed is not released in this view (422):

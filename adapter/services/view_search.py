@@ -14,9 +14,12 @@ own terms:
   pseudonym the view shows; a value without a system only if it has a pseudonym's form),
   looked up in the pseudonym index; ``identifier`` and ``encounter`` not supported (the view
   shows neither); ``_lastUpdated`` and ``date`` (a Media's is its issued when no time taken is
-  known, a DocumentReference's and a Provenance's are the adapter's instants) by whole UTC days
+  known, a DocumentReference's and a Provenance's are the adapter's instants, an R5 reader's a
+  photo's issued) by whole UTC days
   only, as the view shows the adapter's instants to the day (research review finding 3); the
-  other dates as in the full view.
+  other dates as in the full view. A history's ``_since`` likewise: not at all when
+  de-identifying, a UTC midnight when pseudonymising (:func:`since_refusal`). Sorted by
+  ``_lastUpdated`` or a date, the pseudonymised view orders by the UTC day (:func:`sort_key_in_view`).
 - **FULL**: as given.
 
 Ids are the view's own too (adapter.mapping.released_ids): in a restricted view ``_id`` and a
@@ -40,7 +43,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from adapter.errors import NotSupported
-from adapter.mapping.fhir_r4 import ENCOUNTER_IDENTIFIER
+from adapter.mapping.fhir_r4 import ENCOUNTER_IDENTIFIER, R5_PREFIX
 from adapter.mapping.pseudonym import is_pseudonym
 from adapter.mapping.released_ids import IdSpace
 from adapter.model.decision import View
@@ -142,18 +145,48 @@ def criteria_in_id_space(criteria: SearchCriteria, resource_type: str, ids: IdSp
     return dataclasses.replace(criteria, ids=found_ids, tokens=tuple(tokens))
 
 
+def since_refusal(since: datetime, view: View) -> str | None:
+    """Why a history's ``_since`` (http.html#history) is not taken in ``view``, or None: asked
+    instant by instant, it reads back when each version was stored, as ``_lastUpdated`` would
+    (merges review finding 3: a binary search found the millisecond). The de-identified view shows
+    no lastUpdated: not at all; the pseudonymised one shows it to the day: a UTC midnight only."""
+    if view is View.DEIDENTIFIED:
+        return "in the de-identified view versions show no lastUpdated: _since is not supported"
+    if view is View.PSEUDONYMISED and not _midnight(since):
+        return ("in the pseudonymised view the times the adapter stored records are shown to the day: "
+                "_since takes whole days (e.g. _since=2024-03-05)")
+    return None
+
+
+def sort_key_in_view(key: str, view: View) -> str:
+    """An instant's sort key (adapter.services.search_paging.instant_key: UTC, ISO) as ``view``
+    may order by it: the pseudonymised view, which shows the adapter's instants to the day (and a
+    record's date is one when no time taken is known), orders by the UTC day only, ties broken by
+    its keyed ids; in the order they were stored, the records of a day matched against an upload
+    log would give each its pseudonym (merges review finding 3). Care's view: as it is."""
+    return key[:10] if view is View.PSEUDONYMISED else key
+
+
+#: The indexed dates that may be the adapter's instants: ``date`` (a Media's issued when no time
+#: taken is known, a DocumentReference's and a Provenance's own) and an R5 reader's ``date`` (a
+#: photo's issued, adapter.mapping.fhir_r4).
+_INSTANT_DATES = frozenset({"date", R5_PREFIX + "date"})
+
+
 def _instant_criteria(criteria: SearchCriteria) -> list[DateCriterion]:
     """The criteria on values that may be the adapter's instants: ``_lastUpdated`` and ``date``."""
     return [d for group in criteria.last_updated for d in group] + \
-        [d for group in criteria.dates for d in group if d.param == "date"]
+        [d for group in criteria.dates for d in group if d.param in _INSTANT_DATES]
 
 
 def _whole_days(date: DateCriterion) -> bool:
     """Whether ``date`` runs from a UTC midnight to a UTC midnight (or past the end of time)."""
-    def midnight(moment: datetime) -> bool:
-        utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment
-        return (utc.hour, utc.minute, utc.second, utc.microsecond) == (0, 0, 0, 0)
-    return midnight(date.start) and (date.end is None or midnight(date.end))
+    return _midnight(date.start) and (date.end is None or _midnight(date.end))
+
+
+def _midnight(moment: datetime) -> bool:
+    utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment
+    return (utc.hour, utc.minute, utc.second, utc.microsecond) == (0, 0, 0, 0)
 
 
 def _whole_year(date: DateCriterion) -> bool:

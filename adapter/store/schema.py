@@ -77,7 +77,6 @@ _log = logging.getLogger(__name__)
 #:     ``receipts`` (whose unique (patient, stored SHA-256) they no longer hold, so the photo can be
 #:     filed again); those of the records marked before are moved by the upgrade.
 SCHEMA_VERSION = 23
-_log = logging.getLogger(__name__)
 #: key_fingerprints' row holding the version of the records' search index (SqlRecordStore.reindex_records).
 SEARCH_INDEX = "search-index"
 
@@ -231,15 +230,23 @@ date_ranges = Table(
     Index("ix_date_ranges_resource", "resource_type", "id"),
 )
 
+def _receipt_columns() -> list[Column[Any]]:
+    """The columns of a stored receipt, the same in ``receipts`` and ``withdrawn_receipts`` (a
+    receipt moves from one to the other as it is: the two must not drift apart)."""
+    return [
+        Column("seq", _Serial, primary_key=True, autoincrement=True),
+        Column("idempotency_key", String(MAX_IDEMPOTENCY_KEY)),
+        Column("patient_system", Text, nullable=False),
+        Column("patient_value", Text, nullable=False),
+        Column("stored_sha256", String(64), nullable=False),
+        Column("recorded", UtcDateTime, nullable=False),
+        Column("receipt", JsonText, nullable=False),
+    ]
+
+
 receipts = Table(
     "receipts", metadata,
-    Column("seq", _Serial, primary_key=True, autoincrement=True),
-    Column("idempotency_key", String(MAX_IDEMPOTENCY_KEY)),
-    Column("patient_system", Text, nullable=False),
-    Column("patient_value", Text, nullable=False),
-    Column("stored_sha256", String(64), nullable=False),
-    Column("recorded", UtcDateTime, nullable=False),
-    Column("receipt", JsonText, nullable=False),
+    *_receipt_columns(),
     UniqueConstraint("idempotency_key", name="uq_receipts_idempotency_key"),
     UniqueConstraint("patient_system", "patient_value", "stored_sha256", name="uq_receipts_patient_sha"),
 )
@@ -253,13 +260,7 @@ receipts = Table(
 #: number in ``receipts``).
 withdrawn_receipts = Table(
     "withdrawn_receipts", metadata,
-    Column("seq", _Serial, primary_key=True, autoincrement=True),
-    Column("idempotency_key", String(MAX_IDEMPOTENCY_KEY)),
-    Column("patient_system", Text, nullable=False),
-    Column("patient_value", Text, nullable=False),
-    Column("stored_sha256", String(64), nullable=False),
-    Column("recorded", UtcDateTime, nullable=False),
-    Column("receipt", JsonText, nullable=False),
+    *_receipt_columns(),
     UniqueConstraint("idempotency_key", name="uq_withdrawn_receipts_idempotency_key"),
     Index("ix_withdrawn_receipts_patient_sha", "patient_system", "patient_value", "stored_sha256"),
 )

@@ -115,6 +115,36 @@ def _refused_everywhere(client: FhirClient, services: Services, receipt: dict[st
     assert entries[3]["resource"]["total"] == 0
 
 
+def test_every_break_glass_answer_says_what_it_overrode(tmp_path: Path) -> None:
+    """Merges review finding 5: X-Break-Glass said what break-glass overrode on FHIR reads and
+    searches, QIDO-RS and WADO-RS retrieves, but not on WADO-RS metadata, rendered, thumbnails,
+    frames, bulk data, WADO-URI's pictures, a batch's answer or the outbox (the bare "suppressed;
+    …" alone: test seen failing). Every answer break-glass released now says it, the same way."""
+    with adapter_client(tmp_path, policy={"consent": {"careAfterWithdrawal": False}},
+                        forward_to="PACS@127.0.0.1:1") as (client, _):
+        receipt = post_photo(client, WOUND, metadata()).json()
+        for entry in client.get("/fhir/Consent", headers=as_purpose("TREAT")).json()["entry"]:
+            consent = entry["resource"]
+            assert client.put(f"/fhir/Consent/{consent['id']}", json={**consent, "status": "inactive"}).status_code == 200
+        said = f"; overrode: {CARE_REFUSALS[CareRefusal.CONSENT_WITHDRAWN]}"
+        unsaid = []
+        for method, path, extra in _reads(receipt, *_treat_uids(receipt)):
+            r = client.request(method, path, headers=as_purpose("ETREAT", **extra))
+            assert r.status_code in (200, 304, 404, 406), (method, path, extra, r.status_code, r.text[:200])
+            if r.status_code < 400 and not r.headers.get("X-Break-Glass", "").endswith(said):
+                unsaid.append((method, path, extra, r.headers.get("X-Break-Glass")))
+        batch = client.post("/fhir", headers=as_purpose("ETREAT"), json={"resourceType": "Bundle", "type": "batch",
+                                                                          "entry": [{"request": {"method": "GET",
+                                                                                                 "url": receipt["record"]}}]})
+        listed = client.get("/outbox", headers=as_purpose("ETREAT"))
+        assert [item.get("withheld") for item in listed.json()] == [None], listed.json()
+        for name, r in (("batch", batch), ("outbox", listed)):
+            assert r.status_code == 200, (name, r.text[:200])
+            if not r.headers.get("X-Break-Glass", "").endswith(said):
+                unsaid.append((name, r.headers.get("X-Break-Glass")))
+        assert unsaid == []
+
+
 def _treat_uids(receipt: dict[str, Any]) -> tuple[str, str, str]:
     dicom = receipt["dicom"]
     return dicom["studyInstanceUid"], dicom["seriesInstanceUid"], dicom["sopInstanceUid"]

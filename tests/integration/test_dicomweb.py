@@ -1927,8 +1927,9 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
         adapter: tuple[FhirClient, Services]) -> None:
     """A viewer's study list: the patient's name, the study's description, accession number and
     time, as the object carries them, for care; for HRESCH the pseudonym as the name (as its
-    copy says) and the time, nothing else; for TRAIN none of them (PS3.15 Table E.1-1). A photo
-    posted over HTTP has none."""
+    copy says) and a received object's time (not a posted photo's, which may be the instant it
+    was filed: merges review finding 4), nothing else; for TRAIN none of them (PS3.15 Table
+    E.1-1). A photo posted over HTTP has none."""
     client, _ = adapter
     obj = received(record_id="rec-a", StudyDescription="Wound care, left heel", AccessionNumber="ACC-77",
                    StudyTime="101500")
@@ -1958,8 +1959,9 @@ def test_qido_study_list_shows_what_a_viewer_lists_in_the_view_the_purpose_allow
     # a lone * is universal matching (PS3.4 C.2.2.2.4): what the view shows, emptied values included
     assert qido(client, "studies", HRESCH, StudyDescription="*") == qido(client, "studies", HRESCH) != []
     assert qido(client, "studies", TRAIN, StudyDescription="*") == qido(client, "studies", TRAIN) != []
-    pseudonymised = [s for s in qido(client, "studies", HRESCH) if "00080030" in s]
-    assert len(pseudonymised) == 2  # the received object's and the posted photo's (its StudyTime too)
+    pseudonymised = qido(client, "studies", HRESCH)
+    # the received object's StudyTime (its sender's), not the posted photo's
+    assert sorted(value(s, "00080030") or "" for s in pseudonymised) == ["", "101500"]
     for hresch in pseudonymised:
         assert hresch["00100010"]["Value"] == [{"Alphabetic": f"{value(hresch, '00100020')}^"}]
         assert not {"00081030", "00080050"} & valued(hresch) and PATIENT_NAME not in json.dumps(hresch)
@@ -2229,8 +2231,9 @@ def test_qido_study_date_of_a_photo_stored_before_is_rederived_at_start(tmp_path
 
 def test_qido_study_time_of_a_photo_is_the_one_its_object_carries(tmp_path: Path) -> None:
     """A posted photo's StudyTime was in its WADO-RS metadata but not in QIDO-RS (neither shown
-    nor matched), unlike a received object's; now both, in the view the purpose shows (HRESCH
-    keeps the time, TRAIN's copy has none); a photo stored before gets it at the next start."""
+    nor matched), unlike a received object's; now both, in care's view (HRESCH's and TRAIN's copies
+    have none: a posted photo's may be the instant it was filed, merges review finding 4; the time
+    taken stays as HRESCH's ContentTime); a photo stored before gets it at the next start."""
     with pacs_client(tmp_path) as (client, _):
         receipt = post_photo(client, WOUND, metadata(takenAt="2024-03-01T10:15:00+01:00")).json()
         study, sop = receipt["dicom"]["studyInstanceUid"], receipt["dicom"]["sopInstanceUid"]
@@ -2245,7 +2248,10 @@ def test_qido_study_time_of_a_photo_is_the_one_its_object_carries(tmp_path: Path
         assert qido(client, "studies", StudyTime="1016") == []
         add_consent(client, ["HRESCH"])
         (pseudonymised,) = qido(client, "studies", HRESCH)
-        assert value(pseudonymised, "00080030") == "101500"
+        assert value(pseudonymised, "00080030") is None
+        assert qido(client, "studies", HRESCH, StudyTime="1015") == []
+        (copy,) = parts_of(client.get(f"/dicomweb/studies/{value(pseudonymised, '0020000D')}", headers=HRESCH))
+        assert (read(copy).StudyTime, read(copy).ContentTime) == ("", "101500")
     # the store as the code before wrote it: no StudyTime for the photo, the version before kept
     db = sqlite3.connect(tmp_path / "data" / "adapter.db")
     try:

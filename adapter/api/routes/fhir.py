@@ -312,8 +312,8 @@ async def _transaction(request: Request, services: Services, idempotency_key: st
     if bundle.get("type") == "batch":  # reads, each under the batch's purpose of use (adapter.api.batch)
         version = fhir_version(request.headers.get("accept"), request.query_params.get("_format"))
         types = R4_TYPES if version == "4" else tuple(t for t in R4_TYPES if t != "Media")
-        answer, glass = await process_batch(request, bundle, types, media_type(version))
-        return _out(answer, version, headers=break_glass_headers(glass), fmt=fmt)
+        answer, glass, overrode = await process_batch(request, bundle, types, media_type(version))
+        return _out(answer, version, headers=break_glass_headers(glass, overrode), fmt=fmt)
     fhir_base = _fhir_base(request, services)
     # an ITI-65 Provide Document Bundle (one with a SubmissionSet) is audited as MHD's Import
     ctx = get_write_context(request, services, "create", provide_document_bundle(bundle, fhir_base))

@@ -66,13 +66,14 @@ async def list_outbox(services: ServicesDep, reader: ReaderDep, status: str | No
     if status is not None and status not in OUTBOX_STATUSES:
         raise InvalidQuery(f"status must be one of {', '.join(OUTBOX_STATUSES)}", expression="status")
 
-    def listed() -> tuple[list[dict[str, Any]], bool]:
+    def listed() -> tuple[list[dict[str, Any]], dict[str, str]]:
         entries = services.outbox.list_entries(status=status, limit=limit)
-        visible, glass = reader.shown_in_full([e.record for e in entries if e.record], what="forwarding outbox")
-        return [_entry_json(e, shown=e.record in visible) for e in entries], glass
+        visible, glass, overrode = reader.shown_in_full([e.record for e in entries if e.record],
+                                                        what="forwarding outbox")
+        return [_entry_json(e, shown=e.record in visible) for e in entries], break_glass_headers(glass, overrode)
 
-    body, glass = await run_in_threadpool(listed)
-    return JSONResponse(body, headers=break_glass_headers(glass))
+    body, headers = await run_in_threadpool(listed)
+    return JSONResponse(body, headers=headers)
 
 
 class RequeueRequest(BaseModel):

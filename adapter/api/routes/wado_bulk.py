@@ -85,7 +85,7 @@ from adapter.mapping.dicom_json import (
     read_released,
     transfer_syntax,
 )
-from adapter.services.access import DicomContent, DicomRetrieval, ReleasedImage
+from adapter.services.access import DicomContent, DicomRetrieval, ReleasedImage, overrode_for_care
 from adapter.services.registry import Services
 from adapter.text import pixel_count
 
@@ -134,7 +134,9 @@ async def _series_metadata(request: Request, reader: Any, services: Services, ac
     def answerable(retrievals: list[DicomRetrieval]) -> None:  # before the audit (406, XML: not sent)
         body = [r.answer(partial(_metadata_of, request, services, study=r.entry.study_instance_uid,
                                  series=r.entry.series_instance_uid)) for r in retrievals]
-        answered.append(_datasets(body, model, break_glass=any(r.decision.break_glass for r in retrievals)))
+        decisions = [r.decision for r in retrievals]
+        answered.append(_datasets(body, model, break_glass=any(d.break_glass for d in decisions),
+                                  overrode=overrode_for_care(decisions)))
 
     # decided, permitted ones only, audited once the answer is made
     await run_in_threadpool(partial(reader.read_dicom, study, series, answerable=answerable))
@@ -152,7 +154,8 @@ async def instance_metadata(study: str, series: str, instance: str, request: Req
 
     def answerable(content: DicomContent) -> None:  # after the decision, before the audit (406, XML: not sent)
         body = _metadata_of(request, services, content, study=study, series=series)
-        answered.append(_datasets([body], model, break_glass=content.decision.break_glass))
+        answered.append(_datasets([body], model, break_glass=content.decision.break_glass,
+                                  overrode=overrode_for_care([content.decision])))
 
     await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
                                     answerable=answerable))
@@ -182,12 +185,11 @@ async def retrieve_frames(study: str, series: str, instance: str, frame_list: st
         data = frames(ds, wanted)
         del ds
         part_type = f"{chosen}; transfer-syntax={syntax}"
-        glass = content.decision.break_glass
+        glass = _glass_headers(content)
         if single_part:  # one frame, asked for as application/octet-stream itself (PS3.18 8.7.3.3.2)
-            answered.append(Response(content=data[0], media_type=None, headers={
-                "Content-Type": part_type, **break_glass_headers(glass)}))
+            answered.append(Response(content=data[0], media_type=None, headers={"Content-Type": part_type, **glass}))
         else:
-            answered.append(_multipart(chosen, [(part_type, frame) for frame in data], break_glass=glass))
+            answered.append(_multipart(chosen, [(part_type, frame) for frame in data], glass=glass))
 
     await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
                                     answerable=answerable))
@@ -205,9 +207,9 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
 
     def answerable(content: DicomContent) -> None:  # made under the object's turn (adapter.services.access)
         value = bulk_value(read_released(content.data), tag)
-        glass = content.decision.break_glass
-        answered.append(Response(content=value, media_type=OCTET, headers=break_glass_headers(glass)) if single_part
-                        else _multipart(OCTET, [(OCTET, value)], break_glass=glass))
+        glass = _glass_headers(content)
+        answered.append(Response(content=value, media_type=OCTET, headers=glass) if single_part
+                        else _multipart(OCTET, [(OCTET, value)], glass=glass))
 
     await run_in_threadpool(partial(reader.read_dicom_instance, instance, study=study, series=series,
                                     answerable=answerable))
@@ -304,8 +306,9 @@ async def _rendered(reader: Any, request: Request, accept: str | None, study: st
 
 def image_response(image: ReleasedImage) -> Response:
     """A picture or document made from a released object, as the answer: its bytes and media
-    type, and X-Break-Glass when break-glass released it."""
-    return Response(content=image.data, media_type=image.content_type, headers=break_glass_headers(image.break_glass))
+    type, and X-Break-Glass, saying what it overrode, when break-glass released it."""
+    return Response(content=image.data, media_type=image.content_type,
+                    headers=break_glass_headers(image.break_glass, image.overrode))
 
 
 #: A thumbnail's default and largest sides (PS3.18 leaves its size to the origin server).
@@ -378,11 +381,16 @@ def _frame_media_type(accept: str | None, syntax: str, *, compressed: bool,
     return None
 
 
-def _multipart(type_: str, parts: list[tuple[str, bytes]], *, break_glass: bool) -> Response:
+def _multipart(type_: str, parts: list[tuple[str, bytes]], *, glass: dict[str, str]) -> Response:
+    """``parts`` as one multipart/related answer; ``glass``: its X-Break-Glass (:func:`_glass_headers`)."""
     boundary = uuid.uuid4().hex
     body = b"".join(_body_part(boundary, content_type, data) for content_type, data in parts)
     body += f"--{boundary}--\r\n".encode("ascii")
     return Response(content=body, media_type=None,
-                    headers={"Content-Type": f'multipart/related; type="{type_}"; boundary={boundary}',
-                             **break_glass_headers(break_glass)})
+                    headers={"Content-Type": f'multipart/related; type="{type_}"; boundary={boundary}', **glass})
+
+
+def _glass_headers(content: DicomContent) -> dict[str, str]:
+    """X-Break-Glass of an answer made of ``content``, saying what break-glass overrode."""
+    return break_glass_headers(content.decision.break_glass, overrode_for_care([content.decision]))
 
