@@ -28,6 +28,7 @@ from adapter.mapping.consent import signed_form
 from adapter.mapping.fhir_json import validate_r4_resource
 from adapter.mapping.narrative import check_narratives
 from adapter.mapping.tables import Tables
+from adapter.model.photo import patient_reference_problem
 from adapter.model.purpose import V3_ACT_REASON, V3_ACT_REASON_SYSTEMS
 
 CONSENT_STATUS = frozenset({"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"})
@@ -49,7 +50,8 @@ def check_consent(resource: dict[str, Any], id: str, *, tables: Tables, known_pu
         BusinessRuleViolation: no patient identifier; a modifierExtension, a nested provision
             without a type (adapter.consent.grants).
         InvalidInput: a purpose that is no known v3-ActReason code; a provision.data reference
-            that is no literal reference.
+            that is no literal reference; a patient.reference named anew that is no literal
+            reference to a Patient.
         UnsupportedMediaType, ImageTooLarge, UndecodableImage: a signed form refused as a
             photo's consent form is.
     """
@@ -78,6 +80,7 @@ def check_consent(resource: dict[str, Any], id: str, *, tables: Tables, known_pu
         # FHIR allows a Consent without one: a rule of this server, 422 (http.html#create)
         raise BusinessRuleViolation("Consent.patient must carry an identifier (system and value): the adapter "
                                     "matches patients by identifier", expression="Consent.patient.identifier")
+    _check_patient_reference(resource, current)
     for where, coding in action_codings(resource.get("provision"), "Consent.provision"):
         if coding.get("code") not in CONSENT_ACTIONS:
             raise UnknownCode(f"{where}.code is not a code of {CONSENT_ACTION}", expression=f"{where}.code")
@@ -102,6 +105,19 @@ def check_consent(resource: dict[str, Any], id: str, *, tables: Tables, known_pu
     if inverted is not None:  # fails basic FHIR validation: 400, as an invalid element
         raise InvalidResource("the period ends before it starts (FHIR invariant per-1)", expression=inverted)
     return resource
+
+
+def _check_patient_reference(resource: dict[str, Any], current: dict[str, Any] | None) -> None:
+    """``Consent.patient.reference``, when named anew (not the one ``current`` holds), is a
+    literal reference to a Patient (adapter.model.photo.patient_reference_problem): as a photo's
+    subject is claimed and searched by its ``Patient/<id>``, so is a Consent's patient. A version
+    keeping the reference stored before the check is not refused: a withdrawal must not fail."""
+    reference = (resource.get("patient") or {}).get("reference")
+    if reference is None or reference == ((current or {}).get("patient") or {}).get("reference"):
+        return
+    problem = patient_reference_problem(reference) if isinstance(reference, str) else "is not a string"
+    if problem is not None:
+        raise InvalidInput(f"Consent.patient.reference {problem}", expression="Consent.patient.reference")
 
 
 def clean_source_attachment(resource: dict[str, Any], current: dict[str, Any] | None, tables: Tables) -> None:

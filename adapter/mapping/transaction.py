@@ -127,6 +127,7 @@ from adapter.model.photo import (
     PhotoKind,
     PhotoSource,
     TransactionPhotoMetadata,
+    patient_reference_problem,
 )
 from adapter.model.purpose import V3_ACT_REASON_SYSTEMS
 
@@ -844,7 +845,7 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
                                "reference names nothing (reference the Patient's server URL, or carry the "
                                "Patient in the Bundle)", expression=f"{where}.reference")
         if reference and not reference.startswith("#"):  # a contained resource is not kept
-            out["reference"] = reference
+            out["reference"] = _patient_literal(reference, where)
         return out
     known = _identifiers_of(patient_entry.resource)
     if not known:
@@ -865,8 +866,17 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
     system, value = named or known[0]
     out = {"system": system, "value": value}
     if reference and not names_patient and not reference.startswith("#"):
-        out["reference"] = reference
+        out["reference"] = _patient_literal(reference, where)
     return out
+
+
+def _patient_literal(reference: str, where: str) -> str:
+    """``reference``, the subject's, kept when it is a literal reference to a Patient
+    (adapter.model.photo.patient_reference_problem); refused at ``where``.reference otherwise."""
+    problem = patient_reference_problem(reference)
+    if problem is not None:
+        raise InvalidInput(f"subject.reference {problem}", expression=f"{where}.reference")
+    return reference
 
 
 def _warnings(entries: Sequence[_Entry], records: Sequence[tuple[_Entry, PhotoKind]],

@@ -161,6 +161,40 @@ SubmittedText = Annotated[str, Field(min_length=1), AfterValidator(_bounded), Af
 SubmittedReference = Annotated[str, AfterValidator(_bounded), AfterValidator(_matchable)]
 
 
+#: A literal reference to a Patient, FHIR's for that type (https://hl7.org/fhir/R4/references.html#literal):
+#: ``Patient/<id>``, or an absolute URL ending so, with an optional ``/_history/<vid>``; the id and
+#: version of FHIR's id type.
+PATIENT_LITERAL_REFERENCE = re.compile(r"(?:https?://(?:[A-Za-z0-9\-\\.:%$]*/)+)?Patient/[A-Za-z0-9\-.]{1,64}"
+                                       r"(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+_TYPED = re.compile(r"(?:.*/)?(?P<type>[A-Za-z]+)/[^/]*")
+
+
+def patient_reference_problem(reference: str) -> str | None:
+    """Why ``reference``, a patient's (a photo's subject, a Consent's patient), is no
+    :data:`PATIENT_LITERAL_REFERENCE`, or None. One is claimed and searched by its
+    ``Patient/<id>`` (adapter.store.patient_references, adapter.services.search_params), so
+    another form would be stored unclaimed and unsearched, while a client following it may land
+    on another patient's Patient: the id alone (``z-5``: a search value names a Patient so, a
+    reference does not), a query, a fragment (a contained Patient is none the adapter holds),
+    another type ("verify" review 1, finding B1)."""
+    if PATIENT_LITERAL_REFERENCE.fullmatch(reference):
+        return None
+    typed = _TYPED.fullmatch(reference.partition("?")[0].partition("#")[0])
+    if "#" in reference:
+        why = "has a fragment (a contained resource is no Patient the adapter holds)"
+    elif "?" in reference:
+        why = "has a query (a search URL names no one Patient)"
+    elif "/" not in reference:
+        why = "is an id alone, without its type"
+    elif typed is not None and typed["type"] != "Patient" and "/_history/" not in reference:
+        why = f"names a {typed['type'][:40]}, not a Patient"
+    else:
+        why = "is not a literal reference to a Patient"
+    return (f"{why}: a patient is referenced as Patient/<id>, or an absolute URL ending so, optionally with "
+            "/_history/<version> (https://hl7.org/fhir/R4/references.html#literal; <id> of FHIR's id type: letters, "
+            "digits, '-' and '.', at most 64); or by its identifier alone")
+
+
 class Identifier(_Model):
     """A FHIR Identifier reduced to what matching needs. Not bounded: the store's identifiers are
     read into it too; what a client submits is a :class:`SubmittedIdentifier`."""
@@ -200,6 +234,14 @@ class PatientRef(_Model):
     system: SubmittedText
     value: SubmittedText
     reference: SubmittedReference | None = None
+
+    @field_validator("reference")
+    @classmethod
+    def _patient_literal(cls, reference: str | None) -> str | None:
+        problem = None if reference is None else patient_reference_problem(reference)
+        if problem is not None:
+            raise ValueError(problem)
+        return reference
 
     @property
     def identifier(self) -> Identifier:

@@ -1,7 +1,8 @@
 """One literal Patient reference names one patient (safety review 1).
 
 A photo record or Consent may name its patient by identifier and by a literal reference
-(``Patient/<id>``, adapter.mapping.fhir_r4); a search by that reference returns every resource
+(``Patient/<id>``, adapter.mapping.fhir_r4; any other form is refused when named anew:
+adapter.model.photo.patient_reference_problem); a search by that reference returns every resource
 stored with it (adapter.services.search_params). Were one reference stored with two patient
 identifiers, a chart opened by its Patient id would show another patient's photos. So every
 writing transaction claims the references its resources name (:func:`claim_patient_references`)

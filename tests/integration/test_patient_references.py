@@ -1,7 +1,9 @@
 """One literal Patient reference names one patient (safety review 1): a photo or Consent naming
 ``Patient/<id>`` with another identifier than the one stored with it is refused 422 at the
 reference, over POST /photos, a transaction Bundle and POST /fhir/Consent, on SQLite and
-PostgreSQL; two concurrent ingests of one reference for two patients never both get through."""
+PostgreSQL; two concurrent ingests of one reference for two patients never both get through. A
+patient's reference in another form than a literal ``Patient/<id>`` (the id alone, a query, a
+fragment, another type) is refused on the same paths ("verify" review 1, finding B1)."""
 
 from __future__ import annotations
 
@@ -220,3 +222,121 @@ def test_after_the_upgrade_a_disputed_reference_is_corrected_as_documented(
                           metadata(patient=_patient("MRN-U3", "Patient/u-1"))).status_code == 201
         _refused_at(post_photo(client, ROOT / "samples" / "tiny.jpg",
                                metadata(patient=_patient("MRN-U2", "Patient/u-1"))), "patient.reference")
+
+
+#: Forms that are no literal reference to a Patient (https://hl7.org/fhir/R4/references.html#literal)
+#: yet were stored as sent and never claimed ("verify" review 1, finding B1): the id alone, a query,
+#: a fragment, a contained reference, another type, an id outside FHIR's id type, an empty version.
+NOT_PATIENT_REFERENCES = ("z-5", "Patient/z-5?x=1", "Patient/z-5#a", "#z-5", "Practitioner/z-5", "Patient/",
+                          "https://ehr.example.org/fhir/Patient/z-5?x=1", "Patient/z 5", "Patient/z-5/_history/")
+
+
+def _not_a_patient_reference(response: Any, expression: str) -> None:
+    if response.status_code == 400 and expression.startswith("Bundle."):  # a Bundle's query: a conditional reference
+        [issue] = response.json()["issue"]
+        assert issue["code"] == "not-supported" and issue["expression"] == [expression], issue
+        assert "Patient?identifier=system|value" in issue["diagnostics"], issue
+        return
+    assert response.status_code == 422, response.text
+    [issue] = response.json()["issue"]
+    assert issue["code"] == "invalid" and issue["expression"] == [expression], issue
+    assert "Patient/<id>" in issue["diagnostics"], issue  # the form expected
+
+
+def _bundle_of(mrn: str, subject_reference: str | None, consent_reference: str | None) -> dict[str, Any]:
+    bundle = json.loads((SAMPLES / "bundle-transaction.json").read_text())
+    for entry, reference in zip(bundle["entry"][1:], (subject_reference, consent_reference), strict=True):
+        named: dict[str, Any] = {"type": "Patient", "identifier": {"system": PATIENT["system"], "value": mrn}}
+        if reference is not None:
+            named["reference"] = reference
+        entry["resource"]["subject" if entry["resource"]["resourceType"] == "Media" else "patient"] = named
+    return bundle
+
+
+def test_a_reference_that_is_no_literal_patient_reference_is_refused_on_every_path(
+        tmp_path: Path, database_url: str | None) -> None:
+    """The id alone (``z-5``), a query, a fragment, no type or another is refused 422 at the
+    reference, saying the form expected, over POST /photos, a transaction Bundle (the record's
+    subject, the Consent's patient) and POST/PUT /fhir/Consent: stored, it would not be claimed
+    nor found by a search by that Patient, while a client following it would land on another
+    patient's Patient. ``Patient/<id>``, with a version, or an absolute URL ending so, is taken,
+    claimed by its ``Patient/<id>``; a search by the id alone finds it."""
+    with adapter_client(tmp_path, database_url=database_url) as (client, _services):
+        assert post_photo(client, WOUND, metadata(patient=_patient("MRN-Z1", "Patient/z-5"))).status_code == 201
+        for reference in NOT_PATIENT_REFERENCES:
+            _not_a_patient_reference(post_photo(client, WOUND, metadata(patient=_patient("MRN-Z2", reference))),
+                                     "patient.reference")
+            if reference != "#z-5":  # a subject's contained reference is not stored (its identifier is)
+                refused = client.post("/fhir", json=_bundle_of("MRN-Z9", reference, None),
+                                      headers={"Content-Type": "application/fhir+json"})
+                _not_a_patient_reference(refused, "Bundle.entry[1].resource.subject.reference")
+            refused = client.post("/fhir", json=_bundle_of("MRN-Z9", None, reference),
+                                  headers={"Content-Type": "application/fhir+json"})
+            _not_a_patient_reference(refused, "Bundle.entry[2].resource.patient.reference")
+            consent = consent_resource(["TREAT"], patient={"system": PATIENT["system"], "value": "MRN-Z8"})
+            consent["patient"]["reference"] = reference
+            _not_a_patient_reference(client.post("/fhir/Consent", json=consent), "Consent.patient.reference")
+        # a PUT naming such a reference anew
+        consent = consent_resource(["TREAT"], patient={"system": PATIENT["system"], "value": "MRN-W1"})
+        created = client.post("/fhir/Consent", json=consent)
+        assert created.status_code == 201, created.text
+        consent = {**created.json(), "patient": {**created.json()["patient"], "reference": "z-5"}}
+        _not_a_patient_reference(client.put(f"/fhir/Consent/{consent['id']}", json=consent), "Consent.patient.reference")
+        # the literal forms: a version, an absolute URL; the id alone is refused only as a reference
+        for reference, photo in (("Patient/z-5/_history/3", "tiny.jpg"),
+                                 ("https://ehr.example.org/fhir/Patient/z-5", "lesion.png")):
+            stored = post_photo(client, SAMPLES / photo, metadata(patient=_patient("MRN-Z1", reference)))
+            assert stored.status_code == 201, stored.text
+            _refused_at(post_photo(client, WOUND, metadata(patient=_patient("MRN-Z2", reference))), "patient.reference")
+        for query in ("patient=z-5", "patient=Patient/z-5", "subject=z-5"):
+            found = client.get(f"/fhir/Media?{query}", headers=as_purpose("TREAT")).json()
+            assert {e["resource"]["subject"]["identifier"]["value"] for e in found["entry"]} == {"MRN-Z1"}
+            assert found["total"] == 2  # the absolute URL is another server's: found by that URL only
+        for mrn in ("MRN-Z2", "MRN-Z8", "MRN-Z9"):
+            none = client.get(f"/fhir/Media?patient:identifier={PATIENT['system']}|{mrn}", headers=as_purpose("TREAT"))
+            assert none.json()["total"] == 0
+            none = client.get(f"/fhir/Consent?patient:identifier={PATIENT['system']}|{mrn}", headers=as_purpose("TREAT"))
+            assert none.json()["total"] == 0
+
+
+#: docs/operations.md, "Upgrading to schemas 22 and 23": the records and Consents stored before
+#: with a patient reference that is no literal Patient reference (kept, neither claimed nor searched).
+_STORED_UNCLAIMED = {
+    "sqlite": "SELECT resource_type, id FROM resources WHERE resource_type IN ('Media', 'DocumentReference', "
+              "'Consent') AND patient_reference IS NULL AND coalesce(json_extract(json, '$.subject.reference'), "
+              "json_extract(json, '$.patient.reference')) IS NOT NULL",
+    "postgresql": "SELECT resource_type, id FROM resources WHERE resource_type IN ('Media', 'DocumentReference', "
+                  "'Consent') AND patient_reference IS NULL AND coalesce(json::jsonb #>> '{subject,reference}', "
+                  "json::jsonb #>> '{patient,reference}') IS NOT NULL",
+}
+
+
+def test_what_was_stored_before_with_such_a_reference_is_found_and_corrected(
+        tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A photo and a Consent stored before the check with the id alone: the documented query
+    finds them; the Consent can be withdrawn and the record marked, keeping the reference (never
+    refused); naming another such reference anew is refused."""
+    from adapter.mapping import consent_checks
+    from adapter.model import photo
+
+    monkeypatch.setattr(photo, "patient_reference_problem", lambda reference: None)
+    monkeypatch.setattr(consent_checks, "patient_reference_problem", lambda reference: None)
+    with adapter_client(tmp_path, database_url=database_url) as (client, services):
+        before = post_photo(client, WOUND, metadata(patient=_patient("MRN-Z2", "z-5")))
+        assert before.status_code == 201, before.text
+        consent = consent_resource(["TREAT"], patient={"system": PATIENT["system"], "value": "MRN-Z8"})
+        consent["patient"]["reference"] = "Patient/z-5?x=1"
+        created = client.post("/fhir/Consent", json=consent)
+        assert created.status_code == 201, created.text
+        monkeypatch.undo()
+        engine = services.store.engine  # type: ignore[attr-defined]
+        with engine.connect() as conn:
+            found = {f"{row[0]}/{row[1]}" for row in conn.execute(text(_STORED_UNCLAIMED[engine.dialect.name]))}
+        assert found == {before.json()["record"], *before.json()["consents"], f"Consent/{created.json()['id']}"}
+        assert _withdrawn(client, f"Consent/{created.json()['id']}").status_code == 200
+        [own] = before.json()["consents"]
+        assert _withdrawn(client, own).status_code == 200
+        assert mark_entered_in_error(client, before.json()["record"]).status_code == 200
+        renamed = client.get(f"/fhir/Consent/{created.json()['id']}", headers=as_purpose("TREAT")).json()
+        renamed["patient"]["reference"] = "y-6"
+        _not_a_patient_reference(client.put(f"/fhir/Consent/{renamed['id']}", json=renamed), "Consent.patient.reference")
