@@ -44,7 +44,7 @@ MAX_STRUCTURE_BYTES = 4 * 1024 * 1024
 MAX_NUMBER_CHARS = 64
 
 
-def load_json(raw: bytes | str, *, what: str, expression: str | None = None,
+def load_json(raw: bytes | bytearray | str, *, what: str, expression: str | None = None,
               error: type[InvalidInput] = InvalidInput, bulk: tuple[str, ...] = ("data",)) -> Any:
     """``raw`` parsed (a decimal kept as written: adapter.json_decimal); ``error`` (InvalidInput,
     422; a FHIR body's InvalidResource, 400) naming ``what`` when it is not JSON, holds more than
@@ -78,13 +78,13 @@ _STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _BULK_NAME = b'"data"'
 
 
-def _scan(raw: bytes, bulk_names: tuple[bytes, ...] = (_BULK_NAME,)) -> str | None:
+def _scan(raw: bytes | bytearray, bulk_names: tuple[bytes, ...] = (_BULK_NAME,)) -> str | None:
     """What of the bounds above ``raw`` passes, looked at in one pass that stops at the first
     (nothing parsed, nothing kept but counts); None when within them. What is not JSON is left to
     the parser to refuse."""
     values = containers = 0
     bulk = 0
-    name: bytes | None = None  # the last string, while the colon after it may come
+    name: bytes | bytearray | None = None  # the last string, while the colon after it may come
     after_name = False
     pos = 0
     find = _TOKEN.search
@@ -120,7 +120,7 @@ def _scan(raw: bytes, bulk_names: tuple[bytes, ...] = (_BULK_NAME,)) -> str | No
     return None
 
 
-def _string_end(raw: bytes, pos: int) -> int:
+def _string_end(raw: bytes | bytearray, pos: int) -> int:
     """Where the string whose content begins at ``pos`` ends (after its closing quote; the end of
     ``raw`` when it has none). Base64 has no escape: one ``find``."""
     close = raw.find(b'"', pos)

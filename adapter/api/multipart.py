@@ -30,9 +30,11 @@ or Content-Type repeated, in RFC 2231 extended form or malformed (400,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ from adapter.errors import (
     AmbiguousRequest,
     InvalidInput,
     PayloadTooLarge,
+    RequestTimeout,
     Transient,
     UnsupportedMediaType,
     staging_failure,
@@ -63,6 +66,13 @@ UPLOAD_OVERHEAD = METADATA_PART_LIMIT + 1024 * 1024
 #: are held while it sends): beyond it an upload with a large form is answered 503, retry later,
 #: so the memory large metadata can take stays bounded however many clients post at once.
 METADATA_BUDGET_BYTES = 64 * 1024 * 1024
+#: An upload holding METADATA_BUDGET must keep its body coming at this average rate (bytes a
+#: second, after METADATA_HOLD_GRACE seconds) from when it first took some, else it is answered
+#: 408 and its budget given back: five connections trickling a byte now and then held the whole
+#: budget for as long as they liked, and every consent form scan got 503 (verify review 2,
+#: finding 3). 64 KiB/s is a slow phone link's (512 kbit/s): a 16 MiB part takes at most ~4 min.
+METADATA_MIN_RATE = 64 * 1024
+METADATA_HOLD_GRACE = 10.0
 #: The part names ``POST /photos`` reads; a part of another name is ignored.
 PART_NAMES = ("file", "metadata")
 #: Names of ignored parts a refusal may quote (each cut to 40 characters).
@@ -120,7 +130,7 @@ class ParsedUpload:
     file_size: int = 0
     file_content_type: str | None = None
     file_sha256: str | None = None  # of the file part's bytes, hashed as they arrived
-    fields: dict[str, bytes] = field(default_factory=dict)
+    fields: dict[str, bytes | bytearray] = field(default_factory=dict)
     held: int = 0  # bytes of MEMORY_BUDGET this upload holds until release()
     budget: MemoryBudget | None = None
     ignored: list[str] = field(default_factory=list)  # names of parts ignored (the first few)
@@ -270,7 +280,8 @@ class _Collector:
                 self.result.file_data = b"".join(self._pieces)
                 self._pieces, self._pending = [], 0
         elif self._small is not None and self._name:
-            self.result.fields[self._name] = bytes(self._small)
+            # as received, not copied: a consent form's scan was held twice (verify review 2, finding 4)
+            self.result.fields[self._name] = self._small
         self._small = None
 
     # -- spilling ---------------------------------------------------------------------------
@@ -460,8 +471,15 @@ async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes]
                            metadata_budget)
     parser = MultipartParser(boundary, collector)
     total = 0
+    chunks = aiter(stream)
+    held_since: tuple[float, int] | None = None  # when the upload took METADATA_BUDGET, and total then
     try:
-        async for chunk in stream:
+        while True:
+            if held_since is None and collector.result.metadata_held:
+                held_since = (time.monotonic(), total)
+            chunk = await (anext(chunks, None) if held_since is None else _next_while_held(chunks, held_since, total))
+            if chunk is None:
+                break
             total += len(chunk)
             if total > max_bytes + UPLOAD_OVERHEAD:
                 raise PayloadTooLarge(f"the upload is larger than {max_bytes + UPLOAD_OVERHEAD} bytes (a photo of at "
@@ -479,3 +497,19 @@ async def parse_multipart(content_type: str | None, stream: AsyncIterator[bytes]
             spill_path.unlink(missing_ok=True)
         raise
     return collector.result
+
+
+async def _next_while_held(chunks: AsyncIterator[bytes], held_since: tuple[float, int], total: int) -> bytes | None:
+    """The body's next chunk (None at its end) for an upload holding METADATA_BUDGET: refused
+    (408, its budget given back by the caller) once its body has come slower than
+    METADATA_MIN_RATE on average since it took the budget (after METADATA_HOLD_GRACE)."""
+    started, received_then = held_since
+    deadline = started + METADATA_HOLD_GRACE + (total - received_then) / METADATA_MIN_RATE
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await anext(chunks, None)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the upload holds a large metadata part (a consent form scan) and its body came slower than "
+            f"{METADATA_MIN_RATE // 1024} KiB/s: nothing was stored; send it again over a faster link, or record the "
+            "form with POST /fhir/Consent and send the photo without it", expression="metadata") from None

@@ -34,8 +34,9 @@ sent, is kept as its date alone (FHIR dateTime needs a zone with a time): said a
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from adapter.consent.ingest import PENDING_PREFIX
 from adapter.mapping.codes import INGEST_WARNING_SYSTEM
@@ -100,6 +101,22 @@ def receipt_outcome(warnings: Sequence[str], *, consent_pending: bool, quality: 
     return outcome(issues or [issue("information", "informational", details={"text": "the photo was stored"})])
 
 
+#: How the image's quality warnings begin (adapter.imaging.quality.quality_warnings): a receipt
+#: keeps its warnings alone, so :func:`replayed_outcome` tells them by their words.
+QUALITY_WARNING_STARTS = ("image is ", "image looks blurred ", "JPEG quality estimated at ")
+
+
+def replayed_outcome(receipt: Mapping[str, Any]) -> JSON | None:
+    """The ``outcome`` of a receipt stored before receipts had one (schema 22 and before: verify
+    review 2, finding 6), rebuilt from its ``warnings`` and ``consentPending`` as
+    :func:`receipt_outcome` made it; None for a receipt without warnings (not a photo's)."""
+    warnings = receipt.get("warnings")
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        return None
+    return receipt_outcome(warnings, consent_pending=receipt.get("consentPending") is True,
+                           quality=[w for w in warnings if w.startswith(QUALITY_WARNING_STARTS)])
+
+
 def _issue(issue_type: str, text: str, code: str | None) -> JSON:
     details: JSON = {"coding": [coding(INGEST_WARNING_SYSTEM, code, _DISPLAY[code])]} if code else {}
     details["text"] = text
@@ -107,6 +124,6 @@ def _issue(issue_type: str, text: str, code: str | None) -> JSON:
 
 
 __all__ = ["CONSENT_PENDING", "DATE_ONLY_CAPTURE_TIME", "FILED_FOR_ANOTHER_PATIENT",
-           "FILED_FOR_ANOTHER_PATIENT_WARNING", "IMAGE_QUALITY", "STORED_ENTERED_IN_ERROR",
+           "FILED_FOR_ANOTHER_PATIENT_WARNING", "IMAGE_QUALITY", "QUALITY_WARNING_STARTS", "STORED_ENTERED_IN_ERROR",
            "STORED_WITH_OTHER_DETAILS", "capture_time_warnings", "details_code", "receipt_outcome",
-           "warning_issues"]
+           "replayed_outcome", "warning_issues"]

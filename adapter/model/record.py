@@ -131,3 +131,11 @@ class BlobReference:
 #: released to no one, so no retry is answered with it. Never answered (the receipt's members
 #: starting with ``_`` are the adapter's own: adapter.services.photo_description.answered).
 WITHDRAWN = "_enteredInError"
+
+
+def received_sha256_of(receipt: Any) -> str | None:
+    """A photo receipt's ``sha256.received``, the SHA-256 of the photo as received (stored with
+    the receipt, adapter.store.schema receipts): None if it has none (a receipt of another shape)."""
+    hashes = receipt.get("sha256") if isinstance(receipt, dict) else None
+    received = hashes.get("received") if isinstance(hashes, dict) else None
+    return received if isinstance(received, str) and len(received) == 64 else None

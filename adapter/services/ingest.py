@@ -88,6 +88,7 @@ from adapter.mapping.ingest_warnings import (
     capture_time_warnings,
     details_code,
     receipt_outcome,
+    replayed_outcome,
 )
 from adapter.mapping.photo import build_photo_resources, index_resource
 from adapter.mapping.tables import Tables
@@ -96,7 +97,14 @@ from adapter.model.dicom import DicomInstance, InstanceAttributes, NewOutboxItem
 from adapter.model.image import StoredImage
 from adapter.model.photo import ConsentMethod, Identifier, PhotoMetadata
 from adapter.model.purpose import RequestContext
-from adapter.model.record import WITHDRAWN, AccessFacts, IngestUnit, NewResource, SearchIndex
+from adapter.model.record import (
+    WITHDRAWN,
+    AccessFacts,
+    IngestUnit,
+    NewResource,
+    SearchIndex,
+    received_sha256_of,
+)
 from adapter.services.audit import Auditor
 from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.dicom_objects import study_of
@@ -194,11 +202,20 @@ class IngestService:
             assessment = self._assessed(meta, ctx, now)
             staged = self._blobs.new_staging_path()
             image = _of_file(self._sanitized, upload, staged, received_sha256)
-            if not idempotency_key and (withdrawn := self._withdrawn_retry(meta, image.sha256)) is not None:
+            if not idempotency_key and (withdrawn := self._withdrawn_retry(meta, image.sha256,
+                                                                          image.received_sha256)) is not None:
                 return self._answer_replay(ctx, meta, lambda: IngestResult(receipt=withdrawn, replayed=True))
             # built before the blob is committed: a refusal while building (a consent form over
             # the pixel limit, say) leaves nothing behind, the staged photo discarded
             unit = self._unit(meta, image, assessment, idempotency_key, ctx, now)
+            # stored for the patient before (a retry without the key, or under another): found by
+            # the photo as stored, else as received (a release that strips otherwise stored other
+            # bytes for it: verify review 2, finding 1); a concurrent retry is decided by the
+            # save's unique (patient, stored image) below
+            previous = self._store.find_receipt(patient=patient, stored_sha256=image.sha256,
+                                                received_sha256=image.received_sha256)
+            if previous is not None:
+                return self._answer_replay(ctx, meta, lambda: IngestResult(receipt=previous, replayed=True))
             self._blobs.commit(staged, image.sha256)
             committed = True
             try:
@@ -219,10 +236,11 @@ class IngestService:
                 if again is not None:
                     return self._answer_replay(ctx, meta,
                                                lambda: self._replay(again, meta, upload, image.received_sha256))
-                previous = self._store.find_receipt(patient=patient, stored_sha256=image.sha256)
-                if previous is None:
+                again_stored = self._store.find_receipt(patient=patient, stored_sha256=image.sha256,
+                                                        received_sha256=image.received_sha256)
+                if again_stored is None:
                     raise
-                return self._answer_replay(ctx, meta, lambda: IngestResult(receipt=previous, replayed=True))
+                return self._answer_replay(ctx, meta, lambda: IngestResult(receipt=again_stored, replayed=True))
             if unit.outbox and self.on_commit is not None:
                 self.on_commit()
             return IngestResult(receipt=answered(unit.receipt), replayed=False)
@@ -334,15 +352,19 @@ class IngestService:
             raise conflict
         return self._answer_stored_before(ctx, documents, units, previous, locate)
 
-    def _withdrawn_retry(self, meta: PhotoMetadata, stored_sha256: str) -> dict[str, Any] | None:
+    def _withdrawn_retry(self, meta: PhotoMetadata, stored_sha256: str,
+                         received_sha256: str | None) -> dict[str, Any] | None:
         """The receipt of a record stored for the patient with this image and marked
         entered-in-error since, of which a request without an Idempotency-Key is a retry: one
         that describes the photo as it was stored (or was stored without its description kept:
         a retry cannot be told apart, so it is one). None: the request files the photo again
         (with corrected details), as docs/operations.md says; the withdrawn record does not hold
-        the patient's (photo) unique any more (adapter.store.schema withdrawn_receipts)."""
+        the patient's (photo) unique any more (adapter.store.schema withdrawn_receipts). Found by
+        the photo as stored, or as received (``received_sha256``: stored otherwise by an older
+        release)."""
         for receipt in self._store.find_withdrawn_receipts(patient=meta.patient.identifier,
-                                                           stored_sha256=stored_sha256):
+                                                           stored_sha256=stored_sha256,
+                                                           received_sha256=received_sha256):
             if not differing(receipt, meta):
                 return receipt
         return None
@@ -352,14 +374,17 @@ class IngestService:
         """Refuse (409, audited) a submission without an Idempotency-Key any of whose documents
         is a retry of a record marked entered-in-error since (:meth:`_withdrawn_retry`)."""
         for k, ((_data, meta), unit) in enumerate(zip(documents, units, strict=True)):
-            if (withdrawn := self._withdrawn_retry(meta, unit.stored_sha256)) is not None:
+            if (withdrawn := self._withdrawn_retry(meta, unit.stored_sha256,
+                                                   received_sha256_of(unit.receipt))) is not None:
                 with _of_document(k, locate):
                     self._checked_replay(ctx, meta, partial(IngestResult, withdrawn, True))
 
     def _receipts_of(self, units: Sequence[IngestUnit]) -> list[dict[str, Any] | None]:
         """The receipt of each unit's document stored for its patient before (same stored
-        SHA-256), None for one that was not."""
-        return [self._store.find_receipt(patient=unit.patient, stored_sha256=unit.stored_sha256) for unit in units]
+        SHA-256, or the same received SHA-256: stored otherwise by an older release), None for one
+        that was not."""
+        return [self._store.find_receipt(patient=unit.patient, stored_sha256=unit.stored_sha256,
+                                         received_sha256=received_sha256_of(unit.receipt)) for unit in units]
 
     def _answer_stored_before(self, ctx: RequestContext, documents: Sequence[tuple[bytes, PhotoMetadata]],
                               units: Sequence[IngestUnit], previous: Sequence[dict[str, Any] | None],
@@ -539,7 +564,13 @@ class IngestService:
                                  patient=meta.patient.identifier, reason=exc.diagnostics, refused=True)
             exc.audited = True
             raise
-        return IngestResult(receipt=answered(result.receipt), replayed=True)
+        receipt = answered(result.receipt)
+        if "outcome" not in receipt and (rebuilt := replayed_outcome(receipt)) is not None:
+            # a receipt stored before receipts had one: given it, beside its warnings
+            members = list(receipt.items())
+            at = next((k + 1 for k, (name, _) in enumerate(members) if name == "warnings"), len(members))
+            receipt = dict([*members[:at], ("outcome", rebuilt), *members[at:]])
+        return IngestResult(receipt=receipt, replayed=True)
 
     def _audit_replays(self, ctx: RequestContext, replays: Sequence[tuple[PhotoMetadata, IngestResult]]) -> None:
         """Audit the receipts answered to retries, a create event each naming the record it answers

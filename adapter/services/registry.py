@@ -15,7 +15,7 @@ from typing import cast
 
 from adapter.config import Settings
 from adapter.errors import ConfigurationError
-from adapter.files import publish_once, remove_abandoned_candidates
+from adapter.files import folder_write_problem, publish_once, remove_abandoned_candidates
 from adapter.mapping.dicom_photo import STUDY_DATE_VERSION, photo_study_values
 from adapter.mapping.dicom_tables import DicomTables, load_dicom_tables
 from adapter.mapping.dicom_uids import check_uid_root
@@ -163,7 +163,20 @@ def check_start_refusals(settings: Settings) -> list[str]:
     ConfigurationError when a key file cannot."""
     stored = read_key_fingerprints(settings.resolved_database_url, settings.database_timeouts)
     recorded = _Recorded(stored, read_audit_key(settings.data_dir.resolve(), create=False))
-    return start_refusals(settings, cast(RecordStore, recorded))
+    return start_refusals(settings, cast(RecordStore, recorded)) + _unwritable_folders(settings)
+
+
+def _unwritable_folders(settings: Settings) -> list[str]:
+    """The data folder and its image folders (blobs, quarantine) that exist and cannot be written,
+    each said with its path and errno (serve refuses to start on them: it opens the removal lock in
+    quarantine/ and stores images in blobs/), found by the file system's flags and the folder's
+    permissions, writing nothing (verify review 2, finding 5). A SQLite store's own folder is said
+    by the store."""
+    options = settings.store
+    for folder in (settings.data_dir, options.blob_dir, options.quarantine_dir):
+        if folder.is_dir() and (problem := folder_write_problem(folder.resolve())) is not None:
+            return [f"data folder: {problem}"]  # the first: the others are most often on the same mount
+    return []
 
 
 def _derived_key(pseudonym_key: bytes, label: str) -> bytes:

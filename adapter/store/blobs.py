@@ -339,10 +339,12 @@ class FileBlobStore:
         """Hold the data folder's removal lock (``flock`` on ``quarantine/.lock``: one process
         or thread at a time, released if it dies) while the block runs, if no one else holds it;
         yield whether it is held. Never waits."""
+        lock = self._quarantine_dir / ".lock"
         try:
-            fd = os.open(self._quarantine_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StorageError("cannot open the removal lock in the quarantine folder") from exc
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # the path and errno: a read-only data folder says EROFS (verify review 2)
+            raise StorageError(f"cannot open the removal lock in the quarantine folder: {lock} "
+                               f"({describe_os_error(exc)})") from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

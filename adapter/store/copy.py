@@ -131,6 +131,10 @@ def _check_source(conn: Connection) -> None:
     if not inspect(conn).has_table(schema_version.name):
         raise ConfigurationError("the configured database holds no record store of the adapter: nothing to copy")
     version = conn.execute(select(func.max(schema_version.c.version))).scalar()
+    if version is not None and version > SCHEMA_VERSION:  # serve of this version refuses it: no upgrade to advise
+        raise ConfigurationError(f"the configured database has schema version {version}, newer than this adapter's "
+                                 f"{SCHEMA_VERSION}: nothing was changed; a newer version of the adapter upgraded it: "
+                                 "copy it with copy-store of that version")
     if version != SCHEMA_VERSION:
         raise ConfigurationError(f"the configured database has schema version {version}, this adapter's is "
                                  f"{SCHEMA_VERSION}: nothing was changed; back it up, start this version of the adapter "

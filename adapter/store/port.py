@@ -158,18 +158,21 @@ class RecordStore(Protocol):
         documents of one submission): Conflict, and nothing written, if any of them conflicts."""
 
     def find_receipt(self, *, idempotency_key: str | None = None, patient: Identifier | None = None,
-                     stored_sha256: str | None = None) -> dict[str, Any] | None:
+                     stored_sha256: str | None = None, received_sha256: str | None = None) -> dict[str, Any] | None:
         """The receipt of a record not marked entered-in-error stored under ``idempotency_key``,
-        else under (``patient``, ``stored_sha256``)."""
+        else under (``patient``, ``stored_sha256``), else under (``patient``, ``received_sha256``):
+        the photo as received, whose stored bytes an older release made otherwise."""
 
     def find_keyed_receipt(self, idempotency_key: str) -> tuple[dict[str, Any], Identifier] | None:
         """The receipt stored under ``idempotency_key`` and the patient it was stored for; the
         receipt carries WITHDRAWN (adapter.model.record) when its record was marked
         entered-in-error since (:meth:`mark_entered_in_error`)."""
 
-    def find_withdrawn_receipts(self, *, patient: Identifier, stored_sha256: str) -> list[dict[str, Any]]:
+    def find_withdrawn_receipts(self, *, patient: Identifier, stored_sha256: str,
+                                received_sha256: str | None = None) -> list[dict[str, Any]]:
         """The receipts of the records stored for ``patient`` with the stored image
-        ``stored_sha256`` and marked entered-in-error since (each with WITHDRAWN), newest first."""
+        ``stored_sha256``, or from the photo received as ``received_sha256``, and marked
+        entered-in-error since (each with WITHDRAWN), newest first."""
 
     def filed_for_another_patient(self, *, patient: Identifier, stored_sha256: str) -> bool:
         """Whether a photo record (Media, DocumentReference) not marked entered-in-error holds

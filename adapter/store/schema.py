@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     func,
     insert,
     inspect,
@@ -37,7 +38,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from adapter.errors import ConfigurationError
 from adapter.json_decimal import dumps, loads
-from adapter.model.record import MAX_IDEMPOTENCY_KEY
+from adapter.model.record import MAX_IDEMPOTENCY_KEY, received_sha256_of
 from adapter.store.dates import UtcDateTime, now_instant
 
 _log = logging.getLogger(__name__)
@@ -76,7 +77,10 @@ _log = logging.getLogger(__name__)
 #: 23: withdrawn_receipts: the receipts of the records marked entered-in-error, moved out of
 #:     ``receipts`` (whose unique (patient, stored SHA-256) they no longer hold, so the photo can be
 #:     filed again); those of the records marked before are moved by the upgrade.
-SCHEMA_VERSION = 23
+#: 24: receipts.received_sha256 and withdrawn_receipts.received_sha256 (indexed with the patient):
+#:     a retry is found by the photo as received, whatever bytes the release that stored it kept
+#:     (verify review 2, finding 1); filled at the upgrade from each receipt's ``sha256.received``.
+SCHEMA_VERSION = 24
 #: key_fingerprints' row holding the version of the records' search index (SqlRecordStore.reindex_records).
 SEARCH_INDEX = "search-index"
 
@@ -241,6 +245,9 @@ def _receipt_columns() -> list[Column[Any]]:
         Column("stored_sha256", String(64), nullable=False),
         Column("recorded", UtcDateTime, nullable=False),
         Column("receipt", JsonText, nullable=False),
+        # the SHA-256 of the photo as received (the receipt's sha256.received; schema 24): a retry's
+        # bytes hash to it whatever the stripping of the release that stored it made of them
+        Column("received_sha256", String(64)),
     ]
 
 
@@ -249,6 +256,7 @@ receipts = Table(
     *_receipt_columns(),
     UniqueConstraint("idempotency_key", name="uq_receipts_idempotency_key"),
     UniqueConstraint("patient_system", "patient_value", "stored_sha256", name="uq_receipts_patient_sha"),
+    Index("ix_receipts_patient_received", "patient_system", "patient_value", "received_sha256"),
 )
 
 #: The receipts of the records marked entered-in-error (adapter.store.sql mark_entered_in_error
@@ -263,6 +271,7 @@ withdrawn_receipts = Table(
     *_receipt_columns(),
     UniqueConstraint("idempotency_key", name="uq_withdrawn_receipts_idempotency_key"),
     Index("ix_withdrawn_receipts_patient_sha", "patient_system", "patient_value", "stored_sha256"),
+    Index("ix_withdrawn_receipts_patient_received", "patient_system", "patient_value", "received_sha256"),
 )
 
 audit = Table(
@@ -483,6 +492,10 @@ def _migrate(conn: Connection, found: int) -> None:
     22 → 23 adds a table (withdrawn_receipts) and moves into it the receipts of the photo records
     marked entered-in-error before (their statement in ``_READ_AGAIN``), which then no longer keep
     the photo from being filed again for the patient.
+    23 → 24 adds a nullable column to ``receipts`` and to ``withdrawn_receipts`` and an index of
+    each, filled from the receipts' ``sha256.received`` (:func:`_fill_received_sha256`): a release
+    that strips otherwise stores other bytes for the same upload, so a retry of a photo stored by
+    an older release is found by the photo as received (verify review 2, finding 1).
     """
     for version in range(found + 1, SCHEMA_VERSION + 1):
         for table, column, ddl_type in _ADDED_COLUMNS.get(version, ()):
@@ -505,6 +518,8 @@ def _migrate(conn: Connection, found: int) -> None:
             _record_chain_start(conn)
         if version == PATIENT_REFERENCES_VERSION:
             _fill_patient_references(conn)
+        if version == RECEIVED_SHA256_VERSION:
+            _fill_received_sha256(conn)
         conn.execute(insert(schema_version).values(version=version, applied=now_instant()))
 
 
@@ -531,6 +546,7 @@ _ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str | TypeEngine[Any]], ...]] = 
     18: (("audit", "chain_mac", "VARCHAR(64)"),),
     19: (("dicom_instances", "object_version", "INTEGER"),),
     20: (("resources", "date_last", UtcDateTime()), ("resources", "creation_last", UtcDateTime())),
+    24: (("receipts", "received_sha256", "VARCHAR(64)"), ("withdrawn_receipts", "received_sha256", "VARCHAR(64)")),
 }
 
 #: The version that began the audit chain.
@@ -590,7 +606,32 @@ _ADDED_INDEXES: dict[int, tuple[Index, ...]] = {
     12: tuple(i for i in dicom_instances.indexes if i.name and i.name.endswith("_key")),
     13: tuple(i for i in dicom_instances.indexes if i.name == "ix_dicom_instances_attributes_unread"),
     20: tuple(i for i in resources.indexes if i.name == "ix_resources_date_last"),
+    24: tuple(i for t in (receipts, withdrawn_receipts) for i in t.indexes
+              if i.name and str(i.name).endswith("_patient_received")),
 }
+
+
+#: The version that began receipts.received_sha256.
+RECEIVED_SHA256_VERSION = 24
+
+
+def _fill_received_sha256(conn: Connection) -> None:
+    """Fill ``received_sha256`` of the receipts stored before schema 24 (both tables) from each
+    receipt's JSON, in batches by ``seq``."""
+    for table in (receipts, withdrawn_receipts):
+        c = table.c
+        last = 0
+        while True:
+            rows = conn.execute(select(c.seq, c.receipt).where(c.seq > last, c.received_sha256.is_(None))
+                                .order_by(c.seq).limit(500)).all()
+            if not rows:
+                break
+            last = rows[-1].seq
+            filled = [{"row": seq, "received": received} for seq, receipt in rows
+                      if (received := received_sha256_of(receipt)) is not None]
+            if filled:
+                conn.execute(table.update().where(c.seq == bindparam("row"))
+                             .values(received_sha256=bindparam("received")), filled)
 
 
 #: A row of ``receipts`` whose photo record is marked entered-in-error (schema 23's upgrade).

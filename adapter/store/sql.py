@@ -58,6 +58,7 @@ from adapter.model.record import (
     NewResource,
     SearchIndex,
     StoredResource,
+    received_sha256_of,
 )
 from adapter.store.audit_chain import (
     CHAIN_KEY_FINGERPRINT,
@@ -846,7 +847,8 @@ class SqlRecordStore:
             run(conn, receipts, [{
                 "idempotency_key": unit.idempotency_key, "patient_system": unit.patient.system,
                 "patient_value": unit.patient.value, "stored_sha256": unit.stored_sha256,
-                "recorded": now, "receipt": unit.receipt} for unit in units])
+                "received_sha256": received_sha256_of(unit.receipt), "recorded": now, "receipt": unit.receipt}
+                for unit in units])
             if news:
                 # each document encoded once, for its resource row and its history row
                 pairs = [(n, EncodedJson.of(d)) for n, d in zip(news, documents, strict=True)]
@@ -1189,8 +1191,9 @@ class SqlRecordStore:
     # -- reads ----------------------------------------------------------------------------
 
     def find_receipt(self, *, idempotency_key: str | None = None, patient: Identifier | None = None,
-                     stored_sha256: str | None = None) -> dict[str, Any] | None:
-        """The receipt stored under ``idempotency_key``, else under (``patient``, ``stored_sha256``)."""
+                     stored_sha256: str | None = None, received_sha256: str | None = None) -> dict[str, Any] | None:
+        """The receipt stored under ``idempotency_key``, else under (``patient``, ``stored_sha256``),
+        else under (``patient``, ``received_sha256``) (ix_receipts_patient_received)."""
         lookups = []
         if idempotency_key is not None:
             lookups.append(receipts.c.idempotency_key == idempotency_key)
@@ -1198,11 +1201,16 @@ class SqlRecordStore:
             lookups.append(and_(receipts.c.patient_system == patient.system,
                                 receipts.c.patient_value == patient.value,
                                 receipts.c.stored_sha256 == stored_sha256))
+        if patient is not None and received_sha256 is not None:
+            lookups.append(and_(receipts.c.patient_system == patient.system,
+                                receipts.c.patient_value == patient.value,
+                                receipts.c.received_sha256 == received_sha256))
         if not lookups:
             raise ValueError("find_receipt needs an idempotency key, or a patient and a sha256")
         with self._read() as conn:
             for lookup in lookups:
-                found: dict[str, Any] | None = conn.execute(select(receipts.c.receipt).where(lookup)).scalar()
+                found: dict[str, Any] | None = conn.execute(
+                    select(receipts.c.receipt).where(lookup).order_by(receipts.c.seq).limit(1)).scalar()
                 if found is not None:
                     return found
         return None
@@ -1222,13 +1230,18 @@ class SqlRecordStore:
         receipt = {**row[0], WITHDRAWN: True} if withdrawn else row[0]
         return receipt, Identifier(system=row[1], value=row[2])
 
-    def find_withdrawn_receipts(self, *, patient: Identifier, stored_sha256: str) -> list[dict[str, Any]]:
-        """See RecordStore.find_withdrawn_receipts (ix_withdrawn_receipts_patient_sha)."""
+    def find_withdrawn_receipts(self, *, patient: Identifier, stored_sha256: str,
+                                received_sha256: str | None = None) -> list[dict[str, Any]]:
+        """See RecordStore.find_withdrawn_receipts (ix_withdrawn_receipts_patient_sha, and
+        ix_withdrawn_receipts_patient_received: one indexed read each, in one transaction)."""
+        of_patient = (_w.patient_system == patient.system, _w.patient_value == patient.value)
+        found: dict[int, dict[str, Any]] = {}
         with self._read() as conn:
-            found = conn.execute(select(_w.receipt).where(
-                _w.patient_system == patient.system, _w.patient_value == patient.value,
-                _w.stored_sha256 == stored_sha256).order_by(_w.seq.desc())).scalars().all()
-        return [{**receipt, WITHDRAWN: True} for receipt in found]
+            for match in ((_w.stored_sha256 == stored_sha256,) if received_sha256 is None else
+                          (_w.stored_sha256 == stored_sha256, _w.received_sha256 == received_sha256)):
+                found.update((seq, receipt) for seq, receipt in conn.execute(
+                    select(_w.seq, _w.receipt).where(*of_patient, match)))
+        return [{**found[seq], WITHDRAWN: True} for seq in sorted(found, reverse=True)]
 
     def filed_for_another_patient(self, *, patient: Identifier, stored_sha256: str) -> bool:
         """See RecordStore.filed_for_another_patient (ix_resources_blob: the rows of the blob)."""

@@ -156,3 +156,26 @@ def test_copy_store_refuses_a_source_of_an_older_schema_and_leaves_it_as_it_was(
                                         ).scalar() == 0
     finally:
         engine.dispose()
+
+
+def test_copy_store_says_a_source_of_a_newer_schema_is_newer(tmp_path: Path) -> None:
+    """Verify review 2, finding 7: a store a newer version upgraded was answered "start this version
+    of the adapter on it once (it upgrades it)", which serve refuses: the newer version copies it."""
+    source = tmp_path / "data" / "adapter.db"
+    with adapter_client(tmp_path) as (client, services):
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+        services.close()
+    (tmp_path / "policy.yaml").write_text((ROOT / "mappings" / "policy.yaml").read_text())
+    engine = sa.create_engine(f"sqlite:///{source}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"INSERT INTO schema_version (version, applied) VALUES ({SCHEMA_VERSION + 1}, "
+                                 "'2030-01-01T00:00:00.000000+00:00')")
+        with postgres_schema("copy_store_newer") as url:
+            done = _adapter(tmp_path, "copy-store", "--to", url)
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert f"schema version {SCHEMA_VERSION + 1}, newer than this adapter's" in done.stderr, done.stderr
+            assert "copy-store of that version" in done.stderr and "upgrades it" not in done.stderr, done.stderr
+            assert table_names(url) == []
+    finally:
+        engine.dispose()

@@ -26,9 +26,9 @@ from tests.support.small_disk import small_disk
 NOT_A_DIRECTORY = "ADAPTER_DATA_DIR is not a directory"
 
 
-def _run(tmp_path: Path, *command: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+def _run(tmp_path: Path, *command: str, data_dir: Path, **settings: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
-    env.update(ADAPTER_DATA_DIR=str(data_dir), ADAPTER_DICOM_ENABLED="false", ADAPTER_HTTP_PORT="0")
+    env.update(ADAPTER_DATA_DIR=str(data_dir), ADAPTER_DICOM_ENABLED="false", ADAPTER_HTTP_PORT="0", **settings)
     return subprocess.run([sys.executable, "-m", "adapter", *command], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120, check=False)
 
@@ -137,3 +137,22 @@ def test_a_read_only_data_folder_is_said_to_be_read_only(tmp_path: Path) -> None
             FileBlobStore(Settings(data_dir=data, database_url="postgresql+psycopg://x@127.0.0.1/x").store)
         assert "read-only" in refused.value.diagnostics and str(data / "blobs") in refused.value.diagnostics
         assert "EROFS" in refused.value.diagnostics
+
+
+def test_a_postgresql_stores_data_folder_made_read_only_is_named_by_serve_and_check(tmp_path: Path) -> None:
+    """Verify review 2, finding 5: a PostgreSQL store's data folder in use (blobs/ and quarantine/
+    made), mounted read-only, was refused by serve as "cannot open the removal lock in the
+    quarantine folder" (no path, no errno), and check passed it."""
+    from tests.support.app import adapter_client
+
+    data = tmp_path / "ro" / "data"
+    with postgres_schema("ro_data_folder") as url, small_disk(tmp_path / "ro", 40):
+        with adapter_client(tmp_path / "ro", database_url=url) as (_, services):
+            services.close()
+        assert (data / "quarantine").is_dir() and (data / "blobs").is_dir()
+        subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "ro")], check=True)
+        for command in (("serve",), ("check",)):
+            done = _run(tmp_path, *command, data_dir=data, ADAPTER_DATABASE_URL=url)
+            said = done.stderr
+            assert done.returncode == 2, (command, done.stdout + said)
+            assert any(str(data) in line and "EROFS" in line for line in said.splitlines()), (command, said)

@@ -696,6 +696,45 @@ def test_the_patients_consents_are_found_through_indexes_not_by_walking_every_co
         store.close()
 
 
+def test_a_retry_is_found_by_the_photo_as_received_through_indexes(tmp_path: Path) -> None:
+    """Verify review 2, finding 1: every ingest looks the patient's receipts up by the photo as
+    stored and as received (schema 24); each lookup is a range of an index, never a walk of the
+    patient's receipts (their plans, on the embedded store)."""
+    store = SqlRecordStore(f"sqlite:///{tmp_path / 'plan.db'}", audit_key=TEST_AUDIT_KEY)
+    try:
+        unit = make_unit(key=None)
+        unit.receipt["sha256"] = {"received": "c" * 64, "stored": unit.stored_sha256}
+        store.save_ingest(unit)
+        statements: list[tuple[str, Any]] = []
+
+        def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+            if "receipts" in statement:
+                statements.append((statement, parameters))
+
+        sa.event.listen(store.engine, "before_cursor_execute", capture)
+        try:
+            assert store.find_receipt(patient=PATIENT, stored_sha256="d" * 64, received_sha256="c" * 64) \
+                == unit.receipt
+            assert store.find_withdrawn_receipts(patient=PATIENT, stored_sha256="d" * 64,
+                                                 received_sha256="c" * 64) == []
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", capture)
+        assert len(statements) == 4
+        with store.engine.connect() as conn:
+            plans = [" | ".join(str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", values))
+                     for sql, values in statements]
+        assert "INDEX sqlite_autoindex_receipts_2 (patient_system=? AND patient_value=? AND stored_sha256=?)" \
+            in plans[0], plans[0]
+        assert "ix_receipts_patient_received (patient_system=? AND patient_value=? AND received_sha256=?)" \
+            in plans[1], plans[1]
+        assert "ix_withdrawn_receipts_patient_sha (patient_system=? AND patient_value=? AND stored_sha256=?)" \
+            in plans[2], plans[2]
+        assert "ix_withdrawn_receipts_patient_received (patient_system=? AND patient_value=? AND " \
+            "received_sha256=?)" in plans[3], plans[3]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(("criteria", "index"), [
     (SearchCriteria(ids=("a", "b")), "sqlite_autoindex_resources_1 (resource_type=? AND id=?)"),
     (SearchCriteria(patient_reference=("Patient/1",)), "ix_resources_patient_reference (resource_type=? AND patient_reference=?)"),
@@ -1751,7 +1790,7 @@ def test_version_4_is_upgraded(open_records: StoreFactory) -> None:
         inspector = sa.inspect(conn)
         names = {i["name"] for i in inspector.get_indexes("dicom_instances")}
         tables = set(inspector.get_table_names())
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 24
         assert {"creation", "entered_in_error"} <= {c["name"] for c in inspector.get_columns("resources")}
         assert "sending_since" in {c["name"] for c in inspector.get_columns("outbox")}
         assert {"ix_resources_blob", "ix_resources_date_last"} <= {i["name"] for i in inspector.get_indexes("resources")}
@@ -1783,7 +1822,7 @@ def test_version_11_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 24
         assert {f"ix_dicom_instances_{c}" for c in MATCH_KEYS} <= \
             {i["name"] for i in sa.inspect(conn).get_indexes("dicom_instances")}
         if conn.dialect.name == "postgresql":
@@ -1855,7 +1894,7 @@ def test_version_12_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 24
         inspector = sa.inspect(conn)
         assert set(ATTRIBUTE_COLUMNS) <= {c["name"] for c in inspector.get_columns("dicom_instances")}
         assert "ix_dicom_instances_attributes_unread" in {i["name"] for i in inspector.get_indexes("dicom_instances")}
@@ -1891,7 +1930,7 @@ def test_version_13_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 24
         assert set(STUDY_ATTRIBUTE_COLUMNS) <= {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert [upgraded.find_dicom_instance(i.sop_instance_uid).attributes for i in made] == [None] * 3  # type: ignore[union-attr]
     assert upgraded.fill_dicom_attributes(lambda _: MULTIFRAME, batch=2) == 3
@@ -1912,7 +1951,7 @@ def test_version_18_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 24
         assert "object_version" in {c["name"] for c in sa.inspect(conn).get_columns("dicom_instances")}
     assert upgraded.find_dicom_instance(before.sop_instance_uid).object_version is None  # type: ignore[union-attr]
     after = dataclasses.replace(make_instance(blob_sha256=None), object_version=2)
@@ -1934,7 +1973,7 @@ def test_version_19_is_upgraded(open_records: StoreFactory) -> None:
     store.close()
     upgraded = open_records()
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 23
+        assert conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION == 24
         inspector = sa.inspect(conn)
         assert {"date_last", "creation_last"} <= {c["name"] for c in inspector.get_columns("resources")}
         assert "ix_resources_date_last" in {i["name"] for i in inspector.get_indexes("resources")}

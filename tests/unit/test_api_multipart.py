@@ -26,6 +26,7 @@ from adapter.api.multipart import (
 from adapter.errors import (
     InvalidInput,
     PayloadTooLarge,
+    RequestTimeout,
     StorageError,
     Transient,
     UnsupportedMediaType,
@@ -471,3 +472,49 @@ def test_a_repeated_charset_of_the_metadata_part_is_refused(tmp_path: Path) -> N
     headers = b'Content-Disposition: form-data; name="metadata"\r\nContent-Type: application/json; charset=utf-8; charset=utf-16'
     with pytest.raises(InvalidInput, match="parameter 'charset' more than once"):
         parse([_part(headers, META) + f"--{B}--".encode()], tmp_path)
+
+
+def test_an_upload_trickling_while_it_holds_metadata_budget_is_cut_off_and_gives_it_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verify review 2, finding 3: five connections holding 15 MiB of metadata each and then
+    sending a byte every 25 s (each wait under ADAPTER_HTTP_BODY_TIMEOUT) held the whole budget
+    for as long as they liked: every consent form scan was 503. An upload holding the budget must
+    keep its body coming at METADATA_MIN_RATE (after METADATA_HOLD_GRACE), else 408, budget back."""
+    from adapter.api import multipart
+    from adapter.api.multipart import MemoryBudget
+
+    monkeypatch.setattr(multipart, "METADATA_HOLD_GRACE", 0.3)
+    monkeypatch.setattr(multipart, "METADATA_MIN_RATE", 1 << 20)
+    whole = body(metadata=b'{"consent": {"form": "' + b"A" * (2 * 1024 * 1024) + b'"}}')
+    head, rest = whole[:SMALL_PART_LIMIT + 4096], whole[SMALL_PART_LIMIT + 4096:]
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield head
+        for k in range(10):  # a byte every 0.2 s, then the rest
+            await asyncio.sleep(0.2)
+            yield rest[k:k + 1]
+        yield rest[10:]
+
+    budget = MemoryBudget(8 * 1024 * 1024)
+    content_type = f"multipart/form-data; boundary={B}"
+    with pytest.raises(RequestTimeout, match="slower than") as cut:
+        asyncio.run(parse_multipart(content_type, trickle(), tmp_path / "a", 10_000_000, metadata_budget=budget))
+    assert cut.value.expression == ["metadata"] and budget.used == 0
+
+    async def silent() -> AsyncIterator[bytes]:  # nothing more at all: cut at the deadline, not the body timeout
+        yield head
+        await asyncio.sleep(3)
+        yield rest
+
+    async def timed() -> float:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RequestTimeout):
+            await parse_multipart(content_type, silent(), tmp_path / "b", 10_000_000, metadata_budget=budget)
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(timed()) < 2 and budget.used == 0
+    # at the rate, the same body is taken
+    parsed = asyncio.run(parse_multipart(content_type, _stream(pieces(whole, 1 << 16)), tmp_path / "c", 10_000_000,
+                                         metadata_budget=budget))
+    assert parsed.fields["metadata"].startswith(b'{"consent"')
+    parsed.release()

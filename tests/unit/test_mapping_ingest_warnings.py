@@ -6,10 +6,17 @@ from __future__ import annotations
 import pytest
 
 from adapter.consent.ingest import PENDING_WARNING, PENDING_WARNING_NO_BREAK_GLASS
+from adapter.imaging.quality import quality_warnings
 from adapter.mapping.codes import INGEST_WARNING_SYSTEM
-from adapter.mapping.ingest_warnings import warning_issues
+from adapter.mapping.ingest_warnings import (
+    QUALITY_WARNING_STARTS,
+    receipt_outcome,
+    replayed_outcome,
+    warning_issues,
+)
 from adapter.mapping.outcome import outcome
 from adapter.mapping.transaction import transaction_response
+from adapter.model.policy import Quality
 from tests.conftest import record_emitted
 
 pytestmark = pytest.mark.unit
@@ -52,3 +59,18 @@ def test_the_ingest_s_issues_come_first_in_the_entry_s_outcome_whatever_else_it_
     assert record["outcome"]["issue"][0] == ingested[0]
     assert record["outcome"]["issue"][1]["severity"] == "information"
     record_emitted(response)
+
+
+def test_a_receipt_stored_without_an_outcome_gets_the_one_its_warnings_make() -> None:
+    """Verify review 2, finding 6: receipts stored before ``outcome`` replayed without it."""
+    warnings = [SECONDARY, PENDING_WARNING, SMALL]
+    assert replayed_outcome({"warnings": warnings, "consentPending": True}) \
+        == receipt_outcome(warnings, consent_pending=True, quality={SMALL})
+    assert replayed_outcome({"warnings": [], "consentPending": False}) == receipt_outcome([], consent_pending=False)
+    assert replayed_outcome({"record": "Media/m"}) is None
+
+
+def test_every_quality_warning_is_told_by_its_words() -> None:
+    said = quality_warnings(width=100, height=80, sharpness=0.5, jpeg_quality=10, quality=Quality())
+    assert len(said) == 3 and all(w.startswith(QUALITY_WARNING_STARTS) for w in said)
+    assert not SECONDARY.startswith(QUALITY_WARNING_STARTS) and not PENDING_WARNING.startswith(QUALITY_WARNING_STARTS)
