@@ -291,7 +291,7 @@ def test_the_last_event_before_the_chain_edited_breaks_the_seal(open_store: Open
 def test_a_store_of_schema_20_is_sealed_as_it_is_upgraded(open_store: Opener) -> None:
     """Schema 20 → 21 (SQLite and PostgreSQL): the start recorded before is sealed in the upgrade's
     transaction, with the store's key; made with the chain (start 1) and upgraded from 16 (start 4)."""
-    assert SCHEMA_VERSION == 23
+    assert SCHEMA_VERSION == 24
     for database, made in enumerate((lambda: open_store(database=0), lambda: _upgraded_from_16(open_store, database=1))):
         store = made()
         store.claim_audit_key()
