@@ -11,6 +11,8 @@ from adapter.consent.decision import (
     decide_outbox_list,
     decide_outbox_requeue,
     permitted_purposes,
+    reads_consents_whole,
+    refusal_hidden,
     refused_for_every_record,
 )
 from adapter.consent.grants import grant_from_consent, grants_from_consent, inverted_period
@@ -40,5 +42,7 @@ __all__ = [
     "grants_from_consent",
     "inverted_period",
     "permitted_purposes",
+    "reads_consents_whole",
+    "refusal_hidden",
     "refused_for_every_record",
 ]

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from adapter.consent.rules import (
+    ACTIVE,
     DENY,
     PERMIT,
     TREAT,
@@ -26,6 +27,7 @@ from adapter.consent.rules import (
     grant_covers,
     grant_in_force,
     grant_scope_matches,
+    in_period,
     require_aware,
 )
 from adapter.mapping.tables import Tables
@@ -56,7 +58,7 @@ OBLIGATIONS: dict[View, tuple[str, ...]] = {
 
 
 def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[ConsentGrant], tables: Tables,
-           now: datetime, *, resource_only: bool = False) -> Decision:
+           now: datetime, *, resource_only: bool = False, released_data: frozenset[str] = frozenset()) -> Decision:
     """Decide whether the record described by ``facts`` may be read for ``purpose`` at ``now``.
 
     A record entered in error (``facts.entered_in_error``; FHIR R4 status ``entered-in-error``)
@@ -87,7 +89,9 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     5. An applicable ``deny`` grant covering the purpose denies it (deny wins), whatever the kind;
        except that a care purpose reads a Consent itself (``facts.consent_directive``): what the
        patient permits and denies must stay visible to the clinicians bound by it (a deny-all
-       Consent hid itself, and the ETag its withdrawal needs, from care).
+       Consent hid itself, and the ETag its withdrawal needs, from care). Any other purpose reads
+       only the Consents that permit it (:func:`_directive_verdict`): the permission its records
+       rest on, not the patient's refusals.
     6. Care: ``document`` and ``secondary`` photos need no consent, nor does a photo (not
        consent-pending) from a colleague inside the organisation, who answers for consent for
        care (adapter.consent.ingest), until a Consent covering it for the purpose is withdrawn;
@@ -95,7 +99,9 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
        for TREAT covers COC); when there is none but such a Consent was withdrawn (status
        ``inactive``), the policy's ``careAfterWithdrawal`` decides, for a colleague's photo too.
     7. Explicit-consent purposes (TRAIN, HRESCH, ...) need an applicable active permit that is
-       not an implied consent; the view is the purpose's (mappings/purposes.yaml) and a
+       not an implied consent (of a Consent itself: it is that permit, :func:`_directive_verdict`;
+       ``released_data``, the records its provision.data names that the purpose is released,
+       decided by the caller, goes into the decision, which the view shows no other of); the view is the purpose's (mappings/purposes.yaml) and a
        de-identified or pseudonymised view never stands in for consent. A permit for a parent
        purpose covers a child only when the child is shown no more fully (adapter.consent.rules:
        a Consent for HOPERAT, de-identified, does not open the whole record to RECORDMGT).
@@ -110,6 +116,9 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     of an active permit (6, 7), the withdrawn Consents that would have given it (``withdrawn``);
     and the policy's URI.
 
+    A refusal under a purpose whose view is restricted is ``hidden`` (:func:`refusal_hidden`):
+    answered as for an id that names nothing.
+
     What a care reader may be told (clinical-safety review 6): a refusal of a care purpose by
     steps 4 to 6 says why (``care_refusal``: a Consent denies it, the consent was withdrawn, the
     photo is consent pending, no Consent in force permits it; :data:`CARE_REFUSALS`); a break-glass
@@ -119,15 +128,17 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     require_aware(now)
     code = purpose.code
     in_force = _in_force(facts, consents, now)
-    permitted = _permitted_purposes(facts, consents, in_force, tables, now)
+    permitted = _permitted_purposes(facts, consents, in_force, tables, now, released_data)
 
     policy = tables.policy.uri
+
+    hidden = refusal_hidden(purpose, tables)
 
     def deny(reason: str, used: Sequence[ConsentGrant] = (), withdrawn: Sequence[ConsentGrant] = (),
              care_refusal: CareRefusal | None = None) -> Decision:
         return Decision(permitted=False, reason=reason, purpose=purpose, consent_ids=_ids(used),
                         consents=_refs(used), permitted_purposes=permitted, policy=policy,
-                        withdrawn=_refs(withdrawn), care_refusal=care_refusal)
+                        withdrawn=_refs(withdrawn), care_refusal=care_refusal, hidden=hidden)
 
     klass = _purpose_class(purpose, tables)
     refusal = _refusal_of(klass, code, tables)
@@ -143,7 +154,7 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
                             purpose=purpose, view=View.FULL, break_glass=True, permitted_purposes=permitted,
                             overridden=_refs(overridden), policy=policy, overrode=overrode)
         return _entered_in_error(decision, klass, facts, resource_only)
-    verdict = _by_consent(code, klass, facts, consents, in_force, tables, now)
+    verdict = _by_consent(code, klass, facts, consents, in_force, tables, now, released_data)
     if not verdict.permitted:
         return deny(verdict.reason, verdict.used, verdict.withdrawn,
                     verdict.care_refusal if klass is PurposeClass.CARE else None)
@@ -151,7 +162,9 @@ def decide(purpose: PurposeOfUse, facts: AccessFacts, consents: Sequence[Consent
     decision = Decision(permitted=True, reason=verdict.reason, purpose=purpose, view=view,
                         consent_ids=_ids(verdict.used), consents=_refs(verdict.used), permitted_purposes=permitted,
                         obligations=OBLIGATIONS[view], policy=policy,
-                        pixels_may_identify=tables.pixels_may_identify(facts.kind))
+                        pixels_may_identify=tables.pixels_may_identify(facts.kind),
+                        released_data=released_data if facts.consent_directive and klass is not PurposeClass.CARE
+                        else None)
     return _entered_in_error(decision, klass, facts, resource_only)
 
 
@@ -174,7 +187,29 @@ def _entered_in_error(decision: Decision, klass: PurposeClass, facts: AccessFact
                                    permitted_purposes=frozenset(), entered_in_error=True)
     return Decision(permitted=False, reason=ENTERED_IN_ERROR_IMAGE if cared else ENTERED_IN_ERROR_RECORD,
                     purpose=decision.purpose, consent_ids=decision.consent_ids, consents=decision.consents,
-                    permitted_purposes=frozenset(), policy=decision.policy, entered_in_error=cared)
+                    permitted_purposes=frozenset(), policy=decision.policy, entered_in_error=cared,
+                    hidden=decision.view is not View.FULL)
+
+
+def refusal_hidden(purpose: PurposeOfUse, tables: Tables) -> bool:
+    """Whether a refusal under ``purpose`` is answered as for an id that names nothing (404, the
+    same OperationOutcome: Decision.hidden), not 403. So for a purpose whose view is restricted
+    (de-identified, pseudonymised: mappings/purposes.yaml): it names records by its view's own
+    ids (adapter.mapping.released_ids), and a 403 would confirm that an id it holds or guesses
+    (one a Consent's provision.data named, say) is a record's, one it may not see. A purpose
+    with care's full view (care, break-glass, records management…) names records by care's ids
+    and keeps its 403: care is told why (CARE_REFUSALS)."""
+    entry = tables.purposes.codes.get(purpose.code) if purpose.system == tables.purposes.system else None
+    return entry is not None and View(entry.view) is not View.FULL
+
+
+def reads_consents_whole(purpose: PurposeOfUse, tables: Tables) -> bool:
+    """Whether ``purpose`` reads a Consent whole, whatever it permits or denies (care, step 5 of
+    :func:`decide`; break-glass, which decides nothing on Consents). Any other purpose reads only
+    a Consent that permits it, shown as that permission (Decision.released_data): the caller need
+    decide the records a Consent names (its ``released_data``) only when this is False."""
+    klass = _purpose_class(purpose, tables)
+    return klass in (PurposeClass.CARE, PurposeClass.BREAK_GLASS)
 
 
 def refused_for_every_record(purpose: PurposeOfUse, tables: Tables) -> str | None:
@@ -222,7 +257,8 @@ def _in_force(facts: AccessFacts, consents: Sequence[ConsentGrant], now: datetim
 
 
 def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Sequence[ConsentGrant],
-                in_force: Sequence[ConsentGrant], tables: Tables, now: datetime) -> _Verdict:
+                in_force: Sequence[ConsentGrant], tables: Tables, now: datetime,
+                released_data: frozenset[str] = frozenset()) -> _Verdict:
     """Steps 4 to 7 of :func:`decide`: what the Consents (and the kind and source of the photo)
     say of ``code``, a care or explicit-consent purpose; ``in_force`` is :func:`_in_force` of
     ``consents`` (``consents`` also gives the withdrawn ones)."""
@@ -252,6 +288,8 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
             CareRefusal.CONSENT_WITHDRAWN if withdrawn else CareRefusal.NO_CONSENT
         return _Verdict(False, f"no active consent for {code}", withdrawn=withdrawn, care_refusal=why)
 
+    if facts.consent_directive:
+        return _directive_verdict(code, facts, consents, tables, now, released_data)
     if facts.consent_pending and not _care_documented(in_force, tables):
         return _Verdict(False, "consent pending: no consent for care is documented for this photo; readable "
                                "only under break-glass")
@@ -269,6 +307,28 @@ def _by_consent(code: str, klass: PurposeClass, facts: AccessFacts, consents: Se
         return _Verdict(True, f"active Consent permits {code}", grants)
     withdrawn = [g for g in _withdrawn(facts, consents, code, tables, now) if not g.implied]
     return _Verdict(False, f"no active consent permitting {code}", withdrawn=withdrawn)
+
+
+def _directive_verdict(code: str, facts: AccessFacts, consents: Sequence[ConsentGrant], tables: Tables,
+                       now: datetime, released_data: frozenset[str]) -> _Verdict:
+    """Step 7 for a Consent itself (``facts.consent_directive``) under an explicit-consent purpose,
+    none of whose denials applies (step 5): released only when it is an active Consent, in its
+    period, whose provision permits ``code`` and is no implied consent (written where the policy
+    requires it for these purposes): the permission the purpose's records rest on. Its
+    refusals (a deny, a withdrawn or implied Consent, one for care or another purpose) are the
+    patient's business with care, not the researcher's. A permit limited to records
+    (provision.data) none of which the purpose is released (``released_data``) permits nothing
+    the reader sees: refused too (its data would name only withheld records)."""
+    own = [g for g in consents
+           if f"Consent/{g.id}" == facts.governed_by and g.patient == facts.patient and g.status == ACTIVE
+           and in_period(g, now) and g.decision == PERMIT and not g.implied and grant_covers(g, code, tables)]
+    if own and tables.policy.consent.written_required_for_explicit:
+        own = [g for g in own if g.method is ConsentMethod.WRITTEN]
+    if not own:
+        return _Verdict(False, f"the Consent does not permit {code}: only the Consents permitting it are released to it")
+    if all(g.data_refs for g in own) and not any(g.data_refs & released_data for g in own):
+        return _Verdict(False, f"the Consent permits {code} only for records not released for it", own)
+    return _Verdict(True, f"the Consent permits {code}", own)
 
 
 #: The purpose the audit trail's export must be (or descend from): the organisation's own
@@ -406,7 +466,7 @@ def permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], tab
 
 
 def _permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], in_force: Sequence[ConsentGrant],
-                        tables: Tables, now: datetime) -> frozenset[str]:
+                        tables: Tables, now: datetime, released_data: frozenset[str] = frozenset()) -> frozenset[str]:
     rules = tables.policy.consent
     codes: set[str] = set()
     for grant in in_force:
@@ -422,7 +482,8 @@ def _permitted_purposes(facts: AccessFacts, consents: Sequence[ConsentGrant], in
         if code not in verdicts:
             klass = classify_purpose(code, tables)
             verdicts[code] = (klass in (PurposeClass.CARE, PurposeClass.EXPLICIT)
-                              and _by_consent(code, klass, facts, consents, in_force, tables, now).permitted)
+                              and _by_consent(code, klass, facts, consents, in_force, tables, now,
+                                              released_data).permitted)
         return verdicts[code]
 
     # A label covers the purposes under it (v3-ActReason): one whose descendant is refused would

@@ -282,6 +282,28 @@ def literal_type_id(reference: str) -> str | None:
     return f"{match['type']}/{match['id']}" if match else None
 
 
+def data_references(resource: Mapping[str, Any]) -> frozenset[str]:
+    """The records (``Type/id``, :func:`literal_type_id`) a Consent's provision.data names, at
+    any depth of its provisions; what is no literal reference is left out. Reads what it can
+    and never raises (a view of the Consent asks it)."""
+    out: set[str] = set()
+    todo = [resource.get("provision")]
+    while todo:
+        provision = todo.pop()
+        if not isinstance(provision, Mapping):
+            continue
+        data = provision.get("data")
+        for item in data if isinstance(data, list) else []:
+            ref = item.get("reference") if isinstance(item, Mapping) else None
+            literal = ref.get("reference") if isinstance(ref, Mapping) else None
+            named = literal_type_id(literal) if isinstance(literal, str) else None
+            if named is not None:
+                out.add(named)
+        nested = provision.get("provision")
+        todo.extend(nested if isinstance(nested, list) else [])
+    return frozenset(out)
+
+
 def _data_refs(scope: _Scope) -> frozenset[str]:
     if scope.data_refs is None:
         return frozenset()

@@ -36,6 +36,15 @@ Removed (ISO 32000-2 section in brackets):
   :data:`ANNOTATION_KEPT`, Table 166, with the markup entries of Table 172 and the entries of its
   type, Tables 175-195, a widget's with its form field's): an allow-list, as the catalog's, so a
   producer's private key (/ZZPagePriv: research review finding 2) goes with the known ones;
+* likewise of what draws the pages (:func:`_clean_content`; review verify-1 finding 4): a resource
+  dictionary (:data:`RESOURCES_KEPT`, Table 34), a content stream's and every other stream's own
+  dictionary (:data:`STREAM_KEPT`, Table 5: an external file's /F goes), fonts, their
+  descriptors, embedded font files, encodings and CMaps (Tables 109-124), image and form
+  XObjects (Tables 87, 93: /OPI, /Ref, /PtData and /Measure, which name files or places, go),
+  graphics states and soft masks (Tables 57, 142), patterns, shadings, functions and colour
+  spaces' dictionaries (Tables 38-41, 62-66, 75-83): every key but the standard's goes; a
+  marked-content property list (/Properties, 14.6.2) that is no optional content (OCG, OCMD)
+  is emptied (free-form by design, it is a producer's own; the content still finds it);
 * of annotations (12.5) the author of a markup annotation (/T; a widget's /T is its form field's
   name and stays), its /NM (a name unique to it), and its dates; a page's thumbnail (/Thumb, 12.3.4:
   it can show an earlier state of the page than its content does); an article thread's
@@ -173,6 +182,81 @@ ANNOTATION_TYPE_KEPT: dict[str, frozenset[str]] = {
     "/3D": frozenset({"/3DD", "/3DV", "/3DA", "/3DI", "/3DB", "/3DU"}),
     "/RichMedia": frozenset({"/RichMediaSettings", "/RichMediaContent"}),
 }
+#: Entries of a resource dictionary (ISO 32000-2 Table 34).
+RESOURCES_KEPT = frozenset({"/ExtGState", "/ColorSpace", "/Pattern", "/Shading", "/XObject", "/Font", "/ProcSet",
+                            "/Properties"})
+#: Entries common to all stream dictionaries (Table 5) kept: /F, /FFilter and /FDecodeParms name
+#: an external file holding the stream's data (a path, a URL), which the copy does not reach.
+STREAM_KEPT = frozenset({"/Length", "/Filter", "/DecodeParms", "/DL"})
+#: Entries of a graphics state parameter dictionary (Table 57).
+EXTGSTATE_KEPT = frozenset({
+    "/Type", "/LW", "/LC", "/LJ", "/ML", "/D", "/RI", "/OP", "/op", "/OPM", "/Font", "/BG", "/BG2", "/UCR", "/UCR2",
+    "/TR", "/TR2", "/HT", "/FL", "/SM", "/SA", "/BM", "/SMask", "/CA", "/ca", "/AIS", "/TK", "/UseBlackPtComp",
+    "/HTO",
+})
+#: Entries of a soft-mask dictionary (Table 142).
+SOFT_MASK_KEPT = frozenset({"/Type", "/S", "/G", "/BC", "/TR"})
+#: Entries of an image XObject (Table 87) kept: what draws it. /Name, /ID (a web capture's
+#: identifier), /OPI (the file name of a high-resolution original), /Measure and /PtData
+#: (geospatial coordinates), /Metadata and /AF go.
+IMAGE_KEPT = STREAM_KEPT | frozenset({
+    "/Type", "/Subtype", "/Width", "/Height", "/ColorSpace", "/BitsPerComponent", "/Intent", "/ImageMask", "/Mask",
+    "/Decode", "/Interpolate", "/Alternates", "/SMask", "/SMaskInData", "/StructParent", "/OC", "/Matte",
+})
+#: Entries of an alternate image dictionary (Table 88).
+ALTERNATE_IMAGE_KEPT = frozenset({"/Image", "/DefaultForPrinting", "/OC"})
+#: Entries of a form XObject (Table 93) kept. /Ref (a reference XObject: another PDF file's name),
+#: /OPI, /Name, /Measure, /PtData, /Metadata, /PieceInfo, /LastModified and /AF go.
+FORM_KEPT = STREAM_KEPT | frozenset({
+    "/Type", "/Subtype", "/FormType", "/BBox", "/Matrix", "/Resources", "/Group", "/StructParent", "/StructParents",
+    "/OC",
+})
+#: Entries of a transparency group dictionary (Tables 94 and 145).
+GROUP_KEPT = frozenset({"/Type", "/S", "/CS", "/I", "/K"})
+#: Entries of a font dictionary by /Subtype: Type 1, multiple master and TrueType (Tables 109 and
+#: 111), Type 3 (Table 110), Type 0 (Table 119) and CIDFonts (Table 115).
+_SIMPLE_FONT = frozenset({"/Type", "/Subtype", "/Name", "/BaseFont", "/FirstChar", "/LastChar", "/Widths",
+                          "/FontDescriptor", "/Encoding", "/ToUnicode"})
+_CID_FONT = frozenset({"/Type", "/Subtype", "/BaseFont", "/CIDSystemInfo", "/FontDescriptor", "/DW", "/W", "/DW2",
+                       "/W2", "/CIDToGIDMap"})
+FONT_KEPT: dict[str, frozenset[str]] = {
+    "/Type1": _SIMPLE_FONT, "/MMType1": _SIMPLE_FONT, "/TrueType": _SIMPLE_FONT,
+    "/Type3": _SIMPLE_FONT - {"/BaseFont"} | {"/FontBBox", "/FontMatrix", "/CharProcs", "/Resources"},
+    "/Type0": frozenset({"/Type", "/Subtype", "/BaseFont", "/Encoding", "/DescendantFonts", "/ToUnicode"}),
+    "/CIDFontType0": _CID_FONT, "/CIDFontType2": _CID_FONT,
+}
+#: Entries of a font descriptor (Tables 120 and 122, CIDFonts' /Style, /Lang, /FD, /CIDSet).
+FONT_DESCRIPTOR_KEPT = frozenset({
+    "/Type", "/FontName", "/FontFamily", "/FontStretch", "/FontWeight", "/Flags", "/FontBBox", "/ItalicAngle",
+    "/Ascent", "/Descent", "/Leading", "/CapHeight", "/XHeight", "/StemV", "/StemH", "/AvgWidth", "/MaxWidth",
+    "/MissingWidth", "/FontFile", "/FontFile2", "/FontFile3", "/CharSet", "/Style", "/Lang", "/FD", "/CIDSet",
+})
+#: Entries of an embedded font file's stream (Table 124; its /Metadata goes).
+FONT_FILE_KEPT = STREAM_KEPT | frozenset({"/Length1", "/Length2", "/Length3", "/Subtype"})
+#: Entries of an encoding dictionary (Table 112), a CMap stream (Table 118) and CIDSystemInfo (Table 114).
+ENCODING_KEPT = frozenset({"/Type", "/BaseEncoding", "/Differences"})
+CMAP_KEPT = STREAM_KEPT | frozenset({"/Type", "/CMapName", "/CIDSystemInfo", "/WMode", "/UseCMap"})
+CID_SYSTEM_INFO_KEPT = frozenset({"/Registry", "/Ordering", "/Supplement"})
+#: Entries of a tiling pattern (Table 75, a stream), a shading pattern (Table 76), a shading
+#: (Tables 77-83) and a function (Tables 38-41).
+TILING_PATTERN_KEPT = STREAM_KEPT | frozenset({"/Type", "/PatternType", "/PaintType", "/TilingType", "/BBox",
+                                               "/XStep", "/YStep", "/Resources", "/Matrix"})
+SHADING_PATTERN_KEPT = frozenset({"/Type", "/PatternType", "/Shading", "/Matrix", "/ExtGState"})
+SHADING_KEPT = STREAM_KEPT | frozenset({
+    "/ShadingType", "/ColorSpace", "/Background", "/BBox", "/AntiAlias", "/Domain", "/Matrix", "/Function",
+    "/Coords", "/Extend", "/BitsPerCoordinate", "/BitsPerComponent", "/BitsPerFlag", "/Decode", "/VerticesPerRow",
+})
+FUNCTION_KEPT = STREAM_KEPT | frozenset({"/FunctionType", "/Domain", "/Range", "/Size", "/BitsPerSample", "/Order",
+                                         "/Encode", "/Decode", "/C0", "/C1", "/N", "/Functions", "/Bounds"})
+#: Entries of an ICC profile stream (Table 66; its /Metadata goes) and of a CalGray, CalRGB or Lab
+#: colour space's dictionary (Tables 62-64).
+ICC_KEPT = STREAM_KEPT | frozenset({"/N", "/Alternate", "/Range"})
+CIE_KEPT = frozenset({"/WhitePoint", "/BlackPoint", "/Gamma", "/Matrix", "/Range"})
+#: The property lists marked content may name (14.6.2) that are kept: optional content groups
+#: and membership dictionaries (8.11.2, 8.11.2.2), which decide what is shown. Any other is a
+#: producer's own, free-form by design (a /ZZPropPriv): it becomes an empty dictionary, so
+#: the content stream that names it still finds it.
+OPTIONAL_CONTENT = frozenset({"/OCG", "/OCMD"})
 #: Markup annotations (Table 171), whose /T is their author; a Popup shows its parent's.
 MARKUP = frozenset({
     "/Text", "/FreeText", "/Line", "/Square", "/Circle", "/Polygon", "/PolyLine", "/Highlight", "/Underline",
@@ -262,12 +346,204 @@ def _clean(pdf: pikepdf.Pdf) -> None:
             _clean_dictionary(item)
         if isinstance(obj, Stream):
             _clean_jpeg(obj)
+    _clean_content(pdf)
     for page in pdf.pages:
         annots = page.obj.get("/Annots")
         if isinstance(annots, Array):
             kept = [a for a in annots if not (isinstance(a, Dictionary) and _subtype(a) in ATTACHMENTS)]
             if len(kept) != len(annots):
                 page.obj.Annots = Array(kept)
+
+
+def _clean_content(pdf: pikepdf.Pdf) -> None:
+    """Allow-list the keys of what draws the pages (module docstring), reached from every page
+    and page tree node (its /Resources and /Contents), every annotation's appearance streams and
+    the form's default resources; each object once. An XObject, a font, a font descriptor or a
+    graphics state that says what it is by its /Type or /Subtype is cleaned wherever it is."""
+    walk = _ContentWalk()
+    form = pdf.Root.get("/AcroForm")
+    if isinstance(form, Dictionary):
+        walk.resources(form.get("/DR"))
+    for obj in pdf.objects:
+        if not isinstance(obj, Dictionary | Stream):
+            continue
+        kind, subtype = obj.get("/Type"), _subtype(obj)
+        if kind in (Name.Page, Name.Pages, Name.Template) and isinstance(obj, Dictionary):
+            walk.resources(obj.get("/Resources"))
+            contents = obj.get("/Contents")
+            for stream in contents if isinstance(contents, Array) else [contents]:
+                walk.keep(stream, STREAM_KEPT)
+        elif "/Rect" in obj and subtype is not None:
+            appearances = obj.get("/AP")
+            for state in appearances.values() if isinstance(appearances, Dictionary) else []:
+                for stream in state.values() if isinstance(state, Dictionary) and not isinstance(state, Stream) \
+                        else [state]:
+                    walk.xobject(stream)
+        elif isinstance(obj, Stream) and subtype in ("/Image", "/Form"):
+            walk.xobject(obj)
+        elif kind == Name.Font:
+            walk.font(obj)
+        elif kind == Name.FontDescriptor:
+            walk.font_descriptor(obj)
+        elif kind == Name.ExtGState:
+            walk.ext_g_state(obj)
+
+
+class _ContentWalk:
+    """Allow-lists the keys of resources and what they name (ISO 32000-2 tables in each set's
+    docstring), following references: each indirect object once (its object and generation
+    numbers), so a loop or a shared font costs one visit."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[int, int]] = set()
+
+    def _first(self, obj: object) -> bool:
+        """Is ``obj`` a dictionary or stream not visited yet? (A direct one is always new.)"""
+        if not isinstance(obj, Dictionary | Stream):
+            return False
+        if not obj.is_indirect:
+            return True
+        if obj.objgen in self._seen:
+            return False
+        self._seen.add(obj.objgen)
+        return True
+
+    def keep(self, obj: object, kept: frozenset[str]) -> bool:
+        if not self._first(obj):
+            return False
+        assert isinstance(obj, Dictionary | Stream)
+        _keep_only(obj, kept)
+        return True
+
+    def resources(self, res: object) -> None:
+        if not self.keep(res, RESOURCES_KEPT):
+            return
+        assert isinstance(res, Dictionary | Stream)
+        for _, each in _entries(res.get("/Font")):
+            self.font(each)
+        for _, each in _entries(res.get("/XObject")):
+            self.xobject(each)
+        for _, each in _entries(res.get("/ExtGState")):
+            self.ext_g_state(each)
+        for _, each in _entries(res.get("/Pattern")):
+            self.pattern(each)
+        for _, each in _entries(res.get("/Shading")):
+            self.shading(each)
+        for _, each in _entries(res.get("/ColorSpace")):
+            self.color_space(each)
+        properties = res.get("/Properties")
+        if isinstance(properties, Dictionary):
+            for name, each in _entries(properties):
+                if not (isinstance(each, Dictionary) and each.get("/Type") in OPTIONAL_CONTENT):
+                    properties[name] = Dictionary()
+
+    def xobject(self, obj: object) -> None:
+        subtype = _subtype(obj) if isinstance(obj, Dictionary | Stream) else None
+        if subtype == "/Image":
+            if not self.keep(obj, IMAGE_KEPT):
+                return
+            assert isinstance(obj, Stream)
+            self.xobject(obj.get("/SMask"))
+            if isinstance(obj.get("/Mask"), Stream):
+                self.xobject(obj.get("/Mask"))
+            self.color_space(obj.get("/ColorSpace"))
+            alternates = obj.get("/Alternates")
+            for alternate in alternates if isinstance(alternates, Array) else []:
+                if self.keep(alternate, ALTERNATE_IMAGE_KEPT):
+                    self.xobject(alternate.get("/Image"))
+        elif isinstance(obj, Stream):  # a form XObject, or one that does not say (an appearance stream)
+            if not self.keep(obj, FORM_KEPT if subtype in ("/Form", None) else STREAM_KEPT):
+                return
+            self.resources(obj.get("/Resources"))
+            self.keep(obj.get("/Group"), GROUP_KEPT)
+
+    def font(self, obj: object) -> None:
+        subtype = _subtype(obj) if isinstance(obj, Dictionary | Stream) else None
+        if not self.keep(obj, FONT_KEPT.get(subtype or "", _SIMPLE_FONT)):
+            return
+        assert isinstance(obj, Dictionary | Stream)
+        self.font_descriptor(obj.get("/FontDescriptor"))
+        self.keep(obj.get("/ToUnicode"), CMAP_KEPT)
+        encoding = obj.get("/Encoding")
+        self.keep(encoding, CMAP_KEPT if isinstance(encoding, Stream) else ENCODING_KEPT)
+        self.keep(obj.get("/CIDSystemInfo"), CID_SYSTEM_INFO_KEPT)
+        if isinstance(obj.get("/CIDToGIDMap"), Stream):
+            self.keep(obj.get("/CIDToGIDMap"), STREAM_KEPT)
+        descendants = obj.get("/DescendantFonts")
+        for descendant in descendants if isinstance(descendants, Array) else []:
+            self.font(descendant)
+        for _, glyph in _entries(obj.get("/CharProcs")):  # a Type 3 font's glyphs: content streams
+            self.keep(glyph, STREAM_KEPT)
+        self.resources(obj.get("/Resources"))
+
+    def font_descriptor(self, obj: object) -> None:
+        if not self.keep(obj, FONT_DESCRIPTOR_KEPT):
+            return
+        assert isinstance(obj, Dictionary | Stream)
+        for key in ("/FontFile", "/FontFile2", "/FontFile3"):
+            self.keep(obj.get(key), FONT_FILE_KEPT)
+        self.keep(obj.get("/CIDSet"), STREAM_KEPT)
+        for _, each in _entries(obj.get("/FD")):
+            self.font_descriptor(each)
+
+    def ext_g_state(self, obj: object) -> None:
+        if not self.keep(obj, EXTGSTATE_KEPT):
+            return
+        assert isinstance(obj, Dictionary | Stream)
+        mask = obj.get("/SMask")
+        if self.keep(mask, SOFT_MASK_KEPT):
+            assert isinstance(mask, Dictionary | Stream)
+            self.xobject(mask.get("/G"))
+        font = obj.get("/Font")
+        if isinstance(font, Array) and len(font) == 2:
+            self.font(font[0])
+
+    def pattern(self, obj: object) -> None:
+        if isinstance(obj, Stream):  # a tiling pattern
+            if self.keep(obj, TILING_PATTERN_KEPT):
+                self.resources(obj.get("/Resources"))
+        elif self.keep(obj, SHADING_PATTERN_KEPT):
+            assert isinstance(obj, Dictionary)
+            self.shading(obj.get("/Shading"))
+            self.ext_g_state(obj.get("/ExtGState"))
+
+    def shading(self, obj: object) -> None:
+        if not self.keep(obj, SHADING_KEPT):
+            return
+        assert isinstance(obj, Dictionary | Stream)
+        self.color_space(obj.get("/ColorSpace"))
+        self.function(obj.get("/Function"))
+
+    def function(self, obj: object) -> None:
+        if isinstance(obj, Array):
+            for each in obj:
+                self.function(each)
+        elif self.keep(obj, FUNCTION_KEPT):
+            assert isinstance(obj, Dictionary | Stream)
+            self.function(obj.get("/Functions"))
+
+    def color_space(self, obj: object) -> None:
+        """A colour space (8.6): the dictionary of a CIE-based one, an ICC profile's stream, and
+        the tint transform of a Separation or DeviceN one (a function) are cleaned; a DeviceN's
+        attributes and the names and arrays as they are."""
+        if not isinstance(obj, Array) or len(obj) < 2:
+            return
+        family = obj[0]
+        if family in (Name.CalGray, Name.CalRGB, Name.Lab):
+            self.keep(obj[1], CIE_KEPT)
+        elif family == Name.ICCBased:
+            if self.keep(obj[1], ICC_KEPT):
+                self.color_space(obj[1].get("/Alternate"))
+        elif family in (Name.Separation, Name.DeviceN) and len(obj) >= 4:
+            self.color_space(obj[2])
+            self.function(obj[3])
+        elif family in (Name.Indexed, Name.Pattern):
+            self.color_space(obj[1])
+
+
+def _entries(obj: object) -> list[tuple[str, object]]:
+    """The entries of a dictionary (a resource category's names), none of anything else."""
+    return list(obj.items()) if isinstance(obj, Dictionary) else []
 
 
 def _goes_to(action: object) -> bool:

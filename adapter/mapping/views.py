@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from adapter.consent.grants import literal_type_id
 from adapter.errors import Forbidden, NotSupported
 from adapter.mapping import codes
 from adapter.mapping.fhir_json import first_modifier
@@ -284,11 +285,31 @@ def _day(value: str) -> str | None:
     return f"{moment.astimezone(UTC):%Y-%m-%d}T00:00:00Z"
 
 
-def _period(value: Any, ctx: _Ctx) -> JSON | None:
+def _period(value: Any, ctx: _Ctx, *, as_date: Callable[[Any, _Ctx], str | None] | None = None) -> JSON | None:
     if not isinstance(value, dict):
         return None
-    out = {k: v for k in ("start", "end") if (v := _date_time(value.get(k), ctx)) is not None}
+    shown = as_date or _date_time
+    out = {k: v for k in ("start", "end") if (v := shown(value.get(k), ctx)) is not None}
     return out or None
+
+
+def _consent_time(value: Any, ctx: _Ctx) -> str | None:
+    """A Consent's own dateTime (Consent.dateTime, provision.period, verification.verificationDate:
+    when it was given and recorded) in the view: the year when de-identifying; in the pseudonymised
+    view its UTC date alone, a date-only dateTime (``2026-11-28``). The adapter dates a Consent made
+    without a date (a statement sent without ``consent.date``, the IMPLIED consent of a photo the
+    patient sent) with the instant it stored the photo, and one sent with a photo has the upload's
+    time besides: to the millisecond, whoever knows when a photo was uploaded would find its
+    pseudonym by it (research review finding 3), as by meta.lastUpdated, which is cut to its day."""
+    if not isinstance(value, str) or ctx.deid:
+        return _date_time(value, ctx)
+    if "T" not in value:
+        return value  # a date, or a year and month: no time to cut
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None  # no dateTime: not shown
+    return f"{(moment.astimezone(UTC) if moment.tzinfo is not None else moment):%Y-%m-%d}"
 
 
 def _coding(value: Any, *, display: bool = True) -> JSON | None:
@@ -561,7 +582,7 @@ def _provision(p: JSON, ctx: _Ctx) -> JSON:
     our record. Codes go without their displays: the Consent is as its sender wrote it."""
     out: JSON = {}
     _copy(out, p, ("type",))
-    _put(out, "period", _period(p.get("period"), ctx))
+    _put(out, "period", _period(p.get("period"), ctx, as_date=_consent_time))
     actors = []
     for actor in p.get("actor") or []:
         if isinstance(actor, dict):
@@ -596,7 +617,7 @@ def _consent(r: JSON, ctx: _Ctx) -> JSON:
     _put(out, "scope", _concept(r.get("scope"), required=True, display=False))
     _put(out, "category", _concepts(r.get("category"), required=True, display=False))
     _put(out, "patient", _subject(r.get("patient"), ctx))
-    _put(out, "dateTime", _date_time(r.get("dateTime"), ctx))
+    _put(out, "dateTime", _consent_time(r.get("dateTime"), ctx))
     policies = [{"uri": ctx.policy_uri} for p in r.get("policy") or []
                 if isinstance(p, dict) and ctx.policy_uri is not None and p.get("uri") == ctx.policy_uri]
     _put(out, "policy", policies[:1])
@@ -605,12 +626,52 @@ def _consent(r: JSON, ctx: _Ctx) -> JSON:
     for v in r.get("verification") or []:
         if isinstance(v, dict) and "verified" in v:
             item: JSON = {"verified": v["verified"]}
-            _put(item, "verificationDate", _date_time(v.get("verificationDate"), ctx))
+            _put(item, "verificationDate", _consent_time(v.get("verificationDate"), ctx))
             verification.append(item)
     _put(out, "verification", verification)
     if isinstance(r.get("provision"), dict):
         _put(out, "provision", _provision(r["provision"], ctx))
     return out
+
+
+def _as_permission(consent: JSON, released: frozenset[str]) -> JSON:
+    """A Consent shown to a purpose other than care as the permission it gives (Decision.
+    released_data; adapter.consent.decision: it is released only when it permits the purpose):
+    its nested deny provisions, the patient's refusals, are left out (with what they nest), and
+    provision.data keeps only the relative references to ``released``, the records the purpose
+    is released (a withheld record's id, even the view's own, says it exists). A nested permit
+    left with no data is left out: without data it would cover every record. A root left so
+    cannot be shown (the decision refuses such a Consent): fail closed."""
+    out = dict(consent)
+    if isinstance(consent.get("provision"), dict):
+        provision = _permission_provision(consent["provision"], released, root=True)
+        if provision is None:
+            raise Forbidden("the read is not permitted")
+        out["provision"] = provision
+    return out
+
+
+def _permission_provision(p: JSON, released: frozenset[str], *, root: bool) -> JSON | None:
+    if not root and p.get("type") != "permit":
+        return None
+    out = dict(p)
+    if p.get("data") is not None:
+        data = [item for item in p["data"] if isinstance(item, dict) and _names_released(item, released)]
+        if not data:
+            return None
+        out["data"] = data
+    nested = [n for c in p.get("provision") or [] if isinstance(c, dict)
+              and (n := _permission_provision(c, released, root=False)) is not None]
+    out.pop("provision", None)
+    if nested:
+        out["provision"] = nested
+    return out
+
+
+def _names_released(item: JSON, released: frozenset[str]) -> bool:
+    ref = item.get("reference")
+    literal = ref.get("reference") if isinstance(ref, dict) else None
+    return isinstance(literal, str) and literal_type_id(literal) in released
 
 
 def _agent_label(agent: JSON) -> str:
@@ -689,6 +750,8 @@ def render(resource: JSON, decision: Decision, *, tables: Tables, pseudonymizer:
     if not decision.permitted:
         raise Forbidden("the read is not permitted")
     resource_type = resource.get("resourceType")
+    if decision.released_data is not None and resource_type == "Consent":
+        resource = _as_permission(resource, decision.released_data)
     if decision.view is View.FULL:
         out = copy.deepcopy(resource)
     else:

@@ -72,3 +72,14 @@ class Decision:
     #: Of a break-glass permit: why care (TREAT) alone would have been refused the record, which
     #: the answer and its AuditEvent say break-glass overrode; None when care would read it too.
     overrode: CareRefusal | None = None
+    #: Of a refusal: answer it as for an id that names nothing (404, the same OperationOutcome),
+    #: not 403. True for a purpose whose view is restricted (TRAIN, HRESCH and kin): it names
+    #: records by its view's own ids, and a 403 would tell it that the id it holds (from a
+    #: Consent's provision.data, a guess) is a record's it may not see (adapter.consent.decision).
+    hidden: bool = False
+    #: Of a Consent released to a purpose other than care (adapter.consent.decision, step 7): the
+    #: records (``Type/id``, stored) its provision.data names that the purpose is released; the
+    #: view then shows the permission alone (adapter.mapping.views: no nested deny provision, no
+    #: data naming another record). None: the Consent is shown whole (care, break-glass), or the
+    #: record is no Consent.
+    released_data: frozenset[str] | None = None

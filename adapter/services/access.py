@@ -32,9 +32,12 @@ from adapter.consent import (
     decide_outbox_follow_up,
     decide_outbox_list,
     grants_from_consent,
+    reads_consents_whole,
+    refusal_hidden,
     refused_for_every_record,
 )
 from adapter.consent.decision import CARE_REFUSALS, ENTERED_IN_ERROR_IMAGE
+from adapter.consent.grants import data_references
 from adapter.errors import (
     AdapterError,
     Forbidden,
@@ -126,6 +129,29 @@ def _denial(decision: Decision) -> str:
     if decision.care_refusal is not None:
         return CARE_REFUSALS[decision.care_refusal]
     return _DENIED
+
+
+def _not_known(resource_type: str, id: str) -> str:
+    """What a read by an id that names nothing in the reader's view is told (404)."""
+    return f"{resource_type}/{id} is not known" if is_fhir_id(id) \
+        else f"no {resource_type} has this id"  # not echoed: it may hold anything
+
+
+def _refusal(decision: Decision, not_known: str, release: DicomRelease | None = None) -> AdapterError:
+    """The error a refused read raises: 403 (:func:`_denial`), unless the decision hides the
+    refusal (Decision.hidden: the purpose names records by a restricted view's ids or UIDs), or a
+    retrieve in a restricted view's UIDs (``release``) found a record decided otherwise; then the
+    404 a read naming nothing gets, saying ``not_known`` as that one does."""
+    if decision.hidden or (release is not None and release.view is not View.FULL):
+        return NotFound(not_known)
+    return Forbidden(_denial(decision))
+
+
+def _refusal_of_all(decisions: Sequence[Decision], not_known: str, release: DicomRelease) -> AdapterError:
+    """:func:`_refusal` of a whole study or series, none of whose instances is permitted."""
+    if release.view is not View.FULL or all(d.hidden for d in decisions):
+        return NotFound(not_known)
+    return Forbidden(_denial_of_all(decisions))
 
 
 def _denial_of_all(decisions: Iterable[Decision]) -> str:
@@ -465,19 +491,44 @@ class ScopedReader:
             return consent_facts(id, resource)
         return None
 
-    def decide(self, facts: AccessFacts | None, *, resource_only: bool = False) -> Decision:
+    def decide(self, facts: AccessFacts | None, *, resource_only: bool = False,
+               released_data: frozenset[str] = frozenset()) -> Decision:
         """The decision on a record's facts; by default for its image (every DICOM and byte path),
         ``resource_only`` for a read that sends a resource and no image bytes (adapter.consent.decide:
-        it differs for a record entered in error)."""
+        it differs for a record entered in error). ``released_data``: of a Consent, the records its
+        provision.data names that the purpose is released (:meth:`_released_data`)."""
         if facts is None:  # nothing says whose data this is: fail closed
-            return Decision(permitted=False, reason="no access facts for this resource", purpose=self.ctx.purpose)
+            return Decision(permitted=False, reason="no access facts for this resource", purpose=self.ctx.purpose,
+                            hidden=refusal_hidden(self.ctx.purpose, self._tables))
         return decide(self.ctx.purpose, facts, self._grants_for(facts.patient), self._tables, self._now(),
-                      resource_only=resource_only)
+                      resource_only=resource_only, released_data=released_data)
 
-    def _decide_resource(self, resource_type: str, facts: AccessFacts | None) -> Decision:
+    def _decide_resource(self, resource_type: str, facts: AccessFacts | None,
+                         resource: dict[str, Any] | None = None) -> Decision:
         """The decision on a read of a ``resource_type`` resource: one with no image bytes but a
-        Binary, whose JSON carries them (Binary.data)."""
-        return self.decide(facts, resource_only=resource_type != "Binary")
+        Binary, whose JSON carries them (Binary.data). ``resource``: the version read, of a
+        Consent (its provision.data is decided for the purpose: :meth:`_released_data`)."""
+        released = self._released_data(resource) \
+            if resource_type == "Consent" and resource is not None and facts is not None and facts.consent_directive \
+            else frozenset()
+        return self.decide(facts, resource_only=resource_type != "Binary", released_data=released)
+
+    def _released_data(self, consent: dict[str, Any]) -> frozenset[str]:
+        """The records a Consent's provision.data names (``Type/id`` as written there) that the
+        purpose is released, each decided as a read of it would be (not audited: nothing of it is
+        sent). Only for a purpose that reads a Consent as the permission it gives
+        (adapter.consent.reads_consents_whole: not care, not break-glass); for the others none is
+        needed. A Consent named there is not released (its own data would be decided in turn)."""
+        if reads_consents_whole(self.ctx.purpose, self._tables):
+            return frozenset()
+        released: set[str] = set()
+        for ref in data_references(consent):
+            stored = named_resource(self._store, ref)
+            if stored is None or stored.facts is None:
+                continue
+            if self._decide_resource(stored.resource_type, stored.facts).permitted:
+                released.add(ref)
+        return frozenset(released)
 
     def _record_search(self, found: Sequence[Found], *, reason: str, dicom: DicomAudit | None = None) -> None:
         """Audit a search (FHIR or QIDO-RS) that returned ``found``. One under a purpose the
@@ -549,8 +600,7 @@ class ScopedReader:
             asked = self._asked(resource_type, id)
             self._audit_not_found(interaction, [asked] if asked else [],
                                   dicom=DicomAudit.transferred() if dicom else None)
-            raise NotFound(f"{resource_type}/{id} is not known" if is_fhir_id(id)
-                           else f"no {resource_type} has this id")  # not echoed: it may hold anything
+            raise NotFound(_not_known(resource_type, id))
         return stored
 
     def r5_document_type(self, id: str) -> str:
@@ -597,11 +647,13 @@ class ScopedReader:
         return render(resource, decision, tables=self._tables, pseudonymizer=self._pseudonymizer, ids=self._ids)
 
     def _refused(self, ctx: RequestContext, interaction: str, decision: Decision, entities: Sequence[str],
-                 patient: Identifier | None) -> Forbidden:
-        """Audit a read ``decision`` that refuses; the Forbidden to raise (403, saying little)."""
+                 patient: Identifier | None, resource_type: str, id: str) -> AdapterError:
+        """Audit a read ``decision`` that refuses; the error to raise: 403 saying little, or,
+        when the decision hides the refusal (Decision.hidden: a restricted view's id), the 404 an
+        id naming nothing gets (:func:`_not_known`, ``resource_type``/``id`` as the reader named it)."""
         self._auditor.record(ctx, interaction=interaction, action="R", decision=decision, entities=entities,
                              patient=patient)
-        return Forbidden(_denial(decision))
+        return _refusal(decision, _not_known(resource_type, id))
 
     def _missing(self, ctx: RequestContext, interaction: str, decision: Decision, entities: Sequence[str],
                  patient: Identifier | None, what: str, asked: str) -> NotFound:
@@ -646,14 +698,15 @@ class ScopedReader:
 
     def read(self, resource_type: str, id: str, *,
              precondition: Callable[[dict[str, Any]], object] | None = None) -> ReadResult:
-        """Read one resource; 403 (saying little) when the purpose is not permitted.
+        """Read one resource; 403 (saying little) when the purpose is not permitted, 404 as for an
+        id that names nothing when the decision hides the refusal (a restricted view: :func:`_refusal`).
         ``precondition``: as :meth:`_answered` (412 audited as nothing sent)."""
         stored = self._load(resource_type, id)
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
-        decision = self._decide_resource(resource_type, facts)
+        decision = self._decide_resource(resource_type, facts, stored.resource)
         entities, patient = [f"{resource_type}/{stored.id}"], facts.patient if facts else None
         if not decision.permitted:
-            raise self._refused(self.ctx, "read", decision, entities, patient)
+            raise self._refused(self.ctx, "read", decision, entities, patient, resource_type, id)
         resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
                                   precondition)
         return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, stored.last_updated))
@@ -670,7 +723,7 @@ class ScopedReader:
         decision = self.decide(stored.facts)
         entities, patient = [f"Binary/{stored.id}"], stored.facts.patient if stored.facts else None
         if not decision.permitted:
-            raise self._refused(self.ctx, "vread", decision, entities, patient)
+            raise self._refused(self.ctx, "vread", decision, entities, patient, "Binary", id)
         raise self._missing(self.ctx, "vread", decision, entities, patient,
                             f"Binary/{stored.id} has no version {version_id}", f"Binary/{id} has no version {version_id}")
 
@@ -684,11 +737,12 @@ class ScopedReader:
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
         document = stored.resource if version_id == stored.version_id else \
             self._store.get_version(resource_type, stored.id, version_id)
-        decision = self._stricter_for_versions(self._decide_resource(resource_type, facts), stored, facts,
+        decision = self._stricter_for_versions(self._decide_resource(resource_type, facts, stored.resource),
+                                               stored, facts,
                                                [document] if document is not None else [])
         entities, patient = [f"{resource_type}/{stored.id}"], facts.patient if facts else None
         if not decision.permitted:
-            raise self._refused(self.ctx, "vread", decision, entities, patient)
+            raise self._refused(self.ctx, "vread", decision, entities, patient, resource_type, id)
         if document is None:
             raise self._missing(self.ctx, "vread", decision, entities, patient,
                                 f"{resource_type}/{stored.id} has no version {version_id}",
@@ -710,11 +764,35 @@ class ScopedReader:
             if document is stored.resource:
                 continue
             then = self._facts(stored.resource_type, stored.id, stored.facts, document)
-            if then != facts:
-                earlier = self._decide_resource(stored.resource_type, then)
-                if not earlier.permitted:
-                    decision = earlier
+            if decision.released_data is not None and then is not None:
+                # a Consent read as the permission it gives: each past version must have given it
+                # too (one that denied, or was withdrawn, is the patient's refusal); one naming
+                # another patient, whose Consents it is no longer among, needs that patient's
+                # permission now besides, as any of their records does
+                earlier = self._decide_version(stored, then, document)
+                if earlier.permitted and then != facts:
+                    earlier = self.decide(dataclasses.replace(then, consent_directive=False), resource_only=True)
+            elif then != facts:
+                earlier = self._decide_resource(stored.resource_type, then, document)
+            else:
+                continue
+            if not earlier.permitted:
+                decision = earlier
         return decision
+
+    def _decide_version(self, stored: StoredResource, facts: AccessFacts, document: dict[str, Any]) -> Decision:
+        """The decision a read of a past version ``document`` of Consent ``stored`` would get were
+        it the Consent in force: the Consents of the patient it named (``facts``) as they are, this
+        one as it was then (adapter.consent.decide). One that cannot be interpreted is read as a
+        denial (fail closed)."""
+        version = str((document.get("meta") or {}).get("versionId", ""))
+        then = StoredResource(resource_type=stored.resource_type, id=stored.id, resource=document,
+                              version_id=int(version) if version.isdigit() else stored.version_id,
+                              last_updated=stored.last_updated)
+        grants = [g for g in self._grants_for(facts.patient) if g.id != stored.id]
+        grants += [denial_of_the_photo(self._store, g) for g in consent_grants(then, facts.patient)]
+        return decide(self.ctx.purpose, facts, grants, self._tables, self._now(), resource_only=True,
+                      released_data=self._released_data(document))
 
     def read_history(self, resource_type: str, id: str, *, offset: int, count: int,
                      since: datetime | None = None) -> HistoryResult:
@@ -734,7 +812,7 @@ class ScopedReader:
             raise NotSupported(reason, expression="_since")
         stored = self._load(resource_type, id, "history-instance")
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
-        decision = self._decide_resource(resource_type, facts)
+        decision = self._decide_resource(resource_type, facts, stored.resource)
         documents = self._store.list_versions(resource_type, stored.id, offset=offset, limit=count + 1, since=since) \
             if decision.permitted and count > 0 else []
         more, documents = len(documents) > count, documents[:count]
@@ -742,7 +820,7 @@ class ScopedReader:
         self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=decision,
                              entities=[f"{resource_type}/{stored.id}"], patient=facts.patient if facts else None)
         if not decision.permitted:
-            raise Forbidden(_denial(decision))
+            raise _refusal(decision, _not_known(resource_type, id))
         rendered = [self._in_view(d, decision) for d in documents]
         total = stored.version_id if since is None else \
             self._store.count_versions(resource_type, stored.id, since=since)
@@ -775,7 +853,7 @@ class ScopedReader:
                 and stored.facts.governed_by.startswith("DocumentReference/"):
             ctx = dataclasses.replace(ctx, mhd=retrieve)
         if not decision.permitted:
-            raise self._refused(ctx, "read", decision, entities, patient)
+            raise self._refused(ctx, "read", decision, entities, patient, "Binary", id)
         blob = stored.blob_sha256
         if blob is None:
             raise self._missing(ctx, "read", decision, entities, patient, f"Binary/{stored.id} has no content",
@@ -853,11 +931,12 @@ class ScopedReader:
             others counted as withheld."""
             nonlocal denied
             for row in candidates:
-                facts = row.facts
+                facts, consent = row.facts, None
                 if facts is None and row.resource_type == "Consent":
                     stored = self._store.get("Consent", row.id)
                     facts = consent_facts(row.id, stored.resource) if stored else None
-                decision = self._decide_resource(row.resource_type, facts)
+                    consent = stored.resource if stored else None
+                decision = self._decide_resource(row.resource_type, facts, consent)
                 if decision.permitted:
                     yield row, decision, facts.patient if facts is not None else None
                 else:
@@ -1027,7 +1106,7 @@ class ScopedReader:
             if stored is None:
                 continue
             facts = self._facts(rtype, rid, stored.facts, stored.resource)
-            decision = self._decide_resource(rtype, facts)
+            decision = self._decide_resource(rtype, facts, stored.resource)
             if decision.permitted:
                 glass = glass or decision.break_glass
                 out.append(self._render(stored, decision))
@@ -1175,7 +1254,8 @@ class ScopedReader:
     def read_dicom_instance(self, sop_instance_uid: str, *, study: str | None = None, series: str | None = None,
                             answerable: Callable[[DicomContent], object] | None = None) -> DicomContent:
         """One DICOM object (WADO-RS instance retrieve), UIDs in the purpose's released space;
-        404 when no instance has them, 403 (saying little) when the purpose is not permitted.
+        404 when no instance has them, 403 (saying little) when the purpose is not permitted (404
+        in a restricted view's UIDs, as when none has them: :func:`_refusal`).
         ``answerable(content)``: the caller's content negotiation, asked once the read is
         permitted and the object made, before it is audited; the NotAcceptable it raises (406:
         nothing is sent) is audited as a read that failed (:meth:`_released_and_audited`). A
@@ -1188,7 +1268,7 @@ class ScopedReader:
         instance, stored, decision = decided[0]
         if not decision.permitted or decision.view is not release.view:
             self._audit_dicom(instance, decision)
-            raise Forbidden(_denial(decision))
+            raise _refusal(decision, "no such DICOM instance", release)
         return self._released_and_audited(instance, stored, decision, answerable)
 
     def read_dicom_rendered(self, sop_instance_uid: str, *, study: str | None = None, series: str | None = None,
@@ -1296,14 +1376,14 @@ class ScopedReader:
                 continue
             return made[-1]
         if not permitted:
-            raise Forbidden(_denial_of_all(d for _, _, d in decided))
+            raise _refusal_of_all([d for _, _, d in decided], "no such DICOM study or series", release)
         raise NotAcceptable("this study or series has no image to show as a thumbnail")
 
     def read_dicom(self, study: str, series: str | None = None, *,
                    answerable: Callable[[list[DicomRetrieval]], object] | None = None) -> list[DicomRetrieval]:
         """The permitted instances of a study or series (WADO-RS study/series retrieve), each
         decided and audited; instances not permitted are left out. 404 when none has the UIDs,
-        403 when none of them is permitted. ``answerable(retrievals)``: the caller's content
+        403 when none of them is permitted (404 in a restricted view's UIDs: :func:`_refusal_of_all`). ``answerable(retrievals)``: the caller's content
         negotiation on the permitted ones, asked before they are audited; the NotAcceptable it
         raises (406: nothing is sent) has them audited as reads that failed, as has a stored
         object missing or unreadable (404, 500: nothing is sent either): those objects are made
@@ -1350,7 +1430,7 @@ class ScopedReader:
         if not out and unreleasable:
             raise unreleasable[0][2]  # nothing else permitted: the document's own refusal (422)
         if not out:
-            raise Forbidden(_denial_of_all(d for _, _, d in decided))
+            raise _refusal_of_all([d for _, _, d in decided], "no such DICOM study or series", release)
         return out
 
     @staticmethod
@@ -1404,7 +1484,7 @@ class ScopedReader:
         if not decision.permitted or stored.facts is None or found is None:  # found: for mypy, handled above
             self._auditor.record(self.ctx, interaction="read", action="R", decision=decision, entities=entities,
                                  patient=patient, dicom=dicom)
-            raise Forbidden(_denial(decision))
+            raise _refusal(decision, _not_known("Binary", id))
         instance, record = found
         try:
             content = self._dicom_content(instance, record, decision)

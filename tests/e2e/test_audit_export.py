@@ -36,7 +36,7 @@ def test_the_audit_trail_is_exported_and_the_export_audited(tmp_path: Path) -> N
         receipt = post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).json()
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("TREAT")).status_code == 200
         trained = seen_as(services, "TRAIN", receipt["record"])  # as TRAIN names it
-        assert client.get(f"/fhir/{trained}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{trained}", headers=as_purpose("TRAIN")).status_code == 404
 
     events, done = _export(tmp_path)
     assert done.returncode == 0, done.stderr

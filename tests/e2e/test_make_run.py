@@ -62,7 +62,7 @@ def test_the_demo_over_http(server: str) -> None:
         stored["status"] = "inactive"
         assert http.put(f"/fhir/Consent/{stored['id']}", json=stored,
                         headers={"Content-Type": "application/fhir+json"}).status_code == 200
-        assert http.get(entry["fullUrl"], headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 403
+        assert http.get(entry["fullUrl"], headers={"X-Purpose-Of-Use": "TRAIN"}).status_code == 404
         assert http.get(media).status_code == 403
         cap = _json(http.get("/fhir/metadata"))
         assert cap["resourceType"] == "CapabilityStatement" and cap["fhirVersion"] == "4.0.1"

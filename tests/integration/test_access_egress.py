@@ -3,7 +3,8 @@ store (the egress review): a consent-pending clinical photo read for care, and f
 TRAIN Consent but no consent for care; a photo whose TRAIN Consent was withdrawn, asked for again
 by the URLs a TRAIN reader kept (its released UIDs); and a photo of an encounter beside one a
 Consent names (provision.data). Each read is refused (403, saying nothing of the record; to care,
-why: clinical-safety review 6) and audited once as a refusal; each search, count, include, QIDO-RS,
+why: clinical-safety review 6; to a restricted view, TRAIN, 404 as for an id that names nothing) and
+audited once as a refusal; each search, count, include, QIDO-RS,
 batch and outbox leaves it out (a care search saying how many it withheld, and why).
 tests/integration/test_deid_canary.py checks what permitted reads carry."""
 
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from adapter.consent.decision import CARE_REFUSALS
-from adapter.model.decision import CareRefusal
+from adapter.model.decision import CareRefusal, View
 from adapter.services.registry import Services
 from tests.conftest import ROOT
 from tests.support.app import (
@@ -72,6 +73,8 @@ def _refused_everywhere(client: FhirClient, services: Services, receipt: dict[st
     :data:`DENIED`); every search leaves the record out, a care search saying so in a search.mode
     ``outcome`` entry (FHIR) or a Warning (QIDO-RS), another purpose's saying nothing."""
     care = told != DENIED
+    # a restricted view (its own ids) is answered as for an id that names nothing
+    hidden = View(services.tables.purposes.codes[purpose].view) is not View.FULL
     # named as a reader of the purpose names them: by the ids its view shows (the UIDs likewise)
     receipt = {k: seen_as(services, purpose, v) if k in ("record", "binary", "provenance") else v
                for k, v in receipt.items()}
@@ -81,8 +84,9 @@ def _refused_everywhere(client: FhirClient, services: Services, receipt: dict[st
         r = client.request(method, path, headers=as_purpose(purpose, **extra))
         events = services.store.list_audit(100000)
         fresh = events[: len(events) - before]
-        assert r.status_code == 403, (purpose, method, path, extra, r.status_code)
-        assert method == "HEAD" or told in r.text, (method, path, extra, r.text)
+        assert r.status_code == (404 if hidden else 403), (purpose, method, path, extra, r.status_code)
+        assert method == "HEAD" or (("not known" in r.text or "no such" in r.text) and told not in r.text if hidden
+                                    else told in r.text), (method, path, extra, r.text)
         assert care or method == "HEAD" or "consent" not in r.text.lower()
         assert len(fresh) == 1 and fresh[0]["outcome"] == "4", (path, extra, [e["outcome"] for e in fresh])
     for query in ("/fhir/Media?_summary=count", "/fhir/Provenance?_summary=count", f"/fhir/Media?_id={record_id}",
@@ -110,8 +114,8 @@ def _refused_everywhere(client: FhirClient, services: Services, receipt: dict[st
         {"request": {"method": "GET", "url": url}} for url in (receipt["record"], receipt["binary"],
                                                                receipt["provenance"], f"Media?_id={record_id}")]})
     entries = batch.json()["entry"]
-    assert [e["response"]["status"] for e in entries[:3]] == ["403 Forbidden"] * 3
-    assert all(told in str(e["response"].get("outcome")) for e in entries[:3]), entries[:3]
+    assert [e["response"]["status"] for e in entries[:3]] == ["404 Not Found" if hidden else "403 Forbidden"] * 3
+    assert all((told in str(e["response"].get("outcome"))) is not hidden for e in entries[:3]), entries[:3]
     assert entries[3]["resource"]["total"] == 0
 
 
@@ -160,7 +164,7 @@ def test_a_consent_pending_photo_leaves_by_no_path_but_break_glass(tmp_path: Pat
         assert client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).status_code == 201
         train = client.get("/dicomweb/instances", headers=as_purpose("TRAIN"))
         assert train.json() == []
-        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['record'])}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['record'])}", headers=as_purpose("TRAIN")).status_code == 404
         assert client.get(f"/fhir/{receipt['record']}", headers=as_purpose("BTG")).status_code == 200
 
 
@@ -187,10 +191,13 @@ def test_a_consent_naming_one_photo_opens_no_other_of_its_encounter(tmp_path: Pa
         [study] = client.get("/dicomweb/studies", headers=as_purpose("TRAIN")).json()
         assert study["00201208"]["Value"] == [1]  # NumberOfStudyRelatedInstances counts what is shown
         assert client.get("/fhir/Media?_summary=count", headers=as_purpose("TRAIN")).json()["total"] == 1
-        # the Consent names the photo, not itself nor the other photo's records
-        assert client.get("/fhir/Consent?_summary=count", headers=as_purpose("TRAIN")).json()["total"] == 0
+        # the Consent names the photo, not the other photo's records; TRAIN reads it (the
+        # permission the photo rests on), naming the photo by TRAIN's id
+        [shown] = client.get("/fhir/Consent", headers=as_purpose("TRAIN")).json()["entry"]
+        assert shown["resource"]["provision"]["data"] == [
+            {"meaning": "instance", "reference": {"reference": seen_as(services, "TRAIN", named["record"])}}]
         for path in (other["record"], other["binary"], other["provenance"]):
-            assert client.get(f"/fhir/{seen_as(services, 'TRAIN', path)}", headers=as_purpose("TRAIN")).status_code == 403, path
+            assert client.get(f"/fhir/{seen_as(services, 'TRAIN', path)}", headers=as_purpose("TRAIN")).status_code == 404, path
         retrieved = client.get(f"/dicomweb/studies/{study[STUDY]['Value'][0]}/metadata", headers=as_purpose("TRAIN"))
         assert retrieved.status_code == 200 and len(retrieved.json()) == 1
 
@@ -252,5 +259,5 @@ def test_care_is_told_why_and_break_glass_says_what_it_overrode(tmp_path: Path) 
             "X-Break-Glass"].endswith(denied)
         # TRAIN is told nothing, and its searches say nothing of what they left out
         train = client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['record'])}", headers=as_purpose("TRAIN"))
-        assert train.status_code == 403 and DENIED in train.text
+        assert train.status_code == 404 and DENIED not in train.text
         assert "entry" not in client.get("/fhir/Media", headers=as_purpose("TRAIN")).json()

@@ -235,7 +235,7 @@ def test_a_consent_with_a_modifier_extension_is_refused_and_grants_nothing(tmp_p
             assert r.json()["issue"][0]["code"] == "business-rule"
             assert r.json()["issue"][0]["expression"] == [where]
         assert _consents(client) == held
-        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', record)}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', record)}", headers=as_purpose("TRAIN")).status_code == 404
         plain = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=FHIR_JSON).json()
         update = client.put(f"/fhir/Consent/{plain['id']}", json={**plain, "modifierExtension": modifier},
                             headers=FHIR_JSON)

@@ -113,7 +113,7 @@ def test_a_deny_naming_its_record_in_no_literal_reference_form_is_refused_and_th
             "Consent.provision.provision[0].data[0].reference.reference")
     good = deny("TRAIN", data=[{"meaning": "instance", "reference": {"reference": record}}])
     assert client.post("/fhir/Consent", json=good, headers=FHIR_JSON).status_code == 201
-    assert client.get(f"/fhir/{trained}", headers=as_purpose("TRAIN")).status_code == 403
+    assert client.get(f"/fhir/{trained}", headers=as_purpose("TRAIN")).status_code == 404
 
 
 def test_a_consent_naming_its_record_by_identifier_only_is_refused_not_half_applied(client: FhirClient) -> None:

@@ -43,12 +43,12 @@ def test_ingest_and_purpose_checked_reads_on_postgresql(tmp_path: Path, pg_url: 
         receipt = post_photo(client, ROOT / "samples" / "wound.jpg", metadata()).json()
         media = receipt["record"]
         assert client.get(f"/fhir/{media}", headers=as_purpose("TREAT")).status_code == 200
-        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', media)}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', media)}", headers=as_purpose("TRAIN")).status_code == 404
         consent = client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).json()
         assert client.get(f"/fhir/{seen_as(services, 'TRAIN', media)}", headers=as_purpose("TRAIN")).status_code == 200
         consent["status"] = "inactive"
         assert client.put(f"/fhir/Consent/{consent['id']}", json=consent).status_code == 200
-        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', media)}", headers=as_purpose("TRAIN")).status_code == 403
+        assert client.get(f"/fhir/{seen_as(services, 'TRAIN', media)}", headers=as_purpose("TRAIN")).status_code == 404
         ident = f"{PATIENT['system']}|{PATIENT['value']}"
         found = client.get(f"/fhir/Media?patient:identifier={ident}&created=ge2000", headers=as_purpose("TREAT"))
         assert found.json()["total"] == 1

@@ -251,12 +251,28 @@ def with_sender_text(consent: dict[str, Any]) -> dict[str, Any]:
 
 
 def canary_pdf() -> bytes:
-    """A PDF whose metadata (its document information's Author, a private key of its page) names
-    the patient, and whose page shows a text of its own: what no de-identification of the
-    attributes reaches, and what the restricted views release of it (adapter.imaging.pdf)."""
-    return minimal_pdf(f"BT /F1 12 Tf 10 100 Td ({PDF_CONTENT}) Tj ET".encode(),
-                       info=f"<</Author({PDF_CANARY})/CreationDate(D:{STUDY_DATE}080910)>>".encode(),
-                       page_entries=f"/ZZPagePriv({PDF_CANARY})".encode())
+    """A PDF whose metadata (its document information's Author, private keys of its page, its
+    resources, font, XObject, graphics state, a marked-content property list and its content
+    stream: review verify-1 finding 4) names the patient, and whose page shows a text of its
+    own: what no de-identification of the attributes reaches, and what the restricted views
+    release of it (adapter.imaging.pdf)."""
+    plain = minimal_pdf(f"BT /F1 12 Tf 10 100 Td ({PDF_CONTENT}) Tj ET".encode(),
+                        info=f"<</Author({PDF_CANARY})/CreationDate(D:{STUDY_DATE}080910)>>".encode(),
+                        page_entries=f"/ZZPagePriv({PDF_CANARY})".encode())
+    with pikepdf.open(io.BytesIO(plain)) as pdf:
+        page, said = pdf.pages[0].obj, pikepdf.String(PDF_CANARY)
+        page.Contents.ZZStreamPriv = said
+        resources = page.Resources
+        resources.ZZResPriv = said
+        resources.Font.F1.ZZFontPriv = said
+        form = pdf.make_stream(b"0 0 m 10 10 l S", Type=pikepdf.Name.XObject, Subtype=pikepdf.Name.Form,
+                               BBox=[0, 0, 10, 10], ZZXObjPriv=said)
+        resources.XObject = pikepdf.Dictionary(X1=form)
+        resources.ExtGState = pikepdf.Dictionary(G1=pikepdf.Dictionary(Type=pikepdf.Name.ExtGState, ZZGSPriv=said))
+        resources.Properties = pikepdf.Dictionary(MC1=pikepdf.Dictionary(ZZPropPriv=said))
+        out = io.BytesIO()
+        pdf.save(out, compress_streams=False, object_stream_mode=pikepdf.ObjectStreamMode.disable)
+        return out.getvalue()
 
 
 def canary_dicom(*, photo: bool = True, site_code: str = "14975008") -> Dataset:

@@ -242,7 +242,7 @@ def test_storescu_secondary_capture_becomes_a_media_record(scp: StoreSCP, client
     errors = validate_r4([media, provenance, binary_json.json()])
     assert errors == []
     # readable for care, not for training without the patient's Consent
-    assert client.get(f"/fhir/{seen_as(services, 'TRAIN', 'Media/' + media['id'])}", headers=TRAIN).status_code == 403
+    assert client.get(f"/fhir/{seen_as(services, 'TRAIN', 'Media/' + media['id'])}", headers=TRAIN).status_code == 404
     assert client.get("/fhir/Media", headers=TRAIN).json()["total"] == 0
     creates = [e for e in services.store.list_audit(100) if e.get("action") == "C"]
     assert len(creates) == 1
@@ -269,7 +269,7 @@ def test_vl_photographic_is_a_clinical_record_readable_for_care_only(scp: StoreS
     assert kind == ["clinical"] and media["modality"]["coding"][0]["code"] == "XC"
     assert client.get(f"/fhir/Media/{media['id']}", headers=TREAT).status_code == 200
     trained = seen_as(services, "TRAIN", f"Media/{media['id']}")  # as TRAIN names it
-    assert client.get(f"/fhir/{trained}", headers=TRAIN).status_code == 403
+    assert client.get(f"/fhir/{trained}", headers=TRAIN).status_code == 404
     # an explicit Consent for TRAIN opens it for training
     created = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]),
                           headers={"Content-Type": "application/fhir+json"})

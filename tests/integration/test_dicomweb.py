@@ -935,7 +935,7 @@ def test_train_needs_consent_then_gets_a_deidentified_object(adapter: tuple[Fhir
     withdraw(client, consent)
     first = value(instances[0], "00081190").split("testserver")[-1]
     denied = client.get(first, headers=TRAIN)
-    assert denied.status_code == 403 and PATIENT["value"] not in denied.text
+    assert denied.status_code == 404 and PATIENT["value"] not in denied.text
     train_reads = [e for e in dicom_events(services.store.list_audit(500), INSTANCES_TRANSFERRED)
                    if e["agent"][2].get("purposeOfUse", [{}])[0].get("coding", [{}])[0].get("code") == "TRAIN"
                    and e["action"] == "R"]
@@ -1175,7 +1175,7 @@ def test_binary_as_dicom_follows_the_record_decision(adapter: tuple[FhirClient, 
     receipt = post_photo(client, WOUND, metadata()).json()
     dicom = {"Accept": "application/dicom"}
     trained = seen_as(services, "TRAIN", receipt["binary"])  # as TRAIN names it
-    assert client.get(f"/fhir/{trained}", headers={**TRAIN, **dicom}).status_code == 403
+    assert client.get(f"/fhir/{trained}", headers={**TRAIN, **dicom}).status_code == 404
     add_consent(client, ["TRAIN"])
     r = client.get(f"/fhir/{trained}", headers={**TRAIN, **dicom})
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
@@ -2380,7 +2380,7 @@ def test_dicom_exchanges_are_audited_as_dicom_audit_messages(adapter: tuple[Fhir
     assert create["type"]["code"] == "rest" and create["subtype"][0]["code"] == "create"
     binary = client.get(f"/fhir/{seen_as(services, 'TRAIN', receipt['binary'])}",
                         headers={**TRAIN, "Accept": "application/dicom"})
-    assert binary.status_code == 403
+    assert binary.status_code == 404
     [refused] = new_events()
     assert dicom_events([refused], INSTANCES_TRANSFERRED) == [refused]
     assert (refused["action"], refused["outcome"]) == ("R", "4") and refused["outcomeDesc"]

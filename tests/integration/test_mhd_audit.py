@@ -173,7 +173,7 @@ def test_a_retrieve_document_is_audited_with_iti_68_and_the_document_as_report(t
         binary = url.rsplit("/fhir/", 1)[1]
         for headers, status, outcome in (({**as_purpose("TREAT"), "Accept": "image/jpeg"}, 200, "0"),
                                          ({**as_purpose("TREAT"), "Accept": "image/png"}, 406, "4"),
-                                         ({**as_purpose("TRAIN"), "Accept": "image/jpeg"}, 403, "4"),
+                                         ({**as_purpose("TRAIN"), "Accept": "image/jpeg"}, 404, "4"),
                                          ({"Accept": "image/jpeg"}, 403, "4")):
             before = _count(services)
             # under TRAIN the Binary is named by its de-identified view's id; the audit names it as stored

@@ -18,6 +18,7 @@ from adapter.consent import (
     decide_outbox_list,
     decide_outbox_requeue,
     permitted_purposes,
+    refusal_hidden,
     refused_for_every_record,
 )
 from adapter.mapping.tables import Tables
@@ -623,6 +624,56 @@ def test_care_reads_a_consent_directive_whatever_it_denies() -> None:
     assert run("COC", directive, grants=(deny_all,)).permitted
     assert not run("TRAIN", directive, grants=(deny_all, make_grant("TRAIN"))).permitted
     assert "TRAIN" not in run("TREAT", directive, grants=(deny_all, make_grant("TRAIN"))).permitted_purposes
+
+
+def _directive(id: str) -> AccessFacts:
+    return AccessFacts(governed_by=f"Consent/{id}", patient=PATIENT, kind=PhotoKind.DOCUMENT,
+                       source=PhotoSource.CLINICIAN, consent_directive=True)
+
+
+def test_a_purpose_other_than_care_reads_only_the_consents_that_permit_it() -> None:
+    """Review verify-1 finding 3: a patient who permits TRAIN had every Consent released to TRAIN,
+    a deny naming a withheld photo, a withdrawn or a denying care Consent among them. Now a
+    Consent is released to a purpose other than care only when it is itself an active permit of
+    it (not implied), with its data (Decision.released_data) for the view; care reads them all."""
+    research = make_grant("TRAIN", "HRESCH", id="r")
+    photo_deny = make_grant("TRAIN", "HRESCH", id="d", decision="deny", data_refs=("Media/m2",))
+    withdrawn = make_grant("TREAT", id="w", status="inactive")
+    care_deny = make_grant("TREAT", id="n", decision="deny")
+    implied = make_grant("TREAT", "TRAIN", id="i", implied=True)
+    scoped = make_grant("HRESCH", id="s", data_refs=("Media/m1", "Media/m2"))
+    grants = (research, photo_deny, withdrawn, care_deny, implied, scoped)
+    for purpose in ("TRAIN", "HRESCH"):
+        released = {g.id for g in grants
+                    if run(purpose, _directive(g.id), grants=grants).permitted}
+        assert released == {"r"}, purpose  # "s" too, for HRESCH, once the photo it names is released (below)
+    assert {g.id for g in grants if run("TREAT", _directive(g.id), grants=grants).permitted} == \
+        {g.id for g in grants}
+    assert run("TREAT", _directive("r"), grants=grants).released_data is None
+    # a permit limited to records is released with those the purpose is, and refused when none is
+    d = decide(PurposeOfUse("HRESCH"), _directive("s"), grants, policy_variant(), NOW,
+               released_data=frozenset({"Media/m1"}))
+    assert d.permitted and d.released_data == frozenset({"Media/m1"}) and d.consent_ids == ("s",)
+    assert not decide(PurposeOfUse("HRESCH"), _directive("s"), grants, policy_variant(), NOW,
+                      released_data=frozenset({"Media/m9"})).permitted
+    assert run("HRESCH", _directive("r"), grants=grants).released_data == frozenset()
+    # a permit denied by another Consent in force is not released (deny wins)
+    assert not run("TRAIN", _directive("r"), grants=(research, make_grant("TRAIN", id="x", decision="deny"))).permitted
+
+
+def test_a_refusal_in_a_restricted_view_is_hidden() -> None:
+    """Decision.hidden: a refusal to a purpose whose view is restricted is answered as for an id
+    that names nothing (404), one to a purpose with care's full view keeps its 403."""
+    for code in ("TRAIN", "MLTRAINING", "HOPERAT", "HRESCH", "CLINTRCH", "PUBHLTH"):
+        d = run(code)
+        assert not d.permitted and d.hidden, code
+        assert refusal_hidden(PurposeOfUse(code), policy_variant()), code
+    for code in ("TREAT", "COC", "RECORDMGT", "PATRQT"):
+        assert not run(code).permitted and not run(code).hidden, code
+    assert not run("XYZ").hidden
+    entered = dataclasses.replace(make_facts(), entered_in_error=True)
+    assert run("TRAIN", entered, grants=(make_grant("TREAT", "TRAIN"),)).hidden
+    assert not run("TREAT", entered, grants=(make_grant("TREAT", "TRAIN"),)).hidden
 
 
 # -- hygiene -----------------------------------------------------------------------------------------

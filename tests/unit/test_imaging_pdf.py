@@ -294,3 +294,87 @@ def test_keys_a_page_annotation_or_page_tree_node_does_not_define_go() -> None:
         assert (kept_field.T, kept_field.V, kept_field.DA, kept_field.FT) == (
             "diagnosis", "Wound healing well", "/F1 10 Tf 0 g", Name.Tx)
         assert kept_field.MK.BG == [1]
+
+
+def _resolved_names(pdf: pikepdf.Pdf) -> list[tuple[str, str]]:
+    """(category, name) of every resource a page's or form XObject's content stream names (Tf,
+    Do, gs, BDC, sh, scn) that its resources do not hold: what a renderer would miss."""
+    uses = {"Tf": "/Font", "Do": "/XObject", "gs": "/ExtGState", "sh": "/Shading", "BDC": "/Properties"}
+    missing: list[tuple[str, str]] = []
+
+    def walk(holder: pikepdf.Object, resources: pikepdf.Object) -> None:
+        for operands, operator in pikepdf.parse_content_stream(holder):
+            category = uses.get(str(operator))
+            name = operands[-1] if str(operator) == "BDC" else operands[0] if operands else None
+            if category is None or not isinstance(name, Name):
+                continue
+            found = resources.get(category, Dictionary()).get(str(name))
+            if found is None:
+                missing.append((category, str(name)))
+            elif category == "/XObject" and found.get("/Subtype") == Name.Form:
+                walk(found, found.get("/Resources", resources))
+
+    for page in pdf.pages:
+        walk(page, page.obj.Resources)
+    return missing
+
+
+def test_resources_fonts_xobjects_graphics_states_and_streams_keep_only_their_standard_keys() -> None:
+    """Review verify-1 finding 4 (research finding 2, the rest of it): private keys on a page's
+    resource dictionary, a font, an XObject, a graphics state, a marked-content property list and
+    the content stream's own dictionary reached the restricted copies; those were cleaned by a
+    deny-list. Now each keeps the keys ISO 32000-2 defines for it (Tables 5, 34, 57, 87, 93,
+    109-124), a property list that is no optional content (OCG, OCMD) is emptied, and the page
+    still draws what it drew: every resource its content names is there, qpdf finds nothing wrong (its check, as qpdf --check)."""
+    pdf = pikepdf.Pdf.new()
+    pdf.add_blank_page(page_size=(200, 200))
+    page = pdf.pages[0].obj
+    content = b"/OC /oc1 BDC /MC1 BDC q /G1 gs BT /F1 12 Tf 10 50 Td (Visible) Tj ET /X1 Do /Im1 Do Q EMC EMC"
+    page.Contents = pdf.make_stream(content)
+    page.Contents.ZZStreamPriv = String("Streampriv MRN-77")
+    descriptor = pdf.make_indirect(Dictionary(Type=Name.FontDescriptor, FontName=Name.Helvetica, Flags=32,
+                                              FontBBox=[0, 0, 1000, 1000], ItalicAngle=0, Ascent=700, Descent=-200,
+                                              CapHeight=700, StemV=80, ZZDescPriv=String("Descpriv MRN-77")))
+    font = pdf.make_indirect(Dictionary(Type=Name.Font, Subtype=Name.Type1, BaseFont=Name.Helvetica,
+                                        FontDescriptor=descriptor, ZZFontPriv=String("Fontpriv MRN-77")))
+    drawn = pdf.make_stream(b"BT /F1 8 Tf 0 0 Td (Form) Tj ET", Type=Name.XObject, Subtype=Name.Form,
+                            BBox=[0, 0, 10, 10], Resources=Dictionary(Font=Dictionary(F1=font)),
+                            Ref=Dictionary(F=String("C:/letters/MRN-77.pdf"), Page=0),
+                            ZZXObjPriv=String("Xobjpriv MRN-77"))
+    image = pdf.make_stream(b"\xff\x00\x00", Type=Name.XObject, Subtype=Name.Image, Width=1, Height=1,
+                            ColorSpace=Name.DeviceRGB, BitsPerComponent=8, Interpolate=False,
+                            OPI=Dictionary(F=String("hires MRN-77.tif")), ZZImagePriv=String("Imagepriv MRN-77"))
+    layer = pdf.make_indirect(Dictionary(Type=Name.OCG, Name=String("Annotations layer")))
+    page.Resources = Dictionary(
+        Font=Dictionary(F1=font), XObject=Dictionary(X1=drawn, Im1=image),
+        ExtGState=Dictionary(G1=Dictionary(CA=0.5, ZZGSPriv=String("Gspriv MRN-77"))),
+        Properties=Dictionary(MC1=Dictionary(ZZPropPriv=String("Proppriv MRN-77")), oc1=layer),
+        ProcSet=Array([Name.PDF, Name.Text]), ZZResPriv=String("Respriv MRN-77"))
+    pdf.Root.OCProperties = Dictionary(OCGs=Array([layer]), D=Dictionary(ON=Array([layer])))
+    written = io.BytesIO()
+    pdf.save(written, compress_streams=False)
+    data = written.getvalue()
+    assert data.count(b"priv MRN-77") == 8 and b"MRN-77.pdf" in data and b"hires MRN-77" in data  # the premise
+    with _open(data) as original:
+        assert _resolved_names(original) == [] and original.check_pdf_syntax() == []
+
+    out = pdf_without_metadata(data)
+    assert b"MRN-77" not in out and b"/ZZ" not in out, out
+    with _open(out) as copy:
+        assert copy.check_pdf_syntax() == []
+        assert _resolved_names(copy) == []  # every resource the content names is still there
+        assert page_contents(out) == [content]
+        resources = copy.pages[0].obj.Resources
+        assert set(resources.keys()) == {"/Font", "/XObject", "/ExtGState", "/Properties", "/ProcSet"}
+        kept_font = resources.Font.F1
+        assert (kept_font.BaseFont, kept_font.FontDescriptor.CapHeight) == (Name.Helvetica, 700)
+        assert resources.ExtGState.G1.CA == 0.5
+        assert resources.XObject.X1.BBox == [0, 0, 10, 10] and "/Ref" not in resources.XObject.X1
+        assert resources.XObject.X1.read_bytes() == b"BT /F1 8 Tf 0 0 Td (Form) Tj ET"
+        kept_image = resources.XObject.Im1
+        assert (kept_image.Width, kept_image.ColorSpace, kept_image.read_bytes()) == (1, Name.DeviceRGB,
+                                                                                     b"\xff\x00\x00")
+        assert "/OPI" not in kept_image
+        # the optional content group stays (it decides what is shown); the private list is emptied
+        assert resources.Properties.oc1.Type == Name.OCG and resources.Properties.oc1.Name == "Annotations layer"
+        assert dict(resources.Properties.MC1.items()) == {}

@@ -7,6 +7,7 @@ fixtures), seeded with identifying content that the restricted views must remove
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import uuid
@@ -764,3 +765,52 @@ def test_a_picture_that_may_identify_is_not_claimed_anonymised(view: View, claim
             said = out.get("note", []) + [{"text": p} for p in out.get("description", "").split("\n\n") if p]
             assert ({"text": PIXELS_NOT_CLEANED_NOTE} in said) == (may_identify and resource_type != "Binary"
                                                                    and image), resource_type
+
+
+def test_a_consent_shown_as_the_permission_it_gives(tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    """Review verify-1 finding 3: to a purpose other than care a Consent is the permission its
+    records rest on (Decision.released_data): its nested denials (the patient's refusals) are left
+    out, and provision.data names only the records the purpose is released, by the view's ids;
+    a nested permit left naming none is left out (without data it would cover every record)."""
+    resource = consent()
+    resource["provision"]["data"].append({"meaning": "instance", "reference": {"reference": "Media/withheld-2"}})
+    resource["provision"]["provision"].append({"type": "permit", "data": [
+        {"meaning": "instance", "reference": {"reference": "Media/withheld-2"}}]})
+    for view in (View.PSEUDONYMISED, View.DEIDENTIFIED, View.FULL):
+        shown = dataclasses.replace(decision(view), released_data=frozenset({"Media/wound-photo-1"}))
+        out = render(copy.deepcopy(resource), shown, tables=tables, pseudonymizer=pseudonymizer)
+        validate_r4(out)
+        assert [d["reference"]["reference"] for d in out["provision"]["data"]] == \
+            [f"Media/{released(view, 'Media', 'wound-photo-1') if view is not View.FULL else 'wound-photo-1'}"]
+        assert "provision" not in out["provision"], view
+        assert "withheld-2" not in json.dumps(out) and released(View.PSEUDONYMISED, "Media", "withheld-2") \
+            not in json.dumps(out)
+    # care (released_data None) is shown the Consent whole
+    whole = render(copy.deepcopy(resource), decision(View.FULL), tables=tables, pseudonymizer=pseudonymizer)
+    assert whole["provision"]["provision"] == resource["provision"]["provision"]
+    # a root permit left naming nothing cannot be shown (the decision refuses such a Consent)
+    with pytest.raises(Forbidden):
+        render(copy.deepcopy(resource), dataclasses.replace(decision(View.PSEUDONYMISED), released_data=frozenset()),
+               tables=tables, pseudonymizer=pseudonymizer)
+
+
+def test_the_pseudonymised_view_shows_a_consent_s_own_dates_as_their_utc_date(
+        tables: Tables, pseudonymizer: Pseudonymizer) -> None:
+    """Review verify-1 finding 2: a Consent the adapter dated with the instant it stored the photo
+    showed it to the millisecond in the pseudonymised view. Its own dates (dateTime, the
+    provisions' periods, the verification date) are shown as their UTC date alone there; a date
+    stays as it is; the de-identified view shows the year, care the value as stored."""
+    resource = consent()
+    resource["dateTime"] = "2026-11-29T00:19:02.357+00:00"
+    resource["provision"]["period"] = {"start": "2026-11-29T00:19:02.357+00:00", "end": "2027-01-01"}
+    resource["verification"][0]["verificationDate"] = "2026-11-29T00:30:00+01:00"
+    out = render(copy.deepcopy(resource), decision(View.PSEUDONYMISED), tables=tables, pseudonymizer=pseudonymizer)
+    validate_r4(out)
+    assert out["dateTime"] == "2026-11-29"
+    assert out["provision"]["period"] == {"start": "2026-11-29", "end": "2027-01-01"}
+    assert out["verification"][0]["verificationDate"] == "2026-11-28"  # 23:30 UTC the day before
+    assert "00:19" not in json.dumps(out)
+    deid = render(copy.deepcopy(resource), decision(View.DEIDENTIFIED), tables=tables, pseudonymizer=pseudonymizer)
+    assert deid["dateTime"] == "2026" and deid["provision"]["period"] == {"start": "2026", "end": "2027"}
+    care = render(copy.deepcopy(resource), decision(View.FULL), tables=tables, pseudonymizer=pseudonymizer)
+    assert care["dateTime"] == resource["dateTime"]

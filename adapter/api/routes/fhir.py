@@ -580,9 +580,17 @@ async def _as_r5_photo_too(load: Callable[[str], Any], resource_type: str, versi
     """``load(resource_type)`` in the thread pool; for an R5 reader a DocumentReference that is
     not one may be a photo, which R5 knows as the DocumentReference of its Media's id: which one
     ``id`` is, is looked up first, so that one read is made and audited (a read that found
-    nothing is audited too: not a first try's miss before the photo is found)."""
+    nothing is audited too: not a first try's miss before the photo is found). A 404 of the photo
+    (a restricted view's id of one it may not read, a version it does not have) names the
+    DocumentReference asked for, as one of an id that names nothing does: not the Media it is."""
     if version == "5" and resource_type == "DocumentReference":
-        resource_type = await run_in_threadpool(reader.r5_document_type, id)
+        stored_type = await run_in_threadpool(reader.r5_document_type, id)
+        try:
+            return await run_in_threadpool(load, stored_type)
+        except NotFound as exc:
+            if stored_type == "DocumentReference":
+                raise
+            raise NotFound(exc.diagnostics.replace(f"Media/{id}", f"DocumentReference/{id}", 1)) from None
     return await run_in_threadpool(load, resource_type)
 
 
