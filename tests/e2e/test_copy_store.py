@@ -130,17 +130,22 @@ def test_copy_store_refuses_a_folder_that_is_not_the_databases(tmp_path: Path) -
         assert table_names(url) == []
 
 
+def _sqlite_source_with_a_photo(tmp_path: Path) -> sa.Engine:
+    """A SQLite store in the data folder holding one photo, the policy beside it (as the copy's
+    commands read it), and an engine on its file for the test to change what a release left."""
+    with adapter_client(tmp_path) as (client, services):
+        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
+        services.close()
+    (tmp_path / "policy.yaml").write_text((ROOT / "mappings" / "policy.yaml").read_text())
+    return sa.create_engine(f"sqlite:///{tmp_path / 'data' / 'adapter.db'}")
+
+
 def test_copy_store_refuses_a_source_of_an_older_schema_and_leaves_it_as_it_was(tmp_path: Path) -> None:
     """Review of the day's merges: the copy opened its source as serve does, which upgraded a store
     of an older schema version before refusing it, so the SQLite file the operator kept as the way
     back no longer was one for the version that wrote it. It is refused now before anything is
     written: its schema version and tables stay, and the target gets nothing."""
-    source = tmp_path / "data" / "adapter.db"
-    with adapter_client(tmp_path) as (client, services):
-        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
-        services.close()
-    (tmp_path / "policy.yaml").write_text((ROOT / "mappings" / "policy.yaml").read_text())
-    engine = sa.create_engine(f"sqlite:///{source}")
+    engine = _sqlite_source_with_a_photo(tmp_path)
     try:
         with engine.begin() as conn:  # the store as schema 20 left it: its audit chain's start not sealed
             conn.exec_driver_sql("DELETE FROM key_fingerprints WHERE name = 'audit-start-mac'")
@@ -161,12 +166,7 @@ def test_copy_store_refuses_a_source_of_an_older_schema_and_leaves_it_as_it_was(
 def test_copy_store_says_a_source_of_a_newer_schema_is_newer(tmp_path: Path) -> None:
     """Verify review 2, finding 7: a store a newer version upgraded was answered "start this version
     of the adapter on it once (it upgrades it)", which serve refuses: the newer version copies it."""
-    source = tmp_path / "data" / "adapter.db"
-    with adapter_client(tmp_path) as (client, services):
-        post_photo(client, ROOT / "samples" / "wound.jpg", metadata())
-        services.close()
-    (tmp_path / "policy.yaml").write_text((ROOT / "mappings" / "policy.yaml").read_text())
-    engine = sa.create_engine(f"sqlite:///{source}")
+    engine = _sqlite_source_with_a_photo(tmp_path)
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"INSERT INTO schema_version (version, applied) VALUES ({SCHEMA_VERSION + 1}, "
