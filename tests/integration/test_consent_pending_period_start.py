@@ -44,18 +44,14 @@ from tests.support.app import (
     write_policy,
 )
 from tests.support.audit import patients
-from tests.support.postgres import postgres_schema
+from tests.support.postgres import data_folder_or_postgres
 
 HOUR = timedelta(hours=1)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None  # the data folder's
-    else:
-        with postgres_schema("consent_start") as url:
-            yield url
+    yield from data_folder_or_postgres(request.param, "consent_start")
 
 
 @contextmanager

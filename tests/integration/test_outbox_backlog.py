@@ -23,7 +23,7 @@ from adapter.services.registry import Services, build_services
 from tests.conftest import ROOT
 from tests.integration.test_outbox_leases import PACS, Clock, forwarder
 from tests.support.app import PATIENT, adapter_client, metadata, post_photo
-from tests.support.postgres import postgres_schema
+from tests.support.postgres import data_folder_or_postgres
 
 
 class Pacs:
@@ -66,11 +66,7 @@ class Pacs:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """Each test on the data folder's SQLite and on PostgreSQL (two ``serve`` processes share one)."""
-    if request.param == "sqlite":
-        yield None
-    else:
-        with postgres_schema("outbox_backlog") as url:
-            yield url
+    yield from data_folder_or_postgres(request.param, "outbox_backlog")
 
 
 @contextmanager

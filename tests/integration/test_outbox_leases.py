@@ -21,7 +21,7 @@ from adapter.services.registry import Services, build_services
 from adapter.store.dates import now_instant
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, metadata, post_photo
-from tests.support.postgres import postgres_schema
+from tests.support.postgres import data_folder_or_postgres
 
 PACS = "PACS@127.0.0.1:104"
 LEASE = timedelta(seconds=60)  # the store's (adapter.store.sql.OUTBOX_LEASE)
@@ -100,11 +100,7 @@ def forwarder(services: Services, sender: Sender, clock: Clock, **options: Any) 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None  # the data folder's
-    else:
-        with postgres_schema("outbox") as url:
-            yield url
+    yield from data_folder_or_postgres(request.param, "outbox")
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from tests.support.app import (
     metadata,
     post_photo,
 )
-from tests.support.postgres import postgres_schema
+from tests.support.postgres import data_folder_or_postgres
 
 WOUND = ROOT / "samples" / "wound.jpg"
 SAMPLES = ROOT / "samples"
@@ -37,11 +37,7 @@ SAMPLES = ROOT / "samples"
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-        return
-    with postgres_schema("test_patient_refs") as url:
-        yield url
+    yield from data_folder_or_postgres(request.param, "test_patient_refs")
 
 
 def _patient(mrn: str, reference: str | None = "Patient/p-777") -> dict[str, Any]:

@@ -28,7 +28,7 @@ from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, as_purpose, mark_entered_in_error, metadata, post_photo
 from tests.support.fhir_factories import jpeg_bytes
 from tests.support.mhd import provide_document_bundle
-from tests.support.postgres import postgres_schema
+from tests.support.postgres import data_folder_or_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +41,7 @@ RIGHT = {"bodySite": "14975008", "laterality": "right"}
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Any:
-    if request.param == "sqlite":
-        yield None
-    else:
-        with postgres_schema("test_refile") as url:
-            yield url
+    yield from data_folder_or_postgres(request.param, "test_refile")
 
 
 def _codes(outcome: dict[str, Any]) -> list[str]:

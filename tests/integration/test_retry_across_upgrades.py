@@ -27,7 +27,7 @@ from adapter.mapping.codes import INGEST_WARNING_SYSTEM
 from adapter.store.schema import SCHEMA_VERSION
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, as_purpose, mark_entered_in_error, metadata, post_photo
-from tests.support.postgres import postgres_schema
+from tests.support.postgres import data_folder_or_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +39,7 @@ OLDER_STORED = "0" * 63 + "1"
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Any:
-    if request.param == "sqlite":
-        yield None
-    else:
-        with postgres_schema("test_retry_upgrade") as url:
-            yield url
+    yield from data_folder_or_postgres(request.param, "test_retry_upgrade")
 
 
 def _as_the_older_release_left_it(services: Any, version: int = SCHEMA_VERSION - 1) -> None:

@@ -16,16 +16,12 @@ from adapter.services.registry import Services
 from adapter.store.schema import SCHEMA_VERSION
 from tests.conftest import ROOT
 from tests.support.app import PATIENT, adapter_client, as_purpose, metadata, post_photo
-from tests.support.postgres import postgres_schema
+from tests.support.postgres import data_folder_or_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-        return
-    with postgres_schema("test_schema_moved") as url:
-        yield url
+    yield from data_folder_or_postgres(request.param, "test_schema_moved")
 
 
 def _upgrade_under_it(services: Services, version: int = SCHEMA_VERSION + 1) -> None:

@@ -35,6 +35,17 @@ def postgres_schema(prefix: str) -> Iterator[str]:
         engine.dispose()
 
 
+def data_folder_or_postgres(param: str, prefix: str) -> Iterator[str | None]:
+    """The database of a test parametrised ``["sqlite", "postgresql"]``: None (the data folder's
+    SQLite file), or the URL of a fresh PostgreSQL schema (:func:`postgres_schema`) for the
+    duration. A fixture yields from it."""
+    if param == "sqlite":
+        yield None
+        return
+    with postgres_schema(prefix) as url:
+        yield url
+
+
 @contextmanager
 def named_postgres_schema(prefix: str) -> Iterator[tuple[str, str]]:
     """:func:`postgres_schema` whose sessions carry an application_name of their own: yields
