@@ -419,18 +419,10 @@ class _ContentWalk:
         if not self.keep(res, RESOURCES_KEPT):
             return
         assert isinstance(res, Dictionary | Stream)
-        for _, each in _entries(res.get("/Font")):
-            self.font(each)
-        for _, each in _entries(res.get("/XObject")):
-            self.xobject(each)
-        for _, each in _entries(res.get("/ExtGState")):
-            self.ext_g_state(each)
-        for _, each in _entries(res.get("/Pattern")):
-            self.pattern(each)
-        for _, each in _entries(res.get("/Shading")):
-            self.shading(each)
-        for _, each in _entries(res.get("/ColorSpace")):
-            self.color_space(each)
+        for key, clean in (("/Font", self.font), ("/XObject", self.xobject), ("/ExtGState", self.ext_g_state),
+                           ("/Pattern", self.pattern), ("/Shading", self.shading), ("/ColorSpace", self.color_space)):
+            for _, each in _entries(res.get(key)):
+                clean(each)
         properties = res.get("/Properties")
         if isinstance(properties, Dictionary):
             for name, each in _entries(properties):
