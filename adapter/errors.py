@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 
+from adapter.refusals import RefusalCode
+
 
 class AdapterError(Exception):
     """Base of every error the adapter raises on purpose."""
@@ -21,11 +23,18 @@ class AdapterError(Exception):
     #: The record (``Type/id``) a refusal is about when it is stored and held (a retry of a photo
     #: stored with other details: 409), answered as ``Location`` (adapter.api.outcome); else None.
     location: str | None = None
+    #: What the refusal is, for a machine (adapter.refusals; ``issue.details.coding`` over HTTP):
+    #: the class's code, unless the raise gives a more precise one (``refusal=``). None for a
+    #: failure that is no refusal (a 500).
+    refusal: RefusalCode | None = None
 
     def __init__(self, diagnostics: str, *, expression: str | list[str] | None = None,
-                 details_code: str | None = None, details_text: str | None = None) -> None:
+                 details_code: str | None = None, details_text: str | None = None,
+                 refusal: RefusalCode | None = None) -> None:
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
+        if refusal is not None:
+            self.refusal = refusal
         if expression is None:
             self.expression: list[str] = []
         elif isinstance(expression, str):
@@ -50,6 +59,7 @@ class InvalidInput(AdapterError):
     """Structurally or semantically invalid request content (FHIR 'invalid')."""
 
     issue_type = "invalid"
+    refusal = RefusalCode.INVALID_CONTENT
 
 
 class InvalidQuery(InvalidInput):
@@ -61,6 +71,8 @@ class InvalidQuery(InvalidInput):
     search.html "Handling Errors"; PS3.18 8.3.x, 9.x, 10.4.x, 10.6.x), not 422, which FHIR keeps
     for content (a resource, a photo) that was understood and cannot be processed."""
 
+    refusal = RefusalCode.INVALID_QUERY
+
 
 class AmbiguousRequest(InvalidInput):
     """A request that two parsers may read differently, so a gateway may have checked another
@@ -69,33 +81,41 @@ class AmbiguousRequest(InvalidInput):
     a multipart part header line given twice (security review 3; adapter.api.media_type). 400
     Bad Request: the request was not understood, nothing stored."""
 
+    refusal = RefusalCode.AMBIGUOUS_REQUEST
+
 
 class InvalidResource(InvalidInput):
     """A FHIR resource or Bundle that does not validate (FHIR 'structure')."""
 
     issue_type = "structure"
+    refusal = RefusalCode.INVALID_RESOURCE
 
 
 class RequiredElementMissing(InvalidInput):
     """A required element is absent (FHIR 'required')."""
 
     issue_type = "required"
+    refusal = RefusalCode.REQUIRED_ELEMENT_MISSING
 
 
 class UnknownCode(InvalidInput):
     """A code outside the code system or value set we accept (FHIR 'code-invalid')."""
 
     issue_type = "code-invalid"
+    refusal = RefusalCode.UNKNOWN_CODE
 
 
 class BusinessRuleViolation(AdapterError):
     """Well-formed input refused by a rule of the guidance or the organisation's policy."""
 
     issue_type = "business-rule"
+    refusal = RefusalCode.BUSINESS_RULE
 
 
 class ConsentRequired(BusinessRuleViolation):
     """A photo that needs documented consent arrived without it."""
+
+    refusal = RefusalCode.CONSENT_REQUIRED
 
 
 class PatientReferenceConflict(BusinessRuleViolation):
@@ -104,17 +124,21 @@ class PatientReferenceConflict(BusinessRuleViolation):
     return several patients' photos (safety review 1). Nothing is stored (HTTP 422; never raised
     over DIMSE, whose objects carry no reference). The diagnostics never name the other patient."""
 
+    refusal = RefusalCode.PATIENT_REFERENCE_CONFLICT
+
 
 class UnsupportedMediaType(AdapterError):
     """Content that is not a JPEG or PNG (HTTP 415)."""
 
     issue_type = "not-supported"
+    refusal = RefusalCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class NotSupported(AdapterError):
     """An interaction or parameter the adapter does not support."""
 
     issue_type = "not-supported"
+    refusal = RefusalCode.NOT_SUPPORTED
 
 
 class UpdateCreateNotSupported(NotSupported):
@@ -128,10 +152,14 @@ class NotAcceptable(NotSupported):
     """A representation the adapter does not produce was asked for (HTTP 406): FHIR XML or
     Turtle, say; it answers in FHIR JSON."""
 
+    refusal = RefusalCode.NOT_ACCEPTABLE
+
 
 class UnsupportedPixelData(NotSupported):
     """Pixel data the adapter has no lossless rendering for, in an object whose SOP class it
     accepts: a native layout a PNG cannot carry as it is (YBR, palette colour, signed samples)."""
+
+    refusal = RefusalCode.UNSUPPORTED_PIXEL_DATA
 
 
 class UnsupportedTransferSyntax(UnsupportedPixelData):
@@ -141,6 +169,8 @@ class UnsupportedTransferSyntax(UnsupportedPixelData):
 
 class UndecodableImage(InvalidInput):
     """Bytes that claim to be an image but do not decode."""
+
+    refusal = RefusalCode.UNDECODABLE_IMAGE
 
 
 class UncleanableDocument(NotSupported):
@@ -154,6 +184,7 @@ class ImageTooLarge(AdapterError):
     """More pixels than the policy allows: a decompression bomb."""
 
     issue_type = "too-costly"
+    refusal = RefusalCode.TOO_MANY_PIXELS
 
 
 class TooCostly(AdapterError):
@@ -161,12 +192,14 @@ class TooCostly(AdapterError):
     criteria, say (the database would refuse it, or take its time over it)."""
 
     issue_type = "too-costly"
+    refusal = RefusalCode.TOO_COSTLY
 
 
 class PayloadTooLarge(AdapterError):
     """An upload over the size limit (HTTP 413)."""
 
     issue_type = "too-long"
+    refusal = RefusalCode.PAYLOAD_TOO_LARGE
 
 
 class RequestTimeout(AdapterError):
@@ -174,30 +207,35 @@ class RequestTimeout(AdapterError):
     nothing of it was stored."""
 
     issue_type = "timeout"
+    refusal = RefusalCode.REQUEST_TIMEOUT
 
 
 class Forbidden(AdapterError):
     """Refused by the consent decision or missing purpose of use. Says little on purpose."""
 
     issue_type = "forbidden"
+    refusal = RefusalCode.FORBIDDEN
 
 
 class PurposeOfUseMissing(Forbidden):
     """A read that does not state its purpose of use: fail closed."""
 
     issue_type = "security"
+    refusal = RefusalCode.PURPOSE_OF_USE_MISSING
 
 
 class UnknownPurposeOfUse(InvalidInput):
     """A purpose of use that is not a v3-ActReason code we know."""
 
     issue_type = "code-invalid"
+    refusal = RefusalCode.UNKNOWN_PURPOSE_OF_USE
 
 
 class NotFound(AdapterError):
     """No such resource."""
 
     issue_type = "not-found"
+    refusal = RefusalCode.NOT_FOUND
 
 
 class MissingImage(AdapterError):
@@ -218,6 +256,8 @@ class UnreleasableObject(AdapterError):
 class Gone(NotFound):
     """What was there is no longer (HTTP 410): an expired page of a search."""
 
+    refusal = RefusalCode.GONE
+
 
 class UnsupportedResourceType(NotFound):
     """A resource type this server does not serve (FHIR http.html: 404, "resource type not
@@ -230,10 +270,13 @@ class Conflict(AdapterError):
     """A duplicate or a version conflict."""
 
     issue_type = "conflict"
+    refusal = RefusalCode.CONFLICT
 
 
 class PreconditionFailed(Conflict):
     """If-Match names a version that is not current (HTTP 412)."""
+
+    refusal = RefusalCode.VERSION_CONFLICT
 
 
 class InstanceConflict(Conflict):
@@ -244,11 +287,14 @@ class InstanceConflict(Conflict):
     patient per study, one study per series: PS3.3 A.1.2), whether received or made from a
     posted photo. Nothing is stored (HTTP 409, DIMSE 0xA900: adapter.mapping.dimse_status)."""
 
+    refusal = RefusalCode.INSTANCE_CONFLICT
+
 
 class Transient(AdapterError):
     """A temporary failure (storage busy, peer unavailable); the client may retry."""
 
     issue_type = "transient"
+    refusal = RefusalCode.TRANSIENT
 
 
 class StudyStarted(Transient):
@@ -287,6 +333,7 @@ class InsufficientStorage(StorageError):
     0xA700). Reads, consent changes and their audit events go on in the reserve."""
 
     issue_type = "no-store"
+    refusal = RefusalCode.INSUFFICIENT_STORAGE
 
 
 #: The operating system's errors for a file system with no room left for what is written: full

@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapter.api.headers import HttpMiddleware, send_outcome
 from adapter.model.authority import Authority, host_literal, parse_authority
+from adapter.refusals import RefusalCode
 
 if TYPE_CHECKING:
     from adapter.config import Settings
@@ -144,12 +145,12 @@ class AllowedHostsMiddleware(HttpMiddleware):
                     raise ValueError("more than one")  # the protocol refuses it first (adapter.api.request_limits)
                 asked = parse_authority(named[0].decode("latin-1"))
             except ValueError:
-                await send_outcome(send, 400, "invalid", _NO_HOST)
+                await send_outcome(send, 400, "invalid", _NO_HOST, refusal=RefusalCode.INVALID_QUERY)
                 return
             if not self.hosts.admits(asked, scheme, server):
                 log.warning("refused a request for a host this adapter does not answer for (Host %r): "
                             "ADAPTER_ALLOWED_HOSTS lists the names it does", named[0].decode("latin-1")[:100])
-                await send_outcome(send, 421, "not-supported", _MISDIRECTED)
+                await send_outcome(send, 421, "not-supported", _MISDIRECTED, refusal=RefusalCode.NOT_SUPPORTED)
                 return
             admitted = asked.under(scheme)
         if admitted is not None:

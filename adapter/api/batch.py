@@ -33,7 +33,8 @@ from adapter.api.forwarded import forwarded_for_of
 from adapter.api.headers import BREAK_GLASS_HEADER, overrode_said
 from adapter.api.request_id import request_id_of
 from adapter.errors import InvalidInput
-from adapter.mapping.outcome import operation_outcome
+from adapter.mapping.outcome import operation_outcome, refusal_coding
+from adapter.refusals import RefusalCode
 
 #: At most this many entries in one batch (each is a full request).
 MAX_BATCH_ENTRIES = 100
@@ -46,9 +47,15 @@ _RESPONSE_HEADERS = {"etag": "etag", "location": "location"}
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}", re.ASCII)
 
 
+#: The refusal code (adapter.refusals) of an entry refused here, by its IssueType.
+_REFUSALS = {"not-supported": RefusalCode.NOT_SUPPORTED, "too-costly": RefusalCode.TOO_COSTLY,
+             "invalid": RefusalCode.INVALID_QUERY}
+
+
 def _refused(index: int, why: str, *, status: str = "400 Bad Request", code: str = "not-supported") -> dict[str, Any]:
     return {"response": {"status": status,
-                         "outcome": operation_outcome("error", code, why, [f"Bundle.entry[{index}].request"])}}
+                         "outcome": operation_outcome("error", code, why, [f"Bundle.entry[{index}].request"],
+                                                      details=refusal_coding(_REFUSALS[code]))}}
 
 
 def _target(entry: Any, types: tuple[str, ...]) -> str | None:

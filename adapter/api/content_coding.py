@@ -14,6 +14,7 @@ from __future__ import annotations
 from starlette.types import Receive, Scope, Send
 
 from adapter.api.headers import HttpMiddleware, send_outcome
+from adapter.refusals import RefusalCode
 
 #: The methods whose requests carry a body the adapter reads.
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
@@ -39,7 +40,8 @@ class ContentCodingMiddleware(HttpMiddleware):
         await send_outcome(send, 415, "not-supported",
                            f"the request body has the content coding {codings[0][:40]!r} (Content-Encoding): this "
                            "server takes request bodies without one (Accept-Encoding: identity); send the body "
-                           "uncompressed", headers=[(b"accept-encoding", b"identity")])
+                           "uncompressed", headers=[(b"accept-encoding", b"identity")],
+                           refusal=RefusalCode.UNSUPPORTED_MEDIA_TYPE)
 
 
 __all__ = ["ContentCodingMiddleware", "content_codings"]

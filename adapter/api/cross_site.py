@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from adapter.api.allowed_hosts import AllowedHosts
 from adapter.api.headers import HttpMiddleware, send_outcome
 from adapter.model.authority import parse_authority
+from adapter.refusals import RefusalCode
 
 log = logging.getLogger("adapter.api")
 
@@ -49,7 +50,7 @@ class CrossSiteWriteMiddleware(HttpMiddleware):
             await self.app(scope, receive, send)
             return
         log.warning("refused a write from a web page of an unlisted origin (%s %s)", scope["method"], scope["path"])
-        await send_outcome(send, 403, "forbidden", _DIAGNOSTICS)
+        await send_outcome(send, 403, "forbidden", _DIAGNOSTICS, refusal=RefusalCode.FORBIDDEN)
 
     def _same_site(self, scope: Scope) -> bool:
         """Not a page of another origin: none named (not a browser), the adapter's own (its

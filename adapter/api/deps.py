@@ -15,6 +15,7 @@ from adapter.errors import Forbidden, NotAcceptable, PurposeOfUseMissing, Unknow
 from adapter.mapping.audit_mhd import find_document_references, retrieve_document
 from adapter.mapping.capability import R4_TYPES
 from adapter.model.purpose import MhdTransaction, PurposeOfUse, RequestContext
+from adapter.refusals import RefusalCode
 from adapter.services.access import ScopedReader
 from adapter.services.audit import DicomAudit
 from adapter.services.purpose import parse_purpose_of_use
@@ -224,7 +225,7 @@ def get_write_context(request: Request, services: Services, interaction: str,
               "photo, document or Consent")
     services.auditor.record(ctx, interaction=interaction, action="U" if interaction == "update" else "C",
                             decision=None, entities=[], patient=None, reason=reason, refused=True, dicom=dicom)
-    raise Forbidden(reason)
+    raise Forbidden(reason, refusal=RefusalCode.PURPOSE_NOT_FOR_WRITE)
 
 
 ReadContextDep = Annotated[RequestContext, Depends(get_read_context)]

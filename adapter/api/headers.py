@@ -24,7 +24,8 @@ from email.utils import formatdate
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adapter.mapping.outcome import operation_outcome
+from adapter.mapping.outcome import operation_outcome, refusal_coding
+from adapter.refusals import RefusalCode
 
 HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
 #: Said on an answer released under break-the-glass (FHIR: information / suppressed / BTG).
@@ -67,10 +68,12 @@ def editing_response_headers(send: Send, edit: Callable[[RawHeaders], RawHeaders
 
 
 async def send_outcome(send: Send, status: int, code: str, diagnostics: str,
-                       headers: RawHeaders | None = None) -> None:
+                       headers: RawHeaders | None = None, *, refusal: RefusalCode) -> None:
     """Answer, from a plain ASGI middleware, with an OperationOutcome of one error issue (FHIR
-    IssueType ``code``) and ``status``; ``headers`` beside its content type and length."""
-    body = json.dumps(operation_outcome("error", code, diagnostics), separators=(",", ":")).encode()
+    IssueType ``code``, the ``refusal`` code in its details: adapter.refusals) and ``status``;
+    ``headers`` beside its content type and length."""
+    outcome = operation_outcome("error", code, diagnostics, details=refusal_coding(refusal))
+    body = json.dumps(outcome, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body, "more_body": False})

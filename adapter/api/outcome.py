@@ -20,7 +20,8 @@ from adapter.api.negotiation import Format, check_acceptable, fhir_version, medi
 from adapter.api.urls import absolute
 from adapter.json_decimal import dumps
 from adapter.mapping.capability import R4_TYPES
-from adapter.mapping.outcome import operation_outcome, outcome_from_error
+from adapter.mapping.outcome import operation_outcome, outcome_from_error, refusal_coding
+from adapter.refusals import RefusalCode
 
 log = logging.getLogger("adapter.api")
 
@@ -168,9 +169,11 @@ def install_error_handlers(app: FastAPI) -> None:
             # a query parameter that cannot be understood (GET /outbox?limit=x): 400, as
             # InvalidQuery is on every read; 422 stays for a body understood and not processable
             where = [".".join(str(p) for p in tuple(err["loc"])[1:]) for err in errors]
-            return _outcome(request, operation_outcome("error", "invalid", "invalid query", expression=where), 400)
+            return _outcome(request, operation_outcome("error", "invalid", "invalid query", expression=where,
+                                                        details=refusal_coding(RefusalCode.INVALID_QUERY)), 400)
         where = [".".join(str(p) for p in err.get("loc", ())) for err in errors]
-        return _outcome(request, operation_outcome("error", "invalid", "invalid request", expression=where), 422)
+        return _outcome(request, operation_outcome("error", "invalid", "invalid request", expression=where,
+                                                    details=refusal_coding(RefusalCode.INVALID_CONTENT)), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -183,15 +186,18 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
-        return _outcome(request, operation_outcome("error", code, str(exc.detail)[:200]), exc.status_code,
-                        headers=headers or None)
+        refusal = {404: RefusalCode.NOT_FOUND, 405: RefusalCode.NOT_SUPPORTED}.get(exc.status_code)
+        return _outcome(request, operation_outcome("error", code, str(exc.detail)[:200],
+                                                   details=refusal_coding(refusal) if refusal else None),
+                        exc.status_code, headers=headers or None)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect) -> Response:
         # the client closed the connection before its request was whole: nobody to answer, no
         # error of ours; the route stored nothing (its staging file is removed as it unwinds)
         log.info("the client disconnected before its request was whole")
-        return _outcome(request, operation_outcome("error", "incomplete", "the request did not arrive whole"), 400)
+        return _outcome(request, operation_outcome("error", "incomplete", "the request did not arrive whole",
+                                                    details=refusal_coding(RefusalCode.REQUEST_TIMEOUT)), 400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -19,6 +19,7 @@ import logging
 from starlette.types import Message, Receive, Scope, Send
 
 from adapter.api.headers import HttpMiddleware, send_outcome
+from adapter.refusals import RefusalCode
 
 log = logging.getLogger("adapter.api")
 
@@ -49,4 +50,4 @@ class CancelledRequestMiddleware(HttpMiddleware):
             # answered, not raised again: the cancellation came from uvicorn's stop, which waits for
             # nothing of this task any more, and raised it would be answered 500 with a traceback
             await send_outcome(send, 503, "transient", _DIAGNOSTICS,
-                               [(b"connection", b"close"), (b"retry-after", b"30")])
+                               [(b"connection", b"close"), (b"retry-after", b"30")], refusal=RefusalCode.TRANSIENT)

@@ -36,6 +36,7 @@ from adapter.model.photo import (
     PhotoSource,
 )
 from adapter.model.policy import Policy
+from adapter.refusals import RefusalCode
 
 _COLLEAGUE_SOURCES = frozenset({PhotoSource.COLLEAGUE_INTERNAL, PhotoSource.COLLEAGUE_EXTERNAL})
 
@@ -199,7 +200,8 @@ def _check_device(meta: PhotoMetadata, policy: Policy) -> None:
             expression="device")
     if meta.device is DeviceOwnership.PERSONAL:
         raise BusinessRuleViolation("the organisation's policy forbids staff to take patient photos on personal "
-                                    "devices; take it on a device of the organisation", expression="device")
+                                    "devices; take it on a device of the organisation", expression="device",
+                                    refusal=RefusalCode.PERSONAL_DEVICE_REFUSED)
 
 
 def _check_statement_method(meta: PhotoMetadata, tables: Tables) -> None:
@@ -212,16 +214,17 @@ def _check_statement_method(meta: PhotoMetadata, tables: Tables) -> None:
             raise ConsentRequired(
                 f"implied consent only comes from the patient sending the photo; for a photo from a "
                 f"{meta.source.value} source document verbal or written consent",
-                expression="consent.method")
+                expression="consent.method", refusal=RefusalCode.CONSENT_INSUFFICIENT)
         for i, code in enumerate(statement.purposes):
             if classify_purpose(code, tables) is not PurposeClass.CARE:
                 raise ConsentRequired(
                     f"implied consent covers care only; '{code}' needs explicit (verbal or written) "
-                    "consent", expression=f"consent.purposes[{i}]")
+                    "consent", expression=f"consent.purposes[{i}]", refusal=RefusalCode.CONSENT_INSUFFICIENT)
     if (statement.method is ConsentMethod.VERBAL and meta.kind is PhotoKind.CLINICAL
             and tables.policy.consent.written_required):
         raise ConsentRequired("the organisation's policy requires written consent for clinical photos; "
-                              "verbal consent was given", expression="consent.method")
+                              "verbal consent was given", expression="consent.method",
+                              refusal=RefusalCode.WRITTEN_CONSENT_REQUIRED)
 
 
 def _check_statement_source(meta: PhotoMetadata, tables: Tables) -> None:
@@ -240,7 +243,8 @@ def _check_statement_source(meta: PhotoMetadata, tables: Tables) -> None:
             raise ConsentRequired(
                 f"a photo the patient sent carries consent only for the care it was sent for; '{code}' needs the "
                 "patient's written consent with its form (consent.form), or a Consent recorded on its own "
-                "(POST /fhir/Consent)", expression=f"consent.purposes[{i}]")
+                "(POST /fhir/Consent)", expression=f"consent.purposes[{i}]",
+                refusal=RefusalCode.CONSENT_INSUFFICIENT)
 
 
 #: How far ahead of the adapter's clock a date its sender gives may lie (the clocks and time zones
@@ -260,7 +264,7 @@ def _check_statement_date(meta: PhotoMetadata, now: datetime) -> None:
     given = meta.consent.date if meta.consent is not None else None
     if given is not None and dated_ahead(given, now):
         raise ConsentRequired("the consent is dated in the future: give the date it was given",
-                              expression="consent.date")
+                              expression="consent.date", refusal=RefusalCode.DATED_IN_FUTURE)
 
 
 def check_capture_time(meta: PhotoMetadata, now: datetime) -> None:
@@ -280,14 +284,16 @@ def check_capture_time(meta: PhotoMetadata, now: datetime) -> None:
     require_aware(now)
     if meta.taken_at is not None and dated_ahead(meta.taken_at, now):
         raise BusinessRuleViolation(f"the photo is dated in the future ({meta.taken_at.isoformat()}): give the time "
-                                    "it was taken: nothing was stored", expression="takenAt")
+                                    "it was taken: nothing was stored", expression="takenAt",
+                                    refusal=RefusalCode.DATED_IN_FUTURE)
     document = getattr(meta, "document", None)  # a transaction's DocumentReference (TransactionPhotoMetadata)
     period = document.period if isinstance(document, DocumentMetadata) else None
     start = parse_fhir_datetime(period.get("start")) if period else None
     if start is not None and dated_ahead(start, now):
         raise BusinessRuleViolation(f"the document's service period starts in the future ({start.isoformat()}): "
                                     "give when the photo was taken: nothing was stored",
-                                    expression="DocumentReference.context.period.start")
+                                    expression="DocumentReference.context.period.start",
+                                    refusal=RefusalCode.DATED_IN_FUTURE)
 
 
 def check_exif_capture_time(meta: PhotoMetadata, capture_time: datetime | None, now: datetime) -> None:
@@ -303,7 +309,7 @@ def check_exif_capture_time(meta: PhotoMetadata, capture_time: datetime | None, 
     if meta.taken_at is None and capture_time is not None and dated_ahead(capture_time, now):
         raise BusinessRuleViolation(f"the photo's EXIF capture time ({capture_time.isoformat()}) is in the future "
                                     "(the camera's clock?): send takenAt with the time it was taken: nothing was "
-                                    "stored", expression="file")
+                                    "stored", expression="file", refusal=RefusalCode.DATED_IN_FUTURE)
 
 
 def _retrospective_consent(meta: PhotoMetadata) -> str | None:
@@ -385,7 +391,8 @@ def _needs_pending(meta: PhotoMetadata, implied: tuple[str, ...], existing: Sequ
     else:
         on_file_text = "no active Consent permitting TREAT is on file for this patient"
     raise ConsentRequired(f"a clinical photo needs documented consent for TREAT: {missing}, and "
-                          f"{on_file_text}", expression=expression)
+                          f"{on_file_text}", expression=expression,
+                          refusal=RefusalCode.WRITTEN_CONSENT_REQUIRED if on_file else None)
 
 
 def _check_care_not_denied(meta: PhotoMetadata, existing: Sequence[ConsentGrant], tables: Tables,
@@ -399,7 +406,8 @@ def _check_care_not_denied(meta: PhotoMetadata, existing: Sequence[ConsentGrant]
            for g in existing):
         raise ConsentRequired("an active Consent on file denies TREAT for this patient; record the "
                               "patient's new decision (make that Consent inactive) before sending "
-                              "photos of this patient", expression="consent")
+                              "photos of this patient", expression="consent",
+                              refusal=RefusalCode.CONSENT_DENIED)
 
 
 def _discussion_note(colleague: Colleague) -> str:

@@ -109,7 +109,7 @@ def signed_form(raw: bytes, content_type: str | None, tables: Tables, expression
     try:
         return sanitize_scan(raw, quality=policy.quality, limits=policy.limits)
     except (ImageTooLarge, UndecodableImage) as exc:
-        raise type(exc)(f"{expression}: {exc.diagnostics}", expression=expression) from exc
+        raise type(exc)(f"{expression}: {exc.diagnostics}", expression=expression, refusal=exc.refusal) from exc
 
 
 def build_consent_resource(*, consent_id: str, patient: PatientRef, purposes: Sequence[str],

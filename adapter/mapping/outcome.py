@@ -14,6 +14,7 @@ from typing import Any
 from adapter.errors import AdapterError
 from adapter.mapping.codes import V3_ACT_REASON
 from adapter.mapping.fhir_r4 import JSON, coding, concept
+from adapter.refusals import REFUSAL_SYSTEM, RefusalCode
 
 SEVERITIES = frozenset({"fatal", "error", "warning", "information"})
 
@@ -70,12 +71,21 @@ def coding_for_details(details_code: str) -> JSON:
 
 def outcome_from_error(err: AdapterError) -> JSON:
     """The OperationOutcome for an adapter error: issue code = ``err.issue_type``, severity =
-    ``err.severity``, diagnostics and expression as raised, details from ``err.details_code`` (a
-    coding) or ``err.details_text``."""
-    details = coding_for_details(err.details_code) if err.details_code else \
-        {"text": err.details_text} if err.details_text else None
+    ``err.severity``, diagnostics and expression as raised; details: the coding of
+    ``err.details_code`` (first, as before: a client that reads ``coding[0]`` of a
+    stored-with-other-details refusal still finds it), then the refusal's code
+    (:func:`refusal_coding`, adapter.refusals), and ``err.details_text`` as the text."""
+    codings = [coding_for_details(err.details_code)] if err.details_code else []
+    if err.refusal is not None:
+        codings.append(refusal_coding(err.refusal))
+    details = concept(*codings, text=err.details_text) if codings or err.details_text else None
     severity = err.severity if err.severity in SEVERITIES else "error"
     return operation_outcome(severity, err.issue_type, err.diagnostics, err.expression or None, details)
+
+
+def refusal_coding(refusal: RefusalCode) -> JSON:
+    """A refusal's code as the Coding of its issue's details (system :data:`REFUSAL_SYSTEM`)."""
+    return coding(REFUSAL_SYSTEM, refusal.code, refusal.display)
 
 
 def information_outcome(code: str, diagnostics: str | None = None,
@@ -103,5 +113,5 @@ def warnings_outcome(warnings: Sequence[str], code: str = "informational") -> JS
 
 __all__ = [
     "BREAK_GLASS_DIAGNOSTICS", "SEVERITIES", "break_glass_hint", "coding_for_details", "information_outcome",
-    "issue", "operation_outcome", "outcome", "outcome_from_error", "warnings_outcome",
+    "issue", "operation_outcome", "outcome", "outcome_from_error", "refusal_coding", "warnings_outcome",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapter.errors import BusinessRuleViolation, InvalidResource
+from adapter.refusals import RefusalCode
 
 ENTERED_IN_ERROR = "entered-in-error"
 #: What the refusal of any other patch says.
@@ -35,7 +36,7 @@ class StatusPatch:
             found = _pointed(resource, path)
             if found is _MISSING or not _equal(found, value):
                 raise BusinessRuleViolation(f"the patch's test of {path[:80]} does not hold: nothing was changed",
-                                            expression=path[:80])
+                                            expression=path[:80], refusal=RefusalCode.PATCH_TEST_FAILED)
 
 
 def parse_status_patch(document: Any) -> StatusPatch:
@@ -52,7 +53,7 @@ def parse_status_patch(document: Any) -> StatusPatch:
             changes.append(op)
     if len(changes) != 1 or changes[0].get("op") != "replace" or changes[0].get("path") != "/status" \
             or changes[0].get("value") != ENTERED_IN_ERROR:
-        raise BusinessRuleViolation(ONLY_ENTERED_IN_ERROR)
+        raise BusinessRuleViolation(ONLY_ENTERED_IN_ERROR, refusal=RefusalCode.ONLY_ENTERED_IN_ERROR)
     return StatusPatch(tests=tuple(tests))
 
 

@@ -130,6 +130,7 @@ from adapter.model.photo import (
     patient_reference_problem,
 )
 from adapter.model.purpose import V3_ACT_REASON_SYSTEMS
+from adapter.refusals import RefusalCode
 
 ROLE_BINARY = "binary"
 ROLE_RECORD = "record"
@@ -548,7 +549,7 @@ def _consent(entry: _Entry, patient: Mapping[str, str], tables: Tables,
     if isinstance(ident, Mapping):
         if (ident.get("system"), ident.get("value")) != (patient["system"], patient["value"]):
             raise InvalidInput("the Consent is for another patient than the photo",
-                               expression=f"{path}.patient.identifier")
+                               expression=f"{path}.patient.identifier", refusal=RefusalCode.SEVERAL_PATIENTS)
     elif not (_str(named.get("reference")) and (named.get("reference") == patient.get("reference")
                                                  or _names(str(named["reference"]), entry, patient_aliases))):
         # a reference alone names the photo's patient only if it is the photo's own subject reference
@@ -735,9 +736,11 @@ def _lists_of_the_patient(entries: Sequence[_Entry], patient: Mapping[str, str],
         if conditional is not None:
             named, reference = named or conditional, None
             if conditional not in same:
-                raise InvalidInput("the List is for another patient than the document", expression=f"{e.path}.subject")
+                raise InvalidInput("the List is for another patient than the document", expression=f"{e.path}.subject",
+                                   refusal=RefusalCode.SEVERAL_PATIENTS)
         if named is not None and named not in same:
-            raise InvalidInput("the List is for another patient than the document", expression=f"{e.path}.subject")
+            raise InvalidInput("the List is for another patient than the document", expression=f"{e.path}.subject",
+                               refusal=RefusalCode.SEVERAL_PATIENTS)
         if named is None and reference and reference.startswith("urn:") and not _names(reference, e, patient_aliases):
             # a urn names an entry of this Bundle or nothing (bundle.html#references)
             raise InvalidInput("the List's subject names no Patient in this Bundle", expression=f"{e.path}.subject")
@@ -854,7 +857,7 @@ def _subject_patient(record: _Entry, subject: Mapping[str, Any], patient_entry: 
                                      expression=f"{patient_entry.path}.identifier")
     if named is not None and named not in known:
         raise InvalidInput("the subject names another patient than the Patient in the Bundle",
-                           expression=f"{where}.identifier")
+                           expression=f"{where}.identifier", refusal=RefusalCode.SEVERAL_PATIENTS)
     names_patient = reference is not None and _names(reference, record, patient_aliases)
     if named is None and not names_patient:
         raise InvalidInput("the subject must reference the Patient in the Bundle (its fullUrl) or name one of "
@@ -1056,7 +1059,7 @@ class _DocumentReader:
         elif (patient["system"], patient["value"]) != (self._patient["system"], self._patient["value"]):
             raise InvalidInput("this document is of another patient than the transaction's first: the documents of a "
                                "submission are of one patient (ITI-65); send each patient's in a Bundle of its own",
-                               expression=f"{record.path}.subject")
+                               expression=f"{record.path}.subject", refusal=RefusalCode.SEVERAL_PATIENTS)
         return patient
 
     def document(self, record: _Entry) -> TransactionDocument:
@@ -1162,7 +1165,7 @@ def _check_size_and_hash(attachment: Mapping[str, Any], path: str, data: bytes) 
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size != len(data)):
         raise BusinessRuleViolation(f"attachment.size {str(size)[:20]} is not the size of the document sent "
                                     f"({len(data)} bytes): nothing was stored", expression=f"{path}.size",
-                                    details_text=XDS_REPOSITORY_METADATA_ERROR)
+                                    details_text=XDS_REPOSITORY_METADATA_ERROR, refusal=RefusalCode.ATTACHMENT_MISMATCH)
     sent_hash = attachment.get("hash")
     if sent_hash is not None:
         try:
@@ -1172,7 +1175,8 @@ def _check_size_and_hash(attachment: Mapping[str, Any], path: str, data: bytes) 
         if digest != hashlib.sha1(data, usedforsecurity=False).digest():
             raise BusinessRuleViolation("attachment.hash is not the SHA-1 (base64) of the document sent: nothing "
                                         "was stored", expression=f"{path}.hash",
-                                        details_text=XDS_REPOSITORY_METADATA_ERROR)
+                                        details_text=XDS_REPOSITORY_METADATA_ERROR,
+                                        refusal=RefusalCode.ATTACHMENT_MISMATCH)
     return size if isinstance(size, int) else None
 
 

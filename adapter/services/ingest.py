@@ -105,6 +105,7 @@ from adapter.model.record import (
     SearchIndex,
     received_sha256_of,
 )
+from adapter.refusals import RefusalCode
 from adapter.services.audit import Auditor
 from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.dicom_objects import study_of
@@ -307,7 +308,8 @@ class IngestService:
                         raise
                     if image.sha256 in seen:  # its receipt would take the first one's place
                         raise InvalidInput(f"this document is the transaction's document {seen[image.sha256] + 1} again "
-                                           "(the same image once stored): nothing was stored", expression="file")
+                                           "(the same image once stored): nothing was stored", expression="file",
+                                           refusal=RefusalCode.DUPLICATE_DOCUMENT)
                     seen[image.sha256] = k
                     units.append(self._unit(meta, image, assessment, idempotency_key if k == 0 else None, ctx, now,
                                             record_id=record_refs[k].partition("/")[2], shared=shared,
@@ -397,7 +399,8 @@ class IngestService:
             refusal = Conflict(
                 f"{len(stored)} of the {len(units)} documents of this transaction are stored for the patient already, "
                 "the others not: nothing was stored; send the new documents without the stored ones",
-                expression=[where for k in stored for where in locate(k, ["record"])])
+                expression=[where for k in stored for where in locate(k, ["record"])],
+                refusal=RefusalCode.PARTIALLY_STORED)
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=units[0].patient, reason=refusal.diagnostics, refused=True)
             refusal.audited = True
@@ -413,7 +416,8 @@ class IngestService:
         hashes = receipt.get(SUBMISSION)
         if not isinstance(hashes, list) or len(hashes) != len(documents):
             refusal = BusinessRuleViolation(f"this Idempotency-Key was used for another request: nothing was stored; "
-                                            f"{_KEY_REUSED_ADVICE}", expression="Idempotency-Key")
+                                            f"{_KEY_REUSED_ADVICE}", expression="Idempotency-Key",
+                                            refusal=RefusalCode.IDEMPOTENCY_KEY_REUSED)
             self._auditor.record(ctx, interaction="create", action="C", decision=None, entities=[],
                                  patient=documents[0][1].patient.identifier, reason=refusal.diagnostics, refused=True)
             refusal.audited = True
@@ -596,7 +600,8 @@ class IngestService:
         raise Conflict(f"this request was stored as {replay.location}, which has since been marked entered-in-error: "
                        "its image is released to no one and nothing was stored now; keep the photo on the device and "
                        "file it again with corrected details under a new Idempotency-Key (docs/operations.md, "
-                       "Correcting a misfiled record)", details_code=details_code(STORED_ENTERED_IN_ERROR))
+                       "Correcting a misfiled record)", details_code=details_code(STORED_ENTERED_IN_ERROR),
+                       refusal=RefusalCode.STORED_ENTERED_IN_ERROR)
 
     def _same_statement(self, replay: IngestResult, meta: PhotoMetadata) -> IngestResult:
         """``replay``, if the request's consent statement is the one recorded with the photo
@@ -673,7 +678,7 @@ class IngestService:
         if patient != meta.patient.identifier or stored_for != received_sha256:
             raise BusinessRuleViolation(
                 f"this Idempotency-Key was used for another photo or patient: nothing was stored; {_KEY_REUSED_ADVICE}",
-                expression="Idempotency-Key")
+                expression="Idempotency-Key", refusal=RefusalCode.IDEMPOTENCY_KEY_REUSED)
         return IngestResult(receipt=receipt, replayed=True)
 
     def _photo_attributes(self, record: dict[str, Any], image: StoredImage, meta: PhotoMetadata,
@@ -829,7 +834,8 @@ def _stored_otherwise(diagnostics: str, replay: IngestResult, *, expression: str
     ``stored-with-other-details`` (adapter.mapping.ingest_warnings), so an app can tell "stored,
     your details differ" (the photo is held: it may be deleted from the device once the record
     is checked) from "not stored"."""
-    refusal = Conflict(diagnostics, expression=expression, details_code=details_code(STORED_WITH_OTHER_DETAILS))
+    refusal = Conflict(diagnostics, expression=expression, details_code=details_code(STORED_WITH_OTHER_DETAILS),
+                       refusal=RefusalCode.STORED_WITH_OTHER_DETAILS)
     refusal.location = replay.location
     return refusal
 

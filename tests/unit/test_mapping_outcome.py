@@ -17,8 +17,10 @@ from adapter.mapping.outcome import (
     operation_outcome,
     outcome,
     outcome_from_error,
+    refusal_coding,
     warnings_outcome,
 )
+from adapter.refusals import RefusalCode
 from tests.support.fhir_validator import validate_r4
 
 pytestmark = pytest.mark.unit
@@ -45,8 +47,11 @@ def test_outcome_from_every_error(cls: type[errors.AdapterError]) -> None:
     body = outcome_from_error(cls("something went wrong", expression="Media.status"))
     OperationOutcome.model_validate(body)
     (only,) = body["issue"]
-    assert only == {"severity": "error", "code": cls.issue_type, "diagnostics": "something went wrong",
-                    "expression": ["Media.status"]}
+    expected: dict[str, Any] = {"severity": "error", "code": cls.issue_type, "diagnostics": "something went wrong",
+                                "expression": ["Media.status"]}
+    if cls.refusal is not None:  # its refusal code (adapter.refusals)
+        expected["details"] = {"coding": [refusal_coding(cls.refusal)]}
+    assert only == expected
 
 
 def test_all_outcomes_validate_with_npm_validators() -> None:
@@ -60,9 +65,11 @@ def test_all_outcomes_validate_with_npm_validators() -> None:
 def test_details_code() -> None:
     body = outcome_from_error(errors.Forbidden("refused", details_code="BTG"))
     assert body["issue"][0]["details"] == {"coding": [{"system": codes.V3_ACT_REASON, "code": "BTG",
-                                                       "display": "break the glass"}]}
+                                                       "display": "break the glass"},
+                                                      refusal_coding(RefusalCode.FORBIDDEN)]}
     body = outcome_from_error(errors.InvalidInput("bad", details_code="http://example.org/cs|E1"))
-    assert body["issue"][0]["details"] == {"coding": [{"system": "http://example.org/cs", "code": "E1"}]}
+    assert body["issue"][0]["details"] == {"coding": [{"system": "http://example.org/cs", "code": "E1"},
+                                                      refusal_coding(RefusalCode.INVALID_CONTENT)]}
 
 
 def test_break_glass_hint_is_the_core_example_shape() -> None:
