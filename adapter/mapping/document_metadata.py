@@ -62,7 +62,6 @@ from adapter.errors import BusinessRuleViolation
 from adapter.mapping.codes import (
     DICOM_UID_SYSTEM,
     FORMAT_MIME_TYPE_SUFFICIENT,
-    IHE_FORMAT_CODE,
     MEDIA_TYPE,
     SD_BASE,
     SHA256_SYSTEM,
@@ -271,10 +270,13 @@ def _not_kept(r: Mapping[str, Any], path: str, kind: PhotoKind, tables: Tables) 
         for key in _DOCUMENT_ELEMENTS:
             if key in r:
                 yield f"{path}.{key}", f"{key} was not stored: the photo is stored as a Media ({kind.value})"
-    for k in range(1, len(r.get("author") or [])):
-        yield f"{path}.author[{k}]", "only the first author was stored"
+        if "masterIdentifier" in r:
+            yield f"{path}.masterIdentifier", ("masterIdentifier was stored as an identifier of the Media (the photo "
+                                               f"is stored as a Media, {kind.value}, which has no masterIdentifier)")
+    # the authors: adapter.mapping.transaction says which it kept (it resolves them)
     content = r.get("content")
     first = content[0] if isinstance(content, list) and content and isinstance(content[0], Mapping) else {}
+    yield from _description(r, path, first.get("attachment"), as_document)
     for key in first:
         if key not in ("attachment", "format"):
             yield f"{path}.content[0].{key}", f"content.{key} was not stored"
@@ -284,8 +286,7 @@ def _not_kept(r: Mapping[str, Any], path: str, kind: PhotoKind, tables: Tables) 
                                             if kept_coding(fmt) is not None else
                                             f"content.format (no system and code) was stored as "
                                             f"{FORMAT_MIME_TYPE_SUFFICIENT}")
-    elif not as_document and fmt is not None and not (isinstance(fmt, Mapping) and (
-            fmt.get("system"), fmt.get("code")) == (IHE_FORMAT_CODE, FORMAT_MIME_TYPE_SUFFICIENT)):
+    elif not as_document and fmt is not None:
         yield f"{path}.content[0].format", "content.format was not stored: the photo is stored as a Media"
     attachment = first.get("attachment")
     yield from _attachment(attachment, f"{path}.content[0].attachment")
@@ -357,12 +358,27 @@ def _document_not_kept(r: Mapping[str, Any], path: str, tables: Tables) -> Itera
             yield f"{path}.identifier[{k}]", "identifier was stored as its use, system and value"
 
 
+def _description(r: Mapping[str, Any], path: str, attachment: Any, as_document: bool) -> Iterator[tuple[str, str]]:
+    """A DocumentReference's ``description``: stored after the attachment's title (the stored
+    description is the title, the sender's description, the adapter's notes: adapter.mapping.photo),
+    or, of one filed as a Media, as its note."""
+    description = r.get("description")
+    if not isinstance(description, str) or not description.strip():
+        return
+    if not as_document:
+        yield f"{path}.description", "description was stored as a note of the Media"
+        return
+    title = attachment.get("title") if isinstance(attachment, Mapping) else None
+    if isinstance(title, str) and title and description.split("\n\n", 1)[0] != title:
+        yield f"{path}.description", ("description was stored after the attachment title: the stored description "
+                                      "is the title, then the description")
+
+
 def _attachment(attachment: Any, path: str) -> Iterator[tuple[str, str]]:
     for key in attachment if isinstance(attachment, Mapping) else ():
         if key == "hash":
-            yield f"{path}.hash", ("attachment.hash (checked: the SHA-1 of the bytes sent) was not stored: the "
-                                   "document is stored without its metadata, its SHA-256 the record's identifier")
-        elif key not in _KEPT_ATTACHMENT:
+            continue  # checked against the bytes sent; kept or said by adapter.services.transaction (stored bytes)
+        if key not in _KEPT_ATTACHMENT:
             yield f"{path}.{key}", f"attachment.{key} was not stored"
 
 

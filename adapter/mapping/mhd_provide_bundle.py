@@ -23,8 +23,13 @@ The rules, each from the profile that states it:
   uniqueId identifier (``IHE.MHD.SubmissionSetUniqueIdIdentifier``: system ``urn:ietf:rfc:3986``,
   value an OID URN, ``mhd-startswithoid``), ``date`` 1..1 (submissionTime); ``entry.item`` a
   Reference to the DocumentReferences and Folders of the submission, which a Bundle-local
-  reference names an entry of this Bundle (bundle.html#references).
-- ``IHE.MHD.Minimal.DocumentReference``: ``content.attachment.contentType`` 1..1 (mimeType).
+  reference names an entry of this Bundle (bundle.html#references). The submission's
+  DocumentReferences are those its SubmissionSet lists (ITI-65 2:3.65.4.1.2.1: the SubmissionSet
+  List's entries reference the DocumentReferences of the submission), so it lists at least one
+  and every DocumentReference of the Bundle: one it does not list would be stored outside the
+  submission the source believes it made.
+- ``IHE.MHD.Minimal.DocumentReference``: ``masterIdentifier`` 1..1 (the uniqueId) and
+  ``content.attachment.contentType`` 1..1 (mimeType).
 
 The uniqueId is found by its value, an ``urn:oid:``, rather than by ``use``: MHD 4.2 marks it
 ``usual`` (and the entryUUID, an ``urn:uuid:``, ``official``), but Document Sources are seen
@@ -107,17 +112,20 @@ def identifies_as_mhd(bundle: Mapping[str, Any], entries: Sequence[BundleEntry])
 
 
 def check_provide_bundle(bundle: Mapping[str, Any], entries: Sequence[BundleEntry],
-                         names_an_entry: Callable[[str, BundleEntry], bool]) -> None:
+                         named_entry: Callable[[str, BundleEntry], int | None]) -> None:
     """Refuse a Bundle that identifies as an MHD submission and is not a whole one (module
-    docstring), naming the element; ``names_an_entry(reference, entry)``: does ``reference``,
-    written in ``entry``, name an entry of this Bundle. Nothing is checked of a plain transaction.
+    docstring), naming the element; ``named_entry(reference, entry)``: the index of the entry of
+    this Bundle that ``reference``, written in ``entry``, names (None: none). Nothing is checked
+    of a plain transaction.
 
     Raises:
         NotSupported: ``Bundle.meta.profile`` names an MHD profile that is no ProvideBundle (400).
         UnknownCode: a List whose code is not MHDlistTypes submissionset or folder (422).
-        RequiredElementMissing: no SubmissionSet; a SubmissionSet without sourceId, uniqueId or
-            date; a DocumentReference attachment without contentType (422).
-        InvalidInput: a second SubmissionSet; a SubmissionSet item naming no entry of the Bundle (422).
+        RequiredElementMissing: no SubmissionSet; a SubmissionSet without sourceId, uniqueId,
+            date or entry; a DocumentReference without masterIdentifier, or whose attachment has
+            no contentType (422).
+        InvalidInput: a second SubmissionSet; a SubmissionSet item naming no entry of the Bundle;
+            a DocumentReference the SubmissionSet does not list (422).
     """
     if not identifies_as_mhd(bundle, entries):
         return
@@ -143,15 +151,19 @@ def check_provide_bundle(bundle: Mapping[str, Any], entries: Sequence[BundleEntr
     if len(submission_sets) > 1:
         raise InvalidInput("an MHD Provide Document Bundle carries one SubmissionSet (ProvideBundle "
                            "entry:SubmissionSet 1..1)", expression=submission_sets[1].path)
-    _check_submission_set(submission_sets[0], names_an_entry)
+    listed = _check_submission_set(submission_sets[0], named_entry)
     for e in entries:
         if e.resource.get("resourceType") == "DocumentReference":
             _check_document_reference(e)
+            if e.index not in listed:
+                raise InvalidInput("the SubmissionSet does not list this DocumentReference (its entry.item): an MHD "
+                                   "submission's SubmissionSet lists every DocumentReference of the Bundle",
+                                   expression=e.path)
 
 
-def _check_submission_set(e: BundleEntry, names_an_entry: Callable[[str, BundleEntry], bool]) -> None:
-    """IHE.MHD.Minimal.SubmissionSet: sourceId, uniqueId, date (submissionTime), and items that
-    name entries of the Bundle."""
+def _check_submission_set(e: BundleEntry, named_entry: Callable[[str, BundleEntry], int | None]) -> set[int]:
+    """IHE.MHD.Minimal.SubmissionSet: sourceId, uniqueId, date (submissionTime), and items (at
+    least one) that name entries of the Bundle; returns the indexes of the entries named."""
     r = e.resource
     source_id = find_extension(r, EXT_SOURCE_ID)  # the entries were read by their models: a list
     value = source_id.get("valueIdentifier") if source_id is not None else None
@@ -167,17 +179,28 @@ def _check_submission_set(e: BundleEntry, names_an_entry: Callable[[str, BundleE
         raise RequiredElementMissing("the SubmissionSet needs its date, the submissionTime "
                                      "(IHE.MHD.Minimal.SubmissionSet date 1..1)", expression=f"{e.path}.date")
     items = r.get("entry")
-    for k, item in enumerate(items if isinstance(items, list) else []):
+    if not (isinstance(items, list) and items):
+        raise RequiredElementMissing("the SubmissionSet lists the DocumentReferences of the submission (entry.item; "
+                                     "ITI-65): it has no entry", expression=f"{e.path}.entry")
+    listed: set[int] = set()
+    for k, item in enumerate(items):
         ref = item.get("item") if isinstance(item, Mapping) else None
         reference = ref.get("reference") if isinstance(ref, Mapping) else None
-        if not (isinstance(reference, str) and reference and names_an_entry(reference, e)):
+        named = named_entry(reference, e) if isinstance(reference, str) and reference else None
+        if named is None:
             raise InvalidInput("the SubmissionSet's entry.item names no entry of this Bundle: a submission lists the "
                                "DocumentReferences (and Folders) it carries", expression=f"{e.path}.entry[{k}].item")
+        listed.add(named)
+    return listed
 
 
 def _check_document_reference(e: BundleEntry) -> None:
-    """IHE.MHD.Minimal.DocumentReference: ``content.attachment.contentType`` 1..1 (the
-    DocumentEntry's mimeType)."""
+    """IHE.MHD.Minimal.DocumentReference: ``masterIdentifier`` 1..1 (the DocumentEntry's
+    uniqueId) and ``content.attachment.contentType`` 1..1 (its mimeType)."""
+    if not isinstance(e.resource.get("masterIdentifier"), Mapping):
+        raise RequiredElementMissing("an MHD DocumentReference carries the document's uniqueId as its "
+                                     "masterIdentifier (IHE.MHD.Minimal.DocumentReference masterIdentifier 1..1)",
+                                     expression=f"{e.path}.masterIdentifier")
     content = e.resource.get("content")
     for k, c in enumerate(content if isinstance(content, list) else []):
         attachment = c.get("attachment") if isinstance(c, Mapping) else None

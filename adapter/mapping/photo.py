@@ -7,8 +7,10 @@ DocumentReference shape, standards.md §2 and §4.8.
 
 Decisions (also in the builders' docstrings):
 
-* **No Attachment.hash.** R4 defines it as the SHA-1 of the data; we identify the stored bytes
-  by SHA-256 instead, as ``identifier`` {system urn:clinical-image-adapter:sha256}.
+* **Attachment.hash only as sent.** R4 defines it as the SHA-1 of the data; we identify the
+  stored bytes by SHA-256 instead, as ``identifier`` {system urn:clinical-image-adapter:sha256}.
+  A transaction's record keeps the SHA-1 its sender gave (checked against the bytes sent) when
+  the bytes are stored as sent (no metadata removed), so a consumer can check it.
 * **Binary without data.** The bytes live in the blob store; the read path adds ``data``.
   ``securityContext`` points at the record, so the record's consent governs the Binary.
 * **bodySite** is one SNOMED coding of the site (display from mappings/body_sites.yaml) plus
@@ -158,6 +160,8 @@ def _attachment(meta: PhotoMetadata, image: StoredImage, binary_id: str, kind: K
         "size": image.size,
         "title": meta.title or kind.display,
     }
+    if isinstance(meta, TransactionPhotoMetadata) and meta.attachment_hash and image.sha256 == image.received_sha256:
+        out["hash"] = meta.attachment_hash  # the sender's SHA-1, checked against the bytes sent, which are those stored
     taken = taken_time(meta, image)
     if taken is not None:
         out["creation"] = fhir_datetime(taken)
@@ -197,15 +201,18 @@ def photo_to_media(meta: PhotoMetadata, image: StoredImage, *, record_id: str, b
     status completed; type media-type#image; modality from mappings/kinds.yaml; subject the
     patient by identifier; createdDateTime = takenAt, else the EXIF capture time; issued = now;
     operator = the author (the colleague for colleague sources, none for the patient's own
-    photos); deviceName = camera make and model; content points at the Binary (no hash: module
-    docstring); identifier = SHA-256 of the stored bytes.
+    photos); deviceName = camera make and model; content points at the Binary (its hash: module
+    docstring); identifier = SHA-256 of the stored bytes, then the masterIdentifier its source gave
+    (``meta.masterIdentifier``: a Media has none, so an IHE MHD Document Source's uniqueId, of a
+    DocumentReference filed as a Media, stays findable by ``identifier``).
     """
     kind = tables.kinds[meta.kind]
     resource: JSON = {
         "resourceType": "Media",
         "id": record_id,
         "extension": _extensions(meta, image, consent_pending),
-        "identifier": _sha256_identifier(image),
+        "identifier": _sha256_identifier(image) + ([identifier(meta.master_identifier)]
+                                                    if meta.master_identifier is not None else []),
         "status": "completed",
         "type": concept(coding(MEDIA_TYPE, "image", "Image")),
         "modality": concept(kind.modality.as_fhir()),

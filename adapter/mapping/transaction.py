@@ -39,9 +39,11 @@ kind                    extension photo-kind; else, for a DocumentReference, doc
                         a result, a form); else clinical, whatever the modality or resource
                         type (:func:`_kind`: fail closed, a clinical photo needs consent)
 source                  extension photo-source; else clinician
-author                  Media.operator / DocumentReference.author[0]; for colleague sources
-                        its display is the colleague's name (required); a local reference to a
-                        contained Practitioner (MHD Comprehensive) is its identifier and name
+author                  Media.operator / the first DocumentReference.author that names something
+                        to keep (:func:`_chosen_reference`; the others warned of); for colleague
+                        sources its display is the colleague's name (required); a local reference
+                        to a contained Practitioner, Organization or PractitionerRole (MHD
+                        Comprehensive) is its identifier and name, a display alone a display
 encounter               Media.encounter / DocumentReference.context.encounter[0] (a contained
                         one likewise)
 takenAt                 Media.createdDateTime / attachment.creation / context.period.start
@@ -54,6 +56,8 @@ note                    note[].text (our "Quality warning: " notes are skipped: 
                         external colleague the notes are the discussion note
 device                  extension capture-device
 title                   attachment.title
+attachmentHash          attachment.hash (checked against the bytes sent): kept when they are stored
+                        as sent
 masterIdentifier        DocumentReference.masterIdentifier (system and value): the document's
                         own id (MHD: its uniqueId), kept as the record's masterIdentifier
 document                a DocumentReference's type, category, securityLabel, identifier
@@ -206,6 +210,9 @@ class TransactionDocument:
     record_index: int
     binary_index: int
     sent_size: tuple[int, str, int] | None = None
+    #: The record's entry index and the expression of its attachment.hash, when sent (checked
+    #: against the bytes sent; kept when they are stored as sent).
+    sent_hash: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -412,7 +419,8 @@ def _str(value: Any) -> str | None:
 
 
 def _reference(value: Any) -> dict[str, Any] | None:
-    """Our Reference model's fields from an R4 Reference, or None if it names nothing."""
+    """Our Reference model's fields from an R4 Reference (its reference, identifier and display:
+    a display alone names the target by its name, references.html), or None if it names nothing."""
     if not isinstance(value, Mapping):
         return None
     out: dict[str, Any] = {}
@@ -421,11 +429,9 @@ def _reference(value: Any) -> dict[str, Any] | None:
     ident = value.get("identifier")
     if isinstance(ident, Mapping) and _str(ident.get("system")) and _str(ident.get("value")):
         out["identifier"] = {"system": ident["system"], "value": ident["value"]}
-    if not out:
-        return None
     if _str(value.get("display")):
         out["display"] = value["display"]
-    return out
+    return out or None
 
 
 def _ext_code(resource: Mapping[str, Any], url: str, allowed: Sequence[str], path: str) -> str | None:
@@ -704,17 +710,24 @@ def _names(reference: str, entry: _Entry, aliases: frozenset[str]) -> bool:
     return reference in aliases or _resolved_url(reference, entry.full_url) in aliases
 
 
-def _entry_namer(entries: Sequence[_Entry]) -> Callable[[str, Any], bool]:
-    """Does a reference, written in an entry, name an entry of the Bundle: one of its aliases,
-    as it is or resolved against the writing entry's RESTful fullUrl; a relative ``Type/id`` also
-    names the entry whose RESTful fullUrl ends so (as servers resolve it in a transaction)."""
-    every: frozenset[str] = frozenset().union(*(_aliases(e) for e in entries))
-    tails = frozenset("/".join(e.full_url.rsplit("/", 2)[-2:]) for e in entries
-                      if e.full_url and _RESTFUL_URL.match(e.full_url))
+def _entry_named(entries: Sequence[_Entry]) -> Callable[[str, Any], int | None]:
+    """The index of the entry of the Bundle a reference, written in an entry, names (None: none):
+    one of its aliases, as it is or resolved against the writing entry's RESTful fullUrl; a
+    relative ``Type/id`` also names the entry whose RESTful fullUrl ends so (as servers resolve
+    it in a transaction)."""
+    named = [(e.index, _aliases(e), "/".join(e.full_url.rsplit("/", 2)[-2:])
+              if e.full_url and _RESTFUL_URL.match(e.full_url) else None) for e in entries]
 
-    def names(reference: str, entry: Any) -> bool:
-        return (isinstance(entry, _Entry) and _names(reference, entry, every)) or reference in tails
-    return names
+    def index(reference: str, entry: Any) -> int | None:
+        return next((i for i, aliases, tail in named
+                     if (isinstance(entry, _Entry) and _names(reference, entry, aliases)) or reference == tail), None)
+    return index
+
+
+def _entry_namer(entries: Sequence[_Entry]) -> Callable[[str, Any], bool]:
+    """Does a reference, written in an entry, name an entry of the Bundle (:func:`_entry_named`)."""
+    named = _entry_named(entries)
+    return lambda reference, entry: named(reference, entry) is not None
 
 
 def _lists_of_the_patient(entries: Sequence[_Entry], patient: Mapping[str, str], patient_entry: _Entry | None,
@@ -761,27 +774,82 @@ def _contained_name(resource: Mapping[str, Any]) -> str | None:
     return " ".join(p for p in parts if isinstance(p, str) and p) or None
 
 
-def _contained_resolved(value: Any, resource: Mapping[str, Any], path: str) -> Any:
-    """A Reference as the adapter can keep it: a local one (``#a1``, to a resource in
-    ``contained``, as MHD's Comprehensive DocumentReference has its author) becomes that
-    resource's identifier and name, since the record the adapter builds has no contained
-    resources (kept, ``#a1`` would name nothing: FHIR ref-1). One to nothing contained is refused."""
+#: What of a contained author or encounter the kept Reference carries: its first identifier and
+#: its name (a PractitionerRole's: the display of its practitioner, else of its organization).
+_CONTAINED_KEPT = frozenset({"resourceType", "id", "meta", "identifier", "name", "practitioner", "organization"})
+
+
+def _contained_display(resource: Mapping[str, Any]) -> str | None:
+    """The name of a contained resource (:func:`_contained_name`); a PractitionerRole's, which has
+    none, the display of its practitioner, else of its organization."""
+    name = _contained_name(resource)
+    if name is not None or resource.get("resourceType") != "PractitionerRole":
+        return name
+    for key in ("practitioner", "organization"):
+        ref = resource.get(key)
+        if isinstance(ref, Mapping) and _str(ref.get("display")):
+            return str(ref["display"])
+    return None
+
+
+def _kept_reference(value: Any, resource: Mapping[str, Any], path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A Reference (an author, an operator, an encounter) as the record the adapter builds keeps
+    it (our Reference model's fields), and what of it is not kept (a warning's diagnostics), both
+    None for an absent one.
+
+    The adapter's record has no contained resources, so a local reference (``#a1``, to a resource
+    in ``contained``, as MHD's Comprehensive DocumentReference has its author) becomes that
+    resource's first identifier and its name (kept, ``#a1`` would name nothing: FHIR ref-1); one
+    to nothing contained is refused. A Reference with neither a reference, an identifier nor a
+    display (a contained Practitioner with a telecom only) is not kept: said."""
+    if value is None:
+        return None, None
     if not isinstance(value, Mapping) or not str(value.get("reference") or "").startswith("#"):
-        return value
+        kept = _reference(value)
+        return kept, None if kept is not None else "was not stored: it has no reference, identifier or display"
     local = str(value["reference"])[1:]
     contained = resource.get("contained")
     found = next((c for c in contained if isinstance(c, Mapping) and c.get("id") == local), None) \
         if isinstance(contained, list) else None
     if found is None:
         raise InvalidInput(f"#{local[:40]} names no contained resource", expression=f"{path}.reference")
+    rtype = str(found.get("resourceType"))[:40]
     out: dict[str, Any] = {}
     identifiers = _identifiers_of(found)
     if identifiers:
         out["identifier"] = {"system": identifiers[0][0], "value": identifiers[0][1]}
-    display = _str(value.get("display")) or _contained_name(found)
+    display = _str(value.get("display")) or _contained_display(found)
     if display is not None:
         out["display"] = display
-    return out
+    if not out:
+        return None, (f"(a contained {rtype} with no identifier and no name) was not stored: the adapter keeps "
+                      "what it references as an identifier and a name, having no contained resources")
+    left = sorted(k for k in found if k not in _CONTAINED_KEPT)
+    if len(identifiers) > 1:
+        left.insert(0, "its other identifiers")
+    why = (f"(a contained {rtype}) was stored as its identifier and name" + (f": {', '.join(left)} not stored"
+                                                                           if left else "")) if left else None
+    return out, why
+
+
+def _chosen_reference(candidates: Sequence[tuple[Any, str]], resource: Mapping[str, Any], what: str,
+                      ) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
+    """Of ``candidates`` (each Reference sent and its path: a DocumentReference's authors), the
+    first that can be kept (:func:`_kept_reference`), the record keeping one ``what``; and a
+    ``(path, diagnostics)`` for each one not kept as sent (XDSExtraMetadataNotSaved)."""
+    chosen: dict[str, Any] | None = None
+    chosen_path = ""
+    said: list[tuple[str, str]] = []
+    for value, path in candidates:
+        kept, why = _kept_reference(value, resource, path)
+        if chosen is not None and value is not None:
+            said.append((path, f"{what} was not stored: only one {what} is stored ({chosen_path})"))
+            continue
+        if why is not None:
+            said.append((path, f"{what} {why}"))
+        if kept is not None:
+            chosen, chosen_path = kept, path.rsplit(".", 1)[-1]
+    return chosen, said
 
 
 def _identifier_of(value: Any) -> tuple[str, str] | None:
@@ -882,14 +950,16 @@ def _patient_literal(reference: str, where: str) -> str:
     return reference
 
 
-def _warnings(entries: Sequence[_Entry], records: Sequence[tuple[_Entry, PhotoKind]],
-              tables: Tables) -> dict[int, tuple[EntryWarning, ...]]:
+def _warnings(entries: Sequence[_Entry], records: Sequence[tuple[_Entry, PhotoKind]], tables: Tables,
+              read_not_kept: Mapping[int, Sequence[tuple[str, str]]]) -> dict[int, tuple[EntryWarning, ...]]:
     """What ITI-65 2:3.65.4.1.3 has a recipient that does not process it say so of: a Folder
     type List (the adapter keeps no folders), each relationship of a record (``relatesTo``:
     the adapter keeps none) and each element of a record it does not store as sent
-    (adapter.mapping.document_metadata, ``XDSExtraMetadataNotSaved``); and, as a note, the
-    entries acknowledged without being stored (the SubmissionSet, the Patient), whose answer has
-    no location to give."""
+    (adapter.mapping.document_metadata, ``XDSExtraMetadataNotSaved``; ``read_not_kept``: what
+    reading each record's references left out, by entry index); and, as a note, the entries
+    acknowledged without being stored (the SubmissionSet, the Patient), whose answer has no
+    location to give, and a DocumentReference filed as a Media (which an R4 DocumentReference
+    search does not find)."""
     out: dict[int, EntryWarning] = {}
     for e in entries:
         if e.resource["resourceType"] == "Patient":
@@ -919,8 +989,16 @@ def _warnings(entries: Sequence[_Entry], records: Sequence[tuple[_Entry, PhotoKi
                                                  f"{record.path}.relatesTo[{k}]")
     together: dict[int, tuple[EntryWarning, ...]] = {index: (warning,) for index, warning in out.items()}
     for record, kind in records:
+        filed_as = tables.kinds[kind].resource
+        if record.resource["resourceType"] == "DocumentReference" and filed_as == "Media":
+            together[record.index] = together.get(record.index, ()) + (EntryWarning(
+                None, f"filed as a Media, as the adapter files every {kind.value} photo (mappings/kinds.yaml): an R4 "
+                "Find Document References (ITI-67, GET DocumentReference) does not find it; search Media (the "
+                "masterIdentifier is an identifier of it), or DocumentReference on the FHIR R5 endpoint",
+                record.path, "information"),)
         dropped = tuple(EntryWarning(NOT_SAVED, f"{why}: the document was stored without it", where)
-                        for where, why in not_kept(record.resource, record.path, kind, tables))
+                        for where, why in [*not_kept(record.resource, record.path, kind, tables),
+                                           *read_not_kept.get(record.index, ())])
         if dropped:
             together[record.index] = together.get(record.index, ()) + dropped
     return together
@@ -965,7 +1043,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
                               expression="Bundle.type")
         raise InvalidInput(f"Bundle.type must be 'transaction', not {btype!r}", expression="Bundle.type")
     entries = _entries(bundle, fhir_base)
-    check_provide_bundle(bundle, entries, _entry_namer(entries))
+    check_provide_bundle(bundle, entries, _entry_named(entries))
     binaries = _all(entries, ROLE_BINARY, "Binary")
     records = _all(entries, ROLE_RECORD, "Media or DocumentReference")
     if len(records) > MAX_DOCUMENTS:
@@ -988,7 +1066,7 @@ def parse_transaction(bundle: Mapping[str, Any], tables: Tables, fhir_base: str 
     full_urls = {_ROLES[str(e.resource["resourceType"])]: e.full_url for e in entries if e.full_url}
     return TransactionSubmission(documents=documents, entry_roles=roles, entry_full_urls=full_urls,
                                  entry_warnings=_warnings(entries, [(r, d.meta.kind) for r, d in zip(
-                                     records, documents, strict=True)], tables),
+                                     records, documents, strict=True)], tables, read.not_kept),
                                  consent_index=consent.index if consent is not None else None)
 
 
@@ -1032,6 +1110,8 @@ class _DocumentReader:
         self._patient: dict[str, str] | None = None
         self._statement: dict[str, Any] | None = None
         self.taken: dict[int, int] = {}  # a Binary's entry index -> the record's that references it
+        #: what of each record (by entry index) its reading did not keep as sent: (expression, diagnostics)
+        self.not_kept: dict[int, list[tuple[str, str]]] = {}
 
     def _binary_of(self, record: _Entry, attachment: Mapping[str, Any], att_path: str) -> _Entry:
         url = attachment.get("url")
@@ -1081,13 +1161,14 @@ class _DocumentReader:
         source = PhotoSource(_ext_code(r, EXT_PHOTO_SOURCE, [s.value for s in PhotoSource], record.path)
                              or PhotoSource.CLINICIAN.value)
         meta: dict[str, Any] = {"patient": patient, "kind": _kind(record, tables).value, "source": source.value}
-        author_raw = r.get("operator") if is_media else next(iter(r.get("author") or []), None)
-        author_path = f"{record.path}.operator" if is_media else f"{record.path}.author[0]"
-        author_raw = _contained_resolved(author_raw, r, author_path)
+        authors = [(r.get("operator"), f"{record.path}.operator")] if is_media else \
+            [(a, f"{record.path}.author[{k}]") for k, a in enumerate(r.get("author") or [])]
+        author, said = _chosen_reference(authors, r, "operator" if is_media else "author")
         title = _str(attachment.get("title"))
         note = _notes(record, title)
         if source in _COLLEAGUE_SOURCES:
-            name = _str(author_raw.get("display")) if isinstance(author_raw, Mapping) else None
+            author_path = authors[0][1] if authors else f"{record.path}.{'operator' if is_media else 'author[0]'}"
+            name = _str(author.get("display")) if author is not None else None
             if name is None:
                 raise RequiredElementMissing(f"a photo from a {source.value} source needs the colleague's name "
                                              "in the display of its author", expression=f"{author_path}.display")
@@ -1096,16 +1177,15 @@ class _DocumentReader:
                 colleague["discussionNote"] = note
                 note = None
             meta["colleague"] = colleague
-        else:
-            author = _reference(author_raw)
-            if author is not None:
-                meta["author"] = author
+        elif author is not None:
+            meta["author"] = author
         encounter_raw = r.get("encounter") if is_media else next(
             iter((r.get("context") or {}).get("encounter") or []), None)
         encounter_path = f"{record.path}.encounter" if is_media else f"{record.path}.context.encounter[0]"
-        encounter = _reference(_contained_resolved(encounter_raw, r, encounter_path))
+        encounter, encounter_said = _chosen_reference([(encounter_raw, encounter_path)], r, "encounter")
         if encounter is not None:
             meta["encounter"] = encounter
+        self.not_kept[record.index] = said + encounter_said
         taken: datetime | None = parse_fhir_datetime(r.get("createdDateTime")) if is_media else None
         taken = taken or parse_fhir_datetime(attachment.get("creation"))
         if taken is None and not is_media:
@@ -1125,6 +1205,8 @@ class _DocumentReader:
             meta["device"] = device
         if title is not None:
             meta["title"] = title
+        if attachment.get("hash") is not None:  # checked above: the SHA-1 of the bytes sent
+            meta["attachmentHash"] = "".join(str(attachment["hash"]).split())
         if not is_media and r.get("masterIdentifier") is not None:
             master = _identifier_of(r["masterIdentifier"])
             if master is None:
@@ -1152,7 +1234,8 @@ class _DocumentReader:
         return TransactionDocument(meta=photo_meta, image_bytes=image_bytes, content_type=content_type,
                                    record_index=record.index, binary_index=binary.index,
                                    sent_size=(record.index, f"{att_path}.size", sent_size) if sent_size is not None
-                                   else None)
+                                   else None,
+                                   sent_hash=(record.index, f"{att_path}.hash") if "attachmentHash" in meta else None)
 
 
 def _check_size_and_hash(attachment: Mapping[str, Any], path: str, data: bytes) -> int | None:

@@ -227,6 +227,20 @@ class Reference(_Model):
         return self
 
 
+class NamedReference(Reference):
+    """A Reference that may name its target by ``display`` alone (FHIR R4 references.html: "a
+    reference may contain only a display"): an IHE MHD Document Source's author given by name only
+    (a contained Organization with a name, a Practitioner without identifier), which the adapter
+    keeps as that name rather than drops. Only a transaction's records take one; ``POST /photos``
+    keeps asking for a reference or an identifier."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> NamedReference:
+        if self.reference is None and self.identifier is None and not self.display:
+            raise ValueError("needs a reference, an identifier or a display")
+        return self
+
+
 class PatientRef(_Model):
     """The subject. The adapter does not own Patient resources: the identifier is required
     for matching; ``reference`` (the EHR's Patient) is kept when given."""
@@ -357,5 +371,11 @@ class TransactionPhotoMetadata(PhotoMetadata):
     """A photo read from a transaction Bundle: :class:`PhotoMetadata` and, for a
     DocumentReference, what its Document Source said of the document (:class:`DocumentMetadata`)."""
 
+    author: NamedReference | None = None
+    encounter: NamedReference | None = None
     consent: TransactionConsentStatement | None = None
     document: DocumentMetadata | None = None
+    #: The attachment's ``hash`` as sent (the base64 SHA-1 of the bytes sent, checked equal to
+    #: them): the stored record keeps it when the bytes are stored as sent (adapter.mapping.photo).
+    #: Not part of a photo's description (adapter.services.photo_description): the bytes are.
+    attachment_hash: str | None = Field(None, alias="attachmentHash")

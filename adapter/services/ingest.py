@@ -81,6 +81,7 @@ from adapter.mapping.dicom_photo import (
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, photo_uids
+from adapter.mapping.fhir_r4 import parse_fhir_datetime, utc_instant
 from adapter.mapping.ingest_warnings import (
     FILED_FOR_ANOTHER_PATIENT_WARNING,
     STORED_ENTERED_IN_ERROR,
@@ -607,12 +608,15 @@ class IngestService:
         """``replay``, if the request's consent statement is the one recorded with the photo
         (the same purposes and method as the first version of a Consent its receipt names).
         A retry sends the same statement; another statement (a broader one, or one for a photo
-        stored without) would be dropped while the answer says the photo is stored: refused as a
-        conflict (409), nothing new stored, so the new consent is recorded as a Consent."""
+        stored without, another date) would be dropped while the answer says the photo is stored:
+        refused as a conflict (409), nothing new stored, so the new consent is recorded as a
+        Consent. A date is compared as the instant it is (a date alone as its first instant in
+        UTC), and only when the request gives one (else the Consent's is when it was stored)."""
         statement = meta.consent
         if statement is None:
             return replay
         wanted = (frozenset(statement.purposes), statement.method)
+        when = utc_instant(statement.date) if statement.date is not None else None
         for reference in replay.receipt.get("consents") or ():
             first = self._store.get_version("Consent", str(reference).partition("/")[2], 1)
             grants = grants_from_consent(first) if first is not None else []
@@ -620,7 +624,9 @@ class IngestService:
             recorded = (frozenset(p for g in grants for p in g.purposes),
                         (grants[0].method or ConsentMethod.VERBAL) if grants else None)
             # an implied statement reads as an implied grant (method IMPLIED): the method compares
-            if grants and recorded == wanted:
+            recorded_when = parse_fhir_datetime(first.get("dateTime")) if first is not None else None
+            same_date = when is None or (recorded_when is not None and utc_instant(recorded_when) == when)
+            if grants and recorded == wanted and same_date:
                 return replay
         raise _stored_otherwise(f"this photo is stored for the patient already ({replay.location}) with another "
                                 f"consent statement: nothing was stored, this statement neither; record it with "

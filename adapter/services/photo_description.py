@@ -87,7 +87,9 @@ def describe(meta: PhotoMetadata, *, document_whole: bool = False, instants_as_s
     not listed, so a field added to the model later leaves the descriptions stored before it
     unchanged. Instants are described in UTC; with ``instants_as_sent`` with their offsets, as
     descriptions stored before were."""
-    fields = meta.model_dump(mode="json", by_alias=True, exclude={"consent"}, exclude_defaults=True)
+    # the attachment's hash is of the bytes, which a retry's are checked to be (adapter.services.ingest)
+    fields = meta.model_dump(mode="json", by_alias=True, exclude={"consent", "attachment_hash"},
+                             exclude_defaults=True)
     if not instants_as_sent:
         fields = _instants_in_utc(fields)
     out = {name: _digest(value) for name, value in sorted(fields.items())

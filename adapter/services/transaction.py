@@ -101,6 +101,14 @@ class TransactionService:
                 entries.append((f"{location}/_history/1", status, str(written[index]["meta"]["lastUpdated"])))
         warnings = dict(submission.entry_warnings)
         for document, result in zip(documents, results, strict=True):
+            if document.sent_hash is not None and "hash" not in _stored_attachment(written[document.record_index]):
+                index, where = document.sent_hash
+                hashes = result.receipt.get("sha256") or {}
+                why = ("the document was stored without its metadata, as other bytes (their SHA-256 is the record's "
+                       "identifier)" if hashes.get("stored") != hashes.get("received") else
+                       "the record was stored before the adapter kept it")
+                warnings[index] = warnings.get(index, ()) + (EntryWarning(
+                    NOT_SAVED, f"attachment.hash (checked: the SHA-1 of the bytes sent) was not stored: {why}", where),)
             if document.sent_size is None:
                 continue
             index, where, sent = document.sent_size
@@ -138,6 +146,14 @@ class TransactionService:
         if stored is None:  # written by this very request, or before it: never gone (no deletes)
             raise StorageError(f"{resource_type} just stored cannot be read back")
         return stored
+
+
+def _stored_attachment(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The attachment of a stored record (a Media's ``content``, a DocumentReference's first)."""
+    content = record.get("content")
+    if isinstance(content, list):
+        content = content[0].get("attachment") if content and isinstance(content[0], Mapping) else None
+    return content if isinstance(content, Mapping) else {}
 
 
 def _ingest_issues(result: IngestResult, record: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -162,7 +162,8 @@ def test_the_document_sources_master_identifier_is_kept_and_found(tmp_path: Path
     """The DocumentReference's masterIdentifier is the document's uniqueId, assigned by the
     Document Source (MHD DocumentReference Minimal: 1..1; ITI-67 ``identifier`` searches it). It
     was replaced by the adapter's own (urn:uuid of the record id), so the source's id found
-    nothing. Without one (POST /photos, a Bundle that has none) the adapter's is used as before."""
+    nothing. Without one (POST /photos, a plain transaction that has none: an MHD one is refused,
+    test_mhd_document_source_metadata) the adapter's is used as before."""
     master = {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4.99.2"}
     with adapter_client(tmp_path) as (client, _):
         r = client.post("/fhir", json=provide_document_bundle(DOCUMENT), headers=FHIR)
@@ -174,9 +175,10 @@ def test_the_document_sources_master_identifier_is_kept_and_found(tmp_path: Path
         assert [e["resource"]["id"] for e in r.json()["entry"]] == [found["id"]]
         without = provide_document_bundle((ROOT / "samples" / "tiny.jpg").read_bytes())
         del without["entry"][1]["resource"]["masterIdentifier"]
+        del without["meta"], without["entry"][0]  # no MHD profile, no SubmissionSet: a plain transaction
         r = client.post("/fhir", json=without, headers=FHIR)
         assert r.status_code == 200, r.text
-        record_id = r.json()["entry"][1]["response"]["location"].split("/")[1]
+        record_id = r.json()["entry"][0]["response"]["location"].split("/")[1]
         read = client.get(f"/fhir/DocumentReference/{record_id}", headers=as_purpose("TREAT")).json()
         assert read["masterIdentifier"] == {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{record_id}"}
 

@@ -323,11 +323,13 @@ async def _transaction(request: Request, services: Services, idempotency_key: st
     except AdapterError as exc:  # a refused create, audited as the transaction's other refusals are
         await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
         raise
-    response, _ = await anyio.to_thread.run_sync(  # a photo's ingest: the turns POST /photos takes
+    response, results = await anyio.to_thread.run_sync(  # a photo's ingest: the turns POST /photos takes
         partial(services.transactions.process, bundle, idempotency_key=key, ctx=ctx, fhir_base=fhir_base,
                 returned=_return_preference(request, RETURN_MINIMAL)),
         limiter=ingest_limiter(request))
-    return _out(response, "4", fmt=fmt)
+    # a Bundle answered as stored before (a retry), as POST /photos says of its retries
+    replayed = {"Idempotent-Replayed": "true"} if results and all(r.replayed for r in results) else None
+    return _out(response, "4", headers=replayed, fmt=fmt)
 
 
 def _answerable(request: Request) -> Format:
