@@ -72,7 +72,7 @@ async def send_outcome(send: Send, status: int, code: str, diagnostics: str,
     IssueType ``code``) and ``status``; ``headers`` beside its content type and length."""
     body = json.dumps(operation_outcome("error", code, diagnostics), separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+        (b"content-type", b"application/fhir+json; charset=utf-8"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
