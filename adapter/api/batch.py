@@ -1,6 +1,6 @@
 """FHIR ``batch`` of reads (https://hl7.org/fhir/R4/http.html#transaction): ``POST /fhir`` with a
-Bundle of type ``batch`` whose entries are GET requests (reads, vreads, histories, searches);
-answered with a ``batch-response`` Bundle, one entry per request, in order.
+Bundle of type ``batch`` whose entries are GET requests (reads, vreads, histories, searches), or
+HEAD and DELETE ones; answered with a ``batch-response`` Bundle, one entry per request, in order.
 
 Each entry is served as the same request sent on its own would be, by this very application
 (an in-process ASGI call through httpx, so routing, the decision, the views, the audit and the
@@ -10,10 +10,13 @@ image bytes: a Binary comes as its JSON; an entry's ``_format=xml`` answer is re
 JSON, and the batch-response as a whole is written in the format the batch negotiated), the caller's address (the audit names the real
 client), and an ``X-Request-Id`` of the batch's id and the entry's index. Entries are
 independent: one refused (403) or not found (404) carries its OperationOutcome in
-``response.outcome`` and the others are answered. Anything but a relative GET on a FHIR type
-of this server (a write, an absolute URL, another path) is refused in its own entry (400); a
-read of a type not served here gets the 404 it gets alone:
-ingest goes in a ``transaction``.
+``response.outcome`` and the others are answered. A HEAD entry is that GET without its body (200
+and the ETag, no resource), and a DELETE one gets what a DELETE alone gets (405: the server
+deletes nothing; the batch-response has no Allow header, the OperationOutcome says why), as the
+entries of a batch are each processed as the interaction alone would be (http.html#transaction;
+fhirrest review finding 5: both answered 400). Anything else (a write, an absolute URL, another
+path) is refused in its own entry (400); a read of a type not served here gets the 404 it gets
+alone: ingest goes in a ``transaction``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import http
 import re
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -45,6 +48,9 @@ MAX_BATCH_ANSWER_BYTES = 64 * 1024 * 1024
 _RESPONSE_HEADERS = {"etag": "etag", "location": "location"}
 #: What a FHIR resource type's name looks like (Patient, Observation)
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}", re.ASCII)
+#: The methods of a batch entry sent on as they are (Bundle.request.method): the reads, and
+#: DELETE, which no route of this server serves (answered 405 as alone). Writes go in a transaction.
+_SENT_ON = ("GET", "HEAD", "DELETE")
 
 
 #: The refusal code (adapter.refusals) of an entry refused here, by its IssueType.
@@ -59,9 +65,10 @@ def _refused(index: int, why: str, *, status: str = "400 Bad Request", code: str
 
 
 def _target(entry: Any, types: tuple[str, ...]) -> str | None:
-    """The relative URL an entry GETs, or None when it is not a read this server serves."""
+    """The relative URL an entry asks for (with one of _SENT_ON), or None when it is not a
+    request this server answers in a batch."""
     request = entry.get("request") if isinstance(entry, dict) else None
-    if not isinstance(request, dict) or request.get("method") != "GET":
+    if not isinstance(request, dict) or request.get("method") not in _SENT_ON:
         return None
     url = request.get("url")
     if not isinstance(url, str) or not url or url.startswith("/") or "://" in url or ".." in url:
@@ -107,8 +114,8 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
                 continue
             url = _target(entry, types)
             if url is None:
-                out.append(_refused(index, "a batch here takes GET requests with a URL relative to the FHIR base "
-                                           "(Type/id, Type?params); post photos in a transaction"))
+                out.append(_refused(index, "a batch here takes GET (HEAD, DELETE) requests with a URL relative to "
+                                           "the FHIR base (Type/id, Type?params); post photos in a transaction"))
                 continue
             headers = {**forwarded, "accept": accept, "x-request-id": f"{batch_id}.{index}"}
             if_none_match = entry["request"].get("ifNoneMatch")
@@ -124,7 +131,7 @@ async def process_batch(request: Request, bundle: dict[str, Any], types: tuple[s
                                         code="invalid"))
                     continue
                 headers["if-modified-since"] = since
-            answer = await inner.get(f"/fhir/{url}", headers=headers)
+            answer = await inner.request(entry["request"]["method"], f"/fhir/{url}", headers=headers)
             answered += len(answer.content)
             glass = glass or BREAK_GLASS_HEADER in answer.headers
             overrode.update(dict.fromkeys(overrode_said(answer.headers.get(BREAK_GLASS_HEADER))))
@@ -153,9 +160,11 @@ def _entry(answer: httpx.Response) -> dict[str, Any]:
             response[element] = answer.headers[header]
     body: Any = None
     ctype = answer.headers.get("content-type", "")
-    if "json" in ctype:
+    if not answer.content:  # a HEAD's, a 304's
+        body = None
+    elif "json" in ctype:
         body = answer.json()
-    elif "fhir+xml" in ctype and answer.content:  # an entry's own _format=xml: the Bundle holds its JSON
+    elif "fhir+xml" in ctype:  # an entry's own _format=xml: the Bundle holds its JSON
         body = from_xml(answer.content, "5" if "fhirversion=5" in ctype.lower().replace(" ", "") else "4")
     entry: dict[str, Any] = {}
     if answer.status_code < 300 and isinstance(body, dict) and "resourceType" in body:
@@ -165,6 +174,14 @@ def _entry(answer: httpx.Response) -> dict[str, Any]:
             response["lastModified"] = last_updated
     elif isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
         response["outcome"] = body
+        if answer.status_code == 405 and "allow" in answer.headers:  # no header of an entry carries Allow
+            for issue in body.get("issue") or []:
+                issue["diagnostics"] = f"{issue.get('diagnostics') or 'Method Not Allowed'}; this URL takes " \
+                    f"{answer.headers['allow']}"
+    if "lastModified" not in response and answer.status_code < 300 and "last-modified" in answer.headers:
+        # a HEAD's: no resource to read it from, its Last-Modified as alone (none where the view shows none)
+        response["lastModified"] = parsedate_to_datetime(answer.headers["last-modified"]) \
+            .astimezone(UTC).isoformat().replace("+00:00", "Z")
     entry["response"] = response
     return entry
 

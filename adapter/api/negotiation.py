@@ -35,7 +35,18 @@ Format = Literal["json", "xml"]
 
 
 def media_type(version: str, fmt: Format = "json") -> str:
+    """The FHIR media type of ``version`` and ``fmt``, as a request asks for it (Accept)."""
     return f"application/fhir+{fmt}; fhirVersion={'5.0' if version == '5' else '4.0'}"
+
+
+def answer_media_type(version: str | None, fmt: Format = "json") -> str:
+    """The Content-Type of a FHIR answer: the media type, naming ``version`` when given, with
+    ``charset=utf-8`` (http.html#mime-type, R4 and R5 alike: requests and responses SHALL set
+    the charset to UTF-8, HTTP's historic default being ISO-8859-1, which would mangle a
+    patient's name or note in a client that falls back on it)."""
+    if version is None:
+        return f"application/fhir+{fmt}; charset=utf-8"
+    return f"application/fhir+{fmt}; charset=utf-8; fhirVersion={'5.0' if version == '5' else '4.0'}"
 
 
 def response_format(accept: str | None, format_param: str | None = None) -> Format:

@@ -16,7 +16,7 @@ from starlette.routing import Match
 
 from adapter import errors as e
 from adapter.api.fhir_xml import replaced_for_xml, to_xml, xml_cannot_carry
-from adapter.api.negotiation import Format, check_acceptable, fhir_version, media_type, response_format
+from adapter.api.negotiation import Format, answer_media_type, check_acceptable, fhir_version, response_format
 from adapter.api.urls import absolute
 from adapter.json_decimal import dumps
 from adapter.mapping.capability import R4_TYPES
@@ -87,7 +87,8 @@ def status_for(err: e.AdapterError) -> int:
 def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None, *, fmt: Format = "json",
                   version: str | None = None) -> Response:
     """``body`` as FHIR JSON, or FHIR XML (``fmt``: adapter.api.fhir_xml, written from the same
-    JSON); its media type names ``version`` (``fhirVersion=4.0``/``5.0``) when given."""
+    JSON); its media type names ``version`` (``fhirVersion=4.0``/``5.0``) when given, and
+    always the charset, UTF-8 (adapter.api.negotiation.answer_media_type)."""
     if fmt == "xml":
         if xml_cannot_carry(body):
             if not (isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"):
@@ -98,8 +99,8 @@ def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None =
         content = to_xml(body, "5" if version == "5" else "4")
     else:
         content = dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    media = media_type(version, fmt) if version else f"application/fhir+{fmt}"
-    return Response(content=content, status_code=status, media_type=media, headers=headers)
+    return Response(content=content, status_code=status, media_type=answer_media_type(version or None, fmt),
+                    headers=headers)
 
 
 def _is_fhir(request: Request) -> bool:

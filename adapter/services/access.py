@@ -83,6 +83,7 @@ from adapter.services.dicom_objects import (
     match_level,
     regenerating,
 )
+from adapter.services.history_paging import HistoryCursor, HistoryPaging, history_paging
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.services.search_paging import (
     UPDATED_TYPES,
@@ -190,6 +191,7 @@ class HistoryResult:
     total: int  # versions the resource has
     decision: Decision
     more: bool  # older versions beyond this page
+    paging: HistoryPaging | None = None  # the cursors of the page's links; None for _count=0
 
 
 @dataclass(frozen=True)
@@ -795,26 +797,38 @@ class ScopedReader:
                       released_data=self._released_data(document))
 
     def read_history(self, resource_type: str, id: str, *, offset: int, count: int,
-                     since: datetime | None = None) -> HistoryResult:
+                     since: datetime | None = None, cursor: HistoryCursor | None = None) -> HistoryResult:
         """history-instance: the versions of a resource, newest first, a page at a time, under
-        the decision a read gets now. As for vread, a version naming another patient must be
-        permitted for that patient too; if one on the page is not, nothing is shown (fail
-        closed: leaving it out would hide that the resource changed hands). ``since`` (_since):
-        only the versions stored at that instant or later; not in the de-identified view, which
-        shows no lastUpdated, and a UTC midnight only in the pseudonymised one, which shows it to
-        the day (asked instant by instant, it would tell when each change was made, as
-        _lastUpdated would: adapter.services.view_search.since_refusal). Unknown: 404."""
+        the decision a read gets now. Pages are keyset pages of a snapshot
+        (adapter.services.history_paging): the first fixes the version then current, and
+        ``cursor`` (a link's) names the version its page comes before, so a version written
+        while a client follows the links is neither shown twice nor makes one skipped; a cursor
+        of another view (another purpose's) is refused (400); ``offset`` (a page asked for by
+        position, as ``_offset`` links did) counts from the snapshot's newest version. As for
+        vread, a version naming another patient must be permitted for that patient too; if one
+        on the page is not, nothing is shown (fail closed: leaving it out would hide that the
+        resource changed hands). ``since`` (_since): only the versions stored at that instant or
+        later; not in the de-identified view, which shows no lastUpdated, and a UTC midnight
+        only in the pseudonymised one, which shows it to the day (asked instant by instant, it
+        would tell when each change was made, as _lastUpdated would:
+        adapter.services.view_search.since_refusal). Unknown: 404."""
         if since is not None and (reason := since_refusal(since, self._purpose_view())) is not None:
             # the audit names the stored resource (nothing is read: the id is only deciphered)
             named = self._asked(resource_type, id)
             self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=None,
                                  entities=[named] if named else [], patient=None, reason=reason, refused=True)
             raise NotSupported(reason, expression="_since")
+        view = self._purpose_view().value
+        if cursor is not None and cursor.view != view:
+            raise InvalidQuery(f"this {CURSOR_PARAM} link was issued in another view than this request's: ask for "
+                               "the history again", expression=CURSOR_PARAM)
         stored = self._load(resource_type, id, "history-instance")
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
         decision = self._decide_resource(resource_type, facts, stored.resource)
-        documents = self._store.list_versions(resource_type, stored.id, offset=offset, limit=count + 1, since=since) \
-            if decision.permitted and count > 0 else []
+        snapshot = cursor.snapshot if cursor is not None else stored.version_id
+        before = cursor.before if cursor is not None and cursor.before is not None else snapshot + 1
+        documents = self._store.list_versions(resource_type, stored.id, offset=offset, limit=count + 1, since=since,
+                                              before=before) if decision.permitted and count > 0 else []
         more, documents = len(documents) > count, documents[:count]
         decision = self._stricter_for_versions(decision, stored, facts, documents)
         self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=decision,
@@ -822,9 +836,11 @@ class ScopedReader:
         if not decision.permitted:
             raise _refusal(decision, _not_known(resource_type, id))
         rendered = [self._in_view(d, decision) for d in documents]
-        total = stored.version_id if since is None else \
-            self._store.count_versions(resource_type, stored.id, since=since)
-        return HistoryResult(resources=rendered, total=total, decision=decision, more=more)
+        total = snapshot if since is None else \
+            self._store.count_versions(resource_type, stored.id, since=since, before=snapshot + 1)
+        shown = [int((d.get("meta") or {}).get("versionId") or 0) for d in documents]
+        paging = history_paging(snapshot, view, shown, count=count, more=more) if count > 0 else None
+        return HistoryResult(resources=rendered, total=total, decision=decision, more=more, paging=paging)
 
     def read_binary(self, id: str, *, answerable: Callable[[str], object] | None = None,
                     precondition: Callable[[dict[str, Any]], object] | None = None,

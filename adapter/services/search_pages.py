@@ -14,7 +14,8 @@ The token holds only the search; the request that follows it states its own purp
 is decided afresh, as any search.
 
 The ``_cursor`` of every search's paging links (GET or POST; adapter.services.search_paging) is
-sealed the same way, under its own associated data, and lives as long.
+sealed the same way, under its own associated data, and lives as long; so is the ``_cursor``
+of a history's links (adapter.services.history_paging), under the resource's.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from adapter.errors import Gone, InvalidQuery
+from adapter.services.history_paging import HistoryCursor
 from adapter.services.search_params import CURSOR_PARAM, PageCursor
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ PAGE_LIFETIME = timedelta(hours=1)
 _VERSION = b"\x01"
 #: The associated data of a ``_cursor`` (with the resource type): a cursor is no ``_page`` token.
 _CURSOR_AAD = b"cursor:"
+#: The associated data of a history's ``_cursor`` (with the resource it pages): no search's.
+_HISTORY_AAD = b"history:"
 _NONCE = 12
 #: A sealed search is at most a search body (64 KiB) and then some; anything longer is not ours.
 MAX_TOKEN_CHARS = 128 * 1024
@@ -90,15 +94,30 @@ class SearchPages:
                           before=tuple(str(k) for k in content["b"]) if content["b"] is not None else None,
                           query=str(content.get("q", "")))
 
+    def seal_history_cursor(self, resource: str, cursor: HistoryCursor) -> str:
+        """The ``_cursor`` of a history page's link (adapter.services.history_paging) of
+        ``resource`` (``Type/id``, the id as the link names it): sealed, so its version ids are
+        not shown and a link of one resource, view or ``_since`` pages no other."""
+        return self._seal(_HISTORY_AAD + resource.encode(),
+                          {"s": cursor.snapshot, "v": cursor.view, "b": cursor.before, "q": cursor.query})
+
+    def open_history_cursor(self, resource: str, token: str) -> HistoryCursor:
+        """The HistoryCursor a ``_cursor`` of ``resource``'s history holds; refused as
+        :meth:`open` refuses (a search's cursor, or another resource's, is not one)."""
+        content = self._open(_HISTORY_AAD + resource.encode(), token, CURSOR_PARAM, resource, "history")
+        return HistoryCursor(snapshot=int(content["s"]), view=str(content["v"]),
+                             before=int(content["b"]) if content["b"] is not None else None,
+                             query=str(content["q"]))
+
     def _seal(self, aad: bytes, content: Any) -> str:
         plain = json.dumps({"iat": int(self._now().timestamp()), "p": content}, separators=(",", ":")).encode()
         nonce = os.urandom(_NONCE)
         sealed = _VERSION + nonce + self._aead.encrypt(nonce, plain, aad)
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
-    def _open(self, aad: bytes, token: str, param: str, resource_type: str) -> Any:
+    def _open(self, aad: bytes, token: str, param: str, resource_type: str, what: str = "search") -> Any:
         refused = InvalidQuery(f"the {param} link is not one this server issued for a {resource_type[:40]} "
-                               f"search: follow the links of a search answer unchanged", expression=param)
+                               f"{what}: follow the links of a {what} answer unchanged", expression=param)
         if len(token) > MAX_TOKEN_CHARS:
             raise refused
         try:

@@ -184,13 +184,16 @@ class RecordStore(Protocol):
         """The document of one version (current or past) as it was stored; None if there is none."""
 
     def list_versions(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100,
-                      since: datetime | None = None) -> list[dict[str, Any]]:
+                      since: datetime | None = None, before: int | None = None) -> list[dict[str, Any]]:
         """The documents of the resource's versions as they were stored, newest first, from the
-        ``offset``-th; at most ``limit``; only those stored at ``since`` or later when given.
+        ``offset``-th; at most ``limit``; only those stored at ``since`` or later when given, and
+        only those older than version ``before`` (a history page's keyset bound) when given.
         Empty when the resource is unknown."""
 
-    def count_versions(self, resource_type: str, id: str, *, since: datetime | None = None) -> int:
-        """How many versions the resource has (stored at ``since`` or later when given)."""
+    def count_versions(self, resource_type: str, id: str, *, since: datetime | None = None,
+                       before: int | None = None) -> int:
+        """How many versions the resource has (stored at ``since`` or later, older than version
+        ``before``, when given)."""
 
     def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:
         """Resources in the order of ``ids``; missing ones are left out."""

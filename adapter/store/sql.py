@@ -372,12 +372,15 @@ def _translated_errors(schema_version: Callable[[], int | None] | None = None) -
 SEARCH_BATCH = 1000
 
 
-def _versions_of(resource_type: str, id: str, since: datetime | None) -> list[Any]:
-    """The history rows of one resource, stored at ``since`` or later when given."""
+def _versions_of(resource_type: str, id: str, since: datetime | None, before: int | None = None) -> list[Any]:
+    """The history rows of one resource, stored at ``since`` or later when given, older than
+    version ``before`` when given."""
     h = resource_history.c
     where = [h.resource_type == resource_type, h.id == id]
     if since is not None:
         where.append(h.last_updated >= to_utc(since))
+    if before is not None:
+        where.append(h.version_id < before)
     return where
 
 
@@ -1277,19 +1280,20 @@ class SqlRecordStore:
         return found if isinstance(found, dict) else None
 
     def list_versions(self, resource_type: str, id: str, *, offset: int = 0, limit: int = 100,
-                      since: datetime | None = None) -> list[dict[str, Any]]:
+                      since: datetime | None = None, before: int | None = None) -> list[dict[str, Any]]:
         """The documents of the resource's versions as they were stored, newest first (the
         primary key's range, read backwards)."""
-        query = select(resource_history.c.json).where(*_versions_of(resource_type, id, since))
+        query = select(resource_history.c.json).where(*_versions_of(resource_type, id, since, before))
         with self._read() as conn:
             found = conn.execute(query.order_by(resource_history.c.version_id.desc()).offset(offset).limit(limit)) \
                 .scalars().all()
         return [doc for doc in found if isinstance(doc, dict)]
 
-    def count_versions(self, resource_type: str, id: str, *, since: datetime | None = None) -> int:
+    def count_versions(self, resource_type: str, id: str, *, since: datetime | None = None,
+                       before: int | None = None) -> int:
         with self._read() as conn:
             return int(conn.execute(select(func.count()).select_from(resource_history)
-                                    .where(*_versions_of(resource_type, id, since))).scalar_one())
+                                    .where(*_versions_of(resource_type, id, since, before))).scalar_one())
 
     def get_many(self, resource_type: str, ids: Sequence[str]) -> list[StoredResource]:
         """Resources in the order of ``ids``; missing ones are left out."""

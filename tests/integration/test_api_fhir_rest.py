@@ -526,7 +526,7 @@ def test_the_versions_operation_names_the_fhir_versions_served_and_the_default(t
         assert plain.status_code == 200 and plain.headers["content-type"].startswith("application/json")
         assert plain.json() == {"versions": ["4.0", "5.0"], "default": "4.0"}
         in_xml = client.get("/fhir/$versions", headers={"Accept": "application/fhir+xml"})
-        assert in_xml.status_code == 200 and in_xml.headers["content-type"] == "application/fhir+xml; fhirVersion=4.0"
+        assert in_xml.status_code == 200 and in_xml.headers["content-type"] == "application/fhir+xml; charset=utf-8; fhirVersion=4.0"
         assert client.get("/fhir/$versions", headers={"Accept": "text/turtle"}).status_code == 406
         for accept, version in (("application/fhir+json", "4"), ("application/fhir+json; fhirVersion=5.0", "5")):
             statement = client.get("/fhir/metadata", headers={"Accept": accept}).json()

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 SAMPLES = ROOT / "samples"
 TREAT = as_purpose("TREAT")
-XML = "application/fhir+xml; fhirVersion=4.0"
+XML = "application/fhir+xml; charset=utf-8; fhirVersion=4.0"
 SEND_XML = {"Content-Type": "application/fhir+xml", "Accept": "application/fhir+xml"}
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -199,7 +199,7 @@ def test_r5_in_xml(tmp_path: Path) -> None:
                     "/fhir/metadata"):
             twin = client.get(url, headers={**TREAT, "Accept": "application/fhir+json; fhirVersion=5.0"})
             xml = client.get(url, headers={**TREAT, "Accept": "application/fhir+xml; fhirVersion=5.0"})
-            assert xml.status_code == 200 and xml.headers["content-type"] == "application/fhir+xml; fhirVersion=5.0"
+            assert xml.status_code == 200 and xml.headers["content-type"] == "application/fhir+xml; charset=utf-8; fhirVersion=5.0"
             assert _cursors_blanked(from_xml(xml.content, "5")) == _cursors_blanked(twin.json())
 
 

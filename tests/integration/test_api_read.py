@@ -870,7 +870,7 @@ def test_fhir_json_and_xml_are_produced_and_turtle_gets_406(tmp_path: Path) -> N
             r = client.get(url, headers={**treat, **({"Accept": accept} if accept else {})})
             assert r.status_code == 200, (url, accept, r.text[:200])
             # a browser ranks application/xml above */*: XML, as RFC 9110 12.5.1 reads its header
-            assert r.headers["content-type"] == "application/fhir+xml; fhirVersion=4.0", (url, accept)
+            assert r.headers["content-type"] == "application/fhir+xml; charset=utf-8; fhirVersion=4.0", (url, accept)
         for url, accept in ((record, "text/turtle"), (record, "image/jpeg"),
                             (f"{record}?_format=ttl", "application/fhir+json"), ("/fhir/Media?_format=ttl", None),
                             ("/fhir/Media", "application/fhir+turtle, application/json;q=0"),

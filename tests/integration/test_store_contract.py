@@ -448,6 +448,12 @@ def test_update_writes_next_version_and_keeps_history(store: SqlRecordStore) -> 
     assert store.count_versions("Media", "m1") == 2 and store.count_versions("Media", "nothing") == 0
     assert store.count_versions("Media", "m1", since=updated.last_updated) == 1
     assert store.list_versions("Media", "nothing") == [] and store.list_versions("Consent", "m1") == []
+    # older than a version (a history page's keyset bound): a version written since moves nothing
+    assert [d["meta"]["versionId"] for d in store.list_versions("Media", "m1", before=2)] == ["1"]
+    assert [d["meta"]["versionId"] for d in store.list_versions("Media", "m1", before=3, limit=1)] == ["2"]
+    assert store.list_versions("Media", "m1", before=1) == []
+    assert store.count_versions("Media", "m1", before=2) == 1
+    assert store.count_versions("Media", "m1", since=updated.last_updated, before=2) == 0
     # the index follows the current version
     old_token = SearchCriteria(tokens=((TokenCriterion("type", "old"),),))
     new_token = SearchCriteria(tokens=((TokenCriterion("type", "new"),),))

@@ -92,6 +92,7 @@ from adapter.mapping.subsetting import Subsetting, parse_subsetting, subset
 from adapter.memory import give_back
 from adapter.model.decision import Decision, View
 from adapter.services.access import SearchPaging, overrode_for_care
+from adapter.services.history_paging import HistoryPaging
 from adapter.services.registry import Services
 from adapter.services.search_pages import PAGE_PARAM
 from adapter.services.search_params import (
@@ -474,8 +475,11 @@ async def vread(resource_type: str, id: str, vid: str, request: Request, reader:
                        conditions=_Conditions.of(request))
 
 
-#: The parameters a history-instance takes (http.html#history), _offset being its own paging.
-_HISTORY_PARAMS = frozenset({"_count", "_offset", "_since", "_format", "_pretty", "_summary", "_elements"})
+#: The parameters a history-instance takes (http.html#history): ``_cursor`` names a page of its
+#: links (adapter.services.history_paging); ``_offset``, a page by position (the links of old
+#: answers), is still honoured.
+_HISTORY_PARAMS = frozenset({"_count", "_offset", CURSOR_PARAM, "_since", "_format", "_pretty", "_summary",
+                             "_elements"})
 
 
 @router.get("/{resource_type}/{id}/_history",
@@ -485,7 +489,9 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
                            format_: Annotated[str | None, Query(alias="_format")] = None) -> Response:
     """history-instance: every version of a resource, newest first (a Consent's purposes added
     and withdrawn; a record's one version), under the decision a read gets now; ``_count``
-    and the ``next`` link page through a long history."""
+    and the ``next`` link page through a long history, keyset pages of the history as the
+    first page found it (adapter.services.history_paging): a version written meanwhile is not
+    shown twice."""
     version, fmt = _negotiate(request, accept, format_)
     if resource_type not in R4_TYPES:
         raise UnsupportedResourceType(f"{resource_type[:40]} is not served here")
@@ -496,12 +502,16 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     if _lenient(request.headers.get("prefer")):  # unknown ones left out, as a search does; the links say so
         params = [(name, value) for name, value in params if name in _HISTORY_PARAMS]
     how = parse_subsetting(params)
-    count, offset, since = DEFAULT_COUNT, 0, None
+    count, offset, since, token = DEFAULT_COUNT, 0, None, None
     for name, value in params:
+        if name in ("_count", "_offset", CURSOR_PARAM) and sum(k == name for k, _ in params) > 1:
+            raise InvalidQuery(f"{name} is given once", expression=name)
         if name == "_count":
             count = page_param(name, value, MAX_COUNT)
         elif name == "_offset":
             offset = page_param(name, value, 10**9)
+        elif name == CURSOR_PARAM:
+            token = value
         elif name == "_since":  # an instant; a coarser date counts from its start
             if value[:2].isalpha():
                 raise InvalidQuery("_since takes an instant, e.g. 2026-11-26T10:00:00Z", expression="_since")
@@ -511,17 +521,25 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
                                expression=name[:40])
     if ("_summary", "count") in params:  # the total only, as a search (search.html#summary)
         count = 0
+    cursor = None
+    if token is not None:  # a page a link names: of this resource (as this view names it) and _since
+        if offset:
+            raise InvalidQuery(f"{CURSOR_PARAM} names the page: _offset cannot be given with it", expression="_offset")
+        cursor = services.search_pages.open_history_cursor(f"{resource_type}/{id}", token)
+        if cursor.query != _query_digest(params):
+            raise InvalidQuery(f"this {CURSOR_PARAM} link pages another history (its _since was changed): follow "
+                               "the links of a history answer as they are", expression=CURSOR_PARAM)
 
     result = await _as_r5_photo_too(
-        lambda rt: reader.read_history(rt, id, offset=offset, count=count, since=since), resource_type, version,
-        reader, id)
+        lambda rt: reader.read_history(rt, id, offset=offset, count=count, since=since, cursor=cursor),
+        resource_type, version, reader, id)
     params = _count_used(params)
     url = absolute(request, services, f"fhir/{resource_type}/{id}/_history")
 
     def link(link_params: list[tuple[str, str]]) -> str:
         return f"{url}?{urlencode(link_params)}" if link_params else url
 
-    pages = _page_links(link, params, offset=offset, count=count, more=result.more)
+    pages = _history_links(link, params, services, f"{resource_type}/{id}", paging=result.paging)
     fhir_base = _fhir_base(request, services)
     bundle = history_bundle([subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources],
                             total=result.total, self_url=link(params), base_url=fhir_base, **pages)
@@ -803,20 +821,21 @@ def _count_used(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, str(MAX_COUNT)) if k == "_count" and int(v[:12]) > MAX_COUNT else (k, v) for k, v in params]
 
 
-def _page_links(link: Callable[[list[tuple[str, str]]], str], params: list[tuple[str, str]], *, offset: int,
-                count: int, more: bool) -> dict[str, str | None]:
-    """The paging links of a history page (http.html#paging), each ``link`` of the
-    page's ``params`` with its own ``_offset``: ``first`` (the page without ``_offset``, the
-    first page's own too), ``next`` when more follow, ``previous`` on a page after the first;
-    none for ``_count=0`` (the total only)."""
-    kept = [(k, v) for k, v in params if k != "_offset"]
+def _history_links(link: Callable[[list[tuple[str, str]]], str], params: list[tuple[str, str]], services: Services,
+                   resource: str, *, paging: HistoryPaging | None) -> dict[str, str | None]:
+    """The paging links of a history page (http.html#paging): the page's ``params`` with the
+    sealed cursor of the page each names (adapter.services.history_paging) in place of its own
+    ``_cursor`` or ``_offset``: ``first`` (the first page of the same snapshot), ``next`` when
+    older versions follow, ``previous`` when newer ones precede; none for ``_count=0``."""
     pages: dict[str, str | None] = {"next_url": None, "first_url": None, "previous_url": None}
-    if count > 0:
-        pages["first_url"] = link(kept)
-    if count > 0 and more:
-        pages["next_url"] = link(kept + [("_offset", str(offset + count))])
-    if count > 0 and offset > 0:  # a page after the first: the way back
-        pages["previous_url"] = link(kept + [("_offset", str(max(0, offset - count)))])
+    if paging is None:
+        return pages
+    kept = [(k, v) for k, v in params if k not in ("_offset", CURSOR_PARAM)]
+    query = _query_digest(kept)
+    for name, cursor in (("first_url", paging.first), ("next_url", paging.next), ("previous_url", paging.previous)):
+        if cursor is not None:
+            sealed = services.search_pages.seal_history_cursor(resource, dataclasses.replace(cursor, query=query))
+            pages[name] = link(kept + [(CURSOR_PARAM, sealed)])
     return pages
 
 
