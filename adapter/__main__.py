@@ -635,6 +635,28 @@ def _long_running(settings: Settings) -> Settings:
     return settings.model_copy(update={"database_statement_timeout": 0, "database_lock_timeout": 0})
 
 
+#: How each command says it cannot use the data folder (:func:`_data_folder_unusable`).
+_REFUSED_AS = {"check": "invalid: ", "audit": "cannot open the store: ", "verify": "cannot open the store: ",
+               "copy-store": "not copied: "}
+
+
+def _data_folder_unusable(command: str, settings: Settings) -> bool:
+    """Whether this user cannot read the data folder or what it holds, said as ``command`` says
+    what stops it (serve in its log: "cannot start"); the store is not opened then. Was a
+    PermissionError traceback from check and copy-store (exit 1), and "audit.key cannot be read
+    (PermissionError)" from the others (newcomer review 1)."""
+    from adapter.files import folder_access_problem
+
+    problem = folder_access_problem(settings.data_dir)
+    if problem is None:
+        return False
+    if command == "serve":
+        logging.getLogger("adapter").error("cannot start: %s", problem)
+    else:
+        print(f"{_REFUSED_AS[command]}{problem}", file=sys.stderr)
+    return True
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "check":
         try:
@@ -643,7 +665,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"invalid: {exc.diagnostics}", file=sys.stderr)
             return 2
         print("settings, policy and mapping tables are valid")
-        return 0 if args.offline else _check_database(settings)
+        if args.offline:
+            return 0
+        return 2 if _data_folder_unusable(args.command, settings) else _check_database(settings)
+    if _data_folder_unusable(args.command, settings):
+        return 2
     if args.command == "audit":
         return _export_audit(_long_running(settings), args)
     if args.command == "verify":

@@ -34,7 +34,7 @@ import secrets
 from pathlib import Path
 
 from adapter.errors import ConfigurationError
-from adapter.files import publish_once, remove_abandoned_candidates
+from adapter.files import publish_once, remove_abandoned_candidates, unreadable_problem
 from adapter.store.engine import SQLITE_FILE, sqlite_path
 from adapter.store.port import RecordStore
 
@@ -49,7 +49,9 @@ def _folder_id(data_dir: Path) -> str | None:
         return (data_dir / FOLDER_ID_FILE).read_text(encoding="ascii").strip() or None
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigurationError(unreadable_problem(data_dir / FOLDER_ID_FILE, exc)) from exc
+    except UnicodeDecodeError as exc:
         raise ConfigurationError(f"{data_dir / FOLDER_ID_FILE} cannot be read ({type(exc).__name__})") from exc
 
 
