@@ -269,6 +269,11 @@ def serve(settings: Settings) -> int:
     elif settings.policy_is_the_example:  # `make run` in a checkout: its mappings/policy.yaml
         log.warning("%s is the example policy the adapter's source comes with: fine for trying the adapter, not "
                     "the organisation's policy (set ADAPTER_POLICY to the organisation's own)", settings.policy)
+    if settings.short_pseudonym_key is not None:  # production refuses it (Settings.check_safe)
+        log.warning("%s in production: records pseudonymised under it cannot go to production without giving every "
+                    "patient new pseudonyms, mapped DICOM UIDs and released ids (ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY); "
+                    "give a key of at least 32 characters now, or leave it unset (one is generated)",
+                    settings.short_pseudonym_key)
     descriptors = _descriptor_problem(settings)
     if descriptors is not None:
         log.error("cannot start: %s", descriptors)
@@ -665,6 +670,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"invalid: {exc.diagnostics}", file=sys.stderr)
             return 2
         print("settings, policy and mapping tables are valid")
+        if settings.short_pseudonym_key is not None:  # what serve warns of at start
+            print(f"warning: {settings.short_pseudonym_key} in production", file=sys.stderr)
         if args.offline:
             return 0
         return 2 if _data_folder_unusable(args.command, settings) else _check_database(settings)
