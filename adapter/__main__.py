@@ -973,7 +973,7 @@ def _copy_store(settings: Settings, target_url: str) -> int:
     print(f"copied the record store to {target}: {sum(report.rows.values())} row(s) in {len(report.rows)} table(s), "
           f"counts checked, {events} audit event(s){end}; the data folder {settings.data_dir} is the copy's too. "
           "Next: serve with ADAPTER_DATABASE_URL set to it and this ADAPTER_DATA_DIR, verify --digests, then move "
-          "adapter.db out of the data folder (README: Moving the records to another database)")
+          "adapter.db out of the data folder (docs/operations.md: Moving the records to another database)")
     return 0
 
 

@@ -76,7 +76,7 @@ def data_folder_problem(data_dir: Path, store: RecordStore) -> str | None:
                 "ADAPTER_DATABASE_URL at its database, or restore the database backed up with this folder; a new "
                 "database needs a new, empty data folder (ADAPTER_DATA_DIR); to move that database's records to this "
                 "one, with this folder, run python -m adapter copy-store --to <this database's URL> against that "
-                "database (README: Moving the records to another database)")
+                "database (docs/operations.md: Moving the records to another database)")
     return (f"{data_dir} is the data folder of another database ({path} differs from the one this database "
             "names): point ADAPTER_DATA_DIR and ADAPTER_DATABASE_URL at a folder and a database that belong together")
 
