@@ -6,7 +6,7 @@
 #          -v /etc/clinical-image-adapter/mappings:/app/mappings:ro \
 #          -v /etc/clinical-image-adapter/pseudonym.key:/run/secrets/adapter_pseudonym_key:ro \
 #          -e ADAPTER_PSEUDONYM_KEY_FILE=/run/secrets/adapter_pseudonym_key \
-#          -e ADAPTER_DICOM_ALLOWED_AE_TITLES=PACS clinical-image-adapter
+#          -e ADAPTER_DICOM_ALLOWED_AE_TITLES=PACS@10.0.0.20 clinical-image-adapter
 #        The image runs in production (ADAPTER_ENVIRONMENT=production): it refuses to start without
 #        the organisation's policy (a folder with policy.yaml and the mapping tables mounted at
 #        /app/mappings, or ADAPTER_POLICY) and a pseudonym key (from a file, not -e: `docker inspect`

@@ -269,6 +269,11 @@ def serve(settings: Settings) -> int:
     elif settings.policy_is_the_example:  # `make run` in a checkout: its mappings/policy.yaml
         log.warning("%s is the example policy the adapter's source comes with: fine for trying the adapter, not "
                     "the organisation's policy (set ADAPTER_POLICY to the organisation's own)", settings.policy)
+    if settings.short_pseudonym_key is not None:  # production refuses it (Settings.check_safe)
+        log.warning("%s in production: records pseudonymised under it cannot go to production without giving every "
+                    "patient new pseudonyms, mapped DICOM UIDs and released ids (ADAPTER_ACCEPT_NEW_PSEUDONYM_KEY); "
+                    "give a key of at least 32 characters now, or leave it unset (one is generated)",
+                    settings.short_pseudonym_key)
     descriptors = _descriptor_problem(settings)
     if descriptors is not None:
         log.error("cannot start: %s", descriptors)
@@ -635,6 +640,28 @@ def _long_running(settings: Settings) -> Settings:
     return settings.model_copy(update={"database_statement_timeout": 0, "database_lock_timeout": 0})
 
 
+#: How each command says it cannot use the data folder (:func:`_data_folder_unusable`).
+_REFUSED_AS = {"check": "invalid: ", "audit": "cannot open the store: ", "verify": "cannot open the store: ",
+               "copy-store": "not copied: "}
+
+
+def _data_folder_unusable(command: str, settings: Settings) -> bool:
+    """Whether this user cannot read the data folder or what it holds, said as ``command`` says
+    what stops it (serve in its log: "cannot start"); the store is not opened then. Was a
+    PermissionError traceback from check and copy-store (exit 1), and "audit.key cannot be read
+    (PermissionError)" from the others (newcomer review 1)."""
+    from adapter.files import folder_access_problem
+
+    problem = folder_access_problem(settings.data_dir)
+    if problem is None:
+        return False
+    if command == "serve":
+        logging.getLogger("adapter").error("cannot start: %s", problem)
+    else:
+        print(f"{_REFUSED_AS[command]}{problem}", file=sys.stderr)
+    return True
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "check":
         try:
@@ -643,7 +670,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"invalid: {exc.diagnostics}", file=sys.stderr)
             return 2
         print("settings, policy and mapping tables are valid")
-        return 0 if args.offline else _check_database(settings)
+        if settings.short_pseudonym_key is not None:  # what serve warns of at start
+            print(f"warning: {settings.short_pseudonym_key} in production", file=sys.stderr)
+        if args.offline:
+            return 0
+        return 2 if _data_folder_unusable(args.command, settings) else _check_database(settings)
+    if _data_folder_unusable(args.command, settings):
+        return 2
     if args.command == "audit":
         return _export_audit(_long_running(settings), args)
     if args.command == "verify":
@@ -940,7 +973,7 @@ def _copy_store(settings: Settings, target_url: str) -> int:
     print(f"copied the record store to {target}: {sum(report.rows.values())} row(s) in {len(report.rows)} table(s), "
           f"counts checked, {events} audit event(s){end}; the data folder {settings.data_dir} is the copy's too. "
           "Next: serve with ADAPTER_DATABASE_URL set to it and this ADAPTER_DATA_DIR, verify --digests, then move "
-          "adapter.db out of the data folder (README: Moving the records to another database)")
+          "adapter.db out of the data folder (docs/operations.md: Moving the records to another database)")
     return 0
 
 

@@ -151,6 +151,10 @@ class HttpOptions:
     max_upload_bytes: int
 
 
+#: The shortest pseudonym key production takes (a key generated into the data folder has 64).
+MIN_PSEUDONYM_KEY_LENGTH = 32
+
+
 class Settings(BaseSettings):
     """All settings of the adapter. Environment variable = ``ADAPTER_`` + field name, upper case."""
 
@@ -504,10 +508,25 @@ class Settings(BaseSettings):
             raise ConfigurationError("ADAPTER_POLICY must name the organisation's policy in production: there is no "
                                      "mappings/policy.yaml in the working directory, and the example policy "
                                      "that comes with the package is not used there")
-        if self.environment == "production" and (not self.pseudonym_key or len(self.pseudonym_key) < 32):
+        if self.environment == "production" and not self.pseudonym_key:
             raise ConfigurationError(
-                "ADAPTER_PSEUDONYM_KEY (or ADAPTER_PSEUDONYM_KEY_FILE) must be set to a secret of at least 32 "
-                "characters in production")
+                f"ADAPTER_PSEUDONYM_KEY (or ADAPTER_PSEUDONYM_KEY_FILE) must be set to a secret of at least "
+                f"{MIN_PSEUDONYM_KEY_LENGTH} characters in production")
+        short = self.short_pseudonym_key
+        if self.environment == "production" and short is not None:
+            raise ConfigurationError(f"{short} in production")
+
+    @property
+    def short_pseudonym_key(self) -> str | None:
+        """What is wrong with a pseudonym key given shorter than production takes (its length, never
+        the key), or None. Production refuses it (:meth:`check_safe`); development takes it and
+        ``serve`` warns at start: a store pseudonymised under it cannot go to production without
+        giving every patient new pseudonyms (newcomer review 5)."""
+        if not self.pseudonym_key or len(self.pseudonym_key) >= MIN_PSEUDONYM_KEY_LENGTH:
+            return None
+        source = "ADAPTER_PSEUDONYM_KEY_FILE" if self.pseudonym_key_file else "ADAPTER_PSEUDONYM_KEY"
+        return (f"the pseudonym key {source} gives is {len(self.pseudonym_key)} characters; at least "
+                f"{MIN_PSEUDONYM_KEY_LENGTH} are needed")
 
 
 def describe_invalid_settings(exc: ValidationError) -> str:

@@ -126,6 +126,44 @@ def describe_os_error(exc: OSError) -> str:
     return f"{errno.errorcode.get(exc.errno, str(exc.errno))}, {os.strerror(exc.errno).lower()}"
 
 
+def unreadable_problem(path: Path, exc: OSError) -> str:
+    """Why ``path`` (in the data folder, or the folder itself) cannot be read, said with its errno:
+    for want of permission, that the adapter's user needs read and write access (a folder restored
+    as root, its modes 700 and 600, run as the image's user, uid 10001: newcomer review 1)."""
+    if isinstance(exc, PermissionError):
+        return (f"{path} cannot be read by this user (uid {os.geteuid()}, EACCES): give the adapter's user read "
+                "and write access to the data folder and everything in it (ADAPTER_DATA_DIR; a folder restored "
+                "as another user: chown -R it to the adapter's user, 10001:10001 in the Docker image)")
+    return f"{path} cannot be read ({describe_os_error(exc)})"
+
+
+def folder_access_problem(folder: Path) -> str | None:
+    """Why this user cannot read ``folder`` or what lies directly in it (each file opened for
+    reading, each folder listed), or None when it can, or when ``folder`` is not there yet (a start
+    makes it) or is no folder (the setting's own check says so). Checked before a command opens
+    the store: a PermissionError met later was a traceback, or "audit.key cannot be read"."""
+    try:
+        if not folder.is_dir():
+            return None
+        with os.scandir(folder) as entries:
+            found = [Path(entry.path) for entry in entries]
+    except OSError as exc:
+        return unreadable_problem(folder, exc)
+    for path in found:
+        try:
+            if path.is_dir():
+                with os.scandir(path):
+                    pass
+            elif path.is_file():
+                with path.open("rb"):
+                    pass
+        except FileNotFoundError:
+            continue  # removed since it was listed (a journal file)
+        except OSError as exc:
+            return unreadable_problem(path, exc)
+    return None
+
+
 def folder_write_problem(folder: Path) -> str | None:
     """Why files cannot be made in ``folder`` (a read-only file system, or no write permission
     for this user), said with the path and the errno it gives; None when they can, or when the

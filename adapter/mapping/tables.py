@@ -271,6 +271,9 @@ def load_policy(path: Path, purposes: PurposeTable) -> Policy:
 
 
 def load_tables(mappings_dir: Path, policy_path: Path) -> Tables:
+    if policy_path.is_dir():  # the folder of mappings/ named instead of its policy.yaml
+        raise PolicyError(f"{policy_path} is a directory, not a file (ADAPTER_POLICY): name the policy file in it "
+                          f"({policy_path / 'policy.yaml'}, say)")
     if not policy_path.is_file():
         # before the tables: by default they are read from the policy's folder, so a mistyped
         # policy path would otherwise be reported as a missing table

@@ -34,7 +34,7 @@ import secrets
 from pathlib import Path
 
 from adapter.errors import ConfigurationError
-from adapter.files import publish_once, remove_abandoned_candidates
+from adapter.files import publish_once, remove_abandoned_candidates, unreadable_problem
 from adapter.store.engine import SQLITE_FILE, sqlite_path
 from adapter.store.port import RecordStore
 
@@ -49,7 +49,9 @@ def _folder_id(data_dir: Path) -> str | None:
         return (data_dir / FOLDER_ID_FILE).read_text(encoding="ascii").strip() or None
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigurationError(unreadable_problem(data_dir / FOLDER_ID_FILE, exc)) from exc
+    except UnicodeDecodeError as exc:
         raise ConfigurationError(f"{data_dir / FOLDER_ID_FILE} cannot be read ({type(exc).__name__})") from exc
 
 
@@ -74,7 +76,7 @@ def data_folder_problem(data_dir: Path, store: RecordStore) -> str | None:
                 "ADAPTER_DATABASE_URL at its database, or restore the database backed up with this folder; a new "
                 "database needs a new, empty data folder (ADAPTER_DATA_DIR); to move that database's records to this "
                 "one, with this folder, run python -m adapter copy-store --to <this database's URL> against that "
-                "database (README: Moving the records to another database)")
+                "database (docs/operations.md: Moving the records to another database)")
     return (f"{data_dir} is the data folder of another database ({path} differs from the one this database "
             "names): point ADAPTER_DATA_DIR and ADAPTER_DATABASE_URL at a folder and a database that belong together")
 

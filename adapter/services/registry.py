@@ -271,8 +271,9 @@ EXAMPLE_ORGANISATION = "example hospital"
 
 
 def names_the_example_organisation(identifier: str) -> bool:
-    """Whether an organisation identifier lies under the ISO/ITU-T example arc 2.999 (no real
-    organisation's OID; the example policy's is urn:oid:2.999.1)."""
+    """Whether an organisation identifier (or an identifier system, dicom.yaml's issuers') lies under
+    the ISO/ITU-T example arc 2.999 (no real organisation's OID; the example policy's is
+    urn:oid:2.999.1, the example issuer's system urn:oid:2.999.1.1)."""
     oid = identifier.strip().lower().removeprefix("urn:oid:")
     return oid == "2.999" or oid.startswith("2.999.")
 
@@ -295,7 +296,17 @@ def check_configuration(settings: Settings) -> Configuration:
                                  "OID is under the ISO example arc 2.999): "
                                  "in production the policy must be the organisation's own (edit organisation, "
                                  "consent, breakGlass and devices)")
-    dicom_tables = load_dicom_tables(settings.resolved_mappings_dir / "dicom.yaml")
+    dicom_path = settings.resolved_mappings_dir / "dicom.yaml"
+    dicom_tables = load_dicom_tables(dicom_path)
+    examples = [entry for entry in dicom_tables.patient_identifiers.issuers
+                if names_the_example_organisation(entry.system)]
+    if settings.environment == "production" and examples:
+        # the example's issuer (HOSP, urn:oid:2.999.1.1) left in a copy of mappings/ whose policy
+        # was edited: a PACS's patients would be filed under the example's OID (newcomer review 8)
+        said = ", ".join(f"{entry.issuer} -> {entry.system[:60]}" for entry in examples[:3])
+        raise ConfigurationError(f"{dicom_path} files patient IDs under the example's OIDs ({said}; the ISO example "
+                                 "arc 2.999): in production patient.issuers must name the organisation's own "
+                                 "issuers of patient IDs and their systems")
     return Configuration(tables=tables, dicom_tables=dicom_tables, uid_root=check_uid_root(settings.uid_root))
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter.errors import ConfigurationError
-from adapter.files import publish_once, remove_abandoned_candidates
+from adapter.files import publish_once, remove_abandoned_candidates, unreadable_problem
 from adapter.store.dates import to_utc
 from adapter.store.schema import AUDIT_CHAIN_START
 
@@ -82,7 +82,9 @@ def read_audit_key(data_dir: Path, *, create: bool) -> bytes | None:
         if create:
             remove_abandoned_candidates(path)
         secret = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigurationError(unreadable_problem(path, exc)) from exc
+    except UnicodeDecodeError as exc:
         raise ConfigurationError(f"{path} cannot be read ({type(exc).__name__})") from exc
     if not secret:
         raise ConfigurationError(f"{path} is empty: restore the audit.key backed up with the database")

@@ -47,7 +47,7 @@ from adapter.errors import (
     StorageError,
     StudyStarted,
 )
-from adapter.files import folder_write_problem
+from adapter.files import folder_write_problem, unreadable_problem
 from adapter.model.dicom import DicomInstance, InstanceAttributes, OutboxItem, ReleasedUids
 from adapter.model.photo import Identifier
 from adapter.model.record import (
@@ -2014,6 +2014,15 @@ def _sqlite_unreadable(path: Path, exc: sqlite3.Error) -> StorageError:
     return StorageError(f"the SQLite database {path} cannot be read ({type(exc).__name__})")
 
 
+def _sqlite_file_exists(path: Path) -> bool:
+    """Whether the SQLite database file ``path`` is there; StorageError when its folder cannot be
+    looked in (this user may not read it: a PermissionError traceback from ``check``)."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise StorageError(unreadable_problem(path, exc)) from exc
+
+
 def read_key_fingerprints(database_url: str, timeouts: DatabaseTimeouts | None = None) -> dict[str, str]:
     """The key_fingerprints rows (name to fingerprint) of the database at ``database_url``
     (``python -m adapter check``: the keys and data folder the store was made with), empty when
@@ -2023,7 +2032,7 @@ def read_key_fingerprints(database_url: str, timeouts: DatabaseTimeouts | None =
         import sqlite3
 
         path = Path(url.database or "").expanduser()
-        if not path.is_file():
+        if not _sqlite_file_exists(path):
             return {}
         try:
             with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
@@ -2059,7 +2068,7 @@ def read_schema_version(database_url: str, timeouts: DatabaseTimeouts | None = N
         import sqlite3
 
         path = Path(url.database or "").expanduser()
-        if not path.is_file():
+        if not _sqlite_file_exists(path):
             return None
         try:
             with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,

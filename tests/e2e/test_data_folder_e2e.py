@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -156,3 +158,48 @@ def test_a_postgresql_stores_data_folder_made_read_only_is_named_by_serve_and_ch
             said = done.stderr
             assert done.returncode == 2, (command, done.stdout + said)
             assert any(str(data) in line and "EROFS" in line for line in said.splitlines()), (command, said)
+
+
+@contextmanager
+def _unreadable(paths: list[Path]) -> Iterator[list[str]]:
+    """``paths`` made unreadable to the commands run with the prefix yielded: their modes 000 for
+    the duration, and, run as root, the command's capabilities to pass over file modes dropped
+    (setpriv: root reads everything else): what the image's user (uid 10001) meets in a folder
+    restored as root, its modes 700 and 600."""
+    modes = {path: path.stat().st_mode for path in paths}
+    for path in paths:
+        path.chmod(0)
+    try:
+        yield ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+
+
+@pytest.mark.parametrize("restored", ["the folder", "its files"])
+def test_a_data_folder_this_user_cannot_read_is_said_so_by_every_command(tmp_path: Path, restored: str) -> None:
+    """Newcomer review 1: a data folder restored as root (700, files 600) and run as the image's
+    user: check ended in a PermissionError traceback (exit 1), as did copy-store, and serve,
+    verify and audit said "audit.key cannot be read (PermissionError)". Each now names the path,
+    that this user cannot read it, and that the adapter's user needs read and write access: exit 2."""
+    from tests.support.app import adapter_client
+
+    with adapter_client(tmp_path) as (_, services):
+        services.close()
+    data = tmp_path / "data"
+    paths = [data] if restored == "the folder" else [p for p in data.iterdir() if p.is_file()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env.update(ADAPTER_DATA_DIR=str(data), ADAPTER_DICOM_ENABLED="false", ADAPTER_HTTP_PORT="0",
+               ADAPTER_POLICY=str(tmp_path / "policy.yaml"), ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
+    commands = [("check",), ("verify",), ("audit",), ("copy-store", "--to", f"sqlite:///{tmp_path / 'copy.db'}"),
+                ("serve",)]
+    with _unreadable(paths) as prefix:
+        for command in commands:
+            done = subprocess.run([*prefix, sys.executable, "-m", "adapter", *command], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=120, check=False)
+            said = done.stdout + done.stderr
+            assert done.returncode == 2, (command, said[-3000:])
+            assert "Traceback" not in said, (command, said[-3000:])
+            assert "cannot be read by this user" in done.stderr and str(data) in done.stderr, (command, said)
+            assert "read and write access" in done.stderr, (command, said)
+    assert not (tmp_path / "copy.db").exists()

@@ -64,6 +64,8 @@ def test_the_installed_command_finds_its_policy_and_tables_outside_the_checkout(
     policy = elsewhere / "mappings" / "policy.yaml"
     policy.write_text(policy.read_text().replace("urn:oid:2.999.1", "urn:oid:1.2.826.0.1.3680043.10.1")
                       .replace("Example Hospital", "St Elsewhere"))
+    dicom = elsewhere / "mappings" / "dicom.yaml"  # its issuers of patient IDs too (newcomer review 8)
+    dicom.write_text(dicom.read_text().replace("urn:oid:2.999.1.1", "urn:oid:1.2.826.0.1.3680043.10.1.1"))
     taken = subprocess.run([str(target / "bin" / "clinical-image-adapter"), "check"], cwd=elsewhere,
                            env=production, capture_output=True, text=True, timeout=120, check=False)
     assert taken.returncode == 0 and "valid" in taken.stdout, taken.stderr

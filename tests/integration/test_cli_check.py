@@ -112,6 +112,14 @@ def test_production_refuses_a_copy_of_the_example_policy_wherever_it_lies(tmp_pa
     policy.write_text(original)
     policy.write_text(policy.read_text().replace("urn:oid:2.999.1", "urn:oid:1.2.826.0.1.3680043.10.1")
                       .replace("Example Hospital", "St Elsewhere"))
+    # newcomer review 8: the policy edited, dicom.yaml left as the example's (issuer HOSP filed under
+    # urn:oid:2.999.1.1, the ISO example arc) was taken: a PACS's patients under the example's OID
+    dicom = copy / "dicom.yaml"
+    refused = check(**production)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert str(dicom) in refused.stderr and "urn:oid:2.999.1.1" in refused.stderr and "HOSP" in refused.stderr
+    assert check().returncode == 0  # development still runs the example
+    dicom.write_text(dicom.read_text().replace("urn:oid:2.999.1.1", "urn:oid:1.2.826.0.1.3680043.10.1.1"))
     taken = check(**production)
     assert taken.returncode == 0 and "valid" in taken.stdout, taken.stderr
 

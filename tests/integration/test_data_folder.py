@@ -82,6 +82,9 @@ def test_a_folder_of_another_database_is_refused_and_never_to_be_unclaimed(tmp_p
     assert "delete" not in said and "remove" not in said
     assert "a new database needs a new, empty data folder" in said
     assert "python -m adapter copy-store" in said  # the way to move the records with their images
+    # named where it is: the README only links to it (newcomer review 9)
+    assert "(docs/operations.md: Moving the records to another database)" in said
+    assert "\n### Moving the records to another database\n" in (ROOT / "docs" / "operations.md").read_text()
 
 
 def test_folders_of_two_databases_swapped_are_refused(tmp_path: Path, database_url: str) -> None:

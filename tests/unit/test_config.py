@@ -246,7 +246,7 @@ def test_the_pseudonym_key_may_come_from_a_file(tmp_path, monkeypatch) -> None:
         Settings()
     monkeypatch.delenv("ADAPTER_PSEUDONYM_KEY")
     key.write_text("short\n")
-    with pytest.raises(ConfigurationError, match="at least 32 characters"):
+    with pytest.raises(ConfigurationError, match="is 5 characters; at least 32 are needed"):
         Settings(environment="production").check_safe()
     key.write_text(" \n")
     with pytest.raises(ConfigurationError, match="is empty"):

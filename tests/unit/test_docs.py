@@ -109,9 +109,30 @@ def test_the_image_keeps_its_example_policy_out_of_production() -> None:
 
 
 def _readme_docker_run() -> list[str]:
-    block = next(b for b in _blocks(_section("Deploy with Docker")) if "docker run" in b)
-    command = block[block.index("docker run"):]
+    block = next(b for b in _blocks(_section("Deploy with Docker")) if "docker run -d" in b)
+    command = block[block.index("docker run -d"):]
     return shlex.split(command[:command.index("\n", command.index("clinical-image-adapter\n"))], comments=True)
+
+
+def _readme_docker_check() -> list[str]:
+    block = next(b for b in _blocks(_section("Deploy with Docker")) if "docker run --rm" in b)
+    command = block[block.index("docker run --rm"):]
+    return shlex.split(command[:command.index("\n", command.index("python -m adapter check"))], comments=True)
+
+
+def test_the_readme_checks_before_the_first_start_as_the_container_would_run() -> None:
+    """Newcomer review 4: the only check shown was docker exec, into a container that must be running
+    (and restarts forever when its configuration is refused). A one-off container checks first, with
+    every mount and variable of the serve's run, and the restart loop is said with where to look."""
+    run, check = _readme_docker_run(), _readme_docker_check()
+    options = lambda args, flag: {args[i + 1] for i, a in enumerate(args) if a == flag}
+    assert check[:3] == ["docker", "run", "--rm"] and check[-4:] == ["python", "-m", "adapter", "check"]
+    assert options(check, "-v") == options(run, "-v") and options(check, "-e") == options(run, "-e")
+    deploy = _section("Deploy with Docker")
+    assert "restart forever" in deploy and "`docker logs adapter` shows" in deploy
+    # the AE title bound to the PACS's address, as the bullet below the command advises (newcomer review 9)
+    assert "ADAPTER_DICOM_ALLOWED_AE_TITLES=PACS@10.0.0.20" in options(run, "-e")
+    assert "ADAPTER_DICOM_ALLOWED_AE_TITLES=PACS@10.0.0.20 " in DOCKERFILE
 
 
 def test_the_readmes_docker_run_matches_the_image() -> None:
@@ -263,3 +284,16 @@ def test_the_docker_run_bounds_its_log_and_the_upgrade_has_its_own_section() -> 
     assert "- [Upgrading](#upgrading)" in operations and "- [Logs](#logs)" in operations
     assert "Upgrading to schema" not in _section("Tests")
     assert "(docs/operations.md#upgrading)" in _section("Backup, restore, verify")
+
+
+def test_the_readme_states_the_schema_version_the_code_has() -> None:
+    """Newcomer review 7: the README said "now 21" when the store's schema was 24 (its list stopped at
+    the audit chain's seal); the number it states, and the last of its upgrades in docs/operations.md,
+    are the code's."""
+    from adapter.store.schema import SCHEMA_VERSION
+
+    stated = re.findall(r"The store's schema is versioned \(now (\d+):", _section("Tests"))
+    assert stated == [str(SCHEMA_VERSION)], stated
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    upgrades = [int(n) for n in re.findall(r"^### Upgrading to schemas? (?:\d+ and )?(\d+)$", operations, re.MULTILINE)]
+    assert upgrades and max(upgrades) == SCHEMA_VERSION, upgrades

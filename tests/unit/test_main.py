@@ -139,3 +139,29 @@ def test_a_second_stop_signal_arriving_while_the_scp_s_stop_begins_does_not_hang
     assert not signalled.is_alive(), "the second stop signal waited for ever on the first one's lock"
     assert stopped.wait(5)
     stopper.join()
+
+
+def test_a_short_pseudonym_key_is_said_at_start_in_development_and_its_length_in_production(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Newcomer review 5: a short key was taken in development without a word (and the store it
+    pseudonymised cannot go to production without new pseudonyms for every patient), and
+    production said the key "must be set" when it was set, too short. Its length is said, never it."""
+    from adapter.errors import ConfigurationError
+
+    key = "k3y-abc"
+    for pseudonym_key, said in ((key, True), ("k" * 32, False)):
+        caplog.clear()
+        settings = Settings(pseudonym_key=pseudonym_key, policy=ROOT / "mappings" / "policy.yaml",
+                            data_dir=tmp_path / "data", database_url="foo://", dicom_enabled=False)
+        with caplog.at_level(logging.WARNING, logger="adapter"):
+            assert serve(settings) == 2  # stops at the database URL, after the warnings
+        warned = [m for m in caplog.messages if "pseudonym key" in m]
+        assert len(warned) == int(said), caplog.messages
+        if said:
+            assert "7 characters" in warned[0] and "at least 32" in warned[0] and key not in warned[0]
+    with pytest.raises(ConfigurationError) as refused:
+        Settings(environment="production", pseudonym_key=key).check_safe()
+    assert "is 7 characters; at least 32 are needed" in refused.value.diagnostics
+    assert "must be set" not in refused.value.diagnostics and key not in refused.value.diagnostics
+    with pytest.raises(ConfigurationError, match="must be set"):
+        Settings(environment="production").check_safe()

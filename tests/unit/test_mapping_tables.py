@@ -246,3 +246,12 @@ def test_a_kinds_table_from_before_text_in_pixels_loads_and_claims_no_anonymity(
     (mappings / "kinds.yaml").write_text(yaml.safe_dump(kinds))
     tables = load_tables(mappings, _policy(tmp_path, lambda p: None))
     assert all(tables.pixels_may_identify(kind) for kind in tables.kinds)
+
+
+def test_a_policy_path_naming_a_directory_says_it_is_one(tmp_path: Path) -> None:
+    # newcomer review 9: ADAPTER_POLICY=<a folder> said "policy file not found", and the path exists
+    with pytest.raises(PolicyError) as refused:
+        load_tables(ROOT / "mappings", ROOT / "mappings")
+    said = refused.value.diagnostics
+    assert "is a directory, not a file" in said and "ADAPTER_POLICY" in said and "not found" not in said
+    assert "policy.yaml" in said  # the file in it to name
