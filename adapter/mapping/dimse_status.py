@@ -28,7 +28,7 @@ Statuses (PS3.4 B.2.3 Storage Service Class; PS3.7 Annex C general statuses):
 * ``0xC122`` Referenced Transfer Syntax not supported (a Cxxx Cannot understand for C-STORE;
   PS3.18 10.5.3 names it for STOW-RS): the object's transfer syntax has no lossless rendering
   here (over DIMSE such a context is not accepted in the first place). Native pixel data in a
-  layout without one (YBR, palette colour, signed samples) is ``0xC000``.
+  layout without one (YBR, palette colour, signed samples, 16-bit RGB) is ``0xC000``.
 * ``0x0122`` Refused: SOP Class not supported: normally already refused at association
   negotiation (no presentation context); kept for the same refusal after negotiation. Never
   for an object whose SOP class is accepted (its pixel data is 0xC000 or 0xC122 above).

@@ -586,6 +586,38 @@ def test_native_pixels_become_a_lossless_png(scp: StoreSCP, client: FhirClient, 
         assert im.mode == "RGB" and im.size == (30, 20) and im.tobytes() == pixels
 
 
+@pytest.mark.parametrize(("rows", "columns", "length", "attrs", "status", "offending"), [
+    (16, 16, 16 * 16 * 3 - 2, {}, CANNOT_UNDERSTAND, 0x7FE00010),  # short: now named
+    (16, 16, 16 * 16 * 3 + 2, {}, CANNOT_UNDERSTAND, 0x7FE00010),  # 2 bytes too long
+    (16, 16, 16 * 16 * 3 * 2, {}, CANNOT_UNDERSTAND, 0x7FE00010),  # a second frame, no NumberOfFrames
+    (16, 16, 16 * 16 * 3 * 3, {"NumberOfFrames": 2}, CANNOT_UNDERSTAND, 0x7FE00010),  # a third frame
+    (3, 3, 3 * 3 * 3 + 1, {}, SUCCESS, None),  # 27 bytes and the one pad byte PS3.5 8.1.1 allows
+    (16, 16, 16 * 16 * 3 * 2, {"BitsAllocated": 16, "BitsStored": 16, "HighBit": 15}, CANNOT_UNDERSTAND,
+     0x00280100),  # 16-bit RGB: refused naming BitsAllocated, not PhotometricInterpretation
+], ids=["short", "long", "second-frame", "third-frame", "pad-byte", "rgb-16-bit"])
+def test_native_pixel_data_of_another_length_than_its_frames_is_refused_naming_it(
+        scp: StoreSCP, services: Services, tmp_path: Path, rows: int, columns: int, length: int,
+        attrs: dict[str, Any], status: int, offending: int | None) -> None:
+    """The PACS review (findings 3, 4, 2): native pixel data shorter than Rows x Columns x
+    Samples was refused 0xC000 without Offending Element; longer than its frames (beyond the one
+    pad byte to an even length, PS3.5 8.1.1) it was stored, and served for care as received, a
+    second frame no viewer shows; 16-bit RGB was refused naming (0028,0004)
+    PhotometricInterpretation. Each is refused 0xC000 naming the element at fault, nothing
+    stored. Tests seen failing: no Offending Element, Success, (0028,0004)."""
+    path = tmp_path / "native.dcm"
+    sent = native_sc_file(path, bytes(range(256)) * (length // 256) + bytes(length % 256), rows=rows, columns=columns)
+    for keyword, value in attrs.items():
+        setattr(sent, keyword, value)
+    sent.save_as(path, enforce_file_format=True)
+    answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == status, (hex(answer.Status), answer.get("ErrorComment"))
+    if offending is None:
+        assert services.store.find_dicom_instance(sent.SOPInstanceUID) is not None
+        return
+    assert answer.OffendingElement == offending
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
 def test_a_connection_that_asks_for_no_association_is_not_counted_as_one(scp: StoreSCP, tmp_path: Path) -> None:
     """README review: adapter_dicom_associations_total ("DICOM associations accepted") counted
     every TCP connection, so each readiness probe (/health/ready connects to the SCP's port and
