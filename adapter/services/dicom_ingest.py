@@ -108,6 +108,7 @@ from adapter.errors import (
     InstanceConflict,
     InvalidInput,
     InvalidResource,
+    NotSupported,
     StorageError,
     Transient,
     UndecodableImage,
@@ -1243,9 +1244,13 @@ class DicomIngestService:
 
     @staticmethod
     def _check_request(received: ReceivedStore) -> None:
+        """A C-STORE-RQ names a SOP class negotiated on its presentation context (PS3.7 9.3.1.1,
+        PS3.8 7.1.1.13: a context is one abstract syntax). One naming another was never
+        negotiated there: 0x0122 Refused: SOP Class not supported (PS3.7 C.5.20), not 0xA900,
+        which says the data set does not match its class."""
         if received.affected_sop_class != received.context_sop_class:
-            raise InvalidResource("the request's SOP Class UID is not its presentation context's",
-                                  expression="(0000,0002) AffectedSOPClassUID")
+            raise NotSupported("the request's SOP Class UID is not its presentation context's: not negotiated on it",
+                               expression="(0000,0002) AffectedSOPClassUID")
         check_transfer_syntax(received.context_sop_class, received.transfer_syntax)
 
     def _read_head(self, ds: Dataset, received: ReceivedStore, known: _Known) -> _Head:

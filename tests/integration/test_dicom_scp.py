@@ -42,6 +42,7 @@ from adapter.dicom.status import (
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
     REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED,
+    SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
     dimse_status_for,
 )
@@ -616,6 +617,46 @@ def test_native_pixel_data_of_another_length_than_its_frames_is_refused_naming_i
         return
     assert answer.OffendingElement == offending
     stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def test_a_c_store_of_another_sop_class_than_its_context_is_refused_sop_class_not_supported(
+        scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    """The PACS review (finding 5): a C-STORE-RQ whose Affected SOP Class UID (VL Photographic) is
+    not its presentation context's abstract syntax (Secondary Capture) was answered 0xA900 Data
+    Set does not match SOP Class, naming a command element as Offending Element. The SOP class
+    was not negotiated on that context: 0x0122 Refused: SOP Class not supported (PS3.7 C.5.20),
+    with an Error Comment, nothing stored, audited. Test seen failing with 0xA900."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pynetdicom.dimse_primitives import C_STORE
+
+    path = tmp_path / "vl.dcm"
+    sent = vl_photo_file(path)
+    ae = AE(ae_title="PYNETSCU")
+    ae.add_requested_context(SC, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+    assert assoc.is_established
+    try:
+        [context] = assoc.accepted_contexts
+        request = C_STORE()
+        request.MessageID, request.Priority = 7, 2
+        request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = VL_PHOTO, sent.SOPInstanceUID
+        encoded = DicomBytesIO()
+        encoded.is_little_endian, encoded.is_implicit_VR = True, False
+        write_dataset(encoded, sent)
+        request.DataSet = io.BytesIO(encoded.getvalue())
+        assoc.dimse.send_msg(request, context.context_id)
+        answer = None
+        deadline = time.monotonic() + 60
+        while answer is None and time.monotonic() < deadline:
+            _, answer = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc.release()
+        ae.shutdown()
+    assert answer is not None and answer.Status == SOP_CLASS_NOT_SUPPORTED, answer
+    assert answer.ErrorComment.startswith("the request's SOP Class UID is not its presentation context's")
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    assert_refusal(audited(services)[-1], outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
 
 
 def test_a_connection_that_asks_for_no_association_is_not_counted_as_one(scp: StoreSCP, tmp_path: Path) -> None:
