@@ -25,7 +25,6 @@ from pydicom.dataset import Dataset
 from adapter.dicom.spool import BoundedSpool
 from adapter.dicom.status import (
     BUG_STATUS,
-    ELEMENTS_DISCARDED,
     SUCCESS,
     dimse_status_for,
     error_comment,
@@ -91,8 +90,8 @@ def _check_data_set(event: Event) -> None:
 
 def handle_store(event: Event, ingest: DicomIngestService, stopping: threading.Event | None = None) -> int | Dataset:
     """C-STORE (Storage Service Class, PS3.4 Annex B): ingest the received object durably, then
-    answer: Success, or Warning 0xB006 for an object sent again with another content than the
-    stored one (adapter.services.dicom_ingest). Refusals go through the one status table (adapter.dicom.status) with an Error
+    answer: Success (an object stored, or sent again as it was stored: adapter.services.dicom_ingest).
+    Refusals go through the one status table (adapter.dicom.status) with an Error
     Comment and, when the refusal names elements and its status has the field (A9xx, Cxxx),
     Offending Element (0000,0901) (PS3.7 C.4, PS3.4 Table B.2-1); anything outside the error hierarchy is a bug and answered with BUG_STATUS. Every
     refusal is audited once: by the ingest, or here when the request never reached it. Once the
@@ -126,15 +125,6 @@ def handle_store(event: Event, ingest: DicomIngestService, stopping: threading.E
         C_STORES.labels(f"0x{BUG_STATUS:04X}").inc()
         return BUG_STATUS
     INGESTS.labels("dicom", "replayed" if result.replayed else "stored").inc()
-    if result.discarded is not None:
-        # the SOP Instance UID is held with other content: kept, and this object not (PS3.4 B.2.3)
-        log.info("C-STORE from %s: already stored as %s with other content, this one discarded (0x%04X)", where,
-                 result.record, ELEMENTS_DISCARDED)
-        C_STORES.labels(f"0x{ELEMENTS_DISCARDED:04X}").inc()
-        warning = Dataset()
-        warning.Status = ELEMENTS_DISCARDED
-        warning.ErrorComment = error_comment(result.discarded)
-        return warning
     log.info("C-STORE from %s: %s %s", where, "already stored as" if result.replayed else "stored as", result.record)
     C_STORES.labels(f"0x{SUCCESS:04X}").inc()
     return SUCCESS

@@ -25,7 +25,7 @@ Decisions:
   frame 1. Encapsulated PDF: the PDF bytes (``application/pdf``). Other transfer syntaxes
   (JPEG 2000, JPEG-LS, RLE, lossless JPEG…) are refused (UnsupportedTransferSyntax): the SCP
   does not accept them for these SOP classes; STOW-RS parts may still come in them. Native
-  pixel data a PNG cannot carry as it is (YBR, palette colour, signed) is refused too
+  pixel data a PNG cannot carry as it is (YBR, palette colour, signed, 16-bit RGB) is refused too
   (UnsupportedPixelData). A multi-frame object gives frame 1 as the Binary and a
   note saying so; keeping the whole object is the store's decision (as the record's original).
 * **Provenance.** The record built by adapter.mapping.photo (enterer = the adapter), plus a
@@ -397,7 +397,8 @@ def extract_image(ds: Dataset, pixel: ImagePixel | None = None) -> ExtractedImag
             raise _frames_not_held(frames, n)
         return image
     if syntax in _NATIVE:
-        return ExtractedImage(encode_png(_native_frame(ds, frames)), PNG)
+        # received (``pixel``): held to its frames exactly; a stored one released again as it came
+        return ExtractedImage(encode_png(_native_frame(ds, frames, exact=pixel is not None)), PNG)
     raise UnsupportedTransferSyntax(f"transfer syntax {syntax or '(none)'} has no lossless rendering here",
                        expression="(0002,0010) TransferSyntaxUID")
 
@@ -512,10 +513,15 @@ def jpeg_binary(frame: bytes) -> EncapsulatedJpeg:
     return encapsulated_jpeg(frame, icc="as received")
 
 
-def _native_frame(ds: Dataset, frames: int = 1, index: int = 1) -> Pixels:
+def _native_frame(ds: Dataset, frames: int = 1, index: int = 1, *, exact: bool = False) -> Pixels:
     """Frame ``index`` (the first by default) of native pixel data, whose length must hold the
     ``frames`` frames its NumberOfFrames states (PS3.5 8.1.1: rows x columns x samples x bits
-    allocated x frames)."""
+    allocated x frames); with ``exact`` (an object received), no more either, but the one byte
+    that pads it to an even length (PS3.5 8.1.1): bytes past its frames are a frame no viewer
+    shows, which care would be served as received (the PACS review, finding 4).
+
+    16-bit colour is refused naming BitsAllocated (0028,0100): PNG holds 16-bit RGB, but the
+    renderer (Pillow, adapter.imaging.render) has no 48-bit mode to write it from."""
     rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
     samples = _int(ds.get("SamplesPerPixel")) or 1
     bits = _int(ds.get("BitsAllocated")) or 0
@@ -525,17 +531,24 @@ def _native_frame(ds: Dataset, frames: int = 1, index: int = 1) -> Pixels:
         raise UnsupportedPixelData("signed pixel data has no lossless PNG rendering here", expression="(0028,0103)")
     if bits not in (8, 16) or not 0 < stored <= bits or rows <= 0 or cols <= 0:
         raise UnsupportedPixelData(f"{bits}-bit pixel data has no lossless PNG rendering here", expression="(0028,0100)")
-    if not ((samples == 3 and photometric == "RGB" and bits == 8)
+    if samples == 3 and photometric == "RGB" and bits != 8:
+        raise UnsupportedPixelData(f"{bits}-bit RGB pixel data has no lossless PNG rendering here",
+                                   expression="(0028,0100) BitsAllocated")
+    if not ((samples == 3 and photometric == "RGB")
             or (samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"))):
         raise UnsupportedPixelData(f"{samples}-sample {photometric} pixel data has no lossless PNG rendering here",
                            expression="(0028,0004)")
     size = rows * cols * samples * (bits // 8)
     raw = bytes(ds.PixelData)
     if len(raw) < size:
-        raise UndecodableImage("the pixel data is shorter than Rows x Columns x Samples")
+        raise UndecodableImage("the pixel data is shorter than Rows x Columns x Samples",
+                               expression="(7FE0,0010) PixelData")
     if len(raw) < size * frames:
         raise UndecodableImage(f"the pixel data holds fewer frames than the {frames} its NumberOfFrames states",
                                expression="(0028,0008) NumberOfFrames")
+    if exact and len(raw) > size * frames + (size * frames) % 2:
+        raise UndecodableImage(f"the pixel data is longer than the {frames} frame(s) of Rows x Columns x Samples "
+                               "(PS3.5 8.1.1)", expression="(7FE0,0010) PixelData")
     frame = raw[(index - 1) * size:index * size]
     if samples == 3 and (_int(ds.get("PlanarConfiguration")) or 0) == 1:
         frame = _interleave(frame, rows * cols)

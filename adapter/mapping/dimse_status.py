@@ -14,7 +14,8 @@ Statuses (PS3.4 B.2.3 Storage Service Class; PS3.7 Annex C general statuses):
   requires (a Type 1 attribute missing, a structure the IOD forbids, a SOP Class or SOP Instance
   UID in the dataset that differs from the C-STORE request's), and a data set that contradicts
   what is stored under a UID it names (:class:`adapter.errors.InstanceConflict`): a SOP Instance
-  UID already stored for another patient, study, series or class than the data set names, a
+  UID already stored for another patient, study, series or class than the data set names, or
+  with another content (the stored instance kept, Offending Element (0008,0018)), a
   Study Instance UID held for another patient, a Series Instance UID held in another study.
   PS3.4 B.2.3 has no status of its own for it: A900 is the Storage Service's failure that says
   the data set is not the one its identity (its SOP Instance, Study or Series Instance UID)
@@ -27,16 +28,19 @@ Statuses (PS3.4 B.2.3 Storage Service Class; PS3.7 Annex C general statuses):
 * ``0xC122`` Referenced Transfer Syntax not supported (a Cxxx Cannot understand for C-STORE;
   PS3.18 10.5.3 names it for STOW-RS): the object's transfer syntax has no lossless rendering
   here (over DIMSE such a context is not accepted in the first place). Native pixel data in a
-  layout without one (YBR, palette colour, signed samples) is ``0xC000``.
+  layout without one (YBR, palette colour, signed samples, 16-bit RGB) is ``0xC000``.
 * ``0x0122`` Refused: SOP Class not supported: normally already refused at association
   negotiation (no presentation context); kept for the same refusal after negotiation. Never
   for an object whose SOP class is accepted (its pixel data is 0xC000 or 0xC122 above).
 * ``0x0124`` Refused: Not authorised: the consent or policy rules refuse the object.
 * ``0x0110`` Processing failure: an error that names no cause of the sender's (a bad setting, a
   conflict the store could not resolve).
-* ``0xB006`` Warning: Elements Discarded: no error, the answer to an object sent again under a
-  SOP Instance UID stored already, of the same patient, study, series and class, with another
-  content: the stored instance is kept, what was sent is not (adapter.services.dicom_ingest).
+* ``0xB006`` Warning: Elements Discarded: never answered by the SCP. An object sent again under a
+  SOP Instance UID stored already with another content (even of the same patient, study, series
+  and class) is refused 0xA900 above: B006 says the instance was stored with some elements
+  discarded (PS3.4 Table B.2-1), and senders count every Bxxx as stored, so a correction that
+  did not land would go unseen (adapter.services.dicom_ingest). A peer's B006 counts as stored
+  (adapter.dicom.scu).
 
 Every refusal carries its diagnostics as Error Comment (0000,0902) (:func:`error_comment`), and
 the tags it names as Offending Element (0000,0901) where the status has that field
@@ -62,7 +66,7 @@ NOT_AUTHORISED = 0x0124
 PROCESSING_FAILURE = 0x0110
 #: pynetdicom's status for an exception escaping the C-STORE handler: a bug, never a refusal.
 BUG_STATUS = 0xC211
-#: Warning: what was sent was not all kept (module docstring); never an error's status.
+#: Warning: stored, some elements discarded (module docstring); a peer's answer, never the SCP's.
 ELEMENTS_DISCARDED = 0xB006
 
 DIMSE_STATUS: dict[type[e.AdapterError], int] = {

@@ -4,9 +4,9 @@ does over HTTP (adapter.services.ingest).
 
 Order of work (cheap refusals first, nothing visible until the single commit):
 1. idempotency by SOP Instance UID: an object stored before is answered with its record, and
-   nothing new is written: Success when its data set is the stored one byte for byte, Warning
-   0xB006 Elements Discarded when it is another content of the same instance, refused
-   (InstanceConflict) when it names another patient, study, series or SOP class
+   nothing new is written, when its data set is the stored one byte for byte (Success); any
+   other content under it is refused (InstanceConflict: another patient, study, series or SOP
+   class, or the same instance with other content), the stored instance kept
    (:meth:`DicomIngestService._check_resend`);
 2. the file is checked to be complete (every element's length within the file, every undefined
    length closed by its delimiter) and encoded as PS3.5 says, as far as the element headers
@@ -64,8 +64,7 @@ requested instance (before that they are not known, and not guessed). The edges 
 refusals of a request that never reached the ingest through :meth:`DicomIngestService.record_refusal`.
 A failure to write that audit is logged and changes nothing: the refusal is answered as such, and
 the SCP goes on. A replay (step 1) is no refusal: it is audited as a transfer answered with the
-record stored before (outcome 0), as a photo's retry is; one whose other content was discarded
-alike, with outcome 4 (minor failure: what was sent is not what is kept) and the reason.
+record stored before (outcome 0), as a photo's retry is; one with other content is a refusal.
 """
 
 from __future__ import annotations
@@ -95,8 +94,11 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, JPEGBaseline8Bit
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from adapter.consent import IngestAssessment, assess_ingest
 from adapter.consent.ingest import PENDING_PREFIX
@@ -106,7 +108,9 @@ from adapter.errors import (
     InstanceConflict,
     InvalidInput,
     InvalidResource,
+    NotSupported,
     StorageError,
+    Transient,
     UndecodableImage,
     UnsupportedTransferSyntax,
 )
@@ -208,10 +212,6 @@ class ReceivedStore:
 class DicomIngestResult:
     receipt: dict[str, Any]
     replayed: bool
-    #: Why an object sent again was answered from its record with Warning 0xB006 Elements
-    #: Discarded (its content is not the stored one's: :meth:`DicomIngestService._check_resend`);
-    #: None for an object stored, or sent again as it was.
-    discarded: str | None = None
 
     @property
     def record(self) -> str:
@@ -1009,29 +1009,24 @@ class DicomIngestService:
         """The storage SOP classes the SCP negotiates (mappings/dicom.yaml ``receive``)."""
         return tuple(self._dicom_tables.receive.sop_classes)
 
-    def _replay(self, instance: DicomInstance, received: ReceivedStore,
-                discarded: str | None = None) -> DicomIngestResult:
-        """The answer to an object stored before (its SOP Instance UID known, its patient, study,
-        series and class the stored one's): its record, nothing stored again; ``discarded``
-        says why the object's content was not kept, when it is not the stored one's (Warning
-        0xB006). Audited, as a photo's retry is (adapter.services.ingest): a transfer from the
-        sender, naming the record it is answered with, so a sender probing which instances exist
-        is seen in the trail; outcome 0, or 4 (minor failure) with ``discarded`` as the reason."""
+    def _replay(self, instance: DicomInstance, received: ReceivedStore) -> DicomIngestResult:
+        """The answer to an object stored before, sent again as it is (its data set the stored
+        one's): its record, nothing stored again. Audited, as a photo's retry is
+        (adapter.services.ingest): a transfer from the sender, naming the record it is answered
+        with, so a sender probing which instances exist is seen in the trail; outcome 0."""
         sop_instance_uid = instance.sop_instance_uid
         receipt = self._store.find_receipt(patient=instance.patient, stored_sha256=instance.blob_sha256) \
             if instance.blob_sha256 else None
         self._store.append_audit(self._auditor.event(
             _sender_context(received.calling_ae, received.peer_address, received.sender), interaction="create",
             action="C", permitted=True,
-            reason=f"already stored: {discarded}" if discarded else
-            "already stored: answered with its record, nothing stored again",
-            outcome="4" if discarded else None,
+            reason="already stored: answered with its record, nothing stored again",
             entities=[f"{instance.record_type}/{instance.record_id}"], patient=instance.patient,
             dicom=DicomAudit.transferred(instance.study_instance_uid, instances=(sop_instance_uid,))))
         return DicomIngestResult(
             receipt=receipt or {"record": f"{instance.record_type}/{instance.record_id}",
                                 "sopInstanceUid": sop_instance_uid},
-            replayed=True, discarded=discarded)
+            replayed=True)
 
     def ingest_received(self, received: ReceivedStore) -> DicomIngestResult:
         """Ingest one received object (module docstring); the object at ``received.path`` is
@@ -1076,27 +1071,36 @@ class DicomIngestService:
             log.error("could not audit the refusal of an object from %s@%s (%s)", calling_ae, peer_address,
                       type(exc).__name__)
 
-    def _check_resend(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> str | None:
+    def _check_resend(self, received: ReceivedStore, instance: DicomInstance, known: _Known) -> None:
         """An object whose SOP Instance UID is stored already. A SOP Instance UID names one
         instance (PS3.3 C.12.1.1.1) and the stored one stands: it may have been read, forwarded
         and released since, and its record is what others hold. The answer says what became of
         what was sent (PS3.4 B.2.3), found by the cheapest question first:
 
         * its data set is the stored one's byte for byte (the usual retry; the file meta aside,
-          which pynetdicom or a STOW-RS client wrote): Success, answered from its record (None);
+          which pynetdicom or a STOW-RS client wrote): Success, answered from its record
+          (returns). An instance made here from a photo has no object as received: it is
+          compared with the object the adapter forwards and WADO-RS serves, made again
+          (:meth:`_same_as_made`), so a PACS sending the adapter's own object back is answered
+          Success;
         * else it is read as far as its identity (steps 2-4, the checks a new object passes), and
           if it names another patient, study, series or SOP class than the stored instance it is
-          refused with InstanceConflict: 0xA900 over DIMSE (PS3.4 B.2.3 has no status of its own:
-          A900 is the Storage Service's failure for a data set that is not what its identity says,
-          as for a SOP Instance UID differing from the request's), a 409 FailedSOPSequence entry
-          in STOW-RS (PS3.18 10.5.3). Success, or a warning, would tell the sender the instance
-          is held where it says: a WADO-RS or QIDO-RS lookup at the study it reported found
-          nothing, the response's SOP class was not the stored object's. A patient corrected
-          with dcmodify is not a correction of the stored record: that is for the PACS
-          administrator;
-        * else it is another content of the same instance (other pixels, an attribute filled in,
-          another encoding): answered from its record with Warning 0xB006 Elements Discarded
-          (the string returned says why), not plain Success: what was sent is not what is kept.
+          refused with InstanceConflict naming the attribute that differs: a WADO-RS or QIDO-RS
+          lookup at the study the sender reported would find nothing;
+        * else it is another content of the same instance (a corrected PatientName, other pixels,
+          an attribute filled in, another encoding): refused with InstanceConflict naming
+          (0008,0018) SOPInstanceUID. Not Warning 0xB006 Elements Discarded: PS3.4 Table B.2-1
+          says B006 is an instance stored with some elements discarded, and senders (the
+          adapter's own SCU too) count every Bxxx as stored, so a correction that did not land
+          went unseen while the old content was served on. Not overwritten either: what was read
+          and released stays what the record holds (the correction path is the records
+          manager's: docs/operations.md).
+
+        Both refusals are 0xA900 over DIMSE (PS3.4 B.2.3 has no status of its own: A900 is the
+        Storage Service's failure for a data set that is not what its identity says, as for a SOP
+        Instance UID differing from the request's; a failure the sender's operator sees in its
+        queue, not cured by sending again), a 409 FailedSOPSequence entry in STOW-RS (PS3.18
+        10.5.3).
 
         Cost: the comparison reads the stored object's data set beside the received one's and
         stops at the first difference (a data set of another length is not read at all); no
@@ -1105,34 +1109,54 @@ class DicomIngestService:
         sent again as it is, is a retry whatever the checks say of it now.
 
         Raises:
-            InstanceConflict: the object names another patient, study, series or SOP class.
+            InstanceConflict: the object is not the stored one.
             AdapterError: the refusals a new object would meet before its identity is known.
         """
         if self._same_data_set(received.path, instance):
-            return None
+            return
         checked = _Known()
         try:
             self._check_resent_identity(received, instance, checked)
         finally:
             known.obj = checked.obj
-        if instance.blob_sha256 is None:
-            return ("the SOP Instance UID is stored already, made here from a photo: the stored instance is kept, "
-                    "this object's elements were discarded")
-        return ("the SOP Instance UID is stored already with other content: the stored instance is kept, this "
-                "object's elements were discarded")
+        raise _other_content(made_here=instance.blob_sha256 is None)
 
     def _same_data_set(self, path: Path, instance: DicomInstance) -> bool:
         """Whether the data set of the Part 10 file at ``path`` is the stored object's byte for
-        byte (their file meta aside). An instance made from a photo has no object as received:
-        nothing is the same as it."""
+        byte (their file meta aside); for an instance made from a photo, the object made of it
+        (:meth:`_same_as_made`)."""
         if instance.blob_sha256 is None:
-            return False
+            return self._same_as_made(path, instance)
         try:
             stored = self._blobs.path(instance.blob_sha256)
         except AdapterError:  # its blob gone (verify reports it): the object cannot be compared
             return False
         try:
             return _same_data_set(path, stored)
+        except OSError as exc:
+            raise StorageError("the received dataset could not be read") from exc
+
+    def _same_as_made(self, path: Path, instance: DicomInstance) -> bool:
+        """Whether the data set of the Part 10 file at ``path`` is the object the adapter makes of
+        the photo of ``instance`` (the one it forwards and WADO-RS serves for care,
+        adapter.services.dicom_objects.dicom_object_for: every regeneration is the identical
+        object), encoded in the transfer syntax the file says, as an SCU encodes it (pydicom's
+        writer, which pynetdicom sends with). A photo that cannot be made again (its bytes gone)
+        compares with nothing."""
+        # imported here: adapter.services.dicom_objects imports this module
+        from adapter.services.dicom_objects import dicom_object_for, regenerating
+        stored = self._store.get(instance.record_type, instance.record_id)
+        if stored is None:
+            return False
+        try:
+            with regenerating(instance, stored, self._blobs) as image:
+                made = dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables, image=image)
+            assert isinstance(made, Dataset)  # an instance made here has no stored file
+            return _same_encoded_data_set(path, made)
+        except (Transient, StorageError):  # busy, or the disk: answered so, to be sent again
+            raise
+        except AdapterError:
+            return False
         except OSError as exc:
             raise StorageError("the received dataset could not be read") from exc
 
@@ -1154,7 +1178,8 @@ class DicomIngestService:
         self._check_request(received)
         stored = self._store.find_dicom_instance(received.affected_sop_instance)
         if stored is not None:
-            return self._replay(stored, received, self._check_resend(received, stored, known))
+            self._check_resend(received, stored, known)
+            return self._replay(stored, received)
         layout = check_complete(received.path, received.transfer_syntax)
         check_pixel_data_encoding(layout.pixel_data, received.transfer_syntax)
         work = _Work(self._blobs)
@@ -1219,9 +1244,13 @@ class DicomIngestService:
 
     @staticmethod
     def _check_request(received: ReceivedStore) -> None:
+        """A C-STORE-RQ names a SOP class negotiated on its presentation context (PS3.7 9.3.1.1,
+        PS3.8 7.1.1.13: a context is one abstract syntax). One naming another was never
+        negotiated there: 0x0122 Refused: SOP Class not supported (PS3.7 C.5.20), not 0xA900,
+        which says the data set does not match its class."""
         if received.affected_sop_class != received.context_sop_class:
-            raise InvalidResource("the request's SOP Class UID is not its presentation context's",
-                                  expression="(0000,0002) AffectedSOPClassUID")
+            raise NotSupported("the request's SOP Class UID is not its presentation context's: not negotiated on it",
+                               expression="(0000,0002) AffectedSOPClassUID")
         check_transfer_syntax(received.context_sop_class, received.transfer_syntax)
 
     def _read_head(self, ds: Dataset, received: ReceivedStore, known: _Known) -> _Head:
@@ -1326,8 +1355,7 @@ class DicomIngestService:
             if original_sha256 == stored.blob_sha256 or self._same_data_set(received.path, stored):
                 return self._replay(stored, received)
             _check_same_instance(obj, stored)
-            return self._replay(stored, received, "the SOP Instance UID was stored meanwhile with other content: the "
-                                                  "stored instance is kept, this object's elements were discarded")
+            raise _other_content(made_here=stored.blob_sha256 is None)
         return DicomIngestResult(receipt=unit.receipt, replayed=False)
 
     def _unit(self, received: ReceivedStore, obj: ReceivedObject, image: ExtractedImage, image_sha256: str,
@@ -1405,6 +1433,42 @@ def _check_same_instance(obj: ReceivedObject, instance: DicomInstance) -> None:
         if held != stored:
             raise InstanceConflict(f"the SOP Instance UID is stored already in {what} than the object names: the "
                                    "stored instance is kept", expression=f"{tag} {keyword}")
+
+
+def _other_content(*, made_here: bool) -> InstanceConflict:
+    """The refusal of another content under a SOP Instance UID stored already
+    (:meth:`DicomIngestService._check_resend`). Its first 61 characters are the Error Comment
+    (adapter.mapping.dimse_status.error_comment); the rest is the audit's reason and STOW-RS's."""
+    made = " (made here from a photo)" if made_here else ""
+    return InstanceConflict(
+        f"SOP Instance UID held with other content: stored one kept{made}. To correct it, mark its record "
+        "entered-in-error and send the corrected object with a new SOP Instance UID (docs/operations.md)",
+        expression="(0008,0018) SOPInstanceUID")
+
+
+def _same_encoded_data_set(path: Path, made: Dataset) -> bool:
+    """Whether the data set of the Part 10 file at ``path`` is ``made`` as an SCU encodes it in
+    the file's transfer syntax (Implicit VR Little Endian, or Explicit VR Little Endian with native
+    or encapsulated pixel data: the syntaxes the SCP accepts for storage)."""
+    with open(path, "rb") as fh:
+        if not os.fstat(fh.fileno()).st_size:
+            return False
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mine:
+            try:
+                at = _data_set_offset(mine)
+            except (InvalidInput, _Truncated):
+                return False
+            syntax = str(read_file_meta_info(path).get("TransferSyntaxUID", "")).strip("\x00 ")
+            if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit):
+                return False
+            out = DicomBytesIO()
+            out.is_little_endian, out.is_implicit_VR = True, syntax == ImplicitVRLittleEndian
+            try:
+                write_dataset(out, made)
+            except (ValueError, TypeError, struct.error):  # not encodable so: not what was sent
+                return False
+            encoded = out.getvalue()
+            return len(mine) - at == len(encoded) and mine[at:] == encoded
 
 
 def _same_data_set(path: Path, stored: Path) -> bool:

@@ -21,7 +21,7 @@ in each read view, the QIDO-RS match model, and STOW-RS into the C-STORE SCP's i
 * :func:`stow_instance`: one STOW-RS part (PS3.18 10.5) through the same ingest as a C-STORE
   (adapter.services.dicom_ingest), refusals mapped to the same status codes
   (adapter.mapping.dimse_status) as FailureReason (0008,1197), an instance stored already with
-  another content answered with WarningReason (0008,1196) 0xB006 as the SCP answers it.
+  another content failing 0xA900 as the SCP answers it.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ from adapter.mapping.dicom_photo import (
 from adapter.mapping.dicom_qido import instance_attributes
 from adapter.mapping.dicom_tables import DicomTables
 from adapter.mapping.dicom_uids import PhotoUids, is_valid_uid
-from adapter.mapping.dimse_status import ELEMENTS_DISCARDED, dimse_status_for
+from adapter.mapping.dimse_status import dimse_status_for
 from adapter.mapping.fhir_r4 import record_attachment
 from adapter.mapping.pseudonym import Pseudonymizer
 from adapter.mapping.tables import KindEntry, Tables
@@ -751,8 +751,8 @@ def match_level(level: str, query: DicomQuery, entries: Iterable[DicomEntry]) ->
 
 @dataclass(frozen=True)
 class StowOutcome:
-    """What became of one STOW-RS part: stored (``failure_reason`` None; ``warning_reason`` set
-    when it was stored already with another content, 0xB006; ``consent_pending`` when it was
+    """What became of one STOW-RS part: stored (``failure_reason`` None; ``warning_reason`` its
+    WarningReason (0008,1196), none set today; ``consent_pending`` when it was
     stored consent pending, ``diagnostics`` then the record's pending note) or failed
     (``diagnostics`` the refusal's words)."""
 
@@ -854,11 +854,6 @@ def stow_instance(ingest: DicomIngestService, path: Path, *, peer_address: str,
         log.warning("STOW-RS from %s refused (0x%04X %s)", peer_address, status, exc.for_log())
         return StowOutcome(sop_class, sop_instance, study, series, failure_reason=status,
                            diagnostics=exc.diagnostics)
-    if result.discarded is not None:
-        log.info("STOW-RS from %s: already stored as %s with other content, this one discarded (0x%04X)",
-                 peer_address, result.record, ELEMENTS_DISCARDED)
-        return StowOutcome(sop_class, sop_instance, study, series, record=result.record, replayed=True,
-                           warning_reason=ELEMENTS_DISCARDED, diagnostics=result.discarded)
     log.info("STOW-RS from %s: %s %s", peer_address, "already stored as" if result.replayed else "stored as",
              result.record)
     if result.receipt.get("consentPending") and not result.replayed:

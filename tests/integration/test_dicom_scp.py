@@ -39,10 +39,10 @@ from adapter.dicom import scp as scp_module
 from adapter.dicom.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    ELEMENTS_DISCARDED,
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
     REFERENCED_TRANSFER_SYNTAX_NOT_SUPPORTED,
+    SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
     dimse_status_for,
 )
@@ -63,6 +63,7 @@ from adapter.services import consent_grants as consent_grants_module
 from adapter.services import dicom_ingest as dicom_ingest_module
 from adapter.services import registry as registry_module
 from adapter.services.dicom_ingest import MAX_ELEMENTS, ReceivedStore, check_complete, read_header
+from adapter.services.dicom_objects import dicom_object_for
 from adapter.services.registry import Services
 from tests.conftest import ROOT, record_emitted, require_or_skip, wait_until
 from tests.support.app import (
@@ -584,6 +585,78 @@ def test_native_pixels_become_a_lossless_png(scp: StoreSCP, client: FhirClient, 
     assert binary.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(binary.content)) as im:
         assert im.mode == "RGB" and im.size == (30, 20) and im.tobytes() == pixels
+
+
+@pytest.mark.parametrize(("rows", "columns", "length", "attrs", "status", "offending"), [
+    (16, 16, 16 * 16 * 3 - 2, {}, CANNOT_UNDERSTAND, 0x7FE00010),  # short: now named
+    (16, 16, 16 * 16 * 3 + 2, {}, CANNOT_UNDERSTAND, 0x7FE00010),  # 2 bytes too long
+    (16, 16, 16 * 16 * 3 * 2, {}, CANNOT_UNDERSTAND, 0x7FE00010),  # a second frame, no NumberOfFrames
+    (16, 16, 16 * 16 * 3 * 3, {"NumberOfFrames": 2}, CANNOT_UNDERSTAND, 0x7FE00010),  # a third frame
+    (3, 3, 3 * 3 * 3 + 1, {}, SUCCESS, None),  # 27 bytes and the one pad byte PS3.5 8.1.1 allows
+    (16, 16, 16 * 16 * 3 * 2, {"BitsAllocated": 16, "BitsStored": 16, "HighBit": 15}, CANNOT_UNDERSTAND,
+     0x00280100),  # 16-bit RGB: refused naming BitsAllocated, not PhotometricInterpretation
+], ids=["short", "long", "second-frame", "third-frame", "pad-byte", "rgb-16-bit"])
+def test_native_pixel_data_of_another_length_than_its_frames_is_refused_naming_it(
+        scp: StoreSCP, services: Services, tmp_path: Path, rows: int, columns: int, length: int,
+        attrs: dict[str, Any], status: int, offending: int | None) -> None:
+    """The PACS review (findings 3, 4, 2): native pixel data shorter than Rows x Columns x
+    Samples was refused 0xC000 without Offending Element; longer than its frames (beyond the one
+    pad byte to an even length, PS3.5 8.1.1) it was stored, and served for care as received, a
+    second frame no viewer shows; 16-bit RGB was refused naming (0028,0004)
+    PhotometricInterpretation. Each is refused 0xC000 naming the element at fault, nothing
+    stored. Tests seen failing: no Offending Element, Success, (0028,0004)."""
+    path = tmp_path / "native.dcm"
+    sent = native_sc_file(path, bytes(range(256)) * (length // 256) + bytes(length % 256), rows=rows, columns=columns)
+    for keyword, value in attrs.items():
+        setattr(sent, keyword, value)
+    sent.save_as(path, enforce_file_format=True)
+    answer = pynet_store(scp.port, path, chunked=True)
+    assert answer.Status == status, (hex(answer.Status), answer.get("ErrorComment"))
+    if offending is None:
+        assert services.store.find_dicom_instance(sent.SOPInstanceUID) is not None
+        return
+    assert answer.OffendingElement == offending
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+
+
+def test_a_c_store_of_another_sop_class_than_its_context_is_refused_sop_class_not_supported(
+        scp: StoreSCP, services: Services, tmp_path: Path) -> None:
+    """The PACS review (finding 5): a C-STORE-RQ whose Affected SOP Class UID (VL Photographic) is
+    not its presentation context's abstract syntax (Secondary Capture) was answered 0xA900 Data
+    Set does not match SOP Class, naming a command element as Offending Element. The SOP class
+    was not negotiated on that context: 0x0122 Refused: SOP Class not supported (PS3.7 C.5.20),
+    with an Error Comment, nothing stored, audited. Test seen failing with 0xA900."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pynetdicom.dimse_primitives import C_STORE
+
+    path = tmp_path / "vl.dcm"
+    sent = vl_photo_file(path)
+    ae = AE(ae_title="PYNETSCU")
+    ae.add_requested_context(SC, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="ADAPTER")
+    assert assoc.is_established
+    try:
+        [context] = assoc.accepted_contexts
+        request = C_STORE()
+        request.MessageID, request.Priority = 7, 2
+        request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = VL_PHOTO, sent.SOPInstanceUID
+        encoded = DicomBytesIO()
+        encoded.is_little_endian, encoded.is_implicit_VR = True, False
+        write_dataset(encoded, sent)
+        request.DataSet = io.BytesIO(encoded.getvalue())
+        assoc.dimse.send_msg(request, context.context_id)
+        answer = None
+        deadline = time.monotonic() + 60
+        while answer is None and time.monotonic() < deadline:
+            _, answer = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc.release()
+        ae.shutdown()
+    assert answer is not None and answer.Status == SOP_CLASS_NOT_SUPPORTED, answer
+    assert answer.ErrorComment.startswith("the request's SOP Class UID is not its presentation context's")
+    stored_nothing(services, sent.SOPInstanceUID, tmp_path / "data")
+    assert_refusal(audited(services)[-1], outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
 
 
 def test_a_connection_that_asks_for_no_association_is_not_counted_as_one(scp: StoreSCP, tmp_path: Path) -> None:
@@ -1745,8 +1818,8 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     patient: the re-send is refused (0xA900: the data set is not the one the SOP Instance UID
     names), audited naming the SOP Instance, nothing changes. The same object again stays
     Success ("already stored", idempotent); with the same patient and another byte (an
-    attribute the sender filled in) it was Success too, and is Warning 0xB006 since the DICOM
-    review (finding 6: test_a_resend_with_other_content_...)."""
+    attribute the sender filled in) it was Success too, Warning 0xB006 since the DICOM review
+    (finding 6), and a failure, 0xA900, since the PACS review (test_a_resend_with_other_content_...)."""
     path = tmp_path / "first.dcm"
     sent = sc_file(path)
     assert pynet_store(scp.port, path).Status == SUCCESS
@@ -1771,8 +1844,8 @@ def test_a_resend_for_another_patient_is_refused_and_the_stored_record_is_kept(
     assert pynet_store(scp.port, path).Status == SUCCESS  # the same object: Success, as before
     filled_in = tmp_path / "filled-in.dcm"
     sc_file(filled_in, InstitutionName="Example Hospital Dermatology", **same)
-    assert pynet_store(scp.port, filled_in).Status == ELEMENTS_DISCARDED
-    assert audited(services)[-1]["outcomeDesc"].startswith("already stored")
+    assert pynet_store(scp.port, filled_in).Status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert audited(services)[-1]["outcomeDesc"].startswith("SOP Instance UID held with other content")
     assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
 
 
@@ -1802,7 +1875,7 @@ def test_a_resend_is_compared_without_hashing_and_read_only_when_it_differs(
         services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A re-send is Success when its data set is the stored object's byte for byte, compared
     with the stored object (no digest: a SHA-256 of 20 MB took 26 ms) and without the checks;
-    another content of the same patient, study, series and class is Warning 0xB006 once the
+    another content of the same patient, study, series and class is refused (0xA900) once the
     checks a new object passes read it; another patient is refused. The comparison decides
     before the checks (an object stored before a check was added, sent again as it is, is a
     retry); the checks decide what another content is."""
@@ -1822,9 +1895,9 @@ def test_a_resend_is_compared_without_hashing_and_read_only_when_it_differs(
     with monkeypatch.context() as patched:
         patched.setattr(dicom_ingest_module, "_file_sha256", hashed)
         again = ingest.ingest_received(received_store(path, sent))
-        assert again.replayed and again.discarded is None
-        filled = ingest.ingest_received(received_store(filled_in, sent))
-        assert filled.replayed and filled.discarded is not None and "other content" in filled.discarded
+        assert again.replayed
+        with pytest.raises(InstanceConflict, match="other content"):
+            ingest.ingest_received(received_store(filled_in, sent))
         with pytest.raises(InstanceConflict):
             ingest.ingest_received(received_store(other, sent))
     # the checks refuse what they did not when the object was stored: the same bytes are a retry
@@ -2002,43 +2075,50 @@ def test_a_study_whose_misfiled_objects_are_withdrawn_takes_the_corrected_ones(
     assert media["subject"]["identifier"] == PATIENT
 
 
-def test_a_resend_with_other_content_is_a_warning_and_the_stored_instance_is_kept(
+def test_a_resend_with_other_content_is_refused_and_the_stored_instance_is_kept(
         scp: StoreSCP, client: FhirClient, services: Services, tmp_path: Path) -> None:
     """Found by the DICOM review (finding 6): the same SOP Instance UID again, same patient,
     study, series and class, with other pixels, was answered Success and the new content
-    silently dropped: WADO-RS served the first object's pixels to a sender told its object was
-    stored. The stored instance is kept (it may have been read and forwarded), and the answer
-    says what was sent is not what is held: Warning 0xB006 Elements Discarded (PS3.4 B.2.3),
-    with an Error Comment; audited as a replay is, naming the record, outcome 4 (minor failure)
-    and why. STOW-RS: 202, the instance referenced with WarningReason 0xB006. The same data set
-    again is Success, over either, whatever file meta it came with. Test seen failing with
-    Success (0x0000)."""
+    silently dropped. It was then answered Warning 0xB006 Elements Discarded; the PACS review
+    (finding 1) showed that wrong too: B006 says the instance was stored with some elements
+    discarded (PS3.4 Table B.2-1), and senders (the adapter's own SCU among them) count every
+    Bxxx as stored, so a corrected re-send (PatientName corrected) was lost unseen while QIDO-RS
+    kept serving the old name. The stored instance is kept (it may have been read and
+    forwarded), and the re-send is refused: 0xA900 naming (0008,0018) SOPInstanceUID, an Error
+    Comment saying the stored one is kept; audited as a refusal (outcome 4). STOW-RS: 409,
+    FailureReason 0xA900. The same data set again is Success, over either, whatever file meta
+    it came with. Test seen failing with 0xB006."""
     path = tmp_path / "first.dcm"
-    sent = sc_file(path)
+    sent = sc_file(path, PatientName="Smith^Jon")
     assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
     before = services.store.find_dicom_instance(sent.SOPInstanceUID)
     assert before is not None and before.blob_sha256 is not None
     stored_object = services.blobs.path(before.blob_sha256).read_bytes()
+    uids = {"SOPInstanceUID": sent.SOPInstanceUID, "StudyInstanceUID": sent.StudyInstanceUID,
+            "SeriesInstanceUID": sent.SeriesInstanceUID}
     other = tmp_path / "other-pixels.dcm"
-    sc_file(other, frame=jpeg(shade=200), SOPInstanceUID=sent.SOPInstanceUID,
-            StudyInstanceUID=sent.StudyInstanceUID, SeriesInstanceUID=sent.SeriesInstanceUID)
-    answer = pynet_store(scp.port, other, chunked=True)
-    assert answer.Status == ELEMENTS_DISCARDED, hex(answer.Status)
-    assert answer.ErrorComment.startswith("the SOP Instance UID is stored already with other")
-    assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
-    assert services.blobs.path(before.blob_sha256).read_bytes() == stored_object
-    discarded = audited(services)[-1]
-    assert discarded["outcome"] == "4" and discarded["action"] == "C"
-    assert discarded["outcomeDesc"].startswith("already stored: the SOP Instance UID is stored already with other")
-    assert sop_instance_uids(discarded) == [sent.SOPInstanceUID]
-    assert f"{before.record_type}/{before.record_id}" in [e["what"].get("reference") for e in discarded["entity"]
-                                                          if "what" in e]
-    stowed = client.post("/dicomweb/studies", content=_related(other.read_bytes()),
+    sc_file(other, frame=jpeg(shade=200), PatientName="Smith^Jon", **uids)
+    corrected = tmp_path / "corrected.dcm"
+    sc_file(corrected, PatientName="Smith^John", StudyDescription="Wound", PixelData=sent.PixelData, **uids)
+    for changed in (other, corrected):
+        answer = pynet_store(scp.port, changed, chunked=True)
+        assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
+        assert answer.ErrorComment.startswith("SOP Instance UID held with other content: stored one kept")
+        assert len(answer.ErrorComment) <= 64
+        assert answer.OffendingElement == 0x00080018
+        assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+        assert services.blobs.path(before.blob_sha256).read_bytes() == stored_object
+        refused = audited(services)[-1]
+        assert_refusal(refused, outcome="4", ae_title="PYNETSCU", sop_uid=sent.SOPInstanceUID)
+        assert refused["outcomeDesc"].startswith("SOP Instance UID held with other content: stored one kept")
+        assert "Smith" not in refused["outcomeDesc"]
+    [media] = find(client, "Media", sent.SOPInstanceUID)
+    assert f"Media/{media['id']}" == f"{before.record_type}/{before.record_id}"
+    stowed = client.post("/dicomweb/studies", content=_related(corrected.read_bytes()),
                          headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'})
-    assert stowed.status_code == 202, stowed.text
-    [referenced] = stowed.json()["00081199"]["Value"]
-    assert referenced["00081196"] == {"vr": "US", "Value": [ELEMENTS_DISCARDED]}
-    assert "00081198" not in stowed.json()
+    assert stowed.status_code == 409, stowed.text
+    assert stowed.json()["00081198"]["Value"][0]["00081197"]["Value"] == [DATASET_DOES_NOT_MATCH_SOP_CLASS]
+    assert "00081199" not in stowed.json()
     # the first object again, over DIMSE and as a STOW-RS part with pydicom's file meta: Success
     assert pynet_store(scp.port, path, chunked=True).Status == SUCCESS
     again = client.post("/dicomweb/studies", content=_related(path.read_bytes()),
@@ -2047,6 +2127,40 @@ def test_a_resend_with_other_content_is_a_warning_and_the_stored_instance_is_kep
     assert "00081196" not in again.json()["00081199"]["Value"][0]
     assert audited(services)[-1]["outcome"] == "0"
     assert services.store.find_dicom_instance(sent.SOPInstanceUID) == before
+
+
+@pytest.mark.parametrize("sample", ["wound.jpg", "lesion.png"])
+def test_the_adapters_own_object_sent_back_unchanged_is_success(
+        scp: StoreSCP, client: FhirClient, services: Services, sample: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The PACS review (finding 1): Orthanc sent the objects the adapter made from posted photos
+    and forwarded back unchanged (an auto-route, a prefetch); they were answered 0xB006 and logged
+    as "with other content", since such an instance has no object as received to compare with.
+    They are compared with the object the adapter forwards and WADO-RS serves (regenerated:
+    adapter.services.dicom_objects.dicom_object_for), encoded as they came: the same data set is
+    Success, answered from its record; one with a value changed is refused as any other content
+    is. Test seen failing with 0xB006."""
+    photo = post_photo(client, ROOT / "samples" / sample, metadata())
+    assert photo.status_code == 201, photo.text
+    instance = services.store.find_dicom_instance(photo.json()["dicom"]["sopInstanceUid"])
+    assert instance is not None and instance.blob_sha256 is None
+    stored = services.store.get(instance.record_type, instance.record_id)
+    assert stored is not None
+    made = dicom_object_for(instance, stored, services.blobs, services.tables, services.dicom_ingest.dicom_tables)
+    assert isinstance(made, Dataset)
+    syntax = made.file_meta.TransferSyntaxUID
+    with caplog.at_level(logging.INFO, logger="adapter.dicom"):
+        answer = pynet_store_dataset(scp.port, made, syntax)
+    assert answer.Status == SUCCESS, hex(answer.Status)
+    assert "other content" not in caplog.text
+    assert audited(services)[-1]["outcome"] == "0"
+    assert services.store.find_dicom_instance(instance.sop_instance_uid) == instance
+    changed = dicom_object_for(instance, stored, services.blobs, services.tables, services.dicom_ingest.dicom_tables)
+    assert isinstance(changed, Dataset)
+    changed.PatientName = "Corrected^Name"
+    answer = pynet_store_dataset(scp.port, changed, syntax)
+    assert answer.Status == DATASET_DOES_NOT_MATCH_SOP_CLASS, hex(answer.Status)
+    assert answer.OffendingElement == 0x00080018
+    assert services.store.find_dicom_instance(instance.sop_instance_uid) == instance
 
 
 def test_a_refusal_whose_audit_cannot_be_written_is_still_refused_and_the_scp_serves_on(

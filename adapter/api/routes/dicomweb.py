@@ -19,8 +19,8 @@
   (0008,1197) = the SCP's status for the same refusal, and the study's RetrieveURL (0008,1190):
   the one study of the instances stored, else (several, or none stored, whatever the URL names)
   present and empty (type 2);
-  an instance stored already with another content is referenced with WarningReason (0008,1196)
-  0xB006 Elements Discarded, as the SCP answers it; one kept consent pending has no WarningReason
+  an instance stored already with another content fails 0xA900, as the SCP answers it (the stored
+  one kept: adapter.services.dicom_ingest); one kept consent pending has no WarningReason
   (PS3.18 defines none for it) but makes the answer 202 too; an HTTP Warning (``299 <service>:
   …``, :func:`_stow_warnings`) says in words why an instance failed 0x0124 and that one is consent
   pending (safety review 4 and 7); 200 all stored, 202 some failed or have a
