@@ -236,6 +236,14 @@ class PreconditionFailed(Conflict):
     """If-Match names a version that is not current (HTTP 412)."""
 
 
+class PreconditionRequired(AdapterError):
+    """An irreversible write that names no version it was meant for (no If-Match, or ``*``): HTTP
+    428 Precondition Required (RFC 6585 3), so a blind or replayed request cannot change whatever
+    version is current."""
+
+    issue_type = "required"
+
+
 class InstanceConflict(Conflict):
     """A DICOM instance that contradicts what is stored under a UID it names: an object sent
     again under a SOP Instance UID already stored, naming another patient, study, series or SOP

@@ -327,6 +327,8 @@ def _patch_answers(api: CheckedClient, record: str) -> None:
     assert api.request("PATCH", f"/fhir/{record}", content=b"[]", headers=patch).status_code == 422
     assert api.request("PATCH", f"/fhir/{record}", content=mark, headers={**patch, "If-Match": 'W/"9"'}).status_code == 412
     assert api.request("PATCH", "/fhir/DocumentReference/unknown", content=mark, headers=patch).status_code == 404
-    assert api.request("PATCH", f"/fhir/{record}", content=mark, headers=patch).status_code == 200
+    assert api.request("PATCH", f"/fhir/{record}", content=mark, headers=patch).status_code == 428
+    assert api.request("PATCH", f"/fhir/{record}", content=mark, headers={**patch, "If-Match": 'W/"1"'}) \
+        .status_code == 200
     assert api.request("PATCH", f"/fhir/{record}", content=mark,
                        headers={**patch, "Accept": "application/fhir+json; fhirVersion=5.0"}).status_code == 406
