@@ -355,6 +355,7 @@ __all__ = [
     "PayloadTooLarge",
     "PolicyError",
     "PreconditionFailed",
+    "PreconditionRequired",
     "PurposeOfUseMissing",
     "RequestTimeout",
     "RequiredElementMissing",
