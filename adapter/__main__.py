@@ -468,8 +468,11 @@ def _serve_http(settings: Settings, services: Services | None = None, *,
     # uvicorn's access log prints query strings (patient identifiers): ours prints paths only.
     options: dict[str, Any] = {"host": settings.http_host, "port": settings.http_port, "access_log": False,
                                "log_level": settings.log_level.lower(), "timeout_keep_alive": 30,
-                               "http": bounded_http_protocol(settings.http_header_timeout, settings.http_body_timeout,
-                                                             settings.http_max_connections),
+                               "http": bounded_http_protocol(
+                                   settings.http_header_timeout, settings.http_body_timeout,
+                                   settings.http_max_connections, settings.http_max_connections_per_address,
+                                   # a proxy carries every client's connections from its one address
+                                   tuple(settings.trusted_proxy_networks)),
                                # no WebSocket route: without this uvicorn's websockets protocol answers
                                # upgrades itself, in plain text, and logs their query strings
                                "ws": "none",

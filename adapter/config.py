@@ -210,6 +210,20 @@ class Settings(BaseSettings):
         "connection is closed); also how long a client may read nothing of its answer, and how long the rest "
         "of a body answered unread (a refusal) may take, before the connection is closed; and how long requests "
         "under way get to finish at a stop (SIGTERM) before they are cancelled.")
+    http_docs: bool = Field(
+        False, description="Serve the interactive API page (Swagger UI) at /docs, for development: it loads its "
+        "scripts from cdn.jsdelivr.net into the API's own origin, where a script can call the API as any caller "
+        "(it does not authenticate); refused in production. /openapi.json is served either way.")
+    http_body_min_rate: int = Field(
+        1024, ge=1, le=1024 * 1024 * 1024, description="Bytes a second a request body must arrive at on average "
+        "once its first ADAPTER_HTTP_BODY_TIMEOUT seconds of waiting are over (only the time spent waiting for the "
+        "client counts); a slower one is answered 408, stores nothing and its connection is closed, so that bodies "
+        "trickling a byte now and then cannot hold the connections for ever.")
+    http_max_connections_per_address: int = Field(
+        32, ge=1, le=100_000, description="HTTP connections one process holds at once from one IP address; one more "
+        "from that address is answered 503 on arrival and closed, so that one address cannot hold every connection "
+        "(ADAPTER_HTTP_MAX_CONNECTIONS). A proxy of ADAPTER_TRUSTED_PROXIES, which carries every client's "
+        "connections, is not bounded so; clients behind a NAT sharing one address may need more.")
     http_max_connections: int = Field(
         256, ge=1, le=100_000, description="HTTP connections one process holds open at once (each worker process "
         "of ADAPTER_HTTP_WORKERS its own); one more is answered 503 at once and closed, so that slow clients "
@@ -503,6 +517,10 @@ class Settings(BaseSettings):
         """Refuse unsafe defaults outside development, and malformed lists at any time."""
         self.allowed_cors_origins  # noqa: B018 - raises ConfigurationError for a bad origin
         self.destinations  # noqa: B018 - raises ConfigurationError for a bad AE@host:port
+        if self.environment == "production" and self.http_docs:
+            # a third-party script on the API's origin reads and writes as any caller would
+            raise ConfigurationError("ADAPTER_HTTP_DOCS is for development: the /docs page loads scripts from a "
+                                     "public CDN into the API's origin; read /openapi.json with a viewer of your own")
         if self.environment == "production" and self.policy_is_the_installed_example:
             # the example policy (break-glass on, verbal consent enough) is no organisation's own
             raise ConfigurationError("ADAPTER_POLICY must name the organisation's policy in production: there is no "

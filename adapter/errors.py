@@ -279,6 +279,14 @@ class PreconditionFailed(Conflict):
     refusal = RefusalCode.VERSION_CONFLICT
 
 
+class PreconditionRequired(AdapterError):
+    """An irreversible write that names no version it was meant for (no If-Match, or ``*``): HTTP
+    428 Precondition Required (RFC 6585 3), so a blind or replayed request cannot change whatever
+    version is current."""
+
+    issue_type = "required"
+
+
 class InstanceConflict(Conflict):
     """A DICOM instance that contradicts what is stored under a UID it names: an object sent
     again under a SOP Instance UID already stored, naming another patient, study, series or SOP
@@ -394,6 +402,7 @@ __all__ = [
     "PayloadTooLarge",
     "PolicyError",
     "PreconditionFailed",
+    "PreconditionRequired",
     "PurposeOfUseMissing",
     "RequestTimeout",
     "RequiredElementMissing",

@@ -50,7 +50,8 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
             services.close()
 
     app = FastAPI(title="Clinical image adapter", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None,
+                  # Swagger UI loads its scripts from a public CDN into this origin: development only
+                  docs_url="/docs" if services.settings.http_docs else None, redoc_url=None,
                   # never Starlette's 307 built from the Host header: adapter.api.trailing_slash
                   redirect_slashes=False)
     app.state.services = services
@@ -68,7 +69,8 @@ def create_app(services: Services, *, owns_services: bool = True) -> FastAPI:
     # inside ForwardedFor, whose X-Forwarded-Proto from a trusted proxy sets the scheme
     app.add_middleware(AllowedHostsMiddleware, hosts=hosts)
     app.add_middleware(NoStoreMiddleware)
-    app.add_middleware(BodyTimeoutMiddleware, seconds=services.settings.http_body_timeout)
+    app.add_middleware(BodyTimeoutMiddleware, seconds=services.settings.http_body_timeout,
+                       min_rate=services.settings.http_body_min_rate)
     origins = services.settings.allowed_cors_origins
     if origins:  # outside the others: preflights are answered here, and refusals carry the headers too
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,

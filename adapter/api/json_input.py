@@ -5,6 +5,7 @@ would only meet the same limit later, in validation or storage."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from typing import Any
@@ -52,12 +53,20 @@ def load_json(raw: bytes | bytearray | str, *, what: str, expression: str | None
     lone surrogate or U+0000. ``bulk``: the members whose strings are base64 bounded only by the
     route (a FHIR body's ``data``; photo metadata's ``form`` too, its consent form scan)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if not isinstance(raw, str) and not _may_be_utf_8(data):
+        raise error(f"{what} is not UTF-8 (it looks like UTF-16 or UTF-32): JSON is UTF-8 (RFC 8259 8.1)",
+                    expression=expression)
     problem = _scan(data, tuple(f'"{name}"'.encode() for name in bulk))
     if problem is not None:
         # before parsing: each value costs the parser, the models and the store memory and time
         raise error(f"{what} {problem}", expression=expression)
     try:
-        parsed = json.loads(raw, object_pairs_hook=_unique_names, parse_float=parse_float)
+        text = raw if isinstance(raw, str) else _utf_8(raw)
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not UTF-8 (its byte {exc.start} is not): JSON is UTF-8 (RFC 8259 8.1)",
+                    expression=expression) from None
+    try:
+        parsed = json.loads(text, object_pairs_hook=_unique_names, parse_float=parse_float)
     except _DuplicateName as exc:
         raise error(f"{what} names the member {str(exc)[:40]!r} twice in one object: which is meant cannot be told "
                     "(a reader taking the first would see another resource than the one kept)",
@@ -67,6 +76,26 @@ def load_json(raw: bytes | bytearray | str, *, what: str, expression: str | None
     except RecursionError:
         raise error(f"{what} nests deeper than {MAX_DEPTH} levels", expression=expression) from None
     return check_loaded(parsed, what=what, expression=expression, error=error)
+
+
+#: UTF-8's byte order mark, which RFC 8259 8.1 lets a parser ignore (as libxml2 does for FHIR XML).
+_UTF_8_BOM = b"\xef\xbb\xbf"
+
+
+def _may_be_utf_8(raw: bytes | bytearray) -> bool:
+    """False when ``raw`` is UTF-16 or UTF-32, which ``json.loads`` would detect and read from
+    bytes (pentest finding 2: a Consent a gateway could not read as UTF-8 was stored, and
+    :func:`_scan`, counting UTF-8 tokens, missed its values). Looked at before the scan, without
+    a copy: their byte order mark is no UTF-8, and their ASCII characters hold NUL bytes, which
+    JSON text never holds in UTF-8 (U+0000 only as the escape ``\\u0000``)."""
+    return not raw.startswith((b"\xff\xfe", b"\xfe\xff")) and b"\x00" not in raw
+
+
+def _utf_8(raw: bytes | bytearray) -> str:
+    """``raw`` decoded as UTF-8, strictly (a surrogate written as UTF-8 is refused), its byte
+    order mark, if any, dropped (RFC 8259 8.1: a parser MAY ignore it)."""
+    start = len(_UTF_8_BOM) if raw.startswith(_UTF_8_BOM) else 0
+    return codecs.decode(memoryview(raw)[start:], "utf-8")
 
 
 #: A token of JSON that is, or begins, a value (or the colon after a member name): a string is

@@ -223,7 +223,11 @@ class _Collector:
         self._name = raw_name.encode("latin-1").decode("utf-8", "replace") if raw_name else None
         self._is_file = self._name == "file"
         # every part's, not only the file's: a repeated charset of the metadata is as ambiguous
-        ctype, _ = parse_parameters(headers.get(b"content-type"), "Content-Type")
+        ctype, params = parse_parameters(headers.get(b"content-type"), "Content-Type")
+        if self._name == "metadata" and params.get("charset", "utf-8").lower() not in ("utf-8", "utf8"):
+            # JSON is UTF-8 (RFC 8259 8.1): metadata said to be another encoding is not read as
+            # UTF-8 all the same, nor in the encoding it names (pentest finding 2), as a FHIR body
+            raise UnsupportedMediaType(f"the 'metadata' part is JSON, UTF-8, not charset={params['charset'][:20]}")
         if self._is_file:
             if self._file_done or self._pieces or self._sink is not None:
                 raise InvalidInput("more than one 'file' part", expression="file")

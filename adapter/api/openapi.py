@@ -73,6 +73,8 @@ REFUSALS: dict[int, str] = {
          "ADAPTER_ALLOWED_HOSTS, its listening address); nothing was read",
     422: "Unprocessable: an invalid or unknown parameter, element, code or image, a broken business rule, or a "
          "request too costly to answer",
+    428: "Precondition required: an irreversible change (entered-in-error) must name the version it is of in "
+         "If-Match (W/\"<version>\"; * is not taken); nothing changed",
     500: "Internal error (the body holds no internals)",
     503: ("The store or the data folder failed to read or write, or the adapter is making as many large "
           "images as it makes at once; nothing was stored, retry later (Retry-After)"),

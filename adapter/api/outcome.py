@@ -60,6 +60,7 @@ HTTP_STATUS: dict[type[e.AdapterError], int] = {
     e.UnsupportedResourceType: 404,
     e.Conflict: 409,
     e.PreconditionFailed: 412,
+    e.PreconditionRequired: 428,
     e.InstanceConflict: 409,
     e.Transient: 503,
     e.StorageError: 503,

@@ -26,11 +26,22 @@ end. These bounds close that, as a reverse proxy's would (nginx's ``client_heade
   common limit of 1,024 they took the DICOM SCP's). uvicorn's ``limit_concurrency`` answers
   only once a request's header has arrived, a header timeout later for a silent client, and
   in plain text; so it is not used.
+* **How many from one address** (``ADAPTER_HTTP_MAX_CONNECTIONS_PER_ADDRESS``, nginx's
+  ``limit_conn`` per ``$binary_remote_addr``): one more from a peer address that holds as many is
+  answered 503 on arrival and closed alike, so that one address cannot hold every connection
+  (pentest finding 1: 256 slow bodies from one host took them all). A proxy of
+  ``ADAPTER_TRUSTED_PROXIES`` carries every client's connections from its one address: it is not
+  bounded so (it bounds its clients itself).
 * :class:`BodyTimeoutMiddleware` (``ADAPTER_HTTP_BODY_TIMEOUT``): while a route reads a request
   body, each wait for the next part of it is bounded (the time between two reads, not the whole
   upload: a large photo on a slow line is fine while it keeps moving). A wait past the bound
   raises :class:`~adapter.errors.RequestTimeout`: the route stores nothing and the client gets a
-  408 OperationOutcome with ``Connection: close``.
+  408 OperationOutcome with ``Connection: close``. A body that keeps moving a byte at a time is
+  bounded too (nginx has no such bound; Apache's ``mod_reqtimeout`` ``MinRate``): once its waits
+  add up to the body timeout, they may add up to no more than the body timeout and one second
+  for each ``ADAPTER_HTTP_BODY_MIN_RATE`` bytes received (the time the client is waited for, not
+  the time the route works), else the same 408 (pentest finding 1: 256 bodies sending a byte every
+  20 s held every connection for as long as they liked).
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -48,6 +60,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from adapter.api.headers import HttpMiddleware, editing_response_headers
 from adapter.errors import PayloadTooLarge, RequestTimeout
 from adapter.mapping.outcome import operation_outcome
+from adapter.model.network import Network, is_in
 from adapter.text import is_digits
 
 log = logging.getLogger("adapter.api")
@@ -73,10 +86,13 @@ _NOT_HTTP = _answer(400, "invalid", "the request is not valid HTTP/1.1")
 _UNKNOWN_CODING = _answer(501, "not-supported", "the only transfer coding taken is chunked (RFC 9112 6.1)")
 _TOO_MANY_CONNECTIONS = _answer(503, "transient", "the server holds as many connections as it takes; try again "
                                 "shortly", b"retry-after: 5\r\n")
+_TOO_MANY_FROM_ADDRESS = _answer(503, "transient", "the server holds as many connections from this address as it "
+                                 "takes from one; close some, or try again shortly", b"retry-after: 5\r\n")
 _NO_ONE_HOST = _answer(400, "invalid", "an HTTP/1.1 request carries exactly one Host header (RFC 9112 3.2)")
 
 
 _last_full_logged = -3600.0
+_last_address_full_logged = -3600.0
 
 
 class _Refused(Exception):
@@ -89,11 +105,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     docstring)."""
 
     def __init__(self, *args: Any, header_timeout: float, body_timeout: float, max_connections: int | None = None,
+                 max_per_address: int | None = None, unbounded_peers: tuple[Network, ...] = (),
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.unbounded_peers = list(unbounded_peers)
         self._header_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None  # the client reads nothing of its answer
         self._linger_timer: asyncio.TimerHandle | None = None  # answered, the body still coming
@@ -117,9 +136,35 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             transport.write(_TOO_MANY_CONNECTIONS)
             transport.close()  # after the answer is written; the descriptor is given back then
             return
+        if self._over_address_limit():
+            global _last_address_full_logged
+            if self.loop.time() - _last_address_full_logged > 60:
+                _last_address_full_logged = self.loop.time()
+                log.warning("HTTP connections from one address answered 503 on arrival: it holds %d "
+                            "(ADAPTER_HTTP_MAX_CONNECTIONS_PER_ADDRESS)", self.max_per_address)
+            transport.write(_TOO_MANY_FROM_ADDRESS)
+            transport.close()
+            return
         # a new connection's first request must come within the same bound (as nginx's
         # client_header_timeout): one that never sends a byte is closed, without an answer
         self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
+
+    def _over_address_limit(self) -> bool:
+        """Whether the peer holds more than ``max_per_address`` connections, this one counted
+        (never for a peer of ``unbounded_peers``, the trusted proxies, nor one of no IP address)."""
+        if self.max_per_address is None or self.client is None:
+            return False
+        peer = self.client[0]
+        if is_in(peer, self.unbounded_peers):
+            return False
+        held = 0
+        for other in self.connections:
+            client = getattr(other, "client", None)
+            if client is not None and client[0] == peer:
+                held += 1
+                if held > self.max_per_address:
+                    return True
+        return False
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
@@ -275,11 +320,14 @@ def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
     return None
 
 
-def bounded_http_protocol(header_timeout: float, body_timeout: float, max_connections: int | None = None) -> Any:
+def bounded_http_protocol(header_timeout: float, body_timeout: float, max_connections: int | None = None,
+                          max_per_address: int | None = None, unbounded_peers: tuple[Network, ...] = ()) -> Any:
     """The protocol class to give uvicorn (``Config(http=...)``); a partial, so it pickles into
-    the worker processes of ``ADAPTER_HTTP_WORKERS`` > 1."""
+    the worker processes of ``ADAPTER_HTTP_WORKERS`` > 1. ``unbounded_peers``: the addresses
+    ``max_per_address`` does not apply to (the trusted proxies)."""
     return functools.partial(BoundedHttpProtocol, header_timeout=header_timeout, body_timeout=body_timeout,
-                             max_connections=max_connections)
+                             max_connections=max_connections, max_per_address=max_per_address,
+                             unbounded_peers=unbounded_peers)
 
 
 def refuse_declared_over(request: Request, limit: int, message: str) -> None:
@@ -292,27 +340,42 @@ def refuse_declared_over(request: Request, limit: int, message: str) -> None:
 
 
 class BodyTimeoutMiddleware(HttpMiddleware):
-    """Bounds each wait for the next part of a request body (module docstring). Only while the
-    body is incomplete: afterwards ``receive`` waits for a disconnect (a streamed answer listens
-    for one), unbounded as before."""
+    """Bounds each wait for the next part of a request body, and their sum by the body's
+    minimum rate (module docstring). Only while the body is incomplete: afterwards ``receive``
+    waits for a disconnect (a streamed answer listens for one), unbounded as before."""
 
-    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+    def __init__(self, app: ASGIApp, *, seconds: float, min_rate: int | None = None) -> None:
         super().__init__(app)
         self.seconds = seconds
+        self.min_rate = min_rate
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = {"body_done": False, "timed_out": False}
+        waited = 0.0  # seconds spent waiting for the body (not the route's own)
+        received = 0  # bytes of it received
 
         async def _receive() -> Message:
+            nonlocal waited, received
             if state["body_done"]:
                 return await receive()
+            allowed = self.seconds
+            if self.min_rate is not None:
+                allowed = min(allowed, self.seconds + received / self.min_rate - waited)
+            began = time.monotonic()
             try:
-                async with asyncio.timeout(self.seconds):  # no task per wait, unlike wait_for
+                async with asyncio.timeout(max(0.0, allowed)):  # no task per wait, unlike wait_for
                     message = await receive()
             except TimeoutError:
                 state["timed_out"] = True
+                if allowed < self.seconds:
+                    raise RequestTimeout(
+                        f"the request body came slower than {self.min_rate} bytes a second on average once "
+                        f"{self.seconds:g} s of waiting for it were over (it keeps moving, too slowly); nothing was "
+                        "stored") from None
                 raise RequestTimeout(
                     f"the request body stopped arriving: nothing for {self.seconds:g} s; nothing was stored") from None
+            waited += time.monotonic() - began
+            received += len(message.get("body", b""))
             if message.get("type") != "http.request" or not message.get("more_body", False):
                 state["body_done"] = True
             return message

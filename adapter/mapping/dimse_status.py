@@ -102,6 +102,7 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
     e.UnsupportedResourceType: PROCESSING_FAILURE,  # a FHIR resource type: never raised over DIMSE
     e.Conflict: PROCESSING_FAILURE,
     e.PreconditionFailed: PROCESSING_FAILURE,
+    e.PreconditionRequired: PROCESSING_FAILURE,  # an HTTP If-Match: never raised over DIMSE
     e.InstanceConflict: DATASET_DOES_NOT_MATCH_SOP_CLASS,
     e.Transient: OUT_OF_RESOURCES,
     e.StorageError: OUT_OF_RESOURCES,

@@ -25,7 +25,15 @@ from datetime import datetime
 from typing import Any
 
 from adapter.consent import decide_mark_entered_in_error
-from adapter.errors import AdapterError, Conflict, Forbidden, NotFound, PreconditionFailed, StorageError
+from adapter.errors import (
+    AdapterError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    PreconditionRequired,
+    StorageError,
+)
 from adapter.mapping.fhir_r4 import index_resource, record_attachment
 from adapter.mapping.provenance import build_entered_in_error_provenance
 from adapter.mapping.status_patch import StatusPatch
@@ -66,9 +74,11 @@ class RecordCorrections:
     def mark_entered_in_error(self, resource_type: str, id: str, ctx: RequestContext,
                               if_match: frozenset[str] | None, patch: StatusPatch | None = None) -> Marked:
         """Mark ``resource_type``/``id`` entered-in-error (module docstring); ``if_match``: the
-        versions the client's If-Match accepts (None: any); ``patch``: the request's, whose test
-        operations must hold on the record as stored. Every refusal is audited: the purpose
-        (403), an unknown record (404), a stale If-Match (412), a test that fails (422)."""
+        versions the client's If-Match accepts (None: it named none, no header or ``*``, refused:
+        the mark cannot be undone, so it must be of the version the client read); ``patch``: the
+        request's, whose test operations must hold on the record as stored. Every refusal is
+        audited: the purpose (403), an unknown record (404), no version named (428), a stale
+        If-Match (412), a test that fails (422)."""
         reference = f"{resource_type}/{id}"
         held: list[StoredResource] = []
         try:
@@ -102,7 +112,13 @@ class RecordCorrections:
         if current is None or current.facts is None:
             raise NotFound(f"{resource_type}/{id} is not known")
         held.append(current)
-        if if_match is not None and str(current.version_id) not in if_match:
+        if if_match is None:
+            # RFC 6585 3: a mark that names no version would withdraw whatever is current
+            raise PreconditionRequired(
+                f'marking a record entered-in-error cannot be undone: send If-Match: W/"<version>" naming the '
+                f"version you read (the current one is {current.version_id}); * is not taken",
+                expression="If-Match")
+        if str(current.version_id) not in if_match:
             raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version is "
                                      f"{current.version_id}")
         patch.check(current.resource)
@@ -124,8 +140,6 @@ class RecordCorrections:
                                                                   created=[provenance], audit_events=[audit])
         except Conflict as exc:
             # another writer committed after the version was read above (http.html#concurrency)
-            if if_match is None:
-                raise
             raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version differs") from exc
         return Marked(stored=stored, changed=True, cancelled=cancelled, sending=sending)
 

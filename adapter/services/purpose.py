@@ -24,6 +24,11 @@ def parse_purpose_of_use(value: str | None, tables: Tables) -> PurposeOfUse:
         if system not in V3_ACT_REASON_SYSTEMS:
             raise UnknownPurposeOfUse(f"purpose-of-use system must be {V3_ACT_REASON}",
                                       expression="X-Purpose-Of-Use")
+    if not (code.isascii() and code.isprintable()):
+        # HTTP carries the header as bytes, read as Latin-1: a look-alike of a code in UTF-8
+        # (fullwidth or Cyrillic letters) would be echoed as mojibake, and is no code either way
+        raise UnknownPurposeOfUse("the purpose-of-use code is not an ASCII code (v3-ActReason codes are ASCII "
+                                  "letters, such as TREAT)", expression="X-Purpose-Of-Use")
     if code not in tables.purposes.codes:
         raise UnknownPurposeOfUse(f"unknown purpose-of-use code '{code[:40]}'", expression="X-Purpose-Of-Use")
     return PurposeOfUse(code=code, system=V3_ACT_REASON)

@@ -48,7 +48,9 @@ def test_an_upload_flood_is_capped_and_the_pacs_still_gets_in(tmp_path: Path) ->
     missing = dcmtk_missing()
     require_or_skip(missing is None, missing or "")
     held: list[socket.socket] = []
+    # all from 127.0.0.1: the bound per address (test_slow_bodies_e2e) lifted, the process's own is tested
     with running_adapter(tmp_path, command=_under_limit(700), ADAPTER_HTTP_MAX_CONNECTIONS="100",
+                         ADAPTER_HTTP_MAX_CONNECTIONS_PER_ADDRESS="1000",
                          ADAPTER_DICOM_ALLOWED_AE_TITLES="PACS", ADAPTER_HTTP_BODY_TIMEOUT="120") as server:
         try:
             for _ in range(800):  # past the 700 descriptors of the process

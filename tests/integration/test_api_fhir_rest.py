@@ -340,6 +340,23 @@ def test_a_write_whose_charset_is_not_utf_8_is_415(tmp_path: Path) -> None:
             assert r.status_code == 201, r.text[:300]
 
 
+def test_a_write_in_utf_16_or_utf_32_is_400_and_nothing_is_stored(tmp_path: Path) -> None:
+    """Pentest finding 2: a Consent in UTF-16 or UTF-32 without a charset was detected and stored
+    (201), where a gateway reading it as the UTF-8 FHIR JSON is saw no patient."""
+    resource = json.dumps(consent_resource(["TRAIN"]))
+    with adapter_client(tmp_path) as (client, _):
+        for encoding in ("utf-16", "utf-16-le", "utf-32"):
+            r = client.post("/fhir/Consent", content=resource.encode(encoding),
+                            headers={"Content-Type": "application/fhir+json"})
+            assert r.status_code == 400, r.text[:300]
+            assert r.json()["resourceType"] == "OperationOutcome"
+            assert "not UTF-8" in r.json()["issue"][0]["diagnostics"]
+        assert _consents(client) == 0
+        r = client.post("/fhir/Consent", content=b"\xef\xbb\xbf" + resource.encode(),
+                        headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 201, r.text[:300]  # a UTF-8 byte order mark is ignored (RFC 8259 8.1)
+
+
 
 def test_a_write_with_a_repeated_charset_or_content_type_is_400(tmp_path: Path) -> None:
     """Security review 3: a repeated parameter or Content-Type header was read first here and may

@@ -1451,3 +1451,31 @@ def test_an_upload_as_dotnet_writes_it_filename_and_filename_star_is_stored(tmp_
     with adapter_client(tmp_path) as (client, _):
         r = client.post("/photos", content=content, headers={"Content-Type": 'multipart/form-data; boundary="dotnet"'})
         assert r.status_code == 201, r.text
+
+
+def _upload_with_metadata(meta: bytes, part_type: str) -> bytes:
+    jpg = (SAMPLES / "tiny.jpg").read_bytes()
+    return (b"--b\r\nContent-Type: " + part_type.encode() + b"\r\nContent-Disposition: form-data; name=metadata\r\n\r\n"
+            + meta + b"\r\n--b\r\nContent-Type: image/jpeg\r\nContent-Disposition: form-data; name=file; "
+            b"filename=wound.jpg\r\n\r\n" + jpg + b"\r\n--b--\r\n")
+
+
+def test_metadata_in_utf_16_or_utf_32_or_declared_so_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    """Pentest finding 2: metadata in UTF-16 or UTF-32 (with a charset saying so or none) was
+    detected and the photo filed under the patient it named, which a gateway reading the part as
+    UTF-8 JSON could not see. It is refused: 415 for a declared charset, 422 for the bytes."""
+    meta = json.dumps(metadata())
+    with adapter_client(tmp_path) as (client, services):
+        for encoding in ("utf-16", "utf-16-le", "utf-32"):
+            r = client.post("/photos", content=_upload_with_metadata(meta.encode(encoding), "application/json"),
+                            headers={"Content-Type": "multipart/form-data; boundary=b"})
+            assert "not UTF-8" in _outcome(r, 422)["issue"][0]["diagnostics"]
+        for charset in ("utf-16", "iso-8859-1"):
+            r = client.post("/photos", content=_upload_with_metadata(
+                meta.encode(), f"application/json; charset={charset}"),
+                headers={"Content-Type": "multipart/form-data; boundary=b"})
+            assert "UTF-8" in _outcome(r, 415)["issue"][0]["diagnostics"]
+        assert _counts(services) == (0, 0) and _staging_empty(services)
+        r = client.post("/photos", content=_upload_with_metadata(meta.encode(), "application/json; charset=UTF-8"),
+                        headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 201, r.text

@@ -388,6 +388,22 @@ def test_a_read_refused_for_its_purpose_of_use_is_audited_too(tmp_path: Path) ->
         assert receipt["record"].split("/")[1] not in missing["outcomeDesc"]  # the template, not the id
 
 
+@pytest.mark.parametrize("stated", ["ＴＲＥＡＴ", "TREАT", "http://terminology.hl7.org/CodeSystem/v3-ActReason|TRÉAT"])
+def test_a_purpose_that_is_not_ascii_is_400_without_echoing_it(tmp_path: Path, stated: str) -> None:
+    """Pentest finding 4: a fullwidth or Cyrillic look-alike of TREAT sent as UTF-8 was echoed in
+    the diagnostics as mojibake (the header read as Latin-1). It is refused saying it is no ASCII
+    code, its bytes not quoted; an unknown ASCII code is still named."""
+    with adapter_client(tmp_path) as (client, services):
+        r = client.get("/fhir/Media?_summary=count", headers={"X-Purpose-Of-Use": stated.encode()})
+        assert r.status_code == 400, r.text
+        [issue] = r.json()["issue"]
+        assert "not an ASCII" in issue["diagnostics"] and issue["expression"] == ["X-Purpose-Of-Use"]
+        assert "'" not in issue["diagnostics"] and not any(ord(c) > 127 for c in issue["diagnostics"])
+        assert "not an ASCII" in services.store.list_audit(1)[0]["outcomeDesc"]
+        r = client.get("/fhir/Media?_summary=count", headers={"X-Purpose-Of-Use": "TREATX"})
+        assert "unknown purpose-of-use code 'TREATX'" in r.json()["issue"][0]["diagnostics"]
+
+
 def _refs(event: dict) -> list[str]:
     """The literal references an AuditEvent names (it goes to the session's FHIR validation too)."""
     record_emitted(event)

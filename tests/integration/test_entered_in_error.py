@@ -41,7 +41,7 @@ def test_a_record_marked_entered_in_error_is_a_new_version_with_history_tokens_p
         receipt = post_photo(client, WOUND, metadata()).json()
         record = receipt["record"]
         marked = _mark(client, record, [{"op": "test", "path": "/status", "value": "completed"}, *MARK],
-                       **{"If-Match": 'W/"1"'})
+                       if_match='W/"1"')
         assert marked.status_code == 200, marked.text
         body = marked.json()
         assert body["resourceType"] == "OperationOutcome"
@@ -67,7 +67,7 @@ def test_a_record_marked_entered_in_error_is_a_new_version_with_history_tokens_p
         assert {e["what"].get("reference") for e in event["entity"]} >= {record}
         record_emitted(event)
         # again: 200, nothing new
-        again = _mark(client, record)
+        again = _mark(client, record, if_match='W/"2"')
         assert again.status_code == 200 and "already" in again.json()["issue"][0]["diagnostics"]
         assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).json()["meta"]["versionId"] == "2"
 
@@ -164,7 +164,7 @@ def test_other_patch_formats_are_refused_naming_json_patch(tmp_path: Path, conte
 def test_a_stale_if_match_is_refused(tmp_path: Path) -> None:
     with adapter_client(tmp_path) as (client, _):
         record = post_photo(client, WOUND, metadata()).json()["record"]
-        r = _mark(client, record, **{"If-Match": 'W/"7"'})
+        r = _mark(client, record, if_match='W/"7"')
         assert r.status_code == 412, r.text
         assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).json()["status"] == "completed"
         assert _mark(client, "Media/unknown").status_code == 404
@@ -172,6 +172,25 @@ def test_a_stale_if_match_is_refused(tmp_path: Path) -> None:
         consent = client.post("/fhir/Consent", json=consent_resource(["TRAIN"])).json()
         assert client.patch(f"/fhir/Consent/{consent['id']}", content=b"[]",
                             headers={"Content-Type": PATCH}).status_code == 405
+
+
+@pytest.mark.parametrize("if_match", [None, "*", " * "])
+def test_a_mark_that_names_no_version_is_428_and_changes_nothing(tmp_path: Path, if_match: str | None) -> None:
+    """Pentest finding 3, newcomer review 2: the irreversible mark went through without If-Match
+    (or with ``*``), so a blind or replayed request withdrew whatever version was current. It must
+    name the version read: 428 Precondition Required (RFC 6585 3), audited, nothing changed."""
+    with adapter_client(tmp_path) as (client, services):
+        record = post_photo(client, WOUND, metadata()).json()["record"]
+        r = _mark(client, record, if_match=if_match)
+        assert r.status_code == 428, r.text
+        outcome = r.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert "If-Match" in outcome["issue"][0]["diagnostics"]
+        assert outcome["issue"][0]["expression"] == ["If-Match"]
+        record_emitted(outcome)
+        assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).json()["status"] == "completed"
+        assert [e["outcome"] for e in services.store.list_audit(1000) if e["subtype"][0]["code"] == "patch"] == ["4"]
+        assert _mark(client, record, if_match='W/"1"').status_code == 200
 
 
 def test_a_pending_outbox_item_is_cancelled_and_never_sent(tmp_path: Path) -> None:

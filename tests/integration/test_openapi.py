@@ -304,7 +304,7 @@ def test_the_openapi_document_and_its_page_are_logged_by_their_route(tmp_path: P
 
     from adapter.api.asgi import build_app
 
-    with adapter_client(tmp_path) as (_, services), \
+    with adapter_client(tmp_path, http_docs=True) as (_, services), \
             TestClient(build_app(services.settings, services)) as client, \
             caplog.at_level(logging.INFO, logger="adapter.access"):
         assert client.get("/openapi.json").status_code == 200
@@ -327,6 +327,21 @@ def _patch_answers(api: CheckedClient, record: str) -> None:
     assert api.request("PATCH", f"/fhir/{record}", content=b"[]", headers=patch).status_code == 422
     assert api.request("PATCH", f"/fhir/{record}", content=mark, headers={**patch, "If-Match": 'W/"9"'}).status_code == 412
     assert api.request("PATCH", "/fhir/DocumentReference/unknown", content=mark, headers=patch).status_code == 404
-    assert api.request("PATCH", f"/fhir/{record}", content=mark, headers=patch).status_code == 200
+    assert api.request("PATCH", f"/fhir/{record}", content=mark, headers=patch).status_code == 428
+    assert api.request("PATCH", f"/fhir/{record}", content=mark, headers={**patch, "If-Match": 'W/"1"'}) \
+        .status_code == 200
     assert api.request("PATCH", f"/fhir/{record}", content=mark,
                        headers={**patch, "Accept": "application/fhir+json; fhirVersion=5.0"}).status_code == 406
+
+
+def test_the_interactive_docs_page_is_not_served_by_default(tmp_path: Path) -> None:
+    """Newcomer review 3: GET /docs served Swagger UI loading unpinned scripts from
+    cdn.jsdelivr.net on the API's own origin, in production too; a script there could read under
+    break-glass or PATCH records. Off unless ADAPTER_HTTP_DOCS (development only); the OpenAPI
+    document itself stays, for a viewer run elsewhere."""
+    with adapter_client(tmp_path) as (client, _):
+        for path in ("/docs", "/docs/oauth2-redirect", "/redoc"):
+            r = client.get(path)
+            assert r.status_code == 404, path
+            assert b"cdn.jsdelivr.net" not in r.content
+        assert client.get("/openapi.json").json()["openapi"].startswith("3.")

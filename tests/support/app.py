@@ -91,10 +91,13 @@ MARK_ENTERED_IN_ERROR = [{"op": "replace", "path": "/status", "value": "entered-
 
 
 def mark_entered_in_error(client: Any, record: str, ops: Any = None, *, purpose: str = "RECORDMGT",
-                          content_type: str = "application/json-patch+json", **headers: str) -> Any:
-    """PATCH ``record`` (``Type/id``) with ``ops`` (default: the mark) stated for ``purpose``."""
+                          content_type: str = "application/json-patch+json", if_match: str | None = 'W/"1"',
+                          **headers: str) -> Any:
+    """PATCH ``record`` (``Type/id``) with ``ops`` (default: the mark) stated for ``purpose``, as
+    of the version ``if_match`` names (the first by default; None: no If-Match, refused 428)."""
+    conditional = {} if if_match is None else {"If-Match": if_match}
     return client.patch(f"/fhir/{record}", content=json.dumps(MARK_ENTERED_IN_ERROR if ops is None else ops).encode(),
-                        headers={"Content-Type": content_type, **as_purpose(purpose), **headers})
+                        headers={"Content-Type": content_type, **as_purpose(purpose), **conditional, **headers})
 
 
 def post_photo(client: TestClient, path: Path, meta: dict[str, Any], *, content_type: str | None = None,

@@ -100,3 +100,25 @@ def test_a_decimal_is_written_back_as_it_was_read(number: str) -> None:
     assert dumps(read, separators=(",", ":")) == body
     assert Decimal(str(read["valueDecimal"])) == Decimal(number)
     assert dumps(loads(dumps([read, "x", 2]))) == dumps([read, "x", 2])  # as the store keeps it
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
+def test_a_body_in_utf_16_or_utf_32_is_refused_not_detected(encoding: str) -> None:
+    """Pentest finding 2: ``json.loads`` on bytes detects UTF-16 and UTF-32 by itself, so a Consent
+    a gateway could not read as UTF-8 was stored, and the bounds above (counted on UTF-8 bytes) did
+    not hold. JSON between systems is UTF-8 (RFC 8259 8.1; FHIR http.html#mime-type)."""
+    body = json.dumps({"resourceType": "Consent", "status": "active", "x": [1, True, None]}).encode(encoding)
+    with pytest.raises(InvalidResource, match="not UTF-8"):
+        load_json(body, what="the body", error=InvalidResource)
+
+
+def test_bytes_that_are_not_utf_8_are_refused() -> None:
+    with pytest.raises(InvalidInput, match="not UTF-8"):
+        load_json('{"note":"Müller"}'.encode("latin-1"), what="the body")
+    with pytest.raises(InvalidInput, match="not UTF-8"):
+        load_json(b'{"note":"\xed\xa0\x80"}', what="the body")  # a surrogate written as UTF-8 (CESU)
+
+
+def test_a_utf_8_byte_order_mark_is_ignored_as_fhir_xml_ignores_it() -> None:
+    """RFC 8259 8.1: a parser MAY ignore a byte order mark; libxml2 does on the FHIR XML side."""
+    assert load_json(b'\xef\xbb\xbf{"note":"M\xc3\xbcller"}', what="the body") == {"note": "Müller"}

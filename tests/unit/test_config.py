@@ -255,3 +255,13 @@ def test_the_pseudonym_key_may_come_from_a_file(tmp_path, monkeypatch) -> None:
     with pytest.raises(ConfigurationError, match="cannot be read") as refused:
         Settings()
     assert "t" * 40 not in str(refused.value)
+
+
+def test_the_interactive_docs_page_is_off_unless_asked_for_and_never_in_production() -> None:
+    """Newcomer review 3: /docs served Swagger UI, its scripts loaded unpinned from a public CDN into
+    the API's own origin (which does not authenticate), in production too. It is off by default;
+    ADAPTER_HTTP_DOCS=true serves it in development, and production refuses that."""
+    assert Settings().http_docs is False
+    Settings(http_docs=True).check_safe()
+    with pytest.raises(ConfigurationError, match="ADAPTER_HTTP_DOCS"):
+        Settings(environment="production", pseudonym_key="x" * 40, http_docs=True).check_safe()

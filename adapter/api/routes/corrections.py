@@ -4,7 +4,9 @@
 
 A JSON Patch (``application/json-patch+json``, RFC 6902) only; FHIRPath Patch (a Parameters
 resource) and merge patches are refused (415). Stated for records management
-(``X-Purpose-Of-Use: RECORDMGT``), any other purpose 403; ``If-Match: W/"n"`` honoured (412).
+(``X-Purpose-Of-Use: RECORDMGT``), any other purpose 403; ``If-Match: W/"n"`` required: none
+(or ``*``) 428 Precondition Required (RFC 6585 3: the mark cannot be undone, so it is of the
+version the client read), another version than the current 412.
 The answer is an OperationOutcome, not the record: records management is not a care read, and a
 record entered in error is released to care only (adapter.consent.decision); ETag and
 Content-Location name the version written. Irreversible."""
@@ -46,7 +48,7 @@ _PATCHED = ok(200, "an OperationOutcome saying the record is marked entered-in-e
 _PATCH_BODY = request_body({JSON_PATCH: {"type": "array", "items": {"type": "object"}}},
                            'a JSON Patch (RFC 6902) whose one change is {"op": "replace", "path": "/status", '
                            '"value": "entered-in-error"}, test operations allowed before it')
-_RESPONSES = answers(_PATCHED, refusals(*BODY, *WRITE, 404, 409, 412))
+_RESPONSES = answers(_PATCHED, refusals(*BODY, *WRITE, 404, 409, 412, 428))
 
 
 @router.patch("/Media/{id}", openapi_extra=_PATCH_BODY, responses=_RESPONSES)
