@@ -285,6 +285,7 @@ class PreconditionRequired(AdapterError):
     version is current."""
 
     issue_type = "required"
+    refusal = RefusalCode.PRECONDITION_REQUIRED
 
 
 class InstanceConflict(Conflict):

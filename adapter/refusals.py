@@ -69,6 +69,7 @@ class RefusalCode(Enum):
     GONE = ("gone", "what was there is no longer")
     CONFLICT = ("conflict", "a conflict with what is stored")
     VERSION_CONFLICT = ("version-conflict", "If-Match names a version that is not the current one")
+    PRECONDITION_REQUIRED = ("precondition-required", "an irreversible write names no version (If-Match) it is for")
     INSTANCE_CONFLICT = ("instance-conflict", "the DICOM instance contradicts what is stored under its UIDs")
     TRANSIENT = ("transient", "a temporary failure: send the request again later")
     INSUFFICIENT_STORAGE = ("insufficient-storage", "the data folder is below its free-space reserve")

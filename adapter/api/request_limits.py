@@ -76,7 +76,7 @@ _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header 
 def _answer(status: int, code: str, diagnostics: str, extra: bytes = b"") -> bytes:
     """A whole HTTP/1.1 answer carrying an OperationOutcome, after which the connection closes."""
     body = json.dumps(operation_outcome("error", code, diagnostics), separators=(",", ":")).encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/fhir+json\r\ncache-control: no-store\r\n"
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/fhir+json; charset=utf-8\r\ncache-control: no-store\r\n"
             b"x-content-type-options: nosniff\r\nconnection: close\r\n%scontent-length: %d\r\n\r\n"
             % (status, _REASONS[status], extra, len(body))) + body
 

@@ -72,7 +72,7 @@ def _assert_outcome(raw: bytes, status: int, code: str) -> dict[str, str]:
     got, headers, body = _answer(raw)
     assert got == status, raw[:300]
     assert headers["connection"] == "close"
-    assert headers["content-type"].startswith("application/fhir+json")
+    assert headers["content-type"].replace(" ", "").startswith("application/fhir+json;charset=utf-8")
     assert headers["cache-control"] == "no-store"
     outcome = json.loads(body)
     assert outcome["resourceType"] == "OperationOutcome"
