@@ -34,7 +34,8 @@ _SECURITY = (
     "or `system|code`. A request without one is refused. What is returned, and in which view "
     "(full, pseudonymised for research, de-identified for training), follows the patient's "
     "consent for that purpose; every returned resource carries its security labels in "
-    "`meta.security` (confidentiality, permitted purposes, obligations, integrity) and a Bundle "
+    "`meta.security` (confidentiality; purposes: those permitted in the full view, the one served in a "
+    "restricted view; obligations, integrity) and a Bundle "
     "the most confidential label of its entries. Break-the-glass access (`BTG`, `ETREAT`) is "
     "audited. Binary content is served under the access rules of its `securityContext`."
 )

@@ -153,9 +153,14 @@ def security_labels(decision: Decision, tables: Tables, *, image: bool = False) 
     (https://hl7.org/fhir/R4/security-labels.html, HCS categories):
 
     1. exactly one confidentiality Coding (v3-Confidentiality, ``policy.labels.confidentiality``);
-    2. purposes of use the record's consent permits (v3-ActReason, sorted by code) - as a label
-       on data a PoU code states its permitted uses. A break-glass release adds ``BTG``: the copy
-       was released for that emergency only and must not be reused for anything else;
+    2. purposes of use (v3-ActReason, sorted by code) - as a label on data a PoU code states its
+       permitted uses. The whole record (``View.FULL``: care, records management) lists those the
+       record's Consents permit; a break-glass release adds ``BTG``: the copy was released for
+       that emergency only and must not be reused for anything else. A restricted view lists the
+       purpose it serves only: the patient's other consented purposes are a per-patient attribute
+       that would let its de-identified or pseudonymised copies be grouped by patient, and the
+       label is policy for the recipient, not a disclosure of the patient's other choices (FHIR
+       REST review finding 4). So a restricted copy's labels do not change with the Consents;
     3. the obligations of the decision (v3-ActCode, e.g. DEID, PSEUD), in the decision's order;
     4. the integrity label of a restricted view (v3-ObservationValue ANONYED or PSEUDED); of an
        ``image`` (a Media, DocumentReference or Binary) whose picture may identify the patient
@@ -163,7 +168,7 @@ def security_labels(decision: Decision, tables: Tables, *, image: bool = False) 
        (:data:`PIXELS_MAY_IDENTIFY_INTEGRITY`).
     """
     labels: list[JSON] = [confidentiality_coding(tables.policy.labels.confidentiality)]
-    purposes = set(decision.permitted_purposes)
+    purposes = set(decision.permitted_purposes) if decision.view is View.FULL else {decision.purpose.code}
     if decision.break_glass:
         purposes.add(BREAK_GLASS)
     for code in sorted(purposes):

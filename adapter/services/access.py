@@ -84,6 +84,7 @@ from adapter.services.dicom_objects import (
     regenerating,
 )
 from adapter.services.history_paging import HistoryCursor, HistoryPaging, history_paging
+from adapter.services.relabelling import ConsentChange, relabelled
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.services.search_paging import (
     UPDATED_TYPES,
@@ -181,7 +182,8 @@ def overrode_for_care(decisions: Iterable[Decision]) -> tuple[str, ...]:
 class ReadResult:
     resource: dict[str, Any]
     decision: Decision
-    #: when a Consent of the patient changed after the version read (:meth:`ScopedReader.relabelled`)
+    #: when a Consent that may apply to it changed after the version read, in a view that shows
+    #: the Consents (:meth:`ScopedReader.relabelled`)
     relabelled: datetime | None = None
 
 
@@ -434,8 +436,8 @@ class ScopedReader:
         self._auditor = auditor
         self._now = now
         self._grants: dict[Identifier, list[ConsentGrant]] = {}
-        # the last change (lastUpdated) of each patient's Consents, read with their grants
-        self._consents_changed: dict[Identifier, datetime | None] = {}
+        # each patient's Consents as the read validators see them, read with their grants
+        self._consent_changes: dict[Identifier, list[ConsentChange]] = {}
         # DICOM egress (WADO-RS, QIDO-RS, Binary as application/dicom); released_uids maps the
         # UIDs of the restricted views (adapter.services.dicom_objects.DicomRelease)
         self._dicom_tables = dicom_tables
@@ -447,43 +449,27 @@ class ScopedReader:
     def _grants_for(self, patient: Identifier) -> list[ConsentGrant]:
         if patient not in self._grants:
             grants: list[ConsentGrant] = []
-            changed: datetime | None = None
-            for stored in self._store.consents_for_patient(patient):
-                changed = stored.last_updated if changed is None else max(changed, stored.last_updated)
-                grants.extend(consent_grants(stored, patient))
-            self._grants[patient] = [denial_of_the_photo(self._store, g) for g in grants]
-            # a period's start or end that has passed changed what the Consents permit, as a write does
+            changes: list[ConsentChange] = []
             now = self._now()
-            for boundary in (b for g in grants for b in (g.period_start, g.period_end)):
-                if boundary is not None and boundary <= now and (changed is None or boundary > changed):
-                    changed = boundary
-            self._consents_changed[patient] = changed
+            for stored in self._store.consents_for_patient(patient):
+                own = [denial_of_the_photo(self._store, g) for g in consent_grants(stored, patient)]
+                grants.extend(own)
+                changes.append(ConsentChange.of(stored.last_updated, stored.version_id, own, now))
+            self._grants[patient] = grants
+            self._consent_changes[patient] = changes
         return self._grants[patient]
 
-    def relabelled(self, facts: AccessFacts | None, updated: datetime | str | None) -> datetime | None:
-        """When a Consent of the patient ``facts`` names was last changed (created, updated,
-        withdrawn: any status; or its period started or ended), if after ``updated``, the
-        lastUpdated of the version read; else
-        None. A resource's ``meta.security`` lists the purposes the patient's Consents permit now
-        (adapter.mapping.views.security_labels), so a change of them changes the representation
-        without a new version (FHIR lets meta change so): the read's validators must say so
-        (RFC 9110 8.8.1, a weak validator only for semantically equivalent representations;
-        adapter.api.routes.fhir). Read with the patient's grants, which the decision loaded
-        (no query of its own); a version whose lastUpdated cannot be read counts as changed."""
+    def relabelled(self, facts: AccessFacts | None, decision: Decision,
+                   updated: datetime | str | None) -> datetime | None:
+        """When a Consent that may apply to the resource ``facts`` governs last changed, if
+        after ``updated``, the lastUpdated of the version read (adapter.services.relabelling:
+        what it shows may have changed with no new version, so its Last-Modified moves); None
+        in a view that does not show the Consents. Read with the patient's grants, which the
+        decision loaded (no query of its own)."""
         if facts is None:
             return None
         self._grants_for(facts.patient)
-        changed = self._consents_changed.get(facts.patient)
-        if changed is None:
-            return None
-        if isinstance(updated, str):
-            try:
-                updated = datetime.fromisoformat(updated)
-            except ValueError:
-                updated = None
-        if isinstance(updated, datetime) and updated.tzinfo is not None and changed <= updated:
-            return None
-        return changed
+        return relabelled(self._consent_changes.get(facts.patient, ()), facts, decision, updated)
 
     def _facts(self, resource_type: str, id: str, facts: AccessFacts | None,
                resource: dict[str, Any] | None) -> AccessFacts | None:
@@ -711,7 +697,7 @@ class ScopedReader:
             raise self._refused(self.ctx, "read", decision, entities, patient, resource_type, id)
         resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
                                   precondition)
-        return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, stored.last_updated))
+        return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, decision, stored.last_updated))
 
     def check_binary_version(self, id: str, version_id: int) -> None:
         """A vread of a Binary: returns when ``version_id`` is its version (a Binary has one; the
@@ -753,7 +739,7 @@ class ScopedReader:
             "vread", decision, entities, patient,
             lambda: self._in_view(document, decision), precondition)
         updated = stored.last_updated if document is stored.resource else (document.get("meta") or {}).get("lastUpdated")
-        return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, updated))
+        return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, decision, updated))
 
     def _stricter_for_versions(self, decision: Decision, stored: StoredResource, facts: AccessFacts | None,
                                documents: Sequence[dict[str, Any]]) -> Decision:
@@ -893,7 +879,7 @@ class ScopedReader:
         data = made[0]
         resource["data"] = base64.b64encode(data).decode("ascii")
         return BinaryContent(content_type=content_type, data=data, resource=resource, decision=decision,
-                             relabelled=self.relabelled(stored.facts, stored.last_updated))
+                             relabelled=self.relabelled(stored.facts, decision, stored.last_updated))
 
     def search(self, resource_types: Sequence[str], request: SearchRequest) -> SearchResult:
         """Search; records not permitted for the purpose are left out and not counted.

@@ -702,7 +702,8 @@ def test_vread_serves_every_version_specific_location(tmp_path: Path) -> None:
         assert location.endswith(f"/fhir/Consent/{created.json()['id']}/_history/1")
         first = client.get(location.split("testserver")[-1], headers=as_purpose("TREAT"))
         assert first.status_code == 200, first.text
-        assert first.headers["etag"] == 'W/"1"' and first.json()["meta"]["versionId"] == "1"
+        # care's ETag names the version and the labels (W/"<versionId>.<labels>"; docs/fhir-api.md)
+        assert first.headers["etag"].startswith('W/"1.') and first.json()["meta"]["versionId"] == "1"
         consent = first.json()
         consent["provision"]["purpose"].append(
             {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TRAIN"})
@@ -712,9 +713,9 @@ def test_vread_serves_every_version_specific_location(tmp_path: Path) -> None:
         past = client.get(f"{base}/1", headers=as_purpose("TREAT")).json()
         assert [p["code"] for p in past["provision"]["purpose"]] == ["TREAT"] and past["meta"]["versionId"] == "1"
         now = client.get(f"{base}/2", headers=as_purpose("TREAT"))
-        assert now.headers["etag"] == 'W/"2"'
+        assert now.headers["etag"].startswith('W/"2.')
         assert [p["code"] for p in now.json()["provision"]["purpose"]] == ["TREAT", "TRAIN"]
-        assert client.get(f"/fhir/Consent/{consent['id']}", headers=as_purpose("TREAT")).headers["etag"] == 'W/"2"'
+        assert client.get(f"/fhir/Consent/{consent['id']}", headers=as_purpose("TREAT")).headers["etag"].startswith('W/"2.')
         for missing in ("3", "0", "x", "99999999999"):
             r = client.get(f"{base}/{missing}", headers=as_purpose("TREAT"))
             assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome", (missing, r.text)
@@ -736,7 +737,7 @@ def test_vread_serves_every_version_specific_location(tmp_path: Path) -> None:
         assert locations and all("/_history/1" in loc for loc in locations)
         for loc in locations:
             r = client.get(f"/fhir/{loc}", headers={**as_purpose("TREAT"), "Accept": "application/fhir+json"})
-            assert r.status_code == 200 and r.headers["etag"] == 'W/"1"', (loc, r.text)
+            assert r.status_code == 200 and r.headers["etag"].startswith('W/"1.'), (loc, r.text)
         events = services.store.list_audit(20)
         assert any(e["subtype"][0]["code"] == "vread" for e in events if e.get("subtype"))
 
@@ -857,7 +858,7 @@ def test_if_match_takes_any_or_a_list_of_etags_as_rfc_9110_writes_it(tmp_path: P
         assert stale.status_code == 412 and stale.json()["resourceType"] == "OperationOutcome"
         for bad in ("W/1", 'W/"x"', 'W/"1",', "**"):
             assert client.put(url, json=consent, headers={**json_type, "If-Match": bad}).status_code == 400, bad
-        assert client.get(url, headers=as_purpose("TREAT")).headers["etag"] == 'W/"5"'
+        assert client.get(url, headers=as_purpose("TREAT")).headers["etag"].startswith('W/"5.')
 
 
 def test_fhir_json_and_xml_are_produced_and_turtle_gets_406(tmp_path: Path) -> None:
@@ -2098,7 +2099,7 @@ def test_an_update_whose_if_match_loses_a_race_is_412_as_any_stale_if_match(tmp_
         assert lost.status_code == 412, lost.text
         assert lost.json()["resourceType"] == "OperationOutcome"
         monkeypatch.undo()
-        assert client.get(f"/fhir/Consent/{consent['id']}", headers=as_purpose("TREAT")).headers["etag"] == 'W/"2"'
+        assert client.get(f"/fhir/Consent/{consent['id']}", headers=as_purpose("TREAT")).headers["etag"].startswith('W/"2.')
 
 
 def _queries(event: dict) -> list[bytes]:
@@ -2393,9 +2394,9 @@ def test_a_consent_change_revalidates_the_reads_whose_labels_it_changes(tmp_path
     """Review finding (EHR F1): a Consent created or withdrawn changes the purposes a record's
     meta.security lists, but its ETag (W/"1") and Last-Modified stayed those of the ingest, so
     If-None-Match and If-Modified-Since answered 304 and an EHR kept a copy labelled TRAIN after
-    the withdrawal. The ETag stays the version (FHIR http.html), but a conditional read answers
-    304 only when no Consent of the patient changed after the version, Last-Modified is the
-    later of the two, on every read that shows the labels (Media, Binary as JSON and as bytes,
+    the withdrawal. Care's ETag names the labels too (W/"<versionId>.<labels>": a new one with
+    the labels; FHIR REST review finding 1), W/"<versionId>" answers 304 only while no Consent
+    that may apply changed after the version, Last-Modified is the later of the two, on every read that shows the labels (Media, Binary as JSON and as bytes,
     Provenance, vread, HEAD, R5); another patient's records are not affected."""
     json_type = {"Content-Type": "application/fhir+json"}
     with adapter_client(tmp_path) as (client, _):
@@ -2408,15 +2409,20 @@ def test_a_consent_change_revalidates_the_reads_whose_labels_it_changes(tmp_path
         held = client.get(f"/fhir/{receipt['record']}", headers=treat)
         ingested = held.headers["last-modified"]
         assert "TRAIN" not in {c["code"] for c in held.json()["meta"]["security"]}
+        etags = {url: client.get(url, headers=treat).headers["etag"] for url in urls}
         for url in urls:
             assert client.get(url, headers={**treat, "If-None-Match": 'W/"1"'}).status_code == 304
+            assert client.get(url, headers={**treat, "If-None-Match": etags[url]}).status_code == 304
 
         created = client.post("/fhir/Consent", json=consent_resource(["TRAIN"]), headers=json_type)
         assert created.status_code == 201, created.text
         for url in urls:
             answer = client.get(url, headers={**treat, "If-None-Match": 'W/"1"'})
             assert answer.status_code == 200, url
-            assert answer.headers["etag"] == 'W/"1"'  # the version is still 1 (meta may change without one)
+            assert client.get(url, headers={**treat, "If-None-Match": etags[url]}).status_code == 200, url
+            # the version is still 1 (meta may change without one); the ETag names the new labels
+            assert answer.headers["etag"].startswith('W/"1.') and answer.headers["etag"] != etags[url], url
+            assert client.get(url, headers={**treat, "If-None-Match": answer.headers["etag"]}).status_code == 304
             assert "TRAIN" in {c["code"] for c in answer.json()["meta"]["security"]}, url
             assert client.get(url, headers={**treat, "If-Modified-Since": ingested}).status_code == 200, url
         image = client.get(f"/fhir/{receipt['binary']}", headers={**treat, "Accept": "image/*", "If-None-Match": 'W/"1"'})

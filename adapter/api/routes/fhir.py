@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -421,19 +422,23 @@ async def update_consent(id: str, request: Request, services: ServicesDep,
 
 def _if_match_versions(if_match: str | None) -> frozenset[str] | None:
     """The version ids an ``If-Match`` accepts (RFC 9110 13.1.1: ``*`` or a list of entity tags;
-    FHIR's are weak, ``W/"<versionId>"``); None when any version will do (no header, or ``*``).
+    FHIR's are weak, ``W/"<versionId>"``; a read's may name its labels too, ``W/"<versionId>.<labels>"``
+    (:func:`_etag`): an update is made to a version, so it is its version that is compared);
+    None when any version will do (no header, or ``*``).
     A version id is an ``id`` (datatypes.html#id), compared as a string: ``W/"01"`` names no
     version of the adapter's ("1", "2"…), so it accepts none, not version 1."""
     if if_match is None or not if_match.strip() or if_match.strip() == "*":
         return None
     versions = set()
     for tag in if_match.split(","):
-        digits = tag.strip().removeprefix("W/")
-        if len(digits) < 3 or digits[0] != '"' or digits[-1] != '"' or not is_digits(digits[1:-1]):
+        quoted = tag.strip().removeprefix("W/")
+        version, dot, labels = quoted[1:-1].partition(".")
+        if (len(quoted) < 3 or quoted[0] != '"' or quoted[-1] != '"' or not is_digits(version)
+                or (dot and not _RELEASE_TAG.fullmatch(labels))):
             # a header that cannot be parsed: the request is not understood (400), as a search
             # parameter's value is; 422 is for a body understood and not processable
             raise InvalidQuery("If-Match takes ETags W/\"<version>\" (a list of them, or *)", expression="If-Match")
-        versions.add(digits[1:-1])
+        versions.add(version)
     return frozenset(versions)
 
 
@@ -569,10 +574,10 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
                                                   precondition=conditions.check_match,
                                                   retrieve=retrieve_document(fhir_base) if version_id is None
                                                   else None))
-        whole = content.decision.view is not View.PSEUDONYMISED
-        headers = {**_glass_headers(content.decision), **_etag(content.resource, content.relabelled, whole=whole)}
-        if conditions.answer(content.resource, vread=version_id is not None, relabelled=content.relabelled,
-                             whole=whole):
+        validators, not_modified = _validated(conditions, content.resource, content.decision, content.relabelled,
+                                              vread=version_id is not None)
+        headers = {**_glass_headers(content.decision), **validators}
+        if not_modified:
             return Response(status_code=304, headers=headers)
         if format_is_fhir(format_) or binary_answer(accept, content.content_type) == "resource":
             return _out(subset(_versioned(content.resource, version, fhir_base), how, fhir_version=version), version,
@@ -586,10 +591,10 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
         lambda rt: reader.read(rt, id, precondition=conditions.check_match) if version_id is None
         else reader.read_version(rt, id, version_id, precondition=conditions.check_match),
         resource_type, version, reader, id)
-    whole = result.decision.view is not View.PSEUDONYMISED
-    headers = {**_glass_headers(result.decision), **_etag(result.resource, result.relabelled, whole=whole)}
-    if conditions.answer(result.resource, vread=version_id is not None, relabelled=result.relabelled,
-                         whole=whole):
+    validators, not_modified = _validated(conditions, result.resource, result.decision, result.relabelled,
+                                          vread=version_id is not None)
+    headers = {**_glass_headers(result.decision), **validators}
+    if not_modified:
         return Response(status_code=304, headers=headers)
     return _out(subset(_versioned(result.resource, version, fhir_base), how, fhir_version=version), version,
                 headers=headers, fmt=fmt)
@@ -647,7 +652,7 @@ class _Conditions:
                                      f"W/\"{version}\"")
 
     def answer(self, resource: dict[str, Any], *, vread: bool = False, relabelled: datetime | None = None,
-               whole: bool = True) -> bool:
+               whole: bool = True, etag: str | None = None, plain: bool = True) -> bool:
         """Whether the read of ``resource`` (the version selected: the current one, or the one a
         ``vread`` names) is answered 304 Not Modified; If-Match is checked first (RFC 9110 13.2.2:
         :meth:`check_match`, again here, should a reader not have). If-None-Match (13.1.2, weak
@@ -663,12 +668,20 @@ class _Conditions:
         whole, 304 only when it is at or before the instant given (when in doubt, 200: never a
         304 for a change the client has not seen; If-None-Match has no such doubt).
 
-        ``relabelled``: when a Consent of the patient changed after the version (the reader's
-        ``relabelled``): its ``meta.security`` (the purposes permitted) may have changed with no
-        new version, which the ETag names (FHIR http.html: W/"<versionId>"), so If-None-Match
-        naming the version is no longer enough (RFC 9110 8.8.1: a weak validator is shared only
-        by semantically equivalent representations; review finding: a copy labelled TRAIN kept
-        after the withdrawal), and If-Modified-Since must be at or after that change, whole.
+        ``etag``: the ETag the answer sends (:func:`_etag`), which If-None-Match names to get a
+        304, whatever Consent changed since that did not change the representation (FHIR REST
+        review finding 1: every Consent change of the patient answered 200 to the ETag the
+        server still sent). ``plain``: whether ``W/"<versionId>"``, which a FHIR client may
+        build from meta.versionId, names the representation too: always where the ETag is that
+        (nothing shown changes without a new version); where the ETag names the labels as well,
+        only in the whole-record view and when no Consent that may apply changed since the
+        version (``relabelled`` None): the version's representation is then the one served since
+        it was written. Not in a restricted view (only a Consent read there names its labels),
+        whose 304 or 200 would tell that some Consent of the patient changed.
+
+        ``relabelled``: when a Consent that may apply changed after the version (the reader's
+        ``relabelled``, adapter.services.relabelling): what is shown may have changed with no
+        new version, so If-Modified-Since must be at or after that change, whole.
 
         ``whole`` False: the view shows lastUpdated cut to its day (the pseudonymised one,
         adapter.mapping.views), which cannot tell two versions of one day apart: If-Modified-Since
@@ -681,7 +694,8 @@ class _Conditions:
             if not version:
                 return False
             tags = {t.strip().removeprefix("W/") for t in self.if_none_match.split(",")}
-            return "*" in tags or (f'"{version}"' in tags and relabelled is None)
+            current = (etag or f'W/"{version}"').removeprefix("W/")
+            return "*" in tags or current in tags or (plain and f'"{version}"' in tags)
         if not self.if_modified_since:
             return False
         try:
@@ -700,13 +714,55 @@ class _Conditions:
         return updated <= since and (relabelled is None or relabelled <= since)
 
 
-def _etag(resource: dict[str, Any], relabelled: datetime | None = None, *, whole: bool = True) -> dict[str, str]:
+#: What an ETag names of a read's labels besides its version (:func:`release_tag`).
+_RELEASE_TAG = re.compile(r"[0-9a-f]{12}", re.ASCII)
+
+
+def release_tag(resource: dict[str, Any]) -> str:
+    """What a read shows that may change with the patient's Consents and no new version, as 12
+    hex digits of a SHA-256: its ``meta.security`` (the purposes the Consents permit, in the
+    whole-record view) and a Consent's ``provision`` (a restricted view shows the records it
+    names that the purpose is released: adapter.mapping.views)."""
+    shown = {"security": (resource.get("meta") or {}).get("security"), "provision": resource.get("provision")}
+    text = json.dumps(shown, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
+
+
+def _shows_consents(decision: Decision, resource: dict[str, Any]) -> bool:
+    """Whether the representation read under ``decision`` depends on the patient's Consents
+    beyond its version: every resource in the whole-record view (its labels list what they
+    permit), a Consent in any view; not a record in a restricted view, whose labels name the
+    purpose served only (adapter.mapping.views.security_labels)."""
+    return decision.view is View.FULL or resource.get("resourceType") == "Consent"
+
+
+def _validated(conditions: _Conditions, resource: dict[str, Any], decision: Decision,
+               relabelled: datetime | None, *, vread: bool) -> tuple[dict[str, str], bool]:
+    """The validator headers of a read of ``resource`` (:func:`_etag`) and whether the read is
+    answered 304 (:meth:`_Conditions.answer`)."""
+    whole = decision.view is not View.PSEUDONYMISED
+    labelled = _shows_consents(decision, resource)
+    validators = _etag(resource, relabelled, whole=whole, labelled=labelled)
+    plain = not labelled or (decision.view is View.FULL and relabelled is None)
+    return validators, conditions.answer(resource, vread=vread, relabelled=relabelled, whole=whole,
+                                         etag=validators.get("ETag"), plain=plain)
+
+
+def _etag(resource: dict[str, Any], relabelled: datetime | None = None, *, whole: bool = True,
+          labelled: bool = False) -> dict[str, str]:
     """The validators of a read (FHIR http.html#read, #versioning): ETag W/"<meta.versionId>"
     and Last-Modified, meta.lastUpdated as an HTTP date; never later than now (RFC 9110 8.8.2.1:
     a modification time in the future by the server's clock is replaced by the message's date,
     and the store may stamp a write a millisecond ahead of the clock, adapter.store.sql).
 
-    ``relabelled`` (a Consent of the patient changed after the version, :meth:`_Conditions.answer`):
+    ``labelled`` (a representation that depends on the patient's Consents, :func:`_shows_consents`):
+    the ETag is W/"<versionId>.<release_tag>", so it changes whenever the labels served do, and
+    only then (RFC 9110 8.8.1: a weak validator is shared only by semantically equivalent
+    representations; FHIR REST review finding 1: W/"<versionId>" kept while the labels changed
+    could not be honoured after any Consent change). If-Match takes it or W/"<versionId>"
+    (:func:`_if_match_versions`).
+
+    ``relabelled`` (a Consent that may apply changed after the version, :meth:`_Conditions.answer`):
     Last-Modified is that change, rounded up to its next second (If-Modified-Since compares it
     whole, so the second it began in would never match; not later than now, which in the same
     second gives one a change can still follow: not matched either). None in a view that
@@ -714,7 +770,9 @@ def _etag(resource: dict[str, Any], relabelled: datetime | None = None, *, whole
     False (the pseudonymised view, which shows the adapter's instants to the day): Last-Modified
     is the UTC midnight of that day, not the relabelling's second."""
     meta = resource.get("meta") or {}
-    out = {"ETag": f'W/"{meta["versionId"]}"'} if meta.get("versionId") else {}
+    out = {}
+    if meta.get("versionId"):
+        out["ETag"] = f'W/"{meta["versionId"]}.{release_tag(resource)}"' if labelled else f'W/"{meta["versionId"]}"'
     try:
         updated = datetime.fromisoformat(str(meta.get("lastUpdated")))
     except ValueError:
