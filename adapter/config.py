@@ -220,14 +220,17 @@ class Settings(BaseSettings):
         "client counts); a slower one is answered 408, stores nothing and its connection is closed, so that bodies "
         "trickling a byte now and then cannot hold the connections for ever.")
     http_max_connections_per_address: int = Field(
-        32, ge=1, le=100_000, description="HTTP connections one process holds at once from one IP address; one more "
+        32, ge=1, le=100_000, description="HTTP connections one process holds at once from one IP address (an IPv6 "
+        "client: from its /64); one more "
         "from that address is answered 503 on arrival and closed, so that one address cannot hold every connection "
         "(ADAPTER_HTTP_MAX_CONNECTIONS). A proxy of ADAPTER_TRUSTED_PROXIES, which carries every client's "
         "connections, is not bounded so; clients behind a NAT sharing one address may need more.")
     http_max_connections: int = Field(
         256, ge=1, le=100_000, description="HTTP connections one process holds open at once (each worker process "
-        "of ADAPTER_HTTP_WORKERS its own); one more is answered 503 at once and closed, so that slow clients "
-        "cannot take every file descriptor of the process (the DICOM SCP's among them). The start is refused "
+        "of ADAPTER_HTTP_WORKERS its own), so that slow clients cannot take every file descriptor of the process "
+        "(the DICOM SCP's among them). When one more arrives, the connection that needs its slot least is let go "
+        "for it (one idle, else one whose header is still arriving, else the upload arriving slowest: answered "
+        "503); only when every one has a request being answered is the newcomer answered 503 and closed. The start is refused "
         "when this and the DICOM SCP's connections do not fit the open-file limit.")
     min_free_mb: int = Field(
         128, ge=0, description="Free space (MiB) the data folder keeps for the database and the audit trail: "

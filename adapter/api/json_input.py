@@ -54,6 +54,9 @@ def load_json(raw: bytes | bytearray | str, *, what: str, expression: str | None
     route (a FHIR body's ``data``; photo metadata's ``form`` too, its consent form scan)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     if not isinstance(raw, str) and not _may_be_utf_8(data):
+        if _is_utf_8_with_nul(data):
+            raise error(f"{what} holds a NUL byte: JSON allows no control character unescaped (RFC 8259 7), "
+                        "and U+0000 is not taken escaped either", expression=expression)
         raise error(f"{what} is not UTF-8 (it looks like UTF-16 or UTF-32): JSON is UTF-8 (RFC 8259 8.1)",
                     expression=expression)
     problem = _scan(data, tuple(f'"{name}"'.encode() for name in bulk))
@@ -89,6 +92,20 @@ def _may_be_utf_8(raw: bytes | bytearray) -> bool:
     a copy: their byte order mark is no UTF-8, and their ASCII characters hold NUL bytes, which
     JSON text never holds in UTF-8 (U+0000 only as the escape ``\\u0000``)."""
     return not raw.startswith((b"\xff\xfe", b"\xfe\xff")) and b"\x00" not in raw
+
+
+def _is_utf_8_with_nul(raw: bytes | bytearray) -> bool:
+    """Whether ``raw``, refused by :func:`_may_be_utf_8` for a NUL byte, is UTF-8 all the same
+    (code review 7): no UTF-16 or UTF-32 byte order mark, neither of its first two bytes NUL (JSON
+    text in UTF-16 or UTF-32 has one there: RFC 4627 3, its first character being ASCII), and it
+    decodes. Only on the way to a refusal: the decoding is a copy."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or 0 in raw[:2]:
+        return False
+    try:
+        _utf_8(raw)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _utf_8(raw: bytes | bytearray) -> str:

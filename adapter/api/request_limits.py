@@ -20,18 +20,27 @@ end. These bounds close that, as a reverse proxy's would (nginx's ``client_heade
   its answer for ``ADAPTER_HTTP_BODY_TIMEOUT`` loses the connection, and the answer it held in
   memory; and a request answered before its body was read (a refusal) has that long for the
   rest of the body to arrive (and be dropped) before the connection closes.
-* **How many** (``ADAPTER_HTTP_MAX_CONNECTIONS``, nginx's ``worker_connections``): a connection
-  beyond them is answered 503 with ``Retry-After`` at once and closed, before it has sent
-  anything, so that its descriptor is given back (each slow upload holds one, and at the
-  common limit of 1,024 they took the DICOM SCP's). uvicorn's ``limit_concurrency`` answers
-  only once a request's header has arrived, a header timeout later for a silent client, and
-  in plain text; so it is not used.
+* **How many** (``ADAPTER_HTTP_MAX_CONNECTIONS``, nginx's ``worker_connections``): when a new
+  connection finds them all held, the one that needs its slot least is let go for it
+  (:meth:`BoundedHttpProtocol.eviction_rank`): first one answered already, then the one idle
+  longest between requests (closed without an answer, as nginx reuses an idle keep-alive
+  connection when it runs out), then the one whose request header has been arriving longest,
+  then the request body arriving slowest (answered 503 with ``Retry-After``; nothing of it is
+  stored). A request being answered is never let go; when every connection holds one, the new
+  connection is answered 503 with ``Retry-After`` at once and closed, before it has sent
+  anything, so that its descriptor is given back (each slow upload holds one, and at the common
+  limit of 1,024 they took the DICOM SCP's). Retest 1 finding 1: bodies from 8 addresses, each
+  just above the minimum rate below, held every slot for hours and /health answered 503; now
+  they must arrive faster than the uploads they would push out, which ends them soon. uvicorn's
+  ``limit_concurrency`` answers only once a request's header has arrived, a header timeout
+  later for a silent client, and in plain text; so it is not used.
 * **How many from one address** (``ADAPTER_HTTP_MAX_CONNECTIONS_PER_ADDRESS``, nginx's
   ``limit_conn`` per ``$binary_remote_addr``): one more from a peer address that holds as many is
   answered 503 on arrival and closed alike, so that one address cannot hold every connection
-  (pentest finding 1: 256 slow bodies from one host took them all). A proxy of
-  ``ADAPTER_TRUSTED_PROXIES`` carries every client's connections from its one address: it is not
-  bounded so (it bounds its clients itself).
+  (pentest finding 1: 256 slow bodies from one host took them all). IPv6 peers are counted per
+  /64 (:func:`address_key`): a host is given a whole /64 and may take a new address of it for each
+  connection. A proxy of ``ADAPTER_TRUSTED_PROXIES`` carries every client's connections from its
+  one address: it is not bounded so (it bounds its clients itself).
 * :class:`BodyTimeoutMiddleware` (``ADAPTER_HTTP_BODY_TIMEOUT``): while a route reads a request
   body, each wait for the next part of it is bounded (the time between two reads, not the whole
   upload: a large photo on a slow line is fine while it keeps moving). A wait past the bound
@@ -48,6 +57,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
+import itertools
 import json
 import logging
 import time
@@ -59,8 +70,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from adapter.api.headers import HttpMiddleware, editing_response_headers
 from adapter.errors import PayloadTooLarge, RequestTimeout
-from adapter.mapping.outcome import operation_outcome
+from adapter.mapping.outcome import operation_outcome, refusal_coding
 from adapter.model.network import Network, is_in
+from adapter.refusals import RefusalCode
 from adapter.text import is_digits
 
 log = logging.getLogger("adapter.api")
@@ -73,26 +85,75 @@ _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header 
             501: b"Not Implemented", 503: b"Service Unavailable"}
 
 
-def _answer(status: int, code: str, diagnostics: str, extra: bytes = b"") -> bytes:
-    """A whole HTTP/1.1 answer carrying an OperationOutcome, after which the connection closes."""
-    body = json.dumps(operation_outcome("error", code, diagnostics), separators=(",", ":")).encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/fhir+json; charset=utf-8\r\ncache-control: no-store\r\n"
-            b"x-content-type-options: nosniff\r\nconnection: close\r\n%scontent-length: %d\r\n\r\n"
-            % (status, _REASONS[status], extra, len(body))) + body
+def _answer(status: int, code: str, refusal: RefusalCode, diagnostics: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer carrying an OperationOutcome with its refusal code (as every
+    refusal the app answers: docs/fhir-api.md "Refusal codes"), after which the connection closes."""
+    outcome = operation_outcome("error", code, diagnostics, details=refusal_coding(refusal))
+    body = json.dumps(outcome, separators=(",", ":")).encode()
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/fhir+json; charset=utf-8; fhirVersion=4.0\r\n"
+            b"cache-control: no-store\r\nx-content-type-options: nosniff\r\nconnection: close\r\n"
+            b"%scontent-length: %d\r\n\r\n" % (status, _REASONS[status], extra, len(body))) + body
 
 
-_HEADER_TOO_LARGE = _answer(431, "too-long", f"the request header is larger than {MAX_HEADER_BYTES} bytes")
-_NOT_HTTP = _answer(400, "invalid", "the request is not valid HTTP/1.1")
-_UNKNOWN_CODING = _answer(501, "not-supported", "the only transfer coding taken is chunked (RFC 9112 6.1)")
-_TOO_MANY_CONNECTIONS = _answer(503, "transient", "the server holds as many connections as it takes; try again "
-                                "shortly", b"retry-after: 5\r\n")
-_TOO_MANY_FROM_ADDRESS = _answer(503, "transient", "the server holds as many connections from this address as it "
-                                 "takes from one; close some, or try again shortly", b"retry-after: 5\r\n")
-_NO_ONE_HOST = _answer(400, "invalid", "an HTTP/1.1 request carries exactly one Host header (RFC 9112 3.2)")
+_RETRY = b"retry-after: 5\r\n"
+_HEADER_TOO_LARGE = _answer(431, "too-long", RefusalCode.PAYLOAD_TOO_LARGE,
+                            f"the request header is larger than {MAX_HEADER_BYTES} bytes")
+_NOT_HTTP = _answer(400, "invalid", RefusalCode.INVALID_QUERY, "the request is not valid HTTP/1.1")
+_UNKNOWN_CODING = _answer(501, "not-supported", RefusalCode.NOT_SUPPORTED,
+                          "the only transfer coding taken is chunked (RFC 9112 6.1)")
+_TOO_MANY_CONNECTIONS = _answer(503, "transient", RefusalCode.TRANSIENT, "the server holds as many connections as "
+                                "it takes, each with a request being answered; try again shortly", _RETRY)
+_TOO_MANY_FROM_ADDRESS = _answer(503, "transient", RefusalCode.TRANSIENT, "the server holds as many connections "
+                                 "from this address as it takes from one; close some, or try again shortly", _RETRY)
+_LET_GO = _answer(503, "transient", RefusalCode.TRANSIENT, "the server held as many connections as it takes, and "
+                  "this request was arriving the slowest of them: it was let go for a new connection, and nothing of "
+                  "it was stored; send it again shortly", _RETRY)
+_NO_HOST = _answer(400, "invalid", RefusalCode.INVALID_QUERY,
+                   "an HTTP/1.1 request carries a Host header (RFC 9112 3.2)")
+_TWO_HOSTS = _answer(400, "invalid", RefusalCode.AMBIGUOUS_REQUEST,
+                     "a request carries exactly one Host header (RFC 9112 3.2): which of two names the target is "
+                     "anybody's guess")
+
+
+@functools.cache
+def header_timeout_answer(seconds: float) -> bytes:
+    """The 408 of a request header that did not arrive within ``seconds``."""
+    return _answer(408, "timeout", RefusalCode.REQUEST_TIMEOUT,
+                   f"the request header did not arrive within {seconds:g} s")
+
+
+def address_key(peer: str) -> str:
+    """What ADAPTER_HTTP_MAX_CONNECTIONS_PER_ADDRESS counts ``peer`` as: an IPv4 address itself
+    (an IPv4-mapped IPv6 one too, as a dual-stack socket gives it), an IPv6 address its /64 (the
+    least a host is given: RFC 7421; any address of it is the same client's), anything else
+    (a Unix socket's peer) as given."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+#: Seconds a request body must have been arriving before its rate is measured: until then it is
+#: let go only after every body measured (a new upload has sent little yet, however fast its line).
+RATE_MEASURED_AFTER = 2.0
+#: Connections let go for newer ones whose answer may still be read (each held until its client has
+#: stopped sending, for at most the body timeout: BoundedHttpProtocol._send_and_close) beyond
+#: ADAPTER_HTTP_MAX_CONNECTIONS; past them the oldest is closed at once. Their descriptors fit in
+#: the 128 adapter.descriptors keeps besides the connections.
+LINGERING_LET_GO = 8
+# what a connection is doing, from the least need of its slot (eviction_rank)
+_ANSWERED, _IDLE, _HEADER_ARRIVING, _BODY_ARRIVING, _BODY_BEGUN = range(5)
 
 
 _last_full_logged = -3600.0
 _last_address_full_logged = -3600.0
+_last_let_go_logged = -3600.0
+_opened = itertools.count()  # the order connections opened in: the older first among equals
 
 
 class _Refused(Exception):
@@ -122,21 +183,20 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._piece_bytes = 0  # bytes of its request line and fields the parser has handed over
         self._refusal: bytes | None = None
         self._discarding = False  # refused and half-closed: what still comes is read and dropped
+        self.address_key: str | None = None  # what the limit per address counts the peer as
+        self._idle_since = 0.0  # since when no request is under way (opened, or last answered)
+        self._request_began = 0.0  # when the current request's first byte came
+        self._body_began = 0.0  # when the current request's header was whole
+        self._body_bytes = 0  # bytes of the current request's body received
+        self._order = next(_opened)
+        self.let_go = False  # its slot given to a newer connection: no longer counted as holding one
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if self.max_connections is not None and len(self.connections) > self.max_connections:
-            # ADAPTER_HTTP_MAX_CONNECTIONS: one more is answered and let go at once, so that slow
-            # clients cannot take every file descriptor (review 4: the DICOM SCP lost its own)
-            global _last_full_logged
-            if self.loop.time() - _last_full_logged > 60:  # a flood logs once a minute
-                _last_full_logged = self.loop.time()
-                log.warning("HTTP connections answered 503 on arrival: %d are open (ADAPTER_HTTP_MAX_CONNECTIONS)",
-                            self.max_connections)
-            transport.write(_TOO_MANY_CONNECTIONS)
-            transport.close()  # after the answer is written; the descriptor is given back then
-            return
-        if self._over_address_limit():
+        self._idle_since = self.loop.time()
+        if self.client is not None:
+            self.address_key = address_key(self.client[0])
+        if self._over_address_limit():  # before a slot is made for it: it would not take it
             global _last_address_full_logged
             if self.loop.time() - _last_address_full_logged > 60:
                 _last_address_full_logged = self.loop.time()
@@ -145,26 +205,101 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             transport.write(_TOO_MANY_FROM_ADDRESS)
             transport.close()
             return
+        if (self.max_connections is not None and self._held_slots() > self.max_connections
+                and not self._make_room()):
+            # ADAPTER_HTTP_MAX_CONNECTIONS, each with a request being answered: one more is
+            # answered and let go at once, so that slow clients cannot take every file
+            # descriptor (review 4: the DICOM SCP lost its own)
+            global _last_full_logged
+            if self.loop.time() - _last_full_logged > 60:  # a flood logs once a minute
+                _last_full_logged = self.loop.time()
+                log.warning("HTTP connections answered 503 on arrival: %d are open, each with a request being "
+                            "answered (ADAPTER_HTTP_MAX_CONNECTIONS)", self.max_connections)
+            transport.write(_TOO_MANY_CONNECTIONS)
+            transport.close()  # after the answer is written; the descriptor is given back then
+            return
         # a new connection's first request must come within the same bound (as nginx's
         # client_header_timeout): one that never sends a byte is closed, without an answer
         self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
 
     def _over_address_limit(self) -> bool:
-        """Whether the peer holds more than ``max_per_address`` connections, this one counted
-        (never for a peer of ``unbounded_peers``, the trusted proxies, nor one of no IP address)."""
-        if self.max_per_address is None or self.client is None:
+        """Whether the peer (its /64, for IPv6: :func:`address_key`) holds more than
+        ``max_per_address`` connections, this one counted (never for a peer of
+        ``unbounded_peers``, the trusted proxies, nor one of no IP address)."""
+        if self.max_per_address is None or self.client is None or self.address_key is None:
             return False
-        peer = self.client[0]
-        if is_in(peer, self.unbounded_peers):
+        if is_in(self.client[0], self.unbounded_peers):
             return False
         held = 0
         for other in self.connections:
-            client = getattr(other, "client", None)
-            if client is not None and client[0] == peer:
+            if getattr(other, "address_key", None) == self.address_key:
                 held += 1
                 if held > self.max_per_address:
                     return True
         return False
+
+    def _held_slots(self) -> int:
+        """Connections holding a slot of ADAPTER_HTTP_MAX_CONNECTIONS, this one counted: neither
+        let go for a newer one nor closing (one answered 503 on arrival, say)."""
+        return sum(1 for other in self.connections
+                   if not getattr(other, "let_go", False) and not other.transport.is_closing())
+
+    def _make_room(self) -> bool:
+        """Let go the connection that needs its slot least (:meth:`eviction_rank`) for this new
+        one; False when every other has a request being answered."""
+        now = self.loop.time()
+        victim: BoundedHttpProtocol | None = None
+        least: tuple[int, float, int] | None = None
+        for other in self.connections:
+            if other is self or not isinstance(other, BoundedHttpProtocol):
+                continue
+            rank = other.eviction_rank(now)
+            if rank is not None and (least is None or rank < least):
+                victim, least = other, rank
+        if victim is None or least is None:
+            return False
+        if least[0] >= _HEADER_ARRIVING:
+            global _last_let_go_logged
+            if now - _last_let_go_logged > 60:
+                _last_let_go_logged = now
+                log.warning("every HTTP connection was taken (ADAPTER_HTTP_MAX_CONNECTIONS=%d): the one arriving "
+                            "slowest was answered 503 and let go for a new one", self.max_connections)
+            victim.let_go = True
+            victim._send_and_close(_LET_GO, cut_short=True)
+            lingering = sorted((other for other in self.connections if isinstance(other, BoundedHttpProtocol)
+                                and other.let_go and not other.transport.is_closing()), key=lambda c: c._order)
+            for other in lingering[:max(0, len(lingering) - LINGERING_LET_GO)]:
+                other.transport.close()
+        else:  # answered already, or idle between requests: closed without a word (RFC 9112 9.3)
+            victim.let_go = True
+            victim.transport.close()
+        return True
+
+    def eviction_rank(self, now: float) -> tuple[int, float, int] | None:
+        """How little this connection needs its slot, the least first; None when it must keep
+        it (its request is being answered, the body it is sending waits on the server, or it
+        is closing already). In order: a request answered whose refused body is still being
+        dropped; idle between requests (or since it opened), the longest first; a request header
+        arriving, the oldest first; a request body arriving, the slowest first (bytes a second,
+        once it has been arriving RATE_MEASURED_AFTER seconds); a body begun since, the one with
+        the fewest bytes first."""
+        if self.let_go or self.transport.is_closing():
+            return None
+        if self._discarding:
+            return (_ANSWERED, self._idle_since, self._order)
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            if self._linger_timer is not None:
+                return (_ANSWERED, self._idle_since, self._order)
+            if self._begun:
+                return (_HEADER_ARRIVING, self._request_began, self._order)
+            return (_IDLE, self._idle_since, self._order)
+        if self._message_done or cycle.response_started or self.flow.read_paused or self.pipeline:
+            return None
+        arriving = now - self._body_began
+        if arriving < RATE_MEASURED_AFTER:
+            return (_BODY_BEGUN, self._body_bytes, self._order)
+        return (_BODY_ARRIVING, self._body_bytes / arriving, self._order)
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
@@ -181,6 +316,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._begun = True
         self._message_done = False
+        self._request_began = self.loop.time()
         if self._header_timer is None:  # a later request of a kept-alive connection
             self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
 
@@ -200,7 +336,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if hosts > 1 or (hosts == 0 and self.parser.get_http_version() == "1.1"):
             # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, and to
             # any request with more than one (which of two names the target is anybody's guess)
-            self._refusal = _NO_ONE_HOST
+            self._refusal = _TWO_HOSTS if hosts > 1 else _NO_HOST
             raise _Refused
         codings = [c.strip().lower() for name, value in self.headers if name == b"transfer-encoding"
                    for c in value.split(b",") if c.strip()]
@@ -209,7 +345,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             # "gzip, chunked" as plain chunked, handing the route compressed bytes as the body)
             self._refusal = _UNKNOWN_CODING
             raise _Refused
+        self._body_began = self.loop.time()
+        self._body_bytes = 0
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._message_done = True
@@ -217,6 +359,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        self._idle_since = self.loop.time()
         super().on_response_complete()
         if not self._message_done and not self.transport.is_closing():
             # answered before its body was read (a refusal): what is left of the body is read
@@ -289,22 +432,27 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
             return
         if self._begun:
-            self._send_and_close(_answer(408, "timeout",
-                                         f"the request header did not arrive within {self.header_timeout:g} s"))
+            self._send_and_close(header_timeout_answer(self.header_timeout))
         elif not self.transport.is_closing():
             self.transport.close()
 
-    def _send_and_close(self, answer: bytes) -> None:
+    def _send_and_close(self, answer: bytes, *, cut_short: bool = False) -> None:
         """Send ``answer`` and close the connection the way RFC 9112 9.6 asks: the sending side
         first (FIN after the answer), then, while the client may still be sending what the answer
         cut short, its bytes are read and dropped until it closes, for at most the body timeout
         (nginx's lingering close). Closed at once, the connection would answer those bytes with a
-        reset, and a reset can make the client lose the answer it has not read yet."""
+        reset, and a reset can make the client lose the answer it has not read yet.
+        ``cut_short``: the request under way, its answer not begun, is let go: the route reading
+        its body sees the client gone (and stores nothing), and whatever it answers is dropped."""
         self._cancel_header_timer()
         if self.transport.is_closing():
             return
+        if cut_short and self.cycle is not None and not self.cycle.response_started:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
         self.transport.write(answer)
-        if (self.cycle is not None and not self.cycle.response_complete) or not self.transport.can_write_eof():
+        answering = self.cycle is not None and not self.cycle.response_complete and not self.cycle.disconnected
+        if answering or not self.transport.can_write_eof():
             self.transport.close()  # an answer of the request before is still being sent
             return
         self._discarding = True

@@ -4,7 +4,12 @@ as long as they liked (/health 503 throughout). Against the real process, with s
 body that comes slower than ADAPTER_HTTP_BODY_MIN_RATE is answered 408 and its connection closed
 once its grace is over, and one address holds at most ADAPTER_HTTP_MAX_CONNECTIONS_PER_ADDRESS
 connections (a proxy of ADAPTER_TRUSTED_PROXIES, behind which every client shares one address,
-is not counted so), so other clients are served meanwhile."""
+is not counted so), so other clients are served meanwhile.
+
+Retest 1, finding 1: bodies from several addresses, each just above the minimum rate, held every
+slot all the same. Now a newcomer to a full table takes the slot of the connection that needs it
+least (idle, then a header still arriving, then the body arriving slowest), which is answered 503
+with its refusal code and closed; a faster upload is left alone."""
 
 from __future__ import annotations
 
@@ -14,9 +19,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from adapter.refusals import RefusalCode
 from tests.support.server import RunningAdapter, running_adapter
 
 pytestmark = pytest.mark.e2e
@@ -63,9 +70,10 @@ class _Trickle(threading.Thread):
     (each wait well within the body timeout) until the server answers and closes, or ``seconds``
     have passed. ``answer``: what the server sent; ``closed_after``: when it closed, if it did."""
 
-    def __init__(self, sock: socket.socket, *, pause: float, seconds: float) -> None:
+    def __init__(self, sock: socket.socket, *, pause: float, seconds: float, head: bytes = TRICKLE_HEAD,
+                 piece: bytes = b" ") -> None:
         super().__init__(daemon=True)
-        self.sock, self.pause, self.seconds = sock, pause, seconds
+        self.sock, self.pause, self.seconds, self.head, self.piece = sock, pause, seconds, head, piece
         self.answer = b""
         self.closed_after: float | None = None
 
@@ -73,12 +81,12 @@ class _Trickle(threading.Thread):
         start = time.monotonic()
         self.sock.settimeout(self.pause)
         try:
-            self.sock.sendall(TRICKLE_HEAD)
+            self.sock.sendall(self.head)
             while time.monotonic() - start < self.seconds:
                 try:
                     chunk = self.sock.recv(65536)
                 except TimeoutError:
-                    self.sock.sendall(b" ")
+                    self.sock.sendall(self.piece)
                     continue
                 self.answer += chunk
                 if not chunk:
@@ -102,16 +110,11 @@ def server(tmp_path: Path) -> Iterator[RunningAdapter]:
 def test_slow_bodies_from_many_addresses_are_cut_off_and_the_api_comes_back(server: RunningAdapter) -> None:
     """Every slot taken by bodies that keep moving a byte at a time (two addresses, so the limit
     per address does not stop them): each is answered 408 once its grace (the body timeout) is
-    over, and /health is served again within seconds, not when the clients give up."""
+    over, with no newcomer needed to let it go, and the slots are free again within seconds, not
+    when the clients give up."""
     trickles = [_Trickle(_connect(server, f"127.0.0.{2 + n % 2}"), pause=0.3, seconds=20) for n in range(SLOTS)]
     for trickle in trickles:
         trickle.start()
-    time.sleep(0.5)
-    assert _health(server, "127.0.0.4") == 503  # every slot held: the starvation the pentest saw
-    deadline = time.monotonic() + 8
-    while _health(server, "127.0.0.4") != 200:
-        assert time.monotonic() < deadline, "the slow bodies still hold every connection"
-        time.sleep(0.3)
     for trickle in trickles:
         trickle.join(timeout=15)
         assert trickle.closed_after is not None and trickle.closed_after < 6, trickle.closed_after
@@ -121,6 +124,7 @@ def test_slow_bodies_from_many_addresses_are_cut_off_and_the_api_comes_back(serv
         outcome = json.loads(body)
         assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "timeout"
         assert "1000 bytes a second" in outcome["issue"][0]["diagnostics"]
+    assert _health(server, "127.0.0.4") == 200
 
 
 def test_one_address_holds_at_most_its_share_of_the_connections(server: RunningAdapter) -> None:
@@ -148,3 +152,56 @@ def test_one_address_holds_at_most_its_share_of_the_connections(server: RunningA
     time.sleep(0.3)
     assert _health(server, "127.0.0.2") == 200  # given back once closed
     assert "ADAPTER_HTTP_MAX_CONNECTIONS_PER_ADDRESS" in server.log.read_text()
+
+
+def _outcome(answer: bytes) -> tuple[bytes, dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, json.loads(body)
+
+
+def test_a_newcomer_to_a_full_table_takes_the_slot_of_the_slowest_body(server: RunningAdapter) -> None:
+    """Retest 1 finding 1: every slot held by bodies above the minimum rate (2,500 B/s against
+    1,000), from two addresses. /health is still served: each newcomer lets the slowest body go
+    (503, its refusal code, Retry-After, closed), while a faster upload is never the one let go
+    and is answered when whole (here 400: its body is no Consent)."""
+    slow = [_Trickle(_connect(server, f"127.0.0.{2 + n % 2}"), pause=0.1, seconds=20, piece=b" " * 250)
+            for n in range(SLOTS - 1)]
+    fast_head = TRICKLE_HEAD.replace(b"Content-Length: 1000000", b"Content-Length: 240001")
+    fast = _Trickle(_connect(server, "127.0.0.5"), pause=0.05, seconds=20, head=fast_head, piece=b" " * 3000)
+    for trickle in (*slow, fast):
+        trickle.start()
+    time.sleep(2.5)  # every body has been arriving long enough for its rate to count
+    for _ in range(3):
+        assert _health(server, "127.0.0.4") == 200
+        time.sleep(0.3)
+    fast.join(timeout=15)
+    # answered when whole (what it sends on while it waits for the answer is no HTTP)
+    assert fast.answer.startswith(b"HTTP/1.1 400 ") and b"the body is not valid JSON" in fast.answer, fast.answer
+    time.sleep(0.5)
+    let_go = [t for t in slow if t.closed_after is not None]
+    assert let_go, "no slow body was let go"
+    for trickle in let_go:
+        head, outcome = _outcome(trickle.answer)
+        assert head.startswith(b"HTTP/1.1 503 "), trickle.answer[:300]
+        assert b"retry-after: 5" in head.lower() and b"fhirversion=4.0" in head.lower()
+        issue = outcome["issue"][0]
+        assert issue["code"] == "transient" and "slowest" in issue["diagnostics"]
+        assert issue["details"]["coding"][0] == {"system": "urn:clinical-image-adapter:refusal",
+                                                 "code": "transient", "display": RefusalCode.TRANSIENT.display}
+    for trickle in slow:
+        trickle.sock.close()
+    assert "the one arriving slowest" in server.log.read_text()
+
+
+def test_a_newcomer_to_a_table_full_of_idle_connections_is_served(server: RunningAdapter) -> None:
+    """Connections that sent nothing (or wait between requests) need their slot least: the one
+    idle longest is closed without an answer, as a proxy drops an idle kept-alive connection."""
+    idle = [_connect(server, f"127.0.0.{2 + n % 2}") for n in range(SLOTS)]
+    try:
+        time.sleep(0.3)
+        assert _health(server, "127.0.0.4") == 200
+        idle[0].settimeout(2)
+        assert idle[0].recv(100) == b""  # the oldest: closed, no answer
+    finally:
+        for sock in idle:
+            sock.close()

@@ -112,6 +112,16 @@ def test_a_body_in_utf_16_or_utf_32_is_refused_not_detected(encoding: str) -> No
         load_json(body, what="the body", error=InvalidResource)
 
 
+@pytest.mark.parametrize("body", [b'{"a":"\x00"}', b'{"a":1}\x00', b' \n {"note":"M\xc3\xbcller\x00"}'])
+def test_a_raw_nul_byte_in_utf_8_is_refused_as_what_it_is(body: bytes) -> None:
+    """Code review 7: a UTF-8 body holding a NUL byte was refused as "looks like UTF-16 or
+    UTF-32"; JSON allows no control character unescaped (RFC 8259 7), and the adapter takes no
+    U+0000 escaped either."""
+    with pytest.raises(InvalidInput, match="a NUL byte") as refused:
+        load_json(body, what="the body")
+    assert "UTF-16" not in refused.value.diagnostics
+
+
 def test_bytes_that_are_not_utf_8_are_refused() -> None:
     with pytest.raises(InvalidInput, match="not UTF-8"):
         load_json('{"note":"Müller"}'.encode("latin-1"), what="the body")
