@@ -75,7 +75,8 @@ async def send_outcome(send: Send, status: int, code: str, diagnostics: str,
     outcome = operation_outcome("error", code, diagnostics, details=refusal_coding(refusal))
     body = json.dumps(outcome, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/fhir+json; charset=utf-8"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+        (b"content-type", b"application/fhir+json; charset=utf-8; fhirVersion=4.0"),
+        (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

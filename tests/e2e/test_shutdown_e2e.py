@@ -170,9 +170,12 @@ def test_sigterm_stops_new_associations_at_once_while_an_upload_finishes(tmp_pat
 def test_sigterm_with_an_upload_trickling_in_ends_within_the_body_timeout(tmp_path: Path) -> None:
     """An upload that sends a byte now and then never stalls for ADAPTER_HTTP_BODY_TIMEOUT, and
     uvicorn waited for it without limit: the stop took as long as the client wished. It now gets
-    the body timeout, is cancelled, and nothing of it is stored."""
+    the body timeout, is cancelled, and nothing of it is stored. (The minimum body rate is set to
+    a byte a second, below the trickle's: it would otherwise end the upload itself, 408, before
+    the stop has to.)"""
     head, body = _photo_request()
-    with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false", ADAPTER_HTTP_BODY_TIMEOUT="2", **NAMED) as server, \
+    with running_adapter(tmp_path, ADAPTER_DICOM_ENABLED="false", ADAPTER_HTTP_BODY_TIMEOUT="2",
+                         ADAPTER_HTTP_BODY_MIN_RATE="1", **NAMED) as server, \
             socket.create_connection(("127.0.0.1", server.http_port)) as upload:
         upload.sendall(head + body[:300])
         time.sleep(0.5)  # the request under way (read, its body begun) when the stop comes

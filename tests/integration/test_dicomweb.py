@@ -834,6 +834,8 @@ def test_purpose_header_and_accept_are_checked(adapter: tuple[FhirClient, Servic
     assert client.get("/dicomweb/studies", headers={"X-Purpose-Of-Use": "NOPE"}).status_code == 400
     refused = client.get(url, headers={**TREAT, "Accept": "application/dicom"})
     assert refused.status_code == 406 and refused.json()["resourceType"] == "OperationOutcome"
+    assert {"system": "urn:clinical-image-adapter:refusal", "code": "not-acceptable"}.items() <= \
+        refused.json()["issue"][0]["details"]["coding"][0].items()  # a code to route on, as every refusal has
     assert client.get(url, headers={**TREAT, "Accept": 'multipart/related; type="image/jpeg"'}).status_code == 406
     assert client.get(url, headers={
         **TREAT, "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'

@@ -146,10 +146,11 @@ from adapter.mapping.dicom_dates import is_date, is_time
 from adapter.mapping.dicom_vr import attribute_tag
 from adapter.mapping.dicom_xml import native_dicom_model
 from adapter.mapping.dimse_status import CANNOT_UNDERSTAND, NOT_AUTHORISED
-from adapter.mapping.outcome import operation_outcome
+from adapter.mapping.outcome import operation_outcome, refusal_coding
 from adapter.model.decision import Decision
 from adapter.model.network import is_in
 from adapter.model.photo import IDENTIFIER_MAX_BYTES, identifier_too_long
+from adapter.refusals import RefusalCode
 from adapter.services.access import DicomContent, DicomRetrieval, overrode_for_care
 from adapter.services.audit import DicomAudit
 from adapter.services.dicom_objects import (
@@ -330,7 +331,8 @@ def _datasets(datasets: list[dict[str, Any]], model: str, *, break_glass: bool =
 
 def _not_acceptable(message: str) -> Response:
     """406: content negotiation, not a domain failure; rendered as the API's OperationOutcome."""
-    return fhir_response(operation_outcome("error", "not-supported", message), 406)
+    return fhir_response(operation_outcome("error", "not-supported", message,
+                                           details=refusal_coding(RefusalCode.NOT_ACCEPTABLE)), 406)
 
 
 def _study_url(request: Request, services: Services, study: str) -> str:
