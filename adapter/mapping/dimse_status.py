@@ -114,6 +114,8 @@ DIMSE_STATUS: dict[type[e.AdapterError], int] = {
 }
 
 #: Error Comment (0000,0902) is LO: at most 64 characters, no backslash or control characters.
+#: The end of a sentence: a full stop and a space, not one of an "e.g." or "i.e.".
+_SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)\. ")
 _COMMENT_MAX = 64
 
 
@@ -149,10 +151,17 @@ def offending_elements(err: e.AdapterError, status: int) -> list[int]:
 def error_comment(err: e.AdapterError | str) -> str:
     """The diagnostics (of an error, or of a warning) as an Error Comment (0000,0902): LO in the
     default repertoire (the command set has no Specific Character Set), ≤ 64 characters.
-    Diagnostics never carry patient data (adapter.errors)."""
+    Diagnostics never carry patient data (adapter.errors). Longer diagnostics give their first
+    sentence where it fits, whole (the rest stays in the audit's reason and STOW-RS's), else
+    their first 61 characters and "..."."""
     diagnostics = err if isinstance(err, str) else err.diagnostics
     text = "".join(ch if " " <= ch <= "~" and ch != "\\" else " " for ch in diagnostics).strip()
-    return text if len(text) <= _COMMENT_MAX else text[:_COMMENT_MAX - 3].rstrip() + "..."
+    if len(text) <= _COMMENT_MAX:
+        return text
+    end = _SENTENCE_END.search(text)
+    if end is not None and end.start() < _COMMENT_MAX:
+        return text[:end.start() + 1]
+    return text[:_COMMENT_MAX - 3].rstrip() + "..."
 
 
 __all__ = [

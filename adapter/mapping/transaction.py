@@ -774,22 +774,44 @@ def _contained_name(resource: Mapping[str, Any]) -> str | None:
     return " ".join(p for p in parts if isinstance(p, str) and p) or None
 
 
-#: What of a contained author or encounter the kept Reference carries: its first identifier and
-#: its name (a PractitionerRole's: the display of its practitioner, else of its organization).
-_CONTAINED_KEPT = frozenset({"resourceType", "id", "meta", "identifier", "name", "practitioner", "organization"})
+#: The elements of a contained author or encounter the Reference made of it always keeps (its
+#: first identifier: the others are named); its name, or a PractitionerRole's practitioner or
+#: organization, only when that gave the display kept (:func:`_contained_element_kept`).
+_CONTAINED_KEPT = frozenset({"resourceType", "id", "meta", "identifier"})
 
 
-def _contained_display(resource: Mapping[str, Any]) -> str | None:
-    """The name of a contained resource (:func:`_contained_name`); a PractitionerRole's, which has
-    none, the display of its practitioner, else of its organization."""
+def _contained_element_kept(resource: Mapping[str, Any], key: str, display_from: str, display: str | None) -> bool:
+    """Whether the element ``key`` of a contained resource is kept by the Reference made of it
+    (:func:`_kept_reference`): its id and first identifier; its name when that is the display
+    kept; a PractitionerRole's practitioner or organization when the display kept is theirs and
+    they held nothing else. Every other element is named as not stored."""
+    if key in _CONTAINED_KEPT:
+        return True
+    if key == "name":
+        return display_from == "name" or display is not None and _contained_name(resource) == display
+    value = resource[key]
+    return key == display_from and isinstance(value, Mapping) and set(value) <= {"display"}
+
+
+def _contained_display(resource: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The name of a contained resource (:func:`_contained_name`) and where it came from (None:
+    its own); a PractitionerRole's, which has none, the display of its practitioner, else of its
+    organization (``"practitioner"``, ``"organization"``)."""
     name = _contained_name(resource)
     if name is not None or resource.get("resourceType") != "PractitionerRole":
-        return name
+        return name, None
     for key in ("practitioner", "organization"):
         ref = resource.get(key)
         if isinstance(ref, Mapping) and _str(ref.get("display")):
-            return str(ref["display"])
-    return None
+            return str(ref["display"]), key
+    return None, None
+
+
+def _stored_as(identifier: bool, display_from: str) -> str:
+    """What a contained resource was stored as, in words (:func:`_kept_reference`)."""
+    named = {"": "", "reference": "the display given", "name": "its name"}.get(display_from,
+                                                                           f"its {display_from}'s name")
+    return " and ".join(part for part in ("its identifier" if identifier else "", named) if part)
 
 
 def _kept_reference(value: Any, resource: Mapping[str, Any], path: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -818,17 +840,22 @@ def _kept_reference(value: Any, resource: Mapping[str, Any], path: str) -> tuple
     identifiers = _identifiers_of(found)
     if identifiers:
         out["identifier"] = {"system": identifiers[0][0], "value": identifiers[0][1]}
-    display = _str(value.get("display")) or _contained_display(found)
+    display, display_from = _str(value.get("display")), "reference"
+    if display is None:
+        display, role_key = _contained_display(found)
+        display_from = role_key or "name"
     if display is not None:
         out["display"] = display
+    else:
+        display_from = ""
     if not out:
         return None, (f"(a contained {rtype} with no identifier and no name) was not stored: the adapter keeps "
                       "what it references as an identifier and a name, having no contained resources")
-    left = sorted(k for k in found if k not in _CONTAINED_KEPT)
+    left = sorted(k for k in found if not _contained_element_kept(found, k, display_from, display))
     if len(identifiers) > 1:
         left.insert(0, "its other identifiers")
-    why = (f"(a contained {rtype}) was stored as its identifier and name" + (f": {', '.join(left)} not stored"
-                                                                           if left else "")) if left else None
+    why = (f"(a contained {rtype}) was stored as {_stored_as(bool(identifiers), display_from)}: "
+           f"{', '.join(left)} not stored") if left else None
     return out, why
 
 

@@ -4,7 +4,8 @@ does over HTTP (adapter.services.ingest).
 
 Order of work (cheap refusals first, nothing visible until the single commit):
 1. idempotency by SOP Instance UID: an object stored before is answered with its record, and
-   nothing new is written, when its data set is the stored one byte for byte (Success); any
+   nothing new is written, when its data set is the stored one, byte for byte or in another
+   encoding (Success); any
    other content under it is refused (InstanceConflict: another patient, study, series or SOP
    class, or the same instance with other content), the stored instance kept
    (:meth:`DicomIngestService._check_resend`);
@@ -142,6 +143,7 @@ from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchInd
 from adapter.services.association_audit import RejectedAssociations
 from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.consent_grants import ConsentGrantsCache
+from adapter.services.dicom_data_sets import same_data_set_decoded
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
 from adapter.text import has_control_character
@@ -1078,8 +1080,10 @@ class DicomIngestService:
         what was sent (PS3.4 B.2.3), found by the cheapest question first:
 
         * its data set is the stored one's byte for byte (the usual retry; the file meta aside,
-          which pynetdicom or a STOW-RS client wrote): Success, answered from its record
-          (returns). An instance made here from a photo has no object as received: it is
+          which pynetdicom or a STOW-RS client wrote), or the same elements and values in another
+          encoding (an archive sending on in Implicit VR what it received in Explicit VR, or the
+          other way round: a transfer syntax encodes the instance, PS3.5 10;
+          adapter.services.dicom_data_sets): Success, answered from its record (returns). An instance made here from a photo has no object as received: it is
           compared with the object the adapter forwards and WADO-RS serves, made again
           (:meth:`_same_as_made`), so a PACS sending the adapter's own object back is answered
           Success;
@@ -1088,8 +1092,9 @@ class DicomIngestService:
           refused with InstanceConflict naming the attribute that differs: a WADO-RS or QIDO-RS
           lookup at the study the sender reported would find nothing;
         * else it is another content of the same instance (a corrected PatientName, other pixels,
-          an attribute filled in, another encoding): refused with InstanceConflict naming
-          (0008,0018) SOPInstanceUID. Not Warning 0xB006 Elements Discarded: PS3.4 Table B.2-1
+          an attribute filled in): refused with InstanceConflict naming
+          (0008,0018) SOPInstanceUID (a compressed object sent again decompressed among them: its
+          decoded pixels are the decoder's). Not Warning 0xB006 Elements Discarded: PS3.4 Table B.2-1
           says B006 is an instance stored with some elements discarded, and senders (the
           adapter's own SCU too) count every Bxxx as stored, so a correction that did not land
           went unseen while the old content was served on. Not overwritten either: what was read
@@ -1103,8 +1108,9 @@ class DicomIngestService:
         10.5.3).
 
         Cost: the comparison reads the stored object's data set beside the received one's and
-        stops at the first difference (a data set of another length is not read at all); no
-        digest. The checks read the dataset before the pixel data (~1-2 ms whatever the size)
+        stops at the first difference; no digest. When the bytes differ, the two data sets are
+        read element by element, up to their first difference, the pixel data last and a chunk at
+        a time. The checks read the dataset before the pixel data (~1-2 ms whatever the size)
         only for an object that is not the stored one. An object stored before a check was added,
         sent again as it is, is a retry whatever the checks say of it now.
 
@@ -1151,7 +1157,8 @@ class DicomIngestService:
         try:
             with regenerating(instance, stored, self._blobs) as image:
                 made = dicom_object_for(instance, stored, self._blobs, self._tables, self._dicom_tables, image=image)
-            assert isinstance(made, Dataset)  # an instance made here has no stored file
+            if isinstance(made, Path):  # a stored object after all: compared as a received one is
+                return _same_data_set(path, made)
             return _same_encoded_data_set(path, made)
         except (Transient, StorageError):  # busy, or the disk: answered so, to be sent again
             raise
@@ -1437,11 +1444,12 @@ def _check_same_instance(obj: ReceivedObject, instance: DicomInstance) -> None:
 
 def _other_content(*, made_here: bool) -> InstanceConflict:
     """The refusal of another content under a SOP Instance UID stored already
-    (:meth:`DicomIngestService._check_resend`). Its first 61 characters are the Error Comment
-    (adapter.mapping.dimse_status.error_comment); the rest is the audit's reason and STOW-RS's."""
-    made = " (made here from a photo)" if made_here else ""
+    (:meth:`DicomIngestService._check_resend`). Its first sentence is the Error Comment, whole
+    (adapter.mapping.dimse_status.error_comment: 59 characters); the rest, what to do, is the
+    audit's reason and STOW-RS's."""
+    made = " The stored one was made here from a photo." if made_here else ""
     return InstanceConflict(
-        f"SOP Instance UID held with other content: stored one kept{made}. To correct it, mark its record "
+        f"SOP Instance UID held with other content: stored one kept.{made} To correct it, mark its record "
         "entered-in-error and send the corrected object with a new SOP Instance UID (docs/operations.md)",
         expression="(0008,0018) SOPInstanceUID")
 
@@ -1473,8 +1481,10 @@ def _same_encoded_data_set(path: Path, made: Dataset) -> bool:
 
 def _same_data_set(path: Path, stored: Path) -> bool:
     """Whether the data sets of the Part 10 files at ``path`` and ``stored`` (what follows their
-    file meta, :func:`_body_offset`) are the same bytes: compared a chunk at a time, from their
-    lengths on, so two that differ are rarely read far."""
+    file meta, :func:`_body_offset`) are the same: the same bytes, compared a chunk at a time,
+    from their lengths on, so two that differ are rarely read far; else, the same elements and
+    values in other encodings (another transfer syntax, sequences delimited otherwise:
+    adapter.services.dicom_data_sets), read only then and only up to their first difference."""
     with open(path, "rb") as fh, open(stored, "rb") as gh:
         size, stored_size = os.fstat(fh.fileno()).st_size, os.fstat(gh.fileno()).st_size
         if not size or not stored_size:
@@ -1485,13 +1495,15 @@ def _same_data_set(path: Path, stored: Path) -> bool:
                 at, stored_at = _data_set_offset(mine), _data_set_offset(theirs)
             except (InvalidInput, _Truncated):  # no Part 10 file: not the stored object
                 return False
-            if size - at != stored_size - stored_at:
-                return False
-            for start in range(0, size - at, _COMPARE_CHUNK):
-                if mine[at + start:at + start + _COMPARE_CHUNK] != theirs[stored_at + start:stored_at + start +
-                                                                          _COMPARE_CHUNK]:
-                    return False
-            return True
+            if size - at == stored_size - stored_at and all(
+                    mine[at + start:at + start + _COMPARE_CHUNK] == theirs[stored_at + start:stored_at + start +
+                                                                           _COMPARE_CHUNK]
+                    for start in range(0, size - at, _COMPARE_CHUNK)):
+                return True
+    try:
+        return same_data_set_decoded(path, at, stored, stored_at)
+    except _MALFORMED:  # not read as a data set: not the stored one (the checks say why next)
+        return False
 
 
 def _data_set_offset(mapped: mmap.mmap) -> int:

@@ -751,10 +751,11 @@ def match_level(level: str, query: DicomQuery, entries: Iterable[DicomEntry]) ->
 
 @dataclass(frozen=True)
 class StowOutcome:
-    """What became of one STOW-RS part: stored (``failure_reason`` None; ``warning_reason`` its
-    WarningReason (0008,1196), none set today; ``consent_pending`` when it was
-    stored consent pending, ``diagnostics`` then the record's pending note) or failed
-    (``diagnostics`` the refusal's words)."""
+    """What became of one STOW-RS part: stored (``failure_reason`` None; ``consent_pending`` when
+    it was stored consent pending, ``diagnostics`` then the record's pending note) or failed
+    (``diagnostics`` the refusal's words). No part is stored with a WarningReason (0008,1196):
+    PS3.18 Table I.2-1's three (coercion, elements discarded, SOP class mismatch) are none the
+    adapter does (another content under a stored SOP Instance UID fails 0xA900)."""
 
     sop_class_uid: str | None
     sop_instance_uid: str | None
@@ -764,7 +765,6 @@ class StowOutcome:
     diagnostics: str | None = None
     record: str | None = None
     replayed: bool = False
-    warning_reason: int | None = None
     consent_pending: bool = False
 
     @property
@@ -773,8 +773,8 @@ class StowOutcome:
 
     @property
     def warned(self) -> bool:
-        """Stored with a warning: a WarningReason, or kept consent pending (answered 202)."""
-        return self.stored and (self.warning_reason is not None or self.consent_pending)
+        """Stored with a warning: kept consent pending (answered 202)."""
+        return self.stored and self.consent_pending
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:

@@ -70,9 +70,18 @@ _EMPTY_ROLE = {"resourceType": "PractitionerRole", "id": "role", "active": True}
     ([{**_BOB, "identifier": [{"system": "urn:oid:2.999.1.2", "value": "dr-b"}], "telecom": [{"value": "1"}]}],
      [{"reference": "#a1"}], [{"identifier": {"system": "urn:oid:2.999.1.2", "value": "dr-b"}, "display": "Bob Jones"}],
      {"author[0]": "telecom"}),
+    # the re-test after the MHD fixes (N3): the organization was dropped unsaid, and the warning
+    # said "stored as its identifier and name" of a role that has no identifier
+    ([{**_ROLE, "organization": {"display": "Org"}, "code": [{"text": "surgeon"}]}], [{"reference": "#role"}],
+     [{"display": "Dr Ray Role"}],
+     {"author[0]": "(a contained PractitionerRole) was stored as its practitioner's name: code, organization not "
+                   "stored"}),
+    ([{**_BOB, "identifier": [{"system": "urn:oid:2.999.1.2", "value": "dr-b"}]}],
+     [{"reference": "#a1"}], [{"identifier": {"system": "urn:oid:2.999.1.2", "value": "dr-b"}, "display": "Bob Jones"}],
+     {}),
 ], ids=["name-only Practitioner", "name-only Organization", "display only", "PractitionerRole with a display",
         "telecom-only Practitioner", "empty PractitionerRole", "IHE Comprehensive example", "first keepable",
-        "telecom of a kept author"])
+        "telecom of a kept author", "organization of a kept role", "identifier and name"])
 def test_an_author_without_an_identifier_is_kept_by_its_name_or_said_not_stored(
         tmp_path: Path, contained: list[dict[str, Any]], authors: list[dict[str, Any]], kept: Any,
         warned: dict[str, str]) -> None:

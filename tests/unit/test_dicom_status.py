@@ -62,6 +62,18 @@ def test_error_comment_is_a_short_ascii_lo() -> None:
     assert len(long) <= 64 and long.isascii() and "\\" not in long and long.endswith("...")
 
 
+
+def test_an_error_comment_is_a_whole_first_sentence_where_one_fits() -> None:
+    """The re-test after the PACS review (N2): the comment of a refusal whose diagnostics run on
+    past 64 characters was cut mid-sentence ("...stored one kept. To..."). Where the first
+    sentence fits it is the comment, whole; the rest stays in the audit's reason and STOW-RS's.
+    Test seen failing (the comment ended "To...")."""
+    first = "SOP Instance UID held with other content: stored one kept."
+    assert error_comment(errors.InstanceConflict(f"{first} To correct it, mark its record ...")) == first
+    assert error_comment(errors.InvalidInput("cut at e.g. this " + "y" * 80)).endswith("...")
+    assert error_comment(errors.InvalidInput("a. " + "y" * 80)) == "a."
+
+
 def test_offending_element_names_the_tags_of_a_refusal_where_its_status_has_the_field() -> None:
     """Found by the DICOM review (finding 11): no failure carried Offending Element (0000,0901);
     the tag was only inside the Error Comment, cut to 64 characters. The tags a refusal names

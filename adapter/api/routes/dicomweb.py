@@ -20,8 +20,9 @@
   the one study of the instances stored, else (several, or none stored, whatever the URL names)
   present and empty (type 2);
   an instance stored already with another content fails 0xA900, as the SCP answers it (the stored
-  one kept: adapter.services.dicom_ingest); one kept consent pending has no WarningReason
-  (PS3.18 defines none for it) but makes the answer 202 too; an HTTP Warning (``299 <service>:
+  one kept: adapter.services.dicom_ingest); no instance is stored with a WarningReason (one
+  kept consent pending has none: PS3.18 defines none for it) but one kept consent pending makes
+  the answer 202 too; an HTTP Warning (``299 <service>:
   …``, :func:`_stow_warnings`) says in words why an instance failed 0x0124 and that one is consent
   pending (safety review 4 and 7); 200 all stored, 202 some failed or have a
   warning, 409 all failed; 415 for another media type; a part whose
@@ -192,8 +193,8 @@ router = APIRouter(prefix="/dicomweb", default_response_class=Response)
 _STOW_BODY = request_body({MULTIPART_DICOM: None}, "DICOM Part 10 objects, one per part")
 _STOW_ANSWER = {DICOM_JSON: DICOM_DATASET, DICOM_XML: None, MULTIPART_DICOM_XML: None}
 _STOW = answers(ok(200, "every instance stored (ReferencedSOPSequence)", _STOW_ANSWER),
-                ok(202, "some stored, the others in FailedSOPSequence with their FailureReason; or some stored "
-                   "with a WarningReason", _STOW_ANSWER),
+                ok(202, "some stored, the others in FailedSOPSequence with their FailureReason; or some kept "
+                   "consent pending", _STOW_ANSWER),
                 ok(409, "none stored: FailedSOPSequence with each FailureReason", _STOW_ANSWER),
                 refusals(400, 403, 408, 413, 415, *INVALID, 503))
 #: WADO-RS retrieve: the objects as stored, in the purpose's view; 406 for another representation
@@ -213,7 +214,7 @@ _TAGS: dict[str, tuple[str, str]] = {  # keyword: (tag, VR)
     "SOPClassUID": ("00080016", "UI"), "SOPInstanceUID": ("00080018", "UI"), "StudyDate": ("00080020", "DA"),
     "Modality": ("00080060", "CS"), "ModalitiesInStudy": ("00080061", "CS"), "RetrieveURL": ("00081190", "UR"),
     "ReferencedSOPClassUID": ("00081150", "UI"), "ReferencedSOPInstanceUID": ("00081155", "UI"),
-    "FailureReason": ("00081197", "US"), "FailedSOPSequence": ("00081198", "SQ"), "WarningReason": ("00081196", "US"),
+    "FailureReason": ("00081197", "US"), "FailedSOPSequence": ("00081198", "SQ"),
     "ReferencedSOPSequence": ("00081199", "SQ"), "PatientID": ("00100020", "LO"),
     "IssuerOfPatientID": ("00100021", "LO"), "StudyInstanceUID": ("0020000D", "UI"),
     "SeriesInstanceUID": ("0020000E", "UI"), "NumberOfStudyRelatedSeries": ("00201206", "IS"),
@@ -428,9 +429,9 @@ async def _stow(request: Request, services: Services, study: str | None) -> Resp
         ReferencedSOPSequence=[_dataset(
             ReferencedSOPClassUID=o.sop_class_uid, ReferencedSOPInstanceUID=o.sop_instance_uid,
             RetrieveURL=_instance_url(request, services, o.study_instance_uid or "", o.series_instance_uid or "",
-                                      o.sop_instance_uid or ""), WarningReason=o.warning_reason) for o in stored] or None)
-    # 202 when some failed, or were stored with a warning (PS3.18 Table 10.5.3-1): a WarningReason,
-    # or kept consent pending (safety review 4)
+                                      o.sop_instance_uid or "")) for o in stored] or None)
+    # 202 when some failed, or were stored with a warning (PS3.18 Table 10.5.3-1): kept consent
+    # pending (safety review 4); none is stored with a WarningReason (StowOutcome)
     status = 200 if not failed and not any(o.warned for o in stored) else 202 if stored else 409
     response: Response | None = None
     try:
