@@ -133,6 +133,11 @@ def _denial(decision: Decision) -> str:
     return _DENIED
 
 
+def _version_of(document: dict[str, Any]) -> int:
+    """A stored version's versionId, as a number (0: none)."""
+    return int((document.get("meta") or {}).get("versionId") or 0)
+
+
 def _not_known(resource_type: str, id: str) -> str:
     """What a read by an id that names nothing in the reader's view is told (404)."""
     return f"{resource_type}/{id} is not known" if is_fhir_id(id) \
@@ -815,7 +820,10 @@ class ScopedReader:
         before = cursor.before if cursor is not None and cursor.before is not None else snapshot + 1
         documents = self._store.list_versions(resource_type, stored.id, offset=offset, limit=count + 1, since=since,
                                               before=before) if decision.permitted and count > 0 else []
-        more, documents = len(documents) > count, documents[:count]
+        read = len(documents)
+        if cursor is not None and cursor.after is not None:  # a previous page: it ends before the one it came from
+            documents = [d for d in documents if _version_of(d) > cursor.after]
+        more, documents = len(documents) > count or len(documents) < read, documents[:count]
         decision = self._stricter_for_versions(decision, stored, facts, documents)
         self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=decision,
                              entities=[f"{resource_type}/{stored.id}"], patient=facts.patient if facts else None)
@@ -824,7 +832,7 @@ class ScopedReader:
         rendered = [self._in_view(d, decision) for d in documents]
         total = snapshot if since is None else \
             self._store.count_versions(resource_type, stored.id, since=since, before=snapshot + 1)
-        shown = [int((d.get("meta") or {}).get("versionId") or 0) for d in documents]
+        shown = [_version_of(d) for d in documents]
         paging = history_paging(snapshot, view, shown, count=count, more=more) if count > 0 else None
         return HistoryResult(resources=rendered, total=total, decision=decision, more=more, paging=paging)
 
