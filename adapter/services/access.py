@@ -465,16 +465,21 @@ class ScopedReader:
         return self._grants[patient]
 
     def relabelled(self, facts: AccessFacts | None, decision: Decision,
-                   updated: datetime | str | None) -> datetime | None:
+                   updated: datetime | str | None, document: dict[str, Any] | None = None) -> datetime | None:
         """When a Consent that may apply to the resource ``facts`` governs last changed, if
         after ``updated``, the lastUpdated of the version read (adapter.services.relabelling:
         what it shows may have changed with no new version, so its Last-Modified moves); None
         in a view that does not show the Consents. Read with the patient's grants, which the
-        decision loaded (no query of its own)."""
+        decision loaded. ``document``: the Consent version read, whose named records' changes
+        alone count in a restricted view (each read again: the decision read them too)."""
         if facts is None:
             return None
         self._grants_for(facts.patient)
-        return relabelled(self._consent_changes.get(facts.patient, ()), facts, decision, updated)
+        named = None
+        if facts.consent_directive and decision.view is not View.FULL and document is not None:
+            found = (named_resource(self._store, ref) for ref in data_references(document))
+            named = [stored.facts for stored in found if stored is not None and stored.facts is not None]
+        return relabelled(self._consent_changes.get(facts.patient, ()), facts, decision, updated, named)
 
     def _facts(self, resource_type: str, id: str, facts: AccessFacts | None,
                resource: dict[str, Any] | None) -> AccessFacts | None:
@@ -702,7 +707,8 @@ class ScopedReader:
             raise self._refused(self.ctx, "read", decision, entities, patient, resource_type, id)
         resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
                                   precondition)
-        return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, decision, stored.last_updated))
+        return ReadResult(resource=resource, decision=decision,
+                          relabelled=self.relabelled(facts, decision, stored.last_updated, stored.resource))
 
     def check_binary_version(self, id: str, version_id: int) -> None:
         """A vread of a Binary: returns when ``version_id`` is its version (a Binary has one; the
@@ -744,7 +750,8 @@ class ScopedReader:
             "vread", decision, entities, patient,
             lambda: self._in_view(document, decision), precondition)
         updated = stored.last_updated if document is stored.resource else (document.get("meta") or {}).get("lastUpdated")
-        return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, decision, updated))
+        return ReadResult(resource=resource, decision=decision,
+                          relabelled=self.relabelled(facts, decision, updated, document))
 
     def _stricter_for_versions(self, decision: Decision, stored: StoredResource, facts: AccessFacts | None,
                                documents: Sequence[dict[str, Any]]) -> Decision:

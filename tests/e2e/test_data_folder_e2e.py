@@ -219,8 +219,8 @@ def test_entries_the_adapter_does_not_own_are_left_alone(tmp_path: Path) -> None
     (data / "lost+found" / "#12").write_bytes(b"")
     (data / ".snapshot").write_bytes(b"")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
-    settings = dict(ADAPTER_DATA_DIR=str(data), ADAPTER_DICOM_ENABLED="false",
-                    ADAPTER_POLICY=str(tmp_path / "policy.yaml"), ADAPTER_MAPPINGS_DIR=str(ROOT / "mappings"))
+    settings = {"ADAPTER_DATA_DIR": str(data), "ADAPTER_DICOM_ENABLED": "false",
+                "ADAPTER_POLICY": str(tmp_path / "policy.yaml"), "ADAPTER_MAPPINGS_DIR": str(ROOT / "mappings")}
     env.update(ADAPTER_HTTP_PORT="0", **settings)
     commands = [("check",), ("verify",), ("audit",),
                 ("copy-store", "--to", f"sqlite:///{tmp_path / 'copy.db'}")]
