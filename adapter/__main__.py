@@ -654,8 +654,9 @@ def _data_folder_unusable(command: str, settings: Settings) -> bool:
     PermissionError traceback from check and copy-store (exit 1), and "audit.key cannot be read
     (PermissionError)" from the others (newcomer review 1)."""
     from adapter.files import folder_access_problem
+    from adapter.services.data_folder import DATA_FOLDER_ENTRIES
 
-    problem = folder_access_problem(settings.data_dir)
+    problem = folder_access_problem(settings.data_dir, DATA_FOLDER_ENTRIES)
     if problem is None:
         return False
     if command == "serve":

@@ -129,6 +129,7 @@ class StoreOptions:
     min_free_bytes: int = 0
     timeouts: DatabaseTimeouts = DatabaseTimeouts()
 
+    # these three are in adapter.services.data_folder.DATA_FOLDER_ENTRIES too
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"

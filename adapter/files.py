@@ -12,7 +12,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import cast
 
@@ -132,24 +132,28 @@ def unreadable_problem(path: Path, exc: OSError) -> str:
     as root, its modes 700 and 600, run as the image's user, uid 10001: newcomer review 1)."""
     if isinstance(exc, PermissionError):
         return (f"{path} cannot be read by this user (uid {os.geteuid()}, EACCES): give the adapter's user read "
-                "and write access to the data folder and everything in it (ADAPTER_DATA_DIR; a folder restored "
-                "as another user: chown -R it to the adapter's user, 10001:10001 in the Docker image)")
+                "and write access to the data folder and what the adapter keeps in it (ADAPTER_DATA_DIR; a folder "
+                "restored as another user: chown what was copied in to the adapter's user, 10001:10001 in the "
+                "Docker image)")
     return f"{path} cannot be read ({describe_os_error(exc)})"
 
 
-def folder_access_problem(folder: Path) -> str | None:
-    """Why this user cannot read ``folder`` or what lies directly in it (each file opened for
-    reading, each folder listed), or None when it can, or when ``folder`` is not there yet (a start
-    makes it) or is no folder (the setting's own check says so). Checked before a command opens
-    the store: a PermissionError met later was a traceback, or "audit.key cannot be read"."""
+def folder_access_problem(folder: Path, owned: Iterable[str]) -> str | None:
+    """Why this user cannot read ``folder`` or what the adapter keeps directly in it (``owned``:
+    its names; each file opened for reading, each folder listed), or None when it can, or when
+    ``folder`` is not there yet (a start makes it) or is no folder (the setting's own check says
+    so). Checked before a command opens the store: a PermissionError met later was a traceback, or
+    "audit.key cannot be read". Nothing else in the folder is opened: a volume's root-owned
+    ``lost+found`` (mode 700), an NFS ``.snapshot``, are none of the adapter's (a check of every
+    entry refused to start on such a volume: review codereview finding 1)."""
     try:
         if not folder.is_dir():
             return None
-        with os.scandir(folder) as entries:
-            found = [Path(entry.path) for entry in entries]
+        with os.scandir(folder):
+            pass
     except OSError as exc:
         return unreadable_problem(folder, exc)
-    for path in found:
+    for path in (folder / name for name in owned):
         try:
             if path.is_dir():
                 with os.scandir(path):
@@ -158,7 +162,7 @@ def folder_access_problem(folder: Path) -> str | None:
                 with path.open("rb"):
                     pass
         except FileNotFoundError:
-            continue  # removed since it was listed (a journal file)
+            continue  # not made yet, or removed since (a journal file)
         except OSError as exc:
             return unreadable_problem(path, exc)
     return None

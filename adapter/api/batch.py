@@ -51,6 +51,8 @@ _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}", re.ASCII)
 #: The methods of a batch entry sent on as they are (Bundle.request.method): the reads, and
 #: DELETE, which no route of this server serves (answered 405 as alone). Writes go in a transaction.
 _SENT_ON = ("GET", "HEAD", "DELETE")
+#: The methods a batch entry may be answered for (a DELETE's 405 names them, of its URL's Allow).
+_ANSWERED = ("GET", "HEAD")
 
 
 #: The refusal code (adapter.refusals) of an entry refused here, by its IssueType.
@@ -175,9 +177,11 @@ def _entry(answer: httpx.Response) -> dict[str, Any]:
     elif isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
         response["outcome"] = body
         if answer.status_code == 405 and "allow" in answer.headers:  # no header of an entry carries Allow
+            # what an entry may do with the URL: not the writes it takes alone, which a batch refuses
+            allowed = [m for m in (m.strip() for m in answer.headers["allow"].split(",")) if m in _ANSWERED]
             for issue in body.get("issue") or []:
-                issue["diagnostics"] = f"{issue.get('diagnostics') or 'Method Not Allowed'}; this URL takes " \
-                    f"{answer.headers['allow']}"
+                issue["diagnostics"] = f"{issue.get('diagnostics') or 'Method Not Allowed'}; in a batch this URL " \
+                    f"takes {', '.join(allowed) or 'no request'}"
     if "lastModified" not in response and answer.status_code < 300 and "last-modified" in answer.headers:
         # a HEAD's: no resource to read it from, its Last-Modified as alone (none where the view shows none)
         response["lastModified"] = parsedate_to_datetime(answer.headers["last-modified"]) \

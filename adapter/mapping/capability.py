@@ -226,9 +226,9 @@ _DOCUMENTATION = {
 _PATCH_DOCUMENTATION = (" PATCH takes a JSON Patch (application/json-patch+json) that only marks the record "
                         'entered-in-error: one {"op": "replace", "path": "/status", "value": "entered-in-error"} '
                         "(test operations may come before it), stated for records management (X-Purpose-Of-Use: "
-                        'RECORDMGT), If-Match W/"n" honoured. It is irreversible: the image is then released to no '
-                        "one and the record to care only. Any other patch is refused (422); FHIRPath Patch and merge "
-                        "patches are not supported (415).")
+                        'RECORDMGT), If-Match W/"n" required (428 without it, 412 when stale). It is irreversible: '
+                        "the image is then released to no one and the record to care only. Any other patch is "
+                        "refused (422); FHIRPath Patch and merge patches are not supported (415).")
 _PATCHED = ("Media", "DocumentReference")
 _INTERACTIONS = {
     "Media": ("read", "vread", "patch", "history-instance", "search-type"),
@@ -241,7 +241,7 @@ _INTERACTIONS = {
 #: (versioned-update, where update is an interaction: R4's; the R5 endpoint is read-only), and its
 #: past versions are served by vread (the others are never updated: one version each).
 _VERSIONING = {"Consent": "versioned-update"}
-_VERSIONED_UPDATE_R4 = frozenset({"Consent", *_PATCHED})  # a record's PATCH honours If-Match too
+_VERSIONED_UPDATE_R4 = frozenset({"Consent", *_PATCHED})  # a record's PATCH requires If-Match
 _READ_HISTORY = frozenset({"Consent", *_PATCHED})  # a record marked entered-in-error has a version 1 before it
 
 

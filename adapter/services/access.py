@@ -133,6 +133,11 @@ def _denial(decision: Decision) -> str:
     return _DENIED
 
 
+def _version_of(document: dict[str, Any]) -> int:
+    """A stored version's versionId, as a number (0: none)."""
+    return int((document.get("meta") or {}).get("versionId") or 0)
+
+
 def _not_known(resource_type: str, id: str) -> str:
     """What a read by an id that names nothing in the reader's view is told (404)."""
     return f"{resource_type}/{id} is not known" if is_fhir_id(id) \
@@ -460,16 +465,21 @@ class ScopedReader:
         return self._grants[patient]
 
     def relabelled(self, facts: AccessFacts | None, decision: Decision,
-                   updated: datetime | str | None) -> datetime | None:
+                   updated: datetime | str | None, document: dict[str, Any] | None = None) -> datetime | None:
         """When a Consent that may apply to the resource ``facts`` governs last changed, if
         after ``updated``, the lastUpdated of the version read (adapter.services.relabelling:
         what it shows may have changed with no new version, so its Last-Modified moves); None
         in a view that does not show the Consents. Read with the patient's grants, which the
-        decision loaded (no query of its own)."""
+        decision loaded. ``document``: the Consent version read, whose named records' changes
+        alone count in a restricted view (each read again: the decision read them too)."""
         if facts is None:
             return None
         self._grants_for(facts.patient)
-        return relabelled(self._consent_changes.get(facts.patient, ()), facts, decision, updated)
+        named = None
+        if facts.consent_directive and decision.view is not View.FULL and document is not None:
+            found = (named_resource(self._store, ref) for ref in data_references(document))
+            named = [stored.facts for stored in found if stored is not None and stored.facts is not None]
+        return relabelled(self._consent_changes.get(facts.patient, ()), facts, decision, updated, named)
 
     def _facts(self, resource_type: str, id: str, facts: AccessFacts | None,
                resource: dict[str, Any] | None) -> AccessFacts | None:
@@ -697,7 +707,8 @@ class ScopedReader:
             raise self._refused(self.ctx, "read", decision, entities, patient, resource_type, id)
         resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
                                   precondition)
-        return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, decision, stored.last_updated))
+        return ReadResult(resource=resource, decision=decision,
+                          relabelled=self.relabelled(facts, decision, stored.last_updated, stored.resource))
 
     def check_binary_version(self, id: str, version_id: int) -> None:
         """A vread of a Binary: returns when ``version_id`` is its version (a Binary has one; the
@@ -739,7 +750,8 @@ class ScopedReader:
             "vread", decision, entities, patient,
             lambda: self._in_view(document, decision), precondition)
         updated = stored.last_updated if document is stored.resource else (document.get("meta") or {}).get("lastUpdated")
-        return ReadResult(resource=resource, decision=decision, relabelled=self.relabelled(facts, decision, updated))
+        return ReadResult(resource=resource, decision=decision,
+                          relabelled=self.relabelled(facts, decision, updated, document))
 
     def _stricter_for_versions(self, decision: Decision, stored: StoredResource, facts: AccessFacts | None,
                                documents: Sequence[dict[str, Any]]) -> Decision:
@@ -815,7 +827,10 @@ class ScopedReader:
         before = cursor.before if cursor is not None and cursor.before is not None else snapshot + 1
         documents = self._store.list_versions(resource_type, stored.id, offset=offset, limit=count + 1, since=since,
                                               before=before) if decision.permitted and count > 0 else []
-        more, documents = len(documents) > count, documents[:count]
+        read = len(documents)
+        if cursor is not None and cursor.after is not None:  # a previous page: it ends before the one it came from
+            documents = [d for d in documents if _version_of(d) > cursor.after]
+        more, documents = len(documents) > count or len(documents) < read, documents[:count]
         decision = self._stricter_for_versions(decision, stored, facts, documents)
         self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=decision,
                              entities=[f"{resource_type}/{stored.id}"], patient=facts.patient if facts else None)
@@ -824,7 +839,7 @@ class ScopedReader:
         rendered = [self._in_view(d, decision) for d in documents]
         total = snapshot if since is None else \
             self._store.count_versions(resource_type, stored.id, since=since, before=snapshot + 1)
-        shown = [int((d.get("meta") or {}).get("versionId") or 0) for d in documents]
+        shown = [_version_of(d) for d in documents]
         paging = history_paging(snapshot, view, shown, count=count, more=more) if count > 0 else None
         return HistoryResult(resources=rendered, total=total, decision=decision, more=more, paging=paging)
 

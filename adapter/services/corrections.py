@@ -112,15 +112,17 @@ class RecordCorrections:
         if current is None or current.facts is None:
             raise NotFound(f"{resource_type}/{id} is not known")
         held.append(current)
+        # RFC 6585 3: a mark that names no version would withdraw whatever is current. Neither
+        # refusal says the current version: a client that echoed it would mark a record nobody
+        # read as it is (review codereview 4). The version is the care read's (docs/operations.md).
         if if_match is None:
-            # RFC 6585 3: a mark that names no version would withdraw whatever is current
             raise PreconditionRequired(
-                f'marking a record entered-in-error cannot be undone: send If-Match: W/"<version>" naming the '
-                f"version you read (the current one is {current.version_id}); * is not taken",
+                "marking a record entered-in-error cannot be undone: send If-Match naming the version read, "
+                'the ETag (or W/"<meta.versionId>") of the record as care reads it; * is not taken',
                 expression="If-Match")
         if str(current.version_id) not in if_match:
-            raise PreconditionFailed(f"If-Match names {_versions(if_match)}; the current version is "
-                                     f"{current.version_id}")
+            raise PreconditionFailed(f"If-Match names {_versions(if_match)}; not the record's current version: read "
+                                     "the record again (as care does) and check it before marking it")
         patch.check(current.resource)
         if current.resource.get("status") == ENTERED_IN_ERROR:
             return Marked(stored=current, changed=False)  # idempotent: nothing new

@@ -35,11 +35,20 @@ from pathlib import Path
 
 from adapter.errors import ConfigurationError
 from adapter.files import publish_once, remove_abandoned_candidates, unreadable_problem
+from adapter.store.audit_chain import AUDIT_KEY_FILE
 from adapter.store.engine import SQLITE_FILE, sqlite_path
 from adapter.store.port import RecordStore
 
 #: The file in the data folder holding its identity.
 FOLDER_ID_FILE = "store.id"
+#: The pseudonym key the adapter generates in the data folder when none is configured.
+PSEUDONYM_KEY_FILE = "pseudonym.key"
+#: What the adapter keeps directly in its data folder (StoreOptions: blobs, staging, quarantine),
+#: the only entries checked before a command opens the store (adapter.files.folder_access_problem):
+#: a data folder that is a volume of its own also holds a root-owned ``lost+found``, an NFS one a
+#: ``.snapshot``, which the adapter never opens (review codereview finding 1).
+DATA_FOLDER_ENTRIES = (SQLITE_FILE, f"{SQLITE_FILE}-wal", f"{SQLITE_FILE}-shm", f"{SQLITE_FILE}-journal",
+                       AUDIT_KEY_FILE, FOLDER_ID_FILE, PSEUDONYM_KEY_FILE, "blobs", "staging", "quarantine")
 #: key_fingerprints' row holding the identity of the database's data folder.
 DATA_FOLDER_FINGERPRINT = "data-folder"
 

@@ -12,7 +12,12 @@ that people look at its history. So a history's pages are:
   exclusive: the page shows the versions older than it, newest first), not a position.
 
 A resource's version ids are 1, 2, 3... with no gap (adapter.store), so the page before one
-(``previous``) is the ``count`` versions after its newest, up to the snapshot's.
+(``previous``) is the ``count`` versions after its newest, up to the snapshot's: fewer when
+fewer are newer (a page reached by ``_offset``, or by ``next`` followed with another
+``_count``), so its link bounds it below too (``after``, exclusive): it ends just before the
+page it came from and shows none of its versions again (review codereview finding 2: after
+``_offset=1&_count=2``, the page ['4', '3'] had a previous page ['5', '4']). The pages the
+links lead to, either way, show each version of the snapshot once.
 
 The cursor is sealed as a search's is (adapter.services.search_pages), bound to the resource
 the link names (the id of the reader's view), to the purpose's view, and to the history's
@@ -28,13 +33,15 @@ from dataclasses import dataclass
 class HistoryCursor:
     """Where a page of a history lies, as its links hold it. ``snapshot``: the version current
     at the first page; ``view``: the purpose's view the link was issued in; ``before``: the
-    page shows the versions older than this one (None: the snapshot's first page); ``query``: a
-    digest of the history's filter (``_since``), so a link followed with another is refused."""
+    page shows the versions older than this one (None: the snapshot's first page); ``after``:
+    and newer than this one (a ``previous`` link's: None, no lower bound); ``query``: a digest
+    of the history's filter (``_since``), so a link followed with another is refused."""
 
     snapshot: int
     view: str
     before: int | None = None
     query: str = ""
+    after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,8 @@ def history_paging(snapshot: int, view: str, shown: list[int], *, count: int, mo
     following = HistoryCursor(snapshot=snapshot, view=view, before=shown[-1]) if more and shown else None
     preceding = None
     if shown and shown[0] < snapshot:
-        preceding = HistoryCursor(snapshot=snapshot, view=view, before=min(snapshot, shown[0] + count) + 1)
+        preceding = HistoryCursor(snapshot=snapshot, view=view, before=min(snapshot, shown[0] + count) + 1,
+                                  after=shown[0])
     return HistoryPaging(first=first, next=following, previous=preceding)
 
 

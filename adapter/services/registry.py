@@ -29,7 +29,7 @@ from adapter.services.audit import Auditor
 from adapter.services.consent_grants import ConsentGrantsCache
 from adapter.services.consents import ConsentService
 from adapter.services.corrections import RecordCorrections
-from adapter.services.data_folder import claim_data_folder, data_folder_problem
+from adapter.services.data_folder import PSEUDONYM_KEY_FILE, claim_data_folder, data_folder_problem
 from adapter.services.dicom_ingest import DicomIngestService
 from adapter.services.dicom_objects import object_attributes
 from adapter.services.forwarding import Forwarder, ForwardOptions, OutboxService, StoreSender
@@ -57,7 +57,7 @@ def _pseudonym_key(settings: Settings) -> bytes:
     start at once, and one key is published, whole)."""
     if settings.pseudonym_key:
         return settings.pseudonym_key.encode("utf-8")
-    path: Path = settings.data_dir / "pseudonym.key"
+    path: Path = settings.data_dir / PSEUDONYM_KEY_FILE
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         publish_once(path, secrets.token_hex(32))
@@ -104,7 +104,7 @@ def pseudonym_key_problem(settings: Settings, store: RecordStore) -> str | None:
                     "backed up with the database (after a restore, the original key file, never a new one); "
                     f"{_ACCEPT}")
         return None
-    path = settings.data_dir / "pseudonym.key"
+    path = settings.data_dir / PSEUDONYM_KEY_FILE
     if not path.exists():
         if recorded is not None or _PSEUDONYM_INDEX in stored:
             return (f"{path} is missing, but the records were pseudonymised under a key: where serve reads the key "

@@ -14,12 +14,17 @@ other record of the patient answer 200): one with no ``provision.data``, or nami
 A Consent updated since its first version counts whatever it names now, as an earlier version
 may have named the record. A restricted view's labels of a record list the purpose it serves
 only, so there no Consent relabels a record: a 304 or a 200 tells its reader nothing of the
-patient's other Consents (review finding 4).
+patient's other Consents (review finding 4). A Consent read there is shown as the permission it
+gives, its provision.data cut to the records the purpose is released: it changes with the other
+Consents only through the records it names, so only a Consent that can apply to one of them
+counts, and none for a Consent that names none (review codereview: the pseudonymised view's
+Last-Modified of a Consent moved, to the day, whenever the patient changed any Consent, one the
+reader cannot read included).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,15 +65,21 @@ class ConsentChange:
 
 
 def relabelled(changes: Iterable[ConsentChange], facts: AccessFacts | None, decision: Decision,
-               updated: datetime | str | None) -> datetime | None:
+               updated: datetime | str | None, named: Sequence[AccessFacts] | None = None) -> datetime | None:
     """The last change of a Consent that may apply to the resource of ``facts`` read under
     ``decision`` (:meth:`ConsentChange.may_apply`), if after ``updated`` (the lastUpdated of
     the version read); else None. None too where the representation does not depend on the
-    Consents: a restricted view of a record. A version whose lastUpdated cannot be read
-    counts as relabelled (fail safe: a 200, never a stale 304)."""
+    Consents: a restricted view of a record. A Consent read in a restricted view: a change that
+    may apply to one of the records it names (``named``, their facts; None: not known, and every
+    change counts). A version whose lastUpdated cannot be read counts as relabelled (fail safe:
+    a 200, never a stale 304)."""
     if facts is None or (decision.view is not View.FULL and not facts.consent_directive):
         return None
-    changed = max((c.instant for c in changes if c.may_apply(facts)), default=None)
+    if decision.view is not View.FULL and named is not None:
+        applying = [c for c in changes if any(c.may_apply(record) for record in named)]
+    else:
+        applying = [c for c in changes if c.may_apply(facts)]
+    changed = max((c.instant for c in applying), default=None)
     if changed is None:
         return None
     if isinstance(updated, str):

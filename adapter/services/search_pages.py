@@ -99,7 +99,8 @@ class SearchPages:
         ``resource`` (``Type/id``, the id as the link names it): sealed, so its version ids are
         not shown and a link of one resource, view or ``_since`` pages no other."""
         return self._seal(_HISTORY_AAD + resource.encode(),
-                          {"s": cursor.snapshot, "v": cursor.view, "b": cursor.before, "q": cursor.query})
+                          {"s": cursor.snapshot, "v": cursor.view, "b": cursor.before, "q": cursor.query,
+                           "a": cursor.after})
 
     def open_history_cursor(self, resource: str, token: str) -> HistoryCursor:
         """The HistoryCursor a ``_cursor`` of ``resource``'s history holds; refused as
@@ -107,7 +108,8 @@ class SearchPages:
         content = self._open(_HISTORY_AAD + resource.encode(), token, CURSOR_PARAM, resource, "history")
         return HistoryCursor(snapshot=int(content["s"]), view=str(content["v"]),
                              before=int(content["b"]) if content["b"] is not None else None,
-                             query=str(content["q"]))
+                             query=str(content["q"]),
+                             after=int(content["a"]) if content.get("a") is not None else None)
 
     def _seal(self, aad: bytes, content: Any) -> str:
         plain = json.dumps({"iat": int(self._now().timestamp()), "p": content}, separators=(",", ":")).encode()

@@ -203,3 +203,39 @@ def test_a_data_folder_this_user_cannot_read_is_said_so_by_every_command(tmp_pat
             assert "cannot be read by this user" in done.stderr and str(data) in done.stderr, (command, said)
             assert "read and write access" in done.stderr, (command, said)
     assert not (tmp_path / "copy.db").exists()
+
+
+def test_entries_the_adapter_does_not_own_are_left_alone(tmp_path: Path) -> None:
+    """Review codereview finding 1: a data folder that is a volume of its own holds a root-owned
+    ``lost+found`` (mode 700), an NFS one a ``.snapshot``; the access check opened every entry
+    in the folder, and every command refused to run (exit 2, "lost+found cannot be read"). Only
+    what the adapter owns is checked: these hosts start as they did."""
+    from tests.support.app import adapter_client
+
+    with adapter_client(tmp_path) as (_, services):
+        services.close()
+    data = tmp_path / "data"
+    (data / "lost+found").mkdir()
+    (data / "lost+found" / "#12").write_bytes(b"")
+    (data / ".snapshot").write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    settings = {"ADAPTER_DATA_DIR": str(data), "ADAPTER_DICOM_ENABLED": "false",
+                "ADAPTER_POLICY": str(tmp_path / "policy.yaml"), "ADAPTER_MAPPINGS_DIR": str(ROOT / "mappings")}
+    env.update(ADAPTER_HTTP_PORT="0", **settings)
+    commands = [("check",), ("verify",), ("audit",),
+                ("copy-store", "--to", f"sqlite:///{tmp_path / 'copy.db'}")]
+    with _unreadable([data / "lost+found", data / ".snapshot"]) as prefix:
+        for command in commands:
+            done = subprocess.run([*prefix, sys.executable, "-m", "adapter", *command], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=120, check=False)
+            said = done.stdout + done.stderr
+            assert done.returncode == 0, (command, said[-3000:])
+            assert "lost+found" not in said and ".snapshot" not in said, (command, said[-3000:])
+        with running_adapter(tmp_path, command=[*prefix, sys.executable, "-m", "adapter", "serve"],
+                             **settings) as server:
+            assert httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200
+        # what the adapter owns is still checked, with the foreign entries there
+        with _unreadable([data / "audit.key"]):
+            done = subprocess.run([*prefix, sys.executable, "-m", "adapter", "verify"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 2 and "audit.key cannot be read by this user" in done.stderr, done.stderr

@@ -102,3 +102,51 @@ def test_an_offset_link_is_still_honoured_and_answered_with_cursor_links(tmp_pat
         _put(client, consent)
         assert _versions(client.get(links["next"], headers=treat).json()) == ["1"]
         assert _versions(client.get(links["previous"], headers=treat).json()) == ["3"]
+
+
+
+def _walk(client: Any, url: str, headers: dict[str, str], relation: str) -> list[tuple[str, list[str]]]:
+    """The pages (url, versions) met following ``relation`` links from ``url``, that page included."""
+    pages: list[tuple[str, list[str]]] = []
+    while True:
+        answer = client.get(url, headers=headers)
+        assert answer.status_code == 200, answer.text
+        pages.append((url, _versions(answer.json())))
+        assert len(pages) < 20, pages
+        links = _links(answer.json())
+        if relation not in links:
+            return pages
+        url = links[relation]
+
+
+@pytest.mark.parametrize("purpose", ["TREAT", "HRESCH"])
+@pytest.mark.parametrize("count", [2, 3])
+def test_previous_and_next_pages_partition_the_versions(tmp_path: Path, purpose: str, count: int) -> None:
+    """A page's ``previous`` ends just before its first version and its ``next`` starts just after
+    its last (review codereview finding 2: after ``_offset=1&_count=2`` the page ['4', '3'] had a
+    previous page ['5', '4']): walked either way, the pages show each version of the snapshot
+    once, while versions are written meanwhile."""
+    with adapter_client(tmp_path) as (client, services):
+        consent = _consent_with_versions(client, 6)
+        url = f"/fhir/{seen_as(services, purpose, 'Consent/' + consent['id'])}/_history"
+        headers = as_purpose(purpose)
+        for offset in (0, 1, count - 1, count + 1):
+            newest = int(consent["meta"]["versionId"])
+            every = [str(v) for v in range(newest, 0, -1)]
+            start_url = f"{url}?_count={count}&_offset={offset}"
+            start = client.get(start_url, headers=headers).json()
+            assert _versions(start) == every[offset:offset + count]
+            consent = _put(client, consent)  # written mid-walk: on no page of this snapshot
+            links = _links(start)
+            forward = _walk(client, links["next"], headers, "next") if "next" in links else []
+            backward = _walk(client, links["previous"], headers, "previous") if "previous" in links else []
+            pages = [v for _, v in reversed(backward)] + [_versions(start)] + [v for _, v in forward]
+            assert [v for page in pages for v in page] == every, (offset, pages)
+            assert all(0 < len(page) <= count for page in pages), (offset, pages)
+            # back from the last page, and on from the first: each version once, in whole pages
+            consent = _put(client, consent)
+            last_url = forward[-1][0] if forward else start_url
+            back = [v for _, v in _walk(client, last_url, headers, "previous")]
+            assert [v for page in reversed(back) for v in page] == every, (offset, back)
+            on = [v for _, v in _walk(client, links["first"], headers, "next")]
+            assert [v for page in on for v in page] == every and all(len(p) == count for p in on[:-1]), on

@@ -8,9 +8,15 @@ Consents."""
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from adapter.store.dates import format_instant
+from adapter.store.schema import resource_history, resources
 from tests.conftest import ROOT
 from tests.integration.test_forwarding import photo_jpeg
 from tests.support.app import (
@@ -194,3 +200,71 @@ def test_a_restricted_view_labels_the_purpose_it_serves_and_no_consent_change_re
                                   ).status_code == 304, (purpose, url)
             head = client.head(url, headers={**headers, "If-None-Match": 'W/"1"'})
             assert head.status_code == 304, (purpose, url)
+
+
+
+def _backdate(services: Any, delta: timedelta) -> None:
+    """Every version stored so far as if written ``delta`` earlier (its row and meta.lastUpdated):
+    the store stamps writes with the real clock, and a test of days apart cannot wait for them."""
+    with services.store.engine.begin() as conn:
+        for table, key in ((resources, ("resource_type", "id")), (resource_history, ("resource_type", "id", "version_id"))):
+            for row in conn.execute(sa.select(table)).mappings().all():
+                moved = row["last_updated"] - delta
+                document = {**row["json"], "meta": {**row["json"]["meta"], "lastUpdated": format_instant(moved)}}
+                conn.execute(sa.update(table).where(*(table.c[k] == row[k] for k in key))
+                             .values(last_updated=moved, json=document))
+
+
+def test_a_pseudonymised_consent_read_moves_its_last_modified_only_when_it_shows_something_else(
+        tmp_path: Path) -> None:
+    """Review codereview, "not reproduced": in the pseudonymised view a Consent read's
+    Last-Modified followed any Consent change of the patient (cut to the day), so an HRESCH
+    reader learnt on which day the patient changed a Consent it cannot read (a care one). A
+    Consent shown as the permission it gives changes with the others only through the records
+    it names (which of them the purpose is released): only a change that may apply to one of
+    them moves it."""
+    with adapter_client(tmp_path) as (client, services):
+        dated = {"purposes": ["TREAT"], "method": "verbal", "date": "2020-01-01"}  # in force since: no boundary
+        kept, withheld = _ingest(client, consent=dated), _ingest(client, photo_jpeg(tmp_path, 7), consent=dated)
+        general = _consent(client, ["HRESCH"])
+        named = consent_resource(["HRESCH"])
+        named["provision"]["data"] = [{"meaning": "instance", "reference": {"reference": r["record"]}}
+                                      for r in (kept, withheld)]
+        named = dict(client.post("/fhir/Consent", json=named, headers=JSON_TYPE).json())
+        _backdate(services, timedelta(days=4))
+        hresch = as_purpose("HRESCH")
+        urls = {name: f"/fhir/{seen_as(services, 'HRESCH', 'Consent/' + c['id'])}"
+                for name, c in (("general", general), ("named", named))}
+        before = {name: client.get(url, headers=hresch) for name, url in urls.items()}
+        assert all(r.status_code == 200 for r in before.values()), before
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        assert all(parsedate_to_datetime(r.headers["last-modified"]) == today - timedelta(days=4)
+                   for r in before.values()), [(r.headers["last-modified"], r.json()["meta"]) for r in before.values()]
+
+        def deny_research(record: str) -> None:
+            deny = consent_resource(["HRESCH"])
+            deny["provision"].update(type="deny", data=[{"meaning": "instance", "reference": {"reference": record}}])
+            assert client.post("/fhir/Consent", json=deny, headers=JSON_TYPE).status_code == 201
+
+        def unchanged(*names: str) -> None:
+            for name in names:
+                again = client.get(urls[name], headers=hresch)
+                assert again.content == before[name].content, name
+                assert again.headers["etag"] == before[name].headers["etag"], name
+                assert again.headers["last-modified"] == before[name].headers["last-modified"], name
+
+        # today: a photo with its own Consent, and research refused for it: neither names a
+        # record either Consent read names
+        deny_research(_ingest(client, photo_jpeg(tmp_path, 8), consent=dated)["record"])
+        unchanged("general", "named")
+        # research refused for a photo the named Consent names: it shows that photo no longer,
+        # and its Last-Modified is today; the general Consent's stays
+        deny_research(withheld["record"])
+        changed = client.get(urls["named"], headers=hresch)
+        assert changed.status_code == 200 and len(changed.json()["provision"]["data"]) == 1
+        assert changed.headers["etag"] != before["named"].headers["etag"]
+        assert parsedate_to_datetime(changed.headers["last-modified"]) == today
+        unchanged("general")
+        # a care Consent (the HRESCH reader cannot read it): the general Consent still shows the same
+        _consent(client, ["TREAT"])
+        unchanged("general")

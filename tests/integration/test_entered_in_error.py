@@ -6,6 +6,7 @@ cancelled. Every FHIR answer goes to the independent validator (tests.support.ap
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,9 @@ def test_a_stale_if_match_is_refused(tmp_path: Path) -> None:
         record = post_photo(client, WOUND, metadata()).json()["record"]
         r = _mark(client, record, if_match='W/"7"')
         assert r.status_code == 412, r.text
+        # the current version is not said (review codereview 4): a retry names the version it read
+        diagnostics = r.json()["issue"][0]["diagnostics"]
+        assert not re.search(r"\b1\b", diagnostics) and "read the record again" in diagnostics, diagnostics
         assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).json()["status"] == "completed"
         assert _mark(client, "Media/unknown").status_code == 404
         # other resource types take no PATCH: 405, Allow saying what they take
@@ -187,6 +191,11 @@ def test_a_mark_that_names_no_version_is_428_and_changes_nothing(tmp_path: Path,
         assert outcome["resourceType"] == "OperationOutcome"
         assert "If-Match" in outcome["issue"][0]["diagnostics"]
         assert outcome["issue"][0]["expression"] == ["If-Match"]
+        # review codereview 4: the 428 said "the current one is 1", which a client echoed without
+        # reading the record; it says where the version comes from instead
+        diagnostics = outcome["issue"][0]["diagnostics"]
+        assert not re.search(r"\b1\b", diagnostics) and "current" not in diagnostics, diagnostics
+        assert "ETag" in diagnostics and "care" in diagnostics, diagnostics
         record_emitted(outcome)
         assert client.get(f"/fhir/{record}", headers=as_purpose("TREAT")).json()["status"] == "completed"
         assert [e["outcome"] for e in services.store.list_audit(1000) if e["subtype"][0]["code"] == "patch"] == ["4"]
@@ -206,3 +215,20 @@ def test_a_pending_outbox_item_is_cancelled_and_never_sent(tmp_path: Path) -> No
         assert services.store.claim_outbox(services.now(), 10)[0].sop_instance_uid == other["dicom"]["sopInstanceUid"]
         assert [i["status"] for i in client.get("/outbox?status=cancelled", headers=as_purpose("TREAT")).json()] == \
             ["cancelled"]
+
+
+def test_records_management_marks_the_version_care_read(tmp_path: Path) -> None:
+    """Review codereview 4: a RECORDMGT read is refused (403: records management reads no
+    patient's record), so the version a mark names is the one the clinician who found the
+    misfiled record read for care: its ETag as it is (labelled), or W/"<meta.versionId>"."""
+    with adapter_client(tmp_path) as (client, _):
+        record = post_photo(client, WOUND, metadata()).json()["record"]
+        assert client.get(f"/fhir/{record}", headers=as_purpose("RECORDMGT")).status_code == 403
+        read = client.get(f"/fhir/{record}", headers=as_purpose("TREAT"))
+        assert read.status_code == 200 and read.headers["etag"].startswith(f'W/"{read.json()["meta"]["versionId"]}.')
+        marked = _mark(client, record, if_match=read.headers["etag"])
+        assert marked.status_code == 200, marked.text
+        # a care read after the mark carries the new version; the read before it is stale now
+        assert _mark(client, record, if_match='W/"1"').status_code == 412
+        assert _mark(client, record, if_match=client.get(f"/fhir/{record}", headers=as_purpose("TREAT"))
+                     .headers["etag"]).status_code == 200

@@ -51,6 +51,10 @@ def test_valid_and_complete(version: str) -> None:
         patched = r["type"] in ("Media", "DocumentReference")
         assert ("patch" in interactions) is (patched and version == "4.0.1")
         assert ("entered-in-error" in r["documentation"]) is (patched and version == "4.0.1")
+        if patched and version == "4.0.1":
+            # review codereview 5: a PATCH without If-Match is refused 428, not only "honoured"
+            assert 'If-Match W/"n" required (428 without it, 412 when stale)' in r["documentation"]
+            assert "honoured" not in r["documentation"]
         # versioned-update says updates honour If-Match: only where there is an update or a patch
         # (review EHR F5: the read-only R5 endpoint declared it for Consent)
         assert r["versioning"] == ("versioned-update" if {"update", "patch"} & interactions else "versioned")

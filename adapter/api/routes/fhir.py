@@ -544,7 +544,8 @@ async def history_instance(resource_type: str, id: str, request: Request, reader
     def link(link_params: list[tuple[str, str]]) -> str:
         return f"{url}?{urlencode(link_params)}" if link_params else url
 
-    pages = _history_links(link, params, services, f"{resource_type}/{id}", paging=result.paging)
+    pages = _paging_links(link, params, result.paging,
+                          partial(services.search_pages.seal_history_cursor, f"{resource_type}/{id}"))
     fhir_base = _fhir_base(request, services)
     bundle = history_bundle([subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources],
                             total=result.total, self_url=link(params), base_url=fhir_base, **pages)
@@ -879,12 +880,14 @@ def _count_used(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, str(MAX_COUNT)) if k == "_count" and int(v[:12]) > MAX_COUNT else (k, v) for k, v in params]
 
 
-def _history_links(link: Callable[[list[tuple[str, str]]], str], params: list[tuple[str, str]], services: Services,
-                   resource: str, *, paging: HistoryPaging | None) -> dict[str, str | None]:
-    """The paging links of a history page (http.html#paging): the page's ``params`` with the
-    sealed cursor of the page each names (adapter.services.history_paging) in place of its own
-    ``_cursor`` or ``_offset``: ``first`` (the first page of the same snapshot), ``next`` when
-    older versions follow, ``previous`` when newer ones precede; none for ``_count=0``."""
+def _paging_links(link: Callable[[list[tuple[str, str]]], str], params: list[tuple[str, str]],
+                  paging: SearchPaging | HistoryPaging | None, seal: Callable[[Any], str]) -> dict[str, str | None]:
+    """The paging links of a search or history page (http.html#paging): the page's ``params``
+    with the cursor of the page each names, sealed by ``seal`` (adapter.services.search_pages,
+    bound to the resource type searched or the resource whose history it is), in place of its
+    own ``_cursor`` or ``_offset``: ``first`` (the first page of the same snapshot), ``next``
+    when more follow, ``previous`` when some precede (adapter.services.search_paging,
+    adapter.services.history_paging); none without ``paging`` (``_count=0``: the total only)."""
     pages: dict[str, str | None] = {"next_url": None, "first_url": None, "previous_url": None}
     if paging is None:
         return pages
@@ -892,26 +895,7 @@ def _history_links(link: Callable[[list[tuple[str, str]]], str], params: list[tu
     query = _query_digest(kept)
     for name, cursor in (("first_url", paging.first), ("next_url", paging.next), ("previous_url", paging.previous)):
         if cursor is not None:
-            sealed = services.search_pages.seal_history_cursor(resource, dataclasses.replace(cursor, query=query))
-            pages[name] = link(kept + [(CURSOR_PARAM, sealed)])
-    return pages
-
-
-def _search_links(link: Callable[[list[tuple[str, str]]], str], params: list[tuple[str, str]], services: Services,
-                  resource_type: str, *, count: int, paging: SearchPaging | None) -> dict[str, str | None]:
-    """The paging links of a search page (http.html#paging): the page's ``params`` with the
-    sealed cursor of the page each names (adapter.services.search_paging) in place of its own
-    ``_cursor`` or ``_offset``: ``first`` (the first page of the same snapshot), ``next`` when
-    more follow, ``previous`` when some precede; none for ``_count=0`` (the total only)."""
-    pages: dict[str, str | None] = {"next_url": None, "first_url": None, "previous_url": None}
-    if count == 0 or paging is None:
-        return pages
-    kept = [(k, v) for k, v in params if k not in ("_offset", CURSOR_PARAM)]
-    query = _query_digest(kept)
-    for name, cursor in (("first_url", paging.first), ("next_url", paging.next), ("previous_url", paging.previous)):
-        if cursor is not None:
-            sealed = services.search_pages.seal_cursor(resource_type, dataclasses.replace(cursor, query=query))
-            pages[name] = link(kept + [(CURSOR_PARAM, sealed)])
+            pages[name] = link(kept + [(CURSOR_PARAM, seal(dataclasses.replace(cursor, query=query)))])
     return pages
 
 
@@ -966,7 +950,8 @@ async def _search(resource_type: str, request: Request, reader: Any, services: A
             link_params = [(PAGE_PARAM, services.search_pages.seal(resource_type, link_params))]
         return f"{absolute(request, services, 'fhir/' + resource_type)}?{urlencode(link_params)}"
 
-    pages = _search_links(link, params, services, resource_type, count=req.count, paging=result.paging)
+    pages = _paging_links(link, params, result.paging if req.count else None,
+                          partial(services.search_pages.seal_cursor, resource_type))
     fhir_base = _fhir_base(request, services)
     entries = [subset(_versioned(r, version, fhir_base), how, fhir_version=version) for r in result.resources]
     bundle = searchset(entries, total=result.total, self_url=link(params), **pages,
