@@ -17,6 +17,7 @@ from starlette.routing import Match
 from adapter import errors as e
 from adapter.api.fhir_xml import replaced_for_xml, to_xml, xml_cannot_carry
 from adapter.api.negotiation import Format, answer_media_type, check_acceptable, fhir_version, response_format
+from adapter.api.request_limits import LET_GO_STATE
 from adapter.api.urls import absolute
 from adapter.json_decimal import dumps
 from adapter.mapping.capability import R4_TYPES
@@ -197,6 +198,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _gone(request: Request, exc: ClientDisconnect) -> Response:
         # the client closed the connection before its request was whole: nobody to answer, no
         # error of ours; the route stored nothing (its staging file is removed as it unwinds)
+        if getattr(request.state, LET_GO_STATE, False):
+            # let go for a newer connection (adapter.api.request_limits): the client was answered
+            # 503, and this (dropped) answer says the same, so that the access log does too
+            log.info("a request arriving the slowest was let go for a new connection (503)")
+            return _outcome(request, operation_outcome("error", "transient", "let go for a new connection",
+                                                        details=refusal_coding(RefusalCode.TRANSIENT)), 503)
         log.info("the client disconnected before its request was whole")
         return _outcome(request, operation_outcome("error", "incomplete", "the request did not arrive whole",
                                                     details=refusal_coding(RefusalCode.REQUEST_TIMEOUT)), 400)

@@ -138,6 +138,10 @@ def address_key(peer: str) -> str:
     return str(address)
 
 
+#: The request state key (``request.state``) of a request let go for a newer connection: the
+#: client got the 503 :data:`_LET_GO`; the route's answer is dropped, and logged as that 503.
+LET_GO_STATE = "adapter_let_go"
+
 #: Seconds a request body must have been arriving before its rate is measured: until then it is
 #: let go only after every body measured (a new upload has sent little yet, however fast its line).
 RATE_MEASURED_AFTER = 2.0
@@ -448,6 +452,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if cut_short and self.cycle is not None and not self.cycle.response_started:
+            # the route sees its client gone; its (dropped) answer and the access log say why
+            self.cycle.scope.setdefault("state", {})[LET_GO_STATE] = True
             self.cycle.disconnected = True
             self.cycle.message_event.set()
         self.transport.write(answer)

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from adapter.refusals import RefusalCode
+from tests.conftest import wait_until
 from tests.support.server import RunningAdapter, running_adapter
 
 pytestmark = pytest.mark.e2e
@@ -191,6 +192,8 @@ def test_a_newcomer_to_a_full_table_takes_the_slot_of_the_slowest_body(server: R
     for trickle in slow:
         trickle.sock.close()
     assert "the one arriving slowest" in server.log.read_text()
+    # the access log says what the client was told (retest 3: it said 400, "disconnected")
+    wait_until(lambda: server.log.read_text().count("POST /fhir/Consent 503") >= len(let_go), timeout=10)
 
 
 def test_a_newcomer_to_a_table_full_of_idle_connections_is_served(server: RunningAdapter) -> None:
