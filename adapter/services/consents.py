@@ -111,6 +111,17 @@ class ConsentService:
             self._audit_refusal(ctx, "update", exc, consent_id=id, patient=patient)
             raise
 
+    def audit_unread(self, ctx: RequestContext, interaction: str, error: AdapterError,
+                     consent_id: str | None = None) -> None:
+        """Audit a create or update (of ``consent_id``) refused before its body was read as a
+        Consent (its media type, encoding, size or JSON: the API's), as its other refusals are:
+        naming, for an update, the Consent and the stored Consent's patient; no patient from the
+        body, which was not read."""
+        stored = self._store.get("Consent", consent_id) if consent_id is not None else None
+        facts = consent_facts(stored.id, stored.resource) if stored is not None else None
+        self._audit_refusal(ctx, interaction, error, consent_id=consent_id,
+                            patient=facts.patient if facts is not None else None)
+
     def _audit_refusal(self, ctx: RequestContext, interaction: str, error: AdapterError, *,
                        consent_id: str | None, patient: Identifier | None) -> None:
         """Audit a write not made (module docstring): refused, outcome 4; failed in the store,

@@ -103,6 +103,14 @@ class RecordCorrections:
                                                entities=[f"{resource_type}/{id}"], patient=None)
             raise error
 
+    def audit_unread(self, resource_type: str, id: str, ctx: RequestContext, error: AdapterError) -> None:
+        """Audit a mark refused before its JSON Patch was read (its media type, encoding, size,
+        JSON, or a patch other than the mark: the API's) or for its If-Match's syntax, as
+        :meth:`authorise` audits a refusal made before anything is looked up: naming the record
+        asked for, no patient."""
+        self._auditor.record_refused_write(ctx, interaction="patch", action="U", error=error,
+                                           entities=[f"{resource_type}/{id}"], patient=None)
+
     def _mark(self, resource_type: str, id: str, ctx: RequestContext, if_match: frozenset[str] | None,
               patch: StatusPatch, held: list[StoredResource]) -> Marked:
         decision = decide_mark_entered_in_error(ctx.purpose, self._tables)

@@ -33,7 +33,7 @@ from adapter.api.openapi import (
 )
 from adapter.api.routes.fhir import _answerable, _body, _etag, _if_match_versions, _out, _r4_write
 from adapter.api.urls import absolute
-from adapter.errors import InvalidResource
+from adapter.errors import AdapterError, InvalidResource
 from adapter.mapping.outcome import information_outcome
 from adapter.mapping.status_patch import parse_status_patch
 
@@ -67,16 +67,20 @@ async def patch_document_reference(id: str, request: Request, services: Services
 
 async def _patch(request: Request, services: ServicesDep, resource_type: str, id: str,
                  if_match: str | None) -> Response:
-    fmt = _answerable(request)
-    _r4_write(request)
     ctx = get_write_context(request, services, "update")
     await run_in_threadpool(services.corrections.authorise, resource_type, id, ctx)
-    expected = _if_match_versions(if_match)
-    raw = await _body(request, (JSON_PATCH,),
-                      f"FHIR PATCH takes a JSON Patch ({JSON_PATCH}, RFC 6902) here; FHIRPath Patch (Parameters) and "
-                      "merge patches are not supported", MAX_PATCH_BYTES,
-                      f"the JSON Patch is larger than {MAX_PATCH_BYTES} bytes")
-    patch = parse_status_patch(load_json(raw, what="the JSON Patch", error=InvalidResource))
+    try:
+        fmt = _answerable(request)
+        _r4_write(request)
+        expected = _if_match_versions(if_match)
+        raw = await _body(request, (JSON_PATCH,),
+                          f"FHIR PATCH takes a JSON Patch ({JSON_PATCH}, RFC 6902) here; FHIRPath Patch (Parameters) "
+                          "and merge patches are not supported", MAX_PATCH_BYTES,
+                          f"the JSON Patch is larger than {MAX_PATCH_BYTES} bytes")
+        patch = parse_status_patch(load_json(raw, what="the JSON Patch", error=InvalidResource))
+    except AdapterError as exc:  # refused before the record is looked up: audited as its other refusals
+        await run_in_threadpool(services.corrections.audit_unread, resource_type, id, ctx, exc)
+        raise
     marked = await run_in_threadpool(services.corrections.mark_entered_in_error, resource_type, id, ctx, expected,
                                      patch)
     stored = marked.stored

@@ -394,16 +394,23 @@ def _written(request: Request, services: Services, stored: Any, status: int, fmt
 @router.post("/Consent", status_code=201, openapi_extra=_CONSENT_BODY,
              responses=answers(ok(201, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, *WRITE)))
 async def create_consent(request: Request, services: ServicesDep) -> Response:
-    fmt = _answerable(request)
-    _r4_write(request)
     ctx = get_write_context(request, services, "create")
-    if "if-none-exist" in request.headers:
-        # ignored, a retried create made a second active Consent, which outlived the withdrawal
-        # of the first: refused, as conditional create is not claimed (CapabilityStatement)
-        raise NotSupported("conditional create (If-None-Exist) is not supported: each POST creates a Consent; search "
-                           "Consent?patient:identifier=… first to find one recorded before")
-    async with _json_body(request, services, 10 * 1024 * 1024) as resource:
-        stored = await run_in_threadpool(services.consents.create, resource, ctx)
+    read = False
+    try:
+        fmt = _answerable(request)
+        _r4_write(request)
+        if "if-none-exist" in request.headers:
+            # ignored, a retried create made a second active Consent, which outlived the withdrawal
+            # of the first: refused, as conditional create is not claimed (CapabilityStatement)
+            raise NotSupported("conditional create (If-None-Exist) is not supported: each POST creates a Consent; "
+                               "search Consent?patient:identifier=… first to find one recorded before")
+        async with _json_body(request, services, 10 * 1024 * 1024) as resource:
+            read = True  # from here the service audits its refusals
+            stored = await run_in_threadpool(services.consents.create, resource, ctx)
+    except AdapterError as exc:
+        if not read:  # refused before the body was read as a Consent: audited as its other refusals
+            await run_in_threadpool(services.consents.audit_unread, ctx, "create", exc)
+        raise
     return _written(request, services, stored, 201, fmt)
 
 
@@ -411,12 +418,19 @@ async def create_consent(request: Request, services: ServicesDep) -> Response:
             responses=answers(ok(200, _WRITTEN, FHIR_RESOURCE), refusals(*BODY, *WRITE, 405, 409, 412)))
 async def update_consent(id: str, request: Request, services: ServicesDep,
                          if_match: Annotated[str | None, Header()] = None) -> Response:
-    fmt = _answerable(request)
-    _r4_write(request)
     ctx = get_write_context(request, services, "update")
-    expected = _if_match_versions(if_match)
-    async with _json_body(request, services, 10 * 1024 * 1024) as resource:
-        stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)
+    read = False
+    try:
+        fmt = _answerable(request)
+        _r4_write(request)
+        expected = _if_match_versions(if_match)
+        async with _json_body(request, services, 10 * 1024 * 1024) as resource:
+            read = True  # from here the service audits its refusals
+            stored = await run_in_threadpool(services.consents.update, id, resource, ctx, expected)
+    except AdapterError as exc:
+        if not read:  # refused before the body was read as a Consent (a withdrawal too): audited
+            await run_in_threadpool(services.consents.audit_unread, ctx, "update", exc, id)
+        raise
     return _written(request, services, stored, 200, fmt)
 
 
