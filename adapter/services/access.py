@@ -71,7 +71,7 @@ from adapter.model.dicom import DicomInstance
 from adapter.model.photo import Identifier, PhotoKind, PhotoSource
 from adapter.model.purpose import MhdTransaction, RequestContext
 from adapter.model.record import AccessFacts, IndexRow, StoredResource
-from adapter.services.audit import Auditor, DicomAudit, Found
+from adapter.services.audit import Auditor, DicomAudit, Found, OnePatientDecided
 from adapter.services.dicom_objects import (
     INSTANCE,
     SERIES,
@@ -528,15 +528,19 @@ class ScopedReader:
                 released.add(ref)
         return frozenset(released)
 
-    def _record_search(self, found: Sequence[Found], *, reason: str, dicom: DicomAudit | None = None) -> None:
+    def _record_search(self, found: Sequence[Found], *, reason: str, dicom: DicomAudit | None = None,
+                       decided: OnePatientDecided | None = None) -> None:
         """Audit a search (FHIR or QIDO-RS) that returned ``found``. One under a purpose the
         decision refuses whatever the record (adapter.consent.refused_for_every_record: break-glass
         the policy does not enable, a purpose it does not permit) is a refusal, outcome 4 with
         why, not an ordinary search that found nothing it may show (outcome 0), so a refused
-        break-glass attempt stands out in the trail. The answer is the same: nothing shown."""
+        break-glass attempt stands out in the trail. The answer is the same: nothing shown.
+        ``decided``: whose records the search decided, named when one patient's (a count, a
+        search that withheld them: adapter.services.audit.Auditor.record_search)."""
         refusal = refused_for_every_record(self.ctx.purpose, self._tables)
         if refusal is None:
-            self._auditor.record_search(self.ctx, found=found, reason=reason, dicom=dicom)
+            self._auditor.record_search(self.ctx, found=found, reason=reason, dicom=dicom,
+                                        concerned=decided.concerned() if decided is not None else ())
         else:
             self._auditor.record(self.ctx, interaction="search-type", action="E", decision=None, entities=[],
                                  patient=None, reason=f"{refusal}: {reason}", refused=True, dicom=dicom)
@@ -942,6 +946,7 @@ class ScopedReader:
         candidates = self._as_of_snapshot(merged, snapshot, then)
         denied = 0
         for_care: Counter[CareRefusal] = Counter()  # the denied a care reader is told of, by reason
+        decided = OnePatientDecided()  # whose records were decided, for the audit
 
         def permitted_rows() -> Iterator[tuple[IndexRow, Decision, Identifier | None]]:
             """The candidates the purpose is permitted, each with its decision and patient; the
@@ -954,6 +959,7 @@ class ScopedReader:
                     facts = consent_facts(row.id, stored.resource) if stored else None
                     consent = stored.resource if stored else None
                 decision = self._decide_resource(row.resource_type, facts, consent)
+                decided.add(facts.patient if facts is not None else None, decision)
                 if decision.permitted:
                     yield row, decision, facts.patient if facts is not None else None
                 else:
@@ -999,7 +1005,7 @@ class ScopedReader:
         included, included_glass = self._included(
             request, [loaded[k] for k in ((r.resource_type, r.id) for r, _ in page) if k in loaded], found)
         reason = f"{permitted} permitted, {denied} withheld" + (f", {len(included)} included" if included else "")
-        self._record_search(found, reason=reason)
+        self._record_search(found, reason=reason, decided=decided)
         # every match is read when the total is (read_all): the count is the search's, else those read
         withheld = withheld_from_care(for_care, "matching resources" if request.total or not in_order
                                       else "or more matching resources")
@@ -1590,11 +1596,12 @@ class ScopedReader:
         for_care: Counter[CareRefusal] = Counter()  # the withheld a care reader is told of, by reason
         patient_of: dict[str, Identifier] = {}  # record -> its patient, for the audit
         decided_by: dict[str, Decision] = {}    # record -> the decision that released it, for the audit
+        decided = OnePatientDecided()  # whose instances were decided, for the audit
         try:
             for studies in _whole_studies(batches):
                 patient_of.update((f"{i.record_type}/{i.record_id}", i.patient) for i in studies)
                 permitted, held, by_glass = self._qido_permitted(release, level, query, studies, decided_by,
-                                                                 for_care)
+                                                                 for_care, decided)
                 withheld += held
                 glass = glass or by_glass
                 for entry in permitted:
@@ -1608,7 +1615,8 @@ class ScopedReader:
         page = list(results.values())[offset:None if limit is None else offset + limit]
         result = [entry for members in page for entry in members]
         self._record_search([(r, patient_of.get(r), decided_by.get(r)) for r in sorted({e.record for e in result})],
-                            reason=f"{len(result)} instances permitted, {withheld} withheld", dicom=DicomAudit.query())
+                            reason=f"{len(result)} instances permitted, {withheld} withheld", dicom=DicomAudit.query(),
+                            decided=decided)
         more = tell_more and limit is not None and len(results) > offset + limit
         # the studies read (a page stops at the results it needs): "or more" unless every one was
         counted = "matching instances" if wanted is None else "or more matching instances"
@@ -1619,11 +1627,13 @@ class ScopedReader:
     def _qido_permitted(self, release: DicomRelease, level: str, query: DicomQuery,
                         candidates: Sequence[DicomInstance],
                         decided_by: dict[str, Decision],
-                        for_care: Counter[CareRefusal]) -> tuple[list[DicomEntry], int, bool]:
+                        for_care: Counter[CareRefusal],
+                        decided: OnePatientDecided) -> tuple[list[DicomEntry], int, bool]:
         """The permitted entries making up matching results among ``candidates`` (whole
         studies), how many matching instances were withheld, and whether break-glass released
         any of them; the decision that released each adds to ``decided_by`` (its record's), the
-        reason each was withheld from care (Decision.care_refusal) to ``for_care``."""
+        reason each was withheld from care (Decision.care_refusal) to ``for_care``, every decision
+        with its patient to ``decided``."""
         entries = {id(i): release.entry(i) for i in candidates}
         matched_ids = {id(e) for e in match_level(level, query, entries.values())}
         matched = [i for i in candidates if id(entries[id(i)]) in matched_ids]
@@ -1631,6 +1641,7 @@ class ScopedReader:
         glass = False
         withheld = 0
         for instance, stored, decision in self._dicom_decided(matched):
+            decided.add(instance.patient, decision)
             # an instance that cannot be released under the purpose is withheld as one not
             # permitted is: listed, it could never be retrieved (read_dicom leaves it out too)
             if decision.permitted and decision.view is release.view and \

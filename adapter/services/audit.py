@@ -110,6 +110,36 @@ def _merged(decisions: Sequence[Decision | None]) -> Decision | None:
                                policy=next((d.policy for d in made if d.policy), None))
 
 
+class OnePatientDecided:
+    """Whose records a search decided (released, counted or withheld), while they are one
+    patient's: the patient and the distinct decisions on them (each Consent set once, so memory
+    stays bounded however many records a count reads). A search naming a patient decides only
+    theirs. Of records of several patients (or of none), nothing: the search's event then names
+    only what it released, not every patient withheld."""
+
+    def __init__(self) -> None:
+        self._patient: Identifier | None = None
+        self._several = False
+        self._decisions: dict[tuple[object, ...], Decision] = {}
+
+    def add(self, patient: Identifier | None, decision: Decision) -> None:
+        if self._several:
+            return
+        if patient is None or (self._patient is not None and patient != self._patient):
+            self._several = True
+            self._decisions.clear()
+            return
+        self._patient = patient
+        self._decisions.setdefault((decision.consents, decision.overridden, decision.withdrawn, decision.policy),
+                                   decision)
+
+    def concerned(self) -> list[tuple[Identifier, Decision]]:
+        """The patient with each decision on their records; none unless one patient's."""
+        if self._several or self._patient is None:
+            return []
+        return [(self._patient, d) for d in self._decisions.values()]
+
+
 class Auditor:
     def __init__(self, store: RecordStore, now: Callable[[], datetime]) -> None:
         self._store = store
@@ -202,7 +232,8 @@ class Auditor:
                                             reason=reason, entities=[], patient=patient, outcome="8"))
 
     def record_search(self, ctx: RequestContext, *, found: Sequence[Found],
-                      reason: str, dicom: DicomAudit | None = None) -> None:
+                      reason: str, dicom: DicomAudit | None = None,
+                      concerned: Sequence[tuple[Identifier, Decision]] = ()) -> None:
         """Store the AuditEvents of a permitted search that returned ``found`` (each reference
         with its record's patient): one per patient of the results, naming that patient and its
         resources, as IHE BALP PatientQuery asks (https://profiles.ihe.net/ITI/BALP/
@@ -211,13 +242,21 @@ class Auditor:
         every search that returned their data; one naming no patient for what has none, or when
         nothing was returned (BALP Query). ``dicom``: a QIDO-RS search, a DICOM Query
         (:meth:`event`), split by patient the same way. Each event names what the decisions that
-        released that patient's results rested on (their Consents, the policy), as a read's."""
+        released that patient's results rested on (their Consents, the policy), as a read's.
+        ``concerned``: the patient whose records the search counted or withheld (all of them one
+        patient's: :class:`OnePatientDecided`), with the decisions on them: their event names
+        the patient and what those decisions rested on (a withdrawn Consent described so), as
+        a read of one of those records would, and no record it did not release. A count
+        (``_summary=count``) discloses how many records the patient has; a search withholding
+        them is a decision on them."""
         DECISIONS.labels("search-type", ctx.purpose.code, "permit").inc()
         by_patient: dict[Identifier | None, tuple[list[str], list[Decision | None]]] = {}
         for ref, patient, decision in found:
             refs, decisions = by_patient.setdefault(patient, ([], []))
             refs.append(ref)
             decisions.append(decision)
+        for patient, decision in concerned:
+            by_patient.setdefault(patient, ([], []))[1].append(decision)
         self._store.append_audit(*(self.event(ctx, interaction="search-type", action="E", permitted=True,
                                               reason=reason, entities=refs, patient=patient, dicom=dicom,
                                               decision=_merged(decisions))

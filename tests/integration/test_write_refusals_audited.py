@@ -122,9 +122,23 @@ def test_a_refused_single_document_transaction_and_photo_are_audited_once(tmp_pa
         assert post_photo(client, not_an_image, metadata(), content_type="application/octet-stream").status_code == 415
         _one_refusal(services, before, patient_known=True)
         before += 1
+        # metadata refused for another element than its valid patient: the patient is known (DPO review
+        # F5; seen failing: no patient named)
         bad_metadata = post_photo(client, ROOT / "samples" / "wound.jpg", {"patient": PATIENT, "kind": "nonsense"})
         assert bad_metadata.status_code == 422, bad_metadata.text
-        _one_refusal(services, before, patient_known=False)
+        _one_refusal(services, before, patient_known=True)
+        before += 1
+        document = metadata(kind="document", bodySite="14975008", consent=None)
+        refused = post_photo(client, ROOT / "samples" / "wound.jpg", document)
+        assert refused.status_code == 422 and "bodySite" in refused.text, refused.text
+        _one_refusal(services, before, patient_known=True)
+        before += 1
+        # a patient element that is itself invalid names no patient
+        for patient in ({"system": PATIENT["system"]}, "MRN-0001", {**PATIENT, "value": ""}):
+            bad_patient = post_photo(client, ROOT / "samples" / "wound.jpg", metadata(patient=patient))
+            assert bad_patient.status_code == 422, bad_patient.text
+            _one_refusal(services, before, patient_known=False)
+            before += 1
 
 
 def test_a_refusal_audited_by_the_rules_is_audited_once(tmp_path: Path) -> None:

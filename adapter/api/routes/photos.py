@@ -27,7 +27,7 @@ from adapter.api.request_limits import refuse_declared_over
 from adapter.api.urls import absolute
 from adapter.errors import AdapterError, InvalidInput, RequiredElementMissing, StorageError
 from adapter.imaging.sniff import check_declared_upload
-from adapter.model.photo import PhotoMetadata
+from adapter.model.photo import Identifier, PatientRef, PhotoMetadata
 from adapter.text import is_digits
 
 router = APIRouter()
@@ -54,7 +54,10 @@ def ingest_limiter(request: Request) -> anyio.CapacityLimiter:
     return limiter
 
 
-def _metadata(raw: bytes | bytearray | None) -> PhotoMetadata:
+def _metadata(raw: bytes | bytearray | None, named: list[Identifier] | None = None) -> PhotoMetadata:
+    """The ``metadata`` part, validated. ``named``: where the patient it names is put when its
+    ``patient`` element is valid though another is not, for the audit of the refusal (docs/
+    audit-trail.md: naming the patient once the request was read far enough to know it)."""
     if raw is None:
         raise RequiredElementMissing("the 'metadata' part (JSON) is required", expression="metadata")
     # consent.form: the scan of a consent form in base64, bounded by the part (METADATA_PART_LIMIT)
@@ -62,10 +65,22 @@ def _metadata(raw: bytes | bytearray | None) -> PhotoMetadata:
     try:
         return PhotoMetadata.model_validate(data)
     except ValidationError as exc:
+        if named is not None:
+            named.extend(_patient_named(data))
         errs = exc.errors()
         where = [".".join(str(p) for p in err["loc"]) for err in errs[:10]]
         text = "; ".join(f"{w or 'metadata'}: {err['msg']}" for w, err in zip(where, errs[:10], strict=False))
         raise InvalidInput(f"invalid metadata: {text}", expression=where) from exc
+
+
+def _patient_named(data: object) -> list[Identifier]:
+    """The patient metadata that failed validation names, if its ``patient`` element is valid."""
+    if not isinstance(data, dict):
+        return []
+    try:
+        return [PatientRef.model_validate(data.get("patient")).identifier]
+    except ValidationError:
+        return []
 
 
 def _file_part(parsed: ParsedUpload) -> bytes | Path:
@@ -125,6 +140,7 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
     except StorageError as exc:  # no room (507), or a failing disk (503): a create that failed, audited
         await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
         raise
+    named: list[Identifier] = []  # the patient metadata refused names, when its patient element is valid
     try:
         try:
             upload = _file_part(parsed)
@@ -133,12 +149,12 @@ async def post_photo(request: Request, idempotency_key: Annotated[str | None, He
             # parsed, before the ingest decodes the scan (verify review 2, finding 4)
             raw = parsed.fields.pop("metadata", None)
             if raw is not None and len(raw) > SMALL_PART_LIMIT:  # a consent form's scan: parsed off the event loop
-                meta = await anyio.to_thread.run_sync(_metadata, raw)
+                meta = await anyio.to_thread.run_sync(_metadata, raw, named)
             else:
-                meta = _metadata(raw)
+                meta = _metadata(raw, named)
             del raw
         except AdapterError as exc:  # refused before the ingest reads it: audited as its refusals are
-            await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, None)
+            await anyio.to_thread.run_sync(services.ingest.audit_refusal, ctx, exc, named[0] if named else None)
             raise
         result = await anyio.to_thread.run_sync(
             partial(services.ingest.ingest_photo, upload, meta, idempotency_key=key, ctx=ctx,
